@@ -1,0 +1,151 @@
+// Package seal encrypts secrets with AES-256-GCM before they leave the
+// process that holds the key: credentials are sealed before they are proposed
+// to the Raft log and opened only where they are used.
+//
+// A sealed value is nonce || ciphertext || tag. The nonce is random (12 bytes)
+// and a fresh one is drawn for every Seal. Additional authenticated data binds a
+// sealed value to its context (for example the resource name it belongs to), so
+// a ciphertext copied onto another record fails to open.
+package seal
+
+import (
+	"bytes"
+	"crypto/aes"
+	"crypto/cipher"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+)
+
+// KeySize is the length of an AES-256 key in bytes.
+const KeySize = 32
+
+var (
+	// ErrBadKey reports a key file that is neither 32 raw bytes nor 64 hex digits.
+	ErrBadKey = errors.New("seal: key must be 32 raw bytes or 64 hex digits")
+	// ErrKeyExists reports that GenerateKeyFile would overwrite an existing file.
+	ErrKeyExists = errors.New("seal: key file already exists")
+	// ErrOpen reports a sealed value that does not authenticate: it was
+	// tampered with, sealed under another key, or with other associated data.
+	ErrOpen = errors.New("seal: message authentication failed")
+	// ErrShort reports a sealed value shorter than a nonce plus a tag.
+	ErrShort = errors.New("seal: sealed value too short")
+)
+
+// Sealer seals and opens values with one AES-256-GCM key. It is safe for
+// concurrent use.
+type Sealer struct {
+	aead cipher.AEAD
+}
+
+// New returns a Sealer for a 32-byte key.
+func New(key []byte) (*Sealer, error) {
+	if len(key) != KeySize {
+		return nil, ErrBadKey
+	}
+	block, err := aes.NewCipher(key)
+	if err != nil {
+		return nil, fmt.Errorf("seal: %w", err)
+	}
+	aead, err := cipher.NewGCM(block)
+	if err != nil {
+		return nil, fmt.Errorf("seal: %w", err)
+	}
+	return &Sealer{aead: aead}, nil
+}
+
+// LoadKey reads a key file written by GenerateKeyFile (64 hex digits, optional
+// trailing newline) or holding exactly 32 raw bytes, and returns its Sealer.
+func LoadKey(path string) (*Sealer, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("load key %s: %w", path, err)
+	}
+	key, err := decodeKey(data)
+	if err != nil {
+		return nil, fmt.Errorf("load key %s: %w", path, err)
+	}
+	return New(key)
+}
+
+func decodeKey(data []byte) ([]byte, error) {
+	if trimmed := bytes.TrimSpace(data); len(trimmed) == 2*KeySize {
+		key := make([]byte, KeySize)
+		if _, err := hex.Decode(key, trimmed); err == nil {
+			return key, nil
+		}
+	}
+	if len(data) == KeySize {
+		return data, nil
+	}
+	return nil, ErrBadKey
+}
+
+// GenerateKeyFile writes 32 random bytes, hex-encoded with a trailing newline,
+// to a new file at path with mode 0600. It refuses to overwrite an existing
+// file (ErrKeyExists) and creates missing parent directories with mode 0700.
+func GenerateKeyFile(path string) error {
+	key := make([]byte, KeySize)
+	if _, err := rand.Read(key); err != nil {
+		return fmt.Errorf("generate key: %w", err)
+	}
+	if dir := filepath.Dir(path); dir != "" {
+		if err := os.MkdirAll(dir, 0o700); err != nil {
+			return fmt.Errorf("generate key %s: %w", path, err)
+		}
+	}
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	if errors.Is(err, fs.ErrExist) {
+		return fmt.Errorf("generate key %s: %w", path, ErrKeyExists)
+	}
+	if err != nil {
+		return fmt.Errorf("generate key %s: %w", path, err)
+	}
+	enc := make([]byte, 2*KeySize+1)
+	hex.Encode(enc, key)
+	enc[len(enc)-1] = '\n'
+	if _, err := f.Write(enc); err != nil {
+		f.Close()
+		os.Remove(path)
+		return fmt.Errorf("generate key %s: %w", path, err)
+	}
+	if err := f.Sync(); err != nil {
+		f.Close()
+		os.Remove(path)
+		return fmt.Errorf("generate key %s: %w", path, err)
+	}
+	if err := f.Close(); err != nil {
+		os.Remove(path)
+		return fmt.Errorf("generate key %s: %w", path, err)
+	}
+	return nil
+}
+
+// Seal encrypts plaintext and authenticates it together with aad. The result
+// is a fresh random nonce followed by the ciphertext and tag.
+func (s *Sealer) Seal(plaintext, aad []byte) ([]byte, error) {
+	ns := s.aead.NonceSize()
+	out := make([]byte, ns, ns+len(plaintext)+s.aead.Overhead())
+	if _, err := rand.Read(out); err != nil {
+		return nil, fmt.Errorf("seal: nonce: %w", err)
+	}
+	return s.aead.Seal(out, out[:ns], plaintext, aad), nil
+}
+
+// Open authenticates and decrypts a value returned by Seal with the same aad.
+// It returns ErrShort or ErrOpen when the value does not authenticate.
+func (s *Sealer) Open(sealed, aad []byte) ([]byte, error) {
+	ns := s.aead.NonceSize()
+	if len(sealed) < ns+s.aead.Overhead() {
+		return nil, ErrShort
+	}
+	plain, err := s.aead.Open(nil, sealed[:ns], sealed[ns:], aad)
+	if err != nil {
+		return nil, ErrOpen
+	}
+	return plain, nil
+}
