@@ -1,0 +1,191 @@
+// Package ledger is the coordinator's replicated state: every resource of
+// the ferry.v1 API as the Raft log has built it. It is mutated only by the
+// FSM, one method per command, and never does I/O or reads the clock: times
+// and identifiers arrive stamped in the commands.
+package ledger
+
+import (
+	"cmp"
+	"slices"
+	"sync"
+	"time"
+
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/durationpb"
+
+	ferryv1 "github.com/ferry-v2v/ferry/pkg/pb/ferry/v1"
+	ledgerv1 "github.com/ferry-v2v/ferry/pkg/pb/ferry/ledger/v1"
+)
+
+// Defaults of the cluster-wide settings.
+const (
+	DefaultJobParallelism   = 10
+	DefaultCacheRetention   = 24 * time.Hour
+	DefaultAgentGracePeriod = 5 * time.Minute
+	SettingsName            = "settings"
+)
+
+// JobEvent tells an observer that a job changed or went away.
+type JobEvent struct {
+	Job     *ferryv1.MigrationJob
+	Deleted bool
+}
+
+// Ledger holds the state. Readers get clones, never pointers into it.
+type Ledger struct {
+	mu          sync.RWMutex
+	clusters    map[string]*ferryv1.Cluster
+	hosts       map[string]*ferryv1.Host
+	storages    map[string]*ferryv1.PrimaryStorage
+	networks    map[string]*ferryv1.L3Network
+	servers     map[string]*ferryv1.MigrationServer
+	credentials map[string]*ledgerv1.SealedCredential
+	sources     map[string]*ferryv1.Source
+	jobs        map[string]*ferryv1.MigrationJob
+	nodes       map[string]*ledgerv1.Node
+	requests    map[string]*ledgerv1.RequestRecord
+	settings    *ferryv1.Settings
+
+	observer func(JobEvent)
+}
+
+// New returns an empty ledger with default settings.
+func New() *Ledger {
+	l := &Ledger{}
+	l.reset()
+	return l
+}
+
+func (l *Ledger) reset() {
+	l.clusters = map[string]*ferryv1.Cluster{}
+	l.hosts = map[string]*ferryv1.Host{}
+	l.storages = map[string]*ferryv1.PrimaryStorage{}
+	l.networks = map[string]*ferryv1.L3Network{}
+	l.servers = map[string]*ferryv1.MigrationServer{}
+	l.credentials = map[string]*ledgerv1.SealedCredential{}
+	l.sources = map[string]*ferryv1.Source{}
+	l.jobs = map[string]*ferryv1.MigrationJob{}
+	l.nodes = map[string]*ledgerv1.Node{}
+	l.requests = map[string]*ledgerv1.RequestRecord{}
+	l.settings = DefaultSettings()
+}
+
+// DefaultSettings are the settings of a new ledger.
+func DefaultSettings() *ferryv1.Settings {
+	return &ferryv1.Settings{
+		Name:                   SettingsName,
+		JobParallelism:         DefaultJobParallelism,
+		CacheRetention:         durationpb.New(DefaultCacheRetention),
+		HostAllocationStrategy: ferryv1.HostAllocationStrategy_HOST_ALLOCATION_STRATEGY_FEWEST_RUNNING_VMS,
+		AgentGracePeriod:       durationpb.New(DefaultAgentGracePeriod),
+	}
+}
+
+// SetObserver installs fn, called with every job change while the ledger
+// is locked: it must not block or call back into the ledger.
+func (l *Ledger) SetObserver(fn func(JobEvent)) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.observer = fn
+}
+
+func (l *Ledger) notify(job *ferryv1.MigrationJob, deleted bool) {
+	if l.observer != nil {
+		l.observer(JobEvent{Job: clone(job), Deleted: deleted})
+	}
+}
+
+// Snapshot returns a deep copy of the whole ledger, every list sorted by
+// name so equal ledgers give equal snapshots.
+func (l *Ledger) Snapshot() *ledgerv1.Snapshot {
+	l.mu.RLock()
+	defer l.mu.RUnlock()
+	return &ledgerv1.Snapshot{
+		Clusters:         sortedClones(l.clusters),
+		Hosts:            sortedClones(l.hosts),
+		PrimaryStorages:  sortedClones(l.storages),
+		L3Networks:       sortedClones(l.networks),
+		MigrationServers: sortedClones(l.servers),
+		Credentials:      sortedClones(l.credentials),
+		Sources:          sortedClones(l.sources),
+		Jobs:             sortedClones(l.jobs),
+		Settings:         clone(l.settings),
+		Nodes:            sortedClones(l.nodes),
+		Requests:         sortedClones(l.requests),
+	}
+}
+
+// Restore replaces the whole ledger with s.
+func (l *Ledger) Restore(s *ledgerv1.Snapshot) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.reset()
+	fill(l.clusters, s.GetClusters(), (*ferryv1.Cluster).GetName)
+	fill(l.hosts, s.GetHosts(), (*ferryv1.Host).GetName)
+	fill(l.storages, s.GetPrimaryStorages(), (*ferryv1.PrimaryStorage).GetName)
+	fill(l.networks, s.GetL3Networks(), (*ferryv1.L3Network).GetName)
+	fill(l.servers, s.GetMigrationServers(), (*ferryv1.MigrationServer).GetName)
+	fill(l.credentials, s.GetCredentials(), func(c *ledgerv1.SealedCredential) string { return c.GetCredential().GetName() })
+	fill(l.sources, s.GetSources(), (*ferryv1.Source).GetName)
+	fill(l.jobs, s.GetJobs(), (*ferryv1.MigrationJob).GetName)
+	fill(l.nodes, s.GetNodes(), (*ledgerv1.Node).GetId)
+	fill(l.requests, s.GetRequests(), (*ledgerv1.RequestRecord).GetRequestId)
+	if s.GetSettings() != nil {
+		l.settings = clone(s.GetSettings())
+	}
+}
+
+func clone[T proto.Message](m T) T {
+	return proto.Clone(m).(T)
+}
+
+func fill[T proto.Message](dst map[string]T, src []T, key func(T) string) {
+	for _, v := range src {
+		dst[key(v)] = clone(v)
+	}
+}
+
+func sortedClones[T proto.Message](m map[string]T) []T {
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	slices.Sort(keys)
+	out := make([]T, 0, len(keys))
+	for _, k := range keys {
+		out = append(out, clone(m[k]))
+	}
+	return out
+}
+
+// filtered returns sorted clones of the values that pass keep.
+func filtered[T proto.Message](m map[string]T, keep func(T) bool) []T {
+	out := make([]T, 0, len(m))
+	for _, v := range m {
+		if keep == nil || keep(v) {
+			out = append(out, clone(v))
+		}
+	}
+	slices.SortFunc(out, func(a, b T) int { return cmp.Compare(nameOf(a), nameOf(b)) })
+	return out
+}
+
+type named interface{ GetName() string }
+
+func nameOf(m proto.Message) string {
+	if n, ok := m.(named); ok {
+		return n.GetName()
+	}
+	return ""
+}
+
+func get[T proto.Message](l *Ledger, m map[string]T, name string) (T, bool) {
+	l.mu.RLock()
+	defer l.mu.RUnlock()
+	v, ok := m[name]
+	if !ok {
+		var zero T
+		return zero, false
+	}
+	return clone(v), true
+}
