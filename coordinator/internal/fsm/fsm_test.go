@@ -1,0 +1,281 @@
+package fsm
+
+import (
+	"bytes"
+	"errors"
+	"io"
+	"testing"
+	"time"
+
+	"github.com/hashicorp/raft"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/durationpb"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	"github.com/ferry-v2v/ferry/coordinator/internal/ledger"
+	ledgerv1 "github.com/ferry-v2v/ferry/pkg/pb/ferry/ledger/v1"
+	ferryv1 "github.com/ferry-v2v/ferry/pkg/pb/ferry/v1"
+)
+
+var t0 = time.Date(2026, 11, 22, 10, 0, 0, 0, time.UTC)
+
+func cmdAt(sec int, c *ledgerv1.Command) *ledgerv1.Command {
+	c.Time = timestamppb.New(t0.Add(time.Duration(sec) * time.Second))
+	return c
+}
+
+func job(name, ip string) *ferryv1.MigrationJob {
+	return &ferryv1.MigrationJob{
+		Name: name, Source: "sources/kvm1", SourceVm: "vm-" + name, MigrationServer: "migrationServers/ms1",
+		Target: &ferryv1.TargetVm{
+			VmName: "t-" + name, Cluster: "clusters/c1", PrimaryStorage: "primaryStorages/ps1", Cpus: 2, MemoryBytes: 1 << 30,
+			Disks: []*ferryv1.TargetDisk{{SourceDisk: "vda", SizeBytes: 1 << 30}},
+			Nics:  []*ferryv1.TargetNic{{SourceMac: "52:54:00:00:00:01", L3Network: "l3Networks/n1", Ip: ip}},
+		},
+	}
+}
+
+// everyCommand is one of each command, in an order the ledger accepts.
+func everyCommand() []*ledgerv1.Command {
+	cmds := []*ledgerv1.Command{
+		{Op: &ledgerv1.Command_PutCluster{PutCluster: &ledgerv1.PutCluster{Cluster: &ferryv1.Cluster{Name: "clusters/c1", Zone: "z"}, RequestId: "r-c1"}}},
+		{Op: &ledgerv1.Command_PutCluster{PutCluster: &ledgerv1.PutCluster{Cluster: &ferryv1.Cluster{Name: "clusters/c2"}}}},
+		{Op: &ledgerv1.Command_DeleteCluster{DeleteCluster: &ledgerv1.DeleteResource{Name: "clusters/c2"}}},
+		{Op: &ledgerv1.Command_PutHost{PutHost: &ledgerv1.PutHost{Host: &ferryv1.Host{Name: "hosts/h1", Cluster: "clusters/c1", Facts: &ferryv1.HostFacts{Cpus: 2, CacheFreeBytes: 100 << 30}}}}},
+		{Op: &ledgerv1.Command_SetHostConnected{SetHostConnected: &ledgerv1.SetHostConnected{Name: "hosts/h1", Connected: true}}},
+		{Op: &ledgerv1.Command_PutPrimaryStorage{PutPrimaryStorage: &ledgerv1.PutPrimaryStorage{PrimaryStorage: &ferryv1.PrimaryStorage{Name: "primaryStorages/ps1", Cluster: "clusters/c1", Type: ferryv1.PrimaryStorageType_PRIMARY_STORAGE_TYPE_LOCAL, Path: "/var/lib/ferry"}}}},
+		{Op: &ledgerv1.Command_PutPrimaryStorage{PutPrimaryStorage: &ledgerv1.PutPrimaryStorage{PrimaryStorage: &ferryv1.PrimaryStorage{Name: "primaryStorages/ps2", Cluster: "clusters/c1", Type: ferryv1.PrimaryStorageType_PRIMARY_STORAGE_TYPE_CEPH, CephPool: "rbd"}}}},
+		{Op: &ledgerv1.Command_DeletePrimaryStorage{DeletePrimaryStorage: &ledgerv1.DeleteResource{Name: "primaryStorages/ps2"}}},
+		{Op: &ledgerv1.Command_PutL3Network{PutL3Network: &ledgerv1.PutL3Network{L3Network: &ferryv1.L3Network{Name: "l3Networks/n1", Cluster: "clusters/c1", LibvirtNetwork: "default", IpRangeStart: "10.0.0.10", IpRangeEnd: "10.0.0.20", PrefixLength: 24}}}},
+		{Op: &ledgerv1.Command_PutL3Network{PutL3Network: &ledgerv1.PutL3Network{L3Network: &ferryv1.L3Network{Name: "l3Networks/n2", Cluster: "clusters/c1", Bridge: "br0"}}}},
+		{Op: &ledgerv1.Command_DeleteL3Network{DeleteL3Network: &ledgerv1.DeleteResource{Name: "l3Networks/n2"}}},
+		{Op: &ledgerv1.Command_PutMigrationServer{PutMigrationServer: &ledgerv1.PutMigrationServer{MigrationServer: &ferryv1.MigrationServer{Name: "migrationServers/ms1", Host: "hosts/h1", Type: ferryv1.Platform_PLATFORM_KVM, CachePath: "/var/cache/ferry", Enabled: true}}}},
+		{Op: &ledgerv1.Command_PutMigrationServer{PutMigrationServer: &ledgerv1.PutMigrationServer{MigrationServer: &ferryv1.MigrationServer{Name: "migrationServers/ms2", Host: "hosts/h2", Type: ferryv1.Platform_PLATFORM_VMWARE, CachePath: "/c"}}}},
+		{Op: &ledgerv1.Command_SetMigrationServerEnabled{SetMigrationServerEnabled: &ledgerv1.SetMigrationServerEnabled{Name: "migrationServers/ms2", Enabled: true}}},
+		{Op: &ledgerv1.Command_SetMigrationServerBandwidth{SetMigrationServerBandwidth: &ledgerv1.SetMigrationServerBandwidth{Name: "migrationServers/ms1", DownstreamBandwidth: proto.String("64Mbps"), DownstreamBitsPerSecond: proto.Int64(64_000_000)}}},
+		{Op: &ledgerv1.Command_PutCredential{PutCredential: &ledgerv1.PutCredential{Credential: &ledgerv1.SealedCredential{Credential: &ferryv1.Credential{Name: "credentials/k1", Type: ferryv1.CredentialType_CREDENTIAL_TYPE_PRIVATE_KEY, Fingerprint: "ab12"}, SealedSecret: []byte{1, 2, 3}}}}},
+		{Op: &ledgerv1.Command_PutCredential{PutCredential: &ledgerv1.PutCredential{Credential: &ledgerv1.SealedCredential{Credential: &ferryv1.Credential{Name: "credentials/k2", Type: ferryv1.CredentialType_CREDENTIAL_TYPE_PASSWORD}, SealedSecret: []byte{4}}}}},
+		{Op: &ledgerv1.Command_DeleteCredential{DeleteCredential: &ledgerv1.DeleteResource{Name: "credentials/k2"}}},
+		{Op: &ledgerv1.Command_PutSource{PutSource: &ledgerv1.PutSource{Source: &ferryv1.Source{Name: "sources/kvm1", Type: ferryv1.Platform_PLATFORM_KVM, Kvm: &ferryv1.KvmConnection{Address: "127.0.0.1", SshPort: 2222, User: "root", Credential: "credentials/k1"}}}}},
+		{Op: &ledgerv1.Command_PutSource{PutSource: &ledgerv1.PutSource{Source: &ferryv1.Source{Name: "sources/kvm2", Type: ferryv1.Platform_PLATFORM_KVM, Kvm: &ferryv1.KvmConnection{Address: "h2", Credential: "credentials/k1"}}}}},
+		{Op: &ledgerv1.Command_DeleteSource{DeleteSource: &ledgerv1.DeleteResource{Name: "sources/kvm2"}}},
+		{Op: &ledgerv1.Command_RecordSourceHostKey{RecordSourceHostKey: &ledgerv1.RecordSourceHostKey{Name: "sources/kvm1", HostKey: "ssh-ed25519 AAAA"}}},
+		{Op: &ledgerv1.Command_CreateMigrationJobs{CreateMigrationJobs: &ledgerv1.CreateMigrationJobs{RequestId: "r-jobs", Jobs: []*ferryv1.MigrationJob{job("migrationJobs/j1", "10.0.0.10"), job("migrationJobs/j2", "10.0.0.11"), job("migrationJobs/j3", "10.0.0.12")}}}},
+		{Op: &ledgerv1.Command_SetJobWaitingReason{SetJobWaitingReason: &ledgerv1.SetJobWaitingReason{Name: "migrationJobs/j3", Reason: "job parallelism 10 reached"}}},
+		{Op: &ledgerv1.Command_StartMigrationJob{StartMigrationJob: &ledgerv1.StartMigrationJob{Name: "migrationJobs/j1", Host: "hosts/h1", Epoch: 1}}},
+		{Op: &ledgerv1.Command_CheckpointMigrationJob{CheckpointMigrationJob: &ledgerv1.CheckpointMigrationJob{Name: "migrationJobs/j1", Epoch: 1, Phase: ferryv1.MigrationJobPhase_MIGRATION_JOB_PHASE_UPLOADING, Disks: []*ferryv1.DiskProgress{{SourceDisk: "vda", TotalBytes: 1 << 30, DoneBytes: 1 << 29}}}}},
+		{Op: &ledgerv1.Command_FinishMigrationJob{FinishMigrationJob: &ledgerv1.FinishMigrationJob{Name: "migrationJobs/j1", Epoch: 1, State: ferryv1.MigrationJobState_MIGRATION_JOB_STATE_SUCCEEDED, Warnings: []string{"started stopped"}}}},
+		{Op: &ledgerv1.Command_StartMigrationJob{StartMigrationJob: &ledgerv1.StartMigrationJob{Name: "migrationJobs/j2", Host: "hosts/h1", Epoch: 1}}},
+		{Op: &ledgerv1.Command_CancelMigrationJob{CancelMigrationJob: &ledgerv1.CancelMigrationJob{Name: "migrationJobs/j2", Reason: "operator"}}},
+		{Op: &ledgerv1.Command_RestartMigrationJob{RestartMigrationJob: &ledgerv1.RestartMigrationJob{Name: "migrationJobs/j2"}}},
+		{Op: &ledgerv1.Command_DeleteMigrationJob{DeleteMigrationJob: &ledgerv1.DeleteResource{Name: "migrationJobs/j1"}}},
+		{Op: &ledgerv1.Command_PutSettings{PutSettings: &ledgerv1.PutSettings{Settings: &ferryv1.Settings{JobParallelism: 4, CacheRetention: durationpb.New(time.Hour), AgentGracePeriod: durationpb.New(time.Minute)}}}},
+		{Op: &ledgerv1.Command_PutNode{PutNode: &ledgerv1.PutNode{Node: &ledgerv1.Node{Id: "n1", ApiAddress: "127.0.0.1:7443", RaftAddress: "127.0.0.1:7444"}}}},
+		{Op: &ledgerv1.Command_PutNode{PutNode: &ledgerv1.PutNode{Node: &ledgerv1.Node{Id: "n2", ApiAddress: "127.0.0.1:7453"}}}},
+		{Op: &ledgerv1.Command_DeleteNode{DeleteNode: &ledgerv1.DeleteResource{Name: "n2"}}},
+		{Op: &ledgerv1.Command_Batch{Batch: &ledgerv1.Batch{Commands: []*ledgerv1.Command{
+			{Op: &ledgerv1.Command_PutHost{PutHost: &ledgerv1.PutHost{Host: &ferryv1.Host{Name: "hosts/h2"}}}},
+			{Op: &ledgerv1.Command_SetHostConnected{SetHostConnected: &ledgerv1.SetHostConnected{Name: "hosts/h2", Connected: true}}},
+		}}}},
+		{Op: &ledgerv1.Command_DeleteMigrationServer{DeleteMigrationServer: &ledgerv1.DeleteResource{Name: "migrationServers/ms2"}}},
+	}
+	for i, c := range cmds {
+		cmdAt(i, c)
+	}
+	return cmds
+}
+
+// TestEveryCommandIsCovered fails when a oneof case is added without a
+// case in everyCommand.
+func TestEveryCommandIsCovered(t *testing.T) {
+	seen := map[string]bool{}
+	for _, c := range everyCommand() {
+		seen[string(c.ProtoReflect().WhichOneof(c.ProtoReflect().Descriptor().Oneofs().ByName("op")).Name())] = true
+	}
+	fields := (&ledgerv1.Command{}).ProtoReflect().Descriptor().Oneofs().ByName("op").Fields()
+	for i := 0; i < fields.Len(); i++ {
+		if name := string(fields.Get(i).Name()); !seen[name] {
+			t.Errorf("command %s has no case in everyCommand", name)
+		}
+	}
+}
+
+func applyAll(t *testing.T, f *FSM, cmds []*ledgerv1.Command) {
+	t.Helper()
+	for i, c := range cmds {
+		b, err := Encode(c)
+		if err != nil {
+			t.Fatal(err)
+		}
+		res := f.Apply(&raft.Log{Index: uint64(i + 1), Type: raft.LogCommand, Data: b}).(Result)
+		if res.Err != nil {
+			t.Fatalf("command %d (%T): %v", i, c.GetOp(), res.Err)
+		}
+	}
+}
+
+func TestApplyEveryCommand(t *testing.T) {
+	f := New(ledger.New(), nil)
+	applyAll(t, f, everyCommand())
+	l := f.Ledger()
+
+	if _, ok := l.Cluster("clusters/c2"); ok {
+		t.Error("clusters/c2 survived its delete")
+	}
+	if h, _ := l.Host("hosts/h1"); !h.GetConnected() || h.GetCreateTime().AsTime() != t0.Add(3*time.Second) {
+		t.Errorf("hosts/h1 = %v", h)
+	}
+	if h, _ := l.Host("hosts/h2"); !h.GetConnected() {
+		t.Errorf("batched commands not applied: %v", h)
+	}
+	if ms, _ := l.MigrationServer("migrationServers/ms1"); ms.GetDownstreamBitsPerSecond() != 64_000_000 || ms.GetUpstreamBandwidth() != "" {
+		t.Errorf("bandwidth = %v", ms)
+	}
+	if _, ok := l.MigrationServer("migrationServers/ms2"); ok {
+		t.Error("ms2 survived its delete")
+	}
+	if c, _ := l.Credential("credentials/k1"); c.GetCredential().GetSecret() != "" || !bytes.Equal(c.GetSealedSecret(), []byte{1, 2, 3}) {
+		t.Errorf("credential = %v", c)
+	}
+	if s, _ := l.Source("sources/kvm1"); s.GetKvm().GetObservedHostKey() != "ssh-ed25519 AAAA" {
+		t.Errorf("host key not recorded: %v", s)
+	}
+	if _, ok := l.Job("migrationJobs/j1"); ok {
+		t.Error("j1 survived its delete")
+	}
+	j2, _ := l.Job("migrationJobs/j2")
+	if j2.GetState() != ferryv1.MigrationJobState_MIGRATION_JOB_STATE_QUEUED || j2.GetEpoch() != 1 || j2.GetAttempt() != 1 || j2.GetReason() != "" {
+		t.Errorf("restarted j2 = %v", j2)
+	}
+	j3, _ := l.Job("migrationJobs/j3")
+	if j3.GetWaitingReason() != "job parallelism 10 reached" {
+		t.Errorf("j3 waiting reason = %q", j3.GetWaitingReason())
+	}
+	if s := l.Settings(); s.GetJobParallelism() != 4 || s.GetName() != ledger.SettingsName {
+		t.Errorf("settings = %v", s)
+	}
+	if n := l.Nodes(); len(n) != 1 || n[0].GetApiAddress() != "127.0.0.1:7443" {
+		t.Errorf("nodes = %v", n)
+	}
+	if names, ok := l.Request("r-jobs"); !ok || len(names) != 3 {
+		t.Errorf("request r-jobs = %v", names)
+	}
+	if f.AppliedIndex() != uint64(len(everyCommand())) {
+		t.Errorf("applied index %d", f.AppliedIndex())
+	}
+}
+
+func TestSnapshotRoundTrip(t *testing.T) {
+	f := New(ledger.New(), nil)
+	applyAll(t, f, everyCommand())
+	want := f.Ledger().Snapshot()
+
+	snap, err := f.Snapshot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	sink := &memSink{}
+	if err := snap.Persist(sink); err != nil {
+		t.Fatal(err)
+	}
+	g := New(ledger.New(), nil)
+	if err := g.Restore(io.NopCloser(bytes.NewReader(sink.Bytes()))); err != nil {
+		t.Fatal(err)
+	}
+	if got := g.Ledger().Snapshot(); !proto.Equal(got, want) {
+		t.Fatalf("restored ledger differs:\n got %v\nwant %v", got, want)
+	}
+	if g.Restores() != 1 {
+		t.Errorf("restores = %d", g.Restores())
+	}
+	// Restore replaces: state the target had before is gone.
+	h := New(ledger.New(), nil)
+	applyAll(t, h, everyCommand()[:1])
+	if err := h.Restore(io.NopCloser(bytes.NewReader(sink.Bytes()))); err != nil {
+		t.Fatal(err)
+	}
+	if !proto.Equal(h.Ledger().Snapshot(), want) {
+		t.Fatal("restore over existing state did not replace it")
+	}
+}
+
+func TestApplyIsDeterministic(t *testing.T) {
+	a, b := New(ledger.New(), nil), New(ledger.New(), nil)
+	applyAll(t, a, everyCommand())
+	applyAll(t, b, everyCommand())
+	if !proto.Equal(a.Ledger().Snapshot(), b.Ledger().Snapshot()) {
+		t.Fatal("two FSMs applying the same log differ")
+	}
+}
+
+func TestRefusals(t *testing.T) {
+	cmds := everyCommand()
+	tests := []struct {
+		name string
+		cmd  *ledgerv1.Command
+		want error
+	}{
+		{"stale epoch result", &ledgerv1.Command{Op: &ledgerv1.Command_FinishMigrationJob{FinishMigrationJob: &ledgerv1.FinishMigrationJob{Name: "migrationJobs/j2", Epoch: 1, State: ferryv1.MigrationJobState_MIGRATION_JOB_STATE_SUCCEEDED}}}, ledger.ErrStaleEpoch},
+		{"delete queued job", &ledgerv1.Command{Op: &ledgerv1.Command_DeleteMigrationJob{DeleteMigrationJob: &ledgerv1.DeleteResource{Name: "migrationJobs/j3"}}}, ledger.ErrFailedPrecondition},
+		{"restart queued job", &ledgerv1.Command{Op: &ledgerv1.Command_RestartMigrationJob{RestartMigrationJob: &ledgerv1.RestartMigrationJob{Name: "migrationJobs/j3"}}}, ledger.ErrFailedPrecondition},
+		{"address in use", &ledgerv1.Command{Op: &ledgerv1.Command_CreateMigrationJobs{CreateMigrationJobs: &ledgerv1.CreateMigrationJobs{Jobs: []*ferryv1.MigrationJob{job("migrationJobs/j9", "10.0.0.12")}}}}, ledger.ErrFailedPrecondition},
+		{"second role on host", &ledgerv1.Command{Op: &ledgerv1.Command_PutMigrationServer{PutMigrationServer: &ledgerv1.PutMigrationServer{MigrationServer: &ferryv1.MigrationServer{Name: "migrationServers/x", Host: "hosts/h1", Type: ferryv1.Platform_PLATFORM_VMWARE}}}}, ledger.ErrFailedPrecondition},
+		{"changed host key", &ledgerv1.Command{Op: &ledgerv1.Command_RecordSourceHostKey{RecordSourceHostKey: &ledgerv1.RecordSourceHostKey{Name: "sources/kvm1", HostKey: "ssh-ed25519 BBBB"}}}, ledger.ErrFailedPrecondition},
+		{"credential in use", &ledgerv1.Command{Op: &ledgerv1.Command_DeleteCredential{DeleteCredential: &ledgerv1.DeleteResource{Name: "credentials/k1"}}}, ledger.ErrFailedPrecondition},
+		{"duplicate cluster", &ledgerv1.Command{Op: &ledgerv1.Command_PutCluster{PutCluster: &ledgerv1.PutCluster{Cluster: &ferryv1.Cluster{Name: "clusters/c1"}}}}, ledger.ErrExists},
+		{"missing job", &ledgerv1.Command{Op: &ledgerv1.Command_CancelMigrationJob{CancelMigrationJob: &ledgerv1.CancelMigrationJob{Name: "migrationJobs/nope"}}}, ledger.ErrNotFound},
+		{"unknown command", &ledgerv1.Command{}, ErrUnknownCommand},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			f := New(ledger.New(), nil)
+			applyAll(t, f, cmds)
+			before := f.Ledger().Snapshot()
+			_, err := f.ApplyCommand(cmdAt(100, tt.cmd))
+			if !errors.Is(err, tt.want) {
+				t.Fatalf("err = %v, want %v", err, tt.want)
+			}
+			if !proto.Equal(before, f.Ledger().Snapshot()) {
+				t.Error("a refused command changed the ledger")
+			}
+		})
+	}
+}
+
+func TestRepeatedRequestIDReturnsFirstAnswer(t *testing.T) {
+	f := New(ledger.New(), nil)
+	applyAll(t, f, everyCommand())
+	again := cmdAt(200, &ledgerv1.Command{Op: &ledgerv1.Command_CreateMigrationJobs{CreateMigrationJobs: &ledgerv1.CreateMigrationJobs{
+		RequestId: "r-jobs", Jobs: []*ferryv1.MigrationJob{job("migrationJobs/j7", "")}}}})
+	names, err := f.ApplyCommand(again)
+	if err != nil || len(names) != 3 || names[0] != "migrationJobs/j1" {
+		t.Fatalf("names = %v, err = %v", names, err)
+	}
+	if _, ok := f.Ledger().Job("migrationJobs/j7"); ok {
+		t.Fatal("repeated request created a job")
+	}
+}
+
+func TestDeleteServerCancelsItsJobs(t *testing.T) {
+	f := New(ledger.New(), nil)
+	applyAll(t, f, everyCommand())
+	names, err := f.ApplyCommand(cmdAt(300, &ledgerv1.Command{Op: &ledgerv1.Command_DeleteMigrationServer{DeleteMigrationServer: &ledgerv1.DeleteResource{Name: "migrationServers/ms1"}}}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(names) != 2 {
+		t.Fatalf("cancelled %v, want j2 and j3", names)
+	}
+	for _, n := range names {
+		j, _ := f.Ledger().Job(n)
+		if j.GetState() != ferryv1.MigrationJobState_MIGRATION_JOB_STATE_CANCELLED || j.GetReason() == "" {
+			t.Errorf("%s = %v", n, j)
+		}
+	}
+}
+
+type memSink struct{ bytes.Buffer }
+
+func (s *memSink) ID() string    { return "mem" }
+func (s *memSink) Cancel() error { return nil }
+func (s *memSink) Close() error  { return nil }
