@@ -1,8 +1,8 @@
 package ledger
 
 import (
-	ferryv1 "github.com/ferry-v2v/ferry/pkg/pb/ferry/v1"
 	ledgerv1 "github.com/ferry-v2v/ferry/pkg/pb/ferry/ledger/v1"
+	ferryv1 "github.com/ferry-v2v/ferry/pkg/pb/ferry/v1"
 )
 
 // Settings returns a copy of the cluster-wide settings.
