@@ -1,0 +1,93 @@
+# Ferry's build, checks and tests. `make test` is what CI runs (.ci/run).
+
+SHELL := /bin/bash
+.SHELLFLAGS := -euo pipefail -c
+export PATH := $(PATH):/usr/local/go/bin
+MAKEFLAGS += --no-print-directory
+
+GO ?= go
+BIN ?= bin
+# Whole-suite limits; CI gives a run 90 minutes in all.
+UNIT_TIMEOUT ?= 15m
+INTEGRATION_TIMEOUT ?= 40m
+BENCHTIME ?= 1s
+BENCH ?= .
+
+.PHONY: all help build generate lint-proto check deps test unit test-integration bench demo clean
+
+all: build
+
+## help: this list
+help:
+	@sed -n 's/^## //p' $(firstword $(MAKEFILE_LIST))
+
+## build: the three binaries into bin/
+build:
+	@pkgs=(); for d in coordinator/cmd agent/cmd; do if [[ -d $$d ]]; then pkgs+=("./$$d/..."); fi; done; \
+	mains=(); if (( $${#pkgs[@]} > 0 )); then \
+		mains=($$($(GO) list -e -f '{{if eq .Name "main"}}{{.ImportPath}}{{end}}' "$${pkgs[@]}" 2>/dev/null)); fi; \
+	if (( $${#mains[@]} == 0 )); then echo "build: no commands under coordinator/cmd or agent/cmd yet"; exit 0; fi; \
+	mkdir -p $(BIN); \
+	echo "$(GO) build -o $(BIN)/ $${mains[*]}"; \
+	$(GO) build -o $(BIN)/ "$${mains[@]}"
+
+## generate: Go code from proto/ into pkg/pb (stale files removed)
+generate:
+	$(GO) tool buf generate --clean
+
+## lint-proto: buf lint (STANDARD)
+lint-proto:
+	$(GO) tool buf lint
+
+## check: generated-code drift, gofmt, go vet, go mod tidy drift, buf lint
+check: lint-proto
+	@echo "check: generated code"; \
+	tmp=$$(mktemp -d); trap 'rm -rf "$$tmp"' EXIT; \
+	$(GO) tool buf generate -o "$$tmp"; \
+	if ! diff -r pkg/pb "$$tmp/pkg/pb"; then \
+		echo "check: pkg/pb is out of date with proto/; run 'make generate' and commit" >&2; exit 1; fi
+	@echo "check: gofmt"; \
+	bad=$$(find . -name '*.go' -not -path './.git/*' -print0 | xargs -0 -r gofmt -l); \
+	if [[ -n "$$bad" ]]; then echo "check: not gofmt-ed (run gofmt -w):" >&2; echo "$$bad" >&2; exit 1; fi
+	@echo "check: go vet"; \
+	$(GO) vet ./...
+	@echo "check: go mod tidy"; \
+	errs=$$(mktemp); trap 'rm -f "$$errs"' EXIT; \
+	if ! $(GO) mod tidy -e -diff 2>"$$errs"; then \
+		grep -v '^go: downloading' "$$errs" >&2 || true; \
+		echo "check: go.mod/go.sum are not tidy; run 'go mod tidy -e' and commit" >&2; exit 1; fi
+
+## deps: Debian packages and Go modules (scripts/deps.sh, idempotent)
+deps:
+	scripts/deps.sh
+
+## test: deps, check, unit tests, integration tests (what CI runs)
+test:
+	$(MAKE) deps
+	$(MAKE) check
+	$(MAKE) unit
+	$(MAKE) test-integration
+
+## unit: go test ./...
+unit:
+	$(GO) test -count=1 -timeout $(UNIT_TIMEOUT) ./...
+
+## test-integration: the packages with tests built with -tags integration
+test-integration:
+	@pkgs=$$( { grep -rlE --include='*_test.go' '^//go:build .*\bintegration\b' . || true; } | xargs -r -n1 dirname | sort -u); \
+	if [[ -z "$$pkgs" ]]; then echo "test-integration: no integration tests yet"; exit 0; fi; \
+	echo "$(GO) test -tags integration -count=1 -timeout $(INTEGRATION_TIMEOUT)" $$pkgs; \
+	$(GO) test -tags integration -count=1 -timeout $(INTEGRATION_TIMEOUT) $$pkgs
+
+## bench: every benchmark (BENCH=regexp, BENCHTIME=1s|100x); results also in bin/bench.txt
+bench:
+	@mkdir -p $(BIN)
+	$(GO) test -run '^$$' -bench '$(BENCH)' -benchtime $(BENCHTIME) -benchmem -count=1 ./... | tee $(BIN)/bench.txt
+
+## demo: a one-node coordinator and an agent on this machine
+demo: build
+	scripts/demo.sh
+
+## clean: remove bin/
+clean:
+	rm -rf $(BIN)
