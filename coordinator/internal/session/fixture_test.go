@@ -256,7 +256,6 @@ func (a *agent) next() *agentv1.ConnectResponse {
 			a.t.Fatal("no message within 5s")
 		}
 	}
-	return nil
 }
 
 // ended waits for the stream to end and returns its error.
