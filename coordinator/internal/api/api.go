@@ -1,0 +1,200 @@
+// Package api serves the public ferry.v1 API of the coordinator: every
+// service, request validation, the mapping of errors to gRPC codes, and
+// the interceptors that forward writes from followers to the leader and
+// make reads linearizable on request.
+//
+// Writes are validated, turned into one ledger command stamped with the
+// leader's clock and identifiers, proposed through Raft, and answered with
+// the resource read back from the local ledger. Reads come from the local
+// ledger.
+package api
+
+import (
+	"context"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/google/uuid"
+	"google.golang.org/grpc"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	"github.com/ferry-v2v/ferry/coordinator/internal/consensus"
+	"github.com/ferry-v2v/ferry/coordinator/internal/fsm"
+	"github.com/ferry-v2v/ferry/coordinator/internal/ledger"
+	"github.com/ferry-v2v/ferry/coordinator/internal/watch"
+	ledgerv1 "github.com/ferry-v2v/ferry/pkg/pb/ferry/ledger/v1"
+	ferryv1 "github.com/ferry-v2v/ferry/pkg/pb/ferry/v1"
+)
+
+// Proposer replicates commands and knows who leads; *consensus.Node is one.
+type Proposer interface {
+	// Propose replicates cmd and returns the FSM's result once applied
+	// here; on a follower the error wraps consensus.ErrNotLeader.
+	Propose(ctx context.Context, cmd *ledgerv1.Command) (fsm.Result, error)
+	IsLeader() bool
+	// LeaderAPIAddress is the leader's API address, "" when none is known.
+	LeaderAPIAddress() string
+	// LinearizableRead returns once a local read sees every acknowledged write.
+	LinearizableRead(ctx context.Context) error
+}
+
+// Membership changes and reports the Raft configuration; *consensus.Node
+// is one.
+type Membership interface {
+	ID() string
+	AddVoter(ctx context.Context, id, raftAddr string) error
+	RemoveVoter(ctx context.Context, id string) error
+	Members() ([]consensus.Member, error)
+	Stats() consensus.Stats
+}
+
+// Sealer seals credential secrets before they enter the log; *seal.Sealer
+// is one.
+type Sealer interface {
+	Seal(plaintext, aad []byte) ([]byte, error)
+}
+
+// Dialer opens a client connection to another coordinator's API address,
+// with client mutual TLS in production.
+type Dialer func(ctx context.Context, addr string) (*grpc.ClientConn, error)
+
+// Deps are what the API needs. Ledger, Proposer, Membership, Hub and
+// Sealer are required; the rest have defaults.
+type Deps struct {
+	Proposer   Proposer
+	Membership Membership
+	Ledger     *ledger.Ledger
+	Hub        *watch.Hub
+	Sealer     Sealer
+	// Dialer reaches the leader for forwarded calls; without one a
+	// follower answers UNAVAILABLE with the leader's address.
+	Dialer Dialer
+	Logger *slog.Logger
+	// Clock stamps commands; default time.Now.
+	Clock func() time.Time
+	// NewID makes resource IDs; default a UUIDv7.
+	NewID func() string
+}
+
+// API implements the six ferry.v1 services.
+type API struct {
+	proposer   Proposer
+	membership Membership
+	ledger     *ledger.Ledger
+	hub        *watch.Hub
+	sealer     Sealer
+	log        *slog.Logger
+	clock      func() time.Time
+	newID      func() string
+
+	// allocMu is held across IP allocation and the proposal that records
+	// it, so concurrent creates on the leader never pick the same address.
+	allocMu sync.Mutex
+	// settingsMu serialises read-merge-propose of UpdateSettings.
+	settingsMu sync.Mutex
+
+	fwd *forwarder
+}
+
+// New returns the API over deps. It panics when a required dependency is
+// missing: that is a wiring bug, not a runtime condition.
+func New(deps Deps) *API {
+	if deps.Proposer == nil || deps.Membership == nil || deps.Ledger == nil || deps.Hub == nil || deps.Sealer == nil {
+		panic("api.New: Proposer, Membership, Ledger, Hub and Sealer are required")
+	}
+	a := &API{
+		proposer:   deps.Proposer,
+		membership: deps.Membership,
+		ledger:     deps.Ledger,
+		hub:        deps.Hub,
+		sealer:     deps.Sealer,
+		log:        deps.Logger,
+		clock:      deps.Clock,
+		newID:      deps.NewID,
+	}
+	if a.log == nil {
+		a.log = slog.New(slog.DiscardHandler)
+	}
+	a.log = a.log.With("component", "api")
+	if a.clock == nil {
+		a.clock = time.Now
+	}
+	if a.newID == nil {
+		a.newID = func() string { return uuid.Must(uuid.NewV7()).String() }
+	}
+	a.fwd = newForwarder(a.proposer, deps.Dialer, a.log)
+	return a
+}
+
+// Register registers all six ferry.v1 services on s.
+func (a *API) Register(s grpc.ServiceRegistrar) {
+	ferryv1.RegisterInventoryServiceServer(s, &inventoryService{a: a})
+	ferryv1.RegisterMigrationServerServiceServer(s, &serverService{a: a})
+	ferryv1.RegisterSourceServiceServer(s, &sourceService{a: a})
+	ferryv1.RegisterMigrationJobServiceServer(s, &jobService{a: a})
+	ferryv1.RegisterSettingsServiceServer(s, &settingsService{a: a})
+	ferryv1.RegisterClusterServiceServer(s, &clusterService{a: a})
+}
+
+// propose stamps cmd with the leader's clock, replicates it and returns
+// the names the FSM reported.
+func (a *API) propose(ctx context.Context, cmd *ledgerv1.Command) ([]string, error) {
+	cmd.Time = timestamppb.New(a.clock())
+	res, err := a.proposer.Propose(ctx, cmd)
+	if err != nil {
+		return nil, err
+	}
+	if res.Err != nil {
+		return nil, res.Err
+	}
+	return res.Names, nil
+}
+
+// firstRequest returns the names a request ID created before, after
+// checking they belong to collection.
+func (a *API) firstRequest(requestID, collection string) ([]string, bool, error) {
+	if requestID == "" {
+		return nil, false, nil
+	}
+	names, ok := a.ledger.Request(requestID)
+	if !ok {
+		return nil, false, nil
+	}
+	if err := checkCollection(names, collection, requestID); err != nil {
+		return nil, false, err
+	}
+	return names, true, nil
+}
+
+// createOne runs the common tail of a Create: request_id replay, proposal,
+// and the name of the created resource.
+func (a *API) createOne(ctx context.Context, requestID, collection string, cmd *ledgerv1.Command) (string, error) {
+	if names, ok, err := a.firstRequest(requestID, collection); err != nil || ok {
+		return firstName(names), err
+	}
+	names, err := a.propose(ctx, cmd)
+	if err != nil {
+		return "", err
+	}
+	if err := checkCollection(names, collection, requestID); err != nil {
+		return "", err
+	}
+	return firstName(names), nil
+}
+
+func checkCollection(names []string, collection, requestID string) error {
+	for _, n := range names {
+		if collectionOf(n) != collection {
+			return invalid("request_id", "%q was already used by a request that created %s", requestID, n)
+		}
+	}
+	return nil
+}
+
+func firstName(names []string) string {
+	if len(names) == 0 {
+		return ""
+	}
+	return names[0]
+}

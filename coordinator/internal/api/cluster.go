@@ -1,0 +1,143 @@
+package api
+
+import (
+	"context"
+	"fmt"
+	"regexp"
+
+	ledgerv1 "github.com/ferry-v2v/ferry/pkg/pb/ferry/ledger/v1"
+	ferryv1 "github.com/ferry-v2v/ferry/pkg/pb/ferry/v1"
+)
+
+// nodeIDPattern is what a coordinator's node ID may be.
+var nodeIDPattern = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$`)
+
+// clusterService is ferry.v1.ClusterService: the coordinators themselves.
+type clusterService struct {
+	ferryv1.UnimplementedClusterServiceServer
+	a *API
+}
+
+// ListMembers answers from this node's view of the configuration.
+func (s *clusterService) ListMembers(ctx context.Context, _ *ferryv1.ListMembersRequest) (*ferryv1.ListMembersResponse, error) {
+	members, err := s.members()
+	if err != nil {
+		return reply[*ferryv1.ListMembersResponse](ctx, s.a, nil, err)
+	}
+	st := s.a.membership.Stats()
+	resp := &ferryv1.ListMembersResponse{
+		Members:       members,
+		LeaderAddress: s.a.proposer.LeaderAPIAddress(),
+		LastIndex:     st.LastIndex,
+		CommitIndex:   st.CommitIndex,
+		AppliedIndex:  st.AppliedIndex,
+		NodeId:        s.a.membership.ID(),
+	}
+	for _, m := range members {
+		if m.GetLeader() {
+			resp.LeaderId = m.GetId()
+		}
+	}
+	return resp, nil
+}
+
+// members joins the Raft configuration with the API addresses the
+// ledger records.
+func (s *clusterService) members() ([]*ferryv1.Member, error) {
+	ms, err := s.a.membership.Members()
+	if err != nil {
+		return nil, err
+	}
+	api := map[string]string{}
+	for _, n := range s.a.ledger.Nodes() {
+		api[n.GetId()] = n.GetApiAddress()
+	}
+	out := make([]*ferryv1.Member, 0, len(ms))
+	for _, m := range ms {
+		out = append(out, &ferryv1.Member{
+			Id:          m.ID,
+			RaftAddress: m.RaftAddress,
+			ApiAddress:  api[m.ID],
+			Voter:       m.Suffrage == "Voter",
+			Leader:      m.Leader,
+		})
+	}
+	return out, nil
+}
+
+// AddVoter adds a coordinator, then records its API address so followers
+// can forward to it when it leads. Adding a member again is harmless, so
+// a restarted node may simply ask again.
+func (s *clusterService) AddVoter(ctx context.Context, req *ferryv1.AddVoterRequest) (*ferryv1.AddVoterResponse, error) {
+	c := &checker{}
+	checkNodeID(c, req.GetId())
+	checkHostPort(c, "raft_address", req.GetRaftAddress())
+	checkHostPort(c, "api_address", req.GetApiAddress())
+	err := c.err()
+	if err == nil {
+		err = s.a.membership.AddVoter(ctx, req.GetId(), req.GetRaftAddress())
+	}
+	if err == nil {
+		node := &ledgerv1.Node{Id: req.GetId(), ApiAddress: req.GetApiAddress(), RaftAddress: req.GetRaftAddress()}
+		_, err = s.a.propose(ctx, &ledgerv1.Command{Op: &ledgerv1.Command_PutNode{PutNode: &ledgerv1.PutNode{Node: node}}})
+	}
+	var members []*ferryv1.Member
+	if err == nil {
+		members, err = s.members()
+	}
+	return reply(ctx, s.a, &ferryv1.AddVoterResponse{Members: members}, err)
+}
+
+// RemoveVoter removes a coordinator and forgets its addresses. A leader
+// removing itself steps down and stops its Raft, so its record is deleted
+// first and restored if the removal fails.
+func (s *clusterService) RemoveVoter(ctx context.Context, req *ferryv1.RemoveVoterRequest) (*ferryv1.RemoveVoterResponse, error) {
+	c := &checker{}
+	checkNodeID(c, req.GetId())
+	if err := c.err(); err != nil {
+		return reply[*ferryv1.RemoveVoterResponse](ctx, s.a, nil, err)
+	}
+	var err error
+	if req.GetId() == s.a.membership.ID() {
+		err = s.removeSelf(ctx)
+	} else {
+		err = s.a.membership.RemoveVoter(ctx, req.GetId())
+		if err == nil {
+			_, err = s.a.propose(ctx, deleteNode(req.GetId()))
+		}
+	}
+	if err != nil {
+		return reply[*ferryv1.RemoveVoterResponse](ctx, s.a, nil, err)
+	}
+	// After removing itself this node may no longer know the configuration.
+	members, _ := s.members()
+	return &ferryv1.RemoveVoterResponse{Members: members}, nil
+}
+
+func (s *clusterService) removeSelf(ctx context.Context) error {
+	id := s.a.membership.ID()
+	old, had := s.a.ledger.Node(id)
+	if _, err := s.a.propose(ctx, deleteNode(id)); err != nil {
+		return err
+	}
+	err := s.a.membership.RemoveVoter(ctx, id)
+	if err != nil && had {
+		if _, perr := s.a.propose(ctx, &ledgerv1.Command{Op: &ledgerv1.Command_PutNode{PutNode: &ledgerv1.PutNode{Node: old}}}); perr != nil {
+			return fmt.Errorf("%w (and restoring its address record failed: %v)", err, perr)
+		}
+	}
+	return err
+}
+
+func deleteNode(id string) *ledgerv1.Command {
+	return &ledgerv1.Command{Op: &ledgerv1.Command_DeleteNode{DeleteNode: &ledgerv1.DeleteResource{Name: id}}}
+}
+
+func checkNodeID(c *checker, id string) {
+	switch {
+	case id == "":
+		c.add("id", "required: the coordinator's node ID")
+	case !nodeIDPattern.MatchString(id):
+		c.add("id", "%q is not a node ID (letters, digits, '.', '_', '-'; at most 64)", id)
+	}
+}

@@ -1,0 +1,141 @@
+package api
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+
+	"google.golang.org/genproto/googleapis/rpc/errdetails"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/ferry-v2v/ferry/coordinator/internal/consensus"
+	"github.com/ferry-v2v/ferry/coordinator/internal/ledger"
+	"github.com/ferry-v2v/ferry/pkg/grpcutil"
+)
+
+// violation is one bad field of a request.
+type violation struct {
+	field string
+	desc  string
+}
+
+// invalidError is a request that failed validation. Its message starts
+// with the first field path; every violation goes into the details.
+type invalidError struct{ v []violation }
+
+func (e *invalidError) Error() string {
+	msg := e.v[0].field + ": " + e.v[0].desc
+	if n := len(e.v) - 1; n > 0 {
+		msg += fmt.Sprintf(" (and %d more; see the BadRequest details)", n)
+	}
+	return msg
+}
+
+// checker collects the violations of one request.
+type checker struct{ v []violation }
+
+func (c *checker) add(field, format string, args ...any) {
+	c.v = append(c.v, violation{field: field, desc: fmt.Sprintf(format, args...)})
+}
+
+func (c *checker) ok() bool { return len(c.v) == 0 }
+
+func (c *checker) err() error {
+	if len(c.v) == 0 {
+		return nil
+	}
+	return &invalidError{v: c.v}
+}
+
+// invalid returns a one-field validation error.
+func invalid(field, format string, args ...any) error {
+	c := &checker{}
+	c.add(field, format, args...)
+	return c.err()
+}
+
+// fieldError is a refusal about one field that is not a syntax error: a
+// reference to something that does not exist (NOT_FOUND) or a state that
+// must change first (FAILED_PRECONDITION).
+type fieldError struct {
+	code  codes.Code
+	field string
+	msg   string
+}
+
+func (e *fieldError) Error() string { return e.field + ": " + e.msg }
+
+func notFound(field, name string) error {
+	return &fieldError{code: codes.NotFound, field: field, msg: name + " not found"}
+}
+
+func precondition(field, format string, args ...any) error {
+	return &fieldError{code: codes.FailedPrecondition, field: field, msg: fmt.Sprintf(format, args...)}
+}
+
+// toStatus is the one place errors become gRPC statuses.
+func (a *API) toStatus(ctx context.Context, err error) error {
+	if err == nil {
+		return nil
+	}
+	if _, ok := status.FromError(err); ok {
+		return err
+	}
+	var inv *invalidError
+	var fe *fieldError
+	switch {
+	case errors.As(err, &inv):
+		return badRequest(inv)
+	case errors.As(err, &fe):
+		return status.Error(fe.code, fe.Error())
+	case errors.Is(err, consensus.ErrNotLeader):
+		return grpcutil.NotLeaderError(a.proposer.LeaderAPIAddress())
+	case errors.Is(err, consensus.ErrLeadershipLost):
+		return status.Error(codes.Unavailable, "leadership changed while the request was in flight; its outcome is unknown: retry it (with the same request_id for a create)")
+	case errors.Is(err, consensus.ErrShutdown):
+		return status.Error(codes.Unavailable, "this coordinator is shutting down; try another one")
+	case errors.Is(err, consensus.ErrTimeout):
+		return status.Error(codes.Unavailable, "the cluster did not take the request in time; retry it")
+	case errors.Is(err, ledger.ErrNotFound):
+		return status.Error(codes.NotFound, err.Error())
+	case errors.Is(err, ledger.ErrExists):
+		return status.Error(codes.AlreadyExists, err.Error())
+	case errors.Is(err, ledger.ErrFailedPrecondition):
+		return status.Error(codes.FailedPrecondition, strings.TrimPrefix(err.Error(), ledger.ErrFailedPrecondition.Error()+": "))
+	case errors.Is(err, ledger.ErrStaleEpoch):
+		return status.Error(codes.FailedPrecondition, err.Error())
+	case errors.Is(err, context.DeadlineExceeded):
+		return status.Error(codes.DeadlineExceeded, err.Error())
+	case errors.Is(err, context.Canceled):
+		return status.Error(codes.Canceled, err.Error())
+	}
+	method, _ := grpc.Method(ctx)
+	a.log.Error("internal error", "method", method, "err", err)
+	return status.Error(codes.Internal, "internal error: "+err.Error())
+}
+
+// badRequest is INVALID_ARGUMENT with an errdetails.BadRequest listing
+// every violation.
+func badRequest(e *invalidError) error {
+	st := status.New(codes.InvalidArgument, e.Error())
+	br := &errdetails.BadRequest{}
+	for _, v := range e.v {
+		br.FieldViolations = append(br.FieldViolations, &errdetails.BadRequest_FieldViolation{Field: v.field, Description: v.desc})
+	}
+	if withDetails, err := st.WithDetails(br); err == nil {
+		return withDetails.Err()
+	}
+	return st.Err()
+}
+
+// reply maps err through toStatus; every handler returns through it.
+func reply[T any](ctx context.Context, a *API, resp T, err error) (T, error) {
+	if err != nil {
+		var zero T
+		return zero, a.toStatus(ctx, err)
+	}
+	return resp, nil
+}

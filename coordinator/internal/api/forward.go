@@ -1,0 +1,299 @@
+package api
+
+import (
+	"context"
+	"errors"
+	"io"
+	"log/slog"
+	"strings"
+	"sync"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/reflect/protoreflect"
+	"google.golang.org/protobuf/reflect/protoregistry"
+	"google.golang.org/protobuf/types/dynamicpb"
+
+	"github.com/ferry-v2v/ferry/pkg/grpcutil"
+)
+
+// forwardedHeader marks a call one coordinator forwarded to another, so a
+// call is forwarded at most once: a node that receives one and is not the
+// leader answers NOT_LEADER instead of forwarding again.
+const forwardedHeader = "ferry-forwarded"
+
+// ferryPrefix selects the calls the interceptors handle: ferry.v1 only,
+// never the agent stream, health or reflection.
+const ferryPrefix = "/ferry.v1."
+
+// writeVerbs are the method-name prefixes of the calls that change the
+// ledger and so must run on the leader.
+var writeVerbs = []string{"Create", "Delete", "Update", "Enable", "Disable", "Set", "Cancel", "Restart", "Add", "Remove"}
+
+// IsWriteMethod says whether a full method name ("/ferry.v1.S/CreateX") is
+// a write that a follower forwards to the leader.
+func IsWriteMethod(fullMethod string) bool {
+	if !strings.HasPrefix(fullMethod, ferryPrefix) {
+		return false
+	}
+	name := fullMethod[strings.LastIndex(fullMethod, "/")+1:]
+	for _, v := range writeVerbs {
+		if strings.HasPrefix(name, v) {
+			return true
+		}
+	}
+	return false
+}
+
+// UnaryInterceptor runs writes on the leader and linearizable reads after
+// LinearizableRead. On a follower it forwards writes, and reads that ask
+// to be linearizable, to the leader through Deps.Dialer, once; with no
+// leader known it answers UNAVAILABLE "no leader elected yet". A NOT_LEADER
+// answer carries the leader in the ferry-leader trailer too.
+func (a *API) UnaryInterceptor() grpc.UnaryServerInterceptor {
+	return func(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
+		resp, err := a.interceptUnary(ctx, req, info, handler)
+		if addr, ok := grpcutil.LeaderFromError(err); ok {
+			_ = grpcutil.SetLeaderTrailer(ctx, addr)
+		}
+		return resp, err
+	}
+}
+
+func (a *API) interceptUnary(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
+	write := IsWriteMethod(info.FullMethod)
+	linear := strings.HasPrefix(info.FullMethod, ferryPrefix) && !write && grpcutil.IsLinearizableRead(ctx)
+	if !write && !linear {
+		return handler(ctx, req)
+	}
+	forwarded := wasForwarded(ctx)
+	if !a.proposer.IsLeader() && !forwarded {
+		return a.fwd.unary(ctx, info.FullMethod, req)
+	}
+	if linear {
+		if err := a.proposer.LinearizableRead(ctx); err != nil {
+			if forwarded {
+				return nil, a.toStatus(ctx, err)
+			}
+			return a.fwd.unary(ctx, info.FullMethod, req)
+		}
+	}
+	resp, err := handler(ctx, req)
+	if grpcutil.IsNotLeader(err) && !forwarded {
+		// Leadership moved between IsLeader and Propose; the command was
+		// not taken, so sending it to the new leader is safe.
+		return a.fwd.unary(ctx, info.FullMethod, req)
+	}
+	return resp, err
+}
+
+// StreamInterceptor relays server-streaming ferry.v1 calls
+// (WatchMigrationJobs) from a follower to the leader, whose watch carries
+// live progress; with no leader known a follower serves the stream itself
+// (state changes only), unless the caller asked for a linearizable read.
+func (a *API) StreamInterceptor() grpc.StreamServerInterceptor {
+	return func(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
+		err := a.interceptStream(srv, ss, info, handler)
+		if addr, ok := grpcutil.LeaderFromError(err); ok {
+			ss.SetTrailer(metadata.Pairs(grpcutil.LeaderTrailer, addr))
+		}
+		return err
+	}
+}
+
+func (a *API) interceptStream(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
+	ctx := ss.Context()
+	if !strings.HasPrefix(info.FullMethod, ferryPrefix) || info.IsClientStream {
+		return handler(srv, ss)
+	}
+	linear := grpcutil.IsLinearizableRead(ctx)
+	if a.proposer.IsLeader() || wasForwarded(ctx) {
+		if linear {
+			if err := a.proposer.LinearizableRead(ctx); err != nil {
+				return a.toStatus(ctx, err)
+			}
+		}
+		return handler(srv, ss)
+	}
+	if a.proposer.LeaderAPIAddress() == "" && !linear {
+		return handler(srv, ss)
+	}
+	return a.fwd.serverStream(ss, info.FullMethod)
+}
+
+func wasForwarded(ctx context.Context) bool {
+	md, _ := metadata.FromIncomingContext(ctx)
+	return len(md.Get(forwardedHeader)) > 0
+}
+
+// leaderInfo is what the forwarder needs to know about leadership.
+type leaderInfo interface {
+	LeaderAPIAddress() string
+}
+
+// forwarder sends calls to the leader over connections from the Dialer,
+// which pools them.
+type forwarder struct {
+	leader leaderInfo
+	dial   Dialer
+	log    *slog.Logger
+	types  sync.Map // full method → [2]protoreflect.MessageDescriptor{in, out}
+}
+
+func newForwarder(leader leaderInfo, dial Dialer, log *slog.Logger) *forwarder {
+	return &forwarder{leader: leader, dial: dial, log: log}
+}
+
+// unary forwards one call, and once more if the leader changed under it.
+func (f *forwarder) unary(ctx context.Context, method string, req any) (any, error) {
+	addr := f.leader.LeaderAPIAddress()
+	for attempt := 0; ; attempt++ {
+		if addr == "" || f.dial == nil {
+			return nil, grpcutil.NotLeaderError(addr)
+		}
+		resp, err := f.invoke(ctx, addr, method, req)
+		if err == nil || attempt > 0 || status.Code(err) != codes.Unavailable {
+			return resp, err
+		}
+		next := f.nextLeader(err, addr)
+		if next == "" {
+			return nil, err
+		}
+		f.log.Debug("leader changed while forwarding; retrying", "method", method, "from", addr, "to", next)
+		addr = next
+	}
+}
+
+// nextLeader is where to retry after an UNAVAILABLE from addr: the leader
+// the answer names, else a newer leader this node knows of, else "".
+func (f *forwarder) nextLeader(err error, addr string) string {
+	if hint, ok := grpcutil.LeaderFromError(err); ok && hint != addr {
+		return hint
+	}
+	if now := f.leader.LeaderAPIAddress(); now != addr {
+		return now
+	}
+	return ""
+}
+
+func (f *forwarder) invoke(ctx context.Context, addr, method string, req any) (any, error) {
+	_, outDesc, err := f.methodTypes(method)
+	if err != nil {
+		return nil, err
+	}
+	conn, err := f.dial(ctx, addr)
+	if err != nil {
+		return nil, status.Errorf(codes.Unavailable, "reach the leader at %s: %v", addr, err)
+	}
+	out := newMessage(outDesc)
+	var header, trailer metadata.MD
+	err = conn.Invoke(outgoing(ctx), method, req, out, grpc.Header(&header), grpc.Trailer(&trailer))
+	if len(header) > 0 {
+		_ = grpc.SetHeader(ctx, header)
+	}
+	if len(trailer) > 0 {
+		_ = grpc.SetTrailer(ctx, trailer)
+	}
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+// serverStream relays a server-streaming call to the leader: the one
+// request up, every response down, and the leader's status at the end.
+func (f *forwarder) serverStream(ss grpc.ServerStream, method string) error {
+	ctx := ss.Context()
+	addr := f.leader.LeaderAPIAddress()
+	if addr == "" || f.dial == nil {
+		return grpcutil.NotLeaderError(addr)
+	}
+	inDesc, outDesc, err := f.methodTypes(method)
+	if err != nil {
+		return err
+	}
+	in := newMessage(inDesc)
+	if err := ss.RecvMsg(in); err != nil {
+		return err
+	}
+	conn, err := f.dial(ctx, addr)
+	if err != nil {
+		return status.Errorf(codes.Unavailable, "reach the leader at %s: %v", addr, err)
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	cs, err := conn.NewStream(outgoing(ctx), &grpc.StreamDesc{ServerStreams: true}, method)
+	if err != nil {
+		return err
+	}
+	if err := cs.SendMsg(in); err != nil && !errors.Is(err, io.EOF) {
+		return err
+	}
+	if err := cs.CloseSend(); err != nil {
+		return err
+	}
+	for {
+		out := newMessage(outDesc)
+		err := cs.RecvMsg(out)
+		if err != nil {
+			ss.SetTrailer(cs.Trailer())
+			if errors.Is(err, io.EOF) {
+				return nil
+			}
+			return err
+		}
+		if err := ss.SendMsg(out); err != nil {
+			return err
+		}
+	}
+}
+
+// outgoing passes the caller's metadata on, minus transport headers, and
+// marks the call as forwarded.
+func outgoing(ctx context.Context) context.Context {
+	in, _ := metadata.FromIncomingContext(ctx)
+	md := metadata.MD{}
+	for k, v := range in {
+		if strings.HasPrefix(k, ":") || strings.HasPrefix(k, "grpc-") || k == "content-type" || k == "user-agent" || k == "te" {
+			continue
+		}
+		md[k] = append([]string(nil), v...)
+	}
+	md.Set(forwardedHeader, "1")
+	return metadata.NewOutgoingContext(ctx, md)
+}
+
+// methodTypes finds a method's request and response messages in the
+// global registry (the generated ferry.v1 packages register themselves).
+func (f *forwarder) methodTypes(method string) (protoreflect.MessageDescriptor, protoreflect.MessageDescriptor, error) {
+	if v, ok := f.types.Load(method); ok {
+		d := v.([2]protoreflect.MessageDescriptor)
+		return d[0], d[1], nil
+	}
+	svc, name, ok := strings.Cut(strings.TrimPrefix(method, "/"), "/")
+	if !ok {
+		return nil, nil, status.Errorf(codes.Internal, "forward %s: not a full method name", method)
+	}
+	d, err := protoregistry.GlobalFiles.FindDescriptorByName(protoreflect.FullName(svc))
+	sd, isSvc := d.(protoreflect.ServiceDescriptor)
+	if err != nil || !isSvc {
+		return nil, nil, status.Errorf(codes.Internal, "forward %s: service %s not registered", method, svc)
+	}
+	md := sd.Methods().ByName(protoreflect.Name(name))
+	if md == nil {
+		return nil, nil, status.Errorf(codes.Unimplemented, "forward %s: no such method", method)
+	}
+	f.types.Store(method, [2]protoreflect.MessageDescriptor{md.Input(), md.Output()})
+	return md.Input(), md.Output(), nil
+}
+
+// newMessage makes the generated type of d, or a dynamic one.
+func newMessage(d protoreflect.MessageDescriptor) proto.Message {
+	if t, err := protoregistry.GlobalTypes.FindMessageByName(d.FullName()); err == nil {
+		return t.New().Interface()
+	}
+	return dynamicpb.NewMessage(d)
+}

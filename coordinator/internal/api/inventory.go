@@ -1,0 +1,107 @@
+package api
+
+import (
+	"context"
+
+	"google.golang.org/protobuf/proto"
+
+	ledgerv1 "github.com/ferry-v2v/ferry/pkg/pb/ferry/ledger/v1"
+	ferryv1 "github.com/ferry-v2v/ferry/pkg/pb/ferry/v1"
+)
+
+// inventoryService is ferry.v1.InventoryService: clusters, hosts, primary
+// storage and L3 networks.
+type inventoryService struct {
+	ferryv1.UnimplementedInventoryServiceServer
+	a *API
+}
+
+func (s *inventoryService) CreateCluster(ctx context.Context, req *ferryv1.CreateClusterRequest) (*ferryv1.CreateClusterResponse, error) {
+	cl, err := s.createCluster(ctx, req)
+	return reply(ctx, s.a, &ferryv1.CreateClusterResponse{Cluster: cl}, err)
+}
+
+func (s *inventoryService) createCluster(ctx context.Context, req *ferryv1.CreateClusterRequest) (*ferryv1.Cluster, error) {
+	c := &checker{}
+	checkRequestID(c, req.GetRequestId())
+	in := req.GetCluster()
+	if in == nil {
+		return nil, invalid("cluster", "required")
+	}
+	cl := &ferryv1.Cluster{
+		Name:        s.a.newName(c, "cluster.name", in.GetName(), colClusters),
+		DisplayName: in.GetDisplayName(),
+		Zone:        in.GetZone(),
+	}
+	checkText(c, "cluster.display_name", cl.DisplayName, maxDisplayName)
+	checkText(c, "cluster.zone", cl.Zone, maxLabel)
+	if err := c.err(); err != nil {
+		return nil, err
+	}
+	cmd := &ledgerv1.Command{Op: &ledgerv1.Command_PutCluster{PutCluster: &ledgerv1.PutCluster{Cluster: cl, RequestId: req.GetRequestId()}}}
+	name, err := s.a.createOne(ctx, req.GetRequestId(), colClusters, cmd)
+	if err != nil {
+		return nil, err
+	}
+	return lookup(s.a.ledger.Cluster, name, "cluster")
+}
+
+func (s *inventoryService) GetCluster(ctx context.Context, req *ferryv1.GetClusterRequest) (*ferryv1.GetClusterResponse, error) {
+	cl, err := get(s.a.ledger.Cluster, req.GetName(), colClusters, "cluster")
+	return reply(ctx, s.a, &ferryv1.GetClusterResponse{Cluster: cl}, err)
+}
+
+func (s *inventoryService) ListClusters(ctx context.Context, req *ferryv1.ListClustersRequest) (*ferryv1.ListClustersResponse, error) {
+	page, next, err := paginate(s.a.ledger.Clusters(), req.GetPageSize(), req.GetPageToken())
+	return reply(ctx, s.a, &ferryv1.ListClustersResponse{Clusters: page, NextPageToken: next}, err)
+}
+
+func (s *inventoryService) DeleteCluster(ctx context.Context, req *ferryv1.DeleteClusterRequest) (*ferryv1.DeleteClusterResponse, error) {
+	err := s.a.deleteResource(ctx, req.GetName(), colClusters, func(d *ledgerv1.DeleteResource) *ledgerv1.Command {
+		return &ledgerv1.Command{Op: &ledgerv1.Command_DeleteCluster{DeleteCluster: d}}
+	})
+	return reply(ctx, s.a, &ferryv1.DeleteClusterResponse{}, err)
+}
+
+func (s *inventoryService) GetHost(ctx context.Context, req *ferryv1.GetHostRequest) (*ferryv1.GetHostResponse, error) {
+	h, err := get(s.a.ledger.Host, req.GetName(), colHosts, "host")
+	return reply(ctx, s.a, &ferryv1.GetHostResponse{Host: h}, err)
+}
+
+func (s *inventoryService) ListHosts(ctx context.Context, req *ferryv1.ListHostsRequest) (*ferryv1.ListHostsResponse, error) {
+	c := &checker{}
+	checkOptionalRef(c, "cluster", req.GetCluster(), colClusters)
+	if err := c.err(); err != nil {
+		return reply[*ferryv1.ListHostsResponse](ctx, s.a, nil, err)
+	}
+	page, next, err := paginate(s.a.ledger.Hosts(req.GetCluster()), req.GetPageSize(), req.GetPageToken())
+	return reply(ctx, s.a, &ferryv1.ListHostsResponse{Hosts: page, NextPageToken: next}, err)
+}
+
+// lookup reads a resource the API has just written.
+func lookup[T proto.Message](read func(string) (T, bool), name, what string) (T, error) {
+	v, ok := read(name)
+	if !ok {
+		var zero T
+		return zero, notFound("name", what+" "+name)
+	}
+	return v, nil
+}
+
+// get serves a Get: the name is checked, then read from the local ledger.
+func get[T proto.Message](read func(string) (T, bool), name, collection, what string) (T, error) {
+	if err := checkName(name, collection); err != nil {
+		var zero T
+		return zero, err
+	}
+	return lookup(read, name, what)
+}
+
+// deleteResource serves a Delete whose answer is empty.
+func (a *API) deleteResource(ctx context.Context, name, collection string, cmd func(*ledgerv1.DeleteResource) *ledgerv1.Command) error {
+	if err := checkName(name, collection); err != nil {
+		return err
+	}
+	_, err := a.propose(ctx, cmd(&ledgerv1.DeleteResource{Name: name}))
+	return err
+}

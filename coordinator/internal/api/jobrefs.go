@@ -1,0 +1,145 @@
+package api
+
+import (
+	"fmt"
+	"net/netip"
+
+	ferryv1 "github.com/ferry-v2v/ferry/pkg/pb/ferry/v1"
+)
+
+// batchRefs are the resources a batch refers to, read once.
+type batchRefs struct {
+	source   *ferryv1.Source
+	server   *ferryv1.MigrationServer
+	networks map[string]*ferryv1.L3Network
+}
+
+// resolveBatch reads the source and server and checks their types match.
+// A server of the wrong type is FAILED_PRECONDITION: the request is well
+// formed, but the server must be one of the source's platform.
+func (a *API) resolveBatch(req *ferryv1.CreateMigrationJobsRequest) (*batchRefs, error) {
+	src, ok := a.ledger.Source(req.GetSource())
+	if !ok {
+		return nil, notFound("source", req.GetSource())
+	}
+	srv, ok := a.ledger.MigrationServer(req.GetMigrationServer())
+	if !ok {
+		return nil, notFound("migration_server", req.GetMigrationServer())
+	}
+	if srv.GetType() != src.GetType() {
+		return nil, precondition("migration_server", "%s is a %s migration server but source %s is %s; use a %s migration server",
+			srv.GetName(), platformName(srv.GetType()), src.GetName(), platformName(src.GetType()), platformName(src.GetType()))
+	}
+	return &batchRefs{source: src, server: srv, networks: map[string]*ferryv1.L3Network{}}, nil
+}
+
+// checkTargetRefs checks what job i's target refers to: existence (NOT_FOUND)
+// and consistency with the target cluster (INVALID_ARGUMENT).
+func (a *API) checkTargetRefs(i int, t *ferryv1.TargetVm, refs *batchRefs) error {
+	p := fmt.Sprintf("jobs[%d].target", i)
+	if _, ok := a.ledger.Cluster(t.GetCluster()); !ok {
+		return notFound(p+".cluster", t.GetCluster())
+	}
+	ps, ok := a.ledger.PrimaryStorage(t.GetPrimaryStorage())
+	if !ok {
+		return notFound(p+".primary_storage", t.GetPrimaryStorage())
+	}
+	if ps.GetCluster() != t.GetCluster() {
+		return invalid(p+".primary_storage", "%s belongs to %s, not to the target cluster %s", ps.GetName(), ps.GetCluster(), t.GetCluster())
+	}
+	if err := a.checkTargetHost(p, t, ps, refs.server); err != nil {
+		return err
+	}
+	for j, nic := range t.GetNics() {
+		if err := a.checkNICRefs(fmt.Sprintf("%s.nics[%d]", p, j), t, nic, refs); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (a *API) checkTargetHost(p string, t *ferryv1.TargetVm, ps *ferryv1.PrimaryStorage, srv *ferryv1.MigrationServer) error {
+	if t.GetHost() == "" {
+		return nil
+	}
+	h, ok := a.ledger.Host(t.GetHost())
+	if !ok {
+		return notFound(p+".host", t.GetHost())
+	}
+	if h.GetCluster() != t.GetCluster() {
+		return invalid(p+".host", "%s is in cluster %q, not in the target cluster %s", h.GetName(), h.GetCluster(), t.GetCluster())
+	}
+	if ps.GetType() == ferryv1.PrimaryStorageType_PRIMARY_STORAGE_TYPE_LOCAL && t.GetHost() != srv.GetHost() {
+		return invalid(p+".host", "local primary storage %s is written on the migration server's host %s; leave host empty or set it to that host",
+			ps.GetName(), srv.GetHost())
+	}
+	return nil
+}
+
+func (a *API) checkNICRefs(np string, t *ferryv1.TargetVm, nic *ferryv1.TargetNic, refs *batchRefs) error {
+	n, ok := refs.networks[nic.GetL3Network()]
+	if !ok {
+		if n, ok = a.ledger.L3Network(nic.GetL3Network()); !ok {
+			return notFound(np+".l3_network", nic.GetL3Network())
+		}
+		refs.networks[n.GetName()] = n
+	}
+	if n.GetCluster() != t.GetCluster() {
+		return invalid(np+".l3_network", "%s belongs to %s, not to the target cluster %s", n.GetName(), n.GetCluster(), t.GetCluster())
+	}
+	if nic.GetIp() == "" {
+		return nil
+	}
+	ip, _ := parseIP(nic.GetIp())
+	r := rangeOf(n)
+	switch {
+	case !r.contains(ip):
+		return invalid(np+".ip", "%s is outside the range %s-%s of %s", ip, n.GetIpRangeStart(), n.GetIpRangeEnd(), n.GetName())
+	case !r.usable(ip):
+		return invalid(np+".ip", "%s is the gateway, network or broadcast address of %s", ip, n.GetName())
+	}
+	return nil
+}
+
+// ipRange is an L3 network's allocation range.
+type ipRange struct {
+	start, end netip.Addr
+	gateway    netip.Addr
+	subnet     netip.Prefix
+}
+
+func rangeOf(n *ferryv1.L3Network) ipRange {
+	r := ipRange{}
+	r.start, _ = parseIP(n.GetIpRangeStart())
+	r.end, _ = parseIP(n.GetIpRangeEnd())
+	r.gateway, _ = parseIP(n.GetGateway())
+	r.subnet = netip.PrefixFrom(r.start, int(n.GetPrefixLength())).Masked()
+	return r
+}
+
+func (r ipRange) contains(a netip.Addr) bool {
+	return r.start.IsValid() && a.BitLen() == r.start.BitLen() && !a.Less(r.start) && !r.end.Less(a)
+}
+
+// usable says whether a may be handed to a VM: not the gateway, nor the
+// network or broadcast address of an IPv4 subnet larger than /31.
+func (r ipRange) usable(a netip.Addr) bool {
+	if a == r.gateway {
+		return false
+	}
+	if a.Is4() && r.subnet.IsValid() && r.subnet.Bits() < 31 {
+		if a == r.subnet.Addr() || a == lastAddr(r.subnet) {
+			return false
+		}
+	}
+	return true
+}
+
+func lastAddr(p netip.Prefix) netip.Addr {
+	b := p.Addr().AsSlice()
+	for i := p.Bits(); i < len(b)*8; i++ {
+		b[i/8] |= 1 << (7 - i%8)
+	}
+	a, _ := netip.AddrFromSlice(b)
+	return a
+}

@@ -1,0 +1,162 @@
+package api
+
+import (
+	"context"
+
+	"github.com/ferry-v2v/ferry/coordinator/internal/ledger"
+	ledgerv1 "github.com/ferry-v2v/ferry/pkg/pb/ferry/ledger/v1"
+	ferryv1 "github.com/ferry-v2v/ferry/pkg/pb/ferry/v1"
+)
+
+const maxReason = 1024
+
+// jobService is ferry.v1.MigrationJobService. Jobs are read through the
+// watch hub's overlay, so the leader shows live progress.
+type jobService struct {
+	ferryv1.UnimplementedMigrationJobServiceServer
+	a *API
+}
+
+func (s *jobService) CreateMigrationJobs(ctx context.Context, req *ferryv1.CreateMigrationJobsRequest) (*ferryv1.CreateMigrationJobsResponse, error) {
+	jobs, err := s.create(ctx, req)
+	return reply(ctx, s.a, &ferryv1.CreateMigrationJobsResponse{Jobs: jobs}, err)
+}
+
+func (s *jobService) create(ctx context.Context, req *ferryv1.CreateMigrationJobsRequest) ([]*ferryv1.MigrationJob, error) {
+	if names, ok, err := s.a.firstRequest(req.GetRequestId(), colJobs); err != nil || ok {
+		return s.readJobs(names, err)
+	}
+	jobs, err := s.a.checkBatch(req)
+	if err != nil {
+		return nil, err
+	}
+	refs, err := s.a.resolveBatch(req)
+	if err != nil {
+		return nil, err
+	}
+	for i, j := range jobs {
+		if err := s.a.checkTargetRefs(i, j.GetTarget(), refs); err != nil {
+			return nil, err
+		}
+	}
+	s.a.allocMu.Lock()
+	defer s.a.allocMu.Unlock()
+	if err := s.a.newAllocator(refs.networks).allocate(jobs); err != nil {
+		return nil, err
+	}
+	cmd := &ledgerv1.Command{Op: &ledgerv1.Command_CreateMigrationJobs{CreateMigrationJobs: &ledgerv1.CreateMigrationJobs{
+		Jobs: jobs, RequestId: req.GetRequestId(),
+	}}}
+	names, err := s.a.propose(ctx, cmd)
+	if err == nil {
+		err = checkCollection(names, colJobs, req.GetRequestId())
+	}
+	return s.readJobs(names, err)
+}
+
+// checkBatch checks the request on its own and returns its jobs, named.
+func (a *API) checkBatch(req *ferryv1.CreateMigrationJobsRequest) ([]*ferryv1.MigrationJob, error) {
+	c := &checker{}
+	checkRequestID(c, req.GetRequestId())
+	checkRef(c, "source", req.GetSource(), colSources)
+	checkRef(c, "migration_server", req.GetMigrationServer(), colServers)
+	switch n := len(req.GetJobs()); {
+	case n == 0:
+		c.add("jobs", "at least one VM is required")
+	case n > maxJobsPerRequest:
+		c.add("jobs", "at most %d VMs per request, got %d; split the batch", maxJobsPerRequest, n)
+		return nil, c.err()
+	}
+	seen := &batchSeen{sourceVMs: map[string]int{}, vmNames: map[string]int{}}
+	jobs := make([]*ferryv1.MigrationJob, len(req.GetJobs()))
+	for i, spec := range req.GetJobs() {
+		j := checkSpec(c, i, spec, seen)
+		j.Name = colJobs + "/" + a.newID()
+		j.Source = req.GetSource()
+		j.MigrationServer = req.GetMigrationServer()
+		jobs[i] = j
+	}
+	return jobs, c.err()
+}
+
+// readJobs reads jobs back from the ledger, with live progress.
+func (s *jobService) readJobs(names []string, err error) ([]*ferryv1.MigrationJob, error) {
+	if err != nil {
+		return nil, err
+	}
+	out := make([]*ferryv1.MigrationJob, 0, len(names))
+	for _, n := range names {
+		j, err := s.readJob(n, nil)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, j)
+	}
+	return out, nil
+}
+
+func (s *jobService) readJob(name string, err error) (*ferryv1.MigrationJob, error) {
+	if err != nil {
+		return nil, err
+	}
+	j, err := lookup(s.a.ledger.Job, name, "migration job")
+	if err != nil {
+		return nil, err
+	}
+	return s.a.hub.Overlay(j), nil
+}
+
+func (s *jobService) GetMigrationJob(ctx context.Context, req *ferryv1.GetMigrationJobRequest) (*ferryv1.GetMigrationJobResponse, error) {
+	j, err := s.readJob(req.GetName(), checkName(req.GetName(), colJobs))
+	return reply(ctx, s.a, &ferryv1.GetMigrationJobResponse{Job: j}, err)
+}
+
+func (s *jobService) ListMigrationJobs(ctx context.Context, req *ferryv1.ListMigrationJobsRequest) (*ferryv1.ListMigrationJobsResponse, error) {
+	c := &checker{}
+	checkEnum(c, "state", req.GetState(), false)
+	checkOptionalRef(c, "migration_server", req.GetMigrationServer(), colServers)
+	checkOptionalRef(c, "source", req.GetSource(), colSources)
+	if err := c.err(); err != nil {
+		return reply[*ferryv1.ListMigrationJobsResponse](ctx, s.a, nil, err)
+	}
+	all := s.a.ledger.Jobs(ledger.JobFilter{State: req.GetState(), MigrationServer: req.GetMigrationServer(), Source: req.GetSource()})
+	page, next, err := paginate(all, req.GetPageSize(), req.GetPageToken())
+	for _, j := range page {
+		s.a.hub.Overlay(j)
+	}
+	return reply(ctx, s.a, &ferryv1.ListMigrationJobsResponse{Jobs: page, NextPageToken: next}, err)
+}
+
+// CancelMigrationJob records the cancellation; the session manager sees
+// the job event and tells the agent to stop.
+func (s *jobService) CancelMigrationJob(ctx context.Context, req *ferryv1.CancelMigrationJobRequest) (*ferryv1.CancelMigrationJobResponse, error) {
+	c := &checker{}
+	checkRef(c, "name", req.GetName(), colJobs)
+	checkText(c, "reason", req.GetReason(), maxReason)
+	err := c.err()
+	if err == nil {
+		_, err = s.a.propose(ctx, &ledgerv1.Command{Op: &ledgerv1.Command_CancelMigrationJob{CancelMigrationJob: &ledgerv1.CancelMigrationJob{
+			Name: req.GetName(), Reason: req.GetReason(),
+		}}})
+	}
+	j, err := s.readJob(req.GetName(), err)
+	return reply(ctx, s.a, &ferryv1.CancelMigrationJobResponse{Job: j}, err)
+}
+
+func (s *jobService) RestartMigrationJob(ctx context.Context, req *ferryv1.RestartMigrationJobRequest) (*ferryv1.RestartMigrationJobResponse, error) {
+	err := checkName(req.GetName(), colJobs)
+	if err == nil {
+		_, err = s.a.propose(ctx, &ledgerv1.Command{Op: &ledgerv1.Command_RestartMigrationJob{RestartMigrationJob: &ledgerv1.RestartMigrationJob{
+			Name: req.GetName(),
+		}}})
+	}
+	j, err := s.readJob(req.GetName(), err)
+	return reply(ctx, s.a, &ferryv1.RestartMigrationJobResponse{Job: j}, err)
+}
+
+func (s *jobService) DeleteMigrationJob(ctx context.Context, req *ferryv1.DeleteMigrationJobRequest) (*ferryv1.DeleteMigrationJobResponse, error) {
+	err := s.a.deleteResource(ctx, req.GetName(), colJobs, func(d *ledgerv1.DeleteResource) *ledgerv1.Command {
+		return &ledgerv1.Command{Op: &ledgerv1.Command_DeleteMigrationJob{DeleteMigrationJob: d}}
+	})
+	return reply(ctx, s.a, &ferryv1.DeleteMigrationJobResponse{}, err)
+}

@@ -1,0 +1,174 @@
+package api
+
+import (
+	"fmt"
+	"strings"
+
+	"google.golang.org/protobuf/proto"
+
+	ferryv1 "github.com/ferry-v2v/ferry/pkg/pb/ferry/v1"
+)
+
+// Limits of a CreateMigrationJobs request.
+const (
+	maxJobsPerRequest = 50
+	maxCDROMs         = 3
+	maxCPUs           = 1024
+	maxVMName         = 255
+)
+
+// batchSeen tracks what must be unique within one batch.
+type batchSeen struct {
+	sourceVMs map[string]int
+	vmNames   map[string]int
+}
+
+// checkSpec checks one VM of a batch on its own (no ledger lookups) and
+// returns the job it becomes, without name or allocations.
+func checkSpec(c *checker, i int, spec *ferryv1.MigrationJobSpec, seen *batchSeen) *ferryv1.MigrationJob {
+	p := fmt.Sprintf("jobs[%d]", i)
+	job := &ferryv1.MigrationJob{SourceVm: spec.GetSourceVm()}
+	switch vm := spec.GetSourceVm(); {
+	case vm == "":
+		c.add(p+".source_vm", "required: the VM's libvirt domain name or UUID, or its vCenter managed object id")
+	default:
+		checkText(c, p+".source_vm", vm, maxVMName)
+		if k, dup := seen.sourceVMs[vm]; dup {
+			c.add(p+".source_vm", "VM %q is also jobs[%d]; migrate each VM once per request", vm, k)
+		}
+		seen.sourceVMs[vm] = i
+	}
+	job.Options = checkOptions(c, p+".options", spec.GetOptions())
+	if spec.GetTarget() == nil {
+		c.add(p+".target", "required: the target VM")
+		return job
+	}
+	job.Target = checkTarget(c, i, spec.GetTarget(), seen)
+	return job
+}
+
+func checkOptions(c *checker, p string, in *ferryv1.MigrationOptions) *ferryv1.MigrationOptions {
+	out := proto.Clone(in).(*ferryv1.MigrationOptions)
+	if out == nil {
+		out = &ferryv1.MigrationOptions{}
+	}
+	checkEnum(c, p+".compression", out.GetCompression(), false)
+	if out.AutoStart == nil {
+		out.AutoStart = proto.Bool(true)
+	}
+	return out
+}
+
+func checkTarget(c *checker, i int, in *ferryv1.TargetVm, seen *batchSeen) *ferryv1.TargetVm {
+	p := fmt.Sprintf("jobs[%d].target", i)
+	t := proto.Clone(in).(*ferryv1.TargetVm)
+	switch {
+	case t.VmName == "":
+		c.add(p+".vm_name", "required: the target VM's name")
+	case strings.ContainsAny(t.VmName, "/"):
+		c.add(p+".vm_name", "%q must not contain '/'", t.VmName)
+	default:
+		checkText(c, p+".vm_name", t.VmName, maxVMName)
+		if k, dup := seen.vmNames[t.VmName]; dup {
+			c.add(p+".vm_name", "%q is also the name of jobs[%d].target", t.VmName, k)
+		}
+		seen.vmNames[t.VmName] = i
+	}
+	checkRef(c, p+".cluster", t.Cluster, colClusters)
+	checkRef(c, p+".primary_storage", t.PrimaryStorage, colStorages)
+	checkOptionalRef(c, p+".host", t.Host, colHosts)
+	if t.Cpus < 1 || t.Cpus > maxCPUs {
+		c.add(p+".cpus", "must be 1 to %d, got %d", maxCPUs, t.Cpus)
+	}
+	if t.MemoryBytes < 1<<20 {
+		c.add(p+".memory_bytes", "must be at least 1 MiB (1048576), got %d", t.MemoryBytes)
+	}
+	checkDisks(c, p+".disks", t.Disks)
+	checkNICs(c, p+".nics", t.Nics)
+	if t.CdromCount < 0 || t.CdromCount > maxCDROMs {
+		c.add(p+".cdrom_count", "a target VM has 0 to %d CD-ROM drives, got %d", maxCDROMs, t.CdromCount)
+	}
+	checkEnum(c, p+".firmware", t.Firmware, false)
+	checkEnum(c, p+".os_type", t.OsType, false)
+	checkEnum(c, p+".disk_bus", t.DiskBus, false)
+	return t
+}
+
+func checkDisks(c *checker, p string, disks []*ferryv1.TargetDisk) {
+	if len(disks) == 0 {
+		c.add(p, "a target VM needs at least one disk (the root disk first)")
+		return
+	}
+	seen := map[string]int{}
+	for j, d := range disks {
+		dp := fmt.Sprintf("%s[%d]", p, j)
+		switch {
+		case d.GetSourceDisk() == "":
+			c.add(dp+".source_disk", "required: the source disk (e.g. vda, or a VMware disk key)")
+		default:
+			if k, dup := seen[d.GetSourceDisk()]; dup {
+				c.add(dp+".source_disk", "%q is also %s[%d]", d.GetSourceDisk(), p, k)
+			}
+			seen[d.GetSourceDisk()] = j
+		}
+		checkText(c, dp+".display_name", d.GetDisplayName(), maxDisplayName)
+		if d.GetSizeBytes() <= 0 {
+			c.add(dp+".size_bytes", "must be positive: the virtual size of the source disk")
+		}
+	}
+}
+
+// checkNICs checks each NIC and defaults its MAC to the source MAC. IPs
+// are checked against their network later.
+func checkNICs(c *checker, p string, nics []*ferryv1.TargetNic) {
+	if len(nics) == 0 {
+		c.add(p, "a target VM needs at least one NIC")
+		return
+	}
+	macs := map[string]int{}
+	for j, n := range nics {
+		np := fmt.Sprintf("%s[%d]", p, j)
+		checkRef(c, np+".l3_network", n.GetL3Network(), colNetworks)
+		if field, ok := checkMAC(c, np, n); ok {
+			if k, dup := macs[n.GetMac()]; dup {
+				c.add(field, "%s is also the MAC of %s[%d]", n.GetMac(), p, k)
+			}
+			macs[n.GetMac()] = j
+		}
+		if n.GetIp() != "" {
+			if a, ok := parseIP(n.GetIp()); !ok {
+				c.add(np+".ip", "%q is not an IP address", n.GetIp())
+			} else {
+				n.Ip = a.String()
+			}
+		}
+	}
+}
+
+// checkMAC normalises a NIC's MACs, defaulting mac to source_mac, and
+// returns the field the target MAC came from.
+func checkMAC(c *checker, np string, n *ferryv1.TargetNic) (string, bool) {
+	if n.GetSourceMac() != "" {
+		mac, why := parseMAC(n.GetSourceMac())
+		if why != "" {
+			c.add(np+".source_mac", "%q %s", n.GetSourceMac(), why)
+			return "", false
+		}
+		n.SourceMac = mac
+	}
+	if n.GetMac() == "" {
+		if n.GetSourceMac() == "" {
+			c.add(np+".mac", "required when source_mac is empty: the target NIC's MAC")
+			return "", false
+		}
+		n.Mac = n.GetSourceMac()
+		return np + ".source_mac", true
+	}
+	mac, why := parseMAC(n.GetMac())
+	if why != "" {
+		c.add(np+".mac", "%q %s", n.GetMac(), why)
+		return "", false
+	}
+	n.Mac = mac
+	return np + ".mac", true
+}

@@ -1,0 +1,147 @@
+package api
+
+import (
+	"context"
+	"net/netip"
+	"strings"
+	"unicode"
+
+	ledgerv1 "github.com/ferry-v2v/ferry/pkg/pb/ferry/ledger/v1"
+	ferryv1 "github.com/ferry-v2v/ferry/pkg/pb/ferry/v1"
+)
+
+// maxIfName is the longest Linux interface name (IFNAMSIZ - 1).
+const maxIfName = 15
+
+func (s *inventoryService) CreateL3Network(ctx context.Context, req *ferryv1.CreateL3NetworkRequest) (*ferryv1.CreateL3NetworkResponse, error) {
+	n, err := s.createL3Network(ctx, req)
+	return reply(ctx, s.a, &ferryv1.CreateL3NetworkResponse{L3Network: n}, err)
+}
+
+func (s *inventoryService) createL3Network(ctx context.Context, req *ferryv1.CreateL3NetworkRequest) (*ferryv1.L3Network, error) {
+	in := req.GetL3Network()
+	if in == nil {
+		return nil, invalid("l3_network", "required")
+	}
+	c := &checker{}
+	checkRequestID(c, req.GetRequestId())
+	n := &ferryv1.L3Network{
+		Name:           s.a.newName(c, "l3_network.name", in.GetName(), colNetworks),
+		DisplayName:    in.GetDisplayName(),
+		Cluster:        in.GetCluster(),
+		LibvirtNetwork: in.GetLibvirtNetwork(),
+		Bridge:         in.GetBridge(),
+		IpRangeStart:   in.GetIpRangeStart(),
+		IpRangeEnd:     in.GetIpRangeEnd(),
+		Gateway:        in.GetGateway(),
+		PrefixLength:   in.GetPrefixLength(),
+	}
+	checkText(c, "l3_network.display_name", n.DisplayName, maxDisplayName)
+	checkRef(c, "l3_network.cluster", n.Cluster, colClusters)
+	checkAttachment(c, n)
+	checkRange(c, n)
+	if err := c.err(); err != nil {
+		return nil, err
+	}
+	if _, ok := s.a.ledger.Cluster(n.Cluster); !ok {
+		return nil, notFound("l3_network.cluster", n.Cluster)
+	}
+	cmd := &ledgerv1.Command{Op: &ledgerv1.Command_PutL3Network{PutL3Network: &ledgerv1.PutL3Network{L3Network: n, RequestId: req.GetRequestId()}}}
+	name, err := s.a.createOne(ctx, req.GetRequestId(), colNetworks, cmd)
+	if err != nil {
+		return nil, err
+	}
+	return lookup(s.a.ledger.L3Network, name, "L3 network")
+}
+
+// checkAttachment requires exactly one of libvirt_network and bridge.
+func checkAttachment(c *checker, n *ferryv1.L3Network) {
+	switch {
+	case n.LibvirtNetwork == "" && n.Bridge == "":
+		c.add("l3_network.libvirt_network", "set exactly one of libvirt_network and bridge; both are empty")
+	case n.LibvirtNetwork != "" && n.Bridge != "":
+		c.add("l3_network.libvirt_network", "set exactly one of libvirt_network and bridge; both are set")
+	case n.LibvirtNetwork != "":
+		if len(n.LibvirtNetwork) > 255 || strings.ContainsAny(n.LibvirtNetwork, "/") || strings.IndexFunc(n.LibvirtNetwork, unicode.IsSpace) >= 0 {
+			c.add("l3_network.libvirt_network", "%q is not a libvirt network name", n.LibvirtNetwork)
+		}
+	default:
+		if len(n.Bridge) > maxIfName || strings.ContainsAny(n.Bridge, "/:") || strings.IndexFunc(n.Bridge, unicode.IsSpace) >= 0 || n.Bridge == "." || n.Bridge == ".." {
+			c.add("l3_network.bridge", "%q is not a Linux interface name (at most %d characters, no '/', ':' or spaces)", n.Bridge, maxIfName)
+		}
+	}
+}
+
+// checkRange checks the allocation range, prefix and gateway, and writes
+// the addresses back in canonical form.
+func checkRange(c *checker, n *ferryv1.L3Network) {
+	start, okStart := parseIP(n.IpRangeStart)
+	end, okEnd := parseIP(n.IpRangeEnd)
+	if !okStart {
+		c.add("l3_network.ip_range_start", "%q is not an IP address", n.IpRangeStart)
+	}
+	if !okEnd {
+		c.add("l3_network.ip_range_end", "%q is not an IP address", n.IpRangeEnd)
+	}
+	if !okStart || !okEnd {
+		return
+	}
+	n.IpRangeStart, n.IpRangeEnd = start.String(), end.String()
+	if start.Is4() != end.Is4() {
+		c.add("l3_network.ip_range_end", "%s and %s are of different IP versions", start, end)
+		return
+	}
+	if end.Less(start) {
+		c.add("l3_network.ip_range_end", "%s is before ip_range_start %s", end, start)
+		return
+	}
+	if n.PrefixLength < 1 || int(n.PrefixLength) > start.BitLen() {
+		c.add("l3_network.prefix_length", "%d is not a prefix length of an IPv%d network (1-%d)", n.PrefixLength, ipVersion(start), start.BitLen())
+		return
+	}
+	subnet := netip.PrefixFrom(start, int(n.PrefixLength)).Masked()
+	if !subnet.Contains(end) {
+		c.add("l3_network.ip_range_end", "%s is outside the subnet %s of ip_range_start", end, subnet)
+	}
+	if n.Gateway == "" {
+		return
+	}
+	gw, ok := parseIP(n.Gateway)
+	switch {
+	case !ok:
+		c.add("l3_network.gateway", "%q is not an IP address", n.Gateway)
+	case !subnet.Contains(gw):
+		c.add("l3_network.gateway", "%s is outside the subnet %s", gw, subnet)
+	default:
+		n.Gateway = gw.String()
+	}
+}
+
+func ipVersion(a netip.Addr) int {
+	if a.Is4() {
+		return 4
+	}
+	return 6
+}
+
+func (s *inventoryService) GetL3Network(ctx context.Context, req *ferryv1.GetL3NetworkRequest) (*ferryv1.GetL3NetworkResponse, error) {
+	n, err := get(s.a.ledger.L3Network, req.GetName(), colNetworks, "L3 network")
+	return reply(ctx, s.a, &ferryv1.GetL3NetworkResponse{L3Network: n}, err)
+}
+
+func (s *inventoryService) ListL3Networks(ctx context.Context, req *ferryv1.ListL3NetworksRequest) (*ferryv1.ListL3NetworksResponse, error) {
+	c := &checker{}
+	checkOptionalRef(c, "cluster", req.GetCluster(), colClusters)
+	if err := c.err(); err != nil {
+		return reply[*ferryv1.ListL3NetworksResponse](ctx, s.a, nil, err)
+	}
+	page, next, err := paginate(s.a.ledger.L3Networks(req.GetCluster()), req.GetPageSize(), req.GetPageToken())
+	return reply(ctx, s.a, &ferryv1.ListL3NetworksResponse{L3Networks: page, NextPageToken: next}, err)
+}
+
+func (s *inventoryService) DeleteL3Network(ctx context.Context, req *ferryv1.DeleteL3NetworkRequest) (*ferryv1.DeleteL3NetworkResponse, error) {
+	err := s.a.deleteResource(ctx, req.GetName(), colNetworks, func(d *ledgerv1.DeleteResource) *ledgerv1.Command {
+		return &ledgerv1.Command{Op: &ledgerv1.Command_DeleteL3Network{DeleteL3Network: d}}
+	})
+	return reply(ctx, s.a, &ferryv1.DeleteL3NetworkResponse{}, err)
+}

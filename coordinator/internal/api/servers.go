@@ -1,0 +1,189 @@
+package api
+
+import (
+	"context"
+	"fmt"
+	"net/netip"
+	"strings"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/protobuf/proto"
+
+	ledgerv1 "github.com/ferry-v2v/ferry/pkg/pb/ferry/ledger/v1"
+	ferryv1 "github.com/ferry-v2v/ferry/pkg/pb/ferry/v1"
+)
+
+// serverService is ferry.v1.MigrationServerService.
+type serverService struct {
+	ferryv1.UnimplementedMigrationServerServiceServer
+	a *API
+}
+
+func (s *serverService) CreateMigrationServer(ctx context.Context, req *ferryv1.CreateMigrationServerRequest) (*ferryv1.CreateMigrationServerResponse, error) {
+	ms, err := s.create(ctx, req)
+	return reply(ctx, s.a, &ferryv1.CreateMigrationServerResponse{MigrationServer: ms}, err)
+}
+
+// create gives a host the migration role. A new server is enabled; the
+// enabled field of the request is ignored (proto3 cannot tell false from
+// absent) and DisableMigrationServer turns it off.
+func (s *serverService) create(ctx context.Context, req *ferryv1.CreateMigrationServerRequest) (*ferryv1.MigrationServer, error) {
+	in := req.GetMigrationServer()
+	if in == nil {
+		return nil, invalid("migration_server", "required")
+	}
+	if names, ok, err := s.a.firstRequest(req.GetRequestId(), colServers); err != nil || ok {
+		return s.read(firstName(names), err)
+	}
+	ms, err := s.validate(req, in)
+	if err != nil {
+		return nil, err
+	}
+	if _, ok := s.a.ledger.Host(ms.Host); !ok {
+		return nil, &fieldError{code: codes.NotFound, field: "migration_server.host", msg: fmt.Sprintf(
+			"%s not found; a host registers itself when its ferry-agent first connects: start ferry-agent --host-name %s first",
+			ms.Host, strings.TrimPrefix(ms.Host, colHosts+"/"))}
+	}
+	if other, ok := s.a.ledger.MigrationServerOfHost(ms.Host); ok {
+		return nil, precondition("migration_server.host", "host %s is already migration server %s of type %s; delete that migration server first",
+			ms.Host, other.GetName(), platformName(other.GetType()))
+	}
+	cmd := &ledgerv1.Command{Op: &ledgerv1.Command_PutMigrationServer{PutMigrationServer: &ledgerv1.PutMigrationServer{MigrationServer: ms, RequestId: req.GetRequestId()}}}
+	name, err := s.a.createOne(ctx, req.GetRequestId(), colServers, cmd)
+	return s.read(name, err)
+}
+
+func (s *serverService) validate(req *ferryv1.CreateMigrationServerRequest, in *ferryv1.MigrationServer) (*ferryv1.MigrationServer, error) {
+	c := &checker{}
+	checkRequestID(c, req.GetRequestId())
+	ms := &ferryv1.MigrationServer{
+		Name:        s.a.newName(c, "migration_server.name", in.GetName(), colServers),
+		DisplayName: in.GetDisplayName(),
+		Host:        in.GetHost(),
+		Type:        in.GetType(),
+		CachePath:   in.GetCachePath(),
+		Enabled:     true,
+	}
+	checkText(c, "migration_server.display_name", ms.DisplayName, maxDisplayName)
+	checkRef(c, "migration_server.host", ms.Host, colHosts)
+	checkEnum(c, "migration_server.type", ms.Type, true)
+	checkAbsPath(c, "migration_server.cache_path", ms.CachePath, "the cache directory on the host")
+	if cidr := in.GetMigrationCidr(); cidr != "" {
+		p, err := netip.ParsePrefix(cidr)
+		if err != nil {
+			c.add("migration_server.migration_cidr", "%q is not a CIDR such as 10.20.0.0/24", cidr)
+		} else {
+			ms.MigrationCidr = p.Masked().String()
+		}
+	}
+	ms.UpstreamBitsPerSecond, ms.UpstreamBandwidth = bandwidthLimit(c, "migration_server.upstream_bandwidth", in.GetUpstreamBandwidth())
+	ms.DownstreamBitsPerSecond, ms.DownstreamBandwidth = bandwidthLimit(c, "migration_server.downstream_bandwidth", in.GetDownstreamBandwidth())
+	return ms, c.err()
+}
+
+func platformName(p ferryv1.Platform) string {
+	switch p {
+	case ferryv1.Platform_PLATFORM_VMWARE:
+		return "vmware"
+	case ferryv1.Platform_PLATFORM_KVM:
+		return "kvm"
+	}
+	return p.String()
+}
+
+// read returns a server as the API shows it, with its host's connection.
+func (s *serverService) read(name string, err error) (*ferryv1.MigrationServer, error) {
+	if err != nil {
+		return nil, err
+	}
+	ms, err := lookup(s.a.ledger.MigrationServer, name, "migration server")
+	if err != nil {
+		return nil, err
+	}
+	return s.a.withConnected(ms), nil
+}
+
+func (a *API) withConnected(ms *ferryv1.MigrationServer) *ferryv1.MigrationServer {
+	h, ok := a.ledger.Host(ms.GetHost())
+	ms.Connected = ok && h.GetConnected()
+	return ms
+}
+
+func (s *serverService) GetMigrationServer(ctx context.Context, req *ferryv1.GetMigrationServerRequest) (*ferryv1.GetMigrationServerResponse, error) {
+	err := checkName(req.GetName(), colServers)
+	ms, err := s.read(req.GetName(), err)
+	return reply(ctx, s.a, &ferryv1.GetMigrationServerResponse{MigrationServer: ms}, err)
+}
+
+func (s *serverService) ListMigrationServers(ctx context.Context, req *ferryv1.ListMigrationServersRequest) (*ferryv1.ListMigrationServersResponse, error) {
+	c := &checker{}
+	checkEnum(c, "type", req.GetType(), false)
+	if err := c.err(); err != nil {
+		return reply[*ferryv1.ListMigrationServersResponse](ctx, s.a, nil, err)
+	}
+	page, next, err := paginate(s.a.ledger.MigrationServers(req.GetType()), req.GetPageSize(), req.GetPageToken())
+	for _, ms := range page {
+		s.a.withConnected(ms)
+	}
+	return reply(ctx, s.a, &ferryv1.ListMigrationServersResponse{MigrationServers: page, NextPageToken: next}, err)
+}
+
+// DeleteMigrationServer deletes a server; the ledger cancels its queued
+// and running jobs in the same command and names them.
+func (s *serverService) DeleteMigrationServer(ctx context.Context, req *ferryv1.DeleteMigrationServerRequest) (*ferryv1.DeleteMigrationServerResponse, error) {
+	if err := checkName(req.GetName(), colServers); err != nil {
+		return reply[*ferryv1.DeleteMigrationServerResponse](ctx, s.a, nil, err)
+	}
+	cmd := &ledgerv1.Command{Op: &ledgerv1.Command_DeleteMigrationServer{DeleteMigrationServer: &ledgerv1.DeleteResource{Name: req.GetName()}}}
+	cancelled, err := s.a.propose(ctx, cmd)
+	return reply(ctx, s.a, &ferryv1.DeleteMigrationServerResponse{CancelledJobs: cancelled}, err)
+}
+
+func (s *serverService) EnableMigrationServer(ctx context.Context, req *ferryv1.EnableMigrationServerRequest) (*ferryv1.EnableMigrationServerResponse, error) {
+	ms, err := s.setEnabled(ctx, req.GetName(), true)
+	return reply(ctx, s.a, &ferryv1.EnableMigrationServerResponse{MigrationServer: ms}, err)
+}
+
+func (s *serverService) DisableMigrationServer(ctx context.Context, req *ferryv1.DisableMigrationServerRequest) (*ferryv1.DisableMigrationServerResponse, error) {
+	ms, err := s.setEnabled(ctx, req.GetName(), false)
+	return reply(ctx, s.a, &ferryv1.DisableMigrationServerResponse{MigrationServer: ms}, err)
+}
+
+func (s *serverService) setEnabled(ctx context.Context, name string, enabled bool) (*ferryv1.MigrationServer, error) {
+	if err := checkName(name, colServers); err != nil {
+		return nil, err
+	}
+	cmd := &ledgerv1.Command{Op: &ledgerv1.Command_SetMigrationServerEnabled{
+		SetMigrationServerEnabled: &ledgerv1.SetMigrationServerEnabled{Name: name, Enabled: enabled}}}
+	_, err := s.a.propose(ctx, cmd)
+	return s.read(name, err)
+}
+
+// SetMigrationServerBandwidth changes the limits present in the request;
+// an empty value clears a limit back to unlimited.
+func (s *serverService) SetMigrationServerBandwidth(ctx context.Context, req *ferryv1.SetMigrationServerBandwidthRequest) (*ferryv1.SetMigrationServerBandwidthResponse, error) {
+	ms, err := s.setBandwidth(ctx, req)
+	return reply(ctx, s.a, &ferryv1.SetMigrationServerBandwidthResponse{MigrationServer: ms}, err)
+}
+
+func (s *serverService) setBandwidth(ctx context.Context, req *ferryv1.SetMigrationServerBandwidthRequest) (*ferryv1.MigrationServer, error) {
+	c := &checker{}
+	checkRef(c, "name", req.GetName(), colServers)
+	set := &ledgerv1.SetMigrationServerBandwidth{Name: req.GetName()}
+	if req.UpstreamBandwidth == nil && req.DownstreamBandwidth == nil {
+		c.add("upstream_bandwidth", "set upstream_bandwidth, downstream_bandwidth or both (an empty value means unlimited)")
+	}
+	if req.UpstreamBandwidth != nil {
+		bps, canonical := bandwidthLimit(c, "upstream_bandwidth", req.GetUpstreamBandwidth())
+		set.UpstreamBandwidth, set.UpstreamBitsPerSecond = proto.String(canonical), proto.Int64(bps)
+	}
+	if req.DownstreamBandwidth != nil {
+		bps, canonical := bandwidthLimit(c, "downstream_bandwidth", req.GetDownstreamBandwidth())
+		set.DownstreamBandwidth, set.DownstreamBitsPerSecond = proto.String(canonical), proto.Int64(bps)
+	}
+	if err := c.err(); err != nil {
+		return nil, err
+	}
+	_, err := s.a.propose(ctx, &ledgerv1.Command{Op: &ledgerv1.Command_SetMigrationServerBandwidth{SetMigrationServerBandwidth: set}})
+	return s.read(req.GetName(), err)
+}
