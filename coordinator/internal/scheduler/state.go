@@ -1,0 +1,116 @@
+package scheduler
+
+import (
+	"fmt"
+	"slices"
+	"strconv"
+
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	"github.com/ferry-v2v/ferry/coordinator/internal/ledger"
+	ferryv1 "github.com/ferry-v2v/ferry/pkg/pb/ferry/v1"
+)
+
+// state is what one pass knows: the ledger as it read it, the agents'
+// facts, and the jobs it started itself.
+type state struct {
+	ledger   *ledger.Ledger
+	agents   Agents
+	limit    int
+	running  int
+	reserved map[string]int64 // by migration server
+	facts    map[string]*ferryv1.HostFacts
+	servers  map[string]*ferryv1.MigrationServer
+}
+
+func newState(l *ledger.Ledger, agents Agents) *state {
+	st := &state{ledger: l, agents: agents, reserved: map[string]int64{}, facts: agents.Hosts(),
+		servers: map[string]*ferryv1.MigrationServer{}}
+	st.limit = int(l.Settings().GetJobParallelism())
+	if st.limit <= 0 {
+		st.limit = ledger.DefaultJobParallelism
+	}
+	for _, j := range l.Jobs(ledger.JobFilter{State: ferryv1.MigrationJobState_MIGRATION_JOB_STATE_RUNNING}) {
+		st.running++
+		st.reserved[j.GetMigrationServer()] += diskTotal(j)
+	}
+	return st
+}
+
+// queued returns the queued jobs, oldest first.
+func (st *state) queued() []*ferryv1.MigrationJob {
+	jobs := st.ledger.Jobs(ledger.JobFilter{State: ferryv1.MigrationJobState_MIGRATION_JOB_STATE_QUEUED})
+	slices.SortStableFunc(jobs, bySubmission)
+	return jobs
+}
+
+func (st *state) server(name string) (*ferryv1.MigrationServer, bool) {
+	if s, ok := st.servers[name]; ok {
+		return s, s != nil
+	}
+	s, ok := st.ledger.MigrationServer(name)
+	st.servers[name] = s
+	return s, ok
+}
+
+// host is where j runs: its migration server's host.
+func (st *state) host(j *ferryv1.MigrationJob) string {
+	s, _ := st.server(j.GetMigrationServer())
+	return hostName(s.GetHost())
+}
+
+// blocker says why j cannot start now, or "" when it can. What concerns
+// the job and its server comes before the cluster-wide parallelism.
+func (st *state) blocker(j *ferryv1.MigrationJob) string {
+	srv, ok := st.server(j.GetMigrationServer())
+	if !ok {
+		return fmt.Sprintf("migration server %s does not exist", j.GetMigrationServer())
+	}
+	host := hostName(srv.GetHost())
+	if !srv.GetEnabled() {
+		return fmt.Sprintf("migration server %s is disabled", srv.GetName())
+	}
+	if !st.agents.Connected(host) {
+		return fmt.Sprintf("host %s is not connected", host)
+	}
+	facts := st.facts[host]
+	if facts.GetCacheTotalBytes() == 0 {
+		return fmt.Sprintf("host %s reports no cache disk; start its agent with --cache-path", host)
+	}
+	free := max(facts.GetCacheFreeBytes()-st.reserved[srv.GetName()], 0)
+	if need := diskTotal(j); free < need {
+		return fmt.Sprintf("cache on %s has %s free, job needs %s", host, FormatBytes(free), FormatBytes(need))
+	}
+	if st.running >= st.limit {
+		return fmt.Sprintf("job parallelism %d reached", st.limit)
+	}
+	return ""
+}
+
+// started counts j, which this pass just started.
+func (st *state) started(j *ferryv1.MigrationJob) {
+	st.running++
+	st.reserved[j.GetMigrationServer()] += diskTotal(j)
+}
+
+// FormatBytes writes n in binary units with at most one decimal: "512 B",
+// "1.2 GiB", "4 GiB".
+func FormatBytes(n int64) string {
+	const unit = 1024
+	if n < unit {
+		return strconv.FormatInt(n, 10) + " B"
+	}
+	units := []string{"KiB", "MiB", "GiB", "TiB", "PiB", "EiB"}
+	v, i := float64(n)/unit, 0
+	for v >= unit && i < len(units)-1 {
+		v /= unit
+		i++
+	}
+	s := strconv.FormatFloat(v, 'f', 1, 64)
+	if s[len(s)-2:] == ".0" {
+		s = s[:len(s)-2]
+	}
+	return s + " " + units[i]
+}
+
+var timestampOf = timestamppb.New
