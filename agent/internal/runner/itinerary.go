@@ -1,0 +1,171 @@
+package runner
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"path"
+	"path/filepath"
+
+	agentv1 "github.com/ferry-v2v/ferry/pkg/pb/ferry/agent/v1"
+	ferryv1 "github.com/ferry-v2v/ferry/pkg/pb/ferry/v1"
+)
+
+// Source is a source driver: it copies a job's source disks into the
+// cache (CONVERTING), reporting bytes through job.Progress.
+type Source interface {
+	Convert(ctx context.Context, job *Job) error
+}
+
+// Target is the target driver: it moves the cached disks to primary
+// storage (UPLOADING) and defines the target VM (CONFIGURING). Configure
+// returns warnings the operator should see on a job that succeeded.
+type Target interface {
+	Upload(ctx context.Context, job *Job) error
+	Configure(ctx context.Context, job *Job) (warnings []string, err error)
+}
+
+// Drivers is the registry of drivers in this build: source drivers by the
+// source's platform, and the target driver. A job whose driver is missing
+// fails with a reason that says so.
+type Drivers struct {
+	Sources map[ferryv1.Platform]Source
+	Target  Target
+}
+
+// NoDriverError says this build has no driver a job needs.
+type NoDriverError struct {
+	// What names the driver, e.g. "KVM source" or "target".
+	What string
+}
+
+func (e *NoDriverError) Error() string { return "no " + e.What + " driver in this build" }
+
+// Job is what the drivers see of one assignment.
+type Job struct {
+	// Assignment is the job with everything needed to run it, secrets
+	// included: never log it.
+	Assignment *agentv1.Assignment
+	// CacheDir is this job's directory in the migration server's cache.
+	CacheDir string
+	// Progress takes the drivers' byte counts.
+	Progress *Progress
+	// Log carries the job's name and epoch.
+	Log *slog.Logger
+}
+
+// Name is the job's resource name.
+func (j *Job) Name() string { return j.Assignment.GetJob().GetName() }
+
+// Epoch is the fencing epoch of this assignment.
+func (j *Job) Epoch() int64 { return j.Assignment.GetEpoch() }
+
+// step is one stop of the itinerary.
+type step struct {
+	phase ferryv1.MigrationJobPhase
+	name  string
+	// countsBytes restarts the per-disk byte counts when the step begins.
+	countsBytes bool
+	do          func(ctx context.Context, d Drivers, j *Job) ([]string, error)
+}
+
+// itinerary is the order a job is walked in. Later issues insert precopy
+// rounds and cutover here, as steps, not as branches.
+var itinerary = []step{
+	{ferryv1.MigrationJobPhase_MIGRATION_JOB_PHASE_CONVERTING, "prepare the cache directory", false, prepareCache},
+	{ferryv1.MigrationJobPhase_MIGRATION_JOB_PHASE_CONVERTING, "copy the source disks to the cache", true, convert},
+	{ferryv1.MigrationJobPhase_MIGRATION_JOB_PHASE_UPLOADING, "upload the disks to primary storage", true, upload},
+	{ferryv1.MigrationJobPhase_MIGRATION_JOB_PHASE_CONFIGURING, "define the target VM", false, configure},
+}
+
+func prepareCache(_ context.Context, _ Drivers, j *Job) ([]string, error) {
+	if err := os.MkdirAll(j.CacheDir, 0o750); err != nil {
+		return nil, fmt.Errorf("cache directory %s: %w", j.CacheDir, err)
+	}
+	return nil, nil
+}
+
+func convert(ctx context.Context, d Drivers, j *Job) ([]string, error) {
+	platform := j.Assignment.GetSource().GetType()
+	src, ok := d.Sources[platform]
+	if !ok || src == nil {
+		return nil, &NoDriverError{What: platformName(platform) + " source"}
+	}
+	return nil, src.Convert(ctx, j)
+}
+
+func upload(ctx context.Context, d Drivers, j *Job) ([]string, error) {
+	if d.Target == nil {
+		return nil, &NoDriverError{What: "target"}
+	}
+	return nil, d.Target.Upload(ctx, j)
+}
+
+func configure(ctx context.Context, d Drivers, j *Job) ([]string, error) {
+	if d.Target == nil {
+		return nil, &NoDriverError{What: "target"}
+	}
+	return d.Target.Configure(ctx, j)
+}
+
+func platformName(p ferryv1.Platform) string {
+	switch p {
+	case ferryv1.Platform_PLATFORM_KVM:
+		return "KVM"
+	case ferryv1.Platform_PLATFORM_VMWARE:
+		return "VMware"
+	default:
+		return p.String()
+	}
+}
+
+// cacheDir is where a job keeps its cache: under the migration server's
+// cache path, or the agent's data directory when the server has none.
+func cacheDir(dataDir string, a *agentv1.Assignment) string {
+	id := path.Base(a.GetJob().GetName())
+	if p := a.GetMigrationServer().GetCachePath(); p != "" {
+		return filepath.Join(p, id)
+	}
+	return filepath.Join(dataDir, "cache", id)
+}
+
+// walk runs the itinerary in order and returns the result of the job.
+func walk(ctx context.Context, d Drivers, j *Job) *agentv1.JobResult {
+	res := &agentv1.JobResult{Job: j.Name(), Epoch: j.Epoch()}
+	for _, s := range itinerary {
+		j.Progress.enter(s.phase, s.countsBytes)
+		j.Log.Debug("step", "phase", s.phase, "step", s.name)
+		warnings, err := s.do(ctx, d, j)
+		res.Warnings = append(res.Warnings, warnings...)
+		if err == nil {
+			err = ctx.Err()
+		}
+		if err != nil {
+			res.Outcome, res.Reason = failure(ctx, s.name, err)
+			res.Disks = j.Progress.snapshot()
+			return res
+		}
+	}
+	res.Outcome = agentv1.JobOutcome_JOB_OUTCOME_SUCCEEDED
+	res.Disks = j.Progress.snapshot()
+	return res
+}
+
+// failure turns why a step stopped into an outcome and reason.
+func failure(ctx context.Context, step string, err error) (agentv1.JobOutcome, string) {
+	var stop *stopCause
+	if ctx.Err() != nil && errors.As(context.Cause(ctx), &stop) {
+		return stop.outcome, stop.reason
+	}
+	return agentv1.JobOutcome_JOB_OUTCOME_FAILED, step + ": " + err.Error()
+}
+
+// stopCause is why the runner stopped a job.
+type stopCause struct {
+	outcome agentv1.JobOutcome
+	reason  string
+}
+
+func (c *stopCause) Error() string { return c.reason }

@@ -1,0 +1,249 @@
+// Package runner runs an agent's assignments: each job walks the
+// itinerary (CONVERTING → UPLOADING → CONFIGURING) as an ordered list of
+// steps, calling the source and target drivers of this build. Progress is
+// reported at most once a second per job; every result carries the
+// assignment's fencing epoch.
+package runner
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"time"
+
+	agentv1 "github.com/ferry-v2v/ferry/pkg/pb/ferry/agent/v1"
+)
+
+// Defaults of Config.
+const (
+	DefaultProgressInterval = time.Second
+	DefaultResultMemory     = 10 * time.Minute
+)
+
+// ErrNotRunning: the runner is not running (Run has not started or has
+// returned).
+var ErrNotRunning = errors.New("runner not running")
+
+// Reporter receives progress and results. It must not block: the agent's
+// session queues them until they can be sent.
+type Reporter interface {
+	Progress(p *agentv1.JobProgress)
+	Result(r *agentv1.JobResult)
+}
+
+// Config tunes the runner.
+type Config struct {
+	// DataDir holds job caches when a migration server has no cache path.
+	DataDir string
+	// ProgressInterval is the least time between two progress reports of
+	// one job (default 1 s).
+	ProgressInterval time.Duration
+	// ResultMemory is how long a finished job's result is remembered, so
+	// that an assignment sent again is answered with it instead of
+	// running the job twice (default 10 min).
+	ResultMemory time.Duration
+}
+
+// Deps are the runner's collaborators; Logger and Now may be nil.
+type Deps struct {
+	Drivers  Drivers
+	Reporter Reporter
+	Logger   *slog.Logger
+	Now      func() time.Time
+}
+
+// Runner runs jobs. Run owns every job goroutine.
+type Runner struct {
+	cfg      Config
+	drivers  Drivers
+	reporter Reporter
+	log      *slog.Logger
+	now      func() time.Time
+
+	mu       sync.Mutex
+	ctx      context.Context // set while Run runs
+	wg       sync.WaitGroup
+	jobs     map[string]*execution
+	finished map[string]finished
+}
+
+type execution struct {
+	job    *Job
+	cancel context.CancelCauseFunc
+	done   chan struct{}
+}
+
+type finished struct {
+	result *agentv1.JobResult
+	at     time.Time
+}
+
+// New returns a runner; Run must be running for Start to accept jobs.
+func New(cfg Config, deps Deps) *Runner {
+	if cfg.ProgressInterval <= 0 {
+		cfg.ProgressInterval = DefaultProgressInterval
+	}
+	if cfg.ResultMemory <= 0 {
+		cfg.ResultMemory = DefaultResultMemory
+	}
+	log := deps.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	now := deps.Now
+	if now == nil {
+		now = time.Now
+	}
+	return &Runner{cfg: cfg, drivers: deps.Drivers, reporter: deps.Reporter, log: log.With("component", "runner"),
+		now: now, jobs: map[string]*execution{}, finished: map[string]finished{}}
+}
+
+// Run accepts jobs until ctx ends, then stops them and waits for them.
+func (r *Runner) Run(ctx context.Context) error {
+	r.mu.Lock()
+	r.ctx = ctx
+	r.mu.Unlock()
+	<-ctx.Done()
+	r.mu.Lock()
+	r.ctx = nil
+	r.mu.Unlock()
+	r.wg.Wait()
+	return nil
+}
+
+// Start runs an assignment. The same job and epoch again is a duplicate:
+// ignored while it runs, answered with its result once it finished. A
+// newer epoch of a running job supersedes it.
+func (r *Runner) Start(a *agentv1.Assignment) error {
+	name, epoch := a.GetJob().GetName(), a.GetEpoch()
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.ctx == nil {
+		return ErrNotRunning
+	}
+	r.forget()
+	if f, ok := r.finished[name]; ok && f.result.GetEpoch() == epoch {
+		r.log.Info("assignment of a finished job; reporting its result again", "job", name, "epoch", epoch)
+		r.reporter.Result(f.result)
+		return nil
+	}
+	prev := r.jobs[name]
+	if prev != nil {
+		if prev.job.Epoch() == epoch {
+			return nil
+		}
+		if prev.job.Epoch() > epoch {
+			return fmt.Errorf("job %s: assignment epoch %d is older than the running %d", name, epoch, prev.job.Epoch())
+		}
+		prev.cancel(&stopCause{outcome: agentv1.JobOutcome_JOB_OUTCOME_CANCELLED, reason: "superseded by a newer assignment"})
+	}
+	ctx, cancel := context.WithCancelCause(r.ctx)
+	log := r.log.With("job", name, "epoch", epoch)
+	e := &execution{cancel: cancel, done: make(chan struct{}), job: &Job{Assignment: a, CacheDir: cacheDir(r.cfg.DataDir, a), Log: log}}
+	e.job.Progress = newProgress(a, r.now, r.cfg.ProgressInterval, r.reporter.Progress)
+	r.jobs[name] = e
+	r.wg.Add(1)
+	go func() {
+		defer r.wg.Done()
+		r.run(ctx, e, prev)
+	}()
+	log.Info("job assigned", "source_vm", a.GetJob().GetSourceVm())
+	return nil
+}
+
+// run walks one job and reports its result; it waits first for the
+// execution it supersedes, which shares its cache directory.
+func (r *Runner) run(ctx context.Context, e *execution, prev *execution) {
+	defer close(e.done)
+	if prev != nil {
+		<-prev.done
+	}
+	var wg sync.WaitGroup
+	flushCtx, stopFlush := context.WithCancel(ctx)
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		r.flushEvery(flushCtx, e.job.Progress)
+	}()
+	res := walk(ctx, r.drivers, e.job)
+	stopFlush()
+	wg.Wait()
+
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.jobs[e.job.Name()] == e {
+		delete(r.jobs, e.job.Name())
+	}
+	var stop *stopCause
+	if ctx.Err() != nil && !errors.As(context.Cause(ctx), &stop) {
+		// The agent is shutting down: the job is interrupted, not finished;
+		// the coordinator assigns it again when the agent comes back.
+		e.job.Log.Info("job interrupted by shutdown")
+		return
+	}
+	r.finished[e.job.Name()] = finished{result: res, at: r.now()}
+	e.job.Log.Info("job finished", "outcome", res.GetOutcome(), "reason", res.GetReason())
+	r.reporter.Result(res)
+}
+
+// flushEvery sends progress the throttle held back.
+func (r *Runner) flushEvery(ctx context.Context, p *Progress) {
+	tick := time.NewTicker(r.cfg.ProgressInterval)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+			p.flush()
+		}
+	}
+}
+
+// forget drops remembered results past ResultMemory. The caller holds r.mu.
+func (r *Runner) forget() {
+	now := r.now()
+	for name, f := range r.finished {
+		if now.Sub(f.at) > r.cfg.ResultMemory {
+			delete(r.finished, name)
+		}
+	}
+}
+
+// Cancel stops a job running under epoch; its result says CANCELLED with
+// reason. It reports whether such a job was running.
+func (r *Runner) Cancel(job string, epoch int64, reason string) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	e, ok := r.jobs[job]
+	if !ok || e.job.Epoch() != epoch {
+		return false
+	}
+	e.job.Log.Info("cancelling job", "reason", reason)
+	e.cancel(&stopCause{outcome: agentv1.JobOutcome_JOB_OUTCOME_CANCELLED, reason: reason})
+	return true
+}
+
+// StopAll fails every running job with reason, e.g. when the agent has
+// been cut off from the coordinators longer than the grace period.
+func (r *Runner) StopAll(reason string) int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for _, e := range r.jobs {
+		e.cancel(&stopCause{outcome: agentv1.JobOutcome_JOB_OUTCOME_FAILED, reason: reason})
+	}
+	return len(r.jobs)
+}
+
+// Held lists the running jobs, for the agent's hello.
+func (r *Runner) Held() []*agentv1.HeldJob {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	out := make([]*agentv1.HeldJob, 0, len(r.jobs))
+	for _, e := range r.jobs {
+		out = append(out, &agentv1.HeldJob{Job: e.job.Name(), Epoch: e.job.Epoch(), Phase: e.job.Progress.Phase()})
+	}
+	return out
+}

@@ -1,0 +1,262 @@
+package runner
+
+import (
+	"context"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	agentv1 "github.com/ferry-v2v/ferry/pkg/pb/ferry/agent/v1"
+	ferryv1 "github.com/ferry-v2v/ferry/pkg/pb/ferry/v1"
+)
+
+// copyDriver is a test-only source and target: it "copies" each disk in
+// chunks, advancing a clock and reporting bytes, and records the calls.
+type copyDriver struct {
+	chunks int
+	chunk  int64
+	tick   func() // called after every chunk
+	block  bool   // Convert waits for cancellation
+
+	mu    sync.Mutex
+	calls []string
+}
+
+func (d *copyDriver) record(call string) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.calls = append(d.calls, call)
+}
+
+func (d *copyDriver) copy(ctx context.Context, j *Job) error {
+	for _, disk := range j.Assignment.GetJob().GetTarget().GetDisks() {
+		for range d.chunks {
+			if err := ctx.Err(); err != nil {
+				return err
+			}
+			j.Progress.Add(disk.GetSourceDisk(), d.chunk)
+			if d.tick != nil {
+				d.tick()
+			}
+		}
+	}
+	return nil
+}
+
+func (d *copyDriver) Convert(ctx context.Context, j *Job) error {
+	d.record("convert")
+	if d.block {
+		<-ctx.Done()
+		return ctx.Err()
+	}
+	return d.copy(ctx, j)
+}
+
+func (d *copyDriver) Upload(ctx context.Context, j *Job) error {
+	d.record("upload")
+	return d.copy(ctx, j)
+}
+
+func (d *copyDriver) Configure(_ context.Context, _ *Job) ([]string, error) {
+	d.record("configure")
+	return []string{"VM left stopped"}, nil
+}
+
+// recorder is a Reporter that keeps everything.
+type recorder struct {
+	mu       sync.Mutex
+	progress []*agentv1.JobProgress
+	results  chan *agentv1.JobResult
+}
+
+func newRecorder() *recorder { return &recorder{results: make(chan *agentv1.JobResult, 8)} }
+
+func (r *recorder) Progress(p *agentv1.JobProgress) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.progress = append(r.progress, p)
+}
+
+func (r *recorder) Result(res *agentv1.JobResult) { r.results <- res }
+
+func (r *recorder) result(t *testing.T) *agentv1.JobResult {
+	t.Helper()
+	select {
+	case res := <-r.results:
+		return res
+	case <-time.After(5 * time.Second):
+		t.Fatal("no result within 5s")
+	}
+	return nil
+}
+
+// fakeClock moves only when told.
+type fakeClock struct {
+	mu  sync.Mutex
+	now time.Time
+}
+
+func (c *fakeClock) Now() time.Time {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.now
+}
+
+func (c *fakeClock) Add(d time.Duration) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.now = c.now.Add(d)
+}
+
+func assignment(t *testing.T, job string, epoch int64, disks ...string) *agentv1.Assignment {
+	a := &agentv1.Assignment{Epoch: epoch,
+		Job:             &ferryv1.MigrationJob{Name: job, Target: &ferryv1.TargetVm{}},
+		Source:          &ferryv1.Source{Type: ferryv1.Platform_PLATFORM_KVM},
+		MigrationServer: &ferryv1.MigrationServer{CachePath: t.TempDir()}}
+	for _, d := range disks {
+		a.Job.Target.Disks = append(a.Job.Target.Disks, &ferryv1.TargetDisk{SourceDisk: d, SizeBytes: 1000})
+	}
+	return a
+}
+
+func startRunner(t *testing.T, cfg Config, deps Deps) *Runner {
+	t.Helper()
+	r := New(cfg, deps)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { defer close(done); _ = r.Run(ctx) }()
+	t.Cleanup(func() { cancel(); <-done })
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		r.mu.Lock()
+		running := r.ctx != nil
+		r.mu.Unlock()
+		if running {
+			return r
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("runner did not start")
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
+
+func TestItineraryOrder(t *testing.T) {
+	d := &copyDriver{chunks: 4, chunk: 250}
+	rec := newRecorder()
+	r := startRunner(t, Config{}, Deps{Drivers: Drivers{Sources: map[ferryv1.Platform]Source{ferryv1.Platform_PLATFORM_KVM: d}, Target: d}, Reporter: rec})
+	if err := r.Start(assignment(t, "migrationJobs/a", 7, "vda")); err != nil {
+		t.Fatal(err)
+	}
+	res := rec.result(t)
+	if res.GetOutcome() != agentv1.JobOutcome_JOB_OUTCOME_SUCCEEDED || res.GetEpoch() != 7 || len(res.GetWarnings()) != 1 {
+		t.Fatalf("result = %v", res)
+	}
+	if got := strings.Join(d.calls, ","); got != "convert,upload,configure" {
+		t.Fatalf("calls = %s", got)
+	}
+	var phases []ferryv1.MigrationJobPhase
+	for _, p := range rec.progress {
+		if len(phases) == 0 || phases[len(phases)-1] != p.GetPhase() {
+			phases = append(phases, p.GetPhase())
+		}
+	}
+	want := []ferryv1.MigrationJobPhase{ferryv1.MigrationJobPhase_MIGRATION_JOB_PHASE_CONVERTING,
+		ferryv1.MigrationJobPhase_MIGRATION_JOB_PHASE_UPLOADING, ferryv1.MigrationJobPhase_MIGRATION_JOB_PHASE_CONFIGURING}
+	if len(phases) != 3 || phases[0] != want[0] || phases[1] != want[1] || phases[2] != want[2] {
+		t.Fatalf("phases reported = %v", phases)
+	}
+	if done := res.GetDisks()[0].GetDoneBytes(); done != 1000 {
+		t.Fatalf("final disk done = %d, want 1000", done)
+	}
+}
+
+func TestMissingDriverFailsClearly(t *testing.T) {
+	rec := newRecorder()
+	r := startRunner(t, Config{}, Deps{Reporter: rec})
+	if err := r.Start(assignment(t, "migrationJobs/a", 1, "vda")); err != nil {
+		t.Fatal(err)
+	}
+	res := rec.result(t)
+	if res.GetOutcome() != agentv1.JobOutcome_JOB_OUTCOME_FAILED || !strings.Contains(res.GetReason(), "no KVM source driver in this build") {
+		t.Fatalf("result = %v", res)
+	}
+}
+
+func TestCancellationAndStop(t *testing.T) {
+	d := &copyDriver{block: true}
+	rec := newRecorder()
+	r := startRunner(t, Config{}, Deps{Drivers: Drivers{Sources: map[ferryv1.Platform]Source{ferryv1.Platform_PLATFORM_KVM: d}, Target: d}, Reporter: rec})
+	for _, name := range []string{"migrationJobs/a", "migrationJobs/b"} {
+		if err := r.Start(assignment(t, name, 2, "vda")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if r.Cancel("migrationJobs/a", 1, "old epoch") {
+		t.Fatal("cancelled a job under another epoch")
+	}
+	if !r.Cancel("migrationJobs/a", 2, "operator asked") {
+		t.Fatal("job a not cancelled")
+	}
+	if res := rec.result(t); res.GetJob() != "migrationJobs/a" || res.GetOutcome() != agentv1.JobOutcome_JOB_OUTCOME_CANCELLED || res.GetReason() != "operator asked" {
+		t.Fatalf("result = %v", res)
+	}
+	if held := r.Held(); len(held) != 1 || held[0].GetJob() != "migrationJobs/b" || held[0].GetEpoch() != 2 {
+		t.Fatalf("held = %v", held)
+	}
+	if n := r.StopAll("cut off"); n != 1 {
+		t.Fatalf("StopAll stopped %d jobs", n)
+	}
+	if res := rec.result(t); res.GetOutcome() != agentv1.JobOutcome_JOB_OUTCOME_FAILED || res.GetReason() != "cut off" {
+		t.Fatalf("result = %v", res)
+	}
+}
+
+func TestDuplicateAssignmentRunsOnce(t *testing.T) {
+	d := &copyDriver{chunks: 1, chunk: 1000}
+	rec := newRecorder()
+	r := startRunner(t, Config{}, Deps{Drivers: Drivers{Sources: map[ferryv1.Platform]Source{ferryv1.Platform_PLATFORM_KVM: d}, Target: d}, Reporter: rec})
+	a := assignment(t, "migrationJobs/a", 3, "vda")
+	if err := r.Start(a); err != nil {
+		t.Fatal(err)
+	}
+	first := rec.result(t)
+	if err := r.Start(a); err != nil {
+		t.Fatal(err)
+	}
+	if again := rec.result(t); again != first {
+		t.Fatalf("second start gave %v, want the remembered result", again)
+	}
+	if n := len(d.calls); n != 3 {
+		t.Fatalf("driver called %d times, want one run (3 calls)", n)
+	}
+}
+
+func TestProgressIsThrottled(t *testing.T) {
+	clock := &fakeClock{now: time.Unix(1_700_000_000, 0)}
+	// 100 chunks per phase, 100 ms apart: 10 s of copying in each of two
+	// byte-counting phases.
+	d := &copyDriver{chunks: 100, chunk: 10, tick: func() { clock.Add(100 * time.Millisecond) }}
+	rec := newRecorder()
+	r := startRunner(t, Config{ProgressInterval: time.Second}, Deps{Now: clock.Now, Reporter: rec,
+		Drivers: Drivers{Sources: map[ferryv1.Platform]Source{ferryv1.Platform_PLATFORM_KVM: d}, Target: d}})
+	if err := r.Start(assignment(t, "migrationJobs/a", 1, "vda")); err != nil {
+		t.Fatal(err)
+	}
+	rec.result(t)
+	// At most one report per second of the 20 s copied, plus one on
+	// entering each of the three phases.
+	if n := len(rec.progress); n > 20+3 || n < 10 {
+		t.Fatalf("%d progress reports for 20 s of copying", n)
+	}
+	for i := 1; i < len(rec.progress); i++ {
+		if rec.progress[i].GetPhase() == rec.progress[i-1].GetPhase() && rec.progress[i].GetDisks()[0].GetDoneBytes() == rec.progress[i-1].GetDisks()[0].GetDoneBytes() {
+			t.Fatalf("report %d repeats report %d", i, i-1)
+		}
+	}
+	last := rec.progress[len(rec.progress)-2] // the last UPLOADING report
+	if rate := last.GetDisks()[0].GetBytesPerSecond(); rate < 90 || rate > 110 {
+		t.Fatalf("rate = %.1f B/s, want about 100", rate)
+	}
+}
