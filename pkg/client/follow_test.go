@@ -1,0 +1,227 @@
+package client
+
+import (
+	"context"
+	"errors"
+	"net"
+	"slices"
+	"testing"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/ferry-v2v/ferry/pkg/grpcutil"
+	ferryv1 "github.com/ferry-v2v/ferry/pkg/pb/ferry/v1"
+)
+
+func TestFollowsLeaderHint(t *testing.T) {
+	cl := startFakeCluster(t, 3)
+	leader, follower := cl.nodes[0].addr, cl.nodes[1].addr
+	c := newTestClient(t, Options{Addresses: []string{follower}})
+
+	resp, err := c.Inventory().GetCluster(ctxT(t), &ferryv1.GetClusterRequest{Name: "clusters/a"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if resp.GetCluster().GetDisplayName() != leader {
+		t.Fatalf("served by %s, want the leader %s", resp.GetCluster().GetDisplayName(), leader)
+	}
+	if c.Target() != leader {
+		t.Fatalf("Target = %s, want %s", c.Target(), leader)
+	}
+	// The next call goes to the leader at once.
+	if _, err := c.Inventory().GetCluster(ctxT(t), &ferryv1.GetClusterRequest{Name: "clusters/a"}); err != nil {
+		t.Fatal(err)
+	}
+	if got := cl.callsTo(follower); len(got) != 1 {
+		t.Fatalf("follower got %v, want one call", got)
+	}
+	if !slices.Contains(c.Addresses(), leader) {
+		t.Fatalf("Addresses = %v, want the learned leader in it", c.Addresses())
+	}
+}
+
+func TestLeaderChangeMidSession(t *testing.T) {
+	cl := startFakeCluster(t, 3)
+	c := newTestClient(t, Options{Addresses: []string{cl.nodes[0].addr, cl.nodes[1].addr, cl.nodes[2].addr}})
+	if _, err := c.Inventory().GetCluster(ctxT(t), &ferryv1.GetClusterRequest{Name: "clusters/a"}); err != nil {
+		t.Fatal(err)
+	}
+	cl.setLeader(cl.nodes[2].addr)
+	resp, err := c.Inventory().GetCluster(ctxT(t), &ferryv1.GetClusterRequest{Name: "clusters/a"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := resp.GetCluster().GetDisplayName(); got != cl.nodes[2].addr {
+		t.Fatalf("served by %s, want the new leader", got)
+	}
+}
+
+func TestUnreachableAddressMovesOn(t *testing.T) {
+	cl := startFakeCluster(t, 1)
+	dead := deadAddress(t)
+	c := newTestClient(t, Options{Addresses: []string{dead, cl.nodes[0].addr}})
+	if _, err := c.Inventory().GetCluster(ctxT(t), &ferryv1.GetClusterRequest{Name: "clusters/a"}); err != nil {
+		t.Fatalf("GetCluster with the first address dead: %v", err)
+	}
+	if c.Target() != cl.nodes[0].addr {
+		t.Fatalf("Target = %s", c.Target())
+	}
+}
+
+func TestNoLeaderYetWaitsAndRetries(t *testing.T) {
+	cl := startFakeCluster(t, 2)
+	cl.refuseWithoutLeader(3)
+	c := newTestClient(t, Options{Addresses: []string{cl.nodes[1].addr}})
+	if _, err := c.Inventory().GetCluster(ctxT(t), &ferryv1.GetClusterRequest{Name: "clusters/a"}); err != nil {
+		t.Fatal(err)
+	}
+	if got := len(cl.callsTo(cl.nodes[1].addr)); got != 4 {
+		t.Fatalf("follower got %d calls, want 3 refused and 1 redirected", got)
+	}
+}
+
+func TestRetriesAreBounded(t *testing.T) {
+	cl := startFakeCluster(t, 1)
+	cl.refuseWithoutLeader(100)
+	c := newTestClient(t, Options{Addresses: []string{cl.nodes[0].addr}, MaxAttempts: 4})
+	_, err := c.Inventory().GetCluster(ctxT(t), &ferryv1.GetClusterRequest{Name: "clusters/a"})
+	if !grpcutil.IsNotLeader(err) {
+		t.Fatalf("err = %v, want NOT_LEADER", err)
+	}
+	if got := len(cl.callsTo(cl.nodes[0].addr)); got != 4 {
+		t.Fatalf("%d attempts, want 4", got)
+	}
+}
+
+func TestWhatIsRetried(t *testing.T) {
+	tests := []struct {
+		name      string
+		call      func(context.Context, *Client) error
+		wantRetry bool
+	}{
+		{"create with request_id", func(ctx context.Context, c *Client) error {
+			_, err := c.Inventory().CreateCluster(ctx, &ferryv1.CreateClusterRequest{Cluster: &ferryv1.Cluster{}, RequestId: "r1"})
+			return err
+		}, true},
+		{"create without request_id", func(ctx context.Context, c *Client) error {
+			_, err := c.Inventory().CreateCluster(ctx, &ferryv1.CreateClusterRequest{Cluster: &ferryv1.Cluster{}})
+			return err
+		}, false},
+		{"delete", func(ctx context.Context, c *Client) error {
+			_, err := c.Inventory().DeleteCluster(ctx, &ferryv1.DeleteClusterRequest{Name: "clusters/a"})
+			return err
+		}, false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			cl := startFakeCluster(t, 2)
+			follower := cl.nodes[1].addr
+			c := newTestClient(t, Options{Addresses: []string{follower}})
+			err := tt.call(ctxT(t), c)
+			if tt.wantRetry && err != nil {
+				t.Fatalf("err = %v, want the call retried at the leader", err)
+			}
+			if !tt.wantRetry {
+				if !grpcutil.IsNotLeader(err) {
+					t.Fatalf("err = %v, want the follower's NOT_LEADER", err)
+				}
+				if c.Target() != cl.nodes[0].addr {
+					t.Fatalf("Target = %s, want the hinted leader remembered", c.Target())
+				}
+			}
+		})
+	}
+}
+
+func TestOtherErrorsAreNotRetried(t *testing.T) {
+	cl := startFakeCluster(t, 1)
+	c := newTestClient(t, Options{Addresses: []string{cl.nodes[0].addr}})
+	_, err := c.Inventory().GetCluster(ctxT(t), &ferryv1.GetClusterRequest{Name: "clusters/bad"})
+	if status.Code(err) != codes.InvalidArgument {
+		t.Fatalf("err = %v", err)
+	}
+	if got := len(cl.callsTo(cl.nodes[0].addr)); got != 1 {
+		t.Fatalf("%d attempts, want 1", got)
+	}
+}
+
+func TestLinearizableReads(t *testing.T) {
+	cl := startFakeCluster(t, 1)
+	c := newTestClient(t, Options{Addresses: []string{cl.nodes[0].addr}, LinearizableReads: true})
+	if _, err := c.Inventory().GetCluster(ctxT(t), &ferryv1.GetClusterRequest{Name: "clusters/a"}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Inventory().CreateCluster(ctxT(t), &ferryv1.CreateClusterRequest{Cluster: &ferryv1.Cluster{}}); err != nil {
+		t.Fatal(err)
+	}
+	if !cl.sawLinearizable("GetCluster") || cl.sawLinearizable("CreateCluster") {
+		t.Fatalf("linearizable header: Get %v, Create %v; want on GetCluster only", cl.sawLinearizable("GetCluster"), cl.sawLinearizable("CreateCluster"))
+	}
+}
+
+func TestWatchFollowsLeader(t *testing.T) {
+	cl := startFakeCluster(t, 3)
+	leader := cl.nodes[0].addr
+	c := newTestClient(t, Options{Addresses: []string{cl.nodes[2].addr}})
+	stream, err := c.Jobs().WatchMigrationJobs(ctxT(t), &ferryv1.WatchMigrationJobsRequest{Names: []string{"migrationJobs/j1"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ev, err := stream.Recv()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ev.GetJob().GetName() != "migrationJobs/j1" || ev.GetJob().GetAssignedHost() != leader {
+		t.Fatalf("event %v, want j1 from the leader %s", ev, leader)
+	}
+	if c.Target() != leader {
+		t.Fatalf("Target = %s", c.Target())
+	}
+}
+
+func TestFindLeader(t *testing.T) {
+	cl := startFakeCluster(t, 3)
+	cl.setLeader(cl.nodes[1].addr)
+	c := newTestClient(t, Options{Addresses: []string{cl.nodes[2].addr}})
+	addr, err := c.FindLeader(ctxT(t))
+	if err != nil || addr != cl.nodes[1].addr || c.Target() != addr {
+		t.Fatalf("FindLeader = %q, %v; Target %s; want %s", addr, err, c.Target(), cl.nodes[1].addr)
+	}
+	cl.setLeader("")
+	c2 := newTestClient(t, Options{Addresses: []string{cl.nodes[2].addr}, MaxAttempts: 2})
+	if _, err := c2.FindLeader(ctxT(t)); !errors.Is(err, ErrNoLeader) {
+		t.Fatalf("FindLeader without a leader: %v", err)
+	}
+}
+
+func TestNewErrors(t *testing.T) {
+	ctx := context.Background()
+	if _, err := New(ctx, Options{Insecure: true}); !errors.Is(err, ErrNoAddresses) {
+		t.Fatalf("no addresses: %v", err)
+	}
+	if _, err := New(ctx, Options{Addresses: []string{"a:1"}}); err == nil {
+		t.Fatal("no credentials: want an error")
+	}
+	if _, err := New(ctx, Options{Addresses: []string{"a:1"}, TLSDir: t.TempDir()}); err == nil {
+		t.Fatal("empty TLS dir: want an error")
+	}
+	c, err := New(ctx, Options{Addresses: []string{"a:1, b:2", "a:1"}, Insecure: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := c.Addresses(); !slices.Equal(got, []string{"a:1", "b:2"}) {
+		t.Fatalf("Addresses = %v", got)
+	}
+}
+
+func deadAddress(t *testing.T) string {
+	t.Helper()
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := lis.Addr().String()
+	lis.Close()
+	return addr
+}

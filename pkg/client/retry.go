@@ -1,0 +1,194 @@
+package client
+
+import (
+	"context"
+	"strings"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/reflect/protoreflect"
+
+	"github.com/ferry-v2v/ferry/pkg/grpcutil"
+)
+
+// idempotentWrites are the writes whose repetition leaves the same state
+// as one call, so they are retried without a request_id.
+var idempotentWrites = map[string]bool{
+	"EnableMigrationServer":       true,
+	"DisableMigrationServer":      true,
+	"SetMigrationServerBandwidth": true,
+	"UpdateSettings":              true,
+}
+
+// retryingKey marks the context of an attempt the interceptor of another
+// connection already drives, so that connection's interceptor passes the
+// call straight through instead of starting a second retry loop.
+type retryingKey struct{}
+
+func retrying(ctx context.Context) bool { return ctx.Value(retryingKey{}) != nil }
+
+func markRetrying(ctx context.Context) context.Context {
+	return context.WithValue(ctx, retryingKey{}, true)
+}
+
+// methodName returns "GetCluster" for "/ferry.v1.InventoryService/GetCluster".
+func methodName(fullMethod string) string {
+	return fullMethod[strings.LastIndex(fullMethod, "/")+1:]
+}
+
+// isRead reports whether the method only reads: Get*, List*, Watch*, and
+// the health check.
+func isRead(fullMethod string) bool {
+	name := methodName(fullMethod)
+	for _, p := range []string{"Get", "List", "Watch"} {
+		if strings.HasPrefix(name, p) {
+			return true
+		}
+	}
+	return name == "Check"
+}
+
+// retriable reports whether a call may be sent again after a failure that
+// may have reached the server: reads, idempotent writes, and writes whose
+// request carries a request_id (the server answers a repeat with the first
+// answer).
+func retriable(fullMethod string, req any) bool {
+	if isRead(fullMethod) || idempotentWrites[methodName(fullMethod)] {
+		return true
+	}
+	m, ok := req.(proto.Message)
+	if !ok {
+		return false
+	}
+	r := m.ProtoReflect()
+	fd := r.Descriptor().Fields().ByName("request_id")
+	return fd != nil && fd.Kind() == protoreflect.StringKind && r.Get(fd).String() != ""
+}
+
+// outgoing adds the linearizable-read header to a read when asked to.
+func (c *Client) outgoing(ctx context.Context, method string) context.Context {
+	if !c.opts.LinearizableReads || !isRead(method) {
+		return ctx
+	}
+	md, _ := metadata.FromOutgoingContext(ctx)
+	for _, v := range md.Get(grpcutil.LinearizableHeader) {
+		if v == grpcutil.LinearizableValue {
+			return ctx
+		}
+	}
+	return grpcutil.WithLinearizableRead(ctx)
+}
+
+// backoff is the pause before the attempt after the given one.
+func (c *Client) backoff(attempt int) time.Duration {
+	d := c.opts.Backoff
+	for i := 1; i < attempt && d < c.opts.MaxBackoff; i++ {
+		d *= 2
+	}
+	return min(d, c.opts.MaxBackoff)
+}
+
+// reroute decides where an attempt that failed at addr with err goes next,
+// and after how long. ok is false when err is not one that another
+// attempt can cure. A leader hint is remembered for later calls even when
+// this call is not retried.
+func (c *Client) reroute(addr string, err error, attempt int) (next string, wait time.Duration, ok bool) {
+	if hint, ok := grpcutil.LeaderFromError(err); ok {
+		c.setTarget(hint)
+		if hint == addr { // the node names itself: stale, let it settle
+			return hint, c.backoff(attempt), true
+		}
+		return hint, 0, true
+	}
+	if grpcutil.IsNotLeader(err) { // no leader elected yet
+		return addr, c.backoff(attempt), true
+	}
+	if status.Code(err) == codes.Unavailable { // unreachable or going away
+		next := c.after(addr)
+		c.setTarget(next)
+		return next, c.backoff(attempt), true
+	}
+	return "", 0, false
+}
+
+// addrOf returns the address of one of the client's connections.
+func (c *Client) addrOf(cc *grpc.ClientConn) string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for addr, conn := range c.conns {
+		if conn == cc {
+			return addr
+		}
+	}
+	return cc.Target()
+}
+
+// unaryInterceptor sends a unary call, and again elsewhere while the
+// failure is one of following the leader and the call is safe to repeat.
+func (c *Client) unaryInterceptor(ctx context.Context, method string, req, reply any, cc *grpc.ClientConn, invoker grpc.UnaryInvoker, opts ...grpc.CallOption) error {
+	if retrying(ctx) {
+		return invoker(ctx, method, req, reply, cc, opts...)
+	}
+	ctx = c.outgoing(ctx, method)
+	if _, ok := ctx.Deadline(); !ok && c.opts.Timeout > 0 {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, c.opts.Timeout)
+		defer cancel()
+	}
+	again := retriable(method, req)
+	addr := c.addrOf(cc)
+	err := invoker(ctx, method, req, reply, cc, opts...)
+	for attempt := 1; err != nil; attempt++ {
+		next, wait, ok := c.reroute(addr, err, attempt)
+		if !ok || !again || attempt >= c.opts.MaxAttempts || sleep(ctx, wait) != nil {
+			return err
+		}
+		conn, dialErr := c.conn(next)
+		if dialErr != nil {
+			return err
+		}
+		addr = next
+		err = conn.Invoke(markRetrying(ctx), method, req, reply, opts...)
+	}
+	c.setTarget(addr)
+	return nil
+}
+
+// streamInterceptor opens a stream, elsewhere if the node cannot be
+// reached or is not the leader (nothing was sent yet, so any stream may
+// move). A server stream that only reads (WatchMigrationJobs) may also
+// move until its first message arrives: the request is sent again there.
+func (c *Client) streamInterceptor(ctx context.Context, desc *grpc.StreamDesc, cc *grpc.ClientConn, method string, streamer grpc.Streamer, opts ...grpc.CallOption) (grpc.ClientStream, error) {
+	if retrying(ctx) {
+		return streamer(ctx, desc, cc, method, opts...)
+	}
+	ctx = c.outgoing(ctx, method)
+	addr := c.addrOf(cc)
+	cs, err := streamer(ctx, desc, cc, method, opts...)
+	for attempt := 1; err != nil; attempt++ {
+		next, wait, ok := c.reroute(addr, err, attempt)
+		if !ok || attempt >= c.opts.MaxAttempts || sleep(ctx, wait) != nil {
+			return nil, err
+		}
+		addr = next
+		cs, err = c.openAt(ctx, next, desc, method, opts)
+	}
+	if desc.ServerStreams && !desc.ClientStreams && isRead(method) {
+		return &replayStream{ClientStream: cs, c: c, ctx: ctx, desc: desc, method: method, opts: opts, addr: addr}, nil
+	}
+	c.setTarget(addr)
+	return cs, nil
+}
+
+// openAt opens a stream on the connection to addr, bypassing its retries.
+func (c *Client) openAt(ctx context.Context, addr string, desc *grpc.StreamDesc, method string, opts []grpc.CallOption) (grpc.ClientStream, error) {
+	conn, err := c.conn(addr)
+	if err != nil {
+		return nil, err
+	}
+	return conn.NewStream(markRetrying(ctx), desc, method, opts...)
+}
