@@ -22,9 +22,8 @@ const (
 	DefaultResultMemory     = 10 * time.Minute
 )
 
-// ErrNotRunning: the runner is not running (Run has not started or has
-// returned).
-var ErrNotRunning = errors.New("runner not running")
+// ErrNotRunning: the runner has stopped (Run's context ended).
+var ErrNotRunning = errors.New("runner stopped")
 
 // Reporter receives progress and results. It must not block: the agent's
 // session queues them until they can be sent.
@@ -62,8 +61,11 @@ type Runner struct {
 	log      *slog.Logger
 	now      func() time.Time
 
+	base context.Context // parent of every job; cancelled when Run's ctx ends
+	stop context.CancelFunc
+
 	mu       sync.Mutex
-	ctx      context.Context // set while Run runs
+	closed   bool
 	wg       sync.WaitGroup
 	jobs     map[string]*execution
 	finished map[string]finished
@@ -80,7 +82,7 @@ type finished struct {
 	at     time.Time
 }
 
-// New returns a runner; Run must be running for Start to accept jobs.
+// New returns a runner. It accepts jobs at once; Run owns them.
 func New(cfg Config, deps Deps) *Runner {
 	if cfg.ProgressInterval <= 0 {
 		cfg.ProgressInterval = DefaultProgressInterval
@@ -96,18 +98,18 @@ func New(cfg Config, deps Deps) *Runner {
 	if now == nil {
 		now = time.Now
 	}
+	base, stop := context.WithCancel(context.Background())
 	return &Runner{cfg: cfg, drivers: deps.Drivers, reporter: deps.Reporter, log: log.With("component", "runner"),
-		now: now, jobs: map[string]*execution{}, finished: map[string]finished{}}
+		now: now, base: base, stop: stop, jobs: map[string]*execution{}, finished: map[string]finished{}}
 }
 
-// Run accepts jobs until ctx ends, then stops them and waits for them.
+// Run waits until ctx ends, then stops every job and waits for them. Jobs
+// stopped this way are interrupted, not finished: they report no result.
 func (r *Runner) Run(ctx context.Context) error {
-	r.mu.Lock()
-	r.ctx = ctx
-	r.mu.Unlock()
 	<-ctx.Done()
 	r.mu.Lock()
-	r.ctx = nil
+	r.closed = true
+	r.stop()
 	r.mu.Unlock()
 	r.wg.Wait()
 	return nil
@@ -120,7 +122,7 @@ func (r *Runner) Start(a *agentv1.Assignment) error {
 	name, epoch := a.GetJob().GetName(), a.GetEpoch()
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	if r.ctx == nil {
+	if r.closed {
 		return ErrNotRunning
 	}
 	r.forget()
@@ -139,7 +141,7 @@ func (r *Runner) Start(a *agentv1.Assignment) error {
 		}
 		prev.cancel(&stopCause{outcome: agentv1.JobOutcome_JOB_OUTCOME_CANCELLED, reason: "superseded by a newer assignment"})
 	}
-	ctx, cancel := context.WithCancelCause(r.ctx)
+	ctx, cancel := context.WithCancelCause(r.base)
 	log := r.log.With("job", name, "epoch", epoch)
 	e := &execution{cancel: cancel, done: make(chan struct{}), job: &Job{Assignment: a, CacheDir: cacheDir(r.cfg.DataDir, a), Log: log}}
 	e.job.Progress = newProgress(a, r.now, r.cfg.ProgressInterval, r.reporter.Progress)

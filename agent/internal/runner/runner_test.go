@@ -127,19 +127,7 @@ func startRunner(t *testing.T, cfg Config, deps Deps) *Runner {
 	done := make(chan struct{})
 	go func() { defer close(done); _ = r.Run(ctx) }()
 	t.Cleanup(func() { cancel(); <-done })
-	deadline := time.Now().Add(5 * time.Second)
-	for {
-		r.mu.Lock()
-		running := r.ctx != nil
-		r.mu.Unlock()
-		if running {
-			return r
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("runner did not start")
-		}
-		time.Sleep(time.Millisecond)
-	}
+	return r
 }
 
 func TestItineraryOrder(t *testing.T) {
@@ -230,6 +218,28 @@ func TestDuplicateAssignmentRunsOnce(t *testing.T) {
 	}
 	if n := len(d.calls); n != 3 {
 		t.Fatalf("driver called %d times, want one run (3 calls)", n)
+	}
+}
+
+func TestShutdownInterruptsWithoutResult(t *testing.T) {
+	d := &copyDriver{block: true}
+	rec := newRecorder()
+	r := New(Config{}, Deps{Drivers: Drivers{Sources: map[ferryv1.Platform]Source{ferryv1.Platform_PLATFORM_KVM: d}, Target: d}, Reporter: rec})
+	if err := r.Start(assignment(t, "migrationJobs/a", 1, "vda")); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	if err := r.Run(ctx); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case res := <-rec.results:
+		t.Fatalf("an interrupted job reported %v", res)
+	default:
+	}
+	if err := r.Start(assignment(t, "migrationJobs/b", 1)); err != ErrNotRunning {
+		t.Fatalf("Start after Run = %v, want ErrNotRunning", err)
 	}
 }
 

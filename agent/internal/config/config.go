@@ -1,0 +1,104 @@
+// Package config is the agent's configuration: flags fill a Config, Validate
+// checks it, and the agent is built from it.
+package config
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"path/filepath"
+	"strings"
+
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/credentials/insecure"
+
+	"github.com/ferry-v2v/ferry/pkg/tlsutil"
+)
+
+// Config configures one ferry-agent.
+type Config struct {
+	// Coordinators are the API addresses (host:port) of the coordinators;
+	// any one will do, the agent finds the leader.
+	Coordinators []string
+	// HostName names this host: the host resource is hosts/{HostName}.
+	HostName string
+	// DataDir holds the agent's state and job caches when a migration
+	// server has no cache path.
+	DataDir string
+	// Cluster is the target cluster this host belongs to (optional).
+	Cluster string
+	// CachePath is the directory whose disk is reported as the cache disk
+	// (optional; a migration server's agent needs it to be scheduled).
+	CachePath string
+	// TLS: either TLSDir (ca.crt, agent.crt, agent.key), or the three
+	// files, or Insecure for plaintext.
+	TLSDir   string
+	CAFile   string
+	CertFile string
+	KeyFile  string
+	Insecure bool
+	// Version is the agent's version, sent in hello.
+	Version string
+}
+
+// SplitAddresses parses "ADDR[,ADDR]" into addresses.
+func SplitAddresses(s string) []string {
+	var out []string
+	for _, a := range strings.Split(s, ",") {
+		if a = strings.TrimSpace(a); a != "" {
+			out = append(out, a)
+		}
+	}
+	return out
+}
+
+// Validate checks the configuration; the error names the flag to fix.
+func (c *Config) Validate() error {
+	var errs []error
+	if len(c.Coordinators) == 0 {
+		errs = append(errs, errors.New("--coordinator: at least one coordinator address is required"))
+	}
+	for _, a := range c.Coordinators {
+		if _, _, err := net.SplitHostPort(a); err != nil {
+			errs = append(errs, fmt.Errorf("--coordinator: %q is not host:port: %w", a, err))
+		}
+	}
+	if c.HostName == "" || strings.ContainsAny(c.HostName, "/ \t") {
+		errs = append(errs, fmt.Errorf("--host-name: %q must be non-empty without slashes or spaces", c.HostName))
+	}
+	if c.DataDir == "" {
+		errs = append(errs, errors.New("--data-dir: required"))
+	}
+	if c.CachePath != "" && !filepath.IsAbs(c.CachePath) {
+		errs = append(errs, fmt.Errorf("--cache-path: %q must be an absolute path", c.CachePath))
+	}
+	errs = append(errs, c.validateTLS())
+	return errors.Join(errs...)
+}
+
+func (c *Config) validateTLS() error {
+	files := c.CAFile != "" || c.CertFile != "" || c.KeyFile != ""
+	switch {
+	case c.Insecure && (files || c.TLSDir != ""):
+		return errors.New("--insecure: cannot be combined with --tls-dir, --ca, --cert or --key")
+	case files && c.TLSDir != "":
+		return errors.New("--tls-dir: give either --tls-dir or --ca, --cert and --key, not both")
+	case files && (c.CAFile == "" || c.CertFile == "" || c.KeyFile == ""):
+		return errors.New("--ca, --cert, --key: all three are required together")
+	case !c.Insecure && !files && c.TLSDir == "":
+		return errors.New("--tls-dir: mutual TLS needs --tls-dir or --ca, --cert and --key (or --insecure for plaintext)")
+	}
+	return nil
+}
+
+// TransportCredentials returns what the agent dials the coordinators with.
+func (c *Config) TransportCredentials() (credentials.TransportCredentials, error) {
+	switch {
+	case c.Insecure:
+		return insecure.NewCredentials(), nil
+	case c.TLSDir != "":
+		return tlsutil.ClientCredentialsFromDir(c.TLSDir, tlsutil.RoleAgent)
+	default:
+		return tlsutil.ClientCredentials(c.CAFile, c.CertFile, c.KeyFile)
+	}
+}
