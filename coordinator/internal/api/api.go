@@ -94,7 +94,8 @@ type API struct {
 	// settingsMu serialises read-merge-propose of UpdateSettings.
 	settingsMu sync.Mutex
 
-	fwd *forwarder
+	fwd         *forwarder
+	watchBuffer int
 }
 
 // New returns the API over deps. It panics when a required dependency is
@@ -104,14 +105,15 @@ func New(deps Deps) *API {
 		panic("api.New: Proposer, Membership, Ledger, Hub and Sealer are required")
 	}
 	a := &API{
-		proposer:   deps.Proposer,
-		membership: deps.Membership,
-		ledger:     deps.Ledger,
-		hub:        deps.Hub,
-		sealer:     deps.Sealer,
-		log:        deps.Logger,
-		clock:      deps.Clock,
-		newID:      deps.NewID,
+		proposer:    deps.Proposer,
+		membership:  deps.Membership,
+		ledger:      deps.Ledger,
+		hub:         deps.Hub,
+		sealer:      deps.Sealer,
+		log:         deps.Logger,
+		clock:       deps.Clock,
+		newID:       deps.NewID,
+		watchBuffer: defaultWatchBuffer,
 	}
 	if a.log == nil {
 		a.log = slog.New(slog.DiscardHandler)

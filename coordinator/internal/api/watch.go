@@ -8,9 +8,10 @@ import (
 	ferryv1 "github.com/ferry-v2v/ferry/pkg/pb/ferry/v1"
 )
 
-// watchBuffer is how many state changes a watcher may fall behind before
-// the hub drops it and the stream ends, asking the caller to watch again.
-const watchBuffer = 1024
+// defaultWatchBuffer is how many state changes a watcher may fall behind
+// before the hub drops it and the stream ends, asking the caller to watch
+// again.
+const defaultWatchBuffer = 1024
 
 // WatchMigrationJobs streams job changes and live progress. It subscribes
 // before it reads the initial state, so no change falls between the two;
@@ -21,7 +22,7 @@ func (s *jobService) WatchMigrationJobs(req *ferryv1.WatchMigrationJobsRequest, 
 	if err != nil {
 		return s.a.toStatus(ctx, err)
 	}
-	events, stop := s.a.hub.Subscribe(watchBuffer)
+	events, stop := s.a.hub.Subscribe(s.a.watchBuffer)
 	defer stop()
 	if req.GetSendInitial() {
 		for _, j := range s.a.ledger.Jobs(ledger.JobFilter{MigrationServer: req.GetMigrationServer()}) {
