@@ -1,0 +1,98 @@
+// Command ferry-agent runs on every target KVM host: it holds a session
+// with the coordinators' leader, reports the host's facts and runs the
+// migration jobs assigned to it.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"golang.org/x/sync/errgroup"
+
+	"github.com/ferry-v2v/ferry/agent/internal/config"
+	"github.com/ferry-v2v/ferry/agent/internal/facts"
+	"github.com/ferry-v2v/ferry/agent/internal/runner"
+	"github.com/ferry-v2v/ferry/agent/internal/session"
+)
+
+// version is set at build time with -ldflags "-X main.version=…".
+var version = "dev"
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if err := run(ctx, os.Args[1:], os.Stderr); err != nil {
+		if !errors.Is(err, flag.ErrHelp) {
+			fmt.Fprintln(os.Stderr, "ferry-agent:", err)
+		}
+		os.Exit(2)
+	}
+}
+
+// parseFlags fills a Config from the command line.
+func parseFlags(args []string, stderr io.Writer) (config.Config, slog.Level, error) {
+	fs := flag.NewFlagSet("ferry-agent", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	hostname, _ := os.Hostname()
+	cfg := config.Config{Version: version}
+	var coordinators string
+	level := slog.LevelInfo
+	fs.StringVar(&coordinators, "coordinator", "127.0.0.1:7443", "coordinator API addresses, ADDR[,ADDR]; any one will do")
+	fs.StringVar(&cfg.HostName, "host-name", hostname, "this host's name (the host resource is hosts/NAME)")
+	fs.StringVar(&cfg.DataDir, "data-dir", "./ferry-agent-data", "directory for the agent's state and job caches")
+	fs.StringVar(&cfg.Cluster, "cluster", "", "target cluster of this host, clusters/NAME or NAME")
+	fs.StringVar(&cfg.CachePath, "cache-path", "", "absolute path on the cache disk, reported as cache facts")
+	fs.StringVar(&cfg.TLSDir, "tls-dir", "", "PKI directory with ca.crt, agent.crt and agent.key")
+	fs.StringVar(&cfg.CAFile, "ca", "", "CA certificate file (with --cert and --key)")
+	fs.StringVar(&cfg.CertFile, "cert", "", "agent certificate file")
+	fs.StringVar(&cfg.KeyFile, "key", "", "agent private key file")
+	fs.BoolVar(&cfg.Insecure, "insecure", false, "talk plaintext to the coordinators (testing only)")
+	fs.TextVar(&level, "log-level", level, "log level: debug, info, warn, error")
+	if err := fs.Parse(args); err != nil {
+		return cfg, level, err
+	}
+	if fs.NArg() > 0 {
+		return cfg, level, fmt.Errorf("unexpected arguments: %q", fs.Args())
+	}
+	cfg.Coordinators = config.SplitAddresses(coordinators)
+	return cfg, level, nil
+}
+
+func run(ctx context.Context, args []string, stderr io.Writer) error {
+	cfg, level, err := parseFlags(args, stderr)
+	if err != nil {
+		return err
+	}
+	if err := cfg.Validate(); err != nil {
+		return err
+	}
+	creds, err := cfg.TransportCredentials()
+	if err != nil {
+		return fmt.Errorf("TLS: %w", err)
+	}
+	if err := os.MkdirAll(cfg.DataDir, 0o750); err != nil {
+		return fmt.Errorf("--data-dir: %w", err)
+	}
+	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level}))
+	outbox := session.NewOutbox()
+	// This build carries no source or target driver yet: jobs fail with a
+	// reason naming the missing driver.
+	r := runner.New(runner.Config{DataDir: cfg.DataDir}, runner.Deps{Drivers: runner.Drivers{}, Reporter: outbox, Logger: log})
+	client := session.New(session.Config{
+		Coordinators: cfg.Coordinators, HostName: cfg.HostName, Cluster: cfg.Cluster,
+		AgentVersion: cfg.Version, Credentials: creds,
+	}, session.Deps{Runner: r, Facts: facts.New(cfg.CachePath, log), Outbox: outbox, Logger: log})
+
+	log.Info("ferry-agent starting", "version", version, "host", cfg.HostName, "coordinators", cfg.Coordinators)
+	g, ctx := errgroup.WithContext(ctx)
+	g.Go(func() error { return r.Run(ctx) })
+	g.Go(func() error { return client.Run(ctx) })
+	return g.Wait()
+}

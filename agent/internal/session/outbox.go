@@ -1,0 +1,92 @@
+package session
+
+import (
+	"sync"
+
+	agentv1 "github.com/ferry-v2v/ferry/pkg/pb/ferry/agent/v1"
+)
+
+// Outbox holds what the runner reports until a session sends it: the
+// latest progress of each job (older progress is replaced, never queued)
+// and every result, in order. It is the runner's Reporter and never blocks.
+type Outbox struct {
+	mu       sync.Mutex
+	progress map[string]*agentv1.JobProgress
+	results  []*agentv1.JobResult
+	wake     chan struct{}
+}
+
+// NewOutbox returns an empty outbox.
+func NewOutbox() *Outbox {
+	return &Outbox{progress: map[string]*agentv1.JobProgress{}, wake: make(chan struct{}, 1)}
+}
+
+// Progress replaces the pending progress of p's job.
+func (o *Outbox) Progress(p *agentv1.JobProgress) {
+	o.mu.Lock()
+	o.progress[p.GetJob()] = p
+	o.mu.Unlock()
+	o.notify()
+}
+
+// Result queues a result; the job's pending progress is dropped.
+func (o *Outbox) Result(r *agentv1.JobResult) {
+	o.mu.Lock()
+	delete(o.progress, r.GetJob())
+	o.results = append(o.results, r)
+	o.mu.Unlock()
+	o.notify()
+}
+
+func (o *Outbox) notify() {
+	select {
+	case o.wake <- struct{}{}:
+	default:
+	}
+}
+
+// take empties the outbox: progress first, then results in order.
+func (o *Outbox) take() []*agentv1.ConnectRequest {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	out := make([]*agentv1.ConnectRequest, 0, len(o.progress)+len(o.results))
+	for _, p := range o.progress {
+		out = append(out, &agentv1.ConnectRequest{Kind: &agentv1.ConnectRequest_Progress{Progress: p}})
+	}
+	for _, r := range o.results {
+		out = append(out, &agentv1.ConnectRequest{Kind: &agentv1.ConnectRequest_Result{Result: r}})
+	}
+	o.progress = map[string]*agentv1.JobProgress{}
+	o.results = nil
+	return out
+}
+
+// putBack returns the results of unsent messages to the front of the
+// queue; unsent progress is dropped, fresher progress will follow.
+func (o *Outbox) putBack(unsent []*agentv1.ConnectRequest) {
+	var rs []*agentv1.JobResult
+	for _, m := range unsent {
+		if r := m.GetResult(); r != nil {
+			rs = append(rs, r)
+		}
+	}
+	if len(rs) == 0 {
+		return
+	}
+	o.mu.Lock()
+	o.results = append(rs, o.results...)
+	o.mu.Unlock()
+	o.notify()
+}
+
+// held lists the jobs whose results are not sent yet: the agent still
+// holds them, so the coordinator neither assigns them again nor gives up.
+func (o *Outbox) held() []*agentv1.HeldJob {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	out := make([]*agentv1.HeldJob, 0, len(o.results))
+	for _, r := range o.results {
+		out = append(out, &agentv1.HeldJob{Job: r.GetJob(), Epoch: r.GetEpoch()})
+	}
+	return out
+}
