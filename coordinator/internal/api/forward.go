@@ -148,23 +148,47 @@ func newForwarder(leader leaderInfo, dial Dialer, log *slog.Logger) *forwarder {
 }
 
 // unary forwards one call, and once more if the leader changed under it.
+// The headers and trailers of the last attempt go back to the caller.
 func (f *forwarder) unary(ctx context.Context, method string, req any) (any, error) {
 	addr := f.leader.LeaderAPIAddress()
 	for attempt := 0; ; attempt++ {
 		if addr == "" || f.dial == nil {
 			return nil, grpcutil.NotLeaderError(addr)
 		}
-		resp, err := f.invoke(ctx, addr, method, req)
-		if err == nil || attempt > 0 || status.Code(err) != codes.Unavailable {
-			return resp, err
+		var header, trailer metadata.MD
+		resp, err := f.invoke(ctx, addr, method, req, grpc.Header(&header), grpc.Trailer(&trailer))
+		next := ""
+		if err != nil && attempt == 0 && status.Code(err) == codes.Unavailable {
+			next = f.nextLeader(err, addr)
 		}
-		next := f.nextLeader(err, addr)
 		if next == "" {
-			return nil, err
+			relay(ctx, header, trailer)
+			return resp, err
 		}
 		f.log.Debug("leader changed while forwarding; retrying", "method", method, "from", addr, "to", next)
 		addr = next
 	}
+}
+
+// relay passes the leader's metadata on, minus what gRPC itself sets.
+func relay(ctx context.Context, header, trailer metadata.MD) {
+	if h := userMetadata(header); len(h) > 0 {
+		_ = grpc.SetHeader(ctx, h)
+	}
+	if t := userMetadata(trailer); len(t) > 0 {
+		_ = grpc.SetTrailer(ctx, t)
+	}
+}
+
+func userMetadata(in metadata.MD) metadata.MD {
+	out := metadata.MD{}
+	for k, v := range in {
+		if strings.HasPrefix(k, ":") || strings.HasPrefix(k, "grpc-") || k == "content-type" || k == "user-agent" || k == "te" {
+			continue
+		}
+		out[k] = append([]string(nil), v...)
+	}
+	return out
 }
 
 // nextLeader is where to retry after an UNAVAILABLE from addr: the leader
@@ -179,7 +203,7 @@ func (f *forwarder) nextLeader(err error, addr string) string {
 	return ""
 }
 
-func (f *forwarder) invoke(ctx context.Context, addr, method string, req any) (any, error) {
+func (f *forwarder) invoke(ctx context.Context, addr, method string, req any, opts ...grpc.CallOption) (any, error) {
 	_, outDesc, err := f.methodTypes(method)
 	if err != nil {
 		return nil, err
@@ -189,15 +213,7 @@ func (f *forwarder) invoke(ctx context.Context, addr, method string, req any) (a
 		return nil, status.Errorf(codes.Unavailable, "reach the leader at %s: %v", addr, err)
 	}
 	out := newMessage(outDesc)
-	var header, trailer metadata.MD
-	err = conn.Invoke(outgoing(ctx), method, req, out, grpc.Header(&header), grpc.Trailer(&trailer))
-	if len(header) > 0 {
-		_ = grpc.SetHeader(ctx, header)
-	}
-	if len(trailer) > 0 {
-		_ = grpc.SetTrailer(ctx, trailer)
-	}
-	if err != nil {
+	if err := conn.Invoke(outgoing(ctx), method, req, out, opts...); err != nil {
 		return nil, err
 	}
 	return out, nil
@@ -239,7 +255,7 @@ func (f *forwarder) serverStream(ss grpc.ServerStream, method string) error {
 		out := newMessage(outDesc)
 		err := cs.RecvMsg(out)
 		if err != nil {
-			ss.SetTrailer(cs.Trailer())
+			ss.SetTrailer(userMetadata(cs.Trailer()))
 			if errors.Is(err, io.EOF) {
 				return nil
 			}
@@ -255,13 +271,7 @@ func (f *forwarder) serverStream(ss grpc.ServerStream, method string) error {
 // marks the call as forwarded.
 func outgoing(ctx context.Context) context.Context {
 	in, _ := metadata.FromIncomingContext(ctx)
-	md := metadata.MD{}
-	for k, v := range in {
-		if strings.HasPrefix(k, ":") || strings.HasPrefix(k, "grpc-") || k == "content-type" || k == "user-agent" || k == "te" {
-			continue
-		}
-		md[k] = append([]string(nil), v...)
-	}
+	md := userMetadata(in)
 	md.Set(forwardedHeader, "1")
 	return metadata.NewOutgoingContext(ctx, md)
 }
