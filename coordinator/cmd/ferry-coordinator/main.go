@@ -1,0 +1,138 @@
+// Command ferry-coordinator runs one node of Ferry's coordinator cluster.
+//
+// With no --join it bootstraps a one-node cluster in --data-dir and serves
+// at once (the embedded default). Subcommands prepare a real install:
+// "keygen" writes a seal key, "tls init" writes a CA and certificates.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+
+	"github.com/ferry-v2v/ferry/coordinator/internal/config"
+	"github.com/ferry-v2v/ferry/coordinator/internal/server"
+	"github.com/ferry-v2v/ferry/pkg/seal"
+	"github.com/ferry-v2v/ferry/pkg/tlsutil"
+)
+
+func main() {
+	if err := run(os.Args[1:]); err != nil {
+		if !errors.Is(err, flag.ErrHelp) {
+			fmt.Fprintln(os.Stderr, "ferry-coordinator:", err)
+		}
+		os.Exit(2)
+	}
+}
+
+func run(args []string) error {
+	if len(args) > 0 {
+		switch args[0] {
+		case "keygen":
+			return keygen(args[1:])
+		case "tls":
+			return tlsInit(args[1:])
+		case "serve":
+			args = args[1:]
+		}
+	}
+	return serve(args)
+}
+
+func serve(args []string) error {
+	fs := flag.NewFlagSet("ferry-coordinator", flag.ContinueOnError)
+	fs.Usage = func() {
+		fmt.Fprint(fs.Output(), `Usage: ferry-coordinator [flags]
+       ferry-coordinator keygen --out FILE
+       ferry-coordinator tls init --dir DIR [--host NAME_OR_IP ...]
+
+Runs one coordinator node. With no --join, the node bootstraps a one-node
+cluster in --data-dir and serves at once, making its own seal key and TLS
+certificates there (the embedded default). To grow a cluster, start more
+nodes with --join pointing at a member, the same --tls-dir and --key-file.
+
+Flags:
+`)
+		fs.PrintDefaults()
+	}
+	var cfg config.Config
+	var join, level string
+	fs.StringVar(&cfg.NodeID, "node-id", "", "stable node ID (default: generated once and kept in the data dir)")
+	fs.StringVar(&cfg.DataDir, "data-dir", config.DefaultDataDir, "Raft log, snapshots, seal key and default TLS material")
+	fs.StringVar(&cfg.Listen, "listen", config.DefaultListen, "gRPC address for the API and agent streams")
+	fs.StringVar(&cfg.Advertise, "advertise", "", "API address others dial (default: the --listen address)")
+	fs.StringVar(&cfg.RaftListen, "raft-listen", config.DefaultRaftListen, "Raft transport address")
+	fs.StringVar(&cfg.RaftAdvertise, "raft-advertise", "", "Raft address peers dial (default: the --raft-listen address)")
+	fs.StringVar(&join, "join", "", "comma-separated API addresses of existing members; empty bootstraps a new cluster")
+	fs.BoolVar(&cfg.Insecure, "insecure", false, "serve plaintext gRPC without TLS (trying things out only)")
+	fs.StringVar(&cfg.TLSDir, "tls-dir", "", "PKI directory from 'ferry-coordinator tls init' (default: DATA_DIR/tls, created)")
+	fs.StringVar(&cfg.KeyFile, "key-file", "", "seal key for credentials (default: DATA_DIR/seal.key, created when bootstrapping)")
+	fs.StringVar(&level, "log-level", "info", "debug, info, warn or error")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if join != "" {
+		cfg.Join = strings.Split(join, ",")
+	}
+	log, err := newLogger(level)
+	if err != nil {
+		return err
+	}
+	srv, err := server.New(cfg, log)
+	if err != nil {
+		return err
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	return srv.Run(ctx)
+}
+
+func newLogger(level string) (*slog.Logger, error) {
+	var l slog.Level
+	if err := l.UnmarshalText([]byte(level)); err != nil {
+		return nil, fmt.Errorf("--log-level %q: %w", level, err)
+	}
+	return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: l})), nil
+}
+
+func keygen(args []string) error {
+	fs := flag.NewFlagSet("ferry-coordinator keygen", flag.ContinueOnError)
+	out := fs.String("out", "seal.key", "file to write the 32-byte AES-256-GCM key to (mode 0600, never overwritten)")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if err := seal.GenerateKeyFile(*out); err != nil {
+		return err
+	}
+	fmt.Println("wrote", *out)
+	return nil
+}
+
+type hosts []string
+
+func (h *hosts) String() string     { return strings.Join(*h, ",") }
+func (h *hosts) Set(v string) error { *h = append(*h, strings.Split(v, ",")...); return nil }
+
+func tlsInit(args []string) error {
+	if len(args) == 0 || args[0] != "init" {
+		return fmt.Errorf("usage: ferry-coordinator tls init --dir DIR [--host NAME_OR_IP ...]")
+	}
+	fs := flag.NewFlagSet("ferry-coordinator tls init", flag.ContinueOnError)
+	dir := fs.String("dir", "ferry-tls", "directory for ca.crt, coordinator, agent and client certificates")
+	var extra hosts
+	fs.Var(&extra, "host", "extra DNS name or IP for the coordinator certificate (repeatable)")
+	if err := fs.Parse(args[1:]); err != nil {
+		return err
+	}
+	if err := tlsutil.InitPKI(*dir, tlsutil.Options{Hosts: extra}); err != nil {
+		return err
+	}
+	fmt.Println("wrote CA and certificates to", *dir)
+	return nil
+}

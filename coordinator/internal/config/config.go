@@ -1,0 +1,113 @@
+// Package config is the coordinator's configuration: flags fill a Config,
+// Validate checks it, and the server is built from it. Only cmd/ reads the
+// environment.
+package config
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"path/filepath"
+	"regexp"
+	"time"
+)
+
+// Defaults of the one-node embedded install.
+const (
+	DefaultDataDir    = "./ferry-data"
+	DefaultListen     = "127.0.0.1:7443"
+	DefaultRaftListen = "127.0.0.1:7444"
+)
+
+// ErrInvalid marks a configuration error; the message names the flag.
+var ErrInvalid = errors.New("invalid configuration")
+
+var nodeIDPattern = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$`)
+
+// Config configures one coordinator node.
+type Config struct {
+	// NodeID is the node's stable Raft identity; default "node-" plus the
+	// Raft port.
+	NodeID string
+	// DataDir holds the Raft log, snapshots, the seal key and, for the
+	// embedded default, its TLS material.
+	DataDir string
+	// Listen is the gRPC address for the API and agent streams.
+	Listen string
+	// Advertise is the API address other nodes and agents dial; default
+	// the bound Listen address.
+	Advertise string
+	// RaftListen is the Raft transport's address.
+	RaftListen string
+	// RaftAdvertise is the Raft address peers dial; default the bound one.
+	RaftAdvertise string
+	// Join lists API addresses of existing members. With none, the node
+	// bootstraps a one-node cluster (the embedded default).
+	Join []string
+	// Insecure serves plaintext gRPC. Only for trying things out.
+	Insecure bool
+	// TLSDir is a PKI directory (ferry-coordinator tls init); default
+	// DataDir/tls, created on first start.
+	TLSDir string
+	// KeyFile is the seal key; default DataDir/seal.key, created with
+	// mode 0600 on first start of a bootstrapping node.
+	KeyFile string
+	// HeartbeatTimeout and ElectionTimeout tune Raft; zero takes defaults.
+	HeartbeatTimeout time.Duration
+	ElectionTimeout  time.Duration
+	// TrailingLogs is how many log entries survive a snapshot; zero takes
+	// the default. Tests set it low to force InstallSnapshot.
+	TrailingLogs uint64
+}
+
+// WithDefaults fills the derived paths.
+func (c Config) WithDefaults() Config {
+	if c.DataDir == "" {
+		c.DataDir = DefaultDataDir
+	}
+	if c.Listen == "" {
+		c.Listen = DefaultListen
+	}
+	if c.RaftListen == "" {
+		c.RaftListen = DefaultRaftListen
+	}
+	if c.TLSDir == "" {
+		c.TLSDir = filepath.Join(c.DataDir, "tls")
+	}
+	if c.KeyFile == "" {
+		c.KeyFile = filepath.Join(c.DataDir, "seal.key")
+	}
+	return c
+}
+
+// Bootstrap says whether this node forms a new cluster of its own.
+func (c Config) Bootstrap() bool { return len(c.Join) == 0 }
+
+// Validate reports the first invalid setting, naming its flag.
+func (c Config) Validate() error {
+	if c.NodeID != "" && !nodeIDPattern.MatchString(c.NodeID) {
+		return fmt.Errorf("%w: --node-id %q: use letters, digits, '.', '_' or '-', at most 63", ErrInvalid, c.NodeID)
+	}
+	for flag, addr := range map[string]string{"--listen": c.Listen, "--raft-listen": c.RaftListen} {
+		if _, _, err := net.SplitHostPort(addr); err != nil {
+			return fmt.Errorf("%w: %s %q: %v", ErrInvalid, flag, addr, err)
+		}
+	}
+	for flag, addr := range map[string]string{"--advertise": c.Advertise, "--raft-advertise": c.RaftAdvertise} {
+		if addr == "" {
+			continue
+		}
+		if _, _, err := net.SplitHostPort(addr); err != nil {
+			return fmt.Errorf("%w: %s %q: %v", ErrInvalid, flag, addr, err)
+		}
+	}
+	for _, addr := range c.Join {
+		if _, _, err := net.SplitHostPort(addr); err != nil {
+			return fmt.Errorf("%w: --join %q: %v", ErrInvalid, addr, err)
+		}
+	}
+	if c.DataDir == "" {
+		return fmt.Errorf("%w: --data-dir is required", ErrInvalid)
+	}
+	return nil
+}

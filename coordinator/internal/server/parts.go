@@ -1,0 +1,52 @@
+package server
+
+import (
+	"context"
+
+	"golang.org/x/sync/errgroup"
+	"google.golang.org/grpc"
+
+	"github.com/ferry-v2v/ferry/coordinator/internal/api"
+	"github.com/ferry-v2v/ferry/coordinator/internal/scheduler"
+	"github.com/ferry-v2v/ferry/coordinator/internal/session"
+	"github.com/ferry-v2v/ferry/pkg/grpcutil"
+	agentv1 "github.com/ferry-v2v/ferry/pkg/pb/ferry/agent/v1"
+	"github.com/ferry-v2v/ferry/pkg/seal"
+)
+
+// parts are the services a node serves and the loops it runs.
+type parts struct {
+	api      *api.API
+	sessions *session.Manager
+	sched    *scheduler.Scheduler
+	unary    []grpc.UnaryServerInterceptor
+	stream   []grpc.StreamServerInterceptor
+}
+
+func newParts(s *Server, sealer *seal.Sealer) parts {
+	a := api.New(api.Deps{
+		Proposer: s.node, Membership: s.node, Ledger: s.ledger, Hub: s.hub,
+		Sealer: sealer, Dialer: s.peers.Dial, Logger: s.log,
+	})
+	sessions := session.NewManager(session.Config{NodeID: s.cfg.NodeID}, session.Deps{
+		Proposer: s.node, Ledger: s.ledger, Hub: s.hub, Unsealer: sealer, Logger: s.log,
+	})
+	sched := scheduler.New(scheduler.Config{}, scheduler.Deps{
+		Proposer: s.node, Ledger: s.ledger, Hub: s.hub, Agents: sessions, Logger: s.log,
+	})
+	return parts{
+		api: a, sessions: sessions, sched: sched,
+		unary:  []grpc.UnaryServerInterceptor{grpcutil.LeaderTrailerUnaryInterceptor(), a.UnaryInterceptor()},
+		stream: []grpc.StreamServerInterceptor{grpcutil.LeaderTrailerStreamInterceptor(), a.StreamInterceptor()},
+	}
+}
+
+func (p parts) register(s *grpc.Server) {
+	p.api.Register(s)
+	agentv1.RegisterAgentServiceServer(s, p.sessions)
+}
+
+func (p parts) run(ctx context.Context, g *errgroup.Group) {
+	g.Go(func() error { return p.sessions.Run(ctx) })
+	g.Go(func() error { return p.sched.Run(ctx) })
+}
