@@ -67,6 +67,8 @@ type Config struct {
 	FactsInterval time.Duration
 	// HelloTimeout bounds the wait for Welcome.
 	HelloTimeout time.Duration
+	// DialOptions are added to every connection (tests add interceptors).
+	DialOptions []grpc.DialOption
 }
 
 // Deps are the session's collaborators. Outbox must be the runner's Reporter.
@@ -185,7 +187,8 @@ func (c *Client) conn(addr string) (*grpc.ClientConn, error) {
 	if cc, ok := c.conns[addr]; ok {
 		return cc, nil
 	}
-	cc, err := grpc.NewClient(addr, grpc.WithTransportCredentials(c.cfg.Credentials))
+	opts := append([]grpc.DialOption{grpc.WithTransportCredentials(c.cfg.Credentials)}, c.cfg.DialOptions...)
+	cc, err := grpc.NewClient(addr, opts...)
 	if err != nil {
 		return nil, fmt.Errorf("dial %s: %w", addr, err)
 	}

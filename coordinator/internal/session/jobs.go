@@ -48,6 +48,11 @@ func (m *Manager) progress(ctx context.Context, s *session, p *agentv1.JobProgre
 // a superseded assignment; they are logged and ignored.
 func (m *Manager) result(ctx context.Context, s *session, r *agentv1.JobResult) error {
 	s.untrack(r.GetJob(), r.GetEpoch())
+	if j, ok := m.ledger.Job(r.GetJob()); ok && HostName(j.GetAssignedHost()) != s.host {
+		m.log.Warn("ignoring a result from a host the job is not assigned to", "host", s.host, "job", r.GetJob(),
+			"assigned_host", j.GetAssignedHost())
+		return nil
+	}
 	state, reason := outcomeState(r)
 	cmd := &ledgerv1.Command{Op: &ledgerv1.Command_FinishMigrationJob{FinishMigrationJob: &ledgerv1.FinishMigrationJob{
 		Name: r.GetJob(), Epoch: r.GetEpoch(), State: state, Reason: reason, Warnings: r.GetWarnings(), Disks: r.GetDisks()}}}
