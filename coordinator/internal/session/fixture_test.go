@@ -20,10 +20,10 @@ import (
 	"github.com/ferry-v2v/ferry/coordinator/internal/fsm"
 	"github.com/ferry-v2v/ferry/coordinator/internal/ledger"
 	"github.com/ferry-v2v/ferry/coordinator/internal/watch"
-	"github.com/ferry-v2v/ferry/pkg/seal"
 	agentv1 "github.com/ferry-v2v/ferry/pkg/pb/ferry/agent/v1"
 	ledgerv1 "github.com/ferry-v2v/ferry/pkg/pb/ferry/ledger/v1"
 	ferryv1 "github.com/ferry-v2v/ferry/pkg/pb/ferry/v1"
+	"github.com/ferry-v2v/ferry/pkg/seal"
 )
 
 var errTestNotLeader = errors.New("test: not the leader")
