@@ -197,3 +197,25 @@ func TestFollowerWithoutDialerPointsAtLeader(t *testing.T) {
 	// Plain reads are served locally.
 	must[*ferryv1.ListClustersResponse](t)(e.inv.ListClusters(ctx(t), &ferryv1.ListClustersRequest{}))
 }
+
+func TestSourceDefaults(t *testing.T) {
+	e := newEnv(t, true)
+	e.seed()
+	c := ctx(t)
+	kvm := must[*ferryv1.CreateSourceResponse](t)(e.sources.CreateSource(c, validKVMSource(func(*ferryv1.Source) {}))).GetSource()
+	if kvm.GetKvm().GetSshPort() != 22 || kvm.GetKvm().GetUser() != "root" || kvm.GetCreateTime() == nil {
+		t.Fatalf("kvm source defaults: %v", kvm)
+	}
+	vc := must[*ferryv1.CreateSourceResponse](t)(e.sources.CreateSource(c, &ferryv1.CreateSourceRequest{Source: &ferryv1.Source{
+		Type: ferryv1.Platform_PLATFORM_VMWARE, Vcenter: &ferryv1.VCenterConnection{Address: "10.1.2.3", User: "u",
+			Credential: "credentials/pw", Thumbprint: "0123456789abcdef0123456789abcdef01234567"}}})).GetSource()
+	if vc.GetVcenter().GetPort() != 443 || vc.GetVcenter().GetThumbprint() != "01:23:45:67:89:AB:CD:EF:01:23:45:67:89:AB:CD:EF:01:23:45:67" {
+		t.Fatalf("vcenter source: %v", vc.GetVcenter())
+	}
+	list := must[*ferryv1.ListSourcesResponse](t)(e.sources.ListSources(c, &ferryv1.ListSourcesRequest{Type: ferryv1.Platform_PLATFORM_VMWARE}))
+	if len(list.GetSources()) != 2 {
+		t.Fatalf("vmware sources: %v", list.GetSources())
+	}
+	_, err := e.sources.DeleteCredential(c, &ferryv1.DeleteCredentialRequest{Name: "credentials/pw"})
+	wantCode(t, err, codes.FailedPrecondition, "source sources/")
+}

@@ -14,10 +14,11 @@ import (
 )
 
 const (
-	defaultVCenterPort = 443
-	defaultSSHPort     = 22
-	defaultKVMUser     = "root"
-	maxUser            = 256
+	defaultVCenterPort     = 443
+	defaultVCenterHTTPPort = 80
+	defaultSSHPort         = 22
+	defaultKVMUser         = "root"
+	maxUser                = 256
 )
 
 // sourceService is ferry.v1.SourceService: sources and credentials.
@@ -82,6 +83,9 @@ func checkVCenter(c *checker, in *ferryv1.Source) *ferryv1.VCenterConnection {
 	checkPort(c, "source.vcenter.port", out.Port)
 	if out.Port == 0 {
 		out.Port = defaultVCenterPort
+		if out.UseHttp {
+			out.Port = defaultVCenterHTTPPort
+		}
 	}
 	if out.User == "" {
 		c.add("source.vcenter.user", "required: the vCenter user, e.g. administrator@vsphere.local")
