@@ -1,0 +1,126 @@
+package consensus
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestSingleNodeBootstrapsAndServesAtOnce(t *testing.T) {
+	h := newHarness(t, slog.LevelInfo, nil)
+	m := h.start("n1", true)
+	ctx := context.Background()
+
+	// Open waited for the sole voter to elect itself: no retry needed.
+	res, err := m.node.Propose(ctx, putCluster(1))
+	if err != nil {
+		t.Fatalf("first write: %v", err)
+	}
+	if len(res.Names) != 1 || res.Names[0] != clusterName(1) {
+		t.Fatalf("result names = %v, want [%s]", res.Names, clusterName(1))
+	}
+	if _, ok := m.ledger().Cluster(clusterName(1)); !ok {
+		t.Fatal("write acknowledged but not in the ledger")
+	}
+	if err := m.node.LinearizableRead(ctx); err != nil {
+		t.Fatalf("linearizable read on the leader: %v", err)
+	}
+	if got, want := m.node.LeaderAPIAddress(), "api-n1:7443"; got != want {
+		t.Errorf("LeaderAPIAddress = %q, want %q", got, want)
+	}
+	members, err := m.node.Members()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(members) != 1 || members[0].ID != "n1" || !members[0].Leader || members[0].Suffrage != "Voter" {
+		t.Errorf("members = %+v, want n1 as the leading voter", members)
+	}
+
+	// A restart with Bootstrap still set resumes the state instead.
+	if err := m.node.Shutdown(); err != nil {
+		t.Fatal(err)
+	}
+	if err := m.node.Shutdown(); err != nil {
+		t.Fatalf("second Shutdown: %v", err)
+	}
+	if _, err := m.node.Propose(ctx, putCluster(2)); !errors.Is(err, ErrShutdown) {
+		t.Fatalf("Propose after Shutdown: err = %v, want ErrShutdown", err)
+	}
+	h.open(m, true)
+	if _, err := m.node.Propose(ctx, putCluster(2)); err != nil {
+		t.Fatalf("write after restart: %v", err)
+	}
+	if !hasClusters(m, names(1, 3)) {
+		t.Fatal("restarted node lost acknowledged writes")
+	}
+}
+
+func TestProposeReportsLedgerErrors(t *testing.T) {
+	h := newHarness(t, slog.LevelInfo, nil)
+	m := h.start("n1", true)
+	ctx := context.Background()
+	if _, err := m.node.Propose(ctx, putCluster(1)); err != nil {
+		t.Fatal(err)
+	}
+	dup := putCluster(1)
+	dup.GetPutCluster().RequestId = "another request"
+	res, err := m.node.Propose(ctx, dup)
+	if err == nil || res.Err != err {
+		t.Fatalf("duplicate cluster: err = %v, res.Err = %v; want the ledger's error in both", err, res.Err)
+	}
+	if errors.Is(err, ErrNotLeader) || errors.Is(err, ErrLeadershipLost) {
+		t.Fatalf("ledger error %v looks like a consensus error", err)
+	}
+}
+
+func TestProposeHonoursContext(t *testing.T) {
+	h := newHarness(t, slog.LevelInfo, nil)
+	m := h.start("n1", true)
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	if _, err := m.node.Propose(ctx, putCluster(1)); !errors.Is(err, context.Canceled) {
+		t.Errorf("cancelled context: err = %v, want context.Canceled", err)
+	}
+	ctx, cancel = context.WithDeadline(context.Background(), time.Now().Add(-time.Second))
+	defer cancel()
+	if _, err := m.node.Propose(ctx, putCluster(1)); !errors.Is(err, context.DeadlineExceeded) {
+		t.Errorf("expired context: err = %v, want context.DeadlineExceeded", err)
+	}
+}
+
+func TestConfigValidate(t *testing.T) {
+	valid := Config{NodeID: "n1", DataDir: "/tmp/x", RaftBind: "127.0.0.1:0"}
+	tests := []struct {
+		name   string
+		change func(*Config)
+		want   string // substring of the error; "" means valid
+	}{
+		{"valid", func(*Config) {}, ""},
+		{"no node id", func(c *Config) { c.NodeID = "" }, "NodeID"},
+		{"no data dir", func(c *Config) { c.DataDir = "" }, "DataDir"},
+		{"no bind", func(c *Config) { c.RaftBind = "" }, "RaftBind"},
+		{"bad bind", func(c *Config) { c.RaftBind = "localhost" }, "RaftBind"},
+		{"wildcard bind without advertise", func(c *Config) { c.RaftBind = "0.0.0.0:7000" }, "RaftAdvertise"},
+		{"wildcard bind with advertise", func(c *Config) { c.RaftBind = ":7000"; c.RaftAdvertise = "10.0.0.1:7000" }, ""},
+		{"bad advertise", func(c *Config) { c.RaftAdvertise = "nowhere" }, "RaftAdvertise"},
+		{"negative timeout", func(c *Config) { c.ApplyTimeout = -1 }, "negative"},
+		{"lease above heartbeat", func(c *Config) { c.LeaderLeaseTimeout = 2 * DefaultHeartbeatTimeout }, "LeaderLeaseTimeout"},
+		{"huge batches", func(c *Config) { c.MaxAppendEntries = 5000 }, "MaxAppendEntries"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			cfg := valid
+			tt.change(&cfg)
+			err := cfg.Validate()
+			switch {
+			case tt.want == "" && err != nil:
+				t.Fatalf("Validate() = %v, want nil", err)
+			case tt.want != "" && (err == nil || !strings.Contains(err.Error(), tt.want)):
+				t.Fatalf("Validate() = %v, want an error naming %s", err, tt.want)
+			}
+		})
+	}
+}
