@@ -9,7 +9,6 @@ import (
 	"github.com/ferry-v2v/ferry/coordinator/internal/api"
 	"github.com/ferry-v2v/ferry/coordinator/internal/scheduler"
 	"github.com/ferry-v2v/ferry/coordinator/internal/session"
-	"github.com/ferry-v2v/ferry/pkg/grpcutil"
 	agentv1 "github.com/ferry-v2v/ferry/pkg/pb/ferry/agent/v1"
 	"github.com/ferry-v2v/ferry/pkg/seal"
 )
@@ -36,8 +35,8 @@ func newParts(s *Server, sealer *seal.Sealer) parts {
 	})
 	return parts{
 		api: a, sessions: sessions, sched: sched,
-		unary:  []grpc.UnaryServerInterceptor{grpcutil.LeaderTrailerUnaryInterceptor(), a.UnaryInterceptor()},
-		stream: []grpc.StreamServerInterceptor{grpcutil.LeaderTrailerStreamInterceptor(), a.StreamInterceptor()},
+		unary:  []grpc.UnaryServerInterceptor{a.UnaryInterceptor()},
+		stream: []grpc.StreamServerInterceptor{a.StreamInterceptor()},
 	}
 }
 
