@@ -72,6 +72,59 @@ func (CredentialType) EnumDescriptor() ([]byte, []int) {
 	return file_ferry_v1_source_proto_rawDescGZIP(), []int{0}
 }
 
+// SourceVmState is the power state of a source VM.
+type SourceVmState int32
+
+const (
+	SourceVmState_SOURCE_VM_STATE_UNSPECIFIED SourceVmState = 0
+	SourceVmState_SOURCE_VM_STATE_RUNNING     SourceVmState = 1
+	SourceVmState_SOURCE_VM_STATE_PAUSED      SourceVmState = 2
+	SourceVmState_SOURCE_VM_STATE_SHUT_OFF    SourceVmState = 3
+)
+
+// Enum value maps for SourceVmState.
+var (
+	SourceVmState_name = map[int32]string{
+		0: "SOURCE_VM_STATE_UNSPECIFIED",
+		1: "SOURCE_VM_STATE_RUNNING",
+		2: "SOURCE_VM_STATE_PAUSED",
+		3: "SOURCE_VM_STATE_SHUT_OFF",
+	}
+	SourceVmState_value = map[string]int32{
+		"SOURCE_VM_STATE_UNSPECIFIED": 0,
+		"SOURCE_VM_STATE_RUNNING":     1,
+		"SOURCE_VM_STATE_PAUSED":      2,
+		"SOURCE_VM_STATE_SHUT_OFF":    3,
+	}
+)
+
+func (x SourceVmState) Enum() *SourceVmState {
+	p := new(SourceVmState)
+	*p = x
+	return p
+}
+
+func (x SourceVmState) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (SourceVmState) Descriptor() protoreflect.EnumDescriptor {
+	return file_ferry_v1_source_proto_enumTypes[1].Descriptor()
+}
+
+func (SourceVmState) Type() protoreflect.EnumType {
+	return &file_ferry_v1_source_proto_enumTypes[1]
+}
+
+func (x SourceVmState) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use SourceVmState.Descriptor instead.
+func (SourceVmState) EnumDescriptor() ([]byte, []int) {
+	return file_ferry_v1_source_proto_rawDescGZIP(), []int{1}
+}
+
 // Source is a connection profile of a vCenter or a KVM host.
 type Source struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -1199,11 +1252,402 @@ func (*DeleteCredentialResponse) Descriptor() ([]byte, []int) {
 	return file_ferry_v1_source_proto_rawDescGZIP(), []int{19}
 }
 
+type ListSourceVMsRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// sources/{source}
+	Source string `protobuf:"bytes,1,opt,name=source,proto3" json:"source,omitempty"`
+	// Optional migrationServers/{migration_server} whose agent connects to
+	// the source; default any enabled, connected server of the source's type.
+	MigrationServer string `protobuf:"bytes,2,opt,name=migration_server,json=migrationServer,proto3" json:"migration_server,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
+}
+
+func (x *ListSourceVMsRequest) Reset() {
+	*x = ListSourceVMsRequest{}
+	mi := &file_ferry_v1_source_proto_msgTypes[20]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListSourceVMsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListSourceVMsRequest) ProtoMessage() {}
+
+func (x *ListSourceVMsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_ferry_v1_source_proto_msgTypes[20]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListSourceVMsRequest.ProtoReflect.Descriptor instead.
+func (*ListSourceVMsRequest) Descriptor() ([]byte, []int) {
+	return file_ferry_v1_source_proto_rawDescGZIP(), []int{20}
+}
+
+func (x *ListSourceVMsRequest) GetSource() string {
+	if x != nil {
+		return x.Source
+	}
+	return ""
+}
+
+func (x *ListSourceVMsRequest) GetMigrationServer() string {
+	if x != nil {
+		return x.MigrationServer
+	}
+	return ""
+}
+
+type ListSourceVMsResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Vms           []*SourceVm            `protobuf:"bytes,1,rep,name=vms,proto3" json:"vms,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListSourceVMsResponse) Reset() {
+	*x = ListSourceVMsResponse{}
+	mi := &file_ferry_v1_source_proto_msgTypes[21]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListSourceVMsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListSourceVMsResponse) ProtoMessage() {}
+
+func (x *ListSourceVMsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_ferry_v1_source_proto_msgTypes[21]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListSourceVMsResponse.ProtoReflect.Descriptor instead.
+func (*ListSourceVMsResponse) Descriptor() ([]byte, []int) {
+	return file_ferry_v1_source_proto_rawDescGZIP(), []int{21}
+}
+
+func (x *ListSourceVMsResponse) GetVms() []*SourceVm {
+	if x != nil {
+		return x.Vms
+	}
+	return nil
+}
+
+// SourceVm is a VM as the source hypervisor describes it.
+type SourceVm struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// What a job's source_vm names: the libvirt domain name or the vCenter
+	// managed object id.
+	Id          string        `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	Name        string        `protobuf:"bytes,2,opt,name=name,proto3" json:"name,omitempty"`
+	Uuid        string        `protobuf:"bytes,3,opt,name=uuid,proto3" json:"uuid,omitempty"`
+	State       SourceVmState `protobuf:"varint,4,opt,name=state,proto3,enum=ferry.v1.SourceVmState" json:"state,omitempty"`
+	Cpus        int32         `protobuf:"varint,5,opt,name=cpus,proto3" json:"cpus,omitempty"`
+	MemoryBytes int64         `protobuf:"varint,6,opt,name=memory_bytes,json=memoryBytes,proto3" json:"memory_bytes,omitempty"`
+	Firmware    Firmware      `protobuf:"varint,7,opt,name=firmware,proto3,enum=ferry.v1.Firmware" json:"firmware,omitempty"`
+	CdromCount  int32         `protobuf:"varint,8,opt,name=cdrom_count,json=cdromCount,proto3" json:"cdrom_count,omitempty"`
+	// Unspecified when the hypervisor does not know.
+	OsType OsType `protobuf:"varint,9,opt,name=os_type,json=osType,proto3,enum=ferry.v1.OsType" json:"os_type,omitempty"`
+	// Free-form OS name or libosinfo id when known.
+	OsName        string        `protobuf:"bytes,10,opt,name=os_name,json=osName,proto3" json:"os_name,omitempty"`
+	Disks         []*SourceDisk `protobuf:"bytes,11,rep,name=disks,proto3" json:"disks,omitempty"`
+	Nics          []*SourceNic  `protobuf:"bytes,12,rep,name=nics,proto3" json:"nics,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SourceVm) Reset() {
+	*x = SourceVm{}
+	mi := &file_ferry_v1_source_proto_msgTypes[22]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SourceVm) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SourceVm) ProtoMessage() {}
+
+func (x *SourceVm) ProtoReflect() protoreflect.Message {
+	mi := &file_ferry_v1_source_proto_msgTypes[22]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SourceVm.ProtoReflect.Descriptor instead.
+func (*SourceVm) Descriptor() ([]byte, []int) {
+	return file_ferry_v1_source_proto_rawDescGZIP(), []int{22}
+}
+
+func (x *SourceVm) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+func (x *SourceVm) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *SourceVm) GetUuid() string {
+	if x != nil {
+		return x.Uuid
+	}
+	return ""
+}
+
+func (x *SourceVm) GetState() SourceVmState {
+	if x != nil {
+		return x.State
+	}
+	return SourceVmState_SOURCE_VM_STATE_UNSPECIFIED
+}
+
+func (x *SourceVm) GetCpus() int32 {
+	if x != nil {
+		return x.Cpus
+	}
+	return 0
+}
+
+func (x *SourceVm) GetMemoryBytes() int64 {
+	if x != nil {
+		return x.MemoryBytes
+	}
+	return 0
+}
+
+func (x *SourceVm) GetFirmware() Firmware {
+	if x != nil {
+		return x.Firmware
+	}
+	return Firmware_FIRMWARE_UNSPECIFIED
+}
+
+func (x *SourceVm) GetCdromCount() int32 {
+	if x != nil {
+		return x.CdromCount
+	}
+	return 0
+}
+
+func (x *SourceVm) GetOsType() OsType {
+	if x != nil {
+		return x.OsType
+	}
+	return OsType_OS_TYPE_UNSPECIFIED
+}
+
+func (x *SourceVm) GetOsName() string {
+	if x != nil {
+		return x.OsName
+	}
+	return ""
+}
+
+func (x *SourceVm) GetDisks() []*SourceDisk {
+	if x != nil {
+		return x.Disks
+	}
+	return nil
+}
+
+func (x *SourceVm) GetNics() []*SourceNic {
+	if x != nil {
+		return x.Nics
+	}
+	return nil
+}
+
+// SourceDisk is one disk of a source VM.
+type SourceDisk struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Target device (vda) or VMware disk key.
+	Target          string `protobuf:"bytes,1,opt,name=target,proto3" json:"target,omitempty"`
+	Path            string `protobuf:"bytes,2,opt,name=path,proto3" json:"path,omitempty"`
+	Format          string `protobuf:"bytes,3,opt,name=format,proto3" json:"format,omitempty"`
+	CapacityBytes   int64  `protobuf:"varint,4,opt,name=capacity_bytes,json=capacityBytes,proto3" json:"capacity_bytes,omitempty"`
+	AllocationBytes int64  `protobuf:"varint,5,opt,name=allocation_bytes,json=allocationBytes,proto3" json:"allocation_bytes,omitempty"`
+	Bus             string `protobuf:"bytes,6,opt,name=bus,proto3" json:"bus,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
+}
+
+func (x *SourceDisk) Reset() {
+	*x = SourceDisk{}
+	mi := &file_ferry_v1_source_proto_msgTypes[23]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SourceDisk) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SourceDisk) ProtoMessage() {}
+
+func (x *SourceDisk) ProtoReflect() protoreflect.Message {
+	mi := &file_ferry_v1_source_proto_msgTypes[23]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SourceDisk.ProtoReflect.Descriptor instead.
+func (*SourceDisk) Descriptor() ([]byte, []int) {
+	return file_ferry_v1_source_proto_rawDescGZIP(), []int{23}
+}
+
+func (x *SourceDisk) GetTarget() string {
+	if x != nil {
+		return x.Target
+	}
+	return ""
+}
+
+func (x *SourceDisk) GetPath() string {
+	if x != nil {
+		return x.Path
+	}
+	return ""
+}
+
+func (x *SourceDisk) GetFormat() string {
+	if x != nil {
+		return x.Format
+	}
+	return ""
+}
+
+func (x *SourceDisk) GetCapacityBytes() int64 {
+	if x != nil {
+		return x.CapacityBytes
+	}
+	return 0
+}
+
+func (x *SourceDisk) GetAllocationBytes() int64 {
+	if x != nil {
+		return x.AllocationBytes
+	}
+	return 0
+}
+
+func (x *SourceDisk) GetBus() string {
+	if x != nil {
+		return x.Bus
+	}
+	return ""
+}
+
+// SourceNic is one NIC of a source VM.
+type SourceNic struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Mac           string                 `protobuf:"bytes,1,opt,name=mac,proto3" json:"mac,omitempty"`
+	Network       string                 `protobuf:"bytes,2,opt,name=network,proto3" json:"network,omitempty"`
+	Bridge        string                 `protobuf:"bytes,3,opt,name=bridge,proto3" json:"bridge,omitempty"`
+	Model         string                 `protobuf:"bytes,4,opt,name=model,proto3" json:"model,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SourceNic) Reset() {
+	*x = SourceNic{}
+	mi := &file_ferry_v1_source_proto_msgTypes[24]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SourceNic) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SourceNic) ProtoMessage() {}
+
+func (x *SourceNic) ProtoReflect() protoreflect.Message {
+	mi := &file_ferry_v1_source_proto_msgTypes[24]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SourceNic.ProtoReflect.Descriptor instead.
+func (*SourceNic) Descriptor() ([]byte, []int) {
+	return file_ferry_v1_source_proto_rawDescGZIP(), []int{24}
+}
+
+func (x *SourceNic) GetMac() string {
+	if x != nil {
+		return x.Mac
+	}
+	return ""
+}
+
+func (x *SourceNic) GetNetwork() string {
+	if x != nil {
+		return x.Network
+	}
+	return ""
+}
+
+func (x *SourceNic) GetBridge() string {
+	if x != nil {
+		return x.Bridge
+	}
+	return ""
+}
+
+func (x *SourceNic) GetModel() string {
+	if x != nil {
+		return x.Model
+	}
+	return ""
+}
+
 var File_ferry_v1_source_proto protoreflect.FileDescriptor
 
 const file_ferry_v1_source_proto_rawDesc = "" +
 	"\n" +
-	"\x15ferry/v1/source.proto\x12\bferry.v1\x1a\x15ferry/v1/common.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x86\x02\n" +
+	"\x15ferry/v1/source.proto\x12\bferry.v1\x1a\x15ferry/v1/common.proto\x1a\x1cferry/v1/migration_job.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x86\x02\n" +
 	"\x06Source\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12!\n" +
 	"\fdisplay_name\x18\x02 \x01(\tR\vdisplayName\x12&\n" +
@@ -1290,11 +1734,49 @@ const file_ferry_v1_source_proto_rawDesc = "" +
 	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"-\n" +
 	"\x17DeleteCredentialRequest\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\"\x1a\n" +
-	"\x18DeleteCredentialResponse*p\n" +
+	"\x18DeleteCredentialResponse\"Y\n" +
+	"\x14ListSourceVMsRequest\x12\x16\n" +
+	"\x06source\x18\x01 \x01(\tR\x06source\x12)\n" +
+	"\x10migration_server\x18\x02 \x01(\tR\x0fmigrationServer\"=\n" +
+	"\x15ListSourceVMsResponse\x12$\n" +
+	"\x03vms\x18\x01 \x03(\v2\x12.ferry.v1.SourceVmR\x03vms\"\x92\x03\n" +
+	"\bSourceVm\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\x12\x12\n" +
+	"\x04name\x18\x02 \x01(\tR\x04name\x12\x12\n" +
+	"\x04uuid\x18\x03 \x01(\tR\x04uuid\x12-\n" +
+	"\x05state\x18\x04 \x01(\x0e2\x17.ferry.v1.SourceVmStateR\x05state\x12\x12\n" +
+	"\x04cpus\x18\x05 \x01(\x05R\x04cpus\x12!\n" +
+	"\fmemory_bytes\x18\x06 \x01(\x03R\vmemoryBytes\x12.\n" +
+	"\bfirmware\x18\a \x01(\x0e2\x12.ferry.v1.FirmwareR\bfirmware\x12\x1f\n" +
+	"\vcdrom_count\x18\b \x01(\x05R\n" +
+	"cdromCount\x12)\n" +
+	"\aos_type\x18\t \x01(\x0e2\x10.ferry.v1.OsTypeR\x06osType\x12\x17\n" +
+	"\aos_name\x18\n" +
+	" \x01(\tR\x06osName\x12*\n" +
+	"\x05disks\x18\v \x03(\v2\x14.ferry.v1.SourceDiskR\x05disks\x12'\n" +
+	"\x04nics\x18\f \x03(\v2\x13.ferry.v1.SourceNicR\x04nics\"\xb4\x01\n" +
+	"\n" +
+	"SourceDisk\x12\x16\n" +
+	"\x06target\x18\x01 \x01(\tR\x06target\x12\x12\n" +
+	"\x04path\x18\x02 \x01(\tR\x04path\x12\x16\n" +
+	"\x06format\x18\x03 \x01(\tR\x06format\x12%\n" +
+	"\x0ecapacity_bytes\x18\x04 \x01(\x03R\rcapacityBytes\x12)\n" +
+	"\x10allocation_bytes\x18\x05 \x01(\x03R\x0fallocationBytes\x12\x10\n" +
+	"\x03bus\x18\x06 \x01(\tR\x03bus\"e\n" +
+	"\tSourceNic\x12\x10\n" +
+	"\x03mac\x18\x01 \x01(\tR\x03mac\x12\x18\n" +
+	"\anetwork\x18\x02 \x01(\tR\anetwork\x12\x16\n" +
+	"\x06bridge\x18\x03 \x01(\tR\x06bridge\x12\x14\n" +
+	"\x05model\x18\x04 \x01(\tR\x05model*p\n" +
 	"\x0eCredentialType\x12\x1f\n" +
 	"\x1bCREDENTIAL_TYPE_UNSPECIFIED\x10\x00\x12\x1c\n" +
 	"\x18CREDENTIAL_TYPE_PASSWORD\x10\x01\x12\x1f\n" +
-	"\x1bCREDENTIAL_TYPE_PRIVATE_KEY\x10\x022\x9f\x05\n" +
+	"\x1bCREDENTIAL_TYPE_PRIVATE_KEY\x10\x02*\x87\x01\n" +
+	"\rSourceVmState\x12\x1f\n" +
+	"\x1bSOURCE_VM_STATE_UNSPECIFIED\x10\x00\x12\x1b\n" +
+	"\x17SOURCE_VM_STATE_RUNNING\x10\x01\x12\x1a\n" +
+	"\x16SOURCE_VM_STATE_PAUSED\x10\x02\x12\x1c\n" +
+	"\x18SOURCE_VM_STATE_SHUT_OFF\x10\x032\xf1\x05\n" +
 	"\rSourceService\x12M\n" +
 	"\fCreateSource\x12\x1d.ferry.v1.CreateSourceRequest\x1a\x1e.ferry.v1.CreateSourceResponse\x12D\n" +
 	"\tGetSource\x12\x1a.ferry.v1.GetSourceRequest\x1a\x1b.ferry.v1.GetSourceResponse\x12J\n" +
@@ -1303,7 +1785,8 @@ const file_ferry_v1_source_proto_rawDesc = "" +
 	"\x10CreateCredential\x12!.ferry.v1.CreateCredentialRequest\x1a\".ferry.v1.CreateCredentialResponse\x12P\n" +
 	"\rGetCredential\x12\x1e.ferry.v1.GetCredentialRequest\x1a\x1f.ferry.v1.GetCredentialResponse\x12V\n" +
 	"\x0fListCredentials\x12 .ferry.v1.ListCredentialsRequest\x1a!.ferry.v1.ListCredentialsResponse\x12Y\n" +
-	"\x10DeleteCredential\x12!.ferry.v1.DeleteCredentialRequest\x1a\".ferry.v1.DeleteCredentialResponseB\x90\x01\n" +
+	"\x10DeleteCredential\x12!.ferry.v1.DeleteCredentialRequest\x1a\".ferry.v1.DeleteCredentialResponse\x12P\n" +
+	"\rListSourceVMs\x12\x1e.ferry.v1.ListSourceVMsRequest\x1a\x1f.ferry.v1.ListSourceVMsResponseB\x90\x01\n" +
 	"\fcom.ferry.v1B\vSourceProtoP\x01Z2github.com/ferry-v2v/ferry/pkg/pb/ferry/v1;ferryv1\xa2\x02\x03FXX\xaa\x02\bFerry.V1\xca\x02\bFerry\\V1\xe2\x02\x14Ferry\\V1\\GPBMetadata\xea\x02\tFerry::V1b\x06proto3"
 
 var (
@@ -1318,70 +1801,86 @@ func file_ferry_v1_source_proto_rawDescGZIP() []byte {
 	return file_ferry_v1_source_proto_rawDescData
 }
 
-var file_ferry_v1_source_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_ferry_v1_source_proto_msgTypes = make([]protoimpl.MessageInfo, 20)
+var file_ferry_v1_source_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
+var file_ferry_v1_source_proto_msgTypes = make([]protoimpl.MessageInfo, 25)
 var file_ferry_v1_source_proto_goTypes = []any{
 	(CredentialType)(0),              // 0: ferry.v1.CredentialType
-	(*Source)(nil),                   // 1: ferry.v1.Source
-	(*VCenterConnection)(nil),        // 2: ferry.v1.VCenterConnection
-	(*KvmConnection)(nil),            // 3: ferry.v1.KvmConnection
-	(*Credential)(nil),               // 4: ferry.v1.Credential
-	(*CreateSourceRequest)(nil),      // 5: ferry.v1.CreateSourceRequest
-	(*CreateSourceResponse)(nil),     // 6: ferry.v1.CreateSourceResponse
-	(*GetSourceRequest)(nil),         // 7: ferry.v1.GetSourceRequest
-	(*GetSourceResponse)(nil),        // 8: ferry.v1.GetSourceResponse
-	(*ListSourcesRequest)(nil),       // 9: ferry.v1.ListSourcesRequest
-	(*ListSourcesResponse)(nil),      // 10: ferry.v1.ListSourcesResponse
-	(*DeleteSourceRequest)(nil),      // 11: ferry.v1.DeleteSourceRequest
-	(*DeleteSourceResponse)(nil),     // 12: ferry.v1.DeleteSourceResponse
-	(*CreateCredentialRequest)(nil),  // 13: ferry.v1.CreateCredentialRequest
-	(*CreateCredentialResponse)(nil), // 14: ferry.v1.CreateCredentialResponse
-	(*GetCredentialRequest)(nil),     // 15: ferry.v1.GetCredentialRequest
-	(*GetCredentialResponse)(nil),    // 16: ferry.v1.GetCredentialResponse
-	(*ListCredentialsRequest)(nil),   // 17: ferry.v1.ListCredentialsRequest
-	(*ListCredentialsResponse)(nil),  // 18: ferry.v1.ListCredentialsResponse
-	(*DeleteCredentialRequest)(nil),  // 19: ferry.v1.DeleteCredentialRequest
-	(*DeleteCredentialResponse)(nil), // 20: ferry.v1.DeleteCredentialResponse
-	(Platform)(0),                    // 21: ferry.v1.Platform
-	(*timestamppb.Timestamp)(nil),    // 22: google.protobuf.Timestamp
+	(SourceVmState)(0),               // 1: ferry.v1.SourceVmState
+	(*Source)(nil),                   // 2: ferry.v1.Source
+	(*VCenterConnection)(nil),        // 3: ferry.v1.VCenterConnection
+	(*KvmConnection)(nil),            // 4: ferry.v1.KvmConnection
+	(*Credential)(nil),               // 5: ferry.v1.Credential
+	(*CreateSourceRequest)(nil),      // 6: ferry.v1.CreateSourceRequest
+	(*CreateSourceResponse)(nil),     // 7: ferry.v1.CreateSourceResponse
+	(*GetSourceRequest)(nil),         // 8: ferry.v1.GetSourceRequest
+	(*GetSourceResponse)(nil),        // 9: ferry.v1.GetSourceResponse
+	(*ListSourcesRequest)(nil),       // 10: ferry.v1.ListSourcesRequest
+	(*ListSourcesResponse)(nil),      // 11: ferry.v1.ListSourcesResponse
+	(*DeleteSourceRequest)(nil),      // 12: ferry.v1.DeleteSourceRequest
+	(*DeleteSourceResponse)(nil),     // 13: ferry.v1.DeleteSourceResponse
+	(*CreateCredentialRequest)(nil),  // 14: ferry.v1.CreateCredentialRequest
+	(*CreateCredentialResponse)(nil), // 15: ferry.v1.CreateCredentialResponse
+	(*GetCredentialRequest)(nil),     // 16: ferry.v1.GetCredentialRequest
+	(*GetCredentialResponse)(nil),    // 17: ferry.v1.GetCredentialResponse
+	(*ListCredentialsRequest)(nil),   // 18: ferry.v1.ListCredentialsRequest
+	(*ListCredentialsResponse)(nil),  // 19: ferry.v1.ListCredentialsResponse
+	(*DeleteCredentialRequest)(nil),  // 20: ferry.v1.DeleteCredentialRequest
+	(*DeleteCredentialResponse)(nil), // 21: ferry.v1.DeleteCredentialResponse
+	(*ListSourceVMsRequest)(nil),     // 22: ferry.v1.ListSourceVMsRequest
+	(*ListSourceVMsResponse)(nil),    // 23: ferry.v1.ListSourceVMsResponse
+	(*SourceVm)(nil),                 // 24: ferry.v1.SourceVm
+	(*SourceDisk)(nil),               // 25: ferry.v1.SourceDisk
+	(*SourceNic)(nil),                // 26: ferry.v1.SourceNic
+	(Platform)(0),                    // 27: ferry.v1.Platform
+	(*timestamppb.Timestamp)(nil),    // 28: google.protobuf.Timestamp
+	(Firmware)(0),                    // 29: ferry.v1.Firmware
+	(OsType)(0),                      // 30: ferry.v1.OsType
 }
 var file_ferry_v1_source_proto_depIdxs = []int32{
-	21, // 0: ferry.v1.Source.type:type_name -> ferry.v1.Platform
-	2,  // 1: ferry.v1.Source.vcenter:type_name -> ferry.v1.VCenterConnection
-	3,  // 2: ferry.v1.Source.kvm:type_name -> ferry.v1.KvmConnection
-	22, // 3: ferry.v1.Source.create_time:type_name -> google.protobuf.Timestamp
+	27, // 0: ferry.v1.Source.type:type_name -> ferry.v1.Platform
+	3,  // 1: ferry.v1.Source.vcenter:type_name -> ferry.v1.VCenterConnection
+	4,  // 2: ferry.v1.Source.kvm:type_name -> ferry.v1.KvmConnection
+	28, // 3: ferry.v1.Source.create_time:type_name -> google.protobuf.Timestamp
 	0,  // 4: ferry.v1.Credential.type:type_name -> ferry.v1.CredentialType
-	22, // 5: ferry.v1.Credential.create_time:type_name -> google.protobuf.Timestamp
-	1,  // 6: ferry.v1.CreateSourceRequest.source:type_name -> ferry.v1.Source
-	1,  // 7: ferry.v1.CreateSourceResponse.source:type_name -> ferry.v1.Source
-	1,  // 8: ferry.v1.GetSourceResponse.source:type_name -> ferry.v1.Source
-	21, // 9: ferry.v1.ListSourcesRequest.type:type_name -> ferry.v1.Platform
-	1,  // 10: ferry.v1.ListSourcesResponse.sources:type_name -> ferry.v1.Source
-	4,  // 11: ferry.v1.CreateCredentialRequest.credential:type_name -> ferry.v1.Credential
-	4,  // 12: ferry.v1.CreateCredentialResponse.credential:type_name -> ferry.v1.Credential
-	4,  // 13: ferry.v1.GetCredentialResponse.credential:type_name -> ferry.v1.Credential
-	4,  // 14: ferry.v1.ListCredentialsResponse.credentials:type_name -> ferry.v1.Credential
-	5,  // 15: ferry.v1.SourceService.CreateSource:input_type -> ferry.v1.CreateSourceRequest
-	7,  // 16: ferry.v1.SourceService.GetSource:input_type -> ferry.v1.GetSourceRequest
-	9,  // 17: ferry.v1.SourceService.ListSources:input_type -> ferry.v1.ListSourcesRequest
-	11, // 18: ferry.v1.SourceService.DeleteSource:input_type -> ferry.v1.DeleteSourceRequest
-	13, // 19: ferry.v1.SourceService.CreateCredential:input_type -> ferry.v1.CreateCredentialRequest
-	15, // 20: ferry.v1.SourceService.GetCredential:input_type -> ferry.v1.GetCredentialRequest
-	17, // 21: ferry.v1.SourceService.ListCredentials:input_type -> ferry.v1.ListCredentialsRequest
-	19, // 22: ferry.v1.SourceService.DeleteCredential:input_type -> ferry.v1.DeleteCredentialRequest
-	6,  // 23: ferry.v1.SourceService.CreateSource:output_type -> ferry.v1.CreateSourceResponse
-	8,  // 24: ferry.v1.SourceService.GetSource:output_type -> ferry.v1.GetSourceResponse
-	10, // 25: ferry.v1.SourceService.ListSources:output_type -> ferry.v1.ListSourcesResponse
-	12, // 26: ferry.v1.SourceService.DeleteSource:output_type -> ferry.v1.DeleteSourceResponse
-	14, // 27: ferry.v1.SourceService.CreateCredential:output_type -> ferry.v1.CreateCredentialResponse
-	16, // 28: ferry.v1.SourceService.GetCredential:output_type -> ferry.v1.GetCredentialResponse
-	18, // 29: ferry.v1.SourceService.ListCredentials:output_type -> ferry.v1.ListCredentialsResponse
-	20, // 30: ferry.v1.SourceService.DeleteCredential:output_type -> ferry.v1.DeleteCredentialResponse
-	23, // [23:31] is the sub-list for method output_type
-	15, // [15:23] is the sub-list for method input_type
-	15, // [15:15] is the sub-list for extension type_name
-	15, // [15:15] is the sub-list for extension extendee
-	0,  // [0:15] is the sub-list for field type_name
+	28, // 5: ferry.v1.Credential.create_time:type_name -> google.protobuf.Timestamp
+	2,  // 6: ferry.v1.CreateSourceRequest.source:type_name -> ferry.v1.Source
+	2,  // 7: ferry.v1.CreateSourceResponse.source:type_name -> ferry.v1.Source
+	2,  // 8: ferry.v1.GetSourceResponse.source:type_name -> ferry.v1.Source
+	27, // 9: ferry.v1.ListSourcesRequest.type:type_name -> ferry.v1.Platform
+	2,  // 10: ferry.v1.ListSourcesResponse.sources:type_name -> ferry.v1.Source
+	5,  // 11: ferry.v1.CreateCredentialRequest.credential:type_name -> ferry.v1.Credential
+	5,  // 12: ferry.v1.CreateCredentialResponse.credential:type_name -> ferry.v1.Credential
+	5,  // 13: ferry.v1.GetCredentialResponse.credential:type_name -> ferry.v1.Credential
+	5,  // 14: ferry.v1.ListCredentialsResponse.credentials:type_name -> ferry.v1.Credential
+	24, // 15: ferry.v1.ListSourceVMsResponse.vms:type_name -> ferry.v1.SourceVm
+	1,  // 16: ferry.v1.SourceVm.state:type_name -> ferry.v1.SourceVmState
+	29, // 17: ferry.v1.SourceVm.firmware:type_name -> ferry.v1.Firmware
+	30, // 18: ferry.v1.SourceVm.os_type:type_name -> ferry.v1.OsType
+	25, // 19: ferry.v1.SourceVm.disks:type_name -> ferry.v1.SourceDisk
+	26, // 20: ferry.v1.SourceVm.nics:type_name -> ferry.v1.SourceNic
+	6,  // 21: ferry.v1.SourceService.CreateSource:input_type -> ferry.v1.CreateSourceRequest
+	8,  // 22: ferry.v1.SourceService.GetSource:input_type -> ferry.v1.GetSourceRequest
+	10, // 23: ferry.v1.SourceService.ListSources:input_type -> ferry.v1.ListSourcesRequest
+	12, // 24: ferry.v1.SourceService.DeleteSource:input_type -> ferry.v1.DeleteSourceRequest
+	14, // 25: ferry.v1.SourceService.CreateCredential:input_type -> ferry.v1.CreateCredentialRequest
+	16, // 26: ferry.v1.SourceService.GetCredential:input_type -> ferry.v1.GetCredentialRequest
+	18, // 27: ferry.v1.SourceService.ListCredentials:input_type -> ferry.v1.ListCredentialsRequest
+	20, // 28: ferry.v1.SourceService.DeleteCredential:input_type -> ferry.v1.DeleteCredentialRequest
+	22, // 29: ferry.v1.SourceService.ListSourceVMs:input_type -> ferry.v1.ListSourceVMsRequest
+	7,  // 30: ferry.v1.SourceService.CreateSource:output_type -> ferry.v1.CreateSourceResponse
+	9,  // 31: ferry.v1.SourceService.GetSource:output_type -> ferry.v1.GetSourceResponse
+	11, // 32: ferry.v1.SourceService.ListSources:output_type -> ferry.v1.ListSourcesResponse
+	13, // 33: ferry.v1.SourceService.DeleteSource:output_type -> ferry.v1.DeleteSourceResponse
+	15, // 34: ferry.v1.SourceService.CreateCredential:output_type -> ferry.v1.CreateCredentialResponse
+	17, // 35: ferry.v1.SourceService.GetCredential:output_type -> ferry.v1.GetCredentialResponse
+	19, // 36: ferry.v1.SourceService.ListCredentials:output_type -> ferry.v1.ListCredentialsResponse
+	21, // 37: ferry.v1.SourceService.DeleteCredential:output_type -> ferry.v1.DeleteCredentialResponse
+	23, // 38: ferry.v1.SourceService.ListSourceVMs:output_type -> ferry.v1.ListSourceVMsResponse
+	30, // [30:39] is the sub-list for method output_type
+	21, // [21:30] is the sub-list for method input_type
+	21, // [21:21] is the sub-list for extension type_name
+	21, // [21:21] is the sub-list for extension extendee
+	0,  // [0:21] is the sub-list for field type_name
 }
 
 func init() { file_ferry_v1_source_proto_init() }
@@ -1390,13 +1889,14 @@ func file_ferry_v1_source_proto_init() {
 		return
 	}
 	file_ferry_v1_common_proto_init()
+	file_ferry_v1_migration_job_proto_init()
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_ferry_v1_source_proto_rawDesc), len(file_ferry_v1_source_proto_rawDesc)),
-			NumEnums:      1,
-			NumMessages:   20,
+			NumEnums:      2,
+			NumMessages:   25,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

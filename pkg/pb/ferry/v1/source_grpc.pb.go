@@ -27,6 +27,7 @@ const (
 	SourceService_GetCredential_FullMethodName    = "/ferry.v1.SourceService/GetCredential"
 	SourceService_ListCredentials_FullMethodName  = "/ferry.v1.SourceService/ListCredentials"
 	SourceService_DeleteCredential_FullMethodName = "/ferry.v1.SourceService/DeleteCredential"
+	SourceService_ListSourceVMs_FullMethodName    = "/ferry.v1.SourceService/ListSourceVMs"
 )
 
 // SourceServiceClient is the client API for SourceService service.
@@ -44,6 +45,10 @@ type SourceServiceClient interface {
 	GetCredential(ctx context.Context, in *GetCredentialRequest, opts ...grpc.CallOption) (*GetCredentialResponse, error)
 	ListCredentials(ctx context.Context, in *ListCredentialsRequest, opts ...grpc.CallOption) (*ListCredentialsResponse, error)
 	DeleteCredential(ctx context.Context, in *DeleteCredentialRequest, opts ...grpc.CallOption) (*DeleteCredentialResponse, error)
+	// ListSourceVMs asks an agent of a migration server of the source's type
+	// to list the source's VMs. It is served by the leader, which holds the
+	// agent sessions.
+	ListSourceVMs(ctx context.Context, in *ListSourceVMsRequest, opts ...grpc.CallOption) (*ListSourceVMsResponse, error)
 }
 
 type sourceServiceClient struct {
@@ -134,6 +139,16 @@ func (c *sourceServiceClient) DeleteCredential(ctx context.Context, in *DeleteCr
 	return out, nil
 }
 
+func (c *sourceServiceClient) ListSourceVMs(ctx context.Context, in *ListSourceVMsRequest, opts ...grpc.CallOption) (*ListSourceVMsResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ListSourceVMsResponse)
+	err := c.cc.Invoke(ctx, SourceService_ListSourceVMs_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // SourceServiceServer is the server API for SourceService service.
 // All implementations must embed UnimplementedSourceServiceServer
 // for forward compatibility.
@@ -149,6 +164,10 @@ type SourceServiceServer interface {
 	GetCredential(context.Context, *GetCredentialRequest) (*GetCredentialResponse, error)
 	ListCredentials(context.Context, *ListCredentialsRequest) (*ListCredentialsResponse, error)
 	DeleteCredential(context.Context, *DeleteCredentialRequest) (*DeleteCredentialResponse, error)
+	// ListSourceVMs asks an agent of a migration server of the source's type
+	// to list the source's VMs. It is served by the leader, which holds the
+	// agent sessions.
+	ListSourceVMs(context.Context, *ListSourceVMsRequest) (*ListSourceVMsResponse, error)
 	mustEmbedUnimplementedSourceServiceServer()
 }
 
@@ -182,6 +201,9 @@ func (UnimplementedSourceServiceServer) ListCredentials(context.Context, *ListCr
 }
 func (UnimplementedSourceServiceServer) DeleteCredential(context.Context, *DeleteCredentialRequest) (*DeleteCredentialResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method DeleteCredential not implemented")
+}
+func (UnimplementedSourceServiceServer) ListSourceVMs(context.Context, *ListSourceVMsRequest) (*ListSourceVMsResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ListSourceVMs not implemented")
 }
 func (UnimplementedSourceServiceServer) mustEmbedUnimplementedSourceServiceServer() {}
 func (UnimplementedSourceServiceServer) testEmbeddedByValue()                       {}
@@ -348,6 +370,24 @@ func _SourceService_DeleteCredential_Handler(srv interface{}, ctx context.Contex
 	return interceptor(ctx, in, info, handler)
 }
 
+func _SourceService_ListSourceVMs_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ListSourceVMsRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(SourceServiceServer).ListSourceVMs(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: SourceService_ListSourceVMs_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(SourceServiceServer).ListSourceVMs(ctx, req.(*ListSourceVMsRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // SourceService_ServiceDesc is the grpc.ServiceDesc for SourceService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -386,6 +426,10 @@ var SourceService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "DeleteCredential",
 			Handler:    _SourceService_DeleteCredential_Handler,
+		},
+		{
+			MethodName: "ListSourceVMs",
+			Handler:    _SourceService_ListSourceVMs_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},

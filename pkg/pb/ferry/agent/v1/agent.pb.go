@@ -84,6 +84,8 @@ type ConnectRequest struct {
 	//	*ConnectRequest_Heartbeat
 	//	*ConnectRequest_Progress
 	//	*ConnectRequest_Result
+	//	*ConnectRequest_InventoryResponse
+	//	*ConnectRequest_HostKeyObserved
 	Kind          isConnectRequest_Kind `protobuf_oneof:"kind"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -162,6 +164,24 @@ func (x *ConnectRequest) GetResult() *JobResult {
 	return nil
 }
 
+func (x *ConnectRequest) GetInventoryResponse() *InventoryResponse {
+	if x != nil {
+		if x, ok := x.Kind.(*ConnectRequest_InventoryResponse); ok {
+			return x.InventoryResponse
+		}
+	}
+	return nil
+}
+
+func (x *ConnectRequest) GetHostKeyObserved() *HostKeyObserved {
+	if x != nil {
+		if x, ok := x.Kind.(*ConnectRequest_HostKeyObserved); ok {
+			return x.HostKeyObserved
+		}
+	}
+	return nil
+}
+
 type isConnectRequest_Kind interface {
 	isConnectRequest_Kind()
 }
@@ -182,6 +202,14 @@ type ConnectRequest_Result struct {
 	Result *JobResult `protobuf:"bytes,4,opt,name=result,proto3,oneof"`
 }
 
+type ConnectRequest_InventoryResponse struct {
+	InventoryResponse *InventoryResponse `protobuf:"bytes,5,opt,name=inventory_response,json=inventoryResponse,proto3,oneof"`
+}
+
+type ConnectRequest_HostKeyObserved struct {
+	HostKeyObserved *HostKeyObserved `protobuf:"bytes,6,opt,name=host_key_observed,json=hostKeyObserved,proto3,oneof"`
+}
+
 func (*ConnectRequest_Hello) isConnectRequest_Kind() {}
 
 func (*ConnectRequest_Heartbeat) isConnectRequest_Kind() {}
@@ -189,6 +217,10 @@ func (*ConnectRequest_Heartbeat) isConnectRequest_Kind() {}
 func (*ConnectRequest_Progress) isConnectRequest_Kind() {}
 
 func (*ConnectRequest_Result) isConnectRequest_Kind() {}
+
+func (*ConnectRequest_InventoryResponse) isConnectRequest_Kind() {}
+
+func (*ConnectRequest_HostKeyObserved) isConnectRequest_Kind() {}
 
 type ConnectResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -198,6 +230,7 @@ type ConnectResponse struct {
 	//	*ConnectResponse_Heartbeat
 	//	*ConnectResponse_Assignment
 	//	*ConnectResponse_Cancellation
+	//	*ConnectResponse_InventoryRequest
 	Kind          isConnectResponse_Kind `protobuf_oneof:"kind"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -276,6 +309,15 @@ func (x *ConnectResponse) GetCancellation() *Cancellation {
 	return nil
 }
 
+func (x *ConnectResponse) GetInventoryRequest() *InventoryRequest {
+	if x != nil {
+		if x, ok := x.Kind.(*ConnectResponse_InventoryRequest); ok {
+			return x.InventoryRequest
+		}
+	}
+	return nil
+}
+
 type isConnectResponse_Kind interface {
 	isConnectResponse_Kind()
 }
@@ -296,6 +338,10 @@ type ConnectResponse_Cancellation struct {
 	Cancellation *Cancellation `protobuf:"bytes,4,opt,name=cancellation,proto3,oneof"`
 }
 
+type ConnectResponse_InventoryRequest struct {
+	InventoryRequest *InventoryRequest `protobuf:"bytes,5,opt,name=inventory_request,json=inventoryRequest,proto3,oneof"`
+}
+
 func (*ConnectResponse_Welcome) isConnectResponse_Kind() {}
 
 func (*ConnectResponse_Heartbeat) isConnectResponse_Kind() {}
@@ -303,6 +349,8 @@ func (*ConnectResponse_Heartbeat) isConnectResponse_Kind() {}
 func (*ConnectResponse_Assignment) isConnectResponse_Kind() {}
 
 func (*ConnectResponse_Cancellation) isConnectResponse_Kind() {}
+
+func (*ConnectResponse_InventoryRequest) isConnectResponse_Kind() {}
 
 // Hello opens a session.
 type Hello struct {
@@ -454,8 +502,11 @@ type Welcome struct {
 	// How long an agent cut off from every coordinator keeps its jobs, in
 	// milliseconds, before it stops them.
 	GracePeriodMs int64 `protobuf:"varint,3,opt,name=grace_period_ms,json=gracePeriodMs,proto3" json:"grace_period_ms,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	// How long a cache outlives a job the agent no longer holds, in
+	// milliseconds; older caches are reclaimed.
+	CacheRetentionMs int64 `protobuf:"varint,4,opt,name=cache_retention_ms,json=cacheRetentionMs,proto3" json:"cache_retention_ms,omitempty"`
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
 }
 
 func (x *Welcome) Reset() {
@@ -505,6 +556,13 @@ func (x *Welcome) GetHeartbeatIntervalMs() int64 {
 func (x *Welcome) GetGracePeriodMs() int64 {
 	if x != nil {
 		return x.GracePeriodMs
+	}
+	return 0
+}
+
+func (x *Welcome) GetCacheRetentionMs() int64 {
+	if x != nil {
+		return x.CacheRetentionMs
 	}
 	return 0
 }
@@ -872,24 +930,215 @@ func (x *Cancellation) GetReason() string {
 	return ""
 }
 
+// InventoryRequest asks an agent to list a source's VMs.
+type InventoryRequest struct {
+	state           protoimpl.MessageState `protogen:"open.v1"`
+	RequestId       string                 `protobuf:"bytes,1,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`
+	Source          *v1.Source             `protobuf:"bytes,2,opt,name=source,proto3" json:"source,omitempty"`
+	MigrationServer *v1.MigrationServer    `protobuf:"bytes,3,opt,name=migration_server,json=migrationServer,proto3" json:"migration_server,omitempty"`
+	// Unsealed secrets by credential name; only ever sent over mutual TLS.
+	Secrets       map[string]string `protobuf:"bytes,4,rep,name=secrets,proto3" json:"secrets,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *InventoryRequest) Reset() {
+	*x = InventoryRequest{}
+	mi := &file_ferry_agent_v1_agent_proto_msgTypes[10]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *InventoryRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*InventoryRequest) ProtoMessage() {}
+
+func (x *InventoryRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_ferry_agent_v1_agent_proto_msgTypes[10]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use InventoryRequest.ProtoReflect.Descriptor instead.
+func (*InventoryRequest) Descriptor() ([]byte, []int) {
+	return file_ferry_agent_v1_agent_proto_rawDescGZIP(), []int{10}
+}
+
+func (x *InventoryRequest) GetRequestId() string {
+	if x != nil {
+		return x.RequestId
+	}
+	return ""
+}
+
+func (x *InventoryRequest) GetSource() *v1.Source {
+	if x != nil {
+		return x.Source
+	}
+	return nil
+}
+
+func (x *InventoryRequest) GetMigrationServer() *v1.MigrationServer {
+	if x != nil {
+		return x.MigrationServer
+	}
+	return nil
+}
+
+func (x *InventoryRequest) GetSecrets() map[string]string {
+	if x != nil {
+		return x.Secrets
+	}
+	return nil
+}
+
+// InventoryResponse answers an InventoryRequest.
+type InventoryResponse struct {
+	state     protoimpl.MessageState `protogen:"open.v1"`
+	RequestId string                 `protobuf:"bytes,1,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`
+	Vms       []*v1.SourceVm         `protobuf:"bytes,2,rep,name=vms,proto3" json:"vms,omitempty"`
+	// Why listing failed; empty on success.
+	Error         string `protobuf:"bytes,3,opt,name=error,proto3" json:"error,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *InventoryResponse) Reset() {
+	*x = InventoryResponse{}
+	mi := &file_ferry_agent_v1_agent_proto_msgTypes[11]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *InventoryResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*InventoryResponse) ProtoMessage() {}
+
+func (x *InventoryResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_ferry_agent_v1_agent_proto_msgTypes[11]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use InventoryResponse.ProtoReflect.Descriptor instead.
+func (*InventoryResponse) Descriptor() ([]byte, []int) {
+	return file_ferry_agent_v1_agent_proto_rawDescGZIP(), []int{11}
+}
+
+func (x *InventoryResponse) GetRequestId() string {
+	if x != nil {
+		return x.RequestId
+	}
+	return ""
+}
+
+func (x *InventoryResponse) GetVms() []*v1.SourceVm {
+	if x != nil {
+		return x.Vms
+	}
+	return nil
+}
+
+func (x *InventoryResponse) GetError() string {
+	if x != nil {
+		return x.Error
+	}
+	return ""
+}
+
+// HostKeyObserved reports the SSH host key a KVM source presented when the
+// source had none pinned or recorded (trust on first use).
+type HostKeyObserved struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// sources/{source}
+	Source string `protobuf:"bytes,1,opt,name=source,proto3" json:"source,omitempty"`
+	// authorized_keys form.
+	HostKey       string `protobuf:"bytes,2,opt,name=host_key,json=hostKey,proto3" json:"host_key,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *HostKeyObserved) Reset() {
+	*x = HostKeyObserved{}
+	mi := &file_ferry_agent_v1_agent_proto_msgTypes[12]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *HostKeyObserved) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*HostKeyObserved) ProtoMessage() {}
+
+func (x *HostKeyObserved) ProtoReflect() protoreflect.Message {
+	mi := &file_ferry_agent_v1_agent_proto_msgTypes[12]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use HostKeyObserved.ProtoReflect.Descriptor instead.
+func (*HostKeyObserved) Descriptor() ([]byte, []int) {
+	return file_ferry_agent_v1_agent_proto_rawDescGZIP(), []int{12}
+}
+
+func (x *HostKeyObserved) GetSource() string {
+	if x != nil {
+		return x.Source
+	}
+	return ""
+}
+
+func (x *HostKeyObserved) GetHostKey() string {
+	if x != nil {
+		return x.HostKey
+	}
+	return ""
+}
+
 var File_ferry_agent_v1_agent_proto protoreflect.FileDescriptor
 
 const file_ferry_agent_v1_agent_proto_rawDesc = "" +
 	"\n" +
-	"\x1aferry/agent/v1/agent.proto\x12\x0eferry.agent.v1\x1a\x18ferry/v1/inventory.proto\x1a\x1cferry/v1/migration_job.proto\x1a\x1fferry/v1/migration_server.proto\x1a\x15ferry/v1/source.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xf2\x01\n" +
+	"\x1aferry/agent/v1/agent.proto\x12\x0eferry.agent.v1\x1a\x18ferry/v1/inventory.proto\x1a\x1cferry/v1/migration_job.proto\x1a\x1fferry/v1/migration_server.proto\x1a\x15ferry/v1/source.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x95\x03\n" +
 	"\x0eConnectRequest\x12-\n" +
 	"\x05hello\x18\x01 \x01(\v2\x15.ferry.agent.v1.HelloH\x00R\x05hello\x129\n" +
 	"\theartbeat\x18\x02 \x01(\v2\x19.ferry.agent.v1.HeartbeatH\x00R\theartbeat\x129\n" +
 	"\bprogress\x18\x03 \x01(\v2\x1b.ferry.agent.v1.JobProgressH\x00R\bprogress\x123\n" +
-	"\x06result\x18\x04 \x01(\v2\x19.ferry.agent.v1.JobResultH\x00R\x06resultB\x06\n" +
-	"\x04kind\"\x8b\x02\n" +
+	"\x06result\x18\x04 \x01(\v2\x19.ferry.agent.v1.JobResultH\x00R\x06result\x12R\n" +
+	"\x12inventory_response\x18\x05 \x01(\v2!.ferry.agent.v1.InventoryResponseH\x00R\x11inventoryResponse\x12M\n" +
+	"\x11host_key_observed\x18\x06 \x01(\v2\x1f.ferry.agent.v1.HostKeyObservedH\x00R\x0fhostKeyObservedB\x06\n" +
+	"\x04kind\"\xdc\x02\n" +
 	"\x0fConnectResponse\x123\n" +
 	"\awelcome\x18\x01 \x01(\v2\x17.ferry.agent.v1.WelcomeH\x00R\awelcome\x129\n" +
 	"\theartbeat\x18\x02 \x01(\v2\x19.ferry.agent.v1.HeartbeatH\x00R\theartbeat\x12<\n" +
 	"\n" +
 	"assignment\x18\x03 \x01(\v2\x1a.ferry.agent.v1.AssignmentH\x00R\n" +
 	"assignment\x12B\n" +
-	"\fcancellation\x18\x04 \x01(\v2\x1c.ferry.agent.v1.CancellationH\x00R\fcancellationB\x06\n" +
+	"\fcancellation\x18\x04 \x01(\v2\x1c.ferry.agent.v1.CancellationH\x00R\fcancellation\x12O\n" +
+	"\x11inventory_request\x18\x05 \x01(\v2 .ferry.agent.v1.InventoryRequestH\x00R\x10inventoryRequestB\x06\n" +
 	"\x04kind\"\xc4\x01\n" +
 	"\x05Hello\x12\x1b\n" +
 	"\thost_name\x18\x01 \x01(\tR\bhostName\x12\x18\n" +
@@ -900,11 +1149,12 @@ const file_ferry_agent_v1_agent_proto_rawDesc = "" +
 	"\aHeldJob\x12\x10\n" +
 	"\x03job\x18\x01 \x01(\tR\x03job\x12\x14\n" +
 	"\x05epoch\x18\x02 \x01(\x03R\x05epoch\x121\n" +
-	"\x05phase\x18\x03 \x01(\x0e2\x1b.ferry.v1.MigrationJobPhaseR\x05phase\"\x8c\x01\n" +
+	"\x05phase\x18\x03 \x01(\x0e2\x1b.ferry.v1.MigrationJobPhaseR\x05phase\"\xba\x01\n" +
 	"\aWelcome\x12%\n" +
 	"\x0ecoordinator_id\x18\x01 \x01(\tR\rcoordinatorId\x122\n" +
 	"\x15heartbeat_interval_ms\x18\x02 \x01(\x03R\x13heartbeatIntervalMs\x12&\n" +
-	"\x0fgrace_period_ms\x18\x03 \x01(\x03R\rgracePeriodMs\"f\n" +
+	"\x0fgrace_period_ms\x18\x03 \x01(\x03R\rgracePeriodMs\x12,\n" +
+	"\x12cache_retention_ms\x18\x04 \x01(\x03R\x10cacheRetentionMs\"f\n" +
 	"\tHeartbeat\x12.\n" +
 	"\x04time\x18\x01 \x01(\v2\x1a.google.protobuf.TimestampR\x04time\x12)\n" +
 	"\x05facts\x18\x02 \x01(\v2\x13.ferry.v1.HostFactsR\x05facts\"\x96\x01\n" +
@@ -936,7 +1186,24 @@ const file_ferry_agent_v1_agent_proto_rawDesc = "" +
 	"\fCancellation\x12\x10\n" +
 	"\x03job\x18\x01 \x01(\tR\x03job\x12\x14\n" +
 	"\x05epoch\x18\x02 \x01(\x03R\x05epoch\x12\x16\n" +
-	"\x06reason\x18\x03 \x01(\tR\x06reason*w\n" +
+	"\x06reason\x18\x03 \x01(\tR\x06reason\"\xa6\x02\n" +
+	"\x10InventoryRequest\x12\x1d\n" +
+	"\n" +
+	"request_id\x18\x01 \x01(\tR\trequestId\x12(\n" +
+	"\x06source\x18\x02 \x01(\v2\x10.ferry.v1.SourceR\x06source\x12D\n" +
+	"\x10migration_server\x18\x03 \x01(\v2\x19.ferry.v1.MigrationServerR\x0fmigrationServer\x12G\n" +
+	"\asecrets\x18\x04 \x03(\v2-.ferry.agent.v1.InventoryRequest.SecretsEntryR\asecrets\x1a:\n" +
+	"\fSecretsEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"n\n" +
+	"\x11InventoryResponse\x12\x1d\n" +
+	"\n" +
+	"request_id\x18\x01 \x01(\tR\trequestId\x12$\n" +
+	"\x03vms\x18\x02 \x03(\v2\x12.ferry.v1.SourceVmR\x03vms\x12\x14\n" +
+	"\x05error\x18\x03 \x01(\tR\x05error\"D\n" +
+	"\x0fHostKeyObserved\x12\x16\n" +
+	"\x06source\x18\x01 \x01(\tR\x06source\x12\x19\n" +
+	"\bhost_key\x18\x02 \x01(\tR\ahostKey*w\n" +
 	"\n" +
 	"JobOutcome\x12\x1b\n" +
 	"\x17JOB_OUTCOME_UNSPECIFIED\x10\x00\x12\x19\n" +
@@ -961,7 +1228,7 @@ func file_ferry_agent_v1_agent_proto_rawDescGZIP() []byte {
 }
 
 var file_ferry_agent_v1_agent_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_ferry_agent_v1_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 11)
+var file_ferry_agent_v1_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 15)
 var file_ferry_agent_v1_agent_proto_goTypes = []any{
 	(JobOutcome)(0),               // 0: ferry.agent.v1.JobOutcome
 	(*ConnectRequest)(nil),        // 1: ferry.agent.v1.ConnectRequest
@@ -974,48 +1241,60 @@ var file_ferry_agent_v1_agent_proto_goTypes = []any{
 	(*JobResult)(nil),             // 8: ferry.agent.v1.JobResult
 	(*Assignment)(nil),            // 9: ferry.agent.v1.Assignment
 	(*Cancellation)(nil),          // 10: ferry.agent.v1.Cancellation
-	nil,                           // 11: ferry.agent.v1.Assignment.SecretsEntry
-	(*v1.HostFacts)(nil),          // 12: ferry.v1.HostFacts
-	(v1.MigrationJobPhase)(0),     // 13: ferry.v1.MigrationJobPhase
-	(*timestamppb.Timestamp)(nil), // 14: google.protobuf.Timestamp
-	(*v1.DiskProgress)(nil),       // 15: ferry.v1.DiskProgress
-	(*v1.MigrationJob)(nil),       // 16: ferry.v1.MigrationJob
-	(*v1.Source)(nil),             // 17: ferry.v1.Source
-	(*v1.MigrationServer)(nil),    // 18: ferry.v1.MigrationServer
-	(*v1.PrimaryStorage)(nil),     // 19: ferry.v1.PrimaryStorage
-	(*v1.L3Network)(nil),          // 20: ferry.v1.L3Network
+	(*InventoryRequest)(nil),      // 11: ferry.agent.v1.InventoryRequest
+	(*InventoryResponse)(nil),     // 12: ferry.agent.v1.InventoryResponse
+	(*HostKeyObserved)(nil),       // 13: ferry.agent.v1.HostKeyObserved
+	nil,                           // 14: ferry.agent.v1.Assignment.SecretsEntry
+	nil,                           // 15: ferry.agent.v1.InventoryRequest.SecretsEntry
+	(*v1.HostFacts)(nil),          // 16: ferry.v1.HostFacts
+	(v1.MigrationJobPhase)(0),     // 17: ferry.v1.MigrationJobPhase
+	(*timestamppb.Timestamp)(nil), // 18: google.protobuf.Timestamp
+	(*v1.DiskProgress)(nil),       // 19: ferry.v1.DiskProgress
+	(*v1.MigrationJob)(nil),       // 20: ferry.v1.MigrationJob
+	(*v1.Source)(nil),             // 21: ferry.v1.Source
+	(*v1.MigrationServer)(nil),    // 22: ferry.v1.MigrationServer
+	(*v1.PrimaryStorage)(nil),     // 23: ferry.v1.PrimaryStorage
+	(*v1.L3Network)(nil),          // 24: ferry.v1.L3Network
+	(*v1.SourceVm)(nil),           // 25: ferry.v1.SourceVm
 }
 var file_ferry_agent_v1_agent_proto_depIdxs = []int32{
 	3,  // 0: ferry.agent.v1.ConnectRequest.hello:type_name -> ferry.agent.v1.Hello
 	6,  // 1: ferry.agent.v1.ConnectRequest.heartbeat:type_name -> ferry.agent.v1.Heartbeat
 	7,  // 2: ferry.agent.v1.ConnectRequest.progress:type_name -> ferry.agent.v1.JobProgress
 	8,  // 3: ferry.agent.v1.ConnectRequest.result:type_name -> ferry.agent.v1.JobResult
-	5,  // 4: ferry.agent.v1.ConnectResponse.welcome:type_name -> ferry.agent.v1.Welcome
-	6,  // 5: ferry.agent.v1.ConnectResponse.heartbeat:type_name -> ferry.agent.v1.Heartbeat
-	9,  // 6: ferry.agent.v1.ConnectResponse.assignment:type_name -> ferry.agent.v1.Assignment
-	10, // 7: ferry.agent.v1.ConnectResponse.cancellation:type_name -> ferry.agent.v1.Cancellation
-	12, // 8: ferry.agent.v1.Hello.facts:type_name -> ferry.v1.HostFacts
-	4,  // 9: ferry.agent.v1.Hello.held_jobs:type_name -> ferry.agent.v1.HeldJob
-	13, // 10: ferry.agent.v1.HeldJob.phase:type_name -> ferry.v1.MigrationJobPhase
-	14, // 11: ferry.agent.v1.Heartbeat.time:type_name -> google.protobuf.Timestamp
-	12, // 12: ferry.agent.v1.Heartbeat.facts:type_name -> ferry.v1.HostFacts
-	13, // 13: ferry.agent.v1.JobProgress.phase:type_name -> ferry.v1.MigrationJobPhase
-	15, // 14: ferry.agent.v1.JobProgress.disks:type_name -> ferry.v1.DiskProgress
-	0,  // 15: ferry.agent.v1.JobResult.outcome:type_name -> ferry.agent.v1.JobOutcome
-	15, // 16: ferry.agent.v1.JobResult.disks:type_name -> ferry.v1.DiskProgress
-	16, // 17: ferry.agent.v1.Assignment.job:type_name -> ferry.v1.MigrationJob
-	17, // 18: ferry.agent.v1.Assignment.source:type_name -> ferry.v1.Source
-	18, // 19: ferry.agent.v1.Assignment.migration_server:type_name -> ferry.v1.MigrationServer
-	19, // 20: ferry.agent.v1.Assignment.primary_storage:type_name -> ferry.v1.PrimaryStorage
-	20, // 21: ferry.agent.v1.Assignment.l3_networks:type_name -> ferry.v1.L3Network
-	11, // 22: ferry.agent.v1.Assignment.secrets:type_name -> ferry.agent.v1.Assignment.SecretsEntry
-	1,  // 23: ferry.agent.v1.AgentService.Connect:input_type -> ferry.agent.v1.ConnectRequest
-	2,  // 24: ferry.agent.v1.AgentService.Connect:output_type -> ferry.agent.v1.ConnectResponse
-	24, // [24:25] is the sub-list for method output_type
-	23, // [23:24] is the sub-list for method input_type
-	23, // [23:23] is the sub-list for extension type_name
-	23, // [23:23] is the sub-list for extension extendee
-	0,  // [0:23] is the sub-list for field type_name
+	12, // 4: ferry.agent.v1.ConnectRequest.inventory_response:type_name -> ferry.agent.v1.InventoryResponse
+	13, // 5: ferry.agent.v1.ConnectRequest.host_key_observed:type_name -> ferry.agent.v1.HostKeyObserved
+	5,  // 6: ferry.agent.v1.ConnectResponse.welcome:type_name -> ferry.agent.v1.Welcome
+	6,  // 7: ferry.agent.v1.ConnectResponse.heartbeat:type_name -> ferry.agent.v1.Heartbeat
+	9,  // 8: ferry.agent.v1.ConnectResponse.assignment:type_name -> ferry.agent.v1.Assignment
+	10, // 9: ferry.agent.v1.ConnectResponse.cancellation:type_name -> ferry.agent.v1.Cancellation
+	11, // 10: ferry.agent.v1.ConnectResponse.inventory_request:type_name -> ferry.agent.v1.InventoryRequest
+	16, // 11: ferry.agent.v1.Hello.facts:type_name -> ferry.v1.HostFacts
+	4,  // 12: ferry.agent.v1.Hello.held_jobs:type_name -> ferry.agent.v1.HeldJob
+	17, // 13: ferry.agent.v1.HeldJob.phase:type_name -> ferry.v1.MigrationJobPhase
+	18, // 14: ferry.agent.v1.Heartbeat.time:type_name -> google.protobuf.Timestamp
+	16, // 15: ferry.agent.v1.Heartbeat.facts:type_name -> ferry.v1.HostFacts
+	17, // 16: ferry.agent.v1.JobProgress.phase:type_name -> ferry.v1.MigrationJobPhase
+	19, // 17: ferry.agent.v1.JobProgress.disks:type_name -> ferry.v1.DiskProgress
+	0,  // 18: ferry.agent.v1.JobResult.outcome:type_name -> ferry.agent.v1.JobOutcome
+	19, // 19: ferry.agent.v1.JobResult.disks:type_name -> ferry.v1.DiskProgress
+	20, // 20: ferry.agent.v1.Assignment.job:type_name -> ferry.v1.MigrationJob
+	21, // 21: ferry.agent.v1.Assignment.source:type_name -> ferry.v1.Source
+	22, // 22: ferry.agent.v1.Assignment.migration_server:type_name -> ferry.v1.MigrationServer
+	23, // 23: ferry.agent.v1.Assignment.primary_storage:type_name -> ferry.v1.PrimaryStorage
+	24, // 24: ferry.agent.v1.Assignment.l3_networks:type_name -> ferry.v1.L3Network
+	14, // 25: ferry.agent.v1.Assignment.secrets:type_name -> ferry.agent.v1.Assignment.SecretsEntry
+	21, // 26: ferry.agent.v1.InventoryRequest.source:type_name -> ferry.v1.Source
+	22, // 27: ferry.agent.v1.InventoryRequest.migration_server:type_name -> ferry.v1.MigrationServer
+	15, // 28: ferry.agent.v1.InventoryRequest.secrets:type_name -> ferry.agent.v1.InventoryRequest.SecretsEntry
+	25, // 29: ferry.agent.v1.InventoryResponse.vms:type_name -> ferry.v1.SourceVm
+	1,  // 30: ferry.agent.v1.AgentService.Connect:input_type -> ferry.agent.v1.ConnectRequest
+	2,  // 31: ferry.agent.v1.AgentService.Connect:output_type -> ferry.agent.v1.ConnectResponse
+	31, // [31:32] is the sub-list for method output_type
+	30, // [30:31] is the sub-list for method input_type
+	30, // [30:30] is the sub-list for extension type_name
+	30, // [30:30] is the sub-list for extension extendee
+	0,  // [0:30] is the sub-list for field type_name
 }
 
 func init() { file_ferry_agent_v1_agent_proto_init() }
@@ -1028,12 +1307,15 @@ func file_ferry_agent_v1_agent_proto_init() {
 		(*ConnectRequest_Heartbeat)(nil),
 		(*ConnectRequest_Progress)(nil),
 		(*ConnectRequest_Result)(nil),
+		(*ConnectRequest_InventoryResponse)(nil),
+		(*ConnectRequest_HostKeyObserved)(nil),
 	}
 	file_ferry_agent_v1_agent_proto_msgTypes[1].OneofWrappers = []any{
 		(*ConnectResponse_Welcome)(nil),
 		(*ConnectResponse_Heartbeat)(nil),
 		(*ConnectResponse_Assignment)(nil),
 		(*ConnectResponse_Cancellation)(nil),
+		(*ConnectResponse_InventoryRequest)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
@@ -1041,7 +1323,7 @@ func file_ferry_agent_v1_agent_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_ferry_agent_v1_agent_proto_rawDesc), len(file_ferry_agent_v1_agent_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   11,
+			NumMessages:   15,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
