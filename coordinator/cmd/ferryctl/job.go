@@ -1,0 +1,239 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"strings"
+
+	"github.com/spf13/cobra"
+
+	"github.com/ferry-v2v/ferry/pkg/client"
+	ferryv1 "github.com/ferry-v2v/ferry/pkg/pb/ferry/v1"
+)
+
+func (a *app) jobCommand() *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "job",
+		Short: "Migration jobs: one source VM moved to one target VM",
+		Long: `A migration job moves one source VM to one target VM on one migration
+server. It is QUEUED until the scheduler starts it (a queued job says why it
+waits), then RUNNING through three phases:
+
+  CONVERTING   source disks → the migration server's cache
+  UPLOADING    cache → primary storage
+  CONFIGURING  the target VM is defined (and started)
+
+and ends SUCCEEDED, FAILED (with a reason) or CANCELLED. Failed and
+cancelled jobs can be restarted (the cache makes it fast); finished jobs can
+be deleted. "job watch" follows jobs live.`,
+	}
+	cmd.AddCommand(a.jobCreate(), a.jobGet(), a.jobList(), a.jobWatch(),
+		a.jobCancel(), a.jobRestart(), a.jobDelete())
+	return cmd
+}
+
+func (a *app) jobGet() *cobra.Command {
+	return &cobra.Command{
+		Use:   "get NAME",
+		Short: "Show a job with its disks' progress",
+		Long:  `Show one job by name (migrationJobs/ID or ID): its target, state, phase, per-disk progress, warnings and times.`,
+		Example: `  ferryctl job get migrationJobs/4f2c
+  ferryctl job get 4f2c -o yaml`,
+		Args: exactlyOneArg("the job's name"),
+		RunE: a.run(func(ctx context.Context, cl *client.Client, args []string) error {
+			resp, err := cl.Jobs().GetMigrationJob(ctx, &ferryv1.GetMigrationJobRequest{Name: resName("migrationJobs", args[0])})
+			if err != nil {
+				return err
+			}
+			if err := a.show(resp, func() []field { return jobDetails(resp.GetJob()) }); err != nil {
+				return err
+			}
+			if a.output == "table" && len(resp.GetJob().GetDisks()) > 0 {
+				fmt.Fprintln(a.io.Out)
+				return diskTable(a.io.Out, resp.GetJob().GetDisks())
+			}
+			return nil
+		}),
+	}
+}
+
+func (a *app) jobList() *cobra.Command {
+	var lf listFlags
+	var server, source string
+	state := newEnumFlag(ferryv1.MigrationJobState(0).Descriptor(), nil)
+	cmd := &cobra.Command{
+		Use:   "list",
+		Short: "List jobs",
+		Long:  `List jobs, optionally only those in one state, of one migration server or of one source.`,
+		Example: `  ferryctl job list
+  ferryctl job list --state failed
+  ferryctl job list --migration-server vmw-1 -o json`,
+		Args: noArgs,
+		RunE: a.run(func(ctx context.Context, cl *client.Client, _ []string) error {
+			all := &ferryv1.ListMigrationJobsResponse{}
+			err := paginate(ctx, &lf, func(ctx context.Context, token string) (string, error) {
+				r, err := cl.Jobs().ListMigrationJobs(ctx, &ferryv1.ListMigrationJobsRequest{
+					PageSize: lf.pageSize, PageToken: token, State: ferryv1.MigrationJobState(state.value),
+					MigrationServer: resName("migrationServers", server), Source: resName("sources", source),
+				})
+				all.Jobs, all.NextPageToken = append(all.Jobs, r.GetJobs()...), r.GetNextPageToken()
+				return r.GetNextPageToken(), err
+			})
+			if err != nil {
+				return err
+			}
+			var rows [][]string
+			for _, j := range all.GetJobs() {
+				rows = append(rows, []string{j.GetName(), j.GetSourceVm(), j.GetTarget().GetVmName(), jobState(j),
+					jobProgress(j), j.GetMigrationServer(), age(j.GetCreateTime())})
+			}
+			headers := []string{"NAME", "SOURCE VM", "TARGET VM", "STATE", "PROGRESS", "MIGRATION SERVER", "AGE"}
+			return a.showList(all, headers, rows, all.GetNextPageToken())
+		}),
+	}
+	addEnumFlag(cmd.Flags(), state, "state", "only jobs in this state")
+	cmd.Flags().StringVar(&server, "migration-server", "", "only jobs of this migration server")
+	cmd.Flags().StringVar(&source, "source", "", "only jobs of this source")
+	addListFlags(cmd, &lf)
+	return cmd
+}
+
+func (a *app) jobCancel() *cobra.Command {
+	var reason string
+	cmd := &cobra.Command{
+		Use:   "cancel NAME",
+		Short: "Cancel a queued or running job",
+		Long: `Cancel a queued or running job. A running job's agent stops it; its cache
+stays (for the retention setting), so a restart later is fast.`,
+		Example: `  ferryctl job cancel migrationJobs/4f2c --reason "wrong network"`,
+		Args:    exactlyOneArg("the job's name"),
+		RunE: a.run(func(ctx context.Context, cl *client.Client, args []string) error {
+			resp, err := cl.Jobs().CancelMigrationJob(ctx, &ferryv1.CancelMigrationJobRequest{Name: resName("migrationJobs", args[0]), Reason: reason})
+			if err != nil {
+				return err
+			}
+			return a.done(resp, resp.GetJob().GetName()+" "+jobState(resp.GetJob()))
+		}),
+	}
+	cmd.Flags().StringVar(&reason, "reason", "", "why, recorded on the job")
+	return cmd
+}
+
+func (a *app) jobRestart() *cobra.Command {
+	return &cobra.Command{
+		Use:   "restart NAME",
+		Short: "Queue a failed or cancelled job again",
+		Long: `Queue a failed or cancelled job again. It keeps its name; what its cache
+already holds is not copied again.`,
+		Example: `  ferryctl job restart migrationJobs/4f2c && ferryctl job watch migrationJobs/4f2c`,
+		Args:    exactlyOneArg("the job's name"),
+		RunE: a.run(func(ctx context.Context, cl *client.Client, args []string) error {
+			resp, err := cl.Jobs().RestartMigrationJob(ctx, &ferryv1.RestartMigrationJobRequest{Name: resName("migrationJobs", args[0])})
+			if err != nil {
+				return err
+			}
+			return a.done(resp, resp.GetJob().GetName()+" "+jobState(resp.GetJob()))
+		}),
+	}
+}
+
+func (a *app) jobDelete() *cobra.Command {
+	return &cobra.Command{
+		Use:     "delete NAME",
+		Short:   "Delete a finished job",
+		Long:    `Delete a job that has ended (SUCCEEDED, FAILED or CANCELLED); cancel a running one first.`,
+		Example: `  ferryctl job delete migrationJobs/4f2c`,
+		Args:    exactlyOneArg("the job's name"),
+		RunE: a.run(func(ctx context.Context, cl *client.Client, args []string) error {
+			name := resName("migrationJobs", args[0])
+			resp, err := cl.Jobs().DeleteMigrationJob(ctx, &ferryv1.DeleteMigrationJobRequest{Name: name})
+			if err != nil {
+				return err
+			}
+			return a.done(resp, "deleted "+name)
+		}),
+	}
+}
+
+// jobState spells a job's state with its phase: "RUNNING/UPLOADING".
+func jobState(j *ferryv1.MigrationJob) string {
+	s := enumShort(j.GetState())
+	if p := enumShort(j.GetPhase()); p != "" && j.GetState() == ferryv1.MigrationJobState_MIGRATION_JOB_STATE_RUNNING {
+		s += "/" + p
+	}
+	return s
+}
+
+// terminal reports whether a job has ended.
+func terminal(j *ferryv1.MigrationJob) bool {
+	switch j.GetState() {
+	case ferryv1.MigrationJobState_MIGRATION_JOB_STATE_SUCCEEDED,
+		ferryv1.MigrationJobState_MIGRATION_JOB_STATE_FAILED,
+		ferryv1.MigrationJobState_MIGRATION_JOB_STATE_CANCELLED:
+		return true
+	}
+	return false
+}
+
+// jobTotals sums the progress of a job's disks in the current phase.
+func jobTotals(j *ferryv1.MigrationJob) (done, total int64, rate float64) {
+	for _, d := range j.GetDisks() {
+		done += d.GetDoneBytes()
+		total += d.GetTotalBytes()
+		rate += d.GetBytesPerSecond()
+	}
+	return done, total, rate
+}
+
+// jobProgress is the progress column of a job.
+func jobProgress(j *ferryv1.MigrationJob) string {
+	switch j.GetState() {
+	case ferryv1.MigrationJobState_MIGRATION_JOB_STATE_QUEUED:
+		return j.GetWaitingReason()
+	case ferryv1.MigrationJobState_MIGRATION_JOB_STATE_RUNNING:
+		done, total, _ := jobTotals(j)
+		return percent(done, total)
+	case ferryv1.MigrationJobState_MIGRATION_JOB_STATE_SUCCEEDED:
+		if n := len(j.GetWarnings()); n > 0 {
+			return fmt.Sprintf("%d warning(s)", n)
+		}
+		return "done in " + duration(j.GetDuration())
+	default:
+		return j.GetReason()
+	}
+}
+
+func jobDetails(j *ferryv1.MigrationJob) []field {
+	t := j.GetTarget()
+	out := []field{
+		{"Name", j.GetName()},
+		{"State", jobState(j)},
+		{"Reason", j.GetReason()},
+		{"Waiting", j.GetWaitingReason()},
+		{"Source", j.GetSource()},
+		{"Source VM", j.GetSourceVm()},
+		{"Migration server", j.GetMigrationServer()},
+		{"Assigned host", j.GetAssignedHost()},
+		{"Target VM", t.GetVmName()},
+		{"Cluster", t.GetCluster()},
+		{"Primary storage", t.GetPrimaryStorage()},
+		{"Target host", orDefault(t.GetHost(), "by the allocation strategy")},
+		{"CPUs / memory", fmt.Sprintf("%d / %s", t.GetCpus(), humanBytes(t.GetMemoryBytes()))},
+		{"Firmware / OS / bus", strings.Join([]string{enumLower(t.GetFirmware()), enumLower(t.GetOsType()), enumLower(t.GetDiskBus())}, " / ")},
+		{"CD-ROMs", fmt.Sprint(t.GetCdromCount())},
+	}
+	for i, n := range t.GetNics() {
+		out = append(out, field{fmt.Sprintf("NIC %d", i), fmt.Sprintf("%s → %s mac=%s ip=%s",
+			n.GetSourceMac(), n.GetL3Network(), orDefault(n.GetMac(), "(source)"), orDefault(n.GetIp(), "(allocated)"))})
+	}
+	for _, w := range j.GetWarnings() {
+		out = append(out, field{"Warning", w})
+	}
+	return append(out,
+		field{"Attempt / epoch", fmt.Sprintf("%d / %d", j.GetAttempt(), j.GetEpoch())},
+		field{"Created", when(j.GetCreateTime())},
+		field{"Started", when(j.GetStartTime())},
+		field{"Ended", when(j.GetEndTime())},
+		field{"Duration", duration(j.GetDuration())},
+	)
+}

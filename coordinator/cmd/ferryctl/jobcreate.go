@@ -1,0 +1,234 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"os"
+
+	"github.com/spf13/cobra"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/ferry-v2v/ferry/pkg/client"
+	ferryv1 "github.com/ferry-v2v/ferry/pkg/pb/ferry/v1"
+)
+
+// jobFlags describe one VM of "job create" without a plan file.
+type jobFlags struct {
+	planFile string
+	reqID    string
+
+	source, server, vm         string
+	targetName, cluster, store string
+	host, memory               string
+	cpus, cdroms               int32
+	nics, disks                []string
+	firmware, osType, diskBus  *enumFlag
+	compression                *enumFlag
+	pauseSource, noStart       bool
+}
+
+// planFlags are the flags that build a request from flags, not allowed
+// together with -f.
+var planFlags = []string{"source", "migration-server", "vm", "target-name", "cluster", "storage", "host",
+	"cpus", "memory", "nic", "disk", "cdroms", "firmware", "os", "disk-bus", "compression", "pause-source", "no-start"}
+
+func (a *app) jobCreate() *cobra.Command {
+	jf := &jobFlags{
+		firmware:    newEnumFlag(ferryv1.Firmware(0).Descriptor(), nil),
+		osType:      newEnumFlag(ferryv1.OsType(0).Descriptor(), nil),
+		diskBus:     newEnumFlag(ferryv1.DiskBus(0).Descriptor(), nil),
+		compression: newEnumFlag(ferryv1.Compression(0).Descriptor(), nil),
+	}
+	cmd := &cobra.Command{
+		Use:   "create (-f PLAN | --source SRC --migration-server SRV --vm VM ...)",
+		Short: "Create jobs from a plan file, or one job from flags",
+		Long:  jobCreateLong,
+		Example: `  # One VM from flags
+  ferryctl job create --source kvm-src --migration-server kvm-1 --vm web-1 \
+      --cluster prod --storage local-1 --cpus 2 --memory 4GiB \
+      --disk vda=20GiB,name=root --disk vdb=100GiB --nic 52:54:00:12:34:56=lan
+
+  # Up to 50 VMs from a plan, then follow them
+  ferryctl job create -f plan.yaml -o json
+  ferryctl job create -f plan.yaml && ferryctl job watch
+
+  # A plan from standard input
+  ferryctl job create -f - < plan.json`,
+		Args: noArgs,
+		PreRunE: func(cmd *cobra.Command, _ []string) error {
+			if jf.planFile == "" {
+				return required(cmd, "source", "migration-server", "vm", "cluster", "storage", "cpus", "memory", "disk", "nic")
+			}
+			for _, name := range planFlags {
+				if cmd.Flags().Changed(name) {
+					return usagef("--%s cannot be combined with -f: put it in the plan", name)
+				}
+			}
+			return nil
+		},
+		RunE: a.run(func(ctx context.Context, cl *client.Client, _ []string) error {
+			req, err := a.jobRequest(jf)
+			if err != nil {
+				return err
+			}
+			resp, err := cl.Jobs().CreateMigrationJobs(ctx, req)
+			if err != nil {
+				return err
+			}
+			return a.showCreatedJobs(resp)
+		}),
+	}
+	jf.addFlags(cmd)
+	return cmd
+}
+
+const jobCreateLong = `Create migration jobs, one per VM, all on one migration server.
+
+From a plan file (-f FILE, or -f - for standard input): the file is a
+CreateMigrationJobsRequest of the API in YAML or JSON with proto field
+names, up to 50 VMs:
+
+  source: sources/kvm-src
+  migration_server: migrationServers/kvm-1
+  request_id: plan-2024-06-01     # optional: a repeat returns the first answer
+  jobs:
+    - source_vm: web-1
+      target:
+        vm_name: web-1
+        cluster: clusters/prod
+        primary_storage: primaryStorages/local-1
+        cpus: 2
+        memory_bytes: 4294967296
+        disks:                    # root first, then the data disks kept
+          - {source_disk: vda, display_name: root, size_bytes: 21474836480}
+        nics: [{source_mac: "52:54:00:12:34:56", l3_network: l3Networks/lan}]
+        firmware: FIRMWARE_UEFI
+      options:
+        compression: COMPRESSION_ZSTD
+        auto_start: true
+
+Unknown fields are refused, so a typo does not pass silently.
+
+From flags, for one VM: --source, --migration-server, --vm, --cluster,
+--storage, --cpus, --memory, at least one --disk and one --nic. Sizes take
+K/M/G/T (powers of 1024) or KB/MB/GB/TB. A disk is SOURCE_DISK=SIZE
+[,name=NAME], the source disk and its virtual size, root first; only the
+disks named are kept. A NIC is SOURCE_MAC=NETWORK[,mac=MAC][,ip=IP]: the
+target MAC is the source's unless mac= is given, the address is allocated
+from the network's range unless ip= is given.
+
+Without --request-id a fresh one is generated, so ferryctl may resend the
+request after a lost answer without creating the jobs twice.`
+
+func (jf *jobFlags) addFlags(cmd *cobra.Command) {
+	f := cmd.Flags()
+	f.StringVarP(&jf.planFile, "file", "f", "", "plan file, YAML or JSON (- for standard input)")
+	addRequestIDFlag(cmd, &jf.reqID)
+	f.StringVar(&jf.source, "source", "", "source the VM is on")
+	f.StringVar(&jf.server, "migration-server", "", "migration server that moves it")
+	f.StringVar(&jf.vm, "vm", "", "the VM at the source (libvirt domain name or UUID, vCenter managed object id)")
+	f.StringVar(&jf.targetName, "target-name", "", "name of the target VM (default: --vm)")
+	f.StringVar(&jf.cluster, "cluster", "", "target cluster")
+	f.StringVar(&jf.store, "storage", "", "target primary storage")
+	f.StringVar(&jf.host, "host", "", "target host (default: by the allocation strategy)")
+	f.Int32Var(&jf.cpus, "cpus", 0, "vCPUs of the target VM")
+	f.StringVar(&jf.memory, "memory", "", "memory of the target VM, such as 4GiB")
+	f.StringArrayVar(&jf.nics, "nic", nil, "SOURCE_MAC=NETWORK[,mac=MAC][,ip=IP]; repeat per NIC")
+	f.StringArrayVar(&jf.disks, "disk", nil, "SOURCE_DISK=SIZE[,name=NAME]; repeat per disk kept, root first")
+	f.Int32Var(&jf.cdroms, "cdroms", 0, "CD-ROM drives, at most 3")
+	addEnumFlag(f, jf.firmware, "firmware", "target firmware (UEFI keeps its NVRAM)")
+	addEnumFlag(f, jf.osType, "os", "guest OS")
+	addEnumFlag(f, jf.diskBus, "disk-bus", "disk bus (default: virtio-scsi for Linux, virtio-blk for Windows)")
+	addEnumFlag(f, jf.compression, "compression", "cache image compression (default zstd)")
+	f.BoolVar(&jf.pauseSource, "pause-source", false, "pause a running source VM before the copy and leave it paused")
+	f.BoolVar(&jf.noStart, "no-start", false, "leave the target VM stopped")
+}
+
+// jobRequest builds the request from the plan file or the flags.
+func (a *app) jobRequest(jf *jobFlags) (*ferryv1.CreateMigrationJobsRequest, error) {
+	var req *ferryv1.CreateMigrationJobsRequest
+	var err error
+	if jf.planFile != "" {
+		req, err = a.readPlan(jf.planFile)
+	} else {
+		req, err = jf.request()
+	}
+	if err != nil {
+		return nil, err
+	}
+	if jf.reqID != "" {
+		req.RequestId = jf.reqID
+	}
+	if req.RequestId == "" {
+		req.RequestId = newRequestID()
+	}
+	return req, nil
+}
+
+func (a *app) readPlan(path string) (*ferryv1.CreateMigrationJobsRequest, error) {
+	var data []byte
+	var err error
+	if path == "-" {
+		data, err = io.ReadAll(io.LimitReader(a.io.In, 16<<20))
+	} else {
+		data, err = os.ReadFile(path)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("plan %s: %w", path, err)
+	}
+	req, err := parsePlan(data)
+	if err != nil {
+		return nil, fmt.Errorf("plan %s: %w", path, err)
+	}
+	return req, nil
+}
+
+// request builds the one-VM request the flags describe.
+func (jf *jobFlags) request() (*ferryv1.CreateMigrationJobsRequest, error) {
+	target := &ferryv1.TargetVm{
+		VmName: orDefault(jf.targetName, jf.vm), Cluster: resName("clusters", jf.cluster),
+		PrimaryStorage: resName("primaryStorages", jf.store), Host: resName("hosts", jf.host),
+		Cpus: jf.cpus, CdromCount: jf.cdroms,
+		Firmware: ferryv1.Firmware(jf.firmware.value), OsType: ferryv1.OsType(jf.osType.value), DiskBus: ferryv1.DiskBus(jf.diskBus.value),
+	}
+	if jf.memory != "" {
+		n, err := parseBytes(jf.memory)
+		if err != nil {
+			return nil, usagef("--memory: %v", err)
+		}
+		target.MemoryBytes = n
+	}
+	for _, s := range jf.nics {
+		nic, err := parseNIC(s)
+		if err != nil {
+			return nil, usagef("--nic %v", err)
+		}
+		target.Nics = append(target.Nics, nic)
+	}
+	for _, s := range jf.disks {
+		disk, err := parseDisk(s)
+		if err != nil {
+			return nil, usagef("--disk %v", err)
+		}
+		target.Disks = append(target.Disks, disk)
+	}
+	opts := &ferryv1.MigrationOptions{Compression: ferryv1.Compression(jf.compression.value), PauseSourceVm: jf.pauseSource}
+	if jf.noStart {
+		opts.AutoStart = proto.Bool(false)
+	}
+	return &ferryv1.CreateMigrationJobsRequest{
+		Source:          resName("sources", jf.source),
+		MigrationServer: resName("migrationServers", jf.server),
+		Jobs:            []*ferryv1.MigrationJobSpec{{SourceVm: jf.vm, Target: target, Options: opts}},
+	}, nil
+}
+
+// showCreatedJobs prints the jobs a create made.
+func (a *app) showCreatedJobs(resp *ferryv1.CreateMigrationJobsResponse) error {
+	var rows [][]string
+	for _, j := range resp.GetJobs() {
+		rows = append(rows, []string{j.GetName(), j.GetSourceVm(), j.GetTarget().GetVmName(), jobState(j), jobProgress(j)})
+	}
+	return a.showList(resp, []string{"NAME", "SOURCE VM", "TARGET VM", "STATE", "PROGRESS"}, rows, "")
+}

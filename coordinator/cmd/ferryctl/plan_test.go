@@ -1,0 +1,193 @@
+package main
+
+import (
+	"context"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"google.golang.org/protobuf/proto"
+
+	ferryv1 "github.com/ferry-v2v/ferry/pkg/pb/ferry/v1"
+)
+
+const yamlPlan = `
+source: sources/kvm-src
+migration_server: migrationServers/kvm-1
+request_id: plan-2024-06-01
+jobs:
+  - source_vm: web-1
+    target:
+      vm_name: web-1
+      cluster: clusters/prod
+      primary_storage: primaryStorages/local-1
+      cpus: 2
+      memory_bytes: 4294967296
+      disks:
+        - {source_disk: vda, display_name: root, size_bytes: 21474836480}
+      nics:
+        - source_mac: 52:54:00:12:34:56
+          l3_network: l3Networks/lan
+      firmware: FIRMWARE_UEFI
+    options:
+      compression: COMPRESSION_ZSTD
+      auto_start: false
+`
+
+const jsonPlan = `{"source": "sources/kvm-src", "migration_server": "migrationServers/kvm-1",
+ "request_id": "plan-2024-06-01",
+ "jobs": [{"source_vm": "web-1", "target": {"vm_name": "web-1", "cluster": "clusters/prod",
+   "primary_storage": "primaryStorages/local-1", "cpus": 2, "memory_bytes": "4294967296",
+   "disks": [{"source_disk": "vda", "display_name": "root", "size_bytes": 21474836480}],
+   "nics": [{"source_mac": "52:54:00:12:34:56", "l3_network": "l3Networks/lan"}],
+   "firmware": "FIRMWARE_UEFI"},
+  "options": {"compression": "COMPRESSION_ZSTD", "auto_start": false}}]}`
+
+func wantPlan() *ferryv1.CreateMigrationJobsRequest {
+	return &ferryv1.CreateMigrationJobsRequest{
+		Source: "sources/kvm-src", MigrationServer: "migrationServers/kvm-1", RequestId: "plan-2024-06-01",
+		Jobs: []*ferryv1.MigrationJobSpec{{
+			SourceVm: "web-1",
+			Target: &ferryv1.TargetVm{
+				VmName: "web-1", Cluster: "clusters/prod", PrimaryStorage: "primaryStorages/local-1", Cpus: 2, MemoryBytes: 4 << 30,
+				Disks:    []*ferryv1.TargetDisk{{SourceDisk: "vda", DisplayName: "root", SizeBytes: 20 << 30}},
+				Nics:     []*ferryv1.TargetNic{{SourceMac: "52:54:00:12:34:56", L3Network: "l3Networks/lan"}},
+				Firmware: ferryv1.Firmware_FIRMWARE_UEFI,
+			},
+			Options: &ferryv1.MigrationOptions{Compression: ferryv1.Compression_COMPRESSION_ZSTD, AutoStart: proto.Bool(false)},
+		}},
+	}
+}
+
+func TestParsePlan(t *testing.T) {
+	for name, text := range map[string]string{"yaml": yamlPlan, "json": jsonPlan} {
+		t.Run(name, func(t *testing.T) {
+			got, err := parsePlan([]byte(text))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !proto.Equal(got, wantPlan()) {
+				t.Fatalf("plan = %v\nwant %v", got, wantPlan())
+			}
+		})
+	}
+}
+
+func TestParsePlanErrors(t *testing.T) {
+	tests := []struct {
+		name, text, want string
+	}{
+		{"unknown field", "source: sources/a\njobs:\n  - source_vm: a\n    target: {vm_nmae: x}\n", "vm_nmae"},
+		{"wrong type", "source: sources/a\njobs:\n  - source_vm: a\n    target: {cpus: two}\n", "cpus"},
+		{"bad enum", "source: sources/a\njobs:\n  - source_vm: a\n    target: {firmware: EFI}\n", "EFI"},
+		{"no jobs", "source: sources/a\n", "no jobs"},
+		{"empty", "", "empty"},
+		{"not a mapping", "- a\n- b\n", "want a mapping"},
+		{"bad yaml", "source: [a\n", "read YAML"},
+		{"non-string key", "source: sources/a\njobs:\n  - {1: a}\n", "field names"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			_, err := parsePlan([]byte(tt.text))
+			if err == nil || !strings.Contains(err.Error(), tt.want) {
+				t.Fatalf("err = %v, want one mentioning %q", err, tt.want)
+			}
+		})
+	}
+}
+
+func TestParseNICAndDisk(t *testing.T) {
+	nic, err := parseNIC("52:54:00:aa:bb:cc=lan,mac=52:54:00:00:00:01,ip=10.0.0.5")
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := &ferryv1.TargetNic{SourceMac: "52:54:00:aa:bb:cc", L3Network: "l3Networks/lan", Mac: "52:54:00:00:00:01", Ip: "10.0.0.5"}
+	if !proto.Equal(nic, want) {
+		t.Errorf("nic = %v", nic)
+	}
+	for _, bad := range []string{"52:54:00:aa:bb:cc", "x=lan,speed=10", "=,"} {
+		if _, err := parseNIC(bad); err == nil {
+			t.Errorf("parseNIC(%q): want an error", bad)
+		}
+	}
+	disk, err := parseDisk("vda=20GiB,name=root")
+	if err != nil || !proto.Equal(disk, &ferryv1.TargetDisk{SourceDisk: "vda", SizeBytes: 20 << 30, DisplayName: "root"}) {
+		t.Errorf("disk = %v, %v", disk, err)
+	}
+	for _, bad := range []string{"vda", "vda=big", "=1G", "vda=1G,label=x"} {
+		if _, err := parseDisk(bad); err == nil {
+			t.Errorf("parseDisk(%q): want an error", bad)
+		}
+	}
+}
+
+func TestJobRequestFromFlagsAndPlan(t *testing.T) {
+	a := &app{io: IO{In: strings.NewReader(jsonPlan)}}
+	jf := &jobFlags{
+		source: "kvm-src", server: "kvm-1", vm: "web-1", cluster: "prod", store: "local-1", cpus: 2, memory: "4GiB",
+		disks: []string{"vda=20GiB,name=root"}, nics: []string{"52:54:00:12:34:56=lan"},
+		firmware: newEnumFlag(ferryv1.Firmware(0).Descriptor(), nil), osType: newEnumFlag(ferryv1.OsType(0).Descriptor(), nil),
+		diskBus: newEnumFlag(ferryv1.DiskBus(0).Descriptor(), nil), compression: newEnumFlag(ferryv1.Compression(0).Descriptor(), nil),
+		noStart: true, reqID: "plan-2024-06-01",
+	}
+	_ = jf.firmware.Set("uefi")
+	_ = jf.compression.Set("zstd")
+	fromFlags, err := a.jobRequest(jf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !proto.Equal(fromFlags, wantPlan()) {
+		t.Fatalf("from flags = %v\nwant %v", fromFlags, wantPlan())
+	}
+
+	path := filepath.Join(t.TempDir(), "plan.yaml")
+	if err := os.WriteFile(path, []byte(yamlPlan), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for _, file := range []string{path, "-"} {
+		got, err := a.jobRequest(&jobFlags{planFile: file})
+		if err != nil || !proto.Equal(got, wantPlan()) {
+			t.Fatalf("plan %s = %v, %v", file, got, err)
+		}
+	}
+	generated, err := a.jobRequest(&jobFlags{planFile: path + ".none"})
+	if err == nil {
+		t.Fatalf("missing plan file: %v", generated)
+	}
+}
+
+func TestRequestIDGenerated(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "plan.yaml")
+	plan := strings.Replace(yamlPlan, "request_id: plan-2024-06-01\n", "", 1)
+	if err := os.WriteFile(path, []byte(plan), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	a := &app{}
+	r1, err1 := a.jobRequest(&jobFlags{planFile: path})
+	r2, err2 := a.jobRequest(&jobFlags{planFile: path})
+	if err1 != nil || err2 != nil || !strings.HasPrefix(r1.GetRequestId(), "ferryctl-") || r1.GetRequestId() == r2.GetRequestId() {
+		t.Fatalf("request ids %q, %q (%v, %v): want fresh ones", r1.GetRequestId(), r2.GetRequestId(), err1, err2)
+	}
+}
+
+func TestUsageErrorsExitTwo(t *testing.T) {
+	tests := [][]string{
+		{"job", "create"}, // required flags
+		{"job", "create", "-f", "p.yaml", "--vm", "x"}, // -f with flags
+		{"server", "bandwidth", "s1"},                  // nothing to change
+		{"settings", "update"},                         // nothing to change
+		{"cluster", "get"},                             // missing argument
+		{"server", "create", "--type", "hyperv"},       // bad enum
+		{"nosuch"},
+		{"job", "nosuch"},
+	}
+	for _, args := range tests {
+		var out, errOut strings.Builder
+		code := Execute(context.Background(), args, IO{Out: &out, Err: &errOut})
+		if code != exitUsage || !strings.HasPrefix(errOut.String(), "ferryctl: ") {
+			t.Errorf("%v: exit %d, stderr %q; want 2 and a message", args, code, errOut.String())
+		}
+	}
+}

@@ -1,0 +1,114 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"github.com/spf13/cobra"
+	"google.golang.org/protobuf/types/known/durationpb"
+	"google.golang.org/protobuf/types/known/fieldmaskpb"
+
+	"github.com/ferry-v2v/ferry/pkg/client"
+	ferryv1 "github.com/ferry-v2v/ferry/pkg/pb/ferry/v1"
+)
+
+func (a *app) settingsCommand() *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "settings",
+		Short: "Cluster-wide settings: parallelism, cache retention, allocation, grace",
+		Long: `Settings are cluster-wide:
+
+  job parallelism           how many jobs run at once (default 10)
+  cache retention           how long a cache outlives its job (default 24h)
+  host allocation strategy  which host gets a VM on shared storage: the one
+                            with the fewest running VMs (default) or the most
+                            free memory
+  agent grace period        how long an agent may be gone before its jobs
+                            fail with "agent lost" (default 5m)`,
+	}
+	cmd.AddCommand(a.settingsGet(), a.settingsUpdate())
+	return cmd
+}
+
+func (a *app) settingsGet() *cobra.Command {
+	return &cobra.Command{
+		Use:     "get",
+		Short:   "Show the settings",
+		Long:    `Show the cluster-wide settings.`,
+		Example: "  ferryctl settings get\n  ferryctl settings get -o json",
+		Args:    noArgs,
+		RunE: a.run(func(ctx context.Context, cl *client.Client, _ []string) error {
+			resp, err := cl.Settings().GetSettings(ctx, &ferryv1.GetSettingsRequest{})
+			if err != nil {
+				return err
+			}
+			return a.show(resp, func() []field { return settingsDetails(resp.GetSettings()) })
+		}),
+	}
+}
+
+// settingsFields maps each flag of "settings update" to its field path.
+var settingsFields = []struct{ flag, path string }{
+	{"job-parallelism", "job_parallelism"},
+	{"cache-retention", "cache_retention"},
+	{"host-allocation", "host_allocation_strategy"},
+	{"agent-grace-period", "agent_grace_period"},
+}
+
+func (a *app) settingsUpdate() *cobra.Command {
+	var parallelism int32
+	var retention, grace time.Duration
+	alloc := newEnumFlag(ferryv1.HostAllocationStrategy(0).Descriptor(), nil)
+	cmd := &cobra.Command{
+		Use:   "update [--job-parallelism N] [--cache-retention D] [--host-allocation S] [--agent-grace-period D]",
+		Short: "Change some settings",
+		Long: `Change the settings named by the flags given; the others keep their values
+(the flags given become the request's update_mask). Durations are Go
+durations: 90s, 30m, 24h.`,
+		Example: `  ferryctl settings update --job-parallelism 20
+  ferryctl settings update --cache-retention 72h --host-allocation most-free-memory`,
+		Args: noArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			req := &ferryv1.UpdateSettingsRequest{
+				Settings: &ferryv1.Settings{
+					JobParallelism:         parallelism,
+					CacheRetention:         durationpb.New(retention),
+					HostAllocationStrategy: ferryv1.HostAllocationStrategy(alloc.value),
+					AgentGracePeriod:       durationpb.New(grace),
+				},
+				UpdateMask: &fieldmaskpb.FieldMask{},
+			}
+			for _, f := range settingsFields {
+				if cmd.Flags().Changed(f.flag) {
+					req.UpdateMask.Paths = append(req.UpdateMask.Paths, f.path)
+				}
+			}
+			if len(req.UpdateMask.Paths) == 0 {
+				return usageError{errNoChange}
+			}
+			return a.run(func(ctx context.Context, cl *client.Client, _ []string) error {
+				resp, err := cl.Settings().UpdateSettings(ctx, req)
+				if err != nil {
+					return err
+				}
+				return a.show(resp, func() []field { return settingsDetails(resp.GetSettings()) })
+			})(cmd, args)
+		},
+	}
+	f := cmd.Flags()
+	f.Int32Var(&parallelism, "job-parallelism", 0, "how many jobs run at once")
+	f.DurationVar(&retention, "cache-retention", 0, "how long a cache outlives its job")
+	addEnumFlag(f, alloc, "host-allocation", "host allocation strategy on shared storage")
+	f.DurationVar(&grace, "agent-grace-period", 0, "how long an agent may be gone before its jobs fail")
+	return cmd
+}
+
+func settingsDetails(s *ferryv1.Settings) []field {
+	return []field{
+		{"Job parallelism", fmt.Sprint(s.GetJobParallelism())},
+		{"Cache retention", duration(s.GetCacheRetention())},
+		{"Host allocation strategy", enumLower(s.GetHostAllocationStrategy())},
+		{"Agent grace period", duration(s.GetAgentGracePeriod())},
+	}
+}

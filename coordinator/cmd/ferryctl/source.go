@@ -1,0 +1,310 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"strings"
+
+	"github.com/spf13/cobra"
+
+	"github.com/ferry-v2v/ferry/pkg/client"
+	ferryv1 "github.com/ferry-v2v/ferry/pkg/pb/ferry/v1"
+)
+
+func (a *app) sourceCommand() *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "source",
+		Short: "Sources: connection profiles of vCenters and KVM hosts",
+		Long: `A source is how a migration server reaches the hypervisor VMs leave from:
+
+  vcenter  a vCenter or ESXi host: address, port (443), user and a password
+           credential, HTTPS verified with a CA bundle or a SHA-1
+           thumbprint (or plain HTTP)
+  kvm      a KVM host over SSH: address, SSH port (22), user (root), a
+           password or private-key credential, optional libvirt SASL user
+           and credential, and a pinned SSH host key (recorded on first use
+           when not given)
+
+Secrets live in credentials ("ferryctl credential create"); a source names
+them. "source vms" lists a source's VMs through a migration server's agent:
+what a job's source_vm, disks and NICs are taken from.`,
+	}
+	cmd.AddCommand(a.sourceCreate(), a.sourceGet(), a.sourceList(), a.sourceDelete(), a.sourceVMs())
+	return cmd
+}
+
+// sourceFlags are the flags of "source create".
+type sourceFlags struct {
+	typ                         *enumFlag
+	address, user, credential   string
+	port                        int32
+	saslUser, saslCredential    string
+	hostKey, hostKeyFile        string
+	useHTTP                     bool
+	caFile, thumbprint, display string
+	reqID                       string
+}
+
+func (a *app) sourceCreate() *cobra.Command {
+	sf := &sourceFlags{typ: newEnumFlag(ferryv1.Platform(0).Descriptor(), map[string]string{"vcenter": "vmware", "esxi": "vmware"})}
+	cmd := &cobra.Command{
+		Use:   "create [ID] --type kvm|vcenter --address ADDR --credential CRED ...",
+		Short: "Create a source",
+		Long: `Create a source: a vCenter/ESXi (--type vcenter) or a KVM host (--type kvm).
+ID (lower-case letters, digits and '-') makes the name sources/ID; without
+it the coordinator picks one. --port is the HTTPS port of a vCenter or the
+SSH port of a KVM host.`,
+		Example: `  # A KVM host over SSH with a private key, host key pinned
+  ferryctl credential create kvm-key --private-key-file ~/.ssh/id_ed25519
+  ferryctl source create kvm-src --type kvm --address 192.0.2.20 --user root \
+      --credential kvm-key --host-key-file /etc/ssh/ssh_host_ed25519_key.pub
+
+  # A vCenter verified by its CA
+  ferryctl credential create vc-pass --password-stdin < vc.pass
+  ferryctl source create vc --type vcenter --address vc.example.net \
+      --user administrator@vsphere.local --credential vc-pass --ca-file vc-ca.pem`,
+		Args: atMostOneArg("the source ID"),
+		PreRunE: func(cmd *cobra.Command, _ []string) error {
+			return required(cmd, "type", "address")
+		},
+		RunE: a.run(func(ctx context.Context, cl *client.Client, args []string) error {
+			src, err := sf.source()
+			if err != nil {
+				return err
+			}
+			if len(args) == 1 {
+				src.Name = resName("sources", args[0])
+			}
+			resp, err := cl.Sources().CreateSource(ctx, &ferryv1.CreateSourceRequest{Source: src, RequestId: requestID(sf.reqID)})
+			if err != nil {
+				return err
+			}
+			return a.show(resp, func() []field { return sourceDetails(resp.GetSource()) })
+		}),
+	}
+	f := cmd.Flags()
+	addEnumFlag(f, sf.typ, "type", "kvm, or vcenter (vmware)")
+	f.StringVar(&sf.address, "address", "", "host name or address")
+	f.Int32Var(&sf.port, "port", 0, "HTTPS port (vcenter, default 443) or SSH port (kvm, default 22)")
+	f.StringVar(&sf.user, "user", "", "user (kvm default root)")
+	f.StringVar(&sf.credential, "credential", "", "credential with the password or private key")
+	f.StringVar(&sf.saslUser, "sasl-user", "", "libvirt SASL user (kvm)")
+	f.StringVar(&sf.saslCredential, "sasl-credential", "", "credential with the SASL password (kvm)")
+	f.StringVar(&sf.hostKey, "host-key", "", `pinned SSH host key, authorized_keys form "ssh-ed25519 AAAA..." (kvm)`)
+	f.StringVar(&sf.hostKeyFile, "host-key-file", "", "read the pinned SSH host key from a .pub file (kvm)")
+	f.BoolVar(&sf.useHTTP, "use-http", false, "plain HTTP instead of HTTPS (vcenter)")
+	f.StringVar(&sf.caFile, "ca-file", "", "PEM CA bundle that verifies the vCenter (vcenter)")
+	f.StringVar(&sf.thumbprint, "thumbprint", "", "SHA-1 thumbprint of the vCenter's certificate (vcenter)")
+	f.StringVar(&sf.display, "display-name", "", "a name for people")
+	addRequestIDFlag(cmd, &sf.reqID)
+	return cmd
+}
+
+// source builds the Source the flags describe, refusing flags of the
+// other type.
+func (sf *sourceFlags) source() (*ferryv1.Source, error) {
+	typ := ferryv1.Platform(sf.typ.value)
+	src := &ferryv1.Source{DisplayName: sf.display, Type: typ}
+	if typ == ferryv1.Platform_PLATFORM_KVM {
+		if sf.useHTTP || sf.caFile != "" || sf.thumbprint != "" {
+			return nil, usagef("--use-http, --ca-file and --thumbprint are for --type vcenter")
+		}
+		hostKey := sf.hostKey
+		if sf.hostKeyFile != "" {
+			b, err := os.ReadFile(sf.hostKeyFile)
+			if err != nil {
+				return nil, fmt.Errorf("--host-key-file: %w", err)
+			}
+			hostKey = strings.TrimSpace(string(b))
+		}
+		src.Kvm = &ferryv1.KvmConnection{
+			Address: sf.address, SshPort: sf.port, User: sf.user, Credential: resName("credentials", sf.credential),
+			SaslUser: sf.saslUser, SaslCredential: resName("credentials", sf.saslCredential), HostKey: hostKey,
+		}
+		return src, nil
+	}
+	if sf.saslUser != "" || sf.saslCredential != "" || sf.hostKey != "" || sf.hostKeyFile != "" {
+		return nil, usagef("--sasl-user, --sasl-credential, --host-key and --host-key-file are for --type kvm")
+	}
+	var ca string
+	if sf.caFile != "" {
+		b, err := os.ReadFile(sf.caFile)
+		if err != nil {
+			return nil, fmt.Errorf("--ca-file: %w", err)
+		}
+		ca = string(b)
+	}
+	src.Vcenter = &ferryv1.VCenterConnection{
+		Address: sf.address, Port: sf.port, User: sf.user, Credential: resName("credentials", sf.credential),
+		UseHttp: sf.useHTTP, CaCertificate: ca, Thumbprint: sf.thumbprint,
+	}
+	return src, nil
+}
+
+func (a *app) sourceGet() *cobra.Command {
+	return &cobra.Command{
+		Use:     "get NAME",
+		Short:   "Show a source",
+		Long:    `Show one source by name (sources/ID or ID), with the SSH host key it recorded on first use.`,
+		Example: `  ferryctl source get kvm-src`,
+		Args:    exactlyOneArg("the source's name"),
+		RunE: a.run(func(ctx context.Context, cl *client.Client, args []string) error {
+			resp, err := cl.Sources().GetSource(ctx, &ferryv1.GetSourceRequest{Name: resName("sources", args[0])})
+			if err != nil {
+				return err
+			}
+			return a.show(resp, func() []field { return sourceDetails(resp.GetSource()) })
+		}),
+	}
+}
+
+func (a *app) sourceList() *cobra.Command {
+	var lf listFlags
+	typ := newEnumFlag(ferryv1.Platform(0).Descriptor(), map[string]string{"vcenter": "vmware"})
+	cmd := &cobra.Command{
+		Use:     "list",
+		Short:   "List sources",
+		Long:    `List sources, optionally only those of one type.`,
+		Example: "  ferryctl source list\n  ferryctl source list --type kvm -o json",
+		Args:    noArgs,
+		RunE: a.run(func(ctx context.Context, cl *client.Client, _ []string) error {
+			all := &ferryv1.ListSourcesResponse{}
+			err := paginate(ctx, &lf, func(ctx context.Context, token string) (string, error) {
+				r, err := cl.Sources().ListSources(ctx, &ferryv1.ListSourcesRequest{PageSize: lf.pageSize, PageToken: token, Type: ferryv1.Platform(typ.value)})
+				all.Sources, all.NextPageToken = append(all.Sources, r.GetSources()...), r.GetNextPageToken()
+				return r.GetNextPageToken(), err
+			})
+			if err != nil {
+				return err
+			}
+			var rows [][]string
+			for _, s := range all.GetSources() {
+				addr, user, cred := sourceEndpoint(s)
+				rows = append(rows, []string{s.GetName(), s.GetDisplayName(), sourceType(s.GetType()), addr, user, cred, age(s.GetCreateTime())})
+			}
+			headers := []string{"NAME", "DISPLAY NAME", "TYPE", "ADDRESS", "USER", "CREDENTIAL", "AGE"}
+			return a.showList(all, headers, rows, all.GetNextPageToken())
+		}),
+	}
+	addEnumFlag(cmd.Flags(), typ, "type", "only sources of this type")
+	addListFlags(cmd, &lf)
+	return cmd
+}
+
+func (a *app) sourceDelete() *cobra.Command {
+	return &cobra.Command{
+		Use:     "delete NAME",
+		Short:   "Delete a source",
+		Long:    `Delete a source; refused while an unfinished job reads from it. Its credentials stay; delete them with "ferryctl credential delete".`,
+		Example: `  ferryctl source delete sources/kvm-src`,
+		Args:    exactlyOneArg("the source's name"),
+		RunE: a.run(func(ctx context.Context, cl *client.Client, args []string) error {
+			name := resName("sources", args[0])
+			resp, err := cl.Sources().DeleteSource(ctx, &ferryv1.DeleteSourceRequest{Name: name})
+			if err != nil {
+				return err
+			}
+			return a.done(resp, "deleted "+name)
+		}),
+	}
+}
+
+// sourceType spells a source's platform as the flags do: kvm or vcenter.
+func sourceType(p ferryv1.Platform) string {
+	if p == ferryv1.Platform_PLATFORM_VMWARE {
+		return "vcenter"
+	}
+	return enumLower(p)
+}
+
+// sourceEndpoint returns the address:port, user and credential of a source.
+func sourceEndpoint(s *ferryv1.Source) (addr, user, cred string) {
+	if k := s.GetKvm(); k != nil {
+		return hostPort(k.GetAddress(), k.GetSshPort()), k.GetUser(), k.GetCredential()
+	}
+	v := s.GetVcenter()
+	return hostPort(v.GetAddress(), v.GetPort()), v.GetUser(), v.GetCredential()
+}
+
+func hostPort(host string, port int32) string {
+	if port == 0 || host == "" {
+		return host
+	}
+	if strings.Contains(host, ":") {
+		return fmt.Sprintf("[%s]:%d", host, port)
+	}
+	return fmt.Sprintf("%s:%d", host, port)
+}
+
+func sourceDetails(s *ferryv1.Source) []field {
+	addr, user, cred := sourceEndpoint(s)
+	out := []field{
+		{"Name", s.GetName()},
+		{"Display name", s.GetDisplayName()},
+		{"Type", sourceType(s.GetType())},
+		{"Address", addr},
+		{"User", user},
+		{"Credential", cred},
+	}
+	if k := s.GetKvm(); k != nil {
+		out = append(out, field{"SASL user", k.GetSaslUser()}, field{"SASL credential", k.GetSaslCredential()},
+			field{"Host key", k.GetHostKey()}, field{"Observed host key", k.GetObservedHostKey()})
+	}
+	if v := s.GetVcenter(); v != nil {
+		verify := "CA certificate"
+		switch {
+		case v.GetUseHttp():
+			verify = "plain HTTP"
+		case v.GetThumbprint() != "":
+			verify = "thumbprint " + v.GetThumbprint()
+		case v.GetCaCertificate() == "":
+			verify = "system CAs"
+		}
+		out = append(out, field{"Verified by", verify})
+	}
+	return append(out, field{"Created", when(s.GetCreateTime())})
+}
+
+func (a *app) sourceVMs() *cobra.Command {
+	var server string
+	cmd := &cobra.Command{
+		Use:   "vms SOURCE",
+		Short: "List a source's VMs, as a migration server's agent sees them",
+		Long: `List the VMs of a source: the leader asks the agent of a migration server of
+the source's type (--migration-server, or any enabled and connected one) to
+connect to the source and list them. The ID column is what a job's
+source_vm names; the disks (target device and virtual size) and NIC MACs
+are what a job's --disk and --nic refer to.`,
+		Example: `  ferryctl source vms kvm-src
+  ferryctl source vms vc --migration-server vmw-1 -o yaml`,
+		Args: exactlyOneArg("the source's name"),
+		RunE: a.run(func(ctx context.Context, cl *client.Client, args []string) error {
+			resp, err := cl.Sources().ListSourceVMs(ctx, &ferryv1.ListSourceVMsRequest{
+				Source: resName("sources", args[0]), MigrationServer: resName("migrationServers", server)})
+			if err != nil {
+				return err
+			}
+			var rows [][]string
+			for _, vm := range resp.GetVms() {
+				rows = append(rows, sourceVMRow(vm))
+			}
+			headers := []string{"ID", "NAME", "STATE", "CPUS", "MEMORY", "FIRMWARE", "OS", "DISKS", "NICS"}
+			return a.showList(resp, headers, rows, "")
+		}),
+	}
+	cmd.Flags().StringVar(&server, "migration-server", "", "the migration server whose agent connects (default: any of the source's type)")
+	return cmd
+}
+
+func sourceVMRow(vm *ferryv1.SourceVm) []string {
+	var disks, nics []string
+	for _, d := range vm.GetDisks() {
+		disks = append(disks, d.GetTarget()+"="+strings.ReplaceAll(humanBytes(d.GetCapacityBytes()), " ", ""))
+	}
+	for _, n := range vm.GetNics() {
+		nics = append(nics, n.GetMac())
+	}
+	return []string{vm.GetId(), vm.GetName(), enumShort(vm.GetState()), fmt.Sprint(vm.GetCpus()), humanBytes(vm.GetMemoryBytes()),
+		enumLower(vm.GetFirmware()), orDefault(vm.GetOsName(), enumLower(vm.GetOsType())), strings.Join(disks, " "), strings.Join(nics, " ")}
+}
