@@ -55,6 +55,12 @@ type Sealer interface {
 	Seal(plaintext, aad []byte) ([]byte, error)
 }
 
+// Inventory asks an agent to list a source's VMs; *session.Manager is one.
+type Inventory interface {
+	ListSourceVMs(ctx context.Context, src *ferryv1.Source, server *ferryv1.MigrationServer) ([]*ferryv1.SourceVm, error)
+	Connected(host string) bool
+}
+
 // Dialer opens a client connection to another coordinator's API address,
 // with client mutual TLS in production.
 type Dialer func(ctx context.Context, addr string) (*grpc.ClientConn, error)
@@ -67,6 +73,8 @@ type Deps struct {
 	Ledger     *ledger.Ledger
 	Hub        *watch.Hub
 	Sealer     Sealer
+	// Inventory serves ListSourceVMs; without it the call is UNIMPLEMENTED.
+	Inventory Inventory
 	// Dialer reaches the leader for forwarded calls; without one a
 	// follower answers UNAVAILABLE with the leader's address.
 	Dialer Dialer
@@ -84,6 +92,7 @@ type API struct {
 	ledger     *ledger.Ledger
 	hub        *watch.Hub
 	sealer     Sealer
+	inventory  Inventory
 	log        *slog.Logger
 	clock      func() time.Time
 	newID      func() string

@@ -33,9 +33,16 @@ const ferryPrefix = "/ferry.v1."
 // ledger and so must run on the leader.
 var writeVerbs = []string{"Create", "Delete", "Update", "Enable", "Disable", "Set", "Cancel", "Restart", "Add", "Remove"}
 
+// leaderOnly are reads that only the leader can answer: it holds the
+// agent sessions they go through.
+var leaderOnly = map[string]bool{"/ferry.v1.SourceService/ListSourceVMs": true}
+
 // IsWriteMethod says whether a full method name ("/ferry.v1.S/CreateX") is
-// a write that a follower forwards to the leader.
+// a write, or a leader-only read, that a follower forwards to the leader.
 func IsWriteMethod(fullMethod string) bool {
+	if leaderOnly[fullMethod] {
+		return true
+	}
 	if !strings.HasPrefix(fullMethod, ferryPrefix) {
 		return false
 	}
