@@ -92,20 +92,32 @@ func (m *Manager) Connect(stream agentv1.AgentService_ConnectServer) error {
 	if !m.raft.IsLeader() {
 		return grpcutil.NotLeaderError(m.raft.LeaderAPIAddress())
 	}
+	m.mu.Lock()
+	if m.closed {
+		m.mu.Unlock()
+		return errShuttingDown
+	}
+	m.streams.Add(1)
+	defer m.streams.Done()
+	m.nextID++
 	ctx, cancel := context.WithCancelCause(stream.Context())
 	defer cancel(nil)
-	m.mu.Lock()
-	m.nextID++
 	s := &session{id: m.nextID, stream: stream, out: make(chan *agentv1.ConnectResponse, outboxSize),
 		ctx: ctx, cancel: cancel, jobs: map[string]*liveJob{}}
+	m.open[s] = struct{}{}
 	m.mu.Unlock()
+	defer func() {
+		m.mu.Lock()
+		delete(m.open, s)
+		m.mu.Unlock()
+	}()
 	s.lastRecv.Store(m.clock.Now().UnixNano())
 
 	// The receive loop blocks in Recv until the stream ends, which gRPC does
 	// only once this handler returns; the manager owns it and waits for it.
-	m.recvs.Add(1)
+	m.streams.Add(1)
 	go func() {
-		defer m.recvs.Done()
+		defer m.streams.Done()
 		cancel(m.recvLoop(ctx, s))
 	}()
 	err := m.sendLoop(ctx, s)

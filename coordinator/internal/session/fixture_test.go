@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"strings"
@@ -221,7 +222,8 @@ func (f *fixture) connect(first *agentv1.ConnectRequest) *agent {
 		}
 	}()
 	f.t.Cleanup(func() { cancel(); <-done })
-	if err := stream.Send(first); err != nil {
+	// io.EOF means the server already ended the stream; Recv has its status.
+	if err := stream.Send(first); err != nil && !errors.Is(err, io.EOF) {
 		f.t.Fatal(err)
 	}
 	return a

@@ -44,6 +44,7 @@ func (m *Manager) Run(ctx context.Context) error {
 			}
 			if !leader {
 				m.closeAll(errNotLeader)
+				m.hub.Reset()
 				continue
 			}
 			termCtx, cancel := context.WithCancel(ctx)
@@ -58,18 +59,19 @@ func (m *Manager) Run(ctx context.Context) error {
 }
 
 // shutdown refuses new sessions, ends the open ones and waits for their
-// receive loops.
+// handlers and receive loops.
 func (m *Manager) shutdown() {
 	m.mu.Lock()
 	m.closed = true
 	m.mu.Unlock()
 	m.closeAll(errShuttingDown)
-	m.recvs.Wait()
+	m.streams.Wait()
 }
 
-// lead runs one leadership term.
+// lead runs one leadership term. The absences are counted from the first
+// sweep on, when the ledger has applied what earlier leaders committed.
 func (m *Manager) lead(ctx context.Context) {
-	m.startAbsences()
+	counting := false
 	events, unsubscribe := m.hub.Subscribe(1024)
 	defer func() { unsubscribe() }()
 	sweep := time.NewTicker(m.cfg.SweepInterval)
@@ -92,6 +94,10 @@ func (m *Manager) lead(ctx context.Context) {
 				m.jobChanged(ctx, ev)
 			}
 		case <-sweep.C:
+			if !counting {
+				m.startAbsences()
+				counting = true
+			}
 			m.sweep(ctx)
 		case <-refresh.C:
 			m.refreshHosts(ctx)

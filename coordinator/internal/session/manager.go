@@ -127,11 +127,14 @@ type Manager struct {
 	log    *slog.Logger
 	clock  Clock
 
-	recvs sync.WaitGroup // receive loops, which outlive their handlers briefly
+	// streams counts Connect handlers and their receive loops, which
+	// outlive their handlers briefly; Run waits for them when it stops.
+	streams sync.WaitGroup
 
 	mu       sync.Mutex
 	nextID   uint64
-	sessions map[string]*session // by host name (hosts/{id})
+	sessions map[string]*session   // by host name (hosts/{id}), once they said hello
+	open     map[*session]struct{} // every open stream, hello or not
 	gone     map[string]time.Time
 	closed   bool
 }
@@ -155,6 +158,7 @@ func NewManager(cfg Config, deps Deps) *Manager {
 		log:      log.With("component", "session"),
 		clock:    clock,
 		sessions: map[string]*session{},
+		open:     map[*session]struct{}{},
 		gone:     map[string]time.Time{},
 	}
 }
@@ -170,7 +174,8 @@ func HostName(s string) string {
 
 // Connected reports whether host's agent holds a session on this node.
 func (m *Manager) Connected(host string) bool {
-	return m.session(HostName(host)) != nil
+	s := m.session(HostName(host))
+	return s != nil && s.welcomed.Load()
 }
 
 // Hosts returns the latest facts of every host connected to this node.
@@ -179,7 +184,9 @@ func (m *Manager) Hosts() map[string]*ferryv1.HostFacts {
 	defer m.mu.Unlock()
 	out := make(map[string]*ferryv1.HostFacts, len(m.sessions))
 	for name, s := range m.sessions {
-		out[name] = proto.Clone(s.record().GetFacts()).(*ferryv1.HostFacts)
+		if s.welcomed.Load() {
+			out[name] = proto.Clone(s.record().GetFacts()).(*ferryv1.HostFacts)
+		}
 	}
 	return out
 }
@@ -222,11 +229,11 @@ func (m *Manager) unregister(s *session) bool {
 	return true
 }
 
-// closeAll ends every session with cause.
+// closeAll ends every stream with cause, whether it said hello or not.
 func (m *Manager) closeAll(cause error) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	for _, s := range m.sessions {
+	for s := range m.open {
 		s.cancel(cause)
 	}
 }
