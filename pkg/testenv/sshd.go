@@ -1,0 +1,253 @@
+package testenv
+
+import (
+	"context"
+	"crypto/ed25519"
+	"crypto/rand"
+	"encoding/pem"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"os/user"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"golang.org/x/crypto/ssh"
+)
+
+// The local user that password tests log in as. It is created on first
+// use (idempotently), in group libvirt so that polkit lets it use the
+// libvirt socket, with this password. Root logs in with a key.
+const (
+	TestUser     = "ferrytest"
+	TestPassword = "ferry-test-password"
+)
+
+// SSHDOptions configure StartSSHD.
+type SSHDOptions struct {
+	// PasswordUser, when set, turns on password login and makes sure the
+	// local user exists with Password (TestUser and TestPassword are
+	// the usual pair).
+	PasswordUser string
+	Password     string
+}
+
+// SSHD is an OpenSSH sshd listening on 127.0.0.1.
+type SSHD struct {
+	Host string // 127.0.0.1
+	Port int
+	Addr string // Host:Port
+	// User is the account the client key is meant for: root.
+	User string
+	// ClientKeyPEM is the OpenSSH private key that every user's
+	// authorized_keys file (one file, in the temporary directory) holds.
+	ClientKeyPEM []byte
+	// HostKey is the server's public host key in authorized_keys form
+	// ("ssh-ed25519 AAAA..."), HostKeyFingerprint its SHA256:... form.
+	HostKey            string
+	HostKeyFingerprint string
+	// PasswordUser and Password log in with a password, when asked for.
+	PasswordUser string
+	Password     string
+	// Dir holds the configuration, keys and sshd.log.
+	Dir string
+}
+
+// StartSSHD runs `sshd -D -e -f CONFIG` on a free loopback port with a
+// generated ed25519 host key, UsePAM no, root login, stream-local and TCP
+// forwarding allowed. It is killed when the test ends; its log is printed
+// if the test failed.
+func StartSSHD(t testing.TB, opts SSHDOptions) *SSHD {
+	t.Helper()
+	RequireRoot(t)
+	bin := LookPath(t, "sshd")
+	if err := os.MkdirAll("/run/sshd", 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if opts.PasswordUser != "" {
+		EnsureUser(t, opts.PasswordUser, opts.Password)
+	}
+	s := &SSHD{Host: "127.0.0.1", User: "root", PasswordUser: opts.PasswordUser,
+		Password: opts.Password, Dir: t.TempDir()}
+	s.writeKeys(t)
+	var err error
+	for attempt := 0; attempt < 5; attempt++ {
+		if err = s.start(t, bin); err == nil {
+			return s
+		}
+	}
+	t.Fatalf("start sshd: %v", err)
+	return nil
+}
+
+// writeKeys generates the host key and the client key.
+func (s *SSHD) writeKeys(t testing.TB) {
+	t.Helper()
+	hostPub, hostPEM := generateKey(t, "ferry-test-host")
+	clientPub, clientPEM := generateKey(t, "ferry-test-client")
+	s.HostKey = strings.TrimSpace(string(ssh.MarshalAuthorizedKey(hostPub)))
+	s.HostKeyFingerprint = ssh.FingerprintSHA256(hostPub)
+	s.ClientKeyPEM = clientPEM
+	writeFile(t, filepath.Join(s.Dir, "host_ed25519"), hostPEM, 0o600)
+	writeFile(t, filepath.Join(s.Dir, "authorized_keys"), ssh.MarshalAuthorizedKey(clientPub), 0o644)
+}
+
+// start writes the configuration for a free port and starts sshd. An
+// error means sshd exited early (the port was taken meanwhile).
+func (s *SSHD) start(t testing.TB, bin string) error {
+	t.Helper()
+	s.Port = freePort(t)
+	s.Addr = net.JoinHostPort(s.Host, strconv.Itoa(s.Port))
+	config := filepath.Join(s.Dir, "sshd_config")
+	writeFile(t, config, []byte(s.config()), 0o600)
+	logPath := filepath.Join(s.Dir, "sshd.log")
+	logFile, err := os.Create(logPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer logFile.Close()
+	cmd := exec.Command(bin, "-D", "-e", "-f", config)
+	cmd.Stdout, cmd.Stderr = logFile, logFile
+	if err := cmd.Start(); err != nil {
+		t.Fatalf("start sshd: %v", err)
+	}
+	exited := make(chan error, 1)
+	go func() { exited <- cmd.Wait() }()
+	listening := func() bool {
+		c, err := net.DialTimeout("tcp", s.Addr, time.Second)
+		if err == nil {
+			c.Close()
+		}
+		return err == nil || len(exited) > 0
+	}
+	if !poll(10*time.Second, 20*time.Millisecond, listening) || len(exited) > 0 {
+		_ = cmd.Process.Kill()
+		<-exited
+		log, _ := os.ReadFile(logPath)
+		return fmt.Errorf("sshd did not listen on %s: %s", s.Addr, log)
+	}
+	t.Cleanup(func() {
+		_ = cmd.Process.Kill()
+		<-exited
+		if t.Failed() {
+			log, _ := os.ReadFile(logPath)
+			t.Logf("sshd log:\n%s", log)
+		}
+	})
+	return nil
+}
+
+func (s *SSHD) config() string {
+	password := "no"
+	if s.PasswordUser != "" {
+		password = "yes"
+	}
+	lines := []string{
+		"Port " + strconv.Itoa(s.Port),
+		"ListenAddress " + s.Host,
+		"HostKey " + filepath.Join(s.Dir, "host_ed25519"),
+		"PidFile " + filepath.Join(s.Dir, "sshd.pid"),
+		"AuthorizedKeysFile " + filepath.Join(s.Dir, "authorized_keys"),
+		"UsePAM no",
+		"StrictModes no", // the temporary directory lives under world-writable /tmp
+		"PermitRootLogin yes",
+		"PubkeyAuthentication yes",
+		"PasswordAuthentication " + password,
+		"KbdInteractiveAuthentication no",
+		"AllowStreamLocalForwarding yes",
+		"AllowTcpForwarding yes",
+		"LogLevel VERBOSE",
+	}
+	return strings.Join(lines, "\n") + "\n"
+}
+
+// ClientConfig returns an x/crypto/ssh client configuration for User with
+// the client key that checks the host key.
+func (s *SSHD) ClientConfig(t testing.TB) *ssh.ClientConfig {
+	t.Helper()
+	signer, err := ssh.ParsePrivateKey(s.ClientKeyPEM)
+	if err != nil {
+		t.Fatal(err)
+	}
+	hostKey, _, _, _, err := ssh.ParseAuthorizedKey([]byte(s.HostKey))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &ssh.ClientConfig{
+		User:            s.User,
+		Auth:            []ssh.AuthMethod{ssh.PublicKeys(signer)},
+		HostKeyCallback: ssh.FixedHostKey(hostKey),
+		Timeout:         10 * time.Second,
+	}
+}
+
+// EnsureUser creates the local user (home directory, group libvirt when it
+// exists) unless it exists, and sets its password. Concurrent test
+// binaries may race on /etc/passwd's lock; that is retried.
+func EnsureUser(t testing.TB, name, password string) {
+	t.Helper()
+	RequireRoot(t)
+	var args []string
+	if _, err := user.LookupGroup("libvirt"); err == nil {
+		args = append(args, "-G", "libvirt")
+	}
+	var err error
+	ok := poll(10*time.Second, 100*time.Millisecond, func() bool {
+		if _, lookupErr := user.Lookup(name); lookupErr != nil {
+			_, err = run(context.Background(), nil, LookPath(t, "useradd"),
+				append(args, "-m", "-s", "/bin/sh", name)...)
+			return false // look it up again
+		}
+		if len(args) > 0 {
+			if _, err = run(context.Background(), nil, LookPath(t, "usermod"), "-aG", "libvirt", name); err != nil {
+				return false
+			}
+		}
+		_, err = run(context.Background(), []byte(name+":"+password+"\n"), LookPath(t, "chpasswd"))
+		return err == nil
+	})
+	if !ok {
+		t.Fatalf("create test user %s: %v", name, err)
+	}
+}
+
+// generateKey returns an ed25519 public key and its private key in
+// OpenSSH PEM form.
+func generateKey(t testing.TB, comment string) (ssh.PublicKey, []byte) {
+	t.Helper()
+	pub, priv, err := ed25519.GenerateKey(rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	block, err := ssh.MarshalPrivateKey(priv, comment)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sshPub, err := ssh.NewPublicKey(pub)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return sshPub, pem.EncodeToMemory(block)
+}
+
+// freePort returns a loopback TCP port that was free a moment ago.
+func freePort(t testing.TB) int {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	return ln.Addr().(*net.TCPAddr).Port
+}
+
+func writeFile(t testing.TB, path string, data []byte, mode os.FileMode) {
+	t.Helper()
+	if err := os.WriteFile(path, data, mode); err != nil {
+		t.Fatal(err)
+	}
+}

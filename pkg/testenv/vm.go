@@ -1,0 +1,261 @@
+package testenv
+
+import (
+	"crypto/rand"
+	"encoding/xml"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"text/template"
+)
+
+// ImagesDir is where test VMs keep their files: qemu runs as libvirt-qemu
+// and must traverse the directory, which t.TempDir()'s 0700 directories
+// forbid.
+const ImagesDir = "/var/lib/libvirt/images"
+
+const mib = 1 << 20
+
+// The known contents of a test VM's disks. The root disk (vda) holds
+// RootExtents, each filled with its Pattern byte, plus RandomBytes of
+// random data at RandomOffset when asked; the data disk (vdb) is mostly
+// holes with DataExtents scattered over it, the last one at its very end.
+const (
+	RootSize     int64 = 64 * mib
+	DataSize     int64 = 256 * mib
+	RandomOffset int64 = 16 * mib
+)
+
+// Extent is a written range of a test disk.
+type Extent struct {
+	Offset, Length int64
+	Pattern        byte
+}
+
+var (
+	RootExtents = []Extent{{0, 4 * mib, 0x5a}, {40 * mib, mib, 0xa5}}
+	DataExtents = []Extent{{mib, 64 << 10, 0x11}, {100 * mib, mib, 0x22}, {DataSize - mib/2, mib / 2, 0x33}}
+)
+
+// VMOptions configure NewTestVM; the zero value is a BIOS VM with one NIC.
+type VMOptions struct {
+	// Name defaults to ferry-test-<random>.
+	Name string
+	// UEFI boots OVMF with an NVRAM file; the test is skipped when the
+	// OVMF files are missing.
+	UEFI bool
+	// CDROMs adds empty IDE CD-ROM drives (at most 2).
+	CDROMs int
+	// NICs is the number of user-mode NICs (default 1).
+	NICs int
+	// RandomBytes of random data go into the root disk at RandomOffset.
+	RandomBytes int64
+}
+
+// TestDisk is a disk of a test VM.
+type TestDisk struct {
+	Target string // vda, vdb
+	Path   string // qcow2 file
+	Size   int64  // virtual size
+	// Extents written; the rest reads as zeroes.
+	Extents []Extent
+	// Random, when set, is the random data at RandomOffset.
+	Random []byte
+}
+
+// TestVM is a running TCG domain with no OS: 64 MiB, 1 vCPU, a root and a
+// data disk (virtio, qcow2) and user-mode NICs.
+type TestVM struct {
+	Name, UUID string
+	Dir        string
+	Disks      []TestDisk
+	MACs       []string
+	VCPUs      int
+	MemoryMiB  int
+	CDROMs     int
+	// Loader and NVRAM are set for a UEFI VM.
+	Loader, NVRAM string
+	lv            *Libvirt
+}
+
+// NewTestVM creates the disks with known data, defines and starts the
+// domain. When the test ends it is destroyed and undefined (with its
+// NVRAM and metadata) and its files are removed.
+func NewTestVM(t testing.TB, lv *Libvirt, opts VMOptions) *TestVM {
+	t.Helper()
+	vm := &TestVM{Name: opts.Name, VCPUs: 1, MemoryMiB: 64, CDROMs: min(opts.CDROMs, 2), lv: lv}
+	if vm.Name == "" {
+		vm.Name = "ferry-test-" + randomHex(4)
+	}
+	if opts.UEFI {
+		vm.Loader, vm.NVRAM = ovmf(t)
+	}
+	vm.Dir = filepath.Join(ImagesDir, vm.Name)
+	if err := os.MkdirAll(vm.Dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(vm.Dir) })
+	if vm.NVRAM != "" {
+		vm.NVRAM = filepath.Join(vm.Dir, "VARS.fd")
+	}
+	vm.makeDisks(t, opts.RandomBytes)
+	for i := 0; i < max(opts.NICs, 1); i++ {
+		vm.MACs = append(vm.MACs, fmt.Sprintf("52:54:00:%s:%02x", colon(randomHex(2)), i))
+	}
+	xmlPath := filepath.Join(vm.Dir, "domain.xml")
+	writeFile(t, xmlPath, []byte(vm.domainXML(t)), 0o644)
+	lv.Virsh(t, "define", xmlPath)
+	t.Cleanup(func() { vm.remove(t) })
+	lv.Virsh(t, "start", vm.Name)
+	vm.UUID = lv.Virsh(t, "domuuid", vm.Name)
+	return vm
+}
+
+// ovmf returns a loader and NVRAM template pair, or skips the test.
+func ovmf(t testing.TB) (loader, vars string) {
+	t.Helper()
+	pairs := [][2]string{
+		{"/usr/share/OVMF/OVMF_CODE_4M.fd", "/usr/share/OVMF/OVMF_VARS_4M.fd"},
+		{"/usr/share/OVMF/OVMF_CODE.fd", "/usr/share/OVMF/OVMF_VARS.fd"},
+	}
+	for _, p := range pairs {
+		_, err1 := os.Stat(p[0])
+		_, err2 := os.Stat(p[1])
+		if err1 == nil && err2 == nil {
+			return p[0], p[1]
+		}
+	}
+	t.Skip("no OVMF firmware (apt-get install ovmf); skipping the UEFI variant")
+	return "", ""
+}
+
+// makeDisks creates vda and vdb with their known contents.
+func (vm *TestVM) makeDisks(t testing.TB, randomBytes int64) {
+	t.Helper()
+	root := TestDisk{Target: "vda", Path: filepath.Join(vm.Dir, "root.qcow2"), Size: RootSize, Extents: RootExtents}
+	if randomBytes > 0 {
+		root.Random = make([]byte, randomBytes)
+		if _, err := rand.Read(root.Random); err != nil {
+			t.Fatal(err)
+		}
+		root.Size = max(root.Size, (RandomOffset+randomBytes+mib-1)/mib*mib)
+	}
+	data := TestDisk{Target: "vdb", Path: filepath.Join(vm.Dir, "data.qcow2"), Size: DataSize, Extents: DataExtents}
+	for _, d := range []TestDisk{root, data} {
+		Run(t, "qemu-img", "create", "-q", "-f", "qcow2", d.Path, fmt.Sprint(d.Size))
+		args := []string{"-f", "qcow2"}
+		for _, e := range d.Extents {
+			args = append(args, "-c", fmt.Sprintf("write -q -P 0x%02x %d %d", e.Pattern, e.Offset, e.Length))
+		}
+		if d.Random != nil {
+			src := filepath.Join(vm.Dir, "random.bin")
+			writeFile(t, src, d.Random, 0o600)
+			args = append(args, "-c", fmt.Sprintf("write -q -s %s %d %d", src, RandomOffset, len(d.Random)))
+		}
+		Run(t, "qemu-io", append(args, d.Path)...)
+	}
+	vm.Disks = []TestDisk{root, data}
+}
+
+var domainTemplate = template.Must(template.New("domain").Funcs(template.FuncMap{"x": xmlText}).Parse(`
+<domain type='qemu'>
+  <name>{{x .Name}}</name>
+  <memory unit='MiB'>{{.MemoryMiB}}</memory>
+  <vcpu>{{.VCPUs}}</vcpu>
+  <os>
+    <type arch='x86_64' machine='pc'>hvm</type>
+{{- if .Loader}}
+    <loader readonly='yes' type='pflash'>{{x .Loader}}</loader>
+    <nvram template='{{x .Template}}'>{{x .NVRAM}}</nvram>
+{{- end}}
+  </os>
+  <features><acpi/></features>
+  <devices>
+{{- range .Disks}}
+    <disk type='file' device='disk'>
+      <driver name='qemu' type='qcow2'/>
+      <source file='{{x .Path}}'/>
+      <target dev='{{.Target}}' bus='virtio'/>
+    </disk>
+{{- end}}
+{{- range .CDROMTargets}}
+    <disk type='file' device='cdrom'>
+      <target dev='{{.}}' bus='ide'/>
+      <readonly/>
+    </disk>
+{{- end}}
+{{- range .MACs}}
+    <interface type='user'>
+      <mac address='{{.}}'/>
+      <model type='virtio'/>
+    </interface>
+{{- end}}
+  </devices>
+</domain>
+`))
+
+func (vm *TestVM) domainXML(t testing.TB) string {
+	t.Helper()
+	var b strings.Builder
+	data := struct {
+		*TestVM
+		Template     string
+		CDROMTargets []string
+	}{TestVM: vm, CDROMTargets: []string{"hdc", "hdd"}[:vm.CDROMs]}
+	if vm.Loader != "" {
+		_, data.Template = ovmf(t)
+	}
+	if err := domainTemplate.Execute(&b, data); err != nil {
+		t.Fatal(err)
+	}
+	return b.String()
+}
+
+// remove destroys and undefines the domain.
+func (vm *TestVM) remove(t testing.TB) {
+	t.Helper()
+	if _, err := vm.lv.TryVirsh("domstate", vm.Name); err != nil {
+		return // already gone
+	}
+	_, _ = vm.lv.TryVirsh("destroy", vm.Name)
+	if _, err := vm.lv.TryVirsh("undefine", "--nvram", "--checkpoints-metadata",
+		"--snapshots-metadata", vm.Name); err != nil {
+		t.Errorf("undefine test VM %s: %v", vm.Name, err)
+	}
+}
+
+// State returns virsh domstate: "running", "paused", "shut off".
+func (vm *TestVM) State(t testing.TB) string {
+	t.Helper()
+	return vm.lv.Virsh(t, "domstate", vm.Name)
+}
+
+// JobType returns the "Job type" line of virsh domjobinfo: "None" when
+// the domain has no job.
+func (vm *TestVM) JobType(t testing.TB) string {
+	t.Helper()
+	for _, line := range strings.Split(vm.lv.Virsh(t, "domjobinfo", vm.Name), "\n") {
+		if k, v, ok := strings.Cut(line, ":"); ok && strings.TrimSpace(k) == "Job type" {
+			return strings.TrimSpace(v)
+		}
+	}
+	t.Fatalf("virsh domjobinfo %s: no job type", vm.Name)
+	return ""
+}
+
+// Resume resumes a paused domain.
+func (vm *TestVM) Resume(t testing.TB) {
+	t.Helper()
+	vm.lv.Virsh(t, "resume", vm.Name)
+}
+
+func xmlText(s string) (string, error) {
+	var b strings.Builder
+	err := xml.EscapeText(&b, []byte(s))
+	return b.String(), err
+}
+
+// colon turns "a1b2" into "a1:b2".
+func colon(h string) string { return h[:2] + ":" + h[2:] }
