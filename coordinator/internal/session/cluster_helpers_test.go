@@ -10,6 +10,8 @@ import (
 	"google.golang.org/grpc/credentials"
 
 	"github.com/ferry-v2v/ferry/agent/agenttest"
+	"github.com/ferry-v2v/ferry/coordinator/internal/api"
+	"github.com/ferry-v2v/ferry/coordinator/internal/session"
 	"github.com/ferry-v2v/ferry/coordinator/internal/testcluster"
 	"github.com/ferry-v2v/ferry/pkg/client"
 	agentv1 "github.com/ferry-v2v/ferry/pkg/pb/ferry/agent/v1"
@@ -18,6 +20,9 @@ import (
 )
 
 const gib = int64(1) << 30
+
+// The API lists source VMs through the session manager.
+var _ api.Inventory = (*session.Manager)(nil)
 
 // gates holds back jobs: a test-only copier waits on a job's gate, when
 // it has one, before every chunk.

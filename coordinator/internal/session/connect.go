@@ -40,9 +40,10 @@ type session struct {
 	welcomed atomic.Bool
 
 	mu       sync.Mutex
-	hostRec  *ferryv1.Host       // as last recorded, facts updated by heartbeats
-	recorded time.Time           // when hostRec was last written to the ledger
-	jobs     map[string]*liveJob // jobs this agent runs for the current leader
+	hostRec  *ferryv1.Host                              // as last recorded, facts updated by heartbeats
+	recorded time.Time                                  // when hostRec was last written to the ledger
+	jobs     map[string]*liveJob                        // jobs this agent runs for the current leader
+	waiting  map[string]chan *agentv1.InventoryResponse // inventory calls by request ID
 }
 
 // liveJob is what the session knows of a job its agent runs.
@@ -103,7 +104,7 @@ func (m *Manager) Connect(stream agentv1.AgentService_ConnectServer) error {
 	ctx, cancel := context.WithCancelCause(stream.Context())
 	defer cancel(nil)
 	s := &session{id: m.nextID, stream: stream, out: make(chan *agentv1.ConnectResponse, outboxSize),
-		ctx: ctx, cancel: cancel, jobs: map[string]*liveJob{}}
+		ctx: ctx, cancel: cancel, jobs: map[string]*liveJob{}, waiting: map[string]chan *agentv1.InventoryResponse{}}
 	m.open[s] = struct{}{}
 	m.mu.Unlock()
 	defer func() {
@@ -197,6 +198,11 @@ func (m *Manager) handle(ctx context.Context, s *session, req *agentv1.ConnectRe
 		return m.progress(ctx, s, k.Progress)
 	case *agentv1.ConnectRequest_Result:
 		return m.result(ctx, s, k.Result)
+	case *agentv1.ConnectRequest_InventoryResponse:
+		m.inventoryAnswer(s, k.InventoryResponse)
+		return nil
+	case *agentv1.ConnectRequest_HostKeyObserved:
+		return m.hostKey(ctx, s, k.HostKeyObserved)
 	case *agentv1.ConnectRequest_Hello:
 		return status.Error(codes.InvalidArgument, "hello sent twice in one session")
 	default:
@@ -225,8 +231,8 @@ func (m *Manager) hello(ctx context.Context, s *session, h *agentv1.Hello) error
 	if err := m.register(s, name); err != nil {
 		return err
 	}
-	welcome := &agentv1.Welcome{CoordinatorId: m.cfg.NodeID,
-		HeartbeatIntervalMs: m.cfg.HeartbeatInterval.Milliseconds(), GracePeriodMs: m.gracePeriod().Milliseconds()}
+	welcome := &agentv1.Welcome{CoordinatorId: m.cfg.NodeID, HeartbeatIntervalMs: m.cfg.HeartbeatInterval.Milliseconds(),
+		GracePeriodMs: m.gracePeriod().Milliseconds(), CacheRetentionMs: m.ledger.Settings().GetCacheRetention().AsDuration().Milliseconds()}
 	if err := s.send(ctx, &agentv1.ConnectResponse{Kind: &agentv1.ConnectResponse_Welcome{Welcome: welcome}}); err != nil {
 		return err
 	}

@@ -165,7 +165,7 @@ func (m *Manager) assign(ctx context.Context, s *session, a *agentv1.Assignment)
 // networks and the unsealed secrets of the source's credentials. The
 // result holds secrets: never log it.
 func (m *Manager) Assignment(job *ferryv1.MigrationJob, epoch int64) (*agentv1.Assignment, error) {
-	a := &agentv1.Assignment{Job: proto.Clone(job).(*ferryv1.MigrationJob), Epoch: epoch, Secrets: map[string]string{}}
+	a := &agentv1.Assignment{Job: proto.Clone(job).(*ferryv1.MigrationJob), Epoch: epoch}
 	var ok bool
 	if a.Source, ok = m.ledger.Source(job.GetSource()); !ok {
 		return nil, fmt.Errorf("source %s: %w", job.GetSource(), ledger.ErrNotFound)
@@ -191,13 +191,11 @@ func (m *Manager) Assignment(job *ferryv1.MigrationJob, epoch int64) (*agentv1.A
 		}
 		a.L3Networks = append(a.L3Networks, n)
 	}
-	for _, name := range credentialsOf(a.Source) {
-		secret, err := m.unseal(name)
-		if err != nil {
-			return nil, err
-		}
-		a.Secrets[name] = secret
+	secrets, err := m.secretsOf(a.Source)
+	if err != nil {
+		return nil, err
 	}
+	a.Secrets = secrets
 	return a, nil
 }
 
