@@ -1,0 +1,176 @@
+package target
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/url"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"time"
+)
+
+// Endpoint is an NBD export on a unix socket.
+type Endpoint struct {
+	Socket string
+	// Export is the export name; qemu-nbd's default is "".
+	Export string
+}
+
+// URI is the endpoint as an NBD URI (nbd+unix:///export?socket=path).
+func (e Endpoint) URI() string {
+	u := url.URL{Scheme: "nbd+unix", Path: "/" + e.Export, RawQuery: "socket=" + e.Socket}
+	return u.String()
+}
+
+// CopyOptions tune one copy.
+type CopyOptions struct {
+	// Size is the source's virtual size in bytes.
+	Size int64
+	// DstZeroed says the destination reads as zeros already, so the
+	// source's holes and zero extents need not be written.
+	DstZeroed bool
+	// Progress, when set, is called with the bytes done out of the total.
+	Progress func(done, total int64)
+}
+
+// Copier copies an NBD export onto another: only the source's data
+// extents travel (zeroes are written as NBD write-zeroes unless the
+// destination is zeroed already), under the migration server's upstream
+// bandwidth limit.
+type Copier interface {
+	Copy(ctx context.Context, src, dst Endpoint, opts CopyOptions) error
+}
+
+// UploadDeps are an Uploader's collaborators. QemuNBD defaults to
+// "qemu-nbd" on PATH, TempDir to os.TempDir(), Log to discarding.
+type UploadDeps struct {
+	Runner  Runner
+	Copier  Copier
+	QemuNBD string
+	TempDir string
+	Log     *slog.Logger
+}
+
+// Uploader moves cache images onto target volumes.
+type Uploader struct {
+	runner  Runner
+	copier  Copier
+	qemuNBD string
+	tempDir string
+	log     *slog.Logger
+}
+
+// NewUploader returns an Uploader.
+func NewUploader(d UploadDeps) *Uploader {
+	u := &Uploader{runner: d.Runner, copier: d.Copier, qemuNBD: d.QemuNBD, tempDir: d.TempDir, log: d.Log}
+	if u.qemuNBD == "" {
+		u.qemuNBD = "qemu-nbd"
+	}
+	if u.log == nil {
+		u.log = slog.New(slog.DiscardHandler)
+	}
+	u.log = u.log.With("component", "upload")
+	return u
+}
+
+// Upload creates vol and copies the NBD export src onto it: the volume is
+// served writable by a qemu-nbd of its own on a unix socket for the length
+// of the copy. The volume is left in place when the upload fails; the
+// job's Rollback deletes it.
+func (u *Uploader) Upload(ctx context.Context, src Endpoint, vol Volume, progress func(done, total int64)) error {
+	if err := vol.Create(ctx, u.runner); err != nil {
+		return err
+	}
+	dir, err := os.MkdirTemp(u.tempDir, "ferry-upload-")
+	if err != nil {
+		return fmt.Errorf("upload %s: %w", vol.Path, err)
+	}
+	defer os.RemoveAll(dir)
+	srv, err := u.serve(ctx, vol, filepath.Join(dir, "nbd.sock"))
+	if err != nil {
+		return fmt.Errorf("upload %s: %w", vol.Path, err)
+	}
+	start := time.Now()
+	err = u.copier.Copy(ctx, src, srv.endpoint, CopyOptions{Size: vol.Size, DstZeroed: vol.ZeroInitialized(), Progress: progress})
+	if cerr := srv.close(); err == nil && cerr != nil {
+		err = cerr
+	}
+	if err != nil {
+		return fmt.Errorf("upload %s: %w", vol.Path, err)
+	}
+	u.log.InfoContext(ctx, "uploaded", "volume", vol.Path, "seconds", time.Since(start).Seconds())
+	return nil
+}
+
+// nbdServer is a qemu-nbd serving one volume.
+type nbdServer struct {
+	endpoint Endpoint
+	cmd      *exec.Cmd
+	stderr   *strings.Builder
+	exited   chan struct{}
+	waitErr  error
+}
+
+// serve starts qemu-nbd on vol and waits until its socket answers.
+func (u *Uploader) serve(ctx context.Context, vol Volume, socket string) (*nbdServer, error) {
+	argv := vol.ServeArgs(socket)
+	cmd := exec.CommandContext(ctx, u.qemuNBD, argv[1:]...)
+	cmd.Cancel = func() error { return cmd.Process.Signal(syscall.SIGTERM) }
+	cmd.WaitDelay = 10 * time.Second
+	s := &nbdServer{endpoint: Endpoint{Socket: socket}, cmd: cmd, stderr: &strings.Builder{}, exited: make(chan struct{})}
+	cmd.Stdout, cmd.Stderr = s.stderr, s.stderr
+	if err := cmd.Start(); err != nil {
+		return nil, fmt.Errorf("start qemu-nbd: %w", err)
+	}
+	go func() {
+		s.waitErr = cmd.Wait()
+		close(s.exited)
+	}()
+	if err := s.ready(ctx, 30*time.Second); err != nil {
+		_ = s.close()
+		return nil, err
+	}
+	u.log.DebugContext(ctx, "serving volume", "volume", vol.Path, "socket", socket)
+	return s, nil
+}
+
+// ready polls the socket until qemu-nbd accepts a connection.
+func (s *nbdServer) ready(ctx context.Context, timeout time.Duration) error {
+	deadline := time.Now().Add(timeout)
+	for {
+		conn, err := net.DialTimeout("unix", s.endpoint.Socket, time.Second)
+		if err == nil {
+			return conn.Close()
+		}
+		select {
+		case <-s.exited:
+			return fmt.Errorf("qemu-nbd exited: %v: %s", s.waitErr, strings.TrimSpace(s.stderr.String()))
+		case <-ctx.Done():
+			return context.Cause(ctx)
+		case <-time.After(50 * time.Millisecond):
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("qemu-nbd socket %s not ready after %s", s.endpoint.Socket, timeout)
+		}
+	}
+}
+
+// close stops qemu-nbd with SIGTERM, which makes it flush and close the
+// image, and waits for it to exit.
+func (s *nbdServer) close() error {
+	select {
+	case <-s.exited:
+	default:
+		_ = s.cmd.Process.Signal(syscall.SIGTERM)
+		<-s.exited
+	}
+	if s.waitErr != nil {
+		return fmt.Errorf("qemu-nbd: %w: %s", s.waitErr, strings.TrimSpace(s.stderr.String()))
+	}
+	return nil
+}

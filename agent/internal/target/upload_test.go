@@ -1,0 +1,169 @@
+package target
+
+import (
+	"context"
+	"os"
+	"path/filepath"
+	"reflect"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	ferryv1 "github.com/ferry-v2v/ferry/pkg/pb/ferry/v1"
+)
+
+const sourceSize = 48 << 20
+
+// sourceImage writes a qcow2 "cache image" with data, a zeroed range and
+// holes, and serves it read-only over NBD.
+func sourceImage(t *testing.T) (string, Endpoint) {
+	t.Helper()
+	img := filepath.Join(t.TempDir(), "cache.qcow2")
+	run(t, "qemu-img", "create", "-q", "-f", "qcow2", img, "48M")
+	run(t, "qemu-io", "-f", "qcow2",
+		"-c", "write -P 0xab 1M 3M",
+		"-c", "write -P 0xcd 20M 512k",
+		"-c", "write -z 30M 1M",
+		"-c", "write -P 0xef 47M 1M", img)
+	return img, serveImage(t, img, "qcow2")
+}
+
+// countingLimiter passes everything and counts the bytes it was asked for.
+type countingLimiter struct{ n atomic.Int64 }
+
+func (l *countingLimiter) WaitN(_ context.Context, n int) error { l.n.Add(int64(n)); return nil }
+
+// rateLimiter lets rate bytes per second through (no burst beyond a chunk).
+type rateLimiter struct {
+	mu   sync.Mutex
+	rate float64
+	next time.Time
+}
+
+func (l *rateLimiter) WaitN(ctx context.Context, n int) error {
+	l.mu.Lock()
+	now := time.Now()
+	if l.next.Before(now) {
+		l.next = now
+	}
+	at := l.next
+	l.next = l.next.Add(time.Duration(float64(n) / l.rate * float64(time.Second)))
+	l.mu.Unlock()
+	select {
+	case <-time.After(time.Until(at)):
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+func TestUploadLocal(t *testing.T) {
+	requireTools(t, "qemu-img", "qemu-nbd", "qemu-io")
+	img, src := sourceImage(t)
+	for _, typ := range []ferryv1.PrimaryStorageType{
+		ferryv1.PrimaryStorageType_PRIMARY_STORAGE_TYPE_LOCAL, ferryv1.PrimaryStorageType_PRIMARY_STORAGE_TYPE_NFS,
+	} {
+		t.Run(typ.String(), func(t *testing.T) {
+			dir := t.TempDir()
+			vol, err := Plan(storage(typ, dir, "", ""), "migrationJobs/j1", "vda", sourceSize)
+			if err != nil {
+				t.Fatal(err)
+			}
+			lim := &countingLimiter{}
+			u := NewUploader(UploadDeps{Runner: ExecRunner{}, Copier: &QemuImgCopier{Limiter: lim}, Log: testLog(t)})
+			var last atomic.Int64
+			err = u.Upload(context.Background(), src, vol, func(done, total int64) {
+				if total != sourceSize {
+					t.Errorf("progress total %d", total)
+				}
+				last.Store(done)
+			})
+			if err != nil {
+				t.Fatal(err)
+			}
+			run(t, "qemu-img", "compare", "-f", "qcow2", "-F", "qcow2", img, vol.Path)
+			if last.Load() != sourceSize {
+				t.Errorf("last progress %d, want %d", last.Load(), sourceSize)
+			}
+			// 4.5 MiB of data; holes and the zeroed MiB must not travel.
+			if n := lim.n.Load(); n < 4<<20+512<<10 || n > 6<<20 {
+				t.Errorf("limiter saw %d bytes, want about 4.5 MiB", n)
+			}
+		})
+	}
+}
+
+// Shared block storage: the LV is a loop device full of garbage, so the
+// source's holes must be written as zeroes; lvcreate itself is faked.
+func TestUploadRawBlockDevice(t *testing.T) {
+	requireTools(t, "qemu-img", "qemu-nbd", "qemu-io", "losetup")
+	img, src := sourceImage(t)
+	backing := filepath.Join(t.TempDir(), "lv.img")
+	garbage := make([]byte, sourceSize)
+	for i := range garbage {
+		garbage[i] = byte(i*7 + 1)
+	}
+	if err := os.WriteFile(backing, garbage, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	dev := run(t, "losetup", "-f", "--show", backing)
+	t.Cleanup(func() { run(t, "losetup", "-d", dev) })
+
+	vol, err := Plan(storage(ferryv1.PrimaryStorageType_PRIMARY_STORAGE_TYPE_SHAREDBLOCK, "", "", "vg0"), "j1", "vdb", sourceSize)
+	if err != nil {
+		t.Fatal(err)
+	}
+	vol.Path = dev // what /dev/vg0/ferry-j1-vdb would be
+	r := &fakeRunner{}
+	u := NewUploader(UploadDeps{Runner: r, Copier: &QemuImgCopier{}, Log: testLog(t)})
+	if err := u.Upload(context.Background(), src, vol, nil); err != nil {
+		t.Fatal(err)
+	}
+	if want := [][]string{{"lvcreate", "-y", "-L", "50331648b", "-n", "ferry-j1-vdb", "vg0"}}; !reflect.DeepEqual(r.commands(), want) {
+		t.Errorf("commands = %q", r.commands())
+	}
+	run(t, "qemu-img", "compare", "-f", "qcow2", "-F", "raw", img, dev)
+}
+
+// The upstream limit applies to the upload: 4.5 MiB of data at 12 MiB/s
+// take about 0.375 s.
+func TestUploadHonoursLimit(t *testing.T) {
+	requireTools(t, "qemu-img", "qemu-nbd", "qemu-io")
+	img, src := sourceImage(t)
+	vol, err := Plan(storage(ferryv1.PrimaryStorageType_PRIMARY_STORAGE_TYPE_LOCAL, t.TempDir(), "", ""), "j1", "vda", sourceSize)
+	if err != nil {
+		t.Fatal(err)
+	}
+	u := NewUploader(UploadDeps{Runner: ExecRunner{}, Copier: &QemuImgCopier{Limiter: &rateLimiter{rate: 12 << 20}}})
+	start := time.Now()
+	if err := u.Upload(context.Background(), src, vol, nil); err != nil {
+		t.Fatal(err)
+	}
+	if d := time.Since(start); d < 340*time.Millisecond {
+		t.Errorf("upload took %s, want at least 0.34 s at 12 MiB/s", d)
+	}
+	run(t, "qemu-img", "compare", img, vol.Path)
+}
+
+// A cancelled upload stops qemu-img and qemu-nbd and returns the cause.
+func TestUploadCancelled(t *testing.T) {
+	requireTools(t, "qemu-img", "qemu-nbd", "qemu-io")
+	_, src := sourceImage(t)
+	vol, err := Plan(storage(ferryv1.PrimaryStorageType_PRIMARY_STORAGE_TYPE_LOCAL, t.TempDir(), "", ""), "j1", "vda", sourceSize)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	time.AfterFunc(200*time.Millisecond, cancel)
+	u := NewUploader(UploadDeps{Runner: ExecRunner{}, Copier: &QemuImgCopier{Limiter: &rateLimiter{rate: 1 << 20}}})
+	start := time.Now()
+	err = u.Upload(ctx, src, vol, nil)
+	if err == nil || !strings.Contains(err.Error(), "context canceled") {
+		t.Errorf("Upload = %v, want context canceled", err)
+	}
+	if d := time.Since(start); d > 3*time.Second {
+		t.Errorf("cancel took %s", d)
+	}
+}
