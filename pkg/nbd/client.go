@@ -1,0 +1,273 @@
+// Package nbd is a client of the Network Block Device protocol in pure Go.
+//
+// It speaks fixed newstyle negotiation with NBD_OPT_GO, structured replies
+// and block status (base:allocation), and keeps many requests in flight on
+// one connection: callers block in their own goroutine while a single
+// reader goroutine hands each reply to the request it answers, reading
+// data straight into the caller's buffer.
+package nbd
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"sync"
+	"time"
+)
+
+// Options configure a client. The zero value asks for the default export
+// with structured replies and block status.
+type Options struct {
+	// ExportName selects the export; "" is the server's default export.
+	ExportName string
+	// DisableStructuredReplies keeps to simple replies (and so no block
+	// status and no sparse reads).
+	DisableStructuredReplies bool
+	// DisableBlockStatus skips selecting the base:allocation context.
+	DisableBlockStatus bool
+	// MaxInFlight bounds the requests outstanding on the connection; calls
+	// beyond it wait for a slot. 0 means 32.
+	MaxInFlight int
+	// Logger receives debug records of the negotiation; nil discards them.
+	Logger *slog.Logger
+}
+
+// BlockSize holds the server's size constraints. Offsets and lengths of
+// requests must be multiples of Min; reads and writes are split at Max.
+type BlockSize struct {
+	Min       uint32
+	Preferred uint32
+	Max       uint32
+}
+
+// Flags are the export's transmission flags.
+type Flags uint16
+
+// Transmission flags.
+const (
+	FlagHasFlags        Flags = 1 << 0
+	FlagReadOnly        Flags = 1 << 1
+	FlagSendFlush       Flags = 1 << 2
+	FlagSendFUA         Flags = 1 << 3
+	FlagRotational      Flags = 1 << 4
+	FlagSendTrim        Flags = 1 << 5
+	FlagSendWriteZeroes Flags = 1 << 6
+	FlagSendDF          Flags = 1 << 7
+	FlagCanMultiConn    Flags = 1 << 8
+	FlagSendCache       Flags = 1 << 10
+	FlagSendFastZero    Flags = 1 << 11
+)
+
+func (f Flags) ReadOnly() bool       { return f&FlagReadOnly != 0 }
+func (f Flags) CanFlush() bool       { return f&FlagSendFlush != 0 }
+func (f Flags) CanFUA() bool         { return f&FlagSendFUA != 0 }
+func (f Flags) CanTrim() bool        { return f&FlagSendTrim != 0 }
+func (f Flags) CanWriteZeroes() bool { return f&FlagSendWriteZeroes != 0 }
+func (f Flags) CanFastZero() bool    { return f&FlagSendFastZero != 0 }
+func (f Flags) CanMultiConn() bool   { return f&FlagCanMultiConn != 0 }
+
+// Client is a connection to one export. Its methods are safe for
+// concurrent use; concurrent calls are pipelined on the connection.
+type Client struct {
+	conn  net.Conn
+	br    *bufio.Reader
+	log   *slog.Logger
+	neg   negotiated
+	maxIO uint32 // largest read or write request
+
+	slots chan struct{} // one token per request in flight
+	wmu   chan struct{} // the request writer's lock, taken with ctx
+
+	mu      sync.Mutex
+	idle    *sync.Cond // signalled when an abandoned request's buffer is released
+	pending map[uint64]*request
+	cookie  uint64
+	err     error         // why the connection is down, once it is
+	dead    chan struct{} // closed when err is set
+
+	readerDone chan struct{}
+	closeOnce  sync.Once
+}
+
+// Dial connects to an NBD server on network "unix" or "tcp" and negotiates
+// the export named in opts.
+func Dial(ctx context.Context, network, addr string, opts Options) (*Client, error) {
+	switch network {
+	case "unix", "tcp", "tcp4", "tcp6":
+	default:
+		return nil, fmt.Errorf("nbd: dial: network %q is neither unix nor tcp", network)
+	}
+	var d net.Dialer
+	conn, err := d.DialContext(ctx, network, addr)
+	if err != nil {
+		return nil, fmt.Errorf("nbd: dial %s %s: %w", network, addr, err)
+	}
+	c, err := newClientConn(ctx, conn, opts)
+	if err != nil {
+		return nil, fmt.Errorf("nbd %s %s: %w", network, addr, err)
+	}
+	return c, nil
+}
+
+// NewClient negotiates over conn, which can be any stream such as a channel
+// tunnelled through SSH. The client owns conn from then on, also when
+// NewClient fails.
+func NewClient(ctx context.Context, conn net.Conn, opts Options) (*Client, error) {
+	c, err := newClientConn(ctx, conn, opts)
+	if err != nil {
+		return nil, fmt.Errorf("nbd: %w", err)
+	}
+	return c, nil
+}
+
+func newClientConn(ctx context.Context, conn net.Conn, opts Options) (*Client, error) {
+	if opts.Logger == nil {
+		opts.Logger = slog.New(slog.DiscardHandler)
+	}
+	if opts.MaxInFlight <= 0 {
+		opts.MaxInFlight = defaultMaxFlight
+	}
+	if len(opts.ExportName) > 4096 {
+		conn.Close()
+		return nil, fmt.Errorf("export name of %d bytes is longer than 4096", len(opts.ExportName))
+	}
+	br := bufio.NewReaderSize(conn, 64<<10)
+	h := &handshaker{r: br, w: conn, opts: &opts}
+	stop := withDeadline(ctx, conn)
+	neg, err := h.handshake()
+	stop()
+	if err != nil {
+		var oe *OptionError
+		if errors.As(err, &oe) {
+			_ = conn.SetWriteDeadline(time.Now().Add(time.Second))
+			_ = h.sendOption(optAbort, nil) // soft disconnect, as the spec asks
+		}
+		conn.Close()
+		if ctx.Err() != nil {
+			err = fmt.Errorf("%w (%w)", ctx.Err(), err)
+		}
+		return nil, fmt.Errorf("handshake: %w", err)
+	}
+	c := newClient(conn, br, neg, opts)
+	c.log.Debug("nbd connected", "size", neg.info.size, "flags", fmt.Sprintf("%#x", neg.info.flags),
+		"structured", neg.structured, "block_status", neg.haveMeta, "block_size", c.BlockSize())
+	return c, nil
+}
+
+func newClient(conn net.Conn, br *bufio.Reader, neg negotiated, opts Options) *Client {
+	c := &Client{
+		conn:       conn,
+		br:         br,
+		log:        opts.Logger.With("export", opts.ExportName),
+		neg:        neg,
+		slots:      make(chan struct{}, opts.MaxInFlight),
+		wmu:        make(chan struct{}, 1),
+		pending:    make(map[uint64]*request),
+		dead:       make(chan struct{}),
+		readerDone: make(chan struct{}),
+	}
+	c.idle = sync.NewCond(&c.mu)
+	c.maxIO = defaultMaxPayload
+	if bs := c.BlockSize(); bs.Max < c.maxIO {
+		c.maxIO = bs.Max &^ (bs.Min - 1)
+	}
+	go c.readLoop()
+	return c
+}
+
+// Size is the export's size in bytes.
+func (c *Client) Size() int64 { return int64(c.neg.info.size) }
+
+// Flags are the export's transmission flags.
+func (c *Client) Flags() Flags { return Flags(c.neg.info.flags) }
+
+// BlockSize is the server's size constraints, or the protocol's defaults
+// (1, 4096, 32 MiB) when it did not state them.
+func (c *Client) BlockSize() BlockSize {
+	if c.neg.info.haveBlockSize {
+		return c.neg.info.bs
+	}
+	return BlockSize{Min: 1, Preferred: 4096, Max: defaultMaxPayload}
+}
+
+// StructuredReplies reports whether the server agreed to structured replies.
+func (c *Client) StructuredReplies() bool { return c.neg.structured }
+
+// CanBlockStatus reports whether BlockStatus and Extents can be used: the
+// server selected the base:allocation context.
+func (c *Client) CanBlockStatus() bool { return c.neg.haveMeta }
+
+// Close shuts the connection down at once: it tells the server it is going
+// (NBD_CMD_DISC) if it can do so without waiting, fails requests still in
+// flight with ErrClosed and waits for the reader goroutine to end.
+func (c *Client) Close() error {
+	c.closeOnce.Do(func() {
+		select {
+		case c.wmu <- struct{}{}:
+			if c.alive() {
+				_ = c.conn.SetWriteDeadline(time.Now().Add(time.Second))
+				var hdr [requestHeaderLen]byte
+				putRequest(hdr[:], cmdDisc, 0, 0, 0, 0)
+				_, _ = c.conn.Write(hdr[:])
+			}
+			<-c.wmu
+		default:
+		}
+		c.shutdown(ErrClosed)
+	})
+	<-c.readerDone
+	return nil
+}
+
+// Disconnect waits for the requests in flight to finish, or for ctx to end,
+// then closes the client.
+func (c *Client) Disconnect(ctx context.Context) error {
+	var err error
+	for n := 0; n < cap(c.slots); n++ {
+		select {
+		case c.slots <- struct{}{}:
+		case <-c.dead:
+			n = cap(c.slots)
+		case <-ctx.Done():
+			err, n = ctx.Err(), cap(c.slots)
+		}
+	}
+	c.Close()
+	return err
+}
+
+func (c *Client) alive() bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.err == nil
+}
+
+// shutdown marks the connection down with err (the first cause wins) and
+// closes it, which ends the reader; the reader fails the pending requests.
+func (c *Client) shutdown(err error) {
+	c.mu.Lock()
+	if c.err == nil {
+		c.err = err
+		close(c.dead)
+	}
+	c.mu.Unlock()
+	c.conn.Close()
+}
+
+// connErr is the error that requests get once the connection is down.
+func (c *Client) connErr() error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.err
+}
+
+func connFailed(cause error) error {
+	if errors.Is(cause, io.EOF) {
+		cause = fmt.Errorf("server closed the connection: %w", cause)
+	}
+	return fmt.Errorf("%w: %w", ErrConnection, cause)
+}
