@@ -19,6 +19,12 @@ type Source interface {
 	Convert(ctx context.Context, job *Job) error
 }
 
+// Lister is what a source driver may also do: list the VMs of a source,
+// for the coordinator's ListSourceVMs.
+type Lister interface {
+	ListVMs(ctx context.Context, req *agentv1.InventoryRequest) ([]*ferryv1.SourceVm, error)
+}
+
 // Target is the target driver: it moves the cached disks to primary
 // storage (UPLOADING) and defines the target VM (CONFIGURING). Configure
 // returns warnings the operator should see on a job that succeeded.

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	agentv1 "github.com/ferry-v2v/ferry/pkg/pb/ferry/agent/v1"
+	ferryv1 "github.com/ferry-v2v/ferry/pkg/pb/ferry/v1"
 )
 
 // Defaults of Config.
@@ -248,4 +249,14 @@ func (r *Runner) Held() []*agentv1.HeldJob {
 		out = append(out, &agentv1.HeldJob{Job: e.job.Name(), Epoch: e.job.Epoch(), Phase: e.job.Progress.Phase()})
 	}
 	return out
+}
+
+// ListVMs lists a source's VMs through the source driver of its platform.
+func (r *Runner) ListVMs(ctx context.Context, req *agentv1.InventoryRequest) ([]*ferryv1.SourceVm, error) {
+	platform := req.GetSource().GetType()
+	l, ok := r.drivers.Sources[platform].(Lister)
+	if !ok {
+		return nil, &NoDriverError{What: platformName(platform) + " source"}
+	}
+	return l.ListVMs(ctx, req)
 }

@@ -24,6 +24,7 @@ type fakeCoordinator struct {
 	leader     string // address of the leader, when this one follows
 	graceMs    int64
 	assign     *agentv1.Assignment
+	inventory  *agentv1.InventoryRequest
 	hellos     chan *agentv1.Hello
 	messages   chan *agentv1.ConnectRequest
 	addr       string
@@ -67,6 +68,11 @@ func (fc *fakeCoordinator) Connect(stream agentv1.AgentService_ConnectServer) er
 	}
 	if fc.assign != nil {
 		if err := stream.Send(&agentv1.ConnectResponse{Kind: &agentv1.ConnectResponse_Assignment{Assignment: fc.assign}}); err != nil {
+			return err
+		}
+	}
+	if fc.inventory != nil {
+		if err := stream.Send(&agentv1.ConnectResponse{Kind: &agentv1.ConnectResponse_InventoryRequest{InventoryRequest: fc.inventory}}); err != nil {
 			return err
 		}
 	}
@@ -124,6 +130,10 @@ func (r *fakeRunner) StopAll(reason string) int {
 	defer r.mu.Unlock()
 	r.stops = append(r.stops, reason)
 	return len(r.held)
+}
+
+func (r *fakeRunner) ListVMs(_ context.Context, req *agentv1.InventoryRequest) ([]*ferryv1.SourceVm, error) {
+	return []*ferryv1.SourceVm{{Id: req.GetSource().GetName() + "/vm1"}}, nil
 }
 
 func (r *fakeRunner) Held() []*agentv1.HeldJob {
@@ -197,6 +207,22 @@ func TestFollowsLeaderAndReconnectsWithHeldJobs(t *testing.T) {
 	if len(r.stops) != 0 {
 		t.Fatalf("jobs stopped within the grace period: %v", r.stops)
 	}
+}
+
+func TestAnswersInventoryRequests(t *testing.T) {
+	leader := startCoordinator(t, nil, &fakeCoordinator{graceMs: 60000,
+		inventory: &agentv1.InventoryRequest{RequestId: "r1", Source: &ferryv1.Source{Name: "sources/s"}}})
+	runClient(t, leader.addr)
+	nextHello(t, leader)
+	waitUntil(t, "inventory answer", func() bool {
+		select {
+		case m := <-leader.messages:
+			r := m.GetInventoryResponse()
+			return r.GetRequestId() == "r1" && len(r.GetVms()) == 1 && r.GetVms()[0].GetId() == "sources/s/vm1"
+		default:
+			return false
+		}
+	})
 }
 
 func TestCutOffPastGraceStopsJobs(t *testing.T) {

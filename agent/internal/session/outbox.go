@@ -13,6 +13,7 @@ type Outbox struct {
 	mu       sync.Mutex
 	progress map[string]*agentv1.JobProgress
 	results  []*agentv1.JobResult
+	other    []*agentv1.ConnectRequest // inventory answers, host keys
 	wake     chan struct{}
 }
 
@@ -38,6 +39,21 @@ func (o *Outbox) Result(r *agentv1.JobResult) {
 	o.notify()
 }
 
+// HostKey reports the SSH host key a KVM source presented when it had
+// none pinned or recorded; source drivers call it.
+func (o *Outbox) HostKey(source, key string) {
+	o.queue(&agentv1.ConnectRequest{Kind: &agentv1.ConnectRequest_HostKeyObserved{HostKeyObserved: &agentv1.HostKeyObserved{
+		Source: source, HostKey: key}}})
+}
+
+// queue adds a message to send after the progress.
+func (o *Outbox) queue(m *agentv1.ConnectRequest) {
+	o.mu.Lock()
+	o.other = append(o.other, m)
+	o.mu.Unlock()
+	o.notify()
+}
+
 func (o *Outbox) notify() {
 	select {
 	case o.wake <- struct{}{}:
@@ -49,32 +65,39 @@ func (o *Outbox) notify() {
 func (o *Outbox) take() []*agentv1.ConnectRequest {
 	o.mu.Lock()
 	defer o.mu.Unlock()
-	out := make([]*agentv1.ConnectRequest, 0, len(o.progress)+len(o.results))
+	out := make([]*agentv1.ConnectRequest, 0, len(o.progress)+len(o.other)+len(o.results))
 	for _, p := range o.progress {
 		out = append(out, &agentv1.ConnectRequest{Kind: &agentv1.ConnectRequest_Progress{Progress: p}})
 	}
+	out = append(out, o.other...)
 	for _, r := range o.results {
 		out = append(out, &agentv1.ConnectRequest{Kind: &agentv1.ConnectRequest_Result{Result: r}})
 	}
 	o.progress = map[string]*agentv1.JobProgress{}
-	o.results = nil
+	o.other, o.results = nil, nil
 	return out
 }
 
-// putBack returns the results of unsent messages to the front of the
-// queue; unsent progress is dropped, fresher progress will follow.
+// putBack returns unsent results and host keys to the front of the queue.
+// Unsent progress is dropped (fresher progress follows), and so are
+// inventory answers (the call that asked is gone with the session).
 func (o *Outbox) putBack(unsent []*agentv1.ConnectRequest) {
 	var rs []*agentv1.JobResult
+	var keys []*agentv1.ConnectRequest
 	for _, m := range unsent {
 		if r := m.GetResult(); r != nil {
 			rs = append(rs, r)
 		}
+		if m.GetHostKeyObserved() != nil {
+			keys = append(keys, m)
+		}
 	}
-	if len(rs) == 0 {
+	if len(rs)+len(keys) == 0 {
 		return
 	}
 	o.mu.Lock()
 	o.results = append(rs, o.results...)
+	o.other = append(keys, o.other...)
 	o.mu.Unlock()
 	o.notify()
 }

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -46,10 +47,12 @@ func (c *Client) session(ctx context.Context, addr string) (welcomed bool, err e
 	// comes from Recv, so the receive loop is left to report it.
 	var lastRecv atomic.Int64
 	lastRecv.Store(time.Now().UnixNano())
+	var lists sync.WaitGroup // inventory listings, which end with the stream
+	defer lists.Wait()
 	g := new(errgroup.Group)
 	g.Go(func() error {
 		defer cancel()
-		return c.recvLoop(addr, stream, &lastRecv)
+		return c.recvLoop(ctx, addr, stream, &lastRecv, &lists)
 	})
 	g.Go(func() error {
 		err := c.sendLoop(ctx, stream, interval, &lastRecv)
@@ -83,8 +86,10 @@ func (c *Client) hello(ctx context.Context, cancel context.CancelFunc, stream ag
 	return w, nil
 }
 
-// recvLoop carries out what the coordinator sends.
-func (c *Client) recvLoop(addr string, stream agentv1.AgentService_ConnectClient, lastRecv *atomic.Int64) error {
+// recvLoop carries out what the coordinator sends. Listing a source's VMs
+// may take a while: it runs beside the loop and answers through the outbox.
+func (c *Client) recvLoop(ctx context.Context, addr string, stream agentv1.AgentService_ConnectClient,
+	lastRecv *atomic.Int64, lists *sync.WaitGroup) error {
 	for {
 		msg, err := stream.Recv()
 		if err != nil {
@@ -103,6 +108,12 @@ func (c *Client) recvLoop(addr string, stream agentv1.AgentService_ConnectClient
 			if !c.runner.Cancel(x.GetJob(), x.GetEpoch(), x.GetReason()) {
 				c.log.Debug("cancellation of a job not running here", "job", x.GetJob(), "epoch", x.GetEpoch())
 			}
+		case *agentv1.ConnectResponse_InventoryRequest:
+			lists.Add(1)
+			go func() {
+				defer lists.Done()
+				c.outbox.queue(c.inventory(ctx, k.InventoryRequest))
+			}()
 		case *agentv1.ConnectResponse_Heartbeat:
 		default:
 			c.log.Warn("unexpected message from coordinator", "kind", fmt.Sprintf("%T", msg.GetKind()))
@@ -143,4 +154,16 @@ func (c *Client) sendLoop(ctx context.Context, stream agentv1.AgentService_Conne
 			}
 		}
 	}
+}
+
+// inventory lists a source's VMs for the coordinator.
+func (c *Client) inventory(ctx context.Context, req *agentv1.InventoryRequest) *agentv1.ConnectRequest {
+	resp := &agentv1.InventoryResponse{RequestId: req.GetRequestId()}
+	vms, err := c.runner.ListVMs(ctx, req)
+	if err != nil {
+		c.log.Info("listing source VMs failed", "source", req.GetSource().GetName(), "err", err)
+		resp.Error = err.Error()
+	}
+	resp.Vms = vms
+	return &agentv1.ConnectRequest{Kind: &agentv1.ConnectRequest_InventoryResponse{InventoryResponse: resp}}
 }
