@@ -2,6 +2,7 @@ package server
 
 import (
 	"context"
+	"strings"
 
 	"golang.org/x/sync/errgroup"
 	"google.golang.org/grpc"
@@ -9,6 +10,7 @@ import (
 	"github.com/ferry-v2v/ferry/coordinator/internal/api"
 	"github.com/ferry-v2v/ferry/coordinator/internal/scheduler"
 	"github.com/ferry-v2v/ferry/coordinator/internal/session"
+	"github.com/ferry-v2v/ferry/pkg/grpcutil"
 	agentv1 "github.com/ferry-v2v/ferry/pkg/pb/ferry/agent/v1"
 	"github.com/ferry-v2v/ferry/pkg/seal"
 )
@@ -23,12 +25,12 @@ type parts struct {
 }
 
 func newParts(s *Server, sealer *seal.Sealer) parts {
-	a := api.New(api.Deps{
-		Proposer: s.node, Membership: s.node, Ledger: s.ledger, Hub: s.hub,
-		Sealer: sealer, Dialer: s.peers.Dial, Logger: s.log,
-	})
 	sessions := session.NewManager(session.Config{NodeID: s.cfg.NodeID}, session.Deps{
 		Proposer: s.node, Ledger: s.ledger, Hub: s.hub, Unsealer: sealer, Logger: s.log,
+	})
+	a := api.New(api.Deps{
+		Proposer: s.node, Membership: s.node, Ledger: s.ledger, Hub: s.hub,
+		Sealer: sealer, Inventory: sessions, Dialer: s.peers.Dial, Logger: s.log,
 	})
 	sched := scheduler.New(scheduler.Config{}, scheduler.Deps{
 		Proposer: s.node, Ledger: s.ledger, Hub: s.hub, Agents: sessions, Logger: s.log,
@@ -36,7 +38,7 @@ func newParts(s *Server, sealer *seal.Sealer) parts {
 	return parts{
 		api: a, sessions: sessions, sched: sched,
 		unary:  []grpc.UnaryServerInterceptor{a.UnaryInterceptor()},
-		stream: []grpc.StreamServerInterceptor{a.StreamInterceptor()},
+		stream: []grpc.StreamServerInterceptor{agentLeaderTrailer(), a.StreamInterceptor()},
 	}
 }
 
@@ -48,4 +50,17 @@ func (p parts) register(s *grpc.Server) {
 func (p parts) run(ctx context.Context, g *errgroup.Group) {
 	g.Go(func() error { return p.sessions.Run(ctx) })
 	g.Go(func() error { return p.sched.Run(ctx) })
+}
+
+// agentLeaderTrailer puts the leader's address in the ferry-leader trailer
+// when a follower refuses an agent session; the API's own interceptor does
+// the same for ferry.v1 calls.
+func agentLeaderTrailer() grpc.StreamServerInterceptor {
+	inner := grpcutil.LeaderTrailerStreamInterceptor()
+	return func(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
+		if !strings.HasPrefix(info.FullMethod, "/ferry.agent.v1.") {
+			return handler(srv, ss)
+		}
+		return inner(srv, ss, info, handler)
+	}
 }
