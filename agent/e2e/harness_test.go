@@ -1,0 +1,202 @@
+package e2e
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/ferry-v2v/ferry/pkg/client"
+	ferryv1 "github.com/ferry-v2v/ferry/pkg/pb/ferry/v1"
+)
+
+var bins struct {
+	once sync.Once
+	dir  string
+	err  error
+}
+
+// binary builds the three commands once per test binary run.
+func binary(t testing.TB, name string) string {
+	t.Helper()
+	bins.once.Do(func() {
+		bins.dir, bins.err = os.MkdirTemp("", "ferry-e2e-bin-")
+		if bins.err != nil {
+			return
+		}
+		cmd := exec.Command("go", "build", "-o", bins.dir,
+			"github.com/ferry-v2v/ferry/coordinator/cmd/ferry-coordinator",
+			"github.com/ferry-v2v/ferry/agent/cmd/ferry-agent",
+			"github.com/ferry-v2v/ferry/coordinator/cmd/ferryctl")
+		out, err := cmd.CombinedOutput()
+		if err != nil {
+			bins.err = fmt.Errorf("go build: %v\n%s", err, out)
+		}
+	})
+	if bins.err != nil {
+		t.Fatal(bins.err)
+	}
+	return filepath.Join(bins.dir, name)
+}
+
+func TestMain(m *testing.M) {
+	code := m.Run()
+	if bins.dir != "" {
+		os.RemoveAll(bins.dir)
+	}
+	os.Exit(code)
+}
+
+// proc is a child process whose output goes to the test log.
+type proc struct {
+	name string
+	cmd  *exec.Cmd
+	done chan struct{}
+}
+
+func start(t testing.TB, name string, args ...string) *proc {
+	t.Helper()
+	cmd := exec.Command(binary(t, name), args...)
+	pr, pw := io.Pipe()
+	cmd.Stdout, cmd.Stderr = pw, pw
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	if err := cmd.Start(); err != nil {
+		t.Fatalf("start %s: %v", name, err)
+	}
+	p := &proc{name: name, cmd: cmd, done: make(chan struct{})}
+	go func() {
+		sc := bufio.NewScanner(pr)
+		sc.Buffer(make([]byte, 64<<10), 1<<20)
+		for sc.Scan() {
+			logLine(t, name+": "+sc.Text())
+		}
+	}()
+	go func() {
+		_ = cmd.Wait()
+		pw.Close()
+		close(p.done)
+	}()
+	t.Cleanup(func() { p.stop(syscall.SIGTERM) })
+	return p
+}
+
+func logLine(t testing.TB, s string) {
+	defer func() { _ = recover() }() // a line after the test ended
+	t.Log(s)
+}
+
+// stop sends sig and waits; a process still running after 10 s is killed.
+func (p *proc) stop(sig syscall.Signal) {
+	select {
+	case <-p.done:
+		return
+	default:
+	}
+	_ = p.cmd.Process.Signal(sig)
+	select {
+	case <-p.done:
+	case <-time.After(10 * time.Second):
+		_ = p.cmd.Process.Kill()
+		<-p.done
+	}
+}
+
+// kill is a crash: SIGKILL, no cleanup by the process.
+func (p *proc) kill() { p.stop(syscall.SIGKILL) }
+
+func freeAddr(t testing.TB) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().String()
+}
+
+// ferry is a one-node coordinator (the embedded default) and its client.
+type ferry struct {
+	t       testing.TB
+	dir     string
+	addr    string
+	tlsDir  string
+	coord   *proc
+	client  *client.Client
+	agents  map[string]*proc
+	agentDi map[string]string
+}
+
+func startFerry(t testing.TB) *ferry {
+	t.Helper()
+	f := &ferry{t: t, dir: t.TempDir(), addr: freeAddr(t), agents: map[string]*proc{}, agentDi: map[string]string{}}
+	f.tlsDir = filepath.Join(f.dir, "coordinator", "tls")
+	f.coord = start(t, "ferry-coordinator", "--data-dir", filepath.Join(f.dir, "coordinator"),
+		"--listen", f.addr, "--raft-listen", freeAddr(t))
+	waitFor(t, 30*time.Second, "the coordinator's PKI", func() bool {
+		_, err := os.Stat(filepath.Join(f.tlsDir, "client.key"))
+		return err == nil
+	})
+	c, err := client.New(context.Background(), client.Options{Addresses: []string{f.addr}, TLSDir: f.tlsDir, Timeout: 30 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	f.client = c
+	waitFor(t, 30*time.Second, "the coordinator to serve", func() bool {
+		_, err := c.Cluster().ListMembers(ctx(t, 2*time.Second), &ferryv1.ListMembersRequest{})
+		return err == nil
+	})
+	return f
+}
+
+// startAgent runs ferry-agent for host name with its cache on cachePath,
+// and waits until the host is connected.
+func (f *ferry) startAgent(host, cachePath string) *proc {
+	f.t.Helper()
+	dataDir, ok := f.agentDi[host]
+	if !ok {
+		dataDir = filepath.Join(f.dir, "agent-"+host)
+		f.agentDi[host] = dataDir
+	}
+	p := start(f.t, "ferry-agent", "--coordinator", f.addr, "--host-name", host, "--data-dir", dataDir,
+		"--cache-path", cachePath, "--tls-dir", f.tlsDir, "--log-level", "debug")
+	f.agents[host] = p
+	waitFor(f.t, 30*time.Second, "host "+host+" connected", func() bool {
+		h, err := f.client.Inventory().GetHost(ctx(f.t, 2*time.Second), &ferryv1.GetHostRequest{Name: "hosts/" + host})
+		return err == nil && h.GetHost().GetConnected()
+	})
+	return p
+}
+
+func ctx(t testing.TB, d time.Duration) context.Context {
+	c, cancel := context.WithTimeout(context.Background(), d)
+	t.Cleanup(cancel)
+	return c
+}
+
+func waitFor(t testing.TB, timeout time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after %v waiting for %s", timeout, what)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// ferryctl runs the CLI against this coordinator and returns its output.
+func (f *ferry) ferryctl(args ...string) (string, error) {
+	cmd := exec.Command(binary(f.t, "ferryctl"), append([]string{"--server", f.addr, "--tls-dir", f.tlsDir}, args...)...)
+	out, err := cmd.CombinedOutput()
+	return strings.TrimSpace(string(out)), err
+}
