@@ -1,0 +1,169 @@
+package kvm
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"sync"
+
+	"golang.org/x/crypto/ssh"
+	"libvirt.org/go/libvirt"
+)
+
+// Conn is a connection to one KVM host: SSH, and libvirt through it.
+type Conn struct {
+	cfg     Config
+	log     *slog.Logger
+	ssh     *ssh.Client
+	fwd     *forwarder
+	virt    *libvirt.Connect
+	hostKey string
+
+	libVersion, qemuVersion Version
+
+	closeOnce sync.Once
+	closeErr  error
+}
+
+// Connect logs in over SSH, checks the host key, forwards a local unix
+// socket to the source's libvirt socket and opens libvirt through it,
+// answering SASL with cfg.SASLUser and cfg.SASLPassword when asked.
+func Connect(ctx context.Context, cfg Config) (*Conn, error) {
+	cfg = cfg.withDefaults()
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	check, err := newHostKeyCheck(cfg)
+	if err != nil {
+		return nil, err
+	}
+	log := cfg.Logger.With("component", "kvm-source", "source", cfg.hostPort())
+	client, err := dialSSH(ctx, cfg, check)
+	if err != nil {
+		return nil, err
+	}
+	c := &Conn{cfg: cfg, log: log, ssh: client, hostKey: check.observedKey()}
+	if cfg.PinnedHostKey == "" && cfg.KnownHostKey == "" {
+		log.Info("trusting the source's SSH host key on first use", "fingerprint", c.fingerprint())
+	}
+	if err := c.openLibvirt(ctx); err != nil {
+		c.Close()
+		return nil, err
+	}
+	return c, nil
+}
+
+// openLibvirt connects libvirt through a forwarded local socket and
+// reads the versions.
+func (c *Conn) openLibvirt(ctx context.Context) error {
+	remote := c.cfg.LibvirtSocket
+	fwd, err := newForwarder(func(ctx context.Context) (net.Conn, error) {
+		return c.ssh.DialContext(ctx, "unix", remote)
+	}, c.log)
+	if err != nil {
+		return err
+	}
+	c.fwd = fwd
+	// libvirt's calls take no context: cancelling ctx ends the SSH
+	// connection underneath them instead.
+	stop := context.AfterFunc(ctx, func() { c.ssh.Close() })
+	defer stop()
+	uri := "qemu+unix:///system?socket=" + fwd.Path()
+	virt, err := libvirt.NewConnectWithAuth(uri, c.saslAuth(), 0)
+	if err != nil {
+		return fmt.Errorf("libvirt on source %s (socket %s over SSH): %w", c.cfg.hostPort(), remote,
+			errors.Join(err, ctx.Err()))
+	}
+	c.virt = virt
+	lib, err := virt.GetLibVersion()
+	if err != nil {
+		return fmt.Errorf("libvirt version of source %s: %w", c.cfg.hostPort(), err)
+	}
+	hv, err := virt.GetVersion()
+	if err != nil {
+		return fmt.Errorf("QEMU version of source %s: %w", c.cfg.hostPort(), err)
+	}
+	c.libVersion, c.qemuVersion = versionOf(lib), versionOf(hv)
+	c.log.Info("connected to libvirt", "libvirt", c.libVersion, "qemu", c.qemuVersion)
+	return ctx.Err()
+}
+
+// saslAuth answers libvirtd's SASL questions. Without a SASL user the
+// answers stay empty and libvirtd refuses with its own message.
+func (c *Conn) saslAuth() *libvirt.ConnectAuth {
+	user, password := c.cfg.SASLUser, c.cfg.SASLPassword
+	return &libvirt.ConnectAuth{
+		CredType: []libvirt.ConnectCredentialType{libvirt.CRED_AUTHNAME, libvirt.CRED_PASSPHRASE},
+		Callback: func(creds []*libvirt.ConnectCredential) {
+			for _, cred := range creds {
+				switch cred.Type {
+				case libvirt.CRED_AUTHNAME:
+					cred.Result, cred.ResultLen = user, len(user)
+				case libvirt.CRED_PASSPHRASE:
+					cred.Result, cred.ResultLen = password.Reveal(), len(password.Reveal())
+				}
+			}
+			c.log.Info("answered libvirt SASL authentication", "user", user)
+		},
+	}
+}
+
+// ObservedHostKey is the SSH host key the source presented, in
+// authorized_keys form. When neither a pinned nor a recorded key was
+// given, the agent reports it so the coordinator records it.
+func (c *Conn) ObservedHostKey() string { return c.hostKey }
+
+func (c *Conn) fingerprint() string {
+	fp, _ := Fingerprint(c.hostKey)
+	return fp
+}
+
+// Versions returns the source's libvirt and QEMU versions.
+func (c *Conn) Versions() (libvirtVersion, qemuVersion Version) {
+	return c.libVersion, c.qemuVersion
+}
+
+// CheckVersions fails with ErrVersion, naming the version found, when the
+// source is too old for a migration (ceph: the job's storage is Ceph).
+func (c *Conn) CheckVersions(ceph bool) error {
+	if err := checkVersions(c.libVersion, c.qemuVersion, ceph); err != nil {
+		return fmt.Errorf("source %s: %w", c.cfg.hostPort(), err)
+	}
+	return nil
+}
+
+// Close ends the libvirt connection, the forwarded socket and the SSH
+// connection. It may be called more than once.
+func (c *Conn) Close() error {
+	c.closeOnce.Do(func() {
+		var errs []error
+		if c.virt != nil {
+			if _, err := c.virt.Close(); err != nil {
+				errs = append(errs, fmt.Errorf("close libvirt: %w", err))
+			}
+		}
+		if c.fwd != nil {
+			errs = append(errs, c.fwd.Close())
+		}
+		if err := c.ssh.Close(); err != nil && !errors.Is(err, net.ErrClosed) {
+			errs = append(errs, fmt.Errorf("close SSH: %w", err))
+		}
+		c.closeErr = errors.Join(errs...)
+	})
+	return c.closeErr
+}
+
+// domain looks a domain up by name; the caller frees it.
+func (c *Conn) domain(name string) (*libvirt.Domain, error) {
+	dom, err := c.virt.LookupDomainByName(name)
+	if err != nil {
+		var lerr libvirt.Error
+		if errors.As(err, &lerr) && lerr.Code == libvirt.ERR_NO_DOMAIN {
+			return nil, fmt.Errorf("%w: %s on source %s", ErrNoVM, name, c.cfg.hostPort())
+		}
+		return nil, fmt.Errorf("look up VM %s: %w", name, err)
+	}
+	return dom, nil
+}
