@@ -1,0 +1,268 @@
+package pipeline
+
+import (
+	"bytes"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"hash/crc32"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+)
+
+// Checkpoint defaults: how often completed chunks are made durable.
+const (
+	DefaultSaveInterval = time.Second
+	DefaultSaveBytes    = 64 << 20
+)
+
+// ErrCheckpoint reports a checkpoint that does not fit the copy.
+var ErrCheckpoint = errors.New("checkpoint")
+
+const (
+	ckptMagic   = "FERRYCKP"
+	ckptVersion = 1
+	ckptHeader  = 8 + 4 + 4 + 8 + 8 + 8 // magic, version, reserved, size, chunk, written
+)
+
+// Checkpoint records which chunks of one disk are safely in its cache
+// image, in a file next to it. A chunk is marked done only after the sink
+// has flushed its write, so a mark never claims data the image does not
+// durably hold.
+//
+// It also records a write frontier: every chunk below it may hold data
+// written by an earlier run, every chunk above it is as the image was
+// created (all zeroes). A copy persists the frontier ahead of its writes,
+// so a killed run leaves no unrecorded write behind it. A restarted copy
+// zeroes chunks below the frontier that are not done before it writes
+// them (a compressed qcow2 cluster cannot be overwritten in place) and
+// zeroes them when the source now holds only zeroes there.
+type Checkpoint struct {
+	path  string
+	size  int64
+	chunk int64
+
+	// SaveInterval and SaveBytes bound the work a killed copy loses: done
+	// marks are flushed and saved once SaveInterval has passed or SaveBytes
+	// of data have been written since the last save, whichever is first.
+	// They default to DefaultSaveInterval and DefaultSaveBytes.
+	SaveInterval time.Duration
+	SaveBytes    int64
+
+	saveMu sync.Mutex // held across a save, so the last file written is the newest state
+
+	mu      sync.Mutex
+	done    []uint64 // durable marks, one bit per chunk
+	written int64    // the frontier, durable once a save returns
+	prior   int64    // the frontier when the current copy began
+	pending []int    // chunks complete but not yet durable
+	dirty   int64    // data bytes behind pending
+}
+
+// LoadCheckpoint reads the checkpoint at path for a disk of size bytes in
+// chunks of chunk bytes, or starts an empty one when there is none. A file
+// that is damaged or was written for another size or chunk size is
+// replaced by a checkpoint that trusts nothing: no chunk done, every chunk
+// possibly written.
+func LoadCheckpoint(path string, size, chunk int64) (*Checkpoint, error) {
+	if size < 0 || chunk <= 0 {
+		return nil, fmt.Errorf("%w: size %d, chunk %d", ErrCheckpoint, size, chunk)
+	}
+	c := &Checkpoint{
+		path: path, size: size, chunk: chunk,
+		SaveInterval: DefaultSaveInterval, SaveBytes: DefaultSaveBytes,
+	}
+	c.done = make([]uint64, (c.Chunks()+63)/64)
+	b, err := os.ReadFile(path)
+	if errors.Is(err, fs.ErrNotExist) {
+		return c, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("load checkpoint: %w", err)
+	}
+	if !c.decode(b) {
+		clear(c.done)
+		c.written = size
+	}
+	return c, nil
+}
+
+// Path returns the checkpoint's file.
+func (c *Checkpoint) Path() string { return c.path }
+
+// Size returns the disk size the checkpoint describes.
+func (c *Checkpoint) Size() int64 { return c.size }
+
+// ChunkSize returns the granularity of the marks.
+func (c *Checkpoint) ChunkSize() int64 { return c.chunk }
+
+// Chunks returns the number of chunks, the last one maybe short.
+func (c *Checkpoint) Chunks() int { return int((c.size + c.chunk - 1) / c.chunk) }
+
+// Done reports whether chunk i is durably in the cache.
+func (c *Checkpoint) Done(i int) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.isDone(i)
+}
+
+// Complete reports whether every chunk is durably in the cache.
+func (c *Checkpoint) Complete() bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for i := range c.Chunks() {
+		if !c.isDone(i) {
+			return false
+		}
+	}
+	return true
+}
+
+func (c *Checkpoint) isDone(i int) bool { return c.done[i/64]&(1<<(i%64)) != 0 }
+
+// begin starts a copy: what earlier runs may have written is fixed, and
+// completions not yet saved by an earlier run are forgotten (their chunks
+// lie below the frontier, so they are rewritten safely).
+func (c *Checkpoint) begin() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.prior = c.written
+	c.pending, c.dirty = nil, 0
+}
+
+// mayBeWritten reports whether a run before the current one may have
+// written chunk i.
+func (c *Checkpoint) mayBeWritten(i int) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return int64(i)*c.chunk < c.prior
+}
+
+// complete records that chunk i, holding n data bytes, has been written;
+// it becomes done at the next save. It reports whether enough has been
+// written since the last save to save now.
+func (c *Checkpoint) complete(i int, n int64) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.pending = append(c.pending, i)
+	c.dirty += n
+	return c.dirty >= c.SaveBytes
+}
+
+// takePending hands over the chunks completed since the last call.
+func (c *Checkpoint) takePending() []int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	p := c.pending
+	c.pending, c.dirty = nil, 0
+	return p
+}
+
+// commit marks chunks done, after the sink flushed them, and saves.
+func (c *Checkpoint) commit(chunks []int) error {
+	c.saveMu.Lock()
+	defer c.saveMu.Unlock()
+	c.mu.Lock()
+	for _, i := range chunks {
+		c.done[i/64] |= 1 << (i % 64)
+	}
+	b := c.encode()
+	c.mu.Unlock()
+	return c.write(b)
+}
+
+// reserve makes sure the durable frontier covers [0, end), moving it to
+// end+ahead (at most the disk size) and saving when it does not.
+func (c *Checkpoint) reserve(end, ahead int64) error {
+	c.saveMu.Lock()
+	defer c.saveMu.Unlock()
+	c.mu.Lock()
+	if end <= c.written {
+		c.mu.Unlock()
+		return nil
+	}
+	c.written = min(c.size, end+ahead)
+	b := c.encode()
+	c.mu.Unlock()
+	return c.write(b)
+}
+
+// write replaces the file with b durably: a temporary file, fsync,
+// rename, fsync of the directory. Called with saveMu held, not mu, so
+// copies keep completing chunks meanwhile.
+func (c *Checkpoint) write(b []byte) error {
+	tmp := c.path + ".tmp"
+	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
+	if err != nil {
+		return fmt.Errorf("save checkpoint: %w", err)
+	}
+	_, err = f.Write(b)
+	if err == nil {
+		err = f.Sync()
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = os.Rename(tmp, c.path)
+	}
+	if err == nil {
+		err = syncDir(filepath.Dir(c.path))
+	}
+	if err != nil {
+		return fmt.Errorf("save checkpoint: %w", err)
+	}
+	return nil
+}
+
+func syncDir(dir string) error {
+	d, err := os.Open(dir)
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	return d.Sync()
+}
+
+// encode lays out magic, version, reserved, size, chunk, written, the
+// done bitmap and a CRC-32 of all that, little endian. Called with mu held.
+func (c *Checkpoint) encode() []byte {
+	var b bytes.Buffer
+	b.WriteString(ckptMagic)
+	le := binary.LittleEndian
+	b.Write(le.AppendUint32(nil, ckptVersion))
+	b.Write(le.AppendUint32(nil, 0))
+	for _, v := range []int64{c.size, c.chunk, c.written} {
+		b.Write(le.AppendUint64(nil, uint64(v)))
+	}
+	for _, w := range c.done {
+		b.Write(le.AppendUint64(nil, w))
+	}
+	b.Write(le.AppendUint32(nil, crc32.ChecksumIEEE(b.Bytes())))
+	return b.Bytes()
+}
+
+// decode loads b into c and reports whether it was a valid checkpoint of
+// the same size and chunk size.
+func (c *Checkpoint) decode(b []byte) bool {
+	le := binary.LittleEndian
+	if len(b) != ckptHeader+8*len(c.done)+4 || string(b[:8]) != ckptMagic {
+		return false
+	}
+	body, sum := b[:len(b)-4], le.Uint32(b[len(b)-4:])
+	if crc32.ChecksumIEEE(body) != sum || le.Uint32(b[8:]) != ckptVersion {
+		return false
+	}
+	size, chunk, written := int64(le.Uint64(b[16:])), int64(le.Uint64(b[24:])), int64(le.Uint64(b[32:]))
+	if size != c.size || chunk != c.chunk || written < 0 || written > size {
+		return false
+	}
+	c.written = written
+	for i := range c.done {
+		c.done[i] = le.Uint64(b[ckptHeader+8*i:])
+	}
+	return true
+}

@@ -1,0 +1,89 @@
+package pipeline
+
+import (
+	"context"
+	"fmt"
+)
+
+// work copies jobs until there are none left.
+func (c *copier) work(ctx context.Context, jobs <-chan job) error {
+	buf := make([]byte, c.chunk)
+	for {
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case j, ok := <-jobs:
+			if !ok {
+				return nil
+			}
+			if err := c.copyChunk(ctx, j, buf); err != nil {
+				return err
+			}
+		}
+	}
+}
+
+// copyChunk zeroes the chunk when an earlier run may have written it,
+// reads its data spans after taking their tokens, writes them rounded out
+// to whole granules, and records the chunk as complete.
+func (c *copier) copyChunk(ctx context.Context, j job, buf []byte) error {
+	if j.zeroFirst {
+		if err := c.dst.WriteZeroes(ctx, j.off, j.end-j.off); err != nil {
+			return fmt.Errorf("copy: zero chunk at %d: %w", j.off, err)
+		}
+	}
+	if j.dataBytes > 0 {
+		if l := c.opts.Limiter; l != nil {
+			if err := l.WaitN(ctx, int(j.dataBytes)); err != nil {
+				return err
+			}
+		}
+		b := buf[:j.end-j.off]
+		if err := c.read(ctx, j, b); err != nil {
+			return err
+		}
+		for _, r := range granules(j.data, j.off, j.end) {
+			if err := c.dst.WriteAt(ctx, b[r.off-j.off:r.end-j.off], r.off); err != nil {
+				return fmt.Errorf("copy: write %d bytes at %d: %w", r.end-r.off, r.off, err)
+			}
+		}
+		c.copied.Add(j.dataBytes)
+	}
+	if cp := c.opts.Checkpoint; cp != nil && cp.complete(j.index, j.dataBytes) {
+		select {
+		case c.kick <- struct{}{}:
+		default:
+		}
+	}
+	return nil
+}
+
+// read fills b, the chunk at j.off, with the data spans and zeroes between
+// them.
+func (c *copier) read(ctx context.Context, j job, b []byte) error {
+	pos := j.off
+	for _, s := range j.data {
+		clear(b[pos-j.off : s.off-j.off])
+		if err := c.src.ReadAt(ctx, b[s.off-j.off:s.end-j.off], s.off); err != nil {
+			return fmt.Errorf("copy: read %d bytes at %d: %w", s.end-s.off, s.off, err)
+		}
+		pos = s.end
+	}
+	clear(b[pos-j.off:])
+	return nil
+}
+
+// granules rounds data spans out to Align within [lo, hi) and merges
+// those that meet.
+func granules(data []span, lo, hi int64) []span {
+	var out []span
+	for _, s := range data {
+		r := span{max(lo, s.off/Align*Align), min(hi, (s.end+Align-1)/Align*Align)}
+		if n := len(out); n > 0 && out[n-1].end >= r.off {
+			out[n-1].end = max(out[n-1].end, r.end)
+			continue
+		}
+		out = append(out, r)
+	}
+	return out
+}
