@@ -50,6 +50,9 @@ type Backup struct {
 // paused VM (all its disks when disks is empty). On the source host it
 // uses SocketDir/ferry-backup-<uuid>-<id>.sock and one scratch file per
 // disk, ScratchDir/ferry-backup-<uuid>-<id>-<target>.qcow2. Close ends it.
+//
+// qemu creates the socket as user libvirt-qemu, so reading it and removing
+// the files needs an SSH user with those rights: root, as by default.
 func (c *Conn) StartBackup(ctx context.Context, vmName string, disks []string, opts BackupOptions) (*Backup, error) {
 	if err := checkBackupVersions(c.libVersion, c.qemuVersion); err != nil {
 		return nil, fmt.Errorf("source %s: %w", c.cfg.hostPort(), err)
@@ -206,7 +209,8 @@ func (b *Backup) OpenDisk(ctx context.Context, target string) (net.Conn, error) 
 	}
 	conn, err := b.conn.ssh.DialContext(ctx, "unix", b.socket)
 	if err != nil {
-		return nil, fmt.Errorf("open NBD export %s of VM %s over SSH: %w", target, b.vm, err)
+		return nil, fmt.Errorf("open NBD export %s of VM %s over SSH (socket %s; the SSH user must "+
+			"be allowed to connect to it, as root is): %w", target, b.vm, b.socket, err)
 	}
 	return conn, nil
 }
@@ -306,7 +310,9 @@ var uuidPattern = regexp.MustCompile(`^[0-9a-fA-F-]{32,36}$`)
 // CleanupStale ends a backup job that an interrupted Ferry job left on
 // the VM and removes leftover Ferry sockets and scratch files of the VM
 // on the source host. Backups that are not Ferry's are left alone. Run it
-// before StartBackup when a job restarts after an agent crash.
+// before StartBackup when a job restarts after an agent crash; it also
+// ends a Ferry backup that another live job runs on the same VM. A VM
+// that no longer exists gives ErrNoVM (its libvirt jobs are gone too).
 func (c *Conn) CleanupStale(ctx context.Context, vmName string) error {
 	dom, err := c.domain(vmName)
 	if err != nil {

@@ -7,10 +7,15 @@ import (
 	"log/slog"
 	"net"
 	"sync"
+	"time"
 
 	"golang.org/x/crypto/ssh"
 	"libvirt.org/go/libvirt"
 )
+
+// keepaliveInterval is how often the SSH connection is probed (a
+// variable for tests).
+var keepaliveInterval = 30 * time.Second
 
 // Conn is a connection to one KVM host: SSH, and libvirt through it.
 type Conn struct {
@@ -22,6 +27,9 @@ type Conn struct {
 	hostKey string
 
 	libVersion, qemuVersion Version
+
+	stopKeepalive context.CancelFunc
+	keepalives    sync.WaitGroup
 
 	closeOnce sync.Once
 	closeErr  error
@@ -40,11 +48,14 @@ func Connect(ctx context.Context, cfg Config) (*Conn, error) {
 		return nil, err
 	}
 	log := cfg.Logger.With("component", "kvm-source", "source", cfg.hostPort())
-	client, err := dialSSH(ctx, cfg, check)
+	client, tcp, err := dialSSH(ctx, cfg, check)
 	if err != nil {
 		return nil, err
 	}
 	c := &Conn{cfg: cfg, log: log, ssh: client, hostKey: check.observedKey()}
+	kctx, cancel := context.WithCancel(context.Background())
+	c.stopKeepalive = cancel
+	c.keepalives.Go(func() { keepalive(kctx, client, tcp, keepaliveInterval) })
 	if cfg.PinnedHostKey == "" && cfg.KnownHostKey == "" {
 		log.Info("trusting the source's SSH host key on first use", "fingerprint", c.fingerprint())
 	}
@@ -147,9 +158,11 @@ func (c *Conn) Close() error {
 		if c.fwd != nil {
 			errs = append(errs, c.fwd.Close())
 		}
+		c.stopKeepalive()
 		if err := c.ssh.Close(); err != nil && !errors.Is(err, net.ErrClosed) {
 			errs = append(errs, fmt.Errorf("close SSH: %w", err))
 		}
+		c.keepalives.Wait()
 		c.closeErr = errors.Join(errs...)
 	})
 	return c.closeErr

@@ -6,10 +6,12 @@ import (
 	"context"
 	"errors"
 	"log/slog"
+	"net"
 	"os"
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -265,5 +267,62 @@ func checkGone(t *testing.T, vm *testenv.TestVM, b *Backup) {
 		if _, err := os.Stat(p); !errors.Is(err, os.ErrNotExist) {
 			t.Errorf("%s is still there (%v)", p, err)
 		}
+	}
+}
+
+// blackholeDialer dials for real but, once dead, drops everything the
+// server sends, as a source that vanished from the network would.
+type blackholeDialer struct {
+	dead atomic.Bool
+}
+
+func (d *blackholeDialer) DialContext(ctx context.Context, network, addr string) (net.Conn, error) {
+	c, err := (&net.Dialer{}).DialContext(ctx, network, addr)
+	if err != nil {
+		return nil, err
+	}
+	return &blackholeConn{Conn: c, dead: &d.dead}, nil
+}
+
+type blackholeConn struct {
+	net.Conn
+	dead *atomic.Bool
+}
+
+func (c *blackholeConn) Read(p []byte) (int, error) {
+	for {
+		n, err := c.Conn.Read(p)
+		if err != nil || !c.dead.Load() {
+			return n, err
+		}
+	}
+}
+
+// TestKeepalive: a source that stops answering ends the connection within
+// a few keepalive intervals instead of hanging its streams.
+func TestKeepalive(t *testing.T) {
+	old := keepaliveInterval
+	keepaliveInterval = 100 * time.Millisecond
+	t.Cleanup(func() { keepaliveInterval = old })
+	testenv.RequireLibvirt(t)
+	sshd := testenv.StartSSHD(t, testenv.SSHDOptions{})
+	dialer := &blackholeDialer{}
+	c := connect(t, Config{Address: sshd.Host, Port: sshd.Port, PrivateKeyPEM: seal.Secret(sshd.ClientKeyPEM),
+		PinnedHostKey: sshd.HostKey, Dialer: dialer, Logger: testLogger(t)})
+	time.Sleep(3 * keepaliveInterval) // healthy: keepalives answered
+	if _, err := c.ListVMs(context.Background()); err != nil {
+		t.Fatalf("ListVMs on a healthy connection: %v", err)
+	}
+	dialer.dead.Store(true)
+	ended := make(chan error, 1)
+	go func() { ended <- c.ssh.Wait() }()
+	select {
+	case err := <-ended:
+		t.Logf("connection ended: %v", err)
+	case <-time.After(5 * time.Second):
+		t.Fatal("the SSH connection to a silent source did not end within 5 s")
+	}
+	if _, err := c.ListVMs(context.Background()); err == nil {
+		t.Error("ListVMs succeeded over a dead connection")
 	}
 }

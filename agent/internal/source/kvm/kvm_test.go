@@ -5,10 +5,12 @@ import (
 	"crypto/rand"
 	"errors"
 	"fmt"
+	"log/slog"
 	"strings"
 	"testing"
 
 	"golang.org/x/crypto/ssh"
+	"libvirt.org/go/libvirt"
 	"libvirt.org/go/libvirtxml"
 
 	"github.com/ferry-v2v/ferry/pkg/seal"
@@ -318,5 +320,15 @@ func TestBackupXML(t *testing.T) {
 func TestShellQuote(t *testing.T) {
 	if got := shellQuote(`/a b/it's`); got != `'/a b/it'\''s'` {
 		t.Errorf("shellQuote = %s", got)
+	}
+}
+
+func TestSASLAuth(t *testing.T) {
+	c := &Conn{cfg: Config{SASLUser: "migrator", SASLPassword: "s3cret"}, log: slog.New(slog.DiscardHandler)}
+	auth := c.saslAuth()
+	creds := []*libvirt.ConnectCredential{{Type: libvirt.CRED_AUTHNAME}, {Type: libvirt.CRED_PASSPHRASE}}
+	auth.Callback(creds)
+	if creds[0].Result != "migrator" || creds[0].ResultLen != 8 || creds[1].Result != "s3cret" || creds[1].ResultLen != 6 {
+		t.Errorf("SASL answers = %+v, %+v", *creds[0], *creds[1])
 	}
 }

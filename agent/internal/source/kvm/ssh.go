@@ -143,17 +143,18 @@ func authMethods(cfg Config) ([]ssh.AuthMethod, error) {
 	return methods, nil
 }
 
-// dialSSH opens the SSH connection through cfg.Dialer. The host key check
-// runs during the handshake; ctx bounds the dial and the handshake.
-func dialSSH(ctx context.Context, cfg Config, check *hostKeyCheck) (*ssh.Client, error) {
+// dialSSH opens the SSH connection through cfg.Dialer and returns it with
+// its TCP connection. The host key check runs during the handshake; ctx
+// bounds the dial and the handshake.
+func dialSSH(ctx context.Context, cfg Config, check *hostKeyCheck) (*ssh.Client, net.Conn, error) {
 	auth, err := authMethods(cfg)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	addr := cfg.hostPort()
 	tcp, err := cfg.Dialer.DialContext(ctx, "tcp", addr)
 	if err != nil {
-		return nil, fmt.Errorf("connect to source %s: %w", addr, err)
+		return nil, nil, fmt.Errorf("connect to source %s: %w", addr, err)
 	}
 	deadline, ok := ctx.Deadline()
 	if !ok {
@@ -171,19 +172,40 @@ func dialSSH(ctx context.Context, cfg Config, check *hostKeyCheck) (*ssh.Client,
 	if err != nil {
 		tcp.Close()
 		if mismatch := check.failure(); mismatch != nil {
-			return nil, mismatch
+			return nil, nil, mismatch
 		}
 		if check.want != nil && strings.Contains(err.Error(), "no common algorithm for host key") {
-			return nil, check.mismatch("no key of type " + check.want.Type())
+			return nil, nil, check.mismatch("no key of type " + check.want.Type())
 		}
-		return nil, fmt.Errorf("SSH login to source %s as %s: %w", addr, cfg.User, errors.Join(err, ctx.Err()))
+		return nil, nil, fmt.Errorf("SSH login to source %s as %s: %w", addr, cfg.User, errors.Join(err, ctx.Err()))
 	}
 	if !stop() {
 		sc.Close()
-		return nil, fmt.Errorf("SSH login to source %s: %w", addr, ctx.Err())
+		return nil, nil, fmt.Errorf("SSH login to source %s: %w", addr, ctx.Err())
 	}
 	_ = tcp.SetDeadline(time.Time{})
-	return ssh.NewClient(sc, chans, reqs), nil
+	return ssh.NewClient(sc, chans, reqs), tcp, nil
+}
+
+// keepalive asks the server for a reply every interval and lets the TCP
+// connection read for at most three intervals past the last reply, so a
+// source that vanished (no FIN, no RST) ends the connection and every
+// forwarded stream instead of hanging them. It returns when ctx ends or
+// the connection fails.
+func keepalive(ctx context.Context, client *ssh.Client, tcp net.Conn, interval time.Duration) {
+	ticker := time.NewTicker(interval)
+	defer ticker.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-ticker.C:
+		}
+		if _, _, err := client.SendRequest("keepalive@openssh.com", true, nil); err != nil {
+			return
+		}
+		_ = tcp.SetReadDeadline(time.Now().Add(3 * interval))
+	}
 }
 
 // runRemote runs a shell command on the source host and returns its
