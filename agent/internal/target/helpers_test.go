@@ -7,36 +7,21 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/ferry-v2v/ferry/pkg/testenv"
 )
 
-// unavailable skips a test whose real component is missing, or fails it
-// when CI is true.
-func unavailable(t testing.TB, format string, args ...any) {
-	t.Helper()
-	msg := fmt.Sprintf(format, args...)
-	if ci, _ := strconv.ParseBool(os.Getenv("CI")); ci {
-		t.Fatal(msg)
-	}
-	t.Skip(msg)
-}
-
-const installHint = "run scripts/deps.sh (Debian: apt-get install qemu-utils qemu-system-x86 libvirt-daemon-system)"
-
-// requireTools stops the test unless it runs as root with the programs.
+// requireTools stops the test unless it runs as root with the programs:
+// skipped on a developer's machine, failed in CI.
 func requireTools(t testing.TB, names ...string) {
 	t.Helper()
-	if os.Geteuid() != 0 {
-		unavailable(t, "this test needs root (qemu-nbd on block devices, libvirtd)")
-	}
+	testenv.RequireRoot(t)
 	for _, n := range names {
-		if _, err := exec.LookPath(n); err != nil {
-			unavailable(t, "%s not found; %s", n, installHint)
-		}
+		testenv.LookPath(t, n)
 	}
 }
 
