@@ -17,90 +17,9 @@ func TestBackup(t *testing.T) {
 	c := connect(t, e.keyConfig(t))
 	ctx := context.Background()
 
-	t.Run("running", func(t *testing.T) {
-		b, err := c.StartBackup(ctx, e.vm.Name, nil, BackupOptions{})
-		if err != nil {
-			t.Fatalf("StartBackup: %v", err)
-		}
-		if got := strings.Join(b.Targets(), ","); got != "vda,vdb" {
-			t.Errorf("targets = %s; want vda,vdb", got)
-		}
-		if job := e.vm.JobType(t); job != "Unbounded" {
-			t.Errorf("job type during the backup = %q; want Unbounded", job)
-		}
-		for _, p := range append(b.ScratchFiles(), b.Socket()) {
-			if !strings.HasPrefix(filepath.Base(p), BackupPrefix+e.vm.UUID+"-") {
-				t.Errorf("backup file %s is not named after the VM", p)
-			}
-			if _, err := os.Stat(p); err != nil {
-				t.Errorf("backup file: %v", err)
-			}
-		}
-		for _, d := range e.vm.Disks {
-			raw, read := readExport(t, b, d.Target)
-			compareDisk(t, raw, d)
-			want := written(d.Extents) + int64(len(d.Random))
-			if read != want {
-				t.Errorf("%s: read %d bytes of data extents; want exactly the %d written", d.Target, read, want)
-			}
-		}
-		if s := e.vm.State(t); s != "running" {
-			t.Errorf("VM state during the backup = %q; want running", s)
-		}
-		if err := b.Close(ctx); err != nil {
-			t.Fatalf("Close: %v", err)
-		}
-		checkGone(t, e.vm, b)
-		if err := b.Close(ctx); err != nil {
-			t.Errorf("second Close: %v", err)
-		}
-		if s := e.vm.State(t); s != "running" {
-			t.Errorf("VM state after the backup = %q; want running", s)
-		}
-	})
-
-	t.Run("pause", func(t *testing.T) {
-		b, err := c.StartBackup(ctx, e.vm.Name, []string{"vdb"}, BackupOptions{Pause: true})
-		if err != nil {
-			t.Fatalf("StartBackup: %v", err)
-		}
-		if s := e.vm.State(t); s != "paused" {
-			t.Errorf("VM state during a paused backup = %q; want paused", s)
-		}
-		if _, err := b.OpenDisk(ctx, "vda"); err == nil {
-			t.Error("OpenDisk(vda) of a vdb-only backup succeeded")
-		}
-		raw, _ := readExport(t, b, "vdb")
-		compareDisk(t, raw, e.vm.Disks[1])
-		if err := b.Close(ctx); err != nil {
-			t.Fatalf("Close: %v", err)
-		}
-		checkGone(t, e.vm, b)
-		if s := e.vm.State(t); s != "paused" {
-			t.Errorf("VM state after a paused backup = %q; want paused (left for the operator)", s)
-		}
-		e.vm.Resume(t)
-	})
-
-	t.Run("cancelled", func(t *testing.T) {
-		b, err := c.StartBackup(ctx, e.vm.Name, nil, BackupOptions{})
-		if err != nil {
-			t.Fatalf("StartBackup: %v", err)
-		}
-		cancelled, cancel := context.WithCancel(ctx)
-		cancel()
-		if _, err := b.OpenDisk(cancelled, "vda"); err == nil {
-			t.Error("OpenDisk with a cancelled context succeeded")
-		}
-		if err := b.Close(cancelled); err != nil {
-			t.Fatalf("Close with a cancelled context: %v", err)
-		}
-		checkGone(t, e.vm, b)
-		if _, err := b.OpenDisk(ctx, "vda"); err == nil {
-			t.Error("OpenDisk after Close succeeded")
-		}
-	})
-
+	t.Run("running", func(t *testing.T) { testBackupRunning(t, e, c) })
+	t.Run("pause", func(t *testing.T) { testBackupPause(t, e, c) })
+	t.Run("cancelled", func(t *testing.T) { testBackupCancelled(t, e, c) })
 	t.Run("bad disk", func(t *testing.T) {
 		if _, err := c.StartBackup(ctx, e.vm.Name, []string{"vdz"}, BackupOptions{}); err == nil ||
 			!strings.Contains(err.Error(), `no disk "vdz"`) {
@@ -108,6 +27,97 @@ func TestBackup(t *testing.T) {
 		}
 		checkNoJob(t, e.vm)
 	})
+}
+
+// testBackupRunning copies both disks of the running VM, which keeps
+// running, reading only data extents.
+func testBackupRunning(t *testing.T, e *env, c *Conn) {
+	ctx := context.Background()
+	b, err := c.StartBackup(ctx, e.vm.Name, nil, BackupOptions{})
+	if err != nil {
+		t.Fatalf("StartBackup: %v", err)
+	}
+	if got := strings.Join(b.Targets(), ","); got != "vda,vdb" {
+		t.Errorf("targets = %s; want vda,vdb", got)
+	}
+	if job := e.vm.JobType(t); job != "Unbounded" {
+		t.Errorf("job type during the backup = %q; want Unbounded", job)
+	}
+	for _, p := range append(b.ScratchFiles(), b.Socket()) {
+		if !strings.HasPrefix(filepath.Base(p), BackupPrefix+e.vm.UUID+"-") {
+			t.Errorf("backup file %s is not named after the VM", p)
+		}
+		if _, err := os.Stat(p); err != nil {
+			t.Errorf("backup file: %v", err)
+		}
+	}
+	for _, d := range e.vm.Disks {
+		raw, read := readExport(t, b, d.Target)
+		compareDisk(t, raw, d)
+		want := written(d.Extents) + int64(len(d.Random))
+		if read != want {
+			t.Errorf("%s: read %d bytes of data extents; want exactly the %d written", d.Target, read, want)
+		}
+	}
+	if s := e.vm.State(t); s != "running" {
+		t.Errorf("VM state during the backup = %q; want running", s)
+	}
+	if err := b.Close(ctx); err != nil {
+		t.Fatalf("Close: %v", err)
+	}
+	checkGone(t, e.vm, b)
+	if err := b.Close(ctx); err != nil {
+		t.Errorf("second Close: %v", err)
+	}
+	if s := e.vm.State(t); s != "running" {
+		t.Errorf("VM state after the backup = %q; want running", s)
+	}
+}
+
+// testBackupPause pauses the VM first and leaves it paused.
+func testBackupPause(t *testing.T, e *env, c *Conn) {
+	ctx := context.Background()
+	b, err := c.StartBackup(ctx, e.vm.Name, []string{"vdb"}, BackupOptions{Pause: true})
+	if err != nil {
+		t.Fatalf("StartBackup: %v", err)
+	}
+	if s := e.vm.State(t); s != "paused" {
+		t.Errorf("VM state during a paused backup = %q; want paused", s)
+	}
+	if _, err := b.OpenDisk(ctx, "vda"); err == nil {
+		t.Error("OpenDisk(vda) of a vdb-only backup succeeded")
+	}
+	raw, _ := readExport(t, b, "vdb")
+	compareDisk(t, raw, e.vm.Disks[1])
+	if err := b.Close(ctx); err != nil {
+		t.Fatalf("Close: %v", err)
+	}
+	checkGone(t, e.vm, b)
+	if s := e.vm.State(t); s != "paused" {
+		t.Errorf("VM state after a paused backup = %q; want paused (left for the operator)", s)
+	}
+	e.vm.Resume(t)
+}
+
+// testBackupCancelled closes a backup with a cancelled context.
+func testBackupCancelled(t *testing.T, e *env, c *Conn) {
+	ctx := context.Background()
+	b, err := c.StartBackup(ctx, e.vm.Name, nil, BackupOptions{})
+	if err != nil {
+		t.Fatalf("StartBackup: %v", err)
+	}
+	cancelled, cancel := context.WithCancel(ctx)
+	cancel()
+	if _, err := b.OpenDisk(cancelled, "vda"); err == nil {
+		t.Error("OpenDisk with a cancelled context succeeded")
+	}
+	if err := b.Close(cancelled); err != nil {
+		t.Fatalf("Close with a cancelled context: %v", err)
+	}
+	checkGone(t, e.vm, b)
+	if _, err := b.OpenDisk(ctx, "vda"); err == nil {
+		t.Error("OpenDisk after Close succeeded")
+	}
 }
 
 // TestCleanupStale: an agent that dies mid-backup leaves the job and its
