@@ -29,12 +29,11 @@ func (e Endpoint) URI() string {
 
 // CopyOptions tune one copy.
 type CopyOptions struct {
-	// Size is the source's virtual size in bytes.
-	Size int64
 	// DstZeroed says the destination reads as zeros already, so the
 	// source's holes and zero extents need not be written.
 	DstZeroed bool
-	// Progress, when set, is called with the bytes done out of the total.
+	// Progress, when set, is called with the data bytes done out of the
+	// data bytes to copy.
 	Progress func(done, total int64)
 }
 
@@ -46,8 +45,10 @@ type Copier interface {
 	Copy(ctx context.Context, src, dst Endpoint, opts CopyOptions) error
 }
 
-// UploadDeps are an Uploader's collaborators. QemuNBD defaults to
-// "qemu-nbd" on PATH, TempDir to os.TempDir(), Log to discarding.
+// UploadDeps are an Uploader's collaborators. Runner defaults to
+// ExecRunner, Copier to an NBDCopier without limit (pass one with the
+// migration server's upstream Limiter), QemuNBD to "qemu-nbd" on PATH,
+// TempDir to os.TempDir(), Log to discarding.
 type UploadDeps struct {
 	Runner  Runner
 	Copier  Copier
@@ -68,6 +69,12 @@ type Uploader struct {
 // NewUploader returns an Uploader.
 func NewUploader(d UploadDeps) *Uploader {
 	u := &Uploader{runner: d.Runner, copier: d.Copier, qemuNBD: d.QemuNBD, tempDir: d.TempDir, log: d.Log}
+	if u.runner == nil {
+		u.runner = ExecRunner{Log: d.Log}
+	}
+	if u.copier == nil {
+		u.copier = &NBDCopier{Log: d.Log}
+	}
 	if u.qemuNBD == "" {
 		u.qemuNBD = "qemu-nbd"
 	}
@@ -96,7 +103,7 @@ func (u *Uploader) Upload(ctx context.Context, src Endpoint, vol Volume, progres
 		return fmt.Errorf("upload %s: %w", vol.Path, err)
 	}
 	start := time.Now()
-	err = u.copier.Copy(ctx, src, srv.endpoint, CopyOptions{Size: vol.Size, DstZeroed: vol.ZeroInitialized(), Progress: progress})
+	err = u.copier.Copy(ctx, src, srv.endpoint, CopyOptions{DstZeroed: vol.ZeroInitialized(), Progress: progress})
 	if cerr := srv.close(); err == nil && cerr != nil {
 		err = cerr
 	}
@@ -106,6 +113,9 @@ func (u *Uploader) Upload(ctx context.Context, src Endpoint, vol Volume, progres
 	u.log.InfoContext(ctx, "uploaded", "volume", vol.Path, "seconds", time.Since(start).Seconds())
 	return nil
 }
+
+// stopTimeout is how long qemu-nbd gets to flush and exit after SIGTERM.
+const stopTimeout = 30 * time.Second
 
 // nbdServer is a qemu-nbd serving one volume.
 type nbdServer struct {
@@ -121,7 +131,9 @@ func (u *Uploader) serve(ctx context.Context, vol Volume, socket string) (*nbdSe
 	argv := vol.ServeArgs(socket)
 	cmd := exec.CommandContext(ctx, u.qemuNBD, argv[1:]...)
 	cmd.Cancel = func() error { return cmd.Process.Signal(syscall.SIGTERM) }
-	cmd.WaitDelay = 10 * time.Second
+	cmd.WaitDelay = stopTimeout
+	// qemu-nbd must not outlive an agent that dies.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGTERM}
 	s := &nbdServer{endpoint: Endpoint{Socket: socket}, cmd: cmd, stderr: &strings.Builder{}, exited: make(chan struct{})}
 	cmd.Stdout, cmd.Stderr = s.stderr, s.stderr
 	if err := cmd.Start(); err != nil {
@@ -161,13 +173,18 @@ func (s *nbdServer) ready(ctx context.Context, timeout time.Duration) error {
 }
 
 // close stops qemu-nbd with SIGTERM, which makes it flush and close the
-// image, and waits for it to exit.
+// image, and waits for it to exit (SIGKILL after stopTimeout).
 func (s *nbdServer) close() error {
 	select {
 	case <-s.exited:
 	default:
 		_ = s.cmd.Process.Signal(syscall.SIGTERM)
-		<-s.exited
+		select {
+		case <-s.exited:
+		case <-time.After(stopTimeout):
+			_ = s.cmd.Process.Kill()
+			<-s.exited
+		}
 	}
 	if s.waitErr != nil {
 		return fmt.Errorf("qemu-nbd: %w: %s", s.waitErr, strings.TrimSpace(s.stderr.String()))

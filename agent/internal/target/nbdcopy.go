@@ -1,0 +1,129 @@
+package target
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+
+	"github.com/ferry-v2v/ferry/agent/internal/pipeline"
+	"github.com/ferry-v2v/ferry/pkg/nbd"
+	"github.com/ferry-v2v/ferry/pkg/ratelimit"
+)
+
+// zeroWindow is how much block status the hole-zeroing walk asks at once.
+const zeroWindow = 1 << 30
+
+// NBDCopier copies with the pipeline over two NBD connections: the
+// source's data extents only, many chunks in flight, every byte under the
+// upstream Limiter. When the destination is not zeroed already, the
+// source's zero extents and the destination's tail past the source's size
+// are written as NBD write-zeroes, which carry no payload.
+type NBDCopier struct {
+	// Limiter may be nil: no limit.
+	Limiter *ratelimit.Limiter
+	// InFlight is the pipeline's chunks in flight (0: its default).
+	InFlight int
+	Log      *slog.Logger
+}
+
+// Copy implements Copier.
+func (c *NBDCopier) Copy(ctx context.Context, src, dst Endpoint, opts CopyOptions) error {
+	log := c.Log
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	sc, err := nbd.Dial(ctx, "unix", src.Socket, nbd.Options{ExportName: src.Export, Logger: log})
+	if err != nil {
+		return fmt.Errorf("connect to source %s: %w", src.URI(), err)
+	}
+	defer sc.Close()
+	dc, err := nbd.Dial(ctx, "unix", dst.Socket, nbd.Options{ExportName: dst.Export, DisableBlockStatus: true, Logger: log})
+	if err != nil {
+		return fmt.Errorf("connect to volume %s: %w", dst.URI(), err)
+	}
+	defer dc.Close()
+	if dc.Size() < sc.Size() {
+		return fmt.Errorf("volume of %d bytes is smaller than the source's %d", dc.Size(), sc.Size())
+	}
+	_, err = pipeline.Copy(ctx, nbdSource{sc}, nbdSink{dc}, pipeline.Options{
+		InFlight: c.InFlight, Limiter: c.Limiter, Progress: opts.Progress, Logger: log,
+	})
+	if err != nil {
+		return err
+	}
+	if !opts.DstZeroed {
+		if err := zeroHoles(ctx, sc, dc); err != nil {
+			return err
+		}
+	}
+	if err := dc.Flush(ctx); err != nil {
+		return fmt.Errorf("flush volume: %w", err)
+	}
+	_ = sc.Disconnect(ctx)
+	return dc.Disconnect(ctx)
+}
+
+// zeroHoles writes zeroes where the source reads as zeroes, and over the
+// destination's bytes past the source's end.
+func zeroHoles(ctx context.Context, sc, dc *nbd.Client) error {
+	size := sc.Size()
+	for off := int64(0); off < size; {
+		exts, err := nbdSource{sc}.Extents(ctx, off, min(zeroWindow, size-off))
+		if err != nil {
+			return err
+		}
+		for _, e := range exts {
+			if e.Zero {
+				if err := dc.WriteZeroes(ctx, e.Offset, e.Length, 0); err != nil {
+					return fmt.Errorf("zero %d bytes at %d: %w", e.Length, e.Offset, err)
+				}
+			}
+			off = e.Offset + e.Length
+		}
+	}
+	if tail := dc.Size() - size; tail > 0 {
+		if err := dc.WriteZeroes(ctx, size, tail, 0); err != nil {
+			return fmt.Errorf("zero the volume's tail: %w", err)
+		}
+	}
+	return nil
+}
+
+// nbdSource is an NBD export as the pipeline's Source. Only extents the
+// server says read as zeroes are skipped; without block status the whole
+// range is data.
+type nbdSource struct{ c *nbd.Client }
+
+func (s nbdSource) Size() int64 { return s.c.Size() }
+
+func (s nbdSource) Extents(ctx context.Context, off, length int64) ([]pipeline.Extent, error) {
+	if !s.c.CanBlockStatus() {
+		return []pipeline.Extent{{Offset: off, Length: length}}, nil
+	}
+	exts, err := s.c.BlockStatus(ctx, off, length)
+	if err != nil {
+		return nil, fmt.Errorf("block status at %d: %w", off, err)
+	}
+	out := make([]pipeline.Extent, 0, len(exts))
+	for _, e := range exts {
+		out = append(out, pipeline.Extent{Offset: e.Offset, Length: e.Length, Zero: e.Zero()})
+	}
+	return out, nil
+}
+
+func (s nbdSource) ReadAt(ctx context.Context, p []byte, off int64) error {
+	return s.c.ReadAt(ctx, p, off)
+}
+
+// nbdSink is an NBD export as the pipeline's Sink.
+type nbdSink struct{ c *nbd.Client }
+
+func (s nbdSink) WriteAt(ctx context.Context, p []byte, off int64) error {
+	return s.c.WriteAt(ctx, p, off, false)
+}
+
+func (s nbdSink) WriteZeroes(ctx context.Context, off, length int64) error {
+	return s.c.WriteZeroes(ctx, off, length, 0)
+}
+
+func (s nbdSink) Flush(ctx context.Context) error { return s.c.Flush(ctx) }
