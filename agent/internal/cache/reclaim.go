@@ -1,0 +1,84 @@
+package cache
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+)
+
+// Reclaim removes the job directories under cachePath whose last change
+// (the directory or any file in it) is older than retention, unless keep
+// says the job still needs its cache. A qemu-nbd an earlier agent left
+// serving an image there is stopped first. It returns the job IDs removed
+// and goes on past a directory it cannot remove.
+func Reclaim(cachePath string, retention time.Duration, keep func(jobID string) bool) ([]string, error) {
+	entries, err := os.ReadDir(cachePath)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("cache: reclaim: %w", err)
+	}
+	cutoff := time.Now().Add(-retention)
+	var removed []string
+	var errs []error
+	for _, e := range entries {
+		job := e.Name()
+		if !e.IsDir() || (keep != nil && keep(job)) {
+			continue
+		}
+		dir := filepath.Join(cachePath, job)
+		last, err := lastChange(dir)
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		if last.After(cutoff) {
+			continue
+		}
+		if err := removeJob(dir); err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		removed = append(removed, job)
+	}
+	if err := errors.Join(errs...); err != nil {
+		return removed, fmt.Errorf("cache: reclaim: %w", err)
+	}
+	return removed, nil
+}
+
+// lastChange is the newest modification time of dir and its entries.
+func lastChange(dir string) (time.Time, error) {
+	fi, err := os.Stat(dir)
+	if err != nil {
+		return time.Time{}, err
+	}
+	last := fi.ModTime()
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		return time.Time{}, err
+	}
+	for _, e := range entries {
+		if info, err := e.Info(); err == nil && info.ModTime().After(last) {
+			last = info.ModTime()
+		}
+	}
+	return last, nil
+}
+
+// removeJob stops the servers recorded in dir, then removes it.
+func removeJob(dir string) error {
+	pids, _ := filepath.Glob(filepath.Join(dir, "*.pid"))
+	for _, pidFile := range pids {
+		disk := strings.TrimSuffix(filepath.Base(pidFile), ".pid")
+		// Either format: the image's name up to its extension.
+		if err := stopStale(pidFile, "filename="+optValue(filepath.Join(dir, disk+"."))); err != nil {
+			return err
+		}
+	}
+	return os.RemoveAll(dir)
+}
