@@ -13,6 +13,7 @@ import (
 	"google.golang.org/protobuf/encoding/protojson"
 
 	"github.com/ferry-v2v/ferry/pkg/client"
+	"github.com/ferry-v2v/ferry/pkg/grpcutil"
 	ferryv1 "github.com/ferry-v2v/ferry/pkg/pb/ferry/v1"
 )
 
@@ -88,6 +89,9 @@ func (w *watcher) run(ctx context.Context) error {
 		w.screen = &screen{w: w.a.io.Out}
 		w.redraw()
 	}
+	if w.untilDone && len(w.names) == 0 {
+		return nil // nothing unfinished to wait for
+	}
 	for !(w.untilDone && w.finished()) {
 		err := w.stream(ctx)
 		switch {
@@ -107,14 +111,15 @@ func (w *watcher) run(ctx context.Context) error {
 }
 
 // prepare checks the named jobs exist, or with --until-done and no names
-// picks the jobs unfinished now.
+// picks the jobs unfinished now. Its reads are linearizable, so a job just
+// changed through another node is seen as it is; what it shows is only a
+// start, the stream's initial events decide when a job has ended.
 func (w *watcher) prepare(ctx context.Context) error {
+	ctx = grpcutil.WithLinearizableRead(ctx)
 	for _, n := range w.names {
-		resp, err := w.cl.Jobs().GetMigrationJob(ctx, &ferryv1.GetMigrationJobRequest{Name: n})
-		if err != nil {
+		if _, err := w.cl.Jobs().GetMigrationJob(ctx, &ferryv1.GetMigrationJobRequest{Name: n}); err != nil {
 			return err
 		}
-		w.keep(resp.GetJob())
 	}
 	if len(w.names) > 0 || !w.untilDone {
 		return nil
@@ -128,7 +133,6 @@ func (w *watcher) prepare(ctx context.Context) error {
 		for _, j := range resp.GetJobs() {
 			if !terminal(j) {
 				w.names = append(w.names, j.GetName())
-				w.keep(j)
 			}
 		}
 		if token = resp.GetNextPageToken(); token == "" {

@@ -1,0 +1,277 @@
+package main
+
+import (
+	"encoding/json"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/ferry-v2v/ferry/coordinator/internal/testcluster"
+)
+
+// clusterEnv is what the steps of TestFerryctlOnACluster share.
+type clusterEnv struct {
+	c        *testcluster.Cluster
+	leader   *testcluster.Node
+	follower *testcluster.Node
+	cache    string
+}
+
+// cli is ferryctl pointed at a follower, as an operator who knows one
+// address would run it.
+func (e *clusterEnv) cli(t *testing.T) *cli {
+	return &cli{t: t, server: e.follower.Addr(), tlsDir: e.c.TLSDir, env: map[string]string{"KVM_SASL": "sasl-s3cret"}}
+}
+
+// TestFerryctlOnACluster runs ferryctl's root command in-process against
+// three real coordinators (Raft on raft-boltdb, mutual TLS, loopback) and
+// the real agent with a test-only copier. Every command goes to a
+// follower; ferryctl follows the leader where it must. The steps share the
+// cluster and run in order.
+func TestFerryctlOnACluster(t *testing.T) {
+	if testing.Short() {
+		t.Skip("three-node cluster")
+	}
+	c := testcluster.Start(t, 3)
+	e := &clusterEnv{c: c, leader: c.Leader(10 * time.Second), cache: t.TempDir()}
+	e.follower = c.Followers()[0]
+	startAgent(t, c, e.follower.Addr(), "kvm-1", slowCopier(8, 200*time.Millisecond))
+	e.cli(t).waitHost("kvm-1")
+
+	t.Run("create inventory, source and server through a follower", e.create)
+	t.Run("list them as JSON, YAML and tables", e.list)
+	t.Run("bandwidth, disable and enable", e.serverVerbs)
+	t.Run("settings update by field mask", e.settings)
+	t.Run("errors name the field and exit non-zero", e.errors)
+	t.Run("jobs from a plan file, watched line by line", e.planJobs)
+	t.Run("a job from flags, watched as JSON, cancelled and restarted", e.flagJob)
+	t.Run("an unreachable first address is skipped", e.deadAddress)
+}
+
+func (e *clusterEnv) create(t *testing.T) {
+	x := e.cli(t)
+	if got := path(x.json("cluster", "create", "prod", "--display-name", "Production", "--zone", "dc1"), "cluster", "name"); got != "clusters/prod" {
+		t.Fatalf("cluster name = %v", got)
+	}
+	x.ok("storage", "create", "local-1", "--cluster", "prod", "--type", "local", "--path", "/var/lib/ferry/images")
+	x.ok("network", "create", "lan", "--cluster", "clusters/prod", "--bridge", "br0",
+		"--ip-range", "10.0.0.100-10.0.0.199", "--gateway", "10.0.0.1", "--prefix-length", "24")
+
+	r := x.runIn(strings.NewReader("s3cret\n"), "credential", "create", "kvm-pass", "--password-stdin", "-o", "json")
+	if r.code != 0 || strings.Contains(r.out+r.err, "s3cret") {
+		t.Fatalf("credential create: exit %d, output %q %q (the secret must never be echoed)", r.code, r.out, r.err)
+	}
+	if out := x.ok("credential", "create", "sasl", "--secret-env", "KVM_SASL"); strings.Contains(out, "sasl-s3cret") {
+		t.Fatalf("credential create echoed the secret: %s", out)
+	}
+	x.ok("source", "create", "kvm-src", "--type", "kvm", "--address", "192.0.2.20", "--credential", "kvm-pass",
+		"--sasl-user", "virt", "--sasl-credential", "sasl")
+	ms := x.json("server", "create", "kvm-1", "--host", "kvm-1", "--type", "kvm", "--cache-path", e.cache, "--downstream", "500Mbps")
+	if path(ms, "migration_server", "host") != "hosts/kvm-1" || path(ms, "migration_server", "enabled") != true {
+		t.Fatalf("server create = %v", ms)
+	}
+}
+
+func (e *clusterEnv) list(t *testing.T) {
+	x := e.cli(t)
+	lin := "--linearizable"
+	checks := []struct {
+		args []string
+		path []any
+		want any
+	}{
+		{[]string{"cluster", "list"}, []any{"clusters", 0, "zone"}, "dc1"},
+		{[]string{"cluster", "get", "prod"}, []any{"cluster", "display_name"}, "Production"},
+		{[]string{"storage", "list", "--cluster", "prod"}, []any{"primary_storages", 0, "type"}, "PRIMARY_STORAGE_TYPE_LOCAL"},
+		{[]string{"network", "list"}, []any{"l3_networks", 0, "ip_range_end"}, "10.0.0.199"},
+		{[]string{"network", "get", "lan"}, []any{"l3_network", "prefix_length"}, float64(24)},
+		{[]string{"credential", "list"}, []any{"credentials", 0, "type"}, "CREDENTIAL_TYPE_PASSWORD"},
+		{[]string{"source", "list", "--type", "kvm"}, []any{"sources", 0, "kvm", "sasl_credential"}, "credentials/sasl"},
+		{[]string{"source", "get", "kvm-src"}, []any{"source", "kvm", "address"}, "192.0.2.20"},
+		{[]string{"server", "list"}, []any{"migration_servers", 0, "downstream_bits_per_second"}, "500000000"},
+		{[]string{"server", "get", "kvm-1"}, []any{"migration_server", "cache_path"}, e.cache},
+		{[]string{"host", "list"}, []any{"hosts", 0, "name"}, "hosts/kvm-1"},
+		{[]string{"members", "list"}, []any{"leader_address"}, e.leader.Addr()},
+	}
+	for _, c := range checks {
+		m := x.json(append(c.args, lin)...)
+		if got := path(m, c.path...); got != c.want {
+			t.Errorf("ferryctl %s: %v = %v, want %v\n%v", strings.Join(c.args, " "), c.path, got, c.want, m)
+		}
+	}
+	if n := len(path(x.json("members", "list"), "members").([]any)); n != 3 {
+		t.Errorf("members list shows %d members, want 3", n)
+	}
+	for _, cred := range path(x.json("credential", "list", lin), "credentials").([]any) {
+		if fp, _ := path(cred, "fingerprint").(string); fp == "" || path(cred, "secret") != nil {
+			t.Errorf("credential %v: want a fingerprint and no secret", cred)
+		}
+	}
+	if out := x.ok("server", "list", "-o", "yaml", lin); !strings.Contains(out, "host: hosts/kvm-1\n") || !strings.Contains(out, "downstream_bandwidth: 500Mbps\n") {
+		t.Errorf("server list -o yaml:\n%s", out)
+	}
+	table := x.ok("server", "list", lin)
+	for _, want := range []string{"NAME", "CACHE PATH", "migrationServers/kvm-1", "hosts/kvm-1", "500Mbps", "unlimited"} {
+		if !strings.Contains(table, want) {
+			t.Errorf("server list table lacks %q:\n%s", want, table)
+		}
+	}
+}
+
+func (e *clusterEnv) serverVerbs(t *testing.T) {
+	x := e.cli(t)
+	ms := x.json("server", "bandwidth", "kvm-1", "--upstream", "100Mbps", "--downstream", "1000Mbps")
+	if path(ms, "migration_server", "upstream_bandwidth") != "100Mbps" || path(ms, "migration_server", "downstream_bandwidth") != "1Gbps" {
+		t.Fatalf("bandwidth set = %v", ms)
+	}
+	ms = x.json("server", "bandwidth", "kvm-1", "--clear-upstream")
+	if path(ms, "migration_server", "upstream_bandwidth") != nil || path(ms, "migration_server", "downstream_bandwidth") != "1Gbps" {
+		t.Fatalf("--clear-upstream = %v; want upstream unlimited, downstream kept", ms)
+	}
+	ms = x.json("server", "bandwidth", "kvm-1", "--downstream", "")
+	if path(ms, "migration_server", "downstream_bandwidth") != nil {
+		t.Fatalf(`--downstream "" = %v; want unlimited`, ms)
+	}
+	if ms = x.json("server", "disable", "kvm-1"); path(ms, "migration_server", "enabled") != nil {
+		t.Fatalf("disable = %v", ms)
+	}
+	if ms = x.json("server", "enable", "kvm-1"); path(ms, "migration_server", "enabled") != true {
+		t.Fatalf("enable = %v", ms)
+	}
+}
+
+func (e *clusterEnv) settings(t *testing.T) {
+	x := e.cli(t)
+	s := x.json("settings", "update", "--job-parallelism", "20", "--cache-retention", "72h")
+	if path(s, "settings", "job_parallelism") != float64(20) || path(s, "settings", "cache_retention") != "259200s" {
+		t.Fatalf("settings update = %v", s)
+	}
+	s = x.json("settings", "get", "--linearizable")
+	if path(s, "settings", "job_parallelism") != float64(20) || path(s, "settings", "agent_grace_period") != "300s" {
+		t.Fatalf("settings get = %v; want the update, other fields kept", s)
+	}
+}
+
+func (e *clusterEnv) errors(t *testing.T) {
+	x := e.cli(t)
+	plan := writePlan(t, "nonics", []string{"web-x"}, false)
+	r := x.run("job", "create", "-f", plan)
+	if r.code != exitError || !strings.HasPrefix(r.err, "ferryctl: INVALID_ARGUMENT: jobs[0].target.nics: ") {
+		t.Fatalf("job without a NIC: exit %d, stderr %q", r.code, r.err)
+	}
+	r = x.run("server", "bandwidth", "kvm-1", "--upstream", "5Kbps")
+	if r.code != exitError || !strings.HasPrefix(r.err, "ferryctl: INVALID_ARGUMENT: upstream_bandwidth") {
+		t.Fatalf("bandwidth below 8Kbps: exit %d, stderr %q", r.code, r.err)
+	}
+	r = x.run("server", "get", "nosuch")
+	if r.code != exitError || !strings.HasPrefix(r.err, "ferryctl: NOT_FOUND: ") {
+		t.Fatalf("get of a missing server: exit %d, stderr %q", r.code, r.err)
+	}
+}
+
+func (e *clusterEnv) planJobs(t *testing.T) {
+	x := e.cli(t)
+	plan := writePlan(t, "plan-1", []string{"web-1", "web-2"}, true)
+	first := x.json("job", "create", "-f", plan)
+	again := x.json("job", "create", "-f", plan)
+	var names []string
+	for i := 0; i < 2; i++ {
+		name, _ := path(first, "jobs", i, "name").(string)
+		if name == "" || path(again, "jobs", i, "name") != name {
+			t.Fatalf("create = %v, repeat = %v; want two jobs, the same both times (request_id)", first, again)
+		}
+		names = append(names, name)
+	}
+	r := x.run(append([]string{"job", "watch"}, names...)...)
+	if r.code != 0 {
+		t.Fatalf("job watch: exit %d\n%s\n%s", r.code, r.out, r.err)
+	}
+	t.Logf("job watch printed:\n%s", r.out)
+	for _, want := range []string{"progress", "RUNNING/CONVERTING", "%", "SUCCEEDED", names[0], names[1]} {
+		if !strings.Contains(r.out, want) {
+			t.Errorf("job watch output lacks %q:\n%s", want, r.out)
+		}
+	}
+	if lines := strings.Count(r.out, "\n"); lines < 4 {
+		t.Errorf("job watch printed %d lines, want one per update:\n%s", lines, r.out)
+	}
+	j := x.json("job", "get", names[0], "--linearizable")
+	if path(j, "job", "state") != "MIGRATION_JOB_STATE_SUCCEEDED" || path(j, "job", "assigned_host") != "hosts/kvm-1" {
+		t.Fatalf("job get = %v", j)
+	}
+	if n := len(path(x.json("job", "list", "--state", "succeeded", lin()), "jobs").([]any)); n != 2 {
+		t.Fatalf("job list --state succeeded: %d jobs, want 2", n)
+	}
+	x.ok("job", "delete", names[0])
+	if r := x.run("job", "get", names[0], lin()); r.code != exitError || !strings.Contains(r.err, "NOT_FOUND") {
+		t.Fatalf("get of a deleted job: exit %d, %q", r.code, r.err)
+	}
+}
+
+func (e *clusterEnv) flagJob(t *testing.T) {
+	x := e.cli(t)
+	created := x.json("job", "create", "--source", "kvm-src", "--migration-server", "kvm-1", "--vm", "web-3",
+		"--cluster", "prod", "--storage", "local-1", "--cpus", "2", "--memory", "4GiB",
+		"--disk", "vda=64MiB,name=root", "--nic", "52:54:00:00:00:03=lan,ip=10.0.0.150", "--no-start")
+	name, _ := path(created, "jobs", 0, "name").(string)
+	if name == "" || path(created, "jobs", 0, "target", "nics", 0, "ip") != "10.0.0.150" || path(created, "jobs", 0, "options", "auto_start") != false {
+		t.Fatalf("job create from flags = %v", created)
+	}
+	if r := x.run("job", "restart", name); r.code != exitError || !strings.Contains(r.err, "FAILED_PRECONDITION") {
+		t.Fatalf("restart of an unfinished job: exit %d, %q", r.code, r.err)
+	}
+	if out := x.ok("job", "cancel", name, "--reason", "wrong network"); !strings.Contains(out, "CANCELLED") {
+		t.Fatalf("job cancel: %s", out)
+	}
+	if out := x.ok("job", "restart", name); !strings.Contains(out, "QUEUED") && !strings.Contains(out, "RUNNING") {
+		t.Fatalf("job restart: %s", out)
+	}
+	r := x.run("job", "watch", name, "-o", "json")
+	if r.code != 0 {
+		t.Fatalf("job watch -o json: exit %d\n%s", r.code, r.err)
+	}
+	var last map[string]any
+	for _, line := range strings.Split(strings.TrimSpace(r.out), "\n") {
+		if err := json.Unmarshal([]byte(line), &last); err != nil {
+			t.Fatalf("watch line %q is not JSON: %v", line, err)
+		}
+	}
+	if path(last, "job", "name") != name || path(last, "job", "state") != "MIGRATION_JOB_STATE_SUCCEEDED" {
+		t.Fatalf("last watch event = %v", last)
+	}
+}
+
+func (e *clusterEnv) deadAddress(t *testing.T) {
+	x := e.cli(t)
+	m := x.json("--server", "127.0.0.1:1,"+e.follower.Addr(), "members", "list")
+	if path(m, "leader_address") != e.leader.Addr() {
+		t.Fatalf("members list = %v", m)
+	}
+}
+
+func lin() string { return "--linearizable" }
+
+// writePlan writes a YAML plan of one job per VM; without NICs when nics
+// is false.
+func writePlan(t *testing.T, requestID string, vms []string, nics bool) string {
+	t.Helper()
+	var b strings.Builder
+	b.WriteString("source: sources/kvm-src\nmigration_server: migrationServers/kvm-1\nrequest_id: " + requestID + "\njobs:\n")
+	for i, vm := range vms {
+		b.WriteString("  - source_vm: " + vm + "\n    target:\n      vm_name: " + vm + "\n")
+		b.WriteString("      cluster: clusters/prod\n      primary_storage: primaryStorages/local-1\n")
+		b.WriteString("      cpus: 1\n      memory_bytes: 1073741824\n")
+		b.WriteString("      disks:\n        - {source_disk: vda, display_name: root, size_bytes: 67108864}\n")
+		if nics {
+			b.WriteString("      nics:\n        - {source_mac: \"52:54:00:00:01:0" + string(rune('0'+i)) + "\", l3_network: l3Networks/lan}\n")
+		}
+		b.WriteString("    options: {compression: COMPRESSION_NONE}\n")
+	}
+	p := filepath.Join(t.TempDir(), requestID+".yaml")
+	if err := os.WriteFile(p, []byte(b.String()), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
