@@ -1,0 +1,18 @@
+// Package bench holds the control-plane benchmarks of the coordinator
+// (issue 2, "Benchmarks"). It has no code of its own: every benchmark
+// drives real coordinators, in-process through testcluster or as
+// ferry-coordinator and ferry-agent processes built into a temporary
+// directory, through the public API and AgentService.Connect.
+//
+//	BenchmarkCreateMigrationJobs50  p50/p99 of a 50-VM CreateMigrationJobs on a three-node cluster
+//	BenchmarkLedgerWriteThroughput  committed commands/s with 64 concurrent writers
+//	BenchmarkAgentSessions200       coordinator CPU with 200 agents running 5 jobs each
+//	BenchmarkMemory                 RSS of a coordinator holding 10,000 jobs, and of an idle agent
+//
+// Each is a measurement run: it sets up once, measures a fixed amount of
+// work or time, ignores b.N and reports its figures with ReportMetric
+// (ns/op is overridden with the per-operation mean where there is one).
+// Run them with -benchtime=1x, as `make bench` does:
+//
+//	go test -run '^$' -bench . -benchtime 1x ./coordinator/internal/bench
+package bench
