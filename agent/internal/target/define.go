@@ -8,7 +8,6 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
-	"strings"
 
 	"libvirt.org/go/libvirt"
 	"libvirt.org/go/libvirtxml"
@@ -79,7 +78,7 @@ type Defined struct {
 
 // Rollback removes the domain, its NVRAM and DHCP entries, and the volumes.
 func (d *Defined) Rollback(ctx context.Context) error {
-	return Rollback(ctx, d.conn, d.spec, d.opts)
+	return rollback(ctx, d.conn, d.spec, d.opts)
 }
 
 // Define defines the target VM on the host behind conn: the domain (a
@@ -306,7 +305,10 @@ func undoDefine(conn *libvirt.Connect, spec Spec, opts Options) error {
 // it also cleans up after an agent that crashed; calling it again is
 // harmless. conn may be nil when no domain was ever defined.
 func Rollback(ctx context.Context, conn *libvirt.Connect, spec Spec, opts Options) error {
-	opts = opts.withDefaults()
+	return rollback(ctx, conn, spec, opts.withDefaults())
+}
+
+func rollback(ctx context.Context, conn *libvirt.Connect, spec Spec, opts Options) error {
 	var errs []error
 	if conn != nil {
 		errs = append(errs, undoDefine(conn, spec, opts))
@@ -315,7 +317,7 @@ func Rollback(ctx context.Context, conn *libvirt.Connect, spec Spec, opts Option
 		errs = append(errs, v.Delete(ctx, opts.Runner))
 	}
 	if err := errors.Join(errs...); err != nil {
-		return fmt.Errorf("roll back %s: %w", strings.TrimSpace(spec.VM.GetVmName()), err)
+		return fmt.Errorf("roll back %s: %w", spec.VM.GetVmName(), err)
 	}
 	opts.Log.InfoContext(ctx, "rolled back target", "vm", spec.VM.GetVmName(), "volumes", len(spec.Volumes))
 	return nil

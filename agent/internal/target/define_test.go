@@ -427,3 +427,43 @@ func TestDefineUndoesOnFailure(t *testing.T) {
 		}
 	}
 }
+
+// Windows (virtio-blk, local time) and SATA disks start too; bridge NICs
+// are left to unit tests (a bridge needs a host interface).
+func TestDefineOtherBuses(t *testing.T) {
+	e := newLibvirtEnv(t)
+	tests := []struct {
+		name string
+		os   ferryv1.OsType
+		bus  ferryv1.DiskBus
+		want [][2]string
+	}{
+		{"windows", ferryv1.OsType_OS_TYPE_WINDOWS, 0, [][2]string{{"vda", "virtio"}, {"vdb", "virtio"}}},
+		{"sata", ferryv1.OsType_OS_TYPE_LINUX, ferryv1.DiskBus_DISK_BUS_SATA, [][2]string{{"sda", "sata"}, {"sdb", "sata"}}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			s := e.spec(t)
+			s.VM.OsType, s.VM.DiskBus, s.VM.CdromCount = tt.os, tt.bus, 3
+			e.rollbackAtEnd(t, s)
+			d, err := Define(context.Background(), e.conn, s, e.opts(t))
+			if err != nil {
+				t.Fatal(err)
+			}
+			x, state := e.domain(t, d.Name)
+			if state != libvirt.DOMAIN_RUNNING {
+				t.Errorf("state %d, want running", state)
+			}
+			if got := diskTargets(x, "disk"); !reflect.DeepEqual(got, tt.want) {
+				t.Errorf("disks = %v, want %v", got, tt.want)
+			}
+			if n := len(diskTargets(x, "cdrom")); n != 3 {
+				t.Errorf("%d cdroms, want 3", n)
+			}
+			if err := d.Rollback(context.Background()); err != nil {
+				t.Fatal(err)
+			}
+			checkGone(t, e, s)
+		})
+	}
+}
