@@ -11,6 +11,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/durationpb"
+	"google.golang.org/protobuf/types/known/timestamppb"
 
 	ferryv1 "github.com/ferry-v2v/ferry/pkg/pb/ferry/v1"
 )
@@ -200,5 +201,34 @@ func TestScreenRedrawsInPlace(t *testing.T) {
 	want := "\x1b[2A" + "\r\x1b[2Kc\n" + "\r\x1b[2K\n" + "\x1b[1A"
 	if b.String() != want {
 		t.Errorf("redraw = %q, want %q", b.String(), want)
+	}
+}
+
+func TestJobDetailsTable(t *testing.T) {
+	now = func() time.Time { return time.Date(2024, 6, 1, 10, 5, 0, 0, time.UTC) }
+	defer func() { now = time.Now }()
+	j := &ferryv1.MigrationJob{
+		Name: "migrationJobs/a", Source: "sources/kvm-src", SourceVm: "web-1", MigrationServer: "migrationServers/kvm-1",
+		State: ferryv1.MigrationJobState_MIGRATION_JOB_STATE_FAILED, Reason: "agent lost", Attempt: 2, Epoch: 3,
+		Target: &ferryv1.TargetVm{VmName: "web-1", Cluster: "clusters/prod", Cpus: 2, MemoryBytes: 4 << 30,
+			Nics: []*ferryv1.TargetNic{{SourceMac: "52:54:00:00:00:01", L3Network: "l3Networks/lan", Ip: "10.0.0.5"}}},
+		CreateTime: timestamppb.New(time.Date(2024, 6, 1, 10, 0, 0, 0, time.UTC)),
+		Duration:   durationpb.New(200 * time.Second),
+	}
+	var b bytes.Buffer
+	if err := printDetails(&b, jobDetails(j)); err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{
+		"State:               FAILED\n", "Reason:              agent lost\n", "CPUs / memory:       2 / 4 GiB\n",
+		"NIC 0:               52:54:00:00:00:01 → l3Networks/lan mac=(source) ip=10.0.0.5\n",
+		"Created:             2024-06-01 10:00:00Z (5m ago)\n", "Duration:            3m20s\n",
+	} {
+		if !strings.Contains(b.String(), want) {
+			t.Errorf("job details lack %q:\n%s", want, b.String())
+		}
+	}
+	if strings.Contains(b.String(), "Waiting:") || strings.Contains(b.String(), "Started:") {
+		t.Errorf("empty fields are left out:\n%s", b.String())
 	}
 }

@@ -114,15 +114,14 @@ type field struct {
 	label, value string
 }
 
-// printDetails writes a vertical "Label: value" view of one resource.
+// printDetails writes a vertical "Label: value" view of one resource,
+// leaving out the fields that are empty.
 func printDetails(w io.Writer, fields []field) error {
 	t := &table{tw: tabwriter.NewWriter(w, 0, 0, 1, ' ', 0)}
 	for _, f := range fields {
-		v := f.value
-		if v == "" {
-			v = "-"
+		if f.value != "" {
+			fmt.Fprintf(t.tw, "%s:\t%s\n", f.label, f.value)
 		}
-		fmt.Fprintf(t.tw, "%s:\t%s\n", f.label, v)
 	}
 	return t.flush()
 }
