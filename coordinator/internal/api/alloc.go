@@ -15,10 +15,11 @@ type allocator struct {
 	a     *API
 	nets  map[string]*ferryv1.L3Network
 	taken map[string]map[netip.Addr]string // network → address → holder
+	next  map[string]netip.Addr               // network → where firstFree looks next
 }
 
 func (a *API) newAllocator(nets map[string]*ferryv1.L3Network) *allocator {
-	return &allocator{a: a, nets: nets, taken: map[string]map[netip.Addr]string{}}
+	return &allocator{a: a, nets: nets, taken: map[string]map[netip.Addr]string{}, next: map[string]netip.Addr{}}
 }
 
 // held returns the addresses taken on a network: by jobs in the ledger,
@@ -81,8 +82,13 @@ func (al *allocator) allocate(jobs []*ferryv1.MigrationJob) error {
 func (al *allocator) firstFree(network string) (netip.Addr, bool) {
 	r := rangeOf(al.nets[network])
 	held := al.held(network)
-	for a := r.start; a.IsValid() && !r.end.Less(a); a = a.Next() {
+	start, ok := al.next[network]
+	if !ok {
+		start = r.start
+	}
+	for a := start; a.IsValid() && !r.end.Less(a); a = a.Next() {
 		if _, taken := held[a]; !taken && r.usable(a) {
+			al.next[network] = a.Next()
 			return a, true
 		}
 	}

@@ -50,6 +50,20 @@ func (l *Ledger) Jobs(f JobFilter) []*ferryv1.MigrationJob {
 	return filtered(l.jobs, f.match)
 }
 
+// VisitJobs calls visit with each job f selects, in no order, until visit
+// returns false. It does not copy: visit must neither keep nor change the
+// job, and must not call back into the ledger. It is for hot paths that
+// read a few fields of many jobs (the scheduler); everyone else uses Jobs.
+func (l *Ledger) VisitJobs(f JobFilter, visit func(*ferryv1.MigrationJob) bool) {
+	l.mu.RLock()
+	defer l.mu.RUnlock()
+	for _, j := range l.jobs {
+		if f.match(j) && !visit(j) {
+			return
+		}
+	}
+}
+
 // UsedAddresses returns the addresses unfinished and succeeded jobs hold
 // on an L3 network.
 func (l *Ledger) UsedAddresses(network string) map[string]string {
@@ -82,8 +96,9 @@ func (l *Ledger) CreateMigrationJobs(c *ledgerv1.CreateMigrationJobs, now time.T
 		return names, nil
 	}
 	taken := map[string]string{}
+	used := map[string]map[string]string{} // by network, computed once per command
 	for _, j := range c.GetJobs() {
-		if err := l.checkNewJob(j, taken); err != nil {
+		if err := l.checkNewJob(j, taken, used); err != nil {
 			return nil, err
 		}
 	}
@@ -100,7 +115,7 @@ func (l *Ledger) CreateMigrationJobs(c *ledgerv1.CreateMigrationJobs, now time.T
 	return names, nil
 }
 
-func (l *Ledger) checkNewJob(j *ferryv1.MigrationJob, taken map[string]string) error {
+func (l *Ledger) checkNewJob(j *ferryv1.MigrationJob, taken map[string]string, used map[string]map[string]string) error {
 	if _, ok := l.jobs[j.GetName()]; ok {
 		return fmt.Errorf("%s: %w", j.GetName(), ErrExists)
 	}
@@ -117,7 +132,10 @@ func (l *Ledger) checkNewJob(j *ferryv1.MigrationJob, taken map[string]string) e
 		key := nic.GetL3Network() + "|" + nic.GetIp()
 		owner, dup := taken[key]
 		if !dup {
-			owner, dup = l.usedAddresses(nic.GetL3Network(), "")[nic.GetIp()]
+			if used[nic.GetL3Network()] == nil {
+				used[nic.GetL3Network()] = l.usedAddresses(nic.GetL3Network(), "")
+			}
+			owner, dup = used[nic.GetL3Network()][nic.GetIp()]
 		}
 		if dup {
 			return fmt.Errorf("%w: address %s on %s is already held by job %s", ErrFailedPrecondition, nic.GetIp(), nic.GetL3Network(), owner)

@@ -117,6 +117,10 @@ func New(cfg Config, deps Deps) *Scheduler {
 		log: log.With("component", "scheduler"), clock: clock}
 }
 
+// minEventGap spaces passes that job events trigger, so a burst of
+// creations costs a few passes, not one per job.
+const minEventGap = 100 * time.Millisecond
+
 // Run schedules while this node leads: on a ticker, and whenever a job
 // changes. It returns when ctx ends.
 func (s *Scheduler) Run(ctx context.Context) error {
@@ -128,6 +132,7 @@ func (s *Scheduler) Run(ctx context.Context) error {
 	tick := time.NewTicker(s.cfg.Interval)
 	defer tick.Stop()
 	leader := false
+	var last time.Time
 	for {
 		select {
 		case <-ctx.Done():
@@ -148,10 +153,14 @@ func (s *Scheduler) Run(ctx context.Context) error {
 				continue
 			}
 			drain(events)
+			if time.Since(last) < minEventGap {
+				continue // the ticker's pass comes soon enough
+			}
 		case <-tick.C:
 		}
 		if leader {
 			s.pass(ctx)
+			last = time.Now()
 		}
 	}
 }

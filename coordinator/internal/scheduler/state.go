@@ -30,18 +30,35 @@ func newState(l *ledger.Ledger, agents Agents) *state {
 	if st.limit <= 0 {
 		st.limit = ledger.DefaultJobParallelism
 	}
-	for _, j := range l.Jobs(ledger.JobFilter{State: ferryv1.MigrationJobState_MIGRATION_JOB_STATE_RUNNING}) {
+	l.VisitJobs(ledger.JobFilter{State: ferryv1.MigrationJobState_MIGRATION_JOB_STATE_RUNNING}, func(j *ferryv1.MigrationJob) bool {
 		st.running++
 		st.reserved[j.GetMigrationServer()] += diskTotal(j)
-	}
+		return true
+	})
 	return st
 }
 
 // queued returns the queued jobs, oldest first.
 func (st *state) queued() []*ferryv1.MigrationJob {
-	jobs := st.ledger.Jobs(ledger.JobFilter{State: ferryv1.MigrationJobState_MIGRATION_JOB_STATE_QUEUED})
+	var jobs []*ferryv1.MigrationJob
+	st.ledger.VisitJobs(ledger.JobFilter{State: ferryv1.MigrationJobState_MIGRATION_JOB_STATE_QUEUED}, func(j *ferryv1.MigrationJob) bool {
+		jobs = append(jobs, summary(j))
+		return true
+	})
 	slices.SortStableFunc(jobs, bySubmission)
 	return jobs
+}
+
+// summary copies the fields a pass reads of a queued job, without the
+// deep copy Jobs makes: a pass may look at thousands of queued jobs. The
+// disks are shared with the ledger, whose values are never changed in
+// place, and only read here.
+func summary(j *ferryv1.MigrationJob) *ferryv1.MigrationJob {
+	return &ferryv1.MigrationJob{
+		Name: j.GetName(), MigrationServer: j.GetMigrationServer(), Epoch: j.GetEpoch(),
+		WaitingReason: j.GetWaitingReason(), CreateTime: j.GetCreateTime(),
+		Target: &ferryv1.TargetVm{Disks: j.GetTarget().GetDisks()},
+	}
 }
 
 func (st *state) server(name string) (*ferryv1.MigrationServer, bool) {
