@@ -12,7 +12,7 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 packages=(
 	# runtime and test environment
 	libvirt-daemon-system libvirt-clients qemu-system-x86 qemu-utils
-	openssh-server nbdkit libnbd-bin ca-certificates
+	openssh-server nbdkit libnbd-bin ovmf ca-certificates dbus
 	# building: cgo against libvirt, make itself
 	libvirt-dev gcc libc6-dev pkg-config make git
 )
