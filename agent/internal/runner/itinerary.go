@@ -11,6 +11,7 @@ import (
 
 	agentv1 "github.com/ferry-v2v/ferry/pkg/pb/ferry/agent/v1"
 	ferryv1 "github.com/ferry-v2v/ferry/pkg/pb/ferry/v1"
+	"github.com/ferry-v2v/ferry/pkg/ratelimit"
 )
 
 // Source is a source driver: it copies a job's source disks into the
@@ -31,6 +32,14 @@ type Lister interface {
 type Target interface {
 	Upload(ctx context.Context, job *Job) error
 	Configure(ctx context.Context, job *Job) (warnings []string, err error)
+}
+
+// Rollbacker is what a target driver may also do: undo what a job made
+// on the target (domain, volumes, DHCP entries) after it failed or was
+// cancelled in any phase. It must be idempotent and work from the
+// assignment alone. The cache is kept, so a restart reuses it.
+type Rollbacker interface {
+	Rollback(ctx context.Context, job *Job) error
 }
 
 // Drivers is the registry of drivers in this build: source drivers by the
@@ -60,6 +69,9 @@ type Job struct {
 	Progress *Progress
 	// Log carries the job's name and epoch.
 	Log *slog.Logger
+	// Downstream limits source → cache bytes and Upstream cache → target
+	// bytes; both are shared by every job of the migration server.
+	Downstream, Upstream *ratelimit.Limiter
 }
 
 // Name is the job's resource name.

@@ -15,6 +15,7 @@ import (
 
 	agentv1 "github.com/ferry-v2v/ferry/pkg/pb/ferry/agent/v1"
 	ferryv1 "github.com/ferry-v2v/ferry/pkg/pb/ferry/v1"
+	"github.com/ferry-v2v/ferry/pkg/ratelimit"
 )
 
 // Defaults of Config.
@@ -70,6 +71,25 @@ type Runner struct {
 	wg       sync.WaitGroup
 	jobs     map[string]*execution
 	finished map[string]finished
+	limits   map[string]*limits // by migration server
+}
+
+// limits are a migration server's bandwidth limits, shared by its jobs.
+type limits struct{ down, up *ratelimit.Limiter }
+
+// limitsFor returns the server's limiters at the rates a has. The caller
+// holds r.mu.
+func (r *Runner) limitsFor(a *agentv1.Assignment) *limits {
+	ms := a.GetMigrationServer()
+	l, ok := r.limits[ms.GetName()]
+	if !ok {
+		l = &limits{down: ratelimit.New(ms.GetDownstreamBitsPerSecond()), up: ratelimit.New(ms.GetUpstreamBitsPerSecond())}
+		r.limits[ms.GetName()] = l
+		return l
+	}
+	l.down.SetRate(ms.GetDownstreamBitsPerSecond())
+	l.up.SetRate(ms.GetUpstreamBitsPerSecond())
+	return l
 }
 
 type execution struct {
@@ -101,7 +121,8 @@ func New(cfg Config, deps Deps) *Runner {
 	}
 	base, stop := context.WithCancel(context.Background())
 	return &Runner{cfg: cfg, drivers: deps.Drivers, reporter: deps.Reporter, log: log.With("component", "runner"),
-		now: now, base: base, stop: stop, jobs: map[string]*execution{}, finished: map[string]finished{}}
+		now: now, base: base, stop: stop, jobs: map[string]*execution{}, finished: map[string]finished{},
+		limits: map[string]*limits{}}
 }
 
 // Run waits until ctx ends, then stops every job and waits for them. Jobs
@@ -144,7 +165,9 @@ func (r *Runner) Start(a *agentv1.Assignment) error {
 	}
 	ctx, cancel := context.WithCancelCause(r.base)
 	log := r.log.With("job", name, "epoch", epoch)
-	e := &execution{cancel: cancel, done: make(chan struct{}), job: &Job{Assignment: a, CacheDir: cacheDir(r.cfg.DataDir, a), Log: log}}
+	lim := r.limitsFor(a)
+	e := &execution{cancel: cancel, done: make(chan struct{}), job: &Job{Assignment: a, CacheDir: cacheDir(r.cfg.DataDir, a), Log: log,
+		Downstream: lim.down, Upstream: lim.up}}
 	e.job.Progress = newProgress(a, r.now, r.cfg.ProgressInterval, r.reporter.Progress)
 	r.jobs[name] = e
 	r.wg.Add(1)
@@ -173,14 +196,18 @@ func (r *Runner) run(ctx context.Context, e *execution, prev *execution) {
 	res := walk(ctx, r.drivers, e.job)
 	stopFlush()
 	wg.Wait()
+	var stop *stopCause
+	interrupted := ctx.Err() != nil && !errors.As(context.Cause(ctx), &stop)
+	if res.GetOutcome() != agentv1.JobOutcome_JOB_OUTCOME_SUCCEEDED && !interrupted {
+		r.rollback(e.job)
+	}
 
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if r.jobs[e.job.Name()] == e {
 		delete(r.jobs, e.job.Name())
 	}
-	var stop *stopCause
-	if ctx.Err() != nil && !errors.As(context.Cause(ctx), &stop) {
+	if interrupted {
 		// The agent is shutting down: the job is interrupted, not finished;
 		// the coordinator assigns it again when the agent comes back.
 		e.job.Log.Info("job interrupted by shutdown")
@@ -189,6 +216,25 @@ func (r *Runner) run(ctx context.Context, e *execution, prev *execution) {
 	r.finished[e.job.Name()] = finished{result: res, at: r.now()}
 	e.job.Log.Info("job finished", "outcome", res.GetOutcome(), "reason", res.GetReason())
 	r.reporter.Result(res)
+}
+
+// rollbackTimeout bounds undoing a failed or cancelled job on the target.
+const rollbackTimeout = 2 * time.Minute
+
+// rollback undoes what a failed or cancelled job made on the target, with
+// its own deadline: the job's context has usually ended already.
+func (r *Runner) rollback(j *Job) {
+	rb, ok := r.drivers.Target.(Rollbacker)
+	if !ok {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), rollbackTimeout)
+	defer cancel()
+	if err := rb.Rollback(ctx, j); err != nil {
+		j.Log.Error("roll back the target", "err", err)
+		return
+	}
+	j.Log.Info("target rolled back")
 }
 
 // flushEvery sends progress the throttle held back.
