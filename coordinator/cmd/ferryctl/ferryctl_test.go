@@ -48,6 +48,7 @@ func TestFerryctlOnACluster(t *testing.T) {
 	t.Run("jobs from a plan file, watched line by line", e.planJobs)
 	t.Run("a job from flags, watched as JSON, cancelled and restarted", e.flagJob)
 	t.Run("an unreachable first address is skipped", e.deadAddress)
+	t.Run("with the leader killed, a create lands on the new leader", e.leaderKilled)
 }
 
 func (e *clusterEnv) create(t *testing.T) {
@@ -248,6 +249,29 @@ func (e *clusterEnv) deadAddress(t *testing.T) {
 	m := x.json("--server", "127.0.0.1:1,"+e.follower.Addr(), "members", "list")
 	if path(m, "leader_address") != e.leader.Addr() {
 		t.Fatalf("members list = %v", m)
+	}
+}
+
+func (e *clusterEnv) leaderKilled(t *testing.T) {
+	addrs := []string{e.leader.Addr()}
+	for _, n := range e.c.Followers() {
+		addrs = append(addrs, n.Addr())
+	}
+	e.c.Kill(e.leader)
+	killed := time.Now()
+	x := e.cli(t)
+	all := strings.Join(addrs, ",")
+	created := x.json("--server", all, "cluster", "create", "after-kill", "--zone", "dc2")
+	if path(created, "cluster", "name") != "clusters/after-kill" {
+		t.Fatalf("create after the leader was killed = %v", created)
+	}
+	t.Logf("create landed %v after the leader was killed", time.Since(killed).Round(time.Millisecond))
+	m := x.json("--server", all, "members", "list", "--linearizable")
+	if l := path(m, "leader_address"); l == e.leader.Addr() || l == nil {
+		t.Fatalf("leader after the kill = %v", l)
+	}
+	if n := len(path(x.json("--server", all, "cluster", "list", "--linearizable"), "clusters").([]any)); n != 2 {
+		t.Fatalf("%d clusters after the kill, want 2 (none lost, none doubled)", n)
 	}
 }
 
