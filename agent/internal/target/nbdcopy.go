@@ -45,7 +45,7 @@ func (c *NBDCopier) Copy(ctx context.Context, src, dst Endpoint, opts CopyOption
 	if dc.Size() < sc.Size() {
 		return fmt.Errorf("volume of %d bytes is smaller than the source's %d", dc.Size(), sc.Size())
 	}
-	_, err = pipeline.Copy(ctx, nbdSource{sc}, nbdSink{dc}, pipeline.Options{
+	_, err = pipeline.Copy(ctx, pipeline.NBDSource{Client: sc}, nbdSink{dc}, pipeline.Options{
 		InFlight: c.InFlight, Limiter: c.Limiter, Progress: opts.Progress, Logger: log,
 	})
 	if err != nil {
@@ -68,7 +68,7 @@ func (c *NBDCopier) Copy(ctx context.Context, src, dst Endpoint, opts CopyOption
 func zeroHoles(ctx context.Context, sc, dc *nbd.Client) error {
 	size := sc.Size()
 	for off := int64(0); off < size; {
-		exts, err := nbdSource{sc}.Extents(ctx, off, min(zeroWindow, size-off))
+		exts, err := pipeline.NBDSource{Client: sc}.Extents(ctx, off, min(zeroWindow, size-off))
 		if err != nil {
 			return err
 		}
@@ -87,32 +87,6 @@ func zeroHoles(ctx context.Context, sc, dc *nbd.Client) error {
 		}
 	}
 	return nil
-}
-
-// nbdSource is an NBD export as the pipeline's Source. Only extents the
-// server says read as zeroes are skipped; without block status the whole
-// range is data.
-type nbdSource struct{ c *nbd.Client }
-
-func (s nbdSource) Size() int64 { return s.c.Size() }
-
-func (s nbdSource) Extents(ctx context.Context, off, length int64) ([]pipeline.Extent, error) {
-	if !s.c.CanBlockStatus() {
-		return []pipeline.Extent{{Offset: off, Length: length}}, nil
-	}
-	exts, err := s.c.BlockStatus(ctx, off, length)
-	if err != nil {
-		return nil, fmt.Errorf("block status at %d: %w", off, err)
-	}
-	out := make([]pipeline.Extent, 0, len(exts))
-	for _, e := range exts {
-		out = append(out, pipeline.Extent{Offset: e.Offset, Length: e.Length, Zero: e.Zero()})
-	}
-	return out, nil
-}
-
-func (s nbdSource) ReadAt(ctx context.Context, p []byte, off int64) error {
-	return s.c.ReadAt(ctx, p, off)
 }
 
 // nbdSink is an NBD export as the pipeline's Sink.
