@@ -16,7 +16,11 @@ import (
 // Checkpoint defaults: how often completed chunks are made durable.
 const (
 	DefaultSaveInterval = time.Second
-	DefaultSaveBytes    = 64 << 20
+	// MaxSaveBytes and MinSaveBytes bound the automatic SaveBytes: 1/32 of
+	// the disk's data, so a copy killed at any point past its first few
+	// percent loses well under a fifth of what it had copied.
+	MaxSaveBytes = 64 << 20
+	MinSaveBytes = 4 << 20
 )
 
 // ErrCheckpoint reports a checkpoint that does not fit the copy.
@@ -48,7 +52,8 @@ type Checkpoint struct {
 	// SaveInterval and SaveBytes bound the work a killed copy loses: done
 	// marks are flushed and saved once SaveInterval has passed or SaveBytes
 	// of data have been written since the last save, whichever is first.
-	// They default to DefaultSaveInterval and DefaultSaveBytes.
+	// SaveInterval defaults to DefaultSaveInterval; SaveBytes 0 means 1/32
+	// of the data to copy, from MinSaveBytes to MaxSaveBytes.
 	SaveInterval time.Duration
 	SaveBytes    int64
 
@@ -73,7 +78,7 @@ func LoadCheckpoint(path string, size, chunk int64) (*Checkpoint, error) {
 	}
 	c := &Checkpoint{
 		path: path, size: size, chunk: chunk,
-		SaveInterval: DefaultSaveInterval, SaveBytes: DefaultSaveBytes,
+		SaveInterval: DefaultSaveInterval,
 	}
 	c.done = make([]uint64, (c.Chunks()+63)/64)
 	b, err := os.ReadFile(path)
@@ -142,14 +147,22 @@ func (c *Checkpoint) mayBeWritten(i int) bool {
 }
 
 // complete records that chunk i, holding n data bytes, has been written;
-// it becomes done at the next save. It reports whether enough has been
-// written since the last save to save now.
-func (c *Checkpoint) complete(i int, n int64) bool {
+// it becomes done at the next save. It returns the data bytes written
+// since the last save.
+func (c *Checkpoint) complete(i int, n int64) int64 {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.pending = append(c.pending, i)
 	c.dirty += n
-	return c.dirty >= c.SaveBytes
+	return c.dirty
+}
+
+// saveBytes is SaveBytes, or when 0 the share of data bytes to copy.
+func (c *Checkpoint) saveBytes(data int64) int64 {
+	if c.SaveBytes > 0 {
+		return c.SaveBytes
+	}
+	return min(MaxSaveBytes, max(MinSaveBytes, data/32))
 }
 
 // takePending hands over the chunks completed since the last call.
@@ -159,6 +172,14 @@ func (c *Checkpoint) takePending() []int {
 	p := c.pending
 	c.pending, c.dirty = nil, 0
 	return p
+}
+
+// giveBack returns chunks taken by takePending whose save failed, so a
+// later save can try again.
+func (c *Checkpoint) giveBack(chunks []int) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.pending = append(c.pending, chunks...)
 }
 
 // commit marks chunks done, after the sink flushed them, and saves.

@@ -184,3 +184,28 @@ func TestResumeAfterCrash(t *testing.T) {
 }
 
 func equalBytes(a, b []byte) bool { return bytes.Equal(a, b) }
+
+// TestCompleteCheckpoint: a copy whose checkpoint is complete reads and
+// writes nothing.
+func TestCompleteCheckpoint(t *testing.T) {
+	src := layout(16*mib, 14, span{mib, 5 * mib}, span{9 * mib, 10 * mib})
+	cp, err := LoadCheckpoint(filepath.Join(t.TempDir(), "ckpt"), src.Size(), DefaultChunkSize)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dst := newMemSink(src.Size())
+	if _, err := Copy(context.Background(), src, dst, Options{Checkpoint: cp}); err != nil {
+		t.Fatal(err)
+	}
+	if !cp.Complete() {
+		t.Fatal("checkpoint incomplete after the copy")
+	}
+	src.reads, dst.writes = nil, nil
+	st, err := Copy(context.Background(), src, dst, Options{Checkpoint: cp})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if read, _ := src.readBytes(nil); read != 0 || len(dst.writes) != 0 || st.SkippedBytes != 5*mib || st.DataBytes != 0 {
+		t.Fatalf("second copy read %d bytes, wrote %d times, stats %+v", read, len(dst.writes), st)
+	}
+}

@@ -94,15 +94,7 @@ func (s *memSource) ReadAt(ctx context.Context, p []byte, off int64) error {
 func (s *memSource) readBytes(set []span) (all, inside int64) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	for _, r := range s.reads {
-		all += r.end - r.off
-		for _, w := range set {
-			if lo, hi := max(r.off, w.off), min(r.end, w.end); lo < hi {
-				inside += hi - lo
-			}
-		}
-	}
-	return all, inside
+	return overlap(s.reads, set)
 }
 
 var errBroken = errors.New("sink broken")

@@ -100,10 +100,11 @@ type copier struct {
 	chunk int64
 	log   *slog.Logger
 
-	total   int64        // data bytes on the disk
-	skipped int64        // of which already done
-	copied  atomic.Int64 // data bytes written by this run
-	kick    chan struct{}
+	total     int64        // data bytes on the disk
+	skipped   int64        // of which already done
+	saveBytes int64        // data written that triggers a checkpoint save
+	copied    atomic.Int64 // data bytes written by this run
+	kick      chan struct{}
 }
 
 // Copy copies src's data into dst. With a checkpoint, dst must be the
@@ -178,6 +179,9 @@ func (c *copier) run(ctx context.Context) error {
 	}
 	if err := c.count(ctx); err != nil {
 		return err
+	}
+	if cp := c.opts.Checkpoint; cp != nil {
+		c.saveBytes = cp.saveBytes(c.total - c.skipped)
 	}
 	c.log.Info("copy", "size", c.size, "data", c.total, "done", c.skipped,
 		"chunk", c.chunk, "in_flight", c.opts.InFlight)

@@ -43,9 +43,14 @@ func (c *copier) save(ctx context.Context) error {
 		return nil
 	}
 	if err := c.dst.Flush(ctx); err != nil {
+		cp.giveBack(chunks)
 		return fmt.Errorf("copy: flush: %w", err)
 	}
-	return cp.commit(chunks)
+	if err := cp.commit(chunks); err != nil {
+		cp.giveBack(chunks)
+		return err
+	}
+	return nil
 }
 
 // reportLoop calls Progress every progressEvery while the copy runs.

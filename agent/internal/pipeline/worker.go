@@ -49,7 +49,7 @@ func (c *copier) copyChunk(ctx context.Context, j job, buf []byte) error {
 		}
 		c.copied.Add(j.dataBytes)
 	}
-	if cp := c.opts.Checkpoint; cp != nil && cp.complete(j.index, j.dataBytes) {
+	if cp := c.opts.Checkpoint; cp != nil && cp.complete(j.index, j.dataBytes) >= c.saveBytes {
 		select {
 		case c.kick <- struct{}{}:
 		default:
