@@ -128,9 +128,6 @@ func newClientConn(ctx context.Context, conn net.Conn, opts Options) (*Client, e
 	if opts.Logger == nil {
 		opts.Logger = slog.New(slog.DiscardHandler)
 	}
-	if opts.MaxInFlight <= 0 {
-		opts.MaxInFlight = defaultMaxFlight
-	}
 	if len(opts.ExportName) > 4096 {
 		conn.Close()
 		return nil, fmt.Errorf("export name of %d bytes is longer than 4096", len(opts.ExportName))
@@ -153,12 +150,18 @@ func newClientConn(ctx context.Context, conn net.Conn, opts Options) (*Client, e
 		return nil, fmt.Errorf("handshake: %w", err)
 	}
 	c := newClient(conn, br, neg, opts)
+	go c.readLoop()
 	c.log.Debug("nbd connected", "size", neg.info.size, "flags", fmt.Sprintf("%#x", neg.info.flags),
 		"structured", neg.structured, "block_status", neg.haveMeta, "block_size", c.BlockSize())
 	return c, nil
 }
 
+// newClient builds a client in the transmission phase; the caller starts
+// its reader with go c.readLoop().
 func newClient(conn net.Conn, br *bufio.Reader, neg negotiated, opts Options) *Client {
+	if opts.MaxInFlight <= 0 {
+		opts.MaxInFlight = defaultMaxFlight
+	}
 	c := &Client{
 		conn:       conn,
 		br:         br,
@@ -175,7 +178,6 @@ func newClient(conn net.Conn, br *bufio.Reader, neg negotiated, opts Options) *C
 	if bs := c.BlockSize(); bs.Max < c.maxIO {
 		c.maxIO = bs.Max &^ (bs.Min - 1)
 	}
-	go c.readLoop()
 	return c
 }
 

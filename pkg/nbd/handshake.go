@@ -30,7 +30,7 @@ type handshaker struct {
 // handshake negotiates from the server's greeting to the transmission phase.
 func (h *handshaker) handshake() (negotiated, error) {
 	var g [18]byte
-	if _, err := io.ReadFull(h.r, g[:]); err != nil {
+	if _, err := io.ReadFull(h.r, g[:16]); err != nil {
 		return negotiated{}, fmt.Errorf("read greeting: %w", err)
 	}
 	if m := be.Uint64(g[:]); m != magicNBD {
@@ -42,6 +42,9 @@ func (h *handshaker) handshake() (negotiated, error) {
 		return negotiated{}, fmt.Errorf("%w: oldstyle negotiation", ErrUnsupported)
 	default:
 		return negotiated{}, protocolErr("greeting magic %#x", m)
+	}
+	if _, err := io.ReadFull(h.r, g[16:]); err != nil {
+		return negotiated{}, fmt.Errorf("read greeting: %w", err)
 	}
 	hsFlags := be.Uint16(g[16:])
 	var cflags uint32
@@ -98,7 +101,7 @@ func (h *handshaker) simpleOption(opt uint32, data []byte) (bool, error) {
 	switch {
 	case r.typ == repAck:
 		return true, nil
-	case r.typ == repErrShutdown:
+	case r.typ == repErrShutdown || r.typ == repErrTLSReqd:
 		return false, &OptionError{Option: opt, Reply: r.typ, Msg: string(p)}
 	case r.isErr():
 		h.opts.Logger.Debug("server refused option", "option", optName(opt), "error", (&OptionError{Option: opt, Reply: r.typ, Msg: string(p)}).Error())
@@ -137,7 +140,7 @@ func (h *handshaker) setMetaContext(n *negotiated) error {
 		case r.isErr():
 			n.haveMeta = false // a failed SET_META_CONTEXT selects nothing
 			h.opts.Logger.Debug("server refused base:allocation", "reply", r.typ, "message", string(p))
-			if r.typ == repErrShutdown {
+			if r.typ == repErrShutdown || r.typ == repErrTLSReqd {
 				return &OptionError{Option: optSetMetaContext, Reply: r.typ, Msg: string(p)}
 			}
 			return nil

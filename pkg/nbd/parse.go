@@ -2,6 +2,7 @@ package nbd
 
 import (
 	"encoding/binary"
+	"math"
 	"math/bits"
 	"sort"
 )
@@ -190,8 +191,8 @@ func checkWithin(reqOff uint64, reqLen uint32, off, n uint64) bool {
 
 // parseBlockStatus parses an NBD_REPLY_TYPE_BLOCK_STATUS payload whose
 // extents start at base. It returns the context ID and the extents with
-// absolute offsets. Every extent has a nonzero length and none reaches
-// past 2^63.
+// absolute offsets. Every extent has a nonzero length and ends at or
+// before 2^63-1, so End never overflows.
 func parseBlockStatus(p []byte, base uint64) (uint32, []Extent, error) {
 	if len(p) < 12 || (len(p)-4)%8 != 0 {
 		return 0, nil, protocolErr("block status chunk of %d bytes", len(p))
@@ -206,8 +207,8 @@ func parseBlockStatus(p []byte, base uint64) (uint32, []Extent, error) {
 		if length == 0 {
 			return 0, nil, protocolErr("block status extent %d of zero length", i)
 		}
-		if off+length > 1<<63 {
-			return 0, nil, protocolErr("block status extent %d ends past 2^63", i)
+		if off+length > math.MaxInt64 {
+			return 0, nil, protocolErr("block status extent %d ends past 2^63-1", i)
 		}
 		exts = append(exts, Extent{Offset: int64(off), Length: int64(length), Flags: flags})
 		off += length
