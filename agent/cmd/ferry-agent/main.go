@@ -20,6 +20,9 @@ import (
 	"github.com/ferry-v2v/ferry/agent/internal/facts"
 	"github.com/ferry-v2v/ferry/agent/internal/runner"
 	"github.com/ferry-v2v/ferry/agent/internal/session"
+	"github.com/ferry-v2v/ferry/agent/internal/source/kvm"
+	"github.com/ferry-v2v/ferry/agent/internal/target"
+	ferryv1 "github.com/ferry-v2v/ferry/pkg/pb/ferry/v1"
 )
 
 // version is set at build time with -ldflags "-X main.version=…".
@@ -82,9 +85,11 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 	}
 	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level}))
 	outbox := session.NewOutbox()
-	// This build carries no source or target driver yet: jobs fail with a
-	// reason naming the missing driver.
-	r := runner.New(runner.Config{DataDir: cfg.DataDir}, runner.Deps{Drivers: runner.Drivers{}, Reporter: outbox, Logger: log})
+	drivers := runner.Drivers{
+		Sources: map[ferryv1.Platform]runner.Source{ferryv1.Platform_PLATFORM_KVM: kvm.NewDriver(log, outbox)},
+		Target:  target.NewDriver(target.DefaultLibvirtURI, target.Options{Log: log}),
+	}
+	r := runner.New(runner.Config{DataDir: cfg.DataDir}, runner.Deps{Drivers: drivers, Reporter: outbox, Logger: log})
 	client := session.New(session.Config{
 		Coordinators: cfg.Coordinators, HostName: cfg.HostName, Cluster: cfg.Cluster,
 		AgentVersion: cfg.Version, Credentials: creds,

@@ -236,7 +236,7 @@ func (i *Image) serve(ctx context.Context, socket, pidFile string) error {
 	}
 	srv.sockDir = sockDir
 	i.srv = srv
-	i.nbd, err = i.dial(ctx)
+	i.nbd, err = srv.dial(ctx, i.log)
 	if err != nil {
 		_ = srv.stop()
 		return fmt.Errorf("cache: serve %s: %w", i.path, err)
@@ -250,17 +250,17 @@ func (i *Image) serve(ctx context.Context, socket, pidFile string) error {
 }
 
 // dial connects to qemu-nbd once it listens.
-func (i *Image) dial(ctx context.Context) (*nbd.Client, error) {
+func (s *server) dial(ctx context.Context, log *slog.Logger) (*nbd.Client, error) {
 	ctx, cancel := context.WithTimeout(ctx, readyTimeout)
 	defer cancel()
 	for {
-		c, err := nbd.Dial(ctx, "unix", i.srv.socket, nbd.Options{MaxInFlight: 64, Logger: i.log})
+		c, err := nbd.Dial(ctx, "unix", s.socket, nbd.Options{MaxInFlight: 64, Logger: log})
 		if err == nil {
 			return c, nil
 		}
 		select {
-		case <-i.srv.exited:
-			return nil, i.srv.exitErr()
+		case <-s.exited:
+			return nil, s.exitErr()
 		case <-ctx.Done():
 			return nil, fmt.Errorf("qemu-nbd not ready: %w", err)
 		case <-time.After(20 * time.Millisecond):

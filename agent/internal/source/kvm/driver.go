@@ -2,11 +2,8 @@ package kvm
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"log/slog"
-	"os"
-	"path/filepath"
 	"strings"
 
 	"github.com/ferry-v2v/ferry/agent/internal/cache"
@@ -17,14 +14,6 @@ import (
 	agentv1 "github.com/ferry-v2v/ferry/pkg/pb/ferry/agent/v1"
 	ferryv1 "github.com/ferry-v2v/ferry/pkg/pb/ferry/v1"
 	"github.com/ferry-v2v/ferry/pkg/seal"
-)
-
-// Files the driver leaves in a job's cache directory for the target side.
-const (
-	// SourceVMFile is the source VM as inventory described it (protojson).
-	SourceVMFile = "source-vm.json"
-	// NVRAMFile is a copy of a UEFI VM's NVRAM.
-	NVRAMFile = "nvram.fd"
 )
 
 // HostKeyReporter passes a host key seen on first use to the coordinator,
@@ -188,24 +177,15 @@ func (d *Driver) copyDisk(ctx context.Context, job *runner.Job, b *Backup, disk 
 	return img.Close()
 }
 
-// saveSourceFacts writes what the target side needs of the source VM to
-// the cache directory: its description and, for UEFI, its NVRAM.
+// saveSourceFacts records in the cache directory what the target side
+// needs of the source VM: its description and, for UEFI, its NVRAM.
 func (d *Driver) saveSourceFacts(ctx context.Context, conn *Conn, vm *VM, dir string) error {
-	if err := os.MkdirAll(dir, 0o750); err != nil {
-		return err
+	var nvram []byte
+	if vm.Firmware.Type == FirmwareUEFI && vm.Firmware.NVRAM != "" {
+		var err error
+		if nvram, err = conn.ReadFile(ctx, vm.Firmware.NVRAM); err != nil {
+			return fmt.Errorf("copy the NVRAM of %s: %w", vm.Name, err)
+		}
 	}
-	if err := writeProto(filepath.Join(dir, SourceVMFile), vm.Proto()); err != nil {
-		return err
-	}
-	if vm.Firmware.Type != FirmwareUEFI || vm.Firmware.NVRAM == "" {
-		return nil
-	}
-	nvram, err := conn.ReadFile(ctx, vm.Firmware.NVRAM)
-	if err != nil {
-		return fmt.Errorf("copy the NVRAM of %s: %w", vm.Name, err)
-	}
-	return os.WriteFile(filepath.Join(dir, NVRAMFile), nvram, 0o600)
+	return cache.SaveSourceVM(dir, vm.Proto(), nvram)
 }
-
-// ErrNotRegular is returned by ReadFile for what is not a regular file.
-var ErrNotRegular = errors.New("not a regular file")

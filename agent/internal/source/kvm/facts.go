@@ -3,10 +3,6 @@ package kvm
 import (
 	"context"
 	"fmt"
-	"os"
-
-	"google.golang.org/protobuf/encoding/protojson"
-	"google.golang.org/protobuf/proto"
 
 	ferryv1 "github.com/ferry-v2v/ferry/pkg/pb/ferry/v1"
 )
@@ -41,22 +37,4 @@ func (c *Conn) ReadFile(ctx context.Context, path string) ([]byte, error) {
 		return nil, fmt.Errorf("read %s: %w", path, err)
 	}
 	return []byte(out), nil
-}
-
-func writeProto(path string, m proto.Message) error {
-	b, err := protojson.MarshalOptions{Multiline: true}.Marshal(m)
-	if err != nil {
-		return err
-	}
-	return os.WriteFile(path, b, 0o600)
-}
-
-// ReadSourceVM reads what Convert saved of the source VM in a cache dir.
-func ReadSourceVM(dir string) (*ferryv1.SourceVm, error) {
-	b, err := os.ReadFile(dir + "/" + SourceVMFile)
-	if err != nil {
-		return nil, err
-	}
-	vm := &ferryv1.SourceVm{}
-	return vm, protojson.Unmarshal(b, vm)
 }

@@ -1,0 +1,83 @@
+package cache
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io/fs"
+	"log/slog"
+	"os"
+	"path/filepath"
+
+	"github.com/ferry-v2v/ferry/pkg/nbd"
+)
+
+// Export serves a finished cache image read-only, for the upload.
+type Export struct {
+	path string
+	srv  *server
+	nbd  *nbd.Client
+}
+
+// OpenExport serves the cache image of disk in dir read-only on a unix
+// socket and connects to it. The image must exist: CONVERTING made it.
+func OpenExport(ctx context.Context, dir, disk string, log *slog.Logger) (*Export, error) {
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	for _, format := range []string{FormatQcow2, FormatRaw} {
+		path := filepath.Join(dir, disk+"."+format)
+		if _, err := os.Stat(path); errors.Is(err, fs.ErrNotExist) {
+			continue
+		}
+		e, err := serveReadOnly(ctx, path, format, filepath.Join(dir, disk+".export.pid"), log)
+		if err != nil {
+			return nil, fmt.Errorf("cache: export %s: %w", path, err)
+		}
+		return e, nil
+	}
+	return nil, fmt.Errorf("cache: no image of disk %s in %s: %w", disk, dir, fs.ErrNotExist)
+}
+
+func serveReadOnly(ctx context.Context, path, format, pidFile string, log *slog.Logger) (*Export, error) {
+	if err := stopStale(pidFile, path); err != nil {
+		return nil, err
+	}
+	sockDir, err := os.MkdirTemp("", "ferry-export-")
+	if err != nil {
+		return nil, err
+	}
+	srv, err := startServer(qemuNBD, []string{"--read-only", "--shared=4", "--format=" + format, path},
+		filepath.Join(sockDir, "nbd.sock"), pidFile)
+	if err != nil {
+		_ = os.RemoveAll(sockDir)
+		return nil, err
+	}
+	srv.sockDir = sockDir
+	c, err := srv.dial(ctx, log)
+	if err != nil {
+		_ = srv.stop()
+		return nil, err
+	}
+	return &Export{path: path, srv: srv, nbd: c}, nil
+}
+
+// Socket is the unix socket qemu-nbd serves the image on (export "").
+func (e *Export) Socket() string { return e.srv.socket }
+
+// Client is a connection to the export.
+func (e *Export) Client() *nbd.Client { return e.nbd }
+
+// Size is the disk's size.
+func (e *Export) Size() int64 { return e.nbd.Size() }
+
+// Close disconnects and stops qemu-nbd.
+func (e *Export) Close() error {
+	ctx, cancel := context.WithTimeout(context.Background(), stopTimeout)
+	defer cancel()
+	_ = e.nbd.Disconnect(ctx)
+	if err := e.srv.stop(); err != nil {
+		return fmt.Errorf("cache: stop the export of %s: %w", e.path, err)
+	}
+	return nil
+}

@@ -1,0 +1,231 @@
+package pipeline
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/ferry-v2v/ferry/agent/internal/cache"
+	"github.com/ferry-v2v/ferry/pkg/testenv"
+)
+
+// The benchmark's source: 4 GiB virtual holding 1 GiB, a 256 MiB run of
+// one byte and 768 MiB of random bytes in three runs; the 64 GiB disk
+// holds the same data followed by 60 GiB of hole.
+var benchFills = []fill{
+	{0, 256 * mib, 0x5a},
+	{1 << 30, 256 * mib, 0},
+	{2 << 30, 256 * mib, 0},
+	{3 << 30, 256 * mib, 0},
+}
+
+// benchSources generates the 4 GiB and 64 GiB qcow2 sources once and
+// keeps them under the temporary directory for later runs.
+func benchSources(b *testing.B) (small, large string) {
+	b.Helper()
+	dir := filepath.Join(os.TempDir(), "ferry-bench-converting-v1")
+	small, large = filepath.Join(dir, "source-4g.qcow2"), filepath.Join(dir, "source-64g.qcow2")
+	ready := filepath.Join(dir, "ready")
+	if _, err := os.Stat(ready); err == nil {
+		return small, large
+	}
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		b.Fatal(err)
+	}
+	start := time.Now()
+	raw := filepath.Join(dir, "source.raw")
+	writeSparse(b, raw, 4<<30, 7, benchFills...)
+	testenv.Run(b, "qemu-img", "convert", "-f", "raw", "-O", "qcow2", raw, small)
+	testenv.Run(b, "qemu-img", "convert", "-f", "raw", "-O", "qcow2", raw, large)
+	testenv.Run(b, "qemu-img", "resize", "-q", "-f", "qcow2", large, "64G")
+	if err := os.Remove(raw); err != nil {
+		b.Fatal(err)
+	}
+	if err := os.WriteFile(ready, nil, 0o600); err != nil {
+		b.Fatal(err)
+	}
+	b.Logf("generated the sources in %s in %v", dir, time.Since(start).Round(time.Millisecond))
+	return small, large
+}
+
+// BenchmarkConverting times the CONVERTING copy of one NBD export into a
+// zstd-compressed qcow2 cache, side by side with nbdcopy into the same
+// kind of target and qemu-img convert, then Ferry again on a 64 GiB disk
+// holding the same data. Every time includes making the target durable.
+func BenchmarkConverting(b *testing.B) {
+	requireQemu(b)
+	testenv.LookPath(b, "nbdcopy")
+	small, large := benchSources(b)
+	smallSock, largeSock := serveReadOnly(b, small, "qcow2"), serveReadOnly(b, large, "qcow2")
+	b.ResetTimer()
+	for range b.N {
+		ferry, peak := benchFerry(b, small, smallSock, 4<<30, true)
+		nbdcopy := benchNBDCopy(b, smallSock, 4<<30)
+		qemuImg := benchQemuImg(b, smallSock)
+		ferry64, peak64 := benchFerry(b, large, largeSock, 64<<30, false)
+
+		data := float64(1 << 30)
+		line := func(name string, d time.Duration) {
+			b.Logf("%-28s %6.2f s  %6.0f MiB/s of data", name, d.Seconds(), data/d.Seconds()/float64(mib))
+		}
+		line("ferry 4 GiB -> zstd qcow2", ferry)
+		line("nbdcopy 4 GiB -> zstd qcow2", nbdcopy)
+		line("qemu-img convert -c zstd", qemuImg)
+		line("ferry 64 GiB -> zstd qcow2", ferry64)
+		b.Logf("speed ferry/nbdcopy %.2f (goal >= 1.0), ferry/qemu-img %.2f (goal > 1.0)",
+			nbdcopy.Seconds()/ferry.Seconds(), qemuImg.Seconds()/ferry.Seconds())
+		b.Logf("time 64 GiB / 4 GiB %.2f (goal < 1.2)", ferry64.Seconds()/ferry.Seconds())
+		b.Logf("peak during the copy, 4 GiB: %s; 64 GiB: %s", peak, peak64)
+		b.ReportMetric(ferry.Seconds(), "ferry-s")
+		b.ReportMetric(nbdcopy.Seconds(), "nbdcopy-s")
+		b.ReportMetric(qemuImg.Seconds(), "qemu-img-s")
+		b.ReportMetric(ferry64.Seconds(), "ferry64-s")
+		b.ReportMetric(nbdcopy.Seconds()/ferry.Seconds(), "ferry/nbdcopy")
+		b.ReportMetric(float64(peak64.rssDelta)/float64(mib), "rss-delta-MiB")
+	}
+}
+
+// benchFerry copies the export at sock into a new compressed cache image
+// with a checkpoint, as the agent does, and closes it. With verify, the
+// image is compared with the source afterwards (not timed).
+func benchFerry(b *testing.B, src, sock string, size int64, verify bool) (time.Duration, memPeak) {
+	b.Helper()
+	dir := b.TempDir()
+	runtime.GC()
+	stop := sampleMemory(filepath.Join(dir, "vda.pid"))
+	start := time.Now()
+	img, err := cache.Open(context.Background(), dir, "vda", size, true, slog.New(slog.DiscardHandler))
+	if err != nil {
+		b.Fatal(err)
+	}
+	cp, err := LoadCheckpoint(img.CheckpointPath(), size, DefaultChunkSize)
+	if err != nil {
+		b.Fatal(err)
+	}
+	st, err := Copy(context.Background(), dialSource(b, sock), img, Options{Checkpoint: cp})
+	if err != nil {
+		b.Fatal(err)
+	}
+	if err := img.Close(); err != nil {
+		b.Fatal(err)
+	}
+	elapsed := time.Since(start)
+	peak := stop()
+	if st.DataBytes != 1<<30 {
+		b.Fatalf("copied %d data bytes, want 1 GiB", st.DataBytes)
+	}
+	if verify {
+		testenv.Run(b, "qemu-img", "compare", "-f", "qcow2", "-F", "qcow2", src, img.Path())
+	}
+	return elapsed, peak
+}
+
+// benchNBDCopy runs nbdcopy from the export at sock into a zstd qcow2
+// served by qemu-nbd's compress filter, and stops that server.
+func benchNBDCopy(b *testing.B, sock string, size int64) time.Duration {
+	b.Helper()
+	dir := b.TempDir()
+	target, tsock := filepath.Join(dir, "nbdcopy.qcow2"), filepath.Join(dir, "t.sock")
+	start := time.Now()
+	testenv.Run(b, "qemu-img", "create", "-q", "-f", "qcow2", "-o", "compression_type=zstd", target, fmt.Sprint(size))
+	srv := exec.Command("qemu-nbd", "-t", "-k", tsock, "--image-opts",
+		"driver=compress,file.driver=qcow2,file.file.driver=file,file.file.filename="+target)
+	if err := srv.Start(); err != nil {
+		b.Fatal(err)
+	}
+	uri := func(s string) string { return "nbd+unix:///?socket=" + s }
+	deadline := time.Now().Add(10 * time.Second)
+	for exec.Command("nbdinfo", "--size", uri(tsock)).Run() != nil {
+		if time.Now().After(deadline) {
+			b.Fatal("the nbdcopy target did not start")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	testenv.Run(b, "nbdcopy", "--target-is-zero", uri(sock), uri(tsock))
+	_ = srv.Process.Signal(syscall.SIGTERM) // qemu-nbd flushes and closes the image
+	if err := srv.Wait(); err != nil {
+		b.Fatalf("qemu-nbd serving the nbdcopy target: %v", err)
+	}
+	return time.Since(start)
+}
+
+// benchQemuImg converts the export at sock into a zstd-compressed qcow2.
+func benchQemuImg(b *testing.B, sock string) time.Duration {
+	b.Helper()
+	target := filepath.Join(b.TempDir(), "qemu-img.qcow2")
+	start := time.Now()
+	testenv.Run(b, "qemu-img", "convert", "-W", "-m", "8", "-f", "raw", "-O", "qcow2",
+		"-o", "compression_type=zstd", "-c", "nbd+unix:///?socket="+sock, target)
+	return time.Since(start)
+}
+
+// memPeak is what sampleMemory saw: this process's resident set above
+// where it started, its Go heap, and the cache's qemu-nbd.
+type memPeak struct {
+	rssDelta, heap, qemuNBD int64
+}
+
+func (p memPeak) String() string {
+	return fmt.Sprintf("agent RSS +%d MiB (Go heap in use %d MiB), cache qemu-nbd RSS %d MiB",
+		p.rssDelta/mib, p.heap/mib, p.qemuNBD/mib)
+}
+
+// sampleMemory samples memory every 20 ms until the returned function is
+// called, which returns the peaks.
+func sampleMemory(pidFile string) func() memPeak {
+	base := rss("self")
+	var peak memPeak
+	done := make(chan struct{})
+	var wg sync.WaitGroup
+	sample := func() {
+		var ms runtime.MemStats
+		runtime.ReadMemStats(&ms)
+		peak.rssDelta = max(peak.rssDelta, rss("self")-base)
+		peak.heap = max(peak.heap, int64(ms.HeapInuse))
+		if b, err := os.ReadFile(pidFile); err == nil {
+			peak.qemuNBD = max(peak.qemuNBD, rss(strings.TrimSpace(string(b))))
+		}
+	}
+	wg.Go(func() {
+		t := time.NewTicker(20 * time.Millisecond)
+		defer t.Stop()
+		for {
+			select {
+			case <-done:
+				return
+			case <-t.C:
+				sample()
+			}
+		}
+	})
+	return func() memPeak {
+		close(done)
+		wg.Wait()
+		return peak
+	}
+}
+
+// rss reads VmRSS of /proc/<pid>/status in bytes; 0 when unknown.
+func rss(pid string) int64 {
+	b, err := os.ReadFile("/proc/" + pid + "/status")
+	if err != nil {
+		return 0
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if f := strings.Fields(line); len(f) >= 2 && f[0] == "VmRSS:" {
+			kb, _ := strconv.ParseInt(f[1], 10, 64)
+			return kb << 10
+		}
+	}
+	return 0
+}

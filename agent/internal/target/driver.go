@@ -1,0 +1,149 @@
+package target
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io/fs"
+	"log/slog"
+	"path"
+
+	"libvirt.org/go/libvirt"
+
+	"github.com/ferry-v2v/ferry/agent/internal/cache"
+	"github.com/ferry-v2v/ferry/agent/internal/runner"
+)
+
+// DefaultLibvirtURI is the target host's own libvirt.
+const DefaultLibvirtURI = "qemu:///system"
+
+// Driver is the target driver as the runner sees it: UPLOADING moves the
+// cache images onto primary storage, CONFIGURING defines the VM, and
+// Rollback undoes both after a failure or cancel. The target host is the
+// agent's own, through its local libvirt.
+type Driver struct {
+	uri  string
+	opts Options
+	log  *slog.Logger
+}
+
+var (
+	_ runner.Target     = (*Driver)(nil)
+	_ runner.Rollbacker = (*Driver)(nil)
+)
+
+// NewDriver returns the target driver for the libvirt at uri (default
+// DefaultLibvirtURI).
+func NewDriver(uri string, opts Options) *Driver {
+	if uri == "" {
+		uri = DefaultLibvirtURI
+	}
+	opts = opts.withDefaults()
+	return &Driver{uri: uri, opts: opts, log: opts.Log}
+}
+
+// volumes plans the volume of each disk the job keeps, root first.
+func volumes(job *runner.Job) ([]Volume, error) {
+	a := job.Assignment
+	id := path.Base(a.GetJob().GetName())
+	var out []Volume
+	for _, d := range a.GetJob().GetTarget().GetDisks() {
+		v, err := Plan(a.GetPrimaryStorage(), id, d.GetSourceDisk(), d.GetSizeBytes())
+		if err != nil {
+			return nil, fmt.Errorf("disk %s: %w", d.GetSourceDisk(), err)
+		}
+		out = append(out, v)
+	}
+	return out, nil
+}
+
+// Upload copies every cache image onto its volume under the migration
+// server's upstream limit.
+func (d *Driver) Upload(ctx context.Context, job *runner.Job) error {
+	vols, err := volumes(job)
+	if err != nil {
+		return err
+	}
+	up := NewUploader(UploadDeps{Runner: d.opts.Runner, Copier: &NBDCopier{Limiter: job.Upstream, Log: job.Log}, Log: job.Log})
+	for i, disk := range job.Assignment.GetJob().GetTarget().GetDisks() {
+		name := disk.GetSourceDisk()
+		if err := d.uploadDisk(ctx, job, up, name, vols[i]); err != nil {
+			return fmt.Errorf("disk %s: %w", name, err)
+		}
+	}
+	return nil
+}
+
+func (d *Driver) uploadDisk(ctx context.Context, job *runner.Job, up *Uploader, disk string, vol Volume) error {
+	exp, err := cache.OpenExport(ctx, job.CacheDir, disk, job.Log)
+	if err != nil {
+		return err
+	}
+	defer exp.Close()
+	if exp.Size() > vol.Size {
+		vol.Size = exp.Size()
+	}
+	return up.Upload(ctx, Endpoint{Socket: exp.Socket()}, vol, func(done, total int64) {
+		job.Progress.SetTotal(disk, total)
+		job.Progress.Set(disk, done)
+	})
+}
+
+// Configure defines the target VM and starts it unless told not to; a VM
+// the host lacks resources for stays stopped, with a warning.
+func (d *Driver) Configure(ctx context.Context, job *runner.Job) ([]string, error) {
+	spec, err := d.spec(job)
+	if err != nil {
+		return nil, err
+	}
+	conn, err := libvirt.NewConnect(d.uri)
+	if err != nil {
+		return nil, fmt.Errorf("connect to the target host's libvirt %s: %w", d.uri, err)
+	}
+	defer conn.Close()
+	def, err := Define(ctx, conn, spec, d.options(job))
+	if err != nil {
+		return nil, err
+	}
+	return def.Warnings, nil
+}
+
+// Rollback removes the job's domain, DHCP entries and volumes.
+func (d *Driver) Rollback(ctx context.Context, job *runner.Job) error {
+	spec, err := d.spec(job)
+	if err != nil {
+		return err
+	}
+	conn, err := libvirt.NewConnect(d.uri)
+	if err != nil {
+		d.log.Warn("target libvirt unreachable; removing the volumes only", "uri", d.uri, "err", err)
+		conn = nil
+	} else {
+		defer conn.Close()
+	}
+	return Rollback(ctx, conn, spec, d.options(job))
+}
+
+func (d *Driver) options(job *runner.Job) Options {
+	o := d.opts
+	o.Log = job.Log
+	return o
+}
+
+// spec gathers the target VM's spec from the assignment and what
+// CONVERTING recorded of the source VM in the cache.
+func (d *Driver) spec(job *runner.Job) (Spec, error) {
+	a := job.Assignment
+	vols, err := volumes(job)
+	if err != nil {
+		return Spec{}, err
+	}
+	src, nvram, err := cache.LoadSourceVM(job.CacheDir)
+	if err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return Spec{}, fmt.Errorf("read the source VM's facts from the cache: %w", err)
+	}
+	return Spec{
+		JobID: a.GetJob().GetName(), VM: a.GetJob().GetTarget(), Source: src, Volumes: vols,
+		Networks: a.GetL3Networks(), NVRAM: nvram, AutoStart: AutoStart(a.GetJob().GetOptions()),
+	}, nil
+}
