@@ -119,6 +119,7 @@ func New(deps Deps) *API {
 		ledger:      deps.Ledger,
 		hub:         deps.Hub,
 		sealer:      deps.Sealer,
+		inventory:   deps.Inventory,
 		log:         deps.Logger,
 		clock:       deps.Clock,
 		newID:       deps.NewID,
