@@ -1,0 +1,209 @@
+package e2e
+
+import (
+	"crypto/rand"
+	"encoding/hex"
+	"fmt"
+	"os"
+	"os/exec"
+	"path"
+	"path/filepath"
+	"testing"
+	"time"
+
+	ferryv1 "github.com/ferry-v2v/ferry/pkg/pb/ferry/v1"
+	"github.com/ferry-v2v/ferry/pkg/testenv"
+)
+
+// world is everything a migration needs: libvirtd, a source host behind
+// sshd, a coordinator, an agent, and the inventory in the ledger.
+type world struct {
+	t          *testing.T
+	id         string
+	lv         *testenv.Libvirt
+	sshd       *testenv.SSHD
+	f          *ferry
+	host       string
+	cacheDir   string
+	storageDir string
+	netName    string
+	l3Range    [3]string
+	// resource names
+	cluster, storage, l3, cred, source, server string
+}
+
+func randID() string {
+	b := make([]byte, 3)
+	_, _ = rand.Read(b)
+	return hex.EncodeToString(b)
+}
+
+func newWorld(t *testing.T) *world {
+	t.Helper()
+	testenv.RequireRoot(t)
+	w := &world{t: t, id: randID(), lv: testenv.RequireLibvirt(t)}
+	w.sshd = testenv.StartSSHD(t, testenv.SSHDOptions{PasswordUser: testenv.TestUser, Password: testenv.TestPassword})
+	w.f = startFerry(t)
+	w.host = "e2e-" + w.id
+	w.cacheDir = t.TempDir()
+	w.storageDir = filepath.Join(testenv.ImagesDir, "ferry-e2e-"+w.id)
+	if err := os.MkdirAll(w.storageDir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(w.storageDir) })
+	w.createNetwork()
+	w.f.startAgent(w.host, w.cacheDir)
+	w.createInventory()
+	return w
+}
+
+// createNetwork makes a transient libvirt network for the target NICs.
+func (w *world) createNetwork() {
+	w.netName = "ferry-e2e-" + w.id
+	octet := 100 + int(w.id[0])%100
+	xml := fmt.Sprintf(`<network><name>%s</name><bridge name='vbr%s'/>
+<ip address='10.%d.0.1' netmask='255.255.255.0'><dhcp><range start='10.%d.0.100' end='10.%d.0.200'/></dhcp></ip></network>`,
+		w.netName, w.id, octet, octet, octet)
+	file := filepath.Join(w.t.TempDir(), "net.xml")
+	if err := os.WriteFile(file, []byte(xml), 0o644); err != nil {
+		w.t.Fatal(err)
+	}
+	w.lv.Virsh(w.t, "net-create", file)
+	w.t.Cleanup(func() { _, _ = w.lv.TryVirsh("net-destroy", w.netName) })
+	w.l3Range = [3]string{fmt.Sprintf("10.%d.0.10", octet), fmt.Sprintf("10.%d.0.99", octet), fmt.Sprintf("10.%d.0.1", octet)}
+}
+
+func (w *world) createInventory() {
+	t, c := w.t, w.f.client
+	inv, srcs, srvs := c.Inventory(), c.Sources(), c.MigrationServers()
+	cl, err := inv.CreateCluster(ctx(t, 10*time.Second), &ferryv1.CreateClusterRequest{Cluster: &ferryv1.Cluster{DisplayName: "e2e"}})
+	must(t, err)
+	w.cluster = cl.GetCluster().GetName()
+	ps, err := inv.CreatePrimaryStorage(ctx(t, 10*time.Second), &ferryv1.CreatePrimaryStorageRequest{PrimaryStorage: &ferryv1.PrimaryStorage{
+		Cluster: w.cluster, Type: ferryv1.PrimaryStorageType_PRIMARY_STORAGE_TYPE_LOCAL, Path: w.storageDir}})
+	must(t, err)
+	w.storage = ps.GetPrimaryStorage().GetName()
+	n, err := inv.CreateL3Network(ctx(t, 10*time.Second), &ferryv1.CreateL3NetworkRequest{L3Network: &ferryv1.L3Network{
+		Cluster: w.cluster, LibvirtNetwork: w.netName, IpRangeStart: w.l3Range[0], IpRangeEnd: w.l3Range[1],
+		Gateway: w.l3Range[2], PrefixLength: 24}})
+	must(t, err)
+	w.l3 = n.GetL3Network().GetName()
+	cr, err := srcs.CreateCredential(ctx(t, 10*time.Second), &ferryv1.CreateCredentialRequest{Credential: &ferryv1.Credential{
+		Type: ferryv1.CredentialType_CREDENTIAL_TYPE_PRIVATE_KEY, Secret: string(w.sshd.ClientKeyPEM)}})
+	must(t, err)
+	w.cred = cr.GetCredential().GetName()
+	w.source = w.createSource(w.cred, "root", w.sshd.HostKey)
+	ms, err := srvs.CreateMigrationServer(ctx(t, 10*time.Second), &ferryv1.CreateMigrationServerRequest{MigrationServer: &ferryv1.MigrationServer{
+		Host: "hosts/" + w.host, Type: ferryv1.Platform_PLATFORM_KVM, CachePath: w.cacheDir}})
+	must(t, err)
+	w.server = ms.GetMigrationServer().GetName()
+}
+
+func (w *world) createSource(cred, user, hostKey string) string {
+	s, err := w.f.client.Sources().CreateSource(ctx(w.t, 10*time.Second), &ferryv1.CreateSourceRequest{Source: &ferryv1.Source{
+		Type: ferryv1.Platform_PLATFORM_KVM, Kvm: &ferryv1.KvmConnection{
+			Address: w.sshd.Host, SshPort: int32(w.sshd.Port), User: user, Credential: cred, HostKey: hostKey}}})
+	must(w.t, err)
+	return s.GetSource().GetName()
+}
+
+func must(t testing.TB, err error) {
+	t.Helper()
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
+// sourceVM finds a VM through ListSourceVMs, as an operator would.
+func (w *world) sourceVM(source, name string) *ferryv1.SourceVm {
+	resp, err := w.f.client.Sources().ListSourceVMs(ctx(w.t, 60*time.Second), &ferryv1.ListSourceVMsRequest{Source: source})
+	must(w.t, err)
+	for _, vm := range resp.GetVms() {
+		if vm.GetName() == name {
+			return vm
+		}
+	}
+	w.t.Fatalf("ListSourceVMs has no %s: %v", name, resp.GetVms())
+	return nil
+}
+
+// spec turns a source VM into a job: every disk kept, every NIC on the
+// test network, the target named after the source.
+func (w *world) spec(vm *ferryv1.SourceVm, opts *ferryv1.MigrationOptions) *ferryv1.MigrationJobSpec {
+	tgt := &ferryv1.TargetVm{
+		VmName: vm.GetName() + "-migrated", Cluster: w.cluster, PrimaryStorage: w.storage,
+		Cpus: vm.GetCpus(), MemoryBytes: vm.GetMemoryBytes(), CdromCount: vm.GetCdromCount(), Firmware: vm.GetFirmware(),
+	}
+	for i, d := range vm.GetDisks() {
+		tgt.Disks = append(tgt.Disks, &ferryv1.TargetDisk{SourceDisk: d.GetTarget(), SizeBytes: d.GetCapacityBytes(),
+			DisplayName: []string{"root", "data"}[min(i, 1)] + "-" + d.GetTarget()})
+	}
+	for _, n := range vm.GetNics() {
+		tgt.Nics = append(tgt.Nics, &ferryv1.TargetNic{SourceMac: n.GetMac(), L3Network: w.l3})
+	}
+	w.t.Cleanup(func() { w.removeDomain(tgt.GetVmName()) })
+	return &ferryv1.MigrationJobSpec{SourceVm: vm.GetName(), Target: tgt, Options: opts}
+}
+
+func (w *world) removeDomain(name string) {
+	_, _ = w.lv.TryVirsh("destroy", name)
+	_, _ = w.lv.TryVirsh("undefine", "--nvram", name)
+}
+
+// createJob submits one job and returns its name.
+func (w *world) createJob(spec *ferryv1.MigrationJobSpec) string {
+	resp, err := w.f.client.Jobs().CreateMigrationJobs(ctx(w.t, 10*time.Second), &ferryv1.CreateMigrationJobsRequest{
+		Source: w.source, MigrationServer: w.server, Jobs: []*ferryv1.MigrationJobSpec{spec}})
+	must(w.t, err)
+	return resp.GetJobs()[0].GetName()
+}
+
+func (w *world) job(name string) *ferryv1.MigrationJob {
+	resp, err := w.f.client.Jobs().GetMigrationJob(ctx(w.t, 10*time.Second), &ferryv1.GetMigrationJobRequest{Name: name})
+	must(w.t, err)
+	return resp.GetJob()
+}
+
+// waitJob polls until the job satisfies cond.
+func (w *world) waitJob(name string, timeout time.Duration, what string, cond func(*ferryv1.MigrationJob) bool) *ferryv1.MigrationJob {
+	w.t.Helper()
+	var j *ferryv1.MigrationJob
+	waitFor(w.t, timeout, what, func() bool {
+		j = w.job(name)
+		return cond(j)
+	})
+	return j
+}
+
+func terminal(j *ferryv1.MigrationJob) bool {
+	switch j.GetState() {
+	case ferryv1.MigrationJobState_MIGRATION_JOB_STATE_SUCCEEDED, ferryv1.MigrationJobState_MIGRATION_JOB_STATE_FAILED,
+		ferryv1.MigrationJobState_MIGRATION_JOB_STATE_CANCELLED:
+		return true
+	}
+	return false
+}
+
+// volume is where local storage keeps a job's disk.
+func (w *world) volume(job, disk string) string {
+	return filepath.Join(w.storageDir, path.Base(job), disk+".qcow2")
+}
+
+// compare runs qemu-img compare (byte for byte, holes read as zeroes).
+func compare(t testing.TB, src, dst string) {
+	t.Helper()
+	out, err := exec.Command("qemu-img", "compare", "-U", src, dst).CombinedOutput()
+	if err != nil {
+		t.Fatalf("qemu-img compare %s %s: %v: %s", src, dst, err, out)
+	}
+}
+
+// leftovers lists what a backup may leave on the source host.
+func leftovers(vm *testenv.TestVM) []string {
+	var out []string
+	for _, dir := range []string{"/var/lib/libvirt/qemu", testenv.ImagesDir} {
+		m, _ := filepath.Glob(filepath.Join(dir, "ferry-backup-"+vm.UUID+"*"))
+		out = append(out, m...)
+	}
+	return out
+}
