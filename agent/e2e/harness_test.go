@@ -61,6 +61,22 @@ type proc struct {
 	name string
 	cmd  *exec.Cmd
 	done chan struct{}
+
+	mu  sync.Mutex
+	out []string
+}
+
+// lines returns the output lines that contain substr.
+func (p *proc) lines(substr string) []string {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	var out []string
+	for _, l := range p.out {
+		if strings.Contains(l, substr) {
+			out = append(out, l)
+		}
+	}
+	return out
 }
 
 func start(t testing.TB, name string, args ...string) *proc {
@@ -77,6 +93,9 @@ func start(t testing.TB, name string, args ...string) *proc {
 		sc := bufio.NewScanner(pr)
 		sc.Buffer(make([]byte, 64<<10), 1<<20)
 		for sc.Scan() {
+			p.mu.Lock()
+			p.out = append(p.out, sc.Text())
+			p.mu.Unlock()
 			logLine(t, name+": "+sc.Text())
 		}
 	}()

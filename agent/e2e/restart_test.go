@@ -1,0 +1,149 @@
+package e2e
+
+import (
+	"encoding/json"
+	"os/exec"
+	"path"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"testing"
+	"time"
+
+	"google.golang.org/protobuf/proto"
+
+	ferryv1 "github.com/ferry-v2v/ferry/pkg/pb/ferry/v1"
+	"github.com/ferry-v2v/ferry/pkg/testenv"
+)
+
+// eightMiBps is 8 MiB/s in the API's integer Kbps.
+const eightMiBps = "67109Kbps"
+
+func (w *world) setBandwidth(up, down *string) {
+	_, err := w.f.client.MigrationServers().SetMigrationServerBandwidth(ctx(w.t, 10*time.Second),
+		&ferryv1.SetMigrationServerBandwidthRequest{Name: w.server, UpstreamBandwidth: up, DownstreamBandwidth: down})
+	must(w.t, err)
+}
+
+func disk(j *ferryv1.MigrationJob, name string) *ferryv1.DiskProgress {
+	for _, d := range j.GetDisks() {
+		if d.GetSourceDisk() == name {
+			return d
+		}
+	}
+	return &ferryv1.DiskProgress{}
+}
+
+var copiedLine = regexp.MustCompile(`disk copied to the cache.* disk=(\S+) read_bytes=(\d+) skipped_bytes=(\d+) zero_bytes=\d+ seconds=([0-9.e+-]+)`)
+
+// copied is what the agent logged of one disk's copy into the cache.
+type copied struct {
+	read, skipped int64
+	seconds       float64
+}
+
+func copiedOf(t *testing.T, p *proc, diskName string) copied {
+	t.Helper()
+	for _, l := range p.lines("disk copied to the cache") {
+		m := copiedLine.FindStringSubmatch(l)
+		if m == nil || m[1] != diskName {
+			continue
+		}
+		read, _ := strconv.ParseInt(m[2], 10, 64)
+		skipped, _ := strconv.ParseInt(m[3], 10, 64)
+		secs, _ := strconv.ParseFloat(m[4], 64)
+		return copied{read, skipped, secs}
+	}
+	t.Fatalf("the agent logged no copy of disk %s", diskName)
+	return copied{}
+}
+
+// allocated sums the data an image holds (what was written to it).
+func allocated(t *testing.T, image string) int64 {
+	t.Helper()
+	out, err := exec.Command("qemu-img", "map", "-U", "--output=json", image).Output()
+	must(t, err)
+	var m []struct {
+		Length int64 `json:"length"`
+		Data   bool  `json:"data"`
+		Zero   bool  `json:"zero"`
+	}
+	must(t, json.Unmarshal(out, &m))
+	var n int64
+	for _, e := range m {
+		if e.Data && !e.Zero {
+			n += e.Length
+		}
+	}
+	return n
+}
+
+// TestAgentKilledMidConverting: the agent dies halfway through the copy;
+// the job is cancelled, the agent comes back, the job is restarted and
+// completes, re-reading less than 20 % of what the cache already held.
+func TestAgentKilledMidConverting(t *testing.T) {
+	w := newWorld(t)
+	src := testenv.NewTestVM(t, w.lv, testenv.VMOptions{RandomBytes: 40 << 20})
+	w.setBandwidth(nil, proto.String(eightMiBps))
+	name := w.createJob(w.spec(w.sourceVM(w.source, src.Name), nil))
+	w.waitJob(name, 2*time.Minute, "half the root disk in the cache", func(j *ferryv1.MigrationJob) bool {
+		d := disk(j, "vda")
+		return terminal(j) || d.GetTotalBytes() > 0 && d.GetDoneBytes()*2 >= d.GetTotalBytes()
+	})
+	w.f.agents[w.host].kill()
+	cacheImage := filepath.Join(w.cacheDir, path.Base(name), "vda.qcow2")
+	var before int64
+	waitFor(t, 30*time.Second, "the cache server to exit", func() bool {
+		before = allocated(t, cacheImage)
+		return exec.Command("pgrep", "-f", "qemu-nbd.*"+path.Base(name)).Run() != nil
+	})
+	before = allocated(t, cacheImage)
+	if _, err := w.f.client.Jobs().CancelMigrationJob(ctx(t, 10*time.Second), &ferryv1.CancelMigrationJobRequest{Name: name, Reason: "agent died"}); err != nil {
+		t.Fatal(err)
+	}
+	w.setBandwidth(nil, proto.String(""))
+	agent := w.f.startAgent(w.host, w.cacheDir)
+	if _, err := w.f.client.Jobs().RestartMigrationJob(ctx(t, 10*time.Second), &ferryv1.RestartMigrationJobRequest{Name: name}); err != nil {
+		t.Fatal(err)
+	}
+	j := w.waitJob(name, 3*time.Minute, "the restarted job to end", terminal)
+	if j.GetState() != ferryv1.MigrationJobState_MIGRATION_JOB_STATE_SUCCEEDED || j.GetAttempt() != 2 {
+		t.Fatalf("restarted job ended %s (attempt %d): %s", j.GetState(), j.GetAttempt(), j.GetReason())
+	}
+	for _, d := range src.Disks {
+		compare(t, d.Path, w.volume(name, d.Target))
+	}
+	c := copiedOf(t, agent, "vda")
+	reread := before - c.skipped
+	t.Logf("cache held %d bytes of vda at the kill; the restart skipped %d and read %d (re-read %d, %.1f %%)",
+		before, c.skipped, c.read, reread, 100*float64(reread)/float64(before))
+	if before == 0 || float64(reread) >= 0.2*float64(before) {
+		t.Errorf("the restart re-read %d of the %d bytes already in the cache (goal < 20 %%)", reread, before)
+	}
+	if jt := src.JobType(t); jt != "None" {
+		t.Errorf("the killed agent's backup job is still on the source: %s", jt)
+	}
+	if l := leftovers(src); len(l) > 0 {
+		t.Errorf("backup files left on the source: %v", l)
+	}
+}
+
+// TestDownstreamLimit: 8 MiB/s on the migration server gives a measured
+// source → cache rate within 15 % of it.
+func TestDownstreamLimit(t *testing.T) {
+	w := newWorld(t)
+	src := testenv.NewTestVM(t, w.lv, testenv.VMOptions{RandomBytes: 40 << 20})
+	w.setBandwidth(nil, proto.String(eightMiBps))
+	name := w.createJob(w.spec(w.sourceVM(w.source, src.Name), nil))
+	j := w.waitJob(name, 3*time.Minute, "the job to end", terminal)
+	if j.GetState() != ferryv1.MigrationJobState_MIGRATION_JOB_STATE_SUCCEEDED {
+		t.Fatalf("job ended %s: %s", j.GetState(), j.GetReason())
+	}
+	c := copiedOf(t, w.f.agents[w.host], "vda")
+	rate := float64(c.read) / c.seconds
+	const want = 8 << 20
+	t.Logf("vda: %d bytes in %.2f s = %.2f MiB/s (limit 8 MiB/s)", c.read, c.seconds, rate/(1<<20))
+	if rate < 0.85*want || rate > 1.15*want {
+		t.Errorf("measured %.2f MiB/s, want 8 MiB/s ± 15 %%", rate/(1<<20))
+	}
+}
