@@ -26,12 +26,16 @@ type jobFlags struct {
 	firmware, osType, diskBus  *enumFlag
 	compression                *enumFlag
 	pauseSource, noStart       bool
+	// network, when set, fills what the flags leave out from the source's
+	// description of the VM (ListSourceVMs): every disk, every NIC on
+	// this network, vCPUs, memory, firmware, CD-ROMs, OS type.
+	network string
 }
 
 // planFlags are the flags that build a request from flags, not allowed
 // together with -f.
 var planFlags = []string{"source", "migration-server", "vm", "target-name", "cluster", "storage", "host",
-	"cpus", "memory", "nic", "disk", "cdroms", "firmware", "os", "disk-bus", "compression", "pause-source", "no-start"}
+	"cpus", "memory", "nic", "disk", "network", "cdroms", "firmware", "os", "disk-bus", "compression", "pause-source", "no-start"}
 
 func (a *app) jobCreate() *cobra.Command {
 	jf := &jobFlags{
@@ -49,6 +53,10 @@ func (a *app) jobCreate() *cobra.Command {
       --cluster prod --storage local-1 --cpus 2 --memory 4GiB \
       --disk vda=20GiB,name=root --disk vdb=100GiB --nic 52:54:00:12:34:56=lan
 
+  # The same, its shape (disks, NICs, vCPUs, memory, firmware) read from the source
+  ferryctl job create --source kvm-src --migration-server kvm-1 --vm web-1 \
+      --cluster prod --storage local-1 --network lan
+
   # Up to 50 VMs from a plan, then follow them
   ferryctl job create -f plan.yaml -o json
   ferryctl job create -f plan.yaml && ferryctl job watch
@@ -57,6 +65,9 @@ func (a *app) jobCreate() *cobra.Command {
   ferryctl job create -f - < plan.json`,
 		Args: noArgs,
 		PreRunE: func(cmd *cobra.Command, _ []string) error {
+			if jf.planFile == "" && jf.network != "" {
+				return required(cmd, "source", "migration-server", "vm", "cluster", "storage")
+			}
 			if jf.planFile == "" {
 				return required(cmd, "source", "migration-server", "vm", "cluster", "storage", "cpus", "memory", "disk", "nic")
 			}
@@ -71,6 +82,11 @@ func (a *app) jobCreate() *cobra.Command {
 			req, err := a.jobRequest(jf)
 			if err != nil {
 				return err
+			}
+			if jf.network != "" {
+				if err := fillFromSource(ctx, cl, req, resName("l3Networks", jf.network)); err != nil {
+					return err
+				}
 			}
 			resp, err := cl.Jobs().CreateMigrationJobs(ctx, req)
 			if err != nil {
@@ -118,6 +134,11 @@ disks named are kept. A NIC is SOURCE_MAC=NETWORK[,mac=MAC][,ip=IP]: the
 target MAC is the source's unless mac= is given, the address is allocated
 from the network's range unless ip= is given.
 
+With --network NET, what the flags leave out is read from the source
+(as 'ferryctl source vms' shows it): every disk with its size, root first,
+every NIC on NET with its MAC kept, vCPUs, memory, firmware, CD-ROM drives
+and OS type.
+
 Without --request-id a fresh one is generated, so ferryctl may resend the
 request after a lost answer without creating the jobs twice.`
 
@@ -137,6 +158,7 @@ func (jf *jobFlags) addFlags(cmd *cobra.Command) {
 	f.StringArrayVar(&jf.nics, "nic", nil, "SOURCE_MAC=NETWORK[,mac=MAC][,ip=IP]; repeat per NIC")
 	f.StringArrayVar(&jf.disks, "disk", nil, "SOURCE_DISK=SIZE[,name=NAME]; repeat per disk kept, root first")
 	f.Int32Var(&jf.cdroms, "cdroms", 0, "CD-ROM drives, at most 3")
+	f.StringVar(&jf.network, "network", "", "L3 network for every NIC; fill what other flags leave out from the source's view of the VM")
 	addEnumFlag(f, jf.firmware, "firmware", "target firmware (UEFI keeps its NVRAM)")
 	addEnumFlag(f, jf.osType, "os", "guest OS")
 	addEnumFlag(f, jf.diskBus, "disk-bus", "disk bus (default: virtio-scsi for Linux, virtio-blk for Windows)")
