@@ -62,13 +62,27 @@ const (
 	FlagSendFastZero    Flags = 1 << 11
 )
 
-func (f Flags) ReadOnly() bool       { return f&FlagReadOnly != 0 }
-func (f Flags) CanFlush() bool       { return f&FlagSendFlush != 0 }
-func (f Flags) CanFUA() bool         { return f&FlagSendFUA != 0 }
-func (f Flags) CanTrim() bool        { return f&FlagSendTrim != 0 }
+// ReadOnly reports that the server refuses writes, trims and write zeroes.
+func (f Flags) ReadOnly() bool { return f&FlagReadOnly != 0 }
+
+// CanFlush reports that Flush is supported.
+func (f Flags) CanFlush() bool { return f&FlagSendFlush != 0 }
+
+// CanFUA reports that writes can ask to be persisted before the reply.
+func (f Flags) CanFUA() bool { return f&FlagSendFUA != 0 }
+
+// CanTrim reports that Trim is supported.
+func (f Flags) CanTrim() bool { return f&FlagSendTrim != 0 }
+
+// CanWriteZeroes reports that WriteZeroes (and ZeroNoHole) is supported.
 func (f Flags) CanWriteZeroes() bool { return f&FlagSendWriteZeroes != 0 }
-func (f Flags) CanFastZero() bool    { return f&FlagSendFastZero != 0 }
-func (f Flags) CanMultiConn() bool   { return f&FlagCanMultiConn != 0 }
+
+// CanFastZero reports that WriteZeroes accepts ZeroFast.
+func (f Flags) CanFastZero() bool { return f&FlagSendFastZero != 0 }
+
+// CanMultiConn reports that several connections to the export see each
+// other's flushed writes, so a client may spread requests over them.
+func (f Flags) CanMultiConn() bool { return f&FlagCanMultiConn != 0 }
 
 // Client is a connection to one export. Its methods are safe for
 // concurrent use; concurrent calls are pipelined on the connection.
@@ -203,26 +217,40 @@ func (c *Client) StructuredReplies() bool { return c.neg.structured }
 // server selected the base:allocation context.
 func (c *Client) CanBlockStatus() bool { return c.neg.haveMeta }
 
-// Close shuts the connection down at once: it tells the server it is going
-// (NBD_CMD_DISC) if it can do so without waiting, fails requests still in
-// flight with ErrClosed and waits for the reader goroutine to end.
+// Close shuts the connection down at once and waits for the reader
+// goroutine to end. Requests still in flight fail with ErrClosed. When none
+// are, it first tells the server it is going (NBD_CMD_DISC); Disconnect
+// waits for them to finish so that it can.
 func (c *Client) Close() error {
 	c.closeOnce.Do(func() {
-		select {
-		case c.wmu <- struct{}{}:
-			if c.alive() {
-				_ = c.conn.SetWriteDeadline(time.Now().Add(time.Second))
-				var hdr [requestHeaderLen]byte
-				putRequest(hdr[:], cmdDisc, 0, 0, 0, 0)
-				_, _ = c.conn.Write(hdr[:])
-			}
-			<-c.wmu
-		default:
+		c.mu.Lock()
+		idle := c.err == nil && len(c.pending) == 0
+		if c.err == nil {
+			c.err = ErrClosed
+			close(c.dead)
+		}
+		c.mu.Unlock()
+		if idle {
+			c.sendDisconnect()
 		}
 		c.shutdown(ErrClosed)
 	})
 	<-c.readerDone
 	return nil
+}
+
+// sendDisconnect writes NBD_CMD_DISC unless a request is being written.
+func (c *Client) sendDisconnect() {
+	select {
+	case c.wmu <- struct{}{}:
+	default:
+		return
+	}
+	defer func() { <-c.wmu }()
+	_ = c.conn.SetWriteDeadline(time.Now().Add(time.Second))
+	var hdr [requestHeaderLen]byte
+	putRequest(hdr[:], cmdDisc, 0, 0, 0, 0)
+	_, _ = c.conn.Write(hdr[:])
 }
 
 // Disconnect waits for the requests in flight to finish, or for ctx to end,
@@ -240,12 +268,6 @@ func (c *Client) Disconnect(ctx context.Context) error {
 	}
 	c.Close()
 	return err
-}
-
-func (c *Client) alive() bool {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.err == nil
 }
 
 // shutdown marks the connection down with err (the first cause wins) and

@@ -240,3 +240,38 @@ func TestFakeHandshakeCancel(t *testing.T) {
 		t.Errorf("NewClient returned after %v", d)
 	}
 }
+
+func TestFakeCancelWhileWaitingForSlot(t *testing.T) {
+	got := make(chan uint64, 4)
+	c, err := startFake(t, Options{MaxInFlight: 1}, func(f *fake) {
+		f.negotiate(4 * MiB)
+		for { // never reply
+			cmd, cookie, _, _, ok := f.request()
+			if !ok || cmd == cmdDisc {
+				return
+			}
+			got <- cookie
+		}
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	first := make(chan error, 1)
+	go func() { first <- c.ReadAt(ctx, make([]byte, 512), 0) }()
+	<-got // the first read holds the only slot
+	short, cancelShort := context.WithTimeout(context.Background(), 50*time.Millisecond)
+	defer cancelShort()
+	if err := c.ReadAt(short, make([]byte, 512), 512); !errors.Is(err, context.DeadlineExceeded) {
+		t.Errorf("read waiting for a slot = %v, want DeadlineExceeded", err)
+	}
+	cancel()
+	if err := <-first; !errors.Is(err, context.Canceled) {
+		t.Errorf("first read = %v, want Canceled", err)
+	}
+	select {
+	case cookie := <-got:
+		t.Errorf("request %d was sent without a free slot", cookie)
+	default:
+	}
+}

@@ -239,12 +239,10 @@ func (h *handshaker) readReply(opt uint32) (optReply, []byte, error) {
 	return r, p, nil
 }
 
-// withDeadline makes blocking I/O on conn return when ctx ends, by moving
-// the connection's deadline. The returned stop waits for that to be undone.
+// withDeadline makes blocking I/O on conn return once ctx has ended, by
+// moving the connection's deadline into the past; ctx.Err() is then set
+// when the I/O fails. The returned stop undoes it.
 func withDeadline(ctx context.Context, conn interface{ SetDeadline(time.Time) error }) (stop func()) {
-	if d, ok := ctx.Deadline(); ok {
-		_ = conn.SetDeadline(d)
-	}
 	fired := make(chan struct{})
 	stopAfter := context.AfterFunc(ctx, func() {
 		defer close(fired)

@@ -48,6 +48,9 @@ func (c *Client) do(ctx context.Context, req *request) error {
 // start takes an in-flight slot, registers req and writes it. When start
 // returns nil the request is on the wire and must be waited for.
 func (c *Client) start(ctx context.Context, req *request) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
 	select {
 	case c.slots <- struct{}{}:
 	case <-c.dead:
