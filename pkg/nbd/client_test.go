@@ -4,7 +4,9 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"io"
 	"math/rand/v2"
+	"net"
 	"os"
 	"sync"
 	"testing"
@@ -382,5 +384,52 @@ func TestConcurrentReads(t *testing.T) {
 	// A read bigger than the server's 32 MiB maximum is split.
 	if err := c.ReadAt(ctx, make([]byte, size), 0); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// TestDialTCPThroughProxy reaches qemu-nbd's unix socket through a TCP
+// relay, as the agent reaches a source host's socket through SSH.
+func TestDialTCPThroughProxy(t *testing.T) {
+	img := newImage(t, "raw", 2*MiB)
+	qemuIO(t, "raw", img, "write -P 0x5a 1M 64k")
+	srv := qemuNBD(t, img, "-f", "raw", "-r")
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var wg sync.WaitGroup
+	t.Cleanup(wg.Wait)
+	t.Cleanup(func() { ln.Close() })
+	wg.Go(func() {
+		down, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		defer down.Close()
+		up, err := net.Dial("unix", srv.sock)
+		if err != nil {
+			t.Error(err)
+			return
+		}
+		defer up.Close()
+		wg.Go(func() { _, _ = io.Copy(up, down); up.Close() }) // ends when down closes
+		_, _ = io.Copy(down, up)
+	})
+	ctx := testCtx(t)
+	if _, err := Dial(ctx, "udp", ln.Addr().String(), Options{}); err == nil {
+		t.Error("Dial over udp succeeded")
+	}
+	c, err := Dial(ctx, "tcp", ln.Addr().String(), Options{Logger: testLogger(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	p := make([]byte, 128*KiB)
+	if err := c.ReadAt(ctx, p, MiB-64*KiB); err != nil {
+		t.Fatal(err)
+	}
+	want := append(make([]byte, 64*KiB), bytes.Repeat([]byte{0x5a}, 64*KiB)...)
+	if !bytes.Equal(p, want) {
+		t.Error("read through the relay differs")
 	}
 }

@@ -227,19 +227,36 @@ func TestFakeBlockStatusPartialReplies(t *testing.T) {
 }
 
 func TestFakeHandshakeCancel(t *testing.T) {
-	cconn, sconn := net.Pipe() // the server never speaks
-	defer sconn.Close()
-	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
-	defer cancel()
-	start := time.Now()
-	_, err := NewClient(ctx, cconn, Options{})
-	if !errors.Is(err, context.DeadlineExceeded) {
-		t.Fatalf("NewClient = %v, want DeadlineExceeded", err)
-	}
-	if d := time.Since(start); d > time.Second {
-		t.Errorf("NewClient returned after %v", d)
+	for _, tc := range []struct {
+		name string
+		wrap func(net.Conn) net.Conn
+	}{
+		{"deadlines", func(c net.Conn) net.Conn { return c }},
+		{"no deadlines", func(c net.Conn) net.Conn { return noDeadlineConn{c} }},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			cconn, sconn := net.Pipe() // the server never speaks
+			defer sconn.Close()
+			ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
+			defer cancel()
+			start := time.Now()
+			_, err := NewClient(ctx, tc.wrap(cconn), Options{})
+			if !errors.Is(err, context.DeadlineExceeded) {
+				t.Fatalf("NewClient = %v, want DeadlineExceeded", err)
+			}
+			if d := time.Since(start); d > time.Second {
+				t.Errorf("NewClient returned after %v", d)
+			}
+		})
 	}
 }
+
+// noDeadlineConn is a connection without deadlines, as an SSH channel is.
+type noDeadlineConn struct{ net.Conn }
+
+func (noDeadlineConn) SetDeadline(time.Time) error      { return errors.ErrUnsupported }
+func (noDeadlineConn) SetReadDeadline(time.Time) error  { return errors.ErrUnsupported }
+func (noDeadlineConn) SetWriteDeadline(time.Time) error { return errors.ErrUnsupported }
 
 func TestFakeCancelWhileWaitingForSlot(t *testing.T) {
 	got := make(chan uint64, 4)

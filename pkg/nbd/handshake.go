@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"time"
 )
 
@@ -240,13 +241,16 @@ func (h *handshaker) readReply(opt uint32) (optReply, []byte, error) {
 }
 
 // withDeadline makes blocking I/O on conn return once ctx has ended, by
-// moving the connection's deadline into the past; ctx.Err() is then set
-// when the I/O fails. The returned stop undoes it.
-func withDeadline(ctx context.Context, conn interface{ SetDeadline(time.Time) error }) (stop func()) {
+// moving the connection's deadline into the past, or by closing conn if it
+// has no deadlines (an SSH channel has none); ctx.Err() is then set when
+// the I/O fails. The returned stop undoes the deadline.
+func withDeadline(ctx context.Context, conn net.Conn) (stop func()) {
 	fired := make(chan struct{})
 	stopAfter := context.AfterFunc(ctx, func() {
 		defer close(fired)
-		_ = conn.SetDeadline(time.Unix(1, 0))
+		if conn.SetDeadline(time.Unix(1, 0)) != nil {
+			conn.Close()
+		}
 	})
 	return func() {
 		if !stopAfter() {
