@@ -15,7 +15,7 @@ type allocator struct {
 	a     *API
 	nets  map[string]*ferryv1.L3Network
 	taken map[string]map[netip.Addr]string // network → address → holder
-	next  map[string]netip.Addr               // network → where firstFree looks next
+	next  map[string]netip.Addr            // network → where firstFree looks next
 }
 
 func (a *API) newAllocator(nets map[string]*ferryv1.L3Network) *allocator {
