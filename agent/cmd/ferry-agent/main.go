@@ -12,10 +12,14 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"path"
+	"path/filepath"
 	"syscall"
+	"time"
 
 	"golang.org/x/sync/errgroup"
 
+	"github.com/ferry-v2v/ferry/agent/internal/cache"
 	"github.com/ferry-v2v/ferry/agent/internal/config"
 	"github.com/ferry-v2v/ferry/agent/internal/facts"
 	"github.com/ferry-v2v/ferry/agent/internal/runner"
@@ -99,5 +103,42 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 	g, ctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return r.Run(ctx) })
 	g.Go(func() error { return client.Run(ctx) })
+	g.Go(func() error {
+		reclaimCaches(ctx, []string{cfg.CachePath, filepath.Join(cfg.DataDir, "cache")}, client.CacheRetention, r, log)
+		return nil
+	})
 	return g.Wait()
+}
+
+// reclaimInterval is how often caches past retention are looked for.
+const reclaimInterval = 10 * time.Minute
+
+// reclaimCaches removes, every reclaimInterval, the caches of jobs this
+// agent does not hold that are older than the cluster's cache retention.
+func reclaimCaches(ctx context.Context, dirs []string, retention func() time.Duration, r *runner.Runner, log *slog.Logger) {
+	t := time.NewTicker(reclaimInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		keep := map[string]bool{}
+		for _, h := range r.Held() {
+			keep[path.Base(h.GetJob())] = true
+		}
+		for _, dir := range dirs {
+			if dir == "" || retention() <= 0 {
+				continue
+			}
+			removed, err := cache.Reclaim(dir, retention(), func(id string) bool { return keep[id] })
+			if err != nil {
+				log.Warn("reclaim caches", "dir", dir, "err", err)
+			}
+			if len(removed) > 0 {
+				log.Info("reclaimed caches past retention", "dir", dir, "jobs", removed)
+			}
+		}
+	}
 }

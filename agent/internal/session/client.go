@@ -97,7 +97,16 @@ type Client struct {
 	coordinator string        // address of the current session, "" when cut off
 	lastContact time.Time     // last message from a coordinator in a session
 	grace       time.Duration // from the last Welcome
+	retention   time.Duration // cache retention, from the last Welcome
 	stopped     bool          // jobs stopped since the last contact
+}
+
+// CacheRetention is how long caches of jobs the agent no longer holds are
+// kept, as the last Welcome said; 0 before the first.
+func (c *Client) CacheRetention() time.Duration {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.retention
 }
 
 // New returns a client; Run connects it.
@@ -276,6 +285,7 @@ func (c *Client) contact(addr string, w *agentv1.Welcome) {
 	if w != nil {
 		c.coordinator = addr
 		c.grace = time.Duration(w.GetGracePeriodMs()) * time.Millisecond
+		c.retention = time.Duration(w.GetCacheRetentionMs()) * time.Millisecond
 	}
 }
 
