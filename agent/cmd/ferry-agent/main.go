@@ -25,6 +25,7 @@ import (
 	"github.com/ferry-v2v/ferry/agent/internal/runner"
 	"github.com/ferry-v2v/ferry/agent/internal/session"
 	"github.com/ferry-v2v/ferry/agent/internal/source/kvm"
+	"github.com/ferry-v2v/ferry/agent/internal/source/vmware"
 	"github.com/ferry-v2v/ferry/agent/internal/target"
 	ferryv1 "github.com/ferry-v2v/ferry/pkg/pb/ferry/v1"
 )
@@ -90,8 +91,11 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level}))
 	outbox := session.NewOutbox()
 	drivers := runner.Drivers{
-		Sources: map[ferryv1.Platform]runner.Source{ferryv1.Platform_PLATFORM_KVM: kvm.NewDriver(log, outbox)},
-		Target:  target.NewDriver(target.DefaultLibvirtURI, target.Options{Log: log}),
+		Sources: map[ferryv1.Platform]runner.Source{
+			ferryv1.Platform_PLATFORM_KVM:    kvm.NewDriver(log, outbox),
+			ferryv1.Platform_PLATFORM_VMWARE: vmware.NewDriver(log, vmware.Options{}),
+		},
+		Target: target.NewDriver(target.DefaultLibvirtURI, target.Options{Log: log}),
 	}
 	r := runner.New(runner.Config{DataDir: cfg.DataDir}, runner.Deps{Drivers: drivers, Reporter: outbox, Logger: log})
 	client := session.New(session.Config{

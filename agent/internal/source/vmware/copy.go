@@ -1,0 +1,137 @@
+package vmware
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"net/url"
+	"os"
+	"path/filepath"
+	"sync/atomic"
+	"time"
+
+	"github.com/ferry-v2v/ferry/agent/internal/cache"
+	"github.com/ferry-v2v/ferry/agent/internal/runner"
+	ferryv1 "github.com/ferry-v2v/ferry/pkg/pb/ferry/v1"
+)
+
+// sniffLen is how much of a disk URL's body tells its format.
+const sniffLen = 1024
+
+// exportProgress counts the disk offset each copy has reached, for the
+// job's progress and the lease's percent.
+type exportProgress struct {
+	job   *runner.Job
+	total int64
+	done  map[string]*atomic.Int64
+}
+
+func newExportProgress(job *runner.Job, disks []Disk) *exportProgress {
+	p := &exportProgress{job: job, done: map[string]*atomic.Int64{}}
+	for _, d := range disks {
+		p.total += d.CapacityBytes
+		p.done[d.Name] = new(atomic.Int64)
+		job.Progress.SetTotal(d.Name, d.CapacityBytes)
+	}
+	return p
+}
+
+func (p *exportProgress) set(disk string, done int64) {
+	p.done[disk].Store(done)
+	p.job.Progress.Set(disk, done)
+}
+
+// percent is the share of all disks done, below 100 until the lease is
+// completed.
+func (p *exportProgress) percent() int32 {
+	var done int64
+	for _, d := range p.done {
+		done += d.Load()
+	}
+	if p.total <= 0 {
+		return 0
+	}
+	return int32(min(99, done*100/p.total))
+}
+
+// copyDisk downloads one disk of the export and decodes it into the
+// disk's cache image. An NFC stream cannot resume, so the image starts
+// anew on every attempt.
+func copyDisk(ctx context.Context, conn *Conn, job *runner.Job, disk Disk, u *url.URL, prog *exportProgress) error {
+	if u == nil {
+		return fmt.Errorf("%w: the lease has no URL for the disk", ErrExport)
+	}
+	start := time.Now()
+	if err := resetImage(job.CacheDir, disk.Name); err != nil {
+		return err
+	}
+	body, err := conn.download(ctx, u)
+	if err != nil {
+		return fmt.Errorf("%w: %w", ErrExport, err)
+	}
+	defer body.Close()
+	lr := &limitedReader{ctx: ctx, r: body, lim: job.Downstream}
+	br := bufio.NewReaderSize(lr, 1<<20)
+	head, err := peek(br, sniffLen)
+	if err != nil {
+		return fmt.Errorf("%w: read the disk: %w", ErrExport, err)
+	}
+	format := sniff(head)
+	compressed := job.Assignment.GetJob().GetOptions().GetCompression() != ferryv1.Compression_COMPRESSION_NONE
+	img, err := cache.Open(ctx, job.CacheDir, disk.Name, disk.CapacityBytes, compressed, job.Log)
+	if err != nil {
+		return err
+	}
+	defer img.Close()
+	progress := func(done int64) { prog.set(disk.Name, done) }
+	switch format {
+	case formatSparse:
+		err = decodeSparse(ctx, br, img, disk.CapacityBytes, progress)
+	case formatDescriptor:
+		err = copyDescriptor(ctx, conn, br, img, disk, job, progress)
+	case formatRaw:
+		err = copyFlat(ctx, br, img, 0, disk.CapacityBytes, progress)
+		if err == nil {
+			err = img.Flush(ctx)
+		}
+	default:
+		err = fmt.Errorf("%w: the disk URL serves a %s, which this driver does not read", ErrExport, format)
+	}
+	if err != nil {
+		return fmt.Errorf("%s: %w", format, err)
+	}
+	if err := img.Close(); err != nil {
+		return err
+	}
+	prog.set(disk.Name, disk.CapacityBytes)
+	job.Log.Info("disk copied to the cache", "disk", disk.Name, "format", format, "read_bytes", lr.n,
+		"seconds", time.Since(start).Seconds())
+	return nil
+}
+
+// resetImage removes the disk's cache image and checkpoint from an
+// earlier attempt.
+func resetImage(dir, disk string) error {
+	for _, ext := range []string{cache.FormatRaw, cache.FormatQcow2, "ckpt"} {
+		p := filepath.Join(dir, disk+"."+ext)
+		if err := os.Remove(p); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			return fmt.Errorf("cache: remove %s of an earlier attempt: %w", p, err)
+		}
+	}
+	return nil
+}
+
+// decodeSparse decodes a sparse VMDK (streamOptimized or monolithicSparse)
+// read front to back into dst, checking it fits a disk of size bytes.
+var decodeSparse = func(ctx context.Context, r io.Reader, dst Sink, size int64, progress func(int64)) error {
+	return fmt.Errorf("%w: sparse VMDK decoding is not in this build", ErrExport)
+}
+
+// copyDescriptor copies the flat extents a VMDK descriptor names, read
+// from the datastore next to the disk.
+var copyDescriptor = func(ctx context.Context, conn *Conn, r io.Reader, dst Sink, disk Disk, job *runner.Job, progress func(int64)) error {
+	return fmt.Errorf("%w: VMDK descriptors are not read in this build", ErrExport)
+}

@@ -1,0 +1,244 @@
+package vmware
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"path"
+	"strings"
+	"time"
+
+	"golang.org/x/sync/errgroup"
+
+	"github.com/ferry-v2v/ferry/agent/internal/cache"
+	"github.com/ferry-v2v/ferry/agent/internal/runner"
+	"github.com/ferry-v2v/ferry/pkg/netsel"
+	agentv1 "github.com/ferry-v2v/ferry/pkg/pb/ferry/agent/v1"
+	ferryv1 "github.com/ferry-v2v/ferry/pkg/pb/ferry/v1"
+	"github.com/ferry-v2v/ferry/pkg/seal"
+)
+
+// Options tune the driver; the zero value takes the defaults of Config.
+type Options struct {
+	ShutdownTimeout     time.Duration
+	LeaseUpdateInterval time.Duration
+}
+
+// Driver is the VMware source driver as the runner sees it: Convert copies
+// a job's disks to the cache, ListVMs answers inventory requests.
+type Driver struct {
+	log  *slog.Logger
+	opts Options
+}
+
+var (
+	_ runner.Source = (*Driver)(nil)
+	_ runner.Lister = (*Driver)(nil)
+)
+
+// NewDriver returns the driver.
+func NewDriver(log *slog.Logger, opts Options) *Driver {
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	return &Driver{log: log, opts: opts}
+}
+
+// Config is the connection to src from the migration server ms, whose
+// migration CIDR gives the local address.
+func (d *Driver) Config(src *ferryv1.Source, ms *ferryv1.MigrationServer, secrets map[string]string, log *slog.Logger) (Config, error) {
+	v := src.GetVcenter()
+	if v == nil {
+		return Config{}, fmt.Errorf("%w: source %s has no vCenter connection", ErrConfig, src.GetName())
+	}
+	dialer, err := netsel.Dialer(ms.GetMigrationCidr())
+	if err != nil {
+		return Config{}, fmt.Errorf("migration CIDR of %s: %w", ms.GetName(), err)
+	}
+	cfg := Config{
+		Address: v.GetAddress(), Port: int(v.GetPort()), User: v.GetUser(),
+		Password: seal.Secret(secrets[v.GetCredential()]), UseHTTP: v.GetUseHttp(),
+		Thumbprint: v.GetThumbprint(), Dialer: dialer, Logger: log,
+		ShutdownTimeout: d.opts.ShutdownTimeout, LeaseUpdateInterval: d.opts.LeaseUpdateInterval,
+	}
+	// ca_certificate holds a PEM bundle, or a thumbprint.
+	if ca := strings.TrimSpace(v.GetCaCertificate()); strings.Contains(ca, "-----BEGIN") {
+		cfg.CACertificatePEM = ca
+	} else if ca != "" && cfg.Thumbprint == "" {
+		cfg.Thumbprint = ca
+	}
+	return cfg, nil
+}
+
+func (d *Driver) connect(ctx context.Context, src *ferryv1.Source, ms *ferryv1.MigrationServer, secrets map[string]string, log *slog.Logger) (*Conn, error) {
+	cfg, err := d.Config(src, ms, secrets, log)
+	if err != nil {
+		return nil, err
+	}
+	return Connect(ctx, cfg)
+}
+
+// ListVMs lists the source's VMs; templates are left out, as they cannot
+// be migrated.
+func (d *Driver) ListVMs(ctx context.Context, req *agentv1.InventoryRequest) ([]*ferryv1.SourceVm, error) {
+	conn, err := d.connect(ctx, req.GetSource(), req.GetMigrationServer(), req.GetSecrets(), d.log)
+	if err != nil {
+		return nil, err
+	}
+	defer conn.Close()
+	vms, err := conn.ListVMs(ctx)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]*ferryv1.SourceVm, 0, len(vms))
+	for _, vm := range vms {
+		if !vm.Template {
+			out = append(out, vm.Proto())
+		}
+	}
+	return out, nil
+}
+
+// Convert shuts the VM down, exports a snapshot of it and decodes each
+// disk's VMDK stream into the cache. The lease is released and the
+// snapshot removed however Convert ends.
+func (d *Driver) Convert(ctx context.Context, job *runner.Job) error {
+	a := job.Assignment
+	conn, err := d.connect(ctx, a.GetSource(), a.GetMigrationServer(), a.GetSecrets(), job.Log)
+	if err != nil {
+		return err
+	}
+	defer conn.Close()
+	vm, err := conn.FindVM(ctx, a.GetJob().GetSourceVm())
+	if err != nil {
+		return err
+	}
+	disks, err := SelectDisks(vm, a.GetJob().GetTarget().GetDisks())
+	if err != nil {
+		return err
+	}
+	if err := Precheck(vm, disks); err != nil {
+		return err
+	}
+	if err := cache.SaveSourceVM(job.CacheDir, vm.Proto(), nil); err != nil {
+		return fmt.Errorf("save the source VM's description: %w", err)
+	}
+	if err := conn.PowerDown(ctx, vm, conn.cfg.ShutdownTimeout, job.Log); err != nil {
+		return err
+	}
+	return d.exportWatched(ctx, conn, job, vm, disks)
+}
+
+// exportWatched runs the export while watching the VM's power state: a
+// VM powered on again stops the export with ErrPoweredOn.
+func (d *Driver) exportWatched(ctx context.Context, conn *Conn, job *runner.Job, vm *VM, disks []Disk) error {
+	g, gctx := errgroup.WithContext(ctx)
+	watchCtx, stopWatch := context.WithCancel(gctx)
+	g.Go(func() error {
+		err := conn.WatchPowerOn(watchCtx, vm)
+		if errors.Is(err, ErrPoweredOn) {
+			return err
+		}
+		if watchCtx.Err() == nil {
+			job.Log.Warn("watching the source VM's power state stopped", "err", err)
+		}
+		return nil
+	})
+	g.Go(func() error {
+		defer stopWatch()
+		return exportDisks(gctx, conn, job, vm, disks)
+	})
+	return g.Wait()
+}
+
+// exportDisks copies the disks from an export of a snapshot, all at once.
+func exportDisks(ctx context.Context, conn *Conn, job *runner.Job, vm *VM, disks []Disk) (err error) {
+	exp, err := conn.StartExport(ctx, vm, SnapshotPrefix+path.Base(job.Name()), job.Log)
+	if err != nil {
+		return err
+	}
+	defer func() {
+		cause := err
+		if cause != nil && context.Cause(ctx) != nil {
+			cause = context.Cause(ctx)
+		}
+		exp.Release(cause)
+	}()
+	urls, err := exp.DiskURLs(vm.Disks)
+	if err != nil {
+		return err
+	}
+	prog := newExportProgress(job, disks)
+	g, gctx := errgroup.WithContext(ctx)
+	keepCtx, stopKeep := context.WithCancel(gctx)
+	g.Go(func() error { return exp.KeepAlive(keepCtx, prog.percent) })
+	g.Go(func() error {
+		defer stopKeep()
+		cg, cctx := errgroup.WithContext(gctx)
+		for _, disk := range disks {
+			cg.Go(func() error {
+				if err := copyDisk(cctx, conn, job, disk, urls[disk.Name], prog); err != nil {
+					return fmt.Errorf("disk %s: %w", disk.Name, err)
+				}
+				return nil
+			})
+		}
+		return cg.Wait()
+	})
+	return g.Wait()
+}
+
+// SelectDisks returns the VM's disks a job names (by device key or
+// label), in the job's order; all of them when the job names none.
+func SelectDisks(vm *VM, want []*ferryv1.TargetDisk) ([]Disk, error) {
+	if len(want) == 0 {
+		return vm.Disks, nil
+	}
+	out := make([]Disk, 0, len(want))
+	for _, w := range want {
+		found := false
+		for _, d := range vm.Disks {
+			if w.GetSourceDisk() == d.Name || w.GetSourceDisk() == d.Label {
+				out = append(out, d)
+				found = true
+				break
+			}
+		}
+		if !found {
+			names := make([]string, len(vm.Disks))
+			for i, d := range vm.Disks {
+				names[i] = d.Name
+			}
+			return nil, fmt.Errorf("%w: VM %s has no disk %q (its disks: %s)", ErrPrecheck, vm.Name,
+				w.GetSourceDisk(), strings.Join(names, ", "))
+		}
+	}
+	return out, nil
+}
+
+// Precheck refuses what cannot be migrated as it is, one line per reason.
+func Precheck(vm *VM, disks []Disk) error {
+	var reasons []string
+	if vm.Template {
+		reasons = append(reasons, fmt.Sprintf("VM %s is a template", vm.Name))
+	}
+	if vm.Host.InMaintenanceMode {
+		reasons = append(reasons, fmt.Sprintf("host %s of VM %s is in maintenance mode", vm.Host.Name, vm.Name))
+	}
+	for _, d := range disks {
+		if !d.Dependent() {
+			reasons = append(reasons, fmt.Sprintf("disk %s (%s) of VM %s is in %s mode, which snapshots leave out; "+
+				"make it dependent first", d.Name, d.Label, vm.Name, d.Mode))
+		}
+	}
+	if vm.Host.Version != "" {
+		if err := checkVersion("host "+vm.Host.Name, vm.Host.Version); err != nil {
+			reasons = append(reasons, err.Error())
+		}
+	}
+	if len(reasons) == 0 {
+		return nil
+	}
+	return fmt.Errorf("%w: %s", ErrPrecheck, strings.Join(reasons, "; "))
+}
