@@ -273,7 +273,7 @@ func (c *streamCopier) decodeBatch(inf *inflater, tmp []byte, b *batch) ([]byte,
 func (c *streamCopier) writeBatch(ctx context.Context, start int64, out []byte) error {
 	align := int(c.opts.Align)
 	run := -1
-	for i := 0; i <= len(out); i += align {
+	for i := 0; run >= 0 || i < len(out); i += align {
 		data := i < len(out) && !allZero(out[i:min(i+align, len(out))])
 		if data && run < 0 {
 			run = i

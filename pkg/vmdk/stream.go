@@ -2,6 +2,7 @@ package vmdk
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"encoding/binary"
 	"errors"
@@ -130,6 +131,9 @@ func embeddedDescriptor(h *Header, read func(p []byte, off int64) error) (*Descr
 		return nil, err
 	}
 	d, err := ParseDescriptor(b)
+	if errors.Is(err, ErrNotVMDK) && len(bytes.TrimSpace(bytes.TrimRight(b, "\x00"))) == 0 {
+		return nil, nil // room kept for a descriptor, as in the extents of a split disk
+	}
 	if errors.Is(err, ErrNotVMDK) {
 		return nil, corruptf(off, "no disk descriptor where the header points")
 	}
