@@ -5,7 +5,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"io/fs"
 	"net/url"
 	"os"
@@ -60,7 +59,7 @@ func (p *exportProgress) percent() int32 {
 // copyDisk downloads one disk of the export and decodes it into the
 // disk's cache image. An NFC stream cannot resume, so the image starts
 // anew on every attempt.
-func copyDisk(ctx context.Context, conn *Conn, job *runner.Job, disk Disk, u *url.URL, prog *exportProgress) error {
+func copyDisk(ctx context.Context, conn *Conn, job *runner.Job, vm *VM, disk Disk, u *url.URL, prog *exportProgress) error {
 	if u == nil {
 		return fmt.Errorf("%w: the lease has no URL for the disk", ErrExport)
 	}
@@ -89,9 +88,9 @@ func copyDisk(ctx context.Context, conn *Conn, job *runner.Job, disk Disk, u *ur
 	progress := func(done int64) { prog.set(disk.Name, done) }
 	switch format {
 	case formatSparse:
-		err = decodeSparse(ctx, br, img, disk.CapacityBytes, progress)
+		err = decodeSparse(ctx, br, img, 0, disk.CapacityBytes, progress)
 	case formatDescriptor:
-		err = copyDescriptor(ctx, conn, br, img, disk, job, progress)
+		err = copyDescriptor(ctx, conn, br, img, vm, disk, job, progress)
 	case formatRaw:
 		err = copyFlat(ctx, br, img, 0, disk.CapacityBytes, progress)
 		if err == nil {
@@ -122,16 +121,4 @@ func resetImage(dir, disk string) error {
 		}
 	}
 	return nil
-}
-
-// decodeSparse decodes a sparse VMDK (streamOptimized or monolithicSparse)
-// read front to back into dst, checking it fits a disk of size bytes.
-var decodeSparse = func(ctx context.Context, r io.Reader, dst Sink, size int64, progress func(int64)) error {
-	return fmt.Errorf("%w: sparse VMDK decoding is not in this build", ErrExport)
-}
-
-// copyDescriptor copies the flat extents a VMDK descriptor names, read
-// from the datastore next to the disk.
-var copyDescriptor = func(ctx context.Context, conn *Conn, r io.Reader, dst Sink, disk Disk, job *runner.Job, progress func(int64)) error {
-	return fmt.Errorf("%w: VMDK descriptors are not read in this build", ErrExport)
 }

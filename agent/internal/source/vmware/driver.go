@@ -178,7 +178,7 @@ func exportDisks(ctx context.Context, conn *Conn, job *runner.Job, vm *VM, disks
 		cg, cctx := errgroup.WithContext(gctx)
 		for _, disk := range disks {
 			cg.Go(func() error {
-				if err := copyDisk(cctx, conn, job, disk, urls[disk.Name], prog); err != nil {
+				if err := copyDisk(cctx, conn, job, vm, disk, urls[disk.Name], prog); err != nil {
 					return fmt.Errorf("disk %s: %w", disk.Name, err)
 				}
 				return nil

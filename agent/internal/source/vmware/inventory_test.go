@@ -1,0 +1,106 @@
+package vmware
+
+import (
+	"testing"
+	"time"
+
+	"github.com/vmware/govmomi/object"
+	"github.com/vmware/govmomi/vim25/types"
+
+	"github.com/ferry-v2v/ferry/agent/internal/source/vmware/vcsimtest"
+	agentv1 "github.com/ferry-v2v/ferry/pkg/pb/ferry/agent/v1"
+	ferryv1 "github.com/ferry-v2v/ferry/pkg/pb/ferry/v1"
+)
+
+func TestListVMs(t *testing.T) {
+	sim := vcsimtest.Start(t)
+	ctx := testContext(t, 30*time.Second)
+	dir := t.TempDir()
+	raw := vcsimtest.RawImage(t, dir, "a", 4<<20, 1)
+	vm := sim.PrepareVM(ctx, t, "DC0_H0_VM0", vcsimtest.VMSpec{
+		Disks: []vcsimtest.Disk{
+			{Files: vcsimtest.ConvertVMDK(t, raw, dir, "a", "streamOptimized"), Capacity: 4 << 20},
+			{Files: vcsimtest.ConvertVMDK(t, raw, dir, "b", "monolithicSparse"), Capacity: 4 << 20,
+				Mode: string(types.VirtualDiskModeIndependent_persistent)},
+		},
+		Firmware: FirmwareEFI, ExtraNICNetwork: "VM Network", MemoryMB: 768, CPUs: 3,
+	})
+	macs := nicMACs(t, vm)
+
+	src, secrets := simSource(t, sim)
+	d := NewDriver(testLogger(t), Options{})
+	vms, err := d.ListVMs(ctx, &agentv1.InventoryRequest{Source: src,
+		MigrationServer: &ferryv1.MigrationServer{Name: "migrationServers/ms"}, Secrets: secrets})
+	if err != nil {
+		t.Fatalf("ListVMs: %v", err)
+	}
+	var got *ferryv1.SourceVm
+	for _, v := range vms {
+		if v.GetName() == "DC0_H0_VM0" {
+			got = v
+		}
+	}
+	if got == nil {
+		t.Fatalf("ListVMs returned %d VMs, none DC0_H0_VM0", len(vms))
+	}
+	if got.GetId() != vm.Reference().Value || got.GetCpus() != 3 || got.GetMemoryBytes() != 768<<20 ||
+		got.GetFirmware() != ferryv1.Firmware_FIRMWARE_UEFI || got.GetState() != ferryv1.SourceVmState_SOURCE_VM_STATE_RUNNING {
+		t.Errorf("VM: id %s cpus %d memory %d firmware %s state %s", got.GetId(), got.GetCpus(),
+			got.GetMemoryBytes(), got.GetFirmware(), got.GetState())
+	}
+	if got.GetCdromCount() != 1 {
+		t.Errorf("CD-ROMs %d, want 1", got.GetCdromCount())
+	}
+	if len(got.GetNics()) != len(macs) || len(macs) != 2 {
+		t.Fatalf("NICs %v, want MACs %v", got.GetNics(), macs)
+	}
+	for i, n := range got.GetNics() {
+		if n.GetMac() != macs[i] || n.GetNetwork() == "" || n.GetModel() == "" {
+			t.Errorf("NIC %d: %v, want MAC %s with a portgroup and a model", i, n, macs[i])
+		}
+	}
+	if n := got.GetNics()[1]; n.GetNetwork() != "VM Network" || n.GetModel() != "vmxnet3" {
+		t.Errorf("second NIC %v, want vmxnet3 on VM Network", n)
+	}
+	if n := got.GetNics()[0]; n.GetNetwork() != "DC0_DVPG0" {
+		t.Errorf("first NIC on %q, want the distributed portgroup's name DC0_DVPG0", n.GetNetwork())
+	}
+	if len(got.GetDisks()) != 2 {
+		t.Fatalf("disks %v", got.GetDisks())
+	}
+	for _, disk := range got.GetDisks() {
+		if disk.GetCapacityBytes() != 4<<20 || disk.GetBus() != "scsi" || disk.GetTarget() == "" {
+			t.Errorf("disk %v", disk)
+		}
+	}
+
+	conn, err := Connect(ctx, simConfig(t, sim))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	for _, id := range []string{vm.Reference().Value, "DC0_H0_VM0"} {
+		v, err := conn.FindVM(ctx, id)
+		if err != nil {
+			t.Fatalf("FindVM(%s): %v", id, err)
+		}
+		if v.Disks[1].Dependent() || !v.Disks[0].Dependent() || v.Host.Name == "" || v.Host.Version == "" {
+			t.Errorf("FindVM(%s): disks %+v host %+v", id, v.Disks, v.Host)
+		}
+	}
+	if _, err := conn.FindVM(ctx, "no-such-vm"); err == nil {
+		t.Error("FindVM found a VM that does not exist")
+	}
+}
+
+func nicMACs(t *testing.T, vm *object.VirtualMachine) []string {
+	devices, err := vm.Device(testContext(t, 10*time.Second))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var macs []string
+	for _, d := range devices.SelectByType((*types.VirtualEthernetCard)(nil)) {
+		macs = append(macs, d.(types.BaseVirtualEthernetCard).GetVirtualEthernetCard().MacAddress)
+	}
+	return macs
+}

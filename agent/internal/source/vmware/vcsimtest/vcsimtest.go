@@ -1,0 +1,255 @@
+// Package vcsimtest runs govmomi's vCenter simulator in-process for the
+// VMware driver's tests and the end-to-end tests, with what the
+// simulator lacks:
+//
+//   - a record of every NFC export lease: completed or aborted (with the
+//     fault), and the progress updates it got;
+//   - NFC downloads that can be cut after some bytes (an export failing
+//     midway) or held until released (a job caught in the middle);
+//   - a VM whose guest ignores a Tools shutdown until it is powered off;
+//   - VMs whose disks are real VMDK files copied into the datastore.
+//
+// The snapshot the driver exports is swapped in the simulator's registry
+// for a wrapper (exportingSnapshot) whose ExportSnapshot wraps the lease;
+// RemoveSnapshot puts the simulator's own object back first, as its code
+// expects it. Only tests import this package.
+package vcsimtest
+
+import (
+	"context"
+	"crypto/sha256"
+	"crypto/tls"
+	"fmt"
+	"net/http"
+	"net/url"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+
+	"github.com/vmware/govmomi"
+	"github.com/vmware/govmomi/simulator"
+	"github.com/vmware/govmomi/vim25/methods"
+	"github.com/vmware/govmomi/vim25/mo"
+	"github.com/vmware/govmomi/vim25/soap"
+	"github.com/vmware/govmomi/vim25/types"
+)
+
+// The simulator's login.
+const (
+	User     = "administrator@vsphere.local"
+	Password = "Ferry-vcsim-1"
+)
+
+// nfcPath is where the wrapped leases' disk URLs point.
+const nfcPath = "/ferry-nfc/"
+
+// Sim is a running simulator.
+type Sim struct {
+	Model  *simulator.Model
+	Server *simulator.Server
+	// URL is the SDK URL with the simulator's user and password.
+	URL *url.URL
+	// Leases records the NFC leases of exports.
+	Leases *LeaseLog
+
+	cut  atomic.Int64 // bytes after which the next NFC GET is cut; 0: none
+	hold atomic.Pointer[chan struct{}]
+	gets atomic.Int64
+	seen sync.Map // snapshots already wrapped
+}
+
+// Start runs a vCenter model (simulator.VPX: one datacenter, a cluster of
+// three hosts, a standalone host, four VMs on datastore LocalDS_0) over
+// HTTPS on 127.0.0.1. Everything ends with the test.
+func Start(t testing.TB) *Sim {
+	t.Helper()
+	m := simulator.VPX()
+	if err := m.Create(); err != nil {
+		t.Fatalf("vcsim: %v", err)
+	}
+	s := &Sim{Model: m, Leases: &LeaseLog{leases: map[string]*Lease{}}}
+	m.Map().AddHandler(&snapshotHook{sim: s})
+	m.Service.HandleFunc(nfcPath, s.serveNFC)
+	m.Service.Listen = &url.URL{Host: "127.0.0.1:0", User: url.UserPassword(User, Password)}
+	m.Service.TLS = new(tls.Config)
+	s.Server = m.Service.NewServer()
+	s.URL = s.Server.URL
+	t.Cleanup(func() {
+		s.Release()
+		s.Server.Close()
+		m.Remove()
+	})
+	return s
+}
+
+// Address and Port are where the simulator listens.
+func (s *Sim) Address() string { return s.URL.Hostname() }
+
+// Port is the simulator's TCP port.
+func (s *Sim) Port() string { return s.URL.Port() }
+
+// User and Password log in to the simulator.
+func (s *Sim) User() string { return s.URL.User.Username() }
+
+// Password is the simulator's password.
+func (s *Sim) Password() string {
+	p, _ := s.URL.User.Password()
+	return p
+}
+
+// Thumbprint is the SHA-256 thumbprint of the simulator's certificate.
+func (s *Sim) Thumbprint() string {
+	sum := sha256.Sum256(s.Server.Certificate().Raw)
+	parts := make([]string, len(sum))
+	for i, b := range sum {
+		parts[i] = fmt.Sprintf("%02X", b)
+	}
+	return strings.Join(parts, ":")
+}
+
+// Client logs in to the simulator, for the test's own changes.
+func (s *Sim) Client(ctx context.Context, t testing.TB) *govmomi.Client {
+	t.Helper()
+	c, err := govmomi.NewClient(ctx, s.URL, true)
+	if err != nil {
+		t.Fatalf("vcsim client: %v", err)
+	}
+	t.Cleanup(func() { _ = c.Logout(context.Background()) })
+	return c
+}
+
+// CutNFCAfter makes the next NFC download end abruptly after n bytes.
+func (s *Sim) CutNFCAfter(n int64) { s.cut.Store(n) }
+
+// HoldNFC makes NFC downloads wait until Release.
+func (s *Sim) HoldNFC() {
+	ch := make(chan struct{})
+	s.hold.Store(&ch)
+}
+
+// Release lets held NFC downloads go on.
+func (s *Sim) Release() {
+	if ch := s.hold.Swap(nil); ch != nil {
+		close(*ch)
+	}
+}
+
+// NFCGets counts the NFC downloads that started.
+func (s *Sim) NFCGets() int64 { return s.gets.Load() }
+
+func (s *Sim) serveNFC(w http.ResponseWriter, r *http.Request) {
+	s.gets.Add(1)
+	if ch := s.hold.Load(); ch != nil {
+		select {
+		case <-*ch:
+		case <-r.Context().Done():
+			return
+		}
+	}
+	if n := s.cut.Swap(0); n > 0 && r.Method == http.MethodGet {
+		w = &cutWriter{ResponseWriter: w, left: n}
+	}
+	simulator.ServeNFC(w, r)
+}
+
+// cutWriter aborts the response after left bytes.
+type cutWriter struct {
+	http.ResponseWriter
+	left int64
+}
+
+func (c *cutWriter) Write(p []byte) (int, error) {
+	if int64(len(p)) >= c.left {
+		_, _ = c.ResponseWriter.Write(p[:c.left])
+		if f, ok := c.ResponseWriter.(http.Flusher); ok {
+			f.Flush()
+		}
+		panic(http.ErrAbortHandler)
+	}
+	c.left -= int64(len(p))
+	return c.ResponseWriter.Write(p)
+}
+
+// snapshotHook swaps each new snapshot for an exportingSnapshot.
+type snapshotHook struct{ sim *Sim }
+
+func (h *snapshotHook) Reference() types.ManagedObjectReference {
+	return types.ManagedObjectReference{Type: "FerryTestHook", Value: "snapshots"}
+}
+
+func (h *snapshotHook) PutObject(ctx *simulator.Context, obj mo.Reference) {
+	snap, ok := obj.(*simulator.VirtualMachineSnapshot)
+	if !ok {
+		return
+	}
+	if _, seen := h.sim.seen.LoadOrStore(snap.Self, true); seen {
+		return
+	}
+	ctx.Map.Put(&exportingSnapshot{VirtualMachineSnapshot: snap, sim: h.sim})
+}
+
+func (h *snapshotHook) UpdateObject(*simulator.Context, mo.Reference, []types.PropertyChange) {}
+
+func (h *snapshotHook) RemoveObject(*simulator.Context, types.ManagedObjectReference) {}
+
+// exportingSnapshot records the leases of its exports and points their
+// disk URLs at the simulator's cuttable NFC handler.
+type exportingSnapshot struct {
+	*simulator.VirtualMachineSnapshot
+	sim *Sim
+}
+
+func (s *exportingSnapshot) ExportSnapshot(ctx *simulator.Context, req *types.ExportSnapshot) soap.HasFault {
+	res := s.VirtualMachineSnapshot.ExportSnapshot(ctx, req)
+	body, ok := res.(*methods.ExportSnapshotBody)
+	if !ok || body.Res == nil {
+		return res
+	}
+	ref := body.Res.Returnval
+	lease, ok := ctx.Session.Get(ref).(*simulator.HttpNfcLease)
+	if !ok {
+		return res
+	}
+	var urls []string
+	if lease.Info != nil {
+		for i := range lease.Info.DeviceUrl {
+			u := &lease.Info.DeviceUrl[i]
+			u.Url = strings.Replace(u.Url, "/nfc/", nfcPath, 1)
+			urls = append(urls, u.Url)
+		}
+	}
+	ctx.Session.Put(&recordingLease{HttpNfcLease: lease, log: s.sim.Leases})
+	s.sim.Leases.open(ref.Value, urls)
+	return res
+}
+
+func (s *exportingSnapshot) RemoveSnapshotTask(ctx *simulator.Context, req *types.RemoveSnapshot_Task) soap.HasFault {
+	ctx.Map.Put(s.VirtualMachineSnapshot)
+	return s.VirtualMachineSnapshot.RemoveSnapshotTask(ctx, req)
+}
+
+// recordingLease records how a lease ends.
+type recordingLease struct {
+	*simulator.HttpNfcLease
+	log *LeaseLog
+}
+
+func (l *recordingLease) HttpNfcLeaseComplete(ctx *simulator.Context, req *types.HttpNfcLeaseComplete) soap.HasFault {
+	l.log.end(req.This.Value, LeaseCompleted, "")
+	return l.HttpNfcLease.HttpNfcLeaseComplete(ctx, req)
+}
+
+func (l *recordingLease) HttpNfcLeaseAbort(ctx *simulator.Context, req *types.HttpNfcLeaseAbort) soap.HasFault {
+	msg := ""
+	if req.Fault != nil {
+		msg = req.Fault.LocalizedMessage
+	}
+	l.log.end(req.This.Value, LeaseAborted, msg)
+	return l.HttpNfcLease.HttpNfcLeaseAbort(ctx, req)
+}
+
+func (l *recordingLease) HttpNfcLeaseProgress(ctx *simulator.Context, req *types.HttpNfcLeaseProgress) soap.HasFault {
+	l.log.progress(req.This.Value, req.Percent)
+	return l.HttpNfcLease.HttpNfcLeaseProgress(ctx, req)
+}
