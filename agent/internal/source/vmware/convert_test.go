@@ -1,0 +1,222 @@
+package vmware
+
+import (
+	"context"
+	"crypto/tls"
+	"net/http"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/vmware/govmomi/object"
+	"github.com/vmware/govmomi/vim25/mo"
+	"github.com/vmware/govmomi/vim25/types"
+
+	"github.com/ferry-v2v/ferry/agent/internal/cache"
+	"github.com/ferry-v2v/ferry/agent/internal/runner"
+	"github.com/ferry-v2v/ferry/agent/internal/source/vmware/vcsimtest"
+	agentv1 "github.com/ferry-v2v/ferry/pkg/pb/ferry/agent/v1"
+	ferryv1 "github.com/ferry-v2v/ferry/pkg/pb/ferry/v1"
+)
+
+// diskSize is the size of each test disk.
+const diskSize = 8 << 20
+
+// migration is a simulator VM with three real VMDKs (streamOptimized,
+// monolithicSparse, monolithicFlat) made from raw images, and a runner
+// that runs jobs with the VMware driver and a target that does nothing.
+type migration struct {
+	sim    *vcsimtest.Sim
+	vm     *object.VirtualMachine
+	raws   map[string]string // raw image by disk name
+	disks  []string          // disk names, in device order
+	cache  string
+	driver *Driver
+	runner *runner.Runner
+	rep    *reporter
+	epoch  int64
+}
+
+func newMigration(t *testing.T, opts Options) *migration {
+	sim := vcsimtest.Start(t)
+	ctx := testContext(t, 30*time.Second)
+	dir := t.TempDir()
+	m := &migration{sim: sim, raws: map[string]string{}, cache: t.TempDir()}
+	var spec vcsimtest.VMSpec
+	var raws []string
+	for i, sub := range []string{"streamOptimized", "monolithicSparse", "monolithicFlat"} {
+		raw := vcsimtest.RawImage(t, dir, sub, diskSize, uint64(i+1))
+		raws = append(raws, raw)
+		spec.Disks = append(spec.Disks, vcsimtest.Disk{Files: vcsimtest.ConvertVMDK(t, raw, dir, sub, sub), Capacity: diskSize})
+	}
+	m.vm = sim.PrepareVM(ctx, t, "DC0_H0_VM0", spec)
+	var vm mo.VirtualMachine
+	if err := m.vm.Properties(ctx, m.vm.Reference(), []string{"config.hardware"}, &vm); err != nil {
+		t.Fatal(err)
+	}
+	for _, d := range object.VirtualDeviceList(vm.Config.Hardware.Device).SelectByType((*types.VirtualDisk)(nil)) {
+		name := strconv.Itoa(int(d.GetVirtualDevice().Key))
+		m.disks = append(m.disks, name)
+		m.raws[name] = raws[len(m.disks)-1]
+	}
+	if opts.ShutdownTimeout == 0 {
+		opts.ShutdownTimeout = 5 * time.Second
+	}
+	if opts.LeaseUpdateInterval == 0 {
+		opts.LeaseUpdateInterval = 50 * time.Millisecond
+	}
+	m.driver = NewDriver(testLogger(t), opts)
+	m.rep = &reporter{results: make(chan *agentv1.JobResult, 4)}
+	m.runner = runner.New(runner.Config{DataDir: t.TempDir()}, runner.Deps{
+		Drivers:  runner.Drivers{Sources: map[ferryv1.Platform]runner.Source{ferryv1.Platform_PLATFORM_VMWARE: m.driver}, Target: nopTarget{}},
+		Reporter: m.rep, Logger: testLogger(t)})
+	rctx, stop := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { defer close(done); _ = m.runner.Run(rctx) }()
+	t.Cleanup(func() { stop(); <-done })
+	return m
+}
+
+// start assigns the job (again, with a new epoch).
+func (m *migration) start(t *testing.T) {
+	src, secrets := simSource(t, m.sim)
+	var disks []*ferryv1.TargetDisk
+	for _, d := range m.disks {
+		disks = append(disks, &ferryv1.TargetDisk{SourceDisk: d, SizeBytes: diskSize})
+	}
+	m.epoch++
+	a := &agentv1.Assignment{
+		Job: &ferryv1.MigrationJob{Name: "migrationJobs/j1", SourceVm: m.vm.Reference().Value,
+			Target: &ferryv1.TargetVm{Disks: disks}},
+		Epoch: m.epoch, Source: src, Secrets: secrets,
+		MigrationServer: &ferryv1.MigrationServer{Name: "migrationServers/ms", CachePath: m.cache},
+	}
+	if err := m.runner.Start(a); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func (m *migration) result(t *testing.T) *agentv1.JobResult {
+	select {
+	case r := <-m.rep.results:
+		t.Logf("job result: %s %q", r.GetOutcome(), r.GetReason())
+		return r
+	case <-time.After(50 * time.Second):
+		t.Fatal("no job result in 50 s")
+		return nil
+	}
+}
+
+// run starts the job and waits for its result.
+func (m *migration) run(t *testing.T) *agentv1.JobResult {
+	m.start(t)
+	return m.result(t)
+}
+
+// checkDisks compares each cache image with the raw image it came from.
+func (m *migration) checkDisks(t *testing.T) {
+	for _, d := range m.disks {
+		img := filepath.Join(m.cache, "j1", d+".qcow2")
+		if out, same := vcsimtest.Compare(t, m.raws[d], "raw", img, "qcow2"); !same {
+			t.Errorf("disk %s: the cache image differs from the raw image: %s", d, out)
+		}
+	}
+}
+
+func (m *migration) powerState(t *testing.T) types.VirtualMachinePowerState {
+	s, err := m.vm.PowerState(testContext(t, 10*time.Second))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
+// snapshots counts the VM's snapshots.
+func (m *migration) snapshots(t *testing.T) int {
+	var vm mo.VirtualMachine
+	if err := m.vm.Properties(testContext(t, 10*time.Second), m.vm.Reference(), []string{"snapshot"}, &vm); err != nil {
+		t.Fatal(err)
+	}
+	n := 0
+	var walk func([]types.VirtualMachineSnapshotTree)
+	walk = func(ts []types.VirtualMachineSnapshotTree) {
+		for _, s := range ts {
+			n++
+			walk(s.ChildSnapshotList)
+		}
+	}
+	if vm.Snapshot != nil {
+		walk(vm.Snapshot.RootSnapshotList)
+	}
+	return n
+}
+
+// checkLeaseReleased checks the newest lease ended in state and that the
+// simulator no longer serves its URLs.
+func (m *migration) checkLeaseReleased(t *testing.T, state, fault string) {
+	l, ok := m.sim.Leases.Last()
+	if !ok {
+		t.Fatal("no export lease was opened")
+	}
+	if l.State != state || !strings.Contains(l.Fault, fault) {
+		t.Errorf("lease %s: %s %q, want %s with %q", l.ID, l.State, l.Fault, state, fault)
+	}
+	client := &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{InsecureSkipVerify: true}}}
+	for _, u := range l.URLs {
+		res, err := client.Get(u)
+		if err != nil {
+			t.Fatal(err)
+		}
+		res.Body.Close()
+		if res.StatusCode != http.StatusNotFound {
+			t.Errorf("GET %s after the lease ended: %s, want 404", u, res.Status)
+		}
+	}
+	if n := m.snapshots(t); n != 0 {
+		t.Errorf("%d snapshots left on the VM", n)
+	}
+}
+
+func TestConvertCopiesEveryDisk(t *testing.T) {
+	m := newMigration(t, Options{})
+	start := time.Now()
+	if r := m.run(t); r.GetOutcome() != agentv1.JobOutcome_JOB_OUTCOME_SUCCEEDED {
+		t.Fatalf("job %s: %s", r.GetOutcome(), r.GetReason())
+	}
+	t.Logf("converted 3 disks of %d MiB in %v", diskSize>>20, time.Since(start))
+	m.checkDisks(t)
+	m.checkLeaseReleased(t, vcsimtest.LeaseCompleted, "")
+	if l, _ := m.sim.Leases.Last(); len(l.Progress) == 0 || l.Progress[len(l.Progress)-1] != 100 {
+		t.Errorf("lease progress updates %v, want some ending at 100", l.Progress)
+	}
+	if s := m.powerState(t); s != types.VirtualMachinePowerStatePoweredOff {
+		t.Errorf("source VM %s after the job, want powered off", s)
+	}
+	vm, _, err := cache.LoadSourceVM(filepath.Join(m.cache, "j1"))
+	if err != nil {
+		t.Fatalf("source facts: %v", err)
+	}
+	if vm.GetId() != m.vm.Reference().Value || len(vm.GetDisks()) != 3 || len(vm.GetNics()) != 1 {
+		t.Errorf("source facts %v", vm)
+	}
+}
+
+// reporter keeps a runner's results.
+type reporter struct {
+	mu      sync.Mutex
+	results chan *agentv1.JobResult
+}
+
+func (r *reporter) Progress(*agentv1.JobProgress) {}
+
+func (r *reporter) Result(res *agentv1.JobResult) { r.results <- res }
+
+// nopTarget leaves the cache as CONVERTING made it.
+type nopTarget struct{}
+
+func (nopTarget) Upload(context.Context, *runner.Job) error { return nil }
+
+func (nopTarget) Configure(context.Context, *runner.Job) ([]string, error) { return nil, nil }
