@@ -147,7 +147,9 @@ func (i *Image) create(ctx context.Context) error {
 	_ = os.Remove(tmp)
 	var err error
 	if i.format == FormatQcow2 {
-		err = run(ctx, qemuImg, "create", "-q", "-f", "qcow2", "-o", "compression_type=zstd",
+		// Lazy refcounts spare each flush the ordered refcount writes; an
+		// image left dirty by a crash is repaired when it is opened again.
+		err = run(ctx, qemuImg, "create", "-q", "-f", "qcow2", "-o", "compression_type=zstd,lazy_refcounts=on",
 			tmp, fmt.Sprint(i.served))
 	} else {
 		err = createSparse(tmp, i.size)

@@ -211,3 +211,40 @@ func TestStaleServer(t *testing.T) {
 		t.Fatal("the stale qemu-nbd still runs")
 	}
 }
+
+// TestKilledServer: a qemu-nbd killed outright leaves a qcow2 whose lazy
+// refcounts are stale; reopening repairs it and keeps every flushed write.
+func TestKilledServer(t *testing.T) {
+	requireQemu(t)
+	ctx := context.Background()
+	dir := t.TempDir()
+	img := openImage(t, dir, 8*mib, true)
+	for i := int64(0); i < 8; i++ {
+		if err := img.WriteAt(ctx, pattern(mib, byte(i+1)), i*mib); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := img.Flush(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := img.srv.cmd.Process.Kill(); err != nil {
+		t.Fatal(err)
+	}
+	<-img.srv.exited
+	if !strings.Contains(imageInfo(t, img.Path()), "corrupt: false") {
+		t.Log("the killed image:\n" + imageInfo(t, img.Path()))
+	}
+	img = openImage(t, dir, 8*mib, true)
+	got := make([]byte, mib)
+	for i := int64(0); i < 8; i++ {
+		if err := img.ReadAt(ctx, got, i*mib); err != nil || !bytes.Equal(got, pattern(mib, byte(i+1))) {
+			t.Fatalf("MiB %d after the kill: %v", i, err)
+		}
+	}
+	if err := img.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if out := testenv.Run(t, "qemu-img", "check", img.Path()); !strings.Contains(out, "No errors were found") {
+		t.Fatalf("qemu-img check after reopening:\n%s", out)
+	}
+}
