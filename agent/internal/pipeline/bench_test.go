@@ -60,9 +60,10 @@ func benchSources(b *testing.B) (small, large string) {
 
 // benchRun is one contender of BenchmarkConverting and its best time.
 type benchRun struct {
-	name string
-	run  func(first bool) time.Duration
-	best time.Duration
+	name  string
+	run   func(first bool) time.Duration
+	best  time.Duration
+	times []string // of every round, in seconds
 }
 
 // BenchmarkConverting times the CONVERTING copy of one NBD export into a
@@ -100,7 +101,7 @@ func BenchmarkConverting(b *testing.B) {
 			for k := range runs {
 				run := runs[(k+r)%len(runs)]
 				d := run.run(r == 0)
-				b.Logf("round %d: %-28s %6.2f s", r+1, run.name, d.Seconds())
+				run.times = append(run.times, fmt.Sprintf("%.2f", d.Seconds()))
 				if run.best == 0 || d < run.best {
 					run.best = d
 				}
@@ -114,7 +115,8 @@ func BenchmarkConverting(b *testing.B) {
 func reportConverting(b *testing.B, runs []*benchRun, peak memPeak) {
 	ferry, nbdcopy, qemuImg, ferry64 := runs[0].best, runs[1].best, runs[2].best, runs[3].best
 	for _, r := range runs {
-		b.Logf("best %-28s %6.2f s  %6.0f MiB/s of data", r.name, r.best.Seconds(), 1024/r.best.Seconds())
+		b.Logf("%-28s best %5.2f s, %4.0f MiB/s of data (rounds: %s s)",
+			r.name, r.best.Seconds(), 1024/r.best.Seconds(), strings.Join(r.times, " "))
 	}
 	b.Logf("speed ferry/nbdcopy %.2f (goal >= 1.0), ferry/qemu-img %.2f (goal > 1.0)",
 		nbdcopy.Seconds()/ferry.Seconds(), qemuImg.Seconds()/ferry.Seconds())
@@ -145,7 +147,9 @@ func benchFerry(b *testing.B, src, sock string, size int64, verify bool) (time.D
 	if err != nil {
 		b.Fatal(err)
 	}
-	st, err := Copy(context.Background(), dialSource(b, sock), img, Options{Checkpoint: cp})
+	nbdSrc := dialSource(b, sock)
+	defer nbdSrc.Client.Close() // the export takes a few connections at a time
+	st, err := Copy(context.Background(), nbdSrc, img, Options{Checkpoint: cp})
 	if err != nil {
 		b.Fatal(err)
 	}
