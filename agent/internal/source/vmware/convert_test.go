@@ -220,3 +220,66 @@ type nopTarget struct{}
 func (nopTarget) Upload(context.Context, *runner.Job) error { return nil }
 
 func (nopTarget) Configure(context.Context, *runner.Job) ([]string, error) { return nil, nil }
+
+func TestConvertPowersOffAGuestThatIgnoresShutdown(t *testing.T) {
+	const timeout = time.Second
+	m := newMigration(t, Options{ShutdownTimeout: timeout})
+	m.sim.IgnoreShutdown(m.vm.Reference())
+	start := time.Now()
+	if r := m.run(t); r.GetOutcome() != agentv1.JobOutcome_JOB_OUTCOME_SUCCEEDED {
+		t.Fatalf("job %s: %s", r.GetOutcome(), r.GetReason())
+	}
+	if d := time.Since(start); d < timeout {
+		t.Errorf("the job took %v, less than the shutdown timeout %v", d, timeout)
+	}
+	if s := m.powerState(t); s != types.VirtualMachinePowerStatePoweredOff {
+		t.Errorf("source VM %s, want powered off", s)
+	}
+	m.checkDisks(t)
+}
+
+func TestConvertFailsMidwayThenRestarts(t *testing.T) {
+	m := newMigration(t, Options{})
+	m.sim.CutNFCAfter(1 << 20)
+	r := m.run(t)
+	if r.GetOutcome() != agentv1.JobOutcome_JOB_OUTCOME_FAILED || !strings.Contains(r.GetReason(), "unexpected EOF") {
+		t.Fatalf("job %s: %q, want FAILED for the cut download", r.GetOutcome(), r.GetReason())
+	}
+	m.checkLeaseReleased(t, vcsimtest.LeaseAborted, "unexpected EOF")
+
+	if r := m.run(t); r.GetOutcome() != agentv1.JobOutcome_JOB_OUTCOME_SUCCEEDED {
+		t.Fatalf("restarted job %s: %s", r.GetOutcome(), r.GetReason())
+	}
+	m.checkDisks(t)
+	m.checkLeaseReleased(t, vcsimtest.LeaseCompleted, "")
+	if n := len(m.sim.Leases.All()); n != 2 {
+		t.Errorf("%d leases, want 2", n)
+	}
+}
+
+func TestConvertFailsWhenTheSourceIsPoweredOn(t *testing.T) {
+	m := newMigration(t, Options{})
+	m.sim.HoldNFC()
+	m.start(t)
+	ctx := testContext(t, 30*time.Second)
+	for m.sim.NFCGets() == 0 {
+		if ctx.Err() != nil {
+			t.Fatal("no NFC download started")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	task, err := m.vm.PowerOn(ctx)
+	if err == nil {
+		err = task.Wait(ctx)
+	}
+	if err != nil {
+		t.Fatalf("power on: %v", err)
+	}
+	r := m.result(t)
+	if r.GetOutcome() != agentv1.JobOutcome_JOB_OUTCOME_FAILED ||
+		!strings.Contains(r.GetReason(), "source VM was powered on during the migration") {
+		t.Fatalf("job %s: %q, want FAILED because the VM was powered on", r.GetOutcome(), r.GetReason())
+	}
+	m.sim.Release()
+	m.checkLeaseReleased(t, vcsimtest.LeaseAborted, "source VM was powered on during the migration")
+}

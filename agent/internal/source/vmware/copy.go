@@ -99,7 +99,7 @@ func copyDisk(ctx context.Context, conn *Conn, job *runner.Job, vm *VM, disk Dis
 	default:
 		err = fmt.Errorf("%w: the disk URL serves a %s, which this driver does not read", ErrExport, format)
 	}
-	if err != nil {
+	if err = lr.explain(err); err != nil {
 		return fmt.Errorf("%s: %w", format, err)
 	}
 	if err := img.Close(); err != nil {

@@ -99,9 +99,9 @@ func copyExtent(ctx context.Context, conn *Conn, dst Sink, vm *VM, disk Disk, jo
 		if _, err := io.CopyN(io.Discard, lr, e.Offset*vmdk.SectorSize); err != nil {
 			return fmt.Errorf("%w: skip to the extent's start: %w", ErrExport, err)
 		}
-		return copyFlat(ctx, lr, dst, base, n, progress)
+		return lr.explain(copyFlat(ctx, lr, dst, base, n, progress))
 	case "SPARSE":
-		return decodeSparse(ctx, lr, dst, base, n, progress)
+		return lr.explain(decodeSparse(ctx, lr, dst, base, n, progress))
 	}
 	return fmt.Errorf("%w: %s extents are not read", vmdk.ErrUnsupported, e.Type)
 }

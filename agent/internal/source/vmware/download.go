@@ -73,23 +73,36 @@ func redactURL(u *url.URL) string {
 }
 
 // limitedReader draws a token from the downstream limiter for every byte
-// read, and counts them.
+// read, counts them, and keeps the transfer's error.
 type limitedReader struct {
 	ctx context.Context
 	r   io.Reader
 	lim *ratelimit.Limiter
 	n   int64
+	err error // the first read error but io.EOF
 }
 
 func (l *limitedReader) Read(p []byte) (int, error) {
 	n, err := l.r.Read(p)
 	l.n += int64(n)
+	if err != nil && err != io.EOF && l.err == nil {
+		l.err = err
+	}
 	if n > 0 && l.lim != nil {
 		if werr := l.lim.WaitN(l.ctx, n); werr != nil {
 			return n, werr
 		}
 	}
 	return n, err
+}
+
+// explain puts first the transfer's error behind a decoding error: a
+// download cut short reads as a truncated VMDK to the decoder.
+func (l *limitedReader) explain(err error) error {
+	if err == nil || l.err == nil || l.ctx.Err() != nil {
+		return err
+	}
+	return fmt.Errorf("%w: the download broke after %d bytes: %w (%v)", ErrExport, l.n, l.err, err)
 }
 
 // peek returns the first bytes of r, fewer when r is shorter.

@@ -119,7 +119,8 @@ func (s *Sim) Client(ctx context.Context, t testing.TB) *govmomi.Client {
 	return c
 }
 
-// CutNFCAfter makes the next NFC download end abruptly after n bytes.
+// CutNFCAfter makes the next NFC download that reaches n bytes end there
+// abruptly.
 func (s *Sim) CutNFCAfter(n int64) { s.cut.Store(n) }
 
 // HoldNFC makes NFC downloads wait until Release.
@@ -147,27 +148,27 @@ func (s *Sim) serveNFC(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 	}
-	if n := s.cut.Swap(0); n > 0 && r.Method == http.MethodGet {
-		w = &cutWriter{ResponseWriter: w, left: n}
-	}
-	simulator.ServeNFC(w, r)
+	simulator.ServeNFC(&cutWriter{ResponseWriter: w, cut: &s.cut}, r)
 }
 
-// cutWriter aborts the response after left bytes.
+// cutWriter aborts the response when it reaches the armed cut, and
+// disarms it.
 type cutWriter struct {
 	http.ResponseWriter
-	left int64
+	cut     *atomic.Int64
+	written int64
 }
 
 func (c *cutWriter) Write(p []byte) (int, error) {
-	if int64(len(p)) >= c.left {
-		_, _ = c.ResponseWriter.Write(p[:c.left])
+	at := c.cut.Load()
+	if at > 0 && c.written+int64(len(p)) >= at && c.cut.CompareAndSwap(at, 0) {
+		_, _ = c.ResponseWriter.Write(p[:at-c.written])
 		if f, ok := c.ResponseWriter.(http.Flusher); ok {
 			f.Flush()
 		}
 		panic(http.ErrAbortHandler)
 	}
-	c.left -= int64(len(p))
+	c.written += int64(len(p))
 	return c.ResponseWriter.Write(p)
 }
 
