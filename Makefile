@@ -13,7 +13,7 @@ INTEGRATION_TIMEOUT ?= 40m
 BENCHTIME ?= 1s
 BENCH ?= .
 
-.PHONY: all help build generate lint-proto check deps test unit test-integration bench demo clean
+.PHONY: all help build generate lint-proto check deps test unit fuzz-short test-integration bench demo clean
 
 all: build
 
@@ -66,11 +66,23 @@ test:
 	$(MAKE) deps
 	$(MAKE) check
 	$(MAKE) unit
+	$(MAKE) fuzz-short
 	$(MAKE) test-integration
 
 ## unit: go test ./...
 unit:
 	$(GO) test -count=1 -timeout $(UNIT_TIMEOUT) ./...
+
+## fuzz-short: every fuzz target of FUZZ_PKGS for FUZZTIME each
+FUZZTIME ?= 10s
+FUZZ_PKGS ?= ./pkg/vmdk ./pkg/nbd
+fuzz-short:
+	@for pkg in $(FUZZ_PKGS); do \
+		for fz in $$(grep -ho '^func Fuzz[A-Za-z0-9_]*' $$pkg/*_test.go | cut -c6-); do \
+			echo "$(GO) test -run '^$$' -fuzz '^$$fz\$$' -fuzztime $(FUZZTIME) -fuzzminimizetime 100x $$pkg"; \
+			$(GO) test -run '^$$' -fuzz "^$$fz\$$" -fuzztime $(FUZZTIME) -fuzzminimizetime 100x $$pkg; \
+		done; \
+	done
 
 ## test-integration: the packages with tests built with -tags integration
 test-integration:

@@ -1,7 +1,6 @@
 package vmdk
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -114,12 +113,12 @@ func newStreamCopier(sr *StreamReader, dst Sink, opts CopyOptions) (*streamCopie
 		return nil, unsupportedf("grains of %d bytes written in granules of %d", grain, opts.Align)
 	}
 	c := &streamCopier{
-		sr: sr, dst: dst, opts: opts, span: roundUp(batchTarget, unit),
+		sr: sr, dst: dst, opts: opts, span: min(roundUp(batchTarget, unit), roundUp(sr.size, unit)),
 		free: make(chan *batch, opts.Workers+2), work: make(chan *batch, opts.Workers),
 		prog: frontier{fn: opts.Progress, total: sr.size, ends: map[int]int64{}},
 	}
 	for range cap(c.free) {
-		c.free <- &batch{out: make([]byte, c.span), slab: make([]byte, 0, c.span+maxCompressed(grain))}
+		c.free <- &batch{out: make([]byte, c.span)}
 	}
 	return c, nil
 }
@@ -176,18 +175,21 @@ func (c *streamCopier) read(ctx context.Context) error {
 			}
 			seq, maxStart = seq+1, max(maxStart, start)
 		}
-		cur.add(g)
+		cur.add(g, c.span)
 	}
 }
 
-// add keeps a grain, its payload copied out of the reader's buffer.
-func (b *batch) add(g rawGrain) {
-	if n := len(b.slab); cap(b.slab)-n >= len(g.data) {
-		b.slab = append(b.slab, g.data...)
-		g.data = b.slab[n:]
-	} else {
-		g.data = bytes.Clone(g.data)
+// add keeps a grain, its payload copied out of the reader's buffer into
+// the batch's slab, which grows to what the batches need.
+func (b *batch) add(g rawGrain, span int64) {
+	n := len(b.slab)
+	if cap(b.slab)-n < len(g.data) {
+		// Grains already added keep the old slab.
+		b.slab = make([]byte, 0, max(2*cap(b.slab), int(span/2), len(g.data)))
+		n = 0
 	}
+	b.slab = append(b.slab, g.data...)
+	g.data = b.slab[n:]
 	b.grains = append(b.grains, g)
 }
 

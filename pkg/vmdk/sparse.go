@@ -175,12 +175,16 @@ func (s *SparseReader) Extents(ctx context.Context, off, length int64) ([]Extent
 			return nil, err
 		}
 		g := pos / s.grain
-		gte, err := s.gte(g)
-		if err != nil {
-			return nil, err
+		next, zero := min(end, (g+1)*s.grain), true
+		if span := s.hdr.gtSpan(); s.gd[pos/span] == 0 {
+			next = min(end, (pos/span+1)*span) // a grain table never allocated
+		} else {
+			gte, err := s.gte(g)
+			if err != nil {
+				return nil, err
+			}
+			zero = s.hdr.kind(gte) != gteAllocated
 		}
-		next := min(end, (g+1)*s.grain)
-		zero := s.hdr.kind(gte) != gteAllocated
 		if k := len(out) - 1; k >= 0 && out[k].Zero == zero {
 			out[k].Length = next - out[k].Offset
 		} else {

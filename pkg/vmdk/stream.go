@@ -28,7 +28,7 @@ const (
 
 const (
 	grainMarkerLen = 12 // lba uint64, size uint32, then the compressed grain
-	streamBuffer   = 1 << 20
+	streamBuffer   = 256 << 10
 )
 
 // StreamReader decodes a sparse VMDK read front to back, as an NFC export
