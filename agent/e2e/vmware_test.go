@@ -1,0 +1,117 @@
+package e2e
+
+import (
+	"crypto/sha1" //nolint:gosec // the API takes vSphere's SHA-1 thumbprints
+	"fmt"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/vmware/govmomi/object"
+	"github.com/vmware/govmomi/vim25/mo"
+	"github.com/vmware/govmomi/vim25/types"
+	"libvirt.org/go/libvirtxml"
+
+	"github.com/ferry-v2v/ferry/agent/internal/source/vmware"
+	"github.com/ferry-v2v/ferry/agent/internal/source/vmware/vcsimtest"
+	ferryv1 "github.com/ferry-v2v/ferry/pkg/pb/ferry/v1"
+)
+
+// TestMigrateVMwareVM migrates a VM of an in-process vCenter simulator
+// whose three disks are real VMDKs (streamOptimized, monolithicSparse,
+// monolithicFlat) into a libvirt domain, through the real coordinator and
+// a second agent that serves as the vmware migration server.
+func TestMigrateVMwareVM(t *testing.T) {
+	w := newWorld(t)
+	sim := vcsimtest.Start(t)
+	raws := prepareVMwareVM(t, sim)
+	source := w.createVMwareSource(sim)
+	server := w.createVMwareServer()
+
+	vm := w.sourceVM(source, "DC0_H0_VM0")
+	if vm.GetCpus() != 2 || vm.GetMemoryBytes() != 64<<20 || vm.GetFirmware() != ferryv1.Firmware_FIRMWARE_UEFI ||
+		len(vm.GetDisks()) != 3 || len(vm.GetNics()) != 2 {
+		t.Fatalf("ListSourceVMs described the VM as %v", vm)
+	}
+	spec := w.spec(vm, nil)
+	resp, err := w.f.client.Jobs().CreateMigrationJobs(ctx(t, 10*time.Second), &ferryv1.CreateMigrationJobsRequest{
+		Source: source, MigrationServer: server, Jobs: []*ferryv1.MigrationJobSpec{spec}})
+	must(t, err)
+	name := resp.GetJobs()[0].GetName()
+	job := w.waitJob(name, 3*time.Minute, "the job to end", terminal)
+	if job.GetState() != ferryv1.MigrationJobState_MIGRATION_JOB_STATE_SUCCEEDED {
+		t.Fatalf("job ended %s: %s", job.GetState(), job.GetReason())
+	}
+	for i, d := range vm.GetDisks() {
+		compare(t, raws[i], w.volume(name, d.GetTarget()))
+	}
+	if l, ok := sim.Leases.Last(); !ok || l.State != vcsimtest.LeaseCompleted {
+		t.Errorf("export lease %+v, want completed", l)
+	}
+	var dom libvirtxml.Domain
+	must(t, dom.Unmarshal(w.lv.Virsh(t, "dumpxml", spec.GetTarget().GetVmName())))
+	if dom.VCPU == nil || dom.VCPU.Value != 2 || memBytes(dom.Memory.Value, dom.Memory.Unit) != 64<<20 {
+		t.Errorf("target vCPUs %v memory %v, want 2 and 64 MiB", dom.VCPU, dom.Memory)
+	}
+	if dom.OS == nil || dom.OS.Loader == nil && dom.OS.Firmware != "efi" {
+		t.Errorf("target OS section %+v has no UEFI loader", dom.OS)
+	}
+	if len(dom.Devices.Interfaces) != len(vm.GetNics()) {
+		t.Fatalf("%d target NICs, want %d", len(dom.Devices.Interfaces), len(vm.GetNics()))
+	}
+	for i, ifc := range dom.Devices.Interfaces {
+		if ifc.MAC == nil || !strings.EqualFold(ifc.MAC.Address, vm.GetNics()[i].GetMac()) {
+			t.Errorf("NIC %d MAC %+v, want the source's %s", i, ifc.MAC, vm.GetNics()[i].GetMac())
+		}
+	}
+}
+
+// prepareVMwareVM gives the simulator's VM DC0_H0_VM0 three disks made
+// from raw images, UEFI, 2 vCPUs, 64 MiB and a second NIC; it returns the
+// raw images in disk order.
+func prepareVMwareVM(t *testing.T, sim *vcsimtest.Sim) []string {
+	dir := t.TempDir()
+	spec := vcsimtest.VMSpec{Firmware: "efi", CPUs: 2, MemoryMB: 64, ExtraNICNetwork: "VM Network"}
+	var raws []string
+	for i, sub := range []string{"streamOptimized", "monolithicSparse", "monolithicFlat"} {
+		raw := vcsimtest.RawImage(t, dir, sub, 16<<20, uint64(i+7))
+		raws = append(raws, raw)
+		spec.Disks = append(spec.Disks, vcsimtest.Disk{Files: vcsimtest.ConvertVMDK(t, raw, dir, sub, sub), Capacity: 16 << 20})
+	}
+	vm := sim.PrepareVM(ctx(t, 30*time.Second), t, "DC0_H0_VM0", spec)
+	var m mo.VirtualMachine
+	must(t, vm.Properties(ctx(t, 10*time.Second), vm.Reference(), []string{"config.hardware"}, &m))
+	if n := len(object.VirtualDeviceList(m.Config.Hardware.Device).SelectByType((*types.VirtualDisk)(nil))); n != 3 {
+		t.Fatalf("the simulator VM has %d disks, want 3", n)
+	}
+	return raws
+}
+
+// createVMwareSource registers the simulator as a vCenter, its
+// certificate pinned by SHA-1 thumbprint.
+func (w *world) createVMwareSource(sim *vcsimtest.Sim) string {
+	srcs := w.f.client.Sources()
+	cr, err := srcs.CreateCredential(ctx(w.t, 10*time.Second), &ferryv1.CreateCredentialRequest{Credential: &ferryv1.Credential{
+		Type: ferryv1.CredentialType_CREDENTIAL_TYPE_PASSWORD, Secret: sim.Password()}})
+	must(w.t, err)
+	port, err := strconv.Atoi(sim.Port())
+	must(w.t, err)
+	s, err := srcs.CreateSource(ctx(w.t, 10*time.Second), &ferryv1.CreateSourceRequest{Source: &ferryv1.Source{
+		Type: ferryv1.Platform_PLATFORM_VMWARE, Vcenter: &ferryv1.VCenterConnection{
+			Address: sim.Address(), Port: int32(port), User: sim.User(), Credential: cr.GetCredential().GetName(),
+			Thumbprint: vmware.Thumbprint(sim.Server.Certificate(), sha1.Size)}}})
+	must(w.t, err)
+	return s.GetSource().GetName()
+}
+
+// createVMwareServer starts a second agent and makes it a vmware
+// migration server of the world's cluster.
+func (w *world) createVMwareServer() string {
+	host := fmt.Sprintf("e2e-vmw-%s", w.id)
+	w.f.startAgent(host, w.cacheDir)
+	ms, err := w.f.client.MigrationServers().CreateMigrationServer(ctx(w.t, 10*time.Second), &ferryv1.CreateMigrationServerRequest{
+		MigrationServer: &ferryv1.MigrationServer{Host: "hosts/" + host, Type: ferryv1.Platform_PLATFORM_VMWARE, CachePath: w.cacheDir}})
+	must(w.t, err)
+	return ms.GetMigrationServer().GetName()
+}
