@@ -35,10 +35,6 @@ const (
 	DefaultPort            = 443
 	DefaultHTTPPort        = 80
 	DefaultShutdownTimeout = 10 * time.Minute
-	// DefaultPowerPollInterval is how often the power state is read while
-	// waiting for a guest shutdown (the property collector also wakes
-	// the wait at once).
-	DefaultPowerPollInterval = 5 * time.Second
 )
 
 // SnapshotPrefix starts the name of every snapshot the driver takes;

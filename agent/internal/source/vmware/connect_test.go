@@ -1,9 +1,12 @@
 package vmware
 
 import (
+	"context"
 	"crypto/sha1" //nolint:gosec // SHA-1 thumbprints are what vSphere shows
 	"errors"
+	"net"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -75,5 +78,44 @@ func TestConnectWrongPinIsThumbprintError(t *testing.T) {
 	if te.Expected != strings.TrimSuffix(strings.Repeat("01:", sha1.Size), ":") ||
 		te.Presented != Thumbprint(sim.Server.Certificate(), sha1.Size) {
 		t.Errorf("ThumbprintError %+v", te)
+	}
+}
+
+// countingDialer counts the connections it opens.
+type countingDialer struct {
+	net.Dialer
+	n atomic.Int64
+}
+
+func (d *countingDialer) DialContext(ctx context.Context, network, addr string) (net.Conn, error) {
+	d.n.Add(1)
+	return d.Dialer.DialContext(ctx, network, addr)
+}
+
+func TestConnectDialsThroughConfigDialer(t *testing.T) {
+	sim := vcsimtest.Start(t)
+	cfg := simConfig(t, sim)
+	d := &countingDialer{}
+	cfg.Dialer = d
+	ctx := testContext(t, 30*time.Second)
+	conn, err := Connect(ctx, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	if _, err := conn.ListVMs(ctx); err != nil {
+		t.Fatal(err)
+	}
+	conn.soap.CloseIdleConnections()
+	before := d.n.Load()
+	u := conn.soap.URL()
+	u.Path = "/about"
+	body, err := conn.download(ctx, u)
+	if err != nil {
+		t.Fatal(err)
+	}
+	body.Close()
+	if before == 0 || d.n.Load() != before+1 {
+		t.Errorf("dials: %d for SOAP, %d after a download; want SOAP and downloads through the dialer", before, d.n.Load())
 	}
 }

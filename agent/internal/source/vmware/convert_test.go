@@ -182,6 +182,14 @@ func (m *migration) checkLeaseReleased(t *testing.T, state, fault string) {
 
 func TestConvertCopiesEveryDisk(t *testing.T) {
 	m := newMigration(t, Options{})
+	// A snapshot an agent that crashed mid-export left behind.
+	task, err := m.vm.CreateSnapshot(testContext(t, 10*time.Second), SnapshotPrefix+"crashed", "", false, false)
+	if err == nil {
+		err = task.Wait(testContext(t, 10*time.Second))
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
 	start := time.Now()
 	if r := m.run(t); r.GetOutcome() != agentv1.JobOutcome_JOB_OUTCOME_SUCCEEDED {
 		t.Fatalf("job %s: %s", r.GetOutcome(), r.GetReason())
@@ -262,12 +270,7 @@ func TestConvertFailsWhenTheSourceIsPoweredOn(t *testing.T) {
 	m.sim.HoldNFC()
 	m.start(t)
 	ctx := testContext(t, 30*time.Second)
-	for m.sim.NFCGets() == 0 {
-		if ctx.Err() != nil {
-			t.Fatal("no NFC download started")
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	m.waitHeldWithUpdates(t)
 	task, err := m.vm.PowerOn(ctx)
 	if err == nil {
 		err = task.Wait(ctx)
@@ -282,4 +285,37 @@ func TestConvertFailsWhenTheSourceIsPoweredOn(t *testing.T) {
 	}
 	m.sim.Release()
 	m.checkLeaseReleased(t, vcsimtest.LeaseAborted, "source VM was powered on during the migration")
+}
+
+// waitHeldWithUpdates waits until the export's downloads are held by the
+// simulator and its lease has had progress updates meanwhile: the lease
+// is kept alive while no byte moves.
+func (m *migration) waitHeldWithUpdates(t *testing.T) {
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		l, ok := m.sim.Leases.Last()
+		if m.sim.NFCGets() > 0 && ok && len(l.Progress) >= 3 {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no held download with lease updates: %d GETs, lease %+v", m.sim.NFCGets(), l)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+func TestConvertCancelled(t *testing.T) {
+	m := newMigration(t, Options{})
+	m.sim.HoldNFC()
+	m.start(t)
+	m.waitHeldWithUpdates(t)
+	if !m.runner.Cancel("migrationJobs/j1", m.epoch, "cancelled by the operator") {
+		t.Fatal("the runner did not hold the job")
+	}
+	r := m.result(t)
+	if r.GetOutcome() != agentv1.JobOutcome_JOB_OUTCOME_CANCELLED {
+		t.Fatalf("job %s: %q, want CANCELLED", r.GetOutcome(), r.GetReason())
+	}
+	m.sim.Release()
+	m.checkLeaseReleased(t, vcsimtest.LeaseAborted, "cancelled by the operator")
 }
