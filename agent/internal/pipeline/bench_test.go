@@ -61,8 +61,9 @@ func benchSources(b *testing.B) (small, large string) {
 // benchRun is one contender of BenchmarkConverting and its best time.
 type benchRun struct {
 	name  string
-	run   func(first bool) time.Duration
+	run   func(first bool) (time.Duration, float64)
 	best  time.Duration
+	cpu   float64  // the least CPU seconds of a round, all processes
 	times []string // of every round, in seconds
 }
 
@@ -80,30 +81,35 @@ func BenchmarkConverting(b *testing.B) {
 		rounds = n
 	}
 	small, large := benchSources(b)
-	smallSock, largeSock := serveReadOnly(b, small, "qcow2"), serveReadOnly(b, large, "qcow2")
+	smallSrc, smallPID := serveReadOnlyPID(b, small, "qcow2")
+	largeSrc, largePID := serveReadOnlyPID(b, large, "qcow2")
+	small4 := export{smallSrc, smallPID}
 	b.ResetTimer()
 	for range b.N {
 		var peak memPeak
-		ferry := func(src, sock string, size int64) func(bool) time.Duration {
-			return func(first bool) time.Duration {
-				d, p := benchFerry(b, src, sock, size, first)
+		ferry := func(src string, e export, size int64) func(bool) (time.Duration, float64) {
+			return func(first bool) (time.Duration, float64) {
+				d, cpu, p := benchFerry(b, src, e, size, first)
 				peak = peak.max(p)
-				return d
+				return d, cpu
 			}
 		}
 		runs := []*benchRun{
-			{name: "ferry 4 GiB -> zstd qcow2", run: ferry(small, smallSock, 4<<30)},
-			{name: "nbdcopy 4 GiB -> zstd qcow2", run: func(bool) time.Duration { return benchNBDCopy(b, smallSock, 4<<30) }},
-			{name: "qemu-img convert -c zstd", run: func(bool) time.Duration { return benchQemuImg(b, smallSock) }},
-			{name: "ferry 64 GiB -> zstd qcow2", run: ferry(large, largeSock, 64<<30)},
+			{name: "ferry 4 GiB -> zstd qcow2", run: ferry(small, small4, 4<<30)},
+			{name: "nbdcopy 4 GiB -> zstd qcow2", run: func(bool) (time.Duration, float64) { return benchNBDCopy(b, small4, 4<<30) }},
+			{name: "qemu-img convert -c zstd", run: func(bool) (time.Duration, float64) { return benchQemuImg(b, small4) }},
+			{name: "ferry 64 GiB -> zstd qcow2", run: ferry(large, export{largeSrc, largePID}, 64<<30)},
 		}
 		for r := range rounds {
 			for k := range runs {
 				run := runs[(k+r)%len(runs)]
-				d := run.run(r == 0)
+				d, cpu := run.run(r == 0)
 				run.times = append(run.times, fmt.Sprintf("%.2f", d.Seconds()))
 				if run.best == 0 || d < run.best {
 					run.best = d
+				}
+				if run.cpu == 0 || cpu < run.cpu {
+					run.cpu = cpu
 				}
 			}
 		}
@@ -115,12 +121,13 @@ func BenchmarkConverting(b *testing.B) {
 func reportConverting(b *testing.B, runs []*benchRun, peak memPeak) {
 	ferry, nbdcopy, qemuImg, ferry64 := runs[0].best, runs[1].best, runs[2].best, runs[3].best
 	for _, r := range runs {
-		b.Logf("%-28s best %5.2f s, %4.0f MiB/s of data (rounds: %s s)",
-			r.name, r.best.Seconds(), 1024/r.best.Seconds(), strings.Join(r.times, " "))
+		b.Logf("%-28s best %5.2f s, %4.0f MiB/s of data, CPU %.2f s (rounds: %s s)",
+			r.name, r.best.Seconds(), 1024/r.best.Seconds(), r.cpu, strings.Join(r.times, " "))
 	}
 	b.Logf("speed ferry/nbdcopy %.2f (goal >= 1.0), ferry/qemu-img %.2f (goal > 1.0)",
 		nbdcopy.Seconds()/ferry.Seconds(), qemuImg.Seconds()/ferry.Seconds())
-	b.Logf("time 64 GiB / 4 GiB %.2f (goal < 1.2)", ferry64.Seconds()/ferry.Seconds())
+	b.Logf("time 64 GiB / 4 GiB %.2f (goal < 1.2); CPU ferry/nbdcopy %.2f, ferry/qemu-img %.2f",
+		ferry64.Seconds()/ferry.Seconds(), runs[0].cpu/runs[1].cpu, runs[0].cpu/runs[2].cpu)
 	b.Logf("peak during Ferry's copies: %s", peak)
 	b.ReportMetric(ferry.Seconds(), "ferry-s")
 	b.ReportMetric(nbdcopy.Seconds(), "nbdcopy-s")
@@ -130,13 +137,21 @@ func reportConverting(b *testing.B, runs []*benchRun, peak memPeak) {
 	b.ReportMetric(float64(peak.rssDelta)/float64(mib), "rss-delta-MiB")
 }
 
-// benchFerry copies the export at sock into a new compressed cache image
-// with a checkpoint, as the agent does, and closes it. With verify, the
-// image is compared with the source afterwards (not timed).
-func benchFerry(b *testing.B, src, sock string, size int64, verify bool) (time.Duration, memPeak) {
+// export is a read-only source export and the pid of its qemu-nbd.
+type export struct {
+	sock string
+	pid  int
+}
+
+// benchFerry copies the export into a new compressed cache image with a
+// checkpoint, as the agent does, and closes it. It returns the time, the
+// CPU seconds of this process and both qemu-nbd, and the memory peaks.
+// With verify, the image is compared with the source afterwards.
+func benchFerry(b *testing.B, src string, e export, size int64, verify bool) (time.Duration, float64, memPeak) {
 	b.Helper()
 	dir := b.TempDir()
 	runtime.GC()
+	cpu0 := cpuSeconds("self") + cpuSeconds(strconv.Itoa(e.pid))
 	stop := sampleMemory(filepath.Join(dir, "vda.pid"))
 	start := time.Now()
 	img, err := cache.Open(context.Background(), dir, "vda", size, true, slog.New(slog.DiscardHandler))
@@ -147,17 +162,20 @@ func benchFerry(b *testing.B, src, sock string, size int64, verify bool) (time.D
 	if err != nil {
 		b.Fatal(err)
 	}
-	nbdSrc := dialSource(b, sock)
+	nbdSrc := dialSource(b, e.sock)
 	defer nbdSrc.Client.Close() // the export takes a few connections at a time
 	st, err := Copy(context.Background(), nbdSrc, img, Options{Checkpoint: cp})
 	if err != nil {
 		b.Fatal(err)
 	}
+	pid, _ := os.ReadFile(filepath.Join(dir, "vda.pid"))
+	target := cpuSeconds(strings.TrimSpace(string(pid))) // before it exits; misses the last flush
 	if err := img.Close(); err != nil {
 		b.Fatal(err)
 	}
 	elapsed := time.Since(start)
 	peak := stop()
+	cpu := cpuSeconds("self") + cpuSeconds(strconv.Itoa(e.pid)) - cpu0 + target
 	if st.DataBytes != 1<<30 {
 		b.Fatalf("copied %d data bytes, want 1 GiB", st.DataBytes)
 	}
@@ -167,17 +185,20 @@ func benchFerry(b *testing.B, src, sock string, size int64, verify bool) (time.D
 	if err := os.RemoveAll(dir); err != nil {
 		b.Fatal(err)
 	}
-	return elapsed, peak
+	return elapsed, cpu, peak
 }
 
-// benchNBDCopy runs nbdcopy from the export at sock into a zstd qcow2
-// served by qemu-nbd's compress filter, and stops that server.
-func benchNBDCopy(b *testing.B, sock string, size int64) time.Duration {
+// benchNBDCopy runs nbdcopy from the export into a zstd qcow2 made as the
+// cache's are and served by qemu-nbd's compress filter, and stops that
+// server. It returns the time and the CPU seconds of the three processes.
+func benchNBDCopy(b *testing.B, e export, size int64) (time.Duration, float64) {
 	b.Helper()
 	dir := b.TempDir()
 	target, tsock := filepath.Join(dir, "nbdcopy.qcow2"), filepath.Join(dir, "t.sock")
+	cpu0 := cpuSeconds(strconv.Itoa(e.pid))
 	start := time.Now()
-	testenv.Run(b, "qemu-img", "create", "-q", "-f", "qcow2", "-o", "compression_type=zstd", target, fmt.Sprint(size))
+	testenv.Run(b, "qemu-img", "create", "-q", "-f", "qcow2", "-o", "compression_type=zstd,lazy_refcounts=on",
+		target, fmt.Sprint(size))
 	srv := exec.Command("qemu-nbd", "-t", "-k", tsock, "--image-opts",
 		"driver=compress,file.driver=qcow2,file.file.driver=file,file.file.filename="+target)
 	if err := srv.Start(); err != nil {
@@ -191,32 +212,62 @@ func benchNBDCopy(b *testing.B, sock string, size int64) time.Duration {
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
-	testenv.Run(b, "nbdcopy", "--target-is-zero", uri(sock), uri(tsock))
+	nbdcopy := exec.Command("nbdcopy", "--target-is-zero", uri(e.sock), uri(tsock))
+	if out, err := nbdcopy.CombinedOutput(); err != nil {
+		b.Fatalf("nbdcopy: %v: %s", err, out)
+	}
 	_ = srv.Process.Signal(syscall.SIGTERM) // qemu-nbd flushes and closes the image
 	if err := srv.Wait(); err != nil {
 		b.Fatalf("qemu-nbd serving the nbdcopy target: %v", err)
 	}
 	d := time.Since(start)
+	cpu := cpuSeconds(strconv.Itoa(e.pid)) - cpu0 + childCPU(nbdcopy) + childCPU(srv)
 	if err := os.Remove(target); err != nil {
 		b.Fatal(err)
 	}
-	return d
+	return d, cpu
 }
 
-// benchQemuImg converts the export at sock into a zstd-compressed qcow2.
-func benchQemuImg(b *testing.B, sock string) time.Duration {
+// benchQemuImg converts the export into a zstd-compressed qcow2 and
+// returns the time and the CPU seconds of qemu-img and the export.
+func benchQemuImg(b *testing.B, e export) (time.Duration, float64) {
 	b.Helper()
 	target := filepath.Join(b.TempDir(), "qemu-img.qcow2")
+	cpu0 := cpuSeconds(strconv.Itoa(e.pid))
 	start := time.Now()
-	testenv.Run(b, "qemu-img", "convert", "-W", "-m", "8", "-f", "raw", "-O", "qcow2",
-		"-o", "compression_type=zstd", "-c", "nbd+unix:///?socket="+sock, target)
+	convert := exec.Command("qemu-img", "convert", "-W", "-m", "8", "-f", "raw", "-O", "qcow2",
+		"-o", "compression_type=zstd", "-c", "nbd+unix:///?socket="+e.sock, target)
+	if out, err := convert.CombinedOutput(); err != nil {
+		b.Fatalf("qemu-img convert: %v: %s", err, out)
+	}
 	// qemu-img leaves the image in the page cache; the others flush.
 	testenv.Run(b, "sync", "-d", target)
 	d := time.Since(start)
+	cpu := cpuSeconds(strconv.Itoa(e.pid)) - cpu0 + childCPU(convert)
 	if err := os.Remove(target); err != nil {
 		b.Fatal(err)
 	}
-	return d
+	return d, cpu
+}
+
+func childCPU(cmd *exec.Cmd) float64 {
+	return (cmd.ProcessState.UserTime() + cmd.ProcessState.SystemTime()).Seconds()
+}
+
+// cpuSeconds reads the user and system time of /proc/<pid>/stat.
+func cpuSeconds(pid string) float64 {
+	b, err := os.ReadFile("/proc/" + pid + "/stat")
+	if err != nil {
+		return 0
+	}
+	s := string(b)
+	f := strings.Fields(s[strings.LastIndexByte(s, ')')+2:])
+	if len(f) < 13 {
+		return 0
+	}
+	utime, _ := strconv.ParseFloat(f[11], 64)
+	stime, _ := strconv.ParseFloat(f[12], 64)
+	return (utime + stime) / 100 // clock ticks; USER_HZ is 100 on Linux
 }
 
 // memPeak is what sampleMemory saw: this process's resident set above

@@ -102,6 +102,13 @@ func mapDataBytes(tb testing.TB, image string) int64 {
 // until the test ends, and returns the socket.
 func serveReadOnly(tb testing.TB, image, format string) string {
 	tb.Helper()
+	sock, _ := serveReadOnlyPID(tb, image, format)
+	return sock
+}
+
+// serveReadOnlyPID is serveReadOnly that also returns qemu-nbd's pid.
+func serveReadOnlyPID(tb testing.TB, image, format string) (string, int) {
+	tb.Helper()
 	sock := filepath.Join(tb.TempDir(), "src.sock")
 	cmd := exec.Command("qemu-nbd", "--read-only", "--persistent", "--shared=8", "--format="+format,
 		"--socket="+sock, image)
@@ -122,7 +129,7 @@ func serveReadOnly(tb testing.TB, image, format string) string {
 		c, err := net.Dial("unix", sock)
 		if err == nil {
 			c.Close()
-			return sock
+			return sock, cmd.Process.Pid
 		}
 		if time.Now().After(deadline) {
 			tb.Fatalf("qemu-nbd on %s: %v", sock, err)
