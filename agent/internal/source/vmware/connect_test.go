@@ -10,6 +10,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/vmware/govmomi/simulator"
+
 	"github.com/ferry-v2v/ferry/agent/internal/source/vmware/vcsimtest"
 )
 
@@ -117,5 +119,13 @@ func TestConnectDialsThroughConfigDialer(t *testing.T) {
 	body.Close()
 	if before == 0 || d.n.Load() != before+1 {
 		t.Errorf("dials: %d for SOAP, %d after a download; want SOAP and downloads through the dialer", before, d.n.Load())
+	}
+}
+
+func TestConnectRefusesOldVersions(t *testing.T) {
+	sim := vcsimtest.StartWith(t, func(m *simulator.Model) { m.ServiceContent.About.Version = "4.1.0" })
+	_, err := Connect(testContext(t, 30*time.Second), simConfig(t, sim))
+	if !errors.Is(err, ErrVersion) || !strings.Contains(err.Error(), "version 4.1.0; vCenter and ESXi 5.0 or newer are needed") {
+		t.Fatalf("Connect to a 4.1 vCenter: %v", err)
 	}
 }

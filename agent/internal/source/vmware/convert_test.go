@@ -319,3 +319,30 @@ func TestConvertCancelled(t *testing.T) {
 	m.sim.Release()
 	m.checkLeaseReleased(t, vcsimtest.LeaseAborted, "cancelled by the operator")
 }
+
+func TestConvertPrecheckLeavesTheVMAlone(t *testing.T) {
+	m := newMigration(t, Options{})
+	ctx := testContext(t, 30*time.Second)
+	host, err := m.vm.HostSystem(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	task, err := host.EnterMaintenanceMode(ctx, 0, false, nil)
+	if err == nil {
+		err = task.Wait(ctx)
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := m.run(t)
+	if r.GetOutcome() != agentv1.JobOutcome_JOB_OUTCOME_FAILED || !strings.Contains(r.GetReason(), "is in maintenance mode") ||
+		strings.Contains(r.GetReason(), "\n") {
+		t.Fatalf("job %s: %q, want FAILED in one line for the host in maintenance mode", r.GetOutcome(), r.GetReason())
+	}
+	if s := m.powerState(t); s != types.VirtualMachinePowerStatePoweredOn {
+		t.Errorf("source VM %s after a failed pre-check, want still powered on", s)
+	}
+	if n := len(m.sim.Leases.All()); n != 0 || m.snapshots(t) != 0 {
+		t.Errorf("%d leases and %d snapshots after a failed pre-check", n, m.snapshots(t))
+	}
+}

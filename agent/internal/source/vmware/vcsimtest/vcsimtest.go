@@ -64,7 +64,17 @@ type Sim struct {
 // HTTPS on 127.0.0.1. Everything ends with the test.
 func Start(t testing.TB) *Sim {
 	t.Helper()
+	return StartWith(t, nil)
+}
+
+// StartWith is Start with tweak applied to the model before it is
+// created (tweak may be nil).
+func StartWith(t testing.TB, tweak func(*simulator.Model)) *Sim {
+	t.Helper()
 	m := simulator.VPX()
+	if tweak != nil {
+		tweak(m)
+	}
 	if err := m.Create(); err != nil {
 		t.Fatalf("vcsim: %v", err)
 	}
