@@ -20,7 +20,7 @@ const (
 	// the disk's data, so a copy killed at any point past its first few
 	// percent loses well under a fifth of what it had copied.
 	MaxSaveBytes = 64 << 20
-	MinSaveBytes = 4 << 20
+	MinSaveBytes = 2 << 20
 )
 
 // ErrCheckpoint reports a checkpoint that does not fit the copy.

@@ -209,3 +209,21 @@ func TestCompleteCheckpoint(t *testing.T) {
 		t.Fatalf("second copy read %d bytes, wrote %d times, stats %+v", read, len(dst.writes), st)
 	}
 }
+
+func TestSaveBytes(t *testing.T) {
+	cp := &Checkpoint{}
+	for _, tc := range []struct{ data, want int64 }{
+		{0, MinSaveBytes},
+		{32 * mib, MinSaveBytes},
+		{1 << 30, 32 * mib},
+		{1 << 40, MaxSaveBytes},
+	} {
+		if got := cp.saveBytes(tc.data); got != tc.want {
+			t.Errorf("saveBytes(%d) = %d, want %d", tc.data, got, tc.want)
+		}
+	}
+	cp.SaveBytes = 5
+	if cp.saveBytes(1<<30) != 5 {
+		t.Error("SaveBytes was not honoured")
+	}
+}
