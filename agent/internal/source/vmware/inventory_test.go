@@ -30,7 +30,7 @@ func TestListVMs(t *testing.T) {
 	src, secrets := simSource(t, sim)
 	d := NewDriver(testLogger(t), Options{})
 	vms, err := d.ListVMs(ctx, &agentv1.InventoryRequest{Source: src,
-		MigrationServer: &ferryv1.MigrationServer{Name: "migrationServers/ms"}, Secrets: secrets})
+		MigrationServer: &ferryv1.MigrationServer{Name: "migrationServers/ms", MigrationCidr: "127.0.0.0/8"}, Secrets: secrets})
 	if err != nil {
 		t.Fatalf("ListVMs: %v", err)
 	}
@@ -43,7 +43,31 @@ func TestListVMs(t *testing.T) {
 	if got == nil {
 		t.Fatalf("ListVMs returned %d VMs, none DC0_H0_VM0", len(vms))
 	}
-	if got.GetId() != vm.Reference().Value || got.GetCpus() != 3 || got.GetMemoryBytes() != 768<<20 ||
+	checkListedVM(t, got, vm.Reference().Value, macs)
+
+	conn, err := Connect(ctx, simConfig(t, sim))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	for _, id := range []string{vm.Reference().Value, "DC0_H0_VM0"} {
+		v, err := conn.FindVM(ctx, id)
+		if err != nil {
+			t.Fatalf("FindVM(%s): %v", id, err)
+		}
+		if v.Disks[1].Dependent() || !v.Disks[0].Dependent() || v.Host.Name == "" || v.Host.Version == "" {
+			t.Errorf("FindVM(%s): disks %+v host %+v", id, v.Disks, v.Host)
+		}
+	}
+	if _, err := conn.FindVM(ctx, "no-such-vm"); err == nil {
+		t.Error("FindVM found a VM that does not exist")
+	}
+}
+
+// checkListedVM checks what ListVMs said of the VM TestListVMs prepared.
+func checkListedVM(t *testing.T, got *ferryv1.SourceVm, id string, macs []string) {
+	t.Helper()
+	if got.GetId() != id || got.GetCpus() != 3 || got.GetMemoryBytes() != 768<<20 ||
 		got.GetFirmware() != ferryv1.Firmware_FIRMWARE_UEFI || got.GetState() != ferryv1.SourceVmState_SOURCE_VM_STATE_RUNNING {
 		t.Errorf("VM: id %s cpus %d memory %d firmware %s state %s", got.GetId(), got.GetCpus(),
 			got.GetMemoryBytes(), got.GetFirmware(), got.GetState())
@@ -72,24 +96,6 @@ func TestListVMs(t *testing.T) {
 		if disk.GetCapacityBytes() != 4<<20 || disk.GetBus() != "scsi" || disk.GetTarget() == "" {
 			t.Errorf("disk %v", disk)
 		}
-	}
-
-	conn, err := Connect(ctx, simConfig(t, sim))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
-	for _, id := range []string{vm.Reference().Value, "DC0_H0_VM0"} {
-		v, err := conn.FindVM(ctx, id)
-		if err != nil {
-			t.Fatalf("FindVM(%s): %v", id, err)
-		}
-		if v.Disks[1].Dependent() || !v.Disks[0].Dependent() || v.Host.Name == "" || v.Host.Version == "" {
-			t.Errorf("FindVM(%s): disks %+v host %+v", id, v.Disks, v.Host)
-		}
-	}
-	if _, err := conn.FindVM(ctx, "no-such-vm"); err == nil {
-		t.Error("FindVM found a VM that does not exist")
 	}
 }
 
