@@ -12,7 +12,9 @@
 // The snapshot the driver exports is swapped in the simulator's registry
 // for a wrapper (exportingSnapshot) whose ExportSnapshot wraps the lease;
 // RemoveSnapshot puts the simulator's own object back first, as its code
-// expects it. Only tests import this package.
+// expects it. For the same reason a VM must not have a snapshot of its own
+// when the driver takes one (the simulator would find the wrapper as the
+// parent). Only tests import this package.
 package vcsimtest
 
 import (
