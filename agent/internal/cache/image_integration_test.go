@@ -248,3 +248,31 @@ func TestKilledServer(t *testing.T) {
 		t.Fatalf("qemu-img check after reopening:\n%s", out)
 	}
 }
+
+// TestReclaimStopsServers: a job directory past retention whose image is
+// still served by a qemu-nbd of a dead agent is stopped, then removed.
+func TestReclaimStopsServers(t *testing.T) {
+	requireQemu(t)
+	root := t.TempDir()
+	img := openImage(t, filepath.Join(root, "job-1"), mib, true)
+	old := time.Now().Add(-48 * time.Hour)
+	entries, _ := os.ReadDir(filepath.Join(root, "job-1"))
+	for _, e := range append(entries, nil) {
+		p := filepath.Join(root, "job-1")
+		if e != nil {
+			p = filepath.Join(p, e.Name())
+		}
+		if err := os.Chtimes(p, old, old); err != nil && !errors.Is(err, os.ErrNotExist) {
+			t.Fatal(err)
+		}
+	}
+	removed, err := Reclaim(root, 24*time.Hour, nil)
+	if err != nil || len(removed) != 1 {
+		t.Fatalf("Reclaim = %v, %v", removed, err)
+	}
+	select {
+	case <-img.srv.exited:
+	case <-time.After(5 * time.Second):
+		t.Fatal("the image's qemu-nbd still runs after its job was reclaimed")
+	}
+}

@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"strings"
 	"time"
 )
 
@@ -70,13 +69,12 @@ func lastChange(dir string) (time.Time, error) {
 	return last, nil
 }
 
-// removeJob stops the servers recorded in dir, then removes it.
+// removeJob stops the servers recorded in dir (cache images and their
+// exports), then removes it.
 func removeJob(dir string) error {
 	pids, _ := filepath.Glob(filepath.Join(dir, "*.pid"))
 	for _, pidFile := range pids {
-		disk := strings.TrimSuffix(filepath.Base(pidFile), ".pid")
-		// Either format: the image's name up to its extension.
-		if err := stopStale(pidFile, "filename="+optValue(filepath.Join(dir, disk+"."))); err != nil {
+		if err := stopStale(pidFile, dir+string(filepath.Separator)); err != nil {
 			return err
 		}
 	}
