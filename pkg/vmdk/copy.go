@@ -84,6 +84,7 @@ type batch struct {
 	grains []rawGrain
 	slab   []byte
 	out    []byte
+	state  []uint8 // of each grain of the window
 }
 
 type streamCopier struct {
@@ -141,24 +142,29 @@ func (c *streamCopier) run(ctx context.Context) error {
 	return nil
 }
 
-// read reads grains in stream order and hands them out a window at a time.
+// read reads grains in stream order and hands them out a window at a
+// time. A grain is read straight into its batch's slab when it has room.
 func (c *streamCopier) read(ctx context.Context) error {
 	defer close(c.work)
 	var cur *batch
 	var stage []byte
 	seq, maxStart, consumed := 0, int64(-1), c.sr.BytesRead()
+	room := int(maxCompressed(c.sr.hdr.GrainBytes()))
 	for {
 		if err := ctx.Err(); err != nil {
 			return err
 		}
-		g, err := c.sr.nextRaw(stage[:0])
+		buf, inSlab := stage[:0], cur != nil && cap(cur.slab)-len(cur.slab) >= room
+		if inSlab {
+			buf = cur.slab[len(cur.slab):]
+		}
+		g, err := c.sr.nextRaw(buf)
 		if errors.Is(err, io.EOF) {
 			return c.dispatch(ctx, cur)
 		}
 		if err != nil {
 			return err
 		}
-		stage = g.data
 		if err := c.limit(ctx, &consumed); err != nil {
 			return err
 		}
@@ -167,6 +173,8 @@ func (c *streamCopier) read(ctx context.Context) error {
 				return unsupportedf("grains out of disk order (%d after %d) smaller than the write granule",
 					g.off, maxStart)
 			}
+			stage = append(stage[:0], g.data...) // out of the batch about to go
+			g.data = stage
 			if err := c.dispatch(ctx, cur); err != nil {
 				return err
 			}
@@ -174,13 +182,17 @@ func (c *streamCopier) read(ctx context.Context) error {
 				return err
 			}
 			seq, maxStart = seq+1, max(maxStart, start)
+		} else if inSlab {
+			cur.slab = cur.slab[:len(cur.slab)+len(g.data)] // read in place
+			cur.grains = append(cur.grains, g)
+			continue
 		}
 		cur.add(g, c.span)
 	}
 }
 
-// add keeps a grain, its payload copied out of the reader's buffer into
-// the batch's slab, which grows to what the batches need.
+// add keeps a grain, its payload copied into the batch's slab, which
+// grows to what the batches need.
 func (b *batch) add(g rawGrain, span int64) {
 	n := len(b.slab)
 	if cap(b.slab)-n < len(g.data) {
@@ -236,7 +248,7 @@ func (c *streamCopier) decodeLoop(ctx context.Context) error {
 		if err != nil {
 			return err
 		}
-		if err := c.writeBatch(ctx, b.start, out); err != nil {
+		if err := c.writeBatch(ctx, b, out); err != nil {
 			return err
 		}
 		c.prog.done(b.seq, b.start+int64(len(out)))
@@ -245,45 +257,74 @@ func (c *streamCopier) decodeLoop(ctx context.Context) error {
 	return nil
 }
 
-// decodeBatch lays a batch's grains out in its window, zeroes between.
+// Grain states in a batch's window.
+const (
+	grainAbsent = iota // not in the stream: its bytes in out are stale
+	grainZero          // decoded, all zeroes
+	grainData
+)
+
+// decodeBatch lays a batch's grains out in its window and notes which hold
+// data. Bytes of absent grains are left as they are; writeBatch clears
+// those it writes.
 func (c *streamCopier) decodeBatch(inf *inflater, tmp []byte, b *batch) ([]byte, error) {
 	out := b.out[:min(c.span, c.sr.size-b.start)]
-	clear(out)
 	grain := int64(len(tmp))
+	n := int((int64(len(out)) + grain - 1) / grain)
+	if cap(b.state) < n {
+		b.state = make([]uint8, n)
+	}
+	b.state = b.state[:n]
+	clear(b.state)
 	for _, g := range b.grains {
 		at := g.off - b.start
-		if !g.compressed {
-			copy(out[at:], g.data)
-			continue
+		data := g.data
+		if g.compressed {
+			dst := tmp
+			if at+grain <= int64(len(out)) {
+				dst = out[at : at+grain]
+			}
+			var err error
+			if data, err = c.sr.decode(inf, g, dst); err != nil {
+				return nil, err
+			}
 		}
-		dst := tmp
-		if at+grain <= int64(len(out)) {
-			dst = out[at : at+grain]
-		}
-		data, err := c.sr.decode(inf, g, dst)
-		if err != nil {
-			return nil, err
-		}
-		if &dst[0] == &tmp[0] {
+		if &data[0] != &out[at] {
 			copy(out[at:], data)
+		}
+		b.state[at/grain] = grainZero
+		if !allZero(data) {
+			b.state[at/grain] = grainData
 		}
 	}
 	return out, nil
 }
 
-// writeBatch writes the granules of a window that hold data.
-func (c *streamCopier) writeBatch(ctx context.Context, start int64, out []byte) error {
-	align := int(c.opts.Align)
-	run := -1
-	for i := 0; run >= 0 || i < len(out); i += align {
-		data := i < len(out) && !allZero(out[i:min(i+align, len(out))])
+// writeBatch writes the granules of a window that hold data, absent
+// grains in them as zeroes.
+func (c *streamCopier) writeBatch(ctx context.Context, b *batch, out []byte) error {
+	align, grain := c.opts.Align, c.sr.hdr.GrainBytes()
+	run := int64(-1)
+	for i := int64(0); run >= 0 || i < int64(len(out)); i += align {
+		end := min(i+align, int64(len(out)))
+		data := false
+		for g := i / grain; i < end && g <= (end-1)/grain; g++ {
+			data = data || b.state[g] == grainData
+		}
+		if data {
+			for g := i / grain; g <= (end-1)/grain; g++ {
+				if b.state[g] == grainAbsent {
+					clear(out[max(i, g*grain):min(end, (g+1)*grain)])
+				}
+			}
+		}
 		if data && run < 0 {
 			run = i
 		}
 		if !data && run >= 0 {
-			p := out[run:min(i, len(out))]
-			if err := c.dst.WriteAt(ctx, p, start+int64(run)); err != nil {
-				return fmt.Errorf("vmdk: copy: write %d bytes at %d: %w", len(p), start+int64(run), err)
+			p := out[run:min(i, int64(len(out)))]
+			if err := c.dst.WriteAt(ctx, p, b.start+run); err != nil {
+				return fmt.Errorf("vmdk: copy: write %d bytes at %d: %w", len(p), b.start+run, err)
 			}
 			c.written.Add(int64(len(p)))
 			run = -1

@@ -1,11 +1,13 @@
 package vmdk
 
 import (
+	"bufio"
 	"bytes"
 	"compress/flate"
 	"compress/zlib"
 	"encoding/binary"
 	"fmt"
+	"io"
 )
 
 // streamSpec says how makeStream lays a VMware-style streamOptimized VMDK
@@ -25,63 +27,127 @@ func makeStream(disk []byte, spec streamSpec) []byte {
 		spec.grainSectors = 128
 	}
 	var out bytes.Buffer
-	desc := fmt.Sprintf("# Disk DescriptorFile\nversion=1\nCID=12345678\nparentCID=ffffffff\n"+
-		"createType=\"streamOptimized\"\n\nRW %d SPARSE \"disk.vmdk\"\n\nddb.adapterType = \"lsilogic\"\n"+
-		"ddb.geometry.cylinders = \"1\"\nddb.geometry.heads = \"255\"\nddb.geometry.sectors = \"63\"\n",
-		len(disk)/SectorSize)
-	descSectors := roundUp(int64(len(desc)), SectorSize) / SectorSize
-	h := Header{
-		Version: 3, Flags: FlagValidNewline | FlagCompressed | FlagMarkers,
-		Capacity: uint64(len(disk) / SectorSize), GrainSize: uint64(spec.grainSectors),
-		DescriptorOffset: 1, DescriptorSize: uint64(descSectors), NumGTEsPerGT: 512,
-		GDOffset: GDAtEnd, OverHead: uint64(1 + descSectors), CompressAlgorithm: CompressionDeflate,
+	w := newStreamWriter(&out, int64(len(disk)), spec.grainSectors)
+	grain := spec.grainSectors * SectorSize
+	for off := int64(0); off < int64(len(disk)); off += grain {
+		data := disk[off:min(int64(len(disk)), off+grain)]
+		if allZero(data) && !spec.zeroGrains {
+			continue
+		}
+		if int64(len(data)) < grain && !spec.partialLast {
+			data = append(bytes.Clone(data), make([]byte, grain-int64(len(data)))...)
+		}
+		w.grain(off, compress(data, spec.rawDeflate))
 	}
-	out.Write(encodeHeader(h))
-	out.WriteString(desc)
-	pad(&out)
-	gd := writeGrains(&out, disk, spec)
-	gdSector := out.Len()/SectorSize + 1
-	writeMarker(&out, uint64(roundUp(int64(4*len(gd)), SectorSize)/SectorSize), markerGD)
-	writeTable(&out, gd)
-	writeMarker(&out, 1, markerFooter)
-	h.GDOffset = uint64(gdSector)
-	out.Write(encodeHeader(h))
-	writeMarker(&out, 0, markerEOS)
+	if err := w.close(); err != nil {
+		panic(err)
+	}
 	return out.Bytes()
 }
 
-// writeGrains writes the grains, a grain table marker and table after each
-// table's grains, and returns the grain directory.
-func writeGrains(out *bytes.Buffer, disk []byte, spec streamSpec) []uint32 {
-	grain := spec.grainSectors * SectorSize
-	grains := (int64(len(disk)) + grain - 1) / grain
-	gd := make([]uint32, (grains+511)/512)
-	for t := range gd {
-		gt := make([]uint32, 512)
-		for j := range gt {
-			g := int64(t)*512 + int64(j)
-			if g >= grains {
-				break
-			}
-			data := disk[g*grain : min(int64(len(disk)), (g+1)*grain)]
-			if allZero(data) && !spec.zeroGrains {
-				continue
-			}
-			if int64(len(data)) < grain && !spec.partialLast {
-				data = append(bytes.Clone(data), make([]byte, grain-int64(len(data)))...)
-			}
-			gt[j] = uint32(out.Len() / SectorSize)
-			z := compress(data, spec.rawDeflate)
-			binary.Write(out, binary.LittleEndian, uint64(g*spec.grainSectors))
-			binary.Write(out, binary.LittleEndian, uint32(len(z)))
-			out.Write(z)
-			pad(out)
-		}
-		writeMarker(out, 4, markerGT)
-		gd[t] = uint32(out.Len() / SectorSize)
-		writeTable(out, gt)
+// streamWriter writes a stream as VMware lays it out: header (grain
+// directory at the end), descriptor, then grains with markers, each grain
+// table behind its grains, the directory, the footer and end of stream.
+type streamWriter struct {
+	w     *bufio.Writer
+	pos   int64
+	h     Header
+	gd    []uint32
+	gt    []uint32
+	curGT int64
+}
+
+func newStreamWriter(w io.Writer, capacity, grainSectors int64) *streamWriter {
+	desc := fmt.Sprintf("# Disk DescriptorFile\nversion=1\nCID=12345678\nparentCID=ffffffff\n"+
+		"createType=\"streamOptimized\"\n\nRW %d SPARSE \"disk.vmdk\"\n\nddb.adapterType = \"lsilogic\"\n"+
+		"ddb.geometry.cylinders = \"1\"\nddb.geometry.heads = \"255\"\nddb.geometry.sectors = \"63\"\n",
+		capacity/SectorSize)
+	descSectors := roundUp(int64(len(desc)), SectorSize) / SectorSize
+	s := &streamWriter{w: bufio.NewWriterSize(w, 1<<20), h: Header{
+		Version: 3, Flags: FlagValidNewline | FlagCompressed | FlagMarkers,
+		Capacity: uint64(capacity / SectorSize), GrainSize: uint64(grainSectors),
+		DescriptorOffset: 1, DescriptorSize: uint64(descSectors), NumGTEsPerGT: 512,
+		GDOffset: GDAtEnd, OverHead: uint64(1 + descSectors), CompressAlgorithm: CompressionDeflate,
+	}}
+	s.gd = make([]uint32, s.h.gdEntries())
+	s.gt = make([]uint32, 512)
+	s.write(encodeHeader(s.h))
+	s.write([]byte(desc))
+	s.pad()
+	return s
+}
+
+func (s *streamWriter) write(b []byte) {
+	s.w.Write(b)
+	s.pos += int64(len(b))
+}
+
+func (s *streamWriter) pad() { s.write(make([]byte, roundUp(s.pos, SectorSize)-s.pos)) }
+
+// grain writes the compressed grain for disk offset off; grains come in
+// increasing order.
+func (s *streamWriter) grain(off int64, z []byte) {
+	g := off / s.h.GrainBytes()
+	if t := g / 512; t != s.curGT {
+		s.flushGT()
+		s.curGT = t
 	}
-	return gd
+	s.gt[g%512] = uint32(s.pos / SectorSize)
+	var m [grainMarkerLen]byte
+	binary.LittleEndian.PutUint64(m[:], uint64(off/SectorSize))
+	binary.LittleEndian.PutUint32(m[8:], uint32(len(z)))
+	s.write(m[:])
+	s.write(z)
+	s.pad()
+}
+
+// flushGT writes the current grain table, when it has grains.
+func (s *streamWriter) flushGT() {
+	if allZero32(s.gt) {
+		return
+	}
+	s.marker(4, markerGT)
+	s.gd[s.curGT] = uint32(s.pos / SectorSize)
+	s.table(s.gt)
+	clear(s.gt)
+}
+
+func (s *streamWriter) close() error {
+	s.flushGT()
+	s.marker(uint64(roundUp(int64(4*len(s.gd)), SectorSize)/SectorSize), markerGD)
+	gdSector := s.pos / SectorSize
+	s.table(s.gd)
+	s.marker(1, markerFooter)
+	f := s.h
+	f.GDOffset = uint64(gdSector)
+	s.write(encodeHeader(f))
+	s.marker(0, markerEOS)
+	return s.w.Flush()
+}
+
+func (s *streamWriter) marker(val uint64, typ uint32) {
+	var m [SectorSize]byte
+	binary.LittleEndian.PutUint64(m[:], val)
+	binary.LittleEndian.PutUint32(m[12:], typ)
+	s.write(m[:])
+}
+
+func (s *streamWriter) table(t []uint32) {
+	b := make([]byte, 4*len(t))
+	for i, v := range t {
+		binary.LittleEndian.PutUint32(b[4*i:], v)
+	}
+	s.write(b)
+	s.pad()
+}
+
+func allZero32(t []uint32) bool {
+	for _, v := range t {
+		if v != 0 {
+			return false
+		}
+	}
+	return true
 }
 
 func compress(b []byte, raw bool) []byte {
@@ -96,22 +162,6 @@ func compress(b []byte, raw bool) []byte {
 	w.Write(b)
 	w.Close()
 	return z.Bytes()
-}
-
-func writeMarker(out *bytes.Buffer, val uint64, typ uint32) {
-	var m [SectorSize]byte
-	binary.LittleEndian.PutUint64(m[:], val)
-	binary.LittleEndian.PutUint32(m[12:], typ)
-	out.Write(m[:])
-}
-
-func writeTable(out *bytes.Buffer, t []uint32) {
-	binary.Write(out, binary.LittleEndian, t)
-	pad(out)
-}
-
-func pad(out *bytes.Buffer) {
-	out.Write(make([]byte, roundUp(int64(out.Len()), SectorSize)-int64(out.Len())))
 }
 
 // encodeHeader is parseHeader's inverse.
