@@ -149,3 +149,45 @@ func TestSparseCorrupt(t *testing.T) {
 		})
 	}
 }
+
+// TestStreamTrailer: after the last grain its tables list, a stream with
+// markers may hold metadata and an end-of-stream marker, but no grain.
+func TestStreamTrailer(t *testing.T) {
+	const size = 1 << 20
+	img := newTestImage(t, size, []region{{0, 200 << 10, "pattern"}})
+	b, err := os.ReadFile(img.vmdk(t, "streamOptimized"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	end, err := decodeStream(b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !allZero(b[end-SectorSize:]) {
+		t.Fatalf("qemu-img's stream does not end in zeroes after byte %d", end)
+	}
+	b = b[:end-SectorSize] // what follows the last grain goes
+	grain := make([]byte, SectorSize)
+	binary.LittleEndian.PutUint64(grain, 512)
+	binary.LittleEndian.PutUint32(grain[8:], 20)
+	gt := make([]byte, SectorSize*5)
+	binary.LittleEndian.PutUint64(gt, 4)
+	binary.LittleEndian.PutUint32(gt[12:], markerGT)
+	for name, c := range map[string]struct {
+		tail []byte
+		want error
+	}{
+		"nothing":       {nil, nil},
+		"end of stream": {make([]byte, SectorSize), nil},
+		"grain table":   {append(bytes.Clone(gt), make([]byte, SectorSize)...), nil},
+		"stray grain":   {grain, ErrCorrupt},
+		"bad marker":    {append(make([]byte, 12), 7, 0, 0, 0), ErrCorrupt},
+	} {
+		t.Run(name, func(t *testing.T) {
+			_, err := decodeStream(append(bytes.Clone(b), c.tail...))
+			if !errors.Is(err, c.want) || (err == nil) != (c.want == nil) {
+				t.Fatalf("%v, want %v", err, c.want)
+			}
+		})
+	}
+}

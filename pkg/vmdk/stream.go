@@ -40,7 +40,9 @@ const (
 // (monolithicSparse, and streamOptimized as qemu-img writes it) is read by
 // its tables: they are loaded first (8 bytes of memory per allocated
 // grain), then the grains in file order, which is disk order for every
-// disk written front to back.
+// disk written front to back. When that disk has markers, what follows
+// its last grain is read too, to the end of the stream or its marker: a
+// grain the tables do not list is ErrCorrupt, never silently dropped.
 type StreamReader struct {
 	in   streamIn
 	hdr  Header
@@ -50,6 +52,7 @@ type StreamReader struct {
 	plan    []uint64 // table mode: sector<<32 | grain, in file order
 	next    int
 	markers bool  // marker mode
+	trailer bool  // table mode with markers, past the last grain: no grain may follow
 	lastEnd int64 // marker mode: end of the previous grain
 	done    bool
 
@@ -210,7 +213,12 @@ func (s *StreamReader) nextRaw(buf []byte) (rawGrain, error) {
 func (s *StreamReader) nextMarked(buf []byte) (rawGrain, error) {
 	var m [16]byte
 	for {
-		if err := s.in.skipTo(roundUp(s.in.pos, SectorSize), "marker"); err != nil {
+		err := s.in.skipTo(roundUp(s.in.pos, SectorSize), "marker")
+		if s.trailer && (err != nil || s.in.atEOF()) {
+			s.done = true // qemu-img ends its streams without a marker
+			return rawGrain{}, io.EOF
+		}
+		if err != nil {
 			return rawGrain{}, err
 		}
 		at := s.in.pos
@@ -218,6 +226,9 @@ func (s *StreamReader) nextMarked(buf []byte) (rawGrain, error) {
 			return rawGrain{}, err
 		}
 		val, size := binary.LittleEndian.Uint64(m[:]), binary.LittleEndian.Uint32(m[8:])
+		if size != 0 && s.trailer {
+			return rawGrain{}, corruptf(at, "a grain for sector %d that the grain tables do not list", val)
+		}
 		if size != 0 {
 			return s.markedGrain(buf, at, val, size)
 		}
@@ -326,6 +337,12 @@ func roundUp(n, to int64) int64 { return (n + to - 1) / to * to }
 type streamIn struct {
 	r   *bufio.Reader
 	pos int64
+}
+
+// atEOF reports whether the stream has ended.
+func (in *streamIn) atEOF() bool {
+	_, err := in.r.Peek(1)
+	return err == io.EOF
 }
 
 // readFull fills p; an early end of the stream is ErrCorrupt.

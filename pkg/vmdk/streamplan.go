@@ -112,6 +112,10 @@ func (s *StreamReader) readTable(n int64, what string) ([]byte, error) {
 // nextPlanned reads the next grain the tables listed.
 func (s *StreamReader) nextPlanned(buf []byte) (rawGrain, error) {
 	if s.next == len(s.plan) {
+		if s.hdr.HasMarkers() {
+			s.markers, s.trailer = true, true
+			return s.nextMarked(buf)
+		}
 		s.done = true
 		return rawGrain{}, io.EOF
 	}
