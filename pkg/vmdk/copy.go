@@ -17,6 +17,8 @@ import (
 
 // Sink is where a stream's data goes: a random-access image that reads as
 // zeroes where nothing was written (the pipeline's cache image is one).
+// WriteAt is called from several goroutines at once, for runs that never
+// overlap.
 type Sink interface {
 	WriteAt(ctx context.Context, p []byte, off int64) error
 	Flush(ctx context.Context) error

@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"sync"
 	"testing"
 )
 
@@ -135,10 +136,13 @@ func fuzzNext(b []byte) ([]byte, error) {
 type boundSink struct {
 	size int64
 	buf  []byte
+	mu   sync.Mutex
 	err  error
 }
 
 func (s *boundSink) WriteAt(_ context.Context, p []byte, off int64) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
 	if off < 0 || off+int64(len(p)) > s.size || len(p) == 0 {
 		s.err = fmt.Errorf("write %d bytes at %d of a %d-byte disk", len(p), off, s.size)
 		return s.err

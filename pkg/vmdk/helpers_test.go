@@ -8,6 +8,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 
 	"github.com/ferry-v2v/ferry/pkg/testenv"
@@ -124,12 +125,15 @@ func checkEqual(t testing.TB, got, want []byte) {
 
 // memSink is a Sink over a byte slice that records the runs written.
 type memSink struct {
+	mu     sync.Mutex
 	buf    []byte
 	writes []Extent
 	flush  int
 }
 
 func (m *memSink) WriteAt(_ context.Context, p []byte, off int64) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
 	copy(m.buf[off:], p)
 	m.writes = append(m.writes, Extent{Offset: off, Length: int64(len(p))})
 	return nil
