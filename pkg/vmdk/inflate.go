@@ -17,6 +17,7 @@ type inflater struct {
 	src  bytes.Reader
 	fr   io.ReadCloser
 	peek [1]byte
+	sum  [4]byte
 }
 
 var (
@@ -56,11 +57,10 @@ func (in *inflater) inflate(dst, src []byte) (int, error) {
 	if !isZlib {
 		return n, nil
 	}
-	var sum [4]byte
-	if _, err := io.ReadFull(&in.src, sum[:]); err != nil {
+	if _, err := io.ReadFull(&in.src, in.sum[:]); err != nil {
 		return n, io.ErrUnexpectedEOF
 	}
-	if binary.BigEndian.Uint32(sum[:]) != adlerSum(dst[:n]) {
+	if binary.BigEndian.Uint32(in.sum[:]) != adlerSum(dst[:n]) {
 		return n, errChecksum
 	}
 	return n, nil

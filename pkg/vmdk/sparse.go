@@ -260,11 +260,11 @@ func (s *SparseReader) readCompressed(p []byte, g, in int64, gte uint32) error {
 	}
 	defer s.infs.Put(inf)
 
-	var m [grainMarkerLen]byte
-	if err := readAt(s.r, m[:], at, s.file, "grain marker"); err != nil {
+	m := (*bp)[:grainMarkerLen]
+	if err := readAt(s.r, m, at, s.file, "grain marker"); err != nil {
 		return err
 	}
-	lba, size := binary.LittleEndian.Uint64(m[:]), binary.LittleEndian.Uint32(m[8:])
+	lba, size := binary.LittleEndian.Uint64(m), binary.LittleEndian.Uint32(m[8:])
 	if lba != uint64(g)*s.hdr.GrainSize || size == 0 || int64(size) > maxCompressed(s.grain) {
 		return corruptf(at, "grain marker for sector %d of %d bytes where the grain table puts sector %d",
 			lba, size, uint64(g)*s.hdr.GrainSize)

@@ -59,6 +59,7 @@ type StreamReader struct {
 	raw []byte
 	buf []byte
 	inf inflater
+	m   [16]byte // a marker being read
 }
 
 // rawGrain is a grain as read: its disk offset, the disk bytes it covers
@@ -211,7 +212,7 @@ func (s *StreamReader) nextRaw(buf []byte) (rawGrain, error) {
 
 // nextMarked walks markers to the next grain marker or the end of stream.
 func (s *StreamReader) nextMarked(buf []byte) (rawGrain, error) {
-	var m [16]byte
+	m := &s.m
 	for {
 		err := s.in.skipTo(roundUp(s.in.pos, SectorSize), "marker")
 		if s.trailer && (err != nil || s.in.atEOF()) {

@@ -131,8 +131,8 @@ func (s *StreamReader) nextPlanned(buf []byte) (rawGrain, error) {
 		g.data = grow(buf, g.n)
 		return g, s.in.readFull(g.data, "grain")
 	}
-	var m [grainMarkerLen]byte
-	if err := s.in.readFull(m[:], "grain marker"); err != nil {
+	m := s.m[:grainMarkerLen]
+	if err := s.in.readFull(m, "grain marker"); err != nil {
 		return rawGrain{}, err
 	}
 	lba, size := binary.LittleEndian.Uint64(m[:]), binary.LittleEndian.Uint32(m[8:])
