@@ -96,7 +96,12 @@ func (c *Conn) ListVMs(ctx context.Context) ([]*VM, error) {
 			continue // gone meanwhile
 		}
 		if err != nil {
-			return nil, err
+			// A domain that stops while it is described (its monitor goes
+			// away) must not hide the others; a job on it reports the
+			// error itself.
+			name, _ := doms[i].GetName()
+			c.log.Warn("leaving a VM out of the inventory", "vm", name, "err", err)
+			continue
 		}
 		vms = append(vms, vm)
 	}
