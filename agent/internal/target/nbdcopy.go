@@ -45,7 +45,7 @@ func (c *NBDCopier) Copy(ctx context.Context, src, dst Endpoint, opts CopyOption
 	if dc.Size() < sc.Size() {
 		return fmt.Errorf("volume of %d bytes is smaller than the source's %d", dc.Size(), sc.Size())
 	}
-	_, err = pipeline.Copy(ctx, pipeline.NBDSource{Client: sc}, nbdSink{dc}, pipeline.Options{
+	_, err = pipeline.Copy(ctx, pipeline.NBDSource{Client: sc}, pipeline.NBDSink{Client: dc}, pipeline.Options{
 		InFlight: c.InFlight, Limiter: c.Limiter, Progress: opts.Progress, Logger: log,
 	})
 	if err != nil {
@@ -88,16 +88,3 @@ func zeroHoles(ctx context.Context, sc, dc *nbd.Client) error {
 	}
 	return nil
 }
-
-// nbdSink is an NBD export as the pipeline's Sink.
-type nbdSink struct{ c *nbd.Client }
-
-func (s nbdSink) WriteAt(ctx context.Context, p []byte, off int64) error {
-	return s.c.WriteAt(ctx, p, off, false)
-}
-
-func (s nbdSink) WriteZeroes(ctx context.Context, off, length int64) error {
-	return s.c.WriteZeroes(ctx, off, length, 0)
-}
-
-func (s nbdSink) Flush(ctx context.Context) error { return s.c.Flush(ctx) }
