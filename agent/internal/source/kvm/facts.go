@@ -2,9 +2,21 @@ package kvm
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"strings"
 
 	ferryv1 "github.com/ferry-v2v/ferry/pkg/pb/ferry/v1"
+)
+
+// The API's names for the states and OS types the driver reports.
+var (
+	protoState = map[string]ferryv1.SourceVmState{
+		StateRunning: ferryv1.SourceVmState_SOURCE_VM_STATE_RUNNING,
+		StatePaused:  ferryv1.SourceVmState_SOURCE_VM_STATE_PAUSED,
+		StateShutOff: ferryv1.SourceVmState_SOURCE_VM_STATE_SHUT_OFF,
+	}
+	protoOSType = map[string]ferryv1.OsType{OSLinux: ferryv1.OsType_OS_TYPE_LINUX, OSWindows: ferryv1.OsType_OS_TYPE_WINDOWS}
 )
 
 // Proto is the VM as the API describes source VMs.
@@ -12,9 +24,7 @@ func (vm *VM) Proto() *ferryv1.SourceVm {
 	out := &ferryv1.SourceVm{
 		Id: vm.Name, Name: vm.Name, Uuid: vm.UUID, Cpus: int32(vm.VCPUs), MemoryBytes: vm.MemoryBytes,
 		CdromCount: int32(vm.CDROMs), OsName: vm.OSName,
-		State:    map[string]ferryv1.SourceVmState{StateRunning: ferryv1.SourceVmState_SOURCE_VM_STATE_RUNNING, StatePaused: ferryv1.SourceVmState_SOURCE_VM_STATE_PAUSED, StateShutOff: ferryv1.SourceVmState_SOURCE_VM_STATE_SHUT_OFF}[vm.State],
-		Firmware: ferryv1.Firmware_FIRMWARE_BIOS,
-		OsType:   map[string]ferryv1.OsType{OSLinux: ferryv1.OsType_OS_TYPE_LINUX, OSWindows: ferryv1.OsType_OS_TYPE_WINDOWS}[vm.OSType],
+		State: protoState[vm.State], Firmware: ferryv1.Firmware_FIRMWARE_BIOS, OsType: protoOSType[vm.OSType],
 	}
 	if vm.Firmware.Type == FirmwareUEFI {
 		out.Firmware = ferryv1.Firmware_FIRMWARE_UEFI
@@ -29,12 +39,23 @@ func (vm *VM) Proto() *ferryv1.SourceVm {
 	return out
 }
 
-// ReadFile reads a regular file on the source host over SSH.
+// ReadFile reads a regular file on the source host over SSH. Only the
+// command's standard output is the file: what it prints on standard error
+// must never end up in the bytes (an NVRAM copy is binary).
 func (c *Conn) ReadFile(ctx context.Context, path string) ([]byte, error) {
-	q := shellQuote(path)
-	out, err := runRemote(ctx, c.ssh, "test -f "+q+" && cat "+q)
+	session, err := c.ssh.NewSession()
 	if err != nil {
-		return nil, fmt.Errorf("read %s: %w", path, err)
+		return nil, fmt.Errorf("read %s: open SSH session: %w", path, err)
 	}
-	return []byte(out), nil
+	defer session.Close()
+	stop := context.AfterFunc(ctx, func() { session.Close() })
+	defer stop()
+	var stderr strings.Builder
+	session.Stderr = &stderr
+	q := shellQuote(path)
+	out, err := session.Output("test -f " + q + " && cat " + q)
+	if err != nil {
+		return nil, fmt.Errorf("read %s on the source: %w: %s", path, errors.Join(err, ctx.Err()), strings.TrimSpace(stderr.String()))
+	}
+	return out, nil
 }
