@@ -1,19 +1,62 @@
 #!/usr/bin/env bash
-# Starts virtlogd and libvirtd without systemd, unless they already run, and
-# waits until qemu:///system answers. Idempotent. Needs root.
+# Starts the system D-Bus, virtlogd and libvirtd without systemd, unless they
+# already run, and waits until qemu:///system answers. Idempotent. Needs root.
 #
-# The system D-Bus starts first: libvirtd asks polkit (through it) whether a
-# non-root user may connect, and polkit admits group libvirt. libvirtd
-# looks for the bus once, so a libvirtd started before it admits root only.
+# Order matters: libvirtd asks polkit (over the system bus) whether a
+# non-root user may connect, and polkit admits group libvirt. libvirtd looks
+# for the bus once and remembers a failure, so a libvirtd that started
+# before the bus admits root only: it is restarted here. A machine whose
+# processes were killed leaves /run/dbus/pid and the bus socket behind; a
+# socket nobody listens on counts as no bus.
 set -euo pipefail
 
-if [[ ! -S /run/dbus/system_bus_socket ]] && command -v dbus-daemon >/dev/null; then
+# Test packages run in parallel and each may call this: one at a time.
+mkdir -p /run/lock
+exec 9>/run/lock/ferry-start-libvirtd.lock
+flock 9
+
+# bus_pid prints the pid of the system bus daemon if the bus answers.
+bus_pid() {
+	dbus-send --system --print-reply --reply-timeout=2000 --dest=org.freedesktop.DBus \
+		/org/freedesktop/DBus org.freedesktop.DBus.GetId >/dev/null 2>&1 || return 0
+	cat /run/dbus/pid 2>/dev/null || true
+}
+
+# daemon CMD...: starts a self-forking daemon without the lock or this
+# script's output (a caller may wait for those to close), logging to
+# /var/log/ferry-NAME.log.
+daemon() { "$@" </dev/null >>"/var/log/ferry-$(basename "$1").log" 2>&1 9>&-; }
+
+# live NAME prints the oldest live (not zombie) process called NAME.
+live() { pgrep -o -x -r D,I,R,S "$1"; }
+
+# started PID: when the process started, in clock ticks since boot
+# (/proc/PID/stat field 22; the command name before it may hold spaces).
+started() { sed 's/.*) //' /proc/"$1"/stat | awk '{print $20}'; }
+
+if command -v dbus-daemon >/dev/null && [[ -z "$(bus_pid)" ]]; then
+	echo "start-libvirtd: starting the system D-Bus"
 	mkdir -p /run/dbus
-	dbus-daemon --system --fork
+	rm -f /run/dbus/pid /run/dbus/system_bus_socket
+	daemon dbus-daemon --system --fork
 fi
+
 mkdir -p /run/libvirt
-pgrep -x virtlogd >/dev/null || virtlogd -d
-pgrep -x libvirtd >/dev/null || libvirtd -d
+live virtlogd >/dev/null || daemon virtlogd -d
+
+if lpid=$(live libvirtd); then
+	bpid=$(bus_pid)
+	if [[ -n "$bpid" ]] && (($(started "$lpid") < $(started "$bpid"))); then
+		echo "start-libvirtd: libvirtd $lpid started before the system D-Bus; restarting it"
+		kill "$lpid"
+		for _ in $(seq 1 100); do
+			[[ "$(live libvirtd)" == "$lpid" ]] || break
+			sleep 0.1
+		done
+		rm -f /run/libvirtd.pid
+	fi
+fi
+live libvirtd >/dev/null || daemon libvirtd -d
 
 for _ in $(seq 1 100); do
 	if virsh -c qemu:///system version >/dev/null 2>&1; then

@@ -3,7 +3,8 @@ package testenv
 import (
 	"context"
 	"os"
-	"os/exec"
+	"path/filepath"
+	"runtime"
 	"strings"
 	"sync"
 	"testing"
@@ -24,10 +25,12 @@ var libvirtUp struct {
 	ok bool
 }
 
-// RequireLibvirt makes sure libvirtd answers on qemu:///system, starting
-// the system D-Bus (polkit lets members of group libvirt in through it),
-// virtlogd and libvirtd when it does not, as scripts/start-libvirtd.sh
-// does. Missing programs skip the test, or fail it in CI.
+// RequireLibvirt makes sure the system D-Bus, virtlogd and libvirtd run, in
+// that order, and that libvirtd answers on qemu:///system. As root it runs
+// scripts/start-libvirtd.sh once per test binary: the script also mends a
+// machine whose processes were killed (a stale bus socket, a libvirtd that
+// started before the bus and so admits root only), and serialises parallel
+// test packages. Missing programs skip the test, or fail it in CI.
 func RequireLibvirt(t testing.TB) *Libvirt {
 	t.Helper()
 	for _, p := range []string{"virsh", "libvirtd", "virtlogd", "qemu-system-x86_64", "qemu-img", "qemu-io"} {
@@ -36,44 +39,31 @@ func RequireLibvirt(t testing.TB) *Libvirt {
 	lv := &Libvirt{URI: SystemURI}
 	libvirtUp.Lock()
 	defer libvirtUp.Unlock()
-	if libvirtUp.ok || lv.answers() {
+	if libvirtUp.ok {
+		return lv
+	}
+	if os.Geteuid() != 0 {
+		if !lv.answers() {
+			Unavailable(t, "libvirtd does not answer on %s and only root may start it "+
+				"(scripts/start-libvirtd.sh)", lv.URI)
+		}
 		libvirtUp.ok = true
 		return lv
 	}
-	RequireRoot(t)
-	if err := os.MkdirAll("/run/libvirt", 0o755); err != nil {
-		t.Fatal(err)
-	}
-	startSystemBus(t)
-	for _, daemon := range []string{"virtlogd", "libvirtd"} {
-		if exec.Command("pgrep", "-x", daemon).Run() != nil {
-			Run(t, LookPath(t, daemon), "-d")
-		}
-	}
-	if !poll(20*time.Second, 200*time.Millisecond, lv.answers) {
-		t.Fatalf("libvirtd did not answer on %s within 20 s", lv.URI)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	if out, err := run(ctx, nil, "bash", startScript()); err != nil {
+		t.Fatalf("starting libvirtd: %v\n%s", err, out)
 	}
 	libvirtUp.ok = true
 	return lv
 }
 
-// startSystemBus starts dbus-daemon --system when there is no system bus,
-// so that libvirtd, started next, can ask polkit about non-root users.
-func startSystemBus(t testing.TB) {
-	t.Helper()
-	const socket = "/run/dbus/system_bus_socket"
-	if _, err := os.Stat(socket); err == nil {
-		return
-	}
-	daemon, err := exec.LookPath("dbus-daemon")
-	if err != nil {
-		t.Logf("no dbus-daemon: only root may use libvirtd")
-		return
-	}
-	if err := os.MkdirAll("/run/dbus", 0o755); err != nil {
-		t.Fatal(err)
-	}
-	Run(t, daemon, "--system", "--fork")
+// startScript is scripts/start-libvirtd.sh of the source tree this package
+// was built from.
+func startScript() string {
+	_, file, _, _ := runtime.Caller(0)
+	return filepath.Join(filepath.Dir(file), "..", "..", "scripts", "start-libvirtd.sh")
 }
 
 func (lv *Libvirt) answers() bool {
@@ -102,7 +92,7 @@ func (lv *Libvirt) TryVirsh(args ...string) (string, error) {
 // RequireUserAccess stops the test unless the local user may use libvirtd
 // through polkit (membership of group libvirt). That needs the system D-Bus
 // to have run before libvirtd started; RequireLibvirt and
-// scripts/start-libvirtd.sh start them in that order.
+// scripts/start-libvirtd.sh see to that.
 func (lv *Libvirt) RequireUserAccess(t testing.TB, user string) {
 	t.Helper()
 	_, err := run(context.Background(), nil, LookPath(t, "runuser"), "-u", user, "--",
