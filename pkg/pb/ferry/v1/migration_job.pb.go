@@ -195,6 +195,8 @@ const (
 	OsType_OS_TYPE_UNSPECIFIED OsType = 0
 	OsType_OS_TYPE_LINUX       OsType = 1
 	OsType_OS_TYPE_WINDOWS     OsType = 2
+	// Windows with virtio drivers installed: virtio disk and NIC models.
+	OsType_OS_TYPE_WINDOWS_VIRTIO OsType = 3
 )
 
 // Enum value maps for OsType.
@@ -203,11 +205,13 @@ var (
 		0: "OS_TYPE_UNSPECIFIED",
 		1: "OS_TYPE_LINUX",
 		2: "OS_TYPE_WINDOWS",
+		3: "OS_TYPE_WINDOWS_VIRTIO",
 	}
 	OsType_value = map[string]int32{
-		"OS_TYPE_UNSPECIFIED": 0,
-		"OS_TYPE_LINUX":       1,
-		"OS_TYPE_WINDOWS":     2,
+		"OS_TYPE_UNSPECIFIED":    0,
+		"OS_TYPE_LINUX":          1,
+		"OS_TYPE_WINDOWS":        2,
+		"OS_TYPE_WINDOWS_VIRTIO": 3,
 	}
 )
 
@@ -434,8 +438,11 @@ type MigrationJob struct {
 	// hosts/{host_name} running the job.
 	AssignedHost string `protobuf:"bytes,18,opt,name=assigned_host,json=assignedHost,proto3" json:"assigned_host,omitempty"`
 	// How many times the job was started.
-	Attempt       int32                  `protobuf:"varint,19,opt,name=attempt,proto3" json:"attempt,omitempty"`
-	UpdateTime    *timestamppb.Timestamp `protobuf:"bytes,20,opt,name=update_time,json=updateTime,proto3" json:"update_time,omitempty"`
+	Attempt    int32                  `protobuf:"varint,19,opt,name=attempt,proto3" json:"attempt,omitempty"`
+	UpdateTime *timestamppb.Timestamp `protobuf:"bytes,20,opt,name=update_time,json=updateTime,proto3" json:"update_time,omitempty"`
+	// Every target disk was read back and matched the source (see
+	// DiskProgress.verified).
+	Verified      bool `protobuf:"varint,21,opt,name=verified,proto3" json:"verified,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -608,6 +615,13 @@ func (x *MigrationJob) GetUpdateTime() *timestamppb.Timestamp {
 		return x.UpdateTime
 	}
 	return nil
+}
+
+func (x *MigrationJob) GetVerified() bool {
+	if x != nil {
+		return x.Verified
+	}
+	return false
 }
 
 // TargetVm describes the VM a job creates.
@@ -893,9 +907,11 @@ type MigrationOptions struct {
 	// Pause a running source VM before the copy and leave it paused.
 	PauseSourceVm bool `protobuf:"varint,2,opt,name=pause_source_vm,json=pauseSourceVm,proto3" json:"pause_source_vm,omitempty"`
 	// Start the target VM when done; default true.
-	AutoStart     *bool `protobuf:"varint,3,opt,name=auto_start,json=autoStart,proto3,oneof" json:"auto_start,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	AutoStart *bool `protobuf:"varint,3,opt,name=auto_start,json=autoStart,proto3,oneof" json:"auto_start,omitempty"`
+	// Give each target NIC its source NIC's MAC and guest IP address.
+	UseSourceNicAddress bool `protobuf:"varint,4,opt,name=use_source_nic_address,json=useSourceNicAddress,proto3" json:"use_source_nic_address,omitempty"`
+	unknownFields       protoimpl.UnknownFields
+	sizeCache           protoimpl.SizeCache
 }
 
 func (x *MigrationOptions) Reset() {
@@ -949,6 +965,13 @@ func (x *MigrationOptions) GetAutoStart() bool {
 	return false
 }
 
+func (x *MigrationOptions) GetUseSourceNicAddress() bool {
+	if x != nil {
+		return x.UseSourceNicAddress
+	}
+	return false
+}
+
 // DiskProgress is the copy progress of one disk in the current phase.
 type DiskProgress struct {
 	state          protoimpl.MessageState `protogen:"open.v1"`
@@ -958,8 +981,11 @@ type DiskProgress struct {
 	DoneBytes      int64                  `protobuf:"varint,4,opt,name=done_bytes,json=doneBytes,proto3" json:"done_bytes,omitempty"`
 	BytesPerSecond float64                `protobuf:"fixed64,5,opt,name=bytes_per_second,json=bytesPerSecond,proto3" json:"bytes_per_second,omitempty"`
 	Eta            *durationpb.Duration   `protobuf:"bytes,6,opt,name=eta,proto3" json:"eta,omitempty"`
-	unknownFields  protoimpl.UnknownFields
-	sizeCache      protoimpl.SizeCache
+	// The target volume was read back and its extent hashes matched the
+	// ones taken while copying from the source.
+	Verified      bool `protobuf:"varint,7,opt,name=verified,proto3" json:"verified,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *DiskProgress) Reset() {
@@ -1032,6 +1058,13 @@ func (x *DiskProgress) GetEta() *durationpb.Duration {
 		return x.Eta
 	}
 	return nil
+}
+
+func (x *DiskProgress) GetVerified() bool {
+	if x != nil {
+		return x.Verified
+	}
+	return false
 }
 
 // MigrationJobSpec is one VM of a CreateMigrationJobs request.
@@ -1809,7 +1842,7 @@ var File_ferry_v1_migration_job_proto protoreflect.FileDescriptor
 
 const file_ferry_v1_migration_job_proto_rawDesc = "" +
 	"\n" +
-	"\x1cferry/v1/migration_job.proto\x12\bferry.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xcb\x06\n" +
+	"\x1cferry/v1/migration_job.proto\x12\bferry.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xe7\x06\n" +
 	"\fMigrationJob\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x16\n" +
 	"\x06source\x18\x02 \x01(\tR\x06source\x12\x1b\n" +
@@ -1834,7 +1867,8 @@ const file_ferry_v1_migration_job_proto_rawDesc = "" +
 	"\rassigned_host\x18\x12 \x01(\tR\fassignedHost\x12\x18\n" +
 	"\aattempt\x18\x13 \x01(\x05R\aattempt\x12;\n" +
 	"\vupdate_time\x18\x14 \x01(\v2\x1a.google.protobuf.TimestampR\n" +
-	"updateTime\"\xb0\x03\n" +
+	"updateTime\x12\x1a\n" +
+	"\bverified\x18\x15 \x01(\bR\bverified\"\xb0\x03\n" +
 	"\bTargetVm\x12\x17\n" +
 	"\avm_name\x18\x01 \x01(\tR\x06vmName\x12\x18\n" +
 	"\acluster\x18\x02 \x01(\tR\acluster\x12'\n" +
@@ -1863,13 +1897,14 @@ const file_ferry_v1_migration_job_proto_rawDesc = "" +
 	"\n" +
 	"l3_network\x18\x02 \x01(\tR\tl3Network\x12\x10\n" +
 	"\x03mac\x18\x03 \x01(\tR\x03mac\x12\x0e\n" +
-	"\x02ip\x18\x04 \x01(\tR\x02ip\"\xa6\x01\n" +
+	"\x02ip\x18\x04 \x01(\tR\x02ip\"\xdb\x01\n" +
 	"\x10MigrationOptions\x127\n" +
 	"\vcompression\x18\x01 \x01(\x0e2\x15.ferry.v1.CompressionR\vcompression\x12&\n" +
 	"\x0fpause_source_vm\x18\x02 \x01(\bR\rpauseSourceVm\x12\"\n" +
 	"\n" +
-	"auto_start\x18\x03 \x01(\bH\x00R\tautoStart\x88\x01\x01B\r\n" +
-	"\v_auto_start\"\xe9\x01\n" +
+	"auto_start\x18\x03 \x01(\bH\x00R\tautoStart\x88\x01\x01\x123\n" +
+	"\x16use_source_nic_address\x18\x04 \x01(\bR\x13useSourceNicAddressB\r\n" +
+	"\v_auto_start\"\x85\x02\n" +
 	"\fDiskProgress\x12\x1f\n" +
 	"\vsource_disk\x18\x01 \x01(\tR\n" +
 	"sourceDisk\x12!\n" +
@@ -1879,7 +1914,8 @@ const file_ferry_v1_migration_job_proto_rawDesc = "" +
 	"\n" +
 	"done_bytes\x18\x04 \x01(\x03R\tdoneBytes\x12(\n" +
 	"\x10bytes_per_second\x18\x05 \x01(\x01R\x0ebytesPerSecond\x12+\n" +
-	"\x03eta\x18\x06 \x01(\v2\x19.google.protobuf.DurationR\x03eta\"\x91\x01\n" +
+	"\x03eta\x18\x06 \x01(\v2\x19.google.protobuf.DurationR\x03eta\x12\x1a\n" +
+	"\bverified\x18\a \x01(\bR\bverified\"\x91\x01\n" +
 	"\x10MigrationJobSpec\x12\x1b\n" +
 	"\tsource_vm\x18\x01 \x01(\tR\bsourceVm\x12*\n" +
 	"\x06target\x18\x02 \x01(\v2\x12.ferry.v1.TargetVmR\x06target\x124\n" +
@@ -1940,11 +1976,12 @@ const file_ferry_v1_migration_job_proto_rawDesc = "" +
 	"\bFirmware\x12\x18\n" +
 	"\x14FIRMWARE_UNSPECIFIED\x10\x00\x12\x11\n" +
 	"\rFIRMWARE_BIOS\x10\x01\x12\x11\n" +
-	"\rFIRMWARE_UEFI\x10\x02*I\n" +
+	"\rFIRMWARE_UEFI\x10\x02*e\n" +
 	"\x06OsType\x12\x17\n" +
 	"\x13OS_TYPE_UNSPECIFIED\x10\x00\x12\x11\n" +
 	"\rOS_TYPE_LINUX\x10\x01\x12\x13\n" +
-	"\x0fOS_TYPE_WINDOWS\x10\x02*i\n" +
+	"\x0fOS_TYPE_WINDOWS\x10\x02\x12\x1a\n" +
+	"\x16OS_TYPE_WINDOWS_VIRTIO\x10\x03*i\n" +
 	"\aDiskBus\x12\x18\n" +
 	"\x14DISK_BUS_UNSPECIFIED\x10\x00\x12\x18\n" +
 	"\x14DISK_BUS_VIRTIO_SCSI\x10\x01\x12\x17\n" +

@@ -227,8 +227,11 @@ type VCenterConnection struct {
 	// PEM CA bundle to verify the server, or a SHA-1 thumbprint.
 	CaCertificate string `protobuf:"bytes,6,opt,name=ca_certificate,json=caCertificate,proto3" json:"ca_certificate,omitempty"`
 	Thumbprint    string `protobuf:"bytes,7,opt,name=thumbprint,proto3" json:"thumbprint,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	// Accept a certificate whose names do not match address (the chain or
+	// thumbprint is still checked).
+	SkipHostnameCheck bool `protobuf:"varint,8,opt,name=skip_hostname_check,json=skipHostnameCheck,proto3" json:"skip_hostname_check,omitempty"`
+	unknownFields     protoimpl.UnknownFields
+	sizeCache         protoimpl.SizeCache
 }
 
 func (x *VCenterConnection) Reset() {
@@ -308,6 +311,13 @@ func (x *VCenterConnection) GetThumbprint() string {
 		return x.Thumbprint
 	}
 	return ""
+}
+
+func (x *VCenterConnection) GetSkipHostnameCheck() bool {
+	if x != nil {
+		return x.SkipHostnameCheck
+	}
+	return false
 }
 
 // KvmConnection says how to reach a KVM host over SSH.
@@ -1367,9 +1377,21 @@ type SourceVm struct {
 	// Unspecified when the hypervisor does not know.
 	OsType OsType `protobuf:"varint,9,opt,name=os_type,json=osType,proto3,enum=ferry.v1.OsType" json:"os_type,omitempty"`
 	// Free-form OS name or libosinfo id when known.
-	OsName        string        `protobuf:"bytes,10,opt,name=os_name,json=osName,proto3" json:"os_name,omitempty"`
-	Disks         []*SourceDisk `protobuf:"bytes,11,rep,name=disks,proto3" json:"disks,omitempty"`
-	Nics          []*SourceNic  `protobuf:"bytes,12,rep,name=nics,proto3" json:"nics,omitempty"`
+	OsName string        `protobuf:"bytes,10,opt,name=os_name,json=osName,proto3" json:"os_name,omitempty"`
+	Disks  []*SourceDisk `protobuf:"bytes,11,rep,name=disks,proto3" json:"disks,omitempty"`
+	Nics   []*SourceNic  `protobuf:"bytes,12,rep,name=nics,proto3" json:"nics,omitempty"`
+	// A VMware template, which cannot be migrated.
+	Template bool `protobuf:"varint,13,opt,name=template,proto3" json:"template,omitempty"`
+	// VMware Changed Block Tracking is on.
+	CbtEnabled bool `protobuf:"varint,14,opt,name=cbt_enabled,json=cbtEnabled,proto3" json:"cbt_enabled,omitempty"`
+	// The hypervisor's guest OS id (VMware guestId such as
+	// "windows2019srvNext_64Guest", or a libosinfo id).
+	GuestOsId string `protobuf:"bytes,15,opt,name=guest_os_id,json=guestOsId,proto3" json:"guest_os_id,omitempty"`
+	// Where the VM runs at the source: host, cluster and datacenter names
+	// (VMware), empty when the source has no such level.
+	Host          string `protobuf:"bytes,16,opt,name=host,proto3" json:"host,omitempty"`
+	Cluster       string `protobuf:"bytes,17,opt,name=cluster,proto3" json:"cluster,omitempty"`
+	Datacenter    string `protobuf:"bytes,18,opt,name=datacenter,proto3" json:"datacenter,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1488,6 +1510,48 @@ func (x *SourceVm) GetNics() []*SourceNic {
 	return nil
 }
 
+func (x *SourceVm) GetTemplate() bool {
+	if x != nil {
+		return x.Template
+	}
+	return false
+}
+
+func (x *SourceVm) GetCbtEnabled() bool {
+	if x != nil {
+		return x.CbtEnabled
+	}
+	return false
+}
+
+func (x *SourceVm) GetGuestOsId() string {
+	if x != nil {
+		return x.GuestOsId
+	}
+	return ""
+}
+
+func (x *SourceVm) GetHost() string {
+	if x != nil {
+		return x.Host
+	}
+	return ""
+}
+
+func (x *SourceVm) GetCluster() string {
+	if x != nil {
+		return x.Cluster
+	}
+	return ""
+}
+
+func (x *SourceVm) GetDatacenter() string {
+	if x != nil {
+		return x.Datacenter
+	}
+	return ""
+}
+
 // SourceDisk is one disk of a source VM.
 type SourceDisk struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -1498,8 +1562,11 @@ type SourceDisk struct {
 	CapacityBytes   int64  `protobuf:"varint,4,opt,name=capacity_bytes,json=capacityBytes,proto3" json:"capacity_bytes,omitempty"`
 	AllocationBytes int64  `protobuf:"varint,5,opt,name=allocation_bytes,json=allocationBytes,proto3" json:"allocation_bytes,omitempty"`
 	Bus             string `protobuf:"bytes,6,opt,name=bus,proto3" json:"bus,omitempty"`
-	unknownFields   protoimpl.UnknownFields
-	sizeCache       protoimpl.SizeCache
+	// VMware disk mode: persistent, independent_persistent,
+	// independent_nonpersistent, ... Empty for KVM.
+	DiskMode      string `protobuf:"bytes,7,opt,name=disk_mode,json=diskMode,proto3" json:"disk_mode,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *SourceDisk) Reset() {
@@ -1574,13 +1641,24 @@ func (x *SourceDisk) GetBus() string {
 	return ""
 }
 
+func (x *SourceDisk) GetDiskMode() string {
+	if x != nil {
+		return x.DiskMode
+	}
+	return ""
+}
+
 // SourceNic is one NIC of a source VM.
 type SourceNic struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Mac           string                 `protobuf:"bytes,1,opt,name=mac,proto3" json:"mac,omitempty"`
-	Network       string                 `protobuf:"bytes,2,opt,name=network,proto3" json:"network,omitempty"`
-	Bridge        string                 `protobuf:"bytes,3,opt,name=bridge,proto3" json:"bridge,omitempty"`
-	Model         string                 `protobuf:"bytes,4,opt,name=model,proto3" json:"model,omitempty"`
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	Mac     string                 `protobuf:"bytes,1,opt,name=mac,proto3" json:"mac,omitempty"`
+	Network string                 `protobuf:"bytes,2,opt,name=network,proto3" json:"network,omitempty"`
+	Bridge  string                 `protobuf:"bytes,3,opt,name=bridge,proto3" json:"bridge,omitempty"`
+	Model   string                 `protobuf:"bytes,4,opt,name=model,proto3" json:"model,omitempty"`
+	// VMware portgroup (standard or distributed) the NIC is on.
+	Portgroup string `protobuf:"bytes,5,opt,name=portgroup,proto3" json:"portgroup,omitempty"`
+	// Guest addresses reported by the guest agent / VMware Tools.
+	IpAddresses   []string `protobuf:"bytes,6,rep,name=ip_addresses,json=ipAddresses,proto3" json:"ip_addresses,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1643,6 +1721,20 @@ func (x *SourceNic) GetModel() string {
 	return ""
 }
 
+func (x *SourceNic) GetPortgroup() string {
+	if x != nil {
+		return x.Portgroup
+	}
+	return ""
+}
+
+func (x *SourceNic) GetIpAddresses() []string {
+	if x != nil {
+		return x.IpAddresses
+	}
+	return nil
+}
+
 var File_ferry_v1_source_proto protoreflect.FileDescriptor
 
 const file_ferry_v1_source_proto_rawDesc = "" +
@@ -1655,7 +1747,7 @@ const file_ferry_v1_source_proto_rawDesc = "" +
 	"\avcenter\x18\x04 \x01(\v2\x1b.ferry.v1.VCenterConnectionR\avcenter\x12)\n" +
 	"\x03kvm\x18\x05 \x01(\v2\x17.ferry.v1.KvmConnectionR\x03kvm\x12;\n" +
 	"\vcreate_time\x18\x06 \x01(\v2\x1a.google.protobuf.TimestampR\n" +
-	"createTime\"\xd7\x01\n" +
+	"createTime\"\x87\x02\n" +
 	"\x11VCenterConnection\x12\x18\n" +
 	"\aaddress\x18\x01 \x01(\tR\aaddress\x12\x12\n" +
 	"\x04port\x18\x02 \x01(\x05R\x04port\x12\x12\n" +
@@ -1667,7 +1759,8 @@ const file_ferry_v1_source_proto_rawDesc = "" +
 	"\x0eca_certificate\x18\x06 \x01(\tR\rcaCertificate\x12\x1e\n" +
 	"\n" +
 	"thumbprint\x18\a \x01(\tR\n" +
-	"thumbprint\"\x85\x02\n" +
+	"thumbprint\x12.\n" +
+	"\x13skip_hostname_check\x18\b \x01(\bR\x11skipHostnameCheck\"\x85\x02\n" +
 	"\rKvmConnection\x12\x18\n" +
 	"\aaddress\x18\x01 \x01(\tR\aaddress\x12\x19\n" +
 	"\bssh_port\x18\x02 \x01(\x05R\asshPort\x12\x12\n" +
@@ -1739,7 +1832,7 @@ const file_ferry_v1_source_proto_rawDesc = "" +
 	"\x06source\x18\x01 \x01(\tR\x06source\x12)\n" +
 	"\x10migration_server\x18\x02 \x01(\tR\x0fmigrationServer\"=\n" +
 	"\x15ListSourceVMsResponse\x12$\n" +
-	"\x03vms\x18\x01 \x03(\v2\x12.ferry.v1.SourceVmR\x03vms\"\x92\x03\n" +
+	"\x03vms\x18\x01 \x03(\v2\x12.ferry.v1.SourceVmR\x03vms\"\xbd\x04\n" +
 	"\bSourceVm\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x12\n" +
 	"\x04name\x18\x02 \x01(\tR\x04name\x12\x12\n" +
@@ -1754,7 +1847,16 @@ const file_ferry_v1_source_proto_rawDesc = "" +
 	"\aos_name\x18\n" +
 	" \x01(\tR\x06osName\x12*\n" +
 	"\x05disks\x18\v \x03(\v2\x14.ferry.v1.SourceDiskR\x05disks\x12'\n" +
-	"\x04nics\x18\f \x03(\v2\x13.ferry.v1.SourceNicR\x04nics\"\xb4\x01\n" +
+	"\x04nics\x18\f \x03(\v2\x13.ferry.v1.SourceNicR\x04nics\x12\x1a\n" +
+	"\btemplate\x18\r \x01(\bR\btemplate\x12\x1f\n" +
+	"\vcbt_enabled\x18\x0e \x01(\bR\n" +
+	"cbtEnabled\x12\x1e\n" +
+	"\vguest_os_id\x18\x0f \x01(\tR\tguestOsId\x12\x12\n" +
+	"\x04host\x18\x10 \x01(\tR\x04host\x12\x18\n" +
+	"\acluster\x18\x11 \x01(\tR\acluster\x12\x1e\n" +
+	"\n" +
+	"datacenter\x18\x12 \x01(\tR\n" +
+	"datacenter\"\xd1\x01\n" +
 	"\n" +
 	"SourceDisk\x12\x16\n" +
 	"\x06target\x18\x01 \x01(\tR\x06target\x12\x12\n" +
@@ -1762,12 +1864,15 @@ const file_ferry_v1_source_proto_rawDesc = "" +
 	"\x06format\x18\x03 \x01(\tR\x06format\x12%\n" +
 	"\x0ecapacity_bytes\x18\x04 \x01(\x03R\rcapacityBytes\x12)\n" +
 	"\x10allocation_bytes\x18\x05 \x01(\x03R\x0fallocationBytes\x12\x10\n" +
-	"\x03bus\x18\x06 \x01(\tR\x03bus\"e\n" +
+	"\x03bus\x18\x06 \x01(\tR\x03bus\x12\x1b\n" +
+	"\tdisk_mode\x18\a \x01(\tR\bdiskMode\"\xa6\x01\n" +
 	"\tSourceNic\x12\x10\n" +
 	"\x03mac\x18\x01 \x01(\tR\x03mac\x12\x18\n" +
 	"\anetwork\x18\x02 \x01(\tR\anetwork\x12\x16\n" +
 	"\x06bridge\x18\x03 \x01(\tR\x06bridge\x12\x14\n" +
-	"\x05model\x18\x04 \x01(\tR\x05model*p\n" +
+	"\x05model\x18\x04 \x01(\tR\x05model\x12\x1c\n" +
+	"\tportgroup\x18\x05 \x01(\tR\tportgroup\x12!\n" +
+	"\fip_addresses\x18\x06 \x03(\tR\vipAddresses*p\n" +
 	"\x0eCredentialType\x12\x1f\n" +
 	"\x1bCREDENTIAL_TYPE_UNSPECIFIED\x10\x00\x12\x1c\n" +
 	"\x18CREDENTIAL_TYPE_PASSWORD\x10\x01\x12\x1f\n" +
