@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"slices"
 	"strings"
+	"time"
 
 	"google.golang.org/protobuf/types/known/durationpb"
 
@@ -15,7 +16,14 @@ import (
 const maxParallelism = 1000
 
 // settingsFields are the paths UpdateSettings accepts, in proto order.
-var settingsFields = []string{"job_parallelism", "cache_retention", "host_allocation_strategy", "agent_grace_period"}
+var settingsFields = []string{"job_parallelism", "cache_retention", "host_allocation_strategy", "agent_grace_period",
+	"inventory_sync_interval"}
+
+// Bounds of inventory_sync_interval.
+const (
+	minSyncInterval = time.Second
+	maxSyncInterval = 24 * time.Hour
+)
 
 // settingsService is ferry.v1.SettingsService.
 type settingsService struct {
@@ -97,6 +105,9 @@ func setSettings(in *ferryv1.Settings) ([]string, error) {
 	if in.GetAgentGracePeriod() != nil {
 		paths = append(paths, "agent_grace_period")
 	}
+	if in.GetInventorySyncInterval() != nil {
+		paths = append(paths, "inventory_sync_interval")
+	}
 	if len(paths) == 0 {
 		return nil, invalid("update_mask", "nothing to change: name the fields in update_mask (%s)", strings.Join(settingsFields, ", "))
 	}
@@ -121,6 +132,12 @@ func mergeSetting(c *checker, path string, in, st *ferryv1.Settings) {
 	case "agent_grace_period":
 		checkPositive(c, field, in.GetAgentGracePeriod())
 		st.AgentGracePeriod = in.GetAgentGracePeriod()
+	case "inventory_sync_interval":
+		checkPositive(c, field, in.GetInventorySyncInterval())
+		if d := in.GetInventorySyncInterval().AsDuration(); d > 0 && (d < minSyncInterval || d > maxSyncInterval) {
+			c.add(field, "must be %s to %s, got %s", minSyncInterval, maxSyncInterval, d)
+		}
+		st.InventorySyncInterval = in.GetInventorySyncInterval()
 	}
 }
 

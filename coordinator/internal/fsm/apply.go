@@ -58,6 +58,8 @@ func applyMore(l *ledger.Ledger, cmd *ledgerv1.Command, now time.Time) ([]string
 	case *ledgerv1.Command_RecordSourceHostKey:
 		c := op.RecordSourceHostKey
 		return one(c.GetName(), l.RecordSourceHostKey(c.GetName(), c.GetHostKey()))
+	case *ledgerv1.Command_RecordSourceSync:
+		return one(op.RecordSourceSync.GetSource(), l.RecordSourceSync(op.RecordSourceSync, now))
 	default:
 		return applyJobs(l, cmd, now)
 	}

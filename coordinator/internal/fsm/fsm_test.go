@@ -60,6 +60,11 @@ func everyCommand() []*ledgerv1.Command {
 		{Op: &ledgerv1.Command_PutSource{PutSource: &ledgerv1.PutSource{Source: &ferryv1.Source{Name: "sources/kvm2", Type: ferryv1.Platform_PLATFORM_KVM, Kvm: &ferryv1.KvmConnection{Address: "h2", Credential: "credentials/k1"}}}}},
 		{Op: &ledgerv1.Command_DeleteSource{DeleteSource: &ledgerv1.DeleteResource{Name: "sources/kvm2"}}},
 		{Op: &ledgerv1.Command_RecordSourceHostKey{RecordSourceHostKey: &ledgerv1.RecordSourceHostKey{Name: "sources/kvm1", HostKey: "ssh-ed25519 AAAA"}}},
+		{Op: &ledgerv1.Command_RecordSourceSync{RecordSourceSync: &ledgerv1.RecordSourceSync{Source: "sources/kvm1", Inventory: &ferryv1.SourceInventory{
+			Product: &ferryv1.SourceProduct{Version: "9.0.0", ApiType: "libvirt"},
+			Hosts:   []*ferryv1.SourceHost{{Id: "h", Name: "kvm1", Version: "9.0.0"}},
+			Vms:     []*ferryv1.SourceVm{{Id: "web", Name: "web", Cpus: 2}}}}}},
+		{Op: &ledgerv1.Command_RecordSourceSync{RecordSourceSync: &ledgerv1.RecordSourceSync{Source: "sources/kvm1", Error: "ssh: connection refused"}}},
 		{Op: &ledgerv1.Command_CreateMigrationJobs{CreateMigrationJobs: &ledgerv1.CreateMigrationJobs{RequestId: "r-jobs", Jobs: []*ferryv1.MigrationJob{job("migrationJobs/j1", "10.0.0.10"), job("migrationJobs/j2", "10.0.0.11"), job("migrationJobs/j3", "10.0.0.12")}}}},
 		{Op: &ledgerv1.Command_SetJobWaitingReason{SetJobWaitingReason: &ledgerv1.SetJobWaitingReason{Name: "migrationJobs/j3", Reason: "job parallelism 10 reached"}}},
 		{Op: &ledgerv1.Command_StartMigrationJob{StartMigrationJob: &ledgerv1.StartMigrationJob{Name: "migrationJobs/j1", Host: "hosts/h1", Epoch: 1}}},
@@ -140,6 +145,7 @@ func TestApplyEveryCommand(t *testing.T) {
 	if s, _ := l.Source("sources/kvm1"); s.GetKvm().GetObservedHostKey() != "ssh-ed25519 AAAA" {
 		t.Errorf("host key not recorded: %v", s)
 	}
+	checkSynced(t, l)
 	if _, ok := l.Job("migrationJobs/j1"); ok {
 		t.Error("j1 survived its delete")
 	}
@@ -162,6 +168,25 @@ func TestApplyEveryCommand(t *testing.T) {
 	}
 	if f.AppliedIndex() != uint64(len(everyCommand())) {
 		t.Errorf("applied index %d", f.AppliedIndex())
+	}
+}
+
+// checkSynced checks what the two RecordSourceSync commands of
+// everyCommand left: the inventory of the first (stamped with its time),
+// the error of the second.
+func checkSynced(t *testing.T, l *ledger.Ledger) {
+	t.Helper()
+	src, _ := l.Source("sources/kvm1")
+	inv, ok := l.SourceInventory("sources/kvm1")
+	if !ok || inv.GetSource() != "sources/kvm1" || len(inv.GetVms()) != 1 || inv.GetVms()[0].GetCpus() != 2 ||
+		inv.GetHosts()[0].GetVersion() != "9.0.0" {
+		t.Fatalf("inventory = %v", inv)
+	}
+	if !inv.GetSyncTime().AsTime().Equal(src.GetLastSyncTime().AsTime()) || !src.GetLastSyncAttemptTime().AsTime().After(src.GetLastSyncTime().AsTime()) {
+		t.Errorf("sync %v, source last sync %v, attempt %v", inv.GetSyncTime().AsTime(), src.GetLastSyncTime().AsTime(), src.GetLastSyncAttemptTime().AsTime())
+	}
+	if src.GetLastSyncError() != "ssh: connection refused" || src.GetProduct().GetVersion() != "9.0.0" {
+		t.Errorf("source after a failed sync = %v", src)
 	}
 }
 
@@ -224,6 +249,7 @@ func TestRefusals(t *testing.T) {
 		{"credential in use", &ledgerv1.Command{Op: &ledgerv1.Command_DeleteCredential{DeleteCredential: &ledgerv1.DeleteResource{Name: "credentials/k1"}}}, ledger.ErrFailedPrecondition},
 		{"duplicate cluster", &ledgerv1.Command{Op: &ledgerv1.Command_PutCluster{PutCluster: &ledgerv1.PutCluster{Cluster: &ferryv1.Cluster{Name: "clusters/c1"}}}}, ledger.ErrExists},
 		{"missing job", &ledgerv1.Command{Op: &ledgerv1.Command_CancelMigrationJob{CancelMigrationJob: &ledgerv1.CancelMigrationJob{Name: "migrationJobs/nope"}}}, ledger.ErrNotFound},
+		{"sync of a missing source", &ledgerv1.Command{Op: &ledgerv1.Command_RecordSourceSync{RecordSourceSync: &ledgerv1.RecordSourceSync{Source: "sources/nope"}}}, ledger.ErrNotFound},
 		{"unknown command", &ledgerv1.Command{}, ErrUnknownCommand},
 	}
 	for _, tt := range tests {

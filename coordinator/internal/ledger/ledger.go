@@ -19,10 +19,11 @@ import (
 
 // Defaults of the cluster-wide settings.
 const (
-	DefaultJobParallelism   = 10
-	DefaultCacheRetention   = 24 * time.Hour
-	DefaultAgentGracePeriod = 5 * time.Minute
-	SettingsName            = "settings"
+	DefaultJobParallelism        = 10
+	DefaultCacheRetention        = 24 * time.Hour
+	DefaultAgentGracePeriod      = 5 * time.Minute
+	DefaultInventorySyncInterval = 5 * time.Minute
+	SettingsName                 = "settings"
 )
 
 // JobEvent tells an observer that a job changed or went away.
@@ -41,6 +42,7 @@ type Ledger struct {
 	servers     map[string]*ferryv1.MigrationServer
 	credentials map[string]*ledgerv1.SealedCredential
 	sources     map[string]*ferryv1.Source
+	inventories map[string]*ferryv1.SourceInventory
 	jobs        map[string]*ferryv1.MigrationJob
 	nodes       map[string]*ledgerv1.Node
 	requests    map[string]*ledgerv1.RequestRecord
@@ -64,6 +66,7 @@ func (l *Ledger) reset() {
 	l.servers = map[string]*ferryv1.MigrationServer{}
 	l.credentials = map[string]*ledgerv1.SealedCredential{}
 	l.sources = map[string]*ferryv1.Source{}
+	l.inventories = map[string]*ferryv1.SourceInventory{}
 	l.jobs = map[string]*ferryv1.MigrationJob{}
 	l.nodes = map[string]*ledgerv1.Node{}
 	l.requests = map[string]*ledgerv1.RequestRecord{}
@@ -78,6 +81,7 @@ func DefaultSettings() *ferryv1.Settings {
 		CacheRetention:         durationpb.New(DefaultCacheRetention),
 		HostAllocationStrategy: ferryv1.HostAllocationStrategy_HOST_ALLOCATION_STRATEGY_FEWEST_RUNNING_VMS,
 		AgentGracePeriod:       durationpb.New(DefaultAgentGracePeriod),
+		InventorySyncInterval:  durationpb.New(DefaultInventorySyncInterval),
 	}
 }
 
@@ -101,17 +105,18 @@ func (l *Ledger) Snapshot() *ledgerv1.Snapshot {
 	l.mu.RLock()
 	defer l.mu.RUnlock()
 	return &ledgerv1.Snapshot{
-		Clusters:         sortedClones(l.clusters),
-		Hosts:            sortedClones(l.hosts),
-		PrimaryStorages:  sortedClones(l.storages),
-		L3Networks:       sortedClones(l.networks),
-		MigrationServers: sortedClones(l.servers),
-		Credentials:      sortedClones(l.credentials),
-		Sources:          sortedClones(l.sources),
-		Jobs:             sortedClones(l.jobs),
-		Settings:         clone(l.settings),
-		Nodes:            sortedClones(l.nodes),
-		Requests:         sortedClones(l.requests),
+		Clusters:          sortedClones(l.clusters),
+		Hosts:             sortedClones(l.hosts),
+		PrimaryStorages:   sortedClones(l.storages),
+		L3Networks:        sortedClones(l.networks),
+		MigrationServers:  sortedClones(l.servers),
+		Credentials:       sortedClones(l.credentials),
+		Sources:           sortedClones(l.sources),
+		Jobs:              sortedClones(l.jobs),
+		Settings:          clone(l.settings),
+		Nodes:             sortedClones(l.nodes),
+		Requests:          sortedClones(l.requests),
+		SourceInventories: sortedClones(l.inventories),
 	}
 }
 
@@ -130,6 +135,7 @@ func (l *Ledger) Restore(s *ledgerv1.Snapshot) {
 	fill(l.jobs, s.GetJobs(), (*ferryv1.MigrationJob).GetName)
 	fill(l.nodes, s.GetNodes(), (*ledgerv1.Node).GetId)
 	fill(l.requests, s.GetRequests(), (*ledgerv1.RequestRecord).GetRequestId)
+	fill(l.inventories, s.GetSourceInventories(), (*ferryv1.SourceInventory).GetSource)
 	if s.GetSettings() != nil {
 		l.settings = clone(s.GetSettings())
 	}

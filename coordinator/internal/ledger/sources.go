@@ -55,6 +55,7 @@ func (l *Ledger) DeleteSource(name string) error {
 		return fmt.Errorf("%w: job %s still reads from source %s; cancel it first", ErrFailedPrecondition, j, name)
 	}
 	delete(l.sources, name)
+	delete(l.inventories, name)
 	return nil
 }
 

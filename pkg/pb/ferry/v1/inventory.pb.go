@@ -260,8 +260,10 @@ type HostFacts struct {
 	Interfaces      []*NetworkInterface    `protobuf:"bytes,6,rep,name=interfaces,proto3" json:"interfaces,omitempty"`
 	CacheTotalBytes int64                  `protobuf:"varint,7,opt,name=cache_total_bytes,json=cacheTotalBytes,proto3" json:"cache_total_bytes,omitempty"`
 	CacheFreeBytes  int64                  `protobuf:"varint,8,opt,name=cache_free_bytes,json=cacheFreeBytes,proto3" json:"cache_free_bytes,omitempty"`
-	unknownFields   protoimpl.UnknownFields
-	sizeCache       protoimpl.SizeCache
+	// Memory available for new VMs (MemAvailable), 0 when unknown.
+	MemoryAvailableBytes int64 `protobuf:"varint,9,opt,name=memory_available_bytes,json=memoryAvailableBytes,proto3" json:"memory_available_bytes,omitempty"`
+	unknownFields        protoimpl.UnknownFields
+	sizeCache            protoimpl.SizeCache
 }
 
 func (x *HostFacts) Reset() {
@@ -346,6 +348,13 @@ func (x *HostFacts) GetCacheTotalBytes() int64 {
 func (x *HostFacts) GetCacheFreeBytes() int64 {
 	if x != nil {
 		return x.CacheFreeBytes
+	}
+	return 0
+}
+
+func (x *HostFacts) GetMemoryAvailableBytes() int64 {
+	if x != nil {
+		return x.MemoryAvailableBytes
 	}
 	return 0
 }
@@ -1970,7 +1979,7 @@ const file_ferry_v1_inventory_proto_rawDesc = "" +
 	"\x0elast_seen_time\x18\x05 \x01(\v2\x1a.google.protobuf.TimestampR\flastSeenTime\x12;\n" +
 	"\vcreate_time\x18\x06 \x01(\v2\x1a.google.protobuf.TimestampR\n" +
 	"createTime\x12#\n" +
-	"\ragent_version\x18\a \x01(\tR\fagentVersion\"\xc1\x02\n" +
+	"\ragent_version\x18\a \x01(\tR\fagentVersion\"\xf7\x02\n" +
 	"\tHostFacts\x12\x12\n" +
 	"\x04cpus\x18\x01 \x01(\x05R\x04cpus\x12!\n" +
 	"\fmemory_bytes\x18\x02 \x01(\x03R\vmemoryBytes\x12\x1f\n" +
@@ -1982,7 +1991,8 @@ const file_ferry_v1_inventory_proto_rawDesc = "" +
 	"interfaces\x18\x06 \x03(\v2\x1a.ferry.v1.NetworkInterfaceR\n" +
 	"interfaces\x12*\n" +
 	"\x11cache_total_bytes\x18\a \x01(\x03R\x0fcacheTotalBytes\x12(\n" +
-	"\x10cache_free_bytes\x18\b \x01(\x03R\x0ecacheFreeBytes\"D\n" +
+	"\x10cache_free_bytes\x18\b \x01(\x03R\x0ecacheFreeBytes\x124\n" +
+	"\x16memory_available_bytes\x18\t \x01(\x03R\x14memoryAvailableBytes\"D\n" +
 	"\x10NetworkInterface\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x1c\n" +
 	"\taddresses\x18\x02 \x03(\tR\taddresses\"\xa4\x02\n" +

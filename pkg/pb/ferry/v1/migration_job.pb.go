@@ -347,6 +347,66 @@ func (Compression) EnumDescriptor() ([]byte, []int) {
 	return file_ferry_v1_migration_job_proto_rawDescGZIP(), []int{5}
 }
 
+// PreviewResourceKind is what a PreviewUsage counts.
+type PreviewResourceKind int32
+
+const (
+	PreviewResourceKind_PREVIEW_RESOURCE_KIND_UNSPECIFIED PreviewResourceKind = 0
+	// vCPUs against the CPUs of the target cluster's connected hosts.
+	PreviewResourceKind_PREVIEW_RESOURCE_KIND_VCPUS PreviewResourceKind = 1
+	// Memory against the target cluster's available memory.
+	PreviewResourceKind_PREVIEW_RESOURCE_KIND_MEMORY_BYTES PreviewResourceKind = 2
+	// Disk bytes against the primary storage's free space.
+	PreviewResourceKind_PREVIEW_RESOURCE_KIND_DISK_BYTES PreviewResourceKind = 3
+	// Addresses against an L3 network's free addresses.
+	PreviewResourceKind_PREVIEW_RESOURCE_KIND_IP_ADDRESSES PreviewResourceKind = 4
+)
+
+// Enum value maps for PreviewResourceKind.
+var (
+	PreviewResourceKind_name = map[int32]string{
+		0: "PREVIEW_RESOURCE_KIND_UNSPECIFIED",
+		1: "PREVIEW_RESOURCE_KIND_VCPUS",
+		2: "PREVIEW_RESOURCE_KIND_MEMORY_BYTES",
+		3: "PREVIEW_RESOURCE_KIND_DISK_BYTES",
+		4: "PREVIEW_RESOURCE_KIND_IP_ADDRESSES",
+	}
+	PreviewResourceKind_value = map[string]int32{
+		"PREVIEW_RESOURCE_KIND_UNSPECIFIED":  0,
+		"PREVIEW_RESOURCE_KIND_VCPUS":        1,
+		"PREVIEW_RESOURCE_KIND_MEMORY_BYTES": 2,
+		"PREVIEW_RESOURCE_KIND_DISK_BYTES":   3,
+		"PREVIEW_RESOURCE_KIND_IP_ADDRESSES": 4,
+	}
+)
+
+func (x PreviewResourceKind) Enum() *PreviewResourceKind {
+	p := new(PreviewResourceKind)
+	*p = x
+	return p
+}
+
+func (x PreviewResourceKind) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (PreviewResourceKind) Descriptor() protoreflect.EnumDescriptor {
+	return file_ferry_v1_migration_job_proto_enumTypes[6].Descriptor()
+}
+
+func (PreviewResourceKind) Type() protoreflect.EnumType {
+	return &file_ferry_v1_migration_job_proto_enumTypes[6]
+}
+
+func (x PreviewResourceKind) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use PreviewResourceKind.Descriptor instead.
+func (PreviewResourceKind) EnumDescriptor() ([]byte, []int) {
+	return file_ferry_v1_migration_job_proto_rawDescGZIP(), []int{6}
+}
+
 // WatchEventType says what happened to a job.
 type WatchEventType int32
 
@@ -390,11 +450,11 @@ func (x WatchEventType) String() string {
 }
 
 func (WatchEventType) Descriptor() protoreflect.EnumDescriptor {
-	return file_ferry_v1_migration_job_proto_enumTypes[6].Descriptor()
+	return file_ferry_v1_migration_job_proto_enumTypes[7].Descriptor()
 }
 
 func (WatchEventType) Type() protoreflect.EnumType {
-	return &file_ferry_v1_migration_job_proto_enumTypes[6]
+	return &file_ferry_v1_migration_job_proto_enumTypes[7]
 }
 
 func (x WatchEventType) Number() protoreflect.EnumNumber {
@@ -403,7 +463,7 @@ func (x WatchEventType) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use WatchEventType.Descriptor instead.
 func (WatchEventType) EnumDescriptor() ([]byte, []int) {
-	return file_ferry_v1_migration_job_proto_rawDescGZIP(), []int{6}
+	return file_ferry_v1_migration_job_proto_rawDescGZIP(), []int{7}
 }
 
 // MigrationJob moves one source VM to one target VM.
@@ -1243,6 +1303,235 @@ func (x *CreateMigrationJobsResponse) GetJobs() []*MigrationJob {
 	return nil
 }
 
+// PreviewMigrationJobsRequest is a CreateMigrationJobsRequest that is only
+// checked.
+type PreviewMigrationJobsRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// sources/{source}
+	Source string `protobuf:"bytes,1,opt,name=source,proto3" json:"source,omitempty"`
+	// migrationServers/{migration_server}
+	MigrationServer string `protobuf:"bytes,2,opt,name=migration_server,json=migrationServer,proto3" json:"migration_server,omitempty"`
+	// Up to 50.
+	Jobs          []*MigrationJobSpec `protobuf:"bytes,3,rep,name=jobs,proto3" json:"jobs,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PreviewMigrationJobsRequest) Reset() {
+	*x = PreviewMigrationJobsRequest{}
+	mi := &file_ferry_v1_migration_job_proto_msgTypes[9]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PreviewMigrationJobsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PreviewMigrationJobsRequest) ProtoMessage() {}
+
+func (x *PreviewMigrationJobsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_ferry_v1_migration_job_proto_msgTypes[9]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PreviewMigrationJobsRequest.ProtoReflect.Descriptor instead.
+func (*PreviewMigrationJobsRequest) Descriptor() ([]byte, []int) {
+	return file_ferry_v1_migration_job_proto_rawDescGZIP(), []int{9}
+}
+
+func (x *PreviewMigrationJobsRequest) GetSource() string {
+	if x != nil {
+		return x.Source
+	}
+	return ""
+}
+
+func (x *PreviewMigrationJobsRequest) GetMigrationServer() string {
+	if x != nil {
+		return x.MigrationServer
+	}
+	return ""
+}
+
+func (x *PreviewMigrationJobsRequest) GetJobs() []*MigrationJobSpec {
+	if x != nil {
+		return x.Jobs
+	}
+	return nil
+}
+
+// PreviewUsage is what a batch would take of one resource.
+type PreviewUsage struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Kind  PreviewResourceKind    `protobuf:"varint,1,opt,name=kind,proto3,enum=ferry.v1.PreviewResourceKind" json:"kind,omitempty"`
+	// clusters/{cluster}, primaryStorages/{primary_storage} or
+	// l3Networks/{l3_network}.
+	Resource string `protobuf:"bytes,2,opt,name=resource,proto3" json:"resource,omitempty"`
+	// What the batch asks for.
+	Requested int64 `protobuf:"varint,3,opt,name=requested,proto3" json:"requested,omitempty"`
+	// What is free now (minus what queued and running jobs will take);
+	// meaningful only when known.
+	Available int64 `protobuf:"varint,4,opt,name=available,proto3" json:"available,omitempty"`
+	Known     bool  `protobuf:"varint,5,opt,name=known,proto3" json:"known,omitempty"`
+	// requested <= available; false when unknown.
+	Fits bool `protobuf:"varint,6,opt,name=fits,proto3" json:"fits,omitempty"`
+	// How available was worked out, or why it is unknown.
+	Note          string `protobuf:"bytes,7,opt,name=note,proto3" json:"note,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PreviewUsage) Reset() {
+	*x = PreviewUsage{}
+	mi := &file_ferry_v1_migration_job_proto_msgTypes[10]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PreviewUsage) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PreviewUsage) ProtoMessage() {}
+
+func (x *PreviewUsage) ProtoReflect() protoreflect.Message {
+	mi := &file_ferry_v1_migration_job_proto_msgTypes[10]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PreviewUsage.ProtoReflect.Descriptor instead.
+func (*PreviewUsage) Descriptor() ([]byte, []int) {
+	return file_ferry_v1_migration_job_proto_rawDescGZIP(), []int{10}
+}
+
+func (x *PreviewUsage) GetKind() PreviewResourceKind {
+	if x != nil {
+		return x.Kind
+	}
+	return PreviewResourceKind_PREVIEW_RESOURCE_KIND_UNSPECIFIED
+}
+
+func (x *PreviewUsage) GetResource() string {
+	if x != nil {
+		return x.Resource
+	}
+	return ""
+}
+
+func (x *PreviewUsage) GetRequested() int64 {
+	if x != nil {
+		return x.Requested
+	}
+	return 0
+}
+
+func (x *PreviewUsage) GetAvailable() int64 {
+	if x != nil {
+		return x.Available
+	}
+	return 0
+}
+
+func (x *PreviewUsage) GetKnown() bool {
+	if x != nil {
+		return x.Known
+	}
+	return false
+}
+
+func (x *PreviewUsage) GetFits() bool {
+	if x != nil {
+		return x.Fits
+	}
+	return false
+}
+
+func (x *PreviewUsage) GetNote() string {
+	if x != nil {
+		return x.Note
+	}
+	return ""
+}
+
+type PreviewMigrationJobsResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The jobs as they would be created: unnamed, with the addresses they
+	// would be given.
+	Jobs   []*MigrationJob `protobuf:"bytes,1,rep,name=jobs,proto3" json:"jobs,omitempty"`
+	Usages []*PreviewUsage `protobuf:"bytes,2,rep,name=usages,proto3" json:"usages,omitempty"`
+	// Every check that would refuse the batch, one line each; empty when
+	// CreateMigrationJobs would accept it.
+	FailedChecks  []string `protobuf:"bytes,3,rep,name=failed_checks,json=failedChecks,proto3" json:"failed_checks,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PreviewMigrationJobsResponse) Reset() {
+	*x = PreviewMigrationJobsResponse{}
+	mi := &file_ferry_v1_migration_job_proto_msgTypes[11]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PreviewMigrationJobsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PreviewMigrationJobsResponse) ProtoMessage() {}
+
+func (x *PreviewMigrationJobsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_ferry_v1_migration_job_proto_msgTypes[11]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PreviewMigrationJobsResponse.ProtoReflect.Descriptor instead.
+func (*PreviewMigrationJobsResponse) Descriptor() ([]byte, []int) {
+	return file_ferry_v1_migration_job_proto_rawDescGZIP(), []int{11}
+}
+
+func (x *PreviewMigrationJobsResponse) GetJobs() []*MigrationJob {
+	if x != nil {
+		return x.Jobs
+	}
+	return nil
+}
+
+func (x *PreviewMigrationJobsResponse) GetUsages() []*PreviewUsage {
+	if x != nil {
+		return x.Usages
+	}
+	return nil
+}
+
+func (x *PreviewMigrationJobsResponse) GetFailedChecks() []string {
+	if x != nil {
+		return x.FailedChecks
+	}
+	return nil
+}
+
 type GetMigrationJobRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
@@ -1252,7 +1541,7 @@ type GetMigrationJobRequest struct {
 
 func (x *GetMigrationJobRequest) Reset() {
 	*x = GetMigrationJobRequest{}
-	mi := &file_ferry_v1_migration_job_proto_msgTypes[9]
+	mi := &file_ferry_v1_migration_job_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1264,7 +1553,7 @@ func (x *GetMigrationJobRequest) String() string {
 func (*GetMigrationJobRequest) ProtoMessage() {}
 
 func (x *GetMigrationJobRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_migration_job_proto_msgTypes[9]
+	mi := &file_ferry_v1_migration_job_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1277,7 +1566,7 @@ func (x *GetMigrationJobRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetMigrationJobRequest.ProtoReflect.Descriptor instead.
 func (*GetMigrationJobRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_migration_job_proto_rawDescGZIP(), []int{9}
+	return file_ferry_v1_migration_job_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *GetMigrationJobRequest) GetName() string {
@@ -1296,7 +1585,7 @@ type GetMigrationJobResponse struct {
 
 func (x *GetMigrationJobResponse) Reset() {
 	*x = GetMigrationJobResponse{}
-	mi := &file_ferry_v1_migration_job_proto_msgTypes[10]
+	mi := &file_ferry_v1_migration_job_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1308,7 +1597,7 @@ func (x *GetMigrationJobResponse) String() string {
 func (*GetMigrationJobResponse) ProtoMessage() {}
 
 func (x *GetMigrationJobResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_migration_job_proto_msgTypes[10]
+	mi := &file_ferry_v1_migration_job_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1321,7 +1610,7 @@ func (x *GetMigrationJobResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetMigrationJobResponse.ProtoReflect.Descriptor instead.
 func (*GetMigrationJobResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_migration_job_proto_rawDescGZIP(), []int{10}
+	return file_ferry_v1_migration_job_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *GetMigrationJobResponse) GetJob() *MigrationJob {
@@ -1344,7 +1633,7 @@ type ListMigrationJobsRequest struct {
 
 func (x *ListMigrationJobsRequest) Reset() {
 	*x = ListMigrationJobsRequest{}
-	mi := &file_ferry_v1_migration_job_proto_msgTypes[11]
+	mi := &file_ferry_v1_migration_job_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1356,7 +1645,7 @@ func (x *ListMigrationJobsRequest) String() string {
 func (*ListMigrationJobsRequest) ProtoMessage() {}
 
 func (x *ListMigrationJobsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_migration_job_proto_msgTypes[11]
+	mi := &file_ferry_v1_migration_job_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1369,7 +1658,7 @@ func (x *ListMigrationJobsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListMigrationJobsRequest.ProtoReflect.Descriptor instead.
 func (*ListMigrationJobsRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_migration_job_proto_rawDescGZIP(), []int{11}
+	return file_ferry_v1_migration_job_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *ListMigrationJobsRequest) GetPageSize() int32 {
@@ -1417,7 +1706,7 @@ type ListMigrationJobsResponse struct {
 
 func (x *ListMigrationJobsResponse) Reset() {
 	*x = ListMigrationJobsResponse{}
-	mi := &file_ferry_v1_migration_job_proto_msgTypes[12]
+	mi := &file_ferry_v1_migration_job_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1429,7 +1718,7 @@ func (x *ListMigrationJobsResponse) String() string {
 func (*ListMigrationJobsResponse) ProtoMessage() {}
 
 func (x *ListMigrationJobsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_migration_job_proto_msgTypes[12]
+	mi := &file_ferry_v1_migration_job_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1442,7 +1731,7 @@ func (x *ListMigrationJobsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListMigrationJobsResponse.ProtoReflect.Descriptor instead.
 func (*ListMigrationJobsResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_migration_job_proto_rawDescGZIP(), []int{12}
+	return file_ferry_v1_migration_job_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *ListMigrationJobsResponse) GetJobs() []*MigrationJob {
@@ -1469,7 +1758,7 @@ type CancelMigrationJobRequest struct {
 
 func (x *CancelMigrationJobRequest) Reset() {
 	*x = CancelMigrationJobRequest{}
-	mi := &file_ferry_v1_migration_job_proto_msgTypes[13]
+	mi := &file_ferry_v1_migration_job_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1481,7 +1770,7 @@ func (x *CancelMigrationJobRequest) String() string {
 func (*CancelMigrationJobRequest) ProtoMessage() {}
 
 func (x *CancelMigrationJobRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_migration_job_proto_msgTypes[13]
+	mi := &file_ferry_v1_migration_job_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1494,7 +1783,7 @@ func (x *CancelMigrationJobRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CancelMigrationJobRequest.ProtoReflect.Descriptor instead.
 func (*CancelMigrationJobRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_migration_job_proto_rawDescGZIP(), []int{13}
+	return file_ferry_v1_migration_job_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *CancelMigrationJobRequest) GetName() string {
@@ -1520,7 +1809,7 @@ type CancelMigrationJobResponse struct {
 
 func (x *CancelMigrationJobResponse) Reset() {
 	*x = CancelMigrationJobResponse{}
-	mi := &file_ferry_v1_migration_job_proto_msgTypes[14]
+	mi := &file_ferry_v1_migration_job_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1532,7 +1821,7 @@ func (x *CancelMigrationJobResponse) String() string {
 func (*CancelMigrationJobResponse) ProtoMessage() {}
 
 func (x *CancelMigrationJobResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_migration_job_proto_msgTypes[14]
+	mi := &file_ferry_v1_migration_job_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1545,7 +1834,7 @@ func (x *CancelMigrationJobResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CancelMigrationJobResponse.ProtoReflect.Descriptor instead.
 func (*CancelMigrationJobResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_migration_job_proto_rawDescGZIP(), []int{14}
+	return file_ferry_v1_migration_job_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *CancelMigrationJobResponse) GetJob() *MigrationJob {
@@ -1564,7 +1853,7 @@ type RestartMigrationJobRequest struct {
 
 func (x *RestartMigrationJobRequest) Reset() {
 	*x = RestartMigrationJobRequest{}
-	mi := &file_ferry_v1_migration_job_proto_msgTypes[15]
+	mi := &file_ferry_v1_migration_job_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1576,7 +1865,7 @@ func (x *RestartMigrationJobRequest) String() string {
 func (*RestartMigrationJobRequest) ProtoMessage() {}
 
 func (x *RestartMigrationJobRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_migration_job_proto_msgTypes[15]
+	mi := &file_ferry_v1_migration_job_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1589,7 +1878,7 @@ func (x *RestartMigrationJobRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RestartMigrationJobRequest.ProtoReflect.Descriptor instead.
 func (*RestartMigrationJobRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_migration_job_proto_rawDescGZIP(), []int{15}
+	return file_ferry_v1_migration_job_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *RestartMigrationJobRequest) GetName() string {
@@ -1608,7 +1897,7 @@ type RestartMigrationJobResponse struct {
 
 func (x *RestartMigrationJobResponse) Reset() {
 	*x = RestartMigrationJobResponse{}
-	mi := &file_ferry_v1_migration_job_proto_msgTypes[16]
+	mi := &file_ferry_v1_migration_job_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1620,7 +1909,7 @@ func (x *RestartMigrationJobResponse) String() string {
 func (*RestartMigrationJobResponse) ProtoMessage() {}
 
 func (x *RestartMigrationJobResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_migration_job_proto_msgTypes[16]
+	mi := &file_ferry_v1_migration_job_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1633,7 +1922,7 @@ func (x *RestartMigrationJobResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RestartMigrationJobResponse.ProtoReflect.Descriptor instead.
 func (*RestartMigrationJobResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_migration_job_proto_rawDescGZIP(), []int{16}
+	return file_ferry_v1_migration_job_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *RestartMigrationJobResponse) GetJob() *MigrationJob {
@@ -1652,7 +1941,7 @@ type DeleteMigrationJobRequest struct {
 
 func (x *DeleteMigrationJobRequest) Reset() {
 	*x = DeleteMigrationJobRequest{}
-	mi := &file_ferry_v1_migration_job_proto_msgTypes[17]
+	mi := &file_ferry_v1_migration_job_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1664,7 +1953,7 @@ func (x *DeleteMigrationJobRequest) String() string {
 func (*DeleteMigrationJobRequest) ProtoMessage() {}
 
 func (x *DeleteMigrationJobRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_migration_job_proto_msgTypes[17]
+	mi := &file_ferry_v1_migration_job_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1677,7 +1966,7 @@ func (x *DeleteMigrationJobRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteMigrationJobRequest.ProtoReflect.Descriptor instead.
 func (*DeleteMigrationJobRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_migration_job_proto_rawDescGZIP(), []int{17}
+	return file_ferry_v1_migration_job_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *DeleteMigrationJobRequest) GetName() string {
@@ -1695,7 +1984,7 @@ type DeleteMigrationJobResponse struct {
 
 func (x *DeleteMigrationJobResponse) Reset() {
 	*x = DeleteMigrationJobResponse{}
-	mi := &file_ferry_v1_migration_job_proto_msgTypes[18]
+	mi := &file_ferry_v1_migration_job_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1707,7 +1996,7 @@ func (x *DeleteMigrationJobResponse) String() string {
 func (*DeleteMigrationJobResponse) ProtoMessage() {}
 
 func (x *DeleteMigrationJobResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_migration_job_proto_msgTypes[18]
+	mi := &file_ferry_v1_migration_job_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1720,7 +2009,7 @@ func (x *DeleteMigrationJobResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteMigrationJobResponse.ProtoReflect.Descriptor instead.
 func (*DeleteMigrationJobResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_migration_job_proto_rawDescGZIP(), []int{18}
+	return file_ferry_v1_migration_job_proto_rawDescGZIP(), []int{21}
 }
 
 type WatchMigrationJobsRequest struct {
@@ -1737,7 +2026,7 @@ type WatchMigrationJobsRequest struct {
 
 func (x *WatchMigrationJobsRequest) Reset() {
 	*x = WatchMigrationJobsRequest{}
-	mi := &file_ferry_v1_migration_job_proto_msgTypes[19]
+	mi := &file_ferry_v1_migration_job_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1749,7 +2038,7 @@ func (x *WatchMigrationJobsRequest) String() string {
 func (*WatchMigrationJobsRequest) ProtoMessage() {}
 
 func (x *WatchMigrationJobsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_migration_job_proto_msgTypes[19]
+	mi := &file_ferry_v1_migration_job_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1762,7 +2051,7 @@ func (x *WatchMigrationJobsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchMigrationJobsRequest.ProtoReflect.Descriptor instead.
 func (*WatchMigrationJobsRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_migration_job_proto_rawDescGZIP(), []int{19}
+	return file_ferry_v1_migration_job_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *WatchMigrationJobsRequest) GetNames() []string {
@@ -1796,7 +2085,7 @@ type WatchMigrationJobsResponse struct {
 
 func (x *WatchMigrationJobsResponse) Reset() {
 	*x = WatchMigrationJobsResponse{}
-	mi := &file_ferry_v1_migration_job_proto_msgTypes[20]
+	mi := &file_ferry_v1_migration_job_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1808,7 +2097,7 @@ func (x *WatchMigrationJobsResponse) String() string {
 func (*WatchMigrationJobsResponse) ProtoMessage() {}
 
 func (x *WatchMigrationJobsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_migration_job_proto_msgTypes[20]
+	mi := &file_ferry_v1_migration_job_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1821,7 +2110,7 @@ func (x *WatchMigrationJobsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchMigrationJobsResponse.ProtoReflect.Descriptor instead.
 func (*WatchMigrationJobsResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_migration_job_proto_rawDescGZIP(), []int{20}
+	return file_ferry_v1_migration_job_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *WatchMigrationJobsResponse) GetType() WatchEventType {
@@ -1927,7 +2216,23 @@ const file_ferry_v1_migration_job_proto_rawDesc = "" +
 	"\n" +
 	"request_id\x18\x04 \x01(\tR\trequestId\"I\n" +
 	"\x1bCreateMigrationJobsResponse\x12*\n" +
-	"\x04jobs\x18\x01 \x03(\v2\x16.ferry.v1.MigrationJobR\x04jobs\",\n" +
+	"\x04jobs\x18\x01 \x03(\v2\x16.ferry.v1.MigrationJobR\x04jobs\"\x90\x01\n" +
+	"\x1bPreviewMigrationJobsRequest\x12\x16\n" +
+	"\x06source\x18\x01 \x01(\tR\x06source\x12)\n" +
+	"\x10migration_server\x18\x02 \x01(\tR\x0fmigrationServer\x12.\n" +
+	"\x04jobs\x18\x03 \x03(\v2\x1a.ferry.v1.MigrationJobSpecR\x04jobs\"\xd7\x01\n" +
+	"\fPreviewUsage\x121\n" +
+	"\x04kind\x18\x01 \x01(\x0e2\x1d.ferry.v1.PreviewResourceKindR\x04kind\x12\x1a\n" +
+	"\bresource\x18\x02 \x01(\tR\bresource\x12\x1c\n" +
+	"\trequested\x18\x03 \x01(\x03R\trequested\x12\x1c\n" +
+	"\tavailable\x18\x04 \x01(\x03R\tavailable\x12\x14\n" +
+	"\x05known\x18\x05 \x01(\bR\x05known\x12\x12\n" +
+	"\x04fits\x18\x06 \x01(\bR\x04fits\x12\x12\n" +
+	"\x04note\x18\a \x01(\tR\x04note\"\x9f\x01\n" +
+	"\x1cPreviewMigrationJobsResponse\x12*\n" +
+	"\x04jobs\x18\x01 \x03(\v2\x16.ferry.v1.MigrationJobR\x04jobs\x12.\n" +
+	"\x06usages\x18\x02 \x03(\v2\x16.ferry.v1.PreviewUsageR\x06usages\x12#\n" +
+	"\rfailed_checks\x18\x03 \x03(\tR\ffailedChecks\",\n" +
 	"\x16GetMigrationJobRequest\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\"C\n" +
 	"\x17GetMigrationJobResponse\x12(\n" +
@@ -1990,15 +2295,22 @@ const file_ferry_v1_migration_job_proto_rawDesc = "" +
 	"\vCompression\x12\x1b\n" +
 	"\x17COMPRESSION_UNSPECIFIED\x10\x00\x12\x14\n" +
 	"\x10COMPRESSION_ZSTD\x10\x01\x12\x14\n" +
-	"\x10COMPRESSION_NONE\x10\x02*\xab\x01\n" +
+	"\x10COMPRESSION_NONE\x10\x02*\xd3\x01\n" +
+	"\x13PreviewResourceKind\x12%\n" +
+	"!PREVIEW_RESOURCE_KIND_UNSPECIFIED\x10\x00\x12\x1f\n" +
+	"\x1bPREVIEW_RESOURCE_KIND_VCPUS\x10\x01\x12&\n" +
+	"\"PREVIEW_RESOURCE_KIND_MEMORY_BYTES\x10\x02\x12$\n" +
+	" PREVIEW_RESOURCE_KIND_DISK_BYTES\x10\x03\x12&\n" +
+	"\"PREVIEW_RESOURCE_KIND_IP_ADDRESSES\x10\x04*\xab\x01\n" +
 	"\x0eWatchEventType\x12 \n" +
 	"\x1cWATCH_EVENT_TYPE_UNSPECIFIED\x10\x00\x12\x1c\n" +
 	"\x18WATCH_EVENT_TYPE_INITIAL\x10\x01\x12\x1c\n" +
 	"\x18WATCH_EVENT_TYPE_CHANGED\x10\x02\x12\x1d\n" +
 	"\x19WATCH_EVENT_TYPE_PROGRESS\x10\x03\x12\x1c\n" +
-	"\x18WATCH_EVENT_TYPE_DELETED\x10\x042\xb8\x05\n" +
+	"\x18WATCH_EVENT_TYPE_DELETED\x10\x042\x9f\x06\n" +
 	"\x13MigrationJobService\x12b\n" +
-	"\x13CreateMigrationJobs\x12$.ferry.v1.CreateMigrationJobsRequest\x1a%.ferry.v1.CreateMigrationJobsResponse\x12V\n" +
+	"\x13CreateMigrationJobs\x12$.ferry.v1.CreateMigrationJobsRequest\x1a%.ferry.v1.CreateMigrationJobsResponse\x12e\n" +
+	"\x14PreviewMigrationJobs\x12%.ferry.v1.PreviewMigrationJobsRequest\x1a&.ferry.v1.PreviewMigrationJobsResponse\x12V\n" +
 	"\x0fGetMigrationJob\x12 .ferry.v1.GetMigrationJobRequest\x1a!.ferry.v1.GetMigrationJobResponse\x12\\\n" +
 	"\x11ListMigrationJobs\x12\".ferry.v1.ListMigrationJobsRequest\x1a#.ferry.v1.ListMigrationJobsResponse\x12_\n" +
 	"\x12CancelMigrationJob\x12#.ferry.v1.CancelMigrationJobRequest\x1a$.ferry.v1.CancelMigrationJobResponse\x12b\n" +
@@ -2019,88 +2331,98 @@ func file_ferry_v1_migration_job_proto_rawDescGZIP() []byte {
 	return file_ferry_v1_migration_job_proto_rawDescData
 }
 
-var file_ferry_v1_migration_job_proto_enumTypes = make([]protoimpl.EnumInfo, 7)
-var file_ferry_v1_migration_job_proto_msgTypes = make([]protoimpl.MessageInfo, 21)
+var file_ferry_v1_migration_job_proto_enumTypes = make([]protoimpl.EnumInfo, 8)
+var file_ferry_v1_migration_job_proto_msgTypes = make([]protoimpl.MessageInfo, 24)
 var file_ferry_v1_migration_job_proto_goTypes = []any{
-	(MigrationJobState)(0),              // 0: ferry.v1.MigrationJobState
-	(MigrationJobPhase)(0),              // 1: ferry.v1.MigrationJobPhase
-	(Firmware)(0),                       // 2: ferry.v1.Firmware
-	(OsType)(0),                         // 3: ferry.v1.OsType
-	(DiskBus)(0),                        // 4: ferry.v1.DiskBus
-	(Compression)(0),                    // 5: ferry.v1.Compression
-	(WatchEventType)(0),                 // 6: ferry.v1.WatchEventType
-	(*MigrationJob)(nil),                // 7: ferry.v1.MigrationJob
-	(*TargetVm)(nil),                    // 8: ferry.v1.TargetVm
-	(*TargetDisk)(nil),                  // 9: ferry.v1.TargetDisk
-	(*TargetNic)(nil),                   // 10: ferry.v1.TargetNic
-	(*MigrationOptions)(nil),            // 11: ferry.v1.MigrationOptions
-	(*DiskProgress)(nil),                // 12: ferry.v1.DiskProgress
-	(*MigrationJobSpec)(nil),            // 13: ferry.v1.MigrationJobSpec
-	(*CreateMigrationJobsRequest)(nil),  // 14: ferry.v1.CreateMigrationJobsRequest
-	(*CreateMigrationJobsResponse)(nil), // 15: ferry.v1.CreateMigrationJobsResponse
-	(*GetMigrationJobRequest)(nil),      // 16: ferry.v1.GetMigrationJobRequest
-	(*GetMigrationJobResponse)(nil),     // 17: ferry.v1.GetMigrationJobResponse
-	(*ListMigrationJobsRequest)(nil),    // 18: ferry.v1.ListMigrationJobsRequest
-	(*ListMigrationJobsResponse)(nil),   // 19: ferry.v1.ListMigrationJobsResponse
-	(*CancelMigrationJobRequest)(nil),   // 20: ferry.v1.CancelMigrationJobRequest
-	(*CancelMigrationJobResponse)(nil),  // 21: ferry.v1.CancelMigrationJobResponse
-	(*RestartMigrationJobRequest)(nil),  // 22: ferry.v1.RestartMigrationJobRequest
-	(*RestartMigrationJobResponse)(nil), // 23: ferry.v1.RestartMigrationJobResponse
-	(*DeleteMigrationJobRequest)(nil),   // 24: ferry.v1.DeleteMigrationJobRequest
-	(*DeleteMigrationJobResponse)(nil),  // 25: ferry.v1.DeleteMigrationJobResponse
-	(*WatchMigrationJobsRequest)(nil),   // 26: ferry.v1.WatchMigrationJobsRequest
-	(*WatchMigrationJobsResponse)(nil),  // 27: ferry.v1.WatchMigrationJobsResponse
-	(*timestamppb.Timestamp)(nil),       // 28: google.protobuf.Timestamp
-	(*durationpb.Duration)(nil),         // 29: google.protobuf.Duration
+	(MigrationJobState)(0),               // 0: ferry.v1.MigrationJobState
+	(MigrationJobPhase)(0),               // 1: ferry.v1.MigrationJobPhase
+	(Firmware)(0),                        // 2: ferry.v1.Firmware
+	(OsType)(0),                          // 3: ferry.v1.OsType
+	(DiskBus)(0),                         // 4: ferry.v1.DiskBus
+	(Compression)(0),                     // 5: ferry.v1.Compression
+	(PreviewResourceKind)(0),             // 6: ferry.v1.PreviewResourceKind
+	(WatchEventType)(0),                  // 7: ferry.v1.WatchEventType
+	(*MigrationJob)(nil),                 // 8: ferry.v1.MigrationJob
+	(*TargetVm)(nil),                     // 9: ferry.v1.TargetVm
+	(*TargetDisk)(nil),                   // 10: ferry.v1.TargetDisk
+	(*TargetNic)(nil),                    // 11: ferry.v1.TargetNic
+	(*MigrationOptions)(nil),             // 12: ferry.v1.MigrationOptions
+	(*DiskProgress)(nil),                 // 13: ferry.v1.DiskProgress
+	(*MigrationJobSpec)(nil),             // 14: ferry.v1.MigrationJobSpec
+	(*CreateMigrationJobsRequest)(nil),   // 15: ferry.v1.CreateMigrationJobsRequest
+	(*CreateMigrationJobsResponse)(nil),  // 16: ferry.v1.CreateMigrationJobsResponse
+	(*PreviewMigrationJobsRequest)(nil),  // 17: ferry.v1.PreviewMigrationJobsRequest
+	(*PreviewUsage)(nil),                 // 18: ferry.v1.PreviewUsage
+	(*PreviewMigrationJobsResponse)(nil), // 19: ferry.v1.PreviewMigrationJobsResponse
+	(*GetMigrationJobRequest)(nil),       // 20: ferry.v1.GetMigrationJobRequest
+	(*GetMigrationJobResponse)(nil),      // 21: ferry.v1.GetMigrationJobResponse
+	(*ListMigrationJobsRequest)(nil),     // 22: ferry.v1.ListMigrationJobsRequest
+	(*ListMigrationJobsResponse)(nil),    // 23: ferry.v1.ListMigrationJobsResponse
+	(*CancelMigrationJobRequest)(nil),    // 24: ferry.v1.CancelMigrationJobRequest
+	(*CancelMigrationJobResponse)(nil),   // 25: ferry.v1.CancelMigrationJobResponse
+	(*RestartMigrationJobRequest)(nil),   // 26: ferry.v1.RestartMigrationJobRequest
+	(*RestartMigrationJobResponse)(nil),  // 27: ferry.v1.RestartMigrationJobResponse
+	(*DeleteMigrationJobRequest)(nil),    // 28: ferry.v1.DeleteMigrationJobRequest
+	(*DeleteMigrationJobResponse)(nil),   // 29: ferry.v1.DeleteMigrationJobResponse
+	(*WatchMigrationJobsRequest)(nil),    // 30: ferry.v1.WatchMigrationJobsRequest
+	(*WatchMigrationJobsResponse)(nil),   // 31: ferry.v1.WatchMigrationJobsResponse
+	(*timestamppb.Timestamp)(nil),        // 32: google.protobuf.Timestamp
+	(*durationpb.Duration)(nil),          // 33: google.protobuf.Duration
 }
 var file_ferry_v1_migration_job_proto_depIdxs = []int32{
-	8,  // 0: ferry.v1.MigrationJob.target:type_name -> ferry.v1.TargetVm
-	11, // 1: ferry.v1.MigrationJob.options:type_name -> ferry.v1.MigrationOptions
+	9,  // 0: ferry.v1.MigrationJob.target:type_name -> ferry.v1.TargetVm
+	12, // 1: ferry.v1.MigrationJob.options:type_name -> ferry.v1.MigrationOptions
 	0,  // 2: ferry.v1.MigrationJob.state:type_name -> ferry.v1.MigrationJobState
 	1,  // 3: ferry.v1.MigrationJob.phase:type_name -> ferry.v1.MigrationJobPhase
-	12, // 4: ferry.v1.MigrationJob.disks:type_name -> ferry.v1.DiskProgress
-	28, // 5: ferry.v1.MigrationJob.create_time:type_name -> google.protobuf.Timestamp
-	28, // 6: ferry.v1.MigrationJob.start_time:type_name -> google.protobuf.Timestamp
-	28, // 7: ferry.v1.MigrationJob.end_time:type_name -> google.protobuf.Timestamp
-	29, // 8: ferry.v1.MigrationJob.duration:type_name -> google.protobuf.Duration
-	28, // 9: ferry.v1.MigrationJob.update_time:type_name -> google.protobuf.Timestamp
-	9,  // 10: ferry.v1.TargetVm.disks:type_name -> ferry.v1.TargetDisk
-	10, // 11: ferry.v1.TargetVm.nics:type_name -> ferry.v1.TargetNic
+	13, // 4: ferry.v1.MigrationJob.disks:type_name -> ferry.v1.DiskProgress
+	32, // 5: ferry.v1.MigrationJob.create_time:type_name -> google.protobuf.Timestamp
+	32, // 6: ferry.v1.MigrationJob.start_time:type_name -> google.protobuf.Timestamp
+	32, // 7: ferry.v1.MigrationJob.end_time:type_name -> google.protobuf.Timestamp
+	33, // 8: ferry.v1.MigrationJob.duration:type_name -> google.protobuf.Duration
+	32, // 9: ferry.v1.MigrationJob.update_time:type_name -> google.protobuf.Timestamp
+	10, // 10: ferry.v1.TargetVm.disks:type_name -> ferry.v1.TargetDisk
+	11, // 11: ferry.v1.TargetVm.nics:type_name -> ferry.v1.TargetNic
 	2,  // 12: ferry.v1.TargetVm.firmware:type_name -> ferry.v1.Firmware
 	3,  // 13: ferry.v1.TargetVm.os_type:type_name -> ferry.v1.OsType
 	4,  // 14: ferry.v1.TargetVm.disk_bus:type_name -> ferry.v1.DiskBus
 	5,  // 15: ferry.v1.MigrationOptions.compression:type_name -> ferry.v1.Compression
-	29, // 16: ferry.v1.DiskProgress.eta:type_name -> google.protobuf.Duration
-	8,  // 17: ferry.v1.MigrationJobSpec.target:type_name -> ferry.v1.TargetVm
-	11, // 18: ferry.v1.MigrationJobSpec.options:type_name -> ferry.v1.MigrationOptions
-	13, // 19: ferry.v1.CreateMigrationJobsRequest.jobs:type_name -> ferry.v1.MigrationJobSpec
-	7,  // 20: ferry.v1.CreateMigrationJobsResponse.jobs:type_name -> ferry.v1.MigrationJob
-	7,  // 21: ferry.v1.GetMigrationJobResponse.job:type_name -> ferry.v1.MigrationJob
-	0,  // 22: ferry.v1.ListMigrationJobsRequest.state:type_name -> ferry.v1.MigrationJobState
-	7,  // 23: ferry.v1.ListMigrationJobsResponse.jobs:type_name -> ferry.v1.MigrationJob
-	7,  // 24: ferry.v1.CancelMigrationJobResponse.job:type_name -> ferry.v1.MigrationJob
-	7,  // 25: ferry.v1.RestartMigrationJobResponse.job:type_name -> ferry.v1.MigrationJob
-	6,  // 26: ferry.v1.WatchMigrationJobsResponse.type:type_name -> ferry.v1.WatchEventType
-	7,  // 27: ferry.v1.WatchMigrationJobsResponse.job:type_name -> ferry.v1.MigrationJob
-	14, // 28: ferry.v1.MigrationJobService.CreateMigrationJobs:input_type -> ferry.v1.CreateMigrationJobsRequest
-	16, // 29: ferry.v1.MigrationJobService.GetMigrationJob:input_type -> ferry.v1.GetMigrationJobRequest
-	18, // 30: ferry.v1.MigrationJobService.ListMigrationJobs:input_type -> ferry.v1.ListMigrationJobsRequest
-	20, // 31: ferry.v1.MigrationJobService.CancelMigrationJob:input_type -> ferry.v1.CancelMigrationJobRequest
-	22, // 32: ferry.v1.MigrationJobService.RestartMigrationJob:input_type -> ferry.v1.RestartMigrationJobRequest
-	24, // 33: ferry.v1.MigrationJobService.DeleteMigrationJob:input_type -> ferry.v1.DeleteMigrationJobRequest
-	26, // 34: ferry.v1.MigrationJobService.WatchMigrationJobs:input_type -> ferry.v1.WatchMigrationJobsRequest
-	15, // 35: ferry.v1.MigrationJobService.CreateMigrationJobs:output_type -> ferry.v1.CreateMigrationJobsResponse
-	17, // 36: ferry.v1.MigrationJobService.GetMigrationJob:output_type -> ferry.v1.GetMigrationJobResponse
-	19, // 37: ferry.v1.MigrationJobService.ListMigrationJobs:output_type -> ferry.v1.ListMigrationJobsResponse
-	21, // 38: ferry.v1.MigrationJobService.CancelMigrationJob:output_type -> ferry.v1.CancelMigrationJobResponse
-	23, // 39: ferry.v1.MigrationJobService.RestartMigrationJob:output_type -> ferry.v1.RestartMigrationJobResponse
-	25, // 40: ferry.v1.MigrationJobService.DeleteMigrationJob:output_type -> ferry.v1.DeleteMigrationJobResponse
-	27, // 41: ferry.v1.MigrationJobService.WatchMigrationJobs:output_type -> ferry.v1.WatchMigrationJobsResponse
-	35, // [35:42] is the sub-list for method output_type
-	28, // [28:35] is the sub-list for method input_type
-	28, // [28:28] is the sub-list for extension type_name
-	28, // [28:28] is the sub-list for extension extendee
-	0,  // [0:28] is the sub-list for field type_name
+	33, // 16: ferry.v1.DiskProgress.eta:type_name -> google.protobuf.Duration
+	9,  // 17: ferry.v1.MigrationJobSpec.target:type_name -> ferry.v1.TargetVm
+	12, // 18: ferry.v1.MigrationJobSpec.options:type_name -> ferry.v1.MigrationOptions
+	14, // 19: ferry.v1.CreateMigrationJobsRequest.jobs:type_name -> ferry.v1.MigrationJobSpec
+	8,  // 20: ferry.v1.CreateMigrationJobsResponse.jobs:type_name -> ferry.v1.MigrationJob
+	14, // 21: ferry.v1.PreviewMigrationJobsRequest.jobs:type_name -> ferry.v1.MigrationJobSpec
+	6,  // 22: ferry.v1.PreviewUsage.kind:type_name -> ferry.v1.PreviewResourceKind
+	8,  // 23: ferry.v1.PreviewMigrationJobsResponse.jobs:type_name -> ferry.v1.MigrationJob
+	18, // 24: ferry.v1.PreviewMigrationJobsResponse.usages:type_name -> ferry.v1.PreviewUsage
+	8,  // 25: ferry.v1.GetMigrationJobResponse.job:type_name -> ferry.v1.MigrationJob
+	0,  // 26: ferry.v1.ListMigrationJobsRequest.state:type_name -> ferry.v1.MigrationJobState
+	8,  // 27: ferry.v1.ListMigrationJobsResponse.jobs:type_name -> ferry.v1.MigrationJob
+	8,  // 28: ferry.v1.CancelMigrationJobResponse.job:type_name -> ferry.v1.MigrationJob
+	8,  // 29: ferry.v1.RestartMigrationJobResponse.job:type_name -> ferry.v1.MigrationJob
+	7,  // 30: ferry.v1.WatchMigrationJobsResponse.type:type_name -> ferry.v1.WatchEventType
+	8,  // 31: ferry.v1.WatchMigrationJobsResponse.job:type_name -> ferry.v1.MigrationJob
+	15, // 32: ferry.v1.MigrationJobService.CreateMigrationJobs:input_type -> ferry.v1.CreateMigrationJobsRequest
+	17, // 33: ferry.v1.MigrationJobService.PreviewMigrationJobs:input_type -> ferry.v1.PreviewMigrationJobsRequest
+	20, // 34: ferry.v1.MigrationJobService.GetMigrationJob:input_type -> ferry.v1.GetMigrationJobRequest
+	22, // 35: ferry.v1.MigrationJobService.ListMigrationJobs:input_type -> ferry.v1.ListMigrationJobsRequest
+	24, // 36: ferry.v1.MigrationJobService.CancelMigrationJob:input_type -> ferry.v1.CancelMigrationJobRequest
+	26, // 37: ferry.v1.MigrationJobService.RestartMigrationJob:input_type -> ferry.v1.RestartMigrationJobRequest
+	28, // 38: ferry.v1.MigrationJobService.DeleteMigrationJob:input_type -> ferry.v1.DeleteMigrationJobRequest
+	30, // 39: ferry.v1.MigrationJobService.WatchMigrationJobs:input_type -> ferry.v1.WatchMigrationJobsRequest
+	16, // 40: ferry.v1.MigrationJobService.CreateMigrationJobs:output_type -> ferry.v1.CreateMigrationJobsResponse
+	19, // 41: ferry.v1.MigrationJobService.PreviewMigrationJobs:output_type -> ferry.v1.PreviewMigrationJobsResponse
+	21, // 42: ferry.v1.MigrationJobService.GetMigrationJob:output_type -> ferry.v1.GetMigrationJobResponse
+	23, // 43: ferry.v1.MigrationJobService.ListMigrationJobs:output_type -> ferry.v1.ListMigrationJobsResponse
+	25, // 44: ferry.v1.MigrationJobService.CancelMigrationJob:output_type -> ferry.v1.CancelMigrationJobResponse
+	27, // 45: ferry.v1.MigrationJobService.RestartMigrationJob:output_type -> ferry.v1.RestartMigrationJobResponse
+	29, // 46: ferry.v1.MigrationJobService.DeleteMigrationJob:output_type -> ferry.v1.DeleteMigrationJobResponse
+	31, // 47: ferry.v1.MigrationJobService.WatchMigrationJobs:output_type -> ferry.v1.WatchMigrationJobsResponse
+	40, // [40:48] is the sub-list for method output_type
+	32, // [32:40] is the sub-list for method input_type
+	32, // [32:32] is the sub-list for extension type_name
+	32, // [32:32] is the sub-list for extension extendee
+	0,  // [0:32] is the sub-list for field type_name
 }
 
 func init() { file_ferry_v1_migration_job_proto_init() }
@@ -2114,8 +2436,8 @@ func file_ferry_v1_migration_job_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_ferry_v1_migration_job_proto_rawDesc), len(file_ferry_v1_migration_job_proto_rawDesc)),
-			NumEnums:      7,
-			NumMessages:   21,
+			NumEnums:      8,
+			NumMessages:   24,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -19,13 +19,14 @@ import (
 const _ = grpc.SupportPackageIsVersion9
 
 const (
-	MigrationJobService_CreateMigrationJobs_FullMethodName = "/ferry.v1.MigrationJobService/CreateMigrationJobs"
-	MigrationJobService_GetMigrationJob_FullMethodName     = "/ferry.v1.MigrationJobService/GetMigrationJob"
-	MigrationJobService_ListMigrationJobs_FullMethodName   = "/ferry.v1.MigrationJobService/ListMigrationJobs"
-	MigrationJobService_CancelMigrationJob_FullMethodName  = "/ferry.v1.MigrationJobService/CancelMigrationJob"
-	MigrationJobService_RestartMigrationJob_FullMethodName = "/ferry.v1.MigrationJobService/RestartMigrationJob"
-	MigrationJobService_DeleteMigrationJob_FullMethodName  = "/ferry.v1.MigrationJobService/DeleteMigrationJob"
-	MigrationJobService_WatchMigrationJobs_FullMethodName  = "/ferry.v1.MigrationJobService/WatchMigrationJobs"
+	MigrationJobService_CreateMigrationJobs_FullMethodName  = "/ferry.v1.MigrationJobService/CreateMigrationJobs"
+	MigrationJobService_PreviewMigrationJobs_FullMethodName = "/ferry.v1.MigrationJobService/PreviewMigrationJobs"
+	MigrationJobService_GetMigrationJob_FullMethodName      = "/ferry.v1.MigrationJobService/GetMigrationJob"
+	MigrationJobService_ListMigrationJobs_FullMethodName    = "/ferry.v1.MigrationJobService/ListMigrationJobs"
+	MigrationJobService_CancelMigrationJob_FullMethodName   = "/ferry.v1.MigrationJobService/CancelMigrationJob"
+	MigrationJobService_RestartMigrationJob_FullMethodName  = "/ferry.v1.MigrationJobService/RestartMigrationJob"
+	MigrationJobService_DeleteMigrationJob_FullMethodName   = "/ferry.v1.MigrationJobService/DeleteMigrationJob"
+	MigrationJobService_WatchMigrationJobs_FullMethodName   = "/ferry.v1.MigrationJobService/WatchMigrationJobs"
 )
 
 // MigrationJobServiceClient is the client API for MigrationJobService service.
@@ -37,6 +38,9 @@ type MigrationJobServiceClient interface {
 	// CreateMigrationJobs creates one job per VM, up to 50, all on one
 	// migration server. A repeated request_id returns the first answer.
 	CreateMigrationJobs(ctx context.Context, in *CreateMigrationJobsRequest, opts ...grpc.CallOption) (*CreateMigrationJobsResponse, error)
+	// PreviewMigrationJobs checks a CreateMigrationJobs request and says what
+	// the batch would use, without writing anything.
+	PreviewMigrationJobs(ctx context.Context, in *PreviewMigrationJobsRequest, opts ...grpc.CallOption) (*PreviewMigrationJobsResponse, error)
 	GetMigrationJob(ctx context.Context, in *GetMigrationJobRequest, opts ...grpc.CallOption) (*GetMigrationJobResponse, error)
 	ListMigrationJobs(ctx context.Context, in *ListMigrationJobsRequest, opts ...grpc.CallOption) (*ListMigrationJobsResponse, error)
 	// CancelMigrationJob cancels a queued or running job.
@@ -61,6 +65,16 @@ func (c *migrationJobServiceClient) CreateMigrationJobs(ctx context.Context, in 
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
 	out := new(CreateMigrationJobsResponse)
 	err := c.cc.Invoke(ctx, MigrationJobService_CreateMigrationJobs_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *migrationJobServiceClient) PreviewMigrationJobs(ctx context.Context, in *PreviewMigrationJobsRequest, opts ...grpc.CallOption) (*PreviewMigrationJobsResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(PreviewMigrationJobsResponse)
+	err := c.cc.Invoke(ctx, MigrationJobService_PreviewMigrationJobs_FullMethodName, in, out, cOpts...)
 	if err != nil {
 		return nil, err
 	}
@@ -145,6 +159,9 @@ type MigrationJobServiceServer interface {
 	// CreateMigrationJobs creates one job per VM, up to 50, all on one
 	// migration server. A repeated request_id returns the first answer.
 	CreateMigrationJobs(context.Context, *CreateMigrationJobsRequest) (*CreateMigrationJobsResponse, error)
+	// PreviewMigrationJobs checks a CreateMigrationJobs request and says what
+	// the batch would use, without writing anything.
+	PreviewMigrationJobs(context.Context, *PreviewMigrationJobsRequest) (*PreviewMigrationJobsResponse, error)
 	GetMigrationJob(context.Context, *GetMigrationJobRequest) (*GetMigrationJobResponse, error)
 	ListMigrationJobs(context.Context, *ListMigrationJobsRequest) (*ListMigrationJobsResponse, error)
 	// CancelMigrationJob cancels a queued or running job.
@@ -167,6 +184,9 @@ type UnimplementedMigrationJobServiceServer struct{}
 
 func (UnimplementedMigrationJobServiceServer) CreateMigrationJobs(context.Context, *CreateMigrationJobsRequest) (*CreateMigrationJobsResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method CreateMigrationJobs not implemented")
+}
+func (UnimplementedMigrationJobServiceServer) PreviewMigrationJobs(context.Context, *PreviewMigrationJobsRequest) (*PreviewMigrationJobsResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method PreviewMigrationJobs not implemented")
 }
 func (UnimplementedMigrationJobServiceServer) GetMigrationJob(context.Context, *GetMigrationJobRequest) (*GetMigrationJobResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method GetMigrationJob not implemented")
@@ -221,6 +241,24 @@ func _MigrationJobService_CreateMigrationJobs_Handler(srv interface{}, ctx conte
 	}
 	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
 		return srv.(MigrationJobServiceServer).CreateMigrationJobs(ctx, req.(*CreateMigrationJobsRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _MigrationJobService_PreviewMigrationJobs_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(PreviewMigrationJobsRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(MigrationJobServiceServer).PreviewMigrationJobs(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: MigrationJobService_PreviewMigrationJobs_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(MigrationJobServiceServer).PreviewMigrationJobs(ctx, req.(*PreviewMigrationJobsRequest))
 	}
 	return interceptor(ctx, in, info, handler)
 }
@@ -336,6 +374,10 @@ var MigrationJobService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "CreateMigrationJobs",
 			Handler:    _MigrationJobService_CreateMigrationJobs_Handler,
+		},
+		{
+			MethodName: "PreviewMigrationJobs",
+			Handler:    _MigrationJobService_PreviewMigrationJobs_Handler,
 		},
 		{
 			MethodName: "GetMigrationJob",

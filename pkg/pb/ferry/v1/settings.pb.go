@@ -90,8 +90,11 @@ type Settings struct {
 	// How long a VMware guest shutdown may take before the VM is powered
 	// off; default 10 min.
 	GuestShutdownTimeout *durationpb.Duration `protobuf:"bytes,6,opt,name=guest_shutdown_timeout,json=guestShutdownTimeout,proto3" json:"guest_shutdown_timeout,omitempty"`
-	unknownFields        protoimpl.UnknownFields
-	sizeCache            protoimpl.SizeCache
+	// How often the leader syncs the inventory of every source through an
+	// agent; default 5 min.
+	InventorySyncInterval *durationpb.Duration `protobuf:"bytes,7,opt,name=inventory_sync_interval,json=inventorySyncInterval,proto3" json:"inventory_sync_interval,omitempty"`
+	unknownFields         protoimpl.UnknownFields
+	sizeCache             protoimpl.SizeCache
 }
 
 func (x *Settings) Reset() {
@@ -162,6 +165,13 @@ func (x *Settings) GetAgentGracePeriod() *durationpb.Duration {
 func (x *Settings) GetGuestShutdownTimeout() *durationpb.Duration {
 	if x != nil {
 		return x.GuestShutdownTimeout
+	}
+	return nil
+}
+
+func (x *Settings) GetInventorySyncInterval() *durationpb.Duration {
+	if x != nil {
+		return x.InventorySyncInterval
 	}
 	return nil
 }
@@ -346,14 +356,15 @@ var File_ferry_v1_settings_proto protoreflect.FileDescriptor
 
 const file_ferry_v1_settings_proto_rawDesc = "" +
 	"\n" +
-	"\x17ferry/v1/settings.proto\x12\bferry.v1\x1a\x1egoogle/protobuf/duration.proto\x1a google/protobuf/field_mask.proto\"\x81\x03\n" +
+	"\x17ferry/v1/settings.proto\x12\bferry.v1\x1a\x1egoogle/protobuf/duration.proto\x1a google/protobuf/field_mask.proto\"\xd4\x03\n" +
 	"\bSettings\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12'\n" +
 	"\x0fjob_parallelism\x18\x02 \x01(\x05R\x0ejobParallelism\x12B\n" +
 	"\x0fcache_retention\x18\x03 \x01(\v2\x19.google.protobuf.DurationR\x0ecacheRetention\x12Z\n" +
 	"\x18host_allocation_strategy\x18\x04 \x01(\x0e2 .ferry.v1.HostAllocationStrategyR\x16hostAllocationStrategy\x12G\n" +
 	"\x12agent_grace_period\x18\x05 \x01(\v2\x19.google.protobuf.DurationR\x10agentGracePeriod\x12O\n" +
-	"\x16guest_shutdown_timeout\x18\x06 \x01(\v2\x19.google.protobuf.DurationR\x14guestShutdownTimeout\"\x14\n" +
+	"\x16guest_shutdown_timeout\x18\x06 \x01(\v2\x19.google.protobuf.DurationR\x14guestShutdownTimeout\x12Q\n" +
+	"\x17inventory_sync_interval\x18\a \x01(\v2\x19.google.protobuf.DurationR\x15inventorySyncInterval\"\x14\n" +
 	"\x12GetSettingsRequest\"E\n" +
 	"\x13GetSettingsResponse\x12.\n" +
 	"\bsettings\x18\x01 \x01(\v2\x12.ferry.v1.SettingsR\bsettings\"\x84\x01\n" +
@@ -401,19 +412,20 @@ var file_ferry_v1_settings_proto_depIdxs = []int32{
 	0,  // 1: ferry.v1.Settings.host_allocation_strategy:type_name -> ferry.v1.HostAllocationStrategy
 	6,  // 2: ferry.v1.Settings.agent_grace_period:type_name -> google.protobuf.Duration
 	6,  // 3: ferry.v1.Settings.guest_shutdown_timeout:type_name -> google.protobuf.Duration
-	1,  // 4: ferry.v1.GetSettingsResponse.settings:type_name -> ferry.v1.Settings
-	1,  // 5: ferry.v1.UpdateSettingsRequest.settings:type_name -> ferry.v1.Settings
-	7,  // 6: ferry.v1.UpdateSettingsRequest.update_mask:type_name -> google.protobuf.FieldMask
-	1,  // 7: ferry.v1.UpdateSettingsResponse.settings:type_name -> ferry.v1.Settings
-	2,  // 8: ferry.v1.SettingsService.GetSettings:input_type -> ferry.v1.GetSettingsRequest
-	4,  // 9: ferry.v1.SettingsService.UpdateSettings:input_type -> ferry.v1.UpdateSettingsRequest
-	3,  // 10: ferry.v1.SettingsService.GetSettings:output_type -> ferry.v1.GetSettingsResponse
-	5,  // 11: ferry.v1.SettingsService.UpdateSettings:output_type -> ferry.v1.UpdateSettingsResponse
-	10, // [10:12] is the sub-list for method output_type
-	8,  // [8:10] is the sub-list for method input_type
-	8,  // [8:8] is the sub-list for extension type_name
-	8,  // [8:8] is the sub-list for extension extendee
-	0,  // [0:8] is the sub-list for field type_name
+	6,  // 4: ferry.v1.Settings.inventory_sync_interval:type_name -> google.protobuf.Duration
+	1,  // 5: ferry.v1.GetSettingsResponse.settings:type_name -> ferry.v1.Settings
+	1,  // 6: ferry.v1.UpdateSettingsRequest.settings:type_name -> ferry.v1.Settings
+	7,  // 7: ferry.v1.UpdateSettingsRequest.update_mask:type_name -> google.protobuf.FieldMask
+	1,  // 8: ferry.v1.UpdateSettingsResponse.settings:type_name -> ferry.v1.Settings
+	2,  // 9: ferry.v1.SettingsService.GetSettings:input_type -> ferry.v1.GetSettingsRequest
+	4,  // 10: ferry.v1.SettingsService.UpdateSettings:input_type -> ferry.v1.UpdateSettingsRequest
+	3,  // 11: ferry.v1.SettingsService.GetSettings:output_type -> ferry.v1.GetSettingsResponse
+	5,  // 12: ferry.v1.SettingsService.UpdateSettings:output_type -> ferry.v1.UpdateSettingsResponse
+	11, // [11:13] is the sub-list for method output_type
+	9,  // [9:11] is the sub-list for method input_type
+	9,  // [9:9] is the sub-list for extension type_name
+	9,  // [9:9] is the sub-list for extension extendee
+	0,  // [0:9] is the sub-list for field type_name
 }
 
 func init() { file_ferry_v1_settings_proto_init() }

@@ -125,6 +125,121 @@ func (SourceVmState) EnumDescriptor() ([]byte, []int) {
 	return file_ferry_v1_source_proto_rawDescGZIP(), []int{1}
 }
 
+// SourceNetworkType tells standard from distributed portgroups.
+type SourceNetworkType int32
+
+const (
+	SourceNetworkType_SOURCE_NETWORK_TYPE_UNSPECIFIED SourceNetworkType = 0
+	// A standard vSwitch portgroup (VMware Network), or a libvirt network.
+	SourceNetworkType_SOURCE_NETWORK_TYPE_STANDARD SourceNetworkType = 1
+	// A distributed portgroup.
+	SourceNetworkType_SOURCE_NETWORK_TYPE_DISTRIBUTED SourceNetworkType = 2
+	// An NSX opaque network.
+	SourceNetworkType_SOURCE_NETWORK_TYPE_OPAQUE SourceNetworkType = 3
+)
+
+// Enum value maps for SourceNetworkType.
+var (
+	SourceNetworkType_name = map[int32]string{
+		0: "SOURCE_NETWORK_TYPE_UNSPECIFIED",
+		1: "SOURCE_NETWORK_TYPE_STANDARD",
+		2: "SOURCE_NETWORK_TYPE_DISTRIBUTED",
+		3: "SOURCE_NETWORK_TYPE_OPAQUE",
+	}
+	SourceNetworkType_value = map[string]int32{
+		"SOURCE_NETWORK_TYPE_UNSPECIFIED": 0,
+		"SOURCE_NETWORK_TYPE_STANDARD":    1,
+		"SOURCE_NETWORK_TYPE_DISTRIBUTED": 2,
+		"SOURCE_NETWORK_TYPE_OPAQUE":      3,
+	}
+)
+
+func (x SourceNetworkType) Enum() *SourceNetworkType {
+	p := new(SourceNetworkType)
+	*p = x
+	return p
+}
+
+func (x SourceNetworkType) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (SourceNetworkType) Descriptor() protoreflect.EnumDescriptor {
+	return file_ferry_v1_source_proto_enumTypes[2].Descriptor()
+}
+
+func (SourceNetworkType) Type() protoreflect.EnumType {
+	return &file_ferry_v1_source_proto_enumTypes[2]
+}
+
+func (x SourceNetworkType) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use SourceNetworkType.Descriptor instead.
+func (SourceNetworkType) EnumDescriptor() ([]byte, []int) {
+	return file_ferry_v1_source_proto_rawDescGZIP(), []int{2}
+}
+
+// SourceObjectKind names a kind of inventory object.
+type SourceObjectKind int32
+
+const (
+	SourceObjectKind_SOURCE_OBJECT_KIND_UNSPECIFIED SourceObjectKind = 0
+	SourceObjectKind_SOURCE_OBJECT_KIND_DATACENTER  SourceObjectKind = 1
+	SourceObjectKind_SOURCE_OBJECT_KIND_CLUSTER     SourceObjectKind = 2
+	SourceObjectKind_SOURCE_OBJECT_KIND_HOST        SourceObjectKind = 3
+	SourceObjectKind_SOURCE_OBJECT_KIND_NETWORK     SourceObjectKind = 4
+	SourceObjectKind_SOURCE_OBJECT_KIND_DATASTORE   SourceObjectKind = 5
+)
+
+// Enum value maps for SourceObjectKind.
+var (
+	SourceObjectKind_name = map[int32]string{
+		0: "SOURCE_OBJECT_KIND_UNSPECIFIED",
+		1: "SOURCE_OBJECT_KIND_DATACENTER",
+		2: "SOURCE_OBJECT_KIND_CLUSTER",
+		3: "SOURCE_OBJECT_KIND_HOST",
+		4: "SOURCE_OBJECT_KIND_NETWORK",
+		5: "SOURCE_OBJECT_KIND_DATASTORE",
+	}
+	SourceObjectKind_value = map[string]int32{
+		"SOURCE_OBJECT_KIND_UNSPECIFIED": 0,
+		"SOURCE_OBJECT_KIND_DATACENTER":  1,
+		"SOURCE_OBJECT_KIND_CLUSTER":     2,
+		"SOURCE_OBJECT_KIND_HOST":        3,
+		"SOURCE_OBJECT_KIND_NETWORK":     4,
+		"SOURCE_OBJECT_KIND_DATASTORE":   5,
+	}
+)
+
+func (x SourceObjectKind) Enum() *SourceObjectKind {
+	p := new(SourceObjectKind)
+	*p = x
+	return p
+}
+
+func (x SourceObjectKind) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (SourceObjectKind) Descriptor() protoreflect.EnumDescriptor {
+	return file_ferry_v1_source_proto_enumTypes[3].Descriptor()
+}
+
+func (SourceObjectKind) Type() protoreflect.EnumType {
+	return &file_ferry_v1_source_proto_enumTypes[3]
+}
+
+func (x SourceObjectKind) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use SourceObjectKind.Descriptor instead.
+func (SourceObjectKind) EnumDescriptor() ([]byte, []int) {
+	return file_ferry_v1_source_proto_rawDescGZIP(), []int{3}
+}
+
 // Source is a connection profile of a vCenter or a KVM host.
 type Source struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -135,8 +250,17 @@ type Source struct {
 	// Set when type is PLATFORM_VMWARE.
 	Vcenter *VCenterConnection `protobuf:"bytes,4,opt,name=vcenter,proto3" json:"vcenter,omitempty"`
 	// Set when type is PLATFORM_KVM.
-	Kvm           *KvmConnection         `protobuf:"bytes,5,opt,name=kvm,proto3" json:"kvm,omitempty"`
-	CreateTime    *timestamppb.Timestamp `protobuf:"bytes,6,opt,name=create_time,json=createTime,proto3" json:"create_time,omitempty"`
+	Kvm        *KvmConnection         `protobuf:"bytes,5,opt,name=kvm,proto3" json:"kvm,omitempty"`
+	CreateTime *timestamppb.Timestamp `protobuf:"bytes,6,opt,name=create_time,json=createTime,proto3" json:"create_time,omitempty"`
+	// Output only: when the inventory was last synced successfully.
+	LastSyncTime *timestamppb.Timestamp `protobuf:"bytes,7,opt,name=last_sync_time,json=lastSyncTime,proto3" json:"last_sync_time,omitempty"`
+	// Output only: why the last sync failed; empty when it succeeded.
+	LastSyncError string `protobuf:"bytes,8,opt,name=last_sync_error,json=lastSyncError,proto3" json:"last_sync_error,omitempty"`
+	// Output only: when the last sync, successful or not, was recorded.
+	LastSyncAttemptTime *timestamppb.Timestamp `protobuf:"bytes,9,opt,name=last_sync_attempt_time,json=lastSyncAttemptTime,proto3" json:"last_sync_attempt_time,omitempty"`
+	// Output only: the product and versions the last successful sync found
+	// (vCenter or ESXi About; libvirt on KVM).
+	Product       *SourceProduct `protobuf:"bytes,10,opt,name=product,proto3" json:"product,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -209,6 +333,34 @@ func (x *Source) GetKvm() *KvmConnection {
 func (x *Source) GetCreateTime() *timestamppb.Timestamp {
 	if x != nil {
 		return x.CreateTime
+	}
+	return nil
+}
+
+func (x *Source) GetLastSyncTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.LastSyncTime
+	}
+	return nil
+}
+
+func (x *Source) GetLastSyncError() string {
+	if x != nil {
+		return x.LastSyncError
+	}
+	return ""
+}
+
+func (x *Source) GetLastSyncAttemptTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.LastSyncAttemptTime
+	}
+	return nil
+}
+
+func (x *Source) GetProduct() *SourceProduct {
+	if x != nil {
+		return x.Product
 	}
 	return nil
 }
@@ -1269,8 +1421,22 @@ type ListSourceVMsRequest struct {
 	// Optional migrationServers/{migration_server} whose agent connects to
 	// the source; default any enabled, connected server of the source's type.
 	MigrationServer string `protobuf:"bytes,2,opt,name=migration_server,json=migrationServer,proto3" json:"migration_server,omitempty"`
-	unknownFields   protoimpl.UnknownFields
-	sizeCache       protoimpl.SizeCache
+	// Sync the source first (on the leader, through an agent).
+	Refresh bool `protobuf:"varint,3,opt,name=refresh,proto3" json:"refresh,omitempty"`
+	// Case-insensitive substring of the VM's name.
+	NameContains string `protobuf:"bytes,4,opt,name=name_contains,json=nameContains,proto3" json:"name_contains,omitempty"`
+	// Only VMs in this power state.
+	State SourceVmState `protobuf:"varint,5,opt,name=state,proto3,enum=ferry.v1.SourceVmState" json:"state,omitempty"`
+	// Only templates (true) or only VMs that are not (false); both when unset.
+	Template *bool `protobuf:"varint,6,opt,name=template,proto3,oneof" json:"template,omitempty"`
+	// Exact datacenter, cluster and host names.
+	Datacenter    string `protobuf:"bytes,7,opt,name=datacenter,proto3" json:"datacenter,omitempty"`
+	Cluster       string `protobuf:"bytes,8,opt,name=cluster,proto3" json:"cluster,omitempty"`
+	Host          string `protobuf:"bytes,9,opt,name=host,proto3" json:"host,omitempty"`
+	PageSize      int32  `protobuf:"varint,10,opt,name=page_size,json=pageSize,proto3" json:"page_size,omitempty"`
+	PageToken     string `protobuf:"bytes,11,opt,name=page_token,json=pageToken,proto3" json:"page_token,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *ListSourceVMsRequest) Reset() {
@@ -1317,9 +1483,75 @@ func (x *ListSourceVMsRequest) GetMigrationServer() string {
 	return ""
 }
 
+func (x *ListSourceVMsRequest) GetRefresh() bool {
+	if x != nil {
+		return x.Refresh
+	}
+	return false
+}
+
+func (x *ListSourceVMsRequest) GetNameContains() string {
+	if x != nil {
+		return x.NameContains
+	}
+	return ""
+}
+
+func (x *ListSourceVMsRequest) GetState() SourceVmState {
+	if x != nil {
+		return x.State
+	}
+	return SourceVmState_SOURCE_VM_STATE_UNSPECIFIED
+}
+
+func (x *ListSourceVMsRequest) GetTemplate() bool {
+	if x != nil && x.Template != nil {
+		return *x.Template
+	}
+	return false
+}
+
+func (x *ListSourceVMsRequest) GetDatacenter() string {
+	if x != nil {
+		return x.Datacenter
+	}
+	return ""
+}
+
+func (x *ListSourceVMsRequest) GetCluster() string {
+	if x != nil {
+		return x.Cluster
+	}
+	return ""
+}
+
+func (x *ListSourceVMsRequest) GetHost() string {
+	if x != nil {
+		return x.Host
+	}
+	return ""
+}
+
+func (x *ListSourceVMsRequest) GetPageSize() int32 {
+	if x != nil {
+		return x.PageSize
+	}
+	return 0
+}
+
+func (x *ListSourceVMsRequest) GetPageToken() string {
+	if x != nil {
+		return x.PageToken
+	}
+	return ""
+}
+
 type ListSourceVMsResponse struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Vms           []*SourceVm            `protobuf:"bytes,1,rep,name=vms,proto3" json:"vms,omitempty"`
+	NextPageToken string                 `protobuf:"bytes,2,opt,name=next_page_token,json=nextPageToken,proto3" json:"next_page_token,omitempty"`
+	// When the inventory listed was synced.
+	SyncTime      *timestamppb.Timestamp `protobuf:"bytes,3,opt,name=sync_time,json=syncTime,proto3" json:"sync_time,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1357,6 +1589,20 @@ func (*ListSourceVMsResponse) Descriptor() ([]byte, []int) {
 func (x *ListSourceVMsResponse) GetVms() []*SourceVm {
 	if x != nil {
 		return x.Vms
+	}
+	return nil
+}
+
+func (x *ListSourceVMsResponse) GetNextPageToken() string {
+	if x != nil {
+		return x.NextPageToken
+	}
+	return ""
+}
+
+func (x *ListSourceVMsResponse) GetSyncTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.SyncTime
 	}
 	return nil
 }
@@ -1735,11 +1981,1025 @@ func (x *SourceNic) GetIpAddresses() []string {
 	return nil
 }
 
+// SourceProduct is what a source hypervisor says it is: vCenter or ESXi
+// (VMware's About), or libvirt on a KVM host.
+type SourceProduct struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// "VMware vCenter Server 8.0.2 build-...", "libvirt 9.0.0 (QEMU 7.2.0)".
+	FullName string `protobuf:"bytes,1,opt,name=full_name,json=fullName,proto3" json:"full_name,omitempty"`
+	// Product version, e.g. "8.0.2" or "9.0.0".
+	Version string `protobuf:"bytes,2,opt,name=version,proto3" json:"version,omitempty"`
+	Build   string `protobuf:"bytes,3,opt,name=build,proto3" json:"build,omitempty"`
+	// VMware API version (e.g. "8.0.2.0"); the libvirt version on KVM.
+	ApiVersion string `protobuf:"bytes,4,opt,name=api_version,json=apiVersion,proto3" json:"api_version,omitempty"`
+	// "VirtualCenter" or "HostAgent" (VMware), "libvirt" (KVM).
+	ApiType       string `protobuf:"bytes,5,opt,name=api_type,json=apiType,proto3" json:"api_type,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SourceProduct) Reset() {
+	*x = SourceProduct{}
+	mi := &file_ferry_v1_source_proto_msgTypes[25]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SourceProduct) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SourceProduct) ProtoMessage() {}
+
+func (x *SourceProduct) ProtoReflect() protoreflect.Message {
+	mi := &file_ferry_v1_source_proto_msgTypes[25]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SourceProduct.ProtoReflect.Descriptor instead.
+func (*SourceProduct) Descriptor() ([]byte, []int) {
+	return file_ferry_v1_source_proto_rawDescGZIP(), []int{25}
+}
+
+func (x *SourceProduct) GetFullName() string {
+	if x != nil {
+		return x.FullName
+	}
+	return ""
+}
+
+func (x *SourceProduct) GetVersion() string {
+	if x != nil {
+		return x.Version
+	}
+	return ""
+}
+
+func (x *SourceProduct) GetBuild() string {
+	if x != nil {
+		return x.Build
+	}
+	return ""
+}
+
+func (x *SourceProduct) GetApiVersion() string {
+	if x != nil {
+		return x.ApiVersion
+	}
+	return ""
+}
+
+func (x *SourceProduct) GetApiType() string {
+	if x != nil {
+		return x.ApiType
+	}
+	return ""
+}
+
+// SourceDatacenter is a VMware datacenter.
+type SourceDatacenter struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Managed object id (datacenter-2).
+	Id            string `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	Name          string `protobuf:"bytes,2,opt,name=name,proto3" json:"name,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SourceDatacenter) Reset() {
+	*x = SourceDatacenter{}
+	mi := &file_ferry_v1_source_proto_msgTypes[26]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SourceDatacenter) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SourceDatacenter) ProtoMessage() {}
+
+func (x *SourceDatacenter) ProtoReflect() protoreflect.Message {
+	mi := &file_ferry_v1_source_proto_msgTypes[26]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SourceDatacenter.ProtoReflect.Descriptor instead.
+func (*SourceDatacenter) Descriptor() ([]byte, []int) {
+	return file_ferry_v1_source_proto_rawDescGZIP(), []int{26}
+}
+
+func (x *SourceDatacenter) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+func (x *SourceDatacenter) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+// SourceCluster is a VMware compute cluster.
+type SourceCluster struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Id    string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	Name  string                 `protobuf:"bytes,2,opt,name=name,proto3" json:"name,omitempty"`
+	// Datacenter name.
+	Datacenter    string `protobuf:"bytes,3,opt,name=datacenter,proto3" json:"datacenter,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SourceCluster) Reset() {
+	*x = SourceCluster{}
+	mi := &file_ferry_v1_source_proto_msgTypes[27]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SourceCluster) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SourceCluster) ProtoMessage() {}
+
+func (x *SourceCluster) ProtoReflect() protoreflect.Message {
+	mi := &file_ferry_v1_source_proto_msgTypes[27]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SourceCluster.ProtoReflect.Descriptor instead.
+func (*SourceCluster) Descriptor() ([]byte, []int) {
+	return file_ferry_v1_source_proto_rawDescGZIP(), []int{27}
+}
+
+func (x *SourceCluster) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+func (x *SourceCluster) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *SourceCluster) GetDatacenter() string {
+	if x != nil {
+		return x.Datacenter
+	}
+	return ""
+}
+
+// SourceHost is an ESXi host, or the KVM host itself.
+type SourceHost struct {
+	state      protoimpl.MessageState `protogen:"open.v1"`
+	Id         string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	Name       string                 `protobuf:"bytes,2,opt,name=name,proto3" json:"name,omitempty"`
+	Datacenter string                 `protobuf:"bytes,3,opt,name=datacenter,proto3" json:"datacenter,omitempty"`
+	// Cluster name, empty for a standalone host.
+	Cluster         string `protobuf:"bytes,4,opt,name=cluster,proto3" json:"cluster,omitempty"`
+	MaintenanceMode bool   `protobuf:"varint,5,opt,name=maintenance_mode,json=maintenanceMode,proto3" json:"maintenance_mode,omitempty"`
+	// ESXi (or libvirt) version and build.
+	Version string `protobuf:"bytes,6,opt,name=version,proto3" json:"version,omitempty"`
+	Build   string `protobuf:"bytes,7,opt,name=build,proto3" json:"build,omitempty"`
+	// connected, disconnected, notResponding (VMware); empty on KVM.
+	ConnectionState string `protobuf:"bytes,8,opt,name=connection_state,json=connectionState,proto3" json:"connection_state,omitempty"`
+	Cpus            int32  `protobuf:"varint,9,opt,name=cpus,proto3" json:"cpus,omitempty"`
+	MemoryBytes     int64  `protobuf:"varint,10,opt,name=memory_bytes,json=memoryBytes,proto3" json:"memory_bytes,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
+}
+
+func (x *SourceHost) Reset() {
+	*x = SourceHost{}
+	mi := &file_ferry_v1_source_proto_msgTypes[28]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SourceHost) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SourceHost) ProtoMessage() {}
+
+func (x *SourceHost) ProtoReflect() protoreflect.Message {
+	mi := &file_ferry_v1_source_proto_msgTypes[28]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SourceHost.ProtoReflect.Descriptor instead.
+func (*SourceHost) Descriptor() ([]byte, []int) {
+	return file_ferry_v1_source_proto_rawDescGZIP(), []int{28}
+}
+
+func (x *SourceHost) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+func (x *SourceHost) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *SourceHost) GetDatacenter() string {
+	if x != nil {
+		return x.Datacenter
+	}
+	return ""
+}
+
+func (x *SourceHost) GetCluster() string {
+	if x != nil {
+		return x.Cluster
+	}
+	return ""
+}
+
+func (x *SourceHost) GetMaintenanceMode() bool {
+	if x != nil {
+		return x.MaintenanceMode
+	}
+	return false
+}
+
+func (x *SourceHost) GetVersion() string {
+	if x != nil {
+		return x.Version
+	}
+	return ""
+}
+
+func (x *SourceHost) GetBuild() string {
+	if x != nil {
+		return x.Build
+	}
+	return ""
+}
+
+func (x *SourceHost) GetConnectionState() string {
+	if x != nil {
+		return x.ConnectionState
+	}
+	return ""
+}
+
+func (x *SourceHost) GetCpus() int32 {
+	if x != nil {
+		return x.Cpus
+	}
+	return 0
+}
+
+func (x *SourceHost) GetMemoryBytes() int64 {
+	if x != nil {
+		return x.MemoryBytes
+	}
+	return 0
+}
+
+// SourceNetwork is a portgroup VMs can be on.
+type SourceNetwork struct {
+	state      protoimpl.MessageState `protogen:"open.v1"`
+	Id         string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	Name       string                 `protobuf:"bytes,2,opt,name=name,proto3" json:"name,omitempty"`
+	Type       SourceNetworkType      `protobuf:"varint,3,opt,name=type,proto3,enum=ferry.v1.SourceNetworkType" json:"type,omitempty"`
+	Datacenter string                 `protobuf:"bytes,4,opt,name=datacenter,proto3" json:"datacenter,omitempty"`
+	// Distributed switch name of a distributed portgroup.
+	Switch string `protobuf:"bytes,5,opt,name=switch,proto3" json:"switch,omitempty"`
+	// Distributed portgroup key (dvportgroup-13).
+	Key           string `protobuf:"bytes,6,opt,name=key,proto3" json:"key,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SourceNetwork) Reset() {
+	*x = SourceNetwork{}
+	mi := &file_ferry_v1_source_proto_msgTypes[29]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SourceNetwork) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SourceNetwork) ProtoMessage() {}
+
+func (x *SourceNetwork) ProtoReflect() protoreflect.Message {
+	mi := &file_ferry_v1_source_proto_msgTypes[29]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SourceNetwork.ProtoReflect.Descriptor instead.
+func (*SourceNetwork) Descriptor() ([]byte, []int) {
+	return file_ferry_v1_source_proto_rawDescGZIP(), []int{29}
+}
+
+func (x *SourceNetwork) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+func (x *SourceNetwork) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *SourceNetwork) GetType() SourceNetworkType {
+	if x != nil {
+		return x.Type
+	}
+	return SourceNetworkType_SOURCE_NETWORK_TYPE_UNSPECIFIED
+}
+
+func (x *SourceNetwork) GetDatacenter() string {
+	if x != nil {
+		return x.Datacenter
+	}
+	return ""
+}
+
+func (x *SourceNetwork) GetSwitch() string {
+	if x != nil {
+		return x.Switch
+	}
+	return ""
+}
+
+func (x *SourceNetwork) GetKey() string {
+	if x != nil {
+		return x.Key
+	}
+	return ""
+}
+
+// SourceDatastore is a VMware datastore (or a libvirt storage pool).
+type SourceDatastore struct {
+	state      protoimpl.MessageState `protogen:"open.v1"`
+	Id         string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	Name       string                 `protobuf:"bytes,2,opt,name=name,proto3" json:"name,omitempty"`
+	Datacenter string                 `protobuf:"bytes,3,opt,name=datacenter,proto3" json:"datacenter,omitempty"`
+	// VMFS, NFS, vsan, local (VMware); dir, logical... (libvirt pools).
+	Type          string `protobuf:"bytes,4,opt,name=type,proto3" json:"type,omitempty"`
+	CapacityBytes int64  `protobuf:"varint,5,opt,name=capacity_bytes,json=capacityBytes,proto3" json:"capacity_bytes,omitempty"`
+	FreeBytes     int64  `protobuf:"varint,6,opt,name=free_bytes,json=freeBytes,proto3" json:"free_bytes,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SourceDatastore) Reset() {
+	*x = SourceDatastore{}
+	mi := &file_ferry_v1_source_proto_msgTypes[30]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SourceDatastore) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SourceDatastore) ProtoMessage() {}
+
+func (x *SourceDatastore) ProtoReflect() protoreflect.Message {
+	mi := &file_ferry_v1_source_proto_msgTypes[30]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SourceDatastore.ProtoReflect.Descriptor instead.
+func (*SourceDatastore) Descriptor() ([]byte, []int) {
+	return file_ferry_v1_source_proto_rawDescGZIP(), []int{30}
+}
+
+func (x *SourceDatastore) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+func (x *SourceDatastore) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *SourceDatastore) GetDatacenter() string {
+	if x != nil {
+		return x.Datacenter
+	}
+	return ""
+}
+
+func (x *SourceDatastore) GetType() string {
+	if x != nil {
+		return x.Type
+	}
+	return ""
+}
+
+func (x *SourceDatastore) GetCapacityBytes() int64 {
+	if x != nil {
+		return x.CapacityBytes
+	}
+	return 0
+}
+
+func (x *SourceDatastore) GetFreeBytes() int64 {
+	if x != nil {
+		return x.FreeBytes
+	}
+	return 0
+}
+
+// SourceInventory is what the last successful sync found at a source.
+type SourceInventory struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// sources/{source}
+	Source string `protobuf:"bytes,1,opt,name=source,proto3" json:"source,omitempty"`
+	// Stamped by the leader when the sync was recorded.
+	SyncTime      *timestamppb.Timestamp `protobuf:"bytes,2,opt,name=sync_time,json=syncTime,proto3" json:"sync_time,omitempty"`
+	Product       *SourceProduct         `protobuf:"bytes,3,opt,name=product,proto3" json:"product,omitempty"`
+	Datacenters   []*SourceDatacenter    `protobuf:"bytes,4,rep,name=datacenters,proto3" json:"datacenters,omitempty"`
+	Clusters      []*SourceCluster       `protobuf:"bytes,5,rep,name=clusters,proto3" json:"clusters,omitempty"`
+	Hosts         []*SourceHost          `protobuf:"bytes,6,rep,name=hosts,proto3" json:"hosts,omitempty"`
+	Vms           []*SourceVm            `protobuf:"bytes,7,rep,name=vms,proto3" json:"vms,omitempty"`
+	Networks      []*SourceNetwork       `protobuf:"bytes,8,rep,name=networks,proto3" json:"networks,omitempty"`
+	Datastores    []*SourceDatastore     `protobuf:"bytes,9,rep,name=datastores,proto3" json:"datastores,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SourceInventory) Reset() {
+	*x = SourceInventory{}
+	mi := &file_ferry_v1_source_proto_msgTypes[31]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SourceInventory) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SourceInventory) ProtoMessage() {}
+
+func (x *SourceInventory) ProtoReflect() protoreflect.Message {
+	mi := &file_ferry_v1_source_proto_msgTypes[31]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SourceInventory.ProtoReflect.Descriptor instead.
+func (*SourceInventory) Descriptor() ([]byte, []int) {
+	return file_ferry_v1_source_proto_rawDescGZIP(), []int{31}
+}
+
+func (x *SourceInventory) GetSource() string {
+	if x != nil {
+		return x.Source
+	}
+	return ""
+}
+
+func (x *SourceInventory) GetSyncTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.SyncTime
+	}
+	return nil
+}
+
+func (x *SourceInventory) GetProduct() *SourceProduct {
+	if x != nil {
+		return x.Product
+	}
+	return nil
+}
+
+func (x *SourceInventory) GetDatacenters() []*SourceDatacenter {
+	if x != nil {
+		return x.Datacenters
+	}
+	return nil
+}
+
+func (x *SourceInventory) GetClusters() []*SourceCluster {
+	if x != nil {
+		return x.Clusters
+	}
+	return nil
+}
+
+func (x *SourceInventory) GetHosts() []*SourceHost {
+	if x != nil {
+		return x.Hosts
+	}
+	return nil
+}
+
+func (x *SourceInventory) GetVms() []*SourceVm {
+	if x != nil {
+		return x.Vms
+	}
+	return nil
+}
+
+func (x *SourceInventory) GetNetworks() []*SourceNetwork {
+	if x != nil {
+		return x.Networks
+	}
+	return nil
+}
+
+func (x *SourceInventory) GetDatastores() []*SourceDatastore {
+	if x != nil {
+		return x.Datastores
+	}
+	return nil
+}
+
+// SourceObject is one inventory object other than a VM.
+type SourceObject struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Kind  SourceObjectKind       `protobuf:"varint,1,opt,name=kind,proto3,enum=ferry.v1.SourceObjectKind" json:"kind,omitempty"`
+	// Types that are valid to be assigned to Object:
+	//
+	//	*SourceObject_Datacenter
+	//	*SourceObject_Cluster
+	//	*SourceObject_Host
+	//	*SourceObject_Network
+	//	*SourceObject_Datastore
+	Object        isSourceObject_Object `protobuf_oneof:"object"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SourceObject) Reset() {
+	*x = SourceObject{}
+	mi := &file_ferry_v1_source_proto_msgTypes[32]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SourceObject) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SourceObject) ProtoMessage() {}
+
+func (x *SourceObject) ProtoReflect() protoreflect.Message {
+	mi := &file_ferry_v1_source_proto_msgTypes[32]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SourceObject.ProtoReflect.Descriptor instead.
+func (*SourceObject) Descriptor() ([]byte, []int) {
+	return file_ferry_v1_source_proto_rawDescGZIP(), []int{32}
+}
+
+func (x *SourceObject) GetKind() SourceObjectKind {
+	if x != nil {
+		return x.Kind
+	}
+	return SourceObjectKind_SOURCE_OBJECT_KIND_UNSPECIFIED
+}
+
+func (x *SourceObject) GetObject() isSourceObject_Object {
+	if x != nil {
+		return x.Object
+	}
+	return nil
+}
+
+func (x *SourceObject) GetDatacenter() *SourceDatacenter {
+	if x != nil {
+		if x, ok := x.Object.(*SourceObject_Datacenter); ok {
+			return x.Datacenter
+		}
+	}
+	return nil
+}
+
+func (x *SourceObject) GetCluster() *SourceCluster {
+	if x != nil {
+		if x, ok := x.Object.(*SourceObject_Cluster); ok {
+			return x.Cluster
+		}
+	}
+	return nil
+}
+
+func (x *SourceObject) GetHost() *SourceHost {
+	if x != nil {
+		if x, ok := x.Object.(*SourceObject_Host); ok {
+			return x.Host
+		}
+	}
+	return nil
+}
+
+func (x *SourceObject) GetNetwork() *SourceNetwork {
+	if x != nil {
+		if x, ok := x.Object.(*SourceObject_Network); ok {
+			return x.Network
+		}
+	}
+	return nil
+}
+
+func (x *SourceObject) GetDatastore() *SourceDatastore {
+	if x != nil {
+		if x, ok := x.Object.(*SourceObject_Datastore); ok {
+			return x.Datastore
+		}
+	}
+	return nil
+}
+
+type isSourceObject_Object interface {
+	isSourceObject_Object()
+}
+
+type SourceObject_Datacenter struct {
+	Datacenter *SourceDatacenter `protobuf:"bytes,2,opt,name=datacenter,proto3,oneof"`
+}
+
+type SourceObject_Cluster struct {
+	Cluster *SourceCluster `protobuf:"bytes,3,opt,name=cluster,proto3,oneof"`
+}
+
+type SourceObject_Host struct {
+	Host *SourceHost `protobuf:"bytes,4,opt,name=host,proto3,oneof"`
+}
+
+type SourceObject_Network struct {
+	Network *SourceNetwork `protobuf:"bytes,5,opt,name=network,proto3,oneof"`
+}
+
+type SourceObject_Datastore struct {
+	Datastore *SourceDatastore `protobuf:"bytes,6,opt,name=datastore,proto3,oneof"`
+}
+
+func (*SourceObject_Datacenter) isSourceObject_Object() {}
+
+func (*SourceObject_Cluster) isSourceObject_Object() {}
+
+func (*SourceObject_Host) isSourceObject_Object() {}
+
+func (*SourceObject_Network) isSourceObject_Object() {}
+
+func (*SourceObject_Datastore) isSourceObject_Object() {}
+
+type SyncSourceRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// sources/{source}
+	Name string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	// Optional migrationServers/{migration_server} whose agent connects to
+	// the source; default any enabled, connected server of the source's type.
+	MigrationServer string `protobuf:"bytes,2,opt,name=migration_server,json=migrationServer,proto3" json:"migration_server,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
+}
+
+func (x *SyncSourceRequest) Reset() {
+	*x = SyncSourceRequest{}
+	mi := &file_ferry_v1_source_proto_msgTypes[33]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SyncSourceRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SyncSourceRequest) ProtoMessage() {}
+
+func (x *SyncSourceRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_ferry_v1_source_proto_msgTypes[33]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SyncSourceRequest.ProtoReflect.Descriptor instead.
+func (*SyncSourceRequest) Descriptor() ([]byte, []int) {
+	return file_ferry_v1_source_proto_rawDescGZIP(), []int{33}
+}
+
+func (x *SyncSourceRequest) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *SyncSourceRequest) GetMigrationServer() string {
+	if x != nil {
+		return x.MigrationServer
+	}
+	return ""
+}
+
+type SyncSourceResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The source with its new last_sync_time and product.
+	Source        *Source `protobuf:"bytes,1,opt,name=source,proto3" json:"source,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SyncSourceResponse) Reset() {
+	*x = SyncSourceResponse{}
+	mi := &file_ferry_v1_source_proto_msgTypes[34]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SyncSourceResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SyncSourceResponse) ProtoMessage() {}
+
+func (x *SyncSourceResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_ferry_v1_source_proto_msgTypes[34]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SyncSourceResponse.ProtoReflect.Descriptor instead.
+func (*SyncSourceResponse) Descriptor() ([]byte, []int) {
+	return file_ferry_v1_source_proto_rawDescGZIP(), []int{34}
+}
+
+func (x *SyncSourceResponse) GetSource() *Source {
+	if x != nil {
+		return x.Source
+	}
+	return nil
+}
+
+type ListSourceInventoryRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// sources/{source}
+	Source string `protobuf:"bytes,1,opt,name=source,proto3" json:"source,omitempty"`
+	// One kind of object; every kind when unspecified.
+	Kind SourceObjectKind `protobuf:"varint,2,opt,name=kind,proto3,enum=ferry.v1.SourceObjectKind" json:"kind,omitempty"`
+	// Case-insensitive substring of the object's name.
+	NameContains string `protobuf:"bytes,3,opt,name=name_contains,json=nameContains,proto3" json:"name_contains,omitempty"`
+	// Exact datacenter, cluster and host names, for the kinds that have them.
+	Datacenter    string `protobuf:"bytes,4,opt,name=datacenter,proto3" json:"datacenter,omitempty"`
+	Cluster       string `protobuf:"bytes,5,opt,name=cluster,proto3" json:"cluster,omitempty"`
+	Host          string `protobuf:"bytes,6,opt,name=host,proto3" json:"host,omitempty"`
+	PageSize      int32  `protobuf:"varint,7,opt,name=page_size,json=pageSize,proto3" json:"page_size,omitempty"`
+	PageToken     string `protobuf:"bytes,8,opt,name=page_token,json=pageToken,proto3" json:"page_token,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListSourceInventoryRequest) Reset() {
+	*x = ListSourceInventoryRequest{}
+	mi := &file_ferry_v1_source_proto_msgTypes[35]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListSourceInventoryRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListSourceInventoryRequest) ProtoMessage() {}
+
+func (x *ListSourceInventoryRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_ferry_v1_source_proto_msgTypes[35]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListSourceInventoryRequest.ProtoReflect.Descriptor instead.
+func (*ListSourceInventoryRequest) Descriptor() ([]byte, []int) {
+	return file_ferry_v1_source_proto_rawDescGZIP(), []int{35}
+}
+
+func (x *ListSourceInventoryRequest) GetSource() string {
+	if x != nil {
+		return x.Source
+	}
+	return ""
+}
+
+func (x *ListSourceInventoryRequest) GetKind() SourceObjectKind {
+	if x != nil {
+		return x.Kind
+	}
+	return SourceObjectKind_SOURCE_OBJECT_KIND_UNSPECIFIED
+}
+
+func (x *ListSourceInventoryRequest) GetNameContains() string {
+	if x != nil {
+		return x.NameContains
+	}
+	return ""
+}
+
+func (x *ListSourceInventoryRequest) GetDatacenter() string {
+	if x != nil {
+		return x.Datacenter
+	}
+	return ""
+}
+
+func (x *ListSourceInventoryRequest) GetCluster() string {
+	if x != nil {
+		return x.Cluster
+	}
+	return ""
+}
+
+func (x *ListSourceInventoryRequest) GetHost() string {
+	if x != nil {
+		return x.Host
+	}
+	return ""
+}
+
+func (x *ListSourceInventoryRequest) GetPageSize() int32 {
+	if x != nil {
+		return x.PageSize
+	}
+	return 0
+}
+
+func (x *ListSourceInventoryRequest) GetPageToken() string {
+	if x != nil {
+		return x.PageToken
+	}
+	return ""
+}
+
+type ListSourceInventoryResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Objects       []*SourceObject        `protobuf:"bytes,1,rep,name=objects,proto3" json:"objects,omitempty"`
+	NextPageToken string                 `protobuf:"bytes,2,opt,name=next_page_token,json=nextPageToken,proto3" json:"next_page_token,omitempty"`
+	// When the inventory listed was synced, and what the source is.
+	SyncTime      *timestamppb.Timestamp `protobuf:"bytes,3,opt,name=sync_time,json=syncTime,proto3" json:"sync_time,omitempty"`
+	Product       *SourceProduct         `protobuf:"bytes,4,opt,name=product,proto3" json:"product,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListSourceInventoryResponse) Reset() {
+	*x = ListSourceInventoryResponse{}
+	mi := &file_ferry_v1_source_proto_msgTypes[36]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListSourceInventoryResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListSourceInventoryResponse) ProtoMessage() {}
+
+func (x *ListSourceInventoryResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_ferry_v1_source_proto_msgTypes[36]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListSourceInventoryResponse.ProtoReflect.Descriptor instead.
+func (*ListSourceInventoryResponse) Descriptor() ([]byte, []int) {
+	return file_ferry_v1_source_proto_rawDescGZIP(), []int{36}
+}
+
+func (x *ListSourceInventoryResponse) GetObjects() []*SourceObject {
+	if x != nil {
+		return x.Objects
+	}
+	return nil
+}
+
+func (x *ListSourceInventoryResponse) GetNextPageToken() string {
+	if x != nil {
+		return x.NextPageToken
+	}
+	return ""
+}
+
+func (x *ListSourceInventoryResponse) GetSyncTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.SyncTime
+	}
+	return nil
+}
+
+func (x *ListSourceInventoryResponse) GetProduct() *SourceProduct {
+	if x != nil {
+		return x.Product
+	}
+	return nil
+}
+
 var File_ferry_v1_source_proto protoreflect.FileDescriptor
 
 const file_ferry_v1_source_proto_rawDesc = "" +
 	"\n" +
-	"\x15ferry/v1/source.proto\x12\bferry.v1\x1a\x15ferry/v1/common.proto\x1a\x1cferry/v1/migration_job.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x86\x02\n" +
+	"\x15ferry/v1/source.proto\x12\bferry.v1\x1a\x15ferry/v1/common.proto\x1a\x1cferry/v1/migration_job.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xf4\x03\n" +
 	"\x06Source\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12!\n" +
 	"\fdisplay_name\x18\x02 \x01(\tR\vdisplayName\x12&\n" +
@@ -1747,7 +3007,12 @@ const file_ferry_v1_source_proto_rawDesc = "" +
 	"\avcenter\x18\x04 \x01(\v2\x1b.ferry.v1.VCenterConnectionR\avcenter\x12)\n" +
 	"\x03kvm\x18\x05 \x01(\v2\x17.ferry.v1.KvmConnectionR\x03kvm\x12;\n" +
 	"\vcreate_time\x18\x06 \x01(\v2\x1a.google.protobuf.TimestampR\n" +
-	"createTime\"\x87\x02\n" +
+	"createTime\x12@\n" +
+	"\x0elast_sync_time\x18\a \x01(\v2\x1a.google.protobuf.TimestampR\flastSyncTime\x12&\n" +
+	"\x0flast_sync_error\x18\b \x01(\tR\rlastSyncError\x12O\n" +
+	"\x16last_sync_attempt_time\x18\t \x01(\v2\x1a.google.protobuf.TimestampR\x13lastSyncAttemptTime\x121\n" +
+	"\aproduct\x18\n" +
+	" \x01(\v2\x17.ferry.v1.SourceProductR\aproduct\"\x87\x02\n" +
 	"\x11VCenterConnection\x12\x18\n" +
 	"\aaddress\x18\x01 \x01(\tR\aaddress\x12\x12\n" +
 	"\x04port\x18\x02 \x01(\x05R\x04port\x12\x12\n" +
@@ -1827,12 +3092,28 @@ const file_ferry_v1_source_proto_rawDesc = "" +
 	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"-\n" +
 	"\x17DeleteCredentialRequest\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\"\x1a\n" +
-	"\x18DeleteCredentialResponse\"Y\n" +
+	"\x18DeleteCredentialResponse\"\xff\x02\n" +
 	"\x14ListSourceVMsRequest\x12\x16\n" +
 	"\x06source\x18\x01 \x01(\tR\x06source\x12)\n" +
-	"\x10migration_server\x18\x02 \x01(\tR\x0fmigrationServer\"=\n" +
+	"\x10migration_server\x18\x02 \x01(\tR\x0fmigrationServer\x12\x18\n" +
+	"\arefresh\x18\x03 \x01(\bR\arefresh\x12#\n" +
+	"\rname_contains\x18\x04 \x01(\tR\fnameContains\x12-\n" +
+	"\x05state\x18\x05 \x01(\x0e2\x17.ferry.v1.SourceVmStateR\x05state\x12\x1f\n" +
+	"\btemplate\x18\x06 \x01(\bH\x00R\btemplate\x88\x01\x01\x12\x1e\n" +
+	"\n" +
+	"datacenter\x18\a \x01(\tR\n" +
+	"datacenter\x12\x18\n" +
+	"\acluster\x18\b \x01(\tR\acluster\x12\x12\n" +
+	"\x04host\x18\t \x01(\tR\x04host\x12\x1b\n" +
+	"\tpage_size\x18\n" +
+	" \x01(\x05R\bpageSize\x12\x1d\n" +
+	"\n" +
+	"page_token\x18\v \x01(\tR\tpageTokenB\v\n" +
+	"\t_template\"\x9e\x01\n" +
 	"\x15ListSourceVMsResponse\x12$\n" +
-	"\x03vms\x18\x01 \x03(\v2\x12.ferry.v1.SourceVmR\x03vms\"\xbd\x04\n" +
+	"\x03vms\x18\x01 \x03(\v2\x12.ferry.v1.SourceVmR\x03vms\x12&\n" +
+	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\x127\n" +
+	"\tsync_time\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\bsyncTime\"\xbd\x04\n" +
 	"\bSourceVm\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x12\n" +
 	"\x04name\x18\x02 \x01(\tR\x04name\x12\x12\n" +
@@ -1872,7 +3153,101 @@ const file_ferry_v1_source_proto_rawDesc = "" +
 	"\x06bridge\x18\x03 \x01(\tR\x06bridge\x12\x14\n" +
 	"\x05model\x18\x04 \x01(\tR\x05model\x12\x1c\n" +
 	"\tportgroup\x18\x05 \x01(\tR\tportgroup\x12!\n" +
-	"\fip_addresses\x18\x06 \x03(\tR\vipAddresses*p\n" +
+	"\fip_addresses\x18\x06 \x03(\tR\vipAddresses\"\x98\x01\n" +
+	"\rSourceProduct\x12\x1b\n" +
+	"\tfull_name\x18\x01 \x01(\tR\bfullName\x12\x18\n" +
+	"\aversion\x18\x02 \x01(\tR\aversion\x12\x14\n" +
+	"\x05build\x18\x03 \x01(\tR\x05build\x12\x1f\n" +
+	"\vapi_version\x18\x04 \x01(\tR\n" +
+	"apiVersion\x12\x19\n" +
+	"\bapi_type\x18\x05 \x01(\tR\aapiType\"6\n" +
+	"\x10SourceDatacenter\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\x12\x12\n" +
+	"\x04name\x18\x02 \x01(\tR\x04name\"S\n" +
+	"\rSourceCluster\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\x12\x12\n" +
+	"\x04name\x18\x02 \x01(\tR\x04name\x12\x1e\n" +
+	"\n" +
+	"datacenter\x18\x03 \x01(\tR\n" +
+	"datacenter\"\xa7\x02\n" +
+	"\n" +
+	"SourceHost\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\x12\x12\n" +
+	"\x04name\x18\x02 \x01(\tR\x04name\x12\x1e\n" +
+	"\n" +
+	"datacenter\x18\x03 \x01(\tR\n" +
+	"datacenter\x12\x18\n" +
+	"\acluster\x18\x04 \x01(\tR\acluster\x12)\n" +
+	"\x10maintenance_mode\x18\x05 \x01(\bR\x0fmaintenanceMode\x12\x18\n" +
+	"\aversion\x18\x06 \x01(\tR\aversion\x12\x14\n" +
+	"\x05build\x18\a \x01(\tR\x05build\x12)\n" +
+	"\x10connection_state\x18\b \x01(\tR\x0fconnectionState\x12\x12\n" +
+	"\x04cpus\x18\t \x01(\x05R\x04cpus\x12!\n" +
+	"\fmemory_bytes\x18\n" +
+	" \x01(\x03R\vmemoryBytes\"\xae\x01\n" +
+	"\rSourceNetwork\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\x12\x12\n" +
+	"\x04name\x18\x02 \x01(\tR\x04name\x12/\n" +
+	"\x04type\x18\x03 \x01(\x0e2\x1b.ferry.v1.SourceNetworkTypeR\x04type\x12\x1e\n" +
+	"\n" +
+	"datacenter\x18\x04 \x01(\tR\n" +
+	"datacenter\x12\x16\n" +
+	"\x06switch\x18\x05 \x01(\tR\x06switch\x12\x10\n" +
+	"\x03key\x18\x06 \x01(\tR\x03key\"\xaf\x01\n" +
+	"\x0fSourceDatastore\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\x12\x12\n" +
+	"\x04name\x18\x02 \x01(\tR\x04name\x12\x1e\n" +
+	"\n" +
+	"datacenter\x18\x03 \x01(\tR\n" +
+	"datacenter\x12\x12\n" +
+	"\x04type\x18\x04 \x01(\tR\x04type\x12%\n" +
+	"\x0ecapacity_bytes\x18\x05 \x01(\x03R\rcapacityBytes\x12\x1d\n" +
+	"\n" +
+	"free_bytes\x18\x06 \x01(\x03R\tfreeBytes\"\xca\x03\n" +
+	"\x0fSourceInventory\x12\x16\n" +
+	"\x06source\x18\x01 \x01(\tR\x06source\x127\n" +
+	"\tsync_time\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\bsyncTime\x121\n" +
+	"\aproduct\x18\x03 \x01(\v2\x17.ferry.v1.SourceProductR\aproduct\x12<\n" +
+	"\vdatacenters\x18\x04 \x03(\v2\x1a.ferry.v1.SourceDatacenterR\vdatacenters\x123\n" +
+	"\bclusters\x18\x05 \x03(\v2\x17.ferry.v1.SourceClusterR\bclusters\x12*\n" +
+	"\x05hosts\x18\x06 \x03(\v2\x14.ferry.v1.SourceHostR\x05hosts\x12$\n" +
+	"\x03vms\x18\a \x03(\v2\x12.ferry.v1.SourceVmR\x03vms\x123\n" +
+	"\bnetworks\x18\b \x03(\v2\x17.ferry.v1.SourceNetworkR\bnetworks\x129\n" +
+	"\n" +
+	"datastores\x18\t \x03(\v2\x19.ferry.v1.SourceDatastoreR\n" +
+	"datastores\"\xd7\x02\n" +
+	"\fSourceObject\x12.\n" +
+	"\x04kind\x18\x01 \x01(\x0e2\x1a.ferry.v1.SourceObjectKindR\x04kind\x12<\n" +
+	"\n" +
+	"datacenter\x18\x02 \x01(\v2\x1a.ferry.v1.SourceDatacenterH\x00R\n" +
+	"datacenter\x123\n" +
+	"\acluster\x18\x03 \x01(\v2\x17.ferry.v1.SourceClusterH\x00R\acluster\x12*\n" +
+	"\x04host\x18\x04 \x01(\v2\x14.ferry.v1.SourceHostH\x00R\x04host\x123\n" +
+	"\anetwork\x18\x05 \x01(\v2\x17.ferry.v1.SourceNetworkH\x00R\anetwork\x129\n" +
+	"\tdatastore\x18\x06 \x01(\v2\x19.ferry.v1.SourceDatastoreH\x00R\tdatastoreB\b\n" +
+	"\x06object\"R\n" +
+	"\x11SyncSourceRequest\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12)\n" +
+	"\x10migration_server\x18\x02 \x01(\tR\x0fmigrationServer\">\n" +
+	"\x12SyncSourceResponse\x12(\n" +
+	"\x06source\x18\x01 \x01(\v2\x10.ferry.v1.SourceR\x06source\"\x93\x02\n" +
+	"\x1aListSourceInventoryRequest\x12\x16\n" +
+	"\x06source\x18\x01 \x01(\tR\x06source\x12.\n" +
+	"\x04kind\x18\x02 \x01(\x0e2\x1a.ferry.v1.SourceObjectKindR\x04kind\x12#\n" +
+	"\rname_contains\x18\x03 \x01(\tR\fnameContains\x12\x1e\n" +
+	"\n" +
+	"datacenter\x18\x04 \x01(\tR\n" +
+	"datacenter\x12\x18\n" +
+	"\acluster\x18\x05 \x01(\tR\acluster\x12\x12\n" +
+	"\x04host\x18\x06 \x01(\tR\x04host\x12\x1b\n" +
+	"\tpage_size\x18\a \x01(\x05R\bpageSize\x12\x1d\n" +
+	"\n" +
+	"page_token\x18\b \x01(\tR\tpageToken\"\xe3\x01\n" +
+	"\x1bListSourceInventoryResponse\x120\n" +
+	"\aobjects\x18\x01 \x03(\v2\x16.ferry.v1.SourceObjectR\aobjects\x12&\n" +
+	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\x127\n" +
+	"\tsync_time\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\bsyncTime\x121\n" +
+	"\aproduct\x18\x04 \x01(\v2\x17.ferry.v1.SourceProductR\aproduct*p\n" +
 	"\x0eCredentialType\x12\x1f\n" +
 	"\x1bCREDENTIAL_TYPE_UNSPECIFIED\x10\x00\x12\x1c\n" +
 	"\x18CREDENTIAL_TYPE_PASSWORD\x10\x01\x12\x1f\n" +
@@ -1881,7 +3256,19 @@ const file_ferry_v1_source_proto_rawDesc = "" +
 	"\x1bSOURCE_VM_STATE_UNSPECIFIED\x10\x00\x12\x1b\n" +
 	"\x17SOURCE_VM_STATE_RUNNING\x10\x01\x12\x1a\n" +
 	"\x16SOURCE_VM_STATE_PAUSED\x10\x02\x12\x1c\n" +
-	"\x18SOURCE_VM_STATE_SHUT_OFF\x10\x032\xf1\x05\n" +
+	"\x18SOURCE_VM_STATE_SHUT_OFF\x10\x03*\x9f\x01\n" +
+	"\x11SourceNetworkType\x12#\n" +
+	"\x1fSOURCE_NETWORK_TYPE_UNSPECIFIED\x10\x00\x12 \n" +
+	"\x1cSOURCE_NETWORK_TYPE_STANDARD\x10\x01\x12#\n" +
+	"\x1fSOURCE_NETWORK_TYPE_DISTRIBUTED\x10\x02\x12\x1e\n" +
+	"\x1aSOURCE_NETWORK_TYPE_OPAQUE\x10\x03*\xd8\x01\n" +
+	"\x10SourceObjectKind\x12\"\n" +
+	"\x1eSOURCE_OBJECT_KIND_UNSPECIFIED\x10\x00\x12!\n" +
+	"\x1dSOURCE_OBJECT_KIND_DATACENTER\x10\x01\x12\x1e\n" +
+	"\x1aSOURCE_OBJECT_KIND_CLUSTER\x10\x02\x12\x1b\n" +
+	"\x17SOURCE_OBJECT_KIND_HOST\x10\x03\x12\x1e\n" +
+	"\x1aSOURCE_OBJECT_KIND_NETWORK\x10\x04\x12 \n" +
+	"\x1cSOURCE_OBJECT_KIND_DATASTORE\x10\x052\x9e\a\n" +
 	"\rSourceService\x12M\n" +
 	"\fCreateSource\x12\x1d.ferry.v1.CreateSourceRequest\x1a\x1e.ferry.v1.CreateSourceResponse\x12D\n" +
 	"\tGetSource\x12\x1a.ferry.v1.GetSourceRequest\x1a\x1b.ferry.v1.GetSourceResponse\x12J\n" +
@@ -1891,7 +3278,10 @@ const file_ferry_v1_source_proto_rawDesc = "" +
 	"\rGetCredential\x12\x1e.ferry.v1.GetCredentialRequest\x1a\x1f.ferry.v1.GetCredentialResponse\x12V\n" +
 	"\x0fListCredentials\x12 .ferry.v1.ListCredentialsRequest\x1a!.ferry.v1.ListCredentialsResponse\x12Y\n" +
 	"\x10DeleteCredential\x12!.ferry.v1.DeleteCredentialRequest\x1a\".ferry.v1.DeleteCredentialResponse\x12P\n" +
-	"\rListSourceVMs\x12\x1e.ferry.v1.ListSourceVMsRequest\x1a\x1f.ferry.v1.ListSourceVMsResponseB\x90\x01\n" +
+	"\rListSourceVMs\x12\x1e.ferry.v1.ListSourceVMsRequest\x1a\x1f.ferry.v1.ListSourceVMsResponse\x12G\n" +
+	"\n" +
+	"SyncSource\x12\x1b.ferry.v1.SyncSourceRequest\x1a\x1c.ferry.v1.SyncSourceResponse\x12b\n" +
+	"\x13ListSourceInventory\x12$.ferry.v1.ListSourceInventoryRequest\x1a%.ferry.v1.ListSourceInventoryResponseB\x90\x01\n" +
 	"\fcom.ferry.v1B\vSourceProtoP\x01Z2github.com/ferry-v2v/ferry/pkg/pb/ferry/v1;ferryv1\xa2\x02\x03FXX\xaa\x02\bFerry.V1\xca\x02\bFerry\\V1\xe2\x02\x14Ferry\\V1\\GPBMetadata\xea\x02\tFerry::V1b\x06proto3"
 
 var (
@@ -1906,86 +3296,129 @@ func file_ferry_v1_source_proto_rawDescGZIP() []byte {
 	return file_ferry_v1_source_proto_rawDescData
 }
 
-var file_ferry_v1_source_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_ferry_v1_source_proto_msgTypes = make([]protoimpl.MessageInfo, 25)
+var file_ferry_v1_source_proto_enumTypes = make([]protoimpl.EnumInfo, 4)
+var file_ferry_v1_source_proto_msgTypes = make([]protoimpl.MessageInfo, 37)
 var file_ferry_v1_source_proto_goTypes = []any{
-	(CredentialType)(0),              // 0: ferry.v1.CredentialType
-	(SourceVmState)(0),               // 1: ferry.v1.SourceVmState
-	(*Source)(nil),                   // 2: ferry.v1.Source
-	(*VCenterConnection)(nil),        // 3: ferry.v1.VCenterConnection
-	(*KvmConnection)(nil),            // 4: ferry.v1.KvmConnection
-	(*Credential)(nil),               // 5: ferry.v1.Credential
-	(*CreateSourceRequest)(nil),      // 6: ferry.v1.CreateSourceRequest
-	(*CreateSourceResponse)(nil),     // 7: ferry.v1.CreateSourceResponse
-	(*GetSourceRequest)(nil),         // 8: ferry.v1.GetSourceRequest
-	(*GetSourceResponse)(nil),        // 9: ferry.v1.GetSourceResponse
-	(*ListSourcesRequest)(nil),       // 10: ferry.v1.ListSourcesRequest
-	(*ListSourcesResponse)(nil),      // 11: ferry.v1.ListSourcesResponse
-	(*DeleteSourceRequest)(nil),      // 12: ferry.v1.DeleteSourceRequest
-	(*DeleteSourceResponse)(nil),     // 13: ferry.v1.DeleteSourceResponse
-	(*CreateCredentialRequest)(nil),  // 14: ferry.v1.CreateCredentialRequest
-	(*CreateCredentialResponse)(nil), // 15: ferry.v1.CreateCredentialResponse
-	(*GetCredentialRequest)(nil),     // 16: ferry.v1.GetCredentialRequest
-	(*GetCredentialResponse)(nil),    // 17: ferry.v1.GetCredentialResponse
-	(*ListCredentialsRequest)(nil),   // 18: ferry.v1.ListCredentialsRequest
-	(*ListCredentialsResponse)(nil),  // 19: ferry.v1.ListCredentialsResponse
-	(*DeleteCredentialRequest)(nil),  // 20: ferry.v1.DeleteCredentialRequest
-	(*DeleteCredentialResponse)(nil), // 21: ferry.v1.DeleteCredentialResponse
-	(*ListSourceVMsRequest)(nil),     // 22: ferry.v1.ListSourceVMsRequest
-	(*ListSourceVMsResponse)(nil),    // 23: ferry.v1.ListSourceVMsResponse
-	(*SourceVm)(nil),                 // 24: ferry.v1.SourceVm
-	(*SourceDisk)(nil),               // 25: ferry.v1.SourceDisk
-	(*SourceNic)(nil),                // 26: ferry.v1.SourceNic
-	(Platform)(0),                    // 27: ferry.v1.Platform
-	(*timestamppb.Timestamp)(nil),    // 28: google.protobuf.Timestamp
-	(Firmware)(0),                    // 29: ferry.v1.Firmware
-	(OsType)(0),                      // 30: ferry.v1.OsType
+	(CredentialType)(0),                 // 0: ferry.v1.CredentialType
+	(SourceVmState)(0),                  // 1: ferry.v1.SourceVmState
+	(SourceNetworkType)(0),              // 2: ferry.v1.SourceNetworkType
+	(SourceObjectKind)(0),               // 3: ferry.v1.SourceObjectKind
+	(*Source)(nil),                      // 4: ferry.v1.Source
+	(*VCenterConnection)(nil),           // 5: ferry.v1.VCenterConnection
+	(*KvmConnection)(nil),               // 6: ferry.v1.KvmConnection
+	(*Credential)(nil),                  // 7: ferry.v1.Credential
+	(*CreateSourceRequest)(nil),         // 8: ferry.v1.CreateSourceRequest
+	(*CreateSourceResponse)(nil),        // 9: ferry.v1.CreateSourceResponse
+	(*GetSourceRequest)(nil),            // 10: ferry.v1.GetSourceRequest
+	(*GetSourceResponse)(nil),           // 11: ferry.v1.GetSourceResponse
+	(*ListSourcesRequest)(nil),          // 12: ferry.v1.ListSourcesRequest
+	(*ListSourcesResponse)(nil),         // 13: ferry.v1.ListSourcesResponse
+	(*DeleteSourceRequest)(nil),         // 14: ferry.v1.DeleteSourceRequest
+	(*DeleteSourceResponse)(nil),        // 15: ferry.v1.DeleteSourceResponse
+	(*CreateCredentialRequest)(nil),     // 16: ferry.v1.CreateCredentialRequest
+	(*CreateCredentialResponse)(nil),    // 17: ferry.v1.CreateCredentialResponse
+	(*GetCredentialRequest)(nil),        // 18: ferry.v1.GetCredentialRequest
+	(*GetCredentialResponse)(nil),       // 19: ferry.v1.GetCredentialResponse
+	(*ListCredentialsRequest)(nil),      // 20: ferry.v1.ListCredentialsRequest
+	(*ListCredentialsResponse)(nil),     // 21: ferry.v1.ListCredentialsResponse
+	(*DeleteCredentialRequest)(nil),     // 22: ferry.v1.DeleteCredentialRequest
+	(*DeleteCredentialResponse)(nil),    // 23: ferry.v1.DeleteCredentialResponse
+	(*ListSourceVMsRequest)(nil),        // 24: ferry.v1.ListSourceVMsRequest
+	(*ListSourceVMsResponse)(nil),       // 25: ferry.v1.ListSourceVMsResponse
+	(*SourceVm)(nil),                    // 26: ferry.v1.SourceVm
+	(*SourceDisk)(nil),                  // 27: ferry.v1.SourceDisk
+	(*SourceNic)(nil),                   // 28: ferry.v1.SourceNic
+	(*SourceProduct)(nil),               // 29: ferry.v1.SourceProduct
+	(*SourceDatacenter)(nil),            // 30: ferry.v1.SourceDatacenter
+	(*SourceCluster)(nil),               // 31: ferry.v1.SourceCluster
+	(*SourceHost)(nil),                  // 32: ferry.v1.SourceHost
+	(*SourceNetwork)(nil),               // 33: ferry.v1.SourceNetwork
+	(*SourceDatastore)(nil),             // 34: ferry.v1.SourceDatastore
+	(*SourceInventory)(nil),             // 35: ferry.v1.SourceInventory
+	(*SourceObject)(nil),                // 36: ferry.v1.SourceObject
+	(*SyncSourceRequest)(nil),           // 37: ferry.v1.SyncSourceRequest
+	(*SyncSourceResponse)(nil),          // 38: ferry.v1.SyncSourceResponse
+	(*ListSourceInventoryRequest)(nil),  // 39: ferry.v1.ListSourceInventoryRequest
+	(*ListSourceInventoryResponse)(nil), // 40: ferry.v1.ListSourceInventoryResponse
+	(Platform)(0),                       // 41: ferry.v1.Platform
+	(*timestamppb.Timestamp)(nil),       // 42: google.protobuf.Timestamp
+	(Firmware)(0),                       // 43: ferry.v1.Firmware
+	(OsType)(0),                         // 44: ferry.v1.OsType
 }
 var file_ferry_v1_source_proto_depIdxs = []int32{
-	27, // 0: ferry.v1.Source.type:type_name -> ferry.v1.Platform
-	3,  // 1: ferry.v1.Source.vcenter:type_name -> ferry.v1.VCenterConnection
-	4,  // 2: ferry.v1.Source.kvm:type_name -> ferry.v1.KvmConnection
-	28, // 3: ferry.v1.Source.create_time:type_name -> google.protobuf.Timestamp
-	0,  // 4: ferry.v1.Credential.type:type_name -> ferry.v1.CredentialType
-	28, // 5: ferry.v1.Credential.create_time:type_name -> google.protobuf.Timestamp
-	2,  // 6: ferry.v1.CreateSourceRequest.source:type_name -> ferry.v1.Source
-	2,  // 7: ferry.v1.CreateSourceResponse.source:type_name -> ferry.v1.Source
-	2,  // 8: ferry.v1.GetSourceResponse.source:type_name -> ferry.v1.Source
-	27, // 9: ferry.v1.ListSourcesRequest.type:type_name -> ferry.v1.Platform
-	2,  // 10: ferry.v1.ListSourcesResponse.sources:type_name -> ferry.v1.Source
-	5,  // 11: ferry.v1.CreateCredentialRequest.credential:type_name -> ferry.v1.Credential
-	5,  // 12: ferry.v1.CreateCredentialResponse.credential:type_name -> ferry.v1.Credential
-	5,  // 13: ferry.v1.GetCredentialResponse.credential:type_name -> ferry.v1.Credential
-	5,  // 14: ferry.v1.ListCredentialsResponse.credentials:type_name -> ferry.v1.Credential
-	24, // 15: ferry.v1.ListSourceVMsResponse.vms:type_name -> ferry.v1.SourceVm
-	1,  // 16: ferry.v1.SourceVm.state:type_name -> ferry.v1.SourceVmState
-	29, // 17: ferry.v1.SourceVm.firmware:type_name -> ferry.v1.Firmware
-	30, // 18: ferry.v1.SourceVm.os_type:type_name -> ferry.v1.OsType
-	25, // 19: ferry.v1.SourceVm.disks:type_name -> ferry.v1.SourceDisk
-	26, // 20: ferry.v1.SourceVm.nics:type_name -> ferry.v1.SourceNic
-	6,  // 21: ferry.v1.SourceService.CreateSource:input_type -> ferry.v1.CreateSourceRequest
-	8,  // 22: ferry.v1.SourceService.GetSource:input_type -> ferry.v1.GetSourceRequest
-	10, // 23: ferry.v1.SourceService.ListSources:input_type -> ferry.v1.ListSourcesRequest
-	12, // 24: ferry.v1.SourceService.DeleteSource:input_type -> ferry.v1.DeleteSourceRequest
-	14, // 25: ferry.v1.SourceService.CreateCredential:input_type -> ferry.v1.CreateCredentialRequest
-	16, // 26: ferry.v1.SourceService.GetCredential:input_type -> ferry.v1.GetCredentialRequest
-	18, // 27: ferry.v1.SourceService.ListCredentials:input_type -> ferry.v1.ListCredentialsRequest
-	20, // 28: ferry.v1.SourceService.DeleteCredential:input_type -> ferry.v1.DeleteCredentialRequest
-	22, // 29: ferry.v1.SourceService.ListSourceVMs:input_type -> ferry.v1.ListSourceVMsRequest
-	7,  // 30: ferry.v1.SourceService.CreateSource:output_type -> ferry.v1.CreateSourceResponse
-	9,  // 31: ferry.v1.SourceService.GetSource:output_type -> ferry.v1.GetSourceResponse
-	11, // 32: ferry.v1.SourceService.ListSources:output_type -> ferry.v1.ListSourcesResponse
-	13, // 33: ferry.v1.SourceService.DeleteSource:output_type -> ferry.v1.DeleteSourceResponse
-	15, // 34: ferry.v1.SourceService.CreateCredential:output_type -> ferry.v1.CreateCredentialResponse
-	17, // 35: ferry.v1.SourceService.GetCredential:output_type -> ferry.v1.GetCredentialResponse
-	19, // 36: ferry.v1.SourceService.ListCredentials:output_type -> ferry.v1.ListCredentialsResponse
-	21, // 37: ferry.v1.SourceService.DeleteCredential:output_type -> ferry.v1.DeleteCredentialResponse
-	23, // 38: ferry.v1.SourceService.ListSourceVMs:output_type -> ferry.v1.ListSourceVMsResponse
-	30, // [30:39] is the sub-list for method output_type
-	21, // [21:30] is the sub-list for method input_type
-	21, // [21:21] is the sub-list for extension type_name
-	21, // [21:21] is the sub-list for extension extendee
-	0,  // [0:21] is the sub-list for field type_name
+	41, // 0: ferry.v1.Source.type:type_name -> ferry.v1.Platform
+	5,  // 1: ferry.v1.Source.vcenter:type_name -> ferry.v1.VCenterConnection
+	6,  // 2: ferry.v1.Source.kvm:type_name -> ferry.v1.KvmConnection
+	42, // 3: ferry.v1.Source.create_time:type_name -> google.protobuf.Timestamp
+	42, // 4: ferry.v1.Source.last_sync_time:type_name -> google.protobuf.Timestamp
+	42, // 5: ferry.v1.Source.last_sync_attempt_time:type_name -> google.protobuf.Timestamp
+	29, // 6: ferry.v1.Source.product:type_name -> ferry.v1.SourceProduct
+	0,  // 7: ferry.v1.Credential.type:type_name -> ferry.v1.CredentialType
+	42, // 8: ferry.v1.Credential.create_time:type_name -> google.protobuf.Timestamp
+	4,  // 9: ferry.v1.CreateSourceRequest.source:type_name -> ferry.v1.Source
+	4,  // 10: ferry.v1.CreateSourceResponse.source:type_name -> ferry.v1.Source
+	4,  // 11: ferry.v1.GetSourceResponse.source:type_name -> ferry.v1.Source
+	41, // 12: ferry.v1.ListSourcesRequest.type:type_name -> ferry.v1.Platform
+	4,  // 13: ferry.v1.ListSourcesResponse.sources:type_name -> ferry.v1.Source
+	7,  // 14: ferry.v1.CreateCredentialRequest.credential:type_name -> ferry.v1.Credential
+	7,  // 15: ferry.v1.CreateCredentialResponse.credential:type_name -> ferry.v1.Credential
+	7,  // 16: ferry.v1.GetCredentialResponse.credential:type_name -> ferry.v1.Credential
+	7,  // 17: ferry.v1.ListCredentialsResponse.credentials:type_name -> ferry.v1.Credential
+	1,  // 18: ferry.v1.ListSourceVMsRequest.state:type_name -> ferry.v1.SourceVmState
+	26, // 19: ferry.v1.ListSourceVMsResponse.vms:type_name -> ferry.v1.SourceVm
+	42, // 20: ferry.v1.ListSourceVMsResponse.sync_time:type_name -> google.protobuf.Timestamp
+	1,  // 21: ferry.v1.SourceVm.state:type_name -> ferry.v1.SourceVmState
+	43, // 22: ferry.v1.SourceVm.firmware:type_name -> ferry.v1.Firmware
+	44, // 23: ferry.v1.SourceVm.os_type:type_name -> ferry.v1.OsType
+	27, // 24: ferry.v1.SourceVm.disks:type_name -> ferry.v1.SourceDisk
+	28, // 25: ferry.v1.SourceVm.nics:type_name -> ferry.v1.SourceNic
+	2,  // 26: ferry.v1.SourceNetwork.type:type_name -> ferry.v1.SourceNetworkType
+	42, // 27: ferry.v1.SourceInventory.sync_time:type_name -> google.protobuf.Timestamp
+	29, // 28: ferry.v1.SourceInventory.product:type_name -> ferry.v1.SourceProduct
+	30, // 29: ferry.v1.SourceInventory.datacenters:type_name -> ferry.v1.SourceDatacenter
+	31, // 30: ferry.v1.SourceInventory.clusters:type_name -> ferry.v1.SourceCluster
+	32, // 31: ferry.v1.SourceInventory.hosts:type_name -> ferry.v1.SourceHost
+	26, // 32: ferry.v1.SourceInventory.vms:type_name -> ferry.v1.SourceVm
+	33, // 33: ferry.v1.SourceInventory.networks:type_name -> ferry.v1.SourceNetwork
+	34, // 34: ferry.v1.SourceInventory.datastores:type_name -> ferry.v1.SourceDatastore
+	3,  // 35: ferry.v1.SourceObject.kind:type_name -> ferry.v1.SourceObjectKind
+	30, // 36: ferry.v1.SourceObject.datacenter:type_name -> ferry.v1.SourceDatacenter
+	31, // 37: ferry.v1.SourceObject.cluster:type_name -> ferry.v1.SourceCluster
+	32, // 38: ferry.v1.SourceObject.host:type_name -> ferry.v1.SourceHost
+	33, // 39: ferry.v1.SourceObject.network:type_name -> ferry.v1.SourceNetwork
+	34, // 40: ferry.v1.SourceObject.datastore:type_name -> ferry.v1.SourceDatastore
+	4,  // 41: ferry.v1.SyncSourceResponse.source:type_name -> ferry.v1.Source
+	3,  // 42: ferry.v1.ListSourceInventoryRequest.kind:type_name -> ferry.v1.SourceObjectKind
+	36, // 43: ferry.v1.ListSourceInventoryResponse.objects:type_name -> ferry.v1.SourceObject
+	42, // 44: ferry.v1.ListSourceInventoryResponse.sync_time:type_name -> google.protobuf.Timestamp
+	29, // 45: ferry.v1.ListSourceInventoryResponse.product:type_name -> ferry.v1.SourceProduct
+	8,  // 46: ferry.v1.SourceService.CreateSource:input_type -> ferry.v1.CreateSourceRequest
+	10, // 47: ferry.v1.SourceService.GetSource:input_type -> ferry.v1.GetSourceRequest
+	12, // 48: ferry.v1.SourceService.ListSources:input_type -> ferry.v1.ListSourcesRequest
+	14, // 49: ferry.v1.SourceService.DeleteSource:input_type -> ferry.v1.DeleteSourceRequest
+	16, // 50: ferry.v1.SourceService.CreateCredential:input_type -> ferry.v1.CreateCredentialRequest
+	18, // 51: ferry.v1.SourceService.GetCredential:input_type -> ferry.v1.GetCredentialRequest
+	20, // 52: ferry.v1.SourceService.ListCredentials:input_type -> ferry.v1.ListCredentialsRequest
+	22, // 53: ferry.v1.SourceService.DeleteCredential:input_type -> ferry.v1.DeleteCredentialRequest
+	24, // 54: ferry.v1.SourceService.ListSourceVMs:input_type -> ferry.v1.ListSourceVMsRequest
+	37, // 55: ferry.v1.SourceService.SyncSource:input_type -> ferry.v1.SyncSourceRequest
+	39, // 56: ferry.v1.SourceService.ListSourceInventory:input_type -> ferry.v1.ListSourceInventoryRequest
+	9,  // 57: ferry.v1.SourceService.CreateSource:output_type -> ferry.v1.CreateSourceResponse
+	11, // 58: ferry.v1.SourceService.GetSource:output_type -> ferry.v1.GetSourceResponse
+	13, // 59: ferry.v1.SourceService.ListSources:output_type -> ferry.v1.ListSourcesResponse
+	15, // 60: ferry.v1.SourceService.DeleteSource:output_type -> ferry.v1.DeleteSourceResponse
+	17, // 61: ferry.v1.SourceService.CreateCredential:output_type -> ferry.v1.CreateCredentialResponse
+	19, // 62: ferry.v1.SourceService.GetCredential:output_type -> ferry.v1.GetCredentialResponse
+	21, // 63: ferry.v1.SourceService.ListCredentials:output_type -> ferry.v1.ListCredentialsResponse
+	23, // 64: ferry.v1.SourceService.DeleteCredential:output_type -> ferry.v1.DeleteCredentialResponse
+	25, // 65: ferry.v1.SourceService.ListSourceVMs:output_type -> ferry.v1.ListSourceVMsResponse
+	38, // 66: ferry.v1.SourceService.SyncSource:output_type -> ferry.v1.SyncSourceResponse
+	40, // 67: ferry.v1.SourceService.ListSourceInventory:output_type -> ferry.v1.ListSourceInventoryResponse
+	57, // [57:68] is the sub-list for method output_type
+	46, // [46:57] is the sub-list for method input_type
+	46, // [46:46] is the sub-list for extension type_name
+	46, // [46:46] is the sub-list for extension extendee
+	0,  // [0:46] is the sub-list for field type_name
 }
 
 func init() { file_ferry_v1_source_proto_init() }
@@ -1995,13 +3428,21 @@ func file_ferry_v1_source_proto_init() {
 	}
 	file_ferry_v1_common_proto_init()
 	file_ferry_v1_migration_job_proto_init()
+	file_ferry_v1_source_proto_msgTypes[20].OneofWrappers = []any{}
+	file_ferry_v1_source_proto_msgTypes[32].OneofWrappers = []any{
+		(*SourceObject_Datacenter)(nil),
+		(*SourceObject_Cluster)(nil),
+		(*SourceObject_Host)(nil),
+		(*SourceObject_Network)(nil),
+		(*SourceObject_Datastore)(nil),
+	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_ferry_v1_source_proto_rawDesc), len(file_ferry_v1_source_proto_rawDesc)),
-			NumEnums:      2,
-			NumMessages:   25,
+			NumEnums:      4,
+			NumMessages:   37,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -19,15 +19,17 @@ import (
 const _ = grpc.SupportPackageIsVersion9
 
 const (
-	SourceService_CreateSource_FullMethodName     = "/ferry.v1.SourceService/CreateSource"
-	SourceService_GetSource_FullMethodName        = "/ferry.v1.SourceService/GetSource"
-	SourceService_ListSources_FullMethodName      = "/ferry.v1.SourceService/ListSources"
-	SourceService_DeleteSource_FullMethodName     = "/ferry.v1.SourceService/DeleteSource"
-	SourceService_CreateCredential_FullMethodName = "/ferry.v1.SourceService/CreateCredential"
-	SourceService_GetCredential_FullMethodName    = "/ferry.v1.SourceService/GetCredential"
-	SourceService_ListCredentials_FullMethodName  = "/ferry.v1.SourceService/ListCredentials"
-	SourceService_DeleteCredential_FullMethodName = "/ferry.v1.SourceService/DeleteCredential"
-	SourceService_ListSourceVMs_FullMethodName    = "/ferry.v1.SourceService/ListSourceVMs"
+	SourceService_CreateSource_FullMethodName        = "/ferry.v1.SourceService/CreateSource"
+	SourceService_GetSource_FullMethodName           = "/ferry.v1.SourceService/GetSource"
+	SourceService_ListSources_FullMethodName         = "/ferry.v1.SourceService/ListSources"
+	SourceService_DeleteSource_FullMethodName        = "/ferry.v1.SourceService/DeleteSource"
+	SourceService_CreateCredential_FullMethodName    = "/ferry.v1.SourceService/CreateCredential"
+	SourceService_GetCredential_FullMethodName       = "/ferry.v1.SourceService/GetCredential"
+	SourceService_ListCredentials_FullMethodName     = "/ferry.v1.SourceService/ListCredentials"
+	SourceService_DeleteCredential_FullMethodName    = "/ferry.v1.SourceService/DeleteCredential"
+	SourceService_ListSourceVMs_FullMethodName       = "/ferry.v1.SourceService/ListSourceVMs"
+	SourceService_SyncSource_FullMethodName          = "/ferry.v1.SourceService/SyncSource"
+	SourceService_ListSourceInventory_FullMethodName = "/ferry.v1.SourceService/ListSourceInventory"
 )
 
 // SourceServiceClient is the client API for SourceService service.
@@ -45,10 +47,17 @@ type SourceServiceClient interface {
 	GetCredential(ctx context.Context, in *GetCredentialRequest, opts ...grpc.CallOption) (*GetCredentialResponse, error)
 	ListCredentials(ctx context.Context, in *ListCredentialsRequest, opts ...grpc.CallOption) (*ListCredentialsResponse, error)
 	DeleteCredential(ctx context.Context, in *DeleteCredentialRequest, opts ...grpc.CallOption) (*DeleteCredentialResponse, error)
-	// ListSourceVMs asks an agent of a migration server of the source's type
-	// to list the source's VMs. It is served by the leader, which holds the
-	// agent sessions.
+	// ListSourceVMs lists the VMs of the source's synced inventory, from the
+	// ledger. With refresh, or when the source was never synced, the leader
+	// syncs it first through an agent.
 	ListSourceVMs(ctx context.Context, in *ListSourceVMsRequest, opts ...grpc.CallOption) (*ListSourceVMsResponse, error)
+	// SyncSource has an agent of a migration server of the source's type read
+	// the source's whole inventory and records it in the ledger. It is served
+	// by the leader, which holds the agent sessions.
+	SyncSource(ctx context.Context, in *SyncSourceRequest, opts ...grpc.CallOption) (*SyncSourceResponse, error)
+	// ListSourceInventory lists the datacenters, clusters, hosts, networks and
+	// datastores of the source's synced inventory, from the ledger.
+	ListSourceInventory(ctx context.Context, in *ListSourceInventoryRequest, opts ...grpc.CallOption) (*ListSourceInventoryResponse, error)
 }
 
 type sourceServiceClient struct {
@@ -149,6 +158,26 @@ func (c *sourceServiceClient) ListSourceVMs(ctx context.Context, in *ListSourceV
 	return out, nil
 }
 
+func (c *sourceServiceClient) SyncSource(ctx context.Context, in *SyncSourceRequest, opts ...grpc.CallOption) (*SyncSourceResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(SyncSourceResponse)
+	err := c.cc.Invoke(ctx, SourceService_SyncSource_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *sourceServiceClient) ListSourceInventory(ctx context.Context, in *ListSourceInventoryRequest, opts ...grpc.CallOption) (*ListSourceInventoryResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ListSourceInventoryResponse)
+	err := c.cc.Invoke(ctx, SourceService_ListSourceInventory_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // SourceServiceServer is the server API for SourceService service.
 // All implementations must embed UnimplementedSourceServiceServer
 // for forward compatibility.
@@ -164,10 +193,17 @@ type SourceServiceServer interface {
 	GetCredential(context.Context, *GetCredentialRequest) (*GetCredentialResponse, error)
 	ListCredentials(context.Context, *ListCredentialsRequest) (*ListCredentialsResponse, error)
 	DeleteCredential(context.Context, *DeleteCredentialRequest) (*DeleteCredentialResponse, error)
-	// ListSourceVMs asks an agent of a migration server of the source's type
-	// to list the source's VMs. It is served by the leader, which holds the
-	// agent sessions.
+	// ListSourceVMs lists the VMs of the source's synced inventory, from the
+	// ledger. With refresh, or when the source was never synced, the leader
+	// syncs it first through an agent.
 	ListSourceVMs(context.Context, *ListSourceVMsRequest) (*ListSourceVMsResponse, error)
+	// SyncSource has an agent of a migration server of the source's type read
+	// the source's whole inventory and records it in the ledger. It is served
+	// by the leader, which holds the agent sessions.
+	SyncSource(context.Context, *SyncSourceRequest) (*SyncSourceResponse, error)
+	// ListSourceInventory lists the datacenters, clusters, hosts, networks and
+	// datastores of the source's synced inventory, from the ledger.
+	ListSourceInventory(context.Context, *ListSourceInventoryRequest) (*ListSourceInventoryResponse, error)
 	mustEmbedUnimplementedSourceServiceServer()
 }
 
@@ -204,6 +240,12 @@ func (UnimplementedSourceServiceServer) DeleteCredential(context.Context, *Delet
 }
 func (UnimplementedSourceServiceServer) ListSourceVMs(context.Context, *ListSourceVMsRequest) (*ListSourceVMsResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method ListSourceVMs not implemented")
+}
+func (UnimplementedSourceServiceServer) SyncSource(context.Context, *SyncSourceRequest) (*SyncSourceResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method SyncSource not implemented")
+}
+func (UnimplementedSourceServiceServer) ListSourceInventory(context.Context, *ListSourceInventoryRequest) (*ListSourceInventoryResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ListSourceInventory not implemented")
 }
 func (UnimplementedSourceServiceServer) mustEmbedUnimplementedSourceServiceServer() {}
 func (UnimplementedSourceServiceServer) testEmbeddedByValue()                       {}
@@ -388,6 +430,42 @@ func _SourceService_ListSourceVMs_Handler(srv interface{}, ctx context.Context, 
 	return interceptor(ctx, in, info, handler)
 }
 
+func _SourceService_SyncSource_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(SyncSourceRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(SourceServiceServer).SyncSource(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: SourceService_SyncSource_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(SourceServiceServer).SyncSource(ctx, req.(*SyncSourceRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _SourceService_ListSourceInventory_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ListSourceInventoryRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(SourceServiceServer).ListSourceInventory(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: SourceService_ListSourceInventory_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(SourceServiceServer).ListSourceInventory(ctx, req.(*ListSourceInventoryRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // SourceService_ServiceDesc is the grpc.ServiceDesc for SourceService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -430,6 +508,14 @@ var SourceService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "ListSourceVMs",
 			Handler:    _SourceService_ListSourceVMs_Handler,
+		},
+		{
+			MethodName: "SyncSource",
+			Handler:    _SourceService_SyncSource_Handler,
+		},
+		{
+			MethodName: "ListSourceInventory",
+			Handler:    _SourceService_ListSourceInventory_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},

@@ -930,7 +930,7 @@ func (x *Cancellation) GetReason() string {
 	return ""
 }
 
-// InventoryRequest asks an agent to list a source's VMs.
+// InventoryRequest asks an agent to read a source's inventory.
 type InventoryRequest struct {
 	state           protoimpl.MessageState `protogen:"open.v1"`
 	RequestId       string                 `protobuf:"bytes,1,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`
@@ -1004,9 +1004,14 @@ func (x *InventoryRequest) GetSecrets() map[string]string {
 type InventoryResponse struct {
 	state     protoimpl.MessageState `protogen:"open.v1"`
 	RequestId string                 `protobuf:"bytes,1,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`
-	Vms       []*v1.SourceVm         `protobuf:"bytes,2,rep,name=vms,proto3" json:"vms,omitempty"`
+	// The VMs alone, as agents before the full inventory sent them; read
+	// only when inventory is unset.
+	Vms []*v1.SourceVm `protobuf:"bytes,2,rep,name=vms,proto3" json:"vms,omitempty"`
 	// Why listing failed; empty on success.
-	Error         string `protobuf:"bytes,3,opt,name=error,proto3" json:"error,omitempty"`
+	Error string `protobuf:"bytes,3,opt,name=error,proto3" json:"error,omitempty"`
+	// The whole inventory (source and sync_time unset: the coordinator
+	// stamps them).
+	Inventory     *v1.SourceInventory `protobuf:"bytes,4,opt,name=inventory,proto3" json:"inventory,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1060,6 +1065,13 @@ func (x *InventoryResponse) GetError() string {
 		return x.Error
 	}
 	return ""
+}
+
+func (x *InventoryResponse) GetInventory() *v1.SourceInventory {
+	if x != nil {
+		return x.Inventory
+	}
+	return nil
 }
 
 // HostKeyObserved reports the SSH host key a KVM source presented when the
@@ -1195,12 +1207,13 @@ const file_ferry_agent_v1_agent_proto_rawDesc = "" +
 	"\asecrets\x18\x04 \x03(\v2-.ferry.agent.v1.InventoryRequest.SecretsEntryR\asecrets\x1a:\n" +
 	"\fSecretsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"n\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xa7\x01\n" +
 	"\x11InventoryResponse\x12\x1d\n" +
 	"\n" +
 	"request_id\x18\x01 \x01(\tR\trequestId\x12$\n" +
 	"\x03vms\x18\x02 \x03(\v2\x12.ferry.v1.SourceVmR\x03vms\x12\x14\n" +
-	"\x05error\x18\x03 \x01(\tR\x05error\"D\n" +
+	"\x05error\x18\x03 \x01(\tR\x05error\x127\n" +
+	"\tinventory\x18\x04 \x01(\v2\x19.ferry.v1.SourceInventoryR\tinventory\"D\n" +
 	"\x0fHostKeyObserved\x12\x16\n" +
 	"\x06source\x18\x01 \x01(\tR\x06source\x12\x19\n" +
 	"\bhost_key\x18\x02 \x01(\tR\ahostKey*w\n" +
@@ -1256,6 +1269,7 @@ var file_ferry_agent_v1_agent_proto_goTypes = []any{
 	(*v1.PrimaryStorage)(nil),     // 23: ferry.v1.PrimaryStorage
 	(*v1.L3Network)(nil),          // 24: ferry.v1.L3Network
 	(*v1.SourceVm)(nil),           // 25: ferry.v1.SourceVm
+	(*v1.SourceInventory)(nil),    // 26: ferry.v1.SourceInventory
 }
 var file_ferry_agent_v1_agent_proto_depIdxs = []int32{
 	3,  // 0: ferry.agent.v1.ConnectRequest.hello:type_name -> ferry.agent.v1.Hello
@@ -1288,13 +1302,14 @@ var file_ferry_agent_v1_agent_proto_depIdxs = []int32{
 	22, // 27: ferry.agent.v1.InventoryRequest.migration_server:type_name -> ferry.v1.MigrationServer
 	15, // 28: ferry.agent.v1.InventoryRequest.secrets:type_name -> ferry.agent.v1.InventoryRequest.SecretsEntry
 	25, // 29: ferry.agent.v1.InventoryResponse.vms:type_name -> ferry.v1.SourceVm
-	1,  // 30: ferry.agent.v1.AgentService.Connect:input_type -> ferry.agent.v1.ConnectRequest
-	2,  // 31: ferry.agent.v1.AgentService.Connect:output_type -> ferry.agent.v1.ConnectResponse
-	31, // [31:32] is the sub-list for method output_type
-	30, // [30:31] is the sub-list for method input_type
-	30, // [30:30] is the sub-list for extension type_name
-	30, // [30:30] is the sub-list for extension extendee
-	0,  // [0:30] is the sub-list for field type_name
+	26, // 30: ferry.agent.v1.InventoryResponse.inventory:type_name -> ferry.v1.SourceInventory
+	1,  // 31: ferry.agent.v1.AgentService.Connect:input_type -> ferry.agent.v1.ConnectRequest
+	2,  // 32: ferry.agent.v1.AgentService.Connect:output_type -> ferry.agent.v1.ConnectResponse
+	32, // [32:33] is the sub-list for method output_type
+	31, // [31:32] is the sub-list for method input_type
+	31, // [31:31] is the sub-list for extension type_name
+	31, // [31:31] is the sub-list for extension extendee
+	0,  // [0:31] is the sub-list for field type_name
 }
 
 func init() { file_ferry_agent_v1_agent_proto_init() }

@@ -61,6 +61,7 @@ type Command struct {
 	//	*Command_PutNode
 	//	*Command_DeleteNode
 	//	*Command_Batch
+	//	*Command_RecordSourceSync
 	Op            isCommand_Op `protobuf_oneof:"op"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -371,6 +372,15 @@ func (x *Command) GetBatch() *Batch {
 	return nil
 }
 
+func (x *Command) GetRecordSourceSync() *RecordSourceSync {
+	if x != nil {
+		if x, ok := x.Op.(*Command_RecordSourceSync); ok {
+			return x.RecordSourceSync
+		}
+	}
+	return nil
+}
+
 type isCommand_Op interface {
 	isCommand_Op()
 }
@@ -491,6 +501,10 @@ type Command_Batch struct {
 	Batch *Batch `protobuf:"bytes,38,opt,name=batch,proto3,oneof"`
 }
 
+type Command_RecordSourceSync struct {
+	RecordSourceSync *RecordSourceSync `protobuf:"bytes,39,opt,name=record_source_sync,json=recordSourceSync,proto3,oneof"`
+}
+
 func (*Command_PutCluster) isCommand_Op() {}
 
 func (*Command_DeleteCluster) isCommand_Op() {}
@@ -548,6 +562,8 @@ func (*Command_PutNode) isCommand_Op() {}
 func (*Command_DeleteNode) isCommand_Op() {}
 
 func (*Command_Batch) isCommand_Op() {}
+
+func (*Command_RecordSourceSync) isCommand_Op() {}
 
 // Batch applies several commands as one log entry, in order.
 type Batch struct {
@@ -1281,6 +1297,70 @@ func (x *RecordSourceHostKey) GetHostKey() string {
 	return ""
 }
 
+// RecordSourceSync records how a sync of a source's inventory ended: the
+// inventory found (which replaces the previous one, stamped with the
+// command's time), or the error (which keeps the previous inventory).
+type RecordSourceSync struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// sources/{source}
+	Source        string              `protobuf:"bytes,1,opt,name=source,proto3" json:"source,omitempty"`
+	Inventory     *v1.SourceInventory `protobuf:"bytes,2,opt,name=inventory,proto3" json:"inventory,omitempty"`
+	Error         string              `protobuf:"bytes,3,opt,name=error,proto3" json:"error,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RecordSourceSync) Reset() {
+	*x = RecordSourceSync{}
+	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[15]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RecordSourceSync) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RecordSourceSync) ProtoMessage() {}
+
+func (x *RecordSourceSync) ProtoReflect() protoreflect.Message {
+	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[15]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RecordSourceSync.ProtoReflect.Descriptor instead.
+func (*RecordSourceSync) Descriptor() ([]byte, []int) {
+	return file_ferry_ledger_v1_ledger_proto_rawDescGZIP(), []int{15}
+}
+
+func (x *RecordSourceSync) GetSource() string {
+	if x != nil {
+		return x.Source
+	}
+	return ""
+}
+
+func (x *RecordSourceSync) GetInventory() *v1.SourceInventory {
+	if x != nil {
+		return x.Inventory
+	}
+	return nil
+}
+
+func (x *RecordSourceSync) GetError() string {
+	if x != nil {
+		return x.Error
+	}
+	return ""
+}
+
 // CreateMigrationJobs adds jobs stamped by the leader (names, times,
 // allocated addresses).
 type CreateMigrationJobs struct {
@@ -1293,7 +1373,7 @@ type CreateMigrationJobs struct {
 
 func (x *CreateMigrationJobs) Reset() {
 	*x = CreateMigrationJobs{}
-	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[15]
+	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1305,7 +1385,7 @@ func (x *CreateMigrationJobs) String() string {
 func (*CreateMigrationJobs) ProtoMessage() {}
 
 func (x *CreateMigrationJobs) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[15]
+	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1318,7 +1398,7 @@ func (x *CreateMigrationJobs) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateMigrationJobs.ProtoReflect.Descriptor instead.
 func (*CreateMigrationJobs) Descriptor() ([]byte, []int) {
-	return file_ferry_ledger_v1_ledger_proto_rawDescGZIP(), []int{15}
+	return file_ferry_ledger_v1_ledger_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *CreateMigrationJobs) GetJobs() []*v1.MigrationJob {
@@ -1346,7 +1426,7 @@ type StartMigrationJob struct {
 
 func (x *StartMigrationJob) Reset() {
 	*x = StartMigrationJob{}
-	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[16]
+	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1358,7 +1438,7 @@ func (x *StartMigrationJob) String() string {
 func (*StartMigrationJob) ProtoMessage() {}
 
 func (x *StartMigrationJob) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[16]
+	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1371,7 +1451,7 @@ func (x *StartMigrationJob) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StartMigrationJob.ProtoReflect.Descriptor instead.
 func (*StartMigrationJob) Descriptor() ([]byte, []int) {
-	return file_ferry_ledger_v1_ledger_proto_rawDescGZIP(), []int{16}
+	return file_ferry_ledger_v1_ledger_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *StartMigrationJob) GetName() string {
@@ -1407,7 +1487,7 @@ type CheckpointMigrationJob struct {
 
 func (x *CheckpointMigrationJob) Reset() {
 	*x = CheckpointMigrationJob{}
-	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[17]
+	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1419,7 +1499,7 @@ func (x *CheckpointMigrationJob) String() string {
 func (*CheckpointMigrationJob) ProtoMessage() {}
 
 func (x *CheckpointMigrationJob) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[17]
+	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1432,7 +1512,7 @@ func (x *CheckpointMigrationJob) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CheckpointMigrationJob.ProtoReflect.Descriptor instead.
 func (*CheckpointMigrationJob) Descriptor() ([]byte, []int) {
-	return file_ferry_ledger_v1_ledger_proto_rawDescGZIP(), []int{17}
+	return file_ferry_ledger_v1_ledger_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *CheckpointMigrationJob) GetName() string {
@@ -1477,7 +1557,7 @@ type FinishMigrationJob struct {
 
 func (x *FinishMigrationJob) Reset() {
 	*x = FinishMigrationJob{}
-	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[18]
+	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1489,7 +1569,7 @@ func (x *FinishMigrationJob) String() string {
 func (*FinishMigrationJob) ProtoMessage() {}
 
 func (x *FinishMigrationJob) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[18]
+	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1502,7 +1582,7 @@ func (x *FinishMigrationJob) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FinishMigrationJob.ProtoReflect.Descriptor instead.
 func (*FinishMigrationJob) Descriptor() ([]byte, []int) {
-	return file_ferry_ledger_v1_ledger_proto_rawDescGZIP(), []int{18}
+	return file_ferry_ledger_v1_ledger_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *FinishMigrationJob) GetName() string {
@@ -1557,7 +1637,7 @@ type CancelMigrationJob struct {
 
 func (x *CancelMigrationJob) Reset() {
 	*x = CancelMigrationJob{}
-	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[19]
+	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1569,7 +1649,7 @@ func (x *CancelMigrationJob) String() string {
 func (*CancelMigrationJob) ProtoMessage() {}
 
 func (x *CancelMigrationJob) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[19]
+	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1582,7 +1662,7 @@ func (x *CancelMigrationJob) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CancelMigrationJob.ProtoReflect.Descriptor instead.
 func (*CancelMigrationJob) Descriptor() ([]byte, []int) {
-	return file_ferry_ledger_v1_ledger_proto_rawDescGZIP(), []int{19}
+	return file_ferry_ledger_v1_ledger_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *CancelMigrationJob) GetName() string {
@@ -1608,7 +1688,7 @@ type RestartMigrationJob struct {
 
 func (x *RestartMigrationJob) Reset() {
 	*x = RestartMigrationJob{}
-	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[20]
+	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1620,7 +1700,7 @@ func (x *RestartMigrationJob) String() string {
 func (*RestartMigrationJob) ProtoMessage() {}
 
 func (x *RestartMigrationJob) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[20]
+	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1633,7 +1713,7 @@ func (x *RestartMigrationJob) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RestartMigrationJob.ProtoReflect.Descriptor instead.
 func (*RestartMigrationJob) Descriptor() ([]byte, []int) {
-	return file_ferry_ledger_v1_ledger_proto_rawDescGZIP(), []int{20}
+	return file_ferry_ledger_v1_ledger_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *RestartMigrationJob) GetName() string {
@@ -1653,7 +1733,7 @@ type SetJobWaitingReason struct {
 
 func (x *SetJobWaitingReason) Reset() {
 	*x = SetJobWaitingReason{}
-	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[21]
+	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1665,7 +1745,7 @@ func (x *SetJobWaitingReason) String() string {
 func (*SetJobWaitingReason) ProtoMessage() {}
 
 func (x *SetJobWaitingReason) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[21]
+	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1678,7 +1758,7 @@ func (x *SetJobWaitingReason) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetJobWaitingReason.ProtoReflect.Descriptor instead.
 func (*SetJobWaitingReason) Descriptor() ([]byte, []int) {
-	return file_ferry_ledger_v1_ledger_proto_rawDescGZIP(), []int{21}
+	return file_ferry_ledger_v1_ledger_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *SetJobWaitingReason) GetName() string {
@@ -1704,7 +1784,7 @@ type PutSettings struct {
 
 func (x *PutSettings) Reset() {
 	*x = PutSettings{}
-	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[22]
+	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1716,7 +1796,7 @@ func (x *PutSettings) String() string {
 func (*PutSettings) ProtoMessage() {}
 
 func (x *PutSettings) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[22]
+	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1729,7 +1809,7 @@ func (x *PutSettings) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PutSettings.ProtoReflect.Descriptor instead.
 func (*PutSettings) Descriptor() ([]byte, []int) {
-	return file_ferry_ledger_v1_ledger_proto_rawDescGZIP(), []int{22}
+	return file_ferry_ledger_v1_ledger_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *PutSettings) GetSettings() *v1.Settings {
@@ -1751,7 +1831,7 @@ type Node struct {
 
 func (x *Node) Reset() {
 	*x = Node{}
-	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[23]
+	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1763,7 +1843,7 @@ func (x *Node) String() string {
 func (*Node) ProtoMessage() {}
 
 func (x *Node) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[23]
+	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1776,7 +1856,7 @@ func (x *Node) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Node.ProtoReflect.Descriptor instead.
 func (*Node) Descriptor() ([]byte, []int) {
-	return file_ferry_ledger_v1_ledger_proto_rawDescGZIP(), []int{23}
+	return file_ferry_ledger_v1_ledger_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *Node) GetId() string {
@@ -1809,7 +1889,7 @@ type PutNode struct {
 
 func (x *PutNode) Reset() {
 	*x = PutNode{}
-	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[24]
+	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1821,7 +1901,7 @@ func (x *PutNode) String() string {
 func (*PutNode) ProtoMessage() {}
 
 func (x *PutNode) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[24]
+	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1834,7 +1914,7 @@ func (x *PutNode) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PutNode.ProtoReflect.Descriptor instead.
 func (*PutNode) Descriptor() ([]byte, []int) {
-	return file_ferry_ledger_v1_ledger_proto_rawDescGZIP(), []int{24}
+	return file_ferry_ledger_v1_ledger_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *PutNode) GetNode() *Node {
@@ -1857,7 +1937,7 @@ type RequestRecord struct {
 
 func (x *RequestRecord) Reset() {
 	*x = RequestRecord{}
-	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[25]
+	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1869,7 +1949,7 @@ func (x *RequestRecord) String() string {
 func (*RequestRecord) ProtoMessage() {}
 
 func (x *RequestRecord) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[25]
+	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1882,7 +1962,7 @@ func (x *RequestRecord) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RequestRecord.ProtoReflect.Descriptor instead.
 func (*RequestRecord) Descriptor() ([]byte, []int) {
-	return file_ferry_ledger_v1_ledger_proto_rawDescGZIP(), []int{25}
+	return file_ferry_ledger_v1_ledger_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *RequestRecord) GetRequestId() string {
@@ -1908,25 +1988,26 @@ func (x *RequestRecord) GetTime() *timestamppb.Timestamp {
 
 // Snapshot is the whole ledger.
 type Snapshot struct {
-	state            protoimpl.MessageState `protogen:"open.v1"`
-	Clusters         []*v1.Cluster          `protobuf:"bytes,1,rep,name=clusters,proto3" json:"clusters,omitempty"`
-	Hosts            []*v1.Host             `protobuf:"bytes,2,rep,name=hosts,proto3" json:"hosts,omitempty"`
-	PrimaryStorages  []*v1.PrimaryStorage   `protobuf:"bytes,3,rep,name=primary_storages,json=primaryStorages,proto3" json:"primary_storages,omitempty"`
-	L3Networks       []*v1.L3Network        `protobuf:"bytes,4,rep,name=l3_networks,json=l3Networks,proto3" json:"l3_networks,omitempty"`
-	MigrationServers []*v1.MigrationServer  `protobuf:"bytes,5,rep,name=migration_servers,json=migrationServers,proto3" json:"migration_servers,omitempty"`
-	Credentials      []*SealedCredential    `protobuf:"bytes,6,rep,name=credentials,proto3" json:"credentials,omitempty"`
-	Sources          []*v1.Source           `protobuf:"bytes,7,rep,name=sources,proto3" json:"sources,omitempty"`
-	Jobs             []*v1.MigrationJob     `protobuf:"bytes,8,rep,name=jobs,proto3" json:"jobs,omitempty"`
-	Settings         *v1.Settings           `protobuf:"bytes,9,opt,name=settings,proto3" json:"settings,omitempty"`
-	Nodes            []*Node                `protobuf:"bytes,10,rep,name=nodes,proto3" json:"nodes,omitempty"`
-	Requests         []*RequestRecord       `protobuf:"bytes,11,rep,name=requests,proto3" json:"requests,omitempty"`
-	unknownFields    protoimpl.UnknownFields
-	sizeCache        protoimpl.SizeCache
+	state             protoimpl.MessageState `protogen:"open.v1"`
+	Clusters          []*v1.Cluster          `protobuf:"bytes,1,rep,name=clusters,proto3" json:"clusters,omitempty"`
+	Hosts             []*v1.Host             `protobuf:"bytes,2,rep,name=hosts,proto3" json:"hosts,omitempty"`
+	PrimaryStorages   []*v1.PrimaryStorage   `protobuf:"bytes,3,rep,name=primary_storages,json=primaryStorages,proto3" json:"primary_storages,omitempty"`
+	L3Networks        []*v1.L3Network        `protobuf:"bytes,4,rep,name=l3_networks,json=l3Networks,proto3" json:"l3_networks,omitempty"`
+	MigrationServers  []*v1.MigrationServer  `protobuf:"bytes,5,rep,name=migration_servers,json=migrationServers,proto3" json:"migration_servers,omitempty"`
+	Credentials       []*SealedCredential    `protobuf:"bytes,6,rep,name=credentials,proto3" json:"credentials,omitempty"`
+	Sources           []*v1.Source           `protobuf:"bytes,7,rep,name=sources,proto3" json:"sources,omitempty"`
+	Jobs              []*v1.MigrationJob     `protobuf:"bytes,8,rep,name=jobs,proto3" json:"jobs,omitempty"`
+	Settings          *v1.Settings           `protobuf:"bytes,9,opt,name=settings,proto3" json:"settings,omitempty"`
+	Nodes             []*Node                `protobuf:"bytes,10,rep,name=nodes,proto3" json:"nodes,omitempty"`
+	Requests          []*RequestRecord       `protobuf:"bytes,11,rep,name=requests,proto3" json:"requests,omitempty"`
+	SourceInventories []*v1.SourceInventory  `protobuf:"bytes,12,rep,name=source_inventories,json=sourceInventories,proto3" json:"source_inventories,omitempty"`
+	unknownFields     protoimpl.UnknownFields
+	sizeCache         protoimpl.SizeCache
 }
 
 func (x *Snapshot) Reset() {
 	*x = Snapshot{}
-	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[26]
+	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1938,7 +2019,7 @@ func (x *Snapshot) String() string {
 func (*Snapshot) ProtoMessage() {}
 
 func (x *Snapshot) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[26]
+	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1951,7 +2032,7 @@ func (x *Snapshot) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Snapshot.ProtoReflect.Descriptor instead.
 func (*Snapshot) Descriptor() ([]byte, []int) {
-	return file_ferry_ledger_v1_ledger_proto_rawDescGZIP(), []int{26}
+	return file_ferry_ledger_v1_ledger_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *Snapshot) GetClusters() []*v1.Cluster {
@@ -2031,11 +2112,18 @@ func (x *Snapshot) GetRequests() []*RequestRecord {
 	return nil
 }
 
+func (x *Snapshot) GetSourceInventories() []*v1.SourceInventory {
+	if x != nil {
+		return x.SourceInventories
+	}
+	return nil
+}
+
 var File_ferry_ledger_v1_ledger_proto protoreflect.FileDescriptor
 
 const file_ferry_ledger_v1_ledger_proto_rawDesc = "" +
 	"\n" +
-	"\x1cferry/ledger/v1/ledger.proto\x12\x0fferry.ledger.v1\x1a\x18ferry/v1/inventory.proto\x1a\x1cferry/v1/migration_job.proto\x1a\x1fferry/v1/migration_server.proto\x1a\x17ferry/v1/settings.proto\x1a\x15ferry/v1/source.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xf0\x12\n" +
+	"\x1cferry/ledger/v1/ledger.proto\x12\x0fferry.ledger.v1\x1a\x18ferry/v1/inventory.proto\x1a\x1cferry/v1/migration_job.proto\x1a\x1fferry/v1/migration_server.proto\x1a\x17ferry/v1/settings.proto\x1a\x15ferry/v1/source.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xc3\x13\n" +
 	"\aCommand\x12.\n" +
 	"\x04time\x18\x01 \x01(\v2\x1a.google.protobuf.TimestampR\x04time\x12>\n" +
 	"\vput_cluster\x18\n" +
@@ -2070,7 +2158,8 @@ const file_ferry_ledger_v1_ledger_proto_rawDesc = "" +
 	"\bput_node\x18$ \x01(\v2\x18.ferry.ledger.v1.PutNodeH\x00R\aputNode\x12B\n" +
 	"\vdelete_node\x18% \x01(\v2\x1f.ferry.ledger.v1.DeleteResourceH\x00R\n" +
 	"deleteNode\x12.\n" +
-	"\x05batch\x18& \x01(\v2\x16.ferry.ledger.v1.BatchH\x00R\x05batchB\x04\n" +
+	"\x05batch\x18& \x01(\v2\x16.ferry.ledger.v1.BatchH\x00R\x05batch\x12Q\n" +
+	"\x12record_source_sync\x18' \x01(\v2!.ferry.ledger.v1.RecordSourceSyncH\x00R\x10recordSourceSyncB\x04\n" +
 	"\x02op\"=\n" +
 	"\x05Batch\x124\n" +
 	"\bcommands\x18\x01 \x03(\v2\x18.ferry.ledger.v1.CommandR\bcommands\"$\n" +
@@ -2129,7 +2218,11 @@ const file_ferry_ledger_v1_ledger_proto_rawDesc = "" +
 	"request_id\x18\x02 \x01(\tR\trequestId\"D\n" +
 	"\x13RecordSourceHostKey\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x19\n" +
-	"\bhost_key\x18\x02 \x01(\tR\ahostKey\"`\n" +
+	"\bhost_key\x18\x02 \x01(\tR\ahostKey\"y\n" +
+	"\x10RecordSourceSync\x12\x16\n" +
+	"\x06source\x18\x01 \x01(\tR\x06source\x127\n" +
+	"\tinventory\x18\x02 \x01(\v2\x19.ferry.v1.SourceInventoryR\tinventory\x12\x14\n" +
+	"\x05error\x18\x03 \x01(\tR\x05error\"`\n" +
 	"\x13CreateMigrationJobs\x12*\n" +
 	"\x04jobs\x18\x01 \x03(\v2\x16.ferry.v1.MigrationJobR\x04jobs\x12\x1d\n" +
 	"\n" +
@@ -2171,7 +2264,7 @@ const file_ferry_ledger_v1_ledger_proto_rawDesc = "" +
 	"\n" +
 	"request_id\x18\x01 \x01(\tR\trequestId\x12\x14\n" +
 	"\x05names\x18\x02 \x03(\tR\x05names\x12.\n" +
-	"\x04time\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\x04time\"\xd8\x04\n" +
+	"\x04time\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\x04time\"\xa2\x05\n" +
 	"\bSnapshot\x12-\n" +
 	"\bclusters\x18\x01 \x03(\v2\x11.ferry.v1.ClusterR\bclusters\x12$\n" +
 	"\x05hosts\x18\x02 \x03(\v2\x0e.ferry.v1.HostR\x05hosts\x12C\n" +
@@ -2185,7 +2278,8 @@ const file_ferry_ledger_v1_ledger_proto_rawDesc = "" +
 	"\bsettings\x18\t \x01(\v2\x12.ferry.v1.SettingsR\bsettings\x12+\n" +
 	"\x05nodes\x18\n" +
 	" \x03(\v2\x15.ferry.ledger.v1.NodeR\x05nodes\x12:\n" +
-	"\brequests\x18\v \x03(\v2\x1e.ferry.ledger.v1.RequestRecordR\brequestsB\xbc\x01\n" +
+	"\brequests\x18\v \x03(\v2\x1e.ferry.ledger.v1.RequestRecordR\brequests\x12H\n" +
+	"\x12source_inventories\x18\f \x03(\v2\x19.ferry.v1.SourceInventoryR\x11sourceInventoriesB\xbc\x01\n" +
 	"\x13com.ferry.ledger.v1B\vLedgerProtoP\x01Z:github.com/ferry-v2v/ferry/pkg/pb/ferry/ledger/v1;ledgerv1\xa2\x02\x03FLX\xaa\x02\x0fFerry.Ledger.V1\xca\x02\x0fFerry\\Ledger\\V1\xe2\x02\x1bFerry\\Ledger\\V1\\GPBMetadata\xea\x02\x11Ferry::Ledger::V1b\x06proto3"
 
 var (
@@ -2200,7 +2294,7 @@ func file_ferry_ledger_v1_ledger_proto_rawDescGZIP() []byte {
 	return file_ferry_ledger_v1_ledger_proto_rawDescData
 }
 
-var file_ferry_ledger_v1_ledger_proto_msgTypes = make([]protoimpl.MessageInfo, 27)
+var file_ferry_ledger_v1_ledger_proto_msgTypes = make([]protoimpl.MessageInfo, 28)
 var file_ferry_ledger_v1_ledger_proto_goTypes = []any{
 	(*Command)(nil),                     // 0: ferry.ledger.v1.Command
 	(*Batch)(nil),                       // 1: ferry.ledger.v1.Batch
@@ -2217,34 +2311,36 @@ var file_ferry_ledger_v1_ledger_proto_goTypes = []any{
 	(*PutCredential)(nil),               // 12: ferry.ledger.v1.PutCredential
 	(*PutSource)(nil),                   // 13: ferry.ledger.v1.PutSource
 	(*RecordSourceHostKey)(nil),         // 14: ferry.ledger.v1.RecordSourceHostKey
-	(*CreateMigrationJobs)(nil),         // 15: ferry.ledger.v1.CreateMigrationJobs
-	(*StartMigrationJob)(nil),           // 16: ferry.ledger.v1.StartMigrationJob
-	(*CheckpointMigrationJob)(nil),      // 17: ferry.ledger.v1.CheckpointMigrationJob
-	(*FinishMigrationJob)(nil),          // 18: ferry.ledger.v1.FinishMigrationJob
-	(*CancelMigrationJob)(nil),          // 19: ferry.ledger.v1.CancelMigrationJob
-	(*RestartMigrationJob)(nil),         // 20: ferry.ledger.v1.RestartMigrationJob
-	(*SetJobWaitingReason)(nil),         // 21: ferry.ledger.v1.SetJobWaitingReason
-	(*PutSettings)(nil),                 // 22: ferry.ledger.v1.PutSettings
-	(*Node)(nil),                        // 23: ferry.ledger.v1.Node
-	(*PutNode)(nil),                     // 24: ferry.ledger.v1.PutNode
-	(*RequestRecord)(nil),               // 25: ferry.ledger.v1.RequestRecord
-	(*Snapshot)(nil),                    // 26: ferry.ledger.v1.Snapshot
-	(*timestamppb.Timestamp)(nil),       // 27: google.protobuf.Timestamp
-	(*v1.Cluster)(nil),                  // 28: ferry.v1.Cluster
-	(*v1.Host)(nil),                     // 29: ferry.v1.Host
-	(*v1.PrimaryStorage)(nil),           // 30: ferry.v1.PrimaryStorage
-	(*v1.L3Network)(nil),                // 31: ferry.v1.L3Network
-	(*v1.MigrationServer)(nil),          // 32: ferry.v1.MigrationServer
-	(*v1.Credential)(nil),               // 33: ferry.v1.Credential
-	(*v1.Source)(nil),                   // 34: ferry.v1.Source
-	(*v1.MigrationJob)(nil),             // 35: ferry.v1.MigrationJob
-	(v1.MigrationJobPhase)(0),           // 36: ferry.v1.MigrationJobPhase
-	(*v1.DiskProgress)(nil),             // 37: ferry.v1.DiskProgress
-	(v1.MigrationJobState)(0),           // 38: ferry.v1.MigrationJobState
-	(*v1.Settings)(nil),                 // 39: ferry.v1.Settings
+	(*RecordSourceSync)(nil),            // 15: ferry.ledger.v1.RecordSourceSync
+	(*CreateMigrationJobs)(nil),         // 16: ferry.ledger.v1.CreateMigrationJobs
+	(*StartMigrationJob)(nil),           // 17: ferry.ledger.v1.StartMigrationJob
+	(*CheckpointMigrationJob)(nil),      // 18: ferry.ledger.v1.CheckpointMigrationJob
+	(*FinishMigrationJob)(nil),          // 19: ferry.ledger.v1.FinishMigrationJob
+	(*CancelMigrationJob)(nil),          // 20: ferry.ledger.v1.CancelMigrationJob
+	(*RestartMigrationJob)(nil),         // 21: ferry.ledger.v1.RestartMigrationJob
+	(*SetJobWaitingReason)(nil),         // 22: ferry.ledger.v1.SetJobWaitingReason
+	(*PutSettings)(nil),                 // 23: ferry.ledger.v1.PutSettings
+	(*Node)(nil),                        // 24: ferry.ledger.v1.Node
+	(*PutNode)(nil),                     // 25: ferry.ledger.v1.PutNode
+	(*RequestRecord)(nil),               // 26: ferry.ledger.v1.RequestRecord
+	(*Snapshot)(nil),                    // 27: ferry.ledger.v1.Snapshot
+	(*timestamppb.Timestamp)(nil),       // 28: google.protobuf.Timestamp
+	(*v1.Cluster)(nil),                  // 29: ferry.v1.Cluster
+	(*v1.Host)(nil),                     // 30: ferry.v1.Host
+	(*v1.PrimaryStorage)(nil),           // 31: ferry.v1.PrimaryStorage
+	(*v1.L3Network)(nil),                // 32: ferry.v1.L3Network
+	(*v1.MigrationServer)(nil),          // 33: ferry.v1.MigrationServer
+	(*v1.Credential)(nil),               // 34: ferry.v1.Credential
+	(*v1.Source)(nil),                   // 35: ferry.v1.Source
+	(*v1.SourceInventory)(nil),          // 36: ferry.v1.SourceInventory
+	(*v1.MigrationJob)(nil),             // 37: ferry.v1.MigrationJob
+	(v1.MigrationJobPhase)(0),           // 38: ferry.v1.MigrationJobPhase
+	(*v1.DiskProgress)(nil),             // 39: ferry.v1.DiskProgress
+	(v1.MigrationJobState)(0),           // 40: ferry.v1.MigrationJobState
+	(*v1.Settings)(nil),                 // 41: ferry.v1.Settings
 }
 var file_ferry_ledger_v1_ledger_proto_depIdxs = []int32{
-	27, // 0: ferry.ledger.v1.Command.time:type_name -> google.protobuf.Timestamp
+	28, // 0: ferry.ledger.v1.Command.time:type_name -> google.protobuf.Timestamp
 	3,  // 1: ferry.ledger.v1.Command.put_cluster:type_name -> ferry.ledger.v1.PutCluster
 	2,  // 2: ferry.ledger.v1.Command.delete_cluster:type_name -> ferry.ledger.v1.DeleteResource
 	4,  // 3: ferry.ledger.v1.Command.put_host:type_name -> ferry.ledger.v1.PutHost
@@ -2262,51 +2358,54 @@ var file_ferry_ledger_v1_ledger_proto_depIdxs = []int32{
 	13, // 15: ferry.ledger.v1.Command.put_source:type_name -> ferry.ledger.v1.PutSource
 	2,  // 16: ferry.ledger.v1.Command.delete_source:type_name -> ferry.ledger.v1.DeleteResource
 	14, // 17: ferry.ledger.v1.Command.record_source_host_key:type_name -> ferry.ledger.v1.RecordSourceHostKey
-	15, // 18: ferry.ledger.v1.Command.create_migration_jobs:type_name -> ferry.ledger.v1.CreateMigrationJobs
-	16, // 19: ferry.ledger.v1.Command.start_migration_job:type_name -> ferry.ledger.v1.StartMigrationJob
-	17, // 20: ferry.ledger.v1.Command.checkpoint_migration_job:type_name -> ferry.ledger.v1.CheckpointMigrationJob
-	18, // 21: ferry.ledger.v1.Command.finish_migration_job:type_name -> ferry.ledger.v1.FinishMigrationJob
-	19, // 22: ferry.ledger.v1.Command.cancel_migration_job:type_name -> ferry.ledger.v1.CancelMigrationJob
-	20, // 23: ferry.ledger.v1.Command.restart_migration_job:type_name -> ferry.ledger.v1.RestartMigrationJob
+	16, // 18: ferry.ledger.v1.Command.create_migration_jobs:type_name -> ferry.ledger.v1.CreateMigrationJobs
+	17, // 19: ferry.ledger.v1.Command.start_migration_job:type_name -> ferry.ledger.v1.StartMigrationJob
+	18, // 20: ferry.ledger.v1.Command.checkpoint_migration_job:type_name -> ferry.ledger.v1.CheckpointMigrationJob
+	19, // 21: ferry.ledger.v1.Command.finish_migration_job:type_name -> ferry.ledger.v1.FinishMigrationJob
+	20, // 22: ferry.ledger.v1.Command.cancel_migration_job:type_name -> ferry.ledger.v1.CancelMigrationJob
+	21, // 23: ferry.ledger.v1.Command.restart_migration_job:type_name -> ferry.ledger.v1.RestartMigrationJob
 	2,  // 24: ferry.ledger.v1.Command.delete_migration_job:type_name -> ferry.ledger.v1.DeleteResource
-	21, // 25: ferry.ledger.v1.Command.set_job_waiting_reason:type_name -> ferry.ledger.v1.SetJobWaitingReason
-	22, // 26: ferry.ledger.v1.Command.put_settings:type_name -> ferry.ledger.v1.PutSettings
-	24, // 27: ferry.ledger.v1.Command.put_node:type_name -> ferry.ledger.v1.PutNode
+	22, // 25: ferry.ledger.v1.Command.set_job_waiting_reason:type_name -> ferry.ledger.v1.SetJobWaitingReason
+	23, // 26: ferry.ledger.v1.Command.put_settings:type_name -> ferry.ledger.v1.PutSettings
+	25, // 27: ferry.ledger.v1.Command.put_node:type_name -> ferry.ledger.v1.PutNode
 	2,  // 28: ferry.ledger.v1.Command.delete_node:type_name -> ferry.ledger.v1.DeleteResource
 	1,  // 29: ferry.ledger.v1.Command.batch:type_name -> ferry.ledger.v1.Batch
-	0,  // 30: ferry.ledger.v1.Batch.commands:type_name -> ferry.ledger.v1.Command
-	28, // 31: ferry.ledger.v1.PutCluster.cluster:type_name -> ferry.v1.Cluster
-	29, // 32: ferry.ledger.v1.PutHost.host:type_name -> ferry.v1.Host
-	30, // 33: ferry.ledger.v1.PutPrimaryStorage.primary_storage:type_name -> ferry.v1.PrimaryStorage
-	31, // 34: ferry.ledger.v1.PutL3Network.l3_network:type_name -> ferry.v1.L3Network
-	32, // 35: ferry.ledger.v1.PutMigrationServer.migration_server:type_name -> ferry.v1.MigrationServer
-	33, // 36: ferry.ledger.v1.SealedCredential.credential:type_name -> ferry.v1.Credential
-	11, // 37: ferry.ledger.v1.PutCredential.credential:type_name -> ferry.ledger.v1.SealedCredential
-	34, // 38: ferry.ledger.v1.PutSource.source:type_name -> ferry.v1.Source
-	35, // 39: ferry.ledger.v1.CreateMigrationJobs.jobs:type_name -> ferry.v1.MigrationJob
-	36, // 40: ferry.ledger.v1.CheckpointMigrationJob.phase:type_name -> ferry.v1.MigrationJobPhase
-	37, // 41: ferry.ledger.v1.CheckpointMigrationJob.disks:type_name -> ferry.v1.DiskProgress
-	38, // 42: ferry.ledger.v1.FinishMigrationJob.state:type_name -> ferry.v1.MigrationJobState
-	37, // 43: ferry.ledger.v1.FinishMigrationJob.disks:type_name -> ferry.v1.DiskProgress
-	39, // 44: ferry.ledger.v1.PutSettings.settings:type_name -> ferry.v1.Settings
-	23, // 45: ferry.ledger.v1.PutNode.node:type_name -> ferry.ledger.v1.Node
-	27, // 46: ferry.ledger.v1.RequestRecord.time:type_name -> google.protobuf.Timestamp
-	28, // 47: ferry.ledger.v1.Snapshot.clusters:type_name -> ferry.v1.Cluster
-	29, // 48: ferry.ledger.v1.Snapshot.hosts:type_name -> ferry.v1.Host
-	30, // 49: ferry.ledger.v1.Snapshot.primary_storages:type_name -> ferry.v1.PrimaryStorage
-	31, // 50: ferry.ledger.v1.Snapshot.l3_networks:type_name -> ferry.v1.L3Network
-	32, // 51: ferry.ledger.v1.Snapshot.migration_servers:type_name -> ferry.v1.MigrationServer
-	11, // 52: ferry.ledger.v1.Snapshot.credentials:type_name -> ferry.ledger.v1.SealedCredential
-	34, // 53: ferry.ledger.v1.Snapshot.sources:type_name -> ferry.v1.Source
-	35, // 54: ferry.ledger.v1.Snapshot.jobs:type_name -> ferry.v1.MigrationJob
-	39, // 55: ferry.ledger.v1.Snapshot.settings:type_name -> ferry.v1.Settings
-	23, // 56: ferry.ledger.v1.Snapshot.nodes:type_name -> ferry.ledger.v1.Node
-	25, // 57: ferry.ledger.v1.Snapshot.requests:type_name -> ferry.ledger.v1.RequestRecord
-	58, // [58:58] is the sub-list for method output_type
-	58, // [58:58] is the sub-list for method input_type
-	58, // [58:58] is the sub-list for extension type_name
-	58, // [58:58] is the sub-list for extension extendee
-	0,  // [0:58] is the sub-list for field type_name
+	15, // 30: ferry.ledger.v1.Command.record_source_sync:type_name -> ferry.ledger.v1.RecordSourceSync
+	0,  // 31: ferry.ledger.v1.Batch.commands:type_name -> ferry.ledger.v1.Command
+	29, // 32: ferry.ledger.v1.PutCluster.cluster:type_name -> ferry.v1.Cluster
+	30, // 33: ferry.ledger.v1.PutHost.host:type_name -> ferry.v1.Host
+	31, // 34: ferry.ledger.v1.PutPrimaryStorage.primary_storage:type_name -> ferry.v1.PrimaryStorage
+	32, // 35: ferry.ledger.v1.PutL3Network.l3_network:type_name -> ferry.v1.L3Network
+	33, // 36: ferry.ledger.v1.PutMigrationServer.migration_server:type_name -> ferry.v1.MigrationServer
+	34, // 37: ferry.ledger.v1.SealedCredential.credential:type_name -> ferry.v1.Credential
+	11, // 38: ferry.ledger.v1.PutCredential.credential:type_name -> ferry.ledger.v1.SealedCredential
+	35, // 39: ferry.ledger.v1.PutSource.source:type_name -> ferry.v1.Source
+	36, // 40: ferry.ledger.v1.RecordSourceSync.inventory:type_name -> ferry.v1.SourceInventory
+	37, // 41: ferry.ledger.v1.CreateMigrationJobs.jobs:type_name -> ferry.v1.MigrationJob
+	38, // 42: ferry.ledger.v1.CheckpointMigrationJob.phase:type_name -> ferry.v1.MigrationJobPhase
+	39, // 43: ferry.ledger.v1.CheckpointMigrationJob.disks:type_name -> ferry.v1.DiskProgress
+	40, // 44: ferry.ledger.v1.FinishMigrationJob.state:type_name -> ferry.v1.MigrationJobState
+	39, // 45: ferry.ledger.v1.FinishMigrationJob.disks:type_name -> ferry.v1.DiskProgress
+	41, // 46: ferry.ledger.v1.PutSettings.settings:type_name -> ferry.v1.Settings
+	24, // 47: ferry.ledger.v1.PutNode.node:type_name -> ferry.ledger.v1.Node
+	28, // 48: ferry.ledger.v1.RequestRecord.time:type_name -> google.protobuf.Timestamp
+	29, // 49: ferry.ledger.v1.Snapshot.clusters:type_name -> ferry.v1.Cluster
+	30, // 50: ferry.ledger.v1.Snapshot.hosts:type_name -> ferry.v1.Host
+	31, // 51: ferry.ledger.v1.Snapshot.primary_storages:type_name -> ferry.v1.PrimaryStorage
+	32, // 52: ferry.ledger.v1.Snapshot.l3_networks:type_name -> ferry.v1.L3Network
+	33, // 53: ferry.ledger.v1.Snapshot.migration_servers:type_name -> ferry.v1.MigrationServer
+	11, // 54: ferry.ledger.v1.Snapshot.credentials:type_name -> ferry.ledger.v1.SealedCredential
+	35, // 55: ferry.ledger.v1.Snapshot.sources:type_name -> ferry.v1.Source
+	37, // 56: ferry.ledger.v1.Snapshot.jobs:type_name -> ferry.v1.MigrationJob
+	41, // 57: ferry.ledger.v1.Snapshot.settings:type_name -> ferry.v1.Settings
+	24, // 58: ferry.ledger.v1.Snapshot.nodes:type_name -> ferry.ledger.v1.Node
+	26, // 59: ferry.ledger.v1.Snapshot.requests:type_name -> ferry.ledger.v1.RequestRecord
+	36, // 60: ferry.ledger.v1.Snapshot.source_inventories:type_name -> ferry.v1.SourceInventory
+	61, // [61:61] is the sub-list for method output_type
+	61, // [61:61] is the sub-list for method input_type
+	61, // [61:61] is the sub-list for extension type_name
+	61, // [61:61] is the sub-list for extension extendee
+	0,  // [0:61] is the sub-list for field type_name
 }
 
 func init() { file_ferry_ledger_v1_ledger_proto_init() }
@@ -2344,6 +2443,7 @@ func file_ferry_ledger_v1_ledger_proto_init() {
 		(*Command_PutNode)(nil),
 		(*Command_DeleteNode)(nil),
 		(*Command_Batch)(nil),
+		(*Command_RecordSourceSync)(nil),
 	}
 	file_ferry_ledger_v1_ledger_proto_msgTypes[10].OneofWrappers = []any{}
 	type x struct{}
@@ -2352,7 +2452,7 @@ func file_ferry_ledger_v1_ledger_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_ferry_ledger_v1_ledger_proto_rawDesc), len(file_ferry_ledger_v1_ledger_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   27,
+			NumMessages:   28,
 			NumExtensions: 0,
 			NumServices:   0,
 		},
