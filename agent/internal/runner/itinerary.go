@@ -20,10 +20,10 @@ type Source interface {
 	Convert(ctx context.Context, job *Job) error
 }
 
-// Lister is what a source driver may also do: list the VMs of a source,
-// for the coordinator's ListSourceVMs.
+// Lister is what a source driver may also do: read the inventory of a
+// source (its VMs and what they run on), for the coordinator's sync.
 type Lister interface {
-	ListVMs(ctx context.Context, req *agentv1.InventoryRequest) ([]*ferryv1.SourceVm, error)
+	Inventory(ctx context.Context, req *agentv1.InventoryRequest) (*ferryv1.SourceInventory, error)
 }
 
 // Target is the target driver: it moves the cached disks to primary

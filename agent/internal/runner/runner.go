@@ -297,12 +297,13 @@ func (r *Runner) Held() []*agentv1.HeldJob {
 	return out
 }
 
-// ListVMs lists a source's VMs through the source driver of its platform.
-func (r *Runner) ListVMs(ctx context.Context, req *agentv1.InventoryRequest) ([]*ferryv1.SourceVm, error) {
+// Inventory reads a source's inventory through the source driver of its
+// platform.
+func (r *Runner) Inventory(ctx context.Context, req *agentv1.InventoryRequest) (*ferryv1.SourceInventory, error) {
 	platform := req.GetSource().GetType()
 	l, ok := r.drivers.Sources[platform].(Lister)
 	if !ok {
 		return nil, &NoDriverError{What: platformName(platform) + " source"}
 	}
-	return l.ListVMs(ctx, req)
+	return l.Inventory(ctx, req)
 }

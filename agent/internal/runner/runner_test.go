@@ -170,9 +170,9 @@ func TestMissingDriverFailsClearly(t *testing.T) {
 	if res.GetOutcome() != agentv1.JobOutcome_JOB_OUTCOME_FAILED || !strings.Contains(res.GetReason(), "no KVM source driver in this build") {
 		t.Fatalf("result = %v", res)
 	}
-	_, err := r.ListVMs(context.Background(), &agentv1.InventoryRequest{Source: &ferryv1.Source{Type: ferryv1.Platform_PLATFORM_VMWARE}})
+	_, err := r.Inventory(context.Background(), &agentv1.InventoryRequest{Source: &ferryv1.Source{Type: ferryv1.Platform_PLATFORM_VMWARE}})
 	if err == nil || err.Error() != "no VMware source driver in this build" {
-		t.Fatalf("ListVMs without a driver: %v", err)
+		t.Fatalf("Inventory without a driver: %v", err)
 	}
 }
 

@@ -45,7 +45,7 @@ type Runner interface {
 	Cancel(job string, epoch int64, reason string) bool
 	StopAll(reason string) int
 	Held() []*agentv1.HeldJob
-	ListVMs(ctx context.Context, req *agentv1.InventoryRequest) ([]*ferryv1.SourceVm, error)
+	Inventory(ctx context.Context, req *agentv1.InventoryRequest) (*ferryv1.SourceInventory, error)
 }
 
 // Facts gathers host facts (facts.Collector).

@@ -132,8 +132,8 @@ func (r *fakeRunner) StopAll(reason string) int {
 	return len(r.held)
 }
 
-func (r *fakeRunner) ListVMs(_ context.Context, req *agentv1.InventoryRequest) ([]*ferryv1.SourceVm, error) {
-	return []*ferryv1.SourceVm{{Id: req.GetSource().GetName() + "/vm1"}}, nil
+func (r *fakeRunner) Inventory(_ context.Context, req *agentv1.InventoryRequest) (*ferryv1.SourceInventory, error) {
+	return &ferryv1.SourceInventory{Vms: []*ferryv1.SourceVm{{Id: req.GetSource().GetName() + "/vm1"}}}, nil
 }
 
 func (r *fakeRunner) Held() []*agentv1.HeldJob {
@@ -218,7 +218,8 @@ func TestAnswersInventoryRequests(t *testing.T) {
 		select {
 		case m := <-leader.messages:
 			r := m.GetInventoryResponse()
-			return r.GetRequestId() == "r1" && len(r.GetVms()) == 1 && r.GetVms()[0].GetId() == "sources/s/vm1"
+			vms := r.GetInventory().GetVms()
+			return r.GetRequestId() == "r1" && len(vms) == 1 && vms[0].GetId() == "sources/s/vm1"
 		default:
 			return false
 		}

@@ -156,14 +156,14 @@ func (c *Client) sendLoop(ctx context.Context, stream agentv1.AgentService_Conne
 	}
 }
 
-// inventory lists a source's VMs for the coordinator.
+// inventory reads a source's inventory for the coordinator.
 func (c *Client) inventory(ctx context.Context, req *agentv1.InventoryRequest) *agentv1.ConnectRequest {
 	resp := &agentv1.InventoryResponse{RequestId: req.GetRequestId()}
-	vms, err := c.runner.ListVMs(ctx, req)
+	inv, err := c.runner.Inventory(ctx, req)
 	if err != nil {
-		c.log.Info("listing source VMs failed", "source", req.GetSource().GetName(), "err", err)
+		c.log.Info("reading the source's inventory failed", "source", req.GetSource().GetName(), "err", err)
 		resp.Error = err.Error()
 	}
-	resp.Vms = vms
+	resp.Inventory = inv
 	return &agentv1.ConnectRequest{Kind: &agentv1.ConnectRequest_InventoryResponse{InventoryResponse: resp}}
 }

@@ -74,8 +74,9 @@ func (d *Driver) connect(ctx context.Context, src *ferryv1.Source, ms *ferryv1.M
 	return conn, nil
 }
 
-// ListVMs lists the source's running and paused VMs.
-func (d *Driver) ListVMs(ctx context.Context, req *agentv1.InventoryRequest) ([]*ferryv1.SourceVm, error) {
+// Inventory describes the source host (with its libvirt version) and its
+// running and paused VMs.
+func (d *Driver) Inventory(ctx context.Context, req *agentv1.InventoryRequest) (*ferryv1.SourceInventory, error) {
 	conn, err := d.connect(ctx, req.GetSource(), req.GetMigrationServer(), req.GetSecrets(), d.log)
 	if err != nil {
 		return nil, err
@@ -85,11 +86,13 @@ func (d *Driver) ListVMs(ctx context.Context, req *agentv1.InventoryRequest) ([]
 	if err != nil {
 		return nil, err
 	}
-	out := make([]*ferryv1.SourceVm, 0, len(vms))
+	inv := &ferryv1.SourceInventory{Product: conn.Product(), Hosts: []*ferryv1.SourceHost{conn.HostInfo()}}
 	for _, vm := range vms {
-		out = append(out, vm.Proto())
+		p := vm.Proto()
+		p.Host = inv.Hosts[0].GetName()
+		inv.Vms = append(inv.Vms, p)
 	}
-	return out, nil
+	return inv, nil
 }
 
 // Convert copies the job's disks from a consistent backup of the running

@@ -59,3 +59,24 @@ func (c *Conn) ReadFile(ctx context.Context, path string) ([]byte, error) {
 	}
 	return out, nil
 }
+
+// Product is what the source runs: libvirt and QEMU versions.
+func (c *Conn) Product() *ferryv1.SourceProduct {
+	return &ferryv1.SourceProduct{
+		FullName: fmt.Sprintf("libvirt %s (QEMU %s)", c.libVersion, c.qemuVersion),
+		Version:  c.libVersion.String(), ApiVersion: c.libVersion.String(), ApiType: "libvirt",
+	}
+}
+
+// HostInfo describes the source host: its name as libvirt reports it (the
+// address it was reached at when libvirt cannot tell), CPUs and memory.
+func (c *Conn) HostInfo() *ferryv1.SourceHost {
+	h := &ferryv1.SourceHost{Id: c.cfg.Address, Name: c.cfg.Address, Version: c.libVersion.String(), ConnectionState: "connected"}
+	if name, err := c.virt.GetHostname(); err == nil && name != "" {
+		h.Name = name
+	}
+	if info, err := c.virt.GetNodeInfo(); err == nil {
+		h.Cpus, h.MemoryBytes = int32(info.Cpus), int64(info.Memory)<<10
+	}
+	return h
+}

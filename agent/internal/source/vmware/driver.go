@@ -79,25 +79,14 @@ func (d *Driver) connect(ctx context.Context, src *ferryv1.Source, ms *ferryv1.M
 	return Connect(ctx, cfg)
 }
 
-// ListVMs lists the source's VMs; templates are left out, as they cannot
-// be migrated.
-func (d *Driver) ListVMs(ctx context.Context, req *agentv1.InventoryRequest) ([]*ferryv1.SourceVm, error) {
+// Inventory reads the source's whole inventory, templates included.
+func (d *Driver) Inventory(ctx context.Context, req *agentv1.InventoryRequest) (*ferryv1.SourceInventory, error) {
 	conn, err := d.connect(ctx, req.GetSource(), req.GetMigrationServer(), req.GetSecrets(), d.log)
 	if err != nil {
 		return nil, err
 	}
 	defer conn.Close()
-	vms, err := conn.ListVMs(ctx)
-	if err != nil {
-		return nil, err
-	}
-	out := make([]*ferryv1.SourceVm, 0, len(vms))
-	for _, vm := range vms {
-		if !vm.Template {
-			out = append(out, vm.Proto())
-		}
-	}
-	return out, nil
+	return conn.Inventory(ctx)
 }
 
 // Convert shuts the VM down, exports a snapshot of it and decodes each

@@ -56,6 +56,11 @@ type Host struct {
 	Ref                  types.ManagedObjectReference
 	Name, Version, Build string
 	InMaintenanceMode    bool
+	// Cluster is empty for a standalone host.
+	Cluster, Datacenter string
+	ConnectionState     string
+	CPUs                int32
+	MemoryBytes         int64
 }
 
 // Disk is a virtual disk of a VM.
@@ -87,11 +92,13 @@ type NIC struct {
 	// Network is the portgroup's name, standard or distributed.
 	Network string
 	Model   string // vmxnet3, e1000e, e1000...
+	// IPs are the guest's addresses on the NIC, as VMware Tools report them.
+	IPs []string
 }
 
 // vmProperties are the properties an inventory reads of each VM.
 var vmProperties = []string{"name", "config.uuid", "config.template", "config.guestId", "config.guestFullName",
-	"config.firmware", "config.hardware", "config.changeTrackingEnabled", "runtime.powerState", "runtime.host"}
+	"config.firmware", "config.hardware", "config.changeTrackingEnabled", "runtime.powerState", "runtime.host", "guest.net"}
 
 // ListVMs returns every VM and template of the source.
 func (c *Conn) ListVMs(ctx context.Context) ([]*VM, error) {
@@ -192,6 +199,9 @@ func (c *Conn) describe(ctx context.Context, mos []mo.VirtualMachine) ([]*VM, er
 			vm.Host = hosts[m.Runtime.Host.Value]
 		}
 		describeDevices(vm, m.Config.Hardware.Device, portgroups)
+		if m.Guest != nil {
+			addGuestIPs(vm, m.Guest.Net)
+		}
 		out = append(out, vm)
 	}
 	return out, nil
@@ -286,21 +296,89 @@ func describeNIC(card types.BaseVirtualEthernetCard, portgroups map[string]strin
 	return n
 }
 
-// hosts returns the ESXi hosts by managed object id.
+// addGuestIPs gives each NIC the addresses the guest reports on its MAC.
+func addGuestIPs(vm *VM, net []types.GuestNicInfo) {
+	for _, g := range net {
+		for i := range vm.NICs {
+			if strings.EqualFold(vm.NICs[i].MAC, g.MacAddress) {
+				vm.NICs[i].IPs = append(vm.NICs[i].IPs, g.IpAddress...)
+			}
+		}
+	}
+}
+
+// hostProperties are the properties read of each ESXi host.
+var hostProperties = []string{"name", "parent", "runtime.inMaintenanceMode", "runtime.connectionState",
+	"summary.config.product", "summary.hardware"}
+
+// hosts returns the ESXi hosts by managed object id, with their cluster
+// and datacenter.
 func (c *Conn) hosts(ctx context.Context) (map[string]Host, error) {
 	var mos []mo.HostSystem
-	if err := c.retrieveAll(ctx, "HostSystem", []string{"name", "runtime.inMaintenanceMode", "summary.config.product"}, &mos); err != nil {
+	if err := c.retrieveAll(ctx, "HostSystem", hostProperties, &mos); err != nil {
 		return nil, fmt.Errorf("list hosts of %s: %w", c.cfg.hostPort(), err)
+	}
+	tree, err := c.ancestry(ctx)
+	if err != nil {
+		return nil, err
 	}
 	out := make(map[string]Host, len(mos))
 	for _, h := range mos {
-		host := Host{Ref: h.Self, Name: h.Name, InMaintenanceMode: h.Runtime.InMaintenanceMode}
+		host := Host{Ref: h.Self, Name: h.Name, InMaintenanceMode: h.Runtime.InMaintenanceMode,
+			ConnectionState: string(h.Runtime.ConnectionState)}
 		if p := h.Summary.Config.Product; p != nil {
 			host.Version, host.Build = p.Version, p.Build
+		}
+		if hw := h.Summary.Hardware; hw != nil {
+			host.CPUs, host.MemoryBytes = int32(hw.NumCpuThreads), hw.MemorySize
+		}
+		if h.Parent != nil {
+			if p := tree[h.Parent.Value]; h.Parent.Type == "ClusterComputeResource" {
+				host.Cluster = p.Name
+			}
+			host.Datacenter = datacenterOf(tree, *h.Parent)
 		}
 		out[h.Self.Value] = host
 	}
 	return out, nil
+}
+
+// ancestry returns the folders, datacenters and compute resources (the
+// parents of hosts) by managed object id.
+func (c *Conn) ancestry(ctx context.Context) (map[string]mo.ManagedEntity, error) {
+	kinds := []string{"Folder", "Datacenter", "ComputeResource"}
+	v, err := view.NewManager(c.vim).CreateContainerView(ctx, c.vim.ServiceContent.RootFolder, kinds, true)
+	if err != nil {
+		return nil, fmt.Errorf("read the inventory tree of %s: %w", c.cfg.hostPort(), err)
+	}
+	defer func() { _ = v.Destroy(context.WithoutCancel(ctx)) }()
+	var mos []mo.ManagedEntity
+	if err := v.Retrieve(ctx, kinds, []string{"name", "parent"}, &mos); err != nil {
+		return nil, fmt.Errorf("read the inventory tree of %s: %w", c.cfg.hostPort(), err)
+	}
+	out := make(map[string]mo.ManagedEntity, len(mos))
+	for _, m := range mos {
+		out[m.Self.Value] = m
+	}
+	return out, nil
+}
+
+// datacenterOf walks up from ref to the datacenter holding it.
+func datacenterOf(tree map[string]mo.ManagedEntity, ref types.ManagedObjectReference) string {
+	for range len(tree) + 1 {
+		e, ok := tree[ref.Value]
+		if !ok {
+			return ""
+		}
+		if ref.Type == "Datacenter" {
+			return e.Name
+		}
+		if e.Parent == nil {
+			return ""
+		}
+		ref = *e.Parent
+	}
+	return ""
 }
 
 // portgroups returns the names of distributed portgroups by key.

@@ -29,19 +29,19 @@ func TestListVMs(t *testing.T) {
 
 	src, secrets := simSource(t, sim)
 	d := NewDriver(testLogger(t), Options{})
-	vms, err := d.ListVMs(ctx, &agentv1.InventoryRequest{Source: src,
+	inv, err := d.Inventory(ctx, &agentv1.InventoryRequest{Source: src,
 		MigrationServer: &ferryv1.MigrationServer{Name: "migrationServers/ms", MigrationCidr: "127.0.0.0/8"}, Secrets: secrets})
 	if err != nil {
-		t.Fatalf("ListVMs: %v", err)
+		t.Fatalf("Inventory: %v", err)
 	}
 	var got *ferryv1.SourceVm
-	for _, v := range vms {
+	for _, v := range inv.GetVms() {
 		if v.GetName() == "DC0_H0_VM0" {
 			got = v
 		}
 	}
 	if got == nil {
-		t.Fatalf("ListVMs returned %d VMs, none DC0_H0_VM0", len(vms))
+		t.Fatalf("Inventory returned %d VMs, none DC0_H0_VM0", len(inv.GetVms()))
 	}
 	checkListedVM(t, got, vm.Reference().Value, macs)
 
@@ -64,7 +64,7 @@ func TestListVMs(t *testing.T) {
 	}
 }
 
-// checkListedVM checks what ListVMs said of the VM TestListVMs prepared.
+// checkListedVM checks what Inventory said of the VM TestListVMs prepared.
 func checkListedVM(t *testing.T, got *ferryv1.SourceVm, id string, macs []string) {
 	t.Helper()
 	if got.GetId() != id || got.GetCpus() != 3 || got.GetMemoryBytes() != 768<<20 ||
@@ -95,6 +95,18 @@ func checkListedVM(t *testing.T, got *ferryv1.SourceVm, id string, macs []string
 	for _, disk := range got.GetDisks() {
 		if disk.GetCapacityBytes() != 4<<20 || disk.GetBus() != "scsi" || disk.GetTarget() == "" {
 			t.Errorf("disk %v", disk)
+		}
+	}
+	if m0, m1 := got.GetDisks()[0].GetDiskMode(), got.GetDisks()[1].GetDiskMode(); m0 != "persistent" || m1 != "independent_persistent" {
+		t.Errorf("disk modes %q, %q; want persistent, independent_persistent", m0, m1)
+	}
+	if got.GetTemplate() || got.GetGuestOsId() == "" || got.GetHost() != "DC0_H0" || got.GetCluster() != "" || got.GetDatacenter() != "DC0" {
+		t.Errorf("VM template %v guest %q placed on host %q cluster %q datacenter %q; want DC0_H0 (standalone) in DC0",
+			got.GetTemplate(), got.GetGuestOsId(), got.GetHost(), got.GetCluster(), got.GetDatacenter())
+	}
+	for _, n := range got.GetNics() {
+		if n.GetPortgroup() != n.GetNetwork() {
+			t.Errorf("NIC %v: portgroup differs from network", n)
 		}
 	}
 }

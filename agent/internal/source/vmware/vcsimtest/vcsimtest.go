@@ -63,7 +63,8 @@ type Sim struct {
 
 // Start runs a vCenter model (simulator.VPX: one datacenter, a cluster of
 // three hosts, a standalone host, four VMs on datastore LocalDS_0) over
-// HTTPS on 127.0.0.1. Everything ends with the test.
+// HTTPS on 127.0.0.1, the vCenter reporting its hosts' version. Everything
+// ends with the test.
 func Start(t testing.TB) *Sim {
 	t.Helper()
 	return StartWith(t, nil)
@@ -81,6 +82,7 @@ func StartWith(t testing.TB, tweak func(*simulator.Model)) *Sim {
 		t.Fatalf("vcsim: %v", err)
 	}
 	s := &Sim{Model: m, Leases: &LeaseLog{leases: map[string]*Lease{}}}
+	s.alignVersions()
 	m.Map().AddHandler(&snapshotHook{sim: s})
 	m.Service.HandleFunc(nfcPath, s.serveNFC)
 	m.Service.Listen = &url.URL{Host: "127.0.0.1:0", User: url.UserPassword(User, Password)}
