@@ -18,6 +18,8 @@ import (
 
 	"github.com/ferry-v2v/ferry/agent/internal/runner"
 	"github.com/ferry-v2v/ferry/agent/internal/session"
+	"github.com/ferry-v2v/ferry/agent/internal/source/vmware"
+	"github.com/ferry-v2v/ferry/agent/internal/source/vmware/vcsimtest"
 	agentv1 "github.com/ferry-v2v/ferry/pkg/pb/ferry/agent/v1"
 	ferryv1 "github.com/ferry-v2v/ferry/pkg/pb/ferry/v1"
 )
@@ -34,6 +36,10 @@ type Options struct {
 	// Copy stands in for the source and target drivers. Nil leaves the
 	// agent without drivers, as the shipped binary is.
 	Copy Copier
+	// VMware gives the agent the real VMware source driver, which reads
+	// the inventory of a vCenter such as StartVCSim's; with Copy, Copy
+	// still copies the disks of jobs.
+	VMware bool
 	// DataDir holds job caches; the test's temporary directory by default.
 	DataDir string
 	// CacheTotal and CacheFree are the cache facts the agent reports.
@@ -75,6 +81,13 @@ func Start(t testing.TB, o Options) *Agent {
 		d := copyDrivers{copy: o.Copy}
 		drivers = runner.Drivers{Target: d, Sources: map[ferryv1.Platform]runner.Source{
 			ferryv1.Platform_PLATFORM_KVM: d, ferryv1.Platform_PLATFORM_VMWARE: d}}
+	}
+	if o.VMware {
+		if drivers.Sources == nil {
+			drivers.Sources = map[ferryv1.Platform]runner.Source{}
+		}
+		drivers.Sources[ferryv1.Platform_PLATFORM_VMWARE] = vmwareSource{
+			Driver: vmware.NewDriver(o.Logger, vmware.Options{}), copy: drivers.Sources[ferryv1.Platform_PLATFORM_VMWARE]}
 	}
 	a.runner = runner.New(runner.Config{DataDir: o.DataDir}, runner.Deps{Drivers: drivers, Reporter: outbox, Logger: o.Logger})
 	a.client = session.New(session.Config{
@@ -163,3 +176,24 @@ func (d copyDrivers) each(ctx context.Context, j *runner.Job) error {
 	}
 	return nil
 }
+
+// vmwareSource is the real VMware driver for inventories; jobs go to the
+// test's Copier when it has one, else to the driver.
+type vmwareSource struct {
+	*vmware.Driver
+	copy runner.Source
+}
+
+func (v vmwareSource) Convert(ctx context.Context, j *runner.Job) error {
+	if v.copy != nil {
+		return v.copy.Convert(ctx, j)
+	}
+	return v.Driver.Convert(ctx, j)
+}
+
+// VCSim is an in-process vCenter simulator (govmomi's vcsim with Ferry's
+// additions), for the coordinator's tests.
+type VCSim = vcsimtest.Sim
+
+// StartVCSim runs a vCenter simulator until the test ends.
+func StartVCSim(t testing.TB) *VCSim { return vcsimtest.Start(t) }

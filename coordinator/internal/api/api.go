@@ -55,9 +55,10 @@ type Sealer interface {
 	Seal(plaintext, aad []byte) ([]byte, error)
 }
 
-// Inventory asks an agent to list a source's VMs; *session.Manager is one.
+// Inventory asks an agent to read a source's inventory; *session.Manager
+// is one.
 type Inventory interface {
-	ListSourceVMs(ctx context.Context, src *ferryv1.Source, server *ferryv1.MigrationServer) ([]*ferryv1.SourceVm, error)
+	SourceInventory(ctx context.Context, src *ferryv1.Source, server *ferryv1.MigrationServer) (*ferryv1.SourceInventory, error)
 	Connected(host string) bool
 }
 
@@ -73,7 +74,8 @@ type Deps struct {
 	Ledger     *ledger.Ledger
 	Hub        *watch.Hub
 	Sealer     Sealer
-	// Inventory serves ListSourceVMs; without it the call is UNIMPLEMENTED.
+	// Inventory syncs sources; without it SyncSource is UNIMPLEMENTED and
+	// ListSourceVMs serves only what the ledger holds.
 	Inventory Inventory
 	// Dialer reaches the leader for forwarded calls; without one a
 	// follower answers UNAVAILABLE with the leader's address.
@@ -105,6 +107,7 @@ type API struct {
 
 	fwd         *forwarder
 	watchBuffer int
+	sync        *syncer
 }
 
 // New returns the API over deps. It panics when a required dependency is
@@ -124,6 +127,7 @@ func New(deps Deps) *API {
 		clock:       deps.Clock,
 		newID:       deps.NewID,
 		watchBuffer: defaultWatchBuffer,
+		sync:        newSyncer(),
 	}
 	if a.log == nil {
 		a.log = slog.New(slog.DiscardHandler)

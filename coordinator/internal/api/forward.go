@@ -18,6 +18,7 @@ import (
 	"google.golang.org/protobuf/types/dynamicpb"
 
 	"github.com/ferry-v2v/ferry/pkg/grpcutil"
+	ferryv1 "github.com/ferry-v2v/ferry/pkg/pb/ferry/v1"
 )
 
 // forwardedHeader marks a call one coordinator forwarded to another, so a
@@ -35,7 +36,7 @@ var writeVerbs = []string{"Create", "Delete", "Update", "Enable", "Disable", "Se
 
 // leaderOnly are reads that only the leader can answer: it holds the
 // agent sessions they go through.
-var leaderOnly = map[string]bool{"/ferry.v1.SourceService/ListSourceVMs": true}
+var leaderOnly = map[string]bool{"/ferry.v1.SourceService/SyncSource": true}
 
 // IsWriteMethod says whether a full method name ("/ferry.v1.S/CreateX") is
 // a write, or a leader-only read, that a follower forwards to the leader.
@@ -71,7 +72,7 @@ func (a *API) UnaryInterceptor() grpc.UnaryServerInterceptor {
 }
 
 func (a *API) interceptUnary(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
-	write := IsWriteMethod(info.FullMethod)
+	write := IsWriteMethod(info.FullMethod) || a.syncsFirst(req)
 	linear := strings.HasPrefix(info.FullMethod, ferryPrefix) && !write && grpcutil.IsLinearizableRead(ctx)
 	if !write && !linear {
 		return handler(ctx, req)
@@ -129,6 +130,13 @@ func (a *API) interceptStream(srv any, ss grpc.ServerStream, info *grpc.StreamSe
 		return handler(srv, ss)
 	}
 	return a.fwd.serverStream(ss, info.FullMethod)
+}
+
+// syncsFirst says whether a ListSourceVMs must sync the source first, and
+// so run on the leader: it asks to refresh, or the source was never synced.
+func (a *API) syncsFirst(req any) bool {
+	r, ok := req.(*ferryv1.ListSourceVMsRequest)
+	return ok && (r.GetRefresh() || !a.ledger.HasSourceInventory(r.GetSource()))
 }
 
 func wasForwarded(ctx context.Context) bool {

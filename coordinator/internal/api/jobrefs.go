@@ -14,9 +14,7 @@ type batchRefs struct {
 	networks map[string]*ferryv1.L3Network
 }
 
-// resolveBatch reads the source and server and checks their types match.
-// A server of the wrong type is FAILED_PRECONDITION: the request is well
-// formed, but the server must be one of the source's platform.
+// resolveBatch reads the source and server; precheck compares their types.
 func (a *API) resolveBatch(req *ferryv1.CreateMigrationJobsRequest) (*batchRefs, error) {
 	src, ok := a.ledger.Source(req.GetSource())
 	if !ok {
@@ -25,10 +23,6 @@ func (a *API) resolveBatch(req *ferryv1.CreateMigrationJobsRequest) (*batchRefs,
 	srv, ok := a.ledger.MigrationServer(req.GetMigrationServer())
 	if !ok {
 		return nil, notFound("migration_server", req.GetMigrationServer())
-	}
-	if srv.GetType() != src.GetType() {
-		return nil, precondition("migration_server", "%s is a %s migration server but source %s is %s; use a %s migration server",
-			srv.GetName(), platformName(srv.GetType()), src.GetName(), platformName(src.GetType()), platformName(src.GetType()))
 	}
 	return &batchRefs{source: src, server: srv, networks: map[string]*ferryv1.L3Network{}}, nil
 }

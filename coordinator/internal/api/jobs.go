@@ -39,6 +39,9 @@ func (s *jobService) create(ctx context.Context, req *ferryv1.CreateMigrationJob
 			return nil, err
 		}
 	}
+	if lines := s.a.precheck(ctx, refs, jobs); len(lines) > 0 {
+		return nil, precheckError(lines)
+	}
 	s.a.allocMu.Lock()
 	defer s.a.allocMu.Unlock()
 	if err := s.a.newAllocator(refs.networks).allocate(jobs); err != nil {

@@ -63,6 +63,9 @@ func (s *sourceService) createSource(ctx context.Context, req *ferryv1.CreateSou
 	}
 	cmd := &ledgerv1.Command{Op: &ledgerv1.Command_PutSource{PutSource: &ledgerv1.PutSource{Source: src, RequestId: req.GetRequestId()}}}
 	name, err := s.a.createOne(ctx, req.GetRequestId(), colSources, cmd)
+	if err == nil {
+		s.a.kickSync() // the first sync, when an agent can reach the source
+	}
 	return s.readSource(name, err)
 }
 

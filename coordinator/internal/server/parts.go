@@ -50,6 +50,7 @@ func (p parts) register(s *grpc.Server) {
 func (p parts) run(ctx context.Context, g *errgroup.Group) {
 	g.Go(func() error { return p.sessions.Run(ctx) })
 	g.Go(func() error { return p.sched.Run(ctx) })
+	g.Go(func() error { return p.api.RunInventorySync(ctx) })
 }
 
 // agentLeaderTrailer puts the leader's address in the ferry-leader trailer

@@ -14,11 +14,11 @@ import (
 	ferryv1 "github.com/ferry-v2v/ferry/pkg/pb/ferry/v1"
 )
 
-// ListSourceVMs asks the agent of server's host to connect to src and list
-// its VMs. The errors are gRPC statuses: UNAVAILABLE when the agent is not
-// (or no longer) connected, FAILED_PRECONDITION with the agent's reason
-// when listing failed.
-func (m *Manager) ListSourceVMs(ctx context.Context, src *ferryv1.Source, server *ferryv1.MigrationServer) ([]*ferryv1.SourceVm, error) {
+// SourceInventory asks the agent of server's host to connect to src and
+// read its inventory. The errors are gRPC statuses: UNAVAILABLE when the
+// agent is not (or no longer) connected, FAILED_PRECONDITION with the
+// agent's reason when reading failed.
+func (m *Manager) SourceInventory(ctx context.Context, src *ferryv1.Source, server *ferryv1.MigrationServer) (*ferryv1.SourceInventory, error) {
 	host := HostName(server.GetHost())
 	s := m.session(host)
 	if s == nil || !s.welcomed.Load() {
@@ -48,11 +48,15 @@ func (m *Manager) ListSourceVMs(ctx context.Context, src *ferryv1.Source, server
 	select {
 	case r := <-answer:
 		if r.GetError() != "" {
-			return nil, status.Errorf(codes.FailedPrecondition, "the agent on %s could not list the VMs of %s: %s", host, src.GetName(), r.GetError())
+			return nil, status.Errorf(codes.FailedPrecondition, "the agent on %s could not read the inventory of %s: %s", host, src.GetName(), r.GetError())
 		}
-		return r.GetVms(), nil
+		if r.GetInventory() == nil {
+			// An agent from before the full inventory sends the VMs alone.
+			return &ferryv1.SourceInventory{Vms: r.GetVms()}, nil
+		}
+		return r.GetInventory(), nil
 	case <-s.ctx.Done():
-		return nil, status.Errorf(codes.Unavailable, "the agent on %s went away while listing the VMs of %s", host, src.GetName())
+		return nil, status.Errorf(codes.Unavailable, "the agent on %s went away while reading the inventory of %s", host, src.GetName())
 	case <-ctx.Done():
 		return nil, ctx.Err()
 	}

@@ -11,12 +11,12 @@ import (
 	ferryv1 "github.com/ferry-v2v/ferry/pkg/pb/ferry/v1"
 )
 
-func TestListSourceVMsThroughTheAgent(t *testing.T) {
+func TestSourceInventoryThroughTheAgent(t *testing.T) {
 	f := newFixture(t, Config{}, true)
 	f.seedJob("hosts/h1", 1)
 	src, _ := f.ledger.Source("sources/kvm1")
 	server, _ := f.ledger.MigrationServer("migrationServers/ms")
-	if _, err := f.mgr.ListSourceVMs(context.Background(), src, server); status.Code(err) != codes.Unavailable {
+	if _, err := f.mgr.SourceInventory(context.Background(), src, server); status.Code(err) != codes.Unavailable {
 		t.Fatalf("no agent: %v, want UNAVAILABLE", err)
 	}
 
@@ -26,20 +26,21 @@ func TestListSourceVMsThroughTheAgent(t *testing.T) {
 	}
 	waitFor(t, "h1 connected", func() bool { return f.mgr.Connected("hosts/h1") })
 	type answer struct {
-		vms []*ferryv1.SourceVm
+		inv *ferryv1.SourceInventory
 		err error
 	}
 	for _, tc := range []struct {
 		reply *agentv1.InventoryResponse
 		code  codes.Code
 	}{
+		{&agentv1.InventoryResponse{Inventory: &ferryv1.SourceInventory{Vms: []*ferryv1.SourceVm{{Id: "vm1"}}}}, codes.OK},
 		{&agentv1.InventoryResponse{Vms: []*ferryv1.SourceVm{{Id: "vm1"}}}, codes.OK},
 		{&agentv1.InventoryResponse{Error: "no KVM source driver in this build"}, codes.FailedPrecondition},
 	} {
 		done := make(chan answer, 1)
 		go func() {
-			vms, err := f.mgr.ListSourceVMs(context.Background(), src, server)
-			done <- answer{vms, err}
+			inv, err := f.mgr.SourceInventory(context.Background(), src, server)
+			done <- answer{inv, err}
 		}()
 		req := a.next().GetInventoryRequest()
 		if req.GetSecrets()["credentials/pw"] != "s3cret" || req.GetSource().GetName() != "sources/kvm1" {
@@ -48,8 +49,8 @@ func TestListSourceVMsThroughTheAgent(t *testing.T) {
 		tc.reply.RequestId = req.GetRequestId()
 		a.send(&agentv1.ConnectRequest{Kind: &agentv1.ConnectRequest_InventoryResponse{InventoryResponse: tc.reply}})
 		got := <-done
-		if status.Code(got.err) != tc.code || (tc.code == codes.OK && got.vms[0].GetId() != "vm1") {
-			t.Fatalf("ListSourceVMs = %v, %v; want %v", got.vms, got.err, tc.code)
+		if status.Code(got.err) != tc.code || (tc.code == codes.OK && got.inv.GetVms()[0].GetId() != "vm1") {
+			t.Fatalf("SourceInventory = %v, %v; want %v", got.inv, got.err, tc.code)
 		}
 	}
 }

@@ -1,0 +1,173 @@
+package api
+
+import (
+	"context"
+	"fmt"
+	"strconv"
+	"strings"
+
+	ferryv1 "github.com/ferry-v2v/ferry/pkg/pb/ferry/v1"
+)
+
+// minSourceVersion is the oldest vCenter and ESXi release Ferry reads.
+var minSourceVersion = [2]int{5, 0}
+
+// precheck returns every reason, one line each naming the job and its VM,
+// why the batch cannot migrate as it stands: a migration server of another
+// type than the source, and against the source's synced inventory a VM the
+// inventory does not know (VMware), a template, a host in maintenance
+// mode, a disk outside snapshots (independent modes), and a vCenter/ESXi
+// version pair that differs or is older than 5.0. A VMware source never
+// synced is synced first when an agent can reach it.
+func (a *API) precheck(ctx context.Context, refs *batchRefs, jobs []*ferryv1.MigrationJob) []string {
+	var lines []string
+	src, srv := refs.source, refs.server
+	if srv.GetType() != src.GetType() {
+		lines = append(lines, fmt.Sprintf("%s is a %s migration server but source %s is %s; use a %s migration server",
+			srv.GetName(), platformName(srv.GetType()), src.GetName(), platformName(src.GetType()), platformName(src.GetType())))
+	}
+	vmware := src.GetType() == ferryv1.Platform_PLATFORM_VMWARE
+	inv, ok := a.ledger.SourceInventory(src.GetName())
+	if !ok && vmware && a.inventory != nil {
+		if err := a.syncSource(ctx, src.GetName(), ""); err != nil {
+			a.log.Info("could not sync a source before creating jobs", "source", src.GetName(), "err", err)
+		}
+		inv, ok = a.ledger.SourceInventory(src.GetName())
+	}
+	if !ok {
+		if vmware {
+			lines = append(lines, fmt.Sprintf("source %s was never synced%s, so its VMs cannot be checked; sync it first (ferryctl source sync)",
+				src.GetName(), lastError(src)))
+		}
+		return lines
+	}
+	for i, j := range jobs {
+		lines = append(lines, checkSourceVM(fmt.Sprintf("jobs[%d]", i), j, inv, vmware)...)
+	}
+	return lines
+}
+
+// checkSourceVM checks one job's VM against the inventory.
+func checkSourceVM(p string, j *ferryv1.MigrationJob, inv *ferryv1.SourceInventory, vmware bool) []string {
+	vm, why := findInventoryVM(inv, j.GetSourceVm())
+	if vm == nil {
+		if !vmware {
+			return nil // a KVM inventory only lists running VMs; the agent checks the rest
+		}
+		return []string{fmt.Sprintf("%s: VM %q %s in the inventory of %s synced at %s; sync the source first if the VM is new",
+			p, j.GetSourceVm(), why, inv.GetSource(), inv.GetSyncTime().AsTime().Format("2006-01-02T15:04:05Z07:00"))}
+	}
+	p = fmt.Sprintf("%s (VM %s, %s)", p, vm.GetName(), vm.GetId())
+	var lines []string
+	if vm.GetTemplate() {
+		lines = append(lines, p+": the VM is a template, which cannot be migrated; convert it to a VM first")
+	}
+	var host *ferryv1.SourceHost
+	for _, h := range inv.GetHosts() {
+		if h.GetName() == vm.GetHost() && vm.GetHost() != "" {
+			host = h
+		}
+	}
+	if host.GetMaintenanceMode() {
+		lines = append(lines, fmt.Sprintf("%s: its host %s is in maintenance mode; take the host out of maintenance mode first", p, host.GetName()))
+	}
+	for _, d := range selectedDisks(vm, j) {
+		if strings.HasPrefix(d.GetDiskMode(), "independent") {
+			lines = append(lines, fmt.Sprintf("%s: disk %s is in %s mode, which snapshots leave out; make it dependent (persistent) first",
+				p, d.GetTarget(), d.GetDiskMode()))
+		}
+	}
+	if vmware {
+		lines = append(lines, checkVersions(p, inv.GetProduct(), host)...)
+	}
+	return lines
+}
+
+// findInventoryVM finds a VM by id, or by name when one VM alone has it.
+func findInventoryVM(inv *ferryv1.SourceInventory, ref string) (*ferryv1.SourceVm, string) {
+	var byName []*ferryv1.SourceVm
+	for _, vm := range inv.GetVms() {
+		if vm.GetId() == ref || vm.GetUuid() == ref {
+			return vm, ""
+		}
+		if vm.GetName() == ref {
+			byName = append(byName, vm)
+		}
+	}
+	switch len(byName) {
+	case 0:
+		return nil, "is not"
+	case 1:
+		return byName[0], ""
+	}
+	return nil, fmt.Sprintf("names %d VMs; name it by its id,", len(byName))
+}
+
+// selectedDisks are the VM's disks the job takes: those its target lists
+// (by disk key), or all of them.
+func selectedDisks(vm *ferryv1.SourceVm, j *ferryv1.MigrationJob) []*ferryv1.SourceDisk {
+	want := map[string]bool{}
+	for _, d := range j.GetTarget().GetDisks() {
+		want[d.GetSourceDisk()] = true
+	}
+	var out []*ferryv1.SourceDisk
+	for _, d := range vm.GetDisks() {
+		if len(want) == 0 || want[d.GetTarget()] {
+			out = append(out, d)
+		}
+	}
+	return out
+}
+
+// checkVersions refuses a vCenter or ESXi older than 5.0, and an ESXi
+// host whose major.minor differs from its vCenter's.
+func checkVersions(p string, product *ferryv1.SourceProduct, host *ferryv1.SourceHost) []string {
+	var lines []string
+	vc, vcOK := parseVersion(product.GetVersion())
+	isVC := product.GetApiType() != "HostAgent"
+	what := "vCenter"
+	if !isVC {
+		what = "ESXi server"
+	}
+	switch {
+	case !vcOK:
+		lines = append(lines, fmt.Sprintf("%s: the source's %s version %q cannot be read; sync the source again", p, what, product.GetVersion()))
+	case older(vc, minSourceVersion):
+		lines = append(lines, fmt.Sprintf("%s: the source's %s is version %s; %d.%d or newer is needed", p, what, product.GetVersion(),
+			minSourceVersion[0], minSourceVersion[1]))
+	}
+	if host == nil || !isVC {
+		return lines
+	}
+	hv, hostOK := parseVersion(host.GetVersion())
+	switch {
+	case !hostOK:
+		lines = append(lines, fmt.Sprintf("%s: the version %q of ESXi host %s cannot be read; sync the source again", p, host.GetVersion(), host.GetName()))
+	case older(hv, minSourceVersion):
+		lines = append(lines, fmt.Sprintf("%s: ESXi host %s is version %s; %d.%d or newer is needed", p, host.GetName(), host.GetVersion(),
+			minSourceVersion[0], minSourceVersion[1]))
+	}
+	if vcOK && hostOK && hv != vc {
+		lines = append(lines, fmt.Sprintf("%s: ESXi host %s is version %s but its vCenter is version %s; the major.minor versions must match",
+			p, host.GetName(), host.GetVersion(), product.GetVersion()))
+	}
+	return lines
+}
+
+// parseVersion reads the major and minor numbers of "8.0.2".
+func parseVersion(s string) ([2]int, bool) {
+	parts := strings.SplitN(s, ".", 3)
+	if len(parts) < 2 {
+		return [2]int{}, false
+	}
+	major, err1 := strconv.Atoi(parts[0])
+	minor, err2 := strconv.Atoi(parts[1])
+	return [2]int{major, minor}, err1 == nil && err2 == nil
+}
+
+func older(v, than [2]int) bool { return v[0] < than[0] || (v[0] == than[0] && v[1] < than[1]) }
+
+// precheckError is FAILED_PRECONDITION with one line per failed check.
+func precheckError(lines []string) error {
+	return precondition("jobs", "%d pre-check(s) failed; nothing was created:\n%s", len(lines), strings.Join(lines, "\n"))
+}

@@ -1,0 +1,188 @@
+package api
+
+import (
+	"context"
+	"sync"
+	"time"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/ferry-v2v/ferry/coordinator/internal/ledger"
+	ledgerv1 "github.com/ferry-v2v/ferry/pkg/pb/ferry/ledger/v1"
+	ferryv1 "github.com/ferry-v2v/ferry/pkg/pb/ferry/v1"
+)
+
+// Timing of the inventory syncs the leader runs on its own.
+const (
+	syncTick    = time.Second
+	syncTimeout = 5 * time.Minute
+)
+
+// syncer tracks the background syncs of the leader: which source is being
+// synced, and when each was last tried.
+type syncer struct {
+	kick chan struct{}
+	wg   sync.WaitGroup
+
+	mu      sync.Mutex
+	running map[string]bool
+	lastTry map[string]time.Time
+}
+
+func newSyncer() *syncer {
+	return &syncer{kick: make(chan struct{}, 1), running: map[string]bool{}, lastTry: map[string]time.Time{}}
+}
+
+// kickSync makes the loop look at the sources now, e.g. after CreateSource.
+func (a *API) kickSync() {
+	select {
+	case a.sync.kick <- struct{}{}:
+	default:
+	}
+}
+
+// SyncSource has an agent read the source's inventory and records it.
+func (s *sourceService) SyncSource(ctx context.Context, req *ferryv1.SyncSourceRequest) (*ferryv1.SyncSourceResponse, error) {
+	src, err := s.syncSource(ctx, req)
+	return reply(ctx, s.a, &ferryv1.SyncSourceResponse{Source: src}, err)
+}
+
+func (s *sourceService) syncSource(ctx context.Context, req *ferryv1.SyncSourceRequest) (*ferryv1.Source, error) {
+	c := &checker{}
+	checkRef(c, "name", req.GetName(), colSources)
+	checkOptionalRef(c, "migration_server", req.GetMigrationServer(), colServers)
+	if err := c.err(); err != nil {
+		return nil, err
+	}
+	if err := s.a.syncSource(ctx, req.GetName(), req.GetMigrationServer()); err != nil {
+		return nil, err
+	}
+	return lookup(s.a.ledger.Source, req.GetName(), "source")
+}
+
+// syncSource has the agent of a migration server of the source's type
+// (the named one, or any enabled and connected one) read the source's
+// inventory, and records the outcome in the ledger: the inventory, or the
+// agent's reason when reading failed (FAILED_PRECONDITION, returned as
+// well). An agent that is not reachable records nothing.
+func (a *API) syncSource(ctx context.Context, name, serverName string) error {
+	if a.inventory == nil {
+		return status.Error(codes.Unimplemented, "this coordinator has no agent sessions to sync sources through")
+	}
+	src, ok := a.ledger.Source(name)
+	if !ok {
+		return notFound("name", name)
+	}
+	server, err := a.pickInventoryServer(src, serverName)
+	if err != nil {
+		return err
+	}
+	inv, syncErr := a.inventory.SourceInventory(ctx, src, server)
+	rec := &ledgerv1.RecordSourceSync{Source: name, Inventory: inv}
+	if syncErr != nil {
+		if status.Code(syncErr) != codes.FailedPrecondition {
+			return syncErr
+		}
+		rec = &ledgerv1.RecordSourceSync{Source: name, Error: status.Convert(syncErr).Message()}
+	}
+	if _, err := a.propose(ctx, &ledgerv1.Command{Op: &ledgerv1.Command_RecordSourceSync{RecordSourceSync: rec}}); err != nil {
+		return err
+	}
+	return syncErr
+}
+
+// pickInventoryServer returns the named server after checking it can
+// reach the source, or the first enabled server of the source's type whose
+// agent is connected.
+func (a *API) pickInventoryServer(src *ferryv1.Source, name string) (*ferryv1.MigrationServer, error) {
+	if name != "" {
+		ms, ok := a.ledger.MigrationServer(name)
+		switch {
+		case !ok:
+			return nil, notFound("migration_server", name)
+		case ms.GetType() != src.GetType():
+			return nil, precondition("migration_server", "%s is a %s server and cannot reach %s source %s",
+				name, ms.GetType(), src.GetType(), src.GetName())
+		case !a.inventory.Connected(ms.GetHost()):
+			return nil, precondition("migration_server", "the agent of %s on %s is not connected; start ferry-agent there first", name, ms.GetHost())
+		}
+		return ms, nil
+	}
+	for _, ms := range a.ledger.MigrationServers(src.GetType()) {
+		if ms.GetEnabled() && a.inventory.Connected(ms.GetHost()) {
+			return ms, nil
+		}
+	}
+	return nil, precondition("source", "no enabled %s migration server has a connected agent to reach %s; create or enable one first",
+		src.GetType(), src.GetName())
+}
+
+// RunInventorySync syncs, while this node leads, every source whose last
+// sync is older than the inventory_sync_interval setting (or that was
+// never synced, such as a source just created) through any enabled,
+// connected migration server of its type. It returns when ctx ends, after
+// the syncs it started.
+func (a *API) RunInventorySync(ctx context.Context) error {
+	if a.inventory == nil {
+		return nil
+	}
+	tick := time.NewTicker(syncTick)
+	defer tick.Stop()
+	defer a.sync.wg.Wait()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-tick.C:
+		case <-a.sync.kick:
+		}
+		if a.proposer.IsLeader() {
+			a.syncDue(ctx)
+		}
+	}
+}
+
+// syncDue starts a sync of each source that is due and reachable.
+func (a *API) syncDue(ctx context.Context) {
+	interval := ledger.DefaultInventorySyncInterval
+	if d := a.ledger.Settings().GetInventorySyncInterval(); d != nil && d.AsDuration() > 0 {
+		interval = d.AsDuration()
+	}
+	now := a.clock()
+	for _, src := range a.ledger.Sources(ferryv1.Platform_PLATFORM_UNSPECIFIED) {
+		name := src.GetName()
+		a.sync.mu.Lock()
+		last := a.sync.lastTry[name]
+		if t := src.GetLastSyncAttemptTime(); t != nil && t.AsTime().After(last) {
+			last = t.AsTime()
+		}
+		due := !a.sync.running[name] && now.Sub(last) >= interval
+		a.sync.mu.Unlock()
+		if !due {
+			continue
+		}
+		if _, err := a.pickInventoryServer(src, ""); err != nil {
+			continue // no agent to reach it yet; try again next tick
+		}
+		a.sync.mu.Lock()
+		a.sync.running[name], a.sync.lastTry[name] = true, now
+		a.sync.mu.Unlock()
+		a.sync.wg.Add(1)
+		go func() {
+			defer a.sync.wg.Done()
+			defer func() {
+				a.sync.mu.Lock()
+				delete(a.sync.running, name)
+				a.sync.mu.Unlock()
+			}()
+			sctx, cancel := context.WithTimeout(ctx, syncTimeout)
+			defer cancel()
+			if err := a.syncSource(sctx, name, ""); err != nil {
+				a.log.Warn("inventory sync failed", "source", name, "err", err)
+			} else {
+				a.log.Debug("inventory synced", "source", name)
+			}
+		}()
+	}
+}
