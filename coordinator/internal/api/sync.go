@@ -103,7 +103,7 @@ func (a *API) pickInventoryServer(src *ferryv1.Source, name string) (*ferryv1.Mi
 			return nil, notFound("migration_server", name)
 		case ms.GetType() != src.GetType():
 			return nil, precondition("migration_server", "%s is a %s server and cannot reach %s source %s",
-				name, ms.GetType(), src.GetType(), src.GetName())
+				name, platformName(ms.GetType()), platformName(src.GetType()), src.GetName())
 		case !a.inventory.Connected(ms.GetHost()):
 			return nil, precondition("migration_server", "the agent of %s on %s is not connected; start ferry-agent there first", name, ms.GetHost())
 		}
@@ -115,7 +115,7 @@ func (a *API) pickInventoryServer(src *ferryv1.Source, name string) (*ferryv1.Mi
 		}
 	}
 	return nil, precondition("source", "no enabled %s migration server has a connected agent to reach %s; create or enable one first",
-		src.GetType(), src.GetName())
+		platformName(src.GetType()), src.GetName())
 }
 
 // RunInventorySync syncs, while this node leads, every source whose last
