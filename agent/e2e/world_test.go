@@ -114,9 +114,11 @@ func must(t testing.TB, err error) {
 	}
 }
 
-// sourceVM finds a VM through ListSourceVMs, as an operator would.
+// sourceVM finds a VM through ListSourceVMs after a sync, as an operator
+// would.
 func (w *world) sourceVM(source, name string) *ferryv1.SourceVm {
-	resp, err := w.f.client.Sources().ListSourceVMs(ctx(w.t, 60*time.Second), &ferryv1.ListSourceVMsRequest{Source: source})
+	resp, err := w.f.client.Sources().ListSourceVMs(ctx(w.t, 60*time.Second), &ferryv1.ListSourceVMsRequest{Source: source, Refresh: true,
+		NameContains: name})
 	must(w.t, err)
 	for _, vm := range resp.GetVms() {
 		if vm.GetName() == name {

@@ -12,12 +12,13 @@ import (
 // the VM: fields the flags set are kept.
 func fillFromSource(ctx context.Context, cl *client.Client, req *ferryv1.CreateMigrationJobsRequest, network string) error {
 	spec := req.GetJobs()[0]
-	resp, err := cl.Sources().ListSourceVMs(ctx, &ferryv1.ListSourceVMsRequest{Source: req.GetSource(), MigrationServer: req.GetMigrationServer()})
+	vms, err := listAllSourceVMs(ctx, cl, &ferryv1.ListSourceVMsRequest{Source: req.GetSource(),
+		MigrationServer: req.GetMigrationServer(), Refresh: true})
 	if err != nil {
 		return err
 	}
 	var vm *ferryv1.SourceVm
-	for _, v := range resp.GetVms() {
+	for _, v := range vms {
 		if v.GetId() == spec.GetSourceVm() || v.GetName() == spec.GetSourceVm() || v.GetUuid() == spec.GetSourceVm() {
 			vm = v
 		}

@@ -7,6 +7,7 @@ import (
 	"strings"
 
 	"github.com/spf13/cobra"
+	"google.golang.org/protobuf/proto"
 
 	"github.com/ferry-v2v/ferry/pkg/client"
 	ferryv1 "github.com/ferry-v2v/ferry/pkg/pb/ferry/v1"
@@ -30,7 +31,7 @@ Secrets live in credentials ("ferryctl credential create"); a source names
 them. "source vms" lists a source's VMs through a migration server's agent:
 what a job's source_vm, disks and NICs are taken from.`,
 	}
-	cmd.AddCommand(a.sourceCreate(), a.sourceGet(), a.sourceList(), a.sourceDelete(), a.sourceVMs())
+	cmd.AddCommand(a.sourceCreate(), a.sourceGet(), a.sourceList(), a.sourceDelete(), a.sourceVMs(), a.sourceSync(), a.sourceInventory())
 	return cmd
 }
 
@@ -263,38 +264,180 @@ func sourceDetails(s *ferryv1.Source) []field {
 		}
 		out = append(out, field{"Verified by", verify})
 	}
-	return append(out, field{"Created", when(s.GetCreateTime())})
+	out = append(out, field{"Created", when(s.GetCreateTime())}, field{"Last sync", when(s.GetLastSyncTime())})
+	if p := s.GetProduct(); p != nil {
+		out = append(out, field{"Product", p.GetFullName()}, field{"Version", p.GetVersion() + " (API " + p.GetApiVersion() + ")"})
+	}
+	if e := s.GetLastSyncError(); e != "" {
+		out = append(out, field{"Last sync error", e})
+	}
+	return out
 }
 
 func (a *app) sourceVMs() *cobra.Command {
 	var server string
+	var req ferryv1.ListSourceVMsRequest
+	var templates string
+	state := newEnumFlag(ferryv1.SourceVmState(0).Descriptor(), nil)
 	cmd := &cobra.Command{
 		Use:   "vms SOURCE",
-		Short: "List a source's VMs, as a migration server's agent sees them",
-		Long: `List the VMs of a source: the leader asks the agent of a migration server of
-the source's type (--migration-server, or any enabled and connected one) to
-connect to the source and list them. The ID column is what a job's
-source_vm names; the disks (target device and virtual size) and NIC MACs
-are what a job's --disk and --nic refer to.`,
+		Short: "List a source's VMs from its synced inventory",
+		Long: `List the VMs of a source as its last inventory sync found them (the ledger
+holds them; no agent is needed). With --refresh, or when the source was never
+synced, the leader first has the agent of a migration server of the source's
+type (--migration-server, or any enabled and connected one) sync it. The ID
+column is what a job's source_vm names; the disks (target device and virtual
+size) and NIC MACs are what a job's --disk and --nic refer to.`,
 		Example: `  ferryctl source vms kvm-src
-  ferryctl source vms vc --migration-server vmw-1 -o yaml`,
+  ferryctl source vms vc --refresh --host esx-01 --state running
+  ferryctl source vms vc --name web --templates only -o yaml`,
 		Args: exactlyOneArg("the source's name"),
 		RunE: a.run(func(ctx context.Context, cl *client.Client, args []string) error {
-			resp, err := cl.Sources().ListSourceVMs(ctx, &ferryv1.ListSourceVMsRequest{
-				Source: resName("sources", args[0]), MigrationServer: resName("migrationServers", server)})
+			req.Source, req.MigrationServer = resName("sources", args[0]), resName("migrationServers", server)
+			req.State = ferryv1.SourceVmState(state.value)
+			switch templates {
+			case "only":
+				req.Template = proto.Bool(true)
+			case "no":
+				req.Template = proto.Bool(false)
+			case "", "yes":
+			default:
+				return fmt.Errorf("--templates: want yes, no or only, got %q", templates)
+			}
+			vms, err := listAllSourceVMs(ctx, cl, &req)
 			if err != nil {
 				return err
 			}
 			var rows [][]string
-			for _, vm := range resp.GetVms() {
+			for _, vm := range vms {
 				rows = append(rows, sourceVMRow(vm))
 			}
-			headers := []string{"ID", "NAME", "STATE", "CPUS", "MEMORY", "FIRMWARE", "OS", "DISKS", "NICS"}
-			return a.showList(resp, headers, rows, "")
+			headers := []string{"ID", "NAME", "STATE", "CPUS", "MEMORY", "FIRMWARE", "OS", "HOST", "DISKS", "NICS"}
+			return a.showList(&ferryv1.ListSourceVMsResponse{Vms: vms}, headers, rows, "")
 		}),
 	}
-	cmd.Flags().StringVar(&server, "migration-server", "", "the migration server whose agent connects (default: any of the source's type)")
+	f := cmd.Flags()
+	f.StringVar(&server, "migration-server", "", "the migration server whose agent syncs the source (default: any of the source's type)")
+	f.BoolVar(&req.Refresh, "refresh", false, "sync the source first")
+	f.StringVar(&req.NameContains, "name", "", "only VMs whose name contains this (case-insensitive)")
+	f.StringVar(&req.Datacenter, "datacenter", "", "only VMs of this datacenter")
+	f.StringVar(&req.Cluster, "cluster", "", "only VMs of this source cluster")
+	f.StringVar(&req.Host, "host", "", "only VMs on this source host")
+	f.StringVar(&templates, "templates", "yes", "list templates too (yes), leave them out (no), or list only them (only)")
+	addEnumFlag(f, state, "state", "only VMs in this state")
 	return cmd
+}
+
+// listAllSourceVMs reads every page; only the first may refresh.
+func listAllSourceVMs(ctx context.Context, cl *client.Client, req *ferryv1.ListSourceVMsRequest) ([]*ferryv1.SourceVm, error) {
+	var vms []*ferryv1.SourceVm
+	for {
+		resp, err := cl.Sources().ListSourceVMs(ctx, req)
+		if err != nil {
+			return nil, err
+		}
+		vms = append(vms, resp.GetVms()...)
+		req.Refresh = false
+		if req.PageToken = resp.GetNextPageToken(); req.PageToken == "" {
+			return vms, nil
+		}
+	}
+}
+
+func (a *app) sourceSync() *cobra.Command {
+	var server string
+	cmd := &cobra.Command{
+		Use:   "sync SOURCE",
+		Short: "Sync a source's inventory now",
+		Long: `Have the agent of a migration server of the source's type (--migration-server,
+or any enabled and connected one) read the source's whole inventory, and
+record it. The leader also syncs every source on registration and every
+inventory_sync_interval (ferryctl settings).`,
+		Example: `  ferryctl source sync vc`,
+		Args:    exactlyOneArg("the source's name"),
+		RunE: a.run(func(ctx context.Context, cl *client.Client, args []string) error {
+			resp, err := cl.Sources().SyncSource(ctx, &ferryv1.SyncSourceRequest{Name: resName("sources", args[0]),
+				MigrationServer: resName("migrationServers", server)})
+			if err != nil {
+				return err
+			}
+			return a.show(resp, func() []field { return sourceDetails(resp.GetSource()) })
+		}),
+	}
+	cmd.Flags().StringVar(&server, "migration-server", "", "the migration server whose agent syncs the source (default: any of the source's type)")
+	return cmd
+}
+
+func (a *app) sourceInventory() *cobra.Command {
+	var req ferryv1.ListSourceInventoryRequest
+	kind := newEnumFlag(ferryv1.SourceObjectKind(0).Descriptor(), nil)
+	cmd := &cobra.Command{
+		Use:   "inventory SOURCE",
+		Short: "List a source's datacenters, clusters, hosts, networks and datastores",
+		Long: `List the objects other than VMs of a source's synced inventory, from the
+ledger: datacenters, clusters, hosts (maintenance mode, version), networks
+(standard and distributed portgroups) and datastores (capacity, free).`,
+		Example: `  ferryctl source inventory vc
+  ferryctl source inventory vc --kind host --cluster DC0_C0
+  ferryctl source inventory vc --kind network -o json`,
+		Args: exactlyOneArg("the source's name"),
+		RunE: a.run(func(ctx context.Context, cl *client.Client, args []string) error {
+			req.Source, req.Kind = resName("sources", args[0]), ferryv1.SourceObjectKind(kind.value)
+			resp := &ferryv1.ListSourceInventoryResponse{}
+			for {
+				page, err := cl.Sources().ListSourceInventory(ctx, &req)
+				if err != nil {
+					return err
+				}
+				resp.Objects, resp.SyncTime, resp.Product = append(resp.Objects, page.GetObjects()...), page.GetSyncTime(), page.GetProduct()
+				if req.PageToken = page.GetNextPageToken(); req.PageToken == "" {
+					break
+				}
+			}
+			var rows [][]string
+			for _, o := range resp.GetObjects() {
+				rows = append(rows, sourceObjectRow(o))
+			}
+			return a.showList(resp, []string{"KIND", "NAME", "ID", "DATACENTER", "CLUSTER", "DETAILS"}, rows, "")
+		}),
+	}
+	f := cmd.Flags()
+	addEnumFlag(f, kind, "kind", "only objects of this kind")
+	f.StringVar(&req.NameContains, "name", "", "only objects whose name contains this (case-insensitive)")
+	f.StringVar(&req.Datacenter, "datacenter", "", "only objects of this datacenter")
+	f.StringVar(&req.Cluster, "cluster", "", "only objects of this cluster")
+	f.StringVar(&req.Host, "host", "", "only this host")
+	return cmd
+}
+
+func sourceObjectRow(o *ferryv1.SourceObject) []string {
+	kind := enumShort(o.GetKind())
+	switch x := o.GetObject().(type) {
+	case *ferryv1.SourceObject_Datacenter:
+		return []string{kind, x.Datacenter.GetName(), x.Datacenter.GetId(), x.Datacenter.GetName(), "", ""}
+	case *ferryv1.SourceObject_Cluster:
+		c := x.Cluster
+		return []string{kind, c.GetName(), c.GetId(), c.GetDatacenter(), c.GetName(), ""}
+	case *ferryv1.SourceObject_Host:
+		h := x.Host
+		details := fmt.Sprintf("version %s, %s, %d CPUs, %s", h.GetVersion(), orDefault(h.GetConnectionState(), "-"), h.GetCpus(), humanBytes(h.GetMemoryBytes()))
+		if h.GetMaintenanceMode() {
+			details += ", maintenance mode"
+		}
+		return []string{kind, h.GetName(), h.GetId(), h.GetDatacenter(), h.GetCluster(), details}
+	case *ferryv1.SourceObject_Network:
+		n := x.Network
+		details := enumShort(n.GetType())
+		if n.GetSwitch() != "" {
+			details += " on " + n.GetSwitch()
+		}
+		return []string{kind, n.GetName(), n.GetId(), n.GetDatacenter(), "", details}
+	case *ferryv1.SourceObject_Datastore:
+		d := x.Datastore
+		return []string{kind, d.GetName(), d.GetId(), d.GetDatacenter(), "",
+			fmt.Sprintf("%s, %s free of %s", d.GetType(), humanBytes(d.GetFreeBytes()), humanBytes(d.GetCapacityBytes()))}
+	}
+	return []string{kind, "", "", "", "", ""}
 }
 
 func sourceVMRow(vm *ferryv1.SourceVm) []string {
@@ -306,5 +449,6 @@ func sourceVMRow(vm *ferryv1.SourceVm) []string {
 		nics = append(nics, n.GetMac())
 	}
 	return []string{vm.GetId(), vm.GetName(), enumShort(vm.GetState()), fmt.Sprint(vm.GetCpus()), humanBytes(vm.GetMemoryBytes()),
-		enumLower(vm.GetFirmware()), orDefault(vm.GetOsName(), enumLower(vm.GetOsType())), strings.Join(disks, " "), strings.Join(nics, " ")}
+		enumLower(vm.GetFirmware()), orDefault(vm.GetOsName(), enumLower(vm.GetOsType())), orDefault(vm.GetHost(), "-"),
+		strings.Join(disks, " "), strings.Join(nics, " ")}
 }
