@@ -69,6 +69,19 @@ func (e *clusterEnv) create(t *testing.T) {
 	}
 	x.ok("source", "create", "kvm-src", "--type", "kvm", "--address", "192.0.2.20", "--credential", "kvm-pass",
 		"--sasl-user", "virt", "--sasl-credential", "sasl")
+	vc := x.json("source", "create", "vc", "--type", "vcenter", "--address", "vc.example.net", "--user", "administrator@vsphere.local",
+		"--credential", "kvm-pass", "--thumbprint", strings.Repeat("0a", 32), "--skip-hostname-check")
+	if path(vc, "source", "vcenter", "thumbprint") != strings.TrimSuffix(strings.Repeat("0A:", 32), ":") ||
+		path(vc, "source", "vcenter", "skip_hostname_check") != true || path(vc, "source", "vcenter", "port") != float64(443) {
+		t.Fatalf("source create vc = %v", vc)
+	}
+	if out := x.ok("source", "get", "vc", lin()); !strings.Contains(out, "thumbprint 0A:0A:") || !strings.Contains(out, "hostname not checked") {
+		t.Errorf("source get vc:\n%s", out)
+	}
+	if r := x.run("source", "create", "vc2", "--type", "vcenter", "--address", "vc.example.net", "--user", "u",
+		"--credential", "kvm-pass", "--thumbprint", "0a:0b"); r.code == 0 || !strings.Contains(r.err, "source.vcenter.thumbprint") {
+		t.Errorf("source create with a short thumbprint: exit %d, %q", r.code, r.err)
+	}
 	ms := x.json("server", "create", "kvm-1", "--host", "kvm-1", "--type", "kvm", "--cache-path", e.cache, "--downstream", "500Mbps")
 	if path(ms, "migration_server", "host") != "hosts/kvm-1" || path(ms, "migration_server", "enabled") != true {
 		t.Fatalf("server create = %v", ms)
@@ -90,6 +103,7 @@ func (e *clusterEnv) list(t *testing.T) {
 		{[]string{"network", "get", "lan"}, []any{"l3_network", "prefix_length"}, float64(24)},
 		{[]string{"credential", "list"}, []any{"credentials", 0, "type"}, "CREDENTIAL_TYPE_PASSWORD"},
 		{[]string{"source", "list", "--type", "kvm"}, []any{"sources", 0, "kvm", "sasl_credential"}, "credentials/sasl"},
+		{[]string{"source", "list", "--type", "vcenter"}, []any{"sources", 0, "vcenter", "skip_hostname_check"}, true},
 		{[]string{"source", "get", "kvm-src"}, []any{"source", "kvm", "address"}, "192.0.2.20"},
 		{[]string{"server", "list"}, []any{"migration_servers", 0, "downstream_bits_per_second"}, "500000000"},
 		{[]string{"server", "get", "kvm-1"}, []any{"migration_server", "cache_path"}, e.cache},

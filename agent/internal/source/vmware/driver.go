@@ -59,7 +59,7 @@ func (d *Driver) Config(src *ferryv1.Source, ms *ferryv1.MigrationServer, secret
 	cfg := Config{
 		Address: v.GetAddress(), Port: int(v.GetPort()), User: v.GetUser(),
 		Password: seal.Secret(secrets[v.GetCredential()]), UseHTTP: v.GetUseHttp(),
-		Thumbprint: v.GetThumbprint(), Dialer: dialer, Logger: log,
+		Thumbprint: v.GetThumbprint(), SkipHostnameCheck: v.GetSkipHostnameCheck(), Dialer: dialer, Logger: log,
 		ShutdownTimeout: d.opts.ShutdownTimeout, LeaseUpdateInterval: d.opts.LeaseUpdateInterval,
 	}
 	// ca_certificate holds a PEM bundle, or a thumbprint.
