@@ -167,6 +167,17 @@ func (e *clusterEnv) settings(t *testing.T) {
 	if path(s, "settings", "job_parallelism") != float64(20) || path(s, "settings", "agent_grace_period") != "300s" {
 		t.Fatalf("settings get = %v; want the update, other fields kept", s)
 	}
+	if got := path(s, "settings", "guest_shutdown_timeout"); got != "600s" {
+		t.Fatalf("guest_shutdown_timeout = %v, want the default 600s", got)
+	}
+	s = x.json("settings", "update", "--guest-shutdown-timeout", "2m")
+	if path(s, "settings", "guest_shutdown_timeout") != "120s" || path(s, "settings", "job_parallelism") != float64(20) {
+		t.Fatalf("settings update --guest-shutdown-timeout = %v", s)
+	}
+	if r := x.run("settings", "update", "--guest-shutdown-timeout", "100ms"); r.code == 0 ||
+		!strings.Contains(r.err, "settings.guest_shutdown_timeout") {
+		t.Fatalf("a 100ms guest shutdown timeout: exit %d, %q", r.code, r.err)
+	}
 }
 
 func (e *clusterEnv) errors(t *testing.T) {

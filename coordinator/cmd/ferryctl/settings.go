@@ -54,14 +54,15 @@ var settingsFields = []struct{ flag, path string }{
 	{"cache-retention", "cache_retention"},
 	{"host-allocation", "host_allocation_strategy"},
 	{"agent-grace-period", "agent_grace_period"},
+	{"guest-shutdown-timeout", "guest_shutdown_timeout"},
 }
 
 func (a *app) settingsUpdate() *cobra.Command {
 	var parallelism int32
-	var retention, grace time.Duration
+	var retention, grace, shutdown time.Duration
 	alloc := newEnumFlag(ferryv1.HostAllocationStrategy(0).Descriptor(), nil)
 	cmd := &cobra.Command{
-		Use:   "update [--job-parallelism N] [--cache-retention D] [--host-allocation S] [--agent-grace-period D]",
+		Use:   "update [--job-parallelism N] [--cache-retention D] [--host-allocation S] [--agent-grace-period D] [--guest-shutdown-timeout D]",
 		Short: "Change some settings",
 		Long: `Change the settings named by the flags given; the others keep their values
 (the flags given become the request's update_mask). Durations are Go
@@ -76,6 +77,7 @@ durations: 90s, 30m, 24h.`,
 					CacheRetention:         durationpb.New(retention),
 					HostAllocationStrategy: ferryv1.HostAllocationStrategy(alloc.value),
 					AgentGracePeriod:       durationpb.New(grace),
+					GuestShutdownTimeout:   durationpb.New(shutdown),
 				},
 				UpdateMask: &fieldmaskpb.FieldMask{},
 			}
@@ -101,6 +103,7 @@ durations: 90s, 30m, 24h.`,
 	f.DurationVar(&retention, "cache-retention", 0, "how long a cache outlives its job")
 	addEnumFlag(f, alloc, "host-allocation", "host allocation strategy on shared storage")
 	f.DurationVar(&grace, "agent-grace-period", 0, "how long an agent may be gone before its jobs fail")
+	f.DurationVar(&shutdown, "guest-shutdown-timeout", 0, "how long a VMware guest shutdown may take before the VM is powered off")
 	return cmd
 }
 
@@ -110,5 +113,6 @@ func settingsDetails(s *ferryv1.Settings) []field {
 		{"Cache retention", duration(s.GetCacheRetention())},
 		{"Host allocation strategy", enumLower(s.GetHostAllocationStrategy())},
 		{"Agent grace period", duration(s.GetAgentGracePeriod())},
+		{"Guest shutdown timeout", duration(s.GetGuestShutdownTimeout())},
 	}
 }

@@ -149,6 +149,15 @@ func TestUpdateSettings(t *testing.T) {
 	if resp.GetJobParallelism() != 3 || resp.GetAgentGracePeriod().AsDuration() != time.Minute {
 		t.Fatalf("unmasked update gave %v", resp)
 	}
+	if before.GetGuestShutdownTimeout().AsDuration() != 10*time.Minute {
+		t.Fatalf("guest shutdown timeout %v by default, want 10m", before.GetGuestShutdownTimeout().AsDuration())
+	}
+	resp = must[*ferryv1.UpdateSettingsResponse](t)(e.settings.UpdateSettings(c, &ferryv1.UpdateSettingsRequest{
+		Settings:   &ferryv1.Settings{GuestShutdownTimeout: durationpb.New(2 * time.Minute), JobParallelism: 7},
+		UpdateMask: &fieldmaskpb.FieldMask{Paths: []string{"guest_shutdown_timeout"}}})).GetSettings()
+	if resp.GetGuestShutdownTimeout().AsDuration() != 2*time.Minute || resp.GetJobParallelism() != 3 {
+		t.Fatalf("guest shutdown timeout update gave %v", resp)
+	}
 }
 
 func TestClusterMembers(t *testing.T) {

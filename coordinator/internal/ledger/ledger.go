@@ -22,7 +22,10 @@ const (
 	DefaultJobParallelism   = 10
 	DefaultCacheRetention   = 24 * time.Hour
 	DefaultAgentGracePeriod = 5 * time.Minute
-	SettingsName            = "settings"
+	// DefaultGuestShutdownTimeout is how long a VMware guest shutdown
+	// may take before the source VM is powered off.
+	DefaultGuestShutdownTimeout = 10 * time.Minute
+	SettingsName                = "settings"
 )
 
 // JobEvent tells an observer that a job changed or went away.
@@ -78,6 +81,7 @@ func DefaultSettings() *ferryv1.Settings {
 		CacheRetention:         durationpb.New(DefaultCacheRetention),
 		HostAllocationStrategy: ferryv1.HostAllocationStrategy_HOST_ALLOCATION_STRATEGY_FEWEST_RUNNING_VMS,
 		AgentGracePeriod:       durationpb.New(DefaultAgentGracePeriod),
+		GuestShutdownTimeout:   durationpb.New(DefaultGuestShutdownTimeout),
 	}
 }
 
