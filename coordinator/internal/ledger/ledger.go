@@ -44,6 +44,7 @@ type Ledger struct {
 	servers     map[string]*ferryv1.MigrationServer
 	credentials map[string]*ledgerv1.SealedCredential
 	sources     map[string]*ferryv1.Source
+	mappings    map[string]*ferryv1.NetworkMappingGroup
 	jobs        map[string]*ferryv1.MigrationJob
 	nodes       map[string]*ledgerv1.Node
 	requests    map[string]*ledgerv1.RequestRecord
@@ -67,6 +68,7 @@ func (l *Ledger) reset() {
 	l.servers = map[string]*ferryv1.MigrationServer{}
 	l.credentials = map[string]*ledgerv1.SealedCredential{}
 	l.sources = map[string]*ferryv1.Source{}
+	l.mappings = map[string]*ferryv1.NetworkMappingGroup{}
 	l.jobs = map[string]*ferryv1.MigrationJob{}
 	l.nodes = map[string]*ledgerv1.Node{}
 	l.requests = map[string]*ledgerv1.RequestRecord{}
@@ -116,6 +118,8 @@ func (l *Ledger) Snapshot() *ledgerv1.Snapshot {
 		Settings:         clone(l.settings),
 		Nodes:            sortedClones(l.nodes),
 		Requests:         sortedClones(l.requests),
+
+		NetworkMappingGroups: sortedClones(l.mappings),
 	}
 }
 
@@ -131,6 +135,7 @@ func (l *Ledger) Restore(s *ledgerv1.Snapshot) {
 	fill(l.servers, s.GetMigrationServers(), (*ferryv1.MigrationServer).GetName)
 	fill(l.credentials, s.GetCredentials(), func(c *ledgerv1.SealedCredential) string { return c.GetCredential().GetName() })
 	fill(l.sources, s.GetSources(), (*ferryv1.Source).GetName)
+	fill(l.mappings, s.GetNetworkMappingGroups(), (*ferryv1.NetworkMappingGroup).GetName)
 	fill(l.jobs, s.GetJobs(), (*ferryv1.MigrationJob).GetName)
 	fill(l.nodes, s.GetNodes(), (*ledgerv1.Node).GetId)
 	fill(l.requests, s.GetRequests(), (*ledgerv1.RequestRecord).GetRequestId)

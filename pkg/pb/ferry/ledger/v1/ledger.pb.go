@@ -61,6 +61,8 @@ type Command struct {
 	//	*Command_PutNode
 	//	*Command_DeleteNode
 	//	*Command_Batch
+	//	*Command_PutNetworkMappingGroup
+	//	*Command_DeleteNetworkMappingGroup
 	Op            isCommand_Op `protobuf_oneof:"op"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -371,6 +373,24 @@ func (x *Command) GetBatch() *Batch {
 	return nil
 }
 
+func (x *Command) GetPutNetworkMappingGroup() *PutNetworkMappingGroup {
+	if x != nil {
+		if x, ok := x.Op.(*Command_PutNetworkMappingGroup); ok {
+			return x.PutNetworkMappingGroup
+		}
+	}
+	return nil
+}
+
+func (x *Command) GetDeleteNetworkMappingGroup() *DeleteResource {
+	if x != nil {
+		if x, ok := x.Op.(*Command_DeleteNetworkMappingGroup); ok {
+			return x.DeleteNetworkMappingGroup
+		}
+	}
+	return nil
+}
+
 type isCommand_Op interface {
 	isCommand_Op()
 }
@@ -491,6 +511,14 @@ type Command_Batch struct {
 	Batch *Batch `protobuf:"bytes,38,opt,name=batch,proto3,oneof"`
 }
 
+type Command_PutNetworkMappingGroup struct {
+	PutNetworkMappingGroup *PutNetworkMappingGroup `protobuf:"bytes,39,opt,name=put_network_mapping_group,json=putNetworkMappingGroup,proto3,oneof"`
+}
+
+type Command_DeleteNetworkMappingGroup struct {
+	DeleteNetworkMappingGroup *DeleteResource `protobuf:"bytes,40,opt,name=delete_network_mapping_group,json=deleteNetworkMappingGroup,proto3,oneof"`
+}
+
 func (*Command_PutCluster) isCommand_Op() {}
 
 func (*Command_DeleteCluster) isCommand_Op() {}
@@ -548,6 +576,10 @@ func (*Command_PutNode) isCommand_Op() {}
 func (*Command_DeleteNode) isCommand_Op() {}
 
 func (*Command_Batch) isCommand_Op() {}
+
+func (*Command_PutNetworkMappingGroup) isCommand_Op() {}
+
+func (*Command_DeleteNetworkMappingGroup) isCommand_Op() {}
 
 // Batch applies several commands as one log entry, in order.
 type Batch struct {
@@ -1695,6 +1727,68 @@ func (x *SetJobWaitingReason) GetReason() string {
 	return ""
 }
 
+// PutNetworkMappingGroup creates a group, or replaces one when update is
+// set (create_time kept, update_time stamped).
+type PutNetworkMappingGroup struct {
+	state               protoimpl.MessageState  `protogen:"open.v1"`
+	NetworkMappingGroup *v1.NetworkMappingGroup `protobuf:"bytes,1,opt,name=network_mapping_group,json=networkMappingGroup,proto3" json:"network_mapping_group,omitempty"`
+	RequestId           string                  `protobuf:"bytes,2,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`
+	Update              bool                    `protobuf:"varint,3,opt,name=update,proto3" json:"update,omitempty"`
+	unknownFields       protoimpl.UnknownFields
+	sizeCache           protoimpl.SizeCache
+}
+
+func (x *PutNetworkMappingGroup) Reset() {
+	*x = PutNetworkMappingGroup{}
+	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[22]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PutNetworkMappingGroup) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PutNetworkMappingGroup) ProtoMessage() {}
+
+func (x *PutNetworkMappingGroup) ProtoReflect() protoreflect.Message {
+	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[22]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PutNetworkMappingGroup.ProtoReflect.Descriptor instead.
+func (*PutNetworkMappingGroup) Descriptor() ([]byte, []int) {
+	return file_ferry_ledger_v1_ledger_proto_rawDescGZIP(), []int{22}
+}
+
+func (x *PutNetworkMappingGroup) GetNetworkMappingGroup() *v1.NetworkMappingGroup {
+	if x != nil {
+		return x.NetworkMappingGroup
+	}
+	return nil
+}
+
+func (x *PutNetworkMappingGroup) GetRequestId() string {
+	if x != nil {
+		return x.RequestId
+	}
+	return ""
+}
+
+func (x *PutNetworkMappingGroup) GetUpdate() bool {
+	if x != nil {
+		return x.Update
+	}
+	return false
+}
+
 type PutSettings struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Settings      *v1.Settings           `protobuf:"bytes,1,opt,name=settings,proto3" json:"settings,omitempty"`
@@ -1704,7 +1798,7 @@ type PutSettings struct {
 
 func (x *PutSettings) Reset() {
 	*x = PutSettings{}
-	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[22]
+	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1716,7 +1810,7 @@ func (x *PutSettings) String() string {
 func (*PutSettings) ProtoMessage() {}
 
 func (x *PutSettings) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[22]
+	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1729,7 +1823,7 @@ func (x *PutSettings) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PutSettings.ProtoReflect.Descriptor instead.
 func (*PutSettings) Descriptor() ([]byte, []int) {
-	return file_ferry_ledger_v1_ledger_proto_rawDescGZIP(), []int{22}
+	return file_ferry_ledger_v1_ledger_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *PutSettings) GetSettings() *v1.Settings {
@@ -1751,7 +1845,7 @@ type Node struct {
 
 func (x *Node) Reset() {
 	*x = Node{}
-	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[23]
+	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1763,7 +1857,7 @@ func (x *Node) String() string {
 func (*Node) ProtoMessage() {}
 
 func (x *Node) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[23]
+	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1776,7 +1870,7 @@ func (x *Node) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Node.ProtoReflect.Descriptor instead.
 func (*Node) Descriptor() ([]byte, []int) {
-	return file_ferry_ledger_v1_ledger_proto_rawDescGZIP(), []int{23}
+	return file_ferry_ledger_v1_ledger_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *Node) GetId() string {
@@ -1809,7 +1903,7 @@ type PutNode struct {
 
 func (x *PutNode) Reset() {
 	*x = PutNode{}
-	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[24]
+	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1821,7 +1915,7 @@ func (x *PutNode) String() string {
 func (*PutNode) ProtoMessage() {}
 
 func (x *PutNode) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[24]
+	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1834,7 +1928,7 @@ func (x *PutNode) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PutNode.ProtoReflect.Descriptor instead.
 func (*PutNode) Descriptor() ([]byte, []int) {
-	return file_ferry_ledger_v1_ledger_proto_rawDescGZIP(), []int{24}
+	return file_ferry_ledger_v1_ledger_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *PutNode) GetNode() *Node {
@@ -1857,7 +1951,7 @@ type RequestRecord struct {
 
 func (x *RequestRecord) Reset() {
 	*x = RequestRecord{}
-	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[25]
+	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1869,7 +1963,7 @@ func (x *RequestRecord) String() string {
 func (*RequestRecord) ProtoMessage() {}
 
 func (x *RequestRecord) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[25]
+	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1882,7 +1976,7 @@ func (x *RequestRecord) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RequestRecord.ProtoReflect.Descriptor instead.
 func (*RequestRecord) Descriptor() ([]byte, []int) {
-	return file_ferry_ledger_v1_ledger_proto_rawDescGZIP(), []int{25}
+	return file_ferry_ledger_v1_ledger_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *RequestRecord) GetRequestId() string {
@@ -1908,25 +2002,26 @@ func (x *RequestRecord) GetTime() *timestamppb.Timestamp {
 
 // Snapshot is the whole ledger.
 type Snapshot struct {
-	state            protoimpl.MessageState `protogen:"open.v1"`
-	Clusters         []*v1.Cluster          `protobuf:"bytes,1,rep,name=clusters,proto3" json:"clusters,omitempty"`
-	Hosts            []*v1.Host             `protobuf:"bytes,2,rep,name=hosts,proto3" json:"hosts,omitempty"`
-	PrimaryStorages  []*v1.PrimaryStorage   `protobuf:"bytes,3,rep,name=primary_storages,json=primaryStorages,proto3" json:"primary_storages,omitempty"`
-	L3Networks       []*v1.L3Network        `protobuf:"bytes,4,rep,name=l3_networks,json=l3Networks,proto3" json:"l3_networks,omitempty"`
-	MigrationServers []*v1.MigrationServer  `protobuf:"bytes,5,rep,name=migration_servers,json=migrationServers,proto3" json:"migration_servers,omitempty"`
-	Credentials      []*SealedCredential    `protobuf:"bytes,6,rep,name=credentials,proto3" json:"credentials,omitempty"`
-	Sources          []*v1.Source           `protobuf:"bytes,7,rep,name=sources,proto3" json:"sources,omitempty"`
-	Jobs             []*v1.MigrationJob     `protobuf:"bytes,8,rep,name=jobs,proto3" json:"jobs,omitempty"`
-	Settings         *v1.Settings           `protobuf:"bytes,9,opt,name=settings,proto3" json:"settings,omitempty"`
-	Nodes            []*Node                `protobuf:"bytes,10,rep,name=nodes,proto3" json:"nodes,omitempty"`
-	Requests         []*RequestRecord       `protobuf:"bytes,11,rep,name=requests,proto3" json:"requests,omitempty"`
-	unknownFields    protoimpl.UnknownFields
-	sizeCache        protoimpl.SizeCache
+	state                protoimpl.MessageState    `protogen:"open.v1"`
+	Clusters             []*v1.Cluster             `protobuf:"bytes,1,rep,name=clusters,proto3" json:"clusters,omitempty"`
+	Hosts                []*v1.Host                `protobuf:"bytes,2,rep,name=hosts,proto3" json:"hosts,omitempty"`
+	PrimaryStorages      []*v1.PrimaryStorage      `protobuf:"bytes,3,rep,name=primary_storages,json=primaryStorages,proto3" json:"primary_storages,omitempty"`
+	L3Networks           []*v1.L3Network           `protobuf:"bytes,4,rep,name=l3_networks,json=l3Networks,proto3" json:"l3_networks,omitempty"`
+	MigrationServers     []*v1.MigrationServer     `protobuf:"bytes,5,rep,name=migration_servers,json=migrationServers,proto3" json:"migration_servers,omitempty"`
+	Credentials          []*SealedCredential       `protobuf:"bytes,6,rep,name=credentials,proto3" json:"credentials,omitempty"`
+	Sources              []*v1.Source              `protobuf:"bytes,7,rep,name=sources,proto3" json:"sources,omitempty"`
+	Jobs                 []*v1.MigrationJob        `protobuf:"bytes,8,rep,name=jobs,proto3" json:"jobs,omitempty"`
+	Settings             *v1.Settings              `protobuf:"bytes,9,opt,name=settings,proto3" json:"settings,omitempty"`
+	Nodes                []*Node                   `protobuf:"bytes,10,rep,name=nodes,proto3" json:"nodes,omitempty"`
+	Requests             []*RequestRecord          `protobuf:"bytes,11,rep,name=requests,proto3" json:"requests,omitempty"`
+	NetworkMappingGroups []*v1.NetworkMappingGroup `protobuf:"bytes,12,rep,name=network_mapping_groups,json=networkMappingGroups,proto3" json:"network_mapping_groups,omitempty"`
+	unknownFields        protoimpl.UnknownFields
+	sizeCache            protoimpl.SizeCache
 }
 
 func (x *Snapshot) Reset() {
 	*x = Snapshot{}
-	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[26]
+	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1938,7 +2033,7 @@ func (x *Snapshot) String() string {
 func (*Snapshot) ProtoMessage() {}
 
 func (x *Snapshot) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[26]
+	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1951,7 +2046,7 @@ func (x *Snapshot) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Snapshot.ProtoReflect.Descriptor instead.
 func (*Snapshot) Descriptor() ([]byte, []int) {
-	return file_ferry_ledger_v1_ledger_proto_rawDescGZIP(), []int{26}
+	return file_ferry_ledger_v1_ledger_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *Snapshot) GetClusters() []*v1.Cluster {
@@ -2031,11 +2126,18 @@ func (x *Snapshot) GetRequests() []*RequestRecord {
 	return nil
 }
 
+func (x *Snapshot) GetNetworkMappingGroups() []*v1.NetworkMappingGroup {
+	if x != nil {
+		return x.NetworkMappingGroups
+	}
+	return nil
+}
+
 var File_ferry_ledger_v1_ledger_proto protoreflect.FileDescriptor
 
 const file_ferry_ledger_v1_ledger_proto_rawDesc = "" +
 	"\n" +
-	"\x1cferry/ledger/v1/ledger.proto\x12\x0fferry.ledger.v1\x1a\x18ferry/v1/inventory.proto\x1a\x1cferry/v1/migration_job.proto\x1a\x1fferry/v1/migration_server.proto\x1a\x17ferry/v1/settings.proto\x1a\x15ferry/v1/source.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xf0\x12\n" +
+	"\x1cferry/ledger/v1/ledger.proto\x12\x0fferry.ledger.v1\x1a\x18ferry/v1/inventory.proto\x1a\x1cferry/v1/migration_job.proto\x1a\x1fferry/v1/migration_server.proto\x1a\x1eferry/v1/network_mapping.proto\x1a\x17ferry/v1/settings.proto\x1a\x15ferry/v1/source.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xba\x14\n" +
 	"\aCommand\x12.\n" +
 	"\x04time\x18\x01 \x01(\v2\x1a.google.protobuf.TimestampR\x04time\x12>\n" +
 	"\vput_cluster\x18\n" +
@@ -2070,7 +2172,9 @@ const file_ferry_ledger_v1_ledger_proto_rawDesc = "" +
 	"\bput_node\x18$ \x01(\v2\x18.ferry.ledger.v1.PutNodeH\x00R\aputNode\x12B\n" +
 	"\vdelete_node\x18% \x01(\v2\x1f.ferry.ledger.v1.DeleteResourceH\x00R\n" +
 	"deleteNode\x12.\n" +
-	"\x05batch\x18& \x01(\v2\x16.ferry.ledger.v1.BatchH\x00R\x05batchB\x04\n" +
+	"\x05batch\x18& \x01(\v2\x16.ferry.ledger.v1.BatchH\x00R\x05batch\x12d\n" +
+	"\x19put_network_mapping_group\x18' \x01(\v2'.ferry.ledger.v1.PutNetworkMappingGroupH\x00R\x16putNetworkMappingGroup\x12b\n" +
+	"\x1cdelete_network_mapping_group\x18( \x01(\v2\x1f.ferry.ledger.v1.DeleteResourceH\x00R\x19deleteNetworkMappingGroupB\x04\n" +
 	"\x02op\"=\n" +
 	"\x05Batch\x124\n" +
 	"\bcommands\x18\x01 \x03(\v2\x18.ferry.ledger.v1.CommandR\bcommands\"$\n" +
@@ -2157,7 +2261,12 @@ const file_ferry_ledger_v1_ledger_proto_rawDesc = "" +
 	"\x04name\x18\x01 \x01(\tR\x04name\"A\n" +
 	"\x13SetJobWaitingReason\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x16\n" +
-	"\x06reason\x18\x02 \x01(\tR\x06reason\"=\n" +
+	"\x06reason\x18\x02 \x01(\tR\x06reason\"\xa2\x01\n" +
+	"\x16PutNetworkMappingGroup\x12Q\n" +
+	"\x15network_mapping_group\x18\x01 \x01(\v2\x1d.ferry.v1.NetworkMappingGroupR\x13networkMappingGroup\x12\x1d\n" +
+	"\n" +
+	"request_id\x18\x02 \x01(\tR\trequestId\x12\x16\n" +
+	"\x06update\x18\x03 \x01(\bR\x06update\"=\n" +
 	"\vPutSettings\x12.\n" +
 	"\bsettings\x18\x01 \x01(\v2\x12.ferry.v1.SettingsR\bsettings\"Z\n" +
 	"\x04Node\x12\x0e\n" +
@@ -2171,7 +2280,7 @@ const file_ferry_ledger_v1_ledger_proto_rawDesc = "" +
 	"\n" +
 	"request_id\x18\x01 \x01(\tR\trequestId\x12\x14\n" +
 	"\x05names\x18\x02 \x03(\tR\x05names\x12.\n" +
-	"\x04time\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\x04time\"\xd8\x04\n" +
+	"\x04time\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\x04time\"\xad\x05\n" +
 	"\bSnapshot\x12-\n" +
 	"\bclusters\x18\x01 \x03(\v2\x11.ferry.v1.ClusterR\bclusters\x12$\n" +
 	"\x05hosts\x18\x02 \x03(\v2\x0e.ferry.v1.HostR\x05hosts\x12C\n" +
@@ -2185,7 +2294,8 @@ const file_ferry_ledger_v1_ledger_proto_rawDesc = "" +
 	"\bsettings\x18\t \x01(\v2\x12.ferry.v1.SettingsR\bsettings\x12+\n" +
 	"\x05nodes\x18\n" +
 	" \x03(\v2\x15.ferry.ledger.v1.NodeR\x05nodes\x12:\n" +
-	"\brequests\x18\v \x03(\v2\x1e.ferry.ledger.v1.RequestRecordR\brequestsB\xbc\x01\n" +
+	"\brequests\x18\v \x03(\v2\x1e.ferry.ledger.v1.RequestRecordR\brequests\x12S\n" +
+	"\x16network_mapping_groups\x18\f \x03(\v2\x1d.ferry.v1.NetworkMappingGroupR\x14networkMappingGroupsB\xbc\x01\n" +
 	"\x13com.ferry.ledger.v1B\vLedgerProtoP\x01Z:github.com/ferry-v2v/ferry/pkg/pb/ferry/ledger/v1;ledgerv1\xa2\x02\x03FLX\xaa\x02\x0fFerry.Ledger.V1\xca\x02\x0fFerry\\Ledger\\V1\xe2\x02\x1bFerry\\Ledger\\V1\\GPBMetadata\xea\x02\x11Ferry::Ledger::V1b\x06proto3"
 
 var (
@@ -2200,7 +2310,7 @@ func file_ferry_ledger_v1_ledger_proto_rawDescGZIP() []byte {
 	return file_ferry_ledger_v1_ledger_proto_rawDescData
 }
 
-var file_ferry_ledger_v1_ledger_proto_msgTypes = make([]protoimpl.MessageInfo, 27)
+var file_ferry_ledger_v1_ledger_proto_msgTypes = make([]protoimpl.MessageInfo, 28)
 var file_ferry_ledger_v1_ledger_proto_goTypes = []any{
 	(*Command)(nil),                     // 0: ferry.ledger.v1.Command
 	(*Batch)(nil),                       // 1: ferry.ledger.v1.Batch
@@ -2224,27 +2334,29 @@ var file_ferry_ledger_v1_ledger_proto_goTypes = []any{
 	(*CancelMigrationJob)(nil),          // 19: ferry.ledger.v1.CancelMigrationJob
 	(*RestartMigrationJob)(nil),         // 20: ferry.ledger.v1.RestartMigrationJob
 	(*SetJobWaitingReason)(nil),         // 21: ferry.ledger.v1.SetJobWaitingReason
-	(*PutSettings)(nil),                 // 22: ferry.ledger.v1.PutSettings
-	(*Node)(nil),                        // 23: ferry.ledger.v1.Node
-	(*PutNode)(nil),                     // 24: ferry.ledger.v1.PutNode
-	(*RequestRecord)(nil),               // 25: ferry.ledger.v1.RequestRecord
-	(*Snapshot)(nil),                    // 26: ferry.ledger.v1.Snapshot
-	(*timestamppb.Timestamp)(nil),       // 27: google.protobuf.Timestamp
-	(*v1.Cluster)(nil),                  // 28: ferry.v1.Cluster
-	(*v1.Host)(nil),                     // 29: ferry.v1.Host
-	(*v1.PrimaryStorage)(nil),           // 30: ferry.v1.PrimaryStorage
-	(*v1.L3Network)(nil),                // 31: ferry.v1.L3Network
-	(*v1.MigrationServer)(nil),          // 32: ferry.v1.MigrationServer
-	(*v1.Credential)(nil),               // 33: ferry.v1.Credential
-	(*v1.Source)(nil),                   // 34: ferry.v1.Source
-	(*v1.MigrationJob)(nil),             // 35: ferry.v1.MigrationJob
-	(v1.MigrationJobPhase)(0),           // 36: ferry.v1.MigrationJobPhase
-	(*v1.DiskProgress)(nil),             // 37: ferry.v1.DiskProgress
-	(v1.MigrationJobState)(0),           // 38: ferry.v1.MigrationJobState
-	(*v1.Settings)(nil),                 // 39: ferry.v1.Settings
+	(*PutNetworkMappingGroup)(nil),      // 22: ferry.ledger.v1.PutNetworkMappingGroup
+	(*PutSettings)(nil),                 // 23: ferry.ledger.v1.PutSettings
+	(*Node)(nil),                        // 24: ferry.ledger.v1.Node
+	(*PutNode)(nil),                     // 25: ferry.ledger.v1.PutNode
+	(*RequestRecord)(nil),               // 26: ferry.ledger.v1.RequestRecord
+	(*Snapshot)(nil),                    // 27: ferry.ledger.v1.Snapshot
+	(*timestamppb.Timestamp)(nil),       // 28: google.protobuf.Timestamp
+	(*v1.Cluster)(nil),                  // 29: ferry.v1.Cluster
+	(*v1.Host)(nil),                     // 30: ferry.v1.Host
+	(*v1.PrimaryStorage)(nil),           // 31: ferry.v1.PrimaryStorage
+	(*v1.L3Network)(nil),                // 32: ferry.v1.L3Network
+	(*v1.MigrationServer)(nil),          // 33: ferry.v1.MigrationServer
+	(*v1.Credential)(nil),               // 34: ferry.v1.Credential
+	(*v1.Source)(nil),                   // 35: ferry.v1.Source
+	(*v1.MigrationJob)(nil),             // 36: ferry.v1.MigrationJob
+	(v1.MigrationJobPhase)(0),           // 37: ferry.v1.MigrationJobPhase
+	(*v1.DiskProgress)(nil),             // 38: ferry.v1.DiskProgress
+	(v1.MigrationJobState)(0),           // 39: ferry.v1.MigrationJobState
+	(*v1.NetworkMappingGroup)(nil),      // 40: ferry.v1.NetworkMappingGroup
+	(*v1.Settings)(nil),                 // 41: ferry.v1.Settings
 }
 var file_ferry_ledger_v1_ledger_proto_depIdxs = []int32{
-	27, // 0: ferry.ledger.v1.Command.time:type_name -> google.protobuf.Timestamp
+	28, // 0: ferry.ledger.v1.Command.time:type_name -> google.protobuf.Timestamp
 	3,  // 1: ferry.ledger.v1.Command.put_cluster:type_name -> ferry.ledger.v1.PutCluster
 	2,  // 2: ferry.ledger.v1.Command.delete_cluster:type_name -> ferry.ledger.v1.DeleteResource
 	4,  // 3: ferry.ledger.v1.Command.put_host:type_name -> ferry.ledger.v1.PutHost
@@ -2270,43 +2382,47 @@ var file_ferry_ledger_v1_ledger_proto_depIdxs = []int32{
 	20, // 23: ferry.ledger.v1.Command.restart_migration_job:type_name -> ferry.ledger.v1.RestartMigrationJob
 	2,  // 24: ferry.ledger.v1.Command.delete_migration_job:type_name -> ferry.ledger.v1.DeleteResource
 	21, // 25: ferry.ledger.v1.Command.set_job_waiting_reason:type_name -> ferry.ledger.v1.SetJobWaitingReason
-	22, // 26: ferry.ledger.v1.Command.put_settings:type_name -> ferry.ledger.v1.PutSettings
-	24, // 27: ferry.ledger.v1.Command.put_node:type_name -> ferry.ledger.v1.PutNode
+	23, // 26: ferry.ledger.v1.Command.put_settings:type_name -> ferry.ledger.v1.PutSettings
+	25, // 27: ferry.ledger.v1.Command.put_node:type_name -> ferry.ledger.v1.PutNode
 	2,  // 28: ferry.ledger.v1.Command.delete_node:type_name -> ferry.ledger.v1.DeleteResource
 	1,  // 29: ferry.ledger.v1.Command.batch:type_name -> ferry.ledger.v1.Batch
-	0,  // 30: ferry.ledger.v1.Batch.commands:type_name -> ferry.ledger.v1.Command
-	28, // 31: ferry.ledger.v1.PutCluster.cluster:type_name -> ferry.v1.Cluster
-	29, // 32: ferry.ledger.v1.PutHost.host:type_name -> ferry.v1.Host
-	30, // 33: ferry.ledger.v1.PutPrimaryStorage.primary_storage:type_name -> ferry.v1.PrimaryStorage
-	31, // 34: ferry.ledger.v1.PutL3Network.l3_network:type_name -> ferry.v1.L3Network
-	32, // 35: ferry.ledger.v1.PutMigrationServer.migration_server:type_name -> ferry.v1.MigrationServer
-	33, // 36: ferry.ledger.v1.SealedCredential.credential:type_name -> ferry.v1.Credential
-	11, // 37: ferry.ledger.v1.PutCredential.credential:type_name -> ferry.ledger.v1.SealedCredential
-	34, // 38: ferry.ledger.v1.PutSource.source:type_name -> ferry.v1.Source
-	35, // 39: ferry.ledger.v1.CreateMigrationJobs.jobs:type_name -> ferry.v1.MigrationJob
-	36, // 40: ferry.ledger.v1.CheckpointMigrationJob.phase:type_name -> ferry.v1.MigrationJobPhase
-	37, // 41: ferry.ledger.v1.CheckpointMigrationJob.disks:type_name -> ferry.v1.DiskProgress
-	38, // 42: ferry.ledger.v1.FinishMigrationJob.state:type_name -> ferry.v1.MigrationJobState
-	37, // 43: ferry.ledger.v1.FinishMigrationJob.disks:type_name -> ferry.v1.DiskProgress
-	39, // 44: ferry.ledger.v1.PutSettings.settings:type_name -> ferry.v1.Settings
-	23, // 45: ferry.ledger.v1.PutNode.node:type_name -> ferry.ledger.v1.Node
-	27, // 46: ferry.ledger.v1.RequestRecord.time:type_name -> google.protobuf.Timestamp
-	28, // 47: ferry.ledger.v1.Snapshot.clusters:type_name -> ferry.v1.Cluster
-	29, // 48: ferry.ledger.v1.Snapshot.hosts:type_name -> ferry.v1.Host
-	30, // 49: ferry.ledger.v1.Snapshot.primary_storages:type_name -> ferry.v1.PrimaryStorage
-	31, // 50: ferry.ledger.v1.Snapshot.l3_networks:type_name -> ferry.v1.L3Network
-	32, // 51: ferry.ledger.v1.Snapshot.migration_servers:type_name -> ferry.v1.MigrationServer
-	11, // 52: ferry.ledger.v1.Snapshot.credentials:type_name -> ferry.ledger.v1.SealedCredential
-	34, // 53: ferry.ledger.v1.Snapshot.sources:type_name -> ferry.v1.Source
-	35, // 54: ferry.ledger.v1.Snapshot.jobs:type_name -> ferry.v1.MigrationJob
-	39, // 55: ferry.ledger.v1.Snapshot.settings:type_name -> ferry.v1.Settings
-	23, // 56: ferry.ledger.v1.Snapshot.nodes:type_name -> ferry.ledger.v1.Node
-	25, // 57: ferry.ledger.v1.Snapshot.requests:type_name -> ferry.ledger.v1.RequestRecord
-	58, // [58:58] is the sub-list for method output_type
-	58, // [58:58] is the sub-list for method input_type
-	58, // [58:58] is the sub-list for extension type_name
-	58, // [58:58] is the sub-list for extension extendee
-	0,  // [0:58] is the sub-list for field type_name
+	22, // 30: ferry.ledger.v1.Command.put_network_mapping_group:type_name -> ferry.ledger.v1.PutNetworkMappingGroup
+	2,  // 31: ferry.ledger.v1.Command.delete_network_mapping_group:type_name -> ferry.ledger.v1.DeleteResource
+	0,  // 32: ferry.ledger.v1.Batch.commands:type_name -> ferry.ledger.v1.Command
+	29, // 33: ferry.ledger.v1.PutCluster.cluster:type_name -> ferry.v1.Cluster
+	30, // 34: ferry.ledger.v1.PutHost.host:type_name -> ferry.v1.Host
+	31, // 35: ferry.ledger.v1.PutPrimaryStorage.primary_storage:type_name -> ferry.v1.PrimaryStorage
+	32, // 36: ferry.ledger.v1.PutL3Network.l3_network:type_name -> ferry.v1.L3Network
+	33, // 37: ferry.ledger.v1.PutMigrationServer.migration_server:type_name -> ferry.v1.MigrationServer
+	34, // 38: ferry.ledger.v1.SealedCredential.credential:type_name -> ferry.v1.Credential
+	11, // 39: ferry.ledger.v1.PutCredential.credential:type_name -> ferry.ledger.v1.SealedCredential
+	35, // 40: ferry.ledger.v1.PutSource.source:type_name -> ferry.v1.Source
+	36, // 41: ferry.ledger.v1.CreateMigrationJobs.jobs:type_name -> ferry.v1.MigrationJob
+	37, // 42: ferry.ledger.v1.CheckpointMigrationJob.phase:type_name -> ferry.v1.MigrationJobPhase
+	38, // 43: ferry.ledger.v1.CheckpointMigrationJob.disks:type_name -> ferry.v1.DiskProgress
+	39, // 44: ferry.ledger.v1.FinishMigrationJob.state:type_name -> ferry.v1.MigrationJobState
+	38, // 45: ferry.ledger.v1.FinishMigrationJob.disks:type_name -> ferry.v1.DiskProgress
+	40, // 46: ferry.ledger.v1.PutNetworkMappingGroup.network_mapping_group:type_name -> ferry.v1.NetworkMappingGroup
+	41, // 47: ferry.ledger.v1.PutSettings.settings:type_name -> ferry.v1.Settings
+	24, // 48: ferry.ledger.v1.PutNode.node:type_name -> ferry.ledger.v1.Node
+	28, // 49: ferry.ledger.v1.RequestRecord.time:type_name -> google.protobuf.Timestamp
+	29, // 50: ferry.ledger.v1.Snapshot.clusters:type_name -> ferry.v1.Cluster
+	30, // 51: ferry.ledger.v1.Snapshot.hosts:type_name -> ferry.v1.Host
+	31, // 52: ferry.ledger.v1.Snapshot.primary_storages:type_name -> ferry.v1.PrimaryStorage
+	32, // 53: ferry.ledger.v1.Snapshot.l3_networks:type_name -> ferry.v1.L3Network
+	33, // 54: ferry.ledger.v1.Snapshot.migration_servers:type_name -> ferry.v1.MigrationServer
+	11, // 55: ferry.ledger.v1.Snapshot.credentials:type_name -> ferry.ledger.v1.SealedCredential
+	35, // 56: ferry.ledger.v1.Snapshot.sources:type_name -> ferry.v1.Source
+	36, // 57: ferry.ledger.v1.Snapshot.jobs:type_name -> ferry.v1.MigrationJob
+	41, // 58: ferry.ledger.v1.Snapshot.settings:type_name -> ferry.v1.Settings
+	24, // 59: ferry.ledger.v1.Snapshot.nodes:type_name -> ferry.ledger.v1.Node
+	26, // 60: ferry.ledger.v1.Snapshot.requests:type_name -> ferry.ledger.v1.RequestRecord
+	40, // 61: ferry.ledger.v1.Snapshot.network_mapping_groups:type_name -> ferry.v1.NetworkMappingGroup
+	62, // [62:62] is the sub-list for method output_type
+	62, // [62:62] is the sub-list for method input_type
+	62, // [62:62] is the sub-list for extension type_name
+	62, // [62:62] is the sub-list for extension extendee
+	0,  // [0:62] is the sub-list for field type_name
 }
 
 func init() { file_ferry_ledger_v1_ledger_proto_init() }
@@ -2344,6 +2460,8 @@ func file_ferry_ledger_v1_ledger_proto_init() {
 		(*Command_PutNode)(nil),
 		(*Command_DeleteNode)(nil),
 		(*Command_Batch)(nil),
+		(*Command_PutNetworkMappingGroup)(nil),
+		(*Command_DeleteNetworkMappingGroup)(nil),
 	}
 	file_ferry_ledger_v1_ledger_proto_msgTypes[10].OneofWrappers = []any{}
 	type x struct{}
@@ -2352,7 +2470,7 @@ func file_ferry_ledger_v1_ledger_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_ferry_ledger_v1_ledger_proto_rawDesc), len(file_ferry_ledger_v1_ledger_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   27,
+			NumMessages:   28,
 			NumExtensions: 0,
 			NumServices:   0,
 		},
