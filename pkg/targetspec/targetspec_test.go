@@ -13,7 +13,7 @@ func windowsVM() *ferryv1.SourceVm {
 	return &ferryv1.SourceVm{
 		Id: "vm-42", Name: "sql/01", Cpus: 4, MemoryBytes: 8 << 30, Firmware: ferryv1.Firmware_FIRMWARE_UEFI, CdromCount: 5,
 		GuestOsId: "windows2019srvNext_64Guest",
-		Disks: []*ferryv1.SourceDisk{{Target: "2000", CapacityBytes: 40 << 30, Bus: "scsi"}, {Target: "2001", CapacityBytes: 10 << 30, Bus: "scsi"}},
+		Disks:     []*ferryv1.SourceDisk{{Target: "2000", CapacityBytes: 40 << 30, Bus: "scsi"}, {Target: "2001", CapacityBytes: 10 << 30, Bus: "scsi"}},
 		Nics: []*ferryv1.SourceNic{
 			{Mac: "00:50:56:aa:00:01", Portgroup: "VM Network", IpAddresses: []string{"fe80::1", "10.0.0.7", "192.168.5.20"}},
 			{Mac: "00:50:56:aa:00:02", Portgroup: "DSwitch-Backup", Network: "DSwitch-Backup", IpAddresses: []string{"172.16.0.9/24"}},
