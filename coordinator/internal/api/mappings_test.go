@@ -85,7 +85,9 @@ func TestNetworkMappingGroupBadInputs(t *testing.T) {
 		_, err := e.mappings.CreateNetworkMappingGroup(ctx(t), &ferryv1.CreateNetworkMappingGroupRequest{NetworkMappingGroup: g})
 		return err
 	}
-	m := func(src, l3 string) *ferryv1.NetworkMapping { return &ferryv1.NetworkMapping{SourceNetwork: src, L3Network: l3} }
+	m := func(src, l3 string) *ferryv1.NetworkMapping {
+		return &ferryv1.NetworkMapping{SourceNetwork: src, L3Network: l3}
+	}
 	tests := []struct {
 		name   string
 		g      *ferryv1.NetworkMappingGroup
@@ -121,7 +123,7 @@ func windowsSourceVM(id, ip string) *ferryv1.SourceVm {
 	return &ferryv1.SourceVm{
 		Id: id, Name: "win-" + id, Cpus: 4, MemoryBytes: 4 * gib, Firmware: ferryv1.Firmware_FIRMWARE_UEFI, CdromCount: 4,
 		GuestOsId: "windows2019srvNext_64Guest",
-		Disks: []*ferryv1.SourceDisk{{Target: "2000", CapacityBytes: 20 * gib, Bus: "scsi"}, {Target: "2001", CapacityBytes: gib, Bus: "scsi"}},
+		Disks:     []*ferryv1.SourceDisk{{Target: "2000", CapacityBytes: 20 * gib, Bus: "scsi"}, {Target: "2001", CapacityBytes: gib, Bus: "scsi"}},
 		Nics: []*ferryv1.SourceNic{
 			{Mac: "00:50:56:01:02:03", Portgroup: "VM Network", IpAddresses: []string{"fe80::250:56ff:fe01:203", ip}},
 			{Mac: "00:50:56:01:02:04", Portgroup: "DSwitch-Backup", IpAddresses: []string{"172.16.0.42"}},
