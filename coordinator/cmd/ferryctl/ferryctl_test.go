@@ -78,6 +78,31 @@ func (e *clusterEnv) create(t *testing.T) {
 	if out := x.ok("source", "get", "vc", lin()); !strings.Contains(out, "thumbprint 0A:0A:") || !strings.Contains(out, "hostname not checked") {
 		t.Errorf("source get vc:\n%s", out)
 	}
+	g := x.json("network-mapping", "create", "dc1", "--source", "vc", "--map", "VM Network=lan", "--map", "DSwitch-Backup = lan")
+	if path(g, "network_mapping_group", "mappings", 0, "source_network") != "VM Network" ||
+		path(g, "network_mapping_group", "mappings", 1, "l3_network") != "l3Networks/lan" || path(g, "network_mapping_group", "source") != "sources/vc" {
+		t.Fatalf("network-mapping create = %v", g)
+	}
+	if r := x.run("network-mapping", "create", "bad", "--map", "VM Network=lan", "--map", "VM Network=lan"); r.code == 0 ||
+		!strings.Contains(r.err, "network_mapping_group.mappings[1].source_network") {
+		t.Errorf("network-mapping create with a source network twice: exit %d, %q", r.code, r.err)
+	}
+	if r := x.run("network-mapping", "create", "bad", "--map", "VM Network"); r.code == 0 || !strings.Contains(r.err, "SOURCE_NETWORK=L3_NETWORK") {
+		t.Errorf("network-mapping create --map without '=': exit %d, %q", r.code, r.err)
+	}
+	g = x.json("network-mapping", "update", "dc1", "--map", "VM Network=lan", "--display-name", "DC 1")
+	if n := len(path(g, "network_mapping_group", "mappings").([]any)); n != 1 || path(g, "network_mapping_group", "display_name") != "DC 1" {
+		t.Fatalf("network-mapping update = %v", g)
+	}
+	if out := x.ok("network-mapping", "list", "--source", "vc", lin()); !strings.Contains(out, "networkMappingGroups/dc1") ||
+		!strings.Contains(out, "VM Network→lan") {
+		t.Errorf("network-mapping list:\n%s", out)
+	}
+	x.ok("network-mapping", "create", "gone", "--map", "x=lan")
+	x.ok("network-mapping", "delete", "gone")
+	if r := x.run("network-mapping", "get", "gone", lin()); r.code == 0 {
+		t.Errorf("network-mapping get after delete: exit 0")
+	}
 	if r := x.run("source", "create", "vc2", "--type", "vcenter", "--address", "vc.example.net", "--user", "u",
 		"--credential", "kvm-pass", "--thumbprint", "0a:0b"); r.code == 0 || !strings.Contains(r.err, "source.vcenter.thumbprint") {
 		t.Errorf("source create with a short thumbprint: exit %d, %q", r.code, r.err)

@@ -15,7 +15,8 @@ import (
 // targetspec.Incomplete) from the source VMs' descriptions, with the
 // request's network-mapping group; it returns req itself when no spec
 // needs it. Without agent sessions to read the source through, specs are
-// left as they are and validation names what is missing.
+// left as they are and validation names what is missing; when the source
+// cannot be read, validation's answer comes first too.
 func (a *API) fillBatch(ctx context.Context, req *ferryv1.CreateMigrationJobsRequest) (*ferryv1.CreateMigrationJobsRequest, error) {
 	group, err := a.mappingGroup(req)
 	if err != nil {
@@ -30,6 +31,10 @@ func (a *API) fillBatch(ctx context.Context, req *ferryv1.CreateMigrationJobsReq
 	}
 	vms, err := a.readSourceVMs(ctx, req)
 	if err != nil {
+		// What the spec lacks says more than why the source could not be read.
+		if _, verr := a.checkBatch(req); verr != nil {
+			return nil, verr
+		}
 		return nil, err
 	}
 	out := proto.Clone(req).(*ferryv1.CreateMigrationJobsRequest)
