@@ -208,6 +208,11 @@ func (c *Client) Cluster() ferryv1.ClusterServiceClient {
 	return ferryv1.NewClusterServiceClient(c)
 }
 
+// NetworkMappings is the NetworkMappingService.
+func (c *Client) NetworkMappings() ferryv1.NetworkMappingServiceClient {
+	return ferryv1.NewNetworkMappingServiceClient(c)
+}
+
 // Invoke sends a unary call to the current target; the interceptor on its
 // connection takes over from there.
 func (c *Client) Invoke(ctx context.Context, method string, args, reply any, opts ...grpc.CallOption) error {

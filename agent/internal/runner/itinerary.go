@@ -72,6 +72,8 @@ type Job struct {
 	// Downstream limits source → cache bytes and Upstream cache → target
 	// bytes; both are shared by every job of the migration server.
 	Downstream, Upstream *ratelimit.Limiter
+
+	watches *watchSet // see Watch
 }
 
 // Name is the job's resource name.

@@ -167,7 +167,7 @@ func (r *Runner) Start(a *agentv1.Assignment) error {
 	log := r.log.With("job", name, "epoch", epoch)
 	lim := r.limitsFor(a)
 	e := &execution{cancel: cancel, done: make(chan struct{}), job: &Job{Assignment: a, CacheDir: cacheDir(r.cfg.DataDir, a), Log: log,
-		Downstream: lim.down, Upstream: lim.up}}
+		Downstream: lim.down, Upstream: lim.up, watches: newWatchSet(ctx, cancel, log)}}
 	e.job.Progress = newProgress(a, r.now, r.cfg.ProgressInterval, r.reporter.Progress)
 	r.jobs[name] = e
 	r.wg.Add(1)
@@ -194,6 +194,7 @@ func (r *Runner) run(ctx context.Context, e *execution, prev *execution) {
 		r.flushEvery(flushCtx, e.job.Progress)
 	}()
 	res := walk(ctx, r.drivers, e.job)
+	e.job.watches.close()
 	stopFlush()
 	wg.Wait()
 	var stop *stopCause

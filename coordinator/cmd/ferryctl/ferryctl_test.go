@@ -69,6 +69,44 @@ func (e *clusterEnv) create(t *testing.T) {
 	}
 	x.ok("source", "create", "kvm-src", "--type", "kvm", "--address", "192.0.2.20", "--credential", "kvm-pass",
 		"--sasl-user", "virt", "--sasl-credential", "sasl")
+	vc := x.json("source", "create", "vc", "--type", "vcenter", "--address", "vc.example.net", "--user", "administrator@vsphere.local",
+		"--credential", "kvm-pass", "--thumbprint", strings.Repeat("0a", 32), "--skip-hostname-check")
+	if path(vc, "source", "vcenter", "thumbprint") != strings.TrimSuffix(strings.Repeat("0A:", 32), ":") ||
+		path(vc, "source", "vcenter", "skip_hostname_check") != true || path(vc, "source", "vcenter", "port") != float64(443) {
+		t.Fatalf("source create vc = %v", vc)
+	}
+	if out := x.ok("source", "get", "vc", lin()); !strings.Contains(out, "thumbprint 0A:0A:") || !strings.Contains(out, "hostname not checked") {
+		t.Errorf("source get vc:\n%s", out)
+	}
+	g := x.json("network-mapping", "create", "dc1", "--source", "vc", "--map", "VM Network=lan", "--map", "DSwitch-Backup = lan")
+	if path(g, "network_mapping_group", "mappings", 0, "source_network") != "VM Network" ||
+		path(g, "network_mapping_group", "mappings", 1, "l3_network") != "l3Networks/lan" || path(g, "network_mapping_group", "source") != "sources/vc" {
+		t.Fatalf("network-mapping create = %v", g)
+	}
+	if r := x.run("network-mapping", "create", "bad", "--map", "VM Network=lan", "--map", "VM Network=lan"); r.code == 0 ||
+		!strings.Contains(r.err, "network_mapping_group.mappings[1].source_network") {
+		t.Errorf("network-mapping create with a source network twice: exit %d, %q", r.code, r.err)
+	}
+	if r := x.run("network-mapping", "create", "bad", "--map", "VM Network"); r.code == 0 || !strings.Contains(r.err, "SOURCE_NETWORK=L3_NETWORK") {
+		t.Errorf("network-mapping create --map without '=': exit %d, %q", r.code, r.err)
+	}
+	g = x.json("network-mapping", "update", "dc1", "--map", "VM Network=lan", "--display-name", "DC 1")
+	if n := len(path(g, "network_mapping_group", "mappings").([]any)); n != 1 || path(g, "network_mapping_group", "display_name") != "DC 1" {
+		t.Fatalf("network-mapping update = %v", g)
+	}
+	if out := x.ok("network-mapping", "list", "--source", "vc", lin()); !strings.Contains(out, "networkMappingGroups/dc1") ||
+		!strings.Contains(out, "VM Network→lan") {
+		t.Errorf("network-mapping list:\n%s", out)
+	}
+	x.ok("network-mapping", "create", "gone", "--map", "x=lan")
+	x.ok("network-mapping", "delete", "gone")
+	if r := x.run("network-mapping", "get", "gone", lin()); r.code == 0 {
+		t.Errorf("network-mapping get after delete: exit 0")
+	}
+	if r := x.run("source", "create", "vc2", "--type", "vcenter", "--address", "vc.example.net", "--user", "u",
+		"--credential", "kvm-pass", "--thumbprint", "0a:0b"); r.code == 0 || !strings.Contains(r.err, "source.vcenter.thumbprint") {
+		t.Errorf("source create with a short thumbprint: exit %d, %q", r.code, r.err)
+	}
 	ms := x.json("server", "create", "kvm-1", "--host", "kvm-1", "--type", "kvm", "--cache-path", e.cache, "--downstream", "500Mbps")
 	if path(ms, "migration_server", "host") != "hosts/kvm-1" || path(ms, "migration_server", "enabled") != true {
 		t.Fatalf("server create = %v", ms)
@@ -90,6 +128,7 @@ func (e *clusterEnv) list(t *testing.T) {
 		{[]string{"network", "get", "lan"}, []any{"l3_network", "prefix_length"}, float64(24)},
 		{[]string{"credential", "list"}, []any{"credentials", 0, "type"}, "CREDENTIAL_TYPE_PASSWORD"},
 		{[]string{"source", "list", "--type", "kvm"}, []any{"sources", 0, "kvm", "sasl_credential"}, "credentials/sasl"},
+		{[]string{"source", "list", "--type", "vcenter"}, []any{"sources", 0, "vcenter", "skip_hostname_check"}, true},
 		{[]string{"source", "get", "kvm-src"}, []any{"source", "kvm", "address"}, "192.0.2.20"},
 		{[]string{"server", "list"}, []any{"migration_servers", 0, "downstream_bits_per_second"}, "500000000"},
 		{[]string{"server", "get", "kvm-1"}, []any{"migration_server", "cache_path"}, e.cache},
@@ -152,6 +191,17 @@ func (e *clusterEnv) settings(t *testing.T) {
 	s = x.json("settings", "get", "--linearizable")
 	if path(s, "settings", "job_parallelism") != float64(20) || path(s, "settings", "agent_grace_period") != "300s" {
 		t.Fatalf("settings get = %v; want the update, other fields kept", s)
+	}
+	if got := path(s, "settings", "guest_shutdown_timeout"); got != "600s" {
+		t.Fatalf("guest_shutdown_timeout = %v, want the default 600s", got)
+	}
+	s = x.json("settings", "update", "--guest-shutdown-timeout", "2m")
+	if path(s, "settings", "guest_shutdown_timeout") != "120s" || path(s, "settings", "job_parallelism") != float64(20) {
+		t.Fatalf("settings update --guest-shutdown-timeout = %v", s)
+	}
+	if r := x.run("settings", "update", "--guest-shutdown-timeout", "100ms"); r.code == 0 ||
+		!strings.Contains(r.err, "settings.guest_shutdown_timeout") {
+		t.Fatalf("a 100ms guest shutdown timeout: exit %d, %q", r.code, r.err)
 	}
 }
 

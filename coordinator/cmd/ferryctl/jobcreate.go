@@ -26,16 +26,21 @@ type jobFlags struct {
 	firmware, osType, diskBus  *enumFlag
 	compression                *enumFlag
 	pauseSource, noStart       bool
-	// network, when set, fills what the flags leave out from the source's
-	// description of the VM (ListSourceVMs): every disk, every NIC on
-	// this network, vCPUs, memory, firmware, CD-ROMs, OS type.
-	network string
+	// network and group, when set, fill what the flags leave out from the
+	// source's description of the VM (ListSourceVMs) through targetspec:
+	// every disk, every NIC on the L3 network the group maps its network
+	// to (else network), vCPUs, memory, firmware, CD-ROMs, OS type, bus.
+	network, group      string
+	useSourceNICAddress bool
 }
+
+// fills reports whether the flags ask to fill the spec from the source.
+func (jf *jobFlags) fills() bool { return jf.network != "" || jf.group != "" }
 
 // planFlags are the flags that build a request from flags, not allowed
 // together with -f.
 var planFlags = []string{"source", "migration-server", "vm", "target-name", "cluster", "storage", "host",
-	"cpus", "memory", "nic", "disk", "network", "cdroms", "firmware", "os", "disk-bus", "compression", "pause-source", "no-start"}
+	"cpus", "memory", "nic", "disk", "network", "network-mapping-group", "use-source-nic-address", "cdroms", "firmware", "os", "disk-bus", "compression", "pause-source", "no-start"}
 
 func (a *app) jobCreate() *cobra.Command {
 	jf := &jobFlags{
@@ -57,6 +62,10 @@ func (a *app) jobCreate() *cobra.Command {
   ferryctl job create --source kvm-src --migration-server kvm-1 --vm web-1 \
       --cluster prod --storage local-1 --network lan
 
+  # A vCenter VM, NICs placed by a network-mapping group, keeping MACs and addresses
+  ferryctl job create --source vc --migration-server vmw-1 --vm vm-1042 \
+      --cluster prod --storage nfs-1 --network-mapping-group dc1 --use-source-nic-address
+
   # Up to 50 VMs from a plan, then follow them
   ferryctl job create -f plan.yaml -o json
   ferryctl job create -f plan.yaml && ferryctl job watch
@@ -65,7 +74,7 @@ func (a *app) jobCreate() *cobra.Command {
   ferryctl job create -f - < plan.json`,
 		Args: noArgs,
 		PreRunE: func(cmd *cobra.Command, _ []string) error {
-			if jf.planFile == "" && jf.network != "" {
+			if jf.planFile == "" && jf.fills() {
 				return required(cmd, "source", "migration-server", "vm", "cluster", "storage")
 			}
 			if jf.planFile == "" {
@@ -83,7 +92,7 @@ func (a *app) jobCreate() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			if jf.network != "" {
+			if jf.fills() {
 				if err := fillFromSource(ctx, cl, req, resName("l3Networks", jf.network)); err != nil {
 					return err
 				}
@@ -134,10 +143,16 @@ disks named are kept. A NIC is SOURCE_MAC=NETWORK[,mac=MAC][,ip=IP]: the
 target MAC is the source's unless mac= is given, the address is allocated
 from the network's range unless ip= is given.
 
-With --network NET, what the flags leave out is read from the source
-(as 'ferryctl source vms' shows it): every disk with its size, root first,
-every NIC on NET with its MAC kept, vCPUs, memory, firmware, CD-ROM drives
-and OS type.
+With --network NET and/or --network-mapping-group GROUP, what the flags
+leave out is read from the source (as 'ferryctl source vms' shows it), the
+way the coordinator fills an incomplete plan: the source VM's name, every
+disk with its size, root first, every NIC with its MAC kept on the L3
+network GROUP maps its portgroup or network to (else NET), vCPUs, memory,
+firmware (EFI stays UEFI), CD-ROM drives (at most 3), the platform (Linux
+or Windows, from the guest OS id) and its disk bus (virtio-scsi for
+Linux, SATA for Windows, virtio-scsi for --os windows-virtio).
+--use-source-nic-address gives each NIC its source MAC and the guest's
+address inside the L3 network's range, held as its reservation.
 
 Without --request-id a fresh one is generated, so ferryctl may resend the
 request after a lost answer without creating the jobs twice.`
@@ -158,10 +173,12 @@ func (jf *jobFlags) addFlags(cmd *cobra.Command) {
 	f.StringArrayVar(&jf.nics, "nic", nil, "SOURCE_MAC=NETWORK[,mac=MAC][,ip=IP]; repeat per NIC")
 	f.StringArrayVar(&jf.disks, "disk", nil, "SOURCE_DISK=SIZE[,name=NAME]; repeat per disk kept, root first")
 	f.Int32Var(&jf.cdroms, "cdroms", 0, "CD-ROM drives, at most 3")
-	f.StringVar(&jf.network, "network", "", "L3 network for every NIC; fill what other flags leave out from the source's view of the VM")
+	f.StringVar(&jf.network, "network", "", "L3 network for every NIC the group does not map; fill what other flags leave out from the source's view of the VM")
+	f.StringVar(&jf.group, "network-mapping-group", "", "network-mapping group placing each source NIC; fill what other flags leave out from the source")
+	f.BoolVar(&jf.useSourceNICAddress, "use-source-nic-address", false, "give each target NIC its source MAC and guest IP address")
 	addEnumFlag(f, jf.firmware, "firmware", "target firmware (UEFI keeps its NVRAM)")
 	addEnumFlag(f, jf.osType, "os", "guest OS")
-	addEnumFlag(f, jf.diskBus, "disk-bus", "disk bus (default: virtio-scsi for Linux, virtio-blk for Windows)")
+	addEnumFlag(f, jf.diskBus, "disk-bus", "disk bus (default: virtio-scsi for Linux and windows-virtio, SATA for Windows)")
 	addEnumFlag(f, jf.compression, "compression", "cache image compression (default zstd)")
 	f.BoolVar(&jf.pauseSource, "pause-source", false, "pause a running source VM before the copy and leave it paused")
 	f.BoolVar(&jf.noStart, "no-start", false, "leave the target VM stopped")
@@ -208,8 +225,12 @@ func (a *app) readPlan(path string) (*ferryv1.CreateMigrationJobsRequest, error)
 
 // request builds the one-VM request the flags describe.
 func (jf *jobFlags) request() (*ferryv1.CreateMigrationJobsRequest, error) {
+	name := orDefault(jf.targetName, jf.vm)
+	if jf.fills() {
+		name = jf.targetName // the source VM's name unless given
+	}
 	target := &ferryv1.TargetVm{
-		VmName: orDefault(jf.targetName, jf.vm), Cluster: resName("clusters", jf.cluster),
+		VmName: name, Cluster: resName("clusters", jf.cluster),
 		PrimaryStorage: resName("primaryStorages", jf.store), Host: resName("hosts", jf.host),
 		Cpus: jf.cpus, CdromCount: jf.cdroms,
 		Firmware: ferryv1.Firmware(jf.firmware.value), OsType: ferryv1.OsType(jf.osType.value), DiskBus: ferryv1.DiskBus(jf.diskBus.value),
@@ -235,14 +256,16 @@ func (jf *jobFlags) request() (*ferryv1.CreateMigrationJobsRequest, error) {
 		}
 		target.Disks = append(target.Disks, disk)
 	}
-	opts := &ferryv1.MigrationOptions{Compression: ferryv1.Compression(jf.compression.value), PauseSourceVm: jf.pauseSource}
+	opts := &ferryv1.MigrationOptions{Compression: ferryv1.Compression(jf.compression.value), PauseSourceVm: jf.pauseSource,
+		UseSourceNicAddress: jf.useSourceNICAddress}
 	if jf.noStart {
 		opts.AutoStart = proto.Bool(false)
 	}
 	return &ferryv1.CreateMigrationJobsRequest{
-		Source:          resName("sources", jf.source),
-		MigrationServer: resName("migrationServers", jf.server),
-		Jobs:            []*ferryv1.MigrationJobSpec{{SourceVm: jf.vm, Target: target, Options: opts}},
+		Source:              resName("sources", jf.source),
+		MigrationServer:     resName("migrationServers", jf.server),
+		NetworkMappingGroup: resName(colMappings, jf.group),
+		Jobs:                []*ferryv1.MigrationJobSpec{{SourceVm: jf.vm, Target: target, Options: opts}},
 	}, nil
 }
 

@@ -6,10 +6,13 @@ import (
 
 	"github.com/ferry-v2v/ferry/pkg/client"
 	ferryv1 "github.com/ferry-v2v/ferry/pkg/pb/ferry/v1"
+	"github.com/ferry-v2v/ferry/pkg/targetspec"
 )
 
 // fillFromSource completes a one-VM request with what the source says of
-// the VM: fields the flags set are kept.
+// the VM, through targetspec as the coordinator does: fields the flags set
+// are kept; NICs land on the L3 network the request's network-mapping
+// group maps their network to, else on network.
 func fillFromSource(ctx context.Context, cl *client.Client, req *ferryv1.CreateMigrationJobsRequest, network string) error {
 	spec := req.GetJobs()[0]
 	vms, err := listAllSourceVMs(ctx, cl, &ferryv1.ListSourceVMsRequest{Source: req.GetSource(),
@@ -24,41 +27,26 @@ func fillFromSource(ctx context.Context, cl *client.Client, req *ferryv1.CreateM
 		}
 	}
 	if vm == nil {
-		return fmt.Errorf("source %s has no running or paused VM %q; 'ferryctl source vms %s' lists them",
+		return fmt.Errorf("source %s has no VM %q; 'ferryctl source vms %s' lists them",
 			req.GetSource(), spec.GetSourceVm(), req.GetSource())
 	}
-	fillTarget(spec.GetTarget(), vm, network)
+	opts := targetspec.Options{Network: network}
+	if g := req.GetNetworkMappingGroup(); g != "" {
+		r, err := cl.NetworkMappings().GetNetworkMappingGroup(ctx, &ferryv1.GetNetworkMappingGroupRequest{Name: g})
+		if err != nil {
+			return err
+		}
+		opts.Group = r.GetNetworkMappingGroup()
+	}
+	if spec.GetOptions().GetUseSourceNicAddress() {
+		nets, err := cl.Inventory().ListL3Networks(ctx, &ferryv1.ListL3NetworksRequest{Cluster: spec.GetTarget().GetCluster(), PageSize: 1000})
+		if err != nil {
+			return err
+		}
+		opts.Networks = nets.GetL3Networks()
+	}
+	if err := targetspec.Fill(spec, vm, opts); err != nil {
+		return fmt.Errorf("VM %s: %w", spec.GetSourceVm(), err)
+	}
 	return nil
-}
-
-func fillTarget(t *ferryv1.TargetVm, vm *ferryv1.SourceVm, network string) {
-	if t.GetCpus() == 0 {
-		t.Cpus = vm.GetCpus()
-	}
-	if t.GetMemoryBytes() == 0 {
-		t.MemoryBytes = vm.GetMemoryBytes()
-	}
-	if t.GetFirmware() == ferryv1.Firmware_FIRMWARE_UNSPECIFIED {
-		t.Firmware = vm.GetFirmware()
-	}
-	if t.GetOsType() == ferryv1.OsType_OS_TYPE_UNSPECIFIED {
-		t.OsType = vm.GetOsType()
-	}
-	if t.GetCdromCount() == 0 {
-		t.CdromCount = min(vm.GetCdromCount(), 3)
-	}
-	if len(t.GetDisks()) == 0 {
-		for i, d := range vm.GetDisks() {
-			name := "data-" + d.GetTarget()
-			if i == 0 {
-				name = "root"
-			}
-			t.Disks = append(t.Disks, &ferryv1.TargetDisk{SourceDisk: d.GetTarget(), DisplayName: name, SizeBytes: d.GetCapacityBytes()})
-		}
-	}
-	if len(t.GetNics()) == 0 {
-		for _, n := range vm.GetNics() {
-			t.Nics = append(t.Nics, &ferryv1.TargetNic{SourceMac: n.GetMac(), L3Network: network})
-		}
-	}
 }

@@ -2,34 +2,22 @@ package main
 
 import (
 	"testing"
-
-	"google.golang.org/protobuf/proto"
-
-	ferryv1 "github.com/ferry-v2v/ferry/pkg/pb/ferry/v1"
 )
 
-func TestFillTarget(t *testing.T) {
-	vm := &ferryv1.SourceVm{
-		Name: "web-1", Cpus: 2, MemoryBytes: 4 << 30, Firmware: ferryv1.Firmware_FIRMWARE_UEFI, CdromCount: 5,
-		OsType: ferryv1.OsType_OS_TYPE_LINUX,
-		Disks:  []*ferryv1.SourceDisk{{Target: "vda", CapacityBytes: 20 << 30}, {Target: "vdb", CapacityBytes: 100 << 30}},
-		Nics:   []*ferryv1.SourceNic{{Mac: "52:54:00:00:00:01"}, {Mac: "52:54:00:00:00:02"}},
+func TestRequestToFillFromTheSource(t *testing.T) {
+	jf := &jobFlags{source: "vc", server: "vmw-1", vm: "vm-1042", cluster: "prod", store: "nfs-1", group: "dc1",
+		useSourceNICAddress: true, firmware: &enumFlag{}, osType: &enumFlag{}, diskBus: &enumFlag{}, compression: &enumFlag{}}
+	req, err := jf.request()
+	if err != nil {
+		t.Fatal(err)
 	}
-	got := &ferryv1.TargetVm{VmName: "web-1", Cpus: 4} // a flag given wins
-	fillTarget(got, vm, "l3Networks/lan")
-	want := &ferryv1.TargetVm{
-		VmName: "web-1", Cpus: 4, MemoryBytes: 4 << 30, Firmware: ferryv1.Firmware_FIRMWARE_UEFI, CdromCount: 3,
-		OsType: ferryv1.OsType_OS_TYPE_LINUX,
-		Disks: []*ferryv1.TargetDisk{
-			{SourceDisk: "vda", DisplayName: "root", SizeBytes: 20 << 30},
-			{SourceDisk: "vdb", DisplayName: "data-vdb", SizeBytes: 100 << 30},
-		},
-		Nics: []*ferryv1.TargetNic{
-			{SourceMac: "52:54:00:00:00:01", L3Network: "l3Networks/lan"},
-			{SourceMac: "52:54:00:00:00:02", L3Network: "l3Networks/lan"},
-		},
+	spec := req.GetJobs()[0]
+	if req.GetNetworkMappingGroup() != "networkMappingGroups/dc1" || !spec.GetOptions().GetUseSourceNicAddress() ||
+		spec.GetTarget().GetVmName() != "" || spec.GetTarget().GetCluster() != "clusters/prod" {
+		t.Fatalf("request %v: want the group, use_source_nic_address, and no vm_name (the source's name fills it)", req)
 	}
-	if !proto.Equal(got, want) {
-		t.Fatalf("got %v\nwant %v", got, want)
+	jf.group, jf.targetName = "", ""
+	if req, _ = jf.request(); req.GetJobs()[0].GetTarget().GetVmName() != "vm-1042" || req.GetNetworkMappingGroup() != "" {
+		t.Fatalf("request from flags alone %v: want vm_name --vm", req)
 	}
 }

@@ -167,7 +167,7 @@ the bare id (abc).`,
 		&cobra.Group{ID: "migration", Title: "Migration:"},
 		&cobra.Group{ID: "admin", Title: "Administration:"},
 	)
-	for _, c := range []*cobra.Command{a.clusterCommand(), a.hostCommand(), a.storageCommand(), a.networkCommand()} {
+	for _, c := range []*cobra.Command{a.clusterCommand(), a.hostCommand(), a.storageCommand(), a.networkCommand(), a.mappingCommand()} {
 		c.GroupID = "target"
 		root.AddCommand(c)
 	}

@@ -55,14 +55,15 @@ var settingsFields = []struct{ flag, path string }{
 	{"host-allocation", "host_allocation_strategy"},
 	{"agent-grace-period", "agent_grace_period"},
 	{"inventory-sync-interval", "inventory_sync_interval"},
+	{"guest-shutdown-timeout", "guest_shutdown_timeout"},
 }
 
 func (a *app) settingsUpdate() *cobra.Command {
 	var parallelism int32
-	var retention, grace, syncEvery time.Duration
+	var retention, grace, syncEvery, shutdown time.Duration
 	alloc := newEnumFlag(ferryv1.HostAllocationStrategy(0).Descriptor(), nil)
 	cmd := &cobra.Command{
-		Use:   "update [--job-parallelism N] [--cache-retention D] [--host-allocation S] [--agent-grace-period D] [--inventory-sync-interval D]",
+		Use:   "update [--job-parallelism N] [--cache-retention D] [--host-allocation S] [--agent-grace-period D] [--inventory-sync-interval D] [--guest-shutdown-timeout D]",
 		Short: "Change some settings",
 		Long: `Change the settings named by the flags given; the others keep their values
 (the flags given become the request's update_mask). Durations are Go
@@ -78,6 +79,7 @@ durations: 90s, 30m, 24h.`,
 					HostAllocationStrategy: ferryv1.HostAllocationStrategy(alloc.value),
 					AgentGracePeriod:       durationpb.New(grace),
 					InventorySyncInterval:  durationpb.New(syncEvery),
+					GuestShutdownTimeout:   durationpb.New(shutdown),
 				},
 				UpdateMask: &fieldmaskpb.FieldMask{},
 			}
@@ -104,6 +106,7 @@ durations: 90s, 30m, 24h.`,
 	addEnumFlag(f, alloc, "host-allocation", "host allocation strategy on shared storage")
 	f.DurationVar(&grace, "agent-grace-period", 0, "how long an agent may be gone before its jobs fail")
 	f.DurationVar(&syncEvery, "inventory-sync-interval", 0, "how often the leader syncs every source's inventory")
+	f.DurationVar(&shutdown, "guest-shutdown-timeout", 0, "how long a VMware guest shutdown may take before the VM is powered off")
 	return cmd
 }
 
@@ -114,5 +117,6 @@ func settingsDetails(s *ferryv1.Settings) []field {
 		{"Host allocation strategy", enumLower(s.GetHostAllocationStrategy())},
 		{"Agent grace period", duration(s.GetAgentGracePeriod())},
 		{"Inventory sync interval", duration(s.GetInventorySyncInterval())},
+		{"Guest shutdown timeout", duration(s.GetGuestShutdownTimeout())},
 	}
 }

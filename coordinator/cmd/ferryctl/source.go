@@ -20,8 +20,10 @@ func (a *app) sourceCommand() *cobra.Command {
 		Long: `A source is how a migration server reaches the hypervisor VMs leave from:
 
   vcenter  a vCenter or ESXi host: address, port (443), user and a password
-           credential, HTTPS verified with a CA bundle or a SHA-1
-           thumbprint (or plain HTTP)
+           credential, HTTPS verified with the system CAs, a CA bundle or a
+           pinned SHA-1/SHA-256 certificate thumbprint (or plain HTTP);
+           --skip-hostname-check accepts a certificate whose names do not
+           match the address, still checking its chain or thumbprint
   kvm      a KVM host over SSH: address, SSH port (22), user (root), a
            password or private-key credential, optional libvirt SASL user
            and credential, and a pinned SSH host key (recorded on first use
@@ -42,7 +44,7 @@ type sourceFlags struct {
 	port                        int32
 	saslUser, saslCredential    string
 	hostKey, hostKeyFile        string
-	useHTTP                     bool
+	useHTTP, skipHostnameCheck  bool
 	caFile, thumbprint, display string
 	reqID                       string
 }
@@ -96,7 +98,9 @@ SSH port of a KVM host.`,
 	f.StringVar(&sf.hostKeyFile, "host-key-file", "", "read the pinned SSH host key from a .pub file (kvm)")
 	f.BoolVar(&sf.useHTTP, "use-http", false, "plain HTTP instead of HTTPS (vcenter)")
 	f.StringVar(&sf.caFile, "ca-file", "", "PEM CA bundle that verifies the vCenter (vcenter)")
-	f.StringVar(&sf.thumbprint, "thumbprint", "", "SHA-1 thumbprint of the vCenter's certificate (vcenter)")
+	f.StringVar(&sf.thumbprint, "thumbprint", "", "pinned SHA-1 or SHA-256 thumbprint of the vCenter's certificate, colons optional (vcenter)")
+	f.BoolVar(&sf.skipHostnameCheck, "skip-hostname-check", false,
+		"accept a certificate whose names do not match --address; its chain or thumbprint is still checked (vcenter)")
 	f.StringVar(&sf.display, "display-name", "", "a name for people")
 	addRequestIDFlag(cmd, &sf.reqID)
 	return cmd
@@ -108,8 +112,8 @@ func (sf *sourceFlags) source() (*ferryv1.Source, error) {
 	typ := ferryv1.Platform(sf.typ.value)
 	src := &ferryv1.Source{DisplayName: sf.display, Type: typ}
 	if typ == ferryv1.Platform_PLATFORM_KVM {
-		if sf.useHTTP || sf.caFile != "" || sf.thumbprint != "" {
-			return nil, usagef("--use-http, --ca-file and --thumbprint are for --type vcenter")
+		if sf.useHTTP || sf.caFile != "" || sf.thumbprint != "" || sf.skipHostnameCheck {
+			return nil, usagef("--use-http, --ca-file, --thumbprint and --skip-hostname-check are for --type vcenter")
 		}
 		hostKey := sf.hostKey
 		if sf.hostKeyFile != "" {
@@ -138,7 +142,7 @@ func (sf *sourceFlags) source() (*ferryv1.Source, error) {
 	}
 	src.Vcenter = &ferryv1.VCenterConnection{
 		Address: sf.address, Port: sf.port, User: sf.user, Credential: resName("credentials", sf.credential),
-		UseHttp: sf.useHTTP, CaCertificate: ca, Thumbprint: sf.thumbprint,
+		UseHttp: sf.useHTTP, CaCertificate: ca, Thumbprint: sf.thumbprint, SkipHostnameCheck: sf.skipHostnameCheck,
 	}
 	return src, nil
 }
@@ -261,6 +265,9 @@ func sourceDetails(s *ferryv1.Source) []field {
 			verify = "thumbprint " + v.GetThumbprint()
 		case v.GetCaCertificate() == "":
 			verify = "system CAs"
+		}
+		if v.GetSkipHostnameCheck() {
+			verify += ", hostname not checked"
 		}
 		out = append(out, field{"Verified by", verify})
 	}

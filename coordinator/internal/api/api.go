@@ -143,7 +143,7 @@ func New(deps Deps) *API {
 	return a
 }
 
-// Register registers all six ferry.v1 services on s.
+// Register registers all seven ferry.v1 services on s.
 func (a *API) Register(s grpc.ServiceRegistrar) {
 	ferryv1.RegisterInventoryServiceServer(s, &inventoryService{a: a})
 	ferryv1.RegisterMigrationServerServiceServer(s, &serverService{a: a})
@@ -151,6 +151,7 @@ func (a *API) Register(s grpc.ServiceRegistrar) {
 	ferryv1.RegisterMigrationJobServiceServer(s, &jobService{a: a})
 	ferryv1.RegisterSettingsServiceServer(s, &settingsService{a: a})
 	ferryv1.RegisterClusterServiceServer(s, &clusterService{a: a})
+	ferryv1.RegisterNetworkMappingServiceServer(s, &mappingService{a: a})
 }
 
 // propose stamps cmd with the leader's clock, replicates it and returns

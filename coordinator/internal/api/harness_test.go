@@ -143,6 +143,7 @@ type env struct {
 	jobs     ferryv1.MigrationJobServiceClient
 	settings ferryv1.SettingsServiceClient
 	cluster  ferryv1.ClusterServiceClient
+	mappings ferryv1.NetworkMappingServiceClient
 }
 
 type envOption func(*Deps)
@@ -196,6 +197,7 @@ func (e *env) serve() {
 	e.jobs = ferryv1.NewMigrationJobServiceClient(conn)
 	e.settings = ferryv1.NewSettingsServiceClient(conn)
 	e.cluster = ferryv1.NewClusterServiceClient(conn)
+	e.mappings = ferryv1.NewNetworkMappingServiceClient(conn)
 }
 
 // dial opens a client connection to this env's server.

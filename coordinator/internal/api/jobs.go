@@ -26,6 +26,10 @@ func (s *jobService) create(ctx context.Context, req *ferryv1.CreateMigrationJob
 	if names, ok, err := s.a.firstRequest(req.GetRequestId(), colJobs); err != nil || ok {
 		return s.readJobs(names, err)
 	}
+	req, err := s.a.fillBatch(ctx, req)
+	if err != nil {
+		return nil, err
+	}
 	jobs, err := s.a.checkBatch(req)
 	if err != nil {
 		return nil, err

@@ -44,6 +44,14 @@ func checkSpec(c *checker, i int, spec *ferryv1.MigrationJobSpec, seen *batchSee
 		return job
 	}
 	job.Target = checkTarget(c, i, spec.GetTarget(), seen)
+	if job.Options.GetUseSourceNicAddress() {
+		for j, n := range job.Target.GetNics() {
+			if n.GetSourceMac() != "" && n.GetMac() != n.GetSourceMac() {
+				c.add(fmt.Sprintf("%s.target.nics[%d].mac", p, j), "%s differs from source_mac %s, but options.use_source_nic_address gives the NIC its source MAC; drop one",
+					n.GetMac(), n.GetSourceMac())
+			}
+		}
+	}
 	return job
 }
 

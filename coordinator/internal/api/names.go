@@ -16,6 +16,7 @@ const (
 	colSources   = "sources"
 	colCreds     = "credentials"
 	colJobs      = "migrationJobs"
+	colMappings  = "networkMappingGroups"
 	maxRequestID = 128
 )
 

@@ -149,6 +149,15 @@ func TestUpdateSettings(t *testing.T) {
 	if resp.GetJobParallelism() != 3 || resp.GetAgentGracePeriod().AsDuration() != time.Minute {
 		t.Fatalf("unmasked update gave %v", resp)
 	}
+	if before.GetGuestShutdownTimeout().AsDuration() != 10*time.Minute {
+		t.Fatalf("guest shutdown timeout %v by default, want 10m", before.GetGuestShutdownTimeout().AsDuration())
+	}
+	resp = must[*ferryv1.UpdateSettingsResponse](t)(e.settings.UpdateSettings(c, &ferryv1.UpdateSettingsRequest{
+		Settings:   &ferryv1.Settings{GuestShutdownTimeout: durationpb.New(2 * time.Minute), JobParallelism: 7},
+		UpdateMask: &fieldmaskpb.FieldMask{Paths: []string{"guest_shutdown_timeout"}}})).GetSettings()
+	if resp.GetGuestShutdownTimeout().AsDuration() != 2*time.Minute || resp.GetJobParallelism() != 3 {
+		t.Fatalf("guest shutdown timeout update gave %v", resp)
+	}
 }
 
 func TestClusterMembers(t *testing.T) {
@@ -212,8 +221,21 @@ func TestSourceDefaults(t *testing.T) {
 	if vc.GetVcenter().GetPort() != 443 || vc.GetVcenter().GetThumbprint() != "01:23:45:67:89:AB:CD:EF:01:23:45:67:89:AB:CD:EF:01:23:45:67" {
 		t.Fatalf("vcenter source: %v", vc.GetVcenter())
 	}
+	sha256Pin := strings.Repeat("ab", 32)
+	vc256 := must[*ferryv1.CreateSourceResponse](t)(e.sources.CreateSource(c, &ferryv1.CreateSourceRequest{Source: &ferryv1.Source{
+		Type: ferryv1.Platform_PLATFORM_VMWARE, Vcenter: &ferryv1.VCenterConnection{Address: "vc.example.com", User: "u",
+			Credential: "credentials/pw", Thumbprint: sha256Pin, SkipHostnameCheck: true}}})).GetSource().GetVcenter()
+	if vc256.GetThumbprint() != strings.TrimSuffix(strings.Repeat("AB:", 32), ":") || !vc256.GetSkipHostnameCheck() {
+		t.Fatalf("vcenter source pinned by SHA-256, hostname check skipped: %v", vc256)
+	}
+	vcCA := must[*ferryv1.CreateSourceResponse](t)(e.sources.CreateSource(c, &ferryv1.CreateSourceRequest{Source: &ferryv1.Source{
+		Type: ferryv1.Platform_PLATFORM_VMWARE, Vcenter: &ferryv1.VCenterConnection{Address: "vc.example.com", User: "u",
+			Credential: "credentials/pw", CaCertificate: testCAPEM + testCAPEM}}})).GetSource().GetVcenter()
+	if vcCA.GetCaCertificate() != testCAPEM+testCAPEM || vcCA.GetSkipHostnameCheck() {
+		t.Fatalf("vcenter source with a CA bundle: %v", vcCA)
+	}
 	list := must[*ferryv1.ListSourcesResponse](t)(e.sources.ListSources(c, &ferryv1.ListSourcesRequest{Type: ferryv1.Platform_PLATFORM_VMWARE}))
-	if len(list.GetSources()) != 2 {
+	if len(list.GetSources()) != 4 {
 		t.Fatalf("vmware sources: %v", list.GetSources())
 	}
 	_, err := e.sources.DeleteCredential(c, &ferryv1.DeleteCredentialRequest{Name: "credentials/pw"})

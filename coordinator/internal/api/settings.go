@@ -13,11 +13,17 @@ import (
 	ferryv1 "github.com/ferry-v2v/ferry/pkg/pb/ferry/v1"
 )
 
-const maxParallelism = 1000
+const (
+	maxParallelism = 1000
+	// Bounds of guest_shutdown_timeout: a guest needs a moment, and a job
+	// should not wait for one longer than a day.
+	minGuestShutdown = time.Second
+	maxGuestShutdown = 24 * time.Hour
+)
 
 // settingsFields are the paths UpdateSettings accepts, in proto order.
 var settingsFields = []string{"job_parallelism", "cache_retention", "host_allocation_strategy", "agent_grace_period",
-	"inventory_sync_interval"}
+	"inventory_sync_interval", "guest_shutdown_timeout"}
 
 // Bounds of inventory_sync_interval.
 const (
@@ -108,6 +114,9 @@ func setSettings(in *ferryv1.Settings) ([]string, error) {
 	if in.GetInventorySyncInterval() != nil {
 		paths = append(paths, "inventory_sync_interval")
 	}
+	if in.GetGuestShutdownTimeout() != nil {
+		paths = append(paths, "guest_shutdown_timeout")
+	}
 	if len(paths) == 0 {
 		return nil, invalid("update_mask", "nothing to change: name the fields in update_mask (%s)", strings.Join(settingsFields, ", "))
 	}
@@ -138,6 +147,13 @@ func mergeSetting(c *checker, path string, in, st *ferryv1.Settings) {
 			c.add(field, "must be %s to %s, got %s", minSyncInterval, maxSyncInterval, d)
 		}
 		st.InventorySyncInterval = in.GetInventorySyncInterval()
+	case "guest_shutdown_timeout":
+		d := in.GetGuestShutdownTimeout()
+		checkPositive(c, field, d)
+		if d.CheckValid() == nil && d.AsDuration() > 0 && (d.AsDuration() < minGuestShutdown || d.AsDuration() > maxGuestShutdown) {
+			c.add(field, "must be %s to %s, got %s", minGuestShutdown, maxGuestShutdown, d.AsDuration())
+		}
+		st.GuestShutdownTimeout = d
 	}
 }
 

@@ -2,9 +2,13 @@ package api
 
 import (
 	"context"
-	"crypto/sha1"
+	"crypto/sha1" //nolint:gosec // vSphere shows SHA-1 thumbprints
+	"crypto/sha256"
+	"crypto/x509"
 	"encoding/hex"
 	"encoding/pem"
+	"errors"
+	"fmt"
 	"strings"
 
 	"golang.org/x/crypto/ssh"
@@ -95,29 +99,75 @@ func checkVCenter(c *checker, in *ferryv1.Source) *ferryv1.VCenterConnection {
 	}
 	checkText(c, "source.vcenter.user", out.User, maxUser)
 	checkRef(c, "source.vcenter.credential", out.Credential, colCreds)
+	checkVCenterTLS(c, out, v.GetSkipHostnameCheck())
+	return out
+}
+
+// checkVCenterTLS validates how the vCenter's certificate is checked: a
+// CA bundle, a pinned thumbprint (normalised in out), or the system
+// roots; skip_hostname_check keeps the chain or pin check. Plain HTTP
+// takes none of them.
+func checkVCenterTLS(c *checker, out *ferryv1.VCenterConnection, skipName bool) {
+	out.SkipHostnameCheck = skipName
+	if out.UseHttp {
+		for _, f := range []struct {
+			field string
+			set   bool
+		}{{"ca_certificate", out.CaCertificate != ""}, {"thumbprint", out.Thumbprint != ""}, {"skip_hostname_check", skipName}} {
+			if f.set {
+				c.add("source.vcenter."+f.field, "a TLS setting given with use_http; drop one of them")
+			}
+		}
+		return
+	}
 	if out.CaCertificate != "" && out.Thumbprint != "" {
 		c.add("source.vcenter.thumbprint", "give ca_certificate or thumbprint, not both")
 	}
 	if out.CaCertificate != "" {
-		if b, _ := pem.Decode([]byte(out.CaCertificate)); b == nil || b.Type != "CERTIFICATE" {
-			c.add("source.vcenter.ca_certificate", "not a PEM CERTIFICATE bundle")
+		if err := checkPEMBundle(out.CaCertificate); err != nil {
+			c.add("source.vcenter.ca_certificate", "%v", err)
 		}
 	}
 	if out.Thumbprint != "" {
 		tp, ok := normalThumbprint(out.Thumbprint)
 		if !ok {
-			c.add("source.vcenter.thumbprint", "%q is not a SHA-1 thumbprint (20 hex bytes, colons optional)", out.Thumbprint)
+			c.add("source.vcenter.thumbprint", "%q is neither a SHA-1 (20 bytes) nor a SHA-256 (32 bytes) thumbprint in hex, colons optional", out.Thumbprint)
 		}
 		out.Thumbprint = tp
 	}
-	return out
 }
 
-// normalThumbprint spells a SHA-1 thumbprint as upper-case hex pairs
-// joined by colons, the form govmomi expects.
+// checkPEMBundle requires text to be one or more PEM CERTIFICATE blocks,
+// each an X.509 certificate, and nothing else.
+func checkPEMBundle(text string) error {
+	rest := []byte(strings.TrimSpace(text))
+	n := 0
+	for len(rest) > 0 {
+		var b *pem.Block
+		b, rest = pem.Decode(rest)
+		if b == nil {
+			return fmt.Errorf("not a PEM CERTIFICATE bundle (text after certificate %d)", n)
+		}
+		n++
+		if b.Type != "CERTIFICATE" {
+			return fmt.Errorf("block %d is a %s, not a CERTIFICATE", n, b.Type)
+		}
+		if _, err := x509.ParseCertificate(b.Bytes); err != nil {
+			return fmt.Errorf("certificate %d: %v", n, err)
+		}
+		rest = []byte(strings.TrimSpace(string(rest)))
+	}
+	if n == 0 {
+		return errors.New("not a PEM CERTIFICATE bundle")
+	}
+	return nil
+}
+
+// normalThumbprint spells a SHA-1 or SHA-256 thumbprint as upper-case hex
+// pairs joined by colons, as vSphere shows them.
 func normalThumbprint(s string) (string, bool) {
-	raw, err := hex.DecodeString(strings.ReplaceAll(s, ":", ""))
-	if err != nil || len(raw) != sha1.Size {
+	raw, err := hex.DecodeString(strings.NewReplacer(":", "", " ", "").Replace(strings.TrimSpace(s)))
+	if err != nil || len(raw) != sha1.Size && len(raw) != sha256.Size {
 		return s, false
 	}
 	pairs := make([]string, len(raw))

@@ -2,8 +2,16 @@ package api
 
 import (
 	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/pem"
+	"math/big"
 	"strings"
 	"testing"
+	"time"
 
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc/codes"
@@ -290,12 +298,43 @@ var otherBadInputs = []badInput{
 		s.Type, s.Kvm = ferryv1.Platform_PLATFORM_VMWARE, nil
 		s.Vcenter = &ferryv1.VCenterConnection{Address: "vc", User: "u", Credential: "credentials/pw", Thumbprint: "AB:CD"}
 	}), codes.InvalidArgument, "source.vcenter.thumbprint:"},
+	{"vcenter thumbprint of 31 bytes", createSource(vcenterSource(func(v *ferryv1.VCenterConnection) {
+		v.Thumbprint = strings.Repeat("ab", 31)
+	})), codes.InvalidArgument, "source.vcenter.thumbprint: \"" + strings.Repeat("ab", 31) + "\" is neither a SHA-1"},
+	{"vcenter thumbprint not hex", createSource(vcenterSource(func(v *ferryv1.VCenterConnection) {
+		v.Thumbprint = strings.Repeat("zz", 20)
+	})), codes.InvalidArgument, "source.vcenter.thumbprint:"},
+	{"vcenter CA and thumbprint", createSource(vcenterSource(func(v *ferryv1.VCenterConnection) {
+		v.CaCertificate, v.Thumbprint = testCAPEM, strings.Repeat("ab", 20)
+	})), codes.InvalidArgument, "source.vcenter.thumbprint: give ca_certificate or thumbprint, not both"},
+	{"vcenter CA not PEM", createSource(vcenterSource(func(v *ferryv1.VCenterConnection) { v.CaCertificate = "trust me" })),
+		codes.InvalidArgument, "source.vcenter.ca_certificate: not a PEM CERTIFICATE bundle"},
+	{"vcenter CA bundle with a key", createSource(vcenterSource(func(v *ferryv1.VCenterConnection) {
+		v.CaCertificate = testCAPEM + "-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n"
+	})), codes.InvalidArgument, "source.vcenter.ca_certificate: block 2 is a PRIVATE KEY, not a CERTIFICATE"},
+	{"vcenter CA block not a certificate", createSource(vcenterSource(func(v *ferryv1.VCenterConnection) {
+		v.CaCertificate = "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n"
+	})), codes.InvalidArgument, "source.vcenter.ca_certificate: certificate 1:"},
+	{"vcenter skip_hostname_check over HTTP", createSource(vcenterSource(func(v *ferryv1.VCenterConnection) {
+		v.UseHttp, v.SkipHostnameCheck = true, true
+	})), codes.InvalidArgument, "source.vcenter.skip_hostname_check: a TLS setting given with use_http"},
+	{"vcenter thumbprint over HTTP", createSource(vcenterSource(func(v *ferryv1.VCenterConnection) {
+		v.UseHttp, v.Thumbprint = true, strings.Repeat("ab", 20)
+	})), codes.InvalidArgument, "source.vcenter.thumbprint: a TLS setting given with use_http"},
 	{"parallelism zero", updateSettings(&ferryv1.Settings{}, "job_parallelism"),
 		codes.InvalidArgument, "settings.job_parallelism:"},
 	{"parallelism too high", updateSettings(&ferryv1.Settings{JobParallelism: 1001}),
 		codes.InvalidArgument, "settings.job_parallelism:"},
 	{"negative retention", updateSettings(&ferryv1.Settings{CacheRetention: durationpb.New(-1)}, "cache_retention"),
 		codes.InvalidArgument, "settings.cache_retention:"},
+	{"zero guest shutdown timeout", updateSettings(&ferryv1.Settings{GuestShutdownTimeout: durationpb.New(0)}, "guest_shutdown_timeout"),
+		codes.InvalidArgument, "settings.guest_shutdown_timeout: must be positive"},
+	{"guest shutdown timeout under a second", updateSettings(&ferryv1.Settings{GuestShutdownTimeout: durationpb.New(500 * time.Millisecond)}),
+		codes.InvalidArgument, "settings.guest_shutdown_timeout: must be 1s to 24h0m0s, got 500ms"},
+	{"guest shutdown timeout over a day", updateSettings(&ferryv1.Settings{GuestShutdownTimeout: durationpb.New(25 * time.Hour)}),
+		codes.InvalidArgument, "settings.guest_shutdown_timeout: must be 1s to 24h0m0s"},
+	{"guest shutdown timeout missing", updateSettings(&ferryv1.Settings{}, "guest_shutdown_timeout"),
+		codes.InvalidArgument, "settings.guest_shutdown_timeout: required"},
 	{"zero grace period", updateSettings(&ferryv1.Settings{AgentGracePeriod: durationpb.New(0)}, "agent_grace_period"),
 		codes.InvalidArgument, "settings.agent_grace_period:"},
 	{"strategy unspecified", updateSettings(&ferryv1.Settings{}, "host_allocation_strategy"),
@@ -390,3 +429,28 @@ var jobSpecBadInputs = []badInput{
 		return err
 	}, codes.InvalidArgument, "jobs[2].target.nics: a target VM needs at least one NIC"},
 }
+
+// vcenterSource is a valid vCenter source changed by change.
+func vcenterSource(change func(*ferryv1.VCenterConnection)) func(*ferryv1.Source) {
+	return func(s *ferryv1.Source) {
+		s.Type, s.Kvm = ferryv1.Platform_PLATFORM_VMWARE, nil
+		s.Vcenter = &ferryv1.VCenterConnection{Address: "vc.example.com", User: "administrator@vsphere.local", Credential: "credentials/pw"}
+		change(s.Vcenter)
+	}
+}
+
+// testCAPEM is a self-signed CA certificate in PEM.
+var testCAPEM = func() string {
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		panic(err)
+	}
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "ferry test CA"},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour), IsCA: true,
+		BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		panic(err)
+	}
+	return string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}))
+}()

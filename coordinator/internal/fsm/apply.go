@@ -60,6 +60,11 @@ func applyMore(l *ledger.Ledger, cmd *ledgerv1.Command, now time.Time) ([]string
 		return one(c.GetName(), l.RecordSourceHostKey(c.GetName(), c.GetHostKey()))
 	case *ledgerv1.Command_RecordSourceSync:
 		return one(op.RecordSourceSync.GetSource(), l.RecordSourceSync(op.RecordSourceSync, now))
+	case *ledgerv1.Command_PutNetworkMappingGroup:
+		c := op.PutNetworkMappingGroup
+		return l.PutNetworkMappingGroup(c.GetNetworkMappingGroup(), c.GetRequestId(), c.GetUpdate(), now)
+	case *ledgerv1.Command_DeleteNetworkMappingGroup:
+		return one(op.DeleteNetworkMappingGroup.GetName(), l.DeleteNetworkMappingGroup(op.DeleteNetworkMappingGroup.GetName()))
 	default:
 		return applyJobs(l, cmd, now)
 	}

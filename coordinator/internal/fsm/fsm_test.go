@@ -65,6 +65,13 @@ func everyCommand() []*ledgerv1.Command {
 			Hosts:   []*ferryv1.SourceHost{{Id: "h", Name: "kvm1", Version: "9.0.0"}},
 			Vms:     []*ferryv1.SourceVm{{Id: "web", Name: "web", Cpus: 2}}}}}},
 		{Op: &ledgerv1.Command_RecordSourceSync{RecordSourceSync: &ledgerv1.RecordSourceSync{Source: "sources/kvm1", Error: "ssh: connection refused"}}},
+		{Op: &ledgerv1.Command_PutNetworkMappingGroup{PutNetworkMappingGroup: &ledgerv1.PutNetworkMappingGroup{RequestId: "r-g1", NetworkMappingGroup: &ferryv1.NetworkMappingGroup{
+			Name: "networkMappingGroups/g1", Source: "sources/kvm1", Mappings: []*ferryv1.NetworkMapping{{SourceNetwork: "default", L3Network: "l3Networks/n1"}}}}}},
+		{Op: &ledgerv1.Command_PutNetworkMappingGroup{PutNetworkMappingGroup: &ledgerv1.PutNetworkMappingGroup{Update: true, NetworkMappingGroup: &ferryv1.NetworkMappingGroup{
+			Name: "networkMappingGroups/g1", DisplayName: "lab", Source: "sources/kvm1", Mappings: []*ferryv1.NetworkMapping{{SourceNetwork: "br-lab", L3Network: "l3Networks/n1"}}}}}},
+		{Op: &ledgerv1.Command_PutNetworkMappingGroup{PutNetworkMappingGroup: &ledgerv1.PutNetworkMappingGroup{NetworkMappingGroup: &ferryv1.NetworkMappingGroup{
+			Name: "networkMappingGroups/g2", Mappings: []*ferryv1.NetworkMapping{{SourceNetwork: "VM Network", L3Network: "l3Networks/n1"}}}}}},
+		{Op: &ledgerv1.Command_DeleteNetworkMappingGroup{DeleteNetworkMappingGroup: &ledgerv1.DeleteResource{Name: "networkMappingGroups/g2"}}},
 		{Op: &ledgerv1.Command_CreateMigrationJobs{CreateMigrationJobs: &ledgerv1.CreateMigrationJobs{RequestId: "r-jobs", Jobs: []*ferryv1.MigrationJob{job("migrationJobs/j1", "10.0.0.10"), job("migrationJobs/j2", "10.0.0.11"), job("migrationJobs/j3", "10.0.0.12")}}}},
 		{Op: &ledgerv1.Command_SetJobWaitingReason{SetJobWaitingReason: &ledgerv1.SetJobWaitingReason{Name: "migrationJobs/j3", Reason: "job parallelism 10 reached"}}},
 		{Op: &ledgerv1.Command_StartMigrationJob{StartMigrationJob: &ledgerv1.StartMigrationJob{Name: "migrationJobs/j1", Host: "hosts/h1", Epoch: 1}}},
@@ -163,6 +170,14 @@ func TestApplyEveryCommand(t *testing.T) {
 	if n := l.Nodes(); len(n) != 1 || n[0].GetApiAddress() != "127.0.0.1:7443" {
 		t.Errorf("nodes = %v", n)
 	}
+	g1, _ := l.NetworkMappingGroup("networkMappingGroups/g1")
+	if g1.GetDisplayName() != "lab" || len(g1.GetMappings()) != 1 || g1.GetMappings()[0].GetSourceNetwork() != "br-lab" ||
+		!g1.GetCreateTime().AsTime().Before(g1.GetUpdateTime().AsTime()) {
+		t.Errorf("updated mapping group = %v", g1)
+	}
+	if _, ok := l.NetworkMappingGroup("networkMappingGroups/g2"); ok {
+		t.Error("g2 survived its delete")
+	}
 	if names, ok := l.Request("r-jobs"); !ok || len(names) != 3 {
 		t.Errorf("request r-jobs = %v", names)
 	}
@@ -250,6 +265,14 @@ func TestRefusals(t *testing.T) {
 		{"duplicate cluster", &ledgerv1.Command{Op: &ledgerv1.Command_PutCluster{PutCluster: &ledgerv1.PutCluster{Cluster: &ferryv1.Cluster{Name: "clusters/c1"}}}}, ledger.ErrExists},
 		{"missing job", &ledgerv1.Command{Op: &ledgerv1.Command_CancelMigrationJob{CancelMigrationJob: &ledgerv1.CancelMigrationJob{Name: "migrationJobs/nope"}}}, ledger.ErrNotFound},
 		{"sync of a missing source", &ledgerv1.Command{Op: &ledgerv1.Command_RecordSourceSync{RecordSourceSync: &ledgerv1.RecordSourceSync{Source: "sources/nope"}}}, ledger.ErrNotFound},
+		{"source of a mapping group", &ledgerv1.Command{Op: &ledgerv1.Command_DeleteSource{DeleteSource: &ledgerv1.DeleteResource{Name: "sources/kvm1"}}}, ledger.ErrFailedPrecondition},
+		{"L3 network of a mapping group", &ledgerv1.Command{Op: &ledgerv1.Command_DeleteL3Network{DeleteL3Network: &ledgerv1.DeleteResource{Name: "l3Networks/n1"}}}, ledger.ErrFailedPrecondition},
+		{"mapping to a missing L3 network", &ledgerv1.Command{Op: &ledgerv1.Command_PutNetworkMappingGroup{PutNetworkMappingGroup: &ledgerv1.PutNetworkMappingGroup{NetworkMappingGroup: &ferryv1.NetworkMappingGroup{
+			Name: "networkMappingGroups/g9", Mappings: []*ferryv1.NetworkMapping{{SourceNetwork: "x", L3Network: "l3Networks/n2"}}}}}}, ledger.ErrNotFound},
+		{"update of a missing group", &ledgerv1.Command{Op: &ledgerv1.Command_PutNetworkMappingGroup{PutNetworkMappingGroup: &ledgerv1.PutNetworkMappingGroup{Update: true, NetworkMappingGroup: &ferryv1.NetworkMappingGroup{
+			Name: "networkMappingGroups/g9", Mappings: []*ferryv1.NetworkMapping{{SourceNetwork: "x", L3Network: "l3Networks/n1"}}}}}}, ledger.ErrNotFound},
+		{"duplicate mapping group", &ledgerv1.Command{Op: &ledgerv1.Command_PutNetworkMappingGroup{PutNetworkMappingGroup: &ledgerv1.PutNetworkMappingGroup{NetworkMappingGroup: &ferryv1.NetworkMappingGroup{
+			Name: "networkMappingGroups/g1", Mappings: []*ferryv1.NetworkMapping{{SourceNetwork: "x", L3Network: "l3Networks/n1"}}}}}}, ledger.ErrExists},
 		{"unknown command", &ledgerv1.Command{}, ErrUnknownCommand},
 	}
 	for _, tt := range tests {

@@ -153,6 +153,9 @@ func (l *Ledger) DeleteL3Network(name string) error {
 	if j := l.activeJob(func(j *ferryv1.MigrationJob) bool { return usesNetwork(j, name) }); j != "" {
 		return fmt.Errorf("%w: job %s still uses L3 network %s; cancel it first", ErrFailedPrecondition, j, name)
 	}
+	if g := l.mappingGroupUsing(name); g != "" {
+		return fmt.Errorf("%w: network mapping group %s maps to L3 network %s; change or delete it first", ErrFailedPrecondition, g, name)
+	}
 	delete(l.networks, name)
 	return nil
 }

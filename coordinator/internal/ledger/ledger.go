@@ -23,7 +23,10 @@ const (
 	DefaultCacheRetention        = 24 * time.Hour
 	DefaultAgentGracePeriod      = 5 * time.Minute
 	DefaultInventorySyncInterval = 5 * time.Minute
-	SettingsName                 = "settings"
+	// DefaultGuestShutdownTimeout is how long a VMware guest shutdown
+	// may take before the source VM is powered off.
+	DefaultGuestShutdownTimeout = 10 * time.Minute
+	SettingsName                = "settings"
 )
 
 // JobEvent tells an observer that a job changed or went away.
@@ -43,6 +46,7 @@ type Ledger struct {
 	credentials map[string]*ledgerv1.SealedCredential
 	sources     map[string]*ferryv1.Source
 	inventories map[string]*ferryv1.SourceInventory
+	mappings    map[string]*ferryv1.NetworkMappingGroup
 	jobs        map[string]*ferryv1.MigrationJob
 	nodes       map[string]*ledgerv1.Node
 	requests    map[string]*ledgerv1.RequestRecord
@@ -67,6 +71,7 @@ func (l *Ledger) reset() {
 	l.credentials = map[string]*ledgerv1.SealedCredential{}
 	l.sources = map[string]*ferryv1.Source{}
 	l.inventories = map[string]*ferryv1.SourceInventory{}
+	l.mappings = map[string]*ferryv1.NetworkMappingGroup{}
 	l.jobs = map[string]*ferryv1.MigrationJob{}
 	l.nodes = map[string]*ledgerv1.Node{}
 	l.requests = map[string]*ledgerv1.RequestRecord{}
@@ -82,6 +87,7 @@ func DefaultSettings() *ferryv1.Settings {
 		HostAllocationStrategy: ferryv1.HostAllocationStrategy_HOST_ALLOCATION_STRATEGY_FEWEST_RUNNING_VMS,
 		AgentGracePeriod:       durationpb.New(DefaultAgentGracePeriod),
 		InventorySyncInterval:  durationpb.New(DefaultInventorySyncInterval),
+		GuestShutdownTimeout:   durationpb.New(DefaultGuestShutdownTimeout),
 	}
 }
 
@@ -105,18 +111,19 @@ func (l *Ledger) Snapshot() *ledgerv1.Snapshot {
 	l.mu.RLock()
 	defer l.mu.RUnlock()
 	return &ledgerv1.Snapshot{
-		Clusters:          sortedClones(l.clusters),
-		Hosts:             sortedClones(l.hosts),
-		PrimaryStorages:   sortedClones(l.storages),
-		L3Networks:        sortedClones(l.networks),
-		MigrationServers:  sortedClones(l.servers),
-		Credentials:       sortedClones(l.credentials),
-		Sources:           sortedClones(l.sources),
-		Jobs:              sortedClones(l.jobs),
-		Settings:          clone(l.settings),
-		Nodes:             sortedClones(l.nodes),
-		Requests:          sortedClones(l.requests),
-		SourceInventories: sortedClones(l.inventories),
+		Clusters:             sortedClones(l.clusters),
+		Hosts:                sortedClones(l.hosts),
+		PrimaryStorages:      sortedClones(l.storages),
+		L3Networks:           sortedClones(l.networks),
+		MigrationServers:     sortedClones(l.servers),
+		Credentials:          sortedClones(l.credentials),
+		Sources:              sortedClones(l.sources),
+		Jobs:                 sortedClones(l.jobs),
+		Settings:             clone(l.settings),
+		Nodes:                sortedClones(l.nodes),
+		Requests:             sortedClones(l.requests),
+		SourceInventories:    sortedClones(l.inventories),
+		NetworkMappingGroups: sortedClones(l.mappings),
 	}
 }
 
@@ -132,6 +139,7 @@ func (l *Ledger) Restore(s *ledgerv1.Snapshot) {
 	fill(l.servers, s.GetMigrationServers(), (*ferryv1.MigrationServer).GetName)
 	fill(l.credentials, s.GetCredentials(), func(c *ledgerv1.SealedCredential) string { return c.GetCredential().GetName() })
 	fill(l.sources, s.GetSources(), (*ferryv1.Source).GetName)
+	fill(l.mappings, s.GetNetworkMappingGroups(), (*ferryv1.NetworkMappingGroup).GetName)
 	fill(l.jobs, s.GetJobs(), (*ferryv1.MigrationJob).GetName)
 	fill(l.nodes, s.GetNodes(), (*ledgerv1.Node).GetId)
 	fill(l.requests, s.GetRequests(), (*ledgerv1.RequestRecord).GetRequestId)

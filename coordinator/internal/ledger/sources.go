@@ -54,6 +54,9 @@ func (l *Ledger) DeleteSource(name string) error {
 	if j := l.activeJob(func(j *ferryv1.MigrationJob) bool { return j.GetSource() == name }); j != "" {
 		return fmt.Errorf("%w: job %s still reads from source %s; cancel it first", ErrFailedPrecondition, j, name)
 	}
+	if g := l.mappingGroupUsing(name); g != "" {
+		return fmt.Errorf("%w: network mapping group %s is for source %s; delete it first", ErrFailedPrecondition, g, name)
+	}
 	delete(l.sources, name)
 	delete(l.inventories, name)
 	return nil

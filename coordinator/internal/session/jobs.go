@@ -6,6 +6,7 @@ import (
 	"fmt"
 
 	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/durationpb"
 
 	"github.com/ferry-v2v/ferry/coordinator/internal/ledger"
 	agentv1 "github.com/ferry-v2v/ferry/pkg/pb/ferry/agent/v1"
@@ -196,6 +197,7 @@ func (m *Manager) Assignment(job *ferryv1.MigrationJob, epoch int64) (*agentv1.A
 		return nil, err
 	}
 	a.Secrets = secrets
+	a.GuestShutdownTimeout = durationpb.New(m.guestShutdownTimeout())
 	return a, nil
 }
 

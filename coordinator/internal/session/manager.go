@@ -254,3 +254,11 @@ func (m *Manager) gracePeriod() time.Duration {
 	}
 	return ledger.DefaultAgentGracePeriod
 }
+
+// guestShutdownTimeout is the guest shutdown timeout setting.
+func (m *Manager) guestShutdownTimeout() time.Duration {
+	if d := m.ledger.Settings().GetGuestShutdownTimeout(); d != nil && d.AsDuration() > 0 {
+		return d.AsDuration()
+	}
+	return ledger.DefaultGuestShutdownTimeout
+}

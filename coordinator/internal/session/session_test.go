@@ -9,6 +9,9 @@ import (
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/durationpb"
+
+	"github.com/ferry-v2v/ferry/coordinator/internal/ledger"
 
 	"github.com/ferry-v2v/ferry/pkg/grpcutil"
 	agentv1 "github.com/ferry-v2v/ferry/pkg/pb/ferry/agent/v1"
@@ -214,4 +217,26 @@ func mustJob(t *testing.T, f *fixture, name string) *ferryv1.MigrationJob {
 		t.Fatalf("no job %s", name)
 	}
 	return j
+}
+
+func TestAssignmentCarriesGuestShutdownTimeout(t *testing.T) {
+	f := newFixture(t, Config{}, true)
+	job := f.seedJob("hosts/h1", 1)
+	f.start(job, "hosts/h1", 1)
+	as, err := f.mgr.Assignment(mustJob(t, f, job), 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := as.GetGuestShutdownTimeout().AsDuration(); got != ledger.DefaultGuestShutdownTimeout {
+		t.Fatalf("guest shutdown timeout %v by default, want %v", got, ledger.DefaultGuestShutdownTimeout)
+	}
+	s := ledger.DefaultSettings()
+	s.GuestShutdownTimeout = durationpb.New(90 * time.Second)
+	f.apply(&ledgerv1.Command{Op: &ledgerv1.Command_PutSettings{PutSettings: &ledgerv1.PutSettings{Settings: s}}})
+	if as, err = f.mgr.Assignment(mustJob(t, f, job), 2); err != nil {
+		t.Fatal(err)
+	}
+	if got := as.GetGuestShutdownTimeout().AsDuration(); got != 90*time.Second {
+		t.Fatalf("guest shutdown timeout %v, want the setting's 1m30s", got)
+	}
 }

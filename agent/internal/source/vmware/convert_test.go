@@ -8,12 +8,14 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/vmware/govmomi/object"
 	"github.com/vmware/govmomi/vim25/mo"
 	"github.com/vmware/govmomi/vim25/types"
+	"google.golang.org/protobuf/types/known/durationpb"
 
 	"github.com/ferry-v2v/ferry/agent/internal/cache"
 	"github.com/ferry-v2v/ferry/agent/internal/runner"
@@ -35,9 +37,12 @@ type migration struct {
 	disks  []string          // disk names, in device order
 	cache  string
 	driver *Driver
+	target *holdTarget
 	runner *runner.Runner
-	rep    *reporter
-	epoch  int64
+	// shutdown is the assignments' guest shutdown timeout (none when 0).
+	shutdown time.Duration
+	rep      *reporter
+	epoch    int64
 }
 
 func newMigration(t *testing.T, opts Options) *migration {
@@ -70,8 +75,9 @@ func newMigration(t *testing.T, opts Options) *migration {
 	}
 	m.driver = NewDriver(testLogger(t), opts)
 	m.rep = &reporter{results: make(chan *agentv1.JobResult, 4)}
+	m.target = &holdTarget{entered: make(chan string, 4)}
 	m.runner = runner.New(runner.Config{DataDir: t.TempDir()}, runner.Deps{
-		Drivers:  runner.Drivers{Sources: map[ferryv1.Platform]runner.Source{ferryv1.Platform_PLATFORM_VMWARE: m.driver}, Target: nopTarget{}},
+		Drivers:  runner.Drivers{Sources: map[ferryv1.Platform]runner.Source{ferryv1.Platform_PLATFORM_VMWARE: m.driver}, Target: m.target},
 		Reporter: m.rep, Logger: testLogger(t)})
 	rctx, stop := context.WithCancel(context.Background())
 	done := make(chan struct{})
@@ -93,6 +99,9 @@ func (m *migration) start(t *testing.T) {
 			Target: &ferryv1.TargetVm{Disks: disks}},
 		Epoch: m.epoch, Source: src, Secrets: secrets,
 		MigrationServer: &ferryv1.MigrationServer{Name: "migrationServers/ms", CachePath: m.cache},
+	}
+	if m.shutdown > 0 {
+		a.GuestShutdownTimeout = durationpb.New(m.shutdown)
 	}
 	if err := m.runner.Start(a); err != nil {
 		t.Fatal(err)
@@ -222,23 +231,47 @@ func (r *reporter) Progress(*agentv1.JobProgress) {}
 
 func (r *reporter) Result(res *agentv1.JobResult) { r.results <- res }
 
-// nopTarget leaves the cache as CONVERTING made it.
-type nopTarget struct{}
+// holdTarget leaves the cache as CONVERTING made it; with hold set to
+// "upload" or "configure" it waits in that phase until the job ends, and
+// it counts rollbacks.
+type holdTarget struct {
+	hold      string
+	entered   chan string
+	rollbacks atomic.Int32
+}
 
-func (nopTarget) Upload(context.Context, *runner.Job) error { return nil }
+func (h *holdTarget) wait(ctx context.Context, phase string) error {
+	if h.hold != phase {
+		return nil
+	}
+	h.entered <- phase
+	<-ctx.Done()
+	return ctx.Err()
+}
 
-func (nopTarget) Configure(context.Context, *runner.Job) ([]string, error) { return nil, nil }
+func (h *holdTarget) Upload(ctx context.Context, _ *runner.Job) error { return h.wait(ctx, "upload") }
+
+func (h *holdTarget) Configure(ctx context.Context, _ *runner.Job) ([]string, error) {
+	return nil, h.wait(ctx, "configure")
+}
+
+func (h *holdTarget) Rollback(context.Context, *runner.Job) error {
+	h.rollbacks.Add(1)
+	return nil
+}
 
 func TestConvertPowersOffAGuestThatIgnoresShutdown(t *testing.T) {
 	const timeout = time.Second
-	m := newMigration(t, Options{ShutdownTimeout: timeout})
+	// The agent's own default is a minute; the assignment's second wins.
+	m := newMigration(t, Options{ShutdownTimeout: time.Minute})
+	m.shutdown = timeout
 	m.sim.IgnoreShutdown(m.vm.Reference())
 	start := time.Now()
 	if r := m.run(t); r.GetOutcome() != agentv1.JobOutcome_JOB_OUTCOME_SUCCEEDED {
 		t.Fatalf("job %s: %s", r.GetOutcome(), r.GetReason())
 	}
-	if d := time.Since(start); d < timeout {
-		t.Errorf("the job took %v, less than the shutdown timeout %v", d, timeout)
+	if d := time.Since(start); d < timeout || d > 40*time.Second {
+		t.Errorf("the job took %v; want at least the assignment's shutdown timeout %v, well under the agent's minute", d, timeout)
 	}
 	if s := m.powerState(t); s != types.VirtualMachinePowerStatePoweredOff {
 		t.Errorf("source VM %s, want powered off", s)
@@ -344,5 +377,70 @@ func TestConvertPrecheckLeavesTheVMAlone(t *testing.T) {
 	}
 	if n := len(m.sim.Leases.All()); n != 0 || m.snapshots(t) != 0 {
 		t.Errorf("%d leases and %d snapshots after a failed pre-check", n, m.snapshots(t))
+	}
+}
+
+// TestPoweredOnAfterConvertingFailsTheJob powers the source VM on while
+// the job uploads or configures: the job fails with that reason, the
+// target is rolled back, and the VM is left as the user made it.
+func TestPoweredOnAfterConvertingFailsTheJob(t *testing.T) {
+	for _, phase := range []string{"upload", "configure"} {
+		t.Run(phase, func(t *testing.T) {
+			m := newMigration(t, Options{})
+			m.target.hold = phase
+			m.start(t)
+			select {
+			case <-m.target.entered:
+			case r := <-m.rep.results:
+				t.Fatalf("job ended before %s: %s %q", phase, r.GetOutcome(), r.GetReason())
+			case <-time.After(50 * time.Second):
+				t.Fatalf("the job did not reach %s in 50 s", phase)
+			}
+			m.checkLeaseReleased(t, vcsimtest.LeaseCompleted, "")
+			ctx := testContext(t, 30*time.Second)
+			task, err := m.vm.PowerOn(ctx)
+			if err == nil {
+				err = task.Wait(ctx)
+			}
+			if err != nil {
+				t.Fatalf("power on: %v", err)
+			}
+			r := m.result(t)
+			if r.GetOutcome() != agentv1.JobOutcome_JOB_OUTCOME_FAILED ||
+				!strings.Contains(r.GetReason(), "source VM was powered on during the migration") {
+				t.Fatalf("job %s: %q, want FAILED because the VM was powered on", r.GetOutcome(), r.GetReason())
+			}
+			if n := m.target.rollbacks.Load(); n != 1 {
+				t.Errorf("%d rollbacks of the target, want 1", n)
+			}
+			if s := m.powerState(t); s != types.VirtualMachinePowerStatePoweredOn {
+				t.Errorf("source VM %s, want left powered on", s)
+			}
+		})
+	}
+}
+
+// TestWatchEndsWithTheJob powers the VM on after a job succeeded: the
+// watch has ended with the job, so nothing fails or is rolled back.
+func TestWatchEndsWithTheJob(t *testing.T) {
+	m := newMigration(t, Options{})
+	if r := m.run(t); r.GetOutcome() != agentv1.JobOutcome_JOB_OUTCOME_SUCCEEDED {
+		t.Fatalf("job %s: %s", r.GetOutcome(), r.GetReason())
+	}
+	ctx := testContext(t, 30*time.Second)
+	task, err := m.vm.PowerOn(ctx)
+	if err == nil {
+		err = task.Wait(ctx)
+	}
+	if err != nil {
+		t.Fatalf("power on: %v", err)
+	}
+	select {
+	case r := <-m.rep.results:
+		t.Fatalf("a second result after the job ended: %s %q", r.GetOutcome(), r.GetReason())
+	case <-time.After(500 * time.Millisecond):
+	}
+	if n := m.target.rollbacks.Load(); n != 0 {
+		t.Errorf("%d rollbacks after a job that succeeded", n)
 	}
 }

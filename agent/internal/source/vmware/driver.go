@@ -21,6 +21,8 @@ import (
 
 // Options tune the driver; the zero value takes the defaults of Config.
 type Options struct {
+	// ShutdownTimeout is the guest shutdown timeout of assignments that
+	// carry none (from a coordinator older than the setting).
 	ShutdownTimeout     time.Duration
 	LeaseUpdateInterval time.Duration
 }
@@ -59,7 +61,7 @@ func (d *Driver) Config(src *ferryv1.Source, ms *ferryv1.MigrationServer, secret
 	cfg := Config{
 		Address: v.GetAddress(), Port: int(v.GetPort()), User: v.GetUser(),
 		Password: seal.Secret(secrets[v.GetCredential()]), UseHTTP: v.GetUseHttp(),
-		Thumbprint: v.GetThumbprint(), Dialer: dialer, Logger: log,
+		Thumbprint: v.GetThumbprint(), SkipHostnameCheck: v.GetSkipHostnameCheck(), Dialer: dialer, Logger: log,
 		ShutdownTimeout: d.opts.ShutdownTimeout, LeaseUpdateInterval: d.opts.LeaseUpdateInterval,
 	}
 	// ca_certificate holds a PEM bundle, or a thumbprint.
@@ -91,7 +93,9 @@ func (d *Driver) Inventory(ctx context.Context, req *agentv1.InventoryRequest) (
 
 // Convert shuts the VM down, exports a snapshot of it and decodes each
 // disk's VMDK stream into the cache. The lease is released and the
-// snapshot removed however Convert ends.
+// snapshot removed however Convert ends. From the shutdown on, the VM's
+// power state is watched until the job ends, in every phase: a VM powered
+// on again fails the job.
 func (d *Driver) Convert(ctx context.Context, job *runner.Job) error {
 	a := job.Assignment
 	conn, err := d.connect(ctx, a.GetSource(), a.GetMigrationServer(), a.GetSecrets(), job.Log)
@@ -113,32 +117,55 @@ func (d *Driver) Convert(ctx context.Context, job *runner.Job) error {
 	if err := cache.SaveSourceVM(job.CacheDir, vm.Proto(), nil); err != nil {
 		return fmt.Errorf("save the source VM's description: %w", err)
 	}
-	if err := conn.PowerDown(ctx, vm, conn.cfg.ShutdownTimeout, job.Log); err != nil {
+	if err := conn.PowerDown(ctx, vm, shutdownTimeout(a, conn.cfg.ShutdownTimeout), job.Log); err != nil {
 		return err
 	}
-	return d.exportWatched(ctx, conn, job, vm, disks)
+	if err := d.watchPower(ctx, job, vm); err != nil {
+		return err
+	}
+	return exportDisks(ctx, conn, job, vm, disks)
 }
 
-// exportWatched runs the export while watching the VM's power state: a
-// VM powered on again stops the export with ErrPoweredOn.
-func (d *Driver) exportWatched(ctx context.Context, conn *Conn, job *runner.Job, vm *VM, disks []Disk) error {
-	g, gctx := errgroup.WithContext(ctx)
-	watchCtx, stopWatch := context.WithCancel(gctx)
-	g.Go(func() error {
-		err := conn.WatchPowerOn(watchCtx, vm)
-		if errors.Is(err, ErrPoweredOn) {
-			return err
-		}
-		if watchCtx.Err() == nil {
-			job.Log.Warn("watching the source VM's power state stopped", "err", err)
-		}
-		return nil
+// watchPower watches vm's power state until the job ends, on a session of
+// its own: the export's session must outlive a watch that fails the job,
+// to release the lease.
+func (d *Driver) watchPower(ctx context.Context, job *runner.Job, vm *VM) error {
+	a := job.Assignment
+	conn, err := d.connect(ctx, a.GetSource(), a.GetMigrationServer(), a.GetSecrets(), job.Log)
+	if err != nil {
+		return fmt.Errorf("watch the power state of %s: %w", vm.Name, err)
+	}
+	err = job.Watch("source power state", func(ctx context.Context) error {
+		defer conn.Close()
+		return watchPowerOn(ctx, conn, vm, job.Log)
 	})
-	g.Go(func() error {
-		defer stopWatch()
-		return exportDisks(gctx, conn, job, vm, disks)
-	})
-	return g.Wait()
+	if err != nil {
+		conn.Close()
+	}
+	return err
+}
+
+// shutdownTimeout is the assignment's guest shutdown timeout (the
+// coordinator's setting), or fallback when it carries none.
+func shutdownTimeout(a *agentv1.Assignment, fallback time.Duration) time.Duration {
+	if d := a.GetGuestShutdownTimeout(); d != nil && d.CheckValid() == nil && d.AsDuration() > 0 {
+		return d.AsDuration()
+	}
+	return fallback
+}
+
+// watchPowerOn returns an error wrapping ErrPoweredOn when vm is powered
+// on, nil when ctx ends or the watch breaks (logged: a lost vCenter
+// connection must not fail a job whose disks are already copied).
+func watchPowerOn(ctx context.Context, conn *Conn, vm *VM, log *slog.Logger) error {
+	err := conn.WatchPowerOn(ctx, vm)
+	if errors.Is(err, ErrPoweredOn) {
+		return err
+	}
+	if ctx.Err() == nil {
+		log.Warn("watching the source VM's power state stopped", "err", err)
+	}
+	return nil
 }
 
 // exportDisks copies the disks from an export of a snapshot, all at once.

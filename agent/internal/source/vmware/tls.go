@@ -20,13 +20,13 @@ import (
 // one: the certificate changed, or the address is not the server meant.
 type ThumbprintError struct {
 	Host      string
-	Expected  string // as pinned, normalised
-	Presented string // the presented certificate's, same algorithm
+	Expected  string // as pinned (the old certificate's), normalised
+	Presented string // the presented (new) certificate's, same algorithm
 }
 
 func (e *ThumbprintError) Error() string {
-	return fmt.Sprintf("certificate of %s does not match the pinned thumbprint: expected %s, presented %s",
-		e.Host, e.Expected, e.Presented)
+	return fmt.Sprintf("certificate of %s changed or is not the pinned one: expected %s, presented %s; "+
+		"if the new certificate is trusted, update the source's thumbprint", e.Host, e.Expected, e.Presented)
 }
 
 // parseThumbprint decodes a SHA-1 (20 bytes) or SHA-256 (32 bytes) hex

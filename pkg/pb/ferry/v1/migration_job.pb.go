@@ -243,7 +243,7 @@ func (OsType) EnumDescriptor() ([]byte, []int) {
 }
 
 // DiskBus of the target disks; unspecified picks virtio-scsi for Linux and
-// virtio-blk for Windows.
+// Windows with virtio drivers, SATA for Windows without them.
 type DiskBus int32
 
 const (
@@ -1195,10 +1195,16 @@ type CreateMigrationJobsRequest struct {
 	// migrationServers/{migration_server}
 	MigrationServer string `protobuf:"bytes,2,opt,name=migration_server,json=migrationServer,proto3" json:"migration_server,omitempty"`
 	// Up to 50.
-	Jobs          []*MigrationJobSpec `protobuf:"bytes,3,rep,name=jobs,proto3" json:"jobs,omitempty"`
-	RequestId     string              `protobuf:"bytes,4,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Jobs      []*MigrationJobSpec `protobuf:"bytes,3,rep,name=jobs,proto3" json:"jobs,omitempty"`
+	RequestId string              `protobuf:"bytes,4,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`
+	// Optional networkMappingGroups/{network_mapping_group}: target NICs a
+	// spec leaves out are made from the source VM's NICs, each on the L3
+	// network its source network maps to. Specs left incomplete (no
+	// vm_name, cpus, memory, disks or NICs) are filled from the source VM's
+	// description the same way (see pkg/targetspec).
+	NetworkMappingGroup string `protobuf:"bytes,5,opt,name=network_mapping_group,json=networkMappingGroup,proto3" json:"network_mapping_group,omitempty"`
+	unknownFields       protoimpl.UnknownFields
+	sizeCache           protoimpl.SizeCache
 }
 
 func (x *CreateMigrationJobsRequest) Reset() {
@@ -1255,6 +1261,13 @@ func (x *CreateMigrationJobsRequest) GetJobs() []*MigrationJobSpec {
 func (x *CreateMigrationJobsRequest) GetRequestId() string {
 	if x != nil {
 		return x.RequestId
+	}
+	return ""
+}
+
+func (x *CreateMigrationJobsRequest) GetNetworkMappingGroup() string {
+	if x != nil {
+		return x.NetworkMappingGroup
 	}
 	return ""
 }
@@ -2208,13 +2221,14 @@ const file_ferry_v1_migration_job_proto_rawDesc = "" +
 	"\x10MigrationJobSpec\x12\x1b\n" +
 	"\tsource_vm\x18\x01 \x01(\tR\bsourceVm\x12*\n" +
 	"\x06target\x18\x02 \x01(\v2\x12.ferry.v1.TargetVmR\x06target\x124\n" +
-	"\aoptions\x18\x03 \x01(\v2\x1a.ferry.v1.MigrationOptionsR\aoptions\"\xae\x01\n" +
+	"\aoptions\x18\x03 \x01(\v2\x1a.ferry.v1.MigrationOptionsR\aoptions\"\xe2\x01\n" +
 	"\x1aCreateMigrationJobsRequest\x12\x16\n" +
 	"\x06source\x18\x01 \x01(\tR\x06source\x12)\n" +
 	"\x10migration_server\x18\x02 \x01(\tR\x0fmigrationServer\x12.\n" +
 	"\x04jobs\x18\x03 \x03(\v2\x1a.ferry.v1.MigrationJobSpecR\x04jobs\x12\x1d\n" +
 	"\n" +
-	"request_id\x18\x04 \x01(\tR\trequestId\"I\n" +
+	"request_id\x18\x04 \x01(\tR\trequestId\x122\n" +
+	"\x15network_mapping_group\x18\x05 \x01(\tR\x13networkMappingGroup\"I\n" +
 	"\x1bCreateMigrationJobsResponse\x12*\n" +
 	"\x04jobs\x18\x01 \x03(\v2\x16.ferry.v1.MigrationJobR\x04jobs\"\x90\x01\n" +
 	"\x1bPreviewMigrationJobsRequest\x12\x16\n" +

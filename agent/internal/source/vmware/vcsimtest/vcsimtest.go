@@ -74,6 +74,18 @@ func Start(t testing.TB) *Sim {
 // created (tweak may be nil).
 func StartWith(t testing.TB, tweak func(*simulator.Model)) *Sim {
 	t.Helper()
+	return start(t, tweak, new(tls.Config))
+}
+
+// StartWithCertificate is Start with the server presenting cert instead
+// of the simulator's own (a vCenter whose certificate was replaced).
+func StartWithCertificate(t testing.TB, cert tls.Certificate) *Sim {
+	t.Helper()
+	return start(t, nil, &tls.Config{Certificates: []tls.Certificate{cert}})
+}
+
+func start(t testing.TB, tweak func(*simulator.Model), tlsConf *tls.Config) *Sim {
+	t.Helper()
 	m := simulator.VPX()
 	if tweak != nil {
 		tweak(m)
@@ -86,7 +98,7 @@ func StartWith(t testing.TB, tweak func(*simulator.Model)) *Sim {
 	m.Map().AddHandler(&snapshotHook{sim: s})
 	m.Service.HandleFunc(nfcPath, s.serveNFC)
 	m.Service.Listen = &url.URL{Host: "127.0.0.1:0", User: url.UserPassword(User, Password)}
-	m.Service.TLS = new(tls.Config)
+	m.Service.TLS = tlsConf
 	s.Server = m.Service.NewServer()
 	s.URL = s.Server.URL
 	t.Cleanup(func() {

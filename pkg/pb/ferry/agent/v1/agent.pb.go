@@ -10,6 +10,7 @@ import (
 	v1 "github.com/ferry-v2v/ferry/pkg/pb/ferry/v1"
 	protoreflect "google.golang.org/protobuf/reflect/protoreflect"
 	protoimpl "google.golang.org/protobuf/runtime/protoimpl"
+	durationpb "google.golang.org/protobuf/types/known/durationpb"
 	timestamppb "google.golang.org/protobuf/types/known/timestamppb"
 	reflect "reflect"
 	sync "sync"
@@ -785,9 +786,12 @@ type Assignment struct {
 	PrimaryStorage  *v1.PrimaryStorage  `protobuf:"bytes,5,opt,name=primary_storage,json=primaryStorage,proto3" json:"primary_storage,omitempty"`
 	L3Networks      []*v1.L3Network     `protobuf:"bytes,6,rep,name=l3_networks,json=l3Networks,proto3" json:"l3_networks,omitempty"`
 	// Unsealed secrets by credential name; only ever sent over mutual TLS.
-	Secrets       map[string]string `protobuf:"bytes,7,rep,name=secrets,proto3" json:"secrets,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Secrets map[string]string `protobuf:"bytes,7,rep,name=secrets,proto3" json:"secrets,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	// How long a VMware guest shutdown may take before the source VM is
+	// powered off: Settings.guest_shutdown_timeout when the job starts.
+	GuestShutdownTimeout *durationpb.Duration `protobuf:"bytes,8,opt,name=guest_shutdown_timeout,json=guestShutdownTimeout,proto3" json:"guest_shutdown_timeout,omitempty"`
+	unknownFields        protoimpl.UnknownFields
+	sizeCache            protoimpl.SizeCache
 }
 
 func (x *Assignment) Reset() {
@@ -865,6 +869,13 @@ func (x *Assignment) GetL3Networks() []*v1.L3Network {
 func (x *Assignment) GetSecrets() map[string]string {
 	if x != nil {
 		return x.Secrets
+	}
+	return nil
+}
+
+func (x *Assignment) GetGuestShutdownTimeout() *durationpb.Duration {
+	if x != nil {
+		return x.GuestShutdownTimeout
 	}
 	return nil
 }
@@ -1134,7 +1145,7 @@ var File_ferry_agent_v1_agent_proto protoreflect.FileDescriptor
 
 const file_ferry_agent_v1_agent_proto_rawDesc = "" +
 	"\n" +
-	"\x1aferry/agent/v1/agent.proto\x12\x0eferry.agent.v1\x1a\x18ferry/v1/inventory.proto\x1a\x1cferry/v1/migration_job.proto\x1a\x1fferry/v1/migration_server.proto\x1a\x15ferry/v1/source.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x95\x03\n" +
+	"\x1aferry/agent/v1/agent.proto\x12\x0eferry.agent.v1\x1a\x18ferry/v1/inventory.proto\x1a\x1cferry/v1/migration_job.proto\x1a\x1fferry/v1/migration_server.proto\x1a\x15ferry/v1/source.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x95\x03\n" +
 	"\x0eConnectRequest\x12-\n" +
 	"\x05hello\x18\x01 \x01(\v2\x15.ferry.agent.v1.HelloH\x00R\x05hello\x129\n" +
 	"\theartbeat\x18\x02 \x01(\v2\x19.ferry.agent.v1.HeartbeatH\x00R\theartbeat\x129\n" +
@@ -1181,7 +1192,7 @@ const file_ferry_agent_v1_agent_proto_rawDesc = "" +
 	"\aoutcome\x18\x03 \x01(\x0e2\x1a.ferry.agent.v1.JobOutcomeR\aoutcome\x12\x16\n" +
 	"\x06reason\x18\x04 \x01(\tR\x06reason\x12\x1a\n" +
 	"\bwarnings\x18\x05 \x03(\tR\bwarnings\x12,\n" +
-	"\x05disks\x18\x06 \x03(\v2\x16.ferry.v1.DiskProgressR\x05disks\"\xb4\x03\n" +
+	"\x05disks\x18\x06 \x03(\v2\x16.ferry.v1.DiskProgressR\x05disks\"\x85\x04\n" +
 	"\n" +
 	"Assignment\x12(\n" +
 	"\x03job\x18\x01 \x01(\v2\x16.ferry.v1.MigrationJobR\x03job\x12\x14\n" +
@@ -1191,7 +1202,8 @@ const file_ferry_agent_v1_agent_proto_rawDesc = "" +
 	"\x0fprimary_storage\x18\x05 \x01(\v2\x18.ferry.v1.PrimaryStorageR\x0eprimaryStorage\x124\n" +
 	"\vl3_networks\x18\x06 \x03(\v2\x13.ferry.v1.L3NetworkR\n" +
 	"l3Networks\x12A\n" +
-	"\asecrets\x18\a \x03(\v2'.ferry.agent.v1.Assignment.SecretsEntryR\asecrets\x1a:\n" +
+	"\asecrets\x18\a \x03(\v2'.ferry.agent.v1.Assignment.SecretsEntryR\asecrets\x12O\n" +
+	"\x16guest_shutdown_timeout\x18\b \x01(\v2\x19.google.protobuf.DurationR\x14guestShutdownTimeout\x1a:\n" +
 	"\fSecretsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"N\n" +
@@ -1268,8 +1280,9 @@ var file_ferry_agent_v1_agent_proto_goTypes = []any{
 	(*v1.MigrationServer)(nil),    // 22: ferry.v1.MigrationServer
 	(*v1.PrimaryStorage)(nil),     // 23: ferry.v1.PrimaryStorage
 	(*v1.L3Network)(nil),          // 24: ferry.v1.L3Network
-	(*v1.SourceVm)(nil),           // 25: ferry.v1.SourceVm
-	(*v1.SourceInventory)(nil),    // 26: ferry.v1.SourceInventory
+	(*durationpb.Duration)(nil),   // 25: google.protobuf.Duration
+	(*v1.SourceVm)(nil),           // 26: ferry.v1.SourceVm
+	(*v1.SourceInventory)(nil),    // 27: ferry.v1.SourceInventory
 }
 var file_ferry_agent_v1_agent_proto_depIdxs = []int32{
 	3,  // 0: ferry.agent.v1.ConnectRequest.hello:type_name -> ferry.agent.v1.Hello
@@ -1298,18 +1311,19 @@ var file_ferry_agent_v1_agent_proto_depIdxs = []int32{
 	23, // 23: ferry.agent.v1.Assignment.primary_storage:type_name -> ferry.v1.PrimaryStorage
 	24, // 24: ferry.agent.v1.Assignment.l3_networks:type_name -> ferry.v1.L3Network
 	14, // 25: ferry.agent.v1.Assignment.secrets:type_name -> ferry.agent.v1.Assignment.SecretsEntry
-	21, // 26: ferry.agent.v1.InventoryRequest.source:type_name -> ferry.v1.Source
-	22, // 27: ferry.agent.v1.InventoryRequest.migration_server:type_name -> ferry.v1.MigrationServer
-	15, // 28: ferry.agent.v1.InventoryRequest.secrets:type_name -> ferry.agent.v1.InventoryRequest.SecretsEntry
-	25, // 29: ferry.agent.v1.InventoryResponse.vms:type_name -> ferry.v1.SourceVm
-	26, // 30: ferry.agent.v1.InventoryResponse.inventory:type_name -> ferry.v1.SourceInventory
-	1,  // 31: ferry.agent.v1.AgentService.Connect:input_type -> ferry.agent.v1.ConnectRequest
-	2,  // 32: ferry.agent.v1.AgentService.Connect:output_type -> ferry.agent.v1.ConnectResponse
-	32, // [32:33] is the sub-list for method output_type
-	31, // [31:32] is the sub-list for method input_type
-	31, // [31:31] is the sub-list for extension type_name
-	31, // [31:31] is the sub-list for extension extendee
-	0,  // [0:31] is the sub-list for field type_name
+	25, // 26: ferry.agent.v1.Assignment.guest_shutdown_timeout:type_name -> google.protobuf.Duration
+	21, // 27: ferry.agent.v1.InventoryRequest.source:type_name -> ferry.v1.Source
+	22, // 28: ferry.agent.v1.InventoryRequest.migration_server:type_name -> ferry.v1.MigrationServer
+	15, // 29: ferry.agent.v1.InventoryRequest.secrets:type_name -> ferry.agent.v1.InventoryRequest.SecretsEntry
+	26, // 30: ferry.agent.v1.InventoryResponse.vms:type_name -> ferry.v1.SourceVm
+	27, // 31: ferry.agent.v1.InventoryResponse.inventory:type_name -> ferry.v1.SourceInventory
+	1,  // 32: ferry.agent.v1.AgentService.Connect:input_type -> ferry.agent.v1.ConnectRequest
+	2,  // 33: ferry.agent.v1.AgentService.Connect:output_type -> ferry.agent.v1.ConnectResponse
+	33, // [33:34] is the sub-list for method output_type
+	32, // [32:33] is the sub-list for method input_type
+	32, // [32:32] is the sub-list for extension type_name
+	32, // [32:32] is the sub-list for extension extendee
+	0,  // [0:32] is the sub-list for field type_name
 }
 
 func init() { file_ferry_agent_v1_agent_proto_init() }

@@ -62,6 +62,8 @@ type Command struct {
 	//	*Command_DeleteNode
 	//	*Command_Batch
 	//	*Command_RecordSourceSync
+	//	*Command_PutNetworkMappingGroup
+	//	*Command_DeleteNetworkMappingGroup
 	Op            isCommand_Op `protobuf_oneof:"op"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -381,6 +383,24 @@ func (x *Command) GetRecordSourceSync() *RecordSourceSync {
 	return nil
 }
 
+func (x *Command) GetPutNetworkMappingGroup() *PutNetworkMappingGroup {
+	if x != nil {
+		if x, ok := x.Op.(*Command_PutNetworkMappingGroup); ok {
+			return x.PutNetworkMappingGroup
+		}
+	}
+	return nil
+}
+
+func (x *Command) GetDeleteNetworkMappingGroup() *DeleteResource {
+	if x != nil {
+		if x, ok := x.Op.(*Command_DeleteNetworkMappingGroup); ok {
+			return x.DeleteNetworkMappingGroup
+		}
+	}
+	return nil
+}
+
 type isCommand_Op interface {
 	isCommand_Op()
 }
@@ -505,6 +525,14 @@ type Command_RecordSourceSync struct {
 	RecordSourceSync *RecordSourceSync `protobuf:"bytes,39,opt,name=record_source_sync,json=recordSourceSync,proto3,oneof"`
 }
 
+type Command_PutNetworkMappingGroup struct {
+	PutNetworkMappingGroup *PutNetworkMappingGroup `protobuf:"bytes,40,opt,name=put_network_mapping_group,json=putNetworkMappingGroup,proto3,oneof"`
+}
+
+type Command_DeleteNetworkMappingGroup struct {
+	DeleteNetworkMappingGroup *DeleteResource `protobuf:"bytes,41,opt,name=delete_network_mapping_group,json=deleteNetworkMappingGroup,proto3,oneof"`
+}
+
 func (*Command_PutCluster) isCommand_Op() {}
 
 func (*Command_DeleteCluster) isCommand_Op() {}
@@ -564,6 +592,10 @@ func (*Command_DeleteNode) isCommand_Op() {}
 func (*Command_Batch) isCommand_Op() {}
 
 func (*Command_RecordSourceSync) isCommand_Op() {}
+
+func (*Command_PutNetworkMappingGroup) isCommand_Op() {}
+
+func (*Command_DeleteNetworkMappingGroup) isCommand_Op() {}
 
 // Batch applies several commands as one log entry, in order.
 type Batch struct {
@@ -1775,6 +1807,68 @@ func (x *SetJobWaitingReason) GetReason() string {
 	return ""
 }
 
+// PutNetworkMappingGroup creates a group, or replaces one when update is
+// set (create_time kept, update_time stamped).
+type PutNetworkMappingGroup struct {
+	state               protoimpl.MessageState  `protogen:"open.v1"`
+	NetworkMappingGroup *v1.NetworkMappingGroup `protobuf:"bytes,1,opt,name=network_mapping_group,json=networkMappingGroup,proto3" json:"network_mapping_group,omitempty"`
+	RequestId           string                  `protobuf:"bytes,2,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`
+	Update              bool                    `protobuf:"varint,3,opt,name=update,proto3" json:"update,omitempty"`
+	unknownFields       protoimpl.UnknownFields
+	sizeCache           protoimpl.SizeCache
+}
+
+func (x *PutNetworkMappingGroup) Reset() {
+	*x = PutNetworkMappingGroup{}
+	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[23]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PutNetworkMappingGroup) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PutNetworkMappingGroup) ProtoMessage() {}
+
+func (x *PutNetworkMappingGroup) ProtoReflect() protoreflect.Message {
+	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[23]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PutNetworkMappingGroup.ProtoReflect.Descriptor instead.
+func (*PutNetworkMappingGroup) Descriptor() ([]byte, []int) {
+	return file_ferry_ledger_v1_ledger_proto_rawDescGZIP(), []int{23}
+}
+
+func (x *PutNetworkMappingGroup) GetNetworkMappingGroup() *v1.NetworkMappingGroup {
+	if x != nil {
+		return x.NetworkMappingGroup
+	}
+	return nil
+}
+
+func (x *PutNetworkMappingGroup) GetRequestId() string {
+	if x != nil {
+		return x.RequestId
+	}
+	return ""
+}
+
+func (x *PutNetworkMappingGroup) GetUpdate() bool {
+	if x != nil {
+		return x.Update
+	}
+	return false
+}
+
 type PutSettings struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Settings      *v1.Settings           `protobuf:"bytes,1,opt,name=settings,proto3" json:"settings,omitempty"`
@@ -1784,7 +1878,7 @@ type PutSettings struct {
 
 func (x *PutSettings) Reset() {
 	*x = PutSettings{}
-	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[23]
+	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1796,7 +1890,7 @@ func (x *PutSettings) String() string {
 func (*PutSettings) ProtoMessage() {}
 
 func (x *PutSettings) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[23]
+	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1809,7 +1903,7 @@ func (x *PutSettings) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PutSettings.ProtoReflect.Descriptor instead.
 func (*PutSettings) Descriptor() ([]byte, []int) {
-	return file_ferry_ledger_v1_ledger_proto_rawDescGZIP(), []int{23}
+	return file_ferry_ledger_v1_ledger_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *PutSettings) GetSettings() *v1.Settings {
@@ -1831,7 +1925,7 @@ type Node struct {
 
 func (x *Node) Reset() {
 	*x = Node{}
-	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[24]
+	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1843,7 +1937,7 @@ func (x *Node) String() string {
 func (*Node) ProtoMessage() {}
 
 func (x *Node) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[24]
+	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1856,7 +1950,7 @@ func (x *Node) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Node.ProtoReflect.Descriptor instead.
 func (*Node) Descriptor() ([]byte, []int) {
-	return file_ferry_ledger_v1_ledger_proto_rawDescGZIP(), []int{24}
+	return file_ferry_ledger_v1_ledger_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *Node) GetId() string {
@@ -1889,7 +1983,7 @@ type PutNode struct {
 
 func (x *PutNode) Reset() {
 	*x = PutNode{}
-	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[25]
+	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1901,7 +1995,7 @@ func (x *PutNode) String() string {
 func (*PutNode) ProtoMessage() {}
 
 func (x *PutNode) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[25]
+	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1914,7 +2008,7 @@ func (x *PutNode) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PutNode.ProtoReflect.Descriptor instead.
 func (*PutNode) Descriptor() ([]byte, []int) {
-	return file_ferry_ledger_v1_ledger_proto_rawDescGZIP(), []int{25}
+	return file_ferry_ledger_v1_ledger_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *PutNode) GetNode() *Node {
@@ -1937,7 +2031,7 @@ type RequestRecord struct {
 
 func (x *RequestRecord) Reset() {
 	*x = RequestRecord{}
-	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[26]
+	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1949,7 +2043,7 @@ func (x *RequestRecord) String() string {
 func (*RequestRecord) ProtoMessage() {}
 
 func (x *RequestRecord) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[26]
+	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1962,7 +2056,7 @@ func (x *RequestRecord) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RequestRecord.ProtoReflect.Descriptor instead.
 func (*RequestRecord) Descriptor() ([]byte, []int) {
-	return file_ferry_ledger_v1_ledger_proto_rawDescGZIP(), []int{26}
+	return file_ferry_ledger_v1_ledger_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *RequestRecord) GetRequestId() string {
@@ -1988,26 +2082,27 @@ func (x *RequestRecord) GetTime() *timestamppb.Timestamp {
 
 // Snapshot is the whole ledger.
 type Snapshot struct {
-	state             protoimpl.MessageState `protogen:"open.v1"`
-	Clusters          []*v1.Cluster          `protobuf:"bytes,1,rep,name=clusters,proto3" json:"clusters,omitempty"`
-	Hosts             []*v1.Host             `protobuf:"bytes,2,rep,name=hosts,proto3" json:"hosts,omitempty"`
-	PrimaryStorages   []*v1.PrimaryStorage   `protobuf:"bytes,3,rep,name=primary_storages,json=primaryStorages,proto3" json:"primary_storages,omitempty"`
-	L3Networks        []*v1.L3Network        `protobuf:"bytes,4,rep,name=l3_networks,json=l3Networks,proto3" json:"l3_networks,omitempty"`
-	MigrationServers  []*v1.MigrationServer  `protobuf:"bytes,5,rep,name=migration_servers,json=migrationServers,proto3" json:"migration_servers,omitempty"`
-	Credentials       []*SealedCredential    `protobuf:"bytes,6,rep,name=credentials,proto3" json:"credentials,omitempty"`
-	Sources           []*v1.Source           `protobuf:"bytes,7,rep,name=sources,proto3" json:"sources,omitempty"`
-	Jobs              []*v1.MigrationJob     `protobuf:"bytes,8,rep,name=jobs,proto3" json:"jobs,omitempty"`
-	Settings          *v1.Settings           `protobuf:"bytes,9,opt,name=settings,proto3" json:"settings,omitempty"`
-	Nodes             []*Node                `protobuf:"bytes,10,rep,name=nodes,proto3" json:"nodes,omitempty"`
-	Requests          []*RequestRecord       `protobuf:"bytes,11,rep,name=requests,proto3" json:"requests,omitempty"`
-	SourceInventories []*v1.SourceInventory  `protobuf:"bytes,12,rep,name=source_inventories,json=sourceInventories,proto3" json:"source_inventories,omitempty"`
-	unknownFields     protoimpl.UnknownFields
-	sizeCache         protoimpl.SizeCache
+	state                protoimpl.MessageState    `protogen:"open.v1"`
+	Clusters             []*v1.Cluster             `protobuf:"bytes,1,rep,name=clusters,proto3" json:"clusters,omitempty"`
+	Hosts                []*v1.Host                `protobuf:"bytes,2,rep,name=hosts,proto3" json:"hosts,omitempty"`
+	PrimaryStorages      []*v1.PrimaryStorage      `protobuf:"bytes,3,rep,name=primary_storages,json=primaryStorages,proto3" json:"primary_storages,omitempty"`
+	L3Networks           []*v1.L3Network           `protobuf:"bytes,4,rep,name=l3_networks,json=l3Networks,proto3" json:"l3_networks,omitempty"`
+	MigrationServers     []*v1.MigrationServer     `protobuf:"bytes,5,rep,name=migration_servers,json=migrationServers,proto3" json:"migration_servers,omitempty"`
+	Credentials          []*SealedCredential       `protobuf:"bytes,6,rep,name=credentials,proto3" json:"credentials,omitempty"`
+	Sources              []*v1.Source              `protobuf:"bytes,7,rep,name=sources,proto3" json:"sources,omitempty"`
+	Jobs                 []*v1.MigrationJob        `protobuf:"bytes,8,rep,name=jobs,proto3" json:"jobs,omitempty"`
+	Settings             *v1.Settings              `protobuf:"bytes,9,opt,name=settings,proto3" json:"settings,omitempty"`
+	Nodes                []*Node                   `protobuf:"bytes,10,rep,name=nodes,proto3" json:"nodes,omitempty"`
+	Requests             []*RequestRecord          `protobuf:"bytes,11,rep,name=requests,proto3" json:"requests,omitempty"`
+	SourceInventories    []*v1.SourceInventory     `protobuf:"bytes,12,rep,name=source_inventories,json=sourceInventories,proto3" json:"source_inventories,omitempty"`
+	NetworkMappingGroups []*v1.NetworkMappingGroup `protobuf:"bytes,13,rep,name=network_mapping_groups,json=networkMappingGroups,proto3" json:"network_mapping_groups,omitempty"`
+	unknownFields        protoimpl.UnknownFields
+	sizeCache            protoimpl.SizeCache
 }
 
 func (x *Snapshot) Reset() {
 	*x = Snapshot{}
-	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[27]
+	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2019,7 +2114,7 @@ func (x *Snapshot) String() string {
 func (*Snapshot) ProtoMessage() {}
 
 func (x *Snapshot) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[27]
+	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2032,7 +2127,7 @@ func (x *Snapshot) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Snapshot.ProtoReflect.Descriptor instead.
 func (*Snapshot) Descriptor() ([]byte, []int) {
-	return file_ferry_ledger_v1_ledger_proto_rawDescGZIP(), []int{27}
+	return file_ferry_ledger_v1_ledger_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *Snapshot) GetClusters() []*v1.Cluster {
@@ -2119,11 +2214,18 @@ func (x *Snapshot) GetSourceInventories() []*v1.SourceInventory {
 	return nil
 }
 
+func (x *Snapshot) GetNetworkMappingGroups() []*v1.NetworkMappingGroup {
+	if x != nil {
+		return x.NetworkMappingGroups
+	}
+	return nil
+}
+
 var File_ferry_ledger_v1_ledger_proto protoreflect.FileDescriptor
 
 const file_ferry_ledger_v1_ledger_proto_rawDesc = "" +
 	"\n" +
-	"\x1cferry/ledger/v1/ledger.proto\x12\x0fferry.ledger.v1\x1a\x18ferry/v1/inventory.proto\x1a\x1cferry/v1/migration_job.proto\x1a\x1fferry/v1/migration_server.proto\x1a\x17ferry/v1/settings.proto\x1a\x15ferry/v1/source.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xc3\x13\n" +
+	"\x1cferry/ledger/v1/ledger.proto\x12\x0fferry.ledger.v1\x1a\x18ferry/v1/inventory.proto\x1a\x1cferry/v1/migration_job.proto\x1a\x1fferry/v1/migration_server.proto\x1a\x1eferry/v1/network_mapping.proto\x1a\x17ferry/v1/settings.proto\x1a\x15ferry/v1/source.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x8d\x15\n" +
 	"\aCommand\x12.\n" +
 	"\x04time\x18\x01 \x01(\v2\x1a.google.protobuf.TimestampR\x04time\x12>\n" +
 	"\vput_cluster\x18\n" +
@@ -2159,7 +2261,9 @@ const file_ferry_ledger_v1_ledger_proto_rawDesc = "" +
 	"\vdelete_node\x18% \x01(\v2\x1f.ferry.ledger.v1.DeleteResourceH\x00R\n" +
 	"deleteNode\x12.\n" +
 	"\x05batch\x18& \x01(\v2\x16.ferry.ledger.v1.BatchH\x00R\x05batch\x12Q\n" +
-	"\x12record_source_sync\x18' \x01(\v2!.ferry.ledger.v1.RecordSourceSyncH\x00R\x10recordSourceSyncB\x04\n" +
+	"\x12record_source_sync\x18' \x01(\v2!.ferry.ledger.v1.RecordSourceSyncH\x00R\x10recordSourceSync\x12d\n" +
+	"\x19put_network_mapping_group\x18( \x01(\v2'.ferry.ledger.v1.PutNetworkMappingGroupH\x00R\x16putNetworkMappingGroup\x12b\n" +
+	"\x1cdelete_network_mapping_group\x18) \x01(\v2\x1f.ferry.ledger.v1.DeleteResourceH\x00R\x19deleteNetworkMappingGroupB\x04\n" +
 	"\x02op\"=\n" +
 	"\x05Batch\x124\n" +
 	"\bcommands\x18\x01 \x03(\v2\x18.ferry.ledger.v1.CommandR\bcommands\"$\n" +
@@ -2250,7 +2354,12 @@ const file_ferry_ledger_v1_ledger_proto_rawDesc = "" +
 	"\x04name\x18\x01 \x01(\tR\x04name\"A\n" +
 	"\x13SetJobWaitingReason\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x16\n" +
-	"\x06reason\x18\x02 \x01(\tR\x06reason\"=\n" +
+	"\x06reason\x18\x02 \x01(\tR\x06reason\"\xa2\x01\n" +
+	"\x16PutNetworkMappingGroup\x12Q\n" +
+	"\x15network_mapping_group\x18\x01 \x01(\v2\x1d.ferry.v1.NetworkMappingGroupR\x13networkMappingGroup\x12\x1d\n" +
+	"\n" +
+	"request_id\x18\x02 \x01(\tR\trequestId\x12\x16\n" +
+	"\x06update\x18\x03 \x01(\bR\x06update\"=\n" +
 	"\vPutSettings\x12.\n" +
 	"\bsettings\x18\x01 \x01(\v2\x12.ferry.v1.SettingsR\bsettings\"Z\n" +
 	"\x04Node\x12\x0e\n" +
@@ -2264,7 +2373,7 @@ const file_ferry_ledger_v1_ledger_proto_rawDesc = "" +
 	"\n" +
 	"request_id\x18\x01 \x01(\tR\trequestId\x12\x14\n" +
 	"\x05names\x18\x02 \x03(\tR\x05names\x12.\n" +
-	"\x04time\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\x04time\"\xa2\x05\n" +
+	"\x04time\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\x04time\"\xf7\x05\n" +
 	"\bSnapshot\x12-\n" +
 	"\bclusters\x18\x01 \x03(\v2\x11.ferry.v1.ClusterR\bclusters\x12$\n" +
 	"\x05hosts\x18\x02 \x03(\v2\x0e.ferry.v1.HostR\x05hosts\x12C\n" +
@@ -2279,7 +2388,8 @@ const file_ferry_ledger_v1_ledger_proto_rawDesc = "" +
 	"\x05nodes\x18\n" +
 	" \x03(\v2\x15.ferry.ledger.v1.NodeR\x05nodes\x12:\n" +
 	"\brequests\x18\v \x03(\v2\x1e.ferry.ledger.v1.RequestRecordR\brequests\x12H\n" +
-	"\x12source_inventories\x18\f \x03(\v2\x19.ferry.v1.SourceInventoryR\x11sourceInventoriesB\xbc\x01\n" +
+	"\x12source_inventories\x18\f \x03(\v2\x19.ferry.v1.SourceInventoryR\x11sourceInventories\x12S\n" +
+	"\x16network_mapping_groups\x18\r \x03(\v2\x1d.ferry.v1.NetworkMappingGroupR\x14networkMappingGroupsB\xbc\x01\n" +
 	"\x13com.ferry.ledger.v1B\vLedgerProtoP\x01Z:github.com/ferry-v2v/ferry/pkg/pb/ferry/ledger/v1;ledgerv1\xa2\x02\x03FLX\xaa\x02\x0fFerry.Ledger.V1\xca\x02\x0fFerry\\Ledger\\V1\xe2\x02\x1bFerry\\Ledger\\V1\\GPBMetadata\xea\x02\x11Ferry::Ledger::V1b\x06proto3"
 
 var (
@@ -2294,7 +2404,7 @@ func file_ferry_ledger_v1_ledger_proto_rawDescGZIP() []byte {
 	return file_ferry_ledger_v1_ledger_proto_rawDescData
 }
 
-var file_ferry_ledger_v1_ledger_proto_msgTypes = make([]protoimpl.MessageInfo, 28)
+var file_ferry_ledger_v1_ledger_proto_msgTypes = make([]protoimpl.MessageInfo, 29)
 var file_ferry_ledger_v1_ledger_proto_goTypes = []any{
 	(*Command)(nil),                     // 0: ferry.ledger.v1.Command
 	(*Batch)(nil),                       // 1: ferry.ledger.v1.Batch
@@ -2319,28 +2429,30 @@ var file_ferry_ledger_v1_ledger_proto_goTypes = []any{
 	(*CancelMigrationJob)(nil),          // 20: ferry.ledger.v1.CancelMigrationJob
 	(*RestartMigrationJob)(nil),         // 21: ferry.ledger.v1.RestartMigrationJob
 	(*SetJobWaitingReason)(nil),         // 22: ferry.ledger.v1.SetJobWaitingReason
-	(*PutSettings)(nil),                 // 23: ferry.ledger.v1.PutSettings
-	(*Node)(nil),                        // 24: ferry.ledger.v1.Node
-	(*PutNode)(nil),                     // 25: ferry.ledger.v1.PutNode
-	(*RequestRecord)(nil),               // 26: ferry.ledger.v1.RequestRecord
-	(*Snapshot)(nil),                    // 27: ferry.ledger.v1.Snapshot
-	(*timestamppb.Timestamp)(nil),       // 28: google.protobuf.Timestamp
-	(*v1.Cluster)(nil),                  // 29: ferry.v1.Cluster
-	(*v1.Host)(nil),                     // 30: ferry.v1.Host
-	(*v1.PrimaryStorage)(nil),           // 31: ferry.v1.PrimaryStorage
-	(*v1.L3Network)(nil),                // 32: ferry.v1.L3Network
-	(*v1.MigrationServer)(nil),          // 33: ferry.v1.MigrationServer
-	(*v1.Credential)(nil),               // 34: ferry.v1.Credential
-	(*v1.Source)(nil),                   // 35: ferry.v1.Source
-	(*v1.SourceInventory)(nil),          // 36: ferry.v1.SourceInventory
-	(*v1.MigrationJob)(nil),             // 37: ferry.v1.MigrationJob
-	(v1.MigrationJobPhase)(0),           // 38: ferry.v1.MigrationJobPhase
-	(*v1.DiskProgress)(nil),             // 39: ferry.v1.DiskProgress
-	(v1.MigrationJobState)(0),           // 40: ferry.v1.MigrationJobState
-	(*v1.Settings)(nil),                 // 41: ferry.v1.Settings
+	(*PutNetworkMappingGroup)(nil),      // 23: ferry.ledger.v1.PutNetworkMappingGroup
+	(*PutSettings)(nil),                 // 24: ferry.ledger.v1.PutSettings
+	(*Node)(nil),                        // 25: ferry.ledger.v1.Node
+	(*PutNode)(nil),                     // 26: ferry.ledger.v1.PutNode
+	(*RequestRecord)(nil),               // 27: ferry.ledger.v1.RequestRecord
+	(*Snapshot)(nil),                    // 28: ferry.ledger.v1.Snapshot
+	(*timestamppb.Timestamp)(nil),       // 29: google.protobuf.Timestamp
+	(*v1.Cluster)(nil),                  // 30: ferry.v1.Cluster
+	(*v1.Host)(nil),                     // 31: ferry.v1.Host
+	(*v1.PrimaryStorage)(nil),           // 32: ferry.v1.PrimaryStorage
+	(*v1.L3Network)(nil),                // 33: ferry.v1.L3Network
+	(*v1.MigrationServer)(nil),          // 34: ferry.v1.MigrationServer
+	(*v1.Credential)(nil),               // 35: ferry.v1.Credential
+	(*v1.Source)(nil),                   // 36: ferry.v1.Source
+	(*v1.SourceInventory)(nil),          // 37: ferry.v1.SourceInventory
+	(*v1.MigrationJob)(nil),             // 38: ferry.v1.MigrationJob
+	(v1.MigrationJobPhase)(0),           // 39: ferry.v1.MigrationJobPhase
+	(*v1.DiskProgress)(nil),             // 40: ferry.v1.DiskProgress
+	(v1.MigrationJobState)(0),           // 41: ferry.v1.MigrationJobState
+	(*v1.NetworkMappingGroup)(nil),      // 42: ferry.v1.NetworkMappingGroup
+	(*v1.Settings)(nil),                 // 43: ferry.v1.Settings
 }
 var file_ferry_ledger_v1_ledger_proto_depIdxs = []int32{
-	28, // 0: ferry.ledger.v1.Command.time:type_name -> google.protobuf.Timestamp
+	29, // 0: ferry.ledger.v1.Command.time:type_name -> google.protobuf.Timestamp
 	3,  // 1: ferry.ledger.v1.Command.put_cluster:type_name -> ferry.ledger.v1.PutCluster
 	2,  // 2: ferry.ledger.v1.Command.delete_cluster:type_name -> ferry.ledger.v1.DeleteResource
 	4,  // 3: ferry.ledger.v1.Command.put_host:type_name -> ferry.ledger.v1.PutHost
@@ -2366,46 +2478,50 @@ var file_ferry_ledger_v1_ledger_proto_depIdxs = []int32{
 	21, // 23: ferry.ledger.v1.Command.restart_migration_job:type_name -> ferry.ledger.v1.RestartMigrationJob
 	2,  // 24: ferry.ledger.v1.Command.delete_migration_job:type_name -> ferry.ledger.v1.DeleteResource
 	22, // 25: ferry.ledger.v1.Command.set_job_waiting_reason:type_name -> ferry.ledger.v1.SetJobWaitingReason
-	23, // 26: ferry.ledger.v1.Command.put_settings:type_name -> ferry.ledger.v1.PutSettings
-	25, // 27: ferry.ledger.v1.Command.put_node:type_name -> ferry.ledger.v1.PutNode
+	24, // 26: ferry.ledger.v1.Command.put_settings:type_name -> ferry.ledger.v1.PutSettings
+	26, // 27: ferry.ledger.v1.Command.put_node:type_name -> ferry.ledger.v1.PutNode
 	2,  // 28: ferry.ledger.v1.Command.delete_node:type_name -> ferry.ledger.v1.DeleteResource
 	1,  // 29: ferry.ledger.v1.Command.batch:type_name -> ferry.ledger.v1.Batch
 	15, // 30: ferry.ledger.v1.Command.record_source_sync:type_name -> ferry.ledger.v1.RecordSourceSync
-	0,  // 31: ferry.ledger.v1.Batch.commands:type_name -> ferry.ledger.v1.Command
-	29, // 32: ferry.ledger.v1.PutCluster.cluster:type_name -> ferry.v1.Cluster
-	30, // 33: ferry.ledger.v1.PutHost.host:type_name -> ferry.v1.Host
-	31, // 34: ferry.ledger.v1.PutPrimaryStorage.primary_storage:type_name -> ferry.v1.PrimaryStorage
-	32, // 35: ferry.ledger.v1.PutL3Network.l3_network:type_name -> ferry.v1.L3Network
-	33, // 36: ferry.ledger.v1.PutMigrationServer.migration_server:type_name -> ferry.v1.MigrationServer
-	34, // 37: ferry.ledger.v1.SealedCredential.credential:type_name -> ferry.v1.Credential
-	11, // 38: ferry.ledger.v1.PutCredential.credential:type_name -> ferry.ledger.v1.SealedCredential
-	35, // 39: ferry.ledger.v1.PutSource.source:type_name -> ferry.v1.Source
-	36, // 40: ferry.ledger.v1.RecordSourceSync.inventory:type_name -> ferry.v1.SourceInventory
-	37, // 41: ferry.ledger.v1.CreateMigrationJobs.jobs:type_name -> ferry.v1.MigrationJob
-	38, // 42: ferry.ledger.v1.CheckpointMigrationJob.phase:type_name -> ferry.v1.MigrationJobPhase
-	39, // 43: ferry.ledger.v1.CheckpointMigrationJob.disks:type_name -> ferry.v1.DiskProgress
-	40, // 44: ferry.ledger.v1.FinishMigrationJob.state:type_name -> ferry.v1.MigrationJobState
-	39, // 45: ferry.ledger.v1.FinishMigrationJob.disks:type_name -> ferry.v1.DiskProgress
-	41, // 46: ferry.ledger.v1.PutSettings.settings:type_name -> ferry.v1.Settings
-	24, // 47: ferry.ledger.v1.PutNode.node:type_name -> ferry.ledger.v1.Node
-	28, // 48: ferry.ledger.v1.RequestRecord.time:type_name -> google.protobuf.Timestamp
-	29, // 49: ferry.ledger.v1.Snapshot.clusters:type_name -> ferry.v1.Cluster
-	30, // 50: ferry.ledger.v1.Snapshot.hosts:type_name -> ferry.v1.Host
-	31, // 51: ferry.ledger.v1.Snapshot.primary_storages:type_name -> ferry.v1.PrimaryStorage
-	32, // 52: ferry.ledger.v1.Snapshot.l3_networks:type_name -> ferry.v1.L3Network
-	33, // 53: ferry.ledger.v1.Snapshot.migration_servers:type_name -> ferry.v1.MigrationServer
-	11, // 54: ferry.ledger.v1.Snapshot.credentials:type_name -> ferry.ledger.v1.SealedCredential
-	35, // 55: ferry.ledger.v1.Snapshot.sources:type_name -> ferry.v1.Source
-	37, // 56: ferry.ledger.v1.Snapshot.jobs:type_name -> ferry.v1.MigrationJob
-	41, // 57: ferry.ledger.v1.Snapshot.settings:type_name -> ferry.v1.Settings
-	24, // 58: ferry.ledger.v1.Snapshot.nodes:type_name -> ferry.ledger.v1.Node
-	26, // 59: ferry.ledger.v1.Snapshot.requests:type_name -> ferry.ledger.v1.RequestRecord
-	36, // 60: ferry.ledger.v1.Snapshot.source_inventories:type_name -> ferry.v1.SourceInventory
-	61, // [61:61] is the sub-list for method output_type
-	61, // [61:61] is the sub-list for method input_type
-	61, // [61:61] is the sub-list for extension type_name
-	61, // [61:61] is the sub-list for extension extendee
-	0,  // [0:61] is the sub-list for field type_name
+	23, // 31: ferry.ledger.v1.Command.put_network_mapping_group:type_name -> ferry.ledger.v1.PutNetworkMappingGroup
+	2,  // 32: ferry.ledger.v1.Command.delete_network_mapping_group:type_name -> ferry.ledger.v1.DeleteResource
+	0,  // 33: ferry.ledger.v1.Batch.commands:type_name -> ferry.ledger.v1.Command
+	30, // 34: ferry.ledger.v1.PutCluster.cluster:type_name -> ferry.v1.Cluster
+	31, // 35: ferry.ledger.v1.PutHost.host:type_name -> ferry.v1.Host
+	32, // 36: ferry.ledger.v1.PutPrimaryStorage.primary_storage:type_name -> ferry.v1.PrimaryStorage
+	33, // 37: ferry.ledger.v1.PutL3Network.l3_network:type_name -> ferry.v1.L3Network
+	34, // 38: ferry.ledger.v1.PutMigrationServer.migration_server:type_name -> ferry.v1.MigrationServer
+	35, // 39: ferry.ledger.v1.SealedCredential.credential:type_name -> ferry.v1.Credential
+	11, // 40: ferry.ledger.v1.PutCredential.credential:type_name -> ferry.ledger.v1.SealedCredential
+	36, // 41: ferry.ledger.v1.PutSource.source:type_name -> ferry.v1.Source
+	37, // 42: ferry.ledger.v1.RecordSourceSync.inventory:type_name -> ferry.v1.SourceInventory
+	38, // 43: ferry.ledger.v1.CreateMigrationJobs.jobs:type_name -> ferry.v1.MigrationJob
+	39, // 44: ferry.ledger.v1.CheckpointMigrationJob.phase:type_name -> ferry.v1.MigrationJobPhase
+	40, // 45: ferry.ledger.v1.CheckpointMigrationJob.disks:type_name -> ferry.v1.DiskProgress
+	41, // 46: ferry.ledger.v1.FinishMigrationJob.state:type_name -> ferry.v1.MigrationJobState
+	40, // 47: ferry.ledger.v1.FinishMigrationJob.disks:type_name -> ferry.v1.DiskProgress
+	42, // 48: ferry.ledger.v1.PutNetworkMappingGroup.network_mapping_group:type_name -> ferry.v1.NetworkMappingGroup
+	43, // 49: ferry.ledger.v1.PutSettings.settings:type_name -> ferry.v1.Settings
+	25, // 50: ferry.ledger.v1.PutNode.node:type_name -> ferry.ledger.v1.Node
+	29, // 51: ferry.ledger.v1.RequestRecord.time:type_name -> google.protobuf.Timestamp
+	30, // 52: ferry.ledger.v1.Snapshot.clusters:type_name -> ferry.v1.Cluster
+	31, // 53: ferry.ledger.v1.Snapshot.hosts:type_name -> ferry.v1.Host
+	32, // 54: ferry.ledger.v1.Snapshot.primary_storages:type_name -> ferry.v1.PrimaryStorage
+	33, // 55: ferry.ledger.v1.Snapshot.l3_networks:type_name -> ferry.v1.L3Network
+	34, // 56: ferry.ledger.v1.Snapshot.migration_servers:type_name -> ferry.v1.MigrationServer
+	11, // 57: ferry.ledger.v1.Snapshot.credentials:type_name -> ferry.ledger.v1.SealedCredential
+	36, // 58: ferry.ledger.v1.Snapshot.sources:type_name -> ferry.v1.Source
+	38, // 59: ferry.ledger.v1.Snapshot.jobs:type_name -> ferry.v1.MigrationJob
+	43, // 60: ferry.ledger.v1.Snapshot.settings:type_name -> ferry.v1.Settings
+	25, // 61: ferry.ledger.v1.Snapshot.nodes:type_name -> ferry.ledger.v1.Node
+	27, // 62: ferry.ledger.v1.Snapshot.requests:type_name -> ferry.ledger.v1.RequestRecord
+	37, // 63: ferry.ledger.v1.Snapshot.source_inventories:type_name -> ferry.v1.SourceInventory
+	42, // 64: ferry.ledger.v1.Snapshot.network_mapping_groups:type_name -> ferry.v1.NetworkMappingGroup
+	65, // [65:65] is the sub-list for method output_type
+	65, // [65:65] is the sub-list for method input_type
+	65, // [65:65] is the sub-list for extension type_name
+	65, // [65:65] is the sub-list for extension extendee
+	0,  // [0:65] is the sub-list for field type_name
 }
 
 func init() { file_ferry_ledger_v1_ledger_proto_init() }
@@ -2444,6 +2560,8 @@ func file_ferry_ledger_v1_ledger_proto_init() {
 		(*Command_DeleteNode)(nil),
 		(*Command_Batch)(nil),
 		(*Command_RecordSourceSync)(nil),
+		(*Command_PutNetworkMappingGroup)(nil),
+		(*Command_DeleteNetworkMappingGroup)(nil),
 	}
 	file_ferry_ledger_v1_ledger_proto_msgTypes[10].OneofWrappers = []any{}
 	type x struct{}
@@ -2452,7 +2570,7 @@ func file_ferry_ledger_v1_ledger_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_ferry_ledger_v1_ledger_proto_rawDesc), len(file_ferry_ledger_v1_ledger_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   28,
+			NumMessages:   29,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

@@ -1,0 +1,112 @@
+package api
+
+import (
+	"context"
+	"errors"
+	"fmt"
+
+	"google.golang.org/protobuf/proto"
+
+	ferryv1 "github.com/ferry-v2v/ferry/pkg/pb/ferry/v1"
+	"github.com/ferry-v2v/ferry/pkg/targetspec"
+)
+
+// fillBatch completes the specs of req that leave something out (see
+// targetspec.Incomplete) from the source VMs' descriptions, with the
+// request's network-mapping group; it returns req itself when no spec
+// needs it. Without agent sessions to read the source through, specs are
+// left as they are and validation names what is missing; when the source
+// cannot be read, validation's answer comes first too.
+func (a *API) fillBatch(ctx context.Context, req *ferryv1.CreateMigrationJobsRequest) (*ferryv1.CreateMigrationJobsRequest, error) {
+	group, err := a.mappingGroup(req)
+	if err != nil {
+		return nil, err
+	}
+	need := false
+	for _, s := range req.GetJobs() {
+		need = need || s.GetSourceVm() != "" && targetspec.Incomplete(s)
+	}
+	if !need || a.inventory == nil {
+		return req, nil
+	}
+	vms, err := a.readSourceVMs(ctx, req)
+	if err != nil {
+		// What the spec lacks says more than why the source could not be read.
+		if _, verr := a.checkBatch(req); verr != nil {
+			return nil, verr
+		}
+		return nil, err
+	}
+	out := proto.Clone(req).(*ferryv1.CreateMigrationJobsRequest)
+	opts := targetspec.Options{Group: group, Networks: a.ledger.L3Networks("")}
+	for i, spec := range out.GetJobs() {
+		if spec.GetSourceVm() == "" || !targetspec.Incomplete(spec) {
+			continue
+		}
+		vm := findSourceVM(vms, spec.GetSourceVm())
+		if vm == nil {
+			return nil, notFound(fmt.Sprintf("jobs[%d].source_vm", i), fmt.Sprintf("VM %q at %s", spec.GetSourceVm(), req.GetSource()))
+		}
+		if err := targetspec.Fill(spec, vm, opts); err != nil {
+			var fe *targetspec.Error
+			if errors.As(err, &fe) {
+				return nil, precondition(fmt.Sprintf("jobs[%d].%s", i, fe.Field), "%s", fe.Reason)
+			}
+			return nil, err
+		}
+	}
+	return out, nil
+}
+
+// mappingGroup reads the request's network-mapping group, nil when it
+// names none.
+func (a *API) mappingGroup(req *ferryv1.CreateMigrationJobsRequest) (*ferryv1.NetworkMappingGroup, error) {
+	name := req.GetNetworkMappingGroup()
+	if name == "" {
+		return nil, nil
+	}
+	c := &checker{}
+	checkRef(c, "network_mapping_group", name, colMappings)
+	if err := c.err(); err != nil {
+		return nil, err
+	}
+	g, ok := a.ledger.NetworkMappingGroup(name)
+	if !ok {
+		return nil, notFound("network_mapping_group", name)
+	}
+	if g.GetSource() != "" && g.GetSource() != req.GetSource() {
+		return nil, precondition("network_mapping_group", "%s maps the networks of %s, not of %s; use a group of this source or of any source",
+			name, g.GetSource(), req.GetSource())
+	}
+	return g, nil
+}
+
+// readSourceVMs reads the source's VMs from its synced inventory in the
+// ledger, syncing it first through the request's migration server when it
+// never was.
+func (a *API) readSourceVMs(ctx context.Context, req *ferryv1.CreateMigrationJobsRequest) ([]*ferryv1.SourceVm, error) {
+	refs, err := a.resolveBatch(req)
+	if err != nil {
+		return nil, err
+	}
+	if !a.ledger.HasSourceInventory(refs.source.GetName()) {
+		if err := a.syncSource(ctx, refs.source.GetName(), refs.server.GetName()); err != nil {
+			return nil, fmt.Errorf("read the VMs of %s to fill the specs: %w", refs.source.GetName(), err)
+		}
+	}
+	inv, ok := a.ledger.SourceInventory(refs.source.GetName())
+	if !ok {
+		return nil, precondition("source", "%s has no synced inventory to fill the specs from; run ferryctl source sync %s or give the full target",
+			refs.source.GetName(), refs.source.GetName())
+	}
+	return inv.GetVms(), nil
+}
+
+func findSourceVM(vms []*ferryv1.SourceVm, id string) *ferryv1.SourceVm {
+	for _, v := range vms {
+		if v.GetId() == id || v.GetName() == id || v.GetUuid() == id {
+			return v
+		}
+	}
+	return nil
+}
