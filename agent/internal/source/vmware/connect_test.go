@@ -19,7 +19,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/vmware/govmomi/simulator"
 
 	"github.com/ferry-v2v/ferry/agent/internal/source/vmware/vcsimtest"
 	ferryv1 "github.com/ferry-v2v/ferry/pkg/pb/ferry/v1"
@@ -133,7 +132,8 @@ func TestConnectDialsThroughConfigDialer(t *testing.T) {
 }
 
 func TestConnectRefusesOldVersions(t *testing.T) {
-	sim := vcsimtest.StartWith(t, func(m *simulator.Model) { m.ServiceContent.About.Version = "4.1.0" })
+	sim := vcsimtest.Start(t)
+	sim.SetVCenterVersion("4.1.0")
 	_, err := Connect(testContext(t, 30*time.Second), simConfig(t, sim))
 	if !errors.Is(err, ErrVersion) || !strings.Contains(err.Error(), "version 4.1.0; vCenter and ESXi 5.0 or newer are needed") {
 		t.Fatalf("Connect to a 4.1 vCenter: %v", err)
