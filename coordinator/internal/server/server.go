@@ -115,6 +115,7 @@ func (s *Server) open() error {
 	s.parts = newParts(s, sealer)
 	s.grpc = grpc.NewServer(
 		grpc.Creds(serverCreds),
+		s.parts.api.ServerOption(),
 		grpc.ChainUnaryInterceptor(s.parts.unary...),
 		grpc.ChainStreamInterceptor(s.parts.stream...),
 	)
