@@ -68,7 +68,7 @@ var notUTF8 = []byte("\xff\xfeBAD\xc3\x28!")
 // rawCodec sends pre-encoded bytes and ignores the answer's body.
 type rawCodec struct{}
 
-func (rawCodec) Marshal(v any) ([]byte, error)  { return v.([]byte), nil }
+func (rawCodec) Marshal(v any) ([]byte, error)   { return v.([]byte), nil }
 func (rawCodec) Unmarshal(b []byte, v any) error { *(v.(*[]byte)) = b; return nil }
 func (rawCodec) Name() string                    { return "proto" }
 
