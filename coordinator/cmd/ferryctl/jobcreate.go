@@ -10,6 +10,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/ferry-v2v/ferry/pkg/client"
+	"github.com/ferry-v2v/ferry/pkg/plan"
 	ferryv1 "github.com/ferry-v2v/ferry/pkg/pb/ferry/v1"
 )
 
@@ -199,7 +200,7 @@ func (a *app) readPlan(path string) (*ferryv1.CreateMigrationJobsRequest, error)
 	if err != nil {
 		return nil, fmt.Errorf("plan %s: %w", path, err)
 	}
-	req, err := parsePlan(data)
+	req, err := plan.Parse(data)
 	if err != nil {
 		return nil, fmt.Errorf("plan %s: %w", path, err)
 	}
