@@ -10,8 +10,8 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/ferry-v2v/ferry/pkg/client"
-	"github.com/ferry-v2v/ferry/pkg/plan"
 	ferryv1 "github.com/ferry-v2v/ferry/pkg/pb/ferry/v1"
+	"github.com/ferry-v2v/ferry/pkg/plan"
 )
 
 // jobFlags describe one VM of "job create" without a plan file.
