@@ -201,8 +201,30 @@ func (l *Ledger) FinishMigrationJob(c *ledgerv1.FinishMigrationJob, now time.Tim
 	if len(c.GetDisks()) > 0 {
 		j.Disks = c.GetDisks()
 	}
+	j.Verified = c.GetState() == stateSucceeded && allVerified(j)
 	l.finish(j, c.GetState(), c.GetReason(), now)
 	return nil
+}
+
+// allVerified says whether every disk the job keeps was read back from
+// the target and matched the source's checksums.
+func allVerified(j *ferryv1.MigrationJob) bool {
+	want := j.GetTarget().GetDisks()
+	if len(want) == 0 {
+		return false
+	}
+	verified := map[string]bool{}
+	for _, d := range j.GetDisks() {
+		if d.GetVerified() {
+			verified[d.GetSourceDisk()] = true
+		}
+	}
+	for _, d := range want {
+		if !verified[d.GetSourceDisk()] {
+			return false
+		}
+	}
+	return true
 }
 
 // current checks that a report belongs to the job's live assignment.
@@ -240,7 +262,7 @@ func (l *Ledger) RestartMigrationJob(c *ledgerv1.RestartMigrationJob, now time.T
 		}
 		j.State = stateQueued
 		j.Phase = ferryv1.MigrationJobPhase_MIGRATION_JOB_PHASE_UNSPECIFIED
-		j.Reason, j.WaitingReason, j.Warnings = "", "", nil
+		j.Reason, j.WaitingReason, j.Warnings, j.Verified = "", "", nil, false
 		j.EndTime, j.Duration = nil, nil
 		return nil
 	})
