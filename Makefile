@@ -75,7 +75,7 @@ unit:
 
 ## fuzz-short: every fuzz target of FUZZ_PKGS for FUZZTIME each
 FUZZTIME ?= 10s
-FUZZ_PKGS ?= ./pkg/vmdk ./pkg/nbd
+FUZZ_PKGS ?= ./pkg/vmdk ./pkg/nbd ./pkg/plan
 fuzz-short:
 	@for pkg in $(FUZZ_PKGS); do \
 		for fz in $$(grep -ho '^func Fuzz[A-Za-z0-9_]*' $$pkg/*_test.go | cut -c6-); do \

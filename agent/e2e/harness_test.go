@@ -154,12 +154,13 @@ type ferry struct {
 	agentDi map[string]string
 }
 
-func startFerry(t testing.TB) *ferry {
+// startFerry starts the coordinator; extra are more of its flags.
+func startFerry(t testing.TB, extra ...string) *ferry {
 	t.Helper()
 	f := &ferry{t: t, dir: t.TempDir(), addr: freeAddr(t), agents: map[string]*proc{}, agentDi: map[string]string{}}
 	f.tlsDir = filepath.Join(f.dir, "coordinator", "tls")
-	f.coord = start(t, "ferry-coordinator", "--data-dir", filepath.Join(f.dir, "coordinator"),
-		"--listen", f.addr, "--raft-listen", freeAddr(t))
+	f.coord = start(t, "ferry-coordinator", append([]string{"--data-dir", filepath.Join(f.dir, "coordinator"),
+		"--listen", f.addr, "--raft-listen", freeAddr(t)}, extra...)...)
 	waitFor(t, 30*time.Second, "the coordinator's PKI", func() bool {
 		_, err := os.Stat(filepath.Join(f.tlsDir, "client.key"))
 		return err == nil

@@ -43,6 +43,15 @@ func TestMigrateRunningVM(t *testing.T) {
 		if d.GetTotalBytes() == 0 || d.GetDoneBytes() != d.GetTotalBytes() {
 			t.Errorf("disk %s progress %d/%d", d.GetSourceDisk(), d.GetDoneBytes(), d.GetTotalBytes())
 		}
+		if !d.GetVerified() {
+			t.Errorf("disk %s not verified against the source's checksums", d.GetSourceDisk())
+		}
+	}
+	if !job.GetVerified() || len(job.GetDisks()) != len(src.Disks) {
+		t.Errorf("job verified = %v with %d disks reported, want true for %d", job.GetVerified(), len(job.GetDisks()), len(src.Disks))
+	}
+	if l := w.f.agents[w.host].lines(`msg="disk verified"`); len(l) != len(src.Disks) {
+		t.Errorf("the agent logged %d disks verified, want %d: %v", len(l), len(src.Disks), l)
 	}
 }
 

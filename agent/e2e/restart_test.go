@@ -113,6 +113,11 @@ func TestAgentKilledMidConverting(t *testing.T) {
 	for _, d := range src.Disks {
 		compare(t, d.Path, w.volume(name, d.Target))
 	}
+	// The checksums of what the killed agent copied were read back from
+	// the cache, so the whole target was verified.
+	if !j.GetVerified() {
+		t.Errorf("the resumed job is not verified: disks %v", j.GetDisks())
+	}
 	c := copiedOf(t, agent, "vda")
 	reread := before - c.skipped
 	t.Logf("cache held %d bytes of vda at the kill; the restart skipped %d and read %d (re-read %d, %.1f %%)",

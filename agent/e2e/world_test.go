@@ -38,12 +38,15 @@ func randID() string {
 	return hex.EncodeToString(b)
 }
 
-func newWorld(t *testing.T) *world {
+func newWorld(t *testing.T) *world { return newWorldWith(t) }
+
+// newWorldWith is newWorld with more ferry-coordinator flags.
+func newWorldWith(t *testing.T, coordinatorFlags ...string) *world {
 	t.Helper()
 	testenv.RequireRoot(t)
 	w := &world{t: t, id: randID(), lv: testenv.RequireLibvirt(t)}
 	w.sshd = testenv.StartSSHD(t, testenv.SSHDOptions{PasswordUser: testenv.TestUser, Password: testenv.TestPassword})
-	w.f = startFerry(t)
+	w.f = startFerry(t, coordinatorFlags...)
 	w.host = "e2e-" + w.id
 	w.cacheDir = t.TempDir()
 	w.storageDir = filepath.Join(testenv.ImagesDir, "ferry-e2e-"+w.id)

@@ -251,3 +251,30 @@ func writeFile(t testing.TB, path string, data []byte, mode os.FileMode) {
 		t.Fatal(err)
 	}
 }
+
+// EnsureRootAlias makes sure a second name for root exists — uid and gid
+// 0, home /root — with password, so a test can log in to a KVM source as
+// root with a password (the driver needs root on the source) without
+// touching root's own password. Idempotent; the password is set each time.
+func EnsureRootAlias(t testing.TB, name, password string) {
+	t.Helper()
+	RequireRoot(t)
+	var err error
+	ok := poll(10*time.Second, 100*time.Millisecond, func() bool {
+		u, lookupErr := user.Lookup(name)
+		if lookupErr != nil {
+			_, err = run(context.Background(), nil, LookPath(t, "useradd"),
+				"-o", "-u", "0", "-g", "0", "-M", "-d", "/root", "-s", "/bin/sh", name)
+			return false // look it up again
+		}
+		if u.Uid != "0" {
+			err = fmt.Errorf("user %s exists with uid %s, not 0", name, u.Uid)
+			return false
+		}
+		_, err = run(context.Background(), []byte(name+":"+password+"\n"), LookPath(t, "chpasswd"))
+		return err == nil
+	})
+	if !ok {
+		t.Fatalf("create root alias %s: %v", name, err)
+	}
+}

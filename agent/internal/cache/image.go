@@ -83,7 +83,7 @@ func Open(ctx context.Context, dir, disk string, size int64, compressed bool, lo
 	}
 	img := &Image{
 		format: FormatRaw, size: size, served: size,
-		ckpt: filepath.Join(dir, disk+".ckpt"),
+		ckpt: CheckpointPath(dir, disk),
 		log:  log.With("disk", disk),
 	}
 	if compressed {
@@ -116,6 +116,10 @@ func (i *Image) Size() int64 { return i.size }
 // CheckpointPath is where the copy's checkpoint of this image belongs; a
 // newly created image removes the file found there.
 func (i *Image) CheckpointPath() string { return i.ckpt }
+
+// CheckpointPath is where the checkpoint of disk's cache image in dir
+// belongs, with the checksums the copy recorded beside it.
+func CheckpointPath(dir, disk string) string { return filepath.Join(dir, disk+".ckpt") }
 
 // prepare creates the image when it is missing, or checks its size and,
 // for qcow2, grows it back to whole clusters for the compress filter.

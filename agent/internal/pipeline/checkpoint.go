@@ -65,6 +65,7 @@ type Checkpoint struct {
 	prior   int64    // the frontier when the current copy began
 	pending []int    // chunks complete but not yet durable
 	dirty   int64    // data bytes behind pending
+	sums    []Sum    // per chunk: durable for done chunks, in memory for pending ones
 }
 
 // LoadCheckpoint reads the checkpoint at path for a disk of size bytes in
@@ -81,18 +82,40 @@ func LoadCheckpoint(path string, size, chunk int64) (*Checkpoint, error) {
 		SaveInterval: DefaultSaveInterval,
 	}
 	c.done = make([]uint64, (c.Chunks()+63)/64)
+	c.sums = make([]Sum, c.Chunks())
 	b, err := os.ReadFile(path)
 	if errors.Is(err, fs.ErrNotExist) {
-		return c, nil
+		return c, c.loadSums(false)
 	}
 	if err != nil {
 		return nil, fmt.Errorf("load checkpoint: %w", err)
 	}
-	if !c.decode(b) {
+	valid := c.decode(b)
+	if !valid {
 		clear(c.done)
 		c.written = size
 	}
-	return c, nil
+	return c, c.loadSums(valid)
+}
+
+// OpenCheckpoint reads an existing checkpoint, with the size and chunk
+// size its file records: what verifying a finished copy needs.
+func OpenCheckpoint(path string) (*Checkpoint, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("open checkpoint: %w", err)
+	}
+	if len(b) < ckptHeader {
+		return nil, fmt.Errorf("open checkpoint %s: %w: %d bytes", path, ErrCheckpoint, len(b))
+	}
+	le := binary.LittleEndian
+	size, chunk := int64(le.Uint64(b[16:])), int64(le.Uint64(b[24:]))
+	if size < 0 || chunk <= 0 || chunk > MaxChunkSize {
+		return nil, fmt.Errorf("open checkpoint %s: %w: size %d, chunk %d", path, ErrCheckpoint, size, chunk)
+	}
+	// A damaged file loads as a checkpoint with nothing done: it verifies
+	// nothing.
+	return LoadCheckpoint(path, size, chunk)
 }
 
 // Path returns the checkpoint's file.
@@ -146,12 +169,13 @@ func (c *Checkpoint) mayBeWritten(i int) bool {
 	return int64(i)*c.chunk < c.prior
 }
 
-// complete records that chunk i, holding n data bytes, has been written;
-// it becomes done at the next save. It returns the data bytes written
-// since the last save.
-func (c *Checkpoint) complete(i int, n int64) int64 {
+// complete records that chunk i, holding n data bytes with checksum s,
+// has been written; it becomes done at the next save. It returns the data
+// bytes written since the last save.
+func (c *Checkpoint) complete(i int, n int64, s Sum) int64 {
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	c.sums[i] = s
 	c.pending = append(c.pending, i)
 	c.dirty += n
 	return c.dirty
@@ -182,10 +206,20 @@ func (c *Checkpoint) giveBack(chunks []int) {
 	c.pending = append(c.pending, chunks...)
 }
 
-// commit marks chunks done, after the sink flushed them, and saves.
+// commit marks chunks done, after the sink flushed them, and saves: their
+// checksums first, so a chunk the file says is done always has one.
 func (c *Checkpoint) commit(chunks []int) error {
 	c.saveMu.Lock()
 	defer c.saveMu.Unlock()
+	c.mu.Lock()
+	recs := make([]byte, 0, len(chunks)*sumRecord)
+	for _, i := range chunks {
+		recs = appendSum(recs, i, c.sums[i])
+	}
+	c.mu.Unlock()
+	if err := c.appendSums(recs); err != nil {
+		return err
+	}
 	c.mu.Lock()
 	for _, i := range chunks {
 		c.done[i/64] |= 1 << (i % 64)

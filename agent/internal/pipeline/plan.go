@@ -129,7 +129,7 @@ func (c *copier) emit(ctx context.Context, jobs chan<- job, j job) error {
 		}
 		j.zeroFirst = cp.mayBeWritten(j.index)
 		if j.dataBytes == 0 && !j.zeroFirst {
-			cp.complete(j.index, 0)
+			cp.complete(j.index, 0, Sum{Kind: SumZero})
 			return nil
 		}
 		// The frontier is durable before any write behind it starts.

@@ -25,13 +25,15 @@ func (c *copier) work(ctx context.Context, jobs <-chan job) error {
 
 // copyChunk zeroes the chunk when an earlier run may have written it,
 // reads its data spans after taking their tokens, writes them rounded out
-// to whole granules, and records the chunk as complete.
+// to whole granules, and records the chunk as complete with the checksum
+// of its content (a chunk of zeroes is recorded as such, never read).
 func (c *copier) copyChunk(ctx context.Context, j job, buf []byte) error {
 	if j.zeroFirst {
 		if err := c.dst.WriteZeroes(ctx, j.off, j.end-j.off); err != nil {
 			return fmt.Errorf("copy: zero chunk at %d: %w", j.off, err)
 		}
 	}
+	sum := Sum{Kind: SumZero}
 	if j.dataBytes > 0 {
 		if l := c.opts.Limiter; l != nil {
 			if err := l.WaitN(ctx, int(j.dataBytes)); err != nil {
@@ -48,8 +50,11 @@ func (c *copier) copyChunk(ctx context.Context, j job, buf []byte) error {
 			}
 		}
 		c.copied.Add(j.dataBytes)
+		if c.opts.Checkpoint != nil {
+			sum = dataSum(b)
+		}
 	}
-	if cp := c.opts.Checkpoint; cp != nil && cp.complete(j.index, j.dataBytes) >= c.saveBytes {
+	if cp := c.opts.Checkpoint; cp != nil && cp.complete(j.index, j.dataBytes, sum) >= c.saveBytes {
 		select {
 		case c.kick <- struct{}{}:
 		default:

@@ -34,6 +34,15 @@ type Target interface {
 	Configure(ctx context.Context, job *Job) (warnings []string, err error)
 }
 
+// Verifier is what a target driver may also do: read the uploaded
+// volumes back and compare them with the checksums CONVERTING recorded,
+// calling job.Progress.SetVerified for each disk that matched. A disk
+// without checksums (a source driver that records none) is left
+// unverified; a disk that differs is an error naming it and the offset.
+type Verifier interface {
+	Verify(ctx context.Context, job *Job) error
+}
+
 // Rollbacker is what a target driver may also do: undo what a job made
 // on the target (domain, volumes, DHCP entries) after it failed or was
 // cancelled in any phase. It must be idempotent and work from the
@@ -97,6 +106,7 @@ var itinerary = []step{
 	{ferryv1.MigrationJobPhase_MIGRATION_JOB_PHASE_CONVERTING, "prepare the cache directory", false, prepareCache},
 	{ferryv1.MigrationJobPhase_MIGRATION_JOB_PHASE_CONVERTING, "copy the source disks to the cache", true, convert},
 	{ferryv1.MigrationJobPhase_MIGRATION_JOB_PHASE_UPLOADING, "upload the disks to primary storage", true, upload},
+	{ferryv1.MigrationJobPhase_MIGRATION_JOB_PHASE_UPLOADING, "verify the target disks against the source", false, verify},
 	{ferryv1.MigrationJobPhase_MIGRATION_JOB_PHASE_CONFIGURING, "define the target VM", false, configure},
 }
 
@@ -121,6 +131,14 @@ func upload(ctx context.Context, d Drivers, j *Job) ([]string, error) {
 		return nil, &NoDriverError{What: "target"}
 	}
 	return nil, d.Target.Upload(ctx, j)
+}
+
+func verify(ctx context.Context, d Drivers, j *Job) ([]string, error) {
+	v, ok := d.Target.(Verifier)
+	if !ok {
+		return nil, nil
+	}
+	return nil, v.Verify(ctx, j)
 }
 
 func configure(ctx context.Context, d Drivers, j *Job) ([]string, error) {

@@ -30,6 +30,7 @@ type diskCount struct {
 	source, display string
 	total, done     int64
 	start           time.Time
+	verified        bool
 }
 
 func newProgress(a *agentv1.Assignment, now func() time.Time, interval time.Duration, emit func(*agentv1.JobProgress)) *Progress {
@@ -68,6 +69,12 @@ func (p *Progress) SetTotal(disk string, total int64) {
 // Add counts n more bytes of a disk done.
 func (p *Progress) Add(disk string, n int64) {
 	p.update(func() { p.disk(disk).done += n })
+}
+
+// SetVerified records that a disk's target was read back and matched the
+// source's checksums.
+func (p *Progress) SetVerified(disk string) {
+	p.update(func() { p.disk(disk).verified = true })
 }
 
 // Set records that done bytes of a disk are done.
@@ -129,7 +136,8 @@ func (p *Progress) snapshot() []*ferryv1.DiskProgress {
 func (p *Progress) disksAt(now time.Time) []*ferryv1.DiskProgress {
 	out := make([]*ferryv1.DiskProgress, 0, len(p.disks))
 	for _, d := range p.disks {
-		dp := &ferryv1.DiskProgress{SourceDisk: d.source, DisplayName: d.display, TotalBytes: d.total, DoneBytes: d.done}
+		dp := &ferryv1.DiskProgress{SourceDisk: d.source, DisplayName: d.display, TotalBytes: d.total, DoneBytes: d.done,
+			Verified: d.verified}
 		if elapsed := now.Sub(d.start).Seconds(); elapsed > 0 && d.done > 0 && !d.start.IsZero() {
 			dp.BytesPerSecond = float64(d.done) / elapsed
 			if left := d.total - d.done; left > 0 {

@@ -2,6 +2,7 @@ package runner
 
 import (
 	"context"
+	"fmt"
 	"strings"
 	"sync"
 	"testing"
@@ -272,5 +273,64 @@ func TestProgressIsThrottled(t *testing.T) {
 	last := rec.progress[len(rec.progress)-2] // the last UPLOADING report
 	if rate := last.GetDisks()[0].GetBytesPerSecond(); rate < 90 || rate > 110 {
 		t.Fatalf("rate = %.1f B/s, want about 100", rate)
+	}
+}
+
+// verifyingDriver is a copyDriver whose target also verifies: it marks
+// the disks in verified, and fails on the first one in bad.
+type verifyingDriver struct {
+	*copyDriver
+	verified []string
+	bad      string
+}
+
+func (d *verifyingDriver) Verify(_ context.Context, j *Job) error {
+	d.record("verify")
+	for _, disk := range d.verified {
+		if disk == d.bad {
+			return fmt.Errorf("disk %s: the 2097152 bytes at offset 4194304 differ from the source", disk)
+		}
+		j.Progress.SetVerified(disk)
+	}
+	return nil
+}
+
+// TestVerifyStep: verification runs between upload and configure; the
+// disks it matched are reported verified, and a mismatch fails the job
+// before any VM is defined, with the disk and offset in the reason.
+func TestVerifyStep(t *testing.T) {
+	for _, tc := range []struct {
+		name, bad string
+		calls     string
+		outcome   agentv1.JobOutcome
+	}{
+		{"match", "", "convert,upload,verify,configure", agentv1.JobOutcome_JOB_OUTCOME_SUCCEEDED},
+		{"mismatch", "vdb", "convert,upload,verify", agentv1.JobOutcome_JOB_OUTCOME_FAILED},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			d := &verifyingDriver{copyDriver: &copyDriver{chunks: 2, chunk: 500}, verified: []string{"vda", "vdb"}, bad: tc.bad}
+			rec := newRecorder()
+			r := startRunner(t, Config{}, Deps{Drivers: Drivers{Sources: map[ferryv1.Platform]Source{ferryv1.Platform_PLATFORM_KVM: d}, Target: d}, Reporter: rec})
+			if err := r.Start(assignment(t, "migrationJobs/v", 1, "vda", "vdb")); err != nil {
+				t.Fatal(err)
+			}
+			res := rec.result(t)
+			if got := strings.Join(d.calls, ","); got != tc.calls || res.GetOutcome() != tc.outcome {
+				t.Fatalf("calls %s, outcome %s (%s); want %s, %s", got, res.GetOutcome(), res.GetReason(), tc.calls, tc.outcome)
+			}
+			disks := res.GetDisks()
+			if tc.bad == "" {
+				if len(disks) != 2 || !disks[0].GetVerified() || !disks[1].GetVerified() {
+					t.Fatalf("disks = %v, want both verified", disks)
+				}
+				return
+			}
+			if want := "verify the target disks against the source: disk vdb: the 2097152 bytes at offset 4194304"; !strings.HasPrefix(res.GetReason(), want) {
+				t.Fatalf("reason %q, want it to start with %q", res.GetReason(), want)
+			}
+			if !disks[0].GetVerified() || disks[1].GetVerified() {
+				t.Fatalf("disks = %v, want vda verified and vdb not", disks)
+			}
+		})
 	}
 }

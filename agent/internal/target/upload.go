@@ -98,7 +98,7 @@ func (u *Uploader) Upload(ctx context.Context, src Endpoint, vol Volume, progres
 		return fmt.Errorf("upload %s: %w", vol.Path, err)
 	}
 	defer os.RemoveAll(dir)
-	srv, err := u.serve(ctx, vol, filepath.Join(dir, "nbd.sock"))
+	srv, err := u.serve(ctx, vol, filepath.Join(dir, "nbd.sock"), false)
 	if err != nil {
 		return fmt.Errorf("upload %s: %w", vol.Path, err)
 	}
@@ -126,9 +126,13 @@ type nbdServer struct {
 	waitErr  error
 }
 
-// serve starts qemu-nbd on vol and waits until its socket answers.
-func (u *Uploader) serve(ctx context.Context, vol Volume, socket string) (*nbdServer, error) {
+// serve starts qemu-nbd on vol, writable unless readOnly, and waits until
+// its socket answers.
+func (u *Uploader) serve(ctx context.Context, vol Volume, socket string, readOnly bool) (*nbdServer, error) {
 	argv := vol.ServeArgs(socket)
+	if readOnly {
+		argv = append([]string{argv[0], "--read-only"}, argv[1:]...)
+	}
 	cmd := exec.CommandContext(ctx, u.qemuNBD, argv[1:]...)
 	cmd.Cancel = func() error { return cmd.Process.Signal(syscall.SIGTERM) }
 	cmd.WaitDelay = stopTimeout

@@ -74,6 +74,8 @@ Flags:
 	fs.StringVar(&cfg.TLSDir, "tls-dir", "", "PKI directory from 'ferry-coordinator tls init' (default: DATA_DIR/tls, created)")
 	fs.StringVar(&cfg.KeyFile, "key-file", "", "seal key for credentials (default: DATA_DIR/seal.key, created when bootstrapping)")
 	fs.StringVar(&level, "log-level", "info", "debug, info, warn or error")
+	fs.Uint64Var(&cfg.SnapshotThreshold, "snapshot-threshold", 0, "new Raft log entries that trigger a ledger snapshot (default 8192)")
+	fs.DurationVar(&cfg.SnapshotInterval, "snapshot-interval", 0, "how often Raft checks --snapshot-threshold (default 2m)")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}

@@ -11,6 +11,7 @@ import (
 
 	"github.com/ferry-v2v/ferry/pkg/client"
 	ferryv1 "github.com/ferry-v2v/ferry/pkg/pb/ferry/v1"
+	"github.com/ferry-v2v/ferry/pkg/plan"
 )
 
 // jobFlags describe one VM of "job create" without a plan file.
@@ -216,7 +217,7 @@ func (a *app) readPlan(path string) (*ferryv1.CreateMigrationJobsRequest, error)
 	if err != nil {
 		return nil, fmt.Errorf("plan %s: %w", path, err)
 	}
-	req, err := parsePlan(data)
+	req, err := plan.Parse(data)
 	if err != nil {
 		return nil, fmt.Errorf("plan %s: %w", path, err)
 	}

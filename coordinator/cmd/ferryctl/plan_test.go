@@ -60,43 +60,6 @@ func wantPlan() *ferryv1.CreateMigrationJobsRequest {
 	}
 }
 
-func TestParsePlan(t *testing.T) {
-	for name, text := range map[string]string{"yaml": yamlPlan, "json": jsonPlan} {
-		t.Run(name, func(t *testing.T) {
-			got, err := parsePlan([]byte(text))
-			if err != nil {
-				t.Fatal(err)
-			}
-			if !proto.Equal(got, wantPlan()) {
-				t.Fatalf("plan = %v\nwant %v", got, wantPlan())
-			}
-		})
-	}
-}
-
-func TestParsePlanErrors(t *testing.T) {
-	tests := []struct {
-		name, text, want string
-	}{
-		{"unknown field", "source: sources/a\njobs:\n  - source_vm: a\n    target: {vm_nmae: x}\n", "vm_nmae"},
-		{"wrong type", "source: sources/a\njobs:\n  - source_vm: a\n    target: {cpus: two}\n", "cpus"},
-		{"bad enum", "source: sources/a\njobs:\n  - source_vm: a\n    target: {firmware: EFI}\n", "EFI"},
-		{"no jobs", "source: sources/a\n", "no jobs"},
-		{"empty", "", "empty"},
-		{"not a mapping", "- a\n- b\n", "want a mapping"},
-		{"bad yaml", "source: [a\n", "read YAML"},
-		{"non-string key", "source: sources/a\njobs:\n  - {1: a}\n", "field names"},
-	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			_, err := parsePlan([]byte(tt.text))
-			if err == nil || !strings.Contains(err.Error(), tt.want) {
-				t.Fatalf("err = %v, want one mentioning %q", err, tt.want)
-			}
-		})
-	}
-}
-
 func TestParseNICAndDisk(t *testing.T) {
 	nic, err := parseNIC("52:54:00:aa:bb:cc=lan,mac=52:54:00:00:00:01,ip=10.0.0.5")
 	if err != nil {

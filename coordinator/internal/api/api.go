@@ -11,12 +11,15 @@ package api
 
 import (
 	"context"
+	"errors"
 	"log/slog"
+	"strings"
 	"sync"
 	"time"
 
 	"github.com/google/uuid"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/ferry-v2v/ferry/coordinator/internal/consensus"
@@ -108,6 +111,9 @@ type API struct {
 	fwd         *forwarder
 	watchBuffer int
 	sync        *syncer
+	// badText maps a decoded request to its first string field that was
+	// not UTF-8; see textCodec.
+	badText sync.Map
 }
 
 // New returns the API over deps. It panics when a required dependency is
@@ -157,6 +163,9 @@ func (a *API) Register(s grpc.ServiceRegistrar) {
 // propose stamps cmd with the leader's clock, replicates it and returns
 // the names the FSM reported.
 func (a *API) propose(ctx context.Context, cmd *ledgerv1.Command) ([]string, error) {
+	if err := a.ledger.Refusal(cmd); err != nil {
+		return nil, refusal(err)
+	}
 	cmd.Time = timestamppb.New(a.clock())
 	res, err := a.proposer.Propose(ctx, cmd)
 	if err != nil {
@@ -198,6 +207,28 @@ func (a *API) createOne(ctx context.Context, requestID, collection string, cmd *
 		return "", err
 	}
 	return firstName(names), nil
+}
+
+// refusal names the request field a ledger refusal is about: the name
+// of what a Create makes, or the name a Delete or a custom verb acts on.
+func refusal(err error) error {
+	msg := err.Error()
+	switch {
+	case errors.Is(err, ledger.ErrExists):
+		name := strings.TrimSuffix(msg, ": "+ledger.ErrExists.Error())
+		return &fieldError{code: codes.AlreadyExists, field: createdField[collectionOf(name)] + ".name", msg: name + " already exists"}
+	case errors.Is(err, ledger.ErrNotFound):
+		return &fieldError{code: codes.NotFound, field: "name", msg: strings.TrimSuffix(msg, ": "+ledger.ErrNotFound.Error()) + " not found"}
+	case errors.Is(err, ledger.ErrFailedPrecondition):
+		return precondition("name", "%s", strings.TrimPrefix(msg, ledger.ErrFailedPrecondition.Error()+": "))
+	}
+	return err
+}
+
+// createdField is the request field holding the resource a Create makes.
+var createdField = map[string]string{
+	colClusters: "cluster", colStorages: "primary_storage", colNetworks: "l3_network",
+	colServers: "migration_server", colSources: "source", colCreds: "credential",
 }
 
 func checkCollection(names []string, collection, requestID string) error {

@@ -63,6 +63,9 @@ func IsWriteMethod(fullMethod string) bool {
 // answer carries the leader in the ferry-leader trailer too.
 func (a *API) UnaryInterceptor() grpc.UnaryServerInterceptor {
 	return func(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
+		if err := a.refuseBadText(ctx, req); err != nil {
+			return nil, err
+		}
 		resp, err := a.interceptUnary(ctx, req, info, handler)
 		if addr, ok := grpcutil.LeaderFromError(err); ok {
 			_ = grpcutil.SetLeaderTrailer(ctx, addr)
@@ -104,6 +107,7 @@ func (a *API) interceptUnary(ctx context.Context, req any, info *grpc.UnaryServe
 // (state changes only), unless the caller asked for a linearizable read.
 func (a *API) StreamInterceptor() grpc.StreamServerInterceptor {
 	return func(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
+		ss = textCheckedStream{ServerStream: ss, a: a}
 		err := a.interceptStream(srv, ss, info, handler)
 		if addr, ok := grpcutil.LeaderFromError(err); ok {
 			ss.SetTrailer(metadata.Pairs(grpcutil.LeaderTrailer, addr))

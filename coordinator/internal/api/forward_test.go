@@ -76,7 +76,7 @@ func TestForwardWriteToLeader(t *testing.T) {
 	}
 	// The leader's refusals come back unchanged.
 	_, err := follower.inv.CreateCluster(c, &ferryv1.CreateClusterRequest{Cluster: &ferryv1.Cluster{Name: "clusters/east"}})
-	wantCode(t, err, codes.AlreadyExists, "clusters/east: already exists")
+	wantCode(t, err, codes.AlreadyExists, "cluster.name: clusters/east already exists")
 	_, err = follower.inv.CreateCluster(c, &ferryv1.CreateClusterRequest{Cluster: &ferryv1.Cluster{Name: "bad"}})
 	wantCode(t, err, codes.InvalidArgument, "cluster.name:")
 	checkBadRequest(t, err, "cluster.name:")

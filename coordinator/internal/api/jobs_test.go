@@ -164,7 +164,7 @@ func TestJobLifecycle(t *testing.T) {
 		t.Fatalf("cancel gave %v", cancelled)
 	}
 	_, err := e.jobs.CancelMigrationJob(c, &ferryv1.CancelMigrationJobRequest{Name: name})
-	wantCode(t, err, codes.FailedPrecondition, "job "+name+" is already")
+	wantCode(t, err, codes.FailedPrecondition, "name: job "+name+" is already")
 	restarted := must[*ferryv1.RestartMigrationJobResponse](t)(e.jobs.RestartMigrationJob(c, &ferryv1.RestartMigrationJobRequest{Name: name})).GetJob()
 	if restarted.GetState() != ferryv1.MigrationJobState_MIGRATION_JOB_STATE_QUEUED {
 		t.Fatalf("restart gave %v", restarted.GetState())

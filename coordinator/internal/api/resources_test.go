@@ -239,5 +239,5 @@ func TestSourceDefaults(t *testing.T) {
 		t.Fatalf("vmware sources: %v", list.GetSources())
 	}
 	_, err := e.sources.DeleteCredential(c, &ferryv1.DeleteCredentialRequest{Name: "credentials/pw"})
-	wantCode(t, err, codes.FailedPrecondition, "source sources/")
+	wantCode(t, err, codes.FailedPrecondition, "name: source sources/")
 }

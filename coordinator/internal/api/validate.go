@@ -16,6 +16,7 @@ import (
 const (
 	maxDisplayName = 256
 	maxLabel       = 256
+	maxPath        = 4096 // PATH_MAX
 )
 
 // checkEnum refuses values the enum does not define and, when required,
@@ -54,6 +55,10 @@ func checkAbsPath(c *checker, field, p, what string) {
 	switch {
 	case p == "":
 		c.add(field, "required: the absolute path of %s", what)
+	case len(p) > maxPath:
+		c.add(field, "at most %d bytes, got %d", maxPath, len(p))
+	case strings.IndexFunc(p, unicode.IsControl) >= 0:
+		c.add(field, "must not contain control characters")
 	case !path.IsAbs(p):
 		c.add(field, "%q is relative; give the absolute path of %s", p, what)
 	case path.Clean(p) != p:

@@ -115,11 +115,11 @@ var issueBadInputs = []badInput{
 	{"delete a job that is not terminal", func(c context.Context, e *env) error {
 		_, err := e.jobs.DeleteMigrationJob(c, &ferryv1.DeleteMigrationJobRequest{Name: "migrationJobs/queued"})
 		return err
-	}, codes.FailedPrecondition, "job migrationJobs/queued is MIGRATION_JOB_STATE_QUEUED; cancel it first"},
+	}, codes.FailedPrecondition, "name: job migrationJobs/queued is MIGRATION_JOB_STATE_QUEUED; cancel it first"},
 	{"restart a job that is not failed or cancelled", func(c context.Context, e *env) error {
 		_, err := e.jobs.RestartMigrationJob(c, &ferryv1.RestartMigrationJobRequest{Name: "migrationJobs/queued"})
 		return err
-	}, codes.FailedPrecondition, "job migrationJobs/queued is MIGRATION_JOB_STATE_QUEUED; only FAILED or CANCELLED"},
+	}, codes.FailedPrecondition, "name: job migrationJobs/queued is MIGRATION_JOB_STATE_QUEUED; only FAILED or CANCELLED"},
 	{"missing primary storage", createJobs(target(func(t *ferryv1.TargetVm) { t.PrimaryStorage = "primaryStorages/x" })),
 		codes.NotFound, "jobs[0].target.primary_storage: primaryStorages/x not found"},
 	{"missing source", createJobs(func(r *ferryv1.CreateMigrationJobsRequest) { r.Source = "sources/x" }),
@@ -202,11 +202,11 @@ var otherBadInputs = []badInput{
 	{"cluster exists", func(c context.Context, e *env) error {
 		_, err := e.inv.CreateCluster(c, &ferryv1.CreateClusterRequest{Cluster: &ferryv1.Cluster{Name: "clusters/c1"}})
 		return err
-	}, codes.AlreadyExists, "clusters/c1: already exists"},
+	}, codes.AlreadyExists, "cluster.name: clusters/c1 already exists"},
 	{"delete cluster in use", func(c context.Context, e *env) error {
 		_, err := e.inv.DeleteCluster(c, &ferryv1.DeleteClusterRequest{Name: "clusters/c1"})
 		return err
-	}, codes.FailedPrecondition, "cluster clusters/c1 still has primary storage"},
+	}, codes.FailedPrecondition, "name: cluster clusters/c1 still has primary storage"},
 	{"negative page size", func(c context.Context, e *env) error {
 		_, err := e.inv.ListClusters(c, &ferryv1.ListClustersRequest{PageSize: -1})
 		return err

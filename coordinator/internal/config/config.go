@@ -58,6 +58,11 @@ type Config struct {
 	// TrailingLogs is how many log entries survive a snapshot; zero takes
 	// the default. Tests set it low to force InstallSnapshot.
 	TrailingLogs uint64
+	// SnapshotThreshold is how many new log entries make Raft snapshot the
+	// ledger, checked every SnapshotInterval; zero takes the defaults (8192
+	// entries, 2 minutes). Tests set them low to force a snapshot.
+	SnapshotThreshold uint64
+	SnapshotInterval  time.Duration
 }
 
 // WithDefaults fills the derived paths.
@@ -108,6 +113,9 @@ func (c Config) Validate() error {
 	}
 	if c.DataDir == "" {
 		return fmt.Errorf("%w: --data-dir is required", ErrInvalid)
+	}
+	if c.SnapshotInterval < 0 || (c.SnapshotInterval > 0 && c.SnapshotInterval < 100*time.Millisecond) {
+		return fmt.Errorf("%w: --snapshot-interval %v: use at least 100ms, or 0 for the default", ErrInvalid, c.SnapshotInterval)
 	}
 	return nil
 }

@@ -328,3 +328,44 @@ type memSink struct{ bytes.Buffer }
 func (s *memSink) ID() string    { return "mem" }
 func (s *memSink) Cancel() error { return nil }
 func (s *memSink) Close() error  { return nil }
+
+// TestJobVerified: a job is verified when it succeeded and the agent
+// reported every disk it keeps as read back and matched.
+func TestJobVerified(t *testing.T) {
+	two := func(name, ip string) *ferryv1.MigrationJob {
+		j := job(name, ip)
+		j.Target.Disks = append(j.Target.Disks, &ferryv1.TargetDisk{SourceDisk: "vdb", SizeBytes: 1 << 30})
+		return j
+	}
+	disks := func(vda, vdb bool) []*ferryv1.DiskProgress {
+		return []*ferryv1.DiskProgress{{SourceDisk: "vda", Verified: vda}, {SourceDisk: "vdb", Verified: vdb}}
+	}
+	succeeded, failed := ferryv1.MigrationJobState_MIGRATION_JOB_STATE_SUCCEEDED, ferryv1.MigrationJobState_MIGRATION_JOB_STATE_FAILED
+	for _, tc := range []struct {
+		name  string
+		state ferryv1.MigrationJobState
+		disks []*ferryv1.DiskProgress
+		want  bool
+	}{
+		{"every disk verified", succeeded, disks(true, true), true},
+		{"one disk unverified", succeeded, disks(true, false), false},
+		{"a disk not reported", succeeded, disks(true, true)[:1], false},
+		{"failed", failed, disks(true, true), false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			f := New(ledger.New(), nil)
+			applyAll(t, f, everyCommand()[:23]) // the inventory and the first jobs
+			applyAll(t, f, []*ledgerv1.Command{
+				cmdAt(100, &ledgerv1.Command{Op: &ledgerv1.Command_CreateMigrationJobs{CreateMigrationJobs: &ledgerv1.CreateMigrationJobs{
+					Jobs: []*ferryv1.MigrationJob{two("migrationJobs/v", "10.0.0.15")}}}}),
+				cmdAt(101, &ledgerv1.Command{Op: &ledgerv1.Command_StartMigrationJob{StartMigrationJob: &ledgerv1.StartMigrationJob{Name: "migrationJobs/v", Host: "hosts/h1", Epoch: 1}}}),
+				cmdAt(102, &ledgerv1.Command{Op: &ledgerv1.Command_FinishMigrationJob{FinishMigrationJob: &ledgerv1.FinishMigrationJob{
+					Name: "migrationJobs/v", Epoch: 1, State: tc.state, Disks: tc.disks}}}),
+			})
+			j, _ := f.Ledger().Job("migrationJobs/v")
+			if j.GetVerified() != tc.want {
+				t.Fatalf("verified = %v, want %v (%v)", j.GetVerified(), tc.want, j)
+			}
+		})
+	}
+}

@@ -31,18 +31,8 @@ func (l *Ledger) PutCluster(c *ferryv1.Cluster, requestID string, now time.Time)
 func (l *Ledger) DeleteCluster(name string) error {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	if _, ok := l.clusters[name]; !ok {
-		return fmt.Errorf("cluster %s: %w", name, ErrNotFound)
-	}
-	for _, ps := range l.storages {
-		if ps.GetCluster() == name {
-			return fmt.Errorf("%w: cluster %s still has primary storage %s; delete it first", ErrFailedPrecondition, name, ps.GetName())
-		}
-	}
-	for _, n := range l.networks {
-		if n.GetCluster() == name {
-			return fmt.Errorf("%w: cluster %s still has L3 network %s; delete it first", ErrFailedPrecondition, name, n.GetName())
-		}
+	if err := l.deleteClusterRefusal(name); err != nil {
+		return err
 	}
 	delete(l.clusters, name)
 	return nil
@@ -113,11 +103,8 @@ func (l *Ledger) PutPrimaryStorage(p *ferryv1.PrimaryStorage, requestID string, 
 func (l *Ledger) DeletePrimaryStorage(name string) error {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	if _, ok := l.storages[name]; !ok {
-		return fmt.Errorf("primary storage %s: %w", name, ErrNotFound)
-	}
-	if j := l.activeJob(func(j *ferryv1.MigrationJob) bool { return j.GetTarget().GetPrimaryStorage() == name }); j != "" {
-		return fmt.Errorf("%w: job %s still targets primary storage %s; cancel it first", ErrFailedPrecondition, j, name)
+	if err := l.deleteStorageRefusal(name); err != nil {
+		return err
 	}
 	delete(l.storages, name)
 	return nil
@@ -147,11 +134,8 @@ func (l *Ledger) PutL3Network(n *ferryv1.L3Network, requestID string, now time.T
 func (l *Ledger) DeleteL3Network(name string) error {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	if _, ok := l.networks[name]; !ok {
-		return fmt.Errorf("L3 network %s: %w", name, ErrNotFound)
-	}
-	if j := l.activeJob(func(j *ferryv1.MigrationJob) bool { return usesNetwork(j, name) }); j != "" {
-		return fmt.Errorf("%w: job %s still uses L3 network %s; cancel it first", ErrFailedPrecondition, j, name)
+	if err := l.deleteNetworkRefusal(name); err != nil {
+		return err
 	}
 	if g := l.mappingGroupUsing(name); g != "" {
 		return fmt.Errorf("%w: network mapping group %s maps to L3 network %s; change or delete it first", ErrFailedPrecondition, g, name)

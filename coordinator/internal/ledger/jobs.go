@@ -201,8 +201,30 @@ func (l *Ledger) FinishMigrationJob(c *ledgerv1.FinishMigrationJob, now time.Tim
 	if len(c.GetDisks()) > 0 {
 		j.Disks = c.GetDisks()
 	}
+	j.Verified = c.GetState() == stateSucceeded && allVerified(j)
 	l.finish(j, c.GetState(), c.GetReason(), now)
 	return nil
+}
+
+// allVerified says whether every disk the job keeps was read back from
+// the target and matched the source's checksums.
+func allVerified(j *ferryv1.MigrationJob) bool {
+	want := j.GetTarget().GetDisks()
+	if len(want) == 0 {
+		return false
+	}
+	verified := map[string]bool{}
+	for _, d := range j.GetDisks() {
+		if d.GetVerified() {
+			verified[d.GetSourceDisk()] = true
+		}
+	}
+	for _, d := range want {
+		if !verified[d.GetSourceDisk()] {
+			return false
+		}
+	}
+	return true
 }
 
 // current checks that a report belongs to the job's live assignment.
@@ -220,13 +242,10 @@ func current(j *ferryv1.MigrationJob, epoch int64) error {
 func (l *Ledger) CancelMigrationJob(c *ledgerv1.CancelMigrationJob, now time.Time) error {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	j, ok := l.jobs[c.GetName()]
-	if !ok {
-		return fmt.Errorf("job %s: %w", c.GetName(), ErrNotFound)
+	if err := l.cancelJobRefusal(c.GetName()); err != nil {
+		return err
 	}
-	if Terminal(j.GetState()) {
-		return fmt.Errorf("%w: job %s is already %s", ErrFailedPrecondition, c.GetName(), j.GetState())
-	}
+	j := l.jobs[c.GetName()]
 	reason := c.GetReason()
 	if reason == "" {
 		reason = "cancelled by request"
@@ -238,17 +257,12 @@ func (l *Ledger) CancelMigrationJob(c *ledgerv1.CancelMigrationJob, now time.Tim
 // RestartMigrationJob queues a failed or cancelled job again.
 func (l *Ledger) RestartMigrationJob(c *ledgerv1.RestartMigrationJob, now time.Time) error {
 	return l.updateJob(c.GetName(), now, func(j *ferryv1.MigrationJob) error {
-		if j.GetState() != stateFailed && j.GetState() != stateCancelled {
-			return fmt.Errorf("%w: job %s is %s; only FAILED or CANCELLED jobs can be restarted", ErrFailedPrecondition, j.GetName(), j.GetState())
-		}
-		for _, nic := range j.GetTarget().GetNics() {
-			if owner, ok := l.usedAddresses(nic.GetL3Network(), j.GetName())[nic.GetIp()]; ok && nic.GetIp() != "" {
-				return fmt.Errorf("%w: address %s of job %s is now held by job %s", ErrFailedPrecondition, nic.GetIp(), j.GetName(), owner)
-			}
+		if err := l.restartJobRefusal(j); err != nil {
+			return err
 		}
 		j.State = stateQueued
 		j.Phase = ferryv1.MigrationJobPhase_MIGRATION_JOB_PHASE_UNSPECIFIED
-		j.Reason, j.WaitingReason, j.Warnings = "", "", nil
+		j.Reason, j.WaitingReason, j.Warnings, j.Verified = "", "", nil, false
 		j.EndTime, j.Duration = nil, nil
 		return nil
 	})
@@ -258,13 +272,10 @@ func (l *Ledger) RestartMigrationJob(c *ledgerv1.RestartMigrationJob, now time.T
 func (l *Ledger) DeleteMigrationJob(name string) error {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	j, ok := l.jobs[name]
-	if !ok {
-		return fmt.Errorf("job %s: %w", name, ErrNotFound)
+	if err := l.deleteJobRefusal(name); err != nil {
+		return err
 	}
-	if !Terminal(j.GetState()) {
-		return fmt.Errorf("%w: job %s is %s; cancel it first", ErrFailedPrecondition, name, j.GetState())
-	}
+	j := l.jobs[name]
 	delete(l.jobs, name)
 	l.notify(j, true)
 	return nil

@@ -48,11 +48,8 @@ func sourceCredentials(s *ferryv1.Source) []string {
 func (l *Ledger) DeleteSource(name string) error {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	if _, ok := l.sources[name]; !ok {
-		return fmt.Errorf("source %s: %w", name, ErrNotFound)
-	}
-	if j := l.activeJob(func(j *ferryv1.MigrationJob) bool { return j.GetSource() == name }); j != "" {
-		return fmt.Errorf("%w: job %s still reads from source %s; cancel it first", ErrFailedPrecondition, j, name)
+	if err := l.deleteSourceRefusal(name); err != nil {
+		return err
 	}
 	if g := l.mappingGroupUsing(name); g != "" {
 		return fmt.Errorf("%w: network mapping group %s is for source %s; delete it first", ErrFailedPrecondition, g, name)
@@ -120,15 +117,8 @@ func (l *Ledger) PutCredential(c *ledgerv1.SealedCredential, requestID string, n
 func (l *Ledger) DeleteCredential(name string) error {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	if _, ok := l.credentials[name]; !ok {
-		return fmt.Errorf("credential %s: %w", name, ErrNotFound)
-	}
-	for _, s := range l.sources {
-		for _, c := range sourceCredentials(s) {
-			if c == name {
-				return fmt.Errorf("%w: source %s still uses credential %s; delete it first", ErrFailedPrecondition, s.GetName(), name)
-			}
-		}
+	if err := l.deleteCredentialRefusal(name); err != nil {
+		return err
 	}
 	delete(l.credentials, name)
 	return nil

@@ -106,7 +106,7 @@ func (s *Server) open() error {
 		RaftBind: s.cfg.RaftListen, RaftAdvertise: s.cfg.RaftAdvertise, APIAddress: s.addr,
 		Bootstrap: s.cfg.Bootstrap(), NodeLookup: s.ledger.Node, Logger: s.log,
 		HeartbeatTimeout: s.cfg.HeartbeatTimeout, ElectionTimeout: s.cfg.ElectionTimeout,
-		TrailingLogs: s.cfg.TrailingLogs,
+		TrailingLogs: s.cfg.TrailingLogs, SnapshotThreshold: s.cfg.SnapshotThreshold, SnapshotInterval: s.cfg.SnapshotInterval,
 	}, s.fsm)
 	if err != nil {
 		return fmt.Errorf("open raft node: %w", err)
@@ -115,6 +115,7 @@ func (s *Server) open() error {
 	s.parts = newParts(s, sealer)
 	s.grpc = grpc.NewServer(
 		grpc.Creds(serverCreds),
+		s.parts.api.ServerOption(),
 		grpc.ChainUnaryInterceptor(s.parts.unary...),
 		grpc.ChainStreamInterceptor(s.parts.stream...),
 	)

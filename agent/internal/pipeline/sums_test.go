@@ -1,0 +1,147 @@
+package pipeline
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+// TestSumsSurviveAResumedCopy: a copy cancelled half way and resumed from
+// its checkpoint files leaves a checksum for every chunk, those of the
+// first run read back from disk; Verify then passes on the copied image,
+// reading only its data, and names the chunk of a flipped byte and the
+// offset of a byte written where the source had zeroes.
+func TestSumsSurviveAResumedCopy(t *testing.T) {
+	data := layout(40*mib, 7, span{0, 9 * mib}, span{12 * mib, 20*mib + 4*kib}, span{33 * mib, 36 * mib})
+	data.delay = time.Millisecond
+	ctx, cancel := context.WithCancel(context.Background())
+	data.onRead = func(total int64) {
+		if total >= 8*mib {
+			cancel()
+		}
+	}
+	path := filepath.Join(t.TempDir(), "vda.ckpt")
+	dst := newMemSink(data.Size())
+	cp, err := LoadCheckpoint(path, data.Size(), DefaultChunkSize)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := Copy(ctx, data, dst, Options{Checkpoint: cp, InFlight: 4, Logger: testLogger(t)}); !errors.Is(err, context.Canceled) {
+		t.Fatalf("first copy = %v, want context.Canceled", err)
+	}
+	if cp.Verifiable() {
+		t.Fatal("a cancelled copy claims every chunk has a checksum")
+	}
+	cp, err = LoadCheckpoint(path, data.Size(), DefaultChunkSize)
+	if err != nil {
+		t.Fatal(err)
+	}
+	firstRun := 0
+	for i := range cp.Chunks() {
+		if _, ok := cp.Sum(i); ok {
+			firstRun++
+		}
+	}
+	if firstRun == 0 || firstRun == cp.Chunks() {
+		t.Fatalf("%d of %d chunks have checksums after the first run", firstRun, cp.Chunks())
+	}
+	if _, err := Copy(context.Background(), fromData(data.data), dst, Options{Checkpoint: cp, Logger: testLogger(t)}); err != nil {
+		t.Fatal(err)
+	}
+
+	cp, err = OpenCheckpoint(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !cp.Verifiable() {
+		t.Fatal("a finished copy is not verifiable")
+	}
+	st, err := Verify(context.Background(), fromData(dst.data), cp, 4)
+	if err != nil {
+		t.Fatalf("verify the copy: %v", err)
+	}
+	if st.ReadBytes != dataBytes(data) {
+		t.Errorf("verify read %d bytes, the disk holds %d of data", st.ReadBytes, dataBytes(data))
+	}
+
+	flipped := bytes.Clone(dst.data)
+	flipped[13*mib+123] ^= 0x40
+	_, err = Verify(context.Background(), fromData(flipped), cp, 4)
+	var mm *MismatchError
+	if !errors.As(err, &mm) || mm.Offset != 12*mib || mm.Length != DefaultChunkSize || !strings.Contains(err.Error(), "xxHash64") {
+		t.Fatalf("verify with a flipped byte at %d = %v, want a mismatch of the chunk at %d", 13*mib+123, err, 12*mib)
+	}
+
+	stray := bytes.Clone(dst.data)
+	stray[26*mib+5] = 1
+	_, err = Verify(context.Background(), fromData(stray), cp, 4)
+	if !errors.As(err, &mm) || mm.Offset != 26*mib || !strings.Contains(err.Error(), "has data at offset 27262981") {
+		t.Fatalf("verify with a byte in a hole = %v, want the chunk at %d and offset 27262981", err, 26*mib)
+	}
+}
+
+// TestSumsFile: a torn last record is dropped, sums of chunks not done
+// are forgotten, a checkpoint gone takes its sums with it, and a
+// checkpoint without sums (an older agent's) verifies nothing.
+func TestSumsFile(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "vda.ckpt")
+	src := layout(8*mib, 3, span{0, 3 * mib})
+	cp, err := LoadCheckpoint(path, src.Size(), DefaultChunkSize)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := Copy(context.Background(), src, newMemSink(src.Size()), Options{Checkpoint: cp}); err != nil {
+		t.Fatal(err)
+	}
+	f, err := os.OpenFile(SumsPath(path), os.O_WRONLY|os.O_APPEND, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	torn := appendSum(nil, 1, Sum{Kind: SumData, Hash: 42})
+	if _, err := f.Write(torn[:sumRecord-3]); err != nil {
+		t.Fatal(err)
+	}
+	f.Close()
+	cp, err = LoadCheckpoint(path, src.Size(), DefaultChunkSize)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s, _ := cp.Sum(1); s.Hash == 42 || !cp.Verifiable() {
+		t.Fatalf("a torn record counted: chunk 1 has %+v, verifiable %v", s, cp.Verifiable())
+	}
+	if fi, err := os.Stat(SumsPath(path)); err != nil || fi.Size() != int64(cp.Chunks()*sumRecord) {
+		t.Fatalf("sums file not compacted to %d records: %v %v", cp.Chunks(), fi, err)
+	}
+
+	if err := os.Remove(SumsPath(path)); err != nil {
+		t.Fatal(err)
+	}
+	cp, err = OpenCheckpoint(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cp.Verifiable() {
+		t.Fatal("a checkpoint without sums is verifiable")
+	}
+	if _, err := Verify(context.Background(), src, cp, 1); !errors.Is(err, ErrCheckpoint) {
+		t.Fatalf("verify without sums = %v, want ErrCheckpoint", err)
+	}
+
+	if err := os.WriteFile(SumsPath(path), torn, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Remove(path); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := LoadCheckpoint(path, src.Size(), DefaultChunkSize); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(SumsPath(path)); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("the sums of a removed checkpoint are still there: %v", err)
+	}
+}
