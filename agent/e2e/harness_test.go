@@ -152,6 +152,8 @@ type ferry struct {
 	client  *client.Client
 	agents  map[string]*proc
 	agentDi map[string]string
+	// agentArgs are added to every agent's command line.
+	agentArgs []string
 }
 
 func startFerry(t testing.TB) *ferry {
@@ -186,8 +188,9 @@ func (f *ferry) startAgent(host, cachePath string) *proc {
 		dataDir = filepath.Join(f.dir, "agent-"+host)
 		f.agentDi[host] = dataDir
 	}
-	p := start(f.t, "ferry-agent", "--coordinator", f.addr, "--host-name", host, "--data-dir", dataDir,
-		"--cache-path", cachePath, "--tls-dir", f.tlsDir, "--log-level", "debug")
+	args := append([]string{"--coordinator", f.addr, "--host-name", host, "--data-dir", dataDir,
+		"--cache-path", cachePath, "--tls-dir", f.tlsDir, "--log-level", "debug"}, f.agentArgs...)
+	p := start(f.t, "ferry-agent", args...)
 	f.agents[host] = p
 	waitFor(f.t, 30*time.Second, "host "+host+" connected", func() bool {
 		h, err := f.client.Inventory().GetHost(ctx(f.t, 2*time.Second), &ferryv1.GetHostRequest{Name: "hosts/" + host})

@@ -28,6 +28,10 @@ type world struct {
 	storageDir string
 	netName    string
 	l3Range    [3]string
+	// sshHost and sshPort are where sources point: sshd, or sourceProxy.
+	sshHost     string
+	sshPort     int
+	sourceProxy *testenv.Proxy
 	// resource names
 	cluster, storage, l3, cred, source, server string
 }
@@ -40,10 +44,30 @@ func randID() string {
 
 func newWorld(t *testing.T) *world {
 	t.Helper()
+	return newWorldWith(t, worldOptions{})
+}
+
+// worldOptions change what newWorldWith builds.
+type worldOptions struct {
+	// agentArgs are added to the agent's command line.
+	agentArgs []string
+	// sourceProxy puts a testenv.Proxy between the agent and the source's
+	// sshd; the source resource names the proxy.
+	sourceProxy bool
+}
+
+func newWorldWith(t *testing.T, opts worldOptions) *world {
+	t.Helper()
 	testenv.RequireRoot(t)
 	w := &world{t: t, id: randID(), lv: testenv.RequireLibvirt(t)}
 	w.sshd = testenv.StartSSHD(t, testenv.SSHDOptions{PasswordUser: testenv.TestUser, Password: testenv.TestPassword})
+	w.sshHost, w.sshPort = w.sshd.Host, w.sshd.Port
+	if opts.sourceProxy {
+		w.sourceProxy = testenv.StartProxy(t, w.sshd.Addr)
+		w.sshHost, w.sshPort = w.sourceProxy.Host(), w.sourceProxy.Port()
+	}
 	w.f = startFerry(t)
+	w.f.agentArgs = opts.agentArgs
 	w.host = "e2e-" + w.id
 	w.cacheDir = t.TempDir()
 	w.storageDir = filepath.Join(testenv.ImagesDir, "ferry-e2e-"+w.id)
@@ -102,7 +126,7 @@ func (w *world) createInventory() {
 func (w *world) createSource(cred, user, hostKey string) string {
 	s, err := w.f.client.Sources().CreateSource(ctx(w.t, 10*time.Second), &ferryv1.CreateSourceRequest{Source: &ferryv1.Source{
 		Type: ferryv1.Platform_PLATFORM_KVM, Kvm: &ferryv1.KvmConnection{
-			Address: w.sshd.Host, SshPort: int32(w.sshd.Port), User: user, Credential: cred, HostKey: hostKey}}})
+			Address: w.sshHost, SshPort: int32(w.sshPort), User: user, Credential: cred, HostKey: hostKey}}})
 	must(w.t, err)
 	return s.GetSource().GetName()
 }
