@@ -154,6 +154,9 @@ type ferry struct {
 	agentDi map[string]string
 	// agentArgs are added to every agent's command line.
 	agentArgs []string
+	// agentCoordinators, when set, is what agents get as --coordinator
+	// instead of addr (a proxy in front of it, say).
+	agentCoordinators string
 }
 
 func startFerry(t testing.TB) *ferry {
@@ -188,7 +191,11 @@ func (f *ferry) startAgent(host, cachePath string) *proc {
 		dataDir = filepath.Join(f.dir, "agent-"+host)
 		f.agentDi[host] = dataDir
 	}
-	args := append([]string{"--coordinator", f.addr, "--host-name", host, "--data-dir", dataDir,
+	coordinators := f.addr
+	if f.agentCoordinators != "" {
+		coordinators = f.agentCoordinators
+	}
+	args := append([]string{"--coordinator", coordinators, "--host-name", host, "--data-dir", dataDir,
 		"--cache-path", cachePath, "--tls-dir", f.tlsDir, "--log-level", "debug"}, f.agentArgs...)
 	p := start(f.t, "ferry-agent", args...)
 	f.agents[host] = p

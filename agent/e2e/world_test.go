@@ -32,6 +32,9 @@ type world struct {
 	sshHost     string
 	sshPort     int
 	sourceProxy *testenv.Proxy
+	// coordinatorProxy, when asked for, is where the agent reaches the
+	// coordinator.
+	coordinatorProxy *testenv.Proxy
 	// resource names
 	cluster, storage, l3, cred, source, server string
 }
@@ -54,6 +57,9 @@ type worldOptions struct {
 	// sourceProxy puts a testenv.Proxy between the agent and the source's
 	// sshd; the source resource names the proxy.
 	sourceProxy bool
+	// coordinatorProxy puts a testenv.Proxy between the agent and the
+	// coordinator.
+	coordinatorProxy bool
 }
 
 func newWorldWith(t *testing.T, opts worldOptions) *world {
@@ -68,6 +74,10 @@ func newWorldWith(t *testing.T, opts worldOptions) *world {
 	}
 	w.f = startFerry(t)
 	w.f.agentArgs = opts.agentArgs
+	if opts.coordinatorProxy {
+		w.coordinatorProxy = testenv.StartProxy(t, w.f.addr)
+		w.f.agentCoordinators = w.coordinatorProxy.Addr
+	}
 	w.host = "e2e-" + w.id
 	w.cacheDir = t.TempDir()
 	w.storageDir = filepath.Join(testenv.ImagesDir, "ferry-e2e-"+w.id)

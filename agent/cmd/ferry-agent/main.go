@@ -106,11 +106,12 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 		},
 		Target: target.NewDriver(target.DefaultLibvirtURI, target.Options{Log: log}),
 	}
-	r := runner.New(runner.Config{DataDir: cfg.DataDir}, runner.Deps{Drivers: drivers, Reporter: outbox, Logger: log})
+	fences := session.NewFences(outbox, log)
+	r := runner.New(runner.Config{DataDir: cfg.DataDir}, runner.Deps{Drivers: drivers, Reporter: outbox, Fencer: fences, Logger: log})
 	client := session.New(session.Config{
 		Coordinators: cfg.Coordinators, HostName: cfg.HostName, Cluster: cfg.Cluster,
 		AgentVersion: cfg.Version, Credentials: creds,
-	}, session.Deps{Runner: r, Facts: facts.New(cfg.CachePath, log), Outbox: outbox, Logger: log})
+	}, session.Deps{Runner: r, Facts: facts.New(cfg.CachePath, log), Outbox: outbox, Fences: fences, Logger: log})
 
 	log.Info("ferry-agent starting", "version", version, "host", cfg.HostName, "coordinators", cfg.Coordinators)
 	g, ctx := errgroup.WithContext(ctx)
