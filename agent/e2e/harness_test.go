@@ -154,6 +154,8 @@ type ferry struct {
 	agentDi map[string]string
 	// agentArgs are added to every agent's command line.
 	agentArgs []string
+	// nodes are the coordinator processes of a cluster (startCluster).
+	nodes []*coordNode
 	// agentCoordinators, when set, is what agents get as --coordinator
 	// instead of addr (a proxy in front of it, say).
 	agentCoordinators string

@@ -60,6 +60,8 @@ type worldOptions struct {
 	// coordinatorProxy puts a testenv.Proxy between the agent and the
 	// coordinator.
 	coordinatorProxy bool
+	// coordinators > 1 runs a cluster of that many coordinator processes.
+	coordinators int
 }
 
 func newWorldWith(t *testing.T, opts worldOptions) *world {
@@ -72,7 +74,11 @@ func newWorldWith(t *testing.T, opts worldOptions) *world {
 		w.sourceProxy = testenv.StartProxy(t, w.sshd.Addr)
 		w.sshHost, w.sshPort = w.sourceProxy.Host(), w.sourceProxy.Port()
 	}
-	w.f = startFerry(t)
+	if opts.coordinators > 1 {
+		w.f = startCluster(t, opts.coordinators)
+	} else {
+		w.f = startFerry(t)
+	}
 	w.f.agentArgs = opts.agentArgs
 	if opts.coordinatorProxy {
 		w.coordinatorProxy = testenv.StartProxy(t, w.f.addr)
