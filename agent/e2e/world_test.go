@@ -32,6 +32,8 @@ type world struct {
 	sshHost     string
 	sshPort     int
 	sourceProxy *testenv.Proxy
+	// migrationCIDR is given to the migration server.
+	migrationCIDR string
 	// coordinatorProxy, when asked for, is where the agent reaches the
 	// coordinator.
 	coordinatorProxy *testenv.Proxy
@@ -97,20 +99,28 @@ func newWorldWith(t *testing.T, opts worldOptions) *world {
 	return w
 }
 
-// createNetwork makes a transient libvirt network for the target NICs.
+// createNetwork makes a transient libvirt network for the target NICs, on
+// a 10.N.0.0/24 subnet no other network of the host uses yet.
 func (w *world) createNetwork() {
 	w.netName = "ferry-e2e-" + w.id
-	octet := 100 + int(w.id[0])%100
-	xml := fmt.Sprintf(`<network><name>%s</name><bridge name='vbr%s'/>
-<ip address='10.%d.0.1' netmask='255.255.255.0'><dhcp><range start='10.%d.0.100' end='10.%d.0.200'/></dhcp></ip></network>`,
-		w.netName, w.id, octet, octet, octet)
 	file := filepath.Join(w.t.TempDir(), "net.xml")
-	if err := os.WriteFile(file, []byte(xml), 0o644); err != nil {
-		w.t.Fatal(err)
+	var err error
+	for attempt := 0; attempt < 10; attempt++ {
+		b := make([]byte, 1)
+		_, _ = rand.Read(b)
+		octet := 100 + int(b[0])%100
+		xml := fmt.Sprintf(`<network><name>%s</name><bridge name='vbr%s'/>
+<ip address='10.%d.0.1' netmask='255.255.255.0'><dhcp><range start='10.%d.0.100' end='10.%d.0.200'/></dhcp></ip></network>`,
+			w.netName, w.id, octet, octet, octet)
+		must(w.t, os.WriteFile(file, []byte(xml), 0o644))
+		if _, err = w.lv.TryVirsh("net-create", file); err != nil {
+			continue // the subnet is taken (another test's network)
+		}
+		w.t.Cleanup(func() { _, _ = w.lv.TryVirsh("net-destroy", w.netName) })
+		w.l3Range = [3]string{fmt.Sprintf("10.%d.0.10", octet), fmt.Sprintf("10.%d.0.99", octet), fmt.Sprintf("10.%d.0.1", octet)}
+		return
 	}
-	w.lv.Virsh(w.t, "net-create", file)
-	w.t.Cleanup(func() { _, _ = w.lv.TryVirsh("net-destroy", w.netName) })
-	w.l3Range = [3]string{fmt.Sprintf("10.%d.0.10", octet), fmt.Sprintf("10.%d.0.99", octet), fmt.Sprintf("10.%d.0.1", octet)}
+	w.t.Fatalf("create the test network: %v", err)
 }
 
 func (w *world) createInventory() {
@@ -134,7 +144,7 @@ func (w *world) createInventory() {
 	w.cred = cr.GetCredential().GetName()
 	w.source = w.createSource(w.cred, "root", w.sshd.HostKey)
 	ms, err := srvs.CreateMigrationServer(ctx(t, 10*time.Second), &ferryv1.CreateMigrationServerRequest{MigrationServer: &ferryv1.MigrationServer{
-		Host: "hosts/" + w.host, Type: ferryv1.Platform_PLATFORM_KVM, CachePath: w.cacheDir}})
+		Host: "hosts/" + w.host, Type: ferryv1.Platform_PLATFORM_KVM, CachePath: w.cacheDir, MigrationCidr: w.migrationCIDR}})
 	must(t, err)
 	w.server = ms.GetMigrationServer().GetName()
 }

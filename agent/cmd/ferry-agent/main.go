@@ -65,6 +65,8 @@ func parseFlags(args []string, stderr io.Writer) (config.Config, slog.Level, err
 	fs.TextVar(&level, "log-level", level, "log level: debug, info, warn, error")
 	fs.DurationVar(&cfg.SourceRetryBudget, "source-retry-budget", config.DefaultSourceRetryBudget,
 		"how long a copy whose source connection dropped keeps reconnecting before its job fails")
+	fs.DurationVar(&cfg.SourceKeepalive, "source-keepalive", config.DefaultSourceKeepalive,
+		"how often source SSH connections are probed; one silent for three probes counts as dropped")
 	fs.DurationVar(&cfg.SourceCleanupInterval, "source-cleanup-interval", config.DefaultSourceCleanupInterval,
 		"how often backups that failed or crashed jobs left on sources are looked for and ended")
 	if err := fs.Parse(args); err != nil {
@@ -94,7 +96,7 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 	}
 	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level}))
 	outbox := session.NewOutbox()
-	kvmDriver := kvm.NewDriver(log, outbox, kvm.Options{RetryBudget: cfg.SourceRetryBudget,
+	kvmDriver := kvm.NewDriver(log, outbox, kvm.Options{RetryBudget: cfg.SourceRetryBudget, KeepaliveInterval: cfg.SourceKeepalive,
 		StateDir: filepath.Join(cfg.DataDir, "source-cleanup")})
 	if err := os.MkdirAll(filepath.Join(cfg.DataDir, "source-cleanup"), 0o700); err != nil {
 		return fmt.Errorf("--data-dir: %w", err)

@@ -43,6 +43,8 @@ type Config struct {
 	// SourceRetryBudget is how long a copy whose source connection
 	// dropped keeps reconnecting before its job fails (negative: never).
 	SourceRetryBudget time.Duration
+	// SourceKeepalive is how often source SSH connections are probed.
+	SourceKeepalive time.Duration
 	// SourceCleanupInterval is how often backups left on sources by
 	// failed or crashed jobs are looked for and ended.
 	SourceCleanupInterval time.Duration
@@ -52,6 +54,7 @@ type Config struct {
 const (
 	DefaultSourceRetryBudget     = 5 * time.Minute
 	DefaultSourceCleanupInterval = 30 * time.Second
+	DefaultSourceKeepalive       = 30 * time.Second
 )
 
 // SplitAddresses parses "ADDR[,ADDR]" into addresses.
@@ -84,6 +87,9 @@ func (c *Config) Validate() error {
 	}
 	if c.CachePath != "" && !filepath.IsAbs(c.CachePath) {
 		errs = append(errs, fmt.Errorf("--cache-path: %q must be an absolute path", c.CachePath))
+	}
+	if c.SourceKeepalive < 0 {
+		errs = append(errs, fmt.Errorf("--source-keepalive: %s must not be negative", c.SourceKeepalive))
 	}
 	if c.SourceCleanupInterval < 0 {
 		errs = append(errs, fmt.Errorf("--source-cleanup-interval: %s must not be negative", c.SourceCleanupInterval))

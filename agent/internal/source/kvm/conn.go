@@ -57,7 +57,11 @@ func Connect(ctx context.Context, cfg Config) (*Conn, error) {
 	c := &Conn{cfg: cfg, log: log, ssh: client, hostKey: check.observedKey(), lost: make(chan struct{})}
 	kctx, cancel := context.WithCancel(context.Background())
 	c.stopKeepalive = cancel
-	c.keepalives.Go(func() { keepalive(kctx, client, tcp, keepaliveInterval) })
+	interval := keepaliveInterval
+	if cfg.KeepaliveInterval > 0 {
+		interval = cfg.KeepaliveInterval
+	}
+	c.keepalives.Go(func() { keepalive(kctx, client, tcp, interval) })
 	c.keepalives.Go(func() { _ = client.Wait(); close(c.lost) })
 	if cfg.PinnedHostKey == "" && cfg.KnownHostKey == "" {
 		log.Info("trusting the source's SSH host key on first use", "fingerprint", c.fingerprint())

@@ -39,6 +39,9 @@ type Options struct {
 	// negative budget fails the job at once.
 	RetryBudget                      time.Duration
 	RetryBackoffMin, RetryBackoffMax time.Duration
+	// KeepaliveInterval is how often source SSH connections are probed;
+	// one silent for three intervals counts as dropped (30 s when 0).
+	KeepaliveInterval time.Duration
 	// StateDir keeps a record of every backup begun on a source until it
 	// has been ended, so that the Janitor ends those a failure or a crash
 	// left behind. Empty keeps no records.
@@ -113,7 +116,7 @@ func (d *Driver) config(src *ferryv1.Source, ms *ferryv1.MigrationServer, secret
 		Address: k.GetAddress(), Port: int(k.GetSshPort()), User: k.GetUser(),
 		PinnedHostKey: k.GetHostKey(), KnownHostKey: k.GetObservedHostKey(),
 		SASLUser: k.GetSaslUser(), SASLPassword: seal.Secret(secrets[k.GetSaslCredential()]),
-		Dialer: dialer, Logger: log,
+		Dialer: dialer, Logger: log, KeepaliveInterval: d.opts.KeepaliveInterval,
 	}
 	if secret := secrets[k.GetCredential()]; strings.Contains(secret, "PRIVATE KEY-----") {
 		cfg.PrivateKeyPEM = seal.Secret(secret)

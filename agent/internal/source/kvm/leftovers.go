@@ -176,7 +176,7 @@ func (d *Driver) cleanupOne(ctx context.Context, s *seal.Sealer, id, file string
 		return fmt.Errorf("parse %s: %w", file, err)
 	}
 	cfg := Config{Address: rec.Address, Port: rec.Port, User: rec.User, PinnedHostKey: rec.PinnedHostKey,
-		KnownHostKey: rec.KnownHostKey, SASLUser: rec.SASLUser, Logger: d.log}
+		KnownHostKey: rec.KnownHostKey, SASLUser: rec.SASLUser, Logger: d.log, KeepaliveInterval: d.opts.KeepaliveInterval}
 	for k, dst := range map[string]*seal.Secret{"password": &cfg.Password, "private_key": &cfg.PrivateKeyPEM, "sasl_password": &cfg.SASLPassword} {
 		if sealed, ok := rec.Sealed[k]; ok {
 			plain, err := s.Open(sealed, []byte(id))

@@ -51,10 +51,11 @@ func (s *source) reconnect(ctx context.Context, b *Backup, budget time.Duration)
 	a := s.job.Assignment
 	deadline := time.Now().Add(budget)
 	backoff := s.d.opts.RetryBackoffMin
+	var last error
 	for attempt := 1; ; attempt++ {
 		remaining := time.Until(deadline)
 		if remaining <= 0 {
-			return fmt.Errorf("gave up after %d attempts", attempt-1)
+			return fmt.Errorf("gave up after %d attempts, the last one failing with: %w", attempt-1, last)
 		}
 		actx, cancel := context.WithTimeout(ctx, min(remaining, leftoverConnectTimeout))
 		conn, err := s.d.connect(actx, a.GetSource(), a.GetMigrationServer(), a.GetSecrets(), s.job.Log)
@@ -75,6 +76,7 @@ func (s *source) reconnect(ctx context.Context, b *Backup, budget time.Duration)
 		if errors.Is(err, ErrHostKeyMismatch) || errors.Is(err, ErrConfig) {
 			return err
 		}
+		last = err
 		wait := min(backoff/2+rand.N(backoff/2+1), time.Until(deadline))
 		s.job.Log.Info("source still unreachable", "attempt", attempt, "err", err, "next_in", wait.Round(time.Millisecond))
 		if wait > 0 && !sleepCtx(ctx, wait) {
