@@ -17,6 +17,7 @@ import (
 
 	"github.com/ferry-v2v/ferry/pkg/client"
 	ferryv1 "github.com/ferry-v2v/ferry/pkg/pb/ferry/v1"
+	"github.com/ferry-v2v/ferry/pkg/testenv"
 )
 
 var bins struct {
@@ -81,7 +82,14 @@ func (p *proc) lines(substr string) []string {
 
 func start(t testing.TB, name string, args ...string) *proc {
 	t.Helper()
-	cmd := exec.Command(binary(t, name), args...)
+	return startIn(t, nil, name, args...)
+}
+
+// startIn runs a command inside a network namespace (nil: this one).
+func startIn(t testing.TB, ns *testenv.NetNS, name string, args ...string) *proc {
+	t.Helper()
+	argv := ns.Command(append([]string{binary(t, name)}, args...)...)
+	cmd := exec.Command(argv[0], argv[1:]...)
 	pr, pw := io.Pipe()
 	cmd.Stdout, cmd.Stderr = pw, pw
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
@@ -152,15 +160,40 @@ type ferry struct {
 	client  *client.Client
 	agents  map[string]*proc
 	agentDi map[string]string
+	// agentArgs are added to every agent's command line.
+	agentArgs []string
+	// agentNetNS, when set, is where agents run.
+	agentNetNS *testenv.NetNS
+	// nodes are the coordinator processes of a cluster (startCluster).
+	nodes []*coordNode
+	// agentCoordinators, when set, is what agents get as --coordinator
+	// instead of addr (a proxy in front of it, say).
+	agentCoordinators string
 }
 
 // startFerry starts the coordinator; extra are more of its flags.
 func startFerry(t testing.TB, extra ...string) *ferry {
 	t.Helper()
+	return startFerryOn(t, "", extra...)
+}
+
+// startFerryOn runs the coordinator on an address of host (a veth's, say)
+// with a certificate that names it; "" is the loopback default.
+func startFerryOn(t testing.TB, host string, extra ...string) *ferry {
+	t.Helper()
 	f := &ferry{t: t, dir: t.TempDir(), addr: freeAddr(t), agents: map[string]*proc{}, agentDi: map[string]string{}}
 	f.tlsDir = filepath.Join(f.dir, "coordinator", "tls")
-	f.coord = start(t, "ferry-coordinator", append([]string{"--data-dir", filepath.Join(f.dir, "coordinator"),
-		"--listen", f.addr, "--raft-listen", freeAddr(t)}, extra...)...)
+	args := []string{"--data-dir", filepath.Join(f.dir, "coordinator"), "--raft-listen", freeAddr(t)}
+	if host != "" {
+		_, port, _ := net.SplitHostPort(f.addr)
+		f.addr = net.JoinHostPort(host, port)
+		f.tlsDir = filepath.Join(f.dir, "tls")
+		if out, err := exec.Command(binary(t, "ferry-coordinator"), "tls", "init", "--dir", f.tlsDir, "--host", host).CombinedOutput(); err != nil {
+			t.Fatalf("tls init: %v: %s", err, out)
+		}
+		args = append(args, "--tls-dir", f.tlsDir)
+	}
+	f.coord = start(t, "ferry-coordinator", append(append(args, "--listen", f.addr), extra...)...)
 	waitFor(t, 30*time.Second, "the coordinator's PKI", func() bool {
 		_, err := os.Stat(filepath.Join(f.tlsDir, "client.key"))
 		return err == nil
@@ -187,8 +220,13 @@ func (f *ferry) startAgent(host, cachePath string) *proc {
 		dataDir = filepath.Join(f.dir, "agent-"+host)
 		f.agentDi[host] = dataDir
 	}
-	p := start(f.t, "ferry-agent", "--coordinator", f.addr, "--host-name", host, "--data-dir", dataDir,
-		"--cache-path", cachePath, "--tls-dir", f.tlsDir, "--log-level", "debug")
+	coordinators := f.addr
+	if f.agentCoordinators != "" {
+		coordinators = f.agentCoordinators
+	}
+	args := append([]string{"--coordinator", coordinators, "--host-name", host, "--data-dir", dataDir,
+		"--cache-path", cachePath, "--tls-dir", f.tlsDir, "--log-level", "debug"}, f.agentArgs...)
+	p := startIn(f.t, f.agentNetNS, "ferry-agent", args...)
 	f.agents[host] = p
 	waitFor(f.t, 30*time.Second, "host "+host+" connected", func() bool {
 		h, err := f.client.Inventory().GetHost(ctx(f.t, 2*time.Second), &ferryv1.GetHostRequest{Name: "hosts/" + host})

@@ -28,6 +28,15 @@ type world struct {
 	storageDir string
 	netName    string
 	l3Range    [3]string
+	// sshHost and sshPort are where sources point: sshd, or sourceProxy.
+	sshHost     string
+	sshPort     int
+	sourceProxy *testenv.Proxy
+	// migrationCIDR is given to the migration server.
+	migrationCIDR string
+	// coordinatorProxy, when asked for, is where the agent reaches the
+	// coordinator.
+	coordinatorProxy *testenv.Proxy
 	// resource names
 	cluster, storage, l3, cred, source, server string
 }
@@ -38,15 +47,44 @@ func randID() string {
 	return hex.EncodeToString(b)
 }
 
-func newWorld(t *testing.T) *world { return newWorldWith(t) }
+func newWorld(t *testing.T) *world { return newWorldWith(t, worldOptions{}) }
 
-// newWorldWith is newWorld with more ferry-coordinator flags.
-func newWorldWith(t *testing.T, coordinatorFlags ...string) *world {
+// worldOptions change what newWorldWith builds.
+type worldOptions struct {
+	// coordinatorArgs are added to each coordinator's command line.
+	coordinatorArgs []string
+	// agentArgs are added to the agent's command line.
+	agentArgs []string
+	// sourceProxy puts a testenv.Proxy between the agent and the source's
+	// sshd; the source resource names the proxy.
+	sourceProxy bool
+	// coordinatorProxy puts a testenv.Proxy between the agent and the
+	// coordinator.
+	coordinatorProxy bool
+	// coordinators > 1 runs a cluster of that many coordinator processes.
+	coordinators int
+}
+
+func newWorldWith(t *testing.T, opts worldOptions) *world {
 	t.Helper()
 	testenv.RequireRoot(t)
 	w := &world{t: t, id: randID(), lv: testenv.RequireLibvirt(t)}
 	w.sshd = testenv.StartSSHD(t, testenv.SSHDOptions{PasswordUser: testenv.TestUser, Password: testenv.TestPassword})
-	w.f = startFerry(t, coordinatorFlags...)
+	w.sshHost, w.sshPort = w.sshd.Host, w.sshd.Port
+	if opts.sourceProxy {
+		w.sourceProxy = testenv.StartProxy(t, w.sshd.Addr)
+		w.sshHost, w.sshPort = w.sourceProxy.Host(), w.sourceProxy.Port()
+	}
+	if opts.coordinators > 1 {
+		w.f = startCluster(t, opts.coordinators, opts.coordinatorArgs...)
+	} else {
+		w.f = startFerry(t, opts.coordinatorArgs...)
+	}
+	w.f.agentArgs = opts.agentArgs
+	if opts.coordinatorProxy {
+		w.coordinatorProxy = testenv.StartProxy(t, w.f.addr)
+		w.f.agentCoordinators = w.coordinatorProxy.Addr
+	}
 	w.host = "e2e-" + w.id
 	w.cacheDir = t.TempDir()
 	w.storageDir = filepath.Join(testenv.ImagesDir, "ferry-e2e-"+w.id)
@@ -60,20 +98,28 @@ func newWorldWith(t *testing.T, coordinatorFlags ...string) *world {
 	return w
 }
 
-// createNetwork makes a transient libvirt network for the target NICs.
+// createNetwork makes a transient libvirt network for the target NICs, on
+// a 10.N.0.0/24 subnet no other network of the host uses yet.
 func (w *world) createNetwork() {
 	w.netName = "ferry-e2e-" + w.id
-	octet := 100 + int(w.id[0])%100
-	xml := fmt.Sprintf(`<network><name>%s</name><bridge name='vbr%s'/>
-<ip address='10.%d.0.1' netmask='255.255.255.0'><dhcp><range start='10.%d.0.100' end='10.%d.0.200'/></dhcp></ip></network>`,
-		w.netName, w.id, octet, octet, octet)
 	file := filepath.Join(w.t.TempDir(), "net.xml")
-	if err := os.WriteFile(file, []byte(xml), 0o644); err != nil {
-		w.t.Fatal(err)
+	var err error
+	for attempt := 0; attempt < 10; attempt++ {
+		b := make([]byte, 1)
+		_, _ = rand.Read(b)
+		octet := 100 + int(b[0])%100
+		xml := fmt.Sprintf(`<network><name>%s</name><bridge name='vbr%s'/>
+<ip address='10.%d.0.1' netmask='255.255.255.0'><dhcp><range start='10.%d.0.100' end='10.%d.0.200'/></dhcp></ip></network>`,
+			w.netName, w.id, octet, octet, octet)
+		must(w.t, os.WriteFile(file, []byte(xml), 0o644))
+		if _, err = w.lv.TryVirsh("net-create", file); err != nil {
+			continue // the subnet is taken (another test's network)
+		}
+		w.t.Cleanup(func() { _, _ = w.lv.TryVirsh("net-destroy", w.netName) })
+		w.l3Range = [3]string{fmt.Sprintf("10.%d.0.10", octet), fmt.Sprintf("10.%d.0.99", octet), fmt.Sprintf("10.%d.0.1", octet)}
+		return
 	}
-	w.lv.Virsh(w.t, "net-create", file)
-	w.t.Cleanup(func() { _, _ = w.lv.TryVirsh("net-destroy", w.netName) })
-	w.l3Range = [3]string{fmt.Sprintf("10.%d.0.10", octet), fmt.Sprintf("10.%d.0.99", octet), fmt.Sprintf("10.%d.0.1", octet)}
+	w.t.Fatalf("create the test network: %v", err)
 }
 
 func (w *world) createInventory() {
@@ -97,7 +143,7 @@ func (w *world) createInventory() {
 	w.cred = cr.GetCredential().GetName()
 	w.source = w.createSource(w.cred, "root", w.sshd.HostKey)
 	ms, err := srvs.CreateMigrationServer(ctx(t, 10*time.Second), &ferryv1.CreateMigrationServerRequest{MigrationServer: &ferryv1.MigrationServer{
-		Host: "hosts/" + w.host, Type: ferryv1.Platform_PLATFORM_KVM, CachePath: w.cacheDir}})
+		Host: "hosts/" + w.host, Type: ferryv1.Platform_PLATFORM_KVM, CachePath: w.cacheDir, MigrationCidr: w.migrationCIDR}})
 	must(t, err)
 	w.server = ms.GetMigrationServer().GetName()
 }
@@ -105,7 +151,7 @@ func (w *world) createInventory() {
 func (w *world) createSource(cred, user, hostKey string) string {
 	s, err := w.f.client.Sources().CreateSource(ctx(w.t, 10*time.Second), &ferryv1.CreateSourceRequest{Source: &ferryv1.Source{
 		Type: ferryv1.Platform_PLATFORM_KVM, Kvm: &ferryv1.KvmConnection{
-			Address: w.sshd.Host, SshPort: int32(w.sshd.Port), User: user, Credential: cred, HostKey: hostKey}}})
+			Address: w.sshHost, SshPort: int32(w.sshPort), User: user, Credential: cred, HostKey: hostKey}}})
 	must(w.t, err)
 	return s.GetSource().GetName()
 }

@@ -34,6 +34,11 @@ type SSHDOptions struct {
 	// the usual pair).
 	PasswordUser string
 	Password     string
+	// NetNS, when set, runs sshd inside that network namespace, listening
+	// on ListenAddresses (the first becomes Host); readiness is then read
+	// from sshd's log, as the test's namespace may not reach them.
+	NetNS           *NetNS
+	ListenAddresses []string
 }
 
 // SSHD is an OpenSSH sshd listening on 127.0.0.1.
@@ -55,6 +60,9 @@ type SSHD struct {
 	Password     string
 	// Dir holds the configuration, keys and sshd.log.
 	Dir string
+
+	netns  *NetNS
+	listen []string
 }
 
 // StartSSHD runs `sshd -D -e -f CONFIG` on a free loopback port with a
@@ -72,7 +80,11 @@ func StartSSHD(t testing.TB, opts SSHDOptions) *SSHD {
 		EnsureUser(t, opts.PasswordUser, opts.Password)
 	}
 	s := &SSHD{Host: "127.0.0.1", User: "root", PasswordUser: opts.PasswordUser,
-		Password: opts.Password, Dir: t.TempDir()}
+		Password: opts.Password, Dir: t.TempDir(), netns: opts.NetNS, listen: opts.ListenAddresses}
+	if len(s.listen) == 0 {
+		s.listen = []string{s.Host}
+	}
+	s.Host = s.listen[0]
 	s.writeKeys(t)
 	var err error
 	for attempt := 0; attempt < 5; attempt++ {
@@ -110,7 +122,8 @@ func (s *SSHD) start(t testing.TB, bin string) error {
 		t.Fatal(err)
 	}
 	defer logFile.Close()
-	cmd := exec.Command(bin, "-D", "-e", "-f", config)
+	argv := s.netns.Command(bin, "-D", "-e", "-f", config)
+	cmd := exec.Command(argv[0], argv[1:]...)
 	cmd.Stdout, cmd.Stderr = logFile, logFile
 	if err := cmd.Start(); err != nil {
 		t.Fatalf("start sshd: %v", err)
@@ -118,6 +131,10 @@ func (s *SSHD) start(t testing.TB, bin string) error {
 	exited := make(chan error, 1)
 	go func() { exited <- cmd.Wait() }()
 	listening := func() bool {
+		if s.netns != nil {
+			log, _ := os.ReadFile(logPath)
+			return strings.Count(string(log), "Server listening on") >= len(s.listen) || len(exited) > 0
+		}
 		c, err := net.DialTimeout("tcp", s.Addr, time.Second)
 		if err == nil {
 			c.Close()
@@ -148,7 +165,6 @@ func (s *SSHD) config() string {
 	}
 	lines := []string{
 		"Port " + strconv.Itoa(s.Port),
-		"ListenAddress " + s.Host,
 		"HostKey " + filepath.Join(s.Dir, "host_ed25519"),
 		"PidFile " + filepath.Join(s.Dir, "sshd.pid"),
 		"AuthorizedKeysFile " + filepath.Join(s.Dir, "authorized_keys"),
@@ -161,6 +177,9 @@ func (s *SSHD) config() string {
 		"AllowStreamLocalForwarding yes",
 		"AllowTcpForwarding yes",
 		"LogLevel VERBOSE",
+	}
+	for _, a := range s.listen {
+		lines = append(lines, "ListenAddress "+a)
 	}
 	return strings.Join(lines, "\n") + "\n"
 }

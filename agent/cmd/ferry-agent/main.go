@@ -63,6 +63,12 @@ func parseFlags(args []string, stderr io.Writer) (config.Config, slog.Level, err
 	fs.StringVar(&cfg.KeyFile, "key", "", "agent private key file")
 	fs.BoolVar(&cfg.Insecure, "insecure", false, "talk plaintext to the coordinators (testing only)")
 	fs.TextVar(&level, "log-level", level, "log level: debug, info, warn, error")
+	fs.DurationVar(&cfg.SourceRetryBudget, "source-retry-budget", config.DefaultSourceRetryBudget,
+		"how long a copy whose source connection dropped keeps reconnecting before its job fails")
+	fs.DurationVar(&cfg.SourceKeepalive, "source-keepalive", config.DefaultSourceKeepalive,
+		"how often source SSH connections are probed; one silent for three probes counts as dropped")
+	fs.DurationVar(&cfg.SourceCleanupInterval, "source-cleanup-interval", config.DefaultSourceCleanupInterval,
+		"how often backups that failed or crashed jobs left on sources are looked for and ended")
 	if err := fs.Parse(args); err != nil {
 		return cfg, level, err
 	}
@@ -90,23 +96,30 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 	}
 	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level}))
 	outbox := session.NewOutbox()
+	kvmDriver := kvm.NewDriver(log, outbox, kvm.Options{RetryBudget: cfg.SourceRetryBudget, KeepaliveInterval: cfg.SourceKeepalive,
+		StateDir: filepath.Join(cfg.DataDir, "source-cleanup")})
+	if err := os.MkdirAll(filepath.Join(cfg.DataDir, "source-cleanup"), 0o700); err != nil {
+		return fmt.Errorf("--data-dir: %w", err)
+	}
 	drivers := runner.Drivers{
 		Sources: map[ferryv1.Platform]runner.Source{
-			ferryv1.Platform_PLATFORM_KVM:    kvm.NewDriver(log, outbox),
+			ferryv1.Platform_PLATFORM_KVM:    kvmDriver,
 			ferryv1.Platform_PLATFORM_VMWARE: vmware.NewDriver(log, vmware.Options{}),
 		},
 		Target: target.NewDriver(target.DefaultLibvirtURI, target.Options{Log: log}),
 	}
-	r := runner.New(runner.Config{DataDir: cfg.DataDir}, runner.Deps{Drivers: drivers, Reporter: outbox, Logger: log})
+	fences := session.NewFences(outbox, log)
+	r := runner.New(runner.Config{DataDir: cfg.DataDir}, runner.Deps{Drivers: drivers, Reporter: outbox, Fencer: fences, Logger: log})
 	client := session.New(session.Config{
 		Coordinators: cfg.Coordinators, HostName: cfg.HostName, Cluster: cfg.Cluster,
 		AgentVersion: cfg.Version, Credentials: creds,
-	}, session.Deps{Runner: r, Facts: facts.New(cfg.CachePath, log), Outbox: outbox, Logger: log})
+	}, session.Deps{Runner: r, Facts: facts.New(cfg.CachePath, log), Outbox: outbox, Fences: fences, Logger: log})
 
 	log.Info("ferry-agent starting", "version", version, "host", cfg.HostName, "coordinators", cfg.Coordinators)
 	g, ctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return r.Run(ctx) })
 	g.Go(func() error { return client.Run(ctx) })
+	g.Go(func() error { kvmDriver.Janitor(ctx, cfg.SourceCleanupInterval); return nil })
 	g.Go(func() error {
 		reclaimCaches(ctx, []string{cfg.CachePath, filepath.Join(cfg.DataDir, "cache")}, client.CacheRetention, r, log)
 		return nil

@@ -8,6 +8,7 @@ import (
 	"net"
 	"path/filepath"
 	"strings"
+	"time"
 
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
@@ -39,7 +40,22 @@ type Config struct {
 	Insecure bool
 	// Version is the agent's version, sent in hello.
 	Version string
+	// SourceRetryBudget is how long a copy whose source connection
+	// dropped keeps reconnecting before its job fails (negative: never).
+	SourceRetryBudget time.Duration
+	// SourceKeepalive is how often source SSH connections are probed.
+	SourceKeepalive time.Duration
+	// SourceCleanupInterval is how often backups left on sources by
+	// failed or crashed jobs are looked for and ended.
+	SourceCleanupInterval time.Duration
 }
+
+// Defaults of Config.
+const (
+	DefaultSourceRetryBudget     = 5 * time.Minute
+	DefaultSourceCleanupInterval = 30 * time.Second
+	DefaultSourceKeepalive       = 30 * time.Second
+)
 
 // SplitAddresses parses "ADDR[,ADDR]" into addresses.
 func SplitAddresses(s string) []string {
@@ -71,6 +87,12 @@ func (c *Config) Validate() error {
 	}
 	if c.CachePath != "" && !filepath.IsAbs(c.CachePath) {
 		errs = append(errs, fmt.Errorf("--cache-path: %q must be an absolute path", c.CachePath))
+	}
+	if c.SourceKeepalive < 0 {
+		errs = append(errs, fmt.Errorf("--source-keepalive: %s must not be negative", c.SourceKeepalive))
+	}
+	if c.SourceCleanupInterval < 0 {
+		errs = append(errs, fmt.Errorf("--source-cleanup-interval: %s must not be negative", c.SourceCleanupInterval))
 	}
 	errs = append(errs, c.validateTLS())
 	return errors.Join(errs...)

@@ -83,6 +83,27 @@ type Job struct {
 	Downstream, Upstream *ratelimit.Limiter
 
 	watches *watchSet // see Watch
+	// fencer confirms the assignment before target writes; nil confirms
+	// everything (unit tests without a coordinator).
+	fencer Fencer
+}
+
+// Fencer confirms with the coordinators' leader that an assignment is still
+// the job's current one (session.Fences).
+type Fencer interface {
+	Confirm(ctx context.Context, job string, epoch int64, write string) error
+}
+
+// Fence must be called by a target driver right before each write to the
+// target (volume creation, upload, domain definition): it returns nil once
+// the leader confirmed that this assignment is still current, and an error
+// when it is not (the job was failed, cancelled or reassigned while this
+// agent was cut off), or when ctx ends while the leader cannot be reached.
+func (j *Job) Fence(ctx context.Context, write string) error {
+	if j.fencer == nil {
+		return nil
+	}
+	return j.fencer.Confirm(ctx, j.Name(), j.Epoch(), write)
 }
 
 // Name is the job's resource name.

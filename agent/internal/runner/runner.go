@@ -51,8 +51,10 @@ type Config struct {
 type Deps struct {
 	Drivers  Drivers
 	Reporter Reporter
-	Logger   *slog.Logger
-	Now      func() time.Time
+	// Fencer confirms assignments before target writes (nil: none).
+	Fencer Fencer
+	Logger *slog.Logger
+	Now    func() time.Time
 }
 
 // Runner runs jobs. Run owns every job goroutine.
@@ -60,6 +62,7 @@ type Runner struct {
 	cfg      Config
 	drivers  Drivers
 	reporter Reporter
+	fencer   Fencer
 	log      *slog.Logger
 	now      func() time.Time
 
@@ -120,7 +123,7 @@ func New(cfg Config, deps Deps) *Runner {
 		now = time.Now
 	}
 	base, stop := context.WithCancel(context.Background())
-	return &Runner{cfg: cfg, drivers: deps.Drivers, reporter: deps.Reporter, log: log.With("component", "runner"),
+	return &Runner{cfg: cfg, drivers: deps.Drivers, reporter: deps.Reporter, fencer: deps.Fencer, log: log.With("component", "runner"),
 		now: now, base: base, stop: stop, jobs: map[string]*execution{}, finished: map[string]finished{},
 		limits: map[string]*limits{}}
 }
@@ -167,7 +170,7 @@ func (r *Runner) Start(a *agentv1.Assignment) error {
 	log := r.log.With("job", name, "epoch", epoch)
 	lim := r.limitsFor(a)
 	e := &execution{cancel: cancel, done: make(chan struct{}), job: &Job{Assignment: a, CacheDir: cacheDir(r.cfg.DataDir, a), Log: log,
-		Downstream: lim.down, Upstream: lim.up, watches: newWatchSet(ctx, cancel, log)}}
+		Downstream: lim.down, Upstream: lim.up, watches: newWatchSet(ctx, cancel, log), fencer: r.fencer}}
 	e.job.Progress = newProgress(a, r.now, r.cfg.ProgressInterval, r.reporter.Progress)
 	r.jobs[name] = e
 	r.wg.Add(1)

@@ -77,6 +77,8 @@ type Deps struct {
 	Runner Runner
 	Facts  Facts
 	Outbox *Outbox
+	// Fences, when set, gets the leader's answers to fence checks.
+	Fences *Fences
 	Logger *slog.Logger
 }
 
@@ -86,6 +88,7 @@ type Client struct {
 	runner Runner
 	facts  Facts
 	outbox *Outbox
+	fences *Fences
 	log    *slog.Logger
 
 	conns map[string]*grpc.ClientConn // used by the connect loop only
@@ -124,7 +127,7 @@ func New(cfg Config, deps Deps) *Client {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	return &Client{cfg: cfg, runner: deps.Runner, facts: deps.Facts, outbox: deps.Outbox,
+	return &Client{cfg: cfg, runner: deps.Runner, facts: deps.Facts, outbox: deps.Outbox, fences: deps.Fences,
 		log: log.With("component", "agent-session", "host", cfg.HostName), conns: map[string]*grpc.ClientConn{}}
 }
 
@@ -283,6 +286,7 @@ func (c *Client) contact(addr string, w *agentv1.Welcome) {
 	c.lastContact = time.Now()
 	c.stopped = false
 	if w != nil {
+		c.fences.setConnected(true)
 		c.coordinator = addr
 		c.grace = time.Duration(w.GetGracePeriodMs()) * time.Millisecond
 		c.retention = time.Duration(w.GetCacheRetentionMs()) * time.Millisecond
@@ -292,6 +296,7 @@ func (c *Client) contact(addr string, w *agentv1.Welcome) {
 func (c *Client) cutOff() {
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	c.fences.setConnected(false)
 	c.coordinator = ""
 }
 

@@ -114,6 +114,10 @@ func (c *Client) recvLoop(ctx context.Context, addr string, stream agentv1.Agent
 				defer lists.Done()
 				c.outbox.queue(c.inventory(ctx, k.InventoryRequest))
 			}()
+		case *agentv1.ConnectResponse_FenceAnswer:
+			if c.fences != nil {
+				c.fences.answer(k.FenceAnswer)
+			}
 		case *agentv1.ConnectResponse_Heartbeat:
 		default:
 			c.log.Warn("unexpected message from coordinator", "kind", fmt.Sprintf("%T", msg.GetKind()))

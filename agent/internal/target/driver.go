@@ -64,7 +64,8 @@ func (d *Driver) Upload(ctx context.Context, job *runner.Job) error {
 	if err != nil {
 		return err
 	}
-	up := NewUploader(UploadDeps{Runner: d.opts.Runner, Copier: &NBDCopier{Limiter: job.Upstream, Log: job.Log}, Log: job.Log})
+	up := NewUploader(UploadDeps{Runner: d.opts.Runner, Copier: &NBDCopier{Limiter: job.Upstream, Log: job.Log}, Log: job.Log,
+		Fence: job.Fence})
 	for i, disk := range job.Assignment.GetJob().GetTarget().GetDisks() {
 		name := disk.GetSourceDisk()
 		if err := d.uploadDisk(ctx, job, up, name, vols[i]); err != nil {
@@ -101,6 +102,9 @@ func (d *Driver) Configure(ctx context.Context, job *runner.Job) ([]string, erro
 		return nil, fmt.Errorf("connect to the target host's libvirt %s: %w", d.uri, err)
 	}
 	defer conn.Close()
+	if err := job.Fence(ctx, "define domain "+spec.VM.GetVmName()); err != nil {
+		return nil, err
+	}
 	def, err := Define(ctx, conn, spec, d.options(job))
 	if err != nil {
 		return nil, err

@@ -55,6 +55,10 @@ type UploadDeps struct {
 	QemuNBD string
 	TempDir string
 	Log     *slog.Logger
+	// Fence, when set, is asked right before the volume is created and
+	// before data is written to it (runner.Job.Fence); an error stops the
+	// upload without that write.
+	Fence func(ctx context.Context, write string) error
 }
 
 // Uploader moves cache images onto target volumes.
@@ -64,11 +68,12 @@ type Uploader struct {
 	qemuNBD string
 	tempDir string
 	log     *slog.Logger
+	fenceFn func(ctx context.Context, write string) error
 }
 
 // NewUploader returns an Uploader.
 func NewUploader(d UploadDeps) *Uploader {
-	u := &Uploader{runner: d.Runner, copier: d.Copier, qemuNBD: d.QemuNBD, tempDir: d.TempDir, log: d.Log}
+	u := &Uploader{runner: d.Runner, copier: d.Copier, qemuNBD: d.QemuNBD, tempDir: d.TempDir, log: d.Log, fenceFn: d.Fence}
 	if u.runner == nil {
 		u.runner = ExecRunner{Log: d.Log}
 	}
@@ -90,6 +95,9 @@ func NewUploader(d UploadDeps) *Uploader {
 // of the copy. The volume is left in place when the upload fails; the
 // job's Rollback deletes it.
 func (u *Uploader) Upload(ctx context.Context, src Endpoint, vol Volume, progress func(done, total int64)) error {
+	if err := u.fence(ctx, "create volume "+vol.Path); err != nil {
+		return err
+	}
 	if err := vol.Create(ctx, u.runner); err != nil {
 		return err
 	}
@@ -103,6 +111,10 @@ func (u *Uploader) Upload(ctx context.Context, src Endpoint, vol Volume, progres
 		return fmt.Errorf("upload %s: %w", vol.Path, err)
 	}
 	start := time.Now()
+	if err := u.fence(ctx, "upload onto volume "+vol.Path); err != nil {
+		srv.close()
+		return err
+	}
 	err = u.copier.Copy(ctx, src, srv.endpoint, CopyOptions{DstZeroed: vol.ZeroInitialized(), Progress: progress})
 	if cerr := srv.close(); err == nil && cerr != nil {
 		err = cerr
@@ -112,6 +124,13 @@ func (u *Uploader) Upload(ctx context.Context, src Endpoint, vol Volume, progres
 	}
 	u.log.InfoContext(ctx, "uploaded", "volume", vol.Path, "seconds", time.Since(start).Seconds())
 	return nil
+}
+
+func (u *Uploader) fence(ctx context.Context, write string) error {
+	if u.fenceFn == nil {
+		return nil
+	}
+	return u.fenceFn(ctx, write)
 }
 
 // stopTimeout is how long qemu-nbd gets to flush and exit after SIGTERM.

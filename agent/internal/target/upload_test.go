@@ -2,6 +2,7 @@ package target
 
 import (
 	"context"
+	"errors"
 	"os"
 	"path/filepath"
 	"reflect"
@@ -132,5 +133,52 @@ func TestUploadCancelled(t *testing.T) {
 	}
 	if d := time.Since(start); d > 3*time.Second {
 		t.Errorf("cancel took %s", d)
+	}
+}
+
+// TestUploadFenced: a fence that refuses the creation leaves no volume; one
+// that refuses the data write leaves the empty volume (Rollback removes it)
+// with nothing of the source on it. Writes are asked for in order.
+func TestUploadFenced(t *testing.T) {
+	requireTools(t, "qemu-img", "qemu-nbd", "qemu-io")
+	_, src := sourceImage(t)
+	for _, refuse := range []string{"create volume", "upload onto volume"} {
+		t.Run(refuse, func(t *testing.T) {
+			vol, err := Plan(storage(ferryv1.PrimaryStorageType_PRIMARY_STORAGE_TYPE_LOCAL, t.TempDir(), "", ""), "migrationJobs/j1", "vda", sourceSize)
+			if err != nil {
+				t.Fatal(err)
+			}
+			var asked []string
+			fence := func(_ context.Context, write string) error {
+				asked = append(asked, write)
+				if strings.HasPrefix(write, refuse) {
+					return errors.New("stale assignment")
+				}
+				return nil
+			}
+			u := NewUploader(UploadDeps{Copier: &NBDCopier{Limiter: ratelimit.New(0), Log: testLog(t)}, Log: testLog(t), Fence: fence})
+			err = u.Upload(context.Background(), src, vol, nil)
+			if err == nil || !strings.Contains(err.Error(), "stale assignment") {
+				t.Fatalf("Upload = %v, want the fence's refusal", err)
+			}
+			want := []string{"create volume " + vol.Path, "upload onto volume " + vol.Path}
+			if refuse == "create volume" {
+				want = want[:1]
+			}
+			if !reflect.DeepEqual(asked, want) {
+				t.Errorf("fence asked %q, want %q", asked, want)
+			}
+			_, statErr := os.Stat(vol.Path)
+			switch refuse {
+			case "create volume":
+				if !os.IsNotExist(statErr) {
+					t.Errorf("volume %s exists after a refused creation (%v)", vol.Path, statErr)
+				}
+			default:
+				if out := run(t, "qemu-img", "map", "--output=json", vol.Path); strings.Contains(out, `"data": true`) {
+					t.Errorf("data written to the volume after a refused upload: %s", out)
+				}
+			}
+		})
 	}
 }

@@ -203,6 +203,8 @@ func (m *Manager) handle(ctx context.Context, s *session, req *agentv1.ConnectRe
 		return nil
 	case *agentv1.ConnectRequest_HostKeyObserved:
 		return m.hostKey(ctx, s, k.HostKeyObserved)
+	case *agentv1.ConnectRequest_FenceCheck:
+		return m.fence(ctx, s, k.FenceCheck)
 	case *agentv1.ConnectRequest_Hello:
 		return status.Error(codes.InvalidArgument, "hello sent twice in one session")
 	default:

@@ -28,6 +28,10 @@ type BackupOptions struct {
 	// Pause suspends a running VM before the backup starts. It stays
 	// paused afterwards; the operator resumes it.
 	Pause bool
+	// BeforeBegin, when set, is called with the named but not yet begun
+	// backup; an error stops StartBackup before anything is made on the
+	// source. The driver records there what to clean up after a crash.
+	BeforeBegin func(b *Backup) error
 }
 
 // Backup is a pull-mode backup job on the source: each disk is exported
@@ -68,6 +72,11 @@ func (c *Conn) StartBackup(ctx context.Context, vmName string, disks []string, o
 	b, def, err := c.newBackup(dom, vmName, disks)
 	if err != nil {
 		return nil, err
+	}
+	if opts.BeforeBegin != nil {
+		if err := opts.BeforeBegin(b); err != nil {
+			return nil, err
+		}
 	}
 	if opts.Pause {
 		if err := b.pause(dom); err != nil {
@@ -186,6 +195,36 @@ func (b *Backup) backupXML(def *libvirtxml.Domain) (string, error) {
 	return out, nil
 }
 
+// Reattach moves the backup onto a new connection to the same source
+// after the old one was lost. The backup job lives on the source
+// regardless of its client's connection; Reattach fails when it is gone
+// (libvirtd restarted, or someone aborted it) or is not this backup.
+func (b *Backup) Reattach(c *Conn) error {
+	dom, err := c.virt.LookupDomainByUUIDString(b.uuid)
+	if err != nil {
+		return fmt.Errorf("look up VM %s again: %w", b.vm, err)
+	}
+	defer dom.Free()
+	socket, err := backupSocket(dom)
+	if err != nil {
+		return err
+	}
+	if socket != b.socket {
+		return fmt.Errorf("the backup job of VM %s ended while the source was unreachable", b.vm)
+	}
+	b.mu.Lock()
+	b.conn = c
+	b.mu.Unlock()
+	b.log.Info("backup reattached on a new source connection")
+	return nil
+}
+
+// VM is the name of the backed-up VM; UUID its libvirt UUID.
+func (b *Backup) VM() string { return b.vm }
+
+// UUID is the backed-up VM's libvirt UUID.
+func (b *Backup) UUID() string { return b.uuid }
+
 // Targets are the disks the backup exports.
 func (b *Backup) Targets() []string { return slices.Clone(b.targets) }
 
@@ -202,12 +241,12 @@ func (b *Backup) OpenDisk(ctx context.Context, target string) (net.Conn, error) 
 		return nil, fmt.Errorf("backup of VM %s has no disk %q", b.vm, target)
 	}
 	b.mu.Lock()
-	closed := b.closed
+	closed, c := b.closed, b.conn
 	b.mu.Unlock()
 	if closed {
 		return nil, fmt.Errorf("backup of VM %s is closed", b.vm)
 	}
-	conn, err := b.conn.ssh.DialContext(ctx, "unix", b.socket)
+	conn, err := c.ssh.DialContext(ctx, "unix", b.socket)
 	if err != nil {
 		return nil, fmt.Errorf("open NBD export %s of VM %s over SSH (socket %s; the SSH user must "+
 			"be allowed to connect to it, as root is): %w", target, b.vm, b.socket, err)

@@ -18,6 +18,7 @@ import (
 	"net"
 	"path"
 	"strings"
+	"time"
 
 	"github.com/ferry-v2v/ferry/pkg/seal"
 )
@@ -69,6 +70,9 @@ type Config struct {
 	Dialer ContextDialer
 	// Logger receives the driver's logs (slog.Default() when nil).
 	Logger *slog.Logger
+	// KeepaliveInterval is how often the SSH connection is probed; one
+	// silent for three intervals is given up (30 s when 0).
+	KeepaliveInterval time.Duration
 
 	// Paths on the source host; the defaults suit Debian, Ubuntu and
 	// RHEL-family libvirt packages.

@@ -30,6 +30,8 @@ type Conn struct {
 
 	stopKeepalive context.CancelFunc
 	keepalives    sync.WaitGroup
+	// lost is closed once the SSH connection has ended, for whatever reason.
+	lost chan struct{}
 
 	closeOnce sync.Once
 	closeErr  error
@@ -52,10 +54,15 @@ func Connect(ctx context.Context, cfg Config) (*Conn, error) {
 	if err != nil {
 		return nil, err
 	}
-	c := &Conn{cfg: cfg, log: log, ssh: client, hostKey: check.observedKey()}
+	c := &Conn{cfg: cfg, log: log, ssh: client, hostKey: check.observedKey(), lost: make(chan struct{})}
 	kctx, cancel := context.WithCancel(context.Background())
 	c.stopKeepalive = cancel
-	c.keepalives.Go(func() { keepalive(kctx, client, tcp, keepaliveInterval) })
+	interval := keepaliveInterval
+	if cfg.KeepaliveInterval > 0 {
+		interval = cfg.KeepaliveInterval
+	}
+	c.keepalives.Go(func() { keepalive(kctx, client, tcp, interval) })
+	c.keepalives.Go(func() { _ = client.Wait(); close(c.lost) })
 	if cfg.PinnedHostKey == "" && cfg.KnownHostKey == "" {
 		log.Info("trusting the source's SSH host key on first use", "fingerprint", c.fingerprint())
 	}
@@ -166,6 +173,35 @@ func (c *Conn) Close() error {
 		c.closeErr = errors.Join(errs...)
 	})
 	return c.closeErr
+}
+
+// lostProbe bounds the keepalive Lost sends.
+const lostProbe = 5 * time.Second
+
+// Lost reports whether the SSH connection to the source has ended or no
+// longer answers a keepalive within a few seconds: what a copy that failed
+// with an I/O error needs to know before reconnecting.
+func (c *Conn) Lost() bool {
+	select {
+	case <-c.lost:
+		return true
+	default:
+	}
+	answered := make(chan error, 1)
+	go func() {
+		_, _, err := c.ssh.SendRequest("keepalive@openssh.com", true, nil)
+		answered <- err
+	}()
+	select {
+	case err := <-answered:
+		if err == nil {
+			return false
+		}
+	case <-c.lost:
+	case <-time.After(lostProbe):
+	}
+	c.ssh.Close() // a connection that does not answer is given up
+	return true
 }
 
 // domain looks a domain up by name; the caller frees it.

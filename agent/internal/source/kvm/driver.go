@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"log/slog"
 	"strings"
+	"sync"
+	"time"
 
 	"github.com/ferry-v2v/ferry/agent/internal/cache"
 	"github.com/ferry-v2v/ferry/agent/internal/pipeline"
@@ -22,11 +24,52 @@ type HostKeyReporter interface {
 	HostKey(source, key string)
 }
 
+// Defaults of Options.
+const (
+	DefaultRetryBudget     = 5 * time.Minute
+	DefaultRetryBackoffMin = time.Second
+	DefaultRetryBackoffMax = 15 * time.Second
+)
+
+// Options tune the driver; zero values take the defaults.
+type Options struct {
+	// RetryBudget is how long a copy whose SSH connection to the source
+	// dropped keeps trying to reconnect, with backoff between
+	// RetryBackoffMin and RetryBackoffMax, before its job fails. A
+	// negative budget fails the job at once.
+	RetryBudget                      time.Duration
+	RetryBackoffMin, RetryBackoffMax time.Duration
+	// KeepaliveInterval is how often source SSH connections are probed;
+	// one silent for three intervals counts as dropped (30 s when 0).
+	KeepaliveInterval time.Duration
+	// StateDir keeps a record of every backup begun on a source until it
+	// has been ended, so that the Janitor ends those a failure or a crash
+	// left behind. Empty keeps no records.
+	StateDir string
+}
+
+func (o Options) withDefaults() Options {
+	if o.RetryBudget == 0 {
+		o.RetryBudget = DefaultRetryBudget
+	}
+	if o.RetryBackoffMin <= 0 {
+		o.RetryBackoffMin = DefaultRetryBackoffMin
+	}
+	if o.RetryBackoffMax < o.RetryBackoffMin {
+		o.RetryBackoffMax = max(DefaultRetryBackoffMax, o.RetryBackoffMin)
+	}
+	return o
+}
+
 // Driver is the KVM source driver as the runner sees it: Convert copies a
 // job's disks to the cache, ListVMs answers inventory requests.
 type Driver struct {
 	log  *slog.Logger
 	keys HostKeyReporter
+	opts Options
+
+	mu     sync.Mutex
+	active map[string]bool // leftover records of running backups
 }
 
 var (
@@ -35,34 +78,19 @@ var (
 )
 
 // NewDriver returns the driver; keys may be nil.
-func NewDriver(log *slog.Logger, keys HostKeyReporter) *Driver {
+func NewDriver(log *slog.Logger, keys HostKeyReporter, opts Options) *Driver {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	return &Driver{log: log, keys: keys}
+	return &Driver{log: log, keys: keys, opts: opts.withDefaults(), active: map[string]bool{}}
 }
 
 // connect opens the source of an assignment or inventory request, from
 // the migration server's address inside its migration CIDR.
 func (d *Driver) connect(ctx context.Context, src *ferryv1.Source, ms *ferryv1.MigrationServer, secrets map[string]string, log *slog.Logger) (*Conn, error) {
-	k := src.GetKvm()
-	if k == nil {
-		return nil, fmt.Errorf("%w: source %s has no KVM connection", ErrConfig, src.GetName())
-	}
-	dialer, err := netsel.Dialer(ms.GetMigrationCidr())
+	cfg, err := d.config(src, ms, secrets, log)
 	if err != nil {
-		return nil, fmt.Errorf("migration CIDR of %s: %w", ms.GetName(), err)
-	}
-	cfg := Config{
-		Address: k.GetAddress(), Port: int(k.GetSshPort()), User: k.GetUser(),
-		PinnedHostKey: k.GetHostKey(), KnownHostKey: k.GetObservedHostKey(),
-		SASLUser: k.GetSaslUser(), SASLPassword: seal.Secret(secrets[k.GetSaslCredential()]),
-		Dialer: dialer, Logger: log,
-	}
-	if secret := secrets[k.GetCredential()]; strings.Contains(secret, "PRIVATE KEY-----") {
-		cfg.PrivateKeyPEM = seal.Secret(secret)
-	} else {
-		cfg.Password = seal.Secret(secret)
+		return nil, err
 	}
 	conn, err := Connect(ctx, cfg)
 	if err != nil {
@@ -72,6 +100,30 @@ func (d *Driver) connect(ctx context.Context, src *ferryv1.Source, ms *ferryv1.M
 		d.keys.HostKey(src.GetName(), conn.ObservedHostKey())
 	}
 	return conn, nil
+}
+
+// config is how to reach src from the migration server ms.
+func (d *Driver) config(src *ferryv1.Source, ms *ferryv1.MigrationServer, secrets map[string]string, log *slog.Logger) (Config, error) {
+	k := src.GetKvm()
+	if k == nil {
+		return Config{}, fmt.Errorf("%w: source %s has no KVM connection", ErrConfig, src.GetName())
+	}
+	dialer, err := netsel.Dialer(ms.GetMigrationCidr())
+	if err != nil {
+		return Config{}, fmt.Errorf("migration CIDR of %s: %w", ms.GetName(), err)
+	}
+	cfg := Config{
+		Address: k.GetAddress(), Port: int(k.GetSshPort()), User: k.GetUser(),
+		PinnedHostKey: k.GetHostKey(), KnownHostKey: k.GetObservedHostKey(),
+		SASLUser: k.GetSaslUser(), SASLPassword: seal.Secret(secrets[k.GetSaslCredential()]),
+		Dialer: dialer, Logger: log, KeepaliveInterval: d.opts.KeepaliveInterval,
+	}
+	if secret := secrets[k.GetCredential()]; strings.Contains(secret, "PRIVATE KEY-----") {
+		cfg.PrivateKeyPEM = seal.Secret(secret)
+	} else {
+		cfg.Password = seal.Secret(secret)
+	}
+	return cfg, nil
 }
 
 // Inventory describes the source host (with its libvirt version) and its
@@ -96,15 +148,20 @@ func (d *Driver) Inventory(ctx context.Context, req *agentv1.InventoryRequest) (
 }
 
 // Convert copies the job's disks from a consistent backup of the running
-// VM into the cache. The backup job and its scratch files are gone on the
-// source host however Convert ends.
+// VM into the cache. A dropped SSH connection is retried for the retry
+// budget, the copy resuming on the same backup from the cache's
+// checkpoints. The backup job and its scratch files are gone on the source
+// host however Convert ends; when the source cannot be reached to end
+// them, the Janitor does it later.
 func (d *Driver) Convert(ctx context.Context, job *runner.Job) error {
 	a := job.Assignment
+	src := &source{d: d, job: job}
 	conn, err := d.connect(ctx, a.GetSource(), a.GetMigrationServer(), a.GetSecrets(), job.Log)
 	if err != nil {
 		return err
 	}
-	defer conn.Close()
+	src.conn = conn
+	defer func() { src.conn.Close() }()
 	if err := conn.CheckVersions(a.GetPrimaryStorage().GetType() == ferryv1.PrimaryStorageType_PRIMARY_STORAGE_TYPE_CEPH); err != nil {
 		return err
 	}
@@ -124,26 +181,37 @@ func (d *Driver) Convert(ctx context.Context, job *runner.Job) error {
 	for i, disk := range disks {
 		targets[i] = disk.GetSourceDisk()
 	}
-	b, err := conn.StartBackup(ctx, vmName, targets, BackupOptions{Pause: a.GetJob().GetOptions().GetPauseSourceVm()})
+	record := ""
+	b, err := conn.StartBackup(ctx, vmName, targets, BackupOptions{Pause: a.GetJob().GetOptions().GetPauseSourceVm(),
+		BeforeBegin: func(b *Backup) error {
+			cfg, err := d.config(a.GetSource(), a.GetMigrationServer(), a.GetSecrets(), job.Log)
+			if err == nil {
+				record, err = d.remember(cfg, a.GetMigrationServer().GetMigrationCidr(), job.Name(), b)
+			}
+			return err
+		}})
 	if err != nil {
+		d.release(record, true)
 		return err
 	}
 	defer func() {
-		if cerr := b.Close(context.WithoutCancel(ctx)); cerr != nil {
-			job.Log.Error("end the source backup", "err", cerr)
+		cerr := b.Close(context.WithoutCancel(ctx))
+		if cerr != nil {
+			job.Log.Error("end the source backup; the agent tries again later", "err", cerr)
 		}
+		d.release(record, cerr == nil)
 	}()
 	for _, disk := range disks {
-		if err := d.copyDisk(ctx, job, b, disk); err != nil {
+		if err := src.copyDisk(ctx, b, disk); err != nil {
 			return fmt.Errorf("disk %s: %w", disk.GetSourceDisk(), err)
 		}
 	}
 	return nil
 }
 
-// copyDisk copies one disk's export into its cache image, skipping what a
+// copyOnce copies one disk's export into its cache image, skipping what a
 // checkpoint says the cache already holds.
-func (d *Driver) copyDisk(ctx context.Context, job *runner.Job, b *Backup, disk *ferryv1.TargetDisk) error {
+func (d *Driver) copyOnce(ctx context.Context, job *runner.Job, b *Backup, disk *ferryv1.TargetDisk) error {
 	name := disk.GetSourceDisk()
 	nc, err := b.OpenDisk(ctx, name)
 	if err != nil {

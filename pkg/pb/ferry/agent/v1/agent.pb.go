@@ -87,6 +87,7 @@ type ConnectRequest struct {
 	//	*ConnectRequest_Result
 	//	*ConnectRequest_InventoryResponse
 	//	*ConnectRequest_HostKeyObserved
+	//	*ConnectRequest_FenceCheck
 	Kind          isConnectRequest_Kind `protobuf_oneof:"kind"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -183,6 +184,15 @@ func (x *ConnectRequest) GetHostKeyObserved() *HostKeyObserved {
 	return nil
 }
 
+func (x *ConnectRequest) GetFenceCheck() *FenceCheck {
+	if x != nil {
+		if x, ok := x.Kind.(*ConnectRequest_FenceCheck); ok {
+			return x.FenceCheck
+		}
+	}
+	return nil
+}
+
 type isConnectRequest_Kind interface {
 	isConnectRequest_Kind()
 }
@@ -211,6 +221,10 @@ type ConnectRequest_HostKeyObserved struct {
 	HostKeyObserved *HostKeyObserved `protobuf:"bytes,6,opt,name=host_key_observed,json=hostKeyObserved,proto3,oneof"`
 }
 
+type ConnectRequest_FenceCheck struct {
+	FenceCheck *FenceCheck `protobuf:"bytes,7,opt,name=fence_check,json=fenceCheck,proto3,oneof"`
+}
+
 func (*ConnectRequest_Hello) isConnectRequest_Kind() {}
 
 func (*ConnectRequest_Heartbeat) isConnectRequest_Kind() {}
@@ -223,6 +237,8 @@ func (*ConnectRequest_InventoryResponse) isConnectRequest_Kind() {}
 
 func (*ConnectRequest_HostKeyObserved) isConnectRequest_Kind() {}
 
+func (*ConnectRequest_FenceCheck) isConnectRequest_Kind() {}
+
 type ConnectResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Types that are valid to be assigned to Kind:
@@ -232,6 +248,7 @@ type ConnectResponse struct {
 	//	*ConnectResponse_Assignment
 	//	*ConnectResponse_Cancellation
 	//	*ConnectResponse_InventoryRequest
+	//	*ConnectResponse_FenceAnswer
 	Kind          isConnectResponse_Kind `protobuf_oneof:"kind"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -319,6 +336,15 @@ func (x *ConnectResponse) GetInventoryRequest() *InventoryRequest {
 	return nil
 }
 
+func (x *ConnectResponse) GetFenceAnswer() *FenceAnswer {
+	if x != nil {
+		if x, ok := x.Kind.(*ConnectResponse_FenceAnswer); ok {
+			return x.FenceAnswer
+		}
+	}
+	return nil
+}
+
 type isConnectResponse_Kind interface {
 	isConnectResponse_Kind()
 }
@@ -343,6 +369,10 @@ type ConnectResponse_InventoryRequest struct {
 	InventoryRequest *InventoryRequest `protobuf:"bytes,5,opt,name=inventory_request,json=inventoryRequest,proto3,oneof"`
 }
 
+type ConnectResponse_FenceAnswer struct {
+	FenceAnswer *FenceAnswer `protobuf:"bytes,6,opt,name=fence_answer,json=fenceAnswer,proto3,oneof"`
+}
+
 func (*ConnectResponse_Welcome) isConnectResponse_Kind() {}
 
 func (*ConnectResponse_Heartbeat) isConnectResponse_Kind() {}
@@ -352,6 +382,148 @@ func (*ConnectResponse_Assignment) isConnectResponse_Kind() {}
 func (*ConnectResponse_Cancellation) isConnectResponse_Kind() {}
 
 func (*ConnectResponse_InventoryRequest) isConnectResponse_Kind() {}
+
+func (*ConnectResponse_FenceAnswer) isConnectResponse_Kind() {}
+
+// FenceCheck asks the leader, before a write to a target (volume
+// creation, upload, domain definition), whether an assignment is still
+// the job's current one. The agent writes only after an answer that says
+// so: an agent that was partitioned away and comes back with a stale
+// assignment never writes a target.
+type FenceCheck struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Chosen by the agent; the answer carries it back.
+	RequestId string `protobuf:"bytes,1,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`
+	// migrationJobs/{id}
+	Job   string `protobuf:"bytes,2,opt,name=job,proto3" json:"job,omitempty"`
+	Epoch int64  `protobuf:"varint,3,opt,name=epoch,proto3" json:"epoch,omitempty"`
+	// What the agent is about to write, for the logs.
+	Write         string `protobuf:"bytes,4,opt,name=write,proto3" json:"write,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *FenceCheck) Reset() {
+	*x = FenceCheck{}
+	mi := &file_ferry_agent_v1_agent_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *FenceCheck) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*FenceCheck) ProtoMessage() {}
+
+func (x *FenceCheck) ProtoReflect() protoreflect.Message {
+	mi := &file_ferry_agent_v1_agent_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use FenceCheck.ProtoReflect.Descriptor instead.
+func (*FenceCheck) Descriptor() ([]byte, []int) {
+	return file_ferry_agent_v1_agent_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *FenceCheck) GetRequestId() string {
+	if x != nil {
+		return x.RequestId
+	}
+	return ""
+}
+
+func (x *FenceCheck) GetJob() string {
+	if x != nil {
+		return x.Job
+	}
+	return ""
+}
+
+func (x *FenceCheck) GetEpoch() int64 {
+	if x != nil {
+		return x.Epoch
+	}
+	return 0
+}
+
+func (x *FenceCheck) GetWrite() string {
+	if x != nil {
+		return x.Write
+	}
+	return ""
+}
+
+// FenceAnswer answers a FenceCheck after a linearizable read of the
+// ledger.
+type FenceAnswer struct {
+	state     protoimpl.MessageState `protogen:"open.v1"`
+	RequestId string                 `protobuf:"bytes,1,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`
+	// The job runs under this epoch on the asking host.
+	Current bool `protobuf:"varint,2,opt,name=current,proto3" json:"current,omitempty"`
+	// Why not, when not current.
+	Reason        string `protobuf:"bytes,3,opt,name=reason,proto3" json:"reason,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *FenceAnswer) Reset() {
+	*x = FenceAnswer{}
+	mi := &file_ferry_agent_v1_agent_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *FenceAnswer) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*FenceAnswer) ProtoMessage() {}
+
+func (x *FenceAnswer) ProtoReflect() protoreflect.Message {
+	mi := &file_ferry_agent_v1_agent_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use FenceAnswer.ProtoReflect.Descriptor instead.
+func (*FenceAnswer) Descriptor() ([]byte, []int) {
+	return file_ferry_agent_v1_agent_proto_rawDescGZIP(), []int{3}
+}
+
+func (x *FenceAnswer) GetRequestId() string {
+	if x != nil {
+		return x.RequestId
+	}
+	return ""
+}
+
+func (x *FenceAnswer) GetCurrent() bool {
+	if x != nil {
+		return x.Current
+	}
+	return false
+}
+
+func (x *FenceAnswer) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
 
 // Hello opens a session.
 type Hello struct {
@@ -370,7 +542,7 @@ type Hello struct {
 
 func (x *Hello) Reset() {
 	*x = Hello{}
-	mi := &file_ferry_agent_v1_agent_proto_msgTypes[2]
+	mi := &file_ferry_agent_v1_agent_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -382,7 +554,7 @@ func (x *Hello) String() string {
 func (*Hello) ProtoMessage() {}
 
 func (x *Hello) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_agent_v1_agent_proto_msgTypes[2]
+	mi := &file_ferry_agent_v1_agent_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -395,7 +567,7 @@ func (x *Hello) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Hello.ProtoReflect.Descriptor instead.
 func (*Hello) Descriptor() ([]byte, []int) {
-	return file_ferry_agent_v1_agent_proto_rawDescGZIP(), []int{2}
+	return file_ferry_agent_v1_agent_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *Hello) GetHostName() string {
@@ -445,7 +617,7 @@ type HeldJob struct {
 
 func (x *HeldJob) Reset() {
 	*x = HeldJob{}
-	mi := &file_ferry_agent_v1_agent_proto_msgTypes[3]
+	mi := &file_ferry_agent_v1_agent_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -457,7 +629,7 @@ func (x *HeldJob) String() string {
 func (*HeldJob) ProtoMessage() {}
 
 func (x *HeldJob) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_agent_v1_agent_proto_msgTypes[3]
+	mi := &file_ferry_agent_v1_agent_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -470,7 +642,7 @@ func (x *HeldJob) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HeldJob.ProtoReflect.Descriptor instead.
 func (*HeldJob) Descriptor() ([]byte, []int) {
-	return file_ferry_agent_v1_agent_proto_rawDescGZIP(), []int{3}
+	return file_ferry_agent_v1_agent_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *HeldJob) GetJob() string {
@@ -512,7 +684,7 @@ type Welcome struct {
 
 func (x *Welcome) Reset() {
 	*x = Welcome{}
-	mi := &file_ferry_agent_v1_agent_proto_msgTypes[4]
+	mi := &file_ferry_agent_v1_agent_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -524,7 +696,7 @@ func (x *Welcome) String() string {
 func (*Welcome) ProtoMessage() {}
 
 func (x *Welcome) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_agent_v1_agent_proto_msgTypes[4]
+	mi := &file_ferry_agent_v1_agent_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -537,7 +709,7 @@ func (x *Welcome) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Welcome.ProtoReflect.Descriptor instead.
 func (*Welcome) Descriptor() ([]byte, []int) {
-	return file_ferry_agent_v1_agent_proto_rawDescGZIP(), []int{4}
+	return file_ferry_agent_v1_agent_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *Welcome) GetCoordinatorId() string {
@@ -579,7 +751,7 @@ type Heartbeat struct {
 
 func (x *Heartbeat) Reset() {
 	*x = Heartbeat{}
-	mi := &file_ferry_agent_v1_agent_proto_msgTypes[5]
+	mi := &file_ferry_agent_v1_agent_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -591,7 +763,7 @@ func (x *Heartbeat) String() string {
 func (*Heartbeat) ProtoMessage() {}
 
 func (x *Heartbeat) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_agent_v1_agent_proto_msgTypes[5]
+	mi := &file_ferry_agent_v1_agent_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -604,7 +776,7 @@ func (x *Heartbeat) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Heartbeat.ProtoReflect.Descriptor instead.
 func (*Heartbeat) Descriptor() ([]byte, []int) {
-	return file_ferry_agent_v1_agent_proto_rawDescGZIP(), []int{5}
+	return file_ferry_agent_v1_agent_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *Heartbeat) GetTime() *timestamppb.Timestamp {
@@ -634,7 +806,7 @@ type JobProgress struct {
 
 func (x *JobProgress) Reset() {
 	*x = JobProgress{}
-	mi := &file_ferry_agent_v1_agent_proto_msgTypes[6]
+	mi := &file_ferry_agent_v1_agent_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -646,7 +818,7 @@ func (x *JobProgress) String() string {
 func (*JobProgress) ProtoMessage() {}
 
 func (x *JobProgress) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_agent_v1_agent_proto_msgTypes[6]
+	mi := &file_ferry_agent_v1_agent_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -659,7 +831,7 @@ func (x *JobProgress) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use JobProgress.ProtoReflect.Descriptor instead.
 func (*JobProgress) Descriptor() ([]byte, []int) {
-	return file_ferry_agent_v1_agent_proto_rawDescGZIP(), []int{6}
+	return file_ferry_agent_v1_agent_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *JobProgress) GetJob() string {
@@ -705,7 +877,7 @@ type JobResult struct {
 
 func (x *JobResult) Reset() {
 	*x = JobResult{}
-	mi := &file_ferry_agent_v1_agent_proto_msgTypes[7]
+	mi := &file_ferry_agent_v1_agent_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -717,7 +889,7 @@ func (x *JobResult) String() string {
 func (*JobResult) ProtoMessage() {}
 
 func (x *JobResult) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_agent_v1_agent_proto_msgTypes[7]
+	mi := &file_ferry_agent_v1_agent_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -730,7 +902,7 @@ func (x *JobResult) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use JobResult.ProtoReflect.Descriptor instead.
 func (*JobResult) Descriptor() ([]byte, []int) {
-	return file_ferry_agent_v1_agent_proto_rawDescGZIP(), []int{7}
+	return file_ferry_agent_v1_agent_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *JobResult) GetJob() string {
@@ -796,7 +968,7 @@ type Assignment struct {
 
 func (x *Assignment) Reset() {
 	*x = Assignment{}
-	mi := &file_ferry_agent_v1_agent_proto_msgTypes[8]
+	mi := &file_ferry_agent_v1_agent_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -808,7 +980,7 @@ func (x *Assignment) String() string {
 func (*Assignment) ProtoMessage() {}
 
 func (x *Assignment) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_agent_v1_agent_proto_msgTypes[8]
+	mi := &file_ferry_agent_v1_agent_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -821,7 +993,7 @@ func (x *Assignment) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Assignment.ProtoReflect.Descriptor instead.
 func (*Assignment) Descriptor() ([]byte, []int) {
-	return file_ferry_agent_v1_agent_proto_rawDescGZIP(), []int{8}
+	return file_ferry_agent_v1_agent_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *Assignment) GetJob() *v1.MigrationJob {
@@ -892,7 +1064,7 @@ type Cancellation struct {
 
 func (x *Cancellation) Reset() {
 	*x = Cancellation{}
-	mi := &file_ferry_agent_v1_agent_proto_msgTypes[9]
+	mi := &file_ferry_agent_v1_agent_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -904,7 +1076,7 @@ func (x *Cancellation) String() string {
 func (*Cancellation) ProtoMessage() {}
 
 func (x *Cancellation) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_agent_v1_agent_proto_msgTypes[9]
+	mi := &file_ferry_agent_v1_agent_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -917,7 +1089,7 @@ func (x *Cancellation) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Cancellation.ProtoReflect.Descriptor instead.
 func (*Cancellation) Descriptor() ([]byte, []int) {
-	return file_ferry_agent_v1_agent_proto_rawDescGZIP(), []int{9}
+	return file_ferry_agent_v1_agent_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *Cancellation) GetJob() string {
@@ -955,7 +1127,7 @@ type InventoryRequest struct {
 
 func (x *InventoryRequest) Reset() {
 	*x = InventoryRequest{}
-	mi := &file_ferry_agent_v1_agent_proto_msgTypes[10]
+	mi := &file_ferry_agent_v1_agent_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -967,7 +1139,7 @@ func (x *InventoryRequest) String() string {
 func (*InventoryRequest) ProtoMessage() {}
 
 func (x *InventoryRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_agent_v1_agent_proto_msgTypes[10]
+	mi := &file_ferry_agent_v1_agent_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -980,7 +1152,7 @@ func (x *InventoryRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use InventoryRequest.ProtoReflect.Descriptor instead.
 func (*InventoryRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_agent_v1_agent_proto_rawDescGZIP(), []int{10}
+	return file_ferry_agent_v1_agent_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *InventoryRequest) GetRequestId() string {
@@ -1029,7 +1201,7 @@ type InventoryResponse struct {
 
 func (x *InventoryResponse) Reset() {
 	*x = InventoryResponse{}
-	mi := &file_ferry_agent_v1_agent_proto_msgTypes[11]
+	mi := &file_ferry_agent_v1_agent_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1041,7 +1213,7 @@ func (x *InventoryResponse) String() string {
 func (*InventoryResponse) ProtoMessage() {}
 
 func (x *InventoryResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_agent_v1_agent_proto_msgTypes[11]
+	mi := &file_ferry_agent_v1_agent_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1054,7 +1226,7 @@ func (x *InventoryResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use InventoryResponse.ProtoReflect.Descriptor instead.
 func (*InventoryResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_agent_v1_agent_proto_rawDescGZIP(), []int{11}
+	return file_ferry_agent_v1_agent_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *InventoryResponse) GetRequestId() string {
@@ -1099,7 +1271,7 @@ type HostKeyObserved struct {
 
 func (x *HostKeyObserved) Reset() {
 	*x = HostKeyObserved{}
-	mi := &file_ferry_agent_v1_agent_proto_msgTypes[12]
+	mi := &file_ferry_agent_v1_agent_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1111,7 +1283,7 @@ func (x *HostKeyObserved) String() string {
 func (*HostKeyObserved) ProtoMessage() {}
 
 func (x *HostKeyObserved) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_agent_v1_agent_proto_msgTypes[12]
+	mi := &file_ferry_agent_v1_agent_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1124,7 +1296,7 @@ func (x *HostKeyObserved) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HostKeyObserved.ProtoReflect.Descriptor instead.
 func (*HostKeyObserved) Descriptor() ([]byte, []int) {
-	return file_ferry_agent_v1_agent_proto_rawDescGZIP(), []int{12}
+	return file_ferry_agent_v1_agent_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *HostKeyObserved) GetSource() string {
@@ -1145,15 +1317,17 @@ var File_ferry_agent_v1_agent_proto protoreflect.FileDescriptor
 
 const file_ferry_agent_v1_agent_proto_rawDesc = "" +
 	"\n" +
-	"\x1aferry/agent/v1/agent.proto\x12\x0eferry.agent.v1\x1a\x18ferry/v1/inventory.proto\x1a\x1cferry/v1/migration_job.proto\x1a\x1fferry/v1/migration_server.proto\x1a\x15ferry/v1/source.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x95\x03\n" +
+	"\x1aferry/agent/v1/agent.proto\x12\x0eferry.agent.v1\x1a\x18ferry/v1/inventory.proto\x1a\x1cferry/v1/migration_job.proto\x1a\x1fferry/v1/migration_server.proto\x1a\x15ferry/v1/source.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xd4\x03\n" +
 	"\x0eConnectRequest\x12-\n" +
 	"\x05hello\x18\x01 \x01(\v2\x15.ferry.agent.v1.HelloH\x00R\x05hello\x129\n" +
 	"\theartbeat\x18\x02 \x01(\v2\x19.ferry.agent.v1.HeartbeatH\x00R\theartbeat\x129\n" +
 	"\bprogress\x18\x03 \x01(\v2\x1b.ferry.agent.v1.JobProgressH\x00R\bprogress\x123\n" +
 	"\x06result\x18\x04 \x01(\v2\x19.ferry.agent.v1.JobResultH\x00R\x06result\x12R\n" +
 	"\x12inventory_response\x18\x05 \x01(\v2!.ferry.agent.v1.InventoryResponseH\x00R\x11inventoryResponse\x12M\n" +
-	"\x11host_key_observed\x18\x06 \x01(\v2\x1f.ferry.agent.v1.HostKeyObservedH\x00R\x0fhostKeyObservedB\x06\n" +
-	"\x04kind\"\xdc\x02\n" +
+	"\x11host_key_observed\x18\x06 \x01(\v2\x1f.ferry.agent.v1.HostKeyObservedH\x00R\x0fhostKeyObserved\x12=\n" +
+	"\vfence_check\x18\a \x01(\v2\x1a.ferry.agent.v1.FenceCheckH\x00R\n" +
+	"fenceCheckB\x06\n" +
+	"\x04kind\"\x9e\x03\n" +
 	"\x0fConnectResponse\x123\n" +
 	"\awelcome\x18\x01 \x01(\v2\x17.ferry.agent.v1.WelcomeH\x00R\awelcome\x129\n" +
 	"\theartbeat\x18\x02 \x01(\v2\x19.ferry.agent.v1.HeartbeatH\x00R\theartbeat\x12<\n" +
@@ -1161,8 +1335,21 @@ const file_ferry_agent_v1_agent_proto_rawDesc = "" +
 	"assignment\x18\x03 \x01(\v2\x1a.ferry.agent.v1.AssignmentH\x00R\n" +
 	"assignment\x12B\n" +
 	"\fcancellation\x18\x04 \x01(\v2\x1c.ferry.agent.v1.CancellationH\x00R\fcancellation\x12O\n" +
-	"\x11inventory_request\x18\x05 \x01(\v2 .ferry.agent.v1.InventoryRequestH\x00R\x10inventoryRequestB\x06\n" +
-	"\x04kind\"\xc4\x01\n" +
+	"\x11inventory_request\x18\x05 \x01(\v2 .ferry.agent.v1.InventoryRequestH\x00R\x10inventoryRequest\x12@\n" +
+	"\ffence_answer\x18\x06 \x01(\v2\x1b.ferry.agent.v1.FenceAnswerH\x00R\vfenceAnswerB\x06\n" +
+	"\x04kind\"i\n" +
+	"\n" +
+	"FenceCheck\x12\x1d\n" +
+	"\n" +
+	"request_id\x18\x01 \x01(\tR\trequestId\x12\x10\n" +
+	"\x03job\x18\x02 \x01(\tR\x03job\x12\x14\n" +
+	"\x05epoch\x18\x03 \x01(\x03R\x05epoch\x12\x14\n" +
+	"\x05write\x18\x04 \x01(\tR\x05write\"^\n" +
+	"\vFenceAnswer\x12\x1d\n" +
+	"\n" +
+	"request_id\x18\x01 \x01(\tR\trequestId\x12\x18\n" +
+	"\acurrent\x18\x02 \x01(\bR\acurrent\x12\x16\n" +
+	"\x06reason\x18\x03 \x01(\tR\x06reason\"\xc4\x01\n" +
 	"\x05Hello\x12\x1b\n" +
 	"\thost_name\x18\x01 \x01(\tR\bhostName\x12\x18\n" +
 	"\acluster\x18\x02 \x01(\tR\acluster\x12#\n" +
@@ -1253,77 +1440,81 @@ func file_ferry_agent_v1_agent_proto_rawDescGZIP() []byte {
 }
 
 var file_ferry_agent_v1_agent_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_ferry_agent_v1_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 15)
+var file_ferry_agent_v1_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 17)
 var file_ferry_agent_v1_agent_proto_goTypes = []any{
 	(JobOutcome)(0),               // 0: ferry.agent.v1.JobOutcome
 	(*ConnectRequest)(nil),        // 1: ferry.agent.v1.ConnectRequest
 	(*ConnectResponse)(nil),       // 2: ferry.agent.v1.ConnectResponse
-	(*Hello)(nil),                 // 3: ferry.agent.v1.Hello
-	(*HeldJob)(nil),               // 4: ferry.agent.v1.HeldJob
-	(*Welcome)(nil),               // 5: ferry.agent.v1.Welcome
-	(*Heartbeat)(nil),             // 6: ferry.agent.v1.Heartbeat
-	(*JobProgress)(nil),           // 7: ferry.agent.v1.JobProgress
-	(*JobResult)(nil),             // 8: ferry.agent.v1.JobResult
-	(*Assignment)(nil),            // 9: ferry.agent.v1.Assignment
-	(*Cancellation)(nil),          // 10: ferry.agent.v1.Cancellation
-	(*InventoryRequest)(nil),      // 11: ferry.agent.v1.InventoryRequest
-	(*InventoryResponse)(nil),     // 12: ferry.agent.v1.InventoryResponse
-	(*HostKeyObserved)(nil),       // 13: ferry.agent.v1.HostKeyObserved
-	nil,                           // 14: ferry.agent.v1.Assignment.SecretsEntry
-	nil,                           // 15: ferry.agent.v1.InventoryRequest.SecretsEntry
-	(*v1.HostFacts)(nil),          // 16: ferry.v1.HostFacts
-	(v1.MigrationJobPhase)(0),     // 17: ferry.v1.MigrationJobPhase
-	(*timestamppb.Timestamp)(nil), // 18: google.protobuf.Timestamp
-	(*v1.DiskProgress)(nil),       // 19: ferry.v1.DiskProgress
-	(*v1.MigrationJob)(nil),       // 20: ferry.v1.MigrationJob
-	(*v1.Source)(nil),             // 21: ferry.v1.Source
-	(*v1.MigrationServer)(nil),    // 22: ferry.v1.MigrationServer
-	(*v1.PrimaryStorage)(nil),     // 23: ferry.v1.PrimaryStorage
-	(*v1.L3Network)(nil),          // 24: ferry.v1.L3Network
-	(*durationpb.Duration)(nil),   // 25: google.protobuf.Duration
-	(*v1.SourceVm)(nil),           // 26: ferry.v1.SourceVm
-	(*v1.SourceInventory)(nil),    // 27: ferry.v1.SourceInventory
+	(*FenceCheck)(nil),            // 3: ferry.agent.v1.FenceCheck
+	(*FenceAnswer)(nil),           // 4: ferry.agent.v1.FenceAnswer
+	(*Hello)(nil),                 // 5: ferry.agent.v1.Hello
+	(*HeldJob)(nil),               // 6: ferry.agent.v1.HeldJob
+	(*Welcome)(nil),               // 7: ferry.agent.v1.Welcome
+	(*Heartbeat)(nil),             // 8: ferry.agent.v1.Heartbeat
+	(*JobProgress)(nil),           // 9: ferry.agent.v1.JobProgress
+	(*JobResult)(nil),             // 10: ferry.agent.v1.JobResult
+	(*Assignment)(nil),            // 11: ferry.agent.v1.Assignment
+	(*Cancellation)(nil),          // 12: ferry.agent.v1.Cancellation
+	(*InventoryRequest)(nil),      // 13: ferry.agent.v1.InventoryRequest
+	(*InventoryResponse)(nil),     // 14: ferry.agent.v1.InventoryResponse
+	(*HostKeyObserved)(nil),       // 15: ferry.agent.v1.HostKeyObserved
+	nil,                           // 16: ferry.agent.v1.Assignment.SecretsEntry
+	nil,                           // 17: ferry.agent.v1.InventoryRequest.SecretsEntry
+	(*v1.HostFacts)(nil),          // 18: ferry.v1.HostFacts
+	(v1.MigrationJobPhase)(0),     // 19: ferry.v1.MigrationJobPhase
+	(*timestamppb.Timestamp)(nil), // 20: google.protobuf.Timestamp
+	(*v1.DiskProgress)(nil),       // 21: ferry.v1.DiskProgress
+	(*v1.MigrationJob)(nil),       // 22: ferry.v1.MigrationJob
+	(*v1.Source)(nil),             // 23: ferry.v1.Source
+	(*v1.MigrationServer)(nil),    // 24: ferry.v1.MigrationServer
+	(*v1.PrimaryStorage)(nil),     // 25: ferry.v1.PrimaryStorage
+	(*v1.L3Network)(nil),          // 26: ferry.v1.L3Network
+	(*durationpb.Duration)(nil),   // 27: google.protobuf.Duration
+	(*v1.SourceVm)(nil),           // 28: ferry.v1.SourceVm
+	(*v1.SourceInventory)(nil),    // 29: ferry.v1.SourceInventory
 }
 var file_ferry_agent_v1_agent_proto_depIdxs = []int32{
-	3,  // 0: ferry.agent.v1.ConnectRequest.hello:type_name -> ferry.agent.v1.Hello
-	6,  // 1: ferry.agent.v1.ConnectRequest.heartbeat:type_name -> ferry.agent.v1.Heartbeat
-	7,  // 2: ferry.agent.v1.ConnectRequest.progress:type_name -> ferry.agent.v1.JobProgress
-	8,  // 3: ferry.agent.v1.ConnectRequest.result:type_name -> ferry.agent.v1.JobResult
-	12, // 4: ferry.agent.v1.ConnectRequest.inventory_response:type_name -> ferry.agent.v1.InventoryResponse
-	13, // 5: ferry.agent.v1.ConnectRequest.host_key_observed:type_name -> ferry.agent.v1.HostKeyObserved
-	5,  // 6: ferry.agent.v1.ConnectResponse.welcome:type_name -> ferry.agent.v1.Welcome
-	6,  // 7: ferry.agent.v1.ConnectResponse.heartbeat:type_name -> ferry.agent.v1.Heartbeat
-	9,  // 8: ferry.agent.v1.ConnectResponse.assignment:type_name -> ferry.agent.v1.Assignment
-	10, // 9: ferry.agent.v1.ConnectResponse.cancellation:type_name -> ferry.agent.v1.Cancellation
-	11, // 10: ferry.agent.v1.ConnectResponse.inventory_request:type_name -> ferry.agent.v1.InventoryRequest
-	16, // 11: ferry.agent.v1.Hello.facts:type_name -> ferry.v1.HostFacts
-	4,  // 12: ferry.agent.v1.Hello.held_jobs:type_name -> ferry.agent.v1.HeldJob
-	17, // 13: ferry.agent.v1.HeldJob.phase:type_name -> ferry.v1.MigrationJobPhase
-	18, // 14: ferry.agent.v1.Heartbeat.time:type_name -> google.protobuf.Timestamp
-	16, // 15: ferry.agent.v1.Heartbeat.facts:type_name -> ferry.v1.HostFacts
-	17, // 16: ferry.agent.v1.JobProgress.phase:type_name -> ferry.v1.MigrationJobPhase
-	19, // 17: ferry.agent.v1.JobProgress.disks:type_name -> ferry.v1.DiskProgress
-	0,  // 18: ferry.agent.v1.JobResult.outcome:type_name -> ferry.agent.v1.JobOutcome
-	19, // 19: ferry.agent.v1.JobResult.disks:type_name -> ferry.v1.DiskProgress
-	20, // 20: ferry.agent.v1.Assignment.job:type_name -> ferry.v1.MigrationJob
-	21, // 21: ferry.agent.v1.Assignment.source:type_name -> ferry.v1.Source
-	22, // 22: ferry.agent.v1.Assignment.migration_server:type_name -> ferry.v1.MigrationServer
-	23, // 23: ferry.agent.v1.Assignment.primary_storage:type_name -> ferry.v1.PrimaryStorage
-	24, // 24: ferry.agent.v1.Assignment.l3_networks:type_name -> ferry.v1.L3Network
-	14, // 25: ferry.agent.v1.Assignment.secrets:type_name -> ferry.agent.v1.Assignment.SecretsEntry
-	25, // 26: ferry.agent.v1.Assignment.guest_shutdown_timeout:type_name -> google.protobuf.Duration
-	21, // 27: ferry.agent.v1.InventoryRequest.source:type_name -> ferry.v1.Source
-	22, // 28: ferry.agent.v1.InventoryRequest.migration_server:type_name -> ferry.v1.MigrationServer
-	15, // 29: ferry.agent.v1.InventoryRequest.secrets:type_name -> ferry.agent.v1.InventoryRequest.SecretsEntry
-	26, // 30: ferry.agent.v1.InventoryResponse.vms:type_name -> ferry.v1.SourceVm
-	27, // 31: ferry.agent.v1.InventoryResponse.inventory:type_name -> ferry.v1.SourceInventory
-	1,  // 32: ferry.agent.v1.AgentService.Connect:input_type -> ferry.agent.v1.ConnectRequest
-	2,  // 33: ferry.agent.v1.AgentService.Connect:output_type -> ferry.agent.v1.ConnectResponse
-	33, // [33:34] is the sub-list for method output_type
-	32, // [32:33] is the sub-list for method input_type
-	32, // [32:32] is the sub-list for extension type_name
-	32, // [32:32] is the sub-list for extension extendee
-	0,  // [0:32] is the sub-list for field type_name
+	5,  // 0: ferry.agent.v1.ConnectRequest.hello:type_name -> ferry.agent.v1.Hello
+	8,  // 1: ferry.agent.v1.ConnectRequest.heartbeat:type_name -> ferry.agent.v1.Heartbeat
+	9,  // 2: ferry.agent.v1.ConnectRequest.progress:type_name -> ferry.agent.v1.JobProgress
+	10, // 3: ferry.agent.v1.ConnectRequest.result:type_name -> ferry.agent.v1.JobResult
+	14, // 4: ferry.agent.v1.ConnectRequest.inventory_response:type_name -> ferry.agent.v1.InventoryResponse
+	15, // 5: ferry.agent.v1.ConnectRequest.host_key_observed:type_name -> ferry.agent.v1.HostKeyObserved
+	3,  // 6: ferry.agent.v1.ConnectRequest.fence_check:type_name -> ferry.agent.v1.FenceCheck
+	7,  // 7: ferry.agent.v1.ConnectResponse.welcome:type_name -> ferry.agent.v1.Welcome
+	8,  // 8: ferry.agent.v1.ConnectResponse.heartbeat:type_name -> ferry.agent.v1.Heartbeat
+	11, // 9: ferry.agent.v1.ConnectResponse.assignment:type_name -> ferry.agent.v1.Assignment
+	12, // 10: ferry.agent.v1.ConnectResponse.cancellation:type_name -> ferry.agent.v1.Cancellation
+	13, // 11: ferry.agent.v1.ConnectResponse.inventory_request:type_name -> ferry.agent.v1.InventoryRequest
+	4,  // 12: ferry.agent.v1.ConnectResponse.fence_answer:type_name -> ferry.agent.v1.FenceAnswer
+	18, // 13: ferry.agent.v1.Hello.facts:type_name -> ferry.v1.HostFacts
+	6,  // 14: ferry.agent.v1.Hello.held_jobs:type_name -> ferry.agent.v1.HeldJob
+	19, // 15: ferry.agent.v1.HeldJob.phase:type_name -> ferry.v1.MigrationJobPhase
+	20, // 16: ferry.agent.v1.Heartbeat.time:type_name -> google.protobuf.Timestamp
+	18, // 17: ferry.agent.v1.Heartbeat.facts:type_name -> ferry.v1.HostFacts
+	19, // 18: ferry.agent.v1.JobProgress.phase:type_name -> ferry.v1.MigrationJobPhase
+	21, // 19: ferry.agent.v1.JobProgress.disks:type_name -> ferry.v1.DiskProgress
+	0,  // 20: ferry.agent.v1.JobResult.outcome:type_name -> ferry.agent.v1.JobOutcome
+	21, // 21: ferry.agent.v1.JobResult.disks:type_name -> ferry.v1.DiskProgress
+	22, // 22: ferry.agent.v1.Assignment.job:type_name -> ferry.v1.MigrationJob
+	23, // 23: ferry.agent.v1.Assignment.source:type_name -> ferry.v1.Source
+	24, // 24: ferry.agent.v1.Assignment.migration_server:type_name -> ferry.v1.MigrationServer
+	25, // 25: ferry.agent.v1.Assignment.primary_storage:type_name -> ferry.v1.PrimaryStorage
+	26, // 26: ferry.agent.v1.Assignment.l3_networks:type_name -> ferry.v1.L3Network
+	16, // 27: ferry.agent.v1.Assignment.secrets:type_name -> ferry.agent.v1.Assignment.SecretsEntry
+	27, // 28: ferry.agent.v1.Assignment.guest_shutdown_timeout:type_name -> google.protobuf.Duration
+	23, // 29: ferry.agent.v1.InventoryRequest.source:type_name -> ferry.v1.Source
+	24, // 30: ferry.agent.v1.InventoryRequest.migration_server:type_name -> ferry.v1.MigrationServer
+	17, // 31: ferry.agent.v1.InventoryRequest.secrets:type_name -> ferry.agent.v1.InventoryRequest.SecretsEntry
+	28, // 32: ferry.agent.v1.InventoryResponse.vms:type_name -> ferry.v1.SourceVm
+	29, // 33: ferry.agent.v1.InventoryResponse.inventory:type_name -> ferry.v1.SourceInventory
+	1,  // 34: ferry.agent.v1.AgentService.Connect:input_type -> ferry.agent.v1.ConnectRequest
+	2,  // 35: ferry.agent.v1.AgentService.Connect:output_type -> ferry.agent.v1.ConnectResponse
+	35, // [35:36] is the sub-list for method output_type
+	34, // [34:35] is the sub-list for method input_type
+	34, // [34:34] is the sub-list for extension type_name
+	34, // [34:34] is the sub-list for extension extendee
+	0,  // [0:34] is the sub-list for field type_name
 }
 
 func init() { file_ferry_agent_v1_agent_proto_init() }
@@ -1338,6 +1529,7 @@ func file_ferry_agent_v1_agent_proto_init() {
 		(*ConnectRequest_Result)(nil),
 		(*ConnectRequest_InventoryResponse)(nil),
 		(*ConnectRequest_HostKeyObserved)(nil),
+		(*ConnectRequest_FenceCheck)(nil),
 	}
 	file_ferry_agent_v1_agent_proto_msgTypes[1].OneofWrappers = []any{
 		(*ConnectResponse_Welcome)(nil),
@@ -1345,6 +1537,7 @@ func file_ferry_agent_v1_agent_proto_init() {
 		(*ConnectResponse_Assignment)(nil),
 		(*ConnectResponse_Cancellation)(nil),
 		(*ConnectResponse_InventoryRequest)(nil),
+		(*ConnectResponse_FenceAnswer)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
@@ -1352,7 +1545,7 @@ func file_ferry_agent_v1_agent_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_ferry_agent_v1_agent_proto_rawDesc), len(file_ferry_agent_v1_agent_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   15,
+			NumMessages:   17,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -1,0 +1,49 @@
+package session
+
+import (
+	"context"
+	"fmt"
+
+	agentv1 "github.com/ferry-v2v/ferry/pkg/pb/ferry/agent/v1"
+)
+
+// linearizer is what the Raft node offers for reads that must see every
+// write acknowledged before them (consensus.Node.LinearizableRead).
+type linearizer interface {
+	LinearizableRead(ctx context.Context) error
+}
+
+// fence answers whether an agent's assignment is still the job's current
+// one, before the agent writes a target. The ledger is read linearizably
+// first, so a job a previous leader failed or reassigned is seen as such.
+// When that read fails (this node lost the lead) no answer is sent: the
+// agent asks again, on this or the next leader's session.
+func (m *Manager) fence(ctx context.Context, s *session, fc *agentv1.FenceCheck) error {
+	if l, ok := m.raft.(linearizer); ok {
+		rctx, cancel := context.WithTimeout(ctx, m.cfg.ProposeTimeout)
+		err := l.LinearizableRead(rctx)
+		cancel()
+		if err != nil {
+			m.log.Warn("cannot confirm an assignment before a target write", "host", s.host, "job", fc.GetJob(),
+				"epoch", fc.GetEpoch(), "err", err)
+			return nil
+		}
+	}
+	ans := &agentv1.FenceAnswer{RequestId: fc.GetRequestId(), Current: true}
+	j, ok := m.ledger.Job(fc.GetJob())
+	switch {
+	case !ok:
+		ans.Current, ans.Reason = false, "job no longer exists"
+	case j.GetState() != stateRunning:
+		ans.Current, ans.Reason = false, "job is "+j.GetState().String()
+	case j.GetEpoch() != fc.GetEpoch() || HostName(j.GetAssignedHost()) != s.host:
+		ans.Current, ans.Reason = false, fmt.Sprintf("assignment superseded: job runs under epoch %d on %s", j.GetEpoch(), j.GetAssignedHost())
+	}
+	if ans.Current {
+		m.log.Debug("assignment confirmed before a target write", "host", s.host, "job", fc.GetJob(), "epoch", fc.GetEpoch(), "write", fc.GetWrite())
+	} else {
+		m.log.Info("refused a target write of a stale assignment", "host", s.host, "job", fc.GetJob(), "epoch", fc.GetEpoch(),
+			"write", fc.GetWrite(), "reason", ans.Reason)
+	}
+	return s.send(ctx, &agentv1.ConnectResponse{Kind: &agentv1.ConnectResponse_FenceAnswer{FenceAnswer: ans}})
+}

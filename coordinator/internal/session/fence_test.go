@@ -1,0 +1,50 @@
+package session
+
+import (
+	"strings"
+	"testing"
+
+	agentv1 "github.com/ferry-v2v/ferry/pkg/pb/ferry/agent/v1"
+	ledgerv1 "github.com/ferry-v2v/ferry/pkg/pb/ferry/ledger/v1"
+	ferryv1 "github.com/ferry-v2v/ferry/pkg/pb/ferry/v1"
+)
+
+// TestFenceCheck: the leader confirms a target write only for the job's
+// current assignment on the asking host; a superseded epoch, another
+// host's job, a finished or unknown job are refused with the reason.
+func TestFenceCheck(t *testing.T) {
+	f := newFixture(t, Config{}, true)
+	running := f.seedJob("hosts/h1", 1)
+	f.start(running, "hosts/h1", 3)
+	elsewhere := f.seedJob("hosts/h1", 1)
+	f.start(elsewhere, "hosts/h2", 1)
+	failed := f.seedJob("hosts/h1", 1)
+	f.start(failed, "hosts/h1", 1)
+	f.apply(&ledgerv1.Command{Op: &ledgerv1.Command_FinishMigrationJob{FinishMigrationJob: &ledgerv1.FinishMigrationJob{
+		Name: failed, Epoch: 1, State: ferryv1.MigrationJobState_MIGRATION_JOB_STATE_FAILED, Reason: "agent lost"}}})
+	a := f.connect(hello("h1", &agentv1.HeldJob{Job: running, Epoch: 3}))
+	a.next() // welcome
+	for _, tc := range []struct {
+		job     string
+		epoch   int64
+		current bool
+		reason  string
+	}{
+		{running, 3, true, ""},
+		{running, 2, false, "superseded: job runs under epoch 3 on hosts/h1"},
+		{elsewhere, 1, false, "superseded: job runs under epoch 1 on hosts/h2"},
+		{failed, 1, false, "job is MIGRATION_JOB_STATE_FAILED"},
+		{"migrationJobs/gone", 1, false, "job no longer exists"},
+	} {
+		a.send(&agentv1.ConnectRequest{Kind: &agentv1.ConnectRequest_FenceCheck{FenceCheck: &agentv1.FenceCheck{
+			RequestId: "r-" + tc.job, Job: tc.job, Epoch: tc.epoch, Write: "create volume /x"}}})
+		msg := a.next()
+		for msg.GetFenceAnswer() == nil { // a cancellation from the hello's reconciliation, say
+			msg = a.next()
+		}
+		ans := msg.GetFenceAnswer()
+		if ans.GetRequestId() != "r-"+tc.job || ans.GetCurrent() != tc.current || !strings.Contains(ans.GetReason(), tc.reason) {
+			t.Errorf("fence check of %s epoch %d = %v, want current=%v reason containing %q", tc.job, tc.epoch, ans, tc.current, tc.reason)
+		}
+	}
+}
