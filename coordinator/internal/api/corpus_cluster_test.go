@@ -384,7 +384,7 @@ var corpus = []corpusCase{
 	{"missing server", jobs(1, func(r *ferryv1.CreateMigrationJobsRequest) { r.MigrationServer = "migrationServers/x" }),
 		codes.NotFound, "migration_server: migrationServers/x not found"},
 	{"server type differs from source type", jobs(1, func(r *ferryv1.CreateMigrationJobsRequest) { r.MigrationServer = "migrationServers/vmw" }),
-		codes.FailedPrecondition, "migration_server:"},
+		codes.FailedPrecondition, "jobs: 1 pre-check(s) failed; nothing was created:\nmigration_server: "},
 	{"jobs request_id too long", jobs(1, func(r *ferryv1.CreateMigrationJobsRequest) { r.RequestId = long300 }), ipa, "request_id:"},
 	{"cancel reason too long", unary(func(c *apiClients) func(context.Context, *ferryv1.CancelMigrationJobRequest, ...grpc.CallOption) (*ferryv1.CancelMigrationJobResponse, error) {
 		return c.jobs.CancelMigrationJob

@@ -23,7 +23,7 @@ func (a *API) precheck(ctx context.Context, refs *batchRefs, jobs []*ferryv1.Mig
 	var lines []string
 	src, srv := refs.source, refs.server
 	if srv.GetType() != src.GetType() {
-		lines = append(lines, fmt.Sprintf("%s is a %s migration server but source %s is %s; use a %s migration server",
+		lines = append(lines, fmt.Sprintf("migration_server: %s is a %s migration server but source %s is %s; use a %s migration server",
 			srv.GetName(), platformName(srv.GetType()), src.GetName(), platformName(src.GetType()), platformName(src.GetType())))
 	}
 	vmware := src.GetType() == ferryv1.Platform_PLATFORM_VMWARE

@@ -107,7 +107,7 @@ var issueBadInputs = []badInput{
 		m.Host, m.Type = "hosts/kvm1", ferryv1.Platform_PLATFORM_VMWARE
 	}), codes.FailedPrecondition, "migration_server.host: host hosts/kvm1 is already migration server migrationServers/kvm of type kvm"},
 	{"server type differs from source type", createJobs(func(r *ferryv1.CreateMigrationJobsRequest) { r.Source = "sources/vc" }),
-		codes.FailedPrecondition, "jobs: 2 pre-check(s) failed; nothing was created:\nmigrationServers/kvm is a kvm migration server but source sources/vc is vmware"},
+		codes.FailedPrecondition, "jobs: 2 pre-check(s) failed; nothing was created:\nmigration_server: migrationServers/kvm is a kvm migration server but source sources/vc is vmware"},
 	{"target VM without NIC", createJobs(target(func(t *ferryv1.TargetVm) { t.Nics = nil })),
 		codes.InvalidArgument, "jobs[0].target.nics: a target VM needs at least one NIC"},
 	{"more than 3 CD-ROMs", createJobs(target(func(t *ferryv1.TargetVm) { t.CdromCount = 4 })),

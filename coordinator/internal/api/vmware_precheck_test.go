@@ -127,7 +127,7 @@ func TestVMwarePrechecks(t *testing.T) {
 			func() { backing.DiskMode = string(types.VirtualDiskModePersistent) },
 			[]string{"(VM DC0_H0_VM0, " + vm0.Self.Value + "): disk " + itoa(disk.GetVirtualDevice().Key) + " is in independent_persistent mode"}},
 		{"server of another type", "migrationServers/kvm", "DC0_H0_VM0", nil, nil,
-			[]string{"migrationServers/kvm is a kvm migration server but source sources/vc is vmware; use a vmware migration server"}},
+			[]string{"migration_server: migrationServers/kvm is a kvm migration server but source sources/vc is vmware; use a vmware migration server"}},
 		{"vCenter and ESXi versions differ", w.server, "DC0_H0_VM0", func() { w.sim.SetVCenterVersion("7.0.3") },
 			func() { w.sim.SetVCenterVersion("8.0.2") },
 			[]string{"(VM DC0_H0_VM0, " + vm0.Self.Value + "): ESXi host DC0_H0 is version 8.0.2 but its vCenter is version 7.0.3"}},
