@@ -274,7 +274,8 @@ func writeFile(t testing.TB, path string, data []byte, mode os.FileMode) {
 // EnsureRootAlias makes sure a second name for root exists — uid and gid
 // 0, home /root — with password, so a test can log in to a KVM source as
 // root with a password (the driver needs root on the source) without
-// touching root's own password. Idempotent; the password is set each time.
+// touching root's own password. Idempotent; the password is set each time
+// and the account locked again when the test ends.
 func EnsureRootAlias(t testing.TB, name, password string) {
 	t.Helper()
 	RequireRoot(t)
@@ -296,4 +297,6 @@ func EnsureRootAlias(t testing.TB, name, password string) {
 	if !ok {
 		t.Fatalf("create root alias %s: %v", name, err)
 	}
+	// Nobody logs in as the alias once the test is over.
+	t.Cleanup(func() { _, _ = run(context.Background(), nil, LookPath(t, "usermod"), "-L", name) })
 }

@@ -149,7 +149,7 @@ func (c *Checkpoint) Verifiable() bool {
 }
 
 // ErrMismatch is a target that does not hold what the source held.
-var ErrMismatch = errors.New("differs from the source")
+var ErrMismatch = errors.New("differ from the source")
 
 // MismatchError says which chunk of the target differs from the source.
 type MismatchError struct {

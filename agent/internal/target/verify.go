@@ -40,36 +40,40 @@ func (d *Driver) Verify(ctx context.Context, job *runner.Job) error {
 		if err != nil {
 			return fmt.Errorf("disk %s: %w", name, err)
 		}
-		if err := verifyVolume(ctx, job, up, cp, name, vols[i]); err != nil {
+		start := time.Now()
+		st, err := VerifyVolume(ctx, up, cp, vols[i])
+		if err != nil {
 			return fmt.Errorf("disk %s: %w", name, err)
 		}
+		job.Log.Info("disk verified", "disk", name, "volume", vols[i].Path, "read_bytes", st.ReadBytes,
+			"zero_bytes", st.ZeroBytes, "seconds", time.Since(start).Seconds())
 		job.Progress.SetVerified(name)
 	}
 	return nil
 }
 
-func verifyVolume(ctx context.Context, job *runner.Job, up *Uploader, cp *pipeline.Checkpoint, disk string, vol Volume) error {
+// VerifyVolume serves vol read-only with qemu-nbd and compares it with
+// the checksums of cp, verifyInFlight chunks at a time. A volume that
+// differs is a *pipeline.MismatchError naming the offset.
+func VerifyVolume(ctx context.Context, up *Uploader, cp *pipeline.Checkpoint, vol Volume) (pipeline.VerifyStats, error) {
 	dir, err := os.MkdirTemp(up.tempDir, "ferry-verify-")
 	if err != nil {
-		return fmt.Errorf("verify %s: %w", vol.Path, err)
+		return pipeline.VerifyStats{}, fmt.Errorf("verify %s: %w", vol.Path, err)
 	}
 	defer os.RemoveAll(dir)
 	srv, err := up.serve(ctx, vol, filepath.Join(dir, "nbd.sock"), true)
 	if err != nil {
-		return fmt.Errorf("verify %s: %w", vol.Path, err)
+		return pipeline.VerifyStats{}, fmt.Errorf("verify %s: %w", vol.Path, err)
 	}
 	defer srv.close()
-	c, err := nbd.Dial(ctx, "unix", srv.endpoint.Socket, nbd.Options{Logger: job.Log})
+	c, err := nbd.Dial(ctx, "unix", srv.endpoint.Socket, nbd.Options{Logger: up.log})
 	if err != nil {
-		return fmt.Errorf("verify %s: %w", vol.Path, err)
+		return pipeline.VerifyStats{}, fmt.Errorf("verify %s: %w", vol.Path, err)
 	}
 	defer c.Close()
-	start := time.Now()
 	st, err := pipeline.Verify(ctx, pipeline.NBDSource{Client: c}, cp, verifyInFlight)
 	if err != nil {
-		return fmt.Errorf("volume %s: %w", vol.Path, err)
+		return st, fmt.Errorf("volume %s: %w", vol.Path, err)
 	}
-	job.Log.Info("disk verified", "disk", disk, "volume", vol.Path, "read_bytes", st.ReadBytes,
-		"zero_bytes", st.ZeroBytes, "seconds", time.Since(start).Seconds())
-	return nil
+	return st, nil
 }

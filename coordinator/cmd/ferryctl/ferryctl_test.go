@@ -252,6 +252,10 @@ func (e *clusterEnv) planJobs(t *testing.T) {
 	if path(j, "job", "state") != "MIGRATION_JOB_STATE_SUCCEEDED" || path(j, "job", "assigned_host") != "hosts/kvm-1" {
 		t.Fatalf("job get = %v", j)
 	}
+	// The test agent's copier records no checksums: the job says so.
+	if r := x.run("job", "get", names[0], "--linearizable"); r.code != 0 || !strings.Contains(r.out, "no: some disks were copied without checksums") {
+		t.Errorf("job get does not say the job is unverified: exit %d\n%s", r.code, r.out)
+	}
 	if n := len(path(x.json("job", "list", "--state", "succeeded", lin()), "jobs").([]any)); n != 2 {
 		t.Fatalf("job list --state succeeded: %d jobs, want 2", n)
 	}

@@ -229,6 +229,13 @@ func jobDetails(j *ferryv1.MigrationJob) []field {
 	for _, w := range j.GetWarnings() {
 		out = append(out, field{"Warning", w})
 	}
+	if j.GetState() == ferryv1.MigrationJobState_MIGRATION_JOB_STATE_SUCCEEDED {
+		v := "no: some disks were copied without checksums"
+		if j.GetVerified() {
+			v = "yes: every disk read back from the target matched the source's checksums"
+		}
+		out = append(out, field{"Verified", v})
+	}
 	return append(out,
 		field{"Attempt / epoch", fmt.Sprintf("%d / %d", j.GetAttempt(), j.GetEpoch())},
 		field{"Created", when(j.GetCreateTime())},
