@@ -19,7 +19,6 @@ import (
 	"testing"
 	"time"
 
-
 	"github.com/ferry-v2v/ferry/agent/internal/source/vmware/vcsimtest"
 	ferryv1 "github.com/ferry-v2v/ferry/pkg/pb/ferry/v1"
 )
