@@ -34,7 +34,10 @@ type Copier func(ctx context.Context, job, disk string, size int64, add func(n i
 type Options struct {
 	Coordinators []string
 	HostName     string
-	Credentials  credentials.TransportCredentials
+	// Cluster is the target cluster the agent's host joins ("c1" or
+	// "clusters/c1"); none when empty.
+	Cluster     string
+	Credentials credentials.TransportCredentials
 	// Copy stands in for the source and target drivers. Nil leaves the
 	// agent without drivers, as the shipped binary is.
 	Copy Copier
@@ -96,7 +99,7 @@ func Start(t testing.TB, o Options) *Agent {
 	}
 	a.runner = runner.New(runner.Config{DataDir: o.DataDir}, runner.Deps{Drivers: drivers, Reporter: outbox, Logger: o.Logger})
 	a.client = session.New(session.Config{
-		Coordinators: o.Coordinators, HostName: o.HostName, AgentVersion: "agenttest", Credentials: o.Credentials,
+		Coordinators: o.Coordinators, HostName: o.HostName, Cluster: o.Cluster, AgentVersion: "agenttest", Credentials: o.Credentials,
 		BackoffMin: 50 * time.Millisecond, BackoffMax: 500 * time.Millisecond, FactsInterval: time.Hour,
 		DialOptions: []grpc.DialOption{grpc.WithStreamInterceptor(a.recordHellos)},
 	}, session.Deps{Runner: a.runner, Outbox: outbox, Logger: o.Logger, Facts: newStaticFacts(o)})

@@ -135,8 +135,14 @@ func (a *API) interceptStream(srv any, ss grpc.ServerStream, info *grpc.StreamSe
 // syncsFirst says whether a ListSourceVMs must sync the source first, and
 // so run on the leader: it asks to refresh, or the source was never synced.
 func (a *API) syncsFirst(req any) bool {
-	r, ok := req.(*ferryv1.ListSourceVMsRequest)
-	return ok && (r.GetRefresh() || !a.ledger.HasSourceInventory(r.GetSource()))
+	switch r := req.(type) {
+	case *ferryv1.ListSourceVMsRequest:
+		return r.GetRefresh() || !a.ledger.HasSourceInventory(r.GetSource())
+	case *ferryv1.PreviewMigrationJobsRequest:
+		// Pre-checks and spec filling sync a never-synced source first.
+		return !a.ledger.HasSourceInventory(r.GetSource())
+	}
+	return false
 }
 
 func wasForwarded(ctx context.Context) bool {
