@@ -157,7 +157,7 @@ func (c *capacity) disk(ps *ferryv1.PrimaryStorage, jobs []*ferryv1.MigrationJob
 	if local {
 		where = "the migration server's host " + c.server.GetHost()
 	}
-	u.Note = fmt.Sprintf("%s reports the free space of %s (agents report it within a heartbeat of the storage being created)", where, ps.GetPath())
+	u.Note = fmt.Sprintf("%s does not report the free space of %s (yet: agents report it a heartbeat after the storage is created)", where, ps.GetPath())
 	return settle(u)
 }
 
