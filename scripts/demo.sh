@@ -146,9 +146,15 @@ ctl server create kvm-1 --host demo-host --type kvm --cache-path "$DEMO/cache"
 say "What the source has (through the agent, over SSH)"
 ctl source vms kvm-src
 
+say "What migrating $VM would make and use (nothing is created)"
+ctl job preview --source kvm-src --migration-server kvm-1 --vm "$VM" --target-name "$VM-migrated" \
+	--cluster demo --storage local --network lan
+
 say "Migrating $VM (its shape read from the source), with live progress"
+# --yes: the script's standard input cannot answer "Create 1 job(s)? [y/N]".
+# The JSON holds the preview (jobs without names) and the created jobs.
 job=$(ctl job create --source kvm-src --migration-server kvm-1 --vm "$VM" --target-name "$VM-migrated" \
-	--cluster demo --storage local --network lan -o json | sed -n 's/.*"name": *"\(migrationJobs\/[^"]*\)".*/\1/p' | head -n1)
+	--cluster demo --storage local --network lan --yes -o json | sed -n 's/.*"name": *"\(migrationJobs\/[^"]*\)".*/\1/p' | head -n1)
 echo "job $job"
 ctl job watch "$job" || true
 

@@ -15,7 +15,9 @@ import (
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
+	"google.golang.org/protobuf/proto"
 
+	"github.com/ferry-v2v/ferry/agent/internal/facts"
 	"github.com/ferry-v2v/ferry/agent/internal/runner"
 	"github.com/ferry-v2v/ferry/agent/internal/session"
 	"github.com/ferry-v2v/ferry/agent/internal/source/vmware"
@@ -32,7 +34,10 @@ type Copier func(ctx context.Context, job, disk string, size int64, add func(n i
 type Options struct {
 	Coordinators []string
 	HostName     string
-	Credentials  credentials.TransportCredentials
+	// Cluster is the target cluster the agent's host joins ("c1" or
+	// "clusters/c1"); none when empty.
+	Cluster     string
+	Credentials credentials.TransportCredentials
 	// Copy stands in for the source and target drivers. Nil leaves the
 	// agent without drivers, as the shipped binary is.
 	Copy Copier
@@ -44,7 +49,10 @@ type Options struct {
 	DataDir string
 	// CacheTotal and CacheFree are the cache facts the agent reports.
 	CacheTotal, CacheFree int64
-	Logger                *slog.Logger
+	// Facts are the other facts it reports (2 CPUs when nil); the space
+	// of the storage paths the coordinator names is measured for real.
+	Facts  *ferryv1.HostFacts
+	Logger *slog.Logger
 }
 
 // Agent is a running in-process agent.
@@ -91,11 +99,10 @@ func Start(t testing.TB, o Options) *Agent {
 	}
 	a.runner = runner.New(runner.Config{DataDir: o.DataDir}, runner.Deps{Drivers: drivers, Reporter: outbox, Logger: o.Logger})
 	a.client = session.New(session.Config{
-		Coordinators: o.Coordinators, HostName: o.HostName, AgentVersion: "agenttest", Credentials: o.Credentials,
+		Coordinators: o.Coordinators, HostName: o.HostName, Cluster: o.Cluster, AgentVersion: "agenttest", Credentials: o.Credentials,
 		BackoffMin: 50 * time.Millisecond, BackoffMax: 500 * time.Millisecond, FactsInterval: time.Hour,
 		DialOptions: []grpc.DialOption{grpc.WithStreamInterceptor(a.recordHellos)},
-	}, session.Deps{Runner: a.runner, Outbox: outbox, Logger: o.Logger,
-		Facts: staticFacts{&ferryv1.HostFacts{Cpus: 2, CacheTotalBytes: o.CacheTotal, CacheFreeBytes: o.CacheFree}}})
+	}, session.Deps{Runner: a.runner, Outbox: outbox, Logger: o.Logger, Facts: newStaticFacts(o)})
 	ctx, cancel := context.WithCancel(context.Background())
 	a.cancel = cancel
 	var wg sync.WaitGroup
@@ -153,9 +160,29 @@ func (s *recordingStream) SendMsg(m any) error {
 	return s.ClientStream.SendMsg(m)
 }
 
-type staticFacts struct{ f *ferryv1.HostFacts }
+// staticFacts reports fixed facts plus the measured space of the storage
+// paths the coordinator names.
+type staticFacts struct {
+	f       *ferryv1.HostFacts
+	storage *facts.Collector
+}
 
-func (s staticFacts) Collect(context.Context) *ferryv1.HostFacts { return s.f }
+func newStaticFacts(o Options) staticFacts {
+	f := proto.Clone(o.Facts).(*ferryv1.HostFacts)
+	if o.Facts == nil {
+		f = &ferryv1.HostFacts{Cpus: 2}
+	}
+	f.CacheTotalBytes, f.CacheFreeBytes = o.CacheTotal, o.CacheFree
+	return staticFacts{f: f, storage: facts.New("", o.Logger)}
+}
+
+func (s staticFacts) Collect(context.Context) *ferryv1.HostFacts {
+	f := proto.Clone(s.f).(*ferryv1.HostFacts)
+	f.Storages = s.storage.Storages()
+	return f
+}
+
+func (s staticFacts) SetStoragePaths(paths []string) bool { return s.storage.SetStoragePaths(paths) }
 
 // copyDrivers adapts a Copier to the runner's driver interfaces.
 type copyDrivers struct{ copy Copier }

@@ -18,10 +18,18 @@ func Platform(vm *ferryv1.SourceVm) ferryv1.OsType {
 	return ferryv1.OsType_OS_TYPE_LINUX
 }
 
-// OSTypeOfGuestID tells Windows from other guests by a VMware guestId
-// ("windows2019srv_64Guest", "winNetStandardGuest") or a libosinfo id
-// ("http://microsoft.com/win/10"); any other id is Linux (the platform of
-// every other guest a KVM target runs), an empty one unspecified.
+// linuxGuests are fragments of the VMware guest ids and libosinfo ids of
+// Linux distributions.
+var linuxGuests = []string{"linux", "rhel", "centos", "ubuntu", "debian", "sles", "suse", "fedora",
+	"oracle", "asianux", "coreos", "photon", "rocky", "alma", "amazon", "mandrake", "mandriva",
+	"turbo", "redhat", "opensuse", "crxpod", "crxsys", "vmwarephoton", "kylin", "miracle", "pardus", "fusionos", "prolinux"}
+
+// OSTypeOfGuestID tells Windows from Linux by a VMware guestId
+// ("windows2019srv_64Guest", "winNetStandardGuest", "rhel9_64Guest") or a
+// libosinfo id ("http://microsoft.com/win/10", "http://ubuntu.com/ubuntu/22.04").
+// Other ids ("otherGuest", "freebsd13_64Guest") and an empty one are
+// unspecified: the source's description says no more than it knows, and
+// Platform decides the target's.
 func OSTypeOfGuestID(id string) ferryv1.OsType {
 	id = strings.ToLower(strings.TrimSpace(id))
 	switch {
@@ -29,9 +37,13 @@ func OSTypeOfGuestID(id string) ferryv1.OsType {
 		return ferryv1.OsType_OS_TYPE_UNSPECIFIED
 	case strings.HasPrefix(id, "win"), strings.Contains(id, "microsoft.com/win"):
 		return ferryv1.OsType_OS_TYPE_WINDOWS
-	default:
-		return ferryv1.OsType_OS_TYPE_LINUX
 	}
+	for _, frag := range linuxGuests {
+		if strings.Contains(id, frag) {
+			return ferryv1.OsType_OS_TYPE_LINUX
+		}
+	}
+	return ferryv1.OsType_OS_TYPE_UNSPECIFIED
 }
 
 // DiskBus is the disk bus of an OS type: virtio-scsi for Linux and for

@@ -74,6 +74,20 @@ func TestFillKeepsWhatIsSet(t *testing.T) {
 	}
 }
 
+func TestOSTypeOfGuestID(t *testing.T) {
+	for id, want := range map[string]ferryv1.OsType{
+		"ubuntu64Guest": ferryv1.OsType_OS_TYPE_LINUX, "rhel9_64Guest": ferryv1.OsType_OS_TYPE_LINUX,
+		"other5xLinux64Guest": ferryv1.OsType_OS_TYPE_LINUX, "http://ubuntu.com/ubuntu/22.04": ferryv1.OsType_OS_TYPE_LINUX,
+		"windows2019srv_64Guest": ferryv1.OsType_OS_TYPE_WINDOWS, "windows9_64Guest": ferryv1.OsType_OS_TYPE_WINDOWS,
+		"http://microsoft.com/win/10": ferryv1.OsType_OS_TYPE_WINDOWS, "otherGuest": ferryv1.OsType_OS_TYPE_UNSPECIFIED,
+		"freebsd13_64Guest": ferryv1.OsType_OS_TYPE_UNSPECIFIED, "": ferryv1.OsType_OS_TYPE_UNSPECIFIED,
+	} {
+		if got := OSTypeOfGuestID(id); got != want {
+			t.Errorf("OSTypeOfGuestID(%s) = %s, want %s", id, got, want)
+		}
+	}
+}
+
 func TestPlatform(t *testing.T) {
 	for id, want := range map[string]ferryv1.OsType{
 		"windows9Server64Guest":       ferryv1.OsType_OS_TYPE_WINDOWS,

@@ -1,6 +1,7 @@
 // Package facts gathers what an agent tells the coordinator about its host:
-// CPUs, memory, running VMs, libvirt and QEMU versions, network interfaces
-// and the cache disk's size and free space. A fact that cannot be read is
+// CPUs, memory (total and available), running VMs, libvirt and QEMU
+// versions, network interfaces, the cache disk's size and free space and
+// that of the primary storage paths the coordinator names. A fact that cannot be read is
 // left empty; gathering never fails as a whole.
 package facts
 
@@ -15,8 +16,10 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
@@ -31,6 +34,9 @@ type Collector struct {
 	cachePath string
 	meminfo   string
 	log       *slog.Logger
+
+	mu           sync.Mutex
+	storagePaths []string
 }
 
 // New returns a collector measuring the cache disk that holds cachePath
@@ -46,7 +52,8 @@ func New(cachePath string, log *slog.Logger) *Collector {
 func (c *Collector) Collect(ctx context.Context) *ferryv1.HostFacts {
 	f := &ferryv1.HostFacts{Cpus: int32(runtime.NumCPU())}
 	if b, err := os.ReadFile(c.meminfo); err == nil {
-		f.MemoryBytes = memTotal(b)
+		f.MemoryBytes = meminfoBytes(b, "MemTotal:")
+		f.MemoryAvailableBytes = meminfoBytes(b, "MemAvailable:")
 	} else {
 		c.log.Debug("read meminfo", "err", err)
 	}
@@ -67,7 +74,42 @@ func (c *Collector) Collect(ctx context.Context) *ferryv1.HostFacts {
 		}
 		f.CacheTotalBytes, f.CacheFreeBytes = total, free
 	}
+	f.Storages = c.Storages()
 	return f
+}
+
+// SetStoragePaths sets the primary storage paths to measure, and says
+// whether they changed.
+func (c *Collector) SetStoragePaths(paths []string) bool {
+	paths = slices.Clone(paths)
+	slices.Sort(paths)
+	paths = slices.Compact(paths)
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if slices.Equal(paths, c.storagePaths) {
+		return false
+	}
+	c.storagePaths = paths
+	return true
+}
+
+// Storages measures each storage path's file system (its nearest existing
+// parent's when the path is not there yet); one that cannot be measured
+// is left out.
+func (c *Collector) Storages() []*ferryv1.StorageSpace {
+	c.mu.Lock()
+	paths := c.storagePaths
+	c.mu.Unlock()
+	var out []*ferryv1.StorageSpace
+	for _, p := range paths {
+		total, free, err := diskSpace(p)
+		if err != nil {
+			c.log.Warn("measure primary storage", "path", p, "err", err)
+			continue
+		}
+		out = append(out, &ferryv1.StorageSpace{Path: p, TotalBytes: total, FreeBytes: free})
+	}
+	return out
 }
 
 // command runs a program if it is installed.
@@ -85,12 +127,13 @@ func (c *Collector) command(ctx context.Context, name string, args ...string) ([
 	return out, err
 }
 
-// memTotal reads MemTotal (in kB) from /proc/meminfo.
-func memTotal(meminfo []byte) int64 {
+// meminfoBytes reads a field of /proc/meminfo ("MemTotal:", in kB) in
+// bytes; 0 when it is not there.
+func meminfoBytes(meminfo []byte, key string) int64 {
 	sc := bufio.NewScanner(bytes.NewReader(meminfo))
 	for sc.Scan() {
 		fields := strings.Fields(sc.Text())
-		if len(fields) >= 2 && fields[0] == "MemTotal:" {
+		if len(fields) >= 2 && fields[0] == key {
 			kb, err := strconv.ParseInt(fields[1], 10, 64)
 			if err == nil {
 				return kb * 1024

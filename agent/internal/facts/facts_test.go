@@ -4,12 +4,20 @@ import (
 	"context"
 	"os"
 	"path/filepath"
+	"syscall"
 	"testing"
 )
 
 func TestParsers(t *testing.T) {
-	if got := memTotal([]byte("MemTotal:       16318712 kB\nMemFree:  1 kB\n")); got != 16318712*1024 {
-		t.Errorf("memTotal = %d", got)
+	meminfo := []byte("MemTotal:       16318712 kB\nMemFree:  1 kB\nMemAvailable:    8123456 kB\n")
+	if got := meminfoBytes(meminfo, "MemTotal:"); got != 16318712*1024 {
+		t.Errorf("MemTotal = %d", got)
+	}
+	if got := meminfoBytes(meminfo, "MemAvailable:"); got != 8123456*1024 {
+		t.Errorf("MemAvailable = %d", got)
+	}
+	if got := meminfoBytes([]byte("MemTotal: 1 kB\n"), "MemAvailable:"); got != 0 {
+		t.Errorf("missing MemAvailable = %d", got)
 	}
 	if got := lastField([]byte("libvirtd (libvirt) 9.0.0\n")); got != "9.0.0" {
 		t.Errorf("libvirt version = %q", got)
@@ -25,16 +33,53 @@ func TestParsers(t *testing.T) {
 func TestCollectMeasuresCacheDisk(t *testing.T) {
 	dir := t.TempDir()
 	meminfo := filepath.Join(dir, "meminfo")
-	if err := os.WriteFile(meminfo, []byte("MemTotal: 1024 kB\n"), 0o600); err != nil {
+	if err := os.WriteFile(meminfo, []byte("MemTotal: 1024 kB\nMemAvailable: 512 kB\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	c := New(filepath.Join(dir, "not", "yet", "created"), nil)
 	c.meminfo = meminfo
 	f := c.Collect(context.Background())
-	if f.GetCpus() < 1 || f.GetMemoryBytes() != 1<<20 {
-		t.Errorf("cpus %d, memory %d", f.GetCpus(), f.GetMemoryBytes())
+	if f.GetCpus() < 1 || f.GetMemoryBytes() != 1<<20 || f.GetMemoryAvailableBytes() != 512<<10 {
+		t.Errorf("cpus %d, memory %d, available %d", f.GetCpus(), f.GetMemoryBytes(), f.GetMemoryAvailableBytes())
 	}
 	if f.GetCacheTotalBytes() <= 0 || f.GetCacheFreeBytes() <= 0 || f.GetCacheFreeBytes() > f.GetCacheTotalBytes() {
 		t.Errorf("cache total %d free %d", f.GetCacheTotalBytes(), f.GetCacheFreeBytes())
+	}
+}
+
+// TestCollectMeasuresStoragePaths checks the storage facts against statfs
+// of the same file systems: a path that exists, one not made yet (its
+// parent's file system) and a duplicate reported once.
+func TestCollectMeasuresStoragePaths(t *testing.T) {
+	dir := t.TempDir()
+	later := filepath.Join(dir, "later", "disks")
+	c := New("", nil)
+	if !c.SetStoragePaths([]string{dir, later, dir}) {
+		t.Fatal("SetStoragePaths: first paths reported unchanged")
+	}
+	if c.SetStoragePaths([]string{later, dir}) {
+		t.Error("SetStoragePaths: the same paths in another order reported changed")
+	}
+	var st syscall.Statfs_t
+	if err := syscall.Statfs(dir, &st); err != nil {
+		t.Fatal(err)
+	}
+	wantTotal := int64(st.Blocks) * st.Bsize
+	f := c.Collect(context.Background())
+	if len(f.GetStorages()) != 2 {
+		t.Fatalf("storages = %v, want %s and %s", f.GetStorages(), dir, later)
+	}
+	for _, s := range f.GetStorages() {
+		if s.GetPath() != dir && s.GetPath() != later {
+			t.Errorf("storage path %q, want %s or %s", s.GetPath(), dir, later)
+		}
+		// Free space moves with other writers; the total does not.
+		if s.GetTotalBytes() != wantTotal || s.GetFreeBytes() <= 0 || s.GetFreeBytes() > s.GetTotalBytes() {
+			t.Errorf("%s: total %d (statfs %d), free %d", s.GetPath(), s.GetTotalBytes(), wantTotal, s.GetFreeBytes())
+		}
+	}
+	c.SetStoragePaths(nil)
+	if got := c.Collect(context.Background()).GetStorages(); len(got) != 0 {
+		t.Errorf("storages after clearing the paths = %v", got)
 	}
 }

@@ -51,6 +51,9 @@ type Runner interface {
 // Facts gathers host facts (facts.Collector).
 type Facts interface {
 	Collect(ctx context.Context) *ferryv1.HostFacts
+	// SetStoragePaths sets the primary storage paths to measure, as the
+	// coordinator names them, and says whether they changed.
+	SetStoragePaths(paths []string) bool
 }
 
 // Config configures the session.
@@ -95,6 +98,7 @@ type Client struct {
 
 	latest      atomic.Pointer[ferryv1.HostFacts]
 	factsSerial atomic.Int64
+	refresh     chan struct{} // gathers facts now, e.g. for new storage paths
 
 	mu          sync.Mutex
 	coordinator string        // address of the current session, "" when cut off
@@ -128,7 +132,8 @@ func New(cfg Config, deps Deps) *Client {
 		log = slog.New(slog.DiscardHandler)
 	}
 	return &Client{cfg: cfg, runner: deps.Runner, facts: deps.Facts, outbox: deps.Outbox, fences: deps.Fences,
-		log: log.With("component", "agent-session", "host", cfg.HostName), conns: map[string]*grpc.ClientConn{}}
+		log: log.With("component", "agent-session", "host", cfg.HostName), conns: map[string]*grpc.ClientConn{},
+		refresh: make(chan struct{}, 1)}
 }
 
 // Coordinator returns the address of the coordinator the agent holds a
@@ -226,7 +231,21 @@ func (c *Client) gatherFacts(ctx context.Context) {
 		case <-ctx.Done():
 			return
 		case <-t.C:
+		case <-c.refresh:
 		}
+	}
+}
+
+// storagePaths hands the coordinator's primary storage paths to the facts
+// collector, and has the facts gathered again when they changed, so the
+// next heartbeat carries their space.
+func (c *Client) storagePaths(paths []string) {
+	if !c.facts.SetStoragePaths(paths) {
+		return
+	}
+	select {
+	case c.refresh <- struct{}{}:
+	default:
 	}
 }
 

@@ -145,6 +145,7 @@ func (r *fakeRunner) Held() []*agentv1.HeldJob {
 type staticFacts struct{}
 
 func (staticFacts) Collect(context.Context) *ferryv1.HostFacts { return &ferryv1.HostFacts{Cpus: 2} }
+func (staticFacts) SetStoragePaths([]string) bool              { return false }
 
 func runClient(t *testing.T, addrs ...string) (*Client, *fakeRunner) {
 	t.Helper()

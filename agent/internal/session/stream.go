@@ -34,6 +34,7 @@ func (c *Client) session(ctx context.Context, addr string) (welcomed bool, err e
 	}
 	c.contact(addr, welcome)
 	defer c.cutOff()
+	c.storagePaths(welcome.GetStoragePaths())
 	interval := time.Duration(welcome.GetHeartbeatIntervalMs()) * time.Millisecond
 	if interval <= 0 {
 		interval = 2 * time.Second
@@ -119,6 +120,7 @@ func (c *Client) recvLoop(ctx context.Context, addr string, stream agentv1.Agent
 				c.fences.answer(k.FenceAnswer)
 			}
 		case *agentv1.ConnectResponse_Heartbeat:
+			c.storagePaths(k.Heartbeat.GetStoragePaths())
 		default:
 			c.log.Warn("unexpected message from coordinator", "kind", fmt.Sprintf("%T", msg.GetKind()))
 		}

@@ -40,6 +40,18 @@ func (c *cli) runIn(stdin io.Reader, args ...string) result {
 	return result{out: out.String(), err: errOut.String(), code: code}
 }
 
+// runTTY runs ferryctl as if stdin were a terminal that types answer.
+func (c *cli) runTTY(answer string, args ...string) result {
+	c.t.Helper()
+	var out, errOut strings.Builder
+	full := append([]string{"--server", c.server, "--tls-dir", c.tlsDir, "--timeout", "20s"}, args...)
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	code := Execute(ctx, full, IO{In: strings.NewReader(answer), Out: &out, Err: &errOut, InTerminal: true,
+		Getenv: func(k string) string { return c.env[k] }})
+	return result{out: out.String(), err: errOut.String(), code: code}
+}
+
 func (c *cli) run(args ...string) result {
 	c.t.Helper()
 	return c.runIn(strings.NewReader(""), args...)

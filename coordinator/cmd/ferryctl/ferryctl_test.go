@@ -225,8 +225,40 @@ func (e *clusterEnv) errors(t *testing.T) {
 func (e *clusterEnv) planJobs(t *testing.T) {
 	x := e.cli(t)
 	plan := writePlan(t, "plan-1", []string{"web-1", "web-2"}, true)
-	first := x.json("job", "create", "-f", plan)
-	again := x.json("job", "create", "-f", plan)
+	jobCount := func() int {
+		l, _ := path(x.json("job", "list", lin()), "jobs").([]any)
+		return len(l)
+	}
+	before := jobCount()
+	// Without --yes, and stdin not a terminal: the preview, then a refusal.
+	r := x.run("job", "create", "-f", plan)
+	if r.code != exitUsage || !strings.Contains(r.err, "standard input is not a terminal, so ferryctl cannot ask whether to create 2 job(s)") ||
+		!strings.Contains(r.out, "web-1") || !strings.Contains(r.out, "2 job(s): the batch fits") || !strings.Contains(r.out, "addresses") {
+		t.Fatalf("job create without --yes: exit %d\nstdout:\n%s\nstderr:\n%s", r.code, r.out, r.err)
+	}
+	t.Logf("job create without --yes printed:\n%s", r.out)
+	// On a terminal, anything but y declines.
+	r = x.runTTY("n\n", "job", "create", "-f", plan)
+	if r.code != exitError || !strings.Contains(r.err, "Create 2 job(s)? [y/N]") || !strings.Contains(r.err, "not confirmed; nothing was created") {
+		t.Fatalf("job create answered n: exit %d\nstdout:\n%s\nstderr:\n%s", r.code, r.out, r.err)
+	}
+	p := x.json("job", "preview", "-f", plan)
+	if path(p, "fits") != true || path(p, "jobs", 1, "source_vm") != "web-2" || path(p, "jobs", 0, "name") != nil ||
+		path(p, "usages", 0, "resource") != "clusters/prod" || len(path(p, "usages").([]any)) != 4 {
+		t.Fatalf("job preview -o json = %v", p)
+	}
+	if n := jobCount(); n != before {
+		t.Fatalf("%d jobs after refusals and a preview, %d before", n, before)
+	}
+	first := x.json("job", "create", "-f", plan, "--yes")
+	if path(first, "preview", "fits") != true || path(first, "preview", "jobs", 0, "source_vm") != "web-1" {
+		t.Fatalf("job create --yes -o json has no preview: %v", first)
+	}
+	r = x.runTTY("y\n", "job", "create", "-f", plan, "-o", "json")
+	var again map[string]any
+	if err := json.Unmarshal([]byte(r.out), &again); r.code != 0 || err != nil || !strings.Contains(r.err, "Create 2 job(s)? [y/N]") {
+		t.Fatalf("job create answered y: exit %d, %v\nstdout:\n%s\nstderr:\n%s", r.code, err, r.out, r.err)
+	}
 	var names []string
 	for i := 0; i < 2; i++ {
 		name, _ := path(first, "jobs", i, "name").(string)
@@ -235,7 +267,7 @@ func (e *clusterEnv) planJobs(t *testing.T) {
 		}
 		names = append(names, name)
 	}
-	r := x.run(append([]string{"job", "watch"}, names...)...)
+	r = x.run(append([]string{"job", "watch"}, names...)...)
 	if r.code != 0 {
 		t.Fatalf("job watch: exit %d\n%s\n%s", r.code, r.out, r.err)
 	}
@@ -269,7 +301,7 @@ func (e *clusterEnv) flagJob(t *testing.T) {
 	x := e.cli(t)
 	created := x.json("job", "create", "--source", "kvm-src", "--migration-server", "kvm-1", "--vm", "web-3",
 		"--cluster", "prod", "--storage", "local-1", "--cpus", "2", "--memory", "4GiB",
-		"--disk", "vda=64MiB,name=root", "--nic", "52:54:00:00:00:03=lan,ip=10.0.0.150", "--no-start")
+		"--disk", "vda=64MiB,name=root", "--nic", "52:54:00:00:00:03=lan,ip=10.0.0.150", "--no-start", "--yes")
 	name, _ := path(created, "jobs", 0, "name").(string)
 	if name == "" || path(created, "jobs", 0, "target", "nics", 0, "ip") != "10.0.0.150" || path(created, "jobs", 0, "options", "auto_start") != false {
 		t.Fatalf("job create from flags = %v", created)

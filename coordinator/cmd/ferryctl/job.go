@@ -27,7 +27,7 @@ and ends SUCCEEDED, FAILED (with a reason) or CANCELLED. Failed and
 cancelled jobs can be restarted (the cache makes it fast); finished jobs can
 be deleted. "job watch" follows jobs live.`,
 	}
-	cmd.AddCommand(a.jobCreate(), a.jobGet(), a.jobList(), a.jobWatch(),
+	cmd.AddCommand(a.jobCreate(), a.jobPreview(), a.jobGet(), a.jobList(), a.jobWatch(),
 		a.jobCancel(), a.jobRestart(), a.jobDelete())
 	return cmd
 }

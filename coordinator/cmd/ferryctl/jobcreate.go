@@ -43,13 +43,35 @@ func (jf *jobFlags) fills() bool { return jf.network != "" || jf.group != "" }
 var planFlags = []string{"source", "migration-server", "vm", "target-name", "cluster", "storage", "host",
 	"cpus", "memory", "nic", "disk", "network", "network-mapping-group", "use-source-nic-address", "cdroms", "firmware", "os", "disk-bus", "compression", "pause-source", "no-start"}
 
-func (a *app) jobCreate() *cobra.Command {
-	jf := &jobFlags{
+// newJobFlags returns the flags of job create and job preview.
+func newJobFlags() *jobFlags {
+	return &jobFlags{
 		firmware:    newEnumFlag(ferryv1.Firmware(0).Descriptor(), nil),
 		osType:      newEnumFlag(ferryv1.OsType(0).Descriptor(), nil),
 		diskBus:     newEnumFlag(ferryv1.DiskBus(0).Descriptor(), nil),
 		compression: newEnumFlag(ferryv1.Compression(0).Descriptor(), nil),
 	}
+}
+
+// preRun checks that the flags describe one VM, or that -f stands alone.
+func (jf *jobFlags) preRun(cmd *cobra.Command, _ []string) error {
+	if jf.planFile == "" && jf.fills() {
+		return required(cmd, "source", "migration-server", "vm", "cluster", "storage")
+	}
+	if jf.planFile == "" {
+		return required(cmd, "source", "migration-server", "vm", "cluster", "storage", "cpus", "memory", "disk", "nic")
+	}
+	for _, name := range planFlags {
+		if cmd.Flags().Changed(name) {
+			return usagef("--%s cannot be combined with -f: put it in the plan", name)
+		}
+	}
+	return nil
+}
+
+func (a *app) jobCreate() *cobra.Command {
+	jf := newJobFlags()
+	var yes bool
 	cmd := &cobra.Command{
 		Use:   "create (-f PLAN | --source SRC --migration-server SRV --vm VM ...)",
 		Short: "Create jobs from a plan file, or one job from flags",
@@ -68,26 +90,13 @@ func (a *app) jobCreate() *cobra.Command {
       --cluster prod --storage nfs-1 --network-mapping-group dc1 --use-source-nic-address
 
   # Up to 50 VMs from a plan, then follow them
-  ferryctl job create -f plan.yaml -o json
+  ferryctl job create -f plan.yaml --yes -o json
   ferryctl job create -f plan.yaml && ferryctl job watch
 
-  # A plan from standard input
-  ferryctl job create -f - < plan.json`,
-		Args: noArgs,
-		PreRunE: func(cmd *cobra.Command, _ []string) error {
-			if jf.planFile == "" && jf.fills() {
-				return required(cmd, "source", "migration-server", "vm", "cluster", "storage")
-			}
-			if jf.planFile == "" {
-				return required(cmd, "source", "migration-server", "vm", "cluster", "storage", "cpus", "memory", "disk", "nic")
-			}
-			for _, name := range planFlags {
-				if cmd.Flags().Changed(name) {
-					return usagef("--%s cannot be combined with -f: put it in the plan", name)
-				}
-			}
-			return nil
-		},
+  # A plan from standard input (which then cannot answer the question)
+  ferryctl job create -f - --yes < plan.json`,
+		Args:    noArgs,
+		PreRunE: jf.preRun,
 		RunE: a.run(func(ctx context.Context, cl *client.Client, _ []string) error {
 			req, err := a.jobRequest(jf)
 			if err != nil {
@@ -98,18 +107,35 @@ func (a *app) jobCreate() *cobra.Command {
 					return err
 				}
 			}
+			p, err := a.previewAndConfirm(ctx, cl, req, yes)
+			if err != nil {
+				if p != nil {
+					_ = a.printCreated(p, nil)
+				}
+				return err
+			}
 			resp, err := cl.Jobs().CreateMigrationJobs(ctx, req)
 			if err != nil {
 				return err
 			}
-			return a.showCreatedJobs(resp)
+			return a.printCreated(p, resp)
 		}),
 	}
 	jf.addFlags(cmd)
+	cmd.Flags().BoolVarP(&yes, "yes", "y", false, "create without asking (needed when standard input is not a terminal)")
 	return cmd
 }
 
 const jobCreateLong = `Create migration jobs, one per VM, all on one migration server.
+
+The batch is previewed first (see 'ferryctl job preview'): the jobs as
+they would be made, what they take of the target cluster's CPUs and
+memory, of the primary storage and of each network's addresses, and the
+pre-checks that fail. A batch with a failed pre-check is not created.
+Otherwise ferryctl asks "Create N jobs? [y/N]" on a terminal; --yes
+creates without asking, and is needed when standard input is not a
+terminal. With -o json or yaml the output is one document holding the
+preview and the jobs created.
 
 From a plan file (-f FILE, or -f - for standard input): the file is a
 CreateMigrationJobsRequest of the API in YAML or JSON with proto field

@@ -19,11 +19,12 @@ import (
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	code := Execute(ctx, os.Args[1:], IO{
-		In:       os.Stdin,
-		Out:      os.Stdout,
-		Err:      os.Stderr,
-		Getenv:   os.Getenv,
-		Terminal: term.IsTerminal(int(os.Stdout.Fd())),
+		In:         os.Stdin,
+		Out:        os.Stdout,
+		Err:        os.Stderr,
+		Getenv:     os.Getenv,
+		Terminal:   term.IsTerminal(int(os.Stdout.Fd())),
+		InTerminal: term.IsTerminal(int(os.Stdin.Fd())),
 	})
 	stop()
 	os.Exit(code)

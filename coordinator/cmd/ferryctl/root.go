@@ -40,6 +40,8 @@ type IO struct {
 	Err      io.Writer
 	Getenv   func(string) string
 	Terminal bool // Out is a terminal: job watch redraws in place
+	// InTerminal says In is a terminal: job create may ask to confirm.
+	InTerminal bool
 }
 
 // app holds the global flags and the client the commands share.

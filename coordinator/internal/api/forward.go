@@ -35,8 +35,12 @@ const ferryPrefix = "/ferry.v1."
 var writeVerbs = []string{"Create", "Delete", "Update", "Enable", "Disable", "Set", "Cancel", "Restart", "Add", "Remove"}
 
 // leaderOnly are reads that only the leader can answer: it holds the
-// agent sessions they go through.
-var leaderOnly = map[string]bool{"/ferry.v1.SourceService/SyncSource": true}
+// agent sessions they go through, and the agents' live facts a preview
+// weighs a batch against (the ledger's copy is a checkpoint interval old).
+var leaderOnly = map[string]bool{
+	"/ferry.v1.SourceService/SyncSource":                 true,
+	"/ferry.v1.MigrationJobService/PreviewMigrationJobs": true,
+}
 
 // IsWriteMethod says whether a full method name ("/ferry.v1.S/CreateX") is
 // a write, or a leader-only read, that a follower forwards to the leader.

@@ -234,7 +234,8 @@ func (m *Manager) hello(ctx context.Context, s *session, h *agentv1.Hello) error
 		return err
 	}
 	welcome := &agentv1.Welcome{CoordinatorId: m.cfg.NodeID, HeartbeatIntervalMs: m.cfg.HeartbeatInterval.Milliseconds(),
-		GracePeriodMs: m.gracePeriod().Milliseconds(), CacheRetentionMs: m.ledger.Settings().GetCacheRetention().AsDuration().Milliseconds()}
+		GracePeriodMs: m.gracePeriod().Milliseconds(), CacheRetentionMs: m.ledger.Settings().GetCacheRetention().AsDuration().Milliseconds(),
+		StoragePaths: m.storagePaths()}
 	if err := s.send(ctx, &agentv1.ConnectResponse{Kind: &agentv1.ConnectResponse_Welcome{Welcome: welcome}}); err != nil {
 		return err
 	}
@@ -242,6 +243,24 @@ func (m *Manager) hello(ctx context.Context, s *session, h *agentv1.Hello) error
 	m.log.Info("agent connected", "host", s.host, "session", s.id, "agent_version", h.GetAgentVersion(),
 		"held_jobs", len(h.GetHeldJobs()))
 	return m.reconcile(ctx, s, h.GetHeldJobs())
+}
+
+// storagePaths are the paths of every local and NFS primary storage, whose
+// space agents report in their facts. Every agent gets all of them: local
+// storage is written on the migration server's host, which need not be in
+// the storage's cluster, and measuring a path that is not there costs a
+// statfs of its parent.
+func (m *Manager) storagePaths() []string {
+	var out []string
+	for _, ps := range m.ledger.PrimaryStorages("") {
+		switch ps.GetType() {
+		case ferryv1.PrimaryStorageType_PRIMARY_STORAGE_TYPE_LOCAL, ferryv1.PrimaryStorageType_PRIMARY_STORAGE_TYPE_NFS:
+			if ps.GetPath() != "" {
+				out = append(out, ps.GetPath())
+			}
+		}
+	}
+	return out
 }
 
 func clusterName(c string) string {
@@ -273,7 +292,7 @@ func (m *Manager) sendLoop(ctx context.Context, s *session) error {
 			if !s.welcomed.Load() {
 				continue
 			}
-			hb := &agentv1.Heartbeat{Time: timestamppb.New(now)}
+			hb := &agentv1.Heartbeat{Time: timestamppb.New(now), StoragePaths: m.storagePaths()}
 			if err := s.stream.Send(&agentv1.ConnectResponse{Kind: &agentv1.ConnectResponse_Heartbeat{Heartbeat: hb}}); err != nil {
 				return err
 			}

@@ -62,19 +62,6 @@ func TestCheckVersion(t *testing.T) {
 	}
 }
 
-func TestOSType(t *testing.T) {
-	for id, want := range map[string]ferryv1.OsType{
-		"ubuntu64Guest": ferryv1.OsType_OS_TYPE_LINUX, "rhel9_64Guest": ferryv1.OsType_OS_TYPE_LINUX,
-		"other5xLinux64Guest": ferryv1.OsType_OS_TYPE_LINUX, "windows2019srv_64Guest": ferryv1.OsType_OS_TYPE_WINDOWS,
-		"windows9_64Guest": ferryv1.OsType_OS_TYPE_WINDOWS, "otherGuest": ferryv1.OsType_OS_TYPE_UNSPECIFIED,
-		"freebsd13_64Guest": ferryv1.OsType_OS_TYPE_UNSPECIFIED, "": ferryv1.OsType_OS_TYPE_UNSPECIFIED,
-	} {
-		if got := OSType(id); got != want {
-			t.Errorf("OSType(%s) = %s, want %s", id, got, want)
-		}
-	}
-}
-
 func TestPrecheck(t *testing.T) {
 	disk := Disk{Name: "2000", Label: "Hard disk 1", Mode: "persistent"}
 	indep := Disk{Name: "2001", Label: "Hard disk 2", Mode: "independent_persistent"}

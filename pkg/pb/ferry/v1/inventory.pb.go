@@ -262,8 +262,11 @@ type HostFacts struct {
 	CacheFreeBytes  int64                  `protobuf:"varint,8,opt,name=cache_free_bytes,json=cacheFreeBytes,proto3" json:"cache_free_bytes,omitempty"`
 	// Memory available for new VMs (MemAvailable), 0 when unknown.
 	MemoryAvailableBytes int64 `protobuf:"varint,9,opt,name=memory_available_bytes,json=memoryAvailableBytes,proto3" json:"memory_available_bytes,omitempty"`
-	unknownFields        protoimpl.UnknownFields
-	sizeCache            protoimpl.SizeCache
+	// The file systems of the local and NFS primary storage paths the
+	// coordinator told the agent about, one per path it could measure.
+	Storages      []*StorageSpace `protobuf:"bytes,10,rep,name=storages,proto3" json:"storages,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *HostFacts) Reset() {
@@ -359,6 +362,77 @@ func (x *HostFacts) GetMemoryAvailableBytes() int64 {
 	return 0
 }
 
+func (x *HostFacts) GetStorages() []*StorageSpace {
+	if x != nil {
+		return x.Storages
+	}
+	return nil
+}
+
+// StorageSpace is the size and free space of the file system holding a
+// primary storage path.
+type StorageSpace struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The primary storage's path (PrimaryStorage.path).
+	Path       string `protobuf:"bytes,1,opt,name=path,proto3" json:"path,omitempty"`
+	TotalBytes int64  `protobuf:"varint,2,opt,name=total_bytes,json=totalBytes,proto3" json:"total_bytes,omitempty"`
+	// Free to an unprivileged writer (statfs f_bavail).
+	FreeBytes     int64 `protobuf:"varint,3,opt,name=free_bytes,json=freeBytes,proto3" json:"free_bytes,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *StorageSpace) Reset() {
+	*x = StorageSpace{}
+	mi := &file_ferry_v1_inventory_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *StorageSpace) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*StorageSpace) ProtoMessage() {}
+
+func (x *StorageSpace) ProtoReflect() protoreflect.Message {
+	mi := &file_ferry_v1_inventory_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use StorageSpace.ProtoReflect.Descriptor instead.
+func (*StorageSpace) Descriptor() ([]byte, []int) {
+	return file_ferry_v1_inventory_proto_rawDescGZIP(), []int{3}
+}
+
+func (x *StorageSpace) GetPath() string {
+	if x != nil {
+		return x.Path
+	}
+	return ""
+}
+
+func (x *StorageSpace) GetTotalBytes() int64 {
+	if x != nil {
+		return x.TotalBytes
+	}
+	return 0
+}
+
+func (x *StorageSpace) GetFreeBytes() int64 {
+	if x != nil {
+		return x.FreeBytes
+	}
+	return 0
+}
+
 // NetworkInterface is one interface of a host with its addresses in CIDR form.
 type NetworkInterface struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
@@ -370,7 +444,7 @@ type NetworkInterface struct {
 
 func (x *NetworkInterface) Reset() {
 	*x = NetworkInterface{}
-	mi := &file_ferry_v1_inventory_proto_msgTypes[3]
+	mi := &file_ferry_v1_inventory_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -382,7 +456,7 @@ func (x *NetworkInterface) String() string {
 func (*NetworkInterface) ProtoMessage() {}
 
 func (x *NetworkInterface) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_inventory_proto_msgTypes[3]
+	mi := &file_ferry_v1_inventory_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -395,7 +469,7 @@ func (x *NetworkInterface) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NetworkInterface.ProtoReflect.Descriptor instead.
 func (*NetworkInterface) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_inventory_proto_rawDescGZIP(), []int{3}
+	return file_ferry_v1_inventory_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *NetworkInterface) GetName() string {
@@ -434,7 +508,7 @@ type PrimaryStorage struct {
 
 func (x *PrimaryStorage) Reset() {
 	*x = PrimaryStorage{}
-	mi := &file_ferry_v1_inventory_proto_msgTypes[4]
+	mi := &file_ferry_v1_inventory_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -446,7 +520,7 @@ func (x *PrimaryStorage) String() string {
 func (*PrimaryStorage) ProtoMessage() {}
 
 func (x *PrimaryStorage) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_inventory_proto_msgTypes[4]
+	mi := &file_ferry_v1_inventory_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -459,7 +533,7 @@ func (x *PrimaryStorage) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PrimaryStorage.ProtoReflect.Descriptor instead.
 func (*PrimaryStorage) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_inventory_proto_rawDescGZIP(), []int{4}
+	return file_ferry_v1_inventory_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *PrimaryStorage) GetName() string {
@@ -541,7 +615,7 @@ type L3Network struct {
 
 func (x *L3Network) Reset() {
 	*x = L3Network{}
-	mi := &file_ferry_v1_inventory_proto_msgTypes[5]
+	mi := &file_ferry_v1_inventory_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -553,7 +627,7 @@ func (x *L3Network) String() string {
 func (*L3Network) ProtoMessage() {}
 
 func (x *L3Network) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_inventory_proto_msgTypes[5]
+	mi := &file_ferry_v1_inventory_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -566,7 +640,7 @@ func (x *L3Network) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use L3Network.ProtoReflect.Descriptor instead.
 func (*L3Network) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_inventory_proto_rawDescGZIP(), []int{5}
+	return file_ferry_v1_inventory_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *L3Network) GetName() string {
@@ -649,7 +723,7 @@ type CreateClusterRequest struct {
 
 func (x *CreateClusterRequest) Reset() {
 	*x = CreateClusterRequest{}
-	mi := &file_ferry_v1_inventory_proto_msgTypes[6]
+	mi := &file_ferry_v1_inventory_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -661,7 +735,7 @@ func (x *CreateClusterRequest) String() string {
 func (*CreateClusterRequest) ProtoMessage() {}
 
 func (x *CreateClusterRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_inventory_proto_msgTypes[6]
+	mi := &file_ferry_v1_inventory_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -674,7 +748,7 @@ func (x *CreateClusterRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateClusterRequest.ProtoReflect.Descriptor instead.
 func (*CreateClusterRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_inventory_proto_rawDescGZIP(), []int{6}
+	return file_ferry_v1_inventory_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *CreateClusterRequest) GetCluster() *Cluster {
@@ -700,7 +774,7 @@ type CreateClusterResponse struct {
 
 func (x *CreateClusterResponse) Reset() {
 	*x = CreateClusterResponse{}
-	mi := &file_ferry_v1_inventory_proto_msgTypes[7]
+	mi := &file_ferry_v1_inventory_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -712,7 +786,7 @@ func (x *CreateClusterResponse) String() string {
 func (*CreateClusterResponse) ProtoMessage() {}
 
 func (x *CreateClusterResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_inventory_proto_msgTypes[7]
+	mi := &file_ferry_v1_inventory_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -725,7 +799,7 @@ func (x *CreateClusterResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateClusterResponse.ProtoReflect.Descriptor instead.
 func (*CreateClusterResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_inventory_proto_rawDescGZIP(), []int{7}
+	return file_ferry_v1_inventory_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *CreateClusterResponse) GetCluster() *Cluster {
@@ -744,7 +818,7 @@ type GetClusterRequest struct {
 
 func (x *GetClusterRequest) Reset() {
 	*x = GetClusterRequest{}
-	mi := &file_ferry_v1_inventory_proto_msgTypes[8]
+	mi := &file_ferry_v1_inventory_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -756,7 +830,7 @@ func (x *GetClusterRequest) String() string {
 func (*GetClusterRequest) ProtoMessage() {}
 
 func (x *GetClusterRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_inventory_proto_msgTypes[8]
+	mi := &file_ferry_v1_inventory_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -769,7 +843,7 @@ func (x *GetClusterRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetClusterRequest.ProtoReflect.Descriptor instead.
 func (*GetClusterRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_inventory_proto_rawDescGZIP(), []int{8}
+	return file_ferry_v1_inventory_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *GetClusterRequest) GetName() string {
@@ -788,7 +862,7 @@ type GetClusterResponse struct {
 
 func (x *GetClusterResponse) Reset() {
 	*x = GetClusterResponse{}
-	mi := &file_ferry_v1_inventory_proto_msgTypes[9]
+	mi := &file_ferry_v1_inventory_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -800,7 +874,7 @@ func (x *GetClusterResponse) String() string {
 func (*GetClusterResponse) ProtoMessage() {}
 
 func (x *GetClusterResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_inventory_proto_msgTypes[9]
+	mi := &file_ferry_v1_inventory_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -813,7 +887,7 @@ func (x *GetClusterResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetClusterResponse.ProtoReflect.Descriptor instead.
 func (*GetClusterResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_inventory_proto_rawDescGZIP(), []int{9}
+	return file_ferry_v1_inventory_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *GetClusterResponse) GetCluster() *Cluster {
@@ -833,7 +907,7 @@ type ListClustersRequest struct {
 
 func (x *ListClustersRequest) Reset() {
 	*x = ListClustersRequest{}
-	mi := &file_ferry_v1_inventory_proto_msgTypes[10]
+	mi := &file_ferry_v1_inventory_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -845,7 +919,7 @@ func (x *ListClustersRequest) String() string {
 func (*ListClustersRequest) ProtoMessage() {}
 
 func (x *ListClustersRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_inventory_proto_msgTypes[10]
+	mi := &file_ferry_v1_inventory_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -858,7 +932,7 @@ func (x *ListClustersRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListClustersRequest.ProtoReflect.Descriptor instead.
 func (*ListClustersRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_inventory_proto_rawDescGZIP(), []int{10}
+	return file_ferry_v1_inventory_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *ListClustersRequest) GetPageSize() int32 {
@@ -885,7 +959,7 @@ type ListClustersResponse struct {
 
 func (x *ListClustersResponse) Reset() {
 	*x = ListClustersResponse{}
-	mi := &file_ferry_v1_inventory_proto_msgTypes[11]
+	mi := &file_ferry_v1_inventory_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -897,7 +971,7 @@ func (x *ListClustersResponse) String() string {
 func (*ListClustersResponse) ProtoMessage() {}
 
 func (x *ListClustersResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_inventory_proto_msgTypes[11]
+	mi := &file_ferry_v1_inventory_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -910,7 +984,7 @@ func (x *ListClustersResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListClustersResponse.ProtoReflect.Descriptor instead.
 func (*ListClustersResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_inventory_proto_rawDescGZIP(), []int{11}
+	return file_ferry_v1_inventory_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *ListClustersResponse) GetClusters() []*Cluster {
@@ -936,7 +1010,7 @@ type DeleteClusterRequest struct {
 
 func (x *DeleteClusterRequest) Reset() {
 	*x = DeleteClusterRequest{}
-	mi := &file_ferry_v1_inventory_proto_msgTypes[12]
+	mi := &file_ferry_v1_inventory_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -948,7 +1022,7 @@ func (x *DeleteClusterRequest) String() string {
 func (*DeleteClusterRequest) ProtoMessage() {}
 
 func (x *DeleteClusterRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_inventory_proto_msgTypes[12]
+	mi := &file_ferry_v1_inventory_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -961,7 +1035,7 @@ func (x *DeleteClusterRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteClusterRequest.ProtoReflect.Descriptor instead.
 func (*DeleteClusterRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_inventory_proto_rawDescGZIP(), []int{12}
+	return file_ferry_v1_inventory_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *DeleteClusterRequest) GetName() string {
@@ -979,7 +1053,7 @@ type DeleteClusterResponse struct {
 
 func (x *DeleteClusterResponse) Reset() {
 	*x = DeleteClusterResponse{}
-	mi := &file_ferry_v1_inventory_proto_msgTypes[13]
+	mi := &file_ferry_v1_inventory_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -991,7 +1065,7 @@ func (x *DeleteClusterResponse) String() string {
 func (*DeleteClusterResponse) ProtoMessage() {}
 
 func (x *DeleteClusterResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_inventory_proto_msgTypes[13]
+	mi := &file_ferry_v1_inventory_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1004,7 +1078,7 @@ func (x *DeleteClusterResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteClusterResponse.ProtoReflect.Descriptor instead.
 func (*DeleteClusterResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_inventory_proto_rawDescGZIP(), []int{13}
+	return file_ferry_v1_inventory_proto_rawDescGZIP(), []int{14}
 }
 
 type GetHostRequest struct {
@@ -1016,7 +1090,7 @@ type GetHostRequest struct {
 
 func (x *GetHostRequest) Reset() {
 	*x = GetHostRequest{}
-	mi := &file_ferry_v1_inventory_proto_msgTypes[14]
+	mi := &file_ferry_v1_inventory_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1028,7 +1102,7 @@ func (x *GetHostRequest) String() string {
 func (*GetHostRequest) ProtoMessage() {}
 
 func (x *GetHostRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_inventory_proto_msgTypes[14]
+	mi := &file_ferry_v1_inventory_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1041,7 +1115,7 @@ func (x *GetHostRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetHostRequest.ProtoReflect.Descriptor instead.
 func (*GetHostRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_inventory_proto_rawDescGZIP(), []int{14}
+	return file_ferry_v1_inventory_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *GetHostRequest) GetName() string {
@@ -1060,7 +1134,7 @@ type GetHostResponse struct {
 
 func (x *GetHostResponse) Reset() {
 	*x = GetHostResponse{}
-	mi := &file_ferry_v1_inventory_proto_msgTypes[15]
+	mi := &file_ferry_v1_inventory_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1072,7 +1146,7 @@ func (x *GetHostResponse) String() string {
 func (*GetHostResponse) ProtoMessage() {}
 
 func (x *GetHostResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_inventory_proto_msgTypes[15]
+	mi := &file_ferry_v1_inventory_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1085,7 +1159,7 @@ func (x *GetHostResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetHostResponse.ProtoReflect.Descriptor instead.
 func (*GetHostResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_inventory_proto_rawDescGZIP(), []int{15}
+	return file_ferry_v1_inventory_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *GetHostResponse) GetHost() *Host {
@@ -1107,7 +1181,7 @@ type ListHostsRequest struct {
 
 func (x *ListHostsRequest) Reset() {
 	*x = ListHostsRequest{}
-	mi := &file_ferry_v1_inventory_proto_msgTypes[16]
+	mi := &file_ferry_v1_inventory_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1119,7 +1193,7 @@ func (x *ListHostsRequest) String() string {
 func (*ListHostsRequest) ProtoMessage() {}
 
 func (x *ListHostsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_inventory_proto_msgTypes[16]
+	mi := &file_ferry_v1_inventory_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1132,7 +1206,7 @@ func (x *ListHostsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListHostsRequest.ProtoReflect.Descriptor instead.
 func (*ListHostsRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_inventory_proto_rawDescGZIP(), []int{16}
+	return file_ferry_v1_inventory_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *ListHostsRequest) GetPageSize() int32 {
@@ -1166,7 +1240,7 @@ type ListHostsResponse struct {
 
 func (x *ListHostsResponse) Reset() {
 	*x = ListHostsResponse{}
-	mi := &file_ferry_v1_inventory_proto_msgTypes[17]
+	mi := &file_ferry_v1_inventory_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1178,7 +1252,7 @@ func (x *ListHostsResponse) String() string {
 func (*ListHostsResponse) ProtoMessage() {}
 
 func (x *ListHostsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_inventory_proto_msgTypes[17]
+	mi := &file_ferry_v1_inventory_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1191,7 +1265,7 @@ func (x *ListHostsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListHostsResponse.ProtoReflect.Descriptor instead.
 func (*ListHostsResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_inventory_proto_rawDescGZIP(), []int{17}
+	return file_ferry_v1_inventory_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *ListHostsResponse) GetHosts() []*Host {
@@ -1218,7 +1292,7 @@ type CreatePrimaryStorageRequest struct {
 
 func (x *CreatePrimaryStorageRequest) Reset() {
 	*x = CreatePrimaryStorageRequest{}
-	mi := &file_ferry_v1_inventory_proto_msgTypes[18]
+	mi := &file_ferry_v1_inventory_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1230,7 +1304,7 @@ func (x *CreatePrimaryStorageRequest) String() string {
 func (*CreatePrimaryStorageRequest) ProtoMessage() {}
 
 func (x *CreatePrimaryStorageRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_inventory_proto_msgTypes[18]
+	mi := &file_ferry_v1_inventory_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1243,7 +1317,7 @@ func (x *CreatePrimaryStorageRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreatePrimaryStorageRequest.ProtoReflect.Descriptor instead.
 func (*CreatePrimaryStorageRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_inventory_proto_rawDescGZIP(), []int{18}
+	return file_ferry_v1_inventory_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *CreatePrimaryStorageRequest) GetPrimaryStorage() *PrimaryStorage {
@@ -1269,7 +1343,7 @@ type CreatePrimaryStorageResponse struct {
 
 func (x *CreatePrimaryStorageResponse) Reset() {
 	*x = CreatePrimaryStorageResponse{}
-	mi := &file_ferry_v1_inventory_proto_msgTypes[19]
+	mi := &file_ferry_v1_inventory_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1281,7 +1355,7 @@ func (x *CreatePrimaryStorageResponse) String() string {
 func (*CreatePrimaryStorageResponse) ProtoMessage() {}
 
 func (x *CreatePrimaryStorageResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_inventory_proto_msgTypes[19]
+	mi := &file_ferry_v1_inventory_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1294,7 +1368,7 @@ func (x *CreatePrimaryStorageResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreatePrimaryStorageResponse.ProtoReflect.Descriptor instead.
 func (*CreatePrimaryStorageResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_inventory_proto_rawDescGZIP(), []int{19}
+	return file_ferry_v1_inventory_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *CreatePrimaryStorageResponse) GetPrimaryStorage() *PrimaryStorage {
@@ -1313,7 +1387,7 @@ type GetPrimaryStorageRequest struct {
 
 func (x *GetPrimaryStorageRequest) Reset() {
 	*x = GetPrimaryStorageRequest{}
-	mi := &file_ferry_v1_inventory_proto_msgTypes[20]
+	mi := &file_ferry_v1_inventory_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1325,7 +1399,7 @@ func (x *GetPrimaryStorageRequest) String() string {
 func (*GetPrimaryStorageRequest) ProtoMessage() {}
 
 func (x *GetPrimaryStorageRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_inventory_proto_msgTypes[20]
+	mi := &file_ferry_v1_inventory_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1338,7 +1412,7 @@ func (x *GetPrimaryStorageRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetPrimaryStorageRequest.ProtoReflect.Descriptor instead.
 func (*GetPrimaryStorageRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_inventory_proto_rawDescGZIP(), []int{20}
+	return file_ferry_v1_inventory_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *GetPrimaryStorageRequest) GetName() string {
@@ -1357,7 +1431,7 @@ type GetPrimaryStorageResponse struct {
 
 func (x *GetPrimaryStorageResponse) Reset() {
 	*x = GetPrimaryStorageResponse{}
-	mi := &file_ferry_v1_inventory_proto_msgTypes[21]
+	mi := &file_ferry_v1_inventory_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1369,7 +1443,7 @@ func (x *GetPrimaryStorageResponse) String() string {
 func (*GetPrimaryStorageResponse) ProtoMessage() {}
 
 func (x *GetPrimaryStorageResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_inventory_proto_msgTypes[21]
+	mi := &file_ferry_v1_inventory_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1382,7 +1456,7 @@ func (x *GetPrimaryStorageResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetPrimaryStorageResponse.ProtoReflect.Descriptor instead.
 func (*GetPrimaryStorageResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_inventory_proto_rawDescGZIP(), []int{21}
+	return file_ferry_v1_inventory_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *GetPrimaryStorageResponse) GetPrimaryStorage() *PrimaryStorage {
@@ -1403,7 +1477,7 @@ type ListPrimaryStoragesRequest struct {
 
 func (x *ListPrimaryStoragesRequest) Reset() {
 	*x = ListPrimaryStoragesRequest{}
-	mi := &file_ferry_v1_inventory_proto_msgTypes[22]
+	mi := &file_ferry_v1_inventory_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1415,7 +1489,7 @@ func (x *ListPrimaryStoragesRequest) String() string {
 func (*ListPrimaryStoragesRequest) ProtoMessage() {}
 
 func (x *ListPrimaryStoragesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_inventory_proto_msgTypes[22]
+	mi := &file_ferry_v1_inventory_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1428,7 +1502,7 @@ func (x *ListPrimaryStoragesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListPrimaryStoragesRequest.ProtoReflect.Descriptor instead.
 func (*ListPrimaryStoragesRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_inventory_proto_rawDescGZIP(), []int{22}
+	return file_ferry_v1_inventory_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *ListPrimaryStoragesRequest) GetPageSize() int32 {
@@ -1462,7 +1536,7 @@ type ListPrimaryStoragesResponse struct {
 
 func (x *ListPrimaryStoragesResponse) Reset() {
 	*x = ListPrimaryStoragesResponse{}
-	mi := &file_ferry_v1_inventory_proto_msgTypes[23]
+	mi := &file_ferry_v1_inventory_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1474,7 +1548,7 @@ func (x *ListPrimaryStoragesResponse) String() string {
 func (*ListPrimaryStoragesResponse) ProtoMessage() {}
 
 func (x *ListPrimaryStoragesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_inventory_proto_msgTypes[23]
+	mi := &file_ferry_v1_inventory_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1487,7 +1561,7 @@ func (x *ListPrimaryStoragesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListPrimaryStoragesResponse.ProtoReflect.Descriptor instead.
 func (*ListPrimaryStoragesResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_inventory_proto_rawDescGZIP(), []int{23}
+	return file_ferry_v1_inventory_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *ListPrimaryStoragesResponse) GetPrimaryStorages() []*PrimaryStorage {
@@ -1513,7 +1587,7 @@ type DeletePrimaryStorageRequest struct {
 
 func (x *DeletePrimaryStorageRequest) Reset() {
 	*x = DeletePrimaryStorageRequest{}
-	mi := &file_ferry_v1_inventory_proto_msgTypes[24]
+	mi := &file_ferry_v1_inventory_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1525,7 +1599,7 @@ func (x *DeletePrimaryStorageRequest) String() string {
 func (*DeletePrimaryStorageRequest) ProtoMessage() {}
 
 func (x *DeletePrimaryStorageRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_inventory_proto_msgTypes[24]
+	mi := &file_ferry_v1_inventory_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1538,7 +1612,7 @@ func (x *DeletePrimaryStorageRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeletePrimaryStorageRequest.ProtoReflect.Descriptor instead.
 func (*DeletePrimaryStorageRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_inventory_proto_rawDescGZIP(), []int{24}
+	return file_ferry_v1_inventory_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *DeletePrimaryStorageRequest) GetName() string {
@@ -1556,7 +1630,7 @@ type DeletePrimaryStorageResponse struct {
 
 func (x *DeletePrimaryStorageResponse) Reset() {
 	*x = DeletePrimaryStorageResponse{}
-	mi := &file_ferry_v1_inventory_proto_msgTypes[25]
+	mi := &file_ferry_v1_inventory_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1568,7 +1642,7 @@ func (x *DeletePrimaryStorageResponse) String() string {
 func (*DeletePrimaryStorageResponse) ProtoMessage() {}
 
 func (x *DeletePrimaryStorageResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_inventory_proto_msgTypes[25]
+	mi := &file_ferry_v1_inventory_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1581,7 +1655,7 @@ func (x *DeletePrimaryStorageResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeletePrimaryStorageResponse.ProtoReflect.Descriptor instead.
 func (*DeletePrimaryStorageResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_inventory_proto_rawDescGZIP(), []int{25}
+	return file_ferry_v1_inventory_proto_rawDescGZIP(), []int{26}
 }
 
 type CreateL3NetworkRequest struct {
@@ -1594,7 +1668,7 @@ type CreateL3NetworkRequest struct {
 
 func (x *CreateL3NetworkRequest) Reset() {
 	*x = CreateL3NetworkRequest{}
-	mi := &file_ferry_v1_inventory_proto_msgTypes[26]
+	mi := &file_ferry_v1_inventory_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1606,7 +1680,7 @@ func (x *CreateL3NetworkRequest) String() string {
 func (*CreateL3NetworkRequest) ProtoMessage() {}
 
 func (x *CreateL3NetworkRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_inventory_proto_msgTypes[26]
+	mi := &file_ferry_v1_inventory_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1619,7 +1693,7 @@ func (x *CreateL3NetworkRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateL3NetworkRequest.ProtoReflect.Descriptor instead.
 func (*CreateL3NetworkRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_inventory_proto_rawDescGZIP(), []int{26}
+	return file_ferry_v1_inventory_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *CreateL3NetworkRequest) GetL3Network() *L3Network {
@@ -1645,7 +1719,7 @@ type CreateL3NetworkResponse struct {
 
 func (x *CreateL3NetworkResponse) Reset() {
 	*x = CreateL3NetworkResponse{}
-	mi := &file_ferry_v1_inventory_proto_msgTypes[27]
+	mi := &file_ferry_v1_inventory_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1657,7 +1731,7 @@ func (x *CreateL3NetworkResponse) String() string {
 func (*CreateL3NetworkResponse) ProtoMessage() {}
 
 func (x *CreateL3NetworkResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_inventory_proto_msgTypes[27]
+	mi := &file_ferry_v1_inventory_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1670,7 +1744,7 @@ func (x *CreateL3NetworkResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateL3NetworkResponse.ProtoReflect.Descriptor instead.
 func (*CreateL3NetworkResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_inventory_proto_rawDescGZIP(), []int{27}
+	return file_ferry_v1_inventory_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *CreateL3NetworkResponse) GetL3Network() *L3Network {
@@ -1689,7 +1763,7 @@ type GetL3NetworkRequest struct {
 
 func (x *GetL3NetworkRequest) Reset() {
 	*x = GetL3NetworkRequest{}
-	mi := &file_ferry_v1_inventory_proto_msgTypes[28]
+	mi := &file_ferry_v1_inventory_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1701,7 +1775,7 @@ func (x *GetL3NetworkRequest) String() string {
 func (*GetL3NetworkRequest) ProtoMessage() {}
 
 func (x *GetL3NetworkRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_inventory_proto_msgTypes[28]
+	mi := &file_ferry_v1_inventory_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1714,7 +1788,7 @@ func (x *GetL3NetworkRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetL3NetworkRequest.ProtoReflect.Descriptor instead.
 func (*GetL3NetworkRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_inventory_proto_rawDescGZIP(), []int{28}
+	return file_ferry_v1_inventory_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *GetL3NetworkRequest) GetName() string {
@@ -1733,7 +1807,7 @@ type GetL3NetworkResponse struct {
 
 func (x *GetL3NetworkResponse) Reset() {
 	*x = GetL3NetworkResponse{}
-	mi := &file_ferry_v1_inventory_proto_msgTypes[29]
+	mi := &file_ferry_v1_inventory_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1745,7 +1819,7 @@ func (x *GetL3NetworkResponse) String() string {
 func (*GetL3NetworkResponse) ProtoMessage() {}
 
 func (x *GetL3NetworkResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_inventory_proto_msgTypes[29]
+	mi := &file_ferry_v1_inventory_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1758,7 +1832,7 @@ func (x *GetL3NetworkResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetL3NetworkResponse.ProtoReflect.Descriptor instead.
 func (*GetL3NetworkResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_inventory_proto_rawDescGZIP(), []int{29}
+	return file_ferry_v1_inventory_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *GetL3NetworkResponse) GetL3Network() *L3Network {
@@ -1779,7 +1853,7 @@ type ListL3NetworksRequest struct {
 
 func (x *ListL3NetworksRequest) Reset() {
 	*x = ListL3NetworksRequest{}
-	mi := &file_ferry_v1_inventory_proto_msgTypes[30]
+	mi := &file_ferry_v1_inventory_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1791,7 +1865,7 @@ func (x *ListL3NetworksRequest) String() string {
 func (*ListL3NetworksRequest) ProtoMessage() {}
 
 func (x *ListL3NetworksRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_inventory_proto_msgTypes[30]
+	mi := &file_ferry_v1_inventory_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1804,7 +1878,7 @@ func (x *ListL3NetworksRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListL3NetworksRequest.ProtoReflect.Descriptor instead.
 func (*ListL3NetworksRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_inventory_proto_rawDescGZIP(), []int{30}
+	return file_ferry_v1_inventory_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *ListL3NetworksRequest) GetPageSize() int32 {
@@ -1838,7 +1912,7 @@ type ListL3NetworksResponse struct {
 
 func (x *ListL3NetworksResponse) Reset() {
 	*x = ListL3NetworksResponse{}
-	mi := &file_ferry_v1_inventory_proto_msgTypes[31]
+	mi := &file_ferry_v1_inventory_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1850,7 +1924,7 @@ func (x *ListL3NetworksResponse) String() string {
 func (*ListL3NetworksResponse) ProtoMessage() {}
 
 func (x *ListL3NetworksResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_inventory_proto_msgTypes[31]
+	mi := &file_ferry_v1_inventory_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1863,7 +1937,7 @@ func (x *ListL3NetworksResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListL3NetworksResponse.ProtoReflect.Descriptor instead.
 func (*ListL3NetworksResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_inventory_proto_rawDescGZIP(), []int{31}
+	return file_ferry_v1_inventory_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *ListL3NetworksResponse) GetL3Networks() []*L3Network {
@@ -1889,7 +1963,7 @@ type DeleteL3NetworkRequest struct {
 
 func (x *DeleteL3NetworkRequest) Reset() {
 	*x = DeleteL3NetworkRequest{}
-	mi := &file_ferry_v1_inventory_proto_msgTypes[32]
+	mi := &file_ferry_v1_inventory_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1901,7 +1975,7 @@ func (x *DeleteL3NetworkRequest) String() string {
 func (*DeleteL3NetworkRequest) ProtoMessage() {}
 
 func (x *DeleteL3NetworkRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_inventory_proto_msgTypes[32]
+	mi := &file_ferry_v1_inventory_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1914,7 +1988,7 @@ func (x *DeleteL3NetworkRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteL3NetworkRequest.ProtoReflect.Descriptor instead.
 func (*DeleteL3NetworkRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_inventory_proto_rawDescGZIP(), []int{32}
+	return file_ferry_v1_inventory_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *DeleteL3NetworkRequest) GetName() string {
@@ -1932,7 +2006,7 @@ type DeleteL3NetworkResponse struct {
 
 func (x *DeleteL3NetworkResponse) Reset() {
 	*x = DeleteL3NetworkResponse{}
-	mi := &file_ferry_v1_inventory_proto_msgTypes[33]
+	mi := &file_ferry_v1_inventory_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1944,7 +2018,7 @@ func (x *DeleteL3NetworkResponse) String() string {
 func (*DeleteL3NetworkResponse) ProtoMessage() {}
 
 func (x *DeleteL3NetworkResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_inventory_proto_msgTypes[33]
+	mi := &file_ferry_v1_inventory_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1957,7 +2031,7 @@ func (x *DeleteL3NetworkResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteL3NetworkResponse.ProtoReflect.Descriptor instead.
 func (*DeleteL3NetworkResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_inventory_proto_rawDescGZIP(), []int{33}
+	return file_ferry_v1_inventory_proto_rawDescGZIP(), []int{34}
 }
 
 var File_ferry_v1_inventory_proto protoreflect.FileDescriptor
@@ -1979,7 +2053,7 @@ const file_ferry_v1_inventory_proto_rawDesc = "" +
 	"\x0elast_seen_time\x18\x05 \x01(\v2\x1a.google.protobuf.TimestampR\flastSeenTime\x12;\n" +
 	"\vcreate_time\x18\x06 \x01(\v2\x1a.google.protobuf.TimestampR\n" +
 	"createTime\x12#\n" +
-	"\ragent_version\x18\a \x01(\tR\fagentVersion\"\xf7\x02\n" +
+	"\ragent_version\x18\a \x01(\tR\fagentVersion\"\xab\x03\n" +
 	"\tHostFacts\x12\x12\n" +
 	"\x04cpus\x18\x01 \x01(\x05R\x04cpus\x12!\n" +
 	"\fmemory_bytes\x18\x02 \x01(\x03R\vmemoryBytes\x12\x1f\n" +
@@ -1992,7 +2066,15 @@ const file_ferry_v1_inventory_proto_rawDesc = "" +
 	"interfaces\x12*\n" +
 	"\x11cache_total_bytes\x18\a \x01(\x03R\x0fcacheTotalBytes\x12(\n" +
 	"\x10cache_free_bytes\x18\b \x01(\x03R\x0ecacheFreeBytes\x124\n" +
-	"\x16memory_available_bytes\x18\t \x01(\x03R\x14memoryAvailableBytes\"D\n" +
+	"\x16memory_available_bytes\x18\t \x01(\x03R\x14memoryAvailableBytes\x122\n" +
+	"\bstorages\x18\n" +
+	" \x03(\v2\x16.ferry.v1.StorageSpaceR\bstorages\"b\n" +
+	"\fStorageSpace\x12\x12\n" +
+	"\x04path\x18\x01 \x01(\tR\x04path\x12\x1f\n" +
+	"\vtotal_bytes\x18\x02 \x01(\x03R\n" +
+	"totalBytes\x12\x1d\n" +
+	"\n" +
+	"free_bytes\x18\x03 \x01(\x03R\tfreeBytes\"D\n" +
 	"\x10NetworkInterface\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x1c\n" +
 	"\taddresses\x18\x02 \x03(\tR\taddresses\"\xa4\x02\n" +
@@ -2135,101 +2217,103 @@ func file_ferry_v1_inventory_proto_rawDescGZIP() []byte {
 }
 
 var file_ferry_v1_inventory_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_ferry_v1_inventory_proto_msgTypes = make([]protoimpl.MessageInfo, 34)
+var file_ferry_v1_inventory_proto_msgTypes = make([]protoimpl.MessageInfo, 35)
 var file_ferry_v1_inventory_proto_goTypes = []any{
 	(PrimaryStorageType)(0),              // 0: ferry.v1.PrimaryStorageType
 	(*Cluster)(nil),                      // 1: ferry.v1.Cluster
 	(*Host)(nil),                         // 2: ferry.v1.Host
 	(*HostFacts)(nil),                    // 3: ferry.v1.HostFacts
-	(*NetworkInterface)(nil),             // 4: ferry.v1.NetworkInterface
-	(*PrimaryStorage)(nil),               // 5: ferry.v1.PrimaryStorage
-	(*L3Network)(nil),                    // 6: ferry.v1.L3Network
-	(*CreateClusterRequest)(nil),         // 7: ferry.v1.CreateClusterRequest
-	(*CreateClusterResponse)(nil),        // 8: ferry.v1.CreateClusterResponse
-	(*GetClusterRequest)(nil),            // 9: ferry.v1.GetClusterRequest
-	(*GetClusterResponse)(nil),           // 10: ferry.v1.GetClusterResponse
-	(*ListClustersRequest)(nil),          // 11: ferry.v1.ListClustersRequest
-	(*ListClustersResponse)(nil),         // 12: ferry.v1.ListClustersResponse
-	(*DeleteClusterRequest)(nil),         // 13: ferry.v1.DeleteClusterRequest
-	(*DeleteClusterResponse)(nil),        // 14: ferry.v1.DeleteClusterResponse
-	(*GetHostRequest)(nil),               // 15: ferry.v1.GetHostRequest
-	(*GetHostResponse)(nil),              // 16: ferry.v1.GetHostResponse
-	(*ListHostsRequest)(nil),             // 17: ferry.v1.ListHostsRequest
-	(*ListHostsResponse)(nil),            // 18: ferry.v1.ListHostsResponse
-	(*CreatePrimaryStorageRequest)(nil),  // 19: ferry.v1.CreatePrimaryStorageRequest
-	(*CreatePrimaryStorageResponse)(nil), // 20: ferry.v1.CreatePrimaryStorageResponse
-	(*GetPrimaryStorageRequest)(nil),     // 21: ferry.v1.GetPrimaryStorageRequest
-	(*GetPrimaryStorageResponse)(nil),    // 22: ferry.v1.GetPrimaryStorageResponse
-	(*ListPrimaryStoragesRequest)(nil),   // 23: ferry.v1.ListPrimaryStoragesRequest
-	(*ListPrimaryStoragesResponse)(nil),  // 24: ferry.v1.ListPrimaryStoragesResponse
-	(*DeletePrimaryStorageRequest)(nil),  // 25: ferry.v1.DeletePrimaryStorageRequest
-	(*DeletePrimaryStorageResponse)(nil), // 26: ferry.v1.DeletePrimaryStorageResponse
-	(*CreateL3NetworkRequest)(nil),       // 27: ferry.v1.CreateL3NetworkRequest
-	(*CreateL3NetworkResponse)(nil),      // 28: ferry.v1.CreateL3NetworkResponse
-	(*GetL3NetworkRequest)(nil),          // 29: ferry.v1.GetL3NetworkRequest
-	(*GetL3NetworkResponse)(nil),         // 30: ferry.v1.GetL3NetworkResponse
-	(*ListL3NetworksRequest)(nil),        // 31: ferry.v1.ListL3NetworksRequest
-	(*ListL3NetworksResponse)(nil),       // 32: ferry.v1.ListL3NetworksResponse
-	(*DeleteL3NetworkRequest)(nil),       // 33: ferry.v1.DeleteL3NetworkRequest
-	(*DeleteL3NetworkResponse)(nil),      // 34: ferry.v1.DeleteL3NetworkResponse
-	(*timestamppb.Timestamp)(nil),        // 35: google.protobuf.Timestamp
+	(*StorageSpace)(nil),                 // 4: ferry.v1.StorageSpace
+	(*NetworkInterface)(nil),             // 5: ferry.v1.NetworkInterface
+	(*PrimaryStorage)(nil),               // 6: ferry.v1.PrimaryStorage
+	(*L3Network)(nil),                    // 7: ferry.v1.L3Network
+	(*CreateClusterRequest)(nil),         // 8: ferry.v1.CreateClusterRequest
+	(*CreateClusterResponse)(nil),        // 9: ferry.v1.CreateClusterResponse
+	(*GetClusterRequest)(nil),            // 10: ferry.v1.GetClusterRequest
+	(*GetClusterResponse)(nil),           // 11: ferry.v1.GetClusterResponse
+	(*ListClustersRequest)(nil),          // 12: ferry.v1.ListClustersRequest
+	(*ListClustersResponse)(nil),         // 13: ferry.v1.ListClustersResponse
+	(*DeleteClusterRequest)(nil),         // 14: ferry.v1.DeleteClusterRequest
+	(*DeleteClusterResponse)(nil),        // 15: ferry.v1.DeleteClusterResponse
+	(*GetHostRequest)(nil),               // 16: ferry.v1.GetHostRequest
+	(*GetHostResponse)(nil),              // 17: ferry.v1.GetHostResponse
+	(*ListHostsRequest)(nil),             // 18: ferry.v1.ListHostsRequest
+	(*ListHostsResponse)(nil),            // 19: ferry.v1.ListHostsResponse
+	(*CreatePrimaryStorageRequest)(nil),  // 20: ferry.v1.CreatePrimaryStorageRequest
+	(*CreatePrimaryStorageResponse)(nil), // 21: ferry.v1.CreatePrimaryStorageResponse
+	(*GetPrimaryStorageRequest)(nil),     // 22: ferry.v1.GetPrimaryStorageRequest
+	(*GetPrimaryStorageResponse)(nil),    // 23: ferry.v1.GetPrimaryStorageResponse
+	(*ListPrimaryStoragesRequest)(nil),   // 24: ferry.v1.ListPrimaryStoragesRequest
+	(*ListPrimaryStoragesResponse)(nil),  // 25: ferry.v1.ListPrimaryStoragesResponse
+	(*DeletePrimaryStorageRequest)(nil),  // 26: ferry.v1.DeletePrimaryStorageRequest
+	(*DeletePrimaryStorageResponse)(nil), // 27: ferry.v1.DeletePrimaryStorageResponse
+	(*CreateL3NetworkRequest)(nil),       // 28: ferry.v1.CreateL3NetworkRequest
+	(*CreateL3NetworkResponse)(nil),      // 29: ferry.v1.CreateL3NetworkResponse
+	(*GetL3NetworkRequest)(nil),          // 30: ferry.v1.GetL3NetworkRequest
+	(*GetL3NetworkResponse)(nil),         // 31: ferry.v1.GetL3NetworkResponse
+	(*ListL3NetworksRequest)(nil),        // 32: ferry.v1.ListL3NetworksRequest
+	(*ListL3NetworksResponse)(nil),       // 33: ferry.v1.ListL3NetworksResponse
+	(*DeleteL3NetworkRequest)(nil),       // 34: ferry.v1.DeleteL3NetworkRequest
+	(*DeleteL3NetworkResponse)(nil),      // 35: ferry.v1.DeleteL3NetworkResponse
+	(*timestamppb.Timestamp)(nil),        // 36: google.protobuf.Timestamp
 }
 var file_ferry_v1_inventory_proto_depIdxs = []int32{
-	35, // 0: ferry.v1.Cluster.create_time:type_name -> google.protobuf.Timestamp
+	36, // 0: ferry.v1.Cluster.create_time:type_name -> google.protobuf.Timestamp
 	3,  // 1: ferry.v1.Host.facts:type_name -> ferry.v1.HostFacts
-	35, // 2: ferry.v1.Host.last_seen_time:type_name -> google.protobuf.Timestamp
-	35, // 3: ferry.v1.Host.create_time:type_name -> google.protobuf.Timestamp
-	4,  // 4: ferry.v1.HostFacts.interfaces:type_name -> ferry.v1.NetworkInterface
-	0,  // 5: ferry.v1.PrimaryStorage.type:type_name -> ferry.v1.PrimaryStorageType
-	35, // 6: ferry.v1.PrimaryStorage.create_time:type_name -> google.protobuf.Timestamp
-	35, // 7: ferry.v1.L3Network.create_time:type_name -> google.protobuf.Timestamp
-	1,  // 8: ferry.v1.CreateClusterRequest.cluster:type_name -> ferry.v1.Cluster
-	1,  // 9: ferry.v1.CreateClusterResponse.cluster:type_name -> ferry.v1.Cluster
-	1,  // 10: ferry.v1.GetClusterResponse.cluster:type_name -> ferry.v1.Cluster
-	1,  // 11: ferry.v1.ListClustersResponse.clusters:type_name -> ferry.v1.Cluster
-	2,  // 12: ferry.v1.GetHostResponse.host:type_name -> ferry.v1.Host
-	2,  // 13: ferry.v1.ListHostsResponse.hosts:type_name -> ferry.v1.Host
-	5,  // 14: ferry.v1.CreatePrimaryStorageRequest.primary_storage:type_name -> ferry.v1.PrimaryStorage
-	5,  // 15: ferry.v1.CreatePrimaryStorageResponse.primary_storage:type_name -> ferry.v1.PrimaryStorage
-	5,  // 16: ferry.v1.GetPrimaryStorageResponse.primary_storage:type_name -> ferry.v1.PrimaryStorage
-	5,  // 17: ferry.v1.ListPrimaryStoragesResponse.primary_storages:type_name -> ferry.v1.PrimaryStorage
-	6,  // 18: ferry.v1.CreateL3NetworkRequest.l3_network:type_name -> ferry.v1.L3Network
-	6,  // 19: ferry.v1.CreateL3NetworkResponse.l3_network:type_name -> ferry.v1.L3Network
-	6,  // 20: ferry.v1.GetL3NetworkResponse.l3_network:type_name -> ferry.v1.L3Network
-	6,  // 21: ferry.v1.ListL3NetworksResponse.l3_networks:type_name -> ferry.v1.L3Network
-	7,  // 22: ferry.v1.InventoryService.CreateCluster:input_type -> ferry.v1.CreateClusterRequest
-	9,  // 23: ferry.v1.InventoryService.GetCluster:input_type -> ferry.v1.GetClusterRequest
-	11, // 24: ferry.v1.InventoryService.ListClusters:input_type -> ferry.v1.ListClustersRequest
-	13, // 25: ferry.v1.InventoryService.DeleteCluster:input_type -> ferry.v1.DeleteClusterRequest
-	15, // 26: ferry.v1.InventoryService.GetHost:input_type -> ferry.v1.GetHostRequest
-	17, // 27: ferry.v1.InventoryService.ListHosts:input_type -> ferry.v1.ListHostsRequest
-	19, // 28: ferry.v1.InventoryService.CreatePrimaryStorage:input_type -> ferry.v1.CreatePrimaryStorageRequest
-	21, // 29: ferry.v1.InventoryService.GetPrimaryStorage:input_type -> ferry.v1.GetPrimaryStorageRequest
-	23, // 30: ferry.v1.InventoryService.ListPrimaryStorages:input_type -> ferry.v1.ListPrimaryStoragesRequest
-	25, // 31: ferry.v1.InventoryService.DeletePrimaryStorage:input_type -> ferry.v1.DeletePrimaryStorageRequest
-	27, // 32: ferry.v1.InventoryService.CreateL3Network:input_type -> ferry.v1.CreateL3NetworkRequest
-	29, // 33: ferry.v1.InventoryService.GetL3Network:input_type -> ferry.v1.GetL3NetworkRequest
-	31, // 34: ferry.v1.InventoryService.ListL3Networks:input_type -> ferry.v1.ListL3NetworksRequest
-	33, // 35: ferry.v1.InventoryService.DeleteL3Network:input_type -> ferry.v1.DeleteL3NetworkRequest
-	8,  // 36: ferry.v1.InventoryService.CreateCluster:output_type -> ferry.v1.CreateClusterResponse
-	10, // 37: ferry.v1.InventoryService.GetCluster:output_type -> ferry.v1.GetClusterResponse
-	12, // 38: ferry.v1.InventoryService.ListClusters:output_type -> ferry.v1.ListClustersResponse
-	14, // 39: ferry.v1.InventoryService.DeleteCluster:output_type -> ferry.v1.DeleteClusterResponse
-	16, // 40: ferry.v1.InventoryService.GetHost:output_type -> ferry.v1.GetHostResponse
-	18, // 41: ferry.v1.InventoryService.ListHosts:output_type -> ferry.v1.ListHostsResponse
-	20, // 42: ferry.v1.InventoryService.CreatePrimaryStorage:output_type -> ferry.v1.CreatePrimaryStorageResponse
-	22, // 43: ferry.v1.InventoryService.GetPrimaryStorage:output_type -> ferry.v1.GetPrimaryStorageResponse
-	24, // 44: ferry.v1.InventoryService.ListPrimaryStorages:output_type -> ferry.v1.ListPrimaryStoragesResponse
-	26, // 45: ferry.v1.InventoryService.DeletePrimaryStorage:output_type -> ferry.v1.DeletePrimaryStorageResponse
-	28, // 46: ferry.v1.InventoryService.CreateL3Network:output_type -> ferry.v1.CreateL3NetworkResponse
-	30, // 47: ferry.v1.InventoryService.GetL3Network:output_type -> ferry.v1.GetL3NetworkResponse
-	32, // 48: ferry.v1.InventoryService.ListL3Networks:output_type -> ferry.v1.ListL3NetworksResponse
-	34, // 49: ferry.v1.InventoryService.DeleteL3Network:output_type -> ferry.v1.DeleteL3NetworkResponse
-	36, // [36:50] is the sub-list for method output_type
-	22, // [22:36] is the sub-list for method input_type
-	22, // [22:22] is the sub-list for extension type_name
-	22, // [22:22] is the sub-list for extension extendee
-	0,  // [0:22] is the sub-list for field type_name
+	36, // 2: ferry.v1.Host.last_seen_time:type_name -> google.protobuf.Timestamp
+	36, // 3: ferry.v1.Host.create_time:type_name -> google.protobuf.Timestamp
+	5,  // 4: ferry.v1.HostFacts.interfaces:type_name -> ferry.v1.NetworkInterface
+	4,  // 5: ferry.v1.HostFacts.storages:type_name -> ferry.v1.StorageSpace
+	0,  // 6: ferry.v1.PrimaryStorage.type:type_name -> ferry.v1.PrimaryStorageType
+	36, // 7: ferry.v1.PrimaryStorage.create_time:type_name -> google.protobuf.Timestamp
+	36, // 8: ferry.v1.L3Network.create_time:type_name -> google.protobuf.Timestamp
+	1,  // 9: ferry.v1.CreateClusterRequest.cluster:type_name -> ferry.v1.Cluster
+	1,  // 10: ferry.v1.CreateClusterResponse.cluster:type_name -> ferry.v1.Cluster
+	1,  // 11: ferry.v1.GetClusterResponse.cluster:type_name -> ferry.v1.Cluster
+	1,  // 12: ferry.v1.ListClustersResponse.clusters:type_name -> ferry.v1.Cluster
+	2,  // 13: ferry.v1.GetHostResponse.host:type_name -> ferry.v1.Host
+	2,  // 14: ferry.v1.ListHostsResponse.hosts:type_name -> ferry.v1.Host
+	6,  // 15: ferry.v1.CreatePrimaryStorageRequest.primary_storage:type_name -> ferry.v1.PrimaryStorage
+	6,  // 16: ferry.v1.CreatePrimaryStorageResponse.primary_storage:type_name -> ferry.v1.PrimaryStorage
+	6,  // 17: ferry.v1.GetPrimaryStorageResponse.primary_storage:type_name -> ferry.v1.PrimaryStorage
+	6,  // 18: ferry.v1.ListPrimaryStoragesResponse.primary_storages:type_name -> ferry.v1.PrimaryStorage
+	7,  // 19: ferry.v1.CreateL3NetworkRequest.l3_network:type_name -> ferry.v1.L3Network
+	7,  // 20: ferry.v1.CreateL3NetworkResponse.l3_network:type_name -> ferry.v1.L3Network
+	7,  // 21: ferry.v1.GetL3NetworkResponse.l3_network:type_name -> ferry.v1.L3Network
+	7,  // 22: ferry.v1.ListL3NetworksResponse.l3_networks:type_name -> ferry.v1.L3Network
+	8,  // 23: ferry.v1.InventoryService.CreateCluster:input_type -> ferry.v1.CreateClusterRequest
+	10, // 24: ferry.v1.InventoryService.GetCluster:input_type -> ferry.v1.GetClusterRequest
+	12, // 25: ferry.v1.InventoryService.ListClusters:input_type -> ferry.v1.ListClustersRequest
+	14, // 26: ferry.v1.InventoryService.DeleteCluster:input_type -> ferry.v1.DeleteClusterRequest
+	16, // 27: ferry.v1.InventoryService.GetHost:input_type -> ferry.v1.GetHostRequest
+	18, // 28: ferry.v1.InventoryService.ListHosts:input_type -> ferry.v1.ListHostsRequest
+	20, // 29: ferry.v1.InventoryService.CreatePrimaryStorage:input_type -> ferry.v1.CreatePrimaryStorageRequest
+	22, // 30: ferry.v1.InventoryService.GetPrimaryStorage:input_type -> ferry.v1.GetPrimaryStorageRequest
+	24, // 31: ferry.v1.InventoryService.ListPrimaryStorages:input_type -> ferry.v1.ListPrimaryStoragesRequest
+	26, // 32: ferry.v1.InventoryService.DeletePrimaryStorage:input_type -> ferry.v1.DeletePrimaryStorageRequest
+	28, // 33: ferry.v1.InventoryService.CreateL3Network:input_type -> ferry.v1.CreateL3NetworkRequest
+	30, // 34: ferry.v1.InventoryService.GetL3Network:input_type -> ferry.v1.GetL3NetworkRequest
+	32, // 35: ferry.v1.InventoryService.ListL3Networks:input_type -> ferry.v1.ListL3NetworksRequest
+	34, // 36: ferry.v1.InventoryService.DeleteL3Network:input_type -> ferry.v1.DeleteL3NetworkRequest
+	9,  // 37: ferry.v1.InventoryService.CreateCluster:output_type -> ferry.v1.CreateClusterResponse
+	11, // 38: ferry.v1.InventoryService.GetCluster:output_type -> ferry.v1.GetClusterResponse
+	13, // 39: ferry.v1.InventoryService.ListClusters:output_type -> ferry.v1.ListClustersResponse
+	15, // 40: ferry.v1.InventoryService.DeleteCluster:output_type -> ferry.v1.DeleteClusterResponse
+	17, // 41: ferry.v1.InventoryService.GetHost:output_type -> ferry.v1.GetHostResponse
+	19, // 42: ferry.v1.InventoryService.ListHosts:output_type -> ferry.v1.ListHostsResponse
+	21, // 43: ferry.v1.InventoryService.CreatePrimaryStorage:output_type -> ferry.v1.CreatePrimaryStorageResponse
+	23, // 44: ferry.v1.InventoryService.GetPrimaryStorage:output_type -> ferry.v1.GetPrimaryStorageResponse
+	25, // 45: ferry.v1.InventoryService.ListPrimaryStorages:output_type -> ferry.v1.ListPrimaryStoragesResponse
+	27, // 46: ferry.v1.InventoryService.DeletePrimaryStorage:output_type -> ferry.v1.DeletePrimaryStorageResponse
+	29, // 47: ferry.v1.InventoryService.CreateL3Network:output_type -> ferry.v1.CreateL3NetworkResponse
+	31, // 48: ferry.v1.InventoryService.GetL3Network:output_type -> ferry.v1.GetL3NetworkResponse
+	33, // 49: ferry.v1.InventoryService.ListL3Networks:output_type -> ferry.v1.ListL3NetworksResponse
+	35, // 50: ferry.v1.InventoryService.DeleteL3Network:output_type -> ferry.v1.DeleteL3NetworkResponse
+	37, // [37:51] is the sub-list for method output_type
+	23, // [23:37] is the sub-list for method input_type
+	23, // [23:23] is the sub-list for extension type_name
+	23, // [23:23] is the sub-list for extension extendee
+	0,  // [0:23] is the sub-list for field type_name
 }
 
 func init() { file_ferry_v1_inventory_proto_init() }
@@ -2243,7 +2327,7 @@ func file_ferry_v1_inventory_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_ferry_v1_inventory_proto_rawDesc), len(file_ferry_v1_inventory_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   34,
+			NumMessages:   35,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -1325,9 +1325,11 @@ type PreviewMigrationJobsRequest struct {
 	// migrationServers/{migration_server}
 	MigrationServer string `protobuf:"bytes,2,opt,name=migration_server,json=migrationServer,proto3" json:"migration_server,omitempty"`
 	// Up to 50.
-	Jobs          []*MigrationJobSpec `protobuf:"bytes,3,rep,name=jobs,proto3" json:"jobs,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Jobs []*MigrationJobSpec `protobuf:"bytes,3,rep,name=jobs,proto3" json:"jobs,omitempty"`
+	// As in CreateMigrationJobsRequest.network_mapping_group.
+	NetworkMappingGroup string `protobuf:"bytes,4,opt,name=network_mapping_group,json=networkMappingGroup,proto3" json:"network_mapping_group,omitempty"`
+	unknownFields       protoimpl.UnknownFields
+	sizeCache           protoimpl.SizeCache
 }
 
 func (x *PreviewMigrationJobsRequest) Reset() {
@@ -1379,6 +1381,13 @@ func (x *PreviewMigrationJobsRequest) GetJobs() []*MigrationJobSpec {
 		return x.Jobs
 	}
 	return nil
+}
+
+func (x *PreviewMigrationJobsRequest) GetNetworkMappingGroup() string {
+	if x != nil {
+		return x.NetworkMappingGroup
+	}
+	return ""
 }
 
 // PreviewUsage is what a batch would take of one resource.
@@ -1489,7 +1498,11 @@ type PreviewMigrationJobsResponse struct {
 	Usages []*PreviewUsage `protobuf:"bytes,2,rep,name=usages,proto3" json:"usages,omitempty"`
 	// Every check that would refuse the batch, one line each; empty when
 	// CreateMigrationJobs would accept it.
-	FailedChecks  []string `protobuf:"bytes,3,rep,name=failed_checks,json=failedChecks,proto3" json:"failed_checks,omitempty"`
+	FailedChecks []string `protobuf:"bytes,3,rep,name=failed_checks,json=failedChecks,proto3" json:"failed_checks,omitempty"`
+	// No check failed and every usage whose availability is known fits.
+	// A usage that is not known does not make it false: create does not
+	// refuse a batch for it either.
+	Fits          bool `protobuf:"varint,4,opt,name=fits,proto3" json:"fits,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1543,6 +1556,13 @@ func (x *PreviewMigrationJobsResponse) GetFailedChecks() []string {
 		return x.FailedChecks
 	}
 	return nil
+}
+
+func (x *PreviewMigrationJobsResponse) GetFits() bool {
+	if x != nil {
+		return x.Fits
+	}
+	return false
 }
 
 type GetMigrationJobRequest struct {
@@ -2230,11 +2250,12 @@ const file_ferry_v1_migration_job_proto_rawDesc = "" +
 	"request_id\x18\x04 \x01(\tR\trequestId\x122\n" +
 	"\x15network_mapping_group\x18\x05 \x01(\tR\x13networkMappingGroup\"I\n" +
 	"\x1bCreateMigrationJobsResponse\x12*\n" +
-	"\x04jobs\x18\x01 \x03(\v2\x16.ferry.v1.MigrationJobR\x04jobs\"\x90\x01\n" +
+	"\x04jobs\x18\x01 \x03(\v2\x16.ferry.v1.MigrationJobR\x04jobs\"\xc4\x01\n" +
 	"\x1bPreviewMigrationJobsRequest\x12\x16\n" +
 	"\x06source\x18\x01 \x01(\tR\x06source\x12)\n" +
 	"\x10migration_server\x18\x02 \x01(\tR\x0fmigrationServer\x12.\n" +
-	"\x04jobs\x18\x03 \x03(\v2\x1a.ferry.v1.MigrationJobSpecR\x04jobs\"\xd7\x01\n" +
+	"\x04jobs\x18\x03 \x03(\v2\x1a.ferry.v1.MigrationJobSpecR\x04jobs\x122\n" +
+	"\x15network_mapping_group\x18\x04 \x01(\tR\x13networkMappingGroup\"\xd7\x01\n" +
 	"\fPreviewUsage\x121\n" +
 	"\x04kind\x18\x01 \x01(\x0e2\x1d.ferry.v1.PreviewResourceKindR\x04kind\x12\x1a\n" +
 	"\bresource\x18\x02 \x01(\tR\bresource\x12\x1c\n" +
@@ -2242,11 +2263,12 @@ const file_ferry_v1_migration_job_proto_rawDesc = "" +
 	"\tavailable\x18\x04 \x01(\x03R\tavailable\x12\x14\n" +
 	"\x05known\x18\x05 \x01(\bR\x05known\x12\x12\n" +
 	"\x04fits\x18\x06 \x01(\bR\x04fits\x12\x12\n" +
-	"\x04note\x18\a \x01(\tR\x04note\"\x9f\x01\n" +
+	"\x04note\x18\a \x01(\tR\x04note\"\xb3\x01\n" +
 	"\x1cPreviewMigrationJobsResponse\x12*\n" +
 	"\x04jobs\x18\x01 \x03(\v2\x16.ferry.v1.MigrationJobR\x04jobs\x12.\n" +
 	"\x06usages\x18\x02 \x03(\v2\x16.ferry.v1.PreviewUsageR\x06usages\x12#\n" +
-	"\rfailed_checks\x18\x03 \x03(\tR\ffailedChecks\",\n" +
+	"\rfailed_checks\x18\x03 \x03(\tR\ffailedChecks\x12\x12\n" +
+	"\x04fits\x18\x04 \x01(\bR\x04fits\",\n" +
 	"\x16GetMigrationJobRequest\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\"C\n" +
 	"\x17GetMigrationJobResponse\x12(\n" +

@@ -678,8 +678,11 @@ type Welcome struct {
 	// How long a cache outlives a job the agent no longer holds, in
 	// milliseconds; older caches are reclaimed.
 	CacheRetentionMs int64 `protobuf:"varint,4,opt,name=cache_retention_ms,json=cacheRetentionMs,proto3" json:"cache_retention_ms,omitempty"`
-	unknownFields    protoimpl.UnknownFields
-	sizeCache        protoimpl.SizeCache
+	// Paths of the local and NFS primary storages of the agent's cluster,
+	// whose free space the agent reports in HostFacts.storages.
+	StoragePaths  []string `protobuf:"bytes,5,rep,name=storage_paths,json=storagePaths,proto3" json:"storage_paths,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Welcome) Reset() {
@@ -740,11 +743,20 @@ func (x *Welcome) GetCacheRetentionMs() int64 {
 	return 0
 }
 
-// Heartbeat goes both ways; an agent's may carry fresh facts.
+func (x *Welcome) GetStoragePaths() []string {
+	if x != nil {
+		return x.StoragePaths
+	}
+	return nil
+}
+
+// Heartbeat goes both ways; an agent's may carry fresh facts, a
+// coordinator's the current storage paths (as in Welcome).
 type Heartbeat struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Time          *timestamppb.Timestamp `protobuf:"bytes,1,opt,name=time,proto3" json:"time,omitempty"`
 	Facts         *v1.HostFacts          `protobuf:"bytes,2,opt,name=facts,proto3" json:"facts,omitempty"`
+	StoragePaths  []string               `protobuf:"bytes,3,rep,name=storage_paths,json=storagePaths,proto3" json:"storage_paths,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -789,6 +801,13 @@ func (x *Heartbeat) GetTime() *timestamppb.Timestamp {
 func (x *Heartbeat) GetFacts() *v1.HostFacts {
 	if x != nil {
 		return x.Facts
+	}
+	return nil
+}
+
+func (x *Heartbeat) GetStoragePaths() []string {
+	if x != nil {
+		return x.StoragePaths
 	}
 	return nil
 }
@@ -1359,15 +1378,17 @@ const file_ferry_agent_v1_agent_proto_rawDesc = "" +
 	"\aHeldJob\x12\x10\n" +
 	"\x03job\x18\x01 \x01(\tR\x03job\x12\x14\n" +
 	"\x05epoch\x18\x02 \x01(\x03R\x05epoch\x121\n" +
-	"\x05phase\x18\x03 \x01(\x0e2\x1b.ferry.v1.MigrationJobPhaseR\x05phase\"\xba\x01\n" +
+	"\x05phase\x18\x03 \x01(\x0e2\x1b.ferry.v1.MigrationJobPhaseR\x05phase\"\xdf\x01\n" +
 	"\aWelcome\x12%\n" +
 	"\x0ecoordinator_id\x18\x01 \x01(\tR\rcoordinatorId\x122\n" +
 	"\x15heartbeat_interval_ms\x18\x02 \x01(\x03R\x13heartbeatIntervalMs\x12&\n" +
 	"\x0fgrace_period_ms\x18\x03 \x01(\x03R\rgracePeriodMs\x12,\n" +
-	"\x12cache_retention_ms\x18\x04 \x01(\x03R\x10cacheRetentionMs\"f\n" +
+	"\x12cache_retention_ms\x18\x04 \x01(\x03R\x10cacheRetentionMs\x12#\n" +
+	"\rstorage_paths\x18\x05 \x03(\tR\fstoragePaths\"\x8b\x01\n" +
 	"\tHeartbeat\x12.\n" +
 	"\x04time\x18\x01 \x01(\v2\x1a.google.protobuf.TimestampR\x04time\x12)\n" +
-	"\x05facts\x18\x02 \x01(\v2\x13.ferry.v1.HostFactsR\x05facts\"\x96\x01\n" +
+	"\x05facts\x18\x02 \x01(\v2\x13.ferry.v1.HostFactsR\x05facts\x12#\n" +
+	"\rstorage_paths\x18\x03 \x03(\tR\fstoragePaths\"\x96\x01\n" +
 	"\vJobProgress\x12\x10\n" +
 	"\x03job\x18\x01 \x01(\tR\x03job\x12\x14\n" +
 	"\x05epoch\x18\x02 \x01(\x03R\x05epoch\x121\n" +
