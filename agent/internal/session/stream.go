@@ -119,6 +119,7 @@ func (c *Client) recvLoop(ctx context.Context, addr string, stream agentv1.Agent
 				c.fences.answer(k.FenceAnswer)
 			}
 		case *agentv1.ConnectResponse_Heartbeat:
+			c.setGrace(time.Duration(k.Heartbeat.GetGracePeriodMs()) * time.Millisecond)
 		default:
 			c.log.Warn("unexpected message from coordinator", "kind", fmt.Sprintf("%T", msg.GetKind()))
 		}

@@ -741,9 +741,12 @@ func (x *Welcome) GetCacheRetentionMs() int64 {
 
 // Heartbeat goes both ways; an agent's may carry fresh facts.
 type Heartbeat struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Time          *timestamppb.Timestamp `protobuf:"bytes,1,opt,name=time,proto3" json:"time,omitempty"`
-	Facts         *v1.HostFacts          `protobuf:"bytes,2,opt,name=facts,proto3" json:"facts,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Time  *timestamppb.Timestamp `protobuf:"bytes,1,opt,name=time,proto3" json:"time,omitempty"`
+	Facts *v1.HostFacts          `protobuf:"bytes,2,opt,name=facts,proto3" json:"facts,omitempty"`
+	// The coordinator's: the grace period now in force, in milliseconds, so
+	// an agent learns of a change without waiting for its next Welcome.
+	GracePeriodMs int64 `protobuf:"varint,3,opt,name=grace_period_ms,json=gracePeriodMs,proto3" json:"grace_period_ms,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -790,6 +793,13 @@ func (x *Heartbeat) GetFacts() *v1.HostFacts {
 		return x.Facts
 	}
 	return nil
+}
+
+func (x *Heartbeat) GetGracePeriodMs() int64 {
+	if x != nil {
+		return x.GracePeriodMs
+	}
+	return 0
 }
 
 // JobProgress is live progress of one job, at most about once a second.
@@ -1341,10 +1351,11 @@ const file_ferry_agent_v1_agent_proto_rawDesc = "" +
 	"\x0ecoordinator_id\x18\x01 \x01(\tR\rcoordinatorId\x122\n" +
 	"\x15heartbeat_interval_ms\x18\x02 \x01(\x03R\x13heartbeatIntervalMs\x12&\n" +
 	"\x0fgrace_period_ms\x18\x03 \x01(\x03R\rgracePeriodMs\x12,\n" +
-	"\x12cache_retention_ms\x18\x04 \x01(\x03R\x10cacheRetentionMs\"f\n" +
+	"\x12cache_retention_ms\x18\x04 \x01(\x03R\x10cacheRetentionMs\"\x8e\x01\n" +
 	"\tHeartbeat\x12.\n" +
 	"\x04time\x18\x01 \x01(\v2\x1a.google.protobuf.TimestampR\x04time\x12)\n" +
-	"\x05facts\x18\x02 \x01(\v2\x13.ferry.v1.HostFactsR\x05facts\"\x96\x01\n" +
+	"\x05facts\x18\x02 \x01(\v2\x13.ferry.v1.HostFactsR\x05facts\x12&\n" +
+	"\x0fgrace_period_ms\x18\x03 \x01(\x03R\rgracePeriodMs\"\x96\x01\n" +
 	"\vJobProgress\x12\x10\n" +
 	"\x03job\x18\x01 \x01(\tR\x03job\x12\x14\n" +
 	"\x05epoch\x18\x02 \x01(\x03R\x05epoch\x121\n" +
