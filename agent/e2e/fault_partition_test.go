@@ -130,25 +130,28 @@ func lastOf(lines []string) string {
 // the coordinator (a proxy that stops moving bytes, no FIN or RST) past the
 // 8 s grace period, twice:
 //
-//  1. The grace period was lowered while the agent was connected, so the
-//     agent still believes the old 5 min: it keeps copying and reaches
-//     UPLOADING, where the fence holds the first target write until the
-//     leader confirms the assignment. The coordinator fails the job (agent
-//     lost); once the partition heals, the leader refuses the write (or
-//     cancels the job first) and nothing reaches the target.
-//  2. Now the agent knows the 8 s: it stops the job itself when it has not
-//     heard from a leader for that long, before the coordinator fails it.
+//  1. The operator lowers the grace period from 5 min to 8 s during the
+//     partition, so the agent cannot learn it and still believes 5 min: it
+//     keeps copying and reaches UPLOADING, where the fence holds the first
+//     target write until the leader confirms the assignment. The
+//     coordinator fails the job (agent lost); once the partition heals,
+//     the leader cancels the job (or refuses the write) and nothing
+//     reaches the target.
+//  2. Now the agent knows the 8 s (from its heartbeats or Welcome): it
+//     stops the job itself when it has not heard from a leader for that
+//     long, before the coordinator fails it.
 //
 // Afterwards the second job is restarted and completes under the new
 // epoch, every target write confirmed by the leader first.
 func TestFaultAgentPartitioned(t *testing.T) {
 	const grace = 8 * time.Second
 	w := newWorldWith(t, worldOptions{coordinatorProxy: true})
-	w.setGrace(grace)
 	agent := w.f.agents[w.host]
 
-	// 1: stale grace period, the fence holds the write.
+	// 1: the grace period lowered during the partition; the fence holds
+	// the write.
 	name1, target1, at1 := w.partitionedJob(eightMiBps)
+	w.setGrace(grace)
 	j1 := w.waitLost(name1)
 	t.Logf("job 1 FAILED %v after the partition: %s", time.Since(at1).Round(100*time.Millisecond), j1.GetReason())
 	waitFor(t, 60*time.Second, "job 1's first target write to wait for the leader", func() bool {

@@ -32,7 +32,8 @@ func startCutJob(t *testing.T, w *world) (*testenv.TestVM, string) {
 // mid-copy for 6 s (the proxy closes every connection and refuses new
 // ones); the agent reconnects with backoff within its 60 s retry budget,
 // reattaches the backup and the job completes with identical disks and
-// nothing left on the source.
+// nothing left on the source. Then a job starts while the source is cut:
+// it waits for the source and completes once the link is back.
 func TestFaultSourceSSHCutRetried(t *testing.T) {
 	w := newWorldWith(t, worldOptions{sourceProxy: true, agentArgs: []string{"--source-retry-budget", "60s"}})
 	src, name := startCutJob(t, w)
@@ -61,6 +62,27 @@ func TestFaultSourceSSHCutRetried(t *testing.T) {
 	}
 	if l := leftovers(src); len(l) > 0 {
 		t.Errorf("backup files left on the source: %v", l)
+	}
+
+	src2 := testenv.NewTestVM(t, w.lv, testenv.VMOptions{})
+	spec := w.spec(w.sourceVM(w.source, src2.Name), nil)
+	w.sourceProxy.Cut()
+	name2 := w.createJob(spec)
+	time.Sleep(5 * time.Second)
+	if j := w.job(name2); terminal(j) {
+		t.Fatalf("a job started while the source was cut ended %s: %s", j.GetState(), j.GetReason())
+	}
+	w.sourceProxy.Heal()
+	j2 := w.waitJob(name2, 3*time.Minute, "the second job to end", terminal)
+	if j2.GetState() != ferryv1.MigrationJobState_MIGRATION_JOB_STATE_SUCCEEDED {
+		t.Fatalf("a job started while the source was cut ended %s: %s", j2.GetState(), j2.GetReason())
+	}
+	for _, d := range src2.Disks {
+		compare(t, d.Path, w.volume(name2, d.Target))
+	}
+	t.Logf("a job started while the source was cut: %s", lastOf(jobLines(agent, name2, "connected to the source after retrying")))
+	if len(jobLines(agent, name2, "connected to the source after retrying")) != 1 {
+		t.Error("the second job did not retry its first connection")
 	}
 }
 

@@ -312,6 +312,20 @@ func (c *Client) contact(addr string, w *agentv1.Welcome) {
 	}
 }
 
+// setGrace adopts a grace period a coordinator's heartbeat announced (0:
+// an older coordinator that does not say; the Welcome's stays).
+func (c *Client) setGrace(d time.Duration) {
+	if d <= 0 {
+		return
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.grace != d {
+		c.log.Info("grace period changed", "grace", d, "was", c.grace)
+		c.grace = d
+	}
+}
+
 func (c *Client) cutOff() {
 	c.mu.Lock()
 	defer c.mu.Unlock()

@@ -6,6 +6,7 @@ import (
 	"net"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -23,6 +24,7 @@ type fakeCoordinator struct {
 	agentv1.UnimplementedAgentServiceServer
 	leader     string // address of the leader, when this one follows
 	graceMs    int64
+	beatGrace  atomic.Int64 // grace period in heartbeats, in ms (0: none)
 	assign     *agentv1.Assignment
 	inventory  *agentv1.InventoryRequest
 	hellos     chan *agentv1.Hello
@@ -89,7 +91,8 @@ func (fc *fakeCoordinator) Connect(stream agentv1.AgentService_ConnectServer) er
 			case <-stopBeats:
 				return
 			case <-t.C:
-				_ = stream.Send(&agentv1.ConnectResponse{Kind: &agentv1.ConnectResponse_Heartbeat{Heartbeat: &agentv1.Heartbeat{}}})
+				_ = stream.Send(&agentv1.ConnectResponse{Kind: &agentv1.ConnectResponse_Heartbeat{Heartbeat: &agentv1.Heartbeat{
+					GracePeriodMs: fc.beatGrace.Load()}}})
 			}
 		}
 	}()
@@ -237,6 +240,28 @@ func TestCutOffPastGraceStopsJobs(t *testing.T) {
 		r.mu.Lock()
 		defer r.mu.Unlock()
 		return len(r.stops) == 1 && strings.Contains(r.stops[0], "grace period")
+	})
+}
+
+// TestGraceFromHeartbeats: the grace period lowered after the Welcome
+// reaches the agent in heartbeats, and the agent cut off afterwards stops
+// its jobs after the new one, not the Welcome's ten minutes.
+func TestGraceFromHeartbeats(t *testing.T) {
+	leader := startCoordinator(t, nil, &fakeCoordinator{graceMs: (10 * time.Minute).Milliseconds()})
+	c, r := runClient(t, leader.addr)
+	nextHello(t, leader)
+	waitUntil(t, "session open", func() bool { return c.Coordinator() == leader.addr })
+	leader.beatGrace.Store(200)
+	waitUntil(t, "the new grace period adopted", func() bool {
+		c.mu.Lock()
+		defer c.mu.Unlock()
+		return c.grace == 200*time.Millisecond
+	})
+	leader.stop()
+	waitUntil(t, "jobs stopped", func() bool {
+		r.mu.Lock()
+		defer r.mu.Unlock()
+		return len(r.stops) == 1 && strings.Contains(r.stops[0], "grace period of 200ms")
 	})
 }
 

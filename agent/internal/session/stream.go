@@ -121,6 +121,7 @@ func (c *Client) recvLoop(ctx context.Context, addr string, stream agentv1.Agent
 			}
 		case *agentv1.ConnectResponse_Heartbeat:
 			c.storagePaths(k.Heartbeat.GetStoragePaths())
+			c.setGrace(time.Duration(k.Heartbeat.GetGracePeriodMs()) * time.Millisecond)
 		default:
 			c.log.Warn("unexpected message from coordinator", "kind", fmt.Sprintf("%T", msg.GetKind()))
 		}

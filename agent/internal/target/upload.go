@@ -101,6 +101,10 @@ func (u *Uploader) Upload(ctx context.Context, src Endpoint, vol Volume, progres
 	if err := vol.Create(ctx, u.runner); err != nil {
 		return err
 	}
+	// Serving the volume writable is the upload's first write to it.
+	if err := u.fence(ctx, "upload onto volume "+vol.Path); err != nil {
+		return err
+	}
 	dir, err := os.MkdirTemp(u.tempDir, "ferry-upload-")
 	if err != nil {
 		return fmt.Errorf("upload %s: %w", vol.Path, err)
@@ -111,10 +115,6 @@ func (u *Uploader) Upload(ctx context.Context, src Endpoint, vol Volume, progres
 		return fmt.Errorf("upload %s: %w", vol.Path, err)
 	}
 	start := time.Now()
-	if err := u.fence(ctx, "upload onto volume "+vol.Path); err != nil {
-		srv.close()
-		return err
-	}
 	err = u.copier.Copy(ctx, src, srv.endpoint, CopyOptions{DstZeroed: vol.ZeroInitialized(), Progress: progress})
 	if cerr := srv.close(); err == nil && cerr != nil {
 		err = cerr

@@ -292,7 +292,8 @@ func (m *Manager) sendLoop(ctx context.Context, s *session) error {
 			if !s.welcomed.Load() {
 				continue
 			}
-			hb := &agentv1.Heartbeat{Time: timestamppb.New(now), StoragePaths: m.storagePaths()}
+			hb := &agentv1.Heartbeat{Time: timestamppb.New(now), StoragePaths: m.storagePaths(),
+				GracePeriodMs: m.gracePeriod().Milliseconds()}
 			if err := s.stream.Send(&agentv1.ConnectResponse{Kind: &agentv1.ConnectResponse_Heartbeat{Heartbeat: hb}}); err != nil {
 				return err
 			}

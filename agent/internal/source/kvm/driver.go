@@ -148,19 +148,18 @@ func (d *Driver) Inventory(ctx context.Context, req *agentv1.InventoryRequest) (
 }
 
 // Convert copies the job's disks from a consistent backup of the running
-// VM into the cache. A dropped SSH connection is retried for the retry
-// budget, the copy resuming on the same backup from the cache's
-// checkpoints. The backup job and its scratch files are gone on the source
+// VM into the cache. An unreachable source is tried again for the retry
+// budget; so is a dropped SSH connection, the copy resuming on the same
+// backup from the cache's checkpoints. The backup job and its scratch files are gone on the source
 // host however Convert ends; when the source cannot be reached to end
 // them, the Janitor does it later.
 func (d *Driver) Convert(ctx context.Context, job *runner.Job) error {
 	a := job.Assignment
 	src := &source{d: d, job: job}
-	conn, err := d.connect(ctx, a.GetSource(), a.GetMigrationServer(), a.GetSecrets(), job.Log)
-	if err != nil {
+	if err := src.connectFirst(ctx); err != nil {
 		return err
 	}
-	src.conn = conn
+	conn := src.conn
 	defer func() { src.conn.Close() }()
 	if err := conn.CheckVersions(a.GetPrimaryStorage().GetType() == ferryv1.PrimaryStorageType_PRIMARY_STORAGE_TYPE_CEPH); err != nil {
 		return err

@@ -4,10 +4,14 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"math/rand/v2"
+	"net"
+	"syscall"
 	"time"
 
 	"github.com/ferry-v2v/ferry/agent/internal/runner"
+	"github.com/ferry-v2v/ferry/pkg/netsel"
 	ferryv1 "github.com/ferry-v2v/ferry/pkg/pb/ferry/v1"
 )
 
@@ -48,39 +52,83 @@ func (s *source) copyDisk(ctx context.Context, b *Backup, disk *ferryv1.TargetDi
 // reconnect opens a new connection to the source with backoff until one
 // works and the backup is reattached to it, or the budget is spent.
 func (s *source) reconnect(ctx context.Context, b *Backup, budget time.Duration) error {
+	conn, attempts, err := s.dial(ctx, budget, func(err error) bool {
+		return !errors.Is(err, ErrHostKeyMismatch) && !errors.Is(err, ErrConfig)
+	})
+	if err != nil {
+		return err
+	}
+	if err := b.Reattach(conn); err != nil {
+		conn.Close()
+		return err // the backup is gone: retrying cannot help
+	}
+	s.conn.Close()
+	s.conn = conn
+	s.job.Log.Info("reconnected to the source", "attempts", attempts)
+	return nil
+}
+
+// connectFirst opens the job's first connection to the source, retrying
+// for the budget while the source is unreachable (no route, refused,
+// reset, no address in the migration CIDR); a login or host key that is
+// refused fails at once.
+func (s *source) connectFirst(ctx context.Context) error {
+	conn, attempts, err := s.dial(ctx, max(s.d.opts.RetryBudget, 0), unreachable)
+	if err != nil {
+		return err
+	}
+	if attempts > 1 {
+		s.job.Log.Info("connected to the source after retrying", "attempts", attempts)
+	}
+	s.conn = conn
+	return nil
+}
+
+// unreachable reports errors of a source that could not be reached at
+// all, as opposed to one that answered and refused.
+func unreachable(err error) bool {
+	var op *net.OpError
+	return errors.As(err, &op) || errors.Is(err, io.EOF) || errors.Is(err, syscall.ECONNRESET) ||
+		errors.Is(err, syscall.ECONNREFUSED) || errors.Is(err, syscall.EHOSTUNREACH) ||
+		errors.Is(err, syscall.ENETUNREACH) || errors.Is(err, netsel.ErrNoAddress)
+}
+
+// minAttempt is the least time an attempt to reconnect is given.
+const minAttempt = 5 * time.Second
+
+// dial connects to the job's source with backoff while retryable says an
+// error may go away, until the budget is spent; it returns the connection
+// and how many attempts it took. The error of the last attempt is kept.
+func (s *source) dial(ctx context.Context, budget time.Duration, retryable func(error) bool) (*Conn, int, error) {
 	a := s.job.Assignment
 	deadline := time.Now().Add(budget)
 	backoff := s.d.opts.RetryBackoffMin
-	var last error
 	for attempt := 1; ; attempt++ {
-		remaining := time.Until(deadline)
-		if remaining <= 0 {
-			return fmt.Errorf("gave up after %d attempts, the last one failing with: %w", attempt-1, last)
+		// Attempts stay near the budget, each given at least minAttempt.
+		timeout := leftoverConnectTimeout
+		if budget > 0 {
+			timeout = max(min(time.Until(deadline), leftoverConnectTimeout), minAttempt)
 		}
-		actx, cancel := context.WithTimeout(ctx, min(remaining, leftoverConnectTimeout))
+		actx, cancel := context.WithTimeout(ctx, timeout)
 		conn, err := s.d.connect(actx, a.GetSource(), a.GetMigrationServer(), a.GetSecrets(), s.job.Log)
 		cancel()
-		if err == nil {
-			if err = b.Reattach(conn); err != nil {
-				conn.Close()
-				return err // the backup is gone: retrying cannot help
+		switch {
+		case err == nil:
+			return conn, attempt, nil
+		case ctx.Err() != nil:
+			return nil, attempt, ctx.Err()
+		case !retryable(err):
+			return nil, attempt, err
+		case time.Until(deadline) <= 0:
+			if attempt == 1 {
+				return nil, attempt, err
 			}
-			s.conn.Close()
-			s.conn = conn
-			s.job.Log.Info("reconnected to the source", "attempts", attempt)
-			return nil
+			return nil, attempt, fmt.Errorf("gave up after %d attempts, the last one failing with: %w", attempt, err)
 		}
-		if ctx.Err() != nil {
-			return ctx.Err()
-		}
-		if errors.Is(err, ErrHostKeyMismatch) || errors.Is(err, ErrConfig) {
-			return err
-		}
-		last = err
 		wait := min(backoff/2+rand.N(backoff/2+1), time.Until(deadline))
 		s.job.Log.Info("source still unreachable", "attempt", attempt, "err", err, "next_in", wait.Round(time.Millisecond))
 		if wait > 0 && !sleepCtx(ctx, wait) {
-			return ctx.Err()
+			return nil, attempt, ctx.Err()
 		}
 		backoff = min(2*backoff, s.d.opts.RetryBackoffMax)
 	}

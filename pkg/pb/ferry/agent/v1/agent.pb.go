@@ -753,10 +753,13 @@ func (x *Welcome) GetStoragePaths() []string {
 // Heartbeat goes both ways; an agent's may carry fresh facts, a
 // coordinator's the current storage paths (as in Welcome).
 type Heartbeat struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Time          *timestamppb.Timestamp `protobuf:"bytes,1,opt,name=time,proto3" json:"time,omitempty"`
-	Facts         *v1.HostFacts          `protobuf:"bytes,2,opt,name=facts,proto3" json:"facts,omitempty"`
-	StoragePaths  []string               `protobuf:"bytes,3,rep,name=storage_paths,json=storagePaths,proto3" json:"storage_paths,omitempty"`
+	state        protoimpl.MessageState `protogen:"open.v1"`
+	Time         *timestamppb.Timestamp `protobuf:"bytes,1,opt,name=time,proto3" json:"time,omitempty"`
+	Facts        *v1.HostFacts          `protobuf:"bytes,2,opt,name=facts,proto3" json:"facts,omitempty"`
+	StoragePaths []string               `protobuf:"bytes,3,rep,name=storage_paths,json=storagePaths,proto3" json:"storage_paths,omitempty"`
+	// The coordinator's: the grace period now in force, in milliseconds, so
+	// an agent learns of a change without waiting for its next Welcome.
+	GracePeriodMs int64 `protobuf:"varint,4,opt,name=grace_period_ms,json=gracePeriodMs,proto3" json:"grace_period_ms,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -810,6 +813,13 @@ func (x *Heartbeat) GetStoragePaths() []string {
 		return x.StoragePaths
 	}
 	return nil
+}
+
+func (x *Heartbeat) GetGracePeriodMs() int64 {
+	if x != nil {
+		return x.GracePeriodMs
+	}
+	return 0
 }
 
 // JobProgress is live progress of one job, at most about once a second.
@@ -1384,11 +1394,12 @@ const file_ferry_agent_v1_agent_proto_rawDesc = "" +
 	"\x15heartbeat_interval_ms\x18\x02 \x01(\x03R\x13heartbeatIntervalMs\x12&\n" +
 	"\x0fgrace_period_ms\x18\x03 \x01(\x03R\rgracePeriodMs\x12,\n" +
 	"\x12cache_retention_ms\x18\x04 \x01(\x03R\x10cacheRetentionMs\x12#\n" +
-	"\rstorage_paths\x18\x05 \x03(\tR\fstoragePaths\"\x8b\x01\n" +
+	"\rstorage_paths\x18\x05 \x03(\tR\fstoragePaths\"\xb3\x01\n" +
 	"\tHeartbeat\x12.\n" +
 	"\x04time\x18\x01 \x01(\v2\x1a.google.protobuf.TimestampR\x04time\x12)\n" +
 	"\x05facts\x18\x02 \x01(\v2\x13.ferry.v1.HostFactsR\x05facts\x12#\n" +
-	"\rstorage_paths\x18\x03 \x03(\tR\fstoragePaths\"\x96\x01\n" +
+	"\rstorage_paths\x18\x03 \x03(\tR\fstoragePaths\x12&\n" +
+	"\x0fgrace_period_ms\x18\x04 \x01(\x03R\rgracePeriodMs\"\x96\x01\n" +
 	"\vJobProgress\x12\x10\n" +
 	"\x03job\x18\x01 \x01(\tR\x03job\x12\x14\n" +
 	"\x05epoch\x18\x02 \x01(\x03R\x05epoch\x121\n" +
