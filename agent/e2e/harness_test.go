@@ -235,6 +235,14 @@ func (f *ferry) startAgent(host, cachePath string) *proc {
 	return p
 }
 
+// stopAgents stops every agent (SIGTERM: jobs interrupted, nothing more
+// written); the ones already gone are left as they are.
+func (f *ferry) stopAgents() {
+	for _, p := range f.agents {
+		p.stop(syscall.SIGTERM)
+	}
+}
+
 func ctx(t testing.TB, d time.Duration) context.Context {
 	c, cancel := context.WithTimeout(context.Background(), d)
 	t.Cleanup(cancel)

@@ -192,7 +192,12 @@ func (w *world) spec(vm *ferryv1.SourceVm, opts *ferryv1.MigrationOptions) *ferr
 	for _, n := range vm.GetNics() {
 		tgt.Nics = append(tgt.Nics, &ferryv1.TargetNic{SourceMac: n.GetMac(), L3Network: w.l3})
 	}
-	w.t.Cleanup(func() { w.removeDomain(tgt.GetVmName()) })
+	w.t.Cleanup(func() {
+		// A job still running when the test ends (it failed) would define
+		// the domain after it was removed: the agents go first.
+		w.f.stopAgents()
+		w.removeDomain(tgt.GetVmName())
+	})
 	return &ferryv1.MigrationJobSpec{SourceVm: vm.GetName(), Target: tgt, Options: opts}
 }
 
