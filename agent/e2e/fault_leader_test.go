@@ -72,7 +72,7 @@ func TestFaultLeaderKilledDuringSixMigrations(t *testing.T) {
 		vms[i] = testenv.NewTestVM(t, w.lv, testenv.VMOptions{RandomBytes: 8 << 20})
 	}
 	// Every spec first, so that both servers start copying together.
-	listed, err := w.f.client.Sources().ListSourceVMs(ctx(t, 60*time.Second), &ferryv1.ListSourceVMsRequest{Source: w.source})
+	listed, err := w.f.client.Sources().ListSourceVMs(ctx(t, 60*time.Second), &ferryv1.ListSourceVMsRequest{Source: w.source, Refresh: true})
 	must(t, err)
 	byName := map[string]*ferryv1.SourceVm{}
 	for _, vm := range listed.GetVms() {
