@@ -26,7 +26,7 @@ func (s *jobService) create(ctx context.Context, req *ferryv1.CreateMigrationJob
 	if names, ok, err := s.a.firstRequest(req.GetRequestId(), colJobs); err != nil || ok {
 		return s.readJobs(names, err)
 	}
-	req, err := s.a.fillBatch(ctx, req)
+	req, err := s.a.fillBatch(ctx, req, true)
 	if err != nil {
 		return nil, err
 	}
@@ -43,7 +43,7 @@ func (s *jobService) create(ctx context.Context, req *ferryv1.CreateMigrationJob
 			return nil, err
 		}
 	}
-	if lines := s.a.precheck(ctx, refs, jobs); len(lines) > 0 {
+	if lines := s.a.precheck(ctx, refs, jobs, true); len(lines) > 0 {
 		return nil, precheckError(lines)
 	}
 	s.a.allocMu.Lock()

@@ -18,8 +18,10 @@ var minSourceVersion = [2]int{5, 0}
 // inventory does not know (VMware), a template, a host in maintenance
 // mode, a disk outside snapshots (independent modes), and a vCenter/ESXi
 // version pair that differs or is older than 5.0. A VMware source never
-// synced is synced first when an agent can reach it.
-func (a *API) precheck(ctx context.Context, refs *batchRefs, jobs []*ferryv1.MigrationJob) []string {
+// synced is synced first when an agent can reach it; with resync, so is a
+// source whose inventory lacks a VM of the batch (made since the last
+// sync). Preview passes false: it writes nothing it need not.
+func (a *API) precheck(ctx context.Context, refs *batchRefs, jobs []*ferryv1.MigrationJob, resync bool) []string {
 	var lines []string
 	src, srv := refs.source, refs.server
 	if srv.GetType() != src.GetType() {
@@ -27,9 +29,14 @@ func (a *API) precheck(ctx context.Context, refs *batchRefs, jobs []*ferryv1.Mig
 			srv.GetName(), platformName(srv.GetType()), src.GetName(), platformName(src.GetType()), platformName(src.GetType())))
 	}
 	vmware := src.GetType() == ferryv1.Platform_PLATFORM_VMWARE
+	vms := make([]string, len(jobs))
+	for i, j := range jobs {
+		vms[i] = j.GetSourceVm()
+	}
 	inv, ok := a.ledger.SourceInventory(src.GetName())
-	if !ok && vmware && a.inventory != nil {
-		if err := a.syncSource(ctx, src.GetName(), ""); err != nil {
+	if (!ok && vmware || resync && ok && !hasVMs(inv, vms)) && a.inventory != nil && a.inventory.Connected(srv.GetHost()) {
+		// Never synced, or a VM made since the last sync: read it now.
+		if err := a.syncSource(ctx, src.GetName(), srv.GetName()); err != nil {
 			a.log.Info("could not sync a source before creating jobs", "source", src.GetName(), "err", err)
 		}
 		inv, ok = a.ledger.SourceInventory(src.GetName())
@@ -81,6 +88,16 @@ func checkSourceVM(p string, j *ferryv1.MigrationJob, inv *ferryv1.SourceInvento
 		lines = append(lines, checkVersions(p, inv.GetProduct(), host)...)
 	}
 	return lines
+}
+
+// hasVMs reports whether inv knows every VM of refs.
+func hasVMs(inv *ferryv1.SourceInventory, refs []string) bool {
+	for _, ref := range refs {
+		if vm, _ := findInventoryVM(inv, ref); vm == nil {
+			return false
+		}
+	}
+	return true
 }
 
 // findInventoryVM finds a VM by id, or by name when one VM alone has it.

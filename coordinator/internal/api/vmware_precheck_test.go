@@ -174,3 +174,45 @@ func TestVMwarePrechecks(t *testing.T) {
 }
 
 func itoa(n int32) string { return strconv.Itoa(int(n)) }
+
+// TestCreateReadsAVMMadeSinceTheLastSync: a VM made in vCenter after the
+// source's last sync is not refused as unknown; creating its job syncs the
+// inventory again. A preview, which writes nothing, does not.
+func TestCreateReadsAVMMadeSinceTheLastSync(t *testing.T) {
+	w := newVMwareWorld(t, 1, nil)
+	ctx := testcluster.Ctx(t, 90*time.Second)
+	w.seedTarget(ctx)
+	if _, err := w.cl.Sources().SyncSource(ctx, &ferryv1.SyncSourceRequest{Name: w.source}); err != nil {
+		t.Fatalf("SyncSource: %v", err)
+	}
+	vm0 := w.sim.VM(ctx, t, "DC0_H0_VM0")
+	folders, err := object.NewDatacenter(vm0.Client(), w.sim.Model.Map().Any("Datacenter").Reference()).Folders(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	task, err := vm0.Clone(ctx, folders.VmFolder, "late-vm", types.VirtualMachineCloneSpec{})
+	if err != nil || task.Wait(ctx) != nil {
+		t.Fatalf("clone: %v", err)
+	}
+	id := w.vmID("late-vm")
+	req := &ferryv1.CreateMigrationJobsRequest{Source: w.source, MigrationServer: w.server,
+		Jobs: []*ferryv1.MigrationJobSpec{{SourceVm: id, Target: &ferryv1.TargetVm{
+			VmName: "t-late", Cluster: "clusters/c1", PrimaryStorage: "primaryStorages/nfs", Cpus: 1, MemoryBytes: 64 << 20,
+			Disks: []*ferryv1.TargetDisk{{SourceDisk: w.diskKey(id), SizeBytes: 1 << 30}},
+			Nics:  []*ferryv1.TargetNic{{Mac: "52:54:00:aa:00:02", L3Network: "l3Networks/n1"}}}}}}
+	prev, err := w.cl.Jobs().PreviewMigrationJobs(ctx, &ferryv1.PreviewMigrationJobsRequest{Source: req.Source,
+		MigrationServer: req.MigrationServer, Jobs: req.Jobs})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if lines := strings.Join(prev.GetFailedChecks(), "\n"); !strings.Contains(lines, "is not in the inventory") {
+		t.Errorf("preview before a sync: failed checks %q, want the VM unknown to the inventory", lines)
+	}
+	resp, err := w.cl.Jobs().CreateMigrationJobs(ctx, req)
+	if err != nil {
+		t.Fatalf("create a job of a VM made since the last sync: %v", err)
+	}
+	if got := resp.GetJobs()[0].GetSourceVm(); got != id {
+		t.Errorf("job source_vm = %q, want %q", got, id)
+	}
+}
