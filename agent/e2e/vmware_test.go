@@ -46,6 +46,7 @@ func TestMigrateVMwareVM(t *testing.T) {
 	for i, d := range vm.GetDisks() {
 		compare(t, raws[i], w.volume(name, d.GetTarget()))
 	}
+	checkVerified(t, w.f.agents[vmwareHost(w)], job, len(vm.GetDisks()))
 	if l, ok := sim.Leases.Last(); !ok || l.State != vcsimtest.LeaseCompleted {
 		t.Errorf("export lease %+v, want completed", l)
 	}
@@ -108,10 +109,30 @@ func (w *world) createVMwareSource(sim *vcsimtest.Sim) string {
 // createVMwareServer starts a second agent and makes it a vmware
 // migration server of the world's cluster.
 func (w *world) createVMwareServer() string {
-	host := fmt.Sprintf("e2e-vmw-%s", w.id)
+	host := vmwareHost(w)
 	w.f.startAgent(host, w.cacheDir)
 	ms, err := w.f.client.MigrationServers().CreateMigrationServer(ctx(w.t, 10*time.Second), &ferryv1.CreateMigrationServerRequest{
 		MigrationServer: &ferryv1.MigrationServer{Host: "hosts/" + host, Type: ferryv1.Platform_PLATFORM_VMWARE, CachePath: w.cacheDir}})
 	must(w.t, err)
 	return ms.GetMigrationServer().GetName()
+}
+
+// vmwareHost is the host name of the world's vmware migration server.
+func vmwareHost(w *world) string { return fmt.Sprintf("e2e-vmw-%s", w.id) }
+
+// checkVerified checks that every disk of job, and job itself, is
+// verified, and that agent logged each verification.
+func checkVerified(t *testing.T, agent *proc, job *ferryv1.MigrationJob, disks int) {
+	t.Helper()
+	for _, d := range job.GetDisks() {
+		if !d.GetVerified() {
+			t.Errorf("disk %s not verified against the source's checksums", d.GetSourceDisk())
+		}
+	}
+	if !job.GetVerified() || len(job.GetDisks()) != disks {
+		t.Errorf("job verified = %v with %d disks reported, want true for %d", job.GetVerified(), len(job.GetDisks()), disks)
+	}
+	if l := agent.lines(`msg="disk verified"`); len(l) != disks {
+		t.Errorf("the agent logged %d disks verified, want %d: %v", len(l), disks, l)
+	}
 }
