@@ -7,9 +7,9 @@ import (
 )
 
 // DefaultStreamOpen is how many chunks a StreamSums holds open at most
-// (64 MiB of 2 MiB chunks): a writer several windows ahead of the lowest
-// one still open.
-const DefaultStreamOpen = 32
+// (32 MiB of 2 MiB chunks): more than a VMDK decoder has windows in
+// flight (8 workers, 10 windows), so an in-order stream never reads back.
+const DefaultStreamOpen = 16
 
 // Chunk states of a StreamSums.
 const (
