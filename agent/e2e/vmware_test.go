@@ -3,6 +3,7 @@ package e2e
 import (
 	"crypto/sha1" //nolint:gosec // the API takes vSphere's SHA-1 thumbprints
 	"fmt"
+	"maps"
 	"strconv"
 	"strings"
 	"testing"
@@ -21,11 +22,18 @@ import (
 // TestMigrateVMwareVM migrates a VM of an in-process vCenter simulator
 // whose three disks are real VMDKs (streamOptimized, monolithicSparse,
 // monolithicFlat) into a libvirt domain, through the real coordinator and
-// a second agent that serves as the vmware migration server.
+// a second agent that serves as the vmware migration server. Every disk
+// is verified against the checksums the copy recorded. The job leaves its
+// NICs to a network-mapping group that maps both source portgroups (one
+// distributed, one standard) to the test's L3 network, and asks for the
+// source NICs' addresses: each target NIC keeps its source MAC and gets
+// the guest address VMware Tools reported inside the network's range, as
+// a DHCP reservation of the libvirt network.
 func TestMigrateVMwareVM(t *testing.T) {
 	w := newWorld(t)
 	sim := vcsimtest.Start(t)
 	raws := prepareVMwareVM(t, sim)
+	guestIPs := w.setVMwareGuestIPs(sim)
 	source := w.createVMwareSource(sim)
 	server := w.createVMwareServer()
 
@@ -34,11 +42,22 @@ func TestMigrateVMwareVM(t *testing.T) {
 		len(vm.GetDisks()) != 3 || len(vm.GetNics()) != 2 {
 		t.Fatalf("ListSourceVMs described the VM as %v", vm)
 	}
-	spec := w.spec(vm, nil)
+	if pg0, pg1 := vm.GetNics()[0].GetPortgroup(), vm.GetNics()[1].GetPortgroup(); pg0 != "DC0_DVPG0" || pg1 != "VM Network" {
+		t.Fatalf("source NICs on portgroups %q and %q, want DC0_DVPG0 (distributed) and VM Network (standard)", pg0, pg1)
+	}
+	group := w.createMappingGroup(source, "DC0_DVPG0", "VM Network")
+	spec := w.spec(vm, &ferryv1.MigrationOptions{UseSourceNicAddress: true})
+	spec.Target.Nics = nil // from the group
 	resp, err := w.f.client.Jobs().CreateMigrationJobs(ctx(t, 10*time.Second), &ferryv1.CreateMigrationJobsRequest{
-		Source: source, MigrationServer: server, Jobs: []*ferryv1.MigrationJobSpec{spec}})
+		Source: source, MigrationServer: server, Jobs: []*ferryv1.MigrationJobSpec{spec}, NetworkMappingGroup: group})
 	must(t, err)
 	name := resp.GetJobs()[0].GetName()
+	for i, n := range resp.GetJobs()[0].GetTarget().GetNics() {
+		src := vm.GetNics()[i]
+		if n.GetL3Network() != w.l3 || !strings.EqualFold(n.GetMac(), src.GetMac()) || n.GetIp() != guestIPs[src.GetMac()] {
+			t.Errorf("target NIC %d %v, want %s with MAC %s and IP %s", i, n, w.l3, src.GetMac(), guestIPs[src.GetMac()])
+		}
+	}
 	job := w.waitJob(name, 3*time.Minute, "the job to end", terminal)
 	if job.GetState() != ferryv1.MigrationJobState_MIGRATION_JOB_STATE_SUCCEEDED {
 		t.Fatalf("job ended %s: %s", job.GetState(), job.GetReason())
@@ -46,6 +65,7 @@ func TestMigrateVMwareVM(t *testing.T) {
 	for i, d := range vm.GetDisks() {
 		compare(t, raws[i], w.volume(name, d.GetTarget()))
 	}
+	checkVerified(t, w.f.agents[vmwareHost(w)], job, len(vm.GetDisks()))
 	if l, ok := sim.Leases.Last(); !ok || l.State != vcsimtest.LeaseCompleted {
 		t.Errorf("export lease %+v, want completed", l)
 	}
@@ -64,6 +84,66 @@ func TestMigrateVMwareVM(t *testing.T) {
 		if ifc.MAC == nil || !strings.EqualFold(ifc.MAC.Address, vm.GetNics()[i].GetMac()) {
 			t.Errorf("NIC %d MAC %+v, want the source's %s", i, ifc.MAC, vm.GetNics()[i].GetMac())
 		}
+		if ifc.Source == nil || ifc.Source.Network == nil || ifc.Source.Network.Network != w.netName {
+			t.Errorf("NIC %d source %+v, want libvirt network %s", i, ifc.Source, w.netName)
+		}
+	}
+	w.checkDHCPHosts(guestIPs)
+}
+
+// setVMwareGuestIPs makes the guest of DC0_H0_VM0 report addresses on its
+// NICs: on the first a link-local one, one outside the test network's
+// range and one inside it; on the second one inside. It returns the
+// address inside the range by MAC.
+func (w *world) setVMwareGuestIPs(sim *vcsimtest.Sim) map[string]string {
+	vm := sim.VM(ctx(w.t, 10*time.Second), w.t, "DC0_H0_VM0")
+	var m mo.VirtualMachine
+	must(w.t, vm.Properties(ctx(w.t, 10*time.Second), vm.Reference(), []string{"config.hardware"}, &m))
+	var macs []string
+	for _, d := range object.VirtualDeviceList(m.Config.Hardware.Device).SelectByType((*types.VirtualEthernetCard)(nil)) {
+		macs = append(macs, strings.ToLower(d.(types.BaseVirtualEthernetCard).GetVirtualEthernetCard().MacAddress))
+	}
+	if len(macs) != 2 {
+		w.t.Fatalf("the simulator VM has NICs %v, want 2", macs)
+	}
+	subnet := strings.TrimSuffix(w.l3Range[0], ".10") // 10.N.0, the range is .10 to .99
+	want := map[string]string{macs[0]: subnet + ".21", macs[1]: subnet + ".22"}
+	sim.SetGuestIPs(w.t, vm.Reference(), map[string][]string{
+		macs[0]: {"fe80::250:56ff:fe00:1", "192.0.2.10", want[macs[0]]},
+		macs[1]: {want[macs[1]]},
+	})
+	return want
+}
+
+// createMappingGroup maps the portgroups of source to the world's L3
+// network.
+func (w *world) createMappingGroup(source string, portgroups ...string) string {
+	g := &ferryv1.NetworkMappingGroup{DisplayName: "e2e " + w.id, Source: source}
+	for _, pg := range portgroups {
+		g.Mappings = append(g.Mappings, &ferryv1.NetworkMapping{SourceNetwork: pg, L3Network: w.l3})
+	}
+	resp, err := w.f.client.NetworkMappings().CreateNetworkMappingGroup(ctx(w.t, 10*time.Second),
+		&ferryv1.CreateNetworkMappingGroupRequest{NetworkMappingGroup: g})
+	must(w.t, err)
+	return resp.GetNetworkMappingGroup().GetName()
+}
+
+// checkDHCPHosts checks the world's libvirt network reserves each address
+// of want for its MAC, and nothing else.
+func (w *world) checkDHCPHosts(want map[string]string) {
+	var n libvirtxml.Network
+	must(w.t, n.Unmarshal(w.lv.Virsh(w.t, "net-dumpxml", w.netName)))
+	got := map[string]string{}
+	for _, ip := range n.IPs {
+		if ip.DHCP == nil {
+			continue
+		}
+		for _, h := range ip.DHCP.Hosts {
+			got[strings.ToLower(h.MAC)] = h.IP
+		}
+	}
+	if !maps.Equal(got, want) {
+		w.t.Errorf("DHCP host entries of %s %v, want %v", w.netName, got, want)
 	}
 }
 
@@ -108,10 +188,30 @@ func (w *world) createVMwareSource(sim *vcsimtest.Sim) string {
 // createVMwareServer starts a second agent and makes it a vmware
 // migration server of the world's cluster.
 func (w *world) createVMwareServer() string {
-	host := fmt.Sprintf("e2e-vmw-%s", w.id)
+	host := vmwareHost(w)
 	w.f.startAgent(host, w.cacheDir)
 	ms, err := w.f.client.MigrationServers().CreateMigrationServer(ctx(w.t, 10*time.Second), &ferryv1.CreateMigrationServerRequest{
 		MigrationServer: &ferryv1.MigrationServer{Host: "hosts/" + host, Type: ferryv1.Platform_PLATFORM_VMWARE, CachePath: w.cacheDir}})
 	must(w.t, err)
 	return ms.GetMigrationServer().GetName()
+}
+
+// vmwareHost is the host name of the world's vmware migration server.
+func vmwareHost(w *world) string { return fmt.Sprintf("e2e-vmw-%s", w.id) }
+
+// checkVerified checks that every disk of job, and job itself, is
+// verified, and that agent logged each verification.
+func checkVerified(t *testing.T, agent *proc, job *ferryv1.MigrationJob, disks int) {
+	t.Helper()
+	for _, d := range job.GetDisks() {
+		if !d.GetVerified() {
+			t.Errorf("disk %s not verified against the source's checksums", d.GetSourceDisk())
+		}
+	}
+	if !job.GetVerified() || len(job.GetDisks()) != disks {
+		t.Errorf("job verified = %v with %d disks reported, want true for %d", job.GetVerified(), len(job.GetDisks()), disks)
+	}
+	if l := agent.lines(`msg="disk verified"`); len(l) != disks {
+		t.Errorf("the agent logged %d disks verified, want %d: %v", len(l), disks, l)
+	}
 }

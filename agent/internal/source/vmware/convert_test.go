@@ -1,9 +1,12 @@
 package vmware
 
 import (
+	"bytes"
 	"context"
 	"crypto/tls"
+	"fmt"
 	"net/http"
+	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -18,6 +21,7 @@ import (
 	"google.golang.org/protobuf/types/known/durationpb"
 
 	"github.com/ferry-v2v/ferry/agent/internal/cache"
+	"github.com/ferry-v2v/ferry/agent/internal/pipeline"
 	"github.com/ferry-v2v/ferry/agent/internal/runner"
 	"github.com/ferry-v2v/ferry/agent/internal/source/vmware/vcsimtest"
 	agentv1 "github.com/ferry-v2v/ferry/pkg/pb/ferry/agent/v1"
@@ -200,11 +204,13 @@ func TestConvertCopiesEveryDisk(t *testing.T) {
 		t.Fatal(err)
 	}
 	start := time.Now()
-	if r := m.run(t); r.GetOutcome() != agentv1.JobOutcome_JOB_OUTCOME_SUCCEEDED {
+	r := m.run(t)
+	if r.GetOutcome() != agentv1.JobOutcome_JOB_OUTCOME_SUCCEEDED {
 		t.Fatalf("job %s: %s", r.GetOutcome(), r.GetReason())
 	}
 	t.Logf("converted 3 disks of %d MiB in %v", diskSize>>20, time.Since(start))
 	m.checkDisks(t)
+	m.checkVerified(t, r)
 	m.checkLeaseReleased(t, vcsimtest.LeaseCompleted, "")
 	if l, _ := m.sim.Leases.Last(); len(l.Progress) == 0 || l.Progress[len(l.Progress)-1] != 100 {
 		t.Errorf("lease progress updates %v, want some ending at 100", l.Progress)
@@ -235,7 +241,9 @@ func (r *reporter) Result(res *agentv1.JobResult) { r.results <- res }
 // "upload" or "configure" it waits in that phase until the job ends, and
 // it counts rollbacks.
 type holdTarget struct {
-	hold      string
+	hold string
+	// corrupt, when set, is called first in Upload.
+	corrupt   func(ctx context.Context, job *runner.Job) error
 	entered   chan string
 	rollbacks atomic.Int32
 }
@@ -249,7 +257,57 @@ func (h *holdTarget) wait(ctx context.Context, phase string) error {
 	return ctx.Err()
 }
 
-func (h *holdTarget) Upload(ctx context.Context, _ *runner.Job) error { return h.wait(ctx, "upload") }
+func (h *holdTarget) Upload(ctx context.Context, job *runner.Job) error {
+	if h.corrupt != nil {
+		if err := h.corrupt(ctx, job); err != nil {
+			return err
+		}
+	}
+	return h.wait(ctx, "upload")
+}
+
+// Verify checks each cache image against the checksums the copy recorded,
+// as the target driver checks the volumes uploaded from them: every disk
+// must have them.
+func (h *holdTarget) Verify(ctx context.Context, job *runner.Job) error {
+	for _, d := range job.Assignment.GetJob().GetTarget().GetDisks() {
+		name := d.GetSourceDisk()
+		cp, err := pipeline.OpenCheckpoint(cache.CheckpointPath(job.CacheDir, name))
+		if err != nil {
+			return fmt.Errorf("disk %s: %w", name, err)
+		}
+		if !cp.Verifiable() {
+			return fmt.Errorf("disk %s: the copy recorded no checksum for some chunks", name)
+		}
+		exp, err := cache.OpenExport(ctx, job.CacheDir, name, job.Log)
+		if err != nil {
+			return err
+		}
+		_, err = pipeline.Verify(ctx, pipeline.NBDSource{Client: exp.Client()}, cp, 4)
+		if cerr := exp.Close(); err == nil {
+			err = cerr
+		}
+		if err != nil {
+			return fmt.Errorf("disk %s: %w", name, err)
+		}
+		job.Progress.SetVerified(name)
+	}
+	return nil
+}
+
+// checkVerified checks the result reports every disk verified.
+func (m *migration) checkVerified(t *testing.T, r *agentv1.JobResult) {
+	t.Helper()
+	verified := map[string]bool{}
+	for _, d := range r.GetDisks() {
+		verified[d.GetSourceDisk()] = d.GetVerified()
+	}
+	for _, d := range m.disks {
+		if !verified[d] {
+			t.Errorf("disk %s not verified; the result reports %v", d, r.GetDisks())
+		}
+	}
+}
 
 func (h *holdTarget) Configure(ctx context.Context, _ *runner.Job) ([]string, error) {
 	return nil, h.wait(ctx, "configure")
@@ -288,10 +346,12 @@ func TestConvertFailsMidwayThenRestarts(t *testing.T) {
 	}
 	m.checkLeaseReleased(t, vcsimtest.LeaseAborted, "unexpected EOF")
 
-	if r := m.run(t); r.GetOutcome() != agentv1.JobOutcome_JOB_OUTCOME_SUCCEEDED {
+	r = m.run(t)
+	if r.GetOutcome() != agentv1.JobOutcome_JOB_OUTCOME_SUCCEEDED {
 		t.Fatalf("restarted job %s: %s", r.GetOutcome(), r.GetReason())
 	}
 	m.checkDisks(t)
+	m.checkVerified(t, r)
 	m.checkLeaseReleased(t, vcsimtest.LeaseCompleted, "")
 	if n := len(m.sim.Leases.All()); n != 2 {
 		t.Errorf("%d leases, want 2", n)
@@ -443,4 +503,51 @@ func TestWatchEndsWithTheJob(t *testing.T) {
 	if n := m.target.rollbacks.Load(); n != 0 {
 		t.Errorf("%d rollbacks after a job that succeeded", n)
 	}
+}
+
+// TestConvertedDiskThatDiffersFailsVerification: a granule of data
+// zeroed in one cache image after the copy (streamOptimized, sparse and
+// flat alike) fails the job in verification, naming the disk and the
+// chunk, as a target volume that differs does.
+func TestConvertedDiskThatDiffersFailsVerification(t *testing.T) {
+	for i, sub := range []string{"streamOptimized", "monolithicSparse", "monolithicFlat"} {
+		t.Run(sub, func(t *testing.T) {
+			m := newMigration(t, Options{})
+			disk := m.disks[i]
+			off := firstData(t, m.raws[disk])
+			m.target.corrupt = func(ctx context.Context, job *runner.Job) error {
+				img, err := cache.Open(ctx, job.CacheDir, disk, diskSize, true, job.Log)
+				if err != nil {
+					return err
+				}
+				err = img.WriteZeroes(ctx, off, cache.ClusterSize)
+				if cerr := img.Close(); err == nil {
+					err = cerr
+				}
+				return err
+			}
+			r := m.run(t)
+			chunk := off / pipeline.DefaultChunkSize * pipeline.DefaultChunkSize
+			want := fmt.Sprintf("disk %s: the %d bytes at offset %d differ from the source", disk, pipeline.DefaultChunkSize, chunk)
+			if r.GetOutcome() != agentv1.JobOutcome_JOB_OUTCOME_FAILED || !strings.Contains(r.GetReason(), want) {
+				t.Fatalf("job %s: %q, want FAILED with %q", r.GetOutcome(), r.GetReason(), want)
+			}
+		})
+	}
+}
+
+// firstData is the offset of the first 64 KiB granule of raw holding data.
+func firstData(t *testing.T, raw string) int64 {
+	b, err := os.ReadFile(raw)
+	if err != nil {
+		t.Fatal(err)
+	}
+	zero := make([]byte, cache.ClusterSize)
+	for off := int64(0); off < int64(len(b)); off += cache.ClusterSize {
+		if !bytes.Equal(b[off:off+cache.ClusterSize], zero) {
+			return off
+		}
+	}
+	t.Fatalf("%s holds no data", raw)
+	return 0
 }

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/ferry-v2v/ferry/agent/internal/cache"
+	"github.com/ferry-v2v/ferry/agent/internal/pipeline"
 	"github.com/ferry-v2v/ferry/agent/internal/runner"
 	ferryv1 "github.com/ferry-v2v/ferry/pkg/pb/ferry/v1"
 )
@@ -85,14 +86,21 @@ func copyDisk(ctx context.Context, conn *Conn, job *runner.Job, vm *VM, disk Dis
 		return err
 	}
 	defer img.Close()
-	progress := func(done int64) { prog.set(disk.Name, done) }
+	sums, err := newSummingSink(img, disk.CapacityBytes)
+	if err != nil {
+		return err
+	}
+	progress := func(done int64) {
+		sums.sums.Seal(done)
+		prog.set(disk.Name, done)
+	}
 	switch format {
 	case formatSparse:
-		err = decodeSparse(ctx, br, img, 0, disk.CapacityBytes, progress)
+		err = decodeSparse(ctx, br, sums, 0, disk.CapacityBytes, progress)
 	case formatDescriptor:
-		err = copyDescriptor(ctx, conn, br, img, vm, disk, job, progress)
+		err = copyDescriptor(ctx, conn, br, sums, vm, disk, job, progress)
 	case formatRaw:
-		err = copyFlat(ctx, br, img, 0, disk.CapacityBytes, progress)
+		err = copyFlat(ctx, br, sums, 0, disk.CapacityBytes, progress)
 		if err == nil {
 			err = img.Flush(ctx)
 		}
@@ -102,20 +110,57 @@ func copyDisk(ctx context.Context, conn *Conn, job *runner.Job, vm *VM, disk Dis
 	if err = lr.explain(err); err != nil {
 		return fmt.Errorf("%s: %w", format, err)
 	}
+	// Every format flushed the image: its checksums can be made durable.
+	late, err := sums.sums.Finish(ctx, img)
+	if err != nil {
+		return fmt.Errorf("record the checksums of the disk: %w", err)
+	}
 	if err := img.Close(); err != nil {
 		return err
 	}
 	prog.set(disk.Name, disk.CapacityBytes)
 	job.Log.Info("disk copied to the cache", "disk", disk.Name, "format", format, "read_bytes", lr.n,
-		"seconds", time.Since(start).Seconds())
+		"chunks_read_back", late, "seconds", time.Since(start).Seconds())
 	return nil
 }
 
-// resetImage removes the disk's cache image and checkpoint from an
-// earlier attempt.
+// summingSink writes to the cache image and records the checksum of each
+// chunk in the image's checkpoint, as the KVM copy does, so UPLOADING can
+// verify the target against them.
+type summingSink struct {
+	img  *cache.Image
+	sums *pipeline.StreamSums
+}
+
+// newSummingSink starts the checksums of img, a new image: its checkpoint
+// starts empty, and any checksums an earlier attempt left are removed.
+func newSummingSink(img *cache.Image, size int64) (*summingSink, error) {
+	cp, err := pipeline.LoadCheckpoint(img.CheckpointPath(), size, pipeline.DefaultChunkSize)
+	if err != nil {
+		return nil, err
+	}
+	sums, err := pipeline.NewStreamSums(cp, 0)
+	if err != nil {
+		return nil, err
+	}
+	return &summingSink{img: img, sums: sums}, nil
+}
+
+func (s *summingSink) WriteAt(ctx context.Context, p []byte, off int64) error {
+	if err := s.img.WriteAt(ctx, p, off); err != nil {
+		return err
+	}
+	return s.sums.Write(p, off)
+}
+
+func (s *summingSink) Flush(ctx context.Context) error { return s.img.Flush(ctx) }
+
+// resetImage removes the disk's cache image, checkpoint and checksums
+// from an earlier attempt.
 func resetImage(dir, disk string) error {
-	for _, ext := range []string{cache.FormatRaw, cache.FormatQcow2, "ckpt"} {
-		p := filepath.Join(dir, disk+"."+ext)
+	ckpt := cache.CheckpointPath(dir, disk)
+	for _, p := range []string{filepath.Join(dir, disk+"."+cache.FormatRaw), filepath.Join(dir, disk+"."+cache.FormatQcow2),
+		ckpt, pipeline.SumsPath(ckpt)} {
 		if err := os.Remove(p); err != nil && !errors.Is(err, fs.ErrNotExist) {
 			return fmt.Errorf("cache: remove %s of an earlier attempt: %w", p, err)
 		}

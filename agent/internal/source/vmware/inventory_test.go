@@ -1,6 +1,8 @@
 package vmware
 
 import (
+	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -26,6 +28,10 @@ func TestListVMs(t *testing.T) {
 		Firmware: FirmwareEFI, ExtraNICNetwork: "VM Network", MemoryMB: 768, CPUs: 3,
 	})
 	macs := nicMACs(t, vm)
+	// What VMware Tools would report: two addresses on the first NIC (its
+	// MAC in upper case, as vSphere may give it), one on the second.
+	sim.SetGuestIPs(t, vm.Reference(), map[string][]string{
+		strings.ToUpper(macs[0]): {"192.0.2.10", "fe80::250:56ff:fe00:1"}, macs[1]: {"198.51.100.7"}})
 
 	src, secrets := simSource(t, sim)
 	d := NewDriver(testLogger(t), Options{})
@@ -107,6 +113,12 @@ func checkListedVM(t *testing.T, got *ferryv1.SourceVm, id string, macs []string
 	for _, n := range got.GetNics() {
 		if n.GetPortgroup() != n.GetNetwork() {
 			t.Errorf("NIC %v: portgroup differs from network", n)
+		}
+	}
+	wantIPs := [][]string{{"192.0.2.10", "fe80::250:56ff:fe00:1"}, {"198.51.100.7"}}
+	for i, n := range got.GetNics() {
+		if !slices.Equal(n.GetIpAddresses(), wantIPs[i]) {
+			t.Errorf("NIC %d guest addresses %v, want %v", i, n.GetIpAddresses(), wantIPs[i])
 		}
 	}
 }

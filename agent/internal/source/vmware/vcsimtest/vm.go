@@ -7,6 +7,8 @@ import (
 	"os"
 	"path"
 	"path/filepath"
+	"slices"
+	"strings"
 	"testing"
 
 	"github.com/vmware/govmomi/find"
@@ -193,4 +195,33 @@ func (vm *stubbornVM) ShutdownGuest(*simulator.Context, *types.ShutdownGuest) so
 func (vm *stubbornVM) PowerOffVMTask(ctx *simulator.Context, req *types.PowerOffVM_Task) soap.HasFault {
 	ctx.Map.Put(vm.VirtualMachine)
 	return vm.VirtualMachine.PowerOffVMTask(ctx, req)
+}
+
+// SetGuestIPs makes the guest of vm report addresses on its NICs in
+// guest.net, as VMware Tools do: ips by the NIC's MAC address (any case).
+// The simulator already lists every NIC there, with its MAC and network;
+// a MAC it does not list fails the test.
+func (s *Sim) SetGuestIPs(t testing.TB, vm types.ManagedObjectReference, ips map[string][]string) {
+	t.Helper()
+	sctx := simulator.NewContext()
+	sctx.Map = s.Model.Map()
+	obj := s.Model.Map().Get(vm).(*simulator.VirtualMachine)
+	left := map[string][]string{}
+	for mac, a := range ips {
+		left[strings.ToLower(mac)] = a
+	}
+	s.Model.Map().WithLock(sctx, obj, func() {
+		net := slices.Clone(obj.Guest.Net)
+		for i := range net {
+			mac := strings.ToLower(net[i].MacAddress)
+			if a, ok := left[mac]; ok {
+				net[i].IpAddress = slices.Clone(a)
+				delete(left, mac)
+			}
+		}
+		s.Model.Map().Update(sctx, obj, []types.PropertyChange{{Name: "guest.net", Val: net}})
+	})
+	if len(left) > 0 {
+		t.Fatalf("VM %s has no NIC with MAC %v in guest.net", vm.Value, left)
+	}
 }
