@@ -130,3 +130,62 @@ func TestConvertFailsWhenTheSourceStaysAway(t *testing.T) {
 		t.Errorf("source VM is %s after the failed job, want poweredOff", got)
 	}
 }
+
+// TestConvertSeesAPowerOnDuringTheCut: the VM is powered on while the
+// link is cut. The reconnect finds it on: the job fails for it and the
+// lease is aborted with that reason, the VM left running as its owner
+// wanted.
+func TestConvertSeesAPowerOnDuringTheCut(t *testing.T) {
+	m := newCutMigration(t, time.Minute)
+	m.start(t)
+	deadline := time.Now().Add(30 * time.Second)
+	for m.proxy.Bytes() < m.streamBytes(t)/3 {
+		if time.Now().After(deadline) {
+			t.Fatal("the export did not start in 30 s")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	m.proxy.Cut()
+	ctx := testContext(t, 30*time.Second)
+	task, err := m.vm.PowerOn(ctx) // the test's own client reaches the simulator directly
+	if err == nil {
+		err = task.Wait(ctx)
+	}
+	if err != nil {
+		t.Fatalf("power on: %v", err)
+	}
+	time.Sleep(time.Second)
+	m.proxy.Heal()
+	r := m.result(t)
+	if r.GetOutcome() != agentv1.JobOutcome_JOB_OUTCOME_FAILED ||
+		!strings.Contains(r.GetReason(), "source VM was powered on during the migration") {
+		t.Fatalf("job %s: %q, want FAILED because the VM was powered on", r.GetOutcome(), r.GetReason())
+	}
+	m.checkLeaseReleased(t, vcsimtest.LeaseAborted, "")
+	for _, l := range m.sim.Leases.All() {
+		if l.State == vcsimtest.LeaseOpen {
+			t.Errorf("lease %s is still open", l.ID)
+		}
+	}
+	if got := m.powerState(t); got != "poweredOn" {
+		t.Errorf("source VM is %s, want poweredOn as it was turned on", got)
+	}
+}
+
+// TestConvertResumesWithoutByteRanges: an NFC download breaks after
+// 1 MiB on a server that ignores byte ranges. The driver takes a new
+// lease and reads the disk again up to the break, writing nothing twice:
+// the disks are identical to their raw images.
+func TestConvertResumesWithoutByteRanges(t *testing.T) {
+	m := newMigration(t, Options{RetryBackoffMin: 100 * time.Millisecond})
+	m.sim.CutNFCAfter(1 << 20)
+	if r := m.run(t); r.GetOutcome() != agentv1.JobOutcome_JOB_OUTCOME_SUCCEEDED {
+		t.Fatalf("job %s: %q, want SUCCEEDED after the broken download resumed", r.GetOutcome(), r.GetReason())
+	}
+	m.checkDisks(t)
+	leases := m.sim.Leases.All()
+	if len(leases) != 2 || leases[0].State != vcsimtest.LeaseAborted {
+		t.Fatalf("leases %+v, want the broken one aborted and a second one", leases)
+	}
+	m.checkLeaseReleased(t, vcsimtest.LeaseCompleted, "")
+}
