@@ -48,6 +48,8 @@ type migration struct {
 	proxy *testenv.Proxy
 	// downstream limits the copy, in bits per second (none when 0).
 	downstream int64
+	// password, when set, replaces the simulator's in the secrets.
+	password string
 }
 
 func newMigration(t *testing.T, opts Options) *migration {
@@ -96,6 +98,9 @@ func (m *migration) start(t *testing.T) {
 	src, secrets := simSource(t, m.sim)
 	if m.proxy != nil {
 		src.Vcenter.Address, src.Vcenter.Port = m.proxy.Host(), int32(m.proxy.Port())
+	}
+	if m.password != "" {
+		secrets[src.GetVcenter().GetCredential()] = m.password
 	}
 	var disks []*ferryv1.TargetDisk
 	for _, d := range m.disks {

@@ -106,6 +106,11 @@ func (d *Driver) Inventory(ctx context.Context, req *agentv1.InventoryRequest) (
 func (d *Driver) Convert(ctx context.Context, job *runner.Job) error {
 	a := job.Assignment
 	conn, err := d.connect(ctx, a.GetSource(), a.GetMigrationServer(), a.GetSecrets(), job.Log)
+	if err != nil && backoff.Transport(err) && ctx.Err() == nil {
+		// Unreachable when the job starts: tried again for the budget.
+		job.Log.Warn("the source is unreachable; trying again", "err", err)
+		conn, _, err = d.redial(ctx, job, err, nil)
+	}
 	if err != nil {
 		return err
 	}

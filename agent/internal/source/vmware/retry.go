@@ -113,6 +113,9 @@ type exportSource struct {
 	urls  map[string]*url.URL // disk URLs of the current lease, by disk
 	disks map[string]string   // disk of every lease URL handed out, by URL
 	lost  error               // set once the budget was spent: nothing resumes
+	// released tells exp was already aborted by a reconnect that then
+	// failed to take a new export.
+	released bool
 	// dcPath is the VM's datacenter path, for datastore file URLs.
 	dcPath string
 
@@ -193,7 +196,7 @@ func (s *exportSource) reconnect(ctx context.Context, cause error) error {
 		}
 		if !oldReleased {
 			s.exp.Release(fmt.Errorf("the connection to the source dropped (%v); a new export replaces this one", cause))
-			oldReleased = true
+			oldReleased, s.released = true, true
 		}
 		var err error
 		exp, urls, err = s.export(ctx, c)
@@ -203,7 +206,7 @@ func (s *exportSource) reconnect(ctx context.Context, cause error) error {
 		return err
 	}
 	s.conn.Close()
-	s.conn, s.exp, s.urls = conn, exp, urls
+	s.conn, s.exp, s.urls, s.released = conn, exp, urls, false
 	s.gen++
 	log.Info("reconnected to the source; the copy resumes on a new export lease",
 		"attempts", attempts, "lease", exp.lease.Value)
@@ -450,7 +453,12 @@ func (s *exportSource) keepAlive(ctx context.Context, percent func() int32) erro
 // answers again, for up to releaseTimeout; past that it is left to expire
 // on the source. The error returned says which.
 func (s *exportSource) release(ctx context.Context, err error) error {
-	_, exp, _ := s.current()
+	s.mu.Lock()
+	exp, released := s.exp, s.released
+	s.mu.Unlock()
+	if released && err != nil {
+		return fmt.Errorf("%w; the export lease was aborted and its snapshot removed when the source last answered", err)
+	}
 	if err == nil {
 		exp.Release(nil)
 		return nil

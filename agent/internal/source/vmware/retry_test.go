@@ -189,3 +189,29 @@ func TestConvertResumesWithoutByteRanges(t *testing.T) {
 	}
 	m.checkLeaseReleased(t, vcsimtest.LeaseCompleted, "")
 }
+
+// TestConvertWaitsForAnUnreachableSource: the link is down when the job
+// starts and comes back 2 s later, within the budget: the job connects
+// then and succeeds. A wrong password fails at once, not after the budget.
+func TestConvertWaitsForAnUnreachableSource(t *testing.T) {
+	m := newCutMigration(t, time.Minute)
+	m.downstream = 0
+	m.proxy.Cut()
+	m.start(t)
+	time.Sleep(2 * time.Second)
+	m.proxy.Heal()
+	if r := m.result(t); r.GetOutcome() != agentv1.JobOutcome_JOB_OUTCOME_SUCCEEDED {
+		t.Fatalf("job %s: %q, want SUCCEEDED once the source answered", r.GetOutcome(), r.GetReason())
+	}
+	m.checkDisks(t)
+
+	m.password = "wrong"
+	start := time.Now()
+	r := m.run(t)
+	if r.GetOutcome() != agentv1.JobOutcome_JOB_OUTCOME_FAILED || !strings.Contains(r.GetReason(), "log in to") {
+		t.Fatalf("job %s: %q, want FAILED for the refused login", r.GetOutcome(), r.GetReason())
+	}
+	if d := time.Since(start); d > 10*time.Second {
+		t.Errorf("a refused login took %s to fail the job: it was retried", d)
+	}
+}
