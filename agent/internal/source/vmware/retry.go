@@ -92,6 +92,9 @@ func (d *Driver) redial(ctx context.Context, job *runner.Job, cause error, check
 		return conn, attempts, nil
 	case ctx.Err() != nil, errors.Is(err, ErrPoweredOn):
 		return nil, attempts, err
+	case !backoff.Transport(err):
+		// The source answered and refused: a login, a snapshot, a lease.
+		return nil, attempts, fmt.Errorf("the connection to the source broke (%v) and reconnecting failed: %w", cause, err)
 	}
 	return nil, attempts, fmt.Errorf("%w and not back within the retry budget of %s: %w (the connection broke with: %v)",
 		ErrSourceLost, p.Budget, err, cause)
@@ -190,14 +193,16 @@ func (s *exportSource) reconnect(ctx context.Context, cause error) error {
 	oldReleased := false
 	var exp *Export
 	var urls map[string]*url.URL
-	conn, attempts, err := s.d.redial(ctx, s.job, cause, func(ctx context.Context, c *Conn) error {
-		if err := c.checkOff(ctx, s.vm); err != nil {
+	conn, attempts, err := s.d.redial(ctx, s.job, cause, func(actx context.Context, c *Conn) error {
+		if err := c.checkOff(actx, s.vm); err != nil {
 			return err
 		}
 		if !oldReleased {
 			s.exp.Release(fmt.Errorf("the connection to the source dropped (%v); a new export replaces this one", cause))
 			oldReleased, s.released = true, true
 		}
+		// The snapshot and lease of a large VM may take longer than a
+		// login attempt is given: the job's context bounds them.
 		var err error
 		exp, urls, err = s.export(ctx, c)
 		return err
