@@ -65,7 +65,7 @@ func TestMigrateVMwareVM(t *testing.T) {
 	for i, d := range vm.GetDisks() {
 		compare(t, raws[i], w.volume(name, d.GetTarget()))
 	}
-	checkVerified(t, w.f.agents[vmwareHost(w)], job, len(vm.GetDisks()))
+	checkVerified(t, w.f.agents[w.vmwareHost()], job, len(vm.GetDisks()))
 	if l, ok := sim.Leases.Last(); !ok || l.State != vcsimtest.LeaseCompleted {
 		t.Errorf("export lease %+v, want completed", l)
 	}
@@ -171,15 +171,21 @@ func prepareVMwareVM(t *testing.T, sim *vcsimtest.Sim) []string {
 // createVMwareSource registers the simulator as a vCenter, its
 // certificate pinned by SHA-1 thumbprint.
 func (w *world) createVMwareSource(sim *vcsimtest.Sim) string {
+	port, err := strconv.Atoi(sim.Port())
+	must(w.t, err)
+	return w.createVMwareSourceAt(sim, sim.Address(), port)
+}
+
+// createVMwareSourceAt is createVMwareSource reaching the simulator at
+// host:port (a proxy in front of it).
+func (w *world) createVMwareSourceAt(sim *vcsimtest.Sim, host string, port int) string {
 	srcs := w.f.client.Sources()
 	cr, err := srcs.CreateCredential(ctx(w.t, 10*time.Second), &ferryv1.CreateCredentialRequest{Credential: &ferryv1.Credential{
 		Type: ferryv1.CredentialType_CREDENTIAL_TYPE_PASSWORD, Secret: sim.Password()}})
 	must(w.t, err)
-	port, err := strconv.Atoi(sim.Port())
-	must(w.t, err)
 	s, err := srcs.CreateSource(ctx(w.t, 10*time.Second), &ferryv1.CreateSourceRequest{Source: &ferryv1.Source{
 		Type: ferryv1.Platform_PLATFORM_VMWARE, Vcenter: &ferryv1.VCenterConnection{
-			Address: sim.Address(), Port: int32(port), User: sim.User(), Credential: cr.GetCredential().GetName(),
+			Address: host, Port: int32(port), User: sim.User(), Credential: cr.GetCredential().GetName(),
 			Thumbprint: vmware.Thumbprint(sim.Server.Certificate(), sha1.Size)}}})
 	must(w.t, err)
 	return s.GetSource().GetName()
@@ -187,17 +193,23 @@ func (w *world) createVMwareSource(sim *vcsimtest.Sim) string {
 
 // createVMwareServer starts a second agent and makes it a vmware
 // migration server of the world's cluster.
-func (w *world) createVMwareServer() string {
-	host := vmwareHost(w)
+func (w *world) createVMwareServer() string { return w.createVMwareServerWith(0) }
+
+// createVMwareServerWith is createVMwareServer with the copy limited to
+// downstream bits per second (none when 0).
+func (w *world) createVMwareServerWith(downstream int64) string {
+	host := w.vmwareHost()
 	w.f.startAgent(host, w.cacheDir)
 	ms, err := w.f.client.MigrationServers().CreateMigrationServer(ctx(w.t, 10*time.Second), &ferryv1.CreateMigrationServerRequest{
-		MigrationServer: &ferryv1.MigrationServer{Host: "hosts/" + host, Type: ferryv1.Platform_PLATFORM_VMWARE, CachePath: w.cacheDir}})
+		MigrationServer: &ferryv1.MigrationServer{Host: "hosts/" + host, Type: ferryv1.Platform_PLATFORM_VMWARE, CachePath: w.cacheDir,
+			DownstreamBitsPerSecond: downstream}})
 	must(w.t, err)
 	return ms.GetMigrationServer().GetName()
 }
 
-// vmwareHost is the host name of the world's vmware migration server.
-func vmwareHost(w *world) string { return fmt.Sprintf("e2e-vmw-%s", w.id) }
+// vmwareHost names the agent createVMwareServer starts.
+func (w *world) vmwareHost() string { return fmt.Sprintf("e2e-vmw-%s", w.id) }
+
 
 // checkVerified checks that every disk of job, and job itself, is
 // verified, and that agent logged each verification.

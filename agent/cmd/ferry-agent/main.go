@@ -104,7 +104,7 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 	drivers := runner.Drivers{
 		Sources: map[ferryv1.Platform]runner.Source{
 			ferryv1.Platform_PLATFORM_KVM:    kvmDriver,
-			ferryv1.Platform_PLATFORM_VMWARE: vmware.NewDriver(log, vmware.Options{}),
+			ferryv1.Platform_PLATFORM_VMWARE: vmware.NewDriver(log, vmware.Options{RetryBudget: cfg.SourceRetryBudget}),
 		},
 		Target: target.NewDriver(target.DefaultLibvirtURI, target.Options{Log: log}),
 	}

@@ -4,12 +4,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
-	"math/rand/v2"
-	"net"
-	"syscall"
 	"time"
 
+	"github.com/ferry-v2v/ferry/agent/internal/backoff"
 	"github.com/ferry-v2v/ferry/agent/internal/runner"
 	"github.com/ferry-v2v/ferry/pkg/netsel"
 	ferryv1 "github.com/ferry-v2v/ferry/pkg/pb/ferry/v1"
@@ -87,10 +84,7 @@ func (s *source) connectFirst(ctx context.Context) error {
 // unreachable reports errors of a source that could not be reached at
 // all, as opposed to one that answered and refused.
 func unreachable(err error) bool {
-	var op *net.OpError
-	return errors.As(err, &op) || errors.Is(err, io.EOF) || errors.Is(err, syscall.ECONNRESET) ||
-		errors.Is(err, syscall.ECONNREFUSED) || errors.Is(err, syscall.EHOSTUNREACH) ||
-		errors.Is(err, syscall.ENETUNREACH) || errors.Is(err, netsel.ErrNoAddress)
+	return backoff.Transport(err) || errors.Is(err, netsel.ErrNoAddress)
 }
 
 // minAttempt is the least time an attempt to reconnect is given.
@@ -101,46 +95,22 @@ const minAttempt = 5 * time.Second
 // and how many attempts it took. The error of the last attempt is kept.
 func (s *source) dial(ctx context.Context, budget time.Duration, retryable func(error) bool) (*Conn, int, error) {
 	a := s.job.Assignment
-	deadline := time.Now().Add(budget)
-	backoff := s.d.opts.RetryBackoffMin
-	for attempt := 1; ; attempt++ {
+	var conn *Conn
+	p := backoff.Policy{Budget: budget, Min: s.d.opts.RetryBackoffMin, Max: s.d.opts.RetryBackoffMax}
+	attempts, err := backoff.Retry(ctx, p, s.job.Log, retryable, func(ctx context.Context, _ int, deadline time.Time) error {
 		// Attempts stay near the budget, each given at least minAttempt.
 		timeout := leftoverConnectTimeout
 		if budget > 0 {
 			timeout = max(min(time.Until(deadline), leftoverConnectTimeout), minAttempt)
 		}
 		actx, cancel := context.WithTimeout(ctx, timeout)
-		conn, err := s.d.connect(actx, a.GetSource(), a.GetMigrationServer(), a.GetSecrets(), s.job.Log)
-		cancel()
-		switch {
-		case err == nil:
-			return conn, attempt, nil
-		case ctx.Err() != nil:
-			return nil, attempt, ctx.Err()
-		case !retryable(err):
-			return nil, attempt, err
-		case time.Until(deadline) <= 0:
-			if attempt == 1 {
-				return nil, attempt, err
-			}
-			return nil, attempt, fmt.Errorf("gave up after %d attempts, the last one failing with: %w", attempt, err)
-		}
-		wait := min(backoff/2+rand.N(backoff/2+1), time.Until(deadline))
-		s.job.Log.Info("source still unreachable", "attempt", attempt, "err", err, "next_in", wait.Round(time.Millisecond))
-		if wait > 0 && !sleepCtx(ctx, wait) {
-			return nil, attempt, ctx.Err()
-		}
-		backoff = min(2*backoff, s.d.opts.RetryBackoffMax)
+		defer cancel()
+		c, err := s.d.connect(actx, a.GetSource(), a.GetMigrationServer(), a.GetSecrets(), s.job.Log)
+		conn = c
+		return err
+	})
+	if err != nil {
+		return nil, attempts, err
 	}
-}
-
-func sleepCtx(ctx context.Context, d time.Duration) bool {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-		return false
-	case <-t.C:
-		return true
-	}
+	return conn, attempts, nil
 }

@@ -5,7 +5,10 @@
 // then takes a snapshot, exports it through an NFC lease kept alive with
 // progress updates, decodes each disk's VMDK stream into its cache image
 // (all disks in parallel), and releases the lease and removes the snapshot
-// on every path. A VM powered back on while the job runs fails it.
+// on every path. A VM powered back on while the job runs fails it. A
+// dropped connection is retried for Options.RetryBudget (retry.go): the
+// driver logs in again, takes a new export and resumes each download at
+// the byte where it broke.
 //
 // Disks are named by their virtual device key in decimal ("2000" for the
 // first SCSI disk, "3000" for IDE, "16000" for SATA, "31000" for NVMe): the

@@ -68,6 +68,9 @@ type Conn struct {
 	soap  *soap.Client
 	vim   *vim25.Client
 	sm    *session.Manager
+	// resume, set on an export's connection, makes its downloads resume
+	// after the connection drops.
+	resume *exportSource
 
 	closeOnce sync.Once
 	closeErr  error

@@ -26,6 +26,7 @@ import (
 	"github.com/ferry-v2v/ferry/agent/internal/source/vmware/vcsimtest"
 	agentv1 "github.com/ferry-v2v/ferry/pkg/pb/ferry/agent/v1"
 	ferryv1 "github.com/ferry-v2v/ferry/pkg/pb/ferry/v1"
+	"github.com/ferry-v2v/ferry/pkg/testenv"
 )
 
 // diskSize is the size of each test disk.
@@ -47,6 +48,12 @@ type migration struct {
 	shutdown time.Duration
 	rep      *reporter
 	epoch    int64
+	// proxy, when set, stands between the driver and the simulator.
+	proxy *testenv.Proxy
+	// downstream limits the copy, in bits per second (none when 0).
+	downstream int64
+	// password, when set, replaces the simulator's in the secrets.
+	password string
 }
 
 func newMigration(t *testing.T, opts Options) *migration {
@@ -93,6 +100,12 @@ func newMigration(t *testing.T, opts Options) *migration {
 // start assigns the job (again, with a new epoch).
 func (m *migration) start(t *testing.T) {
 	src, secrets := simSource(t, m.sim)
+	if m.proxy != nil {
+		src.Vcenter.Address, src.Vcenter.Port = m.proxy.Host(), int32(m.proxy.Port())
+	}
+	if m.password != "" {
+		secrets[src.GetVcenter().GetCredential()] = m.password
+	}
 	var disks []*ferryv1.TargetDisk
 	for _, d := range m.disks {
 		disks = append(disks, &ferryv1.TargetDisk{SourceDisk: d, SizeBytes: diskSize})
@@ -102,7 +115,8 @@ func (m *migration) start(t *testing.T) {
 		Job: &ferryv1.MigrationJob{Name: "migrationJobs/j1", SourceVm: m.vm.Reference().Value,
 			Target: &ferryv1.TargetVm{Disks: disks}},
 		Epoch: m.epoch, Source: src, Secrets: secrets,
-		MigrationServer: &ferryv1.MigrationServer{Name: "migrationServers/ms", CachePath: m.cache},
+		MigrationServer: &ferryv1.MigrationServer{Name: "migrationServers/ms", CachePath: m.cache,
+			DownstreamBitsPerSecond: m.downstream},
 	}
 	if m.shutdown > 0 {
 		a.GuestShutdownTimeout = durationpb.New(m.shutdown)
@@ -338,7 +352,7 @@ func TestConvertPowersOffAGuestThatIgnoresShutdown(t *testing.T) {
 }
 
 func TestConvertFailsMidwayThenRestarts(t *testing.T) {
-	m := newMigration(t, Options{})
+	m := newMigration(t, Options{RetryBudget: -1}) // no retries: the cut fails the job
 	m.sim.CutNFCAfter(1 << 20)
 	r := m.run(t)
 	if r.GetOutcome() != agentv1.JobOutcome_JOB_OUTCOME_FAILED || !strings.Contains(r.GetReason(), "unexpected EOF") {

@@ -107,10 +107,30 @@ func copyExtent(ctx context.Context, conn *Conn, dst Sink, vm *VM, disk Disk, jo
 }
 
 // datastoreURL is the HTTP address of a datastore file (/folder/...).
+// An export's connection reads the datacenter's path once, when the
+// export starts, so that the copy needs no SOAP call it would have to
+// retry.
 func (c *Conn) datastoreURL(ctx context.Context, vm *VM, p object.DatastorePath) (*url.URL, error) {
+	var dcPath string
+	if c.resume != nil && c.resume.dcPath != "" {
+		dcPath = c.resume.dcPath
+	} else {
+		var err error
+		if dcPath, err = c.datacenterPath(ctx, vm); err != nil {
+			return nil, err
+		}
+	}
+	u := c.soap.URL()
+	u.Path = "/folder/" + p.Path
+	u.RawQuery = url.Values{"dcPath": {dcPath}, "dsName": {p.Datastore}}.Encode()
+	return u, nil
+}
+
+// datacenterPath is the inventory path of vm's datacenter.
+func (c *Conn) datacenterPath(ctx context.Context, vm *VM) (string, error) {
 	chain, err := mo.Ancestors(ctx, c.vim, property.DefaultCollector(c.vim).Reference(), vm.Ref)
 	if err != nil {
-		return nil, fmt.Errorf("datacenter of %s: %w", vm.Name, err)
+		return "", fmt.Errorf("datacenter of %s: %w", vm.Name, err)
 	}
 	dcPath := ""
 	for i, e := range chain {
@@ -122,8 +142,5 @@ func (c *Conn) datastoreURL(ctx context.Context, vm *VM, p object.DatastorePath)
 			break
 		}
 	}
-	u := c.soap.URL()
-	u.Path = "/folder/" + p.Path
-	u.RawQuery = url.Values{"dcPath": {dcPath}, "dsName": {p.Datastore}}.Encode()
-	return u, nil
+	return dcPath, nil
 }

@@ -54,6 +54,9 @@ func sniff(head []byte) string {
 // download GETs u with the connection's transport: dialled from the
 // migration CIDR, TLS checked as the connection's.
 func (c *Conn) download(ctx context.Context, u *url.URL) (io.ReadCloser, error) {
+	if c.resume != nil {
+		return c.resume.open(ctx, u)
+	}
 	res, err := c.soap.DownloadRequest(ctx, u, &soap.Download{Method: http.MethodGet})
 	if err != nil {
 		return nil, fmt.Errorf("GET %s: %w", redactURL(u), err)

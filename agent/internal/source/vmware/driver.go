@@ -11,6 +11,7 @@ import (
 
 	"golang.org/x/sync/errgroup"
 
+	"github.com/ferry-v2v/ferry/agent/internal/backoff"
 	"github.com/ferry-v2v/ferry/agent/internal/cache"
 	"github.com/ferry-v2v/ferry/agent/internal/runner"
 	"github.com/ferry-v2v/ferry/pkg/netsel"
@@ -25,6 +26,12 @@ type Options struct {
 	// carry none (from a coordinator older than the setting).
 	ShutdownTimeout     time.Duration
 	LeaseUpdateInterval time.Duration
+	// RetryBudget is how long an export whose connection to the source
+	// dropped keeps trying to log in again, with backoff between
+	// RetryBackoffMin and RetryBackoffMax, before its job fails
+	// (DefaultRetryBudget when 0; a negative budget fails at once).
+	RetryBudget                      time.Duration
+	RetryBackoffMin, RetryBackoffMax time.Duration
 }
 
 // Driver is the VMware source driver as the runner sees it: Convert copies
@@ -99,6 +106,11 @@ func (d *Driver) Inventory(ctx context.Context, req *agentv1.InventoryRequest) (
 func (d *Driver) Convert(ctx context.Context, job *runner.Job) error {
 	a := job.Assignment
 	conn, err := d.connect(ctx, a.GetSource(), a.GetMigrationServer(), a.GetSecrets(), job.Log)
+	if err != nil && backoff.Transport(err) && ctx.Err() == nil {
+		// Unreachable when the job starts: tried again for the budget.
+		job.Log.Warn("the source is unreachable; trying again", "err", err)
+		conn, _, err = d.redial(ctx, job, err, nil)
+	}
 	if err != nil {
 		return err
 	}
@@ -123,7 +135,7 @@ func (d *Driver) Convert(ctx context.Context, job *runner.Job) error {
 	if err := d.watchPower(ctx, job, vm); err != nil {
 		return err
 	}
-	return exportDisks(ctx, conn, job, vm, disks)
+	return d.exportDisks(ctx, conn, job, vm, disks)
 }
 
 // watchPower watches vm's power state until the job ends, on a session of
@@ -136,8 +148,19 @@ func (d *Driver) watchPower(ctx context.Context, job *runner.Job, vm *VM) error 
 		return fmt.Errorf("watch the power state of %s: %w", vm.Name, err)
 	}
 	err = job.Watch("source power state", func(ctx context.Context) error {
-		defer conn.Close()
-		return watchPowerOn(ctx, conn, vm, job.Log)
+		for {
+			err := conn.WatchPowerOn(ctx, vm)
+			old := conn
+			var again bool
+			conn, again = d.rewatch(ctx, job, err)
+			old.Close() // once reconnected, the old session's logout reaches the source
+			if !again {
+				if errors.Is(err, ErrPoweredOn) {
+					return err
+				}
+				return nil
+			}
+		}
 	})
 	if err != nil {
 		conn.Close()
@@ -154,47 +177,58 @@ func shutdownTimeout(a *agentv1.Assignment, fallback time.Duration) time.Duratio
 	return fallback
 }
 
-// watchPowerOn returns an error wrapping ErrPoweredOn when vm is powered
-// on, nil when ctx ends or the watch breaks (logged: a lost vCenter
-// connection must not fail a job whose disks are already copied).
-func watchPowerOn(ctx context.Context, conn *Conn, vm *VM, log *slog.Logger) error {
-	err := conn.WatchPowerOn(ctx, vm)
-	if errors.Is(err, ErrPoweredOn) {
-		return err
+// rewatch decides what follows a power-state watch that ended with err:
+// a watch whose connection dropped logs in again (for the retry budget)
+// and goes on, the new watch seeing at once a VM powered on meanwhile;
+// any other end is final, and only a power-on fails the job (a lost
+// vCenter connection must not fail a job whose disks are already copied).
+func (d *Driver) rewatch(ctx context.Context, job *runner.Job, err error) (*Conn, bool) {
+	switch {
+	case err == nil, errors.Is(err, ErrPoweredOn), ctx.Err() != nil:
+		return nil, false
+	case !backoff.Transport(err):
+		job.Log.Warn("watching the source VM's power state stopped", "err", err)
+		return nil, false
 	}
-	if ctx.Err() == nil {
-		log.Warn("watching the source VM's power state stopped", "err", err)
+	job.Log.Warn("the power-state watch lost its connection to the source; reconnecting", "err", err)
+	conn, attempts, rerr := d.redial(ctx, job, err, nil)
+	if rerr != nil {
+		if ctx.Err() == nil {
+			job.Log.Warn("watching the source VM's power state stopped", "err", rerr)
+		}
+		return nil, false
 	}
-	return nil
+	job.Log.Info("the power-state watch reconnected", "attempts", attempts)
+	return conn, true
 }
 
 // exportDisks copies the disks from an export of a snapshot, all at once.
-func exportDisks(ctx context.Context, conn *Conn, job *runner.Job, vm *VM, disks []Disk) (err error) {
-	exp, err := conn.StartExport(ctx, vm, SnapshotPrefix+path.Base(job.Name()), job.Log)
+// A dropped connection is retried for the retry budget: each download
+// resumes where it broke, on a new export.
+func (d *Driver) exportDisks(ctx context.Context, conn *Conn, job *runner.Job, vm *VM, disks []Disk) (err error) {
+	src, err := d.startExport(ctx, conn, job, vm, SnapshotPrefix+path.Base(job.Name()))
 	if err != nil {
 		return err
 	}
 	defer func() {
-		cause := err
-		if cause != nil && context.Cause(ctx) != nil {
-			cause = context.Cause(ctx)
+		err = src.release(ctx, err)
+		if c, _, _ := src.current(); c != conn {
+			c.Close()
 		}
-		exp.Release(cause)
+		if n := src.reread.Load(); n > 0 {
+			job.Log.Info("bytes read again to resume after reconnects", "bytes", n)
+		}
 	}()
-	urls, err := exp.DiskURLs(vm.Disks)
-	if err != nil {
-		return err
-	}
 	prog := newExportProgress(job, disks)
 	g, gctx := errgroup.WithContext(ctx)
 	keepCtx, stopKeep := context.WithCancel(gctx)
-	g.Go(func() error { return exp.KeepAlive(keepCtx, prog.percent) })
+	g.Go(func() error { return src.keepAlive(keepCtx, prog.percent) })
 	g.Go(func() error {
 		defer stopKeep()
 		cg, cctx := errgroup.WithContext(gctx)
 		for _, disk := range disks {
 			cg.Go(func() error {
-				if err := copyDisk(cctx, conn, job, vm, disk, urls[disk.Name], prog); err != nil {
+				if err := copyDisk(cctx, conn, job, vm, disk, src.url(disk.Name), prog); err != nil {
 					return fmt.Errorf("disk %s: %w", disk.Name, err)
 				}
 				return nil

@@ -165,15 +165,20 @@ func (e *Export) Release(cause error) {
 			e.log.Info("export lease completed", "lease", e.lease.Value)
 		}
 	} else {
-		fault := &types.LocalizedMethodFault{Fault: &types.SystemError{Reason: cause.Error()},
-			LocalizedMessage: cause.Error()}
-		if err := e.lease.Abort(ctx, fault); err != nil {
+		if err := e.abort(ctx, cause); err != nil {
 			e.log.Error("abort the export lease", "lease", e.lease.Value, "err", err)
 		} else {
 			e.log.Info("export lease aborted", "lease", e.lease.Value, "cause", cause)
 		}
 	}
 	e.removeSnapshot()
+}
+
+// abort aborts the lease with cause as its fault.
+func (e *Export) abort(ctx context.Context, cause error) error {
+	fault := &types.LocalizedMethodFault{Fault: &types.SystemError{Reason: cause.Error()},
+		LocalizedMessage: cause.Error()}
+	return e.lease.Abort(ctx, fault)
 }
 
 func (e *Export) removeSnapshot() {

@@ -75,20 +75,33 @@ func (c *Conn) shutdownGuest(ctx context.Context, obj *object.VirtualMachine, ti
 	}
 }
 
+// watchRound bounds each wait of WatchPowerOn on the server.
+const watchRound = 5 * time.Second
+
 // WatchPowerOn returns an error wrapping ErrPoweredOn as soon as vm is
 // powered on (at once when it already is), or ctx's error when ctx ends
 // first.
+//
+// Each wait on the server is bounded by watchRound and then begun anew:
+// a wait whose connection dropped ends on the server too, instead of
+// holding its session until the session expires.
 func (c *Conn) WatchPowerOn(ctx context.Context, vm *VM) error {
 	var on bool
-	err := property.Wait(ctx, property.DefaultCollector(c.vim), vm.Ref, []string{"runtime.powerState"},
-		func(changes []types.PropertyChange) bool {
-			for _, ch := range changes {
-				if s, ok := ch.Val.(types.VirtualMachinePowerState); ok && s == types.VirtualMachinePowerStatePoweredOn {
-					on = true
+	var err error
+	for !on && err == nil && ctx.Err() == nil {
+		filter := new(property.WaitFilter).Add(vm.Ref, vm.Ref.Type, []string{"runtime.powerState"})
+		filter.Options = &types.WaitOptions{MaxWaitSeconds: types.NewInt32(int32(watchRound / time.Second))}
+		err = property.WaitForUpdates(ctx, property.DefaultCollector(c.vim), filter, func(updates []types.ObjectUpdate) bool {
+			for _, u := range updates {
+				for _, ch := range u.ChangeSet {
+					if s, ok := ch.Val.(types.VirtualMachinePowerState); ok && s == types.VirtualMachinePowerStatePoweredOn {
+						on = true
+					}
 				}
 			}
 			return on
 		})
+	}
 	if on {
 		return fmt.Errorf("%w (%s)", ErrPoweredOn, vm.Name)
 	}

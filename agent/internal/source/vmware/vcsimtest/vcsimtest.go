@@ -24,6 +24,7 @@ import (
 	"fmt"
 	"net/http"
 	"net/url"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -55,10 +56,12 @@ type Sim struct {
 	// Leases records the NFC leases of exports.
 	Leases *LeaseLog
 
-	cut  atomic.Int64 // bytes after which the next NFC GET is cut; 0: none
-	hold atomic.Pointer[chan struct{}]
-	gets atomic.Int64
-	seen sync.Map // snapshots already wrapped
+	cut    atomic.Int64 // bytes after which the next NFC GET is cut; 0: none
+	star   atomic.Bool  // lease URLs name the host "*"
+	ranges atomic.Bool  // NFC GETs honour "Range: bytes=N-"
+	hold   atomic.Pointer[chan struct{}]
+	gets   atomic.Int64
+	seen   sync.Map // snapshots already wrapped
 }
 
 // Start runs a vCenter model (simulator.VPX: one datacenter, a cluster of
@@ -162,6 +165,16 @@ func (s *Sim) Release() {
 	}
 }
 
+// StarNFCHost makes the disk URLs of later leases name their host "*",
+// as an ESXi host's do: the client substitutes the address it connected
+// to, so downloads go through a proxy the client talks to. The lease
+// record keeps the simulator's real URLs.
+func (s *Sim) StarNFCHost() { s.star.Store(true) }
+
+// ServeNFCRanges makes NFC downloads honour "Range: bytes=N-" with a 206
+// response from byte N on (the simulator's own handler ignores ranges).
+func (s *Sim) ServeNFCRanges() { s.ranges.Store(true) }
+
 // NFCGets counts the NFC downloads that started.
 func (s *Sim) NFCGets() int64 { return s.gets.Load() }
 
@@ -174,7 +187,55 @@ func (s *Sim) serveNFC(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 	}
-	simulator.ServeNFC(&cutWriter{ResponseWriter: w, cut: &s.cut}, r)
+	var out http.ResponseWriter = &cutWriter{ResponseWriter: w, cut: &s.cut}
+	if from, ok := rangeFrom(r.Header.Get("Range")); ok && s.ranges.Load() && r.Method == http.MethodGet {
+		out = &skipWriter{ResponseWriter: out, skip: from, from: from}
+	}
+	simulator.ServeNFC(out, r)
+}
+
+// rangeFrom reads "bytes=N-".
+func rangeFrom(h string) (int64, bool) {
+	rest, ok := strings.CutPrefix(h, "bytes=")
+	if !ok || !strings.HasSuffix(rest, "-") {
+		return 0, false
+	}
+	n, err := strconv.ParseInt(strings.TrimSuffix(rest, "-"), 10, 64)
+	return n, err == nil && n >= 0
+}
+
+// skipWriter answers 206 and drops the body's first skip bytes.
+type skipWriter struct {
+	http.ResponseWriter
+	skip, from int64
+	started    bool
+}
+
+func (w *skipWriter) Write(p []byte) (int, error) {
+	if !w.started {
+		w.started = true
+		w.Header().Set("Content-Range", fmt.Sprintf("bytes %d-", w.from))
+		w.ResponseWriter.WriteHeader(http.StatusPartialContent)
+	}
+	n := len(p)
+	drop := min(int64(len(p)), w.skip)
+	w.skip -= drop
+	if rest := p[drop:]; len(rest) > 0 {
+		if _, err := w.ResponseWriter.Write(rest); err != nil {
+			return 0, err
+		}
+	}
+	return n, nil
+}
+
+func (w *skipWriter) WriteHeader(code int) {
+	if !w.started {
+		w.started = true
+		if code == http.StatusOK {
+			code = http.StatusPartialContent
+		}
+		w.ResponseWriter.WriteHeader(code)
+	}
 }
 
 // cutWriter aborts the response when it reaches the armed cut, and
@@ -244,6 +305,12 @@ func (s *exportingSnapshot) ExportSnapshot(ctx *simulator.Context, req *types.Ex
 			u := &lease.Info.DeviceUrl[i]
 			u.Url = strings.Replace(u.Url, "/nfc/", nfcPath, 1)
 			urls = append(urls, u.Url)
+			if s.sim.star.Load() {
+				if p, err := url.Parse(u.Url); err == nil {
+					p.Host = "*"
+					u.Url = p.String()
+				}
+			}
 		}
 	}
 	ctx.Session.Put(&recordingLease{HttpNfcLease: lease, log: s.sim.Leases})
