@@ -210,7 +210,6 @@ func (w *world) createVMwareServerWith(downstream int64) string {
 // vmwareHost names the agent createVMwareServer starts.
 func (w *world) vmwareHost() string { return fmt.Sprintf("e2e-vmw-%s", w.id) }
 
-
 // checkVerified checks that every disk of job, and job itself, is
 // verified, and that agent logged each verification.
 func checkVerified(t *testing.T, agent *proc, job *ferryv1.MigrationJob, disks int) {
