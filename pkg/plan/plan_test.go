@@ -2,6 +2,8 @@ package plan
 
 import (
 	"fmt"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 
@@ -11,37 +13,16 @@ import (
 	ferryv1 "github.com/ferry-v2v/ferry/pkg/pb/ferry/v1"
 )
 
-const yamlPlan = `
-source: sources/kvm-src
-migration_server: migrationServers/kvm-1
-request_id: plan-2024-06-01
-jobs:
-  - source_vm: web-1
-    target:
-      vm_name: web-1
-      cluster: clusters/prod
-      primary_storage: primaryStorages/local-1
-      cpus: 2
-      memory_bytes: 4294967296
-      disks:
-        - {source_disk: vda, display_name: root, size_bytes: 21474836480}
-      nics:
-        - source_mac: 52:54:00:12:34:56
-          l3_network: l3Networks/lan
-      firmware: FIRMWARE_UEFI
-    options:
-      compression: COMPRESSION_ZSTD
-      auto_start: false
-`
-
-const jsonPlan = `{"source": "sources/kvm-src", "migration_server": "migrationServers/kvm-1",
- "request_id": "plan-2024-06-01",
- "jobs": [{"source_vm": "web-1", "target": {"vm_name": "web-1", "cluster": "clusters/prod",
-   "primary_storage": "primaryStorages/local-1", "cpus": 2, "memory_bytes": "4294967296",
-   "disks": [{"source_disk": "vda", "display_name": "root", "size_bytes": 21474836480}],
-   "nics": [{"source_mac": "52:54:00:12:34:56", "l3_network": "l3Networks/lan"}],
-   "firmware": "FIRMWARE_UEFI"},
-  "options": {"compression": "COMPRESSION_ZSTD", "auto_start": false}}]}`
+// fixture reads testdata/name: plan.yaml and plan.json both hold the plan
+// of wantPlan (ferryctl's tests read them too).
+func fixture(t testing.TB, name string) string {
+	t.Helper()
+	b, err := os.ReadFile(filepath.Join("testdata", name))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(b)
+}
 
 func wantPlan() *ferryv1.CreateMigrationJobsRequest {
 	return &ferryv1.CreateMigrationJobsRequest{
@@ -60,7 +41,7 @@ func wantPlan() *ferryv1.CreateMigrationJobsRequest {
 }
 
 func TestParse(t *testing.T) {
-	for name, text := range map[string]string{"yaml": yamlPlan, "json": jsonPlan} {
+	for name, text := range map[string]string{"yaml": fixture(t, "plan.yaml"), "json": fixture(t, "plan.json")} {
 		t.Run(name, func(t *testing.T) {
 			got, err := Parse([]byte(text))
 			if err != nil {
@@ -114,7 +95,7 @@ func aliasBomb() string {
 // back as protojson reads back the same (nothing lost or invented on the
 // way YAML → JSON → proto).
 func FuzzParse(f *testing.F) {
-	for _, s := range []string{yamlPlan, jsonPlan, "source: a\njobs: [{}]\n", "jobs:\n  - target: {nics: [{}, {}]}\n",
+	for _, s := range []string{fixture(f, "plan.yaml"), fixture(f, "plan.json"), "source: a\njobs: [{}]\n", "jobs:\n  - target: {nics: [{}, {}]}\n",
 		"{\"jobs\": [{\"options\": {\"auto_start\": null}}]}", "jobs: [&x {source_vm: a}, *x]\n", "source: \"\\u00e9\"\njobs: [{}]"} {
 		f.Add([]byte(s))
 	}

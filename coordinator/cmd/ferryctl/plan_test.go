@@ -10,54 +10,22 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	ferryv1 "github.com/ferry-v2v/ferry/pkg/pb/ferry/v1"
+	"github.com/ferry-v2v/ferry/pkg/plan"
 )
 
-const yamlPlan = `
-source: sources/kvm-src
-migration_server: migrationServers/kvm-1
-request_id: plan-2024-06-01
-jobs:
-  - source_vm: web-1
-    target:
-      vm_name: web-1
-      cluster: clusters/prod
-      primary_storage: primaryStorages/local-1
-      cpus: 2
-      memory_bytes: 4294967296
-      disks:
-        - {source_disk: vda, display_name: root, size_bytes: 21474836480}
-      nics:
-        - source_mac: 52:54:00:12:34:56
-          l3_network: l3Networks/lan
-      firmware: FIRMWARE_UEFI
-    options:
-      compression: COMPRESSION_ZSTD
-      auto_start: false
-`
-
-const jsonPlan = `{"source": "sources/kvm-src", "migration_server": "migrationServers/kvm-1",
- "request_id": "plan-2024-06-01",
- "jobs": [{"source_vm": "web-1", "target": {"vm_name": "web-1", "cluster": "clusters/prod",
-   "primary_storage": "primaryStorages/local-1", "cpus": 2, "memory_bytes": "4294967296",
-   "disks": [{"source_disk": "vda", "display_name": "root", "size_bytes": 21474836480}],
-   "nics": [{"source_mac": "52:54:00:12:34:56", "l3_network": "l3Networks/lan"}],
-   "firmware": "FIRMWARE_UEFI"},
-  "options": {"compression": "COMPRESSION_ZSTD", "auto_start": false}}]}`
-
-func wantPlan() *ferryv1.CreateMigrationJobsRequest {
-	return &ferryv1.CreateMigrationJobsRequest{
-		Source: "sources/kvm-src", MigrationServer: "migrationServers/kvm-1", RequestId: "plan-2024-06-01",
-		Jobs: []*ferryv1.MigrationJobSpec{{
-			SourceVm: "web-1",
-			Target: &ferryv1.TargetVm{
-				VmName: "web-1", Cluster: "clusters/prod", PrimaryStorage: "primaryStorages/local-1", Cpus: 2, MemoryBytes: 4 << 30,
-				Disks:    []*ferryv1.TargetDisk{{SourceDisk: "vda", DisplayName: "root", SizeBytes: 20 << 30}},
-				Nics:     []*ferryv1.TargetNic{{SourceMac: "52:54:00:12:34:56", L3Network: "l3Networks/lan"}},
-				Firmware: ferryv1.Firmware_FIRMWARE_UEFI,
-			},
-			Options: &ferryv1.MigrationOptions{Compression: ferryv1.Compression_COMPRESSION_ZSTD, AutoStart: proto.Bool(false)},
-		}},
+// planFixture reads pkg/plan's test plan (testdata/plan.yaml or
+// plan.json) and the request it stands for, as pkg/plan's tests check it.
+func planFixture(t *testing.T, name string) (string, *ferryv1.CreateMigrationJobsRequest) {
+	t.Helper()
+	b, err := os.ReadFile(filepath.Join("..", "..", "..", "pkg", "plan", "testdata", name))
+	if err != nil {
+		t.Fatal(err)
 	}
+	want, err := plan.Parse(b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(b), want
 }
 
 func TestParseNICAndDisk(t *testing.T) {
@@ -86,6 +54,8 @@ func TestParseNICAndDisk(t *testing.T) {
 }
 
 func TestJobRequestFromFlagsAndPlan(t *testing.T) {
+	jsonPlan, want := planFixture(t, "plan.json")
+	yamlPlan, _ := planFixture(t, "plan.yaml")
 	a := &app{io: IO{In: strings.NewReader(jsonPlan)}}
 	jf := &jobFlags{
 		source: "kvm-src", server: "kvm-1", vm: "web-1", cluster: "prod", store: "local-1", cpus: 2, memory: "4GiB",
@@ -100,8 +70,8 @@ func TestJobRequestFromFlagsAndPlan(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !proto.Equal(fromFlags, wantPlan()) {
-		t.Fatalf("from flags = %v\nwant %v", fromFlags, wantPlan())
+	if !proto.Equal(fromFlags, want) {
+		t.Fatalf("from flags = %v\nwant %v", fromFlags, want)
 	}
 
 	path := filepath.Join(t.TempDir(), "plan.yaml")
@@ -110,7 +80,7 @@ func TestJobRequestFromFlagsAndPlan(t *testing.T) {
 	}
 	for _, file := range []string{path, "-"} {
 		got, err := a.jobRequest(&jobFlags{planFile: file})
-		if err != nil || !proto.Equal(got, wantPlan()) {
+		if err != nil || !proto.Equal(got, want) {
 			t.Fatalf("plan %s = %v, %v", file, got, err)
 		}
 	}
@@ -123,6 +93,7 @@ func TestJobRequestFromFlagsAndPlan(t *testing.T) {
 func TestRequestIDGenerated(t *testing.T) {
 	dir := t.TempDir()
 	path := filepath.Join(dir, "plan.yaml")
+	yamlPlan, _ := planFixture(t, "plan.yaml")
 	plan := strings.Replace(yamlPlan, "request_id: plan-2024-06-01\n", "", 1)
 	if err := os.WriteFile(path, []byte(plan), 0o600); err != nil {
 		t.Fatal(err)
