@@ -21,6 +21,7 @@ import (
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/ferry-v2v/ferry/agent/internal/backoff"
 	"github.com/ferry-v2v/ferry/pkg/grpcutil"
 	agentv1 "github.com/ferry-v2v/ferry/pkg/pb/ferry/agent/v1"
 	ferryv1 "github.com/ferry-v2v/ferry/pkg/pb/ferry/v1"
@@ -159,7 +160,7 @@ func (c *Client) Run(ctx context.Context) error {
 
 // connectLoop holds sessions one after the other.
 func (c *Client) connectLoop(ctx context.Context) {
-	backoff, next, redirects := c.cfg.BackoffMin, 0, 0
+	wait, next, redirects := c.cfg.BackoffMin, 0, 0
 	hint := ""
 	for ctx.Err() == nil {
 		addr := hint
@@ -173,7 +174,7 @@ func (c *Client) connectLoop(ctx context.Context) {
 			return
 		}
 		if welcomed {
-			backoff, redirects = c.cfg.BackoffMin, 0
+			wait, redirects = c.cfg.BackoffMin, 0
 		}
 		if leader, ok := grpcutil.LeaderFromError(err); ok && leader != addr && redirects < maxRedirects {
 			c.log.Info("following the leader", "from", addr, "leader", leader)
@@ -182,22 +183,11 @@ func (c *Client) connectLoop(ctx context.Context) {
 			continue
 		}
 		redirects = 0
-		c.log.Info("session ended; reconnecting", "coordinator", addr, "err", err, "backoff", backoff)
-		if !sleep(ctx, backoff/2+rand.N(backoff/2+1)) {
+		c.log.Info("session ended; reconnecting", "coordinator", addr, "err", err, "backoff", wait)
+		if !backoff.Sleep(ctx, wait/2+rand.N(wait/2+1)) {
 			return
 		}
-		backoff = min(2*backoff, c.cfg.BackoffMax)
-	}
-}
-
-func sleep(ctx context.Context, d time.Duration) bool {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-		return false
-	case <-t.C:
-		return true
+		wait = min(2*wait, c.cfg.BackoffMax)
 	}
 }
 

@@ -98,14 +98,9 @@ func (a *app) jobCreate() *cobra.Command {
 		Args:    noArgs,
 		PreRunE: jf.preRun,
 		RunE: a.run(func(ctx context.Context, cl *client.Client, _ []string) error {
-			req, err := a.jobRequest(jf)
+			req, err := a.batchRequest(ctx, cl, jf)
 			if err != nil {
 				return err
-			}
-			if jf.fills() {
-				if err := fillFromSource(ctx, cl, req, resName("l3Networks", jf.network)); err != nil {
-					return err
-				}
 			}
 			p, err := a.previewAndConfirm(ctx, cl, req, yes)
 			if err != nil {
@@ -303,4 +298,20 @@ func (a *app) showCreatedJobs(resp *ferryv1.CreateMigrationJobsResponse) error {
 		rows = append(rows, []string{j.GetName(), j.GetSourceVm(), j.GetTarget().GetVmName(), jobState(j), jobProgress(j)})
 	}
 	return a.showList(resp, []string{"NAME", "SOURCE VM", "TARGET VM", "STATE", "PROGRESS"}, rows, "")
+}
+
+// batchRequest is the request of 'job create' and 'job preview': from the
+// plan file or the flags, with the VM's shape read from the source when
+// the flags leave it out.
+func (a *app) batchRequest(ctx context.Context, cl *client.Client, jf *jobFlags) (*ferryv1.CreateMigrationJobsRequest, error) {
+	req, err := a.jobRequest(jf)
+	if err != nil {
+		return nil, err
+	}
+	if jf.fills() {
+		if err := fillFromSource(ctx, cl, req, resName("l3Networks", jf.network)); err != nil {
+			return nil, err
+		}
+	}
+	return req, nil
 }

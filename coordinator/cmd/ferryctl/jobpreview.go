@@ -37,14 +37,9 @@ files of 'job create'.`,
 		Args:    noArgs,
 		PreRunE: jf.preRun,
 		RunE: a.run(func(ctx context.Context, cl *client.Client, _ []string) error {
-			req, err := a.jobRequest(jf)
+			req, err := a.batchRequest(ctx, cl, jf)
 			if err != nil {
 				return err
-			}
-			if jf.fills() {
-				if err := fillFromSource(ctx, cl, req, resName("l3Networks", jf.network)); err != nil {
-					return err
-				}
 			}
 			p, err := cl.Jobs().PreviewMigrationJobs(ctx, previewRequest(req))
 			if err != nil {

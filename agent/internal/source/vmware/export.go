@@ -111,42 +111,13 @@ func (c *Conn) removeSnapshot(ctx context.Context, snap types.ManagedObjectRefer
 // Timeout is how long the lease lives without a progress update.
 func (e *Export) Timeout() time.Duration { return time.Duration(e.info.LeaseTimeout) * time.Second }
 
-// UpdateInterval is how often KeepAlive updates the lease: configured,
+// UpdateInterval is how often the lease is told the progress: configured,
 // or a fifth of the lease's timeout, from a second to a minute.
 func (e *Export) UpdateInterval() time.Duration {
 	if iv := e.conn.cfg.LeaseUpdateInterval; iv > 0 {
 		return iv
 	}
 	return min(max(e.Timeout()/5, time.Second), time.Minute)
-}
-
-// KeepAlive tells the lease the percent done, from percent, every
-// UpdateInterval until ctx ends; it fails after three updates in a row
-// fail, as the lease is then lost.
-func (e *Export) KeepAlive(ctx context.Context, percent func() int32) error {
-	t := time.NewTicker(e.UpdateInterval())
-	defer t.Stop()
-	failures := 0
-	for {
-		select {
-		case <-ctx.Done():
-			return nil
-		case <-t.C:
-		}
-		err := e.lease.Progress(ctx, percent())
-		switch {
-		case err == nil:
-			failures = 0
-		case ctx.Err() != nil:
-			return nil
-		default:
-			failures++
-			e.log.Warn("export lease progress update failed", "err", err, "failures", failures)
-			if failures >= 3 {
-				return fmt.Errorf("%w: keep the lease alive: %w", ErrExport, err)
-			}
-		}
-	}
 }
 
 // Release completes the lease when cause is nil, aborts it with cause
