@@ -13,7 +13,7 @@ INTEGRATION_TIMEOUT ?= 40m
 BENCHTIME ?= 1s
 BENCH ?= .
 
-.PHONY: all help build generate lint-proto check check-tidy deps test unit fuzz-short test-integration bench demo clean
+.PHONY: all help build build-deps generate lint-proto check check-tidy deps test unit fuzz-short test-integration bench demo clean
 
 all: build
 
@@ -21,8 +21,8 @@ all: build
 help:
 	@sed -n 's/^## //p' $(firstword $(MAKEFILE_LIST))
 
-## build: the three binaries into bin/
-build:
+## build: the three binaries into bin/ (installs what cgo needs first: scripts/deps.sh build)
+build: build-deps
 	@pkgs=(); for d in coordinator/cmd agent/cmd; do if [[ -d $$d ]]; then pkgs+=("./$$d/..."); fi; done; \
 	mains=(); if (( $${#pkgs[@]} > 0 )); then \
 		mains=($$($(GO) list -e -f '{{if eq .Name "main"}}{{.ImportPath}}{{end}}' "$${pkgs[@]}" 2>/dev/null)); fi; \
@@ -30,6 +30,10 @@ build:
 	mkdir -p $(BIN); \
 	echo "$(GO) build -o $(BIN)/ $${mains[*]}"; \
 	$(GO) build -o $(BIN)/ "$${mains[@]}"
+
+# build-deps: Go, gcc and libvirt's headers for cgo; a no-op where they are.
+build-deps:
+	@scripts/deps.sh build
 
 ## generate: Go code from proto/ into pkg/pb (stale files removed)
 generate:
@@ -40,7 +44,7 @@ lint-proto:
 	$(GO) tool buf lint
 
 ## check: buf lint, go.mod/go.sum tidy, generated-code drift, gofmt, go vet
-check: lint-proto check-tidy
+check: build-deps lint-proto check-tidy
 	@echo "check: generated code"; \
 	tmp=$$(mktemp -d); trap 'rm -rf "$$tmp"' EXIT; \
 	$(GO) tool buf generate -o "$$tmp"; \
@@ -76,7 +80,7 @@ test:
 	$(MAKE) test-integration
 
 ## unit: go test ./...
-unit:
+unit: build-deps
 	$(GO) test -count=1 -timeout $(UNIT_TIMEOUT) ./...
 
 ## fuzz-short: every fuzz target of FUZZ_PKGS for FUZZTIME each
@@ -107,8 +111,8 @@ bench:
 		$(GO) test -run '^$$' -bench '$(BENCH)' -benchtime 1x -count=1 -timeout 20m ./coordinator/internal/bench; \
 	} | tee $(BIN)/bench.txt
 
-## demo: a one-node coordinator and an agent on this machine
-demo: build
+## demo: a real migration on this machine (installs what it needs, builds, runs scripts/demo.sh)
+demo:
 	scripts/demo.sh
 
 ## clean: remove bin/

@@ -53,9 +53,10 @@ if [[ $(id -u) -ne 0 ]]; then
 	exit 1
 fi
 
-say "Installing what the demo needs (idempotent)"
-scripts/deps.sh
-[[ -x $BIN/ferryctl && -x $BIN/ferry-agent && -x $BIN/ferry-coordinator ]] || make build
+say "Installing what the demo needs (idempotent), then building"
+scripts/deps.sh demo
+export PATH=$PATH:/usr/local/go/bin
+make --no-print-directory build
 export LIBVIRT_DEFAULT_URI=qemu:///system
 scripts/start-libvirtd.sh
 
