@@ -13,7 +13,7 @@ INTEGRATION_TIMEOUT ?= 40m
 BENCHTIME ?= 1s
 BENCH ?= .
 
-.PHONY: all help build build-deps generate lint-proto check check-tidy deps test unit fuzz-short test-integration bench demo clean
+.PHONY: all help build build-deps generate lint-proto check check-files check-tidy deps test unit fuzz-short test-integration bench demo clean
 
 all: build
 
@@ -43,8 +43,8 @@ generate:
 lint-proto:
 	$(GO) tool buf lint
 
-## check: buf lint, go.mod/go.sum tidy, generated-code drift, gofmt, go vet
-check: build-deps lint-proto check-tidy
+## check: tracked files, buf lint, go.mod/go.sum tidy, generated-code drift, gofmt, go vet
+check: check-files build-deps lint-proto check-tidy
 	@echo "check: generated code"; \
 	tmp=$$(mktemp -d); trap 'rm -rf "$$tmp"' EXIT; \
 	$(GO) tool buf generate -o "$$tmp"; \
@@ -55,6 +55,24 @@ check: build-deps lint-proto check-tidy
 	if [[ -n "$$bad" ]]; then echo "check: not gofmt-ed (run gofmt -w):" >&2; echo "$$bad" >&2; exit 1; fi
 	@echo "check: go vet"; \
 	$(GO) vet ./...
+
+## check-files: no tracked executable binary (ELF, Mach-O, PE, ar) nor file over 1 MiB, but for .ci/allowed-files
+MAX_FILE_BYTES := 1048576
+check-files:
+	@echo "check: tracked files"; \
+	allow=(); while read -r a _; do [[ -z $$a || $$a == \#* ]] || allow+=("$$a"); done <.ci/allowed-files; \
+	bad=0; \
+	while IFS=' ' read -r -d '' size f; do \
+		for a in "$${allow[@]}"; do if [[ $$f == $$a ]]; then continue 2; fi; done; \
+		if (( size > $(MAX_FILE_BYTES) )); then \
+			echo "check: $$f is $$size bytes, over 1 MiB" >&2; bad=1; fi; \
+		magic=; LC_ALL=C read -r -n 4 -d '' magic <"$$f" || true; \
+		case $$magic in \
+		$$'\x7fELF'*) kind=ELF ;; $$'\xfe\xed\xfa'* | $$'\xce\xfa\xed\xfe' | $$'\xcf\xfa\xed\xfe') kind=Mach-O ;; \
+		MZ*) kind=PE ;; '!<ar') kind='ar archive' ;; *) kind= ;; esac; \
+		if [[ -n $$kind ]]; then echo "check: $$f is an executable binary ($$kind)" >&2; bad=1; fi; \
+	done < <(git ls-files -z | xargs -0 -r stat --printf '%s %n\0' 2>/dev/null); \
+	if (( bad )); then echo "check: build output and large files stay out of git (git rm --cached them; test data that must be tracked goes in .ci/allowed-files)" >&2; exit 1; fi
 
 ## check-tidy: go.mod and go.sum are what go mod tidy writes (see scripts/tidy-diff.awk)
 check-tidy:
