@@ -71,7 +71,9 @@ if ((${#missing[@]} > 0)); then
 	sudo=()
 	if [[ $(id -u) -ne 0 ]]; then
 		if ! command -v sudo >/dev/null || ! sudo -n true 2>/dev/null; then
-			echo "deps: missing Debian packages ${missing[*]}; run 'sudo scripts/deps.sh${1:+ $1}' (or this as root) first" >&2
+			run="'scripts/deps.sh${1:+ $1}' as root"
+			if command -v sudo >/dev/null; then run="'sudo scripts/deps.sh${1:+ $1}'"; fi
+			echo "deps: missing Debian packages ${missing[*]}; run $run first" >&2
 			exit 1
 		fi
 		sudo=(sudo -n)
