@@ -89,7 +89,7 @@ check-tidy:
 deps:
 	scripts/deps.sh
 
-## test: deps, check, unit tests, integration tests (what CI runs)
+## test: deps, check, unit tests, short fuzzing, integration tests (what CI runs)
 test:
 	$(MAKE) deps
 	$(MAKE) check
