@@ -24,6 +24,7 @@ import (
 	"io/fs"
 	"math/big"
 	"net"
+	"net/url"
 	"os"
 	"path/filepath"
 	"slices"
@@ -86,9 +87,9 @@ func InitPKI(dir string, opts Options) error {
 		return fmt.Errorf("init pki %s: %w", dir, err)
 	}
 	leaves := []leafSpec{
-		{RoleCoordinator, CoordinatorCommonName, []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth}, true},
-		{RoleAgent, AgentCommonName, []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}, false},
-		{RoleClient, ClientCommonName, []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}, false},
+		{RoleCoordinator, CoordinatorCommonName, []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth}, true, Identity{RoleIDCoordinator, CoordinatorCommonName}},
+		{RoleAgent, AgentCommonName, []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}, false, Identity{RoleIDAgent, AgentCommonName}},
+		{RoleClient, ClientCommonName, []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}, false, Identity{RoleIDOperator, ClientCommonName}},
 	}
 	var missing []leafSpec
 	for _, l := range leaves {
@@ -127,6 +128,7 @@ type leafSpec struct {
 	cn     string
 	usage  []x509.ExtKeyUsage
 	server bool
+	id     Identity
 }
 
 type authority struct {
@@ -228,6 +230,9 @@ func (ca *authority) issue(dir string, l leafSpec, opts Options) error {
 	tmpl.ExtKeyUsage = l.usage
 	if l.server {
 		tmpl.DNSNames, tmpl.IPAddresses = sans(opts.Hosts)
+	}
+	if l.id.Role != "" {
+		tmpl.URIs = []*url.URL{l.id.URI()}
 	}
 	if tmpl.NotAfter.After(ca.cert.NotAfter) {
 		tmpl.NotAfter = ca.cert.NotAfter

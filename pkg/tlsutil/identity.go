@@ -1,0 +1,80 @@
+package tlsutil
+
+import (
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"net/url"
+	"strings"
+)
+
+// IdentityScheme is the URI scheme of the subject alternative name that binds
+// a certificate to a Ferry identity: ferry://ROLE/NAME.
+const IdentityScheme = "ferry"
+
+// Role is what a certificate may do in a Ferry install.
+type Role string
+
+// The roles a certificate can carry.
+const (
+	// RoleIDCoordinator is a coordinator node: Raft peer and server of the API.
+	RoleIDCoordinator Role = "coordinator"
+	// RoleIDAgent is the agent of one target host; its name is the host's.
+	RoleIDAgent Role = "agent"
+	// RoleIDOperator is a person or service that may read and change everything.
+	RoleIDOperator Role = "operator"
+	// RoleIDViewer may only read.
+	RoleIDViewer Role = "viewer"
+)
+
+// Valid reports whether r is one of the four roles.
+func (r Role) Valid() bool {
+	switch r {
+	case RoleIDCoordinator, RoleIDAgent, RoleIDOperator, RoleIDViewer:
+		return true
+	}
+	return false
+}
+
+// Identity is the role and name a certificate is bound to.
+type Identity struct {
+	Role Role
+	Name string
+}
+
+// String is the identity's URI, ferry://ROLE/NAME.
+func (id Identity) String() string { return id.URI().String() }
+
+// URI returns the subject alternative name that carries the identity.
+func (id Identity) URI() *url.URL {
+	return &url.URL{Scheme: IdentityScheme, Host: string(id.Role), Path: "/" + id.Name}
+}
+
+// ErrNoIdentity reports a certificate without exactly one valid
+// ferry://ROLE/NAME subject alternative name.
+var ErrNoIdentity = errors.New("tlsutil: certificate carries no Ferry identity")
+
+// IdentityFromCert returns the identity a (verified) certificate is bound to:
+// its one URI SAN ferry://ROLE/NAME with a known role and a non-empty name.
+// A certificate with none, or with more than one, has no identity.
+func IdentityFromCert(cert *x509.Certificate) (Identity, error) {
+	var found []Identity
+	for _, u := range cert.URIs {
+		if u.Scheme != IdentityScheme {
+			continue
+		}
+		id := Identity{Role: Role(u.Host), Name: strings.TrimPrefix(u.Path, "/")}
+		if !id.Role.Valid() || id.Name == "" || strings.Contains(id.Name, "/") || u.RawQuery != "" || u.Fragment != "" || u.User != nil {
+			return Identity{}, fmt.Errorf("%w: malformed %q", ErrNoIdentity, u.String())
+		}
+		found = append(found, id)
+	}
+	switch len(found) {
+	case 0:
+		return Identity{}, ErrNoIdentity
+	case 1:
+		return found[0], nil
+	default:
+		return Identity{}, fmt.Errorf("%w: %d identities", ErrNoIdentity, len(found))
+	}
+}
