@@ -63,9 +63,9 @@ func IdentityFromCert(cert *x509.Certificate) (Identity, error) {
 		if u.Scheme != IdentityScheme {
 			continue
 		}
-		id := Identity{Role: Role(u.Host), Name: strings.TrimPrefix(u.Path, "/")}
-		if !id.Role.Valid() || id.Name == "" || strings.Contains(id.Name, "/") || u.RawQuery != "" || u.Fragment != "" || u.User != nil {
-			return Identity{}, fmt.Errorf("%w: malformed %q", ErrNoIdentity, u.String())
+		id, err := identityFromURI(u)
+		if err != nil {
+			return Identity{}, err
 		}
 		found = append(found, id)
 	}
@@ -78,3 +78,25 @@ func IdentityFromCert(cert *x509.Certificate) (Identity, error) {
 		return Identity{}, fmt.Errorf("%w: %d identities", ErrNoIdentity, len(found))
 	}
 }
+
+// ParseIdentity parses an identity URI, ferry://ROLE/NAME, as String
+// writes it.
+func ParseIdentity(s string) (Identity, error) {
+	u, err := url.Parse(s)
+	if err != nil || u.Scheme != IdentityScheme {
+		return Identity{}, fmt.Errorf("%w: malformed %q", ErrNoIdentity, s)
+	}
+	return identityFromURI(u)
+}
+
+func identityFromURI(u *url.URL) (Identity, error) {
+	id := Identity{Role: Role(u.Host), Name: strings.TrimPrefix(u.Path, "/")}
+	if !id.Role.Valid() || id.Name == "" || strings.Contains(id.Name, "/") || u.RawQuery != "" || u.Fragment != "" || u.User != nil || u.Opaque != "" {
+		return Identity{}, fmt.Errorf("%w: malformed %q", ErrNoIdentity, u.String())
+	}
+	return id, nil
+}
+
+// SerialString is how Ferry writes a certificate's serial number: lower-case
+// hexadecimal without leading zeros, as the revocation list keeps it.
+func SerialString(cert *x509.Certificate) string { return cert.SerialNumber.Text(16) }

@@ -42,15 +42,17 @@ func TestIdentityFromCert(t *testing.T) {
 
 func TestInitPKIBindsIdentities(t *testing.T) {
 	dir := t.TempDir()
-	if err := InitPKI(dir, Options{}); err != nil {
+	if err := InitPKI(dir, Options{Agents: []string{"kvm-1"}}); err != nil {
 		t.Fatal(err)
 	}
-	for role, want := range map[string]Identity{
-		RoleCoordinator: {RoleIDCoordinator, CoordinatorCommonName},
-		RoleAgent:       {RoleIDAgent, AgentCommonName},
-		RoleClient:      {RoleIDOperator, ClientCommonName},
+	for _, want := range []Identity{
+		{RoleIDCoordinator, CoordinatorCommonName},
+		{RoleIDAgent, "kvm-1"},
+		{RoleIDOperator, ClientCommonName},
 	} {
-		pair, err := loadPair(filepath.Join(dir, role+".crt"), filepath.Join(dir, role+".key"))
+		role := PairName(want.Role)
+		sub := filepath.Join(dir, IdentityDir(want))
+		pair, err := loadPair(filepath.Join(sub, role+".crt"), filepath.Join(sub, role+".key"))
 		if err != nil {
 			t.Fatal(err)
 		}

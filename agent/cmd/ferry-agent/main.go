@@ -57,7 +57,7 @@ func parseFlags(args []string, stderr io.Writer) (config.Config, slog.Level, err
 	fs.StringVar(&cfg.DataDir, "data-dir", "./ferry-agent-data", "directory for the agent's state and job caches")
 	fs.StringVar(&cfg.Cluster, "cluster", "", "target cluster of this host, clusters/NAME or NAME")
 	fs.StringVar(&cfg.CachePath, "cache-path", "", "absolute path on the cache disk, reported as cache facts")
-	fs.StringVar(&cfg.TLSDir, "tls-dir", "", "PKI directory with ca.crt, agent.crt and agent.key")
+	fs.StringVar(&cfg.TLSDir, "tls-dir", "", "this host's certificate directory (ca.crt, agent.crt, agent.key; from 'ferry-coordinator tls issue --role agent --host HOST'), or a PKI root holding agents/HOST")
 	fs.StringVar(&cfg.CAFile, "ca", "", "CA certificate file (with --cert and --key)")
 	fs.StringVar(&cfg.CertFile, "cert", "", "agent certificate file")
 	fs.StringVar(&cfg.KeyFile, "key", "", "agent private key file")

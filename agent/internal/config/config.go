@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"os"
 	"path/filepath"
 	"strings"
 	"time"
@@ -13,6 +14,7 @@ import (
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
 
+	"github.com/ferry-v2v/ferry/pkg/hostname"
 	"github.com/ferry-v2v/ferry/pkg/tlsutil"
 )
 
@@ -31,7 +33,8 @@ type Config struct {
 	// CachePath is the directory whose disk is reported as the cache disk
 	// (optional; a migration server's agent needs it to be scheduled).
 	CachePath string
-	// TLS: either TLSDir (ca.crt, agent.crt, agent.key), or the three
+	// TLS: either TLSDir (ca.crt, agent.crt, agent.key, or a PKI root
+	// holding agents/HostName), or the three
 	// files, or Insecure for plaintext.
 	TLSDir   string
 	CAFile   string
@@ -79,8 +82,8 @@ func (c *Config) Validate() error {
 			errs = append(errs, fmt.Errorf("--coordinator: %q is not host:port: %w", a, err))
 		}
 	}
-	if c.HostName == "" || strings.ContainsAny(c.HostName, "/ \t") {
-		errs = append(errs, fmt.Errorf("--host-name: %q must be non-empty without slashes or spaces", c.HostName))
+	if err := hostname.Validate(c.HostName); err != nil {
+		errs = append(errs, fmt.Errorf("--host-name: %w", err))
 	}
 	if c.DataDir == "" {
 		errs = append(errs, errors.New("--data-dir: required"))
@@ -119,8 +122,21 @@ func (c *Config) TransportCredentials() (credentials.TransportCredentials, error
 	case c.Insecure:
 		return insecure.NewCredentials(), nil
 	case c.TLSDir != "":
-		return tlsutil.ClientCredentialsFromDir(c.TLSDir, tlsutil.RoleAgent)
+		return tlsutil.ClientCredentialsFromDir(c.agentDir(), tlsutil.RoleAgent)
 	default:
 		return tlsutil.ClientCredentials(c.CAFile, c.CertFile, c.KeyFile)
 	}
+}
+
+// agentDir is the directory of this host's agent certificate: --tls-dir
+// itself, or its agents/HOST directory when --tls-dir is a PKI root.
+func (c *Config) agentDir() string {
+	if _, err := os.Stat(filepath.Join(c.TLSDir, tlsutil.AgentCertFile)); err == nil {
+		return c.TLSDir
+	}
+	sub := filepath.Join(c.TLSDir, tlsutil.AgentsDir, c.HostName)
+	if _, err := os.Stat(filepath.Join(sub, tlsutil.AgentCertFile)); err == nil {
+		return sub
+	}
+	return c.TLSDir
 }

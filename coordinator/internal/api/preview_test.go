@@ -15,7 +15,6 @@ import (
 	"github.com/ferry-v2v/ferry/agent/agenttest"
 	"github.com/ferry-v2v/ferry/coordinator/internal/testcluster"
 	ferryv1 "github.com/ferry-v2v/ferry/pkg/pb/ferry/v1"
-	"github.com/ferry-v2v/ferry/pkg/tlsutil"
 )
 
 // previewWorld is a vmwareWorld with a target cluster c1 of two agents
@@ -47,10 +46,6 @@ func newPreviewWorld(t *testing.T) *previewWorld {
 		Bridge: "br0", IpRangeStart: "10.0.0.10", IpRangeEnd: "10.0.0.14", Gateway: "10.0.0.1", PrefixLength: 24}}); err != nil {
 		t.Fatal(err)
 	}
-	creds, err := tlsutil.ClientCredentialsFromDir(w.c.TLSDir, tlsutil.RoleAgent)
-	if err != nil {
-		t.Fatal(err)
-	}
 	var addrs []string
 	for _, n := range w.c.Nodes() {
 		addrs = append(addrs, n.Addr())
@@ -59,7 +54,7 @@ func newPreviewWorld(t *testing.T) *previewWorld {
 		"kvm-a": {Cpus: 4, MemoryBytes: 2 << 30, MemoryAvailableBytes: 1 << 30},
 		"kvm-b": {Cpus: 2, MemoryBytes: 1 << 30, MemoryAvailableBytes: 512 << 20},
 	} {
-		agenttest.Start(t, agenttest.Options{Coordinators: addrs, HostName: name, Cluster: "c1", Credentials: creds, Facts: f,
+		agenttest.Start(t, agenttest.Options{Coordinators: addrs, HostName: name, Cluster: "c1", Credentials: w.c.AgentCredentials(name), Facts: f,
 			Logger: testcluster.Logger(t)})
 	}
 	testcluster.Eventually(t, 15*time.Second, "the first sync is recorded", func() bool {

@@ -16,7 +16,6 @@ import (
 	"github.com/ferry-v2v/ferry/agent/agenttest"
 	"github.com/ferry-v2v/ferry/coordinator/internal/testcluster"
 	ferryv1 "github.com/ferry-v2v/ferry/pkg/pb/ferry/v1"
-	"github.com/ferry-v2v/ferry/pkg/tlsutil"
 )
 
 // seedTarget creates a target cluster with NFS storage and a network.
@@ -78,7 +77,7 @@ func TestVMwarePrechecks(t *testing.T) {
 	w := newVMwareWorld(t, 1, nil)
 	ctx := testcluster.Ctx(t, 90*time.Second)
 	w.seedTarget(ctx)
-	creds, _ := tlsutil.ClientCredentialsFromDir(w.c.TLSDir, tlsutil.RoleAgent)
+	creds := w.c.AgentCredentials("kvm1")
 	agenttest.Start(t, agenttest.Options{Coordinators: []string{w.c.Nodes()[0].Addr()}, HostName: "kvm1", Credentials: creds})
 	testcluster.Eventually(t, 10*time.Second, "the kvm agent registers", func() bool {
 		_, err := w.cl.Inventory().GetHost(ctx, &ferryv1.GetHostRequest{Name: "hosts/kvm1"})

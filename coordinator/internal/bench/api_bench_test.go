@@ -34,7 +34,7 @@ func BenchmarkCreateMigrationJobs50(b *testing.B) {
 	api := newAPI(c.Dial(leader.Addr()))
 	seedInventory(b, api)
 	ctx := testcluster.Ctx(b, 5*time.Minute)
-	if err := registerHost(ctx, c.DialAgent(leader.Addr()), "bench-host"); err != nil {
+	if err := registerHost(ctx, c.DialAgent(leader.Addr(), "bench-host"), "bench-host"); err != nil {
 		b.Fatal(err)
 	}
 	if err := createServer(ctx, api, "migrationServers/bench", "hosts/bench-host"); err != nil {

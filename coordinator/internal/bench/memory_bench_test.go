@@ -8,7 +8,6 @@ import (
 	"time"
 
 	ferryv1 "github.com/ferry-v2v/ferry/pkg/pb/ferry/v1"
-	"github.com/ferry-v2v/ferry/pkg/tlsutil"
 )
 
 const (
@@ -24,7 +23,7 @@ const (
 func BenchmarkMemory(b *testing.B) {
 	bin := buildBinaries(b)
 	co := startCoordinator(b, bin)
-	api := newAPI(co.dial(b, tlsutil.RoleClient))
+	api := newAPI(co.dial(b))
 	seedInventory(b, api)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
 	defer cancel()
@@ -57,7 +56,7 @@ func BenchmarkMemory(b *testing.B) {
 // server that is disabled so none starts.
 func fillLedger(ctx context.Context, b *testing.B, co *coordinator, api *apiClients) {
 	b.Helper()
-	if err := registerHost(ctx, co.dial(b, tlsutil.RoleAgent), "mem-host"); err != nil {
+	if err := registerHost(ctx, co.dialAgent(b, "mem-host"), "mem-host"); err != nil {
 		b.Fatal(err)
 	}
 	if err := createServer(ctx, api, "migrationServers/mem", "hosts/mem-host"); err != nil {

@@ -107,14 +107,30 @@ func startCoordinator(b *testing.B, binDir string) *coordinator {
 		}
 		return c.addr != ""
 	})
-	waitLeader(b, newAPI(c.dial(b, tlsutil.RoleClient)), 30*time.Second)
+	waitLeader(b, newAPI(c.dial(b)), 30*time.Second)
 	return c
 }
 
-// dial connects to the coordinator with the certificate of role.
-func (c *coordinator) dial(b *testing.B, role string) *grpc.ClientConn {
+// dial connects to the coordinator with the operator certificate.
+func (c *coordinator) dial(b *testing.B) *grpc.ClientConn {
 	b.Helper()
-	creds, err := tlsutil.ClientCredentialsFromDir(c.tlsDir, role)
+	return c.dialAs(b, tlsutil.DefaultOperator)
+}
+
+// dialAgent connects to the coordinator as host's agent (its certificate
+// issued on first use).
+func (c *coordinator) dialAgent(b *testing.B, host string) *grpc.ClientConn {
+	b.Helper()
+	return c.dialAs(b, tlsutil.Identity{Role: tlsutil.RoleIDAgent, Name: host})
+}
+
+func (c *coordinator) dialAs(b *testing.B, id tlsutil.Identity) *grpc.ClientConn {
+	b.Helper()
+	dir, _, err := tlsutil.Issue(c.tlsDir, id, tlsutil.Options{})
+	if err != nil {
+		b.Fatal(err)
+	}
+	creds, err := tlsutil.ClientCredentialsFromDir(dir, tlsutil.PairName(id.Role))
 	if err != nil {
 		b.Fatal(err)
 	}

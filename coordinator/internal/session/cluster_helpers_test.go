@@ -7,7 +7,6 @@ import (
 	"time"
 
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials"
 
 	"github.com/ferry-v2v/ferry/agent/agenttest"
 	"github.com/ferry-v2v/ferry/coordinator/internal/api"
@@ -16,7 +15,6 @@ import (
 	"github.com/ferry-v2v/ferry/pkg/client"
 	agentv1 "github.com/ferry-v2v/ferry/pkg/pb/ferry/agent/v1"
 	ferryv1 "github.com/ferry-v2v/ferry/pkg/pb/ferry/v1"
-	"github.com/ferry-v2v/ferry/pkg/tlsutil"
 )
 
 const gib = int64(1) << 30
@@ -79,15 +77,6 @@ func (g *gates) copier() agenttest.Copier {
 		}
 		return nil
 	}
-}
-
-func agentCreds(t *testing.T, c *testcluster.Cluster) credentials.TransportCredentials {
-	t.Helper()
-	creds, err := tlsutil.ClientCredentialsFromDir(c.TLSDir, tlsutil.RoleAgent)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return creds
 }
 
 func apiClient(t *testing.T, c *testcluster.Cluster) *client.Client {
