@@ -51,6 +51,7 @@ type Ledger struct {
 	nodes       map[string]*ledgerv1.Node
 	requests    map[string]*ledgerv1.RequestRecord
 	settings    *ferryv1.Settings
+	revoked     map[string]bool // revoked certificate serials
 
 	observer func(JobEvent)
 }
@@ -76,6 +77,7 @@ func (l *Ledger) reset() {
 	l.nodes = map[string]*ledgerv1.Node{}
 	l.requests = map[string]*ledgerv1.RequestRecord{}
 	l.settings = DefaultSettings()
+	l.revoked = map[string]bool{}
 }
 
 // DefaultSettings are the settings of a new ledger.

@@ -8,6 +8,7 @@ import (
 	"google.golang.org/grpc"
 
 	"github.com/ferry-v2v/ferry/coordinator/internal/api"
+	"github.com/ferry-v2v/ferry/coordinator/internal/authz"
 	"github.com/ferry-v2v/ferry/coordinator/internal/scheduler"
 	"github.com/ferry-v2v/ferry/coordinator/internal/session"
 	"github.com/ferry-v2v/ferry/pkg/grpcutil"
@@ -20,6 +21,7 @@ type parts struct {
 	api      *api.API
 	sessions *session.Manager
 	sched    *scheduler.Scheduler
+	authz    *authz.Authorizer // nil when calls are not authorized
 	unary    []grpc.UnaryServerInterceptor
 	stream   []grpc.StreamServerInterceptor
 }
@@ -35,11 +37,18 @@ func newParts(s *Server, sealer *seal.Sealer) parts {
 	sched := scheduler.New(scheduler.Config{}, scheduler.Deps{
 		Proposer: s.node, Ledger: s.ledger, Hub: s.hub, Agents: sessions, Logger: s.log,
 	})
-	return parts{
+	p := parts{
 		api: a, sessions: sessions, sched: sched,
 		unary:  []grpc.UnaryServerInterceptor{a.UnaryInterceptor()},
 		stream: []grpc.StreamServerInterceptor{agentLeaderTrailer(), a.StreamInterceptor()},
 	}
+	if !s.cfg.Insecure && !s.cfg.AuthorizationOff {
+		// First in the chain: a refused call reaches nothing else.
+		p.authz = authz.New(s.ledger, s.log)
+		p.unary = append([]grpc.UnaryServerInterceptor{p.authz.Unary()}, p.unary...)
+		p.stream = append([]grpc.StreamServerInterceptor{p.authz.Stream()}, p.stream...)
+	}
+	return p
 }
 
 func (p parts) register(s *grpc.Server) {
@@ -51,6 +60,9 @@ func (p parts) run(ctx context.Context, g *errgroup.Group) {
 	g.Go(func() error { return p.sessions.Run(ctx) })
 	g.Go(func() error { return p.sched.Run(ctx) })
 	g.Go(func() error { return p.api.RunInventorySync(ctx) })
+	if p.authz != nil {
+		g.Go(func() error { return p.authz.Run(ctx) })
+	}
 }
 
 // agentLeaderTrailer puts the leader's address in the ferry-leader trailer

@@ -264,3 +264,6 @@ func transportCredentials(cfg config.Config) (server, peer credentials.Transport
 	}
 	return server, peer, nil
 }
+
+// ServiceInfo lists the services and methods the node serves.
+func (s *Server) ServiceInfo() map[string]grpc.ServiceInfo { return s.grpc.GetServiceInfo() }
