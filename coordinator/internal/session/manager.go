@@ -15,6 +15,8 @@ import (
 	"sync"
 	"time"
 
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 
 	"github.com/ferry-v2v/ferry/coordinator/internal/fsm"
@@ -208,6 +210,9 @@ func (m *Manager) register(s *session, host string) error {
 	if err := s.ctx.Err(); err != nil {
 		return context.Cause(s.ctx)
 	}
+	if err := m.mayTakeLocked(s, host); err != nil {
+		return err
+	}
 	s.host = host
 	if old := m.sessions[s.host]; old != nil {
 		old.cancel(errReplaced)
@@ -215,6 +220,22 @@ func (m *Manager) register(s *session, host string) error {
 	m.sessions[s.host] = s
 	delete(m.gone, s.host)
 	return nil
+}
+
+// mayTake refuses s as host's session while host has a session of another
+// identity: a session is replaced only by its own agent reconnecting.
+func (m *Manager) mayTake(s *session, host string) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.mayTakeLocked(s, host)
+}
+
+func (m *Manager) mayTakeLocked(s *session, host string) error {
+	old := m.sessions[host]
+	if old == nil || old == s || (old.authed == s.authed && old.identity == s.identity) {
+		return nil
+	}
+	return status.Errorf(codes.PermissionDenied, "%s has a session of %s; %s cannot replace it", host, old.identity, s.identity)
 }
 
 // unregister forgets s if it is still its host's session, and reports so.
