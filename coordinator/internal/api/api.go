@@ -52,10 +52,12 @@ type Membership interface {
 	Stats() consensus.Stats
 }
 
-// Sealer seals credential secrets before they enter the log; *seal.Sealer
-// is one.
+// Sealer seals credential secrets before they enter the log and
+// fingerprints them with a key derived from the seal key; *seal.Sealer is
+// one.
 type Sealer interface {
 	Seal(plaintext, aad []byte) ([]byte, error)
+	Fingerprint(secret []byte) string
 }
 
 // Inventory asks an agent to read a source's inventory; *session.Manager

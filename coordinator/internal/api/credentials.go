@@ -2,8 +2,6 @@ package api
 
 import (
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
 	"errors"
 	"fmt"
 
@@ -45,8 +43,7 @@ func (s *sourceService) createCredential(ctx context.Context, req *ferryv1.Creat
 	if err := c.err(); err != nil {
 		return nil, err
 	}
-	sum := sha256.Sum256([]byte(in.GetSecret()))
-	cred.Fingerprint = hex.EncodeToString(sum[:])[:16]
+	cred.Fingerprint = s.a.sealer.Fingerprint([]byte(in.GetSecret()))
 	sealed, err := s.a.sealer.Seal([]byte(in.GetSecret()), []byte(cred.Name))
 	if err != nil {
 		return nil, fmt.Errorf("seal credential %s: %w", cred.Name, err)

@@ -590,8 +590,10 @@ type Credential struct {
 	Type        CredentialType `protobuf:"varint,3,opt,name=type,proto3,enum=ferry.v1.CredentialType" json:"type,omitempty"`
 	// Input only.
 	Secret string `protobuf:"bytes,4,opt,name=secret,proto3" json:"secret,omitempty"`
-	// Output only: a SHA-256 fingerprint prefix of the secret, to tell
-	// credentials apart without revealing them.
+	// Output only: 16 hex digits of HMAC-SHA256 of the secret under a key
+	// derived (HKDF) from the coordinators' seal key, to tell credentials
+	// apart without revealing them; without the seal key it is no help in
+	// guessing the secret.
 	Fingerprint   string                 `protobuf:"bytes,5,opt,name=fingerprint,proto3" json:"fingerprint,omitempty"`
 	CreateTime    *timestamppb.Timestamp `protobuf:"bytes,6,opt,name=create_time,json=createTime,proto3" json:"create_time,omitempty"`
 	unknownFields protoimpl.UnknownFields
