@@ -37,6 +37,20 @@ func (s *session) checkIdentity(host string) error {
 	return nil
 }
 
+// mayReceive checks, before a source's secrets are sent on s, that s is
+// the session of host (hosts/{id}) and its certificate is host's agent.
+// Hello already binds the two; this keeps the secrets to that binding
+// should a session ever be filed under another host.
+func (s *session) mayReceive(host string) error {
+	if host != "" && HostName(host) != s.host {
+		return fmt.Errorf("the session of %s is not %s's", s.host, host)
+	}
+	if s.authed && HostName(s.identity.Name) != s.host {
+		return fmt.Errorf("the session of %s belongs to %s", s.host, s.identity)
+	}
+	return nil
+}
+
 // checkHello validates what a hello would write to the ledger.
 func checkHello(h *agentv1.Hello) error {
 	if h.GetHostName() == "" {

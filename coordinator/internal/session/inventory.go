@@ -26,6 +26,9 @@ func (m *Manager) SourceInventory(ctx context.Context, src *ferryv1.Source, serv
 	if s == nil || !s.welcomed.Load() {
 		return nil, status.Errorf(codes.Unavailable, "the agent on %s is not connected", host)
 	}
+	if err := s.mayReceive(host); err != nil {
+		return nil, status.Errorf(codes.Internal, "inventory of %s: %v", src.GetName(), err)
+	}
 	secrets, err := m.secretsOf(src)
 	if err != nil {
 		return nil, err

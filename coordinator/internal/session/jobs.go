@@ -162,6 +162,9 @@ func (m *Manager) Assign(ctx context.Context, host string, a *agentv1.Assignment
 }
 
 func (m *Manager) assign(ctx context.Context, s *session, a *agentv1.Assignment) error {
+	if err := s.mayReceive(a.GetJob().GetAssignedHost()); err != nil {
+		return fmt.Errorf("assign %s: %w", a.GetJob().GetName(), err)
+	}
 	s.track(a.GetJob().GetName(), a.GetEpoch(), ferryv1.MigrationJobPhase_MIGRATION_JOB_PHASE_CONVERTING, m.clock.Now())
 	msg := &agentv1.ConnectResponse{Kind: &agentv1.ConnectResponse_Assignment{Assignment: a}}
 	if err := s.send(ctx, msg); err != nil {
