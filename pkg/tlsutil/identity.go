@@ -2,9 +2,11 @@ package tlsutil
 
 import (
 	"crypto/x509"
+	"encoding/pem"
 	"errors"
 	"fmt"
 	"net/url"
+	"os"
 	"strings"
 )
 
@@ -100,3 +102,16 @@ func identityFromURI(u *url.URL) (Identity, error) {
 // SerialString is how Ferry writes a certificate's serial number: lower-case
 // hexadecimal without leading zeros, as the revocation list keeps it.
 func SerialString(cert *x509.Certificate) string { return cert.SerialNumber.Text(16) }
+
+// ReadCertificate reads the first PEM certificate of a file.
+func ReadCertificate(path string) (*x509.Certificate, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	block, _ := pem.Decode(data)
+	if block == nil || block.Type != "CERTIFICATE" {
+		return nil, fmt.Errorf("%s: no PEM certificate", path)
+	}
+	return x509.ParseCertificate(block.Bytes)
+}

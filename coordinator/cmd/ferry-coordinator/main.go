@@ -14,6 +14,7 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"strings"
 	"syscall"
 
@@ -201,6 +202,10 @@ func tlsIssue(args []string) error {
 		fmt.Printf("%s already has a certificate in %s; left alone\n", id, path)
 		return nil
 	}
-	fmt.Printf("issued %s into %s\n", id, path)
+	cert, err := tlsutil.ReadCertificate(filepath.Join(path, tlsutil.PairName(id.Role)+".crt"))
+	if err != nil {
+		return err
+	}
+	fmt.Printf("issued %s into %s (serial %s; revoke it with 'ferryctl cert revoke %s')\n", id, path, tlsutil.SerialString(cert), tlsutil.SerialString(cert))
 	return nil
 }

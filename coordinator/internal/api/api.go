@@ -160,6 +160,7 @@ func (a *API) Register(s grpc.ServiceRegistrar) {
 	ferryv1.RegisterSettingsServiceServer(s, &settingsService{a: a})
 	ferryv1.RegisterClusterServiceServer(s, &clusterService{a: a})
 	ferryv1.RegisterNetworkMappingServiceServer(s, &mappingService{a: a})
+	ferryv1.RegisterCertificateServiceServer(s, &certificateService{a: a})
 }
 
 // propose stamps cmd with the leader's clock, replicates it and returns

@@ -65,6 +65,8 @@ func applyMore(l *ledger.Ledger, cmd *ledgerv1.Command, now time.Time) ([]string
 		return l.PutNetworkMappingGroup(c.GetNetworkMappingGroup(), c.GetRequestId(), c.GetUpdate(), now)
 	case *ledgerv1.Command_DeleteNetworkMappingGroup:
 		return one(op.DeleteNetworkMappingGroup.GetName(), l.DeleteNetworkMappingGroup(op.DeleteNetworkMappingGroup.GetName()))
+	case *ledgerv1.Command_RevokeCertificate:
+		return l.RevokeCertificate(op.RevokeCertificate.GetCertificate(), now), nil
 	default:
 		return applyJobs(l, cmd, now)
 	}

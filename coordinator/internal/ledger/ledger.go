@@ -51,7 +51,7 @@ type Ledger struct {
 	nodes       map[string]*ledgerv1.Node
 	requests    map[string]*ledgerv1.RequestRecord
 	settings    *ferryv1.Settings
-	revoked     map[string]bool // revoked certificate serials
+	revoked     map[string]*ferryv1.RevokedCertificate // by serial
 
 	observer func(JobEvent)
 }
@@ -77,7 +77,7 @@ func (l *Ledger) reset() {
 	l.nodes = map[string]*ledgerv1.Node{}
 	l.requests = map[string]*ledgerv1.RequestRecord{}
 	l.settings = DefaultSettings()
-	l.revoked = map[string]bool{}
+	l.revoked = map[string]*ferryv1.RevokedCertificate{}
 }
 
 // DefaultSettings are the settings of a new ledger.
@@ -126,6 +126,7 @@ func (l *Ledger) Snapshot() *ledgerv1.Snapshot {
 		Requests:             sortedClones(l.requests),
 		SourceInventories:    sortedClones(l.inventories),
 		NetworkMappingGroups: sortedClones(l.mappings),
+		RevokedCertificates:  sortedClones(l.revoked),
 	}
 }
 
@@ -146,6 +147,7 @@ func (l *Ledger) Restore(s *ledgerv1.Snapshot) {
 	fill(l.nodes, s.GetNodes(), (*ledgerv1.Node).GetId)
 	fill(l.requests, s.GetRequests(), (*ledgerv1.RequestRecord).GetRequestId)
 	fill(l.inventories, s.GetSourceInventories(), (*ferryv1.SourceInventory).GetSource)
+	fill(l.revoked, s.GetRevokedCertificates(), (*ferryv1.RevokedCertificate).GetSerial)
 	if s.GetSettings() != nil {
 		l.settings = clone(s.GetSettings())
 	}

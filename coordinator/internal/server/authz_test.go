@@ -22,6 +22,7 @@ import (
 
 	"github.com/ferry-v2v/ferry/coordinator/internal/authz"
 	"github.com/ferry-v2v/ferry/coordinator/internal/testcluster"
+	agentv1 "github.com/ferry-v2v/ferry/pkg/pb/ferry/agent/v1"
 	ferryv1 "github.com/ferry-v2v/ferry/pkg/pb/ferry/v1"
 	"github.com/ferry-v2v/ferry/pkg/tlsutil"
 )
@@ -159,6 +160,17 @@ func TestAuthorizationMatrix(t *testing.T) {
 		tlsutil.DefaultOperator,
 	}
 	ctx := testcluster.Ctx(t, 5*time.Minute)
+	// A revoked operator whose connections were open before it was revoked:
+	// every call on them is refused.
+	revokedID := tlsutil.Identity{Role: tlsutil.RoleIDOperator, Name: "revoked"}
+	revokedConns := map[*testcluster.Node]*grpc.ClientConn{}
+	for _, at := range []*testcluster.Node{leader, follower} {
+		revokedConns[at] = c.DialAs(at.Addr(), revokedID)
+		if _, err := ferryv1.NewClusterServiceClient(revokedConns[at]).ListMembers(ctx, &ferryv1.ListMembersRequest{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	revokedSerial := revoke(t, c, c.Dial(follower.Addr()), revokedID)
 	for _, at := range []*testcluster.Node{leader, follower} {
 		for _, id := range ids {
 			conn := c.DialAs(at.Addr(), id)
@@ -187,9 +199,20 @@ func TestAuthorizationMatrix(t *testing.T) {
 				}
 			}
 		}
+		before := appliedIndexes(c)
+		for _, m := range methods {
+			err := call(ctx, revokedConns[at], m, nil)
+			want := fmt.Sprintf("the certificate of %s (serial %s) is revoked", revokedID, revokedSerial)
+			if status.Code(err) != codes.PermissionDenied || status.Convert(err).Message() != want {
+				t.Errorf("revoked at %s: %s = %v; want PERMISSION_DENIED %q", at.Name, m.full, err, want)
+			}
+		}
+		if after := appliedIndexes(c); !slices.Equal(before, after) {
+			t.Errorf("revoked at %s: moved the applied indexes from %v to %v", at.Name, before, after)
+		}
 		// Another install's operator: the handshake fails.
 		conn := c.DialDir(at.Addr(), filepath.Join(foreign, tlsutil.OperatorDir), tlsutil.RoleClient)
-		before := appliedIndexes(c)
+		before = appliedIndexes(c)
 		for _, m := range methods {
 			if err := call(ctx, conn, m, nil); status.Code(err) != codes.Unavailable {
 				t.Errorf("foreign CA at %s: %s = %v; want UNAVAILABLE (handshake refused)", at.Name, m.full, err)
@@ -253,4 +276,103 @@ func appliedIndexes(c *testcluster.Cluster) []uint64 {
 		out = append(out, n.Server.Node().Stats().AppliedIndex)
 	}
 	return out
+}
+
+// revoke revokes id's certificate through conn (an operator's), waits until
+// every node has the entry and returns the serial.
+func revoke(t *testing.T, c *testcluster.Cluster, conn *grpc.ClientConn, id tlsutil.Identity) string {
+	t.Helper()
+	cert, err := tlsutil.ReadCertificate(filepath.Join(c.Issue(id), tlsutil.PairName(id.Role)+".crt"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	serial := tlsutil.SerialString(cert)
+	// As people copy it: upper case with colons.
+	var colons []string
+	for i := 0; i < len(serial); i += 2 {
+		colons = append(colons, strings.ToUpper(serial[i:min(i+2, len(serial))]))
+	}
+	resp, err := ferryv1.NewCertificateServiceClient(conn).RevokeCertificate(testcluster.Ctx(t, 10*time.Second),
+		&ferryv1.RevokeCertificateRequest{Serial: strings.Join(colons, ":"), Reason: "test: " + id.Name})
+	if err != nil {
+		t.Fatalf("revoke %s: %v", id, err)
+	}
+	if got := resp.GetRevokedCertificate(); got.GetSerial() != serial || got.GetName() != "revokedCertificates/"+serial ||
+		got.GetRevokedBy() != tlsutil.DefaultOperator.String() || got.GetRevokeTime() == nil {
+		t.Fatalf("revoke %s (serial %s) = %v", id, serial, got)
+	}
+	for _, n := range c.Nodes() {
+		testcluster.Eventually(t, 5*time.Second, n.Name+" knows the revocation", func() bool { return n.Server.Ledger().Revoked(serial) })
+	}
+	return serial
+}
+
+// TestRevocation: revoking an agent's certificate ends its open session
+// within five seconds; a revoked certificate cannot open a new connection
+// to any node; the list shows what was revoked, by whom, and survives a
+// snapshot restore on a node killed and restarted.
+func TestRevocation(t *testing.T) {
+	if testing.Short() {
+		t.Skip("three-node cluster")
+	}
+	c := testcluster.Start(t, 3)
+	leader := c.Leader(10 * time.Second)
+	ctx := testcluster.Ctx(t, time.Minute)
+	agentID := tlsutil.Identity{Role: tlsutil.RoleIDAgent, Name: "kvm-9"}
+	stream, err := agentv1.NewAgentServiceClient(c.DialAgent(leader.Addr(), "kvm-9")).Connect(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := stream.Send(&agentv1.ConnectRequest{Kind: &agentv1.ConnectRequest_Hello{Hello: &agentv1.Hello{HostName: "kvm-9"}}}); err != nil {
+		t.Fatal(err)
+	}
+	if msg, err := stream.Recv(); err != nil || msg.GetWelcome() == nil {
+		t.Fatalf("hello: %v, %v", msg, err)
+	}
+	ended := make(chan error, 1)
+	go func() {
+		for {
+			// Heartbeats keep the session up until it is cut.
+			if _, err := stream.Recv(); err != nil {
+				ended <- err
+				return
+			}
+			_ = stream.Send(&agentv1.ConnectRequest{Kind: &agentv1.ConnectRequest_Heartbeat{Heartbeat: &agentv1.Heartbeat{}}})
+		}
+	}()
+	revoked := time.Now()
+	serial := revoke(t, c, c.Dial(c.Followers()[0].Addr()), agentID)
+	select {
+	case err := <-ended:
+		want := "certificate " + serial + " was revoked"
+		if status.Code(err) != codes.PermissionDenied || status.Convert(err).Message() != want {
+			t.Fatalf("session ended with %v; want PERMISSION_DENIED %q", err, want)
+		}
+		t.Logf("the revoked agent's session ended %v after RevokeCertificate was called", time.Since(revoked).Round(time.Millisecond))
+	case <-time.After(5*time.Second - time.Since(revoked)):
+		t.Fatal("the revoked agent's session is still open 5s after its revocation")
+	}
+	testcluster.Eventually(t, 5*time.Second, "hosts/kvm-9 disconnected", func() bool {
+		h, ok := leader.Server.Ledger().Host("hosts/kvm-9")
+		return ok && !h.GetConnected()
+	})
+	for _, n := range c.Nodes() {
+		_, err := ferryv1.NewClusterServiceClient(c.DialAs(n.Addr(), agentID)).ListMembers(ctx, &ferryv1.ListMembersRequest{})
+		if status.Code(err) != codes.Unavailable {
+			t.Errorf("a new connection of the revoked certificate to %s: %v; want UNAVAILABLE (handshake refused)", n.Name, err)
+		}
+	}
+	viewer := c.DialAs(leader.Addr(), tlsutil.Identity{Role: tlsutil.RoleIDViewer, Name: "auditor"})
+	list, err := ferryv1.NewCertificateServiceClient(viewer).ListRevokedCertificates(ctx, &ferryv1.ListRevokedCertificatesRequest{})
+	if err != nil || len(list.GetRevokedCertificates()) != 1 || list.GetRevokedCertificates()[0].GetReason() != "test: kvm-9" {
+		t.Fatalf("list = %v, %v", list, err)
+	}
+	// A node restarted from a snapshot still refuses the certificate.
+	f := c.Followers()[0]
+	if err := f.Server.Node().Snapshot(); err != nil {
+		t.Fatal(err)
+	}
+	c.Kill(f)
+	c.Restart(f)
+	testcluster.Eventually(t, 10*time.Second, "the restarted node knows the revocation", func() bool { return f.Server.Ledger().Revoked(serial) })
 }
