@@ -30,6 +30,9 @@ type Cluster struct {
 	Log     *slog.Logger
 	// TrailingLogs is passed to every node added after it is set.
 	TrailingLogs uint64
+	// AuthorizationOff, set before nodes are added, serves TLS without
+	// authorizing calls (benchmarks compare the two).
+	AuthorizationOff bool
 
 	mu    sync.Mutex
 	nodes []*Node
@@ -81,7 +84,7 @@ func (c *Cluster) AddNode() *Node {
 	cfg := config.Config{
 		NodeID: fmt.Sprintf("n%d", i+1), DataDir: filepath.Join(c.dir, fmt.Sprintf("n%d", i+1)),
 		Listen: "127.0.0.1:0", RaftListen: "127.0.0.1:0", TLSDir: c.TLSDir, KeyFile: c.KeyFile,
-		TrailingLogs: c.TrailingLogs,
+		TrailingLogs: c.TrailingLogs, AuthorizationOff: c.AuthorizationOff,
 	}
 	for _, n := range c.nodes {
 		if n.alive {
