@@ -124,12 +124,19 @@ func (c *coordinator) dialAgent(b *testing.B, host string) *grpc.ClientConn {
 	return c.dialAs(b, tlsutil.Identity{Role: tlsutil.RoleIDAgent, Name: host})
 }
 
-func (c *coordinator) dialAs(b *testing.B, id tlsutil.Identity) *grpc.ClientConn {
+// issue makes (once) a certificate for id and returns its directory.
+func (c *coordinator) issue(b *testing.B, id tlsutil.Identity) string {
 	b.Helper()
 	dir, _, err := tlsutil.Issue(c.tlsDir, id, tlsutil.Options{})
 	if err != nil {
 		b.Fatal(err)
 	}
+	return dir
+}
+
+func (c *coordinator) dialAs(b *testing.B, id tlsutil.Identity) *grpc.ClientConn {
+	b.Helper()
+	dir := c.issue(b, id)
 	creds, err := tlsutil.ClientCredentialsFromDir(dir, tlsutil.PairName(id.Role))
 	if err != nil {
 		b.Fatal(err)
