@@ -161,3 +161,24 @@ func TestConfigErrors(t *testing.T) {
 		t.Fatal("ClientConfig with a mismatched key succeeded")
 	}
 }
+
+// TestResolveDir: --tls-dir may name a PKI root or the directory of one
+// certificate.
+func TestResolveDir(t *testing.T) {
+	root := t.TempDir()
+	if err := InitPKI(root, Options{Agents: []string{"kvm-1"}}); err != nil {
+		t.Fatal(err)
+	}
+	agentDir := filepath.Join(root, AgentsDir, "kvm-1")
+	for _, tc := range []struct{ dir, role, want string }{
+		{root, RoleCoordinator, filepath.Join(root, CoordinatorDir)},
+		{root, RoleClient, filepath.Join(root, OperatorDir)},
+		{filepath.Join(root, OperatorDir), RoleClient, filepath.Join(root, OperatorDir)},
+		{agentDir, RoleAgent, agentDir},
+		{root, RoleAgent, root}, // an agent's directory must be named
+	} {
+		if got := ResolveDir(tc.dir, tc.role); got != tc.want {
+			t.Errorf("ResolveDir(%s, %s) = %s, want %s", tc.dir, tc.role, got, tc.want)
+		}
+	}
+}
