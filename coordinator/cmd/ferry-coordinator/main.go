@@ -198,13 +198,13 @@ func tlsIssue(args []string) error {
 	if err != nil {
 		return err
 	}
-	if !created {
-		fmt.Printf("%s already has a certificate in %s; left alone\n", id, path)
-		return nil
-	}
 	cert, err := tlsutil.ReadCertificate(filepath.Join(path, tlsutil.PairName(id.Role)+".crt"))
 	if err != nil {
 		return err
+	}
+	if !created {
+		fmt.Printf("%s already has a certificate in %s (serial %s); left alone\n", id, path, tlsutil.SerialString(cert))
+		return nil
 	}
 	fmt.Printf("issued %s into %s (serial %s; revoke it with 'ferryctl cert revoke %s')\n", id, path, tlsutil.SerialString(cert), tlsutil.SerialString(cert))
 	return nil
