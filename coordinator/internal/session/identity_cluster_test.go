@@ -102,3 +102,66 @@ func TestAHostIsOnlyItself(t *testing.T) {
 		t.Fatalf("kvm-1 reconnecting: %v", err)
 	}
 }
+
+// TestSecretsOnlyToTheirHost: with kvm-a running a job and a sync of a
+// source, the agent of kvm-a receives the source's secret in the
+// assignment and the inventory request, and the agent of kvm-b, connected
+// all along, receives nothing but its welcome and heartbeats; what kvm-b
+// reports about kvm-a's job and source changes nothing.
+func TestSecretsOnlyToTheirHost(t *testing.T) {
+	c := testcluster.Start(t, 1)
+	addr := c.Leader(10 * time.Second).Addr()
+	cl := apiClient(t, c)
+	seed(t, cl)
+	facts := &ferryv1.HostFacts{CacheTotalBytes: 10 * gib, CacheFreeBytes: 10 * gib}
+	a := startRawAgent(t, c.DialAgent(addr, "kvm-a"), &agentv1.Hello{HostName: "kvm-a", Facts: facts})
+	b := startRawAgent(t, c.DialAgent(addr, "kvm-b"), &agentv1.Hello{HostName: "kvm-b", Facts: facts})
+	for _, r := range []*rawAgent{a, b} {
+		if r.next().GetWelcome() == nil {
+			t.Fatal("no welcome")
+		}
+	}
+	createServer(t, cl, "migrationServers/a", "hosts/kvm-a")
+	job := createJob(t, cl, "migrationServers/a", "vm-s")
+	as := a.next().GetAssignment()
+	if as.GetJob().GetName() != job || as.GetSecrets()["credentials/pw"] != "s3cret" {
+		t.Fatalf("kvm-a's assignment: job %s, %d secrets", as.GetJob().GetName(), len(as.GetSecrets()))
+	}
+	synced := make(chan error, 1)
+	go func() {
+		_, err := cl.Sources().SyncSource(testcluster.Ctx(t, 20*time.Second), &ferryv1.SyncSourceRequest{Name: "sources/kvm"})
+		synced <- err
+	}()
+	ir := a.next().GetInventoryRequest()
+	if ir.GetSecrets()["credentials/pw"] != "s3cret" {
+		t.Fatalf("kvm-a's inventory request holds %d secrets", len(ir.GetSecrets()))
+	}
+	a.send(&agentv1.ConnectRequest{Kind: &agentv1.ConnectRequest_InventoryResponse{InventoryResponse: &agentv1.InventoryResponse{
+		RequestId: ir.GetRequestId(), Error: "test: no source here"}}})
+	<-synced
+
+	// kvm-b forges kvm-a's progress and the source's host key.
+	b.send(&agentv1.ConnectRequest{Kind: &agentv1.ConnectRequest_Progress{Progress: &agentv1.JobProgress{
+		Job: job, Epoch: as.GetEpoch(), Phase: ferryv1.MigrationJobPhase_MIGRATION_JOB_PHASE_CONFIGURING}}})
+	b.send(&agentv1.ConnectRequest{Kind: &agentv1.ConnectRequest_HostKeyObserved{HostKeyObserved: &agentv1.HostKeyObserved{
+		Source: "sources/kvm", HostKey: "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl"}}})
+	// A session handles messages in order: once this fence check is
+	// answered, both reports were handled.
+	b.send(&agentv1.ConnectRequest{Kind: &agentv1.ConnectRequest_FenceCheck{FenceCheck: &agentv1.FenceCheck{
+		RequestId: "last", Job: job, Epoch: as.GetEpoch()}}})
+	if ans := b.next().GetFenceAnswer(); ans.GetRequestId() != "last" || ans.GetCurrent() {
+		t.Fatalf("kvm-b's fence check of kvm-a's job: %v", ans)
+	}
+	select {
+	case msg := <-b.in:
+		t.Fatalf("kvm-b, which runs nothing, received %v", msg)
+	default:
+	}
+	if j := getJob(t, cl, job); j.GetPhase() == ferryv1.MigrationJobPhase_MIGRATION_JOB_PHASE_CONFIGURING {
+		t.Fatalf("kvm-b's progress moved kvm-a's job: %v", j)
+	}
+	src, err := cl.Sources().GetSource(testcluster.Ctx(t, 5*time.Second), &ferryv1.GetSourceRequest{Name: "sources/kvm"})
+	if err != nil || src.GetSource().GetKvm().GetObservedHostKey() != "" {
+		t.Fatalf("kvm-b recorded the source's host key: %v, %v", src, err)
+	}
+}
