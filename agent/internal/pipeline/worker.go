@@ -54,13 +54,17 @@ func (c *copier) copyChunk(ctx context.Context, j job, buf []byte) error {
 			sum = dataSum(b)
 		}
 	}
-	if cp := c.opts.Checkpoint; cp != nil && cp.complete(j.index, j.dataBytes, sum) >= c.saveBytes {
+	cp := c.opts.Checkpoint
+	if cp == nil {
+		return nil
+	}
+	if cp.complete(j.index, j.dataBytes, sum) >= c.saveBytes {
 		select {
 		case c.kick <- struct{}{}:
 		default:
 		}
 	}
-	return nil
+	return cp.waitBelow(ctx, 2*c.saveBytes)
 }
 
 // read fills b, the chunk at j.off, with the data spans and zeroes between
