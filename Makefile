@@ -39,7 +39,7 @@ generate:
 lint-proto:
 	$(GO) tool buf lint
 
-## check: generated-code drift, gofmt, go vet, go mod tidy drift, buf lint
+## check: generated-code drift, gofmt, go vet, import boundaries, go mod tidy drift, buf lint
 check: lint-proto
 	@echo "check: generated code"; \
 	tmp=$$(mktemp -d); trap 'rm -rf "$$tmp"' EXIT; \
@@ -51,6 +51,7 @@ check: lint-proto
 	if [[ -n "$$bad" ]]; then echo "check: not gofmt-ed (run gofmt -w):" >&2; echo "$$bad" >&2; exit 1; fi
 	@echo "check: go vet"; \
 	$(GO) vet ./...
+	@scripts/check-imports.sh
 	@echo "check: go mod tidy"; \
 	errs=$$(mktemp); trap 'rm -f "$$errs"' EXIT; \
 	if ! $(GO) mod tidy -e -diff 2>"$$errs"; then \

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/hashicorp/raft"
+	"google.golang.org/protobuf/encoding/protowire"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/timestamppb"
@@ -368,4 +369,48 @@ func TestJobVerified(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestUnappliableEntryStopsTheNode: an entry the FSM cannot decode, or a
+// command it has no case for (as a newer leader would write), panics
+// instead of being skipped, so no replica silently diverges.
+func TestUnappliableEntryStopsTheNode(t *testing.T) {
+	// Field 999 of Command: a case this version does not know.
+	newer := protowire.AppendTag(nil, 999, protowire.BytesType)
+	newer = protowire.AppendBytes(newer, []byte{0x0a, 0x01, 'x'})
+	for name, data := range map[string][]byte{
+		"undecodable":   {0xff, 0xff, 0xff},
+		"unknown op":    newer,
+		"no op at all":  nil,
+		"unknown batch": batchOf(t, newer),
+	} {
+		t.Run(name, func(t *testing.T) {
+			f := New(ledger.New(), nil)
+			before := f.Ledger().Snapshot()
+			defer func() {
+				if recover() == nil {
+					t.Error("Apply did not stop the node")
+				}
+				if f.AppliedIndex() != 0 {
+					t.Errorf("applied index moved to %d", f.AppliedIndex())
+				}
+				if !proto.Equal(before, f.Ledger().Snapshot()) {
+					t.Error("the ledger changed")
+				}
+			}()
+			f.Apply(&raft.Log{Index: 7, Type: raft.LogCommand, Data: data})
+		})
+	}
+}
+
+func batchOf(t *testing.T, inner []byte) []byte {
+	var c ledgerv1.Command
+	if err := proto.Unmarshal(inner, &c); err != nil {
+		t.Fatal(err)
+	}
+	b, err := proto.Marshal(&ledgerv1.Command{Op: &ledgerv1.Command_Batch{Batch: &ledgerv1.Batch{Commands: []*ledgerv1.Command{&c}}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
 }
