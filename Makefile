@@ -8,7 +8,7 @@ MAKEFLAGS += --no-print-directory
 GO ?= go
 BIN ?= bin
 # Whole-suite limits; CI gives a run 90 minutes in all.
-UNIT_TIMEOUT ?= 15m
+UNIT_TIMEOUT ?= 35m
 INTEGRATION_TIMEOUT ?= 40m
 BENCHTIME ?= 1s
 BENCH ?= .
