@@ -118,14 +118,14 @@ func (a *API) pickInventoryServer(src *ferryv1.Source, name string) (*ferryv1.Mi
 		platformName(src.GetType()), src.GetName())
 }
 
-// RunInventorySync syncs, while this node leads, every source whose last
-// sync is older than the inventory_sync_interval setting (or that was
-// never synced, such as a source just created) through any enabled,
-// connected migration server of its type. It returns when ctx ends, after
-// the syncs it started.
-func (a *API) RunInventorySync(ctx context.Context) error {
+// LeadInventorySync syncs, for one leadership term (see package leader),
+// every source whose last sync is older than the inventory_sync_interval
+// setting (or that was never synced, such as a source just created)
+// through any enabled, connected migration server of its type. It
+// returns when ctx ends, after the syncs it started.
+func (a *API) LeadInventorySync(ctx context.Context) {
 	if a.inventory == nil {
-		return nil
+		return
 	}
 	tick := time.NewTicker(syncTick)
 	defer tick.Stop()
@@ -133,13 +133,11 @@ func (a *API) RunInventorySync(ctx context.Context) error {
 	for {
 		select {
 		case <-ctx.Done():
-			return nil
+			return
 		case <-tick.C:
 		case <-a.sync.kick:
 		}
-		if a.proposer.IsLeader() {
-			a.syncDue(ctx)
-		}
+		a.syncDue(ctx)
 	}
 }
 

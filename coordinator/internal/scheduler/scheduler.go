@@ -58,7 +58,6 @@ func (c Config) Validate() error {
 // Proposer is the Raft node as the scheduler uses it.
 type Proposer interface {
 	Propose(ctx context.Context, cmd *ledgerv1.Command) (fsm.Result, error)
-	SubscribeLeadership() (<-chan bool, func())
 }
 
 // Agents are the agent sessions of this node (session.Manager).
@@ -121,31 +120,18 @@ func New(cfg Config, deps Deps) *Scheduler {
 // creations costs a few passes, not one per job.
 const minEventGap = 100 * time.Millisecond
 
-// Run schedules while this node leads: on a ticker, and whenever a job
-// changes. It returns when ctx ends.
-func (s *Scheduler) Run(ctx context.Context) error {
-	leaderCh, unsubscribeLeader := s.raft.SubscribeLeadership()
-	defer unsubscribeLeader()
-	var events <-chan watch.Event
-	unsubscribe := func() {}
+// Lead schedules for one leadership term (see package leader): on a
+// ticker, and whenever a job changes. It returns when ctx ends.
+func (s *Scheduler) Lead(ctx context.Context) {
+	events, unsubscribe := s.hub.Subscribe(256)
 	defer func() { unsubscribe() }()
 	tick := time.NewTicker(s.cfg.Interval)
 	defer tick.Stop()
-	leader := false
 	var last time.Time
 	for {
 		select {
 		case <-ctx.Done():
-			return nil
-		case l, ok := <-leaderCh:
-			if !ok {
-				return nil
-			}
-			unsubscribe()
-			events, unsubscribe, leader = nil, func() {}, l
-			if leader {
-				events, unsubscribe = s.hub.Subscribe(256)
-			}
+			return
 		case ev, ok := <-events:
 			if !ok {
 				events, unsubscribe = s.hub.Subscribe(256)
@@ -158,10 +144,8 @@ func (s *Scheduler) Run(ctx context.Context) error {
 			}
 		case <-tick.C:
 		}
-		if leader {
-			s.pass(ctx)
-			last = time.Now()
-		}
+		s.pass(ctx)
+		last = time.Now()
 	}
 }
 

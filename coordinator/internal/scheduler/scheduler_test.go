@@ -10,6 +10,7 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/ferry-v2v/ferry/coordinator/internal/fsm"
+	"github.com/ferry-v2v/ferry/coordinator/internal/leader"
 	"github.com/ferry-v2v/ferry/coordinator/internal/ledger"
 	"github.com/ferry-v2v/ferry/coordinator/internal/watch"
 	agentv1 "github.com/ferry-v2v/ferry/pkg/pb/ferry/agent/v1"
@@ -38,6 +39,8 @@ func (r *memRaft) Propose(_ context.Context, cmd *ledgerv1.Command) (fsm.Result,
 }
 
 func (r *memRaft) SubscribeLeadership() (<-chan bool, func()) { return r.leader, func() {} }
+
+func (r *memRaft) Barrier(context.Context) error { return nil }
 
 type fakeAgents struct {
 	mu        sync.Mutex
@@ -205,7 +208,7 @@ func TestSchedulerRunsOnlyWhileLeader(t *testing.T) {
 	e.connect("hosts/a", 5*gib)
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
-	go func() { done <- e.sched.Run(ctx) }()
+	go func() { leader.Run(ctx, e.raft, nil, e.sched); done <- nil }()
 	defer func() { cancel(); <-done }()
 
 	e.raft.leader <- false

@@ -2,12 +2,14 @@ package server
 
 import (
 	"context"
+	"log/slog"
 	"strings"
 
 	"golang.org/x/sync/errgroup"
 	"google.golang.org/grpc"
 
 	"github.com/ferry-v2v/ferry/coordinator/internal/api"
+	"github.com/ferry-v2v/ferry/coordinator/internal/leader"
 	"github.com/ferry-v2v/ferry/coordinator/internal/scheduler"
 	"github.com/ferry-v2v/ferry/coordinator/internal/session"
 	"github.com/ferry-v2v/ferry/pkg/grpcutil"
@@ -47,10 +49,16 @@ func (p parts) register(s *grpc.Server) {
 	agentv1.RegisterAgentServiceServer(s, p.sessions)
 }
 
-func (p parts) run(ctx context.Context, g *errgroup.Group) {
-	g.Go(func() error { return p.sessions.Run(ctx) })
-	g.Go(func() error { return p.sched.Run(ctx) })
-	g.Go(func() error { return p.api.RunInventorySync(ctx) })
+// run runs the leader-only duties in every term this node leads (the one
+// leader step: barrier, then sessions' duties, the scheduler and the
+// inventory syncs; all stopped when leadership is lost), then closes the
+// agent sessions when ctx ends.
+func (p parts) run(ctx context.Context, g *errgroup.Group, node leader.Node, log *slog.Logger) {
+	g.Go(func() error {
+		leader.Run(ctx, node, log, p.sessions, p.sched, leader.DutyFunc(p.api.LeadInventorySync))
+		p.sessions.Shutdown()
+		return nil
+	})
 }
 
 // agentLeaderTrailer puts the leader's address in the ferry-leader trailer

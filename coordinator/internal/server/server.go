@@ -140,7 +140,7 @@ func (s *Server) Run(ctx context.Context) error {
 		}
 		return nil
 	})
-	s.parts.run(ctx, g)
+	s.parts.run(ctx, g, s.node, s.log)
 	if !s.cfg.Bootstrap() {
 		g.Go(func() error { return s.join(ctx) })
 	}

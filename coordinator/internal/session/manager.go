@@ -90,7 +90,6 @@ type Proposer interface {
 	Propose(ctx context.Context, cmd *ledgerv1.Command) (fsm.Result, error)
 	IsLeader() bool
 	LeaderAPIAddress() string
-	SubscribeLeadership() (<-chan bool, func())
 }
 
 // Unsealer opens sealed credentials; aad is the credential's name.
