@@ -28,8 +28,11 @@ const (
 	FormatRaw   = "raw"
 )
 
-// ClusterSize is the qcow2 cluster, the unit of compressed writes.
-const ClusterSize = 64 << 10
+// Granule is the unit of writes into a cache image: the 64 KiB cluster of
+// a compressed qcow2, which cannot be written in part. Every writer of a
+// cache image (the extent copy of a KVM disk, the VMDK decoder of a
+// VMware one) starts and ends its writes on it.
+const Granule = 64 << 10
 
 const (
 	readyTimeout = 30 * time.Second
@@ -88,7 +91,7 @@ func Open(ctx context.Context, dir, disk string, size int64, compressed bool, lo
 	}
 	if compressed {
 		img.format = FormatQcow2
-		img.served = (size + ClusterSize - 1) / ClusterSize * ClusterSize
+		img.served = (size + Granule - 1) / Granule * Granule
 	}
 	img.path = filepath.Join(dir, disk+"."+img.format)
 	pidFile := filepath.Join(dir, disk+".pid")
