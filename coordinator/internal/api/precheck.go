@@ -3,6 +3,7 @@ package api
 import (
 	"context"
 	"fmt"
+	"slices"
 	"strconv"
 	"strings"
 
@@ -15,7 +16,8 @@ var minSourceVersion = [2]int{5, 0}
 // precheck returns every reason, one line each naming the job and its VM,
 // why the batch cannot migrate as it stands: a migration server of another
 // type than the source, and against the source's synced inventory a VM the
-// inventory does not know (VMware), a template, a host in maintenance
+// inventory does not know (VMware), a target disk or NIC naming a source
+// disk or MAC the VM does not have, a template, a host in maintenance
 // mode, a disk outside snapshots (independent modes), and a vCenter/ESXi
 // version pair that differs or is older than 5.0. A VMware source never
 // synced is synced first when an agent can reach it; with resync, so is a
@@ -64,8 +66,8 @@ func checkSourceVM(p string, j *ferryv1.MigrationJob, inv *ferryv1.SourceInvento
 		return []string{fmt.Sprintf("%s: VM %q %s in the inventory of %s synced at %s; sync the source first if the VM is new",
 			p, j.GetSourceVm(), why, inv.GetSource(), inv.GetSyncTime().AsTime().Format("2006-01-02T15:04:05Z07:00"))}
 	}
+	lines := checkSpecAgainstVM(p, j, vm)
 	p = fmt.Sprintf("%s (VM %s, %s)", p, vm.GetName(), vm.GetId())
-	var lines []string
 	if vm.GetTemplate() {
 		lines = append(lines, p+": the VM is a template, which cannot be migrated; convert it to a VM first")
 	}
@@ -88,6 +90,39 @@ func checkSourceVM(p string, j *ferryv1.MigrationJob, inv *ferryv1.SourceInvento
 		lines = append(lines, checkVersions(p, inv.GetProduct(), host)...)
 	}
 	return lines
+}
+
+// checkSpecAgainstVM refuses a target disk or NIC naming a source disk or
+// source MAC the VM does not have: the agent would find out only once the
+// job runs, after the preview said the batch fits.
+func checkSpecAgainstVM(p string, j *ferryv1.MigrationJob, vm *ferryv1.SourceVm) []string {
+	var lines, disks, macs []string
+	for _, d := range vm.GetDisks() {
+		disks = append(disks, d.GetTarget())
+	}
+	for _, n := range vm.GetNics() {
+		macs = append(macs, strings.ToLower(n.GetMac()))
+	}
+	for k, d := range j.GetTarget().GetDisks() {
+		if !slices.Contains(disks, d.GetSourceDisk()) {
+			lines = append(lines, fmt.Sprintf("%s.target.disks[%d].source_disk: source VM %s has no disk %q (it has %s)",
+				p, k, vm.GetName(), d.GetSourceDisk(), listOrNone(disks)))
+		}
+	}
+	for k, n := range j.GetTarget().GetNics() {
+		if n.GetSourceMac() != "" && !slices.Contains(macs, strings.ToLower(n.GetSourceMac())) {
+			lines = append(lines, fmt.Sprintf("%s.target.nics[%d].source_mac: source VM %s has no NIC with MAC %s (it has %s)",
+				p, k, vm.GetName(), n.GetSourceMac(), listOrNone(macs)))
+		}
+	}
+	return lines
+}
+
+func listOrNone(items []string) string {
+	if len(items) == 0 {
+		return "none"
+	}
+	return strings.Join(items, ", ")
 }
 
 // hasVMs reports whether inv knows every VM of refs.
