@@ -1,6 +1,7 @@
 package api
 
 import (
+	"fmt"
 	"strings"
 	"testing"
 
@@ -25,7 +26,7 @@ func (e *env) kvmInventory(lib, qemu string, vms ...*ferryv1.SourceVm) {
 	e.apply(&ledgerv1.Command{Op: &ledgerv1.Command_RecordSourceSync{RecordSourceSync: &ledgerv1.RecordSourceSync{
 		Source: "sources/kvm", Inventory: &ferryv1.SourceInventory{
 			Product: &ferryv1.SourceProduct{FullName: "libvirt " + lib + " (QEMU " + qemu + ")", Version: lib, ApiVersion: lib,
-				ApiType: "libvirt"},
+				ApiType: "libvirt", QemuVersion: qemu},
 			Hosts: []*ferryv1.SourceHost{{Id: "192.0.2.10", Name: "src", Version: lib}},
 			Vms:   vms}}}})
 }
@@ -66,5 +67,53 @@ func TestSpecNamingWhatTheSourceLacks(t *testing.T) {
 	req.Jobs[0].Target.Disks = append(req.Jobs[0].Target.Disks, &ferryv1.TargetDisk{SourceDisk: "vdb", SizeBytes: gib})
 	if got := e.previewFailed(req); len(got) != 0 {
 		t.Fatalf("preview of disks the VM has failed: %q", got)
+	}
+}
+
+// TestKVMVersionPrechecks: the agent's version rules run in the pre-checks
+// of preview and create, on the versions of the source's last sync; the
+// Ceph rule counts a copied source disk that is an RBD image, not only a
+// Ceph target storage.
+func TestKVMVersionPrechecks(t *testing.T) {
+	const backup = "jobs[0] (VM vm-0): source sources/kvm: a consistent copy of a running VM needs libvirt 6.0.0 and QEMU 4.2.0 " +
+		"(the backup API); found libvirt 1.2.15 and QEMU 2.0.0; upgrade the source host first"
+	const ceph = "jobs[0] (VM vm-0): source sources/kvm: libvirt 1.2.15 found, 1.2.16 or newer needed with Ceph storage " +
+		"(source disk vdb is the RBD image pool/vm-0-data); upgrade the source host first"
+	rbd := kvmVM()
+	rbd.Disks[1].Path = "rbd:pool/vm-0-data"
+	withVdb := func(r *ferryv1.CreateMigrationJobsRequest) {
+		r.Jobs[0].Target.Disks = append(r.Jobs[0].Target.Disks, &ferryv1.TargetDisk{SourceDisk: "vdb", SizeBytes: gib})
+	}
+	for _, tt := range []struct {
+		name      string
+		lib, qemu string
+		vm        *ferryv1.SourceVm
+		edit      func(*ferryv1.CreateMigrationJobsRequest)
+		want      []string
+	}{
+		{"new enough", "9.0.0", "7.2.0", rbd, withVdb, nil},
+		{"old, file disks", "1.2.15", "2.0.0", kvmVM(), withVdb, []string{backup}},
+		{"old, RBD source disk copied", "1.2.15", "2.0.0", rbd, withVdb, []string{ceph, backup}},
+		{"old, RBD source disk left out", "1.2.15", "2.0.0", rbd, func(*ferryv1.CreateMigrationJobsRequest) {}, []string{backup}},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			e := newEnv(t, true)
+			e.seed()
+			e.kvmInventory(tt.lib, tt.qemu, tt.vm)
+			req := jobsReqWith(tt.edit)
+			got := e.previewFailed(req)
+			if strings.Join(got, "\n") != strings.Join(tt.want, "\n") {
+				t.Fatalf("preview failed checks:\n%s\nwant:\n%s", strings.Join(got, "\n"), strings.Join(tt.want, "\n"))
+			}
+			_, err := e.jobs.CreateMigrationJobs(ctx(t), req)
+			if tt.want == nil {
+				if err != nil {
+					t.Fatalf("create: %v", err)
+				}
+				return
+			}
+			wantCode(t, err, codes.FailedPrecondition, fmt.Sprintf("jobs: %d pre-check(s) failed; nothing was created:\n%s",
+				len(tt.want), strings.Join(tt.want, "\n")))
+		})
 	}
 }
