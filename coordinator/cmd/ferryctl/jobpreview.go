@@ -29,7 +29,9 @@ memory, disks, NICs with the addresses they would get), the vCPUs and
 memory the started VMs take of the target cluster's connected hosts, the
 disk bytes they write to the primary storage against its free space, the
 addresses they take of each L3 network's range, every pre-check that
-would refuse the batch, and whether it fits. It takes the flags and plan
+would refuse the batch, notes on what create would do that the request
+does not say (a target left stopped because its source VM is paused or
+shut off), and whether it fits. It takes the flags and plan
 files of 'job create'.`,
 		Example: `  ferryctl job preview -f plan.yaml
   ferryctl job preview --source vc --migration-server vmw-1 --vm vm-1042 \
@@ -131,6 +133,12 @@ func (a *app) printPreview(p *ferryv1.PreviewMigrationJobsResponse) error {
 	if len(p.GetFailedChecks()) > 0 {
 		fmt.Fprintf(a.io.Out, "\nFailed pre-checks:\n")
 		for _, l := range p.GetFailedChecks() {
+			fmt.Fprintf(a.io.Out, "  %s\n", l)
+		}
+	}
+	if len(p.GetNotes()) > 0 {
+		fmt.Fprintf(a.io.Out, "\nNotes:\n")
+		for _, l := range p.GetNotes() {
 			fmt.Fprintf(a.io.Out, "  %s\n", l)
 		}
 	}

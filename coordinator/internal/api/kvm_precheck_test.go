@@ -6,6 +6,7 @@ import (
 	"testing"
 
 	"google.golang.org/grpc/codes"
+	"google.golang.org/protobuf/proto"
 
 	ledgerv1 "github.com/ferry-v2v/ferry/pkg/pb/ferry/ledger/v1"
 	ferryv1 "github.com/ferry-v2v/ferry/pkg/pb/ferry/v1"
@@ -115,5 +116,55 @@ func TestKVMVersionPrechecks(t *testing.T) {
 			wantCode(t, err, codes.FailedPrecondition, fmt.Sprintf("jobs: %d pre-check(s) failed; nothing was created:\n%s",
 				len(tt.want), strings.Join(tt.want, "\n")))
 		})
+	}
+}
+
+// TestTargetKeepsSourceState: with auto_start unset, a paused source VM's
+// target is defined but not started, and the preview says so; a running
+// source's target starts; auto_start given is kept.
+func TestTargetKeepsSourceState(t *testing.T) {
+	e := newEnv(t, true)
+	e.seed()
+	paused := kvmVM()
+	paused.State = ferryv1.SourceVmState_SOURCE_VM_STATE_PAUSED
+	running := kvmVM()
+	running.Id, running.Name = "vm-1", "vm-1"
+	running.Nics[0].Mac = "52:54:00:00:00:01"
+	e.kvmInventory("9.0.0", "7.2.0", paused, running)
+	req := jobsReq(2)
+	resp := must[*ferryv1.PreviewMigrationJobsResponse](t)(e.jobs.PreviewMigrationJobs(ctx(t), &ferryv1.PreviewMigrationJobsRequest{
+		Source: req.GetSource(), MigrationServer: req.GetMigrationServer(), Jobs: req.GetJobs()}))
+	wantNotes := []string{"jobs[0].options.auto_start: false: source VM vm-0 is paused, so its target target-0 is defined but not started; " +
+		"set auto_start true (ferryctl --start) to start it"}
+	if strings.Join(resp.GetNotes(), "\n") != strings.Join(wantNotes, "\n") {
+		t.Fatalf("notes = %q, want %q", resp.GetNotes(), wantNotes)
+	}
+	var starts []bool
+	for _, j := range resp.GetJobs() {
+		starts = append(starts, j.GetOptions().GetAutoStart())
+	}
+	if fmt.Sprint(starts) != "[false true]" {
+		t.Fatalf("previewed auto_start = %v, want [false true]", starts)
+	}
+	// The paused VM's target is not counted among the VMs started.
+	for _, u := range resp.GetUsages() {
+		if u.GetKind() == ferryv1.PreviewResourceKind_PREVIEW_RESOURCE_KIND_VCPUS && u.GetRequested() != 2 {
+			t.Errorf("vCPUs requested %d, want 2 (only vm-1 starts): %s", u.GetRequested(), u.GetNote())
+		}
+	}
+
+	created := must[*ferryv1.CreateMigrationJobsResponse](t)(e.jobs.CreateMigrationJobs(ctx(t), req)).GetJobs()
+	if created[0].GetOptions().AutoStart == nil || created[0].GetOptions().GetAutoStart() || !created[1].GetOptions().GetAutoStart() {
+		t.Fatalf("created options %v and %v, want auto_start false then true", created[0].GetOptions(), created[1].GetOptions())
+	}
+
+	// auto_start given wins over the source's state.
+	req = jobsReqWith(func(r *ferryv1.CreateMigrationJobsRequest) {
+		r.Jobs[0].Target.VmName = "target-again"
+		r.Jobs[0].Options = &ferryv1.MigrationOptions{AutoStart: proto.Bool(true)}
+	})
+	again := must[*ferryv1.CreateMigrationJobsResponse](t)(e.jobs.CreateMigrationJobs(ctx(t), req)).GetJobs()[0]
+	if !again.GetOptions().GetAutoStart() {
+		t.Fatalf("auto_start true given, created %v", again.GetOptions())
 	}
 }

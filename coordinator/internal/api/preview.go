@@ -46,6 +46,7 @@ func (a *API) preview(ctx context.Context, p *ferryv1.PreviewMigrationJobsReques
 		}
 	}
 	lines := a.precheck(ctx, refs, jobs, false)
+	notes := a.keepSourceState(refs.source.GetName(), jobs)
 	// The allocator only reads the ledger; what it hands out here is what
 	// create would hand out if nothing changes in between.
 	if err := a.newAllocator(refs.networks).allocate(jobs); err != nil {
@@ -63,7 +64,7 @@ func (a *API) preview(ctx context.Context, p *ferryv1.PreviewMigrationJobsReques
 	for _, u := range usages {
 		fits = fits && (!u.GetKnown() || u.GetFits())
 	}
-	return &ferryv1.PreviewMigrationJobsResponse{Jobs: jobs, Usages: usages, FailedChecks: lines, Fits: fits}, nil
+	return &ferryv1.PreviewMigrationJobsResponse{Jobs: jobs, Usages: usages, FailedChecks: lines, Fits: fits, Notes: notes}, nil
 }
 
 // usages adds up what the batch takes of each cluster's CPUs and memory,
