@@ -334,4 +334,6 @@ func TestSASLAuth(t *testing.T) {
 	}
 }
 
-func ver(major, minor, micro uint32) Version { return Version{Major: major, Minor: minor, Micro: micro} }
+func ver(major, minor, micro uint32) Version {
+	return Version{Major: major, Minor: minor, Micro: micro}
+}
