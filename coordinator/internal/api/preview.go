@@ -69,7 +69,7 @@ func (a *API) preview(ctx context.Context, p *ferryv1.PreviewMigrationJobsReques
 
 // usages adds up what the batch takes of each cluster's CPUs and memory,
 // each primary storage's space and each L3 network's addresses, in the
-// order the batch first names them.
+// order the batch first names them, and of its migration server's cache.
 func (a *API) usages(refs *batchRefs, jobs []*ferryv1.MigrationJob) []*ferryv1.PreviewUsage {
 	var clusters, storages, networks []string
 	for _, j := range jobs {
@@ -98,7 +98,7 @@ func (a *API) usages(refs *batchRefs, jobs []*ferryv1.MigrationJob) []*ferryv1.P
 	for _, n := range networks {
 		out = append(out, a.addresses(refs.networks[n], jobs))
 	}
-	return out
+	return append(out, c.cache(jobs))
 }
 
 func appendNew(list []string, s string) []string {

@@ -251,19 +251,23 @@ func (x *Host) GetAgentVersion() string {
 
 // HostFacts are what an agent reports about its host.
 type HostFacts struct {
-	state           protoimpl.MessageState `protogen:"open.v1"`
-	Cpus            int32                  `protobuf:"varint,1,opt,name=cpus,proto3" json:"cpus,omitempty"`
-	MemoryBytes     int64                  `protobuf:"varint,2,opt,name=memory_bytes,json=memoryBytes,proto3" json:"memory_bytes,omitempty"`
-	RunningVms      int32                  `protobuf:"varint,3,opt,name=running_vms,json=runningVms,proto3" json:"running_vms,omitempty"`
-	LibvirtVersion  string                 `protobuf:"bytes,4,opt,name=libvirt_version,json=libvirtVersion,proto3" json:"libvirt_version,omitempty"`
-	QemuVersion     string                 `protobuf:"bytes,5,opt,name=qemu_version,json=qemuVersion,proto3" json:"qemu_version,omitempty"`
-	Interfaces      []*NetworkInterface    `protobuf:"bytes,6,rep,name=interfaces,proto3" json:"interfaces,omitempty"`
-	CacheTotalBytes int64                  `protobuf:"varint,7,opt,name=cache_total_bytes,json=cacheTotalBytes,proto3" json:"cache_total_bytes,omitempty"`
-	CacheFreeBytes  int64                  `protobuf:"varint,8,opt,name=cache_free_bytes,json=cacheFreeBytes,proto3" json:"cache_free_bytes,omitempty"`
+	state          protoimpl.MessageState `protogen:"open.v1"`
+	Cpus           int32                  `protobuf:"varint,1,opt,name=cpus,proto3" json:"cpus,omitempty"`
+	MemoryBytes    int64                  `protobuf:"varint,2,opt,name=memory_bytes,json=memoryBytes,proto3" json:"memory_bytes,omitempty"`
+	RunningVms     int32                  `protobuf:"varint,3,opt,name=running_vms,json=runningVms,proto3" json:"running_vms,omitempty"`
+	LibvirtVersion string                 `protobuf:"bytes,4,opt,name=libvirt_version,json=libvirtVersion,proto3" json:"libvirt_version,omitempty"`
+	QemuVersion    string                 `protobuf:"bytes,5,opt,name=qemu_version,json=qemuVersion,proto3" json:"qemu_version,omitempty"`
+	Interfaces     []*NetworkInterface    `protobuf:"bytes,6,rep,name=interfaces,proto3" json:"interfaces,omitempty"`
+	// The disk of the agent's --cache-path, for display. Cache admission
+	// does not read it: it reads the migration server's cache_path in
+	// storages.
+	CacheTotalBytes int64 `protobuf:"varint,7,opt,name=cache_total_bytes,json=cacheTotalBytes,proto3" json:"cache_total_bytes,omitempty"`
+	CacheFreeBytes  int64 `protobuf:"varint,8,opt,name=cache_free_bytes,json=cacheFreeBytes,proto3" json:"cache_free_bytes,omitempty"`
 	// Memory available for new VMs (MemAvailable), 0 when unknown.
 	MemoryAvailableBytes int64 `protobuf:"varint,9,opt,name=memory_available_bytes,json=memoryAvailableBytes,proto3" json:"memory_available_bytes,omitempty"`
-	// The file systems of the local and NFS primary storage paths the
-	// coordinator told the agent about, one per path it could measure.
+	// The file systems of the paths the coordinator told the agent about
+	// (the local and NFS primary storage paths, and the cache_path of the
+	// migration servers on this host), one per path it could measure.
 	Storages      []*StorageSpace `protobuf:"bytes,10,rep,name=storages,proto3" json:"storages,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache

@@ -360,6 +360,11 @@ const (
 	PreviewResourceKind_PREVIEW_RESOURCE_KIND_DISK_BYTES PreviewResourceKind = 3
 	// Addresses against an L3 network's free addresses.
 	PreviewResourceKind_PREVIEW_RESOURCE_KIND_IP_ADDRESSES PreviewResourceKind = 4
+	// Disk bytes against the free space of the migration server's
+	// cache_path, as its host's agent measures it, less what the server's
+	// running jobs reserve: the figure the scheduler admits jobs by. Jobs
+	// that do not fit at once wait in the queue for room.
+	PreviewResourceKind_PREVIEW_RESOURCE_KIND_CACHE_BYTES PreviewResourceKind = 5
 )
 
 // Enum value maps for PreviewResourceKind.
@@ -370,6 +375,7 @@ var (
 		2: "PREVIEW_RESOURCE_KIND_MEMORY_BYTES",
 		3: "PREVIEW_RESOURCE_KIND_DISK_BYTES",
 		4: "PREVIEW_RESOURCE_KIND_IP_ADDRESSES",
+		5: "PREVIEW_RESOURCE_KIND_CACHE_BYTES",
 	}
 	PreviewResourceKind_value = map[string]int32{
 		"PREVIEW_RESOURCE_KIND_UNSPECIFIED":  0,
@@ -377,6 +383,7 @@ var (
 		"PREVIEW_RESOURCE_KIND_MEMORY_BYTES": 2,
 		"PREVIEW_RESOURCE_KIND_DISK_BYTES":   3,
 		"PREVIEW_RESOURCE_KIND_IP_ADDRESSES": 4,
+		"PREVIEW_RESOURCE_KIND_CACHE_BYTES":  5,
 	}
 )
 
@@ -1397,8 +1404,9 @@ func (x *PreviewMigrationJobsRequest) GetNetworkMappingGroup() string {
 type PreviewUsage struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	Kind  PreviewResourceKind    `protobuf:"varint,1,opt,name=kind,proto3,enum=ferry.v1.PreviewResourceKind" json:"kind,omitempty"`
-	// clusters/{cluster}, primaryStorages/{primary_storage} or
-	// l3Networks/{l3_network}.
+	// clusters/{cluster}, primaryStorages/{primary_storage},
+	// l3Networks/{l3_network}, or migrationServers/{migration_server} for
+	// its cache.
 	Resource string `protobuf:"bytes,2,opt,name=resource,proto3" json:"resource,omitempty"`
 	// What the batch asks for.
 	Requested int64 `protobuf:"varint,3,opt,name=requested,proto3" json:"requested,omitempty"`
@@ -2346,13 +2354,14 @@ const file_ferry_v1_migration_job_proto_rawDesc = "" +
 	"\vCompression\x12\x1b\n" +
 	"\x17COMPRESSION_UNSPECIFIED\x10\x00\x12\x14\n" +
 	"\x10COMPRESSION_ZSTD\x10\x01\x12\x14\n" +
-	"\x10COMPRESSION_NONE\x10\x02*\xd3\x01\n" +
+	"\x10COMPRESSION_NONE\x10\x02*\xfa\x01\n" +
 	"\x13PreviewResourceKind\x12%\n" +
 	"!PREVIEW_RESOURCE_KIND_UNSPECIFIED\x10\x00\x12\x1f\n" +
 	"\x1bPREVIEW_RESOURCE_KIND_VCPUS\x10\x01\x12&\n" +
 	"\"PREVIEW_RESOURCE_KIND_MEMORY_BYTES\x10\x02\x12$\n" +
 	" PREVIEW_RESOURCE_KIND_DISK_BYTES\x10\x03\x12&\n" +
-	"\"PREVIEW_RESOURCE_KIND_IP_ADDRESSES\x10\x04*\xab\x01\n" +
+	"\"PREVIEW_RESOURCE_KIND_IP_ADDRESSES\x10\x04\x12%\n" +
+	"!PREVIEW_RESOURCE_KIND_CACHE_BYTES\x10\x05*\xab\x01\n" +
 	"\x0eWatchEventType\x12 \n" +
 	"\x1cWATCH_EVENT_TYPE_UNSPECIFIED\x10\x00\x12\x1c\n" +
 	"\x18WATCH_EVENT_TYPE_INITIAL\x10\x01\x12\x1c\n" +
