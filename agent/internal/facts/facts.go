@@ -3,8 +3,9 @@
 // versions, network interfaces, the size and free space of the --cache-path
 // disk (for display) and of the paths the coordinator names: the primary
 // storage paths and the cache_path of the migration servers on this host,
-// which the scheduler's cache admission reads. A fact that cannot be read
-// is left empty; gathering never fails as a whole.
+// which the scheduler's cache admission reads; and the DHCP host entries
+// of its libvirt networks, which address allocation skips. A fact that
+// cannot be read is left empty; gathering never fails as a whole.
 package facts
 
 import (
@@ -69,6 +70,7 @@ func (c *Collector) Collect(ctx context.Context) *ferryv1.HostFacts {
 		f.QemuVersion = qemuVersion(out)
 	}
 	f.Interfaces = interfaces(c.log)
+	f.LibvirtNetworks = c.libvirtNetworks(ctx)
 	if c.cachePath != "" {
 		total, free, err := diskSpace(c.cachePath)
 		if err != nil {

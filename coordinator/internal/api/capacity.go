@@ -57,23 +57,31 @@ func hostRef(h string) string {
 }
 
 func (a *API) newCapacity(server *ferryv1.MigrationServer) *capacity {
-	c := &capacity{server: server}
+	c := &capacity{server: server, hosts: a.connectedHosts()}
+	for _, st := range []ferryv1.MigrationJobState{ferryv1.MigrationJobState_MIGRATION_JOB_STATE_QUEUED, ferryv1.MigrationJobState_MIGRATION_JOB_STATE_RUNNING} {
+		c.active = append(c.active, a.ledger.Jobs(ledger.JobFilter{State: st})...)
+	}
+	return c
+}
+
+// connectedHosts are the hosts whose agents are connected, with their
+// latest facts: the session manager's live ones on the leader, else what
+// the ledger last recorded.
+func (a *API) connectedHosts() []*ferryv1.Host {
 	var live map[string]*ferryv1.HostFacts
 	if lf, ok := a.inventory.(liveFacts); ok {
 		live = lf.Hosts()
 	}
+	var out []*ferryv1.Host
 	for _, h := range a.ledger.Hosts("") {
 		if f, ok := live[h.GetName()]; ok {
 			h.Facts, h.Connected = f, true
 		}
 		if h.GetConnected() {
-			c.hosts = append(c.hosts, h)
+			out = append(out, h)
 		}
 	}
-	for _, st := range []ferryv1.MigrationJobState{ferryv1.MigrationJobState_MIGRATION_JOB_STATE_QUEUED, ferryv1.MigrationJobState_MIGRATION_JOB_STATE_RUNNING} {
-		c.active = append(c.active, a.ledger.Jobs(ledger.JobFilter{State: st})...)
-	}
-	return c
+	return out
 }
 
 // computeHosts are the connected hosts a cluster's VMs may run on: its own,

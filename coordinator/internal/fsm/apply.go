@@ -31,6 +31,8 @@ func apply(l *ledger.Ledger, cmd *ledgerv1.Command) ([]string, error) {
 		return l.PutL3Network(op.PutL3Network.GetL3Network(), op.PutL3Network.GetRequestId(), now)
 	case *ledgerv1.Command_DeleteL3Network:
 		return one(op.DeleteL3Network.GetName(), l.DeleteL3Network(op.DeleteL3Network.GetName()))
+	case *ledgerv1.Command_ReleaseAddress:
+		return one(op.ReleaseAddress.GetNetwork(), l.ReleaseAddress(op.ReleaseAddress.GetNetwork(), op.ReleaseAddress.GetIp()))
 	default:
 		return applyMore(l, cmd, now)
 	}
@@ -85,7 +87,7 @@ func applyJobs(l *ledger.Ledger, cmd *ledgerv1.Command, now time.Time) ([]string
 	case *ledgerv1.Command_RestartMigrationJob:
 		return one(op.RestartMigrationJob.GetName(), l.RestartMigrationJob(op.RestartMigrationJob, now))
 	case *ledgerv1.Command_DeleteMigrationJob:
-		return one(op.DeleteMigrationJob.GetName(), l.DeleteMigrationJob(op.DeleteMigrationJob.GetName()))
+		return one(op.DeleteMigrationJob.GetName(), l.DeleteMigrationJob(op.DeleteMigrationJob.GetName(), now))
 	case *ledgerv1.Command_SetJobWaitingReason:
 		c := op.SetJobWaitingReason
 		return one(c.GetName(), l.SetJobWaitingReason(c.GetName(), c.GetReason(), now))

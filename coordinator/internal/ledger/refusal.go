@@ -29,6 +29,8 @@ func (l *Ledger) Refusal(cmd *ledgerv1.Command) error {
 		return existsRefusal(l, l.networks, op.PutL3Network.GetL3Network().GetName(), op.PutL3Network.GetRequestId())
 	case *ledgerv1.Command_DeleteL3Network:
 		return l.deleteNetworkRefusal(op.DeleteL3Network.GetName())
+	case *ledgerv1.Command_ReleaseAddress:
+		return l.releaseAddressRefusal(op.ReleaseAddress.GetNetwork(), op.ReleaseAddress.GetIp())
 	case *ledgerv1.Command_PutMigrationServer:
 		return existsRefusal(l, l.servers, op.PutMigrationServer.GetMigrationServer().GetName(), op.PutMigrationServer.GetRequestId())
 	case *ledgerv1.Command_DeleteMigrationServer:
