@@ -43,3 +43,23 @@ func TestCollectReportsDHCPHosts(t *testing.T) {
 	}
 	t.Fatalf("network %s not in the facts: %v", name, f.GetLibvirtNetworks())
 }
+
+// TestParseNetwork reads the DHCP hosts of every IP range, IPv6 ones
+// (which name no MAC) included.
+func TestParseNetwork(t *testing.T) {
+	n, err := parseNetwork([]byte(`<network><name>lan</name><forward mode='nat'/>
+  <ip address='192.168.122.1' netmask='255.255.255.0'><dhcp><range start='192.168.122.2' end='192.168.122.254'/>
+    <host mac='52:54:00:AA:00:01' name='a' ip='192.168.122.10'/></dhcp></ip>
+  <ip family='ipv6' address='fd00::1' prefix='64'><dhcp><host id='0:3:0:1:0:16:3e:11:22:33' name='b' ip='fd00::10'/></dhcp></ip>
+</network>`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := fmt.Sprintln(n.GetName(), len(n.GetDhcpHosts()), n.GetDhcpHosts()[0].GetMac(), n.GetDhcpHosts()[0].GetIp(), n.GetDhcpHosts()[1].GetMac(), n.GetDhcpHosts()[1].GetIp())
+	if want := "lan 2 52:54:00:aa:00:01 192.168.122.10  fd00::10\n"; got != want {
+		t.Fatalf("parsed %q, want %q", got, want)
+	}
+	if _, err := parseNetwork([]byte("<network")); err == nil {
+		t.Error("a truncated network XML parsed")
+	}
+}

@@ -24,7 +24,7 @@ type allocator struct {
 }
 
 // dhcpEntry is a static DHCP host entry of a libvirt network on a host.
-type dhcpEntry struct{ mac, host, network string }
+type dhcpEntry struct{ mac, name, host, network string }
 
 func (a *API) newAllocator(nets map[string]*ferryv1.L3Network) *allocator {
 	return &allocator{a: a, nets: nets, taken: map[string]map[netip.Addr]string{}, next: map[string]netip.Addr{},
@@ -71,8 +71,8 @@ func (al *allocator) dhcpHosts(network string) map[netip.Addr]dhcpEntry {
 				continue
 			}
 			for _, d := range ln.GetDhcpHosts() {
-				if ip, ok := parseIP(d.GetIp()); ok && d.GetMac() != "" {
-					m[ip] = dhcpEntry{mac: strings.ToLower(d.GetMac()), host: h.GetName(), network: ln.GetName()}
+				if ip, ok := parseIP(d.GetIp()); ok {
+					m[ip] = dhcpEntry{mac: strings.ToLower(d.GetMac()), name: d.GetName(), host: h.GetName(), network: ln.GetName()}
 				}
 			}
 		}
@@ -85,8 +85,11 @@ func (al *allocator) dhcpHosts(network string) map[netip.Addr]dhcpEntry {
 // when nobody or mac itself.
 func (al *allocator) reservedFor(network string, ip netip.Addr, mac string) string {
 	d, ok := al.dhcpHosts(network)[ip]
-	if !ok || d.mac == strings.ToLower(mac) {
+	switch {
+	case !ok || d.mac != "" && d.mac == strings.ToLower(mac):
 		return ""
+	case d.mac == "": // an IPv6 entry names a DHCP client id, not a MAC
+		return fmt.Sprintf("libvirt network %s on %s reserves it for %q", d.network, d.host, d.name)
 	}
 	return fmt.Sprintf("libvirt network %s on %s reserves it for MAC %s", d.network, d.host, d.mac)
 }
