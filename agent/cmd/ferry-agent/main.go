@@ -56,7 +56,7 @@ func parseFlags(args []string, stderr io.Writer) (config.Config, slog.Level, err
 	fs.StringVar(&cfg.HostName, "host-name", hostname, "this host's name (the host resource is hosts/NAME)")
 	fs.StringVar(&cfg.DataDir, "data-dir", "./ferry-agent-data", "directory for the agent's state and job caches")
 	fs.StringVar(&cfg.Cluster, "cluster", "", "target cluster of this host, clusters/NAME or NAME")
-	fs.StringVar(&cfg.CachePath, "cache-path", "", "absolute path on the cache disk, reported as cache facts")
+	fs.StringVar(&cfg.CachePath, "cache-path", "", "absolute path on a disk whose size and free space are reported as cache facts, for display (cache admission measures each migration server's cache_path, which the coordinator names)")
 	fs.StringVar(&cfg.TLSDir, "tls-dir", "", "PKI directory with ca.crt, agent.crt and agent.key")
 	fs.StringVar(&cfg.CAFile, "ca", "", "CA certificate file (with --cert and --key)")
 	fs.StringVar(&cfg.CertFile, "cert", "", "agent certificate file")

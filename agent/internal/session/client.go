@@ -52,8 +52,8 @@ type Runner interface {
 // Facts gathers host facts (facts.Collector).
 type Facts interface {
 	Collect(ctx context.Context) *ferryv1.HostFacts
-	// SetStoragePaths sets the primary storage paths to measure, as the
-	// coordinator names them, and says whether they changed.
+	// SetStoragePaths sets the paths to measure (primary storage and cache
+	// paths), as the coordinator names them, and says whether they changed.
 	SetStoragePaths(paths []string) bool
 }
 

@@ -10,6 +10,7 @@ import (
 	"os"
 	"path/filepath"
 	"reflect"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -45,19 +46,34 @@ func newLibvirtEnv(t *testing.T) *libvirtEnv {
 		t.Fatalf("connect %s: %v", lv.URI, err)
 	}
 	t.Cleanup(func() { conn.Close() })
-	id := randHex(3)
-	e := &libvirtEnv{lv: lv, conn: conn, network: "ferrytest-" + id}
-	octet := 100 + int(id[0])%100
-	e.subnet = fmt.Sprintf("10.77.%d.", octet)
-	n, err := conn.NetworkDefineXML(fmt.Sprintf(`<network><name>%s</name><bridge name='vbrft%s'/>
+	var e *libvirtEnv
+	var id string
+	// A subnet another network holds (another test's, or one a killed
+	// run left behind) makes the start fail: try another.
+	for attempt := 0; ; attempt++ {
+		id = randHex(3)
+		e = &libvirtEnv{lv: lv, conn: conn, network: "ferrytest-" + id}
+		octet, err := strconv.ParseUint(id[:2], 16, 8)
+		if err != nil {
+			t.Fatal(err)
+		}
+		e.subnet = fmt.Sprintf("10.77.%d.", octet)
+		n, err := conn.NetworkDefineXML(fmt.Sprintf(`<network><name>%s</name><bridge name='vbrft%s'/>
 <ip address='%s1' netmask='255.255.255.0'><dhcp><range start='%s10' end='%s200'/></dhcp></ip></network>`,
-		e.network, id, e.subnet, e.subnet, e.subnet))
-	if err != nil {
-		t.Fatalf("define network: %v", err)
-	}
-	t.Cleanup(func() { _ = n.Destroy(); _ = n.Undefine(); n.Free() })
-	if err := n.Create(); err != nil {
-		t.Fatalf("start network: %v", err)
+			e.network, id, e.subnet, e.subnet, e.subnet))
+		if err != nil {
+			t.Fatalf("define network: %v", err)
+		}
+		err = n.Create()
+		if err == nil {
+			t.Cleanup(func() { _ = n.Destroy(); _ = n.Undefine(); n.Free() })
+			break
+		}
+		_ = n.Undefine()
+		n.Free()
+		if attempt == 9 {
+			t.Fatalf("start network: %v", err)
+		}
 	}
 	dir := filepath.Join(testenv.ImagesDir, "ferrytest-"+id)
 	t.Cleanup(func() { os.RemoveAll(dir) })

@@ -69,7 +69,7 @@ to 32Gbps; without a flag the direction is unlimited.`,
 	f := cmd.Flags()
 	f.StringVar(&host, "host", "", "the host (hosts/NAME or NAME)")
 	addEnumFlag(f, typ, "type", "which sources it serves")
-	f.StringVar(&in.CachePath, "cache-path", "", "absolute cache directory on the host")
+	f.StringVar(&in.CachePath, "cache-path", "", "absolute cache directory on the host; jobs start when their disks fit in its free space, as the host's agent measures it")
 	f.StringVar(&in.MigrationCidr, "migration-cidr", "", "connections to sources leave from the host's address in this CIDR")
 	f.StringVar(&in.UpstreamBandwidth, "upstream", "", "cache → target storage limit, such as 1Gbps")
 	f.StringVar(&in.DownstreamBandwidth, "downstream", "", "source → cache limit, such as 500Mbps")

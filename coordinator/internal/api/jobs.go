@@ -46,6 +46,7 @@ func (s *jobService) create(ctx context.Context, req *ferryv1.CreateMigrationJob
 	if lines := s.a.precheck(ctx, refs, jobs, true); len(lines) > 0 {
 		return nil, precheckError(lines)
 	}
+	s.a.keepSourceState(refs.source.GetName(), jobs)
 	s.a.allocMu.Lock()
 	defer s.a.allocMu.Unlock()
 	if err := s.a.newAllocator(refs.networks).allocate(jobs); err != nil {

@@ -93,6 +93,16 @@ func init() {
 				return existsRefusal(l, l.networks, p.GetL3Network().GetName(), p.GetRequestId())
 			},
 		},
+		"release_address": {
+			apply: func(l *Ledger, c *ledgerv1.Command, _ time.Time) ([]string, error) {
+				p := c.GetReleaseAddress()
+				return one(p.GetNetwork(), l.ReleaseAddress(p.GetNetwork(), p.GetIp()))
+			},
+			refuse: func(l *Ledger, c *ledgerv1.Command) error {
+				p := c.GetReleaseAddress()
+				return l.releaseAddressRefusal(p.GetNetwork(), p.GetIp())
+			},
+		},
 		"delete_l3_network": {
 			apply: func(l *Ledger, c *ledgerv1.Command, _ time.Time) ([]string, error) {
 				n := c.GetDeleteL3Network().GetName()
@@ -263,9 +273,9 @@ func jobAndClusterCommands() map[protoreflect.Name]command {
 			},
 		},
 		"delete_migration_job": {
-			apply: func(l *Ledger, c *ledgerv1.Command, _ time.Time) ([]string, error) {
+			apply: func(l *Ledger, c *ledgerv1.Command, now time.Time) ([]string, error) {
 				n := c.GetDeleteMigrationJob().GetName()
-				return one(n, l.DeleteMigrationJob(n))
+				return one(n, l.DeleteMigrationJob(n, now))
 			},
 			refuse: func(l *Ledger, c *ledgerv1.Command) error {
 				return l.deleteJobRefusal(c.GetDeleteMigrationJob().GetName())

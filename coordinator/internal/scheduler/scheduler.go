@@ -1,9 +1,10 @@
 // Package scheduler starts queued migration jobs on the leader. A job
 // starts when the running count is under the job parallelism setting, its
 // migration server is enabled and the server's host connected, and the
-// host's cache has room for it: the free space the agent reports, minus
-// what the running jobs of that server reserve (the sum of their source
-// disk sizes), must hold the job's disks. A job that waits says why.
+// server's cache has room for it: the free space the host's agent reports
+// for the server's cache_path (where jobs write), minus what the running
+// jobs of that server reserve (the sum of their source disk sizes), must
+// hold the job's disks (see package capacity). A job that waits says why.
 //
 // Starting a job proposes StartMigrationJob under a new fencing epoch and
 // then hands the assignment to the host's agent. If handing it over fails
@@ -245,15 +246,6 @@ func hostName(h string) string {
 		return h
 	}
 	return "hosts/" + h
-}
-
-// diskTotal is what a job reserves in its server's cache.
-func diskTotal(j *ferryv1.MigrationJob) int64 {
-	var n int64
-	for _, d := range j.GetTarget().GetDisks() {
-		n += d.GetSizeBytes()
-	}
-	return n
 }
 
 // bySubmission orders jobs oldest first.

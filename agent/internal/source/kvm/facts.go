@@ -65,6 +65,7 @@ func (c *Conn) Product() *ferryv1.SourceProduct {
 	return &ferryv1.SourceProduct{
 		FullName: fmt.Sprintf("libvirt %s (QEMU %s)", c.libVersion, c.qemuVersion),
 		Version:  c.libVersion.String(), ApiVersion: c.libVersion.String(), ApiType: "libvirt",
+		QemuVersion: c.qemuVersion.String(),
 	}
 }
 

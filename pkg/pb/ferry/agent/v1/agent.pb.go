@@ -678,8 +678,10 @@ type Welcome struct {
 	// How long a cache outlives a job the agent no longer holds, in
 	// milliseconds; older caches are reclaimed.
 	CacheRetentionMs int64 `protobuf:"varint,4,opt,name=cache_retention_ms,json=cacheRetentionMs,proto3" json:"cache_retention_ms,omitempty"`
-	// Paths of the local and NFS primary storages of the agent's cluster,
-	// whose free space the agent reports in HostFacts.storages.
+	// Paths whose free space the agent reports in HostFacts.storages: every
+	// local and NFS primary storage's, and the cache_path of each migration
+	// server on the agent's host (where its jobs write their cache, which
+	// the scheduler's cache admission measures).
 	StoragePaths  []string `protobuf:"bytes,5,rep,name=storage_paths,json=storagePaths,proto3" json:"storage_paths,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
