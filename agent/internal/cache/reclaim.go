@@ -74,7 +74,7 @@ func lastChange(dir string) (time.Time, error) {
 func removeJob(dir string) error {
 	pids, _ := filepath.Glob(filepath.Join(dir, "*.pid"))
 	for _, pidFile := range pids {
-		if err := stopStale(pidFile, dir+string(filepath.Separator)); err != nil {
+		if err := StopStale(pidFile, dir+string(filepath.Separator)); err != nil {
 			return err
 		}
 	}
