@@ -172,7 +172,9 @@ disk with its size, root first, every NIC with its MAC kept on the L3
 network GROUP maps its portgroup or network to (else NET), vCPUs, memory,
 firmware (EFI stays UEFI), CD-ROM drives (at most 3), the platform (Linux
 or Windows, from the guest OS id) and its disk bus (virtio-scsi for
-Linux, SATA for Windows, virtio-scsi for --os windows-virtio).
+Linux, SATA for Windows, virtio-scsi for --os windows-virtio). The agent
+gives Windows e1000 NICs (windows-virtio and Linux: virtio) and both
+Windows platforms a local-time clock (Linux: UTC).
 --use-source-nic-address gives each NIC its source MAC and the guest's
 address inside the L3 network's range, held as its reservation.
 
@@ -199,7 +201,7 @@ func (jf *jobFlags) addFlags(cmd *cobra.Command) {
 	f.StringVar(&jf.group, "network-mapping-group", "", "network-mapping group placing each source NIC; fill what other flags leave out from the source")
 	f.BoolVar(&jf.useSourceNICAddress, "use-source-nic-address", false, "give each target NIC its source MAC and guest IP address")
 	addEnumFlag(f, jf.firmware, "firmware", "target firmware (UEFI keeps its NVRAM)")
-	addEnumFlag(f, jf.osType, "os", "guest OS")
+	addEnumFlag(f, jf.osType, "os", "guest OS (windows: SATA disks and e1000 NICs; windows and windows-virtio: local-time clock)")
 	addEnumFlag(f, jf.diskBus, "disk-bus", "disk bus (default: virtio-scsi for Linux and windows-virtio, SATA for Windows)")
 	addEnumFlag(f, jf.compression, "compression", "cache image compression (default zstd)")
 	f.BoolVar(&jf.pauseSource, "pause-source", false, "pause a running source VM before the copy and leave it paused")

@@ -188,14 +188,19 @@ func (Firmware) EnumDescriptor() ([]byte, []int) {
 	return file_ferry_v1_migration_job_proto_rawDescGZIP(), []int{2}
 }
 
-// OsType of the guest.
+// OsType of the guest. Unspecified takes the source's platform (its OS
+// type, else its guest OS id, else Linux).
 type OsType int32
 
 const (
 	OsType_OS_TYPE_UNSPECIFIED OsType = 0
-	OsType_OS_TYPE_LINUX       OsType = 1
-	OsType_OS_TYPE_WINDOWS     OsType = 2
-	// Windows with virtio drivers installed: virtio disk and NIC models.
+	// Virtio NICs, a UTC clock.
+	OsType_OS_TYPE_LINUX OsType = 1
+	// Windows without virtio drivers: SATA disks (unless disk_bus says
+	// otherwise), e1000 NICs, a local-time clock.
+	OsType_OS_TYPE_WINDOWS OsType = 2
+	// Windows with virtio drivers installed: virtio disk and NIC models, a
+	// local-time clock.
 	OsType_OS_TYPE_WINDOWS_VIRTIO OsType = 3
 )
 
