@@ -17,9 +17,10 @@ import (
 const ReasonAgentLost = "agent lost"
 
 // Run carries out the leader's duties while this node leads: the grace
-// sweeper, cancellations of jobs on agents, and refreshing connected hosts
-// in the ledger. When leadership is lost every session is closed, so the
-// agents move to the new leader. Run returns when ctx ends, after every
+// sweeper, cancellations of jobs on agents, refreshing connected hosts in
+// the ledger, and sending changed bandwidth limits to the agents of their
+// servers. When leadership is lost every session is closed, so the agents
+// move to the new leader. Run returns when ctx ends, after every
 // session has ended.
 func (m *Manager) Run(ctx context.Context) error {
 	leaderCh, unsubscribe := m.raft.SubscribeLeadership()
@@ -101,6 +102,8 @@ func (m *Manager) lead(ctx context.Context) {
 			m.sweep(ctx)
 		case <-refresh.C:
 			m.refreshHosts(ctx)
+		case <-m.limits.signal:
+			m.sendChangedLimits(ctx)
 		}
 	}
 }
