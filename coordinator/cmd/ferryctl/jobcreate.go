@@ -176,7 +176,10 @@ Linux, SATA for Windows, virtio-scsi for --os windows-virtio). The agent
 gives Windows e1000 NICs (windows-virtio and Linux: virtio) and both
 Windows platforms a local-time clock (Linux: UTC).
 --use-source-nic-address gives each NIC its source MAC and the guest's
-address inside the L3 network's range, held as its reservation.
+address inside the L3 network's range (as VMware Tools, the QEMU guest
+agent or a DHCP lease of a libvirt network report it), held as its
+reservation; a NIC whose guest address is unknown or outside the range
+gets one allocated from the range instead, and the preview's notes say so.
 
 Without --request-id a fresh one is generated, so ferryctl may resend the
 request after a lost answer without creating the jobs twice.`
@@ -199,7 +202,7 @@ func (jf *jobFlags) addFlags(cmd *cobra.Command) {
 	f.Int32Var(&jf.cdroms, "cdroms", 0, "CD-ROM drives, at most 3")
 	f.StringVar(&jf.network, "network", "", "L3 network for every NIC the group does not map; fill what other flags leave out from the source's view of the VM")
 	f.StringVar(&jf.group, "network-mapping-group", "", "network-mapping group placing each source NIC; fill what other flags leave out from the source")
-	f.BoolVar(&jf.useSourceNICAddress, "use-source-nic-address", false, "give each target NIC its source MAC and guest IP address")
+	f.BoolVar(&jf.useSourceNICAddress, "use-source-nic-address", false, "give each target NIC its source MAC and guest IP address (allocated from the range when unknown or outside it)")
 	addEnumFlag(f, jf.firmware, "firmware", "target firmware (UEFI keeps its NVRAM)")
 	addEnumFlag(f, jf.osType, "os", "guest OS (windows: SATA disks and e1000 NICs; windows and windows-virtio: local-time clock)")
 	addEnumFlag(f, jf.diskBus, "disk-bus", "disk bus (default: virtio-scsi for Linux and windows-virtio, SATA for Windows)")

@@ -28,7 +28,7 @@ func (s *jobService) PreviewMigrationJobs(ctx context.Context, req *ferryv1.Prev
 func (a *API) preview(ctx context.Context, p *ferryv1.PreviewMigrationJobsRequest) (*ferryv1.PreviewMigrationJobsResponse, error) {
 	req := &ferryv1.CreateMigrationJobsRequest{Source: p.GetSource(), MigrationServer: p.GetMigrationServer(),
 		Jobs: p.GetJobs(), NetworkMappingGroup: p.GetNetworkMappingGroup()}
-	req, err := a.fillBatch(ctx, req, false)
+	req, notes, err := a.fillBatch(ctx, req, false)
 	if err != nil {
 		return nil, err
 	}
@@ -63,7 +63,7 @@ func (a *API) preview(ctx context.Context, p *ferryv1.PreviewMigrationJobsReques
 	for _, u := range usages {
 		fits = fits && (!u.GetKnown() || u.GetFits())
 	}
-	return &ferryv1.PreviewMigrationJobsResponse{Jobs: jobs, Usages: usages, FailedChecks: lines, Fits: fits}, nil
+	return &ferryv1.PreviewMigrationJobsResponse{Jobs: jobs, Usages: usages, FailedChecks: lines, Fits: fits, Notes: notes}, nil
 }
 
 // usages adds up what the batch takes of each cluster's CPUs and memory,

@@ -973,7 +973,11 @@ type MigrationOptions struct {
 	PauseSourceVm bool `protobuf:"varint,2,opt,name=pause_source_vm,json=pauseSourceVm,proto3" json:"pause_source_vm,omitempty"`
 	// Start the target VM when done; default true.
 	AutoStart *bool `protobuf:"varint,3,opt,name=auto_start,json=autoStart,proto3,oneof" json:"auto_start,omitempty"`
-	// Give each target NIC its source NIC's MAC and guest IP address.
+	// Give each target NIC its source NIC's MAC and guest IP address (as
+	// VMware Tools, the QEMU guest agent or a DHCP lease of a libvirt
+	// network report it), when that address is inside the L3 network's
+	// range; a NIC whose address is unknown or outside the range gets one
+	// allocated from the range, which PreviewMigrationJobs notes.
 	UseSourceNicAddress bool `protobuf:"varint,4,opt,name=use_source_nic_address,json=useSourceNicAddress,proto3" json:"use_source_nic_address,omitempty"`
 	unknownFields       protoimpl.UnknownFields
 	sizeCache           protoimpl.SizeCache
@@ -1507,7 +1511,13 @@ type PreviewMigrationJobsResponse struct {
 	// No check failed and every usage whose availability is known fits.
 	// A usage that is not known does not make it false: create does not
 	// refuse a batch for it either.
-	Fits          bool `protobuf:"varint,4,opt,name=fits,proto3" json:"fits,omitempty"`
+	Fits bool `protobuf:"varint,4,opt,name=fits,proto3" json:"fits,omitempty"`
+	// What filling the specs from the source could not take from it, one
+	// line each, field first: a NIC with options.use_source_nic_address
+	// whose guest address is unknown or outside its L3 network's range gets
+	// an address allocated from the range instead ("jobs[0].target.nics[1].ip:
+	// …; an address from the range of l3Networks/… is allocated instead").
+	Notes         []string `protobuf:"bytes,5,rep,name=notes,proto3" json:"notes,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1568,6 +1578,13 @@ func (x *PreviewMigrationJobsResponse) GetFits() bool {
 		return x.Fits
 	}
 	return false
+}
+
+func (x *PreviewMigrationJobsResponse) GetNotes() []string {
+	if x != nil {
+		return x.Notes
+	}
+	return nil
 }
 
 type GetMigrationJobRequest struct {
@@ -2268,12 +2285,13 @@ const file_ferry_v1_migration_job_proto_rawDesc = "" +
 	"\tavailable\x18\x04 \x01(\x03R\tavailable\x12\x14\n" +
 	"\x05known\x18\x05 \x01(\bR\x05known\x12\x12\n" +
 	"\x04fits\x18\x06 \x01(\bR\x04fits\x12\x12\n" +
-	"\x04note\x18\a \x01(\tR\x04note\"\xb3\x01\n" +
+	"\x04note\x18\a \x01(\tR\x04note\"\xc9\x01\n" +
 	"\x1cPreviewMigrationJobsResponse\x12*\n" +
 	"\x04jobs\x18\x01 \x03(\v2\x16.ferry.v1.MigrationJobR\x04jobs\x12.\n" +
 	"\x06usages\x18\x02 \x03(\v2\x16.ferry.v1.PreviewUsageR\x06usages\x12#\n" +
 	"\rfailed_checks\x18\x03 \x03(\tR\ffailedChecks\x12\x12\n" +
-	"\x04fits\x18\x04 \x01(\bR\x04fits\",\n" +
+	"\x04fits\x18\x04 \x01(\bR\x04fits\x12\x14\n" +
+	"\x05notes\x18\x05 \x03(\tR\x05notes\",\n" +
 	"\x16GetMigrationJobRequest\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\"C\n" +
 	"\x17GetMigrationJobResponse\x12(\n" +
