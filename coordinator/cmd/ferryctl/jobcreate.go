@@ -175,9 +175,14 @@ disk with its size, root first, every NIC with its MAC kept on the L3
 network GROUP maps its portgroup or network to (else NET), vCPUs, memory,
 firmware (EFI stays UEFI), CD-ROM drives (at most 3), the platform (Linux
 or Windows, from the guest OS id) and its disk bus (virtio-scsi for
-Linux, SATA for Windows, virtio-scsi for --os windows-virtio).
+Linux, SATA for Windows, virtio-scsi for --os windows-virtio). The agent
+gives Windows e1000 NICs (windows-virtio and Linux: virtio) and both
+Windows platforms a local-time clock (Linux: UTC).
 --use-source-nic-address gives each NIC its source MAC and the guest's
-address inside the L3 network's range, held as its reservation.
+address inside the L3 network's range (as VMware Tools, the QEMU guest
+agent or a DHCP lease of a libvirt network report it), held as its
+reservation; a NIC whose guest address is unknown or outside the range
+gets one allocated from the range instead, and the preview's notes say so.
 
 The target VM keeps the source VM's state: it is started when the source
 runs, and defined but not started when the source is paused or shut off
@@ -205,9 +210,9 @@ func (jf *jobFlags) addFlags(cmd *cobra.Command) {
 	f.Int32Var(&jf.cdroms, "cdroms", 0, "CD-ROM drives, at most 3")
 	f.StringVar(&jf.network, "network", "", "L3 network for every NIC the group does not map; fill what other flags leave out from the source's view of the VM")
 	f.StringVar(&jf.group, "network-mapping-group", "", "network-mapping group placing each source NIC; fill what other flags leave out from the source")
-	f.BoolVar(&jf.useSourceNICAddress, "use-source-nic-address", false, "give each target NIC its source MAC and guest IP address")
+	f.BoolVar(&jf.useSourceNICAddress, "use-source-nic-address", false, "give each target NIC its source MAC and guest IP address (allocated from the range when unknown or outside it)")
 	addEnumFlag(f, jf.firmware, "firmware", "target firmware (UEFI keeps its NVRAM)")
-	addEnumFlag(f, jf.osType, "os", "guest OS")
+	addEnumFlag(f, jf.osType, "os", "guest OS (windows: SATA disks and e1000 NICs; windows and windows-virtio: local-time clock)")
 	addEnumFlag(f, jf.diskBus, "disk-bus", "disk bus (default: virtio-scsi for Linux and windows-virtio, SATA for Windows)")
 	addEnumFlag(f, jf.compression, "compression", "cache image compression (default zstd)")
 	f.BoolVar(&jf.pauseSource, "pause-source", false, "pause a running source VM before the copy and leave it paused")

@@ -132,15 +132,15 @@ func (a *app) printPreview(p *ferryv1.PreviewMigrationJobsResponse) error {
 	if err := t.flush(); err != nil {
 		return err
 	}
-	if len(p.GetFailedChecks()) > 0 {
-		fmt.Fprintf(a.io.Out, "\nFailed pre-checks:\n")
-		for _, l := range p.GetFailedChecks() {
-			fmt.Fprintf(a.io.Out, "  %s\n", l)
-		}
-	}
 	if len(p.GetNotes()) > 0 {
 		fmt.Fprintf(a.io.Out, "\nNotes:\n")
 		for _, l := range p.GetNotes() {
+			fmt.Fprintf(a.io.Out, "  %s\n", l)
+		}
+	}
+	if len(p.GetFailedChecks()) > 0 {
+		fmt.Fprintf(a.io.Out, "\nFailed pre-checks:\n")
+		for _, l := range p.GetFailedChecks() {
 			fmt.Fprintf(a.io.Out, "  %s\n", l)
 		}
 	}

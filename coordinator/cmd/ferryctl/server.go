@@ -192,10 +192,16 @@ func (a *app) serverBandwidth() *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "bandwidth NAME [--upstream RATE] [--downstream RATE]",
 		Short: "Set or clear a migration server's bandwidth limits",
-		Long: `Set the bandwidth limits of a migration server; running jobs feel the change
-at once. RATE is an integer with Kbps, Mbps or Gbps (1K = 1000), from 8Kbps
-to 32Gbps. An empty RATE or --clear-upstream/--clear-downstream sets the
-direction back to unlimited; a direction not named keeps its limit.
+		Long: `Set the bandwidth limits of a migration server. Each direction is one
+token bucket on the server's host, shared by all the server's jobs. A change
+reaches the jobs already running within 2 s: the coordinator sends it to the
+server's agent as soon as it is committed, and the agent's buckets take the
+new rate from the next byte; jobs started later start with it. An agent that
+is disconnected gets the limits when it connects again.
+
+RATE is an integer with Kbps, Mbps or Gbps (1K = 1000), from 8Kbps to 32Gbps.
+An empty RATE or --clear-upstream/--clear-downstream sets the direction back
+to unlimited; a direction not named keeps its limit.
 
   upstream    cache → target primary storage
   downstream  source → cache`,

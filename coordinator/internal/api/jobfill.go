@@ -17,27 +17,29 @@ import (
 // needs it. Without agent sessions to read the source through, specs are
 // left as they are and validation names what is missing; when the source
 // cannot be read, validation's answer comes first too. resync is as for
-// precheck.
-func (a *API) fillBatch(ctx context.Context, req *ferryv1.CreateMigrationJobsRequest, resync bool) (*ferryv1.CreateMigrationJobsRequest, error) {
+// precheck. The notes are targetspec.Fill's, each field prefixed with
+// its job (jobs[0].target.nics[1].ip: …).
+func (a *API) fillBatch(ctx context.Context, req *ferryv1.CreateMigrationJobsRequest, resync bool) (*ferryv1.CreateMigrationJobsRequest, []string, error) {
 	group, err := a.mappingGroup(req)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	need := false
 	for _, s := range req.GetJobs() {
 		need = need || s.GetSourceVm() != "" && targetspec.Incomplete(s)
 	}
 	if !need || a.inventory == nil {
-		return req, nil
+		return req, nil, nil
 	}
 	vms, err := a.readSourceVMs(ctx, req, resync)
 	if err != nil {
 		// What the spec lacks says more than why the source could not be read.
 		if _, verr := a.checkBatch(req); verr != nil {
-			return nil, verr
+			return nil, nil, verr
 		}
-		return nil, err
+		return nil, nil, err
 	}
+	var notes []string
 	out := proto.Clone(req).(*ferryv1.CreateMigrationJobsRequest)
 	opts := targetspec.Options{Group: group, Networks: a.ledger.L3Networks("")}
 	for i, spec := range out.GetJobs() {
@@ -46,17 +48,21 @@ func (a *API) fillBatch(ctx context.Context, req *ferryv1.CreateMigrationJobsReq
 		}
 		vm := findSourceVM(vms, spec.GetSourceVm())
 		if vm == nil {
-			return nil, notFound(fmt.Sprintf("jobs[%d].source_vm", i), fmt.Sprintf("VM %q at %s", spec.GetSourceVm(), req.GetSource()))
+			return nil, nil, notFound(fmt.Sprintf("jobs[%d].source_vm", i), fmt.Sprintf("VM %q at %s", spec.GetSourceVm(), req.GetSource()))
 		}
-		if err := targetspec.Fill(spec, vm, opts); err != nil {
+		filled, err := targetspec.Fill(spec, vm, opts)
+		if err != nil {
 			var fe *targetspec.Error
 			if errors.As(err, &fe) {
-				return nil, precondition(fmt.Sprintf("jobs[%d].%s", i, fe.Field), "%s", fe.Reason)
+				return nil, nil, precondition(fmt.Sprintf("jobs[%d].%s", i, fe.Field), "%s", fe.Reason)
 			}
-			return nil, err
+			return nil, nil, err
+		}
+		for _, n := range filled {
+			notes = append(notes, fmt.Sprintf("jobs[%d].%s", i, n))
 		}
 	}
-	return out, nil
+	return out, notes, nil
 }
 
 // mappingGroup reads the request's network-mapping group, nil when it

@@ -26,7 +26,7 @@ func (s *jobService) create(ctx context.Context, req *ferryv1.CreateMigrationJob
 	if names, ok, err := s.a.firstRequest(req.GetRequestId(), colJobs); err != nil || ok {
 		return s.readJobs(names, err)
 	}
-	req, err := s.a.fillBatch(ctx, req, true)
+	req, _, err := s.a.fillBatch(ctx, req, true) // the notes are the preview's
 	if err != nil {
 		return nil, err
 	}

@@ -28,7 +28,7 @@ func (s *jobService) PreviewMigrationJobs(ctx context.Context, req *ferryv1.Prev
 func (a *API) preview(ctx context.Context, p *ferryv1.PreviewMigrationJobsRequest) (*ferryv1.PreviewMigrationJobsResponse, error) {
 	req := &ferryv1.CreateMigrationJobsRequest{Source: p.GetSource(), MigrationServer: p.GetMigrationServer(),
 		Jobs: p.GetJobs(), NetworkMappingGroup: p.GetNetworkMappingGroup()}
-	req, err := a.fillBatch(ctx, req, false)
+	req, notes, err := a.fillBatch(ctx, req, false)
 	if err != nil {
 		return nil, err
 	}
@@ -46,7 +46,7 @@ func (a *API) preview(ctx context.Context, p *ferryv1.PreviewMigrationJobsReques
 		}
 	}
 	lines := a.precheck(ctx, refs, jobs, false)
-	notes := a.keepSourceState(refs.source.GetName(), jobs)
+	notes = append(notes, a.keepSourceState(refs.source.GetName(), jobs)...)
 	// The allocator only reads the ledger; what it hands out here is what
 	// create would hand out if nothing changes in between.
 	if err := a.newAllocator(refs.networks).allocate(jobs); err != nil {

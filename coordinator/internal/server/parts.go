@@ -30,6 +30,7 @@ func newParts(s *Server, sealer *seal.Sealer) parts {
 	sessions := session.NewManager(session.Config{NodeID: s.cfg.NodeID}, session.Deps{
 		Proposer: s.node, Ledger: s.ledger, Hub: s.hub, Unsealer: sealer, Logger: s.log,
 	})
+	s.ledger.SetServerObserver(sessions.ServerChanged)
 	a := api.New(api.Deps{
 		Proposer: s.node, Membership: s.node, Ledger: s.ledger, Hub: s.hub,
 		Sealer: sealer, Inventory: sessions, Dialer: s.peers.Dial, Logger: s.log,

@@ -242,6 +242,7 @@ func (m *Manager) hello(ctx context.Context, s *session, h *agentv1.Hello) error
 	s.welcomed.Store(true)
 	m.log.Info("agent connected", "host", s.host, "session", s.id, "agent_version", h.GetAgentVersion(),
 		"held_jobs", len(h.GetHeldJobs()))
+	m.sendHostLimits(ctx, s)
 	return m.reconcile(ctx, s, h.GetHeldJobs())
 }
 

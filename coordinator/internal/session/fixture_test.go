@@ -249,20 +249,39 @@ func (a *agent) send(req *agentv1.ConnectRequest) {
 	}
 }
 
-// next returns the next message that is not a heartbeat.
+// next returns the next message that is not a heartbeat or bandwidth
+// limits (sent after every welcome to a migration server's host).
 func (a *agent) next() *agentv1.ConnectResponse {
 	a.t.Helper()
 	deadline := time.After(5 * time.Second)
 	for {
 		select {
 		case msg := <-a.in:
-			if msg.GetHeartbeat() == nil {
+			if msg.GetHeartbeat() == nil && msg.GetBandwidthLimits() == nil {
 				return msg
 			}
 		case err := <-a.errc:
 			a.t.Fatalf("stream ended: %v", err)
 		case <-deadline:
 			a.t.Fatal("no message within 5s")
+		}
+	}
+}
+
+// nextLimits returns the next bandwidth limits message, skipping others.
+func (a *agent) nextLimits() *agentv1.BandwidthLimits {
+	a.t.Helper()
+	deadline := time.After(5 * time.Second)
+	for {
+		select {
+		case msg := <-a.in:
+			if b := msg.GetBandwidthLimits(); b != nil {
+				return b
+			}
+		case err := <-a.errc:
+			a.t.Fatalf("stream ended: %v", err)
+		case <-deadline:
+			a.t.Fatal("no bandwidth limits within 5s")
 		}
 	}
 }

@@ -16,8 +16,9 @@ import (
 const ReasonAgentLost = "agent lost"
 
 // Lead carries out the leader's duties for one term (see package
-// leader): the grace sweeper, cancellations of jobs on agents, and
-// refreshing connected hosts in the ledger. It returns when ctx ends.
+// leader): the grace sweeper, cancellations of jobs on agents,
+// refreshing connected hosts in the ledger, and sending changed bandwidth
+// limits to the agents of their servers. It returns when ctx ends.
 func (m *Manager) Lead(ctx context.Context) { m.lead(ctx) }
 
 // Follow closes every session once this node no longer leads, so the
@@ -74,6 +75,8 @@ func (m *Manager) lead(ctx context.Context) {
 			m.sweep(ctx)
 		case <-refresh.C:
 			m.refreshHosts(ctx)
+		case <-m.limits.signal:
+			m.sendChangedLimits(ctx)
 		}
 	}
 }

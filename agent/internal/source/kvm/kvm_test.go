@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"reflect"
 	"strings"
 	"testing"
 
@@ -100,7 +101,7 @@ func TestParseDomain(t *testing.T) {
 		{MAC: "52:54:00:aa:bb:cc", Type: "network", Network: "default", Bridge: "virbr0", Model: "virtio"},
 		{MAC: "52:54:00:11:22:33", Type: "bridge", Bridge: "br-prod", Model: "e1000"},
 	}
-	if len(vm.NICs) != 2 || vm.NICs[0] != wantNICs[0] || vm.NICs[1] != wantNICs[1] {
+	if !reflect.DeepEqual(vm.NICs, wantNICs) {
 		t.Errorf("nics = %+v; want %+v", vm.NICs, wantNICs)
 	}
 }
@@ -336,4 +337,18 @@ func TestSASLAuth(t *testing.T) {
 
 func ver(major, minor, micro uint32) Version {
 	return Version{Major: major, Minor: minor, Micro: micro}
+}
+
+// The guest agent's (or the leases') interfaces land on the NICs with
+// their MACs, whatever the case; the loopback and unknown MACs on none.
+func TestSetGuestAddresses(t *testing.T) {
+	nics := []NIC{{MAC: "52:54:00:aa:bb:cc"}, {MAC: "52:54:00:11:22:33"}}
+	setGuestAddresses(nics, []libvirt.DomainInterface{
+		{Name: "lo", Hwaddr: "00:00:00:00:00:00", Addrs: []libvirt.DomainIPAddress{{Addr: "127.0.0.1", Prefix: 8}}},
+		{Name: "eth0", Hwaddr: "52:54:00:AA:BB:CC", Addrs: []libvirt.DomainIPAddress{{Addr: "10.1.2.3", Prefix: 24}, {Type: libvirt.IP_ADDR_TYPE_IPV6, Addr: "fe80::1", Prefix: 64}}},
+		{Name: "eth9", Hwaddr: "52:54:00:99:99:99", Addrs: []libvirt.DomainIPAddress{{Addr: "10.9.9.9", Prefix: 24}}},
+	})
+	if !reflect.DeepEqual(nics[0].IPs, []string{"10.1.2.3", "fe80::1"}) || nics[1].IPs != nil {
+		t.Errorf("NICs = %+v", nics)
+	}
 }

@@ -188,14 +188,19 @@ func (Firmware) EnumDescriptor() ([]byte, []int) {
 	return file_ferry_v1_migration_job_proto_rawDescGZIP(), []int{2}
 }
 
-// OsType of the guest.
+// OsType of the guest. Unspecified takes the source's platform (its OS
+// type, else its guest OS id, else Linux).
 type OsType int32
 
 const (
 	OsType_OS_TYPE_UNSPECIFIED OsType = 0
-	OsType_OS_TYPE_LINUX       OsType = 1
-	OsType_OS_TYPE_WINDOWS     OsType = 2
-	// Windows with virtio drivers installed: virtio disk and NIC models.
+	// Virtio NICs, a UTC clock.
+	OsType_OS_TYPE_LINUX OsType = 1
+	// Windows without virtio drivers: SATA disks (unless disk_bus says
+	// otherwise), e1000 NICs, a local-time clock.
+	OsType_OS_TYPE_WINDOWS OsType = 2
+	// Windows with virtio drivers installed: virtio disk and NIC models, a
+	// local-time clock.
 	OsType_OS_TYPE_WINDOWS_VIRTIO OsType = 3
 )
 
@@ -978,7 +983,11 @@ type MigrationOptions struct {
 	// when the source's synced inventory says it is paused or shut off (the
 	// preview says so in notes). True starts it in any case, false never.
 	AutoStart *bool `protobuf:"varint,3,opt,name=auto_start,json=autoStart,proto3,oneof" json:"auto_start,omitempty"`
-	// Give each target NIC its source NIC's MAC and guest IP address.
+	// Give each target NIC its source NIC's MAC and guest IP address (as
+	// VMware Tools, the QEMU guest agent or a DHCP lease of a libvirt
+	// network report it), when that address is inside the L3 network's
+	// range; a NIC whose address is unknown or outside the range gets one
+	// allocated from the range, which PreviewMigrationJobs notes.
 	UseSourceNicAddress bool `protobuf:"varint,4,opt,name=use_source_nic_address,json=useSourceNicAddress,proto3" json:"use_source_nic_address,omitempty"`
 	unknownFields       protoimpl.UnknownFields
 	sizeCache           protoimpl.SizeCache
@@ -1514,9 +1523,13 @@ type PreviewMigrationJobsResponse struct {
 	// A usage that is not known does not make it false: create does not
 	// refuse a batch for it either.
 	Fits bool `protobuf:"varint,4,opt,name=fits,proto3" json:"fits,omitempty"`
-	// What create would do that the request did not say, one line each:
-	// such as a target left stopped because its source VM is paused or shut
-	// off (options.auto_start unset).
+	// What create would do that the request did not say, one line each,
+	// field first where there is one: a target left stopped because its
+	// source VM is paused or shut off (options.auto_start unset); a NIC with
+	// options.use_source_nic_address whose guest address is unknown or
+	// outside its L3 network's range, which gets an address allocated from
+	// the range instead ("jobs[0].target.nics[1].ip: …; an address from the
+	// range of l3Networks/… is allocated instead").
 	Notes         []string `protobuf:"bytes,5,rep,name=notes,proto3" json:"notes,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache

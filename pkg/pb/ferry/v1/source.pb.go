@@ -1903,7 +1903,9 @@ type SourceNic struct {
 	Model   string                 `protobuf:"bytes,4,opt,name=model,proto3" json:"model,omitempty"`
 	// VMware portgroup (standard or distributed) the NIC is on.
 	Portgroup string `protobuf:"bytes,5,opt,name=portgroup,proto3" json:"portgroup,omitempty"`
-	// Guest addresses reported by the guest agent / VMware Tools.
+	// Guest addresses: from VMware Tools; on a KVM source from the QEMU
+	// guest agent of a running VM, else from the DHCP leases of the libvirt
+	// network it is on (virDomainInterfaceAddresses). Empty when unknown.
 	IpAddresses   []string `protobuf:"bytes,6,rep,name=ip_addresses,json=ipAddresses,proto3" json:"ip_addresses,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
