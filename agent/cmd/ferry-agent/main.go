@@ -69,6 +69,8 @@ func parseFlags(args []string, stderr io.Writer) (config.Config, slog.Level, err
 		"how often source SSH connections are probed; one silent for three probes counts as dropped")
 	fs.DurationVar(&cfg.SourceCleanupInterval, "source-cleanup-interval", config.DefaultSourceCleanupInterval,
 		"how often backups that failed or crashed jobs left on sources are looked for and ended")
+	fs.StringVar(&cfg.DomainType, "domain-type", "auto",
+		"libvirt domain type of target VMs: auto (kvm when libvirt offers it), kvm, or qemu (TCG, for hosts whose KVM does not work, such as some nested VMs)")
 	if err := fs.Parse(args); err != nil {
 		return cfg, level, err
 	}
@@ -106,7 +108,7 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 			ferryv1.Platform_PLATFORM_KVM:    kvmDriver,
 			ferryv1.Platform_PLATFORM_VMWARE: vmware.NewDriver(log, vmware.Options{RetryBudget: cfg.SourceRetryBudget}),
 		},
-		Target: target.NewDriver(target.DefaultLibvirtURI, target.Options{Log: log}),
+		Target: target.NewDriver(target.DefaultLibvirtURI, target.Options{Log: log, DomainType: domainType(cfg.DomainType)}),
 	}
 	fences := session.NewFences(outbox, log)
 	r := runner.New(runner.Config{DataDir: cfg.DataDir}, runner.Deps{Drivers: drivers, Reporter: outbox, Fencer: fences, Logger: log})
@@ -158,4 +160,12 @@ func reclaimCaches(ctx context.Context, dirs []string, retention func() time.Dur
 			}
 		}
 	}
+}
+
+// domainType is the target.Options value of --domain-type: "" for auto.
+func domainType(flag string) string {
+	if flag == "auto" {
+		return ""
+	}
+	return flag
 }
