@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"log/slog"
+	"net"
 	"strings"
 	"testing"
 	"time"
@@ -123,4 +124,57 @@ func TestConfigValidate(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestMembershipChangesCheckTheirTarget: a one-node cluster (plain TCP,
+// as under --insecure, and mutual TLS) refuses a voter where nothing
+// listens and the removal of an unknown id, and writes nothing for
+// either; it keeps its leader and still writes.
+func TestMembershipChangesCheckTheirTarget(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		peer func(testing.TB) *PeerTLS
+	}{
+		{"tcp", func(testing.TB) *PeerTLS { return nil }},
+		{"tls", testPeerTLS},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			peer := tc.peer(t)
+			h := newHarness(t, slog.LevelInfo, func(c *Config) { c.TLS = peer })
+			m := h.start("n1", true)
+			ctx := context.Background()
+			// The new leader records its address; let that land first.
+			waitFor(t, 5*time.Second, "n1's node record", func() bool { _, ok := m.ledger().Node("n1"); return ok })
+			before := m.node.Stats()
+			dead := freeLoopbackAddr(t)
+			err := m.node.AddVoter(ctx, "n2", dead)
+			var pe *PeerError
+			if !errors.Is(err, ErrPeerUnverified) || !errors.As(err, &pe) || pe.Addr != dead {
+				t.Fatalf("AddVoter at %s where nothing listens: %v, want a PeerError for it", dead, err)
+			}
+			if err := m.node.RemoveVoter(ctx, "n9"); !errors.Is(err, ErrUnknownMember) {
+				t.Fatalf("RemoveVoter of an unknown id: %v, want ErrUnknownMember", err)
+			}
+			if after := m.node.Stats(); after.LastIndex != before.LastIndex {
+				t.Fatalf("refused membership changes moved the log from %d to %d", before.LastIndex, after.LastIndex)
+			}
+			if members, err := m.node.Members(); err != nil || len(members) != 1 {
+				t.Fatalf("members = %+v, %v; want n1 alone", members, err)
+			}
+			if _, err := m.node.Propose(ctx, putCluster(1)); err != nil {
+				t.Fatalf("write after refused changes: %v", err)
+			}
+		})
+	}
+}
+
+func freeLoopbackAddr(t *testing.T) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	_ = ln.Close()
+	return addr
 }
