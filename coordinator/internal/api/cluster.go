@@ -108,7 +108,7 @@ func (s *clusterService) RemoveVoter(ctx context.Context, req *ferryv1.RemoveVot
 	} else {
 		err = s.a.membership.RemoveVoter(ctx, req.GetId())
 		if errors.Is(err, consensus.ErrUnknownMember) {
-			err = notFound("id", fmt.Sprintf("coordinator %q", req.GetId()))
+			err = notFoundf("id", "coordinator %q", req.GetId())
 		}
 		if err == nil {
 			_, err = s.a.propose(ctx, deleteNode(req.GetId()))

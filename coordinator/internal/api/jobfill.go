@@ -27,7 +27,17 @@ func (a *API) fillBatch(ctx context.Context, req *ferryv1.CreateMigrationJobsReq
 	for _, s := range req.GetJobs() {
 		need = need || s.GetSourceVm() != "" && targetspec.Incomplete(s)
 	}
-	if !need || a.inventory == nil {
+	if !need {
+		return req, nil
+	}
+	// A spec to fill from a source that does not exist: that is the
+	// answer, whatever else the spec lacks.
+	c := &checker{}
+	checkRef(c, "source", req.GetSource(), colSources)
+	if _, ok := a.ledger.Source(req.GetSource()); c.ok() && !ok {
+		return nil, notFound("source", req.GetSource())
+	}
+	if a.inventory == nil {
 		return req, nil
 	}
 	vms, err := a.readSourceVMs(ctx, req, resync)
@@ -46,7 +56,7 @@ func (a *API) fillBatch(ctx context.Context, req *ferryv1.CreateMigrationJobsReq
 		}
 		vm := findSourceVM(vms, spec.GetSourceVm())
 		if vm == nil {
-			return nil, notFound(fmt.Sprintf("jobs[%d].source_vm", i), fmt.Sprintf("VM %q at %s", spec.GetSourceVm(), req.GetSource()))
+			return nil, notFoundf(fmt.Sprintf("jobs[%d].source_vm", i), "VM %q at %s", spec.GetSourceVm(), req.GetSource())
 		}
 		if err := targetspec.Fill(spec, vm, opts); err != nil {
 			var fe *targetspec.Error

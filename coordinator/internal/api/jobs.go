@@ -43,7 +43,11 @@ func (s *jobService) create(ctx context.Context, req *ferryv1.CreateMigrationJob
 			return nil, err
 		}
 	}
-	if lines := s.a.precheck(ctx, refs, jobs, true); len(lines) > 0 {
+	lines := s.a.precheck(ctx, refs, jobs, true)
+	if err := s.a.checkVMsKnown(refs, jobs); err != nil {
+		return nil, err
+	}
+	if len(lines) > 0 {
 		return nil, precheckError(lines)
 	}
 	s.a.allocMu.Lock()

@@ -5,6 +5,9 @@ import (
 	"fmt"
 	"strconv"
 	"strings"
+	"time"
+
+	"google.golang.org/grpc/codes"
 
 	ferryv1 "github.com/ferry-v2v/ferry/pkg/pb/ferry/v1"
 )
@@ -53,6 +56,31 @@ func (a *API) precheck(ctx context.Context, refs *batchRefs, jobs []*ferryv1.Mig
 	}
 	return lines
 }
+
+// checkVMsKnown is NOT_FOUND for the first job whose VM the synced
+// inventory of a VMware source does not list (precheck has synced it
+// when it could). A KVM inventory lists only running VMs, so there the
+// agent checks. Preview reports it as a pre-check line instead.
+func (a *API) checkVMsKnown(refs *batchRefs, jobs []*ferryv1.MigrationJob) error {
+	if refs.source.GetType() != ferryv1.Platform_PLATFORM_VMWARE {
+		return nil
+	}
+	inv, ok := a.ledger.SourceInventory(refs.source.GetName())
+	if !ok {
+		return nil
+	}
+	for i, j := range jobs {
+		if vm, why := findInventoryVM(inv, j.GetSourceVm()); vm == nil && why == notInInventory {
+			return &fieldError{code: codes.NotFound, field: fmt.Sprintf("jobs[%d].source_vm", i), msg: sprintfClipped(
+				"VM %q is not in the inventory of %s synced at %s; sync the source first if the VM is new",
+				j.GetSourceVm(), inv.GetSource(), inv.GetSyncTime().AsTime().Format(time.RFC3339))}
+		}
+	}
+	return nil
+}
+
+// notInInventory is findInventoryVM's reason for a VM it does not know.
+const notInInventory = "is not"
 
 // checkSourceVM checks one job's VM against the inventory.
 func checkSourceVM(p string, j *ferryv1.MigrationJob, inv *ferryv1.SourceInventory, vmware bool) []string {
@@ -113,7 +141,7 @@ func findInventoryVM(inv *ferryv1.SourceInventory, ref string) (*ferryv1.SourceV
 	}
 	switch len(byName) {
 	case 0:
-		return nil, "is not"
+		return nil, notInInventory
 	case 1:
 		return byName[0], ""
 	}

@@ -100,12 +100,18 @@ func TestVMwarePrechecks(t *testing.T) {
 		}
 	}
 	backing := disk.(*types.VirtualDisk).Backing.(*types.VirtualDiskFlatVer2BackingInfo)
+
+	// A full spec for a VM the synced inventory lacks is NOT_FOUND.
+	err := w.create(ctx, w.server, "vm-9999")
+	if msg := status.Convert(err).Message(); status.Code(err) != codes.NotFound ||
+		!strings.HasPrefix(msg, `jobs[0].source_vm: VM "vm-9999" is not in the inventory of sources/vc synced at `) {
+		t.Fatalf("create for an unknown VM: %v; want NOT_FOUND naming jobs[0].source_vm", err)
+	}
 	for _, tc := range []struct {
 		name, server, vm string
 		setup, undo      func()
 		want             []string
 	}{
-		{"unknown VM", w.server, "vm-9999", nil, nil, []string{`jobs[0]: VM "vm-9999" is not in the inventory of sources/vc`}},
 		{"template", w.server, w.vmID("DC0_H0_VM1"), func() {
 			if task, err := tmpl.PowerOff(ctx); err != nil || task.Wait(ctx) != nil {
 				t.Fatal("power off", err)
