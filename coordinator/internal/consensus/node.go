@@ -124,7 +124,7 @@ func (n *Node) open(fsm raft.FSM) error {
 	}
 	n.store = store
 	hcl := n.cfg.raftLogger()
-	snaps, err := raft.NewFileSnapshotStoreWithLogger(cfg.DataDir, snapshotsRetained, hcl.Named("snapshot"))
+	snaps, err := openSnapshots(cfg.DataDir, snapshotsRetained, hcl.Named("snapshot"))
 	if err != nil {
 		return fmt.Errorf("open snapshot store: %w", err)
 	}

@@ -3,8 +3,11 @@ package consensus
 import (
 	"context"
 	"errors"
+	"io/fs"
 	"log/slog"
 	"net"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -177,4 +180,51 @@ func freeLoopbackAddr(t *testing.T) string {
 	addr := ln.Addr().String()
 	_ = ln.Close()
 	return addr
+}
+
+// TestDataFilesArePrivate: snapshots (a copy of the whole ledger) are
+// written 0600 in 0700 directories like raft.db, whatever the umask
+// lets hashicorp/raft's file store make, for a snapshot taken here and
+// one a follower receives from its leader.
+func TestDataFilesArePrivate(t *testing.T) {
+	h := newHarness(t, slog.LevelWarn, func(c *Config) { c.TrailingLogs = 4 })
+	m1 := h.start("n1", true)
+	proposeAll(t, m1.node, 0, 20)
+	if err := m1.node.Snapshot(); err != nil {
+		t.Fatal(err)
+	}
+	m2 := h.start("n2", false)
+	if err := m1.node.AddVoter(context.Background(), m2.id, m2.node.RaftAddress()); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 10*time.Second, "n2 installs the leader's snapshot", func() bool { return m2.node.Stats().LastSnapshotIndex > 0 })
+	for _, m := range []*member{m1, m2} {
+		snaps := 0
+		err := filepath.WalkDir(m.dir, func(p string, d fs.DirEntry, err error) error {
+			if err != nil {
+				return err
+			}
+			fi, err := d.Info()
+			if err != nil {
+				return err
+			}
+			want := os.FileMode(0o600)
+			if d.IsDir() {
+				want = 0o700
+			}
+			if d.Name() == "state.bin" {
+				snaps++
+			}
+			if fi.Mode().Perm() != want {
+				t.Errorf("%s: mode %v, want %v", p, fi.Mode().Perm(), want)
+			}
+			return nil
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if snaps == 0 {
+			t.Errorf("%s holds no snapshot", m.dir)
+		}
+	}
 }
