@@ -23,8 +23,9 @@ var minSourceVersion = [2]int{5, 0}
 // version pair that differs or is older than 5.0. A VMware source never
 // synced is synced first when an agent can reach it; with resync, so is a
 // source whose inventory lacks a VM of the batch (made since the last
-// sync). Preview passes false: it writes nothing it need not.
-func (a *API) precheck(ctx context.Context, refs *batchRefs, jobs []*ferryv1.MigrationJob, resync bool) []string {
+// sync). Preview passes false: it writes nothing it need not. Syncs are
+// kept in syncs, for the caller to record.
+func (a *API) precheck(ctx context.Context, refs *batchRefs, jobs []*ferryv1.MigrationJob, resync bool, syncs *batchSyncs) []string {
 	var lines []string
 	src, srv := refs.source, refs.server
 	if srv.GetType() != src.GetType() {
@@ -36,18 +37,18 @@ func (a *API) precheck(ctx context.Context, refs *batchRefs, jobs []*ferryv1.Mig
 	for i, j := range jobs {
 		vms[i] = j.GetSourceVm()
 	}
-	inv, ok := a.ledger.SourceInventory(src.GetName())
+	inv, ok := syncs.inventory(src.GetName())
 	if (!ok && vmware || resync && ok && !hasVMs(inv, vms)) && a.inventory != nil && a.inventory.Connected(srv.GetHost()) {
 		// Never synced, or a VM made since the last sync: read it now.
-		if err := a.syncSource(ctx, src.GetName(), srv.GetName()); err != nil {
+		if err := syncs.sync(ctx, src.GetName(), srv.GetName()); err != nil {
 			a.log.Info("could not sync a source before creating jobs", "source", src.GetName(), "err", err)
 		}
-		inv, ok = a.ledger.SourceInventory(src.GetName())
+		inv, ok = syncs.inventory(src.GetName())
 	}
 	if !ok {
 		if vmware {
 			lines = append(lines, fmt.Sprintf("source %s was never synced%s, so its VMs cannot be checked; sync it first (ferryctl source sync)",
-				src.GetName(), lastError(src)))
+				src.GetName(), syncs.lastError(src)))
 		}
 		return lines
 	}
@@ -61,11 +62,11 @@ func (a *API) precheck(ctx context.Context, refs *batchRefs, jobs []*ferryv1.Mig
 // inventory of a VMware source does not list (precheck has synced it
 // when it could). A KVM inventory lists only running VMs, so there the
 // agent checks. Preview reports it as a pre-check line instead.
-func (a *API) checkVMsKnown(refs *batchRefs, jobs []*ferryv1.MigrationJob) error {
+func checkVMsKnown(refs *batchRefs, jobs []*ferryv1.MigrationJob, syncs *batchSyncs) error {
 	if refs.source.GetType() != ferryv1.Platform_PLATFORM_VMWARE {
 		return nil
 	}
-	inv, ok := a.ledger.SourceInventory(refs.source.GetName())
+	inv, ok := syncs.inventory(refs.source.GetName())
 	if !ok {
 		return nil
 	}

@@ -101,11 +101,18 @@ func TestVMwarePrechecks(t *testing.T) {
 	}
 	backing := disk.(*types.VirtualDisk).Backing.(*types.VirtualDiskFlatVer2BackingInfo)
 
-	// A full spec for a VM the synced inventory lacks is NOT_FOUND.
+	// A full spec for a VM the synced inventory lacks is NOT_FOUND. The
+	// create syncs the source again to look for it, but being refused,
+	// records nothing: the applied index stays where it was.
+	leader := w.c.Leader(5 * time.Second).Server
+	before := leader.Node().Stats().AppliedIndex
 	err := w.create(ctx, w.server, "vm-9999")
 	if msg := status.Convert(err).Message(); status.Code(err) != codes.NotFound ||
 		!strings.HasPrefix(msg, `jobs[0].source_vm: VM "vm-9999" is not in the inventory of sources/vc synced at `) {
 		t.Fatalf("create for an unknown VM: %v; want NOT_FOUND naming jobs[0].source_vm", err)
+	}
+	if after := leader.Node().Stats().AppliedIndex; after != before {
+		t.Fatalf("a refused create moved the applied index from %d to %d", before, after)
 	}
 	for _, tc := range []struct {
 		name, server, vm string
