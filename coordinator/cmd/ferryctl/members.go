@@ -70,8 +70,8 @@ func (a *app) membersAddVoter() *cobra.Command {
 		Long: `Add a coordinator node as a voter. A node started with --join does this by
 itself; use it by hand only to repair a membership. The node must already run:
 the leader first connects to --raft-address and refuses (FAILED_PRECONDITION)
-an address where nothing answers, or that does not present the cluster's
-coordinator certificate.`,
+an address where nothing answers, that does not present the cluster's
+coordinator certificate, or that is not the node's Raft port.`,
 		Example: `  ferryctl members add-voter --id c4 --raft-address 10.0.0.4:7444 --api-address 10.0.0.4:7443`,
 		Args:    noArgs,
 		PreRunE: func(cmd *cobra.Command, _ []string) error {

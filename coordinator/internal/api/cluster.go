@@ -79,7 +79,7 @@ func (s *clusterService) AddVoter(ctx context.Context, req *ferryv1.AddVoterRequ
 	if err == nil {
 		err = s.a.membership.AddVoter(ctx, req.GetId(), req.GetRaftAddress())
 		if pe := (*consensus.PeerError)(nil); errors.As(err, &pe) {
-			err = precondition("raft_address", "%s does not answer as a coordinator of this cluster (%v); start the node there first, with the cluster's coordinator certificate", req.GetRaftAddress(), pe.Err)
+			err = precondition("raft_address", "%s does not answer as a coordinator's Raft port (%v); give the node's --raft-listen address, and start it first with the cluster's coordinator certificate", req.GetRaftAddress(), pe.Err)
 		}
 	}
 	if err == nil {

@@ -38,6 +38,12 @@ func (e *PeerError) Unwrap() error { return e.Err }
 // probeTimeout bounds the check AddVoter makes of a new member's address.
 const probeTimeout = 5 * time.Second
 
+// alpnRaft is the application protocol both ends of a Raft connection
+// negotiate. It keeps another TLS server holding a coordinator
+// certificate (the coordinator's own gRPC API, say) from passing for a
+// Raft peer.
+const alpnRaft = "ferry-raft"
+
 // PeerTLS is what Raft over mutual TLS needs: the coordinator's own
 // certificate, presented both when it accepts and when it dials, and the
 // cluster's CA. Both ends require the other's certificate to chain to the
@@ -60,9 +66,13 @@ func (p *PeerTLS) serverConfig() *tls.Config {
 		Certificates: []tls.Certificate{p.Certificate},
 		ClientCAs:    p.CA,
 		ClientAuth:   tls.RequireAndVerifyClientCert,
+		NextProtos:   []string{alpnRaft},
 		VerifyConnection: func(cs tls.ConnectionState) error {
 			if len(cs.VerifiedChains) == 0 || len(cs.VerifiedChains[0]) == 0 {
 				return errors.New("raft peer presented no verified certificate")
+			}
+			if cs.NegotiatedProtocol != alpnRaft {
+				return fmt.Errorf("raft peer did not ask for protocol %s", alpnRaft)
 			}
 			return requireCoordinator(cs.VerifiedChains[0][0])
 		},
@@ -71,16 +81,21 @@ func (p *PeerTLS) serverConfig() *tls.Config {
 
 // clientConfig presents the coordinator certificate and accepts only a
 // server whose certificate chains to the CA and carries the coordinator
-// role. Hostname verification is replaced by that check (see PeerTLS).
+// role, and that agrees to speak Raft (ALPN). Hostname verification is
+// replaced by these checks (see PeerTLS).
 func (p *PeerTLS) clientConfig() *tls.Config {
 	return &tls.Config{
 		MinVersion:   tls.VersionTLS13,
 		Certificates: []tls.Certificate{p.Certificate},
+		NextProtos:   []string{alpnRaft},
 		// The chain and the role are verified in VerifyConnection.
 		InsecureSkipVerify: true, //nolint:gosec // verified below against the CA
 		VerifyConnection: func(cs tls.ConnectionState) error {
 			if len(cs.PeerCertificates) == 0 {
 				return errors.New("raft peer presented no certificate")
+			}
+			if cs.NegotiatedProtocol != alpnRaft {
+				return fmt.Errorf("peer does not speak %s (a coordinator's API port?)", alpnRaft)
 			}
 			inter := x509.NewCertPool()
 			for _, c := range cs.PeerCertificates[1:] {

@@ -79,7 +79,8 @@ func tlsDialer(cfg *tls.Config) func(string) (net.Conn, error) {
 // and presents role's pair from dir, or nothing when role is "".
 func attackerTLS(t *testing.T, dir, role string) *tls.Config {
 	t.Helper()
-	cfg := &tls.Config{InsecureSkipVerify: true} //nolint:gosec // the attacker does not care
+	// The attacker does not check the server, and asks for Raft by name.
+	cfg := &tls.Config{InsecureSkipVerify: true, NextProtos: []string{"ferry-raft"}} //nolint:gosec // the attacker does not care
 	if role != "" {
 		pair, err := tls.LoadX509KeyPair(filepath.Join(dir, role+".crt"), filepath.Join(dir, role+".key"))
 		if err != nil {
@@ -144,11 +145,14 @@ func TestRaftTrustBoundary(t *testing.T) {
 		for _, tc := range []struct{ what, addr string }{
 			{"nothing listens", dead},
 			{"a non-coordinator certificate", impostor},
+			// The API port presents the coordinator certificate but does
+			// not speak Raft.
+			{"a coordinator's API port", c.Followers()[0].Addr()},
 		} {
 			_, err := cluster.AddVoter(testcluster.Ctx(t, 20*time.Second), &ferryv1.AddVoterRequest{
 				Id: "n9", RaftAddress: tc.addr, ApiAddress: "127.0.0.1:1",
 			})
-			if status.Code(err) != codes.FailedPrecondition || !strings.HasPrefix(status.Convert(err).Message(), "raft_address: "+tc.addr+" does not answer as a coordinator") {
+			if status.Code(err) != codes.FailedPrecondition || !strings.HasPrefix(status.Convert(err).Message(), "raft_address: "+tc.addr+" does not answer as a coordinator's Raft port") {
 				t.Fatalf("AddVoter where %s: %v, want FAILED_PRECONDITION naming raft_address", tc.what, err)
 			}
 			t.Logf("AddVoter where %s: %v", tc.what, err)
@@ -208,10 +212,11 @@ func freeAddr(t *testing.T) string {
 	return addr
 }
 
-// serveTLS accepts TLS connections with cert and completes handshakes.
+// serveTLS accepts TLS connections with cert, offering to speak Raft,
+// and completes handshakes.
 func serveTLS(t *testing.T, cert tls.Certificate) string {
 	t.Helper()
-	ln, err := tls.Listen("tcp", "127.0.0.1:0", &tls.Config{Certificates: []tls.Certificate{cert}})
+	ln, err := tls.Listen("tcp", "127.0.0.1:0", &tls.Config{Certificates: []tls.Certificate{cert}, NextProtos: []string{"ferry-raft"}})
 	if err != nil {
 		t.Fatal(err)
 	}
