@@ -78,7 +78,8 @@ func (s *clusterService) AddVoter(ctx context.Context, req *ferryv1.AddVoterRequ
 	err := c.err()
 	if err == nil {
 		err = s.a.membership.AddVoter(ctx, req.GetId(), req.GetRaftAddress())
-		if pe := (*consensus.PeerError)(nil); errors.As(err, &pe) {
+		var pe *consensus.PeerError
+		if errors.As(err, &pe) {
 			err = precondition("raft_address", "%s does not answer as a coordinator's Raft port (%v); give the node's --raft-listen address, and start it first with the cluster's coordinator certificate", req.GetRaftAddress(), pe.Err)
 		}
 	}

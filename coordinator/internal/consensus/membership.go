@@ -26,8 +26,10 @@ var ErrUnknownMember = errors.New("not a member of the raft configuration")
 // change membership; elsewhere it fails with ErrNotLeader. The joining
 // node must already be running (Open without Bootstrap): AddVoter first
 // dials raftAddr and, over TLS, checks that it presents a coordinator
-// certificate, and fails with ErrPeerUnverified otherwise, so that a
-// voter that can never answer does not cost the cluster its quorum.
+// certificate and speaks Raft (ALPN), and fails with a PeerError
+// (ErrPeerUnverified) otherwise, so that a voter that can never answer
+// does not cost the cluster its quorum. Over plain TCP (--insecure) it
+// only checks that something listens.
 // Recording its API address in the ledger (PutNode) is the caller's
 // business.
 func (n *Node) AddVoter(ctx context.Context, id, raftAddr string) error {
