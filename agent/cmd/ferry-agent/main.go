@@ -56,7 +56,7 @@ func parseFlags(args []string, stderr io.Writer) (config.Config, slog.Level, err
 	fs.StringVar(&cfg.HostName, "host-name", hostname, "this host's name (the host resource is hosts/NAME)")
 	fs.StringVar(&cfg.DataDir, "data-dir", "./ferry-agent-data", "directory for the agent's state and job caches")
 	fs.StringVar(&cfg.Cluster, "cluster", "", "target cluster of this host, clusters/NAME or NAME")
-	fs.StringVar(&cfg.CachePath, "cache-path", "", "absolute path on a disk whose size and free space are reported as cache facts, for display (cache admission measures each migration server's cache_path, which the coordinator names)")
+	fs.StringVar(&cfg.CachePath, "cache-path", "", "absolute path on a disk whose size and free space are reported as cache facts, for display (cache admission measures each migration server's cache_path, which the coordinator names); only job caches Ferry made there are ever reclaimed")
 	fs.StringVar(&cfg.TLSDir, "tls-dir", "", "PKI directory with ca.crt, agent.crt and agent.key")
 	fs.StringVar(&cfg.CAFile, "ca", "", "CA certificate file (with --cert and --key)")
 	fs.StringVar(&cfg.CertFile, "cert", "", "agent certificate file")
@@ -134,6 +134,8 @@ const reclaimInterval = 10 * time.Minute
 
 // reclaimCaches removes, every reclaimInterval, the caches of jobs this
 // agent does not hold that are older than the cluster's cache retention.
+// Only job directories Ferry made (cache.MakeJobDir) are candidates;
+// anything else under --cache-path is left alone.
 func reclaimCaches(ctx context.Context, dirs []string, retention func() time.Duration, r *runner.Runner, log *slog.Logger) {
 	t := time.NewTicker(reclaimInterval)
 	defer t.Stop()

@@ -254,6 +254,9 @@ func TestKilledServer(t *testing.T) {
 func TestReclaimStopsServers(t *testing.T) {
 	requireQemu(t)
 	root := t.TempDir()
+	if err := MakeJobDir(filepath.Join(root, "job-1")); err != nil {
+		t.Fatal(err)
+	}
 	img := openImage(t, filepath.Join(root, "job-1"), mib, true)
 	old := time.Now().Add(-48 * time.Hour)
 	entries, _ := os.ReadDir(filepath.Join(root, "job-1"))

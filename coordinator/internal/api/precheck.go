@@ -6,6 +6,9 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"time"
+
+	"google.golang.org/grpc/codes"
 
 	"github.com/ferry-v2v/ferry/pkg/kvmver"
 	ferryv1 "github.com/ferry-v2v/ferry/pkg/pb/ferry/v1"
@@ -24,8 +27,9 @@ var minSourceVersion = [2]int{5, 0}
 // libvirt or QEMU is too old (checkKVMVersions). A VMware source never
 // synced is synced first when an agent can reach it; with resync, so is a
 // source whose inventory lacks a VM of the batch (made since the last
-// sync). Preview passes false: it writes nothing it need not.
-func (a *API) precheck(ctx context.Context, refs *batchRefs, jobs []*ferryv1.MigrationJob, resync bool) []string {
+// sync). Preview passes false: it writes nothing it need not. Syncs are
+// kept in syncs, for the caller to record.
+func (a *API) precheck(ctx context.Context, refs *batchRefs, jobs []*ferryv1.MigrationJob, resync bool, syncs *batchSyncs) []string {
 	var lines []string
 	src, srv := refs.source, refs.server
 	if srv.GetType() != src.GetType() {
@@ -37,18 +41,18 @@ func (a *API) precheck(ctx context.Context, refs *batchRefs, jobs []*ferryv1.Mig
 	for i, j := range jobs {
 		vms[i] = j.GetSourceVm()
 	}
-	inv, ok := a.ledger.SourceInventory(src.GetName())
+	inv, ok := syncs.inventory(src.GetName())
 	if (!ok && vmware || resync && ok && !hasVMs(inv, vms)) && a.inventory != nil && a.inventory.Connected(srv.GetHost()) {
 		// Never synced, or a VM made since the last sync: read it now.
-		if err := a.syncSource(ctx, src.GetName(), srv.GetName()); err != nil {
+		if err := syncs.sync(ctx, src.GetName(), srv.GetName()); err != nil {
 			a.log.Info("could not sync a source before creating jobs", "source", src.GetName(), "err", err)
 		}
-		inv, ok = a.ledger.SourceInventory(src.GetName())
+		inv, ok = syncs.inventory(src.GetName())
 	}
 	if !ok {
 		if vmware {
 			lines = append(lines, fmt.Sprintf("source %s was never synced%s, so its VMs cannot be checked; sync it first (ferryctl source sync)",
-				src.GetName(), lastError(src)))
+				src.GetName(), syncs.lastError(src)))
 		}
 		return lines
 	}
@@ -99,6 +103,31 @@ func (a *API) checkKVMVersions(p string, j *ferryv1.MigrationJob, inv *ferryv1.S
 	}
 	return lines
 }
+
+// checkVMsKnown is NOT_FOUND for the first job whose VM the synced
+// inventory of a VMware source does not list (precheck has synced it
+// when it could). A KVM inventory lists only running VMs, so there the
+// agent checks. Preview reports it as a pre-check line instead.
+func checkVMsKnown(refs *batchRefs, jobs []*ferryv1.MigrationJob, syncs *batchSyncs) error {
+	if refs.source.GetType() != ferryv1.Platform_PLATFORM_VMWARE {
+		return nil
+	}
+	inv, ok := syncs.inventory(refs.source.GetName())
+	if !ok {
+		return nil
+	}
+	for i, j := range jobs {
+		if vm, why := findInventoryVM(inv, j.GetSourceVm()); vm == nil && why == notInInventory {
+			return &fieldError{code: codes.NotFound, field: fmt.Sprintf("jobs[%d].source_vm", i), msg: sprintfClipped(
+				"VM %q is not in the inventory of %s synced at %s; sync the source first if the VM is new",
+				j.GetSourceVm(), inv.GetSource(), inv.GetSyncTime().AsTime().Format(time.RFC3339))}
+		}
+	}
+	return nil
+}
+
+// notInInventory is findInventoryVM's reason for a VM it does not know.
+const notInInventory = "is not"
 
 // checkSourceVM checks one job's VM against the inventory.
 func checkSourceVM(p string, j *ferryv1.MigrationJob, inv *ferryv1.SourceInventory, vmware bool) []string {
@@ -192,7 +221,7 @@ func findInventoryVM(inv *ferryv1.SourceInventory, ref string) (*ferryv1.SourceV
 	}
 	switch len(byName) {
 	case 0:
-		return nil, "is not"
+		return nil, notInInventory
 	case 1:
 		return byName[0], ""
 	}

@@ -28,7 +28,8 @@ func (s *jobService) PreviewMigrationJobs(ctx context.Context, req *ferryv1.Prev
 func (a *API) preview(ctx context.Context, p *ferryv1.PreviewMigrationJobsRequest) (*ferryv1.PreviewMigrationJobsResponse, error) {
 	req := &ferryv1.CreateMigrationJobsRequest{Source: p.GetSource(), MigrationServer: p.GetMigrationServer(),
 		Jobs: p.GetJobs(), NetworkMappingGroup: p.GetNetworkMappingGroup()}
-	req, notes, err := a.fillBatch(ctx, req, false)
+	syncs := a.newBatchSyncs()
+	req, notes, err := a.fillBatch(ctx, req, false, syncs)
 	if err != nil {
 		return nil, err
 	}
@@ -45,7 +46,11 @@ func (a *API) preview(ctx context.Context, p *ferryv1.PreviewMigrationJobsReques
 			return nil, err
 		}
 	}
-	lines := a.precheck(ctx, refs, jobs, false)
+	lines := a.precheck(ctx, refs, jobs, false, syncs)
+	// A preview records the syncs it needed, as a sync would.
+	if err := syncs.record(ctx); err != nil {
+		return nil, err
+	}
 	notes = append(notes, a.keepSourceState(refs.source.GetName(), jobs)...)
 	// The allocator only reads the ledger; what it hands out here is what
 	// create would hand out if nothing changes in between.

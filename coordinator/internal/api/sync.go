@@ -67,29 +67,38 @@ func (s *sourceService) syncSource(ctx context.Context, req *ferryv1.SyncSourceR
 // agent's reason when reading failed (FAILED_PRECONDITION, returned as
 // well). An agent that is not reachable records nothing.
 func (a *API) syncSource(ctx context.Context, name, serverName string) error {
-	if a.inventory == nil {
-		return status.Error(codes.Unimplemented, "this coordinator has no agent sessions to sync sources through")
-	}
-	src, ok := a.ledger.Source(name)
-	if !ok {
-		return notFound("name", name)
-	}
-	server, err := a.pickInventoryServer(src, serverName)
-	if err != nil {
-		return err
-	}
-	inv, syncErr := a.inventory.SourceInventory(ctx, src, server)
-	rec := &ledgerv1.RecordSourceSync{Source: name, Inventory: inv}
-	if syncErr != nil {
-		if status.Code(syncErr) != codes.FailedPrecondition {
-			return syncErr
-		}
-		rec = &ledgerv1.RecordSourceSync{Source: name, Error: status.Convert(syncErr).Message()}
+	rec, syncErr := a.readSourceSync(ctx, name, serverName)
+	if rec == nil {
+		return syncErr
 	}
 	if _, err := a.propose(ctx, &ledgerv1.Command{Op: &ledgerv1.Command_RecordSourceSync{RecordSourceSync: rec}}); err != nil {
 		return err
 	}
 	return syncErr
+}
+
+// readSourceSync is syncSource without the recording: the record to
+// write, nil when there is nothing to record, and the sync's error.
+func (a *API) readSourceSync(ctx context.Context, name, serverName string) (*ledgerv1.RecordSourceSync, error) {
+	if a.inventory == nil {
+		return nil, status.Error(codes.Unimplemented, "this coordinator has no agent sessions to sync sources through")
+	}
+	src, ok := a.ledger.Source(name)
+	if !ok {
+		return nil, notFound("name", name)
+	}
+	server, err := a.pickInventoryServer(src, serverName)
+	if err != nil {
+		return nil, err
+	}
+	inv, syncErr := a.inventory.SourceInventory(ctx, src, server)
+	if syncErr != nil {
+		if status.Code(syncErr) != codes.FailedPrecondition {
+			return nil, syncErr
+		}
+		return &ledgerv1.RecordSourceSync{Source: name, Error: status.Convert(syncErr).Message()}, syncErr
+	}
+	return &ledgerv1.RecordSourceSync{Source: name, Inventory: inv}, nil
 }
 
 // pickInventoryServer returns the named server after checking it can

@@ -89,6 +89,10 @@ func (s *Server) open() error {
 	if err != nil {
 		return err
 	}
+	raftTLS, err := raftPeerTLS(s.cfg)
+	if err != nil {
+		return err
+	}
 	s.lis, err = net.Listen("tcp", s.cfg.Listen)
 	if err != nil {
 		return fmt.Errorf("listen on --listen %s: %w", s.cfg.Listen, err)
@@ -104,7 +108,7 @@ func (s *Server) open() error {
 	s.node, err = consensus.Open(consensus.Config{
 		NodeID: s.cfg.NodeID, DataDir: filepath.Join(s.cfg.DataDir, "raft"),
 		RaftBind: s.cfg.RaftListen, RaftAdvertise: s.cfg.RaftAdvertise, APIAddress: s.addr,
-		Bootstrap: s.cfg.Bootstrap(), NodeLookup: s.ledger.Node, Logger: s.log,
+		Bootstrap: s.cfg.Bootstrap(), NodeLookup: s.ledger.Node, TLS: raftTLS, Logger: s.log,
 		HeartbeatTimeout: s.cfg.HeartbeatTimeout, ElectionTimeout: s.cfg.ElectionTimeout,
 		TrailingLogs: s.cfg.TrailingLogs, SnapshotThreshold: s.cfg.SnapshotThreshold, SnapshotInterval: s.cfg.SnapshotInterval,
 	}, s.fsm)
