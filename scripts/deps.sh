@@ -13,6 +13,8 @@ packages=(
 	# runtime and test environment
 	libvirt-daemon-system libvirt-clients qemu-system-x86 qemu-utils
 	openssh-server nbdkit libnbd-bin ovmf ca-certificates dbus
+	# a kernel for test guests that boot (a guest agent answering libvirt)
+	linux-image-amd64
 	# building: cgo against libvirt, make itself
 	libvirt-dev gcc libc6-dev pkg-config make git
 )

@@ -226,7 +226,10 @@ func (f *ferry) startAgent(host, cachePath string) *proc {
 		coordinators = f.agentCoordinators
 	}
 	args := append([]string{"--coordinator", coordinators, "--host-name", host, "--data-dir", dataDir,
-		"--cache-path", cachePath, "--tls-dir", f.agentTLSDir(host), "--log-level", "debug"}, f.agentArgs...)
+		"--cache-path", cachePath, "--tls-dir", f.agentTLSDir(host), "--log-level", "debug",
+		// TCG targets, like the test sources: a machine's /dev/kvm may be
+		// there and not work (nested virtualisation: "failed to set MSR").
+		"--domain-type", "qemu"}, f.agentArgs...)
 	p := startIn(f.t, f.agentNetNS, "ferry-agent", args...)
 	f.agents[host] = p
 	waitFor(f.t, 30*time.Second, "host "+host+" connected", func() bool {

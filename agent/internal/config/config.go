@@ -51,6 +51,10 @@ type Config struct {
 	// SourceCleanupInterval is how often backups left on sources by
 	// failed or crashed jobs are looked for and ended.
 	SourceCleanupInterval time.Duration
+	// DomainType is the libvirt domain type of target VMs: "kvm", "qemu"
+	// (TCG, software emulation), or "" to take kvm when the host's libvirt
+	// offers it.
+	DomainType string
 }
 
 // Defaults of Config.
@@ -93,6 +97,11 @@ func (c *Config) Validate() error {
 	}
 	if c.SourceKeepalive < 0 {
 		errs = append(errs, fmt.Errorf("--source-keepalive: %s must not be negative", c.SourceKeepalive))
+	}
+	switch c.DomainType {
+	case "", "auto", "kvm", "qemu":
+	default:
+		errs = append(errs, fmt.Errorf("--domain-type: %q is not auto, kvm or qemu", c.DomainType))
 	}
 	if c.SourceCleanupInterval < 0 {
 		errs = append(errs, fmt.Errorf("--source-cleanup-interval: %s must not be negative", c.SourceCleanupInterval))

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 
 	"golang.org/x/crypto/ssh"
 
@@ -64,6 +65,11 @@ func checkSecret(c *checker, typ ferryv1.CredentialType, secret string) {
 		return
 	case len(secret) > maxSecret:
 		c.add("credential.secret", "at most %d bytes, got %d", maxSecret, len(secret))
+		return
+	case strings.IndexByte(secret, 0) >= 0:
+		// No password prompt or key file carries one; a NUL would cut the
+		// secret short wherever it meets a C string (libvirt, ssh).
+		c.add("credential.secret", "must not contain a NUL byte")
 		return
 	}
 	if typ != ferryv1.CredentialType_CREDENTIAL_TYPE_PRIVATE_KEY {

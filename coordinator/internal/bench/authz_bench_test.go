@@ -26,7 +26,7 @@ func BenchmarkCreateMigrationJobs50Authz(b *testing.B) {
 	ctx := testcluster.Ctx(b, 10*time.Minute)
 	var sides []*side
 	for _, off := range []bool{false, true} {
-		c := startClusterWith(b, 3, off)
+		c := startClusterWith(b, 3, func(c *testcluster.Cluster) { c.AuthorizationOff = off })
 		leader := c.Leader(10 * time.Second)
 		api := newAPI(c.Dial(c.Followers()[0].Addr()))
 		seedInventory(b, api)

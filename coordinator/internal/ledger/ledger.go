@@ -53,7 +53,8 @@ type Ledger struct {
 	settings    *ferryv1.Settings
 	revoked     map[string]*ferryv1.RevokedCertificate // by serial
 
-	observer func(JobEvent)
+	observer       func(JobEvent)
+	serverObserver func(*ferryv1.MigrationServer)
 }
 
 // New returns an empty ledger with default settings.
@@ -99,6 +100,15 @@ func (l *Ledger) SetObserver(fn func(JobEvent)) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	l.observer = fn
+}
+
+// SetServerObserver installs fn, called with a migration server whose
+// bandwidth limits a command changed, while the ledger is locked: it must
+// not block or call back into the ledger.
+func (l *Ledger) SetServerObserver(fn func(*ferryv1.MigrationServer)) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.serverObserver = fn
 }
 
 func (l *Ledger) notify(job *ferryv1.MigrationJob, deleted bool) {

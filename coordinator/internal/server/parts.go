@@ -2,6 +2,7 @@ package server
 
 import (
 	"context"
+	"log/slog"
 	"strings"
 
 	"golang.org/x/sync/errgroup"
@@ -9,6 +10,7 @@ import (
 
 	"github.com/ferry-v2v/ferry/coordinator/internal/api"
 	"github.com/ferry-v2v/ferry/coordinator/internal/authz"
+	"github.com/ferry-v2v/ferry/coordinator/internal/leader"
 	"github.com/ferry-v2v/ferry/coordinator/internal/scheduler"
 	"github.com/ferry-v2v/ferry/coordinator/internal/session"
 	"github.com/ferry-v2v/ferry/pkg/grpcutil"
@@ -30,6 +32,7 @@ func newParts(s *Server, sealer *seal.Sealer) parts {
 	sessions := session.NewManager(session.Config{NodeID: s.cfg.NodeID}, session.Deps{
 		Proposer: s.node, Ledger: s.ledger, Hub: s.hub, Unsealer: sealer, Logger: s.log,
 	})
+	s.ledger.SetServerObserver(sessions.ServerChanged)
 	a := api.New(api.Deps{
 		Proposer: s.node, Membership: s.node, Ledger: s.ledger, Hub: s.hub,
 		Sealer: sealer, Inventory: sessions, Dialer: s.peers.Dial, Logger: s.log,
@@ -56,10 +59,17 @@ func (p parts) register(s *grpc.Server) {
 	agentv1.RegisterAgentServiceServer(s, p.sessions)
 }
 
-func (p parts) run(ctx context.Context, g *errgroup.Group) {
-	g.Go(func() error { return p.sessions.Run(ctx) })
-	g.Go(func() error { return p.sched.Run(ctx) })
-	g.Go(func() error { return p.api.RunInventorySync(ctx) })
+// run runs the leader-only duties in every term this node leads (the one
+// leader step: barrier, then sessions' duties, the scheduler and the
+// inventory syncs; all stopped when leadership is lost), then closes the
+// agent sessions when ctx ends.
+func (p parts) run(ctx context.Context, g *errgroup.Group, node leader.Node, log *slog.Logger) {
+	g.Go(func() error {
+		leader.Run(ctx, node, log, p.sessions, p.sched, leader.DutyFunc(p.api.LeadInventorySync))
+		p.sessions.Shutdown()
+		return nil
+	})
+	// Every node applies revocations to its open streams, leader or not.
 	if p.authz != nil {
 		g.Go(func() error { return p.authz.Run(ctx) })
 	}

@@ -90,6 +90,10 @@ func (s *Server) open() error {
 	if err != nil {
 		return err
 	}
+	raftTLS, err := raftPeerTLS(s.cfg)
+	if err != nil {
+		return err
+	}
 	s.lis, err = net.Listen("tcp", s.cfg.Listen)
 	if err != nil {
 		return fmt.Errorf("listen on --listen %s: %w", s.cfg.Listen, err)
@@ -105,7 +109,7 @@ func (s *Server) open() error {
 	s.node, err = consensus.Open(consensus.Config{
 		NodeID: s.cfg.NodeID, DataDir: filepath.Join(s.cfg.DataDir, "raft"),
 		RaftBind: s.cfg.RaftListen, RaftAdvertise: s.cfg.RaftAdvertise, APIAddress: s.addr,
-		Bootstrap: s.cfg.Bootstrap(), NodeLookup: s.ledger.Node, Logger: s.log,
+		Bootstrap: s.cfg.Bootstrap(), NodeLookup: s.ledger.Node, TLS: raftTLS, Logger: s.log,
 		HeartbeatTimeout: s.cfg.HeartbeatTimeout, ElectionTimeout: s.cfg.ElectionTimeout,
 		TrailingLogs: s.cfg.TrailingLogs, SnapshotThreshold: s.cfg.SnapshotThreshold, SnapshotInterval: s.cfg.SnapshotInterval,
 	}, s.fsm)
@@ -141,7 +145,7 @@ func (s *Server) Run(ctx context.Context) error {
 		}
 		return nil
 	})
-	s.parts.run(ctx, g)
+	s.parts.run(ctx, g, s.node, s.log)
 	if !s.cfg.Bootstrap() {
 		g.Go(func() error { return s.join(ctx) })
 	}

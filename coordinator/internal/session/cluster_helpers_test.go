@@ -134,8 +134,13 @@ func seed(t *testing.T, cl *client.Client) {
 
 func createServer(t *testing.T, cl *client.Client, name, host string) {
 	t.Helper()
+	createServerAt(t, cl, name, host, t.TempDir())
+}
+
+func createServerAt(t *testing.T, cl *client.Client, name, host, cachePath string) {
+	t.Helper()
 	_, err := cl.MigrationServers().CreateMigrationServer(testcluster.Ctx(t, 10*time.Second), &ferryv1.CreateMigrationServerRequest{
-		MigrationServer: &ferryv1.MigrationServer{Name: name, Host: host, Type: ferryv1.Platform_PLATFORM_KVM, CachePath: t.TempDir()}})
+		MigrationServer: &ferryv1.MigrationServer{Name: name, Host: host, Type: ferryv1.Platform_PLATFORM_KVM, CachePath: cachePath}})
 	if err != nil {
 		t.Fatalf("create migration server %s: %v", name, err)
 	}

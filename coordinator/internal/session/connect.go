@@ -254,23 +254,31 @@ func (m *Manager) hello(ctx context.Context, s *session, h *agentv1.Hello) error
 	}
 	welcome := &agentv1.Welcome{CoordinatorId: m.cfg.NodeID, HeartbeatIntervalMs: m.cfg.HeartbeatInterval.Milliseconds(),
 		GracePeriodMs: m.gracePeriod().Milliseconds(), CacheRetentionMs: m.ledger.Settings().GetCacheRetention().AsDuration().Milliseconds(),
-		StoragePaths: m.storagePaths()}
+		StoragePaths: m.storagePaths(name)}
 	if err := s.send(ctx, &agentv1.ConnectResponse{Kind: &agentv1.ConnectResponse_Welcome{Welcome: welcome}}); err != nil {
 		return err
 	}
 	s.welcomed.Store(true)
 	m.log.Info("agent connected", "host", s.host, "session", s.id, "agent_version", h.GetAgentVersion(),
 		"held_jobs", len(h.GetHeldJobs()))
+	m.sendHostLimits(ctx, s)
 	return m.reconcile(ctx, s, h.GetHeldJobs())
 }
 
-// storagePaths are the paths of every local and NFS primary storage, whose
-// space agents report in their facts. Every agent gets all of them: local
-// storage is written on the migration server's host, which need not be in
-// the storage's cluster, and measuring a path that is not there costs a
-// statfs of its parent.
-func (m *Manager) storagePaths() []string {
+// storagePaths are the paths whose space the agent of host reports in its
+// facts: every local and NFS primary storage's, and the cache_path of each
+// migration server on host, which the scheduler's cache admission and the
+// preview read (package capacity). Every agent gets all the storage paths:
+// local storage is written on the migration server's host, which need not
+// be in the storage's cluster, and measuring a path that is not there
+// costs a statfs of its parent.
+func (m *Manager) storagePaths(host string) []string {
 	var out []string
+	for _, srv := range m.ledger.MigrationServers(ferryv1.Platform_PLATFORM_UNSPECIFIED) {
+		if HostName(srv.GetHost()) == host && srv.GetCachePath() != "" {
+			out = append(out, srv.GetCachePath())
+		}
+	}
 	for _, ps := range m.ledger.PrimaryStorages("") {
 		switch ps.GetType() {
 		case ferryv1.PrimaryStorageType_PRIMARY_STORAGE_TYPE_LOCAL, ferryv1.PrimaryStorageType_PRIMARY_STORAGE_TYPE_NFS:
@@ -311,7 +319,7 @@ func (m *Manager) sendLoop(ctx context.Context, s *session) error {
 			if !s.welcomed.Load() {
 				continue
 			}
-			hb := &agentv1.Heartbeat{Time: timestamppb.New(now), StoragePaths: m.storagePaths(),
+			hb := &agentv1.Heartbeat{Time: timestamppb.New(now), StoragePaths: m.storagePaths(s.host),
 				GracePeriodMs: m.gracePeriod().Milliseconds()}
 			if err := s.stream.Send(&agentv1.ConnectResponse{Kind: &agentv1.ConnectResponse_Heartbeat{Heartbeat: hb}}); err != nil {
 				return err

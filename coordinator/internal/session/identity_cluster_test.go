@@ -113,7 +113,9 @@ func TestSecretsOnlyToTheirHost(t *testing.T) {
 	addr := c.Leader(10 * time.Second).Addr()
 	cl := apiClient(t, c)
 	seed(t, cl)
-	facts := &ferryv1.HostFacts{CacheTotalBytes: 10 * gib, CacheFreeBytes: 10 * gib}
+	// The free space of the server's cache path, reported ahead of time.
+	cachePath := t.TempDir()
+	facts := &ferryv1.HostFacts{Storages: []*ferryv1.StorageSpace{{Path: cachePath, TotalBytes: 10 * gib, FreeBytes: 10 * gib}}}
 	a := startRawAgent(t, c.DialAgent(addr, "kvm-a"), &agentv1.Hello{HostName: "kvm-a", Facts: facts})
 	b := startRawAgent(t, c.DialAgent(addr, "kvm-b"), &agentv1.Hello{HostName: "kvm-b", Facts: facts})
 	for _, r := range []*rawAgent{a, b} {
@@ -121,7 +123,7 @@ func TestSecretsOnlyToTheirHost(t *testing.T) {
 			t.Fatal("no welcome")
 		}
 	}
-	createServer(t, cl, "migrationServers/a", "hosts/kvm-a")
+	createServerAt(t, cl, "migrationServers/a", "hosts/kvm-a", cachePath)
 	job := createJob(t, cl, "migrationServers/a", "vm-s")
 	as := a.next().GetAssignment()
 	if as.GetJob().GetName() != job || as.GetSecrets()["credentials/pw"] != "s3cret" {

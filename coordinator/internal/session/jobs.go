@@ -171,6 +171,7 @@ func (m *Manager) assign(ctx context.Context, s *session, a *agentv1.Assignment)
 		s.untrack(a.GetJob().GetName(), a.GetEpoch())
 		return fmt.Errorf("assign %s to %s: %w", a.GetJob().GetName(), s.host, err)
 	}
+	m.limitsAfterAssign(ctx, s, a)
 	return nil
 }
 

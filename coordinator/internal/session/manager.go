@@ -92,7 +92,6 @@ type Proposer interface {
 	Propose(ctx context.Context, cmd *ledgerv1.Command) (fsm.Result, error)
 	IsLeader() bool
 	LeaderAPIAddress() string
-	SubscribeLeadership() (<-chan bool, func())
 }
 
 // Unsealer opens sealed credentials; aad is the credential's name.
@@ -139,6 +138,9 @@ type Manager struct {
 	open     map[*session]struct{} // every open stream, hello or not
 	gone     map[string]time.Time
 	closed   bool
+
+	limitsMu sync.Mutex // guards limits.pending; taken under the ledger's lock, so it takes no other lock
+	limits   limitsChanges
 }
 
 // NewManager returns a manager; call Run to start its leader duties.
@@ -162,6 +164,7 @@ func NewManager(cfg Config, deps Deps) *Manager {
 		sessions: map[string]*session{},
 		open:     map[*session]struct{}{},
 		gone:     map[string]time.Time{},
+		limits:   limitsChanges{signal: make(chan struct{}, 1), pending: map[string]bool{}},
 	}
 }
 

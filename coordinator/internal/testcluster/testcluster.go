@@ -33,6 +33,10 @@ type Cluster struct {
 	// AuthorizationOff, set before nodes are added, serves TLS without
 	// authorizing calls (benchmarks compare the two).
 	AuthorizationOff bool
+	// Insecure is passed to every node added after it is set: plaintext
+	// gRPC and plain-TCP Raft, as --insecure. Dial and DialAgent, which
+	// use the PKI, cannot reach such nodes.
+	Insecure bool
 
 	mu    sync.Mutex
 	nodes []*Node
@@ -84,7 +88,7 @@ func (c *Cluster) AddNode() *Node {
 	cfg := config.Config{
 		NodeID: fmt.Sprintf("n%d", i+1), DataDir: filepath.Join(c.dir, fmt.Sprintf("n%d", i+1)),
 		Listen: "127.0.0.1:0", RaftListen: "127.0.0.1:0", TLSDir: c.TLSDir, KeyFile: c.KeyFile,
-		TrailingLogs: c.TrailingLogs, AuthorizationOff: c.AuthorizationOff,
+		TrailingLogs: c.TrailingLogs, AuthorizationOff: c.AuthorizationOff, Insecure: c.Insecure,
 	}
 	for _, n := range c.nodes {
 		if n.alive {
