@@ -122,14 +122,21 @@ say "Coordinator: the embedded one-node default on $API"
 "$BIN/ferry-coordinator" --data-dir "$DEMO/coordinator" --listen "$API" --raft-listen "$RAFT" \
 	>"$DEMO/coordinator.log" 2>&1 &
 echo $! >"$DEMO/coordinator.pid"
-export FERRY_SERVER=$API FERRY_TLS_DIR=$DEMO/coordinator/tls
+# The embedded default made its PKI in DATA_DIR/tls: ferryctl uses the
+# operator's directory of it.
+export FERRY_SERVER=$API FERRY_TLS_DIR=$DEMO/coordinator/tls/operator
 ctl() { "$BIN/ferryctl" "$@"; }
 for _ in $(seq 1 100); do ctl members list >/dev/null 2>&1 && break; sleep 0.2; done
 ctl members list
 
-say "Agent on this host (the migration server and target host)"
+say "Agent on this host (the migration server and target host), with its own certificate"
+# --domain-type qemu: the demo's target runs under TCG, like its source, so
+# it works where /dev/kvm is missing or does not work (nested VMs).
+# An agent's certificate names its host (ferry://agent/demo-host): it can
+# only say hello as demo-host, and carries ca.crt and its own pair only.
+"$BIN/ferry-coordinator" tls issue --dir "$DEMO/coordinator/tls" --role agent --host demo-host
 "$BIN/ferry-agent" --coordinator "$API" --host-name demo-host --data-dir "$DEMO/agent" \
-	--cache-path "$DEMO/cache" --tls-dir "$DEMO/coordinator/tls" >"$DEMO/agent.log" 2>&1 &
+	--cache-path "$DEMO/cache" --tls-dir "$DEMO/coordinator/tls/agents/demo-host" --domain-type qemu >"$DEMO/agent.log" 2>&1 &
 echo $! >"$DEMO/agent.pid"
 for _ in $(seq 1 100); do ctl host get demo-host 2>/dev/null | grep -q true && break; sleep 0.2; done
 ctl host list

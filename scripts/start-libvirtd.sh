@@ -41,6 +41,16 @@ if command -v dbus-daemon >/dev/null && [[ -z "$(bus_pid)" ]]; then
 	daemon dbus-daemon --system --fork
 fi
 
+# /dev/kvm belongs to group kvm (udev's rule). A package installed into a
+# chroot whose kvm group has another id can chgrp the host's node; libvirt
+# that probed QEMU with KVM usable then finds it unusable and probes QEMU
+# again on every call (tens of seconds each on a busy machine).
+if [[ -c /dev/kvm ]] && getent group kvm >/dev/null && [[ "$(stat -c %G /dev/kvm)" != kvm ]]; then
+	echo "start-libvirtd: /dev/kvm is group $(stat -c %G /dev/kvm); giving it back to group kvm"
+	chgrp kvm /dev/kvm
+	chmod 0660 /dev/kvm
+fi
+
 mkdir -p /run/libvirt
 live virtlogd >/dev/null || daemon virtlogd -d
 

@@ -11,6 +11,7 @@ import (
 
 	"github.com/ferry-v2v/ferry/pkg/client"
 	ferryv1 "github.com/ferry-v2v/ferry/pkg/pb/ferry/v1"
+	"github.com/ferry-v2v/ferry/pkg/tlsutil"
 )
 
 // coordNode is one coordinator process of a cluster.
@@ -42,7 +43,7 @@ func startCluster(t testing.TB, n int, extra ...string) *ferry {
 		if i == 1 {
 			f.coord = node.proc
 			waitFor(t, 30*time.Second, "the first coordinator's PKI", func() bool {
-				_, err := os.Stat(filepath.Join(f.tlsDir, "client.key"))
+				_, err := os.Stat(filepath.Join(f.tlsDir, tlsutil.OperatorDir, tlsutil.ClientKeyFile))
 				return err == nil
 			})
 		}

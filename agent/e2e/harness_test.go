@@ -18,6 +18,7 @@ import (
 	"github.com/ferry-v2v/ferry/pkg/client"
 	ferryv1 "github.com/ferry-v2v/ferry/pkg/pb/ferry/v1"
 	"github.com/ferry-v2v/ferry/pkg/testenv"
+	"github.com/ferry-v2v/ferry/pkg/tlsutil"
 )
 
 var bins struct {
@@ -195,7 +196,7 @@ func startFerryOn(t testing.TB, host string, extra ...string) *ferry {
 	}
 	f.coord = start(t, "ferry-coordinator", append(append(args, "--listen", f.addr), extra...)...)
 	waitFor(t, 30*time.Second, "the coordinator's PKI", func() bool {
-		_, err := os.Stat(filepath.Join(f.tlsDir, "client.key"))
+		_, err := os.Stat(filepath.Join(f.tlsDir, tlsutil.OperatorDir, tlsutil.ClientKeyFile))
 		return err == nil
 	})
 	c, err := client.New(context.Background(), client.Options{Addresses: []string{f.addr}, TLSDir: f.tlsDir, Timeout: 30 * time.Second})
@@ -225,7 +226,10 @@ func (f *ferry) startAgent(host, cachePath string) *proc {
 		coordinators = f.agentCoordinators
 	}
 	args := append([]string{"--coordinator", coordinators, "--host-name", host, "--data-dir", dataDir,
-		"--cache-path", cachePath, "--tls-dir", f.tlsDir, "--log-level", "debug"}, f.agentArgs...)
+		"--cache-path", cachePath, "--tls-dir", f.agentTLSDir(host), "--log-level", "debug",
+		// TCG targets, like the test sources: a machine's /dev/kvm may be
+		// there and not work (nested virtualisation: "failed to set MSR").
+		"--domain-type", "qemu"}, f.agentArgs...)
 	p := startIn(f.t, f.agentNetNS, "ferry-agent", args...)
 	f.agents[host] = p
 	waitFor(f.t, 30*time.Second, "host "+host+" connected", func() bool {
@@ -233,6 +237,18 @@ func (f *ferry) startAgent(host, cachePath string) *proc {
 		return err == nil && h.GetHost().GetConnected()
 	})
 	return p
+}
+
+// agentTLSDir issues host's agent certificate (once) with the install's
+// CA, as an operator does with 'ferry-coordinator tls issue', and returns
+// the directory the agent carries: ca.crt and its own pair only.
+func (f *ferry) agentTLSDir(host string) string {
+	f.t.Helper()
+	out, err := exec.Command(binary(f.t, "ferry-coordinator"), "tls", "issue", "--dir", f.tlsDir, "--role", "agent", "--host", host).CombinedOutput()
+	if err != nil {
+		f.t.Fatalf("tls issue for agent %s: %v: %s", host, err, out)
+	}
+	return filepath.Join(f.tlsDir, tlsutil.AgentsDir, host)
 }
 
 // stopAgents stops every agent (SIGTERM: jobs interrupted, nothing more

@@ -15,11 +15,14 @@ import (
 	"testing"
 	"time"
 
+	"google.golang.org/grpc"
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
 
+	agentv1 "github.com/ferry-v2v/ferry/pkg/pb/ferry/agent/v1"
 	ferryv1 "github.com/ferry-v2v/ferry/pkg/pb/ferry/v1"
 	"github.com/ferry-v2v/ferry/pkg/testenv"
+	"github.com/ferry-v2v/ferry/pkg/tlsutil"
 )
 
 // TestSecretsNeverInClear runs two full KVM migrations with every kind of
@@ -28,8 +31,10 @@ import (
 // agent and a Raft snapshot forced afterwards, then looks for each secret,
 // in clear and in base64 at every byte alignment, in every log line,
 // every API answer (Get and List of every resource, a job watch held
-// through both migrations), the ledger snapshot files, the Raft log (bolt)
-// and everything else the coordinator and the agent keep on disk.
+// through both migrations), every agent-stream message a bystander host
+// (an agent session of a host that runs no job) received meanwhile, the
+// ledger snapshot files, the Raft log (bolt) and everything else the
+// coordinator and the agent keep on disk.
 func TestSecretsNeverInClear(t *testing.T) {
 	w := newWorldWith(t, worldOptions{coordinatorArgs: []string{"--log-level", "debug", "--snapshot-threshold", "1", "--snapshot-interval", "200ms"}})
 	// The driver needs root on the source; a uid-0 alias logs in with a
@@ -60,6 +65,7 @@ func TestSecretsNeverInClear(t *testing.T) {
 
 	answers := &answerLog{}
 	stopWatch := w.watchAll(answers)
+	bystander := startBystander(t, w.f, "bystander-1")
 
 	byKey := testenv.NewTestVM(t, w.lv, testenv.VMOptions{RandomBytes: 1 << 20})
 	byPassword := testenv.NewTestVM(t, w.lv, testenv.VMOptions{RandomBytes: 1 << 20})
@@ -92,6 +98,10 @@ func TestSecretsNeverInClear(t *testing.T) {
 	})
 	stopWatch()
 	w.readEverything(answers)
+	seen := bystander()
+	if len(seen.all()) < 2 {
+		t.Fatalf("the bystander host received %d messages; want its welcome and heartbeats at least", len(seen.all()))
+	}
 
 	state, err := os.ReadFile(snapshot)
 	must(t, err)
@@ -121,6 +131,11 @@ func TestSecretsNeverInClear(t *testing.T) {
 			found = append(found, fmt.Sprintf("API answer %s: %s", a.what, what))
 		}
 	}
+	for _, a := range seen.all() {
+		for _, what := range secrets.in(a.data) {
+			found = append(found, fmt.Sprintf("agent-stream message to the bystander host %s: %s", a.what, what))
+		}
+	}
 	scanned := map[string]int64{}
 	for _, dir := range []string{filepath.Join(w.f.dir, "coordinator"), w.f.agentDi[w.host], w.cacheDir} {
 		found = append(found, scanDir(t, dir, secrets, scanned)...)
@@ -133,8 +148,8 @@ func TestSecretsNeverInClear(t *testing.T) {
 	for _, f := range found {
 		t.Error("secret in clear: " + f)
 	}
-	t.Logf("scanned %d log lines, %d API answers and %d files (%d bytes, Raft log %d bytes, snapshot %s); found %d secrets",
-		len(logs["ferry-coordinator"])+len(logs["ferry-agent"]), len(answers.all()), len(scanned), sum(scanned),
+	t.Logf("scanned %d log lines, %d API answers, %d agent-stream messages to a bystander host and %d files (%d bytes, Raft log %d bytes, snapshot %s); found %d secrets",
+		len(logs["ferry-coordinator"])+len(logs["ferry-agent"]), len(answers.all()), len(seen.all()), len(scanned), sum(scanned),
 		scanned[filepath.Join(raftDir, "raft.db")], filepath.Base(filepath.Dir(snapshot)), len(found))
 }
 
@@ -371,4 +386,65 @@ func sum(m map[string]int64) int64 {
 		n += v
 	}
 	return n
+}
+
+// startBystander holds an agent session for host, a host with its own
+// agent certificate that runs no job, and records every message the
+// coordinator sends it; the returned stop ends the session and returns
+// them.
+func startBystander(t *testing.T, f *ferry, host string) (stop func() *answerLog) {
+	t.Helper()
+	creds, err := tlsutil.ClientCredentialsFromDir(f.agentTLSDir(host), tlsutil.RoleAgent)
+	must(t, err)
+	conn, err := grpc.NewClient(f.addr, grpc.WithTransportCredentials(creds))
+	must(t, err)
+	c, cancel := context.WithCancel(context.Background())
+	stream, err := agentv1.NewAgentServiceClient(conn).Connect(c)
+	must(t, err)
+	must(t, stream.Send(&agentv1.ConnectRequest{Kind: &agentv1.ConnectRequest_Hello{Hello: &agentv1.Hello{
+		HostName: host, AgentVersion: "bystander", Facts: &ferryv1.HostFacts{Cpus: 1}}}}))
+	seen := &answerLog{}
+	var mu sync.Mutex
+	var recvErr error
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for {
+			msg, err := stream.Recv()
+			if err != nil {
+				mu.Lock()
+				recvErr = err
+				mu.Unlock()
+				return
+			}
+			seen.add(msg)
+		}
+	}()
+	beat := make(chan struct{})
+	go func() {
+		defer close(beat)
+		tick := time.NewTicker(time.Second)
+		defer tick.Stop()
+		for {
+			select {
+			case <-c.Done():
+				return
+			case <-tick.C:
+				_ = stream.Send(&agentv1.ConnectRequest{Kind: &agentv1.ConnectRequest_Heartbeat{Heartbeat: &agentv1.Heartbeat{}}})
+			}
+		}
+	}()
+	return func() *answerLog {
+		mu.Lock()
+		err := recvErr
+		mu.Unlock()
+		if err != nil {
+			t.Errorf("the bystander's session ended early: %v", err)
+		}
+		cancel()
+		<-done
+		<-beat
+		_ = conn.Close()
+		return seen
+	}
 }

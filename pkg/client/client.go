@@ -203,6 +203,11 @@ func (c *Client) Settings() ferryv1.SettingsServiceClient {
 	return ferryv1.NewSettingsServiceClient(c)
 }
 
+// Certificates returns the CertificateService client: the revocation list.
+func (c *Client) Certificates() ferryv1.CertificateServiceClient {
+	return ferryv1.NewCertificateServiceClient(c)
+}
+
 // Cluster returns the ClusterService client: coordinator membership.
 func (c *Client) Cluster() ferryv1.ClusterServiceClient {
 	return ferryv1.NewClusterServiceClient(c)

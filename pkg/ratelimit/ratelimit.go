@@ -58,6 +58,16 @@ func (l *Limiter) Rate() int64 {
 	return int64(math.Round(l.rate * 8))
 }
 
+// Granted is how many bytes the limiter has let through since New: the
+// limiter's own account, which a rate measured from it cannot exceed by
+// more than a burst plus the rate times the time.
+func (l *Limiter) Granted() int64 {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.advance(l.now())
+	return int64(math.Min(l.issued, l.earned))
+}
+
 // Burst returns the bucket size in bytes: 1/20 s of the rate, at least
 // MinBurst; 0 when unlimited.
 func (l *Limiter) Burst() int {
@@ -119,6 +129,8 @@ func (l *Limiter) WaitN(ctx context.Context, n int) error {
 func (l *Limiter) waitPart(ctx context.Context, n int) (int, error) {
 	l.mu.Lock()
 	if l.rate == 0 {
+		l.issued += float64(n) // counted for Granted
+		l.earned = l.issued
 		l.mu.Unlock()
 		return n, nil
 	}

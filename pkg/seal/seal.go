@@ -12,7 +12,10 @@ import (
 	"bytes"
 	"crypto/aes"
 	"crypto/cipher"
+	"crypto/hkdf"
+	"crypto/hmac"
 	"crypto/rand"
+	"crypto/sha256"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -40,6 +43,27 @@ var (
 // concurrent use.
 type Sealer struct {
 	aead cipher.AEAD
+	// fingerprintKey keys Fingerprint's HMAC. It is derived from the seal
+	// key with HKDF-SHA256 under its own label, so the AES key itself is
+	// never used for anything but AES-GCM.
+	fingerprintKey []byte
+}
+
+// fingerprintInfo is the HKDF label of the fingerprint key.
+const fingerprintInfo = "ferry seal: credential fingerprint v1"
+
+// FingerprintLength is the length of a fingerprint in hex digits.
+const FingerprintLength = 16
+
+// Fingerprint returns a short value that tells secrets apart without
+// revealing them: the first 64 bits, in hex, of HMAC-SHA256 of the secret
+// under a key derived from the seal key. Without the seal key it cannot be
+// computed, so it is no oracle for guessing a secret offline; the same
+// secret under the same seal key always has the same fingerprint.
+func (s *Sealer) Fingerprint(secret []byte) string {
+	m := hmac.New(sha256.New, s.fingerprintKey)
+	m.Write(secret)
+	return hex.EncodeToString(m.Sum(nil))[:FingerprintLength]
 }
 
 // New returns a Sealer for a 32-byte key.
@@ -55,7 +79,11 @@ func New(key []byte) (*Sealer, error) {
 	if err != nil {
 		return nil, fmt.Errorf("seal: %w", err)
 	}
-	return &Sealer{aead: aead}, nil
+	fp, err := hkdf.Key(sha256.New, key, nil, fingerprintInfo, sha256.Size)
+	if err != nil {
+		return nil, fmt.Errorf("seal: derive the fingerprint key: %w", err)
+	}
+	return &Sealer{aead: aead, fingerprintKey: fp}, nil
 }
 
 // LoadKey reads a key file written by GenerateKeyFile (64 hex digits, optional

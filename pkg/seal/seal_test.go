@@ -2,6 +2,8 @@ package seal
 
 import (
 	"bytes"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"os"
 	"path/filepath"
@@ -170,5 +172,27 @@ func TestLoadKeyFormats(t *testing.T) {
 	}
 	if _, err := LoadKey(filepath.Join(dir, "missing")); !errors.Is(err, os.ErrNotExist) {
 		t.Fatalf("LoadKey of a missing file: %v, want ErrNotExist", err)
+	}
+}
+
+// TestFingerprint: a fingerprint is keyed by the seal key (another key
+// gives another value), is not the unkeyed SHA-256 of the secret, and is
+// the same for the same secret and key.
+func TestFingerprint(t *testing.T) {
+	a, b := newSealer(t), newSealer(t)
+	secret := []byte("hunter2")
+	fa := a.Fingerprint(secret)
+	if len(fa) != FingerprintLength || fa != a.Fingerprint(secret) {
+		t.Fatalf("fingerprint %q not stable or not %d digits", fa, FingerprintLength)
+	}
+	if fa == b.Fingerprint(secret) {
+		t.Fatal("two seal keys give the same fingerprint")
+	}
+	if fa == a.Fingerprint([]byte("hunter3")) {
+		t.Fatal("two secrets give the same fingerprint")
+	}
+	sum := sha256.Sum256(secret)
+	if fa == hex.EncodeToString(sum[:])[:FingerprintLength] {
+		t.Fatal("the fingerprint is the unkeyed SHA-256 of the secret")
 	}
 }

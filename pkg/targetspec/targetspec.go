@@ -18,9 +18,13 @@
 //   - nics: one per source NIC, on the L3 network the network-mapping
 //     group gives its portgroup or network (else Options.Network), its
 //     MAC kept (mac left empty means source_mac);
-//   - with options.use_source_nic_address, each NIC without an ip gets
-//     its source NIC's guest address (the one inside the L3 network's
-//     range when Options.Networks are given) and the source MAC.
+//   - with options.use_source_nic_address, each NIC gets the source MAC
+//     and, without an ip, its source NIC's guest address (as VMware Tools,
+//     the QEMU guest agent or a DHCP lease of a libvirt network report
+//     it): the one inside the L3 network's range when Options.Networks are
+//     given. A NIC whose guest address is unknown, or outside the range,
+//     is left without ip, so the coordinator allocates one from the range,
+//     and Fill's notes say so.
 package targetspec
 
 import (
@@ -63,8 +67,11 @@ func Incomplete(spec *ferryv1.MigrationJobSpec) bool {
 		len(t.GetNics()) == 0 || spec.GetOptions().GetUseSourceNicAddress()
 }
 
-// Fill completes spec from vm. spec.Target is created when nil.
-func Fill(spec *ferryv1.MigrationJobSpec, vm *ferryv1.SourceVm, o Options) error {
+// Fill completes spec from vm. spec.Target is created when nil. The notes
+// say what Fill could not take from the source and left to the
+// coordinator (a NIC whose source address is unknown or outside the
+// range: target.nics[1].ip: …), one line each.
+func Fill(spec *ferryv1.MigrationJobSpec, vm *ferryv1.SourceVm, o Options) (notes []string, err error) {
 	if spec.Target == nil {
 		spec.Target = &ferryv1.TargetVm{}
 	}
@@ -103,7 +110,7 @@ func Fill(spec *ferryv1.MigrationJobSpec, vm *ferryv1.SourceVm, o Options) error
 		for i, n := range vm.GetNics() {
 			l3, err := o.network(n)
 			if err != nil {
-				return &Error{Field: fmt.Sprintf("target.nics[%d].l3_network", i), Reason: err.Error()}
+				return nil, &Error{Field: fmt.Sprintf("target.nics[%d].l3_network", i), Reason: err.Error()}
 			}
 			t.Nics = append(t.Nics, &ferryv1.TargetNic{SourceMac: n.GetMac(), L3Network: l3})
 		}
@@ -111,7 +118,7 @@ func Fill(spec *ferryv1.MigrationJobSpec, vm *ferryv1.SourceVm, o Options) error
 	if spec.GetOptions().GetUseSourceNicAddress() {
 		return o.sourceAddresses(t, vm)
 	}
-	return nil
+	return nil, nil
 }
 
 // network is the L3 network a source NIC lands on.
@@ -137,9 +144,12 @@ func (o Options) network(n *ferryv1.SourceNic) (string, error) {
 	return "", fmt.Errorf("source NIC %s is on %s, which %s does not map; add a mapping to the group", n.GetMac(), on, o.Group.GetName())
 }
 
-// sourceAddresses gives each NIC without an ip its source NIC's address
-// and MAC.
-func (o Options) sourceAddresses(t *ferryv1.TargetVm, vm *ferryv1.SourceVm) error {
+// sourceAddresses gives each NIC its source MAC and, when it has no ip,
+// its source NIC's guest address; a NIC whose address is not known or
+// not inside its L3 network's range is left without one, to be allocated
+// from the range, and a note says so.
+func (o Options) sourceAddresses(t *ferryv1.TargetVm, vm *ferryv1.SourceVm) ([]string, error) {
+	var notes []string
 	for i, n := range t.Nics {
 		field := fmt.Sprintf("target.nics[%d]", i)
 		var src *ferryv1.SourceNic
@@ -149,7 +159,7 @@ func (o Options) sourceAddresses(t *ferryv1.TargetVm, vm *ferryv1.SourceVm) erro
 			}
 		}
 		if src == nil {
-			return &Error{Field: field + ".source_mac", Reason: fmt.Sprintf("VM %s has no NIC %q to take the address of (options.use_source_nic_address)",
+			return notes, &Error{Field: field + ".source_mac", Reason: fmt.Sprintf("VM %s has no NIC %q to take the address of (options.use_source_nic_address)",
 				vm.GetName(), n.GetSourceMac())}
 		}
 		if n.Mac == "" {
@@ -158,18 +168,21 @@ func (o Options) sourceAddresses(t *ferryv1.TargetVm, vm *ferryv1.SourceVm) erro
 		if n.Ip != "" {
 			continue
 		}
-		ip, err := o.pickAddress(src, n.GetL3Network())
-		if err != nil {
-			return &Error{Field: field + ".ip", Reason: err.Error() + " (options.use_source_nic_address)"}
+		ip, why := o.pickAddress(src, n.GetL3Network())
+		if ip == "" {
+			notes = append(notes, fmt.Sprintf("%s.ip: %s; an address from the range of %s is allocated instead (options.use_source_nic_address)",
+				field, why, n.GetL3Network()))
+			continue
 		}
 		n.Ip = ip
 	}
-	return nil
+	return notes, nil
 }
 
 // pickAddress is the source NIC's guest address inside the L3 network's
-// range, or its first address when the network is not known here.
-func (o Options) pickAddress(src *ferryv1.SourceNic, network string) (string, error) {
+// range, or its first address when the network is not known here. When
+// there is none it returns "" and why.
+func (o Options) pickAddress(src *ferryv1.SourceNic, network string) (ip, why string) {
 	var l3 *ferryv1.L3Network
 	for _, n := range o.Networks {
 		if n.GetName() == network {
@@ -184,21 +197,21 @@ func (o Options) pickAddress(src *ferryv1.SourceNic, network string) (string, er
 		}
 	}
 	if len(addrs) == 0 {
-		return "", fmt.Errorf("source NIC %s reports no guest address (are VMware Tools or the guest agent running?)", src.GetMac())
+		return "", fmt.Sprintf("source NIC %s reports no guest address (no VMware Tools or QEMU guest agent running, no DHCP lease)", src.GetMac())
 	}
 	if l3 == nil {
-		return addrs[0].String(), nil
+		return addrs[0].String(), ""
 	}
 	start, err1 := netip.ParseAddr(l3.GetIpRangeStart())
 	end, err2 := netip.ParseAddr(l3.GetIpRangeEnd())
 	if err1 == nil && err2 == nil {
 		for _, a := range addrs {
 			if a.BitLen() == start.BitLen() && !a.Less(start) && !end.Less(a) {
-				return a.String(), nil
+				return a.String(), ""
 			}
 		}
 	}
-	return "", fmt.Errorf("source NIC %s has %s, none inside the range %s-%s of %s", src.GetMac(),
+	return "", fmt.Sprintf("source NIC %s has %s, none inside the range %s-%s of %s", src.GetMac(),
 		strings.Join(src.GetIpAddresses(), ", "), l3.GetIpRangeStart(), l3.GetIpRangeEnd(), l3.GetName())
 }
 

@@ -37,8 +37,8 @@ func TestFillFromAWindowsVM(t *testing.T) {
 	if !Incomplete(spec) {
 		t.Fatal("a spec without name, sizes, disks and NICs is complete")
 	}
-	if err := Fill(spec, windowsVM(), Options{Group: group, Networks: networks}); err != nil {
-		t.Fatal(err)
+	if notes, err := Fill(spec, windowsVM(), Options{Group: group, Networks: networks}); err != nil || notes != nil {
+		t.Fatal(notes, err)
 	}
 	want := &ferryv1.TargetVm{
 		VmName: "sql-01", Cluster: "clusters/c1", PrimaryStorage: "primaryStorages/ps1", Cpus: 4, MemoryBytes: 8 << 30,
@@ -65,7 +65,7 @@ func TestFillKeepsWhatIsSet(t *testing.T) {
 	if Incomplete(spec) {
 		t.Fatal("a full spec is incomplete")
 	}
-	if err := Fill(spec, windowsVM(), Options{Group: group}); err != nil {
+	if _, err := Fill(spec, windowsVM(), Options{Group: group}); err != nil {
 		t.Fatal(err)
 	}
 	set.DiskBus = ferryv1.DiskBus_DISK_BUS_VIRTIO_SCSI // the only thing left to fill: virtio for WindowsVirtio
@@ -126,20 +126,51 @@ func TestFillErrors(t *testing.T) {
 		{"portgroup not mapped", func(vm *ferryv1.SourceVm) { vm.Nics[1].Portgroup, vm.Nics[1].Network = "Lab", "" },
 			Options{Group: group}, "target.nics[1].l3_network", "source NIC 00:50:56:aa:00:02 is on Lab, which networkMappingGroups/dc1 does not map"},
 		{"no group, no network", func(*ferryv1.SourceVm) {}, Options{}, "target.nics[0].l3_network", "name a network-mapping group"},
-		{"no guest address", func(vm *ferryv1.SourceVm) { vm.Nics[0].IpAddresses = nil },
-			Options{Group: group}, "target.nics[0].ip", "reports no guest address"},
-		{"address outside the range", func(vm *ferryv1.SourceVm) { vm.Nics[0].IpAddresses = []string{"10.9.9.9"} },
-			Options{Group: group, Networks: networks}, "target.nics[0].ip", "10.9.9.9, none inside the range 192.168.5.10-192.168.5.99 of l3Networks/prod"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			vm := windowsVM()
 			tt.vm(vm)
 			spec := &ferryv1.MigrationJobSpec{Options: &ferryv1.MigrationOptions{UseSourceNicAddress: true}}
-			err := Fill(spec, vm, tt.opts)
+			_, err := Fill(spec, vm, tt.opts)
 			e, ok := err.(*Error)
 			if !ok || e.Field != tt.field || !strings.Contains(e.Reason, tt.want) {
 				t.Fatalf("Fill: %v, want %s: ...%s...", err, tt.field, tt.want)
+			}
+		})
+	}
+}
+
+// A NIC whose source address is unknown, or outside the L3 network's
+// range, keeps its source MAC and no ip: the coordinator allocates one
+// from the range, and the note says so. The other NIC keeps its address.
+func TestFillLeavesUnusableSourceAddressesToAllocation(t *testing.T) {
+	tests := []struct {
+		name string
+		ips  []string
+		note string
+	}{
+		{"no guest address", nil, "target.nics[0].ip: source NIC 00:50:56:aa:00:01 reports no guest address (no VMware Tools or QEMU guest agent running, no DHCP lease); " +
+			"an address from the range of l3Networks/prod is allocated instead (options.use_source_nic_address)"},
+		{"only link-local", []string{"fe80::1"}, "target.nics[0].ip: source NIC 00:50:56:aa:00:01 reports no guest address"},
+		{"outside the range", []string{"10.9.9.9"}, "target.nics[0].ip: source NIC 00:50:56:aa:00:01 has 10.9.9.9, none inside the range 192.168.5.10-192.168.5.99 of l3Networks/prod; " +
+			"an address from the range of l3Networks/prod is allocated instead (options.use_source_nic_address)"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			vm := windowsVM()
+			vm.Nics[0].IpAddresses = tt.ips
+			spec := &ferryv1.MigrationJobSpec{Options: &ferryv1.MigrationOptions{UseSourceNicAddress: true}}
+			notes, err := Fill(spec, vm, Options{Group: group, Networks: networks})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(notes) != 1 || !strings.HasPrefix(notes[0], tt.note) {
+				t.Fatalf("notes = %q, want one starting %q", notes, tt.note)
+			}
+			n0, n1 := spec.Target.Nics[0], spec.Target.Nics[1]
+			if n0.Mac != "00:50:56:aa:00:01" || n0.Ip != "" || n1.Mac != "00:50:56:aa:00:02" || n1.Ip != "172.16.0.9" {
+				t.Fatalf("nics = %v", spec.Target.Nics)
 			}
 		})
 	}

@@ -7,6 +7,7 @@ import (
 	"os"
 	"strings"
 	"testing"
+	"time"
 
 	"golang.org/x/crypto/ssh"
 )
@@ -86,4 +87,24 @@ func runSession(c *ssh.Client, cmd string) (string, error) {
 	defer s.Close()
 	out, err := s.Output(cmd)
 	return string(out), err
+}
+
+// A VM with a guest boots, and libvirt reads the guest's address from its
+// guest agent.
+func TestGuestAgentVM(t *testing.T) {
+	lv := RequireLibvirt(t)
+	vm := NewTestVM(t, lv, VMOptions{GuestIP: "10.213.7.42/24"})
+	deadline := time.Now().Add(3 * time.Minute)
+	for {
+		out, err := lv.TryVirsh("domifaddr", "--source", "agent", vm.Name)
+		if err == nil && strings.Contains(out, vm.MACs[0]) && strings.Contains(out, "10.213.7.42/24") {
+			t.Logf("domifaddr:\n%s", out)
+			return
+		}
+		if time.Now().After(deadline) {
+			console, _ := os.ReadFile(vm.ConsoleLog)
+			t.Fatalf("no guest address from the agent: %v %s\nconsole:\n%s", err, out, console)
+		}
+		time.Sleep(time.Second)
+	}
 }

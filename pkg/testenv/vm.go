@@ -52,6 +52,11 @@ type VMOptions struct {
 	NICs int
 	// RandomBytes of random data go into the root disk at RandomOffset.
 	RandomBytes int64
+	// GuestIP (10.1.2.3/24), when set, makes the VM boot a guest that gives
+	// its first NIC this address and runs a QEMU guest agent that reports
+	// it (see guest.go): 256 MiB, the host's kernel, a serial console
+	// logged to ConsoleLog. Not with UEFI.
+	GuestIP string
 }
 
 // TestDisk is a disk of a test VM.
@@ -77,7 +82,12 @@ type TestVM struct {
 	CDROMs     int
 	// Loader and NVRAM are set for a UEFI VM.
 	Loader, NVRAM string
-	lv            *Libvirt
+	// Boot, Cmdline and ConsoleLog are set for a VM with a guest
+	// (VMOptions.GuestIP).
+	Boot       *guestBoot
+	Cmdline    string
+	ConsoleLog string
+	lv         *Libvirt
 }
 
 // NewTestVM creates the disks with known data, defines and starts the
@@ -101,6 +111,12 @@ func NewTestVM(t testing.TB, lv *Libvirt, opts VMOptions) *TestVM {
 		vm.NVRAM = filepath.Join(vm.Dir, "VARS.fd")
 	}
 	vm.makeDisks(t, opts.RandomBytes)
+	if opts.GuestIP != "" {
+		b := makeGuestBoot(t, vm.Dir)
+		vm.Boot, vm.MemoryMiB = &b, 256
+		vm.Cmdline = "console=ttyS0 panic=-1 loglevel=4 ferry.ip=" + opts.GuestIP
+		vm.ConsoleLog = filepath.Join(vm.Dir, "console.log")
+	}
 	for i := 0; i < max(opts.NICs, 1); i++ {
 		vm.MACs = append(vm.MACs, fmt.Sprintf("52:54:00:%s:%02x", colon(randomHex(2)), i))
 	}
@@ -170,6 +186,13 @@ var domainTemplate = template.Must(template.New("domain").Funcs(template.FuncMap
     <loader readonly='yes' type='pflash'>{{x .Loader}}</loader>
     <nvram template='{{x .Template}}'>{{x .NVRAM}}</nvram>
 {{- end}}
+{{- with .Boot}}
+    <kernel>{{x .Kernel}}</kernel>
+    <initrd>{{x .Initrd}}</initrd>
+{{- end}}
+{{- if .Cmdline}}
+    <cmdline>{{x .Cmdline}}</cmdline>
+{{- end}}
   </os>
   <features><acpi/></features>
   <devices>
@@ -191,6 +214,10 @@ var domainTemplate = template.Must(template.New("domain").Funcs(template.FuncMap
       <mac address='{{.}}'/>
       <model type='virtio'/>
     </interface>
+{{- end}}
+{{- if .ConsoleLog}}
+    <serial type='file'><source path='{{x .ConsoleLog}}'/><target port='0'/></serial>
+    <channel type='unix'><target type='virtio' name='org.qemu.guest_agent.0'/></channel>
 {{- end}}
   </devices>
 </domain>

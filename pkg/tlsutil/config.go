@@ -20,6 +20,7 @@ var ErrNoCertificates = errors.New("tlsutil: no certificates in CA file")
 // directory: it presents coordinator.crt and requires every client to present
 // a certificate signed by ca.crt (mutual TLS).
 func ServerConfig(dir string) (*tls.Config, error) {
+	dir = ResolveDir(dir, RoleCoordinator)
 	pool, err := loadPool(filepath.Join(dir, CACertFile))
 	if err != nil {
 		return nil, err
@@ -60,7 +61,26 @@ func ClientConfig(caFile, certFile, keyFile string) (*tls.Config, error) {
 // RoleClient for ferryctl, RoleAgent for agents, RoleCoordinator for one
 // coordinator calling another.
 func ClientConfigFromDir(dir, role string) (*tls.Config, error) {
+	dir = ResolveDir(dir, role)
 	return ClientConfig(filepath.Join(dir, CACertFile), filepath.Join(dir, role+".crt"), filepath.Join(dir, role+".key"))
+}
+
+// ResolveDir returns the directory holding role's pair: dir itself when it
+// has ROLE.crt, else the role's directory under dir as a PKI root
+// (coordinator/ for RoleCoordinator, operator/ for RoleClient), else dir.
+// So --tls-dir may name a PKI root or the one directory a machine carries.
+func ResolveDir(dir, role string) string {
+	if _, err := os.Stat(filepath.Join(dir, role+".crt")); err == nil {
+		return dir
+	}
+	sub := map[string]string{RoleCoordinator: CoordinatorDir, RoleClient: OperatorDir}[role]
+	if sub == "" {
+		return dir
+	}
+	if _, err := os.Stat(filepath.Join(dir, sub, role+".crt")); err == nil {
+		return filepath.Join(dir, sub)
+	}
+	return dir
 }
 
 // ServerCredentials returns gRPC transport credentials for the coordinator

@@ -68,7 +68,7 @@ func check(t *testing.T, addr string, creds credentials.TransportCredentials) er
 
 func TestMutualTLS(t *testing.T) {
 	dir := t.TempDir()
-	if err := InitPKI(dir, Options{}); err != nil {
+	if err := InitPKI(dir, Options{Agents: []string{"kvm-1"}}); err != nil {
 		t.Fatal(err)
 	}
 	otherDir := t.TempDir()
@@ -78,12 +78,12 @@ func TestMutualTLS(t *testing.T) {
 	addr, names := startHealthServer(t, dir)
 	_, port, _ := net.SplitHostPort(addr)
 
-	for _, role := range []struct{ role, cn string }{
-		{RoleClient, ClientCommonName},
-		{RoleAgent, AgentCommonName},
-		{RoleCoordinator, CoordinatorCommonName},
+	for _, role := range []struct{ dir, role, cn string }{
+		{dir, RoleClient, ClientCommonName},
+		{filepath.Join(dir, AgentsDir, "kvm-1"), RoleAgent, "kvm-1"},
+		{dir, RoleCoordinator, CoordinatorCommonName},
 	} {
-		creds, err := ClientCredentialsFromDir(dir, role.role)
+		creds, err := ClientCredentialsFromDir(role.dir, role.role)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -96,7 +96,7 @@ func TestMutualTLS(t *testing.T) {
 	}
 
 	// By name: localhost is in the coordinator's SANs.
-	creds, err := ClientCredentials(filepath.Join(dir, CACertFile), filepath.Join(dir, ClientCertFile), filepath.Join(dir, ClientKeyFile))
+	creds, err := ClientCredentials(filepath.Join(dir, CACertFile), filepath.Join(dir, OperatorDir, ClientCertFile), filepath.Join(dir, OperatorDir, ClientKeyFile))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -116,7 +116,7 @@ func TestMutualTLS(t *testing.T) {
 	}
 
 	// A client whose certificate comes from another install's CA.
-	foreign, err := ClientConfig(filepath.Join(dir, CACertFile), filepath.Join(otherDir, ClientCertFile), filepath.Join(otherDir, ClientKeyFile))
+	foreign, err := ClientConfig(filepath.Join(dir, CACertFile), filepath.Join(otherDir, OperatorDir, ClientCertFile), filepath.Join(otherDir, OperatorDir, ClientKeyFile))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -154,10 +154,31 @@ func TestConfigErrors(t *testing.T) {
 		t.Fatal(err)
 	}
 	// A certificate file is not a CA bundle when it holds no certificate.
-	if _, err := ClientConfig(filepath.Join(dir, CAKeyFile), filepath.Join(dir, ClientCertFile), filepath.Join(dir, ClientKeyFile)); !errors.Is(err, ErrNoCertificates) {
+	if _, err := ClientConfig(filepath.Join(dir, CAKeyFile), filepath.Join(dir, OperatorDir, ClientCertFile), filepath.Join(dir, OperatorDir, ClientKeyFile)); !errors.Is(err, ErrNoCertificates) {
 		t.Fatalf("ClientConfig with a key as CA: %v, want ErrNoCertificates", err)
 	}
-	if _, err := ClientConfig(filepath.Join(dir, CACertFile), filepath.Join(dir, ClientCertFile), filepath.Join(dir, AgentKeyFile)); err == nil {
+	if _, err := ClientConfig(filepath.Join(dir, CACertFile), filepath.Join(dir, OperatorDir, ClientCertFile), filepath.Join(dir, CoordinatorDir, CoordinatorKeyFile)); err == nil {
 		t.Fatal("ClientConfig with a mismatched key succeeded")
+	}
+}
+
+// TestResolveDir: --tls-dir may name a PKI root or the directory of one
+// certificate.
+func TestResolveDir(t *testing.T) {
+	root := t.TempDir()
+	if err := InitPKI(root, Options{Agents: []string{"kvm-1"}}); err != nil {
+		t.Fatal(err)
+	}
+	agentDir := filepath.Join(root, AgentsDir, "kvm-1")
+	for _, tc := range []struct{ dir, role, want string }{
+		{root, RoleCoordinator, filepath.Join(root, CoordinatorDir)},
+		{root, RoleClient, filepath.Join(root, OperatorDir)},
+		{filepath.Join(root, OperatorDir), RoleClient, filepath.Join(root, OperatorDir)},
+		{agentDir, RoleAgent, agentDir},
+		{root, RoleAgent, root}, // an agent's directory must be named
+	} {
+		if got := ResolveDir(tc.dir, tc.role); got != tc.want {
+			t.Errorf("ResolveDir(%s, %s) = %s, want %s", tc.dir, tc.role, got, tc.want)
+		}
 	}
 }

@@ -1,15 +1,20 @@
 // Package tlsutil provides the mutual TLS that Ferry runs on: a small
-// self-contained PKI for one install (InitPKI) and the tls.Config and gRPC
-// transport credentials that coordinators, agents and ferryctl build from it.
+// self-contained PKI for one install (InitPKI, Issue) and the tls.Config and
+// gRPC transport credentials that coordinators, agents and ferryctl build
+// from it.
 //
-// A PKI directory holds:
+// A PKI root holds the certificate authority and one directory per
+// certificate; each directory holds ca.crt and its own pair only, so it is
+// what is copied to the machine that uses it:
 //
-//	ca.crt ca.key                   the install's certificate authority (ECDSA P-256)
-//	coordinator.crt coordinator.key server and client certificate of every coordinator
-//	agent.crt agent.key             client certificate of the agents
-//	client.crt client.key           client certificate of operators (CN "ferryctl")
+//	ca.crt ca.key                     the install's CA (ECDSA P-256); keep ca.key on coordinators only
+//	coordinator/  coordinator.crt .key server and client certificate of every coordinator
+//	operator/     client.crt .key      the first operator (ferry://operator/ferryctl)
+//	agents/HOST/  agent.crt .key       the agent of one host (ferry://agent/HOST)
+//	operators/NAME/ viewers/NAME/      more operators and viewers (client.crt .key)
+//	coordinators/NAME/                 more coordinator identities (coordinator.crt .key)
 //
-// Keys are written with mode 0600, certificates with 0644.
+// Keys are written with mode 0600, certificates with 0644, directories 0700.
 package tlsutil
 
 import (
@@ -24,10 +29,13 @@ import (
 	"io/fs"
 	"math/big"
 	"net"
+	"net/url"
 	"os"
 	"path/filepath"
 	"slices"
 	"time"
+
+	"github.com/ferry-v2v/ferry/pkg/hostname"
 )
 
 // File names inside a PKI directory.
@@ -50,11 +58,17 @@ const (
 	RoleClient      = "client"
 )
 
+// Directories of a PKI root (see the package comment).
+const (
+	CoordinatorDir = "coordinator"
+	OperatorDir    = "operator"
+	AgentsDir      = "agents"
+)
+
 // Common names of the certificates InitPKI issues.
 const (
 	CACommonName          = "Ferry CA"
 	CoordinatorCommonName = "ferry-coordinator"
-	AgentCommonName       = "ferry-agent"
 	ClientCommonName      = "ferryctl"
 )
 
@@ -65,39 +79,77 @@ const defaultValidity = 10 * 365 * 24 * time.Hour
 // certificates whose CA key is gone.
 var ErrInconsistentPKI = errors.New("tlsutil: inconsistent PKI directory")
 
-// Options tunes InitPKI.
+// ErrInvalidIdentity reports an identity Issue cannot put in a certificate.
+var ErrInvalidIdentity = errors.New("tlsutil: invalid identity")
+
+// Options tunes InitPKI and Issue.
 type Options struct {
 	// Hosts are extra DNS names or IP addresses for the coordinator
 	// certificate, on top of 127.0.0.1, ::1 and localhost.
 	Hosts []string
+	// Agents are the host names InitPKI issues agent certificates for.
+	Agents []string
 	// Validity of the CA and the certificates; default ten years.
 	Validity time.Duration
 }
 
-// InitPKI writes a CA and the coordinator, agent and operator certificates
-// into dir, creating dir with mode 0700. It is idempotent: a pair whose
-// certificate already exists is left alone, so running it twice does nothing
-// and running it on a partial directory completes it with the existing CA.
+// DefaultCoordinator and DefaultOperator are the identities InitPKI issues.
+var (
+	DefaultCoordinator = Identity{Role: RoleIDCoordinator, Name: CoordinatorCommonName}
+	DefaultOperator    = Identity{Role: RoleIDOperator, Name: ClientCommonName}
+)
+
+// IdentityDir is the directory, relative to a PKI root, that holds id's
+// certificate: coordinator/ and operator/ for the two InitPKI issues,
+// agents/HOST, operators/NAME, viewers/NAME, coordinators/NAME otherwise.
+func IdentityDir(id Identity) string {
+	switch {
+	case id == DefaultCoordinator:
+		return CoordinatorDir
+	case id == DefaultOperator:
+		return OperatorDir
+	}
+	return filepath.Join(string(id.Role)+"s", id.Name)
+}
+
+// PairName is the file name (without .crt or .key) of a role's pair.
+func PairName(r Role) string {
+	switch r {
+	case RoleIDCoordinator:
+		return RoleCoordinator
+	case RoleIDAgent:
+		return RoleAgent
+	}
+	return RoleClient
+}
+
+// InitPKI writes a CA into dir (creating it with mode 0700), the
+// coordinator certificate into dir/coordinator, the first operator's into
+// dir/operator and one agent certificate per Options.Agents host into
+// dir/agents/HOST. It is idempotent: a pair whose certificate already exists
+// is left alone, so running it twice does nothing and running it on a
+// partial directory completes it with the existing CA.
 func InitPKI(dir string, opts Options) error {
-	if opts.Validity <= 0 {
-		opts.Validity = defaultValidity
+	ids := []Identity{DefaultCoordinator, DefaultOperator}
+	for _, h := range opts.Agents {
+		ids = append(ids, Identity{Role: RoleIDAgent, Name: h})
+	}
+	for _, id := range ids {
+		if err := checkIdentity(id); err != nil {
+			return fmt.Errorf("init pki %s: %w", dir, err)
+		}
 	}
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return fmt.Errorf("init pki %s: %w", dir, err)
 	}
-	leaves := []leafSpec{
-		{RoleCoordinator, CoordinatorCommonName, []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth}, true},
-		{RoleAgent, AgentCommonName, []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}, false},
-		{RoleClient, ClientCommonName, []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}, false},
-	}
-	var missing []leafSpec
-	for _, l := range leaves {
-		ok, err := pairExists(dir, l.role)
+	var missing []Identity
+	for _, id := range ids {
+		ok, err := pairExists(filepath.Join(dir, IdentityDir(id)), PairName(id.Role))
 		if err != nil {
 			return err
 		}
 		if !ok {
-			missing = append(missing, l)
+			missing = append(missing, id)
 		}
 	}
 	caOK, err := pairExists(dir, "ca")
@@ -107,26 +159,67 @@ func InitPKI(dir string, opts Options) error {
 	if caOK && len(missing) == 0 {
 		return nil
 	}
-	if !caOK && len(missing) < len(leaves) {
+	if !caOK && len(missing) < len(ids) {
 		return fmt.Errorf("init pki %s: certificates exist without %s: %w", dir, CACertFile, ErrInconsistentPKI)
 	}
-	ca, err := loadOrCreateCA(dir, caOK, opts.Validity)
+	ca, err := loadOrCreateCA(dir, caOK, validity(opts))
 	if err != nil {
 		return fmt.Errorf("init pki %s: %w", dir, err)
 	}
-	for _, l := range missing {
-		if err := ca.issue(dir, l, opts); err != nil {
-			return fmt.Errorf("init pki %s: %s certificate: %w", dir, l.role, err)
+	for _, id := range missing {
+		if err := ca.issue(dir, id, opts); err != nil {
+			return fmt.Errorf("init pki %s: %s certificate: %w", dir, id, err)
 		}
 	}
 	return nil
 }
 
-type leafSpec struct {
-	role   string
-	cn     string
-	usage  []x509.ExtKeyUsage
-	server bool
+// Issue signs one more certificate for id with the CA of the PKI root dir
+// and writes it, with ca.crt, into dir/IdentityDir(id), which it returns.
+// An identity whose certificate exists is left alone (created is false).
+func Issue(dir string, id Identity, opts Options) (path string, created bool, err error) {
+	if err := checkIdentity(id); err != nil {
+		return "", false, err
+	}
+	path = filepath.Join(dir, IdentityDir(id))
+	ok, err := pairExists(path, PairName(id.Role))
+	if err != nil || ok {
+		return path, false, err
+	}
+	ca, err := loadCA(dir)
+	if err != nil {
+		return "", false, fmt.Errorf("issue %s: CA of %s: %w", id, dir, err)
+	}
+	if err := ca.issue(dir, id, opts); err != nil {
+		return "", false, fmt.Errorf("issue %s: %w", id, err)
+	}
+	return path, true, nil
+}
+
+// checkIdentity refuses what cannot name a certificate: an unknown role, a
+// name that is not one path element, an agent name that is not a host name.
+func checkIdentity(id Identity) error {
+	if !id.Role.Valid() {
+		return fmt.Errorf("%w: role %q is none of coordinator, agent, operator, viewer", ErrInvalidIdentity, id.Role)
+	}
+	if id.Role == RoleIDAgent {
+		if err := hostname.Validate(id.Name); err != nil {
+			return fmt.Errorf("%w: agent name: %v", ErrInvalidIdentity, err)
+		}
+		return nil
+	}
+	if err := hostname.ValidateText(id.Name, 128); err != nil || id.Name == "." || id.Name == ".." ||
+		filepath.Base(id.Name) != id.Name || len(id.Name) == 0 {
+		return fmt.Errorf("%w: name %q must be one printable path element of at most 128 bytes", ErrInvalidIdentity, id.Name)
+	}
+	return nil
+}
+
+func validity(opts Options) time.Duration {
+	if opts.Validity <= 0 {
+		return defaultValidity
+	}
+	return opts.Validity
 }
 
 type authority struct {
@@ -215,20 +308,22 @@ func loadCA(dir string) (*authority, error) {
 	return &authority{cert: cert, key: key}, nil
 }
 
-func (ca *authority) issue(dir string, l leafSpec, opts Options) error {
+func (ca *authority) issue(root string, id Identity, opts Options) error {
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
 		return err
 	}
-	tmpl, err := template(l.cn, opts.Validity)
+	tmpl, err := template(id.Name, validity(opts))
 	if err != nil {
 		return err
 	}
 	tmpl.KeyUsage = x509.KeyUsageDigitalSignature
-	tmpl.ExtKeyUsage = l.usage
-	if l.server {
+	tmpl.ExtKeyUsage = []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}
+	if id.Role == RoleIDCoordinator {
+		tmpl.ExtKeyUsage = append(tmpl.ExtKeyUsage, x509.ExtKeyUsageServerAuth)
 		tmpl.DNSNames, tmpl.IPAddresses = sans(opts.Hosts)
 	}
+	tmpl.URIs = []*url.URL{id.URI()}
 	if tmpl.NotAfter.After(ca.cert.NotAfter) {
 		tmpl.NotAfter = ca.cert.NotAfter
 	}
@@ -236,7 +331,15 @@ func (ca *authority) issue(dir string, l leafSpec, opts Options) error {
 	if err != nil {
 		return err
 	}
-	return writePair(dir, l.role, der, key)
+	dir := filepath.Join(root, IdentityDir(id))
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return err
+	}
+	caPEM := pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: ca.cert.Raw})
+	if err := writeFileAtomic(filepath.Join(dir, CACertFile), caPEM, 0o644); err != nil {
+		return err
+	}
+	return writePair(dir, PairName(id.Role), der, key)
 }
 
 // sans returns the coordinator's subject alternative names: the loopback

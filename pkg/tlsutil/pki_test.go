@@ -12,10 +12,18 @@ import (
 	"testing"
 )
 
-var allFiles = []string{
-	CACertFile, CAKeyFile, CoordinatorCertFile, CoordinatorKeyFile,
-	AgentCertFile, AgentKeyFile, ClientCertFile, ClientKeyFile,
-}
+// Paths of a PKI root made by InitPKI with testAgents.
+var (
+	testAgents = Options{Agents: []string{"kvm-1"}}
+	coordCert  = filepath.Join(CoordinatorDir, CoordinatorCertFile)
+	coordKey   = filepath.Join(CoordinatorDir, CoordinatorKeyFile)
+	agentCert  = filepath.Join(AgentsDir, "kvm-1", AgentCertFile)
+	agentKey   = filepath.Join(AgentsDir, "kvm-1", AgentKeyFile)
+	clientCert = filepath.Join(OperatorDir, ClientCertFile)
+	clientKey  = filepath.Join(OperatorDir, ClientKeyFile)
+	allFiles   = []string{CACertFile, CAKeyFile, coordCert, coordKey, agentCert, agentKey, clientCert, clientKey,
+		filepath.Join(CoordinatorDir, CACertFile), filepath.Join(OperatorDir, CACertFile), filepath.Join(AgentsDir, "kvm-1", CACertFile)}
+)
 
 func readCert(t *testing.T, path string) *x509.Certificate {
 	t.Helper()
@@ -49,7 +57,7 @@ func snapshot(t *testing.T, dir string) map[string][]byte {
 
 func TestInitPKI(t *testing.T) {
 	dir := filepath.Join(t.TempDir(), "tls")
-	if err := InitPKI(dir, Options{Hosts: []string{"coord-1.example", "10.0.0.5", "fd00::5", "localhost"}}); err != nil {
+	if err := InitPKI(dir, Options{Agents: testAgents.Agents, Hosts: []string{"coord-1.example", "10.0.0.5", "fd00::5", "localhost"}}); err != nil {
 		t.Fatalf("InitPKI: %v", err)
 	}
 	for _, f := range allFiles {
@@ -74,10 +82,10 @@ func TestInitPKI(t *testing.T) {
 		cn    string
 		usage x509.ExtKeyUsage
 	}{
-		{CoordinatorCertFile, CoordinatorCommonName, x509.ExtKeyUsageServerAuth},
-		{CoordinatorCertFile, CoordinatorCommonName, x509.ExtKeyUsageClientAuth},
-		{AgentCertFile, AgentCommonName, x509.ExtKeyUsageClientAuth},
-		{ClientCertFile, "ferryctl", x509.ExtKeyUsageClientAuth},
+		{coordCert, CoordinatorCommonName, x509.ExtKeyUsageServerAuth},
+		{coordCert, CoordinatorCommonName, x509.ExtKeyUsageClientAuth},
+		{agentCert, "kvm-1", x509.ExtKeyUsageClientAuth},
+		{clientCert, "ferryctl", x509.ExtKeyUsageClientAuth},
 	}
 	for _, tt := range tests {
 		cert := readCert(t, filepath.Join(dir, tt.file))
@@ -89,7 +97,7 @@ func TestInitPKI(t *testing.T) {
 		}
 	}
 
-	coord := readCert(t, filepath.Join(dir, CoordinatorCertFile))
+	coord := readCert(t, filepath.Join(dir, coordCert))
 	for _, name := range []string{"localhost", "coord-1.example", "127.0.0.1", "::1", "10.0.0.5", "fd00::5"} {
 		if err := coord.VerifyHostname(name); err != nil {
 			t.Errorf("coordinator certificate lacks %s: %v", name, err)
@@ -101,7 +109,7 @@ func TestInitPKI(t *testing.T) {
 	if !slices.ContainsFunc(coord.IPAddresses, net.ParseIP("10.0.0.5").Equal) {
 		t.Errorf("IP SANs = %v", coord.IPAddresses)
 	}
-	agent := readCert(t, filepath.Join(dir, AgentCertFile))
+	agent := readCert(t, filepath.Join(dir, agentCert))
 	if _, err := agent.Verify(x509.VerifyOptions{Roots: pool, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}}); err == nil {
 		t.Error("agent certificate is valid for server auth")
 	}
@@ -109,11 +117,11 @@ func TestInitPKI(t *testing.T) {
 
 func TestInitPKIIdempotent(t *testing.T) {
 	dir := t.TempDir()
-	if err := InitPKI(dir, Options{}); err != nil {
+	if err := InitPKI(dir, testAgents); err != nil {
 		t.Fatal(err)
 	}
 	before := snapshot(t, dir)
-	if err := InitPKI(dir, Options{Hosts: []string{"other.example"}}); err != nil {
+	if err := InitPKI(dir, Options{Agents: testAgents.Agents, Hosts: []string{"other.example"}}); err != nil {
 		t.Fatalf("second InitPKI: %v", err)
 	}
 	after := snapshot(t, dir)
@@ -126,24 +134,24 @@ func TestInitPKIIdempotent(t *testing.T) {
 
 func TestInitPKICompletesWithExistingCA(t *testing.T) {
 	dir := t.TempDir()
-	if err := InitPKI(dir, Options{}); err != nil {
+	if err := InitPKI(dir, testAgents); err != nil {
 		t.Fatal(err)
 	}
 	caBefore, _ := os.ReadFile(filepath.Join(dir, CACertFile))
-	agentBefore, _ := os.ReadFile(filepath.Join(dir, AgentCertFile))
+	agentBefore, _ := os.ReadFile(filepath.Join(dir, agentCert))
 	// An interrupted run leaves a key without its certificate.
-	os.Remove(filepath.Join(dir, ClientCertFile))
-	if err := InitPKI(dir, Options{}); err != nil {
+	os.Remove(filepath.Join(dir, clientCert))
+	if err := InitPKI(dir, testAgents); err != nil {
 		t.Fatalf("InitPKI on a partial directory: %v", err)
 	}
 	caAfter, _ := os.ReadFile(filepath.Join(dir, CACertFile))
-	agentAfter, _ := os.ReadFile(filepath.Join(dir, AgentCertFile))
+	agentAfter, _ := os.ReadFile(filepath.Join(dir, agentCert))
 	if !bytes.Equal(caBefore, caAfter) || !bytes.Equal(agentBefore, agentAfter) {
 		t.Fatal("completing the directory replaced existing files")
 	}
 	pool := x509.NewCertPool()
 	pool.AddCert(readCert(t, filepath.Join(dir, CACertFile)))
-	client := readCert(t, filepath.Join(dir, ClientCertFile))
+	client := readCert(t, filepath.Join(dir, clientCert))
 	if _, err := client.Verify(x509.VerifyOptions{Roots: pool, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}}); err != nil {
 		t.Fatalf("reissued client certificate is not signed by the existing CA: %v", err)
 	}
@@ -154,21 +162,70 @@ func TestInitPKIInconsistent(t *testing.T) {
 		name   string
 		remove []string
 	}{
-		{"certificate without key", []string{AgentKeyFile}},
-		{"certificates without CA", []string{CACertFile, CAKeyFile, ClientCertFile}},
+		{"certificate without key", []string{agentKey}},
+		{"certificates without CA", []string{CACertFile, CAKeyFile, clientCert}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			dir := t.TempDir()
-			if err := InitPKI(dir, Options{}); err != nil {
+			if err := InitPKI(dir, testAgents); err != nil {
 				t.Fatal(err)
 			}
 			for _, f := range tt.remove {
 				os.Remove(filepath.Join(dir, f))
 			}
-			if err := InitPKI(dir, Options{}); !errors.Is(err, ErrInconsistentPKI) {
+			if err := InitPKI(dir, testAgents); !errors.Is(err, ErrInconsistentPKI) {
 				t.Fatalf("InitPKI error = %v, want ErrInconsistentPKI", err)
 			}
 		})
 	}
 }
+
+func TestIssue(t *testing.T) {
+	dir := t.TempDir()
+	if err := InitPKI(dir, Options{}); err != nil {
+		t.Fatal(err)
+	}
+	pool := x509.NewCertPool()
+	pool.AddCert(readCert(t, filepath.Join(dir, CACertFile)))
+	for _, tt := range []struct {
+		id   Identity
+		path string
+	}{
+		{Identity{RoleIDAgent, "kvm-7"}, "agents/kvm-7/agent.crt"},
+		{Identity{RoleIDViewer, "alice"}, "viewers/alice/client.crt"},
+		{Identity{RoleIDOperator, "bob"}, "operators/bob/client.crt"},
+	} {
+		path, created, err := Issue(dir, tt.id, Options{})
+		if err != nil || !created {
+			t.Fatalf("Issue(%v) = %s, %v, %v", tt.id, path, created, err)
+		}
+		cert := readCert(t, filepath.Join(dir, tt.path))
+		if got, err := IdentityFromCert(cert); err != nil || got != tt.id {
+			t.Errorf("%s: identity %v, %v; want %v", tt.path, got, err, tt.id)
+		}
+		if _, err := cert.Verify(x509.VerifyOptions{Roots: pool, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}}); err != nil {
+			t.Errorf("%s: %v", tt.path, err)
+		}
+		entries, _ := os.ReadDir(path)
+		var names []string
+		for _, e := range entries {
+			names = append(names, e.Name())
+		}
+		pair := PairName(tt.id.Role)
+		if want := []string{CACertFile, pair + ".crt", pair + ".key"}; !slices.Equal(sorted(names), sorted(want)) {
+			t.Errorf("%s holds %v, want %v (never the CA key)", path, names, want)
+		}
+		again, created, err := Issue(dir, tt.id, Options{})
+		if err != nil || created || again != path {
+			t.Errorf("second Issue(%v) = %s, %v, %v; want left alone", tt.id, again, created, err)
+		}
+	}
+	for _, id := range []Identity{{RoleIDAgent, "../kvm"}, {RoleIDAgent, "kvm\x1b[31m"}, {RoleIDViewer, "a/b"}, {Role("root"), "x"}, {RoleIDViewer, ".."}} {
+		if _, _, err := Issue(dir, id, Options{}); !errors.Is(err, ErrInvalidIdentity) {
+			t.Errorf("Issue(%v) = %v, want ErrInvalidIdentity", id, err)
+		}
+	}
+}
+
+func sorted(s []string) []string { s = slices.Clone(s); slices.Sort(s); return s }

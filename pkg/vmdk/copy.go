@@ -24,8 +24,9 @@ type Sink interface {
 	Flush(ctx context.Context) error
 }
 
-// DefaultAlign is the default write granule: 64 KiB, the cluster of a
-// qcow2 cache whose compressed clusters must be written whole.
+// DefaultAlign is the write granule when CopyOptions.Align is 0: 64 KiB,
+// the cluster of a compressed qcow2 (Ferry's agent passes its cache's
+// granule explicitly).
 const DefaultAlign = 64 << 10
 
 const (

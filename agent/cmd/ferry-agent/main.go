@@ -56,8 +56,8 @@ func parseFlags(args []string, stderr io.Writer) (config.Config, slog.Level, err
 	fs.StringVar(&cfg.HostName, "host-name", hostname, "this host's name (the host resource is hosts/NAME)")
 	fs.StringVar(&cfg.DataDir, "data-dir", "./ferry-agent-data", "directory for the agent's state and job caches")
 	fs.StringVar(&cfg.Cluster, "cluster", "", "target cluster of this host, clusters/NAME or NAME")
-	fs.StringVar(&cfg.CachePath, "cache-path", "", "absolute path on the cache disk, reported as cache facts")
-	fs.StringVar(&cfg.TLSDir, "tls-dir", "", "PKI directory with ca.crt, agent.crt and agent.key")
+	fs.StringVar(&cfg.CachePath, "cache-path", "", "absolute path on a disk whose size and free space are reported as cache facts, for display (cache admission measures each migration server's cache_path, which the coordinator names); only job caches Ferry made there are ever reclaimed")
+	fs.StringVar(&cfg.TLSDir, "tls-dir", "", "this host's certificate directory (ca.crt, agent.crt, agent.key; from 'ferry-coordinator tls issue --role agent --host HOST'), or a PKI root holding agents/HOST")
 	fs.StringVar(&cfg.CAFile, "ca", "", "CA certificate file (with --cert and --key)")
 	fs.StringVar(&cfg.CertFile, "cert", "", "agent certificate file")
 	fs.StringVar(&cfg.KeyFile, "key", "", "agent private key file")
@@ -69,6 +69,8 @@ func parseFlags(args []string, stderr io.Writer) (config.Config, slog.Level, err
 		"how often source SSH connections are probed; one silent for three probes counts as dropped")
 	fs.DurationVar(&cfg.SourceCleanupInterval, "source-cleanup-interval", config.DefaultSourceCleanupInterval,
 		"how often backups that failed or crashed jobs left on sources are looked for and ended")
+	fs.StringVar(&cfg.DomainType, "domain-type", "auto",
+		"libvirt domain type of target VMs: auto (kvm when libvirt offers it), kvm, or qemu (TCG, for hosts whose KVM does not work, such as some nested VMs)")
 	if err := fs.Parse(args); err != nil {
 		return cfg, level, err
 	}
@@ -106,7 +108,7 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 			ferryv1.Platform_PLATFORM_KVM:    kvmDriver,
 			ferryv1.Platform_PLATFORM_VMWARE: vmware.NewDriver(log, vmware.Options{RetryBudget: cfg.SourceRetryBudget}),
 		},
-		Target: target.NewDriver(target.DefaultLibvirtURI, target.Options{Log: log}),
+		Target: target.NewDriver(target.DefaultLibvirtURI, target.Options{Log: log, DomainType: domainType(cfg.DomainType)}),
 	}
 	fences := session.NewFences(outbox, log)
 	r := runner.New(runner.Config{DataDir: cfg.DataDir}, runner.Deps{Drivers: drivers, Reporter: outbox, Fencer: fences, Logger: log})
@@ -132,6 +134,8 @@ const reclaimInterval = 10 * time.Minute
 
 // reclaimCaches removes, every reclaimInterval, the caches of jobs this
 // agent does not hold that are older than the cluster's cache retention.
+// Only job directories Ferry made (cache.MakeJobDir) are candidates;
+// anything else under --cache-path is left alone.
 func reclaimCaches(ctx context.Context, dirs []string, retention func() time.Duration, r *runner.Runner, log *slog.Logger) {
 	t := time.NewTicker(reclaimInterval)
 	defer t.Stop()
@@ -158,4 +162,12 @@ func reclaimCaches(ctx context.Context, dirs []string, retention func() time.Dur
 			}
 		}
 	}
+}
+
+// domainType is the target.Options value of --domain-type: "" for auto.
+func domainType(flag string) string {
+	if flag == "auto" {
+		return ""
+	}
+	return flag
 }

@@ -15,7 +15,7 @@ import (
 // Export serves a finished cache image read-only, for the upload.
 type Export struct {
 	path string
-	srv  *server
+	srv  *Server
 	nbd  *nbd.Client
 }
 
@@ -40,23 +40,24 @@ func OpenExport(ctx context.Context, dir, disk string, log *slog.Logger) (*Expor
 }
 
 func serveReadOnly(ctx context.Context, path, format, pidFile string, log *slog.Logger) (*Export, error) {
-	if err := stopStale(pidFile, path); err != nil {
+	if err := StopStale(pidFile, path); err != nil {
 		return nil, err
 	}
 	sockDir, err := os.MkdirTemp("", "ferry-export-")
 	if err != nil {
 		return nil, err
 	}
-	srv, err := startServer(qemuNBD, []string{"--read-only", "--shared=4", "--format=" + format, path},
-		filepath.Join(sockDir, "nbd.sock"), pidFile)
+	socket := filepath.Join(sockDir, "nbd.sock")
+	srv, err := StartServer(ServerConfig{Socket: socket, PidFile: pidFile,
+		Args: []string{"--persistent", "--socket=" + socket, "--discard=unmap", "--read-only", "--shared=4", "--format=" + format, path}})
 	if err != nil {
 		_ = os.RemoveAll(sockDir)
 		return nil, err
 	}
 	srv.sockDir = sockDir
-	c, err := srv.dial(ctx, log)
+	c, err := srv.Dial(ctx, log)
 	if err != nil {
-		_ = srv.stop()
+		_ = srv.Stop()
 		return nil, err
 	}
 	return &Export{path: path, srv: srv, nbd: c}, nil
@@ -76,7 +77,7 @@ func (e *Export) Close() error {
 	ctx, cancel := context.WithTimeout(context.Background(), stopTimeout)
 	defer cancel()
 	_ = e.nbd.Disconnect(ctx)
-	if err := e.srv.stop(); err != nil {
+	if err := e.srv.Stop(); err != nil {
 		return fmt.Errorf("cache: stop the export of %s: %w", e.path, err)
 	}
 	return nil

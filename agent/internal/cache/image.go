@@ -28,8 +28,11 @@ const (
 	FormatRaw   = "raw"
 )
 
-// ClusterSize is the qcow2 cluster, the unit of compressed writes.
-const ClusterSize = 64 << 10
+// Granule is the unit of writes into a cache image: the 64 KiB cluster of
+// a compressed qcow2, which cannot be written in part. Every writer of a
+// cache image (the extent copy of a KVM disk, the VMDK decoder of a
+// VMware one) starts and ends its writes on it.
+const Granule = 64 << 10
 
 const (
 	readyTimeout = 30 * time.Second
@@ -56,7 +59,7 @@ type Image struct {
 	ckpt   string
 	log    *slog.Logger
 
-	srv *server
+	srv *Server
 	nbd *nbd.Client
 
 	closeOnce sync.Once
@@ -88,11 +91,11 @@ func Open(ctx context.Context, dir, disk string, size int64, compressed bool, lo
 	}
 	if compressed {
 		img.format = FormatQcow2
-		img.served = (size + ClusterSize - 1) / ClusterSize * ClusterSize
+		img.served = (size + Granule - 1) / Granule * Granule
 	}
 	img.path = filepath.Join(dir, disk+"."+img.format)
 	pidFile := filepath.Join(dir, disk+".pid")
-	if err := stopStale(pidFile, imageArg(img.format, img.path)); err != nil {
+	if err := StopStale(pidFile, imageArg(img.format, img.path)); err != nil {
 		return nil, fmt.Errorf("cache: stop the stale server of %s: %w", img.path, err)
 	}
 	if err := img.prepare(ctx); err != nil {
@@ -233,7 +236,8 @@ func (i *Image) serve(ctx context.Context, socket, pidFile string) error {
 		}
 		sockDir, socket = d, filepath.Join(d, "nbd.sock")
 	}
-	srv, err := startServer(qemuNBD, []string{"--image-opts", imageArg(i.format, i.path)}, socket, pidFile)
+	srv, err := StartServer(ServerConfig{Socket: socket, PidFile: pidFile,
+		Args: []string{"--persistent", "--socket=" + socket, "--discard=unmap", "--image-opts", imageArg(i.format, i.path)}})
 	if err != nil {
 		if sockDir != "" {
 			_ = os.RemoveAll(sockDir)
@@ -242,9 +246,9 @@ func (i *Image) serve(ctx context.Context, socket, pidFile string) error {
 	}
 	srv.sockDir = sockDir
 	i.srv = srv
-	i.nbd, err = srv.dial(ctx, i.log)
+	i.nbd, err = srv.Dial(ctx, i.log)
 	if err != nil {
-		_ = srv.stop()
+		_ = srv.Stop()
 		return fmt.Errorf("cache: serve %s: %w", i.path, err)
 	}
 	if got := i.nbd.Size(); got != i.served {
@@ -253,25 +257,6 @@ func (i *Image) serve(ctx context.Context, socket, pidFile string) error {
 	}
 	i.log.Debug("serving cache image", "socket", socket, "pid", srv.cmd.Process.Pid)
 	return nil
-}
-
-// dial connects to qemu-nbd once it listens.
-func (s *server) dial(ctx context.Context, log *slog.Logger) (*nbd.Client, error) {
-	ctx, cancel := context.WithTimeout(ctx, readyTimeout)
-	defer cancel()
-	for {
-		c, err := nbd.Dial(ctx, "unix", s.socket, nbd.Options{MaxInFlight: 64, Logger: log})
-		if err == nil {
-			return c, nil
-		}
-		select {
-		case <-s.exited:
-			return nil, s.exitErr()
-		case <-ctx.Done():
-			return nil, fmt.Errorf("qemu-nbd not ready: %w", err)
-		case <-time.After(20 * time.Millisecond):
-		}
-	}
 }
 
 // Close disconnects, stops qemu-nbd (which flushes the image) and gives a
@@ -287,7 +272,7 @@ func (i *Image) close() error {
 	if i.nbd != nil {
 		_ = i.nbd.Disconnect(ctx)
 	}
-	err := i.srv.stop()
+	err := i.srv.Stop()
 	if err == nil && i.served != i.size {
 		err = run(ctx, qemuImg, "resize", "-q", "--shrink", "-f", i.format, i.path, fmt.Sprint(i.size))
 	}

@@ -69,7 +69,7 @@ func TestCompressedImage(t *testing.T) {
 	}
 	write(0, pattern(mib, 0xab))
 	write(4*mib, pattern(2*mib, 0xcd))
-	tail := size / ClusterSize * ClusterSize
+	tail := size / Granule * Granule
 	write(tail, pattern(size-tail, 0xef))
 	if err := img.Flush(ctx); err != nil {
 		t.Fatal(err)
@@ -80,14 +80,14 @@ func TestCompressedImage(t *testing.T) {
 	}
 	// A compressed cluster cannot be written twice in place; zeroed first,
 	// it can.
-	if err := img.WriteAt(ctx, pattern(ClusterSize, 0x11), 0); err == nil {
+	if err := img.WriteAt(ctx, pattern(Granule, 0x11), 0); err == nil {
 		t.Error("qcow2 overwrote a compressed cluster in place; the pipeline's zeroing is then needless")
 	}
 	if err := img.WriteZeroes(ctx, 0, mib); err != nil {
 		t.Fatal(err)
 	}
-	write(0, pattern(ClusterSize, 0x22))
-	copy(want[ClusterSize:mib], make([]byte, mib-ClusterSize))
+	write(0, pattern(Granule, 0x22))
+	copy(want[Granule:mib], make([]byte, mib-Granule))
 	if err := img.Close(); err != nil {
 		t.Fatal(err)
 	}
@@ -254,6 +254,9 @@ func TestKilledServer(t *testing.T) {
 func TestReclaimStopsServers(t *testing.T) {
 	requireQemu(t)
 	root := t.TempDir()
+	if err := MakeJobDir(filepath.Join(root, "job-1")); err != nil {
+		t.Fatal(err)
+	}
 	img := openImage(t, filepath.Join(root, "job-1"), mib, true)
 	old := time.Now().Add(-48 * time.Hour)
 	entries, _ := os.ReadDir(filepath.Join(root, "job-1"))

@@ -8,11 +8,35 @@ import (
 	"time"
 )
 
+// MarkerFile marks a directory under the cache path as a job's cache that
+// Ferry made: Reclaim removes nothing without it.
+const MarkerFile = ".ferry-job-cache"
+
+// MakeJobDir creates the cache directory of a job (mode 0750) and marks
+// it as Ferry's, so that Reclaim may remove it once past retention. A
+// directory that exists already (the job restarted) is marked too.
+func MakeJobDir(dir string) error {
+	if err := os.MkdirAll(dir, 0o750); err != nil {
+		return fmt.Errorf("cache: job directory: %w", err)
+	}
+	marker := filepath.Join(dir, MarkerFile)
+	if _, err := os.Stat(marker); err == nil {
+		return nil
+	}
+	if err := os.WriteFile(marker, []byte("a Ferry job's cache; removed once past the cache retention\n"), 0o600); err != nil {
+		return fmt.Errorf("cache: mark job directory: %w", err)
+	}
+	return nil
+}
+
 // Reclaim removes the job directories under cachePath whose last change
 // (the directory or any file in it) is older than retention, unless keep
-// says the job still needs its cache. A qemu-nbd an earlier agent left
-// serving an image there is stopped first. It returns the job IDs removed
-// and goes on past a directory it cannot remove.
+// says the job still needs its cache. Only directories MakeJobDir made
+// (they hold MarkerFile) are touched: an operator's directory that
+// happens to sit under the cache path is left alone, however old. A
+// qemu-nbd an earlier agent left serving an image there is stopped
+// first. It returns the job IDs removed and goes on past a directory it
+// cannot remove.
 func Reclaim(cachePath string, retention time.Duration, keep func(jobID string) bool) ([]string, error) {
 	entries, err := os.ReadDir(cachePath)
 	if errors.Is(err, os.ErrNotExist) {
@@ -30,6 +54,9 @@ func Reclaim(cachePath string, retention time.Duration, keep func(jobID string) 
 			continue
 		}
 		dir := filepath.Join(cachePath, job)
+		if fi, err := os.Lstat(filepath.Join(dir, MarkerFile)); err != nil || !fi.Mode().IsRegular() {
+			continue // not a cache Ferry made
+		}
 		last, err := lastChange(dir)
 		if err != nil {
 			errs = append(errs, err)
@@ -74,7 +101,7 @@ func lastChange(dir string) (time.Time, error) {
 func removeJob(dir string) error {
 	pids, _ := filepath.Glob(filepath.Join(dir, "*.pid"))
 	for _, pidFile := range pids {
-		if err := stopStale(pidFile, dir+string(filepath.Separator)); err != nil {
+		if err := StopStale(pidFile, dir+string(filepath.Separator)); err != nil {
 			return err
 		}
 	}

@@ -1,23 +1,32 @@
 package cache
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"io/fs"
+	"log/slog"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/ferry-v2v/ferry/pkg/nbd"
 )
 
 // stopTimeout is how long qemu-nbd gets to flush and exit after SIGTERM.
 const stopTimeout = 30 * time.Second
 
-// server is a qemu-nbd child process serving one image on a unix socket.
-type server struct {
+// Server is a qemu-nbd child process serving one image on a unix socket.
+// It is the one way the agent runs qemu-nbd: for cache images, read-only
+// exports of them, and target volumes during an upload. The child gets
+// SIGTERM when the agent dies; with a pid file, a later agent stops one
+// an earlier agent left behind (StopStale).
+type Server struct {
 	cmd     *exec.Cmd
 	socket  string
 	sockDir string // a private directory holding the socket, when the job dir's path is too long
@@ -27,40 +36,94 @@ type server struct {
 	waitErr error
 }
 
-// startServer runs qemu-nbd with args on socket and records its pid in
-// pidFile, so a later Open can stop it if this process dies first. The
-// child gets SIGTERM when this process dies.
-func startServer(qemuNBD string, args []string, socket, pidFile string) (*server, error) {
-	if err := os.Remove(socket); err != nil && !errors.Is(err, fs.ErrNotExist) {
+// ServerConfig describes one qemu-nbd.
+type ServerConfig struct {
+	// Program is qemu-nbd's path; "" is qemu-nbd on PATH.
+	Program string
+	// Args are its arguments, which name Socket with --socket.
+	Args []string
+	// Socket is the unix socket it serves on; a stale one is removed first.
+	Socket string
+	// PidFile, when set, records the child's pid so that a later agent
+	// can stop it with StopStale if this one dies first.
+	PidFile string
+}
+
+// StartServer runs qemu-nbd as c says. The caller waits for it with
+// Ready or Dial and ends it with Stop.
+func StartServer(c ServerConfig) (*Server, error) {
+	if c.Program == "" {
+		c.Program = qemuNBD
+	}
+	if !slices.Contains(c.Args, "--socket="+c.Socket) {
+		return nil, fmt.Errorf("cache: qemu-nbd arguments %q do not name the socket %s", c.Args, c.Socket)
+	}
+	if err := os.Remove(c.Socket); err != nil && !errors.Is(err, fs.ErrNotExist) {
 		return nil, fmt.Errorf("remove stale socket: %w", err)
 	}
-	argv := append([]string{"--persistent", "--socket=" + socket, "--discard=unmap"}, args...)
-	cmd := exec.Command(qemuNBD, argv...)
+	cmd := exec.Command(c.Program, c.Args...)
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGTERM}
-	s := &server{cmd: cmd, socket: socket, pidFile: pidFile, stderr: &strings.Builder{}, exited: make(chan struct{})}
+	s := &Server{cmd: cmd, socket: c.Socket, pidFile: c.PidFile, stderr: &strings.Builder{}, exited: make(chan struct{})}
 	cmd.Stdout, cmd.Stderr = s.stderr, s.stderr
 	if err := cmd.Start(); err != nil {
-		return nil, fmt.Errorf("start %s: %w", qemuNBD, err)
+		return nil, fmt.Errorf("start %s: %w", c.Program, err)
 	}
 	go func() {
 		s.waitErr = cmd.Wait()
 		close(s.exited)
 	}()
-	if err := os.WriteFile(pidFile, []byte(strconv.Itoa(cmd.Process.Pid)+"\n"), 0o600); err != nil {
-		_ = s.stop()
+	if c.PidFile == "" {
+		return s, nil
+	}
+	if err := os.WriteFile(c.PidFile, []byte(strconv.Itoa(cmd.Process.Pid)+"\n"), 0o600); err != nil {
+		_ = s.Stop()
 		return nil, fmt.Errorf("record qemu-nbd pid: %w", err)
 	}
 	return s, nil
 }
 
+// Socket is the unix socket the server listens on.
+func (s *Server) Socket() string { return s.socket }
+
+// Ready waits until the server completes an NBD handshake, or fails when
+// it exits or ctx ends first.
+func (s *Server) Ready(ctx context.Context) error {
+	c, err := s.Dial(ctx, nil)
+	if err != nil {
+		return err
+	}
+	return c.Close()
+}
+
+// Dial connects to the server once it completes an NBD handshake, within
+// readyTimeout; it fails at once when qemu-nbd exits.
+func (s *Server) Dial(ctx context.Context, log *slog.Logger) (*nbd.Client, error) {
+	ctx, cancel := context.WithTimeout(ctx, readyTimeout)
+	defer cancel()
+	for {
+		c, err := nbd.Dial(ctx, "unix", s.socket, nbd.Options{MaxInFlight: 64, Logger: log})
+		if err == nil {
+			return c, nil
+		}
+		select {
+		case <-s.exited:
+			return nil, s.exitErr()
+		case <-ctx.Done():
+			return nil, fmt.Errorf("qemu-nbd not ready: %w", err)
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+}
+
 // exitErr describes how qemu-nbd ended, with what it printed.
-func (s *server) exitErr() error {
+func (s *Server) exitErr() error {
 	return fmt.Errorf("qemu-nbd exited: %v: %s", s.waitErr, strings.TrimSpace(s.stderr.String()))
 }
 
-// stop sends SIGTERM, which makes qemu-nbd flush and close the image,
-// waits for it (SIGKILL after stopTimeout) and removes its files.
-func (s *server) stop() error {
+// Stop sends SIGTERM, which makes qemu-nbd flush and close the image,
+// waits for it (SIGKILL after stopTimeout) and removes its files. It
+// reports how qemu-nbd ended, unless by that SIGTERM.
+func (s *Server) Stop() error {
 	select {
 	case <-s.exited:
 	default:
@@ -72,7 +135,9 @@ func (s *server) stop() error {
 			<-s.exited
 		}
 	}
-	_ = os.Remove(s.pidFile)
+	if s.pidFile != "" {
+		_ = os.Remove(s.pidFile)
+	}
 	_ = os.Remove(s.socket)
 	if s.sockDir != "" {
 		_ = os.RemoveAll(s.sockDir)
@@ -84,10 +149,10 @@ func (s *server) stop() error {
 	return nil
 }
 
-// stopStale stops a qemu-nbd that an earlier agent left running, as
+// StopStale stops a qemu-nbd that an earlier agent left running, as
 // recorded in pidFile, and waits until it has exited. A pid that is no
 // longer a qemu-nbd whose command line contains match is left alone.
-func stopStale(pidFile, match string) error {
+func StopStale(pidFile, match string) error {
 	b, err := os.ReadFile(pidFile)
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil

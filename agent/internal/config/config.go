@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"os"
 	"path/filepath"
 	"strings"
 	"time"
@@ -13,6 +14,7 @@ import (
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
 
+	"github.com/ferry-v2v/ferry/pkg/hostname"
 	"github.com/ferry-v2v/ferry/pkg/tlsutil"
 )
 
@@ -31,7 +33,8 @@ type Config struct {
 	// CachePath is the directory whose disk is reported as the cache disk
 	// (optional; a migration server's agent needs it to be scheduled).
 	CachePath string
-	// TLS: either TLSDir (ca.crt, agent.crt, agent.key), or the three
+	// TLS: either TLSDir (ca.crt, agent.crt, agent.key, or a PKI root
+	// holding agents/HostName), or the three
 	// files, or Insecure for plaintext.
 	TLSDir   string
 	CAFile   string
@@ -48,6 +51,10 @@ type Config struct {
 	// SourceCleanupInterval is how often backups left on sources by
 	// failed or crashed jobs are looked for and ended.
 	SourceCleanupInterval time.Duration
+	// DomainType is the libvirt domain type of target VMs: "kvm", "qemu"
+	// (TCG, software emulation), or "" to take kvm when the host's libvirt
+	// offers it.
+	DomainType string
 }
 
 // Defaults of Config.
@@ -79,8 +86,8 @@ func (c *Config) Validate() error {
 			errs = append(errs, fmt.Errorf("--coordinator: %q is not host:port: %w", a, err))
 		}
 	}
-	if c.HostName == "" || strings.ContainsAny(c.HostName, "/ \t") {
-		errs = append(errs, fmt.Errorf("--host-name: %q must be non-empty without slashes or spaces", c.HostName))
+	if err := hostname.Validate(c.HostName); err != nil {
+		errs = append(errs, fmt.Errorf("--host-name: %w", err))
 	}
 	if c.DataDir == "" {
 		errs = append(errs, errors.New("--data-dir: required"))
@@ -90,6 +97,11 @@ func (c *Config) Validate() error {
 	}
 	if c.SourceKeepalive < 0 {
 		errs = append(errs, fmt.Errorf("--source-keepalive: %s must not be negative", c.SourceKeepalive))
+	}
+	switch c.DomainType {
+	case "", "auto", "kvm", "qemu":
+	default:
+		errs = append(errs, fmt.Errorf("--domain-type: %q is not auto, kvm or qemu", c.DomainType))
 	}
 	if c.SourceCleanupInterval < 0 {
 		errs = append(errs, fmt.Errorf("--source-cleanup-interval: %s must not be negative", c.SourceCleanupInterval))
@@ -119,8 +131,21 @@ func (c *Config) TransportCredentials() (credentials.TransportCredentials, error
 	case c.Insecure:
 		return insecure.NewCredentials(), nil
 	case c.TLSDir != "":
-		return tlsutil.ClientCredentialsFromDir(c.TLSDir, tlsutil.RoleAgent)
+		return tlsutil.ClientCredentialsFromDir(c.agentDir(), tlsutil.RoleAgent)
 	default:
 		return tlsutil.ClientCredentials(c.CAFile, c.CertFile, c.KeyFile)
 	}
+}
+
+// agentDir is the directory of this host's agent certificate: --tls-dir
+// itself, or its agents/HOST directory when --tls-dir is a PKI root.
+func (c *Config) agentDir() string {
+	if _, err := os.Stat(filepath.Join(c.TLSDir, tlsutil.AgentCertFile)); err == nil {
+		return c.TLSDir
+	}
+	sub := filepath.Join(c.TLSDir, tlsutil.AgentsDir, c.HostName)
+	if _, err := os.Stat(filepath.Join(sub, tlsutil.AgentCertFile)); err == nil {
+		return sub
+	}
+	return c.TLSDir
 }

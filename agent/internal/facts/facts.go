@@ -1,8 +1,11 @@
 // Package facts gathers what an agent tells the coordinator about its host:
 // CPUs, memory (total and available), running VMs, libvirt and QEMU
-// versions, network interfaces, the cache disk's size and free space and
-// that of the primary storage paths the coordinator names. A fact that cannot be read is
-// left empty; gathering never fails as a whole.
+// versions, network interfaces, the size and free space of the --cache-path
+// disk (for display) and of the paths the coordinator names: the primary
+// storage paths and the cache_path of the migration servers on this host,
+// which the scheduler's cache admission reads; and the DHCP host entries
+// of its libvirt networks, which address allocation skips. A fact that
+// cannot be read is left empty; gathering never fails as a whole.
 package facts
 
 import (
@@ -67,6 +70,7 @@ func (c *Collector) Collect(ctx context.Context) *ferryv1.HostFacts {
 		f.QemuVersion = qemuVersion(out)
 	}
 	f.Interfaces = interfaces(c.log)
+	f.LibvirtNetworks = c.libvirtNetworks(ctx)
 	if c.cachePath != "" {
 		total, free, err := diskSpace(c.cachePath)
 		if err != nil {
@@ -78,8 +82,8 @@ func (c *Collector) Collect(ctx context.Context) *ferryv1.HostFacts {
 	return f
 }
 
-// SetStoragePaths sets the primary storage paths to measure, and says
-// whether they changed.
+// SetStoragePaths sets the paths to measure (primary storage paths and
+// migration server cache paths), and says whether they changed.
 func (c *Collector) SetStoragePaths(paths []string) bool {
 	paths = slices.Clone(paths)
 	slices.Sort(paths)

@@ -2,6 +2,7 @@ package pipeline
 
 import (
 	"bytes"
+	"context"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -51,7 +52,11 @@ type Checkpoint struct {
 
 	// SaveInterval and SaveBytes bound the work a killed copy loses: done
 	// marks are flushed and saved once SaveInterval has passed or SaveBytes
-	// of data have been written since the last save, whichever is first.
+	// of data have been written since the last save, whichever is first,
+	// and the workers wait while 2×SaveBytes of finished data are not yet
+	// durable (a slow flush holds the copy back instead of letting the
+	// unsaved work grow). A killed copy so re-reads at most
+	// 2×SaveBytes plus the chunks it had in flight (InFlight×ChunkSize).
 	// SaveInterval defaults to DefaultSaveInterval; SaveBytes 0 means 1/32
 	// of the data to copy, from MinSaveBytes to MaxSaveBytes.
 	SaveInterval time.Duration
@@ -60,12 +65,14 @@ type Checkpoint struct {
 	saveMu sync.Mutex // held across a save, so the last file written is the newest state
 
 	mu      sync.Mutex
-	done    []uint64 // durable marks, one bit per chunk
-	written int64    // the frontier, durable once a save returns
-	prior   int64    // the frontier when the current copy began
-	pending []int    // chunks complete but not yet durable
-	dirty   int64    // data bytes behind pending
-	sums    []Sum    // per chunk: durable for done chunks, in memory for pending ones
+	done    []uint64      // durable marks, one bit per chunk
+	written int64         // the frontier, durable once a save returns
+	prior   int64         // the frontier when the current copy began
+	pending []int         // chunks complete but not yet durable
+	dirty   int64         // data bytes behind pending
+	saving  int64         // data bytes taken by a save that has not settled
+	settled chan struct{} // closed and replaced each time a save settles
+	sums    []Sum         // per chunk: durable for done chunks, in memory for pending ones
 }
 
 // LoadCheckpoint reads the checkpoint at path for a disk of size bytes in
@@ -189,21 +196,65 @@ func (c *Checkpoint) saveBytes(data int64) int64 {
 	return min(MaxSaveBytes, max(MinSaveBytes, data/32))
 }
 
-// takePending hands over the chunks completed since the last call.
-func (c *Checkpoint) takePending() []int {
+// takePending hands over the chunks completed since the last call and
+// the data bytes behind them; the caller settles them with saved or
+// giveBack.
+func (c *Checkpoint) takePending() ([]int, int64) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	p := c.pending
+	p, n := c.pending, c.dirty
 	c.pending, c.dirty = nil, 0
-	return p
+	c.saving += n
+	return p, n
 }
 
 // giveBack returns chunks taken by takePending whose save failed, so a
 // later save can try again.
-func (c *Checkpoint) giveBack(chunks []int) {
+func (c *Checkpoint) giveBack(chunks []int, n int64) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.pending = append(c.pending, chunks...)
+	c.dirty += n
+	c.settleLocked(n)
+}
+
+// saved settles n bytes taken by takePending that are now durable.
+func (c *Checkpoint) saved(n int64) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.settleLocked(n)
+}
+
+func (c *Checkpoint) settleLocked(n int64) {
+	c.saving -= n
+	if c.settled != nil {
+		close(c.settled)
+		c.settled = nil
+	}
+}
+
+// waitBelow blocks while limit or more data bytes are complete but not
+// yet durable (pending, or in a save that has not settled), so that a
+// copy killed at any moment loses at most limit bytes of finished work
+// plus what it had in flight. It returns early only when ctx ends.
+func (c *Checkpoint) waitBelow(ctx context.Context, limit int64) error {
+	for {
+		c.mu.Lock()
+		if c.dirty+c.saving < limit {
+			c.mu.Unlock()
+			return nil
+		}
+		if c.settled == nil {
+			c.settled = make(chan struct{})
+		}
+		ch := c.settled
+		c.mu.Unlock()
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
 }
 
 // commit marks chunks done, after the sink flushed them, and saves: their

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"sync"
 	"testing"
 	"time"
 )
@@ -225,5 +226,94 @@ func TestSaveBytes(t *testing.T) {
 	cp.SaveBytes = 5
 	if cp.saveBytes(1<<30) != 5 {
 		t.Error("SaveBytes was not honoured")
+	}
+}
+
+// stallingSink holds its first flush until release is closed, and counts
+// the data written meanwhile.
+type stallingSink struct {
+	*memSink
+	stalled  chan struct{} // closed when the first flush starts waiting
+	release  chan struct{}
+	mu       sync.Mutex
+	flushing bool
+	during   int64 // bytes written while the first flush waits
+	once     sync.Once
+}
+
+func (s *stallingSink) WriteAt(ctx context.Context, p []byte, off int64) error {
+	s.mu.Lock()
+	if s.flushing {
+		s.during += int64(len(p))
+	}
+	s.mu.Unlock()
+	return s.memSink.WriteAt(ctx, p, off)
+}
+
+func (s *stallingSink) Flush(ctx context.Context) error {
+	first := false
+	s.once.Do(func() { first = true })
+	if first {
+		s.mu.Lock()
+		s.flushing = true
+		s.mu.Unlock()
+		close(s.stalled)
+		select {
+		case <-s.release:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+		s.mu.Lock()
+		s.flushing = false
+		s.mu.Unlock()
+	}
+	return s.memSink.Flush(ctx)
+}
+
+// TestSlowSaveHoldsTheCopyBack shows that the unsaved work of a copy is
+// bounded by bytes, not by time: while a checkpoint save cannot finish,
+// the workers stop once 2×SaveBytes of finished data wait for it, plus
+// what they had in flight, and go on when it settles.
+func TestSlowSaveHoldsTheCopyBack(t *testing.T) {
+	const size, chunk, inFlight, saveBytes = 64 * mib, 2 * mib, 4, 4 * mib
+	src := layout(size, 21, span{0, size})
+	cp, err := LoadCheckpoint(filepath.Join(t.TempDir(), "ckpt"), size, chunk)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cp.SaveBytes, cp.SaveInterval = saveBytes, time.Hour
+	sink := &stallingSink{memSink: newMemSink(size), stalled: make(chan struct{}), release: make(chan struct{})}
+	done := make(chan error, 1)
+	go func() {
+		_, err := Copy(context.Background(), src, sink, Options{Checkpoint: cp, InFlight: inFlight, ChunkSize: int(chunk)})
+		done <- err
+	}()
+	<-sink.stalled
+	// The workers run until they block; wait for the written count to
+	// stop moving.
+	var last int64 = -1
+	for deadline := time.Now().Add(30 * time.Second); time.Now().Before(deadline); time.Sleep(200 * time.Millisecond) {
+		sink.mu.Lock()
+		n := sink.during
+		sink.mu.Unlock()
+		if n == last {
+			break
+		}
+		last = n
+	}
+	select {
+	case err := <-done:
+		t.Fatalf("the copy finished (%v) while its first save was held", err)
+	default:
+	}
+	if bound := int64(2*saveBytes + inFlight*chunk); last > bound {
+		t.Errorf("wrote %d bytes while a save was held, want at most %d", last, bound)
+	}
+	close(sink.release)
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	if !cp.Complete() {
+		t.Error("checkpoint incomplete after the copy")
 	}
 }

@@ -7,6 +7,8 @@ import (
 	"math/rand/v2"
 	"sync"
 	"time"
+
+	"github.com/ferry-v2v/ferry/agent/internal/cache"
 )
 
 // memSource is a disk in memory described by its extents. It records the
@@ -136,10 +138,10 @@ func (m *memSink) WriteAt(ctx context.Context, p []byte, off int64) error {
 		return errBroken
 	}
 	end := off + int64(len(p))
-	if off%Align != 0 || (end%Align != 0 && end != int64(len(m.data))) {
+	if off%cache.Granule != 0 || (end%cache.Granule != 0 && end != int64(len(m.data))) {
 		return fmt.Errorf("unaligned write %d+%d", off, len(p))
 	}
-	for g := off / Align; g*Align < end; g++ {
+	for g := off / cache.Granule; g*cache.Granule < end; g++ {
 		if m.allocated[g] {
 			return fmt.Errorf("write %d+%d: granule %d already written: input/output error", off, len(p), g)
 		}
@@ -157,7 +159,7 @@ func (m *memSink) WriteZeroes(ctx context.Context, off, length int64) error {
 		return errBroken
 	}
 	clear(m.data[off : off+length])
-	for g := off / Align; g*Align < off+length; g++ {
+	for g := off / cache.Granule; g*cache.Granule < off+length; g++ {
 		delete(m.allocated, g)
 	}
 	m.zeroes = append(m.zeroes, span{off, off + length})
@@ -182,7 +184,7 @@ func (m *memSink) crash() {
 	copy(m.data, m.durable)
 	m.writes, m.zeroes = nil, nil
 	for g := range m.allocated {
-		if isZero(m.data[g*Align : min(int64(len(m.data)), (g+1)*Align)]) {
+		if isZero(m.data[g*cache.Granule : min(int64(len(m.data)), (g+1)*cache.Granule)]) {
 			delete(m.allocated, g)
 		}
 	}

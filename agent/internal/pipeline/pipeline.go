@@ -16,6 +16,8 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"github.com/ferry-v2v/ferry/pkg/ratelimit"
+
+	"github.com/ferry-v2v/ferry/agent/internal/cache"
 )
 
 // Chunk sizes and defaults.
@@ -24,11 +26,11 @@ const (
 	MinChunkSize     = 256 << 10
 	MaxChunkSize     = 2 << 20
 	DefaultInFlight  = 16
-	// Align is the granule of writes: 64 KiB, the cluster of a qcow2 cache,
-	// whose compressed clusters must be written whole. Data extents are
-	// rounded out to it with zeroes; only the disk's end may cut a granule.
-	Align = 64 << 10
 )
+
+// Writes are rounded out to cache.Granule, the cluster of a qcow2 cache,
+// whose compressed clusters must be written whole: data extents are
+// padded with zeroes to it; only the disk's end may cut a granule.
 
 const (
 	extentWindow  = 1 << 30   // bytes of block status asked at once
@@ -67,7 +69,7 @@ type Sink interface {
 // with no limit, no checkpoint and no progress.
 type Options struct {
 	// ChunkSize is the unit of reads, writes and checkpoint marks: a
-	// multiple of Align from MinChunkSize to MaxChunkSize. It defaults to
+	// multiple of cache.Granule from MinChunkSize to MaxChunkSize. It defaults to
 	// the Checkpoint's chunk size, or DefaultChunkSize.
 	ChunkSize int
 	// InFlight is how many chunks are read and written at once.
@@ -146,9 +148,9 @@ func newCopier(src Source, dst Sink, opts Options) (*copier, error) {
 			opts.ChunkSize = int(cp.ChunkSize())
 		}
 	}
-	if opts.ChunkSize < MinChunkSize || opts.ChunkSize > MaxChunkSize || opts.ChunkSize%Align != 0 {
+	if opts.ChunkSize < MinChunkSize || opts.ChunkSize > MaxChunkSize || opts.ChunkSize%cache.Granule != 0 {
 		return nil, fmt.Errorf("copy: chunk size %d is not a multiple of %d from %d to %d",
-			opts.ChunkSize, Align, MinChunkSize, MaxChunkSize)
+			opts.ChunkSize, cache.Granule, MinChunkSize, MaxChunkSize)
 	}
 	if opts.InFlight == 0 {
 		opts.InFlight = DefaultInFlight

@@ -110,7 +110,7 @@ func spanBytes(spans []span) int64 {
 }
 
 // TestRestartAfterCancel stops a copy half way by cancelling its context,
-// then copies again: less than 20 % of what was copied is read again.
+// then copies again: only the chunks in flight at the cancel are read again.
 func TestRestartAfterCancel(t *testing.T) {
 	requireQemu(t)
 	src, sock, size := restartSource(t)
@@ -133,14 +133,17 @@ func TestRestartAfterCancel(t *testing.T) {
 	closeCache(t, img)
 	before := rec.written()
 	copied := spanBytes(before)
-	if reread := resume(t, src, sock, dir, size, before); reread*5 >= copied {
-		t.Errorf("re-read %d of the %d bytes copied before the cancel", reread, copied)
+	// A cancelled copy saves everything it finished: only the chunks in
+	// flight at the cancel are read again.
+	if reread, bound := resume(t, src, sock, dir, size, before), int64(DefaultInFlight*DefaultChunkSize); reread > bound {
+		t.Errorf("re-read %d of the %d bytes copied before the cancel, want at most %d", reread, copied, bound)
 	}
 }
 
 // TestRestartAfterKill runs the copy in a helper process and SIGKILLs it
-// half way, then copies again: less than 20 % of what the helper had
-// written is read again.
+// half way, then copies again: what is read again is bounded by the
+// checkpoint's byte cadence and the chunks in flight, however slow the
+// machine was.
 func TestRestartAfterKill(t *testing.T) {
 	requireQemu(t)
 	src, sock, size := restartSource(t)
@@ -175,10 +178,20 @@ func TestRestartAfterKill(t *testing.T) {
 	if copied < 128*mib {
 		t.Fatalf("the helper wrote only %d bytes", copied)
 	}
-	if reread := resume(t, src, sock, dir, size, before); reread*5 >= copied {
-		t.Errorf("re-read %d of the %d bytes copied before the kill", reread, copied)
+	// What the code promises: at most 2×SaveBytes of finished work not yet
+	// durable, plus the chunks in flight.
+	bound := int64(2*killedSaveBytes + killedInFlight*DefaultChunkSize)
+	if reread := resume(t, src, sock, dir, size, before); reread > bound {
+		t.Errorf("re-read %d of the %d bytes copied before the kill, want at most %d", reread, copied, bound)
 	}
 }
+
+// The killed helper's checkpoint cadence and parallelism, which bound
+// what a resume reads again.
+const (
+	killedSaveBytes = 4 * mib
+	killedInFlight  = 8
+)
 
 // TestKilledCopyHelper is the process TestRestartAfterKill kills: it
 // copies and prints every write once it has returned.
@@ -194,6 +207,7 @@ func TestKilledCopyHelper(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	cp.SaveBytes = killedSaveBytes
 	var mu sync.Mutex
 	rec := &recordingSink{Sink: img, onWrite: func(w span) {
 		mu.Lock()
@@ -202,7 +216,7 @@ func TestKilledCopyHelper(t *testing.T) {
 	}}
 	// Slowed down so that the kill lands in the middle.
 	lim := ratelimit.New(8 * 160 << 20)
-	if _, err := Copy(context.Background(), dialSource(t, sock), rec, Options{Checkpoint: cp, Limiter: lim}); err != nil {
+	if _, err := Copy(context.Background(), dialSource(t, sock), rec, Options{Checkpoint: cp, Limiter: lim, InFlight: killedInFlight}); err != nil {
 		t.Fatal(err)
 	}
 }
@@ -223,8 +237,12 @@ func TestLimitedRate(t *testing.T) {
 	elapsed := time.Since(start)
 	rate := float64(st.DataBytes) / elapsed.Seconds()
 	t.Logf("%d bytes in %v: %.2f MiB/s", st.DataBytes, elapsed, rate/float64(mib))
-	if want := float64(8 * mib); rate < want*0.85 || rate > want*1.15 {
-		t.Errorf("measured %.2f MiB/s, want 8 MiB/s within 15 %%", rate/float64(mib))
+	// Never above the limit (less the bucket's burst); below it only as
+	// much as a busy machine slows the copy.
+	if want := float64(8 * mib); rate > want*1.15 {
+		t.Errorf("measured %.2f MiB/s, above the 8 MiB/s limit", rate/float64(mib))
+	} else if rate < want/3 {
+		t.Errorf("measured %.2f MiB/s, far below the 8 MiB/s limit", rate/float64(mib))
 	}
 }
 

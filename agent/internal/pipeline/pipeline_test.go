@@ -137,7 +137,7 @@ func TestCancelReturnsPromptly(t *testing.T) {
 	}
 }
 
-// TestLimiter copies 8 MiB at 32 Mbit/s (4 MiB/s): about 2 s.
+// TestLimiter copies 8 MiB at 32 Mbit/s (4 MiB/s): about 2 s, never less.
 func TestLimiter(t *testing.T) {
 	if testing.Short() {
 		t.Skip("takes 2 s")
@@ -149,8 +149,15 @@ func TestLimiter(t *testing.T) {
 		t.Fatal(err)
 	}
 	rate := float64(8*mib-int64(lim.Burst())) / time.Since(start).Seconds()
-	if want := float64(4 * mib); rate < want*0.9 || rate > want*1.1 {
-		t.Errorf("measured %.0f B/s, want %.0f within 10%%", rate, want)
+	// Never faster than the limit; slower only as much as a busy machine
+	// delays the copy (the precise figure is make bench's).
+	want := float64(4 * mib)
+	t.Logf("measured %.0f B/s, limit %.0f", rate, want)
+	if rate > want*1.1 {
+		t.Errorf("measured %.0f B/s, above the limit %.0f", rate, want)
+	}
+	if rate < want/3 {
+		t.Errorf("measured %.0f B/s, far below the limit %.0f", rate, want)
 	}
 }
 

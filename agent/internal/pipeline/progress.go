@@ -38,18 +38,20 @@ func (c *copier) saveLoop(ctx context.Context, workersDone <-chan struct{}) erro
 // flush was sent.
 func (c *copier) save(ctx context.Context) error {
 	cp := c.opts.Checkpoint
-	chunks := cp.takePending()
+	chunks, n := cp.takePending()
 	if len(chunks) == 0 {
+		cp.saved(n)
 		return nil
 	}
 	if err := c.dst.Flush(ctx); err != nil {
-		cp.giveBack(chunks)
+		cp.giveBack(chunks, n)
 		return fmt.Errorf("copy: flush: %w", err)
 	}
 	if err := cp.commit(chunks); err != nil {
-		cp.giveBack(chunks)
+		cp.giveBack(chunks, n)
 		return err
 	}
+	cp.saved(n)
 	return nil
 }
 

@@ -198,10 +198,11 @@ func (s *StreamSums) Finish(ctx context.Context, img ImageReader) (int, error) {
 			late++
 		}
 	}
-	pending := s.cp.takePending()
+	pending, n := s.cp.takePending()
 	if err := s.cp.commit(pending); err != nil {
-		s.cp.giveBack(pending)
+		s.cp.giveBack(pending, n)
 		return late, err
 	}
+	s.cp.saved(n)
 	return late, nil
 }

@@ -8,6 +8,8 @@ import (
 	"strings"
 	"sync"
 	"testing"
+
+	"github.com/ferry-v2v/ferry/agent/internal/cache"
 )
 
 // streamDisk is a disk of 10 chunks and a short one, with data in some
@@ -36,8 +38,8 @@ func copySums(t *testing.T, src *memSource) *Checkpoint {
 // into img and s, as a stream decoder does.
 func writeGranules(t *testing.T, s *StreamSums, src *memSource, img []byte, off, end int64) {
 	t.Helper()
-	for g := off; g < end; g += Align {
-		p := src.data[g:min(g+Align, end)]
+	for g := off; g < end; g += cache.Granule {
+		p := src.data[g:min(g+cache.Granule, end)]
 		if isZero(p) {
 			continue
 		}
@@ -160,7 +162,7 @@ func TestStreamSumsRefuse(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := s.Write(make([]byte, Align), 4*mib-Align/2); err == nil || !strings.Contains(err.Error(), "past the disk") {
+	if err := s.Write(make([]byte, cache.Granule), 4*mib-cache.Granule/2); err == nil || !strings.Contains(err.Error(), "past the disk") {
 		t.Errorf("a write past the end = %v, want an error saying so", err)
 	}
 }
@@ -185,8 +187,8 @@ func BenchmarkStreamSums(b *testing.B) {
 			var wg sync.WaitGroup
 			for k := range int64(4) {
 				wg.Go(func() {
-					for g := w + k*window; g < w+(k+1)*window; g += Align {
-						_ = s.Write(src.data[g:g+Align], g)
+					for g := w + k*window; g < w+(k+1)*window; g += cache.Granule {
+						_ = s.Write(src.data[g:g+cache.Granule], g)
 					}
 				})
 			}

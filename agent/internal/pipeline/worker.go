@@ -3,6 +3,8 @@ package pipeline
 import (
 	"context"
 	"fmt"
+
+	"github.com/ferry-v2v/ferry/agent/internal/cache"
 )
 
 // work copies jobs until there are none left.
@@ -54,13 +56,17 @@ func (c *copier) copyChunk(ctx context.Context, j job, buf []byte) error {
 			sum = dataSum(b)
 		}
 	}
-	if cp := c.opts.Checkpoint; cp != nil && cp.complete(j.index, j.dataBytes, sum) >= c.saveBytes {
+	cp := c.opts.Checkpoint
+	if cp == nil {
+		return nil
+	}
+	if cp.complete(j.index, j.dataBytes, sum) >= c.saveBytes {
 		select {
 		case c.kick <- struct{}{}:
 		default:
 		}
 	}
-	return nil
+	return cp.waitBelow(ctx, 2*c.saveBytes)
 }
 
 // read fills b, the chunk at j.off, with the data spans and zeroes between
@@ -78,12 +84,12 @@ func (c *copier) read(ctx context.Context, j job, b []byte) error {
 	return nil
 }
 
-// granules rounds data spans out to Align within [lo, hi) and merges
+// granules rounds data spans out to cache.Granule within [lo, hi) and merges
 // those that meet.
 func granules(data []span, lo, hi int64) []span {
 	var out []span
 	for _, s := range data {
-		r := span{max(lo, s.off/Align*Align), min(hi, (s.end+Align-1)/Align*Align)}
+		r := span{max(lo, s.off/cache.Granule*cache.Granule), min(hi, (s.end+cache.Granule-1)/cache.Granule*cache.Granule)}
 		if n := len(out); n > 0 && out[n-1].end >= r.off {
 			out[n-1].end = max(out[n-1].end, r.end)
 			continue

@@ -5,10 +5,10 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"os"
 	"path"
 	"path/filepath"
 
+	"github.com/ferry-v2v/ferry/agent/internal/cache"
 	agentv1 "github.com/ferry-v2v/ferry/pkg/pb/ferry/agent/v1"
 	ferryv1 "github.com/ferry-v2v/ferry/pkg/pb/ferry/v1"
 	"github.com/ferry-v2v/ferry/pkg/ratelimit"
@@ -132,7 +132,7 @@ var itinerary = []step{
 }
 
 func prepareCache(_ context.Context, _ Drivers, j *Job) ([]string, error) {
-	if err := os.MkdirAll(j.CacheDir, 0o750); err != nil {
+	if err := cache.MakeJobDir(j.CacheDir); err != nil {
 		return nil, fmt.Errorf("cache directory %s: %w", j.CacheDir, err)
 	}
 	return nil, nil

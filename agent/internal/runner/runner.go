@@ -95,6 +95,28 @@ func (r *Runner) limitsFor(a *agentv1.Assignment) *limits {
 	return l
 }
 
+// SetLimits sets a migration server's bandwidth limits at once: its
+// running jobs share the server's two buckets, so they feel the change
+// from the next byte they ask for, and jobs started later start with it.
+// It logs the bytes each bucket had let through until the change, which
+// is the limiter's own account of the rate before and after it.
+func (r *Runner) SetLimits(b *agentv1.BandwidthLimits) {
+	name := b.GetMigrationServer()
+	r.mu.Lock()
+	l, ok := r.limits[name]
+	if !ok {
+		l = &limits{down: ratelimit.New(0), up: ratelimit.New(0)}
+		r.limits[name] = l
+	}
+	r.mu.Unlock()
+	down, up := l.down.Granted(), l.up.Granted()
+	l.down.SetRate(b.GetDownstreamBitsPerSecond())
+	l.up.SetRate(b.GetUpstreamBitsPerSecond())
+	r.log.Info("bandwidth limits set", "migration_server", name,
+		"downstream_bits_per_second", b.GetDownstreamBitsPerSecond(), "downstream_granted_bytes", down,
+		"upstream_bits_per_second", b.GetUpstreamBitsPerSecond(), "upstream_granted_bytes", up)
+}
+
 type execution struct {
 	job    *Job
 	cancel context.CancelCauseFunc

@@ -334,3 +334,48 @@ func TestVerifyStep(t *testing.T) {
 		})
 	}
 }
+
+// limitsDriver blocks in Convert and hands over each job's limiters.
+type limitsDriver struct {
+	copyDriver
+	jobs chan *Job
+}
+
+func (d *limitsDriver) Convert(ctx context.Context, j *Job) error {
+	d.jobs <- j
+	<-ctx.Done()
+	return ctx.Err()
+}
+
+// A server's limits changed while its jobs run reach both of them at once
+// (they share one bucket per direction) and no job of another server.
+func TestSetLimitsReachesRunningJobs(t *testing.T) {
+	d := &limitsDriver{jobs: make(chan *Job, 3)}
+	r := startRunner(t, Config{}, Deps{Drivers: Drivers{Sources: map[ferryv1.Platform]Source{ferryv1.Platform_PLATFORM_KVM: d}, Target: d},
+		Reporter: newRecorder()})
+	jobs := map[string]*Job{}
+	for _, x := range []struct{ job, server string }{{"migrationJobs/a", "migrationServers/m"}, {"migrationJobs/b", "migrationServers/m"},
+		{"migrationJobs/c", "migrationServers/other"}} {
+		a := assignment(t, x.job, 1, "vda")
+		a.MigrationServer.Name = x.server
+		if err := r.Start(a); err != nil {
+			t.Fatal(err)
+		}
+		j := <-d.jobs
+		jobs[j.Assignment.GetJob().GetName()] = j
+	}
+	a, b, c := jobs["migrationJobs/a"], jobs["migrationJobs/b"], jobs["migrationJobs/c"]
+	if a.Downstream != b.Downstream || a.Upstream != b.Upstream || a.Downstream == c.Downstream || a.Downstream == a.Upstream {
+		t.Fatal("jobs of one server do not share one bucket per direction, or share it with another server")
+	}
+	steps := []struct{ down, up int64 }{{64 << 20, 8 << 20}, {0, 16 << 20}, {0, 0}}
+	for _, s := range steps {
+		r.SetLimits(&agentv1.BandwidthLimits{MigrationServer: "migrationServers/m", DownstreamBitsPerSecond: s.down, UpstreamBitsPerSecond: s.up})
+		if got := [2]int64{a.Downstream.Rate(), a.Upstream.Rate()}; got != [2]int64{s.down, s.up} {
+			t.Errorf("after SetLimits(%d, %d) the running jobs' rates are %v", s.down, s.up, got)
+		}
+		if c.Downstream.Rate() != 0 || c.Upstream.Rate() != 0 {
+			t.Errorf("another server's job got rates %d/%d", c.Downstream.Rate(), c.Upstream.Rate())
+		}
+	}
+}

@@ -44,6 +44,9 @@ const (
 type Runner interface {
 	Start(a *agentv1.Assignment) error
 	Cancel(job string, epoch int64, reason string) bool
+	// SetLimits sets a migration server's bandwidth limits for its running
+	// and later jobs.
+	SetLimits(b *agentv1.BandwidthLimits)
 	StopAll(reason string) int
 	Held() []*agentv1.HeldJob
 	Inventory(ctx context.Context, req *agentv1.InventoryRequest) (*ferryv1.SourceInventory, error)
@@ -52,8 +55,8 @@ type Runner interface {
 // Facts gathers host facts (facts.Collector).
 type Facts interface {
 	Collect(ctx context.Context) *ferryv1.HostFacts
-	// SetStoragePaths sets the primary storage paths to measure, as the
-	// coordinator names them, and says whether they changed.
+	// SetStoragePaths sets the paths to measure (primary storage and cache
+	// paths), as the coordinator names them, and says whether they changed.
 	SetStoragePaths(paths []string) bool
 }
 

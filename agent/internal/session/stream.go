@@ -109,6 +109,8 @@ func (c *Client) recvLoop(ctx context.Context, addr string, stream agentv1.Agent
 			if !c.runner.Cancel(x.GetJob(), x.GetEpoch(), x.GetReason()) {
 				c.log.Debug("cancellation of a job not running here", "job", x.GetJob(), "epoch", x.GetEpoch())
 			}
+		case *agentv1.ConnectResponse_BandwidthLimits:
+			c.runner.SetLimits(k.BandwidthLimits)
 		case *agentv1.ConnectResponse_InventoryRequest:
 			lists.Add(1)
 			go func() {

@@ -10,6 +10,7 @@ import (
 	"os"
 	"path/filepath"
 	"reflect"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -45,19 +46,34 @@ func newLibvirtEnv(t *testing.T) *libvirtEnv {
 		t.Fatalf("connect %s: %v", lv.URI, err)
 	}
 	t.Cleanup(func() { conn.Close() })
-	id := randHex(3)
-	e := &libvirtEnv{lv: lv, conn: conn, network: "ferrytest-" + id}
-	octet := 100 + int(id[0])%100
-	e.subnet = fmt.Sprintf("10.77.%d.", octet)
-	n, err := conn.NetworkDefineXML(fmt.Sprintf(`<network><name>%s</name><bridge name='vbrft%s'/>
+	var e *libvirtEnv
+	var id string
+	// A subnet another network holds (another test's, or one a killed
+	// run left behind) makes the start fail: try another.
+	for attempt := 0; ; attempt++ {
+		id = randHex(3)
+		e = &libvirtEnv{lv: lv, conn: conn, network: "ferrytest-" + id}
+		octet, err := strconv.ParseUint(id[:2], 16, 8)
+		if err != nil {
+			t.Fatal(err)
+		}
+		e.subnet = fmt.Sprintf("10.77.%d.", octet)
+		n, err := conn.NetworkDefineXML(fmt.Sprintf(`<network><name>%s</name><bridge name='vbrft%s'/>
 <ip address='%s1' netmask='255.255.255.0'><dhcp><range start='%s10' end='%s200'/></dhcp></ip></network>`,
-		e.network, id, e.subnet, e.subnet, e.subnet))
-	if err != nil {
-		t.Fatalf("define network: %v", err)
-	}
-	t.Cleanup(func() { _ = n.Destroy(); _ = n.Undefine(); n.Free() })
-	if err := n.Create(); err != nil {
-		t.Fatalf("start network: %v", err)
+			e.network, id, e.subnet, e.subnet, e.subnet))
+		if err != nil {
+			t.Fatalf("define network: %v", err)
+		}
+		err = n.Create()
+		if err == nil {
+			t.Cleanup(func() { _ = n.Destroy(); _ = n.Undefine(); n.Free() })
+			break
+		}
+		_ = n.Undefine()
+		n.Free()
+		if attempt == 9 {
+			t.Fatalf("start network: %v", err)
+		}
 	}
 	dir := filepath.Join(testenv.ImagesDir, "ferrytest-"+id)
 	t.Cleanup(func() { os.RemoveAll(dir) })
@@ -428,23 +444,32 @@ func TestDefineUndoesOnFailure(t *testing.T) {
 	}
 }
 
-// Windows (virtio-blk, local time) and SATA disks start too; bridge NICs
-// are left to unit tests (a bridge needs a host interface).
+// Windows targets get what their guest can drive: plain Windows SATA
+// disks and e1000 NICs, Windows with virtio drivers virtio-scsi and
+// virtio NICs, both a local-time clock; a SATA Linux VM starts too.
+// Bridge NICs are left to unit tests (a bridge needs a host interface).
 func TestDefineOtherBuses(t *testing.T) {
 	e := newLibvirtEnv(t)
 	tests := []struct {
-		name string
-		os   ferryv1.OsType
-		bus  ferryv1.DiskBus
-		want [][2]string
+		name       string
+		os         ferryv1.OsType
+		source     *ferryv1.SourceVm
+		bus        ferryv1.DiskBus
+		wantDisks  [][2]string
+		controller bool // a virtio-scsi controller
+		nicModel   string
+		clock      string
 	}{
-		{"windows", ferryv1.OsType_OS_TYPE_WINDOWS, 0, [][2]string{{"vda", "virtio"}, {"vdb", "virtio"}}},
-		{"sata", ferryv1.OsType_OS_TYPE_LINUX, ferryv1.DiskBus_DISK_BUS_SATA, [][2]string{{"sda", "sata"}, {"sdb", "sata"}}},
+		{"windows", ferryv1.OsType_OS_TYPE_WINDOWS, nil, 0, [][2]string{{"sda", "sata"}, {"sdb", "sata"}}, false, "e1000", "localtime"},
+		{"windows from the source's guest id", 0, &ferryv1.SourceVm{GuestOsId: "windows2019srv_64Guest"}, 0,
+			[][2]string{{"sda", "sata"}, {"sdb", "sata"}}, false, "e1000", "localtime"},
+		{"windows-virtio", ferryv1.OsType_OS_TYPE_WINDOWS_VIRTIO, nil, 0, [][2]string{{"sda", "scsi"}, {"sdb", "scsi"}}, true, "virtio", "localtime"},
+		{"sata", ferryv1.OsType_OS_TYPE_LINUX, nil, ferryv1.DiskBus_DISK_BUS_SATA, [][2]string{{"sda", "sata"}, {"sdb", "sata"}}, false, "virtio", "utc"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			s := e.spec(t)
-			s.VM.OsType, s.VM.DiskBus, s.VM.CdromCount = tt.os, tt.bus, 3
+			s.VM.OsType, s.VM.DiskBus, s.VM.CdromCount, s.Source = tt.os, tt.bus, 3, tt.source
 			e.rollbackAtEnd(t, s)
 			d, err := Define(context.Background(), e.conn, s, e.opts(t))
 			if err != nil {
@@ -454,11 +479,37 @@ func TestDefineOtherBuses(t *testing.T) {
 			if state != libvirt.DOMAIN_RUNNING {
 				t.Errorf("state %d, want running", state)
 			}
-			if got := diskTargets(x, "disk"); !reflect.DeepEqual(got, tt.want) {
-				t.Errorf("disks = %v, want %v", got, tt.want)
+			if got := diskTargets(x, "disk"); !reflect.DeepEqual(got, tt.wantDisks) {
+				t.Errorf("disks = %v, want %v", got, tt.wantDisks)
+			}
+			for i, disk := range x.Devices.Disks[:2] {
+				if disk.Source == nil || disk.Source.File == nil || disk.Source.File.File != s.Volumes[i].Path {
+					t.Errorf("disk %d source = %+v, want %s", i, disk.Source, s.Volumes[i].Path)
+				}
+			}
+			if got := hasController(x, "scsi", "virtio-scsi"); got != tt.controller {
+				t.Errorf("virtio-scsi controller = %v, want %v", got, tt.controller)
 			}
 			if n := len(diskTargets(x, "cdrom")); n != 3 {
 				t.Errorf("%d cdroms, want 3", n)
+			}
+			if len(x.Devices.Interfaces) != 2 {
+				t.Fatalf("%d NICs, want 2", len(x.Devices.Interfaces))
+			}
+			wantMACs := []string{s.VM.Nics[0].SourceMac, s.VM.Nics[1].Mac}
+			for i, nic := range x.Devices.Interfaces {
+				if nic.Model == nil || nic.Model.Type != tt.nicModel {
+					t.Errorf("nic %d model = %+v, want %s", i, nic.Model, tt.nicModel)
+				}
+				if nic.MAC == nil || nic.MAC.Address != wantMACs[i] {
+					t.Errorf("nic %d MAC = %+v, want %s", i, nic.MAC, wantMACs[i])
+				}
+				if nic.Source == nil || nic.Source.Network == nil || nic.Source.Network.Network != e.network {
+					t.Errorf("nic %d source = %+v, want network %s", i, nic.Source, e.network)
+				}
+			}
+			if x.Clock == nil || x.Clock.Offset != tt.clock {
+				t.Errorf("clock = %+v, want offset %s", x.Clock, tt.clock)
 			}
 			if err := d.Rollback(context.Background()); err != nil {
 				t.Fatal(err)

@@ -9,6 +9,7 @@ import (
 	"libvirt.org/go/libvirtxml"
 
 	ferryv1 "github.com/ferry-v2v/ferry/pkg/pb/ferry/v1"
+	"github.com/ferry-v2v/ferry/pkg/targetspec"
 )
 
 // MaxCDROMs is the most CD-ROM drives a target VM gets.
@@ -54,23 +55,31 @@ func (s Spec) firmware() ferryv1.Firmware {
 	return ferryv1.Firmware_FIRMWARE_BIOS
 }
 
+// osType is the target's OS type, else the source's platform
+// (targetspec.Platform: its os_type, else its guest OS id, else Linux).
 func (s Spec) osType() ferryv1.OsType {
 	if o := s.VM.GetOsType(); o != ferryv1.OsType_OS_TYPE_UNSPECIFIED {
 		return o
 	}
-	return s.Source.GetOsType()
+	return targetspec.Platform(s.Source)
 }
 
-// diskBus is the bus asked for, else virtio-blk for Windows and
-// virtio-scsi otherwise.
+// diskBus is the bus asked for, else targetspec.DiskBus of the OS type:
+// SATA for Windows, virtio-scsi for Linux and WindowsVirtio.
 func (s Spec) diskBus() ferryv1.DiskBus {
 	if b := s.VM.GetDiskBus(); b != ferryv1.DiskBus_DISK_BUS_UNSPECIFIED {
 		return b
 	}
-	if s.osType() == ferryv1.OsType_OS_TYPE_WINDOWS {
-		return ferryv1.DiskBus_DISK_BUS_VIRTIO_BLK
+	return targetspec.DiskBus(s.osType())
+}
+
+// clock is the guest clock's offset: Windows (with or without virtio
+// drivers) keeps local time in the RTC, Linux UTC.
+func (s Spec) clock() string {
+	if targetspec.IsWindows(s.osType()) {
+		return "localtime"
 	}
-	return ferryv1.DiskBus_DISK_BUS_VIRTIO_SCSI
+	return "utc"
 }
 
 // nic is a TargetNic resolved against its L3 network.
@@ -145,10 +154,6 @@ func BuildDomain(s Spec, o BuildOptions) (*libvirtxml.Domain, error) {
 		return nil, err
 	}
 	disks, meta := s.disks(o)
-	clock := "utc"
-	if s.osType() == ferryv1.OsType_OS_TYPE_WINDOWS {
-		clock = "localtime"
-	}
 	dom := &libvirtxml.Domain{
 		Type:     o.Type,
 		Name:     vm.GetVmName(),
@@ -157,7 +162,7 @@ func BuildDomain(s Spec, o BuildOptions) (*libvirtxml.Domain, error) {
 		VCPU:     &libvirtxml.DomainVCPU{Placement: "static", Value: uint(vm.GetCpus())},
 		OS:       s.osSection(o),
 		Features: &libvirtxml.DomainFeatureList{ACPI: &libvirtxml.DomainFeature{}, APIC: &libvirtxml.DomainFeatureAPIC{}},
-		Clock:    &libvirtxml.DomainClock{Offset: clock},
+		Clock:    &libvirtxml.DomainClock{Offset: s.clock()},
 		Devices:  &libvirtxml.DomainDeviceList{Disks: append(disks, cdroms(int(vm.GetCdromCount()))...)},
 	}
 	if o.Type == "kvm" {
@@ -167,7 +172,7 @@ func BuildDomain(s Spec, o BuildOptions) (*libvirtxml.Domain, error) {
 		zero := uint(0)
 		dom.Devices.Controllers = []libvirtxml.DomainController{{Type: "scsi", Index: &zero, Model: "virtio-scsi"}}
 	}
-	dom.Devices.Interfaces = interfaces(nics)
+	dom.Devices.Interfaces = interfaces(nics, targetspec.NICModel(s.osType()))
 	operatorDevices(dom.Devices)
 	return dom, nil
 }
@@ -252,8 +257,9 @@ func cdroms(n int) []libvirtxml.DomainDisk {
 	return out
 }
 
-// interfaces are virtio NICs on libvirt networks or bridges.
-func interfaces(nics []nic) []libvirtxml.DomainInterface {
+// interfaces are NICs of a model (targetspec.NICModel) on libvirt
+// networks or bridges.
+func interfaces(nics []nic, model string) []libvirtxml.DomainInterface {
 	out := make([]libvirtxml.DomainInterface, 0, len(nics))
 	for _, n := range nics {
 		src := &libvirtxml.DomainInterfaceSource{}
@@ -265,7 +271,7 @@ func interfaces(nics []nic) []libvirtxml.DomainInterface {
 		out = append(out, libvirtxml.DomainInterface{
 			MAC:    &libvirtxml.DomainInterfaceMAC{Address: n.mac},
 			Source: src,
-			Model:  &libvirtxml.DomainInterfaceModel{Type: "virtio"},
+			Model:  &libvirtxml.DomainInterfaceModel{Type: model},
 		})
 	}
 	return out

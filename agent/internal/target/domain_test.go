@@ -55,27 +55,33 @@ func TestBuildDomainBus(t *testing.T) {
 	tests := []struct {
 		name       string
 		os         ferryv1.OsType
-		sourceOS   ferryv1.OsType
+		source     *ferryv1.SourceVm
 		bus        ferryv1.DiskBus
 		want       [][2]string
 		controller bool
+		nic        string
 		clock      string
 	}{
-		{"linux", ferryv1.OsType_OS_TYPE_LINUX, 0, 0, [][2]string{{"sda", "scsi"}, {"sdb", "scsi"}}, true, "utc"},
-		{"unspecified", 0, 0, 0, [][2]string{{"sda", "scsi"}, {"sdb", "scsi"}}, true, "utc"},
-		{"windows", ferryv1.OsType_OS_TYPE_WINDOWS, 0, 0, [][2]string{{"vda", "virtio"}, {"vdb", "virtio"}}, false, "localtime"},
-		{"windows from the source", 0, ferryv1.OsType_OS_TYPE_WINDOWS, 0, [][2]string{{"vda", "virtio"}, {"vdb", "virtio"}}, false, "localtime"},
-		{"windows asking for virtio-scsi", ferryv1.OsType_OS_TYPE_WINDOWS, 0, ferryv1.DiskBus_DISK_BUS_VIRTIO_SCSI,
-			[][2]string{{"sda", "scsi"}, {"sdb", "scsi"}}, true, "localtime"},
-		{"sata", ferryv1.OsType_OS_TYPE_LINUX, 0, ferryv1.DiskBus_DISK_BUS_SATA, [][2]string{{"sda", "sata"}, {"sdb", "sata"}}, false, "utc"},
-		{"linux asking for virtio-blk", ferryv1.OsType_OS_TYPE_LINUX, 0, ferryv1.DiskBus_DISK_BUS_VIRTIO_BLK,
-			[][2]string{{"vda", "virtio"}, {"vdb", "virtio"}}, false, "utc"},
+		{"linux", ferryv1.OsType_OS_TYPE_LINUX, nil, 0, [][2]string{{"sda", "scsi"}, {"sdb", "scsi"}}, true, "virtio", "utc"},
+		{"unspecified", 0, nil, 0, [][2]string{{"sda", "scsi"}, {"sdb", "scsi"}}, true, "virtio", "utc"},
+		{"windows", ferryv1.OsType_OS_TYPE_WINDOWS, nil, 0, [][2]string{{"sda", "sata"}, {"sdb", "sata"}}, false, "e1000", "localtime"},
+		{"windows from the source", 0, &ferryv1.SourceVm{OsType: ferryv1.OsType_OS_TYPE_WINDOWS}, 0,
+			[][2]string{{"sda", "sata"}, {"sdb", "sata"}}, false, "e1000", "localtime"},
+		{"windows from the source's guest id", 0, &ferryv1.SourceVm{GuestOsId: "http://microsoft.com/win/10"}, 0,
+			[][2]string{{"sda", "sata"}, {"sdb", "sata"}}, false, "e1000", "localtime"},
+		{"windows asking for virtio-scsi", ferryv1.OsType_OS_TYPE_WINDOWS, nil, ferryv1.DiskBus_DISK_BUS_VIRTIO_SCSI,
+			[][2]string{{"sda", "scsi"}, {"sdb", "scsi"}}, true, "e1000", "localtime"},
+		{"windows-virtio", ferryv1.OsType_OS_TYPE_WINDOWS_VIRTIO, nil, 0, [][2]string{{"sda", "scsi"}, {"sdb", "scsi"}}, true, "virtio", "localtime"},
+		{"windows-virtio on virtio-blk", ferryv1.OsType_OS_TYPE_WINDOWS_VIRTIO, nil, ferryv1.DiskBus_DISK_BUS_VIRTIO_BLK,
+			[][2]string{{"vda", "virtio"}, {"vdb", "virtio"}}, false, "virtio", "localtime"},
+		{"sata", ferryv1.OsType_OS_TYPE_LINUX, nil, ferryv1.DiskBus_DISK_BUS_SATA, [][2]string{{"sda", "sata"}, {"sdb", "sata"}}, false, "virtio", "utc"},
+		{"linux asking for virtio-blk", ferryv1.OsType_OS_TYPE_LINUX, nil, ferryv1.DiskBus_DISK_BUS_VIRTIO_BLK,
+			[][2]string{{"vda", "virtio"}, {"vdb", "virtio"}}, false, "virtio", "utc"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			s := unitSpec(t)
-			s.VM.OsType, s.VM.DiskBus = tt.os, tt.bus
-			s.Source = &ferryv1.SourceVm{OsType: tt.sourceOS}
+			s.VM.OsType, s.VM.DiskBus, s.Source = tt.os, tt.bus, tt.source
 			d, err := BuildDomain(s, BuildOptions{Type: "qemu"})
 			if err != nil {
 				t.Fatal(err)
@@ -86,6 +92,11 @@ func TestBuildDomainBus(t *testing.T) {
 			hasController := len(d.Devices.Controllers) == 1 && d.Devices.Controllers[0].Model == "virtio-scsi"
 			if hasController != tt.controller {
 				t.Errorf("virtio-scsi controller = %v, want %v", hasController, tt.controller)
+			}
+			for i, n := range d.Devices.Interfaces {
+				if n.Model.Type != tt.nic {
+					t.Errorf("nic %d model = %s, want %s", i, n.Model.Type, tt.nic)
+				}
 			}
 			if d.Clock.Offset != tt.clock {
 				t.Errorf("clock = %s, want %s", d.Clock.Offset, tt.clock)

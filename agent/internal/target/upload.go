@@ -4,14 +4,12 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
-	"net"
 	"net/url"
 	"os"
-	"os/exec"
 	"path/filepath"
-	"strings"
-	"syscall"
 	"time"
+
+	"github.com/ferry-v2v/ferry/agent/internal/cache"
 )
 
 // Endpoint is an NBD export on a unix socket.
@@ -115,8 +113,8 @@ func (u *Uploader) Upload(ctx context.Context, src Endpoint, vol Volume, progres
 		return fmt.Errorf("upload %s: %w", vol.Path, err)
 	}
 	start := time.Now()
-	err = u.copier.Copy(ctx, src, srv.endpoint, CopyOptions{DstZeroed: vol.ZeroInitialized(), Progress: progress})
-	if cerr := srv.close(); err == nil && cerr != nil {
+	err = u.copier.Copy(ctx, src, Endpoint{Socket: srv.Socket()}, CopyOptions{DstZeroed: vol.ZeroInitialized(), Progress: progress})
+	if cerr := srv.Stop(); err == nil && cerr != nil {
 		err = cerr
 	}
 	if err != nil {
@@ -133,84 +131,22 @@ func (u *Uploader) fence(ctx context.Context, write string) error {
 	return u.fenceFn(ctx, write)
 }
 
-// stopTimeout is how long qemu-nbd gets to flush and exit after SIGTERM.
-const stopTimeout = 30 * time.Second
-
-// nbdServer is a qemu-nbd serving one volume.
-type nbdServer struct {
-	endpoint Endpoint
-	cmd      *exec.Cmd
-	stderr   *strings.Builder
-	exited   chan struct{}
-	waitErr  error
-}
-
-// serve starts qemu-nbd on vol, writable unless readOnly, and waits until
-// its socket answers.
-func (u *Uploader) serve(ctx context.Context, vol Volume, socket string, readOnly bool) (*nbdServer, error) {
+// serve starts qemu-nbd (the cache package's one manager of qemu-nbd
+// processes) on vol, writable unless readOnly, and waits until it
+// completes an NBD handshake.
+func (u *Uploader) serve(ctx context.Context, vol Volume, socket string, readOnly bool) (*cache.Server, error) {
 	argv := vol.ServeArgs(socket)
 	if readOnly {
 		argv = append([]string{argv[0], "--read-only"}, argv[1:]...)
 	}
-	cmd := exec.CommandContext(ctx, u.qemuNBD, argv[1:]...)
-	cmd.Cancel = func() error { return cmd.Process.Signal(syscall.SIGTERM) }
-	cmd.WaitDelay = stopTimeout
-	// qemu-nbd must not outlive an agent that dies.
-	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGTERM}
-	s := &nbdServer{endpoint: Endpoint{Socket: socket}, cmd: cmd, stderr: &strings.Builder{}, exited: make(chan struct{})}
-	cmd.Stdout, cmd.Stderr = s.stderr, s.stderr
-	if err := cmd.Start(); err != nil {
-		return nil, fmt.Errorf("start qemu-nbd: %w", err)
+	srv, err := cache.StartServer(cache.ServerConfig{Program: u.qemuNBD, Args: argv[1:], Socket: socket})
+	if err != nil {
+		return nil, err
 	}
-	go func() {
-		s.waitErr = cmd.Wait()
-		close(s.exited)
-	}()
-	if err := s.ready(ctx, 30*time.Second); err != nil {
-		_ = s.close()
+	if err := srv.Ready(ctx); err != nil {
+		_ = srv.Stop()
 		return nil, err
 	}
 	u.log.DebugContext(ctx, "serving volume", "volume", vol.Path, "socket", socket)
-	return s, nil
-}
-
-// ready polls the socket until qemu-nbd accepts a connection.
-func (s *nbdServer) ready(ctx context.Context, timeout time.Duration) error {
-	deadline := time.Now().Add(timeout)
-	for {
-		conn, err := net.DialTimeout("unix", s.endpoint.Socket, time.Second)
-		if err == nil {
-			return conn.Close()
-		}
-		select {
-		case <-s.exited:
-			return fmt.Errorf("qemu-nbd exited: %v: %s", s.waitErr, strings.TrimSpace(s.stderr.String()))
-		case <-ctx.Done():
-			return context.Cause(ctx)
-		case <-time.After(50 * time.Millisecond):
-		}
-		if time.Now().After(deadline) {
-			return fmt.Errorf("qemu-nbd socket %s not ready after %s", s.endpoint.Socket, timeout)
-		}
-	}
-}
-
-// close stops qemu-nbd with SIGTERM, which makes it flush and close the
-// image, and waits for it to exit (SIGKILL after stopTimeout).
-func (s *nbdServer) close() error {
-	select {
-	case <-s.exited:
-	default:
-		_ = s.cmd.Process.Signal(syscall.SIGTERM)
-		select {
-		case <-s.exited:
-		case <-time.After(stopTimeout):
-			_ = s.cmd.Process.Kill()
-			<-s.exited
-		}
-	}
-	if s.waitErr != nil {
-		return fmt.Errorf("qemu-nbd: %w: %s", s.waitErr, strings.TrimSpace(s.stderr.String()))
-	}
-	return nil
+	return srv, nil
 }

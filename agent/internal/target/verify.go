@@ -12,7 +12,6 @@ import (
 	"github.com/ferry-v2v/ferry/agent/internal/cache"
 	"github.com/ferry-v2v/ferry/agent/internal/pipeline"
 	"github.com/ferry-v2v/ferry/agent/internal/runner"
-	"github.com/ferry-v2v/ferry/pkg/nbd"
 )
 
 var _ runner.Verifier = (*Driver)(nil)
@@ -65,8 +64,8 @@ func VerifyVolume(ctx context.Context, up *Uploader, cp *pipeline.Checkpoint, vo
 	if err != nil {
 		return pipeline.VerifyStats{}, fmt.Errorf("verify %s: %w", vol.Path, err)
 	}
-	defer srv.close()
-	c, err := nbd.Dial(ctx, "unix", srv.endpoint.Socket, nbd.Options{Logger: up.log})
+	defer srv.Stop()
+	c, err := srv.Dial(ctx, up.log)
 	if err != nil {
 		return pipeline.VerifyStats{}, fmt.Errorf("verify %s: %w", vol.Path, err)
 	}

@@ -8,11 +8,8 @@ import (
 	"testing"
 	"time"
 
-	"google.golang.org/grpc/credentials"
-
 	"github.com/ferry-v2v/ferry/agent/agenttest"
 	"github.com/ferry-v2v/ferry/coordinator/internal/testcluster"
-	"github.com/ferry-v2v/ferry/pkg/tlsutil"
 )
 
 // cli runs ferryctl's root command in-process against one address.
@@ -111,20 +108,11 @@ func slowCopier(steps int, pause time.Duration) agenttest.Copier {
 	}
 }
 
-func agentCreds(t *testing.T, c *testcluster.Cluster) credentials.TransportCredentials {
-	t.Helper()
-	creds, err := tlsutil.ClientCredentialsFromDir(c.TLSDir, tlsutil.RoleAgent)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return creds
-}
-
 // startAgent runs a real agent registering hostName, pointed at addr.
 func startAgent(t *testing.T, c *testcluster.Cluster, addr, hostName string, copy agenttest.Copier) *agenttest.Agent {
 	t.Helper()
 	const gib = 1 << 30
-	return agenttest.Start(t, agenttest.Options{Coordinators: []string{addr}, HostName: hostName, Credentials: agentCreds(t, c),
+	return agenttest.Start(t, agenttest.Options{Coordinators: []string{addr}, HostName: hostName, Credentials: c.AgentCredentials(hostName),
 		Copy: copy, CacheTotal: 100 * gib, CacheFree: 50 * gib, Logger: c.Log})
 }
 

@@ -244,7 +244,8 @@ func (e *clusterEnv) planJobs(t *testing.T) {
 	}
 	p := x.json("job", "preview", "-f", plan)
 	if path(p, "fits") != true || path(p, "jobs", 1, "source_vm") != "web-2" || path(p, "jobs", 0, "name") != nil ||
-		path(p, "usages", 0, "resource") != "clusters/prod" || len(path(p, "usages").([]any)) != 4 {
+		path(p, "usages", 0, "resource") != "clusters/prod" || len(path(p, "usages").([]any)) != 5 ||
+		path(p, "usages", 4, "kind") != "PREVIEW_RESOURCE_KIND_CACHE_BYTES" || path(p, "usages", 4, "resource") != "migrationServers/kvm-1" {
 		t.Fatalf("job preview -o json = %v", p)
 	}
 	if n := jobCount(); n != before {

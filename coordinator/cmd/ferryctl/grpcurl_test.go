@@ -32,6 +32,7 @@ func buildGrpcurl(t *testing.T) string {
 // grpcurl runs grpcurl with the operator certificate against addr.
 func grpcurl(t *testing.T, bin, tlsDir string, args ...string) string {
 	t.Helper()
+	tlsDir = filepath.Join(tlsDir, tlsutil.OperatorDir)
 	full := []string{"-max-time", "20",
 		"-cacert", filepath.Join(tlsDir, tlsutil.CACertFile),
 		"-cert", filepath.Join(tlsDir, tlsutil.RoleClient+".crt"),

@@ -19,14 +19,14 @@ type jobFlags struct {
 	planFile string
 	reqID    string
 
-	source, server, vm         string
-	targetName, cluster, store string
-	host, memory               string
-	cpus, cdroms               int32
-	nics, disks                []string
-	firmware, osType, diskBus  *enumFlag
-	compression                *enumFlag
-	pauseSource, noStart       bool
+	source, server, vm          string
+	targetName, cluster, store  string
+	host, memory                string
+	cpus, cdroms                int32
+	nics, disks                 []string
+	firmware, osType, diskBus   *enumFlag
+	compression                 *enumFlag
+	pauseSource, start, noStart bool
 	// network and group, when set, fill what the flags leave out from the
 	// source's description of the VM (ListSourceVMs) through targetspec:
 	// every disk, every NIC on the L3 network the group maps its network
@@ -41,7 +41,7 @@ func (jf *jobFlags) fills() bool { return jf.network != "" || jf.group != "" }
 // planFlags are the flags that build a request from flags, not allowed
 // together with -f.
 var planFlags = []string{"source", "migration-server", "vm", "target-name", "cluster", "storage", "host",
-	"cpus", "memory", "nic", "disk", "network", "network-mapping-group", "use-source-nic-address", "cdroms", "firmware", "os", "disk-bus", "compression", "pause-source", "no-start"}
+	"cpus", "memory", "nic", "disk", "network", "network-mapping-group", "use-source-nic-address", "cdroms", "firmware", "os", "disk-bus", "compression", "pause-source", "start", "no-start"}
 
 // newJobFlags returns the flags of job create and job preview.
 func newJobFlags() *jobFlags {
@@ -55,6 +55,9 @@ func newJobFlags() *jobFlags {
 
 // preRun checks that the flags describe one VM, or that -f stands alone.
 func (jf *jobFlags) preRun(cmd *cobra.Command, _ []string) error {
+	if jf.start && jf.noStart {
+		return usagef("--start and --no-start contradict each other; give one")
+	}
 	if jf.planFile == "" && jf.fills() {
 		return required(cmd, "source", "migration-server", "vm", "cluster", "storage")
 	}
@@ -153,7 +156,7 @@ names, up to 50 VMs:
         firmware: FIRMWARE_UEFI
       options:
         compression: COMPRESSION_ZSTD
-        auto_start: true
+        auto_start: true          # unset: as the source (not started when it is paused or shut off)
 
 Unknown fields are refused, so a typo does not pass silently.
 
@@ -172,9 +175,19 @@ disk with its size, root first, every NIC with its MAC kept on the L3
 network GROUP maps its portgroup or network to (else NET), vCPUs, memory,
 firmware (EFI stays UEFI), CD-ROM drives (at most 3), the platform (Linux
 or Windows, from the guest OS id) and its disk bus (virtio-scsi for
-Linux, SATA for Windows, virtio-scsi for --os windows-virtio).
+Linux, SATA for Windows, virtio-scsi for --os windows-virtio). The agent
+gives Windows e1000 NICs (windows-virtio and Linux: virtio) and both
+Windows platforms a local-time clock (Linux: UTC).
 --use-source-nic-address gives each NIC its source MAC and the guest's
-address inside the L3 network's range, held as its reservation.
+address inside the L3 network's range (as VMware Tools, the QEMU guest
+agent or a DHCP lease of a libvirt network report it), held as its
+reservation; a NIC whose guest address is unknown or outside the range
+gets one allocated from the range instead, and the preview's notes say so.
+
+The target VM keeps the source VM's state: it is started when the source
+runs, and defined but not started when the source is paused or shut off
+(the preview says so under Notes). --start starts it anyway, --no-start
+never.
 
 Without --request-id a fresh one is generated, so ferryctl may resend the
 request after a lost answer without creating the jobs twice.`
@@ -197,13 +210,14 @@ func (jf *jobFlags) addFlags(cmd *cobra.Command) {
 	f.Int32Var(&jf.cdroms, "cdroms", 0, "CD-ROM drives, at most 3")
 	f.StringVar(&jf.network, "network", "", "L3 network for every NIC the group does not map; fill what other flags leave out from the source's view of the VM")
 	f.StringVar(&jf.group, "network-mapping-group", "", "network-mapping group placing each source NIC; fill what other flags leave out from the source")
-	f.BoolVar(&jf.useSourceNICAddress, "use-source-nic-address", false, "give each target NIC its source MAC and guest IP address")
+	f.BoolVar(&jf.useSourceNICAddress, "use-source-nic-address", false, "give each target NIC its source MAC and guest IP address (allocated from the range when unknown or outside it)")
 	addEnumFlag(f, jf.firmware, "firmware", "target firmware (UEFI keeps its NVRAM)")
-	addEnumFlag(f, jf.osType, "os", "guest OS")
+	addEnumFlag(f, jf.osType, "os", "guest OS (windows: SATA disks and e1000 NICs; windows and windows-virtio: local-time clock)")
 	addEnumFlag(f, jf.diskBus, "disk-bus", "disk bus (default: virtio-scsi for Linux and windows-virtio, SATA for Windows)")
 	addEnumFlag(f, jf.compression, "compression", "cache image compression (default zstd)")
 	f.BoolVar(&jf.pauseSource, "pause-source", false, "pause a running source VM before the copy and leave it paused")
-	f.BoolVar(&jf.noStart, "no-start", false, "leave the target VM stopped")
+	f.BoolVar(&jf.start, "start", false, "start the target VM even when the source VM is paused or shut off")
+	f.BoolVar(&jf.noStart, "no-start", false, "leave the target VM stopped (default: started when the source VM runs, not when it is paused or shut off)")
 }
 
 // jobRequest builds the request from the plan file or the flags.
@@ -280,8 +294,11 @@ func (jf *jobFlags) request() (*ferryv1.CreateMigrationJobsRequest, error) {
 	}
 	opts := &ferryv1.MigrationOptions{Compression: ferryv1.Compression(jf.compression.value), PauseSourceVm: jf.pauseSource,
 		UseSourceNicAddress: jf.useSourceNICAddress}
-	if jf.noStart {
+	switch {
+	case jf.noStart:
 		opts.AutoStart = proto.Bool(false)
+	case jf.start:
+		opts.AutoStart = proto.Bool(true)
 	}
 	return &ferryv1.CreateMigrationJobsRequest{
 		Source:              resName("sources", jf.source),

@@ -28,8 +28,12 @@ nothing: each job's target as the coordinator fills it (name, vCPUs,
 memory, disks, NICs with the addresses they would get), the vCPUs and
 memory the started VMs take of the target cluster's connected hosts, the
 disk bytes they write to the primary storage against its free space, the
-addresses they take of each L3 network's range, every pre-check that
-would refuse the batch, and whether it fits. It takes the flags and plan
+addresses they take of each L3 network's range, the disk bytes they write
+to the migration server's cache against the free space of its cache path
+(less what its running jobs reserve; jobs that do not fit at once wait), every pre-check that
+would refuse the batch, notes on what create would do that the request
+does not say (a target left stopped because its source VM is paused or
+shut off), and whether it fits. It takes the flags and plan
 files of 'job create'.`,
 		Example: `  ferryctl job preview -f plan.yaml
   ferryctl job preview --source vc --migration-server vmw-1 --vm vm-1042 \
@@ -128,6 +132,12 @@ func (a *app) printPreview(p *ferryv1.PreviewMigrationJobsResponse) error {
 	if err := t.flush(); err != nil {
 		return err
 	}
+	if len(p.GetNotes()) > 0 {
+		fmt.Fprintf(a.io.Out, "\nNotes:\n")
+		for _, l := range p.GetNotes() {
+			fmt.Fprintf(a.io.Out, "  %s\n", l)
+		}
+	}
 	if len(p.GetFailedChecks()) > 0 {
 		fmt.Fprintf(a.io.Out, "\nFailed pre-checks:\n")
 		for _, l := range p.GetFailedChecks() {
@@ -152,13 +162,16 @@ func usageKind(k ferryv1.PreviewResourceKind) string {
 		return "disk"
 	case ferryv1.PreviewResourceKind_PREVIEW_RESOURCE_KIND_IP_ADDRESSES:
 		return "addresses"
+	case ferryv1.PreviewResourceKind_PREVIEW_RESOURCE_KIND_CACHE_BYTES:
+		return "cache"
 	}
 	return enumLower(k)
 }
 
 func usageAmount(k ferryv1.PreviewResourceKind, n int64) string {
 	switch k {
-	case ferryv1.PreviewResourceKind_PREVIEW_RESOURCE_KIND_MEMORY_BYTES, ferryv1.PreviewResourceKind_PREVIEW_RESOURCE_KIND_DISK_BYTES:
+	case ferryv1.PreviewResourceKind_PREVIEW_RESOURCE_KIND_MEMORY_BYTES, ferryv1.PreviewResourceKind_PREVIEW_RESOURCE_KIND_DISK_BYTES,
+		ferryv1.PreviewResourceKind_PREVIEW_RESOURCE_KIND_CACHE_BYTES:
 		if n < 0 {
 			return "-" + humanBytes(-n)
 		}

@@ -45,7 +45,9 @@ func fillFromSource(ctx context.Context, cl *client.Client, req *ferryv1.CreateM
 		}
 		opts.Networks = nets.GetL3Networks()
 	}
-	if err := targetspec.Fill(spec, vm, opts); err != nil {
+	// What Fill leaves to the coordinator (an address to allocate) the
+	// coordinator's preview says in its notes.
+	if _, err := targetspec.Fill(spec, vm, opts); err != nil {
 		return fmt.Errorf("VM %s: %w", spec.GetSourceVm(), err)
 	}
 	return nil

@@ -68,7 +68,10 @@ func (a *app) membersAddVoter() *cobra.Command {
 		Use:   "add-voter --id ID --raft-address ADDR --api-address ADDR",
 		Short: "Add a coordinator node as a voter",
 		Long: `Add a coordinator node as a voter. A node started with --join does this by
-itself; use it by hand only to repair a membership.`,
+itself; use it by hand only to repair a membership. The node must already run:
+the leader first connects to --raft-address and refuses (FAILED_PRECONDITION)
+an address where nothing answers, that does not present the cluster's
+coordinator certificate, or that is not the node's Raft port.`,
 		Example: `  ferryctl members add-voter --id c4 --raft-address 10.0.0.4:7444 --api-address 10.0.0.4:7443`,
 		Args:    noArgs,
 		PreRunE: func(cmd *cobra.Command, _ []string) error {
@@ -96,7 +99,8 @@ func (a *app) membersRemoveVoter() *cobra.Command {
 		Use:   "remove-voter ID",
 		Short: "Remove a coordinator node from the cluster",
 		Long: `Remove a coordinator node from the Raft configuration, for instance one
-that is gone for good. Keep a majority of the remaining voters alive.`,
+that is gone for good. Keep a majority of the remaining voters alive. An ID
+that is not a member is NOT_FOUND.`,
 		Example: `  ferryctl members remove-voter c3`,
 		Args:    exactlyOneArg("the node's ID"),
 		RunE: a.run(func(ctx context.Context, cl *client.Client, args []string) error {

@@ -19,9 +19,16 @@ func (a *app) networkCommand() *cobra.Command {
 		Long: `An L3 network belongs to a target cluster: a libvirt network or a Linux
 bridge on its hosts, with an address range. A job maps each source NIC onto
 one; the target NIC keeps the source MAC unless told otherwise and gets an
-address from the range (recorded as a DHCP reservation) unless one is given.`,
+address from the range (recorded as a DHCP reservation) unless one is given.
+Allocation skips an address a libvirt network of the cluster's hosts
+already reserves for another MAC (a DHCP host entry).
+
+The migrated VM keeps its address after its job is deleted: the network
+lists it under its reservations, out of the pool, until 'network
+release-address' returns it (once the VM no longer uses it) or the network
+is deleted.`,
 	}
-	cmd.AddCommand(a.networkCreate(), a.networkGet(), a.networkList(), a.networkDelete())
+	cmd.AddCommand(a.networkCreate(), a.networkGet(), a.networkList(), a.networkDelete(), a.networkReleaseAddress())
 	return cmd
 }
 
@@ -139,6 +146,33 @@ func (a *app) networkDelete() *cobra.Command {
 	}
 }
 
+func (a *app) networkReleaseAddress() *cobra.Command {
+	return &cobra.Command{
+		Use:   "release-address NAME IP",
+		Short: "Return a migrated VM's reserved address to the network's pool",
+		Long: `Return to the pool an address a migrated VM kept after its job was deleted
+(the network's reservations, shown by 'network get'). Do it once the VM no
+longer uses the address, and remove the VM's DHCP host entry from the
+libvirt network too: allocation also skips an address a libvirt network
+reserves for another MAC.`,
+		Example: `  ferryctl network release-address lan 10.0.0.105`,
+		Args: func(_ *cobra.Command, args []string) error {
+			if len(args) != 2 {
+				return usagef("want two arguments, the network's name and the address; got %d", len(args))
+			}
+			return nil
+		},
+		RunE: a.run(func(ctx context.Context, cl *client.Client, args []string) error {
+			name := resName("l3Networks", args[0])
+			resp, err := cl.Inventory().ReleaseL3NetworkAddress(ctx, &ferryv1.ReleaseL3NetworkAddressRequest{Name: name, Ip: args[1]})
+			if err != nil {
+				return err
+			}
+			return a.done(resp, fmt.Sprintf("released %s on %s", args[1], name))
+		}),
+	}
+}
+
 func networkDevice(n *ferryv1.L3Network) string {
 	if n.GetBridge() != "" {
 		return "bridge:" + n.GetBridge()
@@ -173,6 +207,17 @@ func networkDetails(n *ferryv1.L3Network) []field {
 		{"IP range", networkRange(n)},
 		{"Gateway", n.GetGateway()},
 		{"Prefix length", fmt.Sprint(n.GetPrefixLength())},
+		{"Reserved", networkReservations(n)},
 		{"Created", when(n.GetCreateTime())},
 	}
+}
+
+// networkReservations lists the addresses migrated VMs kept:
+// "10.0.0.105 52:54:00:12:34:56 web-1 (migrationJobs/ID); ...".
+func networkReservations(n *ferryv1.L3Network) string {
+	var lines []string
+	for _, r := range n.GetReservations() {
+		lines = append(lines, fmt.Sprintf("%s %s %s (%s)", r.GetIp(), r.GetMac(), r.GetVmName(), r.GetJob()))
+	}
+	return strings.Join(lines, "; ")
 }

@@ -10,6 +10,8 @@ import (
 	"go.yaml.in/yaml/v3"
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
+
+	"github.com/ferry-v2v/ferry/pkg/hostname"
 )
 
 // jsonOptions print the API's messages as the API's JSON: proto field
@@ -97,12 +99,15 @@ func newTable(w io.Writer, headers ...string) *table {
 	return t
 }
 
+// row writes one row. Every cell is printed with its control characters
+// escaped (\x1b, \n, \t...): names and reasons come from agents and API
+// callers, and must not move the cursor or recolour an operator's terminal.
 func (t *table) row(cols ...string) {
 	for i, c := range cols {
 		if c == "" {
-			cols[i] = "-"
+			c = "-"
 		}
-		cols[i] = strings.ReplaceAll(cols[i], "\t", " ")
+		cols[i] = hostname.Escape(c)
 	}
 	fmt.Fprintln(t.tw, strings.Join(cols, "\t"))
 }
@@ -120,10 +125,20 @@ func printDetails(w io.Writer, fields []field) error {
 	t := &table{tw: tabwriter.NewWriter(w, 0, 0, 1, ' ', 0)}
 	for _, f := range fields {
 		if f.value != "" {
-			fmt.Fprintf(t.tw, "%s:\t%s\n", f.label, f.value)
+			fmt.Fprintf(t.tw, "%s:\t%s\n", f.label, escapeLines(f.value))
 		}
 	}
 	return t.flush()
+}
+
+// escapeLines escapes control characters in each line of a detail value
+// (some values are several lines on purpose, such as a list of warnings).
+func escapeLines(v string) string {
+	lines := strings.Split(v, "\n")
+	for i, l := range lines {
+		lines[i] = hostname.Escape(l)
+	}
+	return strings.Join(lines, "\n")
 }
 
 // show prints one resource: as a detail view in table mode, else as the

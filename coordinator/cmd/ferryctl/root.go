@@ -177,7 +177,7 @@ the bare id (abc).`,
 		c.GroupID = "migration"
 		root.AddCommand(c)
 	}
-	for _, c := range []*cobra.Command{a.settingsCommand(), a.membersCommand()} {
+	for _, c := range []*cobra.Command{a.settingsCommand(), a.membersCommand(), a.certCommand()} {
 		c.GroupID = "admin"
 		root.AddCommand(c)
 	}
@@ -201,7 +201,7 @@ func (a *app) globalFlags(root *cobra.Command) {
 	}
 	f := root.PersistentFlags()
 	f.StringVar(&a.servers, "server", server, "coordinator address(es), comma-separated; any member will do (env "+envServer+")")
-	f.StringVar(&a.tlsDir, "tls-dir", tlsDir, "PKI directory with ca.crt, client.crt and client.key (env "+envTLSDir+")")
+	f.StringVar(&a.tlsDir, "tls-dir", tlsDir, "your certificate directory (ca.crt, client.crt, client.key: DIR/operator, DIR/viewers/NAME... from 'ferry-coordinator tls init/issue'), or a PKI root holding operator/ (env "+envTLSDir+")")
 	f.StringVar(&a.caFile, "ca", "", "CA certificate (default: TLS_DIR/ca.crt)")
 	f.StringVar(&a.certFile, "cert", "", "client certificate (default: TLS_DIR/client.crt)")
 	f.StringVar(&a.keyFile, "key", "", "client key (default: TLS_DIR/client.key)")
@@ -228,10 +228,11 @@ func (a *app) client(ctx context.Context) (*client.Client, error) {
 		LinearizableReads: a.linearizable,
 	}
 	if !a.insecure {
+		dir := tlsutil.ResolveDir(a.tlsDir, tlsutil.RoleClient)
 		creds, err := tlsutil.ClientCredentials(
-			orDefault(a.caFile, filepath.Join(a.tlsDir, tlsutil.CACertFile)),
-			orDefault(a.certFile, filepath.Join(a.tlsDir, tlsutil.RoleClient+".crt")),
-			orDefault(a.keyFile, filepath.Join(a.tlsDir, tlsutil.RoleClient+".key")))
+			orDefault(a.caFile, filepath.Join(dir, tlsutil.CACertFile)),
+			orDefault(a.certFile, filepath.Join(dir, tlsutil.RoleClient+".crt")),
+			orDefault(a.keyFile, filepath.Join(dir, tlsutil.RoleClient+".key")))
 		if err != nil {
 			return nil, fmt.Errorf("TLS: %w (set --tls-dir or --ca/--cert/--key, or --insecure for a plaintext coordinator)", err)
 		}

@@ -69,7 +69,7 @@ to 32Gbps; without a flag the direction is unlimited.`,
 	f := cmd.Flags()
 	f.StringVar(&host, "host", "", "the host (hosts/NAME or NAME)")
 	addEnumFlag(f, typ, "type", "which sources it serves")
-	f.StringVar(&in.CachePath, "cache-path", "", "absolute cache directory on the host")
+	f.StringVar(&in.CachePath, "cache-path", "", "absolute cache directory on the host; jobs start when their disks fit in its free space, as the host's agent measures it")
 	f.StringVar(&in.MigrationCidr, "migration-cidr", "", "connections to sources leave from the host's address in this CIDR")
 	f.StringVar(&in.UpstreamBandwidth, "upstream", "", "cache → target storage limit, such as 1Gbps")
 	f.StringVar(&in.DownstreamBandwidth, "downstream", "", "source → cache limit, such as 500Mbps")
@@ -192,10 +192,16 @@ func (a *app) serverBandwidth() *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "bandwidth NAME [--upstream RATE] [--downstream RATE]",
 		Short: "Set or clear a migration server's bandwidth limits",
-		Long: `Set the bandwidth limits of a migration server; running jobs feel the change
-at once. RATE is an integer with Kbps, Mbps or Gbps (1K = 1000), from 8Kbps
-to 32Gbps. An empty RATE or --clear-upstream/--clear-downstream sets the
-direction back to unlimited; a direction not named keeps its limit.
+		Long: `Set the bandwidth limits of a migration server. Each direction is one
+token bucket on the server's host, shared by all the server's jobs. A change
+reaches the jobs already running within 2 s: the coordinator sends it to the
+server's agent as soon as it is committed, and the agent's buckets take the
+new rate from the next byte; jobs started later start with it. An agent that
+is disconnected gets the limits when it connects again.
+
+RATE is an integer with Kbps, Mbps or Gbps (1K = 1000), from 8Kbps to 32Gbps.
+An empty RATE or --clear-upstream/--clear-downstream sets the direction back
+to unlimited; a direction not named keeps its limit.
 
   upstream    cache → target primary storage
   downstream  source → cache`,

@@ -14,6 +14,7 @@ import (
 
 	"github.com/ferry-v2v/ferry/pkg/client"
 	"github.com/ferry-v2v/ferry/pkg/grpcutil"
+	"github.com/ferry-v2v/ferry/pkg/hostname"
 	ferryv1 "github.com/ferry-v2v/ferry/pkg/pb/ferry/v1"
 )
 
@@ -189,7 +190,7 @@ func (w *watcher) apply(ev *ferryv1.WatchMigrationJobsResponse) error {
 	case w.screen != nil:
 		w.redraw()
 	default:
-		fmt.Fprintln(w.a.io.Out, progressLine(ev, now()))
+		fmt.Fprintln(w.a.io.Out, hostname.Escape(progressLine(ev, now())))
 	}
 	return nil
 }
@@ -209,6 +210,9 @@ func (w *watcher) redraw() {
 			continue
 		}
 		lines = append(lines, progressLines(w.jobs[n])...)
+	}
+	for i, l := range lines {
+		lines[i] = hostname.Escape(l) // the screen's own escapes are added by draw
 	}
 	w.screen.draw(lines)
 }

@@ -10,20 +10,29 @@ import (
 
 // allocator hands out addresses for one batch. The caller holds
 // API.allocMu from allocation until the proposal is applied, so the
-// ledger's used addresses plus this batch's are all that is taken.
+// ledger's used addresses plus this batch's are all that is taken. It also
+// skips an address that the target libvirt network already reserves for
+// another MAC in a static DHCP host entry, as the agents of the network's
+// cluster report them: the target VM could not get it.
 type allocator struct {
 	a     *API
 	nets  map[string]*ferryv1.L3Network
 	taken map[string]map[netip.Addr]string // network → address → holder
 	next  map[string]netip.Addr            // network → where firstFree looks next
+	hosts []*ferryv1.Host                  // connected, read once
+	dhcp  map[string]map[netip.Addr]dhcpEntry
 }
+
+// dhcpEntry is a static DHCP host entry of a libvirt network on a host.
+type dhcpEntry struct{ mac, name, host, network string }
 
 func (a *API) newAllocator(nets map[string]*ferryv1.L3Network) *allocator {
-	return &allocator{a: a, nets: nets, taken: map[string]map[netip.Addr]string{}, next: map[string]netip.Addr{}}
+	return &allocator{a: a, nets: nets, taken: map[string]map[netip.Addr]string{}, next: map[string]netip.Addr{},
+		dhcp: map[string]map[netip.Addr]dhcpEntry{}}
 }
 
-// held returns the addresses taken on a network: by jobs in the ledger,
-// then by this batch.
+// held returns the addresses taken on a network: by jobs and reservations
+// in the ledger, then by this batch.
 func (al *allocator) held(network string) map[netip.Addr]string {
 	if m, ok := al.taken[network]; ok {
 		return m
@@ -36,6 +45,53 @@ func (al *allocator) held(network string) map[netip.Addr]string {
 	}
 	al.taken[network] = m
 	return m
+}
+
+// dhcpHosts returns the static DHCP host entries of an L3 network's
+// libvirt network on the connected hosts of its cluster; none for a
+// bridge.
+func (al *allocator) dhcpHosts(network string) map[netip.Addr]dhcpEntry {
+	if m, ok := al.dhcp[network]; ok {
+		return m
+	}
+	n := al.nets[network]
+	if n == nil {
+		n, _ = al.a.ledger.L3Network(network)
+	}
+	if al.hosts == nil {
+		al.hosts = al.a.connectedHosts()
+	}
+	m := map[netip.Addr]dhcpEntry{}
+	for _, h := range al.hosts {
+		if n.GetLibvirtNetwork() == "" || h.GetCluster() != n.GetCluster() {
+			continue
+		}
+		for _, ln := range h.GetFacts().GetLibvirtNetworks() {
+			if ln.GetName() != n.GetLibvirtNetwork() {
+				continue
+			}
+			for _, d := range ln.GetDhcpHosts() {
+				if ip, ok := parseIP(d.GetIp()); ok {
+					m[ip] = dhcpEntry{mac: strings.ToLower(d.GetMac()), name: d.GetName(), host: h.GetName(), network: ln.GetName()}
+				}
+			}
+		}
+	}
+	al.dhcp[network] = m
+	return m
+}
+
+// reservedFor says who else the network's DHCP hosts reserve ip for, ""
+// when nobody or mac itself.
+func (al *allocator) reservedFor(network string, ip netip.Addr, mac string) string {
+	d, ok := al.dhcpHosts(network)[ip]
+	switch {
+	case !ok || d.mac != "" && d.mac == strings.ToLower(mac):
+		return ""
+	case d.mac == "": // an IPv6 entry names a DHCP client id, not a MAC
+		return fmt.Sprintf("libvirt network %s on %s reserves it for %q", d.network, d.host, d.name)
+	}
+	return fmt.Sprintf("libvirt network %s on %s reserves it for MAC %s", d.network, d.host, d.mac)
 }
 
 // allocate records the addresses the batch asks for, then gives every NIC
@@ -57,6 +113,10 @@ func (al *allocator) allocate(jobs []*ferryv1.MigrationJob) error {
 				return precondition(field, "%s on %s is already held by %s; pick another address or leave ip empty to have one allocated",
 					ip, nic.GetL3Network(), holder)
 			}
+			if other := al.reservedFor(nic.GetL3Network(), ip, nic.GetMac()); other != "" {
+				return precondition(field, "%s on %s: %s; pick another address or leave ip empty to have one allocated",
+					ip, nic.GetL3Network(), other)
+			}
 			held[ip] = field
 		}
 	}
@@ -65,7 +125,7 @@ func (al *allocator) allocate(jobs []*ferryv1.MigrationJob) error {
 			if nic.GetIp() != "" {
 				continue
 			}
-			ip, ok := al.firstFree(nic.GetL3Network())
+			ip, ok := al.firstFree(nic.GetL3Network(), nic.GetMac())
 			if !ok {
 				n := al.nets[nic.GetL3Network()]
 				return precondition(fmt.Sprintf("jobs[%d].target.nics[%d].l3_network", i, k),
@@ -79,18 +139,31 @@ func (al *allocator) allocate(jobs []*ferryv1.MigrationJob) error {
 	return nil
 }
 
-func (al *allocator) firstFree(network string) (netip.Addr, bool) {
+// firstFree is the first address of the network's range that nothing
+// holds and no DHCP host entry reserves for a MAC other than mac.
+func (al *allocator) firstFree(network, mac string) (netip.Addr, bool) {
 	r := rangeOf(al.nets[network])
 	held := al.held(network)
 	start, ok := al.next[network]
 	if !ok {
 		start = r.start
 	}
+	var skipped netip.Addr // the first address left for another MAC
 	for a := start; a.IsValid() && !r.end.Less(a); a = a.Next() {
-		if _, taken := held[a]; !taken && r.usable(a) {
-			al.next[network] = a.Next()
-			return a, true
+		if _, taken := held[a]; taken || !r.usable(a) {
+			continue
 		}
+		if al.reservedFor(network, a, mac) != "" {
+			if !skipped.IsValid() {
+				skipped = a // a later NIC of the batch may have its MAC
+			}
+			continue
+		}
+		al.next[network] = a.Next()
+		if skipped.IsValid() {
+			al.next[network] = skipped
+		}
+		return a, true
 	}
 	return netip.Addr{}, false
 }

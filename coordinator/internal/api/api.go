@@ -52,10 +52,12 @@ type Membership interface {
 	Stats() consensus.Stats
 }
 
-// Sealer seals credential secrets before they enter the log; *seal.Sealer
-// is one.
+// Sealer seals credential secrets before they enter the log and
+// fingerprints them with a key derived from the seal key; *seal.Sealer is
+// one.
 type Sealer interface {
 	Seal(plaintext, aad []byte) ([]byte, error)
+	Fingerprint(secret []byte) string
 }
 
 // Inventory asks an agent to read a source's inventory; *session.Manager
@@ -158,6 +160,7 @@ func (a *API) Register(s grpc.ServiceRegistrar) {
 	ferryv1.RegisterSettingsServiceServer(s, &settingsService{a: a})
 	ferryv1.RegisterClusterServiceServer(s, &clusterService{a: a})
 	ferryv1.RegisterNetworkMappingServiceServer(s, &mappingService{a: a})
+	ferryv1.RegisterCertificateServiceServer(s, &certificateService{a: a})
 }
 
 // propose stamps cmd with the leader's clock, replicates it and returns

@@ -2,7 +2,9 @@ package api
 
 import (
 	"fmt"
+	"strings"
 
+	cachecap "github.com/ferry-v2v/ferry/coordinator/internal/capacity"
 	"github.com/ferry-v2v/ferry/coordinator/internal/ledger"
 	ferryv1 "github.com/ferry-v2v/ferry/pkg/pb/ferry/v1"
 )
@@ -22,24 +24,64 @@ type capacity struct {
 	active []*ferryv1.MigrationJob
 }
 
+// cache is what the batch writes to its migration server's cache against
+// the room the scheduler admits jobs by (package capacity): the free space
+// of the server's cache_path as its host's agent reports it, less what the
+// server's running jobs reserve.
+func (c *capacity) cache(jobs []*ferryv1.MigrationJob) *ferryv1.PreviewUsage {
+	u := &ferryv1.PreviewUsage{Kind: ferryv1.PreviewResourceKind_PREVIEW_RESOURCE_KIND_CACHE_BYTES, Resource: c.server.GetName()}
+	for _, j := range jobs {
+		u.Requested += cachecap.JobBytes(j)
+	}
+	var facts *ferryv1.HostFacts
+	for _, h := range c.hosts {
+		if h.GetName() == hostRef(c.server.GetHost()) {
+			facts = h.GetFacts()
+		}
+	}
+	room := cachecap.Cache(c.server, facts, cachecap.Reserved(c.server.GetName(), c.active))
+	if facts == nil {
+		u.Note = fmt.Sprintf("the migration server's host %s is not connected", c.server.GetHost())
+		return settle(u)
+	}
+	u.Known, u.Available, u.Note = room.Known, room.Available(), room.Note()
+	return settle(u)
+}
+
+// hostRef is a host reference as a resource name.
+func hostRef(h string) string {
+	if h == "" || strings.HasPrefix(h, "hosts/") {
+		return h
+	}
+	return "hosts/" + h
+}
+
 func (a *API) newCapacity(server *ferryv1.MigrationServer) *capacity {
-	c := &capacity{server: server}
+	c := &capacity{server: server, hosts: a.connectedHosts()}
+	for _, st := range []ferryv1.MigrationJobState{ferryv1.MigrationJobState_MIGRATION_JOB_STATE_QUEUED, ferryv1.MigrationJobState_MIGRATION_JOB_STATE_RUNNING} {
+		c.active = append(c.active, a.ledger.Jobs(ledger.JobFilter{State: st})...)
+	}
+	return c
+}
+
+// connectedHosts are the hosts whose agents are connected, with their
+// latest facts: the session manager's live ones on the leader, else what
+// the ledger last recorded.
+func (a *API) connectedHosts() []*ferryv1.Host {
 	var live map[string]*ferryv1.HostFacts
 	if lf, ok := a.inventory.(liveFacts); ok {
 		live = lf.Hosts()
 	}
+	var out []*ferryv1.Host
 	for _, h := range a.ledger.Hosts("") {
 		if f, ok := live[h.GetName()]; ok {
 			h.Facts, h.Connected = f, true
 		}
 		if h.GetConnected() {
-			c.hosts = append(c.hosts, h)
+			out = append(out, h)
 		}
 	}
-	for _, st := range []ferryv1.MigrationJobState{ferryv1.MigrationJobState_MIGRATION_JOB_STATE_QUEUED, ferryv1.MigrationJobState_MIGRATION_JOB_STATE_RUNNING} {
-		c.active = append(c.active, a.ledger.Jobs(ledger.JobFilter{State: st})...)
-	}
-	return c
+	return out
 }
 
 // computeHosts are the connected hosts a cluster's VMs may run on: its own,

@@ -2,9 +2,11 @@ package api
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"regexp"
 
+	"github.com/ferry-v2v/ferry/coordinator/internal/consensus"
 	ledgerv1 "github.com/ferry-v2v/ferry/pkg/pb/ferry/ledger/v1"
 	ferryv1 "github.com/ferry-v2v/ferry/pkg/pb/ferry/v1"
 )
@@ -76,6 +78,10 @@ func (s *clusterService) AddVoter(ctx context.Context, req *ferryv1.AddVoterRequ
 	err := c.err()
 	if err == nil {
 		err = s.a.membership.AddVoter(ctx, req.GetId(), req.GetRaftAddress())
+		var pe *consensus.PeerError
+		if errors.As(err, &pe) {
+			err = precondition("raft_address", "%s does not answer as a coordinator's Raft port (%v); give the node's --raft-listen address, and start it first with the cluster's coordinator certificate", req.GetRaftAddress(), pe.Err)
+		}
 	}
 	if err == nil {
 		node := &ledgerv1.Node{Id: req.GetId(), ApiAddress: req.GetApiAddress(), RaftAddress: req.GetRaftAddress()}
@@ -102,6 +108,9 @@ func (s *clusterService) RemoveVoter(ctx context.Context, req *ferryv1.RemoveVot
 		err = s.removeSelf(ctx)
 	} else {
 		err = s.a.membership.RemoveVoter(ctx, req.GetId())
+		if errors.Is(err, consensus.ErrUnknownMember) {
+			err = notFoundf("id", "coordinator %q", req.GetId())
+		}
 		if err == nil {
 			_, err = s.a.propose(ctx, deleteNode(req.GetId()))
 		}

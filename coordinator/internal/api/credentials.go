@@ -2,10 +2,9 @@ package api
 
 import (
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
 	"errors"
 	"fmt"
+	"strings"
 
 	"golang.org/x/crypto/ssh"
 
@@ -45,8 +44,7 @@ func (s *sourceService) createCredential(ctx context.Context, req *ferryv1.Creat
 	if err := c.err(); err != nil {
 		return nil, err
 	}
-	sum := sha256.Sum256([]byte(in.GetSecret()))
-	cred.Fingerprint = hex.EncodeToString(sum[:])[:16]
+	cred.Fingerprint = s.a.sealer.Fingerprint([]byte(in.GetSecret()))
 	sealed, err := s.a.sealer.Seal([]byte(in.GetSecret()), []byte(cred.Name))
 	if err != nil {
 		return nil, fmt.Errorf("seal credential %s: %w", cred.Name, err)
@@ -67,6 +65,11 @@ func checkSecret(c *checker, typ ferryv1.CredentialType, secret string) {
 		return
 	case len(secret) > maxSecret:
 		c.add("credential.secret", "at most %d bytes, got %d", maxSecret, len(secret))
+		return
+	case strings.IndexByte(secret, 0) >= 0:
+		// No password prompt or key file carries one; a NUL would cut the
+		// secret short wherever it meets a C string (libvirt, ssh).
+		c.add("credential.secret", "must not contain a NUL byte")
 		return
 	}
 	if typ != ferryv1.CredentialType_CREDENTIAL_TYPE_PRIVATE_KEY {

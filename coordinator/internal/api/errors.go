@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"unicode/utf8"
 
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc"
@@ -37,8 +38,61 @@ func (e *invalidError) Error() string {
 // checker collects the violations of one request.
 type checker struct{ v []violation }
 
+// add records a violation. The values it quotes (%q) are clipped to
+// maxQuoted bytes.
 func (c *checker) add(field, format string, args ...any) {
-	c.v = append(c.v, violation{field: field, desc: fmt.Sprintf(format, args...)})
+	c.v = append(c.v, violation{field: field, desc: sprintfClipped(format, args...)})
+}
+
+// maxQuoted is the most of an offending value a refusal message repeats:
+// a 4 KiB name comes back as its first 128 bytes and an ellipsis.
+const maxQuoted = 128
+
+// clip cuts s to maxQuoted bytes on a rune boundary, marking the cut.
+func clip(s string) string {
+	if len(s) <= maxQuoted {
+		return s
+	}
+	cut := maxQuoted
+	for cut > 0 && !utf8.RuneStart(s[cut]) {
+		cut--
+	}
+	return s[:cut] + "…"
+}
+
+// sprintfClipped is fmt.Sprintf with every string quoted by %q clipped:
+// what a message quotes is the offending value; what it prints with %s
+// is Ferry's own text or a name that passed validation.
+func sprintfClipped(format string, args ...any) string {
+	out := append([]any(nil), args...)
+	arg := 0
+	for i := 0; i < len(format); i++ {
+		if format[i] != '%' {
+			continue
+		}
+		i++
+		for i < len(format) && strings.IndexByte("+-# 0123456789.*", format[i]) >= 0 {
+			if format[i] == '*' {
+				arg++
+			}
+			i++
+		}
+		if i >= len(format) || format[i] == '%' {
+			continue
+		}
+		if s, ok := argAt(out, arg).(string); ok && format[i] == 'q' {
+			out[arg] = clip(s)
+		}
+		arg++
+	}
+	return fmt.Sprintf(format, out...)
+}
+
+func argAt(args []any, i int) any {
+	if i < len(args) {
+		return args[i]
+	}
+	return nil
 }
 
 func (c *checker) ok() bool { return len(c.v) == 0 }
@@ -68,12 +122,19 @@ type fieldError struct {
 
 func (e *fieldError) Error() string { return e.field + ": " + e.msg }
 
+// notFound says name (clipped; see maxQuoted) does not exist. Callers
+// that describe the thing use notFoundf, which clips what it quotes.
 func notFound(field, name string) error {
-	return &fieldError{code: codes.NotFound, field: field, msg: name + " not found"}
+	return &fieldError{code: codes.NotFound, field: field, msg: clip(name) + " not found"}
+}
+
+// notFoundf is notFound with a described name, its values clipped.
+func notFoundf(field, format string, args ...any) error {
+	return &fieldError{code: codes.NotFound, field: field, msg: sprintfClipped(format, args...) + " not found"}
 }
 
 func precondition(field, format string, args ...any) error {
-	return &fieldError{code: codes.FailedPrecondition, field: field, msg: fmt.Sprintf(format, args...)}
+	return &fieldError{code: codes.FailedPrecondition, field: field, msg: sprintfClipped(format, args...)}
 }
 
 // toStatus is the one place errors become gRPC statuses.

@@ -17,6 +17,7 @@ import (
 	"google.golang.org/protobuf/reflect/protoregistry"
 	"google.golang.org/protobuf/types/dynamicpb"
 
+	"github.com/ferry-v2v/ferry/coordinator/internal/authz"
 	"github.com/ferry-v2v/ferry/pkg/grpcutil"
 	ferryv1 "github.com/ferry-v2v/ferry/pkg/pb/ferry/v1"
 )
@@ -32,7 +33,7 @@ const ferryPrefix = "/ferry.v1."
 
 // writeVerbs are the method-name prefixes of the calls that change the
 // ledger and so must run on the leader.
-var writeVerbs = []string{"Create", "Delete", "Update", "Enable", "Disable", "Set", "Cancel", "Restart", "Add", "Remove"}
+var writeVerbs = []string{"Create", "Delete", "Update", "Enable", "Disable", "Set", "Cancel", "Restart", "Add", "Remove", "Revoke", "Release"}
 
 // leaderOnly are reads that only the leader can answer: it holds the
 // agent sessions they go through, and the agents' live facts a preview
@@ -290,12 +291,15 @@ func (f *forwarder) serverStream(ss grpc.ServerStream, method string) error {
 	}
 }
 
-// outgoing passes the caller's metadata on, minus transport headers, and
-// marks the call as forwarded.
+// outgoing passes the caller's metadata on, minus transport headers, marks
+// the call as forwarded and names the caller it is made for (never what
+// the caller itself put in those headers), so the leader authorizes the
+// caller's role, not this coordinator's.
 func outgoing(ctx context.Context) context.Context {
 	in, _ := metadata.FromIncomingContext(ctx)
 	md := userMetadata(in)
 	md.Set(forwardedHeader, "1")
+	authz.Forwarded(ctx, md)
 	return metadata.NewOutgoingContext(ctx, md)
 }
 

@@ -89,10 +89,10 @@ func (f *fakeRaft) RemoveVoter(_ context.Context, id string) error {
 	for i, m := range f.members {
 		if m.ID == id {
 			f.members = append(f.members[:i], f.members[i+1:]...)
-			break
+			return nil
 		}
 	}
-	return nil
+	return fmt.Errorf("remove voter %s: %w", id, consensus.ErrUnknownMember)
 }
 
 func (f *fakeRaft) Members() ([]consensus.Member, error) {

@@ -17,27 +17,40 @@ import (
 // needs it. Without agent sessions to read the source through, specs are
 // left as they are and validation names what is missing; when the source
 // cannot be read, validation's answer comes first too. resync is as for
-// precheck.
-func (a *API) fillBatch(ctx context.Context, req *ferryv1.CreateMigrationJobsRequest, resync bool) (*ferryv1.CreateMigrationJobsRequest, error) {
+// precheck; syncs keep what it reads from the source. The notes are
+// targetspec.Fill's, each field prefixed with its job
+// (jobs[0].target.nics[1].ip: …).
+func (a *API) fillBatch(ctx context.Context, req *ferryv1.CreateMigrationJobsRequest, resync bool, syncs *batchSyncs) (*ferryv1.CreateMigrationJobsRequest, []string, error) {
 	group, err := a.mappingGroup(req)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	need := false
 	for _, s := range req.GetJobs() {
 		need = need || s.GetSourceVm() != "" && targetspec.Incomplete(s)
 	}
-	if !need || a.inventory == nil {
-		return req, nil
+	if !need {
+		return req, nil, nil
 	}
-	vms, err := a.readSourceVMs(ctx, req, resync)
+	// A spec to fill from a source that does not exist: that is the
+	// answer, whatever else the spec lacks.
+	c := &checker{}
+	checkRef(c, "source", req.GetSource(), colSources)
+	if _, ok := a.ledger.Source(req.GetSource()); c.ok() && !ok {
+		return nil, nil, notFound("source", req.GetSource())
+	}
+	if a.inventory == nil {
+		return req, nil, nil
+	}
+	vms, err := a.readSourceVMs(ctx, req, resync, syncs)
 	if err != nil {
 		// What the spec lacks says more than why the source could not be read.
 		if _, verr := a.checkBatch(req); verr != nil {
-			return nil, verr
+			return nil, nil, verr
 		}
-		return nil, err
+		return nil, nil, err
 	}
+	var notes []string
 	out := proto.Clone(req).(*ferryv1.CreateMigrationJobsRequest)
 	opts := targetspec.Options{Group: group, Networks: a.ledger.L3Networks("")}
 	for i, spec := range out.GetJobs() {
@@ -46,17 +59,21 @@ func (a *API) fillBatch(ctx context.Context, req *ferryv1.CreateMigrationJobsReq
 		}
 		vm := findSourceVM(vms, spec.GetSourceVm())
 		if vm == nil {
-			return nil, notFound(fmt.Sprintf("jobs[%d].source_vm", i), fmt.Sprintf("VM %q at %s", spec.GetSourceVm(), req.GetSource()))
+			return nil, nil, notFoundf(fmt.Sprintf("jobs[%d].source_vm", i), "VM %q at %s", spec.GetSourceVm(), req.GetSource())
 		}
-		if err := targetspec.Fill(spec, vm, opts); err != nil {
+		filled, err := targetspec.Fill(spec, vm, opts)
+		if err != nil {
 			var fe *targetspec.Error
 			if errors.As(err, &fe) {
-				return nil, precondition(fmt.Sprintf("jobs[%d].%s", i, fe.Field), "%s", fe.Reason)
+				return nil, nil, precondition(fmt.Sprintf("jobs[%d].%s", i, fe.Field), "%s", fe.Reason)
 			}
-			return nil, err
+			return nil, nil, err
+		}
+		for _, n := range filled {
+			notes = append(notes, fmt.Sprintf("jobs[%d].%s", i, n))
 		}
 	}
-	return out, nil
+	return out, notes, nil
 }
 
 // mappingGroup reads the request's network-mapping group, nil when it
@@ -83,9 +100,9 @@ func (a *API) mappingGroup(req *ferryv1.CreateMigrationJobsRequest) (*ferryv1.Ne
 }
 
 // readSourceVMs reads the source's VMs from its synced inventory in the
-// ledger, syncing it first through the request's migration server when it
-// never was or lacks a VM the request fills from.
-func (a *API) readSourceVMs(ctx context.Context, req *ferryv1.CreateMigrationJobsRequest, resync bool) ([]*ferryv1.SourceVm, error) {
+// ledger, syncing it first (into syncs) through the request's migration
+// server when it never was or lacks a VM the request fills from.
+func (a *API) readSourceVMs(ctx context.Context, req *ferryv1.CreateMigrationJobsRequest, resync bool, syncs *batchSyncs) ([]*ferryv1.SourceVm, error) {
 	refs, err := a.resolveBatch(req)
 	if err != nil {
 		return nil, err
@@ -96,14 +113,14 @@ func (a *API) readSourceVMs(ctx context.Context, req *ferryv1.CreateMigrationJob
 			ids = append(ids, spec.GetSourceVm())
 		}
 	}
-	inv, ok := a.ledger.SourceInventory(refs.source.GetName())
+	inv, ok := syncs.inventory(refs.source.GetName())
 	if !ok || resync && !hasVMs(inv, ids) {
 		// Never synced, or a VM made since the last sync: read it now.
-		if err := a.syncSource(ctx, refs.source.GetName(), refs.server.GetName()); err != nil {
+		if err := syncs.sync(ctx, refs.source.GetName(), refs.server.GetName()); err != nil {
 			return nil, fmt.Errorf("read the VMs of %s to fill the specs: %w", refs.source.GetName(), err)
 		}
 	}
-	inv, ok = a.ledger.SourceInventory(refs.source.GetName())
+	inv, ok = syncs.inventory(refs.source.GetName())
 	if !ok {
 		return nil, precondition("source", "%s has no synced inventory to fill the specs from; run ferryctl source sync %s or give the full target",
 			refs.source.GetName(), refs.source.GetName())

@@ -26,7 +26,9 @@ func (s *jobService) create(ctx context.Context, req *ferryv1.CreateMigrationJob
 	if names, ok, err := s.a.firstRequest(req.GetRequestId(), colJobs); err != nil || ok {
 		return s.readJobs(names, err)
 	}
-	req, err := s.a.fillBatch(ctx, req, true)
+	// What the checks read from sources is recorded only if all pass.
+	syncs := s.a.newBatchSyncs()
+	req, _, err := s.a.fillBatch(ctx, req, true, syncs) // the notes are the preview's
 	if err != nil {
 		return nil, err
 	}
@@ -43,12 +45,20 @@ func (s *jobService) create(ctx context.Context, req *ferryv1.CreateMigrationJob
 			return nil, err
 		}
 	}
-	if lines := s.a.precheck(ctx, refs, jobs, true); len(lines) > 0 {
+	lines := s.a.precheck(ctx, refs, jobs, true, syncs)
+	if err := checkVMsKnown(refs, jobs, syncs); err != nil {
+		return nil, err
+	}
+	if len(lines) > 0 {
 		return nil, precheckError(lines)
 	}
+	s.a.keepSourceState(refs.source.GetName(), jobs)
 	s.a.allocMu.Lock()
 	defer s.a.allocMu.Unlock()
 	if err := s.a.newAllocator(refs.networks).allocate(jobs); err != nil {
+		return nil, err
+	}
+	if err := syncs.record(ctx); err != nil {
 		return nil, err
 	}
 	cmd := &ledgerv1.Command{Op: &ledgerv1.Command_CreateMigrationJobs{CreateMigrationJobs: &ledgerv1.CreateMigrationJobs{

@@ -61,9 +61,8 @@ func checkOptions(c *checker, p string, in *ferryv1.MigrationOptions) *ferryv1.M
 		out = &ferryv1.MigrationOptions{}
 	}
 	checkEnum(c, p+".compression", out.GetCompression(), false)
-	if out.AutoStart == nil {
-		out.AutoStart = proto.Bool(true)
-	}
+	// An unset auto_start is settled against the source VM's state once
+	// the inventory has been read (keepSourceState).
 	return out
 }
 

@@ -2,6 +2,7 @@ package api
 
 import (
 	"context"
+	"reflect"
 	"strings"
 	"testing"
 
@@ -186,8 +187,6 @@ func TestCreateJobsFillErrors(t *testing.T) {
 		code   codes.Code
 		prefix string
 	}{
-		{"address outside the range", fillReq("vm-79", nil), codes.FailedPrecondition,
-			"jobs[0].target.nics[0].ip: source NIC 00:50:56:01:02:03 has fe80::250:56ff:fe01:203, 10.9.9.9, none inside the range 10.0.0.1-10.0.0.20 of l3Networks/net1"},
 		{"group of another source", withGroup(fillReq("vm-77", nil), "networkMappingGroups/kvm-map"), codes.FailedPrecondition,
 			"network_mapping_group: networkMappingGroups/kvm-map maps the networks of sources/kvm, not of sources/vc"},
 		{"portgroup the group does not map", withGroup(fillReq("vm-77", nil), "networkMappingGroups/half"), codes.FailedPrecondition,
@@ -207,6 +206,32 @@ func TestCreateJobsFillErrors(t *testing.T) {
 	}
 	if n := len(e.ledger.Jobs(ledger.JobFilter{})); n != 0 {
 		t.Errorf("%d jobs made by refused requests", n)
+	}
+}
+
+// A source address outside the L3 network's range (or none at all) is
+// not an error: the NIC gets an address from the range, the preview says
+// why, and the NIC with a usable address keeps its own.
+func TestFillAllocatesWhenTheSourceAddressIsUnusable(t *testing.T) {
+	e := mappingEnv(t, windowsSourceVM("vm-79", "10.9.9.9"))
+	c := ctx(t)
+	req := fillReq("vm-79", nil)
+	p := must[*ferryv1.PreviewMigrationJobsResponse](t)(e.jobs.PreviewMigrationJobs(c, &ferryv1.PreviewMigrationJobsRequest{
+		Source: req.GetSource(), MigrationServer: req.GetMigrationServer(), Jobs: req.GetJobs(), NetworkMappingGroup: req.GetNetworkMappingGroup()}))
+	wantNotes := []string{"jobs[0].target.nics[0].ip: source NIC 00:50:56:01:02:03 has fe80::250:56ff:fe01:203, 10.9.9.9, none inside the range " +
+		"10.0.0.1-10.0.0.20 of l3Networks/net1; an address from the range of l3Networks/net1 is allocated instead (options.use_source_nic_address)"}
+	if !reflect.DeepEqual(p.GetNotes(), wantNotes) || len(p.GetFailedChecks()) != 0 {
+		t.Fatalf("preview notes = %q, failed checks %q; want notes %q", p.GetNotes(), p.GetFailedChecks(), wantNotes)
+	}
+	wantNICs := []*ferryv1.TargetNic{
+		{SourceMac: "00:50:56:01:02:03", L3Network: "l3Networks/net1", Mac: "00:50:56:01:02:03", Ip: "10.0.0.2"}, // .1 is the gateway
+		{SourceMac: "00:50:56:01:02:04", L3Network: "l3Networks/net2", Mac: "00:50:56:01:02:04", Ip: "172.16.0.42"},
+	}
+	for _, got := range [][]*ferryv1.TargetNic{p.GetJobs()[0].GetTarget().GetNics(),
+		must[*ferryv1.CreateMigrationJobsResponse](t)(e.jobs.CreateMigrationJobs(c, req)).GetJobs()[0].GetTarget().GetNics()} {
+		if len(got) != 2 || !proto.Equal(got[0], wantNICs[0]) || !proto.Equal(got[1], wantNICs[1]) {
+			t.Fatalf("nics = %v, want %v", got, wantNICs)
+		}
 	}
 }
 

@@ -4,6 +4,8 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
+
+	"github.com/ferry-v2v/ferry/pkg/hostname"
 )
 
 // Collections of resource names, as in "migrationJobs/{id}".
@@ -23,9 +25,6 @@ const (
 // idPattern is what a caller may choose as a resource ID.
 var idPattern = regexp.MustCompile(`^[a-z0-9][a-z0-9-]{0,62}$`)
 
-// hostIDPattern is what an agent's --host-name may be: a DNS-ish name.
-var hostIDPattern = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,252}$`)
-
 func collectionOf(name string) string {
 	c, _, _ := strings.Cut(name, "/")
 	return c
@@ -38,7 +37,7 @@ func wellFormed(name, collection string) bool {
 		return false
 	}
 	if collection == colHosts {
-		return hostIDPattern.MatchString(id)
+		return hostname.Validate(id) == nil
 	}
 	return idPattern.MatchString(id)
 }

@@ -139,6 +139,50 @@ func (s *inventoryService) ListL3Networks(ctx context.Context, req *ferryv1.List
 	return reply(ctx, s.a, &ferryv1.ListL3NetworksResponse{L3Networks: page, NextPageToken: next}, err)
 }
 
+// ReleaseL3NetworkAddress returns an address a migrated VM kept to the
+// network's pool.
+func (s *inventoryService) ReleaseL3NetworkAddress(ctx context.Context, req *ferryv1.ReleaseL3NetworkAddressRequest) (*ferryv1.ReleaseL3NetworkAddressResponse, error) {
+	c := &checker{}
+	checkRef(c, "name", req.GetName(), colNetworks)
+	ip, ok := parseIP(req.GetIp())
+	if !ok {
+		c.add("ip", "%q is not an IP address", req.GetIp())
+	}
+	err := c.err()
+	if err == nil {
+		err = checkReserved(s.a, req.GetName(), ip.String())
+	}
+	if err == nil {
+		_, err = s.a.propose(ctx, &ledgerv1.Command{Op: &ledgerv1.Command_ReleaseAddress{ReleaseAddress: &ledgerv1.ReleaseAddress{
+			Network: req.GetName(), Ip: ip.String()}}})
+	}
+	var n *ferryv1.L3Network
+	if err == nil {
+		n, err = lookup(s.a.ledger.L3Network, req.GetName(), "L3 network")
+	}
+	return reply(ctx, s.a, &ferryv1.ReleaseL3NetworkAddressResponse{L3Network: n}, err)
+}
+
+// checkReserved refuses to release an address the network does not
+// reserve (the ledger checks again when the release applies).
+func checkReserved(a *API, network, ip string) error {
+	n, ok := a.ledger.L3Network(network)
+	if !ok {
+		return notFound("name", network)
+	}
+	var held []string
+	for _, r := range n.GetReservations() {
+		if r.GetIp() == ip {
+			return nil
+		}
+		held = append(held, r.GetIp())
+	}
+	if len(held) == 0 {
+		held = []string{"none"}
+	}
+	return precondition("ip", "%s reserves no address %s for a migrated VM (it reserves %s)", network, ip, strings.Join(held, ", "))
+}
+
 func (s *inventoryService) DeleteL3Network(ctx context.Context, req *ferryv1.DeleteL3NetworkRequest) (*ferryv1.DeleteL3NetworkResponse, error) {
 	err := s.a.deleteResource(ctx, req.GetName(), colNetworks, func(d *ledgerv1.DeleteResource) *ledgerv1.Command {
 		return &ledgerv1.Command{Op: &ledgerv1.Command_DeleteL3Network{DeleteL3Network: d}}

@@ -3,9 +3,14 @@ package api
 import (
 	"context"
 	"fmt"
+	"slices"
 	"strconv"
 	"strings"
+	"time"
 
+	"google.golang.org/grpc/codes"
+
+	"github.com/ferry-v2v/ferry/pkg/kvmver"
 	ferryv1 "github.com/ferry-v2v/ferry/pkg/pb/ferry/v1"
 )
 
@@ -15,13 +20,16 @@ var minSourceVersion = [2]int{5, 0}
 // precheck returns every reason, one line each naming the job and its VM,
 // why the batch cannot migrate as it stands: a migration server of another
 // type than the source, and against the source's synced inventory a VM the
-// inventory does not know (VMware), a template, a host in maintenance
-// mode, a disk outside snapshots (independent modes), and a vCenter/ESXi
-// version pair that differs or is older than 5.0. A VMware source never
+// inventory does not know (VMware), a target disk or NIC naming a source
+// disk or MAC the VM does not have, a template, a host in maintenance
+// mode, a disk outside snapshots (independent modes), a vCenter/ESXi
+// version pair that differs or is older than 5.0, and a KVM source whose
+// libvirt or QEMU is too old (checkKVMVersions). A VMware source never
 // synced is synced first when an agent can reach it; with resync, so is a
 // source whose inventory lacks a VM of the batch (made since the last
-// sync). Preview passes false: it writes nothing it need not.
-func (a *API) precheck(ctx context.Context, refs *batchRefs, jobs []*ferryv1.MigrationJob, resync bool) []string {
+// sync). Preview passes false: it writes nothing it need not. Syncs are
+// kept in syncs, for the caller to record.
+func (a *API) precheck(ctx context.Context, refs *batchRefs, jobs []*ferryv1.MigrationJob, resync bool, syncs *batchSyncs) []string {
 	var lines []string
 	src, srv := refs.source, refs.server
 	if srv.GetType() != src.GetType() {
@@ -33,26 +41,93 @@ func (a *API) precheck(ctx context.Context, refs *batchRefs, jobs []*ferryv1.Mig
 	for i, j := range jobs {
 		vms[i] = j.GetSourceVm()
 	}
-	inv, ok := a.ledger.SourceInventory(src.GetName())
+	inv, ok := syncs.inventory(src.GetName())
 	if (!ok && vmware || resync && ok && !hasVMs(inv, vms)) && a.inventory != nil && a.inventory.Connected(srv.GetHost()) {
 		// Never synced, or a VM made since the last sync: read it now.
-		if err := a.syncSource(ctx, src.GetName(), srv.GetName()); err != nil {
+		if err := syncs.sync(ctx, src.GetName(), srv.GetName()); err != nil {
 			a.log.Info("could not sync a source before creating jobs", "source", src.GetName(), "err", err)
 		}
-		inv, ok = a.ledger.SourceInventory(src.GetName())
+		inv, ok = syncs.inventory(src.GetName())
 	}
 	if !ok {
 		if vmware {
 			lines = append(lines, fmt.Sprintf("source %s was never synced%s, so its VMs cannot be checked; sync it first (ferryctl source sync)",
-				src.GetName(), lastError(src)))
+				src.GetName(), syncs.lastError(src)))
 		}
 		return lines
 	}
 	for i, j := range jobs {
-		lines = append(lines, checkSourceVM(fmt.Sprintf("jobs[%d]", i), j, inv, vmware)...)
+		p := fmt.Sprintf("jobs[%d]", i)
+		lines = append(lines, checkSourceVM(p, j, inv, vmware)...)
+		if src.GetType() == ferryv1.Platform_PLATFORM_KVM {
+			lines = append(lines, a.checkKVMVersions(p, j, inv)...)
+		}
 	}
 	return lines
 }
+
+// checkKVMVersions applies the agent's version rules (pkg/kvmver) to the
+// libvirt and QEMU versions of the KVM source's last sync: a migration
+// needs libvirt 1.2.9 and QEMU 1.1, the backup API (libvirt 6.0, QEMU
+// 4.2), and libvirt 1.2.16 when a source disk the job copies is an RBD
+// image or the target storage is Ceph. A version the sync did not record
+// (an inventory from an older agent) is left to the agent, which checks
+// again when the job starts.
+func (a *API) checkKVMVersions(p string, j *ferryv1.MigrationJob, inv *ferryv1.SourceInventory) []string {
+	lib, libOK := kvmver.Parse(inv.GetProduct().GetVersion())
+	qemu, qemuOK := kvmver.Parse(inv.GetProduct().GetQemuVersion())
+	if !libOK || !qemuOK {
+		return nil
+	}
+	var disks []*ferryv1.SourceDisk
+	if vm, _ := findInventoryVM(inv, j.GetSourceVm()); vm != nil {
+		p = fmt.Sprintf("%s (VM %s)", p, vm.GetName())
+		disks = vm.GetDisks()
+	}
+	copies := map[string]bool{}
+	for _, d := range j.GetTarget().GetDisks() {
+		copies[d.GetSourceDisk()] = true
+	}
+	ps, _ := a.ledger.PrimaryStorage(j.GetTarget().GetPrimaryStorage())
+	ceph := kvmver.CephReason(ps.GetType() == ferryv1.PrimaryStorageType_PRIMARY_STORAGE_TYPE_CEPH, disks,
+		func(target string) bool { return copies[target] })
+	var lines []string
+	for _, err := range []error{kvmver.Check(lib, qemu, ceph), kvmver.CheckBackup(lib, qemu)} {
+		if err == nil {
+			continue
+		}
+		for _, line := range strings.Split(err.Error(), "\n") {
+			line = strings.TrimPrefix(line, kvmver.ErrTooOld.Error()+": ")
+			lines = append(lines, fmt.Sprintf("%s: source %s: %s; upgrade the source host first", p, inv.GetSource(), line))
+		}
+	}
+	return lines
+}
+
+// checkVMsKnown is NOT_FOUND for the first job whose VM the synced
+// inventory of a VMware source does not list (precheck has synced it
+// when it could). A KVM inventory lists only running VMs, so there the
+// agent checks. Preview reports it as a pre-check line instead.
+func checkVMsKnown(refs *batchRefs, jobs []*ferryv1.MigrationJob, syncs *batchSyncs) error {
+	if refs.source.GetType() != ferryv1.Platform_PLATFORM_VMWARE {
+		return nil
+	}
+	inv, ok := syncs.inventory(refs.source.GetName())
+	if !ok {
+		return nil
+	}
+	for i, j := range jobs {
+		if vm, why := findInventoryVM(inv, j.GetSourceVm()); vm == nil && why == notInInventory {
+			return &fieldError{code: codes.NotFound, field: fmt.Sprintf("jobs[%d].source_vm", i), msg: sprintfClipped(
+				"VM %q is not in the inventory of %s synced at %s; sync the source first if the VM is new",
+				j.GetSourceVm(), inv.GetSource(), inv.GetSyncTime().AsTime().Format(time.RFC3339))}
+		}
+	}
+	return nil
+}
+
+// notInInventory is findInventoryVM's reason for a VM it does not know.
+const notInInventory = "is not"
 
 // checkSourceVM checks one job's VM against the inventory.
 func checkSourceVM(p string, j *ferryv1.MigrationJob, inv *ferryv1.SourceInventory, vmware bool) []string {
@@ -64,8 +139,8 @@ func checkSourceVM(p string, j *ferryv1.MigrationJob, inv *ferryv1.SourceInvento
 		return []string{fmt.Sprintf("%s: VM %q %s in the inventory of %s synced at %s; sync the source first if the VM is new",
 			p, j.GetSourceVm(), why, inv.GetSource(), inv.GetSyncTime().AsTime().Format("2006-01-02T15:04:05Z07:00"))}
 	}
+	lines := checkSpecAgainstVM(p, j, vm)
 	p = fmt.Sprintf("%s (VM %s, %s)", p, vm.GetName(), vm.GetId())
-	var lines []string
 	if vm.GetTemplate() {
 		lines = append(lines, p+": the VM is a template, which cannot be migrated; convert it to a VM first")
 	}
@@ -88,6 +163,39 @@ func checkSourceVM(p string, j *ferryv1.MigrationJob, inv *ferryv1.SourceInvento
 		lines = append(lines, checkVersions(p, inv.GetProduct(), host)...)
 	}
 	return lines
+}
+
+// checkSpecAgainstVM refuses a target disk or NIC naming a source disk or
+// source MAC the VM does not have: the agent would find out only once the
+// job runs, after the preview said the batch fits.
+func checkSpecAgainstVM(p string, j *ferryv1.MigrationJob, vm *ferryv1.SourceVm) []string {
+	var lines, disks, macs []string
+	for _, d := range vm.GetDisks() {
+		disks = append(disks, d.GetTarget())
+	}
+	for _, n := range vm.GetNics() {
+		macs = append(macs, strings.ToLower(n.GetMac()))
+	}
+	for k, d := range j.GetTarget().GetDisks() {
+		if !slices.Contains(disks, d.GetSourceDisk()) {
+			lines = append(lines, fmt.Sprintf("%s.target.disks[%d].source_disk: source VM %s has no disk %q (it has %s)",
+				p, k, vm.GetName(), d.GetSourceDisk(), listOrNone(disks)))
+		}
+	}
+	for k, n := range j.GetTarget().GetNics() {
+		if n.GetSourceMac() != "" && !slices.Contains(macs, strings.ToLower(n.GetSourceMac())) {
+			lines = append(lines, fmt.Sprintf("%s.target.nics[%d].source_mac: source VM %s has no NIC with MAC %s (it has %s)",
+				p, k, vm.GetName(), n.GetSourceMac(), listOrNone(macs)))
+		}
+	}
+	return lines
+}
+
+func listOrNone(items []string) string {
+	if len(items) == 0 {
+		return "none"
+	}
+	return strings.Join(items, ", ")
 }
 
 // hasVMs reports whether inv knows every VM of refs.
@@ -113,7 +221,7 @@ func findInventoryVM(inv *ferryv1.SourceInventory, ref string) (*ferryv1.SourceV
 	}
 	switch len(byName) {
 	case 0:
-		return nil, "is not"
+		return nil, notInInventory
 	case 1:
 		return byName[0], ""
 	}

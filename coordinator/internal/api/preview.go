@@ -28,7 +28,8 @@ func (s *jobService) PreviewMigrationJobs(ctx context.Context, req *ferryv1.Prev
 func (a *API) preview(ctx context.Context, p *ferryv1.PreviewMigrationJobsRequest) (*ferryv1.PreviewMigrationJobsResponse, error) {
 	req := &ferryv1.CreateMigrationJobsRequest{Source: p.GetSource(), MigrationServer: p.GetMigrationServer(),
 		Jobs: p.GetJobs(), NetworkMappingGroup: p.GetNetworkMappingGroup()}
-	req, err := a.fillBatch(ctx, req, false)
+	syncs := a.newBatchSyncs()
+	req, notes, err := a.fillBatch(ctx, req, false, syncs)
 	if err != nil {
 		return nil, err
 	}
@@ -45,7 +46,12 @@ func (a *API) preview(ctx context.Context, p *ferryv1.PreviewMigrationJobsReques
 			return nil, err
 		}
 	}
-	lines := a.precheck(ctx, refs, jobs, false)
+	lines := a.precheck(ctx, refs, jobs, false, syncs)
+	// A preview records the syncs it needed, as a sync would.
+	if err := syncs.record(ctx); err != nil {
+		return nil, err
+	}
+	notes = append(notes, a.keepSourceState(refs.source.GetName(), jobs)...)
 	// The allocator only reads the ledger; what it hands out here is what
 	// create would hand out if nothing changes in between.
 	if err := a.newAllocator(refs.networks).allocate(jobs); err != nil {
@@ -63,12 +69,12 @@ func (a *API) preview(ctx context.Context, p *ferryv1.PreviewMigrationJobsReques
 	for _, u := range usages {
 		fits = fits && (!u.GetKnown() || u.GetFits())
 	}
-	return &ferryv1.PreviewMigrationJobsResponse{Jobs: jobs, Usages: usages, FailedChecks: lines, Fits: fits}, nil
+	return &ferryv1.PreviewMigrationJobsResponse{Jobs: jobs, Usages: usages, FailedChecks: lines, Fits: fits, Notes: notes}, nil
 }
 
 // usages adds up what the batch takes of each cluster's CPUs and memory,
 // each primary storage's space and each L3 network's addresses, in the
-// order the batch first names them.
+// order the batch first names them, and of its migration server's cache.
 func (a *API) usages(refs *batchRefs, jobs []*ferryv1.MigrationJob) []*ferryv1.PreviewUsage {
 	var clusters, storages, networks []string
 	for _, j := range jobs {
@@ -97,7 +103,7 @@ func (a *API) usages(refs *batchRefs, jobs []*ferryv1.MigrationJob) []*ferryv1.P
 	for _, n := range networks {
 		out = append(out, a.addresses(refs.networks[n], jobs))
 	}
-	return out
+	return append(out, c.cache(jobs))
 }
 
 func appendNew(list []string, s string) []string {
@@ -119,7 +125,8 @@ func settle(u *ferryv1.PreviewUsage) *ferryv1.PreviewUsage {
 
 // addresses is what the batch takes of an L3 network's range: one address
 // per NIC, against the usable addresses of the range (not the gateway,
-// network or broadcast address) that no job holds.
+// network or broadcast address) that no job holds, no migrated VM keeps
+// (reservations) and no DHCP host entry of its libvirt network names.
 func (a *API) addresses(n *ferryv1.L3Network, jobs []*ferryv1.MigrationJob) *ferryv1.PreviewUsage {
 	u := &ferryv1.PreviewUsage{Kind: ferryv1.PreviewResourceKind_PREVIEW_RESOURCE_KIND_IP_ADDRESSES, Resource: n.GetName()}
 	for _, j := range jobs {
@@ -135,14 +142,23 @@ func (a *API) addresses(n *ferryv1.L3Network, jobs []*ferryv1.MigrationJob) *fer
 		u.Note = fmt.Sprintf("the range %s-%s of %s cannot be read", n.GetIpRangeStart(), n.GetIpRangeEnd(), n.GetName())
 		return settle(u)
 	}
-	held := 0
-	for ip := range a.ledger.UsedAddresses(n.GetName()) {
+	held, dhcp := 0, 0
+	used := a.ledger.UsedAddresses(n.GetName())
+	for ip := range used {
 		if a, ok := parseIP(ip); ok && r.contains(a) && r.usable(a) {
 			held++
 		}
 	}
-	u.Known, u.Available = true, size-int64(held)
-	u.Note = fmt.Sprintf("%d usable addresses in %s-%s, %d held by jobs", size, n.GetIpRangeStart(), n.GetIpRangeEnd(), held)
+	for ip := range a.newAllocator(map[string]*ferryv1.L3Network{n.GetName(): n}).dhcpHosts(n.GetName()) {
+		if _, ok := used[ip.String()]; !ok && r.contains(ip) && r.usable(ip) {
+			dhcp++
+		}
+	}
+	u.Known, u.Available = true, size-int64(held+dhcp)
+	u.Note = fmt.Sprintf("%d usable addresses in %s-%s, %d held by jobs or reserved for migrated VMs", size, n.GetIpRangeStart(), n.GetIpRangeEnd(), held)
+	if dhcp > 0 {
+		u.Note += fmt.Sprintf(", %d in DHCP host entries of libvirt network %s", dhcp, n.GetLibvirtNetwork())
+	}
 	return settle(u)
 }
 

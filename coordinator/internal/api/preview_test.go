@@ -15,7 +15,6 @@ import (
 	"github.com/ferry-v2v/ferry/agent/agenttest"
 	"github.com/ferry-v2v/ferry/coordinator/internal/testcluster"
 	ferryv1 "github.com/ferry-v2v/ferry/pkg/pb/ferry/v1"
-	"github.com/ferry-v2v/ferry/pkg/tlsutil"
 )
 
 // previewWorld is a vmwareWorld with a target cluster c1 of two agents
@@ -47,10 +46,6 @@ func newPreviewWorld(t *testing.T) *previewWorld {
 		Bridge: "br0", IpRangeStart: "10.0.0.10", IpRangeEnd: "10.0.0.14", Gateway: "10.0.0.1", PrefixLength: 24}}); err != nil {
 		t.Fatal(err)
 	}
-	creds, err := tlsutil.ClientCredentialsFromDir(w.c.TLSDir, tlsutil.RoleAgent)
-	if err != nil {
-		t.Fatal(err)
-	}
 	var addrs []string
 	for _, n := range w.c.Nodes() {
 		addrs = append(addrs, n.Addr())
@@ -59,7 +54,7 @@ func newPreviewWorld(t *testing.T) *previewWorld {
 		"kvm-a": {Cpus: 4, MemoryBytes: 2 << 30, MemoryAvailableBytes: 1 << 30},
 		"kvm-b": {Cpus: 2, MemoryBytes: 1 << 30, MemoryAvailableBytes: 512 << 20},
 	} {
-		agenttest.Start(t, agenttest.Options{Coordinators: addrs, HostName: name, Cluster: "c1", Credentials: creds, Facts: f,
+		agenttest.Start(t, agenttest.Options{Coordinators: addrs, HostName: name, Cluster: "c1", Credentials: w.c.AgentCredentials(name), Facts: f,
 			Logger: testcluster.Logger(t)})
 	}
 	testcluster.Eventually(t, 15*time.Second, "the first sync is recorded", func() bool {
@@ -166,6 +161,22 @@ func TestPreviewMigrationJobs(t *testing.T) {
 	if d := measured - freeBytes(t, w.nfs); d > 1<<30 || d < -1<<30 {
 		t.Errorf("the agents report %d bytes free in %s; statfs says %d", measured, w.nfs, measured-d)
 	}
+	// The server's host measures the server's cache_path, which it learns
+	// from the coordinator.
+	srv, err := w.cl.MigrationServers().GetMigrationServer(ctx, &ferryv1.GetMigrationServerRequest{Name: w.server})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cachePath := srv.GetMigrationServer().GetCachePath()
+	var cache *ferryv1.PreviewUsage
+	testcluster.Eventually(t, 15*time.Second, "the server's host reports its cache path's space", func() bool {
+		resp, err := w.preview(ctx, w.spec("DC0_H0_VM0", 1, 64<<20, 1<<20, 1))
+		cache = usageOf(t, resp, ferryv1.PreviewResourceKind_PREVIEW_RESOURCE_KIND_CACHE_BYTES, w.server)
+		return err == nil && cache.GetKnown()
+	})
+	if d := cache.GetAvailable() - freeBytes(t, cachePath); cache.GetRequested() != 1<<20 || d > 1<<30 || d < -1<<30 {
+		t.Errorf("cache usage %v; statfs says %d bytes free at %s", cache, cache.GetAvailable()-d, cachePath)
+	}
 	// One job queued (its server disabled) holds 1 vCPU, 128 MiB, 1 GiB
 	// and the address 10.0.0.10.
 	if _, err := w.cl.MigrationServers().DisableMigrationServer(ctx, &ferryv1.DisableMigrationServerRequest{Name: w.server}); err != nil {
@@ -241,7 +252,7 @@ func TestPreviewMigrationJobs(t *testing.T) {
 	if err := vm.Properties(ctx, vm.Reference(), []string{"config.hardware"}, &mo); err != nil {
 		t.Fatal(err)
 	}
-	resp, err := w.preview(ctx, w.spec("DC0_H0_VM0", 0, 0, 1<<30, 1))
+	resp, err = w.preview(ctx, w.spec("DC0_H0_VM0", 0, 0, 1<<30, 1))
 	if err != nil {
 		t.Fatal(err)
 	}

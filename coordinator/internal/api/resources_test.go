@@ -1,6 +1,8 @@
 package api
 
 import (
+	"crypto/sha256"
+	"encoding/hex"
 	"fmt"
 	"strings"
 	"testing"
@@ -70,6 +72,12 @@ func TestCredentialSecretNeverReturned(t *testing.T) {
 	}
 	if len(created.GetFingerprint()) != 16 || created.GetFingerprint() != got.GetFingerprint() || created.GetCreateTime() == nil {
 		t.Fatalf("fingerprint %q / %q, create time %v", created.GetFingerprint(), got.GetFingerprint(), created.GetCreateTime())
+	}
+	// Keyed from the seal key: not the unkeyed SHA-256 anyone could test
+	// guesses against.
+	if sum := sha256.Sum256([]byte(secret)); created.GetFingerprint() == hex.EncodeToString(sum[:])[:16] ||
+		created.GetFingerprint() != e.sealer.Fingerprint([]byte(secret)) {
+		t.Fatalf("fingerprint %q is not the seal-keyed HMAC of the secret", created.GetFingerprint())
 	}
 	sealed, _ := e.ledger.Credential("credentials/root")
 	if sealed.GetCredential().GetSecret() != "" || strings.Contains(string(sealed.GetSealedSecret()), secret) {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"net/netip"
+	"path/filepath"
 	"strings"
 
 	"google.golang.org/grpc/codes"
@@ -67,7 +68,7 @@ func (s *serverService) validate(req *ferryv1.CreateMigrationServerRequest, in *
 	checkText(c, "migration_server.display_name", ms.DisplayName, maxDisplayName)
 	checkRef(c, "migration_server.host", ms.Host, colHosts)
 	checkEnum(c, "migration_server.type", ms.Type, true)
-	checkAbsPath(c, "migration_server.cache_path", ms.CachePath, "the cache directory on the host")
+	checkCachePath(c, "migration_server.cache_path", ms.CachePath)
 	if cidr := in.GetMigrationCidr(); cidr != "" {
 		p, err := netip.ParsePrefix(cidr)
 		if err != nil {
@@ -186,4 +187,39 @@ func (s *serverService) setBandwidth(ctx context.Context, req *ferryv1.SetMigrat
 	}
 	_, err := s.a.propose(ctx, &ledgerv1.Command{Op: &ledgerv1.Command_SetMigrationServerBandwidth{SetMigrationServerBandwidth: set}})
 	return s.read(req.GetName(), err)
+}
+
+// systemDirs are directories a cache must never be: the agent makes and
+// reclaims job directories under the cache path. Below the virtual file
+// systems (/proc, /sys, /dev) nothing may be a cache either.
+var systemDirs = map[string]bool{
+	"/": true, "/bin": true, "/boot": true, "/dev": true, "/etc": true, "/home": true,
+	"/lib": true, "/lib32": true, "/lib64": true, "/libx32": true, "/media": true, "/mnt": true,
+	"/opt": true, "/proc": true, "/root": true, "/run": true, "/sbin": true, "/srv": true,
+	"/sys": true, "/tmp": true, "/usr": true, "/var": true,
+	"/usr/bin": true, "/usr/lib": true, "/usr/lib64": true, "/usr/local": true, "/usr/sbin": true, "/usr/share": true,
+	"/var/cache": true, "/var/lib": true, "/var/log": true, "/var/run": true, "/var/tmp": true,
+}
+
+// checkCachePath requires an absolute, clean path that is not a system
+// directory.
+func checkCachePath(c *checker, field, p string) {
+	n := len(c.v)
+	checkAbsPath(c, field, p, "the cache directory on the host")
+	if len(c.v) > n {
+		return
+	}
+	clean := filepath.Clean(p)
+	if systemDirs[clean] || underAny(clean, "/proc", "/sys", "/dev") {
+		c.add(field, "%q is a system directory; give a directory of Ferry's own, such as /var/cache/ferry", p)
+	}
+}
+
+func underAny(p string, dirs ...string) bool {
+	for _, d := range dirs {
+		if strings.HasPrefix(p, d+"/") {
+			return true
+		}
+	}
+	return false
 }

@@ -67,29 +67,38 @@ func (s *sourceService) syncSource(ctx context.Context, req *ferryv1.SyncSourceR
 // agent's reason when reading failed (FAILED_PRECONDITION, returned as
 // well). An agent that is not reachable records nothing.
 func (a *API) syncSource(ctx context.Context, name, serverName string) error {
-	if a.inventory == nil {
-		return status.Error(codes.Unimplemented, "this coordinator has no agent sessions to sync sources through")
-	}
-	src, ok := a.ledger.Source(name)
-	if !ok {
-		return notFound("name", name)
-	}
-	server, err := a.pickInventoryServer(src, serverName)
-	if err != nil {
-		return err
-	}
-	inv, syncErr := a.inventory.SourceInventory(ctx, src, server)
-	rec := &ledgerv1.RecordSourceSync{Source: name, Inventory: inv}
-	if syncErr != nil {
-		if status.Code(syncErr) != codes.FailedPrecondition {
-			return syncErr
-		}
-		rec = &ledgerv1.RecordSourceSync{Source: name, Error: status.Convert(syncErr).Message()}
+	rec, syncErr := a.readSourceSync(ctx, name, serverName)
+	if rec == nil {
+		return syncErr
 	}
 	if _, err := a.propose(ctx, &ledgerv1.Command{Op: &ledgerv1.Command_RecordSourceSync{RecordSourceSync: rec}}); err != nil {
 		return err
 	}
 	return syncErr
+}
+
+// readSourceSync is syncSource without the recording: the record to
+// write, nil when there is nothing to record, and the sync's error.
+func (a *API) readSourceSync(ctx context.Context, name, serverName string) (*ledgerv1.RecordSourceSync, error) {
+	if a.inventory == nil {
+		return nil, status.Error(codes.Unimplemented, "this coordinator has no agent sessions to sync sources through")
+	}
+	src, ok := a.ledger.Source(name)
+	if !ok {
+		return nil, notFound("name", name)
+	}
+	server, err := a.pickInventoryServer(src, serverName)
+	if err != nil {
+		return nil, err
+	}
+	inv, syncErr := a.inventory.SourceInventory(ctx, src, server)
+	if syncErr != nil {
+		if status.Code(syncErr) != codes.FailedPrecondition {
+			return nil, syncErr
+		}
+		return &ledgerv1.RecordSourceSync{Source: name, Error: status.Convert(syncErr).Message()}, syncErr
+	}
+	return &ledgerv1.RecordSourceSync{Source: name, Inventory: inv}, nil
 }
 
 // pickInventoryServer returns the named server after checking it can
@@ -118,14 +127,14 @@ func (a *API) pickInventoryServer(src *ferryv1.Source, name string) (*ferryv1.Mi
 		platformName(src.GetType()), src.GetName())
 }
 
-// RunInventorySync syncs, while this node leads, every source whose last
-// sync is older than the inventory_sync_interval setting (or that was
-// never synced, such as a source just created) through any enabled,
-// connected migration server of its type. It returns when ctx ends, after
-// the syncs it started.
-func (a *API) RunInventorySync(ctx context.Context) error {
+// LeadInventorySync syncs, for one leadership term (see package leader),
+// every source whose last sync is older than the inventory_sync_interval
+// setting (or that was never synced, such as a source just created)
+// through any enabled, connected migration server of its type. It
+// returns when ctx ends, after the syncs it started.
+func (a *API) LeadInventorySync(ctx context.Context) {
 	if a.inventory == nil {
-		return nil
+		return
 	}
 	tick := time.NewTicker(syncTick)
 	defer tick.Stop()
@@ -133,13 +142,11 @@ func (a *API) RunInventorySync(ctx context.Context) error {
 	for {
 		select {
 		case <-ctx.Done():
-			return nil
+			return
 		case <-tick.C:
 		case <-a.sync.kick:
 		}
-		if a.proposer.IsLeader() {
-			a.syncDue(ctx)
-		}
+		a.syncDue(ctx)
 	}
 }
 

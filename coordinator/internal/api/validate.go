@@ -1,6 +1,7 @@
 package api
 
 import (
+	"errors"
 	"net"
 	"net/netip"
 	"path"
@@ -136,7 +137,11 @@ func bandwidthLimit(c *checker, field, s string) (bps int64, canonical string) {
 	}
 	bps, canonical, err := bandwidth.Parse(s)
 	if err != nil {
-		c.add(field, "%v (e.g. 500Mbps; empty for unlimited)", err)
+		why := bandwidth.ErrSyntax // the error quotes s whole; quote it clipped
+		if errors.Is(err, bandwidth.ErrRange) {
+			why = bandwidth.ErrRange
+		}
+		c.add(field, "%q %v (e.g. 500Mbps; empty for unlimited)", s, why)
 	}
 	return bps, canonical
 }

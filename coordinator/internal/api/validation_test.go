@@ -153,10 +153,14 @@ func TestJobSpecBadInputs(t *testing.T) { runBadInputs(t, jobSpecBadInputs) }
 func runBadInputs(t *testing.T, cases []badInput) {
 	e := newEnv(t, true)
 	e.seed()
+	runBadInputsOn(t, e, cases)
+}
+
+func runBadInputsOn(t *testing.T, e *env, cases []badInput) {
 	c := ctx(t)
 	e.queuedJob("migrationJobs/queued", "10.0.0.9")
 	must[*ferryv1.CreateClusterResponse](t)(e.inv.CreateCluster(c, &ferryv1.CreateClusterRequest{Cluster: &ferryv1.Cluster{}, RequestId: "cluster-req"}))
-	before := e.ledger.Snapshot()
+	before, applied := e.ledger.Snapshot(), e.raft.Stats().AppliedIndex
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
 			err := tc.call(c, e)
@@ -168,6 +172,9 @@ func runBadInputs(t *testing.T, cases []badInput) {
 	}
 	if !proto.Equal(before, e.ledger.Snapshot()) {
 		t.Fatal("a refused request changed the ledger")
+	}
+	if now := e.raft.Stats().AppliedIndex; now != applied {
+		t.Fatalf("refused requests moved the applied index from %d to %d", applied, now)
 	}
 }
 

@@ -12,11 +12,12 @@ import (
 	"github.com/vmware/govmomi/vim25/types"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
 
 	"github.com/ferry-v2v/ferry/agent/agenttest"
+	"github.com/ferry-v2v/ferry/coordinator/internal/ledger"
 	"github.com/ferry-v2v/ferry/coordinator/internal/testcluster"
 	ferryv1 "github.com/ferry-v2v/ferry/pkg/pb/ferry/v1"
-	"github.com/ferry-v2v/ferry/pkg/tlsutil"
 )
 
 // seedTarget creates a target cluster with NFS storage and a network.
@@ -78,7 +79,7 @@ func TestVMwarePrechecks(t *testing.T) {
 	w := newVMwareWorld(t, 1, nil)
 	ctx := testcluster.Ctx(t, 90*time.Second)
 	w.seedTarget(ctx)
-	creds, _ := tlsutil.ClientCredentialsFromDir(w.c.TLSDir, tlsutil.RoleAgent)
+	creds := w.c.AgentCredentials("kvm1")
 	agenttest.Start(t, agenttest.Options{Coordinators: []string{w.c.Nodes()[0].Addr()}, HostName: "kvm1", Credentials: creds})
 	testcluster.Eventually(t, 10*time.Second, "the kvm agent registers", func() bool {
 		_, err := w.cl.Inventory().GetHost(ctx, &ferryv1.GetHostRequest{Name: "hosts/kvm1"})
@@ -100,12 +101,31 @@ func TestVMwarePrechecks(t *testing.T) {
 		}
 	}
 	backing := disk.(*types.VirtualDisk).Backing.(*types.VirtualDiskFlatVer2BackingInfo)
+
+	// A full spec for a VM the synced inventory lacks is NOT_FOUND. The
+	// create syncs the source again to look for it, but being refused,
+	// records nothing: the applied index stays where it was.
+	// (Agents' host facts may be refreshed meanwhile, so the ledger is
+	// compared where the create would write: the source's sync record and
+	// the jobs.)
+	leader := w.c.Leader(5 * time.Second).Server
+	srcBefore, _ := leader.Ledger().Source("sources/vc")
+	err := w.create(ctx, w.server, "vm-9999")
+	if msg := status.Convert(err).Message(); status.Code(err) != codes.NotFound ||
+		!strings.HasPrefix(msg, `jobs[0].source_vm: VM "vm-9999" is not in the inventory of sources/vc synced at `) {
+		t.Fatalf("create for an unknown VM: %v; want NOT_FOUND naming jobs[0].source_vm", err)
+	}
+	if srcAfter, _ := leader.Ledger().Source("sources/vc"); !proto.Equal(srcBefore, srcAfter) {
+		t.Fatalf("a refused create recorded a sync of the source: %v, then %v", srcBefore, srcAfter)
+	}
+	if jobs := leader.Ledger().Jobs(ledger.JobFilter{}); len(jobs) != 0 {
+		t.Fatalf("a refused create left %d jobs", len(jobs))
+	}
 	for _, tc := range []struct {
 		name, server, vm string
 		setup, undo      func()
 		want             []string
 	}{
-		{"unknown VM", w.server, "vm-9999", nil, nil, []string{`jobs[0]: VM "vm-9999" is not in the inventory of sources/vc`}},
 		{"template", w.server, w.vmID("DC0_H0_VM1"), func() {
 			if task, err := tmpl.PowerOff(ctx); err != nil || task.Wait(ctx) != nil {
 				t.Fatal("power off", err)

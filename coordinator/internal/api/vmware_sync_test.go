@@ -20,7 +20,6 @@ import (
 	"github.com/ferry-v2v/ferry/coordinator/internal/testcluster"
 	"github.com/ferry-v2v/ferry/pkg/client"
 	ferryv1 "github.com/ferry-v2v/ferry/pkg/pb/ferry/v1"
-	"github.com/ferry-v2v/ferry/pkg/tlsutil"
 )
 
 // vmwareWorld is a coordinator cluster, a vcsim vCenter registered as a
@@ -52,10 +51,7 @@ func newVMwareWorld(t *testing.T, nodes int, tweak func(*agenttest.VCSim)) *vmwa
 	}
 	t.Cleanup(func() { _ = cl.Close() })
 	w.cl = cl
-	creds, err := tlsutil.ClientCredentialsFromDir(w.c.TLSDir, tlsutil.RoleAgent)
-	if err != nil {
-		t.Fatal(err)
-	}
+	creds := w.c.AgentCredentials("vmw1")
 	w.agent = agenttest.Start(t, agenttest.Options{Coordinators: addrs, HostName: "vmw1", Credentials: creds, VMware: true,
 		Logger: testcluster.Logger(t)})
 	ctx := testcluster.Ctx(t, 30*time.Second)

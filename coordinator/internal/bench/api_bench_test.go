@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ferry-v2v/ferry/coordinator/internal/consensus"
 	"github.com/ferry-v2v/ferry/coordinator/internal/testcluster"
 	ledgerv1 "github.com/ferry-v2v/ferry/pkg/pb/ferry/ledger/v1"
 	ferryv1 "github.com/ferry-v2v/ferry/pkg/pb/ferry/v1"
@@ -34,7 +35,7 @@ func BenchmarkCreateMigrationJobs50(b *testing.B) {
 	api := newAPI(c.Dial(leader.Addr()))
 	seedInventory(b, api)
 	ctx := testcluster.Ctx(b, 5*time.Minute)
-	if err := registerHost(ctx, c.DialAgent(leader.Addr()), "bench-host"); err != nil {
+	if err := registerHost(ctx, c.DialAgent(leader.Addr(), "bench-host"), "bench-host"); err != nil {
 		b.Fatal(err)
 	}
 	if err := createServer(ctx, api, "migrationServers/bench", "hosts/bench-host"); err != nil {
@@ -88,8 +89,11 @@ func reportLatency(b *testing.B, samples []time.Duration) {
 // stores, from 64 concurrent writers for a fixed time. "api" goes through
 // the whole server: CreateCluster over gRPC with mutual TLS, validation,
 // Raft, the FSM and the read-back. "propose" calls the leader's
-// consensus.Node.Propose in-process with the same PutCluster command.
-// Goal: at least 2,000 commands/s.
+// consensus.Node.Propose in-process with the same PutCluster command,
+// Raft over mutual TLS as every TLS install runs it; "propose-plain-raft"
+// does the same on a cluster run with --insecure (Raft over plain TCP),
+// for the cost of TLS. Goal: at least 2,000 commands/s, and TLS less than
+// 10 % slower than plain TCP.
 func BenchmarkLedgerWriteThroughput(b *testing.B) {
 	c := startCluster(b, 3)
 	leader := c.Leader(10 * time.Second)
@@ -102,14 +106,18 @@ func BenchmarkLedgerWriteThroughput(b *testing.B) {
 			return err
 		})
 	})
-	b.Run("propose", func(b *testing.B) {
-		node := leader.Server.Node()
-		measureWrites(b, "PutCluster via Node.Propose", func(ctx context.Context) error {
-			cl := &ferryv1.Cluster{Name: fmt.Sprintf("clusters/p%d", seq.Add(1))}
-			_, err := node.Propose(ctx, &ledgerv1.Command{Op: &ledgerv1.Command_PutCluster{PutCluster: &ledgerv1.PutCluster{Cluster: cl}}})
-			return err
-		})
-	})
+	propose := func(node *consensus.Node, what string) func(*testing.B) {
+		return func(b *testing.B) {
+			measureWrites(b, what, func(ctx context.Context) error {
+				cl := &ferryv1.Cluster{Name: fmt.Sprintf("clusters/p%d", seq.Add(1))}
+				_, err := node.Propose(ctx, &ledgerv1.Command{Op: &ledgerv1.Command_PutCluster{PutCluster: &ledgerv1.PutCluster{Cluster: cl}}})
+				return err
+			})
+		}
+	}
+	b.Run("propose", propose(leader.Server.Node(), "PutCluster via Node.Propose, Raft over mutual TLS"))
+	plain := startClusterWith(b, 3, func(c *testcluster.Cluster) { c.Insecure = true })
+	b.Run("propose-plain-raft", propose(plain.Leader(10*time.Second).Server.Node(), "PutCluster via Node.Propose, Raft over plain TCP (--insecure)"))
 }
 
 // measureWrites runs write from writers goroutines for writeFor and

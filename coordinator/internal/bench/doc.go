@@ -5,7 +5,8 @@
 // directory, through the public API and AgentService.Connect.
 //
 //	BenchmarkCreateMigrationJobs50  p50/p99 of a 50-VM CreateMigrationJobs on a three-node cluster
-//	BenchmarkLedgerWriteThroughput  committed commands/s with 64 concurrent writers
+//	BenchmarkCreateMigrationJobs50Authz  the same through a follower, with and without authorization, side by side
+//	BenchmarkLedgerWriteThroughput  committed commands/s with 64 concurrent writers (Raft over TLS and plain TCP)
 //	BenchmarkAgentSessions200       coordinator CPU with 200 agents running 5 jobs each
 //	BenchmarkMemory                 RSS of a coordinator holding 10,000 jobs, and of an idle agent
 //

@@ -49,6 +49,8 @@ func newFakeAgent(host string, cacheBytes int64) *fakeAgent {
 		host: host,
 		facts: &ferryv1.HostFacts{Cpus: 32, MemoryBytes: 256 * gib, LibvirtVersion: "9.0.0", QemuVersion: "7.2.0",
 			CacheTotalBytes: cacheBytes, CacheFreeBytes: cacheBytes,
+			// The cache_path of the fixture's servers, which admission reads.
+			Storages:   []*ferryv1.StorageSpace{{Path: "/var/cache/ferry", TotalBytes: cacheBytes, FreeBytes: cacheBytes}},
 			Interfaces: []*ferryv1.NetworkInterface{{Name: "eth0", Addresses: []string{"192.0.2.100/24"}}}},
 		welcomed: make(chan struct{}),
 		jobs:     map[string]*heldJob{},

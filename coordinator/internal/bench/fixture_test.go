@@ -150,8 +150,18 @@ func countJobs(ctx context.Context, api *apiClients, state ferryv1.MigrationJobS
 // so election chatter does not bury the figures.
 func startCluster(b *testing.B, n int) *testcluster.Cluster {
 	b.Helper()
+	return startClusterWith(b, n, nil)
+}
+
+// startClusterWith is startCluster with the cluster tuned before its
+// nodes start.
+func startClusterWith(b *testing.B, n int, tune func(*testcluster.Cluster)) *testcluster.Cluster {
+	b.Helper()
 	c := testcluster.New(b)
 	c.Log = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelError}))
+	if tune != nil {
+		tune(c)
+	}
 	for range n {
 		c.AddNode()
 	}

@@ -24,7 +24,7 @@ const (
 func BenchmarkMemory(b *testing.B) {
 	bin := buildBinaries(b)
 	co := startCoordinator(b, bin)
-	api := newAPI(co.dial(b, tlsutil.RoleClient))
+	api := newAPI(co.dial(b))
 	seedInventory(b, api)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
 	defer cancel()
@@ -43,7 +43,7 @@ func BenchmarkMemory(b *testing.B) {
 	b.Run("idle-agent", func(b *testing.B) {
 		agent := startProcess(b, "ferry-agent", filepath.Join(bin, "ferry-agent"),
 			"--coordinator", co.addr, "--host-name", "idle-agent", "--data-dir", filepath.Join(b.TempDir(), "agent"),
-			"--tls-dir", co.tlsDir, "--log-level", "warn")
+			"--tls-dir", co.issue(b, tlsutil.Identity{Role: tlsutil.RoleIDAgent, Name: "idle-agent"}), "--log-level", "warn")
 		waitFor(b, 30*time.Second, "ferry-agent to connect (log "+agent.log+")", func() bool {
 			resp, err := api.inv.GetHost(ctx, &ferryv1.GetHostRequest{Name: "hosts/idle-agent"})
 			return err == nil && resp.GetHost().GetConnected()
@@ -57,7 +57,7 @@ func BenchmarkMemory(b *testing.B) {
 // server that is disabled so none starts.
 func fillLedger(ctx context.Context, b *testing.B, co *coordinator, api *apiClients) {
 	b.Helper()
-	if err := registerHost(ctx, co.dial(b, tlsutil.RoleAgent), "mem-host"); err != nil {
+	if err := registerHost(ctx, co.dialAgent(b, "mem-host"), "mem-host"); err != nil {
 		b.Fatal(err)
 	}
 	if err := createServer(ctx, api, "migrationServers/mem", "hosts/mem-host"); err != nil {

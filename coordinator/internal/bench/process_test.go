@@ -107,14 +107,37 @@ func startCoordinator(b *testing.B, binDir string) *coordinator {
 		}
 		return c.addr != ""
 	})
-	waitLeader(b, newAPI(c.dial(b, tlsutil.RoleClient)), 30*time.Second)
+	waitLeader(b, newAPI(c.dial(b)), 30*time.Second)
 	return c
 }
 
-// dial connects to the coordinator with the certificate of role.
-func (c *coordinator) dial(b *testing.B, role string) *grpc.ClientConn {
+// dial connects to the coordinator with the operator certificate.
+func (c *coordinator) dial(b *testing.B) *grpc.ClientConn {
 	b.Helper()
-	creds, err := tlsutil.ClientCredentialsFromDir(c.tlsDir, role)
+	return c.dialAs(b, tlsutil.DefaultOperator)
+}
+
+// dialAgent connects to the coordinator as host's agent (its certificate
+// issued on first use).
+func (c *coordinator) dialAgent(b *testing.B, host string) *grpc.ClientConn {
+	b.Helper()
+	return c.dialAs(b, tlsutil.Identity{Role: tlsutil.RoleIDAgent, Name: host})
+}
+
+// issue makes (once) a certificate for id and returns its directory.
+func (c *coordinator) issue(b *testing.B, id tlsutil.Identity) string {
+	b.Helper()
+	dir, _, err := tlsutil.Issue(c.tlsDir, id, tlsutil.Options{})
+	if err != nil {
+		b.Fatal(err)
+	}
+	return dir
+}
+
+func (c *coordinator) dialAs(b *testing.B, id tlsutil.Identity) *grpc.ClientConn {
+	b.Helper()
+	dir := c.issue(b, id)
+	creds, err := tlsutil.ClientCredentialsFromDir(dir, tlsutil.PairName(id.Role))
 	if err != nil {
 		b.Fatal(err)
 	}

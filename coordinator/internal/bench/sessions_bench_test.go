@@ -11,7 +11,6 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	ferryv1 "github.com/ferry-v2v/ferry/pkg/pb/ferry/v1"
-	"github.com/ferry-v2v/ferry/pkg/tlsutil"
 )
 
 const (
@@ -31,7 +30,7 @@ const (
 // from /proc) is measured over cpuWindow. Goal: under half a core.
 func BenchmarkAgentSessions200(b *testing.B) {
 	co := startCoordinator(b, buildBinaries(b))
-	api := newAPI(co.dial(b, tlsutil.RoleClient))
+	api := newAPI(co.dial(b))
 	seedInventory(b, api)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
 	defer cancel()
@@ -108,7 +107,7 @@ func startAgents(ctx context.Context, b *testing.B, co *coordinator, n int) ([]*
 	for i := range agents {
 		a := newFakeAgent(fmt.Sprintf("agent-%03d", i), 4<<40)
 		agents[i] = a
-		conn := co.dial(b, tlsutil.RoleAgent)
+		conn := co.dialAgent(b, fmt.Sprintf("agent-%03d", i))
 		wg.Go(func() {
 			if err := a.run(ctx, conn); err != nil {
 				mu.Lock()

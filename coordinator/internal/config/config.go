@@ -44,8 +44,13 @@ type Config struct {
 	// Join lists API addresses of existing members. With none, the node
 	// bootstraps a one-node cluster (the embedded default).
 	Join []string
-	// Insecure serves plaintext gRPC. Only for trying things out.
+	// Insecure serves plaintext gRPC. Only for trying things out: without
+	// certificates there are no identities, so every caller may do
+	// everything and an agent may say hello as any host.
 	Insecure bool
+	// AuthorizationOff serves TLS without authorizing calls by role. No flag
+	// sets it: benchmarks use it to measure what authorization costs.
+	AuthorizationOff bool
 	// TLSDir is a PKI directory (ferry-coordinator tls init); default
 	// DataDir/tls, created on first start.
 	TLSDir string

@@ -12,9 +12,12 @@ import (
 )
 
 // TestClusterFailoverAndCatchUp runs three real nodes, kills the leader
-// under load, restarts it, and joins a fourth node through a snapshot.
+// under load, restarts it, and joins a fourth node through a snapshot,
+// with Raft over mutual TLS as a TLS install runs it.
 func TestClusterFailoverAndCatchUp(t *testing.T) {
+	peer := testPeerTLS(t)
 	h := newHarness(t, slog.LevelInfo, func(c *Config) {
+		c.TLS = peer
 		c.TrailingLogs = 16           // compact hard on Snapshot()
 		c.SnapshotThreshold = 1 << 20 // but only when the test asks
 	})

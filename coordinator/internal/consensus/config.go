@@ -56,6 +56,10 @@ type Config struct {
 	// or stale. When nil, only this node's own address can be resolved
 	// and the leader does not record itself.
 	NodeLookup func(id string) (*ledgerv1.Node, bool)
+	// TLS runs Raft over mutual TLS with this coordinator's certificate
+	// and the cluster's CA; both ends must present a coordinator
+	// certificate. Nil means plain TCP, for --insecure only.
+	TLS *PeerTLS
 	// Logger receives this node's and Raft's logs. Nil discards them.
 	Logger *slog.Logger
 

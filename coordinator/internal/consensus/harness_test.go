@@ -15,6 +15,7 @@ import (
 	"github.com/ferry-v2v/ferry/coordinator/internal/ledger"
 	ledgerv1 "github.com/ferry-v2v/ferry/pkg/pb/ferry/ledger/v1"
 	ferryv1 "github.com/ferry-v2v/ferry/pkg/pb/ferry/v1"
+	"github.com/ferry-v2v/ferry/pkg/tlsutil"
 )
 
 // testLogWriter sends log lines to t until the test's cleanups finish;
@@ -110,6 +111,21 @@ func (h *harness) open(m *member, bootstrap bool) {
 			h.t.Errorf("shut down %s: %v", m.id, err)
 		}
 	})
+}
+
+// testPeerTLS makes a PKI with tlsutil.InitPKI and returns its
+// coordinator pair and CA for Raft over mutual TLS.
+func testPeerTLS(t testing.TB) *PeerTLS {
+	t.Helper()
+	dir := filepath.Join(t.TempDir(), "tls")
+	if err := tlsutil.InitPKI(dir, tlsutil.Options{}); err != nil {
+		t.Fatal(err)
+	}
+	tc, err := tlsutil.ServerConfig(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &PeerTLS{Certificate: tc.Certificates[0], CA: tc.ClientCAs}
 }
 
 // waitFor polls cond until it holds or the timeout passes.

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 
 	"github.com/hashicorp/raft"
 )
@@ -17,13 +18,29 @@ type Member struct {
 	Leader   bool
 }
 
+// ErrUnknownMember means a membership change named an id that is not in
+// the Raft configuration.
+var ErrUnknownMember = errors.New("not a member of the raft configuration")
+
 // AddVoter adds (or re-addresses) a voting member. Only the leader can
 // change membership; elsewhere it fails with ErrNotLeader. The joining
-// node must already be running (Open without Bootstrap). Recording its
-// API address in the ledger (PutNode) is the caller's business.
+// node must already be running (Open without Bootstrap): AddVoter first
+// dials raftAddr and, over TLS, checks that it presents a coordinator
+// certificate and speaks Raft (ALPN), and fails with a PeerError
+// (ErrPeerUnverified) otherwise, so that a voter that can never answer
+// does not cost the cluster its quorum. Over plain TCP (--insecure) it
+// only checks that something listens.
+// Recording its API address in the ledger (PutNode) is the caller's
+// business.
 func (n *Node) AddVoter(ctx context.Context, id, raftAddr string) error {
 	if id == "" || raftAddr == "" {
 		return errors.New("add voter: id and raft address are required")
+	}
+	if !n.IsLeader() {
+		return fmt.Errorf("add voter %s: %w", id, n.mapErr(raft.ErrNotLeader))
+	}
+	if err := n.stream.probe(ctx, raftAddr); err != nil {
+		return fmt.Errorf("add voter %s: %w", id, err)
 	}
 	timeout, err := n.timeout(ctx)
 	if err != nil {
@@ -40,11 +57,22 @@ func (n *Node) AddVoter(ctx context.Context, id, raftAddr string) error {
 }
 
 // RemoveVoter removes a member from the configuration. Only the leader can
-// change membership. Removing an unknown id is not an error. A leader that
-// removes itself steps down and shuts its Raft down.
+// change membership. An id that is not in the configuration fails with
+// ErrUnknownMember and writes nothing. A leader that removes itself steps
+// down and shuts its Raft down.
 func (n *Node) RemoveVoter(ctx context.Context, id string) error {
 	if id == "" {
 		return errors.New("remove voter: id is required")
+	}
+	if !n.IsLeader() {
+		return fmt.Errorf("remove voter %s: %w", id, n.mapErr(raft.ErrNotLeader))
+	}
+	members, err := n.Members()
+	if err != nil {
+		return fmt.Errorf("remove voter %s: %w", id, err)
+	}
+	if !slices.ContainsFunc(members, func(m Member) bool { return m.ID == id }) {
+		return fmt.Errorf("remove voter %s: %w", id, ErrUnknownMember)
 	}
 	timeout, err := n.timeout(ctx)
 	if err != nil {

@@ -39,7 +39,9 @@ type Node struct {
 	log   *slog.Logger
 	raft  *raft.Raft
 	trans *raft.NetworkTransport
-	store *raftboltdb.BoltStore
+	// stream is trans's stream layer; AddVoter probes new members with it.
+	stream *streamLayer
+	store  *raftboltdb.BoltStore
 
 	notifyCh chan bool
 	ctx      context.Context // cancelled by Shutdown
@@ -122,7 +124,7 @@ func (n *Node) open(fsm raft.FSM) error {
 	}
 	n.store = store
 	hcl := n.cfg.raftLogger()
-	snaps, err := raft.NewFileSnapshotStoreWithLogger(cfg.DataDir, snapshotsRetained, hcl.Named("snapshot"))
+	snaps, err := openSnapshots(cfg.DataDir, snapshotsRetained, hcl.Named("snapshot"))
 	if err != nil {
 		return fmt.Errorf("open snapshot store: %w", err)
 	}
@@ -160,12 +162,14 @@ func (n *Node) newTransport(hcl *hcLogger) (*raft.NetworkTransport, error) {
 		}
 		advertise = addr
 	}
-	trans, err := raft.NewTCPTransportWithLogger(n.cfg.RaftBind, advertise, transportPool,
-		transportTimeout, hcl.Named("transport"))
+	stream, err := newStreamLayer(n.cfg.RaftBind, advertise, n.cfg.TLS)
 	if err != nil {
 		return nil, fmt.Errorf("listen for raft on %s: %w", n.cfg.RaftBind, err)
 	}
-	return trans, nil
+	n.stream = stream
+	return raft.NewNetworkTransportWithConfig(&raft.NetworkTransportConfig{
+		Stream: stream, MaxPool: transportPool, Timeout: transportTimeout, Logger: hcl.Named("transport"),
+	}), nil
 }
 
 // Shutdown stops Raft, the node's goroutines and closes its stores. It is
@@ -246,6 +250,7 @@ type Stats struct {
 	State             string
 	Term              uint64
 	LastIndex         uint64
+	LastLogTerm       uint64
 	CommitIndex       uint64
 	AppliedIndex      uint64
 	LastSnapshotIndex uint64
@@ -254,11 +259,14 @@ type Stats struct {
 
 // Stats reports this node's Raft state and indexes.
 func (n *Node) Stats() Stats {
-	snapIdx, _ := strconv.ParseUint(n.raft.Stats()["last_snapshot_index"], 10, 64)
+	rs := n.raft.Stats()
+	snapIdx, _ := strconv.ParseUint(rs["last_snapshot_index"], 10, 64)
+	lastLogTerm, _ := strconv.ParseUint(rs["last_log_term"], 10, 64)
 	return Stats{
 		State:             n.raft.State().String(),
 		Term:              n.raft.CurrentTerm(),
 		LastIndex:         n.raft.LastIndex(),
+		LastLogTerm:       lastLogTerm,
 		CommitIndex:       n.raft.CommitIndex(),
 		AppliedIndex:      n.raft.AppliedIndex(),
 		LastSnapshotIndex: snapIdx,

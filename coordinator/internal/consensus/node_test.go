@@ -3,7 +3,11 @@ package consensus
 import (
 	"context"
 	"errors"
+	"io/fs"
 	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -122,5 +126,105 @@ func TestConfigValidate(t *testing.T) {
 				t.Fatalf("Validate() = %v, want an error naming %s", err, tt.want)
 			}
 		})
+	}
+}
+
+// TestMembershipChangesCheckTheirTarget: a one-node cluster (plain TCP,
+// as under --insecure, and mutual TLS) refuses a voter where nothing
+// listens and the removal of an unknown id, and writes nothing for
+// either; it keeps its leader and still writes.
+func TestMembershipChangesCheckTheirTarget(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		peer func(testing.TB) *PeerTLS
+	}{
+		{"tcp", func(testing.TB) *PeerTLS { return nil }},
+		{"tls", testPeerTLS},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			peer := tc.peer(t)
+			h := newHarness(t, slog.LevelInfo, func(c *Config) { c.TLS = peer })
+			m := h.start("n1", true)
+			ctx := context.Background()
+			// The new leader records its address; let that land first.
+			waitFor(t, 5*time.Second, "n1's node record", func() bool { _, ok := m.ledger().Node("n1"); return ok })
+			before := m.node.Stats()
+			dead := freeLoopbackAddr(t)
+			err := m.node.AddVoter(ctx, "n2", dead)
+			var pe *PeerError
+			if !errors.Is(err, ErrPeerUnverified) || !errors.As(err, &pe) || pe.Addr != dead {
+				t.Fatalf("AddVoter at %s where nothing listens: %v, want a PeerError for it", dead, err)
+			}
+			if err := m.node.RemoveVoter(ctx, "n9"); !errors.Is(err, ErrUnknownMember) {
+				t.Fatalf("RemoveVoter of an unknown id: %v, want ErrUnknownMember", err)
+			}
+			if after := m.node.Stats(); after.LastIndex != before.LastIndex {
+				t.Fatalf("refused membership changes moved the log from %d to %d", before.LastIndex, after.LastIndex)
+			}
+			if members, err := m.node.Members(); err != nil || len(members) != 1 {
+				t.Fatalf("members = %+v, %v; want n1 alone", members, err)
+			}
+			if _, err := m.node.Propose(ctx, putCluster(1)); err != nil {
+				t.Fatalf("write after refused changes: %v", err)
+			}
+		})
+	}
+}
+
+func freeLoopbackAddr(t *testing.T) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	_ = ln.Close()
+	return addr
+}
+
+// TestDataFilesArePrivate: snapshots (a copy of the whole ledger) are
+// written 0600 in 0700 directories like raft.db, whatever the umask
+// lets hashicorp/raft's file store make, for a snapshot taken here and
+// one a follower receives from its leader.
+func TestDataFilesArePrivate(t *testing.T) {
+	h := newHarness(t, slog.LevelWarn, func(c *Config) { c.TrailingLogs = 4 })
+	m1 := h.start("n1", true)
+	proposeAll(t, m1.node, 0, 20)
+	if err := m1.node.Snapshot(); err != nil {
+		t.Fatal(err)
+	}
+	m2 := h.start("n2", false)
+	if err := m1.node.AddVoter(context.Background(), m2.id, m2.node.RaftAddress()); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 10*time.Second, "n2 installs the leader's snapshot", func() bool { return m2.node.Stats().LastSnapshotIndex > 0 })
+	for _, m := range []*member{m1, m2} {
+		snaps := 0
+		err := filepath.WalkDir(m.dir, func(p string, d fs.DirEntry, err error) error {
+			if err != nil {
+				return err
+			}
+			fi, err := d.Info()
+			if err != nil {
+				return err
+			}
+			want := os.FileMode(0o600)
+			if d.IsDir() {
+				want = 0o700
+			}
+			if d.Name() == "state.bin" {
+				snaps++
+			}
+			if fi.Mode().Perm() != want {
+				t.Errorf("%s: mode %v, want %v", p, fi.Mode().Perm(), want)
+			}
+			return nil
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if snaps == 0 {
+			t.Errorf("%s holds no snapshot", m.dir)
+		}
 	}
 }

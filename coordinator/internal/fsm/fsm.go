@@ -18,7 +18,7 @@ import (
 )
 
 // ErrUnknownCommand is returned for a command this version cannot apply.
-var ErrUnknownCommand = errors.New("unknown command")
+var ErrUnknownCommand = ledger.ErrUnknownCommand
 
 // Result is what Apply returns for every log entry: the names a command
 // created or touched, or why it was refused.
@@ -63,18 +63,26 @@ func Encode(cmd *ledgerv1.Command) ([]byte, error) {
 	return b, nil
 }
 
-// Apply applies one log entry and returns a Result.
+// Apply applies one log entry and returns a Result. An entry it cannot
+// decode, or a command it has no entry for (written by a newer leader),
+// stops the node with a panic: skipping it would leave this replica's
+// ledger silently different from the others'. Upgrade the node and
+// restart it; it replays the log from its last snapshot.
 func (f *FSM) Apply(l *raft.Log) any {
-	defer f.applied.Store(l.Index)
 	if l.Type != raft.LogCommand {
+		f.applied.Store(l.Index)
 		return Result{}
 	}
 	var cmd ledgerv1.Command
 	if err := proto.Unmarshal(l.Data, &cmd); err != nil {
-		f.log.Error("undecodable log entry", "index", l.Index, "err", err)
-		return Result{Err: fmt.Errorf("decode log entry %d: %w", l.Index, err)}
+		f.log.Error("undecodable log entry; stopping this node", "index", l.Index, "err", err)
+		panic(fmt.Sprintf("fsm: undecodable log entry %d: %v", l.Index, err))
 	}
 	names, err := f.ApplyCommand(&cmd)
+	if errors.Is(err, ErrUnknownCommand) {
+		panic(fmt.Sprintf("fsm: log entry %d: %v; is this node older than the leader?", l.Index, err))
+	}
+	f.applied.Store(l.Index)
 	return Result{Names: names, Err: err}
 }
 
@@ -89,7 +97,7 @@ func (f *FSM) ApplyBatch(logs []*raft.Log) []any {
 
 // ApplyCommand applies one decoded command directly; the FSM tests use it.
 func (f *FSM) ApplyCommand(cmd *ledgerv1.Command) ([]string, error) {
-	names, err := apply(f.ledger, cmd)
+	names, err := f.ledger.Apply(cmd)
 	if errors.Is(err, ErrUnknownCommand) {
 		f.log.Error("cannot apply command; is this node older than the leader?", "err", err)
 	}

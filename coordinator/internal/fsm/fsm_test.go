@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/hashicorp/raft"
+	"google.golang.org/protobuf/encoding/protowire"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/timestamppb"
@@ -72,6 +73,8 @@ func everyCommand() []*ledgerv1.Command {
 		{Op: &ledgerv1.Command_PutNetworkMappingGroup{PutNetworkMappingGroup: &ledgerv1.PutNetworkMappingGroup{NetworkMappingGroup: &ferryv1.NetworkMappingGroup{
 			Name: "networkMappingGroups/g2", Mappings: []*ferryv1.NetworkMapping{{SourceNetwork: "VM Network", L3Network: "l3Networks/n1"}}}}}},
 		{Op: &ledgerv1.Command_DeleteNetworkMappingGroup{DeleteNetworkMappingGroup: &ledgerv1.DeleteResource{Name: "networkMappingGroups/g2"}}},
+		{Op: &ledgerv1.Command_RevokeCertificate{RevokeCertificate: &ledgerv1.RevokeCertificate{Certificate: &ferryv1.RevokedCertificate{
+			Name: "revokedCertificates/1f", Serial: "1f", Reason: "laptop lost", RevokedBy: "ferry://operator/ferryctl"}}}},
 		{Op: &ledgerv1.Command_CreateMigrationJobs{CreateMigrationJobs: &ledgerv1.CreateMigrationJobs{RequestId: "r-jobs", Jobs: []*ferryv1.MigrationJob{job("migrationJobs/j1", "10.0.0.10"), job("migrationJobs/j2", "10.0.0.11"), job("migrationJobs/j3", "10.0.0.12")}}}},
 		{Op: &ledgerv1.Command_SetJobWaitingReason{SetJobWaitingReason: &ledgerv1.SetJobWaitingReason{Name: "migrationJobs/j3", Reason: "job parallelism 10 reached"}}},
 		{Op: &ledgerv1.Command_StartMigrationJob{StartMigrationJob: &ledgerv1.StartMigrationJob{Name: "migrationJobs/j1", Host: "hosts/h1", Epoch: 1}}},
@@ -81,6 +84,12 @@ func everyCommand() []*ledgerv1.Command {
 		{Op: &ledgerv1.Command_CancelMigrationJob{CancelMigrationJob: &ledgerv1.CancelMigrationJob{Name: "migrationJobs/j2", Reason: "operator"}}},
 		{Op: &ledgerv1.Command_RestartMigrationJob{RestartMigrationJob: &ledgerv1.RestartMigrationJob{Name: "migrationJobs/j2"}}},
 		{Op: &ledgerv1.Command_DeleteMigrationJob{DeleteMigrationJob: &ledgerv1.DeleteResource{Name: "migrationJobs/j1"}}},
+		// j4 succeeds and is deleted: its VM's address is reserved, then released.
+		{Op: &ledgerv1.Command_CreateMigrationJobs{CreateMigrationJobs: &ledgerv1.CreateMigrationJobs{Jobs: []*ferryv1.MigrationJob{job("migrationJobs/j4", "10.0.0.13")}}}},
+		{Op: &ledgerv1.Command_StartMigrationJob{StartMigrationJob: &ledgerv1.StartMigrationJob{Name: "migrationJobs/j4", Host: "hosts/h1", Epoch: 1}}},
+		{Op: &ledgerv1.Command_FinishMigrationJob{FinishMigrationJob: &ledgerv1.FinishMigrationJob{Name: "migrationJobs/j4", Epoch: 1, State: ferryv1.MigrationJobState_MIGRATION_JOB_STATE_SUCCEEDED}}},
+		{Op: &ledgerv1.Command_DeleteMigrationJob{DeleteMigrationJob: &ledgerv1.DeleteResource{Name: "migrationJobs/j4"}}},
+		{Op: &ledgerv1.Command_ReleaseAddress{ReleaseAddress: &ledgerv1.ReleaseAddress{Network: "l3Networks/n1", Ip: "10.0.0.13"}}},
 		{Op: &ledgerv1.Command_PutSettings{PutSettings: &ledgerv1.PutSettings{Settings: &ferryv1.Settings{JobParallelism: 4, CacheRetention: durationpb.New(time.Hour), AgentGracePeriod: durationpb.New(time.Minute)}}}},
 		{Op: &ledgerv1.Command_PutNode{PutNode: &ledgerv1.PutNode{Node: &ledgerv1.Node{Id: "n1", ApiAddress: "127.0.0.1:7443", RaftAddress: "127.0.0.1:7444"}}}},
 		{Op: &ledgerv1.Command_PutNode{PutNode: &ledgerv1.PutNode{Node: &ledgerv1.Node{Id: "n2", ApiAddress: "127.0.0.1:7453"}}}},
@@ -155,6 +164,16 @@ func TestApplyEveryCommand(t *testing.T) {
 	checkSynced(t, l)
 	if _, ok := l.Job("migrationJobs/j1"); ok {
 		t.Error("j1 survived its delete")
+	}
+	// j1 succeeded: its VM keeps 10.0.0.10, reserved when the job was
+	// deleted; j4's reservation was released.
+	n1, _ := l.L3Network("l3Networks/n1")
+	if rs := n1.GetReservations(); len(rs) != 1 || rs[0].GetIp() != "10.0.0.10" || rs[0].GetVmName() != "t-migrationJobs/j1" || rs[0].GetJob() != "migrationJobs/j1" ||
+		rs[0].GetMac() != "" || !rs[0].GetCreateTime().AsTime().After(t0) {
+		t.Errorf("reservations of n1 = %v", rs)
+	}
+	if held := l.UsedAddresses("l3Networks/n1"); held["10.0.0.10"] == "" || held["10.0.0.13"] != "" {
+		t.Errorf("used addresses of n1 = %v; want 10.0.0.10 held by the reservation, 10.0.0.13 free", held)
 	}
 	j2, _ := l.Job("migrationJobs/j2")
 	if j2.GetState() != ferryv1.MigrationJobState_MIGRATION_JOB_STATE_QUEUED || j2.GetEpoch() != 1 || j2.GetAttempt() != 1 || j2.GetReason() != "" {
@@ -368,4 +387,48 @@ func TestJobVerified(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestUnappliableEntryStopsTheNode: an entry the FSM cannot decode, or a
+// command it has no case for (as a newer leader would write), panics
+// instead of being skipped, so no replica silently diverges.
+func TestUnappliableEntryStopsTheNode(t *testing.T) {
+	// Field 999 of Command: a case this version does not know.
+	newer := protowire.AppendTag(nil, 999, protowire.BytesType)
+	newer = protowire.AppendBytes(newer, []byte{0x0a, 0x01, 'x'})
+	for name, data := range map[string][]byte{
+		"undecodable":   {0xff, 0xff, 0xff},
+		"unknown op":    newer,
+		"no op at all":  nil,
+		"unknown batch": batchOf(t, newer),
+	} {
+		t.Run(name, func(t *testing.T) {
+			f := New(ledger.New(), nil)
+			before := f.Ledger().Snapshot()
+			defer func() {
+				if recover() == nil {
+					t.Error("Apply did not stop the node")
+				}
+				if f.AppliedIndex() != 0 {
+					t.Errorf("applied index moved to %d", f.AppliedIndex())
+				}
+				if !proto.Equal(before, f.Ledger().Snapshot()) {
+					t.Error("the ledger changed")
+				}
+			}()
+			f.Apply(&raft.Log{Index: 7, Type: raft.LogCommand, Data: data})
+		})
+	}
+}
+
+func batchOf(t *testing.T, inner []byte) []byte {
+	var c ledgerv1.Command
+	if err := proto.Unmarshal(inner, &c); err != nil {
+		t.Fatal(err)
+	}
+	b, err := proto.Marshal(&ledgerv1.Command{Op: &ledgerv1.Command_Batch{Batch: &ledgerv1.Batch{Commands: []*ledgerv1.Command{&c}}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
 }

@@ -2,6 +2,7 @@ package ledger
 
 import (
 	"fmt"
+	"slices"
 	"time"
 
 	"google.golang.org/protobuf/types/known/timestamppb"
@@ -142,6 +143,33 @@ func (l *Ledger) DeleteL3Network(name string) error {
 	}
 	delete(l.networks, name)
 	return nil
+}
+
+// ReleaseAddress returns an address a deleted job's VM kept on an L3
+// network to the pool.
+func (l *Ledger) ReleaseAddress(network, ip string) error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if err := l.releaseAddressRefusal(network, ip); err != nil {
+		return err
+	}
+	n := clone(l.networks[network])
+	n.Reservations = slices.DeleteFunc(n.Reservations, func(r *ferryv1.AddressReservation) bool { return r.GetIp() == ip })
+	l.networks[network] = n
+	return nil
+}
+
+func (l *Ledger) releaseAddressRefusal(network, ip string) error {
+	n, ok := l.networks[network]
+	if !ok {
+		return fmt.Errorf("L3 network %s: %w", network, ErrNotFound)
+	}
+	for _, r := range n.GetReservations() {
+		if r.GetIp() == ip {
+			return nil
+		}
+	}
+	return fmt.Errorf("%w: L3 network %s reserves no address %s for a migrated VM; see its reservations", ErrFailedPrecondition, network, ip)
 }
 
 func usesNetwork(j *ferryv1.MigrationJob, network string) bool {

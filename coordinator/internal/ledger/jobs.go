@@ -65,7 +65,8 @@ func (l *Ledger) VisitJobs(f JobFilter, visit func(*ferryv1.MigrationJob) bool) 
 }
 
 // UsedAddresses returns the addresses unfinished and succeeded jobs hold
-// on an L3 network.
+// on an L3 network, and those the network reserves for the VMs of deleted
+// jobs, each with its holder.
 func (l *Ledger) UsedAddresses(network string) map[string]string {
 	l.mu.RLock()
 	defer l.mu.RUnlock()
@@ -74,6 +75,9 @@ func (l *Ledger) UsedAddresses(network string) map[string]string {
 
 func (l *Ledger) usedAddresses(network, except string) map[string]string {
 	used := map[string]string{}
+	for _, r := range l.networks[network].GetReservations() {
+		used[r.GetIp()] = fmt.Sprintf("VM %s (MAC %s), reserved when its job %s was deleted", r.GetVmName(), r.GetMac(), r.GetJob())
+	}
 	for _, j := range l.jobs {
 		if j.GetName() == except || j.GetState() == stateFailed || j.GetState() == stateCancelled {
 			continue
@@ -269,16 +273,37 @@ func (l *Ledger) RestartMigrationJob(c *ledgerv1.RestartMigrationJob, now time.T
 }
 
 // DeleteMigrationJob deletes a finished job.
-func (l *Ledger) DeleteMigrationJob(name string) error {
+//
+// A succeeded job's VM keeps the addresses it was given (and the DHCP host
+// entries recorded for them), so they move to their L3 networks as
+// reservations, out of the pool until the network is deleted.
+func (l *Ledger) DeleteMigrationJob(name string, now time.Time) error {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if err := l.deleteJobRefusal(name); err != nil {
 		return err
 	}
 	j := l.jobs[name]
+	if j.GetState() == stateSucceeded {
+		l.reserveAddresses(j, now)
+	}
 	delete(l.jobs, name)
 	l.notify(j, true)
 	return nil
+}
+
+// reserveAddresses records the addresses of j's NICs on their networks.
+func (l *Ledger) reserveAddresses(j *ferryv1.MigrationJob, now time.Time) {
+	for _, nic := range j.GetTarget().GetNics() {
+		n, ok := l.networks[nic.GetL3Network()]
+		if !ok || nic.GetIp() == "" {
+			continue
+		}
+		n = clone(n)
+		n.Reservations = append(n.Reservations, &ferryv1.AddressReservation{Ip: nic.GetIp(), Mac: nic.GetMac(),
+			VmName: j.GetTarget().GetVmName(), Job: j.GetName(), CreateTime: timestamppb.New(now)})
+		l.networks[n.GetName()] = n
+	}
 }
 
 // SetJobWaitingReason records why a queued job has not started.

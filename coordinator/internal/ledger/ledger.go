@@ -51,8 +51,10 @@ type Ledger struct {
 	nodes       map[string]*ledgerv1.Node
 	requests    map[string]*ledgerv1.RequestRecord
 	settings    *ferryv1.Settings
+	revoked     map[string]*ferryv1.RevokedCertificate // by serial
 
-	observer func(JobEvent)
+	observer       func(JobEvent)
+	serverObserver func(*ferryv1.MigrationServer)
 }
 
 // New returns an empty ledger with default settings.
@@ -76,6 +78,7 @@ func (l *Ledger) reset() {
 	l.nodes = map[string]*ledgerv1.Node{}
 	l.requests = map[string]*ledgerv1.RequestRecord{}
 	l.settings = DefaultSettings()
+	l.revoked = map[string]*ferryv1.RevokedCertificate{}
 }
 
 // DefaultSettings are the settings of a new ledger.
@@ -97,6 +100,15 @@ func (l *Ledger) SetObserver(fn func(JobEvent)) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	l.observer = fn
+}
+
+// SetServerObserver installs fn, called with a migration server whose
+// bandwidth limits a command changed, while the ledger is locked: it must
+// not block or call back into the ledger.
+func (l *Ledger) SetServerObserver(fn func(*ferryv1.MigrationServer)) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.serverObserver = fn
 }
 
 func (l *Ledger) notify(job *ferryv1.MigrationJob, deleted bool) {
@@ -124,6 +136,7 @@ func (l *Ledger) Snapshot() *ledgerv1.Snapshot {
 		Requests:             sortedClones(l.requests),
 		SourceInventories:    sortedClones(l.inventories),
 		NetworkMappingGroups: sortedClones(l.mappings),
+		RevokedCertificates:  sortedClones(l.revoked),
 	}
 }
 
@@ -144,6 +157,7 @@ func (l *Ledger) Restore(s *ledgerv1.Snapshot) {
 	fill(l.nodes, s.GetNodes(), (*ledgerv1.Node).GetId)
 	fill(l.requests, s.GetRequests(), (*ledgerv1.RequestRecord).GetRequestId)
 	fill(l.inventories, s.GetSourceInventories(), (*ferryv1.SourceInventory).GetSource)
+	fill(l.revoked, s.GetRevokedCertificates(), (*ferryv1.RevokedCertificate).GetSerial)
 	if s.GetSettings() != nil {
 		l.settings = clone(s.GetSettings())
 	}

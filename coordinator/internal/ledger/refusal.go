@@ -3,61 +3,8 @@ package ledger
 import (
 	"fmt"
 
-	ledgerv1 "github.com/ferry-v2v/ferry/pkg/pb/ferry/ledger/v1"
 	ferryv1 "github.com/ferry-v2v/ferry/pkg/pb/ferry/v1"
 )
-
-// Refusal says whether the ledger, as it is now, would refuse cmd, and
-// why, without changing anything. The leader asks before proposing, so a
-// request that names a missing resource, a name in use or a resource in a
-// state that forbids the change never takes a Raft log entry. Apply still
-// decides: what was true when Refusal answered may change before the
-// command commits. Commands it does not know it lets pass.
-func (l *Ledger) Refusal(cmd *ledgerv1.Command) error {
-	l.mu.RLock()
-	defer l.mu.RUnlock()
-	switch op := cmd.GetOp().(type) {
-	case *ledgerv1.Command_PutCluster:
-		return existsRefusal(l, l.clusters, op.PutCluster.GetCluster().GetName(), op.PutCluster.GetRequestId())
-	case *ledgerv1.Command_DeleteCluster:
-		return l.deleteClusterRefusal(op.DeleteCluster.GetName())
-	case *ledgerv1.Command_PutPrimaryStorage:
-		return existsRefusal(l, l.storages, op.PutPrimaryStorage.GetPrimaryStorage().GetName(), op.PutPrimaryStorage.GetRequestId())
-	case *ledgerv1.Command_DeletePrimaryStorage:
-		return l.deleteStorageRefusal(op.DeletePrimaryStorage.GetName())
-	case *ledgerv1.Command_PutL3Network:
-		return existsRefusal(l, l.networks, op.PutL3Network.GetL3Network().GetName(), op.PutL3Network.GetRequestId())
-	case *ledgerv1.Command_DeleteL3Network:
-		return l.deleteNetworkRefusal(op.DeleteL3Network.GetName())
-	case *ledgerv1.Command_PutMigrationServer:
-		return existsRefusal(l, l.servers, op.PutMigrationServer.GetMigrationServer().GetName(), op.PutMigrationServer.GetRequestId())
-	case *ledgerv1.Command_DeleteMigrationServer:
-		return l.serverRefusal(op.DeleteMigrationServer.GetName())
-	case *ledgerv1.Command_SetMigrationServerEnabled:
-		return l.serverRefusal(op.SetMigrationServerEnabled.GetName())
-	case *ledgerv1.Command_SetMigrationServerBandwidth:
-		return l.serverRefusal(op.SetMigrationServerBandwidth.GetName())
-	case *ledgerv1.Command_PutCredential:
-		return existsRefusal(l, l.credentials, op.PutCredential.GetCredential().GetCredential().GetName(), op.PutCredential.GetRequestId())
-	case *ledgerv1.Command_DeleteCredential:
-		return l.deleteCredentialRefusal(op.DeleteCredential.GetName())
-	case *ledgerv1.Command_PutSource:
-		return existsRefusal(l, l.sources, op.PutSource.GetSource().GetName(), op.PutSource.GetRequestId())
-	case *ledgerv1.Command_DeleteSource:
-		return l.deleteSourceRefusal(op.DeleteSource.GetName())
-	case *ledgerv1.Command_CancelMigrationJob:
-		return l.cancelJobRefusal(op.CancelMigrationJob.GetName())
-	case *ledgerv1.Command_RestartMigrationJob:
-		j, ok := l.jobs[op.RestartMigrationJob.GetName()]
-		if !ok {
-			return fmt.Errorf("job %s: %w", op.RestartMigrationJob.GetName(), ErrNotFound)
-		}
-		return l.restartJobRefusal(j)
-	case *ledgerv1.Command_DeleteMigrationJob:
-		return l.deleteJobRefusal(op.DeleteMigrationJob.GetName())
-	}
-	return nil
-}
 
 // existsRefusal refuses a create whose name is taken, unless its request
 // ID was seen (a replay answers with what it made).

@@ -77,7 +77,8 @@ func (l *Ledger) SetMigrationServerEnabled(name string, enabled bool) error {
 	return l.updateServer(name, func(s *ferryv1.MigrationServer) { s.Enabled = enabled })
 }
 
-// SetMigrationServerBandwidth changes the limits present in c.
+// SetMigrationServerBandwidth changes the limits present in c and tells
+// the server observer.
 func (l *Ledger) SetMigrationServerBandwidth(c *ledgerv1.SetMigrationServerBandwidth) error {
 	return l.updateServer(c.GetName(), func(s *ferryv1.MigrationServer) {
 		if c.UpstreamBandwidth != nil {
@@ -87,6 +88,9 @@ func (l *Ledger) SetMigrationServerBandwidth(c *ledgerv1.SetMigrationServerBandw
 		if c.DownstreamBandwidth != nil {
 			s.DownstreamBandwidth = c.GetDownstreamBandwidth()
 			s.DownstreamBitsPerSecond = c.GetDownstreamBitsPerSecond()
+		}
+		if l.serverObserver != nil {
+			l.serverObserver(clone(s))
 		}
 	})
 }

@@ -1,9 +1,10 @@
 // Package scheduler starts queued migration jobs on the leader. A job
 // starts when the running count is under the job parallelism setting, its
 // migration server is enabled and the server's host connected, and the
-// host's cache has room for it: the free space the agent reports, minus
-// what the running jobs of that server reserve (the sum of their source
-// disk sizes), must hold the job's disks. A job that waits says why.
+// server's cache has room for it: the free space the host's agent reports
+// for the server's cache_path (where jobs write), minus what the running
+// jobs of that server reserve (the sum of their source disk sizes), must
+// hold the job's disks (see package capacity). A job that waits says why.
 //
 // Starting a job proposes StartMigrationJob under a new fencing epoch and
 // then hands the assignment to the host's agent. If handing it over fails
@@ -58,7 +59,6 @@ func (c Config) Validate() error {
 // Proposer is the Raft node as the scheduler uses it.
 type Proposer interface {
 	Propose(ctx context.Context, cmd *ledgerv1.Command) (fsm.Result, error)
-	SubscribeLeadership() (<-chan bool, func())
 }
 
 // Agents are the agent sessions of this node (session.Manager).
@@ -121,31 +121,18 @@ func New(cfg Config, deps Deps) *Scheduler {
 // creations costs a few passes, not one per job.
 const minEventGap = 100 * time.Millisecond
 
-// Run schedules while this node leads: on a ticker, and whenever a job
-// changes. It returns when ctx ends.
-func (s *Scheduler) Run(ctx context.Context) error {
-	leaderCh, unsubscribeLeader := s.raft.SubscribeLeadership()
-	defer unsubscribeLeader()
-	var events <-chan watch.Event
-	unsubscribe := func() {}
+// Lead schedules for one leadership term (see package leader): on a
+// ticker, and whenever a job changes. It returns when ctx ends.
+func (s *Scheduler) Lead(ctx context.Context) {
+	events, unsubscribe := s.hub.Subscribe(256)
 	defer func() { unsubscribe() }()
 	tick := time.NewTicker(s.cfg.Interval)
 	defer tick.Stop()
-	leader := false
 	var last time.Time
 	for {
 		select {
 		case <-ctx.Done():
-			return nil
-		case l, ok := <-leaderCh:
-			if !ok {
-				return nil
-			}
-			unsubscribe()
-			events, unsubscribe, leader = nil, func() {}, l
-			if leader {
-				events, unsubscribe = s.hub.Subscribe(256)
-			}
+			return
 		case ev, ok := <-events:
 			if !ok {
 				events, unsubscribe = s.hub.Subscribe(256)
@@ -158,10 +145,8 @@ func (s *Scheduler) Run(ctx context.Context) error {
 			}
 		case <-tick.C:
 		}
-		if leader {
-			s.pass(ctx)
-			last = time.Now()
-		}
+		s.pass(ctx)
+		last = time.Now()
 	}
 }
 
@@ -261,15 +246,6 @@ func hostName(h string) string {
 		return h
 	}
 	return "hosts/" + h
-}
-
-// diskTotal is what a job reserves in its server's cache.
-func diskTotal(j *ferryv1.MigrationJob) int64 {
-	var n int64
-	for _, d := range j.GetTarget().GetDisks() {
-		n += d.GetSizeBytes()
-	}
-	return n
 }
 
 // bySubmission orders jobs oldest first.

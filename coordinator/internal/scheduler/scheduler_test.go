@@ -3,6 +3,7 @@ package scheduler
 import (
 	"context"
 	"errors"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -10,6 +11,7 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/ferry-v2v/ferry/coordinator/internal/fsm"
+	"github.com/ferry-v2v/ferry/coordinator/internal/leader"
 	"github.com/ferry-v2v/ferry/coordinator/internal/ledger"
 	"github.com/ferry-v2v/ferry/coordinator/internal/watch"
 	agentv1 "github.com/ferry-v2v/ferry/pkg/pb/ferry/agent/v1"
@@ -38,6 +40,8 @@ func (r *memRaft) Propose(_ context.Context, cmd *ledgerv1.Command) (fsm.Result,
 }
 
 func (r *memRaft) SubscribeLeadership() (<-chan bool, func()) { return r.leader, func() {} }
+
+func (r *memRaft) Barrier(context.Context) error { return nil }
 
 type fakeAgents struct {
 	mu        sync.Mutex
@@ -118,7 +122,8 @@ func (e *env) apply(cmd *ledgerv1.Command) {
 
 func (e *env) server(name, host string, enabled bool) {
 	e.apply(&ledgerv1.Command{Op: &ledgerv1.Command_PutMigrationServer{PutMigrationServer: &ledgerv1.PutMigrationServer{
-		MigrationServer: &ferryv1.MigrationServer{Name: name, Host: host, Type: ferryv1.Platform_PLATFORM_KVM, Enabled: enabled}}}})
+		MigrationServer: &ferryv1.MigrationServer{Name: name, Host: host, Type: ferryv1.Platform_PLATFORM_KVM, Enabled: enabled,
+			CachePath: cachePath(host)}}}})
 }
 
 func (e *env) job(name, server string, size int64) {
@@ -127,10 +132,16 @@ func (e *env) job(name, server string, size int64) {
 			Target: &ferryv1.TargetVm{Disks: []*ferryv1.TargetDisk{{SizeBytes: size}}}}}}}})
 }
 
+// cachePath is the cache_path of the servers on host.
+func cachePath(host string) string { return "/srv/cache-" + strings.TrimPrefix(host, "hosts/") }
+
+// connect reports host connected with free bytes at its servers' cache
+// path; the agent's own --cache-path disk has plenty, which must not count.
 func (e *env) connect(host string, free int64) {
 	e.agents.mu.Lock()
 	defer e.agents.mu.Unlock()
-	e.agents.connected[host] = &ferryv1.HostFacts{CacheTotalBytes: 100 * gib, CacheFreeBytes: free}
+	e.agents.connected[host] = &ferryv1.HostFacts{CacheTotalBytes: 100 * gib, CacheFreeBytes: 100 * gib,
+		Storages: []*ferryv1.StorageSpace{{Path: cachePath(host), TotalBytes: 100 * gib, FreeBytes: free}}}
 }
 
 func (e *env) get(name string) *ferryv1.MigrationJob {
@@ -160,7 +171,7 @@ func TestSchedulerStartsAndExplainsWaits(t *testing.T) {
 	e.sched.pass(context.Background())
 
 	want := map[string]string{
-		"migrationJobs/2": "cache on hosts/a has 1 GiB free, job needs 2.2 GiB",
+		"migrationJobs/2": "cache /srv/cache-a on hosts/a has 1 GiB free, job needs 2.2 GiB",
 		"migrationJobs/3": "migration server migrationServers/off is disabled",
 		"migrationJobs/4": "host hosts/b is not connected",
 		"migrationJobs/6": "job parallelism 2 reached",
@@ -205,7 +216,7 @@ func TestSchedulerRunsOnlyWhileLeader(t *testing.T) {
 	e.connect("hosts/a", 5*gib)
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
-	go func() { done <- e.sched.Run(ctx) }()
+	go func() { leader.Run(ctx, e.raft, nil, e.sched); done <- nil }()
 	defer func() { cancel(); <-done }()
 
 	e.raft.leader <- false
@@ -224,10 +235,33 @@ func TestSchedulerRunsOnlyWhileLeader(t *testing.T) {
 	}
 }
 
-func TestFormatBytes(t *testing.T) {
-	for n, want := range map[int64]string{0: "0 B", 1023: "1023 B", 1024: "1 KiB", 1288490189: "1.2 GiB", 4 * gib: "4 GiB"} {
-		if got := FormatBytes(n); got != want {
-			t.Errorf("FormatBytes(%d) = %q, want %q", n, got, want)
-		}
+// TestSchedulerMeasuresTheServersCachePath: admission reads the free space
+// of the migration server's cache_path, where jobs write, not of the
+// agent's --cache-path; a host that does not report it yet holds the job.
+func TestSchedulerMeasuresTheServersCachePath(t *testing.T) {
+	e := newEnv(t, 10)
+	e.server("migrationServers/a", "hosts/a", true)
+	e.agents.mu.Lock()
+	e.agents.connected["hosts/a"] = &ferryv1.HostFacts{CacheTotalBytes: 100 * gib, CacheFreeBytes: 100 * gib}
+	e.agents.mu.Unlock()
+	e.job("migrationJobs/1", "migrationServers/a", gib)
+	e.sched.pass(context.Background())
+	want := "host hosts/a does not report the free space of cache path /srv/cache-a of migrationServers/a yet " +
+		"(its agent measures it a heartbeat after it learns the path)"
+	if j := e.get("migrationJobs/1"); j.GetState() != ferryv1.MigrationJobState_MIGRATION_JOB_STATE_QUEUED || j.GetWaitingReason() != want {
+		t.Fatalf("job = %s %q, want QUEUED %q", j.GetState(), j.GetWaitingReason(), want)
+	}
+
+	e.connect("hosts/a", gib/2) // the --cache-path disk still has 100 GiB free
+	e.sched.pass(context.Background())
+	want = "cache /srv/cache-a on hosts/a has 512 MiB free, job needs 1 GiB"
+	if j := e.get("migrationJobs/1"); j.GetState() != ferryv1.MigrationJobState_MIGRATION_JOB_STATE_QUEUED || j.GetWaitingReason() != want {
+		t.Fatalf("job = %s %q, want QUEUED %q", j.GetState(), j.GetWaitingReason(), want)
+	}
+
+	e.connect("hosts/a", 2*gib)
+	e.sched.pass(context.Background())
+	if j := e.get("migrationJobs/1"); j.GetState() != ferryv1.MigrationJobState_MIGRATION_JOB_STATE_RUNNING {
+		t.Fatalf("job = %s %q, want RUNNING", j.GetState(), j.GetWaitingReason())
 	}
 }

@@ -3,10 +3,10 @@ package scheduler
 import (
 	"fmt"
 	"slices"
-	"strconv"
 
 	"google.golang.org/protobuf/types/known/timestamppb"
 
+	"github.com/ferry-v2v/ferry/coordinator/internal/capacity"
 	"github.com/ferry-v2v/ferry/coordinator/internal/ledger"
 	ferryv1 "github.com/ferry-v2v/ferry/pkg/pb/ferry/v1"
 )
@@ -32,7 +32,7 @@ func newState(l *ledger.Ledger, agents Agents) *state {
 	}
 	l.VisitJobs(ledger.JobFilter{State: ferryv1.MigrationJobState_MIGRATION_JOB_STATE_RUNNING}, func(j *ferryv1.MigrationJob) bool {
 		st.running++
-		st.reserved[j.GetMigrationServer()] += diskTotal(j)
+		st.reserved[j.GetMigrationServer()] += capacity.JobBytes(j)
 		return true
 	})
 	return st
@@ -90,13 +90,9 @@ func (st *state) blocker(j *ferryv1.MigrationJob) string {
 	if !st.agents.Connected(host) {
 		return fmt.Sprintf("host %s is not connected", host)
 	}
-	facts := st.facts[host]
-	if facts.GetCacheTotalBytes() == 0 {
-		return fmt.Sprintf("host %s reports no cache disk; start its agent with --cache-path", host)
-	}
-	free := max(facts.GetCacheFreeBytes()-st.reserved[srv.GetName()], 0)
-	if need := diskTotal(j); free < need {
-		return fmt.Sprintf("cache on %s has %s free, job needs %s", host, FormatBytes(free), FormatBytes(need))
+	room := capacity.Cache(srv, st.facts[host], st.reserved[srv.GetName()])
+	if why := room.Blocker(capacity.JobBytes(j)); why != "" {
+		return why
 	}
 	if st.running >= st.limit {
 		return fmt.Sprintf("job parallelism %d reached", st.limit)
@@ -107,27 +103,7 @@ func (st *state) blocker(j *ferryv1.MigrationJob) string {
 // started counts j, which this pass just started.
 func (st *state) started(j *ferryv1.MigrationJob) {
 	st.running++
-	st.reserved[j.GetMigrationServer()] += diskTotal(j)
-}
-
-// FormatBytes writes n in binary units with at most one decimal: "512 B",
-// "1.2 GiB", "4 GiB".
-func FormatBytes(n int64) string {
-	const unit = 1024
-	if n < unit {
-		return strconv.FormatInt(n, 10) + " B"
-	}
-	units := []string{"KiB", "MiB", "GiB", "TiB", "PiB", "EiB"}
-	v, i := float64(n)/unit, 0
-	for v >= unit && i < len(units)-1 {
-		v /= unit
-		i++
-	}
-	s := strconv.FormatFloat(v, 'f', 1, 64)
-	if s[len(s)-2:] == ".0" {
-		s = s[:len(s)-2]
-	}
-	return s + " " + units[i]
+	st.reserved[j.GetMigrationServer()] += capacity.JobBytes(j)
 }
 
 var timestampOf = timestamppb.New

@@ -2,12 +2,15 @@ package server
 
 import (
 	"context"
+	"log/slog"
 	"strings"
 
 	"golang.org/x/sync/errgroup"
 	"google.golang.org/grpc"
 
 	"github.com/ferry-v2v/ferry/coordinator/internal/api"
+	"github.com/ferry-v2v/ferry/coordinator/internal/authz"
+	"github.com/ferry-v2v/ferry/coordinator/internal/leader"
 	"github.com/ferry-v2v/ferry/coordinator/internal/scheduler"
 	"github.com/ferry-v2v/ferry/coordinator/internal/session"
 	"github.com/ferry-v2v/ferry/pkg/grpcutil"
@@ -20,6 +23,7 @@ type parts struct {
 	api      *api.API
 	sessions *session.Manager
 	sched    *scheduler.Scheduler
+	authz    *authz.Authorizer // nil when calls are not authorized
 	unary    []grpc.UnaryServerInterceptor
 	stream   []grpc.StreamServerInterceptor
 }
@@ -28,6 +32,7 @@ func newParts(s *Server, sealer *seal.Sealer) parts {
 	sessions := session.NewManager(session.Config{NodeID: s.cfg.NodeID}, session.Deps{
 		Proposer: s.node, Ledger: s.ledger, Hub: s.hub, Unsealer: sealer, Logger: s.log,
 	})
+	s.ledger.SetServerObserver(sessions.ServerChanged)
 	a := api.New(api.Deps{
 		Proposer: s.node, Membership: s.node, Ledger: s.ledger, Hub: s.hub,
 		Sealer: sealer, Inventory: sessions, Dialer: s.peers.Dial, Logger: s.log,
@@ -35,11 +40,18 @@ func newParts(s *Server, sealer *seal.Sealer) parts {
 	sched := scheduler.New(scheduler.Config{}, scheduler.Deps{
 		Proposer: s.node, Ledger: s.ledger, Hub: s.hub, Agents: sessions, Logger: s.log,
 	})
-	return parts{
+	p := parts{
 		api: a, sessions: sessions, sched: sched,
 		unary:  []grpc.UnaryServerInterceptor{a.UnaryInterceptor()},
 		stream: []grpc.StreamServerInterceptor{agentLeaderTrailer(), a.StreamInterceptor()},
 	}
+	if !s.cfg.Insecure && !s.cfg.AuthorizationOff {
+		// First in the chain: a refused call reaches nothing else.
+		p.authz = authz.New(s.ledger, s.log)
+		p.unary = append([]grpc.UnaryServerInterceptor{p.authz.Unary()}, p.unary...)
+		p.stream = append([]grpc.StreamServerInterceptor{p.authz.Stream()}, p.stream...)
+	}
+	return p
 }
 
 func (p parts) register(s *grpc.Server) {
@@ -47,10 +59,20 @@ func (p parts) register(s *grpc.Server) {
 	agentv1.RegisterAgentServiceServer(s, p.sessions)
 }
 
-func (p parts) run(ctx context.Context, g *errgroup.Group) {
-	g.Go(func() error { return p.sessions.Run(ctx) })
-	g.Go(func() error { return p.sched.Run(ctx) })
-	g.Go(func() error { return p.api.RunInventorySync(ctx) })
+// run runs the leader-only duties in every term this node leads (the one
+// leader step: barrier, then sessions' duties, the scheduler and the
+// inventory syncs; all stopped when leadership is lost), then closes the
+// agent sessions when ctx ends.
+func (p parts) run(ctx context.Context, g *errgroup.Group, node leader.Node, log *slog.Logger) {
+	g.Go(func() error {
+		leader.Run(ctx, node, log, p.sessions, p.sched, leader.DutyFunc(p.api.LeadInventorySync))
+		p.sessions.Shutdown()
+		return nil
+	})
+	// Every node applies revocations to its open streams, leader or not.
+	if p.authz != nil {
+		g.Go(func() error { return p.authz.Run(ctx) })
+	}
 }
 
 // agentLeaderTrailer puts the leader's address in the ferry-leader trailer

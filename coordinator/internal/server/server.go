@@ -6,6 +6,7 @@ package server
 import (
 	"context"
 	"crypto/rand"
+	"crypto/x509"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -85,7 +86,11 @@ func (s *Server) open() error {
 	if err != nil {
 		return err
 	}
-	serverCreds, peerCreds, err := transportCredentials(s.cfg)
+	serverCreds, peerCreds, err := transportCredentials(s.cfg, s.revoked)
+	if err != nil {
+		return err
+	}
+	raftTLS, err := raftPeerTLS(s.cfg)
 	if err != nil {
 		return err
 	}
@@ -104,7 +109,7 @@ func (s *Server) open() error {
 	s.node, err = consensus.Open(consensus.Config{
 		NodeID: s.cfg.NodeID, DataDir: filepath.Join(s.cfg.DataDir, "raft"),
 		RaftBind: s.cfg.RaftListen, RaftAdvertise: s.cfg.RaftAdvertise, APIAddress: s.addr,
-		Bootstrap: s.cfg.Bootstrap(), NodeLookup: s.ledger.Node, Logger: s.log,
+		Bootstrap: s.cfg.Bootstrap(), NodeLookup: s.ledger.Node, TLS: raftTLS, Logger: s.log,
 		HeartbeatTimeout: s.cfg.HeartbeatTimeout, ElectionTimeout: s.cfg.ElectionTimeout,
 		TrailingLogs: s.cfg.TrailingLogs, SnapshotThreshold: s.cfg.SnapshotThreshold, SnapshotInterval: s.cfg.SnapshotInterval,
 	}, s.fsm)
@@ -140,7 +145,7 @@ func (s *Server) Run(ctx context.Context) error {
 		}
 		return nil
 	})
-	s.parts.run(ctx, g)
+	s.parts.run(ctx, g, s.node, s.log)
 	if !s.cfg.Bootstrap() {
 		g.Go(func() error { return s.join(ctx) })
 	}
@@ -245,9 +250,16 @@ func loadSealer(cfg config.Config) (*seal.Sealer, error) {
 	return seal.LoadKey(cfg.KeyFile)
 }
 
+// revoked says whether a certificate serial is on the ledger's revocation
+// list; the TLS handshake asks it (the ledger is there before serving).
+func (s *Server) revoked(serial string) bool {
+	return s.ledger != nil && s.ledger.Revoked(serial)
+}
+
 // transportCredentials returns the server's credentials and those it uses
-// to call other coordinators. The embedded default makes its own PKI.
-func transportCredentials(cfg config.Config) (server, peer credentials.TransportCredentials, err error) {
+// to call other coordinators. The embedded default makes its own PKI. A
+// client certificate that revoked names is refused at the handshake.
+func transportCredentials(cfg config.Config, revoked func(serial string) bool) (server, peer credentials.TransportCredentials, err error) {
 	if cfg.Insecure {
 		return insecure.NewCredentials(), insecure.NewCredentials(), nil
 	}
@@ -256,11 +268,22 @@ func transportCredentials(cfg config.Config) (server, peer credentials.Transport
 			return nil, nil, err
 		}
 	}
-	if server, err = tlsutil.ServerCredentials(cfg.TLSDir); err != nil {
+	tc, err := tlsutil.ServerConfig(cfg.TLSDir)
+	if err != nil {
 		return nil, nil, fmt.Errorf("--tls-dir %s: %w", cfg.TLSDir, err)
 	}
+	tc.VerifyPeerCertificate = func(_ [][]byte, chains [][]*x509.Certificate) error {
+		if len(chains) > 0 && len(chains[0]) > 0 && revoked(tlsutil.SerialString(chains[0][0])) {
+			return fmt.Errorf("certificate %s (serial %s) is revoked", chains[0][0].Subject.CommonName, tlsutil.SerialString(chains[0][0]))
+		}
+		return nil
+	}
+	server = credentials.NewTLS(tc)
 	if peer, err = tlsutil.ClientCredentialsFromDir(cfg.TLSDir, tlsutil.RoleCoordinator); err != nil {
 		return nil, nil, fmt.Errorf("--tls-dir %s: %w", cfg.TLSDir, err)
 	}
 	return server, peer, nil
 }
+
+// ServiceInfo lists the services and methods the node serves.
+func (s *Server) ServiceInfo() map[string]grpc.ServiceInfo { return s.grpc.GetServiceInfo() }

@@ -7,7 +7,6 @@ import (
 	"time"
 
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials"
 
 	"github.com/ferry-v2v/ferry/agent/agenttest"
 	"github.com/ferry-v2v/ferry/coordinator/internal/api"
@@ -16,7 +15,6 @@ import (
 	"github.com/ferry-v2v/ferry/pkg/client"
 	agentv1 "github.com/ferry-v2v/ferry/pkg/pb/ferry/agent/v1"
 	ferryv1 "github.com/ferry-v2v/ferry/pkg/pb/ferry/v1"
-	"github.com/ferry-v2v/ferry/pkg/tlsutil"
 )
 
 const gib = int64(1) << 30
@@ -81,15 +79,6 @@ func (g *gates) copier() agenttest.Copier {
 	}
 }
 
-func agentCreds(t *testing.T, c *testcluster.Cluster) credentials.TransportCredentials {
-	t.Helper()
-	creds, err := tlsutil.ClientCredentialsFromDir(c.TLSDir, tlsutil.RoleAgent)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return creds
-}
-
 func apiClient(t *testing.T, c *testcluster.Cluster) *client.Client {
 	t.Helper()
 	var addrs []string
@@ -145,8 +134,13 @@ func seed(t *testing.T, cl *client.Client) {
 
 func createServer(t *testing.T, cl *client.Client, name, host string) {
 	t.Helper()
+	createServerAt(t, cl, name, host, t.TempDir())
+}
+
+func createServerAt(t *testing.T, cl *client.Client, name, host, cachePath string) {
+	t.Helper()
 	_, err := cl.MigrationServers().CreateMigrationServer(testcluster.Ctx(t, 10*time.Second), &ferryv1.CreateMigrationServerRequest{
-		MigrationServer: &ferryv1.MigrationServer{Name: name, Host: host, Type: ferryv1.Platform_PLATFORM_KVM, CachePath: t.TempDir()}})
+		MigrationServer: &ferryv1.MigrationServer{Name: name, Host: host, Type: ferryv1.Platform_PLATFORM_KVM, CachePath: cachePath}})
 	if err != nil {
 		t.Fatalf("create migration server %s: %v", name, err)
 	}

@@ -44,7 +44,7 @@ func TestAgentSessionsOnACluster(t *testing.T) {
 
 	// An agent pointed at a follower ends up on the leader.
 	e.agent = agenttest.Start(t, agenttest.Options{Coordinators: []string{c.Followers()[0].Addr()}, HostName: "kvm1",
-		Credentials: agentCreds(t, c), Copy: e.gates.copier(), CacheTotal: 100 * gib, CacheFree: 50 * gib, Logger: c.Log})
+		Credentials: c.AgentCredentials("kvm1"), Copy: e.gates.copier(), CacheTotal: 100 * gib, CacheFree: 50 * gib, Logger: c.Log})
 	testcluster.Eventually(t, 10*time.Second, "the agent holds a session with the leader", func() bool {
 		return e.agent.Coordinator() == e.leader.Addr()
 	})
@@ -113,12 +113,15 @@ func (e *clusterEnv) leaderKilled(t *testing.T) {
 }
 
 func (e *clusterEnv) staleEpochIgnored(t *testing.T) {
-	raw := startRawAgent(t, e.c.DialAgent(e.leader.Addr()), &agentv1.Hello{HostName: "kvm2",
-		Facts: &ferryv1.HostFacts{CacheTotalBytes: 10 * gib, CacheFreeBytes: 10 * gib}})
+	// The raw agent reports the free space of the server's cache path
+	// ahead of time: it answers no heartbeat with fresh facts.
+	cachePath := t.TempDir()
+	raw := startRawAgent(t, e.c.DialAgent(e.leader.Addr(), "kvm2"), &agentv1.Hello{HostName: "kvm2",
+		Facts: &ferryv1.HostFacts{Storages: []*ferryv1.StorageSpace{{Path: cachePath, TotalBytes: 10 * gib, FreeBytes: 10 * gib}}}})
 	if raw.next().GetWelcome() == nil {
 		t.Fatal("no welcome")
 	}
-	createServer(t, e.cl, "migrationServers/kvm2", "hosts/kvm2")
+	createServerAt(t, e.cl, "migrationServers/kvm2", "hosts/kvm2", cachePath)
 	job := createJob(t, e.cl, "migrationServers/kvm2", "vm-c")
 	a := raw.next().GetAssignment()
 	if a.GetJob().GetName() != job || a.GetEpoch() != 1 || a.GetSecrets()["credentials/pw"] != "s3cret" {

@@ -15,10 +15,12 @@ import (
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
+	"github.com/ferry-v2v/ferry/coordinator/internal/authz"
 	"github.com/ferry-v2v/ferry/pkg/grpcutil"
 	agentv1 "github.com/ferry-v2v/ferry/pkg/pb/ferry/agent/v1"
 	ledgerv1 "github.com/ferry-v2v/ferry/pkg/pb/ferry/ledger/v1"
 	ferryv1 "github.com/ferry-v2v/ferry/pkg/pb/ferry/v1"
+	"github.com/ferry-v2v/ferry/pkg/tlsutil"
 )
 
 var (
@@ -38,12 +40,17 @@ type session struct {
 	cancel   context.CancelCauseFunc
 	lastRecv atomic.Int64 // unix nanoseconds by the manager's clock
 	welcomed atomic.Bool
+	// identity is the agent's certificate identity; authed is false when
+	// the coordinator does not authorize calls (--insecure).
+	identity tlsutil.Identity
+	authed   bool
 
 	mu       sync.Mutex
 	hostRec  *ferryv1.Host                              // as last recorded, facts updated by heartbeats
 	recorded time.Time                                  // when hostRec was last written to the ledger
 	jobs     map[string]*liveJob                        // jobs this agent runs for the current leader
 	waiting  map[string]chan *agentv1.InventoryResponse // inventory calls by request ID
+	synced   map[string]bool                            // sources this agent was asked to sync
 }
 
 // liveJob is what the session knows of a job its agent runs.
@@ -104,7 +111,10 @@ func (m *Manager) Connect(stream agentv1.AgentService_ConnectServer) error {
 	ctx, cancel := context.WithCancelCause(stream.Context())
 	defer cancel(nil)
 	s := &session{id: m.nextID, stream: stream, out: make(chan *agentv1.ConnectResponse, outboxSize),
-		ctx: ctx, cancel: cancel, jobs: map[string]*liveJob{}, waiting: map[string]chan *agentv1.InventoryResponse{}}
+		ctx: ctx, cancel: cancel, jobs: map[string]*liveJob{}, waiting: map[string]chan *agentv1.InventoryResponse{}, synced: map[string]bool{}}
+	if c, ok := authz.CallerFrom(stream.Context()); ok {
+		s.identity, s.authed = c.Identity, true
+	}
 	m.open[s] = struct{}{}
 	m.mu.Unlock()
 	defer func() {
@@ -189,6 +199,9 @@ func (m *Manager) handle(ctx context.Context, s *session, req *agentv1.ConnectRe
 	switch k := req.GetKind().(type) {
 	case *agentv1.ConnectRequest_Heartbeat:
 		if f := k.Heartbeat.GetFacts(); f != nil {
+			if err := checkFacts("heartbeat.facts", f); err != nil {
+				return err
+			}
 			s.mu.Lock()
 			s.hostRec.Facts = f
 			s.mu.Unlock()
@@ -214,10 +227,16 @@ func (m *Manager) handle(ctx context.Context, s *session, req *agentv1.ConnectRe
 
 // hello records the host, accepts the session and reconciles held jobs.
 func (m *Manager) hello(ctx context.Context, s *session, h *agentv1.Hello) error {
-	if h.GetHostName() == "" {
-		return status.Error(codes.InvalidArgument, "hello.host_name is required")
+	if err := checkHello(h); err != nil {
+		return err
+	}
+	if err := s.checkIdentity(h.GetHostName()); err != nil {
+		return err
 	}
 	name := HostName(h.GetHostName())
+	if err := m.mayTake(s, name); err != nil {
+		return err
+	}
 	host := &ferryv1.Host{Name: name, Cluster: clusterName(h.GetCluster()), Facts: h.GetFacts(),
 		Connected: true, AgentVersion: h.GetAgentVersion()}
 	s.mu.Lock()
@@ -235,23 +254,31 @@ func (m *Manager) hello(ctx context.Context, s *session, h *agentv1.Hello) error
 	}
 	welcome := &agentv1.Welcome{CoordinatorId: m.cfg.NodeID, HeartbeatIntervalMs: m.cfg.HeartbeatInterval.Milliseconds(),
 		GracePeriodMs: m.gracePeriod().Milliseconds(), CacheRetentionMs: m.ledger.Settings().GetCacheRetention().AsDuration().Milliseconds(),
-		StoragePaths: m.storagePaths()}
+		StoragePaths: m.storagePaths(name)}
 	if err := s.send(ctx, &agentv1.ConnectResponse{Kind: &agentv1.ConnectResponse_Welcome{Welcome: welcome}}); err != nil {
 		return err
 	}
 	s.welcomed.Store(true)
 	m.log.Info("agent connected", "host", s.host, "session", s.id, "agent_version", h.GetAgentVersion(),
 		"held_jobs", len(h.GetHeldJobs()))
+	m.sendHostLimits(ctx, s)
 	return m.reconcile(ctx, s, h.GetHeldJobs())
 }
 
-// storagePaths are the paths of every local and NFS primary storage, whose
-// space agents report in their facts. Every agent gets all of them: local
-// storage is written on the migration server's host, which need not be in
-// the storage's cluster, and measuring a path that is not there costs a
-// statfs of its parent.
-func (m *Manager) storagePaths() []string {
+// storagePaths are the paths whose space the agent of host reports in its
+// facts: every local and NFS primary storage's, and the cache_path of each
+// migration server on host, which the scheduler's cache admission and the
+// preview read (package capacity). Every agent gets all the storage paths:
+// local storage is written on the migration server's host, which need not
+// be in the storage's cluster, and measuring a path that is not there
+// costs a statfs of its parent.
+func (m *Manager) storagePaths(host string) []string {
 	var out []string
+	for _, srv := range m.ledger.MigrationServers(ferryv1.Platform_PLATFORM_UNSPECIFIED) {
+		if HostName(srv.GetHost()) == host && srv.GetCachePath() != "" {
+			out = append(out, srv.GetCachePath())
+		}
+	}
 	for _, ps := range m.ledger.PrimaryStorages("") {
 		switch ps.GetType() {
 		case ferryv1.PrimaryStorageType_PRIMARY_STORAGE_TYPE_LOCAL, ferryv1.PrimaryStorageType_PRIMARY_STORAGE_TYPE_NFS:
@@ -292,7 +319,7 @@ func (m *Manager) sendLoop(ctx context.Context, s *session) error {
 			if !s.welcomed.Load() {
 				continue
 			}
-			hb := &agentv1.Heartbeat{Time: timestamppb.New(now), StoragePaths: m.storagePaths(),
+			hb := &agentv1.Heartbeat{Time: timestamppb.New(now), StoragePaths: m.storagePaths(s.host),
 				GracePeriodMs: m.gracePeriod().Milliseconds()}
 			if err := s.stream.Send(&agentv1.ConnectResponse{Kind: &agentv1.ConnectResponse_Heartbeat{Heartbeat: hb}}); err != nil {
 				return err

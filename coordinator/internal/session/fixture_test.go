@@ -19,6 +19,7 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/ferry-v2v/ferry/coordinator/internal/fsm"
+	leaderstep "github.com/ferry-v2v/ferry/coordinator/internal/leader"
 	"github.com/ferry-v2v/ferry/coordinator/internal/ledger"
 	"github.com/ferry-v2v/ferry/coordinator/internal/watch"
 	agentv1 "github.com/ferry-v2v/ferry/pkg/pb/ferry/agent/v1"
@@ -59,6 +60,8 @@ func (r *memRaft) IsLeader() bool {
 }
 
 func (r *memRaft) LeaderAPIAddress() string { return "leader.example:7443" }
+
+func (r *memRaft) Barrier(context.Context) error { return nil }
 
 func (r *memRaft) SubscribeLeadership() (<-chan bool, func()) {
 	r.mu.Lock()
@@ -123,7 +126,11 @@ func newFixture(t *testing.T, cfg Config, leader bool) *fixture {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{}, 2)
 	go func() { _ = srv.Serve(lis); done <- struct{}{} }()
-	go func() { _ = f.mgr.Run(ctx); done <- struct{}{} }()
+	go func() {
+		leaderstep.Run(ctx, f.raft, nil, f.mgr)
+		f.mgr.Shutdown()
+		done <- struct{}{}
+	}()
 	conn, err := grpc.NewClient("passthrough:///bufnet",
 		grpc.WithContextDialer(func(ctx context.Context, _ string) (net.Conn, error) { return lis.DialContext(ctx) }),
 		grpc.WithTransportCredentials(insecure.NewCredentials()))
@@ -242,20 +249,39 @@ func (a *agent) send(req *agentv1.ConnectRequest) {
 	}
 }
 
-// next returns the next message that is not a heartbeat.
+// next returns the next message that is not a heartbeat or bandwidth
+// limits (sent after every welcome to a migration server's host).
 func (a *agent) next() *agentv1.ConnectResponse {
 	a.t.Helper()
 	deadline := time.After(5 * time.Second)
 	for {
 		select {
 		case msg := <-a.in:
-			if msg.GetHeartbeat() == nil {
+			if msg.GetHeartbeat() == nil && msg.GetBandwidthLimits() == nil {
 				return msg
 			}
 		case err := <-a.errc:
 			a.t.Fatalf("stream ended: %v", err)
 		case <-deadline:
 			a.t.Fatal("no message within 5s")
+		}
+	}
+}
+
+// nextLimits returns the next bandwidth limits message, skipping others.
+func (a *agent) nextLimits() *agentv1.BandwidthLimits {
+	a.t.Helper()
+	deadline := time.After(5 * time.Second)
+	for {
+		select {
+		case msg := <-a.in:
+			if b := msg.GetBandwidthLimits(); b != nil {
+				return b
+			}
+		case err := <-a.errc:
+			a.t.Fatalf("stream ended: %v", err)
+		case <-deadline:
+			a.t.Fatal("no bandwidth limits within 5s")
 		}
 	}
 }

@@ -4,7 +4,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 
+	"golang.org/x/crypto/ssh"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
@@ -24,6 +26,9 @@ func (m *Manager) SourceInventory(ctx context.Context, src *ferryv1.Source, serv
 	if s == nil || !s.welcomed.Load() {
 		return nil, status.Errorf(codes.Unavailable, "the agent on %s is not connected", host)
 	}
+	if err := s.mayReceive(host); err != nil {
+		return nil, status.Errorf(codes.Internal, "inventory of %s: %v", src.GetName(), err)
+	}
 	secrets, err := m.secretsOf(src)
 	if err != nil {
 		return nil, err
@@ -35,6 +40,7 @@ func (m *Manager) SourceInventory(ctx context.Context, src *ferryv1.Source, serv
 	answer := make(chan *agentv1.InventoryResponse, 1)
 	s.mu.Lock()
 	s.waiting[id] = answer
+	s.synced[src.GetName()] = true
 	s.mu.Unlock()
 	defer func() {
 		s.mu.Lock()
@@ -85,11 +91,25 @@ func (m *Manager) inventoryAnswer(s *session, r *agentv1.InventoryResponse) {
 }
 
 // hostKey records the SSH host key a KVM source presented first (trust on
-// first use). A key different from the recorded one is refused and logged.
+// first use). Only the agent that was sent to that source may report it:
+// the host of a running job of the source, or a host asked to sync it in
+// this session. The key must parse as an SSH public key and is recorded in
+// authorized_keys form. A key different from the recorded one is refused
+// and logged.
 func (m *Manager) hostKey(ctx context.Context, s *session, k *agentv1.HostKeyObserved) error {
+	if !m.connectsTo(s, k.GetSource()) {
+		m.log.Warn("refused a source host key from a host that runs no job or sync of the source", "host", s.host, "source", k.GetSource())
+		return nil
+	}
+	pub, _, _, _, err := ssh.ParseAuthorizedKey([]byte(k.GetHostKey()))
+	if err != nil {
+		m.log.Warn("refused a source host key that is not an SSH public key", "host", s.host, "source", k.GetSource(), "err", err)
+		return nil
+	}
+	key := strings.TrimSpace(string(ssh.MarshalAuthorizedKey(pub)))
 	cmd := &ledgerv1.Command{Op: &ledgerv1.Command_RecordSourceHostKey{RecordSourceHostKey: &ledgerv1.RecordSourceHostKey{
-		Name: k.GetSource(), HostKey: k.GetHostKey()}}}
-	err := m.propose(ctx, cmd)
+		Name: k.GetSource(), HostKey: key}}}
+	err = m.propose(ctx, cmd)
 	switch {
 	case err == nil:
 		m.log.Info("recorded the host key a source presented first", "host", s.host, "source", k.GetSource())
@@ -100,6 +120,23 @@ func (m *Manager) hostKey(ctx context.Context, s *session, k *agentv1.HostKeyObs
 	default:
 		return fmt.Errorf("record host key of %s: %w", k.GetSource(), err)
 	}
+}
+
+// connectsTo says whether s's agent was sent to source: it runs a job of
+// it, or was asked to sync it during this session.
+func (m *Manager) connectsTo(s *session, source string) bool {
+	s.mu.Lock()
+	synced := s.synced[source]
+	s.mu.Unlock()
+	if synced {
+		return true
+	}
+	for _, j := range m.ledger.Jobs(ledger.JobFilter{State: stateRunning, Source: source}) {
+		if HostName(j.GetAssignedHost()) == s.host {
+			return true
+		}
+	}
+	return false
 }
 
 // secretsOf unseals the credentials a source uses, by credential name.

@@ -2,8 +2,12 @@ package session
 
 import (
 	"context"
+	"crypto/ed25519"
+	"crypto/rand"
+	"strings"
 	"testing"
 
+	"golang.org/x/crypto/ssh"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
@@ -55,22 +59,53 @@ func TestSourceInventoryThroughTheAgent(t *testing.T) {
 	}
 }
 
+// TestHostKeyObservedIsRecordedOnce: a source's host key is recorded from
+// the agent running a job of the source, once; a key from a host that
+// runs no job or sync of the source, or that is no SSH public key, is
+// refused without ending the session.
 func TestHostKeyObservedIsRecordedOnce(t *testing.T) {
 	f := newFixture(t, Config{}, true)
-	f.seedJob("hosts/h1", 1)
+	job := f.seedJob("hosts/h1", 1)
+	first, second := sshKey(t), sshKey(t)
+	other := f.connect(hello("h2"))
+	other.next()
 	a := f.connect(hello("h1"))
 	a.next()
-	for _, key := range []string{"ssh-ed25519 AAAAfirst", "ssh-ed25519 AAAAsecond"} {
-		a.send(&agentv1.ConnectRequest{Kind: &agentv1.ConnectRequest_HostKeyObserved{HostKeyObserved: &agentv1.HostKeyObserved{
+	observe := func(ag *agent, key string) {
+		ag.send(&agentv1.ConnectRequest{Kind: &agentv1.ConnectRequest_HostKeyObserved{HostKeyObserved: &agentv1.HostKeyObserved{
 			Source: "sources/kvm1", HostKey: key}}})
 	}
+	// Nobody runs the job yet: no host may report the source's key.
+	observe(a, first)
+	f.start(job, "hosts/h1", 1)
+	observe(other, second) // h2 runs nothing of the source
+	observe(a, "ssh-ed25519 AAAAnot-a-key")
+	observe(a, first+" comment")
+	observe(a, second)
 	waitFor(t, "first host key recorded", func() bool {
 		s, _ := f.ledger.Source("sources/kvm1")
-		return s.GetKvm().GetObservedHostKey() == "ssh-ed25519 AAAAfirst"
+		return s.GetKvm().GetObservedHostKey() != ""
 	})
-	// The refused second key does not end the session.
+	// The refused keys do not end the session.
 	a.send(&agentv1.ConnectRequest{Kind: &agentv1.ConnectRequest_Heartbeat{Heartbeat: &agentv1.Heartbeat{}}})
-	if !f.mgr.Connected("h1") {
-		t.Fatal("session ended")
+	if !f.mgr.Connected("h1") || !f.mgr.Connected("h2") {
+		t.Fatal("a session ended")
 	}
+	if s, _ := f.ledger.Source("sources/kvm1"); s.GetKvm().GetObservedHostKey() != first {
+		t.Fatalf("recorded %q, want the first key of the job's host %q", s.GetKvm().GetObservedHostKey(), first)
+	}
+}
+
+// sshKey returns a new ed25519 public key in authorized_keys form.
+func sshKey(t *testing.T) string {
+	t.Helper()
+	pub, _, err := ed25519.GenerateKey(rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	k, err := ssh.NewPublicKey(pub)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return strings.TrimSpace(string(ssh.MarshalAuthorizedKey(k)))
 }

@@ -20,6 +20,10 @@ const stateRunning = ferryv1.MigrationJobState_MIGRATION_JOB_STATE_RUNNING
 // the phase changed or the checkpoint interval passed. Progress of another
 // epoch than the ledger's is dropped.
 func (m *Manager) progress(ctx context.Context, s *session, p *agentv1.JobProgress) error {
+	if !m.assignedTo(s, p.GetJob()) {
+		m.log.Warn("ignoring progress from a host the job is not assigned to", "host", s.host, "job", p.GetJob(), "epoch", p.GetEpoch())
+		return nil
+	}
 	if !m.hub.Progress(p.GetJob(), p.GetEpoch(), p.GetDisks()) {
 		m.log.Debug("dropping progress of a stale assignment", "host", s.host, "job", p.GetJob(), "epoch", p.GetEpoch())
 		return nil
@@ -49,9 +53,8 @@ func (m *Manager) progress(ctx context.Context, s *session, p *agentv1.JobProgre
 // a superseded assignment; they are logged and ignored.
 func (m *Manager) result(ctx context.Context, s *session, r *agentv1.JobResult) error {
 	s.untrack(r.GetJob(), r.GetEpoch())
-	if j, ok := m.ledger.Job(r.GetJob()); ok && HostName(j.GetAssignedHost()) != s.host {
-		m.log.Warn("ignoring a result from a host the job is not assigned to", "host", s.host, "job", r.GetJob(),
-			"assigned_host", j.GetAssignedHost())
+	if !m.assignedTo(s, r.GetJob()) {
+		m.log.Warn("ignoring a result from a host the job is not assigned to", "host", s.host, "job", r.GetJob())
 		return nil
 	}
 	state, reason := outcomeState(r)
@@ -62,6 +65,13 @@ func (m *Manager) result(ctx context.Context, s *session, r *agentv1.JobResult) 
 		m.log.Info("job finished", "host", s.host, "job", r.GetJob(), "epoch", r.GetEpoch(), "state", state, "reason", reason)
 	}
 	return m.refusable(err, "result", s, r.GetJob(), r.GetEpoch())
+}
+
+// assignedTo says whether job exists and is assigned to s's host. Reports
+// about any other job (another host's, or one that is gone) are dropped.
+func (m *Manager) assignedTo(s *session, job string) bool {
+	j, ok := m.ledger.Job(job)
+	return ok && HostName(j.GetAssignedHost()) == s.host
 }
 
 func outcomeState(r *agentv1.JobResult) (ferryv1.MigrationJobState, string) {
@@ -152,12 +162,16 @@ func (m *Manager) Assign(ctx context.Context, host string, a *agentv1.Assignment
 }
 
 func (m *Manager) assign(ctx context.Context, s *session, a *agentv1.Assignment) error {
+	if err := s.mayReceive(a.GetJob().GetAssignedHost()); err != nil {
+		return fmt.Errorf("assign %s: %w", a.GetJob().GetName(), err)
+	}
 	s.track(a.GetJob().GetName(), a.GetEpoch(), ferryv1.MigrationJobPhase_MIGRATION_JOB_PHASE_CONVERTING, m.clock.Now())
 	msg := &agentv1.ConnectResponse{Kind: &agentv1.ConnectResponse_Assignment{Assignment: a}}
 	if err := s.send(ctx, msg); err != nil {
 		s.untrack(a.GetJob().GetName(), a.GetEpoch())
 		return fmt.Errorf("assign %s to %s: %w", a.GetJob().GetName(), s.host, err)
 	}
+	m.limitsAfterAssign(ctx, s, a)
 	return nil
 }
 

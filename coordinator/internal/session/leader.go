@@ -3,7 +3,6 @@ package session
 import (
 	"context"
 	"fmt"
-	"sync"
 	"time"
 
 	"github.com/ferry-v2v/ferry/coordinator/internal/ledger"
@@ -16,47 +15,22 @@ import (
 // gone longer than the grace period.
 const ReasonAgentLost = "agent lost"
 
-// Run carries out the leader's duties while this node leads: the grace
-// sweeper, cancellations of jobs on agents, and refreshing connected hosts
-// in the ledger. When leadership is lost every session is closed, so the
-// agents move to the new leader. Run returns when ctx ends, after every
-// session has ended.
-func (m *Manager) Run(ctx context.Context) error {
-	leaderCh, unsubscribe := m.raft.SubscribeLeadership()
-	defer unsubscribe()
-	var term sync.WaitGroup
-	stopTerm := func() {}
-	defer func() {
-		stopTerm()
-		term.Wait()
-		m.shutdown()
-	}()
-	for {
-		select {
-		case <-ctx.Done():
-			return nil
-		case leader, ok := <-leaderCh:
-			stopTerm()
-			term.Wait()
-			stopTerm = func() {}
-			if !ok {
-				return nil
-			}
-			if !leader {
-				m.closeAll(errNotLeader)
-				m.hub.Reset()
-				continue
-			}
-			termCtx, cancel := context.WithCancel(ctx)
-			stopTerm = cancel
-			term.Add(1)
-			go func() {
-				defer term.Done()
-				m.lead(termCtx)
-			}()
-		}
-	}
+// Lead carries out the leader's duties for one term (see package
+// leader): the grace sweeper, cancellations of jobs on agents,
+// refreshing connected hosts in the ledger, and sending changed bandwidth
+// limits to the agents of their servers. It returns when ctx ends.
+func (m *Manager) Lead(ctx context.Context) { m.lead(ctx) }
+
+// Follow closes every session once this node no longer leads, so the
+// agents move to the new leader, and resets what watchers were told.
+func (m *Manager) Follow() {
+	m.closeAll(errNotLeader)
+	m.hub.Reset()
 }
+
+// Shutdown refuses new sessions, ends the open ones and waits for their
+// handlers; the node calls it when it stops, after its leader duties.
+func (m *Manager) Shutdown() { m.shutdown() }
 
 // shutdown refuses new sessions, ends the open ones and waits for their
 // handlers and receive loops.
@@ -101,6 +75,8 @@ func (m *Manager) lead(ctx context.Context) {
 			m.sweep(ctx)
 		case <-refresh.C:
 			m.refreshHosts(ctx)
+		case <-m.limits.signal:
+			m.sendChangedLimits(ctx)
 		}
 	}
 }

@@ -15,6 +15,8 @@ import (
 	"sync"
 	"time"
 
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 
 	"github.com/ferry-v2v/ferry/coordinator/internal/fsm"
@@ -90,7 +92,6 @@ type Proposer interface {
 	Propose(ctx context.Context, cmd *ledgerv1.Command) (fsm.Result, error)
 	IsLeader() bool
 	LeaderAPIAddress() string
-	SubscribeLeadership() (<-chan bool, func())
 }
 
 // Unsealer opens sealed credentials; aad is the credential's name.
@@ -137,6 +138,9 @@ type Manager struct {
 	open     map[*session]struct{} // every open stream, hello or not
 	gone     map[string]time.Time
 	closed   bool
+
+	limitsMu sync.Mutex // guards limits.pending; taken under the ledger's lock, so it takes no other lock
+	limits   limitsChanges
 }
 
 // NewManager returns a manager; call Run to start its leader duties.
@@ -160,6 +164,7 @@ func NewManager(cfg Config, deps Deps) *Manager {
 		sessions: map[string]*session{},
 		open:     map[*session]struct{}{},
 		gone:     map[string]time.Time{},
+		limits:   limitsChanges{signal: make(chan struct{}, 1), pending: map[string]bool{}},
 	}
 }
 
@@ -208,6 +213,9 @@ func (m *Manager) register(s *session, host string) error {
 	if err := s.ctx.Err(); err != nil {
 		return context.Cause(s.ctx)
 	}
+	if err := m.mayTakeLocked(s, host); err != nil {
+		return err
+	}
 	s.host = host
 	if old := m.sessions[s.host]; old != nil {
 		old.cancel(errReplaced)
@@ -215,6 +223,22 @@ func (m *Manager) register(s *session, host string) error {
 	m.sessions[s.host] = s
 	delete(m.gone, s.host)
 	return nil
+}
+
+// mayTake refuses s as host's session while host has a session of another
+// identity: a session is replaced only by its own agent reconnecting.
+func (m *Manager) mayTake(s *session, host string) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.mayTakeLocked(s, host)
+}
+
+func (m *Manager) mayTakeLocked(s *session, host string) error {
+	old := m.sessions[host]
+	if old == nil || old == s || (old.authed == s.authed && old.identity == s.identity) {
+		return nil
+	}
+	return status.Errorf(codes.PermissionDenied, "%s has a session of %s; %s cannot replace it", host, old.identity, s.identity)
 }
 
 // unregister forgets s if it is still its host's session, and reports so.

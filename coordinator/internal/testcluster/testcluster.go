@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
 
 	"github.com/ferry-v2v/ferry/coordinator/internal/config"
 	"github.com/ferry-v2v/ferry/coordinator/internal/server"
@@ -29,6 +30,13 @@ type Cluster struct {
 	Log     *slog.Logger
 	// TrailingLogs is passed to every node added after it is set.
 	TrailingLogs uint64
+	// AuthorizationOff, set before nodes are added, serves TLS without
+	// authorizing calls (benchmarks compare the two).
+	AuthorizationOff bool
+	// Insecure is passed to every node added after it is set: plaintext
+	// gRPC and plain-TCP Raft, as --insecure. Dial and DialAgent, which
+	// use the PKI, cannot reach such nodes.
+	Insecure bool
 
 	mu    sync.Mutex
 	nodes []*Node
@@ -80,7 +88,7 @@ func (c *Cluster) AddNode() *Node {
 	cfg := config.Config{
 		NodeID: fmt.Sprintf("n%d", i+1), DataDir: filepath.Join(c.dir, fmt.Sprintf("n%d", i+1)),
 		Listen: "127.0.0.1:0", RaftListen: "127.0.0.1:0", TLSDir: c.TLSDir, KeyFile: c.KeyFile,
-		TrailingLogs: c.TrailingLogs,
+		TrailingLogs: c.TrailingLogs, AuthorizationOff: c.AuthorizationOff, Insecure: c.Insecure,
 	}
 	for _, n := range c.nodes {
 		if n.alive {
@@ -210,17 +218,38 @@ func (c *Cluster) leaderNow() *Node {
 
 // Dial returns a client connection to addr with the operator certificate.
 func (c *Cluster) Dial(addr string) *grpc.ClientConn {
-	return c.dialAs(addr, tlsutil.RoleClient)
+	return c.DialAs(addr, tlsutil.DefaultOperator)
 }
 
-// DialAgent returns a client connection to addr with the agent certificate.
-func (c *Cluster) DialAgent(addr string) *grpc.ClientConn {
-	return c.dialAs(addr, tlsutil.RoleAgent)
+// DialAgent returns a client connection to addr with the agent certificate
+// of host (issued on first use).
+func (c *Cluster) DialAgent(addr, host string) *grpc.ClientConn {
+	return c.DialAs(addr, tlsutil.Identity{Role: tlsutil.RoleIDAgent, Name: host})
 }
 
-func (c *Cluster) dialAs(addr, role string) *grpc.ClientConn {
+// Issue makes (once) a certificate for id with the cluster's CA and
+// returns its directory.
+func (c *Cluster) Issue(id tlsutil.Identity) string {
 	c.t.Helper()
-	creds, err := tlsutil.ClientCredentialsFromDir(c.TLSDir, role)
+	dir, _, err := tlsutil.Issue(c.TLSDir, id, tlsutil.Options{})
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	return dir
+}
+
+// DialAs returns a client connection to addr with a certificate for id,
+// issued with the cluster's CA on first use.
+func (c *Cluster) DialAs(addr string, id tlsutil.Identity) *grpc.ClientConn {
+	c.t.Helper()
+	return c.DialDir(addr, c.Issue(id), tlsutil.PairName(id.Role))
+}
+
+// DialDir returns a client connection to addr with the pair named pair
+// (tlsutil.RoleAgent, ...) in dir, which trusts dir's ca.crt.
+func (c *Cluster) DialDir(addr, dir, pair string) *grpc.ClientConn {
+	c.t.Helper()
+	creds, err := tlsutil.ClientCredentialsFromDir(dir, pair)
 	if err != nil {
 		c.t.Fatal(err)
 	}
@@ -242,4 +271,15 @@ func (c *Cluster) Close() {
 	for _, n := range c.Nodes() {
 		c.Kill(n)
 	}
+}
+
+// AgentCredentials returns the transport credentials of host's agent
+// certificate (issued on first use): ferry://agent/HOST.
+func (c *Cluster) AgentCredentials(host string) credentials.TransportCredentials {
+	c.t.Helper()
+	creds, err := tlsutil.ClientCredentialsFromDir(c.Issue(tlsutil.Identity{Role: tlsutil.RoleIDAgent, Name: host}), tlsutil.RoleAgent)
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	return creds
 }

@@ -144,8 +144,9 @@ func (c *Conn) Versions() (libvirtVersion, qemuVersion Version) {
 }
 
 // CheckVersions fails with ErrVersion, naming the version found, when the
-// source is too old for a migration (ceph: the job's storage is Ceph).
-func (c *Conn) CheckVersions(ceph bool) error {
+// source is too old for a migration (ceph: why the job involves Ceph, see
+// kvmver.CephReason; "" when it does not).
+func (c *Conn) CheckVersions(ceph string) error {
 	if err := checkVersions(c.libVersion, c.qemuVersion, ceph); err != nil {
 		return fmt.Errorf("source %s: %w", c.cfg.hostPort(), err)
 	}

@@ -11,6 +11,7 @@ import (
 	"github.com/ferry-v2v/ferry/agent/internal/cache"
 	"github.com/ferry-v2v/ferry/agent/internal/pipeline"
 	"github.com/ferry-v2v/ferry/agent/internal/runner"
+	"github.com/ferry-v2v/ferry/pkg/kvmver"
 	"github.com/ferry-v2v/ferry/pkg/nbd"
 	"github.com/ferry-v2v/ferry/pkg/netsel"
 	agentv1 "github.com/ferry-v2v/ferry/pkg/pb/ferry/agent/v1"
@@ -161,12 +162,14 @@ func (d *Driver) Convert(ctx context.Context, job *runner.Job) error {
 	}
 	conn := src.conn
 	defer func() { src.conn.Close() }()
-	if err := conn.CheckVersions(a.GetPrimaryStorage().GetType() == ferryv1.PrimaryStorageType_PRIMARY_STORAGE_TYPE_CEPH); err != nil {
-		return err
-	}
 	vmName := a.GetJob().GetSourceVm()
 	vm, err := conn.DescribeVM(ctx, vmName)
 	if err != nil {
+		return err
+	}
+	// The coordinator's pre-checks ran on the versions of the last sync;
+	// the source may have changed since.
+	if err := conn.CheckVersions(cephReason(a, vm)); err != nil {
 		return err
 	}
 	if err := d.saveSourceFacts(ctx, conn, vm, job.CacheDir); err != nil {
@@ -258,4 +261,15 @@ func (d *Driver) saveSourceFacts(ctx context.Context, conn *Conn, vm *VM, dir st
 		}
 	}
 	return cache.SaveSourceVM(dir, vm.Proto(), nvram)
+}
+
+// cephReason says why the job involves Ceph: a source disk it copies is an
+// RBD image, or its target storage is Ceph.
+func cephReason(a *agentv1.Assignment, vm *VM) string {
+	copies := map[string]bool{}
+	for _, d := range a.GetJob().GetTarget().GetDisks() {
+		copies[d.GetSourceDisk()] = true
+	}
+	return kvmver.CephReason(a.GetPrimaryStorage().GetType() == ferryv1.PrimaryStorageType_PRIMARY_STORAGE_TYPE_CEPH,
+		vm.Proto().GetDisks(), func(target string) bool { return copies[target] })
 }

@@ -34,7 +34,8 @@ func (vm *VM) Proto() *ferryv1.SourceVm {
 			CapacityBytes: d.CapacityBytes, AllocationBytes: d.AllocationBytes, Bus: d.Bus})
 	}
 	for _, n := range vm.NICs {
-		out.Nics = append(out.Nics, &ferryv1.SourceNic{Mac: n.MAC, Network: n.Network, Bridge: n.Bridge, Model: n.Model})
+		out.Nics = append(out.Nics, &ferryv1.SourceNic{Mac: n.MAC, Network: n.Network, Bridge: n.Bridge, Model: n.Model,
+			IpAddresses: n.IPs})
 	}
 	return out
 }
@@ -65,6 +66,7 @@ func (c *Conn) Product() *ferryv1.SourceProduct {
 	return &ferryv1.SourceProduct{
 		FullName: fmt.Sprintf("libvirt %s (QEMU %s)", c.libVersion, c.qemuVersion),
 		Version:  c.libVersion.String(), ApiVersion: c.libVersion.String(), ApiType: "libvirt",
+		QemuVersion: c.qemuVersion.String(),
 	}
 }
 

@@ -73,6 +73,11 @@ type NIC struct {
 	Network string // libvirt network, for type network
 	Bridge  string // host bridge (also the network's bridge when running)
 	Model   string // virtio, e1000...
+	// IPs are the guest's addresses on the NIC, as its QEMU guest agent
+	// reports them, else as the DHCP leases of its libvirt network do;
+	// none when neither knows (the VM is not running, has no agent and no
+	// lease).
+	IPs []string
 }
 
 // ListVMs returns the running and paused domains of the source.
@@ -144,7 +149,47 @@ func (c *Conn) describe(dom *libvirt.Domain) (*VM, error) {
 		}
 		d.CapacityBytes, d.AllocationBytes = int64(info.Capacity), int64(info.Allocation)
 	}
+	c.guestAddresses(dom, vm)
 	return vm, nil
+}
+
+// guestAddresses fills the NICs' guest addresses (virDomainInterfaceAddresses):
+// from the QEMU guest agent of a running VM, else from the DHCP leases of
+// the libvirt networks it is on. Not knowing them is no error: the VM is
+// listed without.
+func (c *Conn) guestAddresses(dom *libvirt.Domain, vm *VM) {
+	if len(vm.NICs) == 0 || vm.State != StateRunning && vm.State != StatePaused {
+		return
+	}
+	var ifaces []libvirt.DomainInterface
+	var err error
+	if vm.State == StateRunning { // a paused guest's agent cannot answer
+		ifaces, err = dom.ListAllInterfaceAddresses(libvirt.DOMAIN_INTERFACE_ADDRESSES_SRC_AGENT)
+	}
+	if vm.State != StateRunning || err != nil || len(ifaces) == 0 {
+		if err != nil {
+			c.log.Debug("no guest addresses from the guest agent; reading DHCP leases", "vm", vm.Name, "err", err)
+		}
+		if ifaces, err = dom.ListAllInterfaceAddresses(libvirt.DOMAIN_INTERFACE_ADDRESSES_SRC_LEASE); err != nil {
+			c.log.Debug("no guest addresses from DHCP leases", "vm", vm.Name, "err", err)
+			return
+		}
+	}
+	setGuestAddresses(vm.NICs, ifaces)
+}
+
+// setGuestAddresses gives each NIC the addresses of the interface with its MAC.
+func setGuestAddresses(nics []NIC, ifaces []libvirt.DomainInterface) {
+	for i := range nics {
+		for _, ifc := range ifaces {
+			if !strings.EqualFold(ifc.Hwaddr, nics[i].MAC) {
+				continue
+			}
+			for _, a := range ifc.Addrs {
+				nics[i].IPs = append(nics[i].IPs, a.Addr)
+			}
+		}
+	}
 }
 
 func stateName(s libvirt.DomainState) string {

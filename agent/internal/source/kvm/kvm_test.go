@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"reflect"
 	"strings"
 	"testing"
 
@@ -100,7 +101,7 @@ func TestParseDomain(t *testing.T) {
 		{MAC: "52:54:00:aa:bb:cc", Type: "network", Network: "default", Bridge: "virbr0", Model: "virtio"},
 		{MAC: "52:54:00:11:22:33", Type: "bridge", Bridge: "br-prod", Model: "e1000"},
 	}
-	if len(vm.NICs) != 2 || vm.NICs[0] != wantNICs[0] || vm.NICs[1] != wantNICs[1] {
+	if !reflect.DeepEqual(vm.NICs, wantNICs) {
 		t.Errorf("nics = %+v; want %+v", vm.NICs, wantNICs)
 	}
 }
@@ -158,33 +159,34 @@ func TestOSType(t *testing.T) {
 func TestCheckVersions(t *testing.T) {
 	tests := []struct {
 		lib, qemu Version
-		ceph      bool
+		ceph      string
 		want      string // substring of the error, "" for none
 	}{
-		{Version{9, 0, 0}, Version{7, 2, 0}, true, ""},
-		{Version{1, 2, 9}, Version{1, 1, 0}, false, ""},
-		{Version{1, 2, 8}, Version{2, 0, 0}, false, "libvirt 1.2.8 found, 1.2.9 or newer needed"},
-		{Version{1, 2, 15}, Version{2, 0, 0}, true, "libvirt 1.2.15 found, 1.2.16 or newer needed with Ceph"},
-		{Version{1, 2, 15}, Version{2, 0, 0}, false, ""},
-		{Version{2, 0, 0}, Version{1, 0, 9}, false, "QEMU 1.0.9 found, 1.1.0 or newer needed"},
+		{ver(9, 0, 0), ver(7, 2, 0), "the target primary storage is Ceph", ""},
+		{ver(1, 2, 9), ver(1, 1, 0), "", ""},
+		{ver(1, 2, 8), ver(2, 0, 0), "", "libvirt 1.2.8 found, 1.2.9 or newer needed"},
+		{ver(1, 2, 15), ver(2, 0, 0), "source disk vdb is the RBD image pool/data",
+			"libvirt 1.2.15 found, 1.2.16 or newer needed with Ceph storage (source disk vdb is the RBD image pool/data)"},
+		{ver(1, 2, 15), ver(2, 0, 0), "", ""},
+		{ver(2, 0, 0), ver(1, 0, 9), "", "QEMU 1.0.9 found, 1.1.0 or newer needed"},
 	}
 	for _, tt := range tests {
 		err := checkVersions(tt.lib, tt.qemu, tt.ceph)
 		if tt.want == "" {
 			if err != nil {
-				t.Errorf("checkVersions(%s, %s, %v) = %v", tt.lib, tt.qemu, tt.ceph, err)
+				t.Errorf("checkVersions(%s, %s, %q) = %v", tt.lib, tt.qemu, tt.ceph, err)
 			}
 			continue
 		}
 		if !errors.Is(err, ErrVersion) || !strings.Contains(err.Error(), tt.want) {
-			t.Errorf("checkVersions(%s, %s, %v) = %v; want %q", tt.lib, tt.qemu, tt.ceph, err, tt.want)
+			t.Errorf("checkVersions(%s, %s, %q) = %v; want %q", tt.lib, tt.qemu, tt.ceph, err, tt.want)
 		}
 	}
-	if err := checkBackupVersions(Version{5, 10, 0}, Version{7, 2, 0}); !errors.Is(err, ErrVersion) ||
+	if err := checkBackupVersions(ver(5, 10, 0), ver(7, 2, 0)); !errors.Is(err, ErrVersion) ||
 		!strings.Contains(err.Error(), "found libvirt 5.10.0") {
 		t.Errorf("checkBackupVersions(5.10.0) = %v", err)
 	}
-	if v := versionOf(9000000); v != (Version{9, 0, 0}) {
+	if v := versionOf(9000000); v != (ver(9, 0, 0)) {
 		t.Errorf("versionOf(9000000) = %v", v)
 	}
 	if v := versionOf(7002022); v.String() != "7.2.22" {
@@ -330,5 +332,23 @@ func TestSASLAuth(t *testing.T) {
 	auth.Callback(creds)
 	if creds[0].Result != "migrator" || creds[0].ResultLen != 8 || creds[1].Result != "s3cret" || creds[1].ResultLen != 6 {
 		t.Errorf("SASL answers = %+v, %+v", *creds[0], *creds[1])
+	}
+}
+
+func ver(major, minor, micro uint32) Version {
+	return Version{Major: major, Minor: minor, Micro: micro}
+}
+
+// The guest agent's (or the leases') interfaces land on the NICs with
+// their MACs, whatever the case; the loopback and unknown MACs on none.
+func TestSetGuestAddresses(t *testing.T) {
+	nics := []NIC{{MAC: "52:54:00:aa:bb:cc"}, {MAC: "52:54:00:11:22:33"}}
+	setGuestAddresses(nics, []libvirt.DomainInterface{
+		{Name: "lo", Hwaddr: "00:00:00:00:00:00", Addrs: []libvirt.DomainIPAddress{{Addr: "127.0.0.1", Prefix: 8}}},
+		{Name: "eth0", Hwaddr: "52:54:00:AA:BB:CC", Addrs: []libvirt.DomainIPAddress{{Addr: "10.1.2.3", Prefix: 24}, {Type: libvirt.IP_ADDR_TYPE_IPV6, Addr: "fe80::1", Prefix: 64}}},
+		{Name: "eth9", Hwaddr: "52:54:00:99:99:99", Addrs: []libvirt.DomainIPAddress{{Addr: "10.9.9.9", Prefix: 24}}},
+	})
+	if !reflect.DeepEqual(nics[0].IPs, []string{"10.1.2.3", "fe80::1"}) || nics[1].IPs != nil {
+		t.Errorf("NICs = %+v", nics)
 	}
 }

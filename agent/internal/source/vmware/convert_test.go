@@ -534,7 +534,7 @@ func TestConvertedDiskThatDiffersFailsVerification(t *testing.T) {
 				if err != nil {
 					return err
 				}
-				err = img.WriteZeroes(ctx, off, cache.ClusterSize)
+				err = img.WriteZeroes(ctx, off, cache.Granule)
 				if cerr := img.Close(); err == nil {
 					err = cerr
 				}
@@ -556,9 +556,9 @@ func firstData(t *testing.T, raw string) int64 {
 	if err != nil {
 		t.Fatal(err)
 	}
-	zero := make([]byte, cache.ClusterSize)
-	for off := int64(0); off < int64(len(b)); off += cache.ClusterSize {
-		if !bytes.Equal(b[off:off+cache.ClusterSize], zero) {
+	zero := make([]byte, cache.Granule)
+	for off := int64(0); off < int64(len(b)); off += cache.Granule {
+		if !bytes.Equal(b[off:off+cache.Granule], zero) {
 			return off
 		}
 	}

@@ -11,6 +11,7 @@ import (
 	"github.com/vmware/govmomi/property"
 	"github.com/vmware/govmomi/vim25/mo"
 
+	"github.com/ferry-v2v/ferry/agent/internal/cache"
 	"github.com/ferry-v2v/ferry/agent/internal/runner"
 	"github.com/ferry-v2v/ferry/pkg/vmdk"
 )
@@ -31,7 +32,7 @@ func decodeSparse(ctx context.Context, r io.Reader, dst Sink, base, limit int64,
 	if base != 0 {
 		dst = offsetSink{dst, base}
 	}
-	_, err = vmdk.CopyStream(ctx, sr, dst, vmdk.CopyOptions{Progress: func(done, _ int64) { progress(base + done) }})
+	_, err = vmdk.CopyStream(ctx, sr, dst, vmdk.CopyOptions{Align: cache.Granule, Progress: func(done, _ int64) { progress(base + done) }})
 	return err
 }
 

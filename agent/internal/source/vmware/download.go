@@ -13,21 +13,20 @@ import (
 	"github.com/vmware/govmomi/vim25/soap"
 
 	"github.com/ferry-v2v/ferry/pkg/ratelimit"
+
+	"github.com/ferry-v2v/ferry/agent/internal/cache"
 )
 
 // Sink is a disk's cache image as the copy writes it: it reads as zeroes
-// where nothing was written. Writes start on a multiple of Granule and
+// where nothing was written. Writes start on a multiple of cache.Granule and
 // end on one or at the disk's end, as a compressed image needs.
 type Sink interface {
 	WriteAt(ctx context.Context, p []byte, off int64) error
 	Flush(ctx context.Context) error
 }
 
-// Granule is the write unit: the 64 KiB cluster of a compressed cache.
-const Granule = 64 << 10
-
 // flatChunk is how much of a flat disk is read and written at once.
-const flatChunk = 32 * Granule
+const flatChunk = 32 * cache.Granule
 
 // Formats a disk URL may serve, told apart by their first bytes.
 const (
@@ -119,10 +118,10 @@ func peek(r *bufio.Reader, n int) ([]byte, error) {
 
 // copyFlat writes length bytes of raw disk data read from r at base
 // onwards; granules of zeroes are skipped. base must be a multiple of
-// Granule. progress gets the disk offset reached.
+// cache.Granule. progress gets the disk offset reached.
 func copyFlat(ctx context.Context, r io.Reader, dst Sink, base, length int64, progress func(int64)) error {
-	if base%Granule != 0 {
-		return fmt.Errorf("%w: a flat extent at byte %d is not on a %d-byte boundary", ErrExport, base, Granule)
+	if base%cache.Granule != 0 {
+		return fmt.Errorf("%w: a flat extent at byte %d is not on a %d-byte boundary", ErrExport, base, cache.Granule)
 	}
 	buf := make([]byte, flatChunk)
 	for done := int64(0); done < length; {
@@ -155,8 +154,8 @@ func writeData(ctx context.Context, dst Sink, p []byte, off int64) error {
 		start = -1
 		return err
 	}
-	for i := 0; i < len(p); i += Granule {
-		g := p[i:min(i+Granule, len(p))]
+	for i := 0; i < len(p); i += cache.Granule {
+		g := p[i:min(i+cache.Granule, len(p))]
 		if isZero(g) {
 			if err := flush(i); err != nil {
 				return err
@@ -170,7 +169,7 @@ func writeData(ctx context.Context, dst Sink, p []byte, off int64) error {
 	return flush(len(p))
 }
 
-var zeroes = make([]byte, Granule)
+var zeroes = make([]byte, cache.Granule)
 
 func isZero(p []byte) bool {
 	for len(p) > 0 {

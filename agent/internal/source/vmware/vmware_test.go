@@ -11,6 +11,8 @@ import (
 	"github.com/vmware/govmomi/vim25/types"
 
 	ferryv1 "github.com/ferry-v2v/ferry/pkg/pb/ferry/v1"
+
+	"github.com/ferry-v2v/ferry/agent/internal/cache"
 )
 
 func TestValidate(t *testing.T) {
@@ -171,7 +173,7 @@ type memSink struct {
 }
 
 func (m *memSink) WriteAt(_ context.Context, p []byte, off int64) error {
-	if off%Granule != 0 || (len(p)%Granule != 0 && off+int64(len(p)) != int64(len(m.data))) {
+	if off%cache.Granule != 0 || (len(p)%cache.Granule != 0 && off+int64(len(p)) != int64(len(m.data))) {
 		return errors.New("unaligned write")
 	}
 	copy(m.data[off:], p)
@@ -182,11 +184,11 @@ func (m *memSink) WriteAt(_ context.Context, p []byte, off int64) error {
 func (m *memSink) Flush(context.Context) error { return nil }
 
 func TestCopyFlat(t *testing.T) {
-	const size = 3*flatChunk + 3*Granule + 512 // ends inside a granule
+	const size = 3*flatChunk + 3*cache.Granule + 512 // ends inside a granule
 	src := make([]byte, size)
 	for _, g := range []int64{0, 1, 2, 40, 41, 96, 99} { // data granules, in runs; 99 is the last 512 bytes
-		for i := range Granule {
-			if off := g*Granule + int64(i); off < size {
+		for i := range cache.Granule {
+			if off := g*cache.Granule + int64(i); off < size {
 				src[off] = byte(g + 1)
 			}
 		}
@@ -204,7 +206,7 @@ func TestCopyFlat(t *testing.T) {
 	for _, w := range dst.writes {
 		written += w[1]
 	}
-	if want := int64(6*Granule + 512); written != want {
+	if want := int64(6*cache.Granule + 512); written != want {
 		t.Errorf("wrote %d bytes in %v, want only the %d of data granules", written, dst.writes, want)
 	}
 	err := copyFlat(context.Background(), bytes.NewReader(src[:size/2]), &memSink{data: make([]byte, size)}, 0, size, nil)

@@ -32,7 +32,14 @@ const (
 type ClusterServiceClient interface {
 	ListMembers(ctx context.Context, in *ListMembersRequest, opts ...grpc.CallOption) (*ListMembersResponse, error)
 	// AddVoter adds a coordinator as a voter; a new node calls it on start.
+	// The leader first connects to raft_address and, over TLS, checks that it
+	// presents a coordinator certificate of the cluster's CA and speaks Raft:
+	// an address where nothing listens, that presents another certificate,
+	// or that is not a Raft port, is FAILED_PRECONDITION naming
+	// raft_address, and the membership is unchanged.
 	AddVoter(ctx context.Context, in *AddVoterRequest, opts ...grpc.CallOption) (*AddVoterResponse, error)
+	// RemoveVoter removes a coordinator; an id that is not a member is
+	// NOT_FOUND naming id, and nothing is written.
 	RemoveVoter(ctx context.Context, in *RemoveVoterRequest, opts ...grpc.CallOption) (*RemoveVoterResponse, error)
 }
 
@@ -82,7 +89,14 @@ func (c *clusterServiceClient) RemoveVoter(ctx context.Context, in *RemoveVoterR
 type ClusterServiceServer interface {
 	ListMembers(context.Context, *ListMembersRequest) (*ListMembersResponse, error)
 	// AddVoter adds a coordinator as a voter; a new node calls it on start.
+	// The leader first connects to raft_address and, over TLS, checks that it
+	// presents a coordinator certificate of the cluster's CA and speaks Raft:
+	// an address where nothing listens, that presents another certificate,
+	// or that is not a Raft port, is FAILED_PRECONDITION naming
+	// raft_address, and the membership is unchanged.
 	AddVoter(context.Context, *AddVoterRequest) (*AddVoterResponse, error)
+	// RemoveVoter removes a coordinator; an id that is not a member is
+	// NOT_FOUND naming id, and nothing is written.
 	RemoveVoter(context.Context, *RemoveVoterRequest) (*RemoveVoterResponse, error)
 	mustEmbedUnimplementedClusterServiceServer()
 }

@@ -251,22 +251,30 @@ func (x *Host) GetAgentVersion() string {
 
 // HostFacts are what an agent reports about its host.
 type HostFacts struct {
-	state           protoimpl.MessageState `protogen:"open.v1"`
-	Cpus            int32                  `protobuf:"varint,1,opt,name=cpus,proto3" json:"cpus,omitempty"`
-	MemoryBytes     int64                  `protobuf:"varint,2,opt,name=memory_bytes,json=memoryBytes,proto3" json:"memory_bytes,omitempty"`
-	RunningVms      int32                  `protobuf:"varint,3,opt,name=running_vms,json=runningVms,proto3" json:"running_vms,omitempty"`
-	LibvirtVersion  string                 `protobuf:"bytes,4,opt,name=libvirt_version,json=libvirtVersion,proto3" json:"libvirt_version,omitempty"`
-	QemuVersion     string                 `protobuf:"bytes,5,opt,name=qemu_version,json=qemuVersion,proto3" json:"qemu_version,omitempty"`
-	Interfaces      []*NetworkInterface    `protobuf:"bytes,6,rep,name=interfaces,proto3" json:"interfaces,omitempty"`
-	CacheTotalBytes int64                  `protobuf:"varint,7,opt,name=cache_total_bytes,json=cacheTotalBytes,proto3" json:"cache_total_bytes,omitempty"`
-	CacheFreeBytes  int64                  `protobuf:"varint,8,opt,name=cache_free_bytes,json=cacheFreeBytes,proto3" json:"cache_free_bytes,omitempty"`
+	state          protoimpl.MessageState `protogen:"open.v1"`
+	Cpus           int32                  `protobuf:"varint,1,opt,name=cpus,proto3" json:"cpus,omitempty"`
+	MemoryBytes    int64                  `protobuf:"varint,2,opt,name=memory_bytes,json=memoryBytes,proto3" json:"memory_bytes,omitempty"`
+	RunningVms     int32                  `protobuf:"varint,3,opt,name=running_vms,json=runningVms,proto3" json:"running_vms,omitempty"`
+	LibvirtVersion string                 `protobuf:"bytes,4,opt,name=libvirt_version,json=libvirtVersion,proto3" json:"libvirt_version,omitempty"`
+	QemuVersion    string                 `protobuf:"bytes,5,opt,name=qemu_version,json=qemuVersion,proto3" json:"qemu_version,omitempty"`
+	Interfaces     []*NetworkInterface    `protobuf:"bytes,6,rep,name=interfaces,proto3" json:"interfaces,omitempty"`
+	// The disk of the agent's --cache-path, for display. Cache admission
+	// does not read it: it reads the migration server's cache_path in
+	// storages.
+	CacheTotalBytes int64 `protobuf:"varint,7,opt,name=cache_total_bytes,json=cacheTotalBytes,proto3" json:"cache_total_bytes,omitempty"`
+	CacheFreeBytes  int64 `protobuf:"varint,8,opt,name=cache_free_bytes,json=cacheFreeBytes,proto3" json:"cache_free_bytes,omitempty"`
 	// Memory available for new VMs (MemAvailable), 0 when unknown.
 	MemoryAvailableBytes int64 `protobuf:"varint,9,opt,name=memory_available_bytes,json=memoryAvailableBytes,proto3" json:"memory_available_bytes,omitempty"`
-	// The file systems of the local and NFS primary storage paths the
-	// coordinator told the agent about, one per path it could measure.
-	Storages      []*StorageSpace `protobuf:"bytes,10,rep,name=storages,proto3" json:"storages,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	// The file systems of the paths the coordinator told the agent about
+	// (the local and NFS primary storage paths, and the cache_path of the
+	// migration servers on this host), one per path it could measure.
+	Storages []*StorageSpace `protobuf:"bytes,10,rep,name=storages,proto3" json:"storages,omitempty"`
+	// The host's libvirt networks with the DHCP host entries of their IPv4
+	// and IPv6 ranges; address allocation skips an address a network
+	// reserves for another MAC.
+	LibvirtNetworks []*LibvirtNetwork `protobuf:"bytes,11,rep,name=libvirt_networks,json=libvirtNetworks,proto3" json:"libvirt_networks,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
 }
 
 func (x *HostFacts) Reset() {
@@ -369,6 +377,128 @@ func (x *HostFacts) GetStorages() []*StorageSpace {
 	return nil
 }
 
+func (x *HostFacts) GetLibvirtNetworks() []*LibvirtNetwork {
+	if x != nil {
+		return x.LibvirtNetworks
+	}
+	return nil
+}
+
+// LibvirtNetwork is a libvirt network of a host.
+type LibvirtNetwork struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	DhcpHosts     []*DhcpHost            `protobuf:"bytes,2,rep,name=dhcp_hosts,json=dhcpHosts,proto3" json:"dhcp_hosts,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *LibvirtNetwork) Reset() {
+	*x = LibvirtNetwork{}
+	mi := &file_ferry_v1_inventory_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *LibvirtNetwork) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*LibvirtNetwork) ProtoMessage() {}
+
+func (x *LibvirtNetwork) ProtoReflect() protoreflect.Message {
+	mi := &file_ferry_v1_inventory_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use LibvirtNetwork.ProtoReflect.Descriptor instead.
+func (*LibvirtNetwork) Descriptor() ([]byte, []int) {
+	return file_ferry_v1_inventory_proto_rawDescGZIP(), []int{3}
+}
+
+func (x *LibvirtNetwork) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *LibvirtNetwork) GetDhcpHosts() []*DhcpHost {
+	if x != nil {
+		return x.DhcpHosts
+	}
+	return nil
+}
+
+// DhcpHost is a static DHCP entry (<host mac= ip= name=/>) of a libvirt
+// network.
+type DhcpHost struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Mac           string                 `protobuf:"bytes,1,opt,name=mac,proto3" json:"mac,omitempty"`
+	Ip            string                 `protobuf:"bytes,2,opt,name=ip,proto3" json:"ip,omitempty"`
+	Name          string                 `protobuf:"bytes,3,opt,name=name,proto3" json:"name,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DhcpHost) Reset() {
+	*x = DhcpHost{}
+	mi := &file_ferry_v1_inventory_proto_msgTypes[4]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DhcpHost) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DhcpHost) ProtoMessage() {}
+
+func (x *DhcpHost) ProtoReflect() protoreflect.Message {
+	mi := &file_ferry_v1_inventory_proto_msgTypes[4]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DhcpHost.ProtoReflect.Descriptor instead.
+func (*DhcpHost) Descriptor() ([]byte, []int) {
+	return file_ferry_v1_inventory_proto_rawDescGZIP(), []int{4}
+}
+
+func (x *DhcpHost) GetMac() string {
+	if x != nil {
+		return x.Mac
+	}
+	return ""
+}
+
+func (x *DhcpHost) GetIp() string {
+	if x != nil {
+		return x.Ip
+	}
+	return ""
+}
+
+func (x *DhcpHost) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
 // StorageSpace is the size and free space of the file system holding a
 // primary storage path.
 type StorageSpace struct {
@@ -384,7 +514,7 @@ type StorageSpace struct {
 
 func (x *StorageSpace) Reset() {
 	*x = StorageSpace{}
-	mi := &file_ferry_v1_inventory_proto_msgTypes[3]
+	mi := &file_ferry_v1_inventory_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -396,7 +526,7 @@ func (x *StorageSpace) String() string {
 func (*StorageSpace) ProtoMessage() {}
 
 func (x *StorageSpace) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_inventory_proto_msgTypes[3]
+	mi := &file_ferry_v1_inventory_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -409,7 +539,7 @@ func (x *StorageSpace) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StorageSpace.ProtoReflect.Descriptor instead.
 func (*StorageSpace) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_inventory_proto_rawDescGZIP(), []int{3}
+	return file_ferry_v1_inventory_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *StorageSpace) GetPath() string {
@@ -444,7 +574,7 @@ type NetworkInterface struct {
 
 func (x *NetworkInterface) Reset() {
 	*x = NetworkInterface{}
-	mi := &file_ferry_v1_inventory_proto_msgTypes[4]
+	mi := &file_ferry_v1_inventory_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -456,7 +586,7 @@ func (x *NetworkInterface) String() string {
 func (*NetworkInterface) ProtoMessage() {}
 
 func (x *NetworkInterface) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_inventory_proto_msgTypes[4]
+	mi := &file_ferry_v1_inventory_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -469,7 +599,7 @@ func (x *NetworkInterface) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NetworkInterface.ProtoReflect.Descriptor instead.
 func (*NetworkInterface) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_inventory_proto_rawDescGZIP(), []int{4}
+	return file_ferry_v1_inventory_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *NetworkInterface) GetName() string {
@@ -508,7 +638,7 @@ type PrimaryStorage struct {
 
 func (x *PrimaryStorage) Reset() {
 	*x = PrimaryStorage{}
-	mi := &file_ferry_v1_inventory_proto_msgTypes[5]
+	mi := &file_ferry_v1_inventory_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -520,7 +650,7 @@ func (x *PrimaryStorage) String() string {
 func (*PrimaryStorage) ProtoMessage() {}
 
 func (x *PrimaryStorage) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_inventory_proto_msgTypes[5]
+	mi := &file_ferry_v1_inventory_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -533,7 +663,7 @@ func (x *PrimaryStorage) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PrimaryStorage.ProtoReflect.Descriptor instead.
 func (*PrimaryStorage) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_inventory_proto_rawDescGZIP(), []int{5}
+	return file_ferry_v1_inventory_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *PrimaryStorage) GetName() string {
@@ -604,18 +734,24 @@ type L3Network struct {
 	LibvirtNetwork string `protobuf:"bytes,4,opt,name=libvirt_network,json=libvirtNetwork,proto3" json:"libvirt_network,omitempty"`
 	Bridge         string `protobuf:"bytes,5,opt,name=bridge,proto3" json:"bridge,omitempty"`
 	// First and last address of the allocation range, inclusive.
-	IpRangeStart  string                 `protobuf:"bytes,6,opt,name=ip_range_start,json=ipRangeStart,proto3" json:"ip_range_start,omitempty"`
-	IpRangeEnd    string                 `protobuf:"bytes,7,opt,name=ip_range_end,json=ipRangeEnd,proto3" json:"ip_range_end,omitempty"`
-	Gateway       string                 `protobuf:"bytes,8,opt,name=gateway,proto3" json:"gateway,omitempty"`
-	PrefixLength  int32                  `protobuf:"varint,9,opt,name=prefix_length,json=prefixLength,proto3" json:"prefix_length,omitempty"`
-	CreateTime    *timestamppb.Timestamp `protobuf:"bytes,10,opt,name=create_time,json=createTime,proto3" json:"create_time,omitempty"`
+	IpRangeStart string                 `protobuf:"bytes,6,opt,name=ip_range_start,json=ipRangeStart,proto3" json:"ip_range_start,omitempty"`
+	IpRangeEnd   string                 `protobuf:"bytes,7,opt,name=ip_range_end,json=ipRangeEnd,proto3" json:"ip_range_end,omitempty"`
+	Gateway      string                 `protobuf:"bytes,8,opt,name=gateway,proto3" json:"gateway,omitempty"`
+	PrefixLength int32                  `protobuf:"varint,9,opt,name=prefix_length,json=prefixLength,proto3" json:"prefix_length,omitempty"`
+	CreateTime   *timestamppb.Timestamp `protobuf:"bytes,10,opt,name=create_time,json=createTime,proto3" json:"create_time,omitempty"`
+	// Output only. Addresses of VMs that Ferry migrated onto this network
+	// and whose jobs were deleted since: the VM keeps its address and the
+	// DHCP host entry it was given, so the address stays out of the
+	// allocation range's pool until ReleaseL3NetworkAddress releases it or
+	// the network is deleted.
+	Reservations  []*AddressReservation `protobuf:"bytes,11,rep,name=reservations,proto3" json:"reservations,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *L3Network) Reset() {
 	*x = L3Network{}
-	mi := &file_ferry_v1_inventory_proto_msgTypes[6]
+	mi := &file_ferry_v1_inventory_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -627,7 +763,7 @@ func (x *L3Network) String() string {
 func (*L3Network) ProtoMessage() {}
 
 func (x *L3Network) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_inventory_proto_msgTypes[6]
+	mi := &file_ferry_v1_inventory_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -640,7 +776,7 @@ func (x *L3Network) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use L3Network.ProtoReflect.Descriptor instead.
 func (*L3Network) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_inventory_proto_rawDescGZIP(), []int{6}
+	return file_ferry_v1_inventory_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *L3Network) GetName() string {
@@ -713,6 +849,95 @@ func (x *L3Network) GetCreateTime() *timestamppb.Timestamp {
 	return nil
 }
 
+func (x *L3Network) GetReservations() []*AddressReservation {
+	if x != nil {
+		return x.Reservations
+	}
+	return nil
+}
+
+// AddressReservation is an address a migrated VM holds on an L3 network
+// after its job was deleted.
+type AddressReservation struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Ip    string                 `protobuf:"bytes,1,opt,name=ip,proto3" json:"ip,omitempty"`
+	// The target NIC's MAC.
+	Mac string `protobuf:"bytes,2,opt,name=mac,proto3" json:"mac,omitempty"`
+	// The target VM's domain name.
+	VmName string `protobuf:"bytes,3,opt,name=vm_name,json=vmName,proto3" json:"vm_name,omitempty"`
+	// migrationJobs/{id}, deleted, that gave the VM the address.
+	Job string `protobuf:"bytes,4,opt,name=job,proto3" json:"job,omitempty"`
+	// When the job was deleted.
+	CreateTime    *timestamppb.Timestamp `protobuf:"bytes,5,opt,name=create_time,json=createTime,proto3" json:"create_time,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AddressReservation) Reset() {
+	*x = AddressReservation{}
+	mi := &file_ferry_v1_inventory_proto_msgTypes[9]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AddressReservation) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AddressReservation) ProtoMessage() {}
+
+func (x *AddressReservation) ProtoReflect() protoreflect.Message {
+	mi := &file_ferry_v1_inventory_proto_msgTypes[9]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AddressReservation.ProtoReflect.Descriptor instead.
+func (*AddressReservation) Descriptor() ([]byte, []int) {
+	return file_ferry_v1_inventory_proto_rawDescGZIP(), []int{9}
+}
+
+func (x *AddressReservation) GetIp() string {
+	if x != nil {
+		return x.Ip
+	}
+	return ""
+}
+
+func (x *AddressReservation) GetMac() string {
+	if x != nil {
+		return x.Mac
+	}
+	return ""
+}
+
+func (x *AddressReservation) GetVmName() string {
+	if x != nil {
+		return x.VmName
+	}
+	return ""
+}
+
+func (x *AddressReservation) GetJob() string {
+	if x != nil {
+		return x.Job
+	}
+	return ""
+}
+
+func (x *AddressReservation) GetCreateTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.CreateTime
+	}
+	return nil
+}
+
 type CreateClusterRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Cluster       *Cluster               `protobuf:"bytes,1,opt,name=cluster,proto3" json:"cluster,omitempty"`
@@ -723,7 +948,7 @@ type CreateClusterRequest struct {
 
 func (x *CreateClusterRequest) Reset() {
 	*x = CreateClusterRequest{}
-	mi := &file_ferry_v1_inventory_proto_msgTypes[7]
+	mi := &file_ferry_v1_inventory_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -735,7 +960,7 @@ func (x *CreateClusterRequest) String() string {
 func (*CreateClusterRequest) ProtoMessage() {}
 
 func (x *CreateClusterRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_inventory_proto_msgTypes[7]
+	mi := &file_ferry_v1_inventory_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -748,7 +973,7 @@ func (x *CreateClusterRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateClusterRequest.ProtoReflect.Descriptor instead.
 func (*CreateClusterRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_inventory_proto_rawDescGZIP(), []int{7}
+	return file_ferry_v1_inventory_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *CreateClusterRequest) GetCluster() *Cluster {
@@ -774,7 +999,7 @@ type CreateClusterResponse struct {
 
 func (x *CreateClusterResponse) Reset() {
 	*x = CreateClusterResponse{}
-	mi := &file_ferry_v1_inventory_proto_msgTypes[8]
+	mi := &file_ferry_v1_inventory_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -786,7 +1011,7 @@ func (x *CreateClusterResponse) String() string {
 func (*CreateClusterResponse) ProtoMessage() {}
 
 func (x *CreateClusterResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_inventory_proto_msgTypes[8]
+	mi := &file_ferry_v1_inventory_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -799,7 +1024,7 @@ func (x *CreateClusterResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateClusterResponse.ProtoReflect.Descriptor instead.
 func (*CreateClusterResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_inventory_proto_rawDescGZIP(), []int{8}
+	return file_ferry_v1_inventory_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *CreateClusterResponse) GetCluster() *Cluster {
@@ -818,7 +1043,7 @@ type GetClusterRequest struct {
 
 func (x *GetClusterRequest) Reset() {
 	*x = GetClusterRequest{}
-	mi := &file_ferry_v1_inventory_proto_msgTypes[9]
+	mi := &file_ferry_v1_inventory_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -830,7 +1055,7 @@ func (x *GetClusterRequest) String() string {
 func (*GetClusterRequest) ProtoMessage() {}
 
 func (x *GetClusterRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_inventory_proto_msgTypes[9]
+	mi := &file_ferry_v1_inventory_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -843,7 +1068,7 @@ func (x *GetClusterRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetClusterRequest.ProtoReflect.Descriptor instead.
 func (*GetClusterRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_inventory_proto_rawDescGZIP(), []int{9}
+	return file_ferry_v1_inventory_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *GetClusterRequest) GetName() string {
@@ -862,7 +1087,7 @@ type GetClusterResponse struct {
 
 func (x *GetClusterResponse) Reset() {
 	*x = GetClusterResponse{}
-	mi := &file_ferry_v1_inventory_proto_msgTypes[10]
+	mi := &file_ferry_v1_inventory_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -874,7 +1099,7 @@ func (x *GetClusterResponse) String() string {
 func (*GetClusterResponse) ProtoMessage() {}
 
 func (x *GetClusterResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_inventory_proto_msgTypes[10]
+	mi := &file_ferry_v1_inventory_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -887,7 +1112,7 @@ func (x *GetClusterResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetClusterResponse.ProtoReflect.Descriptor instead.
 func (*GetClusterResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_inventory_proto_rawDescGZIP(), []int{10}
+	return file_ferry_v1_inventory_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *GetClusterResponse) GetCluster() *Cluster {
@@ -907,7 +1132,7 @@ type ListClustersRequest struct {
 
 func (x *ListClustersRequest) Reset() {
 	*x = ListClustersRequest{}
-	mi := &file_ferry_v1_inventory_proto_msgTypes[11]
+	mi := &file_ferry_v1_inventory_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -919,7 +1144,7 @@ func (x *ListClustersRequest) String() string {
 func (*ListClustersRequest) ProtoMessage() {}
 
 func (x *ListClustersRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_inventory_proto_msgTypes[11]
+	mi := &file_ferry_v1_inventory_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -932,7 +1157,7 @@ func (x *ListClustersRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListClustersRequest.ProtoReflect.Descriptor instead.
 func (*ListClustersRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_inventory_proto_rawDescGZIP(), []int{11}
+	return file_ferry_v1_inventory_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *ListClustersRequest) GetPageSize() int32 {
@@ -959,7 +1184,7 @@ type ListClustersResponse struct {
 
 func (x *ListClustersResponse) Reset() {
 	*x = ListClustersResponse{}
-	mi := &file_ferry_v1_inventory_proto_msgTypes[12]
+	mi := &file_ferry_v1_inventory_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -971,7 +1196,7 @@ func (x *ListClustersResponse) String() string {
 func (*ListClustersResponse) ProtoMessage() {}
 
 func (x *ListClustersResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_inventory_proto_msgTypes[12]
+	mi := &file_ferry_v1_inventory_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -984,7 +1209,7 @@ func (x *ListClustersResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListClustersResponse.ProtoReflect.Descriptor instead.
 func (*ListClustersResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_inventory_proto_rawDescGZIP(), []int{12}
+	return file_ferry_v1_inventory_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *ListClustersResponse) GetClusters() []*Cluster {
@@ -1010,7 +1235,7 @@ type DeleteClusterRequest struct {
 
 func (x *DeleteClusterRequest) Reset() {
 	*x = DeleteClusterRequest{}
-	mi := &file_ferry_v1_inventory_proto_msgTypes[13]
+	mi := &file_ferry_v1_inventory_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1022,7 +1247,7 @@ func (x *DeleteClusterRequest) String() string {
 func (*DeleteClusterRequest) ProtoMessage() {}
 
 func (x *DeleteClusterRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_inventory_proto_msgTypes[13]
+	mi := &file_ferry_v1_inventory_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1035,7 +1260,7 @@ func (x *DeleteClusterRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteClusterRequest.ProtoReflect.Descriptor instead.
 func (*DeleteClusterRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_inventory_proto_rawDescGZIP(), []int{13}
+	return file_ferry_v1_inventory_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *DeleteClusterRequest) GetName() string {
@@ -1053,7 +1278,7 @@ type DeleteClusterResponse struct {
 
 func (x *DeleteClusterResponse) Reset() {
 	*x = DeleteClusterResponse{}
-	mi := &file_ferry_v1_inventory_proto_msgTypes[14]
+	mi := &file_ferry_v1_inventory_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1065,7 +1290,7 @@ func (x *DeleteClusterResponse) String() string {
 func (*DeleteClusterResponse) ProtoMessage() {}
 
 func (x *DeleteClusterResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_inventory_proto_msgTypes[14]
+	mi := &file_ferry_v1_inventory_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1078,7 +1303,7 @@ func (x *DeleteClusterResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteClusterResponse.ProtoReflect.Descriptor instead.
 func (*DeleteClusterResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_inventory_proto_rawDescGZIP(), []int{14}
+	return file_ferry_v1_inventory_proto_rawDescGZIP(), []int{17}
 }
 
 type GetHostRequest struct {
@@ -1090,7 +1315,7 @@ type GetHostRequest struct {
 
 func (x *GetHostRequest) Reset() {
 	*x = GetHostRequest{}
-	mi := &file_ferry_v1_inventory_proto_msgTypes[15]
+	mi := &file_ferry_v1_inventory_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1102,7 +1327,7 @@ func (x *GetHostRequest) String() string {
 func (*GetHostRequest) ProtoMessage() {}
 
 func (x *GetHostRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_inventory_proto_msgTypes[15]
+	mi := &file_ferry_v1_inventory_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1115,7 +1340,7 @@ func (x *GetHostRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetHostRequest.ProtoReflect.Descriptor instead.
 func (*GetHostRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_inventory_proto_rawDescGZIP(), []int{15}
+	return file_ferry_v1_inventory_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *GetHostRequest) GetName() string {
@@ -1134,7 +1359,7 @@ type GetHostResponse struct {
 
 func (x *GetHostResponse) Reset() {
 	*x = GetHostResponse{}
-	mi := &file_ferry_v1_inventory_proto_msgTypes[16]
+	mi := &file_ferry_v1_inventory_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1146,7 +1371,7 @@ func (x *GetHostResponse) String() string {
 func (*GetHostResponse) ProtoMessage() {}
 
 func (x *GetHostResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_inventory_proto_msgTypes[16]
+	mi := &file_ferry_v1_inventory_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1159,7 +1384,7 @@ func (x *GetHostResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetHostResponse.ProtoReflect.Descriptor instead.
 func (*GetHostResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_inventory_proto_rawDescGZIP(), []int{16}
+	return file_ferry_v1_inventory_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *GetHostResponse) GetHost() *Host {
@@ -1181,7 +1406,7 @@ type ListHostsRequest struct {
 
 func (x *ListHostsRequest) Reset() {
 	*x = ListHostsRequest{}
-	mi := &file_ferry_v1_inventory_proto_msgTypes[17]
+	mi := &file_ferry_v1_inventory_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1193,7 +1418,7 @@ func (x *ListHostsRequest) String() string {
 func (*ListHostsRequest) ProtoMessage() {}
 
 func (x *ListHostsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_inventory_proto_msgTypes[17]
+	mi := &file_ferry_v1_inventory_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1206,7 +1431,7 @@ func (x *ListHostsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListHostsRequest.ProtoReflect.Descriptor instead.
 func (*ListHostsRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_inventory_proto_rawDescGZIP(), []int{17}
+	return file_ferry_v1_inventory_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *ListHostsRequest) GetPageSize() int32 {
@@ -1240,7 +1465,7 @@ type ListHostsResponse struct {
 
 func (x *ListHostsResponse) Reset() {
 	*x = ListHostsResponse{}
-	mi := &file_ferry_v1_inventory_proto_msgTypes[18]
+	mi := &file_ferry_v1_inventory_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1252,7 +1477,7 @@ func (x *ListHostsResponse) String() string {
 func (*ListHostsResponse) ProtoMessage() {}
 
 func (x *ListHostsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_inventory_proto_msgTypes[18]
+	mi := &file_ferry_v1_inventory_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1265,7 +1490,7 @@ func (x *ListHostsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListHostsResponse.ProtoReflect.Descriptor instead.
 func (*ListHostsResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_inventory_proto_rawDescGZIP(), []int{18}
+	return file_ferry_v1_inventory_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *ListHostsResponse) GetHosts() []*Host {
@@ -1292,7 +1517,7 @@ type CreatePrimaryStorageRequest struct {
 
 func (x *CreatePrimaryStorageRequest) Reset() {
 	*x = CreatePrimaryStorageRequest{}
-	mi := &file_ferry_v1_inventory_proto_msgTypes[19]
+	mi := &file_ferry_v1_inventory_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1304,7 +1529,7 @@ func (x *CreatePrimaryStorageRequest) String() string {
 func (*CreatePrimaryStorageRequest) ProtoMessage() {}
 
 func (x *CreatePrimaryStorageRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_inventory_proto_msgTypes[19]
+	mi := &file_ferry_v1_inventory_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1317,7 +1542,7 @@ func (x *CreatePrimaryStorageRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreatePrimaryStorageRequest.ProtoReflect.Descriptor instead.
 func (*CreatePrimaryStorageRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_inventory_proto_rawDescGZIP(), []int{19}
+	return file_ferry_v1_inventory_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *CreatePrimaryStorageRequest) GetPrimaryStorage() *PrimaryStorage {
@@ -1343,7 +1568,7 @@ type CreatePrimaryStorageResponse struct {
 
 func (x *CreatePrimaryStorageResponse) Reset() {
 	*x = CreatePrimaryStorageResponse{}
-	mi := &file_ferry_v1_inventory_proto_msgTypes[20]
+	mi := &file_ferry_v1_inventory_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1355,7 +1580,7 @@ func (x *CreatePrimaryStorageResponse) String() string {
 func (*CreatePrimaryStorageResponse) ProtoMessage() {}
 
 func (x *CreatePrimaryStorageResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_inventory_proto_msgTypes[20]
+	mi := &file_ferry_v1_inventory_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1368,7 +1593,7 @@ func (x *CreatePrimaryStorageResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreatePrimaryStorageResponse.ProtoReflect.Descriptor instead.
 func (*CreatePrimaryStorageResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_inventory_proto_rawDescGZIP(), []int{20}
+	return file_ferry_v1_inventory_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *CreatePrimaryStorageResponse) GetPrimaryStorage() *PrimaryStorage {
@@ -1387,7 +1612,7 @@ type GetPrimaryStorageRequest struct {
 
 func (x *GetPrimaryStorageRequest) Reset() {
 	*x = GetPrimaryStorageRequest{}
-	mi := &file_ferry_v1_inventory_proto_msgTypes[21]
+	mi := &file_ferry_v1_inventory_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1399,7 +1624,7 @@ func (x *GetPrimaryStorageRequest) String() string {
 func (*GetPrimaryStorageRequest) ProtoMessage() {}
 
 func (x *GetPrimaryStorageRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_inventory_proto_msgTypes[21]
+	mi := &file_ferry_v1_inventory_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1412,7 +1637,7 @@ func (x *GetPrimaryStorageRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetPrimaryStorageRequest.ProtoReflect.Descriptor instead.
 func (*GetPrimaryStorageRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_inventory_proto_rawDescGZIP(), []int{21}
+	return file_ferry_v1_inventory_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *GetPrimaryStorageRequest) GetName() string {
@@ -1431,7 +1656,7 @@ type GetPrimaryStorageResponse struct {
 
 func (x *GetPrimaryStorageResponse) Reset() {
 	*x = GetPrimaryStorageResponse{}
-	mi := &file_ferry_v1_inventory_proto_msgTypes[22]
+	mi := &file_ferry_v1_inventory_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1443,7 +1668,7 @@ func (x *GetPrimaryStorageResponse) String() string {
 func (*GetPrimaryStorageResponse) ProtoMessage() {}
 
 func (x *GetPrimaryStorageResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_inventory_proto_msgTypes[22]
+	mi := &file_ferry_v1_inventory_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1456,7 +1681,7 @@ func (x *GetPrimaryStorageResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetPrimaryStorageResponse.ProtoReflect.Descriptor instead.
 func (*GetPrimaryStorageResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_inventory_proto_rawDescGZIP(), []int{22}
+	return file_ferry_v1_inventory_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *GetPrimaryStorageResponse) GetPrimaryStorage() *PrimaryStorage {
@@ -1477,7 +1702,7 @@ type ListPrimaryStoragesRequest struct {
 
 func (x *ListPrimaryStoragesRequest) Reset() {
 	*x = ListPrimaryStoragesRequest{}
-	mi := &file_ferry_v1_inventory_proto_msgTypes[23]
+	mi := &file_ferry_v1_inventory_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1489,7 +1714,7 @@ func (x *ListPrimaryStoragesRequest) String() string {
 func (*ListPrimaryStoragesRequest) ProtoMessage() {}
 
 func (x *ListPrimaryStoragesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_inventory_proto_msgTypes[23]
+	mi := &file_ferry_v1_inventory_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1502,7 +1727,7 @@ func (x *ListPrimaryStoragesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListPrimaryStoragesRequest.ProtoReflect.Descriptor instead.
 func (*ListPrimaryStoragesRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_inventory_proto_rawDescGZIP(), []int{23}
+	return file_ferry_v1_inventory_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *ListPrimaryStoragesRequest) GetPageSize() int32 {
@@ -1536,7 +1761,7 @@ type ListPrimaryStoragesResponse struct {
 
 func (x *ListPrimaryStoragesResponse) Reset() {
 	*x = ListPrimaryStoragesResponse{}
-	mi := &file_ferry_v1_inventory_proto_msgTypes[24]
+	mi := &file_ferry_v1_inventory_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1548,7 +1773,7 @@ func (x *ListPrimaryStoragesResponse) String() string {
 func (*ListPrimaryStoragesResponse) ProtoMessage() {}
 
 func (x *ListPrimaryStoragesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_inventory_proto_msgTypes[24]
+	mi := &file_ferry_v1_inventory_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1561,7 +1786,7 @@ func (x *ListPrimaryStoragesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListPrimaryStoragesResponse.ProtoReflect.Descriptor instead.
 func (*ListPrimaryStoragesResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_inventory_proto_rawDescGZIP(), []int{24}
+	return file_ferry_v1_inventory_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *ListPrimaryStoragesResponse) GetPrimaryStorages() []*PrimaryStorage {
@@ -1587,7 +1812,7 @@ type DeletePrimaryStorageRequest struct {
 
 func (x *DeletePrimaryStorageRequest) Reset() {
 	*x = DeletePrimaryStorageRequest{}
-	mi := &file_ferry_v1_inventory_proto_msgTypes[25]
+	mi := &file_ferry_v1_inventory_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1599,7 +1824,7 @@ func (x *DeletePrimaryStorageRequest) String() string {
 func (*DeletePrimaryStorageRequest) ProtoMessage() {}
 
 func (x *DeletePrimaryStorageRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_inventory_proto_msgTypes[25]
+	mi := &file_ferry_v1_inventory_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1612,7 +1837,7 @@ func (x *DeletePrimaryStorageRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeletePrimaryStorageRequest.ProtoReflect.Descriptor instead.
 func (*DeletePrimaryStorageRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_inventory_proto_rawDescGZIP(), []int{25}
+	return file_ferry_v1_inventory_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *DeletePrimaryStorageRequest) GetName() string {
@@ -1630,7 +1855,7 @@ type DeletePrimaryStorageResponse struct {
 
 func (x *DeletePrimaryStorageResponse) Reset() {
 	*x = DeletePrimaryStorageResponse{}
-	mi := &file_ferry_v1_inventory_proto_msgTypes[26]
+	mi := &file_ferry_v1_inventory_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1642,7 +1867,7 @@ func (x *DeletePrimaryStorageResponse) String() string {
 func (*DeletePrimaryStorageResponse) ProtoMessage() {}
 
 func (x *DeletePrimaryStorageResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_inventory_proto_msgTypes[26]
+	mi := &file_ferry_v1_inventory_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1655,7 +1880,7 @@ func (x *DeletePrimaryStorageResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeletePrimaryStorageResponse.ProtoReflect.Descriptor instead.
 func (*DeletePrimaryStorageResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_inventory_proto_rawDescGZIP(), []int{26}
+	return file_ferry_v1_inventory_proto_rawDescGZIP(), []int{29}
 }
 
 type CreateL3NetworkRequest struct {
@@ -1668,7 +1893,7 @@ type CreateL3NetworkRequest struct {
 
 func (x *CreateL3NetworkRequest) Reset() {
 	*x = CreateL3NetworkRequest{}
-	mi := &file_ferry_v1_inventory_proto_msgTypes[27]
+	mi := &file_ferry_v1_inventory_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1680,7 +1905,7 @@ func (x *CreateL3NetworkRequest) String() string {
 func (*CreateL3NetworkRequest) ProtoMessage() {}
 
 func (x *CreateL3NetworkRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_inventory_proto_msgTypes[27]
+	mi := &file_ferry_v1_inventory_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1693,7 +1918,7 @@ func (x *CreateL3NetworkRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateL3NetworkRequest.ProtoReflect.Descriptor instead.
 func (*CreateL3NetworkRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_inventory_proto_rawDescGZIP(), []int{27}
+	return file_ferry_v1_inventory_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *CreateL3NetworkRequest) GetL3Network() *L3Network {
@@ -1719,7 +1944,7 @@ type CreateL3NetworkResponse struct {
 
 func (x *CreateL3NetworkResponse) Reset() {
 	*x = CreateL3NetworkResponse{}
-	mi := &file_ferry_v1_inventory_proto_msgTypes[28]
+	mi := &file_ferry_v1_inventory_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1731,7 +1956,7 @@ func (x *CreateL3NetworkResponse) String() string {
 func (*CreateL3NetworkResponse) ProtoMessage() {}
 
 func (x *CreateL3NetworkResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_inventory_proto_msgTypes[28]
+	mi := &file_ferry_v1_inventory_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1744,7 +1969,7 @@ func (x *CreateL3NetworkResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateL3NetworkResponse.ProtoReflect.Descriptor instead.
 func (*CreateL3NetworkResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_inventory_proto_rawDescGZIP(), []int{28}
+	return file_ferry_v1_inventory_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *CreateL3NetworkResponse) GetL3Network() *L3Network {
@@ -1763,7 +1988,7 @@ type GetL3NetworkRequest struct {
 
 func (x *GetL3NetworkRequest) Reset() {
 	*x = GetL3NetworkRequest{}
-	mi := &file_ferry_v1_inventory_proto_msgTypes[29]
+	mi := &file_ferry_v1_inventory_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1775,7 +2000,7 @@ func (x *GetL3NetworkRequest) String() string {
 func (*GetL3NetworkRequest) ProtoMessage() {}
 
 func (x *GetL3NetworkRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_inventory_proto_msgTypes[29]
+	mi := &file_ferry_v1_inventory_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1788,7 +2013,7 @@ func (x *GetL3NetworkRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetL3NetworkRequest.ProtoReflect.Descriptor instead.
 func (*GetL3NetworkRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_inventory_proto_rawDescGZIP(), []int{29}
+	return file_ferry_v1_inventory_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *GetL3NetworkRequest) GetName() string {
@@ -1807,7 +2032,7 @@ type GetL3NetworkResponse struct {
 
 func (x *GetL3NetworkResponse) Reset() {
 	*x = GetL3NetworkResponse{}
-	mi := &file_ferry_v1_inventory_proto_msgTypes[30]
+	mi := &file_ferry_v1_inventory_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1819,7 +2044,7 @@ func (x *GetL3NetworkResponse) String() string {
 func (*GetL3NetworkResponse) ProtoMessage() {}
 
 func (x *GetL3NetworkResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_inventory_proto_msgTypes[30]
+	mi := &file_ferry_v1_inventory_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1832,7 +2057,7 @@ func (x *GetL3NetworkResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetL3NetworkResponse.ProtoReflect.Descriptor instead.
 func (*GetL3NetworkResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_inventory_proto_rawDescGZIP(), []int{30}
+	return file_ferry_v1_inventory_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *GetL3NetworkResponse) GetL3Network() *L3Network {
@@ -1853,7 +2078,7 @@ type ListL3NetworksRequest struct {
 
 func (x *ListL3NetworksRequest) Reset() {
 	*x = ListL3NetworksRequest{}
-	mi := &file_ferry_v1_inventory_proto_msgTypes[31]
+	mi := &file_ferry_v1_inventory_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1865,7 +2090,7 @@ func (x *ListL3NetworksRequest) String() string {
 func (*ListL3NetworksRequest) ProtoMessage() {}
 
 func (x *ListL3NetworksRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_inventory_proto_msgTypes[31]
+	mi := &file_ferry_v1_inventory_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1878,7 +2103,7 @@ func (x *ListL3NetworksRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListL3NetworksRequest.ProtoReflect.Descriptor instead.
 func (*ListL3NetworksRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_inventory_proto_rawDescGZIP(), []int{31}
+	return file_ferry_v1_inventory_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *ListL3NetworksRequest) GetPageSize() int32 {
@@ -1912,7 +2137,7 @@ type ListL3NetworksResponse struct {
 
 func (x *ListL3NetworksResponse) Reset() {
 	*x = ListL3NetworksResponse{}
-	mi := &file_ferry_v1_inventory_proto_msgTypes[32]
+	mi := &file_ferry_v1_inventory_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1924,7 +2149,7 @@ func (x *ListL3NetworksResponse) String() string {
 func (*ListL3NetworksResponse) ProtoMessage() {}
 
 func (x *ListL3NetworksResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_inventory_proto_msgTypes[32]
+	mi := &file_ferry_v1_inventory_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1937,7 +2162,7 @@ func (x *ListL3NetworksResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListL3NetworksResponse.ProtoReflect.Descriptor instead.
 func (*ListL3NetworksResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_inventory_proto_rawDescGZIP(), []int{32}
+	return file_ferry_v1_inventory_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *ListL3NetworksResponse) GetL3Networks() []*L3Network {
@@ -1963,7 +2188,7 @@ type DeleteL3NetworkRequest struct {
 
 func (x *DeleteL3NetworkRequest) Reset() {
 	*x = DeleteL3NetworkRequest{}
-	mi := &file_ferry_v1_inventory_proto_msgTypes[33]
+	mi := &file_ferry_v1_inventory_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1975,7 +2200,7 @@ func (x *DeleteL3NetworkRequest) String() string {
 func (*DeleteL3NetworkRequest) ProtoMessage() {}
 
 func (x *DeleteL3NetworkRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_inventory_proto_msgTypes[33]
+	mi := &file_ferry_v1_inventory_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1988,7 +2213,7 @@ func (x *DeleteL3NetworkRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteL3NetworkRequest.ProtoReflect.Descriptor instead.
 func (*DeleteL3NetworkRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_inventory_proto_rawDescGZIP(), []int{33}
+	return file_ferry_v1_inventory_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *DeleteL3NetworkRequest) GetName() string {
@@ -2006,7 +2231,7 @@ type DeleteL3NetworkResponse struct {
 
 func (x *DeleteL3NetworkResponse) Reset() {
 	*x = DeleteL3NetworkResponse{}
-	mi := &file_ferry_v1_inventory_proto_msgTypes[34]
+	mi := &file_ferry_v1_inventory_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2018,7 +2243,7 @@ func (x *DeleteL3NetworkResponse) String() string {
 func (*DeleteL3NetworkResponse) ProtoMessage() {}
 
 func (x *DeleteL3NetworkResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_inventory_proto_msgTypes[34]
+	mi := &file_ferry_v1_inventory_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2031,7 +2256,105 @@ func (x *DeleteL3NetworkResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteL3NetworkResponse.ProtoReflect.Descriptor instead.
 func (*DeleteL3NetworkResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_inventory_proto_rawDescGZIP(), []int{34}
+	return file_ferry_v1_inventory_proto_rawDescGZIP(), []int{37}
+}
+
+type ReleaseL3NetworkAddressRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// l3Networks/{l3_network}
+	Name string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	// The reserved address (AddressReservation.ip).
+	Ip            string `protobuf:"bytes,2,opt,name=ip,proto3" json:"ip,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ReleaseL3NetworkAddressRequest) Reset() {
+	*x = ReleaseL3NetworkAddressRequest{}
+	mi := &file_ferry_v1_inventory_proto_msgTypes[38]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ReleaseL3NetworkAddressRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ReleaseL3NetworkAddressRequest) ProtoMessage() {}
+
+func (x *ReleaseL3NetworkAddressRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_ferry_v1_inventory_proto_msgTypes[38]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ReleaseL3NetworkAddressRequest.ProtoReflect.Descriptor instead.
+func (*ReleaseL3NetworkAddressRequest) Descriptor() ([]byte, []int) {
+	return file_ferry_v1_inventory_proto_rawDescGZIP(), []int{38}
+}
+
+func (x *ReleaseL3NetworkAddressRequest) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *ReleaseL3NetworkAddressRequest) GetIp() string {
+	if x != nil {
+		return x.Ip
+	}
+	return ""
+}
+
+type ReleaseL3NetworkAddressResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	L3Network     *L3Network             `protobuf:"bytes,1,opt,name=l3_network,json=l3Network,proto3" json:"l3_network,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ReleaseL3NetworkAddressResponse) Reset() {
+	*x = ReleaseL3NetworkAddressResponse{}
+	mi := &file_ferry_v1_inventory_proto_msgTypes[39]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ReleaseL3NetworkAddressResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ReleaseL3NetworkAddressResponse) ProtoMessage() {}
+
+func (x *ReleaseL3NetworkAddressResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_ferry_v1_inventory_proto_msgTypes[39]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ReleaseL3NetworkAddressResponse.ProtoReflect.Descriptor instead.
+func (*ReleaseL3NetworkAddressResponse) Descriptor() ([]byte, []int) {
+	return file_ferry_v1_inventory_proto_rawDescGZIP(), []int{39}
+}
+
+func (x *ReleaseL3NetworkAddressResponse) GetL3Network() *L3Network {
+	if x != nil {
+		return x.L3Network
+	}
+	return nil
 }
 
 var File_ferry_v1_inventory_proto protoreflect.FileDescriptor
@@ -2053,7 +2376,7 @@ const file_ferry_v1_inventory_proto_rawDesc = "" +
 	"\x0elast_seen_time\x18\x05 \x01(\v2\x1a.google.protobuf.TimestampR\flastSeenTime\x12;\n" +
 	"\vcreate_time\x18\x06 \x01(\v2\x1a.google.protobuf.TimestampR\n" +
 	"createTime\x12#\n" +
-	"\ragent_version\x18\a \x01(\tR\fagentVersion\"\xab\x03\n" +
+	"\ragent_version\x18\a \x01(\tR\fagentVersion\"\xf0\x03\n" +
 	"\tHostFacts\x12\x12\n" +
 	"\x04cpus\x18\x01 \x01(\x05R\x04cpus\x12!\n" +
 	"\fmemory_bytes\x18\x02 \x01(\x03R\vmemoryBytes\x12\x1f\n" +
@@ -2068,7 +2391,16 @@ const file_ferry_v1_inventory_proto_rawDesc = "" +
 	"\x10cache_free_bytes\x18\b \x01(\x03R\x0ecacheFreeBytes\x124\n" +
 	"\x16memory_available_bytes\x18\t \x01(\x03R\x14memoryAvailableBytes\x122\n" +
 	"\bstorages\x18\n" +
-	" \x03(\v2\x16.ferry.v1.StorageSpaceR\bstorages\"b\n" +
+	" \x03(\v2\x16.ferry.v1.StorageSpaceR\bstorages\x12C\n" +
+	"\x10libvirt_networks\x18\v \x03(\v2\x18.ferry.v1.LibvirtNetworkR\x0flibvirtNetworks\"W\n" +
+	"\x0eLibvirtNetwork\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x121\n" +
+	"\n" +
+	"dhcp_hosts\x18\x02 \x03(\v2\x12.ferry.v1.DhcpHostR\tdhcpHosts\"@\n" +
+	"\bDhcpHost\x12\x10\n" +
+	"\x03mac\x18\x01 \x01(\tR\x03mac\x12\x0e\n" +
+	"\x02ip\x18\x02 \x01(\tR\x02ip\x12\x12\n" +
+	"\x04name\x18\x03 \x01(\tR\x04name\"b\n" +
 	"\fStorageSpace\x12\x12\n" +
 	"\x04path\x18\x01 \x01(\tR\x04path\x12\x1f\n" +
 	"\vtotal_bytes\x18\x02 \x01(\x03R\n" +
@@ -2087,7 +2419,7 @@ const file_ferry_v1_inventory_proto_rawDesc = "" +
 	"\tceph_pool\x18\x06 \x01(\tR\bcephPool\x12!\n" +
 	"\fvolume_group\x18\a \x01(\tR\vvolumeGroup\x12;\n" +
 	"\vcreate_time\x18\b \x01(\v2\x1a.google.protobuf.TimestampR\n" +
-	"createTime\"\xe1\x02\n" +
+	"createTime\"\xa3\x03\n" +
 	"\tL3Network\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12!\n" +
 	"\fdisplay_name\x18\x02 \x01(\tR\vdisplayName\x12\x18\n" +
@@ -2101,6 +2433,14 @@ const file_ferry_v1_inventory_proto_rawDesc = "" +
 	"\rprefix_length\x18\t \x01(\x05R\fprefixLength\x12;\n" +
 	"\vcreate_time\x18\n" +
 	" \x01(\v2\x1a.google.protobuf.TimestampR\n" +
+	"createTime\x12@\n" +
+	"\freservations\x18\v \x03(\v2\x1c.ferry.v1.AddressReservationR\freservations\"\x9e\x01\n" +
+	"\x12AddressReservation\x12\x0e\n" +
+	"\x02ip\x18\x01 \x01(\tR\x02ip\x12\x10\n" +
+	"\x03mac\x18\x02 \x01(\tR\x03mac\x12\x17\n" +
+	"\avm_name\x18\x03 \x01(\tR\x06vmName\x12\x10\n" +
+	"\x03job\x18\x04 \x01(\tR\x03job\x12;\n" +
+	"\vcreate_time\x18\x05 \x01(\v2\x1a.google.protobuf.TimestampR\n" +
 	"createTime\"b\n" +
 	"\x14CreateClusterRequest\x12+\n" +
 	"\acluster\x18\x01 \x01(\v2\x11.ferry.v1.ClusterR\acluster\x12\x1d\n" +
@@ -2179,13 +2519,20 @@ const file_ferry_v1_inventory_proto_rawDesc = "" +
 	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\",\n" +
 	"\x16DeleteL3NetworkRequest\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\"\x19\n" +
-	"\x17DeleteL3NetworkResponse*\xbd\x01\n" +
+	"\x17DeleteL3NetworkResponse\"D\n" +
+	"\x1eReleaseL3NetworkAddressRequest\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x0e\n" +
+	"\x02ip\x18\x02 \x01(\tR\x02ip\"U\n" +
+	"\x1fReleaseL3NetworkAddressResponse\x122\n" +
+	"\n" +
+	"l3_network\x18\x01 \x01(\v2\x13.ferry.v1.L3NetworkR\tl3Network*\xbd\x01\n" +
 	"\x12PrimaryStorageType\x12$\n" +
 	" PRIMARY_STORAGE_TYPE_UNSPECIFIED\x10\x00\x12\x1e\n" +
 	"\x1aPRIMARY_STORAGE_TYPE_LOCAL\x10\x01\x12\x1c\n" +
 	"\x18PRIMARY_STORAGE_TYPE_NFS\x10\x02\x12\x1d\n" +
 	"\x19PRIMARY_STORAGE_TYPE_CEPH\x10\x03\x12$\n" +
-	" PRIMARY_STORAGE_TYPE_SHAREDBLOCK\x10\x042\xb8\t\n" +
+	" PRIMARY_STORAGE_TYPE_SHAREDBLOCK\x10\x042\xa8\n" +
+	"\n" +
 	"\x10InventoryService\x12P\n" +
 	"\rCreateCluster\x12\x1e.ferry.v1.CreateClusterRequest\x1a\x1f.ferry.v1.CreateClusterResponse\x12G\n" +
 	"\n" +
@@ -2201,7 +2548,8 @@ const file_ferry_v1_inventory_proto_rawDesc = "" +
 	"\x0fCreateL3Network\x12 .ferry.v1.CreateL3NetworkRequest\x1a!.ferry.v1.CreateL3NetworkResponse\x12M\n" +
 	"\fGetL3Network\x12\x1d.ferry.v1.GetL3NetworkRequest\x1a\x1e.ferry.v1.GetL3NetworkResponse\x12S\n" +
 	"\x0eListL3Networks\x12\x1f.ferry.v1.ListL3NetworksRequest\x1a .ferry.v1.ListL3NetworksResponse\x12V\n" +
-	"\x0fDeleteL3Network\x12 .ferry.v1.DeleteL3NetworkRequest\x1a!.ferry.v1.DeleteL3NetworkResponseB\x93\x01\n" +
+	"\x0fDeleteL3Network\x12 .ferry.v1.DeleteL3NetworkRequest\x1a!.ferry.v1.DeleteL3NetworkResponse\x12n\n" +
+	"\x17ReleaseL3NetworkAddress\x12(.ferry.v1.ReleaseL3NetworkAddressRequest\x1a).ferry.v1.ReleaseL3NetworkAddressResponseB\x93\x01\n" +
 	"\fcom.ferry.v1B\x0eInventoryProtoP\x01Z2github.com/ferry-v2v/ferry/pkg/pb/ferry/v1;ferryv1\xa2\x02\x03FXX\xaa\x02\bFerry.V1\xca\x02\bFerry\\V1\xe2\x02\x14Ferry\\V1\\GPBMetadata\xea\x02\tFerry::V1b\x06proto3"
 
 var (
@@ -2217,103 +2565,115 @@ func file_ferry_v1_inventory_proto_rawDescGZIP() []byte {
 }
 
 var file_ferry_v1_inventory_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_ferry_v1_inventory_proto_msgTypes = make([]protoimpl.MessageInfo, 35)
+var file_ferry_v1_inventory_proto_msgTypes = make([]protoimpl.MessageInfo, 40)
 var file_ferry_v1_inventory_proto_goTypes = []any{
-	(PrimaryStorageType)(0),              // 0: ferry.v1.PrimaryStorageType
-	(*Cluster)(nil),                      // 1: ferry.v1.Cluster
-	(*Host)(nil),                         // 2: ferry.v1.Host
-	(*HostFacts)(nil),                    // 3: ferry.v1.HostFacts
-	(*StorageSpace)(nil),                 // 4: ferry.v1.StorageSpace
-	(*NetworkInterface)(nil),             // 5: ferry.v1.NetworkInterface
-	(*PrimaryStorage)(nil),               // 6: ferry.v1.PrimaryStorage
-	(*L3Network)(nil),                    // 7: ferry.v1.L3Network
-	(*CreateClusterRequest)(nil),         // 8: ferry.v1.CreateClusterRequest
-	(*CreateClusterResponse)(nil),        // 9: ferry.v1.CreateClusterResponse
-	(*GetClusterRequest)(nil),            // 10: ferry.v1.GetClusterRequest
-	(*GetClusterResponse)(nil),           // 11: ferry.v1.GetClusterResponse
-	(*ListClustersRequest)(nil),          // 12: ferry.v1.ListClustersRequest
-	(*ListClustersResponse)(nil),         // 13: ferry.v1.ListClustersResponse
-	(*DeleteClusterRequest)(nil),         // 14: ferry.v1.DeleteClusterRequest
-	(*DeleteClusterResponse)(nil),        // 15: ferry.v1.DeleteClusterResponse
-	(*GetHostRequest)(nil),               // 16: ferry.v1.GetHostRequest
-	(*GetHostResponse)(nil),              // 17: ferry.v1.GetHostResponse
-	(*ListHostsRequest)(nil),             // 18: ferry.v1.ListHostsRequest
-	(*ListHostsResponse)(nil),            // 19: ferry.v1.ListHostsResponse
-	(*CreatePrimaryStorageRequest)(nil),  // 20: ferry.v1.CreatePrimaryStorageRequest
-	(*CreatePrimaryStorageResponse)(nil), // 21: ferry.v1.CreatePrimaryStorageResponse
-	(*GetPrimaryStorageRequest)(nil),     // 22: ferry.v1.GetPrimaryStorageRequest
-	(*GetPrimaryStorageResponse)(nil),    // 23: ferry.v1.GetPrimaryStorageResponse
-	(*ListPrimaryStoragesRequest)(nil),   // 24: ferry.v1.ListPrimaryStoragesRequest
-	(*ListPrimaryStoragesResponse)(nil),  // 25: ferry.v1.ListPrimaryStoragesResponse
-	(*DeletePrimaryStorageRequest)(nil),  // 26: ferry.v1.DeletePrimaryStorageRequest
-	(*DeletePrimaryStorageResponse)(nil), // 27: ferry.v1.DeletePrimaryStorageResponse
-	(*CreateL3NetworkRequest)(nil),       // 28: ferry.v1.CreateL3NetworkRequest
-	(*CreateL3NetworkResponse)(nil),      // 29: ferry.v1.CreateL3NetworkResponse
-	(*GetL3NetworkRequest)(nil),          // 30: ferry.v1.GetL3NetworkRequest
-	(*GetL3NetworkResponse)(nil),         // 31: ferry.v1.GetL3NetworkResponse
-	(*ListL3NetworksRequest)(nil),        // 32: ferry.v1.ListL3NetworksRequest
-	(*ListL3NetworksResponse)(nil),       // 33: ferry.v1.ListL3NetworksResponse
-	(*DeleteL3NetworkRequest)(nil),       // 34: ferry.v1.DeleteL3NetworkRequest
-	(*DeleteL3NetworkResponse)(nil),      // 35: ferry.v1.DeleteL3NetworkResponse
-	(*timestamppb.Timestamp)(nil),        // 36: google.protobuf.Timestamp
+	(PrimaryStorageType)(0),                 // 0: ferry.v1.PrimaryStorageType
+	(*Cluster)(nil),                         // 1: ferry.v1.Cluster
+	(*Host)(nil),                            // 2: ferry.v1.Host
+	(*HostFacts)(nil),                       // 3: ferry.v1.HostFacts
+	(*LibvirtNetwork)(nil),                  // 4: ferry.v1.LibvirtNetwork
+	(*DhcpHost)(nil),                        // 5: ferry.v1.DhcpHost
+	(*StorageSpace)(nil),                    // 6: ferry.v1.StorageSpace
+	(*NetworkInterface)(nil),                // 7: ferry.v1.NetworkInterface
+	(*PrimaryStorage)(nil),                  // 8: ferry.v1.PrimaryStorage
+	(*L3Network)(nil),                       // 9: ferry.v1.L3Network
+	(*AddressReservation)(nil),              // 10: ferry.v1.AddressReservation
+	(*CreateClusterRequest)(nil),            // 11: ferry.v1.CreateClusterRequest
+	(*CreateClusterResponse)(nil),           // 12: ferry.v1.CreateClusterResponse
+	(*GetClusterRequest)(nil),               // 13: ferry.v1.GetClusterRequest
+	(*GetClusterResponse)(nil),              // 14: ferry.v1.GetClusterResponse
+	(*ListClustersRequest)(nil),             // 15: ferry.v1.ListClustersRequest
+	(*ListClustersResponse)(nil),            // 16: ferry.v1.ListClustersResponse
+	(*DeleteClusterRequest)(nil),            // 17: ferry.v1.DeleteClusterRequest
+	(*DeleteClusterResponse)(nil),           // 18: ferry.v1.DeleteClusterResponse
+	(*GetHostRequest)(nil),                  // 19: ferry.v1.GetHostRequest
+	(*GetHostResponse)(nil),                 // 20: ferry.v1.GetHostResponse
+	(*ListHostsRequest)(nil),                // 21: ferry.v1.ListHostsRequest
+	(*ListHostsResponse)(nil),               // 22: ferry.v1.ListHostsResponse
+	(*CreatePrimaryStorageRequest)(nil),     // 23: ferry.v1.CreatePrimaryStorageRequest
+	(*CreatePrimaryStorageResponse)(nil),    // 24: ferry.v1.CreatePrimaryStorageResponse
+	(*GetPrimaryStorageRequest)(nil),        // 25: ferry.v1.GetPrimaryStorageRequest
+	(*GetPrimaryStorageResponse)(nil),       // 26: ferry.v1.GetPrimaryStorageResponse
+	(*ListPrimaryStoragesRequest)(nil),      // 27: ferry.v1.ListPrimaryStoragesRequest
+	(*ListPrimaryStoragesResponse)(nil),     // 28: ferry.v1.ListPrimaryStoragesResponse
+	(*DeletePrimaryStorageRequest)(nil),     // 29: ferry.v1.DeletePrimaryStorageRequest
+	(*DeletePrimaryStorageResponse)(nil),    // 30: ferry.v1.DeletePrimaryStorageResponse
+	(*CreateL3NetworkRequest)(nil),          // 31: ferry.v1.CreateL3NetworkRequest
+	(*CreateL3NetworkResponse)(nil),         // 32: ferry.v1.CreateL3NetworkResponse
+	(*GetL3NetworkRequest)(nil),             // 33: ferry.v1.GetL3NetworkRequest
+	(*GetL3NetworkResponse)(nil),            // 34: ferry.v1.GetL3NetworkResponse
+	(*ListL3NetworksRequest)(nil),           // 35: ferry.v1.ListL3NetworksRequest
+	(*ListL3NetworksResponse)(nil),          // 36: ferry.v1.ListL3NetworksResponse
+	(*DeleteL3NetworkRequest)(nil),          // 37: ferry.v1.DeleteL3NetworkRequest
+	(*DeleteL3NetworkResponse)(nil),         // 38: ferry.v1.DeleteL3NetworkResponse
+	(*ReleaseL3NetworkAddressRequest)(nil),  // 39: ferry.v1.ReleaseL3NetworkAddressRequest
+	(*ReleaseL3NetworkAddressResponse)(nil), // 40: ferry.v1.ReleaseL3NetworkAddressResponse
+	(*timestamppb.Timestamp)(nil),           // 41: google.protobuf.Timestamp
 }
 var file_ferry_v1_inventory_proto_depIdxs = []int32{
-	36, // 0: ferry.v1.Cluster.create_time:type_name -> google.protobuf.Timestamp
+	41, // 0: ferry.v1.Cluster.create_time:type_name -> google.protobuf.Timestamp
 	3,  // 1: ferry.v1.Host.facts:type_name -> ferry.v1.HostFacts
-	36, // 2: ferry.v1.Host.last_seen_time:type_name -> google.protobuf.Timestamp
-	36, // 3: ferry.v1.Host.create_time:type_name -> google.protobuf.Timestamp
-	5,  // 4: ferry.v1.HostFacts.interfaces:type_name -> ferry.v1.NetworkInterface
-	4,  // 5: ferry.v1.HostFacts.storages:type_name -> ferry.v1.StorageSpace
-	0,  // 6: ferry.v1.PrimaryStorage.type:type_name -> ferry.v1.PrimaryStorageType
-	36, // 7: ferry.v1.PrimaryStorage.create_time:type_name -> google.protobuf.Timestamp
-	36, // 8: ferry.v1.L3Network.create_time:type_name -> google.protobuf.Timestamp
-	1,  // 9: ferry.v1.CreateClusterRequest.cluster:type_name -> ferry.v1.Cluster
-	1,  // 10: ferry.v1.CreateClusterResponse.cluster:type_name -> ferry.v1.Cluster
-	1,  // 11: ferry.v1.GetClusterResponse.cluster:type_name -> ferry.v1.Cluster
-	1,  // 12: ferry.v1.ListClustersResponse.clusters:type_name -> ferry.v1.Cluster
-	2,  // 13: ferry.v1.GetHostResponse.host:type_name -> ferry.v1.Host
-	2,  // 14: ferry.v1.ListHostsResponse.hosts:type_name -> ferry.v1.Host
-	6,  // 15: ferry.v1.CreatePrimaryStorageRequest.primary_storage:type_name -> ferry.v1.PrimaryStorage
-	6,  // 16: ferry.v1.CreatePrimaryStorageResponse.primary_storage:type_name -> ferry.v1.PrimaryStorage
-	6,  // 17: ferry.v1.GetPrimaryStorageResponse.primary_storage:type_name -> ferry.v1.PrimaryStorage
-	6,  // 18: ferry.v1.ListPrimaryStoragesResponse.primary_storages:type_name -> ferry.v1.PrimaryStorage
-	7,  // 19: ferry.v1.CreateL3NetworkRequest.l3_network:type_name -> ferry.v1.L3Network
-	7,  // 20: ferry.v1.CreateL3NetworkResponse.l3_network:type_name -> ferry.v1.L3Network
-	7,  // 21: ferry.v1.GetL3NetworkResponse.l3_network:type_name -> ferry.v1.L3Network
-	7,  // 22: ferry.v1.ListL3NetworksResponse.l3_networks:type_name -> ferry.v1.L3Network
-	8,  // 23: ferry.v1.InventoryService.CreateCluster:input_type -> ferry.v1.CreateClusterRequest
-	10, // 24: ferry.v1.InventoryService.GetCluster:input_type -> ferry.v1.GetClusterRequest
-	12, // 25: ferry.v1.InventoryService.ListClusters:input_type -> ferry.v1.ListClustersRequest
-	14, // 26: ferry.v1.InventoryService.DeleteCluster:input_type -> ferry.v1.DeleteClusterRequest
-	16, // 27: ferry.v1.InventoryService.GetHost:input_type -> ferry.v1.GetHostRequest
-	18, // 28: ferry.v1.InventoryService.ListHosts:input_type -> ferry.v1.ListHostsRequest
-	20, // 29: ferry.v1.InventoryService.CreatePrimaryStorage:input_type -> ferry.v1.CreatePrimaryStorageRequest
-	22, // 30: ferry.v1.InventoryService.GetPrimaryStorage:input_type -> ferry.v1.GetPrimaryStorageRequest
-	24, // 31: ferry.v1.InventoryService.ListPrimaryStorages:input_type -> ferry.v1.ListPrimaryStoragesRequest
-	26, // 32: ferry.v1.InventoryService.DeletePrimaryStorage:input_type -> ferry.v1.DeletePrimaryStorageRequest
-	28, // 33: ferry.v1.InventoryService.CreateL3Network:input_type -> ferry.v1.CreateL3NetworkRequest
-	30, // 34: ferry.v1.InventoryService.GetL3Network:input_type -> ferry.v1.GetL3NetworkRequest
-	32, // 35: ferry.v1.InventoryService.ListL3Networks:input_type -> ferry.v1.ListL3NetworksRequest
-	34, // 36: ferry.v1.InventoryService.DeleteL3Network:input_type -> ferry.v1.DeleteL3NetworkRequest
-	9,  // 37: ferry.v1.InventoryService.CreateCluster:output_type -> ferry.v1.CreateClusterResponse
-	11, // 38: ferry.v1.InventoryService.GetCluster:output_type -> ferry.v1.GetClusterResponse
-	13, // 39: ferry.v1.InventoryService.ListClusters:output_type -> ferry.v1.ListClustersResponse
-	15, // 40: ferry.v1.InventoryService.DeleteCluster:output_type -> ferry.v1.DeleteClusterResponse
-	17, // 41: ferry.v1.InventoryService.GetHost:output_type -> ferry.v1.GetHostResponse
-	19, // 42: ferry.v1.InventoryService.ListHosts:output_type -> ferry.v1.ListHostsResponse
-	21, // 43: ferry.v1.InventoryService.CreatePrimaryStorage:output_type -> ferry.v1.CreatePrimaryStorageResponse
-	23, // 44: ferry.v1.InventoryService.GetPrimaryStorage:output_type -> ferry.v1.GetPrimaryStorageResponse
-	25, // 45: ferry.v1.InventoryService.ListPrimaryStorages:output_type -> ferry.v1.ListPrimaryStoragesResponse
-	27, // 46: ferry.v1.InventoryService.DeletePrimaryStorage:output_type -> ferry.v1.DeletePrimaryStorageResponse
-	29, // 47: ferry.v1.InventoryService.CreateL3Network:output_type -> ferry.v1.CreateL3NetworkResponse
-	31, // 48: ferry.v1.InventoryService.GetL3Network:output_type -> ferry.v1.GetL3NetworkResponse
-	33, // 49: ferry.v1.InventoryService.ListL3Networks:output_type -> ferry.v1.ListL3NetworksResponse
-	35, // 50: ferry.v1.InventoryService.DeleteL3Network:output_type -> ferry.v1.DeleteL3NetworkResponse
-	37, // [37:51] is the sub-list for method output_type
-	23, // [23:37] is the sub-list for method input_type
-	23, // [23:23] is the sub-list for extension type_name
-	23, // [23:23] is the sub-list for extension extendee
-	0,  // [0:23] is the sub-list for field type_name
+	41, // 2: ferry.v1.Host.last_seen_time:type_name -> google.protobuf.Timestamp
+	41, // 3: ferry.v1.Host.create_time:type_name -> google.protobuf.Timestamp
+	7,  // 4: ferry.v1.HostFacts.interfaces:type_name -> ferry.v1.NetworkInterface
+	6,  // 5: ferry.v1.HostFacts.storages:type_name -> ferry.v1.StorageSpace
+	4,  // 6: ferry.v1.HostFacts.libvirt_networks:type_name -> ferry.v1.LibvirtNetwork
+	5,  // 7: ferry.v1.LibvirtNetwork.dhcp_hosts:type_name -> ferry.v1.DhcpHost
+	0,  // 8: ferry.v1.PrimaryStorage.type:type_name -> ferry.v1.PrimaryStorageType
+	41, // 9: ferry.v1.PrimaryStorage.create_time:type_name -> google.protobuf.Timestamp
+	41, // 10: ferry.v1.L3Network.create_time:type_name -> google.protobuf.Timestamp
+	10, // 11: ferry.v1.L3Network.reservations:type_name -> ferry.v1.AddressReservation
+	41, // 12: ferry.v1.AddressReservation.create_time:type_name -> google.protobuf.Timestamp
+	1,  // 13: ferry.v1.CreateClusterRequest.cluster:type_name -> ferry.v1.Cluster
+	1,  // 14: ferry.v1.CreateClusterResponse.cluster:type_name -> ferry.v1.Cluster
+	1,  // 15: ferry.v1.GetClusterResponse.cluster:type_name -> ferry.v1.Cluster
+	1,  // 16: ferry.v1.ListClustersResponse.clusters:type_name -> ferry.v1.Cluster
+	2,  // 17: ferry.v1.GetHostResponse.host:type_name -> ferry.v1.Host
+	2,  // 18: ferry.v1.ListHostsResponse.hosts:type_name -> ferry.v1.Host
+	8,  // 19: ferry.v1.CreatePrimaryStorageRequest.primary_storage:type_name -> ferry.v1.PrimaryStorage
+	8,  // 20: ferry.v1.CreatePrimaryStorageResponse.primary_storage:type_name -> ferry.v1.PrimaryStorage
+	8,  // 21: ferry.v1.GetPrimaryStorageResponse.primary_storage:type_name -> ferry.v1.PrimaryStorage
+	8,  // 22: ferry.v1.ListPrimaryStoragesResponse.primary_storages:type_name -> ferry.v1.PrimaryStorage
+	9,  // 23: ferry.v1.CreateL3NetworkRequest.l3_network:type_name -> ferry.v1.L3Network
+	9,  // 24: ferry.v1.CreateL3NetworkResponse.l3_network:type_name -> ferry.v1.L3Network
+	9,  // 25: ferry.v1.GetL3NetworkResponse.l3_network:type_name -> ferry.v1.L3Network
+	9,  // 26: ferry.v1.ListL3NetworksResponse.l3_networks:type_name -> ferry.v1.L3Network
+	9,  // 27: ferry.v1.ReleaseL3NetworkAddressResponse.l3_network:type_name -> ferry.v1.L3Network
+	11, // 28: ferry.v1.InventoryService.CreateCluster:input_type -> ferry.v1.CreateClusterRequest
+	13, // 29: ferry.v1.InventoryService.GetCluster:input_type -> ferry.v1.GetClusterRequest
+	15, // 30: ferry.v1.InventoryService.ListClusters:input_type -> ferry.v1.ListClustersRequest
+	17, // 31: ferry.v1.InventoryService.DeleteCluster:input_type -> ferry.v1.DeleteClusterRequest
+	19, // 32: ferry.v1.InventoryService.GetHost:input_type -> ferry.v1.GetHostRequest
+	21, // 33: ferry.v1.InventoryService.ListHosts:input_type -> ferry.v1.ListHostsRequest
+	23, // 34: ferry.v1.InventoryService.CreatePrimaryStorage:input_type -> ferry.v1.CreatePrimaryStorageRequest
+	25, // 35: ferry.v1.InventoryService.GetPrimaryStorage:input_type -> ferry.v1.GetPrimaryStorageRequest
+	27, // 36: ferry.v1.InventoryService.ListPrimaryStorages:input_type -> ferry.v1.ListPrimaryStoragesRequest
+	29, // 37: ferry.v1.InventoryService.DeletePrimaryStorage:input_type -> ferry.v1.DeletePrimaryStorageRequest
+	31, // 38: ferry.v1.InventoryService.CreateL3Network:input_type -> ferry.v1.CreateL3NetworkRequest
+	33, // 39: ferry.v1.InventoryService.GetL3Network:input_type -> ferry.v1.GetL3NetworkRequest
+	35, // 40: ferry.v1.InventoryService.ListL3Networks:input_type -> ferry.v1.ListL3NetworksRequest
+	37, // 41: ferry.v1.InventoryService.DeleteL3Network:input_type -> ferry.v1.DeleteL3NetworkRequest
+	39, // 42: ferry.v1.InventoryService.ReleaseL3NetworkAddress:input_type -> ferry.v1.ReleaseL3NetworkAddressRequest
+	12, // 43: ferry.v1.InventoryService.CreateCluster:output_type -> ferry.v1.CreateClusterResponse
+	14, // 44: ferry.v1.InventoryService.GetCluster:output_type -> ferry.v1.GetClusterResponse
+	16, // 45: ferry.v1.InventoryService.ListClusters:output_type -> ferry.v1.ListClustersResponse
+	18, // 46: ferry.v1.InventoryService.DeleteCluster:output_type -> ferry.v1.DeleteClusterResponse
+	20, // 47: ferry.v1.InventoryService.GetHost:output_type -> ferry.v1.GetHostResponse
+	22, // 48: ferry.v1.InventoryService.ListHosts:output_type -> ferry.v1.ListHostsResponse
+	24, // 49: ferry.v1.InventoryService.CreatePrimaryStorage:output_type -> ferry.v1.CreatePrimaryStorageResponse
+	26, // 50: ferry.v1.InventoryService.GetPrimaryStorage:output_type -> ferry.v1.GetPrimaryStorageResponse
+	28, // 51: ferry.v1.InventoryService.ListPrimaryStorages:output_type -> ferry.v1.ListPrimaryStoragesResponse
+	30, // 52: ferry.v1.InventoryService.DeletePrimaryStorage:output_type -> ferry.v1.DeletePrimaryStorageResponse
+	32, // 53: ferry.v1.InventoryService.CreateL3Network:output_type -> ferry.v1.CreateL3NetworkResponse
+	34, // 54: ferry.v1.InventoryService.GetL3Network:output_type -> ferry.v1.GetL3NetworkResponse
+	36, // 55: ferry.v1.InventoryService.ListL3Networks:output_type -> ferry.v1.ListL3NetworksResponse
+	38, // 56: ferry.v1.InventoryService.DeleteL3Network:output_type -> ferry.v1.DeleteL3NetworkResponse
+	40, // 57: ferry.v1.InventoryService.ReleaseL3NetworkAddress:output_type -> ferry.v1.ReleaseL3NetworkAddressResponse
+	43, // [43:58] is the sub-list for method output_type
+	28, // [28:43] is the sub-list for method input_type
+	28, // [28:28] is the sub-list for extension type_name
+	28, // [28:28] is the sub-list for extension extendee
+	0,  // [0:28] is the sub-list for field type_name
 }
 
 func init() { file_ferry_v1_inventory_proto_init() }
@@ -2327,7 +2687,7 @@ func file_ferry_v1_inventory_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_ferry_v1_inventory_proto_rawDesc), len(file_ferry_v1_inventory_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   35,
+			NumMessages:   40,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

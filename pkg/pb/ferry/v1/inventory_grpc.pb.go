@@ -19,20 +19,21 @@ import (
 const _ = grpc.SupportPackageIsVersion9
 
 const (
-	InventoryService_CreateCluster_FullMethodName        = "/ferry.v1.InventoryService/CreateCluster"
-	InventoryService_GetCluster_FullMethodName           = "/ferry.v1.InventoryService/GetCluster"
-	InventoryService_ListClusters_FullMethodName         = "/ferry.v1.InventoryService/ListClusters"
-	InventoryService_DeleteCluster_FullMethodName        = "/ferry.v1.InventoryService/DeleteCluster"
-	InventoryService_GetHost_FullMethodName              = "/ferry.v1.InventoryService/GetHost"
-	InventoryService_ListHosts_FullMethodName            = "/ferry.v1.InventoryService/ListHosts"
-	InventoryService_CreatePrimaryStorage_FullMethodName = "/ferry.v1.InventoryService/CreatePrimaryStorage"
-	InventoryService_GetPrimaryStorage_FullMethodName    = "/ferry.v1.InventoryService/GetPrimaryStorage"
-	InventoryService_ListPrimaryStorages_FullMethodName  = "/ferry.v1.InventoryService/ListPrimaryStorages"
-	InventoryService_DeletePrimaryStorage_FullMethodName = "/ferry.v1.InventoryService/DeletePrimaryStorage"
-	InventoryService_CreateL3Network_FullMethodName      = "/ferry.v1.InventoryService/CreateL3Network"
-	InventoryService_GetL3Network_FullMethodName         = "/ferry.v1.InventoryService/GetL3Network"
-	InventoryService_ListL3Networks_FullMethodName       = "/ferry.v1.InventoryService/ListL3Networks"
-	InventoryService_DeleteL3Network_FullMethodName      = "/ferry.v1.InventoryService/DeleteL3Network"
+	InventoryService_CreateCluster_FullMethodName           = "/ferry.v1.InventoryService/CreateCluster"
+	InventoryService_GetCluster_FullMethodName              = "/ferry.v1.InventoryService/GetCluster"
+	InventoryService_ListClusters_FullMethodName            = "/ferry.v1.InventoryService/ListClusters"
+	InventoryService_DeleteCluster_FullMethodName           = "/ferry.v1.InventoryService/DeleteCluster"
+	InventoryService_GetHost_FullMethodName                 = "/ferry.v1.InventoryService/GetHost"
+	InventoryService_ListHosts_FullMethodName               = "/ferry.v1.InventoryService/ListHosts"
+	InventoryService_CreatePrimaryStorage_FullMethodName    = "/ferry.v1.InventoryService/CreatePrimaryStorage"
+	InventoryService_GetPrimaryStorage_FullMethodName       = "/ferry.v1.InventoryService/GetPrimaryStorage"
+	InventoryService_ListPrimaryStorages_FullMethodName     = "/ferry.v1.InventoryService/ListPrimaryStorages"
+	InventoryService_DeletePrimaryStorage_FullMethodName    = "/ferry.v1.InventoryService/DeletePrimaryStorage"
+	InventoryService_CreateL3Network_FullMethodName         = "/ferry.v1.InventoryService/CreateL3Network"
+	InventoryService_GetL3Network_FullMethodName            = "/ferry.v1.InventoryService/GetL3Network"
+	InventoryService_ListL3Networks_FullMethodName          = "/ferry.v1.InventoryService/ListL3Networks"
+	InventoryService_DeleteL3Network_FullMethodName         = "/ferry.v1.InventoryService/DeleteL3Network"
+	InventoryService_ReleaseL3NetworkAddress_FullMethodName = "/ferry.v1.InventoryService/ReleaseL3NetworkAddress"
 )
 
 // InventoryServiceClient is the client API for InventoryService service.
@@ -57,6 +58,11 @@ type InventoryServiceClient interface {
 	GetL3Network(ctx context.Context, in *GetL3NetworkRequest, opts ...grpc.CallOption) (*GetL3NetworkResponse, error)
 	ListL3Networks(ctx context.Context, in *ListL3NetworksRequest, opts ...grpc.CallOption) (*ListL3NetworksResponse, error)
 	DeleteL3Network(ctx context.Context, in *DeleteL3NetworkRequest, opts ...grpc.CallOption) (*DeleteL3NetworkResponse, error)
+	// Returns an address a migrated VM kept (L3Network.reservations) to the
+	// pool, once the VM no longer uses it. Remove the VM's DHCP host entry
+	// from the libvirt network too: allocation also skips an address a
+	// libvirt network reserves for another MAC.
+	ReleaseL3NetworkAddress(ctx context.Context, in *ReleaseL3NetworkAddressRequest, opts ...grpc.CallOption) (*ReleaseL3NetworkAddressResponse, error)
 }
 
 type inventoryServiceClient struct {
@@ -207,6 +213,16 @@ func (c *inventoryServiceClient) DeleteL3Network(ctx context.Context, in *Delete
 	return out, nil
 }
 
+func (c *inventoryServiceClient) ReleaseL3NetworkAddress(ctx context.Context, in *ReleaseL3NetworkAddressRequest, opts ...grpc.CallOption) (*ReleaseL3NetworkAddressResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ReleaseL3NetworkAddressResponse)
+	err := c.cc.Invoke(ctx, InventoryService_ReleaseL3NetworkAddress_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // InventoryServiceServer is the server API for InventoryService service.
 // All implementations must embed UnimplementedInventoryServiceServer
 // for forward compatibility.
@@ -229,6 +245,11 @@ type InventoryServiceServer interface {
 	GetL3Network(context.Context, *GetL3NetworkRequest) (*GetL3NetworkResponse, error)
 	ListL3Networks(context.Context, *ListL3NetworksRequest) (*ListL3NetworksResponse, error)
 	DeleteL3Network(context.Context, *DeleteL3NetworkRequest) (*DeleteL3NetworkResponse, error)
+	// Returns an address a migrated VM kept (L3Network.reservations) to the
+	// pool, once the VM no longer uses it. Remove the VM's DHCP host entry
+	// from the libvirt network too: allocation also skips an address a
+	// libvirt network reserves for another MAC.
+	ReleaseL3NetworkAddress(context.Context, *ReleaseL3NetworkAddressRequest) (*ReleaseL3NetworkAddressResponse, error)
 	mustEmbedUnimplementedInventoryServiceServer()
 }
 
@@ -280,6 +301,9 @@ func (UnimplementedInventoryServiceServer) ListL3Networks(context.Context, *List
 }
 func (UnimplementedInventoryServiceServer) DeleteL3Network(context.Context, *DeleteL3NetworkRequest) (*DeleteL3NetworkResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method DeleteL3Network not implemented")
+}
+func (UnimplementedInventoryServiceServer) ReleaseL3NetworkAddress(context.Context, *ReleaseL3NetworkAddressRequest) (*ReleaseL3NetworkAddressResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ReleaseL3NetworkAddress not implemented")
 }
 func (UnimplementedInventoryServiceServer) mustEmbedUnimplementedInventoryServiceServer() {}
 func (UnimplementedInventoryServiceServer) testEmbeddedByValue()                          {}
@@ -554,6 +578,24 @@ func _InventoryService_DeleteL3Network_Handler(srv interface{}, ctx context.Cont
 	return interceptor(ctx, in, info, handler)
 }
 
+func _InventoryService_ReleaseL3NetworkAddress_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ReleaseL3NetworkAddressRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(InventoryServiceServer).ReleaseL3NetworkAddress(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: InventoryService_ReleaseL3NetworkAddress_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(InventoryServiceServer).ReleaseL3NetworkAddress(ctx, req.(*ReleaseL3NetworkAddressRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // InventoryService_ServiceDesc is the grpc.ServiceDesc for InventoryService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -616,6 +658,10 @@ var InventoryService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "DeleteL3Network",
 			Handler:    _InventoryService_DeleteL3Network_Handler,
+		},
+		{
+			MethodName: "ReleaseL3NetworkAddress",
+			Handler:    _InventoryService_ReleaseL3NetworkAddress_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},

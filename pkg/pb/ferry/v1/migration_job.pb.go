@@ -188,14 +188,19 @@ func (Firmware) EnumDescriptor() ([]byte, []int) {
 	return file_ferry_v1_migration_job_proto_rawDescGZIP(), []int{2}
 }
 
-// OsType of the guest.
+// OsType of the guest. Unspecified takes the source's platform (its OS
+// type, else its guest OS id, else Linux).
 type OsType int32
 
 const (
 	OsType_OS_TYPE_UNSPECIFIED OsType = 0
-	OsType_OS_TYPE_LINUX       OsType = 1
-	OsType_OS_TYPE_WINDOWS     OsType = 2
-	// Windows with virtio drivers installed: virtio disk and NIC models.
+	// Virtio NICs, a UTC clock.
+	OsType_OS_TYPE_LINUX OsType = 1
+	// Windows without virtio drivers: SATA disks (unless disk_bus says
+	// otherwise), e1000 NICs, a local-time clock.
+	OsType_OS_TYPE_WINDOWS OsType = 2
+	// Windows with virtio drivers installed: virtio disk and NIC models, a
+	// local-time clock.
 	OsType_OS_TYPE_WINDOWS_VIRTIO OsType = 3
 )
 
@@ -360,6 +365,11 @@ const (
 	PreviewResourceKind_PREVIEW_RESOURCE_KIND_DISK_BYTES PreviewResourceKind = 3
 	// Addresses against an L3 network's free addresses.
 	PreviewResourceKind_PREVIEW_RESOURCE_KIND_IP_ADDRESSES PreviewResourceKind = 4
+	// Disk bytes against the free space of the migration server's
+	// cache_path, as its host's agent measures it, less what the server's
+	// running jobs reserve: the figure the scheduler admits jobs by. Jobs
+	// that do not fit at once wait in the queue for room.
+	PreviewResourceKind_PREVIEW_RESOURCE_KIND_CACHE_BYTES PreviewResourceKind = 5
 )
 
 // Enum value maps for PreviewResourceKind.
@@ -370,6 +380,7 @@ var (
 		2: "PREVIEW_RESOURCE_KIND_MEMORY_BYTES",
 		3: "PREVIEW_RESOURCE_KIND_DISK_BYTES",
 		4: "PREVIEW_RESOURCE_KIND_IP_ADDRESSES",
+		5: "PREVIEW_RESOURCE_KIND_CACHE_BYTES",
 	}
 	PreviewResourceKind_value = map[string]int32{
 		"PREVIEW_RESOURCE_KIND_UNSPECIFIED":  0,
@@ -377,6 +388,7 @@ var (
 		"PREVIEW_RESOURCE_KIND_MEMORY_BYTES": 2,
 		"PREVIEW_RESOURCE_KIND_DISK_BYTES":   3,
 		"PREVIEW_RESOURCE_KIND_IP_ADDRESSES": 4,
+		"PREVIEW_RESOURCE_KIND_CACHE_BYTES":  5,
 	}
 )
 
@@ -966,9 +978,16 @@ type MigrationOptions struct {
 	Compression Compression            `protobuf:"varint,1,opt,name=compression,proto3,enum=ferry.v1.Compression" json:"compression,omitempty"`
 	// Pause a running source VM before the copy and leave it paused.
 	PauseSourceVm bool `protobuf:"varint,2,opt,name=pause_source_vm,json=pauseSourceVm,proto3" json:"pause_source_vm,omitempty"`
-	// Start the target VM when done; default true.
+	// Start the target VM when done. Unset, the target keeps the source VM's
+	// state: it is started when the source runs, and defined but not started
+	// when the source's synced inventory says it is paused or shut off (the
+	// preview says so in notes). True starts it in any case, false never.
 	AutoStart *bool `protobuf:"varint,3,opt,name=auto_start,json=autoStart,proto3,oneof" json:"auto_start,omitempty"`
-	// Give each target NIC its source NIC's MAC and guest IP address.
+	// Give each target NIC its source NIC's MAC and guest IP address (as
+	// VMware Tools, the QEMU guest agent or a DHCP lease of a libvirt
+	// network report it), when that address is inside the L3 network's
+	// range; a NIC whose address is unknown or outside the range gets one
+	// allocated from the range, which PreviewMigrationJobs notes.
 	UseSourceNicAddress bool `protobuf:"varint,4,opt,name=use_source_nic_address,json=useSourceNicAddress,proto3" json:"use_source_nic_address,omitempty"`
 	unknownFields       protoimpl.UnknownFields
 	sizeCache           protoimpl.SizeCache
@@ -1394,8 +1413,9 @@ func (x *PreviewMigrationJobsRequest) GetNetworkMappingGroup() string {
 type PreviewUsage struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	Kind  PreviewResourceKind    `protobuf:"varint,1,opt,name=kind,proto3,enum=ferry.v1.PreviewResourceKind" json:"kind,omitempty"`
-	// clusters/{cluster}, primaryStorages/{primary_storage} or
-	// l3Networks/{l3_network}.
+	// clusters/{cluster}, primaryStorages/{primary_storage},
+	// l3Networks/{l3_network}, or migrationServers/{migration_server} for
+	// its cache.
 	Resource string `protobuf:"bytes,2,opt,name=resource,proto3" json:"resource,omitempty"`
 	// What the batch asks for.
 	Requested int64 `protobuf:"varint,3,opt,name=requested,proto3" json:"requested,omitempty"`
@@ -1502,7 +1522,15 @@ type PreviewMigrationJobsResponse struct {
 	// No check failed and every usage whose availability is known fits.
 	// A usage that is not known does not make it false: create does not
 	// refuse a batch for it either.
-	Fits          bool `protobuf:"varint,4,opt,name=fits,proto3" json:"fits,omitempty"`
+	Fits bool `protobuf:"varint,4,opt,name=fits,proto3" json:"fits,omitempty"`
+	// What create would do that the request did not say, one line each,
+	// field first where there is one: a target left stopped because its
+	// source VM is paused or shut off (options.auto_start unset); a NIC with
+	// options.use_source_nic_address whose guest address is unknown or
+	// outside its L3 network's range, which gets an address allocated from
+	// the range instead ("jobs[0].target.nics[1].ip: …; an address from the
+	// range of l3Networks/… is allocated instead").
+	Notes         []string `protobuf:"bytes,5,rep,name=notes,proto3" json:"notes,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1563,6 +1591,13 @@ func (x *PreviewMigrationJobsResponse) GetFits() bool {
 		return x.Fits
 	}
 	return false
+}
+
+func (x *PreviewMigrationJobsResponse) GetNotes() []string {
+	if x != nil {
+		return x.Notes
+	}
+	return nil
 }
 
 type GetMigrationJobRequest struct {
@@ -2263,12 +2298,13 @@ const file_ferry_v1_migration_job_proto_rawDesc = "" +
 	"\tavailable\x18\x04 \x01(\x03R\tavailable\x12\x14\n" +
 	"\x05known\x18\x05 \x01(\bR\x05known\x12\x12\n" +
 	"\x04fits\x18\x06 \x01(\bR\x04fits\x12\x12\n" +
-	"\x04note\x18\a \x01(\tR\x04note\"\xb3\x01\n" +
+	"\x04note\x18\a \x01(\tR\x04note\"\xc9\x01\n" +
 	"\x1cPreviewMigrationJobsResponse\x12*\n" +
 	"\x04jobs\x18\x01 \x03(\v2\x16.ferry.v1.MigrationJobR\x04jobs\x12.\n" +
 	"\x06usages\x18\x02 \x03(\v2\x16.ferry.v1.PreviewUsageR\x06usages\x12#\n" +
 	"\rfailed_checks\x18\x03 \x03(\tR\ffailedChecks\x12\x12\n" +
-	"\x04fits\x18\x04 \x01(\bR\x04fits\",\n" +
+	"\x04fits\x18\x04 \x01(\bR\x04fits\x12\x14\n" +
+	"\x05notes\x18\x05 \x03(\tR\x05notes\",\n" +
 	"\x16GetMigrationJobRequest\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\"C\n" +
 	"\x17GetMigrationJobResponse\x12(\n" +
@@ -2331,13 +2367,14 @@ const file_ferry_v1_migration_job_proto_rawDesc = "" +
 	"\vCompression\x12\x1b\n" +
 	"\x17COMPRESSION_UNSPECIFIED\x10\x00\x12\x14\n" +
 	"\x10COMPRESSION_ZSTD\x10\x01\x12\x14\n" +
-	"\x10COMPRESSION_NONE\x10\x02*\xd3\x01\n" +
+	"\x10COMPRESSION_NONE\x10\x02*\xfa\x01\n" +
 	"\x13PreviewResourceKind\x12%\n" +
 	"!PREVIEW_RESOURCE_KIND_UNSPECIFIED\x10\x00\x12\x1f\n" +
 	"\x1bPREVIEW_RESOURCE_KIND_VCPUS\x10\x01\x12&\n" +
 	"\"PREVIEW_RESOURCE_KIND_MEMORY_BYTES\x10\x02\x12$\n" +
 	" PREVIEW_RESOURCE_KIND_DISK_BYTES\x10\x03\x12&\n" +
-	"\"PREVIEW_RESOURCE_KIND_IP_ADDRESSES\x10\x04*\xab\x01\n" +
+	"\"PREVIEW_RESOURCE_KIND_IP_ADDRESSES\x10\x04\x12%\n" +
+	"!PREVIEW_RESOURCE_KIND_CACHE_BYTES\x10\x05*\xab\x01\n" +
 	"\x0eWatchEventType\x12 \n" +
 	"\x1cWATCH_EVENT_TYPE_UNSPECIFIED\x10\x00\x12\x1c\n" +
 	"\x18WATCH_EVENT_TYPE_INITIAL\x10\x01\x12\x1c\n" +

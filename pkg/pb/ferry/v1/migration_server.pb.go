@@ -31,7 +31,9 @@ type MigrationServer struct {
 	// hosts/{host_name}
 	Host string   `protobuf:"bytes,3,opt,name=host,proto3" json:"host,omitempty"`
 	Type Platform `protobuf:"varint,4,opt,name=type,proto3,enum=ferry.v1.Platform" json:"type,omitempty"`
-	// Absolute path of the cache directory on the host.
+	// Absolute, clean path of the cache directory on the host. A system
+	// directory (/, /etc, /usr, /var, /proc/..., and the like) is refused.
+	// The agent reclaims only the job directories it made there.
 	CachePath string `protobuf:"bytes,5,opt,name=cache_path,json=cachePath,proto3" json:"cache_path,omitempty"`
 	// Optional CIDR (e.g. 10.20.0.0/24): connections to sources leave from
 	// the host's address inside it.

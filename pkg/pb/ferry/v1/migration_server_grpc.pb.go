@@ -44,7 +44,10 @@ type MigrationServerServiceClient interface {
 	// Disable stops new starts; running jobs go on.
 	DisableMigrationServer(ctx context.Context, in *DisableMigrationServerRequest, opts ...grpc.CallOption) (*DisableMigrationServerResponse, error)
 	// SetMigrationServerBandwidth changes the limits; an empty value clears a
-	// limit back to unlimited, an absent one leaves it as it is.
+	// limit back to unlimited, an absent one leaves it as it is. Running jobs
+	// of the server feel the change within 2 s: the leader sends
+	// it to the agent of the server's host, whose token buckets (one per
+	// direction, shared by the server's jobs) take the new rate at once.
 	SetMigrationServerBandwidth(ctx context.Context, in *SetMigrationServerBandwidthRequest, opts ...grpc.CallOption) (*SetMigrationServerBandwidthResponse, error)
 }
 
@@ -142,7 +145,10 @@ type MigrationServerServiceServer interface {
 	// Disable stops new starts; running jobs go on.
 	DisableMigrationServer(context.Context, *DisableMigrationServerRequest) (*DisableMigrationServerResponse, error)
 	// SetMigrationServerBandwidth changes the limits; an empty value clears a
-	// limit back to unlimited, an absent one leaves it as it is.
+	// limit back to unlimited, an absent one leaves it as it is. Running jobs
+	// of the server feel the change within 2 s: the leader sends
+	// it to the agent of the server's host, whose token buckets (one per
+	// direction, shared by the server's jobs) take the new rate at once.
 	SetMigrationServerBandwidth(context.Context, *SetMigrationServerBandwidthRequest) (*SetMigrationServerBandwidthResponse, error)
 	mustEmbedUnimplementedMigrationServerServiceServer()
 }

@@ -590,8 +590,10 @@ type Credential struct {
 	Type        CredentialType `protobuf:"varint,3,opt,name=type,proto3,enum=ferry.v1.CredentialType" json:"type,omitempty"`
 	// Input only.
 	Secret string `protobuf:"bytes,4,opt,name=secret,proto3" json:"secret,omitempty"`
-	// Output only: a SHA-256 fingerprint prefix of the secret, to tell
-	// credentials apart without revealing them.
+	// Output only: 16 hex digits of HMAC-SHA256 of the secret under a key
+	// derived (HKDF) from the coordinators' seal key, to tell credentials
+	// apart without revealing them; without the seal key it is no help in
+	// guessing the secret.
 	Fingerprint   string                 `protobuf:"bytes,5,opt,name=fingerprint,proto3" json:"fingerprint,omitempty"`
 	CreateTime    *timestamppb.Timestamp `protobuf:"bytes,6,opt,name=create_time,json=createTime,proto3" json:"create_time,omitempty"`
 	unknownFields protoimpl.UnknownFields
@@ -1903,7 +1905,9 @@ type SourceNic struct {
 	Model   string                 `protobuf:"bytes,4,opt,name=model,proto3" json:"model,omitempty"`
 	// VMware portgroup (standard or distributed) the NIC is on.
 	Portgroup string `protobuf:"bytes,5,opt,name=portgroup,proto3" json:"portgroup,omitempty"`
-	// Guest addresses reported by the guest agent / VMware Tools.
+	// Guest addresses: from VMware Tools; on a KVM source from the QEMU
+	// guest agent of a running VM, else from the DHCP leases of the libvirt
+	// network it is on (virDomainInterfaceAddresses). Empty when unknown.
 	IpAddresses   []string `protobuf:"bytes,6,rep,name=ip_addresses,json=ipAddresses,proto3" json:"ip_addresses,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -1993,7 +1997,10 @@ type SourceProduct struct {
 	// VMware API version (e.g. "8.0.2.0"); the libvirt version on KVM.
 	ApiVersion string `protobuf:"bytes,4,opt,name=api_version,json=apiVersion,proto3" json:"api_version,omitempty"`
 	// "VirtualCenter" or "HostAgent" (VMware), "libvirt" (KVM).
-	ApiType       string `protobuf:"bytes,5,opt,name=api_type,json=apiType,proto3" json:"api_type,omitempty"`
+	ApiType string `protobuf:"bytes,5,opt,name=api_type,json=apiType,proto3" json:"api_type,omitempty"`
+	// The QEMU version on a KVM host (e.g. "7.2.0"), which the pre-checks
+	// compare with the minimum; empty for VMware.
+	QemuVersion   string `protobuf:"bytes,6,opt,name=qemu_version,json=qemuVersion,proto3" json:"qemu_version,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -2059,6 +2066,13 @@ func (x *SourceProduct) GetApiVersion() string {
 func (x *SourceProduct) GetApiType() string {
 	if x != nil {
 		return x.ApiType
+	}
+	return ""
+}
+
+func (x *SourceProduct) GetQemuVersion() string {
+	if x != nil {
+		return x.QemuVersion
 	}
 	return ""
 }
@@ -3153,14 +3167,15 @@ const file_ferry_v1_source_proto_rawDesc = "" +
 	"\x06bridge\x18\x03 \x01(\tR\x06bridge\x12\x14\n" +
 	"\x05model\x18\x04 \x01(\tR\x05model\x12\x1c\n" +
 	"\tportgroup\x18\x05 \x01(\tR\tportgroup\x12!\n" +
-	"\fip_addresses\x18\x06 \x03(\tR\vipAddresses\"\x98\x01\n" +
+	"\fip_addresses\x18\x06 \x03(\tR\vipAddresses\"\xbb\x01\n" +
 	"\rSourceProduct\x12\x1b\n" +
 	"\tfull_name\x18\x01 \x01(\tR\bfullName\x12\x18\n" +
 	"\aversion\x18\x02 \x01(\tR\aversion\x12\x14\n" +
 	"\x05build\x18\x03 \x01(\tR\x05build\x12\x1f\n" +
 	"\vapi_version\x18\x04 \x01(\tR\n" +
 	"apiVersion\x12\x19\n" +
-	"\bapi_type\x18\x05 \x01(\tR\aapiType\"6\n" +
+	"\bapi_type\x18\x05 \x01(\tR\aapiType\x12!\n" +
+	"\fqemu_version\x18\x06 \x01(\tR\vqemuVersion\"6\n" +
 	"\x10SourceDatacenter\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x12\n" +
 	"\x04name\x18\x02 \x01(\tR\x04name\"S\n" +

@@ -249,6 +249,7 @@ type ConnectResponse struct {
 	//	*ConnectResponse_Cancellation
 	//	*ConnectResponse_InventoryRequest
 	//	*ConnectResponse_FenceAnswer
+	//	*ConnectResponse_BandwidthLimits
 	Kind          isConnectResponse_Kind `protobuf_oneof:"kind"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -345,6 +346,15 @@ func (x *ConnectResponse) GetFenceAnswer() *FenceAnswer {
 	return nil
 }
 
+func (x *ConnectResponse) GetBandwidthLimits() *BandwidthLimits {
+	if x != nil {
+		if x, ok := x.Kind.(*ConnectResponse_BandwidthLimits); ok {
+			return x.BandwidthLimits
+		}
+	}
+	return nil
+}
+
 type isConnectResponse_Kind interface {
 	isConnectResponse_Kind()
 }
@@ -373,6 +383,10 @@ type ConnectResponse_FenceAnswer struct {
 	FenceAnswer *FenceAnswer `protobuf:"bytes,6,opt,name=fence_answer,json=fenceAnswer,proto3,oneof"`
 }
 
+type ConnectResponse_BandwidthLimits struct {
+	BandwidthLimits *BandwidthLimits `protobuf:"bytes,7,opt,name=bandwidth_limits,json=bandwidthLimits,proto3,oneof"`
+}
+
 func (*ConnectResponse_Welcome) isConnectResponse_Kind() {}
 
 func (*ConnectResponse_Heartbeat) isConnectResponse_Kind() {}
@@ -384,6 +398,77 @@ func (*ConnectResponse_Cancellation) isConnectResponse_Kind() {}
 func (*ConnectResponse_InventoryRequest) isConnectResponse_Kind() {}
 
 func (*ConnectResponse_FenceAnswer) isConnectResponse_Kind() {}
+
+func (*ConnectResponse_BandwidthLimits) isConnectResponse_Kind() {}
+
+// BandwidthLimits are a migration server's current limits, sent to the
+// agent of the server's host when they change in the ledger and when the
+// agent says hello. The agent sets its token buckets of the server (one per
+// direction, shared by all the server's jobs) to them at once: running
+// jobs feel the change, not only jobs started later. Assignments carry the
+// limits too (in migration_server) for the jobs they start.
+type BandwidthLimits struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// migrationServers/{migration_server}
+	MigrationServer string `protobuf:"bytes,1,opt,name=migration_server,json=migrationServer,proto3" json:"migration_server,omitempty"`
+	// Cache to target storage, bits per second; 0 is unlimited.
+	UpstreamBitsPerSecond int64 `protobuf:"varint,2,opt,name=upstream_bits_per_second,json=upstreamBitsPerSecond,proto3" json:"upstream_bits_per_second,omitempty"`
+	// Source to cache, bits per second; 0 is unlimited.
+	DownstreamBitsPerSecond int64 `protobuf:"varint,3,opt,name=downstream_bits_per_second,json=downstreamBitsPerSecond,proto3" json:"downstream_bits_per_second,omitempty"`
+	unknownFields           protoimpl.UnknownFields
+	sizeCache               protoimpl.SizeCache
+}
+
+func (x *BandwidthLimits) Reset() {
+	*x = BandwidthLimits{}
+	mi := &file_ferry_agent_v1_agent_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *BandwidthLimits) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*BandwidthLimits) ProtoMessage() {}
+
+func (x *BandwidthLimits) ProtoReflect() protoreflect.Message {
+	mi := &file_ferry_agent_v1_agent_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use BandwidthLimits.ProtoReflect.Descriptor instead.
+func (*BandwidthLimits) Descriptor() ([]byte, []int) {
+	return file_ferry_agent_v1_agent_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *BandwidthLimits) GetMigrationServer() string {
+	if x != nil {
+		return x.MigrationServer
+	}
+	return ""
+}
+
+func (x *BandwidthLimits) GetUpstreamBitsPerSecond() int64 {
+	if x != nil {
+		return x.UpstreamBitsPerSecond
+	}
+	return 0
+}
+
+func (x *BandwidthLimits) GetDownstreamBitsPerSecond() int64 {
+	if x != nil {
+		return x.DownstreamBitsPerSecond
+	}
+	return 0
+}
 
 // FenceCheck asks the leader, before a write to a target (volume
 // creation, upload, domain definition), whether an assignment is still
@@ -405,7 +490,7 @@ type FenceCheck struct {
 
 func (x *FenceCheck) Reset() {
 	*x = FenceCheck{}
-	mi := &file_ferry_agent_v1_agent_proto_msgTypes[2]
+	mi := &file_ferry_agent_v1_agent_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -417,7 +502,7 @@ func (x *FenceCheck) String() string {
 func (*FenceCheck) ProtoMessage() {}
 
 func (x *FenceCheck) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_agent_v1_agent_proto_msgTypes[2]
+	mi := &file_ferry_agent_v1_agent_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -430,7 +515,7 @@ func (x *FenceCheck) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FenceCheck.ProtoReflect.Descriptor instead.
 func (*FenceCheck) Descriptor() ([]byte, []int) {
-	return file_ferry_agent_v1_agent_proto_rawDescGZIP(), []int{2}
+	return file_ferry_agent_v1_agent_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *FenceCheck) GetRequestId() string {
@@ -476,7 +561,7 @@ type FenceAnswer struct {
 
 func (x *FenceAnswer) Reset() {
 	*x = FenceAnswer{}
-	mi := &file_ferry_agent_v1_agent_proto_msgTypes[3]
+	mi := &file_ferry_agent_v1_agent_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -488,7 +573,7 @@ func (x *FenceAnswer) String() string {
 func (*FenceAnswer) ProtoMessage() {}
 
 func (x *FenceAnswer) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_agent_v1_agent_proto_msgTypes[3]
+	mi := &file_ferry_agent_v1_agent_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -501,7 +586,7 @@ func (x *FenceAnswer) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FenceAnswer.ProtoReflect.Descriptor instead.
 func (*FenceAnswer) Descriptor() ([]byte, []int) {
-	return file_ferry_agent_v1_agent_proto_rawDescGZIP(), []int{3}
+	return file_ferry_agent_v1_agent_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *FenceAnswer) GetRequestId() string {
@@ -542,7 +627,7 @@ type Hello struct {
 
 func (x *Hello) Reset() {
 	*x = Hello{}
-	mi := &file_ferry_agent_v1_agent_proto_msgTypes[4]
+	mi := &file_ferry_agent_v1_agent_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -554,7 +639,7 @@ func (x *Hello) String() string {
 func (*Hello) ProtoMessage() {}
 
 func (x *Hello) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_agent_v1_agent_proto_msgTypes[4]
+	mi := &file_ferry_agent_v1_agent_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -567,7 +652,7 @@ func (x *Hello) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Hello.ProtoReflect.Descriptor instead.
 func (*Hello) Descriptor() ([]byte, []int) {
-	return file_ferry_agent_v1_agent_proto_rawDescGZIP(), []int{4}
+	return file_ferry_agent_v1_agent_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *Hello) GetHostName() string {
@@ -617,7 +702,7 @@ type HeldJob struct {
 
 func (x *HeldJob) Reset() {
 	*x = HeldJob{}
-	mi := &file_ferry_agent_v1_agent_proto_msgTypes[5]
+	mi := &file_ferry_agent_v1_agent_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -629,7 +714,7 @@ func (x *HeldJob) String() string {
 func (*HeldJob) ProtoMessage() {}
 
 func (x *HeldJob) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_agent_v1_agent_proto_msgTypes[5]
+	mi := &file_ferry_agent_v1_agent_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -642,7 +727,7 @@ func (x *HeldJob) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HeldJob.ProtoReflect.Descriptor instead.
 func (*HeldJob) Descriptor() ([]byte, []int) {
-	return file_ferry_agent_v1_agent_proto_rawDescGZIP(), []int{5}
+	return file_ferry_agent_v1_agent_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *HeldJob) GetJob() string {
@@ -678,8 +763,10 @@ type Welcome struct {
 	// How long a cache outlives a job the agent no longer holds, in
 	// milliseconds; older caches are reclaimed.
 	CacheRetentionMs int64 `protobuf:"varint,4,opt,name=cache_retention_ms,json=cacheRetentionMs,proto3" json:"cache_retention_ms,omitempty"`
-	// Paths of the local and NFS primary storages of the agent's cluster,
-	// whose free space the agent reports in HostFacts.storages.
+	// Paths whose free space the agent reports in HostFacts.storages: every
+	// local and NFS primary storage's, and the cache_path of each migration
+	// server on the agent's host (where its jobs write their cache, which
+	// the scheduler's cache admission measures).
 	StoragePaths  []string `protobuf:"bytes,5,rep,name=storage_paths,json=storagePaths,proto3" json:"storage_paths,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -687,7 +774,7 @@ type Welcome struct {
 
 func (x *Welcome) Reset() {
 	*x = Welcome{}
-	mi := &file_ferry_agent_v1_agent_proto_msgTypes[6]
+	mi := &file_ferry_agent_v1_agent_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -699,7 +786,7 @@ func (x *Welcome) String() string {
 func (*Welcome) ProtoMessage() {}
 
 func (x *Welcome) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_agent_v1_agent_proto_msgTypes[6]
+	mi := &file_ferry_agent_v1_agent_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -712,7 +799,7 @@ func (x *Welcome) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Welcome.ProtoReflect.Descriptor instead.
 func (*Welcome) Descriptor() ([]byte, []int) {
-	return file_ferry_agent_v1_agent_proto_rawDescGZIP(), []int{6}
+	return file_ferry_agent_v1_agent_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *Welcome) GetCoordinatorId() string {
@@ -766,7 +853,7 @@ type Heartbeat struct {
 
 func (x *Heartbeat) Reset() {
 	*x = Heartbeat{}
-	mi := &file_ferry_agent_v1_agent_proto_msgTypes[7]
+	mi := &file_ferry_agent_v1_agent_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -778,7 +865,7 @@ func (x *Heartbeat) String() string {
 func (*Heartbeat) ProtoMessage() {}
 
 func (x *Heartbeat) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_agent_v1_agent_proto_msgTypes[7]
+	mi := &file_ferry_agent_v1_agent_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -791,7 +878,7 @@ func (x *Heartbeat) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Heartbeat.ProtoReflect.Descriptor instead.
 func (*Heartbeat) Descriptor() ([]byte, []int) {
-	return file_ferry_agent_v1_agent_proto_rawDescGZIP(), []int{7}
+	return file_ferry_agent_v1_agent_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *Heartbeat) GetTime() *timestamppb.Timestamp {
@@ -835,7 +922,7 @@ type JobProgress struct {
 
 func (x *JobProgress) Reset() {
 	*x = JobProgress{}
-	mi := &file_ferry_agent_v1_agent_proto_msgTypes[8]
+	mi := &file_ferry_agent_v1_agent_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -847,7 +934,7 @@ func (x *JobProgress) String() string {
 func (*JobProgress) ProtoMessage() {}
 
 func (x *JobProgress) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_agent_v1_agent_proto_msgTypes[8]
+	mi := &file_ferry_agent_v1_agent_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -860,7 +947,7 @@ func (x *JobProgress) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use JobProgress.ProtoReflect.Descriptor instead.
 func (*JobProgress) Descriptor() ([]byte, []int) {
-	return file_ferry_agent_v1_agent_proto_rawDescGZIP(), []int{8}
+	return file_ferry_agent_v1_agent_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *JobProgress) GetJob() string {
@@ -906,7 +993,7 @@ type JobResult struct {
 
 func (x *JobResult) Reset() {
 	*x = JobResult{}
-	mi := &file_ferry_agent_v1_agent_proto_msgTypes[9]
+	mi := &file_ferry_agent_v1_agent_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -918,7 +1005,7 @@ func (x *JobResult) String() string {
 func (*JobResult) ProtoMessage() {}
 
 func (x *JobResult) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_agent_v1_agent_proto_msgTypes[9]
+	mi := &file_ferry_agent_v1_agent_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -931,7 +1018,7 @@ func (x *JobResult) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use JobResult.ProtoReflect.Descriptor instead.
 func (*JobResult) Descriptor() ([]byte, []int) {
-	return file_ferry_agent_v1_agent_proto_rawDescGZIP(), []int{9}
+	return file_ferry_agent_v1_agent_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *JobResult) GetJob() string {
@@ -997,7 +1084,7 @@ type Assignment struct {
 
 func (x *Assignment) Reset() {
 	*x = Assignment{}
-	mi := &file_ferry_agent_v1_agent_proto_msgTypes[10]
+	mi := &file_ferry_agent_v1_agent_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1009,7 +1096,7 @@ func (x *Assignment) String() string {
 func (*Assignment) ProtoMessage() {}
 
 func (x *Assignment) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_agent_v1_agent_proto_msgTypes[10]
+	mi := &file_ferry_agent_v1_agent_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1022,7 +1109,7 @@ func (x *Assignment) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Assignment.ProtoReflect.Descriptor instead.
 func (*Assignment) Descriptor() ([]byte, []int) {
-	return file_ferry_agent_v1_agent_proto_rawDescGZIP(), []int{10}
+	return file_ferry_agent_v1_agent_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *Assignment) GetJob() *v1.MigrationJob {
@@ -1093,7 +1180,7 @@ type Cancellation struct {
 
 func (x *Cancellation) Reset() {
 	*x = Cancellation{}
-	mi := &file_ferry_agent_v1_agent_proto_msgTypes[11]
+	mi := &file_ferry_agent_v1_agent_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1105,7 +1192,7 @@ func (x *Cancellation) String() string {
 func (*Cancellation) ProtoMessage() {}
 
 func (x *Cancellation) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_agent_v1_agent_proto_msgTypes[11]
+	mi := &file_ferry_agent_v1_agent_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1118,7 +1205,7 @@ func (x *Cancellation) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Cancellation.ProtoReflect.Descriptor instead.
 func (*Cancellation) Descriptor() ([]byte, []int) {
-	return file_ferry_agent_v1_agent_proto_rawDescGZIP(), []int{11}
+	return file_ferry_agent_v1_agent_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *Cancellation) GetJob() string {
@@ -1156,7 +1243,7 @@ type InventoryRequest struct {
 
 func (x *InventoryRequest) Reset() {
 	*x = InventoryRequest{}
-	mi := &file_ferry_agent_v1_agent_proto_msgTypes[12]
+	mi := &file_ferry_agent_v1_agent_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1168,7 +1255,7 @@ func (x *InventoryRequest) String() string {
 func (*InventoryRequest) ProtoMessage() {}
 
 func (x *InventoryRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_agent_v1_agent_proto_msgTypes[12]
+	mi := &file_ferry_agent_v1_agent_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1181,7 +1268,7 @@ func (x *InventoryRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use InventoryRequest.ProtoReflect.Descriptor instead.
 func (*InventoryRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_agent_v1_agent_proto_rawDescGZIP(), []int{12}
+	return file_ferry_agent_v1_agent_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *InventoryRequest) GetRequestId() string {
@@ -1230,7 +1317,7 @@ type InventoryResponse struct {
 
 func (x *InventoryResponse) Reset() {
 	*x = InventoryResponse{}
-	mi := &file_ferry_agent_v1_agent_proto_msgTypes[13]
+	mi := &file_ferry_agent_v1_agent_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1242,7 +1329,7 @@ func (x *InventoryResponse) String() string {
 func (*InventoryResponse) ProtoMessage() {}
 
 func (x *InventoryResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_agent_v1_agent_proto_msgTypes[13]
+	mi := &file_ferry_agent_v1_agent_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1255,7 +1342,7 @@ func (x *InventoryResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use InventoryResponse.ProtoReflect.Descriptor instead.
 func (*InventoryResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_agent_v1_agent_proto_rawDescGZIP(), []int{13}
+	return file_ferry_agent_v1_agent_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *InventoryResponse) GetRequestId() string {
@@ -1300,7 +1387,7 @@ type HostKeyObserved struct {
 
 func (x *HostKeyObserved) Reset() {
 	*x = HostKeyObserved{}
-	mi := &file_ferry_agent_v1_agent_proto_msgTypes[14]
+	mi := &file_ferry_agent_v1_agent_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1312,7 +1399,7 @@ func (x *HostKeyObserved) String() string {
 func (*HostKeyObserved) ProtoMessage() {}
 
 func (x *HostKeyObserved) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_agent_v1_agent_proto_msgTypes[14]
+	mi := &file_ferry_agent_v1_agent_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1325,7 +1412,7 @@ func (x *HostKeyObserved) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HostKeyObserved.ProtoReflect.Descriptor instead.
 func (*HostKeyObserved) Descriptor() ([]byte, []int) {
-	return file_ferry_agent_v1_agent_proto_rawDescGZIP(), []int{14}
+	return file_ferry_agent_v1_agent_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *HostKeyObserved) GetSource() string {
@@ -1356,7 +1443,7 @@ const file_ferry_agent_v1_agent_proto_rawDesc = "" +
 	"\x11host_key_observed\x18\x06 \x01(\v2\x1f.ferry.agent.v1.HostKeyObservedH\x00R\x0fhostKeyObserved\x12=\n" +
 	"\vfence_check\x18\a \x01(\v2\x1a.ferry.agent.v1.FenceCheckH\x00R\n" +
 	"fenceCheckB\x06\n" +
-	"\x04kind\"\x9e\x03\n" +
+	"\x04kind\"\xec\x03\n" +
 	"\x0fConnectResponse\x123\n" +
 	"\awelcome\x18\x01 \x01(\v2\x17.ferry.agent.v1.WelcomeH\x00R\awelcome\x129\n" +
 	"\theartbeat\x18\x02 \x01(\v2\x19.ferry.agent.v1.HeartbeatH\x00R\theartbeat\x12<\n" +
@@ -1365,8 +1452,13 @@ const file_ferry_agent_v1_agent_proto_rawDesc = "" +
 	"assignment\x12B\n" +
 	"\fcancellation\x18\x04 \x01(\v2\x1c.ferry.agent.v1.CancellationH\x00R\fcancellation\x12O\n" +
 	"\x11inventory_request\x18\x05 \x01(\v2 .ferry.agent.v1.InventoryRequestH\x00R\x10inventoryRequest\x12@\n" +
-	"\ffence_answer\x18\x06 \x01(\v2\x1b.ferry.agent.v1.FenceAnswerH\x00R\vfenceAnswerB\x06\n" +
-	"\x04kind\"i\n" +
+	"\ffence_answer\x18\x06 \x01(\v2\x1b.ferry.agent.v1.FenceAnswerH\x00R\vfenceAnswer\x12L\n" +
+	"\x10bandwidth_limits\x18\a \x01(\v2\x1f.ferry.agent.v1.BandwidthLimitsH\x00R\x0fbandwidthLimitsB\x06\n" +
+	"\x04kind\"\xb2\x01\n" +
+	"\x0fBandwidthLimits\x12)\n" +
+	"\x10migration_server\x18\x01 \x01(\tR\x0fmigrationServer\x127\n" +
+	"\x18upstream_bits_per_second\x18\x02 \x01(\x03R\x15upstreamBitsPerSecond\x12;\n" +
+	"\x1adownstream_bits_per_second\x18\x03 \x01(\x03R\x17downstreamBitsPerSecond\"i\n" +
 	"\n" +
 	"FenceCheck\x12\x1d\n" +
 	"\n" +
@@ -1472,81 +1564,83 @@ func file_ferry_agent_v1_agent_proto_rawDescGZIP() []byte {
 }
 
 var file_ferry_agent_v1_agent_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_ferry_agent_v1_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 17)
+var file_ferry_agent_v1_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 18)
 var file_ferry_agent_v1_agent_proto_goTypes = []any{
 	(JobOutcome)(0),               // 0: ferry.agent.v1.JobOutcome
 	(*ConnectRequest)(nil),        // 1: ferry.agent.v1.ConnectRequest
 	(*ConnectResponse)(nil),       // 2: ferry.agent.v1.ConnectResponse
-	(*FenceCheck)(nil),            // 3: ferry.agent.v1.FenceCheck
-	(*FenceAnswer)(nil),           // 4: ferry.agent.v1.FenceAnswer
-	(*Hello)(nil),                 // 5: ferry.agent.v1.Hello
-	(*HeldJob)(nil),               // 6: ferry.agent.v1.HeldJob
-	(*Welcome)(nil),               // 7: ferry.agent.v1.Welcome
-	(*Heartbeat)(nil),             // 8: ferry.agent.v1.Heartbeat
-	(*JobProgress)(nil),           // 9: ferry.agent.v1.JobProgress
-	(*JobResult)(nil),             // 10: ferry.agent.v1.JobResult
-	(*Assignment)(nil),            // 11: ferry.agent.v1.Assignment
-	(*Cancellation)(nil),          // 12: ferry.agent.v1.Cancellation
-	(*InventoryRequest)(nil),      // 13: ferry.agent.v1.InventoryRequest
-	(*InventoryResponse)(nil),     // 14: ferry.agent.v1.InventoryResponse
-	(*HostKeyObserved)(nil),       // 15: ferry.agent.v1.HostKeyObserved
-	nil,                           // 16: ferry.agent.v1.Assignment.SecretsEntry
-	nil,                           // 17: ferry.agent.v1.InventoryRequest.SecretsEntry
-	(*v1.HostFacts)(nil),          // 18: ferry.v1.HostFacts
-	(v1.MigrationJobPhase)(0),     // 19: ferry.v1.MigrationJobPhase
-	(*timestamppb.Timestamp)(nil), // 20: google.protobuf.Timestamp
-	(*v1.DiskProgress)(nil),       // 21: ferry.v1.DiskProgress
-	(*v1.MigrationJob)(nil),       // 22: ferry.v1.MigrationJob
-	(*v1.Source)(nil),             // 23: ferry.v1.Source
-	(*v1.MigrationServer)(nil),    // 24: ferry.v1.MigrationServer
-	(*v1.PrimaryStorage)(nil),     // 25: ferry.v1.PrimaryStorage
-	(*v1.L3Network)(nil),          // 26: ferry.v1.L3Network
-	(*durationpb.Duration)(nil),   // 27: google.protobuf.Duration
-	(*v1.SourceVm)(nil),           // 28: ferry.v1.SourceVm
-	(*v1.SourceInventory)(nil),    // 29: ferry.v1.SourceInventory
+	(*BandwidthLimits)(nil),       // 3: ferry.agent.v1.BandwidthLimits
+	(*FenceCheck)(nil),            // 4: ferry.agent.v1.FenceCheck
+	(*FenceAnswer)(nil),           // 5: ferry.agent.v1.FenceAnswer
+	(*Hello)(nil),                 // 6: ferry.agent.v1.Hello
+	(*HeldJob)(nil),               // 7: ferry.agent.v1.HeldJob
+	(*Welcome)(nil),               // 8: ferry.agent.v1.Welcome
+	(*Heartbeat)(nil),             // 9: ferry.agent.v1.Heartbeat
+	(*JobProgress)(nil),           // 10: ferry.agent.v1.JobProgress
+	(*JobResult)(nil),             // 11: ferry.agent.v1.JobResult
+	(*Assignment)(nil),            // 12: ferry.agent.v1.Assignment
+	(*Cancellation)(nil),          // 13: ferry.agent.v1.Cancellation
+	(*InventoryRequest)(nil),      // 14: ferry.agent.v1.InventoryRequest
+	(*InventoryResponse)(nil),     // 15: ferry.agent.v1.InventoryResponse
+	(*HostKeyObserved)(nil),       // 16: ferry.agent.v1.HostKeyObserved
+	nil,                           // 17: ferry.agent.v1.Assignment.SecretsEntry
+	nil,                           // 18: ferry.agent.v1.InventoryRequest.SecretsEntry
+	(*v1.HostFacts)(nil),          // 19: ferry.v1.HostFacts
+	(v1.MigrationJobPhase)(0),     // 20: ferry.v1.MigrationJobPhase
+	(*timestamppb.Timestamp)(nil), // 21: google.protobuf.Timestamp
+	(*v1.DiskProgress)(nil),       // 22: ferry.v1.DiskProgress
+	(*v1.MigrationJob)(nil),       // 23: ferry.v1.MigrationJob
+	(*v1.Source)(nil),             // 24: ferry.v1.Source
+	(*v1.MigrationServer)(nil),    // 25: ferry.v1.MigrationServer
+	(*v1.PrimaryStorage)(nil),     // 26: ferry.v1.PrimaryStorage
+	(*v1.L3Network)(nil),          // 27: ferry.v1.L3Network
+	(*durationpb.Duration)(nil),   // 28: google.protobuf.Duration
+	(*v1.SourceVm)(nil),           // 29: ferry.v1.SourceVm
+	(*v1.SourceInventory)(nil),    // 30: ferry.v1.SourceInventory
 }
 var file_ferry_agent_v1_agent_proto_depIdxs = []int32{
-	5,  // 0: ferry.agent.v1.ConnectRequest.hello:type_name -> ferry.agent.v1.Hello
-	8,  // 1: ferry.agent.v1.ConnectRequest.heartbeat:type_name -> ferry.agent.v1.Heartbeat
-	9,  // 2: ferry.agent.v1.ConnectRequest.progress:type_name -> ferry.agent.v1.JobProgress
-	10, // 3: ferry.agent.v1.ConnectRequest.result:type_name -> ferry.agent.v1.JobResult
-	14, // 4: ferry.agent.v1.ConnectRequest.inventory_response:type_name -> ferry.agent.v1.InventoryResponse
-	15, // 5: ferry.agent.v1.ConnectRequest.host_key_observed:type_name -> ferry.agent.v1.HostKeyObserved
-	3,  // 6: ferry.agent.v1.ConnectRequest.fence_check:type_name -> ferry.agent.v1.FenceCheck
-	7,  // 7: ferry.agent.v1.ConnectResponse.welcome:type_name -> ferry.agent.v1.Welcome
-	8,  // 8: ferry.agent.v1.ConnectResponse.heartbeat:type_name -> ferry.agent.v1.Heartbeat
-	11, // 9: ferry.agent.v1.ConnectResponse.assignment:type_name -> ferry.agent.v1.Assignment
-	12, // 10: ferry.agent.v1.ConnectResponse.cancellation:type_name -> ferry.agent.v1.Cancellation
-	13, // 11: ferry.agent.v1.ConnectResponse.inventory_request:type_name -> ferry.agent.v1.InventoryRequest
-	4,  // 12: ferry.agent.v1.ConnectResponse.fence_answer:type_name -> ferry.agent.v1.FenceAnswer
-	18, // 13: ferry.agent.v1.Hello.facts:type_name -> ferry.v1.HostFacts
-	6,  // 14: ferry.agent.v1.Hello.held_jobs:type_name -> ferry.agent.v1.HeldJob
-	19, // 15: ferry.agent.v1.HeldJob.phase:type_name -> ferry.v1.MigrationJobPhase
-	20, // 16: ferry.agent.v1.Heartbeat.time:type_name -> google.protobuf.Timestamp
-	18, // 17: ferry.agent.v1.Heartbeat.facts:type_name -> ferry.v1.HostFacts
-	19, // 18: ferry.agent.v1.JobProgress.phase:type_name -> ferry.v1.MigrationJobPhase
-	21, // 19: ferry.agent.v1.JobProgress.disks:type_name -> ferry.v1.DiskProgress
-	0,  // 20: ferry.agent.v1.JobResult.outcome:type_name -> ferry.agent.v1.JobOutcome
-	21, // 21: ferry.agent.v1.JobResult.disks:type_name -> ferry.v1.DiskProgress
-	22, // 22: ferry.agent.v1.Assignment.job:type_name -> ferry.v1.MigrationJob
-	23, // 23: ferry.agent.v1.Assignment.source:type_name -> ferry.v1.Source
-	24, // 24: ferry.agent.v1.Assignment.migration_server:type_name -> ferry.v1.MigrationServer
-	25, // 25: ferry.agent.v1.Assignment.primary_storage:type_name -> ferry.v1.PrimaryStorage
-	26, // 26: ferry.agent.v1.Assignment.l3_networks:type_name -> ferry.v1.L3Network
-	16, // 27: ferry.agent.v1.Assignment.secrets:type_name -> ferry.agent.v1.Assignment.SecretsEntry
-	27, // 28: ferry.agent.v1.Assignment.guest_shutdown_timeout:type_name -> google.protobuf.Duration
-	23, // 29: ferry.agent.v1.InventoryRequest.source:type_name -> ferry.v1.Source
-	24, // 30: ferry.agent.v1.InventoryRequest.migration_server:type_name -> ferry.v1.MigrationServer
-	17, // 31: ferry.agent.v1.InventoryRequest.secrets:type_name -> ferry.agent.v1.InventoryRequest.SecretsEntry
-	28, // 32: ferry.agent.v1.InventoryResponse.vms:type_name -> ferry.v1.SourceVm
-	29, // 33: ferry.agent.v1.InventoryResponse.inventory:type_name -> ferry.v1.SourceInventory
-	1,  // 34: ferry.agent.v1.AgentService.Connect:input_type -> ferry.agent.v1.ConnectRequest
-	2,  // 35: ferry.agent.v1.AgentService.Connect:output_type -> ferry.agent.v1.ConnectResponse
-	35, // [35:36] is the sub-list for method output_type
-	34, // [34:35] is the sub-list for method input_type
-	34, // [34:34] is the sub-list for extension type_name
-	34, // [34:34] is the sub-list for extension extendee
-	0,  // [0:34] is the sub-list for field type_name
+	6,  // 0: ferry.agent.v1.ConnectRequest.hello:type_name -> ferry.agent.v1.Hello
+	9,  // 1: ferry.agent.v1.ConnectRequest.heartbeat:type_name -> ferry.agent.v1.Heartbeat
+	10, // 2: ferry.agent.v1.ConnectRequest.progress:type_name -> ferry.agent.v1.JobProgress
+	11, // 3: ferry.agent.v1.ConnectRequest.result:type_name -> ferry.agent.v1.JobResult
+	15, // 4: ferry.agent.v1.ConnectRequest.inventory_response:type_name -> ferry.agent.v1.InventoryResponse
+	16, // 5: ferry.agent.v1.ConnectRequest.host_key_observed:type_name -> ferry.agent.v1.HostKeyObserved
+	4,  // 6: ferry.agent.v1.ConnectRequest.fence_check:type_name -> ferry.agent.v1.FenceCheck
+	8,  // 7: ferry.agent.v1.ConnectResponse.welcome:type_name -> ferry.agent.v1.Welcome
+	9,  // 8: ferry.agent.v1.ConnectResponse.heartbeat:type_name -> ferry.agent.v1.Heartbeat
+	12, // 9: ferry.agent.v1.ConnectResponse.assignment:type_name -> ferry.agent.v1.Assignment
+	13, // 10: ferry.agent.v1.ConnectResponse.cancellation:type_name -> ferry.agent.v1.Cancellation
+	14, // 11: ferry.agent.v1.ConnectResponse.inventory_request:type_name -> ferry.agent.v1.InventoryRequest
+	5,  // 12: ferry.agent.v1.ConnectResponse.fence_answer:type_name -> ferry.agent.v1.FenceAnswer
+	3,  // 13: ferry.agent.v1.ConnectResponse.bandwidth_limits:type_name -> ferry.agent.v1.BandwidthLimits
+	19, // 14: ferry.agent.v1.Hello.facts:type_name -> ferry.v1.HostFacts
+	7,  // 15: ferry.agent.v1.Hello.held_jobs:type_name -> ferry.agent.v1.HeldJob
+	20, // 16: ferry.agent.v1.HeldJob.phase:type_name -> ferry.v1.MigrationJobPhase
+	21, // 17: ferry.agent.v1.Heartbeat.time:type_name -> google.protobuf.Timestamp
+	19, // 18: ferry.agent.v1.Heartbeat.facts:type_name -> ferry.v1.HostFacts
+	20, // 19: ferry.agent.v1.JobProgress.phase:type_name -> ferry.v1.MigrationJobPhase
+	22, // 20: ferry.agent.v1.JobProgress.disks:type_name -> ferry.v1.DiskProgress
+	0,  // 21: ferry.agent.v1.JobResult.outcome:type_name -> ferry.agent.v1.JobOutcome
+	22, // 22: ferry.agent.v1.JobResult.disks:type_name -> ferry.v1.DiskProgress
+	23, // 23: ferry.agent.v1.Assignment.job:type_name -> ferry.v1.MigrationJob
+	24, // 24: ferry.agent.v1.Assignment.source:type_name -> ferry.v1.Source
+	25, // 25: ferry.agent.v1.Assignment.migration_server:type_name -> ferry.v1.MigrationServer
+	26, // 26: ferry.agent.v1.Assignment.primary_storage:type_name -> ferry.v1.PrimaryStorage
+	27, // 27: ferry.agent.v1.Assignment.l3_networks:type_name -> ferry.v1.L3Network
+	17, // 28: ferry.agent.v1.Assignment.secrets:type_name -> ferry.agent.v1.Assignment.SecretsEntry
+	28, // 29: ferry.agent.v1.Assignment.guest_shutdown_timeout:type_name -> google.protobuf.Duration
+	24, // 30: ferry.agent.v1.InventoryRequest.source:type_name -> ferry.v1.Source
+	25, // 31: ferry.agent.v1.InventoryRequest.migration_server:type_name -> ferry.v1.MigrationServer
+	18, // 32: ferry.agent.v1.InventoryRequest.secrets:type_name -> ferry.agent.v1.InventoryRequest.SecretsEntry
+	29, // 33: ferry.agent.v1.InventoryResponse.vms:type_name -> ferry.v1.SourceVm
+	30, // 34: ferry.agent.v1.InventoryResponse.inventory:type_name -> ferry.v1.SourceInventory
+	1,  // 35: ferry.agent.v1.AgentService.Connect:input_type -> ferry.agent.v1.ConnectRequest
+	2,  // 36: ferry.agent.v1.AgentService.Connect:output_type -> ferry.agent.v1.ConnectResponse
+	36, // [36:37] is the sub-list for method output_type
+	35, // [35:36] is the sub-list for method input_type
+	35, // [35:35] is the sub-list for extension type_name
+	35, // [35:35] is the sub-list for extension extendee
+	0,  // [0:35] is the sub-list for field type_name
 }
 
 func init() { file_ferry_agent_v1_agent_proto_init() }
@@ -1570,6 +1664,7 @@ func file_ferry_agent_v1_agent_proto_init() {
 		(*ConnectResponse_Cancellation)(nil),
 		(*ConnectResponse_InventoryRequest)(nil),
 		(*ConnectResponse_FenceAnswer)(nil),
+		(*ConnectResponse_BandwidthLimits)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
@@ -1577,7 +1672,7 @@ func file_ferry_agent_v1_agent_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_ferry_agent_v1_agent_proto_rawDesc), len(file_ferry_agent_v1_agent_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   17,
+			NumMessages:   18,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

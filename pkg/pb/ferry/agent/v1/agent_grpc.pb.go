@@ -30,7 +30,7 @@ const (
 type AgentServiceClient interface {
 	// Connect is one bidirectional session. The agent sends Hello first, then
 	// heartbeats, progress and results; the coordinator sends Welcome, then
-	// heartbeats, assignments and cancellations. A follower answers
+	// heartbeats, assignments, cancellations and bandwidth limits. A follower answers
 	// UNAVAILABLE with the leader's API address in the "ferry-leader" trailer.
 	Connect(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[ConnectRequest, ConnectResponse], error)
 }
@@ -64,7 +64,7 @@ type AgentService_ConnectClient = grpc.BidiStreamingClient[ConnectRequest, Conne
 type AgentServiceServer interface {
 	// Connect is one bidirectional session. The agent sends Hello first, then
 	// heartbeats, progress and results; the coordinator sends Welcome, then
-	// heartbeats, assignments and cancellations. A follower answers
+	// heartbeats, assignments, cancellations and bandwidth limits. A follower answers
 	// UNAVAILABLE with the leader's API address in the "ferry-leader" trailer.
 	Connect(grpc.BidiStreamingServer[ConnectRequest, ConnectResponse]) error
 	mustEmbedUnimplementedAgentServiceServer()

@@ -64,6 +64,8 @@ type Command struct {
 	//	*Command_RecordSourceSync
 	//	*Command_PutNetworkMappingGroup
 	//	*Command_DeleteNetworkMappingGroup
+	//	*Command_ReleaseAddress
+	//	*Command_RevokeCertificate
 	Op            isCommand_Op `protobuf_oneof:"op"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -401,6 +403,24 @@ func (x *Command) GetDeleteNetworkMappingGroup() *DeleteResource {
 	return nil
 }
 
+func (x *Command) GetReleaseAddress() *ReleaseAddress {
+	if x != nil {
+		if x, ok := x.Op.(*Command_ReleaseAddress); ok {
+			return x.ReleaseAddress
+		}
+	}
+	return nil
+}
+
+func (x *Command) GetRevokeCertificate() *RevokeCertificate {
+	if x != nil {
+		if x, ok := x.Op.(*Command_RevokeCertificate); ok {
+			return x.RevokeCertificate
+		}
+	}
+	return nil
+}
+
 type isCommand_Op interface {
 	isCommand_Op()
 }
@@ -533,6 +553,14 @@ type Command_DeleteNetworkMappingGroup struct {
 	DeleteNetworkMappingGroup *DeleteResource `protobuf:"bytes,41,opt,name=delete_network_mapping_group,json=deleteNetworkMappingGroup,proto3,oneof"`
 }
 
+type Command_ReleaseAddress struct {
+	ReleaseAddress *ReleaseAddress `protobuf:"bytes,42,opt,name=release_address,json=releaseAddress,proto3,oneof"`
+}
+
+type Command_RevokeCertificate struct {
+	RevokeCertificate *RevokeCertificate `protobuf:"bytes,43,opt,name=revoke_certificate,json=revokeCertificate,proto3,oneof"`
+}
+
 func (*Command_PutCluster) isCommand_Op() {}
 
 func (*Command_DeleteCluster) isCommand_Op() {}
@@ -596,6 +624,10 @@ func (*Command_RecordSourceSync) isCommand_Op() {}
 func (*Command_PutNetworkMappingGroup) isCommand_Op() {}
 
 func (*Command_DeleteNetworkMappingGroup) isCommand_Op() {}
+
+func (*Command_ReleaseAddress) isCommand_Op() {}
+
+func (*Command_RevokeCertificate) isCommand_Op() {}
 
 // Batch applies several commands as one log entry, in order.
 type Batch struct {
@@ -2096,6 +2128,7 @@ type Snapshot struct {
 	Requests             []*RequestRecord          `protobuf:"bytes,11,rep,name=requests,proto3" json:"requests,omitempty"`
 	SourceInventories    []*v1.SourceInventory     `protobuf:"bytes,12,rep,name=source_inventories,json=sourceInventories,proto3" json:"source_inventories,omitempty"`
 	NetworkMappingGroups []*v1.NetworkMappingGroup `protobuf:"bytes,13,rep,name=network_mapping_groups,json=networkMappingGroups,proto3" json:"network_mapping_groups,omitempty"`
+	RevokedCertificates  []*v1.RevokedCertificate  `protobuf:"bytes,14,rep,name=revoked_certificates,json=revokedCertificates,proto3" json:"revoked_certificates,omitempty"`
 	unknownFields        protoimpl.UnknownFields
 	sizeCache            protoimpl.SizeCache
 }
@@ -2221,11 +2254,119 @@ func (x *Snapshot) GetNetworkMappingGroups() []*v1.NetworkMappingGroup {
 	return nil
 }
 
+func (x *Snapshot) GetRevokedCertificates() []*v1.RevokedCertificate {
+	if x != nil {
+		return x.RevokedCertificates
+	}
+	return nil
+}
+
+// RevokeCertificate puts a certificate serial on the revocation list; the
+// leader stamps revoke_time and revoked_by.
+type RevokeCertificate struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Certificate   *v1.RevokedCertificate `protobuf:"bytes,1,opt,name=certificate,proto3" json:"certificate,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RevokeCertificate) Reset() {
+	*x = RevokeCertificate{}
+	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[29]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RevokeCertificate) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RevokeCertificate) ProtoMessage() {}
+
+func (x *RevokeCertificate) ProtoReflect() protoreflect.Message {
+	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[29]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RevokeCertificate.ProtoReflect.Descriptor instead.
+func (*RevokeCertificate) Descriptor() ([]byte, []int) {
+	return file_ferry_ledger_v1_ledger_proto_rawDescGZIP(), []int{29}
+}
+
+func (x *RevokeCertificate) GetCertificate() *v1.RevokedCertificate {
+	if x != nil {
+		return x.Certificate
+	}
+	return nil
+}
+
+// ReleaseAddress removes a reservation a deleted job's VM held on an L3
+// network, returning the address to the pool.
+type ReleaseAddress struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// l3Networks/{l3_network}
+	Network       string `protobuf:"bytes,1,opt,name=network,proto3" json:"network,omitempty"`
+	Ip            string `protobuf:"bytes,2,opt,name=ip,proto3" json:"ip,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ReleaseAddress) Reset() {
+	*x = ReleaseAddress{}
+	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[30]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ReleaseAddress) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ReleaseAddress) ProtoMessage() {}
+
+func (x *ReleaseAddress) ProtoReflect() protoreflect.Message {
+	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[30]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ReleaseAddress.ProtoReflect.Descriptor instead.
+func (*ReleaseAddress) Descriptor() ([]byte, []int) {
+	return file_ferry_ledger_v1_ledger_proto_rawDescGZIP(), []int{30}
+}
+
+func (x *ReleaseAddress) GetNetwork() string {
+	if x != nil {
+		return x.Network
+	}
+	return ""
+}
+
+func (x *ReleaseAddress) GetIp() string {
+	if x != nil {
+		return x.Ip
+	}
+	return ""
+}
+
 var File_ferry_ledger_v1_ledger_proto protoreflect.FileDescriptor
 
 const file_ferry_ledger_v1_ledger_proto_rawDesc = "" +
 	"\n" +
-	"\x1cferry/ledger/v1/ledger.proto\x12\x0fferry.ledger.v1\x1a\x18ferry/v1/inventory.proto\x1a\x1cferry/v1/migration_job.proto\x1a\x1fferry/v1/migration_server.proto\x1a\x1eferry/v1/network_mapping.proto\x1a\x17ferry/v1/settings.proto\x1a\x15ferry/v1/source.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x8d\x15\n" +
+	"\x1cferry/ledger/v1/ledger.proto\x12\x0fferry.ledger.v1\x1a\x1aferry/v1/certificate.proto\x1a\x18ferry/v1/inventory.proto\x1a\x1cferry/v1/migration_job.proto\x1a\x1fferry/v1/migration_server.proto\x1a\x1eferry/v1/network_mapping.proto\x1a\x17ferry/v1/settings.proto\x1a\x15ferry/v1/source.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xae\x16\n" +
 	"\aCommand\x12.\n" +
 	"\x04time\x18\x01 \x01(\v2\x1a.google.protobuf.TimestampR\x04time\x12>\n" +
 	"\vput_cluster\x18\n" +
@@ -2263,7 +2404,9 @@ const file_ferry_ledger_v1_ledger_proto_rawDesc = "" +
 	"\x05batch\x18& \x01(\v2\x16.ferry.ledger.v1.BatchH\x00R\x05batch\x12Q\n" +
 	"\x12record_source_sync\x18' \x01(\v2!.ferry.ledger.v1.RecordSourceSyncH\x00R\x10recordSourceSync\x12d\n" +
 	"\x19put_network_mapping_group\x18( \x01(\v2'.ferry.ledger.v1.PutNetworkMappingGroupH\x00R\x16putNetworkMappingGroup\x12b\n" +
-	"\x1cdelete_network_mapping_group\x18) \x01(\v2\x1f.ferry.ledger.v1.DeleteResourceH\x00R\x19deleteNetworkMappingGroupB\x04\n" +
+	"\x1cdelete_network_mapping_group\x18) \x01(\v2\x1f.ferry.ledger.v1.DeleteResourceH\x00R\x19deleteNetworkMappingGroup\x12J\n" +
+	"\x0frelease_address\x18* \x01(\v2\x1f.ferry.ledger.v1.ReleaseAddressH\x00R\x0ereleaseAddress\x12S\n" +
+	"\x12revoke_certificate\x18+ \x01(\v2\".ferry.ledger.v1.RevokeCertificateH\x00R\x11revokeCertificateB\x04\n" +
 	"\x02op\"=\n" +
 	"\x05Batch\x124\n" +
 	"\bcommands\x18\x01 \x03(\v2\x18.ferry.ledger.v1.CommandR\bcommands\"$\n" +
@@ -2373,7 +2516,7 @@ const file_ferry_ledger_v1_ledger_proto_rawDesc = "" +
 	"\n" +
 	"request_id\x18\x01 \x01(\tR\trequestId\x12\x14\n" +
 	"\x05names\x18\x02 \x03(\tR\x05names\x12.\n" +
-	"\x04time\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\x04time\"\xf7\x05\n" +
+	"\x04time\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\x04time\"\xc8\x06\n" +
 	"\bSnapshot\x12-\n" +
 	"\bclusters\x18\x01 \x03(\v2\x11.ferry.v1.ClusterR\bclusters\x12$\n" +
 	"\x05hosts\x18\x02 \x03(\v2\x0e.ferry.v1.HostR\x05hosts\x12C\n" +
@@ -2389,7 +2532,13 @@ const file_ferry_ledger_v1_ledger_proto_rawDesc = "" +
 	" \x03(\v2\x15.ferry.ledger.v1.NodeR\x05nodes\x12:\n" +
 	"\brequests\x18\v \x03(\v2\x1e.ferry.ledger.v1.RequestRecordR\brequests\x12H\n" +
 	"\x12source_inventories\x18\f \x03(\v2\x19.ferry.v1.SourceInventoryR\x11sourceInventories\x12S\n" +
-	"\x16network_mapping_groups\x18\r \x03(\v2\x1d.ferry.v1.NetworkMappingGroupR\x14networkMappingGroupsB\xbc\x01\n" +
+	"\x16network_mapping_groups\x18\r \x03(\v2\x1d.ferry.v1.NetworkMappingGroupR\x14networkMappingGroups\x12O\n" +
+	"\x14revoked_certificates\x18\x0e \x03(\v2\x1c.ferry.v1.RevokedCertificateR\x13revokedCertificates\"S\n" +
+	"\x11RevokeCertificate\x12>\n" +
+	"\vcertificate\x18\x01 \x01(\v2\x1c.ferry.v1.RevokedCertificateR\vcertificate\":\n" +
+	"\x0eReleaseAddress\x12\x18\n" +
+	"\anetwork\x18\x01 \x01(\tR\anetwork\x12\x0e\n" +
+	"\x02ip\x18\x02 \x01(\tR\x02ipB\xbc\x01\n" +
 	"\x13com.ferry.ledger.v1B\vLedgerProtoP\x01Z:github.com/ferry-v2v/ferry/pkg/pb/ferry/ledger/v1;ledgerv1\xa2\x02\x03FLX\xaa\x02\x0fFerry.Ledger.V1\xca\x02\x0fFerry\\Ledger\\V1\xe2\x02\x1bFerry\\Ledger\\V1\\GPBMetadata\xea\x02\x11Ferry::Ledger::V1b\x06proto3"
 
 var (
@@ -2404,7 +2553,7 @@ func file_ferry_ledger_v1_ledger_proto_rawDescGZIP() []byte {
 	return file_ferry_ledger_v1_ledger_proto_rawDescData
 }
 
-var file_ferry_ledger_v1_ledger_proto_msgTypes = make([]protoimpl.MessageInfo, 29)
+var file_ferry_ledger_v1_ledger_proto_msgTypes = make([]protoimpl.MessageInfo, 31)
 var file_ferry_ledger_v1_ledger_proto_goTypes = []any{
 	(*Command)(nil),                     // 0: ferry.ledger.v1.Command
 	(*Batch)(nil),                       // 1: ferry.ledger.v1.Batch
@@ -2435,24 +2584,27 @@ var file_ferry_ledger_v1_ledger_proto_goTypes = []any{
 	(*PutNode)(nil),                     // 26: ferry.ledger.v1.PutNode
 	(*RequestRecord)(nil),               // 27: ferry.ledger.v1.RequestRecord
 	(*Snapshot)(nil),                    // 28: ferry.ledger.v1.Snapshot
-	(*timestamppb.Timestamp)(nil),       // 29: google.protobuf.Timestamp
-	(*v1.Cluster)(nil),                  // 30: ferry.v1.Cluster
-	(*v1.Host)(nil),                     // 31: ferry.v1.Host
-	(*v1.PrimaryStorage)(nil),           // 32: ferry.v1.PrimaryStorage
-	(*v1.L3Network)(nil),                // 33: ferry.v1.L3Network
-	(*v1.MigrationServer)(nil),          // 34: ferry.v1.MigrationServer
-	(*v1.Credential)(nil),               // 35: ferry.v1.Credential
-	(*v1.Source)(nil),                   // 36: ferry.v1.Source
-	(*v1.SourceInventory)(nil),          // 37: ferry.v1.SourceInventory
-	(*v1.MigrationJob)(nil),             // 38: ferry.v1.MigrationJob
-	(v1.MigrationJobPhase)(0),           // 39: ferry.v1.MigrationJobPhase
-	(*v1.DiskProgress)(nil),             // 40: ferry.v1.DiskProgress
-	(v1.MigrationJobState)(0),           // 41: ferry.v1.MigrationJobState
-	(*v1.NetworkMappingGroup)(nil),      // 42: ferry.v1.NetworkMappingGroup
-	(*v1.Settings)(nil),                 // 43: ferry.v1.Settings
+	(*RevokeCertificate)(nil),           // 29: ferry.ledger.v1.RevokeCertificate
+	(*ReleaseAddress)(nil),              // 30: ferry.ledger.v1.ReleaseAddress
+	(*timestamppb.Timestamp)(nil),       // 31: google.protobuf.Timestamp
+	(*v1.Cluster)(nil),                  // 32: ferry.v1.Cluster
+	(*v1.Host)(nil),                     // 33: ferry.v1.Host
+	(*v1.PrimaryStorage)(nil),           // 34: ferry.v1.PrimaryStorage
+	(*v1.L3Network)(nil),                // 35: ferry.v1.L3Network
+	(*v1.MigrationServer)(nil),          // 36: ferry.v1.MigrationServer
+	(*v1.Credential)(nil),               // 37: ferry.v1.Credential
+	(*v1.Source)(nil),                   // 38: ferry.v1.Source
+	(*v1.SourceInventory)(nil),          // 39: ferry.v1.SourceInventory
+	(*v1.MigrationJob)(nil),             // 40: ferry.v1.MigrationJob
+	(v1.MigrationJobPhase)(0),           // 41: ferry.v1.MigrationJobPhase
+	(*v1.DiskProgress)(nil),             // 42: ferry.v1.DiskProgress
+	(v1.MigrationJobState)(0),           // 43: ferry.v1.MigrationJobState
+	(*v1.NetworkMappingGroup)(nil),      // 44: ferry.v1.NetworkMappingGroup
+	(*v1.Settings)(nil),                 // 45: ferry.v1.Settings
+	(*v1.RevokedCertificate)(nil),       // 46: ferry.v1.RevokedCertificate
 }
 var file_ferry_ledger_v1_ledger_proto_depIdxs = []int32{
-	29, // 0: ferry.ledger.v1.Command.time:type_name -> google.protobuf.Timestamp
+	31, // 0: ferry.ledger.v1.Command.time:type_name -> google.protobuf.Timestamp
 	3,  // 1: ferry.ledger.v1.Command.put_cluster:type_name -> ferry.ledger.v1.PutCluster
 	2,  // 2: ferry.ledger.v1.Command.delete_cluster:type_name -> ferry.ledger.v1.DeleteResource
 	4,  // 3: ferry.ledger.v1.Command.put_host:type_name -> ferry.ledger.v1.PutHost
@@ -2485,43 +2637,47 @@ var file_ferry_ledger_v1_ledger_proto_depIdxs = []int32{
 	15, // 30: ferry.ledger.v1.Command.record_source_sync:type_name -> ferry.ledger.v1.RecordSourceSync
 	23, // 31: ferry.ledger.v1.Command.put_network_mapping_group:type_name -> ferry.ledger.v1.PutNetworkMappingGroup
 	2,  // 32: ferry.ledger.v1.Command.delete_network_mapping_group:type_name -> ferry.ledger.v1.DeleteResource
-	0,  // 33: ferry.ledger.v1.Batch.commands:type_name -> ferry.ledger.v1.Command
-	30, // 34: ferry.ledger.v1.PutCluster.cluster:type_name -> ferry.v1.Cluster
-	31, // 35: ferry.ledger.v1.PutHost.host:type_name -> ferry.v1.Host
-	32, // 36: ferry.ledger.v1.PutPrimaryStorage.primary_storage:type_name -> ferry.v1.PrimaryStorage
-	33, // 37: ferry.ledger.v1.PutL3Network.l3_network:type_name -> ferry.v1.L3Network
-	34, // 38: ferry.ledger.v1.PutMigrationServer.migration_server:type_name -> ferry.v1.MigrationServer
-	35, // 39: ferry.ledger.v1.SealedCredential.credential:type_name -> ferry.v1.Credential
-	11, // 40: ferry.ledger.v1.PutCredential.credential:type_name -> ferry.ledger.v1.SealedCredential
-	36, // 41: ferry.ledger.v1.PutSource.source:type_name -> ferry.v1.Source
-	37, // 42: ferry.ledger.v1.RecordSourceSync.inventory:type_name -> ferry.v1.SourceInventory
-	38, // 43: ferry.ledger.v1.CreateMigrationJobs.jobs:type_name -> ferry.v1.MigrationJob
-	39, // 44: ferry.ledger.v1.CheckpointMigrationJob.phase:type_name -> ferry.v1.MigrationJobPhase
-	40, // 45: ferry.ledger.v1.CheckpointMigrationJob.disks:type_name -> ferry.v1.DiskProgress
-	41, // 46: ferry.ledger.v1.FinishMigrationJob.state:type_name -> ferry.v1.MigrationJobState
-	40, // 47: ferry.ledger.v1.FinishMigrationJob.disks:type_name -> ferry.v1.DiskProgress
-	42, // 48: ferry.ledger.v1.PutNetworkMappingGroup.network_mapping_group:type_name -> ferry.v1.NetworkMappingGroup
-	43, // 49: ferry.ledger.v1.PutSettings.settings:type_name -> ferry.v1.Settings
-	25, // 50: ferry.ledger.v1.PutNode.node:type_name -> ferry.ledger.v1.Node
-	29, // 51: ferry.ledger.v1.RequestRecord.time:type_name -> google.protobuf.Timestamp
-	30, // 52: ferry.ledger.v1.Snapshot.clusters:type_name -> ferry.v1.Cluster
-	31, // 53: ferry.ledger.v1.Snapshot.hosts:type_name -> ferry.v1.Host
-	32, // 54: ferry.ledger.v1.Snapshot.primary_storages:type_name -> ferry.v1.PrimaryStorage
-	33, // 55: ferry.ledger.v1.Snapshot.l3_networks:type_name -> ferry.v1.L3Network
-	34, // 56: ferry.ledger.v1.Snapshot.migration_servers:type_name -> ferry.v1.MigrationServer
-	11, // 57: ferry.ledger.v1.Snapshot.credentials:type_name -> ferry.ledger.v1.SealedCredential
-	36, // 58: ferry.ledger.v1.Snapshot.sources:type_name -> ferry.v1.Source
-	38, // 59: ferry.ledger.v1.Snapshot.jobs:type_name -> ferry.v1.MigrationJob
-	43, // 60: ferry.ledger.v1.Snapshot.settings:type_name -> ferry.v1.Settings
-	25, // 61: ferry.ledger.v1.Snapshot.nodes:type_name -> ferry.ledger.v1.Node
-	27, // 62: ferry.ledger.v1.Snapshot.requests:type_name -> ferry.ledger.v1.RequestRecord
-	37, // 63: ferry.ledger.v1.Snapshot.source_inventories:type_name -> ferry.v1.SourceInventory
-	42, // 64: ferry.ledger.v1.Snapshot.network_mapping_groups:type_name -> ferry.v1.NetworkMappingGroup
-	65, // [65:65] is the sub-list for method output_type
-	65, // [65:65] is the sub-list for method input_type
-	65, // [65:65] is the sub-list for extension type_name
-	65, // [65:65] is the sub-list for extension extendee
-	0,  // [0:65] is the sub-list for field type_name
+	30, // 33: ferry.ledger.v1.Command.release_address:type_name -> ferry.ledger.v1.ReleaseAddress
+	29, // 34: ferry.ledger.v1.Command.revoke_certificate:type_name -> ferry.ledger.v1.RevokeCertificate
+	0,  // 35: ferry.ledger.v1.Batch.commands:type_name -> ferry.ledger.v1.Command
+	32, // 36: ferry.ledger.v1.PutCluster.cluster:type_name -> ferry.v1.Cluster
+	33, // 37: ferry.ledger.v1.PutHost.host:type_name -> ferry.v1.Host
+	34, // 38: ferry.ledger.v1.PutPrimaryStorage.primary_storage:type_name -> ferry.v1.PrimaryStorage
+	35, // 39: ferry.ledger.v1.PutL3Network.l3_network:type_name -> ferry.v1.L3Network
+	36, // 40: ferry.ledger.v1.PutMigrationServer.migration_server:type_name -> ferry.v1.MigrationServer
+	37, // 41: ferry.ledger.v1.SealedCredential.credential:type_name -> ferry.v1.Credential
+	11, // 42: ferry.ledger.v1.PutCredential.credential:type_name -> ferry.ledger.v1.SealedCredential
+	38, // 43: ferry.ledger.v1.PutSource.source:type_name -> ferry.v1.Source
+	39, // 44: ferry.ledger.v1.RecordSourceSync.inventory:type_name -> ferry.v1.SourceInventory
+	40, // 45: ferry.ledger.v1.CreateMigrationJobs.jobs:type_name -> ferry.v1.MigrationJob
+	41, // 46: ferry.ledger.v1.CheckpointMigrationJob.phase:type_name -> ferry.v1.MigrationJobPhase
+	42, // 47: ferry.ledger.v1.CheckpointMigrationJob.disks:type_name -> ferry.v1.DiskProgress
+	43, // 48: ferry.ledger.v1.FinishMigrationJob.state:type_name -> ferry.v1.MigrationJobState
+	42, // 49: ferry.ledger.v1.FinishMigrationJob.disks:type_name -> ferry.v1.DiskProgress
+	44, // 50: ferry.ledger.v1.PutNetworkMappingGroup.network_mapping_group:type_name -> ferry.v1.NetworkMappingGroup
+	45, // 51: ferry.ledger.v1.PutSettings.settings:type_name -> ferry.v1.Settings
+	25, // 52: ferry.ledger.v1.PutNode.node:type_name -> ferry.ledger.v1.Node
+	31, // 53: ferry.ledger.v1.RequestRecord.time:type_name -> google.protobuf.Timestamp
+	32, // 54: ferry.ledger.v1.Snapshot.clusters:type_name -> ferry.v1.Cluster
+	33, // 55: ferry.ledger.v1.Snapshot.hosts:type_name -> ferry.v1.Host
+	34, // 56: ferry.ledger.v1.Snapshot.primary_storages:type_name -> ferry.v1.PrimaryStorage
+	35, // 57: ferry.ledger.v1.Snapshot.l3_networks:type_name -> ferry.v1.L3Network
+	36, // 58: ferry.ledger.v1.Snapshot.migration_servers:type_name -> ferry.v1.MigrationServer
+	11, // 59: ferry.ledger.v1.Snapshot.credentials:type_name -> ferry.ledger.v1.SealedCredential
+	38, // 60: ferry.ledger.v1.Snapshot.sources:type_name -> ferry.v1.Source
+	40, // 61: ferry.ledger.v1.Snapshot.jobs:type_name -> ferry.v1.MigrationJob
+	45, // 62: ferry.ledger.v1.Snapshot.settings:type_name -> ferry.v1.Settings
+	25, // 63: ferry.ledger.v1.Snapshot.nodes:type_name -> ferry.ledger.v1.Node
+	27, // 64: ferry.ledger.v1.Snapshot.requests:type_name -> ferry.ledger.v1.RequestRecord
+	39, // 65: ferry.ledger.v1.Snapshot.source_inventories:type_name -> ferry.v1.SourceInventory
+	44, // 66: ferry.ledger.v1.Snapshot.network_mapping_groups:type_name -> ferry.v1.NetworkMappingGroup
+	46, // 67: ferry.ledger.v1.Snapshot.revoked_certificates:type_name -> ferry.v1.RevokedCertificate
+	46, // 68: ferry.ledger.v1.RevokeCertificate.certificate:type_name -> ferry.v1.RevokedCertificate
+	69, // [69:69] is the sub-list for method output_type
+	69, // [69:69] is the sub-list for method input_type
+	69, // [69:69] is the sub-list for extension type_name
+	69, // [69:69] is the sub-list for extension extendee
+	0,  // [0:69] is the sub-list for field type_name
 }
 
 func init() { file_ferry_ledger_v1_ledger_proto_init() }
@@ -2562,6 +2718,8 @@ func file_ferry_ledger_v1_ledger_proto_init() {
 		(*Command_RecordSourceSync)(nil),
 		(*Command_PutNetworkMappingGroup)(nil),
 		(*Command_DeleteNetworkMappingGroup)(nil),
+		(*Command_ReleaseAddress)(nil),
+		(*Command_RevokeCertificate)(nil),
 	}
 	file_ferry_ledger_v1_ledger_proto_msgTypes[10].OneofWrappers = []any{}
 	type x struct{}
@@ -2570,7 +2728,7 @@ func file_ferry_ledger_v1_ledger_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_ferry_ledger_v1_ledger_proto_rawDesc), len(file_ferry_ledger_v1_ledger_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   29,
+			NumMessages:   31,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

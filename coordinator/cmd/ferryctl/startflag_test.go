@@ -1,0 +1,52 @@
+package main
+
+import (
+	"context"
+	"strings"
+	"testing"
+
+	ferryv1 "github.com/ferry-v2v/ferry/pkg/pb/ferry/v1"
+)
+
+// TestStartFlags: --start and --no-start set auto_start, neither leaves it
+// unset (the target keeps the source's state), both together are refused.
+func TestStartFlags(t *testing.T) {
+	for _, tt := range []struct {
+		start, noStart bool
+		want           string
+	}{{false, false, "unset"}, {true, false, "true"}, {false, true, "false"}} {
+		jf := newJobFlags()
+		jf.source, jf.server, jf.vm, jf.cluster, jf.store = "kvm-src", "kvm-1", "web-1", "prod", "local-1"
+		jf.start, jf.noStart = tt.start, tt.noStart
+		req, err := jf.request()
+		if err != nil {
+			t.Fatal(err)
+		}
+		got := "unset"
+		if o := req.GetJobs()[0].GetOptions(); o.AutoStart != nil {
+			got = map[bool]string{true: "true", false: "false"}[o.GetAutoStart()]
+		}
+		if got != tt.want {
+			t.Errorf("--start=%v --no-start=%v: auto_start %s, want %s", tt.start, tt.noStart, got, tt.want)
+		}
+	}
+	var out, errOut strings.Builder
+	code := Execute(context.Background(), []string{"job", "create", "--source", "s", "--migration-server", "m", "--vm", "v",
+		"--cluster", "c", "--storage", "p", "--network", "n", "--start", "--no-start"}, IO{Out: &out, Err: &errOut})
+	if code != exitUsage || !strings.Contains(errOut.String(), "ferryctl: --start and --no-start contradict each other; give one") {
+		t.Errorf("--start --no-start: exit %d, stderr %q", code, errOut.String())
+	}
+}
+
+// TestPreviewPrintsNotes: the preview's notes are printed under Notes.
+func TestPreviewPrintsNotes(t *testing.T) {
+	var out strings.Builder
+	a := &app{io: IO{Out: &out}, output: "table"}
+	note := "jobs[0].options.auto_start: false: source VM web-1 is paused, so its target web-1 is defined but not started; set auto_start true (ferryctl --start) to start it"
+	if err := a.printPreview(&ferryv1.PreviewMigrationJobsResponse{Notes: []string{note}, Fits: true}); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(out.String(), "\nNotes:\n  "+note+"\n") {
+		t.Errorf("preview output lacks the note:\n%s", out.String())
+	}
+}

@@ -1,0 +1,170 @@
+package api
+
+import (
+	"fmt"
+	"strings"
+	"testing"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/protobuf/proto"
+
+	ledgerv1 "github.com/ferry-v2v/ferry/pkg/pb/ferry/ledger/v1"
+	ferryv1 "github.com/ferry-v2v/ferry/pkg/pb/ferry/v1"
+)
+
+// kvmVM is vm-0 of spec(0) as a KVM source describes it: disks vda and
+// vdb, one NIC with spec(0)'s source MAC.
+func kvmVM() *ferryv1.SourceVm {
+	return &ferryv1.SourceVm{Id: "vm-0", Name: "vm-0", State: ferryv1.SourceVmState_SOURCE_VM_STATE_RUNNING, Cpus: 2, MemoryBytes: 2 * gib,
+		Disks: []*ferryv1.SourceDisk{{Target: "vda", Path: "/var/lib/libvirt/images/vm-0.qcow2", CapacityBytes: 10 * gib},
+			{Target: "vdb", Path: "/var/lib/libvirt/images/vm-0-data.qcow2", CapacityBytes: gib}},
+		Nics: []*ferryv1.SourceNic{{Mac: "52:54:00:00:00:00", Network: "default"}}}
+}
+
+// kvmInventory records a sync of sources/kvm that found vms on a host
+// running libvirt lib and QEMU qemu.
+func (e *env) kvmInventory(lib, qemu string, vms ...*ferryv1.SourceVm) {
+	e.apply(&ledgerv1.Command{Op: &ledgerv1.Command_RecordSourceSync{RecordSourceSync: &ledgerv1.RecordSourceSync{
+		Source: "sources/kvm", Inventory: &ferryv1.SourceInventory{
+			Product: &ferryv1.SourceProduct{FullName: "libvirt " + lib + " (QEMU " + qemu + ")", Version: lib, ApiVersion: lib,
+				ApiType: "libvirt", QemuVersion: qemu},
+			Hosts: []*ferryv1.SourceHost{{Id: "192.0.2.10", Name: "src", Version: lib}},
+			Vms:   vms}}}})
+}
+
+// previewFailed previews req and returns its failed checks.
+func (e *env) previewFailed(req *ferryv1.CreateMigrationJobsRequest) []string {
+	e.t.Helper()
+	resp := must[*ferryv1.PreviewMigrationJobsResponse](e.t)(e.jobs.PreviewMigrationJobs(ctx(e.t), &ferryv1.PreviewMigrationJobsRequest{
+		Source: req.GetSource(), MigrationServer: req.GetMigrationServer(), Jobs: req.GetJobs()}))
+	if resp.GetFits() && len(resp.GetFailedChecks()) > 0 {
+		e.t.Fatalf("preview fits with failed checks %q", resp.GetFailedChecks())
+	}
+	return resp.GetFailedChecks()
+}
+
+// TestSpecNamingWhatTheSourceLacks: a target disk or NIC naming a disk or
+// MAC the source VM does not have is refused by the preview and by create,
+// naming the field, what is missing and what the VM has.
+func TestSpecNamingWhatTheSourceLacks(t *testing.T) {
+	e := newEnv(t, true)
+	e.seed()
+	e.kvmInventory("9.0.0", "7.2.0", kvmVM())
+	req := jobsReq(1)
+	req.Jobs[0].Target.Disks = append(req.Jobs[0].Target.Disks, &ferryv1.TargetDisk{SourceDisk: "vdz", SizeBytes: gib})
+	req.Jobs[0].Target.Nics = append(req.Jobs[0].Target.Nics, &ferryv1.TargetNic{SourceMac: "52:54:00:AA:BB:CC", L3Network: "l3Networks/net1"})
+	want := []string{
+		`jobs[0].target.disks[1].source_disk: source VM vm-0 has no disk "vdz" (it has vda, vdb)`,
+		`jobs[0].target.nics[1].source_mac: source VM vm-0 has no NIC with MAC 52:54:00:aa:bb:cc (it has 52:54:00:00:00:00)`,
+	}
+	if got := e.previewFailed(req); strings.Join(got, "\n") != strings.Join(want, "\n") {
+		t.Fatalf("preview failed checks:\n%s\nwant:\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
+	}
+	_, err := e.jobs.CreateMigrationJobs(ctx(t), req)
+	wantCode(t, err, codes.FailedPrecondition, "jobs: 2 pre-check(s) failed; nothing was created:\n"+strings.Join(want, "\n"))
+
+	// What the VM has passes.
+	req = jobsReq(1)
+	req.Jobs[0].Target.Disks = append(req.Jobs[0].Target.Disks, &ferryv1.TargetDisk{SourceDisk: "vdb", SizeBytes: gib})
+	if got := e.previewFailed(req); len(got) != 0 {
+		t.Fatalf("preview of disks the VM has failed: %q", got)
+	}
+}
+
+// TestKVMVersionPrechecks: the agent's version rules run in the pre-checks
+// of preview and create, on the versions of the source's last sync; the
+// Ceph rule counts a copied source disk that is an RBD image, not only a
+// Ceph target storage.
+func TestKVMVersionPrechecks(t *testing.T) {
+	const backup = "jobs[0] (VM vm-0): source sources/kvm: a consistent copy of a running VM needs libvirt 6.0.0 and QEMU 4.2.0 " +
+		"(the backup API); found libvirt 1.2.15 and QEMU 2.0.0; upgrade the source host first"
+	const ceph = "jobs[0] (VM vm-0): source sources/kvm: libvirt 1.2.15 found, 1.2.16 or newer needed with Ceph storage " +
+		"(source disk vdb is the RBD image pool/vm-0-data); upgrade the source host first"
+	rbd := kvmVM()
+	rbd.Disks[1].Path = "rbd:pool/vm-0-data"
+	withVdb := func(r *ferryv1.CreateMigrationJobsRequest) {
+		r.Jobs[0].Target.Disks = append(r.Jobs[0].Target.Disks, &ferryv1.TargetDisk{SourceDisk: "vdb", SizeBytes: gib})
+	}
+	for _, tt := range []struct {
+		name      string
+		lib, qemu string
+		vm        *ferryv1.SourceVm
+		edit      func(*ferryv1.CreateMigrationJobsRequest)
+		want      []string
+	}{
+		{"new enough", "9.0.0", "7.2.0", rbd, withVdb, nil},
+		{"old, file disks", "1.2.15", "2.0.0", kvmVM(), withVdb, []string{backup}},
+		{"old, RBD source disk copied", "1.2.15", "2.0.0", rbd, withVdb, []string{ceph, backup}},
+		{"old, RBD source disk left out", "1.2.15", "2.0.0", rbd, func(*ferryv1.CreateMigrationJobsRequest) {}, []string{backup}},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			e := newEnv(t, true)
+			e.seed()
+			e.kvmInventory(tt.lib, tt.qemu, tt.vm)
+			req := jobsReqWith(tt.edit)
+			got := e.previewFailed(req)
+			if strings.Join(got, "\n") != strings.Join(tt.want, "\n") {
+				t.Fatalf("preview failed checks:\n%s\nwant:\n%s", strings.Join(got, "\n"), strings.Join(tt.want, "\n"))
+			}
+			_, err := e.jobs.CreateMigrationJobs(ctx(t), req)
+			if tt.want == nil {
+				if err != nil {
+					t.Fatalf("create: %v", err)
+				}
+				return
+			}
+			wantCode(t, err, codes.FailedPrecondition, fmt.Sprintf("jobs: %d pre-check(s) failed; nothing was created:\n%s",
+				len(tt.want), strings.Join(tt.want, "\n")))
+		})
+	}
+}
+
+// TestTargetKeepsSourceState: with auto_start unset, a paused source VM's
+// target is defined but not started, and the preview says so; a running
+// source's target starts; auto_start given is kept.
+func TestTargetKeepsSourceState(t *testing.T) {
+	e := newEnv(t, true)
+	e.seed()
+	paused := kvmVM()
+	paused.State = ferryv1.SourceVmState_SOURCE_VM_STATE_PAUSED
+	running := kvmVM()
+	running.Id, running.Name = "vm-1", "vm-1"
+	running.Nics[0].Mac = "52:54:00:00:00:01"
+	e.kvmInventory("9.0.0", "7.2.0", paused, running)
+	req := jobsReq(2)
+	resp := must[*ferryv1.PreviewMigrationJobsResponse](t)(e.jobs.PreviewMigrationJobs(ctx(t), &ferryv1.PreviewMigrationJobsRequest{
+		Source: req.GetSource(), MigrationServer: req.GetMigrationServer(), Jobs: req.GetJobs()}))
+	wantNotes := []string{"jobs[0].options.auto_start: false: source VM vm-0 is paused, so its target target-0 is defined but not started; " +
+		"set auto_start true (ferryctl --start) to start it"}
+	if strings.Join(resp.GetNotes(), "\n") != strings.Join(wantNotes, "\n") {
+		t.Fatalf("notes = %q, want %q", resp.GetNotes(), wantNotes)
+	}
+	var starts []bool
+	for _, j := range resp.GetJobs() {
+		starts = append(starts, j.GetOptions().GetAutoStart())
+	}
+	if fmt.Sprint(starts) != "[false true]" {
+		t.Fatalf("previewed auto_start = %v, want [false true]", starts)
+	}
+	// The paused VM's target is not counted among the VMs started.
+	for _, u := range resp.GetUsages() {
+		if u.GetKind() == ferryv1.PreviewResourceKind_PREVIEW_RESOURCE_KIND_VCPUS && u.GetRequested() != 2 {
+			t.Errorf("vCPUs requested %d, want 2 (only vm-1 starts): %s", u.GetRequested(), u.GetNote())
+		}
+	}
+
+	created := must[*ferryv1.CreateMigrationJobsResponse](t)(e.jobs.CreateMigrationJobs(ctx(t), req)).GetJobs()
+	if created[0].GetOptions().AutoStart == nil || created[0].GetOptions().GetAutoStart() || !created[1].GetOptions().GetAutoStart() {
+		t.Fatalf("created options %v and %v, want auto_start false then true", created[0].GetOptions(), created[1].GetOptions())
+	}
+
+	// auto_start given wins over the source's state.
+	req = jobsReqWith(func(r *ferryv1.CreateMigrationJobsRequest) {
+		r.Jobs[0].Target.VmName = "target-again"
+		r.Jobs[0].Options = &ferryv1.MigrationOptions{AutoStart: proto.Bool(true)}
+	})
+	again := must[*ferryv1.CreateMigrationJobsResponse](t)(e.jobs.CreateMigrationJobs(ctx(t), req)).GetJobs()[0]
+	if !again.GetOptions().GetAutoStart() {
+		t.Fatalf("auto_start true given, created %v", again.GetOptions())
+	}
+}

@@ -1,0 +1,42 @@
+package api
+
+import (
+	"fmt"
+
+	"google.golang.org/protobuf/proto"
+
+	ferryv1 "github.com/ferry-v2v/ferry/pkg/pb/ferry/v1"
+)
+
+// keepSourceState settles the auto_start of the jobs that leave it unset,
+// so a migration keeps the VM's state: the target VM is started when the
+// source VM runs (or its state is not known), and only defined when the
+// source's synced inventory says it is paused or shut off. It returns one
+// note per job whose target is left stopped that way. A job that sets
+// auto_start keeps it.
+func (a *API) keepSourceState(source string, jobs []*ferryv1.MigrationJob) []string {
+	inv, _ := a.ledger.SourceInventory(source)
+	var notes []string
+	for i, j := range jobs {
+		if j.GetOptions().AutoStart != nil {
+			continue
+		}
+		if j.Options == nil {
+			j.Options = &ferryv1.MigrationOptions{}
+		}
+		vm, _ := findInventoryVM(inv, j.GetSourceVm())
+		state := ""
+		switch vm.GetState() {
+		case ferryv1.SourceVmState_SOURCE_VM_STATE_PAUSED:
+			state = "paused"
+		case ferryv1.SourceVmState_SOURCE_VM_STATE_SHUT_OFF:
+			state = "shut off"
+		}
+		j.Options.AutoStart = proto.Bool(state == "")
+		if state != "" {
+			notes = append(notes, fmt.Sprintf("jobs[%d].options.auto_start: false: source VM %s is %s, so its target %s is defined but not started; set auto_start true (ferryctl --start) to start it",
+				i, vm.GetName(), state, j.GetTarget().GetVmName()))
+		}
+	}
+	return notes
+}
