@@ -10,6 +10,8 @@ import (
 
 	ferryv1 "github.com/ferry-v2v/ferry/pkg/pb/ferry/v1"
 	"github.com/ferry-v2v/ferry/pkg/testenv"
+
+	"github.com/ferry-v2v/ferry/pkg/testkit"
 )
 
 var limitsLine = regexp.MustCompile(`^time=(\S+) .*msg="bandwidth limits set" .*downstream_bits_per_second=(\d+) downstream_granted_bytes=(\d+)`)
@@ -28,7 +30,7 @@ type limitsSet struct {
 func (w *world) waitLimits(bps int64, after time.Time, timeout time.Duration) limitsSet {
 	w.t.Helper()
 	got := limitsSet{at: after}
-	waitFor(w.t, timeout, "the agent to set the downstream limit to "+strconv.FormatInt(bps, 10), func() bool {
+	testkit.WaitFor(w.t, timeout, "the agent to set the downstream limit to "+strconv.FormatInt(bps, 10), func() bool {
 		for _, l := range w.f.agents[w.host].lines(`msg="bandwidth limits set"`) {
 			m := limitsLine.FindStringSubmatch(l)
 			if m == nil {
@@ -61,7 +63,7 @@ func TestBandwidthChangeReachesRunningJob(t *testing.T) {
 	// The copy runs unlimited; once it has moved 8 MiB, the source link is
 	// held (nothing moves, nothing breaks) so the job is still copying
 	// when the new limit arrives, however fast this machine is.
-	waitFor(t, 3*time.Minute, "the copy to start", func() bool { return w.sourceProxy.Bytes() > 8<<20 })
+	testkit.WaitFor(t, 3*time.Minute, "the copy to start", func() bool { return w.sourceProxy.Bytes() > 8<<20 })
 	w.sourceProxy.BlackHole()
 	before := w.sourceProxy.Bytes()
 	if j := w.job(name); j.GetState() != ferryv1.MigrationJobState_MIGRATION_JOB_STATE_RUNNING {

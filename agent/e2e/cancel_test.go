@@ -12,6 +12,8 @@ import (
 
 	ferryv1 "github.com/ferry-v2v/ferry/pkg/pb/ferry/v1"
 	"github.com/ferry-v2v/ferry/pkg/testenv"
+
+	"github.com/ferry-v2v/ferry/pkg/testkit"
 )
 
 const (
@@ -86,7 +88,7 @@ func (w *world) expectNothingLeft(src *testenv.TestVM, job, vmName string) {
 func (w *world) expectVolumesGone(job string) {
 	w.t.Helper()
 	dir := filepath.Join(w.storageDir, path.Base(job))
-	waitFor(w.t, 30*time.Second, "the target volumes to go", func() bool {
+	testkit.WaitFor(w.t, 30*time.Second, "the target volumes to go", func() bool {
 		entries, err := os.ReadDir(dir)
 		return os.IsNotExist(err) || err == nil && len(entries) == 0
 	})
@@ -94,7 +96,7 @@ func (w *world) expectVolumesGone(job string) {
 
 func (w *world) expectSourceClean(src *testenv.TestVM) {
 	w.t.Helper()
-	waitFor(w.t, 30*time.Second, "the source backup job and files to go", func() bool {
+	testkit.WaitFor(w.t, 30*time.Second, "the source backup job and files to go", func() bool {
 		return src.JobType(w.t) == "None" && len(leftovers(src)) == 0
 	})
 }

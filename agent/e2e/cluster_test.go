@@ -12,6 +12,8 @@ import (
 	"github.com/ferry-v2v/ferry/pkg/client"
 	ferryv1 "github.com/ferry-v2v/ferry/pkg/pb/ferry/v1"
 	"github.com/ferry-v2v/ferry/pkg/tlsutil"
+
+	"github.com/ferry-v2v/ferry/pkg/testkit"
 )
 
 // coordNode is one coordinator process of a cluster.
@@ -42,7 +44,7 @@ func startCluster(t testing.TB, n int, extra ...string) *ferry {
 		addrs = append(addrs, node.addr)
 		if i == 1 {
 			f.coord = node.proc
-			waitFor(t, 30*time.Second, "the first coordinator's PKI", func() bool {
+			testkit.WaitFor(t, 30*time.Second, "the first coordinator's PKI", func() bool {
 				_, err := os.Stat(filepath.Join(f.tlsDir, tlsutil.OperatorDir, tlsutil.ClientKeyFile))
 				return err == nil
 			})
@@ -53,7 +55,7 @@ func startCluster(t testing.TB, n int, extra ...string) *ferry {
 	must(t, err)
 	t.Cleanup(func() { c.Close() })
 	f.client = c
-	waitFor(t, 60*time.Second, fmt.Sprintf("%d voters with a leader", n), func() bool {
+	testkit.WaitFor(t, 60*time.Second, fmt.Sprintf("%d voters with a leader", n), func() bool {
 		m, err := c.Cluster().ListMembers(ctx(t, 2*time.Second), &ferryv1.ListMembersRequest{})
 		voters := 0
 		for _, mb := range m.GetMembers() {
@@ -70,7 +72,7 @@ func startCluster(t testing.TB, n int, extra ...string) *ferry {
 func (f *ferry) leader() *coordNode {
 	f.t.Helper()
 	var id string
-	waitFor(f.t, 30*time.Second, "a leader", func() bool {
+	testkit.WaitFor(f.t, 30*time.Second, "a leader", func() bool {
 		m, err := f.client.Cluster().ListMembers(ctx(f.t, 2*time.Second), &ferryv1.ListMembersRequest{})
 		id = m.GetLeaderId()
 		return err == nil && id != ""

@@ -11,6 +11,8 @@ import (
 
 	ferryv1 "github.com/ferry-v2v/ferry/pkg/pb/ferry/v1"
 	"github.com/ferry-v2v/ferry/pkg/testenv"
+
+	"github.com/ferry-v2v/ferry/pkg/testkit"
 )
 
 // TestFaultAgentKilledResumesByItself: the agent is killed (SIGKILL)
@@ -31,7 +33,7 @@ func TestFaultAgentKilledResumesByItself(t *testing.T) {
 	w.f.agents[w.host].kill()
 	killedAt := time.Now()
 	cacheImage := filepath.Join(w.cacheDir, path.Base(name), "vda.qcow2")
-	waitFor(t, 30*time.Second, "the cache server to exit", func() bool {
+	testkit.WaitFor(t, 30*time.Second, "the cache server to exit", func() bool {
 		return exec.Command("pgrep", "-f", "qemu-nbd.*"+path.Base(name)).Run() != nil
 	})
 	before := allocated(t, cacheImage)

@@ -10,6 +10,8 @@ import (
 	"github.com/ferry-v2v/ferry/pkg/grpcutil"
 	ferryv1 "github.com/ferry-v2v/ferry/pkg/pb/ferry/v1"
 	"github.com/ferry-v2v/ferry/pkg/testenv"
+
+	"github.com/ferry-v2v/ferry/pkg/testkit"
 )
 
 // addServer starts one more agent on a host of its own with its own cache
@@ -96,7 +98,7 @@ func TestFaultLeaderKilledDuringSixMigrations(t *testing.T) {
 	}
 	// done and total are the root disks' bytes, copied first.
 	var done, total int64
-	waitFor(t, 2*time.Minute, "every job copying, a fifth of the root disks in the caches", func() bool {
+	testkit.WaitFor(t, 2*time.Minute, "every job copying, a fifth of the root disks in the caches", func() bool {
 		done, total = 0, 0
 		for _, name := range jobs {
 			j := w.liveJob(name)
@@ -116,13 +118,13 @@ func TestFaultLeaderKilledDuringSixMigrations(t *testing.T) {
 		t.Fatal("the root disks were copied before the leader was killed")
 	}
 	var leader *coordNode
-	waitFor(t, 60*time.Second, "a new leader", func() bool {
+	testkit.WaitFor(t, 60*time.Second, "a new leader", func() bool {
 		leader = w.f.leader()
 		return leader != old
 	})
 	elected := time.Since(killedAt)
 	var resumed time.Duration
-	waitFor(t, 60*time.Second, "progress past what was copied at the kill, on the new leader", func() bool {
+	testkit.WaitFor(t, 60*time.Second, "progress past what was copied at the kill, on the new leader", func() bool {
 		var now int64
 		for _, name := range jobs {
 			j := w.liveJob(name)
@@ -135,7 +137,7 @@ func TestFaultLeaderKilledDuringSixMigrations(t *testing.T) {
 		return now > done
 	})
 	for _, h := range hosts {
-		waitFor(t, 60*time.Second, "agent "+h+" in session with the new leader", func() bool {
+		testkit.WaitFor(t, 60*time.Second, "agent "+h+" in session with the new leader", func() bool {
 			for _, l := range w.f.agents[h].lines("session open") {
 				if strings.Contains(l, "coordinator="+leader.addr) {
 					return true

@@ -12,6 +12,8 @@ import (
 
 	ferryv1 "github.com/ferry-v2v/ferry/pkg/pb/ferry/v1"
 	"github.com/ferry-v2v/ferry/pkg/testenv"
+
+	"github.com/ferry-v2v/ferry/pkg/testkit"
 )
 
 // netWorld is a world whose agent and source live on hosts of their own:
@@ -168,7 +170,7 @@ func TestFaultMigrationNetwork(t *testing.T) {
 		t.Fatal("the backup ended although the source was unreachable: the test cannot show the cleanup")
 	}
 	n.migrationLink(true)
-	waitFor(t, 60*time.Second, "the agent to end the backup left on the source", func() bool {
+	testkit.WaitFor(t, 60*time.Second, "the agent to end the backup left on the source", func() bool {
 		return src2.JobType(t) == "None" && len(leftovers(src2)) == 0 &&
 			len(agent.lines("ended a backup a failed or crashed job left")) > 0
 	})

@@ -14,6 +14,8 @@ import (
 
 	ferryv1 "github.com/ferry-v2v/ferry/pkg/pb/ferry/v1"
 	"github.com/ferry-v2v/ferry/pkg/testenv"
+
+	"github.com/ferry-v2v/ferry/pkg/testkit"
 )
 
 // fourMiBps is 4 MiB/s in the API's integer Kbps.
@@ -97,10 +99,10 @@ func (w *world) healAndCheck(name, target string) {
 	must(t, err)
 	w.coordinatorProxy.Heal()
 	agent := w.f.agents[w.host]
-	waitFor(t, 60*time.Second, "the stale job to end on the agent", func() bool {
+	testkit.WaitFor(t, 60*time.Second, "the stale job to end on the agent", func() bool {
 		return len(jobLines(agent, name, "job finished")) > 0
 	})
-	waitFor(t, 30*time.Second, "the agent to be connected again", func() bool {
+	testkit.WaitFor(t, 30*time.Second, "the agent to be connected again", func() bool {
 		h, err := w.f.client.Inventory().GetHost(ctx(t, 2*time.Second), &ferryv1.GetHostRequest{Name: "hosts/" + w.host})
 		return err == nil && h.GetHost().GetConnected()
 	})
@@ -154,7 +156,7 @@ func TestFaultAgentPartitioned(t *testing.T) {
 	w.setGrace(grace)
 	j1 := w.waitLost(name1)
 	t.Logf("job 1 FAILED %v after the partition: %s", time.Since(at1).Round(100*time.Millisecond), j1.GetReason())
-	waitFor(t, 60*time.Second, "job 1's first target write to wait for the leader", func() bool {
+	testkit.WaitFor(t, 60*time.Second, "job 1's first target write to wait for the leader", func() bool {
 		return len(jobLines(agent, name1, "waiting for the leader to confirm the assignment")) > 0
 	})
 	t.Logf("job 1 held by the fence: %s", jobLines(agent, name1, "waiting for the leader to confirm")[0])
@@ -170,11 +172,11 @@ func TestFaultAgentPartitioned(t *testing.T) {
 	t.Logf("job 1 on the agent after the heal: %d refused write(s), %d cancellation(s)", len(refused), len(cancelled))
 
 	// 2: the agent knows the grace period and stops the job itself.
-	waitFor(t, 30*time.Second, "a session that told the agent the 8 s grace period", func() bool {
+	testkit.WaitFor(t, 30*time.Second, "a session that told the agent the 8 s grace period", func() bool {
 		return len(agent.lines("grace="+grace.String())) > 0
 	})
 	name2, target2, at2 := w.partitionedJob(fourMiBps)
-	waitFor(t, 60*time.Second, "the agent to stop job 2 itself", func() bool {
+	testkit.WaitFor(t, 60*time.Second, "the agent to stop job 2 itself", func() bool {
 		return len(agent.lines("cut off longer than the grace period; stopped jobs")) > 0
 	})
 	stoppedAfter := time.Since(at2)

@@ -11,6 +11,8 @@ import (
 
 	ferryv1 "github.com/ferry-v2v/ferry/pkg/pb/ferry/v1"
 	"github.com/ferry-v2v/ferry/pkg/testenv"
+
+	"github.com/ferry-v2v/ferry/pkg/testkit"
 )
 
 // startCutJob starts a bandwidth-limited job of a VM with 40 MiB of random
@@ -123,7 +125,7 @@ func TestFaultSourceSSHCutPastRetryBudget(t *testing.T) {
 	w.f.agents[w.host].kill()
 	w.sourceProxy.Heal()
 	agent := w.f.startAgent(w.host, w.cacheDir)
-	waitFor(t, 60*time.Second, "the restarted agent to end the leftover backup and drop its record", func() bool {
+	testkit.WaitFor(t, 60*time.Second, "the restarted agent to end the leftover backup and drop its record", func() bool {
 		_, err := os.Stat(records[0])
 		return os.IsNotExist(err)
 	})

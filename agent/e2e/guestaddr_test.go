@@ -11,6 +11,8 @@ import (
 
 	ferryv1 "github.com/ferry-v2v/ferry/pkg/pb/ferry/v1"
 	"github.com/ferry-v2v/ferry/pkg/testenv"
+
+	"github.com/ferry-v2v/ferry/pkg/testkit"
 )
 
 // TestKVMGuestAgentKeepsItsAddress: a KVM source VM whose guest runs a
@@ -28,7 +30,7 @@ func TestKVMGuestAgentKeepsItsAddress(t *testing.T) {
 	src := testenv.NewTestVM(t, w.lv, testenv.VMOptions{GuestIP: guestIP + "/24"})
 
 	var vm *ferryv1.SourceVm
-	waitFor(t, 4*time.Minute, "the source inventory to report the guest's address", func() bool {
+	testkit.WaitFor(t, 4*time.Minute, "the source inventory to report the guest's address", func() bool {
 		vm = w.sourceVM(w.source, src.Name)
 		return len(vm.GetNics()) == 1 && len(vm.GetNics()[0].GetIpAddresses()) > 0
 	})

@@ -19,6 +19,8 @@ import (
 	ferryv1 "github.com/ferry-v2v/ferry/pkg/pb/ferry/v1"
 	"github.com/ferry-v2v/ferry/pkg/testenv"
 	"github.com/ferry-v2v/ferry/pkg/tlsutil"
+
+	"github.com/ferry-v2v/ferry/pkg/testkit"
 )
 
 var bins struct {
@@ -195,7 +197,7 @@ func startFerryOn(t testing.TB, host string, extra ...string) *ferry {
 		args = append(args, "--tls-dir", f.tlsDir)
 	}
 	f.coord = start(t, "ferry-coordinator", append(append(args, "--listen", f.addr), extra...)...)
-	waitFor(t, 30*time.Second, "the coordinator's PKI", func() bool {
+	testkit.WaitFor(t, 30*time.Second, "the coordinator's PKI", func() bool {
 		_, err := os.Stat(filepath.Join(f.tlsDir, tlsutil.OperatorDir, tlsutil.ClientKeyFile))
 		return err == nil
 	})
@@ -205,7 +207,7 @@ func startFerryOn(t testing.TB, host string, extra ...string) *ferry {
 	}
 	t.Cleanup(func() { c.Close() })
 	f.client = c
-	waitFor(t, 30*time.Second, "the coordinator to serve", func() bool {
+	testkit.WaitFor(t, 30*time.Second, "the coordinator to serve", func() bool {
 		_, err := c.Cluster().ListMembers(ctx(t, 2*time.Second), &ferryv1.ListMembersRequest{})
 		return err == nil
 	})
@@ -232,7 +234,7 @@ func (f *ferry) startAgent(host, cachePath string) *proc {
 		"--domain-type", "qemu"}, f.agentArgs...)
 	p := startIn(f.t, f.agentNetNS, "ferry-agent", args...)
 	f.agents[host] = p
-	waitFor(f.t, 30*time.Second, "host "+host+" connected", func() bool {
+	testkit.WaitFor(f.t, 30*time.Second, "host "+host+" connected", func() bool {
 		h, err := f.client.Inventory().GetHost(ctx(f.t, 2*time.Second), &ferryv1.GetHostRequest{Name: "hosts/" + host})
 		return err == nil && h.GetHost().GetConnected()
 	})
@@ -263,17 +265,6 @@ func ctx(t testing.TB, d time.Duration) context.Context {
 	c, cancel := context.WithTimeout(context.Background(), d)
 	t.Cleanup(cancel)
 	return c
-}
-
-func waitFor(t testing.TB, timeout time.Duration, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %v waiting for %s", timeout, what)
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
 }
 
 // ferryctl runs the CLI against this coordinator and returns its output.

@@ -10,6 +10,8 @@ import (
 
 	ferryv1 "github.com/ferry-v2v/ferry/pkg/pb/ferry/v1"
 	"github.com/ferry-v2v/ferry/pkg/testenv"
+
+	"github.com/ferry-v2v/ferry/pkg/testkit"
 )
 
 // TestPauseOption: with the option the source ends paused; without it the
@@ -20,7 +22,7 @@ func TestPauseOption(t *testing.T) {
 	paused := testenv.NewTestVM(t, w.lv, testenv.VMOptions{})
 
 	name := w.createJob(w.spec(w.sourceVM(w.source, running.Name), nil))
-	waitFor(t, 3*time.Minute, "the unpaused job to end", func() bool {
+	testkit.WaitFor(t, 3*time.Minute, "the unpaused job to end", func() bool {
 		if st := running.State(t); st != "running" {
 			t.Fatalf("source is %s during a migration without the pause option", st)
 		}

@@ -14,6 +14,8 @@ import (
 
 	ferryv1 "github.com/ferry-v2v/ferry/pkg/pb/ferry/v1"
 	"github.com/ferry-v2v/ferry/pkg/testenv"
+
+	"github.com/ferry-v2v/ferry/pkg/testkit"
 )
 
 // eightMiBps is 8 MiB/s in the API's integer Kbps.
@@ -93,7 +95,7 @@ func TestAgentKilledMidConverting(t *testing.T) {
 	w.f.agents[w.host].kill()
 	cacheImage := filepath.Join(w.cacheDir, path.Base(name), "vda.qcow2")
 	var before int64
-	waitFor(t, 30*time.Second, "the cache server to exit", func() bool {
+	testkit.WaitFor(t, 30*time.Second, "the cache server to exit", func() bool {
 		before = allocated(t, cacheImage)
 		return exec.Command("pgrep", "-f", "qemu-nbd.*"+path.Base(name)).Run() != nil
 	})

@@ -23,6 +23,8 @@ import (
 	ferryv1 "github.com/ferry-v2v/ferry/pkg/pb/ferry/v1"
 	"github.com/ferry-v2v/ferry/pkg/testenv"
 	"github.com/ferry-v2v/ferry/pkg/tlsutil"
+
+	"github.com/ferry-v2v/ferry/pkg/testkit"
 )
 
 // TestSecretsNeverInClear runs two full KVM migrations with every kind of
@@ -92,7 +94,7 @@ func TestSecretsNeverInClear(t *testing.T) {
 	must(t, err)
 	raftDir := filepath.Join(w.f.dir, "coordinator", "raft")
 	var snapshot string
-	waitFor(t, time.Minute, "a Raft snapshot taken after the migrations", func() bool {
+	testkit.WaitFor(t, time.Minute, "a Raft snapshot taken after the migrations", func() bool {
 		snapshot = newestSnapshot(t, raftDir, done)
 		return snapshot != ""
 	})

@@ -13,6 +13,8 @@ import (
 
 	ferryv1 "github.com/ferry-v2v/ferry/pkg/pb/ferry/v1"
 	"github.com/ferry-v2v/ferry/pkg/testenv"
+
+	"github.com/ferry-v2v/ferry/pkg/testkit"
 )
 
 // TestCorruptionFailsVerification: one byte of the root disk is flipped
@@ -32,7 +34,7 @@ func TestCorruptionFailsVerification(t *testing.T) {
 	const chunk = at / (2 << 20) * (2 << 20)
 	want := src.Disks[0].Random[at-testenv.RandomOffset]
 	cacheImage := filepath.Join(w.cacheDir, path.Base(name), "vda.raw")
-	waitFor(t, 2*time.Minute, fmt.Sprintf("byte %d of vda in the cache", at), func() bool {
+	testkit.WaitFor(t, 2*time.Minute, fmt.Sprintf("byte %d of vda in the cache", at), func() bool {
 		f, err := os.OpenFile(cacheImage, os.O_RDWR, 0)
 		if err != nil {
 			return false

@@ -13,6 +13,8 @@ import (
 
 	ferryv1 "github.com/ferry-v2v/ferry/pkg/pb/ferry/v1"
 	"github.com/ferry-v2v/ferry/pkg/testenv"
+
+	"github.com/ferry-v2v/ferry/pkg/testkit"
 )
 
 // world is everything a migration needs: libvirtd, a source host behind
@@ -224,7 +226,7 @@ func (w *world) job(name string) *ferryv1.MigrationJob {
 func (w *world) waitJob(name string, timeout time.Duration, what string, cond func(*ferryv1.MigrationJob) bool) *ferryv1.MigrationJob {
 	w.t.Helper()
 	var j *ferryv1.MigrationJob
-	waitFor(w.t, timeout, what, func() bool {
+	testkit.WaitFor(w.t, timeout, what, func() bool {
 		j = w.job(name)
 		return cond(j)
 	})

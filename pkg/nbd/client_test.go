@@ -10,6 +10,8 @@ import (
 	"os"
 	"sync"
 	"testing"
+
+	"github.com/ferry-v2v/ferry/pkg/testkit"
 )
 
 const (
@@ -79,7 +81,7 @@ func TestHandshake(t *testing.T) {
 func TestUnknownExport(t *testing.T) {
 	srv := qemuNBD(t, newImage(t, "raw", MiB), "-f", "raw", "-x", "vda")
 	ctx := testCtx(t)
-	_, err := Dial(ctx, "unix", srv.sock, Options{ExportName: "vdb", Logger: testLogger(t)})
+	_, err := Dial(ctx, "unix", srv.sock, Options{ExportName: "vdb", Logger: testkit.Logger(t)})
 	if !errors.Is(err, ErrUnknownExport) {
 		t.Fatalf("Dial(vdb) = %v, want ErrUnknownExport", err)
 	}
@@ -419,7 +421,7 @@ func TestDialTCPThroughProxy(t *testing.T) {
 	if _, err := Dial(ctx, "udp", ln.Addr().String(), Options{}); err == nil {
 		t.Error("Dial over udp succeeded")
 	}
-	c, err := Dial(ctx, "tcp", ln.Addr().String(), Options{Logger: testLogger(t)})
+	c, err := Dial(ctx, "tcp", ln.Addr().String(), Options{Logger: testkit.Logger(t)})
 	if err != nil {
 		t.Fatal(err)
 	}

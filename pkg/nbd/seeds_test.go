@@ -11,6 +11,8 @@ import (
 	"path/filepath"
 	"sync"
 	"testing"
+
+	"github.com/ferry-v2v/ferry/pkg/testkit"
 )
 
 func discardLogger() *slog.Logger { return slog.New(slog.DiscardHandler) }
@@ -83,7 +85,7 @@ func recordSession(t *testing.T, sock string, simple bool, path string) {
 		t.Fatal(err)
 	}
 	conn := &recordConn{Conn: raw}
-	opts := Options{DisableStructuredReplies: simple, Logger: testLogger(t)}
+	opts := Options{DisableStructuredReplies: simple, Logger: testkit.Logger(t)}
 	br := bufio.NewReaderSize(conn, 64<<10)
 	neg, err := (&handshaker{r: br, w: conn, opts: &opts}).handshake()
 	if err != nil {

@@ -3,7 +3,6 @@ package nbd
 import (
 	"context"
 	"fmt"
-	"log/slog"
 	"net"
 	"os"
 	"os/exec"
@@ -13,6 +12,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/ferry-v2v/ferry/pkg/testkit"
 )
 
 // Helpers that run real NBD servers (qemu-nbd, nbdkit) on unix sockets.
@@ -142,24 +143,11 @@ func qemuIO(t testing.TB, format, img string, cmds ...string) {
 	run(t, "qemu-io", append(args, img)...)
 }
 
-// testLogger sends the client's records to the test log.
-func testLogger(t testing.TB) *slog.Logger {
-	return slog.New(slog.NewTextHandler(tWriter{t}, &slog.HandlerOptions{Level: slog.LevelDebug}))
-}
-
-type tWriter struct{ t testing.TB }
-
-func (w tWriter) Write(p []byte) (int, error) {
-	w.t.Helper()
-	w.t.Log(strings.TrimRight(string(p), "\n"))
-	return len(p), nil
-}
-
 // dial connects to sock and closes the client when the test ends.
 func dial(t testing.TB, sock string, opts Options) *Client {
 	t.Helper()
 	if opts.Logger == nil {
-		opts.Logger = testLogger(t)
+		opts.Logger = testkit.Logger(t)
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()

@@ -6,6 +6,8 @@ import (
 	"net"
 	"testing"
 	"time"
+
+	"github.com/ferry-v2v/ferry/pkg/testkit"
 )
 
 // wire builds what a server sends, for fake servers and fuzz seeds.
@@ -185,7 +187,7 @@ func startFake(t *testing.T, opts Options, script func(f *fake)) (*Client, error
 		<-done
 	})
 	if opts.Logger == nil {
-		opts.Logger = testLogger(t)
+		opts.Logger = testkit.Logger(t)
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()

@@ -9,6 +9,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/ferry-v2v/ferry/pkg/testkit"
 )
 
 // fromData describes data at 512-byte granularity: all-zero sectors are
@@ -98,7 +100,7 @@ func TestResumeAfterCancel(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	st1, err := Copy(ctx, data, dst, Options{Checkpoint: cp, InFlight: 8, Logger: testLogger(t)})
+	st1, err := Copy(ctx, data, dst, Options{Checkpoint: cp, InFlight: 8, Logger: testkit.Logger(t)})
 	if !errors.Is(err, context.Canceled) {
 		t.Fatalf("first copy = %v, want context.Canceled", err)
 	}
@@ -108,7 +110,7 @@ func TestResumeAfterCancel(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	st2, err := Copy(context.Background(), src, dst, Options{Checkpoint: cp, Logger: testLogger(t)})
+	st2, err := Copy(context.Background(), src, dst, Options{Checkpoint: cp, Logger: testkit.Logger(t)})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -17,6 +17,8 @@ import (
 	"github.com/ferry-v2v/ferry/agent/internal/cache"
 	"github.com/ferry-v2v/ferry/pkg/ratelimit"
 	"github.com/ferry-v2v/ferry/pkg/testenv"
+
+	"github.com/ferry-v2v/ferry/pkg/testkit"
 )
 
 // openCache opens the cache image of disk vda of a job in dir.
@@ -58,7 +60,7 @@ func TestCopyIntoCache(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			st, err := Copy(context.Background(), counted, img, Options{Checkpoint: cp, Logger: testLogger(t)})
+			st, err := Copy(context.Background(), counted, img, Options{Checkpoint: cp, Logger: testkit.Logger(t)})
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -93,7 +95,7 @@ func resume(t *testing.T, src, sock, dir string, size int64, before []span) int6
 		t.Fatal(err)
 	}
 	counted := &countingSource{Source: dialSource(t, sock)}
-	st, err := Copy(context.Background(), counted, img, Options{Checkpoint: cp, Logger: testLogger(t)})
+	st, err := Copy(context.Background(), counted, img, Options{Checkpoint: cp, Logger: testkit.Logger(t)})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -127,7 +129,7 @@ func TestRestartAfterCancel(t *testing.T) {
 		}
 	}}
 	rec := &recordingSink{Sink: img}
-	if _, err := Copy(ctx, counted, rec, Options{Checkpoint: cp, Logger: testLogger(t)}); !errors.Is(err, context.Canceled) {
+	if _, err := Copy(ctx, counted, rec, Options{Checkpoint: cp, Logger: testkit.Logger(t)}); !errors.Is(err, context.Canceled) {
 		t.Fatalf("cancelled copy = %v", err)
 	}
 	closeCache(t, img)

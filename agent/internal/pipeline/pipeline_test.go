@@ -4,31 +4,20 @@ import (
 	"bytes"
 	"context"
 	"errors"
-	"log/slog"
 	"path/filepath"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/ferry-v2v/ferry/pkg/ratelimit"
+
+	"github.com/ferry-v2v/ferry/pkg/testkit"
 )
 
 const (
 	kib = int64(1) << 10
 	mib = int64(1) << 20
 )
-
-func testLogger(t *testing.T) *slog.Logger {
-	return slog.New(slog.NewTextHandler(tWriter{t}, &slog.HandlerOptions{Level: slog.LevelDebug}))
-}
-
-type tWriter struct{ t *testing.T }
-
-func (w tWriter) Write(p []byte) (int, error) {
-	w.t.Helper()
-	w.t.Log(string(bytes.TrimRight(p, "\n")))
-	return len(p), nil
-}
 
 func dataBytes(s *memSource) int64 {
 	var n int64
@@ -61,7 +50,7 @@ func TestCopySparse(t *testing.T) {
 				tc.src.reads = nil
 				dst := newMemSink(tc.src.Size())
 				st, err := Copy(context.Background(), tc.src, dst, Options{
-					ChunkSize: tc.chunk, InFlight: inFlight, Logger: testLogger(t),
+					ChunkSize: tc.chunk, InFlight: inFlight, Logger: testkit.Logger(t),
 				})
 				if err != nil {
 					t.Fatal(err)

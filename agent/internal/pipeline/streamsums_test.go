@@ -10,6 +10,8 @@ import (
 	"testing"
 
 	"github.com/ferry-v2v/ferry/agent/internal/cache"
+
+	"github.com/ferry-v2v/ferry/pkg/testkit"
 )
 
 // streamDisk is a disk of 10 chunks and a short one, with data in some
@@ -28,7 +30,7 @@ func copySums(t *testing.T, src *memSource) *Checkpoint {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := Copy(context.Background(), src, newMemSink(src.Size()), Options{Checkpoint: cp, Logger: testLogger(t)}); err != nil {
+	if _, err := Copy(context.Background(), src, newMemSink(src.Size()), Options{Checkpoint: cp, Logger: testkit.Logger(t)}); err != nil {
 		t.Fatal(err)
 	}
 	return cp

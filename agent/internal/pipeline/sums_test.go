@@ -9,6 +9,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/ferry-v2v/ferry/pkg/testkit"
 )
 
 // TestSumsSurviveAResumedCopy: a copy cancelled half way and resumed from
@@ -31,7 +33,7 @@ func TestSumsSurviveAResumedCopy(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := Copy(ctx, data, dst, Options{Checkpoint: cp, InFlight: 4, Logger: testLogger(t)}); !errors.Is(err, context.Canceled) {
+	if _, err := Copy(ctx, data, dst, Options{Checkpoint: cp, InFlight: 4, Logger: testkit.Logger(t)}); !errors.Is(err, context.Canceled) {
 		t.Fatalf("first copy = %v, want context.Canceled", err)
 	}
 	if cp.Verifiable() {
@@ -50,7 +52,7 @@ func TestSumsSurviveAResumedCopy(t *testing.T) {
 	if firstRun == 0 || firstRun == cp.Chunks() {
 		t.Fatalf("%d of %d chunks have checksums after the first run", firstRun, cp.Chunks())
 	}
-	if _, err := Copy(context.Background(), fromData(data.data), dst, Options{Checkpoint: cp, Logger: testLogger(t)}); err != nil {
+	if _, err := Copy(context.Background(), fromData(data.data), dst, Options{Checkpoint: cp, Logger: testkit.Logger(t)}); err != nil {
 		t.Fatal(err)
 	}
 

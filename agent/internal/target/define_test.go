@@ -19,6 +19,8 @@ import (
 
 	ferryv1 "github.com/ferry-v2v/ferry/pkg/pb/ferry/v1"
 	"github.com/ferry-v2v/ferry/pkg/testenv"
+
+	"github.com/ferry-v2v/ferry/pkg/testkit"
 )
 
 func randHex(n int) string {
@@ -170,7 +172,7 @@ func (e *libvirtEnv) dhcpHostsOf(t *testing.T) []string {
 // opts are Define's options for tests: TCG, whatever the host offers (a
 // nested KVM may stop OVMF with an internal error).
 func (e *libvirtEnv) opts(t *testing.T) Options {
-	return Options{DomainType: "qemu", Log: testLog(t)}
+	return Options{DomainType: "qemu", Log: testkit.Logger(t)}
 }
 
 // rollbackAtEnd makes sure nothing of the spec outlives a failed test.

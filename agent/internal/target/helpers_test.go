@@ -3,7 +3,6 @@ package target
 import (
 	"context"
 	"fmt"
-	"log/slog"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -13,6 +12,7 @@ import (
 	"time"
 
 	"github.com/ferry-v2v/ferry/pkg/testenv"
+	"github.com/ferry-v2v/ferry/pkg/testkit"
 )
 
 // requireTools stops the test unless it runs as root with the programs:
@@ -35,25 +35,13 @@ func run(t testing.TB, name string, args ...string) string {
 	return strings.TrimSpace(string(out))
 }
 
-// testLog sends slog output to t.Log.
-func testLog(t testing.TB) *slog.Logger {
-	return slog.New(slog.NewTextHandler(tWriter{t}, &slog.HandlerOptions{Level: slog.LevelDebug}))
-}
-
-type tWriter struct{ t testing.TB }
-
-func (w tWriter) Write(p []byte) (int, error) {
-	w.t.Log(strings.TrimSpace(string(p)))
-	return len(p), nil
-}
-
 // serveImage serves an image read-only with qemu-nbd, as the cache does,
 // until the test ends.
 func serveImage(t *testing.T, image, format string) Endpoint {
 	t.Helper()
 	sock := filepath.Join(shortTempDir(t), "src.sock")
 	cmd := exec.Command("qemu-nbd", "--read-only", "--persistent", "--shared=8", "--socket="+sock, "--format="+format, image)
-	cmd.Stderr = tWriter{t}
+	cmd.Stderr = testkit.Writer(t)
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}

@@ -13,6 +13,8 @@ import (
 
 	ferryv1 "github.com/ferry-v2v/ferry/pkg/pb/ferry/v1"
 	"github.com/ferry-v2v/ferry/pkg/ratelimit"
+
+	"github.com/ferry-v2v/ferry/pkg/testkit"
 )
 
 const sourceSize = 48 << 20
@@ -45,7 +47,7 @@ func TestUploadLocal(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			u := NewUploader(UploadDeps{Copier: &NBDCopier{Limiter: ratelimit.New(0), Log: testLog(t)}, Log: testLog(t)})
+			u := NewUploader(UploadDeps{Copier: &NBDCopier{Limiter: ratelimit.New(0), Log: testkit.Logger(t)}, Log: testkit.Logger(t)})
 			var done, total atomic.Int64
 			err = u.Upload(context.Background(), src, vol, func(d, tot int64) { done.Store(d); total.Store(tot) })
 			if err != nil {
@@ -85,7 +87,7 @@ func TestUploadRawBlockDevice(t *testing.T) {
 	}
 	vol.Path = dev // what /dev/vg0/ferry-j1-vdb would be
 	r := &fakeRunner{}
-	u := NewUploader(UploadDeps{Runner: r, Log: testLog(t)})
+	u := NewUploader(UploadDeps{Runner: r, Log: testkit.Logger(t)})
 	if err := u.Upload(context.Background(), src, vol, nil); err != nil {
 		t.Fatal(err)
 	}
@@ -156,7 +158,7 @@ func TestUploadFenced(t *testing.T) {
 				}
 				return nil
 			}
-			u := NewUploader(UploadDeps{Copier: &NBDCopier{Limiter: ratelimit.New(0), Log: testLog(t)}, Log: testLog(t), Fence: fence})
+			u := NewUploader(UploadDeps{Copier: &NBDCopier{Limiter: ratelimit.New(0), Log: testkit.Logger(t)}, Log: testkit.Logger(t), Fence: fence})
 			err = u.Upload(context.Background(), src, vol, nil)
 			if err == nil || !strings.Contains(err.Error(), "stale assignment") {
 				t.Fatalf("Upload = %v, want the fence's refusal", err)

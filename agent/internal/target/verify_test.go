@@ -12,6 +12,8 @@ import (
 	"github.com/ferry-v2v/ferry/agent/internal/pipeline"
 	"github.com/ferry-v2v/ferry/pkg/nbd"
 	ferryv1 "github.com/ferry-v2v/ferry/pkg/pb/ferry/v1"
+
+	"github.com/ferry-v2v/ferry/pkg/testkit"
 )
 
 // TestVerifyVolume runs the real path: a source image over NBD copied into
@@ -23,13 +25,13 @@ func TestVerifyVolume(t *testing.T) {
 	requireTools(t, "qemu-img", "qemu-nbd", "qemu-io")
 	ctx := context.Background()
 	_, srcEp := sourceImage(t)
-	sc, err := nbd.Dial(ctx, "unix", srcEp.Socket, nbd.Options{Logger: testLog(t)})
+	sc, err := nbd.Dial(ctx, "unix", srcEp.Socket, nbd.Options{Logger: testkit.Logger(t)})
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer sc.Close()
 	cacheDir := shortTempDir(t)
-	img, err := cache.Open(ctx, cacheDir, "vda", sc.Size(), false, testLog(t))
+	img, err := cache.Open(ctx, cacheDir, "vda", sc.Size(), false, testkit.Logger(t))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -37,14 +39,14 @@ func TestVerifyVolume(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := pipeline.Copy(ctx, pipeline.NBDSource{Client: sc}, img, pipeline.Options{Checkpoint: cp, Logger: testLog(t)}); err != nil {
+	if _, err := pipeline.Copy(ctx, pipeline.NBDSource{Client: sc}, img, pipeline.Options{Checkpoint: cp, Logger: testkit.Logger(t)}); err != nil {
 		t.Fatal(err)
 	}
 	if err := img.Close(); err != nil {
 		t.Fatal(err)
 	}
 
-	exp, err := cache.OpenExport(ctx, cacheDir, "vda", testLog(t))
+	exp, err := cache.OpenExport(ctx, cacheDir, "vda", testkit.Logger(t))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -52,7 +54,7 @@ func TestVerifyVolume(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	up := NewUploader(UploadDeps{Log: testLog(t)})
+	up := NewUploader(UploadDeps{Log: testkit.Logger(t)})
 	if err := up.Upload(ctx, Endpoint{Socket: exp.Socket()}, vol, nil); err != nil {
 		t.Fatal(err)
 	}

@@ -10,6 +10,8 @@ import (
 	"testing"
 
 	ferryv1 "github.com/ferry-v2v/ferry/pkg/pb/ferry/v1"
+
+	"github.com/ferry-v2v/ferry/pkg/testkit"
 )
 
 func storage(typ ferryv1.PrimaryStorageType, path, pool, vg string) *ferryv1.PrimaryStorage {
@@ -168,7 +170,7 @@ func TestLocalVolumeForReal(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	r := ExecRunner{Log: testLog(t)}
+	r := ExecRunner{Log: testkit.Logger(t)}
 	ctx := context.Background()
 	for range 2 { // the second create overwrites
 		if err := v.Create(ctx, r); err != nil {

@@ -14,6 +14,8 @@ import (
 
 	"github.com/ferry-v2v/ferry/coordinator/internal/testcluster"
 	ferryv1 "github.com/ferry-v2v/ferry/pkg/pb/ferry/v1"
+
+	"github.com/ferry-v2v/ferry/pkg/testkit"
 )
 
 const (
@@ -172,24 +174,12 @@ func startClusterWith(b *testing.B, n int, tune func(*testcluster.Cluster)) *tes
 // waitLeader polls ListMembers until the node knows a leader.
 func waitLeader(tb testing.TB, api *apiClients, timeout time.Duration) {
 	tb.Helper()
-	waitFor(tb, timeout, "the coordinator to elect itself leader", func() bool {
+	testkit.WaitFor(tb, timeout, "the coordinator to elect itself leader", func() bool {
 		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
 		defer cancel()
 		resp, err := api.members.ListMembers(ctx, &ferryv1.ListMembersRequest{})
 		return err == nil && resp.GetLeaderAddress() != ""
 	})
-}
-
-// waitFor polls cond every 100 ms until it holds or timeout passes.
-func waitFor(tb testing.TB, timeout time.Duration, what string, cond func() bool) {
-	tb.Helper()
-	deadline := time.Now().Add(timeout)
-	for !cond() {
-		if time.Now().After(deadline) {
-			tb.Fatalf("timed out after %v waiting for %s", timeout, what)
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
 }
 
 // percentile returns the p-th percentile (0-100) of sorted samples, by the

@@ -9,6 +9,8 @@ import (
 
 	ferryv1 "github.com/ferry-v2v/ferry/pkg/pb/ferry/v1"
 	"github.com/ferry-v2v/ferry/pkg/tlsutil"
+
+	"github.com/ferry-v2v/ferry/pkg/testkit"
 )
 
 const (
@@ -44,7 +46,7 @@ func BenchmarkMemory(b *testing.B) {
 		agent := startProcess(b, "ferry-agent", filepath.Join(bin, "ferry-agent"),
 			"--coordinator", co.addr, "--host-name", "idle-agent", "--data-dir", filepath.Join(b.TempDir(), "agent"),
 			"--tls-dir", co.issue(b, tlsutil.Identity{Role: tlsutil.RoleIDAgent, Name: "idle-agent"}), "--log-level", "warn")
-		waitFor(b, 30*time.Second, "ferry-agent to connect (log "+agent.log+")", func() bool {
+		testkit.WaitFor(b, 30*time.Second, "ferry-agent to connect (log "+agent.log+")", func() bool {
 			resp, err := api.inv.GetHost(ctx, &ferryv1.GetHostRequest{Name: "hosts/idle-agent"})
 			return err == nil && resp.GetHost().GetConnected()
 		})

@@ -17,6 +17,8 @@ import (
 	"google.golang.org/grpc"
 
 	"github.com/ferry-v2v/ferry/pkg/tlsutil"
+
+	"github.com/ferry-v2v/ferry/pkg/testkit"
 )
 
 // userHZ is the unit of utime and stime in /proc/PID/stat: USER_HZ, 100
@@ -100,7 +102,7 @@ func startCoordinator(b *testing.B, binDir string) *coordinator {
 		"--data-dir", filepath.Join(dir, "data"), "--listen", "127.0.0.1:0", "--raft-listen", "127.0.0.1:0",
 		"--tls-dir", tlsDir, "--key-file", filepath.Join(dir, "seal.key"))
 	c := &coordinator{process: p, tlsDir: tlsDir}
-	waitFor(b, 30*time.Second, "ferry-coordinator to serve (log "+p.log+")", func() bool {
+	testkit.WaitFor(b, 30*time.Second, "ferry-coordinator to serve (log "+p.log+")", func() bool {
 		out, _ := os.ReadFile(p.log)
 		if m := apiAddrPattern.FindSubmatch(out); m != nil {
 			c.addr = string(m[1])

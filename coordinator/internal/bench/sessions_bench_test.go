@@ -11,6 +11,8 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	ferryv1 "github.com/ferry-v2v/ferry/pkg/pb/ferry/v1"
+
+	"github.com/ferry-v2v/ferry/pkg/testkit"
 )
 
 const (
@@ -42,7 +44,7 @@ func BenchmarkAgentSessions200(b *testing.B) {
 		b.Fatal(err)
 	}
 	want := sessionAgents * jobsPerAgent
-	waitFor(b, 3*time.Minute, fmt.Sprintf("%d jobs to run on their agents", want), func() bool {
+	testkit.WaitFor(b, 3*time.Minute, fmt.Sprintf("%d jobs to run on their agents", want), func() bool {
 		return totalAssigned(agents) >= int64(want)
 	})
 	time.Sleep(3 * time.Second) // let the start burst settle

@@ -9,6 +9,8 @@ import (
 	"time"
 
 	"google.golang.org/protobuf/proto"
+
+	"github.com/ferry-v2v/ferry/pkg/testkit"
 )
 
 // TestClusterFailoverAndCatchUp runs three real nodes, kills the leader
@@ -27,7 +29,7 @@ func TestClusterFailoverAndCatchUp(t *testing.T) {
 
 	proposeAll(t, leader.node, 0, 200)
 	for _, m := range ms {
-		waitFor(t, 5*time.Second, m.id+" to apply 200 writes", func() bool { return hasClusters(m, names(0, 200)) })
+		testkit.WaitFor(t, 5*time.Second, m.id+" to apply 200 writes", func() bool { return hasClusters(m, names(0, 200)) })
 	}
 
 	survivors := without(ms, leader)
@@ -47,10 +49,10 @@ func TestClusterFailoverAndCatchUp(t *testing.T) {
 	proposeAll(t, next.node, 200, 300)
 	want := append(names(0, 300), acked...)
 	for _, m := range survivors {
-		waitFor(t, 5*time.Second, m.id+" to hold every acknowledged write", func() bool { return hasClusters(m, want) })
+		testkit.WaitFor(t, 5*time.Second, m.id+" to hold every acknowledged write", func() bool { return hasClusters(m, want) })
 	}
 	for _, m := range survivors {
-		waitFor(t, 5*time.Second, m.id+" to resolve the new leader's API address", func() bool {
+		testkit.WaitFor(t, 5*time.Second, m.id+" to resolve the new leader's API address", func() bool {
 			return m.node.LeaderAPIAddress() == "api-"+next.id+":7443"
 		})
 	}
@@ -98,7 +100,7 @@ func checkFollowersRefuse(t *testing.T, leader *member, ms []*member) {
 		if id, addr := m.node.Leader(); id != leader.id || addr != leader.node.RaftAddress() {
 			t.Errorf("follower %s sees leader %s at %s", m.id, id, addr)
 		}
-		waitFor(t, 5*time.Second, m.id+" to resolve the leader's API address", func() bool {
+		testkit.WaitFor(t, 5*time.Second, m.id+" to resolve the leader's API address", func() bool {
 			return m.node.LeaderAPIAddress() == "api-"+leader.id+":7443"
 		})
 	}
@@ -209,7 +211,7 @@ func joinThroughSnapshot(t *testing.T, h *harness, leader *member, others []*mem
 // waitSameLedger waits until m has applied exactly the leader's ledger.
 func waitSameLedger(t *testing.T, leader, m *member) {
 	t.Helper()
-	waitFor(t, 10*time.Second, m.id+" to catch up with "+leader.id, func() bool {
+	testkit.WaitFor(t, 10*time.Second, m.id+" to catch up with "+leader.id, func() bool {
 		st := leader.node.Stats()
 		return m.node.Stats().AppliedIndex >= st.AppliedIndex &&
 			proto.Equal(leader.ledger().Snapshot(), m.ledger().Snapshot())

@@ -6,8 +6,6 @@ import (
 	"fmt"
 	"log/slog"
 	"path/filepath"
-	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -16,36 +14,9 @@ import (
 	ledgerv1 "github.com/ferry-v2v/ferry/pkg/pb/ferry/ledger/v1"
 	ferryv1 "github.com/ferry-v2v/ferry/pkg/pb/ferry/v1"
 	"github.com/ferry-v2v/ferry/pkg/tlsutil"
+
+	"github.com/ferry-v2v/ferry/pkg/testkit"
 )
-
-// testLogWriter sends log lines to t until the test's cleanups finish;
-// Raft may still log from its last goroutines after that.
-type testLogWriter struct {
-	mu   sync.Mutex
-	t    testing.TB
-	done bool
-}
-
-func (w *testLogWriter) Write(p []byte) (int, error) {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	if !w.done {
-		w.t.Log(strings.TrimSuffix(string(p), "\n"))
-	}
-	return len(p), nil
-}
-
-// testLogger must be created before any node so that its cleanup, which
-// silences it, runs after the nodes' shutdowns.
-func testLogger(t testing.TB, level slog.Level) *slog.Logger {
-	w := &testLogWriter{t: t}
-	t.Cleanup(func() {
-		w.mu.Lock()
-		w.done = true
-		w.mu.Unlock()
-	})
-	return slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{Level: level}))
-}
 
 // member is one coordinator of a test cluster: a real FSM over a real
 // ledger, a raft-boltdb store in its own directory and a TCP transport.
@@ -67,7 +38,7 @@ type harness struct {
 }
 
 func newHarness(t testing.TB, level slog.Level, tune func(*Config)) *harness {
-	return &harness{t: t, log: testLogger(t, level), tune: tune}
+	return &harness{t: t, log: testkit.LoggerAt(t, level), tune: tune}
 }
 
 // start opens a new member in a fresh directory on a free loopback port.
@@ -128,23 +99,11 @@ func testPeerTLS(t testing.TB) *PeerTLS {
 	return &PeerTLS{Certificate: tc.Certificates[0], CA: tc.ClientCAs}
 }
 
-// waitFor polls cond until it holds or the timeout passes.
-func waitFor(t testing.TB, timeout time.Duration, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %s waiting for %s", timeout, what)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-}
-
 // waitLeader waits until one of ms leads and the others know it.
 func waitLeader(t testing.TB, timeout time.Duration, ms ...*member) *member {
 	t.Helper()
 	var leader *member
-	waitFor(t, timeout, "a leader", func() bool {
+	testkit.WaitFor(t, timeout, "a leader", func() bool {
 		leader = nil
 		for _, m := range ms {
 			if m.node.IsLeader() {

@@ -11,6 +11,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/ferry-v2v/ferry/pkg/testkit"
 )
 
 func TestSingleNodeBootstrapsAndServesAtOnce(t *testing.T) {
@@ -147,7 +149,7 @@ func TestMembershipChangesCheckTheirTarget(t *testing.T) {
 			m := h.start("n1", true)
 			ctx := context.Background()
 			// The new leader records its address; let that land first.
-			waitFor(t, 5*time.Second, "n1's node record", func() bool { _, ok := m.ledger().Node("n1"); return ok })
+			testkit.WaitFor(t, 5*time.Second, "n1's node record", func() bool { _, ok := m.ledger().Node("n1"); return ok })
 			before := m.node.Stats()
 			dead := freeLoopbackAddr(t)
 			err := m.node.AddVoter(ctx, "n2", dead)
@@ -197,7 +199,7 @@ func TestDataFilesArePrivate(t *testing.T) {
 	if err := m1.node.AddVoter(context.Background(), m2.id, m2.node.RaftAddress()); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, 10*time.Second, "n2 installs the leader's snapshot", func() bool { return m2.node.Stats().LastSnapshotIndex > 0 })
+	testkit.WaitFor(t, 10*time.Second, "n2 installs the leader's snapshot", func() bool { return m2.node.Stats().LastSnapshotIndex > 0 })
 	for _, m := range []*member{m1, m2} {
 		snaps := 0
 		err := filepath.WalkDir(m.dir, func(p string, d fs.DirEntry, err error) error {

@@ -5,9 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"log/slog"
 	"net"
-	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -26,6 +24,8 @@ import (
 	ledgerv1 "github.com/ferry-v2v/ferry/pkg/pb/ferry/ledger/v1"
 	ferryv1 "github.com/ferry-v2v/ferry/pkg/pb/ferry/v1"
 	"github.com/ferry-v2v/ferry/pkg/seal"
+
+	"github.com/ferry-v2v/ferry/pkg/testkit"
 )
 
 var errTestNotLeader = errors.New("test: not the leader")
@@ -95,18 +95,6 @@ type fixture struct {
 	conn   *grpc.ClientConn
 }
 
-func testLogger(t *testing.T) *slog.Logger {
-	return slog.New(slog.NewTextHandler(tWriter{t}, &slog.HandlerOptions{Level: slog.LevelDebug}))
-}
-
-type tWriter struct{ t *testing.T }
-
-func (w tWriter) Write(p []byte) (int, error) {
-	w.t.Helper()
-	w.t.Log(strings.TrimRight(string(p), "\n"))
-	return len(p), nil
-}
-
 // newFixture serves a manager over bufconn; leader says whether it leads.
 func newFixture(t *testing.T, cfg Config, leader bool) *fixture {
 	t.Helper()
@@ -118,7 +106,7 @@ func newFixture(t *testing.T, cfg Config, leader bool) *fixture {
 		t.Fatal(err)
 	}
 	f := &fixture{t: t, raft: &memRaft{fsm: fsm.New(l, nil), leader: leader}, ledger: l, hub: hub, sealer: sealer}
-	f.mgr = NewManager(cfg, Deps{Proposer: f.raft, Ledger: l, Hub: hub, Unsealer: sealer, Logger: testLogger(t)})
+	f.mgr = NewManager(cfg, Deps{Proposer: f.raft, Ledger: l, Hub: hub, Unsealer: sealer, Logger: testkit.Logger(t)})
 
 	lis := bufconn.Listen(1 << 20)
 	srv := grpc.NewServer()
@@ -296,16 +284,4 @@ func (a *agent) ended() error {
 		a.t.Fatal("stream still open after 5s")
 	}
 	return nil
-}
-
-// waitFor polls cond until it holds or the deadline passes.
-func waitFor(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
 }

@@ -6,6 +6,7 @@ import (
 	"crypto/rand"
 	"strings"
 	"testing"
+	"time"
 
 	"golang.org/x/crypto/ssh"
 	"google.golang.org/grpc/codes"
@@ -13,6 +14,8 @@ import (
 
 	agentv1 "github.com/ferry-v2v/ferry/pkg/pb/ferry/agent/v1"
 	ferryv1 "github.com/ferry-v2v/ferry/pkg/pb/ferry/v1"
+
+	"github.com/ferry-v2v/ferry/pkg/testkit"
 )
 
 func TestSourceInventoryThroughTheAgent(t *testing.T) {
@@ -28,7 +31,7 @@ func TestSourceInventoryThroughTheAgent(t *testing.T) {
 	if w := a.next().GetWelcome(); w.GetCacheRetentionMs() != 86400*1000 {
 		t.Fatalf("welcome = %v", w)
 	}
-	waitFor(t, "h1 connected", func() bool { return f.mgr.Connected("hosts/h1") })
+	testkit.WaitFor(t, 5*time.Second, "h1 connected", func() bool { return f.mgr.Connected("hosts/h1") })
 	type answer struct {
 		inv *ferryv1.SourceInventory
 		err error
@@ -82,7 +85,7 @@ func TestHostKeyObservedIsRecordedOnce(t *testing.T) {
 	observe(a, "ssh-ed25519 AAAAnot-a-key")
 	observe(a, first+" comment")
 	observe(a, second)
-	waitFor(t, "first host key recorded", func() bool {
+	testkit.WaitFor(t, 5*time.Second, "first host key recorded", func() bool {
 		s, _ := f.ledger.Source("sources/kvm1")
 		return s.GetKvm().GetObservedHostKey() != ""
 	})

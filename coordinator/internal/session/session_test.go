@@ -17,6 +17,8 @@ import (
 	agentv1 "github.com/ferry-v2v/ferry/pkg/pb/ferry/agent/v1"
 	ledgerv1 "github.com/ferry-v2v/ferry/pkg/pb/ferry/ledger/v1"
 	ferryv1 "github.com/ferry-v2v/ferry/pkg/pb/ferry/v1"
+
+	"github.com/ferry-v2v/ferry/pkg/testkit"
 )
 
 const (
@@ -56,11 +58,11 @@ func TestHelloRecordsHostAndDisconnectClearsIt(t *testing.T) {
 	if !ok || !h.GetConnected() || h.GetFacts().GetCpus() != 4 || h.GetAgentVersion() != "test" {
 		t.Fatalf("host = %v", h)
 	}
-	waitFor(t, "h1 connected with its facts", func() bool {
+	testkit.WaitFor(t, 5*time.Second, "h1 connected with its facts", func() bool {
 		return f.mgr.Connected("hosts/h1") && f.mgr.Hosts()["hosts/h1"].GetCacheFreeBytes() == 10<<30
 	})
 	a.cancel()
-	waitFor(t, "host marked disconnected", func() bool {
+	testkit.WaitFor(t, 5*time.Second, "host marked disconnected", func() bool {
 		h, _ := f.ledger.Host("hosts/h1")
 		return !h.GetConnected() && !f.mgr.Connected("h1")
 	})
@@ -87,7 +89,7 @@ func TestProgressResultAndStaleEpoch(t *testing.T) {
 	disks := []*ferryv1.DiskProgress{{SourceDisk: "vda", TotalBytes: 1 << 30, DoneBytes: 1 << 29}}
 	a.send(&agentv1.ConnectRequest{Kind: &agentv1.ConnectRequest_Progress{Progress: &agentv1.JobProgress{
 		Job: job, Epoch: 1, Phase: phaseUploading, Disks: disks}}})
-	waitFor(t, "checkpoint of the phase change", func() bool {
+	testkit.WaitFor(t, 5*time.Second, "checkpoint of the phase change", func() bool {
 		j, _ := f.ledger.Job(job)
 		return j.GetPhase() == phaseUploading && len(j.GetDisks()) == 1
 	})
@@ -106,7 +108,7 @@ func TestProgressResultAndStaleEpoch(t *testing.T) {
 		Job: job, Epoch: 0, Outcome: agentv1.JobOutcome_JOB_OUTCOME_FAILED, Reason: "stale"}}})
 	a.send(&agentv1.ConnectRequest{Kind: &agentv1.ConnectRequest_Result{Result: &agentv1.JobResult{
 		Job: job, Epoch: 1, Outcome: agentv1.JobOutcome_JOB_OUTCOME_SUCCEEDED, Warnings: []string{"w"}}}})
-	waitFor(t, "job succeeded", func() bool {
+	testkit.WaitFor(t, 5*time.Second, "job succeeded", func() bool {
 		j, _ := f.ledger.Job(job)
 		return j.GetState() == ferryv1.MigrationJobState_MIGRATION_JOB_STATE_SUCCEEDED
 	})
@@ -193,7 +195,7 @@ func TestAgentLostAfterGracePeriod(t *testing.T) {
 		t.Fatalf("job of a connected agent failed: %v", j)
 	}
 	a.cancel()
-	waitFor(t, "job failed as agent lost", func() bool {
+	testkit.WaitFor(t, 5*time.Second, "job failed as agent lost", func() bool {
 		j := mustJob(t, f, job)
 		return j.GetState() == ferryv1.MigrationJobState_MIGRATION_JOB_STATE_FAILED && strings.HasPrefix(j.GetReason(), ReasonAgentLost)
 	})

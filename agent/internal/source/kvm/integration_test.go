@@ -5,7 +5,6 @@ package kvm
 import (
 	"context"
 	"errors"
-	"log/slog"
 	"net"
 	"os"
 	"path/filepath"
@@ -19,6 +18,8 @@ import (
 	"github.com/ferry-v2v/ferry/pkg/netsel"
 	"github.com/ferry-v2v/ferry/pkg/seal"
 	"github.com/ferry-v2v/ferry/pkg/testenv"
+
+	"github.com/ferry-v2v/ferry/pkg/testkit"
 )
 
 // env is one source host: libvirtd, an sshd on loopback and a running
@@ -39,10 +40,6 @@ func newEnv(t *testing.T, opts testenv.VMOptions) *env {
 	}
 }
 
-func testLogger(t *testing.T) *slog.Logger {
-	return slog.New(slog.NewTextHandler(t.Output(), &slog.HandlerOptions{Level: slog.LevelDebug}))
-}
-
 // keyConfig logs in as root with the client key, dialling from the
 // loopback "migration CIDR".
 func (e *env) keyConfig(t *testing.T) Config {
@@ -53,7 +50,7 @@ func (e *env) keyConfig(t *testing.T) Config {
 	}
 	return Config{Address: e.sshd.Host, Port: e.sshd.Port, User: e.sshd.User,
 		PrivateKeyPEM: seal.Secret(e.sshd.ClientKeyPEM), PinnedHostKey: e.sshd.HostKey,
-		Dialer: dialer, Logger: testLogger(t)}
+		Dialer: dialer, Logger: testkit.Logger(t)}
 }
 
 func connect(t *testing.T, cfg Config) *Conn {
@@ -106,12 +103,12 @@ func TestConnectAndList(t *testing.T) {
 	t.Run("password", func(t *testing.T) {
 		e.lv.RequireUserAccess(t, e.sshd.PasswordUser)
 		cfg := Config{Address: e.sshd.Host, Port: e.sshd.Port, User: e.sshd.PasswordUser,
-			Password: seal.Secret(e.sshd.Password), PinnedHostKey: e.sshd.HostKey, Logger: testLogger(t)}
+			Password: seal.Secret(e.sshd.Password), PinnedHostKey: e.sshd.HostKey, Logger: testkit.Logger(t)}
 		checkVM(t, e.vm, findVM(t, connect(t, cfg), e.vm.Name))
 	})
 	t.Run("wrong password", func(t *testing.T) {
 		cfg := Config{Address: e.sshd.Host, Port: e.sshd.Port, User: e.sshd.PasswordUser,
-			Password: "wrong", PinnedHostKey: e.sshd.HostKey, Logger: testLogger(t)}
+			Password: "wrong", PinnedHostKey: e.sshd.HostKey, Logger: testkit.Logger(t)}
 		_, err := Connect(context.Background(), cfg)
 		if err == nil || !strings.Contains(err.Error(), "SSH login to source") {
 			t.Errorf("Connect with a wrong password = %v", err)
@@ -308,7 +305,7 @@ func TestKeepalive(t *testing.T) {
 	sshd := testenv.StartSSHD(t, testenv.SSHDOptions{})
 	dialer := &blackholeDialer{}
 	c := connect(t, Config{Address: sshd.Host, Port: sshd.Port, PrivateKeyPEM: seal.Secret(sshd.ClientKeyPEM),
-		PinnedHostKey: sshd.HostKey, Dialer: dialer, Logger: testLogger(t)})
+		PinnedHostKey: sshd.HostKey, Dialer: dialer, Logger: testkit.Logger(t)})
 	time.Sleep(3 * keepaliveInterval) // healthy: keepalives answered
 	if _, err := c.ListVMs(context.Background()); err != nil {
 		t.Fatalf("ListVMs on a healthy connection: %v", err)

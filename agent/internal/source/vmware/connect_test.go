@@ -21,6 +21,8 @@ import (
 
 	"github.com/ferry-v2v/ferry/agent/internal/source/vmware/vcsimtest"
 	ferryv1 "github.com/ferry-v2v/ferry/pkg/pb/ferry/v1"
+
+	"github.com/ferry-v2v/ferry/pkg/testkit"
 )
 
 func TestConnectTLS(t *testing.T) {
@@ -170,13 +172,13 @@ func TestSourceTLS(t *testing.T) {
 			v.Thumbprint, v.Address, v.SkipHostnameCheck = "", "localhost", true
 		}, "certificate signed by unknown authority"},
 	}
-	d := NewDriver(testLogger(t), Options{})
+	d := NewDriver(testkit.Logger(t), Options{})
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			src, secrets := simSource(t, sim)
 			tt.change(src.GetVcenter())
 			ctx := testContext(t, 30*time.Second)
-			conn, err := d.connect(ctx, src, &ferryv1.MigrationServer{Name: "migrationServers/ms"}, secrets, testLogger(t))
+			conn, err := d.connect(ctx, src, &ferryv1.MigrationServer{Name: "migrationServers/ms"}, secrets, testkit.Logger(t))
 			if tt.wantErr == "" {
 				if err != nil {
 					t.Fatalf("connect: %v", err)
@@ -211,8 +213,8 @@ func TestChangedCertificateRefused(t *testing.T) {
 	sim := vcsimtest.StartWithCertificate(t, newCert)
 	src, secrets := simSource(t, sim)
 	src.GetVcenter().Thumbprint = Thumbprint(oldCert, sha256.Size)
-	_, err = NewDriver(testLogger(t), Options{}).connect(testContext(t, 30*time.Second), src,
-		&ferryv1.MigrationServer{Name: "migrationServers/ms"}, secrets, testLogger(t))
+	_, err = NewDriver(testkit.Logger(t), Options{}).connect(testContext(t, 30*time.Second), src,
+		&ferryv1.MigrationServer{Name: "migrationServers/ms"}, secrets, testkit.Logger(t))
 	var te *ThumbprintError
 	if !errors.As(err, &te) {
 		t.Fatalf("connect: %v, want a *ThumbprintError", err)

@@ -27,6 +27,8 @@ import (
 	agentv1 "github.com/ferry-v2v/ferry/pkg/pb/ferry/agent/v1"
 	ferryv1 "github.com/ferry-v2v/ferry/pkg/pb/ferry/v1"
 	"github.com/ferry-v2v/ferry/pkg/testenv"
+
+	"github.com/ferry-v2v/ferry/pkg/testkit"
 )
 
 // diskSize is the size of each test disk.
@@ -84,12 +86,12 @@ func newMigration(t *testing.T, opts Options) *migration {
 	if opts.LeaseUpdateInterval == 0 {
 		opts.LeaseUpdateInterval = 50 * time.Millisecond
 	}
-	m.driver = NewDriver(testLogger(t), opts)
+	m.driver = NewDriver(testkit.Logger(t), opts)
 	m.rep = &reporter{results: make(chan *agentv1.JobResult, 4)}
 	m.target = &holdTarget{entered: make(chan string, 4)}
 	m.runner = runner.New(runner.Config{DataDir: t.TempDir()}, runner.Deps{
 		Drivers:  runner.Drivers{Sources: map[ferryv1.Platform]runner.Source{ferryv1.Platform_PLATFORM_VMWARE: m.driver}, Target: m.target},
-		Reporter: m.rep, Logger: testLogger(t)})
+		Reporter: m.rep, Logger: testkit.Logger(t)})
 	rctx, stop := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() { defer close(done); _ = m.runner.Run(rctx) }()

@@ -3,9 +3,7 @@ package vmware
 import (
 	"context"
 	"encoding/pem"
-	"log/slog"
 	"strconv"
-	"strings"
 	"testing"
 	"time"
 
@@ -14,20 +12,9 @@ import (
 	"github.com/ferry-v2v/ferry/agent/internal/source/vmware/vcsimtest"
 	ferryv1 "github.com/ferry-v2v/ferry/pkg/pb/ferry/v1"
 	"github.com/ferry-v2v/ferry/pkg/seal"
+
+	"github.com/ferry-v2v/ferry/pkg/testkit"
 )
-
-// testLogger sends logs through t.
-func testLogger(t testing.TB) *slog.Logger {
-	return slog.New(slog.NewTextHandler(tWriter{t}, &slog.HandlerOptions{Level: slog.LevelDebug}))
-}
-
-type tWriter struct{ t testing.TB }
-
-func (w tWriter) Write(p []byte) (int, error) {
-	w.t.Helper()
-	w.t.Log(strings.TrimRight(string(p), "\n"))
-	return len(p), nil
-}
 
 // simConfig is a Config that reaches sim, its certificate pinned.
 func simConfig(t testing.TB, sim *vcsimtest.Sim) Config {
@@ -37,7 +24,7 @@ func simConfig(t testing.TB, sim *vcsimtest.Sim) Config {
 	}
 	return Config{
 		Address: sim.Address(), Port: port, User: sim.User(), Password: seal.Secret(sim.Password()),
-		Thumbprint: sim.Thumbprint(), Logger: testLogger(t), ShutdownTimeout: 5 * time.Second,
+		Thumbprint: sim.Thumbprint(), Logger: testkit.Logger(t), ShutdownTimeout: 5 * time.Second,
 	}
 }
 

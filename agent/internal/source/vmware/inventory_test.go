@@ -12,6 +12,8 @@ import (
 	"github.com/ferry-v2v/ferry/agent/internal/source/vmware/vcsimtest"
 	agentv1 "github.com/ferry-v2v/ferry/pkg/pb/ferry/agent/v1"
 	ferryv1 "github.com/ferry-v2v/ferry/pkg/pb/ferry/v1"
+
+	"github.com/ferry-v2v/ferry/pkg/testkit"
 )
 
 func TestListVMs(t *testing.T) {
@@ -34,7 +36,7 @@ func TestListVMs(t *testing.T) {
 		strings.ToUpper(macs[0]): {"192.0.2.10", "fe80::250:56ff:fe00:1"}, macs[1]: {"198.51.100.7"}})
 
 	src, secrets := simSource(t, sim)
-	d := NewDriver(testLogger(t), Options{})
+	d := NewDriver(testkit.Logger(t), Options{})
 	inv, err := d.Inventory(ctx, &agentv1.InventoryRequest{Source: src,
 		MigrationServer: &ferryv1.MigrationServer{Name: "migrationServers/ms", MigrationCidr: "127.0.0.0/8"}, Secrets: secrets})
 	if err != nil {
