@@ -56,7 +56,7 @@ func startCluster(t testing.TB, n int, extra ...string) *ferry {
 	t.Cleanup(func() { c.Close() })
 	f.client = c
 	testkit.WaitFor(t, 60*time.Second, fmt.Sprintf("%d voters with a leader", n), func() bool {
-		m, err := c.Cluster().ListMembers(ctx(t, 2*time.Second), &ferryv1.ListMembersRequest{})
+		m, err := c.Membership().ListMembers(ctx(t, 2*time.Second), &ferryv1.ListMembersRequest{})
 		voters := 0
 		for _, mb := range m.GetMembers() {
 			if mb.GetVoter() {
@@ -73,7 +73,7 @@ func (f *ferry) leader() *coordNode {
 	f.t.Helper()
 	var id string
 	testkit.WaitFor(f.t, 30*time.Second, "a leader", func() bool {
-		m, err := f.client.Cluster().ListMembers(ctx(f.t, 2*time.Second), &ferryv1.ListMembersRequest{})
+		m, err := f.client.Membership().ListMembers(ctx(f.t, 2*time.Second), &ferryv1.ListMembersRequest{})
 		id = m.GetLeaderId()
 		return err == nil && id != ""
 	})

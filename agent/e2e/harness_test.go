@@ -208,7 +208,7 @@ func startFerryOn(t testing.TB, host string, extra ...string) *ferry {
 	t.Cleanup(func() { c.Close() })
 	f.client = c
 	testkit.WaitFor(t, 30*time.Second, "the coordinator to serve", func() bool {
-		_, err := c.Cluster().ListMembers(ctx(t, 2*time.Second), &ferryv1.ListMembersRequest{})
+		_, err := c.Membership().ListMembers(ctx(t, 2*time.Second), &ferryv1.ListMembersRequest{})
 		return err == nil
 	})
 	return f
@@ -235,7 +235,7 @@ func (f *ferry) startAgent(host, cachePath string) *proc {
 	p := startIn(f.t, f.agentNetNS, "ferry-agent", args...)
 	f.agents[host] = p
 	testkit.WaitFor(f.t, 30*time.Second, "host "+host+" connected", func() bool {
-		h, err := f.client.Inventory().GetHost(ctx(f.t, 2*time.Second), &ferryv1.GetHostRequest{Name: "hosts/" + host})
+		h, err := f.client.TargetInventory().GetHost(ctx(f.t, 2*time.Second), &ferryv1.GetHostRequest{Name: "hosts/" + host})
 		return err == nil && h.GetHost().GetConnected()
 	})
 	return p

@@ -90,7 +90,7 @@ func TestSecretsNeverInClear(t *testing.T) {
 	// One more write after the jobs ended: with a threshold of one entry
 	// it makes Raft snapshot a ledger that holds the finished jobs.
 	done := time.Now()
-	_, err = w.f.client.Inventory().CreateCluster(ctx(t, 10*time.Second), &ferryv1.CreateClusterRequest{Cluster: &ferryv1.Cluster{DisplayName: "after"}})
+	_, err = w.f.client.TargetInventory().CreateCluster(ctx(t, 10*time.Second), &ferryv1.CreateClusterRequest{Cluster: &ferryv1.Cluster{DisplayName: "after"}})
 	must(t, err)
 	raftDir := filepath.Join(w.f.dir, "coordinator", "raft")
 	var snapshot string
@@ -275,7 +275,7 @@ func (w *world) watchAll(answers *answerLog) (stop func()) {
 // readEverything gets and lists every resource, as an operator could.
 func (w *world) readEverything(answers *answerLog) {
 	t, c := w.t, w.f.client
-	inv, srcs, srvs, jobs := c.Inventory(), c.Sources(), c.MigrationServers(), c.Jobs()
+	inv, srcs, srvs, jobs := c.TargetInventory(), c.Sources(), c.MigrationServers(), c.Jobs()
 	add := func(m proto.Message, err error) {
 		t.Helper()
 		must(t, err)
@@ -324,7 +324,7 @@ func (w *world) readEverything(answers *answerLog) {
 		add(jobs.GetMigrationJob(cx(), &ferryv1.GetMigrationJobRequest{Name: x.GetName()}))
 	}
 	add(c.Settings().GetSettings(cx(), &ferryv1.GetSettingsRequest{}))
-	add(c.Cluster().ListMembers(cx(), &ferryv1.ListMembersRequest{}))
+	add(c.Membership().ListMembers(cx(), &ferryv1.ListMembersRequest{}))
 	if len(creds.GetCredentials()) != 3 || len(sources.GetSources()) != 2 || len(js.GetJobs()) != 2 {
 		t.Fatalf("read %d credentials, %d sources, %d jobs; want 3, 2, 2", len(creds.GetCredentials()), len(sources.GetSources()), len(js.GetJobs()))
 	}

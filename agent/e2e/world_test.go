@@ -126,7 +126,7 @@ func (w *world) createNetwork() {
 
 func (w *world) createInventory() {
 	t, c := w.t, w.f.client
-	inv, srcs, srvs := c.Inventory(), c.Sources(), c.MigrationServers()
+	inv, srcs, srvs := c.TargetInventory(), c.Sources(), c.MigrationServers()
 	cl, err := inv.CreateCluster(ctx(t, 10*time.Second), &ferryv1.CreateClusterRequest{Cluster: &ferryv1.Cluster{DisplayName: "e2e"}})
 	must(t, err)
 	w.cluster = cl.GetCluster().GetName()

@@ -177,10 +177,10 @@ func (c *Client) Addresses() []string {
 // clients of other services (health, reflection, the agent stream).
 func (c *Client) Conn() grpc.ClientConnInterface { return c }
 
-// Inventory returns the InventoryService client: clusters, hosts, primary
-// storage, L3 networks.
-func (c *Client) Inventory() ferryv1.InventoryServiceClient {
-	return ferryv1.NewInventoryServiceClient(c)
+// TargetInventory returns the TargetInventoryService client: target
+// clusters, hosts, primary storage, L3 networks.
+func (c *Client) TargetInventory() ferryv1.TargetInventoryServiceClient {
+	return ferryv1.NewTargetInventoryServiceClient(c)
 }
 
 // MigrationServers returns the MigrationServerService client.
@@ -208,9 +208,10 @@ func (c *Client) Certificates() ferryv1.CertificateServiceClient {
 	return ferryv1.NewCertificateServiceClient(c)
 }
 
-// Cluster returns the ClusterService client: coordinator membership.
-func (c *Client) Cluster() ferryv1.ClusterServiceClient {
-	return ferryv1.NewClusterServiceClient(c)
+// Membership returns the MembershipService client: the coordinators' Raft
+// membership.
+func (c *Client) Membership() ferryv1.MembershipServiceClient {
+	return ferryv1.NewMembershipServiceClient(c)
 }
 
 // NetworkMappings is the NetworkMappingService.
@@ -238,13 +239,13 @@ func (c *Client) NewStream(ctx context.Context, desc *grpc.StreamDesc, method st
 	return conn.NewStream(ctx, desc, method, opts...)
 }
 
-// FindLeader asks the cluster for its leader with ClusterService.ListMembers,
+// FindLeader asks the cluster for its leader with MembershipService.ListMembers,
 // makes it the target of later calls, and returns its API address. It
 // retries while no leader is elected, within the client's attempt bound.
 func (c *Client) FindLeader(ctx context.Context) (string, error) {
 	wait := c.opts.Backoff
 	for attempt := 1; ; attempt++ {
-		resp, err := c.Cluster().ListMembers(ctx, &ferryv1.ListMembersRequest{})
+		resp, err := c.Membership().ListMembers(ctx, &ferryv1.ListMembersRequest{})
 		if err != nil {
 			return "", err
 		}

@@ -30,8 +30,8 @@ type fakeCluster struct {
 }
 
 type fakeNode struct {
-	ferryv1.UnimplementedClusterServiceServer
-	ferryv1.UnimplementedInventoryServiceServer
+	ferryv1.UnimplementedMembershipServiceServer
+	ferryv1.UnimplementedTargetInventoryServiceServer
 	ferryv1.UnimplementedMigrationJobServiceServer
 	cl   *fakeCluster
 	addr string
@@ -47,8 +47,8 @@ func startFakeCluster(t *testing.T, n int) *fakeCluster {
 			t.Fatal(err)
 		}
 		node := &fakeNode{cl: cl, addr: lis.Addr().String(), srv: grpc.NewServer()}
-		ferryv1.RegisterClusterServiceServer(node.srv, node)
-		ferryv1.RegisterInventoryServiceServer(node.srv, node)
+		ferryv1.RegisterMembershipServiceServer(node.srv, node)
+		ferryv1.RegisterTargetInventoryServiceServer(node.srv, node)
 		ferryv1.RegisterMigrationJobServiceServer(node.srv, node)
 		go func() { _ = node.srv.Serve(lis) }()
 		t.Cleanup(node.srv.Stop)

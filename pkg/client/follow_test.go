@@ -19,7 +19,7 @@ func TestFollowsLeaderHint(t *testing.T) {
 	leader, follower := cl.nodes[0].addr, cl.nodes[1].addr
 	c := newTestClient(t, Options{Addresses: []string{follower}})
 
-	resp, err := c.Inventory().GetCluster(ctxT(t), &ferryv1.GetClusterRequest{Name: "clusters/a"})
+	resp, err := c.TargetInventory().GetCluster(ctxT(t), &ferryv1.GetClusterRequest{Name: "clusters/a"})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -30,7 +30,7 @@ func TestFollowsLeaderHint(t *testing.T) {
 		t.Fatalf("Target = %s, want %s", c.Target(), leader)
 	}
 	// The next call goes to the leader at once.
-	if _, err := c.Inventory().GetCluster(ctxT(t), &ferryv1.GetClusterRequest{Name: "clusters/a"}); err != nil {
+	if _, err := c.TargetInventory().GetCluster(ctxT(t), &ferryv1.GetClusterRequest{Name: "clusters/a"}); err != nil {
 		t.Fatal(err)
 	}
 	if got := cl.callsTo(follower); len(got) != 1 {
@@ -44,11 +44,11 @@ func TestFollowsLeaderHint(t *testing.T) {
 func TestLeaderChangeMidSession(t *testing.T) {
 	cl := startFakeCluster(t, 3)
 	c := newTestClient(t, Options{Addresses: []string{cl.nodes[0].addr, cl.nodes[1].addr, cl.nodes[2].addr}})
-	if _, err := c.Inventory().GetCluster(ctxT(t), &ferryv1.GetClusterRequest{Name: "clusters/a"}); err != nil {
+	if _, err := c.TargetInventory().GetCluster(ctxT(t), &ferryv1.GetClusterRequest{Name: "clusters/a"}); err != nil {
 		t.Fatal(err)
 	}
 	cl.setLeader(cl.nodes[2].addr)
-	resp, err := c.Inventory().GetCluster(ctxT(t), &ferryv1.GetClusterRequest{Name: "clusters/a"})
+	resp, err := c.TargetInventory().GetCluster(ctxT(t), &ferryv1.GetClusterRequest{Name: "clusters/a"})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -61,7 +61,7 @@ func TestUnreachableAddressMovesOn(t *testing.T) {
 	cl := startFakeCluster(t, 1)
 	dead := deadAddress(t)
 	c := newTestClient(t, Options{Addresses: []string{dead, cl.nodes[0].addr}})
-	if _, err := c.Inventory().GetCluster(ctxT(t), &ferryv1.GetClusterRequest{Name: "clusters/a"}); err != nil {
+	if _, err := c.TargetInventory().GetCluster(ctxT(t), &ferryv1.GetClusterRequest{Name: "clusters/a"}); err != nil {
 		t.Fatalf("GetCluster with the first address dead: %v", err)
 	}
 	if c.Target() != cl.nodes[0].addr {
@@ -73,7 +73,7 @@ func TestNoLeaderYetWaitsAndRetries(t *testing.T) {
 	cl := startFakeCluster(t, 2)
 	cl.refuseWithoutLeader(3)
 	c := newTestClient(t, Options{Addresses: []string{cl.nodes[1].addr}})
-	if _, err := c.Inventory().GetCluster(ctxT(t), &ferryv1.GetClusterRequest{Name: "clusters/a"}); err != nil {
+	if _, err := c.TargetInventory().GetCluster(ctxT(t), &ferryv1.GetClusterRequest{Name: "clusters/a"}); err != nil {
 		t.Fatal(err)
 	}
 	if got := len(cl.callsTo(cl.nodes[1].addr)); got != 4 {
@@ -85,7 +85,7 @@ func TestRetriesAreBounded(t *testing.T) {
 	cl := startFakeCluster(t, 1)
 	cl.refuseWithoutLeader(100)
 	c := newTestClient(t, Options{Addresses: []string{cl.nodes[0].addr}, MaxAttempts: 4})
-	_, err := c.Inventory().GetCluster(ctxT(t), &ferryv1.GetClusterRequest{Name: "clusters/a"})
+	_, err := c.TargetInventory().GetCluster(ctxT(t), &ferryv1.GetClusterRequest{Name: "clusters/a"})
 	if !grpcutil.IsNotLeader(err) {
 		t.Fatalf("err = %v, want NOT_LEADER", err)
 	}
@@ -101,15 +101,15 @@ func TestWhatIsRetried(t *testing.T) {
 		wantRetry bool
 	}{
 		{"create with request_id", func(ctx context.Context, c *Client) error {
-			_, err := c.Inventory().CreateCluster(ctx, &ferryv1.CreateClusterRequest{Cluster: &ferryv1.Cluster{}, RequestId: "r1"})
+			_, err := c.TargetInventory().CreateCluster(ctx, &ferryv1.CreateClusterRequest{Cluster: &ferryv1.Cluster{}, RequestId: "r1"})
 			return err
 		}, true},
 		{"create without request_id", func(ctx context.Context, c *Client) error {
-			_, err := c.Inventory().CreateCluster(ctx, &ferryv1.CreateClusterRequest{Cluster: &ferryv1.Cluster{}})
+			_, err := c.TargetInventory().CreateCluster(ctx, &ferryv1.CreateClusterRequest{Cluster: &ferryv1.Cluster{}})
 			return err
 		}, false},
 		{"delete", func(ctx context.Context, c *Client) error {
-			_, err := c.Inventory().DeleteCluster(ctx, &ferryv1.DeleteClusterRequest{Name: "clusters/a"})
+			_, err := c.TargetInventory().DeleteCluster(ctx, &ferryv1.DeleteClusterRequest{Name: "clusters/a"})
 			return err
 		}, false},
 	}
@@ -137,7 +137,7 @@ func TestWhatIsRetried(t *testing.T) {
 func TestOtherErrorsAreNotRetried(t *testing.T) {
 	cl := startFakeCluster(t, 1)
 	c := newTestClient(t, Options{Addresses: []string{cl.nodes[0].addr}})
-	_, err := c.Inventory().GetCluster(ctxT(t), &ferryv1.GetClusterRequest{Name: "clusters/bad"})
+	_, err := c.TargetInventory().GetCluster(ctxT(t), &ferryv1.GetClusterRequest{Name: "clusters/bad"})
 	if status.Code(err) != codes.InvalidArgument {
 		t.Fatalf("err = %v", err)
 	}
@@ -149,10 +149,10 @@ func TestOtherErrorsAreNotRetried(t *testing.T) {
 func TestLinearizableReads(t *testing.T) {
 	cl := startFakeCluster(t, 1)
 	c := newTestClient(t, Options{Addresses: []string{cl.nodes[0].addr}, LinearizableReads: true})
-	if _, err := c.Inventory().GetCluster(ctxT(t), &ferryv1.GetClusterRequest{Name: "clusters/a"}); err != nil {
+	if _, err := c.TargetInventory().GetCluster(ctxT(t), &ferryv1.GetClusterRequest{Name: "clusters/a"}); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := c.Inventory().CreateCluster(ctxT(t), &ferryv1.CreateClusterRequest{Cluster: &ferryv1.Cluster{}}); err != nil {
+	if _, err := c.TargetInventory().CreateCluster(ctxT(t), &ferryv1.CreateClusterRequest{Cluster: &ferryv1.Cluster{}}); err != nil {
 		t.Fatal(err)
 	}
 	if !cl.sawLinearizable("GetCluster") || cl.sawLinearizable("CreateCluster") {

@@ -35,7 +35,7 @@ func markRetrying(ctx context.Context) context.Context {
 	return context.WithValue(ctx, retryingKey{}, true)
 }
 
-// methodName returns "GetCluster" for "/ferry.v1.InventoryService/GetCluster".
+// methodName returns "GetCluster" for "/ferry.v1.TargetInventoryService/GetCluster".
 func methodName(fullMethod string) string {
 	return fullMethod[strings.LastIndex(fullMethod, "/")+1:]
 }

@@ -62,7 +62,7 @@ name clusters/ID; without it the coordinator picks one.`,
 			if len(args) == 1 {
 				in.Name = resName("clusters", args[0])
 			}
-			resp, err := cl.Inventory().CreateCluster(ctx, &ferryv1.CreateClusterRequest{Cluster: in, RequestId: requestID(reqID)})
+			resp, err := cl.TargetInventory().CreateCluster(ctx, &ferryv1.CreateClusterRequest{Cluster: in, RequestId: requestID(reqID)})
 			if err != nil {
 				return err
 			}
@@ -83,7 +83,7 @@ func (a *app) clusterGet() *cobra.Command {
 		Example: `  ferryctl cluster get prod`,
 		Args:    exactlyOneArg("the cluster's name"),
 		RunE: a.run(func(ctx context.Context, cl *client.Client, args []string) error {
-			resp, err := cl.Inventory().GetCluster(ctx, &ferryv1.GetClusterRequest{Name: resName("clusters", args[0])})
+			resp, err := cl.TargetInventory().GetCluster(ctx, &ferryv1.GetClusterRequest{Name: resName("clusters", args[0])})
 			if err != nil {
 				return err
 			}
@@ -103,7 +103,7 @@ func (a *app) clusterList() *cobra.Command {
 		RunE: a.run(func(ctx context.Context, cl *client.Client, _ []string) error {
 			all := &ferryv1.ListClustersResponse{}
 			err := paginate(ctx, &lf, func(ctx context.Context, token string) (string, error) {
-				r, err := cl.Inventory().ListClusters(ctx, &ferryv1.ListClustersRequest{PageSize: lf.pageSize, PageToken: token})
+				r, err := cl.TargetInventory().ListClusters(ctx, &ferryv1.ListClustersRequest{PageSize: lf.pageSize, PageToken: token})
 				all.Clusters, all.NextPageToken = append(all.Clusters, r.GetClusters()...), r.GetNextPageToken()
 				return r.GetNextPageToken(), err
 			})
@@ -130,7 +130,7 @@ func (a *app) clusterDelete() *cobra.Command {
 		Args:    exactlyOneArg("the cluster's name"),
 		RunE: a.run(func(ctx context.Context, cl *client.Client, args []string) error {
 			name := resName("clusters", args[0])
-			resp, err := cl.Inventory().DeleteCluster(ctx, &ferryv1.DeleteClusterRequest{Name: name})
+			resp, err := cl.TargetInventory().DeleteCluster(ctx, &ferryv1.DeleteClusterRequest{Name: name})
 			if err != nil {
 				return err
 			}

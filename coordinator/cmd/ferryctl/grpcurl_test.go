@@ -58,7 +58,7 @@ func TestGrpcurl(t *testing.T) {
 	(&cli{t: t, server: addr, tlsDir: c.TLSDir}).waitHost("kvm-9")
 
 	list := grpcurl(t, bin, c.TLSDir, addr, "list")
-	for _, svc := range []string{"ferry.v1.ClusterService", "ferry.v1.InventoryService", "ferry.v1.MigrationJobService",
+	for _, svc := range []string{"ferry.v1.MembershipService", "ferry.v1.TargetInventoryService", "ferry.v1.MigrationJobService",
 		"ferry.v1.MigrationServerService", "ferry.v1.SettingsService", "ferry.v1.SourceService", "grpc.health.v1.Health"} {
 		if !strings.Contains(list, svc+"\n") {
 			t.Errorf("grpcurl list lacks %s:\n%s", svc, list)

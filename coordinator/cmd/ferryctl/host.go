@@ -34,7 +34,7 @@ func (a *app) hostGet() *cobra.Command {
 		Example: `  ferryctl host get kvm-1`,
 		Args:    exactlyOneArg("the host's name"),
 		RunE: a.run(func(ctx context.Context, cl *client.Client, args []string) error {
-			resp, err := cl.Inventory().GetHost(ctx, &ferryv1.GetHostRequest{Name: resName("hosts", args[0])})
+			resp, err := cl.TargetInventory().GetHost(ctx, &ferryv1.GetHostRequest{Name: resName("hosts", args[0])})
 			if err != nil {
 				return err
 			}
@@ -55,7 +55,7 @@ func (a *app) hostList() *cobra.Command {
 		RunE: a.run(func(ctx context.Context, cl *client.Client, _ []string) error {
 			all := &ferryv1.ListHostsResponse{}
 			err := paginate(ctx, &lf, func(ctx context.Context, token string) (string, error) {
-				r, err := cl.Inventory().ListHosts(ctx, &ferryv1.ListHostsRequest{PageSize: lf.pageSize, PageToken: token, Cluster: resName("clusters", cluster)})
+				r, err := cl.TargetInventory().ListHosts(ctx, &ferryv1.ListHostsRequest{PageSize: lf.pageSize, PageToken: token, Cluster: resName("clusters", cluster)})
 				all.Hosts, all.NextPageToken = append(all.Hosts, r.GetHosts()...), r.GetNextPageToken()
 				return r.GetNextPageToken(), err
 			})

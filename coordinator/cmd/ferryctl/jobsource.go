@@ -39,7 +39,7 @@ func fillFromSource(ctx context.Context, cl *client.Client, req *ferryv1.CreateM
 		opts.Group = r.GetNetworkMappingGroup()
 	}
 	if spec.GetOptions().GetUseSourceNicAddress() {
-		nets, err := cl.Inventory().ListL3Networks(ctx, &ferryv1.ListL3NetworksRequest{Cluster: spec.GetTarget().GetCluster(), PageSize: 1000})
+		nets, err := cl.TargetInventory().ListL3Networks(ctx, &ferryv1.ListL3NetworksRequest{Cluster: spec.GetTarget().GetCluster(), PageSize: 1000})
 		if err != nil {
 			return err
 		}

@@ -32,7 +32,7 @@ leads, and the answering node's Raft indexes (last, commit, applied).`,
 		Example: "  ferryctl members list\n  ferryctl --server 127.0.0.1:7453 members list -o json",
 		Args:    noArgs,
 		RunE: a.run(func(ctx context.Context, cl *client.Client, _ []string) error {
-			resp, err := cl.Cluster().ListMembers(ctx, &ferryv1.ListMembersRequest{})
+			resp, err := cl.Membership().ListMembers(ctx, &ferryv1.ListMembersRequest{})
 			if err != nil {
 				return err
 			}
@@ -78,7 +78,7 @@ coordinator certificate, or that is not the node's Raft port.`,
 			return required(cmd, "id", "raft-address", "api-address")
 		},
 		RunE: a.run(func(ctx context.Context, cl *client.Client, _ []string) error {
-			resp, err := cl.Cluster().AddVoter(ctx, req)
+			resp, err := cl.Membership().AddVoter(ctx, req)
 			if err != nil {
 				return err
 			}
@@ -104,7 +104,7 @@ that is not a member is NOT_FOUND.`,
 		Example: `  ferryctl members remove-voter c3`,
 		Args:    exactlyOneArg("the node's ID"),
 		RunE: a.run(func(ctx context.Context, cl *client.Client, args []string) error {
-			resp, err := cl.Cluster().RemoveVoter(ctx, &ferryv1.RemoveVoterRequest{Id: args[0]})
+			resp, err := cl.Membership().RemoveVoter(ctx, &ferryv1.RemoveVoterRequest{Id: args[0]})
 			if err != nil {
 				return err
 			}

@@ -60,7 +60,7 @@ Give exactly one of --libvirt-network and --bridge.`,
 				}
 				in.IpRangeStart, in.IpRangeEnd = strings.TrimSpace(start), strings.TrimSpace(end)
 			}
-			resp, err := cl.Inventory().CreateL3Network(ctx, &ferryv1.CreateL3NetworkRequest{L3Network: in, RequestId: requestID(reqID)})
+			resp, err := cl.TargetInventory().CreateL3Network(ctx, &ferryv1.CreateL3NetworkRequest{L3Network: in, RequestId: requestID(reqID)})
 			if err != nil {
 				return err
 			}
@@ -87,7 +87,7 @@ func (a *app) networkGet() *cobra.Command {
 		Example: `  ferryctl network get lan`,
 		Args:    exactlyOneArg("the network's name"),
 		RunE: a.run(func(ctx context.Context, cl *client.Client, args []string) error {
-			resp, err := cl.Inventory().GetL3Network(ctx, &ferryv1.GetL3NetworkRequest{Name: resName("l3Networks", args[0])})
+			resp, err := cl.TargetInventory().GetL3Network(ctx, &ferryv1.GetL3NetworkRequest{Name: resName("l3Networks", args[0])})
 			if err != nil {
 				return err
 			}
@@ -108,7 +108,7 @@ func (a *app) networkList() *cobra.Command {
 		RunE: a.run(func(ctx context.Context, cl *client.Client, _ []string) error {
 			all := &ferryv1.ListL3NetworksResponse{}
 			err := paginate(ctx, &lf, func(ctx context.Context, token string) (string, error) {
-				r, err := cl.Inventory().ListL3Networks(ctx, &ferryv1.ListL3NetworksRequest{PageSize: lf.pageSize, PageToken: token, Cluster: resName("clusters", cluster)})
+				r, err := cl.TargetInventory().ListL3Networks(ctx, &ferryv1.ListL3NetworksRequest{PageSize: lf.pageSize, PageToken: token, Cluster: resName("clusters", cluster)})
 				all.L3Networks, all.NextPageToken = append(all.L3Networks, r.GetL3Networks()...), r.GetNextPageToken()
 				return r.GetNextPageToken(), err
 			})
@@ -137,7 +137,7 @@ func (a *app) networkDelete() *cobra.Command {
 		Args:    exactlyOneArg("the network's name"),
 		RunE: a.run(func(ctx context.Context, cl *client.Client, args []string) error {
 			name := resName("l3Networks", args[0])
-			resp, err := cl.Inventory().DeleteL3Network(ctx, &ferryv1.DeleteL3NetworkRequest{Name: name})
+			resp, err := cl.TargetInventory().DeleteL3Network(ctx, &ferryv1.DeleteL3NetworkRequest{Name: name})
 			if err != nil {
 				return err
 			}
@@ -164,7 +164,7 @@ reserves for another MAC.`,
 		},
 		RunE: a.run(func(ctx context.Context, cl *client.Client, args []string) error {
 			name := resName("l3Networks", args[0])
-			resp, err := cl.Inventory().ReleaseL3NetworkAddress(ctx, &ferryv1.ReleaseL3NetworkAddressRequest{Name: name, Ip: args[1]})
+			resp, err := cl.TargetInventory().ReleaseL3NetworkAddress(ctx, &ferryv1.ReleaseL3NetworkAddressRequest{Name: name, Ip: args[1]})
 			if err != nil {
 				return err
 			}

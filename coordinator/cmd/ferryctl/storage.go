@@ -49,7 +49,7 @@ sharedblock.`,
 				in.Name = resName("primaryStorages", args[0])
 			}
 			in.Cluster, in.Type = resName("clusters", cluster), ferryv1.PrimaryStorageType(typ.value)
-			resp, err := cl.Inventory().CreatePrimaryStorage(ctx, &ferryv1.CreatePrimaryStorageRequest{PrimaryStorage: in, RequestId: requestID(reqID)})
+			resp, err := cl.TargetInventory().CreatePrimaryStorage(ctx, &ferryv1.CreatePrimaryStorageRequest{PrimaryStorage: in, RequestId: requestID(reqID)})
 			if err != nil {
 				return err
 			}
@@ -75,7 +75,7 @@ func (a *app) storageGet() *cobra.Command {
 		Example: `  ferryctl storage get local-1`,
 		Args:    exactlyOneArg("the storage's name"),
 		RunE: a.run(func(ctx context.Context, cl *client.Client, args []string) error {
-			resp, err := cl.Inventory().GetPrimaryStorage(ctx, &ferryv1.GetPrimaryStorageRequest{Name: resName("primaryStorages", args[0])})
+			resp, err := cl.TargetInventory().GetPrimaryStorage(ctx, &ferryv1.GetPrimaryStorageRequest{Name: resName("primaryStorages", args[0])})
 			if err != nil {
 				return err
 			}
@@ -96,7 +96,7 @@ func (a *app) storageList() *cobra.Command {
 		RunE: a.run(func(ctx context.Context, cl *client.Client, _ []string) error {
 			all := &ferryv1.ListPrimaryStoragesResponse{}
 			err := paginate(ctx, &lf, func(ctx context.Context, token string) (string, error) {
-				r, err := cl.Inventory().ListPrimaryStorages(ctx, &ferryv1.ListPrimaryStoragesRequest{PageSize: lf.pageSize, PageToken: token, Cluster: resName("clusters", cluster)})
+				r, err := cl.TargetInventory().ListPrimaryStorages(ctx, &ferryv1.ListPrimaryStoragesRequest{PageSize: lf.pageSize, PageToken: token, Cluster: resName("clusters", cluster)})
 				all.PrimaryStorages, all.NextPageToken = append(all.PrimaryStorages, r.GetPrimaryStorages()...), r.GetNextPageToken()
 				return r.GetNextPageToken(), err
 			})
@@ -124,7 +124,7 @@ func (a *app) storageDelete() *cobra.Command {
 		Args:    exactlyOneArg("the storage's name"),
 		RunE: a.run(func(ctx context.Context, cl *client.Client, args []string) error {
 			name := resName("primaryStorages", args[0])
-			resp, err := cl.Inventory().DeletePrimaryStorage(ctx, &ferryv1.DeletePrimaryStorageRequest{Name: name})
+			resp, err := cl.TargetInventory().DeletePrimaryStorage(ctx, &ferryv1.DeletePrimaryStorageRequest{Name: name})
 			if err != nil {
 				return err
 			}

@@ -14,9 +14,9 @@ import (
 // nodeIDPattern is what a coordinator's node ID may be.
 var nodeIDPattern = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$`)
 
-// clusterService is ferry.v1.ClusterService: the coordinators themselves.
+// clusterService is ferry.v1.MembershipService: the coordinators themselves.
 type clusterService struct {
-	ferryv1.UnimplementedClusterServiceServer
+	ferryv1.UnimplementedMembershipServiceServer
 	a *API
 }
 

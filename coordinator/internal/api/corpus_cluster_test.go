@@ -34,19 +34,19 @@ import (
 // apiClients are the six ferry.v1 clients over one connection.
 type apiClients struct {
 	conn     *grpc.ClientConn
-	inv      ferryv1.InventoryServiceClient
+	inv      ferryv1.TargetInventoryServiceClient
 	servers  ferryv1.MigrationServerServiceClient
 	sources  ferryv1.SourceServiceClient
 	jobs     ferryv1.MigrationJobServiceClient
 	settings ferryv1.SettingsServiceClient
-	cluster  ferryv1.ClusterServiceClient
+	cluster  ferryv1.MembershipServiceClient
 }
 
 func newClients(conn *grpc.ClientConn) *apiClients {
 	return &apiClients{conn: conn,
-		inv: ferryv1.NewInventoryServiceClient(conn), servers: ferryv1.NewMigrationServerServiceClient(conn),
+		inv: ferryv1.NewTargetInventoryServiceClient(conn), servers: ferryv1.NewMigrationServerServiceClient(conn),
 		sources: ferryv1.NewSourceServiceClient(conn), jobs: ferryv1.NewMigrationJobServiceClient(conn),
-		settings: ferryv1.NewSettingsServiceClient(conn), cluster: ferryv1.NewClusterServiceClient(conn)}
+		settings: ferryv1.NewSettingsServiceClient(conn), cluster: ferryv1.NewMembershipServiceClient(conn)}
 }
 
 type corpusCase struct {
@@ -206,7 +206,7 @@ var (
 
 // corpus is the bad-input corpus: every service, every kind of mistake.
 var corpus = []corpusCase{
-	// InventoryService: clusters.
+	// TargetInventoryService: clusters.
 	{"cluster name upper case", unary(func(c *apiClients) func(context.Context, *ferryv1.CreateClusterRequest, ...grpc.CallOption) (*ferryv1.CreateClusterResponse, error) {
 		return c.inv.CreateCluster
 	}, &ferryv1.CreateClusterRequest{Cluster: &ferryv1.Cluster{Name: "clusters/Big_Name"}}), ipa, "cluster.name:"},
@@ -222,7 +222,7 @@ var corpus = []corpusCase{
 	{"cluster zone with a control character", unary(func(c *apiClients) func(context.Context, *ferryv1.CreateClusterRequest, ...grpc.CallOption) (*ferryv1.CreateClusterResponse, error) {
 		return c.inv.CreateCluster
 	}, &ferryv1.CreateClusterRequest{Cluster: &ferryv1.Cluster{Zone: "east\x1b[2J"}}), ipa, "cluster.zone:"},
-	{"cluster display name not UTF-8", rawCall("/ferry.v1.InventoryService/CreateCluster",
+	{"cluster display name not UTF-8", rawCall("/ferry.v1.TargetInventoryService/CreateCluster",
 		&ferryv1.CreateClusterRequest{Cluster: &ferryv1.Cluster{DisplayName: badUTF8}}), ipa, "cluster.display_name: not valid UTF-8"},
 	{"cluster duplicated name", unary(func(c *apiClients) func(context.Context, *ferryv1.CreateClusterRequest, ...grpc.CallOption) (*ferryv1.CreateClusterResponse, error) {
 		return c.inv.CreateCluster
@@ -252,7 +252,7 @@ var corpus = []corpusCase{
 		return c.inv.GetHost
 	}, &ferryv1.GetHostRequest{Name: "hosts/a b"}), ipa, "name:"},
 
-	// InventoryService: primary storage and networks.
+	// TargetInventoryService: primary storage and networks.
 	{"storage type unknown", storage(func(p *ferryv1.PrimaryStorage) { p.Type = 99 }), ipa, "primary_storage.type:"},
 	{"storage relative path", storage(func(p *ferryv1.PrimaryStorage) { p.Path = "mnt/x" }), ipa, "primary_storage.path:"},
 	{"storage path not clean", storage(func(p *ferryv1.PrimaryStorage) { p.Path = "/mnt/../etc" }), ipa, "primary_storage.path:"},
@@ -424,7 +424,7 @@ var corpus = []corpusCase{
 	{"mask path names the resource name", settingsMask(&ferryv1.Settings{Name: "settings/x"}, "name"), ipa, "update_mask.paths[0]:"},
 	{"empty update", settingsMask(&ferryv1.Settings{}), ipa, "update_mask:"},
 
-	// ClusterService.
+	// MembershipService.
 	{"add voter without raft address", unary(func(c *apiClients) func(context.Context, *ferryv1.AddVoterRequest, ...grpc.CallOption) (*ferryv1.AddVoterResponse, error) {
 		return c.cluster.AddVoter
 	}, &ferryv1.AddVoterRequest{Id: "n9", ApiAddress: "127.0.0.1:1"}), ipa, "raft_address:"},

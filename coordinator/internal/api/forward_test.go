@@ -159,11 +159,11 @@ func TestForwardWatchCarriesLeaderProgress(t *testing.T) {
 
 func TestIsWriteMethod(t *testing.T) {
 	for m, want := range map[string]bool{
-		"/ferry.v1.InventoryService/CreateCluster":                     true,
+		"/ferry.v1.TargetInventoryService/CreateCluster":               true,
 		"/ferry.v1.MigrationServerService/SetMigrationServerBandwidth": true,
 		"/ferry.v1.MigrationJobService/CancelMigrationJob":             true,
-		"/ferry.v1.ClusterService/AddVoter":                            true,
-		"/ferry.v1.ClusterService/ListMembers":                         false,
+		"/ferry.v1.MembershipService/AddVoter":                         true,
+		"/ferry.v1.MembershipService/ListMembers":                      false,
 		"/ferry.v1.MigrationJobService/WatchMigrationJobs":             false,
 		"/ferry.v1.SettingsService/GetSettings":                        false,
 		"/ferry.agent.v1.AgentService/Connect":                         false,

@@ -137,12 +137,12 @@ type env struct {
 	lis    *bufconn.Listener
 	now    time.Time
 
-	inv      ferryv1.InventoryServiceClient
+	inv      ferryv1.TargetInventoryServiceClient
 	servers  ferryv1.MigrationServerServiceClient
 	sources  ferryv1.SourceServiceClient
 	jobs     ferryv1.MigrationJobServiceClient
 	settings ferryv1.SettingsServiceClient
-	cluster  ferryv1.ClusterServiceClient
+	cluster  ferryv1.MembershipServiceClient
 	mappings ferryv1.NetworkMappingServiceClient
 }
 
@@ -191,12 +191,12 @@ func (e *env) serve() {
 	go func() { _ = s.Serve(e.lis) }()
 	e.t.Cleanup(s.Stop)
 	conn := e.dial(context.Background())
-	e.inv = ferryv1.NewInventoryServiceClient(conn)
+	e.inv = ferryv1.NewTargetInventoryServiceClient(conn)
 	e.servers = ferryv1.NewMigrationServerServiceClient(conn)
 	e.sources = ferryv1.NewSourceServiceClient(conn)
 	e.jobs = ferryv1.NewMigrationJobServiceClient(conn)
 	e.settings = ferryv1.NewSettingsServiceClient(conn)
-	e.cluster = ferryv1.NewClusterServiceClient(conn)
+	e.cluster = ferryv1.NewMembershipServiceClient(conn)
 	e.mappings = ferryv1.NewNetworkMappingServiceClient(conn)
 }
 

@@ -9,10 +9,10 @@ import (
 	ferryv1 "github.com/ferry-v2v/ferry/pkg/pb/ferry/v1"
 )
 
-// inventoryService is ferry.v1.InventoryService: clusters, hosts, primary
+// inventoryService is ferry.v1.TargetInventoryService: clusters, hosts, primary
 // storage and L3 networks.
 type inventoryService struct {
-	ferryv1.UnimplementedInventoryServiceServer
+	ferryv1.UnimplementedTargetInventoryServiceServer
 	a *API
 }
 

@@ -33,7 +33,7 @@ const (
 func newPreviewWorld(t *testing.T) *previewWorld {
 	w := &previewWorld{vmwareWorld: newVMwareWorld(t, 3, nil), nfs: t.TempDir()}
 	ctx := testcluster.Ctx(t, 30*time.Second)
-	inv := w.cl.Inventory()
+	inv := w.cl.TargetInventory()
 	if _, err := inv.CreateCluster(ctx, &ferryv1.CreateClusterRequest{Cluster: &ferryv1.Cluster{Name: "clusters/c1"}}); err != nil {
 		t.Fatal(err)
 	}

@@ -23,7 +23,7 @@ import (
 // seedTarget creates a target cluster with NFS storage and a network.
 func (w *vmwareWorld) seedTarget(ctx context.Context) {
 	w.t.Helper()
-	inv := w.cl.Inventory()
+	inv := w.cl.TargetInventory()
 	if _, err := inv.CreateCluster(ctx, &ferryv1.CreateClusterRequest{Cluster: &ferryv1.Cluster{Name: "clusters/c1"}}); err != nil {
 		w.t.Fatal(err)
 	}
@@ -82,7 +82,7 @@ func TestVMwarePrechecks(t *testing.T) {
 	creds := w.c.AgentCredentials("kvm1")
 	agenttest.Start(t, agenttest.Options{Coordinators: []string{w.c.Nodes()[0].Addr()}, HostName: "kvm1", Credentials: creds})
 	testcluster.Eventually(t, 10*time.Second, "the kvm agent registers", func() bool {
-		_, err := w.cl.Inventory().GetHost(ctx, &ferryv1.GetHostRequest{Name: "hosts/kvm1"})
+		_, err := w.cl.TargetInventory().GetHost(ctx, &ferryv1.GetHostRequest{Name: "hosts/kvm1"})
 		return err == nil
 	})
 	if _, err := w.cl.MigrationServers().CreateMigrationServer(ctx, &ferryv1.CreateMigrationServerRequest{MigrationServer: &ferryv1.MigrationServer{

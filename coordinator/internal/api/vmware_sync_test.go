@@ -56,7 +56,7 @@ func newVMwareWorld(t *testing.T, nodes int, tweak func(*agenttest.VCSim)) *vmwa
 		Logger: testcluster.Logger(t)})
 	ctx := testcluster.Ctx(t, 30*time.Second)
 	testcluster.Eventually(t, 10*time.Second, "the agent's host is registered", func() bool {
-		h, err := cl.Inventory().GetHost(ctx, &ferryv1.GetHostRequest{Name: "hosts/vmw1"})
+		h, err := cl.TargetInventory().GetHost(ctx, &ferryv1.GetHostRequest{Name: "hosts/vmw1"})
 		return err == nil && h.GetHost().GetConnected()
 	})
 	ms, err := cl.MigrationServers().CreateMigrationServer(ctx, &ferryv1.CreateMigrationServerRequest{MigrationServer: &ferryv1.MigrationServer{

@@ -57,7 +57,7 @@ func TestUnary(t *testing.T) {
 		_, err := a.Unary()(ctx, nil, &grpc.UnaryServerInfo{FullMethod: method}, handler)
 		return err
 	}
-	const create = "/ferry.v1.InventoryService/CreateCluster"
+	const create = "/ferry.v1.TargetInventoryService/CreateCluster"
 	opURI := tlsutil.DefaultOperator.String()
 	for _, tc := range []struct {
 		name string

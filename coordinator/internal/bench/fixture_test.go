@@ -29,22 +29,22 @@ const (
 
 // apiClients are the ferry.v1 services on one connection.
 type apiClients struct {
-	inv      ferryv1.InventoryServiceClient
+	inv      ferryv1.TargetInventoryServiceClient
 	servers  ferryv1.MigrationServerServiceClient
 	sources  ferryv1.SourceServiceClient
 	jobs     ferryv1.MigrationJobServiceClient
 	settings ferryv1.SettingsServiceClient
-	members  ferryv1.ClusterServiceClient
+	members  ferryv1.MembershipServiceClient
 }
 
 func newAPI(conn grpc.ClientConnInterface) *apiClients {
 	return &apiClients{
-		inv:      ferryv1.NewInventoryServiceClient(conn),
+		inv:      ferryv1.NewTargetInventoryServiceClient(conn),
 		servers:  ferryv1.NewMigrationServerServiceClient(conn),
 		sources:  ferryv1.NewSourceServiceClient(conn),
 		jobs:     ferryv1.NewMigrationJobServiceClient(conn),
 		settings: ferryv1.NewSettingsServiceClient(conn),
-		members:  ferryv1.NewClusterServiceClient(conn),
+		members:  ferryv1.NewMembershipServiceClient(conn),
 	}
 }
 

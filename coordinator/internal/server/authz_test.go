@@ -131,7 +131,7 @@ func expected(role tlsutil.Role, m method) bool {
 	case tlsutil.RoleIDViewer:
 		return slices.ContainsFunc([]string{"Get", "List", "Watch", "Preview"}, func(p string) bool { return strings.HasPrefix(m.short, p) })
 	case tlsutil.RoleIDCoordinator:
-		return m.service == "ferry.v1.ClusterService"
+		return m.service == "ferry.v1.MembershipService"
 	}
 	return false
 }
@@ -166,7 +166,7 @@ func TestAuthorizationMatrix(t *testing.T) {
 	revokedConns := map[*testcluster.Node]*grpc.ClientConn{}
 	for _, at := range []*testcluster.Node{leader, follower} {
 		revokedConns[at] = c.DialAs(at.Addr(), revokedID)
-		if _, err := ferryv1.NewClusterServiceClient(revokedConns[at]).ListMembers(ctx, &ferryv1.ListMembersRequest{}); err != nil {
+		if _, err := ferryv1.NewMembershipServiceClient(revokedConns[at]).ListMembers(ctx, &ferryv1.ListMembersRequest{}); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -242,13 +242,13 @@ func TestForwardingKeepsTheCallersRole(t *testing.T) {
 		return metadata.AppendToOutgoingContext(ctx, authz.CallerHeader, id.String(), authz.CallerSerialHeader, "1")
 	}
 	create := func(ctx context.Context, conn *grpc.ClientConn, id string) error {
-		_, err := ferryv1.NewInventoryServiceClient(conn).CreateCluster(ctx, &ferryv1.CreateClusterRequest{Cluster: &ferryv1.Cluster{Name: "clusters/" + id}})
+		_, err := ferryv1.NewTargetInventoryServiceClient(conn).CreateCluster(ctx, &ferryv1.CreateClusterRequest{Cluster: &ferryv1.Cluster{Name: "clusters/" + id}})
 		return err
 	}
 	for _, at := range []*testcluster.Node{leader, follower} {
 		conn := c.DialAs(at.Addr(), viewer)
 		err := create(claim(tlsutil.DefaultOperator), conn, "by-viewer")
-		if want := "role viewer (ferry://viewer/eve) may not call /ferry.v1.InventoryService/CreateCluster"; status.Code(err) != codes.PermissionDenied || status.Convert(err).Message() != want {
+		if want := "role viewer (ferry://viewer/eve) may not call /ferry.v1.TargetInventoryService/CreateCluster"; status.Code(err) != codes.PermissionDenied || status.Convert(err).Message() != want {
 			t.Errorf("viewer claiming to be an operator at %s: %v; want PERMISSION_DENIED %q", at.Name, err, want)
 		}
 	}
@@ -357,7 +357,7 @@ func TestRevocation(t *testing.T) {
 		return ok && !h.GetConnected()
 	})
 	for _, n := range c.Nodes() {
-		_, err := ferryv1.NewClusterServiceClient(c.DialAs(n.Addr(), agentID)).ListMembers(ctx, &ferryv1.ListMembersRequest{})
+		_, err := ferryv1.NewMembershipServiceClient(c.DialAs(n.Addr(), agentID)).ListMembers(ctx, &ferryv1.ListMembersRequest{})
 		if status.Code(err) != codes.Unavailable {
 			t.Errorf("a new connection of the revoked certificate to %s: %v; want UNAVAILABLE (handshake refused)", n.Name, err)
 		}

@@ -77,6 +77,6 @@ func (s *Server) askToJoin(ctx context.Context, addr string, req *ferryv1.AddVot
 	}
 	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
-	_, err = ferryv1.NewClusterServiceClient(conn).AddVoter(ctx, req)
+	_, err = ferryv1.NewMembershipServiceClient(conn).AddVoter(ctx, req)
 	return err
 }

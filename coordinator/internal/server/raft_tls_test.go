@@ -98,7 +98,7 @@ func TestRaftTrustBoundary(t *testing.T) {
 	c := testcluster.Start(t, 3)
 	leader := c.Leader(5 * time.Second)
 	conn := c.Dial(leader.Addr())
-	cluster := ferryv1.NewClusterServiceClient(conn)
+	cluster := ferryv1.NewMembershipServiceClient(conn)
 
 	t.Run("forged AppendEntries without a coordinator certificate", func(t *testing.T) {
 		target := c.Followers()[0]

@@ -22,7 +22,7 @@ import (
 func createCluster(t *testing.T, conn *grpc.ClientConn, id string) error {
 	t.Helper()
 	ctx := testcluster.Ctx(t, 10*time.Second)
-	_, err := ferryv1.NewInventoryServiceClient(conn).CreateCluster(ctx, &ferryv1.CreateClusterRequest{
+	_, err := ferryv1.NewTargetInventoryServiceClient(conn).CreateCluster(ctx, &ferryv1.CreateClusterRequest{
 		Cluster: &ferryv1.Cluster{Name: "clusters/" + id, DisplayName: id}, RequestId: "req-" + id,
 	})
 	return err
@@ -151,7 +151,7 @@ func TestEmbeddedDefault(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer conn.Close()
-	resp, err := ferryv1.NewClusterServiceClient(conn).ListMembers(ctx, &ferryv1.ListMembersRequest{})
+	resp, err := ferryv1.NewMembershipServiceClient(conn).ListMembers(ctx, &ferryv1.ListMembersRequest{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -174,7 +174,7 @@ func TestMutualTLSRequired(t *testing.T) {
 	cfg.Certificates = nil
 	conn := dialTLS(t, n.Addr(), cfg)
 	ctx := testcluster.Ctx(t, 5*time.Second)
-	_, err = ferryv1.NewClusterServiceClient(conn).ListMembers(ctx, &ferryv1.ListMembersRequest{})
+	_, err = ferryv1.NewMembershipServiceClient(conn).ListMembers(ctx, &ferryv1.ListMembersRequest{})
 	if status.Code(err) != codes.Unavailable {
 		t.Fatalf("call without a client certificate: %v, want UNAVAILABLE (handshake refused)", err)
 	}

@@ -100,16 +100,16 @@ func seed(t *testing.T, cl *client.Client) {
 	ctx := testcluster.Ctx(t, 10*time.Second)
 	steps := []func() error{
 		func() error {
-			_, err := cl.Inventory().CreateCluster(ctx, &ferryv1.CreateClusterRequest{Cluster: &ferryv1.Cluster{Name: "clusters/c1"}})
+			_, err := cl.TargetInventory().CreateCluster(ctx, &ferryv1.CreateClusterRequest{Cluster: &ferryv1.Cluster{Name: "clusters/c1"}})
 			return err
 		},
 		func() error {
-			_, err := cl.Inventory().CreatePrimaryStorage(ctx, &ferryv1.CreatePrimaryStorageRequest{PrimaryStorage: &ferryv1.PrimaryStorage{
+			_, err := cl.TargetInventory().CreatePrimaryStorage(ctx, &ferryv1.CreatePrimaryStorageRequest{PrimaryStorage: &ferryv1.PrimaryStorage{
 				Name: "primaryStorages/nfs", Cluster: "clusters/c1", Type: ferryv1.PrimaryStorageType_PRIMARY_STORAGE_TYPE_NFS, Path: "/mnt/nfs"}})
 			return err
 		},
 		func() error {
-			_, err := cl.Inventory().CreateL3Network(ctx, &ferryv1.CreateL3NetworkRequest{L3Network: &ferryv1.L3Network{
+			_, err := cl.TargetInventory().CreateL3Network(ctx, &ferryv1.CreateL3NetworkRequest{L3Network: &ferryv1.L3Network{
 				Name: "l3Networks/net1", Cluster: "clusters/c1", Bridge: "br0",
 				IpRangeStart: "10.0.0.10", IpRangeEnd: "10.0.0.50", Gateway: "10.0.0.1", PrefixLength: 24}})
 			return err

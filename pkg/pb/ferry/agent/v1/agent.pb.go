@@ -1433,7 +1433,7 @@ var File_ferry_agent_v1_agent_proto protoreflect.FileDescriptor
 
 const file_ferry_agent_v1_agent_proto_rawDesc = "" +
 	"\n" +
-	"\x1aferry/agent/v1/agent.proto\x12\x0eferry.agent.v1\x1a\x18ferry/v1/inventory.proto\x1a\x1cferry/v1/migration_job.proto\x1a\x1fferry/v1/migration_server.proto\x1a\x15ferry/v1/source.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xd4\x03\n" +
+	"\x1aferry/agent/v1/agent.proto\x12\x0eferry.agent.v1\x1a\x1fferry/v1/target_inventory.proto\x1a\x1cferry/v1/migration_job.proto\x1a\x1fferry/v1/migration_server.proto\x1a\x15ferry/v1/source.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xd4\x03\n" +
 	"\x0eConnectRequest\x12-\n" +
 	"\x05hello\x18\x01 \x01(\v2\x15.ferry.agent.v1.HelloH\x00R\x05hello\x129\n" +
 	"\theartbeat\x18\x02 \x01(\v2\x19.ferry.agent.v1.HeartbeatH\x00R\theartbeat\x129\n" +

@@ -2366,7 +2366,7 @@ var File_ferry_ledger_v1_ledger_proto protoreflect.FileDescriptor
 
 const file_ferry_ledger_v1_ledger_proto_rawDesc = "" +
 	"\n" +
-	"\x1cferry/ledger/v1/ledger.proto\x12\x0fferry.ledger.v1\x1a\x1aferry/v1/certificate.proto\x1a\x18ferry/v1/inventory.proto\x1a\x1cferry/v1/migration_job.proto\x1a\x1fferry/v1/migration_server.proto\x1a\x1eferry/v1/network_mapping.proto\x1a\x17ferry/v1/settings.proto\x1a\x15ferry/v1/source.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xae\x16\n" +
+	"\x1cferry/ledger/v1/ledger.proto\x12\x0fferry.ledger.v1\x1a\x1aferry/v1/certificate.proto\x1a\x1fferry/v1/target_inventory.proto\x1a\x1cferry/v1/migration_job.proto\x1a\x1fferry/v1/migration_server.proto\x1a\x1eferry/v1/network_mapping.proto\x1a\x17ferry/v1/settings.proto\x1a\x15ferry/v1/source.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xae\x16\n" +
 	"\aCommand\x12.\n" +
 	"\x04time\x18\x01 \x01(\v2\x1a.google.protobuf.TimestampR\x04time\x12>\n" +
 	"\vput_cluster\x18\n" +

@@ -2,7 +2,7 @@
 // versions:
 // 	protoc-gen-go v1.36.12-devel
 // 	protoc        (unknown)
-// source: ferry/v1/inventory.proto
+// source: ferry/v1/target_inventory.proto
 
 package ferryv1
 
@@ -66,11 +66,11 @@ func (x PrimaryStorageType) String() string {
 }
 
 func (PrimaryStorageType) Descriptor() protoreflect.EnumDescriptor {
-	return file_ferry_v1_inventory_proto_enumTypes[0].Descriptor()
+	return file_ferry_v1_target_inventory_proto_enumTypes[0].Descriptor()
 }
 
 func (PrimaryStorageType) Type() protoreflect.EnumType {
-	return &file_ferry_v1_inventory_proto_enumTypes[0]
+	return &file_ferry_v1_target_inventory_proto_enumTypes[0]
 }
 
 func (x PrimaryStorageType) Number() protoreflect.EnumNumber {
@@ -79,7 +79,7 @@ func (x PrimaryStorageType) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use PrimaryStorageType.Descriptor instead.
 func (PrimaryStorageType) EnumDescriptor() ([]byte, []int) {
-	return file_ferry_v1_inventory_proto_rawDescGZIP(), []int{0}
+	return file_ferry_v1_target_inventory_proto_rawDescGZIP(), []int{0}
 }
 
 // Cluster is a target cluster: KVM hosts sharing networks and primary storage.
@@ -97,7 +97,7 @@ type Cluster struct {
 
 func (x *Cluster) Reset() {
 	*x = Cluster{}
-	mi := &file_ferry_v1_inventory_proto_msgTypes[0]
+	mi := &file_ferry_v1_target_inventory_proto_msgTypes[0]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -109,7 +109,7 @@ func (x *Cluster) String() string {
 func (*Cluster) ProtoMessage() {}
 
 func (x *Cluster) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_inventory_proto_msgTypes[0]
+	mi := &file_ferry_v1_target_inventory_proto_msgTypes[0]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -122,7 +122,7 @@ func (x *Cluster) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Cluster.ProtoReflect.Descriptor instead.
 func (*Cluster) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_inventory_proto_rawDescGZIP(), []int{0}
+	return file_ferry_v1_target_inventory_proto_rawDescGZIP(), []int{0}
 }
 
 func (x *Cluster) GetName() string {
@@ -172,7 +172,7 @@ type Host struct {
 
 func (x *Host) Reset() {
 	*x = Host{}
-	mi := &file_ferry_v1_inventory_proto_msgTypes[1]
+	mi := &file_ferry_v1_target_inventory_proto_msgTypes[1]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -184,7 +184,7 @@ func (x *Host) String() string {
 func (*Host) ProtoMessage() {}
 
 func (x *Host) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_inventory_proto_msgTypes[1]
+	mi := &file_ferry_v1_target_inventory_proto_msgTypes[1]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -197,7 +197,7 @@ func (x *Host) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Host.ProtoReflect.Descriptor instead.
 func (*Host) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_inventory_proto_rawDescGZIP(), []int{1}
+	return file_ferry_v1_target_inventory_proto_rawDescGZIP(), []int{1}
 }
 
 func (x *Host) GetName() string {
@@ -279,7 +279,7 @@ type HostFacts struct {
 
 func (x *HostFacts) Reset() {
 	*x = HostFacts{}
-	mi := &file_ferry_v1_inventory_proto_msgTypes[2]
+	mi := &file_ferry_v1_target_inventory_proto_msgTypes[2]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -291,7 +291,7 @@ func (x *HostFacts) String() string {
 func (*HostFacts) ProtoMessage() {}
 
 func (x *HostFacts) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_inventory_proto_msgTypes[2]
+	mi := &file_ferry_v1_target_inventory_proto_msgTypes[2]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -304,7 +304,7 @@ func (x *HostFacts) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HostFacts.ProtoReflect.Descriptor instead.
 func (*HostFacts) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_inventory_proto_rawDescGZIP(), []int{2}
+	return file_ferry_v1_target_inventory_proto_rawDescGZIP(), []int{2}
 }
 
 func (x *HostFacts) GetCpus() int32 {
@@ -395,7 +395,7 @@ type LibvirtNetwork struct {
 
 func (x *LibvirtNetwork) Reset() {
 	*x = LibvirtNetwork{}
-	mi := &file_ferry_v1_inventory_proto_msgTypes[3]
+	mi := &file_ferry_v1_target_inventory_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -407,7 +407,7 @@ func (x *LibvirtNetwork) String() string {
 func (*LibvirtNetwork) ProtoMessage() {}
 
 func (x *LibvirtNetwork) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_inventory_proto_msgTypes[3]
+	mi := &file_ferry_v1_target_inventory_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -420,7 +420,7 @@ func (x *LibvirtNetwork) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LibvirtNetwork.ProtoReflect.Descriptor instead.
 func (*LibvirtNetwork) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_inventory_proto_rawDescGZIP(), []int{3}
+	return file_ferry_v1_target_inventory_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *LibvirtNetwork) GetName() string {
@@ -450,7 +450,7 @@ type DhcpHost struct {
 
 func (x *DhcpHost) Reset() {
 	*x = DhcpHost{}
-	mi := &file_ferry_v1_inventory_proto_msgTypes[4]
+	mi := &file_ferry_v1_target_inventory_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -462,7 +462,7 @@ func (x *DhcpHost) String() string {
 func (*DhcpHost) ProtoMessage() {}
 
 func (x *DhcpHost) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_inventory_proto_msgTypes[4]
+	mi := &file_ferry_v1_target_inventory_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -475,7 +475,7 @@ func (x *DhcpHost) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DhcpHost.ProtoReflect.Descriptor instead.
 func (*DhcpHost) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_inventory_proto_rawDescGZIP(), []int{4}
+	return file_ferry_v1_target_inventory_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *DhcpHost) GetMac() string {
@@ -514,7 +514,7 @@ type StorageSpace struct {
 
 func (x *StorageSpace) Reset() {
 	*x = StorageSpace{}
-	mi := &file_ferry_v1_inventory_proto_msgTypes[5]
+	mi := &file_ferry_v1_target_inventory_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -526,7 +526,7 @@ func (x *StorageSpace) String() string {
 func (*StorageSpace) ProtoMessage() {}
 
 func (x *StorageSpace) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_inventory_proto_msgTypes[5]
+	mi := &file_ferry_v1_target_inventory_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -539,7 +539,7 @@ func (x *StorageSpace) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StorageSpace.ProtoReflect.Descriptor instead.
 func (*StorageSpace) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_inventory_proto_rawDescGZIP(), []int{5}
+	return file_ferry_v1_target_inventory_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *StorageSpace) GetPath() string {
@@ -574,7 +574,7 @@ type NetworkInterface struct {
 
 func (x *NetworkInterface) Reset() {
 	*x = NetworkInterface{}
-	mi := &file_ferry_v1_inventory_proto_msgTypes[6]
+	mi := &file_ferry_v1_target_inventory_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -586,7 +586,7 @@ func (x *NetworkInterface) String() string {
 func (*NetworkInterface) ProtoMessage() {}
 
 func (x *NetworkInterface) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_inventory_proto_msgTypes[6]
+	mi := &file_ferry_v1_target_inventory_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -599,7 +599,7 @@ func (x *NetworkInterface) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NetworkInterface.ProtoReflect.Descriptor instead.
 func (*NetworkInterface) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_inventory_proto_rawDescGZIP(), []int{6}
+	return file_ferry_v1_target_inventory_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *NetworkInterface) GetName() string {
@@ -638,7 +638,7 @@ type PrimaryStorage struct {
 
 func (x *PrimaryStorage) Reset() {
 	*x = PrimaryStorage{}
-	mi := &file_ferry_v1_inventory_proto_msgTypes[7]
+	mi := &file_ferry_v1_target_inventory_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -650,7 +650,7 @@ func (x *PrimaryStorage) String() string {
 func (*PrimaryStorage) ProtoMessage() {}
 
 func (x *PrimaryStorage) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_inventory_proto_msgTypes[7]
+	mi := &file_ferry_v1_target_inventory_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -663,7 +663,7 @@ func (x *PrimaryStorage) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PrimaryStorage.ProtoReflect.Descriptor instead.
 func (*PrimaryStorage) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_inventory_proto_rawDescGZIP(), []int{7}
+	return file_ferry_v1_target_inventory_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *PrimaryStorage) GetName() string {
@@ -751,7 +751,7 @@ type L3Network struct {
 
 func (x *L3Network) Reset() {
 	*x = L3Network{}
-	mi := &file_ferry_v1_inventory_proto_msgTypes[8]
+	mi := &file_ferry_v1_target_inventory_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -763,7 +763,7 @@ func (x *L3Network) String() string {
 func (*L3Network) ProtoMessage() {}
 
 func (x *L3Network) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_inventory_proto_msgTypes[8]
+	mi := &file_ferry_v1_target_inventory_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -776,7 +776,7 @@ func (x *L3Network) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use L3Network.ProtoReflect.Descriptor instead.
 func (*L3Network) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_inventory_proto_rawDescGZIP(), []int{8}
+	return file_ferry_v1_target_inventory_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *L3Network) GetName() string {
@@ -875,7 +875,7 @@ type AddressReservation struct {
 
 func (x *AddressReservation) Reset() {
 	*x = AddressReservation{}
-	mi := &file_ferry_v1_inventory_proto_msgTypes[9]
+	mi := &file_ferry_v1_target_inventory_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -887,7 +887,7 @@ func (x *AddressReservation) String() string {
 func (*AddressReservation) ProtoMessage() {}
 
 func (x *AddressReservation) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_inventory_proto_msgTypes[9]
+	mi := &file_ferry_v1_target_inventory_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -900,7 +900,7 @@ func (x *AddressReservation) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AddressReservation.ProtoReflect.Descriptor instead.
 func (*AddressReservation) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_inventory_proto_rawDescGZIP(), []int{9}
+	return file_ferry_v1_target_inventory_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *AddressReservation) GetIp() string {
@@ -948,7 +948,7 @@ type CreateClusterRequest struct {
 
 func (x *CreateClusterRequest) Reset() {
 	*x = CreateClusterRequest{}
-	mi := &file_ferry_v1_inventory_proto_msgTypes[10]
+	mi := &file_ferry_v1_target_inventory_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -960,7 +960,7 @@ func (x *CreateClusterRequest) String() string {
 func (*CreateClusterRequest) ProtoMessage() {}
 
 func (x *CreateClusterRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_inventory_proto_msgTypes[10]
+	mi := &file_ferry_v1_target_inventory_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -973,7 +973,7 @@ func (x *CreateClusterRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateClusterRequest.ProtoReflect.Descriptor instead.
 func (*CreateClusterRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_inventory_proto_rawDescGZIP(), []int{10}
+	return file_ferry_v1_target_inventory_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *CreateClusterRequest) GetCluster() *Cluster {
@@ -999,7 +999,7 @@ type CreateClusterResponse struct {
 
 func (x *CreateClusterResponse) Reset() {
 	*x = CreateClusterResponse{}
-	mi := &file_ferry_v1_inventory_proto_msgTypes[11]
+	mi := &file_ferry_v1_target_inventory_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1011,7 +1011,7 @@ func (x *CreateClusterResponse) String() string {
 func (*CreateClusterResponse) ProtoMessage() {}
 
 func (x *CreateClusterResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_inventory_proto_msgTypes[11]
+	mi := &file_ferry_v1_target_inventory_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1024,7 +1024,7 @@ func (x *CreateClusterResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateClusterResponse.ProtoReflect.Descriptor instead.
 func (*CreateClusterResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_inventory_proto_rawDescGZIP(), []int{11}
+	return file_ferry_v1_target_inventory_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *CreateClusterResponse) GetCluster() *Cluster {
@@ -1043,7 +1043,7 @@ type GetClusterRequest struct {
 
 func (x *GetClusterRequest) Reset() {
 	*x = GetClusterRequest{}
-	mi := &file_ferry_v1_inventory_proto_msgTypes[12]
+	mi := &file_ferry_v1_target_inventory_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1055,7 +1055,7 @@ func (x *GetClusterRequest) String() string {
 func (*GetClusterRequest) ProtoMessage() {}
 
 func (x *GetClusterRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_inventory_proto_msgTypes[12]
+	mi := &file_ferry_v1_target_inventory_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1068,7 +1068,7 @@ func (x *GetClusterRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetClusterRequest.ProtoReflect.Descriptor instead.
 func (*GetClusterRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_inventory_proto_rawDescGZIP(), []int{12}
+	return file_ferry_v1_target_inventory_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *GetClusterRequest) GetName() string {
@@ -1087,7 +1087,7 @@ type GetClusterResponse struct {
 
 func (x *GetClusterResponse) Reset() {
 	*x = GetClusterResponse{}
-	mi := &file_ferry_v1_inventory_proto_msgTypes[13]
+	mi := &file_ferry_v1_target_inventory_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1099,7 +1099,7 @@ func (x *GetClusterResponse) String() string {
 func (*GetClusterResponse) ProtoMessage() {}
 
 func (x *GetClusterResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_inventory_proto_msgTypes[13]
+	mi := &file_ferry_v1_target_inventory_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1112,7 +1112,7 @@ func (x *GetClusterResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetClusterResponse.ProtoReflect.Descriptor instead.
 func (*GetClusterResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_inventory_proto_rawDescGZIP(), []int{13}
+	return file_ferry_v1_target_inventory_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *GetClusterResponse) GetCluster() *Cluster {
@@ -1132,7 +1132,7 @@ type ListClustersRequest struct {
 
 func (x *ListClustersRequest) Reset() {
 	*x = ListClustersRequest{}
-	mi := &file_ferry_v1_inventory_proto_msgTypes[14]
+	mi := &file_ferry_v1_target_inventory_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1144,7 +1144,7 @@ func (x *ListClustersRequest) String() string {
 func (*ListClustersRequest) ProtoMessage() {}
 
 func (x *ListClustersRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_inventory_proto_msgTypes[14]
+	mi := &file_ferry_v1_target_inventory_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1157,7 +1157,7 @@ func (x *ListClustersRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListClustersRequest.ProtoReflect.Descriptor instead.
 func (*ListClustersRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_inventory_proto_rawDescGZIP(), []int{14}
+	return file_ferry_v1_target_inventory_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *ListClustersRequest) GetPageSize() int32 {
@@ -1184,7 +1184,7 @@ type ListClustersResponse struct {
 
 func (x *ListClustersResponse) Reset() {
 	*x = ListClustersResponse{}
-	mi := &file_ferry_v1_inventory_proto_msgTypes[15]
+	mi := &file_ferry_v1_target_inventory_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1196,7 +1196,7 @@ func (x *ListClustersResponse) String() string {
 func (*ListClustersResponse) ProtoMessage() {}
 
 func (x *ListClustersResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_inventory_proto_msgTypes[15]
+	mi := &file_ferry_v1_target_inventory_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1209,7 +1209,7 @@ func (x *ListClustersResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListClustersResponse.ProtoReflect.Descriptor instead.
 func (*ListClustersResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_inventory_proto_rawDescGZIP(), []int{15}
+	return file_ferry_v1_target_inventory_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *ListClustersResponse) GetClusters() []*Cluster {
@@ -1235,7 +1235,7 @@ type DeleteClusterRequest struct {
 
 func (x *DeleteClusterRequest) Reset() {
 	*x = DeleteClusterRequest{}
-	mi := &file_ferry_v1_inventory_proto_msgTypes[16]
+	mi := &file_ferry_v1_target_inventory_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1247,7 +1247,7 @@ func (x *DeleteClusterRequest) String() string {
 func (*DeleteClusterRequest) ProtoMessage() {}
 
 func (x *DeleteClusterRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_inventory_proto_msgTypes[16]
+	mi := &file_ferry_v1_target_inventory_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1260,7 +1260,7 @@ func (x *DeleteClusterRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteClusterRequest.ProtoReflect.Descriptor instead.
 func (*DeleteClusterRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_inventory_proto_rawDescGZIP(), []int{16}
+	return file_ferry_v1_target_inventory_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *DeleteClusterRequest) GetName() string {
@@ -1278,7 +1278,7 @@ type DeleteClusterResponse struct {
 
 func (x *DeleteClusterResponse) Reset() {
 	*x = DeleteClusterResponse{}
-	mi := &file_ferry_v1_inventory_proto_msgTypes[17]
+	mi := &file_ferry_v1_target_inventory_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1290,7 +1290,7 @@ func (x *DeleteClusterResponse) String() string {
 func (*DeleteClusterResponse) ProtoMessage() {}
 
 func (x *DeleteClusterResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_inventory_proto_msgTypes[17]
+	mi := &file_ferry_v1_target_inventory_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1303,7 +1303,7 @@ func (x *DeleteClusterResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteClusterResponse.ProtoReflect.Descriptor instead.
 func (*DeleteClusterResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_inventory_proto_rawDescGZIP(), []int{17}
+	return file_ferry_v1_target_inventory_proto_rawDescGZIP(), []int{17}
 }
 
 type GetHostRequest struct {
@@ -1315,7 +1315,7 @@ type GetHostRequest struct {
 
 func (x *GetHostRequest) Reset() {
 	*x = GetHostRequest{}
-	mi := &file_ferry_v1_inventory_proto_msgTypes[18]
+	mi := &file_ferry_v1_target_inventory_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1327,7 +1327,7 @@ func (x *GetHostRequest) String() string {
 func (*GetHostRequest) ProtoMessage() {}
 
 func (x *GetHostRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_inventory_proto_msgTypes[18]
+	mi := &file_ferry_v1_target_inventory_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1340,7 +1340,7 @@ func (x *GetHostRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetHostRequest.ProtoReflect.Descriptor instead.
 func (*GetHostRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_inventory_proto_rawDescGZIP(), []int{18}
+	return file_ferry_v1_target_inventory_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *GetHostRequest) GetName() string {
@@ -1359,7 +1359,7 @@ type GetHostResponse struct {
 
 func (x *GetHostResponse) Reset() {
 	*x = GetHostResponse{}
-	mi := &file_ferry_v1_inventory_proto_msgTypes[19]
+	mi := &file_ferry_v1_target_inventory_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1371,7 +1371,7 @@ func (x *GetHostResponse) String() string {
 func (*GetHostResponse) ProtoMessage() {}
 
 func (x *GetHostResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_inventory_proto_msgTypes[19]
+	mi := &file_ferry_v1_target_inventory_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1384,7 +1384,7 @@ func (x *GetHostResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetHostResponse.ProtoReflect.Descriptor instead.
 func (*GetHostResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_inventory_proto_rawDescGZIP(), []int{19}
+	return file_ferry_v1_target_inventory_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *GetHostResponse) GetHost() *Host {
@@ -1406,7 +1406,7 @@ type ListHostsRequest struct {
 
 func (x *ListHostsRequest) Reset() {
 	*x = ListHostsRequest{}
-	mi := &file_ferry_v1_inventory_proto_msgTypes[20]
+	mi := &file_ferry_v1_target_inventory_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1418,7 +1418,7 @@ func (x *ListHostsRequest) String() string {
 func (*ListHostsRequest) ProtoMessage() {}
 
 func (x *ListHostsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_inventory_proto_msgTypes[20]
+	mi := &file_ferry_v1_target_inventory_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1431,7 +1431,7 @@ func (x *ListHostsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListHostsRequest.ProtoReflect.Descriptor instead.
 func (*ListHostsRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_inventory_proto_rawDescGZIP(), []int{20}
+	return file_ferry_v1_target_inventory_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *ListHostsRequest) GetPageSize() int32 {
@@ -1465,7 +1465,7 @@ type ListHostsResponse struct {
 
 func (x *ListHostsResponse) Reset() {
 	*x = ListHostsResponse{}
-	mi := &file_ferry_v1_inventory_proto_msgTypes[21]
+	mi := &file_ferry_v1_target_inventory_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1477,7 +1477,7 @@ func (x *ListHostsResponse) String() string {
 func (*ListHostsResponse) ProtoMessage() {}
 
 func (x *ListHostsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_inventory_proto_msgTypes[21]
+	mi := &file_ferry_v1_target_inventory_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1490,7 +1490,7 @@ func (x *ListHostsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListHostsResponse.ProtoReflect.Descriptor instead.
 func (*ListHostsResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_inventory_proto_rawDescGZIP(), []int{21}
+	return file_ferry_v1_target_inventory_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *ListHostsResponse) GetHosts() []*Host {
@@ -1517,7 +1517,7 @@ type CreatePrimaryStorageRequest struct {
 
 func (x *CreatePrimaryStorageRequest) Reset() {
 	*x = CreatePrimaryStorageRequest{}
-	mi := &file_ferry_v1_inventory_proto_msgTypes[22]
+	mi := &file_ferry_v1_target_inventory_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1529,7 +1529,7 @@ func (x *CreatePrimaryStorageRequest) String() string {
 func (*CreatePrimaryStorageRequest) ProtoMessage() {}
 
 func (x *CreatePrimaryStorageRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_inventory_proto_msgTypes[22]
+	mi := &file_ferry_v1_target_inventory_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1542,7 +1542,7 @@ func (x *CreatePrimaryStorageRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreatePrimaryStorageRequest.ProtoReflect.Descriptor instead.
 func (*CreatePrimaryStorageRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_inventory_proto_rawDescGZIP(), []int{22}
+	return file_ferry_v1_target_inventory_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *CreatePrimaryStorageRequest) GetPrimaryStorage() *PrimaryStorage {
@@ -1568,7 +1568,7 @@ type CreatePrimaryStorageResponse struct {
 
 func (x *CreatePrimaryStorageResponse) Reset() {
 	*x = CreatePrimaryStorageResponse{}
-	mi := &file_ferry_v1_inventory_proto_msgTypes[23]
+	mi := &file_ferry_v1_target_inventory_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1580,7 +1580,7 @@ func (x *CreatePrimaryStorageResponse) String() string {
 func (*CreatePrimaryStorageResponse) ProtoMessage() {}
 
 func (x *CreatePrimaryStorageResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_inventory_proto_msgTypes[23]
+	mi := &file_ferry_v1_target_inventory_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1593,7 +1593,7 @@ func (x *CreatePrimaryStorageResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreatePrimaryStorageResponse.ProtoReflect.Descriptor instead.
 func (*CreatePrimaryStorageResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_inventory_proto_rawDescGZIP(), []int{23}
+	return file_ferry_v1_target_inventory_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *CreatePrimaryStorageResponse) GetPrimaryStorage() *PrimaryStorage {
@@ -1612,7 +1612,7 @@ type GetPrimaryStorageRequest struct {
 
 func (x *GetPrimaryStorageRequest) Reset() {
 	*x = GetPrimaryStorageRequest{}
-	mi := &file_ferry_v1_inventory_proto_msgTypes[24]
+	mi := &file_ferry_v1_target_inventory_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1624,7 +1624,7 @@ func (x *GetPrimaryStorageRequest) String() string {
 func (*GetPrimaryStorageRequest) ProtoMessage() {}
 
 func (x *GetPrimaryStorageRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_inventory_proto_msgTypes[24]
+	mi := &file_ferry_v1_target_inventory_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1637,7 +1637,7 @@ func (x *GetPrimaryStorageRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetPrimaryStorageRequest.ProtoReflect.Descriptor instead.
 func (*GetPrimaryStorageRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_inventory_proto_rawDescGZIP(), []int{24}
+	return file_ferry_v1_target_inventory_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *GetPrimaryStorageRequest) GetName() string {
@@ -1656,7 +1656,7 @@ type GetPrimaryStorageResponse struct {
 
 func (x *GetPrimaryStorageResponse) Reset() {
 	*x = GetPrimaryStorageResponse{}
-	mi := &file_ferry_v1_inventory_proto_msgTypes[25]
+	mi := &file_ferry_v1_target_inventory_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1668,7 +1668,7 @@ func (x *GetPrimaryStorageResponse) String() string {
 func (*GetPrimaryStorageResponse) ProtoMessage() {}
 
 func (x *GetPrimaryStorageResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_inventory_proto_msgTypes[25]
+	mi := &file_ferry_v1_target_inventory_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1681,7 +1681,7 @@ func (x *GetPrimaryStorageResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetPrimaryStorageResponse.ProtoReflect.Descriptor instead.
 func (*GetPrimaryStorageResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_inventory_proto_rawDescGZIP(), []int{25}
+	return file_ferry_v1_target_inventory_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *GetPrimaryStorageResponse) GetPrimaryStorage() *PrimaryStorage {
@@ -1702,7 +1702,7 @@ type ListPrimaryStoragesRequest struct {
 
 func (x *ListPrimaryStoragesRequest) Reset() {
 	*x = ListPrimaryStoragesRequest{}
-	mi := &file_ferry_v1_inventory_proto_msgTypes[26]
+	mi := &file_ferry_v1_target_inventory_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1714,7 +1714,7 @@ func (x *ListPrimaryStoragesRequest) String() string {
 func (*ListPrimaryStoragesRequest) ProtoMessage() {}
 
 func (x *ListPrimaryStoragesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_inventory_proto_msgTypes[26]
+	mi := &file_ferry_v1_target_inventory_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1727,7 +1727,7 @@ func (x *ListPrimaryStoragesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListPrimaryStoragesRequest.ProtoReflect.Descriptor instead.
 func (*ListPrimaryStoragesRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_inventory_proto_rawDescGZIP(), []int{26}
+	return file_ferry_v1_target_inventory_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *ListPrimaryStoragesRequest) GetPageSize() int32 {
@@ -1761,7 +1761,7 @@ type ListPrimaryStoragesResponse struct {
 
 func (x *ListPrimaryStoragesResponse) Reset() {
 	*x = ListPrimaryStoragesResponse{}
-	mi := &file_ferry_v1_inventory_proto_msgTypes[27]
+	mi := &file_ferry_v1_target_inventory_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1773,7 +1773,7 @@ func (x *ListPrimaryStoragesResponse) String() string {
 func (*ListPrimaryStoragesResponse) ProtoMessage() {}
 
 func (x *ListPrimaryStoragesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_inventory_proto_msgTypes[27]
+	mi := &file_ferry_v1_target_inventory_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1786,7 +1786,7 @@ func (x *ListPrimaryStoragesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListPrimaryStoragesResponse.ProtoReflect.Descriptor instead.
 func (*ListPrimaryStoragesResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_inventory_proto_rawDescGZIP(), []int{27}
+	return file_ferry_v1_target_inventory_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *ListPrimaryStoragesResponse) GetPrimaryStorages() []*PrimaryStorage {
@@ -1812,7 +1812,7 @@ type DeletePrimaryStorageRequest struct {
 
 func (x *DeletePrimaryStorageRequest) Reset() {
 	*x = DeletePrimaryStorageRequest{}
-	mi := &file_ferry_v1_inventory_proto_msgTypes[28]
+	mi := &file_ferry_v1_target_inventory_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1824,7 +1824,7 @@ func (x *DeletePrimaryStorageRequest) String() string {
 func (*DeletePrimaryStorageRequest) ProtoMessage() {}
 
 func (x *DeletePrimaryStorageRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_inventory_proto_msgTypes[28]
+	mi := &file_ferry_v1_target_inventory_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1837,7 +1837,7 @@ func (x *DeletePrimaryStorageRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeletePrimaryStorageRequest.ProtoReflect.Descriptor instead.
 func (*DeletePrimaryStorageRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_inventory_proto_rawDescGZIP(), []int{28}
+	return file_ferry_v1_target_inventory_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *DeletePrimaryStorageRequest) GetName() string {
@@ -1855,7 +1855,7 @@ type DeletePrimaryStorageResponse struct {
 
 func (x *DeletePrimaryStorageResponse) Reset() {
 	*x = DeletePrimaryStorageResponse{}
-	mi := &file_ferry_v1_inventory_proto_msgTypes[29]
+	mi := &file_ferry_v1_target_inventory_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1867,7 +1867,7 @@ func (x *DeletePrimaryStorageResponse) String() string {
 func (*DeletePrimaryStorageResponse) ProtoMessage() {}
 
 func (x *DeletePrimaryStorageResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_inventory_proto_msgTypes[29]
+	mi := &file_ferry_v1_target_inventory_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1880,7 +1880,7 @@ func (x *DeletePrimaryStorageResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeletePrimaryStorageResponse.ProtoReflect.Descriptor instead.
 func (*DeletePrimaryStorageResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_inventory_proto_rawDescGZIP(), []int{29}
+	return file_ferry_v1_target_inventory_proto_rawDescGZIP(), []int{29}
 }
 
 type CreateL3NetworkRequest struct {
@@ -1893,7 +1893,7 @@ type CreateL3NetworkRequest struct {
 
 func (x *CreateL3NetworkRequest) Reset() {
 	*x = CreateL3NetworkRequest{}
-	mi := &file_ferry_v1_inventory_proto_msgTypes[30]
+	mi := &file_ferry_v1_target_inventory_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1905,7 +1905,7 @@ func (x *CreateL3NetworkRequest) String() string {
 func (*CreateL3NetworkRequest) ProtoMessage() {}
 
 func (x *CreateL3NetworkRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_inventory_proto_msgTypes[30]
+	mi := &file_ferry_v1_target_inventory_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1918,7 +1918,7 @@ func (x *CreateL3NetworkRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateL3NetworkRequest.ProtoReflect.Descriptor instead.
 func (*CreateL3NetworkRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_inventory_proto_rawDescGZIP(), []int{30}
+	return file_ferry_v1_target_inventory_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *CreateL3NetworkRequest) GetL3Network() *L3Network {
@@ -1944,7 +1944,7 @@ type CreateL3NetworkResponse struct {
 
 func (x *CreateL3NetworkResponse) Reset() {
 	*x = CreateL3NetworkResponse{}
-	mi := &file_ferry_v1_inventory_proto_msgTypes[31]
+	mi := &file_ferry_v1_target_inventory_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1956,7 +1956,7 @@ func (x *CreateL3NetworkResponse) String() string {
 func (*CreateL3NetworkResponse) ProtoMessage() {}
 
 func (x *CreateL3NetworkResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_inventory_proto_msgTypes[31]
+	mi := &file_ferry_v1_target_inventory_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1969,7 +1969,7 @@ func (x *CreateL3NetworkResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateL3NetworkResponse.ProtoReflect.Descriptor instead.
 func (*CreateL3NetworkResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_inventory_proto_rawDescGZIP(), []int{31}
+	return file_ferry_v1_target_inventory_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *CreateL3NetworkResponse) GetL3Network() *L3Network {
@@ -1988,7 +1988,7 @@ type GetL3NetworkRequest struct {
 
 func (x *GetL3NetworkRequest) Reset() {
 	*x = GetL3NetworkRequest{}
-	mi := &file_ferry_v1_inventory_proto_msgTypes[32]
+	mi := &file_ferry_v1_target_inventory_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2000,7 +2000,7 @@ func (x *GetL3NetworkRequest) String() string {
 func (*GetL3NetworkRequest) ProtoMessage() {}
 
 func (x *GetL3NetworkRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_inventory_proto_msgTypes[32]
+	mi := &file_ferry_v1_target_inventory_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2013,7 +2013,7 @@ func (x *GetL3NetworkRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetL3NetworkRequest.ProtoReflect.Descriptor instead.
 func (*GetL3NetworkRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_inventory_proto_rawDescGZIP(), []int{32}
+	return file_ferry_v1_target_inventory_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *GetL3NetworkRequest) GetName() string {
@@ -2032,7 +2032,7 @@ type GetL3NetworkResponse struct {
 
 func (x *GetL3NetworkResponse) Reset() {
 	*x = GetL3NetworkResponse{}
-	mi := &file_ferry_v1_inventory_proto_msgTypes[33]
+	mi := &file_ferry_v1_target_inventory_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2044,7 +2044,7 @@ func (x *GetL3NetworkResponse) String() string {
 func (*GetL3NetworkResponse) ProtoMessage() {}
 
 func (x *GetL3NetworkResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_inventory_proto_msgTypes[33]
+	mi := &file_ferry_v1_target_inventory_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2057,7 +2057,7 @@ func (x *GetL3NetworkResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetL3NetworkResponse.ProtoReflect.Descriptor instead.
 func (*GetL3NetworkResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_inventory_proto_rawDescGZIP(), []int{33}
+	return file_ferry_v1_target_inventory_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *GetL3NetworkResponse) GetL3Network() *L3Network {
@@ -2078,7 +2078,7 @@ type ListL3NetworksRequest struct {
 
 func (x *ListL3NetworksRequest) Reset() {
 	*x = ListL3NetworksRequest{}
-	mi := &file_ferry_v1_inventory_proto_msgTypes[34]
+	mi := &file_ferry_v1_target_inventory_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2090,7 +2090,7 @@ func (x *ListL3NetworksRequest) String() string {
 func (*ListL3NetworksRequest) ProtoMessage() {}
 
 func (x *ListL3NetworksRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_inventory_proto_msgTypes[34]
+	mi := &file_ferry_v1_target_inventory_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2103,7 +2103,7 @@ func (x *ListL3NetworksRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListL3NetworksRequest.ProtoReflect.Descriptor instead.
 func (*ListL3NetworksRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_inventory_proto_rawDescGZIP(), []int{34}
+	return file_ferry_v1_target_inventory_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *ListL3NetworksRequest) GetPageSize() int32 {
@@ -2137,7 +2137,7 @@ type ListL3NetworksResponse struct {
 
 func (x *ListL3NetworksResponse) Reset() {
 	*x = ListL3NetworksResponse{}
-	mi := &file_ferry_v1_inventory_proto_msgTypes[35]
+	mi := &file_ferry_v1_target_inventory_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2149,7 +2149,7 @@ func (x *ListL3NetworksResponse) String() string {
 func (*ListL3NetworksResponse) ProtoMessage() {}
 
 func (x *ListL3NetworksResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_inventory_proto_msgTypes[35]
+	mi := &file_ferry_v1_target_inventory_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2162,7 +2162,7 @@ func (x *ListL3NetworksResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListL3NetworksResponse.ProtoReflect.Descriptor instead.
 func (*ListL3NetworksResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_inventory_proto_rawDescGZIP(), []int{35}
+	return file_ferry_v1_target_inventory_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *ListL3NetworksResponse) GetL3Networks() []*L3Network {
@@ -2188,7 +2188,7 @@ type DeleteL3NetworkRequest struct {
 
 func (x *DeleteL3NetworkRequest) Reset() {
 	*x = DeleteL3NetworkRequest{}
-	mi := &file_ferry_v1_inventory_proto_msgTypes[36]
+	mi := &file_ferry_v1_target_inventory_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2200,7 +2200,7 @@ func (x *DeleteL3NetworkRequest) String() string {
 func (*DeleteL3NetworkRequest) ProtoMessage() {}
 
 func (x *DeleteL3NetworkRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_inventory_proto_msgTypes[36]
+	mi := &file_ferry_v1_target_inventory_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2213,7 +2213,7 @@ func (x *DeleteL3NetworkRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteL3NetworkRequest.ProtoReflect.Descriptor instead.
 func (*DeleteL3NetworkRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_inventory_proto_rawDescGZIP(), []int{36}
+	return file_ferry_v1_target_inventory_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *DeleteL3NetworkRequest) GetName() string {
@@ -2231,7 +2231,7 @@ type DeleteL3NetworkResponse struct {
 
 func (x *DeleteL3NetworkResponse) Reset() {
 	*x = DeleteL3NetworkResponse{}
-	mi := &file_ferry_v1_inventory_proto_msgTypes[37]
+	mi := &file_ferry_v1_target_inventory_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2243,7 +2243,7 @@ func (x *DeleteL3NetworkResponse) String() string {
 func (*DeleteL3NetworkResponse) ProtoMessage() {}
 
 func (x *DeleteL3NetworkResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_inventory_proto_msgTypes[37]
+	mi := &file_ferry_v1_target_inventory_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2256,7 +2256,7 @@ func (x *DeleteL3NetworkResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteL3NetworkResponse.ProtoReflect.Descriptor instead.
 func (*DeleteL3NetworkResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_inventory_proto_rawDescGZIP(), []int{37}
+	return file_ferry_v1_target_inventory_proto_rawDescGZIP(), []int{37}
 }
 
 type ReleaseL3NetworkAddressRequest struct {
@@ -2271,7 +2271,7 @@ type ReleaseL3NetworkAddressRequest struct {
 
 func (x *ReleaseL3NetworkAddressRequest) Reset() {
 	*x = ReleaseL3NetworkAddressRequest{}
-	mi := &file_ferry_v1_inventory_proto_msgTypes[38]
+	mi := &file_ferry_v1_target_inventory_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2283,7 +2283,7 @@ func (x *ReleaseL3NetworkAddressRequest) String() string {
 func (*ReleaseL3NetworkAddressRequest) ProtoMessage() {}
 
 func (x *ReleaseL3NetworkAddressRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_inventory_proto_msgTypes[38]
+	mi := &file_ferry_v1_target_inventory_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2296,7 +2296,7 @@ func (x *ReleaseL3NetworkAddressRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReleaseL3NetworkAddressRequest.ProtoReflect.Descriptor instead.
 func (*ReleaseL3NetworkAddressRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_inventory_proto_rawDescGZIP(), []int{38}
+	return file_ferry_v1_target_inventory_proto_rawDescGZIP(), []int{38}
 }
 
 func (x *ReleaseL3NetworkAddressRequest) GetName() string {
@@ -2322,7 +2322,7 @@ type ReleaseL3NetworkAddressResponse struct {
 
 func (x *ReleaseL3NetworkAddressResponse) Reset() {
 	*x = ReleaseL3NetworkAddressResponse{}
-	mi := &file_ferry_v1_inventory_proto_msgTypes[39]
+	mi := &file_ferry_v1_target_inventory_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2334,7 +2334,7 @@ func (x *ReleaseL3NetworkAddressResponse) String() string {
 func (*ReleaseL3NetworkAddressResponse) ProtoMessage() {}
 
 func (x *ReleaseL3NetworkAddressResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_inventory_proto_msgTypes[39]
+	mi := &file_ferry_v1_target_inventory_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2347,7 +2347,7 @@ func (x *ReleaseL3NetworkAddressResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReleaseL3NetworkAddressResponse.ProtoReflect.Descriptor instead.
 func (*ReleaseL3NetworkAddressResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_inventory_proto_rawDescGZIP(), []int{39}
+	return file_ferry_v1_target_inventory_proto_rawDescGZIP(), []int{39}
 }
 
 func (x *ReleaseL3NetworkAddressResponse) GetL3Network() *L3Network {
@@ -2357,11 +2357,11 @@ func (x *ReleaseL3NetworkAddressResponse) GetL3Network() *L3Network {
 	return nil
 }
 
-var File_ferry_v1_inventory_proto protoreflect.FileDescriptor
+var File_ferry_v1_target_inventory_proto protoreflect.FileDescriptor
 
-const file_ferry_v1_inventory_proto_rawDesc = "" +
+const file_ferry_v1_target_inventory_proto_rawDesc = "" +
 	"\n" +
-	"\x18ferry/v1/inventory.proto\x12\bferry.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\x91\x01\n" +
+	"\x1fferry/v1/target_inventory.proto\x12\bferry.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\x91\x01\n" +
 	"\aCluster\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12!\n" +
 	"\fdisplay_name\x18\x02 \x01(\tR\vdisplayName\x12\x12\n" +
@@ -2531,9 +2531,9 @@ const file_ferry_v1_inventory_proto_rawDesc = "" +
 	"\x1aPRIMARY_STORAGE_TYPE_LOCAL\x10\x01\x12\x1c\n" +
 	"\x18PRIMARY_STORAGE_TYPE_NFS\x10\x02\x12\x1d\n" +
 	"\x19PRIMARY_STORAGE_TYPE_CEPH\x10\x03\x12$\n" +
-	" PRIMARY_STORAGE_TYPE_SHAREDBLOCK\x10\x042\xa8\n" +
+	" PRIMARY_STORAGE_TYPE_SHAREDBLOCK\x10\x042\xae\n" +
 	"\n" +
-	"\x10InventoryService\x12P\n" +
+	"\x16TargetInventoryService\x12P\n" +
 	"\rCreateCluster\x12\x1e.ferry.v1.CreateClusterRequest\x1a\x1f.ferry.v1.CreateClusterResponse\x12G\n" +
 	"\n" +
 	"GetCluster\x12\x1b.ferry.v1.GetClusterRequest\x1a\x1c.ferry.v1.GetClusterResponse\x12M\n" +
@@ -2549,24 +2549,24 @@ const file_ferry_v1_inventory_proto_rawDesc = "" +
 	"\fGetL3Network\x12\x1d.ferry.v1.GetL3NetworkRequest\x1a\x1e.ferry.v1.GetL3NetworkResponse\x12S\n" +
 	"\x0eListL3Networks\x12\x1f.ferry.v1.ListL3NetworksRequest\x1a .ferry.v1.ListL3NetworksResponse\x12V\n" +
 	"\x0fDeleteL3Network\x12 .ferry.v1.DeleteL3NetworkRequest\x1a!.ferry.v1.DeleteL3NetworkResponse\x12n\n" +
-	"\x17ReleaseL3NetworkAddress\x12(.ferry.v1.ReleaseL3NetworkAddressRequest\x1a).ferry.v1.ReleaseL3NetworkAddressResponseB\x93\x01\n" +
-	"\fcom.ferry.v1B\x0eInventoryProtoP\x01Z2github.com/ferry-v2v/ferry/pkg/pb/ferry/v1;ferryv1\xa2\x02\x03FXX\xaa\x02\bFerry.V1\xca\x02\bFerry\\V1\xe2\x02\x14Ferry\\V1\\GPBMetadata\xea\x02\tFerry::V1b\x06proto3"
+	"\x17ReleaseL3NetworkAddress\x12(.ferry.v1.ReleaseL3NetworkAddressRequest\x1a).ferry.v1.ReleaseL3NetworkAddressResponseB\x99\x01\n" +
+	"\fcom.ferry.v1B\x14TargetInventoryProtoP\x01Z2github.com/ferry-v2v/ferry/pkg/pb/ferry/v1;ferryv1\xa2\x02\x03FXX\xaa\x02\bFerry.V1\xca\x02\bFerry\\V1\xe2\x02\x14Ferry\\V1\\GPBMetadata\xea\x02\tFerry::V1b\x06proto3"
 
 var (
-	file_ferry_v1_inventory_proto_rawDescOnce sync.Once
-	file_ferry_v1_inventory_proto_rawDescData []byte
+	file_ferry_v1_target_inventory_proto_rawDescOnce sync.Once
+	file_ferry_v1_target_inventory_proto_rawDescData []byte
 )
 
-func file_ferry_v1_inventory_proto_rawDescGZIP() []byte {
-	file_ferry_v1_inventory_proto_rawDescOnce.Do(func() {
-		file_ferry_v1_inventory_proto_rawDescData = protoimpl.X.CompressGZIP(unsafe.Slice(unsafe.StringData(file_ferry_v1_inventory_proto_rawDesc), len(file_ferry_v1_inventory_proto_rawDesc)))
+func file_ferry_v1_target_inventory_proto_rawDescGZIP() []byte {
+	file_ferry_v1_target_inventory_proto_rawDescOnce.Do(func() {
+		file_ferry_v1_target_inventory_proto_rawDescData = protoimpl.X.CompressGZIP(unsafe.Slice(unsafe.StringData(file_ferry_v1_target_inventory_proto_rawDesc), len(file_ferry_v1_target_inventory_proto_rawDesc)))
 	})
-	return file_ferry_v1_inventory_proto_rawDescData
+	return file_ferry_v1_target_inventory_proto_rawDescData
 }
 
-var file_ferry_v1_inventory_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_ferry_v1_inventory_proto_msgTypes = make([]protoimpl.MessageInfo, 40)
-var file_ferry_v1_inventory_proto_goTypes = []any{
+var file_ferry_v1_target_inventory_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
+var file_ferry_v1_target_inventory_proto_msgTypes = make([]protoimpl.MessageInfo, 40)
+var file_ferry_v1_target_inventory_proto_goTypes = []any{
 	(PrimaryStorageType)(0),                 // 0: ferry.v1.PrimaryStorageType
 	(*Cluster)(nil),                         // 1: ferry.v1.Cluster
 	(*Host)(nil),                            // 2: ferry.v1.Host
@@ -2610,7 +2610,7 @@ var file_ferry_v1_inventory_proto_goTypes = []any{
 	(*ReleaseL3NetworkAddressResponse)(nil), // 40: ferry.v1.ReleaseL3NetworkAddressResponse
 	(*timestamppb.Timestamp)(nil),           // 41: google.protobuf.Timestamp
 }
-var file_ferry_v1_inventory_proto_depIdxs = []int32{
+var file_ferry_v1_target_inventory_proto_depIdxs = []int32{
 	41, // 0: ferry.v1.Cluster.create_time:type_name -> google.protobuf.Timestamp
 	3,  // 1: ferry.v1.Host.facts:type_name -> ferry.v1.HostFacts
 	41, // 2: ferry.v1.Host.last_seen_time:type_name -> google.protobuf.Timestamp
@@ -2639,36 +2639,36 @@ var file_ferry_v1_inventory_proto_depIdxs = []int32{
 	9,  // 25: ferry.v1.GetL3NetworkResponse.l3_network:type_name -> ferry.v1.L3Network
 	9,  // 26: ferry.v1.ListL3NetworksResponse.l3_networks:type_name -> ferry.v1.L3Network
 	9,  // 27: ferry.v1.ReleaseL3NetworkAddressResponse.l3_network:type_name -> ferry.v1.L3Network
-	11, // 28: ferry.v1.InventoryService.CreateCluster:input_type -> ferry.v1.CreateClusterRequest
-	13, // 29: ferry.v1.InventoryService.GetCluster:input_type -> ferry.v1.GetClusterRequest
-	15, // 30: ferry.v1.InventoryService.ListClusters:input_type -> ferry.v1.ListClustersRequest
-	17, // 31: ferry.v1.InventoryService.DeleteCluster:input_type -> ferry.v1.DeleteClusterRequest
-	19, // 32: ferry.v1.InventoryService.GetHost:input_type -> ferry.v1.GetHostRequest
-	21, // 33: ferry.v1.InventoryService.ListHosts:input_type -> ferry.v1.ListHostsRequest
-	23, // 34: ferry.v1.InventoryService.CreatePrimaryStorage:input_type -> ferry.v1.CreatePrimaryStorageRequest
-	25, // 35: ferry.v1.InventoryService.GetPrimaryStorage:input_type -> ferry.v1.GetPrimaryStorageRequest
-	27, // 36: ferry.v1.InventoryService.ListPrimaryStorages:input_type -> ferry.v1.ListPrimaryStoragesRequest
-	29, // 37: ferry.v1.InventoryService.DeletePrimaryStorage:input_type -> ferry.v1.DeletePrimaryStorageRequest
-	31, // 38: ferry.v1.InventoryService.CreateL3Network:input_type -> ferry.v1.CreateL3NetworkRequest
-	33, // 39: ferry.v1.InventoryService.GetL3Network:input_type -> ferry.v1.GetL3NetworkRequest
-	35, // 40: ferry.v1.InventoryService.ListL3Networks:input_type -> ferry.v1.ListL3NetworksRequest
-	37, // 41: ferry.v1.InventoryService.DeleteL3Network:input_type -> ferry.v1.DeleteL3NetworkRequest
-	39, // 42: ferry.v1.InventoryService.ReleaseL3NetworkAddress:input_type -> ferry.v1.ReleaseL3NetworkAddressRequest
-	12, // 43: ferry.v1.InventoryService.CreateCluster:output_type -> ferry.v1.CreateClusterResponse
-	14, // 44: ferry.v1.InventoryService.GetCluster:output_type -> ferry.v1.GetClusterResponse
-	16, // 45: ferry.v1.InventoryService.ListClusters:output_type -> ferry.v1.ListClustersResponse
-	18, // 46: ferry.v1.InventoryService.DeleteCluster:output_type -> ferry.v1.DeleteClusterResponse
-	20, // 47: ferry.v1.InventoryService.GetHost:output_type -> ferry.v1.GetHostResponse
-	22, // 48: ferry.v1.InventoryService.ListHosts:output_type -> ferry.v1.ListHostsResponse
-	24, // 49: ferry.v1.InventoryService.CreatePrimaryStorage:output_type -> ferry.v1.CreatePrimaryStorageResponse
-	26, // 50: ferry.v1.InventoryService.GetPrimaryStorage:output_type -> ferry.v1.GetPrimaryStorageResponse
-	28, // 51: ferry.v1.InventoryService.ListPrimaryStorages:output_type -> ferry.v1.ListPrimaryStoragesResponse
-	30, // 52: ferry.v1.InventoryService.DeletePrimaryStorage:output_type -> ferry.v1.DeletePrimaryStorageResponse
-	32, // 53: ferry.v1.InventoryService.CreateL3Network:output_type -> ferry.v1.CreateL3NetworkResponse
-	34, // 54: ferry.v1.InventoryService.GetL3Network:output_type -> ferry.v1.GetL3NetworkResponse
-	36, // 55: ferry.v1.InventoryService.ListL3Networks:output_type -> ferry.v1.ListL3NetworksResponse
-	38, // 56: ferry.v1.InventoryService.DeleteL3Network:output_type -> ferry.v1.DeleteL3NetworkResponse
-	40, // 57: ferry.v1.InventoryService.ReleaseL3NetworkAddress:output_type -> ferry.v1.ReleaseL3NetworkAddressResponse
+	11, // 28: ferry.v1.TargetInventoryService.CreateCluster:input_type -> ferry.v1.CreateClusterRequest
+	13, // 29: ferry.v1.TargetInventoryService.GetCluster:input_type -> ferry.v1.GetClusterRequest
+	15, // 30: ferry.v1.TargetInventoryService.ListClusters:input_type -> ferry.v1.ListClustersRequest
+	17, // 31: ferry.v1.TargetInventoryService.DeleteCluster:input_type -> ferry.v1.DeleteClusterRequest
+	19, // 32: ferry.v1.TargetInventoryService.GetHost:input_type -> ferry.v1.GetHostRequest
+	21, // 33: ferry.v1.TargetInventoryService.ListHosts:input_type -> ferry.v1.ListHostsRequest
+	23, // 34: ferry.v1.TargetInventoryService.CreatePrimaryStorage:input_type -> ferry.v1.CreatePrimaryStorageRequest
+	25, // 35: ferry.v1.TargetInventoryService.GetPrimaryStorage:input_type -> ferry.v1.GetPrimaryStorageRequest
+	27, // 36: ferry.v1.TargetInventoryService.ListPrimaryStorages:input_type -> ferry.v1.ListPrimaryStoragesRequest
+	29, // 37: ferry.v1.TargetInventoryService.DeletePrimaryStorage:input_type -> ferry.v1.DeletePrimaryStorageRequest
+	31, // 38: ferry.v1.TargetInventoryService.CreateL3Network:input_type -> ferry.v1.CreateL3NetworkRequest
+	33, // 39: ferry.v1.TargetInventoryService.GetL3Network:input_type -> ferry.v1.GetL3NetworkRequest
+	35, // 40: ferry.v1.TargetInventoryService.ListL3Networks:input_type -> ferry.v1.ListL3NetworksRequest
+	37, // 41: ferry.v1.TargetInventoryService.DeleteL3Network:input_type -> ferry.v1.DeleteL3NetworkRequest
+	39, // 42: ferry.v1.TargetInventoryService.ReleaseL3NetworkAddress:input_type -> ferry.v1.ReleaseL3NetworkAddressRequest
+	12, // 43: ferry.v1.TargetInventoryService.CreateCluster:output_type -> ferry.v1.CreateClusterResponse
+	14, // 44: ferry.v1.TargetInventoryService.GetCluster:output_type -> ferry.v1.GetClusterResponse
+	16, // 45: ferry.v1.TargetInventoryService.ListClusters:output_type -> ferry.v1.ListClustersResponse
+	18, // 46: ferry.v1.TargetInventoryService.DeleteCluster:output_type -> ferry.v1.DeleteClusterResponse
+	20, // 47: ferry.v1.TargetInventoryService.GetHost:output_type -> ferry.v1.GetHostResponse
+	22, // 48: ferry.v1.TargetInventoryService.ListHosts:output_type -> ferry.v1.ListHostsResponse
+	24, // 49: ferry.v1.TargetInventoryService.CreatePrimaryStorage:output_type -> ferry.v1.CreatePrimaryStorageResponse
+	26, // 50: ferry.v1.TargetInventoryService.GetPrimaryStorage:output_type -> ferry.v1.GetPrimaryStorageResponse
+	28, // 51: ferry.v1.TargetInventoryService.ListPrimaryStorages:output_type -> ferry.v1.ListPrimaryStoragesResponse
+	30, // 52: ferry.v1.TargetInventoryService.DeletePrimaryStorage:output_type -> ferry.v1.DeletePrimaryStorageResponse
+	32, // 53: ferry.v1.TargetInventoryService.CreateL3Network:output_type -> ferry.v1.CreateL3NetworkResponse
+	34, // 54: ferry.v1.TargetInventoryService.GetL3Network:output_type -> ferry.v1.GetL3NetworkResponse
+	36, // 55: ferry.v1.TargetInventoryService.ListL3Networks:output_type -> ferry.v1.ListL3NetworksResponse
+	38, // 56: ferry.v1.TargetInventoryService.DeleteL3Network:output_type -> ferry.v1.DeleteL3NetworkResponse
+	40, // 57: ferry.v1.TargetInventoryService.ReleaseL3NetworkAddress:output_type -> ferry.v1.ReleaseL3NetworkAddressResponse
 	43, // [43:58] is the sub-list for method output_type
 	28, // [28:43] is the sub-list for method input_type
 	28, // [28:28] is the sub-list for extension type_name
@@ -2676,27 +2676,27 @@ var file_ferry_v1_inventory_proto_depIdxs = []int32{
 	0,  // [0:28] is the sub-list for field type_name
 }
 
-func init() { file_ferry_v1_inventory_proto_init() }
-func file_ferry_v1_inventory_proto_init() {
-	if File_ferry_v1_inventory_proto != nil {
+func init() { file_ferry_v1_target_inventory_proto_init() }
+func file_ferry_v1_target_inventory_proto_init() {
+	if File_ferry_v1_target_inventory_proto != nil {
 		return
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
-			RawDescriptor: unsafe.Slice(unsafe.StringData(file_ferry_v1_inventory_proto_rawDesc), len(file_ferry_v1_inventory_proto_rawDesc)),
+			RawDescriptor: unsafe.Slice(unsafe.StringData(file_ferry_v1_target_inventory_proto_rawDesc), len(file_ferry_v1_target_inventory_proto_rawDesc)),
 			NumEnums:      1,
 			NumMessages:   40,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
-		GoTypes:           file_ferry_v1_inventory_proto_goTypes,
-		DependencyIndexes: file_ferry_v1_inventory_proto_depIdxs,
-		EnumInfos:         file_ferry_v1_inventory_proto_enumTypes,
-		MessageInfos:      file_ferry_v1_inventory_proto_msgTypes,
+		GoTypes:           file_ferry_v1_target_inventory_proto_goTypes,
+		DependencyIndexes: file_ferry_v1_target_inventory_proto_depIdxs,
+		EnumInfos:         file_ferry_v1_target_inventory_proto_enumTypes,
+		MessageInfos:      file_ferry_v1_target_inventory_proto_msgTypes,
 	}.Build()
-	File_ferry_v1_inventory_proto = out.File
-	file_ferry_v1_inventory_proto_goTypes = nil
-	file_ferry_v1_inventory_proto_depIdxs = nil
+	File_ferry_v1_target_inventory_proto = out.File
+	file_ferry_v1_target_inventory_proto_goTypes = nil
+	file_ferry_v1_target_inventory_proto_depIdxs = nil
 }

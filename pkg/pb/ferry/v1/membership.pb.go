@@ -2,7 +2,7 @@
 // versions:
 // 	protoc-gen-go v1.36.12-devel
 // 	protoc        (unknown)
-// source: ferry/v1/cluster.proto
+// source: ferry/v1/membership.proto
 
 package ferryv1
 
@@ -35,7 +35,7 @@ type Member struct {
 
 func (x *Member) Reset() {
 	*x = Member{}
-	mi := &file_ferry_v1_cluster_proto_msgTypes[0]
+	mi := &file_ferry_v1_membership_proto_msgTypes[0]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -47,7 +47,7 @@ func (x *Member) String() string {
 func (*Member) ProtoMessage() {}
 
 func (x *Member) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_cluster_proto_msgTypes[0]
+	mi := &file_ferry_v1_membership_proto_msgTypes[0]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -60,7 +60,7 @@ func (x *Member) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Member.ProtoReflect.Descriptor instead.
 func (*Member) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_cluster_proto_rawDescGZIP(), []int{0}
+	return file_ferry_v1_membership_proto_rawDescGZIP(), []int{0}
 }
 
 func (x *Member) GetId() string {
@@ -106,7 +106,7 @@ type ListMembersRequest struct {
 
 func (x *ListMembersRequest) Reset() {
 	*x = ListMembersRequest{}
-	mi := &file_ferry_v1_cluster_proto_msgTypes[1]
+	mi := &file_ferry_v1_membership_proto_msgTypes[1]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -118,7 +118,7 @@ func (x *ListMembersRequest) String() string {
 func (*ListMembersRequest) ProtoMessage() {}
 
 func (x *ListMembersRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_cluster_proto_msgTypes[1]
+	mi := &file_ferry_v1_membership_proto_msgTypes[1]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -131,7 +131,7 @@ func (x *ListMembersRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListMembersRequest.ProtoReflect.Descriptor instead.
 func (*ListMembersRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_cluster_proto_rawDescGZIP(), []int{1}
+	return file_ferry_v1_membership_proto_rawDescGZIP(), []int{1}
 }
 
 type ListMembersResponse struct {
@@ -150,7 +150,7 @@ type ListMembersResponse struct {
 
 func (x *ListMembersResponse) Reset() {
 	*x = ListMembersResponse{}
-	mi := &file_ferry_v1_cluster_proto_msgTypes[2]
+	mi := &file_ferry_v1_membership_proto_msgTypes[2]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -162,7 +162,7 @@ func (x *ListMembersResponse) String() string {
 func (*ListMembersResponse) ProtoMessage() {}
 
 func (x *ListMembersResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_cluster_proto_msgTypes[2]
+	mi := &file_ferry_v1_membership_proto_msgTypes[2]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -175,7 +175,7 @@ func (x *ListMembersResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListMembersResponse.ProtoReflect.Descriptor instead.
 func (*ListMembersResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_cluster_proto_rawDescGZIP(), []int{2}
+	return file_ferry_v1_membership_proto_rawDescGZIP(), []int{2}
 }
 
 func (x *ListMembersResponse) GetMembers() []*Member {
@@ -238,7 +238,7 @@ type AddVoterRequest struct {
 
 func (x *AddVoterRequest) Reset() {
 	*x = AddVoterRequest{}
-	mi := &file_ferry_v1_cluster_proto_msgTypes[3]
+	mi := &file_ferry_v1_membership_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -250,7 +250,7 @@ func (x *AddVoterRequest) String() string {
 func (*AddVoterRequest) ProtoMessage() {}
 
 func (x *AddVoterRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_cluster_proto_msgTypes[3]
+	mi := &file_ferry_v1_membership_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -263,7 +263,7 @@ func (x *AddVoterRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AddVoterRequest.ProtoReflect.Descriptor instead.
 func (*AddVoterRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_cluster_proto_rawDescGZIP(), []int{3}
+	return file_ferry_v1_membership_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *AddVoterRequest) GetId() string {
@@ -296,7 +296,7 @@ type AddVoterResponse struct {
 
 func (x *AddVoterResponse) Reset() {
 	*x = AddVoterResponse{}
-	mi := &file_ferry_v1_cluster_proto_msgTypes[4]
+	mi := &file_ferry_v1_membership_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -308,7 +308,7 @@ func (x *AddVoterResponse) String() string {
 func (*AddVoterResponse) ProtoMessage() {}
 
 func (x *AddVoterResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_cluster_proto_msgTypes[4]
+	mi := &file_ferry_v1_membership_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -321,7 +321,7 @@ func (x *AddVoterResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AddVoterResponse.ProtoReflect.Descriptor instead.
 func (*AddVoterResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_cluster_proto_rawDescGZIP(), []int{4}
+	return file_ferry_v1_membership_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *AddVoterResponse) GetMembers() []*Member {
@@ -340,7 +340,7 @@ type RemoveVoterRequest struct {
 
 func (x *RemoveVoterRequest) Reset() {
 	*x = RemoveVoterRequest{}
-	mi := &file_ferry_v1_cluster_proto_msgTypes[5]
+	mi := &file_ferry_v1_membership_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -352,7 +352,7 @@ func (x *RemoveVoterRequest) String() string {
 func (*RemoveVoterRequest) ProtoMessage() {}
 
 func (x *RemoveVoterRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_cluster_proto_msgTypes[5]
+	mi := &file_ferry_v1_membership_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -365,7 +365,7 @@ func (x *RemoveVoterRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveVoterRequest.ProtoReflect.Descriptor instead.
 func (*RemoveVoterRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_cluster_proto_rawDescGZIP(), []int{5}
+	return file_ferry_v1_membership_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *RemoveVoterRequest) GetId() string {
@@ -384,7 +384,7 @@ type RemoveVoterResponse struct {
 
 func (x *RemoveVoterResponse) Reset() {
 	*x = RemoveVoterResponse{}
-	mi := &file_ferry_v1_cluster_proto_msgTypes[6]
+	mi := &file_ferry_v1_membership_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -396,7 +396,7 @@ func (x *RemoveVoterResponse) String() string {
 func (*RemoveVoterResponse) ProtoMessage() {}
 
 func (x *RemoveVoterResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_cluster_proto_msgTypes[6]
+	mi := &file_ferry_v1_membership_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -409,7 +409,7 @@ func (x *RemoveVoterResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveVoterResponse.ProtoReflect.Descriptor instead.
 func (*RemoveVoterResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_cluster_proto_rawDescGZIP(), []int{6}
+	return file_ferry_v1_membership_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *RemoveVoterResponse) GetMembers() []*Member {
@@ -419,11 +419,11 @@ func (x *RemoveVoterResponse) GetMembers() []*Member {
 	return nil
 }
 
-var File_ferry_v1_cluster_proto protoreflect.FileDescriptor
+var File_ferry_v1_membership_proto protoreflect.FileDescriptor
 
-const file_ferry_v1_cluster_proto_rawDesc = "" +
+const file_ferry_v1_membership_proto_rawDesc = "" +
 	"\n" +
-	"\x16ferry/v1/cluster.proto\x12\bferry.v1\"\x8a\x01\n" +
+	"\x19ferry/v1/membership.proto\x12\bferry.v1\"\x8a\x01\n" +
 	"\x06Member\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12!\n" +
 	"\fraft_address\x18\x02 \x01(\tR\vraftAddress\x12\x1f\n" +
@@ -451,27 +451,27 @@ const file_ferry_v1_cluster_proto_rawDesc = "" +
 	"\x12RemoveVoterRequest\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\"A\n" +
 	"\x13RemoveVoterResponse\x12*\n" +
-	"\amembers\x18\x01 \x03(\v2\x10.ferry.v1.MemberR\amembers2\xeb\x01\n" +
-	"\x0eClusterService\x12J\n" +
+	"\amembers\x18\x01 \x03(\v2\x10.ferry.v1.MemberR\amembers2\xee\x01\n" +
+	"\x11MembershipService\x12J\n" +
 	"\vListMembers\x12\x1c.ferry.v1.ListMembersRequest\x1a\x1d.ferry.v1.ListMembersResponse\x12A\n" +
 	"\bAddVoter\x12\x19.ferry.v1.AddVoterRequest\x1a\x1a.ferry.v1.AddVoterResponse\x12J\n" +
-	"\vRemoveVoter\x12\x1c.ferry.v1.RemoveVoterRequest\x1a\x1d.ferry.v1.RemoveVoterResponseB\x91\x01\n" +
-	"\fcom.ferry.v1B\fClusterProtoP\x01Z2github.com/ferry-v2v/ferry/pkg/pb/ferry/v1;ferryv1\xa2\x02\x03FXX\xaa\x02\bFerry.V1\xca\x02\bFerry\\V1\xe2\x02\x14Ferry\\V1\\GPBMetadata\xea\x02\tFerry::V1b\x06proto3"
+	"\vRemoveVoter\x12\x1c.ferry.v1.RemoveVoterRequest\x1a\x1d.ferry.v1.RemoveVoterResponseB\x94\x01\n" +
+	"\fcom.ferry.v1B\x0fMembershipProtoP\x01Z2github.com/ferry-v2v/ferry/pkg/pb/ferry/v1;ferryv1\xa2\x02\x03FXX\xaa\x02\bFerry.V1\xca\x02\bFerry\\V1\xe2\x02\x14Ferry\\V1\\GPBMetadata\xea\x02\tFerry::V1b\x06proto3"
 
 var (
-	file_ferry_v1_cluster_proto_rawDescOnce sync.Once
-	file_ferry_v1_cluster_proto_rawDescData []byte
+	file_ferry_v1_membership_proto_rawDescOnce sync.Once
+	file_ferry_v1_membership_proto_rawDescData []byte
 )
 
-func file_ferry_v1_cluster_proto_rawDescGZIP() []byte {
-	file_ferry_v1_cluster_proto_rawDescOnce.Do(func() {
-		file_ferry_v1_cluster_proto_rawDescData = protoimpl.X.CompressGZIP(unsafe.Slice(unsafe.StringData(file_ferry_v1_cluster_proto_rawDesc), len(file_ferry_v1_cluster_proto_rawDesc)))
+func file_ferry_v1_membership_proto_rawDescGZIP() []byte {
+	file_ferry_v1_membership_proto_rawDescOnce.Do(func() {
+		file_ferry_v1_membership_proto_rawDescData = protoimpl.X.CompressGZIP(unsafe.Slice(unsafe.StringData(file_ferry_v1_membership_proto_rawDesc), len(file_ferry_v1_membership_proto_rawDesc)))
 	})
-	return file_ferry_v1_cluster_proto_rawDescData
+	return file_ferry_v1_membership_proto_rawDescData
 }
 
-var file_ferry_v1_cluster_proto_msgTypes = make([]protoimpl.MessageInfo, 7)
-var file_ferry_v1_cluster_proto_goTypes = []any{
+var file_ferry_v1_membership_proto_msgTypes = make([]protoimpl.MessageInfo, 7)
+var file_ferry_v1_membership_proto_goTypes = []any{
 	(*Member)(nil),              // 0: ferry.v1.Member
 	(*ListMembersRequest)(nil),  // 1: ferry.v1.ListMembersRequest
 	(*ListMembersResponse)(nil), // 2: ferry.v1.ListMembersResponse
@@ -480,16 +480,16 @@ var file_ferry_v1_cluster_proto_goTypes = []any{
 	(*RemoveVoterRequest)(nil),  // 5: ferry.v1.RemoveVoterRequest
 	(*RemoveVoterResponse)(nil), // 6: ferry.v1.RemoveVoterResponse
 }
-var file_ferry_v1_cluster_proto_depIdxs = []int32{
+var file_ferry_v1_membership_proto_depIdxs = []int32{
 	0, // 0: ferry.v1.ListMembersResponse.members:type_name -> ferry.v1.Member
 	0, // 1: ferry.v1.AddVoterResponse.members:type_name -> ferry.v1.Member
 	0, // 2: ferry.v1.RemoveVoterResponse.members:type_name -> ferry.v1.Member
-	1, // 3: ferry.v1.ClusterService.ListMembers:input_type -> ferry.v1.ListMembersRequest
-	3, // 4: ferry.v1.ClusterService.AddVoter:input_type -> ferry.v1.AddVoterRequest
-	5, // 5: ferry.v1.ClusterService.RemoveVoter:input_type -> ferry.v1.RemoveVoterRequest
-	2, // 6: ferry.v1.ClusterService.ListMembers:output_type -> ferry.v1.ListMembersResponse
-	4, // 7: ferry.v1.ClusterService.AddVoter:output_type -> ferry.v1.AddVoterResponse
-	6, // 8: ferry.v1.ClusterService.RemoveVoter:output_type -> ferry.v1.RemoveVoterResponse
+	1, // 3: ferry.v1.MembershipService.ListMembers:input_type -> ferry.v1.ListMembersRequest
+	3, // 4: ferry.v1.MembershipService.AddVoter:input_type -> ferry.v1.AddVoterRequest
+	5, // 5: ferry.v1.MembershipService.RemoveVoter:input_type -> ferry.v1.RemoveVoterRequest
+	2, // 6: ferry.v1.MembershipService.ListMembers:output_type -> ferry.v1.ListMembersResponse
+	4, // 7: ferry.v1.MembershipService.AddVoter:output_type -> ferry.v1.AddVoterResponse
+	6, // 8: ferry.v1.MembershipService.RemoveVoter:output_type -> ferry.v1.RemoveVoterResponse
 	6, // [6:9] is the sub-list for method output_type
 	3, // [3:6] is the sub-list for method input_type
 	3, // [3:3] is the sub-list for extension type_name
@@ -497,26 +497,26 @@ var file_ferry_v1_cluster_proto_depIdxs = []int32{
 	0, // [0:3] is the sub-list for field type_name
 }
 
-func init() { file_ferry_v1_cluster_proto_init() }
-func file_ferry_v1_cluster_proto_init() {
-	if File_ferry_v1_cluster_proto != nil {
+func init() { file_ferry_v1_membership_proto_init() }
+func file_ferry_v1_membership_proto_init() {
+	if File_ferry_v1_membership_proto != nil {
 		return
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
-			RawDescriptor: unsafe.Slice(unsafe.StringData(file_ferry_v1_cluster_proto_rawDesc), len(file_ferry_v1_cluster_proto_rawDesc)),
+			RawDescriptor: unsafe.Slice(unsafe.StringData(file_ferry_v1_membership_proto_rawDesc), len(file_ferry_v1_membership_proto_rawDesc)),
 			NumEnums:      0,
 			NumMessages:   7,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
-		GoTypes:           file_ferry_v1_cluster_proto_goTypes,
-		DependencyIndexes: file_ferry_v1_cluster_proto_depIdxs,
-		MessageInfos:      file_ferry_v1_cluster_proto_msgTypes,
+		GoTypes:           file_ferry_v1_membership_proto_goTypes,
+		DependencyIndexes: file_ferry_v1_membership_proto_depIdxs,
+		MessageInfos:      file_ferry_v1_membership_proto_msgTypes,
 	}.Build()
-	File_ferry_v1_cluster_proto = out.File
-	file_ferry_v1_cluster_proto_goTypes = nil
-	file_ferry_v1_cluster_proto_depIdxs = nil
+	File_ferry_v1_membership_proto = out.File
+	file_ferry_v1_membership_proto_goTypes = nil
+	file_ferry_v1_membership_proto_depIdxs = nil
 }

@@ -2,7 +2,7 @@
 // versions:
 // - protoc-gen-go-grpc v1.6.2
 // - protoc             (unknown)
-// source: ferry/v1/cluster.proto
+// source: ferry/v1/membership.proto
 
 package ferryv1
 
@@ -19,17 +19,17 @@ import (
 const _ = grpc.SupportPackageIsVersion9
 
 const (
-	ClusterService_ListMembers_FullMethodName = "/ferry.v1.ClusterService/ListMembers"
-	ClusterService_AddVoter_FullMethodName    = "/ferry.v1.ClusterService/AddVoter"
-	ClusterService_RemoveVoter_FullMethodName = "/ferry.v1.ClusterService/RemoveVoter"
+	MembershipService_ListMembers_FullMethodName = "/ferry.v1.MembershipService/ListMembers"
+	MembershipService_AddVoter_FullMethodName    = "/ferry.v1.MembershipService/AddVoter"
+	MembershipService_RemoveVoter_FullMethodName = "/ferry.v1.MembershipService/RemoveVoter"
 )
 
-// ClusterServiceClient is the client API for ClusterService service.
+// MembershipServiceClient is the client API for MembershipService service.
 //
 // For semantics around ctx use and closing/ending streaming RPCs, please refer to https://pkg.go.dev/google.golang.org/grpc/?tab=doc#ClientConn.NewStream.
 //
-// ClusterService shows and changes the coordinator cluster's membership.
-type ClusterServiceClient interface {
+// MembershipService shows and changes the coordinator cluster's membership.
+type MembershipServiceClient interface {
 	ListMembers(ctx context.Context, in *ListMembersRequest, opts ...grpc.CallOption) (*ListMembersResponse, error)
 	// AddVoter adds a coordinator as a voter; a new node calls it on start.
 	// The leader first connects to raft_address and, over TLS, checks that it
@@ -43,50 +43,50 @@ type ClusterServiceClient interface {
 	RemoveVoter(ctx context.Context, in *RemoveVoterRequest, opts ...grpc.CallOption) (*RemoveVoterResponse, error)
 }
 
-type clusterServiceClient struct {
+type membershipServiceClient struct {
 	cc grpc.ClientConnInterface
 }
 
-func NewClusterServiceClient(cc grpc.ClientConnInterface) ClusterServiceClient {
-	return &clusterServiceClient{cc}
+func NewMembershipServiceClient(cc grpc.ClientConnInterface) MembershipServiceClient {
+	return &membershipServiceClient{cc}
 }
 
-func (c *clusterServiceClient) ListMembers(ctx context.Context, in *ListMembersRequest, opts ...grpc.CallOption) (*ListMembersResponse, error) {
+func (c *membershipServiceClient) ListMembers(ctx context.Context, in *ListMembersRequest, opts ...grpc.CallOption) (*ListMembersResponse, error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
 	out := new(ListMembersResponse)
-	err := c.cc.Invoke(ctx, ClusterService_ListMembers_FullMethodName, in, out, cOpts...)
+	err := c.cc.Invoke(ctx, MembershipService_ListMembers_FullMethodName, in, out, cOpts...)
 	if err != nil {
 		return nil, err
 	}
 	return out, nil
 }
 
-func (c *clusterServiceClient) AddVoter(ctx context.Context, in *AddVoterRequest, opts ...grpc.CallOption) (*AddVoterResponse, error) {
+func (c *membershipServiceClient) AddVoter(ctx context.Context, in *AddVoterRequest, opts ...grpc.CallOption) (*AddVoterResponse, error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
 	out := new(AddVoterResponse)
-	err := c.cc.Invoke(ctx, ClusterService_AddVoter_FullMethodName, in, out, cOpts...)
+	err := c.cc.Invoke(ctx, MembershipService_AddVoter_FullMethodName, in, out, cOpts...)
 	if err != nil {
 		return nil, err
 	}
 	return out, nil
 }
 
-func (c *clusterServiceClient) RemoveVoter(ctx context.Context, in *RemoveVoterRequest, opts ...grpc.CallOption) (*RemoveVoterResponse, error) {
+func (c *membershipServiceClient) RemoveVoter(ctx context.Context, in *RemoveVoterRequest, opts ...grpc.CallOption) (*RemoveVoterResponse, error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
 	out := new(RemoveVoterResponse)
-	err := c.cc.Invoke(ctx, ClusterService_RemoveVoter_FullMethodName, in, out, cOpts...)
+	err := c.cc.Invoke(ctx, MembershipService_RemoveVoter_FullMethodName, in, out, cOpts...)
 	if err != nil {
 		return nil, err
 	}
 	return out, nil
 }
 
-// ClusterServiceServer is the server API for ClusterService service.
-// All implementations must embed UnimplementedClusterServiceServer
+// MembershipServiceServer is the server API for MembershipService service.
+// All implementations must embed UnimplementedMembershipServiceServer
 // for forward compatibility.
 //
-// ClusterService shows and changes the coordinator cluster's membership.
-type ClusterServiceServer interface {
+// MembershipService shows and changes the coordinator cluster's membership.
+type MembershipServiceServer interface {
 	ListMembers(context.Context, *ListMembersRequest) (*ListMembersResponse, error)
 	// AddVoter adds a coordinator as a voter; a new node calls it on start.
 	// The leader first connects to raft_address and, over TLS, checks that it
@@ -98,120 +98,120 @@ type ClusterServiceServer interface {
 	// RemoveVoter removes a coordinator; an id that is not a member is
 	// NOT_FOUND naming id, and nothing is written.
 	RemoveVoter(context.Context, *RemoveVoterRequest) (*RemoveVoterResponse, error)
-	mustEmbedUnimplementedClusterServiceServer()
+	mustEmbedUnimplementedMembershipServiceServer()
 }
 
-// UnimplementedClusterServiceServer must be embedded to have
+// UnimplementedMembershipServiceServer must be embedded to have
 // forward compatible implementations.
 //
 // NOTE: this should be embedded by value instead of pointer to avoid a nil
 // pointer dereference when methods are called.
-type UnimplementedClusterServiceServer struct{}
+type UnimplementedMembershipServiceServer struct{}
 
-func (UnimplementedClusterServiceServer) ListMembers(context.Context, *ListMembersRequest) (*ListMembersResponse, error) {
+func (UnimplementedMembershipServiceServer) ListMembers(context.Context, *ListMembersRequest) (*ListMembersResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method ListMembers not implemented")
 }
-func (UnimplementedClusterServiceServer) AddVoter(context.Context, *AddVoterRequest) (*AddVoterResponse, error) {
+func (UnimplementedMembershipServiceServer) AddVoter(context.Context, *AddVoterRequest) (*AddVoterResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method AddVoter not implemented")
 }
-func (UnimplementedClusterServiceServer) RemoveVoter(context.Context, *RemoveVoterRequest) (*RemoveVoterResponse, error) {
+func (UnimplementedMembershipServiceServer) RemoveVoter(context.Context, *RemoveVoterRequest) (*RemoveVoterResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method RemoveVoter not implemented")
 }
-func (UnimplementedClusterServiceServer) mustEmbedUnimplementedClusterServiceServer() {}
-func (UnimplementedClusterServiceServer) testEmbeddedByValue()                        {}
+func (UnimplementedMembershipServiceServer) mustEmbedUnimplementedMembershipServiceServer() {}
+func (UnimplementedMembershipServiceServer) testEmbeddedByValue()                           {}
 
-// UnsafeClusterServiceServer may be embedded to opt out of forward compatibility for this service.
-// Use of this interface is not recommended, as added methods to ClusterServiceServer will
+// UnsafeMembershipServiceServer may be embedded to opt out of forward compatibility for this service.
+// Use of this interface is not recommended, as added methods to MembershipServiceServer will
 // result in compilation errors.
-type UnsafeClusterServiceServer interface {
-	mustEmbedUnimplementedClusterServiceServer()
+type UnsafeMembershipServiceServer interface {
+	mustEmbedUnimplementedMembershipServiceServer()
 }
 
-func RegisterClusterServiceServer(s grpc.ServiceRegistrar, srv ClusterServiceServer) {
-	// If the following call panics, it indicates UnimplementedClusterServiceServer was
+func RegisterMembershipServiceServer(s grpc.ServiceRegistrar, srv MembershipServiceServer) {
+	// If the following call panics, it indicates UnimplementedMembershipServiceServer was
 	// embedded by pointer and is nil.  This will cause panics if an
 	// unimplemented method is ever invoked, so we test this at initialization
 	// time to prevent it from happening at runtime later due to I/O.
 	if t, ok := srv.(interface{ testEmbeddedByValue() }); ok {
 		t.testEmbeddedByValue()
 	}
-	s.RegisterService(&ClusterService_ServiceDesc, srv)
+	s.RegisterService(&MembershipService_ServiceDesc, srv)
 }
 
-func _ClusterService_ListMembers_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+func _MembershipService_ListMembers_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
 	in := new(ListMembersRequest)
 	if err := dec(in); err != nil {
 		return nil, err
 	}
 	if interceptor == nil {
-		return srv.(ClusterServiceServer).ListMembers(ctx, in)
+		return srv.(MembershipServiceServer).ListMembers(ctx, in)
 	}
 	info := &grpc.UnaryServerInfo{
 		Server:     srv,
-		FullMethod: ClusterService_ListMembers_FullMethodName,
+		FullMethod: MembershipService_ListMembers_FullMethodName,
 	}
 	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
-		return srv.(ClusterServiceServer).ListMembers(ctx, req.(*ListMembersRequest))
+		return srv.(MembershipServiceServer).ListMembers(ctx, req.(*ListMembersRequest))
 	}
 	return interceptor(ctx, in, info, handler)
 }
 
-func _ClusterService_AddVoter_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+func _MembershipService_AddVoter_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
 	in := new(AddVoterRequest)
 	if err := dec(in); err != nil {
 		return nil, err
 	}
 	if interceptor == nil {
-		return srv.(ClusterServiceServer).AddVoter(ctx, in)
+		return srv.(MembershipServiceServer).AddVoter(ctx, in)
 	}
 	info := &grpc.UnaryServerInfo{
 		Server:     srv,
-		FullMethod: ClusterService_AddVoter_FullMethodName,
+		FullMethod: MembershipService_AddVoter_FullMethodName,
 	}
 	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
-		return srv.(ClusterServiceServer).AddVoter(ctx, req.(*AddVoterRequest))
+		return srv.(MembershipServiceServer).AddVoter(ctx, req.(*AddVoterRequest))
 	}
 	return interceptor(ctx, in, info, handler)
 }
 
-func _ClusterService_RemoveVoter_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+func _MembershipService_RemoveVoter_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
 	in := new(RemoveVoterRequest)
 	if err := dec(in); err != nil {
 		return nil, err
 	}
 	if interceptor == nil {
-		return srv.(ClusterServiceServer).RemoveVoter(ctx, in)
+		return srv.(MembershipServiceServer).RemoveVoter(ctx, in)
 	}
 	info := &grpc.UnaryServerInfo{
 		Server:     srv,
-		FullMethod: ClusterService_RemoveVoter_FullMethodName,
+		FullMethod: MembershipService_RemoveVoter_FullMethodName,
 	}
 	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
-		return srv.(ClusterServiceServer).RemoveVoter(ctx, req.(*RemoveVoterRequest))
+		return srv.(MembershipServiceServer).RemoveVoter(ctx, req.(*RemoveVoterRequest))
 	}
 	return interceptor(ctx, in, info, handler)
 }
 
-// ClusterService_ServiceDesc is the grpc.ServiceDesc for ClusterService service.
+// MembershipService_ServiceDesc is the grpc.ServiceDesc for MembershipService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
-var ClusterService_ServiceDesc = grpc.ServiceDesc{
-	ServiceName: "ferry.v1.ClusterService",
-	HandlerType: (*ClusterServiceServer)(nil),
+var MembershipService_ServiceDesc = grpc.ServiceDesc{
+	ServiceName: "ferry.v1.MembershipService",
+	HandlerType: (*MembershipServiceServer)(nil),
 	Methods: []grpc.MethodDesc{
 		{
 			MethodName: "ListMembers",
-			Handler:    _ClusterService_ListMembers_Handler,
+			Handler:    _MembershipService_ListMembers_Handler,
 		},
 		{
 			MethodName: "AddVoter",
-			Handler:    _ClusterService_AddVoter_Handler,
+			Handler:    _MembershipService_AddVoter_Handler,
 		},
 		{
 			MethodName: "RemoveVoter",
-			Handler:    _ClusterService_RemoveVoter_Handler,
+			Handler:    _MembershipService_RemoveVoter_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},
-	Metadata: "ferry/v1/cluster.proto",
+	Metadata: "ferry/v1/membership.proto",
 }
