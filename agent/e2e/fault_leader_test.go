@@ -23,7 +23,7 @@ func (w *world) addServer(suffix string) (host, server string) {
 	ms, err := w.f.client.MigrationServers().CreateMigrationServer(ctx(w.t, 10*time.Second), &ferryv1.CreateMigrationServerRequest{
 		MigrationServer: &ferryv1.MigrationServer{Host: "hosts/" + host, Type: ferryv1.Platform_PLATFORM_KVM, CachePath: cache}})
 	must(w.t, err)
-	return host, ms.GetMigrationServer().GetName()
+	return host, ms.GetName()
 }
 
 // liveJob reads a job from the leader, where live progress is: a
@@ -32,7 +32,7 @@ func (w *world) liveJob(name string) *ferryv1.MigrationJob {
 	resp, err := w.f.client.Jobs().GetMigrationJob(grpcutil.WithLinearizableRead(ctx(w.t, 10*time.Second)),
 		&ferryv1.GetMigrationJobRequest{Name: name})
 	must(w.t, err)
-	return resp.GetJob()
+	return resp
 }
 
 // domainsByJob counts, for every domain on the host, the Ferry job its

@@ -104,7 +104,7 @@ func (w *world) healAndCheck(name, target string) {
 	})
 	testkit.WaitFor(t, 30*time.Second, "the agent to be connected again", func() bool {
 		h, err := w.f.client.TargetInventory().GetHost(ctx(t, 2*time.Second), &ferryv1.GetHostRequest{Name: "hosts/" + w.host})
-		return err == nil && h.GetHost().GetConnected()
+		return err == nil && h.GetConnected()
 	})
 	time.Sleep(3 * time.Second) // anything the stale agent still had in flight
 	after := w.targetWrites(name, target)

@@ -236,7 +236,7 @@ func (f *ferry) startAgent(host, cachePath string) *proc {
 	f.agents[host] = p
 	testkit.WaitFor(f.t, 30*time.Second, "host "+host+" connected", func() bool {
 		h, err := f.client.TargetInventory().GetHost(ctx(f.t, 2*time.Second), &ferryv1.GetHostRequest{Name: "hosts/" + host})
-		return err == nil && h.GetHost().GetConnected()
+		return err == nil && h.GetConnected()
 	})
 	return p
 }

@@ -55,13 +55,13 @@ func TestSourceAuthentication(t *testing.T) {
 	pw, err := w.f.client.Sources().CreateCredential(ctx(t, 10*time.Second), &ferryv1.CreateCredentialRequest{Credential: &ferryv1.Credential{
 		Type: ferryv1.CredentialType_CREDENTIAL_TYPE_PASSWORD, Secret: testenv.TestPassword}})
 	must(t, err)
-	byPassword := w.createSource(pw.GetCredential().GetName(), testenv.TestUser, "")
+	byPassword := w.createSource(pw.GetName(), testenv.TestUser, "")
 	w.sourceVM(byPassword, vm.Name) // listing works with a password
 	w.sourceVM(w.source, vm.Name)   // and with a key
 
 	src, err := w.f.client.Sources().GetSource(ctx(t, 10*time.Second), &ferryv1.GetSourceRequest{Name: byPassword})
 	must(t, err)
-	if got := src.GetSource().GetKvm().GetObservedHostKey(); strings.TrimSpace(got) != strings.TrimSpace(w.sshd.HostKey) {
+	if got := src.GetKvm().GetObservedHostKey(); strings.TrimSpace(got) != strings.TrimSpace(w.sshd.HostKey) {
 		t.Errorf("host key recorded on first use = %q, want %q", got, w.sshd.HostKey)
 	}
 

@@ -63,7 +63,7 @@ func TestSecretsNeverInClear(t *testing.T) {
 			Address: w.sshd.Host, SshPort: int32(w.sshd.Port), User: rootAlias, Credential: pw,
 			SaslUser: "ferry-sasl", SaslCredential: sasl, HostKey: w.sshd.HostKey}}})
 	must(t, err)
-	pwSource := src.GetSource().GetName()
+	pwSource := src.GetName()
 
 	answers := &answerLog{}
 	stopWatch := w.watchAll(answers)
@@ -162,7 +162,7 @@ func (w *world) createCredential(typ ferryv1.CredentialType, secret string) stri
 	cr, err := w.f.client.Sources().CreateCredential(ctx(w.t, 10*time.Second), &ferryv1.CreateCredentialRequest{
 		Credential: &ferryv1.Credential{Type: typ, Secret: secret}})
 	must(w.t, err)
-	return cr.GetCredential().GetName()
+	return cr.GetName()
 }
 
 // secretSet holds each secret in the forms it could leak in: clear, and

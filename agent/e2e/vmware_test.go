@@ -125,7 +125,7 @@ func (w *world) createMappingGroup(source string, portgroups ...string) string {
 	resp, err := w.f.client.NetworkMappings().CreateNetworkMappingGroup(ctx(w.t, 10*time.Second),
 		&ferryv1.CreateNetworkMappingGroupRequest{NetworkMappingGroup: g})
 	must(w.t, err)
-	return resp.GetNetworkMappingGroup().GetName()
+	return resp.GetName()
 }
 
 // checkDHCPHosts checks the world's libvirt network reserves each address
@@ -185,10 +185,10 @@ func (w *world) createVMwareSourceAt(sim *vcsimtest.Sim, host string, port int) 
 	must(w.t, err)
 	s, err := srcs.CreateSource(ctx(w.t, 10*time.Second), &ferryv1.CreateSourceRequest{Source: &ferryv1.Source{
 		Type: ferryv1.Platform_PLATFORM_VMWARE, Vcenter: &ferryv1.VCenterConnection{
-			Address: host, Port: int32(port), User: sim.User(), Credential: cr.GetCredential().GetName(),
+			Address: host, Port: int32(port), User: sim.User(), Credential: cr.GetName(),
 			Thumbprint: vmware.Thumbprint(sim.Server.Certificate(), sha1.Size)}}})
 	must(w.t, err)
-	return s.GetSource().GetName()
+	return s.GetName()
 }
 
 // createVMwareServer starts a second agent and makes it a vmware
@@ -204,7 +204,7 @@ func (w *world) createVMwareServerWith(downstream int64) string {
 		MigrationServer: &ferryv1.MigrationServer{Host: "hosts/" + host, Type: ferryv1.Platform_PLATFORM_VMWARE, CachePath: w.cacheDir,
 			DownstreamBitsPerSecond: downstream}})
 	must(w.t, err)
-	return ms.GetMigrationServer().GetName()
+	return ms.GetName()
 }
 
 // vmwareHost names the agent createVMwareServer starts.

@@ -129,25 +129,25 @@ func (w *world) createInventory() {
 	inv, srcs, srvs := c.TargetInventory(), c.Sources(), c.MigrationServers()
 	cl, err := inv.CreateCluster(ctx(t, 10*time.Second), &ferryv1.CreateClusterRequest{Cluster: &ferryv1.Cluster{DisplayName: "e2e"}})
 	must(t, err)
-	w.cluster = cl.GetCluster().GetName()
+	w.cluster = cl.GetName()
 	ps, err := inv.CreatePrimaryStorage(ctx(t, 10*time.Second), &ferryv1.CreatePrimaryStorageRequest{PrimaryStorage: &ferryv1.PrimaryStorage{
 		Cluster: w.cluster, Type: ferryv1.PrimaryStorageType_PRIMARY_STORAGE_TYPE_LOCAL, Path: w.storageDir}})
 	must(t, err)
-	w.storage = ps.GetPrimaryStorage().GetName()
+	w.storage = ps.GetName()
 	n, err := inv.CreateL3Network(ctx(t, 10*time.Second), &ferryv1.CreateL3NetworkRequest{L3Network: &ferryv1.L3Network{
 		Cluster: w.cluster, LibvirtNetwork: w.netName, IpRangeStart: w.l3Range[0], IpRangeEnd: w.l3Range[1],
 		Gateway: w.l3Range[2], PrefixLength: 24}})
 	must(t, err)
-	w.l3 = n.GetL3Network().GetName()
+	w.l3 = n.GetName()
 	cr, err := srcs.CreateCredential(ctx(t, 10*time.Second), &ferryv1.CreateCredentialRequest{Credential: &ferryv1.Credential{
 		Type: ferryv1.CredentialType_CREDENTIAL_TYPE_PRIVATE_KEY, Secret: string(w.sshd.ClientKeyPEM)}})
 	must(t, err)
-	w.cred = cr.GetCredential().GetName()
+	w.cred = cr.GetName()
 	w.source = w.createSource(w.cred, "root", w.sshd.HostKey)
 	ms, err := srvs.CreateMigrationServer(ctx(t, 10*time.Second), &ferryv1.CreateMigrationServerRequest{MigrationServer: &ferryv1.MigrationServer{
 		Host: "hosts/" + w.host, Type: ferryv1.Platform_PLATFORM_KVM, CachePath: w.cacheDir, MigrationCidr: w.migrationCIDR}})
 	must(t, err)
-	w.server = ms.GetMigrationServer().GetName()
+	w.server = ms.GetName()
 }
 
 func (w *world) createSource(cred, user, hostKey string) string {
@@ -155,7 +155,7 @@ func (w *world) createSource(cred, user, hostKey string) string {
 		Type: ferryv1.Platform_PLATFORM_KVM, Kvm: &ferryv1.KvmConnection{
 			Address: w.sshHost, SshPort: int32(w.sshPort), User: user, Credential: cred, HostKey: hostKey}}})
 	must(w.t, err)
-	return s.GetSource().GetName()
+	return s.GetName()
 }
 
 func must(t testing.TB, err error) {
@@ -219,7 +219,7 @@ func (w *world) createJob(spec *ferryv1.MigrationJobSpec) string {
 func (w *world) job(name string) *ferryv1.MigrationJob {
 	resp, err := w.f.client.Jobs().GetMigrationJob(ctx(w.t, 10*time.Second), &ferryv1.GetMigrationJobRequest{Name: name})
 	must(w.t, err)
-	return resp.GetJob()
+	return resp
 }
 
 // waitJob polls until the job satisfies cond.

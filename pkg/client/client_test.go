@@ -2,6 +2,7 @@ package client
 
 import (
 	"context"
+	"google.golang.org/protobuf/types/known/emptypb"
 	"net"
 	"sync"
 	"testing"
@@ -110,28 +111,28 @@ func (n *fakeNode) ListMembers(ctx context.Context, _ *ferryv1.ListMembersReques
 	return &ferryv1.ListMembersResponse{LeaderAddress: n.cl.leader, NodeId: n.addr}, nil
 }
 
-func (n *fakeNode) GetCluster(ctx context.Context, req *ferryv1.GetClusterRequest) (*ferryv1.GetClusterResponse, error) {
+func (n *fakeNode) GetCluster(ctx context.Context, req *ferryv1.GetClusterRequest) (*ferryv1.Cluster, error) {
 	if err := n.admit(ctx, "GetCluster"); err != nil {
 		return nil, err
 	}
 	if req.GetName() == "clusters/bad" {
 		return nil, status.Error(codes.InvalidArgument, "name: bad")
 	}
-	return &ferryv1.GetClusterResponse{Cluster: &ferryv1.Cluster{Name: req.GetName(), DisplayName: n.addr}}, nil
+	return &ferryv1.Cluster{Name: req.GetName(), DisplayName: n.addr}, nil
 }
 
-func (n *fakeNode) CreateCluster(ctx context.Context, req *ferryv1.CreateClusterRequest) (*ferryv1.CreateClusterResponse, error) {
+func (n *fakeNode) CreateCluster(ctx context.Context, req *ferryv1.CreateClusterRequest) (*ferryv1.Cluster, error) {
 	if err := n.admit(ctx, "CreateCluster"); err != nil {
 		return nil, err
 	}
-	return &ferryv1.CreateClusterResponse{Cluster: req.GetCluster()}, nil
+	return req.GetCluster(), nil
 }
 
-func (n *fakeNode) DeleteCluster(ctx context.Context, _ *ferryv1.DeleteClusterRequest) (*ferryv1.DeleteClusterResponse, error) {
+func (n *fakeNode) DeleteCluster(ctx context.Context, _ *ferryv1.DeleteClusterRequest) (*emptypb.Empty, error) {
 	if err := n.admit(ctx, "DeleteCluster"); err != nil {
 		return nil, err
 	}
-	return &ferryv1.DeleteClusterResponse{}, nil
+	return &emptypb.Empty{}, nil
 }
 
 func (n *fakeNode) WatchMigrationJobs(req *ferryv1.WatchMigrationJobsRequest, stream ferryv1.MigrationJobService_WatchMigrationJobsServer) error {

@@ -23,8 +23,8 @@ func TestFollowsLeaderHint(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if resp.GetCluster().GetDisplayName() != leader {
-		t.Fatalf("served by %s, want the leader %s", resp.GetCluster().GetDisplayName(), leader)
+	if resp.GetDisplayName() != leader {
+		t.Fatalf("served by %s, want the leader %s", resp.GetDisplayName(), leader)
 	}
 	if c.Target() != leader {
 		t.Fatalf("Target = %s, want %s", c.Target(), leader)
@@ -52,7 +52,7 @@ func TestLeaderChangeMidSession(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if got := resp.GetCluster().GetDisplayName(); got != cl.nodes[2].addr {
+	if got := resp.GetDisplayName(); got != cl.nodes[2].addr {
 		t.Fatalf("served by %s, want the new leader", got)
 	}
 }

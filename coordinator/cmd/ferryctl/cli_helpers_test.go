@@ -122,6 +122,6 @@ func (c *cli) waitHost(name string) {
 	testcluster.Eventually(c.t, 15*time.Second, name+" is registered and connected", func() bool {
 		r := c.run("host", "get", name, "-o", "json", "--linearizable")
 		var m map[string]any
-		return r.code == 0 && json.Unmarshal([]byte(r.out), &m) == nil && path(m, "host", "connected") == true
+		return r.code == 0 && json.Unmarshal([]byte(r.out), &m) == nil && path(m, "connected") == true
 	})
 }

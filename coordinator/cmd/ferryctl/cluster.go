@@ -66,7 +66,7 @@ name clusters/ID; without it the coordinator picks one.`,
 			if err != nil {
 				return err
 			}
-			return a.show(resp, func() []field { return clusterDetails(resp.GetCluster()) })
+			return a.show(resp, func() []field { return clusterDetails(resp) })
 		}),
 	}
 	cmd.Flags().StringVar(&in.DisplayName, "display-name", "", "a name for people")
@@ -87,7 +87,7 @@ func (a *app) clusterGet() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			return a.show(resp, func() []field { return clusterDetails(resp.GetCluster()) })
+			return a.show(resp, func() []field { return clusterDetails(resp) })
 		}),
 	}
 }

@@ -76,8 +76,8 @@ exactly one of:
 			if err != nil {
 				return err
 			}
-			resp.GetCredential().Secret = "" // never echoed, whatever a server sends
-			return a.show(resp, func() []field { return credentialDetails(resp.GetCredential()) })
+			resp.Secret = "" // never echoed, whatever a server sends
+			return a.show(resp, func() []field { return credentialDetails(resp) })
 		}),
 	}
 	f := cmd.Flags()
@@ -144,8 +144,8 @@ func (a *app) credentialGet() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			resp.GetCredential().Secret = ""
-			return a.show(resp, func() []field { return credentialDetails(resp.GetCredential()) })
+			resp.Secret = ""
+			return a.show(resp, func() []field { return credentialDetails(resp) })
 		}),
 	}
 }

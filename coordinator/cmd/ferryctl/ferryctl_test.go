@@ -53,7 +53,7 @@ func TestFerryctlOnACluster(t *testing.T) {
 
 func (e *clusterEnv) create(t *testing.T) {
 	x := e.cli(t)
-	if got := path(x.json("cluster", "create", "prod", "--display-name", "Production", "--zone", "dc1"), "cluster", "name"); got != "clusters/prod" {
+	if got := path(x.json("cluster", "create", "prod", "--display-name", "Production", "--zone", "dc1"), "name"); got != "clusters/prod" {
 		t.Fatalf("cluster name = %v", got)
 	}
 	x.ok("storage", "create", "local-1", "--cluster", "prod", "--type", "local", "--path", "/var/lib/ferry/images")
@@ -71,16 +71,16 @@ func (e *clusterEnv) create(t *testing.T) {
 		"--sasl-user", "virt", "--sasl-credential", "sasl")
 	vc := x.json("source", "create", "vc", "--type", "vcenter", "--address", "vc.example.net", "--user", "administrator@vsphere.local",
 		"--credential", "kvm-pass", "--thumbprint", strings.Repeat("0a", 32), "--skip-hostname-check")
-	if path(vc, "source", "vcenter", "thumbprint") != strings.TrimSuffix(strings.Repeat("0A:", 32), ":") ||
-		path(vc, "source", "vcenter", "skip_hostname_check") != true || path(vc, "source", "vcenter", "port") != float64(443) {
+	if path(vc, "vcenter", "thumbprint") != strings.TrimSuffix(strings.Repeat("0A:", 32), ":") ||
+		path(vc, "vcenter", "skip_hostname_check") != true || path(vc, "vcenter", "port") != float64(443) {
 		t.Fatalf("source create vc = %v", vc)
 	}
 	if out := x.ok("source", "get", "vc", lin()); !strings.Contains(out, "thumbprint 0A:0A:") || !strings.Contains(out, "hostname not checked") {
 		t.Errorf("source get vc:\n%s", out)
 	}
 	g := x.json("network-mapping", "create", "dc1", "--source", "vc", "--map", "VM Network=lan", "--map", "DSwitch-Backup = lan")
-	if path(g, "network_mapping_group", "mappings", 0, "source_network") != "VM Network" ||
-		path(g, "network_mapping_group", "mappings", 1, "l3_network") != "l3Networks/lan" || path(g, "network_mapping_group", "source") != "sources/vc" {
+	if path(g, "mappings", 0, "source_network") != "VM Network" ||
+		path(g, "mappings", 1, "l3_network") != "l3Networks/lan" || path(g, "source") != "sources/vc" {
 		t.Fatalf("network-mapping create = %v", g)
 	}
 	if r := x.run("network-mapping", "create", "bad", "--map", "VM Network=lan", "--map", "VM Network=lan"); r.code == 0 ||
@@ -91,7 +91,7 @@ func (e *clusterEnv) create(t *testing.T) {
 		t.Errorf("network-mapping create --map without '=': exit %d, %q", r.code, r.err)
 	}
 	g = x.json("network-mapping", "update", "dc1", "--map", "VM Network=lan", "--display-name", "DC 1")
-	if n := len(path(g, "network_mapping_group", "mappings").([]any)); n != 1 || path(g, "network_mapping_group", "display_name") != "DC 1" {
+	if n := len(path(g, "mappings").([]any)); n != 1 || path(g, "display_name") != "DC 1" {
 		t.Fatalf("network-mapping update = %v", g)
 	}
 	if out := x.ok("network-mapping", "list", "--source", "vc", lin()); !strings.Contains(out, "networkMappingGroups/dc1") ||
@@ -108,7 +108,7 @@ func (e *clusterEnv) create(t *testing.T) {
 		t.Errorf("source create with a short thumbprint: exit %d, %q", r.code, r.err)
 	}
 	ms := x.json("server", "create", "kvm-1", "--host", "kvm-1", "--type", "kvm", "--cache-path", e.cache, "--downstream", "500Mbps")
-	if path(ms, "migration_server", "host") != "hosts/kvm-1" || path(ms, "migration_server", "enabled") != true {
+	if path(ms, "host") != "hosts/kvm-1" || path(ms, "enabled") != true {
 		t.Fatalf("server create = %v", ms)
 	}
 }
@@ -122,16 +122,16 @@ func (e *clusterEnv) list(t *testing.T) {
 		want any
 	}{
 		{[]string{"cluster", "list"}, []any{"clusters", 0, "zone"}, "dc1"},
-		{[]string{"cluster", "get", "prod"}, []any{"cluster", "display_name"}, "Production"},
+		{[]string{"cluster", "get", "prod"}, []any{"display_name"}, "Production"},
 		{[]string{"storage", "list", "--cluster", "prod"}, []any{"primary_storages", 0, "type"}, "PRIMARY_STORAGE_TYPE_LOCAL"},
 		{[]string{"network", "list"}, []any{"l3_networks", 0, "ip_range_end"}, "10.0.0.199"},
-		{[]string{"network", "get", "lan"}, []any{"l3_network", "prefix_length"}, float64(24)},
+		{[]string{"network", "get", "lan"}, []any{"prefix_length"}, float64(24)},
 		{[]string{"credential", "list"}, []any{"credentials", 0, "type"}, "CREDENTIAL_TYPE_PASSWORD"},
 		{[]string{"source", "list", "--type", "kvm"}, []any{"sources", 0, "kvm", "sasl_credential"}, "credentials/sasl"},
 		{[]string{"source", "list", "--type", "vcenter"}, []any{"sources", 0, "vcenter", "skip_hostname_check"}, true},
-		{[]string{"source", "get", "kvm-src"}, []any{"source", "kvm", "address"}, "192.0.2.20"},
+		{[]string{"source", "get", "kvm-src"}, []any{"kvm", "address"}, "192.0.2.20"},
 		{[]string{"server", "list"}, []any{"migration_servers", 0, "downstream_bits_per_second"}, "500000000"},
-		{[]string{"server", "get", "kvm-1"}, []any{"migration_server", "cache_path"}, e.cache},
+		{[]string{"server", "get", "kvm-1"}, []any{"cache_path"}, e.cache},
 		{[]string{"host", "list"}, []any{"hosts", 0, "name"}, "hosts/kvm-1"},
 		{[]string{"members", "list"}, []any{"leader_address"}, e.leader.Addr()},
 	}
@@ -185,18 +185,18 @@ func (e *clusterEnv) serverVerbs(t *testing.T) {
 func (e *clusterEnv) settings(t *testing.T) {
 	x := e.cli(t)
 	s := x.json("settings", "update", "--job-parallelism", "20", "--cache-retention", "72h")
-	if path(s, "settings", "job_parallelism") != float64(20) || path(s, "settings", "cache_retention") != "259200s" {
+	if path(s, "job_parallelism") != float64(20) || path(s, "cache_retention") != "259200s" {
 		t.Fatalf("settings update = %v", s)
 	}
 	s = x.json("settings", "get", "--linearizable")
-	if path(s, "settings", "job_parallelism") != float64(20) || path(s, "settings", "agent_grace_period") != "300s" {
+	if path(s, "job_parallelism") != float64(20) || path(s, "agent_grace_period") != "300s" {
 		t.Fatalf("settings get = %v; want the update, other fields kept", s)
 	}
-	if got := path(s, "settings", "guest_shutdown_timeout"); got != "600s" {
+	if got := path(s, "guest_shutdown_timeout"); got != "600s" {
 		t.Fatalf("guest_shutdown_timeout = %v, want the default 600s", got)
 	}
 	s = x.json("settings", "update", "--guest-shutdown-timeout", "2m")
-	if path(s, "settings", "guest_shutdown_timeout") != "120s" || path(s, "settings", "job_parallelism") != float64(20) {
+	if path(s, "guest_shutdown_timeout") != "120s" || path(s, "job_parallelism") != float64(20) {
 		t.Fatalf("settings update --guest-shutdown-timeout = %v", s)
 	}
 	if r := x.run("settings", "update", "--guest-shutdown-timeout", "100ms"); r.code == 0 ||
@@ -282,7 +282,7 @@ func (e *clusterEnv) planJobs(t *testing.T) {
 		t.Errorf("job watch printed %d lines, want one per update:\n%s", lines, r.out)
 	}
 	j := x.json("job", "get", names[0], "--linearizable")
-	if path(j, "job", "state") != "MIGRATION_JOB_STATE_SUCCEEDED" || path(j, "job", "assigned_host") != "hosts/kvm-1" {
+	if path(j, "state") != "MIGRATION_JOB_STATE_SUCCEEDED" || path(j, "assigned_host") != "hosts/kvm-1" {
 		t.Fatalf("job get = %v", j)
 	}
 	// The test agent's copier records no checksums: the job says so.
@@ -349,7 +349,7 @@ func (e *clusterEnv) leaderKilled(t *testing.T) {
 	x := e.cli(t)
 	all := strings.Join(addrs, ",")
 	created := x.json("--server", all, "cluster", "create", "after-kill", "--zone", "dc2")
-	if path(created, "cluster", "name") != "clusters/after-kill" {
+	if path(created, "name") != "clusters/after-kill" {
 		t.Fatalf("create after the leader was killed = %v", created)
 	}
 	t.Logf("create landed %v after the leader was killed", time.Since(killed).Round(time.Millisecond))

@@ -105,20 +105,19 @@ func TestParseBytes(t *testing.T) {
 }
 
 func TestJSONAndYAMLOutput(t *testing.T) {
-	ms := &ferryv1.GetMigrationServerResponse{MigrationServer: &ferryv1.MigrationServer{
+	ms := &ferryv1.MigrationServer{
 		Name: "migrationServers/kvm-1", Host: "hosts/kvm-1", Type: ferryv1.Platform_PLATFORM_KVM,
 		CachePath: "/var/cache", DownstreamBandwidth: "500Mbps", DownstreamBitsPerSecond: 500e6, Enabled: true,
 		DisplayName: "true", // a string YAML would read as a bool unless quoted
-	}}
+	}
 	var js bytes.Buffer
 	if err := printMessage(&js, "json", ms); err != nil {
 		t.Fatal(err)
 	}
-	var got map[string]map[string]any
-	if err := json.Unmarshal(js.Bytes(), &got); err != nil {
+	var srv map[string]any
+	if err := json.Unmarshal(js.Bytes(), &srv); err != nil {
 		t.Fatalf("json output %q: %v", js.String(), err)
 	}
-	srv := got["migration_server"]
 	if srv["cache_path"] != "/var/cache" || srv["type"] != "PLATFORM_KVM" || srv["downstream_bits_per_second"] != "500000000" {
 		t.Errorf("json fields (proto names, enum names, int64 as string) = %v", srv)
 	}
@@ -129,15 +128,15 @@ func TestJSONAndYAMLOutput(t *testing.T) {
 	if strings.ContainsAny(y.String(), "{}") {
 		t.Errorf("yaml output is not block style:\n%s", y.String())
 	}
-	var back map[string]map[string]any
+	var back map[string]any
 	if err := yaml.Unmarshal(y.Bytes(), &back); err != nil {
 		t.Fatalf("yaml output %q: %v", y.String(), err)
 	}
-	if back["migration_server"]["display_name"] != "true" || back["migration_server"]["enabled"] != true {
+	if back["display_name"] != "true" || back["enabled"] != true {
 		t.Errorf("yaml round trip = %v\n%s", back, y.String())
 	}
-	if !strings.HasPrefix(y.String(), "migration_server:\n  name: migrationServers/kvm-1\n") {
-		t.Errorf("yaml keeps the field order and two-space indent; got:\n%s", y.String())
+	if !strings.HasPrefix(y.String(), "name: migrationServers/kvm-1\ndisplay_name: \"true\"\n") {
+		t.Errorf("yaml keeps the field order; got:\n%s", y.String())
 	}
 }
 

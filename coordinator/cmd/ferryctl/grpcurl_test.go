@@ -59,7 +59,8 @@ func TestGrpcurl(t *testing.T) {
 
 	list := grpcurl(t, bin, c.TLSDir, addr, "list")
 	for _, svc := range []string{"ferry.v1.MembershipService", "ferry.v1.TargetInventoryService", "ferry.v1.MigrationJobService",
-		"ferry.v1.MigrationServerService", "ferry.v1.SettingsService", "ferry.v1.SourceService", "grpc.health.v1.Health"} {
+		"ferry.v1.MigrationServerService", "ferry.v1.SettingsService", "ferry.v1.SourceService", "ferry.v1.CertificateService",
+		"ferry.v1.NetworkMappingService", "grpc.health.v1.Health"} {
 		if !strings.Contains(list, svc+"\n") {
 			t.Errorf("grpcurl list lacks %s:\n%s", svc, list)
 		}
@@ -71,11 +72,10 @@ func TestGrpcurl(t *testing.T) {
 	created := grpcurl(t, bin, c.TLSDir, "-d", `{"migration_server": {"host": "hosts/kvm-9", "type": "PLATFORM_KVM",
 		"cache_path": "/var/lib/ferry/cache", "downstream_bandwidth": "500Mbps"}, "request_id": "grpcurl-1"}`,
 		addr, "ferry.v1.MigrationServerService/CreateMigrationServer")
-	var resp struct {
-		MigrationServer struct{ Name, Host, DownstreamBandwidth string } `json:"migrationServer"`
-	}
-	if err := json.Unmarshal([]byte(created), &resp); err != nil || resp.MigrationServer.Host != "hosts/kvm-9" ||
-		resp.MigrationServer.DownstreamBandwidth != "500Mbps" || !strings.HasPrefix(resp.MigrationServer.Name, "migrationServers/") {
+	// CreateMigrationServer answers the MigrationServer itself (AIP-133).
+	var srv struct{ Name, Host, DownstreamBandwidth string }
+	if err := json.Unmarshal([]byte(created), &srv); err != nil || srv.Host != "hosts/kvm-9" ||
+		srv.DownstreamBandwidth != "500Mbps" || !strings.HasPrefix(srv.Name, "migrationServers/") {
 		t.Fatalf("CreateMigrationServer answered %v:\n%s", err, created)
 	}
 
@@ -84,7 +84,7 @@ func TestGrpcurl(t *testing.T) {
 		MigrationServers []struct{ Name, Host string } `json:"migrationServers"`
 	}
 	if err := json.Unmarshal([]byte(listed), &servers); err != nil || len(servers.MigrationServers) != 1 ||
-		servers.MigrationServers[0].Name != resp.MigrationServer.Name {
+		servers.MigrationServers[0].Name != srv.Name {
 		t.Fatalf("ListMigrationServers answered %v:\n%s", err, listed)
 	}
 	if health := grpcurl(t, bin, c.TLSDir, addr, "grpc.health.v1.Health/Check"); !strings.Contains(health, "SERVING") {

@@ -38,7 +38,7 @@ func (a *app) hostGet() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			return a.show(resp, func() []field { return hostDetails(resp.GetHost()) })
+			return a.show(resp, func() []field { return hostDetails(resp) })
 		}),
 	}
 }

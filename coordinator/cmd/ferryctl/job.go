@@ -45,12 +45,12 @@ func (a *app) jobGet() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			if err := a.show(resp, func() []field { return jobDetails(resp.GetJob()) }); err != nil {
+			if err := a.show(resp, func() []field { return jobDetails(resp) }); err != nil {
 				return err
 			}
-			if a.output == "table" && len(resp.GetJob().GetDisks()) > 0 {
+			if a.output == "table" && len(resp.GetDisks()) > 0 {
 				fmt.Fprintln(a.io.Out)
-				return diskTable(a.io.Out, resp.GetJob().GetDisks())
+				return diskTable(a.io.Out, resp.GetDisks())
 			}
 			return nil
 		}),

@@ -36,7 +36,7 @@ func fillFromSource(ctx context.Context, cl *client.Client, req *ferryv1.CreateM
 		if err != nil {
 			return err
 		}
-		opts.Group = r.GetNetworkMappingGroup()
+		opts.Group = r
 	}
 	if spec.GetOptions().GetUseSourceNicAddress() {
 		nets, err := cl.TargetInventory().ListL3Networks(ctx, &ferryv1.ListL3NetworksRequest{Cluster: spec.GetTarget().GetCluster(), PageSize: 1000})

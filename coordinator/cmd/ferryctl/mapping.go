@@ -71,7 +71,7 @@ Repeat --map for each source network; each lands on one L3 network.`,
 			if err != nil {
 				return err
 			}
-			return a.show(resp, func() []field { return mappingDetails(resp.GetNetworkMappingGroup()) })
+			return a.show(resp, func() []field { return mappingDetails(resp) })
 		}),
 	}
 	f := cmd.Flags()
@@ -93,7 +93,7 @@ func (a *app) mappingGet() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			return a.show(resp, func() []field { return mappingDetails(resp.GetNetworkMappingGroup()) })
+			return a.show(resp, func() []field { return mappingDetails(resp) })
 		}),
 	}
 }
@@ -163,7 +163,7 @@ its display name. Jobs already created keep their NICs.`,
 				if err != nil {
 					return err
 				}
-				return a.show(resp, func() []field { return mappingDetails(resp.GetNetworkMappingGroup()) })
+				return a.show(resp, func() []field { return mappingDetails(resp) })
 			})(cmd, args)
 		},
 	}

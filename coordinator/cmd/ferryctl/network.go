@@ -64,7 +64,7 @@ Give exactly one of --libvirt-network and --bridge.`,
 			if err != nil {
 				return err
 			}
-			return a.show(resp, func() []field { return networkDetails(resp.GetL3Network()) })
+			return a.show(resp, func() []field { return networkDetails(resp) })
 		}),
 	}
 	f := cmd.Flags()
@@ -91,7 +91,7 @@ func (a *app) networkGet() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			return a.show(resp, func() []field { return networkDetails(resp.GetL3Network()) })
+			return a.show(resp, func() []field { return networkDetails(resp) })
 		}),
 	}
 }

@@ -63,7 +63,7 @@ to 32Gbps; without a flag the direction is unlimited.`,
 			if err != nil {
 				return err
 			}
-			return a.show(resp, func() []field { return serverDetails(resp.GetMigrationServer()) })
+			return a.show(resp, func() []field { return serverDetails(resp) })
 		}),
 	}
 	f := cmd.Flags()
@@ -90,7 +90,7 @@ func (a *app) serverGet() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			return a.show(resp, func() []field { return serverDetails(resp.GetMigrationServer()) })
+			return a.show(resp, func() []field { return serverDetails(resp) })
 		}),
 	}
 }

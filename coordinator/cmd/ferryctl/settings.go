@@ -43,7 +43,7 @@ func (a *app) settingsGet() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			return a.show(resp, func() []field { return settingsDetails(resp.GetSettings()) })
+			return a.show(resp, func() []field { return settingsDetails(resp) })
 		}),
 	}
 }
@@ -96,7 +96,7 @@ durations: 90s, 30m, 24h.`,
 				if err != nil {
 					return err
 				}
-				return a.show(resp, func() []field { return settingsDetails(resp.GetSettings()) })
+				return a.show(resp, func() []field { return settingsDetails(resp) })
 			})(cmd, args)
 		},
 	}

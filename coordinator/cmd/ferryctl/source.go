@@ -83,7 +83,7 @@ SSH port of a KVM host.`,
 			if err != nil {
 				return err
 			}
-			return a.show(resp, func() []field { return sourceDetails(resp.GetSource()) })
+			return a.show(resp, func() []field { return sourceDetails(resp) })
 		}),
 	}
 	f := cmd.Flags()
@@ -159,7 +159,7 @@ func (a *app) sourceGet() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			return a.show(resp, func() []field { return sourceDetails(resp.GetSource()) })
+			return a.show(resp, func() []field { return sourceDetails(resp) })
 		}),
 	}
 }

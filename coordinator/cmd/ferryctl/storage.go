@@ -53,7 +53,7 @@ sharedblock.`,
 			if err != nil {
 				return err
 			}
-			return a.show(resp, func() []field { return storageDetails(resp.GetPrimaryStorage()) })
+			return a.show(resp, func() []field { return storageDetails(resp) })
 		}),
 	}
 	f := cmd.Flags()
@@ -79,7 +79,7 @@ func (a *app) storageGet() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			return a.show(resp, func() []field { return storageDetails(resp.GetPrimaryStorage()) })
+			return a.show(resp, func() []field { return storageDetails(resp) })
 		}),
 	}
 }

@@ -21,26 +21,32 @@ type clusterService struct {
 }
 
 // ListMembers answers from this node's view of the configuration.
-func (s *clusterService) ListMembers(ctx context.Context, _ *ferryv1.ListMembersRequest) (*ferryv1.ListMembersResponse, error) {
+func (s *clusterService) ListMembers(ctx context.Context, req *ferryv1.ListMembersRequest) (*ferryv1.ListMembersResponse, error) {
 	members, err := s.members()
 	if err != nil {
 		return reply[*ferryv1.ListMembersResponse](ctx, s.a, nil, err)
 	}
+	leader := ""
+	for _, m := range members {
+		if m.GetLeader() {
+			leader = m.GetId()
+		}
+	}
+	page, next, err := paginateBy(members, (*ferryv1.Member).GetId, req.GetPageSize(), req.GetPageToken())
+	if err != nil {
+		return reply[*ferryv1.ListMembersResponse](ctx, s.a, nil, err)
+	}
 	st := s.a.membership.Stats()
-	resp := &ferryv1.ListMembersResponse{
-		Members:       members,
+	return &ferryv1.ListMembersResponse{
+		Members:       page,
+		NextPageToken: next,
+		LeaderId:      leader,
 		LeaderAddress: s.a.proposer.LeaderAPIAddress(),
 		LastIndex:     st.LastIndex,
 		CommitIndex:   st.CommitIndex,
 		AppliedIndex:  st.AppliedIndex,
 		NodeId:        s.a.membership.ID(),
-	}
-	for _, m := range members {
-		if m.GetLeader() {
-			resp.LeaderId = m.GetId()
-		}
-	}
-	return resp, nil
+	}, nil
 }
 
 // members joins the Raft configuration with the API addresses the

@@ -6,6 +6,7 @@ import (
 	"crypto/ed25519"
 	"encoding/pem"
 	"fmt"
+	"google.golang.org/protobuf/types/known/emptypb"
 	"strings"
 	"testing"
 	"time"
@@ -207,36 +208,36 @@ var (
 // corpus is the bad-input corpus: every service, every kind of mistake.
 var corpus = []corpusCase{
 	// TargetInventoryService: clusters.
-	{"cluster name upper case", unary(func(c *apiClients) func(context.Context, *ferryv1.CreateClusterRequest, ...grpc.CallOption) (*ferryv1.CreateClusterResponse, error) {
+	{"cluster name upper case", unary(func(c *apiClients) func(context.Context, *ferryv1.CreateClusterRequest, ...grpc.CallOption) (*ferryv1.Cluster, error) {
 		return c.inv.CreateCluster
 	}, &ferryv1.CreateClusterRequest{Cluster: &ferryv1.Cluster{Name: "clusters/Big_Name"}}), ipa, "cluster.name:"},
-	{"cluster name of another collection", unary(func(c *apiClients) func(context.Context, *ferryv1.CreateClusterRequest, ...grpc.CallOption) (*ferryv1.CreateClusterResponse, error) {
+	{"cluster name of another collection", unary(func(c *apiClients) func(context.Context, *ferryv1.CreateClusterRequest, ...grpc.CallOption) (*ferryv1.Cluster, error) {
 		return c.inv.CreateCluster
 	}, &ferryv1.CreateClusterRequest{Cluster: &ferryv1.Cluster{Name: "sources/c2"}}), ipa, "cluster.name:"},
-	{"cluster missing", unary(func(c *apiClients) func(context.Context, *ferryv1.CreateClusterRequest, ...grpc.CallOption) (*ferryv1.CreateClusterResponse, error) {
+	{"cluster missing", unary(func(c *apiClients) func(context.Context, *ferryv1.CreateClusterRequest, ...grpc.CallOption) (*ferryv1.Cluster, error) {
 		return c.inv.CreateCluster
 	}, &ferryv1.CreateClusterRequest{}), ipa, "cluster:"},
-	{"cluster display name too long", unary(func(c *apiClients) func(context.Context, *ferryv1.CreateClusterRequest, ...grpc.CallOption) (*ferryv1.CreateClusterResponse, error) {
+	{"cluster display name too long", unary(func(c *apiClients) func(context.Context, *ferryv1.CreateClusterRequest, ...grpc.CallOption) (*ferryv1.Cluster, error) {
 		return c.inv.CreateCluster
 	}, &ferryv1.CreateClusterRequest{Cluster: &ferryv1.Cluster{DisplayName: long300}}), ipa, "cluster.display_name:"},
-	{"cluster zone with a control character", unary(func(c *apiClients) func(context.Context, *ferryv1.CreateClusterRequest, ...grpc.CallOption) (*ferryv1.CreateClusterResponse, error) {
+	{"cluster zone with a control character", unary(func(c *apiClients) func(context.Context, *ferryv1.CreateClusterRequest, ...grpc.CallOption) (*ferryv1.Cluster, error) {
 		return c.inv.CreateCluster
 	}, &ferryv1.CreateClusterRequest{Cluster: &ferryv1.Cluster{Zone: "east\x1b[2J"}}), ipa, "cluster.zone:"},
 	{"cluster display name not UTF-8", rawCall("/ferry.v1.TargetInventoryService/CreateCluster",
 		&ferryv1.CreateClusterRequest{Cluster: &ferryv1.Cluster{DisplayName: badUTF8}}), ipa, "cluster.display_name: not valid UTF-8"},
-	{"cluster duplicated name", unary(func(c *apiClients) func(context.Context, *ferryv1.CreateClusterRequest, ...grpc.CallOption) (*ferryv1.CreateClusterResponse, error) {
+	{"cluster duplicated name", unary(func(c *apiClients) func(context.Context, *ferryv1.CreateClusterRequest, ...grpc.CallOption) (*ferryv1.Cluster, error) {
 		return c.inv.CreateCluster
 	}, &ferryv1.CreateClusterRequest{Cluster: &ferryv1.Cluster{Name: "clusters/c1"}}), codes.AlreadyExists, "cluster.name: clusters/c1 already exists"},
-	{"cluster request_id too long", unary(func(c *apiClients) func(context.Context, *ferryv1.CreateClusterRequest, ...grpc.CallOption) (*ferryv1.CreateClusterResponse, error) {
+	{"cluster request_id too long", unary(func(c *apiClients) func(context.Context, *ferryv1.CreateClusterRequest, ...grpc.CallOption) (*ferryv1.Cluster, error) {
 		return c.inv.CreateCluster
 	}, &ferryv1.CreateClusterRequest{Cluster: &ferryv1.Cluster{}, RequestId: long300}), ipa, "request_id:"},
-	{"get cluster of another collection", unary(func(c *apiClients) func(context.Context, *ferryv1.GetClusterRequest, ...grpc.CallOption) (*ferryv1.GetClusterResponse, error) {
+	{"get cluster of another collection", unary(func(c *apiClients) func(context.Context, *ferryv1.GetClusterRequest, ...grpc.CallOption) (*ferryv1.Cluster, error) {
 		return c.inv.GetCluster
 	}, &ferryv1.GetClusterRequest{Name: "sources/kvm"}), ipa, "name:"},
-	{"get missing cluster", unary(func(c *apiClients) func(context.Context, *ferryv1.GetClusterRequest, ...grpc.CallOption) (*ferryv1.GetClusterResponse, error) {
+	{"get missing cluster", unary(func(c *apiClients) func(context.Context, *ferryv1.GetClusterRequest, ...grpc.CallOption) (*ferryv1.Cluster, error) {
 		return c.inv.GetCluster
 	}, &ferryv1.GetClusterRequest{Name: "clusters/nope"}), codes.NotFound, "name: cluster clusters/nope not found"},
-	{"delete cluster in use", unary(func(c *apiClients) func(context.Context, *ferryv1.DeleteClusterRequest, ...grpc.CallOption) (*ferryv1.DeleteClusterResponse, error) {
+	{"delete cluster in use", unary(func(c *apiClients) func(context.Context, *ferryv1.DeleteClusterRequest, ...grpc.CallOption) (*emptypb.Empty, error) {
 		return c.inv.DeleteCluster
 	}, &ferryv1.DeleteClusterRequest{Name: "clusters/c1"}), codes.FailedPrecondition, "name: cluster clusters/c1 still has primary storage"},
 	{"list clusters negative page size", unary(func(c *apiClients) func(context.Context, *ferryv1.ListClustersRequest, ...grpc.CallOption) (*ferryv1.ListClustersResponse, error) {
@@ -248,7 +249,7 @@ var corpus = []corpusCase{
 	{"list hosts bad cluster filter", unary(func(c *apiClients) func(context.Context, *ferryv1.ListHostsRequest, ...grpc.CallOption) (*ferryv1.ListHostsResponse, error) {
 		return c.inv.ListHosts
 	}, &ferryv1.ListHostsRequest{Cluster: "zones/east"}), ipa, "cluster:"},
-	{"get host with a space", unary(func(c *apiClients) func(context.Context, *ferryv1.GetHostRequest, ...grpc.CallOption) (*ferryv1.GetHostResponse, error) {
+	{"get host with a space", unary(func(c *apiClients) func(context.Context, *ferryv1.GetHostRequest, ...grpc.CallOption) (*ferryv1.Host, error) {
 		return c.inv.GetHost
 	}, &ferryv1.GetHostRequest{Name: "hosts/a b"}), ipa, "name:"},
 
@@ -317,7 +318,7 @@ var corpus = []corpusCase{
 	{"list sources unknown type", unary(func(c *apiClients) func(context.Context, *ferryv1.ListSourcesRequest, ...grpc.CallOption) (*ferryv1.ListSourcesResponse, error) {
 		return c.sources.ListSources
 	}, &ferryv1.ListSourcesRequest{Type: 12}), ipa, "type:"},
-	{"delete credential in use", unary(func(c *apiClients) func(context.Context, *ferryv1.DeleteCredentialRequest, ...grpc.CallOption) (*ferryv1.DeleteCredentialResponse, error) {
+	{"delete credential in use", unary(func(c *apiClients) func(context.Context, *ferryv1.DeleteCredentialRequest, ...grpc.CallOption) (*emptypb.Empty, error) {
 		return c.sources.DeleteCredential
 	}, &ferryv1.DeleteCredentialRequest{Name: "credentials/pw"}), codes.FailedPrecondition, "name: source sources/kvm still uses credential credentials/pw"},
 	{"list VMs of a missing source", unary(func(c *apiClients) func(context.Context, *ferryv1.ListSourceVMsRequest, ...grpc.CallOption) (*ferryv1.ListSourceVMsResponse, error) {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"google.golang.org/protobuf/types/known/emptypb"
 	"strings"
 
 	"golang.org/x/crypto/ssh"
@@ -18,9 +19,9 @@ const maxSecret = 64 << 10
 // name as additional data before it is proposed, and no answer or log line
 // ever carries it. Requests are never logged, so neither is the secret.
 
-func (s *sourceService) CreateCredential(ctx context.Context, req *ferryv1.CreateCredentialRequest) (*ferryv1.CreateCredentialResponse, error) {
+func (s *sourceService) CreateCredential(ctx context.Context, req *ferryv1.CreateCredentialRequest) (*ferryv1.Credential, error) {
 	cred, err := s.createCredential(ctx, req)
-	return reply(ctx, s.a, &ferryv1.CreateCredentialResponse{Credential: cred}, err)
+	return reply(ctx, s.a, cred, err)
 }
 
 func (s *sourceService) createCredential(ctx context.Context, req *ferryv1.CreateCredentialRequest) (*ferryv1.Credential, error) {
@@ -103,10 +104,10 @@ func publicCredential(sc *ledgerv1.SealedCredential) *ferryv1.Credential {
 	return c
 }
 
-func (s *sourceService) GetCredential(ctx context.Context, req *ferryv1.GetCredentialRequest) (*ferryv1.GetCredentialResponse, error) {
+func (s *sourceService) GetCredential(ctx context.Context, req *ferryv1.GetCredentialRequest) (*ferryv1.Credential, error) {
 	err := checkName(req.GetName(), colCreds)
 	cred, err := s.readCredential(req.GetName(), err)
-	return reply(ctx, s.a, &ferryv1.GetCredentialResponse{Credential: cred}, err)
+	return reply(ctx, s.a, cred, err)
 }
 
 func (s *sourceService) ListCredentials(ctx context.Context, req *ferryv1.ListCredentialsRequest) (*ferryv1.ListCredentialsResponse, error) {
@@ -119,9 +120,9 @@ func (s *sourceService) ListCredentials(ctx context.Context, req *ferryv1.ListCr
 	return reply(ctx, s.a, &ferryv1.ListCredentialsResponse{Credentials: page, NextPageToken: next}, err)
 }
 
-func (s *sourceService) DeleteCredential(ctx context.Context, req *ferryv1.DeleteCredentialRequest) (*ferryv1.DeleteCredentialResponse, error) {
+func (s *sourceService) DeleteCredential(ctx context.Context, req *ferryv1.DeleteCredentialRequest) (*emptypb.Empty, error) {
 	err := s.a.deleteResource(ctx, req.GetName(), colCreds, func(d *ledgerv1.DeleteResource) *ledgerv1.Command {
 		return &ledgerv1.Command{Op: &ledgerv1.Command_DeleteCredential{DeleteCredential: d}}
 	})
-	return reply(ctx, s.a, &ferryv1.DeleteCredentialResponse{}, err)
+	return reply(ctx, s.a, &emptypb.Empty{}, err)
 }

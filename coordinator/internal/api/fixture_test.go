@@ -25,30 +25,30 @@ func (e *env) seed() {
 		e.apply(&ledgerv1.Command{Op: &ledgerv1.Command_PutHost{PutHost: &ledgerv1.PutHost{Host: &ferryv1.Host{
 			Name: "hosts/" + h, Cluster: "clusters/c1", Connected: h == "kvm1"}}}})
 	}
-	must[*ferryv1.CreateClusterResponse](t)(e.inv.CreateCluster(c, &ferryv1.CreateClusterRequest{Cluster: &ferryv1.Cluster{Name: "clusters/c1"}}))
+	must[*ferryv1.Cluster](t)(e.inv.CreateCluster(c, &ferryv1.CreateClusterRequest{Cluster: &ferryv1.Cluster{Name: "clusters/c1"}}))
 	for _, ps := range []*ferryv1.PrimaryStorage{
 		{Name: "primaryStorages/nfs", Cluster: "clusters/c1", Type: ferryv1.PrimaryStorageType_PRIMARY_STORAGE_TYPE_NFS, Path: "/mnt/nfs"},
 		{Name: "primaryStorages/local", Cluster: "clusters/c1", Type: ferryv1.PrimaryStorageType_PRIMARY_STORAGE_TYPE_LOCAL, Path: "/var/lib/ferry"},
 	} {
-		must[*ferryv1.CreatePrimaryStorageResponse](t)(e.inv.CreatePrimaryStorage(c, &ferryv1.CreatePrimaryStorageRequest{PrimaryStorage: ps}))
+		must[*ferryv1.PrimaryStorage](t)(e.inv.CreatePrimaryStorage(c, &ferryv1.CreatePrimaryStorageRequest{PrimaryStorage: ps}))
 	}
-	must[*ferryv1.CreateL3NetworkResponse](t)(e.inv.CreateL3Network(c, &ferryv1.CreateL3NetworkRequest{L3Network: &ferryv1.L3Network{
+	must[*ferryv1.L3Network](t)(e.inv.CreateL3Network(c, &ferryv1.CreateL3NetworkRequest{L3Network: &ferryv1.L3Network{
 		Name: "l3Networks/net1", Cluster: "clusters/c1", Bridge: "br0",
 		IpRangeStart: "10.0.0.1", IpRangeEnd: "10.0.0.20", Gateway: "10.0.0.1", PrefixLength: 24}}))
-	must[*ferryv1.CreateCredentialResponse](t)(e.sources.CreateCredential(c, &ferryv1.CreateCredentialRequest{Credential: &ferryv1.Credential{
+	must[*ferryv1.Credential](t)(e.sources.CreateCredential(c, &ferryv1.CreateCredentialRequest{Credential: &ferryv1.Credential{
 		Name: "credentials/pw", Type: ferryv1.CredentialType_CREDENTIAL_TYPE_PASSWORD, Secret: testSecret}}))
 	for _, src := range []*ferryv1.Source{
 		{Name: "sources/kvm", Type: ferryv1.Platform_PLATFORM_KVM, Kvm: &ferryv1.KvmConnection{Address: "192.0.2.10", Credential: "credentials/pw"}},
 		{Name: "sources/vc", Type: ferryv1.Platform_PLATFORM_VMWARE, Vcenter: &ferryv1.VCenterConnection{
 			Address: "vc.example.com", User: "administrator@vsphere.local", Credential: "credentials/pw"}},
 	} {
-		must[*ferryv1.CreateSourceResponse](t)(e.sources.CreateSource(c, &ferryv1.CreateSourceRequest{Source: src}))
+		must[*ferryv1.Source](t)(e.sources.CreateSource(c, &ferryv1.CreateSourceRequest{Source: src}))
 	}
 	for _, ms := range []*ferryv1.MigrationServer{
 		{Name: "migrationServers/kvm", Host: "hosts/kvm1", Type: ferryv1.Platform_PLATFORM_KVM, CachePath: "/var/cache/ferry"},
 		{Name: "migrationServers/vmw", Host: "hosts/vm1", Type: ferryv1.Platform_PLATFORM_VMWARE, CachePath: "/var/cache/ferry"},
 	} {
-		must[*ferryv1.CreateMigrationServerResponse](t)(e.servers.CreateMigrationServer(c, &ferryv1.CreateMigrationServerRequest{MigrationServer: ms}))
+		must[*ferryv1.MigrationServer](t)(e.servers.CreateMigrationServer(c, &ferryv1.CreateMigrationServerRequest{MigrationServer: ms}))
 	}
 }
 

@@ -63,9 +63,9 @@ func pair(t *testing.T) (leader, follower *env, p *peers) {
 func TestForwardWriteToLeader(t *testing.T) {
 	leader, follower, _ := pair(t)
 	c := ctx(t)
-	resp := must[*ferryv1.CreateClusterResponse](t)(follower.inv.CreateCluster(c, &ferryv1.CreateClusterRequest{
+	resp := must[*ferryv1.Cluster](t)(follower.inv.CreateCluster(c, &ferryv1.CreateClusterRequest{
 		Cluster: &ferryv1.Cluster{Name: "clusters/east", Zone: "z1"}}))
-	if resp.GetCluster().GetName() != "clusters/east" || resp.GetCluster().GetCreateTime() == nil {
+	if resp.GetName() != "clusters/east" || resp.GetCreateTime() == nil {
 		t.Fatalf("forwarded create answered %v", resp)
 	}
 	if _, ok := leader.ledger.Cluster("clusters/east"); !ok {
@@ -84,8 +84,8 @@ func TestForwardWriteToLeader(t *testing.T) {
 	// Plain reads are local; linearizable ones go to the leader, header and all.
 	_, err = follower.inv.GetCluster(c, &ferryv1.GetClusterRequest{Name: "clusters/east"})
 	wantCode(t, err, codes.NotFound, "name:")
-	got := must[*ferryv1.GetClusterResponse](t)(follower.inv.GetCluster(grpcutil.WithLinearizableRead(c), &ferryv1.GetClusterRequest{Name: "clusters/east"}))
-	if got.GetCluster().GetZone() != "z1" || leader.raft.linearized.Load() != 1 {
+	got := must[*ferryv1.Cluster](t)(follower.inv.GetCluster(grpcutil.WithLinearizableRead(c), &ferryv1.GetClusterRequest{Name: "clusters/east"}))
+	if got.GetZone() != "z1" || leader.raft.linearized.Load() != 1 {
 		t.Fatalf("linearizable read gave %v after %d leader reads", got, leader.raft.linearized.Load())
 	}
 }
@@ -109,7 +109,7 @@ func TestForwardRetriesWhenLeaderMoved(t *testing.T) {
 	old.raft.leaderAddr.Store("leader")
 	p.add("old", old)
 	follower.raft.leaderAddr.Store("old")
-	must[*ferryv1.CreateClusterResponse](t)(follower.inv.CreateCluster(ctx(t), &ferryv1.CreateClusterRequest{Cluster: &ferryv1.Cluster{Name: "clusters/moved"}}))
+	must[*ferryv1.Cluster](t)(follower.inv.CreateCluster(ctx(t), &ferryv1.CreateClusterRequest{Cluster: &ferryv1.Cluster{Name: "clusters/moved"}}))
 	if _, ok := leader.ledger.Cluster("clusters/moved"); !ok {
 		t.Fatal("the retried write did not land on the new leader")
 	}

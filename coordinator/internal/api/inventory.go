@@ -2,6 +2,7 @@ package api
 
 import (
 	"context"
+	"google.golang.org/protobuf/types/known/emptypb"
 
 	"google.golang.org/protobuf/proto"
 
@@ -16,9 +17,9 @@ type inventoryService struct {
 	a *API
 }
 
-func (s *inventoryService) CreateCluster(ctx context.Context, req *ferryv1.CreateClusterRequest) (*ferryv1.CreateClusterResponse, error) {
+func (s *inventoryService) CreateCluster(ctx context.Context, req *ferryv1.CreateClusterRequest) (*ferryv1.Cluster, error) {
 	cl, err := s.createCluster(ctx, req)
-	return reply(ctx, s.a, &ferryv1.CreateClusterResponse{Cluster: cl}, err)
+	return reply(ctx, s.a, cl, err)
 }
 
 func (s *inventoryService) createCluster(ctx context.Context, req *ferryv1.CreateClusterRequest) (*ferryv1.Cluster, error) {
@@ -46,9 +47,9 @@ func (s *inventoryService) createCluster(ctx context.Context, req *ferryv1.Creat
 	return lookup(s.a.ledger.Cluster, name, "cluster")
 }
 
-func (s *inventoryService) GetCluster(ctx context.Context, req *ferryv1.GetClusterRequest) (*ferryv1.GetClusterResponse, error) {
+func (s *inventoryService) GetCluster(ctx context.Context, req *ferryv1.GetClusterRequest) (*ferryv1.Cluster, error) {
 	cl, err := get(s.a.ledger.Cluster, req.GetName(), colClusters, "cluster")
-	return reply(ctx, s.a, &ferryv1.GetClusterResponse{Cluster: cl}, err)
+	return reply(ctx, s.a, cl, err)
 }
 
 func (s *inventoryService) ListClusters(ctx context.Context, req *ferryv1.ListClustersRequest) (*ferryv1.ListClustersResponse, error) {
@@ -56,16 +57,16 @@ func (s *inventoryService) ListClusters(ctx context.Context, req *ferryv1.ListCl
 	return reply(ctx, s.a, &ferryv1.ListClustersResponse{Clusters: page, NextPageToken: next}, err)
 }
 
-func (s *inventoryService) DeleteCluster(ctx context.Context, req *ferryv1.DeleteClusterRequest) (*ferryv1.DeleteClusterResponse, error) {
+func (s *inventoryService) DeleteCluster(ctx context.Context, req *ferryv1.DeleteClusterRequest) (*emptypb.Empty, error) {
 	err := s.a.deleteResource(ctx, req.GetName(), colClusters, func(d *ledgerv1.DeleteResource) *ledgerv1.Command {
 		return &ledgerv1.Command{Op: &ledgerv1.Command_DeleteCluster{DeleteCluster: d}}
 	})
-	return reply(ctx, s.a, &ferryv1.DeleteClusterResponse{}, err)
+	return reply(ctx, s.a, &emptypb.Empty{}, err)
 }
 
-func (s *inventoryService) GetHost(ctx context.Context, req *ferryv1.GetHostRequest) (*ferryv1.GetHostResponse, error) {
+func (s *inventoryService) GetHost(ctx context.Context, req *ferryv1.GetHostRequest) (*ferryv1.Host, error) {
 	h, err := get(s.a.ledger.Host, req.GetName(), colHosts, "host")
-	return reply(ctx, s.a, &ferryv1.GetHostResponse{Host: h}, err)
+	return reply(ctx, s.a, h, err)
 }
 
 func (s *inventoryService) ListHosts(ctx context.Context, req *ferryv1.ListHostsRequest) (*ferryv1.ListHostsResponse, error) {

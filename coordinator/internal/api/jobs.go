@@ -2,6 +2,7 @@ package api
 
 import (
 	"context"
+	"google.golang.org/protobuf/types/known/emptypb"
 
 	"github.com/ferry-v2v/ferry/coordinator/internal/ledger"
 	ledgerv1 "github.com/ferry-v2v/ferry/pkg/pb/ferry/ledger/v1"
@@ -123,9 +124,9 @@ func (s *jobService) readJob(name string, err error) (*ferryv1.MigrationJob, err
 	return s.a.hub.Overlay(j), nil
 }
 
-func (s *jobService) GetMigrationJob(ctx context.Context, req *ferryv1.GetMigrationJobRequest) (*ferryv1.GetMigrationJobResponse, error) {
+func (s *jobService) GetMigrationJob(ctx context.Context, req *ferryv1.GetMigrationJobRequest) (*ferryv1.MigrationJob, error) {
 	j, err := s.readJob(req.GetName(), checkName(req.GetName(), colJobs))
-	return reply(ctx, s.a, &ferryv1.GetMigrationJobResponse{Job: j}, err)
+	return reply(ctx, s.a, j, err)
 }
 
 func (s *jobService) ListMigrationJobs(ctx context.Context, req *ferryv1.ListMigrationJobsRequest) (*ferryv1.ListMigrationJobsResponse, error) {
@@ -171,9 +172,9 @@ func (s *jobService) RestartMigrationJob(ctx context.Context, req *ferryv1.Resta
 	return reply(ctx, s.a, &ferryv1.RestartMigrationJobResponse{Job: j}, err)
 }
 
-func (s *jobService) DeleteMigrationJob(ctx context.Context, req *ferryv1.DeleteMigrationJobRequest) (*ferryv1.DeleteMigrationJobResponse, error) {
+func (s *jobService) DeleteMigrationJob(ctx context.Context, req *ferryv1.DeleteMigrationJobRequest) (*emptypb.Empty, error) {
 	err := s.a.deleteResource(ctx, req.GetName(), colJobs, func(d *ledgerv1.DeleteResource) *ledgerv1.Command {
 		return &ledgerv1.Command{Op: &ledgerv1.Command_DeleteMigrationJob{DeleteMigrationJob: d}}
 	})
-	return reply(ctx, s.a, &ferryv1.DeleteMigrationJobResponse{}, err)
+	return reply(ctx, s.a, &emptypb.Empty{}, err)
 }

@@ -3,6 +3,7 @@ package api
 import (
 	"context"
 	"fmt"
+	"google.golang.org/protobuf/types/known/emptypb"
 	"slices"
 	"sync"
 	"testing"
@@ -51,15 +52,15 @@ func TestCreateRequestIDIdempotentForEveryResource(t *testing.T) {
 	e.seed()
 	c := ctx(t)
 	req := &ferryv1.CreateClusterRequest{Cluster: &ferryv1.Cluster{DisplayName: "east"}, RequestId: "r-cluster"}
-	a := must[*ferryv1.CreateClusterResponse](t)(e.inv.CreateCluster(c, req))
-	b := must[*ferryv1.CreateClusterResponse](t)(e.inv.CreateCluster(c, req))
+	a := must[*ferryv1.Cluster](t)(e.inv.CreateCluster(c, req))
+	b := must[*ferryv1.Cluster](t)(e.inv.CreateCluster(c, req))
 	if !proto.Equal(a, b) {
 		t.Fatalf("cluster: %v then %v", a, b)
 	}
 	creq := &ferryv1.CreateCredentialRequest{RequestId: "r-cred", Credential: &ferryv1.Credential{
 		Type: ferryv1.CredentialType_CREDENTIAL_TYPE_PASSWORD, Secret: "x"}}
-	c1 := must[*ferryv1.CreateCredentialResponse](t)(e.sources.CreateCredential(c, creq))
-	c2 := must[*ferryv1.CreateCredentialResponse](t)(e.sources.CreateCredential(c, creq))
+	c1 := must[*ferryv1.Credential](t)(e.sources.CreateCredential(c, creq))
+	c2 := must[*ferryv1.Credential](t)(e.sources.CreateCredential(c, creq))
 	if !proto.Equal(c1, c2) {
 		t.Fatalf("credential: %v then %v", c1, c2)
 	}
@@ -144,7 +145,7 @@ func TestDeleteMigrationServerCancelsItsJobs(t *testing.T) {
 		t.Fatalf("cancelled %v, want the running and the queued job %v", resp.GetCancelledJobs(), want)
 	}
 	for _, name := range want {
-		j := must[*ferryv1.GetMigrationJobResponse](t)(e.jobs.GetMigrationJob(c, &ferryv1.GetMigrationJobRequest{Name: name})).GetJob()
+		j := must[*ferryv1.MigrationJob](t)(e.jobs.GetMigrationJob(c, &ferryv1.GetMigrationJobRequest{Name: name}))
 		if j.GetState() != ferryv1.MigrationJobState_MIGRATION_JOB_STATE_CANCELLED || j.GetReason() == "" {
 			t.Fatalf("%s is %v (%q), want CANCELLED with a reason", name, j.GetState(), j.GetReason())
 		}
@@ -170,7 +171,7 @@ func TestJobLifecycle(t *testing.T) {
 		t.Fatalf("restart gave %v", restarted.GetState())
 	}
 	must[*ferryv1.CancelMigrationJobResponse](t)(e.jobs.CancelMigrationJob(c, &ferryv1.CancelMigrationJobRequest{Name: name}))
-	must[*ferryv1.DeleteMigrationJobResponse](t)(e.jobs.DeleteMigrationJob(c, &ferryv1.DeleteMigrationJobRequest{Name: name}))
+	must[*emptypb.Empty](t)(e.jobs.DeleteMigrationJob(c, &ferryv1.DeleteMigrationJobRequest{Name: name}))
 	_, err = e.jobs.GetMigrationJob(c, &ferryv1.GetMigrationJobRequest{Name: name})
 	wantCode(t, err, codes.NotFound, "name:")
 }
@@ -230,7 +231,7 @@ func TestWatchMigrationJobs(t *testing.T) {
 	if ev.GetType() != ferryv1.WatchEventType_WATCH_EVENT_TYPE_PROGRESS || ev.GetJob().GetDisks()[0].GetDoneBytes() != 40 {
 		t.Fatalf("got %v, want PROGRESS with 40 bytes done", ev)
 	}
-	got := must[*ferryv1.GetMigrationJobResponse](t)(e.jobs.GetMigrationJob(c, &ferryv1.GetMigrationJobRequest{Name: name})).GetJob()
+	got := must[*ferryv1.MigrationJob](t)(e.jobs.GetMigrationJob(c, &ferryv1.GetMigrationJobRequest{Name: name}))
 	if len(got.GetDisks()) != 1 || got.GetDisks()[0].GetDoneBytes() != 40 {
 		t.Fatalf("Get does not show live progress: %v", got.GetDisks())
 	}

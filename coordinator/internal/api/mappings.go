@@ -3,6 +3,7 @@ package api
 import (
 	"context"
 	"fmt"
+	"google.golang.org/protobuf/types/known/emptypb"
 	"strings"
 	"unicode"
 
@@ -28,9 +29,9 @@ type mappingService struct {
 // mappingFields are the paths UpdateNetworkMappingGroup accepts.
 var mappingFields = []string{"display_name", "mappings"}
 
-func (s *mappingService) CreateNetworkMappingGroup(ctx context.Context, req *ferryv1.CreateNetworkMappingGroupRequest) (*ferryv1.CreateNetworkMappingGroupResponse, error) {
+func (s *mappingService) CreateNetworkMappingGroup(ctx context.Context, req *ferryv1.CreateNetworkMappingGroupRequest) (*ferryv1.NetworkMappingGroup, error) {
 	g, err := s.create(ctx, req)
-	return reply(ctx, s.a, &ferryv1.CreateNetworkMappingGroupResponse{NetworkMappingGroup: g}, err)
+	return reply(ctx, s.a, g, err)
 }
 
 func (s *mappingService) create(ctx context.Context, req *ferryv1.CreateNetworkMappingGroupRequest) (*ferryv1.NetworkMappingGroup, error) {
@@ -126,9 +127,9 @@ func (s *mappingService) read(name string, err error) (*ferryv1.NetworkMappingGr
 	return lookup(s.a.ledger.NetworkMappingGroup, name, "network mapping group")
 }
 
-func (s *mappingService) GetNetworkMappingGroup(ctx context.Context, req *ferryv1.GetNetworkMappingGroupRequest) (*ferryv1.GetNetworkMappingGroupResponse, error) {
+func (s *mappingService) GetNetworkMappingGroup(ctx context.Context, req *ferryv1.GetNetworkMappingGroupRequest) (*ferryv1.NetworkMappingGroup, error) {
 	g, err := get(s.a.ledger.NetworkMappingGroup, req.GetName(), colMappings, "network mapping group")
-	return reply(ctx, s.a, &ferryv1.GetNetworkMappingGroupResponse{NetworkMappingGroup: g}, err)
+	return reply(ctx, s.a, g, err)
 }
 
 func (s *mappingService) ListNetworkMappingGroups(ctx context.Context, req *ferryv1.ListNetworkMappingGroupsRequest) (*ferryv1.ListNetworkMappingGroupsResponse, error) {
@@ -141,9 +142,9 @@ func (s *mappingService) ListNetworkMappingGroups(ctx context.Context, req *ferr
 	return reply(ctx, s.a, &ferryv1.ListNetworkMappingGroupsResponse{NetworkMappingGroups: page, NextPageToken: next}, err)
 }
 
-func (s *mappingService) UpdateNetworkMappingGroup(ctx context.Context, req *ferryv1.UpdateNetworkMappingGroupRequest) (*ferryv1.UpdateNetworkMappingGroupResponse, error) {
+func (s *mappingService) UpdateNetworkMappingGroup(ctx context.Context, req *ferryv1.UpdateNetworkMappingGroupRequest) (*ferryv1.NetworkMappingGroup, error) {
 	g, err := s.update(ctx, req)
-	return reply(ctx, s.a, &ferryv1.UpdateNetworkMappingGroupResponse{NetworkMappingGroup: g}, err)
+	return reply(ctx, s.a, g, err)
 }
 
 func (s *mappingService) update(ctx context.Context, req *ferryv1.UpdateNetworkMappingGroupRequest) (*ferryv1.NetworkMappingGroup, error) {
@@ -185,9 +186,9 @@ func (s *mappingService) update(ctx context.Context, req *ferryv1.UpdateNetworkM
 	return s.read(g.GetName(), err)
 }
 
-func (s *mappingService) DeleteNetworkMappingGroup(ctx context.Context, req *ferryv1.DeleteNetworkMappingGroupRequest) (*ferryv1.DeleteNetworkMappingGroupResponse, error) {
+func (s *mappingService) DeleteNetworkMappingGroup(ctx context.Context, req *ferryv1.DeleteNetworkMappingGroupRequest) (*emptypb.Empty, error) {
 	err := s.a.deleteResource(ctx, req.GetName(), colMappings, func(d *ledgerv1.DeleteResource) *ledgerv1.Command {
 		return &ledgerv1.Command{Op: &ledgerv1.Command_DeleteNetworkMappingGroup{DeleteNetworkMappingGroup: d}}
 	})
-	return reply(ctx, s.a, &ferryv1.DeleteNetworkMappingGroupResponse{}, err)
+	return reply(ctx, s.a, &emptypb.Empty{}, err)
 }

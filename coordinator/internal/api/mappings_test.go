@@ -2,6 +2,7 @@ package api
 
 import (
 	"context"
+	"google.golang.org/protobuf/types/known/emptypb"
 	"reflect"
 	"strings"
 	"testing"
@@ -37,10 +38,10 @@ func mappingEnv(t *testing.T, vms ...*ferryv1.SourceVm) *env {
 	e := newEnv(t, true, withInventory(&sourceVMs{vms: vms}))
 	e.seed()
 	c := ctx(t)
-	must[*ferryv1.CreateL3NetworkResponse](t)(e.inv.CreateL3Network(c, &ferryv1.CreateL3NetworkRequest{L3Network: &ferryv1.L3Network{
+	must[*ferryv1.L3Network](t)(e.inv.CreateL3Network(c, &ferryv1.CreateL3NetworkRequest{L3Network: &ferryv1.L3Network{
 		Name: "l3Networks/net2", Cluster: "clusters/c1", LibvirtNetwork: "backup",
 		IpRangeStart: "172.16.0.10", IpRangeEnd: "172.16.0.99", PrefixLength: 24}}))
-	must[*ferryv1.CreateNetworkMappingGroupResponse](t)(e.mappings.CreateNetworkMappingGroup(c, &ferryv1.CreateNetworkMappingGroupRequest{
+	must[*ferryv1.NetworkMappingGroup](t)(e.mappings.CreateNetworkMappingGroup(c, &ferryv1.CreateNetworkMappingGroupRequest{
 		NetworkMappingGroup: &ferryv1.NetworkMappingGroup{Name: "networkMappingGroups/vc-map", Source: "sources/vc",
 			Mappings: []*ferryv1.NetworkMapping{{SourceNetwork: "VM Network", L3Network: "l3Networks/net1"},
 				{SourceNetwork: "DSwitch-Backup", L3Network: "l3Networks/net2"}}}}))
@@ -50,13 +51,13 @@ func mappingEnv(t *testing.T, vms ...*ferryv1.SourceVm) *env {
 func TestNetworkMappingGroupCRUD(t *testing.T) {
 	e := mappingEnv(t)
 	c := ctx(t)
-	g := must[*ferryv1.GetNetworkMappingGroupResponse](t)(e.mappings.GetNetworkMappingGroup(c,
-		&ferryv1.GetNetworkMappingGroupRequest{Name: "networkMappingGroups/vc-map"})).GetNetworkMappingGroup()
+	g := must[*ferryv1.NetworkMappingGroup](t)(e.mappings.GetNetworkMappingGroup(c,
+		&ferryv1.GetNetworkMappingGroupRequest{Name: "networkMappingGroups/vc-map"}))
 	if len(g.GetMappings()) != 2 || g.GetCreateTime() == nil || g.GetSource() != "sources/vc" {
 		t.Fatalf("group = %v", g)
 	}
-	any := must[*ferryv1.CreateNetworkMappingGroupResponse](t)(e.mappings.CreateNetworkMappingGroup(c, &ferryv1.CreateNetworkMappingGroupRequest{
-		NetworkMappingGroup: &ferryv1.NetworkMappingGroup{Mappings: []*ferryv1.NetworkMapping{{SourceNetwork: " default ", L3Network: "l3Networks/net1"}}}})).GetNetworkMappingGroup()
+	any := must[*ferryv1.NetworkMappingGroup](t)(e.mappings.CreateNetworkMappingGroup(c, &ferryv1.CreateNetworkMappingGroupRequest{
+		NetworkMappingGroup: &ferryv1.NetworkMappingGroup{Mappings: []*ferryv1.NetworkMapping{{SourceNetwork: " default ", L3Network: "l3Networks/net1"}}}}))
 	if any.GetMappings()[0].GetSourceNetwork() != "default" {
 		t.Errorf("source network not trimmed: %v", any)
 	}
@@ -67,10 +68,10 @@ func TestNetworkMappingGroupCRUD(t *testing.T) {
 	if all, vc, kvm := list(""), list("sources/vc"), list("sources/kvm"); all != 2 || vc != 2 || kvm != 1 {
 		t.Errorf("listed %d groups, %d for sources/vc, %d for sources/kvm; want 2, 2, 1", all, vc, kvm)
 	}
-	up := must[*ferryv1.UpdateNetworkMappingGroupResponse](t)(e.mappings.UpdateNetworkMappingGroup(c, &ferryv1.UpdateNetworkMappingGroupRequest{
+	up := must[*ferryv1.NetworkMappingGroup](t)(e.mappings.UpdateNetworkMappingGroup(c, &ferryv1.UpdateNetworkMappingGroupRequest{
 		NetworkMappingGroup: &ferryv1.NetworkMappingGroup{Name: g.GetName(), DisplayName: "ignored",
 			Mappings: []*ferryv1.NetworkMapping{{SourceNetwork: "VM Network", L3Network: "l3Networks/net2"}}},
-		UpdateMask: &fieldmaskpb.FieldMask{Paths: []string{"mappings"}}})).GetNetworkMappingGroup()
+		UpdateMask: &fieldmaskpb.FieldMask{Paths: []string{"mappings"}}}))
 	if up.GetDisplayName() != "" || len(up.GetMappings()) != 1 || up.GetMappings()[0].GetL3Network() != "l3Networks/net2" ||
 		!proto.Equal(up.GetCreateTime(), g.GetCreateTime()) || !up.GetUpdateTime().AsTime().After(g.GetUpdateTime().AsTime()) {
 		t.Fatalf("updated group = %v", up)
@@ -79,8 +80,8 @@ func TestNetworkMappingGroupCRUD(t *testing.T) {
 	wantCode(t, err, codes.FailedPrecondition, "network mapping group networkMappingGroups/vc-map maps to L3 network l3Networks/net2")
 	_, err = e.sources.DeleteSource(c, &ferryv1.DeleteSourceRequest{Name: "sources/vc"})
 	wantCode(t, err, codes.FailedPrecondition, "network mapping group networkMappingGroups/vc-map is for source sources/vc")
-	must[*ferryv1.DeleteNetworkMappingGroupResponse](t)(e.mappings.DeleteNetworkMappingGroup(c, &ferryv1.DeleteNetworkMappingGroupRequest{Name: g.GetName()}))
-	must[*ferryv1.DeleteL3NetworkResponse](t)(e.inv.DeleteL3Network(c, &ferryv1.DeleteL3NetworkRequest{Name: "l3Networks/net2"}))
+	must[*emptypb.Empty](t)(e.mappings.DeleteNetworkMappingGroup(c, &ferryv1.DeleteNetworkMappingGroupRequest{Name: g.GetName()}))
+	must[*emptypb.Empty](t)(e.inv.DeleteL3Network(c, &ferryv1.DeleteL3NetworkRequest{Name: "l3Networks/net2"}))
 	_, err = e.mappings.GetNetworkMappingGroup(c, &ferryv1.GetNetworkMappingGroupRequest{Name: g.GetName()})
 	wantCode(t, err, codes.NotFound, "")
 }
@@ -175,10 +176,10 @@ func TestCreateJobsFillsIncompleteSpecs(t *testing.T) {
 func TestCreateJobsFillErrors(t *testing.T) {
 	e := mappingEnv(t, windowsSourceVM("vm-77", "10.0.0.7"), windowsSourceVM("vm-79", "10.9.9.9"))
 	c := ctx(t)
-	must[*ferryv1.CreateNetworkMappingGroupResponse](t)(e.mappings.CreateNetworkMappingGroup(c, &ferryv1.CreateNetworkMappingGroupRequest{
+	must[*ferryv1.NetworkMappingGroup](t)(e.mappings.CreateNetworkMappingGroup(c, &ferryv1.CreateNetworkMappingGroupRequest{
 		NetworkMappingGroup: &ferryv1.NetworkMappingGroup{Name: "networkMappingGroups/kvm-map", Source: "sources/kvm",
 			Mappings: []*ferryv1.NetworkMapping{{SourceNetwork: "default", L3Network: "l3Networks/net1"}}}}))
-	must[*ferryv1.CreateNetworkMappingGroupResponse](t)(e.mappings.CreateNetworkMappingGroup(c, &ferryv1.CreateNetworkMappingGroupRequest{
+	must[*ferryv1.NetworkMappingGroup](t)(e.mappings.CreateNetworkMappingGroup(c, &ferryv1.CreateNetworkMappingGroupRequest{
 		NetworkMappingGroup: &ferryv1.NetworkMappingGroup{Name: "networkMappingGroups/half",
 			Mappings: []*ferryv1.NetworkMapping{{SourceNetwork: "VM Network", L3Network: "l3Networks/net1"}}}}))
 	tests := []struct {

@@ -2,6 +2,7 @@ package api
 
 import (
 	"context"
+	"google.golang.org/protobuf/types/known/emptypb"
 	"net/netip"
 	"strings"
 	"unicode"
@@ -13,9 +14,9 @@ import (
 // maxIfName is the longest Linux interface name (IFNAMSIZ - 1).
 const maxIfName = 15
 
-func (s *inventoryService) CreateL3Network(ctx context.Context, req *ferryv1.CreateL3NetworkRequest) (*ferryv1.CreateL3NetworkResponse, error) {
+func (s *inventoryService) CreateL3Network(ctx context.Context, req *ferryv1.CreateL3NetworkRequest) (*ferryv1.L3Network, error) {
 	n, err := s.createL3Network(ctx, req)
-	return reply(ctx, s.a, &ferryv1.CreateL3NetworkResponse{L3Network: n}, err)
+	return reply(ctx, s.a, n, err)
 }
 
 func (s *inventoryService) createL3Network(ctx context.Context, req *ferryv1.CreateL3NetworkRequest) (*ferryv1.L3Network, error) {
@@ -124,9 +125,9 @@ func ipVersion(a netip.Addr) int {
 	return 6
 }
 
-func (s *inventoryService) GetL3Network(ctx context.Context, req *ferryv1.GetL3NetworkRequest) (*ferryv1.GetL3NetworkResponse, error) {
+func (s *inventoryService) GetL3Network(ctx context.Context, req *ferryv1.GetL3NetworkRequest) (*ferryv1.L3Network, error) {
 	n, err := get(s.a.ledger.L3Network, req.GetName(), colNetworks, "L3 network")
-	return reply(ctx, s.a, &ferryv1.GetL3NetworkResponse{L3Network: n}, err)
+	return reply(ctx, s.a, n, err)
 }
 
 func (s *inventoryService) ListL3Networks(ctx context.Context, req *ferryv1.ListL3NetworksRequest) (*ferryv1.ListL3NetworksResponse, error) {
@@ -183,9 +184,9 @@ func checkReserved(a *API, network, ip string) error {
 	return precondition("ip", "%s reserves no address %s for a migrated VM (it reserves %s)", network, ip, strings.Join(held, ", "))
 }
 
-func (s *inventoryService) DeleteL3Network(ctx context.Context, req *ferryv1.DeleteL3NetworkRequest) (*ferryv1.DeleteL3NetworkResponse, error) {
+func (s *inventoryService) DeleteL3Network(ctx context.Context, req *ferryv1.DeleteL3NetworkRequest) (*emptypb.Empty, error) {
 	err := s.a.deleteResource(ctx, req.GetName(), colNetworks, func(d *ledgerv1.DeleteResource) *ledgerv1.Command {
 		return &ledgerv1.Command{Op: &ledgerv1.Command_DeleteL3Network{DeleteL3Network: d}}
 	})
-	return reply(ctx, s.a, &ferryv1.DeleteL3NetworkResponse{}, err)
+	return reply(ctx, s.a, &emptypb.Empty{}, err)
 }

@@ -59,7 +59,7 @@ func newPreviewWorld(t *testing.T) *previewWorld {
 	}
 	testcluster.Eventually(t, 15*time.Second, "the first sync is recorded", func() bool {
 		s, err := w.cl.Sources().GetSource(ctx, &ferryv1.GetSourceRequest{Name: w.source})
-		return err == nil && s.GetSource().GetLastSyncTime() != nil
+		return err == nil && s.GetLastSyncTime() != nil
 	})
 	return w
 }
@@ -167,7 +167,7 @@ func TestPreviewMigrationJobs(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	cachePath := srv.GetMigrationServer().GetCachePath()
+	cachePath := srv.GetCachePath()
 	var cache *ferryv1.PreviewUsage
 	testcluster.Eventually(t, 15*time.Second, "the server's host reports its cache path's space", func() bool {
 		resp, err := w.preview(ctx, w.spec("DC0_H0_VM0", 1, 64<<20, 1<<20, 1))

@@ -1,6 +1,7 @@
 package api
 
 import (
+	"google.golang.org/protobuf/types/known/emptypb"
 	"testing"
 
 	"google.golang.org/grpc/codes"
@@ -28,9 +29,9 @@ func TestDeletedJobsVMKeepsItsAddress(t *testing.T) {
 	}
 	e.startJob(first.GetName(), 1)
 	e.finishJob(first.GetName(), ferryv1.MigrationJobState_MIGRATION_JOB_STATE_SUCCEEDED)
-	must[*ferryv1.DeleteMigrationJobResponse](t)(e.jobs.DeleteMigrationJob(c, &ferryv1.DeleteMigrationJobRequest{Name: first.GetName()}))
+	must[*emptypb.Empty](t)(e.jobs.DeleteMigrationJob(c, &ferryv1.DeleteMigrationJobRequest{Name: first.GetName()}))
 
-	n := must[*ferryv1.GetL3NetworkResponse](t)(e.inv.GetL3Network(c, &ferryv1.GetL3NetworkRequest{Name: "l3Networks/net1"})).GetL3Network()
+	n := must[*ferryv1.L3Network](t)(e.inv.GetL3Network(c, &ferryv1.GetL3NetworkRequest{Name: "l3Networks/net1"}))
 	if rs := n.GetReservations(); len(rs) != 1 || rs[0].GetIp() != "10.0.0.2" || rs[0].GetMac() != "52:54:00:00:00:00" ||
 		rs[0].GetVmName() != "target-0" || rs[0].GetJob() != first.GetName() || rs[0].GetCreateTime() == nil {
 		t.Fatalf("reservations after delete = %v; want 10.0.0.2 for target-0 (52:54:00:00:00:00) of %s", rs, first.GetName())
@@ -50,14 +51,14 @@ func TestDeletedJobsVMKeepsItsAddress(t *testing.T) {
 	// A cancelled job made no VM: deleting it frees its address.
 	e.startJob(second.GetName(), 1)
 	must[*ferryv1.CancelMigrationJobResponse](t)(e.jobs.CancelMigrationJob(c, &ferryv1.CancelMigrationJobRequest{Name: second.GetName()}))
-	must[*ferryv1.DeleteMigrationJobResponse](t)(e.jobs.DeleteMigrationJob(c, &ferryv1.DeleteMigrationJobRequest{Name: second.GetName()}))
+	must[*emptypb.Empty](t)(e.jobs.DeleteMigrationJob(c, &ferryv1.DeleteMigrationJobRequest{Name: second.GetName()}))
 	third := must[*ferryv1.CreateMigrationJobsResponse](t)(e.jobs.CreateMigrationJobs(c, jobsReqWith(func(r *ferryv1.CreateMigrationJobsRequest) {
 		r.Jobs[0].SourceVm, r.Jobs[0].Target.VmName = "vm-third", "target-third"
 	}))).GetJobs()[0]
 	if ip := third.GetTarget().GetNics()[0].GetIp(); ip != "10.0.0.3" {
 		t.Fatalf("after the cancelled job's delete the next job got %s, want 10.0.0.3", ip)
 	}
-	n = must[*ferryv1.GetL3NetworkResponse](t)(e.inv.GetL3Network(c, &ferryv1.GetL3NetworkRequest{Name: "l3Networks/net1"})).GetL3Network()
+	n = must[*ferryv1.L3Network](t)(e.inv.GetL3Network(c, &ferryv1.GetL3NetworkRequest{Name: "l3Networks/net1"}))
 	if len(n.GetReservations()) != 1 {
 		t.Fatalf("reservations = %v; a cancelled job reserves nothing", n.GetReservations())
 	}
@@ -71,7 +72,7 @@ func TestAllocationSkipsDHCPHostsOfOtherMACs(t *testing.T) {
 	e := newEnv(t, true)
 	e.seed()
 	c := ctx(t)
-	must[*ferryv1.CreateL3NetworkResponse](t)(e.inv.CreateL3Network(c, validNetwork(func(n *ferryv1.L3Network) { n.Name = "l3Networks/lv" })))
+	must[*ferryv1.L3Network](t)(e.inv.CreateL3Network(c, validNetwork(func(n *ferryv1.L3Network) { n.Name = "l3Networks/lv" })))
 	// 192.168.1.10 is held by an old VM in libvirt network "default" on kvm1.
 	e.apply(&ledgerv1.Command{Op: &ledgerv1.Command_PutHost{PutHost: &ledgerv1.PutHost{Host: &ferryv1.Host{
 		Name: "hosts/kvm1", Cluster: "clusters/c1", Connected: true, Facts: &ferryv1.HostFacts{
@@ -119,7 +120,7 @@ func TestReleaseL3NetworkAddress(t *testing.T) {
 	job := must[*ferryv1.CreateMigrationJobsResponse](t)(e.jobs.CreateMigrationJobs(c, jobsReq(1))).GetJobs()[0]
 	e.startJob(job.GetName(), 1)
 	e.finishJob(job.GetName(), ferryv1.MigrationJobState_MIGRATION_JOB_STATE_SUCCEEDED)
-	must[*ferryv1.DeleteMigrationJobResponse](t)(e.jobs.DeleteMigrationJob(c, &ferryv1.DeleteMigrationJobRequest{Name: job.GetName()}))
+	must[*emptypb.Empty](t)(e.jobs.DeleteMigrationJob(c, &ferryv1.DeleteMigrationJobRequest{Name: job.GetName()}))
 
 	_, err := e.inv.ReleaseL3NetworkAddress(c, &ferryv1.ReleaseL3NetworkAddressRequest{Name: "l3Networks/net1", Ip: "10.0.0.7"})
 	wantCode(t, err, codes.FailedPrecondition, "ip: l3Networks/net1 reserves no address 10.0.0.7 for a migrated VM (it reserves 10.0.0.2)")

@@ -22,7 +22,7 @@ func TestPagination(t *testing.T) {
 	e := newEnv(t, true)
 	c := ctx(t)
 	for i := range 7 {
-		must[*ferryv1.CreateClusterResponse](t)(e.inv.CreateCluster(c, &ferryv1.CreateClusterRequest{
+		must[*ferryv1.Cluster](t)(e.inv.CreateCluster(c, &ferryv1.CreateClusterRequest{
 			Cluster: &ferryv1.Cluster{Name: fmt.Sprintf("clusters/c%d", i)}}))
 	}
 	var names []string
@@ -61,9 +61,9 @@ func TestCredentialSecretNeverReturned(t *testing.T) {
 	e.seed() // creates credentials/pw with testSecret
 	c := ctx(t)
 	const secret = "another-Secret-42"
-	created := must[*ferryv1.CreateCredentialResponse](t)(e.sources.CreateCredential(c, &ferryv1.CreateCredentialRequest{
-		Credential: &ferryv1.Credential{Name: "credentials/root", Type: ferryv1.CredentialType_CREDENTIAL_TYPE_PASSWORD, Secret: secret}})).GetCredential()
-	got := must[*ferryv1.GetCredentialResponse](t)(e.sources.GetCredential(c, &ferryv1.GetCredentialRequest{Name: "credentials/root"})).GetCredential()
+	created := must[*ferryv1.Credential](t)(e.sources.CreateCredential(c, &ferryv1.CreateCredentialRequest{
+		Credential: &ferryv1.Credential{Name: "credentials/root", Type: ferryv1.CredentialType_CREDENTIAL_TYPE_PASSWORD, Secret: secret}}))
+	got := must[*ferryv1.Credential](t)(e.sources.GetCredential(c, &ferryv1.GetCredentialRequest{Name: "credentials/root"}))
 	list := must[*ferryv1.ListCredentialsResponse](t)(e.sources.ListCredentials(c, &ferryv1.ListCredentialsRequest{})).GetCredentials()
 	for _, cred := range append([]*ferryv1.Credential{created, got}, list...) {
 		if cred.GetSecret() != "" {
@@ -108,9 +108,9 @@ func TestMigrationServerUpdates(t *testing.T) {
 	e := newEnv(t, true)
 	e.seed()
 	c := ctx(t)
-	ms := must[*ferryv1.CreateMigrationServerResponse](t)(e.servers.CreateMigrationServer(c, validServer(func(m *ferryv1.MigrationServer) {
+	ms := must[*ferryv1.MigrationServer](t)(e.servers.CreateMigrationServer(c, validServer(func(m *ferryv1.MigrationServer) {
 		m.MigrationCidr, m.UpstreamBandwidth, m.DownstreamBandwidth = "10.20.0.7/24", "1000Kbps", "2gbps"
-	}))).GetMigrationServer()
+	})))
 	if ms.GetMigrationCidr() != "10.20.0.0/24" || ms.GetUpstreamBandwidth() != "1Mbps" || ms.GetUpstreamBitsPerSecond() != 1e6 ||
 		ms.GetDownstreamBandwidth() != "2Gbps" || !ms.GetEnabled() || ms.GetConnected() {
 		t.Fatalf("created %v", ms)
@@ -130,7 +130,7 @@ func TestMigrationServerUpdates(t *testing.T) {
 	if ms.GetUpstreamBandwidth() != "" || ms.GetUpstreamBitsPerSecond() != 0 || ms.GetDownstreamBandwidth() != "2Gbps" {
 		t.Fatalf("after clearing upstream: %v", ms)
 	}
-	kvm := must[*ferryv1.GetMigrationServerResponse](t)(e.servers.GetMigrationServer(c, &ferryv1.GetMigrationServerRequest{Name: "migrationServers/kvm"})).GetMigrationServer()
+	kvm := must[*ferryv1.MigrationServer](t)(e.servers.GetMigrationServer(c, &ferryv1.GetMigrationServerRequest{Name: "migrationServers/kvm"}))
 	if !kvm.GetConnected() {
 		t.Fatal("a server whose host is connected shows as disconnected")
 	}
@@ -144,25 +144,25 @@ func TestMigrationServerUpdates(t *testing.T) {
 func TestUpdateSettings(t *testing.T) {
 	e := newEnv(t, true)
 	c := ctx(t)
-	before := must[*ferryv1.GetSettingsResponse](t)(e.settings.GetSettings(c, &ferryv1.GetSettingsRequest{})).GetSettings()
-	resp := must[*ferryv1.UpdateSettingsResponse](t)(e.settings.UpdateSettings(c, &ferryv1.UpdateSettingsRequest{
+	before := must[*ferryv1.Settings](t)(e.settings.GetSettings(c, &ferryv1.GetSettingsRequest{}))
+	resp := must[*ferryv1.Settings](t)(e.settings.UpdateSettings(c, &ferryv1.UpdateSettingsRequest{
 		Settings:   &ferryv1.Settings{JobParallelism: 3, CacheRetention: durationpb.New(time.Hour)},
 		UpdateMask: &fieldmaskpb.FieldMask{Paths: []string{"job_parallelism"}},
-	})).GetSettings()
+	}))
 	if resp.GetJobParallelism() != 3 || !proto.Equal(resp.GetCacheRetention(), before.GetCacheRetention()) {
 		t.Fatalf("masked update gave %v", resp)
 	}
-	resp = must[*ferryv1.UpdateSettingsResponse](t)(e.settings.UpdateSettings(c, &ferryv1.UpdateSettingsRequest{
-		Settings: &ferryv1.Settings{AgentGracePeriod: durationpb.New(time.Minute)}})).GetSettings()
+	resp = must[*ferryv1.Settings](t)(e.settings.UpdateSettings(c, &ferryv1.UpdateSettingsRequest{
+		Settings: &ferryv1.Settings{AgentGracePeriod: durationpb.New(time.Minute)}}))
 	if resp.GetJobParallelism() != 3 || resp.GetAgentGracePeriod().AsDuration() != time.Minute {
 		t.Fatalf("unmasked update gave %v", resp)
 	}
 	if before.GetGuestShutdownTimeout().AsDuration() != 10*time.Minute {
 		t.Fatalf("guest shutdown timeout %v by default, want 10m", before.GetGuestShutdownTimeout().AsDuration())
 	}
-	resp = must[*ferryv1.UpdateSettingsResponse](t)(e.settings.UpdateSettings(c, &ferryv1.UpdateSettingsRequest{
+	resp = must[*ferryv1.Settings](t)(e.settings.UpdateSettings(c, &ferryv1.UpdateSettingsRequest{
 		Settings:   &ferryv1.Settings{GuestShutdownTimeout: durationpb.New(2 * time.Minute), JobParallelism: 7},
-		UpdateMask: &fieldmaskpb.FieldMask{Paths: []string{"guest_shutdown_timeout"}}})).GetSettings()
+		UpdateMask: &fieldmaskpb.FieldMask{Paths: []string{"guest_shutdown_timeout"}}}))
 	if resp.GetGuestShutdownTimeout().AsDuration() != 2*time.Minute || resp.GetJobParallelism() != 3 {
 		t.Fatalf("guest shutdown timeout update gave %v", resp)
 	}
@@ -196,11 +196,11 @@ func TestClusterMembers(t *testing.T) {
 func TestLinearizableRead(t *testing.T) {
 	e := newEnv(t, true)
 	c := ctx(t)
-	must[*ferryv1.GetSettingsResponse](t)(e.settings.GetSettings(c, &ferryv1.GetSettingsRequest{}))
+	must[*ferryv1.Settings](t)(e.settings.GetSettings(c, &ferryv1.GetSettingsRequest{}))
 	if n := e.raft.linearized.Load(); n != 0 {
 		t.Fatalf("a plain read made %d linearizable reads", n)
 	}
-	must[*ferryv1.GetSettingsResponse](t)(e.settings.GetSettings(grpcutil.WithLinearizableRead(c), &ferryv1.GetSettingsRequest{}))
+	must[*ferryv1.Settings](t)(e.settings.GetSettings(grpcutil.WithLinearizableRead(c), &ferryv1.GetSettingsRequest{}))
 	if n := e.raft.linearized.Load(); n != 1 {
 		t.Fatalf("a linearizable read made %d linearizable reads, want 1", n)
 	}
@@ -219,26 +219,26 @@ func TestSourceDefaults(t *testing.T) {
 	e := newEnv(t, true)
 	e.seed()
 	c := ctx(t)
-	kvm := must[*ferryv1.CreateSourceResponse](t)(e.sources.CreateSource(c, validKVMSource(func(*ferryv1.Source) {}))).GetSource()
+	kvm := must[*ferryv1.Source](t)(e.sources.CreateSource(c, validKVMSource(func(*ferryv1.Source) {})))
 	if kvm.GetKvm().GetSshPort() != 22 || kvm.GetKvm().GetUser() != "root" || kvm.GetCreateTime() == nil {
 		t.Fatalf("kvm source defaults: %v", kvm)
 	}
-	vc := must[*ferryv1.CreateSourceResponse](t)(e.sources.CreateSource(c, &ferryv1.CreateSourceRequest{Source: &ferryv1.Source{
+	vc := must[*ferryv1.Source](t)(e.sources.CreateSource(c, &ferryv1.CreateSourceRequest{Source: &ferryv1.Source{
 		Type: ferryv1.Platform_PLATFORM_VMWARE, Vcenter: &ferryv1.VCenterConnection{Address: "10.1.2.3", User: "u",
-			Credential: "credentials/pw", Thumbprint: "0123456789abcdef0123456789abcdef01234567"}}})).GetSource()
+			Credential: "credentials/pw", Thumbprint: "0123456789abcdef0123456789abcdef01234567"}}}))
 	if vc.GetVcenter().GetPort() != 443 || vc.GetVcenter().GetThumbprint() != "01:23:45:67:89:AB:CD:EF:01:23:45:67:89:AB:CD:EF:01:23:45:67" {
 		t.Fatalf("vcenter source: %v", vc.GetVcenter())
 	}
 	sha256Pin := strings.Repeat("ab", 32)
-	vc256 := must[*ferryv1.CreateSourceResponse](t)(e.sources.CreateSource(c, &ferryv1.CreateSourceRequest{Source: &ferryv1.Source{
+	vc256 := must[*ferryv1.Source](t)(e.sources.CreateSource(c, &ferryv1.CreateSourceRequest{Source: &ferryv1.Source{
 		Type: ferryv1.Platform_PLATFORM_VMWARE, Vcenter: &ferryv1.VCenterConnection{Address: "vc.example.com", User: "u",
-			Credential: "credentials/pw", Thumbprint: sha256Pin, SkipHostnameCheck: true}}})).GetSource().GetVcenter()
+			Credential: "credentials/pw", Thumbprint: sha256Pin, SkipHostnameCheck: true}}})).GetVcenter()
 	if vc256.GetThumbprint() != strings.TrimSuffix(strings.Repeat("AB:", 32), ":") || !vc256.GetSkipHostnameCheck() {
 		t.Fatalf("vcenter source pinned by SHA-256, hostname check skipped: %v", vc256)
 	}
-	vcCA := must[*ferryv1.CreateSourceResponse](t)(e.sources.CreateSource(c, &ferryv1.CreateSourceRequest{Source: &ferryv1.Source{
+	vcCA := must[*ferryv1.Source](t)(e.sources.CreateSource(c, &ferryv1.CreateSourceRequest{Source: &ferryv1.Source{
 		Type: ferryv1.Platform_PLATFORM_VMWARE, Vcenter: &ferryv1.VCenterConnection{Address: "vc.example.com", User: "u",
-			Credential: "credentials/pw", CaCertificate: testCAPEM + testCAPEM}}})).GetSource().GetVcenter()
+			Credential: "credentials/pw", CaCertificate: testCAPEM + testCAPEM}}})).GetVcenter()
 	if vcCA.GetCaCertificate() != testCAPEM+testCAPEM || vcCA.GetSkipHostnameCheck() {
 		t.Fatalf("vcenter source with a CA bundle: %v", vcCA)
 	}

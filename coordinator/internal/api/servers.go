@@ -20,9 +20,9 @@ type serverService struct {
 	a *API
 }
 
-func (s *serverService) CreateMigrationServer(ctx context.Context, req *ferryv1.CreateMigrationServerRequest) (*ferryv1.CreateMigrationServerResponse, error) {
+func (s *serverService) CreateMigrationServer(ctx context.Context, req *ferryv1.CreateMigrationServerRequest) (*ferryv1.MigrationServer, error) {
 	ms, err := s.create(ctx, req)
-	return reply(ctx, s.a, &ferryv1.CreateMigrationServerResponse{MigrationServer: ms}, err)
+	return reply(ctx, s.a, ms, err)
 }
 
 // create gives a host the migration role. A new server is enabled; the
@@ -110,10 +110,10 @@ func (a *API) withConnected(ms *ferryv1.MigrationServer) *ferryv1.MigrationServe
 	return ms
 }
 
-func (s *serverService) GetMigrationServer(ctx context.Context, req *ferryv1.GetMigrationServerRequest) (*ferryv1.GetMigrationServerResponse, error) {
+func (s *serverService) GetMigrationServer(ctx context.Context, req *ferryv1.GetMigrationServerRequest) (*ferryv1.MigrationServer, error) {
 	err := checkName(req.GetName(), colServers)
 	ms, err := s.read(req.GetName(), err)
-	return reply(ctx, s.a, &ferryv1.GetMigrationServerResponse{MigrationServer: ms}, err)
+	return reply(ctx, s.a, ms, err)
 }
 
 func (s *serverService) ListMigrationServers(ctx context.Context, req *ferryv1.ListMigrationServersRequest) (*ferryv1.ListMigrationServersResponse, error) {

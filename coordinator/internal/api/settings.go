@@ -37,13 +37,13 @@ type settingsService struct {
 	a *API
 }
 
-func (s *settingsService) GetSettings(ctx context.Context, _ *ferryv1.GetSettingsRequest) (*ferryv1.GetSettingsResponse, error) {
-	return &ferryv1.GetSettingsResponse{Settings: s.a.ledger.Settings()}, nil
+func (s *settingsService) GetSettings(ctx context.Context, _ *ferryv1.GetSettingsRequest) (*ferryv1.Settings, error) {
+	return s.a.ledger.Settings(), nil
 }
 
-func (s *settingsService) UpdateSettings(ctx context.Context, req *ferryv1.UpdateSettingsRequest) (*ferryv1.UpdateSettingsResponse, error) {
+func (s *settingsService) UpdateSettings(ctx context.Context, req *ferryv1.UpdateSettingsRequest) (*ferryv1.Settings, error) {
 	st, err := s.update(ctx, req)
-	return reply(ctx, s.a, &ferryv1.UpdateSettingsResponse{Settings: st}, err)
+	return reply(ctx, s.a, st, err)
 }
 
 // update merges the fields named in update_mask into the current

@@ -9,6 +9,7 @@ import (
 	"encoding/pem"
 	"errors"
 	"fmt"
+	"google.golang.org/protobuf/types/known/emptypb"
 	"strings"
 
 	"golang.org/x/crypto/ssh"
@@ -31,9 +32,9 @@ type sourceService struct {
 	a *API
 }
 
-func (s *sourceService) CreateSource(ctx context.Context, req *ferryv1.CreateSourceRequest) (*ferryv1.CreateSourceResponse, error) {
+func (s *sourceService) CreateSource(ctx context.Context, req *ferryv1.CreateSourceRequest) (*ferryv1.Source, error) {
 	src, err := s.createSource(ctx, req)
-	return reply(ctx, s.a, &ferryv1.CreateSourceResponse{Source: src}, err)
+	return reply(ctx, s.a, src, err)
 }
 
 func (s *sourceService) createSource(ctx context.Context, req *ferryv1.CreateSourceRequest) (*ferryv1.Source, error) {
@@ -253,9 +254,9 @@ func (s *sourceService) readSource(name string, err error) (*ferryv1.Source, err
 	return lookup(s.a.ledger.Source, name, "source")
 }
 
-func (s *sourceService) GetSource(ctx context.Context, req *ferryv1.GetSourceRequest) (*ferryv1.GetSourceResponse, error) {
+func (s *sourceService) GetSource(ctx context.Context, req *ferryv1.GetSourceRequest) (*ferryv1.Source, error) {
 	src, err := get(s.a.ledger.Source, req.GetName(), colSources, "source")
-	return reply(ctx, s.a, &ferryv1.GetSourceResponse{Source: src}, err)
+	return reply(ctx, s.a, src, err)
 }
 
 func (s *sourceService) ListSources(ctx context.Context, req *ferryv1.ListSourcesRequest) (*ferryv1.ListSourcesResponse, error) {
@@ -268,9 +269,9 @@ func (s *sourceService) ListSources(ctx context.Context, req *ferryv1.ListSource
 	return reply(ctx, s.a, &ferryv1.ListSourcesResponse{Sources: page, NextPageToken: next}, err)
 }
 
-func (s *sourceService) DeleteSource(ctx context.Context, req *ferryv1.DeleteSourceRequest) (*ferryv1.DeleteSourceResponse, error) {
+func (s *sourceService) DeleteSource(ctx context.Context, req *ferryv1.DeleteSourceRequest) (*emptypb.Empty, error) {
 	err := s.a.deleteResource(ctx, req.GetName(), colSources, func(d *ledgerv1.DeleteResource) *ledgerv1.Command {
 		return &ledgerv1.Command{Op: &ledgerv1.Command_DeleteSource{DeleteSource: d}}
 	})
-	return reply(ctx, s.a, &ferryv1.DeleteSourceResponse{}, err)
+	return reply(ctx, s.a, &emptypb.Empty{}, err)
 }

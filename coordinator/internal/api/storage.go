@@ -2,6 +2,7 @@ package api
 
 import (
 	"context"
+	"google.golang.org/protobuf/types/known/emptypb"
 	"regexp"
 
 	ledgerv1 "github.com/ferry-v2v/ferry/pkg/pb/ferry/ledger/v1"
@@ -11,9 +12,9 @@ import (
 // storageIdent is a Ceph pool or LVM volume group name.
 var storageIdent = regexp.MustCompile(`^[A-Za-z0-9_][A-Za-z0-9_.+-]{0,127}$`)
 
-func (s *inventoryService) CreatePrimaryStorage(ctx context.Context, req *ferryv1.CreatePrimaryStorageRequest) (*ferryv1.CreatePrimaryStorageResponse, error) {
+func (s *inventoryService) CreatePrimaryStorage(ctx context.Context, req *ferryv1.CreatePrimaryStorageRequest) (*ferryv1.PrimaryStorage, error) {
 	ps, err := s.createPrimaryStorage(ctx, req)
-	return reply(ctx, s.a, &ferryv1.CreatePrimaryStorageResponse{PrimaryStorage: ps}, err)
+	return reply(ctx, s.a, ps, err)
 }
 
 func (s *inventoryService) createPrimaryStorage(ctx context.Context, req *ferryv1.CreatePrimaryStorageRequest) (*ferryv1.PrimaryStorage, error) {
@@ -87,9 +88,9 @@ func checkStorageIdent(c *checker, field, v, what string) {
 	}
 }
 
-func (s *inventoryService) GetPrimaryStorage(ctx context.Context, req *ferryv1.GetPrimaryStorageRequest) (*ferryv1.GetPrimaryStorageResponse, error) {
+func (s *inventoryService) GetPrimaryStorage(ctx context.Context, req *ferryv1.GetPrimaryStorageRequest) (*ferryv1.PrimaryStorage, error) {
 	ps, err := get(s.a.ledger.PrimaryStorage, req.GetName(), colStorages, "primary storage")
-	return reply(ctx, s.a, &ferryv1.GetPrimaryStorageResponse{PrimaryStorage: ps}, err)
+	return reply(ctx, s.a, ps, err)
 }
 
 func (s *inventoryService) ListPrimaryStorages(ctx context.Context, req *ferryv1.ListPrimaryStoragesRequest) (*ferryv1.ListPrimaryStoragesResponse, error) {
@@ -102,9 +103,9 @@ func (s *inventoryService) ListPrimaryStorages(ctx context.Context, req *ferryv1
 	return reply(ctx, s.a, &ferryv1.ListPrimaryStoragesResponse{PrimaryStorages: page, NextPageToken: next}, err)
 }
 
-func (s *inventoryService) DeletePrimaryStorage(ctx context.Context, req *ferryv1.DeletePrimaryStorageRequest) (*ferryv1.DeletePrimaryStorageResponse, error) {
+func (s *inventoryService) DeletePrimaryStorage(ctx context.Context, req *ferryv1.DeletePrimaryStorageRequest) (*emptypb.Empty, error) {
 	err := s.a.deleteResource(ctx, req.GetName(), colStorages, func(d *ledgerv1.DeleteResource) *ledgerv1.Command {
 		return &ledgerv1.Command{Op: &ledgerv1.Command_DeletePrimaryStorage{DeletePrimaryStorage: d}}
 	})
-	return reply(ctx, s.a, &ferryv1.DeletePrimaryStorageResponse{}, err)
+	return reply(ctx, s.a, &emptypb.Empty{}, err)
 }

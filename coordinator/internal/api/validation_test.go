@@ -159,7 +159,7 @@ func runBadInputs(t *testing.T, cases []badInput) {
 func runBadInputsOn(t *testing.T, e *env, cases []badInput) {
 	c := ctx(t)
 	e.queuedJob("migrationJobs/queued", "10.0.0.9")
-	must[*ferryv1.CreateClusterResponse](t)(e.inv.CreateCluster(c, &ferryv1.CreateClusterRequest{Cluster: &ferryv1.Cluster{}, RequestId: "cluster-req"}))
+	must[*ferryv1.Cluster](t)(e.inv.CreateCluster(c, &ferryv1.CreateClusterRequest{Cluster: &ferryv1.Cluster{}, RequestId: "cluster-req"}))
 	before, applied := e.ledger.Snapshot(), e.raft.Stats().AppliedIndex
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {

@@ -57,14 +57,14 @@ func newVMwareWorld(t *testing.T, nodes int, tweak func(*agenttest.VCSim)) *vmwa
 	ctx := testcluster.Ctx(t, 30*time.Second)
 	testcluster.Eventually(t, 10*time.Second, "the agent's host is registered", func() bool {
 		h, err := cl.TargetInventory().GetHost(ctx, &ferryv1.GetHostRequest{Name: "hosts/vmw1"})
-		return err == nil && h.GetHost().GetConnected()
+		return err == nil && h.GetConnected()
 	})
 	ms, err := cl.MigrationServers().CreateMigrationServer(ctx, &ferryv1.CreateMigrationServerRequest{MigrationServer: &ferryv1.MigrationServer{
 		Name: "migrationServers/vmw", Host: "hosts/vmw1", Type: ferryv1.Platform_PLATFORM_VMWARE, CachePath: t.TempDir()}})
 	if err != nil {
 		t.Fatal(err)
 	}
-	w.server = ms.GetMigrationServer().GetName()
+	w.server = ms.GetName()
 	w.source = w.createSource(ctx)
 	return w
 }
@@ -79,12 +79,12 @@ func (w *vmwareWorld) createSource(ctx context.Context) string {
 	sum := sha1.Sum(w.sim.Server.Certificate().Raw)
 	s, err := w.cl.Sources().CreateSource(ctx, &ferryv1.CreateSourceRequest{Source: &ferryv1.Source{
 		Name: "sources/vc", Type: ferryv1.Platform_PLATFORM_VMWARE, Vcenter: &ferryv1.VCenterConnection{
-			Address: w.sim.Address(), Port: int32(port), User: w.sim.User(), Credential: cr.GetCredential().GetName(),
+			Address: w.sim.Address(), Port: int32(port), User: w.sim.User(), Credential: cr.GetName(),
 			Thumbprint: fmt.Sprintf("%x", sum[:])}}})
 	if err != nil {
 		w.t.Fatal(err)
 	}
-	return s.GetSource().GetName()
+	return s.GetName()
 }
 
 func (w *vmwareWorld) objects(kind ferryv1.SourceObjectKind, mod func(*ferryv1.ListSourceInventoryRequest)) *ferryv1.ListSourceInventoryResponse {
@@ -138,11 +138,11 @@ func TestVMwareInventorySync(t *testing.T) {
 	ctx := testcluster.Ctx(t, 60*time.Second)
 	testcluster.Eventually(t, 15*time.Second, "the first sync is recorded", func() bool {
 		s, err := w.cl.Sources().GetSource(ctx, &ferryv1.GetSourceRequest{Name: w.source})
-		return err == nil && s.GetSource().GetLastSyncTime() != nil
+		return err == nil && s.GetLastSyncTime() != nil
 	})
 	s, _ := w.cl.Sources().GetSource(ctx, &ferryv1.GetSourceRequest{Name: w.source})
-	if p := s.GetSource().GetProduct(); p.GetVersion() != w.sim.VCenterVersion() || p.GetApiType() != "VirtualCenter" || s.GetSource().GetLastSyncError() != "" {
-		t.Fatalf("source after sync: %v", s.GetSource())
+	if p := s.GetProduct(); p.GetVersion() != w.sim.VCenterVersion() || p.GetApiType() != "VirtualCenter" || s.GetLastSyncError() != "" {
+		t.Fatalf("source after sync: %v", s)
 	}
 	all := w.objects(ferryv1.SourceObjectKind_SOURCE_OBJECT_KIND_UNSPECIFIED, nil)
 	counts := map[ferryv1.SourceObjectKind]int{}

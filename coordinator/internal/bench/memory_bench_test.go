@@ -48,7 +48,7 @@ func BenchmarkMemory(b *testing.B) {
 			"--tls-dir", co.issue(b, tlsutil.Identity{Role: tlsutil.RoleIDAgent, Name: "idle-agent"}), "--log-level", "warn")
 		testkit.WaitFor(b, 30*time.Second, "ferry-agent to connect (log "+agent.log+")", func() bool {
 			resp, err := api.inv.GetHost(ctx, &ferryv1.GetHostRequest{Name: "hosts/idle-agent"})
-			return err == nil && resp.GetHost().GetConnected()
+			return err == nil && resp.GetConnected()
 		})
 		time.Sleep(settle)
 		reportRSS(b, "idle ferry-agent with a session", agent.pid(), "agent-rss-MiB", 50)

@@ -168,7 +168,7 @@ func getJob(t *testing.T, cl *client.Client, name string) *ferryv1.MigrationJob 
 	if err != nil {
 		t.Fatalf("get %s: %v", name, err)
 	}
-	return resp.GetJob()
+	return resp
 }
 
 func waitState(t *testing.T, cl *client.Client, name string, want ferryv1.MigrationJobState) *ferryv1.MigrationJob {

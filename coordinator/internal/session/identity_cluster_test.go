@@ -163,7 +163,7 @@ func TestSecretsOnlyToTheirHost(t *testing.T) {
 		t.Fatalf("kvm-b's progress moved kvm-a's job: %v", j)
 	}
 	src, err := cl.Sources().GetSource(testcluster.Ctx(t, 5*time.Second), &ferryv1.GetSourceRequest{Name: "sources/kvm"})
-	if err != nil || src.GetSource().GetKvm().GetObservedHostKey() != "" {
+	if err != nil || src.GetKvm().GetObservedHostKey() != "" {
 		t.Fatalf("kvm-b recorded the source's host key: %v, %v", src, err)
 	}
 }

@@ -29,7 +29,11 @@ const (
 // For semantics around ctx use and closing/ending streaming RPCs, please refer to https://pkg.go.dev/google.golang.org/grpc/?tab=doc#ClientConn.NewStream.
 //
 // MembershipService shows and changes the coordinator cluster's membership.
+// Its methods are custom (AIP-136): members are not resources a client
+// creates, they are coordinators joining and leaving the Raft group.
 type MembershipServiceClient interface {
+	// ListMembers lists the coordinators with the leader and the Raft
+	// indexes as this node sees them (AIP-132 paging).
 	ListMembers(ctx context.Context, in *ListMembersRequest, opts ...grpc.CallOption) (*ListMembersResponse, error)
 	// AddVoter adds a coordinator as a voter; a new node calls it on start.
 	// The leader first connects to raft_address and, over TLS, checks that it
@@ -86,7 +90,11 @@ func (c *membershipServiceClient) RemoveVoter(ctx context.Context, in *RemoveVot
 // for forward compatibility.
 //
 // MembershipService shows and changes the coordinator cluster's membership.
+// Its methods are custom (AIP-136): members are not resources a client
+// creates, they are coordinators joining and leaving the Raft group.
 type MembershipServiceServer interface {
+	// ListMembers lists the coordinators with the leader and the Raft
+	// indexes as this node sees them (AIP-132 paging).
 	ListMembers(context.Context, *ListMembersRequest) (*ListMembersResponse, error)
 	// AddVoter adds a coordinator as a voter; a new node calls it on start.
 	// The leader first connects to raft_address and, over TLS, checks that it

@@ -10,6 +10,7 @@ import (
 	protoreflect "google.golang.org/protobuf/reflect/protoreflect"
 	protoimpl "google.golang.org/protobuf/runtime/protoimpl"
 	durationpb "google.golang.org/protobuf/types/known/durationpb"
+	emptypb "google.golang.org/protobuf/types/known/emptypb"
 	timestamppb "google.golang.org/protobuf/types/known/timestamppb"
 	reflect "reflect"
 	sync "sync"
@@ -1644,50 +1645,6 @@ func (x *GetMigrationJobRequest) GetName() string {
 	return ""
 }
 
-type GetMigrationJobResponse struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Job           *MigrationJob          `protobuf:"bytes,1,opt,name=job,proto3" json:"job,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
-}
-
-func (x *GetMigrationJobResponse) Reset() {
-	*x = GetMigrationJobResponse{}
-	mi := &file_ferry_v1_migration_job_proto_msgTypes[13]
-	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-	ms.StoreMessageInfo(mi)
-}
-
-func (x *GetMigrationJobResponse) String() string {
-	return protoimpl.X.MessageStringOf(x)
-}
-
-func (*GetMigrationJobResponse) ProtoMessage() {}
-
-func (x *GetMigrationJobResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_migration_job_proto_msgTypes[13]
-	if x != nil {
-		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-		if ms.LoadMessageInfo() == nil {
-			ms.StoreMessageInfo(mi)
-		}
-		return ms
-	}
-	return mi.MessageOf(x)
-}
-
-// Deprecated: Use GetMigrationJobResponse.ProtoReflect.Descriptor instead.
-func (*GetMigrationJobResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_migration_job_proto_rawDescGZIP(), []int{13}
-}
-
-func (x *GetMigrationJobResponse) GetJob() *MigrationJob {
-	if x != nil {
-		return x.Job
-	}
-	return nil
-}
-
 type ListMigrationJobsRequest struct {
 	state           protoimpl.MessageState `protogen:"open.v1"`
 	PageSize        int32                  `protobuf:"varint,1,opt,name=page_size,json=pageSize,proto3" json:"page_size,omitempty"`
@@ -1701,7 +1658,7 @@ type ListMigrationJobsRequest struct {
 
 func (x *ListMigrationJobsRequest) Reset() {
 	*x = ListMigrationJobsRequest{}
-	mi := &file_ferry_v1_migration_job_proto_msgTypes[14]
+	mi := &file_ferry_v1_migration_job_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1713,7 +1670,7 @@ func (x *ListMigrationJobsRequest) String() string {
 func (*ListMigrationJobsRequest) ProtoMessage() {}
 
 func (x *ListMigrationJobsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_migration_job_proto_msgTypes[14]
+	mi := &file_ferry_v1_migration_job_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1726,7 +1683,7 @@ func (x *ListMigrationJobsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListMigrationJobsRequest.ProtoReflect.Descriptor instead.
 func (*ListMigrationJobsRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_migration_job_proto_rawDescGZIP(), []int{14}
+	return file_ferry_v1_migration_job_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *ListMigrationJobsRequest) GetPageSize() int32 {
@@ -1774,7 +1731,7 @@ type ListMigrationJobsResponse struct {
 
 func (x *ListMigrationJobsResponse) Reset() {
 	*x = ListMigrationJobsResponse{}
-	mi := &file_ferry_v1_migration_job_proto_msgTypes[15]
+	mi := &file_ferry_v1_migration_job_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1786,7 +1743,7 @@ func (x *ListMigrationJobsResponse) String() string {
 func (*ListMigrationJobsResponse) ProtoMessage() {}
 
 func (x *ListMigrationJobsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_migration_job_proto_msgTypes[15]
+	mi := &file_ferry_v1_migration_job_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1799,7 +1756,7 @@ func (x *ListMigrationJobsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListMigrationJobsResponse.ProtoReflect.Descriptor instead.
 func (*ListMigrationJobsResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_migration_job_proto_rawDescGZIP(), []int{15}
+	return file_ferry_v1_migration_job_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *ListMigrationJobsResponse) GetJobs() []*MigrationJob {
@@ -1826,7 +1783,7 @@ type CancelMigrationJobRequest struct {
 
 func (x *CancelMigrationJobRequest) Reset() {
 	*x = CancelMigrationJobRequest{}
-	mi := &file_ferry_v1_migration_job_proto_msgTypes[16]
+	mi := &file_ferry_v1_migration_job_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1838,7 +1795,7 @@ func (x *CancelMigrationJobRequest) String() string {
 func (*CancelMigrationJobRequest) ProtoMessage() {}
 
 func (x *CancelMigrationJobRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_migration_job_proto_msgTypes[16]
+	mi := &file_ferry_v1_migration_job_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1851,7 +1808,7 @@ func (x *CancelMigrationJobRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CancelMigrationJobRequest.ProtoReflect.Descriptor instead.
 func (*CancelMigrationJobRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_migration_job_proto_rawDescGZIP(), []int{16}
+	return file_ferry_v1_migration_job_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *CancelMigrationJobRequest) GetName() string {
@@ -1877,7 +1834,7 @@ type CancelMigrationJobResponse struct {
 
 func (x *CancelMigrationJobResponse) Reset() {
 	*x = CancelMigrationJobResponse{}
-	mi := &file_ferry_v1_migration_job_proto_msgTypes[17]
+	mi := &file_ferry_v1_migration_job_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1889,7 +1846,7 @@ func (x *CancelMigrationJobResponse) String() string {
 func (*CancelMigrationJobResponse) ProtoMessage() {}
 
 func (x *CancelMigrationJobResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_migration_job_proto_msgTypes[17]
+	mi := &file_ferry_v1_migration_job_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1902,7 +1859,7 @@ func (x *CancelMigrationJobResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CancelMigrationJobResponse.ProtoReflect.Descriptor instead.
 func (*CancelMigrationJobResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_migration_job_proto_rawDescGZIP(), []int{17}
+	return file_ferry_v1_migration_job_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *CancelMigrationJobResponse) GetJob() *MigrationJob {
@@ -1921,7 +1878,7 @@ type RestartMigrationJobRequest struct {
 
 func (x *RestartMigrationJobRequest) Reset() {
 	*x = RestartMigrationJobRequest{}
-	mi := &file_ferry_v1_migration_job_proto_msgTypes[18]
+	mi := &file_ferry_v1_migration_job_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1933,7 +1890,7 @@ func (x *RestartMigrationJobRequest) String() string {
 func (*RestartMigrationJobRequest) ProtoMessage() {}
 
 func (x *RestartMigrationJobRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_migration_job_proto_msgTypes[18]
+	mi := &file_ferry_v1_migration_job_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1946,7 +1903,7 @@ func (x *RestartMigrationJobRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RestartMigrationJobRequest.ProtoReflect.Descriptor instead.
 func (*RestartMigrationJobRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_migration_job_proto_rawDescGZIP(), []int{18}
+	return file_ferry_v1_migration_job_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *RestartMigrationJobRequest) GetName() string {
@@ -1965,7 +1922,7 @@ type RestartMigrationJobResponse struct {
 
 func (x *RestartMigrationJobResponse) Reset() {
 	*x = RestartMigrationJobResponse{}
-	mi := &file_ferry_v1_migration_job_proto_msgTypes[19]
+	mi := &file_ferry_v1_migration_job_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1977,7 +1934,7 @@ func (x *RestartMigrationJobResponse) String() string {
 func (*RestartMigrationJobResponse) ProtoMessage() {}
 
 func (x *RestartMigrationJobResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_migration_job_proto_msgTypes[19]
+	mi := &file_ferry_v1_migration_job_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1990,7 +1947,7 @@ func (x *RestartMigrationJobResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RestartMigrationJobResponse.ProtoReflect.Descriptor instead.
 func (*RestartMigrationJobResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_migration_job_proto_rawDescGZIP(), []int{19}
+	return file_ferry_v1_migration_job_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *RestartMigrationJobResponse) GetJob() *MigrationJob {
@@ -2009,7 +1966,7 @@ type DeleteMigrationJobRequest struct {
 
 func (x *DeleteMigrationJobRequest) Reset() {
 	*x = DeleteMigrationJobRequest{}
-	mi := &file_ferry_v1_migration_job_proto_msgTypes[20]
+	mi := &file_ferry_v1_migration_job_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2021,7 +1978,7 @@ func (x *DeleteMigrationJobRequest) String() string {
 func (*DeleteMigrationJobRequest) ProtoMessage() {}
 
 func (x *DeleteMigrationJobRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_migration_job_proto_msgTypes[20]
+	mi := &file_ferry_v1_migration_job_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2034,7 +1991,7 @@ func (x *DeleteMigrationJobRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteMigrationJobRequest.ProtoReflect.Descriptor instead.
 func (*DeleteMigrationJobRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_migration_job_proto_rawDescGZIP(), []int{20}
+	return file_ferry_v1_migration_job_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *DeleteMigrationJobRequest) GetName() string {
@@ -2042,42 +1999,6 @@ func (x *DeleteMigrationJobRequest) GetName() string {
 		return x.Name
 	}
 	return ""
-}
-
-type DeleteMigrationJobResponse struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
-}
-
-func (x *DeleteMigrationJobResponse) Reset() {
-	*x = DeleteMigrationJobResponse{}
-	mi := &file_ferry_v1_migration_job_proto_msgTypes[21]
-	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-	ms.StoreMessageInfo(mi)
-}
-
-func (x *DeleteMigrationJobResponse) String() string {
-	return protoimpl.X.MessageStringOf(x)
-}
-
-func (*DeleteMigrationJobResponse) ProtoMessage() {}
-
-func (x *DeleteMigrationJobResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_migration_job_proto_msgTypes[21]
-	if x != nil {
-		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-		if ms.LoadMessageInfo() == nil {
-			ms.StoreMessageInfo(mi)
-		}
-		return ms
-	}
-	return mi.MessageOf(x)
-}
-
-// Deprecated: Use DeleteMigrationJobResponse.ProtoReflect.Descriptor instead.
-func (*DeleteMigrationJobResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_migration_job_proto_rawDescGZIP(), []int{21}
 }
 
 type WatchMigrationJobsRequest struct {
@@ -2094,7 +2015,7 @@ type WatchMigrationJobsRequest struct {
 
 func (x *WatchMigrationJobsRequest) Reset() {
 	*x = WatchMigrationJobsRequest{}
-	mi := &file_ferry_v1_migration_job_proto_msgTypes[22]
+	mi := &file_ferry_v1_migration_job_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2106,7 +2027,7 @@ func (x *WatchMigrationJobsRequest) String() string {
 func (*WatchMigrationJobsRequest) ProtoMessage() {}
 
 func (x *WatchMigrationJobsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_migration_job_proto_msgTypes[22]
+	mi := &file_ferry_v1_migration_job_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2119,7 +2040,7 @@ func (x *WatchMigrationJobsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchMigrationJobsRequest.ProtoReflect.Descriptor instead.
 func (*WatchMigrationJobsRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_migration_job_proto_rawDescGZIP(), []int{22}
+	return file_ferry_v1_migration_job_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *WatchMigrationJobsRequest) GetNames() []string {
@@ -2153,7 +2074,7 @@ type WatchMigrationJobsResponse struct {
 
 func (x *WatchMigrationJobsResponse) Reset() {
 	*x = WatchMigrationJobsResponse{}
-	mi := &file_ferry_v1_migration_job_proto_msgTypes[23]
+	mi := &file_ferry_v1_migration_job_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2165,7 +2086,7 @@ func (x *WatchMigrationJobsResponse) String() string {
 func (*WatchMigrationJobsResponse) ProtoMessage() {}
 
 func (x *WatchMigrationJobsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_migration_job_proto_msgTypes[23]
+	mi := &file_ferry_v1_migration_job_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2178,7 +2099,7 @@ func (x *WatchMigrationJobsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchMigrationJobsResponse.ProtoReflect.Descriptor instead.
 func (*WatchMigrationJobsResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_migration_job_proto_rawDescGZIP(), []int{23}
+	return file_ferry_v1_migration_job_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *WatchMigrationJobsResponse) GetType() WatchEventType {
@@ -2199,7 +2120,7 @@ var File_ferry_v1_migration_job_proto protoreflect.FileDescriptor
 
 const file_ferry_v1_migration_job_proto_rawDesc = "" +
 	"\n" +
-	"\x1cferry/v1/migration_job.proto\x12\bferry.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xe7\x06\n" +
+	"\x1cferry/v1/migration_job.proto\x12\bferry.v1\x1a\x1bgoogle/protobuf/empty.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xe7\x06\n" +
 	"\fMigrationJob\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x16\n" +
 	"\x06source\x18\x02 \x01(\tR\x06source\x12\x1b\n" +
@@ -2306,9 +2227,7 @@ const file_ferry_v1_migration_job_proto_rawDesc = "" +
 	"\x04fits\x18\x04 \x01(\bR\x04fits\x12\x14\n" +
 	"\x05notes\x18\x05 \x03(\tR\x05notes\",\n" +
 	"\x16GetMigrationJobRequest\x12\x12\n" +
-	"\x04name\x18\x01 \x01(\tR\x04name\"C\n" +
-	"\x17GetMigrationJobResponse\x12(\n" +
-	"\x03job\x18\x01 \x01(\v2\x16.ferry.v1.MigrationJobR\x03job\"\xcc\x01\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\"\xcc\x01\n" +
 	"\x18ListMigrationJobsRequest\x12\x1b\n" +
 	"\tpage_size\x18\x01 \x01(\x05R\bpageSize\x12\x1d\n" +
 	"\n" +
@@ -2329,8 +2248,7 @@ const file_ferry_v1_migration_job_proto_rawDesc = "" +
 	"\x1bRestartMigrationJobResponse\x12(\n" +
 	"\x03job\x18\x01 \x01(\v2\x16.ferry.v1.MigrationJobR\x03job\"/\n" +
 	"\x19DeleteMigrationJobRequest\x12\x12\n" +
-	"\x04name\x18\x01 \x01(\tR\x04name\"\x1c\n" +
-	"\x1aDeleteMigrationJobResponse\"\x7f\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\"\x7f\n" +
 	"\x19WatchMigrationJobsRequest\x12\x14\n" +
 	"\x05names\x18\x01 \x03(\tR\x05names\x12)\n" +
 	"\x10migration_server\x18\x02 \x01(\tR\x0fmigrationServer\x12!\n" +
@@ -2380,15 +2298,15 @@ const file_ferry_v1_migration_job_proto_rawDesc = "" +
 	"\x18WATCH_EVENT_TYPE_INITIAL\x10\x01\x12\x1c\n" +
 	"\x18WATCH_EVENT_TYPE_CHANGED\x10\x02\x12\x1d\n" +
 	"\x19WATCH_EVENT_TYPE_PROGRESS\x10\x03\x12\x1c\n" +
-	"\x18WATCH_EVENT_TYPE_DELETED\x10\x042\x9f\x06\n" +
+	"\x18WATCH_EVENT_TYPE_DELETED\x10\x042\x86\x06\n" +
 	"\x13MigrationJobService\x12b\n" +
 	"\x13CreateMigrationJobs\x12$.ferry.v1.CreateMigrationJobsRequest\x1a%.ferry.v1.CreateMigrationJobsResponse\x12e\n" +
-	"\x14PreviewMigrationJobs\x12%.ferry.v1.PreviewMigrationJobsRequest\x1a&.ferry.v1.PreviewMigrationJobsResponse\x12V\n" +
-	"\x0fGetMigrationJob\x12 .ferry.v1.GetMigrationJobRequest\x1a!.ferry.v1.GetMigrationJobResponse\x12\\\n" +
+	"\x14PreviewMigrationJobs\x12%.ferry.v1.PreviewMigrationJobsRequest\x1a&.ferry.v1.PreviewMigrationJobsResponse\x12K\n" +
+	"\x0fGetMigrationJob\x12 .ferry.v1.GetMigrationJobRequest\x1a\x16.ferry.v1.MigrationJob\x12\\\n" +
 	"\x11ListMigrationJobs\x12\".ferry.v1.ListMigrationJobsRequest\x1a#.ferry.v1.ListMigrationJobsResponse\x12_\n" +
 	"\x12CancelMigrationJob\x12#.ferry.v1.CancelMigrationJobRequest\x1a$.ferry.v1.CancelMigrationJobResponse\x12b\n" +
-	"\x13RestartMigrationJob\x12$.ferry.v1.RestartMigrationJobRequest\x1a%.ferry.v1.RestartMigrationJobResponse\x12_\n" +
-	"\x12DeleteMigrationJob\x12#.ferry.v1.DeleteMigrationJobRequest\x1a$.ferry.v1.DeleteMigrationJobResponse\x12a\n" +
+	"\x13RestartMigrationJob\x12$.ferry.v1.RestartMigrationJobRequest\x1a%.ferry.v1.RestartMigrationJobResponse\x12Q\n" +
+	"\x12DeleteMigrationJob\x12#.ferry.v1.DeleteMigrationJobRequest\x1a\x16.google.protobuf.Empty\x12a\n" +
 	"\x12WatchMigrationJobs\x12#.ferry.v1.WatchMigrationJobsRequest\x1a$.ferry.v1.WatchMigrationJobsResponse0\x01B\x96\x01\n" +
 	"\fcom.ferry.v1B\x11MigrationJobProtoP\x01Z2github.com/ferry-v2v/ferry/pkg/pb/ferry/v1;ferryv1\xa2\x02\x03FXX\xaa\x02\bFerry.V1\xca\x02\bFerry\\V1\xe2\x02\x14Ferry\\V1\\GPBMetadata\xea\x02\tFerry::V1b\x06proto3"
 
@@ -2405,7 +2323,7 @@ func file_ferry_v1_migration_job_proto_rawDescGZIP() []byte {
 }
 
 var file_ferry_v1_migration_job_proto_enumTypes = make([]protoimpl.EnumInfo, 8)
-var file_ferry_v1_migration_job_proto_msgTypes = make([]protoimpl.MessageInfo, 24)
+var file_ferry_v1_migration_job_proto_msgTypes = make([]protoimpl.MessageInfo, 22)
 var file_ferry_v1_migration_job_proto_goTypes = []any{
 	(MigrationJobState)(0),               // 0: ferry.v1.MigrationJobState
 	(MigrationJobPhase)(0),               // 1: ferry.v1.MigrationJobPhase
@@ -2428,19 +2346,18 @@ var file_ferry_v1_migration_job_proto_goTypes = []any{
 	(*PreviewUsage)(nil),                 // 18: ferry.v1.PreviewUsage
 	(*PreviewMigrationJobsResponse)(nil), // 19: ferry.v1.PreviewMigrationJobsResponse
 	(*GetMigrationJobRequest)(nil),       // 20: ferry.v1.GetMigrationJobRequest
-	(*GetMigrationJobResponse)(nil),      // 21: ferry.v1.GetMigrationJobResponse
-	(*ListMigrationJobsRequest)(nil),     // 22: ferry.v1.ListMigrationJobsRequest
-	(*ListMigrationJobsResponse)(nil),    // 23: ferry.v1.ListMigrationJobsResponse
-	(*CancelMigrationJobRequest)(nil),    // 24: ferry.v1.CancelMigrationJobRequest
-	(*CancelMigrationJobResponse)(nil),   // 25: ferry.v1.CancelMigrationJobResponse
-	(*RestartMigrationJobRequest)(nil),   // 26: ferry.v1.RestartMigrationJobRequest
-	(*RestartMigrationJobResponse)(nil),  // 27: ferry.v1.RestartMigrationJobResponse
-	(*DeleteMigrationJobRequest)(nil),    // 28: ferry.v1.DeleteMigrationJobRequest
-	(*DeleteMigrationJobResponse)(nil),   // 29: ferry.v1.DeleteMigrationJobResponse
-	(*WatchMigrationJobsRequest)(nil),    // 30: ferry.v1.WatchMigrationJobsRequest
-	(*WatchMigrationJobsResponse)(nil),   // 31: ferry.v1.WatchMigrationJobsResponse
-	(*timestamppb.Timestamp)(nil),        // 32: google.protobuf.Timestamp
-	(*durationpb.Duration)(nil),          // 33: google.protobuf.Duration
+	(*ListMigrationJobsRequest)(nil),     // 21: ferry.v1.ListMigrationJobsRequest
+	(*ListMigrationJobsResponse)(nil),    // 22: ferry.v1.ListMigrationJobsResponse
+	(*CancelMigrationJobRequest)(nil),    // 23: ferry.v1.CancelMigrationJobRequest
+	(*CancelMigrationJobResponse)(nil),   // 24: ferry.v1.CancelMigrationJobResponse
+	(*RestartMigrationJobRequest)(nil),   // 25: ferry.v1.RestartMigrationJobRequest
+	(*RestartMigrationJobResponse)(nil),  // 26: ferry.v1.RestartMigrationJobResponse
+	(*DeleteMigrationJobRequest)(nil),    // 27: ferry.v1.DeleteMigrationJobRequest
+	(*WatchMigrationJobsRequest)(nil),    // 28: ferry.v1.WatchMigrationJobsRequest
+	(*WatchMigrationJobsResponse)(nil),   // 29: ferry.v1.WatchMigrationJobsResponse
+	(*timestamppb.Timestamp)(nil),        // 30: google.protobuf.Timestamp
+	(*durationpb.Duration)(nil),          // 31: google.protobuf.Duration
+	(*emptypb.Empty)(nil),                // 32: google.protobuf.Empty
 }
 var file_ferry_v1_migration_job_proto_depIdxs = []int32{
 	9,  // 0: ferry.v1.MigrationJob.target:type_name -> ferry.v1.TargetVm
@@ -2448,18 +2365,18 @@ var file_ferry_v1_migration_job_proto_depIdxs = []int32{
 	0,  // 2: ferry.v1.MigrationJob.state:type_name -> ferry.v1.MigrationJobState
 	1,  // 3: ferry.v1.MigrationJob.phase:type_name -> ferry.v1.MigrationJobPhase
 	13, // 4: ferry.v1.MigrationJob.disks:type_name -> ferry.v1.DiskProgress
-	32, // 5: ferry.v1.MigrationJob.create_time:type_name -> google.protobuf.Timestamp
-	32, // 6: ferry.v1.MigrationJob.start_time:type_name -> google.protobuf.Timestamp
-	32, // 7: ferry.v1.MigrationJob.end_time:type_name -> google.protobuf.Timestamp
-	33, // 8: ferry.v1.MigrationJob.duration:type_name -> google.protobuf.Duration
-	32, // 9: ferry.v1.MigrationJob.update_time:type_name -> google.protobuf.Timestamp
+	30, // 5: ferry.v1.MigrationJob.create_time:type_name -> google.protobuf.Timestamp
+	30, // 6: ferry.v1.MigrationJob.start_time:type_name -> google.protobuf.Timestamp
+	30, // 7: ferry.v1.MigrationJob.end_time:type_name -> google.protobuf.Timestamp
+	31, // 8: ferry.v1.MigrationJob.duration:type_name -> google.protobuf.Duration
+	30, // 9: ferry.v1.MigrationJob.update_time:type_name -> google.protobuf.Timestamp
 	10, // 10: ferry.v1.TargetVm.disks:type_name -> ferry.v1.TargetDisk
 	11, // 11: ferry.v1.TargetVm.nics:type_name -> ferry.v1.TargetNic
 	2,  // 12: ferry.v1.TargetVm.firmware:type_name -> ferry.v1.Firmware
 	3,  // 13: ferry.v1.TargetVm.os_type:type_name -> ferry.v1.OsType
 	4,  // 14: ferry.v1.TargetVm.disk_bus:type_name -> ferry.v1.DiskBus
 	5,  // 15: ferry.v1.MigrationOptions.compression:type_name -> ferry.v1.Compression
-	33, // 16: ferry.v1.DiskProgress.eta:type_name -> google.protobuf.Duration
+	31, // 16: ferry.v1.DiskProgress.eta:type_name -> google.protobuf.Duration
 	9,  // 17: ferry.v1.MigrationJobSpec.target:type_name -> ferry.v1.TargetVm
 	12, // 18: ferry.v1.MigrationJobSpec.options:type_name -> ferry.v1.MigrationOptions
 	14, // 19: ferry.v1.CreateMigrationJobsRequest.jobs:type_name -> ferry.v1.MigrationJobSpec
@@ -2468,34 +2385,33 @@ var file_ferry_v1_migration_job_proto_depIdxs = []int32{
 	6,  // 22: ferry.v1.PreviewUsage.kind:type_name -> ferry.v1.PreviewResourceKind
 	8,  // 23: ferry.v1.PreviewMigrationJobsResponse.jobs:type_name -> ferry.v1.MigrationJob
 	18, // 24: ferry.v1.PreviewMigrationJobsResponse.usages:type_name -> ferry.v1.PreviewUsage
-	8,  // 25: ferry.v1.GetMigrationJobResponse.job:type_name -> ferry.v1.MigrationJob
-	0,  // 26: ferry.v1.ListMigrationJobsRequest.state:type_name -> ferry.v1.MigrationJobState
-	8,  // 27: ferry.v1.ListMigrationJobsResponse.jobs:type_name -> ferry.v1.MigrationJob
-	8,  // 28: ferry.v1.CancelMigrationJobResponse.job:type_name -> ferry.v1.MigrationJob
-	8,  // 29: ferry.v1.RestartMigrationJobResponse.job:type_name -> ferry.v1.MigrationJob
-	7,  // 30: ferry.v1.WatchMigrationJobsResponse.type:type_name -> ferry.v1.WatchEventType
-	8,  // 31: ferry.v1.WatchMigrationJobsResponse.job:type_name -> ferry.v1.MigrationJob
-	15, // 32: ferry.v1.MigrationJobService.CreateMigrationJobs:input_type -> ferry.v1.CreateMigrationJobsRequest
-	17, // 33: ferry.v1.MigrationJobService.PreviewMigrationJobs:input_type -> ferry.v1.PreviewMigrationJobsRequest
-	20, // 34: ferry.v1.MigrationJobService.GetMigrationJob:input_type -> ferry.v1.GetMigrationJobRequest
-	22, // 35: ferry.v1.MigrationJobService.ListMigrationJobs:input_type -> ferry.v1.ListMigrationJobsRequest
-	24, // 36: ferry.v1.MigrationJobService.CancelMigrationJob:input_type -> ferry.v1.CancelMigrationJobRequest
-	26, // 37: ferry.v1.MigrationJobService.RestartMigrationJob:input_type -> ferry.v1.RestartMigrationJobRequest
-	28, // 38: ferry.v1.MigrationJobService.DeleteMigrationJob:input_type -> ferry.v1.DeleteMigrationJobRequest
-	30, // 39: ferry.v1.MigrationJobService.WatchMigrationJobs:input_type -> ferry.v1.WatchMigrationJobsRequest
-	16, // 40: ferry.v1.MigrationJobService.CreateMigrationJobs:output_type -> ferry.v1.CreateMigrationJobsResponse
-	19, // 41: ferry.v1.MigrationJobService.PreviewMigrationJobs:output_type -> ferry.v1.PreviewMigrationJobsResponse
-	21, // 42: ferry.v1.MigrationJobService.GetMigrationJob:output_type -> ferry.v1.GetMigrationJobResponse
-	23, // 43: ferry.v1.MigrationJobService.ListMigrationJobs:output_type -> ferry.v1.ListMigrationJobsResponse
-	25, // 44: ferry.v1.MigrationJobService.CancelMigrationJob:output_type -> ferry.v1.CancelMigrationJobResponse
-	27, // 45: ferry.v1.MigrationJobService.RestartMigrationJob:output_type -> ferry.v1.RestartMigrationJobResponse
-	29, // 46: ferry.v1.MigrationJobService.DeleteMigrationJob:output_type -> ferry.v1.DeleteMigrationJobResponse
-	31, // 47: ferry.v1.MigrationJobService.WatchMigrationJobs:output_type -> ferry.v1.WatchMigrationJobsResponse
-	40, // [40:48] is the sub-list for method output_type
-	32, // [32:40] is the sub-list for method input_type
-	32, // [32:32] is the sub-list for extension type_name
-	32, // [32:32] is the sub-list for extension extendee
-	0,  // [0:32] is the sub-list for field type_name
+	0,  // 25: ferry.v1.ListMigrationJobsRequest.state:type_name -> ferry.v1.MigrationJobState
+	8,  // 26: ferry.v1.ListMigrationJobsResponse.jobs:type_name -> ferry.v1.MigrationJob
+	8,  // 27: ferry.v1.CancelMigrationJobResponse.job:type_name -> ferry.v1.MigrationJob
+	8,  // 28: ferry.v1.RestartMigrationJobResponse.job:type_name -> ferry.v1.MigrationJob
+	7,  // 29: ferry.v1.WatchMigrationJobsResponse.type:type_name -> ferry.v1.WatchEventType
+	8,  // 30: ferry.v1.WatchMigrationJobsResponse.job:type_name -> ferry.v1.MigrationJob
+	15, // 31: ferry.v1.MigrationJobService.CreateMigrationJobs:input_type -> ferry.v1.CreateMigrationJobsRequest
+	17, // 32: ferry.v1.MigrationJobService.PreviewMigrationJobs:input_type -> ferry.v1.PreviewMigrationJobsRequest
+	20, // 33: ferry.v1.MigrationJobService.GetMigrationJob:input_type -> ferry.v1.GetMigrationJobRequest
+	21, // 34: ferry.v1.MigrationJobService.ListMigrationJobs:input_type -> ferry.v1.ListMigrationJobsRequest
+	23, // 35: ferry.v1.MigrationJobService.CancelMigrationJob:input_type -> ferry.v1.CancelMigrationJobRequest
+	25, // 36: ferry.v1.MigrationJobService.RestartMigrationJob:input_type -> ferry.v1.RestartMigrationJobRequest
+	27, // 37: ferry.v1.MigrationJobService.DeleteMigrationJob:input_type -> ferry.v1.DeleteMigrationJobRequest
+	28, // 38: ferry.v1.MigrationJobService.WatchMigrationJobs:input_type -> ferry.v1.WatchMigrationJobsRequest
+	16, // 39: ferry.v1.MigrationJobService.CreateMigrationJobs:output_type -> ferry.v1.CreateMigrationJobsResponse
+	19, // 40: ferry.v1.MigrationJobService.PreviewMigrationJobs:output_type -> ferry.v1.PreviewMigrationJobsResponse
+	8,  // 41: ferry.v1.MigrationJobService.GetMigrationJob:output_type -> ferry.v1.MigrationJob
+	22, // 42: ferry.v1.MigrationJobService.ListMigrationJobs:output_type -> ferry.v1.ListMigrationJobsResponse
+	24, // 43: ferry.v1.MigrationJobService.CancelMigrationJob:output_type -> ferry.v1.CancelMigrationJobResponse
+	26, // 44: ferry.v1.MigrationJobService.RestartMigrationJob:output_type -> ferry.v1.RestartMigrationJobResponse
+	32, // 45: ferry.v1.MigrationJobService.DeleteMigrationJob:output_type -> google.protobuf.Empty
+	29, // 46: ferry.v1.MigrationJobService.WatchMigrationJobs:output_type -> ferry.v1.WatchMigrationJobsResponse
+	39, // [39:47] is the sub-list for method output_type
+	31, // [31:39] is the sub-list for method input_type
+	31, // [31:31] is the sub-list for extension type_name
+	31, // [31:31] is the sub-list for extension extendee
+	0,  // [0:31] is the sub-list for field type_name
 }
 
 func init() { file_ferry_v1_migration_job_proto_init() }
@@ -2510,7 +2426,7 @@ func file_ferry_v1_migration_job_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_ferry_v1_migration_job_proto_rawDesc), len(file_ferry_v1_migration_job_proto_rawDesc)),
 			NumEnums:      8,
-			NumMessages:   24,
+			NumMessages:   22,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

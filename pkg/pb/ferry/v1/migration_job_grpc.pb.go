@@ -11,6 +11,7 @@ import (
 	grpc "google.golang.org/grpc"
 	codes "google.golang.org/grpc/codes"
 	status "google.golang.org/grpc/status"
+	emptypb "google.golang.org/protobuf/types/known/emptypb"
 )
 
 // This is a compile-time assertion to ensure that this generated file
@@ -34,6 +35,11 @@ const (
 // For semantics around ctx use and closing/ending streaming RPCs, please refer to https://pkg.go.dev/google.golang.org/grpc/?tab=doc#ClientConn.NewStream.
 //
 // MigrationJobService creates, follows and manages migration jobs.
+// Standard methods answer the resource (Create AIP-133, Get AIP-131,
+// Update AIP-134), Delete answers google.protobuf.Empty (AIP-135) and
+// List pages with page_size, page_token, next_page_token (AIP-132/158).
+// CreateMigrationJobs is a batch create (AIP-233); Preview, Cancel,
+// Restart and Watch are custom methods (AIP-136) answering a …Response.
 type MigrationJobServiceClient interface {
 	// CreateMigrationJobs creates one job per VM, up to 50, all on one
 	// migration server. A repeated request_id returns the first answer.
@@ -41,14 +47,14 @@ type MigrationJobServiceClient interface {
 	// PreviewMigrationJobs checks a CreateMigrationJobs request and says what
 	// the batch would use, without writing anything.
 	PreviewMigrationJobs(ctx context.Context, in *PreviewMigrationJobsRequest, opts ...grpc.CallOption) (*PreviewMigrationJobsResponse, error)
-	GetMigrationJob(ctx context.Context, in *GetMigrationJobRequest, opts ...grpc.CallOption) (*GetMigrationJobResponse, error)
+	GetMigrationJob(ctx context.Context, in *GetMigrationJobRequest, opts ...grpc.CallOption) (*MigrationJob, error)
 	ListMigrationJobs(ctx context.Context, in *ListMigrationJobsRequest, opts ...grpc.CallOption) (*ListMigrationJobsResponse, error)
 	// CancelMigrationJob cancels a queued or running job.
 	CancelMigrationJob(ctx context.Context, in *CancelMigrationJobRequest, opts ...grpc.CallOption) (*CancelMigrationJobResponse, error)
 	// RestartMigrationJob queues a failed or cancelled job again; its cache is reused.
 	RestartMigrationJob(ctx context.Context, in *RestartMigrationJobRequest, opts ...grpc.CallOption) (*RestartMigrationJobResponse, error)
 	// DeleteMigrationJob deletes a terminal job.
-	DeleteMigrationJob(ctx context.Context, in *DeleteMigrationJobRequest, opts ...grpc.CallOption) (*DeleteMigrationJobResponse, error)
+	DeleteMigrationJob(ctx context.Context, in *DeleteMigrationJobRequest, opts ...grpc.CallOption) (*emptypb.Empty, error)
 	// WatchMigrationJobs streams state changes and live progress.
 	WatchMigrationJobs(ctx context.Context, in *WatchMigrationJobsRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[WatchMigrationJobsResponse], error)
 }
@@ -81,9 +87,9 @@ func (c *migrationJobServiceClient) PreviewMigrationJobs(ctx context.Context, in
 	return out, nil
 }
 
-func (c *migrationJobServiceClient) GetMigrationJob(ctx context.Context, in *GetMigrationJobRequest, opts ...grpc.CallOption) (*GetMigrationJobResponse, error) {
+func (c *migrationJobServiceClient) GetMigrationJob(ctx context.Context, in *GetMigrationJobRequest, opts ...grpc.CallOption) (*MigrationJob, error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
-	out := new(GetMigrationJobResponse)
+	out := new(MigrationJob)
 	err := c.cc.Invoke(ctx, MigrationJobService_GetMigrationJob_FullMethodName, in, out, cOpts...)
 	if err != nil {
 		return nil, err
@@ -121,9 +127,9 @@ func (c *migrationJobServiceClient) RestartMigrationJob(ctx context.Context, in 
 	return out, nil
 }
 
-func (c *migrationJobServiceClient) DeleteMigrationJob(ctx context.Context, in *DeleteMigrationJobRequest, opts ...grpc.CallOption) (*DeleteMigrationJobResponse, error) {
+func (c *migrationJobServiceClient) DeleteMigrationJob(ctx context.Context, in *DeleteMigrationJobRequest, opts ...grpc.CallOption) (*emptypb.Empty, error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
-	out := new(DeleteMigrationJobResponse)
+	out := new(emptypb.Empty)
 	err := c.cc.Invoke(ctx, MigrationJobService_DeleteMigrationJob_FullMethodName, in, out, cOpts...)
 	if err != nil {
 		return nil, err
@@ -155,6 +161,11 @@ type MigrationJobService_WatchMigrationJobsClient = grpc.ServerStreamingClient[W
 // for forward compatibility.
 //
 // MigrationJobService creates, follows and manages migration jobs.
+// Standard methods answer the resource (Create AIP-133, Get AIP-131,
+// Update AIP-134), Delete answers google.protobuf.Empty (AIP-135) and
+// List pages with page_size, page_token, next_page_token (AIP-132/158).
+// CreateMigrationJobs is a batch create (AIP-233); Preview, Cancel,
+// Restart and Watch are custom methods (AIP-136) answering a …Response.
 type MigrationJobServiceServer interface {
 	// CreateMigrationJobs creates one job per VM, up to 50, all on one
 	// migration server. A repeated request_id returns the first answer.
@@ -162,14 +173,14 @@ type MigrationJobServiceServer interface {
 	// PreviewMigrationJobs checks a CreateMigrationJobs request and says what
 	// the batch would use, without writing anything.
 	PreviewMigrationJobs(context.Context, *PreviewMigrationJobsRequest) (*PreviewMigrationJobsResponse, error)
-	GetMigrationJob(context.Context, *GetMigrationJobRequest) (*GetMigrationJobResponse, error)
+	GetMigrationJob(context.Context, *GetMigrationJobRequest) (*MigrationJob, error)
 	ListMigrationJobs(context.Context, *ListMigrationJobsRequest) (*ListMigrationJobsResponse, error)
 	// CancelMigrationJob cancels a queued or running job.
 	CancelMigrationJob(context.Context, *CancelMigrationJobRequest) (*CancelMigrationJobResponse, error)
 	// RestartMigrationJob queues a failed or cancelled job again; its cache is reused.
 	RestartMigrationJob(context.Context, *RestartMigrationJobRequest) (*RestartMigrationJobResponse, error)
 	// DeleteMigrationJob deletes a terminal job.
-	DeleteMigrationJob(context.Context, *DeleteMigrationJobRequest) (*DeleteMigrationJobResponse, error)
+	DeleteMigrationJob(context.Context, *DeleteMigrationJobRequest) (*emptypb.Empty, error)
 	// WatchMigrationJobs streams state changes and live progress.
 	WatchMigrationJobs(*WatchMigrationJobsRequest, grpc.ServerStreamingServer[WatchMigrationJobsResponse]) error
 	mustEmbedUnimplementedMigrationJobServiceServer()
@@ -188,7 +199,7 @@ func (UnimplementedMigrationJobServiceServer) CreateMigrationJobs(context.Contex
 func (UnimplementedMigrationJobServiceServer) PreviewMigrationJobs(context.Context, *PreviewMigrationJobsRequest) (*PreviewMigrationJobsResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method PreviewMigrationJobs not implemented")
 }
-func (UnimplementedMigrationJobServiceServer) GetMigrationJob(context.Context, *GetMigrationJobRequest) (*GetMigrationJobResponse, error) {
+func (UnimplementedMigrationJobServiceServer) GetMigrationJob(context.Context, *GetMigrationJobRequest) (*MigrationJob, error) {
 	return nil, status.Error(codes.Unimplemented, "method GetMigrationJob not implemented")
 }
 func (UnimplementedMigrationJobServiceServer) ListMigrationJobs(context.Context, *ListMigrationJobsRequest) (*ListMigrationJobsResponse, error) {
@@ -200,7 +211,7 @@ func (UnimplementedMigrationJobServiceServer) CancelMigrationJob(context.Context
 func (UnimplementedMigrationJobServiceServer) RestartMigrationJob(context.Context, *RestartMigrationJobRequest) (*RestartMigrationJobResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method RestartMigrationJob not implemented")
 }
-func (UnimplementedMigrationJobServiceServer) DeleteMigrationJob(context.Context, *DeleteMigrationJobRequest) (*DeleteMigrationJobResponse, error) {
+func (UnimplementedMigrationJobServiceServer) DeleteMigrationJob(context.Context, *DeleteMigrationJobRequest) (*emptypb.Empty, error) {
 	return nil, status.Error(codes.Unimplemented, "method DeleteMigrationJob not implemented")
 }
 func (UnimplementedMigrationJobServiceServer) WatchMigrationJobs(*WatchMigrationJobsRequest, grpc.ServerStreamingServer[WatchMigrationJobsResponse]) error {

@@ -227,50 +227,6 @@ func (x *CreateMigrationServerRequest) GetRequestId() string {
 	return ""
 }
 
-type CreateMigrationServerResponse struct {
-	state           protoimpl.MessageState `protogen:"open.v1"`
-	MigrationServer *MigrationServer       `protobuf:"bytes,1,opt,name=migration_server,json=migrationServer,proto3" json:"migration_server,omitempty"`
-	unknownFields   protoimpl.UnknownFields
-	sizeCache       protoimpl.SizeCache
-}
-
-func (x *CreateMigrationServerResponse) Reset() {
-	*x = CreateMigrationServerResponse{}
-	mi := &file_ferry_v1_migration_server_proto_msgTypes[2]
-	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-	ms.StoreMessageInfo(mi)
-}
-
-func (x *CreateMigrationServerResponse) String() string {
-	return protoimpl.X.MessageStringOf(x)
-}
-
-func (*CreateMigrationServerResponse) ProtoMessage() {}
-
-func (x *CreateMigrationServerResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_migration_server_proto_msgTypes[2]
-	if x != nil {
-		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-		if ms.LoadMessageInfo() == nil {
-			ms.StoreMessageInfo(mi)
-		}
-		return ms
-	}
-	return mi.MessageOf(x)
-}
-
-// Deprecated: Use CreateMigrationServerResponse.ProtoReflect.Descriptor instead.
-func (*CreateMigrationServerResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_migration_server_proto_rawDescGZIP(), []int{2}
-}
-
-func (x *CreateMigrationServerResponse) GetMigrationServer() *MigrationServer {
-	if x != nil {
-		return x.MigrationServer
-	}
-	return nil
-}
-
 type GetMigrationServerRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
@@ -280,7 +236,7 @@ type GetMigrationServerRequest struct {
 
 func (x *GetMigrationServerRequest) Reset() {
 	*x = GetMigrationServerRequest{}
-	mi := &file_ferry_v1_migration_server_proto_msgTypes[3]
+	mi := &file_ferry_v1_migration_server_proto_msgTypes[2]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -292,7 +248,7 @@ func (x *GetMigrationServerRequest) String() string {
 func (*GetMigrationServerRequest) ProtoMessage() {}
 
 func (x *GetMigrationServerRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_migration_server_proto_msgTypes[3]
+	mi := &file_ferry_v1_migration_server_proto_msgTypes[2]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -305,7 +261,7 @@ func (x *GetMigrationServerRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetMigrationServerRequest.ProtoReflect.Descriptor instead.
 func (*GetMigrationServerRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_migration_server_proto_rawDescGZIP(), []int{3}
+	return file_ferry_v1_migration_server_proto_rawDescGZIP(), []int{2}
 }
 
 func (x *GetMigrationServerRequest) GetName() string {
@@ -313,50 +269,6 @@ func (x *GetMigrationServerRequest) GetName() string {
 		return x.Name
 	}
 	return ""
-}
-
-type GetMigrationServerResponse struct {
-	state           protoimpl.MessageState `protogen:"open.v1"`
-	MigrationServer *MigrationServer       `protobuf:"bytes,1,opt,name=migration_server,json=migrationServer,proto3" json:"migration_server,omitempty"`
-	unknownFields   protoimpl.UnknownFields
-	sizeCache       protoimpl.SizeCache
-}
-
-func (x *GetMigrationServerResponse) Reset() {
-	*x = GetMigrationServerResponse{}
-	mi := &file_ferry_v1_migration_server_proto_msgTypes[4]
-	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-	ms.StoreMessageInfo(mi)
-}
-
-func (x *GetMigrationServerResponse) String() string {
-	return protoimpl.X.MessageStringOf(x)
-}
-
-func (*GetMigrationServerResponse) ProtoMessage() {}
-
-func (x *GetMigrationServerResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_migration_server_proto_msgTypes[4]
-	if x != nil {
-		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-		if ms.LoadMessageInfo() == nil {
-			ms.StoreMessageInfo(mi)
-		}
-		return ms
-	}
-	return mi.MessageOf(x)
-}
-
-// Deprecated: Use GetMigrationServerResponse.ProtoReflect.Descriptor instead.
-func (*GetMigrationServerResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_migration_server_proto_rawDescGZIP(), []int{4}
-}
-
-func (x *GetMigrationServerResponse) GetMigrationServer() *MigrationServer {
-	if x != nil {
-		return x.MigrationServer
-	}
-	return nil
 }
 
 type ListMigrationServersRequest struct {
@@ -370,7 +282,7 @@ type ListMigrationServersRequest struct {
 
 func (x *ListMigrationServersRequest) Reset() {
 	*x = ListMigrationServersRequest{}
-	mi := &file_ferry_v1_migration_server_proto_msgTypes[5]
+	mi := &file_ferry_v1_migration_server_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -382,7 +294,7 @@ func (x *ListMigrationServersRequest) String() string {
 func (*ListMigrationServersRequest) ProtoMessage() {}
 
 func (x *ListMigrationServersRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_migration_server_proto_msgTypes[5]
+	mi := &file_ferry_v1_migration_server_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -395,7 +307,7 @@ func (x *ListMigrationServersRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListMigrationServersRequest.ProtoReflect.Descriptor instead.
 func (*ListMigrationServersRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_migration_server_proto_rawDescGZIP(), []int{5}
+	return file_ferry_v1_migration_server_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *ListMigrationServersRequest) GetPageSize() int32 {
@@ -429,7 +341,7 @@ type ListMigrationServersResponse struct {
 
 func (x *ListMigrationServersResponse) Reset() {
 	*x = ListMigrationServersResponse{}
-	mi := &file_ferry_v1_migration_server_proto_msgTypes[6]
+	mi := &file_ferry_v1_migration_server_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -441,7 +353,7 @@ func (x *ListMigrationServersResponse) String() string {
 func (*ListMigrationServersResponse) ProtoMessage() {}
 
 func (x *ListMigrationServersResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_migration_server_proto_msgTypes[6]
+	mi := &file_ferry_v1_migration_server_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -454,7 +366,7 @@ func (x *ListMigrationServersResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListMigrationServersResponse.ProtoReflect.Descriptor instead.
 func (*ListMigrationServersResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_migration_server_proto_rawDescGZIP(), []int{6}
+	return file_ferry_v1_migration_server_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *ListMigrationServersResponse) GetMigrationServers() []*MigrationServer {
@@ -480,7 +392,7 @@ type DeleteMigrationServerRequest struct {
 
 func (x *DeleteMigrationServerRequest) Reset() {
 	*x = DeleteMigrationServerRequest{}
-	mi := &file_ferry_v1_migration_server_proto_msgTypes[7]
+	mi := &file_ferry_v1_migration_server_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -492,7 +404,7 @@ func (x *DeleteMigrationServerRequest) String() string {
 func (*DeleteMigrationServerRequest) ProtoMessage() {}
 
 func (x *DeleteMigrationServerRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_migration_server_proto_msgTypes[7]
+	mi := &file_ferry_v1_migration_server_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -505,7 +417,7 @@ func (x *DeleteMigrationServerRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteMigrationServerRequest.ProtoReflect.Descriptor instead.
 func (*DeleteMigrationServerRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_migration_server_proto_rawDescGZIP(), []int{7}
+	return file_ferry_v1_migration_server_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *DeleteMigrationServerRequest) GetName() string {
@@ -525,7 +437,7 @@ type DeleteMigrationServerResponse struct {
 
 func (x *DeleteMigrationServerResponse) Reset() {
 	*x = DeleteMigrationServerResponse{}
-	mi := &file_ferry_v1_migration_server_proto_msgTypes[8]
+	mi := &file_ferry_v1_migration_server_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -537,7 +449,7 @@ func (x *DeleteMigrationServerResponse) String() string {
 func (*DeleteMigrationServerResponse) ProtoMessage() {}
 
 func (x *DeleteMigrationServerResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_migration_server_proto_msgTypes[8]
+	mi := &file_ferry_v1_migration_server_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -550,7 +462,7 @@ func (x *DeleteMigrationServerResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteMigrationServerResponse.ProtoReflect.Descriptor instead.
 func (*DeleteMigrationServerResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_migration_server_proto_rawDescGZIP(), []int{8}
+	return file_ferry_v1_migration_server_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *DeleteMigrationServerResponse) GetCancelledJobs() []string {
@@ -569,7 +481,7 @@ type EnableMigrationServerRequest struct {
 
 func (x *EnableMigrationServerRequest) Reset() {
 	*x = EnableMigrationServerRequest{}
-	mi := &file_ferry_v1_migration_server_proto_msgTypes[9]
+	mi := &file_ferry_v1_migration_server_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -581,7 +493,7 @@ func (x *EnableMigrationServerRequest) String() string {
 func (*EnableMigrationServerRequest) ProtoMessage() {}
 
 func (x *EnableMigrationServerRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_migration_server_proto_msgTypes[9]
+	mi := &file_ferry_v1_migration_server_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -594,7 +506,7 @@ func (x *EnableMigrationServerRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use EnableMigrationServerRequest.ProtoReflect.Descriptor instead.
 func (*EnableMigrationServerRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_migration_server_proto_rawDescGZIP(), []int{9}
+	return file_ferry_v1_migration_server_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *EnableMigrationServerRequest) GetName() string {
@@ -613,7 +525,7 @@ type EnableMigrationServerResponse struct {
 
 func (x *EnableMigrationServerResponse) Reset() {
 	*x = EnableMigrationServerResponse{}
-	mi := &file_ferry_v1_migration_server_proto_msgTypes[10]
+	mi := &file_ferry_v1_migration_server_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -625,7 +537,7 @@ func (x *EnableMigrationServerResponse) String() string {
 func (*EnableMigrationServerResponse) ProtoMessage() {}
 
 func (x *EnableMigrationServerResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_migration_server_proto_msgTypes[10]
+	mi := &file_ferry_v1_migration_server_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -638,7 +550,7 @@ func (x *EnableMigrationServerResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use EnableMigrationServerResponse.ProtoReflect.Descriptor instead.
 func (*EnableMigrationServerResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_migration_server_proto_rawDescGZIP(), []int{10}
+	return file_ferry_v1_migration_server_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *EnableMigrationServerResponse) GetMigrationServer() *MigrationServer {
@@ -657,7 +569,7 @@ type DisableMigrationServerRequest struct {
 
 func (x *DisableMigrationServerRequest) Reset() {
 	*x = DisableMigrationServerRequest{}
-	mi := &file_ferry_v1_migration_server_proto_msgTypes[11]
+	mi := &file_ferry_v1_migration_server_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -669,7 +581,7 @@ func (x *DisableMigrationServerRequest) String() string {
 func (*DisableMigrationServerRequest) ProtoMessage() {}
 
 func (x *DisableMigrationServerRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_migration_server_proto_msgTypes[11]
+	mi := &file_ferry_v1_migration_server_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -682,7 +594,7 @@ func (x *DisableMigrationServerRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DisableMigrationServerRequest.ProtoReflect.Descriptor instead.
 func (*DisableMigrationServerRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_migration_server_proto_rawDescGZIP(), []int{11}
+	return file_ferry_v1_migration_server_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *DisableMigrationServerRequest) GetName() string {
@@ -701,7 +613,7 @@ type DisableMigrationServerResponse struct {
 
 func (x *DisableMigrationServerResponse) Reset() {
 	*x = DisableMigrationServerResponse{}
-	mi := &file_ferry_v1_migration_server_proto_msgTypes[12]
+	mi := &file_ferry_v1_migration_server_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -713,7 +625,7 @@ func (x *DisableMigrationServerResponse) String() string {
 func (*DisableMigrationServerResponse) ProtoMessage() {}
 
 func (x *DisableMigrationServerResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_migration_server_proto_msgTypes[12]
+	mi := &file_ferry_v1_migration_server_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -726,7 +638,7 @@ func (x *DisableMigrationServerResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DisableMigrationServerResponse.ProtoReflect.Descriptor instead.
 func (*DisableMigrationServerResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_migration_server_proto_rawDescGZIP(), []int{12}
+	return file_ferry_v1_migration_server_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *DisableMigrationServerResponse) GetMigrationServer() *MigrationServer {
@@ -747,7 +659,7 @@ type SetMigrationServerBandwidthRequest struct {
 
 func (x *SetMigrationServerBandwidthRequest) Reset() {
 	*x = SetMigrationServerBandwidthRequest{}
-	mi := &file_ferry_v1_migration_server_proto_msgTypes[13]
+	mi := &file_ferry_v1_migration_server_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -759,7 +671,7 @@ func (x *SetMigrationServerBandwidthRequest) String() string {
 func (*SetMigrationServerBandwidthRequest) ProtoMessage() {}
 
 func (x *SetMigrationServerBandwidthRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_migration_server_proto_msgTypes[13]
+	mi := &file_ferry_v1_migration_server_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -772,7 +684,7 @@ func (x *SetMigrationServerBandwidthRequest) ProtoReflect() protoreflect.Message
 
 // Deprecated: Use SetMigrationServerBandwidthRequest.ProtoReflect.Descriptor instead.
 func (*SetMigrationServerBandwidthRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_migration_server_proto_rawDescGZIP(), []int{13}
+	return file_ferry_v1_migration_server_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *SetMigrationServerBandwidthRequest) GetName() string {
@@ -805,7 +717,7 @@ type SetMigrationServerBandwidthResponse struct {
 
 func (x *SetMigrationServerBandwidthResponse) Reset() {
 	*x = SetMigrationServerBandwidthResponse{}
-	mi := &file_ferry_v1_migration_server_proto_msgTypes[14]
+	mi := &file_ferry_v1_migration_server_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -817,7 +729,7 @@ func (x *SetMigrationServerBandwidthResponse) String() string {
 func (*SetMigrationServerBandwidthResponse) ProtoMessage() {}
 
 func (x *SetMigrationServerBandwidthResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_migration_server_proto_msgTypes[14]
+	mi := &file_ferry_v1_migration_server_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -830,7 +742,7 @@ func (x *SetMigrationServerBandwidthResponse) ProtoReflect() protoreflect.Messag
 
 // Deprecated: Use SetMigrationServerBandwidthResponse.ProtoReflect.Descriptor instead.
 func (*SetMigrationServerBandwidthResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_migration_server_proto_rawDescGZIP(), []int{14}
+	return file_ferry_v1_migration_server_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *SetMigrationServerBandwidthResponse) GetMigrationServer() *MigrationServer {
@@ -865,13 +777,9 @@ const file_ferry_v1_migration_server_proto_rawDesc = "" +
 	"\x1cCreateMigrationServerRequest\x12D\n" +
 	"\x10migration_server\x18\x01 \x01(\v2\x19.ferry.v1.MigrationServerR\x0fmigrationServer\x12\x1d\n" +
 	"\n" +
-	"request_id\x18\x02 \x01(\tR\trequestId\"e\n" +
-	"\x1dCreateMigrationServerResponse\x12D\n" +
-	"\x10migration_server\x18\x01 \x01(\v2\x19.ferry.v1.MigrationServerR\x0fmigrationServer\"/\n" +
+	"request_id\x18\x02 \x01(\tR\trequestId\"/\n" +
 	"\x19GetMigrationServerRequest\x12\x12\n" +
-	"\x04name\x18\x01 \x01(\tR\x04name\"b\n" +
-	"\x1aGetMigrationServerResponse\x12D\n" +
-	"\x10migration_server\x18\x01 \x01(\v2\x19.ferry.v1.MigrationServerR\x0fmigrationServer\"\x81\x01\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\"\x81\x01\n" +
 	"\x1bListMigrationServersRequest\x12\x1b\n" +
 	"\tpage_size\x18\x01 \x01(\x05R\bpageSize\x12\x1d\n" +
 	"\n" +
@@ -899,10 +807,10 @@ const file_ferry_v1_migration_server_proto_rawDesc = "" +
 	"\x13_upstream_bandwidthB\x17\n" +
 	"\x15_downstream_bandwidth\"k\n" +
 	"#SetMigrationServerBandwidthResponse\x12D\n" +
-	"\x10migration_server\x18\x01 \x01(\v2\x19.ferry.v1.MigrationServerR\x0fmigrationServer2\x87\x06\n" +
-	"\x16MigrationServerService\x12h\n" +
-	"\x15CreateMigrationServer\x12&.ferry.v1.CreateMigrationServerRequest\x1a'.ferry.v1.CreateMigrationServerResponse\x12_\n" +
-	"\x12GetMigrationServer\x12#.ferry.v1.GetMigrationServerRequest\x1a$.ferry.v1.GetMigrationServerResponse\x12e\n" +
+	"\x10migration_server\x18\x01 \x01(\v2\x19.ferry.v1.MigrationServerR\x0fmigrationServer2\xee\x05\n" +
+	"\x16MigrationServerService\x12Z\n" +
+	"\x15CreateMigrationServer\x12&.ferry.v1.CreateMigrationServerRequest\x1a\x19.ferry.v1.MigrationServer\x12T\n" +
+	"\x12GetMigrationServer\x12#.ferry.v1.GetMigrationServerRequest\x1a\x19.ferry.v1.MigrationServer\x12e\n" +
 	"\x14ListMigrationServers\x12%.ferry.v1.ListMigrationServersRequest\x1a&.ferry.v1.ListMigrationServersResponse\x12h\n" +
 	"\x15DeleteMigrationServer\x12&.ferry.v1.DeleteMigrationServerRequest\x1a'.ferry.v1.DeleteMigrationServerResponse\x12h\n" +
 	"\x15EnableMigrationServer\x12&.ferry.v1.EnableMigrationServerRequest\x1a'.ferry.v1.EnableMigrationServerResponse\x12k\n" +
@@ -922,56 +830,52 @@ func file_ferry_v1_migration_server_proto_rawDescGZIP() []byte {
 	return file_ferry_v1_migration_server_proto_rawDescData
 }
 
-var file_ferry_v1_migration_server_proto_msgTypes = make([]protoimpl.MessageInfo, 15)
+var file_ferry_v1_migration_server_proto_msgTypes = make([]protoimpl.MessageInfo, 13)
 var file_ferry_v1_migration_server_proto_goTypes = []any{
 	(*MigrationServer)(nil),                     // 0: ferry.v1.MigrationServer
 	(*CreateMigrationServerRequest)(nil),        // 1: ferry.v1.CreateMigrationServerRequest
-	(*CreateMigrationServerResponse)(nil),       // 2: ferry.v1.CreateMigrationServerResponse
-	(*GetMigrationServerRequest)(nil),           // 3: ferry.v1.GetMigrationServerRequest
-	(*GetMigrationServerResponse)(nil),          // 4: ferry.v1.GetMigrationServerResponse
-	(*ListMigrationServersRequest)(nil),         // 5: ferry.v1.ListMigrationServersRequest
-	(*ListMigrationServersResponse)(nil),        // 6: ferry.v1.ListMigrationServersResponse
-	(*DeleteMigrationServerRequest)(nil),        // 7: ferry.v1.DeleteMigrationServerRequest
-	(*DeleteMigrationServerResponse)(nil),       // 8: ferry.v1.DeleteMigrationServerResponse
-	(*EnableMigrationServerRequest)(nil),        // 9: ferry.v1.EnableMigrationServerRequest
-	(*EnableMigrationServerResponse)(nil),       // 10: ferry.v1.EnableMigrationServerResponse
-	(*DisableMigrationServerRequest)(nil),       // 11: ferry.v1.DisableMigrationServerRequest
-	(*DisableMigrationServerResponse)(nil),      // 12: ferry.v1.DisableMigrationServerResponse
-	(*SetMigrationServerBandwidthRequest)(nil),  // 13: ferry.v1.SetMigrationServerBandwidthRequest
-	(*SetMigrationServerBandwidthResponse)(nil), // 14: ferry.v1.SetMigrationServerBandwidthResponse
-	(Platform)(0),                 // 15: ferry.v1.Platform
-	(*timestamppb.Timestamp)(nil), // 16: google.protobuf.Timestamp
+	(*GetMigrationServerRequest)(nil),           // 2: ferry.v1.GetMigrationServerRequest
+	(*ListMigrationServersRequest)(nil),         // 3: ferry.v1.ListMigrationServersRequest
+	(*ListMigrationServersResponse)(nil),        // 4: ferry.v1.ListMigrationServersResponse
+	(*DeleteMigrationServerRequest)(nil),        // 5: ferry.v1.DeleteMigrationServerRequest
+	(*DeleteMigrationServerResponse)(nil),       // 6: ferry.v1.DeleteMigrationServerResponse
+	(*EnableMigrationServerRequest)(nil),        // 7: ferry.v1.EnableMigrationServerRequest
+	(*EnableMigrationServerResponse)(nil),       // 8: ferry.v1.EnableMigrationServerResponse
+	(*DisableMigrationServerRequest)(nil),       // 9: ferry.v1.DisableMigrationServerRequest
+	(*DisableMigrationServerResponse)(nil),      // 10: ferry.v1.DisableMigrationServerResponse
+	(*SetMigrationServerBandwidthRequest)(nil),  // 11: ferry.v1.SetMigrationServerBandwidthRequest
+	(*SetMigrationServerBandwidthResponse)(nil), // 12: ferry.v1.SetMigrationServerBandwidthResponse
+	(Platform)(0),                 // 13: ferry.v1.Platform
+	(*timestamppb.Timestamp)(nil), // 14: google.protobuf.Timestamp
 }
 var file_ferry_v1_migration_server_proto_depIdxs = []int32{
-	15, // 0: ferry.v1.MigrationServer.type:type_name -> ferry.v1.Platform
-	16, // 1: ferry.v1.MigrationServer.create_time:type_name -> google.protobuf.Timestamp
+	13, // 0: ferry.v1.MigrationServer.type:type_name -> ferry.v1.Platform
+	14, // 1: ferry.v1.MigrationServer.create_time:type_name -> google.protobuf.Timestamp
 	0,  // 2: ferry.v1.CreateMigrationServerRequest.migration_server:type_name -> ferry.v1.MigrationServer
-	0,  // 3: ferry.v1.CreateMigrationServerResponse.migration_server:type_name -> ferry.v1.MigrationServer
-	0,  // 4: ferry.v1.GetMigrationServerResponse.migration_server:type_name -> ferry.v1.MigrationServer
-	15, // 5: ferry.v1.ListMigrationServersRequest.type:type_name -> ferry.v1.Platform
-	0,  // 6: ferry.v1.ListMigrationServersResponse.migration_servers:type_name -> ferry.v1.MigrationServer
-	0,  // 7: ferry.v1.EnableMigrationServerResponse.migration_server:type_name -> ferry.v1.MigrationServer
-	0,  // 8: ferry.v1.DisableMigrationServerResponse.migration_server:type_name -> ferry.v1.MigrationServer
-	0,  // 9: ferry.v1.SetMigrationServerBandwidthResponse.migration_server:type_name -> ferry.v1.MigrationServer
-	1,  // 10: ferry.v1.MigrationServerService.CreateMigrationServer:input_type -> ferry.v1.CreateMigrationServerRequest
-	3,  // 11: ferry.v1.MigrationServerService.GetMigrationServer:input_type -> ferry.v1.GetMigrationServerRequest
-	5,  // 12: ferry.v1.MigrationServerService.ListMigrationServers:input_type -> ferry.v1.ListMigrationServersRequest
-	7,  // 13: ferry.v1.MigrationServerService.DeleteMigrationServer:input_type -> ferry.v1.DeleteMigrationServerRequest
-	9,  // 14: ferry.v1.MigrationServerService.EnableMigrationServer:input_type -> ferry.v1.EnableMigrationServerRequest
-	11, // 15: ferry.v1.MigrationServerService.DisableMigrationServer:input_type -> ferry.v1.DisableMigrationServerRequest
-	13, // 16: ferry.v1.MigrationServerService.SetMigrationServerBandwidth:input_type -> ferry.v1.SetMigrationServerBandwidthRequest
-	2,  // 17: ferry.v1.MigrationServerService.CreateMigrationServer:output_type -> ferry.v1.CreateMigrationServerResponse
-	4,  // 18: ferry.v1.MigrationServerService.GetMigrationServer:output_type -> ferry.v1.GetMigrationServerResponse
-	6,  // 19: ferry.v1.MigrationServerService.ListMigrationServers:output_type -> ferry.v1.ListMigrationServersResponse
-	8,  // 20: ferry.v1.MigrationServerService.DeleteMigrationServer:output_type -> ferry.v1.DeleteMigrationServerResponse
-	10, // 21: ferry.v1.MigrationServerService.EnableMigrationServer:output_type -> ferry.v1.EnableMigrationServerResponse
-	12, // 22: ferry.v1.MigrationServerService.DisableMigrationServer:output_type -> ferry.v1.DisableMigrationServerResponse
-	14, // 23: ferry.v1.MigrationServerService.SetMigrationServerBandwidth:output_type -> ferry.v1.SetMigrationServerBandwidthResponse
-	17, // [17:24] is the sub-list for method output_type
-	10, // [10:17] is the sub-list for method input_type
-	10, // [10:10] is the sub-list for extension type_name
-	10, // [10:10] is the sub-list for extension extendee
-	0,  // [0:10] is the sub-list for field type_name
+	13, // 3: ferry.v1.ListMigrationServersRequest.type:type_name -> ferry.v1.Platform
+	0,  // 4: ferry.v1.ListMigrationServersResponse.migration_servers:type_name -> ferry.v1.MigrationServer
+	0,  // 5: ferry.v1.EnableMigrationServerResponse.migration_server:type_name -> ferry.v1.MigrationServer
+	0,  // 6: ferry.v1.DisableMigrationServerResponse.migration_server:type_name -> ferry.v1.MigrationServer
+	0,  // 7: ferry.v1.SetMigrationServerBandwidthResponse.migration_server:type_name -> ferry.v1.MigrationServer
+	1,  // 8: ferry.v1.MigrationServerService.CreateMigrationServer:input_type -> ferry.v1.CreateMigrationServerRequest
+	2,  // 9: ferry.v1.MigrationServerService.GetMigrationServer:input_type -> ferry.v1.GetMigrationServerRequest
+	3,  // 10: ferry.v1.MigrationServerService.ListMigrationServers:input_type -> ferry.v1.ListMigrationServersRequest
+	5,  // 11: ferry.v1.MigrationServerService.DeleteMigrationServer:input_type -> ferry.v1.DeleteMigrationServerRequest
+	7,  // 12: ferry.v1.MigrationServerService.EnableMigrationServer:input_type -> ferry.v1.EnableMigrationServerRequest
+	9,  // 13: ferry.v1.MigrationServerService.DisableMigrationServer:input_type -> ferry.v1.DisableMigrationServerRequest
+	11, // 14: ferry.v1.MigrationServerService.SetMigrationServerBandwidth:input_type -> ferry.v1.SetMigrationServerBandwidthRequest
+	0,  // 15: ferry.v1.MigrationServerService.CreateMigrationServer:output_type -> ferry.v1.MigrationServer
+	0,  // 16: ferry.v1.MigrationServerService.GetMigrationServer:output_type -> ferry.v1.MigrationServer
+	4,  // 17: ferry.v1.MigrationServerService.ListMigrationServers:output_type -> ferry.v1.ListMigrationServersResponse
+	6,  // 18: ferry.v1.MigrationServerService.DeleteMigrationServer:output_type -> ferry.v1.DeleteMigrationServerResponse
+	8,  // 19: ferry.v1.MigrationServerService.EnableMigrationServer:output_type -> ferry.v1.EnableMigrationServerResponse
+	10, // 20: ferry.v1.MigrationServerService.DisableMigrationServer:output_type -> ferry.v1.DisableMigrationServerResponse
+	12, // 21: ferry.v1.MigrationServerService.SetMigrationServerBandwidth:output_type -> ferry.v1.SetMigrationServerBandwidthResponse
+	15, // [15:22] is the sub-list for method output_type
+	8,  // [8:15] is the sub-list for method input_type
+	8,  // [8:8] is the sub-list for extension type_name
+	8,  // [8:8] is the sub-list for extension extendee
+	0,  // [0:8] is the sub-list for field type_name
 }
 
 func init() { file_ferry_v1_migration_server_proto_init() }
@@ -980,14 +884,14 @@ func file_ferry_v1_migration_server_proto_init() {
 		return
 	}
 	file_ferry_v1_common_proto_init()
-	file_ferry_v1_migration_server_proto_msgTypes[13].OneofWrappers = []any{}
+	file_ferry_v1_migration_server_proto_msgTypes[11].OneofWrappers = []any{}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_ferry_v1_migration_server_proto_rawDesc), len(file_ferry_v1_migration_server_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   15,
+			NumMessages:   13,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -33,9 +33,14 @@ const (
 // For semantics around ctx use and closing/ending streaming RPCs, please refer to https://pkg.go.dev/google.golang.org/grpc/?tab=doc#ClientConn.NewStream.
 //
 // MigrationServerService gives hosts the migration role.
+// Standard methods answer the resource (Create AIP-133, Get AIP-131,
+// Update AIP-134), Delete answers google.protobuf.Empty (AIP-135) and
+// List pages with page_size, page_token, next_page_token (AIP-132/158).
+// DeleteMigrationServer answers the jobs it cancelled. Enable, Disable and
+// SetMigrationServerBandwidth are custom methods (AIP-136).
 type MigrationServerServiceClient interface {
-	CreateMigrationServer(ctx context.Context, in *CreateMigrationServerRequest, opts ...grpc.CallOption) (*CreateMigrationServerResponse, error)
-	GetMigrationServer(ctx context.Context, in *GetMigrationServerRequest, opts ...grpc.CallOption) (*GetMigrationServerResponse, error)
+	CreateMigrationServer(ctx context.Context, in *CreateMigrationServerRequest, opts ...grpc.CallOption) (*MigrationServer, error)
+	GetMigrationServer(ctx context.Context, in *GetMigrationServerRequest, opts ...grpc.CallOption) (*MigrationServer, error)
 	ListMigrationServers(ctx context.Context, in *ListMigrationServersRequest, opts ...grpc.CallOption) (*ListMigrationServersResponse, error)
 	// Deleting a migration server cancels its queued and running jobs.
 	DeleteMigrationServer(ctx context.Context, in *DeleteMigrationServerRequest, opts ...grpc.CallOption) (*DeleteMigrationServerResponse, error)
@@ -59,9 +64,9 @@ func NewMigrationServerServiceClient(cc grpc.ClientConnInterface) MigrationServe
 	return &migrationServerServiceClient{cc}
 }
 
-func (c *migrationServerServiceClient) CreateMigrationServer(ctx context.Context, in *CreateMigrationServerRequest, opts ...grpc.CallOption) (*CreateMigrationServerResponse, error) {
+func (c *migrationServerServiceClient) CreateMigrationServer(ctx context.Context, in *CreateMigrationServerRequest, opts ...grpc.CallOption) (*MigrationServer, error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
-	out := new(CreateMigrationServerResponse)
+	out := new(MigrationServer)
 	err := c.cc.Invoke(ctx, MigrationServerService_CreateMigrationServer_FullMethodName, in, out, cOpts...)
 	if err != nil {
 		return nil, err
@@ -69,9 +74,9 @@ func (c *migrationServerServiceClient) CreateMigrationServer(ctx context.Context
 	return out, nil
 }
 
-func (c *migrationServerServiceClient) GetMigrationServer(ctx context.Context, in *GetMigrationServerRequest, opts ...grpc.CallOption) (*GetMigrationServerResponse, error) {
+func (c *migrationServerServiceClient) GetMigrationServer(ctx context.Context, in *GetMigrationServerRequest, opts ...grpc.CallOption) (*MigrationServer, error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
-	out := new(GetMigrationServerResponse)
+	out := new(MigrationServer)
 	err := c.cc.Invoke(ctx, MigrationServerService_GetMigrationServer_FullMethodName, in, out, cOpts...)
 	if err != nil {
 		return nil, err
@@ -134,9 +139,14 @@ func (c *migrationServerServiceClient) SetMigrationServerBandwidth(ctx context.C
 // for forward compatibility.
 //
 // MigrationServerService gives hosts the migration role.
+// Standard methods answer the resource (Create AIP-133, Get AIP-131,
+// Update AIP-134), Delete answers google.protobuf.Empty (AIP-135) and
+// List pages with page_size, page_token, next_page_token (AIP-132/158).
+// DeleteMigrationServer answers the jobs it cancelled. Enable, Disable and
+// SetMigrationServerBandwidth are custom methods (AIP-136).
 type MigrationServerServiceServer interface {
-	CreateMigrationServer(context.Context, *CreateMigrationServerRequest) (*CreateMigrationServerResponse, error)
-	GetMigrationServer(context.Context, *GetMigrationServerRequest) (*GetMigrationServerResponse, error)
+	CreateMigrationServer(context.Context, *CreateMigrationServerRequest) (*MigrationServer, error)
+	GetMigrationServer(context.Context, *GetMigrationServerRequest) (*MigrationServer, error)
 	ListMigrationServers(context.Context, *ListMigrationServersRequest) (*ListMigrationServersResponse, error)
 	// Deleting a migration server cancels its queued and running jobs.
 	DeleteMigrationServer(context.Context, *DeleteMigrationServerRequest) (*DeleteMigrationServerResponse, error)
@@ -160,10 +170,10 @@ type MigrationServerServiceServer interface {
 // pointer dereference when methods are called.
 type UnimplementedMigrationServerServiceServer struct{}
 
-func (UnimplementedMigrationServerServiceServer) CreateMigrationServer(context.Context, *CreateMigrationServerRequest) (*CreateMigrationServerResponse, error) {
+func (UnimplementedMigrationServerServiceServer) CreateMigrationServer(context.Context, *CreateMigrationServerRequest) (*MigrationServer, error) {
 	return nil, status.Error(codes.Unimplemented, "method CreateMigrationServer not implemented")
 }
-func (UnimplementedMigrationServerServiceServer) GetMigrationServer(context.Context, *GetMigrationServerRequest) (*GetMigrationServerResponse, error) {
+func (UnimplementedMigrationServerServiceServer) GetMigrationServer(context.Context, *GetMigrationServerRequest) (*MigrationServer, error) {
 	return nil, status.Error(codes.Unimplemented, "method GetMigrationServer not implemented")
 }
 func (UnimplementedMigrationServerServiceServer) ListMigrationServers(context.Context, *ListMigrationServersRequest) (*ListMigrationServersResponse, error) {

@@ -9,6 +9,7 @@ package ferryv1
 import (
 	protoreflect "google.golang.org/protobuf/reflect/protoreflect"
 	protoimpl "google.golang.org/protobuf/runtime/protoimpl"
+	emptypb "google.golang.org/protobuf/types/known/emptypb"
 	fieldmaskpb "google.golang.org/protobuf/types/known/fieldmaskpb"
 	timestamppb "google.golang.org/protobuf/types/known/timestamppb"
 	reflect "reflect"
@@ -220,50 +221,6 @@ func (x *CreateNetworkMappingGroupRequest) GetRequestId() string {
 	return ""
 }
 
-type CreateNetworkMappingGroupResponse struct {
-	state               protoimpl.MessageState `protogen:"open.v1"`
-	NetworkMappingGroup *NetworkMappingGroup   `protobuf:"bytes,1,opt,name=network_mapping_group,json=networkMappingGroup,proto3" json:"network_mapping_group,omitempty"`
-	unknownFields       protoimpl.UnknownFields
-	sizeCache           protoimpl.SizeCache
-}
-
-func (x *CreateNetworkMappingGroupResponse) Reset() {
-	*x = CreateNetworkMappingGroupResponse{}
-	mi := &file_ferry_v1_network_mapping_proto_msgTypes[3]
-	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-	ms.StoreMessageInfo(mi)
-}
-
-func (x *CreateNetworkMappingGroupResponse) String() string {
-	return protoimpl.X.MessageStringOf(x)
-}
-
-func (*CreateNetworkMappingGroupResponse) ProtoMessage() {}
-
-func (x *CreateNetworkMappingGroupResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_network_mapping_proto_msgTypes[3]
-	if x != nil {
-		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-		if ms.LoadMessageInfo() == nil {
-			ms.StoreMessageInfo(mi)
-		}
-		return ms
-	}
-	return mi.MessageOf(x)
-}
-
-// Deprecated: Use CreateNetworkMappingGroupResponse.ProtoReflect.Descriptor instead.
-func (*CreateNetworkMappingGroupResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_network_mapping_proto_rawDescGZIP(), []int{3}
-}
-
-func (x *CreateNetworkMappingGroupResponse) GetNetworkMappingGroup() *NetworkMappingGroup {
-	if x != nil {
-		return x.NetworkMappingGroup
-	}
-	return nil
-}
-
 type GetNetworkMappingGroupRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
@@ -273,7 +230,7 @@ type GetNetworkMappingGroupRequest struct {
 
 func (x *GetNetworkMappingGroupRequest) Reset() {
 	*x = GetNetworkMappingGroupRequest{}
-	mi := &file_ferry_v1_network_mapping_proto_msgTypes[4]
+	mi := &file_ferry_v1_network_mapping_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -285,7 +242,7 @@ func (x *GetNetworkMappingGroupRequest) String() string {
 func (*GetNetworkMappingGroupRequest) ProtoMessage() {}
 
 func (x *GetNetworkMappingGroupRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_network_mapping_proto_msgTypes[4]
+	mi := &file_ferry_v1_network_mapping_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -298,7 +255,7 @@ func (x *GetNetworkMappingGroupRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetNetworkMappingGroupRequest.ProtoReflect.Descriptor instead.
 func (*GetNetworkMappingGroupRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_network_mapping_proto_rawDescGZIP(), []int{4}
+	return file_ferry_v1_network_mapping_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *GetNetworkMappingGroupRequest) GetName() string {
@@ -306,50 +263,6 @@ func (x *GetNetworkMappingGroupRequest) GetName() string {
 		return x.Name
 	}
 	return ""
-}
-
-type GetNetworkMappingGroupResponse struct {
-	state               protoimpl.MessageState `protogen:"open.v1"`
-	NetworkMappingGroup *NetworkMappingGroup   `protobuf:"bytes,1,opt,name=network_mapping_group,json=networkMappingGroup,proto3" json:"network_mapping_group,omitempty"`
-	unknownFields       protoimpl.UnknownFields
-	sizeCache           protoimpl.SizeCache
-}
-
-func (x *GetNetworkMappingGroupResponse) Reset() {
-	*x = GetNetworkMappingGroupResponse{}
-	mi := &file_ferry_v1_network_mapping_proto_msgTypes[5]
-	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-	ms.StoreMessageInfo(mi)
-}
-
-func (x *GetNetworkMappingGroupResponse) String() string {
-	return protoimpl.X.MessageStringOf(x)
-}
-
-func (*GetNetworkMappingGroupResponse) ProtoMessage() {}
-
-func (x *GetNetworkMappingGroupResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_network_mapping_proto_msgTypes[5]
-	if x != nil {
-		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-		if ms.LoadMessageInfo() == nil {
-			ms.StoreMessageInfo(mi)
-		}
-		return ms
-	}
-	return mi.MessageOf(x)
-}
-
-// Deprecated: Use GetNetworkMappingGroupResponse.ProtoReflect.Descriptor instead.
-func (*GetNetworkMappingGroupResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_network_mapping_proto_rawDescGZIP(), []int{5}
-}
-
-func (x *GetNetworkMappingGroupResponse) GetNetworkMappingGroup() *NetworkMappingGroup {
-	if x != nil {
-		return x.NetworkMappingGroup
-	}
-	return nil
 }
 
 type ListNetworkMappingGroupsRequest struct {
@@ -364,7 +277,7 @@ type ListNetworkMappingGroupsRequest struct {
 
 func (x *ListNetworkMappingGroupsRequest) Reset() {
 	*x = ListNetworkMappingGroupsRequest{}
-	mi := &file_ferry_v1_network_mapping_proto_msgTypes[6]
+	mi := &file_ferry_v1_network_mapping_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -376,7 +289,7 @@ func (x *ListNetworkMappingGroupsRequest) String() string {
 func (*ListNetworkMappingGroupsRequest) ProtoMessage() {}
 
 func (x *ListNetworkMappingGroupsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_network_mapping_proto_msgTypes[6]
+	mi := &file_ferry_v1_network_mapping_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -389,7 +302,7 @@ func (x *ListNetworkMappingGroupsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListNetworkMappingGroupsRequest.ProtoReflect.Descriptor instead.
 func (*ListNetworkMappingGroupsRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_network_mapping_proto_rawDescGZIP(), []int{6}
+	return file_ferry_v1_network_mapping_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *ListNetworkMappingGroupsRequest) GetPageSize() int32 {
@@ -423,7 +336,7 @@ type ListNetworkMappingGroupsResponse struct {
 
 func (x *ListNetworkMappingGroupsResponse) Reset() {
 	*x = ListNetworkMappingGroupsResponse{}
-	mi := &file_ferry_v1_network_mapping_proto_msgTypes[7]
+	mi := &file_ferry_v1_network_mapping_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -435,7 +348,7 @@ func (x *ListNetworkMappingGroupsResponse) String() string {
 func (*ListNetworkMappingGroupsResponse) ProtoMessage() {}
 
 func (x *ListNetworkMappingGroupsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_network_mapping_proto_msgTypes[7]
+	mi := &file_ferry_v1_network_mapping_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -448,7 +361,7 @@ func (x *ListNetworkMappingGroupsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListNetworkMappingGroupsResponse.ProtoReflect.Descriptor instead.
 func (*ListNetworkMappingGroupsResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_network_mapping_proto_rawDescGZIP(), []int{7}
+	return file_ferry_v1_network_mapping_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *ListNetworkMappingGroupsResponse) GetNetworkMappingGroups() []*NetworkMappingGroup {
@@ -477,7 +390,7 @@ type UpdateNetworkMappingGroupRequest struct {
 
 func (x *UpdateNetworkMappingGroupRequest) Reset() {
 	*x = UpdateNetworkMappingGroupRequest{}
-	mi := &file_ferry_v1_network_mapping_proto_msgTypes[8]
+	mi := &file_ferry_v1_network_mapping_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -489,7 +402,7 @@ func (x *UpdateNetworkMappingGroupRequest) String() string {
 func (*UpdateNetworkMappingGroupRequest) ProtoMessage() {}
 
 func (x *UpdateNetworkMappingGroupRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_network_mapping_proto_msgTypes[8]
+	mi := &file_ferry_v1_network_mapping_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -502,7 +415,7 @@ func (x *UpdateNetworkMappingGroupRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpdateNetworkMappingGroupRequest.ProtoReflect.Descriptor instead.
 func (*UpdateNetworkMappingGroupRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_network_mapping_proto_rawDescGZIP(), []int{8}
+	return file_ferry_v1_network_mapping_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *UpdateNetworkMappingGroupRequest) GetNetworkMappingGroup() *NetworkMappingGroup {
@@ -519,50 +432,6 @@ func (x *UpdateNetworkMappingGroupRequest) GetUpdateMask() *fieldmaskpb.FieldMas
 	return nil
 }
 
-type UpdateNetworkMappingGroupResponse struct {
-	state               protoimpl.MessageState `protogen:"open.v1"`
-	NetworkMappingGroup *NetworkMappingGroup   `protobuf:"bytes,1,opt,name=network_mapping_group,json=networkMappingGroup,proto3" json:"network_mapping_group,omitempty"`
-	unknownFields       protoimpl.UnknownFields
-	sizeCache           protoimpl.SizeCache
-}
-
-func (x *UpdateNetworkMappingGroupResponse) Reset() {
-	*x = UpdateNetworkMappingGroupResponse{}
-	mi := &file_ferry_v1_network_mapping_proto_msgTypes[9]
-	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-	ms.StoreMessageInfo(mi)
-}
-
-func (x *UpdateNetworkMappingGroupResponse) String() string {
-	return protoimpl.X.MessageStringOf(x)
-}
-
-func (*UpdateNetworkMappingGroupResponse) ProtoMessage() {}
-
-func (x *UpdateNetworkMappingGroupResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_network_mapping_proto_msgTypes[9]
-	if x != nil {
-		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-		if ms.LoadMessageInfo() == nil {
-			ms.StoreMessageInfo(mi)
-		}
-		return ms
-	}
-	return mi.MessageOf(x)
-}
-
-// Deprecated: Use UpdateNetworkMappingGroupResponse.ProtoReflect.Descriptor instead.
-func (*UpdateNetworkMappingGroupResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_network_mapping_proto_rawDescGZIP(), []int{9}
-}
-
-func (x *UpdateNetworkMappingGroupResponse) GetNetworkMappingGroup() *NetworkMappingGroup {
-	if x != nil {
-		return x.NetworkMappingGroup
-	}
-	return nil
-}
-
 type DeleteNetworkMappingGroupRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
@@ -572,7 +441,7 @@ type DeleteNetworkMappingGroupRequest struct {
 
 func (x *DeleteNetworkMappingGroupRequest) Reset() {
 	*x = DeleteNetworkMappingGroupRequest{}
-	mi := &file_ferry_v1_network_mapping_proto_msgTypes[10]
+	mi := &file_ferry_v1_network_mapping_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -584,7 +453,7 @@ func (x *DeleteNetworkMappingGroupRequest) String() string {
 func (*DeleteNetworkMappingGroupRequest) ProtoMessage() {}
 
 func (x *DeleteNetworkMappingGroupRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_network_mapping_proto_msgTypes[10]
+	mi := &file_ferry_v1_network_mapping_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -597,7 +466,7 @@ func (x *DeleteNetworkMappingGroupRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteNetworkMappingGroupRequest.ProtoReflect.Descriptor instead.
 func (*DeleteNetworkMappingGroupRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_network_mapping_proto_rawDescGZIP(), []int{10}
+	return file_ferry_v1_network_mapping_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *DeleteNetworkMappingGroupRequest) GetName() string {
@@ -607,47 +476,11 @@ func (x *DeleteNetworkMappingGroupRequest) GetName() string {
 	return ""
 }
 
-type DeleteNetworkMappingGroupResponse struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
-}
-
-func (x *DeleteNetworkMappingGroupResponse) Reset() {
-	*x = DeleteNetworkMappingGroupResponse{}
-	mi := &file_ferry_v1_network_mapping_proto_msgTypes[11]
-	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-	ms.StoreMessageInfo(mi)
-}
-
-func (x *DeleteNetworkMappingGroupResponse) String() string {
-	return protoimpl.X.MessageStringOf(x)
-}
-
-func (*DeleteNetworkMappingGroupResponse) ProtoMessage() {}
-
-func (x *DeleteNetworkMappingGroupResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_network_mapping_proto_msgTypes[11]
-	if x != nil {
-		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-		if ms.LoadMessageInfo() == nil {
-			ms.StoreMessageInfo(mi)
-		}
-		return ms
-	}
-	return mi.MessageOf(x)
-}
-
-// Deprecated: Use DeleteNetworkMappingGroupResponse.ProtoReflect.Descriptor instead.
-func (*DeleteNetworkMappingGroupResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_network_mapping_proto_rawDescGZIP(), []int{11}
-}
-
 var File_ferry_v1_network_mapping_proto protoreflect.FileDescriptor
 
 const file_ferry_v1_network_mapping_proto_rawDesc = "" +
 	"\n" +
-	"\x1eferry/v1/network_mapping.proto\x12\bferry.v1\x1a google/protobuf/field_mask.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x94\x02\n" +
+	"\x1eferry/v1/network_mapping.proto\x12\bferry.v1\x1a\x1bgoogle/protobuf/empty.proto\x1a google/protobuf/field_mask.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x94\x02\n" +
 	"\x13NetworkMappingGroup\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12!\n" +
 	"\fdisplay_name\x18\x02 \x01(\tR\vdisplayName\x12\x16\n" +
@@ -664,13 +497,9 @@ const file_ferry_v1_network_mapping_proto_rawDesc = "" +
 	" CreateNetworkMappingGroupRequest\x12Q\n" +
 	"\x15network_mapping_group\x18\x01 \x01(\v2\x1d.ferry.v1.NetworkMappingGroupR\x13networkMappingGroup\x12\x1d\n" +
 	"\n" +
-	"request_id\x18\x02 \x01(\tR\trequestId\"v\n" +
-	"!CreateNetworkMappingGroupResponse\x12Q\n" +
-	"\x15network_mapping_group\x18\x01 \x01(\v2\x1d.ferry.v1.NetworkMappingGroupR\x13networkMappingGroup\"3\n" +
+	"request_id\x18\x02 \x01(\tR\trequestId\"3\n" +
 	"\x1dGetNetworkMappingGroupRequest\x12\x12\n" +
-	"\x04name\x18\x01 \x01(\tR\x04name\"s\n" +
-	"\x1eGetNetworkMappingGroupResponse\x12Q\n" +
-	"\x15network_mapping_group\x18\x01 \x01(\v2\x1d.ferry.v1.NetworkMappingGroupR\x13networkMappingGroup\"u\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\"u\n" +
 	"\x1fListNetworkMappingGroupsRequest\x12\x1b\n" +
 	"\tpage_size\x18\x01 \x01(\x05R\bpageSize\x12\x1d\n" +
 	"\n" +
@@ -682,18 +511,15 @@ const file_ferry_v1_network_mapping_proto_rawDesc = "" +
 	" UpdateNetworkMappingGroupRequest\x12Q\n" +
 	"\x15network_mapping_group\x18\x01 \x01(\v2\x1d.ferry.v1.NetworkMappingGroupR\x13networkMappingGroup\x12;\n" +
 	"\vupdate_mask\x18\x02 \x01(\v2\x1a.google.protobuf.FieldMaskR\n" +
-	"updateMask\"v\n" +
-	"!UpdateNetworkMappingGroupResponse\x12Q\n" +
-	"\x15network_mapping_group\x18\x01 \x01(\v2\x1d.ferry.v1.NetworkMappingGroupR\x13networkMappingGroup\"6\n" +
+	"updateMask\"6\n" +
 	" DeleteNetworkMappingGroupRequest\x12\x12\n" +
-	"\x04name\x18\x01 \x01(\tR\x04name\"#\n" +
-	"!DeleteNetworkMappingGroupResponse2\xd9\x04\n" +
-	"\x15NetworkMappingService\x12t\n" +
-	"\x19CreateNetworkMappingGroup\x12*.ferry.v1.CreateNetworkMappingGroupRequest\x1a+.ferry.v1.CreateNetworkMappingGroupResponse\x12k\n" +
-	"\x16GetNetworkMappingGroup\x12'.ferry.v1.GetNetworkMappingGroupRequest\x1a(.ferry.v1.GetNetworkMappingGroupResponse\x12q\n" +
-	"\x18ListNetworkMappingGroups\x12).ferry.v1.ListNetworkMappingGroupsRequest\x1a*.ferry.v1.ListNetworkMappingGroupsResponse\x12t\n" +
-	"\x19UpdateNetworkMappingGroup\x12*.ferry.v1.UpdateNetworkMappingGroupRequest\x1a+.ferry.v1.UpdateNetworkMappingGroupResponse\x12t\n" +
-	"\x19DeleteNetworkMappingGroup\x12*.ferry.v1.DeleteNetworkMappingGroupRequest\x1a+.ferry.v1.DeleteNetworkMappingGroupResponseB\x98\x01\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name2\x9d\x04\n" +
+	"\x15NetworkMappingService\x12f\n" +
+	"\x19CreateNetworkMappingGroup\x12*.ferry.v1.CreateNetworkMappingGroupRequest\x1a\x1d.ferry.v1.NetworkMappingGroup\x12`\n" +
+	"\x16GetNetworkMappingGroup\x12'.ferry.v1.GetNetworkMappingGroupRequest\x1a\x1d.ferry.v1.NetworkMappingGroup\x12q\n" +
+	"\x18ListNetworkMappingGroups\x12).ferry.v1.ListNetworkMappingGroupsRequest\x1a*.ferry.v1.ListNetworkMappingGroupsResponse\x12f\n" +
+	"\x19UpdateNetworkMappingGroup\x12*.ferry.v1.UpdateNetworkMappingGroupRequest\x1a\x1d.ferry.v1.NetworkMappingGroup\x12_\n" +
+	"\x19DeleteNetworkMappingGroup\x12*.ferry.v1.DeleteNetworkMappingGroupRequest\x1a\x16.google.protobuf.EmptyB\x98\x01\n" +
 	"\fcom.ferry.v1B\x13NetworkMappingProtoP\x01Z2github.com/ferry-v2v/ferry/pkg/pb/ferry/v1;ferryv1\xa2\x02\x03FXX\xaa\x02\bFerry.V1\xca\x02\bFerry\\V1\xe2\x02\x14Ferry\\V1\\GPBMetadata\xea\x02\tFerry::V1b\x06proto3"
 
 var (
@@ -708,49 +534,43 @@ func file_ferry_v1_network_mapping_proto_rawDescGZIP() []byte {
 	return file_ferry_v1_network_mapping_proto_rawDescData
 }
 
-var file_ferry_v1_network_mapping_proto_msgTypes = make([]protoimpl.MessageInfo, 12)
+var file_ferry_v1_network_mapping_proto_msgTypes = make([]protoimpl.MessageInfo, 8)
 var file_ferry_v1_network_mapping_proto_goTypes = []any{
-	(*NetworkMappingGroup)(nil),               // 0: ferry.v1.NetworkMappingGroup
-	(*NetworkMapping)(nil),                    // 1: ferry.v1.NetworkMapping
-	(*CreateNetworkMappingGroupRequest)(nil),  // 2: ferry.v1.CreateNetworkMappingGroupRequest
-	(*CreateNetworkMappingGroupResponse)(nil), // 3: ferry.v1.CreateNetworkMappingGroupResponse
-	(*GetNetworkMappingGroupRequest)(nil),     // 4: ferry.v1.GetNetworkMappingGroupRequest
-	(*GetNetworkMappingGroupResponse)(nil),    // 5: ferry.v1.GetNetworkMappingGroupResponse
-	(*ListNetworkMappingGroupsRequest)(nil),   // 6: ferry.v1.ListNetworkMappingGroupsRequest
-	(*ListNetworkMappingGroupsResponse)(nil),  // 7: ferry.v1.ListNetworkMappingGroupsResponse
-	(*UpdateNetworkMappingGroupRequest)(nil),  // 8: ferry.v1.UpdateNetworkMappingGroupRequest
-	(*UpdateNetworkMappingGroupResponse)(nil), // 9: ferry.v1.UpdateNetworkMappingGroupResponse
-	(*DeleteNetworkMappingGroupRequest)(nil),  // 10: ferry.v1.DeleteNetworkMappingGroupRequest
-	(*DeleteNetworkMappingGroupResponse)(nil), // 11: ferry.v1.DeleteNetworkMappingGroupResponse
-	(*timestamppb.Timestamp)(nil),             // 12: google.protobuf.Timestamp
-	(*fieldmaskpb.FieldMask)(nil),             // 13: google.protobuf.FieldMask
+	(*NetworkMappingGroup)(nil),              // 0: ferry.v1.NetworkMappingGroup
+	(*NetworkMapping)(nil),                   // 1: ferry.v1.NetworkMapping
+	(*CreateNetworkMappingGroupRequest)(nil), // 2: ferry.v1.CreateNetworkMappingGroupRequest
+	(*GetNetworkMappingGroupRequest)(nil),    // 3: ferry.v1.GetNetworkMappingGroupRequest
+	(*ListNetworkMappingGroupsRequest)(nil),  // 4: ferry.v1.ListNetworkMappingGroupsRequest
+	(*ListNetworkMappingGroupsResponse)(nil), // 5: ferry.v1.ListNetworkMappingGroupsResponse
+	(*UpdateNetworkMappingGroupRequest)(nil), // 6: ferry.v1.UpdateNetworkMappingGroupRequest
+	(*DeleteNetworkMappingGroupRequest)(nil), // 7: ferry.v1.DeleteNetworkMappingGroupRequest
+	(*timestamppb.Timestamp)(nil),            // 8: google.protobuf.Timestamp
+	(*fieldmaskpb.FieldMask)(nil),            // 9: google.protobuf.FieldMask
+	(*emptypb.Empty)(nil),                    // 10: google.protobuf.Empty
 }
 var file_ferry_v1_network_mapping_proto_depIdxs = []int32{
 	1,  // 0: ferry.v1.NetworkMappingGroup.mappings:type_name -> ferry.v1.NetworkMapping
-	12, // 1: ferry.v1.NetworkMappingGroup.create_time:type_name -> google.protobuf.Timestamp
-	12, // 2: ferry.v1.NetworkMappingGroup.update_time:type_name -> google.protobuf.Timestamp
+	8,  // 1: ferry.v1.NetworkMappingGroup.create_time:type_name -> google.protobuf.Timestamp
+	8,  // 2: ferry.v1.NetworkMappingGroup.update_time:type_name -> google.protobuf.Timestamp
 	0,  // 3: ferry.v1.CreateNetworkMappingGroupRequest.network_mapping_group:type_name -> ferry.v1.NetworkMappingGroup
-	0,  // 4: ferry.v1.CreateNetworkMappingGroupResponse.network_mapping_group:type_name -> ferry.v1.NetworkMappingGroup
-	0,  // 5: ferry.v1.GetNetworkMappingGroupResponse.network_mapping_group:type_name -> ferry.v1.NetworkMappingGroup
-	0,  // 6: ferry.v1.ListNetworkMappingGroupsResponse.network_mapping_groups:type_name -> ferry.v1.NetworkMappingGroup
-	0,  // 7: ferry.v1.UpdateNetworkMappingGroupRequest.network_mapping_group:type_name -> ferry.v1.NetworkMappingGroup
-	13, // 8: ferry.v1.UpdateNetworkMappingGroupRequest.update_mask:type_name -> google.protobuf.FieldMask
-	0,  // 9: ferry.v1.UpdateNetworkMappingGroupResponse.network_mapping_group:type_name -> ferry.v1.NetworkMappingGroup
-	2,  // 10: ferry.v1.NetworkMappingService.CreateNetworkMappingGroup:input_type -> ferry.v1.CreateNetworkMappingGroupRequest
-	4,  // 11: ferry.v1.NetworkMappingService.GetNetworkMappingGroup:input_type -> ferry.v1.GetNetworkMappingGroupRequest
-	6,  // 12: ferry.v1.NetworkMappingService.ListNetworkMappingGroups:input_type -> ferry.v1.ListNetworkMappingGroupsRequest
-	8,  // 13: ferry.v1.NetworkMappingService.UpdateNetworkMappingGroup:input_type -> ferry.v1.UpdateNetworkMappingGroupRequest
-	10, // 14: ferry.v1.NetworkMappingService.DeleteNetworkMappingGroup:input_type -> ferry.v1.DeleteNetworkMappingGroupRequest
-	3,  // 15: ferry.v1.NetworkMappingService.CreateNetworkMappingGroup:output_type -> ferry.v1.CreateNetworkMappingGroupResponse
-	5,  // 16: ferry.v1.NetworkMappingService.GetNetworkMappingGroup:output_type -> ferry.v1.GetNetworkMappingGroupResponse
-	7,  // 17: ferry.v1.NetworkMappingService.ListNetworkMappingGroups:output_type -> ferry.v1.ListNetworkMappingGroupsResponse
-	9,  // 18: ferry.v1.NetworkMappingService.UpdateNetworkMappingGroup:output_type -> ferry.v1.UpdateNetworkMappingGroupResponse
-	11, // 19: ferry.v1.NetworkMappingService.DeleteNetworkMappingGroup:output_type -> ferry.v1.DeleteNetworkMappingGroupResponse
-	15, // [15:20] is the sub-list for method output_type
-	10, // [10:15] is the sub-list for method input_type
-	10, // [10:10] is the sub-list for extension type_name
-	10, // [10:10] is the sub-list for extension extendee
-	0,  // [0:10] is the sub-list for field type_name
+	0,  // 4: ferry.v1.ListNetworkMappingGroupsResponse.network_mapping_groups:type_name -> ferry.v1.NetworkMappingGroup
+	0,  // 5: ferry.v1.UpdateNetworkMappingGroupRequest.network_mapping_group:type_name -> ferry.v1.NetworkMappingGroup
+	9,  // 6: ferry.v1.UpdateNetworkMappingGroupRequest.update_mask:type_name -> google.protobuf.FieldMask
+	2,  // 7: ferry.v1.NetworkMappingService.CreateNetworkMappingGroup:input_type -> ferry.v1.CreateNetworkMappingGroupRequest
+	3,  // 8: ferry.v1.NetworkMappingService.GetNetworkMappingGroup:input_type -> ferry.v1.GetNetworkMappingGroupRequest
+	4,  // 9: ferry.v1.NetworkMappingService.ListNetworkMappingGroups:input_type -> ferry.v1.ListNetworkMappingGroupsRequest
+	6,  // 10: ferry.v1.NetworkMappingService.UpdateNetworkMappingGroup:input_type -> ferry.v1.UpdateNetworkMappingGroupRequest
+	7,  // 11: ferry.v1.NetworkMappingService.DeleteNetworkMappingGroup:input_type -> ferry.v1.DeleteNetworkMappingGroupRequest
+	0,  // 12: ferry.v1.NetworkMappingService.CreateNetworkMappingGroup:output_type -> ferry.v1.NetworkMappingGroup
+	0,  // 13: ferry.v1.NetworkMappingService.GetNetworkMappingGroup:output_type -> ferry.v1.NetworkMappingGroup
+	5,  // 14: ferry.v1.NetworkMappingService.ListNetworkMappingGroups:output_type -> ferry.v1.ListNetworkMappingGroupsResponse
+	0,  // 15: ferry.v1.NetworkMappingService.UpdateNetworkMappingGroup:output_type -> ferry.v1.NetworkMappingGroup
+	10, // 16: ferry.v1.NetworkMappingService.DeleteNetworkMappingGroup:output_type -> google.protobuf.Empty
+	12, // [12:17] is the sub-list for method output_type
+	7,  // [7:12] is the sub-list for method input_type
+	7,  // [7:7] is the sub-list for extension type_name
+	7,  // [7:7] is the sub-list for extension extendee
+	0,  // [0:7] is the sub-list for field type_name
 }
 
 func init() { file_ferry_v1_network_mapping_proto_init() }
@@ -764,7 +584,7 @@ func file_ferry_v1_network_mapping_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_ferry_v1_network_mapping_proto_rawDesc), len(file_ferry_v1_network_mapping_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   12,
+			NumMessages:   8,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -11,6 +11,7 @@ import (
 	grpc "google.golang.org/grpc"
 	codes "google.golang.org/grpc/codes"
 	status "google.golang.org/grpc/status"
+	emptypb "google.golang.org/protobuf/types/known/emptypb"
 )
 
 // This is a compile-time assertion to ensure that this generated file
@@ -33,14 +34,17 @@ const (
 // NetworkMappingService manages network-mapping groups: which target L3
 // network each source network or portgroup lands on. A job request names
 // a group to fill its target NICs.
+// Standard methods answer the resource (Create AIP-133, Get AIP-131,
+// Update AIP-134), Delete answers google.protobuf.Empty (AIP-135) and
+// List pages with page_size, page_token, next_page_token (AIP-132/158).
 type NetworkMappingServiceClient interface {
-	CreateNetworkMappingGroup(ctx context.Context, in *CreateNetworkMappingGroupRequest, opts ...grpc.CallOption) (*CreateNetworkMappingGroupResponse, error)
-	GetNetworkMappingGroup(ctx context.Context, in *GetNetworkMappingGroupRequest, opts ...grpc.CallOption) (*GetNetworkMappingGroupResponse, error)
+	CreateNetworkMappingGroup(ctx context.Context, in *CreateNetworkMappingGroupRequest, opts ...grpc.CallOption) (*NetworkMappingGroup, error)
+	GetNetworkMappingGroup(ctx context.Context, in *GetNetworkMappingGroupRequest, opts ...grpc.CallOption) (*NetworkMappingGroup, error)
 	ListNetworkMappingGroups(ctx context.Context, in *ListNetworkMappingGroupsRequest, opts ...grpc.CallOption) (*ListNetworkMappingGroupsResponse, error)
 	// UpdateNetworkMappingGroup replaces the fields named in update_mask
 	// (display_name, mappings); jobs already created keep their NICs.
-	UpdateNetworkMappingGroup(ctx context.Context, in *UpdateNetworkMappingGroupRequest, opts ...grpc.CallOption) (*UpdateNetworkMappingGroupResponse, error)
-	DeleteNetworkMappingGroup(ctx context.Context, in *DeleteNetworkMappingGroupRequest, opts ...grpc.CallOption) (*DeleteNetworkMappingGroupResponse, error)
+	UpdateNetworkMappingGroup(ctx context.Context, in *UpdateNetworkMappingGroupRequest, opts ...grpc.CallOption) (*NetworkMappingGroup, error)
+	DeleteNetworkMappingGroup(ctx context.Context, in *DeleteNetworkMappingGroupRequest, opts ...grpc.CallOption) (*emptypb.Empty, error)
 }
 
 type networkMappingServiceClient struct {
@@ -51,9 +55,9 @@ func NewNetworkMappingServiceClient(cc grpc.ClientConnInterface) NetworkMappingS
 	return &networkMappingServiceClient{cc}
 }
 
-func (c *networkMappingServiceClient) CreateNetworkMappingGroup(ctx context.Context, in *CreateNetworkMappingGroupRequest, opts ...grpc.CallOption) (*CreateNetworkMappingGroupResponse, error) {
+func (c *networkMappingServiceClient) CreateNetworkMappingGroup(ctx context.Context, in *CreateNetworkMappingGroupRequest, opts ...grpc.CallOption) (*NetworkMappingGroup, error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
-	out := new(CreateNetworkMappingGroupResponse)
+	out := new(NetworkMappingGroup)
 	err := c.cc.Invoke(ctx, NetworkMappingService_CreateNetworkMappingGroup_FullMethodName, in, out, cOpts...)
 	if err != nil {
 		return nil, err
@@ -61,9 +65,9 @@ func (c *networkMappingServiceClient) CreateNetworkMappingGroup(ctx context.Cont
 	return out, nil
 }
 
-func (c *networkMappingServiceClient) GetNetworkMappingGroup(ctx context.Context, in *GetNetworkMappingGroupRequest, opts ...grpc.CallOption) (*GetNetworkMappingGroupResponse, error) {
+func (c *networkMappingServiceClient) GetNetworkMappingGroup(ctx context.Context, in *GetNetworkMappingGroupRequest, opts ...grpc.CallOption) (*NetworkMappingGroup, error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
-	out := new(GetNetworkMappingGroupResponse)
+	out := new(NetworkMappingGroup)
 	err := c.cc.Invoke(ctx, NetworkMappingService_GetNetworkMappingGroup_FullMethodName, in, out, cOpts...)
 	if err != nil {
 		return nil, err
@@ -81,9 +85,9 @@ func (c *networkMappingServiceClient) ListNetworkMappingGroups(ctx context.Conte
 	return out, nil
 }
 
-func (c *networkMappingServiceClient) UpdateNetworkMappingGroup(ctx context.Context, in *UpdateNetworkMappingGroupRequest, opts ...grpc.CallOption) (*UpdateNetworkMappingGroupResponse, error) {
+func (c *networkMappingServiceClient) UpdateNetworkMappingGroup(ctx context.Context, in *UpdateNetworkMappingGroupRequest, opts ...grpc.CallOption) (*NetworkMappingGroup, error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
-	out := new(UpdateNetworkMappingGroupResponse)
+	out := new(NetworkMappingGroup)
 	err := c.cc.Invoke(ctx, NetworkMappingService_UpdateNetworkMappingGroup_FullMethodName, in, out, cOpts...)
 	if err != nil {
 		return nil, err
@@ -91,9 +95,9 @@ func (c *networkMappingServiceClient) UpdateNetworkMappingGroup(ctx context.Cont
 	return out, nil
 }
 
-func (c *networkMappingServiceClient) DeleteNetworkMappingGroup(ctx context.Context, in *DeleteNetworkMappingGroupRequest, opts ...grpc.CallOption) (*DeleteNetworkMappingGroupResponse, error) {
+func (c *networkMappingServiceClient) DeleteNetworkMappingGroup(ctx context.Context, in *DeleteNetworkMappingGroupRequest, opts ...grpc.CallOption) (*emptypb.Empty, error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
-	out := new(DeleteNetworkMappingGroupResponse)
+	out := new(emptypb.Empty)
 	err := c.cc.Invoke(ctx, NetworkMappingService_DeleteNetworkMappingGroup_FullMethodName, in, out, cOpts...)
 	if err != nil {
 		return nil, err
@@ -108,14 +112,17 @@ func (c *networkMappingServiceClient) DeleteNetworkMappingGroup(ctx context.Cont
 // NetworkMappingService manages network-mapping groups: which target L3
 // network each source network or portgroup lands on. A job request names
 // a group to fill its target NICs.
+// Standard methods answer the resource (Create AIP-133, Get AIP-131,
+// Update AIP-134), Delete answers google.protobuf.Empty (AIP-135) and
+// List pages with page_size, page_token, next_page_token (AIP-132/158).
 type NetworkMappingServiceServer interface {
-	CreateNetworkMappingGroup(context.Context, *CreateNetworkMappingGroupRequest) (*CreateNetworkMappingGroupResponse, error)
-	GetNetworkMappingGroup(context.Context, *GetNetworkMappingGroupRequest) (*GetNetworkMappingGroupResponse, error)
+	CreateNetworkMappingGroup(context.Context, *CreateNetworkMappingGroupRequest) (*NetworkMappingGroup, error)
+	GetNetworkMappingGroup(context.Context, *GetNetworkMappingGroupRequest) (*NetworkMappingGroup, error)
 	ListNetworkMappingGroups(context.Context, *ListNetworkMappingGroupsRequest) (*ListNetworkMappingGroupsResponse, error)
 	// UpdateNetworkMappingGroup replaces the fields named in update_mask
 	// (display_name, mappings); jobs already created keep their NICs.
-	UpdateNetworkMappingGroup(context.Context, *UpdateNetworkMappingGroupRequest) (*UpdateNetworkMappingGroupResponse, error)
-	DeleteNetworkMappingGroup(context.Context, *DeleteNetworkMappingGroupRequest) (*DeleteNetworkMappingGroupResponse, error)
+	UpdateNetworkMappingGroup(context.Context, *UpdateNetworkMappingGroupRequest) (*NetworkMappingGroup, error)
+	DeleteNetworkMappingGroup(context.Context, *DeleteNetworkMappingGroupRequest) (*emptypb.Empty, error)
 	mustEmbedUnimplementedNetworkMappingServiceServer()
 }
 
@@ -126,19 +133,19 @@ type NetworkMappingServiceServer interface {
 // pointer dereference when methods are called.
 type UnimplementedNetworkMappingServiceServer struct{}
 
-func (UnimplementedNetworkMappingServiceServer) CreateNetworkMappingGroup(context.Context, *CreateNetworkMappingGroupRequest) (*CreateNetworkMappingGroupResponse, error) {
+func (UnimplementedNetworkMappingServiceServer) CreateNetworkMappingGroup(context.Context, *CreateNetworkMappingGroupRequest) (*NetworkMappingGroup, error) {
 	return nil, status.Error(codes.Unimplemented, "method CreateNetworkMappingGroup not implemented")
 }
-func (UnimplementedNetworkMappingServiceServer) GetNetworkMappingGroup(context.Context, *GetNetworkMappingGroupRequest) (*GetNetworkMappingGroupResponse, error) {
+func (UnimplementedNetworkMappingServiceServer) GetNetworkMappingGroup(context.Context, *GetNetworkMappingGroupRequest) (*NetworkMappingGroup, error) {
 	return nil, status.Error(codes.Unimplemented, "method GetNetworkMappingGroup not implemented")
 }
 func (UnimplementedNetworkMappingServiceServer) ListNetworkMappingGroups(context.Context, *ListNetworkMappingGroupsRequest) (*ListNetworkMappingGroupsResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method ListNetworkMappingGroups not implemented")
 }
-func (UnimplementedNetworkMappingServiceServer) UpdateNetworkMappingGroup(context.Context, *UpdateNetworkMappingGroupRequest) (*UpdateNetworkMappingGroupResponse, error) {
+func (UnimplementedNetworkMappingServiceServer) UpdateNetworkMappingGroup(context.Context, *UpdateNetworkMappingGroupRequest) (*NetworkMappingGroup, error) {
 	return nil, status.Error(codes.Unimplemented, "method UpdateNetworkMappingGroup not implemented")
 }
-func (UnimplementedNetworkMappingServiceServer) DeleteNetworkMappingGroup(context.Context, *DeleteNetworkMappingGroupRequest) (*DeleteNetworkMappingGroupResponse, error) {
+func (UnimplementedNetworkMappingServiceServer) DeleteNetworkMappingGroup(context.Context, *DeleteNetworkMappingGroupRequest) (*emptypb.Empty, error) {
 	return nil, status.Error(codes.Unimplemented, "method DeleteNetworkMappingGroup not implemented")
 }
 func (UnimplementedNetworkMappingServiceServer) mustEmbedUnimplementedNetworkMappingServiceServer() {}

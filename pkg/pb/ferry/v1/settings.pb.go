@@ -212,50 +212,6 @@ func (*GetSettingsRequest) Descriptor() ([]byte, []int) {
 	return file_ferry_v1_settings_proto_rawDescGZIP(), []int{1}
 }
 
-type GetSettingsResponse struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Settings      *Settings              `protobuf:"bytes,1,opt,name=settings,proto3" json:"settings,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
-}
-
-func (x *GetSettingsResponse) Reset() {
-	*x = GetSettingsResponse{}
-	mi := &file_ferry_v1_settings_proto_msgTypes[2]
-	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-	ms.StoreMessageInfo(mi)
-}
-
-func (x *GetSettingsResponse) String() string {
-	return protoimpl.X.MessageStringOf(x)
-}
-
-func (*GetSettingsResponse) ProtoMessage() {}
-
-func (x *GetSettingsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_settings_proto_msgTypes[2]
-	if x != nil {
-		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-		if ms.LoadMessageInfo() == nil {
-			ms.StoreMessageInfo(mi)
-		}
-		return ms
-	}
-	return mi.MessageOf(x)
-}
-
-// Deprecated: Use GetSettingsResponse.ProtoReflect.Descriptor instead.
-func (*GetSettingsResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_settings_proto_rawDescGZIP(), []int{2}
-}
-
-func (x *GetSettingsResponse) GetSettings() *Settings {
-	if x != nil {
-		return x.Settings
-	}
-	return nil
-}
-
 type UpdateSettingsRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Settings      *Settings              `protobuf:"bytes,1,opt,name=settings,proto3" json:"settings,omitempty"`
@@ -266,7 +222,7 @@ type UpdateSettingsRequest struct {
 
 func (x *UpdateSettingsRequest) Reset() {
 	*x = UpdateSettingsRequest{}
-	mi := &file_ferry_v1_settings_proto_msgTypes[3]
+	mi := &file_ferry_v1_settings_proto_msgTypes[2]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -278,7 +234,7 @@ func (x *UpdateSettingsRequest) String() string {
 func (*UpdateSettingsRequest) ProtoMessage() {}
 
 func (x *UpdateSettingsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_settings_proto_msgTypes[3]
+	mi := &file_ferry_v1_settings_proto_msgTypes[2]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -291,7 +247,7 @@ func (x *UpdateSettingsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpdateSettingsRequest.ProtoReflect.Descriptor instead.
 func (*UpdateSettingsRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_settings_proto_rawDescGZIP(), []int{3}
+	return file_ferry_v1_settings_proto_rawDescGZIP(), []int{2}
 }
 
 func (x *UpdateSettingsRequest) GetSettings() *Settings {
@@ -304,50 +260,6 @@ func (x *UpdateSettingsRequest) GetSettings() *Settings {
 func (x *UpdateSettingsRequest) GetUpdateMask() *fieldmaskpb.FieldMask {
 	if x != nil {
 		return x.UpdateMask
-	}
-	return nil
-}
-
-type UpdateSettingsResponse struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Settings      *Settings              `protobuf:"bytes,1,opt,name=settings,proto3" json:"settings,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
-}
-
-func (x *UpdateSettingsResponse) Reset() {
-	*x = UpdateSettingsResponse{}
-	mi := &file_ferry_v1_settings_proto_msgTypes[4]
-	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-	ms.StoreMessageInfo(mi)
-}
-
-func (x *UpdateSettingsResponse) String() string {
-	return protoimpl.X.MessageStringOf(x)
-}
-
-func (*UpdateSettingsResponse) ProtoMessage() {}
-
-func (x *UpdateSettingsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_settings_proto_msgTypes[4]
-	if x != nil {
-		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-		if ms.LoadMessageInfo() == nil {
-			ms.StoreMessageInfo(mi)
-		}
-		return ms
-	}
-	return mi.MessageOf(x)
-}
-
-// Deprecated: Use UpdateSettingsResponse.ProtoReflect.Descriptor instead.
-func (*UpdateSettingsResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_settings_proto_rawDescGZIP(), []int{4}
-}
-
-func (x *UpdateSettingsResponse) GetSettings() *Settings {
-	if x != nil {
-		return x.Settings
 	}
 	return nil
 }
@@ -365,22 +277,18 @@ const file_ferry_v1_settings_proto_rawDesc = "" +
 	"\x12agent_grace_period\x18\x05 \x01(\v2\x19.google.protobuf.DurationR\x10agentGracePeriod\x12O\n" +
 	"\x16guest_shutdown_timeout\x18\x06 \x01(\v2\x19.google.protobuf.DurationR\x14guestShutdownTimeout\x12Q\n" +
 	"\x17inventory_sync_interval\x18\a \x01(\v2\x19.google.protobuf.DurationR\x15inventorySyncInterval\"\x14\n" +
-	"\x12GetSettingsRequest\"E\n" +
-	"\x13GetSettingsResponse\x12.\n" +
-	"\bsettings\x18\x01 \x01(\v2\x12.ferry.v1.SettingsR\bsettings\"\x84\x01\n" +
+	"\x12GetSettingsRequest\"\x84\x01\n" +
 	"\x15UpdateSettingsRequest\x12.\n" +
 	"\bsettings\x18\x01 \x01(\v2\x12.ferry.v1.SettingsR\bsettings\x12;\n" +
 	"\vupdate_mask\x18\x02 \x01(\v2\x1a.google.protobuf.FieldMaskR\n" +
-	"updateMask\"H\n" +
-	"\x16UpdateSettingsResponse\x12.\n" +
-	"\bsettings\x18\x01 \x01(\v2\x12.ferry.v1.SettingsR\bsettings*\xa2\x01\n" +
+	"updateMask*\xa2\x01\n" +
 	"\x16HostAllocationStrategy\x12(\n" +
 	"$HOST_ALLOCATION_STRATEGY_UNSPECIFIED\x10\x00\x12/\n" +
 	"+HOST_ALLOCATION_STRATEGY_FEWEST_RUNNING_VMS\x10\x01\x12-\n" +
-	")HOST_ALLOCATION_STRATEGY_MOST_FREE_MEMORY\x10\x022\xb2\x01\n" +
-	"\x0fSettingsService\x12J\n" +
-	"\vGetSettings\x12\x1c.ferry.v1.GetSettingsRequest\x1a\x1d.ferry.v1.GetSettingsResponse\x12S\n" +
-	"\x0eUpdateSettings\x12\x1f.ferry.v1.UpdateSettingsRequest\x1a .ferry.v1.UpdateSettingsResponseB\x92\x01\n" +
+	")HOST_ALLOCATION_STRATEGY_MOST_FREE_MEMORY\x10\x022\x99\x01\n" +
+	"\x0fSettingsService\x12?\n" +
+	"\vGetSettings\x12\x1c.ferry.v1.GetSettingsRequest\x1a\x12.ferry.v1.Settings\x12E\n" +
+	"\x0eUpdateSettings\x12\x1f.ferry.v1.UpdateSettingsRequest\x1a\x12.ferry.v1.SettingsB\x92\x01\n" +
 	"\fcom.ferry.v1B\rSettingsProtoP\x01Z2github.com/ferry-v2v/ferry/pkg/pb/ferry/v1;ferryv1\xa2\x02\x03FXX\xaa\x02\bFerry.V1\xca\x02\bFerry\\V1\xe2\x02\x14Ferry\\V1\\GPBMetadata\xea\x02\tFerry::V1b\x06proto3"
 
 var (
@@ -396,36 +304,32 @@ func file_ferry_v1_settings_proto_rawDescGZIP() []byte {
 }
 
 var file_ferry_v1_settings_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_ferry_v1_settings_proto_msgTypes = make([]protoimpl.MessageInfo, 5)
+var file_ferry_v1_settings_proto_msgTypes = make([]protoimpl.MessageInfo, 3)
 var file_ferry_v1_settings_proto_goTypes = []any{
-	(HostAllocationStrategy)(0),    // 0: ferry.v1.HostAllocationStrategy
-	(*Settings)(nil),               // 1: ferry.v1.Settings
-	(*GetSettingsRequest)(nil),     // 2: ferry.v1.GetSettingsRequest
-	(*GetSettingsResponse)(nil),    // 3: ferry.v1.GetSettingsResponse
-	(*UpdateSettingsRequest)(nil),  // 4: ferry.v1.UpdateSettingsRequest
-	(*UpdateSettingsResponse)(nil), // 5: ferry.v1.UpdateSettingsResponse
-	(*durationpb.Duration)(nil),    // 6: google.protobuf.Duration
-	(*fieldmaskpb.FieldMask)(nil),  // 7: google.protobuf.FieldMask
+	(HostAllocationStrategy)(0),   // 0: ferry.v1.HostAllocationStrategy
+	(*Settings)(nil),              // 1: ferry.v1.Settings
+	(*GetSettingsRequest)(nil),    // 2: ferry.v1.GetSettingsRequest
+	(*UpdateSettingsRequest)(nil), // 3: ferry.v1.UpdateSettingsRequest
+	(*durationpb.Duration)(nil),   // 4: google.protobuf.Duration
+	(*fieldmaskpb.FieldMask)(nil), // 5: google.protobuf.FieldMask
 }
 var file_ferry_v1_settings_proto_depIdxs = []int32{
-	6,  // 0: ferry.v1.Settings.cache_retention:type_name -> google.protobuf.Duration
-	0,  // 1: ferry.v1.Settings.host_allocation_strategy:type_name -> ferry.v1.HostAllocationStrategy
-	6,  // 2: ferry.v1.Settings.agent_grace_period:type_name -> google.protobuf.Duration
-	6,  // 3: ferry.v1.Settings.guest_shutdown_timeout:type_name -> google.protobuf.Duration
-	6,  // 4: ferry.v1.Settings.inventory_sync_interval:type_name -> google.protobuf.Duration
-	1,  // 5: ferry.v1.GetSettingsResponse.settings:type_name -> ferry.v1.Settings
-	1,  // 6: ferry.v1.UpdateSettingsRequest.settings:type_name -> ferry.v1.Settings
-	7,  // 7: ferry.v1.UpdateSettingsRequest.update_mask:type_name -> google.protobuf.FieldMask
-	1,  // 8: ferry.v1.UpdateSettingsResponse.settings:type_name -> ferry.v1.Settings
-	2,  // 9: ferry.v1.SettingsService.GetSettings:input_type -> ferry.v1.GetSettingsRequest
-	4,  // 10: ferry.v1.SettingsService.UpdateSettings:input_type -> ferry.v1.UpdateSettingsRequest
-	3,  // 11: ferry.v1.SettingsService.GetSettings:output_type -> ferry.v1.GetSettingsResponse
-	5,  // 12: ferry.v1.SettingsService.UpdateSettings:output_type -> ferry.v1.UpdateSettingsResponse
-	11, // [11:13] is the sub-list for method output_type
-	9,  // [9:11] is the sub-list for method input_type
-	9,  // [9:9] is the sub-list for extension type_name
-	9,  // [9:9] is the sub-list for extension extendee
-	0,  // [0:9] is the sub-list for field type_name
+	4, // 0: ferry.v1.Settings.cache_retention:type_name -> google.protobuf.Duration
+	0, // 1: ferry.v1.Settings.host_allocation_strategy:type_name -> ferry.v1.HostAllocationStrategy
+	4, // 2: ferry.v1.Settings.agent_grace_period:type_name -> google.protobuf.Duration
+	4, // 3: ferry.v1.Settings.guest_shutdown_timeout:type_name -> google.protobuf.Duration
+	4, // 4: ferry.v1.Settings.inventory_sync_interval:type_name -> google.protobuf.Duration
+	1, // 5: ferry.v1.UpdateSettingsRequest.settings:type_name -> ferry.v1.Settings
+	5, // 6: ferry.v1.UpdateSettingsRequest.update_mask:type_name -> google.protobuf.FieldMask
+	2, // 7: ferry.v1.SettingsService.GetSettings:input_type -> ferry.v1.GetSettingsRequest
+	3, // 8: ferry.v1.SettingsService.UpdateSettings:input_type -> ferry.v1.UpdateSettingsRequest
+	1, // 9: ferry.v1.SettingsService.GetSettings:output_type -> ferry.v1.Settings
+	1, // 10: ferry.v1.SettingsService.UpdateSettings:output_type -> ferry.v1.Settings
+	9, // [9:11] is the sub-list for method output_type
+	7, // [7:9] is the sub-list for method input_type
+	7, // [7:7] is the sub-list for extension type_name
+	7, // [7:7] is the sub-list for extension extendee
+	0, // [0:7] is the sub-list for field type_name
 }
 
 func init() { file_ferry_v1_settings_proto_init() }
@@ -439,7 +343,7 @@ func file_ferry_v1_settings_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_ferry_v1_settings_proto_rawDesc), len(file_ferry_v1_settings_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   5,
+			NumMessages:   3,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

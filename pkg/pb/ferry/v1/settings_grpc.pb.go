@@ -28,10 +28,11 @@ const (
 // For semantics around ctx use and closing/ending streaming RPCs, please refer to https://pkg.go.dev/google.golang.org/grpc/?tab=doc#ClientConn.NewStream.
 //
 // SettingsService reads and changes cluster-wide settings.
+// Settings is a singleton (AIP-156): Get and Update answer it.
 type SettingsServiceClient interface {
-	GetSettings(ctx context.Context, in *GetSettingsRequest, opts ...grpc.CallOption) (*GetSettingsResponse, error)
+	GetSettings(ctx context.Context, in *GetSettingsRequest, opts ...grpc.CallOption) (*Settings, error)
 	// UpdateSettings changes the fields named in update_mask.
-	UpdateSettings(ctx context.Context, in *UpdateSettingsRequest, opts ...grpc.CallOption) (*UpdateSettingsResponse, error)
+	UpdateSettings(ctx context.Context, in *UpdateSettingsRequest, opts ...grpc.CallOption) (*Settings, error)
 }
 
 type settingsServiceClient struct {
@@ -42,9 +43,9 @@ func NewSettingsServiceClient(cc grpc.ClientConnInterface) SettingsServiceClient
 	return &settingsServiceClient{cc}
 }
 
-func (c *settingsServiceClient) GetSettings(ctx context.Context, in *GetSettingsRequest, opts ...grpc.CallOption) (*GetSettingsResponse, error) {
+func (c *settingsServiceClient) GetSettings(ctx context.Context, in *GetSettingsRequest, opts ...grpc.CallOption) (*Settings, error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
-	out := new(GetSettingsResponse)
+	out := new(Settings)
 	err := c.cc.Invoke(ctx, SettingsService_GetSettings_FullMethodName, in, out, cOpts...)
 	if err != nil {
 		return nil, err
@@ -52,9 +53,9 @@ func (c *settingsServiceClient) GetSettings(ctx context.Context, in *GetSettings
 	return out, nil
 }
 
-func (c *settingsServiceClient) UpdateSettings(ctx context.Context, in *UpdateSettingsRequest, opts ...grpc.CallOption) (*UpdateSettingsResponse, error) {
+func (c *settingsServiceClient) UpdateSettings(ctx context.Context, in *UpdateSettingsRequest, opts ...grpc.CallOption) (*Settings, error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
-	out := new(UpdateSettingsResponse)
+	out := new(Settings)
 	err := c.cc.Invoke(ctx, SettingsService_UpdateSettings_FullMethodName, in, out, cOpts...)
 	if err != nil {
 		return nil, err
@@ -67,10 +68,11 @@ func (c *settingsServiceClient) UpdateSettings(ctx context.Context, in *UpdateSe
 // for forward compatibility.
 //
 // SettingsService reads and changes cluster-wide settings.
+// Settings is a singleton (AIP-156): Get and Update answer it.
 type SettingsServiceServer interface {
-	GetSettings(context.Context, *GetSettingsRequest) (*GetSettingsResponse, error)
+	GetSettings(context.Context, *GetSettingsRequest) (*Settings, error)
 	// UpdateSettings changes the fields named in update_mask.
-	UpdateSettings(context.Context, *UpdateSettingsRequest) (*UpdateSettingsResponse, error)
+	UpdateSettings(context.Context, *UpdateSettingsRequest) (*Settings, error)
 	mustEmbedUnimplementedSettingsServiceServer()
 }
 
@@ -81,10 +83,10 @@ type SettingsServiceServer interface {
 // pointer dereference when methods are called.
 type UnimplementedSettingsServiceServer struct{}
 
-func (UnimplementedSettingsServiceServer) GetSettings(context.Context, *GetSettingsRequest) (*GetSettingsResponse, error) {
+func (UnimplementedSettingsServiceServer) GetSettings(context.Context, *GetSettingsRequest) (*Settings, error) {
 	return nil, status.Error(codes.Unimplemented, "method GetSettings not implemented")
 }
-func (UnimplementedSettingsServiceServer) UpdateSettings(context.Context, *UpdateSettingsRequest) (*UpdateSettingsResponse, error) {
+func (UnimplementedSettingsServiceServer) UpdateSettings(context.Context, *UpdateSettingsRequest) (*Settings, error) {
 	return nil, status.Error(codes.Unimplemented, "method UpdateSettings not implemented")
 }
 func (UnimplementedSettingsServiceServer) mustEmbedUnimplementedSettingsServiceServer() {}

@@ -9,6 +9,7 @@ package ferryv1
 import (
 	protoreflect "google.golang.org/protobuf/reflect/protoreflect"
 	protoimpl "google.golang.org/protobuf/runtime/protoimpl"
+	emptypb "google.golang.org/protobuf/types/known/emptypb"
 	timestamppb "google.golang.org/protobuf/types/known/timestamppb"
 	reflect "reflect"
 	sync "sync"
@@ -724,50 +725,6 @@ func (x *CreateSourceRequest) GetRequestId() string {
 	return ""
 }
 
-type CreateSourceResponse struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Source        *Source                `protobuf:"bytes,1,opt,name=source,proto3" json:"source,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
-}
-
-func (x *CreateSourceResponse) Reset() {
-	*x = CreateSourceResponse{}
-	mi := &file_ferry_v1_source_proto_msgTypes[5]
-	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-	ms.StoreMessageInfo(mi)
-}
-
-func (x *CreateSourceResponse) String() string {
-	return protoimpl.X.MessageStringOf(x)
-}
-
-func (*CreateSourceResponse) ProtoMessage() {}
-
-func (x *CreateSourceResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_source_proto_msgTypes[5]
-	if x != nil {
-		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-		if ms.LoadMessageInfo() == nil {
-			ms.StoreMessageInfo(mi)
-		}
-		return ms
-	}
-	return mi.MessageOf(x)
-}
-
-// Deprecated: Use CreateSourceResponse.ProtoReflect.Descriptor instead.
-func (*CreateSourceResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_source_proto_rawDescGZIP(), []int{5}
-}
-
-func (x *CreateSourceResponse) GetSource() *Source {
-	if x != nil {
-		return x.Source
-	}
-	return nil
-}
-
 type GetSourceRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
@@ -777,7 +734,7 @@ type GetSourceRequest struct {
 
 func (x *GetSourceRequest) Reset() {
 	*x = GetSourceRequest{}
-	mi := &file_ferry_v1_source_proto_msgTypes[6]
+	mi := &file_ferry_v1_source_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -789,7 +746,7 @@ func (x *GetSourceRequest) String() string {
 func (*GetSourceRequest) ProtoMessage() {}
 
 func (x *GetSourceRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_source_proto_msgTypes[6]
+	mi := &file_ferry_v1_source_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -802,7 +759,7 @@ func (x *GetSourceRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetSourceRequest.ProtoReflect.Descriptor instead.
 func (*GetSourceRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_source_proto_rawDescGZIP(), []int{6}
+	return file_ferry_v1_source_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *GetSourceRequest) GetName() string {
@@ -810,50 +767,6 @@ func (x *GetSourceRequest) GetName() string {
 		return x.Name
 	}
 	return ""
-}
-
-type GetSourceResponse struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Source        *Source                `protobuf:"bytes,1,opt,name=source,proto3" json:"source,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
-}
-
-func (x *GetSourceResponse) Reset() {
-	*x = GetSourceResponse{}
-	mi := &file_ferry_v1_source_proto_msgTypes[7]
-	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-	ms.StoreMessageInfo(mi)
-}
-
-func (x *GetSourceResponse) String() string {
-	return protoimpl.X.MessageStringOf(x)
-}
-
-func (*GetSourceResponse) ProtoMessage() {}
-
-func (x *GetSourceResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_source_proto_msgTypes[7]
-	if x != nil {
-		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-		if ms.LoadMessageInfo() == nil {
-			ms.StoreMessageInfo(mi)
-		}
-		return ms
-	}
-	return mi.MessageOf(x)
-}
-
-// Deprecated: Use GetSourceResponse.ProtoReflect.Descriptor instead.
-func (*GetSourceResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_source_proto_rawDescGZIP(), []int{7}
-}
-
-func (x *GetSourceResponse) GetSource() *Source {
-	if x != nil {
-		return x.Source
-	}
-	return nil
 }
 
 type ListSourcesRequest struct {
@@ -867,7 +780,7 @@ type ListSourcesRequest struct {
 
 func (x *ListSourcesRequest) Reset() {
 	*x = ListSourcesRequest{}
-	mi := &file_ferry_v1_source_proto_msgTypes[8]
+	mi := &file_ferry_v1_source_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -879,7 +792,7 @@ func (x *ListSourcesRequest) String() string {
 func (*ListSourcesRequest) ProtoMessage() {}
 
 func (x *ListSourcesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_source_proto_msgTypes[8]
+	mi := &file_ferry_v1_source_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -892,7 +805,7 @@ func (x *ListSourcesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListSourcesRequest.ProtoReflect.Descriptor instead.
 func (*ListSourcesRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_source_proto_rawDescGZIP(), []int{8}
+	return file_ferry_v1_source_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *ListSourcesRequest) GetPageSize() int32 {
@@ -926,7 +839,7 @@ type ListSourcesResponse struct {
 
 func (x *ListSourcesResponse) Reset() {
 	*x = ListSourcesResponse{}
-	mi := &file_ferry_v1_source_proto_msgTypes[9]
+	mi := &file_ferry_v1_source_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -938,7 +851,7 @@ func (x *ListSourcesResponse) String() string {
 func (*ListSourcesResponse) ProtoMessage() {}
 
 func (x *ListSourcesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_source_proto_msgTypes[9]
+	mi := &file_ferry_v1_source_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -951,7 +864,7 @@ func (x *ListSourcesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListSourcesResponse.ProtoReflect.Descriptor instead.
 func (*ListSourcesResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_source_proto_rawDescGZIP(), []int{9}
+	return file_ferry_v1_source_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *ListSourcesResponse) GetSources() []*Source {
@@ -977,7 +890,7 @@ type DeleteSourceRequest struct {
 
 func (x *DeleteSourceRequest) Reset() {
 	*x = DeleteSourceRequest{}
-	mi := &file_ferry_v1_source_proto_msgTypes[10]
+	mi := &file_ferry_v1_source_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -989,7 +902,7 @@ func (x *DeleteSourceRequest) String() string {
 func (*DeleteSourceRequest) ProtoMessage() {}
 
 func (x *DeleteSourceRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_source_proto_msgTypes[10]
+	mi := &file_ferry_v1_source_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1002,7 +915,7 @@ func (x *DeleteSourceRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteSourceRequest.ProtoReflect.Descriptor instead.
 func (*DeleteSourceRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_source_proto_rawDescGZIP(), []int{10}
+	return file_ferry_v1_source_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *DeleteSourceRequest) GetName() string {
@@ -1010,42 +923,6 @@ func (x *DeleteSourceRequest) GetName() string {
 		return x.Name
 	}
 	return ""
-}
-
-type DeleteSourceResponse struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
-}
-
-func (x *DeleteSourceResponse) Reset() {
-	*x = DeleteSourceResponse{}
-	mi := &file_ferry_v1_source_proto_msgTypes[11]
-	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-	ms.StoreMessageInfo(mi)
-}
-
-func (x *DeleteSourceResponse) String() string {
-	return protoimpl.X.MessageStringOf(x)
-}
-
-func (*DeleteSourceResponse) ProtoMessage() {}
-
-func (x *DeleteSourceResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_source_proto_msgTypes[11]
-	if x != nil {
-		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-		if ms.LoadMessageInfo() == nil {
-			ms.StoreMessageInfo(mi)
-		}
-		return ms
-	}
-	return mi.MessageOf(x)
-}
-
-// Deprecated: Use DeleteSourceResponse.ProtoReflect.Descriptor instead.
-func (*DeleteSourceResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_source_proto_rawDescGZIP(), []int{11}
 }
 
 type CreateCredentialRequest struct {
@@ -1058,7 +935,7 @@ type CreateCredentialRequest struct {
 
 func (x *CreateCredentialRequest) Reset() {
 	*x = CreateCredentialRequest{}
-	mi := &file_ferry_v1_source_proto_msgTypes[12]
+	mi := &file_ferry_v1_source_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1070,7 +947,7 @@ func (x *CreateCredentialRequest) String() string {
 func (*CreateCredentialRequest) ProtoMessage() {}
 
 func (x *CreateCredentialRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_source_proto_msgTypes[12]
+	mi := &file_ferry_v1_source_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1083,7 +960,7 @@ func (x *CreateCredentialRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateCredentialRequest.ProtoReflect.Descriptor instead.
 func (*CreateCredentialRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_source_proto_rawDescGZIP(), []int{12}
+	return file_ferry_v1_source_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *CreateCredentialRequest) GetCredential() *Credential {
@@ -1100,50 +977,6 @@ func (x *CreateCredentialRequest) GetRequestId() string {
 	return ""
 }
 
-type CreateCredentialResponse struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Credential    *Credential            `protobuf:"bytes,1,opt,name=credential,proto3" json:"credential,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
-}
-
-func (x *CreateCredentialResponse) Reset() {
-	*x = CreateCredentialResponse{}
-	mi := &file_ferry_v1_source_proto_msgTypes[13]
-	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-	ms.StoreMessageInfo(mi)
-}
-
-func (x *CreateCredentialResponse) String() string {
-	return protoimpl.X.MessageStringOf(x)
-}
-
-func (*CreateCredentialResponse) ProtoMessage() {}
-
-func (x *CreateCredentialResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_source_proto_msgTypes[13]
-	if x != nil {
-		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-		if ms.LoadMessageInfo() == nil {
-			ms.StoreMessageInfo(mi)
-		}
-		return ms
-	}
-	return mi.MessageOf(x)
-}
-
-// Deprecated: Use CreateCredentialResponse.ProtoReflect.Descriptor instead.
-func (*CreateCredentialResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_source_proto_rawDescGZIP(), []int{13}
-}
-
-func (x *CreateCredentialResponse) GetCredential() *Credential {
-	if x != nil {
-		return x.Credential
-	}
-	return nil
-}
-
 type GetCredentialRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
@@ -1153,7 +986,7 @@ type GetCredentialRequest struct {
 
 func (x *GetCredentialRequest) Reset() {
 	*x = GetCredentialRequest{}
-	mi := &file_ferry_v1_source_proto_msgTypes[14]
+	mi := &file_ferry_v1_source_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1165,7 +998,7 @@ func (x *GetCredentialRequest) String() string {
 func (*GetCredentialRequest) ProtoMessage() {}
 
 func (x *GetCredentialRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_source_proto_msgTypes[14]
+	mi := &file_ferry_v1_source_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1178,7 +1011,7 @@ func (x *GetCredentialRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetCredentialRequest.ProtoReflect.Descriptor instead.
 func (*GetCredentialRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_source_proto_rawDescGZIP(), []int{14}
+	return file_ferry_v1_source_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *GetCredentialRequest) GetName() string {
@@ -1186,50 +1019,6 @@ func (x *GetCredentialRequest) GetName() string {
 		return x.Name
 	}
 	return ""
-}
-
-type GetCredentialResponse struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Credential    *Credential            `protobuf:"bytes,1,opt,name=credential,proto3" json:"credential,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
-}
-
-func (x *GetCredentialResponse) Reset() {
-	*x = GetCredentialResponse{}
-	mi := &file_ferry_v1_source_proto_msgTypes[15]
-	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-	ms.StoreMessageInfo(mi)
-}
-
-func (x *GetCredentialResponse) String() string {
-	return protoimpl.X.MessageStringOf(x)
-}
-
-func (*GetCredentialResponse) ProtoMessage() {}
-
-func (x *GetCredentialResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_source_proto_msgTypes[15]
-	if x != nil {
-		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-		if ms.LoadMessageInfo() == nil {
-			ms.StoreMessageInfo(mi)
-		}
-		return ms
-	}
-	return mi.MessageOf(x)
-}
-
-// Deprecated: Use GetCredentialResponse.ProtoReflect.Descriptor instead.
-func (*GetCredentialResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_source_proto_rawDescGZIP(), []int{15}
-}
-
-func (x *GetCredentialResponse) GetCredential() *Credential {
-	if x != nil {
-		return x.Credential
-	}
-	return nil
 }
 
 type ListCredentialsRequest struct {
@@ -1242,7 +1031,7 @@ type ListCredentialsRequest struct {
 
 func (x *ListCredentialsRequest) Reset() {
 	*x = ListCredentialsRequest{}
-	mi := &file_ferry_v1_source_proto_msgTypes[16]
+	mi := &file_ferry_v1_source_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1254,7 +1043,7 @@ func (x *ListCredentialsRequest) String() string {
 func (*ListCredentialsRequest) ProtoMessage() {}
 
 func (x *ListCredentialsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_source_proto_msgTypes[16]
+	mi := &file_ferry_v1_source_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1267,7 +1056,7 @@ func (x *ListCredentialsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListCredentialsRequest.ProtoReflect.Descriptor instead.
 func (*ListCredentialsRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_source_proto_rawDescGZIP(), []int{16}
+	return file_ferry_v1_source_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *ListCredentialsRequest) GetPageSize() int32 {
@@ -1294,7 +1083,7 @@ type ListCredentialsResponse struct {
 
 func (x *ListCredentialsResponse) Reset() {
 	*x = ListCredentialsResponse{}
-	mi := &file_ferry_v1_source_proto_msgTypes[17]
+	mi := &file_ferry_v1_source_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1306,7 +1095,7 @@ func (x *ListCredentialsResponse) String() string {
 func (*ListCredentialsResponse) ProtoMessage() {}
 
 func (x *ListCredentialsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_source_proto_msgTypes[17]
+	mi := &file_ferry_v1_source_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1319,7 +1108,7 @@ func (x *ListCredentialsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListCredentialsResponse.ProtoReflect.Descriptor instead.
 func (*ListCredentialsResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_source_proto_rawDescGZIP(), []int{17}
+	return file_ferry_v1_source_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *ListCredentialsResponse) GetCredentials() []*Credential {
@@ -1345,7 +1134,7 @@ type DeleteCredentialRequest struct {
 
 func (x *DeleteCredentialRequest) Reset() {
 	*x = DeleteCredentialRequest{}
-	mi := &file_ferry_v1_source_proto_msgTypes[18]
+	mi := &file_ferry_v1_source_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1357,7 +1146,7 @@ func (x *DeleteCredentialRequest) String() string {
 func (*DeleteCredentialRequest) ProtoMessage() {}
 
 func (x *DeleteCredentialRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_source_proto_msgTypes[18]
+	mi := &file_ferry_v1_source_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1370,7 +1159,7 @@ func (x *DeleteCredentialRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteCredentialRequest.ProtoReflect.Descriptor instead.
 func (*DeleteCredentialRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_source_proto_rawDescGZIP(), []int{18}
+	return file_ferry_v1_source_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *DeleteCredentialRequest) GetName() string {
@@ -1378,42 +1167,6 @@ func (x *DeleteCredentialRequest) GetName() string {
 		return x.Name
 	}
 	return ""
-}
-
-type DeleteCredentialResponse struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
-}
-
-func (x *DeleteCredentialResponse) Reset() {
-	*x = DeleteCredentialResponse{}
-	mi := &file_ferry_v1_source_proto_msgTypes[19]
-	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-	ms.StoreMessageInfo(mi)
-}
-
-func (x *DeleteCredentialResponse) String() string {
-	return protoimpl.X.MessageStringOf(x)
-}
-
-func (*DeleteCredentialResponse) ProtoMessage() {}
-
-func (x *DeleteCredentialResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_source_proto_msgTypes[19]
-	if x != nil {
-		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-		if ms.LoadMessageInfo() == nil {
-			ms.StoreMessageInfo(mi)
-		}
-		return ms
-	}
-	return mi.MessageOf(x)
-}
-
-// Deprecated: Use DeleteCredentialResponse.ProtoReflect.Descriptor instead.
-func (*DeleteCredentialResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_source_proto_rawDescGZIP(), []int{19}
 }
 
 type ListSourceVMsRequest struct {
@@ -1443,7 +1196,7 @@ type ListSourceVMsRequest struct {
 
 func (x *ListSourceVMsRequest) Reset() {
 	*x = ListSourceVMsRequest{}
-	mi := &file_ferry_v1_source_proto_msgTypes[20]
+	mi := &file_ferry_v1_source_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1455,7 +1208,7 @@ func (x *ListSourceVMsRequest) String() string {
 func (*ListSourceVMsRequest) ProtoMessage() {}
 
 func (x *ListSourceVMsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_source_proto_msgTypes[20]
+	mi := &file_ferry_v1_source_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1468,7 +1221,7 @@ func (x *ListSourceVMsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListSourceVMsRequest.ProtoReflect.Descriptor instead.
 func (*ListSourceVMsRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_source_proto_rawDescGZIP(), []int{20}
+	return file_ferry_v1_source_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *ListSourceVMsRequest) GetSource() string {
@@ -1560,7 +1313,7 @@ type ListSourceVMsResponse struct {
 
 func (x *ListSourceVMsResponse) Reset() {
 	*x = ListSourceVMsResponse{}
-	mi := &file_ferry_v1_source_proto_msgTypes[21]
+	mi := &file_ferry_v1_source_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1572,7 +1325,7 @@ func (x *ListSourceVMsResponse) String() string {
 func (*ListSourceVMsResponse) ProtoMessage() {}
 
 func (x *ListSourceVMsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_source_proto_msgTypes[21]
+	mi := &file_ferry_v1_source_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1585,7 +1338,7 @@ func (x *ListSourceVMsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListSourceVMsResponse.ProtoReflect.Descriptor instead.
 func (*ListSourceVMsResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_source_proto_rawDescGZIP(), []int{21}
+	return file_ferry_v1_source_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *ListSourceVMsResponse) GetVms() []*SourceVm {
@@ -1646,7 +1399,7 @@ type SourceVm struct {
 
 func (x *SourceVm) Reset() {
 	*x = SourceVm{}
-	mi := &file_ferry_v1_source_proto_msgTypes[22]
+	mi := &file_ferry_v1_source_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1658,7 +1411,7 @@ func (x *SourceVm) String() string {
 func (*SourceVm) ProtoMessage() {}
 
 func (x *SourceVm) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_source_proto_msgTypes[22]
+	mi := &file_ferry_v1_source_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1671,7 +1424,7 @@ func (x *SourceVm) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SourceVm.ProtoReflect.Descriptor instead.
 func (*SourceVm) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_source_proto_rawDescGZIP(), []int{22}
+	return file_ferry_v1_source_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *SourceVm) GetId() string {
@@ -1819,7 +1572,7 @@ type SourceDisk struct {
 
 func (x *SourceDisk) Reset() {
 	*x = SourceDisk{}
-	mi := &file_ferry_v1_source_proto_msgTypes[23]
+	mi := &file_ferry_v1_source_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1831,7 +1584,7 @@ func (x *SourceDisk) String() string {
 func (*SourceDisk) ProtoMessage() {}
 
 func (x *SourceDisk) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_source_proto_msgTypes[23]
+	mi := &file_ferry_v1_source_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1844,7 +1597,7 @@ func (x *SourceDisk) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SourceDisk.ProtoReflect.Descriptor instead.
 func (*SourceDisk) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_source_proto_rawDescGZIP(), []int{23}
+	return file_ferry_v1_source_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *SourceDisk) GetTarget() string {
@@ -1915,7 +1668,7 @@ type SourceNic struct {
 
 func (x *SourceNic) Reset() {
 	*x = SourceNic{}
-	mi := &file_ferry_v1_source_proto_msgTypes[24]
+	mi := &file_ferry_v1_source_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1927,7 +1680,7 @@ func (x *SourceNic) String() string {
 func (*SourceNic) ProtoMessage() {}
 
 func (x *SourceNic) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_source_proto_msgTypes[24]
+	mi := &file_ferry_v1_source_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1940,7 +1693,7 @@ func (x *SourceNic) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SourceNic.ProtoReflect.Descriptor instead.
 func (*SourceNic) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_source_proto_rawDescGZIP(), []int{24}
+	return file_ferry_v1_source_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *SourceNic) GetMac() string {
@@ -2007,7 +1760,7 @@ type SourceProduct struct {
 
 func (x *SourceProduct) Reset() {
 	*x = SourceProduct{}
-	mi := &file_ferry_v1_source_proto_msgTypes[25]
+	mi := &file_ferry_v1_source_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2019,7 +1772,7 @@ func (x *SourceProduct) String() string {
 func (*SourceProduct) ProtoMessage() {}
 
 func (x *SourceProduct) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_source_proto_msgTypes[25]
+	mi := &file_ferry_v1_source_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2032,7 +1785,7 @@ func (x *SourceProduct) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SourceProduct.ProtoReflect.Descriptor instead.
 func (*SourceProduct) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_source_proto_rawDescGZIP(), []int{25}
+	return file_ferry_v1_source_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *SourceProduct) GetFullName() string {
@@ -2089,7 +1842,7 @@ type SourceDatacenter struct {
 
 func (x *SourceDatacenter) Reset() {
 	*x = SourceDatacenter{}
-	mi := &file_ferry_v1_source_proto_msgTypes[26]
+	mi := &file_ferry_v1_source_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2101,7 +1854,7 @@ func (x *SourceDatacenter) String() string {
 func (*SourceDatacenter) ProtoMessage() {}
 
 func (x *SourceDatacenter) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_source_proto_msgTypes[26]
+	mi := &file_ferry_v1_source_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2114,7 +1867,7 @@ func (x *SourceDatacenter) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SourceDatacenter.ProtoReflect.Descriptor instead.
 func (*SourceDatacenter) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_source_proto_rawDescGZIP(), []int{26}
+	return file_ferry_v1_source_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *SourceDatacenter) GetId() string {
@@ -2144,7 +1897,7 @@ type SourceCluster struct {
 
 func (x *SourceCluster) Reset() {
 	*x = SourceCluster{}
-	mi := &file_ferry_v1_source_proto_msgTypes[27]
+	mi := &file_ferry_v1_source_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2156,7 +1909,7 @@ func (x *SourceCluster) String() string {
 func (*SourceCluster) ProtoMessage() {}
 
 func (x *SourceCluster) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_source_proto_msgTypes[27]
+	mi := &file_ferry_v1_source_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2169,7 +1922,7 @@ func (x *SourceCluster) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SourceCluster.ProtoReflect.Descriptor instead.
 func (*SourceCluster) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_source_proto_rawDescGZIP(), []int{27}
+	return file_ferry_v1_source_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *SourceCluster) GetId() string {
@@ -2215,7 +1968,7 @@ type SourceHost struct {
 
 func (x *SourceHost) Reset() {
 	*x = SourceHost{}
-	mi := &file_ferry_v1_source_proto_msgTypes[28]
+	mi := &file_ferry_v1_source_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2227,7 +1980,7 @@ func (x *SourceHost) String() string {
 func (*SourceHost) ProtoMessage() {}
 
 func (x *SourceHost) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_source_proto_msgTypes[28]
+	mi := &file_ferry_v1_source_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2240,7 +1993,7 @@ func (x *SourceHost) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SourceHost.ProtoReflect.Descriptor instead.
 func (*SourceHost) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_source_proto_rawDescGZIP(), []int{28}
+	return file_ferry_v1_source_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *SourceHost) GetId() string {
@@ -2330,7 +2083,7 @@ type SourceNetwork struct {
 
 func (x *SourceNetwork) Reset() {
 	*x = SourceNetwork{}
-	mi := &file_ferry_v1_source_proto_msgTypes[29]
+	mi := &file_ferry_v1_source_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2342,7 +2095,7 @@ func (x *SourceNetwork) String() string {
 func (*SourceNetwork) ProtoMessage() {}
 
 func (x *SourceNetwork) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_source_proto_msgTypes[29]
+	mi := &file_ferry_v1_source_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2355,7 +2108,7 @@ func (x *SourceNetwork) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SourceNetwork.ProtoReflect.Descriptor instead.
 func (*SourceNetwork) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_source_proto_rawDescGZIP(), []int{29}
+	return file_ferry_v1_source_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *SourceNetwork) GetId() string {
@@ -2416,7 +2169,7 @@ type SourceDatastore struct {
 
 func (x *SourceDatastore) Reset() {
 	*x = SourceDatastore{}
-	mi := &file_ferry_v1_source_proto_msgTypes[30]
+	mi := &file_ferry_v1_source_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2428,7 +2181,7 @@ func (x *SourceDatastore) String() string {
 func (*SourceDatastore) ProtoMessage() {}
 
 func (x *SourceDatastore) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_source_proto_msgTypes[30]
+	mi := &file_ferry_v1_source_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2441,7 +2194,7 @@ func (x *SourceDatastore) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SourceDatastore.ProtoReflect.Descriptor instead.
 func (*SourceDatastore) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_source_proto_rawDescGZIP(), []int{30}
+	return file_ferry_v1_source_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *SourceDatastore) GetId() string {
@@ -2506,7 +2259,7 @@ type SourceInventory struct {
 
 func (x *SourceInventory) Reset() {
 	*x = SourceInventory{}
-	mi := &file_ferry_v1_source_proto_msgTypes[31]
+	mi := &file_ferry_v1_source_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2518,7 +2271,7 @@ func (x *SourceInventory) String() string {
 func (*SourceInventory) ProtoMessage() {}
 
 func (x *SourceInventory) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_source_proto_msgTypes[31]
+	mi := &file_ferry_v1_source_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2531,7 +2284,7 @@ func (x *SourceInventory) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SourceInventory.ProtoReflect.Descriptor instead.
 func (*SourceInventory) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_source_proto_rawDescGZIP(), []int{31}
+	return file_ferry_v1_source_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *SourceInventory) GetSource() string {
@@ -2615,7 +2368,7 @@ type SourceObject struct {
 
 func (x *SourceObject) Reset() {
 	*x = SourceObject{}
-	mi := &file_ferry_v1_source_proto_msgTypes[32]
+	mi := &file_ferry_v1_source_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2627,7 +2380,7 @@ func (x *SourceObject) String() string {
 func (*SourceObject) ProtoMessage() {}
 
 func (x *SourceObject) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_source_proto_msgTypes[32]
+	mi := &file_ferry_v1_source_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2640,7 +2393,7 @@ func (x *SourceObject) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SourceObject.ProtoReflect.Descriptor instead.
 func (*SourceObject) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_source_proto_rawDescGZIP(), []int{32}
+	return file_ferry_v1_source_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *SourceObject) GetKind() SourceObjectKind {
@@ -2749,7 +2502,7 @@ type SyncSourceRequest struct {
 
 func (x *SyncSourceRequest) Reset() {
 	*x = SyncSourceRequest{}
-	mi := &file_ferry_v1_source_proto_msgTypes[33]
+	mi := &file_ferry_v1_source_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2761,7 +2514,7 @@ func (x *SyncSourceRequest) String() string {
 func (*SyncSourceRequest) ProtoMessage() {}
 
 func (x *SyncSourceRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_source_proto_msgTypes[33]
+	mi := &file_ferry_v1_source_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2774,7 +2527,7 @@ func (x *SyncSourceRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SyncSourceRequest.ProtoReflect.Descriptor instead.
 func (*SyncSourceRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_source_proto_rawDescGZIP(), []int{33}
+	return file_ferry_v1_source_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *SyncSourceRequest) GetName() string {
@@ -2801,7 +2554,7 @@ type SyncSourceResponse struct {
 
 func (x *SyncSourceResponse) Reset() {
 	*x = SyncSourceResponse{}
-	mi := &file_ferry_v1_source_proto_msgTypes[34]
+	mi := &file_ferry_v1_source_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2813,7 +2566,7 @@ func (x *SyncSourceResponse) String() string {
 func (*SyncSourceResponse) ProtoMessage() {}
 
 func (x *SyncSourceResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_source_proto_msgTypes[34]
+	mi := &file_ferry_v1_source_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2826,7 +2579,7 @@ func (x *SyncSourceResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SyncSourceResponse.ProtoReflect.Descriptor instead.
 func (*SyncSourceResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_source_proto_rawDescGZIP(), []int{34}
+	return file_ferry_v1_source_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *SyncSourceResponse) GetSource() *Source {
@@ -2856,7 +2609,7 @@ type ListSourceInventoryRequest struct {
 
 func (x *ListSourceInventoryRequest) Reset() {
 	*x = ListSourceInventoryRequest{}
-	mi := &file_ferry_v1_source_proto_msgTypes[35]
+	mi := &file_ferry_v1_source_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2868,7 +2621,7 @@ func (x *ListSourceInventoryRequest) String() string {
 func (*ListSourceInventoryRequest) ProtoMessage() {}
 
 func (x *ListSourceInventoryRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_source_proto_msgTypes[35]
+	mi := &file_ferry_v1_source_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2881,7 +2634,7 @@ func (x *ListSourceInventoryRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListSourceInventoryRequest.ProtoReflect.Descriptor instead.
 func (*ListSourceInventoryRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_source_proto_rawDescGZIP(), []int{35}
+	return file_ferry_v1_source_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *ListSourceInventoryRequest) GetSource() string {
@@ -2953,7 +2706,7 @@ type ListSourceInventoryResponse struct {
 
 func (x *ListSourceInventoryResponse) Reset() {
 	*x = ListSourceInventoryResponse{}
-	mi := &file_ferry_v1_source_proto_msgTypes[36]
+	mi := &file_ferry_v1_source_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2965,7 +2718,7 @@ func (x *ListSourceInventoryResponse) String() string {
 func (*ListSourceInventoryResponse) ProtoMessage() {}
 
 func (x *ListSourceInventoryResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_source_proto_msgTypes[36]
+	mi := &file_ferry_v1_source_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2978,7 +2731,7 @@ func (x *ListSourceInventoryResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListSourceInventoryResponse.ProtoReflect.Descriptor instead.
 func (*ListSourceInventoryResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_source_proto_rawDescGZIP(), []int{36}
+	return file_ferry_v1_source_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *ListSourceInventoryResponse) GetObjects() []*SourceObject {
@@ -3013,7 +2766,7 @@ var File_ferry_v1_source_proto protoreflect.FileDescriptor
 
 const file_ferry_v1_source_proto_rawDesc = "" +
 	"\n" +
-	"\x15ferry/v1/source.proto\x12\bferry.v1\x1a\x15ferry/v1/common.proto\x1a\x1cferry/v1/migration_job.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xf4\x03\n" +
+	"\x15ferry/v1/source.proto\x12\bferry.v1\x1a\x1bgoogle/protobuf/empty.proto\x1a\x15ferry/v1/common.proto\x1a\x1cferry/v1/migration_job.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xf4\x03\n" +
 	"\x06Source\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12!\n" +
 	"\fdisplay_name\x18\x02 \x01(\tR\vdisplayName\x12&\n" +
@@ -3063,13 +2816,9 @@ const file_ferry_v1_source_proto_rawDesc = "" +
 	"\x13CreateSourceRequest\x12(\n" +
 	"\x06source\x18\x01 \x01(\v2\x10.ferry.v1.SourceR\x06source\x12\x1d\n" +
 	"\n" +
-	"request_id\x18\x02 \x01(\tR\trequestId\"@\n" +
-	"\x14CreateSourceResponse\x12(\n" +
-	"\x06source\x18\x01 \x01(\v2\x10.ferry.v1.SourceR\x06source\"&\n" +
+	"request_id\x18\x02 \x01(\tR\trequestId\"&\n" +
 	"\x10GetSourceRequest\x12\x12\n" +
-	"\x04name\x18\x01 \x01(\tR\x04name\"=\n" +
-	"\x11GetSourceResponse\x12(\n" +
-	"\x06source\x18\x01 \x01(\v2\x10.ferry.v1.SourceR\x06source\"x\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\"x\n" +
 	"\x12ListSourcesRequest\x12\x1b\n" +
 	"\tpage_size\x18\x01 \x01(\x05R\bpageSize\x12\x1d\n" +
 	"\n" +
@@ -3079,24 +2828,15 @@ const file_ferry_v1_source_proto_rawDesc = "" +
 	"\asources\x18\x01 \x03(\v2\x10.ferry.v1.SourceR\asources\x12&\n" +
 	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\")\n" +
 	"\x13DeleteSourceRequest\x12\x12\n" +
-	"\x04name\x18\x01 \x01(\tR\x04name\"\x16\n" +
-	"\x14DeleteSourceResponse\"n\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\"n\n" +
 	"\x17CreateCredentialRequest\x124\n" +
 	"\n" +
 	"credential\x18\x01 \x01(\v2\x14.ferry.v1.CredentialR\n" +
 	"credential\x12\x1d\n" +
 	"\n" +
-	"request_id\x18\x02 \x01(\tR\trequestId\"P\n" +
-	"\x18CreateCredentialResponse\x124\n" +
-	"\n" +
-	"credential\x18\x01 \x01(\v2\x14.ferry.v1.CredentialR\n" +
-	"credential\"*\n" +
+	"request_id\x18\x02 \x01(\tR\trequestId\"*\n" +
 	"\x14GetCredentialRequest\x12\x12\n" +
-	"\x04name\x18\x01 \x01(\tR\x04name\"M\n" +
-	"\x15GetCredentialResponse\x124\n" +
-	"\n" +
-	"credential\x18\x01 \x01(\v2\x14.ferry.v1.CredentialR\n" +
-	"credential\"T\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\"T\n" +
 	"\x16ListCredentialsRequest\x12\x1b\n" +
 	"\tpage_size\x18\x01 \x01(\x05R\bpageSize\x12\x1d\n" +
 	"\n" +
@@ -3105,8 +2845,7 @@ const file_ferry_v1_source_proto_rawDesc = "" +
 	"\vcredentials\x18\x01 \x03(\v2\x14.ferry.v1.CredentialR\vcredentials\x12&\n" +
 	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"-\n" +
 	"\x17DeleteCredentialRequest\x12\x12\n" +
-	"\x04name\x18\x01 \x01(\tR\x04name\"\x1a\n" +
-	"\x18DeleteCredentialResponse\"\xff\x02\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\"\xff\x02\n" +
 	"\x14ListSourceVMsRequest\x12\x16\n" +
 	"\x06source\x18\x01 \x01(\tR\x06source\x12)\n" +
 	"\x10migration_server\x18\x02 \x01(\tR\x0fmigrationServer\x12\x18\n" +
@@ -3283,16 +3022,16 @@ const file_ferry_v1_source_proto_rawDesc = "" +
 	"\x1aSOURCE_OBJECT_KIND_CLUSTER\x10\x02\x12\x1b\n" +
 	"\x17SOURCE_OBJECT_KIND_HOST\x10\x03\x12\x1e\n" +
 	"\x1aSOURCE_OBJECT_KIND_NETWORK\x10\x04\x12 \n" +
-	"\x1cSOURCE_OBJECT_KIND_DATASTORE\x10\x052\x9e\a\n" +
-	"\rSourceService\x12M\n" +
-	"\fCreateSource\x12\x1d.ferry.v1.CreateSourceRequest\x1a\x1e.ferry.v1.CreateSourceResponse\x12D\n" +
-	"\tGetSource\x12\x1a.ferry.v1.GetSourceRequest\x1a\x1b.ferry.v1.GetSourceResponse\x12J\n" +
-	"\vListSources\x12\x1c.ferry.v1.ListSourcesRequest\x1a\x1d.ferry.v1.ListSourcesResponse\x12M\n" +
-	"\fDeleteSource\x12\x1d.ferry.v1.DeleteSourceRequest\x1a\x1e.ferry.v1.DeleteSourceResponse\x12Y\n" +
-	"\x10CreateCredential\x12!.ferry.v1.CreateCredentialRequest\x1a\".ferry.v1.CreateCredentialResponse\x12P\n" +
-	"\rGetCredential\x12\x1e.ferry.v1.GetCredentialRequest\x1a\x1f.ferry.v1.GetCredentialResponse\x12V\n" +
-	"\x0fListCredentials\x12 .ferry.v1.ListCredentialsRequest\x1a!.ferry.v1.ListCredentialsResponse\x12Y\n" +
-	"\x10DeleteCredential\x12!.ferry.v1.DeleteCredentialRequest\x1a\".ferry.v1.DeleteCredentialResponse\x12P\n" +
+	"\x1cSOURCE_OBJECT_KIND_DATASTORE\x10\x052\xd8\x06\n" +
+	"\rSourceService\x12?\n" +
+	"\fCreateSource\x12\x1d.ferry.v1.CreateSourceRequest\x1a\x10.ferry.v1.Source\x129\n" +
+	"\tGetSource\x12\x1a.ferry.v1.GetSourceRequest\x1a\x10.ferry.v1.Source\x12J\n" +
+	"\vListSources\x12\x1c.ferry.v1.ListSourcesRequest\x1a\x1d.ferry.v1.ListSourcesResponse\x12E\n" +
+	"\fDeleteSource\x12\x1d.ferry.v1.DeleteSourceRequest\x1a\x16.google.protobuf.Empty\x12K\n" +
+	"\x10CreateCredential\x12!.ferry.v1.CreateCredentialRequest\x1a\x14.ferry.v1.Credential\x12E\n" +
+	"\rGetCredential\x12\x1e.ferry.v1.GetCredentialRequest\x1a\x14.ferry.v1.Credential\x12V\n" +
+	"\x0fListCredentials\x12 .ferry.v1.ListCredentialsRequest\x1a!.ferry.v1.ListCredentialsResponse\x12M\n" +
+	"\x10DeleteCredential\x12!.ferry.v1.DeleteCredentialRequest\x1a\x16.google.protobuf.Empty\x12P\n" +
 	"\rListSourceVMs\x12\x1e.ferry.v1.ListSourceVMsRequest\x1a\x1f.ferry.v1.ListSourceVMsResponse\x12G\n" +
 	"\n" +
 	"SyncSource\x12\x1b.ferry.v1.SyncSourceRequest\x1a\x1c.ferry.v1.SyncSourceResponse\x12b\n" +
@@ -3312,7 +3051,7 @@ func file_ferry_v1_source_proto_rawDescGZIP() []byte {
 }
 
 var file_ferry_v1_source_proto_enumTypes = make([]protoimpl.EnumInfo, 4)
-var file_ferry_v1_source_proto_msgTypes = make([]protoimpl.MessageInfo, 37)
+var file_ferry_v1_source_proto_msgTypes = make([]protoimpl.MessageInfo, 31)
 var file_ferry_v1_source_proto_goTypes = []any{
 	(CredentialType)(0),                 // 0: ferry.v1.CredentialType
 	(SourceVmState)(0),                  // 1: ferry.v1.SourceVmState
@@ -3323,117 +3062,108 @@ var file_ferry_v1_source_proto_goTypes = []any{
 	(*KvmConnection)(nil),               // 6: ferry.v1.KvmConnection
 	(*Credential)(nil),                  // 7: ferry.v1.Credential
 	(*CreateSourceRequest)(nil),         // 8: ferry.v1.CreateSourceRequest
-	(*CreateSourceResponse)(nil),        // 9: ferry.v1.CreateSourceResponse
-	(*GetSourceRequest)(nil),            // 10: ferry.v1.GetSourceRequest
-	(*GetSourceResponse)(nil),           // 11: ferry.v1.GetSourceResponse
-	(*ListSourcesRequest)(nil),          // 12: ferry.v1.ListSourcesRequest
-	(*ListSourcesResponse)(nil),         // 13: ferry.v1.ListSourcesResponse
-	(*DeleteSourceRequest)(nil),         // 14: ferry.v1.DeleteSourceRequest
-	(*DeleteSourceResponse)(nil),        // 15: ferry.v1.DeleteSourceResponse
-	(*CreateCredentialRequest)(nil),     // 16: ferry.v1.CreateCredentialRequest
-	(*CreateCredentialResponse)(nil),    // 17: ferry.v1.CreateCredentialResponse
-	(*GetCredentialRequest)(nil),        // 18: ferry.v1.GetCredentialRequest
-	(*GetCredentialResponse)(nil),       // 19: ferry.v1.GetCredentialResponse
-	(*ListCredentialsRequest)(nil),      // 20: ferry.v1.ListCredentialsRequest
-	(*ListCredentialsResponse)(nil),     // 21: ferry.v1.ListCredentialsResponse
-	(*DeleteCredentialRequest)(nil),     // 22: ferry.v1.DeleteCredentialRequest
-	(*DeleteCredentialResponse)(nil),    // 23: ferry.v1.DeleteCredentialResponse
-	(*ListSourceVMsRequest)(nil),        // 24: ferry.v1.ListSourceVMsRequest
-	(*ListSourceVMsResponse)(nil),       // 25: ferry.v1.ListSourceVMsResponse
-	(*SourceVm)(nil),                    // 26: ferry.v1.SourceVm
-	(*SourceDisk)(nil),                  // 27: ferry.v1.SourceDisk
-	(*SourceNic)(nil),                   // 28: ferry.v1.SourceNic
-	(*SourceProduct)(nil),               // 29: ferry.v1.SourceProduct
-	(*SourceDatacenter)(nil),            // 30: ferry.v1.SourceDatacenter
-	(*SourceCluster)(nil),               // 31: ferry.v1.SourceCluster
-	(*SourceHost)(nil),                  // 32: ferry.v1.SourceHost
-	(*SourceNetwork)(nil),               // 33: ferry.v1.SourceNetwork
-	(*SourceDatastore)(nil),             // 34: ferry.v1.SourceDatastore
-	(*SourceInventory)(nil),             // 35: ferry.v1.SourceInventory
-	(*SourceObject)(nil),                // 36: ferry.v1.SourceObject
-	(*SyncSourceRequest)(nil),           // 37: ferry.v1.SyncSourceRequest
-	(*SyncSourceResponse)(nil),          // 38: ferry.v1.SyncSourceResponse
-	(*ListSourceInventoryRequest)(nil),  // 39: ferry.v1.ListSourceInventoryRequest
-	(*ListSourceInventoryResponse)(nil), // 40: ferry.v1.ListSourceInventoryResponse
-	(Platform)(0),                       // 41: ferry.v1.Platform
-	(*timestamppb.Timestamp)(nil),       // 42: google.protobuf.Timestamp
-	(Firmware)(0),                       // 43: ferry.v1.Firmware
-	(OsType)(0),                         // 44: ferry.v1.OsType
+	(*GetSourceRequest)(nil),            // 9: ferry.v1.GetSourceRequest
+	(*ListSourcesRequest)(nil),          // 10: ferry.v1.ListSourcesRequest
+	(*ListSourcesResponse)(nil),         // 11: ferry.v1.ListSourcesResponse
+	(*DeleteSourceRequest)(nil),         // 12: ferry.v1.DeleteSourceRequest
+	(*CreateCredentialRequest)(nil),     // 13: ferry.v1.CreateCredentialRequest
+	(*GetCredentialRequest)(nil),        // 14: ferry.v1.GetCredentialRequest
+	(*ListCredentialsRequest)(nil),      // 15: ferry.v1.ListCredentialsRequest
+	(*ListCredentialsResponse)(nil),     // 16: ferry.v1.ListCredentialsResponse
+	(*DeleteCredentialRequest)(nil),     // 17: ferry.v1.DeleteCredentialRequest
+	(*ListSourceVMsRequest)(nil),        // 18: ferry.v1.ListSourceVMsRequest
+	(*ListSourceVMsResponse)(nil),       // 19: ferry.v1.ListSourceVMsResponse
+	(*SourceVm)(nil),                    // 20: ferry.v1.SourceVm
+	(*SourceDisk)(nil),                  // 21: ferry.v1.SourceDisk
+	(*SourceNic)(nil),                   // 22: ferry.v1.SourceNic
+	(*SourceProduct)(nil),               // 23: ferry.v1.SourceProduct
+	(*SourceDatacenter)(nil),            // 24: ferry.v1.SourceDatacenter
+	(*SourceCluster)(nil),               // 25: ferry.v1.SourceCluster
+	(*SourceHost)(nil),                  // 26: ferry.v1.SourceHost
+	(*SourceNetwork)(nil),               // 27: ferry.v1.SourceNetwork
+	(*SourceDatastore)(nil),             // 28: ferry.v1.SourceDatastore
+	(*SourceInventory)(nil),             // 29: ferry.v1.SourceInventory
+	(*SourceObject)(nil),                // 30: ferry.v1.SourceObject
+	(*SyncSourceRequest)(nil),           // 31: ferry.v1.SyncSourceRequest
+	(*SyncSourceResponse)(nil),          // 32: ferry.v1.SyncSourceResponse
+	(*ListSourceInventoryRequest)(nil),  // 33: ferry.v1.ListSourceInventoryRequest
+	(*ListSourceInventoryResponse)(nil), // 34: ferry.v1.ListSourceInventoryResponse
+	(Platform)(0),                       // 35: ferry.v1.Platform
+	(*timestamppb.Timestamp)(nil),       // 36: google.protobuf.Timestamp
+	(Firmware)(0),                       // 37: ferry.v1.Firmware
+	(OsType)(0),                         // 38: ferry.v1.OsType
+	(*emptypb.Empty)(nil),               // 39: google.protobuf.Empty
 }
 var file_ferry_v1_source_proto_depIdxs = []int32{
-	41, // 0: ferry.v1.Source.type:type_name -> ferry.v1.Platform
+	35, // 0: ferry.v1.Source.type:type_name -> ferry.v1.Platform
 	5,  // 1: ferry.v1.Source.vcenter:type_name -> ferry.v1.VCenterConnection
 	6,  // 2: ferry.v1.Source.kvm:type_name -> ferry.v1.KvmConnection
-	42, // 3: ferry.v1.Source.create_time:type_name -> google.protobuf.Timestamp
-	42, // 4: ferry.v1.Source.last_sync_time:type_name -> google.protobuf.Timestamp
-	42, // 5: ferry.v1.Source.last_sync_attempt_time:type_name -> google.protobuf.Timestamp
-	29, // 6: ferry.v1.Source.product:type_name -> ferry.v1.SourceProduct
+	36, // 3: ferry.v1.Source.create_time:type_name -> google.protobuf.Timestamp
+	36, // 4: ferry.v1.Source.last_sync_time:type_name -> google.protobuf.Timestamp
+	36, // 5: ferry.v1.Source.last_sync_attempt_time:type_name -> google.protobuf.Timestamp
+	23, // 6: ferry.v1.Source.product:type_name -> ferry.v1.SourceProduct
 	0,  // 7: ferry.v1.Credential.type:type_name -> ferry.v1.CredentialType
-	42, // 8: ferry.v1.Credential.create_time:type_name -> google.protobuf.Timestamp
+	36, // 8: ferry.v1.Credential.create_time:type_name -> google.protobuf.Timestamp
 	4,  // 9: ferry.v1.CreateSourceRequest.source:type_name -> ferry.v1.Source
-	4,  // 10: ferry.v1.CreateSourceResponse.source:type_name -> ferry.v1.Source
-	4,  // 11: ferry.v1.GetSourceResponse.source:type_name -> ferry.v1.Source
-	41, // 12: ferry.v1.ListSourcesRequest.type:type_name -> ferry.v1.Platform
-	4,  // 13: ferry.v1.ListSourcesResponse.sources:type_name -> ferry.v1.Source
-	7,  // 14: ferry.v1.CreateCredentialRequest.credential:type_name -> ferry.v1.Credential
-	7,  // 15: ferry.v1.CreateCredentialResponse.credential:type_name -> ferry.v1.Credential
-	7,  // 16: ferry.v1.GetCredentialResponse.credential:type_name -> ferry.v1.Credential
-	7,  // 17: ferry.v1.ListCredentialsResponse.credentials:type_name -> ferry.v1.Credential
-	1,  // 18: ferry.v1.ListSourceVMsRequest.state:type_name -> ferry.v1.SourceVmState
-	26, // 19: ferry.v1.ListSourceVMsResponse.vms:type_name -> ferry.v1.SourceVm
-	42, // 20: ferry.v1.ListSourceVMsResponse.sync_time:type_name -> google.protobuf.Timestamp
-	1,  // 21: ferry.v1.SourceVm.state:type_name -> ferry.v1.SourceVmState
-	43, // 22: ferry.v1.SourceVm.firmware:type_name -> ferry.v1.Firmware
-	44, // 23: ferry.v1.SourceVm.os_type:type_name -> ferry.v1.OsType
-	27, // 24: ferry.v1.SourceVm.disks:type_name -> ferry.v1.SourceDisk
-	28, // 25: ferry.v1.SourceVm.nics:type_name -> ferry.v1.SourceNic
-	2,  // 26: ferry.v1.SourceNetwork.type:type_name -> ferry.v1.SourceNetworkType
-	42, // 27: ferry.v1.SourceInventory.sync_time:type_name -> google.protobuf.Timestamp
-	29, // 28: ferry.v1.SourceInventory.product:type_name -> ferry.v1.SourceProduct
-	30, // 29: ferry.v1.SourceInventory.datacenters:type_name -> ferry.v1.SourceDatacenter
-	31, // 30: ferry.v1.SourceInventory.clusters:type_name -> ferry.v1.SourceCluster
-	32, // 31: ferry.v1.SourceInventory.hosts:type_name -> ferry.v1.SourceHost
-	26, // 32: ferry.v1.SourceInventory.vms:type_name -> ferry.v1.SourceVm
-	33, // 33: ferry.v1.SourceInventory.networks:type_name -> ferry.v1.SourceNetwork
-	34, // 34: ferry.v1.SourceInventory.datastores:type_name -> ferry.v1.SourceDatastore
-	3,  // 35: ferry.v1.SourceObject.kind:type_name -> ferry.v1.SourceObjectKind
-	30, // 36: ferry.v1.SourceObject.datacenter:type_name -> ferry.v1.SourceDatacenter
-	31, // 37: ferry.v1.SourceObject.cluster:type_name -> ferry.v1.SourceCluster
-	32, // 38: ferry.v1.SourceObject.host:type_name -> ferry.v1.SourceHost
-	33, // 39: ferry.v1.SourceObject.network:type_name -> ferry.v1.SourceNetwork
-	34, // 40: ferry.v1.SourceObject.datastore:type_name -> ferry.v1.SourceDatastore
-	4,  // 41: ferry.v1.SyncSourceResponse.source:type_name -> ferry.v1.Source
-	3,  // 42: ferry.v1.ListSourceInventoryRequest.kind:type_name -> ferry.v1.SourceObjectKind
-	36, // 43: ferry.v1.ListSourceInventoryResponse.objects:type_name -> ferry.v1.SourceObject
-	42, // 44: ferry.v1.ListSourceInventoryResponse.sync_time:type_name -> google.protobuf.Timestamp
-	29, // 45: ferry.v1.ListSourceInventoryResponse.product:type_name -> ferry.v1.SourceProduct
-	8,  // 46: ferry.v1.SourceService.CreateSource:input_type -> ferry.v1.CreateSourceRequest
-	10, // 47: ferry.v1.SourceService.GetSource:input_type -> ferry.v1.GetSourceRequest
-	12, // 48: ferry.v1.SourceService.ListSources:input_type -> ferry.v1.ListSourcesRequest
-	14, // 49: ferry.v1.SourceService.DeleteSource:input_type -> ferry.v1.DeleteSourceRequest
-	16, // 50: ferry.v1.SourceService.CreateCredential:input_type -> ferry.v1.CreateCredentialRequest
-	18, // 51: ferry.v1.SourceService.GetCredential:input_type -> ferry.v1.GetCredentialRequest
-	20, // 52: ferry.v1.SourceService.ListCredentials:input_type -> ferry.v1.ListCredentialsRequest
-	22, // 53: ferry.v1.SourceService.DeleteCredential:input_type -> ferry.v1.DeleteCredentialRequest
-	24, // 54: ferry.v1.SourceService.ListSourceVMs:input_type -> ferry.v1.ListSourceVMsRequest
-	37, // 55: ferry.v1.SourceService.SyncSource:input_type -> ferry.v1.SyncSourceRequest
-	39, // 56: ferry.v1.SourceService.ListSourceInventory:input_type -> ferry.v1.ListSourceInventoryRequest
-	9,  // 57: ferry.v1.SourceService.CreateSource:output_type -> ferry.v1.CreateSourceResponse
-	11, // 58: ferry.v1.SourceService.GetSource:output_type -> ferry.v1.GetSourceResponse
-	13, // 59: ferry.v1.SourceService.ListSources:output_type -> ferry.v1.ListSourcesResponse
-	15, // 60: ferry.v1.SourceService.DeleteSource:output_type -> ferry.v1.DeleteSourceResponse
-	17, // 61: ferry.v1.SourceService.CreateCredential:output_type -> ferry.v1.CreateCredentialResponse
-	19, // 62: ferry.v1.SourceService.GetCredential:output_type -> ferry.v1.GetCredentialResponse
-	21, // 63: ferry.v1.SourceService.ListCredentials:output_type -> ferry.v1.ListCredentialsResponse
-	23, // 64: ferry.v1.SourceService.DeleteCredential:output_type -> ferry.v1.DeleteCredentialResponse
-	25, // 65: ferry.v1.SourceService.ListSourceVMs:output_type -> ferry.v1.ListSourceVMsResponse
-	38, // 66: ferry.v1.SourceService.SyncSource:output_type -> ferry.v1.SyncSourceResponse
-	40, // 67: ferry.v1.SourceService.ListSourceInventory:output_type -> ferry.v1.ListSourceInventoryResponse
-	57, // [57:68] is the sub-list for method output_type
-	46, // [46:57] is the sub-list for method input_type
-	46, // [46:46] is the sub-list for extension type_name
-	46, // [46:46] is the sub-list for extension extendee
-	0,  // [0:46] is the sub-list for field type_name
+	35, // 10: ferry.v1.ListSourcesRequest.type:type_name -> ferry.v1.Platform
+	4,  // 11: ferry.v1.ListSourcesResponse.sources:type_name -> ferry.v1.Source
+	7,  // 12: ferry.v1.CreateCredentialRequest.credential:type_name -> ferry.v1.Credential
+	7,  // 13: ferry.v1.ListCredentialsResponse.credentials:type_name -> ferry.v1.Credential
+	1,  // 14: ferry.v1.ListSourceVMsRequest.state:type_name -> ferry.v1.SourceVmState
+	20, // 15: ferry.v1.ListSourceVMsResponse.vms:type_name -> ferry.v1.SourceVm
+	36, // 16: ferry.v1.ListSourceVMsResponse.sync_time:type_name -> google.protobuf.Timestamp
+	1,  // 17: ferry.v1.SourceVm.state:type_name -> ferry.v1.SourceVmState
+	37, // 18: ferry.v1.SourceVm.firmware:type_name -> ferry.v1.Firmware
+	38, // 19: ferry.v1.SourceVm.os_type:type_name -> ferry.v1.OsType
+	21, // 20: ferry.v1.SourceVm.disks:type_name -> ferry.v1.SourceDisk
+	22, // 21: ferry.v1.SourceVm.nics:type_name -> ferry.v1.SourceNic
+	2,  // 22: ferry.v1.SourceNetwork.type:type_name -> ferry.v1.SourceNetworkType
+	36, // 23: ferry.v1.SourceInventory.sync_time:type_name -> google.protobuf.Timestamp
+	23, // 24: ferry.v1.SourceInventory.product:type_name -> ferry.v1.SourceProduct
+	24, // 25: ferry.v1.SourceInventory.datacenters:type_name -> ferry.v1.SourceDatacenter
+	25, // 26: ferry.v1.SourceInventory.clusters:type_name -> ferry.v1.SourceCluster
+	26, // 27: ferry.v1.SourceInventory.hosts:type_name -> ferry.v1.SourceHost
+	20, // 28: ferry.v1.SourceInventory.vms:type_name -> ferry.v1.SourceVm
+	27, // 29: ferry.v1.SourceInventory.networks:type_name -> ferry.v1.SourceNetwork
+	28, // 30: ferry.v1.SourceInventory.datastores:type_name -> ferry.v1.SourceDatastore
+	3,  // 31: ferry.v1.SourceObject.kind:type_name -> ferry.v1.SourceObjectKind
+	24, // 32: ferry.v1.SourceObject.datacenter:type_name -> ferry.v1.SourceDatacenter
+	25, // 33: ferry.v1.SourceObject.cluster:type_name -> ferry.v1.SourceCluster
+	26, // 34: ferry.v1.SourceObject.host:type_name -> ferry.v1.SourceHost
+	27, // 35: ferry.v1.SourceObject.network:type_name -> ferry.v1.SourceNetwork
+	28, // 36: ferry.v1.SourceObject.datastore:type_name -> ferry.v1.SourceDatastore
+	4,  // 37: ferry.v1.SyncSourceResponse.source:type_name -> ferry.v1.Source
+	3,  // 38: ferry.v1.ListSourceInventoryRequest.kind:type_name -> ferry.v1.SourceObjectKind
+	30, // 39: ferry.v1.ListSourceInventoryResponse.objects:type_name -> ferry.v1.SourceObject
+	36, // 40: ferry.v1.ListSourceInventoryResponse.sync_time:type_name -> google.protobuf.Timestamp
+	23, // 41: ferry.v1.ListSourceInventoryResponse.product:type_name -> ferry.v1.SourceProduct
+	8,  // 42: ferry.v1.SourceService.CreateSource:input_type -> ferry.v1.CreateSourceRequest
+	9,  // 43: ferry.v1.SourceService.GetSource:input_type -> ferry.v1.GetSourceRequest
+	10, // 44: ferry.v1.SourceService.ListSources:input_type -> ferry.v1.ListSourcesRequest
+	12, // 45: ferry.v1.SourceService.DeleteSource:input_type -> ferry.v1.DeleteSourceRequest
+	13, // 46: ferry.v1.SourceService.CreateCredential:input_type -> ferry.v1.CreateCredentialRequest
+	14, // 47: ferry.v1.SourceService.GetCredential:input_type -> ferry.v1.GetCredentialRequest
+	15, // 48: ferry.v1.SourceService.ListCredentials:input_type -> ferry.v1.ListCredentialsRequest
+	17, // 49: ferry.v1.SourceService.DeleteCredential:input_type -> ferry.v1.DeleteCredentialRequest
+	18, // 50: ferry.v1.SourceService.ListSourceVMs:input_type -> ferry.v1.ListSourceVMsRequest
+	31, // 51: ferry.v1.SourceService.SyncSource:input_type -> ferry.v1.SyncSourceRequest
+	33, // 52: ferry.v1.SourceService.ListSourceInventory:input_type -> ferry.v1.ListSourceInventoryRequest
+	4,  // 53: ferry.v1.SourceService.CreateSource:output_type -> ferry.v1.Source
+	4,  // 54: ferry.v1.SourceService.GetSource:output_type -> ferry.v1.Source
+	11, // 55: ferry.v1.SourceService.ListSources:output_type -> ferry.v1.ListSourcesResponse
+	39, // 56: ferry.v1.SourceService.DeleteSource:output_type -> google.protobuf.Empty
+	7,  // 57: ferry.v1.SourceService.CreateCredential:output_type -> ferry.v1.Credential
+	7,  // 58: ferry.v1.SourceService.GetCredential:output_type -> ferry.v1.Credential
+	16, // 59: ferry.v1.SourceService.ListCredentials:output_type -> ferry.v1.ListCredentialsResponse
+	39, // 60: ferry.v1.SourceService.DeleteCredential:output_type -> google.protobuf.Empty
+	19, // 61: ferry.v1.SourceService.ListSourceVMs:output_type -> ferry.v1.ListSourceVMsResponse
+	32, // 62: ferry.v1.SourceService.SyncSource:output_type -> ferry.v1.SyncSourceResponse
+	34, // 63: ferry.v1.SourceService.ListSourceInventory:output_type -> ferry.v1.ListSourceInventoryResponse
+	53, // [53:64] is the sub-list for method output_type
+	42, // [42:53] is the sub-list for method input_type
+	42, // [42:42] is the sub-list for extension type_name
+	42, // [42:42] is the sub-list for extension extendee
+	0,  // [0:42] is the sub-list for field type_name
 }
 
 func init() { file_ferry_v1_source_proto_init() }
@@ -3443,8 +3173,8 @@ func file_ferry_v1_source_proto_init() {
 	}
 	file_ferry_v1_common_proto_init()
 	file_ferry_v1_migration_job_proto_init()
-	file_ferry_v1_source_proto_msgTypes[20].OneofWrappers = []any{}
-	file_ferry_v1_source_proto_msgTypes[32].OneofWrappers = []any{
+	file_ferry_v1_source_proto_msgTypes[14].OneofWrappers = []any{}
+	file_ferry_v1_source_proto_msgTypes[26].OneofWrappers = []any{
 		(*SourceObject_Datacenter)(nil),
 		(*SourceObject_Cluster)(nil),
 		(*SourceObject_Host)(nil),
@@ -3457,7 +3187,7 @@ func file_ferry_v1_source_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_ferry_v1_source_proto_rawDesc), len(file_ferry_v1_source_proto_rawDesc)),
 			NumEnums:      4,
-			NumMessages:   37,
+			NumMessages:   31,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -11,6 +11,7 @@ import (
 	grpc "google.golang.org/grpc"
 	codes "google.golang.org/grpc/codes"
 	status "google.golang.org/grpc/status"
+	emptypb "google.golang.org/protobuf/types/known/emptypb"
 )
 
 // This is a compile-time assertion to ensure that this generated file
@@ -38,15 +39,19 @@ const (
 //
 // SourceService manages connection profiles of source hypervisors and the
 // write-only credentials they use.
+// Standard methods answer the resource (Create AIP-133, Get AIP-131,
+// Update AIP-134), Delete answers google.protobuf.Empty (AIP-135) and
+// List pages with page_size, page_token, next_page_token (AIP-132/158).
+// SyncSource, ListSourceVMs and ListSourceInventory are custom (AIP-136).
 type SourceServiceClient interface {
-	CreateSource(ctx context.Context, in *CreateSourceRequest, opts ...grpc.CallOption) (*CreateSourceResponse, error)
-	GetSource(ctx context.Context, in *GetSourceRequest, opts ...grpc.CallOption) (*GetSourceResponse, error)
+	CreateSource(ctx context.Context, in *CreateSourceRequest, opts ...grpc.CallOption) (*Source, error)
+	GetSource(ctx context.Context, in *GetSourceRequest, opts ...grpc.CallOption) (*Source, error)
 	ListSources(ctx context.Context, in *ListSourcesRequest, opts ...grpc.CallOption) (*ListSourcesResponse, error)
-	DeleteSource(ctx context.Context, in *DeleteSourceRequest, opts ...grpc.CallOption) (*DeleteSourceResponse, error)
-	CreateCredential(ctx context.Context, in *CreateCredentialRequest, opts ...grpc.CallOption) (*CreateCredentialResponse, error)
-	GetCredential(ctx context.Context, in *GetCredentialRequest, opts ...grpc.CallOption) (*GetCredentialResponse, error)
+	DeleteSource(ctx context.Context, in *DeleteSourceRequest, opts ...grpc.CallOption) (*emptypb.Empty, error)
+	CreateCredential(ctx context.Context, in *CreateCredentialRequest, opts ...grpc.CallOption) (*Credential, error)
+	GetCredential(ctx context.Context, in *GetCredentialRequest, opts ...grpc.CallOption) (*Credential, error)
 	ListCredentials(ctx context.Context, in *ListCredentialsRequest, opts ...grpc.CallOption) (*ListCredentialsResponse, error)
-	DeleteCredential(ctx context.Context, in *DeleteCredentialRequest, opts ...grpc.CallOption) (*DeleteCredentialResponse, error)
+	DeleteCredential(ctx context.Context, in *DeleteCredentialRequest, opts ...grpc.CallOption) (*emptypb.Empty, error)
 	// ListSourceVMs lists the VMs of the source's synced inventory, from the
 	// ledger. With refresh, or when the source was never synced, the leader
 	// syncs it first through an agent.
@@ -68,9 +73,9 @@ func NewSourceServiceClient(cc grpc.ClientConnInterface) SourceServiceClient {
 	return &sourceServiceClient{cc}
 }
 
-func (c *sourceServiceClient) CreateSource(ctx context.Context, in *CreateSourceRequest, opts ...grpc.CallOption) (*CreateSourceResponse, error) {
+func (c *sourceServiceClient) CreateSource(ctx context.Context, in *CreateSourceRequest, opts ...grpc.CallOption) (*Source, error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
-	out := new(CreateSourceResponse)
+	out := new(Source)
 	err := c.cc.Invoke(ctx, SourceService_CreateSource_FullMethodName, in, out, cOpts...)
 	if err != nil {
 		return nil, err
@@ -78,9 +83,9 @@ func (c *sourceServiceClient) CreateSource(ctx context.Context, in *CreateSource
 	return out, nil
 }
 
-func (c *sourceServiceClient) GetSource(ctx context.Context, in *GetSourceRequest, opts ...grpc.CallOption) (*GetSourceResponse, error) {
+func (c *sourceServiceClient) GetSource(ctx context.Context, in *GetSourceRequest, opts ...grpc.CallOption) (*Source, error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
-	out := new(GetSourceResponse)
+	out := new(Source)
 	err := c.cc.Invoke(ctx, SourceService_GetSource_FullMethodName, in, out, cOpts...)
 	if err != nil {
 		return nil, err
@@ -98,9 +103,9 @@ func (c *sourceServiceClient) ListSources(ctx context.Context, in *ListSourcesRe
 	return out, nil
 }
 
-func (c *sourceServiceClient) DeleteSource(ctx context.Context, in *DeleteSourceRequest, opts ...grpc.CallOption) (*DeleteSourceResponse, error) {
+func (c *sourceServiceClient) DeleteSource(ctx context.Context, in *DeleteSourceRequest, opts ...grpc.CallOption) (*emptypb.Empty, error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
-	out := new(DeleteSourceResponse)
+	out := new(emptypb.Empty)
 	err := c.cc.Invoke(ctx, SourceService_DeleteSource_FullMethodName, in, out, cOpts...)
 	if err != nil {
 		return nil, err
@@ -108,9 +113,9 @@ func (c *sourceServiceClient) DeleteSource(ctx context.Context, in *DeleteSource
 	return out, nil
 }
 
-func (c *sourceServiceClient) CreateCredential(ctx context.Context, in *CreateCredentialRequest, opts ...grpc.CallOption) (*CreateCredentialResponse, error) {
+func (c *sourceServiceClient) CreateCredential(ctx context.Context, in *CreateCredentialRequest, opts ...grpc.CallOption) (*Credential, error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
-	out := new(CreateCredentialResponse)
+	out := new(Credential)
 	err := c.cc.Invoke(ctx, SourceService_CreateCredential_FullMethodName, in, out, cOpts...)
 	if err != nil {
 		return nil, err
@@ -118,9 +123,9 @@ func (c *sourceServiceClient) CreateCredential(ctx context.Context, in *CreateCr
 	return out, nil
 }
 
-func (c *sourceServiceClient) GetCredential(ctx context.Context, in *GetCredentialRequest, opts ...grpc.CallOption) (*GetCredentialResponse, error) {
+func (c *sourceServiceClient) GetCredential(ctx context.Context, in *GetCredentialRequest, opts ...grpc.CallOption) (*Credential, error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
-	out := new(GetCredentialResponse)
+	out := new(Credential)
 	err := c.cc.Invoke(ctx, SourceService_GetCredential_FullMethodName, in, out, cOpts...)
 	if err != nil {
 		return nil, err
@@ -138,9 +143,9 @@ func (c *sourceServiceClient) ListCredentials(ctx context.Context, in *ListCrede
 	return out, nil
 }
 
-func (c *sourceServiceClient) DeleteCredential(ctx context.Context, in *DeleteCredentialRequest, opts ...grpc.CallOption) (*DeleteCredentialResponse, error) {
+func (c *sourceServiceClient) DeleteCredential(ctx context.Context, in *DeleteCredentialRequest, opts ...grpc.CallOption) (*emptypb.Empty, error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
-	out := new(DeleteCredentialResponse)
+	out := new(emptypb.Empty)
 	err := c.cc.Invoke(ctx, SourceService_DeleteCredential_FullMethodName, in, out, cOpts...)
 	if err != nil {
 		return nil, err
@@ -184,15 +189,19 @@ func (c *sourceServiceClient) ListSourceInventory(ctx context.Context, in *ListS
 //
 // SourceService manages connection profiles of source hypervisors and the
 // write-only credentials they use.
+// Standard methods answer the resource (Create AIP-133, Get AIP-131,
+// Update AIP-134), Delete answers google.protobuf.Empty (AIP-135) and
+// List pages with page_size, page_token, next_page_token (AIP-132/158).
+// SyncSource, ListSourceVMs and ListSourceInventory are custom (AIP-136).
 type SourceServiceServer interface {
-	CreateSource(context.Context, *CreateSourceRequest) (*CreateSourceResponse, error)
-	GetSource(context.Context, *GetSourceRequest) (*GetSourceResponse, error)
+	CreateSource(context.Context, *CreateSourceRequest) (*Source, error)
+	GetSource(context.Context, *GetSourceRequest) (*Source, error)
 	ListSources(context.Context, *ListSourcesRequest) (*ListSourcesResponse, error)
-	DeleteSource(context.Context, *DeleteSourceRequest) (*DeleteSourceResponse, error)
-	CreateCredential(context.Context, *CreateCredentialRequest) (*CreateCredentialResponse, error)
-	GetCredential(context.Context, *GetCredentialRequest) (*GetCredentialResponse, error)
+	DeleteSource(context.Context, *DeleteSourceRequest) (*emptypb.Empty, error)
+	CreateCredential(context.Context, *CreateCredentialRequest) (*Credential, error)
+	GetCredential(context.Context, *GetCredentialRequest) (*Credential, error)
 	ListCredentials(context.Context, *ListCredentialsRequest) (*ListCredentialsResponse, error)
-	DeleteCredential(context.Context, *DeleteCredentialRequest) (*DeleteCredentialResponse, error)
+	DeleteCredential(context.Context, *DeleteCredentialRequest) (*emptypb.Empty, error)
 	// ListSourceVMs lists the VMs of the source's synced inventory, from the
 	// ledger. With refresh, or when the source was never synced, the leader
 	// syncs it first through an agent.
@@ -214,28 +223,28 @@ type SourceServiceServer interface {
 // pointer dereference when methods are called.
 type UnimplementedSourceServiceServer struct{}
 
-func (UnimplementedSourceServiceServer) CreateSource(context.Context, *CreateSourceRequest) (*CreateSourceResponse, error) {
+func (UnimplementedSourceServiceServer) CreateSource(context.Context, *CreateSourceRequest) (*Source, error) {
 	return nil, status.Error(codes.Unimplemented, "method CreateSource not implemented")
 }
-func (UnimplementedSourceServiceServer) GetSource(context.Context, *GetSourceRequest) (*GetSourceResponse, error) {
+func (UnimplementedSourceServiceServer) GetSource(context.Context, *GetSourceRequest) (*Source, error) {
 	return nil, status.Error(codes.Unimplemented, "method GetSource not implemented")
 }
 func (UnimplementedSourceServiceServer) ListSources(context.Context, *ListSourcesRequest) (*ListSourcesResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method ListSources not implemented")
 }
-func (UnimplementedSourceServiceServer) DeleteSource(context.Context, *DeleteSourceRequest) (*DeleteSourceResponse, error) {
+func (UnimplementedSourceServiceServer) DeleteSource(context.Context, *DeleteSourceRequest) (*emptypb.Empty, error) {
 	return nil, status.Error(codes.Unimplemented, "method DeleteSource not implemented")
 }
-func (UnimplementedSourceServiceServer) CreateCredential(context.Context, *CreateCredentialRequest) (*CreateCredentialResponse, error) {
+func (UnimplementedSourceServiceServer) CreateCredential(context.Context, *CreateCredentialRequest) (*Credential, error) {
 	return nil, status.Error(codes.Unimplemented, "method CreateCredential not implemented")
 }
-func (UnimplementedSourceServiceServer) GetCredential(context.Context, *GetCredentialRequest) (*GetCredentialResponse, error) {
+func (UnimplementedSourceServiceServer) GetCredential(context.Context, *GetCredentialRequest) (*Credential, error) {
 	return nil, status.Error(codes.Unimplemented, "method GetCredential not implemented")
 }
 func (UnimplementedSourceServiceServer) ListCredentials(context.Context, *ListCredentialsRequest) (*ListCredentialsResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method ListCredentials not implemented")
 }
-func (UnimplementedSourceServiceServer) DeleteCredential(context.Context, *DeleteCredentialRequest) (*DeleteCredentialResponse, error) {
+func (UnimplementedSourceServiceServer) DeleteCredential(context.Context, *DeleteCredentialRequest) (*emptypb.Empty, error) {
 	return nil, status.Error(codes.Unimplemented, "method DeleteCredential not implemented")
 }
 func (UnimplementedSourceServiceServer) ListSourceVMs(context.Context, *ListSourceVMsRequest) (*ListSourceVMsResponse, error) {

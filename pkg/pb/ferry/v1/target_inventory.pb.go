@@ -9,6 +9,7 @@ package ferryv1
 import (
 	protoreflect "google.golang.org/protobuf/reflect/protoreflect"
 	protoimpl "google.golang.org/protobuf/runtime/protoimpl"
+	emptypb "google.golang.org/protobuf/types/known/emptypb"
 	timestamppb "google.golang.org/protobuf/types/known/timestamppb"
 	reflect "reflect"
 	sync "sync"
@@ -990,50 +991,6 @@ func (x *CreateClusterRequest) GetRequestId() string {
 	return ""
 }
 
-type CreateClusterResponse struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Cluster       *Cluster               `protobuf:"bytes,1,opt,name=cluster,proto3" json:"cluster,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
-}
-
-func (x *CreateClusterResponse) Reset() {
-	*x = CreateClusterResponse{}
-	mi := &file_ferry_v1_target_inventory_proto_msgTypes[11]
-	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-	ms.StoreMessageInfo(mi)
-}
-
-func (x *CreateClusterResponse) String() string {
-	return protoimpl.X.MessageStringOf(x)
-}
-
-func (*CreateClusterResponse) ProtoMessage() {}
-
-func (x *CreateClusterResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_target_inventory_proto_msgTypes[11]
-	if x != nil {
-		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-		if ms.LoadMessageInfo() == nil {
-			ms.StoreMessageInfo(mi)
-		}
-		return ms
-	}
-	return mi.MessageOf(x)
-}
-
-// Deprecated: Use CreateClusterResponse.ProtoReflect.Descriptor instead.
-func (*CreateClusterResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_target_inventory_proto_rawDescGZIP(), []int{11}
-}
-
-func (x *CreateClusterResponse) GetCluster() *Cluster {
-	if x != nil {
-		return x.Cluster
-	}
-	return nil
-}
-
 type GetClusterRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
@@ -1043,7 +1000,7 @@ type GetClusterRequest struct {
 
 func (x *GetClusterRequest) Reset() {
 	*x = GetClusterRequest{}
-	mi := &file_ferry_v1_target_inventory_proto_msgTypes[12]
+	mi := &file_ferry_v1_target_inventory_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1055,7 +1012,7 @@ func (x *GetClusterRequest) String() string {
 func (*GetClusterRequest) ProtoMessage() {}
 
 func (x *GetClusterRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_target_inventory_proto_msgTypes[12]
+	mi := &file_ferry_v1_target_inventory_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1068,7 +1025,7 @@ func (x *GetClusterRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetClusterRequest.ProtoReflect.Descriptor instead.
 func (*GetClusterRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_target_inventory_proto_rawDescGZIP(), []int{12}
+	return file_ferry_v1_target_inventory_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *GetClusterRequest) GetName() string {
@@ -1076,50 +1033,6 @@ func (x *GetClusterRequest) GetName() string {
 		return x.Name
 	}
 	return ""
-}
-
-type GetClusterResponse struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Cluster       *Cluster               `protobuf:"bytes,1,opt,name=cluster,proto3" json:"cluster,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
-}
-
-func (x *GetClusterResponse) Reset() {
-	*x = GetClusterResponse{}
-	mi := &file_ferry_v1_target_inventory_proto_msgTypes[13]
-	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-	ms.StoreMessageInfo(mi)
-}
-
-func (x *GetClusterResponse) String() string {
-	return protoimpl.X.MessageStringOf(x)
-}
-
-func (*GetClusterResponse) ProtoMessage() {}
-
-func (x *GetClusterResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_target_inventory_proto_msgTypes[13]
-	if x != nil {
-		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-		if ms.LoadMessageInfo() == nil {
-			ms.StoreMessageInfo(mi)
-		}
-		return ms
-	}
-	return mi.MessageOf(x)
-}
-
-// Deprecated: Use GetClusterResponse.ProtoReflect.Descriptor instead.
-func (*GetClusterResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_target_inventory_proto_rawDescGZIP(), []int{13}
-}
-
-func (x *GetClusterResponse) GetCluster() *Cluster {
-	if x != nil {
-		return x.Cluster
-	}
-	return nil
 }
 
 type ListClustersRequest struct {
@@ -1132,7 +1045,7 @@ type ListClustersRequest struct {
 
 func (x *ListClustersRequest) Reset() {
 	*x = ListClustersRequest{}
-	mi := &file_ferry_v1_target_inventory_proto_msgTypes[14]
+	mi := &file_ferry_v1_target_inventory_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1144,7 +1057,7 @@ func (x *ListClustersRequest) String() string {
 func (*ListClustersRequest) ProtoMessage() {}
 
 func (x *ListClustersRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_target_inventory_proto_msgTypes[14]
+	mi := &file_ferry_v1_target_inventory_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1157,7 +1070,7 @@ func (x *ListClustersRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListClustersRequest.ProtoReflect.Descriptor instead.
 func (*ListClustersRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_target_inventory_proto_rawDescGZIP(), []int{14}
+	return file_ferry_v1_target_inventory_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *ListClustersRequest) GetPageSize() int32 {
@@ -1184,7 +1097,7 @@ type ListClustersResponse struct {
 
 func (x *ListClustersResponse) Reset() {
 	*x = ListClustersResponse{}
-	mi := &file_ferry_v1_target_inventory_proto_msgTypes[15]
+	mi := &file_ferry_v1_target_inventory_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1196,7 +1109,7 @@ func (x *ListClustersResponse) String() string {
 func (*ListClustersResponse) ProtoMessage() {}
 
 func (x *ListClustersResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_target_inventory_proto_msgTypes[15]
+	mi := &file_ferry_v1_target_inventory_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1209,7 +1122,7 @@ func (x *ListClustersResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListClustersResponse.ProtoReflect.Descriptor instead.
 func (*ListClustersResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_target_inventory_proto_rawDescGZIP(), []int{15}
+	return file_ferry_v1_target_inventory_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *ListClustersResponse) GetClusters() []*Cluster {
@@ -1235,7 +1148,7 @@ type DeleteClusterRequest struct {
 
 func (x *DeleteClusterRequest) Reset() {
 	*x = DeleteClusterRequest{}
-	mi := &file_ferry_v1_target_inventory_proto_msgTypes[16]
+	mi := &file_ferry_v1_target_inventory_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1247,7 +1160,7 @@ func (x *DeleteClusterRequest) String() string {
 func (*DeleteClusterRequest) ProtoMessage() {}
 
 func (x *DeleteClusterRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_target_inventory_proto_msgTypes[16]
+	mi := &file_ferry_v1_target_inventory_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1260,7 +1173,7 @@ func (x *DeleteClusterRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteClusterRequest.ProtoReflect.Descriptor instead.
 func (*DeleteClusterRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_target_inventory_proto_rawDescGZIP(), []int{16}
+	return file_ferry_v1_target_inventory_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *DeleteClusterRequest) GetName() string {
@@ -1268,42 +1181,6 @@ func (x *DeleteClusterRequest) GetName() string {
 		return x.Name
 	}
 	return ""
-}
-
-type DeleteClusterResponse struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
-}
-
-func (x *DeleteClusterResponse) Reset() {
-	*x = DeleteClusterResponse{}
-	mi := &file_ferry_v1_target_inventory_proto_msgTypes[17]
-	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-	ms.StoreMessageInfo(mi)
-}
-
-func (x *DeleteClusterResponse) String() string {
-	return protoimpl.X.MessageStringOf(x)
-}
-
-func (*DeleteClusterResponse) ProtoMessage() {}
-
-func (x *DeleteClusterResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_target_inventory_proto_msgTypes[17]
-	if x != nil {
-		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-		if ms.LoadMessageInfo() == nil {
-			ms.StoreMessageInfo(mi)
-		}
-		return ms
-	}
-	return mi.MessageOf(x)
-}
-
-// Deprecated: Use DeleteClusterResponse.ProtoReflect.Descriptor instead.
-func (*DeleteClusterResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_target_inventory_proto_rawDescGZIP(), []int{17}
 }
 
 type GetHostRequest struct {
@@ -1315,7 +1192,7 @@ type GetHostRequest struct {
 
 func (x *GetHostRequest) Reset() {
 	*x = GetHostRequest{}
-	mi := &file_ferry_v1_target_inventory_proto_msgTypes[18]
+	mi := &file_ferry_v1_target_inventory_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1327,7 +1204,7 @@ func (x *GetHostRequest) String() string {
 func (*GetHostRequest) ProtoMessage() {}
 
 func (x *GetHostRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_target_inventory_proto_msgTypes[18]
+	mi := &file_ferry_v1_target_inventory_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1340,7 +1217,7 @@ func (x *GetHostRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetHostRequest.ProtoReflect.Descriptor instead.
 func (*GetHostRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_target_inventory_proto_rawDescGZIP(), []int{18}
+	return file_ferry_v1_target_inventory_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *GetHostRequest) GetName() string {
@@ -1348,50 +1225,6 @@ func (x *GetHostRequest) GetName() string {
 		return x.Name
 	}
 	return ""
-}
-
-type GetHostResponse struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Host          *Host                  `protobuf:"bytes,1,opt,name=host,proto3" json:"host,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
-}
-
-func (x *GetHostResponse) Reset() {
-	*x = GetHostResponse{}
-	mi := &file_ferry_v1_target_inventory_proto_msgTypes[19]
-	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-	ms.StoreMessageInfo(mi)
-}
-
-func (x *GetHostResponse) String() string {
-	return protoimpl.X.MessageStringOf(x)
-}
-
-func (*GetHostResponse) ProtoMessage() {}
-
-func (x *GetHostResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_target_inventory_proto_msgTypes[19]
-	if x != nil {
-		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-		if ms.LoadMessageInfo() == nil {
-			ms.StoreMessageInfo(mi)
-		}
-		return ms
-	}
-	return mi.MessageOf(x)
-}
-
-// Deprecated: Use GetHostResponse.ProtoReflect.Descriptor instead.
-func (*GetHostResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_target_inventory_proto_rawDescGZIP(), []int{19}
-}
-
-func (x *GetHostResponse) GetHost() *Host {
-	if x != nil {
-		return x.Host
-	}
-	return nil
 }
 
 type ListHostsRequest struct {
@@ -1406,7 +1239,7 @@ type ListHostsRequest struct {
 
 func (x *ListHostsRequest) Reset() {
 	*x = ListHostsRequest{}
-	mi := &file_ferry_v1_target_inventory_proto_msgTypes[20]
+	mi := &file_ferry_v1_target_inventory_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1418,7 +1251,7 @@ func (x *ListHostsRequest) String() string {
 func (*ListHostsRequest) ProtoMessage() {}
 
 func (x *ListHostsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_target_inventory_proto_msgTypes[20]
+	mi := &file_ferry_v1_target_inventory_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1431,7 +1264,7 @@ func (x *ListHostsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListHostsRequest.ProtoReflect.Descriptor instead.
 func (*ListHostsRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_target_inventory_proto_rawDescGZIP(), []int{20}
+	return file_ferry_v1_target_inventory_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *ListHostsRequest) GetPageSize() int32 {
@@ -1465,7 +1298,7 @@ type ListHostsResponse struct {
 
 func (x *ListHostsResponse) Reset() {
 	*x = ListHostsResponse{}
-	mi := &file_ferry_v1_target_inventory_proto_msgTypes[21]
+	mi := &file_ferry_v1_target_inventory_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1477,7 +1310,7 @@ func (x *ListHostsResponse) String() string {
 func (*ListHostsResponse) ProtoMessage() {}
 
 func (x *ListHostsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_target_inventory_proto_msgTypes[21]
+	mi := &file_ferry_v1_target_inventory_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1490,7 +1323,7 @@ func (x *ListHostsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListHostsResponse.ProtoReflect.Descriptor instead.
 func (*ListHostsResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_target_inventory_proto_rawDescGZIP(), []int{21}
+	return file_ferry_v1_target_inventory_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *ListHostsResponse) GetHosts() []*Host {
@@ -1517,7 +1350,7 @@ type CreatePrimaryStorageRequest struct {
 
 func (x *CreatePrimaryStorageRequest) Reset() {
 	*x = CreatePrimaryStorageRequest{}
-	mi := &file_ferry_v1_target_inventory_proto_msgTypes[22]
+	mi := &file_ferry_v1_target_inventory_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1529,7 +1362,7 @@ func (x *CreatePrimaryStorageRequest) String() string {
 func (*CreatePrimaryStorageRequest) ProtoMessage() {}
 
 func (x *CreatePrimaryStorageRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_target_inventory_proto_msgTypes[22]
+	mi := &file_ferry_v1_target_inventory_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1542,7 +1375,7 @@ func (x *CreatePrimaryStorageRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreatePrimaryStorageRequest.ProtoReflect.Descriptor instead.
 func (*CreatePrimaryStorageRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_target_inventory_proto_rawDescGZIP(), []int{22}
+	return file_ferry_v1_target_inventory_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *CreatePrimaryStorageRequest) GetPrimaryStorage() *PrimaryStorage {
@@ -1559,50 +1392,6 @@ func (x *CreatePrimaryStorageRequest) GetRequestId() string {
 	return ""
 }
 
-type CreatePrimaryStorageResponse struct {
-	state          protoimpl.MessageState `protogen:"open.v1"`
-	PrimaryStorage *PrimaryStorage        `protobuf:"bytes,1,opt,name=primary_storage,json=primaryStorage,proto3" json:"primary_storage,omitempty"`
-	unknownFields  protoimpl.UnknownFields
-	sizeCache      protoimpl.SizeCache
-}
-
-func (x *CreatePrimaryStorageResponse) Reset() {
-	*x = CreatePrimaryStorageResponse{}
-	mi := &file_ferry_v1_target_inventory_proto_msgTypes[23]
-	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-	ms.StoreMessageInfo(mi)
-}
-
-func (x *CreatePrimaryStorageResponse) String() string {
-	return protoimpl.X.MessageStringOf(x)
-}
-
-func (*CreatePrimaryStorageResponse) ProtoMessage() {}
-
-func (x *CreatePrimaryStorageResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_target_inventory_proto_msgTypes[23]
-	if x != nil {
-		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-		if ms.LoadMessageInfo() == nil {
-			ms.StoreMessageInfo(mi)
-		}
-		return ms
-	}
-	return mi.MessageOf(x)
-}
-
-// Deprecated: Use CreatePrimaryStorageResponse.ProtoReflect.Descriptor instead.
-func (*CreatePrimaryStorageResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_target_inventory_proto_rawDescGZIP(), []int{23}
-}
-
-func (x *CreatePrimaryStorageResponse) GetPrimaryStorage() *PrimaryStorage {
-	if x != nil {
-		return x.PrimaryStorage
-	}
-	return nil
-}
-
 type GetPrimaryStorageRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
@@ -1612,7 +1401,7 @@ type GetPrimaryStorageRequest struct {
 
 func (x *GetPrimaryStorageRequest) Reset() {
 	*x = GetPrimaryStorageRequest{}
-	mi := &file_ferry_v1_target_inventory_proto_msgTypes[24]
+	mi := &file_ferry_v1_target_inventory_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1624,7 +1413,7 @@ func (x *GetPrimaryStorageRequest) String() string {
 func (*GetPrimaryStorageRequest) ProtoMessage() {}
 
 func (x *GetPrimaryStorageRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_target_inventory_proto_msgTypes[24]
+	mi := &file_ferry_v1_target_inventory_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1637,7 +1426,7 @@ func (x *GetPrimaryStorageRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetPrimaryStorageRequest.ProtoReflect.Descriptor instead.
 func (*GetPrimaryStorageRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_target_inventory_proto_rawDescGZIP(), []int{24}
+	return file_ferry_v1_target_inventory_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *GetPrimaryStorageRequest) GetName() string {
@@ -1645,50 +1434,6 @@ func (x *GetPrimaryStorageRequest) GetName() string {
 		return x.Name
 	}
 	return ""
-}
-
-type GetPrimaryStorageResponse struct {
-	state          protoimpl.MessageState `protogen:"open.v1"`
-	PrimaryStorage *PrimaryStorage        `protobuf:"bytes,1,opt,name=primary_storage,json=primaryStorage,proto3" json:"primary_storage,omitempty"`
-	unknownFields  protoimpl.UnknownFields
-	sizeCache      protoimpl.SizeCache
-}
-
-func (x *GetPrimaryStorageResponse) Reset() {
-	*x = GetPrimaryStorageResponse{}
-	mi := &file_ferry_v1_target_inventory_proto_msgTypes[25]
-	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-	ms.StoreMessageInfo(mi)
-}
-
-func (x *GetPrimaryStorageResponse) String() string {
-	return protoimpl.X.MessageStringOf(x)
-}
-
-func (*GetPrimaryStorageResponse) ProtoMessage() {}
-
-func (x *GetPrimaryStorageResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_target_inventory_proto_msgTypes[25]
-	if x != nil {
-		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-		if ms.LoadMessageInfo() == nil {
-			ms.StoreMessageInfo(mi)
-		}
-		return ms
-	}
-	return mi.MessageOf(x)
-}
-
-// Deprecated: Use GetPrimaryStorageResponse.ProtoReflect.Descriptor instead.
-func (*GetPrimaryStorageResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_target_inventory_proto_rawDescGZIP(), []int{25}
-}
-
-func (x *GetPrimaryStorageResponse) GetPrimaryStorage() *PrimaryStorage {
-	if x != nil {
-		return x.PrimaryStorage
-	}
-	return nil
 }
 
 type ListPrimaryStoragesRequest struct {
@@ -1702,7 +1447,7 @@ type ListPrimaryStoragesRequest struct {
 
 func (x *ListPrimaryStoragesRequest) Reset() {
 	*x = ListPrimaryStoragesRequest{}
-	mi := &file_ferry_v1_target_inventory_proto_msgTypes[26]
+	mi := &file_ferry_v1_target_inventory_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1714,7 +1459,7 @@ func (x *ListPrimaryStoragesRequest) String() string {
 func (*ListPrimaryStoragesRequest) ProtoMessage() {}
 
 func (x *ListPrimaryStoragesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_target_inventory_proto_msgTypes[26]
+	mi := &file_ferry_v1_target_inventory_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1727,7 +1472,7 @@ func (x *ListPrimaryStoragesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListPrimaryStoragesRequest.ProtoReflect.Descriptor instead.
 func (*ListPrimaryStoragesRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_target_inventory_proto_rawDescGZIP(), []int{26}
+	return file_ferry_v1_target_inventory_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *ListPrimaryStoragesRequest) GetPageSize() int32 {
@@ -1761,7 +1506,7 @@ type ListPrimaryStoragesResponse struct {
 
 func (x *ListPrimaryStoragesResponse) Reset() {
 	*x = ListPrimaryStoragesResponse{}
-	mi := &file_ferry_v1_target_inventory_proto_msgTypes[27]
+	mi := &file_ferry_v1_target_inventory_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1773,7 +1518,7 @@ func (x *ListPrimaryStoragesResponse) String() string {
 func (*ListPrimaryStoragesResponse) ProtoMessage() {}
 
 func (x *ListPrimaryStoragesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_target_inventory_proto_msgTypes[27]
+	mi := &file_ferry_v1_target_inventory_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1786,7 +1531,7 @@ func (x *ListPrimaryStoragesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListPrimaryStoragesResponse.ProtoReflect.Descriptor instead.
 func (*ListPrimaryStoragesResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_target_inventory_proto_rawDescGZIP(), []int{27}
+	return file_ferry_v1_target_inventory_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *ListPrimaryStoragesResponse) GetPrimaryStorages() []*PrimaryStorage {
@@ -1812,7 +1557,7 @@ type DeletePrimaryStorageRequest struct {
 
 func (x *DeletePrimaryStorageRequest) Reset() {
 	*x = DeletePrimaryStorageRequest{}
-	mi := &file_ferry_v1_target_inventory_proto_msgTypes[28]
+	mi := &file_ferry_v1_target_inventory_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1824,7 +1569,7 @@ func (x *DeletePrimaryStorageRequest) String() string {
 func (*DeletePrimaryStorageRequest) ProtoMessage() {}
 
 func (x *DeletePrimaryStorageRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_target_inventory_proto_msgTypes[28]
+	mi := &file_ferry_v1_target_inventory_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1837,7 +1582,7 @@ func (x *DeletePrimaryStorageRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeletePrimaryStorageRequest.ProtoReflect.Descriptor instead.
 func (*DeletePrimaryStorageRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_target_inventory_proto_rawDescGZIP(), []int{28}
+	return file_ferry_v1_target_inventory_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *DeletePrimaryStorageRequest) GetName() string {
@@ -1845,42 +1590,6 @@ func (x *DeletePrimaryStorageRequest) GetName() string {
 		return x.Name
 	}
 	return ""
-}
-
-type DeletePrimaryStorageResponse struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
-}
-
-func (x *DeletePrimaryStorageResponse) Reset() {
-	*x = DeletePrimaryStorageResponse{}
-	mi := &file_ferry_v1_target_inventory_proto_msgTypes[29]
-	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-	ms.StoreMessageInfo(mi)
-}
-
-func (x *DeletePrimaryStorageResponse) String() string {
-	return protoimpl.X.MessageStringOf(x)
-}
-
-func (*DeletePrimaryStorageResponse) ProtoMessage() {}
-
-func (x *DeletePrimaryStorageResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_target_inventory_proto_msgTypes[29]
-	if x != nil {
-		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-		if ms.LoadMessageInfo() == nil {
-			ms.StoreMessageInfo(mi)
-		}
-		return ms
-	}
-	return mi.MessageOf(x)
-}
-
-// Deprecated: Use DeletePrimaryStorageResponse.ProtoReflect.Descriptor instead.
-func (*DeletePrimaryStorageResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_target_inventory_proto_rawDescGZIP(), []int{29}
 }
 
 type CreateL3NetworkRequest struct {
@@ -1893,7 +1602,7 @@ type CreateL3NetworkRequest struct {
 
 func (x *CreateL3NetworkRequest) Reset() {
 	*x = CreateL3NetworkRequest{}
-	mi := &file_ferry_v1_target_inventory_proto_msgTypes[30]
+	mi := &file_ferry_v1_target_inventory_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1905,7 +1614,7 @@ func (x *CreateL3NetworkRequest) String() string {
 func (*CreateL3NetworkRequest) ProtoMessage() {}
 
 func (x *CreateL3NetworkRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_target_inventory_proto_msgTypes[30]
+	mi := &file_ferry_v1_target_inventory_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1918,7 +1627,7 @@ func (x *CreateL3NetworkRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateL3NetworkRequest.ProtoReflect.Descriptor instead.
 func (*CreateL3NetworkRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_target_inventory_proto_rawDescGZIP(), []int{30}
+	return file_ferry_v1_target_inventory_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *CreateL3NetworkRequest) GetL3Network() *L3Network {
@@ -1935,50 +1644,6 @@ func (x *CreateL3NetworkRequest) GetRequestId() string {
 	return ""
 }
 
-type CreateL3NetworkResponse struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	L3Network     *L3Network             `protobuf:"bytes,1,opt,name=l3_network,json=l3Network,proto3" json:"l3_network,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
-}
-
-func (x *CreateL3NetworkResponse) Reset() {
-	*x = CreateL3NetworkResponse{}
-	mi := &file_ferry_v1_target_inventory_proto_msgTypes[31]
-	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-	ms.StoreMessageInfo(mi)
-}
-
-func (x *CreateL3NetworkResponse) String() string {
-	return protoimpl.X.MessageStringOf(x)
-}
-
-func (*CreateL3NetworkResponse) ProtoMessage() {}
-
-func (x *CreateL3NetworkResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_target_inventory_proto_msgTypes[31]
-	if x != nil {
-		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-		if ms.LoadMessageInfo() == nil {
-			ms.StoreMessageInfo(mi)
-		}
-		return ms
-	}
-	return mi.MessageOf(x)
-}
-
-// Deprecated: Use CreateL3NetworkResponse.ProtoReflect.Descriptor instead.
-func (*CreateL3NetworkResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_target_inventory_proto_rawDescGZIP(), []int{31}
-}
-
-func (x *CreateL3NetworkResponse) GetL3Network() *L3Network {
-	if x != nil {
-		return x.L3Network
-	}
-	return nil
-}
-
 type GetL3NetworkRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
@@ -1988,7 +1653,7 @@ type GetL3NetworkRequest struct {
 
 func (x *GetL3NetworkRequest) Reset() {
 	*x = GetL3NetworkRequest{}
-	mi := &file_ferry_v1_target_inventory_proto_msgTypes[32]
+	mi := &file_ferry_v1_target_inventory_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2000,7 +1665,7 @@ func (x *GetL3NetworkRequest) String() string {
 func (*GetL3NetworkRequest) ProtoMessage() {}
 
 func (x *GetL3NetworkRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_target_inventory_proto_msgTypes[32]
+	mi := &file_ferry_v1_target_inventory_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2013,7 +1678,7 @@ func (x *GetL3NetworkRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetL3NetworkRequest.ProtoReflect.Descriptor instead.
 func (*GetL3NetworkRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_target_inventory_proto_rawDescGZIP(), []int{32}
+	return file_ferry_v1_target_inventory_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *GetL3NetworkRequest) GetName() string {
@@ -2021,50 +1686,6 @@ func (x *GetL3NetworkRequest) GetName() string {
 		return x.Name
 	}
 	return ""
-}
-
-type GetL3NetworkResponse struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	L3Network     *L3Network             `protobuf:"bytes,1,opt,name=l3_network,json=l3Network,proto3" json:"l3_network,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
-}
-
-func (x *GetL3NetworkResponse) Reset() {
-	*x = GetL3NetworkResponse{}
-	mi := &file_ferry_v1_target_inventory_proto_msgTypes[33]
-	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-	ms.StoreMessageInfo(mi)
-}
-
-func (x *GetL3NetworkResponse) String() string {
-	return protoimpl.X.MessageStringOf(x)
-}
-
-func (*GetL3NetworkResponse) ProtoMessage() {}
-
-func (x *GetL3NetworkResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_target_inventory_proto_msgTypes[33]
-	if x != nil {
-		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-		if ms.LoadMessageInfo() == nil {
-			ms.StoreMessageInfo(mi)
-		}
-		return ms
-	}
-	return mi.MessageOf(x)
-}
-
-// Deprecated: Use GetL3NetworkResponse.ProtoReflect.Descriptor instead.
-func (*GetL3NetworkResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_target_inventory_proto_rawDescGZIP(), []int{33}
-}
-
-func (x *GetL3NetworkResponse) GetL3Network() *L3Network {
-	if x != nil {
-		return x.L3Network
-	}
-	return nil
 }
 
 type ListL3NetworksRequest struct {
@@ -2078,7 +1699,7 @@ type ListL3NetworksRequest struct {
 
 func (x *ListL3NetworksRequest) Reset() {
 	*x = ListL3NetworksRequest{}
-	mi := &file_ferry_v1_target_inventory_proto_msgTypes[34]
+	mi := &file_ferry_v1_target_inventory_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2090,7 +1711,7 @@ func (x *ListL3NetworksRequest) String() string {
 func (*ListL3NetworksRequest) ProtoMessage() {}
 
 func (x *ListL3NetworksRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_target_inventory_proto_msgTypes[34]
+	mi := &file_ferry_v1_target_inventory_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2103,7 +1724,7 @@ func (x *ListL3NetworksRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListL3NetworksRequest.ProtoReflect.Descriptor instead.
 func (*ListL3NetworksRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_target_inventory_proto_rawDescGZIP(), []int{34}
+	return file_ferry_v1_target_inventory_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *ListL3NetworksRequest) GetPageSize() int32 {
@@ -2137,7 +1758,7 @@ type ListL3NetworksResponse struct {
 
 func (x *ListL3NetworksResponse) Reset() {
 	*x = ListL3NetworksResponse{}
-	mi := &file_ferry_v1_target_inventory_proto_msgTypes[35]
+	mi := &file_ferry_v1_target_inventory_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2149,7 +1770,7 @@ func (x *ListL3NetworksResponse) String() string {
 func (*ListL3NetworksResponse) ProtoMessage() {}
 
 func (x *ListL3NetworksResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_target_inventory_proto_msgTypes[35]
+	mi := &file_ferry_v1_target_inventory_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2162,7 +1783,7 @@ func (x *ListL3NetworksResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListL3NetworksResponse.ProtoReflect.Descriptor instead.
 func (*ListL3NetworksResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_target_inventory_proto_rawDescGZIP(), []int{35}
+	return file_ferry_v1_target_inventory_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *ListL3NetworksResponse) GetL3Networks() []*L3Network {
@@ -2188,7 +1809,7 @@ type DeleteL3NetworkRequest struct {
 
 func (x *DeleteL3NetworkRequest) Reset() {
 	*x = DeleteL3NetworkRequest{}
-	mi := &file_ferry_v1_target_inventory_proto_msgTypes[36]
+	mi := &file_ferry_v1_target_inventory_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2200,7 +1821,7 @@ func (x *DeleteL3NetworkRequest) String() string {
 func (*DeleteL3NetworkRequest) ProtoMessage() {}
 
 func (x *DeleteL3NetworkRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_target_inventory_proto_msgTypes[36]
+	mi := &file_ferry_v1_target_inventory_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2213,7 +1834,7 @@ func (x *DeleteL3NetworkRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteL3NetworkRequest.ProtoReflect.Descriptor instead.
 func (*DeleteL3NetworkRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_target_inventory_proto_rawDescGZIP(), []int{36}
+	return file_ferry_v1_target_inventory_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *DeleteL3NetworkRequest) GetName() string {
@@ -2221,42 +1842,6 @@ func (x *DeleteL3NetworkRequest) GetName() string {
 		return x.Name
 	}
 	return ""
-}
-
-type DeleteL3NetworkResponse struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
-}
-
-func (x *DeleteL3NetworkResponse) Reset() {
-	*x = DeleteL3NetworkResponse{}
-	mi := &file_ferry_v1_target_inventory_proto_msgTypes[37]
-	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-	ms.StoreMessageInfo(mi)
-}
-
-func (x *DeleteL3NetworkResponse) String() string {
-	return protoimpl.X.MessageStringOf(x)
-}
-
-func (*DeleteL3NetworkResponse) ProtoMessage() {}
-
-func (x *DeleteL3NetworkResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_target_inventory_proto_msgTypes[37]
-	if x != nil {
-		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-		if ms.LoadMessageInfo() == nil {
-			ms.StoreMessageInfo(mi)
-		}
-		return ms
-	}
-	return mi.MessageOf(x)
-}
-
-// Deprecated: Use DeleteL3NetworkResponse.ProtoReflect.Descriptor instead.
-func (*DeleteL3NetworkResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_target_inventory_proto_rawDescGZIP(), []int{37}
 }
 
 type ReleaseL3NetworkAddressRequest struct {
@@ -2271,7 +1856,7 @@ type ReleaseL3NetworkAddressRequest struct {
 
 func (x *ReleaseL3NetworkAddressRequest) Reset() {
 	*x = ReleaseL3NetworkAddressRequest{}
-	mi := &file_ferry_v1_target_inventory_proto_msgTypes[38]
+	mi := &file_ferry_v1_target_inventory_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2283,7 +1868,7 @@ func (x *ReleaseL3NetworkAddressRequest) String() string {
 func (*ReleaseL3NetworkAddressRequest) ProtoMessage() {}
 
 func (x *ReleaseL3NetworkAddressRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_target_inventory_proto_msgTypes[38]
+	mi := &file_ferry_v1_target_inventory_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2296,7 +1881,7 @@ func (x *ReleaseL3NetworkAddressRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReleaseL3NetworkAddressRequest.ProtoReflect.Descriptor instead.
 func (*ReleaseL3NetworkAddressRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_target_inventory_proto_rawDescGZIP(), []int{38}
+	return file_ferry_v1_target_inventory_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *ReleaseL3NetworkAddressRequest) GetName() string {
@@ -2322,7 +1907,7 @@ type ReleaseL3NetworkAddressResponse struct {
 
 func (x *ReleaseL3NetworkAddressResponse) Reset() {
 	*x = ReleaseL3NetworkAddressResponse{}
-	mi := &file_ferry_v1_target_inventory_proto_msgTypes[39]
+	mi := &file_ferry_v1_target_inventory_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2334,7 +1919,7 @@ func (x *ReleaseL3NetworkAddressResponse) String() string {
 func (*ReleaseL3NetworkAddressResponse) ProtoMessage() {}
 
 func (x *ReleaseL3NetworkAddressResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_target_inventory_proto_msgTypes[39]
+	mi := &file_ferry_v1_target_inventory_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2347,7 +1932,7 @@ func (x *ReleaseL3NetworkAddressResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReleaseL3NetworkAddressResponse.ProtoReflect.Descriptor instead.
 func (*ReleaseL3NetworkAddressResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_target_inventory_proto_rawDescGZIP(), []int{39}
+	return file_ferry_v1_target_inventory_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *ReleaseL3NetworkAddressResponse) GetL3Network() *L3Network {
@@ -2361,7 +1946,7 @@ var File_ferry_v1_target_inventory_proto protoreflect.FileDescriptor
 
 const file_ferry_v1_target_inventory_proto_rawDesc = "" +
 	"\n" +
-	"\x1fferry/v1/target_inventory.proto\x12\bferry.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\x91\x01\n" +
+	"\x1fferry/v1/target_inventory.proto\x12\bferry.v1\x1a\x1bgoogle/protobuf/empty.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x91\x01\n" +
 	"\aCluster\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12!\n" +
 	"\fdisplay_name\x18\x02 \x01(\tR\vdisplayName\x12\x12\n" +
@@ -2445,13 +2030,9 @@ const file_ferry_v1_target_inventory_proto_rawDesc = "" +
 	"\x14CreateClusterRequest\x12+\n" +
 	"\acluster\x18\x01 \x01(\v2\x11.ferry.v1.ClusterR\acluster\x12\x1d\n" +
 	"\n" +
-	"request_id\x18\x02 \x01(\tR\trequestId\"D\n" +
-	"\x15CreateClusterResponse\x12+\n" +
-	"\acluster\x18\x01 \x01(\v2\x11.ferry.v1.ClusterR\acluster\"'\n" +
+	"request_id\x18\x02 \x01(\tR\trequestId\"'\n" +
 	"\x11GetClusterRequest\x12\x12\n" +
-	"\x04name\x18\x01 \x01(\tR\x04name\"A\n" +
-	"\x12GetClusterResponse\x12+\n" +
-	"\acluster\x18\x01 \x01(\v2\x11.ferry.v1.ClusterR\acluster\"Q\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\"Q\n" +
 	"\x13ListClustersRequest\x12\x1b\n" +
 	"\tpage_size\x18\x01 \x01(\x05R\bpageSize\x12\x1d\n" +
 	"\n" +
@@ -2460,12 +2041,9 @@ const file_ferry_v1_target_inventory_proto_rawDesc = "" +
 	"\bclusters\x18\x01 \x03(\v2\x11.ferry.v1.ClusterR\bclusters\x12&\n" +
 	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"*\n" +
 	"\x14DeleteClusterRequest\x12\x12\n" +
-	"\x04name\x18\x01 \x01(\tR\x04name\"\x17\n" +
-	"\x15DeleteClusterResponse\"$\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\"$\n" +
 	"\x0eGetHostRequest\x12\x12\n" +
-	"\x04name\x18\x01 \x01(\tR\x04name\"5\n" +
-	"\x0fGetHostResponse\x12\"\n" +
-	"\x04host\x18\x01 \x01(\v2\x0e.ferry.v1.HostR\x04host\"h\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\"h\n" +
 	"\x10ListHostsRequest\x12\x1b\n" +
 	"\tpage_size\x18\x01 \x01(\x05R\bpageSize\x12\x1d\n" +
 	"\n" +
@@ -2477,13 +2055,9 @@ const file_ferry_v1_target_inventory_proto_rawDesc = "" +
 	"\x1bCreatePrimaryStorageRequest\x12A\n" +
 	"\x0fprimary_storage\x18\x01 \x01(\v2\x18.ferry.v1.PrimaryStorageR\x0eprimaryStorage\x12\x1d\n" +
 	"\n" +
-	"request_id\x18\x02 \x01(\tR\trequestId\"a\n" +
-	"\x1cCreatePrimaryStorageResponse\x12A\n" +
-	"\x0fprimary_storage\x18\x01 \x01(\v2\x18.ferry.v1.PrimaryStorageR\x0eprimaryStorage\".\n" +
+	"request_id\x18\x02 \x01(\tR\trequestId\".\n" +
 	"\x18GetPrimaryStorageRequest\x12\x12\n" +
-	"\x04name\x18\x01 \x01(\tR\x04name\"^\n" +
-	"\x19GetPrimaryStorageResponse\x12A\n" +
-	"\x0fprimary_storage\x18\x01 \x01(\v2\x18.ferry.v1.PrimaryStorageR\x0eprimaryStorage\"r\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\"r\n" +
 	"\x1aListPrimaryStoragesRequest\x12\x1b\n" +
 	"\tpage_size\x18\x01 \x01(\x05R\bpageSize\x12\x1d\n" +
 	"\n" +
@@ -2493,21 +2067,14 @@ const file_ferry_v1_target_inventory_proto_rawDesc = "" +
 	"\x10primary_storages\x18\x01 \x03(\v2\x18.ferry.v1.PrimaryStorageR\x0fprimaryStorages\x12&\n" +
 	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"1\n" +
 	"\x1bDeletePrimaryStorageRequest\x12\x12\n" +
-	"\x04name\x18\x01 \x01(\tR\x04name\"\x1e\n" +
-	"\x1cDeletePrimaryStorageResponse\"k\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\"k\n" +
 	"\x16CreateL3NetworkRequest\x122\n" +
 	"\n" +
 	"l3_network\x18\x01 \x01(\v2\x13.ferry.v1.L3NetworkR\tl3Network\x12\x1d\n" +
 	"\n" +
-	"request_id\x18\x02 \x01(\tR\trequestId\"M\n" +
-	"\x17CreateL3NetworkResponse\x122\n" +
-	"\n" +
-	"l3_network\x18\x01 \x01(\v2\x13.ferry.v1.L3NetworkR\tl3Network\")\n" +
+	"request_id\x18\x02 \x01(\tR\trequestId\")\n" +
 	"\x13GetL3NetworkRequest\x12\x12\n" +
-	"\x04name\x18\x01 \x01(\tR\x04name\"J\n" +
-	"\x14GetL3NetworkResponse\x122\n" +
-	"\n" +
-	"l3_network\x18\x01 \x01(\v2\x13.ferry.v1.L3NetworkR\tl3Network\"m\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\"m\n" +
 	"\x15ListL3NetworksRequest\x12\x1b\n" +
 	"\tpage_size\x18\x01 \x01(\x05R\bpageSize\x12\x1d\n" +
 	"\n" +
@@ -2518,8 +2085,7 @@ const file_ferry_v1_target_inventory_proto_rawDesc = "" +
 	"l3Networks\x12&\n" +
 	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\",\n" +
 	"\x16DeleteL3NetworkRequest\x12\x12\n" +
-	"\x04name\x18\x01 \x01(\tR\x04name\"\x19\n" +
-	"\x17DeleteL3NetworkResponse\"D\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\"D\n" +
 	"\x1eReleaseL3NetworkAddressRequest\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x0e\n" +
 	"\x02ip\x18\x02 \x01(\tR\x02ip\"U\n" +
@@ -2531,24 +2097,23 @@ const file_ferry_v1_target_inventory_proto_rawDesc = "" +
 	"\x1aPRIMARY_STORAGE_TYPE_LOCAL\x10\x01\x12\x1c\n" +
 	"\x18PRIMARY_STORAGE_TYPE_NFS\x10\x02\x12\x1d\n" +
 	"\x19PRIMARY_STORAGE_TYPE_CEPH\x10\x03\x12$\n" +
-	" PRIMARY_STORAGE_TYPE_SHAREDBLOCK\x10\x042\xae\n" +
+	" PRIMARY_STORAGE_TYPE_SHAREDBLOCK\x10\x042\xb4\t\n" +
+	"\x16TargetInventoryService\x12B\n" +
+	"\rCreateCluster\x12\x1e.ferry.v1.CreateClusterRequest\x1a\x11.ferry.v1.Cluster\x12<\n" +
 	"\n" +
-	"\x16TargetInventoryService\x12P\n" +
-	"\rCreateCluster\x12\x1e.ferry.v1.CreateClusterRequest\x1a\x1f.ferry.v1.CreateClusterResponse\x12G\n" +
-	"\n" +
-	"GetCluster\x12\x1b.ferry.v1.GetClusterRequest\x1a\x1c.ferry.v1.GetClusterResponse\x12M\n" +
-	"\fListClusters\x12\x1d.ferry.v1.ListClustersRequest\x1a\x1e.ferry.v1.ListClustersResponse\x12P\n" +
-	"\rDeleteCluster\x12\x1e.ferry.v1.DeleteClusterRequest\x1a\x1f.ferry.v1.DeleteClusterResponse\x12>\n" +
-	"\aGetHost\x12\x18.ferry.v1.GetHostRequest\x1a\x19.ferry.v1.GetHostResponse\x12D\n" +
-	"\tListHosts\x12\x1a.ferry.v1.ListHostsRequest\x1a\x1b.ferry.v1.ListHostsResponse\x12e\n" +
-	"\x14CreatePrimaryStorage\x12%.ferry.v1.CreatePrimaryStorageRequest\x1a&.ferry.v1.CreatePrimaryStorageResponse\x12\\\n" +
-	"\x11GetPrimaryStorage\x12\".ferry.v1.GetPrimaryStorageRequest\x1a#.ferry.v1.GetPrimaryStorageResponse\x12b\n" +
-	"\x13ListPrimaryStorages\x12$.ferry.v1.ListPrimaryStoragesRequest\x1a%.ferry.v1.ListPrimaryStoragesResponse\x12e\n" +
-	"\x14DeletePrimaryStorage\x12%.ferry.v1.DeletePrimaryStorageRequest\x1a&.ferry.v1.DeletePrimaryStorageResponse\x12V\n" +
-	"\x0fCreateL3Network\x12 .ferry.v1.CreateL3NetworkRequest\x1a!.ferry.v1.CreateL3NetworkResponse\x12M\n" +
-	"\fGetL3Network\x12\x1d.ferry.v1.GetL3NetworkRequest\x1a\x1e.ferry.v1.GetL3NetworkResponse\x12S\n" +
-	"\x0eListL3Networks\x12\x1f.ferry.v1.ListL3NetworksRequest\x1a .ferry.v1.ListL3NetworksResponse\x12V\n" +
-	"\x0fDeleteL3Network\x12 .ferry.v1.DeleteL3NetworkRequest\x1a!.ferry.v1.DeleteL3NetworkResponse\x12n\n" +
+	"GetCluster\x12\x1b.ferry.v1.GetClusterRequest\x1a\x11.ferry.v1.Cluster\x12M\n" +
+	"\fListClusters\x12\x1d.ferry.v1.ListClustersRequest\x1a\x1e.ferry.v1.ListClustersResponse\x12G\n" +
+	"\rDeleteCluster\x12\x1e.ferry.v1.DeleteClusterRequest\x1a\x16.google.protobuf.Empty\x123\n" +
+	"\aGetHost\x12\x18.ferry.v1.GetHostRequest\x1a\x0e.ferry.v1.Host\x12D\n" +
+	"\tListHosts\x12\x1a.ferry.v1.ListHostsRequest\x1a\x1b.ferry.v1.ListHostsResponse\x12W\n" +
+	"\x14CreatePrimaryStorage\x12%.ferry.v1.CreatePrimaryStorageRequest\x1a\x18.ferry.v1.PrimaryStorage\x12Q\n" +
+	"\x11GetPrimaryStorage\x12\".ferry.v1.GetPrimaryStorageRequest\x1a\x18.ferry.v1.PrimaryStorage\x12b\n" +
+	"\x13ListPrimaryStorages\x12$.ferry.v1.ListPrimaryStoragesRequest\x1a%.ferry.v1.ListPrimaryStoragesResponse\x12U\n" +
+	"\x14DeletePrimaryStorage\x12%.ferry.v1.DeletePrimaryStorageRequest\x1a\x16.google.protobuf.Empty\x12H\n" +
+	"\x0fCreateL3Network\x12 .ferry.v1.CreateL3NetworkRequest\x1a\x13.ferry.v1.L3Network\x12B\n" +
+	"\fGetL3Network\x12\x1d.ferry.v1.GetL3NetworkRequest\x1a\x13.ferry.v1.L3Network\x12S\n" +
+	"\x0eListL3Networks\x12\x1f.ferry.v1.ListL3NetworksRequest\x1a .ferry.v1.ListL3NetworksResponse\x12K\n" +
+	"\x0fDeleteL3Network\x12 .ferry.v1.DeleteL3NetworkRequest\x1a\x16.google.protobuf.Empty\x12n\n" +
 	"\x17ReleaseL3NetworkAddress\x12(.ferry.v1.ReleaseL3NetworkAddressRequest\x1a).ferry.v1.ReleaseL3NetworkAddressResponseB\x99\x01\n" +
 	"\fcom.ferry.v1B\x14TargetInventoryProtoP\x01Z2github.com/ferry-v2v/ferry/pkg/pb/ferry/v1;ferryv1\xa2\x02\x03FXX\xaa\x02\bFerry.V1\xca\x02\bFerry\\V1\xe2\x02\x14Ferry\\V1\\GPBMetadata\xea\x02\tFerry::V1b\x06proto3"
 
@@ -2565,7 +2130,7 @@ func file_ferry_v1_target_inventory_proto_rawDescGZIP() []byte {
 }
 
 var file_ferry_v1_target_inventory_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_ferry_v1_target_inventory_proto_msgTypes = make([]protoimpl.MessageInfo, 40)
+var file_ferry_v1_target_inventory_proto_msgTypes = make([]protoimpl.MessageInfo, 30)
 var file_ferry_v1_target_inventory_proto_goTypes = []any{
 	(PrimaryStorageType)(0),                 // 0: ferry.v1.PrimaryStorageType
 	(*Cluster)(nil),                         // 1: ferry.v1.Cluster
@@ -2579,101 +2144,85 @@ var file_ferry_v1_target_inventory_proto_goTypes = []any{
 	(*L3Network)(nil),                       // 9: ferry.v1.L3Network
 	(*AddressReservation)(nil),              // 10: ferry.v1.AddressReservation
 	(*CreateClusterRequest)(nil),            // 11: ferry.v1.CreateClusterRequest
-	(*CreateClusterResponse)(nil),           // 12: ferry.v1.CreateClusterResponse
-	(*GetClusterRequest)(nil),               // 13: ferry.v1.GetClusterRequest
-	(*GetClusterResponse)(nil),              // 14: ferry.v1.GetClusterResponse
-	(*ListClustersRequest)(nil),             // 15: ferry.v1.ListClustersRequest
-	(*ListClustersResponse)(nil),            // 16: ferry.v1.ListClustersResponse
-	(*DeleteClusterRequest)(nil),            // 17: ferry.v1.DeleteClusterRequest
-	(*DeleteClusterResponse)(nil),           // 18: ferry.v1.DeleteClusterResponse
-	(*GetHostRequest)(nil),                  // 19: ferry.v1.GetHostRequest
-	(*GetHostResponse)(nil),                 // 20: ferry.v1.GetHostResponse
-	(*ListHostsRequest)(nil),                // 21: ferry.v1.ListHostsRequest
-	(*ListHostsResponse)(nil),               // 22: ferry.v1.ListHostsResponse
-	(*CreatePrimaryStorageRequest)(nil),     // 23: ferry.v1.CreatePrimaryStorageRequest
-	(*CreatePrimaryStorageResponse)(nil),    // 24: ferry.v1.CreatePrimaryStorageResponse
-	(*GetPrimaryStorageRequest)(nil),        // 25: ferry.v1.GetPrimaryStorageRequest
-	(*GetPrimaryStorageResponse)(nil),       // 26: ferry.v1.GetPrimaryStorageResponse
-	(*ListPrimaryStoragesRequest)(nil),      // 27: ferry.v1.ListPrimaryStoragesRequest
-	(*ListPrimaryStoragesResponse)(nil),     // 28: ferry.v1.ListPrimaryStoragesResponse
-	(*DeletePrimaryStorageRequest)(nil),     // 29: ferry.v1.DeletePrimaryStorageRequest
-	(*DeletePrimaryStorageResponse)(nil),    // 30: ferry.v1.DeletePrimaryStorageResponse
-	(*CreateL3NetworkRequest)(nil),          // 31: ferry.v1.CreateL3NetworkRequest
-	(*CreateL3NetworkResponse)(nil),         // 32: ferry.v1.CreateL3NetworkResponse
-	(*GetL3NetworkRequest)(nil),             // 33: ferry.v1.GetL3NetworkRequest
-	(*GetL3NetworkResponse)(nil),            // 34: ferry.v1.GetL3NetworkResponse
-	(*ListL3NetworksRequest)(nil),           // 35: ferry.v1.ListL3NetworksRequest
-	(*ListL3NetworksResponse)(nil),          // 36: ferry.v1.ListL3NetworksResponse
-	(*DeleteL3NetworkRequest)(nil),          // 37: ferry.v1.DeleteL3NetworkRequest
-	(*DeleteL3NetworkResponse)(nil),         // 38: ferry.v1.DeleteL3NetworkResponse
-	(*ReleaseL3NetworkAddressRequest)(nil),  // 39: ferry.v1.ReleaseL3NetworkAddressRequest
-	(*ReleaseL3NetworkAddressResponse)(nil), // 40: ferry.v1.ReleaseL3NetworkAddressResponse
-	(*timestamppb.Timestamp)(nil),           // 41: google.protobuf.Timestamp
+	(*GetClusterRequest)(nil),               // 12: ferry.v1.GetClusterRequest
+	(*ListClustersRequest)(nil),             // 13: ferry.v1.ListClustersRequest
+	(*ListClustersResponse)(nil),            // 14: ferry.v1.ListClustersResponse
+	(*DeleteClusterRequest)(nil),            // 15: ferry.v1.DeleteClusterRequest
+	(*GetHostRequest)(nil),                  // 16: ferry.v1.GetHostRequest
+	(*ListHostsRequest)(nil),                // 17: ferry.v1.ListHostsRequest
+	(*ListHostsResponse)(nil),               // 18: ferry.v1.ListHostsResponse
+	(*CreatePrimaryStorageRequest)(nil),     // 19: ferry.v1.CreatePrimaryStorageRequest
+	(*GetPrimaryStorageRequest)(nil),        // 20: ferry.v1.GetPrimaryStorageRequest
+	(*ListPrimaryStoragesRequest)(nil),      // 21: ferry.v1.ListPrimaryStoragesRequest
+	(*ListPrimaryStoragesResponse)(nil),     // 22: ferry.v1.ListPrimaryStoragesResponse
+	(*DeletePrimaryStorageRequest)(nil),     // 23: ferry.v1.DeletePrimaryStorageRequest
+	(*CreateL3NetworkRequest)(nil),          // 24: ferry.v1.CreateL3NetworkRequest
+	(*GetL3NetworkRequest)(nil),             // 25: ferry.v1.GetL3NetworkRequest
+	(*ListL3NetworksRequest)(nil),           // 26: ferry.v1.ListL3NetworksRequest
+	(*ListL3NetworksResponse)(nil),          // 27: ferry.v1.ListL3NetworksResponse
+	(*DeleteL3NetworkRequest)(nil),          // 28: ferry.v1.DeleteL3NetworkRequest
+	(*ReleaseL3NetworkAddressRequest)(nil),  // 29: ferry.v1.ReleaseL3NetworkAddressRequest
+	(*ReleaseL3NetworkAddressResponse)(nil), // 30: ferry.v1.ReleaseL3NetworkAddressResponse
+	(*timestamppb.Timestamp)(nil),           // 31: google.protobuf.Timestamp
+	(*emptypb.Empty)(nil),                   // 32: google.protobuf.Empty
 }
 var file_ferry_v1_target_inventory_proto_depIdxs = []int32{
-	41, // 0: ferry.v1.Cluster.create_time:type_name -> google.protobuf.Timestamp
+	31, // 0: ferry.v1.Cluster.create_time:type_name -> google.protobuf.Timestamp
 	3,  // 1: ferry.v1.Host.facts:type_name -> ferry.v1.HostFacts
-	41, // 2: ferry.v1.Host.last_seen_time:type_name -> google.protobuf.Timestamp
-	41, // 3: ferry.v1.Host.create_time:type_name -> google.protobuf.Timestamp
+	31, // 2: ferry.v1.Host.last_seen_time:type_name -> google.protobuf.Timestamp
+	31, // 3: ferry.v1.Host.create_time:type_name -> google.protobuf.Timestamp
 	7,  // 4: ferry.v1.HostFacts.interfaces:type_name -> ferry.v1.NetworkInterface
 	6,  // 5: ferry.v1.HostFacts.storages:type_name -> ferry.v1.StorageSpace
 	4,  // 6: ferry.v1.HostFacts.libvirt_networks:type_name -> ferry.v1.LibvirtNetwork
 	5,  // 7: ferry.v1.LibvirtNetwork.dhcp_hosts:type_name -> ferry.v1.DhcpHost
 	0,  // 8: ferry.v1.PrimaryStorage.type:type_name -> ferry.v1.PrimaryStorageType
-	41, // 9: ferry.v1.PrimaryStorage.create_time:type_name -> google.protobuf.Timestamp
-	41, // 10: ferry.v1.L3Network.create_time:type_name -> google.protobuf.Timestamp
+	31, // 9: ferry.v1.PrimaryStorage.create_time:type_name -> google.protobuf.Timestamp
+	31, // 10: ferry.v1.L3Network.create_time:type_name -> google.protobuf.Timestamp
 	10, // 11: ferry.v1.L3Network.reservations:type_name -> ferry.v1.AddressReservation
-	41, // 12: ferry.v1.AddressReservation.create_time:type_name -> google.protobuf.Timestamp
+	31, // 12: ferry.v1.AddressReservation.create_time:type_name -> google.protobuf.Timestamp
 	1,  // 13: ferry.v1.CreateClusterRequest.cluster:type_name -> ferry.v1.Cluster
-	1,  // 14: ferry.v1.CreateClusterResponse.cluster:type_name -> ferry.v1.Cluster
-	1,  // 15: ferry.v1.GetClusterResponse.cluster:type_name -> ferry.v1.Cluster
-	1,  // 16: ferry.v1.ListClustersResponse.clusters:type_name -> ferry.v1.Cluster
-	2,  // 17: ferry.v1.GetHostResponse.host:type_name -> ferry.v1.Host
-	2,  // 18: ferry.v1.ListHostsResponse.hosts:type_name -> ferry.v1.Host
-	8,  // 19: ferry.v1.CreatePrimaryStorageRequest.primary_storage:type_name -> ferry.v1.PrimaryStorage
-	8,  // 20: ferry.v1.CreatePrimaryStorageResponse.primary_storage:type_name -> ferry.v1.PrimaryStorage
-	8,  // 21: ferry.v1.GetPrimaryStorageResponse.primary_storage:type_name -> ferry.v1.PrimaryStorage
-	8,  // 22: ferry.v1.ListPrimaryStoragesResponse.primary_storages:type_name -> ferry.v1.PrimaryStorage
-	9,  // 23: ferry.v1.CreateL3NetworkRequest.l3_network:type_name -> ferry.v1.L3Network
-	9,  // 24: ferry.v1.CreateL3NetworkResponse.l3_network:type_name -> ferry.v1.L3Network
-	9,  // 25: ferry.v1.GetL3NetworkResponse.l3_network:type_name -> ferry.v1.L3Network
-	9,  // 26: ferry.v1.ListL3NetworksResponse.l3_networks:type_name -> ferry.v1.L3Network
-	9,  // 27: ferry.v1.ReleaseL3NetworkAddressResponse.l3_network:type_name -> ferry.v1.L3Network
-	11, // 28: ferry.v1.TargetInventoryService.CreateCluster:input_type -> ferry.v1.CreateClusterRequest
-	13, // 29: ferry.v1.TargetInventoryService.GetCluster:input_type -> ferry.v1.GetClusterRequest
-	15, // 30: ferry.v1.TargetInventoryService.ListClusters:input_type -> ferry.v1.ListClustersRequest
-	17, // 31: ferry.v1.TargetInventoryService.DeleteCluster:input_type -> ferry.v1.DeleteClusterRequest
-	19, // 32: ferry.v1.TargetInventoryService.GetHost:input_type -> ferry.v1.GetHostRequest
-	21, // 33: ferry.v1.TargetInventoryService.ListHosts:input_type -> ferry.v1.ListHostsRequest
-	23, // 34: ferry.v1.TargetInventoryService.CreatePrimaryStorage:input_type -> ferry.v1.CreatePrimaryStorageRequest
-	25, // 35: ferry.v1.TargetInventoryService.GetPrimaryStorage:input_type -> ferry.v1.GetPrimaryStorageRequest
-	27, // 36: ferry.v1.TargetInventoryService.ListPrimaryStorages:input_type -> ferry.v1.ListPrimaryStoragesRequest
-	29, // 37: ferry.v1.TargetInventoryService.DeletePrimaryStorage:input_type -> ferry.v1.DeletePrimaryStorageRequest
-	31, // 38: ferry.v1.TargetInventoryService.CreateL3Network:input_type -> ferry.v1.CreateL3NetworkRequest
-	33, // 39: ferry.v1.TargetInventoryService.GetL3Network:input_type -> ferry.v1.GetL3NetworkRequest
-	35, // 40: ferry.v1.TargetInventoryService.ListL3Networks:input_type -> ferry.v1.ListL3NetworksRequest
-	37, // 41: ferry.v1.TargetInventoryService.DeleteL3Network:input_type -> ferry.v1.DeleteL3NetworkRequest
-	39, // 42: ferry.v1.TargetInventoryService.ReleaseL3NetworkAddress:input_type -> ferry.v1.ReleaseL3NetworkAddressRequest
-	12, // 43: ferry.v1.TargetInventoryService.CreateCluster:output_type -> ferry.v1.CreateClusterResponse
-	14, // 44: ferry.v1.TargetInventoryService.GetCluster:output_type -> ferry.v1.GetClusterResponse
-	16, // 45: ferry.v1.TargetInventoryService.ListClusters:output_type -> ferry.v1.ListClustersResponse
-	18, // 46: ferry.v1.TargetInventoryService.DeleteCluster:output_type -> ferry.v1.DeleteClusterResponse
-	20, // 47: ferry.v1.TargetInventoryService.GetHost:output_type -> ferry.v1.GetHostResponse
-	22, // 48: ferry.v1.TargetInventoryService.ListHosts:output_type -> ferry.v1.ListHostsResponse
-	24, // 49: ferry.v1.TargetInventoryService.CreatePrimaryStorage:output_type -> ferry.v1.CreatePrimaryStorageResponse
-	26, // 50: ferry.v1.TargetInventoryService.GetPrimaryStorage:output_type -> ferry.v1.GetPrimaryStorageResponse
-	28, // 51: ferry.v1.TargetInventoryService.ListPrimaryStorages:output_type -> ferry.v1.ListPrimaryStoragesResponse
-	30, // 52: ferry.v1.TargetInventoryService.DeletePrimaryStorage:output_type -> ferry.v1.DeletePrimaryStorageResponse
-	32, // 53: ferry.v1.TargetInventoryService.CreateL3Network:output_type -> ferry.v1.CreateL3NetworkResponse
-	34, // 54: ferry.v1.TargetInventoryService.GetL3Network:output_type -> ferry.v1.GetL3NetworkResponse
-	36, // 55: ferry.v1.TargetInventoryService.ListL3Networks:output_type -> ferry.v1.ListL3NetworksResponse
-	38, // 56: ferry.v1.TargetInventoryService.DeleteL3Network:output_type -> ferry.v1.DeleteL3NetworkResponse
-	40, // 57: ferry.v1.TargetInventoryService.ReleaseL3NetworkAddress:output_type -> ferry.v1.ReleaseL3NetworkAddressResponse
-	43, // [43:58] is the sub-list for method output_type
-	28, // [28:43] is the sub-list for method input_type
-	28, // [28:28] is the sub-list for extension type_name
-	28, // [28:28] is the sub-list for extension extendee
-	0,  // [0:28] is the sub-list for field type_name
+	1,  // 14: ferry.v1.ListClustersResponse.clusters:type_name -> ferry.v1.Cluster
+	2,  // 15: ferry.v1.ListHostsResponse.hosts:type_name -> ferry.v1.Host
+	8,  // 16: ferry.v1.CreatePrimaryStorageRequest.primary_storage:type_name -> ferry.v1.PrimaryStorage
+	8,  // 17: ferry.v1.ListPrimaryStoragesResponse.primary_storages:type_name -> ferry.v1.PrimaryStorage
+	9,  // 18: ferry.v1.CreateL3NetworkRequest.l3_network:type_name -> ferry.v1.L3Network
+	9,  // 19: ferry.v1.ListL3NetworksResponse.l3_networks:type_name -> ferry.v1.L3Network
+	9,  // 20: ferry.v1.ReleaseL3NetworkAddressResponse.l3_network:type_name -> ferry.v1.L3Network
+	11, // 21: ferry.v1.TargetInventoryService.CreateCluster:input_type -> ferry.v1.CreateClusterRequest
+	12, // 22: ferry.v1.TargetInventoryService.GetCluster:input_type -> ferry.v1.GetClusterRequest
+	13, // 23: ferry.v1.TargetInventoryService.ListClusters:input_type -> ferry.v1.ListClustersRequest
+	15, // 24: ferry.v1.TargetInventoryService.DeleteCluster:input_type -> ferry.v1.DeleteClusterRequest
+	16, // 25: ferry.v1.TargetInventoryService.GetHost:input_type -> ferry.v1.GetHostRequest
+	17, // 26: ferry.v1.TargetInventoryService.ListHosts:input_type -> ferry.v1.ListHostsRequest
+	19, // 27: ferry.v1.TargetInventoryService.CreatePrimaryStorage:input_type -> ferry.v1.CreatePrimaryStorageRequest
+	20, // 28: ferry.v1.TargetInventoryService.GetPrimaryStorage:input_type -> ferry.v1.GetPrimaryStorageRequest
+	21, // 29: ferry.v1.TargetInventoryService.ListPrimaryStorages:input_type -> ferry.v1.ListPrimaryStoragesRequest
+	23, // 30: ferry.v1.TargetInventoryService.DeletePrimaryStorage:input_type -> ferry.v1.DeletePrimaryStorageRequest
+	24, // 31: ferry.v1.TargetInventoryService.CreateL3Network:input_type -> ferry.v1.CreateL3NetworkRequest
+	25, // 32: ferry.v1.TargetInventoryService.GetL3Network:input_type -> ferry.v1.GetL3NetworkRequest
+	26, // 33: ferry.v1.TargetInventoryService.ListL3Networks:input_type -> ferry.v1.ListL3NetworksRequest
+	28, // 34: ferry.v1.TargetInventoryService.DeleteL3Network:input_type -> ferry.v1.DeleteL3NetworkRequest
+	29, // 35: ferry.v1.TargetInventoryService.ReleaseL3NetworkAddress:input_type -> ferry.v1.ReleaseL3NetworkAddressRequest
+	1,  // 36: ferry.v1.TargetInventoryService.CreateCluster:output_type -> ferry.v1.Cluster
+	1,  // 37: ferry.v1.TargetInventoryService.GetCluster:output_type -> ferry.v1.Cluster
+	14, // 38: ferry.v1.TargetInventoryService.ListClusters:output_type -> ferry.v1.ListClustersResponse
+	32, // 39: ferry.v1.TargetInventoryService.DeleteCluster:output_type -> google.protobuf.Empty
+	2,  // 40: ferry.v1.TargetInventoryService.GetHost:output_type -> ferry.v1.Host
+	18, // 41: ferry.v1.TargetInventoryService.ListHosts:output_type -> ferry.v1.ListHostsResponse
+	8,  // 42: ferry.v1.TargetInventoryService.CreatePrimaryStorage:output_type -> ferry.v1.PrimaryStorage
+	8,  // 43: ferry.v1.TargetInventoryService.GetPrimaryStorage:output_type -> ferry.v1.PrimaryStorage
+	22, // 44: ferry.v1.TargetInventoryService.ListPrimaryStorages:output_type -> ferry.v1.ListPrimaryStoragesResponse
+	32, // 45: ferry.v1.TargetInventoryService.DeletePrimaryStorage:output_type -> google.protobuf.Empty
+	9,  // 46: ferry.v1.TargetInventoryService.CreateL3Network:output_type -> ferry.v1.L3Network
+	9,  // 47: ferry.v1.TargetInventoryService.GetL3Network:output_type -> ferry.v1.L3Network
+	27, // 48: ferry.v1.TargetInventoryService.ListL3Networks:output_type -> ferry.v1.ListL3NetworksResponse
+	32, // 49: ferry.v1.TargetInventoryService.DeleteL3Network:output_type -> google.protobuf.Empty
+	30, // 50: ferry.v1.TargetInventoryService.ReleaseL3NetworkAddress:output_type -> ferry.v1.ReleaseL3NetworkAddressResponse
+	36, // [36:51] is the sub-list for method output_type
+	21, // [21:36] is the sub-list for method input_type
+	21, // [21:21] is the sub-list for extension type_name
+	21, // [21:21] is the sub-list for extension extendee
+	0,  // [0:21] is the sub-list for field type_name
 }
 
 func init() { file_ferry_v1_target_inventory_proto_init() }
@@ -2687,7 +2236,7 @@ func file_ferry_v1_target_inventory_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_ferry_v1_target_inventory_proto_rawDesc), len(file_ferry_v1_target_inventory_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   40,
+			NumMessages:   30,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

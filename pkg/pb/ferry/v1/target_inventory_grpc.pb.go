@@ -11,6 +11,7 @@ import (
 	grpc "google.golang.org/grpc"
 	codes "google.golang.org/grpc/codes"
 	status "google.golang.org/grpc/status"
+	emptypb "google.golang.org/protobuf/types/known/emptypb"
 )
 
 // This is a compile-time assertion to ensure that this generated file
@@ -43,22 +44,26 @@ const (
 // TargetInventoryService manages the target side of a migration: target
 // clusters, the hosts their agents register, primary storage and L3
 // networks. (MembershipService, not this, holds the coordinator cluster.)
+// Standard methods answer the resource (Create AIP-133, Get AIP-131,
+// Update AIP-134), Delete answers google.protobuf.Empty (AIP-135) and
+// List pages with page_size, page_token, next_page_token (AIP-132/158).
+// ReleaseL3NetworkAddress is custom (AIP-136).
 type TargetInventoryServiceClient interface {
-	CreateCluster(ctx context.Context, in *CreateClusterRequest, opts ...grpc.CallOption) (*CreateClusterResponse, error)
-	GetCluster(ctx context.Context, in *GetClusterRequest, opts ...grpc.CallOption) (*GetClusterResponse, error)
+	CreateCluster(ctx context.Context, in *CreateClusterRequest, opts ...grpc.CallOption) (*Cluster, error)
+	GetCluster(ctx context.Context, in *GetClusterRequest, opts ...grpc.CallOption) (*Cluster, error)
 	ListClusters(ctx context.Context, in *ListClustersRequest, opts ...grpc.CallOption) (*ListClustersResponse, error)
-	DeleteCluster(ctx context.Context, in *DeleteClusterRequest, opts ...grpc.CallOption) (*DeleteClusterResponse, error)
+	DeleteCluster(ctx context.Context, in *DeleteClusterRequest, opts ...grpc.CallOption) (*emptypb.Empty, error)
 	// Hosts are registered by their agents and cannot be created by hand.
-	GetHost(ctx context.Context, in *GetHostRequest, opts ...grpc.CallOption) (*GetHostResponse, error)
+	GetHost(ctx context.Context, in *GetHostRequest, opts ...grpc.CallOption) (*Host, error)
 	ListHosts(ctx context.Context, in *ListHostsRequest, opts ...grpc.CallOption) (*ListHostsResponse, error)
-	CreatePrimaryStorage(ctx context.Context, in *CreatePrimaryStorageRequest, opts ...grpc.CallOption) (*CreatePrimaryStorageResponse, error)
-	GetPrimaryStorage(ctx context.Context, in *GetPrimaryStorageRequest, opts ...grpc.CallOption) (*GetPrimaryStorageResponse, error)
+	CreatePrimaryStorage(ctx context.Context, in *CreatePrimaryStorageRequest, opts ...grpc.CallOption) (*PrimaryStorage, error)
+	GetPrimaryStorage(ctx context.Context, in *GetPrimaryStorageRequest, opts ...grpc.CallOption) (*PrimaryStorage, error)
 	ListPrimaryStorages(ctx context.Context, in *ListPrimaryStoragesRequest, opts ...grpc.CallOption) (*ListPrimaryStoragesResponse, error)
-	DeletePrimaryStorage(ctx context.Context, in *DeletePrimaryStorageRequest, opts ...grpc.CallOption) (*DeletePrimaryStorageResponse, error)
-	CreateL3Network(ctx context.Context, in *CreateL3NetworkRequest, opts ...grpc.CallOption) (*CreateL3NetworkResponse, error)
-	GetL3Network(ctx context.Context, in *GetL3NetworkRequest, opts ...grpc.CallOption) (*GetL3NetworkResponse, error)
+	DeletePrimaryStorage(ctx context.Context, in *DeletePrimaryStorageRequest, opts ...grpc.CallOption) (*emptypb.Empty, error)
+	CreateL3Network(ctx context.Context, in *CreateL3NetworkRequest, opts ...grpc.CallOption) (*L3Network, error)
+	GetL3Network(ctx context.Context, in *GetL3NetworkRequest, opts ...grpc.CallOption) (*L3Network, error)
 	ListL3Networks(ctx context.Context, in *ListL3NetworksRequest, opts ...grpc.CallOption) (*ListL3NetworksResponse, error)
-	DeleteL3Network(ctx context.Context, in *DeleteL3NetworkRequest, opts ...grpc.CallOption) (*DeleteL3NetworkResponse, error)
+	DeleteL3Network(ctx context.Context, in *DeleteL3NetworkRequest, opts ...grpc.CallOption) (*emptypb.Empty, error)
 	// Returns an address a migrated VM kept (L3Network.reservations) to the
 	// pool, once the VM no longer uses it. Remove the VM's DHCP host entry
 	// from the libvirt network too: allocation also skips an address a
@@ -74,9 +79,9 @@ func NewTargetInventoryServiceClient(cc grpc.ClientConnInterface) TargetInventor
 	return &targetInventoryServiceClient{cc}
 }
 
-func (c *targetInventoryServiceClient) CreateCluster(ctx context.Context, in *CreateClusterRequest, opts ...grpc.CallOption) (*CreateClusterResponse, error) {
+func (c *targetInventoryServiceClient) CreateCluster(ctx context.Context, in *CreateClusterRequest, opts ...grpc.CallOption) (*Cluster, error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
-	out := new(CreateClusterResponse)
+	out := new(Cluster)
 	err := c.cc.Invoke(ctx, TargetInventoryService_CreateCluster_FullMethodName, in, out, cOpts...)
 	if err != nil {
 		return nil, err
@@ -84,9 +89,9 @@ func (c *targetInventoryServiceClient) CreateCluster(ctx context.Context, in *Cr
 	return out, nil
 }
 
-func (c *targetInventoryServiceClient) GetCluster(ctx context.Context, in *GetClusterRequest, opts ...grpc.CallOption) (*GetClusterResponse, error) {
+func (c *targetInventoryServiceClient) GetCluster(ctx context.Context, in *GetClusterRequest, opts ...grpc.CallOption) (*Cluster, error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
-	out := new(GetClusterResponse)
+	out := new(Cluster)
 	err := c.cc.Invoke(ctx, TargetInventoryService_GetCluster_FullMethodName, in, out, cOpts...)
 	if err != nil {
 		return nil, err
@@ -104,9 +109,9 @@ func (c *targetInventoryServiceClient) ListClusters(ctx context.Context, in *Lis
 	return out, nil
 }
 
-func (c *targetInventoryServiceClient) DeleteCluster(ctx context.Context, in *DeleteClusterRequest, opts ...grpc.CallOption) (*DeleteClusterResponse, error) {
+func (c *targetInventoryServiceClient) DeleteCluster(ctx context.Context, in *DeleteClusterRequest, opts ...grpc.CallOption) (*emptypb.Empty, error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
-	out := new(DeleteClusterResponse)
+	out := new(emptypb.Empty)
 	err := c.cc.Invoke(ctx, TargetInventoryService_DeleteCluster_FullMethodName, in, out, cOpts...)
 	if err != nil {
 		return nil, err
@@ -114,9 +119,9 @@ func (c *targetInventoryServiceClient) DeleteCluster(ctx context.Context, in *De
 	return out, nil
 }
 
-func (c *targetInventoryServiceClient) GetHost(ctx context.Context, in *GetHostRequest, opts ...grpc.CallOption) (*GetHostResponse, error) {
+func (c *targetInventoryServiceClient) GetHost(ctx context.Context, in *GetHostRequest, opts ...grpc.CallOption) (*Host, error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
-	out := new(GetHostResponse)
+	out := new(Host)
 	err := c.cc.Invoke(ctx, TargetInventoryService_GetHost_FullMethodName, in, out, cOpts...)
 	if err != nil {
 		return nil, err
@@ -134,9 +139,9 @@ func (c *targetInventoryServiceClient) ListHosts(ctx context.Context, in *ListHo
 	return out, nil
 }
 
-func (c *targetInventoryServiceClient) CreatePrimaryStorage(ctx context.Context, in *CreatePrimaryStorageRequest, opts ...grpc.CallOption) (*CreatePrimaryStorageResponse, error) {
+func (c *targetInventoryServiceClient) CreatePrimaryStorage(ctx context.Context, in *CreatePrimaryStorageRequest, opts ...grpc.CallOption) (*PrimaryStorage, error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
-	out := new(CreatePrimaryStorageResponse)
+	out := new(PrimaryStorage)
 	err := c.cc.Invoke(ctx, TargetInventoryService_CreatePrimaryStorage_FullMethodName, in, out, cOpts...)
 	if err != nil {
 		return nil, err
@@ -144,9 +149,9 @@ func (c *targetInventoryServiceClient) CreatePrimaryStorage(ctx context.Context,
 	return out, nil
 }
 
-func (c *targetInventoryServiceClient) GetPrimaryStorage(ctx context.Context, in *GetPrimaryStorageRequest, opts ...grpc.CallOption) (*GetPrimaryStorageResponse, error) {
+func (c *targetInventoryServiceClient) GetPrimaryStorage(ctx context.Context, in *GetPrimaryStorageRequest, opts ...grpc.CallOption) (*PrimaryStorage, error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
-	out := new(GetPrimaryStorageResponse)
+	out := new(PrimaryStorage)
 	err := c.cc.Invoke(ctx, TargetInventoryService_GetPrimaryStorage_FullMethodName, in, out, cOpts...)
 	if err != nil {
 		return nil, err
@@ -164,9 +169,9 @@ func (c *targetInventoryServiceClient) ListPrimaryStorages(ctx context.Context, 
 	return out, nil
 }
 
-func (c *targetInventoryServiceClient) DeletePrimaryStorage(ctx context.Context, in *DeletePrimaryStorageRequest, opts ...grpc.CallOption) (*DeletePrimaryStorageResponse, error) {
+func (c *targetInventoryServiceClient) DeletePrimaryStorage(ctx context.Context, in *DeletePrimaryStorageRequest, opts ...grpc.CallOption) (*emptypb.Empty, error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
-	out := new(DeletePrimaryStorageResponse)
+	out := new(emptypb.Empty)
 	err := c.cc.Invoke(ctx, TargetInventoryService_DeletePrimaryStorage_FullMethodName, in, out, cOpts...)
 	if err != nil {
 		return nil, err
@@ -174,9 +179,9 @@ func (c *targetInventoryServiceClient) DeletePrimaryStorage(ctx context.Context,
 	return out, nil
 }
 
-func (c *targetInventoryServiceClient) CreateL3Network(ctx context.Context, in *CreateL3NetworkRequest, opts ...grpc.CallOption) (*CreateL3NetworkResponse, error) {
+func (c *targetInventoryServiceClient) CreateL3Network(ctx context.Context, in *CreateL3NetworkRequest, opts ...grpc.CallOption) (*L3Network, error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
-	out := new(CreateL3NetworkResponse)
+	out := new(L3Network)
 	err := c.cc.Invoke(ctx, TargetInventoryService_CreateL3Network_FullMethodName, in, out, cOpts...)
 	if err != nil {
 		return nil, err
@@ -184,9 +189,9 @@ func (c *targetInventoryServiceClient) CreateL3Network(ctx context.Context, in *
 	return out, nil
 }
 
-func (c *targetInventoryServiceClient) GetL3Network(ctx context.Context, in *GetL3NetworkRequest, opts ...grpc.CallOption) (*GetL3NetworkResponse, error) {
+func (c *targetInventoryServiceClient) GetL3Network(ctx context.Context, in *GetL3NetworkRequest, opts ...grpc.CallOption) (*L3Network, error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
-	out := new(GetL3NetworkResponse)
+	out := new(L3Network)
 	err := c.cc.Invoke(ctx, TargetInventoryService_GetL3Network_FullMethodName, in, out, cOpts...)
 	if err != nil {
 		return nil, err
@@ -204,9 +209,9 @@ func (c *targetInventoryServiceClient) ListL3Networks(ctx context.Context, in *L
 	return out, nil
 }
 
-func (c *targetInventoryServiceClient) DeleteL3Network(ctx context.Context, in *DeleteL3NetworkRequest, opts ...grpc.CallOption) (*DeleteL3NetworkResponse, error) {
+func (c *targetInventoryServiceClient) DeleteL3Network(ctx context.Context, in *DeleteL3NetworkRequest, opts ...grpc.CallOption) (*emptypb.Empty, error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
-	out := new(DeleteL3NetworkResponse)
+	out := new(emptypb.Empty)
 	err := c.cc.Invoke(ctx, TargetInventoryService_DeleteL3Network_FullMethodName, in, out, cOpts...)
 	if err != nil {
 		return nil, err
@@ -231,22 +236,26 @@ func (c *targetInventoryServiceClient) ReleaseL3NetworkAddress(ctx context.Conte
 // TargetInventoryService manages the target side of a migration: target
 // clusters, the hosts their agents register, primary storage and L3
 // networks. (MembershipService, not this, holds the coordinator cluster.)
+// Standard methods answer the resource (Create AIP-133, Get AIP-131,
+// Update AIP-134), Delete answers google.protobuf.Empty (AIP-135) and
+// List pages with page_size, page_token, next_page_token (AIP-132/158).
+// ReleaseL3NetworkAddress is custom (AIP-136).
 type TargetInventoryServiceServer interface {
-	CreateCluster(context.Context, *CreateClusterRequest) (*CreateClusterResponse, error)
-	GetCluster(context.Context, *GetClusterRequest) (*GetClusterResponse, error)
+	CreateCluster(context.Context, *CreateClusterRequest) (*Cluster, error)
+	GetCluster(context.Context, *GetClusterRequest) (*Cluster, error)
 	ListClusters(context.Context, *ListClustersRequest) (*ListClustersResponse, error)
-	DeleteCluster(context.Context, *DeleteClusterRequest) (*DeleteClusterResponse, error)
+	DeleteCluster(context.Context, *DeleteClusterRequest) (*emptypb.Empty, error)
 	// Hosts are registered by their agents and cannot be created by hand.
-	GetHost(context.Context, *GetHostRequest) (*GetHostResponse, error)
+	GetHost(context.Context, *GetHostRequest) (*Host, error)
 	ListHosts(context.Context, *ListHostsRequest) (*ListHostsResponse, error)
-	CreatePrimaryStorage(context.Context, *CreatePrimaryStorageRequest) (*CreatePrimaryStorageResponse, error)
-	GetPrimaryStorage(context.Context, *GetPrimaryStorageRequest) (*GetPrimaryStorageResponse, error)
+	CreatePrimaryStorage(context.Context, *CreatePrimaryStorageRequest) (*PrimaryStorage, error)
+	GetPrimaryStorage(context.Context, *GetPrimaryStorageRequest) (*PrimaryStorage, error)
 	ListPrimaryStorages(context.Context, *ListPrimaryStoragesRequest) (*ListPrimaryStoragesResponse, error)
-	DeletePrimaryStorage(context.Context, *DeletePrimaryStorageRequest) (*DeletePrimaryStorageResponse, error)
-	CreateL3Network(context.Context, *CreateL3NetworkRequest) (*CreateL3NetworkResponse, error)
-	GetL3Network(context.Context, *GetL3NetworkRequest) (*GetL3NetworkResponse, error)
+	DeletePrimaryStorage(context.Context, *DeletePrimaryStorageRequest) (*emptypb.Empty, error)
+	CreateL3Network(context.Context, *CreateL3NetworkRequest) (*L3Network, error)
+	GetL3Network(context.Context, *GetL3NetworkRequest) (*L3Network, error)
 	ListL3Networks(context.Context, *ListL3NetworksRequest) (*ListL3NetworksResponse, error)
-	DeleteL3Network(context.Context, *DeleteL3NetworkRequest) (*DeleteL3NetworkResponse, error)
+	DeleteL3Network(context.Context, *DeleteL3NetworkRequest) (*emptypb.Empty, error)
 	// Returns an address a migrated VM kept (L3Network.reservations) to the
 	// pool, once the VM no longer uses it. Remove the VM's DHCP host entry
 	// from the libvirt network too: allocation also skips an address a
@@ -262,46 +271,46 @@ type TargetInventoryServiceServer interface {
 // pointer dereference when methods are called.
 type UnimplementedTargetInventoryServiceServer struct{}
 
-func (UnimplementedTargetInventoryServiceServer) CreateCluster(context.Context, *CreateClusterRequest) (*CreateClusterResponse, error) {
+func (UnimplementedTargetInventoryServiceServer) CreateCluster(context.Context, *CreateClusterRequest) (*Cluster, error) {
 	return nil, status.Error(codes.Unimplemented, "method CreateCluster not implemented")
 }
-func (UnimplementedTargetInventoryServiceServer) GetCluster(context.Context, *GetClusterRequest) (*GetClusterResponse, error) {
+func (UnimplementedTargetInventoryServiceServer) GetCluster(context.Context, *GetClusterRequest) (*Cluster, error) {
 	return nil, status.Error(codes.Unimplemented, "method GetCluster not implemented")
 }
 func (UnimplementedTargetInventoryServiceServer) ListClusters(context.Context, *ListClustersRequest) (*ListClustersResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method ListClusters not implemented")
 }
-func (UnimplementedTargetInventoryServiceServer) DeleteCluster(context.Context, *DeleteClusterRequest) (*DeleteClusterResponse, error) {
+func (UnimplementedTargetInventoryServiceServer) DeleteCluster(context.Context, *DeleteClusterRequest) (*emptypb.Empty, error) {
 	return nil, status.Error(codes.Unimplemented, "method DeleteCluster not implemented")
 }
-func (UnimplementedTargetInventoryServiceServer) GetHost(context.Context, *GetHostRequest) (*GetHostResponse, error) {
+func (UnimplementedTargetInventoryServiceServer) GetHost(context.Context, *GetHostRequest) (*Host, error) {
 	return nil, status.Error(codes.Unimplemented, "method GetHost not implemented")
 }
 func (UnimplementedTargetInventoryServiceServer) ListHosts(context.Context, *ListHostsRequest) (*ListHostsResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method ListHosts not implemented")
 }
-func (UnimplementedTargetInventoryServiceServer) CreatePrimaryStorage(context.Context, *CreatePrimaryStorageRequest) (*CreatePrimaryStorageResponse, error) {
+func (UnimplementedTargetInventoryServiceServer) CreatePrimaryStorage(context.Context, *CreatePrimaryStorageRequest) (*PrimaryStorage, error) {
 	return nil, status.Error(codes.Unimplemented, "method CreatePrimaryStorage not implemented")
 }
-func (UnimplementedTargetInventoryServiceServer) GetPrimaryStorage(context.Context, *GetPrimaryStorageRequest) (*GetPrimaryStorageResponse, error) {
+func (UnimplementedTargetInventoryServiceServer) GetPrimaryStorage(context.Context, *GetPrimaryStorageRequest) (*PrimaryStorage, error) {
 	return nil, status.Error(codes.Unimplemented, "method GetPrimaryStorage not implemented")
 }
 func (UnimplementedTargetInventoryServiceServer) ListPrimaryStorages(context.Context, *ListPrimaryStoragesRequest) (*ListPrimaryStoragesResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method ListPrimaryStorages not implemented")
 }
-func (UnimplementedTargetInventoryServiceServer) DeletePrimaryStorage(context.Context, *DeletePrimaryStorageRequest) (*DeletePrimaryStorageResponse, error) {
+func (UnimplementedTargetInventoryServiceServer) DeletePrimaryStorage(context.Context, *DeletePrimaryStorageRequest) (*emptypb.Empty, error) {
 	return nil, status.Error(codes.Unimplemented, "method DeletePrimaryStorage not implemented")
 }
-func (UnimplementedTargetInventoryServiceServer) CreateL3Network(context.Context, *CreateL3NetworkRequest) (*CreateL3NetworkResponse, error) {
+func (UnimplementedTargetInventoryServiceServer) CreateL3Network(context.Context, *CreateL3NetworkRequest) (*L3Network, error) {
 	return nil, status.Error(codes.Unimplemented, "method CreateL3Network not implemented")
 }
-func (UnimplementedTargetInventoryServiceServer) GetL3Network(context.Context, *GetL3NetworkRequest) (*GetL3NetworkResponse, error) {
+func (UnimplementedTargetInventoryServiceServer) GetL3Network(context.Context, *GetL3NetworkRequest) (*L3Network, error) {
 	return nil, status.Error(codes.Unimplemented, "method GetL3Network not implemented")
 }
 func (UnimplementedTargetInventoryServiceServer) ListL3Networks(context.Context, *ListL3NetworksRequest) (*ListL3NetworksResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method ListL3Networks not implemented")
 }
-func (UnimplementedTargetInventoryServiceServer) DeleteL3Network(context.Context, *DeleteL3NetworkRequest) (*DeleteL3NetworkResponse, error) {
+func (UnimplementedTargetInventoryServiceServer) DeleteL3Network(context.Context, *DeleteL3NetworkRequest) (*emptypb.Empty, error) {
 	return nil, status.Error(codes.Unimplemented, "method DeleteL3Network not implemented")
 }
 func (UnimplementedTargetInventoryServiceServer) ReleaseL3NetworkAddress(context.Context, *ReleaseL3NetworkAddressRequest) (*ReleaseL3NetworkAddressResponse, error) {
