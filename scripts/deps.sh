@@ -42,6 +42,9 @@ packages=(
 	openssh-server nbdkit libnbd-bin ovmf ca-certificates dbus procps iproute2
 	# a kernel for test guests that boot (a guest agent answering libvirt)
 	linux-image-amd64
+	# the Python client test (coordinator/internal/server/python_client_test.go):
+	# protoc with the gRPC Python plugin, and Python's grpc and protobuf
+	protobuf-compiler protobuf-compiler-grpc python3-grpcio python3-protobuf
 	# building: cgo against libvirt, make itself
 	"${build_packages[@]}"
 )
