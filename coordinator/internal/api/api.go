@@ -153,12 +153,12 @@ func New(deps Deps) *API {
 
 // Register registers all seven ferry.v1 services on s.
 func (a *API) Register(s grpc.ServiceRegistrar) {
-	ferryv1.RegisterTargetInventoryServiceServer(s, &inventoryService{a: a})
+	ferryv1.RegisterTargetInventoryServiceServer(s, &targetInventoryService{a: a})
 	ferryv1.RegisterMigrationServerServiceServer(s, &serverService{a: a})
 	ferryv1.RegisterSourceServiceServer(s, &sourceService{a: a})
 	ferryv1.RegisterMigrationJobServiceServer(s, &jobService{a: a})
 	ferryv1.RegisterSettingsServiceServer(s, &settingsService{a: a})
-	ferryv1.RegisterMembershipServiceServer(s, &clusterService{a: a})
+	ferryv1.RegisterMembershipServiceServer(s, &membershipService{a: a})
 	ferryv1.RegisterNetworkMappingServiceServer(s, &mappingService{a: a})
 	ferryv1.RegisterCertificateServiceServer(s, &certificateService{a: a})
 }

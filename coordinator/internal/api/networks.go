@@ -14,12 +14,12 @@ import (
 // maxIfName is the longest Linux interface name (IFNAMSIZ - 1).
 const maxIfName = 15
 
-func (s *inventoryService) CreateL3Network(ctx context.Context, req *ferryv1.CreateL3NetworkRequest) (*ferryv1.L3Network, error) {
+func (s *targetInventoryService) CreateL3Network(ctx context.Context, req *ferryv1.CreateL3NetworkRequest) (*ferryv1.L3Network, error) {
 	n, err := s.createL3Network(ctx, req)
 	return reply(ctx, s.a, n, err)
 }
 
-func (s *inventoryService) createL3Network(ctx context.Context, req *ferryv1.CreateL3NetworkRequest) (*ferryv1.L3Network, error) {
+func (s *targetInventoryService) createL3Network(ctx context.Context, req *ferryv1.CreateL3NetworkRequest) (*ferryv1.L3Network, error) {
 	in := req.GetL3Network()
 	if in == nil {
 		return nil, invalid("l3_network", "required")
@@ -125,12 +125,12 @@ func ipVersion(a netip.Addr) int {
 	return 6
 }
 
-func (s *inventoryService) GetL3Network(ctx context.Context, req *ferryv1.GetL3NetworkRequest) (*ferryv1.L3Network, error) {
+func (s *targetInventoryService) GetL3Network(ctx context.Context, req *ferryv1.GetL3NetworkRequest) (*ferryv1.L3Network, error) {
 	n, err := get(s.a.ledger.L3Network, req.GetName(), colNetworks, "L3 network")
 	return reply(ctx, s.a, n, err)
 }
 
-func (s *inventoryService) ListL3Networks(ctx context.Context, req *ferryv1.ListL3NetworksRequest) (*ferryv1.ListL3NetworksResponse, error) {
+func (s *targetInventoryService) ListL3Networks(ctx context.Context, req *ferryv1.ListL3NetworksRequest) (*ferryv1.ListL3NetworksResponse, error) {
 	c := &checker{}
 	checkOptionalRef(c, "cluster", req.GetCluster(), colClusters)
 	if err := c.err(); err != nil {
@@ -142,7 +142,7 @@ func (s *inventoryService) ListL3Networks(ctx context.Context, req *ferryv1.List
 
 // ReleaseL3NetworkAddress returns an address a migrated VM kept to the
 // network's pool.
-func (s *inventoryService) ReleaseL3NetworkAddress(ctx context.Context, req *ferryv1.ReleaseL3NetworkAddressRequest) (*ferryv1.ReleaseL3NetworkAddressResponse, error) {
+func (s *targetInventoryService) ReleaseL3NetworkAddress(ctx context.Context, req *ferryv1.ReleaseL3NetworkAddressRequest) (*ferryv1.ReleaseL3NetworkAddressResponse, error) {
 	c := &checker{}
 	checkRef(c, "name", req.GetName(), colNetworks)
 	ip, ok := parseIP(req.GetIp())
@@ -184,7 +184,7 @@ func checkReserved(a *API, network, ip string) error {
 	return precondition("ip", "%s reserves no address %s for a migrated VM (it reserves %s)", network, ip, strings.Join(held, ", "))
 }
 
-func (s *inventoryService) DeleteL3Network(ctx context.Context, req *ferryv1.DeleteL3NetworkRequest) (*emptypb.Empty, error) {
+func (s *targetInventoryService) DeleteL3Network(ctx context.Context, req *ferryv1.DeleteL3NetworkRequest) (*emptypb.Empty, error) {
 	err := s.a.deleteResource(ctx, req.GetName(), colNetworks, func(d *ledgerv1.DeleteResource) *ledgerv1.Command {
 		return &ledgerv1.Command{Op: &ledgerv1.Command_DeleteL3Network{DeleteL3Network: d}}
 	})

@@ -184,6 +184,17 @@ func TestClusterMembers(t *testing.T) {
 		resp.GetLastIndex() == 0 || resp.GetAppliedIndex() != resp.GetLastIndex() {
 		t.Fatalf("ListMembers: %v", resp)
 	}
+	// Paged by id (AIP-158): one member a page, the leader named on each.
+	first := must[*ferryv1.ListMembersResponse](t)(e.cluster.ListMembers(c, &ferryv1.ListMembersRequest{PageSize: 1}))
+	if len(first.GetMembers()) != 1 || first.GetMembers()[0].GetId() != "node-a" || first.GetNextPageToken() == "" || first.GetLeaderId() != "node-a" {
+		t.Fatalf("ListMembers page 1: %v", first)
+	}
+	second := must[*ferryv1.ListMembersResponse](t)(e.cluster.ListMembers(c, &ferryv1.ListMembersRequest{PageSize: 1, PageToken: first.GetNextPageToken()}))
+	if len(second.GetMembers()) != 1 || second.GetMembers()[0].GetId() != "node-b" || second.GetNextPageToken() != "" || second.GetLeaderId() != "node-a" {
+		t.Fatalf("ListMembers page 2: %v", second)
+	}
+	_, err := e.cluster.ListMembers(c, &ferryv1.ListMembersRequest{PageToken: "!"})
+	wantCode(t, err, codes.InvalidArgument, "page_token: ")
 	removed := must[*ferryv1.RemoveVoterResponse](t)(e.cluster.RemoveVoter(c, &ferryv1.RemoveVoterRequest{Id: "node-b"}))
 	if len(removed.GetMembers()) != 1 {
 		t.Fatalf("after RemoveVoter: %v", removed.GetMembers())

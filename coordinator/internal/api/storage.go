@@ -12,12 +12,12 @@ import (
 // storageIdent is a Ceph pool or LVM volume group name.
 var storageIdent = regexp.MustCompile(`^[A-Za-z0-9_][A-Za-z0-9_.+-]{0,127}$`)
 
-func (s *inventoryService) CreatePrimaryStorage(ctx context.Context, req *ferryv1.CreatePrimaryStorageRequest) (*ferryv1.PrimaryStorage, error) {
+func (s *targetInventoryService) CreatePrimaryStorage(ctx context.Context, req *ferryv1.CreatePrimaryStorageRequest) (*ferryv1.PrimaryStorage, error) {
 	ps, err := s.createPrimaryStorage(ctx, req)
 	return reply(ctx, s.a, ps, err)
 }
 
-func (s *inventoryService) createPrimaryStorage(ctx context.Context, req *ferryv1.CreatePrimaryStorageRequest) (*ferryv1.PrimaryStorage, error) {
+func (s *targetInventoryService) createPrimaryStorage(ctx context.Context, req *ferryv1.CreatePrimaryStorageRequest) (*ferryv1.PrimaryStorage, error) {
 	in := req.GetPrimaryStorage()
 	if in == nil {
 		return nil, invalid("primary_storage", "required")
@@ -88,12 +88,12 @@ func checkStorageIdent(c *checker, field, v, what string) {
 	}
 }
 
-func (s *inventoryService) GetPrimaryStorage(ctx context.Context, req *ferryv1.GetPrimaryStorageRequest) (*ferryv1.PrimaryStorage, error) {
+func (s *targetInventoryService) GetPrimaryStorage(ctx context.Context, req *ferryv1.GetPrimaryStorageRequest) (*ferryv1.PrimaryStorage, error) {
 	ps, err := get(s.a.ledger.PrimaryStorage, req.GetName(), colStorages, "primary storage")
 	return reply(ctx, s.a, ps, err)
 }
 
-func (s *inventoryService) ListPrimaryStorages(ctx context.Context, req *ferryv1.ListPrimaryStoragesRequest) (*ferryv1.ListPrimaryStoragesResponse, error) {
+func (s *targetInventoryService) ListPrimaryStorages(ctx context.Context, req *ferryv1.ListPrimaryStoragesRequest) (*ferryv1.ListPrimaryStoragesResponse, error) {
 	c := &checker{}
 	checkOptionalRef(c, "cluster", req.GetCluster(), colClusters)
 	if err := c.err(); err != nil {
@@ -103,7 +103,7 @@ func (s *inventoryService) ListPrimaryStorages(ctx context.Context, req *ferryv1
 	return reply(ctx, s.a, &ferryv1.ListPrimaryStoragesResponse{PrimaryStorages: page, NextPageToken: next}, err)
 }
 
-func (s *inventoryService) DeletePrimaryStorage(ctx context.Context, req *ferryv1.DeletePrimaryStorageRequest) (*emptypb.Empty, error) {
+func (s *targetInventoryService) DeletePrimaryStorage(ctx context.Context, req *ferryv1.DeletePrimaryStorageRequest) (*emptypb.Empty, error) {
 	err := s.a.deleteResource(ctx, req.GetName(), colStorages, func(d *ledgerv1.DeleteResource) *ledgerv1.Command {
 		return &ledgerv1.Command{Op: &ledgerv1.Command_DeletePrimaryStorage{DeletePrimaryStorage: d}}
 	})

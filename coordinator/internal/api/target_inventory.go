@@ -10,19 +10,19 @@ import (
 	ferryv1 "github.com/ferry-v2v/ferry/pkg/pb/ferry/v1"
 )
 
-// inventoryService is ferry.v1.TargetInventoryService: clusters, hosts, primary
+// targetInventoryService is ferry.v1.TargetInventoryService: clusters, hosts, primary
 // storage and L3 networks.
-type inventoryService struct {
+type targetInventoryService struct {
 	ferryv1.UnimplementedTargetInventoryServiceServer
 	a *API
 }
 
-func (s *inventoryService) CreateCluster(ctx context.Context, req *ferryv1.CreateClusterRequest) (*ferryv1.Cluster, error) {
+func (s *targetInventoryService) CreateCluster(ctx context.Context, req *ferryv1.CreateClusterRequest) (*ferryv1.Cluster, error) {
 	cl, err := s.createCluster(ctx, req)
 	return reply(ctx, s.a, cl, err)
 }
 
-func (s *inventoryService) createCluster(ctx context.Context, req *ferryv1.CreateClusterRequest) (*ferryv1.Cluster, error) {
+func (s *targetInventoryService) createCluster(ctx context.Context, req *ferryv1.CreateClusterRequest) (*ferryv1.Cluster, error) {
 	c := &checker{}
 	checkRequestID(c, req.GetRequestId())
 	in := req.GetCluster()
@@ -47,29 +47,29 @@ func (s *inventoryService) createCluster(ctx context.Context, req *ferryv1.Creat
 	return lookup(s.a.ledger.Cluster, name, "cluster")
 }
 
-func (s *inventoryService) GetCluster(ctx context.Context, req *ferryv1.GetClusterRequest) (*ferryv1.Cluster, error) {
+func (s *targetInventoryService) GetCluster(ctx context.Context, req *ferryv1.GetClusterRequest) (*ferryv1.Cluster, error) {
 	cl, err := get(s.a.ledger.Cluster, req.GetName(), colClusters, "cluster")
 	return reply(ctx, s.a, cl, err)
 }
 
-func (s *inventoryService) ListClusters(ctx context.Context, req *ferryv1.ListClustersRequest) (*ferryv1.ListClustersResponse, error) {
+func (s *targetInventoryService) ListClusters(ctx context.Context, req *ferryv1.ListClustersRequest) (*ferryv1.ListClustersResponse, error) {
 	page, next, err := paginate(s.a.ledger.Clusters(), req.GetPageSize(), req.GetPageToken())
 	return reply(ctx, s.a, &ferryv1.ListClustersResponse{Clusters: page, NextPageToken: next}, err)
 }
 
-func (s *inventoryService) DeleteCluster(ctx context.Context, req *ferryv1.DeleteClusterRequest) (*emptypb.Empty, error) {
+func (s *targetInventoryService) DeleteCluster(ctx context.Context, req *ferryv1.DeleteClusterRequest) (*emptypb.Empty, error) {
 	err := s.a.deleteResource(ctx, req.GetName(), colClusters, func(d *ledgerv1.DeleteResource) *ledgerv1.Command {
 		return &ledgerv1.Command{Op: &ledgerv1.Command_DeleteCluster{DeleteCluster: d}}
 	})
 	return reply(ctx, s.a, &emptypb.Empty{}, err)
 }
 
-func (s *inventoryService) GetHost(ctx context.Context, req *ferryv1.GetHostRequest) (*ferryv1.Host, error) {
+func (s *targetInventoryService) GetHost(ctx context.Context, req *ferryv1.GetHostRequest) (*ferryv1.Host, error) {
 	h, err := get(s.a.ledger.Host, req.GetName(), colHosts, "host")
 	return reply(ctx, s.a, h, err)
 }
 
-func (s *inventoryService) ListHosts(ctx context.Context, req *ferryv1.ListHostsRequest) (*ferryv1.ListHostsResponse, error) {
+func (s *targetInventoryService) ListHosts(ctx context.Context, req *ferryv1.ListHostsRequest) (*ferryv1.ListHostsResponse, error) {
 	c := &checker{}
 	checkOptionalRef(c, "cluster", req.GetCluster(), colClusters)
 	if err := c.err(); err != nil {

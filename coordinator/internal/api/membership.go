@@ -14,14 +14,14 @@ import (
 // nodeIDPattern is what a coordinator's node ID may be.
 var nodeIDPattern = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$`)
 
-// clusterService is ferry.v1.MembershipService: the coordinators themselves.
-type clusterService struct {
+// membershipService is ferry.v1.MembershipService: the coordinators themselves.
+type membershipService struct {
 	ferryv1.UnimplementedMembershipServiceServer
 	a *API
 }
 
 // ListMembers answers from this node's view of the configuration.
-func (s *clusterService) ListMembers(ctx context.Context, req *ferryv1.ListMembersRequest) (*ferryv1.ListMembersResponse, error) {
+func (s *membershipService) ListMembers(ctx context.Context, req *ferryv1.ListMembersRequest) (*ferryv1.ListMembersResponse, error) {
 	members, err := s.members()
 	if err != nil {
 		return reply[*ferryv1.ListMembersResponse](ctx, s.a, nil, err)
@@ -51,7 +51,7 @@ func (s *clusterService) ListMembers(ctx context.Context, req *ferryv1.ListMembe
 
 // members joins the Raft configuration with the API addresses the
 // ledger records.
-func (s *clusterService) members() ([]*ferryv1.Member, error) {
+func (s *membershipService) members() ([]*ferryv1.Member, error) {
 	ms, err := s.a.membership.Members()
 	if err != nil {
 		return nil, err
@@ -76,7 +76,7 @@ func (s *clusterService) members() ([]*ferryv1.Member, error) {
 // AddVoter adds a coordinator, then records its API address so followers
 // can forward to it when it leads. Adding a member again is harmless, so
 // a restarted node may simply ask again.
-func (s *clusterService) AddVoter(ctx context.Context, req *ferryv1.AddVoterRequest) (*ferryv1.AddVoterResponse, error) {
+func (s *membershipService) AddVoter(ctx context.Context, req *ferryv1.AddVoterRequest) (*ferryv1.AddVoterResponse, error) {
 	c := &checker{}
 	checkNodeID(c, req.GetId())
 	checkHostPort(c, "raft_address", req.GetRaftAddress())
@@ -103,7 +103,7 @@ func (s *clusterService) AddVoter(ctx context.Context, req *ferryv1.AddVoterRequ
 // RemoveVoter removes a coordinator and forgets its addresses. A leader
 // removing itself steps down and stops its Raft, so its record is deleted
 // first and restored if the removal fails.
-func (s *clusterService) RemoveVoter(ctx context.Context, req *ferryv1.RemoveVoterRequest) (*ferryv1.RemoveVoterResponse, error) {
+func (s *membershipService) RemoveVoter(ctx context.Context, req *ferryv1.RemoveVoterRequest) (*ferryv1.RemoveVoterResponse, error) {
 	c := &checker{}
 	checkNodeID(c, req.GetId())
 	if err := c.err(); err != nil {
@@ -129,7 +129,7 @@ func (s *clusterService) RemoveVoter(ctx context.Context, req *ferryv1.RemoveVot
 	return &ferryv1.RemoveVoterResponse{Members: members}, nil
 }
 
-func (s *clusterService) removeSelf(ctx context.Context) error {
+func (s *membershipService) removeSelf(ctx context.Context) error {
 	id := s.a.membership.ID()
 	old, had := s.a.ledger.Node(id)
 	if _, err := s.a.propose(ctx, deleteNode(id)); err != nil {
