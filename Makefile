@@ -39,7 +39,7 @@ build-deps:
 generate:
 	$(GO) tool buf generate --clean
 
-## lint-proto: buf lint (STANDARD but two rules; see buf.yaml)
+## lint-proto: buf lint (STANDARD and comment rules, but two; see buf.yaml)
 lint-proto:
 	$(GO) tool buf lint
 

@@ -39,6 +39,7 @@ type CertificateServiceClient interface {
 	// returns the existing entry. There is no way back: issue a new
 	// certificate ('ferry-coordinator tls issue').
 	RevokeCertificate(ctx context.Context, in *RevokeCertificateRequest, opts ...grpc.CallOption) (*RevokeCertificateResponse, error)
+	// ListRevokedCertificates answers a page of revoked certificates (AIP-132, paged by page_size and page_token).
 	ListRevokedCertificates(ctx context.Context, in *ListRevokedCertificatesRequest, opts ...grpc.CallOption) (*ListRevokedCertificatesResponse, error)
 }
 
@@ -86,6 +87,7 @@ type CertificateServiceServer interface {
 	// returns the existing entry. There is no way back: issue a new
 	// certificate ('ferry-coordinator tls issue').
 	RevokeCertificate(context.Context, *RevokeCertificateRequest) (*RevokeCertificateResponse, error)
+	// ListRevokedCertificates answers a page of revoked certificates (AIP-132, paged by page_size and page_token).
 	ListRevokedCertificates(context.Context, *ListRevokedCertificatesRequest) (*ListRevokedCertificatesResponse, error)
 	mustEmbedUnimplementedCertificateServiceServer()
 }

@@ -47,7 +47,9 @@ type MigrationJobServiceClient interface {
 	// PreviewMigrationJobs checks a CreateMigrationJobs request and says what
 	// the batch would use, without writing anything.
 	PreviewMigrationJobs(ctx context.Context, in *PreviewMigrationJobsRequest, opts ...grpc.CallOption) (*PreviewMigrationJobsResponse, error)
+	// GetMigrationJob answers the migration job named (AIP-131), NOT_FOUND naming name when there is none.
 	GetMigrationJob(ctx context.Context, in *GetMigrationJobRequest, opts ...grpc.CallOption) (*MigrationJob, error)
+	// ListMigrationJobs answers a page of migration jobs (AIP-132, paged by page_size and page_token).
 	ListMigrationJobs(ctx context.Context, in *ListMigrationJobsRequest, opts ...grpc.CallOption) (*ListMigrationJobsResponse, error)
 	// CancelMigrationJob cancels a queued or running job.
 	CancelMigrationJob(ctx context.Context, in *CancelMigrationJobRequest, opts ...grpc.CallOption) (*CancelMigrationJobResponse, error)
@@ -173,7 +175,9 @@ type MigrationJobServiceServer interface {
 	// PreviewMigrationJobs checks a CreateMigrationJobs request and says what
 	// the batch would use, without writing anything.
 	PreviewMigrationJobs(context.Context, *PreviewMigrationJobsRequest) (*PreviewMigrationJobsResponse, error)
+	// GetMigrationJob answers the migration job named (AIP-131), NOT_FOUND naming name when there is none.
 	GetMigrationJob(context.Context, *GetMigrationJobRequest) (*MigrationJob, error)
+	// ListMigrationJobs answers a page of migration jobs (AIP-132, paged by page_size and page_token).
 	ListMigrationJobs(context.Context, *ListMigrationJobsRequest) (*ListMigrationJobsResponse, error)
 	// CancelMigrationJob cancels a queued or running job.
 	CancelMigrationJob(context.Context, *CancelMigrationJobRequest) (*CancelMigrationJobResponse, error)

@@ -39,8 +39,11 @@ const (
 // DeleteMigrationServer answers the jobs it cancelled. Enable, Disable and
 // SetMigrationServerBandwidth are custom methods (AIP-136).
 type MigrationServerServiceClient interface {
+	// CreateMigrationServer creates a migration server and answers it (AIP-133); a repeated request_id answers the first.
 	CreateMigrationServer(ctx context.Context, in *CreateMigrationServerRequest, opts ...grpc.CallOption) (*MigrationServer, error)
+	// GetMigrationServer answers the migration server named (AIP-131), NOT_FOUND naming name when there is none.
 	GetMigrationServer(ctx context.Context, in *GetMigrationServerRequest, opts ...grpc.CallOption) (*MigrationServer, error)
+	// ListMigrationServers answers a page of migration servers (AIP-132, paged by page_size and page_token).
 	ListMigrationServers(ctx context.Context, in *ListMigrationServersRequest, opts ...grpc.CallOption) (*ListMigrationServersResponse, error)
 	// Deleting a migration server cancels its queued and running jobs.
 	DeleteMigrationServer(ctx context.Context, in *DeleteMigrationServerRequest, opts ...grpc.CallOption) (*DeleteMigrationServerResponse, error)
@@ -145,8 +148,11 @@ func (c *migrationServerServiceClient) SetMigrationServerBandwidth(ctx context.C
 // DeleteMigrationServer answers the jobs it cancelled. Enable, Disable and
 // SetMigrationServerBandwidth are custom methods (AIP-136).
 type MigrationServerServiceServer interface {
+	// CreateMigrationServer creates a migration server and answers it (AIP-133); a repeated request_id answers the first.
 	CreateMigrationServer(context.Context, *CreateMigrationServerRequest) (*MigrationServer, error)
+	// GetMigrationServer answers the migration server named (AIP-131), NOT_FOUND naming name when there is none.
 	GetMigrationServer(context.Context, *GetMigrationServerRequest) (*MigrationServer, error)
+	// ListMigrationServers answers a page of migration servers (AIP-132, paged by page_size and page_token).
 	ListMigrationServers(context.Context, *ListMigrationServersRequest) (*ListMigrationServersResponse, error)
 	// Deleting a migration server cancels its queued and running jobs.
 	DeleteMigrationServer(context.Context, *DeleteMigrationServerRequest) (*DeleteMigrationServerResponse, error)

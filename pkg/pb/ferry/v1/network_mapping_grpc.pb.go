@@ -38,12 +38,16 @@ const (
 // Update AIP-134), Delete answers google.protobuf.Empty (AIP-135) and
 // List pages with page_size, page_token, next_page_token (AIP-132/158).
 type NetworkMappingServiceClient interface {
+	// CreateNetworkMappingGroup creates a network mapping group and answers it (AIP-133); a repeated request_id answers the first.
 	CreateNetworkMappingGroup(ctx context.Context, in *CreateNetworkMappingGroupRequest, opts ...grpc.CallOption) (*NetworkMappingGroup, error)
+	// GetNetworkMappingGroup answers the network mapping group named (AIP-131), NOT_FOUND naming name when there is none.
 	GetNetworkMappingGroup(ctx context.Context, in *GetNetworkMappingGroupRequest, opts ...grpc.CallOption) (*NetworkMappingGroup, error)
+	// ListNetworkMappingGroups answers a page of network mapping groups (AIP-132, paged by page_size and page_token).
 	ListNetworkMappingGroups(ctx context.Context, in *ListNetworkMappingGroupsRequest, opts ...grpc.CallOption) (*ListNetworkMappingGroupsResponse, error)
 	// UpdateNetworkMappingGroup replaces the fields named in update_mask
 	// (display_name, mappings); jobs already created keep their NICs.
 	UpdateNetworkMappingGroup(ctx context.Context, in *UpdateNetworkMappingGroupRequest, opts ...grpc.CallOption) (*NetworkMappingGroup, error)
+	// DeleteNetworkMappingGroup deletes the network mapping group named (AIP-135).
 	DeleteNetworkMappingGroup(ctx context.Context, in *DeleteNetworkMappingGroupRequest, opts ...grpc.CallOption) (*emptypb.Empty, error)
 }
 
@@ -116,12 +120,16 @@ func (c *networkMappingServiceClient) DeleteNetworkMappingGroup(ctx context.Cont
 // Update AIP-134), Delete answers google.protobuf.Empty (AIP-135) and
 // List pages with page_size, page_token, next_page_token (AIP-132/158).
 type NetworkMappingServiceServer interface {
+	// CreateNetworkMappingGroup creates a network mapping group and answers it (AIP-133); a repeated request_id answers the first.
 	CreateNetworkMappingGroup(context.Context, *CreateNetworkMappingGroupRequest) (*NetworkMappingGroup, error)
+	// GetNetworkMappingGroup answers the network mapping group named (AIP-131), NOT_FOUND naming name when there is none.
 	GetNetworkMappingGroup(context.Context, *GetNetworkMappingGroupRequest) (*NetworkMappingGroup, error)
+	// ListNetworkMappingGroups answers a page of network mapping groups (AIP-132, paged by page_size and page_token).
 	ListNetworkMappingGroups(context.Context, *ListNetworkMappingGroupsRequest) (*ListNetworkMappingGroupsResponse, error)
 	// UpdateNetworkMappingGroup replaces the fields named in update_mask
 	// (display_name, mappings); jobs already created keep their NICs.
 	UpdateNetworkMappingGroup(context.Context, *UpdateNetworkMappingGroupRequest) (*NetworkMappingGroup, error)
+	// DeleteNetworkMappingGroup deletes the network mapping group named (AIP-135).
 	DeleteNetworkMappingGroup(context.Context, *DeleteNetworkMappingGroupRequest) (*emptypb.Empty, error)
 	mustEmbedUnimplementedNetworkMappingServiceServer()
 }

@@ -30,6 +30,7 @@ const (
 // SettingsService reads and changes cluster-wide settings.
 // Settings is a singleton (AIP-156): Get and Update answer it.
 type SettingsServiceClient interface {
+	// GetSettings answers the settings, a singleton (AIP-131, AIP-156).
 	GetSettings(ctx context.Context, in *GetSettingsRequest, opts ...grpc.CallOption) (*Settings, error)
 	// UpdateSettings changes the fields named in update_mask.
 	UpdateSettings(ctx context.Context, in *UpdateSettingsRequest, opts ...grpc.CallOption) (*Settings, error)
@@ -70,6 +71,7 @@ func (c *settingsServiceClient) UpdateSettings(ctx context.Context, in *UpdateSe
 // SettingsService reads and changes cluster-wide settings.
 // Settings is a singleton (AIP-156): Get and Update answer it.
 type SettingsServiceServer interface {
+	// GetSettings answers the settings, a singleton (AIP-131, AIP-156).
 	GetSettings(context.Context, *GetSettingsRequest) (*Settings, error)
 	// UpdateSettings changes the fields named in update_mask.
 	UpdateSettings(context.Context, *UpdateSettingsRequest) (*Settings, error)

@@ -44,13 +44,21 @@ const (
 // List pages with page_size, page_token, next_page_token (AIP-132/158).
 // SyncSource, ListSourceVMs and ListSourceInventory are custom (AIP-136).
 type SourceServiceClient interface {
+	// CreateSource creates a source and answers it (AIP-133); a repeated request_id answers the first.
 	CreateSource(ctx context.Context, in *CreateSourceRequest, opts ...grpc.CallOption) (*Source, error)
+	// GetSource answers the source named (AIP-131), NOT_FOUND naming name when there is none.
 	GetSource(ctx context.Context, in *GetSourceRequest, opts ...grpc.CallOption) (*Source, error)
+	// ListSources answers a page of sources (AIP-132, paged by page_size and page_token).
 	ListSources(ctx context.Context, in *ListSourcesRequest, opts ...grpc.CallOption) (*ListSourcesResponse, error)
+	// DeleteSource deletes the source named (AIP-135).
 	DeleteSource(ctx context.Context, in *DeleteSourceRequest, opts ...grpc.CallOption) (*emptypb.Empty, error)
+	// CreateCredential creates a credential and answers it (AIP-133); a repeated request_id answers the first.
 	CreateCredential(ctx context.Context, in *CreateCredentialRequest, opts ...grpc.CallOption) (*Credential, error)
+	// GetCredential answers the credential named (AIP-131), NOT_FOUND naming name when there is none.
 	GetCredential(ctx context.Context, in *GetCredentialRequest, opts ...grpc.CallOption) (*Credential, error)
+	// ListCredentials answers a page of credentials (AIP-132, paged by page_size and page_token).
 	ListCredentials(ctx context.Context, in *ListCredentialsRequest, opts ...grpc.CallOption) (*ListCredentialsResponse, error)
+	// DeleteCredential deletes the credential named (AIP-135).
 	DeleteCredential(ctx context.Context, in *DeleteCredentialRequest, opts ...grpc.CallOption) (*emptypb.Empty, error)
 	// ListSourceVMs lists the VMs of the source's synced inventory, from the
 	// ledger. With refresh, or when the source was never synced, the leader
@@ -194,13 +202,21 @@ func (c *sourceServiceClient) ListSourceInventory(ctx context.Context, in *ListS
 // List pages with page_size, page_token, next_page_token (AIP-132/158).
 // SyncSource, ListSourceVMs and ListSourceInventory are custom (AIP-136).
 type SourceServiceServer interface {
+	// CreateSource creates a source and answers it (AIP-133); a repeated request_id answers the first.
 	CreateSource(context.Context, *CreateSourceRequest) (*Source, error)
+	// GetSource answers the source named (AIP-131), NOT_FOUND naming name when there is none.
 	GetSource(context.Context, *GetSourceRequest) (*Source, error)
+	// ListSources answers a page of sources (AIP-132, paged by page_size and page_token).
 	ListSources(context.Context, *ListSourcesRequest) (*ListSourcesResponse, error)
+	// DeleteSource deletes the source named (AIP-135).
 	DeleteSource(context.Context, *DeleteSourceRequest) (*emptypb.Empty, error)
+	// CreateCredential creates a credential and answers it (AIP-133); a repeated request_id answers the first.
 	CreateCredential(context.Context, *CreateCredentialRequest) (*Credential, error)
+	// GetCredential answers the credential named (AIP-131), NOT_FOUND naming name when there is none.
 	GetCredential(context.Context, *GetCredentialRequest) (*Credential, error)
+	// ListCredentials answers a page of credentials (AIP-132, paged by page_size and page_token).
 	ListCredentials(context.Context, *ListCredentialsRequest) (*ListCredentialsResponse, error)
+	// DeleteCredential deletes the credential named (AIP-135).
 	DeleteCredential(context.Context, *DeleteCredentialRequest) (*emptypb.Empty, error)
 	// ListSourceVMs lists the VMs of the source's synced inventory, from the
 	// ledger. With refresh, or when the source was never synced, the leader

@@ -49,20 +49,33 @@ const (
 // List pages with page_size, page_token, next_page_token (AIP-132/158).
 // ReleaseL3NetworkAddress is custom (AIP-136).
 type TargetInventoryServiceClient interface {
+	// CreateCluster creates a cluster and answers it (AIP-133); a repeated request_id answers the first.
 	CreateCluster(ctx context.Context, in *CreateClusterRequest, opts ...grpc.CallOption) (*Cluster, error)
+	// GetCluster answers the cluster named (AIP-131), NOT_FOUND naming name when there is none.
 	GetCluster(ctx context.Context, in *GetClusterRequest, opts ...grpc.CallOption) (*Cluster, error)
+	// ListClusters answers a page of clusters (AIP-132, paged by page_size and page_token).
 	ListClusters(ctx context.Context, in *ListClustersRequest, opts ...grpc.CallOption) (*ListClustersResponse, error)
+	// DeleteCluster deletes the cluster named (AIP-135).
 	DeleteCluster(ctx context.Context, in *DeleteClusterRequest, opts ...grpc.CallOption) (*emptypb.Empty, error)
 	// Hosts are registered by their agents and cannot be created by hand.
 	GetHost(ctx context.Context, in *GetHostRequest, opts ...grpc.CallOption) (*Host, error)
+	// ListHosts answers a page of hosts (AIP-132, paged by page_size and page_token).
 	ListHosts(ctx context.Context, in *ListHostsRequest, opts ...grpc.CallOption) (*ListHostsResponse, error)
+	// CreatePrimaryStorage creates a primary storage and answers it (AIP-133); a repeated request_id answers the first.
 	CreatePrimaryStorage(ctx context.Context, in *CreatePrimaryStorageRequest, opts ...grpc.CallOption) (*PrimaryStorage, error)
+	// GetPrimaryStorage answers the primary storage named (AIP-131), NOT_FOUND naming name when there is none.
 	GetPrimaryStorage(ctx context.Context, in *GetPrimaryStorageRequest, opts ...grpc.CallOption) (*PrimaryStorage, error)
+	// ListPrimaryStorages answers a page of primary storages (AIP-132, paged by page_size and page_token).
 	ListPrimaryStorages(ctx context.Context, in *ListPrimaryStoragesRequest, opts ...grpc.CallOption) (*ListPrimaryStoragesResponse, error)
+	// DeletePrimaryStorage deletes the primary storage named (AIP-135).
 	DeletePrimaryStorage(ctx context.Context, in *DeletePrimaryStorageRequest, opts ...grpc.CallOption) (*emptypb.Empty, error)
+	// CreateL3Network creates an L3 network and answers it (AIP-133); a repeated request_id answers the first.
 	CreateL3Network(ctx context.Context, in *CreateL3NetworkRequest, opts ...grpc.CallOption) (*L3Network, error)
+	// GetL3Network answers the L3 network named (AIP-131), NOT_FOUND naming name when there is none.
 	GetL3Network(ctx context.Context, in *GetL3NetworkRequest, opts ...grpc.CallOption) (*L3Network, error)
+	// ListL3Networks answers a page of L3 networks (AIP-132, paged by page_size and page_token).
 	ListL3Networks(ctx context.Context, in *ListL3NetworksRequest, opts ...grpc.CallOption) (*ListL3NetworksResponse, error)
+	// DeleteL3Network deletes the L3 network named (AIP-135).
 	DeleteL3Network(ctx context.Context, in *DeleteL3NetworkRequest, opts ...grpc.CallOption) (*emptypb.Empty, error)
 	// Returns an address a migrated VM kept (L3Network.reservations) to the
 	// pool, once the VM no longer uses it. Remove the VM's DHCP host entry
@@ -241,20 +254,33 @@ func (c *targetInventoryServiceClient) ReleaseL3NetworkAddress(ctx context.Conte
 // List pages with page_size, page_token, next_page_token (AIP-132/158).
 // ReleaseL3NetworkAddress is custom (AIP-136).
 type TargetInventoryServiceServer interface {
+	// CreateCluster creates a cluster and answers it (AIP-133); a repeated request_id answers the first.
 	CreateCluster(context.Context, *CreateClusterRequest) (*Cluster, error)
+	// GetCluster answers the cluster named (AIP-131), NOT_FOUND naming name when there is none.
 	GetCluster(context.Context, *GetClusterRequest) (*Cluster, error)
+	// ListClusters answers a page of clusters (AIP-132, paged by page_size and page_token).
 	ListClusters(context.Context, *ListClustersRequest) (*ListClustersResponse, error)
+	// DeleteCluster deletes the cluster named (AIP-135).
 	DeleteCluster(context.Context, *DeleteClusterRequest) (*emptypb.Empty, error)
 	// Hosts are registered by their agents and cannot be created by hand.
 	GetHost(context.Context, *GetHostRequest) (*Host, error)
+	// ListHosts answers a page of hosts (AIP-132, paged by page_size and page_token).
 	ListHosts(context.Context, *ListHostsRequest) (*ListHostsResponse, error)
+	// CreatePrimaryStorage creates a primary storage and answers it (AIP-133); a repeated request_id answers the first.
 	CreatePrimaryStorage(context.Context, *CreatePrimaryStorageRequest) (*PrimaryStorage, error)
+	// GetPrimaryStorage answers the primary storage named (AIP-131), NOT_FOUND naming name when there is none.
 	GetPrimaryStorage(context.Context, *GetPrimaryStorageRequest) (*PrimaryStorage, error)
+	// ListPrimaryStorages answers a page of primary storages (AIP-132, paged by page_size and page_token).
 	ListPrimaryStorages(context.Context, *ListPrimaryStoragesRequest) (*ListPrimaryStoragesResponse, error)
+	// DeletePrimaryStorage deletes the primary storage named (AIP-135).
 	DeletePrimaryStorage(context.Context, *DeletePrimaryStorageRequest) (*emptypb.Empty, error)
+	// CreateL3Network creates an L3 network and answers it (AIP-133); a repeated request_id answers the first.
 	CreateL3Network(context.Context, *CreateL3NetworkRequest) (*L3Network, error)
+	// GetL3Network answers the L3 network named (AIP-131), NOT_FOUND naming name when there is none.
 	GetL3Network(context.Context, *GetL3NetworkRequest) (*L3Network, error)
+	// ListL3Networks answers a page of L3 networks (AIP-132, paged by page_size and page_token).
 	ListL3Networks(context.Context, *ListL3NetworksRequest) (*ListL3NetworksResponse, error)
+	// DeleteL3Network deletes the L3 network named (AIP-135).
 	DeleteL3Network(context.Context, *DeleteL3NetworkRequest) (*emptypb.Empty, error)
 	// Returns an address a migrated VM kept (L3Network.reservations) to the
 	// pool, once the VM no longer uses it. Remove the VM's DHCP host entry
