@@ -2,7 +2,6 @@ package client
 
 import (
 	"context"
-	"google.golang.org/protobuf/types/known/emptypb"
 	"net"
 	"sync"
 	"testing"
@@ -12,6 +11,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/emptypb"
 
 	"github.com/ferry-v2v/ferry/pkg/grpcutil"
 	ferryv1 "github.com/ferry-v2v/ferry/pkg/pb/ferry/v1"

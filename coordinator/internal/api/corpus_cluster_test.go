@@ -6,7 +6,6 @@ import (
 	"crypto/ed25519"
 	"encoding/pem"
 	"fmt"
-	"google.golang.org/protobuf/types/known/emptypb"
 	"strings"
 	"testing"
 	"time"
@@ -19,6 +18,7 @@ import (
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/durationpb"
+	"google.golang.org/protobuf/types/known/emptypb"
 	"google.golang.org/protobuf/types/known/fieldmaskpb"
 
 	"github.com/ferry-v2v/ferry/coordinator/internal/testcluster"

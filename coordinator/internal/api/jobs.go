@@ -2,6 +2,7 @@ package api
 
 import (
 	"context"
+
 	"google.golang.org/protobuf/types/known/emptypb"
 
 	"github.com/ferry-v2v/ferry/coordinator/internal/ledger"

@@ -3,7 +3,6 @@ package api
 import (
 	"context"
 	"fmt"
-	"google.golang.org/protobuf/types/known/emptypb"
 	"slices"
 	"sync"
 	"testing"
@@ -12,6 +11,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/emptypb"
 
 	"github.com/ferry-v2v/ferry/coordinator/internal/ledger"
 	ferryv1 "github.com/ferry-v2v/ferry/pkg/pb/ferry/v1"

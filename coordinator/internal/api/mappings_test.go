@@ -2,13 +2,13 @@ package api
 
 import (
 	"context"
-	"google.golang.org/protobuf/types/known/emptypb"
 	"reflect"
 	"strings"
 	"testing"
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/emptypb"
 	"google.golang.org/protobuf/types/known/fieldmaskpb"
 
 	"github.com/ferry-v2v/ferry/coordinator/internal/ledger"

@@ -2,10 +2,11 @@ package api
 
 import (
 	"context"
-	"google.golang.org/protobuf/types/known/emptypb"
 	"net/netip"
 	"strings"
 	"unicode"
+
+	"google.golang.org/protobuf/types/known/emptypb"
 
 	ledgerv1 "github.com/ferry-v2v/ferry/pkg/pb/ferry/ledger/v1"
 	ferryv1 "github.com/ferry-v2v/ferry/pkg/pb/ferry/v1"

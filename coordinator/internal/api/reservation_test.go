@@ -1,10 +1,10 @@
 package api
 
 import (
-	"google.golang.org/protobuf/types/known/emptypb"
 	"testing"
 
 	"google.golang.org/grpc/codes"
+	"google.golang.org/protobuf/types/known/emptypb"
 
 	ledgerv1 "github.com/ferry-v2v/ferry/pkg/pb/ferry/ledger/v1"
 	ferryv1 "github.com/ferry-v2v/ferry/pkg/pb/ferry/v1"

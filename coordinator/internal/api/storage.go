@@ -2,8 +2,9 @@ package api
 
 import (
 	"context"
-	"google.golang.org/protobuf/types/known/emptypb"
 	"regexp"
+
+	"google.golang.org/protobuf/types/known/emptypb"
 
 	ledgerv1 "github.com/ferry-v2v/ferry/pkg/pb/ferry/ledger/v1"
 	ferryv1 "github.com/ferry-v2v/ferry/pkg/pb/ferry/v1"

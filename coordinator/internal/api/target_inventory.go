@@ -2,9 +2,9 @@ package api
 
 import (
 	"context"
-	"google.golang.org/protobuf/types/known/emptypb"
 
 	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/emptypb"
 
 	ledgerv1 "github.com/ferry-v2v/ferry/pkg/pb/ferry/ledger/v1"
 	ferryv1 "github.com/ferry-v2v/ferry/pkg/pb/ferry/v1"
