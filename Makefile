@@ -56,6 +56,7 @@ check: check-files build-deps lint-proto check-tidy
 	@echo "check: go vet"; \
 	$(GO) vet ./... && $(GO) vet -tags integration ./...
 	@scripts/check-imports.sh
+	@scripts/check-layout.sh
 
 ## check-files: no tracked executable binary (ELF, Mach-O, PE, ar) nor file over 1 MiB, but for .ci/allowed-files
 MAX_FILE_BYTES := 1048576
