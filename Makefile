@@ -54,8 +54,9 @@ check: check-files build-deps lint-proto check-tidy
 	bad=$$(find . -name '*.go' -not -path './.git/*' -print0 | xargs -0 -r gofmt -l); \
 	if [[ -n "$$bad" ]]; then echo "check: not gofmt-ed (run gofmt -w):" >&2; echo "$$bad" >&2; exit 1; fi
 	@echo "check: go vet"; \
-	$(GO) vet ./...
+	$(GO) vet ./... && $(GO) vet -tags integration ./...
 	@scripts/check-imports.sh
+	@scripts/check-layout.sh
 
 ## check-files: no tracked executable binary (ELF, Mach-O, PE, ar) nor file over 1 MiB, but for .ci/allowed-files
 MAX_FILE_BYTES := 1048576

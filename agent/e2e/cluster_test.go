@@ -45,7 +45,7 @@ func startCluster(t testing.TB, n int, extra ...string) *ferry {
 		if i == 1 {
 			f.coord = node.proc
 			testkit.WaitFor(t, 30*time.Second, "the first coordinator's PKI", func() bool {
-				_, err := os.Stat(filepath.Join(f.tlsDir, tlsutil.OperatorDir, tlsutil.ClientKeyFile))
+				_, err := os.Stat(filepath.Join(f.tlsDir, tlsutil.OperatorDir, tlsutil.ClientCertFile)) // written last of the pair
 				return err == nil
 			})
 		}

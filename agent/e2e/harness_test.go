@@ -198,7 +198,7 @@ func startFerryOn(t testing.TB, host string, extra ...string) *ferry {
 	}
 	f.coord = start(t, "ferry-coordinator", append(append(args, "--listen", f.addr), extra...)...)
 	testkit.WaitFor(t, 30*time.Second, "the coordinator's PKI", func() bool {
-		_, err := os.Stat(filepath.Join(f.tlsDir, tlsutil.OperatorDir, tlsutil.ClientKeyFile))
+		_, err := os.Stat(filepath.Join(f.tlsDir, tlsutil.OperatorDir, tlsutil.ClientCertFile)) // written last of the pair
 		return err == nil
 	})
 	c, err := client.New(context.Background(), client.Options{Addresses: []string{f.addr}, TLSDir: f.tlsDir, Timeout: 30 * time.Second})

@@ -94,9 +94,17 @@ func TestSecretsNeverInClear(t *testing.T) {
 	must(t, err)
 	raftDir := filepath.Join(w.f.dir, "coordinator", "raft")
 	var snapshot string
+	var state []byte
 	testkit.WaitFor(t, time.Minute, "a Raft snapshot taken after the migrations", func() bool {
 		snapshot = newestSnapshot(t, raftDir, done)
-		return snapshot != ""
+		if snapshot == "" {
+			return false
+		}
+		// Snapshots are taken often here: one may be reaped between the
+		// look and the read; then look again.
+		b, err := os.ReadFile(snapshot)
+		state = b
+		return err == nil
 	})
 	stopWatch()
 	w.readEverything(answers)
@@ -105,8 +113,6 @@ func TestSecretsNeverInClear(t *testing.T) {
 		t.Fatalf("the bystander host received %d messages; want its welcome and heartbeats at least", len(seen.all()))
 	}
 
-	state, err := os.ReadFile(snapshot)
-	must(t, err)
 	if !bytes.Contains(state, []byte(pw)) || !bytes.Contains(state, []byte(keyJob)) {
 		t.Fatalf("snapshot %s lacks %s or %s: not the ledger after the migrations", snapshot, pw, keyJob)
 	}
@@ -337,6 +343,9 @@ func newestSnapshot(t *testing.T, raftDir string, since time.Time) string {
 	metas, err := filepath.Glob(filepath.Join(raftDir, "snapshots", "*", "meta.json"))
 	must(t, err)
 	for _, m := range metas {
+		if strings.HasSuffix(filepath.Dir(m), ".tmp") {
+			continue // still being written; renamed when complete
+		}
 		if fi, err := os.Stat(m); err == nil && fi.ModTime().After(since) {
 			return filepath.Join(filepath.Dir(m), "state.bin")
 		}

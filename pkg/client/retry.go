@@ -12,6 +12,7 @@ import (
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/reflect/protoreflect"
 
+	"github.com/ferry-v2v/ferry/pkg/backoff"
 	"github.com/ferry-v2v/ferry/pkg/grpcutil"
 )
 
@@ -85,11 +86,7 @@ func (c *Client) outgoing(ctx context.Context, method string) context.Context {
 
 // backoff is the pause before the attempt after the given one.
 func (c *Client) backoff(attempt int) time.Duration {
-	d := c.opts.Backoff
-	for i := 1; i < attempt && d < c.opts.MaxBackoff; i++ {
-		d *= 2
-	}
-	return min(d, c.opts.MaxBackoff)
+	return backoff.Policy{Min: c.opts.Backoff, Max: c.opts.MaxBackoff}.Wait(attempt)
 }
 
 // reroute decides where an attempt that failed at addr with err goes next,

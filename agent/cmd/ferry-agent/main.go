@@ -15,7 +15,6 @@ import (
 	"path"
 	"path/filepath"
 	"syscall"
-	"time"
 
 	"golang.org/x/sync/errgroup"
 
@@ -123,45 +122,18 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 	g.Go(func() error { return client.Run(ctx) })
 	g.Go(func() error { kvmDriver.Janitor(ctx, cfg.SourceCleanupInterval); return nil })
 	g.Go(func() error {
-		reclaimCaches(ctx, []string{cfg.CachePath, filepath.Join(cfg.DataDir, "cache")}, client.CacheRetention, r, log)
+		held := func() []string {
+			var ids []string
+			for _, h := range r.Held() {
+				ids = append(ids, path.Base(h.GetJob()))
+			}
+			return ids
+		}
+		cache.RunReclaim(ctx, []string{cfg.CachePath, filepath.Join(cfg.DataDir, "cache")}, cache.ReclaimInterval,
+			client.CacheRetention, held, log)
 		return nil
 	})
 	return g.Wait()
-}
-
-// reclaimInterval is how often caches past retention are looked for.
-const reclaimInterval = 10 * time.Minute
-
-// reclaimCaches removes, every reclaimInterval, the caches of jobs this
-// agent does not hold that are older than the cluster's cache retention.
-// Only job directories Ferry made (cache.MakeJobDir) are candidates;
-// anything else under --cache-path is left alone.
-func reclaimCaches(ctx context.Context, dirs []string, retention func() time.Duration, r *runner.Runner, log *slog.Logger) {
-	t := time.NewTicker(reclaimInterval)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-		}
-		keep := map[string]bool{}
-		for _, h := range r.Held() {
-			keep[path.Base(h.GetJob())] = true
-		}
-		for _, dir := range dirs {
-			if dir == "" || retention() <= 0 {
-				continue
-			}
-			removed, err := cache.Reclaim(dir, retention(), func(id string) bool { return keep[id] })
-			if err != nil {
-				log.Warn("reclaim caches", "dir", dir, "err", err)
-			}
-			if len(removed) > 0 {
-				log.Info("reclaimed caches past retention", "dir", dir, "jobs", removed)
-			}
-		}
-	}
 }
 
 // domainType is the target.Options value of --domain-type: "" for auto.

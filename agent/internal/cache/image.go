@@ -120,6 +120,23 @@ func (i *Image) Size() int64 { return i.size }
 // newly created image removes the file found there.
 func (i *Image) CheckpointPath() string { return i.ckpt }
 
+// SumsPath is where the per-chunk checksums of the checkpoint at
+// checkpoint are kept, beside it.
+func SumsPath(checkpoint string) string { return checkpoint + ".sums" }
+
+// Reset removes disk's cache image (either format), checkpoint and
+// checksums from the job directory dir, so that a copy that cannot resume
+// (a VMware stream read again from its start) begins from nothing.
+func Reset(dir, disk string) error {
+	ckpt := CheckpointPath(dir, disk)
+	for _, p := range []string{filepath.Join(dir, disk+"."+FormatRaw), filepath.Join(dir, disk+"."+FormatQcow2), ckpt, SumsPath(ckpt)} {
+		if err := os.Remove(p); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			return fmt.Errorf("cache: remove %s of an earlier attempt: %w", p, err)
+		}
+	}
+	return nil
+}
+
 // CheckpointPath is where the checkpoint of disk's cache image in dir
 // belongs, with the checksums the copy recorded beside it.
 func CheckpointPath(dir, disk string) string { return filepath.Join(dir, disk+".ckpt") }

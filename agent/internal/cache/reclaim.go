@@ -1,8 +1,10 @@
 package cache
 
 import (
+	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"time"
@@ -106,4 +108,41 @@ func removeJob(dir string) error {
 		}
 	}
 	return os.RemoveAll(dir)
+}
+
+// ReclaimInterval is how often RunReclaim looks for caches past retention.
+const ReclaimInterval = 10 * time.Minute
+
+// RunReclaim removes, every interval until ctx ends, the caches under
+// dirs of jobs that held does not name and that are older than
+// retention() (the cluster's setting, as the agent last heard it; 0 or
+// less reclaims nothing). Only job directories MakeJobDir made are
+// candidates; anything else under a cache path is left alone.
+func RunReclaim(ctx context.Context, dirs []string, interval time.Duration, retention func() time.Duration,
+	held func() []string, log *slog.Logger) {
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		keep := map[string]bool{}
+		for _, id := range held() {
+			keep[id] = true
+		}
+		for _, dir := range dirs {
+			if dir == "" || retention() <= 0 {
+				continue
+			}
+			removed, err := Reclaim(dir, retention(), func(id string) bool { return keep[id] })
+			if err != nil {
+				log.Warn("reclaim caches", "dir", dir, "err", err)
+			}
+			if len(removed) > 0 {
+				log.Info("reclaimed caches past retention", "dir", dir, "jobs", removed)
+			}
+		}
+	}
 }

@@ -13,6 +13,8 @@ import (
 
 	"github.com/cespare/xxhash/v2"
 	"golang.org/x/sync/errgroup"
+
+	"github.com/ferry-v2v/ferry/agent/internal/cache"
 )
 
 // End-to-end checksums. While CONVERTING, every chunk the copy completes
@@ -55,15 +57,12 @@ func appendSum(b []byte, i int, s Sum) []byte {
 	return le.AppendUint32(b, crc32.ChecksumIEEE(b[start:]))
 }
 
-// SumsPath is the sums file of the checkpoint at path.
-func SumsPath(path string) string { return path + ".sums" }
-
 // appendSums adds records to the sums file durably. Called with saveMu.
 func (c *Checkpoint) appendSums(recs []byte) error {
 	if len(recs) == 0 {
 		return nil
 	}
-	f, err := os.OpenFile(SumsPath(c.path), os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o600)
+	f, err := os.OpenFile(cache.SumsPath(c.path), os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o600)
 	if err != nil {
 		return fmt.Errorf("save checksums: %w", err)
 	}
@@ -85,7 +84,7 @@ func (c *Checkpoint) appendSums(recs []byte) error {
 // record. Without a valid checkpoint the file is removed: it describes an
 // image that is gone.
 func (c *Checkpoint) loadSums(valid bool) error {
-	path := SumsPath(c.path)
+	path := cache.SumsPath(c.path)
 	if !valid {
 		if err := os.Remove(path); err != nil && !errors.Is(err, fs.ErrNotExist) {
 			return fmt.Errorf("remove stale checksums: %w", err)

@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ferry-v2v/ferry/agent/internal/cache"
 	"github.com/ferry-v2v/ferry/pkg/testkit"
 )
 
@@ -100,7 +101,7 @@ func TestSumsFile(t *testing.T) {
 	if _, err := Copy(context.Background(), src, newMemSink(src.Size()), Options{Checkpoint: cp}); err != nil {
 		t.Fatal(err)
 	}
-	f, err := os.OpenFile(SumsPath(path), os.O_WRONLY|os.O_APPEND, 0)
+	f, err := os.OpenFile(cache.SumsPath(path), os.O_WRONLY|os.O_APPEND, 0)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -116,11 +117,11 @@ func TestSumsFile(t *testing.T) {
 	if s, _ := cp.Sum(1); s.Hash == 42 || !cp.Verifiable() {
 		t.Fatalf("a torn record counted: chunk 1 has %+v, verifiable %v", s, cp.Verifiable())
 	}
-	if fi, err := os.Stat(SumsPath(path)); err != nil || fi.Size() != int64(cp.Chunks()*sumRecord) {
+	if fi, err := os.Stat(cache.SumsPath(path)); err != nil || fi.Size() != int64(cp.Chunks()*sumRecord) {
 		t.Fatalf("sums file not compacted to %d records: %v %v", cp.Chunks(), fi, err)
 	}
 
-	if err := os.Remove(SumsPath(path)); err != nil {
+	if err := os.Remove(cache.SumsPath(path)); err != nil {
 		t.Fatal(err)
 	}
 	cp, err = OpenCheckpoint(path)
@@ -134,7 +135,7 @@ func TestSumsFile(t *testing.T) {
 		t.Fatalf("verify without sums = %v, want ErrCheckpoint", err)
 	}
 
-	if err := os.WriteFile(SumsPath(path), torn, 0o600); err != nil {
+	if err := os.WriteFile(cache.SumsPath(path), torn, 0o600); err != nil {
 		t.Fatal(err)
 	}
 	if err := os.Remove(path); err != nil {
@@ -143,7 +144,7 @@ func TestSumsFile(t *testing.T) {
 	if _, err := LoadCheckpoint(path, src.Size(), DefaultChunkSize); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := os.Stat(SumsPath(path)); !errors.Is(err, os.ErrNotExist) {
+	if _, err := os.Stat(cache.SumsPath(path)); !errors.Is(err, os.ErrNotExist) {
 		t.Fatalf("the sums of a removed checkpoint are still there: %v", err)
 	}
 }

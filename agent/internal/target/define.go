@@ -27,8 +27,8 @@ var ErrDomainExists = errors.New("a domain of that name exists")
 
 // Options are the target host's side of Define and Rollback.
 type Options struct {
-	// Runner deletes volumes on Rollback (default ExecRunner).
-	Runner Runner
+	// Commander deletes volumes on Rollback (default ExecCommander).
+	Commander Commander
 	// DomainType is "kvm" or "qemu"; empty: kvm when the host's libvirt
 	// offers it for x86_64, qemu (TCG) otherwise.
 	DomainType string
@@ -45,8 +45,8 @@ type Options struct {
 }
 
 func (o Options) withDefaults() Options {
-	if o.Runner == nil {
-		o.Runner = ExecRunner{Log: o.Log}
+	if o.Commander == nil {
+		o.Commander = ExecCommander{Log: o.Log}
 	}
 	if o.FirmwareDir == "" {
 		o.FirmwareDir = DefaultFirmwareDir
@@ -314,7 +314,7 @@ func rollback(ctx context.Context, conn *libvirt.Connect, spec Spec, opts Option
 		errs = append(errs, undoDefine(conn, spec, opts))
 	}
 	for _, v := range spec.Volumes {
-		errs = append(errs, v.Delete(ctx, opts.Runner))
+		errs = append(errs, v.Delete(ctx, opts.Commander))
 	}
 	if err := errors.Join(errs...); err != nil {
 		return fmt.Errorf("roll back %s: %w", spec.VM.GetVmName(), err)

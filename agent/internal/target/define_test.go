@@ -110,7 +110,7 @@ func (e *libvirtEnv) spec(t *testing.T) Spec {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if err := v.Create(context.Background(), ExecRunner{}); err != nil {
+		if err := v.Create(context.Background(), ExecCommander{}); err != nil {
 			t.Fatal(err)
 		}
 		s.Volumes = append(s.Volumes, v)

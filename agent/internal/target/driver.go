@@ -64,7 +64,7 @@ func (d *Driver) Upload(ctx context.Context, job *runner.Job) error {
 	if err != nil {
 		return err
 	}
-	up := NewUploader(UploadDeps{Runner: d.opts.Runner, Copier: &NBDCopier{Limiter: job.Upstream, Log: job.Log}, Log: job.Log,
+	up := NewUploader(UploadDeps{Commander: d.opts.Commander, Copier: &NBDCopier{Limiter: job.Upstream, Log: job.Log}, Log: job.Log,
 		Fence: job.Fence})
 	for i, disk := range job.Assignment.GetJob().GetTarget().GetDisks() {
 		name := disk.GetSourceDisk()

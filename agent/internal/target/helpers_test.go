@@ -69,15 +69,15 @@ func shortTempDir(t testing.TB) string {
 	return dir
 }
 
-// fakeRunner records argv and answers from a table of outputs and errors.
-type fakeRunner struct {
+// fakeCommander records argv and answers from a table of outputs and errors.
+type fakeCommander struct {
 	mu    sync.Mutex
 	argv  [][]string
 	fail  map[string]string // argv[0] → output of a failure
 	calls map[string]int
 }
 
-func (f *fakeRunner) Run(_ context.Context, name string, args ...string) ([]byte, error) {
+func (f *fakeCommander) Run(_ context.Context, name string, args ...string) ([]byte, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.argv = append(f.argv, append([]string{name}, args...))
@@ -91,7 +91,7 @@ func (f *fakeRunner) Run(_ context.Context, name string, args ...string) ([]byte
 	return nil, nil
 }
 
-func (f *fakeRunner) commands() [][]string {
+func (f *fakeCommander) commands() [][]string {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	return append([][]string(nil), f.argv...)

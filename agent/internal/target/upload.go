@@ -43,16 +43,16 @@ type Copier interface {
 	Copy(ctx context.Context, src, dst Endpoint, opts CopyOptions) error
 }
 
-// UploadDeps are an Uploader's collaborators. Runner defaults to
-// ExecRunner, Copier to an NBDCopier without limit (pass one with the
+// UploadDeps are an Uploader's collaborators. Commander defaults to
+// ExecCommander, Copier to an NBDCopier without limit (pass one with the
 // migration server's upstream Limiter), QemuNBD to "qemu-nbd" on PATH,
 // TempDir to os.TempDir(), Log to discarding.
 type UploadDeps struct {
-	Runner  Runner
-	Copier  Copier
-	QemuNBD string
-	TempDir string
-	Log     *slog.Logger
+	Commander Commander
+	Copier    Copier
+	QemuNBD   string
+	TempDir   string
+	Log       *slog.Logger
 	// Fence, when set, is asked right before the volume is created and
 	// before data is written to it (runner.Job.Fence); an error stops the
 	// upload without that write.
@@ -61,7 +61,7 @@ type UploadDeps struct {
 
 // Uploader moves cache images onto target volumes.
 type Uploader struct {
-	runner  Runner
+	cmds    Commander
 	copier  Copier
 	qemuNBD string
 	tempDir string
@@ -71,9 +71,9 @@ type Uploader struct {
 
 // NewUploader returns an Uploader.
 func NewUploader(d UploadDeps) *Uploader {
-	u := &Uploader{runner: d.Runner, copier: d.Copier, qemuNBD: d.QemuNBD, tempDir: d.TempDir, log: d.Log, fenceFn: d.Fence}
-	if u.runner == nil {
-		u.runner = ExecRunner{Log: d.Log}
+	u := &Uploader{cmds: d.Commander, copier: d.Copier, qemuNBD: d.QemuNBD, tempDir: d.TempDir, log: d.Log, fenceFn: d.Fence}
+	if u.cmds == nil {
+		u.cmds = ExecCommander{Log: d.Log}
 	}
 	if u.copier == nil {
 		u.copier = &NBDCopier{Log: d.Log}
@@ -96,7 +96,7 @@ func (u *Uploader) Upload(ctx context.Context, src Endpoint, vol Volume, progres
 	if err := u.fence(ctx, "create volume "+vol.Path); err != nil {
 		return err
 	}
-	if err := vol.Create(ctx, u.runner); err != nil {
+	if err := vol.Create(ctx, u.cmds); err != nil {
 		return err
 	}
 	// Serving the volume writable is the upload's first write to it.

@@ -86,8 +86,8 @@ func TestUploadRawBlockDevice(t *testing.T) {
 		t.Fatal(err)
 	}
 	vol.Path = dev // what /dev/vg0/ferry-j1-vdb would be
-	r := &fakeRunner{}
-	u := NewUploader(UploadDeps{Runner: r, Log: testkit.Logger(t)})
+	r := &fakeCommander{}
+	u := NewUploader(UploadDeps{Commander: r, Log: testkit.Logger(t)})
 	if err := u.Upload(context.Background(), src, vol, nil); err != nil {
 		t.Fatal(err)
 	}

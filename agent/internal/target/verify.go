@@ -28,7 +28,7 @@ func (d *Driver) Verify(ctx context.Context, job *runner.Job) error {
 	if err != nil {
 		return err
 	}
-	up := NewUploader(UploadDeps{Runner: d.opts.Runner, Log: job.Log})
+	up := NewUploader(UploadDeps{Commander: d.opts.Commander, Log: job.Log})
 	for i, disk := range job.Assignment.GetJob().GetTarget().GetDisks() {
 		name := disk.GetSourceDisk()
 		cp, err := pipeline.OpenCheckpoint(cache.CheckpointPath(job.CacheDir, name))

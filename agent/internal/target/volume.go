@@ -142,7 +142,7 @@ func (v Volume) DeleteCommands() [][]string {
 // Create creates the volume. A leftover volume of the same name (from an
 // attempt that crashed before its rollback) is deleted and created anew;
 // a qcow2 file is simply overwritten by qemu-img.
-func (v Volume) Create(ctx context.Context, r Runner) error {
+func (v Volume) Create(ctx context.Context, r Commander) error {
 	cmds := v.CreateCommands()
 	if cmds == nil {
 		return fmt.Errorf("%w: volume %s has no storage type", ErrBadStorage, v.Path)
@@ -163,7 +163,7 @@ func (v Volume) Create(ctx context.Context, r Runner) error {
 }
 
 // Delete deletes the volume; a volume that does not exist is no error.
-func (v Volume) Delete(ctx context.Context, r Runner) error {
+func (v Volume) Delete(ctx context.Context, r Commander) error {
 	for _, argv := range v.DeleteCommands() {
 		out, err := r.Run(ctx, argv[0], argv[1:]...)
 		if err != nil && !outputHas(out, err, "no such file", "not found", "failed to find", "does not exist") {

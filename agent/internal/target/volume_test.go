@@ -87,7 +87,7 @@ func TestPlanAndCommands(t *testing.T) {
 			if v.Path != tt.wantPath || v.Format != tt.wantFormat || v.ZeroInitialized() != tt.wantZeroed {
 				t.Errorf("volume = %+v zeroed=%v", v, v.ZeroInitialized())
 			}
-			r := &fakeRunner{}
+			r := &fakeCommander{}
 			if err := v.Create(context.Background(), r); err != nil {
 				t.Fatal(err)
 			}
@@ -134,7 +134,7 @@ func TestPlanRefuses(t *testing.T) {
 // again; deleting what is already gone succeeds.
 func TestCreateReplacesLeftoverAndDeleteIsIdempotent(t *testing.T) {
 	lv, _ := Plan(storage(ferryv1.PrimaryStorageType_PRIMARY_STORAGE_TYPE_SHAREDBLOCK, "", "", "vg0"), "j1", "vdb", 1<<20)
-	r := &fakeRunner{fail: map[string]string{"lvcreate": `  Logical Volume "ferry-j1-vdb" already exists in volume group "vg0"`}}
+	r := &fakeCommander{fail: map[string]string{"lvcreate": `  Logical Volume "ferry-j1-vdb" already exists in volume group "vg0"`}}
 	if err := lv.Create(context.Background(), r); err != nil {
 		t.Fatal(err)
 	}
@@ -148,15 +148,15 @@ func TestCreateReplacesLeftoverAndDeleteIsIdempotent(t *testing.T) {
 	}
 
 	rbd, _ := Plan(storage(ferryv1.PrimaryStorageType_PRIMARY_STORAGE_TYPE_CEPH, "", "vms", ""), "j1", "vdb", 1<<20)
-	r = &fakeRunner{fail: map[string]string{"rbd": "rbd: delete error: (2) No such file or directory"}}
+	r = &fakeCommander{fail: map[string]string{"rbd": "rbd: delete error: (2) No such file or directory"}}
 	if err := rbd.Delete(context.Background(), r); err != nil {
 		t.Errorf("delete of a missing image: %v", err)
 	}
-	r = &fakeRunner{fail: map[string]string{"lvremove": `  Failed to find logical volume "vg0/ferry-j1-vdb"`}}
+	r = &fakeCommander{fail: map[string]string{"lvremove": `  Failed to find logical volume "vg0/ferry-j1-vdb"`}}
 	if err := lv.Delete(context.Background(), r); err != nil {
 		t.Errorf("delete of a missing LV: %v", err)
 	}
-	r = &fakeRunner{fail: map[string]string{"lvremove": `  Logical volume vg0/ferry-j1-vdb in use.`}}
+	r = &fakeCommander{fail: map[string]string{"lvremove": `  Logical volume vg0/ferry-j1-vdb in use.`}}
 	if err := lv.Delete(context.Background(), r); err == nil {
 		t.Error("delete of an LV in use succeeded")
 	}
@@ -170,7 +170,7 @@ func TestLocalVolumeForReal(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	r := ExecRunner{Log: testkit.Logger(t)}
+	r := ExecCommander{Log: testkit.Logger(t)}
 	ctx := context.Background()
 	for range 2 { // the second create overwrites
 		if err := v.Create(ctx, r); err != nil {

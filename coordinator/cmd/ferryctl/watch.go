@@ -12,6 +12,7 @@ import (
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/encoding/protojson"
 
+	"github.com/ferry-v2v/ferry/pkg/backoff"
 	"github.com/ferry-v2v/ferry/pkg/client"
 	"github.com/ferry-v2v/ferry/pkg/grpcutil"
 	"github.com/ferry-v2v/ferry/pkg/hostname"
@@ -242,12 +243,8 @@ func (w *watcher) result() error {
 }
 
 func sleepCtx(ctx context.Context, d time.Duration) error {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-		return ctx.Err()
-	case <-t.C:
+	if backoff.Sleep(ctx, d) {
 		return nil
 	}
+	return ctx.Err()
 }

@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ferry-v2v/ferry/pkg/kvmver"
 	"github.com/ferry-v2v/ferry/pkg/nbd"
 	"github.com/ferry-v2v/ferry/pkg/netsel"
 	"github.com/ferry-v2v/ferry/pkg/seal"
@@ -89,7 +90,7 @@ func TestConnectAndList(t *testing.T) {
 
 	t.Run("key", func(t *testing.T) {
 		c := connect(t, e.keyConfig(t))
-		if err := c.CheckVersions(true); err != nil {
+		if err := c.CheckVersions(kvmver.CephReason(true, nil, nil)); err != nil {
 			t.Errorf("CheckVersions: %v", err)
 		}
 		checkVM(t, e.vm, findVM(t, c, e.vm.Name))

@@ -6,8 +6,8 @@ import (
 	"fmt"
 	"time"
 
-	"github.com/ferry-v2v/ferry/agent/internal/backoff"
 	"github.com/ferry-v2v/ferry/agent/internal/runner"
+	"github.com/ferry-v2v/ferry/pkg/backoff"
 	"github.com/ferry-v2v/ferry/pkg/netsel"
 	ferryv1 "github.com/ferry-v2v/ferry/pkg/pb/ferry/v1"
 )

@@ -3,12 +3,8 @@ package vmware
 import (
 	"bufio"
 	"context"
-	"errors"
 	"fmt"
-	"io/fs"
 	"net/url"
-	"os"
-	"path/filepath"
 	"sync/atomic"
 	"time"
 
@@ -65,7 +61,7 @@ func copyDisk(ctx context.Context, conn *Conn, job *runner.Job, vm *VM, disk Dis
 		return fmt.Errorf("%w: the lease has no URL for the disk", ErrExport)
 	}
 	start := time.Now()
-	if err := resetImage(job.CacheDir, disk.Name); err != nil {
+	if err := cache.Reset(job.CacheDir, disk.Name); err != nil {
 		return err
 	}
 	body, err := conn.download(ctx, u)
@@ -154,16 +150,3 @@ func (s *summingSink) WriteAt(ctx context.Context, p []byte, off int64) error {
 }
 
 func (s *summingSink) Flush(ctx context.Context) error { return s.img.Flush(ctx) }
-
-// resetImage removes the disk's cache image, checkpoint and checksums
-// from an earlier attempt.
-func resetImage(dir, disk string) error {
-	ckpt := cache.CheckpointPath(dir, disk)
-	for _, p := range []string{filepath.Join(dir, disk+"."+cache.FormatRaw), filepath.Join(dir, disk+"."+cache.FormatQcow2),
-		ckpt, pipeline.SumsPath(ckpt)} {
-		if err := os.Remove(p); err != nil && !errors.Is(err, fs.ErrNotExist) {
-			return fmt.Errorf("cache: remove %s of an earlier attempt: %w", p, err)
-		}
-	}
-	return nil
-}

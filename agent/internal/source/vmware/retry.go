@@ -18,8 +18,8 @@ import (
 	"github.com/vmware/govmomi/vim25/soap"
 	"github.com/vmware/govmomi/vim25/types"
 
-	"github.com/ferry-v2v/ferry/agent/internal/backoff"
 	"github.com/ferry-v2v/ferry/agent/internal/runner"
+	"github.com/ferry-v2v/ferry/pkg/backoff"
 )
 
 // Defaults of the retry options.

@@ -9,21 +9,21 @@ import (
 	"strings"
 )
 
-// Runner runs a program on the host that writes the volumes and returns its
+// Commander runs a program on the host that writes the volumes and returns its
 // combined output. Tests record the argv instead of running it.
-type Runner interface {
+type Commander interface {
 	Run(ctx context.Context, name string, args ...string) ([]byte, error)
 }
 
-// ExecRunner runs programs with os/exec.
-type ExecRunner struct {
+// ExecCommander runs programs with os/exec.
+type ExecCommander struct {
 	// Log receives one debug line per command; nil discards.
 	Log *slog.Logger
 }
 
 // Run runs name with args. A failure is a *CommandError carrying the
 // output, which callers inspect for "already exists" and "not found".
-func (r ExecRunner) Run(ctx context.Context, name string, args ...string) ([]byte, error) {
+func (r ExecCommander) Run(ctx context.Context, name string, args ...string) ([]byte, error) {
 	if r.Log != nil {
 		r.Log.DebugContext(ctx, "run", "argv", append([]string{name}, args...))
 	}

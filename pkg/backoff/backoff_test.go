@@ -75,3 +75,13 @@ func TestTransport(t *testing.T) {
 		}
 	}
 }
+
+func TestPolicyWait(t *testing.T) {
+	p := Policy{Min: 100 * time.Millisecond, Max: time.Second}
+	for attempt, want := range map[int]time.Duration{1: 100 * time.Millisecond, 2: 200 * time.Millisecond,
+		4: 800 * time.Millisecond, 5: time.Second, 50: time.Second} {
+		if got := p.Wait(attempt); got != want {
+			t.Errorf("Wait(%d) = %v, want %v", attempt, got, want)
+		}
+	}
+}

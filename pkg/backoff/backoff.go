@@ -1,7 +1,9 @@
-// Package backoff retries an operation on a source whose connection
-// dropped: attempts spaced by a jittered, doubling wait, within a time
-// budget, for errors a predicate calls retryable. The KVM and VMware
-// source drivers share it, and with it the agent's --source-retry-budget.
+// Package backoff is Ferry's one way of waiting between attempts: Retry
+// spaces attempts by a jittered, doubling wait within a time budget, for
+// errors a predicate calls retryable (the KVM and VMware source drivers,
+// with the agent's --source-retry-budget); Policy.Wait is the plain
+// doubling wait (pkg/client's leader following); Sleep is the one
+// context-aware sleep.
 package backoff
 
 import (
@@ -59,6 +61,16 @@ func Retry(ctx context.Context, p Policy, log *slog.Logger, retryable func(error
 		}
 		wait = min(2*wait, max(p.Max, p.Min))
 	}
+}
+
+// Wait is the pause after the given attempt (1 for the first): Min,
+// doubled for each attempt after the first, at most Max.
+func (p Policy) Wait(attempt int) time.Duration {
+	d := max(p.Min, 0)
+	for i := 1; i < attempt && d < p.Max; i++ {
+		d *= 2
+	}
+	return min(d, max(p.Max, p.Min))
 }
 
 // Sleep waits d or until ctx ends; it reports whether d passed.
