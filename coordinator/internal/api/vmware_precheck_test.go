@@ -109,6 +109,12 @@ func TestVMwarePrechecks(t *testing.T) {
 	// compared where the create would write: the source's sync record and
 	// the jobs.)
 	leader := w.c.Leader(5 * time.Second).Server
+	// The source's first sync (on registration, in the background) comes
+	// first: it is not the create's to record.
+	testcluster.Eventually(t, 30*time.Second, "the source's first sync", func() bool {
+		s, ok := leader.Ledger().Source("sources/vc")
+		return ok && s.GetLastSyncAttemptTime() != nil
+	})
 	srcBefore, _ := leader.Ledger().Source("sources/vc")
 	err := w.create(ctx, w.server, "vm-9999")
 	if msg := status.Convert(err).Message(); status.Code(err) != codes.NotFound ||
