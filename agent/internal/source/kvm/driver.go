@@ -172,9 +172,6 @@ func (d *Driver) Convert(ctx context.Context, job *runner.Job) error {
 	if err := conn.CheckVersions(cephReason(a, vm)); err != nil {
 		return err
 	}
-	if err := d.saveSourceFacts(ctx, conn, vm, job.CacheDir); err != nil {
-		return err
-	}
 	if err := conn.CleanupStale(ctx, vmName); err != nil {
 		return fmt.Errorf("clean up an earlier backup of %s: %w", vmName, err)
 	}
@@ -203,6 +200,12 @@ func (d *Driver) Convert(ctx context.Context, job *runner.Job) error {
 		}
 		d.release(record, cerr == nil)
 	}()
+	// The description and NVRAM are read at the backup's point in time,
+	// after the pause when the job pauses the source: a firmware that was
+	// still writing its variables has stopped by then.
+	if err := d.saveSourceFacts(ctx, src.conn, vm, job.CacheDir); err != nil {
+		return err
+	}
 	for _, disk := range disks {
 		if err := src.copyDisk(ctx, b, disk); err != nil {
 			return fmt.Errorf("disk %s: %w", disk.GetSourceDisk(), err)
