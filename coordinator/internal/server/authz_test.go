@@ -176,7 +176,7 @@ func TestAuthorizationMatrix(t *testing.T) {
 			conn := c.DialAs(at.Addr(), id)
 			name := fmt.Sprintf("%s at %s", id, at.Name)
 			// Refusals first: none of them may move the ledger.
-			before := appliedIndexes(c)
+			before := settledIndexes(t, c)
 			for _, m := range methods {
 				if expected(id.Role, m) {
 					continue
@@ -199,7 +199,7 @@ func TestAuthorizationMatrix(t *testing.T) {
 				}
 			}
 		}
-		before := appliedIndexes(c)
+		before := settledIndexes(t, c)
 		for _, m := range methods {
 			err := call(ctx, revokedConns[at], m, nil)
 			want := fmt.Sprintf("the certificate of %s (serial %s) is revoked", revokedID, revokedSerial)
@@ -212,7 +212,7 @@ func TestAuthorizationMatrix(t *testing.T) {
 		}
 		// Another install's operator: the handshake fails.
 		conn := c.DialDir(at.Addr(), filepath.Join(foreign, tlsutil.OperatorDir), tlsutil.RoleClient)
-		before = appliedIndexes(c)
+		before = settledIndexes(t, c)
 		for _, m := range methods {
 			if err := call(ctx, conn, m, nil); status.Code(err) != codes.Unavailable {
 				t.Errorf("foreign CA at %s: %s = %v; want UNAVAILABLE (handshake refused)", at.Name, m.full, err)
@@ -268,6 +268,22 @@ func TestForwardingKeepsTheCallersRole(t *testing.T) {
 	if status.Code(err) == codes.PermissionDenied {
 		t.Errorf("viewer's preview through a follower: %v", err)
 	}
+}
+
+// settledIndexes waits until every node has applied the same index and
+// it holds still for a moment (what allowed calls before wrote, and the
+// sessions they opened, have landed everywhere), and returns it.
+func settledIndexes(t *testing.T, c *testcluster.Cluster) []uint64 {
+	t.Helper()
+	var out []uint64
+	testcluster.Eventually(t, 20*time.Second, "the nodes' applied indexes to settle", func() bool {
+		a := appliedIndexes(c)
+		time.Sleep(300 * time.Millisecond)
+		b := appliedIndexes(c)
+		out = b
+		return slices.Equal(a, b) && !slices.ContainsFunc(b, func(i uint64) bool { return i != b[0] })
+	})
+	return out
 }
 
 func appliedIndexes(c *testcluster.Cluster) []uint64 {
