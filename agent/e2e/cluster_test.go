@@ -33,9 +33,9 @@ func startCluster(t testing.TB, n int, extra ...string) *ferry {
 	f.tlsDir = filepath.Join(first, "tls")
 	var addrs []string
 	for i := 1; i <= n; i++ {
-		node := &coordNode{id: fmt.Sprintf("n%d", i), addr: freeAddr(t)}
+		node := &coordNode{id: fmt.Sprintf("n%d", i), addr: testkit.FreeAddr(t)}
 		args := []string{"--node-id", node.id, "--data-dir", filepath.Join(f.dir, node.id),
-			"--listen", node.addr, "--raft-listen", freeAddr(t)}
+			"--listen", node.addr, "--raft-listen", testkit.FreeAddr(t)}
 		if i > 1 {
 			args = append(args, "--join", addrs[0], "--tls-dir", f.tlsDir, "--key-file", filepath.Join(first, "seal.key"))
 		}

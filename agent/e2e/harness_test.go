@@ -143,16 +143,6 @@ func (p *proc) stop(sig syscall.Signal) {
 // kill is a crash: SIGKILL, no cleanup by the process.
 func (p *proc) kill() { p.stop(syscall.SIGKILL) }
 
-func freeAddr(t testing.TB) string {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().String()
-}
-
 // ferry is a one-node coordinator (the embedded default) and its client.
 type ferry struct {
 	t       testing.TB
@@ -184,9 +174,9 @@ func startFerry(t testing.TB, extra ...string) *ferry {
 // with a certificate that names it; "" is the loopback default.
 func startFerryOn(t testing.TB, host string, extra ...string) *ferry {
 	t.Helper()
-	f := &ferry{t: t, dir: t.TempDir(), addr: freeAddr(t), agents: map[string]*proc{}, agentDi: map[string]string{}}
+	f := &ferry{t: t, dir: t.TempDir(), addr: testkit.FreeAddr(t), agents: map[string]*proc{}, agentDi: map[string]string{}}
 	f.tlsDir = filepath.Join(f.dir, "coordinator", "tls")
-	args := []string{"--data-dir", filepath.Join(f.dir, "coordinator"), "--raft-listen", freeAddr(t)}
+	args := []string{"--data-dir", filepath.Join(f.dir, "coordinator"), "--raft-listen", testkit.FreeAddr(t)}
 	if host != "" {
 		_, port, _ := net.SplitHostPort(f.addr)
 		f.addr = net.JoinHostPort(host, port)

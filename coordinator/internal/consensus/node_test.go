@@ -5,7 +5,6 @@ import (
 	"errors"
 	"io/fs"
 	"log/slog"
-	"net"
 	"os"
 	"path/filepath"
 	"strings"
@@ -151,7 +150,7 @@ func TestMembershipChangesCheckTheirTarget(t *testing.T) {
 			// The new leader records its address; let that land first.
 			testkit.WaitFor(t, 5*time.Second, "n1's node record", func() bool { _, ok := m.ledger().Node("n1"); return ok })
 			before := m.node.Stats()
-			dead := freeLoopbackAddr(t)
+			dead := testkit.FreeAddr(t)
 			err := m.node.AddVoter(ctx, "n2", dead)
 			var pe *PeerError
 			if !errors.Is(err, ErrPeerUnverified) || !errors.As(err, &pe) || pe.Addr != dead {
@@ -171,17 +170,6 @@ func TestMembershipChangesCheckTheirTarget(t *testing.T) {
 			}
 		})
 	}
-}
-
-func freeLoopbackAddr(t *testing.T) string {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := ln.Addr().String()
-	_ = ln.Close()
-	return addr
 }
 
 // TestDataFilesArePrivate: snapshots (a copy of the whole ledger) are

@@ -23,6 +23,7 @@ import (
 	"github.com/ferry-v2v/ferry/coordinator/internal/testcluster"
 	ledgerv1 "github.com/ferry-v2v/ferry/pkg/pb/ferry/ledger/v1"
 	ferryv1 "github.com/ferry-v2v/ferry/pkg/pb/ferry/v1"
+	"github.com/ferry-v2v/ferry/pkg/testkit"
 	"github.com/ferry-v2v/ferry/pkg/tlsutil"
 )
 
@@ -141,7 +142,7 @@ func TestRaftTrustBoundary(t *testing.T) {
 	})
 
 	t.Run("AddVoter checks the address", func(t *testing.T) {
-		dead := freeAddr(t)
+		dead := testkit.FreeAddr(t)
 		impostor := serveTLS(t, issue(t, c.TLSDir, "ferry://operator/impostor"))
 		for _, tc := range []struct{ what, addr string }{
 			{"nothing listens", dead},
@@ -200,17 +201,6 @@ func TestRaftTrustBoundary(t *testing.T) {
 			return ok
 		})
 	})
-}
-
-func freeAddr(t *testing.T) string {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := ln.Addr().String()
-	_ = ln.Close()
-	return addr
 }
 
 // serveTLS accepts TLS connections with cert, offering to speak Raft,
