@@ -45,7 +45,8 @@ type NetworkMappingServiceClient interface {
 	// ListNetworkMappingGroups answers a page of network mapping groups (AIP-132, paged by page_size and page_token).
 	ListNetworkMappingGroups(ctx context.Context, in *ListNetworkMappingGroupsRequest, opts ...grpc.CallOption) (*ListNetworkMappingGroupsResponse, error)
 	// UpdateNetworkMappingGroup replaces the fields named in update_mask
-	// (display_name, mappings); jobs already created keep their NICs.
+	// (display_name, mappings); jobs already created keep their NICs. With
+	// network_mapping_group.etag set, only if the group is unchanged since.
 	UpdateNetworkMappingGroup(ctx context.Context, in *UpdateNetworkMappingGroupRequest, opts ...grpc.CallOption) (*NetworkMappingGroup, error)
 	// DeleteNetworkMappingGroup deletes the network mapping group named (AIP-135).
 	DeleteNetworkMappingGroup(ctx context.Context, in *DeleteNetworkMappingGroupRequest, opts ...grpc.CallOption) (*emptypb.Empty, error)
@@ -127,7 +128,8 @@ type NetworkMappingServiceServer interface {
 	// ListNetworkMappingGroups answers a page of network mapping groups (AIP-132, paged by page_size and page_token).
 	ListNetworkMappingGroups(context.Context, *ListNetworkMappingGroupsRequest) (*ListNetworkMappingGroupsResponse, error)
 	// UpdateNetworkMappingGroup replaces the fields named in update_mask
-	// (display_name, mappings); jobs already created keep their NICs.
+	// (display_name, mappings); jobs already created keep their NICs. With
+	// network_mapping_group.etag set, only if the group is unchanged since.
 	UpdateNetworkMappingGroup(context.Context, *UpdateNetworkMappingGroupRequest) (*NetworkMappingGroup, error)
 	// DeleteNetworkMappingGroup deletes the network mapping group named (AIP-135).
 	DeleteNetworkMappingGroup(context.Context, *DeleteNetworkMappingGroupRequest) (*emptypb.Empty, error)

@@ -32,7 +32,8 @@ const (
 type SettingsServiceClient interface {
 	// GetSettings answers the settings, a singleton (AIP-131, AIP-156).
 	GetSettings(ctx context.Context, in *GetSettingsRequest, opts ...grpc.CallOption) (*Settings, error)
-	// UpdateSettings changes the fields named in update_mask.
+	// UpdateSettings changes the fields named in update_mask; with
+	// settings.etag set, only if nobody changed them since that etag was read.
 	UpdateSettings(ctx context.Context, in *UpdateSettingsRequest, opts ...grpc.CallOption) (*Settings, error)
 }
 
@@ -73,7 +74,8 @@ func (c *settingsServiceClient) UpdateSettings(ctx context.Context, in *UpdateSe
 type SettingsServiceServer interface {
 	// GetSettings answers the settings, a singleton (AIP-131, AIP-156).
 	GetSettings(context.Context, *GetSettingsRequest) (*Settings, error)
-	// UpdateSettings changes the fields named in update_mask.
+	// UpdateSettings changes the fields named in update_mask; with
+	// settings.etag set, only if nobody changed them since that etag was read.
 	UpdateSettings(context.Context, *UpdateSettingsRequest) (*Settings, error)
 	mustEmbedUnimplementedSettingsServiceServer()
 }
