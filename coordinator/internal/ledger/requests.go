@@ -72,12 +72,27 @@ func (l *Ledger) recordCall(r *ledgerv1.RequestStamp, now time.Time) {
 	l.pruneRequests(now)
 }
 
-// pruneRequests drops the records expired at now, then the oldest (by
-// time, then request_id) beyond MaxRequests. The caller holds l.mu.
+// pruneRequests drops the records expired at now; then, beyond
+// MaxRequests, the oldest (by time, then request_id) down to nine tenths
+// of it, so that a full table is sorted once per thousand records, not at
+// every one. The caller holds l.mu. oldestRequest, the time of the oldest
+// record when known (zero after a restore), spares the scan when nothing
+// can have expired; what is dropped does not depend on it.
 func (l *Ledger) pruneRequests(now time.Time) {
+	if now.Before(l.oldestRequest) {
+		l.oldestRequest = now // a record just made at now (leader clocks differ)
+	}
+	if !l.oldestRequest.IsZero() && now.Before(l.oldestRequest.Add(RequestTTL)) && len(l.requests) <= MaxRequests {
+		return
+	}
+	l.oldestRequest = time.Time{}
 	for id, rec := range l.requests {
-		if expired(rec, now) {
+		t := rec.GetTime().AsTime()
+		switch {
+		case expired(rec, now):
 			delete(l.requests, id)
+		case l.oldestRequest.IsZero() || t.Before(l.oldestRequest):
+			l.oldestRequest = t
 		}
 	}
 	if len(l.requests) <= MaxRequests {
@@ -93,9 +108,11 @@ func (l *Ledger) pruneRequests(now time.Time) {
 		}
 		return strings.Compare(a.GetRequestId(), b.GetRequestId())
 	})
-	for _, rec := range recs[:len(recs)-MaxRequests] {
+	keep := MaxRequests * 9 / 10
+	for _, rec := range recs[:len(recs)-keep] {
 		delete(l.requests, rec.GetRequestId())
 	}
+	l.oldestRequest = recs[len(recs)-keep].GetTime().AsTime()
 }
 
 // RequestRecord returns the record of a request ID, if there is one that
