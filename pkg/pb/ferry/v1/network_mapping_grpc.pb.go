@@ -37,6 +37,7 @@ const (
 // Standard methods answer the resource (Create AIP-133, Get AIP-131,
 // Update AIP-134), Delete answers google.protobuf.Empty (AIP-135) and
 // List pages with page_size, page_token, next_page_token (AIP-132/158).
+// A group's etag makes an update conditional (AIP-154).
 type NetworkMappingServiceClient interface {
 	// CreateNetworkMappingGroup creates a network mapping group and answers it (AIP-133); a repeated request_id answers the first.
 	CreateNetworkMappingGroup(ctx context.Context, in *CreateNetworkMappingGroupRequest, opts ...grpc.CallOption) (*NetworkMappingGroup, error)
@@ -120,6 +121,7 @@ func (c *networkMappingServiceClient) DeleteNetworkMappingGroup(ctx context.Cont
 // Standard methods answer the resource (Create AIP-133, Get AIP-131,
 // Update AIP-134), Delete answers google.protobuf.Empty (AIP-135) and
 // List pages with page_size, page_token, next_page_token (AIP-132/158).
+// A group's etag makes an update conditional (AIP-154).
 type NetworkMappingServiceServer interface {
 	// CreateNetworkMappingGroup creates a network mapping group and answers it (AIP-133); a repeated request_id answers the first.
 	CreateNetworkMappingGroup(context.Context, *CreateNetworkMappingGroupRequest) (*NetworkMappingGroup, error)
