@@ -2,6 +2,7 @@ package main
 
 import (
 	"encoding/json"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -230,6 +231,21 @@ func (e *clusterEnv) settings(t *testing.T) {
 		!strings.Contains(r.err, "settings.guest_shutdown_timeout") {
 		t.Fatalf("a 100ms guest shutdown timeout: exit %d, %q", r.code, r.err)
 	}
+
+	// --etag: an update from a stale read is ABORTED and changes nothing.
+	read, _ := x.json("settings", "get", "--linearizable")["etag"].(string)
+	s = x.json("settings", "update", "--job-parallelism", "21", "--etag", read)
+	if path(s, "job_parallelism") != float64(21) || path(s, "etag") == read || read == "" {
+		t.Fatalf("settings update --etag %q = %v", read, s)
+	}
+	r := x.run("settings", "update", "--job-parallelism", "22", "--etag", read)
+	if r.code == 0 || !strings.Contains(r.err, fmt.Sprintf("ABORTED: settings.etag: settings changed since etag %q was read", read)) {
+		t.Fatalf("stale --etag: exit %d, %q", r.code, r.err)
+	}
+	if got := path(x.json("settings", "get", "--linearizable"), "job_parallelism"); got != float64(21) {
+		t.Fatalf("job_parallelism after the aborted update = %v", got)
+	}
+	x.ok("settings", "update", "--job-parallelism", "20")
 }
 
 func (e *clusterEnv) errors(t *testing.T) {
