@@ -99,7 +99,7 @@ func (a *app) jobList() *cobra.Command {
 }
 
 func (a *app) jobCancel() *cobra.Command {
-	var reason string
+	var reason, reqID string
 	cmd := &cobra.Command{
 		Use:   "cancel NAME",
 		Short: "Cancel a queued or running job",
@@ -108,7 +108,8 @@ stays (for the retention setting), so a restart later is fast.`,
 		Example: `  ferryctl job cancel migrationJobs/4f2c --reason "wrong network"`,
 		Args:    exactlyOneArg("the job's name"),
 		RunE: a.run(func(ctx context.Context, cl *client.Client, args []string) error {
-			resp, err := cl.Jobs().CancelMigrationJob(ctx, &ferryv1.CancelMigrationJobRequest{Name: resName("migrationJobs", args[0]), Reason: reason})
+			resp, err := cl.Jobs().CancelMigrationJob(ctx, &ferryv1.CancelMigrationJobRequest{Name: resName("migrationJobs", args[0]), Reason: reason,
+				RequestId: requestID(reqID)})
 			if err != nil {
 				return err
 			}
@@ -116,11 +117,13 @@ stays (for the retention setting), so a restart later is fast.`,
 		}),
 	}
 	cmd.Flags().StringVar(&reason, "reason", "", "why, recorded on the job")
+	addRequestIDFlag(cmd, &reqID)
 	return cmd
 }
 
 func (a *app) jobRestart() *cobra.Command {
-	return &cobra.Command{
+	var reqID string
+	cmd := &cobra.Command{
 		Use:   "restart NAME",
 		Short: "Queue a failed or cancelled job again",
 		Long: `Queue a failed or cancelled job again. It keeps its name; what its cache
@@ -128,13 +131,16 @@ already holds is not copied again.`,
 		Example: `  ferryctl job restart migrationJobs/4f2c && ferryctl job watch migrationJobs/4f2c`,
 		Args:    exactlyOneArg("the job's name"),
 		RunE: a.run(func(ctx context.Context, cl *client.Client, args []string) error {
-			resp, err := cl.Jobs().RestartMigrationJob(ctx, &ferryv1.RestartMigrationJobRequest{Name: resName("migrationJobs", args[0])})
+			resp, err := cl.Jobs().RestartMigrationJob(ctx, &ferryv1.RestartMigrationJobRequest{Name: resName("migrationJobs", args[0]),
+				RequestId: requestID(reqID)})
 			if err != nil {
 				return err
 			}
 			return a.done(resp, resp.GetJob().GetName()+" "+jobState(resp.GetJob()))
 		}),
 	}
+	addRequestIDFlag(cmd, &reqID)
+	return cmd
 }
 
 func (a *app) jobDelete() *cobra.Command {

@@ -166,10 +166,10 @@ func (a *API) Register(s grpc.ServiceRegistrar) {
 // propose stamps cmd with the leader's clock, replicates it and returns
 // the names the FSM reported.
 func (a *API) propose(ctx context.Context, cmd *ledgerv1.Command) ([]string, error) {
+	cmd.Time = timestamppb.New(a.clock())
 	if err := a.ledger.Refusal(cmd); err != nil {
 		return nil, refusal(err)
 	}
-	cmd.Time = timestamppb.New(a.clock())
 	res, err := a.proposer.Propose(ctx, cmd)
 	if err != nil {
 		return nil, err
@@ -186,9 +186,13 @@ func (a *API) firstRequest(requestID, collection string) ([]string, bool, error)
 	if requestID == "" {
 		return nil, false, nil
 	}
-	names, ok := a.ledger.Request(requestID)
+	rec, ok := a.ledger.RequestRecord(requestID, a.clock())
 	if !ok {
 		return nil, false, nil
+	}
+	names := rec.GetNames()
+	if rec.GetMethod() != "" {
+		return nil, false, invalid("request_id", "%q was already used by %s on %s", requestID, rec.GetMethod(), strings.Join(names, ", "))
 	}
 	if err := checkCollection(names, collection, requestID); err != nil {
 		return nil, false, err

@@ -145,6 +145,7 @@ func (a *API) toStatus(ctx context.Context, err error) error {
 	if _, ok := status.FromError(err); ok {
 		return err
 	}
+	err = requestErrors(err)
 	var inv *invalidError
 	var fe *fieldError
 	switch {

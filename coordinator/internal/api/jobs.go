@@ -149,25 +149,39 @@ func (s *jobService) ListMigrationJobs(ctx context.Context, req *ferryv1.ListMig
 // CancelMigrationJob records the cancellation; the session manager sees
 // the job event and tells the agent to stop.
 func (s *jobService) CancelMigrationJob(ctx context.Context, req *ferryv1.CancelMigrationJobRequest) (*ferryv1.CancelMigrationJobResponse, error) {
+	const method = "CancelMigrationJob"
 	c := &checker{}
 	checkRef(c, "name", req.GetName(), colJobs)
 	checkText(c, "reason", req.GetReason(), maxReason)
+	checkRequestID(c, req.GetRequestId())
 	err := c.err()
+	var again bool
 	if err == nil {
-		_, err = s.a.propose(ctx, &ledgerv1.Command{Op: &ledgerv1.Command_CancelMigrationJob{CancelMigrationJob: &ledgerv1.CancelMigrationJob{
+		again, err = s.a.replayed(req.GetRequestId(), method, req.GetName())
+	}
+	if err == nil && !again {
+		_, err = s.a.propose(ctx, withRequest(&ledgerv1.Command{Op: &ledgerv1.Command_CancelMigrationJob{CancelMigrationJob: &ledgerv1.CancelMigrationJob{
 			Name: req.GetName(), Reason: req.GetReason(),
-		}}})
+		}}}, req.GetRequestId(), method, req.GetName()))
 	}
 	j, err := s.readJob(req.GetName(), err)
 	return reply(ctx, s.a, &ferryv1.CancelMigrationJobResponse{Job: j}, err)
 }
 
 func (s *jobService) RestartMigrationJob(ctx context.Context, req *ferryv1.RestartMigrationJobRequest) (*ferryv1.RestartMigrationJobResponse, error) {
-	err := checkName(req.GetName(), colJobs)
+	const method = "RestartMigrationJob"
+	c := &checker{}
+	checkRef(c, "name", req.GetName(), colJobs)
+	checkRequestID(c, req.GetRequestId())
+	err := c.err()
+	var again bool
 	if err == nil {
-		_, err = s.a.propose(ctx, &ledgerv1.Command{Op: &ledgerv1.Command_RestartMigrationJob{RestartMigrationJob: &ledgerv1.RestartMigrationJob{
+		again, err = s.a.replayed(req.GetRequestId(), method, req.GetName())
+	}
+	if err == nil && !again {
+		_, err = s.a.propose(ctx, withRequest(&ledgerv1.Command{Op: &ledgerv1.Command_RestartMigrationJob{RestartMigrationJob: &ledgerv1.RestartMigrationJob{
 			Name: req.GetName(),
-		}}})
+		}}}, req.GetRequestId(), method, req.GetName()))
 	}
 	j, err := s.readJob(req.GetName(), err)
 	return reply(ctx, s.a, &ferryv1.RestartMigrationJobResponse{Job: j}, err)

@@ -141,22 +141,32 @@ func (s *serverService) DeleteMigrationServer(ctx context.Context, req *ferryv1.
 }
 
 func (s *serverService) EnableMigrationServer(ctx context.Context, req *ferryv1.EnableMigrationServerRequest) (*ferryv1.EnableMigrationServerResponse, error) {
-	ms, err := s.setEnabled(ctx, req.GetName(), true)
+	ms, err := s.setEnabled(ctx, req.GetName(), true, req.GetRequestId())
 	return reply(ctx, s.a, &ferryv1.EnableMigrationServerResponse{MigrationServer: ms}, err)
 }
 
 func (s *serverService) DisableMigrationServer(ctx context.Context, req *ferryv1.DisableMigrationServerRequest) (*ferryv1.DisableMigrationServerResponse, error) {
-	ms, err := s.setEnabled(ctx, req.GetName(), false)
+	ms, err := s.setEnabled(ctx, req.GetName(), false, req.GetRequestId())
 	return reply(ctx, s.a, &ferryv1.DisableMigrationServerResponse{MigrationServer: ms}, err)
 }
 
-func (s *serverService) setEnabled(ctx context.Context, name string, enabled bool) (*ferryv1.MigrationServer, error) {
-	if err := checkName(name, colServers); err != nil {
+func (s *serverService) setEnabled(ctx context.Context, name string, enabled bool, requestID string) (*ferryv1.MigrationServer, error) {
+	method := "DisableMigrationServer"
+	if enabled {
+		method = "EnableMigrationServer"
+	}
+	c := &checker{}
+	checkRef(c, "name", name, colServers)
+	checkRequestID(c, requestID)
+	if err := c.err(); err != nil {
 		return nil, err
 	}
-	cmd := &ledgerv1.Command{Op: &ledgerv1.Command_SetMigrationServerEnabled{
-		SetMigrationServerEnabled: &ledgerv1.SetMigrationServerEnabled{Name: name, Enabled: enabled}}}
-	_, err := s.a.propose(ctx, cmd)
+	again, err := s.a.replayed(requestID, method, name)
+	if err == nil && !again {
+		cmd := &ledgerv1.Command{Op: &ledgerv1.Command_SetMigrationServerEnabled{
+			SetMigrationServerEnabled: &ledgerv1.SetMigrationServerEnabled{Name: name, Enabled: enabled}}}
+		_, err = s.a.propose(ctx, withRequest(cmd, requestID, method, name))
+	}
 	return s.read(name, err)
 }
 
@@ -182,10 +192,16 @@ func (s *serverService) setBandwidth(ctx context.Context, req *ferryv1.SetMigrat
 		bps, canonical := bandwidthLimit(c, "downstream_bandwidth", req.GetDownstreamBandwidth())
 		set.DownstreamBandwidth, set.DownstreamBitsPerSecond = proto.String(canonical), proto.Int64(bps)
 	}
+	checkRequestID(c, req.GetRequestId())
 	if err := c.err(); err != nil {
 		return nil, err
 	}
-	_, err := s.a.propose(ctx, &ledgerv1.Command{Op: &ledgerv1.Command_SetMigrationServerBandwidth{SetMigrationServerBandwidth: set}})
+	const method = "SetMigrationServerBandwidth"
+	again, err := s.a.replayed(req.GetRequestId(), method, req.GetName())
+	if err == nil && !again {
+		cmd := &ledgerv1.Command{Op: &ledgerv1.Command_SetMigrationServerBandwidth{SetMigrationServerBandwidth: set}}
+		_, err = s.a.propose(ctx, withRequest(cmd, req.GetRequestId(), method, req.GetName()))
+	}
 	return s.read(req.GetName(), err)
 }
 

@@ -52,11 +52,20 @@ func (s *sourceService) syncSource(ctx context.Context, req *ferryv1.SyncSourceR
 	c := &checker{}
 	checkRef(c, "name", req.GetName(), colSources)
 	checkOptionalRef(c, "migration_server", req.GetMigrationServer(), colServers)
+	checkRequestID(c, req.GetRequestId())
 	if err := c.err(); err != nil {
 		return nil, err
 	}
-	if err := s.a.syncSource(ctx, req.GetName(), req.GetMigrationServer()); err != nil {
+	const method = "SyncSource"
+	again, err := s.a.replayed(req.GetRequestId(), method, req.GetName())
+	if err != nil {
 		return nil, err
+	}
+	if !again {
+		stamp := &ledgerv1.RequestStamp{RequestId: req.GetRequestId(), Method: method, Target: req.GetName()}
+		if err := s.a.syncSourceOnce(ctx, req.GetName(), req.GetMigrationServer(), stamp); err != nil {
+			return nil, err
+		}
 	}
 	return lookup(s.a.ledger.Source, req.GetName(), "source")
 }
@@ -67,11 +76,22 @@ func (s *sourceService) syncSource(ctx context.Context, req *ferryv1.SyncSourceR
 // agent's reason when reading failed (FAILED_PRECONDITION, returned as
 // well). An agent that is not reachable records nothing.
 func (a *API) syncSource(ctx context.Context, name, serverName string) error {
+	return a.syncSourceOnce(ctx, name, serverName, nil)
+}
+
+// syncSourceOnce is syncSource recording, with a successful sync only,
+// the request that asked for it (SyncSource's request_id): a failed sync
+// is not remembered, so its repeat syncs again.
+func (a *API) syncSourceOnce(ctx context.Context, name, serverName string, stamp *ledgerv1.RequestStamp) error {
 	rec, syncErr := a.readSourceSync(ctx, name, serverName)
 	if rec == nil {
 		return syncErr
 	}
-	if _, err := a.propose(ctx, &ledgerv1.Command{Op: &ledgerv1.Command_RecordSourceSync{RecordSourceSync: rec}}); err != nil {
+	cmd := &ledgerv1.Command{Op: &ledgerv1.Command_RecordSourceSync{RecordSourceSync: rec}}
+	if syncErr == nil && stamp.GetRequestId() != "" {
+		cmd.Request = stamp
+	}
+	if _, err := a.propose(ctx, cmd); err != nil {
 		return err
 	}
 	return syncErr

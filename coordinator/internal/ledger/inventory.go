@@ -213,6 +213,7 @@ func (l *Ledger) recordRequest(id string, names []string, now time.Time) {
 		return
 	}
 	l.requests[id] = &ledgerv1.RequestRecord{RequestId: id, Names: names, Time: timestamppb.New(now)}
+	l.pruneRequests(now)
 }
 
 // Request returns the names a request ID created, if it was seen.

@@ -50,8 +50,11 @@ type Ledger struct {
 	jobs        map[string]*ferryv1.MigrationJob
 	nodes       map[string]*ledgerv1.Node
 	requests    map[string]*ledgerv1.RequestRecord
-	settings    *ferryv1.Settings
-	revoked     map[string]*ferryv1.RevokedCertificate // by serial
+	// oldestRequest is the time of the oldest request record when known;
+	// see pruneRequests.
+	oldestRequest time.Time
+	settings      *ferryv1.Settings
+	revoked       map[string]*ferryv1.RevokedCertificate // by serial
 
 	observer       func(JobEvent)
 	serverObserver func(*ferryv1.MigrationServer)
@@ -77,6 +80,7 @@ func (l *Ledger) reset() {
 	l.jobs = map[string]*ferryv1.MigrationJob{}
 	l.nodes = map[string]*ledgerv1.Node{}
 	l.requests = map[string]*ledgerv1.RequestRecord{}
+	l.oldestRequest = time.Time{}
 	l.settings = DefaultSettings()
 	l.revoked = map[string]*ferryv1.RevokedCertificate{}
 }
