@@ -90,6 +90,19 @@ func (l *Ledger) PrimaryStorages(cluster string) []*ferryv1.PrimaryStorage {
 	return filtered(l.storages, func(p *ferryv1.PrimaryStorage) bool { return cluster == "" || p.GetCluster() == cluster })
 }
 
+// VisitPrimaryStorages calls visit with each primary storage, in no order,
+// until visit returns false. It does not copy: visit must neither keep nor
+// change the storage, and must not call back into the ledger.
+func (l *Ledger) VisitPrimaryStorages(visit func(*ferryv1.PrimaryStorage) bool) {
+	l.mu.RLock()
+	defer l.mu.RUnlock()
+	for _, p := range l.storages {
+		if !visit(p) {
+			return
+		}
+	}
+}
+
 // PutPrimaryStorage creates primary storage.
 func (l *Ledger) PutPrimaryStorage(p *ferryv1.PrimaryStorage, requestID string, now time.Time) ([]string, error) {
 	l.mu.Lock()

@@ -43,6 +43,16 @@ func (f JobFilter) match(j *ferryv1.MigrationJob) bool {
 // Job returns a copy of the named job.
 func (l *Ledger) Job(name string) (*ferryv1.MigrationJob, bool) { return get(l, l.jobs, name) }
 
+// AssignedHost returns the host a job is assigned to ("" when none), and
+// whether the job exists, without copying the job: the agent sessions ask
+// it of every progress report.
+func (l *Ledger) AssignedHost(name string) (string, bool) {
+	l.mu.RLock()
+	defer l.mu.RUnlock()
+	j, ok := l.jobs[name]
+	return j.GetAssignedHost(), ok
+}
+
 // Jobs lists the jobs f selects, by name.
 func (l *Ledger) Jobs(f JobFilter) []*ferryv1.MigrationJob {
 	l.mu.RLock()

@@ -70,8 +70,8 @@ func (m *Manager) result(ctx context.Context, s *session, r *agentv1.JobResult) 
 // assignedTo says whether job exists and is assigned to s's host. Reports
 // about any other job (another host's, or one that is gone) are dropped.
 func (m *Manager) assignedTo(s *session, job string) bool {
-	j, ok := m.ledger.Job(job)
-	return ok && HostName(j.GetAssignedHost()) == s.host
+	host, ok := m.ledger.AssignedHost(job)
+	return ok && HostName(host) == s.host
 }
 
 func outcomeState(r *agentv1.JobResult) (ferryv1.MigrationJobState, string) {
