@@ -219,9 +219,9 @@ func refusal(err error) error {
 	switch {
 	case errors.Is(err, ledger.ErrExists):
 		name := strings.TrimSuffix(msg, ": "+ledger.ErrExists.Error())
-		return &fieldError{code: codes.AlreadyExists, field: createdField[collectionOf(name)] + ".name", msg: name + " already exists"}
+		return &fieldError{Code: codes.AlreadyExists, Field: createdField[collectionOf(name)] + ".name", Msg: name + " already exists"}
 	case errors.Is(err, ledger.ErrNotFound):
-		return &fieldError{code: codes.NotFound, field: "name", msg: strings.TrimSuffix(msg, ": "+ledger.ErrNotFound.Error()) + " not found"}
+		return &fieldError{Code: codes.NotFound, Field: "name", Msg: strings.TrimSuffix(msg, ": "+ledger.ErrNotFound.Error()) + " not found"}
 	case errors.Is(err, ledger.ErrFailedPrecondition):
 		return precondition("name", "%s", strings.TrimPrefix(msg, ledger.ErrFailedPrecondition.Error()+": "))
 	}

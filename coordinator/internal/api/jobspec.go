@@ -6,6 +6,7 @@ import (
 
 	"google.golang.org/protobuf/proto"
 
+	"github.com/ferry-v2v/ferry/coordinator/internal/validate"
 	ferryv1 "github.com/ferry-v2v/ferry/pkg/pb/ferry/v1"
 )
 
@@ -156,7 +157,7 @@ func checkNICs(c *checker, p string, nics []*ferryv1.TargetNic) {
 // returns the field the target MAC came from.
 func checkMAC(c *checker, np string, n *ferryv1.TargetNic) (string, bool) {
 	if n.GetSourceMac() != "" {
-		mac, why := parseMAC(n.GetSourceMac())
+		mac, why := validate.ParseMAC(n.GetSourceMac())
 		if why != "" {
 			c.add(np+".source_mac", "%q %s", n.GetSourceMac(), why)
 			return "", false
@@ -171,7 +172,7 @@ func checkMAC(c *checker, np string, n *ferryv1.TargetNic) (string, bool) {
 		n.Mac = n.GetSourceMac()
 		return np + ".source_mac", true
 	}
-	mac, why := parseMAC(n.GetMac())
+	mac, why := validate.ParseMAC(n.GetMac())
 	if why != "" {
 		c.add(np+".mac", "%q %s", n.GetMac(), why)
 		return "", false

@@ -118,7 +118,7 @@ func checkVMsKnown(refs *batchRefs, jobs []*ferryv1.MigrationJob, syncs *batchSy
 	}
 	for i, j := range jobs {
 		if vm, why := findInventoryVM(inv, j.GetSourceVm()); vm == nil && why == notInInventory {
-			return &fieldError{code: codes.NotFound, field: fmt.Sprintf("jobs[%d].source_vm", i), msg: sprintfClipped(
+			return &fieldError{Code: codes.NotFound, Field: fmt.Sprintf("jobs[%d].source_vm", i), Msg: sprintfClipped(
 				"VM %q is not in the inventory of %s synced at %s; sync the source first if the VM is new",
 				j.GetSourceVm(), inv.GetSource(), inv.GetSyncTime().AsTime().Format(time.RFC3339))}
 		}

@@ -56,7 +56,7 @@ func (a *API) preview(ctx context.Context, p *ferryv1.PreviewMigrationJobsReques
 	// create would hand out if nothing changes in between.
 	if err := a.newAllocator(refs.networks).allocate(jobs); err != nil {
 		var fe *fieldError
-		if !errors.As(err, &fe) || fe.code != codes.FailedPrecondition {
+		if !errors.As(err, &fe) || fe.Code != codes.FailedPrecondition {
 			return nil, err
 		}
 		lines = append(lines, fe.Error())

@@ -41,7 +41,7 @@ func (s *serverService) create(ctx context.Context, req *ferryv1.CreateMigration
 		return nil, err
 	}
 	if _, ok := s.a.ledger.Host(ms.Host); !ok {
-		return nil, &fieldError{code: codes.NotFound, field: "migration_server.host", msg: fmt.Sprintf(
+		return nil, &fieldError{Code: codes.NotFound, Field: "migration_server.host", Msg: fmt.Sprintf(
 			"%s not found; a host registers itself when its ferry-agent first connects: start ferry-agent --host-name %s first",
 			ms.Host, strings.TrimPrefix(ms.Host, colHosts+"/"))}
 	}
@@ -204,9 +204,9 @@ var systemDirs = map[string]bool{
 // checkCachePath requires an absolute, clean path that is not a system
 // directory.
 func checkCachePath(c *checker, field, p string) {
-	n := len(c.v)
+	n := c.Len()
 	checkAbsPath(c, field, p, "the cache directory on the host")
-	if len(c.v) > n {
+	if c.Len() > n {
 		return
 	}
 	clean := filepath.Clean(p)
