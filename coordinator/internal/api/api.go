@@ -1,12 +1,15 @@
 // Package api serves the public ferry.v1 API of the coordinator: every
-// service, request validation, the mapping of errors to gRPC codes, and
-// the interceptors that forward writes from followers to the leader and
-// make reads linearizable on request.
+// service's handlers, the mapping of errors to gRPC codes (the one place;
+// the refusals themselves are package validate's), and the interceptors
+// that forward writes from followers to the leader and make reads
+// linearizable on request.
 //
 // Writes are validated, turned into one ledger command stamped with the
 // leader's clock and identifiers, proposed through Raft, and answered with
 // the resource read back from the local ledger. Reads come from the local
-// ledger.
+// ledger. Migration jobs are admitted by package admission (filling,
+// references, pre-checks, addresses, the preview); their handlers only
+// decode, call it, propose and encode.
 package api
 
 import (
@@ -22,6 +25,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
+	"github.com/ferry-v2v/ferry/coordinator/internal/admission"
 	"github.com/ferry-v2v/ferry/coordinator/internal/consensus"
 	"github.com/ferry-v2v/ferry/coordinator/internal/fsm"
 	"github.com/ferry-v2v/ferry/coordinator/internal/ledger"
@@ -92,7 +96,7 @@ type Deps struct {
 	NewID func() string
 }
 
-// API implements the six ferry.v1 services.
+// API implements the eight ferry.v1 services.
 type API struct {
 	proposer   Proposer
 	membership Membership
@@ -104,9 +108,8 @@ type API struct {
 	clock      func() time.Time
 	newID      func() string
 
-	// allocMu is held across IP allocation and the proposal that records
-	// it, so concurrent creates on the leader never pick the same address.
-	allocMu sync.Mutex
+	admission *admission.Admission
+
 	// settingsMu serialises read-merge-propose of UpdateSettings.
 	settingsMu sync.Mutex
 
@@ -148,10 +151,18 @@ func New(deps Deps) *API {
 		a.newID = func() string { return uuid.Must(uuid.NewV7()).String() }
 	}
 	a.fwd = newForwarder(a.proposer, deps.Dialer, a.log)
+	a.admission = admission.New(admission.Deps{
+		Ledger: a.ledger, Agents: a.inventory, ReadSource: a.readSourceSync,
+		Record: func(ctx context.Context, cmd *ledgerv1.Command) error {
+			_, err := a.propose(ctx, cmd)
+			return err
+		},
+		Logger: deps.Logger, Clock: a.clock, NewID: a.newID,
+	})
 	return a
 }
 
-// Register registers all seven ferry.v1 services on s.
+// Register registers all eight ferry.v1 services on s.
 func (a *API) Register(s grpc.ServiceRegistrar) {
 	ferryv1.RegisterTargetInventoryServiceServer(s, &targetInventoryService{a: a})
 	ferryv1.RegisterMigrationServerServiceServer(s, &serverService{a: a})

@@ -28,12 +28,10 @@ type fieldError = validate.FieldError
 
 // The refusals of package validate, under the handlers' names.
 var (
-	invalid        = validate.Invalid
-	notFound       = validate.NotFound
-	notFoundf      = validate.NotFoundf
-	precondition   = validate.Precondition
-	clip           = validate.Clip
-	sprintfClipped = validate.Sprintf
+	invalid      = validate.Invalid
+	notFound     = validate.NotFound
+	notFoundf    = validate.NotFoundf
+	precondition = validate.Precondition
 )
 
 // toStatus is the one place errors become gRPC statuses.

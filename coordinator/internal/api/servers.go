@@ -10,6 +10,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/ferry-v2v/ferry/coordinator/internal/admission"
 	ledgerv1 "github.com/ferry-v2v/ferry/pkg/pb/ferry/ledger/v1"
 	ferryv1 "github.com/ferry-v2v/ferry/pkg/pb/ferry/v1"
 )
@@ -82,15 +83,7 @@ func (s *serverService) validate(req *ferryv1.CreateMigrationServerRequest, in *
 	return ms, c.err()
 }
 
-func platformName(p ferryv1.Platform) string {
-	switch p {
-	case ferryv1.Platform_PLATFORM_VMWARE:
-		return "vmware"
-	case ferryv1.Platform_PLATFORM_KVM:
-		return "kvm"
-	}
-	return p.String()
-}
+func platformName(p ferryv1.Platform) string { return admission.PlatformName(p) }
 
 // read returns a server as the API shows it, with its host's connection.
 func (s *serverService) read(name string, err error) (*ferryv1.MigrationServer, error) {

@@ -1,4 +1,4 @@
-package api
+package admission
 
 import (
 	"fmt"
@@ -8,13 +8,6 @@ import (
 	"github.com/ferry-v2v/ferry/coordinator/internal/ledger"
 	ferryv1 "github.com/ferry-v2v/ferry/pkg/pb/ferry/v1"
 )
-
-// liveFacts is what the session manager knows of its connected agents:
-// fresher than the facts the ledger records every checkpoint interval.
-// *session.Manager is one; only the leader's has any.
-type liveFacts interface {
-	Hosts() map[string]*ferryv1.HostFacts
-}
 
 // capacity is what a preview compares a batch with: the connected hosts'
 // facts and the jobs that are queued or running.
@@ -56,7 +49,7 @@ func hostRef(h string) string {
 	return "hosts/" + h
 }
 
-func (a *API) newCapacity(server *ferryv1.MigrationServer) *capacity {
+func (a *Admission) newCapacity(server *ferryv1.MigrationServer) *capacity {
 	c := &capacity{server: server, hosts: a.connectedHosts()}
 	for _, st := range []ferryv1.MigrationJobState{ferryv1.MigrationJobState_MIGRATION_JOB_STATE_QUEUED, ferryv1.MigrationJobState_MIGRATION_JOB_STATE_RUNNING} {
 		c.active = append(c.active, a.ledger.Jobs(ledger.JobFilter{State: st})...)
@@ -67,9 +60,9 @@ func (a *API) newCapacity(server *ferryv1.MigrationServer) *capacity {
 // connectedHosts are the hosts whose agents are connected, with their
 // latest facts: the session manager's live ones on the leader, else what
 // the ledger last recorded.
-func (a *API) connectedHosts() []*ferryv1.Host {
+func (a *Admission) connectedHosts() []*ferryv1.Host {
 	var live map[string]*ferryv1.HostFacts
-	if lf, ok := a.inventory.(liveFacts); ok {
+	if lf, ok := a.agents.(liveFacts); ok {
 		live = lf.Hosts()
 	}
 	var out []*ferryv1.Host

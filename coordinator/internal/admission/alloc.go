@@ -1,21 +1,22 @@
-package api
+package admission
 
 import (
 	"fmt"
 	"net/netip"
 	"strings"
 
+	"github.com/ferry-v2v/ferry/coordinator/internal/validate"
 	ferryv1 "github.com/ferry-v2v/ferry/pkg/pb/ferry/v1"
 )
 
 // allocator hands out addresses for one batch. The caller holds
-// API.allocMu from allocation until the proposal is applied, so the
+// Admission.allocMu from allocation until the proposal is applied, so the
 // ledger's used addresses plus this batch's are all that is taken. It also
 // skips an address that the target libvirt network already reserves for
 // another MAC in a static DHCP host entry, as the agents of the network's
 // cluster report them: the target VM could not get it.
 type allocator struct {
-	a     *API
+	a     *Admission
 	nets  map[string]*ferryv1.L3Network
 	taken map[string]map[netip.Addr]string // network → address → holder
 	next  map[string]netip.Addr            // network → where firstFree looks next
@@ -26,7 +27,7 @@ type allocator struct {
 // dhcpEntry is a static DHCP host entry of a libvirt network on a host.
 type dhcpEntry struct{ mac, name, host, network string }
 
-func (a *API) newAllocator(nets map[string]*ferryv1.L3Network) *allocator {
+func (a *Admission) newAllocator(nets map[string]*ferryv1.L3Network) *allocator {
 	return &allocator{a: a, nets: nets, taken: map[string]map[netip.Addr]string{}, next: map[string]netip.Addr{},
 		dhcp: map[string]map[netip.Addr]dhcpEntry{}}
 }
@@ -39,7 +40,7 @@ func (al *allocator) held(network string) map[netip.Addr]string {
 	}
 	m := map[netip.Addr]string{}
 	for ip, job := range al.a.ledger.UsedAddresses(network) {
-		if a, ok := parseIP(ip); ok {
+		if a, ok := validate.ParseIP(ip); ok {
 			m[a] = job
 		}
 	}
@@ -71,7 +72,7 @@ func (al *allocator) dhcpHosts(network string) map[netip.Addr]dhcpEntry {
 				continue
 			}
 			for _, d := range ln.GetDhcpHosts() {
-				if ip, ok := parseIP(d.GetIp()); ok {
+				if ip, ok := validate.ParseIP(d.GetIp()); ok {
 					m[ip] = dhcpEntry{mac: strings.ToLower(d.GetMac()), name: d.GetName(), host: h.GetName(), network: ln.GetName()}
 				}
 			}
@@ -102,19 +103,19 @@ func (al *allocator) allocate(jobs []*ferryv1.MigrationJob) error {
 			if nic.GetIp() == "" {
 				continue
 			}
-			ip, _ := parseIP(nic.GetIp())
+			ip, _ := validate.ParseIP(nic.GetIp())
 			held := al.held(nic.GetL3Network())
 			field := fmt.Sprintf("jobs[%d].target.nics[%d].ip", i, k)
 			holder, ok := held[ip]
 			switch {
 			case ok && strings.HasPrefix(holder, "jobs["):
-				return invalid(field, "%s on %s is also given to %s", ip, nic.GetL3Network(), holder)
+				return validate.Invalid(field, "%s on %s is also given to %s", ip, nic.GetL3Network(), holder)
 			case ok:
-				return precondition(field, "%s on %s is already held by %s; pick another address or leave ip empty to have one allocated",
+				return validate.Precondition(field, "%s on %s is already held by %s; pick another address or leave ip empty to have one allocated",
 					ip, nic.GetL3Network(), holder)
 			}
 			if other := al.reservedFor(nic.GetL3Network(), ip, nic.GetMac()); other != "" {
-				return precondition(field, "%s on %s: %s; pick another address or leave ip empty to have one allocated",
+				return validate.Precondition(field, "%s on %s: %s; pick another address or leave ip empty to have one allocated",
 					ip, nic.GetL3Network(), other)
 			}
 			held[ip] = field
@@ -128,7 +129,7 @@ func (al *allocator) allocate(jobs []*ferryv1.MigrationJob) error {
 			ip, ok := al.firstFree(nic.GetL3Network(), nic.GetMac())
 			if !ok {
 				n := al.nets[nic.GetL3Network()]
-				return precondition(fmt.Sprintf("jobs[%d].target.nics[%d].l3_network", i, k),
+				return validate.Precondition(fmt.Sprintf("jobs[%d].target.nics[%d].l3_network", i, k),
 					"no free address left in %s (range %s-%s); widen the range or delete finished jobs that hold addresses",
 					n.GetName(), n.GetIpRangeStart(), n.GetIpRangeEnd())
 			}
