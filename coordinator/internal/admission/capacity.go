@@ -26,14 +26,14 @@ func (c *capacity) cache(jobs []*ferryv1.MigrationJob) *ferryv1.PreviewUsage {
 	for _, j := range jobs {
 		u.Requested += cachecap.JobBytes(j)
 	}
-	var facts *ferryv1.HostFacts
+	facts := map[string]*ferryv1.HostFacts{}
 	for _, h := range c.hosts {
-		if h.GetName() == hostRef(c.server.GetHost()) {
-			facts = h.GetFacts()
-		}
+		facts[h.GetName()] = h.GetFacts()
 	}
-	room := cachecap.Cache(c.server, facts, cachecap.Reserved(c.server.GetName(), c.active))
-	if facts == nil {
+	rooms := cachecap.NewRooms(facts)
+	rooms.ReserveRunning(c.active)
+	room := rooms.Room(c.server)
+	if facts[hostRef(c.server.GetHost())] == nil {
 		u.Note = fmt.Sprintf("the migration server's host %s is not connected", c.server.GetHost())
 		return settle(u)
 	}

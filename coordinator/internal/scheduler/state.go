@@ -11,20 +11,20 @@ import (
 	ferryv1 "github.com/ferry-v2v/ferry/pkg/pb/ferry/v1"
 )
 
-// state is what one pass knows: the ledger as it read it, the agents'
-// facts, and the jobs it started itself.
+// state is what one pass knows: the ledger as it read it, the caches'
+// room as the agents report it (package capacity, as the preview reads
+// it), and the jobs it started itself.
 type state struct {
-	ledger   *ledger.Ledger
-	agents   Agents
-	limit    int
-	running  int
-	reserved map[string]int64 // by migration server
-	facts    map[string]*ferryv1.HostFacts
-	servers  map[string]*ferryv1.MigrationServer
+	ledger  *ledger.Ledger
+	agents  Agents
+	limit   int
+	running int
+	rooms   *capacity.Rooms
+	servers map[string]*ferryv1.MigrationServer
 }
 
 func newState(l *ledger.Ledger, agents Agents) *state {
-	st := &state{ledger: l, agents: agents, reserved: map[string]int64{}, facts: agents.Hosts(),
+	st := &state{ledger: l, agents: agents, rooms: capacity.NewRooms(agents.Hosts()),
 		servers: map[string]*ferryv1.MigrationServer{}}
 	st.limit = int(l.Settings().GetJobParallelism())
 	if st.limit <= 0 {
@@ -32,7 +32,7 @@ func newState(l *ledger.Ledger, agents Agents) *state {
 	}
 	l.VisitJobs(ledger.JobFilter{State: ferryv1.MigrationJobState_MIGRATION_JOB_STATE_RUNNING}, func(j *ferryv1.MigrationJob) bool {
 		st.running++
-		st.reserved[j.GetMigrationServer()] += capacity.JobBytes(j)
+		st.rooms.Reserve(j)
 		return true
 	})
 	return st
@@ -90,8 +90,7 @@ func (st *state) blocker(j *ferryv1.MigrationJob) string {
 	if !st.agents.Connected(host) {
 		return fmt.Sprintf("host %s is not connected", host)
 	}
-	room := capacity.Cache(srv, st.facts[host], st.reserved[srv.GetName()])
-	if why := room.Blocker(capacity.JobBytes(j)); why != "" {
+	if why := st.rooms.Room(srv).Blocker(capacity.JobBytes(j)); why != "" {
 		return why
 	}
 	if st.running >= st.limit {
@@ -103,7 +102,7 @@ func (st *state) blocker(j *ferryv1.MigrationJob) string {
 // started counts j, which this pass just started.
 func (st *state) started(j *ferryv1.MigrationJob) {
 	st.running++
-	st.reserved[j.GetMigrationServer()] += capacity.JobBytes(j)
+	st.rooms.Reserve(j)
 }
 
 var timestampOf = timestamppb.New
