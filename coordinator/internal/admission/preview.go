@@ -71,7 +71,7 @@ func (a *Admission) usages(refs *batchRefs, jobs []*ferryv1.MigrationJob) []*fer
 			networks = appendNew(networks, n.GetL3Network())
 		}
 	}
-	c := a.newCapacity(refs.server)
+	c := a.newResources(refs.server)
 	ps := map[string]*ferryv1.PrimaryStorage{}
 	for _, name := range storages {
 		ps[name], _ = a.ledger.PrimaryStorage(name) // checkTargetRefs found each
