@@ -64,9 +64,10 @@ type Sealer interface {
 	Fingerprint(secret []byte) string
 }
 
-// Inventory asks an agent to read a source's inventory; *session.Manager
-// is one.
-type Inventory interface {
+// Agents are the agent sessions of this node: they read a source's
+// inventory through an agent and say which hosts are connected;
+// *session.Manager is one.
+type Agents interface {
 	SourceInventory(ctx context.Context, src *ferryv1.Source, server *ferryv1.MigrationServer) (*ferryv1.SourceInventory, error)
 	Connected(host string) bool
 }
@@ -83,9 +84,9 @@ type Deps struct {
 	Ledger     *ledger.Ledger
 	Hub        *watch.Hub
 	Sealer     Sealer
-	// Inventory syncs sources; without it SyncSource is UNIMPLEMENTED and
+	// Agents sync sources; without them SyncSource is UNIMPLEMENTED and
 	// ListSourceVMs serves only what the ledger holds.
-	Inventory Inventory
+	Agents Agents
 	// Dialer reaches the leader for forwarded calls; without one a
 	// follower answers UNAVAILABLE with the leader's address.
 	Dialer Dialer
@@ -103,7 +104,7 @@ type API struct {
 	ledger     *ledger.Ledger
 	hub        *watch.Hub
 	sealer     Sealer
-	inventory  Inventory
+	agents     Agents
 	log        *slog.Logger
 	clock      func() time.Time
 	newID      func() string
@@ -133,7 +134,7 @@ func New(deps Deps) *API {
 		ledger:      deps.Ledger,
 		hub:         deps.Hub,
 		sealer:      deps.Sealer,
-		inventory:   deps.Inventory,
+		agents:      deps.Agents,
 		log:         deps.Logger,
 		clock:       deps.Clock,
 		newID:       deps.NewID,
@@ -152,7 +153,7 @@ func New(deps Deps) *API {
 	}
 	a.fwd = newForwarder(a.proposer, deps.Dialer, a.log)
 	a.admission = admission.New(admission.Deps{
-		Ledger: a.ledger, Agents: a.inventory, ReadSource: a.readSourceSync,
+		Ledger: a.ledger, Agents: a.agents, ReadSource: a.readSourceSync,
 		Record: func(ctx context.Context, cmd *ledgerv1.Command) error {
 			_, err := a.propose(ctx, cmd)
 			return err

@@ -33,7 +33,7 @@ func BenchmarkCreateMigrationJobs50(b *testing.B) {
 	c := startCluster(b, 3)
 	leader := c.Leader(10 * time.Second)
 	api := newAPI(c.Dial(leader.Addr()))
-	seedInventory(b, api)
+	seedJobReferences(b, api)
 	ctx := testcluster.Ctx(b, 5*time.Minute)
 	if err := registerHost(ctx, c.DialAgent(leader.Addr(), "bench-host"), "bench-host"); err != nil {
 		b.Fatal(err)
