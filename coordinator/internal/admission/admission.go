@@ -86,8 +86,11 @@ type Admission struct {
 
 	// allocMu is held from address allocation until the command that
 	// records the addresses is applied, so concurrent creates on the
-	// leader never pick the same address.
+	// leader never pick the same address. It guards heldPrefix.
 	allocMu sync.Mutex
+	// heldPrefix remembers, by L3 network, where the run of held
+	// addresses from the start of its range ended (see allocator).
+	heldPrefix map[string]prefixHint
 }
 
 // New returns the admission over deps. It panics when a required
@@ -97,7 +100,7 @@ func New(deps Deps) *Admission {
 		panic("admission.New: Ledger, ReadSource, Record and NewID are required")
 	}
 	a := &Admission{ledger: deps.Ledger, agents: deps.Agents, readSource: deps.ReadSource, record: deps.Record,
-		log: deps.Logger, clock: deps.Clock, newID: deps.NewID}
+		log: deps.Logger, clock: deps.Clock, newID: deps.NewID, heldPrefix: map[string]prefixHint{}}
 	if a.log == nil {
 		a.log = slog.New(slog.DiscardHandler)
 	}
@@ -144,7 +147,9 @@ func (a *Admission) Create(ctx context.Context, req *ferryv1.CreateMigrationJobs
 	a.keepSourceState(b.refs.source.GetName(), b.jobs)
 	a.allocMu.Lock()
 	release := sync.OnceFunc(a.allocMu.Unlock)
-	if err := a.newAllocator(b.refs.networks).allocate(b.jobs); err != nil {
+	al := a.newAllocator(b.refs.networks)
+	al.remember(a.heldPrefix)
+	if err := al.allocate(b.jobs); err != nil {
 		release()
 		return nil, err
 	}

@@ -224,3 +224,34 @@ func TestPreviewCacheIsTheSchedulersRoom(t *testing.T) {
 	}
 	t.Fatalf("no cache usage in %v", resp.GetUsages())
 }
+
+// TestAllocationReusesFreedAddresses: allocation remembers where the held
+// addresses end, yet still hands out the lowest free address once a job
+// that held one is cancelled.
+func TestAllocationReusesFreedAddresses(t *testing.T) {
+	w := newWorld(t)
+	ctx := context.Background()
+	create := func(n int) ([]string, []string) {
+		t.Helper()
+		ad, err := w.adm.Create(ctx, request(n))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer ad.Release()
+		return w.apply(ad.Command), addresses(ad.Command)
+	}
+	names, _ := create(3) // 10.0.0.2-4
+	if _, got := create(1); !slices.Equal(got, []string{"10.0.0.5"}) {
+		t.Fatalf("second batch: %v, want [10.0.0.5]", got)
+	}
+	w.apply(&ledgerv1.Command{Op: &ledgerv1.Command_CancelMigrationJob{CancelMigrationJob: &ledgerv1.CancelMigrationJob{Name: names[1]}}})
+	if _, got := create(2); !slices.Equal(got, []string{"10.0.0.3", "10.0.0.6"}) {
+		t.Fatalf("after cancelling the job of 10.0.0.3: %v, want [10.0.0.3 10.0.0.6]", got)
+	}
+	if _, got := create(1); !slices.Equal(got, []string{"10.0.0.7"}) {
+		t.Fatalf("next batch: %v, want [10.0.0.7]", got)
+	}
+	if h := w.adm.heldPrefix["l3Networks/net1"]; h.end.String() != "10.0.0.7" {
+		t.Errorf("held prefix ends at %v, want 10.0.0.7 (10.0.0.1 is the gateway, .2-.6 held)", h.end)
+	}
+}

@@ -11,17 +11,43 @@ import (
 
 // allocator hands out addresses for one batch. The caller holds
 // Admission.allocMu from allocation until the proposal is applied, so the
-// ledger's used addresses plus this batch's are all that is taken. It also
+// ledger's used addresses plus this batch's are all that is taken. It asks
+// the ledger about each address it considers (ledger.AddressHolder) rather
+// than copying every address a network holds, so a batch costs the same
+// whatever the number of jobs in the ledger. It also
 // skips an address that the target libvirt network already reserves for
 // another MAC in a static DHCP host entry, as the agents of the network's
 // cluster report them: the target VM could not get it.
 type allocator struct {
 	a     *Admission
 	nets  map[string]*ferryv1.L3Network
-	taken map[string]map[netip.Addr]string // network → address → holder
+	taken map[string]map[netip.Addr]string // network → address → job of this batch
 	next  map[string]netip.Addr            // network → where firstFree looks next
 	hosts []*ferryv1.Host                  // connected, read once
 	dhcp  map[string]map[netip.Addr]dhcpEntry
+	// hints are where the held addresses from each range's start end, as
+	// a previous batch found them, and freed the ledger's AddressesFreed
+	// when this batch began; nil when the allocator keeps no hints
+	// (a preview's, which runs without Admission.allocMu).
+	hints map[string]prefixHint
+	freed uint64
+}
+
+// prefixHint says that, while the ledger's AddressesFreed stays freed,
+// every usable address of the range that starts at start and lies before
+// end is held: allocation may begin its search at end. Addresses only
+// become free through what AddressesFreed counts, so a batch in a
+// ledger of 10,000 jobs does not walk past 10,000 held addresses.
+type prefixHint struct {
+	freed      uint64
+	start, end netip.Addr
+}
+
+// remember has the allocator start where hints say the held addresses
+// end, and keep hints up to date; the caller holds Admission.allocMu.
+func (al *allocator) remember(hints map[string]prefixHint) {
+	al.freed = al.a.ledger.AddressesFreed() // before any address is looked at
+	al.hints = hints
 }
 
 // dhcpEntry is a static DHCP host entry of a libvirt network on a host.
@@ -32,20 +58,21 @@ func (a *Admission) newAllocator(nets map[string]*ferryv1.L3Network) *allocator 
 		dhcp: map[string]map[netip.Addr]dhcpEntry{}}
 }
 
-// held returns the addresses taken on a network: by jobs and reservations
-// in the ledger, then by this batch.
-func (al *allocator) held(network string) map[netip.Addr]string {
-	if m, ok := al.taken[network]; ok {
-		return m
+// holder says who holds ip on network: a job or reservation of the
+// ledger, or a NIC of this batch ("jobs[0].target.nics[1].ip").
+func (al *allocator) holder(network string, ip netip.Addr) (string, bool) {
+	if h, ok := al.taken[network][ip]; ok {
+		return h, true
 	}
-	m := map[netip.Addr]string{}
-	for ip, job := range al.a.ledger.UsedAddresses(network) {
-		if a, ok := validate.ParseIP(ip); ok {
-			m[a] = job
-		}
+	return al.a.ledger.AddressHolder(network, ip.String())
+}
+
+// take records that a NIC of this batch holds ip on network.
+func (al *allocator) take(network string, ip netip.Addr, field string) {
+	if al.taken[network] == nil {
+		al.taken[network] = map[netip.Addr]string{}
 	}
-	al.taken[network] = m
-	return m
+	al.taken[network][ip] = field
 }
 
 // dhcpHosts returns the static DHCP host entries of an L3 network's
@@ -104,9 +131,8 @@ func (al *allocator) allocate(jobs []*ferryv1.MigrationJob) error {
 				continue
 			}
 			ip, _ := validate.ParseIP(nic.GetIp())
-			held := al.held(nic.GetL3Network())
 			field := fmt.Sprintf("jobs[%d].target.nics[%d].ip", i, k)
-			holder, ok := held[ip]
+			holder, ok := al.holder(nic.GetL3Network(), ip)
 			switch {
 			case ok && strings.HasPrefix(holder, "jobs["):
 				return validate.Invalid(field, "%s on %s is also given to %s", ip, nic.GetL3Network(), holder)
@@ -118,7 +144,7 @@ func (al *allocator) allocate(jobs []*ferryv1.MigrationJob) error {
 				return validate.Precondition(field, "%s on %s: %s; pick another address or leave ip empty to have one allocated",
 					ip, nic.GetL3Network(), other)
 			}
-			held[ip] = field
+			al.take(nic.GetL3Network(), ip, field)
 		}
 	}
 	for i, j := range jobs {
@@ -134,7 +160,7 @@ func (al *allocator) allocate(jobs []*ferryv1.MigrationJob) error {
 					n.GetName(), n.GetIpRangeStart(), n.GetIpRangeEnd())
 			}
 			nic.Ip = ip.String()
-			al.held(nic.GetL3Network())[ip] = fmt.Sprintf("jobs[%d].target.nics[%d].ip", i, k)
+			al.take(nic.GetL3Network(), ip, fmt.Sprintf("jobs[%d].target.nics[%d].ip", i, k))
 		}
 	}
 	return nil
@@ -144,16 +170,26 @@ func (al *allocator) allocate(jobs []*ferryv1.MigrationJob) error {
 // holds and no DHCP host entry reserves for a MAC other than mac.
 func (al *allocator) firstFree(network, mac string) (netip.Addr, bool) {
 	r := rangeOf(al.nets[network])
-	held := al.held(network)
 	start, ok := al.next[network]
+	prefix := !ok && al.hints != nil // whether every address before a is held in the ledger
 	if !ok {
 		start = r.start
+		if h, ok := al.hints[network]; ok && prefix && h.freed == al.freed && h.start == r.start {
+			start = h.end
+		}
 	}
 	var skipped netip.Addr // the first address left for another MAC
 	for a := start; a.IsValid() && !r.end.Less(a); a = a.Next() {
-		if _, taken := held[a]; taken || !r.usable(a) {
+		if !r.usable(a) {
 			continue
 		}
+		if holder, taken := al.holder(network, a); taken {
+			if prefix = prefix && !strings.HasPrefix(holder, "jobs["); prefix {
+				al.hints[network] = prefixHint{freed: al.freed, start: r.start, end: a.Next()}
+			}
+			continue
+		}
+		prefix = false
 		if al.reservedFor(network, a, mac) != "" {
 			if !skipped.IsValid() {
 				skipped = a // a later NIC of the batch may have its MAC
