@@ -24,10 +24,10 @@ import (
 const gib = int64(1) << 30
 
 // world is a ledger with cluster c1 (connected host kvm1), NFS storage,
-// network net1 (10.0.0.1-10.0.0.20, gateway 10.0.0.1), a KVM source and a
+// network net1 (10.0.0.1-10.0.0.20 in a /16, gateway 10.0.0.1), a KVM source and a
 // KVM migration server on kvm1 whose cache path reports 100 GiB free.
 type world struct {
-	t      *testing.T
+	t      testing.TB
 	fsm    *fsm.FSM
 	ledger *ledger.Ledger
 	adm    *Admission
@@ -40,7 +40,10 @@ type agents struct{ facts map[string]*ferryv1.HostFacts }
 func (a agents) Connected(host string) bool           { return a.facts[host] != nil }
 func (a agents) Hosts() map[string]*ferryv1.HostFacts { return a.facts }
 
-func newWorld(t *testing.T) *world {
+func newWorld(t testing.TB) *world { return newWorldTo(t, "10.0.0.20") }
+
+// newWorldTo is newWorld with net1's range ending at end.
+func newWorldTo(t testing.TB, end string) *world {
 	w := &world{t: t, ledger: ledger.New()}
 	w.fsm = fsm.New(w.ledger, slog.New(slog.DiscardHandler))
 	facts := &ferryv1.HostFacts{Cpus: 16, MemoryAvailableBytes: 64 * gib,
@@ -52,7 +55,7 @@ func newWorld(t *testing.T) *world {
 			Name: "primaryStorages/nfs", Cluster: "clusters/c1", Type: ferryv1.PrimaryStorageType_PRIMARY_STORAGE_TYPE_NFS, Path: "/mnt/nfs"}}}},
 		{Op: &ledgerv1.Command_PutL3Network{PutL3Network: &ledgerv1.PutL3Network{L3Network: &ferryv1.L3Network{
 			Name: "l3Networks/net1", Cluster: "clusters/c1", Bridge: "br0",
-			IpRangeStart: "10.0.0.1", IpRangeEnd: "10.0.0.20", Gateway: "10.0.0.1", PrefixLength: 24}}}},
+			IpRangeStart: "10.0.0.1", IpRangeEnd: end, Gateway: "10.0.0.1", PrefixLength: 16}}}},
 		{Op: &ledgerv1.Command_PutCredential{PutCredential: &ledgerv1.PutCredential{Credential: &ledgerv1.SealedCredential{
 			Credential: &ferryv1.Credential{Name: "credentials/pw", Type: ferryv1.CredentialType_CREDENTIAL_TYPE_PASSWORD}}}}},
 		{Op: &ledgerv1.Command_PutSource{PutSource: &ledgerv1.PutSource{Source: &ferryv1.Source{
@@ -169,7 +172,10 @@ func TestCreateRefusalsNameTheField(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			req := request(2)
 			tc.edit(req)
-			_, err := w.adm.Create(context.Background(), req)
+			ad, err := w.adm.Create(context.Background(), req)
+			if err == nil {
+				ad.Release()
+			}
 			var inv *validate.InvalidError
 			var fe *validate.FieldError
 			code := codes.OK
@@ -253,5 +259,36 @@ func TestAllocationReusesFreedAddresses(t *testing.T) {
 	}
 	if h := w.adm.heldPrefix["l3Networks/net1"]; h.end.String() != "10.0.0.7" {
 		t.Errorf("held prefix ends at %v, want 10.0.0.7 (10.0.0.1 is the gateway, .2-.6 held)", h.end)
+	}
+}
+
+// BenchmarkCreate50 admits and applies a batch of 50 VMs into a ledger
+// already holding 100 or 10,000 queued jobs on the same network: the
+// admission path (checks, references, allocation) and the ledger's apply,
+// without Raft or gRPC. Goal (issue 11): the same cost at both sizes,
+// within 20 %.
+func BenchmarkCreate50(b *testing.B) {
+	for _, jobs := range []int{100, 10000} {
+		b.Run(fmt.Sprintf("ledger=%d", jobs), func(b *testing.B) {
+			w := newWorldTo(b, "10.0.255.254")
+			ctx := context.Background()
+			create := func() {
+				ad, err := w.adm.Create(ctx, request(50))
+				if err != nil {
+					b.Fatal(err)
+				}
+				if _, err := w.fsm.ApplyCommand(ad.Command); err != nil {
+					b.Fatal(err)
+				}
+				ad.Release()
+			}
+			for range jobs / 50 {
+				create()
+			}
+			b.ResetTimer()
+			for b.Loop() {
+				create()
+			}
+		})
 	}
 }
