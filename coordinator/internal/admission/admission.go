@@ -130,11 +130,11 @@ func (ad *Admitted) Release() { ad.release() }
 func (a *Admission) Create(ctx context.Context, req *ferryv1.CreateMigrationJobsRequest) (*Admitted, error) {
 	// What the checks read from sources is recorded only if all pass.
 	syncs := a.newBatchSyncs()
-	req, _, err := a.fillBatch(ctx, req, true, syncs) // the notes are the preview's
+	req, _, err := a.fillBatch(ctx, req, true, syncs) // 1; the notes are the preview's
 	if err != nil {
 		return nil, err
 	}
-	b, err := a.prepare(ctx, req, true, syncs)
+	b, err := a.prepare(ctx, req, true, syncs) // 2 to 4
 	if err != nil {
 		return nil, err
 	}
@@ -144,15 +144,18 @@ func (a *Admission) Create(ctx context.Context, req *ferryv1.CreateMigrationJobs
 	if len(b.failed) > 0 {
 		return nil, precheckError(b.failed)
 	}
-	a.keepSourceState(b.refs.source.GetName(), b.jobs)
+	a.keepSourceState(b.refs.source.GetName(), b.jobs) // 5
 	a.allocMu.Lock()
 	release := sync.OnceFunc(a.allocMu.Unlock)
-	al := a.newAllocator(b.refs.networks)
+	al := a.newAllocator(b.refs.networks) // 6
 	al.remember(a.heldPrefix)
 	if err := al.allocate(b.jobs); err != nil {
 		release()
 		return nil, err
 	}
+	// Host placement, when it comes, runs here: the jobs have their
+	// addresses, and the allocation lock keeps its choices and those of a
+	// concurrent batch apart until the command is applied.
 	if err := syncs.record(ctx); err != nil {
 		release()
 		return nil, err

@@ -47,10 +47,12 @@ func (a *Admission) Preview(ctx context.Context, p *ferryv1.PreviewMigrationJobs
 		}
 		lines = append(lines, fe.Error())
 	}
+	// Host placement, when it comes, runs here, before capacity counts
+	// what the chosen hosts give.
 	for _, j := range jobs {
 		j.Name = ""
 	}
-	usages := a.usages(b.refs, jobs)
+	usages := a.usages(b.refs, jobs) // 7
 	fits := len(lines) == 0
 	for _, u := range usages {
 		fits = fits && (!u.GetKnown() || u.GetFits())
