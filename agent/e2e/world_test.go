@@ -18,7 +18,7 @@ import (
 )
 
 // world is everything a migration needs: libvirtd, a source host behind
-// sshd, a coordinator, an agent, and the inventory in the ledger.
+// sshd, a coordinator, an agent, and the target inventory in the ledger.
 type world struct {
 	t          *testing.T
 	id         string
@@ -96,7 +96,7 @@ func newWorldWith(t *testing.T, opts worldOptions) *world {
 	t.Cleanup(func() { os.RemoveAll(w.storageDir) })
 	w.createNetwork()
 	w.f.startAgent(w.host, w.cacheDir)
-	w.createInventory()
+	w.createTargetInventory()
 	return w
 }
 
@@ -124,7 +124,7 @@ func (w *world) createNetwork() {
 	w.t.Fatalf("create the test network: %v", err)
 }
 
-func (w *world) createInventory() {
+func (w *world) createTargetInventory() {
 	t, c := w.t, w.f.client
 	inv, srcs, srvs := c.TargetInventory(), c.Sources(), c.MigrationServers()
 	cl, err := inv.CreateCluster(ctx(t, 10*time.Second), &ferryv1.CreateClusterRequest{Cluster: &ferryv1.Cluster{DisplayName: "e2e"}})

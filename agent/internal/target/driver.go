@@ -42,13 +42,13 @@ func NewDriver(uri string, opts Options) *Driver {
 	return &Driver{uri: uri, opts: opts, log: opts.Log}
 }
 
-// volumes plans the volume of each disk the job keeps, root first.
+// volumes names the volume of each disk the job keeps, root first.
 func volumes(job *runner.Job) ([]Volume, error) {
 	a := job.Assignment
 	id := path.Base(a.GetJob().GetName())
 	var out []Volume
 	for _, d := range a.GetJob().GetTarget().GetDisks() {
-		v, err := Plan(a.GetPrimaryStorage(), id, d.GetSourceDisk(), d.GetSizeBytes())
+		v, err := NameVolume(a.GetPrimaryStorage(), id, d.GetSourceDisk(), d.GetSizeBytes())
 		if err != nil {
 			return nil, fmt.Errorf("disk %s: %w", d.GetSourceDisk(), err)
 		}
@@ -144,7 +144,7 @@ func (d *Driver) spec(job *runner.Job) (Spec, error) {
 	}
 	src, nvram, err := cache.LoadSourceVM(job.CacheDir)
 	if err != nil && !errors.Is(err, fs.ErrNotExist) {
-		return Spec{}, fmt.Errorf("read the source VM's facts from the cache: %w", err)
+		return Spec{}, fmt.Errorf("read the source VM's description from the cache: %w", err)
 	}
 	return Spec{
 		JobID: a.GetJob().GetName(), VM: a.GetJob().GetTarget(), Source: src, Volumes: vols,

@@ -50,7 +50,7 @@ func TestVerifyVolume(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	vol, err := Plan(storage(ferryv1.PrimaryStorageType_PRIMARY_STORAGE_TYPE_LOCAL, t.TempDir(), "", ""), "migrationJobs/j1", "vda", sourceSize)
+	vol, err := NameVolume(storage(ferryv1.PrimaryStorageType_PRIMARY_STORAGE_TYPE_LOCAL, t.TempDir(), "", ""), "migrationJobs/j1", "vda", sourceSize)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -132,7 +132,7 @@ func (a *app) networkDelete() *cobra.Command {
 	return &cobra.Command{
 		Use:     "delete NAME",
 		Short:   "Delete an L3 network",
-		Long:    `Delete an L3 network from the inventory; refused while an unfinished job uses it. The libvirt network or bridge is not touched.`,
+		Long:    `Delete an L3 network from the target inventory; refused while an unfinished job uses it. The libvirt network or bridge is not touched.`,
 		Example: `  ferryctl network delete l3Networks/lan`,
 		Args:    exactlyOneArg("the network's name"),
 		RunE: a.run(func(ctx context.Context, cl *client.Client, args []string) error {

@@ -51,7 +51,7 @@ func requestIDError(err error) error {
 
 // etagError is ledger.ErrAborted as ABORTED naming etag.
 func etagError(field string, err error) error {
-	return &fieldError{code: codes.Aborted, field: field, msg: strings.TrimPrefix(err.Error(), ledger.ErrAborted.Error()+": ")}
+	return &fieldError{Code: codes.Aborted, Field: field, Msg: strings.TrimPrefix(err.Error(), ledger.ErrAborted.Error()+": ")}
 }
 
 // etagField names field in an ErrAborted; other errors pass.

@@ -242,7 +242,7 @@ func (f *flakyInventory) SourceInventory(ctx context.Context, src *ferryv1.Sourc
 // sync again; a repeat of one that failed does.
 func TestRepeatedSyncSource(t *testing.T) {
 	inv := &flakyInventory{}
-	e := newEnv(t, true, withInventory(inv))
+	e := newEnv(t, true, withAgents(inv))
 	e.seed()
 	c := ctx(t)
 	sync := func(source, id string) (*ferryv1.Source, error) {

@@ -10,6 +10,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/ferry-v2v/ferry/coordinator/internal/admission"
 	ledgerv1 "github.com/ferry-v2v/ferry/pkg/pb/ferry/ledger/v1"
 	ferryv1 "github.com/ferry-v2v/ferry/pkg/pb/ferry/v1"
 )
@@ -41,7 +42,7 @@ func (s *serverService) create(ctx context.Context, req *ferryv1.CreateMigration
 		return nil, err
 	}
 	if _, ok := s.a.ledger.Host(ms.Host); !ok {
-		return nil, &fieldError{code: codes.NotFound, field: "migration_server.host", msg: fmt.Sprintf(
+		return nil, &fieldError{Code: codes.NotFound, Field: "migration_server.host", Msg: fmt.Sprintf(
 			"%s not found; a host registers itself when its ferry-agent first connects: start ferry-agent --host-name %s first",
 			ms.Host, strings.TrimPrefix(ms.Host, colHosts+"/"))}
 	}
@@ -82,15 +83,7 @@ func (s *serverService) validate(req *ferryv1.CreateMigrationServerRequest, in *
 	return ms, c.err()
 }
 
-func platformName(p ferryv1.Platform) string {
-	switch p {
-	case ferryv1.Platform_PLATFORM_VMWARE:
-		return "vmware"
-	case ferryv1.Platform_PLATFORM_KVM:
-		return "kvm"
-	}
-	return p.String()
-}
+func platformName(p ferryv1.Platform) string { return admission.PlatformName(p) }
 
 // read returns a server as the API shows it, with its host's connection.
 func (s *serverService) read(name string, err error) (*ferryv1.MigrationServer, error) {
@@ -220,9 +213,9 @@ var systemDirs = map[string]bool{
 // checkCachePath requires an absolute, clean path that is not a system
 // directory.
 func checkCachePath(c *checker, field, p string) {
-	n := len(c.v)
+	n := c.Len()
 	checkAbsPath(c, field, p, "the cache directory on the host")
-	if len(c.v) > n {
+	if c.Len() > n {
 		return
 	}
 	clean := filepath.Clean(p)

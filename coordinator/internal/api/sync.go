@@ -100,7 +100,7 @@ func (a *API) syncSourceOnce(ctx context.Context, name, serverName string, stamp
 // readSourceSync is syncSource without the recording: the record to
 // write, nil when there is nothing to record, and the sync's error.
 func (a *API) readSourceSync(ctx context.Context, name, serverName string) (*ledgerv1.RecordSourceSync, error) {
-	if a.inventory == nil {
+	if a.agents == nil {
 		return nil, status.Error(codes.Unimplemented, "this coordinator has no agent sessions to sync sources through")
 	}
 	src, ok := a.ledger.Source(name)
@@ -111,7 +111,7 @@ func (a *API) readSourceSync(ctx context.Context, name, serverName string) (*led
 	if err != nil {
 		return nil, err
 	}
-	inv, syncErr := a.inventory.SourceInventory(ctx, src, server)
+	inv, syncErr := a.agents.SourceInventory(ctx, src, server)
 	if syncErr != nil {
 		if status.Code(syncErr) != codes.FailedPrecondition {
 			return nil, syncErr
@@ -133,13 +133,13 @@ func (a *API) pickInventoryServer(src *ferryv1.Source, name string) (*ferryv1.Mi
 		case ms.GetType() != src.GetType():
 			return nil, precondition("migration_server", "%s is a %s server and cannot reach %s source %s",
 				name, platformName(ms.GetType()), platformName(src.GetType()), src.GetName())
-		case !a.inventory.Connected(ms.GetHost()):
+		case !a.agents.Connected(ms.GetHost()):
 			return nil, precondition("migration_server", "the agent of %s on %s is not connected; start ferry-agent there first", name, ms.GetHost())
 		}
 		return ms, nil
 	}
 	for _, ms := range a.ledger.MigrationServers(src.GetType()) {
-		if ms.GetEnabled() && a.inventory.Connected(ms.GetHost()) {
+		if ms.GetEnabled() && a.agents.Connected(ms.GetHost()) {
 			return ms, nil
 		}
 	}
@@ -153,7 +153,7 @@ func (a *API) pickInventoryServer(src *ferryv1.Source, name string) (*ferryv1.Mi
 // through any enabled, connected migration server of its type. It
 // returns when ctx ends, after the syncs it started.
 func (a *API) LeadInventorySync(ctx context.Context) {
-	if a.inventory == nil {
+	if a.agents == nil {
 		return
 	}
 	tick := time.NewTicker(syncTick)

@@ -48,6 +48,8 @@ type Ledger struct {
 	inventories map[string]*ferryv1.SourceInventory
 	mappings    map[string]*ferryv1.NetworkMappingGroup
 	jobs        map[string]*ferryv1.MigrationJob
+	addrs       map[string]map[string][]string // network → address → jobs given it (addresses.go)
+	freed       uint64                         // see AddressesFreed
 	nodes       map[string]*ledgerv1.Node
 	requests    map[string]*ledgerv1.RequestRecord
 	// oldestRequest is the time of the oldest request record when known;
@@ -78,6 +80,8 @@ func (l *Ledger) reset() {
 	l.inventories = map[string]*ferryv1.SourceInventory{}
 	l.mappings = map[string]*ferryv1.NetworkMappingGroup{}
 	l.jobs = map[string]*ferryv1.MigrationJob{}
+	l.addrs = map[string]map[string][]string{}
+	l.freed++
 	l.nodes = map[string]*ledgerv1.Node{}
 	l.requests = map[string]*ledgerv1.RequestRecord{}
 	l.oldestRequest = time.Time{}
@@ -158,6 +162,7 @@ func (l *Ledger) Restore(s *ledgerv1.Snapshot) {
 	fill(l.sources, s.GetSources(), (*ferryv1.Source).GetName)
 	fill(l.mappings, s.GetNetworkMappingGroups(), (*ferryv1.NetworkMappingGroup).GetName)
 	fill(l.jobs, s.GetJobs(), (*ferryv1.MigrationJob).GetName)
+	l.indexAllJobs()
 	fill(l.nodes, s.GetNodes(), (*ledgerv1.Node).GetId)
 	fill(l.requests, s.GetRequests(), (*ledgerv1.RequestRecord).GetRequestId)
 	fill(l.inventories, s.GetSourceInventories(), (*ferryv1.SourceInventory).GetSource)

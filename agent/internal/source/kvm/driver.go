@@ -203,7 +203,7 @@ func (d *Driver) Convert(ctx context.Context, job *runner.Job) error {
 	// The description and NVRAM are read at the backup's point in time,
 	// after the pause when the job pauses the source: a firmware that was
 	// still writing its variables has stopped by then.
-	if err := d.saveSourceFacts(ctx, src.conn, vm, job.CacheDir); err != nil {
+	if err := d.saveSourceVM(ctx, src.conn, vm, job.CacheDir); err != nil {
 		return err
 	}
 	for _, disk := range disks {
@@ -253,9 +253,9 @@ func (d *Driver) copyOnce(ctx context.Context, job *runner.Job, b *Backup, disk 
 	return img.Close()
 }
 
-// saveSourceFacts records in the cache directory what the target side
+// saveSourceVM records in the cache directory what the target side
 // needs of the source VM: its description and, for UEFI, its NVRAM.
-func (d *Driver) saveSourceFacts(ctx context.Context, conn *Conn, vm *VM, dir string) error {
+func (d *Driver) saveSourceVM(ctx context.Context, conn *Conn, vm *VM, dir string) error {
 	var nvram []byte
 	if vm.Firmware.Type == FirmwareUEFI && vm.Firmware.NVRAM != "" {
 		var err error

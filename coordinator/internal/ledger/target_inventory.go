@@ -155,6 +155,7 @@ func (l *Ledger) DeleteL3Network(name string) error {
 		return fmt.Errorf("%w: network mapping group %s maps to L3 network %s; change or delete it first", ErrFailedPrecondition, g, name)
 	}
 	delete(l.networks, name)
+	l.freed++
 	return nil
 }
 
@@ -169,6 +170,7 @@ func (l *Ledger) ReleaseAddress(network, ip string) error {
 	n := clone(l.networks[network])
 	n.Reservations = slices.DeleteFunc(n.Reservations, func(r *ferryv1.AddressReservation) bool { return r.GetIp() == ip })
 	l.networks[network] = n
+	l.freed++
 	return nil
 }
 
