@@ -66,7 +66,7 @@ func TestVerifyVolume(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	st, err := VerifyVolume(ctx, up, cp, vol)
+	st, err := VerifyVolume(ctx, up, cp, vol, nil)
 	if err != nil {
 		t.Fatalf("verify the uploaded volume: %v", err)
 	}
@@ -76,7 +76,7 @@ func TestVerifyVolume(t *testing.T) {
 
 	const flipAt = 2<<20 + 777 // inside the 0xab data
 	flipByte(t, vol.Path, flipAt)
-	_, err = VerifyVolume(ctx, up, cp, vol)
+	_, err = VerifyVolume(ctx, up, cp, vol, nil)
 	var mm *pipeline.MismatchError
 	if !errors.As(err, &mm) || mm.Offset != 2<<20 || !strings.Contains(err.Error(), "the 2097152 bytes at offset 2097152 differ from the source") {
 		t.Fatalf("verify a volume with a byte flipped at %d = %v, want a mismatch at offset 2097152", flipAt, err)
