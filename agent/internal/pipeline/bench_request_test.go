@@ -28,7 +28,7 @@ func BenchmarkRequestSize(b *testing.B) {
 	}
 	b.ResetTimer()
 	for range b.N {
-		runs := []*benchRun{{name: "nbdcopy", run: func(bool) benchRound { return benchNBDCopy(b, e, sock, 4<<30) }}}
+		runs := []*benchRun{{name: "nbdcopy", run: func(bool) benchRound { return benchNBDCopy(b, e, nbdURI(sock), 4<<30) }}}
 		for _, s := range settings {
 			opts := nbd.Options{MaxRequest: s.size, MaxInFlight: s.depth}
 			runs = append(runs, &benchRun{
