@@ -110,11 +110,17 @@ func benchRounds(def int) int {
 }
 
 // interleave runs every contender once a round, each round starting one
-// further along, so that the load of a shared machine falls on all alike.
+// further along and every other round in reverse order, so that the load
+// of a shared machine, and whatever a run leaves to the next, fall on all
+// alike.
 func interleave(runs []*benchRun, rounds int) {
+	n := len(runs)
 	for r := range rounds {
-		for k := range runs {
-			run := runs[(k+r)%len(runs)]
+		for k := range n {
+			if r%2 == 1 {
+				k = n - 1 - k
+			}
+			run := runs[(k+r)%n]
 			run.runs = append(run.runs, run.run(r == 0))
 		}
 	}
@@ -186,6 +192,17 @@ func reportConverting(b *testing.B, runs []*benchRun, peak memPeak) {
 		dm, dl := by[den].seconds()
 		return nm / dm, nl / dl
 	}
+	// paired is the median over rounds of the ratio within each round,
+	// whose runs ran next to each other under the same load.
+	paired := func(num, den string) float64 {
+		r := &benchRun{}
+		for i := range min(len(by[num].runs), len(by[den].runs)) {
+			r.runs = append(r.runs, benchRound{d: time.Duration(float64(time.Second) *
+				by[num].runs[i].d.Seconds() / by[den].runs[i].d.Seconds())})
+		}
+		med, _ := r.seconds()
+		return med
+	}
 	cpuRatio := func(a, c string) float64 {
 		x, _ := by[a].medianMin(func(r benchRound) float64 { return r.srcCPU })
 		y, _ := by[c].medianMin(func(r benchRound) float64 { return r.srcCPU })
@@ -195,9 +212,12 @@ func reportConverting(b *testing.B, runs []*benchRun, peak memPeak) {
 	qm, ql := ratio("qemu-img convert 4 GiB", "ferry 4 GiB")
 	sm, sl := ratio("nbdcopy 4 GiB over ssh -L", "ferry 4 GiB over SSH")
 	gm, gl := ratio("ferry 64 GiB", "ferry 4 GiB")
-	benchf("speed ferry/nbdcopy local: median %.2f, min %.2f (goal >= 1.0)", lm, ll)
-	benchf("speed ferry/qemu-img convert: median %.2f, min %.2f", qm, ql)
-	benchf("speed ferry/nbdcopy through sshd: median %.2f, min %.2f (goal >= 1.0)", sm, sl)
+	benchf("speed ferry/nbdcopy local: medians %.2f, minima %.2f, median of rounds %.2f (goal >= 1.0)",
+		lm, ll, paired("nbdcopy 4 GiB", "ferry 4 GiB"))
+	benchf("speed ferry/qemu-img convert: medians %.2f, minima %.2f, median of rounds %.2f",
+		qm, ql, paired("qemu-img convert 4 GiB", "ferry 4 GiB"))
+	benchf("speed ferry/nbdcopy through sshd: medians %.2f, minima %.2f, median of rounds %.2f (goal >= 1.0)",
+		sm, sl, paired("nbdcopy 4 GiB over ssh -L", "ferry 4 GiB over SSH"))
 	benchf("source QEMU CPU per GiB ferry/nbdcopy: local %.2f, through sshd %.2f (goal <= 1.0)",
 		cpuRatio("ferry 4 GiB", "nbdcopy 4 GiB"), cpuRatio("ferry 4 GiB over SSH", "nbdcopy 4 GiB over ssh -L"))
 	benchf("time 64 GiB / 4 GiB: median %.2f, min %.2f (goal < 1.2)", gm, gl)
