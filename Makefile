@@ -136,11 +136,12 @@ test-integration:
 
 ## bench: every benchmark (BENCH=regexp, BENCHTIME=1s|100x); results also in bin/bench.txt
 # coordinator/internal/bench holds measurement runs that set up once and ignore
-# b.N: they run once each (-benchtime 1x), whatever BENCHTIME says.
+# b.N: they run once each (-benchtime 1x), whatever BENCHTIME says. The data
+# path's (agent/internal/pipeline, agent/e2e) take minutes: hence the timeout.
 bench:
 	@mkdir -p $(BIN)
 	@pkgs=$$($(GO) list -e ./... | grep -v '/coordinator/internal/bench$$'); { \
-		$(GO) test -run '^$$' -bench '$(BENCH)' -benchtime $(BENCHTIME) -benchmem -count=1 $$pkgs; \
+		$(GO) test -run '^$$' -bench '$(BENCH)' -benchtime $(BENCHTIME) -benchmem -count=1 -timeout 40m $$pkgs; \
 		$(GO) test -run '^$$' -bench '$(BENCH)' -benchtime 1x -count=1 -timeout 20m ./coordinator/internal/bench; \
 	} | tee $(BIN)/bench.txt
 

@@ -20,7 +20,7 @@ import (
 // world is everything a migration needs: libvirtd, a source host behind
 // sshd, a coordinator, an agent, and the target inventory in the ledger.
 type world struct {
-	t          *testing.T
+	t          testing.TB
 	id         string
 	lv         *testenv.Libvirt
 	sshd       *testenv.SSHD
@@ -49,7 +49,7 @@ func randID() string {
 	return hex.EncodeToString(b)
 }
 
-func newWorld(t *testing.T) *world { return newWorldWith(t, worldOptions{}) }
+func newWorld(t testing.TB) *world { return newWorldWith(t, worldOptions{}) }
 
 // worldOptions change what newWorldWith builds.
 type worldOptions struct {
@@ -67,7 +67,7 @@ type worldOptions struct {
 	coordinators int
 }
 
-func newWorldWith(t *testing.T, opts worldOptions) *world {
+func newWorldWith(t testing.TB, opts worldOptions) *world {
 	t.Helper()
 	testenv.RequireRoot(t)
 	w := &world{t: t, id: randID(), lv: testenv.RequireLibvirt(t)}
