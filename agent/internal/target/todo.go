@@ -1,0 +1,109 @@
+package target
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+
+	"github.com/ferry-v2v/ferry/agent/internal/pipeline"
+	"github.com/ferry-v2v/ferry/pkg/nbd"
+)
+
+// todoSource is the cache image as one upload round sees it: the chunks
+// to upload hold what the image holds; every other chunk reads as zeroes
+// and is never asked for. Failures to read the image wrap errCacheRead.
+type todoSource struct {
+	c           *nbd.Client
+	size, chunk int64
+	todo        []bool // by chunk
+}
+
+func (s todoSource) Size() int64 { return s.size }
+
+// run returns the end of the run of chunks from off on that are all to
+// upload, or all not, within end.
+func (s todoSource) run(off, end int64) (int64, bool) {
+	want := s.todo[off/s.chunk]
+	pos := off
+	for pos < end && s.todo[pos/s.chunk] == want {
+		pos = min(end, (pos/s.chunk+1)*s.chunk)
+	}
+	return pos, want
+}
+
+func (s todoSource) Extents(ctx context.Context, off, length int64) ([]pipeline.Extent, error) {
+	end, want := s.run(off, min(off+length, s.size))
+	if !want {
+		return []pipeline.Extent{{Offset: off, Length: end - off, Zero: true}}, nil
+	}
+	exts, err := pipeline.NBDSource{Client: s.c}.Extents(ctx, off, end-off)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %w", errCacheRead, err)
+	}
+	out := exts[:0]
+	for _, e := range exts {
+		if e.Offset >= end {
+			break
+		}
+		e.Length = min(e.Length, end-e.Offset)
+		out = append(out, e)
+	}
+	return out, nil
+}
+
+func (s todoSource) ReadAt(ctx context.Context, p []byte, off int64) error {
+	if err := s.c.ReadAt(ctx, p, off); err != nil {
+		return fmt.Errorf("%w: %w", errCacheRead, err)
+	}
+	return nil
+}
+
+// round uploads the chunks todo of the cache image src onto the volume
+// and flushes it: their data under the upstream limit, their zeroes as
+// write-zeroes when the volume does not read as zeroes already.
+func (f *follower) round(ctx context.Context, src *nbd.Client, m pipeline.Marks, todo []int) error {
+	if err := f.openTarget(ctx); err != nil {
+		return err
+	}
+	s := todoSource{c: src, size: m.Size, chunk: m.ChunkSize, todo: make([]bool, m.Chunks())}
+	for _, i := range todo {
+		s.todo[i] = true
+	}
+	if !f.zeroed {
+		if err := zeroTodo(ctx, s, f.dst); err != nil {
+			return err
+		}
+	}
+	base := f.uploaded
+	report := func(done, _ int64) { f.job.Progress.Uploaded(f.disk, base+done) }
+	st, err := pipeline.Copy(ctx, s, pipeline.NBDSink{Client: f.dst}, pipeline.Options{
+		Limiter: f.job.Upstream, Progress: report, Logger: slog.New(slog.DiscardHandler),
+	})
+	f.uploaded = base + st.DataBytes
+	f.job.Progress.Uploaded(f.disk, f.uploaded)
+	f.rounds++
+	if err != nil {
+		return err
+	}
+	f.log.DebugContext(ctx, "upload round", "chunks", len(todo), "bytes", st.DataBytes, "seconds", st.Duration.Seconds())
+	return nil
+}
+
+// zeroTodo writes zeroes where the chunks to upload read as zeroes.
+func zeroTodo(ctx context.Context, s todoSource, dst *nbd.Client) error {
+	for off := int64(0); off < s.size; {
+		exts, err := s.Extents(ctx, off, s.size-off)
+		if err != nil {
+			return err
+		}
+		for _, e := range exts {
+			if e.Zero && s.todo[e.Offset/s.chunk] {
+				if err := dst.WriteZeroes(ctx, e.Offset, e.Length, 0); err != nil {
+					return fmt.Errorf("zero %d bytes at %d: %w", e.Length, e.Offset, err)
+				}
+			}
+			off = e.Offset + e.Length
+		}
+	}
+	return nil
+}
