@@ -24,6 +24,7 @@ import (
 const (
 	overlapSize = 96 << 20
 	overlapData = 24 << 20
+	dataRun     = 3 << 19 // one run of data, all in one 2 MiB chunk
 )
 
 // randomDisk writes a sparse raw disk of overlapSize with overlapData of
@@ -40,7 +41,7 @@ func randomDisk(t *testing.T) (string, Endpoint) {
 		t.Fatal(err)
 	}
 	rng := rand.New(rand.NewPCG(1, 2))
-	run := make([]byte, 3<<19)
+	run := make([]byte, dataRun)
 	for off := int64(0); off < overlapData*4; off += 6 << 20 {
 		for i := range run {
 			run[i] = byte(rng.Uint32())
@@ -59,6 +60,27 @@ func randomDisk(t *testing.T) (string, Endpoint) {
 type cacheSource struct {
 	src       Endpoint
 	afterCopy func(job *runner.Job)
+	// Reads from gateAt on wait until gate is closed, when gate is set.
+	gate   chan struct{}
+	gateAt int64
+}
+
+// gatedSource holds reads past a point until its gate opens.
+type gatedSource struct {
+	pipeline.NBDSource
+	gate   chan struct{}
+	gateAt int64
+}
+
+func (g gatedSource) ReadAt(ctx context.Context, p []byte, off int64) error {
+	if g.gate != nil && off+int64(len(p)) > g.gateAt {
+		select {
+		case <-g.gate:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+	return g.NBDSource.ReadAt(ctx, p, off)
 }
 
 func (s *cacheSource) Convert(ctx context.Context, job *runner.Job) error {
@@ -77,7 +99,7 @@ func (s *cacheSource) Convert(ctx context.Context, job *runner.Job) error {
 	if err != nil {
 		return err
 	}
-	_, err = pipeline.Copy(ctx, pipeline.NBDSource{Client: c}, img, pipeline.Options{
+	_, err = pipeline.Copy(ctx, gatedSource{pipeline.NBDSource{Client: c}, s.gate, s.gateAt}, img, pipeline.Options{
 		Limiter: job.Downstream, Checkpoint: ckpt, Logger: job.Log,
 		Progress: func(done, total int64) {
 			job.Progress.SetTotal(name, total)
@@ -204,6 +226,28 @@ func uploadedChunks(t *testing.T, cacheDir string) int {
 	return m.count()
 }
 
+// uploadedDataChunks counts the chunks holding data (one in three: the
+// runs of randomDisk begin every 6 MiB) that the upload checkpoint has on
+// the volume.
+func uploadedDataChunks(t *testing.T, cacheDir string) int {
+	t.Helper()
+	b, err := os.ReadFile(cache.UploadCheckpointPath(cacheDir, "vda"))
+	if err != nil {
+		return 0
+	}
+	m, err := decodeUploadMarks(b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := 0
+	for i := 0; i < m.chunks(); i += 3 {
+		if m.isDone(i) {
+			n++
+		}
+	}
+	return n
+}
+
 const (
 	converting = ferryv1.MigrationJobPhase_MIGRATION_JOB_PHASE_CONVERTING
 	uploading  = ferryv1.MigrationJobPhase_MIGRATION_JOB_PHASE_UPLOADING
@@ -238,4 +282,76 @@ func TestUploadOverlapsTheCopy(t *testing.T) {
 		}
 	}
 	t.Logf("chunks on the volume when the copy ended: %d; timings %v", duringCopy, r.GetPhaseTimings())
+}
+
+// An agent stopped mid-overlap, with part of the disk in the cache and
+// part of that on the volume, resumes both on its next start: the copy
+// skips what the cache holds, the upload what the volume holds, and the
+// volume ends identical to the source.
+func TestOverlapResumesAfterTheAgentStopped(t *testing.T) {
+	o := newOverlapJob(t)
+	// The copy stops halfway until the agent is stopped.
+	o.src.gate, o.src.gateAt = make(chan struct{}), overlapSize/2
+	jobDir := filepath.Join(o.cacheDir, "ov1")
+	res, stop := o.start(t)
+	testkit.WaitFor(t, time.Minute, "data chunks on the volume", func() bool { return uploadedDataChunks(t, jobDir) >= 4 })
+	stop()
+	atStop := uploadedDataChunks(t, jobDir)
+	select {
+	case r := <-res.ch:
+		t.Fatalf("the stopped agent reported a result: %v", r)
+	default:
+	}
+	marks, err := pipeline.ReadMarks(cache.CheckpointPath(jobDir, "vda"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if marks.Complete() {
+		t.Fatalf("the copy was complete when the agent stopped; nothing to resume")
+	}
+
+	o.src.gate = nil
+	res, _ = o.start(t)
+	r := waitResult(t, res)
+	if r.GetOutcome() != agentv1.JobOutcome_JOB_OUTCOME_SUCCEEDED {
+		t.Fatalf("resumed job %s: %s", r.GetOutcome(), r.GetReason())
+	}
+	run(t, "qemu-img", "compare", "-f", "raw", "-F", "qcow2", o.sourcePath, o.volume())
+	up := timing(t, r, uploading)
+	t.Logf("%d data chunks on the volume at the stop; the resumed run uploaded %d of %d data bytes", atStop, up.GetBytes(), overlapData)
+	// Data chunks of the first run are not uploaded again.
+	if want := overlapData - int64(atStop)*dataRun; up.GetBytes() != want {
+		t.Errorf("the resumed upload wrote %d bytes, want %d: %d data chunks were on the volume already", up.GetBytes(), want, atStop)
+	}
+}
+
+// The upstream limit holds for the upload beside the copy: every byte
+// written to the volume went through the migration server's upstream
+// bucket, and the upload took at least the time that bucket allows.
+func TestOverlapUnderUpstreamLimit(t *testing.T) {
+	o := newOverlapJob(t)
+	const rate = 12 << 20 // bytes per second: 24 MiB take 2 s
+	o.up = rate * 8
+	res, _ := o.start(t)
+	r := waitResult(t, res)
+	if r.GetOutcome() != agentv1.JobOutcome_JOB_OUTCOME_SUCCEEDED {
+		t.Fatalf("job %s: %s", r.GetOutcome(), r.GetReason())
+	}
+	run(t, "qemu-img", "compare", "-f", "raw", "-F", "qcow2", o.sourcePath, o.volume())
+	o.target.mu.Lock()
+	lim := o.target.upstream
+	o.target.mu.Unlock()
+	up := timing(t, r, uploading)
+	if lim.Rate() != o.up {
+		t.Errorf("upstream limiter at %d bits/s, want %d", lim.Rate(), o.up)
+	}
+	if got := lim.Granted(); got < up.GetBytes() || up.GetBytes() != overlapData {
+		t.Errorf("the upstream bucket let %d bytes through; the upload wrote %d of %d", got, up.GetBytes(), overlapData)
+	}
+	// The bucket starts full (one burst) and earns rate bytes a second.
+	secs := up.GetEndTime().AsTime().Sub(up.GetStartTime().AsTime()).Seconds()
+	if least := float64(up.GetBytes()-int64(lim.Burst())) / rate; secs < least {
+		t.Errorf("the upload of %d bytes took %.2f s; the limit allows no less than %.2f s", up.GetBytes(), secs, least)
+	}
+	t.Logf("upload of %d bytes under %d B/s: %.2f s, %.0f B/s", up.GetBytes(), rate, secs, up.GetBytesPerSecond())
 }
