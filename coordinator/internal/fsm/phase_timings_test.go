@@ -16,7 +16,9 @@ import (
 )
 
 func pt(phase ferryv1.MigrationJobPhase, start, end float64, bytes int64, rate float64) *ferryv1.PhaseTiming {
-	at := func(s float64) *timestamppb.Timestamp { return timestamppb.New(t0.Add(time.Duration(s * float64(time.Second)))) }
+	at := func(s float64) *timestamppb.Timestamp {
+		return timestamppb.New(t0.Add(time.Duration(s * float64(time.Second))))
+	}
 	p := &ferryv1.PhaseTiming{Phase: phase, StartTime: at(start), Bytes: bytes, BytesPerSecond: rate}
 	if end >= 0 {
 		p.EndTime = at(end)

@@ -24,7 +24,9 @@ func TestPhaseTimingsFromTheAgent(t *testing.T) {
 	a := f.connect(hello("h1", &agentv1.HeldJob{Job: job, Epoch: 1, Phase: phaseConverting}))
 	a.next() // welcome
 	base := time.Now().Add(-time.Minute)
-	at := func(s float64) *timestamppb.Timestamp { return timestamppb.New(base.Add(time.Duration(s * float64(time.Second)))) }
+	at := func(s float64) *timestamppb.Timestamp {
+		return timestamppb.New(base.Add(time.Duration(s * float64(time.Second))))
+	}
 	progress := func(done int64, ts ...*ferryv1.PhaseTiming) {
 		a.send(&agentv1.ConnectRequest{Kind: &agentv1.ConnectRequest_Progress{Progress: &agentv1.JobProgress{
 			Job: job, Epoch: 1, Phase: phaseConverting, PhaseTimings: ts,
