@@ -64,6 +64,8 @@ type Image struct {
 	srv *Server
 	nbd *nbd.Client
 
+	readers sync.WaitGroup // connections handed out by DialWriting
+
 	closeOnce sync.Once
 	closeErr  error
 }
@@ -301,6 +303,7 @@ func (i *Image) Close() error {
 
 func (i *Image) close() error {
 	unregister(i.dir, i.disk, i)
+	i.waitReaders()
 	ctx, cancel := context.WithTimeout(context.Background(), stopTimeout)
 	defer cancel()
 	if i.nbd != nil {

@@ -12,6 +12,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/ferry-v2v/ferry/pkg/nbd"
 )
@@ -52,22 +53,43 @@ func unregister(dir, disk string, img *Image) {
 
 // DialWriting connects to the qemu-nbd of disk's cache image in dir while
 // a copy of this process has it open for writing: ErrNotWriting when none
-// has. The connection breaks when the copy closes the image; reads of
-// chunks the copy's checkpoint marks done return what the image durably
-// holds. The export may be longer than the disk (a compressed image is
-// served in whole clusters).
-func DialWriting(ctx context.Context, dir, disk string, log *slog.Logger) (*nbd.Client, error) {
+// has. Reads of chunks the copy's checkpoint marks done return what the
+// image durably holds. The export may be longer than the disk (a
+// compressed image is served in whole clusters). The caller must call
+// release when done with the connection: closing the image waits for
+// that (at most readerWait), so a read in progress is not cut off.
+func DialWriting(ctx context.Context, dir, disk string, log *slog.Logger) (c *nbd.Client, release func(), err error) {
 	writingMu.Lock()
 	img := writing[writingKey(dir, disk)]
+	if img != nil {
+		img.readers.Add(1)
+	}
 	writingMu.Unlock()
 	if img == nil {
-		return nil, ErrNotWriting
+		return nil, nil, ErrNotWriting
 	}
-	c, err := img.srv.Dial(ctx, log)
+	c, err = img.srv.Dial(ctx, log)
 	if err != nil {
-		return nil, fmt.Errorf("%w: %w", ErrNotWriting, err)
+		img.readers.Done()
+		return nil, nil, fmt.Errorf("%w: %w", ErrNotWriting, err)
 	}
-	return c, nil
+	var once sync.Once
+	return c, func() { once.Do(func() { c.Close(); img.readers.Done() }) }, nil
+}
+
+// readerWait bounds how long closing an image waits for its readers.
+const readerWait = time.Minute
+
+// waitReaders waits until the readers DialWriting handed out are
+// released, at most readerWait. The image is unregistered already.
+func (i *Image) waitReaders() {
+	done := make(chan struct{})
+	go func() { i.readers.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(readerWait):
+		i.log.Warn("closing the cache image under a reader that did not finish")
+	}
 }
 
 // GenerationPath is where the generation of disk's cache image in dir is

@@ -29,6 +29,9 @@ import (
 
 var _ runner.Overlapper = (*Driver)(nil)
 
+// roundBytes bounds the chunks one upload round takes.
+const roundBytes = 256 << 20
+
 // followPoll is how often an upload looks for chunks the copy finished.
 // The copy saves its checkpoint about once a second.
 var followPoll = 200 * time.Millisecond
@@ -155,9 +158,11 @@ func (f *follower) follow(ctx context.Context, converted bool, gen string, m pip
 			return false, false, err
 		}
 	}
+	// A round takes at most roundBytes of chunks: the copy waits for
+	// the round in progress before it closes the image.
 	var todo []int
 	for i := range m.Chunks() {
-		if m.Done(i) && !f.marks.isDone(i) {
+		if m.Done(i) && !f.marks.isDone(i) && int64(len(todo))*m.ChunkSize < roundBytes {
 			todo = append(todo, i)
 		}
 	}
@@ -251,11 +256,7 @@ func (f *follower) volumeExists(ctx context.Context) bool {
 // copy runs, a read-only export of the image once it has ended.
 func (f *follower) source(ctx context.Context, converted bool) (*nbd.Client, func(), error) {
 	if !converted {
-		c, err := cache.DialWriting(ctx, f.job.CacheDir, f.disk, f.log)
-		if err != nil {
-			return nil, nil, err
-		}
-		return c, func() { c.Close() }, nil
+		return cache.DialWriting(ctx, f.job.CacheDir, f.disk, f.log)
 	}
 	if f.export == nil {
 		e, err := cache.OpenExport(ctx, f.job.CacheDir, f.disk, f.log)

@@ -9,6 +9,14 @@ import (
 	"github.com/ferry-v2v/ferry/pkg/nbd"
 )
 
+// The upload's requests: QEMU 7.2's NBD server (the cache's qemu-nbd
+// and the volume's) allocates a buffer for each request of 2 MiB, which
+// costs it several times the CPU of 256 KiB requests.
+var (
+	uploadRequest  = 256 << 10
+	uploadInFlight = 16
+)
+
 // todoSource is the cache image as one upload round sees it: the chunks
 // to upload hold what the image holds; every other chunk reads as zeroes
 // and is never asked for. Failures to read the image wrap errCacheRead.
@@ -77,6 +85,7 @@ func (f *follower) round(ctx context.Context, src *nbd.Client, m pipeline.Marks,
 	base := f.uploaded
 	report := func(done, _ int64) { f.job.Progress.Uploaded(f.disk, base+done) }
 	st, err := pipeline.Copy(ctx, s, pipeline.NBDSink{Client: f.dst}, pipeline.Options{
+		ChunkSize: uploadRequest, InFlight: uploadInFlight,
 		Limiter: f.job.Upstream, Progress: report, Logger: slog.New(slog.DiscardHandler),
 	})
 	f.uploaded = base + st.DataBytes
