@@ -80,7 +80,7 @@ func benchSource(b *testing.B) string {
 // idleTarget uploads nothing: a job that is CONVERTING alone.
 type idleTarget struct{}
 
-func (idleTarget) Upload(context.Context, *runner.Job) error                  { return nil }
+func (idleTarget) Upload(context.Context, *runner.Job) error                { return nil }
 func (idleTarget) Configure(context.Context, *runner.Job) ([]string, error) { return nil, nil }
 
 // benchJob runs one job of the source on a new runner, with target as the
