@@ -158,11 +158,16 @@ func (f *follower) follow(ctx context.Context, converted bool, gen string, m pip
 			return false, false, err
 		}
 	}
-	// A round takes at most roundBytes of chunks: the copy waits for
-	// the round in progress before it closes the image.
+	// A round takes at most roundBytes of chunks, and about a second's
+	// worth under an upstream limit: the copy waits for the round in
+	// progress before it closes the image.
+	limit := int64(roundBytes)
+	if l := f.job.Upstream; l != nil && l.Rate() > 0 {
+		limit = min(limit, max(m.ChunkSize, l.Rate()/8))
+	}
 	var todo []int
 	for i := range m.Chunks() {
-		if m.Done(i) && !f.marks.isDone(i) && int64(len(todo))*m.ChunkSize < roundBytes {
+		if m.Done(i) && !f.marks.isDone(i) && int64(len(todo))*m.ChunkSize < limit {
 			todo = append(todo, i)
 		}
 	}
