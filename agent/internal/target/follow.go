@@ -79,7 +79,7 @@ type follower struct {
 	target   *cache.Server
 	dst      *nbd.Client
 	tmpDir   string
-	uploaded int64 // data bytes written by this run
+	uploaded int64 // data bytes this run has durably on the volume
 	rounds   int
 }
 
@@ -241,6 +241,12 @@ func (f *follower) adopt(ctx context.Context, gen string, m pipeline.Marks) erro
 		marks = newUploadMarks(path, gen, f.vol.Path, m.Size, m.ChunkSize)
 		if err := marks.save(); err != nil {
 			return err
+		}
+		if f.uploaded > 0 {
+			// A new image, a new volume: what went to the old one counts
+			// no more.
+			f.uploaded = 0
+			f.job.Progress.Uploaded(f.disk, 0)
 		}
 	}
 	f.gen, f.marks, f.zeroed = gen, marks, f.vol.ZeroInitialized()

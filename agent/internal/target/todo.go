@@ -88,12 +88,15 @@ func (f *follower) round(ctx context.Context, src *nbd.Client, m pipeline.Marks,
 		ChunkSize: uploadRequest, InFlight: uploadInFlight,
 		Limiter: f.job.Upstream, Progress: report, Logger: slog.New(slog.DiscardHandler),
 	})
-	f.uploaded = base + st.DataBytes
-	f.job.Progress.Uploaded(f.disk, f.uploaded)
 	f.rounds++
 	if err != nil {
+		// The round's chunks are written again by a later one; they are
+		// counted once, then.
+		f.job.Progress.Uploaded(f.disk, base)
 		return err
 	}
+	f.uploaded = base + st.DataBytes
+	f.job.Progress.Uploaded(f.disk, f.uploaded)
 	f.log.DebugContext(ctx, "upload round", "chunks", len(todo), "bytes", st.DataBytes, "seconds", st.Duration.Seconds())
 	return nil
 }

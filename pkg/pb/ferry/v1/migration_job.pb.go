@@ -1170,8 +1170,9 @@ type PhaseTiming struct {
 	EndTime *timestamppb.Timestamp `protobuf:"bytes,3,opt,name=end_time,json=endTime,proto3" json:"end_time,omitempty"`
 	// Data bytes the phase moved: read from the source into the cache
 	// (CONVERTING, counting data a restarted job found in its cache already),
-	// written onto the target volumes by this attempt (UPLOADING); 0 for
-	// CONFIGURING.
+	// put on the target volumes by this attempt, each byte once (UPLOADING:
+	// what an agent killed before found on the volumes is not counted); 0
+	// for CONFIGURING.
 	Bytes int64 `protobuf:"varint,4,opt,name=bytes,proto3" json:"bytes,omitempty"`
 	// bytes over the phase's duration (until the report while it runs).
 	BytesPerSecond float64 `protobuf:"fixed64,5,opt,name=bytes_per_second,json=bytesPerSecond,proto3" json:"bytes_per_second,omitempty"`
