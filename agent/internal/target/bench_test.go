@@ -264,7 +264,11 @@ func benchLog() *slog.Logger {
 	if os.Getenv("FERRY_BENCH_LOG") == "" {
 		return nil
 	}
-	return slog.New(slog.NewTextHandler(os.Stderr, nil))
+	level := slog.LevelInfo
+	if os.Getenv("FERRY_BENCH_LOG") == "debug" {
+		level = slog.LevelDebug
+	}
+	return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
 }
 
 // loadAverage is the first three fields of /proc/loadavg.

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"time"
 
 	"github.com/ferry-v2v/ferry/agent/internal/pipeline"
 	"github.com/ferry-v2v/ferry/pkg/nbd"
@@ -84,7 +85,7 @@ func (f *follower) round(ctx context.Context, src *nbd.Client, m pipeline.Marks,
 	}
 	base := f.uploaded
 	report := func(done, _ int64) { f.job.Progress.Uploaded(f.disk, base+done) }
-	st, err := pipeline.Copy(ctx, s, pipeline.NBDSink{Client: f.dst}, pipeline.Options{
+	st, err := pipeline.Copy(ctx, s, unflushed{pipeline.NBDSink{Client: f.dst}}, pipeline.Options{
 		ChunkSize: uploadRequest, InFlight: uploadInFlight,
 		Limiter: f.job.Upstream, Progress: report, Logger: slog.New(slog.DiscardHandler),
 	})
@@ -95,11 +96,22 @@ func (f *follower) round(ctx context.Context, src *nbd.Client, m pipeline.Marks,
 		f.job.Progress.Uploaded(f.disk, base)
 		return err
 	}
+	start := time.Now()
+	if err := f.dst.Flush(ctx); err != nil {
+		return fmt.Errorf("flush volume: %w", err)
+	}
 	f.uploaded = base + st.DataBytes
 	f.job.Progress.Uploaded(f.disk, f.uploaded)
-	f.log.DebugContext(ctx, "upload round", "chunks", len(todo), "bytes", st.DataBytes, "seconds", st.Duration.Seconds())
+	f.log.DebugContext(ctx, "upload round", "chunks", len(todo), "bytes", st.DataBytes, "seconds", st.Duration.Seconds(),
+		"flush_seconds", time.Since(start).Seconds())
 	return nil
 }
+
+// unflushed is the volume as a round writes it: the round flushes it
+// itself.
+type unflushed struct{ pipeline.NBDSink }
+
+func (unflushed) Flush(context.Context) error { return nil }
 
 // zeroTodo writes zeroes where the chunks to upload read as zeroes.
 func zeroTodo(ctx context.Context, s todoSource, dst *nbd.Client) error {
