@@ -59,6 +59,31 @@ func unregister(dir, disk string, img *Image) {
 // release when done with the connection: closing the image waits for
 // that (at most readerWait), so a read in progress is not cut off.
 func DialWriting(ctx context.Context, dir, disk string, log *slog.Logger) (c *nbd.Client, release func(), err error) {
+	img, hold, err := holdWriting(dir, disk)
+	if err != nil {
+		return nil, nil, err
+	}
+	c, err = img.srv.Dial(ctx, log)
+	if err != nil {
+		hold()
+		return nil, nil, fmt.Errorf("%w: %w", ErrNotWriting, err)
+	}
+	return c, func() { c.Close(); hold() }, nil
+}
+
+// HoldWriting is DialWriting for another program: it returns the unix
+// socket the copy's qemu-nbd serves the image on (export ""), which stays
+// served until release is called (or readerWait has passed after the copy
+// closed the image).
+func HoldWriting(dir, disk string) (socket string, release func(), err error) {
+	img, hold, err := holdWriting(dir, disk)
+	if err != nil {
+		return "", nil, err
+	}
+	return img.srv.Socket(), hold, nil
+}
+
+func holdWriting(dir, disk string) (*Image, func(), error) {
 	writingMu.Lock()
 	img := writing[writingKey(dir, disk)]
 	if img != nil {
@@ -68,13 +93,8 @@ func DialWriting(ctx context.Context, dir, disk string, log *slog.Logger) (c *nb
 	if img == nil {
 		return nil, nil, ErrNotWriting
 	}
-	c, err = img.srv.Dial(ctx, log)
-	if err != nil {
-		img.readers.Done()
-		return nil, nil, fmt.Errorf("%w: %w", ErrNotWriting, err)
-	}
 	var once sync.Once
-	return c, func() { once.Do(func() { c.Close(); img.readers.Done() }) }, nil
+	return img, func() { once.Do(img.readers.Done) }, nil
 }
 
 // readerWait bounds how long closing an image waits for its readers.

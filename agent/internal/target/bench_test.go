@@ -165,9 +165,10 @@ func benchOperator(b *testing.B, src Endpoint) (total, copyTime, convertTime, co
 
 // BenchmarkWholeJob times a whole job (CONVERTING with the upload beside
 // it, the rest of UPLOADING, verify) of a 4 GiB disk holding 1 GiB onto a
-// local qcow2 volume, side by side with CONVERTING alone and with the
-// sequence a careful operator would script (nbdcopy to a cache, qemu-img
-// convert to the target, qemu-img compare). The three take turns for
+// local qcow2 volume, side by side with the same job uploading with the
+// agent's own copier only, CONVERTING alone, and the sequence a careful
+// operator would script (nbdcopy to a cache, qemu-img convert to the
+// target, qemu-img compare). The four take turns for
 // FERRY_BENCH_ROUNDS rounds (default 3); medians and minima count, as this
 // machine is shared. Goals: operator/ferry >= 1.0, whole job <= 1.3x
 // CONVERTING alone.
@@ -177,14 +178,22 @@ func BenchmarkWholeJob(b *testing.B) {
 	if n, err := strconv.Atoi(os.Getenv("FERRY_BENCH_ROUNDS")); err == nil && n > 0 {
 		rounds = n
 	}
-	src := serveImage(b, benchSource(b), "qcow2")
+	src, srcPID := serveSource(b, benchSource(b))
 	load0 := loadAverage()
+	// CPU seconds of a contender: this process, the children it waited
+	// for (every qemu-nbd and qemu-img it ran, nbdcopy) and the source's
+	// qemu-nbd. Less sensitive to the others' load than wall time.
+	cpuNow := func() float64 { return cpuSeconds("self") + childrenCPU() + cpuSeconds(srcPID) }
 	b.ResetTimer()
 	for range b.N {
 		var job, conv, op, jobConv, jobUp, jobTail, opCopy, opConvert, opCompare []float64
+		var jobCPU, convCPU, opCPU []float64
+		var own, ownCPU []float64 // the whole job with the agent's own copier only
 		contenders := []func(){
 			func() {
+				c0 := cpuNow()
 				d, r := benchJob(b, src, &noDomain{Driver: NewDriver("", Options{})})
+				jobCPU = append(jobCPU, cpuNow()-c0)
 				job = append(job, d.Seconds())
 				c, u := phaseOf(r, ferryv1.MigrationJobPhase_MIGRATION_JOB_PHASE_CONVERTING), phaseOf(r, ferryv1.MigrationJobPhase_MIGRATION_JOB_PHASE_UPLOADING)
 				jobConv = append(jobConv, span(c))
@@ -198,11 +207,23 @@ func BenchmarkWholeJob(b *testing.B) {
 				}
 			},
 			func() {
+				useQemuImg = false
+				defer func() { useQemuImg = true }()
+				c0 := cpuNow()
+				d, _ := benchJob(b, src, &noDomain{Driver: NewDriver("", Options{})})
+				ownCPU = append(ownCPU, cpuNow()-c0)
+				own = append(own, d.Seconds())
+			},
+			func() {
+				c0 := cpuNow()
 				d, _ := benchJob(b, src, idleTarget{})
+				convCPU = append(convCPU, cpuNow()-c0)
 				conv = append(conv, d.Seconds())
 			},
 			func() {
+				c0 := cpuNow()
 				t, c, v, m := benchOperator(b, src)
+				opCPU = append(opCPU, cpuNow()-c0)
 				op, opCopy, opConvert, opCompare = append(op, t.Seconds()), append(opCopy, c.Seconds()), append(opConvert, v.Seconds()), append(opCompare, m.Seconds())
 			},
 		}
@@ -215,11 +236,15 @@ func BenchmarkWholeJob(b *testing.B) {
 		b.Logf("ferry whole job          median %6.2f s  min %6.2f s  (%s)", median(job), slices.Min(job), list(job))
 		b.Logf("  within it: CONVERTING  median %6.2f s, UPLOADING (beside it) %6.2f s, upload tail after the copy %5.2f s",
 			median(jobConv), median(jobUp), median(jobTail))
+		b.Logf("  with the agent's copier only (no qemu-img rounds): median %6.2f s, min %6.2f s (%s), CPU %.2f s",
+			median(own), slices.Min(own), list(own), median(ownCPU))
 		b.Logf("ferry CONVERTING alone   median %6.2f s  min %6.2f s  (%s)", median(conv), slices.Min(conv), list(conv))
 		b.Logf("operator script          median %6.2f s  min %6.2f s  (%s)", median(op), slices.Min(op), list(op))
 		b.Logf("  nbdcopy %5.2f s + qemu-img convert %5.2f s + qemu-img compare %5.2f s (medians)", median(opCopy), median(opConvert), median(opCompare))
 		b.Logf("speed operator/ferry %.2f (goal >= 1.0); whole job / CONVERTING alone %.2f (goal <= 1.3); by minima %.2f and %.2f",
 			median(op)/median(job), median(job)/median(conv), slices.Min(op)/slices.Min(job), slices.Min(job)/slices.Min(conv))
+		b.Logf("CPU seconds (medians): ferry whole job %.2f, CONVERTING alone %.2f, operator script %.2f; operator/ferry %.2f, job/CONVERTING %.2f",
+			median(jobCPU), median(convCPU), median(opCPU), median(opCPU)/median(jobCPU), median(jobCPU)/median(convCPU))
 		b.ReportMetric(median(job), "job-s")
 		b.ReportMetric(median(conv), "converting-s")
 		b.ReportMetric(median(op), "operator-s")
@@ -269,6 +294,49 @@ func benchLog() *slog.Logger {
 		level = slog.LevelDebug
 	}
 	return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
+}
+
+// serveSource serves the source read-only, as a backup export is, and
+// returns its endpoint and qemu-nbd's pid.
+func serveSource(b *testing.B, image string) (Endpoint, string) {
+	b.Helper()
+	sock := filepath.Join(shortTempDir(b), "src.sock")
+	cmd := exec.Command("qemu-nbd", "--read-only", "--persistent", "--shared=8", "--socket="+sock, "--format=qcow2", image)
+	if err := cmd.Start(); err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
+	deadline := time.Now().Add(10 * time.Second)
+	for exec.Command("nbdinfo", "--size", "nbd+unix:///?socket="+sock).Run() != nil {
+		if time.Now().After(deadline) {
+			b.Fatal("the source export did not start")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	return Endpoint{Socket: sock}, strconv.Itoa(cmd.Process.Pid)
+}
+
+// cpuSeconds is the user and system time of /proc/<pid>/stat.
+func cpuSeconds(pid string) float64 { return statSeconds(pid, 11) + statSeconds(pid, 12) }
+
+// childrenCPU is the user and system time of this process's children it
+// waited for.
+func childrenCPU() float64 { return statSeconds("self", 13) + statSeconds("self", 14) }
+
+// statSeconds reads field i (after the command) of /proc/<pid>/stat, in
+// clock ticks, as seconds (USER_HZ is 100 on Linux).
+func statSeconds(pid string, i int) float64 {
+	b, err := os.ReadFile("/proc/" + pid + "/stat")
+	if err != nil {
+		return 0
+	}
+	s := string(b)
+	f := strings.Fields(s[strings.LastIndexByte(s, ')')+2:])
+	if len(f) <= i {
+		return 0
+	}
+	v, _ := strconv.ParseFloat(f[i], 64)
+	return v / 100
 }
 
 // loadAverage is the first three fields of /proc/loadavg.

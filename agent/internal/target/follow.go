@@ -79,6 +79,7 @@ type follower struct {
 	target   *cache.Server
 	dst      *nbd.Client
 	tmpDir   string
+	writing  bool  // the fence before the first write to the volume passed
 	uploaded int64 // data bytes this run has durably on the volume
 	rounds   int
 }
@@ -180,14 +181,18 @@ func (f *follower) follow(ctx context.Context, converted bool, gen string, m pip
 		}
 		return false, false, nil
 	}
-	src, release, err := f.source(ctx, converted)
+	src, socket, release, err := f.source(ctx, converted)
 	if errors.Is(err, cache.ErrNotWriting) && !converted {
 		return false, false, nil
 	}
 	if err != nil {
 		return false, false, err
 	}
-	err = f.round(ctx, src, m, todo)
+	if f.byQemuImg() {
+		err = f.roundQemuImg(ctx, socket, src, m, todo)
+	} else {
+		err = f.round(ctx, src, m, todo)
+	}
 	release()
 	if err != nil {
 		if !converted && errors.Is(err, errCacheRead) && ctx.Err() == nil {
@@ -249,7 +254,7 @@ func (f *follower) adopt(ctx context.Context, gen string, m pipeline.Marks) erro
 			f.job.Progress.Uploaded(f.disk, 0)
 		}
 	}
-	f.gen, f.marks, f.zeroed = gen, marks, f.vol.ZeroInitialized()
+	f.gen, f.marks, f.zeroed, f.writing = gen, marks, f.vol.ZeroInitialized(), false
 	return nil
 }
 
@@ -264,19 +269,29 @@ func (f *follower) volumeExists(ctx context.Context) bool {
 }
 
 // source connects to the cache image: the copy's own qemu-nbd while the
-// copy runs, a read-only export of the image once it has ended.
-func (f *follower) source(ctx context.Context, converted bool) (*nbd.Client, func(), error) {
+// copy runs, a read-only export of the image once it has ended. It
+// returns a connection and the server's socket, both good until release.
+func (f *follower) source(ctx context.Context, converted bool) (*nbd.Client, string, func(), error) {
 	if !converted {
-		return cache.DialWriting(ctx, f.job.CacheDir, f.disk, f.log)
+		socket, hold, err := cache.HoldWriting(f.job.CacheDir, f.disk)
+		if err != nil {
+			return nil, "", nil, err
+		}
+		c, release, err := cache.DialWriting(ctx, f.job.CacheDir, f.disk, f.log)
+		if err != nil {
+			hold()
+			return nil, "", nil, err
+		}
+		return c, socket, func() { release(); hold() }, nil
 	}
 	if f.export == nil {
 		e, err := cache.OpenExport(ctx, f.job.CacheDir, f.disk, f.log)
 		if err != nil {
-			return nil, nil, err
+			return nil, "", nil, err
 		}
 		f.export = e
 	}
-	return f.export.Client(), func() {}, nil
+	return f.export.Client(), f.export.Socket(), func() {}, nil
 }
 
 // openTarget serves the volume writable for the rest of the upload.
@@ -285,8 +300,11 @@ func (f *follower) openTarget(ctx context.Context) error {
 		return nil
 	}
 	// Serving the volume writable is the upload's first write to it.
-	if err := f.up.fence(ctx, "upload onto volume "+f.vol.Path); err != nil {
-		return err
+	if !f.writing {
+		if err := f.up.fence(ctx, "upload onto volume "+f.vol.Path); err != nil {
+			return err
+		}
+		f.writing = true
 	}
 	d, err := os.MkdirTemp(f.up.tempDir, "ferry-upload-")
 	if err != nil {
