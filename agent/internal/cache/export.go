@@ -16,8 +16,8 @@ import (
 type Export struct {
 	path   string
 	format string
-	srv  *Server
-	nbd  *nbd.Client
+	srv    *Server
+	nbd    *nbd.Client
 }
 
 // OpenExport serves the cache image of disk in dir read-only on a unix
