@@ -3,7 +3,9 @@ package target
 import (
 	"context"
 	"fmt"
+	"os/exec"
 	"strings"
+	"syscall"
 
 	"github.com/ferry-v2v/ferry/agent/internal/pipeline"
 	"github.com/ferry-v2v/ferry/pkg/nbd"
@@ -63,8 +65,7 @@ func (f *follower) roundQemuImg(ctx context.Context, socket string, c *nbd.Clien
 			}
 		}
 		dst := fmt.Sprintf("driver=raw,offset=%d,size=%d,file.driver=qcow2,file.file.driver=file,file.file.filename=%s", off, size, optEscape(f.vol.Path))
-		if _, err := f.up.cmds.Run(ctx, "qemu-img", "convert", "-n", "--target-is-zero", "-W", "-m", "8", "-t", "writeback",
-			"--image-opts", src, "--target-image-opts", dst); err != nil {
+		if err := convertRange(ctx, src, dst); err != nil {
 			return fmt.Errorf("%w: qemu-img convert of %d bytes at %d: %w", errCacheRead, size, off, err)
 		}
 	}
@@ -72,6 +73,20 @@ func (f *follower) roundQemuImg(ctx context.Context, socket string, c *nbd.Clien
 	f.uploaded += data
 	f.job.Progress.Uploaded(f.disk, f.uploaded)
 	f.log.DebugContext(ctx, "upload round by qemu-img", "chunks", len(todo), "bytes", data)
+	return nil
+}
+
+// convertRange runs qemu-img convert of src onto dst (option strings),
+// which flushes dst before it exits. It dies with the agent: a qemu-img
+// left writing would hold the volume's lock against the agent that
+// resumes the job.
+func convertRange(ctx context.Context, src, dst string) error {
+	cmd := exec.CommandContext(ctx, "qemu-img", "convert", "-n", "--target-is-zero", "-W", "-m", "8", "-t", "writeback",
+		"--image-opts", src, "--target-image-opts", dst)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	if out, err := cmd.CombinedOutput(); err != nil {
+		return fmt.Errorf("%w: %s", err, strings.TrimSpace(string(out)))
+	}
 	return nil
 }
 
