@@ -49,13 +49,17 @@ func (f *follower) roundQemuImg(ctx context.Context, socket string, c *nbd.Clien
 	for _, i := range todo {
 		s.todo[i] = true
 	}
-	data, err := countData(ctx, s)
-	if err != nil {
-		return err
-	}
+	var data int64
 	for _, r := range runs(todo) {
 		off := int64(r[0]) * m.ChunkSize
 		size := min(m.Size, int64(r[1])*m.ChunkSize) - off
+		n, err := countData(ctx, s, off, off+size)
+		if err != nil {
+			return err
+		}
+		if data += n; n == 0 {
+			continue // zeroes only: the volume reads so already
+		}
 		src := fmt.Sprintf("driver=raw,offset=%d,size=%d,file.driver=nbd,file.server.type=unix,file.server.path=%s", off, size, optEscape(socket))
 		if f.export != nil {
 			path, format := f.export.Image()
@@ -103,11 +107,12 @@ func runs(chunks []int) [][2]int {
 	return out
 }
 
-// countData counts the data the source holds in its chunks to upload.
-func countData(ctx context.Context, s todoSource) (int64, error) {
+// countData counts the data the source holds in [off, end) of its chunks
+// to upload.
+func countData(ctx context.Context, s todoSource, off, end int64) (int64, error) {
 	var n int64
-	for off := int64(0); off < s.size; {
-		exts, err := s.Extents(ctx, off, s.size-off)
+	for off < end {
+		exts, err := s.Extents(ctx, off, end-off)
 		if err != nil {
 			return 0, err
 		}
