@@ -254,8 +254,19 @@ const (
 )
 
 // The upload runs beside the copy: chunks are on the volume before the
-// copy has ended, and the volume ends identical to the source.
+// copy has ended, and the volume ends identical to the source, whether
+// the rounds run qemu-img or the agent's own copier.
 func TestUploadOverlapsTheCopy(t *testing.T) {
+	for _, byQemuImg := range []bool{true, false} {
+		t.Run(map[bool]string{true: "qemu-img", false: "agent copier"}[byQemuImg], func(t *testing.T) {
+			useQemuImg = byQemuImg
+			defer func() { useQemuImg = true }()
+			testUploadOverlapsTheCopy(t)
+		})
+	}
+}
+
+func testUploadOverlapsTheCopy(t *testing.T) {
 	o := newOverlapJob(t)
 	o.down = 8 << 20 * 8 // the copy takes about 3 s
 	var duringCopy int
