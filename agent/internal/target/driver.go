@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io/fs"
 	"log/slog"
+	"os"
 	"path"
 
 	"libvirt.org/go/libvirt"
@@ -58,24 +59,17 @@ func volumes(job *runner.Job) ([]Volume, error) {
 }
 
 // Upload copies every cache image onto its volume under the migration
-// server's upstream limit.
+// server's upstream limit, once CONVERTING has ended: UploadBeside with
+// the copy over, resuming what an earlier run uploaded of the same images.
 func (d *Driver) Upload(ctx context.Context, job *runner.Job) error {
-	vols, err := volumes(job)
-	if err != nil {
-		return err
-	}
-	up := NewUploader(UploadDeps{Commander: d.opts.Commander, Copier: &NBDCopier{Limiter: job.Upstream, Log: job.Log}, Log: job.Log,
-		Fence: job.Fence})
-	for i, disk := range job.Assignment.GetJob().GetTarget().GetDisks() {
-		name := disk.GetSourceDisk()
-		if err := d.uploadDisk(ctx, job, up, name, vols[i]); err != nil {
-			return fmt.Errorf("disk %s: %w", name, err)
-		}
-	}
-	return nil
+	converted := make(chan struct{})
+	close(converted)
+	return d.UploadBeside(ctx, job, converted)
 }
 
-func (d *Driver) uploadDisk(ctx context.Context, job *runner.Job, up *Uploader, disk string, vol Volume) error {
+// uploadWhole copies a cache image that has no checkpoint (made before
+// checkpoints were kept) onto its volume in one go.
+func uploadWhole(ctx context.Context, job *runner.Job, up *Uploader, disk string, vol Volume) error {
 	exp, err := cache.OpenExport(ctx, job.CacheDir, disk, job.Log)
 	if err != nil {
 		return err
@@ -125,7 +119,17 @@ func (d *Driver) Rollback(ctx context.Context, job *runner.Job) error {
 	} else {
 		defer conn.Close()
 	}
-	return Rollback(ctx, conn, spec, d.options(job))
+	if err := Rollback(ctx, conn, spec, d.options(job)); err != nil {
+		return err
+	}
+	// The volumes are gone: what the upload checkpoints say was uploaded
+	// is no longer anywhere.
+	for _, disk := range job.Assignment.GetJob().GetTarget().GetDisks() {
+		if err := os.Remove(cache.UploadCheckpointPath(job.CacheDir, disk.GetSourceDisk())); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			return fmt.Errorf("remove the upload checkpoint of disk %s: %w", disk.GetSourceDisk(), err)
+		}
+	}
+	return nil
 }
 
 func (d *Driver) options(job *runner.Job) Options {

@@ -35,8 +35,10 @@ be deleted. "job watch" follows jobs live.`,
 func (a *app) jobGet() *cobra.Command {
 	return &cobra.Command{
 		Use:   "get NAME",
-		Short: "Show a job with its disks' progress",
-		Long:  `Show one job by name (migrationJobs/ID or ID): its target, state, phase, per-disk progress, warnings and times.`,
+		Short: "Show a job with its disks' progress and phase timings",
+		Long: `Show one job by name (migrationJobs/ID or ID): its target, state, phase, per-disk progress, warnings and times,
+and for its latest attempt when each phase began and ended (counted from the first phase's start), the bytes it
+moved and its rate. UPLOADING runs beside CONVERTING: it begins while the job's phase still says CONVERTING.`,
 		Example: `  ferryctl job get migrationJobs/4f2c
   ferryctl job get 4f2c -o yaml`,
 		Args: exactlyOneArg("the job's name"),
@@ -48,9 +50,18 @@ func (a *app) jobGet() *cobra.Command {
 			if err := a.show(resp, func() []field { return jobDetails(resp) }); err != nil {
 				return err
 			}
-			if a.output == "table" && len(resp.GetDisks()) > 0 {
+			if a.output != "table" {
+				return nil
+			}
+			if len(resp.GetDisks()) > 0 {
 				fmt.Fprintln(a.io.Out)
-				return diskTable(a.io.Out, resp.GetDisks())
+				if err := diskTable(a.io.Out, resp.GetDisks()); err != nil {
+					return err
+				}
+			}
+			if len(resp.GetPhaseTimings()) > 0 {
+				fmt.Fprintln(a.io.Out)
+				return phaseTable(a.io.Out, resp.GetPhaseTimings())
 			}
 			return nil
 		}),

@@ -146,6 +146,7 @@ func (l *Ledger) StartMigrationJob(c *ledgerv1.StartMigrationJob, now time.Time)
 		j.WaitingReason = ""
 		j.StartTime = timestamppb.New(now)
 		j.EndTime, j.Duration = nil, nil
+		j.PhaseTimings = nil // they describe one attempt
 		return nil
 	})
 }
@@ -162,6 +163,7 @@ func (l *Ledger) CheckpointMigrationJob(c *ledgerv1.CheckpointMigrationJob, now 
 		if len(c.GetDisks()) > 0 {
 			j.Disks = c.GetDisks()
 		}
+		setPhaseTimings(j, c.GetPhaseTimings())
 		return nil
 	})
 }
@@ -185,6 +187,7 @@ func (l *Ledger) FinishMigrationJob(c *ledgerv1.FinishMigrationJob, now time.Tim
 	if len(c.GetDisks()) > 0 {
 		j.Disks = c.GetDisks()
 	}
+	setPhaseTimings(j, c.GetPhaseTimings())
 	j.Verified = c.GetState() == stateSucceeded && allVerified(j)
 	l.finish(j, c.GetState(), c.GetReason(), now)
 	return nil

@@ -59,6 +59,7 @@ type liveJob struct {
 	epoch      int64
 	phase      ferryv1.MigrationJobPhase
 	checkpoint time.Time
+	timings    int // phases begun plus phases ended, as last checkpointed
 }
 
 func (s *session) record() *ferryv1.Host {

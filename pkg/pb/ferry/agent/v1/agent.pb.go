@@ -911,11 +911,13 @@ func (x *Heartbeat) GetGracePeriodMs() int64 {
 
 // JobProgress is live progress of one job, at most about once a second.
 type JobProgress struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Job           string                 `protobuf:"bytes,1,opt,name=job,proto3" json:"job,omitempty"`
-	Epoch         int64                  `protobuf:"varint,2,opt,name=epoch,proto3" json:"epoch,omitempty"`
-	Phase         v1.MigrationJobPhase   `protobuf:"varint,3,opt,name=phase,proto3,enum=ferry.v1.MigrationJobPhase" json:"phase,omitempty"`
-	Disks         []*v1.DiskProgress     `protobuf:"bytes,4,rep,name=disks,proto3" json:"disks,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Job   string                 `protobuf:"bytes,1,opt,name=job,proto3" json:"job,omitempty"`
+	Epoch int64                  `protobuf:"varint,2,opt,name=epoch,proto3" json:"epoch,omitempty"`
+	Phase v1.MigrationJobPhase   `protobuf:"varint,3,opt,name=phase,proto3,enum=ferry.v1.MigrationJobPhase" json:"phase,omitempty"`
+	Disks []*v1.DiskProgress     `protobuf:"bytes,4,rep,name=disks,proto3" json:"disks,omitempty"`
+	// The phases of this assignment so far (MigrationJob.phase_timings).
+	PhaseTimings  []*v1.PhaseTiming `protobuf:"bytes,5,rep,name=phase_timings,json=phaseTimings,proto3" json:"phase_timings,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -978,15 +980,24 @@ func (x *JobProgress) GetDisks() []*v1.DiskProgress {
 	return nil
 }
 
+func (x *JobProgress) GetPhaseTimings() []*v1.PhaseTiming {
+	if x != nil {
+		return x.PhaseTimings
+	}
+	return nil
+}
+
 // JobResult ends an assignment.
 type JobResult struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Job           string                 `protobuf:"bytes,1,opt,name=job,proto3" json:"job,omitempty"`
-	Epoch         int64                  `protobuf:"varint,2,opt,name=epoch,proto3" json:"epoch,omitempty"`
-	Outcome       JobOutcome             `protobuf:"varint,3,opt,name=outcome,proto3,enum=ferry.agent.v1.JobOutcome" json:"outcome,omitempty"`
-	Reason        string                 `protobuf:"bytes,4,opt,name=reason,proto3" json:"reason,omitempty"`
-	Warnings      []string               `protobuf:"bytes,5,rep,name=warnings,proto3" json:"warnings,omitempty"`
-	Disks         []*v1.DiskProgress     `protobuf:"bytes,6,rep,name=disks,proto3" json:"disks,omitempty"`
+	state    protoimpl.MessageState `protogen:"open.v1"`
+	Job      string                 `protobuf:"bytes,1,opt,name=job,proto3" json:"job,omitempty"`
+	Epoch    int64                  `protobuf:"varint,2,opt,name=epoch,proto3" json:"epoch,omitempty"`
+	Outcome  JobOutcome             `protobuf:"varint,3,opt,name=outcome,proto3,enum=ferry.agent.v1.JobOutcome" json:"outcome,omitempty"`
+	Reason   string                 `protobuf:"bytes,4,opt,name=reason,proto3" json:"reason,omitempty"`
+	Warnings []string               `protobuf:"bytes,5,rep,name=warnings,proto3" json:"warnings,omitempty"`
+	Disks    []*v1.DiskProgress     `protobuf:"bytes,6,rep,name=disks,proto3" json:"disks,omitempty"`
+	// The phases of this assignment (MigrationJob.phase_timings).
+	PhaseTimings  []*v1.PhaseTiming `protobuf:"bytes,7,rep,name=phase_timings,json=phaseTimings,proto3" json:"phase_timings,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1059,6 +1070,13 @@ func (x *JobResult) GetWarnings() []string {
 func (x *JobResult) GetDisks() []*v1.DiskProgress {
 	if x != nil {
 		return x.Disks
+	}
+	return nil
+}
+
+func (x *JobResult) GetPhaseTimings() []*v1.PhaseTiming {
+	if x != nil {
+		return x.PhaseTimings
 	}
 	return nil
 }
@@ -1491,19 +1509,21 @@ const file_ferry_agent_v1_agent_proto_rawDesc = "" +
 	"\x04time\x18\x01 \x01(\v2\x1a.google.protobuf.TimestampR\x04time\x12)\n" +
 	"\x05facts\x18\x02 \x01(\v2\x13.ferry.v1.HostFactsR\x05facts\x12#\n" +
 	"\rstorage_paths\x18\x03 \x03(\tR\fstoragePaths\x12&\n" +
-	"\x0fgrace_period_ms\x18\x04 \x01(\x03R\rgracePeriodMs\"\x96\x01\n" +
+	"\x0fgrace_period_ms\x18\x04 \x01(\x03R\rgracePeriodMs\"\xd2\x01\n" +
 	"\vJobProgress\x12\x10\n" +
 	"\x03job\x18\x01 \x01(\tR\x03job\x12\x14\n" +
 	"\x05epoch\x18\x02 \x01(\x03R\x05epoch\x121\n" +
 	"\x05phase\x18\x03 \x01(\x0e2\x1b.ferry.v1.MigrationJobPhaseR\x05phase\x12,\n" +
-	"\x05disks\x18\x04 \x03(\v2\x16.ferry.v1.DiskProgressR\x05disks\"\xcb\x01\n" +
+	"\x05disks\x18\x04 \x03(\v2\x16.ferry.v1.DiskProgressR\x05disks\x12:\n" +
+	"\rphase_timings\x18\x05 \x03(\v2\x15.ferry.v1.PhaseTimingR\fphaseTimings\"\x87\x02\n" +
 	"\tJobResult\x12\x10\n" +
 	"\x03job\x18\x01 \x01(\tR\x03job\x12\x14\n" +
 	"\x05epoch\x18\x02 \x01(\x03R\x05epoch\x124\n" +
 	"\aoutcome\x18\x03 \x01(\x0e2\x1a.ferry.agent.v1.JobOutcomeR\aoutcome\x12\x16\n" +
 	"\x06reason\x18\x04 \x01(\tR\x06reason\x12\x1a\n" +
 	"\bwarnings\x18\x05 \x03(\tR\bwarnings\x12,\n" +
-	"\x05disks\x18\x06 \x03(\v2\x16.ferry.v1.DiskProgressR\x05disks\"\x85\x04\n" +
+	"\x05disks\x18\x06 \x03(\v2\x16.ferry.v1.DiskProgressR\x05disks\x12:\n" +
+	"\rphase_timings\x18\a \x03(\v2\x15.ferry.v1.PhaseTimingR\fphaseTimings\"\x85\x04\n" +
 	"\n" +
 	"Assignment\x12(\n" +
 	"\x03job\x18\x01 \x01(\v2\x16.ferry.v1.MigrationJobR\x03job\x12\x14\n" +
@@ -1589,14 +1609,15 @@ var file_ferry_agent_v1_agent_proto_goTypes = []any{
 	(v1.MigrationJobPhase)(0),     // 20: ferry.v1.MigrationJobPhase
 	(*timestamppb.Timestamp)(nil), // 21: google.protobuf.Timestamp
 	(*v1.DiskProgress)(nil),       // 22: ferry.v1.DiskProgress
-	(*v1.MigrationJob)(nil),       // 23: ferry.v1.MigrationJob
-	(*v1.Source)(nil),             // 24: ferry.v1.Source
-	(*v1.MigrationServer)(nil),    // 25: ferry.v1.MigrationServer
-	(*v1.PrimaryStorage)(nil),     // 26: ferry.v1.PrimaryStorage
-	(*v1.L3Network)(nil),          // 27: ferry.v1.L3Network
-	(*durationpb.Duration)(nil),   // 28: google.protobuf.Duration
-	(*v1.SourceVm)(nil),           // 29: ferry.v1.SourceVm
-	(*v1.SourceInventory)(nil),    // 30: ferry.v1.SourceInventory
+	(*v1.PhaseTiming)(nil),        // 23: ferry.v1.PhaseTiming
+	(*v1.MigrationJob)(nil),       // 24: ferry.v1.MigrationJob
+	(*v1.Source)(nil),             // 25: ferry.v1.Source
+	(*v1.MigrationServer)(nil),    // 26: ferry.v1.MigrationServer
+	(*v1.PrimaryStorage)(nil),     // 27: ferry.v1.PrimaryStorage
+	(*v1.L3Network)(nil),          // 28: ferry.v1.L3Network
+	(*durationpb.Duration)(nil),   // 29: google.protobuf.Duration
+	(*v1.SourceVm)(nil),           // 30: ferry.v1.SourceVm
+	(*v1.SourceInventory)(nil),    // 31: ferry.v1.SourceInventory
 }
 var file_ferry_agent_v1_agent_proto_depIdxs = []int32{
 	6,  // 0: ferry.agent.v1.ConnectRequest.hello:type_name -> ferry.agent.v1.Hello
@@ -1620,27 +1641,29 @@ var file_ferry_agent_v1_agent_proto_depIdxs = []int32{
 	19, // 18: ferry.agent.v1.Heartbeat.facts:type_name -> ferry.v1.HostFacts
 	20, // 19: ferry.agent.v1.JobProgress.phase:type_name -> ferry.v1.MigrationJobPhase
 	22, // 20: ferry.agent.v1.JobProgress.disks:type_name -> ferry.v1.DiskProgress
-	0,  // 21: ferry.agent.v1.JobResult.outcome:type_name -> ferry.agent.v1.JobOutcome
-	22, // 22: ferry.agent.v1.JobResult.disks:type_name -> ferry.v1.DiskProgress
-	23, // 23: ferry.agent.v1.Assignment.job:type_name -> ferry.v1.MigrationJob
-	24, // 24: ferry.agent.v1.Assignment.source:type_name -> ferry.v1.Source
-	25, // 25: ferry.agent.v1.Assignment.migration_server:type_name -> ferry.v1.MigrationServer
-	26, // 26: ferry.agent.v1.Assignment.primary_storage:type_name -> ferry.v1.PrimaryStorage
-	27, // 27: ferry.agent.v1.Assignment.l3_networks:type_name -> ferry.v1.L3Network
-	17, // 28: ferry.agent.v1.Assignment.secrets:type_name -> ferry.agent.v1.Assignment.SecretsEntry
-	28, // 29: ferry.agent.v1.Assignment.guest_shutdown_timeout:type_name -> google.protobuf.Duration
-	24, // 30: ferry.agent.v1.InventoryRequest.source:type_name -> ferry.v1.Source
-	25, // 31: ferry.agent.v1.InventoryRequest.migration_server:type_name -> ferry.v1.MigrationServer
-	18, // 32: ferry.agent.v1.InventoryRequest.secrets:type_name -> ferry.agent.v1.InventoryRequest.SecretsEntry
-	29, // 33: ferry.agent.v1.InventoryResponse.vms:type_name -> ferry.v1.SourceVm
-	30, // 34: ferry.agent.v1.InventoryResponse.inventory:type_name -> ferry.v1.SourceInventory
-	1,  // 35: ferry.agent.v1.AgentService.Connect:input_type -> ferry.agent.v1.ConnectRequest
-	2,  // 36: ferry.agent.v1.AgentService.Connect:output_type -> ferry.agent.v1.ConnectResponse
-	36, // [36:37] is the sub-list for method output_type
-	35, // [35:36] is the sub-list for method input_type
-	35, // [35:35] is the sub-list for extension type_name
-	35, // [35:35] is the sub-list for extension extendee
-	0,  // [0:35] is the sub-list for field type_name
+	23, // 21: ferry.agent.v1.JobProgress.phase_timings:type_name -> ferry.v1.PhaseTiming
+	0,  // 22: ferry.agent.v1.JobResult.outcome:type_name -> ferry.agent.v1.JobOutcome
+	22, // 23: ferry.agent.v1.JobResult.disks:type_name -> ferry.v1.DiskProgress
+	23, // 24: ferry.agent.v1.JobResult.phase_timings:type_name -> ferry.v1.PhaseTiming
+	24, // 25: ferry.agent.v1.Assignment.job:type_name -> ferry.v1.MigrationJob
+	25, // 26: ferry.agent.v1.Assignment.source:type_name -> ferry.v1.Source
+	26, // 27: ferry.agent.v1.Assignment.migration_server:type_name -> ferry.v1.MigrationServer
+	27, // 28: ferry.agent.v1.Assignment.primary_storage:type_name -> ferry.v1.PrimaryStorage
+	28, // 29: ferry.agent.v1.Assignment.l3_networks:type_name -> ferry.v1.L3Network
+	17, // 30: ferry.agent.v1.Assignment.secrets:type_name -> ferry.agent.v1.Assignment.SecretsEntry
+	29, // 31: ferry.agent.v1.Assignment.guest_shutdown_timeout:type_name -> google.protobuf.Duration
+	25, // 32: ferry.agent.v1.InventoryRequest.source:type_name -> ferry.v1.Source
+	26, // 33: ferry.agent.v1.InventoryRequest.migration_server:type_name -> ferry.v1.MigrationServer
+	18, // 34: ferry.agent.v1.InventoryRequest.secrets:type_name -> ferry.agent.v1.InventoryRequest.SecretsEntry
+	30, // 35: ferry.agent.v1.InventoryResponse.vms:type_name -> ferry.v1.SourceVm
+	31, // 36: ferry.agent.v1.InventoryResponse.inventory:type_name -> ferry.v1.SourceInventory
+	1,  // 37: ferry.agent.v1.AgentService.Connect:input_type -> ferry.agent.v1.ConnectRequest
+	2,  // 38: ferry.agent.v1.AgentService.Connect:output_type -> ferry.agent.v1.ConnectResponse
+	38, // [38:39] is the sub-list for method output_type
+	37, // [37:38] is the sub-list for method input_type
+	37, // [37:37] is the sub-list for extension type_name
+	37, // [37:37] is the sub-list for extension extendee
+	0,  // [0:37] is the sub-list for field type_name
 }
 
 func init() { file_ferry_agent_v1_agent_proto_init() }

@@ -1551,11 +1551,13 @@ func (x *StartMigrationJob) GetEpoch() int64 {
 }
 
 type CheckpointMigrationJob struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
-	Epoch         int64                  `protobuf:"varint,2,opt,name=epoch,proto3" json:"epoch,omitempty"`
-	Phase         v1.MigrationJobPhase   `protobuf:"varint,3,opt,name=phase,proto3,enum=ferry.v1.MigrationJobPhase" json:"phase,omitempty"`
-	Disks         []*v1.DiskProgress     `protobuf:"bytes,4,rep,name=disks,proto3" json:"disks,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Name  string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	Epoch int64                  `protobuf:"varint,2,opt,name=epoch,proto3" json:"epoch,omitempty"`
+	Phase v1.MigrationJobPhase   `protobuf:"varint,3,opt,name=phase,proto3,enum=ferry.v1.MigrationJobPhase" json:"phase,omitempty"`
+	Disks []*v1.DiskProgress     `protobuf:"bytes,4,rep,name=disks,proto3" json:"disks,omitempty"`
+	// The agent's phase timings; empty keeps the recorded ones.
+	PhaseTimings  []*v1.PhaseTiming `protobuf:"bytes,5,rep,name=phase_timings,json=phaseTimings,proto3" json:"phase_timings,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1618,14 +1620,23 @@ func (x *CheckpointMigrationJob) GetDisks() []*v1.DiskProgress {
 	return nil
 }
 
+func (x *CheckpointMigrationJob) GetPhaseTimings() []*v1.PhaseTiming {
+	if x != nil {
+		return x.PhaseTimings
+	}
+	return nil
+}
+
 type FinishMigrationJob struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
-	Epoch         int64                  `protobuf:"varint,2,opt,name=epoch,proto3" json:"epoch,omitempty"`
-	State         v1.MigrationJobState   `protobuf:"varint,3,opt,name=state,proto3,enum=ferry.v1.MigrationJobState" json:"state,omitempty"`
-	Reason        string                 `protobuf:"bytes,4,opt,name=reason,proto3" json:"reason,omitempty"`
-	Warnings      []string               `protobuf:"bytes,5,rep,name=warnings,proto3" json:"warnings,omitempty"`
-	Disks         []*v1.DiskProgress     `protobuf:"bytes,6,rep,name=disks,proto3" json:"disks,omitempty"`
+	state    protoimpl.MessageState `protogen:"open.v1"`
+	Name     string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	Epoch    int64                  `protobuf:"varint,2,opt,name=epoch,proto3" json:"epoch,omitempty"`
+	State    v1.MigrationJobState   `protobuf:"varint,3,opt,name=state,proto3,enum=ferry.v1.MigrationJobState" json:"state,omitempty"`
+	Reason   string                 `protobuf:"bytes,4,opt,name=reason,proto3" json:"reason,omitempty"`
+	Warnings []string               `protobuf:"bytes,5,rep,name=warnings,proto3" json:"warnings,omitempty"`
+	Disks    []*v1.DiskProgress     `protobuf:"bytes,6,rep,name=disks,proto3" json:"disks,omitempty"`
+	// The agent's phase timings; empty keeps the recorded ones.
+	PhaseTimings  []*v1.PhaseTiming `protobuf:"bytes,7,rep,name=phase_timings,json=phaseTimings,proto3" json:"phase_timings,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1698,6 +1709,13 @@ func (x *FinishMigrationJob) GetWarnings() []string {
 func (x *FinishMigrationJob) GetDisks() []*v1.DiskProgress {
 	if x != nil {
 		return x.Disks
+	}
+	return nil
+}
+
+func (x *FinishMigrationJob) GetPhaseTimings() []*v1.PhaseTiming {
+	if x != nil {
+		return x.PhaseTimings
 	}
 	return nil
 }
@@ -2585,19 +2603,21 @@ const file_ferry_ledger_v1_ledger_proto_rawDesc = "" +
 	"\x11StartMigrationJob\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x12\n" +
 	"\x04host\x18\x02 \x01(\tR\x04host\x12\x14\n" +
-	"\x05epoch\x18\x03 \x01(\x03R\x05epoch\"\xa3\x01\n" +
+	"\x05epoch\x18\x03 \x01(\x03R\x05epoch\"\xdf\x01\n" +
 	"\x16CheckpointMigrationJob\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x14\n" +
 	"\x05epoch\x18\x02 \x01(\x03R\x05epoch\x121\n" +
 	"\x05phase\x18\x03 \x01(\x0e2\x1b.ferry.v1.MigrationJobPhaseR\x05phase\x12,\n" +
-	"\x05disks\x18\x04 \x03(\v2\x16.ferry.v1.DiskProgressR\x05disks\"\xd3\x01\n" +
+	"\x05disks\x18\x04 \x03(\v2\x16.ferry.v1.DiskProgressR\x05disks\x12:\n" +
+	"\rphase_timings\x18\x05 \x03(\v2\x15.ferry.v1.PhaseTimingR\fphaseTimings\"\x8f\x02\n" +
 	"\x12FinishMigrationJob\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x14\n" +
 	"\x05epoch\x18\x02 \x01(\x03R\x05epoch\x121\n" +
 	"\x05state\x18\x03 \x01(\x0e2\x1b.ferry.v1.MigrationJobStateR\x05state\x12\x16\n" +
 	"\x06reason\x18\x04 \x01(\tR\x06reason\x12\x1a\n" +
 	"\bwarnings\x18\x05 \x03(\tR\bwarnings\x12,\n" +
-	"\x05disks\x18\x06 \x03(\v2\x16.ferry.v1.DiskProgressR\x05disks\"@\n" +
+	"\x05disks\x18\x06 \x03(\v2\x16.ferry.v1.DiskProgressR\x05disks\x12:\n" +
+	"\rphase_timings\x18\a \x03(\v2\x15.ferry.v1.PhaseTimingR\fphaseTimings\"@\n" +
 	"\x12CancelMigrationJob\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x16\n" +
 	"\x06reason\x18\x02 \x01(\tR\x06reason\")\n" +
@@ -2715,10 +2735,11 @@ var file_ferry_ledger_v1_ledger_proto_goTypes = []any{
 	(*v1.MigrationJob)(nil),             // 41: ferry.v1.MigrationJob
 	(v1.MigrationJobPhase)(0),           // 42: ferry.v1.MigrationJobPhase
 	(*v1.DiskProgress)(nil),             // 43: ferry.v1.DiskProgress
-	(v1.MigrationJobState)(0),           // 44: ferry.v1.MigrationJobState
-	(*v1.NetworkMappingGroup)(nil),      // 45: ferry.v1.NetworkMappingGroup
-	(*v1.Settings)(nil),                 // 46: ferry.v1.Settings
-	(*v1.RevokedCertificate)(nil),       // 47: ferry.v1.RevokedCertificate
+	(*v1.PhaseTiming)(nil),              // 44: ferry.v1.PhaseTiming
+	(v1.MigrationJobState)(0),           // 45: ferry.v1.MigrationJobState
+	(*v1.NetworkMappingGroup)(nil),      // 46: ferry.v1.NetworkMappingGroup
+	(*v1.Settings)(nil),                 // 47: ferry.v1.Settings
+	(*v1.RevokedCertificate)(nil),       // 48: ferry.v1.RevokedCertificate
 }
 var file_ferry_ledger_v1_ledger_proto_depIdxs = []int32{
 	32, // 0: ferry.ledger.v1.Command.time:type_name -> google.protobuf.Timestamp
@@ -2770,32 +2791,34 @@ var file_ferry_ledger_v1_ledger_proto_depIdxs = []int32{
 	41, // 46: ferry.ledger.v1.CreateMigrationJobs.jobs:type_name -> ferry.v1.MigrationJob
 	42, // 47: ferry.ledger.v1.CheckpointMigrationJob.phase:type_name -> ferry.v1.MigrationJobPhase
 	43, // 48: ferry.ledger.v1.CheckpointMigrationJob.disks:type_name -> ferry.v1.DiskProgress
-	44, // 49: ferry.ledger.v1.FinishMigrationJob.state:type_name -> ferry.v1.MigrationJobState
-	43, // 50: ferry.ledger.v1.FinishMigrationJob.disks:type_name -> ferry.v1.DiskProgress
-	45, // 51: ferry.ledger.v1.PutNetworkMappingGroup.network_mapping_group:type_name -> ferry.v1.NetworkMappingGroup
-	46, // 52: ferry.ledger.v1.PutSettings.settings:type_name -> ferry.v1.Settings
-	25, // 53: ferry.ledger.v1.PutNode.node:type_name -> ferry.ledger.v1.Node
-	32, // 54: ferry.ledger.v1.RequestRecord.time:type_name -> google.protobuf.Timestamp
-	33, // 55: ferry.ledger.v1.Snapshot.clusters:type_name -> ferry.v1.Cluster
-	34, // 56: ferry.ledger.v1.Snapshot.hosts:type_name -> ferry.v1.Host
-	35, // 57: ferry.ledger.v1.Snapshot.primary_storages:type_name -> ferry.v1.PrimaryStorage
-	36, // 58: ferry.ledger.v1.Snapshot.l3_networks:type_name -> ferry.v1.L3Network
-	37, // 59: ferry.ledger.v1.Snapshot.migration_servers:type_name -> ferry.v1.MigrationServer
-	11, // 60: ferry.ledger.v1.Snapshot.credentials:type_name -> ferry.ledger.v1.SealedCredential
-	39, // 61: ferry.ledger.v1.Snapshot.sources:type_name -> ferry.v1.Source
-	41, // 62: ferry.ledger.v1.Snapshot.jobs:type_name -> ferry.v1.MigrationJob
-	46, // 63: ferry.ledger.v1.Snapshot.settings:type_name -> ferry.v1.Settings
-	25, // 64: ferry.ledger.v1.Snapshot.nodes:type_name -> ferry.ledger.v1.Node
-	28, // 65: ferry.ledger.v1.Snapshot.requests:type_name -> ferry.ledger.v1.RequestRecord
-	40, // 66: ferry.ledger.v1.Snapshot.source_inventories:type_name -> ferry.v1.SourceInventory
-	45, // 67: ferry.ledger.v1.Snapshot.network_mapping_groups:type_name -> ferry.v1.NetworkMappingGroup
-	47, // 68: ferry.ledger.v1.Snapshot.revoked_certificates:type_name -> ferry.v1.RevokedCertificate
-	47, // 69: ferry.ledger.v1.RevokeCertificate.certificate:type_name -> ferry.v1.RevokedCertificate
-	70, // [70:70] is the sub-list for method output_type
-	70, // [70:70] is the sub-list for method input_type
-	70, // [70:70] is the sub-list for extension type_name
-	70, // [70:70] is the sub-list for extension extendee
-	0,  // [0:70] is the sub-list for field type_name
+	44, // 49: ferry.ledger.v1.CheckpointMigrationJob.phase_timings:type_name -> ferry.v1.PhaseTiming
+	45, // 50: ferry.ledger.v1.FinishMigrationJob.state:type_name -> ferry.v1.MigrationJobState
+	43, // 51: ferry.ledger.v1.FinishMigrationJob.disks:type_name -> ferry.v1.DiskProgress
+	44, // 52: ferry.ledger.v1.FinishMigrationJob.phase_timings:type_name -> ferry.v1.PhaseTiming
+	46, // 53: ferry.ledger.v1.PutNetworkMappingGroup.network_mapping_group:type_name -> ferry.v1.NetworkMappingGroup
+	47, // 54: ferry.ledger.v1.PutSettings.settings:type_name -> ferry.v1.Settings
+	25, // 55: ferry.ledger.v1.PutNode.node:type_name -> ferry.ledger.v1.Node
+	32, // 56: ferry.ledger.v1.RequestRecord.time:type_name -> google.protobuf.Timestamp
+	33, // 57: ferry.ledger.v1.Snapshot.clusters:type_name -> ferry.v1.Cluster
+	34, // 58: ferry.ledger.v1.Snapshot.hosts:type_name -> ferry.v1.Host
+	35, // 59: ferry.ledger.v1.Snapshot.primary_storages:type_name -> ferry.v1.PrimaryStorage
+	36, // 60: ferry.ledger.v1.Snapshot.l3_networks:type_name -> ferry.v1.L3Network
+	37, // 61: ferry.ledger.v1.Snapshot.migration_servers:type_name -> ferry.v1.MigrationServer
+	11, // 62: ferry.ledger.v1.Snapshot.credentials:type_name -> ferry.ledger.v1.SealedCredential
+	39, // 63: ferry.ledger.v1.Snapshot.sources:type_name -> ferry.v1.Source
+	41, // 64: ferry.ledger.v1.Snapshot.jobs:type_name -> ferry.v1.MigrationJob
+	47, // 65: ferry.ledger.v1.Snapshot.settings:type_name -> ferry.v1.Settings
+	25, // 66: ferry.ledger.v1.Snapshot.nodes:type_name -> ferry.ledger.v1.Node
+	28, // 67: ferry.ledger.v1.Snapshot.requests:type_name -> ferry.ledger.v1.RequestRecord
+	40, // 68: ferry.ledger.v1.Snapshot.source_inventories:type_name -> ferry.v1.SourceInventory
+	46, // 69: ferry.ledger.v1.Snapshot.network_mapping_groups:type_name -> ferry.v1.NetworkMappingGroup
+	48, // 70: ferry.ledger.v1.Snapshot.revoked_certificates:type_name -> ferry.v1.RevokedCertificate
+	48, // 71: ferry.ledger.v1.RevokeCertificate.certificate:type_name -> ferry.v1.RevokedCertificate
+	72, // [72:72] is the sub-list for method output_type
+	72, // [72:72] is the sub-list for method input_type
+	72, // [72:72] is the sub-list for extension type_name
+	72, // [72:72] is the sub-list for extension extendee
+	0,  // [0:72] is the sub-list for field type_name
 }
 
 func init() { file_ferry_ledger_v1_ledger_proto_init() }
