@@ -181,6 +181,15 @@ func (f *follower) follow(ctx context.Context, converted bool, gen string, m pip
 		}
 		return false, false, nil
 	}
+	// Every round is a target write: once the first one passed, each
+	// further round waits for the leader to confirm the assignment too, so
+	// an agent cut off from the leader stops writing within a round
+	// (docs/faults.md, Fencing).
+	if f.writing {
+		if err := f.up.fence(ctx, "upload round onto volume "+f.vol.Path); err != nil {
+			return false, false, err
+		}
+	}
 	src, socket, release, err := f.source(ctx, converted)
 	if errors.Is(err, cache.ErrNotWriting) && !converted {
 		return false, false, nil
