@@ -7,6 +7,7 @@ import (
 	"strings"
 	"syscall"
 
+	"github.com/ferry-v2v/ferry/agent/internal/cache"
 	"github.com/ferry-v2v/ferry/agent/internal/pipeline"
 	"github.com/ferry-v2v/ferry/pkg/nbd"
 )
@@ -87,6 +88,7 @@ func (f *follower) roundQemuImg(ctx context.Context, socket string, c *nbd.Clien
 func convertRange(ctx context.Context, src, dst string) error {
 	cmd := exec.CommandContext(ctx, "qemu-img", "convert", "-n", "--target-is-zero", "-W", "-m", "8", "-t", "writeback",
 		"--image-opts", src, "--target-image-opts", dst)
+	cmd.Env = cache.QemuEnv()
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	if out, err := cmd.CombinedOutput(); err != nil {
 		return fmt.Errorf("%w: %s", err, strings.TrimSpace(string(out)))
