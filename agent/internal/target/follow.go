@@ -87,9 +87,10 @@ type follower struct {
 	// The verification beside the upload (verifyBeside): chunks on the
 	// volume not yet read back by this run, chunks read back and matched,
 	// and whether it gave up (a chunk without a checksum).
-	unverified []int
-	verified   int
-	noVerify   bool
+	unverified     []int
+	unverifiedData int64 // data bytes the rounds wrote to the unverified chunks
+	verified       int
+	noVerify       bool
 }
 
 func (f *follower) run(ctx context.Context) error {
@@ -196,6 +197,7 @@ func (f *follower) follow(ctx context.Context, converted bool, gen string, m pip
 	if err != nil {
 		return false, false, err
 	}
+	before := f.uploaded
 	if f.byQemuImg() {
 		err = f.roundQemuImg(ctx, socket, src, m, todo)
 	} else {
@@ -219,7 +221,8 @@ func (f *follower) follow(ctx context.Context, converted bool, gen string, m pip
 		return false, false, err
 	}
 	f.unverified = append(f.unverified, todo...)
-	if f.dst != nil || int64(len(f.unverified))*m.ChunkSize >= verifyBatch {
+	f.unverifiedData += f.uploaded - before
+	if f.dst != nil || f.unverifiedData >= verifyBatch {
 		if err := f.verifyBeside(ctx); err != nil {
 			return false, false, err
 		}
@@ -248,7 +251,7 @@ func (f *follower) adopt(ctx context.Context, gen string, m pipeline.Marks) erro
 	if err != nil {
 		return err
 	}
-	f.unverified, f.verified, f.noVerify = nil, 0, false
+	f.unverified, f.unverifiedData, f.verified, f.noVerify = nil, 0, 0, false
 	if ok && f.volumeExists(ctx) {
 		f.log.InfoContext(ctx, "resuming the upload", "volume", f.vol.Path, "chunks_uploaded", marks.count(), "chunks", marks.chunks())
 		// What an earlier run uploaded is read back again by this one.
@@ -397,8 +400,10 @@ func (f *follower) finish(ctx context.Context) error {
 	return f.closeTarget()
 }
 
-// verifyBatch is how much the upload lets wait to be read back when each
-// read-back needs a qemu-nbd of its own (after qemu-img rounds).
+// verifyBatch is how much data the upload lets wait to be read back when
+// each read-back needs a qemu-nbd of its own (after qemu-img rounds):
+// chunks that were holes wait for data, or the end, as they are checked
+// by status alone.
 const verifyBatch = 256 << 20
 
 // verifyBeside reads back the chunks uploaded and flushed since the last
@@ -436,7 +441,7 @@ func (f *follower) verifyBeside(ctx context.Context) error {
 		return fmt.Errorf("volume %s: %w", f.vol.Path, err)
 	}
 	f.verified += len(f.unverified)
-	f.unverified = f.unverified[:0]
+	f.unverified, f.unverifiedData = f.unverified[:0], 0
 	f.log.DebugContext(ctx, "verified beside the upload", "read_bytes", st.ReadBytes, "zero_bytes", st.ZeroBytes)
 	return nil
 }
