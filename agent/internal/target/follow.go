@@ -187,6 +187,14 @@ func (f *follower) follow(ctx context.Context, converted bool, gen string, m pip
 			return true, false, f.finish(ctx)
 		case converted:
 			return false, false, fmt.Errorf("the copy ended with %d of %d chunks in the cache", countDone(m), m.Chunks())
+		case f.unverifiedData > 0 && !f.noVerify:
+			// Nothing new in the cache yet: read back what is on the
+			// volume meanwhile. An upload that lags the copy reads back at
+			// the end instead (finish), so the read-back never holds the
+			// upload up.
+			n := f.verified
+			err := f.verifyBeside(ctx)
+			return false, f.verified > n, err
 		}
 		return false, false, nil
 	}
@@ -222,11 +230,6 @@ func (f *follower) follow(ctx context.Context, converted bool, gen string, m pip
 	}
 	f.unverified = append(f.unverified, todo...)
 	f.unverifiedData += f.uploaded - before
-	if f.dst != nil || f.unverifiedData >= verifyBatch {
-		if err := f.verifyBeside(ctx); err != nil {
-			return false, false, err
-		}
-	}
 	return false, true, nil
 }
 
@@ -400,14 +403,9 @@ func (f *follower) finish(ctx context.Context) error {
 	return f.closeTarget()
 }
 
-// verifyBatch is how much data the upload lets wait to be read back when
-// each read-back needs a qemu-nbd of its own (after qemu-img rounds):
-// chunks that were holes wait for data, or the end, as they are checked
-// by status alone.
-const verifyBatch = 256 << 20
-
 // verifyBeside reads back the chunks uploaded and flushed since the last
-// time, through the volume's qemu-nbd, and compares them with the
+// time (called when the upload waits for the copy, and by finish),
+// through the volume's qemu-nbd, and compares them with the
 // checksums the copy recorded for them (pipeline.VerifyChunks): the
 // upload checks as it goes what Driver.Verify would check at the end, so
 // that the job does not end with a pass of its own. A volume that differs
