@@ -403,6 +403,9 @@ func (f *follower) finish(ctx context.Context) error {
 	return f.closeTarget()
 }
 
+// beforeVerifyBeside, when set by a test, runs before each read-back.
+var beforeVerifyBeside func(ctx context.Context, f *follower) error
+
 // verifyBeside reads back the chunks uploaded and flushed since the last
 // time (called when the upload waits for the copy, and by finish),
 // through the volume's qemu-nbd, and compares them with the
@@ -415,6 +418,11 @@ func (f *follower) verifyBeside(ctx context.Context) error {
 	if f.noVerify || len(f.unverified) == 0 {
 		return nil
 	}
+	if beforeVerifyBeside != nil {
+		if err := beforeVerifyBeside(ctx, f); err != nil {
+			return err
+		}
+	}
 	sums, err := pipeline.ReadSums(cache.CheckpointPath(f.job.CacheDir, f.disk))
 	if err != nil {
 		return err
@@ -426,7 +434,7 @@ func (f *follower) verifyBeside(ctx context.Context) error {
 	for _, i := range f.unverified {
 		if _, ok := sums.Sum(i); !ok {
 			f.noVerify = true
-			f.log.DebugContext(ctx, "a chunk has no checksum: the volume is verified after the upload", "chunk", i)
+			f.log.DebugContext(ctx, "a chunk has no checksum: the volume is left to the verification after the upload", "chunk", i)
 			return nil
 		}
 	}
@@ -434,7 +442,7 @@ func (f *follower) verifyBeside(ctx context.Context) error {
 		return err
 	}
 	slices.Sort(f.unverified)
-	st, err := pipeline.VerifyChunks(ctx, pipeline.NBDSource{Client: f.dst}, sums, f.unverified, pipeline.VerifyOptions{InFlight: verifyInFlight})
+	st, err := pipeline.VerifyChunks(ctx, pipeline.NBDSource{Client: f.dst}, sums, f.unverified, pipeline.VerifyOptions{InFlight: verifyInFlight, Progress: logProgress(f.job.Log, f.disk)})
 	if err != nil {
 		return fmt.Errorf("volume %s: %w", f.vol.Path, err)
 	}
