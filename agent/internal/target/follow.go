@@ -398,7 +398,7 @@ func (f *follower) finish(ctx context.Context) error {
 	}
 	if !f.noVerify && f.verified == f.marks.chunks() {
 		f.job.Progress.SetVerified(f.disk)
-		f.log.InfoContext(ctx, "disk verified beside the upload", "volume", f.vol.Path)
+		f.log.InfoContext(ctx, "disk verified", "volume", f.vol.Path, "beside_upload", true)
 	}
 	return f.closeTarget()
 }
