@@ -49,6 +49,27 @@ type ServerConfig struct {
 	PidFile string
 }
 
+// QemuEnv is the environment the agent runs qemu-nbd and qemu-img in:
+// its own, with glibc's malloc told to keep the request buffers QEMU
+// allocates and frees for every NBD request and convert step in its heap
+// (buffers up to 4 MiB never mmapped, up to 64 MiB of freed heap kept
+// rather than returned to the kernel). Measured with the default dynamic
+// thresholds, a qemu-nbd taking 1 GiB of writes onto a qcow2 faulted in
+// 263k-267k pages whatever the request size (256 KiB to 4 MiB) and took
+// 1.0-1.4 CPU-seconds; with these, 4k pages and 0.66 s at 256 KiB (4 MiB
+// requests, over the threshold, fault as before). On a whole job of 1 GiB
+// its qemu-nbd and qemu-img processes took 4.4-4.6 CPU-seconds against
+// 4.9-6.0. Settings the agent's own environment makes win.
+func QemuEnv() []string {
+	env := os.Environ()
+	for _, kv := range []string{"MALLOC_MMAP_THRESHOLD_=4194304", "MALLOC_TRIM_THRESHOLD_=67108864"} {
+		if _, ok := os.LookupEnv(kv[:strings.IndexByte(kv, '=')]); !ok {
+			env = append(env, kv)
+		}
+	}
+	return env
+}
+
 // StartServer runs qemu-nbd as c says. The caller waits for it with
 // Ready or Dial and ends it with Stop.
 func StartServer(c ServerConfig) (*Server, error) {
@@ -62,6 +83,7 @@ func StartServer(c ServerConfig) (*Server, error) {
 		return nil, fmt.Errorf("remove stale socket: %w", err)
 	}
 	cmd := exec.Command(c.Program, c.Args...)
+	cmd.Env = QemuEnv()
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGTERM}
 	s := &Server{cmd: cmd, socket: c.Socket, pidFile: c.PidFile, stderr: &strings.Builder{}, exited: make(chan struct{})}
 	cmd.Stdout, cmd.Stderr = s.stderr, s.stderr

@@ -23,7 +23,12 @@ type job struct {
 // a window at a time and checking that it describes the disk contiguously.
 // Its errors begin with what, the operation walking.
 func walk(ctx context.Context, what string, src Source, size int64, fn func(Extent) error) error {
-	for pos := int64(0); pos < size; {
+	return walkRange(ctx, what, src, 0, size, fn)
+}
+
+// walkRange is walk over [from, size) alone.
+func walkRange(ctx context.Context, what string, src Source, from, size int64, fn func(Extent) error) error {
+	for pos := from; pos < size; {
 		want := min(size-pos, extentWindow)
 		exts, err := src.Extents(ctx, pos, want)
 		if err != nil {

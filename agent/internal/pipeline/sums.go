@@ -143,3 +143,56 @@ func (c *Checkpoint) Verifiable() bool {
 	}
 	return true
 }
+
+// Sums are the checksums of the chunks a checkpoint marks done, as they
+// stand: read without changing the files, while a copy may be adding to
+// them (it appends a chunk's sum durably before it marks the chunk done,
+// so every chunk done in the marks read has its sum).
+type Sums struct {
+	size, chunk int64
+	sums        []Sum
+}
+
+// ReadSums reads the done marks of the checkpoint at path and the sums of
+// those chunks. A torn last record is ignored (its chunk is not done
+// yet); a missing sums file leaves every chunk without a sum.
+func ReadSums(path string) (*Sums, error) {
+	m, err := ReadMarks(path)
+	if err != nil {
+		return nil, err
+	}
+	s := &Sums{size: m.Size, chunk: m.ChunkSize, sums: make([]Sum, m.Chunks())}
+	b, err := os.ReadFile(cache.SumsPath(path))
+	if errors.Is(err, fs.ErrNotExist) {
+		return s, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("read checksums: %w", err)
+	}
+	le := binary.LittleEndian
+	for ; len(b) >= sumRecord; b = b[sumRecord:] {
+		r := b[:sumRecord]
+		if crc32.ChecksumIEEE(r[:sumRecord-4]) != le.Uint32(r[sumRecord-4:]) {
+			break
+		}
+		i, kind := le.Uint64(r), SumKind(r[8])
+		if i < uint64(len(s.sums)) && m.Done(int(i)) && (kind == SumData || kind == SumZero) {
+			s.sums[i] = Sum{Kind: kind, Hash: le.Uint64(r[9:])}
+		}
+	}
+	return s, nil
+}
+
+// Size is the disk's size.
+func (s *Sums) Size() int64 { return s.size }
+
+// ChunkSize is the size of the chunks the sums are of.
+func (s *Sums) ChunkSize() int64 { return s.chunk }
+
+// Sum returns the checksum of chunk i, when it is done and has one.
+func (s *Sums) Sum(i int) (Sum, bool) {
+	if i < 0 || i >= len(s.sums) || s.sums[i].Kind == SumNone {
+		return Sum{}, false
+	}
+	return s.sums[i], true
+}

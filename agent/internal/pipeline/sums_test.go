@@ -215,3 +215,66 @@ func TestVerifyWalksDataOnly(t *testing.T) {
 		t.Fatalf("verify a target without the data at 200 MiB = %v, want a mismatch of the chunk at %d", err, 200*mib)
 	}
 }
+
+// TestVerifyChunks: the sums of a checkpoint read with ReadSums (which
+// leaves the files as they were) check the listed chunks of a target
+// alone, reading only their data: a flipped byte in a listed chunk and a
+// non-zero byte where the source had zeroes are named; a flipped byte
+// in a chunk not listed is not looked at; a chunk without a checksum is
+// an error.
+func TestVerifyChunks(t *testing.T) {
+	src := layout(64*mib, 9, span{1 * mib, 5 * mib}, span{40 * mib, 41 * mib})
+	path := filepath.Join(t.TempDir(), "vda.ckpt")
+	cp, err := LoadCheckpoint(path, src.Size(), DefaultChunkSize)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := Copy(context.Background(), src, newMemSink(src.Size()), Options{Checkpoint: cp}); err != nil {
+		t.Fatal(err)
+	}
+	before, err := os.ReadFile(cache.SumsPath(path))
+	if err != nil {
+		t.Fatal(err)
+	}
+	sums, err := ReadSums(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if after, err := os.ReadFile(cache.SumsPath(path)); err != nil || !bytes.Equal(before, after) {
+		t.Fatalf("ReadSums changed the sums file (err %v)", err)
+	}
+	chunks := []int{0, 1, 2, 10, 20}               // 0-6 MiB, 20-22 MiB, 40-42 MiB
+	listed := int64(4*mib + 1*mib)                 // the data inside them
+	total := int64(len(chunks)) * DefaultChunkSize // the bytes they span
+	var done, tot int64
+	st, err := VerifyChunks(context.Background(), src, sums, chunks, VerifyOptions{InFlight: 2, Progress: func(d, t int64) { done, tot = d, t }})
+	if err != nil {
+		t.Fatalf("verify: %v", err)
+	}
+	if st.ReadBytes != listed || st.ZeroBytes != total-listed {
+		t.Errorf("verify read %d bytes and took %d as zeroes, want %d and %d", st.ReadBytes, st.ZeroBytes, listed, total-listed)
+	}
+	if done != total || tot != total {
+		t.Errorf("progress ended at %d of %d, want %d of %d", done, tot, total, total)
+	}
+
+	changed := func(off int64, b byte) *memSource {
+		d := bytes.Clone(src.data)
+		d[off] = b
+		return fromData(d)
+	}
+	var mm *MismatchError
+	if _, err := VerifyChunks(context.Background(), changed(40*mib+7, src.data[40*mib+7]^0x40), sums, chunks, VerifyOptions{}); !errors.As(err, &mm) || mm.Offset != 40*mib {
+		t.Errorf("a flipped byte at 40 MiB: %v, want a mismatch of the chunk at %d", err, 40*mib)
+	}
+	if _, err := VerifyChunks(context.Background(), changed(20*mib+3, 1), sums, chunks, VerifyOptions{}); !errors.As(err, &mm) ||
+		!strings.Contains(err.Error(), "the source read as zeroes, the target has data at offset 20971523") {
+		t.Errorf("a byte where the source had zeroes: %v, want a mismatch naming offset %d", err, 20*mib+3)
+	}
+	if _, err := VerifyChunks(context.Background(), changed(30*mib, 1), sums, chunks, VerifyOptions{}); err != nil {
+		t.Errorf("a byte changed in a chunk not listed: %v, want nil", err)
+	}
+	if _, err := VerifyChunks(context.Background(), src, sums, []int{40}, VerifyOptions{}); !errors.Is(err, ErrCheckpoint) {
+		t.Errorf("a chunk past the disk: %v, want ErrCheckpoint", err)
+	}
+}

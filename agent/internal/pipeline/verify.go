@@ -39,7 +39,8 @@ type VerifyOptions struct {
 	// InFlight is how many chunks holding data are read at once; 0 means
 	// DefaultInFlight.
 	InFlight int
-	// Progress gets the bytes of the disk checked and its size, at most
+	// Progress gets the bytes checked and the bytes to check (the disk's
+	// size, or the chunks' of VerifyChunks), at most
 	// about four times a second and once at the end, from one goroutine.
 	Progress func(done, total int64)
 }
@@ -67,7 +68,47 @@ func VerifyWith(ctx context.Context, target Source, cp *Checkpoint, opts VerifyO
 	if opts.InFlight <= 0 {
 		opts.InFlight = DefaultInFlight
 	}
-	v := &verifier{target: target, cp: cp, opts: opts, zeroSums: map[int64]uint64{}}
+	return verifyRuns(ctx, target, cp, [][2]int64{{0, cp.Size()}}, opts)
+}
+
+// chunkSums are the checksums a verification compares with.
+type chunkSums interface {
+	Size() int64
+	ChunkSize() int64
+	Sum(i int) (Sum, bool)
+}
+
+// VerifyChunks is VerifyWith for the chunks of sums listed in chunks
+// (ascending) alone: what an upload checks of the chunks it has just
+// written and flushed. Every chunk listed must have a checksum.
+func VerifyChunks(ctx context.Context, target Source, sums *Sums, chunks []int, opts VerifyOptions) (VerifyStats, error) {
+	var runs [][2]int64
+	for _, i := range chunks {
+		if _, ok := sums.Sum(i); !ok {
+			return VerifyStats{}, fmt.Errorf("verify: %w: chunk %d has no checksum", ErrCheckpoint, i)
+		}
+		off, end := int64(i)*sums.chunk, min(sums.size, int64(i+1)*sums.chunk)
+		if n := len(runs); n > 0 && runs[n-1][1] == off {
+			runs[n-1][1] = end
+			continue
+		}
+		runs = append(runs, [2]int64{off, end})
+	}
+	if target.Size() < sums.Size() {
+		return VerifyStats{}, fmt.Errorf("verify: the target holds %d bytes, the source %d", target.Size(), sums.Size())
+	}
+	if opts.InFlight <= 0 {
+		opts.InFlight = DefaultInFlight
+	}
+	return verifyRuns(ctx, target, sums, runs, opts)
+}
+
+// verifyRuns verifies the chunk-aligned byte ranges runs of target.
+func verifyRuns(ctx context.Context, target Source, cp chunkSums, runs [][2]int64, opts VerifyOptions) (VerifyStats, error) {
+	v := &verifier{target: target, cp: cp, runs: runs, opts: opts, zeroSums: map[int64]uint64{}}
+	for _, r := range runs {
+		v.total += r[1] - r[0]
+	}
 	g, gctx := errgroup.WithContext(ctx)
 	jobs := make(chan job, opts.InFlight)
 	g.Go(func() error {
@@ -87,13 +128,15 @@ func VerifyWith(ctx context.Context, target Source, cp *Checkpoint, opts VerifyO
 		v.report()
 	}
 	read := v.read.Load()
-	return VerifyStats{ReadBytes: read, ZeroBytes: cp.Size() - read}, err
+	return VerifyStats{ReadBytes: read, ZeroBytes: v.total - read}, err
 }
 
 // verifier is one run of VerifyWith.
 type verifier struct {
 	target Source
-	cp     *Checkpoint
+	cp     chunkSums
+	runs   [][2]int64 // the byte ranges to check, chunk-aligned, ascending
+	total  int64      // their bytes
 	opts   VerifyOptions
 
 	read, checked atomic.Int64
@@ -122,7 +165,7 @@ func (v *verifier) produce(ctx context.Context, jobs chan<- job) error {
 			return ctx.Err()
 		}
 	}
-	err := walk(ctx, "verify", v.target, size, func(e Extent) error {
+	check := func(e Extent) error {
 		for off, end := e.Offset, e.Offset+e.Length; off < end; {
 			i := int(off / chunk)
 			n := min(end, int64(i+1)*chunk) - off
@@ -138,9 +181,11 @@ func (v *verifier) produce(ctx context.Context, jobs chan<- job) error {
 			off += n
 		}
 		return nil
-	})
-	if err != nil {
-		return err
+	}
+	for _, r := range v.runs {
+		if err := walkRange(ctx, "verify", v.target, r[0], r[1], check); err != nil {
+			return err
+		}
 	}
 	return flush()
 }
@@ -244,7 +289,7 @@ func (v *verifier) reportLoop(stop <-chan struct{}) {
 
 func (v *verifier) report() {
 	if v.opts.Progress != nil {
-		v.opts.Progress(v.checked.Load(), v.cp.Size())
+		v.opts.Progress(v.checked.Load(), v.total)
 	}
 }
 

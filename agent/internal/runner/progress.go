@@ -90,6 +90,19 @@ func (p *Progress) SetVerified(disk string) {
 	p.update(func() { p.disk(disk).verified = true })
 }
 
+// Verified reports whether SetVerified was called for a disk in this run
+// of the job (an upload that verified it as it went).
+func (p *Progress) Verified(disk string) bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for _, d := range p.disks {
+		if d.source == disk {
+			return d.verified
+		}
+	}
+	return false
+}
+
 // Uploaded records that an upload has written done data bytes of a disk
 // to the target. Beside CONVERTING they are kept apart from the copy's
 // counts (and shown in the UPLOADING phase's timing); in UPLOADING they

@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"slices"
 	"time"
 
 	"golang.org/x/sync/errgroup"
@@ -82,6 +83,14 @@ type follower struct {
 	writing  bool  // the fence before the first write to the volume passed
 	uploaded int64 // data bytes this run has durably on the volume
 	rounds   int
+
+	// The verification beside the upload (verifyBeside): chunks on the
+	// volume not yet read back by this run, chunks read back and matched,
+	// and whether it gave up (a chunk without a checksum).
+	unverified     []int
+	unverifiedData int64 // data bytes the rounds wrote to the unverified chunks
+	verified       int
+	noVerify       bool
 }
 
 func (f *follower) run(ctx context.Context) error {
@@ -178,6 +187,14 @@ func (f *follower) follow(ctx context.Context, converted bool, gen string, m pip
 			return true, false, f.finish(ctx)
 		case converted:
 			return false, false, fmt.Errorf("the copy ended with %d of %d chunks in the cache", countDone(m), m.Chunks())
+		case f.unverifiedData > 0 && !f.noVerify:
+			// Nothing new in the cache yet: read back what is on the
+			// volume meanwhile. An upload that lags the copy reads back at
+			// the end instead (finish), so the read-back never holds the
+			// upload up.
+			n := f.verified
+			err := f.verifyBeside(ctx)
+			return false, f.verified > n, err
 		}
 		return false, false, nil
 	}
@@ -197,6 +214,7 @@ func (f *follower) follow(ctx context.Context, converted bool, gen string, m pip
 	if err != nil {
 		return false, false, err
 	}
+	before := f.uploaded
 	if f.byQemuImg() {
 		err = f.roundQemuImg(ctx, socket, src, m, todo)
 	} else {
@@ -219,6 +237,8 @@ func (f *follower) follow(ctx context.Context, converted bool, gen string, m pip
 	if err := f.marks.save(); err != nil {
 		return false, false, err
 	}
+	f.unverified = append(f.unverified, todo...)
+	f.unverifiedData += f.uploaded - before
 	return false, true, nil
 }
 
@@ -243,8 +263,15 @@ func (f *follower) adopt(ctx context.Context, gen string, m pipeline.Marks) erro
 	if err != nil {
 		return err
 	}
+	f.unverified, f.unverifiedData, f.verified, f.noVerify = nil, 0, 0, false
 	if ok && f.volumeExists(ctx) {
 		f.log.InfoContext(ctx, "resuming the upload", "volume", f.vol.Path, "chunks_uploaded", marks.count(), "chunks", marks.chunks())
+		// What an earlier run uploaded is read back again by this one.
+		for i := range marks.chunks() {
+			if marks.isDone(i) {
+				f.unverified = append(f.unverified, i)
+			}
+		}
 	} else {
 		if err := f.up.fence(ctx, "create volume "+f.vol.Path); err != nil {
 			return err
@@ -375,5 +402,61 @@ func (f *follower) finish(ctx context.Context) error {
 			return fmt.Errorf("flush volume: %w", err)
 		}
 	}
+	if err := f.verifyBeside(ctx); err != nil {
+		return err
+	}
+	if !f.noVerify && f.verified == f.marks.chunks() {
+		f.job.Progress.SetVerified(f.disk)
+		f.log.InfoContext(ctx, "disk verified", "volume", f.vol.Path, "beside_upload", true)
+	}
 	return f.closeTarget()
+}
+
+// beforeVerifyBeside, when set by a test, runs before each read-back.
+var beforeVerifyBeside func(ctx context.Context, f *follower) error
+
+// verifyBeside reads back the chunks uploaded and flushed since the last
+// time (called when the upload waits for the copy, and by finish),
+// through the volume's qemu-nbd, and compares them with the
+// checksums the copy recorded for them (pipeline.VerifyChunks): the
+// upload checks as it goes what Driver.Verify would check at the end, so
+// that the job does not end with a pass of its own. A volume that differs
+// is an error naming the offset. A chunk without a checksum stops the
+// verification beside the upload; the disk is then Driver.Verify's.
+func (f *follower) verifyBeside(ctx context.Context) error {
+	if f.noVerify || len(f.unverified) == 0 {
+		return nil
+	}
+	if beforeVerifyBeside != nil {
+		if err := beforeVerifyBeside(ctx, f); err != nil {
+			return err
+		}
+	}
+	sums, err := pipeline.ReadSums(cache.CheckpointPath(f.job.CacheDir, f.disk))
+	if err != nil {
+		return err
+	}
+	// The sums must be those of the image the volume holds.
+	if gen, err := cache.Generation(f.job.CacheDir, f.disk); err != nil || gen != f.gen {
+		return nil
+	}
+	for _, i := range f.unverified {
+		if _, ok := sums.Sum(i); !ok {
+			f.noVerify = true
+			f.log.DebugContext(ctx, "a chunk has no checksum: the volume is left to the verification after the upload", "chunk", i)
+			return nil
+		}
+	}
+	if err := f.openTarget(ctx); err != nil {
+		return err
+	}
+	slices.Sort(f.unverified)
+	st, err := pipeline.VerifyChunks(ctx, pipeline.NBDSource{Client: f.dst}, sums, f.unverified, pipeline.VerifyOptions{InFlight: verifyInFlight, Progress: logProgress(f.job.Log, f.disk)})
+	if err != nil {
+		return fmt.Errorf("volume %s: %w", f.vol.Path, err)
+	}
+	f.verified += len(f.unverified)
+	f.unverified, f.unverifiedData = f.unverified[:0], 0
+	f.log.DebugContext(ctx, "verified beside the upload", "read_bytes", st.ReadBytes, "zero_bytes", st.ZeroBytes)
+	return nil
 }

@@ -5,6 +5,7 @@ import (
 	"math/rand/v2"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -365,4 +366,47 @@ func TestOverlapUnderUpstreamLimit(t *testing.T) {
 		t.Errorf("the upload of %d bytes took %.2f s; the limit allows no less than %.2f s", up.GetBytes(), secs, least)
 	}
 	t.Logf("upload of %d bytes under %d B/s: %.2f s, %.0f B/s", up.GetBytes(), rate, secs, up.GetBytesPerSecond())
+}
+
+// TestVerifyBesideFindsACorruptedVolume: the read-back beside the upload
+// (while the copy waits halfway) fails the job, naming the offset, when a
+// byte of a chunk holding data on the volume differs from the source, and
+// when a chunk the source holds as zeroes has data on the volume.
+func TestVerifyBesideFindsACorruptedVolume(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		off  int64
+		want string
+	}{
+		{"flipped data", 64<<10 + 7, "the 2097152 bytes at offset 0 differ from the source: xxHash64"},
+		{"data in a hole", 3 << 20, "the source read as zeroes, the target has data at offset 3145728"},
+	} {
+		for _, byQemuImg := range []bool{true, false} {
+			t.Run(tc.name+map[bool]string{true: " qemu-img", false: " agent copier"}[byQemuImg], func(t *testing.T) {
+				useQemuImg = byQemuImg
+				var once sync.Once
+				beforeVerifyBeside = func(ctx context.Context, f *follower) error {
+					var err error
+					once.Do(func() {
+						if err = f.openTarget(ctx); err == nil {
+							if err = f.dst.WriteAt(ctx, []byte{0x77}, tc.off, false); err == nil {
+								err = f.dst.Flush(ctx)
+							}
+						}
+					})
+					return err
+				}
+				defer func() { useQemuImg, beforeVerifyBeside = true, nil }()
+				o := newOverlapJob(t)
+				o.src.gate, o.src.gateAt = make(chan struct{}), overlapSize/2
+				defer close(o.src.gate)
+				res, _ := o.start(t)
+				r := waitResult(t, res)
+				if r.GetOutcome() != agentv1.JobOutcome_JOB_OUTCOME_FAILED || !strings.Contains(r.GetReason(), tc.want) ||
+					!strings.Contains(r.GetReason(), "disk vda: volume "+o.volume()) {
+					t.Fatalf("job %s: %q, want FAILED naming disk vda, its volume and %q", r.GetOutcome(), r.GetReason(), tc.want)
+				}
+			})
+		}
+	}
 }

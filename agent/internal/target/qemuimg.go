@@ -4,9 +4,11 @@ import (
 	"context"
 	"fmt"
 	"os/exec"
+	"strconv"
 	"strings"
 	"syscall"
 
+	"github.com/ferry-v2v/ferry/agent/internal/cache"
 	"github.com/ferry-v2v/ferry/agent/internal/pipeline"
 	"github.com/ferry-v2v/ferry/pkg/nbd"
 )
@@ -26,6 +28,14 @@ func (f *follower) byQemuImg() bool {
 	l := f.job.Upstream
 	return l == nil || l.Rate() == 0
 }
+
+// besideNice is the niceness of a qemu-img round while the copy runs:
+// on a host short of CPU the copy, which the job waits for, goes first,
+// and what the upload has not taken by the copy's end it reads from the
+// image file instead of through the copy's qemu-nbd, which costs less.
+// Measured on a whole job of 1 GiB at load 8-9, three pairs: 4.96-5.78 s
+// and 6.3-6.5 CPU-seconds against 5.57-5.94 s and 6.9-7.0.
+var besideNice = 10
 
 // useQemuImg can be turned off by tests and benchmarks.
 var useQemuImg = true
@@ -69,7 +79,7 @@ func (f *follower) roundQemuImg(ctx context.Context, socket string, c *nbd.Clien
 			}
 		}
 		dst := fmt.Sprintf("driver=raw,offset=%d,size=%d,file.driver=qcow2,file.file.driver=file,file.file.filename=%s", off, size, optEscape(f.vol.Path))
-		if err := convertRange(ctx, src, dst); err != nil {
+		if err := convertRange(ctx, src, dst, f.export == nil); err != nil {
 			return fmt.Errorf("%w: qemu-img convert of %d bytes at %d: %w", errCacheRead, size, off, err)
 		}
 	}
@@ -81,12 +91,17 @@ func (f *follower) roundQemuImg(ctx context.Context, socket string, c *nbd.Clien
 }
 
 // convertRange runs qemu-img convert of src onto dst (option strings),
-// which flushes dst before it exits. It dies with the agent: a qemu-img
+// which flushes dst before it exits; beside the copy, at besideNice. It dies with the agent: a qemu-img
 // left writing would hold the volume's lock against the agent that
 // resumes the job.
-func convertRange(ctx context.Context, src, dst string) error {
-	cmd := exec.CommandContext(ctx, "qemu-img", "convert", "-n", "--target-is-zero", "-W", "-m", "8", "-t", "writeback",
-		"--image-opts", src, "--target-image-opts", dst)
+func convertRange(ctx context.Context, src, dst string, beside bool) error {
+	argv := []string{"qemu-img", "convert", "-n", "--target-is-zero", "-W", "-m", "8", "-t", "writeback",
+		"--image-opts", src, "--target-image-opts", dst}
+	if beside && besideNice > 0 {
+		argv = append([]string{"nice", "-n", strconv.Itoa(besideNice)}, argv...)
+	}
+	cmd := exec.CommandContext(ctx, argv[0], argv[1:]...)
+	cmd.Env = cache.QemuEnv()
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	if out, err := cmd.CombinedOutput(); err != nil {
 		return fmt.Errorf("%w: %s", err, strings.TrimSpace(string(out)))

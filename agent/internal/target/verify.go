@@ -24,7 +24,8 @@ const verifyInFlight = 4
 // verifyLogEvery is how often a running verification logs its progress.
 const verifyLogEvery = 5 * time.Second
 
-// Verify reads every uploaded volume back through a read-only qemu-nbd
+// Verify reads every uploaded volume the upload did not verify as it
+// went (follower.verifyBeside) back through a read-only qemu-nbd
 // and compares it, chunk by chunk, with the checksums CONVERTING recorded
 // beside the cache checkpoint: ranges the volume reports as zeroes are
 // checked by their block status, never read, so the time it takes follows
@@ -38,6 +39,9 @@ func (d *Driver) Verify(ctx context.Context, job *runner.Job) error {
 	up := NewUploader(UploadDeps{Commander: d.opts.Commander, Log: job.Log})
 	for i, disk := range job.Assignment.GetJob().GetTarget().GetDisks() {
 		name := disk.GetSourceDisk()
+		if job.Progress.Verified(name) {
+			continue // read back and matched by the upload as it went
+		}
 		cp, err := pipeline.OpenCheckpoint(cache.CheckpointPath(job.CacheDir, name))
 		if errors.Is(err, fs.ErrNotExist) || (err == nil && !cp.Verifiable()) {
 			job.Log.Warn("disk left unverified: its copy recorded no checksums", "disk", name)
