@@ -44,6 +44,9 @@ func everyCommand() []*ledgerv1.Command {
 		{Op: &ledgerv1.Command_DeleteCluster{DeleteCluster: &ledgerv1.DeleteResource{Name: "clusters/c2"}}},
 		{Op: &ledgerv1.Command_PutHost{PutHost: &ledgerv1.PutHost{Host: &ferryv1.Host{Name: "hosts/h1", Cluster: "clusters/c1", Facts: &ferryv1.HostFacts{Cpus: 2, CacheFreeBytes: 100 << 30}}}}},
 		{Op: &ledgerv1.Command_SetHostConnected{SetHostConnected: &ledgerv1.SetHostConnected{Name: "hosts/h1", Connected: true}}},
+		{Op: &ledgerv1.Command_SetHostMaintenance{SetHostMaintenance: &ledgerv1.SetHostMaintenance{Name: "hosts/h1", Maintenance: true, RequestId: "r-maint"}}},
+		// The agent's next hello rewrites the facts; maintenance stays.
+		{Op: &ledgerv1.Command_PutHost{PutHost: &ledgerv1.PutHost{Host: &ferryv1.Host{Name: "hosts/h1", Cluster: "clusters/c1", Connected: true, Facts: &ferryv1.HostFacts{Cpus: 2, CacheFreeBytes: 100 << 30}}}}},
 		{Op: &ledgerv1.Command_PutPrimaryStorage{PutPrimaryStorage: &ledgerv1.PutPrimaryStorage{PrimaryStorage: &ferryv1.PrimaryStorage{Name: "primaryStorages/ps1", Cluster: "clusters/c1", Type: ferryv1.PrimaryStorageType_PRIMARY_STORAGE_TYPE_LOCAL, Path: "/var/lib/ferry"}}}},
 		{Op: &ledgerv1.Command_PutPrimaryStorage{PutPrimaryStorage: &ledgerv1.PutPrimaryStorage{PrimaryStorage: &ferryv1.PrimaryStorage{Name: "primaryStorages/ps2", Cluster: "clusters/c1", Type: ferryv1.PrimaryStorageType_PRIMARY_STORAGE_TYPE_CEPH, CephPool: "rbd"}}}},
 		{Op: &ledgerv1.Command_DeletePrimaryStorage{DeletePrimaryStorage: &ledgerv1.DeleteResource{Name: "primaryStorages/ps2"}}},
@@ -145,6 +148,12 @@ func TestApplyEveryCommand(t *testing.T) {
 	}
 	if h, _ := l.Host("hosts/h1"); !h.GetConnected() || h.GetCreateTime().AsTime() != t0.Add(3*time.Second) {
 		t.Errorf("hosts/h1 = %v", h)
+	}
+	if h, _ := l.Host("hosts/h1"); !h.GetMaintenance() {
+		t.Errorf("hosts/h1 left maintenance when its agent said hello again: %v", h)
+	}
+	if names, ok := l.Request("r-maint"); !ok || len(names) != 1 || names[0] != "hosts/h1" {
+		t.Errorf("request r-maint = %v", names)
 	}
 	if h, _ := l.Host("hosts/h2"); !h.GetConnected() {
 		t.Errorf("batched commands not applied: %v", h)
@@ -292,6 +301,7 @@ func TestRefusals(t *testing.T) {
 			Name: "networkMappingGroups/g9", Mappings: []*ferryv1.NetworkMapping{{SourceNetwork: "x", L3Network: "l3Networks/n1"}}}}}}, ledger.ErrNotFound},
 		{"duplicate mapping group", &ledgerv1.Command{Op: &ledgerv1.Command_PutNetworkMappingGroup{PutNetworkMappingGroup: &ledgerv1.PutNetworkMappingGroup{NetworkMappingGroup: &ferryv1.NetworkMappingGroup{
 			Name: "networkMappingGroups/g1", Mappings: []*ferryv1.NetworkMapping{{SourceNetwork: "x", L3Network: "l3Networks/n1"}}}}}}, ledger.ErrExists},
+		{"maintenance of a missing host", &ledgerv1.Command{Op: &ledgerv1.Command_SetHostMaintenance{SetHostMaintenance: &ledgerv1.SetHostMaintenance{Name: "hosts/nope", Maintenance: true}}}, ledger.ErrNotFound},
 		{"unknown command", &ledgerv1.Command{}, ErrUnknownCommand},
 	}
 	for _, tt := range tests {
@@ -321,6 +331,24 @@ func TestRepeatedRequestIDReturnsFirstAnswer(t *testing.T) {
 	}
 	if _, ok := f.Ledger().Job("migrationJobs/j7"); ok {
 		t.Fatal("repeated request created a job")
+	}
+}
+
+// TestHostMaintenanceReplay: a repeated request_id changes nothing, so
+// an old "on" replayed after an "off" does not put the host back.
+func TestHostMaintenanceReplay(t *testing.T) {
+	f := New(ledger.New(), nil)
+	applyAll(t, f, everyCommand())
+	off := cmdAt(200, &ledgerv1.Command{Op: &ledgerv1.Command_SetHostMaintenance{SetHostMaintenance: &ledgerv1.SetHostMaintenance{Name: "hosts/h1", RequestId: "r-off"}}})
+	if names, err := f.ApplyCommand(off); err != nil || len(names) != 1 || names[0] != "hosts/h1" {
+		t.Fatalf("off: names = %v, err = %v", names, err)
+	}
+	again := cmdAt(201, &ledgerv1.Command{Op: &ledgerv1.Command_SetHostMaintenance{SetHostMaintenance: &ledgerv1.SetHostMaintenance{Name: "hosts/h1", Maintenance: true, RequestId: "r-maint"}}})
+	if names, err := f.ApplyCommand(again); err != nil || len(names) != 1 || names[0] != "hosts/h1" {
+		t.Fatalf("replay: names = %v, err = %v", names, err)
+	}
+	if h, _ := f.Ledger().Host("hosts/h1"); h.GetMaintenance() {
+		t.Fatalf("a replayed request put the host back into maintenance: %v", h)
 	}
 }
 

@@ -64,6 +64,19 @@ func init() {
 				return one(p.GetName(), l.SetHostConnected(p.GetName(), p.GetConnected(), now))
 			},
 		},
+		"set_host_maintenance": {
+			apply: func(l *Ledger, c *ledgerv1.Command, now time.Time) ([]string, error) {
+				p := c.GetSetHostMaintenance()
+				return l.SetHostMaintenance(p.GetName(), p.GetMaintenance(), p.GetRequestId(), now)
+			},
+			refuse: func(l *Ledger, c *ledgerv1.Command) error {
+				p := c.GetSetHostMaintenance()
+				if _, seen := l.seenRequest(p.GetRequestId()); seen {
+					return nil
+				}
+				return l.hostRefusal(p.GetName())
+			},
+		},
 		"put_primary_storage": {
 			apply: func(l *Ledger, c *ledgerv1.Command, now time.Time) ([]string, error) {
 				p := c.GetPutPrimaryStorage()

@@ -56,6 +56,9 @@ func (l *Ledger) PutHost(h *ferryv1.Host, now time.Time) {
 	h = clone(h)
 	if old, ok := l.hosts[h.GetName()]; ok {
 		h.CreateTime = old.GetCreateTime()
+		// Maintenance is the operator's, not the agent's: a hello or a
+		// refresh of facts keeps it.
+		h.Maintenance = old.GetMaintenance()
 	} else {
 		h.CreateTime = timestamppb.New(now)
 	}
@@ -75,6 +78,31 @@ func (l *Ledger) SetHostConnected(name string, connected bool, now time.Time) er
 	h.Connected = connected
 	h.LastSeenTime = timestamppb.New(now)
 	l.hosts[name] = h
+	return nil
+}
+
+// SetHostMaintenance puts a host into maintenance or takes it out; a
+// request ID seen before changes nothing and answers the host's name.
+func (l *Ledger) SetHostMaintenance(name string, on bool, requestID string, now time.Time) ([]string, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if names, ok := l.seenRequest(requestID); ok {
+		return names, nil
+	}
+	if err := l.hostRefusal(name); err != nil {
+		return nil, err
+	}
+	h := clone(l.hosts[name])
+	h.Maintenance = on
+	l.hosts[name] = h
+	l.recordRequest(requestID, []string{name}, now)
+	return []string{name}, nil
+}
+
+func (l *Ledger) hostRefusal(name string) error {
+	if _, ok := l.hosts[name]; !ok {
+		return fmt.Errorf("host %s: %w", name, ErrNotFound)
+	}
 	return nil
 }
 

@@ -163,10 +163,13 @@ type Host struct {
 	Cluster string     `protobuf:"bytes,2,opt,name=cluster,proto3" json:"cluster,omitempty"`
 	Facts   *HostFacts `protobuf:"bytes,3,opt,name=facts,proto3" json:"facts,omitempty"`
 	// True while the host's agent holds a session with the leader.
-	Connected     bool                   `protobuf:"varint,4,opt,name=connected,proto3" json:"connected,omitempty"`
-	LastSeenTime  *timestamppb.Timestamp `protobuf:"bytes,5,opt,name=last_seen_time,json=lastSeenTime,proto3" json:"last_seen_time,omitempty"`
-	CreateTime    *timestamppb.Timestamp `protobuf:"bytes,6,opt,name=create_time,json=createTime,proto3" json:"create_time,omitempty"`
-	AgentVersion  string                 `protobuf:"bytes,7,opt,name=agent_version,json=agentVersion,proto3" json:"agent_version,omitempty"`
+	Connected    bool                   `protobuf:"varint,4,opt,name=connected,proto3" json:"connected,omitempty"`
+	LastSeenTime *timestamppb.Timestamp `protobuf:"bytes,5,opt,name=last_seen_time,json=lastSeenTime,proto3" json:"last_seen_time,omitempty"`
+	CreateTime   *timestamppb.Timestamp `protobuf:"bytes,6,opt,name=create_time,json=createTime,proto3" json:"create_time,omitempty"`
+	AgentVersion string                 `protobuf:"bytes,7,opt,name=agent_version,json=agentVersion,proto3" json:"agent_version,omitempty"`
+	// True while the host is in maintenance (SetHostMaintenance): placement
+	// never picks it for a new job. Kept when the agent reconnects.
+	Maintenance   bool `protobuf:"varint,8,opt,name=maintenance,proto3" json:"maintenance,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -248,6 +251,13 @@ func (x *Host) GetAgentVersion() string {
 		return x.AgentVersion
 	}
 	return ""
+}
+
+func (x *Host) GetMaintenance() bool {
+	if x != nil {
+		return x.Maintenance
+	}
+	return false
 }
 
 // HostFacts are what an agent reports about its host.
@@ -1340,6 +1350,112 @@ func (x *ListHostsResponse) GetNextPageToken() string {
 	return ""
 }
 
+type SetHostMaintenanceRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// hosts/{host_name}
+	Name string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	// True puts the host into maintenance, false takes it out.
+	Maintenance   bool   `protobuf:"varint,2,opt,name=maintenance,proto3" json:"maintenance,omitempty"`
+	RequestId     string `protobuf:"bytes,3,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SetHostMaintenanceRequest) Reset() {
+	*x = SetHostMaintenanceRequest{}
+	mi := &file_ferry_v1_target_inventory_proto_msgTypes[18]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SetHostMaintenanceRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SetHostMaintenanceRequest) ProtoMessage() {}
+
+func (x *SetHostMaintenanceRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_ferry_v1_target_inventory_proto_msgTypes[18]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SetHostMaintenanceRequest.ProtoReflect.Descriptor instead.
+func (*SetHostMaintenanceRequest) Descriptor() ([]byte, []int) {
+	return file_ferry_v1_target_inventory_proto_rawDescGZIP(), []int{18}
+}
+
+func (x *SetHostMaintenanceRequest) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *SetHostMaintenanceRequest) GetMaintenance() bool {
+	if x != nil {
+		return x.Maintenance
+	}
+	return false
+}
+
+func (x *SetHostMaintenanceRequest) GetRequestId() string {
+	if x != nil {
+		return x.RequestId
+	}
+	return ""
+}
+
+type SetHostMaintenanceResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Host          *Host                  `protobuf:"bytes,1,opt,name=host,proto3" json:"host,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SetHostMaintenanceResponse) Reset() {
+	*x = SetHostMaintenanceResponse{}
+	mi := &file_ferry_v1_target_inventory_proto_msgTypes[19]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SetHostMaintenanceResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SetHostMaintenanceResponse) ProtoMessage() {}
+
+func (x *SetHostMaintenanceResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_ferry_v1_target_inventory_proto_msgTypes[19]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SetHostMaintenanceResponse.ProtoReflect.Descriptor instead.
+func (*SetHostMaintenanceResponse) Descriptor() ([]byte, []int) {
+	return file_ferry_v1_target_inventory_proto_rawDescGZIP(), []int{19}
+}
+
+func (x *SetHostMaintenanceResponse) GetHost() *Host {
+	if x != nil {
+		return x.Host
+	}
+	return nil
+}
+
 type CreatePrimaryStorageRequest struct {
 	state          protoimpl.MessageState `protogen:"open.v1"`
 	PrimaryStorage *PrimaryStorage        `protobuf:"bytes,1,opt,name=primary_storage,json=primaryStorage,proto3" json:"primary_storage,omitempty"`
@@ -1350,7 +1466,7 @@ type CreatePrimaryStorageRequest struct {
 
 func (x *CreatePrimaryStorageRequest) Reset() {
 	*x = CreatePrimaryStorageRequest{}
-	mi := &file_ferry_v1_target_inventory_proto_msgTypes[18]
+	mi := &file_ferry_v1_target_inventory_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1362,7 +1478,7 @@ func (x *CreatePrimaryStorageRequest) String() string {
 func (*CreatePrimaryStorageRequest) ProtoMessage() {}
 
 func (x *CreatePrimaryStorageRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_target_inventory_proto_msgTypes[18]
+	mi := &file_ferry_v1_target_inventory_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1375,7 +1491,7 @@ func (x *CreatePrimaryStorageRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreatePrimaryStorageRequest.ProtoReflect.Descriptor instead.
 func (*CreatePrimaryStorageRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_target_inventory_proto_rawDescGZIP(), []int{18}
+	return file_ferry_v1_target_inventory_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *CreatePrimaryStorageRequest) GetPrimaryStorage() *PrimaryStorage {
@@ -1401,7 +1517,7 @@ type GetPrimaryStorageRequest struct {
 
 func (x *GetPrimaryStorageRequest) Reset() {
 	*x = GetPrimaryStorageRequest{}
-	mi := &file_ferry_v1_target_inventory_proto_msgTypes[19]
+	mi := &file_ferry_v1_target_inventory_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1413,7 +1529,7 @@ func (x *GetPrimaryStorageRequest) String() string {
 func (*GetPrimaryStorageRequest) ProtoMessage() {}
 
 func (x *GetPrimaryStorageRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_target_inventory_proto_msgTypes[19]
+	mi := &file_ferry_v1_target_inventory_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1426,7 +1542,7 @@ func (x *GetPrimaryStorageRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetPrimaryStorageRequest.ProtoReflect.Descriptor instead.
 func (*GetPrimaryStorageRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_target_inventory_proto_rawDescGZIP(), []int{19}
+	return file_ferry_v1_target_inventory_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *GetPrimaryStorageRequest) GetName() string {
@@ -1447,7 +1563,7 @@ type ListPrimaryStoragesRequest struct {
 
 func (x *ListPrimaryStoragesRequest) Reset() {
 	*x = ListPrimaryStoragesRequest{}
-	mi := &file_ferry_v1_target_inventory_proto_msgTypes[20]
+	mi := &file_ferry_v1_target_inventory_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1459,7 +1575,7 @@ func (x *ListPrimaryStoragesRequest) String() string {
 func (*ListPrimaryStoragesRequest) ProtoMessage() {}
 
 func (x *ListPrimaryStoragesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_target_inventory_proto_msgTypes[20]
+	mi := &file_ferry_v1_target_inventory_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1472,7 +1588,7 @@ func (x *ListPrimaryStoragesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListPrimaryStoragesRequest.ProtoReflect.Descriptor instead.
 func (*ListPrimaryStoragesRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_target_inventory_proto_rawDescGZIP(), []int{20}
+	return file_ferry_v1_target_inventory_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *ListPrimaryStoragesRequest) GetPageSize() int32 {
@@ -1506,7 +1622,7 @@ type ListPrimaryStoragesResponse struct {
 
 func (x *ListPrimaryStoragesResponse) Reset() {
 	*x = ListPrimaryStoragesResponse{}
-	mi := &file_ferry_v1_target_inventory_proto_msgTypes[21]
+	mi := &file_ferry_v1_target_inventory_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1518,7 +1634,7 @@ func (x *ListPrimaryStoragesResponse) String() string {
 func (*ListPrimaryStoragesResponse) ProtoMessage() {}
 
 func (x *ListPrimaryStoragesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_target_inventory_proto_msgTypes[21]
+	mi := &file_ferry_v1_target_inventory_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1531,7 +1647,7 @@ func (x *ListPrimaryStoragesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListPrimaryStoragesResponse.ProtoReflect.Descriptor instead.
 func (*ListPrimaryStoragesResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_target_inventory_proto_rawDescGZIP(), []int{21}
+	return file_ferry_v1_target_inventory_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *ListPrimaryStoragesResponse) GetPrimaryStorages() []*PrimaryStorage {
@@ -1557,7 +1673,7 @@ type DeletePrimaryStorageRequest struct {
 
 func (x *DeletePrimaryStorageRequest) Reset() {
 	*x = DeletePrimaryStorageRequest{}
-	mi := &file_ferry_v1_target_inventory_proto_msgTypes[22]
+	mi := &file_ferry_v1_target_inventory_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1569,7 +1685,7 @@ func (x *DeletePrimaryStorageRequest) String() string {
 func (*DeletePrimaryStorageRequest) ProtoMessage() {}
 
 func (x *DeletePrimaryStorageRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_target_inventory_proto_msgTypes[22]
+	mi := &file_ferry_v1_target_inventory_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1582,7 +1698,7 @@ func (x *DeletePrimaryStorageRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeletePrimaryStorageRequest.ProtoReflect.Descriptor instead.
 func (*DeletePrimaryStorageRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_target_inventory_proto_rawDescGZIP(), []int{22}
+	return file_ferry_v1_target_inventory_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *DeletePrimaryStorageRequest) GetName() string {
@@ -1602,7 +1718,7 @@ type CreateL3NetworkRequest struct {
 
 func (x *CreateL3NetworkRequest) Reset() {
 	*x = CreateL3NetworkRequest{}
-	mi := &file_ferry_v1_target_inventory_proto_msgTypes[23]
+	mi := &file_ferry_v1_target_inventory_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1614,7 +1730,7 @@ func (x *CreateL3NetworkRequest) String() string {
 func (*CreateL3NetworkRequest) ProtoMessage() {}
 
 func (x *CreateL3NetworkRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_target_inventory_proto_msgTypes[23]
+	mi := &file_ferry_v1_target_inventory_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1627,7 +1743,7 @@ func (x *CreateL3NetworkRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateL3NetworkRequest.ProtoReflect.Descriptor instead.
 func (*CreateL3NetworkRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_target_inventory_proto_rawDescGZIP(), []int{23}
+	return file_ferry_v1_target_inventory_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *CreateL3NetworkRequest) GetL3Network() *L3Network {
@@ -1653,7 +1769,7 @@ type GetL3NetworkRequest struct {
 
 func (x *GetL3NetworkRequest) Reset() {
 	*x = GetL3NetworkRequest{}
-	mi := &file_ferry_v1_target_inventory_proto_msgTypes[24]
+	mi := &file_ferry_v1_target_inventory_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1665,7 +1781,7 @@ func (x *GetL3NetworkRequest) String() string {
 func (*GetL3NetworkRequest) ProtoMessage() {}
 
 func (x *GetL3NetworkRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_target_inventory_proto_msgTypes[24]
+	mi := &file_ferry_v1_target_inventory_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1678,7 +1794,7 @@ func (x *GetL3NetworkRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetL3NetworkRequest.ProtoReflect.Descriptor instead.
 func (*GetL3NetworkRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_target_inventory_proto_rawDescGZIP(), []int{24}
+	return file_ferry_v1_target_inventory_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *GetL3NetworkRequest) GetName() string {
@@ -1699,7 +1815,7 @@ type ListL3NetworksRequest struct {
 
 func (x *ListL3NetworksRequest) Reset() {
 	*x = ListL3NetworksRequest{}
-	mi := &file_ferry_v1_target_inventory_proto_msgTypes[25]
+	mi := &file_ferry_v1_target_inventory_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1711,7 +1827,7 @@ func (x *ListL3NetworksRequest) String() string {
 func (*ListL3NetworksRequest) ProtoMessage() {}
 
 func (x *ListL3NetworksRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_target_inventory_proto_msgTypes[25]
+	mi := &file_ferry_v1_target_inventory_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1724,7 +1840,7 @@ func (x *ListL3NetworksRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListL3NetworksRequest.ProtoReflect.Descriptor instead.
 func (*ListL3NetworksRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_target_inventory_proto_rawDescGZIP(), []int{25}
+	return file_ferry_v1_target_inventory_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *ListL3NetworksRequest) GetPageSize() int32 {
@@ -1758,7 +1874,7 @@ type ListL3NetworksResponse struct {
 
 func (x *ListL3NetworksResponse) Reset() {
 	*x = ListL3NetworksResponse{}
-	mi := &file_ferry_v1_target_inventory_proto_msgTypes[26]
+	mi := &file_ferry_v1_target_inventory_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1770,7 +1886,7 @@ func (x *ListL3NetworksResponse) String() string {
 func (*ListL3NetworksResponse) ProtoMessage() {}
 
 func (x *ListL3NetworksResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_target_inventory_proto_msgTypes[26]
+	mi := &file_ferry_v1_target_inventory_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1783,7 +1899,7 @@ func (x *ListL3NetworksResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListL3NetworksResponse.ProtoReflect.Descriptor instead.
 func (*ListL3NetworksResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_target_inventory_proto_rawDescGZIP(), []int{26}
+	return file_ferry_v1_target_inventory_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *ListL3NetworksResponse) GetL3Networks() []*L3Network {
@@ -1809,7 +1925,7 @@ type DeleteL3NetworkRequest struct {
 
 func (x *DeleteL3NetworkRequest) Reset() {
 	*x = DeleteL3NetworkRequest{}
-	mi := &file_ferry_v1_target_inventory_proto_msgTypes[27]
+	mi := &file_ferry_v1_target_inventory_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1821,7 +1937,7 @@ func (x *DeleteL3NetworkRequest) String() string {
 func (*DeleteL3NetworkRequest) ProtoMessage() {}
 
 func (x *DeleteL3NetworkRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_target_inventory_proto_msgTypes[27]
+	mi := &file_ferry_v1_target_inventory_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1834,7 +1950,7 @@ func (x *DeleteL3NetworkRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteL3NetworkRequest.ProtoReflect.Descriptor instead.
 func (*DeleteL3NetworkRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_target_inventory_proto_rawDescGZIP(), []int{27}
+	return file_ferry_v1_target_inventory_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *DeleteL3NetworkRequest) GetName() string {
@@ -1856,7 +1972,7 @@ type ReleaseL3NetworkAddressRequest struct {
 
 func (x *ReleaseL3NetworkAddressRequest) Reset() {
 	*x = ReleaseL3NetworkAddressRequest{}
-	mi := &file_ferry_v1_target_inventory_proto_msgTypes[28]
+	mi := &file_ferry_v1_target_inventory_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1868,7 +1984,7 @@ func (x *ReleaseL3NetworkAddressRequest) String() string {
 func (*ReleaseL3NetworkAddressRequest) ProtoMessage() {}
 
 func (x *ReleaseL3NetworkAddressRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_target_inventory_proto_msgTypes[28]
+	mi := &file_ferry_v1_target_inventory_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1881,7 +1997,7 @@ func (x *ReleaseL3NetworkAddressRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReleaseL3NetworkAddressRequest.ProtoReflect.Descriptor instead.
 func (*ReleaseL3NetworkAddressRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_target_inventory_proto_rawDescGZIP(), []int{28}
+	return file_ferry_v1_target_inventory_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *ReleaseL3NetworkAddressRequest) GetName() string {
@@ -1907,7 +2023,7 @@ type ReleaseL3NetworkAddressResponse struct {
 
 func (x *ReleaseL3NetworkAddressResponse) Reset() {
 	*x = ReleaseL3NetworkAddressResponse{}
-	mi := &file_ferry_v1_target_inventory_proto_msgTypes[29]
+	mi := &file_ferry_v1_target_inventory_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1919,7 +2035,7 @@ func (x *ReleaseL3NetworkAddressResponse) String() string {
 func (*ReleaseL3NetworkAddressResponse) ProtoMessage() {}
 
 func (x *ReleaseL3NetworkAddressResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_target_inventory_proto_msgTypes[29]
+	mi := &file_ferry_v1_target_inventory_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1932,7 +2048,7 @@ func (x *ReleaseL3NetworkAddressResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReleaseL3NetworkAddressResponse.ProtoReflect.Descriptor instead.
 func (*ReleaseL3NetworkAddressResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_target_inventory_proto_rawDescGZIP(), []int{29}
+	return file_ferry_v1_target_inventory_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *ReleaseL3NetworkAddressResponse) GetL3Network() *L3Network {
@@ -1952,7 +2068,7 @@ const file_ferry_v1_target_inventory_proto_rawDesc = "" +
 	"\fdisplay_name\x18\x02 \x01(\tR\vdisplayName\x12\x12\n" +
 	"\x04zone\x18\x03 \x01(\tR\x04zone\x12;\n" +
 	"\vcreate_time\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\n" +
-	"createTime\"\xa1\x02\n" +
+	"createTime\"\xc3\x02\n" +
 	"\x04Host\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x18\n" +
 	"\acluster\x18\x02 \x01(\tR\acluster\x12)\n" +
@@ -1961,7 +2077,8 @@ const file_ferry_v1_target_inventory_proto_rawDesc = "" +
 	"\x0elast_seen_time\x18\x05 \x01(\v2\x1a.google.protobuf.TimestampR\flastSeenTime\x12;\n" +
 	"\vcreate_time\x18\x06 \x01(\v2\x1a.google.protobuf.TimestampR\n" +
 	"createTime\x12#\n" +
-	"\ragent_version\x18\a \x01(\tR\fagentVersion\"\xf0\x03\n" +
+	"\ragent_version\x18\a \x01(\tR\fagentVersion\x12 \n" +
+	"\vmaintenance\x18\b \x01(\bR\vmaintenance\"\xf0\x03\n" +
 	"\tHostFacts\x12\x12\n" +
 	"\x04cpus\x18\x01 \x01(\x05R\x04cpus\x12!\n" +
 	"\fmemory_bytes\x18\x02 \x01(\x03R\vmemoryBytes\x12\x1f\n" +
@@ -2051,7 +2168,14 @@ const file_ferry_v1_target_inventory_proto_rawDesc = "" +
 	"\acluster\x18\x03 \x01(\tR\acluster\"a\n" +
 	"\x11ListHostsResponse\x12$\n" +
 	"\x05hosts\x18\x01 \x03(\v2\x0e.ferry.v1.HostR\x05hosts\x12&\n" +
-	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"\x7f\n" +
+	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"p\n" +
+	"\x19SetHostMaintenanceRequest\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12 \n" +
+	"\vmaintenance\x18\x02 \x01(\bR\vmaintenance\x12\x1d\n" +
+	"\n" +
+	"request_id\x18\x03 \x01(\tR\trequestId\"@\n" +
+	"\x1aSetHostMaintenanceResponse\x12\"\n" +
+	"\x04host\x18\x01 \x01(\v2\x0e.ferry.v1.HostR\x04host\"\x7f\n" +
 	"\x1bCreatePrimaryStorageRequest\x12A\n" +
 	"\x0fprimary_storage\x18\x01 \x01(\v2\x18.ferry.v1.PrimaryStorageR\x0eprimaryStorage\x12\x1d\n" +
 	"\n" +
@@ -2097,7 +2221,8 @@ const file_ferry_v1_target_inventory_proto_rawDesc = "" +
 	"\x1aPRIMARY_STORAGE_TYPE_LOCAL\x10\x01\x12\x1c\n" +
 	"\x18PRIMARY_STORAGE_TYPE_NFS\x10\x02\x12\x1d\n" +
 	"\x19PRIMARY_STORAGE_TYPE_CEPH\x10\x03\x12$\n" +
-	" PRIMARY_STORAGE_TYPE_SHAREDBLOCK\x10\x042\xb4\t\n" +
+	" PRIMARY_STORAGE_TYPE_SHAREDBLOCK\x10\x042\x95\n" +
+	"\n" +
 	"\x16TargetInventoryService\x12B\n" +
 	"\rCreateCluster\x12\x1e.ferry.v1.CreateClusterRequest\x1a\x11.ferry.v1.Cluster\x12<\n" +
 	"\n" +
@@ -2105,7 +2230,8 @@ const file_ferry_v1_target_inventory_proto_rawDesc = "" +
 	"\fListClusters\x12\x1d.ferry.v1.ListClustersRequest\x1a\x1e.ferry.v1.ListClustersResponse\x12G\n" +
 	"\rDeleteCluster\x12\x1e.ferry.v1.DeleteClusterRequest\x1a\x16.google.protobuf.Empty\x123\n" +
 	"\aGetHost\x12\x18.ferry.v1.GetHostRequest\x1a\x0e.ferry.v1.Host\x12D\n" +
-	"\tListHosts\x12\x1a.ferry.v1.ListHostsRequest\x1a\x1b.ferry.v1.ListHostsResponse\x12W\n" +
+	"\tListHosts\x12\x1a.ferry.v1.ListHostsRequest\x1a\x1b.ferry.v1.ListHostsResponse\x12_\n" +
+	"\x12SetHostMaintenance\x12#.ferry.v1.SetHostMaintenanceRequest\x1a$.ferry.v1.SetHostMaintenanceResponse\x12W\n" +
 	"\x14CreatePrimaryStorage\x12%.ferry.v1.CreatePrimaryStorageRequest\x1a\x18.ferry.v1.PrimaryStorage\x12Q\n" +
 	"\x11GetPrimaryStorage\x12\".ferry.v1.GetPrimaryStorageRequest\x1a\x18.ferry.v1.PrimaryStorage\x12b\n" +
 	"\x13ListPrimaryStorages\x12$.ferry.v1.ListPrimaryStoragesRequest\x1a%.ferry.v1.ListPrimaryStoragesResponse\x12U\n" +
@@ -2130,7 +2256,7 @@ func file_ferry_v1_target_inventory_proto_rawDescGZIP() []byte {
 }
 
 var file_ferry_v1_target_inventory_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_ferry_v1_target_inventory_proto_msgTypes = make([]protoimpl.MessageInfo, 30)
+var file_ferry_v1_target_inventory_proto_msgTypes = make([]protoimpl.MessageInfo, 32)
 var file_ferry_v1_target_inventory_proto_goTypes = []any{
 	(PrimaryStorageType)(0),                 // 0: ferry.v1.PrimaryStorageType
 	(*Cluster)(nil),                         // 1: ferry.v1.Cluster
@@ -2151,78 +2277,83 @@ var file_ferry_v1_target_inventory_proto_goTypes = []any{
 	(*GetHostRequest)(nil),                  // 16: ferry.v1.GetHostRequest
 	(*ListHostsRequest)(nil),                // 17: ferry.v1.ListHostsRequest
 	(*ListHostsResponse)(nil),               // 18: ferry.v1.ListHostsResponse
-	(*CreatePrimaryStorageRequest)(nil),     // 19: ferry.v1.CreatePrimaryStorageRequest
-	(*GetPrimaryStorageRequest)(nil),        // 20: ferry.v1.GetPrimaryStorageRequest
-	(*ListPrimaryStoragesRequest)(nil),      // 21: ferry.v1.ListPrimaryStoragesRequest
-	(*ListPrimaryStoragesResponse)(nil),     // 22: ferry.v1.ListPrimaryStoragesResponse
-	(*DeletePrimaryStorageRequest)(nil),     // 23: ferry.v1.DeletePrimaryStorageRequest
-	(*CreateL3NetworkRequest)(nil),          // 24: ferry.v1.CreateL3NetworkRequest
-	(*GetL3NetworkRequest)(nil),             // 25: ferry.v1.GetL3NetworkRequest
-	(*ListL3NetworksRequest)(nil),           // 26: ferry.v1.ListL3NetworksRequest
-	(*ListL3NetworksResponse)(nil),          // 27: ferry.v1.ListL3NetworksResponse
-	(*DeleteL3NetworkRequest)(nil),          // 28: ferry.v1.DeleteL3NetworkRequest
-	(*ReleaseL3NetworkAddressRequest)(nil),  // 29: ferry.v1.ReleaseL3NetworkAddressRequest
-	(*ReleaseL3NetworkAddressResponse)(nil), // 30: ferry.v1.ReleaseL3NetworkAddressResponse
-	(*timestamppb.Timestamp)(nil),           // 31: google.protobuf.Timestamp
-	(*emptypb.Empty)(nil),                   // 32: google.protobuf.Empty
+	(*SetHostMaintenanceRequest)(nil),       // 19: ferry.v1.SetHostMaintenanceRequest
+	(*SetHostMaintenanceResponse)(nil),      // 20: ferry.v1.SetHostMaintenanceResponse
+	(*CreatePrimaryStorageRequest)(nil),     // 21: ferry.v1.CreatePrimaryStorageRequest
+	(*GetPrimaryStorageRequest)(nil),        // 22: ferry.v1.GetPrimaryStorageRequest
+	(*ListPrimaryStoragesRequest)(nil),      // 23: ferry.v1.ListPrimaryStoragesRequest
+	(*ListPrimaryStoragesResponse)(nil),     // 24: ferry.v1.ListPrimaryStoragesResponse
+	(*DeletePrimaryStorageRequest)(nil),     // 25: ferry.v1.DeletePrimaryStorageRequest
+	(*CreateL3NetworkRequest)(nil),          // 26: ferry.v1.CreateL3NetworkRequest
+	(*GetL3NetworkRequest)(nil),             // 27: ferry.v1.GetL3NetworkRequest
+	(*ListL3NetworksRequest)(nil),           // 28: ferry.v1.ListL3NetworksRequest
+	(*ListL3NetworksResponse)(nil),          // 29: ferry.v1.ListL3NetworksResponse
+	(*DeleteL3NetworkRequest)(nil),          // 30: ferry.v1.DeleteL3NetworkRequest
+	(*ReleaseL3NetworkAddressRequest)(nil),  // 31: ferry.v1.ReleaseL3NetworkAddressRequest
+	(*ReleaseL3NetworkAddressResponse)(nil), // 32: ferry.v1.ReleaseL3NetworkAddressResponse
+	(*timestamppb.Timestamp)(nil),           // 33: google.protobuf.Timestamp
+	(*emptypb.Empty)(nil),                   // 34: google.protobuf.Empty
 }
 var file_ferry_v1_target_inventory_proto_depIdxs = []int32{
-	31, // 0: ferry.v1.Cluster.create_time:type_name -> google.protobuf.Timestamp
+	33, // 0: ferry.v1.Cluster.create_time:type_name -> google.protobuf.Timestamp
 	3,  // 1: ferry.v1.Host.facts:type_name -> ferry.v1.HostFacts
-	31, // 2: ferry.v1.Host.last_seen_time:type_name -> google.protobuf.Timestamp
-	31, // 3: ferry.v1.Host.create_time:type_name -> google.protobuf.Timestamp
+	33, // 2: ferry.v1.Host.last_seen_time:type_name -> google.protobuf.Timestamp
+	33, // 3: ferry.v1.Host.create_time:type_name -> google.protobuf.Timestamp
 	7,  // 4: ferry.v1.HostFacts.interfaces:type_name -> ferry.v1.NetworkInterface
 	6,  // 5: ferry.v1.HostFacts.storages:type_name -> ferry.v1.StorageSpace
 	4,  // 6: ferry.v1.HostFacts.libvirt_networks:type_name -> ferry.v1.LibvirtNetwork
 	5,  // 7: ferry.v1.LibvirtNetwork.dhcp_hosts:type_name -> ferry.v1.DhcpHost
 	0,  // 8: ferry.v1.PrimaryStorage.type:type_name -> ferry.v1.PrimaryStorageType
-	31, // 9: ferry.v1.PrimaryStorage.create_time:type_name -> google.protobuf.Timestamp
-	31, // 10: ferry.v1.L3Network.create_time:type_name -> google.protobuf.Timestamp
+	33, // 9: ferry.v1.PrimaryStorage.create_time:type_name -> google.protobuf.Timestamp
+	33, // 10: ferry.v1.L3Network.create_time:type_name -> google.protobuf.Timestamp
 	10, // 11: ferry.v1.L3Network.reservations:type_name -> ferry.v1.AddressReservation
-	31, // 12: ferry.v1.AddressReservation.create_time:type_name -> google.protobuf.Timestamp
+	33, // 12: ferry.v1.AddressReservation.create_time:type_name -> google.protobuf.Timestamp
 	1,  // 13: ferry.v1.CreateClusterRequest.cluster:type_name -> ferry.v1.Cluster
 	1,  // 14: ferry.v1.ListClustersResponse.clusters:type_name -> ferry.v1.Cluster
 	2,  // 15: ferry.v1.ListHostsResponse.hosts:type_name -> ferry.v1.Host
-	8,  // 16: ferry.v1.CreatePrimaryStorageRequest.primary_storage:type_name -> ferry.v1.PrimaryStorage
-	8,  // 17: ferry.v1.ListPrimaryStoragesResponse.primary_storages:type_name -> ferry.v1.PrimaryStorage
-	9,  // 18: ferry.v1.CreateL3NetworkRequest.l3_network:type_name -> ferry.v1.L3Network
-	9,  // 19: ferry.v1.ListL3NetworksResponse.l3_networks:type_name -> ferry.v1.L3Network
-	9,  // 20: ferry.v1.ReleaseL3NetworkAddressResponse.l3_network:type_name -> ferry.v1.L3Network
-	11, // 21: ferry.v1.TargetInventoryService.CreateCluster:input_type -> ferry.v1.CreateClusterRequest
-	12, // 22: ferry.v1.TargetInventoryService.GetCluster:input_type -> ferry.v1.GetClusterRequest
-	13, // 23: ferry.v1.TargetInventoryService.ListClusters:input_type -> ferry.v1.ListClustersRequest
-	15, // 24: ferry.v1.TargetInventoryService.DeleteCluster:input_type -> ferry.v1.DeleteClusterRequest
-	16, // 25: ferry.v1.TargetInventoryService.GetHost:input_type -> ferry.v1.GetHostRequest
-	17, // 26: ferry.v1.TargetInventoryService.ListHosts:input_type -> ferry.v1.ListHostsRequest
-	19, // 27: ferry.v1.TargetInventoryService.CreatePrimaryStorage:input_type -> ferry.v1.CreatePrimaryStorageRequest
-	20, // 28: ferry.v1.TargetInventoryService.GetPrimaryStorage:input_type -> ferry.v1.GetPrimaryStorageRequest
-	21, // 29: ferry.v1.TargetInventoryService.ListPrimaryStorages:input_type -> ferry.v1.ListPrimaryStoragesRequest
-	23, // 30: ferry.v1.TargetInventoryService.DeletePrimaryStorage:input_type -> ferry.v1.DeletePrimaryStorageRequest
-	24, // 31: ferry.v1.TargetInventoryService.CreateL3Network:input_type -> ferry.v1.CreateL3NetworkRequest
-	25, // 32: ferry.v1.TargetInventoryService.GetL3Network:input_type -> ferry.v1.GetL3NetworkRequest
-	26, // 33: ferry.v1.TargetInventoryService.ListL3Networks:input_type -> ferry.v1.ListL3NetworksRequest
-	28, // 34: ferry.v1.TargetInventoryService.DeleteL3Network:input_type -> ferry.v1.DeleteL3NetworkRequest
-	29, // 35: ferry.v1.TargetInventoryService.ReleaseL3NetworkAddress:input_type -> ferry.v1.ReleaseL3NetworkAddressRequest
-	1,  // 36: ferry.v1.TargetInventoryService.CreateCluster:output_type -> ferry.v1.Cluster
-	1,  // 37: ferry.v1.TargetInventoryService.GetCluster:output_type -> ferry.v1.Cluster
-	14, // 38: ferry.v1.TargetInventoryService.ListClusters:output_type -> ferry.v1.ListClustersResponse
-	32, // 39: ferry.v1.TargetInventoryService.DeleteCluster:output_type -> google.protobuf.Empty
-	2,  // 40: ferry.v1.TargetInventoryService.GetHost:output_type -> ferry.v1.Host
-	18, // 41: ferry.v1.TargetInventoryService.ListHosts:output_type -> ferry.v1.ListHostsResponse
-	8,  // 42: ferry.v1.TargetInventoryService.CreatePrimaryStorage:output_type -> ferry.v1.PrimaryStorage
-	8,  // 43: ferry.v1.TargetInventoryService.GetPrimaryStorage:output_type -> ferry.v1.PrimaryStorage
-	22, // 44: ferry.v1.TargetInventoryService.ListPrimaryStorages:output_type -> ferry.v1.ListPrimaryStoragesResponse
-	32, // 45: ferry.v1.TargetInventoryService.DeletePrimaryStorage:output_type -> google.protobuf.Empty
-	9,  // 46: ferry.v1.TargetInventoryService.CreateL3Network:output_type -> ferry.v1.L3Network
-	9,  // 47: ferry.v1.TargetInventoryService.GetL3Network:output_type -> ferry.v1.L3Network
-	27, // 48: ferry.v1.TargetInventoryService.ListL3Networks:output_type -> ferry.v1.ListL3NetworksResponse
-	32, // 49: ferry.v1.TargetInventoryService.DeleteL3Network:output_type -> google.protobuf.Empty
-	30, // 50: ferry.v1.TargetInventoryService.ReleaseL3NetworkAddress:output_type -> ferry.v1.ReleaseL3NetworkAddressResponse
-	36, // [36:51] is the sub-list for method output_type
-	21, // [21:36] is the sub-list for method input_type
-	21, // [21:21] is the sub-list for extension type_name
-	21, // [21:21] is the sub-list for extension extendee
-	0,  // [0:21] is the sub-list for field type_name
+	2,  // 16: ferry.v1.SetHostMaintenanceResponse.host:type_name -> ferry.v1.Host
+	8,  // 17: ferry.v1.CreatePrimaryStorageRequest.primary_storage:type_name -> ferry.v1.PrimaryStorage
+	8,  // 18: ferry.v1.ListPrimaryStoragesResponse.primary_storages:type_name -> ferry.v1.PrimaryStorage
+	9,  // 19: ferry.v1.CreateL3NetworkRequest.l3_network:type_name -> ferry.v1.L3Network
+	9,  // 20: ferry.v1.ListL3NetworksResponse.l3_networks:type_name -> ferry.v1.L3Network
+	9,  // 21: ferry.v1.ReleaseL3NetworkAddressResponse.l3_network:type_name -> ferry.v1.L3Network
+	11, // 22: ferry.v1.TargetInventoryService.CreateCluster:input_type -> ferry.v1.CreateClusterRequest
+	12, // 23: ferry.v1.TargetInventoryService.GetCluster:input_type -> ferry.v1.GetClusterRequest
+	13, // 24: ferry.v1.TargetInventoryService.ListClusters:input_type -> ferry.v1.ListClustersRequest
+	15, // 25: ferry.v1.TargetInventoryService.DeleteCluster:input_type -> ferry.v1.DeleteClusterRequest
+	16, // 26: ferry.v1.TargetInventoryService.GetHost:input_type -> ferry.v1.GetHostRequest
+	17, // 27: ferry.v1.TargetInventoryService.ListHosts:input_type -> ferry.v1.ListHostsRequest
+	19, // 28: ferry.v1.TargetInventoryService.SetHostMaintenance:input_type -> ferry.v1.SetHostMaintenanceRequest
+	21, // 29: ferry.v1.TargetInventoryService.CreatePrimaryStorage:input_type -> ferry.v1.CreatePrimaryStorageRequest
+	22, // 30: ferry.v1.TargetInventoryService.GetPrimaryStorage:input_type -> ferry.v1.GetPrimaryStorageRequest
+	23, // 31: ferry.v1.TargetInventoryService.ListPrimaryStorages:input_type -> ferry.v1.ListPrimaryStoragesRequest
+	25, // 32: ferry.v1.TargetInventoryService.DeletePrimaryStorage:input_type -> ferry.v1.DeletePrimaryStorageRequest
+	26, // 33: ferry.v1.TargetInventoryService.CreateL3Network:input_type -> ferry.v1.CreateL3NetworkRequest
+	27, // 34: ferry.v1.TargetInventoryService.GetL3Network:input_type -> ferry.v1.GetL3NetworkRequest
+	28, // 35: ferry.v1.TargetInventoryService.ListL3Networks:input_type -> ferry.v1.ListL3NetworksRequest
+	30, // 36: ferry.v1.TargetInventoryService.DeleteL3Network:input_type -> ferry.v1.DeleteL3NetworkRequest
+	31, // 37: ferry.v1.TargetInventoryService.ReleaseL3NetworkAddress:input_type -> ferry.v1.ReleaseL3NetworkAddressRequest
+	1,  // 38: ferry.v1.TargetInventoryService.CreateCluster:output_type -> ferry.v1.Cluster
+	1,  // 39: ferry.v1.TargetInventoryService.GetCluster:output_type -> ferry.v1.Cluster
+	14, // 40: ferry.v1.TargetInventoryService.ListClusters:output_type -> ferry.v1.ListClustersResponse
+	34, // 41: ferry.v1.TargetInventoryService.DeleteCluster:output_type -> google.protobuf.Empty
+	2,  // 42: ferry.v1.TargetInventoryService.GetHost:output_type -> ferry.v1.Host
+	18, // 43: ferry.v1.TargetInventoryService.ListHosts:output_type -> ferry.v1.ListHostsResponse
+	20, // 44: ferry.v1.TargetInventoryService.SetHostMaintenance:output_type -> ferry.v1.SetHostMaintenanceResponse
+	8,  // 45: ferry.v1.TargetInventoryService.CreatePrimaryStorage:output_type -> ferry.v1.PrimaryStorage
+	8,  // 46: ferry.v1.TargetInventoryService.GetPrimaryStorage:output_type -> ferry.v1.PrimaryStorage
+	24, // 47: ferry.v1.TargetInventoryService.ListPrimaryStorages:output_type -> ferry.v1.ListPrimaryStoragesResponse
+	34, // 48: ferry.v1.TargetInventoryService.DeletePrimaryStorage:output_type -> google.protobuf.Empty
+	9,  // 49: ferry.v1.TargetInventoryService.CreateL3Network:output_type -> ferry.v1.L3Network
+	9,  // 50: ferry.v1.TargetInventoryService.GetL3Network:output_type -> ferry.v1.L3Network
+	29, // 51: ferry.v1.TargetInventoryService.ListL3Networks:output_type -> ferry.v1.ListL3NetworksResponse
+	34, // 52: ferry.v1.TargetInventoryService.DeleteL3Network:output_type -> google.protobuf.Empty
+	32, // 53: ferry.v1.TargetInventoryService.ReleaseL3NetworkAddress:output_type -> ferry.v1.ReleaseL3NetworkAddressResponse
+	38, // [38:54] is the sub-list for method output_type
+	22, // [22:38] is the sub-list for method input_type
+	22, // [22:22] is the sub-list for extension type_name
+	22, // [22:22] is the sub-list for extension extendee
+	0,  // [0:22] is the sub-list for field type_name
 }
 
 func init() { file_ferry_v1_target_inventory_proto_init() }
@@ -2236,7 +2367,7 @@ func file_ferry_v1_target_inventory_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_ferry_v1_target_inventory_proto_rawDesc), len(file_ferry_v1_target_inventory_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   30,
+			NumMessages:   32,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -66,6 +66,7 @@ type Command struct {
 	//	*Command_DeleteNetworkMappingGroup
 	//	*Command_ReleaseAddress
 	//	*Command_RevokeCertificate
+	//	*Command_SetHostMaintenance
 	Op            isCommand_Op `protobuf_oneof:"op"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -421,6 +422,15 @@ func (x *Command) GetRevokeCertificate() *RevokeCertificate {
 	return nil
 }
 
+func (x *Command) GetSetHostMaintenance() *SetHostMaintenance {
+	if x != nil {
+		if x, ok := x.Op.(*Command_SetHostMaintenance); ok {
+			return x.SetHostMaintenance
+		}
+	}
+	return nil
+}
+
 type isCommand_Op interface {
 	isCommand_Op()
 }
@@ -561,6 +571,10 @@ type Command_RevokeCertificate struct {
 	RevokeCertificate *RevokeCertificate `protobuf:"bytes,43,opt,name=revoke_certificate,json=revokeCertificate,proto3,oneof"`
 }
 
+type Command_SetHostMaintenance struct {
+	SetHostMaintenance *SetHostMaintenance `protobuf:"bytes,44,opt,name=set_host_maintenance,json=setHostMaintenance,proto3,oneof"`
+}
+
 func (*Command_PutCluster) isCommand_Op() {}
 
 func (*Command_DeleteCluster) isCommand_Op() {}
@@ -628,6 +642,8 @@ func (*Command_DeleteNetworkMappingGroup) isCommand_Op() {}
 func (*Command_ReleaseAddress) isCommand_Op() {}
 
 func (*Command_RevokeCertificate) isCommand_Op() {}
+
+func (*Command_SetHostMaintenance) isCommand_Op() {}
 
 // Batch applies several commands as one log entry, in order.
 type Batch struct {
@@ -867,6 +883,67 @@ func (x *SetHostConnected) GetConnected() bool {
 	return false
 }
 
+// SetHostMaintenance puts a host into maintenance or takes it out.
+type SetHostMaintenance struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	Maintenance   bool                   `protobuf:"varint,2,opt,name=maintenance,proto3" json:"maintenance,omitempty"`
+	RequestId     string                 `protobuf:"bytes,3,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SetHostMaintenance) Reset() {
+	*x = SetHostMaintenance{}
+	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[6]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SetHostMaintenance) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SetHostMaintenance) ProtoMessage() {}
+
+func (x *SetHostMaintenance) ProtoReflect() protoreflect.Message {
+	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[6]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SetHostMaintenance.ProtoReflect.Descriptor instead.
+func (*SetHostMaintenance) Descriptor() ([]byte, []int) {
+	return file_ferry_ledger_v1_ledger_proto_rawDescGZIP(), []int{6}
+}
+
+func (x *SetHostMaintenance) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *SetHostMaintenance) GetMaintenance() bool {
+	if x != nil {
+		return x.Maintenance
+	}
+	return false
+}
+
+func (x *SetHostMaintenance) GetRequestId() string {
+	if x != nil {
+		return x.RequestId
+	}
+	return ""
+}
+
 type PutPrimaryStorage struct {
 	state          protoimpl.MessageState `protogen:"open.v1"`
 	PrimaryStorage *v1.PrimaryStorage     `protobuf:"bytes,1,opt,name=primary_storage,json=primaryStorage,proto3" json:"primary_storage,omitempty"`
@@ -877,7 +954,7 @@ type PutPrimaryStorage struct {
 
 func (x *PutPrimaryStorage) Reset() {
 	*x = PutPrimaryStorage{}
-	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[6]
+	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -889,7 +966,7 @@ func (x *PutPrimaryStorage) String() string {
 func (*PutPrimaryStorage) ProtoMessage() {}
 
 func (x *PutPrimaryStorage) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[6]
+	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -902,7 +979,7 @@ func (x *PutPrimaryStorage) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PutPrimaryStorage.ProtoReflect.Descriptor instead.
 func (*PutPrimaryStorage) Descriptor() ([]byte, []int) {
-	return file_ferry_ledger_v1_ledger_proto_rawDescGZIP(), []int{6}
+	return file_ferry_ledger_v1_ledger_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *PutPrimaryStorage) GetPrimaryStorage() *v1.PrimaryStorage {
@@ -929,7 +1006,7 @@ type PutL3Network struct {
 
 func (x *PutL3Network) Reset() {
 	*x = PutL3Network{}
-	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[7]
+	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -941,7 +1018,7 @@ func (x *PutL3Network) String() string {
 func (*PutL3Network) ProtoMessage() {}
 
 func (x *PutL3Network) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[7]
+	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -954,7 +1031,7 @@ func (x *PutL3Network) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PutL3Network.ProtoReflect.Descriptor instead.
 func (*PutL3Network) Descriptor() ([]byte, []int) {
-	return file_ferry_ledger_v1_ledger_proto_rawDescGZIP(), []int{7}
+	return file_ferry_ledger_v1_ledger_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *PutL3Network) GetL3Network() *v1.L3Network {
@@ -981,7 +1058,7 @@ type PutMigrationServer struct {
 
 func (x *PutMigrationServer) Reset() {
 	*x = PutMigrationServer{}
-	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[8]
+	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -993,7 +1070,7 @@ func (x *PutMigrationServer) String() string {
 func (*PutMigrationServer) ProtoMessage() {}
 
 func (x *PutMigrationServer) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[8]
+	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1006,7 +1083,7 @@ func (x *PutMigrationServer) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PutMigrationServer.ProtoReflect.Descriptor instead.
 func (*PutMigrationServer) Descriptor() ([]byte, []int) {
-	return file_ferry_ledger_v1_ledger_proto_rawDescGZIP(), []int{8}
+	return file_ferry_ledger_v1_ledger_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *PutMigrationServer) GetMigrationServer() *v1.MigrationServer {
@@ -1033,7 +1110,7 @@ type SetMigrationServerEnabled struct {
 
 func (x *SetMigrationServerEnabled) Reset() {
 	*x = SetMigrationServerEnabled{}
-	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[9]
+	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1045,7 +1122,7 @@ func (x *SetMigrationServerEnabled) String() string {
 func (*SetMigrationServerEnabled) ProtoMessage() {}
 
 func (x *SetMigrationServerEnabled) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[9]
+	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1058,7 +1135,7 @@ func (x *SetMigrationServerEnabled) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetMigrationServerEnabled.ProtoReflect.Descriptor instead.
 func (*SetMigrationServerEnabled) Descriptor() ([]byte, []int) {
-	return file_ferry_ledger_v1_ledger_proto_rawDescGZIP(), []int{9}
+	return file_ferry_ledger_v1_ledger_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *SetMigrationServerEnabled) GetName() string {
@@ -1088,7 +1165,7 @@ type SetMigrationServerBandwidth struct {
 
 func (x *SetMigrationServerBandwidth) Reset() {
 	*x = SetMigrationServerBandwidth{}
-	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[10]
+	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1100,7 +1177,7 @@ func (x *SetMigrationServerBandwidth) String() string {
 func (*SetMigrationServerBandwidth) ProtoMessage() {}
 
 func (x *SetMigrationServerBandwidth) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[10]
+	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1113,7 +1190,7 @@ func (x *SetMigrationServerBandwidth) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetMigrationServerBandwidth.ProtoReflect.Descriptor instead.
 func (*SetMigrationServerBandwidth) Descriptor() ([]byte, []int) {
-	return file_ferry_ledger_v1_ledger_proto_rawDescGZIP(), []int{10}
+	return file_ferry_ledger_v1_ledger_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *SetMigrationServerBandwidth) GetName() string {
@@ -1163,7 +1240,7 @@ type SealedCredential struct {
 
 func (x *SealedCredential) Reset() {
 	*x = SealedCredential{}
-	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[11]
+	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1175,7 +1252,7 @@ func (x *SealedCredential) String() string {
 func (*SealedCredential) ProtoMessage() {}
 
 func (x *SealedCredential) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[11]
+	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1188,7 +1265,7 @@ func (x *SealedCredential) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SealedCredential.ProtoReflect.Descriptor instead.
 func (*SealedCredential) Descriptor() ([]byte, []int) {
-	return file_ferry_ledger_v1_ledger_proto_rawDescGZIP(), []int{11}
+	return file_ferry_ledger_v1_ledger_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *SealedCredential) GetCredential() *v1.Credential {
@@ -1215,7 +1292,7 @@ type PutCredential struct {
 
 func (x *PutCredential) Reset() {
 	*x = PutCredential{}
-	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[12]
+	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1227,7 +1304,7 @@ func (x *PutCredential) String() string {
 func (*PutCredential) ProtoMessage() {}
 
 func (x *PutCredential) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[12]
+	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1240,7 +1317,7 @@ func (x *PutCredential) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PutCredential.ProtoReflect.Descriptor instead.
 func (*PutCredential) Descriptor() ([]byte, []int) {
-	return file_ferry_ledger_v1_ledger_proto_rawDescGZIP(), []int{12}
+	return file_ferry_ledger_v1_ledger_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *PutCredential) GetCredential() *SealedCredential {
@@ -1267,7 +1344,7 @@ type PutSource struct {
 
 func (x *PutSource) Reset() {
 	*x = PutSource{}
-	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[13]
+	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1279,7 +1356,7 @@ func (x *PutSource) String() string {
 func (*PutSource) ProtoMessage() {}
 
 func (x *PutSource) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[13]
+	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1292,7 +1369,7 @@ func (x *PutSource) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PutSource.ProtoReflect.Descriptor instead.
 func (*PutSource) Descriptor() ([]byte, []int) {
-	return file_ferry_ledger_v1_ledger_proto_rawDescGZIP(), []int{13}
+	return file_ferry_ledger_v1_ledger_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *PutSource) GetSource() *v1.Source {
@@ -1319,7 +1396,7 @@ type RecordSourceHostKey struct {
 
 func (x *RecordSourceHostKey) Reset() {
 	*x = RecordSourceHostKey{}
-	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[14]
+	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1331,7 +1408,7 @@ func (x *RecordSourceHostKey) String() string {
 func (*RecordSourceHostKey) ProtoMessage() {}
 
 func (x *RecordSourceHostKey) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[14]
+	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1344,7 +1421,7 @@ func (x *RecordSourceHostKey) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RecordSourceHostKey.ProtoReflect.Descriptor instead.
 func (*RecordSourceHostKey) Descriptor() ([]byte, []int) {
-	return file_ferry_ledger_v1_ledger_proto_rawDescGZIP(), []int{14}
+	return file_ferry_ledger_v1_ledger_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *RecordSourceHostKey) GetName() string {
@@ -1376,7 +1453,7 @@ type RecordSourceSync struct {
 
 func (x *RecordSourceSync) Reset() {
 	*x = RecordSourceSync{}
-	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[15]
+	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1388,7 +1465,7 @@ func (x *RecordSourceSync) String() string {
 func (*RecordSourceSync) ProtoMessage() {}
 
 func (x *RecordSourceSync) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[15]
+	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1401,7 +1478,7 @@ func (x *RecordSourceSync) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RecordSourceSync.ProtoReflect.Descriptor instead.
 func (*RecordSourceSync) Descriptor() ([]byte, []int) {
-	return file_ferry_ledger_v1_ledger_proto_rawDescGZIP(), []int{15}
+	return file_ferry_ledger_v1_ledger_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *RecordSourceSync) GetSource() string {
@@ -1437,7 +1514,7 @@ type CreateMigrationJobs struct {
 
 func (x *CreateMigrationJobs) Reset() {
 	*x = CreateMigrationJobs{}
-	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[16]
+	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1449,7 +1526,7 @@ func (x *CreateMigrationJobs) String() string {
 func (*CreateMigrationJobs) ProtoMessage() {}
 
 func (x *CreateMigrationJobs) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[16]
+	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1462,7 +1539,7 @@ func (x *CreateMigrationJobs) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateMigrationJobs.ProtoReflect.Descriptor instead.
 func (*CreateMigrationJobs) Descriptor() ([]byte, []int) {
-	return file_ferry_ledger_v1_ledger_proto_rawDescGZIP(), []int{16}
+	return file_ferry_ledger_v1_ledger_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *CreateMigrationJobs) GetJobs() []*v1.MigrationJob {
@@ -1490,7 +1567,7 @@ type StartMigrationJob struct {
 
 func (x *StartMigrationJob) Reset() {
 	*x = StartMigrationJob{}
-	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[17]
+	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1502,7 +1579,7 @@ func (x *StartMigrationJob) String() string {
 func (*StartMigrationJob) ProtoMessage() {}
 
 func (x *StartMigrationJob) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[17]
+	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1515,7 +1592,7 @@ func (x *StartMigrationJob) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StartMigrationJob.ProtoReflect.Descriptor instead.
 func (*StartMigrationJob) Descriptor() ([]byte, []int) {
-	return file_ferry_ledger_v1_ledger_proto_rawDescGZIP(), []int{17}
+	return file_ferry_ledger_v1_ledger_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *StartMigrationJob) GetName() string {
@@ -1551,7 +1628,7 @@ type CheckpointMigrationJob struct {
 
 func (x *CheckpointMigrationJob) Reset() {
 	*x = CheckpointMigrationJob{}
-	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[18]
+	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1563,7 +1640,7 @@ func (x *CheckpointMigrationJob) String() string {
 func (*CheckpointMigrationJob) ProtoMessage() {}
 
 func (x *CheckpointMigrationJob) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[18]
+	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1576,7 +1653,7 @@ func (x *CheckpointMigrationJob) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CheckpointMigrationJob.ProtoReflect.Descriptor instead.
 func (*CheckpointMigrationJob) Descriptor() ([]byte, []int) {
-	return file_ferry_ledger_v1_ledger_proto_rawDescGZIP(), []int{18}
+	return file_ferry_ledger_v1_ledger_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *CheckpointMigrationJob) GetName() string {
@@ -1621,7 +1698,7 @@ type FinishMigrationJob struct {
 
 func (x *FinishMigrationJob) Reset() {
 	*x = FinishMigrationJob{}
-	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[19]
+	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1633,7 +1710,7 @@ func (x *FinishMigrationJob) String() string {
 func (*FinishMigrationJob) ProtoMessage() {}
 
 func (x *FinishMigrationJob) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[19]
+	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1646,7 +1723,7 @@ func (x *FinishMigrationJob) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FinishMigrationJob.ProtoReflect.Descriptor instead.
 func (*FinishMigrationJob) Descriptor() ([]byte, []int) {
-	return file_ferry_ledger_v1_ledger_proto_rawDescGZIP(), []int{19}
+	return file_ferry_ledger_v1_ledger_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *FinishMigrationJob) GetName() string {
@@ -1701,7 +1778,7 @@ type CancelMigrationJob struct {
 
 func (x *CancelMigrationJob) Reset() {
 	*x = CancelMigrationJob{}
-	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[20]
+	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1713,7 +1790,7 @@ func (x *CancelMigrationJob) String() string {
 func (*CancelMigrationJob) ProtoMessage() {}
 
 func (x *CancelMigrationJob) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[20]
+	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1726,7 +1803,7 @@ func (x *CancelMigrationJob) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CancelMigrationJob.ProtoReflect.Descriptor instead.
 func (*CancelMigrationJob) Descriptor() ([]byte, []int) {
-	return file_ferry_ledger_v1_ledger_proto_rawDescGZIP(), []int{20}
+	return file_ferry_ledger_v1_ledger_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *CancelMigrationJob) GetName() string {
@@ -1752,7 +1829,7 @@ type RestartMigrationJob struct {
 
 func (x *RestartMigrationJob) Reset() {
 	*x = RestartMigrationJob{}
-	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[21]
+	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1764,7 +1841,7 @@ func (x *RestartMigrationJob) String() string {
 func (*RestartMigrationJob) ProtoMessage() {}
 
 func (x *RestartMigrationJob) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[21]
+	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1777,7 +1854,7 @@ func (x *RestartMigrationJob) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RestartMigrationJob.ProtoReflect.Descriptor instead.
 func (*RestartMigrationJob) Descriptor() ([]byte, []int) {
-	return file_ferry_ledger_v1_ledger_proto_rawDescGZIP(), []int{21}
+	return file_ferry_ledger_v1_ledger_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *RestartMigrationJob) GetName() string {
@@ -1797,7 +1874,7 @@ type SetJobWaitingReason struct {
 
 func (x *SetJobWaitingReason) Reset() {
 	*x = SetJobWaitingReason{}
-	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[22]
+	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1809,7 +1886,7 @@ func (x *SetJobWaitingReason) String() string {
 func (*SetJobWaitingReason) ProtoMessage() {}
 
 func (x *SetJobWaitingReason) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[22]
+	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1822,7 +1899,7 @@ func (x *SetJobWaitingReason) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetJobWaitingReason.ProtoReflect.Descriptor instead.
 func (*SetJobWaitingReason) Descriptor() ([]byte, []int) {
-	return file_ferry_ledger_v1_ledger_proto_rawDescGZIP(), []int{22}
+	return file_ferry_ledger_v1_ledger_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *SetJobWaitingReason) GetName() string {
@@ -1852,7 +1929,7 @@ type PutNetworkMappingGroup struct {
 
 func (x *PutNetworkMappingGroup) Reset() {
 	*x = PutNetworkMappingGroup{}
-	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[23]
+	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1864,7 +1941,7 @@ func (x *PutNetworkMappingGroup) String() string {
 func (*PutNetworkMappingGroup) ProtoMessage() {}
 
 func (x *PutNetworkMappingGroup) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[23]
+	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1877,7 +1954,7 @@ func (x *PutNetworkMappingGroup) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PutNetworkMappingGroup.ProtoReflect.Descriptor instead.
 func (*PutNetworkMappingGroup) Descriptor() ([]byte, []int) {
-	return file_ferry_ledger_v1_ledger_proto_rawDescGZIP(), []int{23}
+	return file_ferry_ledger_v1_ledger_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *PutNetworkMappingGroup) GetNetworkMappingGroup() *v1.NetworkMappingGroup {
@@ -1910,7 +1987,7 @@ type PutSettings struct {
 
 func (x *PutSettings) Reset() {
 	*x = PutSettings{}
-	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[24]
+	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1922,7 +1999,7 @@ func (x *PutSettings) String() string {
 func (*PutSettings) ProtoMessage() {}
 
 func (x *PutSettings) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[24]
+	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1935,7 +2012,7 @@ func (x *PutSettings) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PutSettings.ProtoReflect.Descriptor instead.
 func (*PutSettings) Descriptor() ([]byte, []int) {
-	return file_ferry_ledger_v1_ledger_proto_rawDescGZIP(), []int{24}
+	return file_ferry_ledger_v1_ledger_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *PutSettings) GetSettings() *v1.Settings {
@@ -1957,7 +2034,7 @@ type Node struct {
 
 func (x *Node) Reset() {
 	*x = Node{}
-	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[25]
+	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1969,7 +2046,7 @@ func (x *Node) String() string {
 func (*Node) ProtoMessage() {}
 
 func (x *Node) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[25]
+	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1982,7 +2059,7 @@ func (x *Node) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Node.ProtoReflect.Descriptor instead.
 func (*Node) Descriptor() ([]byte, []int) {
-	return file_ferry_ledger_v1_ledger_proto_rawDescGZIP(), []int{25}
+	return file_ferry_ledger_v1_ledger_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *Node) GetId() string {
@@ -2015,7 +2092,7 @@ type PutNode struct {
 
 func (x *PutNode) Reset() {
 	*x = PutNode{}
-	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[26]
+	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2027,7 +2104,7 @@ func (x *PutNode) String() string {
 func (*PutNode) ProtoMessage() {}
 
 func (x *PutNode) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[26]
+	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2040,7 +2117,7 @@ func (x *PutNode) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PutNode.ProtoReflect.Descriptor instead.
 func (*PutNode) Descriptor() ([]byte, []int) {
-	return file_ferry_ledger_v1_ledger_proto_rawDescGZIP(), []int{26}
+	return file_ferry_ledger_v1_ledger_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *PutNode) GetNode() *Node {
@@ -2063,7 +2140,7 @@ type RequestRecord struct {
 
 func (x *RequestRecord) Reset() {
 	*x = RequestRecord{}
-	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[27]
+	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2075,7 +2152,7 @@ func (x *RequestRecord) String() string {
 func (*RequestRecord) ProtoMessage() {}
 
 func (x *RequestRecord) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[27]
+	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2088,7 +2165,7 @@ func (x *RequestRecord) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RequestRecord.ProtoReflect.Descriptor instead.
 func (*RequestRecord) Descriptor() ([]byte, []int) {
-	return file_ferry_ledger_v1_ledger_proto_rawDescGZIP(), []int{27}
+	return file_ferry_ledger_v1_ledger_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *RequestRecord) GetRequestId() string {
@@ -2135,7 +2212,7 @@ type Snapshot struct {
 
 func (x *Snapshot) Reset() {
 	*x = Snapshot{}
-	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[28]
+	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2147,7 +2224,7 @@ func (x *Snapshot) String() string {
 func (*Snapshot) ProtoMessage() {}
 
 func (x *Snapshot) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[28]
+	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2160,7 +2237,7 @@ func (x *Snapshot) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Snapshot.ProtoReflect.Descriptor instead.
 func (*Snapshot) Descriptor() ([]byte, []int) {
-	return file_ferry_ledger_v1_ledger_proto_rawDescGZIP(), []int{28}
+	return file_ferry_ledger_v1_ledger_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *Snapshot) GetClusters() []*v1.Cluster {
@@ -2272,7 +2349,7 @@ type RevokeCertificate struct {
 
 func (x *RevokeCertificate) Reset() {
 	*x = RevokeCertificate{}
-	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[29]
+	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2284,7 +2361,7 @@ func (x *RevokeCertificate) String() string {
 func (*RevokeCertificate) ProtoMessage() {}
 
 func (x *RevokeCertificate) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[29]
+	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2297,7 +2374,7 @@ func (x *RevokeCertificate) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevokeCertificate.ProtoReflect.Descriptor instead.
 func (*RevokeCertificate) Descriptor() ([]byte, []int) {
-	return file_ferry_ledger_v1_ledger_proto_rawDescGZIP(), []int{29}
+	return file_ferry_ledger_v1_ledger_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *RevokeCertificate) GetCertificate() *v1.RevokedCertificate {
@@ -2320,7 +2397,7 @@ type ReleaseAddress struct {
 
 func (x *ReleaseAddress) Reset() {
 	*x = ReleaseAddress{}
-	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[30]
+	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2332,7 +2409,7 @@ func (x *ReleaseAddress) String() string {
 func (*ReleaseAddress) ProtoMessage() {}
 
 func (x *ReleaseAddress) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[30]
+	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2345,7 +2422,7 @@ func (x *ReleaseAddress) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReleaseAddress.ProtoReflect.Descriptor instead.
 func (*ReleaseAddress) Descriptor() ([]byte, []int) {
-	return file_ferry_ledger_v1_ledger_proto_rawDescGZIP(), []int{30}
+	return file_ferry_ledger_v1_ledger_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *ReleaseAddress) GetNetwork() string {
@@ -2366,7 +2443,7 @@ var File_ferry_ledger_v1_ledger_proto protoreflect.FileDescriptor
 
 const file_ferry_ledger_v1_ledger_proto_rawDesc = "" +
 	"\n" +
-	"\x1cferry/ledger/v1/ledger.proto\x12\x0fferry.ledger.v1\x1a\x1aferry/v1/certificate.proto\x1a\x1fferry/v1/target_inventory.proto\x1a\x1cferry/v1/migration_job.proto\x1a\x1fferry/v1/migration_server.proto\x1a\x1eferry/v1/network_mapping.proto\x1a\x17ferry/v1/settings.proto\x1a\x15ferry/v1/source.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xae\x16\n" +
+	"\x1cferry/ledger/v1/ledger.proto\x12\x0fferry.ledger.v1\x1a\x1aferry/v1/certificate.proto\x1a\x1fferry/v1/target_inventory.proto\x1a\x1cferry/v1/migration_job.proto\x1a\x1fferry/v1/migration_server.proto\x1a\x1eferry/v1/network_mapping.proto\x1a\x17ferry/v1/settings.proto\x1a\x15ferry/v1/source.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x87\x17\n" +
 	"\aCommand\x12.\n" +
 	"\x04time\x18\x01 \x01(\v2\x1a.google.protobuf.TimestampR\x04time\x12>\n" +
 	"\vput_cluster\x18\n" +
@@ -2406,7 +2483,8 @@ const file_ferry_ledger_v1_ledger_proto_rawDesc = "" +
 	"\x19put_network_mapping_group\x18( \x01(\v2'.ferry.ledger.v1.PutNetworkMappingGroupH\x00R\x16putNetworkMappingGroup\x12b\n" +
 	"\x1cdelete_network_mapping_group\x18) \x01(\v2\x1f.ferry.ledger.v1.DeleteResourceH\x00R\x19deleteNetworkMappingGroup\x12J\n" +
 	"\x0frelease_address\x18* \x01(\v2\x1f.ferry.ledger.v1.ReleaseAddressH\x00R\x0ereleaseAddress\x12S\n" +
-	"\x12revoke_certificate\x18+ \x01(\v2\".ferry.ledger.v1.RevokeCertificateH\x00R\x11revokeCertificateB\x04\n" +
+	"\x12revoke_certificate\x18+ \x01(\v2\".ferry.ledger.v1.RevokeCertificateH\x00R\x11revokeCertificate\x12W\n" +
+	"\x14set_host_maintenance\x18, \x01(\v2#.ferry.ledger.v1.SetHostMaintenanceH\x00R\x12setHostMaintenanceB\x04\n" +
 	"\x02op\"=\n" +
 	"\x05Batch\x124\n" +
 	"\bcommands\x18\x01 \x03(\v2\x18.ferry.ledger.v1.CommandR\bcommands\"$\n" +
@@ -2421,7 +2499,12 @@ const file_ferry_ledger_v1_ledger_proto_rawDesc = "" +
 	"\x04host\x18\x01 \x01(\v2\x0e.ferry.v1.HostR\x04host\"D\n" +
 	"\x10SetHostConnected\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x1c\n" +
-	"\tconnected\x18\x02 \x01(\bR\tconnected\"u\n" +
+	"\tconnected\x18\x02 \x01(\bR\tconnected\"i\n" +
+	"\x12SetHostMaintenance\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12 \n" +
+	"\vmaintenance\x18\x02 \x01(\bR\vmaintenance\x12\x1d\n" +
+	"\n" +
+	"request_id\x18\x03 \x01(\tR\trequestId\"u\n" +
 	"\x11PutPrimaryStorage\x12A\n" +
 	"\x0fprimary_storage\x18\x01 \x01(\v2\x18.ferry.v1.PrimaryStorageR\x0eprimaryStorage\x12\x1d\n" +
 	"\n" +
@@ -2553,7 +2636,7 @@ func file_ferry_ledger_v1_ledger_proto_rawDescGZIP() []byte {
 	return file_ferry_ledger_v1_ledger_proto_rawDescData
 }
 
-var file_ferry_ledger_v1_ledger_proto_msgTypes = make([]protoimpl.MessageInfo, 31)
+var file_ferry_ledger_v1_ledger_proto_msgTypes = make([]protoimpl.MessageInfo, 32)
 var file_ferry_ledger_v1_ledger_proto_goTypes = []any{
 	(*Command)(nil),                     // 0: ferry.ledger.v1.Command
 	(*Batch)(nil),                       // 1: ferry.ledger.v1.Batch
@@ -2561,123 +2644,125 @@ var file_ferry_ledger_v1_ledger_proto_goTypes = []any{
 	(*PutCluster)(nil),                  // 3: ferry.ledger.v1.PutCluster
 	(*PutHost)(nil),                     // 4: ferry.ledger.v1.PutHost
 	(*SetHostConnected)(nil),            // 5: ferry.ledger.v1.SetHostConnected
-	(*PutPrimaryStorage)(nil),           // 6: ferry.ledger.v1.PutPrimaryStorage
-	(*PutL3Network)(nil),                // 7: ferry.ledger.v1.PutL3Network
-	(*PutMigrationServer)(nil),          // 8: ferry.ledger.v1.PutMigrationServer
-	(*SetMigrationServerEnabled)(nil),   // 9: ferry.ledger.v1.SetMigrationServerEnabled
-	(*SetMigrationServerBandwidth)(nil), // 10: ferry.ledger.v1.SetMigrationServerBandwidth
-	(*SealedCredential)(nil),            // 11: ferry.ledger.v1.SealedCredential
-	(*PutCredential)(nil),               // 12: ferry.ledger.v1.PutCredential
-	(*PutSource)(nil),                   // 13: ferry.ledger.v1.PutSource
-	(*RecordSourceHostKey)(nil),         // 14: ferry.ledger.v1.RecordSourceHostKey
-	(*RecordSourceSync)(nil),            // 15: ferry.ledger.v1.RecordSourceSync
-	(*CreateMigrationJobs)(nil),         // 16: ferry.ledger.v1.CreateMigrationJobs
-	(*StartMigrationJob)(nil),           // 17: ferry.ledger.v1.StartMigrationJob
-	(*CheckpointMigrationJob)(nil),      // 18: ferry.ledger.v1.CheckpointMigrationJob
-	(*FinishMigrationJob)(nil),          // 19: ferry.ledger.v1.FinishMigrationJob
-	(*CancelMigrationJob)(nil),          // 20: ferry.ledger.v1.CancelMigrationJob
-	(*RestartMigrationJob)(nil),         // 21: ferry.ledger.v1.RestartMigrationJob
-	(*SetJobWaitingReason)(nil),         // 22: ferry.ledger.v1.SetJobWaitingReason
-	(*PutNetworkMappingGroup)(nil),      // 23: ferry.ledger.v1.PutNetworkMappingGroup
-	(*PutSettings)(nil),                 // 24: ferry.ledger.v1.PutSettings
-	(*Node)(nil),                        // 25: ferry.ledger.v1.Node
-	(*PutNode)(nil),                     // 26: ferry.ledger.v1.PutNode
-	(*RequestRecord)(nil),               // 27: ferry.ledger.v1.RequestRecord
-	(*Snapshot)(nil),                    // 28: ferry.ledger.v1.Snapshot
-	(*RevokeCertificate)(nil),           // 29: ferry.ledger.v1.RevokeCertificate
-	(*ReleaseAddress)(nil),              // 30: ferry.ledger.v1.ReleaseAddress
-	(*timestamppb.Timestamp)(nil),       // 31: google.protobuf.Timestamp
-	(*v1.Cluster)(nil),                  // 32: ferry.v1.Cluster
-	(*v1.Host)(nil),                     // 33: ferry.v1.Host
-	(*v1.PrimaryStorage)(nil),           // 34: ferry.v1.PrimaryStorage
-	(*v1.L3Network)(nil),                // 35: ferry.v1.L3Network
-	(*v1.MigrationServer)(nil),          // 36: ferry.v1.MigrationServer
-	(*v1.Credential)(nil),               // 37: ferry.v1.Credential
-	(*v1.Source)(nil),                   // 38: ferry.v1.Source
-	(*v1.SourceInventory)(nil),          // 39: ferry.v1.SourceInventory
-	(*v1.MigrationJob)(nil),             // 40: ferry.v1.MigrationJob
-	(v1.MigrationJobPhase)(0),           // 41: ferry.v1.MigrationJobPhase
-	(*v1.DiskProgress)(nil),             // 42: ferry.v1.DiskProgress
-	(v1.MigrationJobState)(0),           // 43: ferry.v1.MigrationJobState
-	(*v1.NetworkMappingGroup)(nil),      // 44: ferry.v1.NetworkMappingGroup
-	(*v1.Settings)(nil),                 // 45: ferry.v1.Settings
-	(*v1.RevokedCertificate)(nil),       // 46: ferry.v1.RevokedCertificate
+	(*SetHostMaintenance)(nil),          // 6: ferry.ledger.v1.SetHostMaintenance
+	(*PutPrimaryStorage)(nil),           // 7: ferry.ledger.v1.PutPrimaryStorage
+	(*PutL3Network)(nil),                // 8: ferry.ledger.v1.PutL3Network
+	(*PutMigrationServer)(nil),          // 9: ferry.ledger.v1.PutMigrationServer
+	(*SetMigrationServerEnabled)(nil),   // 10: ferry.ledger.v1.SetMigrationServerEnabled
+	(*SetMigrationServerBandwidth)(nil), // 11: ferry.ledger.v1.SetMigrationServerBandwidth
+	(*SealedCredential)(nil),            // 12: ferry.ledger.v1.SealedCredential
+	(*PutCredential)(nil),               // 13: ferry.ledger.v1.PutCredential
+	(*PutSource)(nil),                   // 14: ferry.ledger.v1.PutSource
+	(*RecordSourceHostKey)(nil),         // 15: ferry.ledger.v1.RecordSourceHostKey
+	(*RecordSourceSync)(nil),            // 16: ferry.ledger.v1.RecordSourceSync
+	(*CreateMigrationJobs)(nil),         // 17: ferry.ledger.v1.CreateMigrationJobs
+	(*StartMigrationJob)(nil),           // 18: ferry.ledger.v1.StartMigrationJob
+	(*CheckpointMigrationJob)(nil),      // 19: ferry.ledger.v1.CheckpointMigrationJob
+	(*FinishMigrationJob)(nil),          // 20: ferry.ledger.v1.FinishMigrationJob
+	(*CancelMigrationJob)(nil),          // 21: ferry.ledger.v1.CancelMigrationJob
+	(*RestartMigrationJob)(nil),         // 22: ferry.ledger.v1.RestartMigrationJob
+	(*SetJobWaitingReason)(nil),         // 23: ferry.ledger.v1.SetJobWaitingReason
+	(*PutNetworkMappingGroup)(nil),      // 24: ferry.ledger.v1.PutNetworkMappingGroup
+	(*PutSettings)(nil),                 // 25: ferry.ledger.v1.PutSettings
+	(*Node)(nil),                        // 26: ferry.ledger.v1.Node
+	(*PutNode)(nil),                     // 27: ferry.ledger.v1.PutNode
+	(*RequestRecord)(nil),               // 28: ferry.ledger.v1.RequestRecord
+	(*Snapshot)(nil),                    // 29: ferry.ledger.v1.Snapshot
+	(*RevokeCertificate)(nil),           // 30: ferry.ledger.v1.RevokeCertificate
+	(*ReleaseAddress)(nil),              // 31: ferry.ledger.v1.ReleaseAddress
+	(*timestamppb.Timestamp)(nil),       // 32: google.protobuf.Timestamp
+	(*v1.Cluster)(nil),                  // 33: ferry.v1.Cluster
+	(*v1.Host)(nil),                     // 34: ferry.v1.Host
+	(*v1.PrimaryStorage)(nil),           // 35: ferry.v1.PrimaryStorage
+	(*v1.L3Network)(nil),                // 36: ferry.v1.L3Network
+	(*v1.MigrationServer)(nil),          // 37: ferry.v1.MigrationServer
+	(*v1.Credential)(nil),               // 38: ferry.v1.Credential
+	(*v1.Source)(nil),                   // 39: ferry.v1.Source
+	(*v1.SourceInventory)(nil),          // 40: ferry.v1.SourceInventory
+	(*v1.MigrationJob)(nil),             // 41: ferry.v1.MigrationJob
+	(v1.MigrationJobPhase)(0),           // 42: ferry.v1.MigrationJobPhase
+	(*v1.DiskProgress)(nil),             // 43: ferry.v1.DiskProgress
+	(v1.MigrationJobState)(0),           // 44: ferry.v1.MigrationJobState
+	(*v1.NetworkMappingGroup)(nil),      // 45: ferry.v1.NetworkMappingGroup
+	(*v1.Settings)(nil),                 // 46: ferry.v1.Settings
+	(*v1.RevokedCertificate)(nil),       // 47: ferry.v1.RevokedCertificate
 }
 var file_ferry_ledger_v1_ledger_proto_depIdxs = []int32{
-	31, // 0: ferry.ledger.v1.Command.time:type_name -> google.protobuf.Timestamp
+	32, // 0: ferry.ledger.v1.Command.time:type_name -> google.protobuf.Timestamp
 	3,  // 1: ferry.ledger.v1.Command.put_cluster:type_name -> ferry.ledger.v1.PutCluster
 	2,  // 2: ferry.ledger.v1.Command.delete_cluster:type_name -> ferry.ledger.v1.DeleteResource
 	4,  // 3: ferry.ledger.v1.Command.put_host:type_name -> ferry.ledger.v1.PutHost
 	5,  // 4: ferry.ledger.v1.Command.set_host_connected:type_name -> ferry.ledger.v1.SetHostConnected
-	6,  // 5: ferry.ledger.v1.Command.put_primary_storage:type_name -> ferry.ledger.v1.PutPrimaryStorage
+	7,  // 5: ferry.ledger.v1.Command.put_primary_storage:type_name -> ferry.ledger.v1.PutPrimaryStorage
 	2,  // 6: ferry.ledger.v1.Command.delete_primary_storage:type_name -> ferry.ledger.v1.DeleteResource
-	7,  // 7: ferry.ledger.v1.Command.put_l3_network:type_name -> ferry.ledger.v1.PutL3Network
+	8,  // 7: ferry.ledger.v1.Command.put_l3_network:type_name -> ferry.ledger.v1.PutL3Network
 	2,  // 8: ferry.ledger.v1.Command.delete_l3_network:type_name -> ferry.ledger.v1.DeleteResource
-	8,  // 9: ferry.ledger.v1.Command.put_migration_server:type_name -> ferry.ledger.v1.PutMigrationServer
+	9,  // 9: ferry.ledger.v1.Command.put_migration_server:type_name -> ferry.ledger.v1.PutMigrationServer
 	2,  // 10: ferry.ledger.v1.Command.delete_migration_server:type_name -> ferry.ledger.v1.DeleteResource
-	9,  // 11: ferry.ledger.v1.Command.set_migration_server_enabled:type_name -> ferry.ledger.v1.SetMigrationServerEnabled
-	10, // 12: ferry.ledger.v1.Command.set_migration_server_bandwidth:type_name -> ferry.ledger.v1.SetMigrationServerBandwidth
-	12, // 13: ferry.ledger.v1.Command.put_credential:type_name -> ferry.ledger.v1.PutCredential
+	10, // 11: ferry.ledger.v1.Command.set_migration_server_enabled:type_name -> ferry.ledger.v1.SetMigrationServerEnabled
+	11, // 12: ferry.ledger.v1.Command.set_migration_server_bandwidth:type_name -> ferry.ledger.v1.SetMigrationServerBandwidth
+	13, // 13: ferry.ledger.v1.Command.put_credential:type_name -> ferry.ledger.v1.PutCredential
 	2,  // 14: ferry.ledger.v1.Command.delete_credential:type_name -> ferry.ledger.v1.DeleteResource
-	13, // 15: ferry.ledger.v1.Command.put_source:type_name -> ferry.ledger.v1.PutSource
+	14, // 15: ferry.ledger.v1.Command.put_source:type_name -> ferry.ledger.v1.PutSource
 	2,  // 16: ferry.ledger.v1.Command.delete_source:type_name -> ferry.ledger.v1.DeleteResource
-	14, // 17: ferry.ledger.v1.Command.record_source_host_key:type_name -> ferry.ledger.v1.RecordSourceHostKey
-	16, // 18: ferry.ledger.v1.Command.create_migration_jobs:type_name -> ferry.ledger.v1.CreateMigrationJobs
-	17, // 19: ferry.ledger.v1.Command.start_migration_job:type_name -> ferry.ledger.v1.StartMigrationJob
-	18, // 20: ferry.ledger.v1.Command.checkpoint_migration_job:type_name -> ferry.ledger.v1.CheckpointMigrationJob
-	19, // 21: ferry.ledger.v1.Command.finish_migration_job:type_name -> ferry.ledger.v1.FinishMigrationJob
-	20, // 22: ferry.ledger.v1.Command.cancel_migration_job:type_name -> ferry.ledger.v1.CancelMigrationJob
-	21, // 23: ferry.ledger.v1.Command.restart_migration_job:type_name -> ferry.ledger.v1.RestartMigrationJob
+	15, // 17: ferry.ledger.v1.Command.record_source_host_key:type_name -> ferry.ledger.v1.RecordSourceHostKey
+	17, // 18: ferry.ledger.v1.Command.create_migration_jobs:type_name -> ferry.ledger.v1.CreateMigrationJobs
+	18, // 19: ferry.ledger.v1.Command.start_migration_job:type_name -> ferry.ledger.v1.StartMigrationJob
+	19, // 20: ferry.ledger.v1.Command.checkpoint_migration_job:type_name -> ferry.ledger.v1.CheckpointMigrationJob
+	20, // 21: ferry.ledger.v1.Command.finish_migration_job:type_name -> ferry.ledger.v1.FinishMigrationJob
+	21, // 22: ferry.ledger.v1.Command.cancel_migration_job:type_name -> ferry.ledger.v1.CancelMigrationJob
+	22, // 23: ferry.ledger.v1.Command.restart_migration_job:type_name -> ferry.ledger.v1.RestartMigrationJob
 	2,  // 24: ferry.ledger.v1.Command.delete_migration_job:type_name -> ferry.ledger.v1.DeleteResource
-	22, // 25: ferry.ledger.v1.Command.set_job_waiting_reason:type_name -> ferry.ledger.v1.SetJobWaitingReason
-	24, // 26: ferry.ledger.v1.Command.put_settings:type_name -> ferry.ledger.v1.PutSettings
-	26, // 27: ferry.ledger.v1.Command.put_node:type_name -> ferry.ledger.v1.PutNode
+	23, // 25: ferry.ledger.v1.Command.set_job_waiting_reason:type_name -> ferry.ledger.v1.SetJobWaitingReason
+	25, // 26: ferry.ledger.v1.Command.put_settings:type_name -> ferry.ledger.v1.PutSettings
+	27, // 27: ferry.ledger.v1.Command.put_node:type_name -> ferry.ledger.v1.PutNode
 	2,  // 28: ferry.ledger.v1.Command.delete_node:type_name -> ferry.ledger.v1.DeleteResource
 	1,  // 29: ferry.ledger.v1.Command.batch:type_name -> ferry.ledger.v1.Batch
-	15, // 30: ferry.ledger.v1.Command.record_source_sync:type_name -> ferry.ledger.v1.RecordSourceSync
-	23, // 31: ferry.ledger.v1.Command.put_network_mapping_group:type_name -> ferry.ledger.v1.PutNetworkMappingGroup
+	16, // 30: ferry.ledger.v1.Command.record_source_sync:type_name -> ferry.ledger.v1.RecordSourceSync
+	24, // 31: ferry.ledger.v1.Command.put_network_mapping_group:type_name -> ferry.ledger.v1.PutNetworkMappingGroup
 	2,  // 32: ferry.ledger.v1.Command.delete_network_mapping_group:type_name -> ferry.ledger.v1.DeleteResource
-	30, // 33: ferry.ledger.v1.Command.release_address:type_name -> ferry.ledger.v1.ReleaseAddress
-	29, // 34: ferry.ledger.v1.Command.revoke_certificate:type_name -> ferry.ledger.v1.RevokeCertificate
-	0,  // 35: ferry.ledger.v1.Batch.commands:type_name -> ferry.ledger.v1.Command
-	32, // 36: ferry.ledger.v1.PutCluster.cluster:type_name -> ferry.v1.Cluster
-	33, // 37: ferry.ledger.v1.PutHost.host:type_name -> ferry.v1.Host
-	34, // 38: ferry.ledger.v1.PutPrimaryStorage.primary_storage:type_name -> ferry.v1.PrimaryStorage
-	35, // 39: ferry.ledger.v1.PutL3Network.l3_network:type_name -> ferry.v1.L3Network
-	36, // 40: ferry.ledger.v1.PutMigrationServer.migration_server:type_name -> ferry.v1.MigrationServer
-	37, // 41: ferry.ledger.v1.SealedCredential.credential:type_name -> ferry.v1.Credential
-	11, // 42: ferry.ledger.v1.PutCredential.credential:type_name -> ferry.ledger.v1.SealedCredential
-	38, // 43: ferry.ledger.v1.PutSource.source:type_name -> ferry.v1.Source
-	39, // 44: ferry.ledger.v1.RecordSourceSync.inventory:type_name -> ferry.v1.SourceInventory
-	40, // 45: ferry.ledger.v1.CreateMigrationJobs.jobs:type_name -> ferry.v1.MigrationJob
-	41, // 46: ferry.ledger.v1.CheckpointMigrationJob.phase:type_name -> ferry.v1.MigrationJobPhase
-	42, // 47: ferry.ledger.v1.CheckpointMigrationJob.disks:type_name -> ferry.v1.DiskProgress
-	43, // 48: ferry.ledger.v1.FinishMigrationJob.state:type_name -> ferry.v1.MigrationJobState
-	42, // 49: ferry.ledger.v1.FinishMigrationJob.disks:type_name -> ferry.v1.DiskProgress
-	44, // 50: ferry.ledger.v1.PutNetworkMappingGroup.network_mapping_group:type_name -> ferry.v1.NetworkMappingGroup
-	45, // 51: ferry.ledger.v1.PutSettings.settings:type_name -> ferry.v1.Settings
-	25, // 52: ferry.ledger.v1.PutNode.node:type_name -> ferry.ledger.v1.Node
-	31, // 53: ferry.ledger.v1.RequestRecord.time:type_name -> google.protobuf.Timestamp
-	32, // 54: ferry.ledger.v1.Snapshot.clusters:type_name -> ferry.v1.Cluster
-	33, // 55: ferry.ledger.v1.Snapshot.hosts:type_name -> ferry.v1.Host
-	34, // 56: ferry.ledger.v1.Snapshot.primary_storages:type_name -> ferry.v1.PrimaryStorage
-	35, // 57: ferry.ledger.v1.Snapshot.l3_networks:type_name -> ferry.v1.L3Network
-	36, // 58: ferry.ledger.v1.Snapshot.migration_servers:type_name -> ferry.v1.MigrationServer
-	11, // 59: ferry.ledger.v1.Snapshot.credentials:type_name -> ferry.ledger.v1.SealedCredential
-	38, // 60: ferry.ledger.v1.Snapshot.sources:type_name -> ferry.v1.Source
-	40, // 61: ferry.ledger.v1.Snapshot.jobs:type_name -> ferry.v1.MigrationJob
-	45, // 62: ferry.ledger.v1.Snapshot.settings:type_name -> ferry.v1.Settings
-	25, // 63: ferry.ledger.v1.Snapshot.nodes:type_name -> ferry.ledger.v1.Node
-	27, // 64: ferry.ledger.v1.Snapshot.requests:type_name -> ferry.ledger.v1.RequestRecord
-	39, // 65: ferry.ledger.v1.Snapshot.source_inventories:type_name -> ferry.v1.SourceInventory
-	44, // 66: ferry.ledger.v1.Snapshot.network_mapping_groups:type_name -> ferry.v1.NetworkMappingGroup
-	46, // 67: ferry.ledger.v1.Snapshot.revoked_certificates:type_name -> ferry.v1.RevokedCertificate
-	46, // 68: ferry.ledger.v1.RevokeCertificate.certificate:type_name -> ferry.v1.RevokedCertificate
-	69, // [69:69] is the sub-list for method output_type
-	69, // [69:69] is the sub-list for method input_type
-	69, // [69:69] is the sub-list for extension type_name
-	69, // [69:69] is the sub-list for extension extendee
-	0,  // [0:69] is the sub-list for field type_name
+	31, // 33: ferry.ledger.v1.Command.release_address:type_name -> ferry.ledger.v1.ReleaseAddress
+	30, // 34: ferry.ledger.v1.Command.revoke_certificate:type_name -> ferry.ledger.v1.RevokeCertificate
+	6,  // 35: ferry.ledger.v1.Command.set_host_maintenance:type_name -> ferry.ledger.v1.SetHostMaintenance
+	0,  // 36: ferry.ledger.v1.Batch.commands:type_name -> ferry.ledger.v1.Command
+	33, // 37: ferry.ledger.v1.PutCluster.cluster:type_name -> ferry.v1.Cluster
+	34, // 38: ferry.ledger.v1.PutHost.host:type_name -> ferry.v1.Host
+	35, // 39: ferry.ledger.v1.PutPrimaryStorage.primary_storage:type_name -> ferry.v1.PrimaryStorage
+	36, // 40: ferry.ledger.v1.PutL3Network.l3_network:type_name -> ferry.v1.L3Network
+	37, // 41: ferry.ledger.v1.PutMigrationServer.migration_server:type_name -> ferry.v1.MigrationServer
+	38, // 42: ferry.ledger.v1.SealedCredential.credential:type_name -> ferry.v1.Credential
+	12, // 43: ferry.ledger.v1.PutCredential.credential:type_name -> ferry.ledger.v1.SealedCredential
+	39, // 44: ferry.ledger.v1.PutSource.source:type_name -> ferry.v1.Source
+	40, // 45: ferry.ledger.v1.RecordSourceSync.inventory:type_name -> ferry.v1.SourceInventory
+	41, // 46: ferry.ledger.v1.CreateMigrationJobs.jobs:type_name -> ferry.v1.MigrationJob
+	42, // 47: ferry.ledger.v1.CheckpointMigrationJob.phase:type_name -> ferry.v1.MigrationJobPhase
+	43, // 48: ferry.ledger.v1.CheckpointMigrationJob.disks:type_name -> ferry.v1.DiskProgress
+	44, // 49: ferry.ledger.v1.FinishMigrationJob.state:type_name -> ferry.v1.MigrationJobState
+	43, // 50: ferry.ledger.v1.FinishMigrationJob.disks:type_name -> ferry.v1.DiskProgress
+	45, // 51: ferry.ledger.v1.PutNetworkMappingGroup.network_mapping_group:type_name -> ferry.v1.NetworkMappingGroup
+	46, // 52: ferry.ledger.v1.PutSettings.settings:type_name -> ferry.v1.Settings
+	26, // 53: ferry.ledger.v1.PutNode.node:type_name -> ferry.ledger.v1.Node
+	32, // 54: ferry.ledger.v1.RequestRecord.time:type_name -> google.protobuf.Timestamp
+	33, // 55: ferry.ledger.v1.Snapshot.clusters:type_name -> ferry.v1.Cluster
+	34, // 56: ferry.ledger.v1.Snapshot.hosts:type_name -> ferry.v1.Host
+	35, // 57: ferry.ledger.v1.Snapshot.primary_storages:type_name -> ferry.v1.PrimaryStorage
+	36, // 58: ferry.ledger.v1.Snapshot.l3_networks:type_name -> ferry.v1.L3Network
+	37, // 59: ferry.ledger.v1.Snapshot.migration_servers:type_name -> ferry.v1.MigrationServer
+	12, // 60: ferry.ledger.v1.Snapshot.credentials:type_name -> ferry.ledger.v1.SealedCredential
+	39, // 61: ferry.ledger.v1.Snapshot.sources:type_name -> ferry.v1.Source
+	41, // 62: ferry.ledger.v1.Snapshot.jobs:type_name -> ferry.v1.MigrationJob
+	46, // 63: ferry.ledger.v1.Snapshot.settings:type_name -> ferry.v1.Settings
+	26, // 64: ferry.ledger.v1.Snapshot.nodes:type_name -> ferry.ledger.v1.Node
+	28, // 65: ferry.ledger.v1.Snapshot.requests:type_name -> ferry.ledger.v1.RequestRecord
+	40, // 66: ferry.ledger.v1.Snapshot.source_inventories:type_name -> ferry.v1.SourceInventory
+	45, // 67: ferry.ledger.v1.Snapshot.network_mapping_groups:type_name -> ferry.v1.NetworkMappingGroup
+	47, // 68: ferry.ledger.v1.Snapshot.revoked_certificates:type_name -> ferry.v1.RevokedCertificate
+	47, // 69: ferry.ledger.v1.RevokeCertificate.certificate:type_name -> ferry.v1.RevokedCertificate
+	70, // [70:70] is the sub-list for method output_type
+	70, // [70:70] is the sub-list for method input_type
+	70, // [70:70] is the sub-list for extension type_name
+	70, // [70:70] is the sub-list for extension extendee
+	0,  // [0:70] is the sub-list for field type_name
 }
 
 func init() { file_ferry_ledger_v1_ledger_proto_init() }
@@ -2720,15 +2805,16 @@ func file_ferry_ledger_v1_ledger_proto_init() {
 		(*Command_DeleteNetworkMappingGroup)(nil),
 		(*Command_ReleaseAddress)(nil),
 		(*Command_RevokeCertificate)(nil),
+		(*Command_SetHostMaintenance)(nil),
 	}
-	file_ferry_ledger_v1_ledger_proto_msgTypes[10].OneofWrappers = []any{}
+	file_ferry_ledger_v1_ledger_proto_msgTypes[11].OneofWrappers = []any{}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_ferry_ledger_v1_ledger_proto_rawDesc), len(file_ferry_ledger_v1_ledger_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   31,
+			NumMessages:   32,
 			NumExtensions: 0,
 			NumServices:   0,
 		},
