@@ -515,9 +515,16 @@ type MigrationJob struct {
 	UpdateTime *timestamppb.Timestamp `protobuf:"bytes,20,opt,name=update_time,json=updateTime,proto3" json:"update_time,omitempty"`
 	// Every target disk was read back and matched the source (see
 	// DiskProgress.verified).
-	Verified      bool `protobuf:"varint,21,opt,name=verified,proto3" json:"verified,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Verified bool `protobuf:"varint,21,opt,name=verified,proto3" json:"verified,omitempty"`
+	// hosts/{host_name} the target VM is defined on and, with local primary
+	// storage, whose disks hold it: target.host when given, else the host
+	// Settings.host_allocation_strategy picked when the job was created.
+	// Stamped before the job starts, so a restart or a new leader keeps it.
+	TargetHost string `protobuf:"bytes,22,opt,name=target_host,json=targetHost,proto3" json:"target_host,omitempty"`
+	// Why placement chose target_host, for the operator.
+	PlacementReason string `protobuf:"bytes,23,opt,name=placement_reason,json=placementReason,proto3" json:"placement_reason,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
 }
 
 func (x *MigrationJob) Reset() {
@@ -697,6 +704,20 @@ func (x *MigrationJob) GetVerified() bool {
 	return false
 }
 
+func (x *MigrationJob) GetTargetHost() string {
+	if x != nil {
+		return x.TargetHost
+	}
+	return ""
+}
+
+func (x *MigrationJob) GetPlacementReason() string {
+	if x != nil {
+		return x.PlacementReason
+	}
+	return ""
+}
+
 // TargetVm describes the VM a job creates.
 type TargetVm struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -706,7 +727,10 @@ type TargetVm struct {
 	Cluster string `protobuf:"bytes,2,opt,name=cluster,proto3" json:"cluster,omitempty"`
 	// primaryStorages/{primary_storage}
 	PrimaryStorage string `protobuf:"bytes,3,opt,name=primary_storage,json=primaryStorage,proto3" json:"primary_storage,omitempty"`
-	// Optional hosts/{host_name}; chosen by the allocation strategy if empty.
+	// Optional hosts/{host_name}: the host to define the VM on, which must be
+	// a connected host of cluster, not in maintenance, able to hold the VM.
+	// Chosen by Settings.host_allocation_strategy when empty; the choice is
+	// MigrationJob.target_host.
 	Host        string `protobuf:"bytes,4,opt,name=host,proto3" json:"host,omitempty"`
 	Cpus        int32  `protobuf:"varint,5,opt,name=cpus,proto3" json:"cpus,omitempty"`
 	MemoryBytes int64  `protobuf:"varint,6,opt,name=memory_bytes,json=memoryBytes,proto3" json:"memory_bytes,omitempty"`
@@ -2120,7 +2144,7 @@ var File_ferry_v1_migration_job_proto protoreflect.FileDescriptor
 
 const file_ferry_v1_migration_job_proto_rawDesc = "" +
 	"\n" +
-	"\x1cferry/v1/migration_job.proto\x12\bferry.v1\x1a\x1bgoogle/protobuf/empty.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xe7\x06\n" +
+	"\x1cferry/v1/migration_job.proto\x12\bferry.v1\x1a\x1bgoogle/protobuf/empty.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xb3\a\n" +
 	"\fMigrationJob\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x16\n" +
 	"\x06source\x18\x02 \x01(\tR\x06source\x12\x1b\n" +
@@ -2146,7 +2170,10 @@ const file_ferry_v1_migration_job_proto_rawDesc = "" +
 	"\aattempt\x18\x13 \x01(\x05R\aattempt\x12;\n" +
 	"\vupdate_time\x18\x14 \x01(\v2\x1a.google.protobuf.TimestampR\n" +
 	"updateTime\x12\x1a\n" +
-	"\bverified\x18\x15 \x01(\bR\bverified\"\xb0\x03\n" +
+	"\bverified\x18\x15 \x01(\bR\bverified\x12\x1f\n" +
+	"\vtarget_host\x18\x16 \x01(\tR\n" +
+	"targetHost\x12)\n" +
+	"\x10placement_reason\x18\x17 \x01(\tR\x0fplacementReason\"\xb0\x03\n" +
 	"\bTargetVm\x12\x17\n" +
 	"\avm_name\x18\x01 \x01(\tR\x06vmName\x12\x18\n" +
 	"\acluster\x18\x02 \x01(\tR\acluster\x12'\n" +

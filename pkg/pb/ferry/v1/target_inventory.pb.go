@@ -284,8 +284,10 @@ type HostFacts struct {
 	// and IPv6 ranges; address allocation skips an address a network
 	// reserves for another MAC.
 	LibvirtNetworks []*LibvirtNetwork `protobuf:"bytes,11,rep,name=libvirt_networks,json=libvirtNetworks,proto3" json:"libvirt_networks,omitempty"`
-	unknownFields   protoimpl.UnknownFields
-	sizeCache       protoimpl.SizeCache
+	// The vCPUs of the running VMs (virsh domstats --vcpu), 0 when unknown.
+	RunningVcpus  int32 `protobuf:"varint,12,opt,name=running_vcpus,json=runningVcpus,proto3" json:"running_vcpus,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *HostFacts) Reset() {
@@ -393,6 +395,13 @@ func (x *HostFacts) GetLibvirtNetworks() []*LibvirtNetwork {
 		return x.LibvirtNetworks
 	}
 	return nil
+}
+
+func (x *HostFacts) GetRunningVcpus() int32 {
+	if x != nil {
+		return x.RunningVcpus
+	}
+	return 0
 }
 
 // LibvirtNetwork is a libvirt network of a host.
@@ -2078,7 +2087,7 @@ const file_ferry_v1_target_inventory_proto_rawDesc = "" +
 	"\vcreate_time\x18\x06 \x01(\v2\x1a.google.protobuf.TimestampR\n" +
 	"createTime\x12#\n" +
 	"\ragent_version\x18\a \x01(\tR\fagentVersion\x12 \n" +
-	"\vmaintenance\x18\b \x01(\bR\vmaintenance\"\xf0\x03\n" +
+	"\vmaintenance\x18\b \x01(\bR\vmaintenance\"\x95\x04\n" +
 	"\tHostFacts\x12\x12\n" +
 	"\x04cpus\x18\x01 \x01(\x05R\x04cpus\x12!\n" +
 	"\fmemory_bytes\x18\x02 \x01(\x03R\vmemoryBytes\x12\x1f\n" +
@@ -2094,7 +2103,8 @@ const file_ferry_v1_target_inventory_proto_rawDesc = "" +
 	"\x16memory_available_bytes\x18\t \x01(\x03R\x14memoryAvailableBytes\x122\n" +
 	"\bstorages\x18\n" +
 	" \x03(\v2\x16.ferry.v1.StorageSpaceR\bstorages\x12C\n" +
-	"\x10libvirt_networks\x18\v \x03(\v2\x18.ferry.v1.LibvirtNetworkR\x0flibvirtNetworks\"W\n" +
+	"\x10libvirt_networks\x18\v \x03(\v2\x18.ferry.v1.LibvirtNetworkR\x0flibvirtNetworks\x12#\n" +
+	"\rrunning_vcpus\x18\f \x01(\x05R\frunningVcpus\"W\n" +
 	"\x0eLibvirtNetwork\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x121\n" +
 	"\n" +
