@@ -218,6 +218,10 @@ func (m *Manager) handle(ctx context.Context, s *session, req *agentv1.ConnectRe
 		return m.hostKey(ctx, s, k.HostKeyObserved)
 	case *agentv1.ConnectRequest_FenceCheck:
 		return m.fence(ctx, s, k.FenceCheck)
+	case *agentv1.ConnectRequest_TargetRequest:
+		return m.targetRequest(ctx, s, k.TargetRequest)
+	case *agentv1.ConnectRequest_TargetWorkResult:
+		return m.targetResult(ctx, s, k.TargetWorkResult)
 	case *agentv1.ConnectRequest_Hello:
 		return status.Error(codes.InvalidArgument, "hello sent twice in one session")
 	default:
