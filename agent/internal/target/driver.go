@@ -20,11 +20,13 @@ const DefaultLibvirtURI = "qemu:///system"
 // Driver is the target driver as the runner sees it: UPLOADING moves the
 // cache images onto primary storage, CONFIGURING defines the VM, and
 // Rollback undoes both after a failure or cancel. The target host is the
-// agent's own, through its local libvirt.
+// agent's own, through its local libvirt, unless the job's VM is placed on
+// another host (Options.Remote): then that host's agent does its part.
 type Driver struct {
-	uri  string
-	opts Options
-	log  *slog.Logger
+	uri     string
+	opts    Options
+	log     *slog.Logger
+	exports remoteExports
 }
 
 var (
@@ -60,6 +62,9 @@ func volumes(job *runner.Job) ([]Volume, error) {
 // Upload copies every cache image onto its volume under the migration
 // server's upstream limit.
 func (d *Driver) Upload(ctx context.Context, job *runner.Job) error {
+	if th := d.targetHostOf(job); th != "" {
+		return d.uploadRemote(ctx, job, th)
+	}
 	vols, err := volumes(job)
 	if err != nil {
 		return err
@@ -93,6 +98,9 @@ func (d *Driver) uploadDisk(ctx context.Context, job *runner.Job, up *Uploader, 
 // Configure defines the target VM and starts it unless told not to; a VM
 // the host lacks resources for stays stopped, with a warning.
 func (d *Driver) Configure(ctx context.Context, job *runner.Job) ([]string, error) {
+	if d.targetHostOf(job) != "" {
+		return d.configureRemote(ctx, job)
+	}
 	spec, err := d.spec(job)
 	if err != nil {
 		return nil, err
@@ -114,6 +122,9 @@ func (d *Driver) Configure(ctx context.Context, job *runner.Job) ([]string, erro
 
 // Rollback removes the job's domain, DHCP entries and volumes.
 func (d *Driver) Rollback(ctx context.Context, job *runner.Job) error {
+	if d.targetHostOf(job) != "" {
+		return d.rollbackRemote(ctx, job)
+	}
 	spec, err := d.spec(job)
 	if err != nil {
 		return err

@@ -24,6 +24,9 @@ const verifyInFlight = 4
 // beside the cache checkpoint; ranges the volume reports as zeroes are not
 // read. A disk whose copy recorded no checksums stays unverified.
 func (d *Driver) Verify(ctx context.Context, job *runner.Job) error {
+	if th := d.targetHostOf(job); th != "" {
+		return d.verifyRemote(ctx, job, th)
+	}
 	vols, err := volumes(job)
 	if err != nil {
 		return err
