@@ -136,5 +136,8 @@ func hostDetails(h *ferryv1.Host) []field {
 	for _, nic := range f.GetInterfaces() {
 		out = append(out, field{"Interface " + nic.GetName(), strings.Join(nic.GetAddresses(), ", ")})
 	}
+	for _, c := range h.GetPendingCleanups() {
+		out = append(out, field{"Pending cleanup " + c.GetJob(), c.GetTarget().GetVmName() + ": " + c.GetReason()})
+	}
 	return out
 }

@@ -45,7 +45,12 @@ func everyCommand() []*ledgerv1.Command {
 		{Op: &ledgerv1.Command_PutHost{PutHost: &ledgerv1.PutHost{Host: &ferryv1.Host{Name: "hosts/h1", Cluster: "clusters/c1", Facts: &ferryv1.HostFacts{Cpus: 2, CacheFreeBytes: 100 << 30}}}}},
 		{Op: &ledgerv1.Command_SetHostConnected{SetHostConnected: &ledgerv1.SetHostConnected{Name: "hosts/h1", Connected: true}}},
 		{Op: &ledgerv1.Command_SetHostMaintenance{SetHostMaintenance: &ledgerv1.SetHostMaintenance{Name: "hosts/h1", Maintenance: true, RequestId: "r-maint"}}},
-		// The agent's next hello rewrites the facts; maintenance stays.
+		{Op: &ledgerv1.Command_SetPendingCleanup{SetPendingCleanup: &ledgerv1.SetPendingCleanup{Host: "hosts/h1", Job: "migrationJobs/old",
+			Cleanup: &ferryv1.PendingCleanup{Epoch: 2, Target: &ferryv1.TargetVm{VmName: "old"}, Reason: "host down"}}}},
+		{Op: &ledgerv1.Command_SetPendingCleanup{SetPendingCleanup: &ledgerv1.SetPendingCleanup{Host: "hosts/h1", Job: "migrationJobs/older",
+			Cleanup: &ferryv1.PendingCleanup{Epoch: 1}}}},
+		{Op: &ledgerv1.Command_SetPendingCleanup{SetPendingCleanup: &ledgerv1.SetPendingCleanup{Host: "hosts/h1", Job: "migrationJobs/older"}}},
+		// The agent's next hello rewrites the facts; maintenance and pending cleanups stay.
 		{Op: &ledgerv1.Command_PutHost{PutHost: &ledgerv1.PutHost{Host: &ferryv1.Host{Name: "hosts/h1", Cluster: "clusters/c1", Connected: true, Facts: &ferryv1.HostFacts{Cpus: 2, CacheFreeBytes: 100 << 30}}}}},
 		{Op: &ledgerv1.Command_PutPrimaryStorage{PutPrimaryStorage: &ledgerv1.PutPrimaryStorage{PrimaryStorage: &ferryv1.PrimaryStorage{Name: "primaryStorages/ps1", Cluster: "clusters/c1", Type: ferryv1.PrimaryStorageType_PRIMARY_STORAGE_TYPE_LOCAL, Path: "/var/lib/ferry"}}}},
 		{Op: &ledgerv1.Command_PutPrimaryStorage{PutPrimaryStorage: &ledgerv1.PutPrimaryStorage{PrimaryStorage: &ferryv1.PrimaryStorage{Name: "primaryStorages/ps2", Cluster: "clusters/c1", Type: ferryv1.PrimaryStorageType_PRIMARY_STORAGE_TYPE_CEPH, CephPool: "rbd"}}}},
@@ -109,6 +114,17 @@ func everyCommand() []*ledgerv1.Command {
 	return cmds
 }
 
+// inventoryCommands are the commands of everyCommand before its first job.
+func inventoryCommands() []*ledgerv1.Command {
+	cmds := everyCommand()
+	for i, c := range cmds {
+		if c.GetCreateMigrationJobs() != nil {
+			return cmds[:i]
+		}
+	}
+	return cmds
+}
+
 // TestEveryCommandIsCovered fails when a oneof case is added without a
 // case in everyCommand.
 func TestEveryCommandIsCovered(t *testing.T) {
@@ -151,6 +167,10 @@ func TestApplyEveryCommand(t *testing.T) {
 	}
 	if h, _ := l.Host("hosts/h1"); !h.GetMaintenance() {
 		t.Errorf("hosts/h1 left maintenance when its agent said hello again: %v", h)
+	}
+	if h, _ := l.Host("hosts/h1"); len(h.GetPendingCleanups()) != 1 || h.GetPendingCleanups()[0].GetJob() != "migrationJobs/old" ||
+		h.GetPendingCleanups()[0].GetTarget().GetVmName() != "old" || !h.GetPendingCleanups()[0].GetCreateTime().AsTime().After(t0) {
+		t.Errorf("pending cleanups of hosts/h1 = %v; want old's alone, stamped", h.GetPendingCleanups())
 	}
 	if names, ok := l.Request("r-maint"); !ok || len(names) != 1 || names[0] != "hosts/h1" {
 		t.Errorf("request r-maint = %v", names)
@@ -301,6 +321,7 @@ func TestRefusals(t *testing.T) {
 			Name: "networkMappingGroups/g9", Mappings: []*ferryv1.NetworkMapping{{SourceNetwork: "x", L3Network: "l3Networks/n1"}}}}}}, ledger.ErrNotFound},
 		{"duplicate mapping group", &ledgerv1.Command{Op: &ledgerv1.Command_PutNetworkMappingGroup{PutNetworkMappingGroup: &ledgerv1.PutNetworkMappingGroup{NetworkMappingGroup: &ferryv1.NetworkMappingGroup{
 			Name: "networkMappingGroups/g1", Mappings: []*ferryv1.NetworkMapping{{SourceNetwork: "x", L3Network: "l3Networks/n1"}}}}}}, ledger.ErrExists},
+		{"cleanup on a missing host", &ledgerv1.Command{Op: &ledgerv1.Command_SetPendingCleanup{SetPendingCleanup: &ledgerv1.SetPendingCleanup{Host: "hosts/nope", Job: "migrationJobs/j1"}}}, ledger.ErrNotFound},
 		{"maintenance of a missing host", &ledgerv1.Command{Op: &ledgerv1.Command_SetHostMaintenance{SetHostMaintenance: &ledgerv1.SetHostMaintenance{Name: "hosts/nope", Maintenance: true}}}, ledger.ErrNotFound},
 		{"unknown command", &ledgerv1.Command{}, ErrUnknownCommand},
 	}
@@ -401,7 +422,7 @@ func TestJobVerified(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			f := New(ledger.New(), nil)
-			applyAll(t, f, everyCommand()[:23]) // the inventory and the first jobs
+			applyAll(t, f, inventoryCommands()) // the inventory, before the first jobs
 			applyAll(t, f, []*ledgerv1.Command{
 				cmdAt(100, &ledgerv1.Command{Op: &ledgerv1.Command_CreateMigrationJobs{CreateMigrationJobs: &ledgerv1.CreateMigrationJobs{
 					Jobs: []*ferryv1.MigrationJob{two("migrationJobs/v", "10.0.0.15")}}}}),

@@ -77,6 +77,12 @@ func init() {
 				return l.hostRefusal(p.GetName())
 			},
 		},
+		"set_pending_cleanup": {
+			apply: func(l *Ledger, c *ledgerv1.Command, now time.Time) ([]string, error) {
+				p := c.GetSetPendingCleanup()
+				return one(p.GetHost(), l.SetPendingCleanup(p.GetHost(), p.GetJob(), p.GetCleanup(), now))
+			},
+		},
 		"put_primary_storage": {
 			apply: func(l *Ledger, c *ledgerv1.Command, now time.Time) ([]string, error) {
 				p := c.GetPutPrimaryStorage()

@@ -266,6 +266,9 @@ func (m *Manager) hello(ctx context.Context, s *session, h *agentv1.Hello) error
 	m.log.Info("agent connected", "host", s.host, "session", s.id, "agent_version", h.GetAgentVersion(),
 		"held_jobs", len(h.GetHeldJobs()))
 	m.sendHostLimits(ctx, s)
+	if err := m.sendPendingCleanups(ctx, s); err != nil {
+		return err
+	}
 	return m.reconcile(ctx, s, h.GetHeldJobs())
 }
 

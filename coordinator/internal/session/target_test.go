@@ -1,13 +1,16 @@
 package session
 
 import (
+	"strings"
 	"testing"
+	"time"
 
 	"google.golang.org/protobuf/proto"
 
 	agentv1 "github.com/ferry-v2v/ferry/pkg/pb/ferry/agent/v1"
 	ledgerv1 "github.com/ferry-v2v/ferry/pkg/pb/ferry/ledger/v1"
 	ferryv1 "github.com/ferry-v2v/ferry/pkg/pb/ferry/v1"
+	"github.com/ferry-v2v/ferry/pkg/testkit"
 )
 
 // TestTargetRelay: the migration server's agent (ms) asks for its job's
@@ -98,5 +101,78 @@ func TestTargetRelay(t *testing.T) {
 		RequestId: "r2", Job: "migrationJobs/placed", Epoch: 2, Error: "disk full"}}})
 	if got := answer(ms); got.GetRequestId() != "r2" || got.GetError() != "disk full" {
 		t.Fatalf("answer after a forged result = %v", got)
+	}
+}
+
+// TestPendingCleanup: a job cancelled while its target host's agent is
+// down is rolled back there when it returns. The leader records the
+// cleanup on the host (kept across the agent's hello), sends it as
+// ROLLBACK work on the next hello, keeps it after a failed try and clears
+// it once the agent did it.
+func TestPendingCleanup(t *testing.T) {
+	f := newFixture(t, Config{}, true)
+	f.seedJob("hosts/ms", 1)
+	f.apply(&ledgerv1.Command{Op: &ledgerv1.Command_PutCluster{PutCluster: &ledgerv1.PutCluster{Cluster: &ferryv1.Cluster{Name: "clusters/c1"}}}})
+	f.apply(&ledgerv1.Command{Op: &ledgerv1.Command_PutPrimaryStorage{PutPrimaryStorage: &ledgerv1.PutPrimaryStorage{PrimaryStorage: &ferryv1.PrimaryStorage{
+		Name: "primaryStorages/local", Cluster: "clusters/c1", Type: ferryv1.PrimaryStorageType_PRIMARY_STORAGE_TYPE_LOCAL, Path: "/var/lib/ferry"}}}})
+	const job = "migrationJobs/placed"
+	target := &ferryv1.TargetVm{VmName: "web", PrimaryStorage: "primaryStorages/local", Disks: []*ferryv1.TargetDisk{{SourceDisk: "vda", SizeBytes: 1}}}
+	f.apply(&ledgerv1.Command{Op: &ledgerv1.Command_CreateMigrationJobs{CreateMigrationJobs: &ledgerv1.CreateMigrationJobs{Jobs: []*ferryv1.MigrationJob{{
+		Name: job, Source: "sources/kvm1", SourceVm: "web", MigrationServer: "migrationServers/ms", TargetHost: "hosts/h2", Target: target}}}}})
+	f.start(job, "hosts/ms", 5)
+
+	h2 := f.connect(hello("h2"))
+	h2.next()
+	h2.cancel() // h2's agent goes away
+	testkit.WaitFor(t, 5*time.Second, "h2 is disconnected", func() bool { return f.mgr.session("hosts/h2") == nil })
+	f.apply(&ledgerv1.Command{Op: &ledgerv1.Command_CancelMigrationJob{CancelMigrationJob: &ledgerv1.CancelMigrationJob{Name: job, Reason: "operator"}}})
+
+	ms := f.connect(hello("ms"))
+	ms.next()
+	ms.send(&agentv1.ConnectRequest{Kind: &agentv1.ConnectRequest_TargetRequest{TargetRequest: &agentv1.TargetRequest{
+		RequestId: "rb", Job: job, Epoch: 5, Action: agentv1.TargetAction_TARGET_ACTION_ROLLBACK}}})
+	var ans *agentv1.TargetWorkResult
+	for ans == nil {
+		ans = ms.next().GetTargetAnswer()
+	}
+	if ans.GetError() != "" || len(ans.GetWarnings()) != 1 || !strings.Contains(ans.GetWarnings()[0], "target host hosts/h2 is not connected") {
+		t.Fatalf("answer to a rollback while h2 is down = %v", ans)
+	}
+	pending := func() []*ferryv1.PendingCleanup {
+		h, _ := f.ledger.Host("hosts/h2")
+		return h.GetPendingCleanups()
+	}
+	if p := pending(); len(p) != 1 || p[0].GetJob() != job || p[0].GetEpoch() != 5 || p[0].GetTarget().GetVmName() != "web" ||
+		p[0].GetPrimaryStorage().GetPath() != "/var/lib/ferry" {
+		t.Fatalf("pending cleanups of h2 = %v", p)
+	}
+
+	for _, fail := range []bool{true, false} {
+		h2 = f.connect(hello("h2"))
+		h2.next() // welcome
+		var work *agentv1.TargetWork
+		for work == nil {
+			work = h2.next().GetTargetWork()
+		}
+		if work.GetAction() != agentv1.TargetAction_TARGET_ACTION_ROLLBACK || work.GetJob().GetName() != job || work.GetEpoch() != 5 ||
+			work.GetJob().GetTarget().GetVmName() != "web" || work.GetPrimaryStorage().GetPath() != "/var/lib/ferry" {
+			t.Fatalf("work sent to the returning h2 = %v", work)
+		}
+		res := &agentv1.TargetWorkResult{RequestId: work.GetRequestId(), Job: job, Epoch: 5, Action: work.GetAction()}
+		if fail {
+			res.Error = "libvirt unreachable"
+		}
+		h2.send(&agentv1.ConnectRequest{Kind: &agentv1.ConnectRequest_TargetWorkResult{TargetWorkResult: res}})
+		if fail {
+			// Still owed: it goes again on the next hello.
+			h2.send(&agentv1.ConnectRequest{Kind: &agentv1.ConnectRequest_Heartbeat{Heartbeat: &agentv1.Heartbeat{}}})
+			if len(pending()) != 1 {
+				t.Fatal("a failed cleanup was cleared")
+			}
+			h2.cancel()
+			testkit.WaitFor(t, 5*time.Second, "h2 is disconnected", func() bool { return f.mgr.session("hosts/h2") == nil })
+			continue
+		}
+		testkit.WaitFor(t, 5*time.Second, "the cleanup is cleared", func() bool { return len(pending()) == 0 })
 	}
 }

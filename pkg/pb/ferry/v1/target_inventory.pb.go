@@ -169,9 +169,13 @@ type Host struct {
 	AgentVersion string                 `protobuf:"bytes,7,opt,name=agent_version,json=agentVersion,proto3" json:"agent_version,omitempty"`
 	// True while the host is in maintenance (SetHostMaintenance): placement
 	// never picks it for a new job. Kept when the agent reconnects.
-	Maintenance   bool `protobuf:"varint,8,opt,name=maintenance,proto3" json:"maintenance,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Maintenance bool `protobuf:"varint,8,opt,name=maintenance,proto3" json:"maintenance,omitempty"`
+	// Output only. What failed or cancelled jobs placed on this host left
+	// there while its agent was disconnected: their domains and volumes are
+	// removed when the agent returns, and the entry then goes away.
+	PendingCleanups []*PendingCleanup `protobuf:"bytes,9,rep,name=pending_cleanups,json=pendingCleanups,proto3" json:"pending_cleanups,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
 }
 
 func (x *Host) Reset() {
@@ -260,6 +264,104 @@ func (x *Host) GetMaintenance() bool {
 	return false
 }
 
+func (x *Host) GetPendingCleanups() []*PendingCleanup {
+	if x != nil {
+		return x.PendingCleanups
+	}
+	return nil
+}
+
+// PendingCleanup is the rollback of a job placed on a host, waiting for
+// the host's agent.
+type PendingCleanup struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// migrationJobs/{id}; the job may be deleted since.
+	Job string `protobuf:"bytes,1,opt,name=job,proto3" json:"job,omitempty"`
+	// The job's epoch when it was rolled back.
+	Epoch int64 `protobuf:"varint,2,opt,name=epoch,proto3" json:"epoch,omitempty"`
+	// The job's target VM: its domain name, disks and NICs.
+	Target *TargetVm `protobuf:"bytes,3,opt,name=target,proto3" json:"target,omitempty"`
+	// Where its volumes are.
+	PrimaryStorage *PrimaryStorage `protobuf:"bytes,4,opt,name=primary_storage,json=primaryStorage,proto3" json:"primary_storage,omitempty"`
+	// Why the cleanup is pending.
+	Reason        string                 `protobuf:"bytes,5,opt,name=reason,proto3" json:"reason,omitempty"`
+	CreateTime    *timestamppb.Timestamp `protobuf:"bytes,6,opt,name=create_time,json=createTime,proto3" json:"create_time,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PendingCleanup) Reset() {
+	*x = PendingCleanup{}
+	mi := &file_ferry_v1_target_inventory_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PendingCleanup) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PendingCleanup) ProtoMessage() {}
+
+func (x *PendingCleanup) ProtoReflect() protoreflect.Message {
+	mi := &file_ferry_v1_target_inventory_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PendingCleanup.ProtoReflect.Descriptor instead.
+func (*PendingCleanup) Descriptor() ([]byte, []int) {
+	return file_ferry_v1_target_inventory_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *PendingCleanup) GetJob() string {
+	if x != nil {
+		return x.Job
+	}
+	return ""
+}
+
+func (x *PendingCleanup) GetEpoch() int64 {
+	if x != nil {
+		return x.Epoch
+	}
+	return 0
+}
+
+func (x *PendingCleanup) GetTarget() *TargetVm {
+	if x != nil {
+		return x.Target
+	}
+	return nil
+}
+
+func (x *PendingCleanup) GetPrimaryStorage() *PrimaryStorage {
+	if x != nil {
+		return x.PrimaryStorage
+	}
+	return nil
+}
+
+func (x *PendingCleanup) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
+func (x *PendingCleanup) GetCreateTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.CreateTime
+	}
+	return nil
+}
+
 // HostFacts are what an agent reports about its host.
 type HostFacts struct {
 	state          protoimpl.MessageState `protogen:"open.v1"`
@@ -292,7 +394,7 @@ type HostFacts struct {
 
 func (x *HostFacts) Reset() {
 	*x = HostFacts{}
-	mi := &file_ferry_v1_target_inventory_proto_msgTypes[2]
+	mi := &file_ferry_v1_target_inventory_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -304,7 +406,7 @@ func (x *HostFacts) String() string {
 func (*HostFacts) ProtoMessage() {}
 
 func (x *HostFacts) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_target_inventory_proto_msgTypes[2]
+	mi := &file_ferry_v1_target_inventory_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -317,7 +419,7 @@ func (x *HostFacts) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HostFacts.ProtoReflect.Descriptor instead.
 func (*HostFacts) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_target_inventory_proto_rawDescGZIP(), []int{2}
+	return file_ferry_v1_target_inventory_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *HostFacts) GetCpus() int32 {
@@ -415,7 +517,7 @@ type LibvirtNetwork struct {
 
 func (x *LibvirtNetwork) Reset() {
 	*x = LibvirtNetwork{}
-	mi := &file_ferry_v1_target_inventory_proto_msgTypes[3]
+	mi := &file_ferry_v1_target_inventory_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -427,7 +529,7 @@ func (x *LibvirtNetwork) String() string {
 func (*LibvirtNetwork) ProtoMessage() {}
 
 func (x *LibvirtNetwork) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_target_inventory_proto_msgTypes[3]
+	mi := &file_ferry_v1_target_inventory_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -440,7 +542,7 @@ func (x *LibvirtNetwork) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LibvirtNetwork.ProtoReflect.Descriptor instead.
 func (*LibvirtNetwork) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_target_inventory_proto_rawDescGZIP(), []int{3}
+	return file_ferry_v1_target_inventory_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *LibvirtNetwork) GetName() string {
@@ -470,7 +572,7 @@ type DhcpHost struct {
 
 func (x *DhcpHost) Reset() {
 	*x = DhcpHost{}
-	mi := &file_ferry_v1_target_inventory_proto_msgTypes[4]
+	mi := &file_ferry_v1_target_inventory_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -482,7 +584,7 @@ func (x *DhcpHost) String() string {
 func (*DhcpHost) ProtoMessage() {}
 
 func (x *DhcpHost) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_target_inventory_proto_msgTypes[4]
+	mi := &file_ferry_v1_target_inventory_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -495,7 +597,7 @@ func (x *DhcpHost) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DhcpHost.ProtoReflect.Descriptor instead.
 func (*DhcpHost) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_target_inventory_proto_rawDescGZIP(), []int{4}
+	return file_ferry_v1_target_inventory_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *DhcpHost) GetMac() string {
@@ -534,7 +636,7 @@ type StorageSpace struct {
 
 func (x *StorageSpace) Reset() {
 	*x = StorageSpace{}
-	mi := &file_ferry_v1_target_inventory_proto_msgTypes[5]
+	mi := &file_ferry_v1_target_inventory_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -546,7 +648,7 @@ func (x *StorageSpace) String() string {
 func (*StorageSpace) ProtoMessage() {}
 
 func (x *StorageSpace) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_target_inventory_proto_msgTypes[5]
+	mi := &file_ferry_v1_target_inventory_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -559,7 +661,7 @@ func (x *StorageSpace) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StorageSpace.ProtoReflect.Descriptor instead.
 func (*StorageSpace) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_target_inventory_proto_rawDescGZIP(), []int{5}
+	return file_ferry_v1_target_inventory_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *StorageSpace) GetPath() string {
@@ -594,7 +696,7 @@ type NetworkInterface struct {
 
 func (x *NetworkInterface) Reset() {
 	*x = NetworkInterface{}
-	mi := &file_ferry_v1_target_inventory_proto_msgTypes[6]
+	mi := &file_ferry_v1_target_inventory_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -606,7 +708,7 @@ func (x *NetworkInterface) String() string {
 func (*NetworkInterface) ProtoMessage() {}
 
 func (x *NetworkInterface) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_target_inventory_proto_msgTypes[6]
+	mi := &file_ferry_v1_target_inventory_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -619,7 +721,7 @@ func (x *NetworkInterface) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NetworkInterface.ProtoReflect.Descriptor instead.
 func (*NetworkInterface) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_target_inventory_proto_rawDescGZIP(), []int{6}
+	return file_ferry_v1_target_inventory_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *NetworkInterface) GetName() string {
@@ -658,7 +760,7 @@ type PrimaryStorage struct {
 
 func (x *PrimaryStorage) Reset() {
 	*x = PrimaryStorage{}
-	mi := &file_ferry_v1_target_inventory_proto_msgTypes[7]
+	mi := &file_ferry_v1_target_inventory_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -670,7 +772,7 @@ func (x *PrimaryStorage) String() string {
 func (*PrimaryStorage) ProtoMessage() {}
 
 func (x *PrimaryStorage) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_target_inventory_proto_msgTypes[7]
+	mi := &file_ferry_v1_target_inventory_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -683,7 +785,7 @@ func (x *PrimaryStorage) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PrimaryStorage.ProtoReflect.Descriptor instead.
 func (*PrimaryStorage) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_target_inventory_proto_rawDescGZIP(), []int{7}
+	return file_ferry_v1_target_inventory_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *PrimaryStorage) GetName() string {
@@ -771,7 +873,7 @@ type L3Network struct {
 
 func (x *L3Network) Reset() {
 	*x = L3Network{}
-	mi := &file_ferry_v1_target_inventory_proto_msgTypes[8]
+	mi := &file_ferry_v1_target_inventory_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -783,7 +885,7 @@ func (x *L3Network) String() string {
 func (*L3Network) ProtoMessage() {}
 
 func (x *L3Network) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_target_inventory_proto_msgTypes[8]
+	mi := &file_ferry_v1_target_inventory_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -796,7 +898,7 @@ func (x *L3Network) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use L3Network.ProtoReflect.Descriptor instead.
 func (*L3Network) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_target_inventory_proto_rawDescGZIP(), []int{8}
+	return file_ferry_v1_target_inventory_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *L3Network) GetName() string {
@@ -895,7 +997,7 @@ type AddressReservation struct {
 
 func (x *AddressReservation) Reset() {
 	*x = AddressReservation{}
-	mi := &file_ferry_v1_target_inventory_proto_msgTypes[9]
+	mi := &file_ferry_v1_target_inventory_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -907,7 +1009,7 @@ func (x *AddressReservation) String() string {
 func (*AddressReservation) ProtoMessage() {}
 
 func (x *AddressReservation) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_target_inventory_proto_msgTypes[9]
+	mi := &file_ferry_v1_target_inventory_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -920,7 +1022,7 @@ func (x *AddressReservation) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AddressReservation.ProtoReflect.Descriptor instead.
 func (*AddressReservation) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_target_inventory_proto_rawDescGZIP(), []int{9}
+	return file_ferry_v1_target_inventory_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *AddressReservation) GetIp() string {
@@ -968,7 +1070,7 @@ type CreateClusterRequest struct {
 
 func (x *CreateClusterRequest) Reset() {
 	*x = CreateClusterRequest{}
-	mi := &file_ferry_v1_target_inventory_proto_msgTypes[10]
+	mi := &file_ferry_v1_target_inventory_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -980,7 +1082,7 @@ func (x *CreateClusterRequest) String() string {
 func (*CreateClusterRequest) ProtoMessage() {}
 
 func (x *CreateClusterRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_target_inventory_proto_msgTypes[10]
+	mi := &file_ferry_v1_target_inventory_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -993,7 +1095,7 @@ func (x *CreateClusterRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateClusterRequest.ProtoReflect.Descriptor instead.
 func (*CreateClusterRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_target_inventory_proto_rawDescGZIP(), []int{10}
+	return file_ferry_v1_target_inventory_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *CreateClusterRequest) GetCluster() *Cluster {
@@ -1019,7 +1121,7 @@ type GetClusterRequest struct {
 
 func (x *GetClusterRequest) Reset() {
 	*x = GetClusterRequest{}
-	mi := &file_ferry_v1_target_inventory_proto_msgTypes[11]
+	mi := &file_ferry_v1_target_inventory_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1031,7 +1133,7 @@ func (x *GetClusterRequest) String() string {
 func (*GetClusterRequest) ProtoMessage() {}
 
 func (x *GetClusterRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_target_inventory_proto_msgTypes[11]
+	mi := &file_ferry_v1_target_inventory_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1044,7 +1146,7 @@ func (x *GetClusterRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetClusterRequest.ProtoReflect.Descriptor instead.
 func (*GetClusterRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_target_inventory_proto_rawDescGZIP(), []int{11}
+	return file_ferry_v1_target_inventory_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *GetClusterRequest) GetName() string {
@@ -1064,7 +1166,7 @@ type ListClustersRequest struct {
 
 func (x *ListClustersRequest) Reset() {
 	*x = ListClustersRequest{}
-	mi := &file_ferry_v1_target_inventory_proto_msgTypes[12]
+	mi := &file_ferry_v1_target_inventory_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1076,7 +1178,7 @@ func (x *ListClustersRequest) String() string {
 func (*ListClustersRequest) ProtoMessage() {}
 
 func (x *ListClustersRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_target_inventory_proto_msgTypes[12]
+	mi := &file_ferry_v1_target_inventory_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1089,7 +1191,7 @@ func (x *ListClustersRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListClustersRequest.ProtoReflect.Descriptor instead.
 func (*ListClustersRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_target_inventory_proto_rawDescGZIP(), []int{12}
+	return file_ferry_v1_target_inventory_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *ListClustersRequest) GetPageSize() int32 {
@@ -1116,7 +1218,7 @@ type ListClustersResponse struct {
 
 func (x *ListClustersResponse) Reset() {
 	*x = ListClustersResponse{}
-	mi := &file_ferry_v1_target_inventory_proto_msgTypes[13]
+	mi := &file_ferry_v1_target_inventory_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1128,7 +1230,7 @@ func (x *ListClustersResponse) String() string {
 func (*ListClustersResponse) ProtoMessage() {}
 
 func (x *ListClustersResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_target_inventory_proto_msgTypes[13]
+	mi := &file_ferry_v1_target_inventory_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1141,7 +1243,7 @@ func (x *ListClustersResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListClustersResponse.ProtoReflect.Descriptor instead.
 func (*ListClustersResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_target_inventory_proto_rawDescGZIP(), []int{13}
+	return file_ferry_v1_target_inventory_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *ListClustersResponse) GetClusters() []*Cluster {
@@ -1167,7 +1269,7 @@ type DeleteClusterRequest struct {
 
 func (x *DeleteClusterRequest) Reset() {
 	*x = DeleteClusterRequest{}
-	mi := &file_ferry_v1_target_inventory_proto_msgTypes[14]
+	mi := &file_ferry_v1_target_inventory_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1179,7 +1281,7 @@ func (x *DeleteClusterRequest) String() string {
 func (*DeleteClusterRequest) ProtoMessage() {}
 
 func (x *DeleteClusterRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_target_inventory_proto_msgTypes[14]
+	mi := &file_ferry_v1_target_inventory_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1192,7 +1294,7 @@ func (x *DeleteClusterRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteClusterRequest.ProtoReflect.Descriptor instead.
 func (*DeleteClusterRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_target_inventory_proto_rawDescGZIP(), []int{14}
+	return file_ferry_v1_target_inventory_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *DeleteClusterRequest) GetName() string {
@@ -1211,7 +1313,7 @@ type GetHostRequest struct {
 
 func (x *GetHostRequest) Reset() {
 	*x = GetHostRequest{}
-	mi := &file_ferry_v1_target_inventory_proto_msgTypes[15]
+	mi := &file_ferry_v1_target_inventory_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1223,7 +1325,7 @@ func (x *GetHostRequest) String() string {
 func (*GetHostRequest) ProtoMessage() {}
 
 func (x *GetHostRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_target_inventory_proto_msgTypes[15]
+	mi := &file_ferry_v1_target_inventory_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1236,7 +1338,7 @@ func (x *GetHostRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetHostRequest.ProtoReflect.Descriptor instead.
 func (*GetHostRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_target_inventory_proto_rawDescGZIP(), []int{15}
+	return file_ferry_v1_target_inventory_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *GetHostRequest) GetName() string {
@@ -1258,7 +1360,7 @@ type ListHostsRequest struct {
 
 func (x *ListHostsRequest) Reset() {
 	*x = ListHostsRequest{}
-	mi := &file_ferry_v1_target_inventory_proto_msgTypes[16]
+	mi := &file_ferry_v1_target_inventory_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1270,7 +1372,7 @@ func (x *ListHostsRequest) String() string {
 func (*ListHostsRequest) ProtoMessage() {}
 
 func (x *ListHostsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_target_inventory_proto_msgTypes[16]
+	mi := &file_ferry_v1_target_inventory_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1283,7 +1385,7 @@ func (x *ListHostsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListHostsRequest.ProtoReflect.Descriptor instead.
 func (*ListHostsRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_target_inventory_proto_rawDescGZIP(), []int{16}
+	return file_ferry_v1_target_inventory_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *ListHostsRequest) GetPageSize() int32 {
@@ -1317,7 +1419,7 @@ type ListHostsResponse struct {
 
 func (x *ListHostsResponse) Reset() {
 	*x = ListHostsResponse{}
-	mi := &file_ferry_v1_target_inventory_proto_msgTypes[17]
+	mi := &file_ferry_v1_target_inventory_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1329,7 +1431,7 @@ func (x *ListHostsResponse) String() string {
 func (*ListHostsResponse) ProtoMessage() {}
 
 func (x *ListHostsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_target_inventory_proto_msgTypes[17]
+	mi := &file_ferry_v1_target_inventory_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1342,7 +1444,7 @@ func (x *ListHostsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListHostsResponse.ProtoReflect.Descriptor instead.
 func (*ListHostsResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_target_inventory_proto_rawDescGZIP(), []int{17}
+	return file_ferry_v1_target_inventory_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *ListHostsResponse) GetHosts() []*Host {
@@ -1372,7 +1474,7 @@ type SetHostMaintenanceRequest struct {
 
 func (x *SetHostMaintenanceRequest) Reset() {
 	*x = SetHostMaintenanceRequest{}
-	mi := &file_ferry_v1_target_inventory_proto_msgTypes[18]
+	mi := &file_ferry_v1_target_inventory_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1384,7 +1486,7 @@ func (x *SetHostMaintenanceRequest) String() string {
 func (*SetHostMaintenanceRequest) ProtoMessage() {}
 
 func (x *SetHostMaintenanceRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_target_inventory_proto_msgTypes[18]
+	mi := &file_ferry_v1_target_inventory_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1397,7 +1499,7 @@ func (x *SetHostMaintenanceRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetHostMaintenanceRequest.ProtoReflect.Descriptor instead.
 func (*SetHostMaintenanceRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_target_inventory_proto_rawDescGZIP(), []int{18}
+	return file_ferry_v1_target_inventory_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *SetHostMaintenanceRequest) GetName() string {
@@ -1430,7 +1532,7 @@ type SetHostMaintenanceResponse struct {
 
 func (x *SetHostMaintenanceResponse) Reset() {
 	*x = SetHostMaintenanceResponse{}
-	mi := &file_ferry_v1_target_inventory_proto_msgTypes[19]
+	mi := &file_ferry_v1_target_inventory_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1442,7 +1544,7 @@ func (x *SetHostMaintenanceResponse) String() string {
 func (*SetHostMaintenanceResponse) ProtoMessage() {}
 
 func (x *SetHostMaintenanceResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_target_inventory_proto_msgTypes[19]
+	mi := &file_ferry_v1_target_inventory_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1455,7 +1557,7 @@ func (x *SetHostMaintenanceResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetHostMaintenanceResponse.ProtoReflect.Descriptor instead.
 func (*SetHostMaintenanceResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_target_inventory_proto_rawDescGZIP(), []int{19}
+	return file_ferry_v1_target_inventory_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *SetHostMaintenanceResponse) GetHost() *Host {
@@ -1475,7 +1577,7 @@ type CreatePrimaryStorageRequest struct {
 
 func (x *CreatePrimaryStorageRequest) Reset() {
 	*x = CreatePrimaryStorageRequest{}
-	mi := &file_ferry_v1_target_inventory_proto_msgTypes[20]
+	mi := &file_ferry_v1_target_inventory_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1487,7 +1589,7 @@ func (x *CreatePrimaryStorageRequest) String() string {
 func (*CreatePrimaryStorageRequest) ProtoMessage() {}
 
 func (x *CreatePrimaryStorageRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_target_inventory_proto_msgTypes[20]
+	mi := &file_ferry_v1_target_inventory_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1500,7 +1602,7 @@ func (x *CreatePrimaryStorageRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreatePrimaryStorageRequest.ProtoReflect.Descriptor instead.
 func (*CreatePrimaryStorageRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_target_inventory_proto_rawDescGZIP(), []int{20}
+	return file_ferry_v1_target_inventory_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *CreatePrimaryStorageRequest) GetPrimaryStorage() *PrimaryStorage {
@@ -1526,7 +1628,7 @@ type GetPrimaryStorageRequest struct {
 
 func (x *GetPrimaryStorageRequest) Reset() {
 	*x = GetPrimaryStorageRequest{}
-	mi := &file_ferry_v1_target_inventory_proto_msgTypes[21]
+	mi := &file_ferry_v1_target_inventory_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1538,7 +1640,7 @@ func (x *GetPrimaryStorageRequest) String() string {
 func (*GetPrimaryStorageRequest) ProtoMessage() {}
 
 func (x *GetPrimaryStorageRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_target_inventory_proto_msgTypes[21]
+	mi := &file_ferry_v1_target_inventory_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1551,7 +1653,7 @@ func (x *GetPrimaryStorageRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetPrimaryStorageRequest.ProtoReflect.Descriptor instead.
 func (*GetPrimaryStorageRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_target_inventory_proto_rawDescGZIP(), []int{21}
+	return file_ferry_v1_target_inventory_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *GetPrimaryStorageRequest) GetName() string {
@@ -1572,7 +1674,7 @@ type ListPrimaryStoragesRequest struct {
 
 func (x *ListPrimaryStoragesRequest) Reset() {
 	*x = ListPrimaryStoragesRequest{}
-	mi := &file_ferry_v1_target_inventory_proto_msgTypes[22]
+	mi := &file_ferry_v1_target_inventory_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1584,7 +1686,7 @@ func (x *ListPrimaryStoragesRequest) String() string {
 func (*ListPrimaryStoragesRequest) ProtoMessage() {}
 
 func (x *ListPrimaryStoragesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_target_inventory_proto_msgTypes[22]
+	mi := &file_ferry_v1_target_inventory_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1597,7 +1699,7 @@ func (x *ListPrimaryStoragesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListPrimaryStoragesRequest.ProtoReflect.Descriptor instead.
 func (*ListPrimaryStoragesRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_target_inventory_proto_rawDescGZIP(), []int{22}
+	return file_ferry_v1_target_inventory_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *ListPrimaryStoragesRequest) GetPageSize() int32 {
@@ -1631,7 +1733,7 @@ type ListPrimaryStoragesResponse struct {
 
 func (x *ListPrimaryStoragesResponse) Reset() {
 	*x = ListPrimaryStoragesResponse{}
-	mi := &file_ferry_v1_target_inventory_proto_msgTypes[23]
+	mi := &file_ferry_v1_target_inventory_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1643,7 +1745,7 @@ func (x *ListPrimaryStoragesResponse) String() string {
 func (*ListPrimaryStoragesResponse) ProtoMessage() {}
 
 func (x *ListPrimaryStoragesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_target_inventory_proto_msgTypes[23]
+	mi := &file_ferry_v1_target_inventory_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1656,7 +1758,7 @@ func (x *ListPrimaryStoragesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListPrimaryStoragesResponse.ProtoReflect.Descriptor instead.
 func (*ListPrimaryStoragesResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_target_inventory_proto_rawDescGZIP(), []int{23}
+	return file_ferry_v1_target_inventory_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *ListPrimaryStoragesResponse) GetPrimaryStorages() []*PrimaryStorage {
@@ -1682,7 +1784,7 @@ type DeletePrimaryStorageRequest struct {
 
 func (x *DeletePrimaryStorageRequest) Reset() {
 	*x = DeletePrimaryStorageRequest{}
-	mi := &file_ferry_v1_target_inventory_proto_msgTypes[24]
+	mi := &file_ferry_v1_target_inventory_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1694,7 +1796,7 @@ func (x *DeletePrimaryStorageRequest) String() string {
 func (*DeletePrimaryStorageRequest) ProtoMessage() {}
 
 func (x *DeletePrimaryStorageRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_target_inventory_proto_msgTypes[24]
+	mi := &file_ferry_v1_target_inventory_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1707,7 +1809,7 @@ func (x *DeletePrimaryStorageRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeletePrimaryStorageRequest.ProtoReflect.Descriptor instead.
 func (*DeletePrimaryStorageRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_target_inventory_proto_rawDescGZIP(), []int{24}
+	return file_ferry_v1_target_inventory_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *DeletePrimaryStorageRequest) GetName() string {
@@ -1727,7 +1829,7 @@ type CreateL3NetworkRequest struct {
 
 func (x *CreateL3NetworkRequest) Reset() {
 	*x = CreateL3NetworkRequest{}
-	mi := &file_ferry_v1_target_inventory_proto_msgTypes[25]
+	mi := &file_ferry_v1_target_inventory_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1739,7 +1841,7 @@ func (x *CreateL3NetworkRequest) String() string {
 func (*CreateL3NetworkRequest) ProtoMessage() {}
 
 func (x *CreateL3NetworkRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_target_inventory_proto_msgTypes[25]
+	mi := &file_ferry_v1_target_inventory_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1752,7 +1854,7 @@ func (x *CreateL3NetworkRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateL3NetworkRequest.ProtoReflect.Descriptor instead.
 func (*CreateL3NetworkRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_target_inventory_proto_rawDescGZIP(), []int{25}
+	return file_ferry_v1_target_inventory_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *CreateL3NetworkRequest) GetL3Network() *L3Network {
@@ -1778,7 +1880,7 @@ type GetL3NetworkRequest struct {
 
 func (x *GetL3NetworkRequest) Reset() {
 	*x = GetL3NetworkRequest{}
-	mi := &file_ferry_v1_target_inventory_proto_msgTypes[26]
+	mi := &file_ferry_v1_target_inventory_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1790,7 +1892,7 @@ func (x *GetL3NetworkRequest) String() string {
 func (*GetL3NetworkRequest) ProtoMessage() {}
 
 func (x *GetL3NetworkRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_target_inventory_proto_msgTypes[26]
+	mi := &file_ferry_v1_target_inventory_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1803,7 +1905,7 @@ func (x *GetL3NetworkRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetL3NetworkRequest.ProtoReflect.Descriptor instead.
 func (*GetL3NetworkRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_target_inventory_proto_rawDescGZIP(), []int{26}
+	return file_ferry_v1_target_inventory_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *GetL3NetworkRequest) GetName() string {
@@ -1824,7 +1926,7 @@ type ListL3NetworksRequest struct {
 
 func (x *ListL3NetworksRequest) Reset() {
 	*x = ListL3NetworksRequest{}
-	mi := &file_ferry_v1_target_inventory_proto_msgTypes[27]
+	mi := &file_ferry_v1_target_inventory_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1836,7 +1938,7 @@ func (x *ListL3NetworksRequest) String() string {
 func (*ListL3NetworksRequest) ProtoMessage() {}
 
 func (x *ListL3NetworksRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_target_inventory_proto_msgTypes[27]
+	mi := &file_ferry_v1_target_inventory_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1849,7 +1951,7 @@ func (x *ListL3NetworksRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListL3NetworksRequest.ProtoReflect.Descriptor instead.
 func (*ListL3NetworksRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_target_inventory_proto_rawDescGZIP(), []int{27}
+	return file_ferry_v1_target_inventory_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *ListL3NetworksRequest) GetPageSize() int32 {
@@ -1883,7 +1985,7 @@ type ListL3NetworksResponse struct {
 
 func (x *ListL3NetworksResponse) Reset() {
 	*x = ListL3NetworksResponse{}
-	mi := &file_ferry_v1_target_inventory_proto_msgTypes[28]
+	mi := &file_ferry_v1_target_inventory_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1895,7 +1997,7 @@ func (x *ListL3NetworksResponse) String() string {
 func (*ListL3NetworksResponse) ProtoMessage() {}
 
 func (x *ListL3NetworksResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_target_inventory_proto_msgTypes[28]
+	mi := &file_ferry_v1_target_inventory_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1908,7 +2010,7 @@ func (x *ListL3NetworksResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListL3NetworksResponse.ProtoReflect.Descriptor instead.
 func (*ListL3NetworksResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_target_inventory_proto_rawDescGZIP(), []int{28}
+	return file_ferry_v1_target_inventory_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *ListL3NetworksResponse) GetL3Networks() []*L3Network {
@@ -1934,7 +2036,7 @@ type DeleteL3NetworkRequest struct {
 
 func (x *DeleteL3NetworkRequest) Reset() {
 	*x = DeleteL3NetworkRequest{}
-	mi := &file_ferry_v1_target_inventory_proto_msgTypes[29]
+	mi := &file_ferry_v1_target_inventory_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1946,7 +2048,7 @@ func (x *DeleteL3NetworkRequest) String() string {
 func (*DeleteL3NetworkRequest) ProtoMessage() {}
 
 func (x *DeleteL3NetworkRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_target_inventory_proto_msgTypes[29]
+	mi := &file_ferry_v1_target_inventory_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1959,7 +2061,7 @@ func (x *DeleteL3NetworkRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteL3NetworkRequest.ProtoReflect.Descriptor instead.
 func (*DeleteL3NetworkRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_target_inventory_proto_rawDescGZIP(), []int{29}
+	return file_ferry_v1_target_inventory_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *DeleteL3NetworkRequest) GetName() string {
@@ -1981,7 +2083,7 @@ type ReleaseL3NetworkAddressRequest struct {
 
 func (x *ReleaseL3NetworkAddressRequest) Reset() {
 	*x = ReleaseL3NetworkAddressRequest{}
-	mi := &file_ferry_v1_target_inventory_proto_msgTypes[30]
+	mi := &file_ferry_v1_target_inventory_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1993,7 +2095,7 @@ func (x *ReleaseL3NetworkAddressRequest) String() string {
 func (*ReleaseL3NetworkAddressRequest) ProtoMessage() {}
 
 func (x *ReleaseL3NetworkAddressRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_target_inventory_proto_msgTypes[30]
+	mi := &file_ferry_v1_target_inventory_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2006,7 +2108,7 @@ func (x *ReleaseL3NetworkAddressRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReleaseL3NetworkAddressRequest.ProtoReflect.Descriptor instead.
 func (*ReleaseL3NetworkAddressRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_target_inventory_proto_rawDescGZIP(), []int{30}
+	return file_ferry_v1_target_inventory_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *ReleaseL3NetworkAddressRequest) GetName() string {
@@ -2032,7 +2134,7 @@ type ReleaseL3NetworkAddressResponse struct {
 
 func (x *ReleaseL3NetworkAddressResponse) Reset() {
 	*x = ReleaseL3NetworkAddressResponse{}
-	mi := &file_ferry_v1_target_inventory_proto_msgTypes[31]
+	mi := &file_ferry_v1_target_inventory_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2044,7 +2146,7 @@ func (x *ReleaseL3NetworkAddressResponse) String() string {
 func (*ReleaseL3NetworkAddressResponse) ProtoMessage() {}
 
 func (x *ReleaseL3NetworkAddressResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_target_inventory_proto_msgTypes[31]
+	mi := &file_ferry_v1_target_inventory_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2057,7 +2159,7 @@ func (x *ReleaseL3NetworkAddressResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReleaseL3NetworkAddressResponse.ProtoReflect.Descriptor instead.
 func (*ReleaseL3NetworkAddressResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_target_inventory_proto_rawDescGZIP(), []int{31}
+	return file_ferry_v1_target_inventory_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *ReleaseL3NetworkAddressResponse) GetL3Network() *L3Network {
@@ -2071,13 +2173,13 @@ var File_ferry_v1_target_inventory_proto protoreflect.FileDescriptor
 
 const file_ferry_v1_target_inventory_proto_rawDesc = "" +
 	"\n" +
-	"\x1fferry/v1/target_inventory.proto\x12\bferry.v1\x1a\x1bgoogle/protobuf/empty.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x91\x01\n" +
+	"\x1fferry/v1/target_inventory.proto\x12\bferry.v1\x1a\x1cferry/v1/migration_job.proto\x1a\x1bgoogle/protobuf/empty.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x91\x01\n" +
 	"\aCluster\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12!\n" +
 	"\fdisplay_name\x18\x02 \x01(\tR\vdisplayName\x12\x12\n" +
 	"\x04zone\x18\x03 \x01(\tR\x04zone\x12;\n" +
 	"\vcreate_time\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\n" +
-	"createTime\"\xc3\x02\n" +
+	"createTime\"\x88\x03\n" +
 	"\x04Host\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x18\n" +
 	"\acluster\x18\x02 \x01(\tR\acluster\x12)\n" +
@@ -2087,7 +2189,16 @@ const file_ferry_v1_target_inventory_proto_rawDesc = "" +
 	"\vcreate_time\x18\x06 \x01(\v2\x1a.google.protobuf.TimestampR\n" +
 	"createTime\x12#\n" +
 	"\ragent_version\x18\a \x01(\tR\fagentVersion\x12 \n" +
-	"\vmaintenance\x18\b \x01(\bR\vmaintenance\"\x95\x04\n" +
+	"\vmaintenance\x18\b \x01(\bR\vmaintenance\x12C\n" +
+	"\x10pending_cleanups\x18\t \x03(\v2\x18.ferry.v1.PendingCleanupR\x0fpendingCleanups\"\xfc\x01\n" +
+	"\x0ePendingCleanup\x12\x10\n" +
+	"\x03job\x18\x01 \x01(\tR\x03job\x12\x14\n" +
+	"\x05epoch\x18\x02 \x01(\x03R\x05epoch\x12*\n" +
+	"\x06target\x18\x03 \x01(\v2\x12.ferry.v1.TargetVmR\x06target\x12A\n" +
+	"\x0fprimary_storage\x18\x04 \x01(\v2\x18.ferry.v1.PrimaryStorageR\x0eprimaryStorage\x12\x16\n" +
+	"\x06reason\x18\x05 \x01(\tR\x06reason\x12;\n" +
+	"\vcreate_time\x18\x06 \x01(\v2\x1a.google.protobuf.TimestampR\n" +
+	"createTime\"\x95\x04\n" +
 	"\tHostFacts\x12\x12\n" +
 	"\x04cpus\x18\x01 \x01(\x05R\x04cpus\x12!\n" +
 	"\fmemory_bytes\x18\x02 \x01(\x03R\vmemoryBytes\x12\x1f\n" +
@@ -2266,104 +2377,110 @@ func file_ferry_v1_target_inventory_proto_rawDescGZIP() []byte {
 }
 
 var file_ferry_v1_target_inventory_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_ferry_v1_target_inventory_proto_msgTypes = make([]protoimpl.MessageInfo, 32)
+var file_ferry_v1_target_inventory_proto_msgTypes = make([]protoimpl.MessageInfo, 33)
 var file_ferry_v1_target_inventory_proto_goTypes = []any{
 	(PrimaryStorageType)(0),                 // 0: ferry.v1.PrimaryStorageType
 	(*Cluster)(nil),                         // 1: ferry.v1.Cluster
 	(*Host)(nil),                            // 2: ferry.v1.Host
-	(*HostFacts)(nil),                       // 3: ferry.v1.HostFacts
-	(*LibvirtNetwork)(nil),                  // 4: ferry.v1.LibvirtNetwork
-	(*DhcpHost)(nil),                        // 5: ferry.v1.DhcpHost
-	(*StorageSpace)(nil),                    // 6: ferry.v1.StorageSpace
-	(*NetworkInterface)(nil),                // 7: ferry.v1.NetworkInterface
-	(*PrimaryStorage)(nil),                  // 8: ferry.v1.PrimaryStorage
-	(*L3Network)(nil),                       // 9: ferry.v1.L3Network
-	(*AddressReservation)(nil),              // 10: ferry.v1.AddressReservation
-	(*CreateClusterRequest)(nil),            // 11: ferry.v1.CreateClusterRequest
-	(*GetClusterRequest)(nil),               // 12: ferry.v1.GetClusterRequest
-	(*ListClustersRequest)(nil),             // 13: ferry.v1.ListClustersRequest
-	(*ListClustersResponse)(nil),            // 14: ferry.v1.ListClustersResponse
-	(*DeleteClusterRequest)(nil),            // 15: ferry.v1.DeleteClusterRequest
-	(*GetHostRequest)(nil),                  // 16: ferry.v1.GetHostRequest
-	(*ListHostsRequest)(nil),                // 17: ferry.v1.ListHostsRequest
-	(*ListHostsResponse)(nil),               // 18: ferry.v1.ListHostsResponse
-	(*SetHostMaintenanceRequest)(nil),       // 19: ferry.v1.SetHostMaintenanceRequest
-	(*SetHostMaintenanceResponse)(nil),      // 20: ferry.v1.SetHostMaintenanceResponse
-	(*CreatePrimaryStorageRequest)(nil),     // 21: ferry.v1.CreatePrimaryStorageRequest
-	(*GetPrimaryStorageRequest)(nil),        // 22: ferry.v1.GetPrimaryStorageRequest
-	(*ListPrimaryStoragesRequest)(nil),      // 23: ferry.v1.ListPrimaryStoragesRequest
-	(*ListPrimaryStoragesResponse)(nil),     // 24: ferry.v1.ListPrimaryStoragesResponse
-	(*DeletePrimaryStorageRequest)(nil),     // 25: ferry.v1.DeletePrimaryStorageRequest
-	(*CreateL3NetworkRequest)(nil),          // 26: ferry.v1.CreateL3NetworkRequest
-	(*GetL3NetworkRequest)(nil),             // 27: ferry.v1.GetL3NetworkRequest
-	(*ListL3NetworksRequest)(nil),           // 28: ferry.v1.ListL3NetworksRequest
-	(*ListL3NetworksResponse)(nil),          // 29: ferry.v1.ListL3NetworksResponse
-	(*DeleteL3NetworkRequest)(nil),          // 30: ferry.v1.DeleteL3NetworkRequest
-	(*ReleaseL3NetworkAddressRequest)(nil),  // 31: ferry.v1.ReleaseL3NetworkAddressRequest
-	(*ReleaseL3NetworkAddressResponse)(nil), // 32: ferry.v1.ReleaseL3NetworkAddressResponse
-	(*timestamppb.Timestamp)(nil),           // 33: google.protobuf.Timestamp
-	(*emptypb.Empty)(nil),                   // 34: google.protobuf.Empty
+	(*PendingCleanup)(nil),                  // 3: ferry.v1.PendingCleanup
+	(*HostFacts)(nil),                       // 4: ferry.v1.HostFacts
+	(*LibvirtNetwork)(nil),                  // 5: ferry.v1.LibvirtNetwork
+	(*DhcpHost)(nil),                        // 6: ferry.v1.DhcpHost
+	(*StorageSpace)(nil),                    // 7: ferry.v1.StorageSpace
+	(*NetworkInterface)(nil),                // 8: ferry.v1.NetworkInterface
+	(*PrimaryStorage)(nil),                  // 9: ferry.v1.PrimaryStorage
+	(*L3Network)(nil),                       // 10: ferry.v1.L3Network
+	(*AddressReservation)(nil),              // 11: ferry.v1.AddressReservation
+	(*CreateClusterRequest)(nil),            // 12: ferry.v1.CreateClusterRequest
+	(*GetClusterRequest)(nil),               // 13: ferry.v1.GetClusterRequest
+	(*ListClustersRequest)(nil),             // 14: ferry.v1.ListClustersRequest
+	(*ListClustersResponse)(nil),            // 15: ferry.v1.ListClustersResponse
+	(*DeleteClusterRequest)(nil),            // 16: ferry.v1.DeleteClusterRequest
+	(*GetHostRequest)(nil),                  // 17: ferry.v1.GetHostRequest
+	(*ListHostsRequest)(nil),                // 18: ferry.v1.ListHostsRequest
+	(*ListHostsResponse)(nil),               // 19: ferry.v1.ListHostsResponse
+	(*SetHostMaintenanceRequest)(nil),       // 20: ferry.v1.SetHostMaintenanceRequest
+	(*SetHostMaintenanceResponse)(nil),      // 21: ferry.v1.SetHostMaintenanceResponse
+	(*CreatePrimaryStorageRequest)(nil),     // 22: ferry.v1.CreatePrimaryStorageRequest
+	(*GetPrimaryStorageRequest)(nil),        // 23: ferry.v1.GetPrimaryStorageRequest
+	(*ListPrimaryStoragesRequest)(nil),      // 24: ferry.v1.ListPrimaryStoragesRequest
+	(*ListPrimaryStoragesResponse)(nil),     // 25: ferry.v1.ListPrimaryStoragesResponse
+	(*DeletePrimaryStorageRequest)(nil),     // 26: ferry.v1.DeletePrimaryStorageRequest
+	(*CreateL3NetworkRequest)(nil),          // 27: ferry.v1.CreateL3NetworkRequest
+	(*GetL3NetworkRequest)(nil),             // 28: ferry.v1.GetL3NetworkRequest
+	(*ListL3NetworksRequest)(nil),           // 29: ferry.v1.ListL3NetworksRequest
+	(*ListL3NetworksResponse)(nil),          // 30: ferry.v1.ListL3NetworksResponse
+	(*DeleteL3NetworkRequest)(nil),          // 31: ferry.v1.DeleteL3NetworkRequest
+	(*ReleaseL3NetworkAddressRequest)(nil),  // 32: ferry.v1.ReleaseL3NetworkAddressRequest
+	(*ReleaseL3NetworkAddressResponse)(nil), // 33: ferry.v1.ReleaseL3NetworkAddressResponse
+	(*timestamppb.Timestamp)(nil),           // 34: google.protobuf.Timestamp
+	(*TargetVm)(nil),                        // 35: ferry.v1.TargetVm
+	(*emptypb.Empty)(nil),                   // 36: google.protobuf.Empty
 }
 var file_ferry_v1_target_inventory_proto_depIdxs = []int32{
-	33, // 0: ferry.v1.Cluster.create_time:type_name -> google.protobuf.Timestamp
-	3,  // 1: ferry.v1.Host.facts:type_name -> ferry.v1.HostFacts
-	33, // 2: ferry.v1.Host.last_seen_time:type_name -> google.protobuf.Timestamp
-	33, // 3: ferry.v1.Host.create_time:type_name -> google.protobuf.Timestamp
-	7,  // 4: ferry.v1.HostFacts.interfaces:type_name -> ferry.v1.NetworkInterface
-	6,  // 5: ferry.v1.HostFacts.storages:type_name -> ferry.v1.StorageSpace
-	4,  // 6: ferry.v1.HostFacts.libvirt_networks:type_name -> ferry.v1.LibvirtNetwork
-	5,  // 7: ferry.v1.LibvirtNetwork.dhcp_hosts:type_name -> ferry.v1.DhcpHost
-	0,  // 8: ferry.v1.PrimaryStorage.type:type_name -> ferry.v1.PrimaryStorageType
-	33, // 9: ferry.v1.PrimaryStorage.create_time:type_name -> google.protobuf.Timestamp
-	33, // 10: ferry.v1.L3Network.create_time:type_name -> google.protobuf.Timestamp
-	10, // 11: ferry.v1.L3Network.reservations:type_name -> ferry.v1.AddressReservation
-	33, // 12: ferry.v1.AddressReservation.create_time:type_name -> google.protobuf.Timestamp
-	1,  // 13: ferry.v1.CreateClusterRequest.cluster:type_name -> ferry.v1.Cluster
-	1,  // 14: ferry.v1.ListClustersResponse.clusters:type_name -> ferry.v1.Cluster
-	2,  // 15: ferry.v1.ListHostsResponse.hosts:type_name -> ferry.v1.Host
-	2,  // 16: ferry.v1.SetHostMaintenanceResponse.host:type_name -> ferry.v1.Host
-	8,  // 17: ferry.v1.CreatePrimaryStorageRequest.primary_storage:type_name -> ferry.v1.PrimaryStorage
-	8,  // 18: ferry.v1.ListPrimaryStoragesResponse.primary_storages:type_name -> ferry.v1.PrimaryStorage
-	9,  // 19: ferry.v1.CreateL3NetworkRequest.l3_network:type_name -> ferry.v1.L3Network
-	9,  // 20: ferry.v1.ListL3NetworksResponse.l3_networks:type_name -> ferry.v1.L3Network
-	9,  // 21: ferry.v1.ReleaseL3NetworkAddressResponse.l3_network:type_name -> ferry.v1.L3Network
-	11, // 22: ferry.v1.TargetInventoryService.CreateCluster:input_type -> ferry.v1.CreateClusterRequest
-	12, // 23: ferry.v1.TargetInventoryService.GetCluster:input_type -> ferry.v1.GetClusterRequest
-	13, // 24: ferry.v1.TargetInventoryService.ListClusters:input_type -> ferry.v1.ListClustersRequest
-	15, // 25: ferry.v1.TargetInventoryService.DeleteCluster:input_type -> ferry.v1.DeleteClusterRequest
-	16, // 26: ferry.v1.TargetInventoryService.GetHost:input_type -> ferry.v1.GetHostRequest
-	17, // 27: ferry.v1.TargetInventoryService.ListHosts:input_type -> ferry.v1.ListHostsRequest
-	19, // 28: ferry.v1.TargetInventoryService.SetHostMaintenance:input_type -> ferry.v1.SetHostMaintenanceRequest
-	21, // 29: ferry.v1.TargetInventoryService.CreatePrimaryStorage:input_type -> ferry.v1.CreatePrimaryStorageRequest
-	22, // 30: ferry.v1.TargetInventoryService.GetPrimaryStorage:input_type -> ferry.v1.GetPrimaryStorageRequest
-	23, // 31: ferry.v1.TargetInventoryService.ListPrimaryStorages:input_type -> ferry.v1.ListPrimaryStoragesRequest
-	25, // 32: ferry.v1.TargetInventoryService.DeletePrimaryStorage:input_type -> ferry.v1.DeletePrimaryStorageRequest
-	26, // 33: ferry.v1.TargetInventoryService.CreateL3Network:input_type -> ferry.v1.CreateL3NetworkRequest
-	27, // 34: ferry.v1.TargetInventoryService.GetL3Network:input_type -> ferry.v1.GetL3NetworkRequest
-	28, // 35: ferry.v1.TargetInventoryService.ListL3Networks:input_type -> ferry.v1.ListL3NetworksRequest
-	30, // 36: ferry.v1.TargetInventoryService.DeleteL3Network:input_type -> ferry.v1.DeleteL3NetworkRequest
-	31, // 37: ferry.v1.TargetInventoryService.ReleaseL3NetworkAddress:input_type -> ferry.v1.ReleaseL3NetworkAddressRequest
-	1,  // 38: ferry.v1.TargetInventoryService.CreateCluster:output_type -> ferry.v1.Cluster
-	1,  // 39: ferry.v1.TargetInventoryService.GetCluster:output_type -> ferry.v1.Cluster
-	14, // 40: ferry.v1.TargetInventoryService.ListClusters:output_type -> ferry.v1.ListClustersResponse
-	34, // 41: ferry.v1.TargetInventoryService.DeleteCluster:output_type -> google.protobuf.Empty
-	2,  // 42: ferry.v1.TargetInventoryService.GetHost:output_type -> ferry.v1.Host
-	18, // 43: ferry.v1.TargetInventoryService.ListHosts:output_type -> ferry.v1.ListHostsResponse
-	20, // 44: ferry.v1.TargetInventoryService.SetHostMaintenance:output_type -> ferry.v1.SetHostMaintenanceResponse
-	8,  // 45: ferry.v1.TargetInventoryService.CreatePrimaryStorage:output_type -> ferry.v1.PrimaryStorage
-	8,  // 46: ferry.v1.TargetInventoryService.GetPrimaryStorage:output_type -> ferry.v1.PrimaryStorage
-	24, // 47: ferry.v1.TargetInventoryService.ListPrimaryStorages:output_type -> ferry.v1.ListPrimaryStoragesResponse
-	34, // 48: ferry.v1.TargetInventoryService.DeletePrimaryStorage:output_type -> google.protobuf.Empty
-	9,  // 49: ferry.v1.TargetInventoryService.CreateL3Network:output_type -> ferry.v1.L3Network
-	9,  // 50: ferry.v1.TargetInventoryService.GetL3Network:output_type -> ferry.v1.L3Network
-	29, // 51: ferry.v1.TargetInventoryService.ListL3Networks:output_type -> ferry.v1.ListL3NetworksResponse
-	34, // 52: ferry.v1.TargetInventoryService.DeleteL3Network:output_type -> google.protobuf.Empty
-	32, // 53: ferry.v1.TargetInventoryService.ReleaseL3NetworkAddress:output_type -> ferry.v1.ReleaseL3NetworkAddressResponse
-	38, // [38:54] is the sub-list for method output_type
-	22, // [22:38] is the sub-list for method input_type
-	22, // [22:22] is the sub-list for extension type_name
-	22, // [22:22] is the sub-list for extension extendee
-	0,  // [0:22] is the sub-list for field type_name
+	34, // 0: ferry.v1.Cluster.create_time:type_name -> google.protobuf.Timestamp
+	4,  // 1: ferry.v1.Host.facts:type_name -> ferry.v1.HostFacts
+	34, // 2: ferry.v1.Host.last_seen_time:type_name -> google.protobuf.Timestamp
+	34, // 3: ferry.v1.Host.create_time:type_name -> google.protobuf.Timestamp
+	3,  // 4: ferry.v1.Host.pending_cleanups:type_name -> ferry.v1.PendingCleanup
+	35, // 5: ferry.v1.PendingCleanup.target:type_name -> ferry.v1.TargetVm
+	9,  // 6: ferry.v1.PendingCleanup.primary_storage:type_name -> ferry.v1.PrimaryStorage
+	34, // 7: ferry.v1.PendingCleanup.create_time:type_name -> google.protobuf.Timestamp
+	8,  // 8: ferry.v1.HostFacts.interfaces:type_name -> ferry.v1.NetworkInterface
+	7,  // 9: ferry.v1.HostFacts.storages:type_name -> ferry.v1.StorageSpace
+	5,  // 10: ferry.v1.HostFacts.libvirt_networks:type_name -> ferry.v1.LibvirtNetwork
+	6,  // 11: ferry.v1.LibvirtNetwork.dhcp_hosts:type_name -> ferry.v1.DhcpHost
+	0,  // 12: ferry.v1.PrimaryStorage.type:type_name -> ferry.v1.PrimaryStorageType
+	34, // 13: ferry.v1.PrimaryStorage.create_time:type_name -> google.protobuf.Timestamp
+	34, // 14: ferry.v1.L3Network.create_time:type_name -> google.protobuf.Timestamp
+	11, // 15: ferry.v1.L3Network.reservations:type_name -> ferry.v1.AddressReservation
+	34, // 16: ferry.v1.AddressReservation.create_time:type_name -> google.protobuf.Timestamp
+	1,  // 17: ferry.v1.CreateClusterRequest.cluster:type_name -> ferry.v1.Cluster
+	1,  // 18: ferry.v1.ListClustersResponse.clusters:type_name -> ferry.v1.Cluster
+	2,  // 19: ferry.v1.ListHostsResponse.hosts:type_name -> ferry.v1.Host
+	2,  // 20: ferry.v1.SetHostMaintenanceResponse.host:type_name -> ferry.v1.Host
+	9,  // 21: ferry.v1.CreatePrimaryStorageRequest.primary_storage:type_name -> ferry.v1.PrimaryStorage
+	9,  // 22: ferry.v1.ListPrimaryStoragesResponse.primary_storages:type_name -> ferry.v1.PrimaryStorage
+	10, // 23: ferry.v1.CreateL3NetworkRequest.l3_network:type_name -> ferry.v1.L3Network
+	10, // 24: ferry.v1.ListL3NetworksResponse.l3_networks:type_name -> ferry.v1.L3Network
+	10, // 25: ferry.v1.ReleaseL3NetworkAddressResponse.l3_network:type_name -> ferry.v1.L3Network
+	12, // 26: ferry.v1.TargetInventoryService.CreateCluster:input_type -> ferry.v1.CreateClusterRequest
+	13, // 27: ferry.v1.TargetInventoryService.GetCluster:input_type -> ferry.v1.GetClusterRequest
+	14, // 28: ferry.v1.TargetInventoryService.ListClusters:input_type -> ferry.v1.ListClustersRequest
+	16, // 29: ferry.v1.TargetInventoryService.DeleteCluster:input_type -> ferry.v1.DeleteClusterRequest
+	17, // 30: ferry.v1.TargetInventoryService.GetHost:input_type -> ferry.v1.GetHostRequest
+	18, // 31: ferry.v1.TargetInventoryService.ListHosts:input_type -> ferry.v1.ListHostsRequest
+	20, // 32: ferry.v1.TargetInventoryService.SetHostMaintenance:input_type -> ferry.v1.SetHostMaintenanceRequest
+	22, // 33: ferry.v1.TargetInventoryService.CreatePrimaryStorage:input_type -> ferry.v1.CreatePrimaryStorageRequest
+	23, // 34: ferry.v1.TargetInventoryService.GetPrimaryStorage:input_type -> ferry.v1.GetPrimaryStorageRequest
+	24, // 35: ferry.v1.TargetInventoryService.ListPrimaryStorages:input_type -> ferry.v1.ListPrimaryStoragesRequest
+	26, // 36: ferry.v1.TargetInventoryService.DeletePrimaryStorage:input_type -> ferry.v1.DeletePrimaryStorageRequest
+	27, // 37: ferry.v1.TargetInventoryService.CreateL3Network:input_type -> ferry.v1.CreateL3NetworkRequest
+	28, // 38: ferry.v1.TargetInventoryService.GetL3Network:input_type -> ferry.v1.GetL3NetworkRequest
+	29, // 39: ferry.v1.TargetInventoryService.ListL3Networks:input_type -> ferry.v1.ListL3NetworksRequest
+	31, // 40: ferry.v1.TargetInventoryService.DeleteL3Network:input_type -> ferry.v1.DeleteL3NetworkRequest
+	32, // 41: ferry.v1.TargetInventoryService.ReleaseL3NetworkAddress:input_type -> ferry.v1.ReleaseL3NetworkAddressRequest
+	1,  // 42: ferry.v1.TargetInventoryService.CreateCluster:output_type -> ferry.v1.Cluster
+	1,  // 43: ferry.v1.TargetInventoryService.GetCluster:output_type -> ferry.v1.Cluster
+	15, // 44: ferry.v1.TargetInventoryService.ListClusters:output_type -> ferry.v1.ListClustersResponse
+	36, // 45: ferry.v1.TargetInventoryService.DeleteCluster:output_type -> google.protobuf.Empty
+	2,  // 46: ferry.v1.TargetInventoryService.GetHost:output_type -> ferry.v1.Host
+	19, // 47: ferry.v1.TargetInventoryService.ListHosts:output_type -> ferry.v1.ListHostsResponse
+	21, // 48: ferry.v1.TargetInventoryService.SetHostMaintenance:output_type -> ferry.v1.SetHostMaintenanceResponse
+	9,  // 49: ferry.v1.TargetInventoryService.CreatePrimaryStorage:output_type -> ferry.v1.PrimaryStorage
+	9,  // 50: ferry.v1.TargetInventoryService.GetPrimaryStorage:output_type -> ferry.v1.PrimaryStorage
+	25, // 51: ferry.v1.TargetInventoryService.ListPrimaryStorages:output_type -> ferry.v1.ListPrimaryStoragesResponse
+	36, // 52: ferry.v1.TargetInventoryService.DeletePrimaryStorage:output_type -> google.protobuf.Empty
+	10, // 53: ferry.v1.TargetInventoryService.CreateL3Network:output_type -> ferry.v1.L3Network
+	10, // 54: ferry.v1.TargetInventoryService.GetL3Network:output_type -> ferry.v1.L3Network
+	30, // 55: ferry.v1.TargetInventoryService.ListL3Networks:output_type -> ferry.v1.ListL3NetworksResponse
+	36, // 56: ferry.v1.TargetInventoryService.DeleteL3Network:output_type -> google.protobuf.Empty
+	33, // 57: ferry.v1.TargetInventoryService.ReleaseL3NetworkAddress:output_type -> ferry.v1.ReleaseL3NetworkAddressResponse
+	42, // [42:58] is the sub-list for method output_type
+	26, // [26:42] is the sub-list for method input_type
+	26, // [26:26] is the sub-list for extension type_name
+	26, // [26:26] is the sub-list for extension extendee
+	0,  // [0:26] is the sub-list for field type_name
 }
 
 func init() { file_ferry_v1_target_inventory_proto_init() }
@@ -2371,13 +2488,14 @@ func file_ferry_v1_target_inventory_proto_init() {
 	if File_ferry_v1_target_inventory_proto != nil {
 		return
 	}
+	file_ferry_v1_migration_job_proto_init()
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_ferry_v1_target_inventory_proto_rawDesc), len(file_ferry_v1_target_inventory_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   32,
+			NumMessages:   33,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -67,6 +67,7 @@ type Command struct {
 	//	*Command_ReleaseAddress
 	//	*Command_RevokeCertificate
 	//	*Command_SetHostMaintenance
+	//	*Command_SetPendingCleanup
 	Op            isCommand_Op `protobuf_oneof:"op"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -431,6 +432,15 @@ func (x *Command) GetSetHostMaintenance() *SetHostMaintenance {
 	return nil
 }
 
+func (x *Command) GetSetPendingCleanup() *SetPendingCleanup {
+	if x != nil {
+		if x, ok := x.Op.(*Command_SetPendingCleanup); ok {
+			return x.SetPendingCleanup
+		}
+	}
+	return nil
+}
+
 type isCommand_Op interface {
 	isCommand_Op()
 }
@@ -575,6 +585,10 @@ type Command_SetHostMaintenance struct {
 	SetHostMaintenance *SetHostMaintenance `protobuf:"bytes,44,opt,name=set_host_maintenance,json=setHostMaintenance,proto3,oneof"`
 }
 
+type Command_SetPendingCleanup struct {
+	SetPendingCleanup *SetPendingCleanup `protobuf:"bytes,45,opt,name=set_pending_cleanup,json=setPendingCleanup,proto3,oneof"`
+}
+
 func (*Command_PutCluster) isCommand_Op() {}
 
 func (*Command_DeleteCluster) isCommand_Op() {}
@@ -644,6 +658,8 @@ func (*Command_ReleaseAddress) isCommand_Op() {}
 func (*Command_RevokeCertificate) isCommand_Op() {}
 
 func (*Command_SetHostMaintenance) isCommand_Op() {}
+
+func (*Command_SetPendingCleanup) isCommand_Op() {}
 
 // Batch applies several commands as one log entry, in order.
 type Batch struct {
@@ -944,6 +960,71 @@ func (x *SetHostMaintenance) GetRequestId() string {
 	return ""
 }
 
+// SetPendingCleanup records the rollback a host's agent owes a job
+// (cleanup set; the leader stamps its create_time), or clears it once
+// done (cleanup unset).
+type SetPendingCleanup struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// hosts/{host_name}
+	Host string `protobuf:"bytes,1,opt,name=host,proto3" json:"host,omitempty"`
+	// migrationJobs/{id}
+	Job           string             `protobuf:"bytes,2,opt,name=job,proto3" json:"job,omitempty"`
+	Cleanup       *v1.PendingCleanup `protobuf:"bytes,3,opt,name=cleanup,proto3" json:"cleanup,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SetPendingCleanup) Reset() {
+	*x = SetPendingCleanup{}
+	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[7]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SetPendingCleanup) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SetPendingCleanup) ProtoMessage() {}
+
+func (x *SetPendingCleanup) ProtoReflect() protoreflect.Message {
+	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[7]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SetPendingCleanup.ProtoReflect.Descriptor instead.
+func (*SetPendingCleanup) Descriptor() ([]byte, []int) {
+	return file_ferry_ledger_v1_ledger_proto_rawDescGZIP(), []int{7}
+}
+
+func (x *SetPendingCleanup) GetHost() string {
+	if x != nil {
+		return x.Host
+	}
+	return ""
+}
+
+func (x *SetPendingCleanup) GetJob() string {
+	if x != nil {
+		return x.Job
+	}
+	return ""
+}
+
+func (x *SetPendingCleanup) GetCleanup() *v1.PendingCleanup {
+	if x != nil {
+		return x.Cleanup
+	}
+	return nil
+}
+
 type PutPrimaryStorage struct {
 	state          protoimpl.MessageState `protogen:"open.v1"`
 	PrimaryStorage *v1.PrimaryStorage     `protobuf:"bytes,1,opt,name=primary_storage,json=primaryStorage,proto3" json:"primary_storage,omitempty"`
@@ -954,7 +1035,7 @@ type PutPrimaryStorage struct {
 
 func (x *PutPrimaryStorage) Reset() {
 	*x = PutPrimaryStorage{}
-	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[7]
+	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -966,7 +1047,7 @@ func (x *PutPrimaryStorage) String() string {
 func (*PutPrimaryStorage) ProtoMessage() {}
 
 func (x *PutPrimaryStorage) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[7]
+	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -979,7 +1060,7 @@ func (x *PutPrimaryStorage) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PutPrimaryStorage.ProtoReflect.Descriptor instead.
 func (*PutPrimaryStorage) Descriptor() ([]byte, []int) {
-	return file_ferry_ledger_v1_ledger_proto_rawDescGZIP(), []int{7}
+	return file_ferry_ledger_v1_ledger_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *PutPrimaryStorage) GetPrimaryStorage() *v1.PrimaryStorage {
@@ -1006,7 +1087,7 @@ type PutL3Network struct {
 
 func (x *PutL3Network) Reset() {
 	*x = PutL3Network{}
-	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[8]
+	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1018,7 +1099,7 @@ func (x *PutL3Network) String() string {
 func (*PutL3Network) ProtoMessage() {}
 
 func (x *PutL3Network) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[8]
+	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1031,7 +1112,7 @@ func (x *PutL3Network) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PutL3Network.ProtoReflect.Descriptor instead.
 func (*PutL3Network) Descriptor() ([]byte, []int) {
-	return file_ferry_ledger_v1_ledger_proto_rawDescGZIP(), []int{8}
+	return file_ferry_ledger_v1_ledger_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *PutL3Network) GetL3Network() *v1.L3Network {
@@ -1058,7 +1139,7 @@ type PutMigrationServer struct {
 
 func (x *PutMigrationServer) Reset() {
 	*x = PutMigrationServer{}
-	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[9]
+	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1070,7 +1151,7 @@ func (x *PutMigrationServer) String() string {
 func (*PutMigrationServer) ProtoMessage() {}
 
 func (x *PutMigrationServer) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[9]
+	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1083,7 +1164,7 @@ func (x *PutMigrationServer) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PutMigrationServer.ProtoReflect.Descriptor instead.
 func (*PutMigrationServer) Descriptor() ([]byte, []int) {
-	return file_ferry_ledger_v1_ledger_proto_rawDescGZIP(), []int{9}
+	return file_ferry_ledger_v1_ledger_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *PutMigrationServer) GetMigrationServer() *v1.MigrationServer {
@@ -1110,7 +1191,7 @@ type SetMigrationServerEnabled struct {
 
 func (x *SetMigrationServerEnabled) Reset() {
 	*x = SetMigrationServerEnabled{}
-	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[10]
+	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1122,7 +1203,7 @@ func (x *SetMigrationServerEnabled) String() string {
 func (*SetMigrationServerEnabled) ProtoMessage() {}
 
 func (x *SetMigrationServerEnabled) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[10]
+	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1135,7 +1216,7 @@ func (x *SetMigrationServerEnabled) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetMigrationServerEnabled.ProtoReflect.Descriptor instead.
 func (*SetMigrationServerEnabled) Descriptor() ([]byte, []int) {
-	return file_ferry_ledger_v1_ledger_proto_rawDescGZIP(), []int{10}
+	return file_ferry_ledger_v1_ledger_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *SetMigrationServerEnabled) GetName() string {
@@ -1165,7 +1246,7 @@ type SetMigrationServerBandwidth struct {
 
 func (x *SetMigrationServerBandwidth) Reset() {
 	*x = SetMigrationServerBandwidth{}
-	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[11]
+	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1177,7 +1258,7 @@ func (x *SetMigrationServerBandwidth) String() string {
 func (*SetMigrationServerBandwidth) ProtoMessage() {}
 
 func (x *SetMigrationServerBandwidth) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[11]
+	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1190,7 +1271,7 @@ func (x *SetMigrationServerBandwidth) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetMigrationServerBandwidth.ProtoReflect.Descriptor instead.
 func (*SetMigrationServerBandwidth) Descriptor() ([]byte, []int) {
-	return file_ferry_ledger_v1_ledger_proto_rawDescGZIP(), []int{11}
+	return file_ferry_ledger_v1_ledger_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *SetMigrationServerBandwidth) GetName() string {
@@ -1240,7 +1321,7 @@ type SealedCredential struct {
 
 func (x *SealedCredential) Reset() {
 	*x = SealedCredential{}
-	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[12]
+	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1252,7 +1333,7 @@ func (x *SealedCredential) String() string {
 func (*SealedCredential) ProtoMessage() {}
 
 func (x *SealedCredential) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[12]
+	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1265,7 +1346,7 @@ func (x *SealedCredential) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SealedCredential.ProtoReflect.Descriptor instead.
 func (*SealedCredential) Descriptor() ([]byte, []int) {
-	return file_ferry_ledger_v1_ledger_proto_rawDescGZIP(), []int{12}
+	return file_ferry_ledger_v1_ledger_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *SealedCredential) GetCredential() *v1.Credential {
@@ -1292,7 +1373,7 @@ type PutCredential struct {
 
 func (x *PutCredential) Reset() {
 	*x = PutCredential{}
-	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[13]
+	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1304,7 +1385,7 @@ func (x *PutCredential) String() string {
 func (*PutCredential) ProtoMessage() {}
 
 func (x *PutCredential) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[13]
+	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1317,7 +1398,7 @@ func (x *PutCredential) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PutCredential.ProtoReflect.Descriptor instead.
 func (*PutCredential) Descriptor() ([]byte, []int) {
-	return file_ferry_ledger_v1_ledger_proto_rawDescGZIP(), []int{13}
+	return file_ferry_ledger_v1_ledger_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *PutCredential) GetCredential() *SealedCredential {
@@ -1344,7 +1425,7 @@ type PutSource struct {
 
 func (x *PutSource) Reset() {
 	*x = PutSource{}
-	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[14]
+	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1356,7 +1437,7 @@ func (x *PutSource) String() string {
 func (*PutSource) ProtoMessage() {}
 
 func (x *PutSource) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[14]
+	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1369,7 +1450,7 @@ func (x *PutSource) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PutSource.ProtoReflect.Descriptor instead.
 func (*PutSource) Descriptor() ([]byte, []int) {
-	return file_ferry_ledger_v1_ledger_proto_rawDescGZIP(), []int{14}
+	return file_ferry_ledger_v1_ledger_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *PutSource) GetSource() *v1.Source {
@@ -1396,7 +1477,7 @@ type RecordSourceHostKey struct {
 
 func (x *RecordSourceHostKey) Reset() {
 	*x = RecordSourceHostKey{}
-	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[15]
+	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1408,7 +1489,7 @@ func (x *RecordSourceHostKey) String() string {
 func (*RecordSourceHostKey) ProtoMessage() {}
 
 func (x *RecordSourceHostKey) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[15]
+	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1421,7 +1502,7 @@ func (x *RecordSourceHostKey) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RecordSourceHostKey.ProtoReflect.Descriptor instead.
 func (*RecordSourceHostKey) Descriptor() ([]byte, []int) {
-	return file_ferry_ledger_v1_ledger_proto_rawDescGZIP(), []int{15}
+	return file_ferry_ledger_v1_ledger_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *RecordSourceHostKey) GetName() string {
@@ -1453,7 +1534,7 @@ type RecordSourceSync struct {
 
 func (x *RecordSourceSync) Reset() {
 	*x = RecordSourceSync{}
-	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[16]
+	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1465,7 +1546,7 @@ func (x *RecordSourceSync) String() string {
 func (*RecordSourceSync) ProtoMessage() {}
 
 func (x *RecordSourceSync) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[16]
+	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1478,7 +1559,7 @@ func (x *RecordSourceSync) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RecordSourceSync.ProtoReflect.Descriptor instead.
 func (*RecordSourceSync) Descriptor() ([]byte, []int) {
-	return file_ferry_ledger_v1_ledger_proto_rawDescGZIP(), []int{16}
+	return file_ferry_ledger_v1_ledger_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *RecordSourceSync) GetSource() string {
@@ -1514,7 +1595,7 @@ type CreateMigrationJobs struct {
 
 func (x *CreateMigrationJobs) Reset() {
 	*x = CreateMigrationJobs{}
-	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[17]
+	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1526,7 +1607,7 @@ func (x *CreateMigrationJobs) String() string {
 func (*CreateMigrationJobs) ProtoMessage() {}
 
 func (x *CreateMigrationJobs) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[17]
+	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1539,7 +1620,7 @@ func (x *CreateMigrationJobs) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateMigrationJobs.ProtoReflect.Descriptor instead.
 func (*CreateMigrationJobs) Descriptor() ([]byte, []int) {
-	return file_ferry_ledger_v1_ledger_proto_rawDescGZIP(), []int{17}
+	return file_ferry_ledger_v1_ledger_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *CreateMigrationJobs) GetJobs() []*v1.MigrationJob {
@@ -1567,7 +1648,7 @@ type StartMigrationJob struct {
 
 func (x *StartMigrationJob) Reset() {
 	*x = StartMigrationJob{}
-	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[18]
+	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1579,7 +1660,7 @@ func (x *StartMigrationJob) String() string {
 func (*StartMigrationJob) ProtoMessage() {}
 
 func (x *StartMigrationJob) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[18]
+	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1592,7 +1673,7 @@ func (x *StartMigrationJob) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StartMigrationJob.ProtoReflect.Descriptor instead.
 func (*StartMigrationJob) Descriptor() ([]byte, []int) {
-	return file_ferry_ledger_v1_ledger_proto_rawDescGZIP(), []int{18}
+	return file_ferry_ledger_v1_ledger_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *StartMigrationJob) GetName() string {
@@ -1628,7 +1709,7 @@ type CheckpointMigrationJob struct {
 
 func (x *CheckpointMigrationJob) Reset() {
 	*x = CheckpointMigrationJob{}
-	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[19]
+	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1640,7 +1721,7 @@ func (x *CheckpointMigrationJob) String() string {
 func (*CheckpointMigrationJob) ProtoMessage() {}
 
 func (x *CheckpointMigrationJob) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[19]
+	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1653,7 +1734,7 @@ func (x *CheckpointMigrationJob) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CheckpointMigrationJob.ProtoReflect.Descriptor instead.
 func (*CheckpointMigrationJob) Descriptor() ([]byte, []int) {
-	return file_ferry_ledger_v1_ledger_proto_rawDescGZIP(), []int{19}
+	return file_ferry_ledger_v1_ledger_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *CheckpointMigrationJob) GetName() string {
@@ -1698,7 +1779,7 @@ type FinishMigrationJob struct {
 
 func (x *FinishMigrationJob) Reset() {
 	*x = FinishMigrationJob{}
-	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[20]
+	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1710,7 +1791,7 @@ func (x *FinishMigrationJob) String() string {
 func (*FinishMigrationJob) ProtoMessage() {}
 
 func (x *FinishMigrationJob) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[20]
+	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1723,7 +1804,7 @@ func (x *FinishMigrationJob) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FinishMigrationJob.ProtoReflect.Descriptor instead.
 func (*FinishMigrationJob) Descriptor() ([]byte, []int) {
-	return file_ferry_ledger_v1_ledger_proto_rawDescGZIP(), []int{20}
+	return file_ferry_ledger_v1_ledger_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *FinishMigrationJob) GetName() string {
@@ -1778,7 +1859,7 @@ type CancelMigrationJob struct {
 
 func (x *CancelMigrationJob) Reset() {
 	*x = CancelMigrationJob{}
-	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[21]
+	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1790,7 +1871,7 @@ func (x *CancelMigrationJob) String() string {
 func (*CancelMigrationJob) ProtoMessage() {}
 
 func (x *CancelMigrationJob) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[21]
+	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1803,7 +1884,7 @@ func (x *CancelMigrationJob) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CancelMigrationJob.ProtoReflect.Descriptor instead.
 func (*CancelMigrationJob) Descriptor() ([]byte, []int) {
-	return file_ferry_ledger_v1_ledger_proto_rawDescGZIP(), []int{21}
+	return file_ferry_ledger_v1_ledger_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *CancelMigrationJob) GetName() string {
@@ -1829,7 +1910,7 @@ type RestartMigrationJob struct {
 
 func (x *RestartMigrationJob) Reset() {
 	*x = RestartMigrationJob{}
-	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[22]
+	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1841,7 +1922,7 @@ func (x *RestartMigrationJob) String() string {
 func (*RestartMigrationJob) ProtoMessage() {}
 
 func (x *RestartMigrationJob) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[22]
+	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1854,7 +1935,7 @@ func (x *RestartMigrationJob) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RestartMigrationJob.ProtoReflect.Descriptor instead.
 func (*RestartMigrationJob) Descriptor() ([]byte, []int) {
-	return file_ferry_ledger_v1_ledger_proto_rawDescGZIP(), []int{22}
+	return file_ferry_ledger_v1_ledger_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *RestartMigrationJob) GetName() string {
@@ -1874,7 +1955,7 @@ type SetJobWaitingReason struct {
 
 func (x *SetJobWaitingReason) Reset() {
 	*x = SetJobWaitingReason{}
-	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[23]
+	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1886,7 +1967,7 @@ func (x *SetJobWaitingReason) String() string {
 func (*SetJobWaitingReason) ProtoMessage() {}
 
 func (x *SetJobWaitingReason) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[23]
+	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1899,7 +1980,7 @@ func (x *SetJobWaitingReason) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetJobWaitingReason.ProtoReflect.Descriptor instead.
 func (*SetJobWaitingReason) Descriptor() ([]byte, []int) {
-	return file_ferry_ledger_v1_ledger_proto_rawDescGZIP(), []int{23}
+	return file_ferry_ledger_v1_ledger_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *SetJobWaitingReason) GetName() string {
@@ -1929,7 +2010,7 @@ type PutNetworkMappingGroup struct {
 
 func (x *PutNetworkMappingGroup) Reset() {
 	*x = PutNetworkMappingGroup{}
-	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[24]
+	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1941,7 +2022,7 @@ func (x *PutNetworkMappingGroup) String() string {
 func (*PutNetworkMappingGroup) ProtoMessage() {}
 
 func (x *PutNetworkMappingGroup) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[24]
+	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1954,7 +2035,7 @@ func (x *PutNetworkMappingGroup) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PutNetworkMappingGroup.ProtoReflect.Descriptor instead.
 func (*PutNetworkMappingGroup) Descriptor() ([]byte, []int) {
-	return file_ferry_ledger_v1_ledger_proto_rawDescGZIP(), []int{24}
+	return file_ferry_ledger_v1_ledger_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *PutNetworkMappingGroup) GetNetworkMappingGroup() *v1.NetworkMappingGroup {
@@ -1987,7 +2068,7 @@ type PutSettings struct {
 
 func (x *PutSettings) Reset() {
 	*x = PutSettings{}
-	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[25]
+	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1999,7 +2080,7 @@ func (x *PutSettings) String() string {
 func (*PutSettings) ProtoMessage() {}
 
 func (x *PutSettings) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[25]
+	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2012,7 +2093,7 @@ func (x *PutSettings) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PutSettings.ProtoReflect.Descriptor instead.
 func (*PutSettings) Descriptor() ([]byte, []int) {
-	return file_ferry_ledger_v1_ledger_proto_rawDescGZIP(), []int{25}
+	return file_ferry_ledger_v1_ledger_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *PutSettings) GetSettings() *v1.Settings {
@@ -2034,7 +2115,7 @@ type Node struct {
 
 func (x *Node) Reset() {
 	*x = Node{}
-	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[26]
+	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2046,7 +2127,7 @@ func (x *Node) String() string {
 func (*Node) ProtoMessage() {}
 
 func (x *Node) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[26]
+	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2059,7 +2140,7 @@ func (x *Node) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Node.ProtoReflect.Descriptor instead.
 func (*Node) Descriptor() ([]byte, []int) {
-	return file_ferry_ledger_v1_ledger_proto_rawDescGZIP(), []int{26}
+	return file_ferry_ledger_v1_ledger_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *Node) GetId() string {
@@ -2092,7 +2173,7 @@ type PutNode struct {
 
 func (x *PutNode) Reset() {
 	*x = PutNode{}
-	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[27]
+	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2104,7 +2185,7 @@ func (x *PutNode) String() string {
 func (*PutNode) ProtoMessage() {}
 
 func (x *PutNode) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[27]
+	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2117,7 +2198,7 @@ func (x *PutNode) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PutNode.ProtoReflect.Descriptor instead.
 func (*PutNode) Descriptor() ([]byte, []int) {
-	return file_ferry_ledger_v1_ledger_proto_rawDescGZIP(), []int{27}
+	return file_ferry_ledger_v1_ledger_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *PutNode) GetNode() *Node {
@@ -2140,7 +2221,7 @@ type RequestRecord struct {
 
 func (x *RequestRecord) Reset() {
 	*x = RequestRecord{}
-	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[28]
+	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2152,7 +2233,7 @@ func (x *RequestRecord) String() string {
 func (*RequestRecord) ProtoMessage() {}
 
 func (x *RequestRecord) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[28]
+	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2165,7 +2246,7 @@ func (x *RequestRecord) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RequestRecord.ProtoReflect.Descriptor instead.
 func (*RequestRecord) Descriptor() ([]byte, []int) {
-	return file_ferry_ledger_v1_ledger_proto_rawDescGZIP(), []int{28}
+	return file_ferry_ledger_v1_ledger_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *RequestRecord) GetRequestId() string {
@@ -2212,7 +2293,7 @@ type Snapshot struct {
 
 func (x *Snapshot) Reset() {
 	*x = Snapshot{}
-	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[29]
+	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2224,7 +2305,7 @@ func (x *Snapshot) String() string {
 func (*Snapshot) ProtoMessage() {}
 
 func (x *Snapshot) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[29]
+	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2237,7 +2318,7 @@ func (x *Snapshot) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Snapshot.ProtoReflect.Descriptor instead.
 func (*Snapshot) Descriptor() ([]byte, []int) {
-	return file_ferry_ledger_v1_ledger_proto_rawDescGZIP(), []int{29}
+	return file_ferry_ledger_v1_ledger_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *Snapshot) GetClusters() []*v1.Cluster {
@@ -2349,7 +2430,7 @@ type RevokeCertificate struct {
 
 func (x *RevokeCertificate) Reset() {
 	*x = RevokeCertificate{}
-	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[30]
+	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2361,7 +2442,7 @@ func (x *RevokeCertificate) String() string {
 func (*RevokeCertificate) ProtoMessage() {}
 
 func (x *RevokeCertificate) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[30]
+	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2374,7 +2455,7 @@ func (x *RevokeCertificate) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevokeCertificate.ProtoReflect.Descriptor instead.
 func (*RevokeCertificate) Descriptor() ([]byte, []int) {
-	return file_ferry_ledger_v1_ledger_proto_rawDescGZIP(), []int{30}
+	return file_ferry_ledger_v1_ledger_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *RevokeCertificate) GetCertificate() *v1.RevokedCertificate {
@@ -2397,7 +2478,7 @@ type ReleaseAddress struct {
 
 func (x *ReleaseAddress) Reset() {
 	*x = ReleaseAddress{}
-	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[31]
+	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2409,7 +2490,7 @@ func (x *ReleaseAddress) String() string {
 func (*ReleaseAddress) ProtoMessage() {}
 
 func (x *ReleaseAddress) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[31]
+	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2422,7 +2503,7 @@ func (x *ReleaseAddress) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReleaseAddress.ProtoReflect.Descriptor instead.
 func (*ReleaseAddress) Descriptor() ([]byte, []int) {
-	return file_ferry_ledger_v1_ledger_proto_rawDescGZIP(), []int{31}
+	return file_ferry_ledger_v1_ledger_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *ReleaseAddress) GetNetwork() string {
@@ -2443,7 +2524,7 @@ var File_ferry_ledger_v1_ledger_proto protoreflect.FileDescriptor
 
 const file_ferry_ledger_v1_ledger_proto_rawDesc = "" +
 	"\n" +
-	"\x1cferry/ledger/v1/ledger.proto\x12\x0fferry.ledger.v1\x1a\x1aferry/v1/certificate.proto\x1a\x1fferry/v1/target_inventory.proto\x1a\x1cferry/v1/migration_job.proto\x1a\x1fferry/v1/migration_server.proto\x1a\x1eferry/v1/network_mapping.proto\x1a\x17ferry/v1/settings.proto\x1a\x15ferry/v1/source.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x87\x17\n" +
+	"\x1cferry/ledger/v1/ledger.proto\x12\x0fferry.ledger.v1\x1a\x1aferry/v1/certificate.proto\x1a\x1fferry/v1/target_inventory.proto\x1a\x1cferry/v1/migration_job.proto\x1a\x1fferry/v1/migration_server.proto\x1a\x1eferry/v1/network_mapping.proto\x1a\x17ferry/v1/settings.proto\x1a\x15ferry/v1/source.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xdd\x17\n" +
 	"\aCommand\x12.\n" +
 	"\x04time\x18\x01 \x01(\v2\x1a.google.protobuf.TimestampR\x04time\x12>\n" +
 	"\vput_cluster\x18\n" +
@@ -2484,7 +2565,8 @@ const file_ferry_ledger_v1_ledger_proto_rawDesc = "" +
 	"\x1cdelete_network_mapping_group\x18) \x01(\v2\x1f.ferry.ledger.v1.DeleteResourceH\x00R\x19deleteNetworkMappingGroup\x12J\n" +
 	"\x0frelease_address\x18* \x01(\v2\x1f.ferry.ledger.v1.ReleaseAddressH\x00R\x0ereleaseAddress\x12S\n" +
 	"\x12revoke_certificate\x18+ \x01(\v2\".ferry.ledger.v1.RevokeCertificateH\x00R\x11revokeCertificate\x12W\n" +
-	"\x14set_host_maintenance\x18, \x01(\v2#.ferry.ledger.v1.SetHostMaintenanceH\x00R\x12setHostMaintenanceB\x04\n" +
+	"\x14set_host_maintenance\x18, \x01(\v2#.ferry.ledger.v1.SetHostMaintenanceH\x00R\x12setHostMaintenance\x12T\n" +
+	"\x13set_pending_cleanup\x18- \x01(\v2\".ferry.ledger.v1.SetPendingCleanupH\x00R\x11setPendingCleanupB\x04\n" +
 	"\x02op\"=\n" +
 	"\x05Batch\x124\n" +
 	"\bcommands\x18\x01 \x03(\v2\x18.ferry.ledger.v1.CommandR\bcommands\"$\n" +
@@ -2504,7 +2586,11 @@ const file_ferry_ledger_v1_ledger_proto_rawDesc = "" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12 \n" +
 	"\vmaintenance\x18\x02 \x01(\bR\vmaintenance\x12\x1d\n" +
 	"\n" +
-	"request_id\x18\x03 \x01(\tR\trequestId\"u\n" +
+	"request_id\x18\x03 \x01(\tR\trequestId\"m\n" +
+	"\x11SetPendingCleanup\x12\x12\n" +
+	"\x04host\x18\x01 \x01(\tR\x04host\x12\x10\n" +
+	"\x03job\x18\x02 \x01(\tR\x03job\x122\n" +
+	"\acleanup\x18\x03 \x01(\v2\x18.ferry.v1.PendingCleanupR\acleanup\"u\n" +
 	"\x11PutPrimaryStorage\x12A\n" +
 	"\x0fprimary_storage\x18\x01 \x01(\v2\x18.ferry.v1.PrimaryStorageR\x0eprimaryStorage\x12\x1d\n" +
 	"\n" +
@@ -2636,7 +2722,7 @@ func file_ferry_ledger_v1_ledger_proto_rawDescGZIP() []byte {
 	return file_ferry_ledger_v1_ledger_proto_rawDescData
 }
 
-var file_ferry_ledger_v1_ledger_proto_msgTypes = make([]protoimpl.MessageInfo, 32)
+var file_ferry_ledger_v1_ledger_proto_msgTypes = make([]protoimpl.MessageInfo, 33)
 var file_ferry_ledger_v1_ledger_proto_goTypes = []any{
 	(*Command)(nil),                     // 0: ferry.ledger.v1.Command
 	(*Batch)(nil),                       // 1: ferry.ledger.v1.Batch
@@ -2645,124 +2731,128 @@ var file_ferry_ledger_v1_ledger_proto_goTypes = []any{
 	(*PutHost)(nil),                     // 4: ferry.ledger.v1.PutHost
 	(*SetHostConnected)(nil),            // 5: ferry.ledger.v1.SetHostConnected
 	(*SetHostMaintenance)(nil),          // 6: ferry.ledger.v1.SetHostMaintenance
-	(*PutPrimaryStorage)(nil),           // 7: ferry.ledger.v1.PutPrimaryStorage
-	(*PutL3Network)(nil),                // 8: ferry.ledger.v1.PutL3Network
-	(*PutMigrationServer)(nil),          // 9: ferry.ledger.v1.PutMigrationServer
-	(*SetMigrationServerEnabled)(nil),   // 10: ferry.ledger.v1.SetMigrationServerEnabled
-	(*SetMigrationServerBandwidth)(nil), // 11: ferry.ledger.v1.SetMigrationServerBandwidth
-	(*SealedCredential)(nil),            // 12: ferry.ledger.v1.SealedCredential
-	(*PutCredential)(nil),               // 13: ferry.ledger.v1.PutCredential
-	(*PutSource)(nil),                   // 14: ferry.ledger.v1.PutSource
-	(*RecordSourceHostKey)(nil),         // 15: ferry.ledger.v1.RecordSourceHostKey
-	(*RecordSourceSync)(nil),            // 16: ferry.ledger.v1.RecordSourceSync
-	(*CreateMigrationJobs)(nil),         // 17: ferry.ledger.v1.CreateMigrationJobs
-	(*StartMigrationJob)(nil),           // 18: ferry.ledger.v1.StartMigrationJob
-	(*CheckpointMigrationJob)(nil),      // 19: ferry.ledger.v1.CheckpointMigrationJob
-	(*FinishMigrationJob)(nil),          // 20: ferry.ledger.v1.FinishMigrationJob
-	(*CancelMigrationJob)(nil),          // 21: ferry.ledger.v1.CancelMigrationJob
-	(*RestartMigrationJob)(nil),         // 22: ferry.ledger.v1.RestartMigrationJob
-	(*SetJobWaitingReason)(nil),         // 23: ferry.ledger.v1.SetJobWaitingReason
-	(*PutNetworkMappingGroup)(nil),      // 24: ferry.ledger.v1.PutNetworkMappingGroup
-	(*PutSettings)(nil),                 // 25: ferry.ledger.v1.PutSettings
-	(*Node)(nil),                        // 26: ferry.ledger.v1.Node
-	(*PutNode)(nil),                     // 27: ferry.ledger.v1.PutNode
-	(*RequestRecord)(nil),               // 28: ferry.ledger.v1.RequestRecord
-	(*Snapshot)(nil),                    // 29: ferry.ledger.v1.Snapshot
-	(*RevokeCertificate)(nil),           // 30: ferry.ledger.v1.RevokeCertificate
-	(*ReleaseAddress)(nil),              // 31: ferry.ledger.v1.ReleaseAddress
-	(*timestamppb.Timestamp)(nil),       // 32: google.protobuf.Timestamp
-	(*v1.Cluster)(nil),                  // 33: ferry.v1.Cluster
-	(*v1.Host)(nil),                     // 34: ferry.v1.Host
-	(*v1.PrimaryStorage)(nil),           // 35: ferry.v1.PrimaryStorage
-	(*v1.L3Network)(nil),                // 36: ferry.v1.L3Network
-	(*v1.MigrationServer)(nil),          // 37: ferry.v1.MigrationServer
-	(*v1.Credential)(nil),               // 38: ferry.v1.Credential
-	(*v1.Source)(nil),                   // 39: ferry.v1.Source
-	(*v1.SourceInventory)(nil),          // 40: ferry.v1.SourceInventory
-	(*v1.MigrationJob)(nil),             // 41: ferry.v1.MigrationJob
-	(v1.MigrationJobPhase)(0),           // 42: ferry.v1.MigrationJobPhase
-	(*v1.DiskProgress)(nil),             // 43: ferry.v1.DiskProgress
-	(v1.MigrationJobState)(0),           // 44: ferry.v1.MigrationJobState
-	(*v1.NetworkMappingGroup)(nil),      // 45: ferry.v1.NetworkMappingGroup
-	(*v1.Settings)(nil),                 // 46: ferry.v1.Settings
-	(*v1.RevokedCertificate)(nil),       // 47: ferry.v1.RevokedCertificate
+	(*SetPendingCleanup)(nil),           // 7: ferry.ledger.v1.SetPendingCleanup
+	(*PutPrimaryStorage)(nil),           // 8: ferry.ledger.v1.PutPrimaryStorage
+	(*PutL3Network)(nil),                // 9: ferry.ledger.v1.PutL3Network
+	(*PutMigrationServer)(nil),          // 10: ferry.ledger.v1.PutMigrationServer
+	(*SetMigrationServerEnabled)(nil),   // 11: ferry.ledger.v1.SetMigrationServerEnabled
+	(*SetMigrationServerBandwidth)(nil), // 12: ferry.ledger.v1.SetMigrationServerBandwidth
+	(*SealedCredential)(nil),            // 13: ferry.ledger.v1.SealedCredential
+	(*PutCredential)(nil),               // 14: ferry.ledger.v1.PutCredential
+	(*PutSource)(nil),                   // 15: ferry.ledger.v1.PutSource
+	(*RecordSourceHostKey)(nil),         // 16: ferry.ledger.v1.RecordSourceHostKey
+	(*RecordSourceSync)(nil),            // 17: ferry.ledger.v1.RecordSourceSync
+	(*CreateMigrationJobs)(nil),         // 18: ferry.ledger.v1.CreateMigrationJobs
+	(*StartMigrationJob)(nil),           // 19: ferry.ledger.v1.StartMigrationJob
+	(*CheckpointMigrationJob)(nil),      // 20: ferry.ledger.v1.CheckpointMigrationJob
+	(*FinishMigrationJob)(nil),          // 21: ferry.ledger.v1.FinishMigrationJob
+	(*CancelMigrationJob)(nil),          // 22: ferry.ledger.v1.CancelMigrationJob
+	(*RestartMigrationJob)(nil),         // 23: ferry.ledger.v1.RestartMigrationJob
+	(*SetJobWaitingReason)(nil),         // 24: ferry.ledger.v1.SetJobWaitingReason
+	(*PutNetworkMappingGroup)(nil),      // 25: ferry.ledger.v1.PutNetworkMappingGroup
+	(*PutSettings)(nil),                 // 26: ferry.ledger.v1.PutSettings
+	(*Node)(nil),                        // 27: ferry.ledger.v1.Node
+	(*PutNode)(nil),                     // 28: ferry.ledger.v1.PutNode
+	(*RequestRecord)(nil),               // 29: ferry.ledger.v1.RequestRecord
+	(*Snapshot)(nil),                    // 30: ferry.ledger.v1.Snapshot
+	(*RevokeCertificate)(nil),           // 31: ferry.ledger.v1.RevokeCertificate
+	(*ReleaseAddress)(nil),              // 32: ferry.ledger.v1.ReleaseAddress
+	(*timestamppb.Timestamp)(nil),       // 33: google.protobuf.Timestamp
+	(*v1.Cluster)(nil),                  // 34: ferry.v1.Cluster
+	(*v1.Host)(nil),                     // 35: ferry.v1.Host
+	(*v1.PendingCleanup)(nil),           // 36: ferry.v1.PendingCleanup
+	(*v1.PrimaryStorage)(nil),           // 37: ferry.v1.PrimaryStorage
+	(*v1.L3Network)(nil),                // 38: ferry.v1.L3Network
+	(*v1.MigrationServer)(nil),          // 39: ferry.v1.MigrationServer
+	(*v1.Credential)(nil),               // 40: ferry.v1.Credential
+	(*v1.Source)(nil),                   // 41: ferry.v1.Source
+	(*v1.SourceInventory)(nil),          // 42: ferry.v1.SourceInventory
+	(*v1.MigrationJob)(nil),             // 43: ferry.v1.MigrationJob
+	(v1.MigrationJobPhase)(0),           // 44: ferry.v1.MigrationJobPhase
+	(*v1.DiskProgress)(nil),             // 45: ferry.v1.DiskProgress
+	(v1.MigrationJobState)(0),           // 46: ferry.v1.MigrationJobState
+	(*v1.NetworkMappingGroup)(nil),      // 47: ferry.v1.NetworkMappingGroup
+	(*v1.Settings)(nil),                 // 48: ferry.v1.Settings
+	(*v1.RevokedCertificate)(nil),       // 49: ferry.v1.RevokedCertificate
 }
 var file_ferry_ledger_v1_ledger_proto_depIdxs = []int32{
-	32, // 0: ferry.ledger.v1.Command.time:type_name -> google.protobuf.Timestamp
+	33, // 0: ferry.ledger.v1.Command.time:type_name -> google.protobuf.Timestamp
 	3,  // 1: ferry.ledger.v1.Command.put_cluster:type_name -> ferry.ledger.v1.PutCluster
 	2,  // 2: ferry.ledger.v1.Command.delete_cluster:type_name -> ferry.ledger.v1.DeleteResource
 	4,  // 3: ferry.ledger.v1.Command.put_host:type_name -> ferry.ledger.v1.PutHost
 	5,  // 4: ferry.ledger.v1.Command.set_host_connected:type_name -> ferry.ledger.v1.SetHostConnected
-	7,  // 5: ferry.ledger.v1.Command.put_primary_storage:type_name -> ferry.ledger.v1.PutPrimaryStorage
+	8,  // 5: ferry.ledger.v1.Command.put_primary_storage:type_name -> ferry.ledger.v1.PutPrimaryStorage
 	2,  // 6: ferry.ledger.v1.Command.delete_primary_storage:type_name -> ferry.ledger.v1.DeleteResource
-	8,  // 7: ferry.ledger.v1.Command.put_l3_network:type_name -> ferry.ledger.v1.PutL3Network
+	9,  // 7: ferry.ledger.v1.Command.put_l3_network:type_name -> ferry.ledger.v1.PutL3Network
 	2,  // 8: ferry.ledger.v1.Command.delete_l3_network:type_name -> ferry.ledger.v1.DeleteResource
-	9,  // 9: ferry.ledger.v1.Command.put_migration_server:type_name -> ferry.ledger.v1.PutMigrationServer
+	10, // 9: ferry.ledger.v1.Command.put_migration_server:type_name -> ferry.ledger.v1.PutMigrationServer
 	2,  // 10: ferry.ledger.v1.Command.delete_migration_server:type_name -> ferry.ledger.v1.DeleteResource
-	10, // 11: ferry.ledger.v1.Command.set_migration_server_enabled:type_name -> ferry.ledger.v1.SetMigrationServerEnabled
-	11, // 12: ferry.ledger.v1.Command.set_migration_server_bandwidth:type_name -> ferry.ledger.v1.SetMigrationServerBandwidth
-	13, // 13: ferry.ledger.v1.Command.put_credential:type_name -> ferry.ledger.v1.PutCredential
+	11, // 11: ferry.ledger.v1.Command.set_migration_server_enabled:type_name -> ferry.ledger.v1.SetMigrationServerEnabled
+	12, // 12: ferry.ledger.v1.Command.set_migration_server_bandwidth:type_name -> ferry.ledger.v1.SetMigrationServerBandwidth
+	14, // 13: ferry.ledger.v1.Command.put_credential:type_name -> ferry.ledger.v1.PutCredential
 	2,  // 14: ferry.ledger.v1.Command.delete_credential:type_name -> ferry.ledger.v1.DeleteResource
-	14, // 15: ferry.ledger.v1.Command.put_source:type_name -> ferry.ledger.v1.PutSource
+	15, // 15: ferry.ledger.v1.Command.put_source:type_name -> ferry.ledger.v1.PutSource
 	2,  // 16: ferry.ledger.v1.Command.delete_source:type_name -> ferry.ledger.v1.DeleteResource
-	15, // 17: ferry.ledger.v1.Command.record_source_host_key:type_name -> ferry.ledger.v1.RecordSourceHostKey
-	17, // 18: ferry.ledger.v1.Command.create_migration_jobs:type_name -> ferry.ledger.v1.CreateMigrationJobs
-	18, // 19: ferry.ledger.v1.Command.start_migration_job:type_name -> ferry.ledger.v1.StartMigrationJob
-	19, // 20: ferry.ledger.v1.Command.checkpoint_migration_job:type_name -> ferry.ledger.v1.CheckpointMigrationJob
-	20, // 21: ferry.ledger.v1.Command.finish_migration_job:type_name -> ferry.ledger.v1.FinishMigrationJob
-	21, // 22: ferry.ledger.v1.Command.cancel_migration_job:type_name -> ferry.ledger.v1.CancelMigrationJob
-	22, // 23: ferry.ledger.v1.Command.restart_migration_job:type_name -> ferry.ledger.v1.RestartMigrationJob
+	16, // 17: ferry.ledger.v1.Command.record_source_host_key:type_name -> ferry.ledger.v1.RecordSourceHostKey
+	18, // 18: ferry.ledger.v1.Command.create_migration_jobs:type_name -> ferry.ledger.v1.CreateMigrationJobs
+	19, // 19: ferry.ledger.v1.Command.start_migration_job:type_name -> ferry.ledger.v1.StartMigrationJob
+	20, // 20: ferry.ledger.v1.Command.checkpoint_migration_job:type_name -> ferry.ledger.v1.CheckpointMigrationJob
+	21, // 21: ferry.ledger.v1.Command.finish_migration_job:type_name -> ferry.ledger.v1.FinishMigrationJob
+	22, // 22: ferry.ledger.v1.Command.cancel_migration_job:type_name -> ferry.ledger.v1.CancelMigrationJob
+	23, // 23: ferry.ledger.v1.Command.restart_migration_job:type_name -> ferry.ledger.v1.RestartMigrationJob
 	2,  // 24: ferry.ledger.v1.Command.delete_migration_job:type_name -> ferry.ledger.v1.DeleteResource
-	23, // 25: ferry.ledger.v1.Command.set_job_waiting_reason:type_name -> ferry.ledger.v1.SetJobWaitingReason
-	25, // 26: ferry.ledger.v1.Command.put_settings:type_name -> ferry.ledger.v1.PutSettings
-	27, // 27: ferry.ledger.v1.Command.put_node:type_name -> ferry.ledger.v1.PutNode
+	24, // 25: ferry.ledger.v1.Command.set_job_waiting_reason:type_name -> ferry.ledger.v1.SetJobWaitingReason
+	26, // 26: ferry.ledger.v1.Command.put_settings:type_name -> ferry.ledger.v1.PutSettings
+	28, // 27: ferry.ledger.v1.Command.put_node:type_name -> ferry.ledger.v1.PutNode
 	2,  // 28: ferry.ledger.v1.Command.delete_node:type_name -> ferry.ledger.v1.DeleteResource
 	1,  // 29: ferry.ledger.v1.Command.batch:type_name -> ferry.ledger.v1.Batch
-	16, // 30: ferry.ledger.v1.Command.record_source_sync:type_name -> ferry.ledger.v1.RecordSourceSync
-	24, // 31: ferry.ledger.v1.Command.put_network_mapping_group:type_name -> ferry.ledger.v1.PutNetworkMappingGroup
+	17, // 30: ferry.ledger.v1.Command.record_source_sync:type_name -> ferry.ledger.v1.RecordSourceSync
+	25, // 31: ferry.ledger.v1.Command.put_network_mapping_group:type_name -> ferry.ledger.v1.PutNetworkMappingGroup
 	2,  // 32: ferry.ledger.v1.Command.delete_network_mapping_group:type_name -> ferry.ledger.v1.DeleteResource
-	31, // 33: ferry.ledger.v1.Command.release_address:type_name -> ferry.ledger.v1.ReleaseAddress
-	30, // 34: ferry.ledger.v1.Command.revoke_certificate:type_name -> ferry.ledger.v1.RevokeCertificate
+	32, // 33: ferry.ledger.v1.Command.release_address:type_name -> ferry.ledger.v1.ReleaseAddress
+	31, // 34: ferry.ledger.v1.Command.revoke_certificate:type_name -> ferry.ledger.v1.RevokeCertificate
 	6,  // 35: ferry.ledger.v1.Command.set_host_maintenance:type_name -> ferry.ledger.v1.SetHostMaintenance
-	0,  // 36: ferry.ledger.v1.Batch.commands:type_name -> ferry.ledger.v1.Command
-	33, // 37: ferry.ledger.v1.PutCluster.cluster:type_name -> ferry.v1.Cluster
-	34, // 38: ferry.ledger.v1.PutHost.host:type_name -> ferry.v1.Host
-	35, // 39: ferry.ledger.v1.PutPrimaryStorage.primary_storage:type_name -> ferry.v1.PrimaryStorage
-	36, // 40: ferry.ledger.v1.PutL3Network.l3_network:type_name -> ferry.v1.L3Network
-	37, // 41: ferry.ledger.v1.PutMigrationServer.migration_server:type_name -> ferry.v1.MigrationServer
-	38, // 42: ferry.ledger.v1.SealedCredential.credential:type_name -> ferry.v1.Credential
-	12, // 43: ferry.ledger.v1.PutCredential.credential:type_name -> ferry.ledger.v1.SealedCredential
-	39, // 44: ferry.ledger.v1.PutSource.source:type_name -> ferry.v1.Source
-	40, // 45: ferry.ledger.v1.RecordSourceSync.inventory:type_name -> ferry.v1.SourceInventory
-	41, // 46: ferry.ledger.v1.CreateMigrationJobs.jobs:type_name -> ferry.v1.MigrationJob
-	42, // 47: ferry.ledger.v1.CheckpointMigrationJob.phase:type_name -> ferry.v1.MigrationJobPhase
-	43, // 48: ferry.ledger.v1.CheckpointMigrationJob.disks:type_name -> ferry.v1.DiskProgress
-	44, // 49: ferry.ledger.v1.FinishMigrationJob.state:type_name -> ferry.v1.MigrationJobState
-	43, // 50: ferry.ledger.v1.FinishMigrationJob.disks:type_name -> ferry.v1.DiskProgress
-	45, // 51: ferry.ledger.v1.PutNetworkMappingGroup.network_mapping_group:type_name -> ferry.v1.NetworkMappingGroup
-	46, // 52: ferry.ledger.v1.PutSettings.settings:type_name -> ferry.v1.Settings
-	26, // 53: ferry.ledger.v1.PutNode.node:type_name -> ferry.ledger.v1.Node
-	32, // 54: ferry.ledger.v1.RequestRecord.time:type_name -> google.protobuf.Timestamp
-	33, // 55: ferry.ledger.v1.Snapshot.clusters:type_name -> ferry.v1.Cluster
-	34, // 56: ferry.ledger.v1.Snapshot.hosts:type_name -> ferry.v1.Host
-	35, // 57: ferry.ledger.v1.Snapshot.primary_storages:type_name -> ferry.v1.PrimaryStorage
-	36, // 58: ferry.ledger.v1.Snapshot.l3_networks:type_name -> ferry.v1.L3Network
-	37, // 59: ferry.ledger.v1.Snapshot.migration_servers:type_name -> ferry.v1.MigrationServer
-	12, // 60: ferry.ledger.v1.Snapshot.credentials:type_name -> ferry.ledger.v1.SealedCredential
-	39, // 61: ferry.ledger.v1.Snapshot.sources:type_name -> ferry.v1.Source
-	41, // 62: ferry.ledger.v1.Snapshot.jobs:type_name -> ferry.v1.MigrationJob
-	46, // 63: ferry.ledger.v1.Snapshot.settings:type_name -> ferry.v1.Settings
-	26, // 64: ferry.ledger.v1.Snapshot.nodes:type_name -> ferry.ledger.v1.Node
-	28, // 65: ferry.ledger.v1.Snapshot.requests:type_name -> ferry.ledger.v1.RequestRecord
-	40, // 66: ferry.ledger.v1.Snapshot.source_inventories:type_name -> ferry.v1.SourceInventory
-	45, // 67: ferry.ledger.v1.Snapshot.network_mapping_groups:type_name -> ferry.v1.NetworkMappingGroup
-	47, // 68: ferry.ledger.v1.Snapshot.revoked_certificates:type_name -> ferry.v1.RevokedCertificate
-	47, // 69: ferry.ledger.v1.RevokeCertificate.certificate:type_name -> ferry.v1.RevokedCertificate
-	70, // [70:70] is the sub-list for method output_type
-	70, // [70:70] is the sub-list for method input_type
-	70, // [70:70] is the sub-list for extension type_name
-	70, // [70:70] is the sub-list for extension extendee
-	0,  // [0:70] is the sub-list for field type_name
+	7,  // 36: ferry.ledger.v1.Command.set_pending_cleanup:type_name -> ferry.ledger.v1.SetPendingCleanup
+	0,  // 37: ferry.ledger.v1.Batch.commands:type_name -> ferry.ledger.v1.Command
+	34, // 38: ferry.ledger.v1.PutCluster.cluster:type_name -> ferry.v1.Cluster
+	35, // 39: ferry.ledger.v1.PutHost.host:type_name -> ferry.v1.Host
+	36, // 40: ferry.ledger.v1.SetPendingCleanup.cleanup:type_name -> ferry.v1.PendingCleanup
+	37, // 41: ferry.ledger.v1.PutPrimaryStorage.primary_storage:type_name -> ferry.v1.PrimaryStorage
+	38, // 42: ferry.ledger.v1.PutL3Network.l3_network:type_name -> ferry.v1.L3Network
+	39, // 43: ferry.ledger.v1.PutMigrationServer.migration_server:type_name -> ferry.v1.MigrationServer
+	40, // 44: ferry.ledger.v1.SealedCredential.credential:type_name -> ferry.v1.Credential
+	13, // 45: ferry.ledger.v1.PutCredential.credential:type_name -> ferry.ledger.v1.SealedCredential
+	41, // 46: ferry.ledger.v1.PutSource.source:type_name -> ferry.v1.Source
+	42, // 47: ferry.ledger.v1.RecordSourceSync.inventory:type_name -> ferry.v1.SourceInventory
+	43, // 48: ferry.ledger.v1.CreateMigrationJobs.jobs:type_name -> ferry.v1.MigrationJob
+	44, // 49: ferry.ledger.v1.CheckpointMigrationJob.phase:type_name -> ferry.v1.MigrationJobPhase
+	45, // 50: ferry.ledger.v1.CheckpointMigrationJob.disks:type_name -> ferry.v1.DiskProgress
+	46, // 51: ferry.ledger.v1.FinishMigrationJob.state:type_name -> ferry.v1.MigrationJobState
+	45, // 52: ferry.ledger.v1.FinishMigrationJob.disks:type_name -> ferry.v1.DiskProgress
+	47, // 53: ferry.ledger.v1.PutNetworkMappingGroup.network_mapping_group:type_name -> ferry.v1.NetworkMappingGroup
+	48, // 54: ferry.ledger.v1.PutSettings.settings:type_name -> ferry.v1.Settings
+	27, // 55: ferry.ledger.v1.PutNode.node:type_name -> ferry.ledger.v1.Node
+	33, // 56: ferry.ledger.v1.RequestRecord.time:type_name -> google.protobuf.Timestamp
+	34, // 57: ferry.ledger.v1.Snapshot.clusters:type_name -> ferry.v1.Cluster
+	35, // 58: ferry.ledger.v1.Snapshot.hosts:type_name -> ferry.v1.Host
+	37, // 59: ferry.ledger.v1.Snapshot.primary_storages:type_name -> ferry.v1.PrimaryStorage
+	38, // 60: ferry.ledger.v1.Snapshot.l3_networks:type_name -> ferry.v1.L3Network
+	39, // 61: ferry.ledger.v1.Snapshot.migration_servers:type_name -> ferry.v1.MigrationServer
+	13, // 62: ferry.ledger.v1.Snapshot.credentials:type_name -> ferry.ledger.v1.SealedCredential
+	41, // 63: ferry.ledger.v1.Snapshot.sources:type_name -> ferry.v1.Source
+	43, // 64: ferry.ledger.v1.Snapshot.jobs:type_name -> ferry.v1.MigrationJob
+	48, // 65: ferry.ledger.v1.Snapshot.settings:type_name -> ferry.v1.Settings
+	27, // 66: ferry.ledger.v1.Snapshot.nodes:type_name -> ferry.ledger.v1.Node
+	29, // 67: ferry.ledger.v1.Snapshot.requests:type_name -> ferry.ledger.v1.RequestRecord
+	42, // 68: ferry.ledger.v1.Snapshot.source_inventories:type_name -> ferry.v1.SourceInventory
+	47, // 69: ferry.ledger.v1.Snapshot.network_mapping_groups:type_name -> ferry.v1.NetworkMappingGroup
+	49, // 70: ferry.ledger.v1.Snapshot.revoked_certificates:type_name -> ferry.v1.RevokedCertificate
+	49, // 71: ferry.ledger.v1.RevokeCertificate.certificate:type_name -> ferry.v1.RevokedCertificate
+	72, // [72:72] is the sub-list for method output_type
+	72, // [72:72] is the sub-list for method input_type
+	72, // [72:72] is the sub-list for extension type_name
+	72, // [72:72] is the sub-list for extension extendee
+	0,  // [0:72] is the sub-list for field type_name
 }
 
 func init() { file_ferry_ledger_v1_ledger_proto_init() }
@@ -2806,15 +2896,16 @@ func file_ferry_ledger_v1_ledger_proto_init() {
 		(*Command_ReleaseAddress)(nil),
 		(*Command_RevokeCertificate)(nil),
 		(*Command_SetHostMaintenance)(nil),
+		(*Command_SetPendingCleanup)(nil),
 	}
-	file_ferry_ledger_v1_ledger_proto_msgTypes[11].OneofWrappers = []any{}
+	file_ferry_ledger_v1_ledger_proto_msgTypes[12].OneofWrappers = []any{}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_ferry_ledger_v1_ledger_proto_rawDesc), len(file_ferry_ledger_v1_ledger_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   32,
+			NumMessages:   33,
 			NumExtensions: 0,
 			NumServices:   0,
 		},
