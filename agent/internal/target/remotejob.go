@@ -14,6 +14,7 @@ import (
 	"github.com/ferry-v2v/ferry/agent/internal/cache"
 	"github.com/ferry-v2v/ferry/agent/internal/pipeline"
 	"github.com/ferry-v2v/ferry/agent/internal/runner"
+	"github.com/ferry-v2v/ferry/pkg/backoff"
 	"github.com/ferry-v2v/ferry/pkg/nbd"
 	agentv1 "github.com/ferry-v2v/ferry/pkg/pb/ferry/agent/v1"
 	"github.com/ferry-v2v/ferry/pkg/tlsutil"
@@ -36,6 +37,9 @@ type Remote struct {
 	// present its certificate and check the target host's.
 	IdentityDir string
 	Targets     TargetRequester
+	// RetryBudget is how long an upload keeps trying after the target
+	// host went away (default DefaultRemoteRetryBudget).
+	RetryBudget time.Duration
 }
 
 // remoteExports remembers, per job, the volumes its target host serves.
@@ -100,9 +104,43 @@ func (d *Driver) remoteEndpoint(targetHost string, e *agentv1.TargetExport) (End
 	return Endpoint{Addr: e.GetAddress(), TLS: cfg, Export: e.GetExportName()}, nil
 }
 
+// DefaultRemoteRetryBudget is how long an upload onto another host keeps
+// trying after that host or the link went away: the coordinators' default
+// agent grace period.
+const DefaultRemoteRetryBudget = 5 * time.Minute
+
 // uploadRemote copies every cache image onto its volume on the target
-// host, over the migration network, under the upstream limit.
+// host, over the migration network, under the upstream limit. When the
+// target host's agent or the link goes away it asks again, with backoff,
+// for Remote.RetryBudget, and resumes each disk from its upload checkpoint;
+// past the budget the job fails.
 func (d *Driver) uploadRemote(ctx context.Context, job *runner.Job, targetHost string) error {
+	budget := d.opts.Remote.RetryBudget
+	if budget == 0 {
+		budget = DefaultRemoteRetryBudget
+	}
+	policy := backoff.Policy{Budget: budget, Min: 200 * time.Millisecond, Max: 10 * time.Second}
+	attempts, err := backoff.Retry(ctx, policy, nil, func(err error) bool { return !errors.Is(err, errFenced) },
+		func(ctx context.Context, attempt int, _ time.Time) error {
+			err := d.uploadRemoteOnce(ctx, job, targetHost)
+			if err != nil && ctx.Err() == nil {
+				job.Log.Warn("upload onto the target host failed; trying again", "target_host", targetHost, "attempt", attempt, "err", err)
+			}
+			return err
+		})
+	if err != nil && ctx.Err() == nil {
+		return fmt.Errorf("target host %s lost: %w", targetHost, err)
+	}
+	if attempts > 1 {
+		job.Log.Info("upload onto the target host resumed and finished", "target_host", targetHost, "attempts", attempts)
+	}
+	return err
+}
+
+// errFenced marks a write the leader refused: no retry helps.
+var errFenced = errors.New("fenced")
+
+func (d *Driver) uploadRemoteOnce(ctx context.Context, job *runner.Job, targetHost string) error {
 	exports, err := d.prepareRemote(ctx, job)
 	if err != nil {
 		return err
@@ -114,26 +152,43 @@ func (d *Driver) uploadRemote(ctx context.Context, job *runner.Job, targetHost s
 		if err != nil {
 			return err
 		}
-		if err := d.copyRemote(ctx, job, cp, name, dst); err != nil {
+		if err := d.copyRemote(ctx, job, cp, name, dst, uploadCheckpointPath(job.CacheDir, name, targetHost), exports[i].GetCreated()); err != nil {
 			return fmt.Errorf("disk %s onto %s: %w", name, targetHost, err)
 		}
 	}
 	return nil
 }
 
-func (d *Driver) copyRemote(ctx context.Context, job *runner.Job, cp *NBDCopier, disk string, dst Endpoint) error {
+// uploadCheckpointPath is where the chunks a disk's upload onto a target
+// host has made durable are recorded, beside the cache image.
+func uploadCheckpointPath(cacheDir, disk, targetHost string) string {
+	return filepath.Join(cacheDir, disk+".upload-"+path.Base(targetHost)+".ckpt")
+}
+
+func (d *Driver) copyRemote(ctx context.Context, job *runner.Job, cp *NBDCopier, disk string, dst Endpoint, ckptPath string, fresh bool) error {
 	exp, err := cache.OpenExport(ctx, job.CacheDir, disk, job.Log)
 	if err != nil {
 		return err
 	}
 	defer exp.Close()
-	if err := job.Fence(ctx, "upload onto "+dst.URI()); err != nil {
+	if fresh { // a new volume holds nothing an earlier upload wrote
+		for _, p := range []string{ckptPath, cache.SumsPath(ckptPath)} {
+			if err := os.Remove(p); err != nil && !errors.Is(err, fs.ErrNotExist) {
+				return err
+			}
+		}
+	}
+	ckpt, err := pipeline.LoadCheckpoint(ckptPath, exp.Size(), pipeline.DefaultChunkSize)
+	if err != nil {
 		return err
+	}
+	if err := job.Fence(ctx, "upload onto "+dst.URI()); err != nil {
+		return fmt.Errorf("%w: %w", errFenced, err)
 	}
 	start := time.Now()
 	// A new qcow2 volume reads as zeroes; one kept from an earlier try
 	// holds only the source's data, so its zeroes are zeroes too.
-	err = cp.Copy(ctx, Endpoint{Socket: exp.Socket()}, dst, CopyOptions{DstZeroed: true, Progress: func(done, total int64) {
+	err = cp.Copy(ctx, Endpoint{Socket: exp.Socket()}, dst, CopyOptions{DstZeroed: true, Checkpoint: ckpt, Progress: func(done, total int64) {
 		job.Progress.SetTotal(disk, total)
 		job.Progress.Set(disk, done)
 	}})

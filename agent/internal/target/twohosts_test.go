@@ -6,7 +6,9 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
+	"time"
 
 	"libvirt.org/go/libvirt"
 
@@ -190,3 +192,89 @@ func convert(t *testing.T, src Endpoint, dir string) {
 		t.Fatal(err)
 	}
 }
+
+// down is a relay whose target host can be taken away: while down, every
+// request is answered as the leader answers for a disconnected host.
+type down struct {
+	*relay
+	mu      sync.Mutex
+	gone    bool
+	prepare []*agentv1.TargetExport
+}
+
+func (d *down) Request(ctx context.Context, req *agentv1.TargetRequest) (*agentv1.TargetWorkResult, error) {
+	d.mu.Lock()
+	gone := d.gone
+	d.mu.Unlock()
+	if gone {
+		return nil, errors.New("target host hosts/h2 is not connected")
+	}
+	res, err := d.relay.Request(ctx, req)
+	if err == nil && req.GetAction() == agentv1.TargetAction_TARGET_ACTION_PREPARE_VOLUMES {
+		d.mu.Lock()
+		d.prepare = append(d.prepare, res.GetExports()...)
+		d.mu.Unlock()
+	}
+	return res, err
+}
+
+func (d *down) setGone(v bool) {
+	d.mu.Lock()
+	d.gone = v
+	d.mu.Unlock()
+}
+
+// TestUploadToAnotherHostSurvivesACut: the target host's qemu-nbd goes
+// away mid-upload (its agent stopped serving) and the host answers
+// nothing for a while; the migration server's agent keeps asking within
+// its budget, gets the same volume served again (not created anew) and
+// finishes onto it, byte for byte. With the host gone past the budget,
+// the upload fails naming the host.
+func TestUploadToAnotherHostSurvivesACut(t *testing.T) {
+	requireTools(t, "qemu-img", "qemu-nbd", "qemu-io")
+	pki := t.TempDir()
+	if err := tlsutil.InitPKI(pki, tlsutil.Options{Agents: []string{"ms", "h2"}}); err != nil {
+		t.Fatal(err)
+	}
+	dirOf := func(host string) string { return filepath.Join(pki, tlsutil.IdentityDir(agentID(host))) }
+	img, srcEp := sourceImage(t)
+	cacheDir := shortTempDir(t)
+	convert(t, srcEp, cacheDir)
+	st := storage(ferryv1.PrimaryStorageType_PRIMARY_STORAGE_TYPE_LOCAL, t.TempDir(), "", "")
+	job := &ferryv1.MigrationJob{Name: "migrationJobs/cut", TargetHost: "hosts/h2", Epoch: 1,
+		Target: &ferryv1.TargetVm{VmName: "cut", Disks: []*ferryv1.TargetDisk{{SourceDisk: "vda", SizeBytes: sourceSize}}}}
+	worker := NewWorker(WorkerConfig{IdentityDir: dirOf("h2"), MigrationAddress: "127.0.0.1", Options: Options{Log: testkit.Logger(t)}})
+	t.Cleanup(worker.Close)
+	r := &down{relay: &relay{job: job, storage: st, peer: "hosts/ms", worker: worker}}
+	d := NewDriver("", Options{Log: testkit.Logger(t), Remote: Remote{HostName: "ms", IdentityDir: dirOf("ms"), Targets: r, RetryBudget: 30 * time.Second}})
+	// 16 Mbit/s: the 4.5 MiB of data take over two seconds, time enough to cut.
+	rj := &runner.Job{Assignment: &agentv1.Assignment{Job: job, Epoch: 1, PrimaryStorage: st}, CacheDir: cacheDir,
+		Log: testkit.Logger(t), Upstream: ratelimit.New(16_000_000)}
+	go func() {
+		testkit.WaitFor(t, 20*time.Second, "the upload began", func() bool { return up(rj) > 0 })
+		r.setGone(true)
+		_ = worker.release(job.GetName()) // the agent's qemu-nbd goes away with it
+		time.Sleep(500 * time.Millisecond)
+		r.setGone(false)
+	}()
+	if err := d.Upload(context.Background(), rj); err != nil {
+		t.Fatal(err)
+	}
+	vol, _ := Plan(st, job.GetName(), "vda", sourceSize)
+	worker.Close()
+	run(t, "qemu-img", "compare", "-f", "qcow2", "-F", "qcow2", img, vol.Path)
+	if len(r.prepare) < 2 || !r.prepare[0].GetCreated() || r.prepare[len(r.prepare)-1].GetCreated() {
+		t.Errorf("exports %v: want the volume created once, then served again as it was", r.prepare)
+	}
+
+	// Gone for good: the upload gives up after its budget.
+	d.opts.Remote.RetryBudget = time.Second
+	r.setGone(true)
+	err := d.Upload(context.Background(), rj)
+	if err == nil || !strings.Contains(err.Error(), "target host hosts/h2 lost") || !strings.Contains(err.Error(), "not connected") {
+		t.Fatalf("upload with the target host gone: %v", err)
+	}
+}
+
+// up is how many bytes the job's upload has taken from its limiter.
+func up(j *runner.Job) int64 { return j.Upstream.Granted() }

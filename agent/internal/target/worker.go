@@ -123,7 +123,9 @@ func (w *Worker) prepare(ctx context.Context, work *agentv1.TargetWork) ([]*agen
 	var served []*RemoteServer
 	var exports []*agentv1.TargetExport
 	for i, vol := range vols {
+		created := false
 		if _, err := os.Stat(vol.Path); err != nil {
+			created = true
 			if err := w.fence(ctx, work, "create volume "+vol.Path); err != nil {
 				stopAll(served)
 				return nil, err
@@ -145,7 +147,7 @@ func (w *Worker) prepare(ctx context.Context, work *agentv1.TargetWork) ([]*agen
 		}
 		served = append(served, rs)
 		exports = append(exports, &agentv1.TargetExport{SourceDisk: work.GetJob().GetTarget().GetDisks()[i].GetSourceDisk(),
-			Address: rs.Addr(), ExportName: rs.Export()})
+			Address: rs.Addr(), ExportName: rs.Export(), Created: created})
 	}
 	w.mu.Lock()
 	w.serving[job] = served

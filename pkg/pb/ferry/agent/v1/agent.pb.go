@@ -752,7 +752,10 @@ type TargetExport struct {
 	// host:port on the migration network.
 	Address string `protobuf:"bytes,2,opt,name=address,proto3" json:"address,omitempty"`
 	// The export's name: a random token per serving.
-	ExportName    string `protobuf:"bytes,3,opt,name=export_name,json=exportName,proto3" json:"export_name,omitempty"`
+	ExportName string `protobuf:"bytes,3,opt,name=export_name,json=exportName,proto3" json:"export_name,omitempty"`
+	// The volume was created by this PREPARE_VOLUMES (it did not survive
+	// from an earlier one), so an upload cannot resume onto it.
+	Created       bool `protobuf:"varint,4,opt,name=created,proto3" json:"created,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -806,6 +809,13 @@ func (x *TargetExport) GetExportName() string {
 		return x.ExportName
 	}
 	return ""
+}
+
+func (x *TargetExport) GetCreated() bool {
+	if x != nil {
+		return x.Created
+	}
+	return false
 }
 
 // TargetWorkResult answers a TargetWork (from the target host's agent),
@@ -1986,13 +1996,14 @@ const file_ferry_agent_v1_agent_proto_rawDesc = "" +
 	"\x0emigration_cidr\x18\b \x01(\tR\rmigrationCidr\x12\x1b\n" +
 	"\tsource_vm\x18\t \x01(\fR\bsourceVm\x12\x14\n" +
 	"\x05nvram\x18\n" +
-	" \x01(\fR\x05nvram\"j\n" +
+	" \x01(\fR\x05nvram\"\x84\x01\n" +
 	"\fTargetExport\x12\x1f\n" +
 	"\vsource_disk\x18\x01 \x01(\tR\n" +
 	"sourceDisk\x12\x18\n" +
 	"\aaddress\x18\x02 \x01(\tR\aaddress\x12\x1f\n" +
 	"\vexport_name\x18\x03 \x01(\tR\n" +
-	"exportName\"\xf9\x01\n" +
+	"exportName\x12\x18\n" +
+	"\acreated\x18\x04 \x01(\bR\acreated\"\xf9\x01\n" +
 	"\x10TargetWorkResult\x12\x1d\n" +
 	"\n" +
 	"request_id\x18\x01 \x01(\tR\trequestId\x12\x10\n" +
