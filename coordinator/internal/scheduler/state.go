@@ -55,7 +55,7 @@ func (st *state) queued() []*ferryv1.MigrationJob {
 // place, and only read here.
 func summary(j *ferryv1.MigrationJob) *ferryv1.MigrationJob {
 	return &ferryv1.MigrationJob{
-		Name: j.GetName(), MigrationServer: j.GetMigrationServer(), Epoch: j.GetEpoch(),
+		Name: j.GetName(), MigrationServer: j.GetMigrationServer(), Epoch: j.GetEpoch(), TargetHost: j.GetTargetHost(),
 		WaitingReason: j.GetWaitingReason(), CreateTime: j.GetCreateTime(),
 		Target: &ferryv1.TargetVm{Disks: j.GetTarget().GetDisks()},
 	}
@@ -89,6 +89,11 @@ func (st *state) blocker(j *ferryv1.MigrationJob) string {
 	}
 	if !st.agents.Connected(host) {
 		return fmt.Sprintf("host %s is not connected", host)
+	}
+	// The job's VM is placed on another host, whose agent makes its
+	// volumes and domain: it must be there when the job starts.
+	if th := j.GetTargetHost(); th != "" && hostName(th) != host && !st.agents.Connected(hostName(th)) {
+		return fmt.Sprintf("target host %s is not connected", hostName(th))
 	}
 	room := capacity.Cache(srv, st.facts[host], st.reserved[srv.GetName()])
 	if why := room.Blocker(capacity.JobBytes(j)); why != "" {

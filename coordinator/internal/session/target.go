@@ -151,6 +151,32 @@ func (m *Manager) sendPendingCleanups(ctx context.Context, s *session) error {
 	return nil
 }
 
+// owedCleanup records that the target host of a job whose migration
+// server's agent was lost owes the job a rollback (nobody else will undo
+// its volumes and domain there), and sends it at once when that host's
+// agent is connected; otherwise it goes on the agent's next hello.
+func (m *Manager) owedCleanup(ctx context.Context, j *ferryv1.MigrationJob, reason string) {
+	th := j.GetTargetHost()
+	if th == "" || HostName(th) == HostName(j.GetAssignedHost()) {
+		return
+	}
+	host := HostName(th)
+	c := &ferryv1.PendingCleanup{Epoch: j.GetEpoch(), Target: j.GetTarget(), Reason: reason}
+	if ps, ok := m.ledger.PrimaryStorage(j.GetTarget().GetPrimaryStorage()); ok {
+		c.PrimaryStorage = ps
+	}
+	cmd := &ledgerv1.Command{Op: &ledgerv1.Command_SetPendingCleanup{SetPendingCleanup: &ledgerv1.SetPendingCleanup{Host: host, Job: j.GetName(), Cleanup: c}}}
+	if err := m.propose(ctx, cmd); err != nil {
+		m.log.Warn("record a pending cleanup", "host", host, "job", j.GetName(), "err", err)
+		return
+	}
+	if s := m.session(host); s != nil && s.welcomed.Load() {
+		if err := m.sendPendingCleanups(ctx, s); err != nil {
+			m.log.Warn("send pending cleanups", "host", host, "err", err)
+		}
+	}
+}
+
 // cleanupDone clears a pending cleanup its host's agent carried out.
 func (m *Manager) cleanupDone(ctx context.Context, s *session, res *agentv1.TargetWorkResult) error {
 	job := strings.TrimPrefix(res.GetRequestId(), cleanupPrefix)

@@ -176,3 +176,36 @@ func TestPendingCleanup(t *testing.T) {
 		testkit.WaitFor(t, 5*time.Second, "the cleanup is cleared", func() bool { return len(pending()) == 0 })
 	}
 }
+
+// TestLostServerLeavesTheTargetHostACleanup: the migration server's agent
+// is lost past the grace period with a job whose VM is placed on h2; the
+// job fails, and h2's agent, connected, is sent the rollback at once.
+func TestLostServerLeavesTheTargetHostACleanup(t *testing.T) {
+	f := newFixture(t, Config{SweepInterval: 20 * time.Millisecond}, true)
+	f.setGrace(200 * time.Millisecond)
+	f.seedJob("hosts/ms", 1)
+	const job = "migrationJobs/placed"
+	f.apply(&ledgerv1.Command{Op: &ledgerv1.Command_CreateMigrationJobs{CreateMigrationJobs: &ledgerv1.CreateMigrationJobs{Jobs: []*ferryv1.MigrationJob{{
+		Name: job, Source: "sources/kvm1", SourceVm: "web", MigrationServer: "migrationServers/ms", TargetHost: "hosts/h2",
+		Target: &ferryv1.TargetVm{VmName: "web", Disks: []*ferryv1.TargetDisk{{SourceDisk: "vda", SizeBytes: 1}}}}}}}})
+	ms := f.connect(hello("ms"))
+	ms.next()
+	f.start(job, "hosts/ms", 1)
+	h2 := f.connect(hello("h2"))
+	h2.next()
+	ms.cancel()
+	var work *agentv1.TargetWork
+	for work == nil {
+		work = h2.next().GetTargetWork()
+	}
+	if j := mustJob(t, f, job); j.GetState() != ferryv1.MigrationJobState_MIGRATION_JOB_STATE_FAILED {
+		t.Fatalf("job = %v", j)
+	}
+	if work.GetAction() != agentv1.TargetAction_TARGET_ACTION_ROLLBACK || work.GetJob().GetName() != job || work.GetJob().GetTarget().GetVmName() != "web" {
+		t.Fatalf("work sent to h2 = %v", work)
+	}
+	h, _ := f.ledger.Host("hosts/h2")
+	if p := h.GetPendingCleanups(); len(p) != 1 || !strings.HasPrefix(p[0].GetReason(), ReasonAgentLost) {
+		t.Fatalf("pending cleanups of h2 = %v", p)
+	}
+}
