@@ -162,6 +162,8 @@ type ferry struct {
 	// agentCoordinators, when set, is what agents get as --coordinator
 	// instead of addr (a proxy in front of it, say).
 	agentCoordinators string
+	// agentCluster, when set, is every agent's --cluster.
+	agentCluster string
 }
 
 // startFerry starts the coordinator; extra are more of its flags.
@@ -208,6 +210,13 @@ func startFerryOn(t testing.TB, host string, extra ...string) *ferry {
 // and waits until the host is connected.
 func (f *ferry) startAgent(host, cachePath string) *proc {
 	f.t.Helper()
+	return f.startAgentWith(host, cachePath, f.agentNetNS)
+}
+
+// startAgentWith is startAgent in the network namespace ns (nil: the
+// root one) with more flags.
+func (f *ferry) startAgentWith(host, cachePath string, ns *testenv.NetNS, extra ...string) *proc {
+	f.t.Helper()
 	dataDir, ok := f.agentDi[host]
 	if !ok {
 		dataDir = filepath.Join(f.dir, "agent-"+host)
@@ -222,7 +231,10 @@ func (f *ferry) startAgent(host, cachePath string) *proc {
 		// TCG targets, like the test sources: a machine's /dev/kvm may be
 		// there and not work (nested virtualisation: "failed to set MSR").
 		"--domain-type", "qemu"}, f.agentArgs...)
-	p := startIn(f.t, f.agentNetNS, "ferry-agent", args...)
+	if f.agentCluster != "" {
+		args = append(args, "--cluster", f.agentCluster)
+	}
+	p := startIn(f.t, ns, "ferry-agent", append(args, extra...)...)
 	f.agents[host] = p
 	testkit.WaitFor(f.t, 30*time.Second, "host "+host+" connected", func() bool {
 		h, err := f.client.TargetInventory().GetHost(ctx(f.t, 2*time.Second), &ferryv1.GetHostRequest{Name: "hosts/" + host})
