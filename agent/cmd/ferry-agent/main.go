@@ -15,6 +15,7 @@ import (
 	"path"
 	"path/filepath"
 	"syscall"
+	"time"
 
 	"golang.org/x/sync/errgroup"
 
@@ -115,10 +116,14 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 	worker := target.NewWorker(target.WorkerConfig{IdentityDir: cfg.IdentityDir(), MigrationAddress: cfg.MigrationAddress,
 		Fence: fences.Confirm, Options: targetOpts})
 	defer worker.Close()
-	targetOpts.Remote = target.Remote{HostName: cfg.HostName, IdentityDir: cfg.IdentityDir(), Targets: targets}
+	var client *session.Client
+	// An upload onto another host waits for it as long as the
+	// coordinators wait for an agent: their grace period.
+	targetOpts.Remote = target.Remote{HostName: cfg.HostName, IdentityDir: cfg.IdentityDir(), Targets: targets,
+		RetryBudgetFunc: func() time.Duration { return client.GracePeriod() }}
 	drivers.Target = target.NewDriver(target.DefaultLibvirtURI, targetOpts)
 	r := runner.New(runner.Config{DataDir: cfg.DataDir}, runner.Deps{Drivers: drivers, Reporter: outbox, Fencer: fences, Logger: log})
-	client := session.New(session.Config{
+	client = session.New(session.Config{
 		Coordinators: cfg.Coordinators, HostName: cfg.HostName, Cluster: cfg.Cluster,
 		AgentVersion: cfg.Version, Credentials: creds,
 	}, session.Deps{Runner: r, Facts: facts.New(cfg.CachePath, log), Outbox: outbox, Fences: fences,

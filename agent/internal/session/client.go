@@ -311,6 +311,14 @@ func (c *Client) contact(addr string, w *agentv1.Welcome) {
 	}
 }
 
+// GracePeriod is the coordinators' agent grace period as last announced
+// (0 before the first Welcome).
+func (c *Client) GracePeriod() time.Duration {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.grace
+}
+
 // setGrace adopts a grace period a coordinator's heartbeat announced (0:
 // an older coordinator that does not say; the Welcome's stays).
 func (c *Client) setGrace(d time.Duration) {

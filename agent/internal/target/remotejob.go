@@ -38,8 +38,11 @@ type Remote struct {
 	IdentityDir string
 	Targets     TargetRequester
 	// RetryBudget is how long an upload keeps trying after the target
-	// host went away (default DefaultRemoteRetryBudget).
-	RetryBudget time.Duration
+	// host went away (default DefaultRemoteRetryBudget); RetryBudgetFunc,
+	// when set and answering more than 0, overrides it (the agent gives the
+	// coordinators' grace period).
+	RetryBudget     time.Duration
+	RetryBudgetFunc func() time.Duration
 }
 
 // remoteExports remembers, per job, the volumes its target host serves.
@@ -116,6 +119,9 @@ const DefaultRemoteRetryBudget = 5 * time.Minute
 // past the budget the job fails.
 func (d *Driver) uploadRemote(ctx context.Context, job *runner.Job, targetHost string) error {
 	budget := d.opts.Remote.RetryBudget
+	if f := d.opts.Remote.RetryBudgetFunc; f != nil && f() > 0 {
+		budget = f()
+	}
 	if budget == 0 {
 		budget = DefaultRemoteRetryBudget
 	}
