@@ -1451,7 +1451,11 @@ type PreviewUsage struct {
 	// requested <= available; false when unknown.
 	Fits bool `protobuf:"varint,6,opt,name=fits,proto3" json:"fits,omitempty"`
 	// How available was worked out, or why it is unknown.
-	Note          string `protobuf:"bytes,7,opt,name=note,proto3" json:"note,omitempty"`
+	Note string `protobuf:"bytes,7,opt,name=note,proto3" json:"note,omitempty"`
+	// hosts/{host_name} the usage is on: vCPUs and memory are counted per
+	// target host (MigrationJob.target_host) with the resource its cluster,
+	// and local storage per host. Empty for what is not on one host.
+	Host          string `protobuf:"bytes,8,opt,name=host,proto3" json:"host,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1531,6 +1535,13 @@ func (x *PreviewUsage) GetFits() bool {
 func (x *PreviewUsage) GetNote() string {
 	if x != nil {
 		return x.Note
+	}
+	return ""
+}
+
+func (x *PreviewUsage) GetHost() string {
+	if x != nil {
+		return x.Host
 	}
 	return ""
 }
@@ -2238,7 +2249,7 @@ const file_ferry_v1_migration_job_proto_rawDesc = "" +
 	"\x06source\x18\x01 \x01(\tR\x06source\x12)\n" +
 	"\x10migration_server\x18\x02 \x01(\tR\x0fmigrationServer\x12.\n" +
 	"\x04jobs\x18\x03 \x03(\v2\x1a.ferry.v1.MigrationJobSpecR\x04jobs\x122\n" +
-	"\x15network_mapping_group\x18\x04 \x01(\tR\x13networkMappingGroup\"\xd7\x01\n" +
+	"\x15network_mapping_group\x18\x04 \x01(\tR\x13networkMappingGroup\"\xeb\x01\n" +
 	"\fPreviewUsage\x121\n" +
 	"\x04kind\x18\x01 \x01(\x0e2\x1d.ferry.v1.PreviewResourceKindR\x04kind\x12\x1a\n" +
 	"\bresource\x18\x02 \x01(\tR\bresource\x12\x1c\n" +
@@ -2246,7 +2257,8 @@ const file_ferry_v1_migration_job_proto_rawDesc = "" +
 	"\tavailable\x18\x04 \x01(\x03R\tavailable\x12\x14\n" +
 	"\x05known\x18\x05 \x01(\bR\x05known\x12\x12\n" +
 	"\x04fits\x18\x06 \x01(\bR\x04fits\x12\x12\n" +
-	"\x04note\x18\a \x01(\tR\x04note\"\xc9\x01\n" +
+	"\x04note\x18\a \x01(\tR\x04note\x12\x12\n" +
+	"\x04host\x18\b \x01(\tR\x04host\"\xc9\x01\n" +
 	"\x1cPreviewMigrationJobsResponse\x12*\n" +
 	"\x04jobs\x18\x01 \x03(\v2\x16.ferry.v1.MigrationJobR\x04jobs\x12.\n" +
 	"\x06usages\x18\x02 \x03(\v2\x16.ferry.v1.PreviewUsageR\x06usages\x12#\n" +
