@@ -91,7 +91,12 @@ func start(t testing.TB, name string, args ...string) *proc {
 // startIn runs a command inside a network namespace (nil: this one).
 func startIn(t testing.TB, ns *testenv.NetNS, name string, args ...string) *proc {
 	t.Helper()
-	argv := ns.Command(append([]string{binary(t, name)}, args...)...)
+	return startArgv(t, name, ns.Command(append([]string{binary(t, name)}, args...)...))
+}
+
+// startArgv runs argv as the process called name.
+func startArgv(t testing.TB, name string, argv []string) *proc {
+	t.Helper()
 	cmd := exec.Command(argv[0], argv[1:]...)
 	pr, pw := io.Pipe()
 	cmd.Stdout, cmd.Stderr = pw, pw
@@ -164,6 +169,10 @@ type ferry struct {
 	agentCoordinators string
 	// agentCluster, when set, is every agent's --cluster.
 	agentCluster string
+	// agentMounts, by host, bind-mount a directory of the host's own over
+	// another path for its agent alone (in the mount namespace "ip netns
+	// exec" makes): per-host local storage on one file system.
+	agentMounts map[string][2]string
 }
 
 // startFerry starts the coordinator; extra are more of its flags.
@@ -234,7 +243,12 @@ func (f *ferry) startAgentWith(host, cachePath string, ns *testenv.NetNS, extra 
 	if f.agentCluster != "" {
 		args = append(args, "--cluster", f.agentCluster)
 	}
-	p := startIn(f.t, ns, "ferry-agent", append(args, extra...)...)
+	argv := ns.Command(append([]string{binary(f.t, "ferry-agent")}, append(args, extra...)...)...)
+	if m, ok := f.agentMounts[host]; ok && ns != nil {
+		argv = ns.Command(append([]string{"sh", "-c", `mount --bind "$0" "$1" && shift 2 && exec "$@"`, m[0], m[1],
+			binary(f.t, "ferry-agent")}, append(args, extra...)...)...)
+	}
+	p := startArgv(f.t, "ferry-agent", argv)
 	f.agents[host] = p
 	testkit.WaitFor(f.t, 30*time.Second, "host "+host+" connected", func() bool {
 		h, err := f.client.TargetInventory().GetHost(ctx(f.t, 2*time.Second), &ferryv1.GetHostRequest{Name: "hosts/" + host})
