@@ -43,8 +43,18 @@ generate:
 lint-proto:
 	$(GO) tool buf lint
 
-## check: tracked files, buf lint, go.mod/go.sum tidy, generated-code drift, gofmt, go vet, import boundaries
-check: check-files build-deps lint-proto check-tidy
+## check-breaking: buf breaking (FILE rules) of proto/ against the frozen image proto/frozen.json
+check-breaking:
+	@echo "check: buf breaking against proto/frozen.json"
+	@$(GO) tool buf breaking --against proto/frozen.json || { \
+		echo "check: proto/ breaks what proto/frozen.json froze; add a field or method instead (see docs/development.md, Changing the protos)" >&2; exit 1; }
+
+## freeze-api: write proto/frozen.json, the image check-breaking compares against (at a release only)
+freeze-api:
+	$(GO) tool buf build --exclude-source-info -o -#format=json | python3 -m json.tool --indent 1 >proto/frozen.json
+
+## check: tracked files, buf lint, buf breaking, go.mod/go.sum tidy, generated-code drift, gofmt, go vet, import boundaries
+check: check-files build-deps lint-proto check-breaking check-tidy
 	@echo "check: generated code"; \
 	tmp=$$(mktemp -d); trap 'rm -rf "$$tmp"' EXIT; \
 	$(GO) tool buf generate -o "$$tmp"; \
@@ -126,11 +136,12 @@ test-integration:
 
 ## bench: every benchmark (BENCH=regexp, BENCHTIME=1s|100x); results also in bin/bench.txt
 # coordinator/internal/bench holds measurement runs that set up once and ignore
-# b.N: they run once each (-benchtime 1x), whatever BENCHTIME says.
+# b.N: they run once each (-benchtime 1x), whatever BENCHTIME says. The data
+# path's (agent/internal/pipeline, agent/e2e) take minutes: hence the timeout.
 bench:
 	@mkdir -p $(BIN)
 	@pkgs=$$($(GO) list -e ./... | grep -v '/coordinator/internal/bench$$'); { \
-		$(GO) test -run '^$$' -bench '$(BENCH)' -benchtime $(BENCHTIME) -benchmem -count=1 $$pkgs; \
+		$(GO) test -run '^$$' -bench '$(BENCH)' -benchtime $(BENCHTIME) -benchmem -count=1 -timeout 40m $$pkgs; \
 		$(GO) test -run '^$$' -bench '$(BENCH)' -benchtime 1x -count=1 -timeout 20m ./coordinator/internal/bench; \
 	} | tee $(BIN)/bench.txt
 

@@ -4,6 +4,9 @@ import (
 	"os/exec"
 	"path"
 	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -16,11 +19,14 @@ import (
 )
 
 // TestFaultAgentKilledResumesByItself: the agent is killed (SIGKILL)
-// halfway through the copy and started again, with no operator action: the
-// coordinator assigns the job again under the same epoch when the agent
-// says hello without it, the copy resumes from the cache's checkpoints and
-// the job completes in its first attempt, re-reading less than 20 % of
-// what the cache held.
+// halfway through the copy, with the upload beside it halfway too, and
+// started again, with no operator action: the coordinator assigns the job
+// again under the same epoch when the agent says hello without it, the
+// copy resumes from the cache's checkpoints and the upload from its own,
+// and the job completes in its first attempt, re-reading less than 20 % of
+// what the cache held and uploading only what the volume lacked. The
+// job's phase timings, recorded through the ledger, are the resumed run's
+// and show in ferryctl job get.
 func TestFaultAgentKilledResumesByItself(t *testing.T) {
 	w := newWorld(t)
 	src := testenv.NewTestVM(t, w.lv, testenv.VMOptions{RandomBytes: 40 << 20})
@@ -47,6 +53,7 @@ func TestFaultAgentKilledResumesByItself(t *testing.T) {
 		compare(t, d.Path, w.volume(name, d.Target))
 	}
 	c := copiedOf(t, agent, "vda")
+	checkResumedUpload(t, w, agent, name, j, c)
 	reread := before - c.skipped
 	t.Logf("agent killed with %d bytes of vda in the cache; restarted, the job resumed by itself and SUCCEEDED %v after the kill, "+
 		"skipping %d and reading %d (re-read %d, %.1f %%)", before, time.Since(killedAt).Round(100*time.Millisecond),
@@ -60,4 +67,52 @@ func TestFaultAgentKilledResumesByItself(t *testing.T) {
 	if l := leftovers(src); len(l) > 0 {
 		t.Errorf("backup files left on the source: %v", l)
 	}
+}
+
+var resumedLine = regexp.MustCompile(`resuming the upload.* disk=vda .*chunks_uploaded=(\d+) chunks=(\d+)`)
+
+// checkResumedUpload checks that the restarted agent resumed the upload of
+// vda from what the killed one had put on the volume, and that the job's
+// phase timings say so, in the API and in ferryctl job get.
+func checkResumedUpload(t *testing.T, w *world, agent *proc, name string, j *ferryv1.MigrationJob, c copied) {
+	t.Helper()
+	var uploaded int
+	for _, l := range agent.lines("resuming the upload") {
+		if m := resumedLine.FindStringSubmatch(l); m != nil {
+			uploaded, _ = strconv.Atoi(m[1])
+		}
+	}
+	if uploaded == 0 {
+		t.Errorf("the restarted agent did not resume the upload of vda from the volume (log: %q)", agent.lines("resuming the upload"))
+	}
+	phases := map[ferryv1.MigrationJobPhase]*ferryv1.PhaseTiming{}
+	for _, p := range j.GetPhaseTimings() {
+		if p.GetEndTime() == nil {
+			t.Errorf("phase %s of the finished job has no end", p.GetPhase())
+		}
+		phases[p.GetPhase()] = p
+	}
+	conv, up := phases[ferryv1.MigrationJobPhase_MIGRATION_JOB_PHASE_CONVERTING], phases[ferryv1.MigrationJobPhase_MIGRATION_JOB_PHASE_UPLOADING]
+	if conv == nil || up == nil || phases[ferryv1.MigrationJobPhase_MIGRATION_JOB_PHASE_CONFIGURING] == nil {
+		t.Fatalf("phase timings %v lack a phase", j.GetPhaseTimings())
+	}
+	// CONVERTING counts what the cache held already (vda's data and
+	// vdb's); UPLOADING only what this run wrote, which the volumes did
+	// not hold.
+	if vda := c.read + c.skipped; conv.GetBytes() <= vda || up.GetBytes() <= 0 || up.GetBytes() >= conv.GetBytes() {
+		t.Errorf("phase bytes: CONVERTING %d (want more than vda's %d), UPLOADING %d (want less: %d chunks of vda were on the volume)",
+			conv.GetBytes(), vda, up.GetBytes(), uploaded)
+	}
+	if up.GetStartTime().AsTime().After(conv.GetEndTime().AsTime()) {
+		t.Errorf("UPLOADING began at %v, after CONVERTING ended at %v", up.GetStartTime().AsTime(), conv.GetEndTime().AsTime())
+	}
+	out, err := w.f.ferryctl("job", "get", name)
+	if err != nil || !strings.Contains(out, "PHASE") || !strings.Contains(out, "UPLOADING") {
+		t.Errorf("ferryctl job get shows no phase timings (%v):\n%s", err, out)
+	}
+	out, err = w.f.ferryctl("job", "get", name, "-o", "json")
+	if err != nil || !strings.Contains(out, "phaseTimings") && !strings.Contains(out, "phase_timings") {
+		t.Errorf("ferryctl job get -o json shows no phase timings (%v):\n%s", err, out)
+	}
+	t.Logf("the restarted agent found %d chunks of vda on the volume; timings %v", uploaded, j.GetPhaseTimings())
 }

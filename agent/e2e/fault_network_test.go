@@ -84,7 +84,7 @@ func newNetWorld(t *testing.T, agentArgs ...string) *netWorld {
 	t.Cleanup(func() { os.RemoveAll(w.storageDir) })
 	w.createNetwork()
 	w.f.startAgent(w.host, w.cacheDir)
-	w.createInventory()
+	w.createTargetInventory()
 	return n
 }
 

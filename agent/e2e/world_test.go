@@ -20,9 +20,9 @@ import (
 )
 
 // world is everything a migration needs: libvirtd, a source host behind
-// sshd, a coordinator, an agent, and the inventory in the ledger.
+// sshd, a coordinator, an agent, and the target inventory in the ledger.
 type world struct {
-	t          *testing.T
+	t          testing.TB
 	id         string
 	lv         *testenv.Libvirt
 	sshd       *testenv.SSHD
@@ -51,7 +51,7 @@ func randID() string {
 	return hex.EncodeToString(b)
 }
 
-func newWorld(t *testing.T) *world { return newWorldWith(t, worldOptions{}) }
+func newWorld(t testing.TB) *world { return newWorldWith(t, worldOptions{}) }
 
 // worldOptions change what newWorldWith builds.
 type worldOptions struct {
@@ -69,7 +69,7 @@ type worldOptions struct {
 	coordinators int
 }
 
-func newWorldWith(t *testing.T, opts worldOptions) *world {
+func newWorldWith(t testing.TB, opts worldOptions) *world {
 	t.Helper()
 	testenv.RequireRoot(t)
 	w := &world{t: t, id: randID(), lv: testenv.RequireLibvirt(t)}
@@ -99,7 +99,7 @@ func newWorldWith(t *testing.T, opts worldOptions) *world {
 	t.Cleanup(func() { os.RemoveAll(w.storageDir) })
 	w.createNetwork()
 	w.f.startAgent(w.host, w.cacheDir)
-	w.createInventory()
+	w.createTargetInventory()
 	return w
 }
 
@@ -127,7 +127,7 @@ func (w *world) createNetwork() {
 	w.t.Fatalf("create the test network: %v", err)
 }
 
-func (w *world) createInventory() {
+func (w *world) createTargetInventory() {
 	t, c := w.t, w.f.client
 	inv, srcs, srvs := c.TargetInventory(), c.Sources(), c.MigrationServers()
 	cl, err := inv.CreateCluster(ctx(t, 10*time.Second), &ferryv1.CreateClusterRequest{Cluster: &ferryv1.Cluster{Name: w.clusterName(), DisplayName: "e2e"}})

@@ -16,13 +16,14 @@ import (
 	"github.com/ferry-v2v/ferry/pkg/grpcutil"
 )
 
-// idempotentWrites are the writes whose repetition leaves the same state
-// as one call, so they are retried without a request_id.
+// idempotentWrites are the writes retried without a request_id.
+// UpdateSettings sets the fields it names; with an etag, a repeat after
+// the first applied is ABORTED rather than applied again. The custom
+// methods (Enable, Disable, SetMigrationServerBandwidth, ...) are not
+// here: a late repeat would undo a change made since, so they are retried
+// only with a request_id, which the server answers from its record.
 var idempotentWrites = map[string]bool{
-	"EnableMigrationServer":       true,
-	"DisableMigrationServer":      true,
-	"SetMigrationServerBandwidth": true,
-	"UpdateSettings":              true,
+	"UpdateSettings": true,
 }
 
 // retryingKey marks the context of an attempt the interceptor of another

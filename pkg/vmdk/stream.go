@@ -49,7 +49,7 @@ type StreamReader struct {
 	desc *Descriptor
 	size int64
 
-	plan    []uint64 // table mode: sector<<32 | grain, in file order
+	grains  []uint64 // table mode: sector<<32 | grain, in file order
 	next    int
 	markers bool  // marker mode
 	trailer bool  // table mode with markers, past the last grain: no grain may follow
@@ -93,7 +93,7 @@ func OpenStream(r io.Reader) (*StreamReader, error) {
 	}
 	switch {
 	case h.GDOffset != GDAtEnd && h.GDOffset < h.OverHead && h.GDOffset*SectorSize >= uint64(s.in.pos):
-		err = s.loadPlan()
+		err = s.loadGrainTables()
 	case h.HasMarkers():
 		s.markers = true
 		err = s.in.skipTo(int64(h.OverHead)*SectorSize, "grains")
@@ -207,7 +207,7 @@ func (s *StreamReader) nextRaw(buf []byte) (rawGrain, error) {
 	if s.markers {
 		return s.nextMarked(buf)
 	}
-	return s.nextPlanned(buf)
+	return s.nextListed(buf)
 }
 
 // nextMarked walks markers to the next grain marker or the end of stream.

@@ -14,9 +14,10 @@ import (
 
 // Export serves a finished cache image read-only, for the upload.
 type Export struct {
-	path string
-	srv  *Server
-	nbd  *nbd.Client
+	path   string
+	format string
+	srv    *Server
+	nbd    *nbd.Client
 }
 
 // OpenExport serves the cache image of disk in dir read-only on a unix
@@ -60,8 +61,12 @@ func serveReadOnly(ctx context.Context, path, format, pidFile string, log *slog.
 		_ = srv.Stop()
 		return nil, err
 	}
-	return &Export{path: path, srv: srv, nbd: c}, nil
+	return &Export{path: path, format: format, srv: srv, nbd: c}, nil
 }
+
+// Image is the image file the export serves and its format (FormatQcow2
+// or FormatRaw): other readers may open it read-only beside the export.
+func (e *Export) Image() (path, format string) { return e.path, e.format }
 
 // Socket is the unix socket qemu-nbd serves the image on (export "").
 func (e *Export) Socket() string { return e.srv.socket }

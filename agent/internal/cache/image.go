@@ -53,6 +53,8 @@ var (
 // methods are safe for concurrent use; Close ends it.
 type Image struct {
 	path   string
+	dir    string
+	disk   string
 	format string
 	size   int64 // the disk's size
 	served int64 // the export's size: size rounded up to a cluster when compressed
@@ -61,6 +63,8 @@ type Image struct {
 
 	srv *Server
 	nbd *nbd.Client
+
+	readers sync.WaitGroup // connections handed out by DialWriting
 
 	closeOnce sync.Once
 	closeErr  error
@@ -85,7 +89,7 @@ func Open(ctx context.Context, dir, disk string, size int64, compressed bool, lo
 		return nil, fmt.Errorf("cache: %w", err)
 	}
 	img := &Image{
-		format: FormatRaw, size: size, served: size,
+		format: FormatRaw, size: size, served: size, dir: dir, disk: disk,
 		ckpt: CheckpointPath(dir, disk),
 		log:  log.With("disk", disk),
 	}
@@ -104,6 +108,7 @@ func Open(ctx context.Context, dir, disk string, size int64, compressed bool, lo
 	if err := img.serve(ctx, filepath.Join(dir, disk+".sock"), pidFile); err != nil {
 		return nil, err
 	}
+	register(dir, disk, img)
 	return img, nil
 }
 
@@ -124,12 +129,14 @@ func (i *Image) CheckpointPath() string { return i.ckpt }
 // checkpoint are kept, beside it.
 func SumsPath(checkpoint string) string { return checkpoint + ".sums" }
 
-// Reset removes disk's cache image (either format), checkpoint and
-// checksums from the job directory dir, so that a copy that cannot resume
-// (a VMware stream read again from its start) begins from nothing.
+// Reset removes disk's cache image (either format), checkpoint,
+// checksums, generation and upload checkpoint from the job directory dir,
+// so that a copy that cannot resume (a VMware stream read again from its
+// start) begins from nothing.
 func Reset(dir, disk string) error {
 	ckpt := CheckpointPath(dir, disk)
-	for _, p := range []string{filepath.Join(dir, disk+"."+FormatRaw), filepath.Join(dir, disk+"."+FormatQcow2), ckpt, SumsPath(ckpt)} {
+	for _, p := range []string{filepath.Join(dir, disk+"."+FormatRaw), filepath.Join(dir, disk+"."+FormatQcow2), ckpt, SumsPath(ckpt),
+		GenerationPath(dir, disk), UploadCheckpointPath(dir, disk)} {
 		if err := os.Remove(p); err != nil && !errors.Is(err, fs.ErrNotExist) {
 			return fmt.Errorf("cache: remove %s of an earlier attempt: %w", p, err)
 		}
@@ -160,6 +167,13 @@ func (i *Image) prepare(ctx context.Context) error {
 	default:
 		return fmt.Errorf("%w: %s holds %d bytes, the disk has %d", ErrSize, i.path, virtual, i.size)
 	}
+	if _, err := Generation(i.dir, i.disk); errors.Is(err, fs.ErrNotExist) {
+		// An image made before generations were kept: what was uploaded
+		// from it cannot be told apart, so the upload starts over.
+		if err := newGeneration(i.dir, i.disk); err != nil {
+			return fmt.Errorf("cache: generation of %s: %w", i.path, err)
+		}
+	}
 	i.log.Info("reusing cache image", "path", i.path, "size", i.size)
 	return nil
 }
@@ -183,6 +197,9 @@ func (i *Image) create(ctx context.Context) error {
 		if errors.Is(err, fs.ErrNotExist) {
 			err = nil
 		}
+	}
+	if err == nil {
+		err = newGeneration(i.dir, i.disk)
 	}
 	if err == nil {
 		err = os.Rename(tmp, i.path)
@@ -254,7 +271,8 @@ func (i *Image) serve(ctx context.Context, socket, pidFile string) error {
 		sockDir, socket = d, filepath.Join(d, "nbd.sock")
 	}
 	srv, err := StartServer(ServerConfig{Socket: socket, PidFile: pidFile,
-		Args: []string{"--persistent", "--socket=" + socket, "--discard=unmap", "--image-opts", imageArg(i.format, i.path)}})
+		Args: []string{"--persistent", "--socket=" + socket, "--discard=unmap", fmt.Sprintf("--shared=%d", 1+readers),
+			"--image-opts", imageArg(i.format, i.path)}})
 	if err != nil {
 		if sockDir != "" {
 			_ = os.RemoveAll(sockDir)
@@ -284,6 +302,8 @@ func (i *Image) Close() error {
 }
 
 func (i *Image) close() error {
+	unregister(i.dir, i.disk, i)
+	i.waitReaders()
 	ctx, cancel := context.WithTimeout(context.Background(), stopTimeout)
 	defer cancel()
 	if i.nbd != nil {

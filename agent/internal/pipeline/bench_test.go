@@ -8,6 +8,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"sort"
 	"strconv"
 	"strings"
 	"sync"
@@ -16,6 +17,7 @@ import (
 	"time"
 
 	"github.com/ferry-v2v/ferry/agent/internal/cache"
+	"github.com/ferry-v2v/ferry/pkg/nbd"
 	"github.com/ferry-v2v/ferry/pkg/testenv"
 )
 
@@ -58,83 +60,189 @@ func benchSources(b *testing.B) (small, large string) {
 	return small, large
 }
 
-// benchRun is one contender of BenchmarkConverting and its best time.
+// benchRun is one contender of BenchmarkConverting and its rounds.
 type benchRun struct {
 	name  string
-	run   func(first bool) (time.Duration, float64)
-	best  time.Duration
-	cpu   float64  // the least CPU seconds of a round, all processes
-	times []string // of every round, in seconds
+	run   func(first bool) benchRound
+	other string // the contender its speed is compared with, when any
+	runs  []benchRound
 }
 
-// BenchmarkConverting times the CONVERTING copy of one NBD export into a
-// zstd-compressed qcow2 cache, side by side with nbdcopy into the same
-// kind of target and qemu-img convert, then Ferry again on a 64 GiB disk
-// holding the same data. Every time ends with the target durable. The
-// four runs take turns, FERRY_BENCH_ROUNDS times (default 2), and the
-// best time of each counts, as this machine is shared.
+// benchRound is one timed copy: its time, the CPU seconds of every
+// process involved, and the CPU seconds and minor page faults of the
+// source's QEMU (the qemu-nbd serving the export, standing for a running
+// VM's QEMU, which serves its backup export with the same NBD server).
+type benchRound struct {
+	d         time.Duration
+	cpu       float64
+	srcCPU    float64
+	srcFaults int64
+}
+
+// medianMin returns the median and the least of f over the rounds.
+func (r *benchRun) medianMin(f func(benchRound) float64) (float64, float64) {
+	v := make([]float64, len(r.runs))
+	for i, x := range r.runs {
+		v[i] = f(x)
+	}
+	sort.Float64s(v)
+	n := len(v)
+	if n == 0 {
+		return 0, 0
+	}
+	med := v[n/2]
+	if n%2 == 0 {
+		med = (v[n/2-1] + v[n/2]) / 2
+	}
+	return med, v[0]
+}
+
+func (r *benchRun) seconds() (float64, float64) {
+	return r.medianMin(func(x benchRound) float64 { return x.d.Seconds() })
+}
+
+// benchRounds is FERRY_BENCH_ROUNDS, or def.
+func benchRounds(def int) int {
+	if n, err := strconv.Atoi(os.Getenv("FERRY_BENCH_ROUNDS")); err == nil && n > 0 {
+		return n
+	}
+	return def
+}
+
+// interleave runs every contender once a round, each round starting one
+// further along and every other round in reverse order, so that the load
+// of a shared machine, and whatever a run leaves to the next, fall on all
+// alike.
+func interleave(runs []*benchRun, rounds int) {
+	n := len(runs)
+	for r := range rounds {
+		for k := range n {
+			if r%2 == 1 {
+				k = n - 1 - k
+			}
+			run := runs[(k+r)%n]
+			run.runs = append(run.runs, run.run(r == 0))
+		}
+	}
+}
+
+// BenchmarkConverting times the CONVERTING copy of one NBD export holding
+// 1 GiB of data into a zstd-compressed qcow2 cache, side by side with
+// nbdcopy into the same kind of target and qemu-img convert, locally and
+// through one sshd (Ferry over its SSH connection as the agent reads a
+// backup export, nbdcopy through `ssh -L`), then Ferry again on a 64 GiB
+// disk holding the same data. Every time ends with the target durable.
+// The contenders take turns, FERRY_BENCH_ROUNDS times (default 3); the
+// medians and minima are compared, and the CPU the source's QEMU spends
+// per GiB of data.
 func BenchmarkConverting(b *testing.B) {
 	requireQemu(b)
 	testenv.LookPath(b, "nbdcopy")
-	rounds := 2
-	if n, err := strconv.Atoi(os.Getenv("FERRY_BENCH_ROUNDS")); err == nil && n > 0 {
-		rounds = n
-	}
+	testenv.LookPath(b, "ssh")
+	rounds := benchRounds(3)
 	small, large := benchSources(b)
 	smallSrc, smallPID := serveReadOnlyPID(b, small, "qcow2")
 	largeSrc, largePID := serveReadOnlyPID(b, large, "qcow2")
 	small4 := export{smallSrc, smallPID}
+	tun := startTunnel(b, smallSrc)
 	b.ResetTimer()
 	for range b.N {
 		var peak memPeak
-		ferry := func(src string, e export, size int64) func(bool) (time.Duration, float64) {
-			return func(first bool) (time.Duration, float64) {
-				d, cpu, p := benchFerry(b, src, e, size, first)
+		ferry := func(src string, e export, size int64, dial func() *nbd.Client) func(bool) benchRound {
+			return func(first bool) benchRound {
+				r, p := benchFerry(b, src, e, size, first, dial)
 				peak = peak.max(p)
-				return d, cpu
+				return r
 			}
+		}
+		local := func(sock string) func() *nbd.Client {
+			return func() *nbd.Client { return dialNBD(b, sock, nbd.Options{}) }
 		}
 		runs := []*benchRun{
-			{name: "ferry 4 GiB -> zstd qcow2", run: ferry(small, small4, 4<<30)},
-			{name: "nbdcopy 4 GiB -> zstd qcow2", run: func(bool) (time.Duration, float64) { return benchNBDCopy(b, small4, 4<<30) }},
-			{name: "qemu-img convert -c zstd", run: func(bool) (time.Duration, float64) { return benchQemuImg(b, small4) }},
-			{name: "ferry 64 GiB -> zstd qcow2", run: ferry(large, export{largeSrc, largePID}, 64<<30)},
+			{name: "ferry 4 GiB", run: ferry(small, small4, 4<<30, local(smallSrc)), other: "nbdcopy 4 GiB"},
+			{name: "nbdcopy 4 GiB", run: func(bool) benchRound { return benchNBDCopy(b, small4, nbdURI(smallSrc), 4<<30) }},
+			{name: "qemu-img convert 4 GiB", run: func(bool) benchRound { return benchQemuImg(b, small4) }},
+			{name: "ferry 4 GiB over SSH", run: ferry(small, small4, 4<<30, tun.dialFerry), other: "nbdcopy 4 GiB over ssh -L"},
+			{name: "nbdcopy 4 GiB over ssh -L", run: func(bool) benchRound { return benchNBDCopy(b, small4, nbdURI(tun.local), 4<<30) }},
+			{name: "ferry 64 GiB", run: ferry(large, export{largeSrc, largePID}, 64<<30, local(largeSrc)), other: "ferry 4 GiB"},
 		}
-		for r := range rounds {
-			for k := range runs {
-				run := runs[(k+r)%len(runs)]
-				d, cpu := run.run(r == 0)
-				run.times = append(run.times, fmt.Sprintf("%.2f", d.Seconds()))
-				if run.best == 0 || d < run.best {
-					run.best = d
-				}
-				if run.cpu == 0 || cpu < run.cpu {
-					run.cpu = cpu
-				}
-			}
-		}
+		interleave(runs, rounds)
 		reportConverting(b, runs, peak)
 	}
 }
 
-// reportConverting prints a summary line per figure and reports metrics.
+// reportConverting prints a line per contender and the ratios, and
+// reports the main figures as metrics.
 func reportConverting(b *testing.B, runs []*benchRun, peak memPeak) {
-	ferry, nbdcopy, qemuImg, ferry64 := runs[0].best, runs[1].best, runs[2].best, runs[3].best
+	by := map[string]*benchRun{}
 	for _, r := range runs {
-		b.Logf("%-28s best %5.2f s, %4.0f MiB/s of data, CPU %.2f s (rounds: %s s)",
-			r.name, r.best.Seconds(), 1024/r.best.Seconds(), r.cpu, strings.Join(r.times, " "))
+		by[r.name] = r
 	}
-	b.Logf("speed ferry/nbdcopy %.2f (goal >= 1.0), ferry/qemu-img %.2f (goal > 1.0)",
-		nbdcopy.Seconds()/ferry.Seconds(), qemuImg.Seconds()/ferry.Seconds())
-	b.Logf("time 64 GiB / 4 GiB %.2f (goal < 1.2); CPU ferry/nbdcopy %.2f, ferry/qemu-img %.2f",
-		ferry64.Seconds()/ferry.Seconds(), runs[0].cpu/runs[1].cpu, runs[0].cpu/runs[2].cpu)
-	b.Logf("peak during Ferry's copies: %s", peak)
-	b.ReportMetric(ferry.Seconds(), "ferry-s")
-	b.ReportMetric(nbdcopy.Seconds(), "nbdcopy-s")
-	b.ReportMetric(qemuImg.Seconds(), "qemu-img-s")
-	b.ReportMetric(ferry64.Seconds(), "ferry64-s")
-	b.ReportMetric(nbdcopy.Seconds()/ferry.Seconds(), "ferry/nbdcopy")
+	benchf("%d rounds, interleaved; load average before the report: %s", len(runs[0].runs), loadAverage())
+	for _, r := range runs {
+		med, least := r.seconds()
+		cpuGiB, _ := r.medianMin(func(x benchRound) float64 { return x.srcCPU })
+		faults, _ := r.medianMin(func(x benchRound) float64 { return float64(x.srcFaults) })
+		cpu, _ := r.medianMin(func(x benchRound) float64 { return x.cpu })
+		benchf("%-26s median %5.2f s (%4.0f MB/s of data), min %5.2f s; source QEMU %.2f CPU-s/GiB, %6.0f faults/GiB; all CPU %.2f s",
+			r.name, med, float64(1<<30)/1e6/med, least, cpuGiB, faults, cpu)
+	}
+	ratio := func(num, den string) (float64, float64) {
+		nm, nl := by[num].seconds()
+		dm, dl := by[den].seconds()
+		return nm / dm, nl / dl
+	}
+	// paired is the median over rounds of the ratio within each round,
+	// whose runs ran next to each other under the same load.
+	paired := func(num, den string) float64 {
+		r := &benchRun{}
+		for i := range min(len(by[num].runs), len(by[den].runs)) {
+			r.runs = append(r.runs, benchRound{d: time.Duration(float64(time.Second) *
+				by[num].runs[i].d.Seconds() / by[den].runs[i].d.Seconds())})
+		}
+		med, _ := r.seconds()
+		return med
+	}
+	cpuRatio := func(a, c string) float64 {
+		x, _ := by[a].medianMin(func(r benchRound) float64 { return r.srcCPU })
+		y, _ := by[c].medianMin(func(r benchRound) float64 { return r.srcCPU })
+		return x / y
+	}
+	lm, ll := ratio("nbdcopy 4 GiB", "ferry 4 GiB")
+	qm, ql := ratio("qemu-img convert 4 GiB", "ferry 4 GiB")
+	sm, sl := ratio("nbdcopy 4 GiB over ssh -L", "ferry 4 GiB over SSH")
+	gm, gl := ratio("ferry 64 GiB", "ferry 4 GiB")
+	benchf("speed ferry/nbdcopy local: medians %.2f, minima %.2f, median of rounds %.2f (goal >= 1.0)",
+		lm, ll, paired("nbdcopy 4 GiB", "ferry 4 GiB"))
+	benchf("speed ferry/qemu-img convert: medians %.2f, minima %.2f, median of rounds %.2f",
+		qm, ql, paired("qemu-img convert 4 GiB", "ferry 4 GiB"))
+	benchf("speed ferry/nbdcopy through sshd: medians %.2f, minima %.2f, median of rounds %.2f (goal >= 1.0)",
+		sm, sl, paired("nbdcopy 4 GiB over ssh -L", "ferry 4 GiB over SSH"))
+	benchf("source QEMU CPU per GiB ferry/nbdcopy: local %.2f, through sshd %.2f (goal <= 1.0)",
+		cpuRatio("ferry 4 GiB", "nbdcopy 4 GiB"), cpuRatio("ferry 4 GiB over SSH", "nbdcopy 4 GiB over ssh -L"))
+	benchf("time 64 GiB / 4 GiB: median %.2f, min %.2f (goal < 1.2)", gm, gl)
+	benchf("peak during Ferry's copies: %s", peak)
+	b.ReportMetric(lm, "ferry/nbdcopy")
+	b.ReportMetric(sm, "ssh-ferry/nbdcopy")
+	b.ReportMetric(qm, "ferry/qemu-img")
+	b.ReportMetric(cpuRatio("ferry 4 GiB", "nbdcopy 4 GiB"), "src-cpu-ferry/nbdcopy")
 	b.ReportMetric(float64(peak.rssDelta)/float64(mib), "rss-delta-MiB")
+}
+
+// benchf prints a line of a benchmark's report on the standard output:
+// the testing package keeps only ten lines of a benchmark's log.
+func benchf(format string, args ...any) {
+	fmt.Printf("    "+format+"\n", args...)
+}
+
+// loadAverage is the first three fields of /proc/loadavg.
+func loadAverage() string {
+	b, err := os.ReadFile("/proc/loadavg")
+	if err != nil {
+		return "unknown"
+	}
+	f := strings.Fields(string(b))
+	return strings.Join(f[:min(3, len(f))], " ")
 }
 
 // export is a read-only source export and the pid of its qemu-nbd.
@@ -143,15 +251,29 @@ type export struct {
 	pid  int
 }
 
-// benchFerry copies the export into a new compressed cache image with a
-// checkpoint, as the agent does, and closes it. It returns the time, the
-// CPU seconds of this process and both qemu-nbd, and the memory peaks.
-// With verify, the image is compared with the source afterwards.
-func benchFerry(b *testing.B, src string, e export, size int64, verify bool) (time.Duration, float64, memPeak) {
+// dialNBD connects to an NBD socket with opts, closed when the benchmark
+// or test ends.
+func dialNBD(tb testing.TB, sock string, opts nbd.Options) *nbd.Client {
+	tb.Helper()
+	c, err := nbd.Dial(context.Background(), "unix", sock, opts)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() { c.Close() })
+	return c
+}
+
+// benchFerry copies the export, read through the client dial returns, into
+// a new compressed cache image with a checkpoint, as the agent does, and
+// closes it. With verify, the image is compared with the source
+// afterwards. Without src (a running VM's export), neither the image nor
+// the amount of data is checked.
+func benchFerry(b *testing.B, src string, e export, size int64, verify bool, dial func() *nbd.Client) (benchRound, memPeak) {
 	b.Helper()
 	dir := b.TempDir()
 	runtime.GC()
-	cpu0 := cpuSeconds("self") + cpuSeconds(strconv.Itoa(e.pid))
+	pid := strconv.Itoa(e.pid)
+	self0, src0 := cpuSeconds("self"), sampleSource(pid)
 	stop := sampleMemory(filepath.Join(dir, "vda.pid"))
 	start := time.Now()
 	img, err := cache.Open(context.Background(), dir, "vda", size, true, slog.New(slog.DiscardHandler))
@@ -162,21 +284,21 @@ func benchFerry(b *testing.B, src string, e export, size int64, verify bool) (ti
 	if err != nil {
 		b.Fatal(err)
 	}
-	nbdSrc := dialSource(b, e.sock)
-	defer nbdSrc.Client.Close() // the export takes a few connections at a time
-	st, err := Copy(context.Background(), nbdSrc, img, Options{Checkpoint: cp})
+	c := dial()
+	defer c.Close() // the export takes a few connections at a time
+	st, err := Copy(context.Background(), NBDSource{Client: c}, img, Options{Checkpoint: cp})
 	if err != nil {
 		b.Fatal(err)
 	}
-	pid, _ := os.ReadFile(filepath.Join(dir, "vda.pid"))
-	target := cpuSeconds(strings.TrimSpace(string(pid))) // before it exits; misses the last flush
+	tpid, _ := os.ReadFile(filepath.Join(dir, "vda.pid"))
+	target := cpuSeconds(strings.TrimSpace(string(tpid))) // before it exits; misses the last flush
 	if err := img.Close(); err != nil {
 		b.Fatal(err)
 	}
-	elapsed := time.Since(start)
+	r := src0.since(time.Since(start), pid)
 	peak := stop()
-	cpu := cpuSeconds("self") + cpuSeconds(strconv.Itoa(e.pid)) - cpu0 + target
-	if st.DataBytes != 1<<30 {
+	r.cpu += cpuSeconds("self") - self0 + target
+	if src != "" && st.DataBytes != 1<<30 {
 		b.Fatalf("copied %d data bytes, want 1 GiB", st.DataBytes)
 	}
 	if verify {
@@ -185,17 +307,39 @@ func benchFerry(b *testing.B, src string, e export, size int64, verify bool) (ti
 	if err := os.RemoveAll(dir); err != nil {
 		b.Fatal(err)
 	}
-	return elapsed, cpu, peak
+	return r, peak
 }
 
-// benchNBDCopy runs nbdcopy from the export into a zstd qcow2 made as the
-// cache's are and served by qemu-nbd's compress filter, and stops that
-// server. It returns the time and the CPU seconds of the three processes.
-func benchNBDCopy(b *testing.B, e export, size int64) (time.Duration, float64) {
+// procSample is what /proc says of the source's QEMU at one moment.
+type procSample struct {
+	cpu    float64
+	faults int64
+}
+
+func sampleSource(pid string) procSample {
+	return procSample{cpu: cpuSeconds(pid), faults: minorFaults(pid)}
+}
+
+// since makes the round of a copy that took d, from the source's figures
+// at its start; its cpu holds the source's share so far.
+func (s procSample) since(d time.Duration, pid string) benchRound {
+	cpu := cpuSeconds(pid) - s.cpu
+	return benchRound{d: d, cpu: cpu, srcCPU: cpu, srcFaults: minorFaults(pid) - s.faults}
+}
+
+// nbdURI is the NBD URI of the default export on a unix socket.
+func nbdURI(sock string) string { return "nbd+unix:///?socket=" + sock }
+
+// benchNBDCopy runs nbdcopy from src, the URI of the export or of a tunnel
+// to it, into
+// a zstd qcow2 made as the cache's are and served by qemu-nbd's compress
+// filter, and stops that server. CPU counts the three processes.
+func benchNBDCopy(b *testing.B, e export, src string, size int64) benchRound {
 	b.Helper()
 	dir := b.TempDir()
 	target, tsock := filepath.Join(dir, "nbdcopy.qcow2"), filepath.Join(dir, "t.sock")
-	cpu0 := cpuSeconds(strconv.Itoa(e.pid))
+	pid := strconv.Itoa(e.pid)
+	src0 := sampleSource(pid)
 	start := time.Now()
 	testenv.Run(b, "qemu-img", "create", "-q", "-f", "qcow2", "-o", "compression_type=zstd,lazy_refcounts=on",
 		target, fmt.Sprint(size))
@@ -204,15 +348,14 @@ func benchNBDCopy(b *testing.B, e export, size int64) (time.Duration, float64) {
 	if err := srv.Start(); err != nil {
 		b.Fatal(err)
 	}
-	uri := func(s string) string { return "nbd+unix:///?socket=" + s }
 	deadline := time.Now().Add(10 * time.Second)
-	for exec.Command("nbdinfo", "--size", uri(tsock)).Run() != nil {
+	for exec.Command("nbdinfo", "--size", nbdURI(tsock)).Run() != nil {
 		if time.Now().After(deadline) {
 			b.Fatal("the nbdcopy target did not start")
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
-	nbdcopy := exec.Command("nbdcopy", "--target-is-zero", uri(e.sock), uri(tsock))
+	nbdcopy := exec.Command("nbdcopy", "--target-is-zero", src, nbdURI(tsock))
 	if out, err := nbdcopy.CombinedOutput(); err != nil {
 		b.Fatalf("nbdcopy: %v: %s", err, out)
 	}
@@ -220,54 +363,75 @@ func benchNBDCopy(b *testing.B, e export, size int64) (time.Duration, float64) {
 	if err := srv.Wait(); err != nil {
 		b.Fatalf("qemu-nbd serving the nbdcopy target: %v", err)
 	}
-	d := time.Since(start)
-	cpu := cpuSeconds(strconv.Itoa(e.pid)) - cpu0 + childCPU(nbdcopy) + childCPU(srv)
+	r := src0.since(time.Since(start), pid)
+	r.cpu += childCPU(nbdcopy) + childCPU(srv)
 	if err := os.Remove(target); err != nil {
 		b.Fatal(err)
 	}
-	return d, cpu
+	return r
 }
 
-// benchQemuImg converts the export into a zstd-compressed qcow2 and
-// returns the time and the CPU seconds of qemu-img and the export.
-func benchQemuImg(b *testing.B, e export) (time.Duration, float64) {
+// benchQemuImg converts the export into a zstd-compressed qcow2; CPU
+// counts qemu-img and the export.
+func benchQemuImg(b *testing.B, e export) benchRound {
 	b.Helper()
 	target := filepath.Join(b.TempDir(), "qemu-img.qcow2")
-	cpu0 := cpuSeconds(strconv.Itoa(e.pid))
+	pid := strconv.Itoa(e.pid)
+	src0 := sampleSource(pid)
 	start := time.Now()
 	convert := exec.Command("qemu-img", "convert", "-W", "-m", "8", "-f", "raw", "-O", "qcow2",
-		"-o", "compression_type=zstd", "-c", "nbd+unix:///?socket="+e.sock, target)
+		"-o", "compression_type=zstd", "-c", nbdURI(e.sock), target)
 	if out, err := convert.CombinedOutput(); err != nil {
 		b.Fatalf("qemu-img convert: %v: %s", err, out)
 	}
 	// qemu-img leaves the image in the page cache; the others flush.
 	testenv.Run(b, "sync", "-d", target)
-	d := time.Since(start)
-	cpu := cpuSeconds(strconv.Itoa(e.pid)) - cpu0 + childCPU(convert)
+	r := src0.since(time.Since(start), pid)
+	r.cpu += childCPU(convert)
 	if err := os.Remove(target); err != nil {
 		b.Fatal(err)
 	}
-	return d, cpu
+	return r
 }
 
 func childCPU(cmd *exec.Cmd) float64 {
 	return (cmd.ProcessState.UserTime() + cmd.ProcessState.SystemTime()).Seconds()
 }
 
-// cpuSeconds reads the user and system time of /proc/<pid>/stat.
-func cpuSeconds(pid string) float64 {
+// statFields returns the fields of /proc/<pid>/stat after the command
+// name, the first being the state (field 3 of proc(5)).
+func statFields(pid string) []string {
 	b, err := os.ReadFile("/proc/" + pid + "/stat")
 	if err != nil {
-		return 0
+		return nil
 	}
 	s := string(b)
 	f := strings.Fields(s[strings.LastIndexByte(s, ')')+2:])
 	if len(f) < 13 {
+		return nil
+	}
+	return f
+}
+
+// cpuSeconds reads the user and system time of /proc/<pid>/stat.
+func cpuSeconds(pid string) float64 {
+	f := statFields(pid)
+	if f == nil {
 		return 0
 	}
 	utime, _ := strconv.ParseFloat(f[11], 64)
 	stime, _ := strconv.ParseFloat(f[12], 64)
 	return (utime + stime) / 100 // clock ticks; USER_HZ is 100 on Linux
+}
+
+// minorFaults reads minflt of /proc/<pid>/stat.
+func minorFaults(pid string) int64 {
+	f := statFields(pid)
+	if f == nil {
+		return 0
+	}
+	n, _ := strconv.ParseInt(f[7], 10, 64)
+	return n
 }
 
 // memPeak is what sampleMemory saw: this process's resident set above

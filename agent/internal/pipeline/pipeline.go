@@ -68,11 +68,17 @@ type Sink interface {
 // Options tune a copy. The zero value copies 2 MiB chunks, 16 in flight,
 // with no limit, no checkpoint and no progress.
 type Options struct {
-	// ChunkSize is the unit of reads, writes and checkpoint marks: a
-	// multiple of cache.Granule from MinChunkSize to MaxChunkSize. It defaults to
-	// the Checkpoint's chunk size, or DefaultChunkSize.
+	// ChunkSize is the unit of checkpoint marks and checksums, and of the
+	// reads and writes the copy asks for: a multiple of cache.Granule from
+	// MinChunkSize to MaxChunkSize. It defaults to the Checkpoint's chunk
+	// size, or DefaultChunkSize. It is not the size of NBD requests: an
+	// nbd.Client sends a chunk as requests of its MaxRequest (256 KiB by
+	// default, which QEMU's NBD server serves without allocating), all in
+	// flight at once.
 	ChunkSize int
-	// InFlight is how many chunks are read and written at once.
+	// InFlight is how many chunks are read and written at once; the
+	// requests in flight on the source's connection are bounded by its
+	// nbd.Options.MaxInFlight.
 	InFlight int
 	// Limiter, when set, takes a token for every byte read from the source.
 	Limiter *ratelimit.Limiter

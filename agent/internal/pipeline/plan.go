@@ -21,19 +21,20 @@ type job struct {
 
 // walk calls fn with the extents of [0, size) in order, asking the source
 // a window at a time and checking that it describes the disk contiguously.
-func walk(ctx context.Context, src Source, size int64, fn func(Extent) error) error {
+// Its errors begin with what, the operation walking.
+func walk(ctx context.Context, what string, src Source, size int64, fn func(Extent) error) error {
 	for pos := int64(0); pos < size; {
 		want := min(size-pos, extentWindow)
 		exts, err := src.Extents(ctx, pos, want)
 		if err != nil {
-			return fmt.Errorf("copy: extents at %d: %w", pos, err)
+			return fmt.Errorf("%s: extents at %d: %w", what, pos, err)
 		}
 		if len(exts) == 0 {
-			return fmt.Errorf("copy: %w described nothing at %d", ErrSource, pos)
+			return fmt.Errorf("%s: %w described nothing at %d", what, ErrSource, pos)
 		}
 		for _, e := range exts {
 			if e.Offset != pos || e.Length <= 0 {
-				return fmt.Errorf("copy: %w extent %d+%d where %d was expected", ErrSource, e.Offset, e.Length, pos)
+				return fmt.Errorf("%s: %w extent %d+%d where %d was expected", what, ErrSource, e.Offset, e.Length, pos)
 			}
 			e.Length = min(e.Length, size-pos)
 			if err := fn(e); err != nil {
@@ -64,7 +65,7 @@ func (c *copier) eachChunk(e Extent, fn func(i int, e Extent) error) error {
 // count sums the data of the disk and the part of it already done.
 func (c *copier) count(ctx context.Context) error {
 	cp := c.opts.Checkpoint
-	return walk(ctx, c.src, c.size, func(e Extent) error {
+	return walk(ctx, "copy", c.src, c.size, func(e Extent) error {
 		if e.Zero {
 			return nil
 		}
@@ -92,7 +93,7 @@ func (c *copier) produce(ctx context.Context, jobs chan<- job) error {
 		}
 		return c.emit(ctx, jobs, cur)
 	}
-	err := walk(ctx, c.src, c.size, func(e Extent) error {
+	err := walk(ctx, "copy", c.src, c.size, func(e Extent) error {
 		return c.eachChunk(e, func(i int, e Extent) error {
 			if i != cur.index {
 				if err := flush(); err != nil {

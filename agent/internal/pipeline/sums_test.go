@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -156,5 +157,61 @@ func BenchmarkDataSum(b *testing.B) {
 	b.SetBytes(DefaultChunkSize)
 	for b.Loop() {
 		dataSum(buf)
+	}
+}
+
+// extentCounter counts a Source's block status calls.
+type extentCounter struct {
+	Source
+	calls atomic.Int64
+}
+
+func (s *extentCounter) Extents(ctx context.Context, off, length int64) ([]Extent, error) {
+	s.calls.Add(1)
+	return s.Source.Extents(ctx, off, length)
+}
+
+// TestVerifyWalksDataOnly: verifying a 256 MiB disk holding 4.1 MiB asks
+// block status a window at a time (twice here: the fake answers three
+// extents a call), never per chunk, reads the data only (the fake fails
+// a read that touches a zero extent), and reports every byte checked. A
+// target that reports as zeroes a chunk the source had data in fails,
+// named, without being read.
+func TestVerifyWalksDataOnly(t *testing.T) {
+	data := []span{{3 * mib, 3*mib + 100*kib}, {200 * mib, 204 * mib}}
+	src := layout(256*mib, 5, data...)
+	path := filepath.Join(t.TempDir(), "vda.ckpt")
+	cp, err := LoadCheckpoint(path, src.Size(), DefaultChunkSize)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := Copy(context.Background(), src, newMemSink(src.Size()), Options{Checkpoint: cp}); err != nil {
+		t.Fatal(err)
+	}
+	if cp, err = OpenCheckpoint(path); err != nil {
+		t.Fatal(err)
+	}
+
+	target := &extentCounter{Source: src}
+	var done, total int64
+	st, err := VerifyWith(context.Background(), target, cp, VerifyOptions{InFlight: 4, Progress: func(d, tot int64) { done, total = d, tot }})
+	if err != nil {
+		t.Fatalf("verify: %v", err)
+	}
+	if want := dataBytes(src); st.ReadBytes != want || st.ZeroBytes != src.Size()-want {
+		t.Errorf("verify read %d bytes and took %d as zeroes, want %d and %d", st.ReadBytes, st.ZeroBytes, want, src.Size()-want)
+	}
+	if n := target.calls.Load(); n > 2 {
+		t.Errorf("verify asked block status %d times, want 2 (a window at a time)", n)
+	}
+	if done != src.Size() || total != src.Size() {
+		t.Errorf("progress ended at %d of %d, want %d of %d", done, total, src.Size(), src.Size())
+	}
+
+	holed := layout(256*mib, 5, data[0])
+	_, err = VerifyWith(context.Background(), holed, cp, VerifyOptions{InFlight: 4})
+	var mm *MismatchError
+	if !errors.As(err, &mm) || mm.Offset != 200*mib || !strings.Contains(err.Error(), "the target reads as zeroes") {
+		t.Fatalf("verify a target without the data at 200 MiB = %v, want a mismatch of the chunk at %d", err, 200*mib)
 	}
 }

@@ -9,7 +9,8 @@ import (
 
 // work copies jobs until there are none left.
 func (c *copier) work(ctx context.Context, jobs <-chan job) error {
-	buf := make([]byte, c.chunk)
+	buf, handle := getChunkBuf(c.chunk)
+	defer putChunkBuf(handle)
 	for {
 		select {
 		case <-ctx.Done():

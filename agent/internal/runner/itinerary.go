@@ -34,6 +34,18 @@ type Target interface {
 	Configure(ctx context.Context, job *Job) (warnings []string, err error)
 }
 
+// Overlapper is what a target driver may also do: upload beside
+// CONVERTING what the copy has made durable in the cache, so that a job
+// takes about as long as the slower of copy and upload rather than their
+// sum. converted is closed once CONVERTING has succeeded (every cache
+// checkpoint is then complete); UploadBeside returns once every disk is
+// on its volume, or with what stopped it. The runner starts it with the
+// copy and waits for it as the UPLOADING step; an error while the copy
+// still runs fails the job at once.
+type Overlapper interface {
+	UploadBeside(ctx context.Context, job *Job, converted <-chan struct{}) error
+}
+
 // Verifier is what a target driver may also do: read the uploaded
 // volumes back and compare them with the checksums CONVERTING recorded,
 // calling job.Progress.SetVerified for each disk that matched. A disk
@@ -83,6 +95,7 @@ type Job struct {
 	Downstream, Upstream *ratelimit.Limiter
 
 	watches *watchSet // see Watch
+	beside  *beside   // the upload beside CONVERTING, when the target overlaps
 	// fencer confirms the assignment before target writes; nil confirms
 	// everything (unit tests without a coordinator).
 	fencer Fencer
@@ -126,7 +139,7 @@ type step struct {
 var itinerary = []step{
 	{ferryv1.MigrationJobPhase_MIGRATION_JOB_PHASE_CONVERTING, "prepare the cache directory", false, prepareCache},
 	{ferryv1.MigrationJobPhase_MIGRATION_JOB_PHASE_CONVERTING, "copy the source disks to the cache", true, convert},
-	{ferryv1.MigrationJobPhase_MIGRATION_JOB_PHASE_UPLOADING, "upload the disks to primary storage", true, upload},
+	{ferryv1.MigrationJobPhase_MIGRATION_JOB_PHASE_UPLOADING, uploadStep, true, upload},
 	{ferryv1.MigrationJobPhase_MIGRATION_JOB_PHASE_UPLOADING, "verify the target disks against the source", false, verify},
 	{ferryv1.MigrationJobPhase_MIGRATION_JOB_PHASE_CONFIGURING, "define the target VM", false, configure},
 }
@@ -138,20 +151,64 @@ func prepareCache(_ context.Context, _ Drivers, j *Job) ([]string, error) {
 	return nil, nil
 }
 
+const uploadStep = "upload the disks to primary storage"
+
 func convert(ctx context.Context, d Drivers, j *Job) ([]string, error) {
 	platform := j.Assignment.GetSource().GetType()
 	src, ok := d.Sources[platform]
 	if !ok || src == nil {
 		return nil, &NoDriverError{What: platformName(platform) + " source"}
 	}
+	if o, ok := d.Target.(Overlapper); ok {
+		j.startBeside(ctx, o)
+	}
 	return nil, src.Convert(ctx, j)
 }
 
 func upload(ctx context.Context, d Drivers, j *Job) ([]string, error) {
+	if b := j.beside; b != nil {
+		close(b.converted)
+		<-b.done
+		return nil, b.err
+	}
 	if d.Target == nil {
 		return nil, &NoDriverError{What: "target"}
 	}
 	return nil, d.Target.Upload(ctx, j)
+}
+
+// beside is an upload running beside CONVERTING; walk owns it.
+type beside struct {
+	converted chan struct{} // closed by the UPLOADING step
+	done      chan struct{} // closed when UploadBeside returned
+	err       error         // what it returned, once done
+	cancel    context.CancelFunc
+}
+
+// startBeside starts the target's upload beside the copy. The UPLOADING
+// phase's timing begins now; the job's phase stays CONVERTING until the
+// copy ends.
+func (j *Job) startBeside(ctx context.Context, o Overlapper) {
+	ctx, cancel := context.WithCancel(ctx)
+	b := &beside{converted: make(chan struct{}), done: make(chan struct{}), cancel: cancel}
+	j.beside = b
+	j.Progress.beginEarly(ferryv1.MigrationJobPhase_MIGRATION_JOB_PHASE_UPLOADING)
+	go func() {
+		defer close(b.done)
+		b.err = o.UploadBeside(ctx, j, b.converted)
+		if b.err != nil && ctx.Err() == nil && j.watches != nil {
+			// The copy is still running: stop it, the job has failed.
+			j.watches.fail(&stopCause{outcome: agentv1.JobOutcome_JOB_OUTCOME_FAILED, reason: uploadStep + ": " + b.err.Error()})
+		}
+	}()
+}
+
+// stopBeside ends the upload beside the copy, if any, and waits for it.
+func (j *Job) stopBeside() {
+	if b := j.beside; b != nil {
+		b.cancel()
+		<-b.done
+	}
 }
 
 func verify(ctx context.Context, d Drivers, j *Job) ([]string, error) {
@@ -193,6 +250,8 @@ func cacheDir(dataDir string, a *agentv1.Assignment) string {
 // walk runs the itinerary in order and returns the result of the job.
 func walk(ctx context.Context, d Drivers, j *Job) *agentv1.JobResult {
 	res := &agentv1.JobResult{Job: j.Name(), Epoch: j.Epoch()}
+	defer func() { res.PhaseTimings = j.Progress.endPhases() }()
+	defer j.stopBeside()
 	for _, s := range itinerary {
 		j.Progress.enter(s.phase, s.countsBytes)
 		j.Log.Debug("step", "phase", s.phase, "step", s.name)

@@ -5,6 +5,7 @@ import (
 	"time"
 
 	"google.golang.org/protobuf/types/known/durationpb"
+	"google.golang.org/protobuf/types/known/timestamppb"
 
 	agentv1 "github.com/ferry-v2v/ferry/pkg/pb/ferry/agent/v1"
 	ferryv1 "github.com/ferry-v2v/ferry/pkg/pb/ferry/v1"
@@ -24,6 +25,14 @@ type Progress struct {
 	emit     func(*agentv1.JobProgress)
 	sent     time.Time
 	dirty    bool
+	timings  []*timing // in the order the phases began
+}
+
+// timing is one phase's run; bytes is fixed when it ends.
+type timing struct {
+	phase      ferryv1.MigrationJobPhase
+	start, end time.Time
+	bytes      int64
 }
 
 type diskCount struct {
@@ -31,6 +40,10 @@ type diskCount struct {
 	total, done     int64
 	start           time.Time
 	verified        bool
+	// uploaded counts the data bytes an upload beside the copy wrote to
+	// the target; it becomes done when UPLOADING begins.
+	uploaded    int64
+	uploadStart time.Time
 }
 
 func newProgress(a *agentv1.Assignment, now func() time.Time, interval time.Duration, emit func(*agentv1.JobProgress)) *Progress {
@@ -77,6 +90,23 @@ func (p *Progress) SetVerified(disk string) {
 	p.update(func() { p.disk(disk).verified = true })
 }
 
+// Uploaded records that an upload has written done data bytes of a disk
+// to the target. Beside CONVERTING they are kept apart from the copy's
+// counts (and shown in the UPLOADING phase's timing); in UPLOADING they
+// are the disk's done bytes.
+func (p *Progress) Uploaded(disk string, done int64) {
+	p.update(func() {
+		d := p.disk(disk)
+		if d.uploadStart.IsZero() {
+			d.uploadStart = p.now()
+		}
+		d.uploaded = done
+		if p.phase == ferryv1.MigrationJobPhase_MIGRATION_JOB_PHASE_UPLOADING {
+			d.done = done
+		}
+	})
+}
+
 // Set records that done bytes of a disk are done.
 func (p *Progress) Set(disk string, done int64) {
 	p.update(func() { p.disk(disk).done = done })
@@ -100,15 +130,110 @@ func (p *Progress) enter(phase ferryv1.MigrationJobPhase, resetBytes bool) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	changed := phase != p.phase
+	now := p.now()
+	if changed {
+		p.endPhase(p.phase, now)
+		p.begin(phase, now)
+	}
 	p.phase = phase
 	if resetBytes {
-		now := p.now()
 		for _, d := range p.disks {
 			d.done, d.start = 0, now
+			if phase == ferryv1.MigrationJobPhase_MIGRATION_JOB_PHASE_UPLOADING && !d.uploadStart.IsZero() {
+				// An upload beside the copy: UPLOADING carries on from it.
+				d.done, d.start = d.uploaded, d.uploadStart
+			}
 		}
 		p.dirty = true
 	}
 	p.report(changed)
+}
+
+// beginEarly starts the timing of a phase that begins beside the current
+// one (UPLOADING beside CONVERTING); the job's phase does not change.
+func (p *Progress) beginEarly(phase ferryv1.MigrationJobPhase) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.begin(phase, p.now())
+	p.dirty = true
+}
+
+// begin opens the timing of phase unless it is open already. The caller
+// holds p.mu.
+func (p *Progress) begin(phase ferryv1.MigrationJobPhase, now time.Time) {
+	if phase == ferryv1.MigrationJobPhase_MIGRATION_JOB_PHASE_UNSPECIFIED {
+		return
+	}
+	for _, t := range p.timings {
+		if t.phase == phase && t.end.IsZero() {
+			return
+		}
+	}
+	p.timings = append(p.timings, &timing{phase: phase, start: now})
+}
+
+// endPhase closes the timing of phase, fixing its bytes. The caller holds
+// p.mu.
+func (p *Progress) endPhase(phase ferryv1.MigrationJobPhase, now time.Time) {
+	for _, t := range p.timings {
+		if t.phase == phase && t.end.IsZero() {
+			t.bytes, t.end = p.phaseBytes(phase), now
+		}
+	}
+}
+
+// endPhases closes every open timing (the job has ended) and returns them.
+func (p *Progress) endPhases() []*ferryv1.PhaseTiming {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	now := p.now()
+	for _, t := range p.timings {
+		if t.end.IsZero() {
+			t.bytes, t.end = p.phaseBytes(t.phase), now
+		}
+	}
+	return p.timingsAt(now)
+}
+
+// phaseBytes is what a phase has moved so far: the copy's done bytes in
+// CONVERTING, the upload's in UPLOADING. The caller holds p.mu.
+func (p *Progress) phaseBytes(phase ferryv1.MigrationJobPhase) int64 {
+	var n int64
+	for _, d := range p.disks {
+		switch {
+		case phase == p.phase && phase != ferryv1.MigrationJobPhase_MIGRATION_JOB_PHASE_CONFIGURING:
+			n += d.done
+		case phase == ferryv1.MigrationJobPhase_MIGRATION_JOB_PHASE_UPLOADING:
+			n += d.uploaded
+		}
+	}
+	return n
+}
+
+// timingsAt returns the timings with their rates. The caller holds p.mu.
+func (p *Progress) timingsAt(now time.Time) []*ferryv1.PhaseTiming {
+	out := make([]*ferryv1.PhaseTiming, 0, len(p.timings))
+	for _, t := range p.timings {
+		pt := &ferryv1.PhaseTiming{Phase: t.phase, StartTime: timestamppb.New(t.start), Bytes: t.bytes}
+		end := t.end
+		if end.IsZero() {
+			pt.Bytes, end = p.phaseBytes(t.phase), now
+		} else {
+			pt.EndTime = timestamppb.New(t.end)
+		}
+		if secs := end.Sub(t.start).Seconds(); secs > 0 {
+			pt.BytesPerSecond = float64(pt.Bytes) / secs
+		}
+		out = append(out, pt)
+	}
+	return out
+}
+
+// PhaseTimings returns the timings so far.
+func (p *Progress) PhaseTimings() []*ferryv1.PhaseTiming {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.timingsAt(p.now())
 }
 
 // flush reports counts not yet reported once the interval allows it.
@@ -126,7 +251,7 @@ func (p *Progress) report(force bool) {
 		return
 	}
 	p.sent, p.dirty = now, false
-	p.emit(&agentv1.JobProgress{Job: p.job, Epoch: p.epoch, Phase: p.phase, Disks: p.disksAt(now)})
+	p.emit(&agentv1.JobProgress{Job: p.job, Epoch: p.epoch, Phase: p.phase, Disks: p.disksAt(now), PhaseTimings: p.timingsAt(now)})
 }
 
 // snapshot returns the counts as they are.

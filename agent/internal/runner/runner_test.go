@@ -379,3 +379,34 @@ func TestSetLimitsReachesRunningJobs(t *testing.T) {
 		}
 	}
 }
+
+// TestMemoryReleasedWhenIdle: the memory jobs used is released once the
+// last running job ends, not while another one still runs.
+func TestMemoryReleasedWhenIdle(t *testing.T) {
+	d := &copyDriver{block: true}
+	rec := newRecorder()
+	released := make(chan struct{}, 4)
+	r := startRunner(t, Config{}, Deps{Drivers: Drivers{Sources: map[ferryv1.Platform]Source{ferryv1.Platform_PLATFORM_KVM: d}, Target: d},
+		Reporter: rec, ReleaseMemory: func() { released <- struct{}{} }})
+	for _, name := range []string{"migrationJobs/a", "migrationJobs/b"} {
+		if err := r.Start(assignment(t, name, 1, "vda")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	r.Cancel("migrationJobs/a", 1, "first")
+	if res := rec.result(t); res.GetJob() != "migrationJobs/a" {
+		t.Fatalf("result = %v", res)
+	}
+	r.Cancel("migrationJobs/b", 1, "second")
+	if res := rec.result(t); res.GetJob() != "migrationJobs/b" {
+		t.Fatalf("result = %v", res)
+	}
+	select {
+	case <-released:
+	case <-time.After(10 * time.Second):
+		t.Fatal("memory not released after the last job ended")
+	}
+	if n := len(released); n != 0 {
+		t.Fatalf("memory released %d more times: job a released it while b ran", n)
+	}
+}

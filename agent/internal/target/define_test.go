@@ -106,7 +106,7 @@ func (e *libvirtEnv) spec(t *testing.T) Spec {
 		AutoStart: true,
 	}
 	for _, d := range s.VM.Disks {
-		v, err := Plan(e.storage, job, d.SourceDisk, d.SizeBytes)
+		v, err := NameVolume(e.storage, job, d.SourceDisk, d.SizeBytes)
 		if err != nil {
 			t.Fatal(err)
 		}

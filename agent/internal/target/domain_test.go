@@ -21,7 +21,7 @@ func unitSpec(t *testing.T) Spec {
 	st := storage(ferryv1.PrimaryStorageType_PRIMARY_STORAGE_TYPE_LOCAL, "/ps", "", "")
 	var vols []Volume
 	for _, d := range []string{"vda", "vdb"} {
-		v, err := Plan(st, "migrationJobs/j1", d, 1<<30)
+		v, err := NameVolume(st, "migrationJobs/j1", d, 1<<30)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -148,8 +148,8 @@ func TestBuildDomainDevices(t *testing.T) {
 
 func TestBuildDomainStorageAndFirmware(t *testing.T) {
 	s := unitSpec(t)
-	ceph, _ := Plan(storage(ferryv1.PrimaryStorageType_PRIMARY_STORAGE_TYPE_CEPH, "", "vms", ""), "j1", "vda", 1<<30)
-	lv, _ := Plan(storage(ferryv1.PrimaryStorageType_PRIMARY_STORAGE_TYPE_SHAREDBLOCK, "", "", "vg0"), "j1", "vdb", 1<<30)
+	ceph, _ := NameVolume(storage(ferryv1.PrimaryStorageType_PRIMARY_STORAGE_TYPE_CEPH, "", "vms", ""), "j1", "vda", 1<<30)
+	lv, _ := NameVolume(storage(ferryv1.PrimaryStorageType_PRIMARY_STORAGE_TYPE_SHAREDBLOCK, "", "", "vg0"), "j1", "vdb", 1<<30)
 	s.Volumes = []Volume{ceph, lv}
 	s.VM.CdromCount = 7
 	s.Source = &ferryv1.SourceVm{Firmware: ferryv1.Firmware_FIRMWARE_UEFI}

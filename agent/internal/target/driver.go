@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io/fs"
 	"log/slog"
+	"os"
 	"path"
 
 	"libvirt.org/go/libvirt"
@@ -44,13 +45,13 @@ func NewDriver(uri string, opts Options) *Driver {
 	return &Driver{uri: uri, opts: opts, log: opts.Log}
 }
 
-// volumes plans the volume of each disk the job keeps, root first.
+// volumes names the volume of each disk the job keeps, root first.
 func volumes(job *runner.Job) ([]Volume, error) {
 	a := job.Assignment
 	id := path.Base(a.GetJob().GetName())
 	var out []Volume
 	for _, d := range a.GetJob().GetTarget().GetDisks() {
-		v, err := Plan(a.GetPrimaryStorage(), id, d.GetSourceDisk(), d.GetSizeBytes())
+		v, err := NameVolume(a.GetPrimaryStorage(), id, d.GetSourceDisk(), d.GetSizeBytes())
 		if err != nil {
 			return nil, fmt.Errorf("disk %s: %w", d.GetSourceDisk(), err)
 		}
@@ -60,27 +61,17 @@ func volumes(job *runner.Job) ([]Volume, error) {
 }
 
 // Upload copies every cache image onto its volume under the migration
-// server's upstream limit.
+// server's upstream limit, once CONVERTING has ended: UploadBeside with
+// the copy over, resuming what an earlier run uploaded of the same images.
 func (d *Driver) Upload(ctx context.Context, job *runner.Job) error {
-	if th := d.targetHostOf(job); th != "" {
-		return d.uploadRemote(ctx, job, th)
-	}
-	vols, err := volumes(job)
-	if err != nil {
-		return err
-	}
-	up := NewUploader(UploadDeps{Commander: d.opts.Commander, Copier: &NBDCopier{Limiter: job.Upstream, Log: job.Log}, Log: job.Log,
-		Fence: job.Fence})
-	for i, disk := range job.Assignment.GetJob().GetTarget().GetDisks() {
-		name := disk.GetSourceDisk()
-		if err := d.uploadDisk(ctx, job, up, name, vols[i]); err != nil {
-			return fmt.Errorf("disk %s: %w", name, err)
-		}
-	}
-	return nil
+	converted := make(chan struct{})
+	close(converted)
+	return d.UploadBeside(ctx, job, converted)
 }
 
-func (d *Driver) uploadDisk(ctx context.Context, job *runner.Job, up *Uploader, disk string, vol Volume) error {
+// uploadWhole copies a cache image that has no checkpoint (made before
+// checkpoints were kept) onto its volume in one go.
+func uploadWhole(ctx context.Context, job *runner.Job, up *Uploader, disk string, vol Volume) error {
 	exp, err := cache.OpenExport(ctx, job.CacheDir, disk, job.Log)
 	if err != nil {
 		return err
@@ -136,7 +127,17 @@ func (d *Driver) Rollback(ctx context.Context, job *runner.Job) error {
 	} else {
 		defer conn.Close()
 	}
-	return Rollback(ctx, conn, spec, d.options(job))
+	if err := Rollback(ctx, conn, spec, d.options(job)); err != nil {
+		return err
+	}
+	// The volumes are gone: what the upload checkpoints say was uploaded
+	// is no longer anywhere.
+	for _, disk := range job.Assignment.GetJob().GetTarget().GetDisks() {
+		if err := os.Remove(cache.UploadCheckpointPath(job.CacheDir, disk.GetSourceDisk())); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			return fmt.Errorf("remove the upload checkpoint of disk %s: %w", disk.GetSourceDisk(), err)
+		}
+	}
+	return nil
 }
 
 func (d *Driver) options(job *runner.Job) Options {
@@ -155,7 +156,7 @@ func (d *Driver) spec(job *runner.Job) (Spec, error) {
 	}
 	src, nvram, err := cache.LoadSourceVM(job.CacheDir)
 	if err != nil && !errors.Is(err, fs.ErrNotExist) {
-		return Spec{}, fmt.Errorf("read the source VM's facts from the cache: %w", err)
+		return Spec{}, fmt.Errorf("read the source VM's description from the cache: %w", err)
 	}
 	return Spec{
 		JobID: a.GetJob().GetName(), VM: a.GetJob().GetTarget(), Source: src, Volumes: vols,

@@ -37,7 +37,7 @@ func run(t testing.TB, name string, args ...string) string {
 
 // serveImage serves an image read-only with qemu-nbd, as the cache does,
 // until the test ends.
-func serveImage(t *testing.T, image, format string) Endpoint {
+func serveImage(t testing.TB, image, format string) Endpoint {
 	t.Helper()
 	sock := filepath.Join(shortTempDir(t), "src.sock")
 	cmd := exec.Command("qemu-nbd", "--read-only", "--persistent", "--shared=8", "--socket="+sock, "--format="+format, image)

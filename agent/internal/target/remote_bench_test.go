@@ -48,7 +48,7 @@ func BenchmarkUploadToAnotherHost(b *testing.B) {
 		}
 	}
 	serve := func(job string) (Volume, *RemoteServer) {
-		vol, err := Plan(st, job, "vda", 2<<30)
+		vol, err := NameVolume(st, job, "vda", 2<<30)
 		if err != nil {
 			b.Fatal(err)
 		}

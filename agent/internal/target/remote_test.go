@@ -42,7 +42,7 @@ func TestUploadToAnotherHost(t *testing.T) {
 	ctx := context.Background()
 
 	// h2: the volume, on h2's local storage, served to ms only.
-	vol, err := Plan(storage(ferryv1.PrimaryStorageType_PRIMARY_STORAGE_TYPE_LOCAL, t.TempDir(), "", ""), "migrationJobs/j1", "vda", sourceSize)
+	vol, err := NameVolume(storage(ferryv1.PrimaryStorageType_PRIMARY_STORAGE_TYPE_LOCAL, t.TempDir(), "", ""), "migrationJobs/j1", "vda", sourceSize)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -87,7 +87,7 @@ func TestJobPlacedOnAnotherHost(t *testing.T) {
 	up := ratelimit.New(0)
 	rj := &runner.Job{Assignment: &agentv1.Assignment{Job: job, Epoch: 3, PrimaryStorage: e.storage, L3Networks: nets},
 		CacheDir: cacheDir, Log: testkit.Logger(t), Upstream: up}
-	vol, err := Plan(e.storage, job.GetName(), "vda", sourceSize)
+	vol, err := NameVolume(e.storage, job.GetName(), "vda", sourceSize)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -260,7 +260,7 @@ func TestUploadToAnotherHostSurvivesACut(t *testing.T) {
 	if err := d.Upload(context.Background(), rj); err != nil {
 		t.Fatal(err)
 	}
-	vol, _ := Plan(st, job.GetName(), "vda", sourceSize)
+	vol, _ := NameVolume(st, job.GetName(), "vda", sourceSize)
 	worker.Close()
 	run(t, "qemu-img", "compare", "-f", "qcow2", "-F", "qcow2", img, vol.Path)
 	if len(r.prepare) < 2 || !r.prepare[0].GetCreated() || r.prepare[len(r.prepare)-1].GetCreated() {

@@ -43,7 +43,7 @@ func TestUploadLocal(t *testing.T) {
 		ferryv1.PrimaryStorageType_PRIMARY_STORAGE_TYPE_LOCAL, ferryv1.PrimaryStorageType_PRIMARY_STORAGE_TYPE_NFS,
 	} {
 		t.Run(typ.String(), func(t *testing.T) {
-			vol, err := Plan(storage(typ, t.TempDir(), "", ""), "migrationJobs/j1", "vda", sourceSize)
+			vol, err := NameVolume(storage(typ, t.TempDir(), "", ""), "migrationJobs/j1", "vda", sourceSize)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -81,7 +81,7 @@ func TestUploadRawBlockDevice(t *testing.T) {
 	dev := run(t, "losetup", "-f", "--show", backing)
 	t.Cleanup(func() { run(t, "losetup", "-d", dev) })
 
-	vol, err := Plan(storage(ferryv1.PrimaryStorageType_PRIMARY_STORAGE_TYPE_SHAREDBLOCK, "", "", "vg0"), "j1", "vdb", sourceSize)
+	vol, err := NameVolume(storage(ferryv1.PrimaryStorageType_PRIMARY_STORAGE_TYPE_SHAREDBLOCK, "", "", "vg0"), "j1", "vdb", sourceSize)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -102,7 +102,7 @@ func TestUploadRawBlockDevice(t *testing.T) {
 func TestUploadHonoursLimit(t *testing.T) {
 	requireTools(t, "qemu-img", "qemu-nbd", "qemu-io")
 	img, src := sourceImage(t)
-	vol, err := Plan(storage(ferryv1.PrimaryStorageType_PRIMARY_STORAGE_TYPE_LOCAL, t.TempDir(), "", ""), "j1", "vda", sourceSize)
+	vol, err := NameVolume(storage(ferryv1.PrimaryStorageType_PRIMARY_STORAGE_TYPE_LOCAL, t.TempDir(), "", ""), "j1", "vda", sourceSize)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -121,7 +121,7 @@ func TestUploadHonoursLimit(t *testing.T) {
 func TestUploadCancelled(t *testing.T) {
 	requireTools(t, "qemu-img", "qemu-nbd", "qemu-io")
 	_, src := sourceImage(t)
-	vol, err := Plan(storage(ferryv1.PrimaryStorageType_PRIMARY_STORAGE_TYPE_LOCAL, t.TempDir(), "", ""), "j1", "vda", sourceSize)
+	vol, err := NameVolume(storage(ferryv1.PrimaryStorageType_PRIMARY_STORAGE_TYPE_LOCAL, t.TempDir(), "", ""), "j1", "vda", sourceSize)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -146,7 +146,7 @@ func TestUploadFenced(t *testing.T) {
 	_, src := sourceImage(t)
 	for _, refuse := range []string{"create volume", "upload onto volume"} {
 		t.Run(refuse, func(t *testing.T) {
-			vol, err := Plan(storage(ferryv1.PrimaryStorageType_PRIMARY_STORAGE_TYPE_LOCAL, t.TempDir(), "", ""), "migrationJobs/j1", "vda", sourceSize)
+			vol, err := NameVolume(storage(ferryv1.PrimaryStorageType_PRIMARY_STORAGE_TYPE_LOCAL, t.TempDir(), "", ""), "migrationJobs/j1", "vda", sourceSize)
 			if err != nil {
 				t.Fatal(err)
 			}

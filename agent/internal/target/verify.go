@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"time"
@@ -16,13 +17,19 @@ import (
 
 var _ runner.Verifier = (*Driver)(nil)
 
-// verifyInFlight is how many chunks of a volume are read back at once.
+// verifyInFlight is how many chunks of a volume holding data are read
+// back at once (each in requests of nbd.DefaultMaxRequest).
 const verifyInFlight = 4
+
+// verifyLogEvery is how often a running verification logs its progress.
+const verifyLogEvery = 5 * time.Second
 
 // Verify reads every uploaded volume back through a read-only qemu-nbd
 // and compares it, chunk by chunk, with the checksums CONVERTING recorded
-// beside the cache checkpoint; ranges the volume reports as zeroes are not
-// read. A disk whose copy recorded no checksums stays unverified.
+// beside the cache checkpoint: ranges the volume reports as zeroes are
+// checked by their block status, never read, so the time it takes follows
+// the data, not the virtual size. It logs its progress every few seconds.
+// A disk whose copy recorded no checksums stays unverified.
 func (d *Driver) Verify(ctx context.Context, job *runner.Job) error {
 	if th := d.targetHostOf(job); th != "" {
 		return d.verifyRemote(ctx, job, th)
@@ -43,7 +50,7 @@ func (d *Driver) Verify(ctx context.Context, job *runner.Job) error {
 			return fmt.Errorf("disk %s: %w", name, err)
 		}
 		start := time.Now()
-		st, err := VerifyVolume(ctx, up, cp, vols[i])
+		st, err := VerifyVolume(ctx, up, cp, vols[i], logProgress(job.Log, name))
 		if err != nil {
 			return fmt.Errorf("disk %s: %w", name, err)
 		}
@@ -54,10 +61,23 @@ func (d *Driver) Verify(ctx context.Context, job *runner.Job) error {
 	return nil
 }
 
+// logProgress returns a verification progress callback that logs at most
+// every verifyLogEvery.
+func logProgress(log *slog.Logger, disk string) func(done, total int64) {
+	var last time.Time
+	return func(done, total int64) {
+		if now := time.Now(); now.Sub(last) >= verifyLogEvery && done < total {
+			last = now
+			log.Info("verifying disk", "disk", disk, "checked_bytes", done, "total_bytes", total)
+		}
+	}
+}
+
 // VerifyVolume serves vol read-only with qemu-nbd and compares it with
-// the checksums of cp, verifyInFlight chunks at a time. A volume that
+// the checksums of cp (pipeline.VerifyWith), verifyInFlight chunks of data
+// at a time; progress, when set, gets the bytes checked. A volume that
 // differs is a *pipeline.MismatchError naming the offset.
-func VerifyVolume(ctx context.Context, up *Uploader, cp *pipeline.Checkpoint, vol Volume) (pipeline.VerifyStats, error) {
+func VerifyVolume(ctx context.Context, up *Uploader, cp *pipeline.Checkpoint, vol Volume, progress func(done, total int64)) (pipeline.VerifyStats, error) {
 	dir, err := os.MkdirTemp(up.tempDir, "ferry-verify-")
 	if err != nil {
 		return pipeline.VerifyStats{}, fmt.Errorf("verify %s: %w", vol.Path, err)
@@ -73,7 +93,8 @@ func VerifyVolume(ctx context.Context, up *Uploader, cp *pipeline.Checkpoint, vo
 		return pipeline.VerifyStats{}, fmt.Errorf("verify %s: %w", vol.Path, err)
 	}
 	defer c.Close()
-	st, err := pipeline.Verify(ctx, pipeline.NBDSource{Client: c}, cp, verifyInFlight)
+	st, err := pipeline.VerifyWith(ctx, pipeline.NBDSource{Client: c}, cp,
+		pipeline.VerifyOptions{InFlight: verifyInFlight, Progress: progress})
 	if err != nil {
 		return st, fmt.Errorf("volume %s: %w", vol.Path, err)
 	}

@@ -4,8 +4,11 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"os"
+	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"testing"
 
 	"github.com/ferry-v2v/ferry/agent/internal/cache"
@@ -16,33 +19,37 @@ import (
 	"github.com/ferry-v2v/ferry/pkg/testkit"
 )
 
-// TestVerifyVolume runs the real path: a source image over NBD copied into
-// a cache image with a checkpoint (CONVERTING), uploaded onto a local qcow2
-// volume (UPLOADING), then read back and compared. It passes, reading the
-// data only; then one byte of the uploaded file is flipped, as a bad disk
-// or a buggy writer would, and verification names the chunk holding it.
+// TestVerifyVolume runs the real path: a source image holding data, holes
+// and a zeroed range, over NBD, copied into a cache image with a
+// checkpoint (CONVERTING), uploaded onto a local qcow2 volume (UPLOADING),
+// then read back and compared. The volume equals the source byte for byte
+// (qemu-img compare), and verification passes reading the data only,
+// reporting every byte checked. Then each way a volume can differ is
+// made on a copy of it, and verification names the chunk: a byte flipped
+// in a data range, a byte written where the source had a hole, and a data
+// range zeroed (which the volume then reports as zeroes, never read).
 func TestVerifyVolume(t *testing.T) {
 	requireTools(t, "qemu-img", "qemu-nbd", "qemu-io")
 	ctx := context.Background()
-	_, srcEp := sourceImage(t)
+	img, srcEp := sourceImage(t)
 	sc, err := nbd.Dial(ctx, "unix", srcEp.Socket, nbd.Options{Logger: testkit.Logger(t)})
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer sc.Close()
 	cacheDir := shortTempDir(t)
-	img, err := cache.Open(ctx, cacheDir, "vda", sc.Size(), false, testkit.Logger(t))
+	cimg, err := cache.Open(ctx, cacheDir, "vda", sc.Size(), false, testkit.Logger(t))
 	if err != nil {
 		t.Fatal(err)
 	}
-	cp, err := pipeline.LoadCheckpoint(img.CheckpointPath(), sc.Size(), pipeline.DefaultChunkSize)
+	cp, err := pipeline.LoadCheckpoint(cimg.CheckpointPath(), sc.Size(), pipeline.DefaultChunkSize)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := pipeline.Copy(ctx, pipeline.NBDSource{Client: sc}, img, pipeline.Options{Checkpoint: cp, Logger: testkit.Logger(t)}); err != nil {
+	if _, err := pipeline.Copy(ctx, pipeline.NBDSource{Client: sc}, cimg, pipeline.Options{Checkpoint: cp, Logger: testkit.Logger(t)}); err != nil {
 		t.Fatal(err)
 	}
-	if err := img.Close(); err != nil {
+	if err := cimg.Close(); err != nil {
 		t.Fatal(err)
 	}
 
@@ -50,7 +57,7 @@ func TestVerifyVolume(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	vol, err := Plan(storage(ferryv1.PrimaryStorageType_PRIMARY_STORAGE_TYPE_LOCAL, t.TempDir(), "", ""), "migrationJobs/j1", "vda", sourceSize)
+	vol, err := NameVolume(storage(ferryv1.PrimaryStorageType_PRIMARY_STORAGE_TYPE_LOCAL, t.TempDir(), "", ""), "migrationJobs/j1", "vda", sourceSize)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -61,31 +68,56 @@ func TestVerifyVolume(t *testing.T) {
 	if err := exp.Close(); err != nil {
 		t.Fatal(err)
 	}
+	run(t, "qemu-img", "compare", "-f", "qcow2", "-F", "qcow2", img, vol.Path)
 
 	cp, err = pipeline.OpenCheckpoint(cache.CheckpointPath(cacheDir, "vda"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	st, err := VerifyVolume(ctx, up, cp, vol)
+	var done, total atomic.Int64
+	st, err := VerifyVolume(ctx, up, cp, vol, func(d, tot int64) { done.Store(d); total.Store(tot) })
 	if err != nil {
 		t.Fatalf("verify the uploaded volume: %v", err)
 	}
-	if st.ReadBytes != dataBytes {
-		t.Errorf("verification read %d bytes, the volume holds %d of data", st.ReadBytes, dataBytes)
+	if st.ReadBytes != dataBytes || st.ZeroBytes != sourceSize-dataBytes {
+		t.Errorf("verification read %d bytes and took %d as zeroes, the volume holds %d of data in %d", st.ReadBytes, st.ZeroBytes, dataBytes, sourceSize)
+	}
+	if done.Load() != sourceSize || total.Load() != sourceSize {
+		t.Errorf("verification progress ended at %d of %d, want %d of %d", done.Load(), total.Load(), sourceSize, sourceSize)
 	}
 
-	const flipAt = 2<<20 + 777 // inside the 0xab data
-	flipByte(t, vol.Path, flipAt)
-	_, err = VerifyVolume(ctx, up, cp, vol)
-	var mm *pipeline.MismatchError
-	if !errors.As(err, &mm) || mm.Offset != 2<<20 || !strings.Contains(err.Error(), "the 2097152 bytes at offset 2097152 differ from the source") {
-		t.Fatalf("verify a volume with a byte flipped at %d = %v, want a mismatch at offset 2097152", flipAt, err)
+	for _, tc := range []struct {
+		name    string
+		corrupt func(t testing.TB, path string)
+		chunk   int64
+		detail  string
+	}{
+		{"byte flipped in data", func(t testing.TB, p string) { flipByte(t, p, 2<<20+777) }, 2 << 20, "xxHash64"},
+		{"byte written in a hole", func(t testing.TB, p string) {
+			run(t, "qemu-io", "-f", "qcow2", "-c", "write -P 0x01 10485765 1", p)
+		}, 10 << 20, "the source read as zeroes, the target has data at offset 10485765"},
+		{"data range zeroed", func(t testing.TB, p string) {
+			run(t, "qemu-io", "-f", "qcow2", "-c", "write -z 20M 512k", p)
+		}, 20 << 20, "the target reads as zeroes"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			bad := vol
+			bad.Path = filepath.Join(t.TempDir(), "bad.qcow2")
+			run(t, "cp", "--sparse=always", vol.Path, bad.Path)
+			tc.corrupt(t, bad.Path)
+			_, err := VerifyVolume(ctx, up, cp, bad, nil)
+			var mm *pipeline.MismatchError
+			want := fmt.Sprintf("the 2097152 bytes at offset %d differ from the source", tc.chunk)
+			if !errors.As(err, &mm) || mm.Offset != tc.chunk || !strings.Contains(err.Error(), want) || !strings.Contains(err.Error(), tc.detail) {
+				t.Fatalf("verify = %v, want a mismatch %q with %q", err, want, tc.detail)
+			}
+		})
 	}
 }
 
 // flipByte inverts the byte at guest offset off of a qcow2 file, found
 // through qemu-img map.
-func flipByte(t *testing.T, image string, off int64) {
+func flipByte(t testing.TB, image string, off int64) {
 	t.Helper()
 	var m []struct {
 		Start, Length, Offset int64

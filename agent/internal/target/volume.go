@@ -31,7 +31,7 @@ var ErrBadStorage = errors.New("unusable primary storage")
 // names, RBD image names and LVM names.
 var safeName = regexp.MustCompile(`^[A-Za-z0-9_][A-Za-z0-9_.+-]*$`)
 
-// Volume is one target disk on primary storage. Plan computes it; the
+// Volume is one target disk on primary storage. NameVolume computes it; the
 // names are deterministic, so a restarted job or a rollback after an
 // agent crash finds the same volume again.
 type Volume struct {
@@ -51,14 +51,14 @@ type Volume struct {
 	VolumeGroup, LogicalVolume string
 }
 
-// Plan names the volume of one disk of a job on a primary storage:
+// NameVolume names the volume of one disk of a job on a primary storage:
 //
 //	local, nfs   <path>/<job>/<disk>.qcow2   (qcow2)
 //	ceph         rbd:<pool>/ferry-<job>-<disk> (raw)
 //	sharedblock  /dev/<vg>/ferry-<job>-<disk>  (raw)
 //
 // jobID may be the job's resource name (migrationJobs/<id>).
-func Plan(storage *ferryv1.PrimaryStorage, jobID, disk string, size int64) (Volume, error) {
+func NameVolume(storage *ferryv1.PrimaryStorage, jobID, disk string, size int64) (Volume, error) {
 	job := path.Base(jobID)
 	if !safeName.MatchString(job) || !safeName.MatchString(disk) {
 		return Volume{}, fmt.Errorf("%w: job %q or disk %q is not a safe volume name", ErrBadStorage, jobID, disk)

@@ -80,7 +80,7 @@ func TestPlanAndCommands(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			v, err := Plan(tt.storage, "migrationJobs/j1", "vda", size)
+			v, err := NameVolume(tt.storage, "migrationJobs/j1", "vda", size)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -123,8 +123,8 @@ func TestPlanRefuses(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			if _, err := Plan(tt.storage, tt.job, tt.disk, tt.size); !errors.Is(err, ErrBadStorage) {
-				t.Errorf("Plan = %v, want ErrBadStorage", err)
+			if _, err := NameVolume(tt.storage, tt.job, tt.disk, tt.size); !errors.Is(err, ErrBadStorage) {
+				t.Errorf("NameVolume = %v, want ErrBadStorage", err)
 			}
 		})
 	}
@@ -133,7 +133,7 @@ func TestPlanRefuses(t *testing.T) {
 // A leftover LV or RBD image of a crashed attempt is removed and created
 // again; deleting what is already gone succeeds.
 func TestCreateReplacesLeftoverAndDeleteIsIdempotent(t *testing.T) {
-	lv, _ := Plan(storage(ferryv1.PrimaryStorageType_PRIMARY_STORAGE_TYPE_SHAREDBLOCK, "", "", "vg0"), "j1", "vdb", 1<<20)
+	lv, _ := NameVolume(storage(ferryv1.PrimaryStorageType_PRIMARY_STORAGE_TYPE_SHAREDBLOCK, "", "", "vg0"), "j1", "vdb", 1<<20)
 	r := &fakeCommander{fail: map[string]string{"lvcreate": `  Logical Volume "ferry-j1-vdb" already exists in volume group "vg0"`}}
 	if err := lv.Create(context.Background(), r); err != nil {
 		t.Fatal(err)
@@ -147,7 +147,7 @@ func TestCreateReplacesLeftoverAndDeleteIsIdempotent(t *testing.T) {
 		t.Errorf("commands = %q", r.commands())
 	}
 
-	rbd, _ := Plan(storage(ferryv1.PrimaryStorageType_PRIMARY_STORAGE_TYPE_CEPH, "", "vms", ""), "j1", "vdb", 1<<20)
+	rbd, _ := NameVolume(storage(ferryv1.PrimaryStorageType_PRIMARY_STORAGE_TYPE_CEPH, "", "vms", ""), "j1", "vdb", 1<<20)
 	r = &fakeCommander{fail: map[string]string{"rbd": "rbd: delete error: (2) No such file or directory"}}
 	if err := rbd.Delete(context.Background(), r); err != nil {
 		t.Errorf("delete of a missing image: %v", err)
@@ -166,7 +166,7 @@ func TestCreateReplacesLeftoverAndDeleteIsIdempotent(t *testing.T) {
 func TestLocalVolumeForReal(t *testing.T) {
 	requireTools(t, "qemu-img")
 	dir := t.TempDir()
-	v, err := Plan(storage(ferryv1.PrimaryStorageType_PRIMARY_STORAGE_TYPE_LOCAL, dir, "", ""), "j1", "vda", 64<<20)
+	v, err := NameVolume(storage(ferryv1.PrimaryStorageType_PRIMARY_STORAGE_TYPE_LOCAL, dir, "", ""), "j1", "vda", 64<<20)
 	if err != nil {
 		t.Fatal(err)
 	}

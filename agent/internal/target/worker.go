@@ -230,7 +230,7 @@ func workVolumes(work *agentv1.TargetWork) ([]Volume, error) {
 	id := path.Base(work.GetJob().GetName())
 	var out []Volume
 	for _, d := range work.GetJob().GetTarget().GetDisks() {
-		v, err := Plan(work.GetPrimaryStorage(), id, d.GetSourceDisk(), d.GetSizeBytes())
+		v, err := NameVolume(work.GetPrimaryStorage(), id, d.GetSourceDisk(), d.GetSizeBytes())
 		if err != nil {
 			return nil, fmt.Errorf("disk %s: %w", d.GetSourceDisk(), err)
 		}

@@ -29,7 +29,7 @@ a new certificate. Revoking needs the operator role; viewers may list.`,
 }
 
 func (a *app) certRevoke() *cobra.Command {
-	var reason string
+	var reason, reqID string
 	cmd := &cobra.Command{
 		Use:   "revoke SERIAL",
 		Short: "Revoke a certificate by serial number",
@@ -40,7 +40,8 @@ that is already listed changes nothing.`,
   ferryctl cert revoke 5F:3A:9C:01:D2:E4:B6:A8`,
 		Args: exactlyOneArg("the certificate's serial number"),
 		RunE: a.run(func(ctx context.Context, cl *client.Client, args []string) error {
-			resp, err := cl.Certificates().RevokeCertificate(ctx, &ferryv1.RevokeCertificateRequest{Serial: args[0], Reason: reason})
+			resp, err := cl.Certificates().RevokeCertificate(ctx, &ferryv1.RevokeCertificateRequest{Serial: args[0], Reason: reason,
+				RequestId: requestID(reqID)})
 			if err != nil {
 				return err
 			}
@@ -48,6 +49,7 @@ that is already listed changes nothing.`,
 		}),
 	}
 	cmd.Flags().StringVar(&reason, "reason", "", "why, for the record (at most 256 characters)")
+	addRequestIDFlag(cmd, &reqID)
 	return cmd
 }
 

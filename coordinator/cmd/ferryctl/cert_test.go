@@ -44,4 +44,14 @@ func TestFerryctlCert(t *testing.T) {
 	if r := viewer.run("cert", "list"); r.code == 0 {
 		t.Fatalf("the revoked viewer still lists: %q", r.out)
 	}
+
+	// --request-id: a repeat answers the entry; another serial is refused.
+	first := operator.ok("cert", "revoke", "1f", "--request-id", "cli-rv-1", "--reason", "lost")
+	if again := operator.ok("cert", "revoke", "1F", "--request-id", "cli-rv-1", "--reason", "lost"); again != first {
+		t.Fatalf("repeat printed %q, first %q", again, first)
+	}
+	r = operator.run("cert", "revoke", "20", "--request-id", "cli-rv-1")
+	if r.code == 0 || !strings.Contains(r.err, `INVALID_ARGUMENT: request_id: "cli-rv-1" was already used by RevokeCertificate on revokedCertificates/1f`) {
+		t.Fatalf("reused --request-id: exit %d, %q", r.code, r.err)
+	}
 }

@@ -12,8 +12,9 @@ import (
 	ferryv1 "github.com/ferry-v2v/ferry/pkg/pb/ferry/v1"
 )
 
-// newRequestID makes a request_id for a create, so that ferryctl may send
-// it again after a lost answer and get the first answer back.
+// newRequestID makes a request_id for a create or a custom method, so
+// that ferryctl may send it again after a lost answer and get the first
+// answer back, without the change being applied twice.
 func newRequestID() string {
 	var b [12]byte
 	_, _ = rand.Read(b[:]) // crypto/rand does not fail on supported platforms
@@ -22,7 +23,7 @@ func newRequestID() string {
 
 // addRequestIDFlag registers --request-id; an empty one is generated.
 func addRequestIDFlag(cmd *cobra.Command, id *string) {
-	cmd.Flags().StringVar(id, "request-id", "", "idempotency key: repeating a create with it returns the first answer (default: generated)")
+	cmd.Flags().StringVar(id, "request-id", "", "idempotency key: repeating the call with it within 24 h answers without applying it again (default: generated)")
 }
 
 func requestID(id string) string {

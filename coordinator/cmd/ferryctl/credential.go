@@ -21,7 +21,7 @@ func (a *app) credentialCommand() *cobra.Command {
 with AES-256-GCM before it enters the Raft log and is never returned; a get
 shows a fingerprint (an HMAC keyed from the seal key) to tell credentials
 apart. Only the agent of the host that runs a job or sync of a source using
-it receives it, inside that assignment or inventory request, over mutual TLS.
+it receives it, inside that assignment or source inventory request, over mutual TLS.
 
 ferryctl never takes a secret as a flag value (it would land in shell
 history and process lists): read it from standard input, a file or an

@@ -2,6 +2,7 @@ package main
 
 import (
 	"encoding/json"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -181,6 +182,33 @@ func (e *clusterEnv) serverVerbs(t *testing.T) {
 	if ms = x.json("server", "enable", "kvm-1"); path(ms, "migration_server", "enabled") != true {
 		t.Fatalf("enable = %v", ms)
 	}
+
+	// Every call sends a request_id: a fresh one, or --request-id, whose
+	// late repeat does not undo a change made since.
+	x.ok("server", "bandwidth", "kvm-1", "--upstream", "300Mbps", "--request-id", "cli-bw-1")
+	x.ok("server", "bandwidth", "kvm-1", "--upstream", "400Mbps")
+	ms = x.json("server", "bandwidth", "kvm-1", "--upstream", "300Mbps", "--request-id", "cli-bw-1")
+	if got := path(ms, "migration_server", "upstream_bandwidth"); got != "400Mbps" {
+		t.Fatalf("repeated --request-id answered upstream %v; want 400Mbps, the change made since", got)
+	}
+	r := x.run("server", "disable", "kvm-1", "--request-id", "cli-bw-1")
+	if r.code == 0 || !strings.Contains(r.err, `INVALID_ARGUMENT: request_id: "cli-bw-1" was already used by SetMigrationServerBandwidth on migrationServers/kvm-1`) {
+		t.Fatalf("reused --request-id: exit %d, %q", r.code, r.err)
+	}
+	fresh := map[string]bool{}
+	for _, rec := range e.leader.Server.Ledger().Snapshot().GetRequests() {
+		if strings.HasPrefix(rec.GetRequestId(), "ferryctl-") && rec.GetMethod() != "" {
+			fresh[rec.GetMethod()+" "+rec.GetRequestId()] = true
+		}
+	}
+	methods := map[string]int{}
+	for k := range fresh {
+		methods[strings.Fields(k)[0]]++
+	}
+	if methods["SetMigrationServerBandwidth"] != 4 || methods["DisableMigrationServer"] != 1 || methods["EnableMigrationServer"] != 1 {
+		t.Fatalf("generated request_ids recorded per method: %v; want 4 bandwidth changes, 1 disable, 1 enable", methods)
+	}
+	x.ok("server", "bandwidth", "kvm-1", "--clear-upstream")
 }
 
 func (e *clusterEnv) hostMaintenance(t *testing.T) {
@@ -225,6 +253,21 @@ func (e *clusterEnv) settings(t *testing.T) {
 		!strings.Contains(r.err, "settings.guest_shutdown_timeout") {
 		t.Fatalf("a 100ms guest shutdown timeout: exit %d, %q", r.code, r.err)
 	}
+
+	// --etag: an update from a stale read is ABORTED and changes nothing.
+	read, _ := x.json("settings", "get", "--linearizable")["etag"].(string)
+	s = x.json("settings", "update", "--job-parallelism", "21", "--etag", read)
+	if path(s, "job_parallelism") != float64(21) || path(s, "etag") == read || read == "" {
+		t.Fatalf("settings update --etag %q = %v", read, s)
+	}
+	r := x.run("settings", "update", "--job-parallelism", "22", "--etag", read)
+	if r.code == 0 || !strings.Contains(r.err, fmt.Sprintf("ABORTED: settings.etag: settings changed since etag %q was read", read)) {
+		t.Fatalf("stale --etag: exit %d, %q", r.code, r.err)
+	}
+	if got := path(x.json("settings", "get", "--linearizable"), "job_parallelism"); got != float64(21) {
+		t.Fatalf("job_parallelism after the aborted update = %v", got)
+	}
+	x.ok("settings", "update", "--job-parallelism", "20")
 }
 
 func (e *clusterEnv) errors(t *testing.T) {

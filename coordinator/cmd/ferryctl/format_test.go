@@ -231,3 +231,43 @@ func TestJobDetailsTable(t *testing.T) {
 		t.Errorf("empty fields are left out:\n%s", b.String())
 	}
 }
+
+func TestPhaseTable(t *testing.T) {
+	at := func(ms int) *timestamppb.Timestamp {
+		return timestamppb.New(time.Date(2024, 6, 1, 10, 0, 0, 0, time.UTC).Add(time.Duration(ms) * time.Millisecond))
+	}
+	ts := []*ferryv1.PhaseTiming{
+		{Phase: ferryv1.MigrationJobPhase_MIGRATION_JOB_PHASE_CONVERTING, StartTime: at(0), EndTime: at(8000), Bytes: 1 << 30, BytesPerSecond: 1 << 27},
+		{Phase: ferryv1.MigrationJobPhase_MIGRATION_JOB_PHASE_UPLOADING, StartTime: at(20), EndTime: at(9500), Bytes: 1 << 30, BytesPerSecond: 113265893},
+		{Phase: ferryv1.MigrationJobPhase_MIGRATION_JOB_PHASE_CONFIGURING, StartTime: at(9500)},
+	}
+	var b bytes.Buffer
+	if err := phaseTable(&b, ts); err != nil {
+		t.Fatal(err)
+	}
+	lines := strings.Split(strings.TrimSpace(b.String()), "\n")
+	want := [][]string{
+		{"PHASE", "BEGAN", "ENDED", "TOOK", "BYTES", "RATE"},
+		{"CONVERTING", "+0.0s", "+8.0s", "8.0s", "1 GiB", "128 MiB/s"},
+		{"UPLOADING", "+0.0s", "+9.5s", "9.5s", "1 GiB", "108 MiB/s"},
+		{"CONFIGURING", "+9.5s", "running", "-", "0 B", "-"},
+	}
+	if len(lines) != len(want) {
+		t.Fatalf("table:\n%s", b.String())
+	}
+	for i, l := range lines {
+		if got := strings.Fields(l); strings.Join(got, "|") != strings.Join(splitUnits(want[i]), "|") {
+			t.Errorf("line %d = %q, want %v", i, l, want[i])
+		}
+	}
+}
+
+// splitUnits splits "1.0 GiB" into its number and unit, as strings.Fields
+// splits a table line.
+func splitUnits(cols []string) []string {
+	var out []string
+	for _, c := range cols {
+		out = append(out, strings.Fields(c)...)
+	}
+	return out
+}

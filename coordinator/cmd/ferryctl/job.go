@@ -35,8 +35,10 @@ be deleted. "job watch" follows jobs live.`,
 func (a *app) jobGet() *cobra.Command {
 	return &cobra.Command{
 		Use:   "get NAME",
-		Short: "Show a job with its disks' progress",
-		Long:  `Show one job by name (migrationJobs/ID or ID): its target, state, phase, per-disk progress, warnings and times.`,
+		Short: "Show a job with its disks' progress and phase timings",
+		Long: `Show one job by name (migrationJobs/ID or ID): its target, state, phase, per-disk progress, warnings and times,
+and for its latest attempt when each phase began and ended (counted from the first phase's start), the bytes it
+moved and its rate. UPLOADING runs beside CONVERTING: it begins while the job's phase still says CONVERTING.`,
 		Example: `  ferryctl job get migrationJobs/4f2c
   ferryctl job get 4f2c -o yaml`,
 		Args: exactlyOneArg("the job's name"),
@@ -48,9 +50,18 @@ func (a *app) jobGet() *cobra.Command {
 			if err := a.show(resp, func() []field { return jobDetails(resp) }); err != nil {
 				return err
 			}
-			if a.output == "table" && len(resp.GetDisks()) > 0 {
+			if a.output != "table" {
+				return nil
+			}
+			if len(resp.GetDisks()) > 0 {
 				fmt.Fprintln(a.io.Out)
-				return diskTable(a.io.Out, resp.GetDisks())
+				if err := diskTable(a.io.Out, resp.GetDisks()); err != nil {
+					return err
+				}
+			}
+			if len(resp.GetPhaseTimings()) > 0 {
+				fmt.Fprintln(a.io.Out)
+				return phaseTable(a.io.Out, resp.GetPhaseTimings())
 			}
 			return nil
 		}),
@@ -99,7 +110,7 @@ func (a *app) jobList() *cobra.Command {
 }
 
 func (a *app) jobCancel() *cobra.Command {
-	var reason string
+	var reason, reqID string
 	cmd := &cobra.Command{
 		Use:   "cancel NAME",
 		Short: "Cancel a queued or running job",
@@ -108,7 +119,8 @@ stays (for the retention setting), so a restart later is fast.`,
 		Example: `  ferryctl job cancel migrationJobs/4f2c --reason "wrong network"`,
 		Args:    exactlyOneArg("the job's name"),
 		RunE: a.run(func(ctx context.Context, cl *client.Client, args []string) error {
-			resp, err := cl.Jobs().CancelMigrationJob(ctx, &ferryv1.CancelMigrationJobRequest{Name: resName("migrationJobs", args[0]), Reason: reason})
+			resp, err := cl.Jobs().CancelMigrationJob(ctx, &ferryv1.CancelMigrationJobRequest{Name: resName("migrationJobs", args[0]), Reason: reason,
+				RequestId: requestID(reqID)})
 			if err != nil {
 				return err
 			}
@@ -116,11 +128,13 @@ stays (for the retention setting), so a restart later is fast.`,
 		}),
 	}
 	cmd.Flags().StringVar(&reason, "reason", "", "why, recorded on the job")
+	addRequestIDFlag(cmd, &reqID)
 	return cmd
 }
 
 func (a *app) jobRestart() *cobra.Command {
-	return &cobra.Command{
+	var reqID string
+	cmd := &cobra.Command{
 		Use:   "restart NAME",
 		Short: "Queue a failed or cancelled job again",
 		Long: `Queue a failed or cancelled job again. It keeps its name; what its cache
@@ -128,13 +142,16 @@ already holds is not copied again.`,
 		Example: `  ferryctl job restart migrationJobs/4f2c && ferryctl job watch migrationJobs/4f2c`,
 		Args:    exactlyOneArg("the job's name"),
 		RunE: a.run(func(ctx context.Context, cl *client.Client, args []string) error {
-			resp, err := cl.Jobs().RestartMigrationJob(ctx, &ferryv1.RestartMigrationJobRequest{Name: resName("migrationJobs", args[0])})
+			resp, err := cl.Jobs().RestartMigrationJob(ctx, &ferryv1.RestartMigrationJobRequest{Name: resName("migrationJobs", args[0]),
+				RequestId: requestID(reqID)})
 			if err != nil {
 				return err
 			}
 			return a.done(resp, resp.GetJob().GetName()+" "+jobState(resp.GetJob()))
 		}),
 	}
+	addRequestIDFlag(cmd, &reqID)
+	return cmd
 }
 
 func (a *app) jobDelete() *cobra.Command {

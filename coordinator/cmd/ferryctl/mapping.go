@@ -132,16 +132,18 @@ func (a *app) mappingList() *cobra.Command {
 
 func (a *app) mappingUpdate() *cobra.Command {
 	var maps []string
-	var display string
+	var display, etag string
 	cmd := &cobra.Command{
 		Use:   "update NAME [--map SOURCE_NETWORK=L3_NETWORK ...] [--display-name NAME]",
 		Short: "Change a network-mapping group",
 		Long: `Replace a group's mappings (all --map flags given become the new list) and/or
-its display name. Jobs already created keep their NICs.`,
+its display name. Jobs already created keep their NICs. With --etag (as 'get'
+shows it) the update applies only if the group is unchanged since: otherwise
+it is ABORTED.`,
 		Example: `  ferryctl network-mapping update dc1 --map "VM Network=lan2"`,
 		Args:    exactlyOneArg("the group's name"),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			g := &ferryv1.NetworkMappingGroup{Name: resName(colMappings, args[0]), DisplayName: display}
+			g := &ferryv1.NetworkMappingGroup{Name: resName(colMappings, args[0]), DisplayName: display, Etag: etag}
 			mask := &fieldmaskpb.FieldMask{}
 			if cmd.Flags().Changed("map") {
 				m, err := parseMappings(maps)
@@ -169,6 +171,7 @@ its display name. Jobs already created keep their NICs.`,
 	}
 	cmd.Flags().StringArrayVar(&maps, "map", nil, "SOURCE_NETWORK=L3_NETWORK; repeat per source network")
 	cmd.Flags().StringVar(&display, "display-name", "", "a name for people")
+	cmd.Flags().StringVar(&etag, "etag", "", "update only if the group still has this etag (default: unconditional)")
 	return cmd
 }
 
@@ -207,5 +210,5 @@ func mappingDetails(g *ferryv1.NetworkMappingGroup) []field {
 	for _, m := range g.GetMappings() {
 		out = append(out, field{"Maps " + m.GetSourceNetwork(), m.GetL3Network()})
 	}
-	return append(out, field{"Created", when(g.GetCreateTime())}, field{"Updated", when(g.GetUpdateTime())})
+	return append(out, field{"Created", when(g.GetCreateTime())}, field{"Updated", when(g.GetUpdateTime())}, field{"Etag", g.GetEtag()})
 }

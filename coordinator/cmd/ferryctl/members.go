@@ -78,6 +78,7 @@ coordinator certificate, or that is not the node's Raft port.`,
 			return required(cmd, "id", "raft-address", "api-address")
 		},
 		RunE: a.run(func(ctx context.Context, cl *client.Client, _ []string) error {
+			req.RequestId = requestID(req.RequestId)
 			resp, err := cl.Membership().AddVoter(ctx, req)
 			if err != nil {
 				return err
@@ -91,20 +92,23 @@ coordinator certificate, or that is not the node's Raft port.`,
 	cmd.Flags().StringVar(&req.Id, "id", "", "the node's --node-id")
 	cmd.Flags().StringVar(&req.RaftAddress, "raft-address", "", "the node's Raft address")
 	cmd.Flags().StringVar(&req.ApiAddress, "api-address", "", "the node's API address")
+	addRequestIDFlag(cmd, &req.RequestId)
 	return cmd
 }
 
 func (a *app) membersRemoveVoter() *cobra.Command {
-	return &cobra.Command{
+	var reqID string
+	cmd := &cobra.Command{
 		Use:   "remove-voter ID",
 		Short: "Remove a coordinator node from the cluster",
 		Long: `Remove a coordinator node from the Raft configuration, for instance one
 that is gone for good. Keep a majority of the remaining voters alive. An ID
-that is not a member is NOT_FOUND.`,
+that is not a member is NOT_FOUND, but for a repeat of a removal with the
+same --request-id, which answers the members.`,
 		Example: `  ferryctl members remove-voter c3`,
 		Args:    exactlyOneArg("the node's ID"),
 		RunE: a.run(func(ctx context.Context, cl *client.Client, args []string) error {
-			resp, err := cl.Membership().RemoveVoter(ctx, &ferryv1.RemoveVoterRequest{Id: args[0]})
+			resp, err := cl.Membership().RemoveVoter(ctx, &ferryv1.RemoveVoterRequest{Id: args[0], RequestId: requestID(reqID)})
 			if err != nil {
 				return err
 			}
@@ -114,4 +118,6 @@ that is not a member is NOT_FOUND.`,
 			return a.memberTable(resp.GetMembers())
 		}),
 	}
+	addRequestIDFlag(cmd, &reqID)
+	return cmd
 }

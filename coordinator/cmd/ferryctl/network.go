@@ -132,7 +132,7 @@ func (a *app) networkDelete() *cobra.Command {
 	return &cobra.Command{
 		Use:     "delete NAME",
 		Short:   "Delete an L3 network",
-		Long:    `Delete an L3 network from the inventory; refused while an unfinished job uses it. The libvirt network or bridge is not touched.`,
+		Long:    `Delete an L3 network from the target inventory; refused while an unfinished job uses it. The libvirt network or bridge is not touched.`,
 		Example: `  ferryctl network delete l3Networks/lan`,
 		Args:    exactlyOneArg("the network's name"),
 		RunE: a.run(func(ctx context.Context, cl *client.Client, args []string) error {
@@ -147,7 +147,8 @@ func (a *app) networkDelete() *cobra.Command {
 }
 
 func (a *app) networkReleaseAddress() *cobra.Command {
-	return &cobra.Command{
+	var reqID string
+	cmd := &cobra.Command{
 		Use:   "release-address NAME IP",
 		Short: "Return a migrated VM's reserved address to the network's pool",
 		Long: `Return to the pool an address a migrated VM kept after its job was deleted
@@ -164,13 +165,16 @@ reserves for another MAC.`,
 		},
 		RunE: a.run(func(ctx context.Context, cl *client.Client, args []string) error {
 			name := resName("l3Networks", args[0])
-			resp, err := cl.TargetInventory().ReleaseL3NetworkAddress(ctx, &ferryv1.ReleaseL3NetworkAddressRequest{Name: name, Ip: args[1]})
+			resp, err := cl.TargetInventory().ReleaseL3NetworkAddress(ctx, &ferryv1.ReleaseL3NetworkAddressRequest{Name: name, Ip: args[1],
+				RequestId: requestID(reqID)})
 			if err != nil {
 				return err
 			}
 			return a.done(resp, fmt.Sprintf("released %s on %s", args[1], name))
 		}),
 	}
+	addRequestIDFlag(cmd, &reqID)
+	return cmd
 }
 
 func networkDevice(n *ferryv1.L3Network) string {

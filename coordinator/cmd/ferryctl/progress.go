@@ -143,3 +143,37 @@ func diskTable(w io.Writer, disks []*ferryv1.DiskProgress) error {
 	}
 	return t.flush()
 }
+
+// phaseTable draws a job's phase timings: when each phase began and
+// ended, counted from the first one's start (UPLOADING begins while
+// CONVERTING runs), how long it took, the bytes it moved and its rate.
+func phaseTable(w io.Writer, ts []*ferryv1.PhaseTiming) error {
+	t := newTable(w, "PHASE", "BEGAN", "ENDED", "TOOK", "BYTES", "RATE")
+	var origin time.Time
+	for i, p := range ts {
+		start := p.GetStartTime().AsTime()
+		if i == 0 || start.Before(origin) {
+			origin = start
+		}
+	}
+	for _, p := range ts {
+		start := p.GetStartTime().AsTime()
+		ended, took := "running", ""
+		if p.GetEndTime() != nil {
+			end := p.GetEndTime().AsTime()
+			ended, took = "+"+shortDuration(end.Sub(origin)), shortDuration(end.Sub(start))
+		}
+		t.row(enumShort(p.GetPhase()), "+"+shortDuration(start.Sub(origin)), ended, took, humanBytes(p.GetBytes()),
+			humanRate(p.GetBytesPerSecond()))
+	}
+	return t.flush()
+}
+
+// shortDuration spells a duration to a tenth of a second under a minute,
+// as humanDuration does above.
+func shortDuration(d time.Duration) string {
+	if d < time.Minute && d > -time.Minute {
+		return fmt.Sprintf("%.1fs", d.Seconds())
+	}
+	return humanDuration(d)
+}

@@ -134,7 +134,7 @@ func codeName(c codes.Code) string {
 func (a *app) rootCommand() *cobra.Command {
 	root := &cobra.Command{
 		Use:   "ferryctl",
-		Short: "Drive a Ferry coordinator cluster: inventory, migration servers, sources, jobs",
+		Short: "Drive a Ferry coordinator cluster: target inventory, migration servers, sources, jobs",
 		Long: `ferryctl drives every call of Ferry's ferry.v1 API.
 
 It talks mutual TLS to a coordinator (the operator certificate client.crt

@@ -158,7 +158,8 @@ jobs go on. Queued jobs wait until it is enabled again.`
 	if enable {
 		verb, long = "enable", `Enable a migration server: the scheduler may start queued jobs on it again.`
 	}
-	return &cobra.Command{
+	var reqID string
+	cmd := &cobra.Command{
 		Use:     verb + " NAME",
 		Short:   strings.ToUpper(verb[:1]) + verb[1:] + " a migration server",
 		Long:    long,
@@ -169,13 +170,13 @@ jobs go on. Queued jobs wait until it is enabled again.`
 			var resp proto.Message
 			var ms *ferryv1.MigrationServer
 			if enable {
-				r, err := cl.MigrationServers().EnableMigrationServer(ctx, &ferryv1.EnableMigrationServerRequest{Name: name})
+				r, err := cl.MigrationServers().EnableMigrationServer(ctx, &ferryv1.EnableMigrationServerRequest{Name: name, RequestId: requestID(reqID)})
 				if err != nil {
 					return err
 				}
 				resp, ms = r, r.GetMigrationServer()
 			} else {
-				r, err := cl.MigrationServers().DisableMigrationServer(ctx, &ferryv1.DisableMigrationServerRequest{Name: name})
+				r, err := cl.MigrationServers().DisableMigrationServer(ctx, &ferryv1.DisableMigrationServerRequest{Name: name, RequestId: requestID(reqID)})
 				if err != nil {
 					return err
 				}
@@ -184,10 +185,12 @@ jobs go on. Queued jobs wait until it is enabled again.`
 			return a.show(resp, func() []field { return serverDetails(ms) })
 		}),
 	}
+	addRequestIDFlag(cmd, &reqID)
+	return cmd
 }
 
 func (a *app) serverBandwidth() *cobra.Command {
-	var up, down string
+	var up, down, reqID string
 	var clearUp, clearDown bool
 	cmd := &cobra.Command{
 		Use:   "bandwidth NAME [--upstream RATE] [--downstream RATE]",
@@ -224,6 +227,7 @@ to unlimited; a direction not named keeps its limit.
 				Name:                resName("migrationServers", args[0]),
 				UpstreamBandwidth:   bandwidthChange(cmd.Flags().Changed("upstream"), up, clearUp),
 				DownstreamBandwidth: bandwidthChange(cmd.Flags().Changed("downstream"), down, clearDown),
+				RequestId:           requestID(reqID),
 			}
 			return a.run(func(ctx context.Context, cl *client.Client, _ []string) error {
 				resp, err := cl.MigrationServers().SetMigrationServerBandwidth(ctx, req)
@@ -238,6 +242,7 @@ to unlimited; a direction not named keeps its limit.
 	f.StringVar(&up, "upstream", "", "cache → target storage limit; empty for unlimited")
 	f.StringVar(&down, "downstream", "", "source → cache limit; empty for unlimited")
 	f.BoolVar(&clearUp, "clear-upstream", false, "make upstream unlimited")
+	addRequestIDFlag(cmd, &reqID)
 	f.BoolVar(&clearDown, "clear-downstream", false, "make downstream unlimited")
 	return cmd
 }

@@ -66,13 +66,15 @@ var settingsFields = []struct{ flag, path string }{
 func (a *app) settingsUpdate() *cobra.Command {
 	var parallelism int32
 	var retention, grace, syncEvery, shutdown time.Duration
+	var etag string
 	alloc := newEnumFlag(ferryv1.HostAllocationStrategy(0).Descriptor(), map[string]string{"fewest-vms": "fewest-running-vms"})
 	cmd := &cobra.Command{
 		Use:   "update [--job-parallelism N] [--cache-retention D] [--host-allocation S] [--agent-grace-period D] [--inventory-sync-interval D] [--guest-shutdown-timeout D]",
 		Short: "Change some settings",
 		Long: `Change the settings named by the flags given; the others keep their values
 (the flags given become the request's update_mask). Durations are Go
-durations: 90s, 30m, 24h.`,
+durations: 90s, 30m, 24h. With --etag (as 'settings get' shows it) the update
+applies only if nobody changed the settings since: otherwise it is ABORTED.`,
 		Example: `  ferryctl settings update --job-parallelism 20
   ferryctl settings update --cache-retention 72h --host-allocation most-free-memory`,
 		Args: noArgs,
@@ -85,6 +87,7 @@ durations: 90s, 30m, 24h.`,
 					AgentGracePeriod:       durationpb.New(grace),
 					InventorySyncInterval:  durationpb.New(syncEvery),
 					GuestShutdownTimeout:   durationpb.New(shutdown),
+					Etag:                   etag,
 				},
 				UpdateMask: &fieldmaskpb.FieldMask{},
 			}
@@ -112,6 +115,7 @@ durations: 90s, 30m, 24h.`,
 	f.DurationVar(&grace, "agent-grace-period", 0, "how long an agent may be gone before its jobs fail")
 	f.DurationVar(&syncEvery, "inventory-sync-interval", 0, "how often the leader syncs every source's inventory")
 	f.DurationVar(&shutdown, "guest-shutdown-timeout", 0, "how long a VMware guest shutdown may take before the VM is powered off")
+	f.StringVar(&etag, "etag", "", "update only if the settings still have this etag (default: unconditional)")
 	return cmd
 }
 
@@ -123,5 +127,6 @@ func settingsDetails(s *ferryv1.Settings) []field {
 		{"Agent grace period", duration(s.GetAgentGracePeriod())},
 		{"Inventory sync interval", duration(s.GetInventorySyncInterval())},
 		{"Guest shutdown timeout", duration(s.GetGuestShutdownTimeout())},
+		{"Etag", s.GetEtag()},
 	}
 }

@@ -352,7 +352,7 @@ func listAllSourceVMs(ctx context.Context, cl *client.Client, req *ferryv1.ListS
 }
 
 func (a *app) sourceSync() *cobra.Command {
-	var server string
+	var server, reqID string
 	cmd := &cobra.Command{
 		Use:   "sync SOURCE",
 		Short: "Sync a source's inventory now",
@@ -364,7 +364,7 @@ inventory_sync_interval (ferryctl settings).`,
 		Args:    exactlyOneArg("the source's name"),
 		RunE: a.run(func(ctx context.Context, cl *client.Client, args []string) error {
 			resp, err := cl.Sources().SyncSource(ctx, &ferryv1.SyncSourceRequest{Name: resName("sources", args[0]),
-				MigrationServer: resName("migrationServers", server)})
+				MigrationServer: resName("migrationServers", server), RequestId: requestID(reqID)})
 			if err != nil {
 				return err
 			}
@@ -372,6 +372,7 @@ inventory_sync_interval (ferryctl settings).`,
 		}),
 	}
 	cmd.Flags().StringVar(&server, "migration-server", "", "the migration server whose agent syncs the source (default: any of the source's type)")
+	addRequestIDFlag(cmd, &reqID)
 	return cmd
 }
 

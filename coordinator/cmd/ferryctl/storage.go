@@ -119,7 +119,7 @@ func (a *app) storageDelete() *cobra.Command {
 	return &cobra.Command{
 		Use:     "delete NAME",
 		Short:   "Delete primary storage",
-		Long:    `Delete primary storage from the inventory; refused while an unfinished job targets it. The disks on it are not touched.`,
+		Long:    `Delete primary storage from the target inventory; refused while an unfinished job targets it. The disks on it are not touched.`,
 		Example: `  ferryctl storage delete primaryStorages/local-1`,
 		Args:    exactlyOneArg("the storage's name"),
 		RunE: a.run(func(ctx context.Context, cl *client.Client, args []string) error {

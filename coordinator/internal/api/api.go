@@ -1,12 +1,15 @@
 // Package api serves the public ferry.v1 API of the coordinator: every
-// service, request validation, the mapping of errors to gRPC codes, and
-// the interceptors that forward writes from followers to the leader and
-// make reads linearizable on request.
+// service's handlers, the mapping of errors to gRPC codes (the one place;
+// the refusals themselves are package validate's), and the interceptors
+// that forward writes from followers to the leader and make reads
+// linearizable on request.
 //
 // Writes are validated, turned into one ledger command stamped with the
 // leader's clock and identifiers, proposed through Raft, and answered with
 // the resource read back from the local ledger. Reads come from the local
-// ledger.
+// ledger. Migration jobs are admitted by package admission (filling,
+// references, pre-checks, addresses, the preview); their handlers only
+// decode, call it, propose and encode.
 package api
 
 import (
@@ -22,6 +25,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
+	"github.com/ferry-v2v/ferry/coordinator/internal/admission"
 	"github.com/ferry-v2v/ferry/coordinator/internal/consensus"
 	"github.com/ferry-v2v/ferry/coordinator/internal/fsm"
 	"github.com/ferry-v2v/ferry/coordinator/internal/ledger"
@@ -60,9 +64,10 @@ type Sealer interface {
 	Fingerprint(secret []byte) string
 }
 
-// Inventory asks an agent to read a source's inventory; *session.Manager
-// is one.
-type Inventory interface {
+// Agents are the agent sessions of this node: they read a source's
+// inventory through an agent and say which hosts are connected;
+// *session.Manager is one.
+type Agents interface {
 	SourceInventory(ctx context.Context, src *ferryv1.Source, server *ferryv1.MigrationServer) (*ferryv1.SourceInventory, error)
 	Connected(host string) bool
 }
@@ -79,9 +84,9 @@ type Deps struct {
 	Ledger     *ledger.Ledger
 	Hub        *watch.Hub
 	Sealer     Sealer
-	// Inventory syncs sources; without it SyncSource is UNIMPLEMENTED and
+	// Agents sync sources; without them SyncSource is UNIMPLEMENTED and
 	// ListSourceVMs serves only what the ledger holds.
-	Inventory Inventory
+	Agents Agents
 	// Dialer reaches the leader for forwarded calls; without one a
 	// follower answers UNAVAILABLE with the leader's address.
 	Dialer Dialer
@@ -92,21 +97,20 @@ type Deps struct {
 	NewID func() string
 }
 
-// API implements the six ferry.v1 services.
+// API implements the eight ferry.v1 services.
 type API struct {
 	proposer   Proposer
 	membership Membership
 	ledger     *ledger.Ledger
 	hub        *watch.Hub
 	sealer     Sealer
-	inventory  Inventory
+	agents     Agents
 	log        *slog.Logger
 	clock      func() time.Time
 	newID      func() string
 
-	// allocMu is held across IP allocation and the proposal that records
-	// it, so concurrent creates on the leader never pick the same address.
-	allocMu sync.Mutex
+	admission *admission.Admission
+
 	// settingsMu serialises read-merge-propose of UpdateSettings.
 	settingsMu sync.Mutex
 
@@ -130,7 +134,7 @@ func New(deps Deps) *API {
 		ledger:      deps.Ledger,
 		hub:         deps.Hub,
 		sealer:      deps.Sealer,
-		inventory:   deps.Inventory,
+		agents:      deps.Agents,
 		log:         deps.Logger,
 		clock:       deps.Clock,
 		newID:       deps.NewID,
@@ -148,10 +152,18 @@ func New(deps Deps) *API {
 		a.newID = func() string { return uuid.Must(uuid.NewV7()).String() }
 	}
 	a.fwd = newForwarder(a.proposer, deps.Dialer, a.log)
+	a.admission = admission.New(admission.Deps{
+		Ledger: a.ledger, Agents: a.agents, ReadSource: a.readSourceSync,
+		Record: func(ctx context.Context, cmd *ledgerv1.Command) error {
+			_, err := a.propose(ctx, cmd)
+			return err
+		},
+		Logger: deps.Logger, Clock: a.clock, NewID: a.newID,
+	})
 	return a
 }
 
-// Register registers all seven ferry.v1 services on s.
+// Register registers all eight ferry.v1 services on s.
 func (a *API) Register(s grpc.ServiceRegistrar) {
 	ferryv1.RegisterTargetInventoryServiceServer(s, &targetInventoryService{a: a})
 	ferryv1.RegisterMigrationServerServiceServer(s, &serverService{a: a})
@@ -166,10 +178,10 @@ func (a *API) Register(s grpc.ServiceRegistrar) {
 // propose stamps cmd with the leader's clock, replicates it and returns
 // the names the FSM reported.
 func (a *API) propose(ctx context.Context, cmd *ledgerv1.Command) ([]string, error) {
+	cmd.Time = timestamppb.New(a.clock())
 	if err := a.ledger.Refusal(cmd); err != nil {
 		return nil, refusal(err)
 	}
-	cmd.Time = timestamppb.New(a.clock())
 	res, err := a.proposer.Propose(ctx, cmd)
 	if err != nil {
 		return nil, err
@@ -186,9 +198,13 @@ func (a *API) firstRequest(requestID, collection string) ([]string, bool, error)
 	if requestID == "" {
 		return nil, false, nil
 	}
-	names, ok := a.ledger.Request(requestID)
+	rec, ok := a.ledger.RequestRecord(requestID, a.clock())
 	if !ok {
 		return nil, false, nil
+	}
+	names := rec.GetNames()
+	if rec.GetMethod() != "" {
+		return nil, false, invalid("request_id", "%q was already used by %s on %s", requestID, rec.GetMethod(), strings.Join(names, ", "))
 	}
 	if err := checkCollection(names, collection, requestID); err != nil {
 		return nil, false, err
@@ -219,9 +235,9 @@ func refusal(err error) error {
 	switch {
 	case errors.Is(err, ledger.ErrExists):
 		name := strings.TrimSuffix(msg, ": "+ledger.ErrExists.Error())
-		return &fieldError{code: codes.AlreadyExists, field: createdField[collectionOf(name)] + ".name", msg: name + " already exists"}
+		return &fieldError{Code: codes.AlreadyExists, Field: createdField[collectionOf(name)] + ".name", Msg: name + " already exists"}
 	case errors.Is(err, ledger.ErrNotFound):
-		return &fieldError{code: codes.NotFound, field: "name", msg: strings.TrimSuffix(msg, ": "+ledger.ErrNotFound.Error()) + " not found"}
+		return &fieldError{Code: codes.NotFound, Field: "name", Msg: strings.TrimSuffix(msg, ": "+ledger.ErrNotFound.Error()) + " not found"}
 	case errors.Is(err, ledger.ErrFailedPrecondition):
 		return precondition("name", "%s", strings.TrimPrefix(msg, ledger.ErrFailedPrecondition.Error()+": "))
 	}

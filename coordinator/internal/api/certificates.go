@@ -38,9 +38,17 @@ func (s *certificateService) revoke(ctx context.Context, req *ferryv1.RevokeCert
 	if err := hostname.ValidateText(req.GetReason(), maxRevokeReason); err != nil {
 		c.add("reason", "%v", err)
 	}
+	checkRequestID(c, req.GetRequestId())
 	if err := c.err(); err != nil {
 		return nil, err
 	}
+	const method = "RevokeCertificate"
+	target := colRevoked + "/" + serial
+	if _, err := s.a.replayed(req.GetRequestId(), method, target); err != nil {
+		return nil, err
+	}
+	// Revoking again is harmless: the entry already there is the answer,
+	// with a request_id or without.
 	if old, ok := s.a.ledger.RevokedCertificate(serial); ok {
 		return old, nil
 	}
@@ -49,7 +57,7 @@ func (s *certificateService) revoke(ctx context.Context, req *ferryv1.RevokeCert
 		rc.RevokedBy = caller.Identity.String()
 	}
 	cmd := &ledgerv1.Command{Op: &ledgerv1.Command_RevokeCertificate{RevokeCertificate: &ledgerv1.RevokeCertificate{Certificate: rc}}}
-	if _, err := s.a.propose(ctx, cmd); err != nil {
+	if _, err := s.a.propose(ctx, withRequest(cmd, req.GetRequestId(), method, target)); err != nil {
 		return nil, err
 	}
 	out, _ := s.a.ledger.RevokedCertificate(serial)

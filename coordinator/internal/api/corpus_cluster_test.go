@@ -527,7 +527,7 @@ func ledgerStates(t *testing.T, cl *testcluster.Cluster, leader *testcluster.Nod
 	return out
 }
 
-// seedCluster makes the inventory the corpus refers to: hosts kvm1, vm1
+// seedCluster makes what the corpus refers to: hosts kvm1, vm1
 // and spare (put through Raft as agents' hellos would), cluster c1, nfs
 // and local storage, network net1, a password and a key credential, a kvm
 // and a vmware source, a server of each type and one queued job.

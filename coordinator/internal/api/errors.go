@@ -3,9 +3,7 @@ package api
 import (
 	"context"
 	"errors"
-	"fmt"
 	"strings"
-	"unicode/utf8"
 
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc"
@@ -14,128 +12,27 @@ import (
 
 	"github.com/ferry-v2v/ferry/coordinator/internal/consensus"
 	"github.com/ferry-v2v/ferry/coordinator/internal/ledger"
+	"github.com/ferry-v2v/ferry/coordinator/internal/validate"
 	"github.com/ferry-v2v/ferry/pkg/grpcutil"
 )
 
-// violation is one bad field of a request.
-type violation struct {
-	field string
-	desc  string
-}
+// checker is validate.Checker under the short names the handlers use.
+type checker struct{ validate.Checker }
 
-// invalidError is a request that failed validation. Its message starts
-// with the first field path; every violation goes into the details.
-type invalidError struct{ v []violation }
+func (c *checker) add(field, format string, args ...any) { c.Add(field, format, args...) }
+func (c *checker) ok() bool                              { return c.OK() }
+func (c *checker) err() error                            { return c.Err() }
 
-func (e *invalidError) Error() string {
-	msg := e.v[0].field + ": " + e.v[0].desc
-	if n := len(e.v) - 1; n > 0 {
-		msg += fmt.Sprintf(" (and %d more; see the BadRequest details)", n)
-	}
-	return msg
-}
+// fieldError is a refusal about one field (validate.FieldError).
+type fieldError = validate.FieldError
 
-// checker collects the violations of one request.
-type checker struct{ v []violation }
-
-// add records a violation. The values it quotes (%q) are clipped to
-// maxQuoted bytes.
-func (c *checker) add(field, format string, args ...any) {
-	c.v = append(c.v, violation{field: field, desc: sprintfClipped(format, args...)})
-}
-
-// maxQuoted is the most of an offending value a refusal message repeats:
-// a 4 KiB name comes back as its first 128 bytes and an ellipsis.
-const maxQuoted = 128
-
-// clip cuts s to maxQuoted bytes on a rune boundary, marking the cut.
-func clip(s string) string {
-	if len(s) <= maxQuoted {
-		return s
-	}
-	cut := maxQuoted
-	for cut > 0 && !utf8.RuneStart(s[cut]) {
-		cut--
-	}
-	return s[:cut] + "…"
-}
-
-// sprintfClipped is fmt.Sprintf with every string quoted by %q clipped:
-// what a message quotes is the offending value; what it prints with %s
-// is Ferry's own text or a name that passed validation.
-func sprintfClipped(format string, args ...any) string {
-	out := append([]any(nil), args...)
-	arg := 0
-	for i := 0; i < len(format); i++ {
-		if format[i] != '%' {
-			continue
-		}
-		i++
-		for i < len(format) && strings.IndexByte("+-# 0123456789.*", format[i]) >= 0 {
-			if format[i] == '*' {
-				arg++
-			}
-			i++
-		}
-		if i >= len(format) || format[i] == '%' {
-			continue
-		}
-		if s, ok := argAt(out, arg).(string); ok && format[i] == 'q' {
-			out[arg] = clip(s)
-		}
-		arg++
-	}
-	return fmt.Sprintf(format, out...)
-}
-
-func argAt(args []any, i int) any {
-	if i < len(args) {
-		return args[i]
-	}
-	return nil
-}
-
-func (c *checker) ok() bool { return len(c.v) == 0 }
-
-func (c *checker) err() error {
-	if len(c.v) == 0 {
-		return nil
-	}
-	return &invalidError{v: c.v}
-}
-
-// invalid returns a one-field validation error.
-func invalid(field, format string, args ...any) error {
-	c := &checker{}
-	c.add(field, format, args...)
-	return c.err()
-}
-
-// fieldError is a refusal about one field that is not a syntax error: a
-// reference to something that does not exist (NOT_FOUND) or a state that
-// must change first (FAILED_PRECONDITION).
-type fieldError struct {
-	code  codes.Code
-	field string
-	msg   string
-}
-
-func (e *fieldError) Error() string { return e.field + ": " + e.msg }
-
-// notFound says name (clipped; see maxQuoted) does not exist. Callers
-// that describe the thing use notFoundf, which clips what it quotes.
-func notFound(field, name string) error {
-	return &fieldError{code: codes.NotFound, field: field, msg: clip(name) + " not found"}
-}
-
-// notFoundf is notFound with a described name, its values clipped.
-func notFoundf(field, format string, args ...any) error {
-	return &fieldError{code: codes.NotFound, field: field, msg: sprintfClipped(format, args...) + " not found"}
-}
-
-func precondition(field, format string, args ...any) error {
-	return &fieldError{code: codes.FailedPrecondition, field: field, msg: sprintfClipped(format, args...)}
-}
+// The refusals of package validate, under the handlers' names.
+var (
+	invalid      = validate.Invalid
+	notFound     = validate.NotFound
+	notFoundf    = validate.NotFoundf
+	precondition = validate.Precondition
+)
 
 // toStatus is the one place errors become gRPC statuses.
 func (a *API) toStatus(ctx context.Context, err error) error {
@@ -145,13 +42,14 @@ func (a *API) toStatus(ctx context.Context, err error) error {
 	if _, ok := status.FromError(err); ok {
 		return err
 	}
-	var inv *invalidError
+	err = requestErrors(err)
+	var inv *validate.InvalidError
 	var fe *fieldError
 	switch {
 	case errors.As(err, &inv):
 		return badRequest(inv)
 	case errors.As(err, &fe):
-		return status.Error(fe.code, fe.Error())
+		return status.Error(fe.Code, fe.Error())
 	case errors.Is(err, consensus.ErrNotLeader):
 		return grpcutil.NotLeaderError(a.proposer.LeaderAPIAddress())
 	case errors.Is(err, consensus.ErrLeadershipLost):
@@ -180,11 +78,11 @@ func (a *API) toStatus(ctx context.Context, err error) error {
 
 // badRequest is INVALID_ARGUMENT with an errdetails.BadRequest listing
 // every violation.
-func badRequest(e *invalidError) error {
+func badRequest(e *validate.InvalidError) error {
 	st := status.New(codes.InvalidArgument, e.Error())
 	br := &errdetails.BadRequest{}
-	for _, v := range e.v {
-		br.FieldViolations = append(br.FieldViolations, &errdetails.BadRequest_FieldViolation{Field: v.field, Description: v.desc})
+	for _, v := range e.Violations {
+		br.FieldViolations = append(br.FieldViolations, &errdetails.BadRequest_FieldViolation{Field: v.Field, Description: v.Desc})
 	}
 	if withDetails, err := st.WithDetails(br); err == nil {
 		return withDetails.Err()

@@ -14,7 +14,7 @@ const (
 	gib        = int64(1) << 30
 )
 
-// seed creates, mostly through the API, the inventory the tests share:
+// seed creates, mostly through the API, the target inventory and sources the tests share:
 // cluster c1 with hosts kvm1, vm1 and spare, nfs and local storage,
 // network net1 (10.0.0.1-10.0.0.20, gateway 10.0.0.1), a password
 // credential, a kvm and a vmware source, and a server of each type.

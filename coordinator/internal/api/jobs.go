@@ -28,74 +28,16 @@ func (s *jobService) create(ctx context.Context, req *ferryv1.CreateMigrationJob
 	if names, ok, err := s.a.firstRequest(req.GetRequestId(), colJobs); err != nil || ok {
 		return s.readJobs(names, err)
 	}
-	// What the checks read from sources is recorded only if all pass.
-	syncs := s.a.newBatchSyncs()
-	req, _, err := s.a.fillBatch(ctx, req, true, syncs) // the notes are the preview's
+	admitted, err := s.a.admission.Create(ctx, req)
 	if err != nil {
 		return nil, err
 	}
-	jobs, err := s.a.checkBatch(req)
-	if err != nil {
-		return nil, err
-	}
-	refs, err := s.a.resolveBatch(req)
-	if err != nil {
-		return nil, err
-	}
-	for i, j := range jobs {
-		if err := s.a.checkTargetRefs(i, j.GetTarget(), refs); err != nil {
-			return nil, err
-		}
-	}
-	lines := s.a.precheck(ctx, refs, jobs, true, syncs)
-	if err := checkVMsKnown(refs, jobs, syncs); err != nil {
-		return nil, err
-	}
-	if len(lines) > 0 {
-		return nil, precheckError(lines)
-	}
-	s.a.keepSourceState(refs.source.GetName(), jobs)
-	s.a.allocMu.Lock()
-	defer s.a.allocMu.Unlock()
-	if err := s.a.newAllocator(refs.networks).allocate(jobs); err != nil {
-		return nil, err
-	}
-	if err := syncs.record(ctx); err != nil {
-		return nil, err
-	}
-	cmd := &ledgerv1.Command{Op: &ledgerv1.Command_CreateMigrationJobs{CreateMigrationJobs: &ledgerv1.CreateMigrationJobs{
-		Jobs: jobs, RequestId: req.GetRequestId(),
-	}}}
-	names, err := s.a.propose(ctx, cmd)
+	defer admitted.Release()
+	names, err := s.a.propose(ctx, admitted.Command)
 	if err == nil {
 		err = checkCollection(names, colJobs, req.GetRequestId())
 	}
 	return s.readJobs(names, err)
-}
-
-// checkBatch checks the request on its own and returns its jobs, named.
-func (a *API) checkBatch(req *ferryv1.CreateMigrationJobsRequest) ([]*ferryv1.MigrationJob, error) {
-	c := &checker{}
-	checkRequestID(c, req.GetRequestId())
-	checkRef(c, "source", req.GetSource(), colSources)
-	checkRef(c, "migration_server", req.GetMigrationServer(), colServers)
-	switch n := len(req.GetJobs()); {
-	case n == 0:
-		c.add("jobs", "at least one VM is required")
-	case n > maxJobsPerRequest:
-		c.add("jobs", "at most %d VMs per request, got %d; split the batch", maxJobsPerRequest, n)
-		return nil, c.err()
-	}
-	seen := &batchSeen{sourceVMs: map[string]int{}, vmNames: map[string]int{}}
-	jobs := make([]*ferryv1.MigrationJob, len(req.GetJobs()))
-	for i, spec := range req.GetJobs() {
-		j := checkSpec(c, i, spec, seen)
-		j.Name = colJobs + "/" + a.newID()
-		j.Source = req.GetSource()
-		j.MigrationServer = req.GetMigrationServer()
-		jobs[i] = j
-	}
-	return jobs, c.err()
 }
 
 // readJobs reads jobs back from the ledger, with live progress.
@@ -149,25 +91,39 @@ func (s *jobService) ListMigrationJobs(ctx context.Context, req *ferryv1.ListMig
 // CancelMigrationJob records the cancellation; the session manager sees
 // the job event and tells the agent to stop.
 func (s *jobService) CancelMigrationJob(ctx context.Context, req *ferryv1.CancelMigrationJobRequest) (*ferryv1.CancelMigrationJobResponse, error) {
+	const method = "CancelMigrationJob"
 	c := &checker{}
 	checkRef(c, "name", req.GetName(), colJobs)
 	checkText(c, "reason", req.GetReason(), maxReason)
+	checkRequestID(c, req.GetRequestId())
 	err := c.err()
+	var again bool
 	if err == nil {
-		_, err = s.a.propose(ctx, &ledgerv1.Command{Op: &ledgerv1.Command_CancelMigrationJob{CancelMigrationJob: &ledgerv1.CancelMigrationJob{
+		again, err = s.a.replayed(req.GetRequestId(), method, req.GetName())
+	}
+	if err == nil && !again {
+		_, err = s.a.propose(ctx, withRequest(&ledgerv1.Command{Op: &ledgerv1.Command_CancelMigrationJob{CancelMigrationJob: &ledgerv1.CancelMigrationJob{
 			Name: req.GetName(), Reason: req.GetReason(),
-		}}})
+		}}}, req.GetRequestId(), method, req.GetName()))
 	}
 	j, err := s.readJob(req.GetName(), err)
 	return reply(ctx, s.a, &ferryv1.CancelMigrationJobResponse{Job: j}, err)
 }
 
 func (s *jobService) RestartMigrationJob(ctx context.Context, req *ferryv1.RestartMigrationJobRequest) (*ferryv1.RestartMigrationJobResponse, error) {
-	err := checkName(req.GetName(), colJobs)
+	const method = "RestartMigrationJob"
+	c := &checker{}
+	checkRef(c, "name", req.GetName(), colJobs)
+	checkRequestID(c, req.GetRequestId())
+	err := c.err()
+	var again bool
 	if err == nil {
-		_, err = s.a.propose(ctx, &ledgerv1.Command{Op: &ledgerv1.Command_RestartMigrationJob{RestartMigrationJob: &ledgerv1.RestartMigrationJob{
+		again, err = s.a.replayed(req.GetRequestId(), method, req.GetName())
+	}
+	if err == nil && !again {
+		_, err = s.a.propose(ctx, withRequest(&ledgerv1.Command{Op: &ledgerv1.Command_RestartMigrationJob{RestartMigrationJob: &ledgerv1.RestartMigrationJob{
 			Name: req.GetName(),
-		}}})
+		}}}, req.GetRequestId(), method, req.GetName()))
 	}
 	j, err := s.readJob(req.GetName(), err)
 	return reply(ctx, s.a, &ferryv1.RestartMigrationJobResponse{Job: j}, err)

@@ -70,20 +70,3 @@ func TestRefusalQuotesAtMost128Bytes(t *testing.T) {
 		t.Fatalf("long cluster name: message of %d bytes: %q", len(msg), msg)
 	}
 }
-
-func TestClip(t *testing.T) {
-	for _, tc := range []struct{ in, want string }{
-		{"", ""},
-		{strings.Repeat("a", 128), strings.Repeat("a", 128)},
-		{strings.Repeat("a", 129), strings.Repeat("a", 128) + "…"},
-		{"a" + strings.Repeat("€", 50), "a" + strings.Repeat("€", 42) + "…"}, // '€' is 3 bytes: 1+42*3 = 127
-	} {
-		if got := clip(tc.in); got != tc.want {
-			t.Errorf("clip(%d bytes) = %q, want %q", len(tc.in), got, tc.want)
-		}
-	}
-	if got := sprintfClipped("%s: %q %5.2f %% %q", strings.Repeat("s", 200), strings.Repeat("q", 200), 1.5, "ok"); got !=
-		strings.Repeat("s", 200)+": \""+strings.Repeat("q", 128)+"…\"  1.50 % \"ok\"" {
-		t.Errorf("sprintfClipped clipped the wrong arguments: %q", got)
-	}
-}

@@ -181,9 +181,11 @@ func (s *mappingService) update(ctx context.Context, req *ferryv1.UpdateNetworkM
 	if err := s.checkRefs(g); err != nil {
 		return nil, err
 	}
+	// The etag, when set, is checked as the command applies, against the
+	// group then stored: of two updates from the same read, one passes.
 	_, err := s.a.propose(ctx, &ledgerv1.Command{Op: &ledgerv1.Command_PutNetworkMappingGroup{PutNetworkMappingGroup: &ledgerv1.PutNetworkMappingGroup{
-		NetworkMappingGroup: g, Update: true}}})
-	return s.read(g.GetName(), err)
+		NetworkMappingGroup: g, Update: true, Etag: in.GetEtag()}}})
+	return s.read(g.GetName(), etagField(err, "network_mapping_group.etag"))
 }
 
 func (s *mappingService) DeleteNetworkMappingGroup(ctx context.Context, req *ferryv1.DeleteNetworkMappingGroupRequest) (*emptypb.Empty, error) {

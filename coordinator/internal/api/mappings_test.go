@@ -30,12 +30,12 @@ func (s *sourceVMs) SourceInventory(context.Context, *ferryv1.Source, *ferryv1.M
 
 func (s *sourceVMs) Connected(string) bool { return true }
 
-func withInventory(inv Inventory) envOption { return func(d *Deps) { d.Inventory = inv } }
+func withAgents(agents Agents) envOption { return func(d *Deps) { d.Agents = agents } }
 
 // mappingEnv is a seeded env with a second L3 network (net2) and group
 // vc-map of sources/vc: "VM Network" → net1, "DSwitch-Backup" → net2.
 func mappingEnv(t *testing.T, vms ...*ferryv1.SourceVm) *env {
-	e := newEnv(t, true, withInventory(&sourceVMs{vms: vms}))
+	e := newEnv(t, true, withAgents(&sourceVMs{vms: vms}))
 	e.seed()
 	c := ctx(t)
 	must[*ferryv1.L3Network](t)(e.inv.CreateL3Network(c, &ferryv1.CreateL3NetworkRequest{L3Network: &ferryv1.L3Network{

@@ -75,23 +75,32 @@ func (s *membershipService) members() ([]*ferryv1.Member, error) {
 
 // AddVoter adds a coordinator, then records its API address so followers
 // can forward to it when it leads. Adding a member again is harmless, so
-// a restarted node may simply ask again.
+// a restarted node may simply ask again. A request_id is recorded with
+// the address (PutNode), and its repeat answers the members without
+// touching the configuration.
 func (s *membershipService) AddVoter(ctx context.Context, req *ferryv1.AddVoterRequest) (*ferryv1.AddVoterResponse, error) {
+	const method = "AddVoter"
 	c := &checker{}
 	checkNodeID(c, req.GetId())
 	checkHostPort(c, "raft_address", req.GetRaftAddress())
 	checkHostPort(c, "api_address", req.GetApiAddress())
+	checkRequestID(c, req.GetRequestId())
 	err := c.err()
+	var again bool
 	if err == nil {
+		again, err = s.a.replayed(req.GetRequestId(), method, req.GetId())
+	}
+	if err == nil && !again {
 		err = s.a.membership.AddVoter(ctx, req.GetId(), req.GetRaftAddress())
 		var pe *consensus.PeerError
 		if errors.As(err, &pe) {
 			err = precondition("raft_address", "%s does not answer as a coordinator's Raft port (%v); give the node's --raft-listen address, and start it first with the cluster's coordinator certificate", req.GetRaftAddress(), pe.Err)
 		}
 	}
-	if err == nil {
+	if err == nil && !again {
 		node := &ledgerv1.Node{Id: req.GetId(), ApiAddress: req.GetApiAddress(), RaftAddress: req.GetRaftAddress()}
-		_, err = s.a.propose(ctx, &ledgerv1.Command{Op: &ledgerv1.Command_PutNode{PutNode: &ledgerv1.PutNode{Node: node}}})
+		cmd := &ledgerv1.Command{Op: &ledgerv1.Command_PutNode{PutNode: &ledgerv1.PutNode{Node: node}}}
+		_, err = s.a.propose(ctx, withRequest(cmd, req.GetRequestId(), method, req.GetId()))
 	}
 	var members []*ferryv1.Member
 	if err == nil {
@@ -102,23 +111,31 @@ func (s *membershipService) AddVoter(ctx context.Context, req *ferryv1.AddVoterR
 
 // RemoveVoter removes a coordinator and forgets its addresses. A leader
 // removing itself steps down and stops its Raft, so its record is deleted
-// first and restored if the removal fails.
+// first and restored if the removal fails. A request_id is recorded with
+// the forgetting of the addresses (DeleteNode), and its repeat answers the
+// members instead of NOT_FOUND; not a leader's removal of itself, which
+// it could not record once removed.
 func (s *membershipService) RemoveVoter(ctx context.Context, req *ferryv1.RemoveVoterRequest) (*ferryv1.RemoveVoterResponse, error) {
+	const method = "RemoveVoter"
 	c := &checker{}
 	checkNodeID(c, req.GetId())
-	if err := c.err(); err != nil {
-		return reply[*ferryv1.RemoveVoterResponse](ctx, s.a, nil, err)
+	checkRequestID(c, req.GetRequestId())
+	err := c.err()
+	var again bool
+	if err == nil {
+		again, err = s.a.replayed(req.GetRequestId(), method, req.GetId())
 	}
-	var err error
-	if req.GetId() == s.a.membership.ID() {
+	switch {
+	case err != nil || again:
+	case req.GetId() == s.a.membership.ID():
 		err = s.removeSelf(ctx)
-	} else {
+	default:
 		err = s.a.membership.RemoveVoter(ctx, req.GetId())
 		if errors.Is(err, consensus.ErrUnknownMember) {
 			err = notFoundf("id", "coordinator %q", req.GetId())
 		}
 		if err == nil {
-			_, err = s.a.propose(ctx, deleteNode(req.GetId()))
+			_, err = s.a.propose(ctx, withRequest(deleteNode(req.GetId()), req.GetRequestId(), method, req.GetId()))
 		}
 	}
 	if err != nil {

@@ -1,29 +1,24 @@
 package api
 
 import (
-	"regexp"
 	"strconv"
 	"strings"
 
-	"github.com/ferry-v2v/ferry/pkg/hostname"
+	"github.com/ferry-v2v/ferry/coordinator/internal/validate"
 )
 
 // Collections of resource names, as in "migrationJobs/{id}".
 const (
-	colClusters  = "clusters"
-	colHosts     = "hosts"
-	colStorages  = "primaryStorages"
-	colNetworks  = "l3Networks"
-	colServers   = "migrationServers"
-	colSources   = "sources"
-	colCreds     = "credentials"
-	colJobs      = "migrationJobs"
-	colMappings  = "networkMappingGroups"
-	maxRequestID = 128
+	colClusters = validate.Clusters
+	colHosts    = validate.Hosts
+	colStorages = validate.Storages
+	colNetworks = validate.Networks
+	colServers  = validate.Servers
+	colSources  = validate.Sources
+	colCreds    = validate.Credentials
+	colJobs     = validate.Jobs
+	colMappings = validate.Mappings
 )
-
-// idPattern is what a caller may choose as a resource ID.
-var idPattern = regexp.MustCompile(`^[a-z0-9][a-z0-9-]{0,62}$`)
 
 func collectionOf(name string) string {
 	c, _, _ := strings.Cut(name, "/")
@@ -31,16 +26,7 @@ func collectionOf(name string) string {
 }
 
 // wellFormed says whether name is collection/{id} with a valid id.
-func wellFormed(name, collection string) bool {
-	id, ok := strings.CutPrefix(name, collection+"/")
-	if !ok {
-		return false
-	}
-	if collection == colHosts {
-		return hostname.Validate(id) == nil
-	}
-	return idPattern.MatchString(id)
-}
+func wellFormed(name, collection string) bool { return validate.WellFormed(name, collection) }
 
 // newName returns the name a Create uses: the caller's when given and
 // well-formed, else a fresh one. A malformed name is refused rather than
@@ -58,19 +44,12 @@ func (a *API) newName(c *checker, field, given, collection string) string {
 
 // checkRef checks that a required reference field is collection/{id}.
 func checkRef(c *checker, field, value, collection string) {
-	switch {
-	case value == "":
-		c.add(field, "required: a %s/{id} name", collection)
-	case !wellFormed(value, collection):
-		c.add(field, "%q is not a %s/{id} name", value, collection)
-	}
+	validate.Ref(&c.Checker, field, value, collection)
 }
 
 // checkOptionalRef is checkRef for a field that may be empty.
 func checkOptionalRef(c *checker, field, value, collection string) {
-	if value != "" {
-		checkRef(c, field, value, collection)
-	}
+	validate.OptionalRef(&c.Checker, field, value, collection)
 }
 
 // checkName checks the name of a Get, Delete or custom verb.
@@ -80,10 +59,6 @@ func checkName(value, collection string) error {
 	return c.err()
 }
 
-func checkRequestID(c *checker, id string) {
-	if len(id) > maxRequestID {
-		c.add("request_id", "at most %d characters, got %d", maxRequestID, len(id))
-	}
-}
+func checkRequestID(c *checker, id string) { validate.RequestID(&c.Checker, id) }
 
 func itoa(i int) string { return strconv.Itoa(i) }

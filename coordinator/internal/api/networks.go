@@ -144,19 +144,28 @@ func (s *targetInventoryService) ListL3Networks(ctx context.Context, req *ferryv
 // ReleaseL3NetworkAddress returns an address a migrated VM kept to the
 // network's pool.
 func (s *targetInventoryService) ReleaseL3NetworkAddress(ctx context.Context, req *ferryv1.ReleaseL3NetworkAddressRequest) (*ferryv1.ReleaseL3NetworkAddressResponse, error) {
+	const method = "ReleaseL3NetworkAddress"
 	c := &checker{}
 	checkRef(c, "name", req.GetName(), colNetworks)
 	ip, ok := parseIP(req.GetIp())
 	if !ok {
 		c.add("ip", "%q is not an IP address", req.GetIp())
 	}
+	checkRequestID(c, req.GetRequestId())
 	err := c.err()
+	// The target is the network and the address: the same request_id
+	// cannot release another address.
+	target := req.GetName() + " address " + ip.String()
+	var again bool
 	if err == nil {
+		again, err = s.a.replayed(req.GetRequestId(), method, target)
+	}
+	if err == nil && !again {
 		err = checkReserved(s.a, req.GetName(), ip.String())
 	}
-	if err == nil {
-		_, err = s.a.propose(ctx, &ledgerv1.Command{Op: &ledgerv1.Command_ReleaseAddress{ReleaseAddress: &ledgerv1.ReleaseAddress{
-			Network: req.GetName(), Ip: ip.String()}}})
+	if err == nil && !again {
+		_, err = s.a.propose(ctx, withRequest(&ledgerv1.Command{Op: &ledgerv1.Command_ReleaseAddress{ReleaseAddress: &ledgerv1.ReleaseAddress{
+			Network: req.GetName(), Ip: ip.String()}}}, req.GetRequestId(), method, target))
 	}
 	var n *ferryv1.L3Network
 	if err == nil {

@@ -10,6 +10,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/ferry-v2v/ferry/coordinator/internal/admission"
 	ledgerv1 "github.com/ferry-v2v/ferry/pkg/pb/ferry/ledger/v1"
 	ferryv1 "github.com/ferry-v2v/ferry/pkg/pb/ferry/v1"
 )
@@ -41,7 +42,7 @@ func (s *serverService) create(ctx context.Context, req *ferryv1.CreateMigration
 		return nil, err
 	}
 	if _, ok := s.a.ledger.Host(ms.Host); !ok {
-		return nil, &fieldError{code: codes.NotFound, field: "migration_server.host", msg: fmt.Sprintf(
+		return nil, &fieldError{Code: codes.NotFound, Field: "migration_server.host", Msg: fmt.Sprintf(
 			"%s not found; a host registers itself when its ferry-agent first connects: start ferry-agent --host-name %s first",
 			ms.Host, strings.TrimPrefix(ms.Host, colHosts+"/"))}
 	}
@@ -82,15 +83,7 @@ func (s *serverService) validate(req *ferryv1.CreateMigrationServerRequest, in *
 	return ms, c.err()
 }
 
-func platformName(p ferryv1.Platform) string {
-	switch p {
-	case ferryv1.Platform_PLATFORM_VMWARE:
-		return "vmware"
-	case ferryv1.Platform_PLATFORM_KVM:
-		return "kvm"
-	}
-	return p.String()
-}
+func platformName(p ferryv1.Platform) string { return admission.PlatformName(p) }
 
 // read returns a server as the API shows it, with its host's connection.
 func (s *serverService) read(name string, err error) (*ferryv1.MigrationServer, error) {
@@ -141,22 +134,32 @@ func (s *serverService) DeleteMigrationServer(ctx context.Context, req *ferryv1.
 }
 
 func (s *serverService) EnableMigrationServer(ctx context.Context, req *ferryv1.EnableMigrationServerRequest) (*ferryv1.EnableMigrationServerResponse, error) {
-	ms, err := s.setEnabled(ctx, req.GetName(), true)
+	ms, err := s.setEnabled(ctx, req.GetName(), true, req.GetRequestId())
 	return reply(ctx, s.a, &ferryv1.EnableMigrationServerResponse{MigrationServer: ms}, err)
 }
 
 func (s *serverService) DisableMigrationServer(ctx context.Context, req *ferryv1.DisableMigrationServerRequest) (*ferryv1.DisableMigrationServerResponse, error) {
-	ms, err := s.setEnabled(ctx, req.GetName(), false)
+	ms, err := s.setEnabled(ctx, req.GetName(), false, req.GetRequestId())
 	return reply(ctx, s.a, &ferryv1.DisableMigrationServerResponse{MigrationServer: ms}, err)
 }
 
-func (s *serverService) setEnabled(ctx context.Context, name string, enabled bool) (*ferryv1.MigrationServer, error) {
-	if err := checkName(name, colServers); err != nil {
+func (s *serverService) setEnabled(ctx context.Context, name string, enabled bool, requestID string) (*ferryv1.MigrationServer, error) {
+	method := "DisableMigrationServer"
+	if enabled {
+		method = "EnableMigrationServer"
+	}
+	c := &checker{}
+	checkRef(c, "name", name, colServers)
+	checkRequestID(c, requestID)
+	if err := c.err(); err != nil {
 		return nil, err
 	}
-	cmd := &ledgerv1.Command{Op: &ledgerv1.Command_SetMigrationServerEnabled{
-		SetMigrationServerEnabled: &ledgerv1.SetMigrationServerEnabled{Name: name, Enabled: enabled}}}
-	_, err := s.a.propose(ctx, cmd)
+	again, err := s.a.replayed(requestID, method, name)
+	if err == nil && !again {
+		cmd := &ledgerv1.Command{Op: &ledgerv1.Command_SetMigrationServerEnabled{
+			SetMigrationServerEnabled: &ledgerv1.SetMigrationServerEnabled{Name: name, Enabled: enabled}}}
+		_, err = s.a.propose(ctx, withRequest(cmd, requestID, method, name))
+	}
 	return s.read(name, err)
 }
 
@@ -182,10 +185,16 @@ func (s *serverService) setBandwidth(ctx context.Context, req *ferryv1.SetMigrat
 		bps, canonical := bandwidthLimit(c, "downstream_bandwidth", req.GetDownstreamBandwidth())
 		set.DownstreamBandwidth, set.DownstreamBitsPerSecond = proto.String(canonical), proto.Int64(bps)
 	}
+	checkRequestID(c, req.GetRequestId())
 	if err := c.err(); err != nil {
 		return nil, err
 	}
-	_, err := s.a.propose(ctx, &ledgerv1.Command{Op: &ledgerv1.Command_SetMigrationServerBandwidth{SetMigrationServerBandwidth: set}})
+	const method = "SetMigrationServerBandwidth"
+	again, err := s.a.replayed(req.GetRequestId(), method, req.GetName())
+	if err == nil && !again {
+		cmd := &ledgerv1.Command{Op: &ledgerv1.Command_SetMigrationServerBandwidth{SetMigrationServerBandwidth: set}}
+		_, err = s.a.propose(ctx, withRequest(cmd, req.GetRequestId(), method, req.GetName()))
+	}
 	return s.read(req.GetName(), err)
 }
 
@@ -204,9 +213,9 @@ var systemDirs = map[string]bool{
 // checkCachePath requires an absolute, clean path that is not a system
 // directory.
 func checkCachePath(c *checker, field, p string) {
-	n := len(c.v)
+	n := c.Len()
 	checkAbsPath(c, field, p, "the cache directory on the host")
-	if len(c.v) > n {
+	if c.Len() > n {
 		return
 	}
 	clean := filepath.Clean(p)

@@ -67,8 +67,11 @@ func (s *settingsService) update(ctx context.Context, req *ferryv1.UpdateSetting
 	if err := c.err(); err != nil {
 		return nil, err
 	}
-	if _, err := s.a.propose(ctx, &ledgerv1.Command{Op: &ledgerv1.Command_PutSettings{PutSettings: &ledgerv1.PutSettings{Settings: st}}}); err != nil {
-		return nil, err
+	// settings.etag, when set, is checked as the command applies (and by
+	// the leader before proposing), against the settings then stored.
+	cmd := &ledgerv1.Command{Op: &ledgerv1.Command_PutSettings{PutSettings: &ledgerv1.PutSettings{Settings: st, Etag: in.GetEtag()}}}
+	if _, err := s.a.propose(ctx, cmd); err != nil {
+		return nil, etagField(err, "settings.etag")
 	}
 	return s.a.ledger.Settings(), nil
 }

@@ -9,6 +9,7 @@ import (
 	"google.golang.org/protobuf/reflect/protoreflect"
 	"google.golang.org/protobuf/reflect/protoregistry"
 
+	"github.com/ferry-v2v/ferry/coordinator/internal/api"
 	"github.com/ferry-v2v/ferry/coordinator/internal/authz"
 	ferryv1 "github.com/ferry-v2v/ferry/pkg/pb/ferry/v1"
 )
@@ -17,6 +18,12 @@ import (
 // why: AIP-135 allows it when the client needs what the delete did.
 var deleteAnswers = map[string]string{
 	"ferry.v1.MigrationServerService.DeleteMigrationServer": "answers the jobs it cancelled",
+}
+
+// readsOnLeader are custom methods served by the leader (so forwarded as
+// writes are) that change nothing, and need no request_id.
+var readsOnLeader = map[string]string{
+	"ferry.v1.MigrationJobService.PreviewMigrationJobs": "checks a batch and writes nothing",
 }
 
 // TestAPIShapes keeps ferry.v1 in the shapes a client author expects (see
@@ -106,6 +113,9 @@ func apiShapeProblems(svcs []protoreflect.ServiceDescriptor) []string {
 				if string(out.Name()) != noun || !isResource(out) {
 					bad("%s answers %s; a standard %s answers the resource %s itself (AIP-131/133/134)", full, out.FullName(), verb, noun)
 				}
+				if f := out.Fields().ByName("etag"); verb == "Update" && (f == nil || f.Kind() != protoreflect.StringKind || f.IsList()) {
+					bad("%s: resource %s has an Update method but no string etag (AIP-154)", full, out.Name())
+				}
 			case verb == "List":
 				if f := in.Fields().ByName("page_size"); f == nil || f.Kind() != protoreflect.Int32Kind {
 					bad("%s: request %s has no int32 page_size (AIP-158)", full, in.Name())
@@ -123,6 +133,11 @@ func apiShapeProblems(svcs []protoreflect.ServiceDescriptor) []string {
 				// Batch and custom methods (AIP-136, AIP-233).
 				if out.Name() != protoreflect.Name(name+"Response") {
 					bad("%s answers %s; a custom method answers %sResponse (AIP-136)", full, out.Name(), name)
+				}
+				_, reads := readsOnLeader[full]
+				if f := in.Fields().ByName("request_id"); api.IsWriteMethod("/"+string(s.FullName())+"/"+name) && !reads &&
+					(f == nil || f.Kind() != protoreflect.StringKind || f.IsList()) {
+					bad("%s changes something but %s has no string request_id (AIP-155)", full, in.Name())
 				}
 			}
 			if in.Name() != protoreflect.Name(name+"Request") {

@@ -6,6 +6,7 @@ import (
 	"slices"
 	"strings"
 
+	"github.com/ferry-v2v/ferry/coordinator/internal/admission"
 	ferryv1 "github.com/ferry-v2v/ferry/pkg/pb/ferry/v1"
 )
 
@@ -102,12 +103,7 @@ func (s *sourceService) listSourceInventory(req *ferryv1.ListSourceInventoryRequ
 		Product: inv.GetProduct()}, nil
 }
 
-func lastError(src *ferryv1.Source) string {
-	if e := src.GetLastSyncError(); e != "" {
-		return " (last attempt: " + e + ")"
-	}
-	return ""
-}
+func lastError(src *ferryv1.Source) string { return admission.LastSyncError(src) }
 
 // inventoryObjects flattens an inventory's objects other than VMs.
 func inventoryObjects(inv *ferryv1.SourceInventory) []*ferryv1.SourceObject {

@@ -52,11 +52,20 @@ func (s *sourceService) syncSource(ctx context.Context, req *ferryv1.SyncSourceR
 	c := &checker{}
 	checkRef(c, "name", req.GetName(), colSources)
 	checkOptionalRef(c, "migration_server", req.GetMigrationServer(), colServers)
+	checkRequestID(c, req.GetRequestId())
 	if err := c.err(); err != nil {
 		return nil, err
 	}
-	if err := s.a.syncSource(ctx, req.GetName(), req.GetMigrationServer()); err != nil {
+	const method = "SyncSource"
+	again, err := s.a.replayed(req.GetRequestId(), method, req.GetName())
+	if err != nil {
 		return nil, err
+	}
+	if !again {
+		stamp := &ledgerv1.RequestStamp{RequestId: req.GetRequestId(), Method: method, Target: req.GetName()}
+		if err := s.a.syncSourceOnce(ctx, req.GetName(), req.GetMigrationServer(), stamp); err != nil {
+			return nil, err
+		}
 	}
 	return lookup(s.a.ledger.Source, req.GetName(), "source")
 }
@@ -67,11 +76,22 @@ func (s *sourceService) syncSource(ctx context.Context, req *ferryv1.SyncSourceR
 // agent's reason when reading failed (FAILED_PRECONDITION, returned as
 // well). An agent that is not reachable records nothing.
 func (a *API) syncSource(ctx context.Context, name, serverName string) error {
+	return a.syncSourceOnce(ctx, name, serverName, nil)
+}
+
+// syncSourceOnce is syncSource recording, with a successful sync only,
+// the request that asked for it (SyncSource's request_id): a failed sync
+// is not remembered, so its repeat syncs again.
+func (a *API) syncSourceOnce(ctx context.Context, name, serverName string, stamp *ledgerv1.RequestStamp) error {
 	rec, syncErr := a.readSourceSync(ctx, name, serverName)
 	if rec == nil {
 		return syncErr
 	}
-	if _, err := a.propose(ctx, &ledgerv1.Command{Op: &ledgerv1.Command_RecordSourceSync{RecordSourceSync: rec}}); err != nil {
+	cmd := &ledgerv1.Command{Op: &ledgerv1.Command_RecordSourceSync{RecordSourceSync: rec}}
+	if syncErr == nil && stamp.GetRequestId() != "" {
+		cmd.Request = stamp
+	}
+	if _, err := a.propose(ctx, cmd); err != nil {
 		return err
 	}
 	return syncErr
@@ -80,7 +100,7 @@ func (a *API) syncSource(ctx context.Context, name, serverName string) error {
 // readSourceSync is syncSource without the recording: the record to
 // write, nil when there is nothing to record, and the sync's error.
 func (a *API) readSourceSync(ctx context.Context, name, serverName string) (*ledgerv1.RecordSourceSync, error) {
-	if a.inventory == nil {
+	if a.agents == nil {
 		return nil, status.Error(codes.Unimplemented, "this coordinator has no agent sessions to sync sources through")
 	}
 	src, ok := a.ledger.Source(name)
@@ -91,7 +111,7 @@ func (a *API) readSourceSync(ctx context.Context, name, serverName string) (*led
 	if err != nil {
 		return nil, err
 	}
-	inv, syncErr := a.inventory.SourceInventory(ctx, src, server)
+	inv, syncErr := a.agents.SourceInventory(ctx, src, server)
 	if syncErr != nil {
 		if status.Code(syncErr) != codes.FailedPrecondition {
 			return nil, syncErr
@@ -113,13 +133,13 @@ func (a *API) pickInventoryServer(src *ferryv1.Source, name string) (*ferryv1.Mi
 		case ms.GetType() != src.GetType():
 			return nil, precondition("migration_server", "%s is a %s server and cannot reach %s source %s",
 				name, platformName(ms.GetType()), platformName(src.GetType()), src.GetName())
-		case !a.inventory.Connected(ms.GetHost()):
+		case !a.agents.Connected(ms.GetHost()):
 			return nil, precondition("migration_server", "the agent of %s on %s is not connected; start ferry-agent there first", name, ms.GetHost())
 		}
 		return ms, nil
 	}
 	for _, ms := range a.ledger.MigrationServers(src.GetType()) {
-		if ms.GetEnabled() && a.inventory.Connected(ms.GetHost()) {
+		if ms.GetEnabled() && a.agents.Connected(ms.GetHost()) {
 			return ms, nil
 		}
 	}
@@ -133,7 +153,7 @@ func (a *API) pickInventoryServer(src *ferryv1.Source, name string) (*ferryv1.Mi
 // through any enabled, connected migration server of its type. It
 // returns when ctx ends, after the syncs it started.
 func (a *API) LeadInventorySync(ctx context.Context) {
-	if a.inventory == nil {
+	if a.agents == nil {
 		return
 	}
 	tick := time.NewTicker(syncTick)

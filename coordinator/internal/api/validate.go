@@ -11,11 +11,12 @@ import (
 
 	"google.golang.org/protobuf/reflect/protoreflect"
 
+	"github.com/ferry-v2v/ferry/coordinator/internal/validate"
 	"github.com/ferry-v2v/ferry/pkg/bandwidth"
 )
 
 const (
-	maxDisplayName = 256
+	maxDisplayName = validate.MaxDisplayName
 	maxLabel       = 256
 	maxPath        = 4096 // PATH_MAX
 )
@@ -23,33 +24,11 @@ const (
 // checkEnum refuses values the enum does not define and, when required,
 // the _UNSPECIFIED zero value.
 func checkEnum(c *checker, field string, e protoreflect.Enum, required bool) {
-	n := e.Number()
-	switch {
-	case e.Descriptor().Values().ByNumber(n) == nil:
-		c.add(field, "%d is not a value of %s", n, e.Descriptor().Name())
-	case required && n == 0:
-		c.add(field, "required: one of %s", enumChoices(e.Descriptor()))
-	}
-}
-
-func enumChoices(d protoreflect.EnumDescriptor) string {
-	var names []string
-	for i := 1; i < d.Values().Len(); i++ {
-		names = append(names, string(d.Values().Get(i).Name()))
-	}
-	return strings.Join(names, ", ")
+	validate.Enum(&c.Checker, field, e, required)
 }
 
 // checkText refuses over-long or control characters in a free-text field.
-func checkText(c *checker, field, s string, limit int) {
-	if len(s) > limit {
-		c.add(field, "at most %d bytes, got %d", limit, len(s))
-		return
-	}
-	if strings.IndexFunc(s, unicode.IsControl) >= 0 {
-		c.add(field, "must not contain control characters")
-	}
-}
+func checkText(c *checker, field, s string, limit int) { validate.Text(&c.Checker, field, s, limit) }
 
 // checkAbsPath requires an absolute, clean path.
 func checkAbsPath(c *checker, field, p, what string) {
@@ -110,25 +89,7 @@ func checkHostPort(c *checker, field, s string) {
 }
 
 // parseIP parses an address and refuses zones and IPv4-mapped IPv6.
-func parseIP(s string) (netip.Addr, bool) {
-	a, err := netip.ParseAddr(s)
-	if err != nil || a.Zone() != "" || a.Is4In6() {
-		return netip.Addr{}, false
-	}
-	return a, true
-}
-
-// parseMAC returns a unicast 48-bit MAC in lower-case colon form.
-func parseMAC(s string) (string, string) {
-	hw, err := net.ParseMAC(s)
-	if err != nil || len(hw) != 6 {
-		return "", "is not a 48-bit MAC address like 52:54:00:12:34:56"
-	}
-	if hw[0]&1 == 1 {
-		return "", "is a multicast address; a NIC needs a unicast MAC"
-	}
-	return hw.String(), ""
-}
+func parseIP(s string) (netip.Addr, bool) { return validate.ParseIP(s) }
 
 // bandwidthLimit parses an optional limit; "" is unlimited.
 func bandwidthLimit(c *checker, field, s string) (bps int64, canonical string) {

@@ -29,7 +29,7 @@ func BenchmarkCreateMigrationJobs50Authz(b *testing.B) {
 		c := startClusterWith(b, 3, func(c *testcluster.Cluster) { c.AuthorizationOff = off })
 		leader := c.Leader(10 * time.Second)
 		api := newAPI(c.Dial(c.Followers()[0].Addr()))
-		seedInventory(b, api)
+		seedJobReferences(b, api)
 		if err := registerHost(ctx, c.DialAgent(leader.Addr(), "bench-host"), "bench-host"); err != nil {
 			b.Fatal(err)
 		}

@@ -9,6 +9,7 @@
 //	BenchmarkLedgerWriteThroughput  committed commands/s with 64 concurrent writers (Raft over TLS and plain TCP)
 //	BenchmarkAgentSessions200       coordinator CPU with 200 agents running 5 jobs each
 //	BenchmarkMemory                 RSS of a coordinator holding 10,000 jobs, and of an idle agent
+//	                                (agent/e2e's BenchmarkMemory: an idle agent after a real job)
 //
 // Each is a measurement run: it sets up once, measures a fixed amount of
 // work or time, ignores b.N and reports its figures with ReportMetric

@@ -48,10 +48,10 @@ func newAPI(conn grpc.ClientConnInterface) *apiClients {
 	}
 }
 
-// seedInventory creates what every job refers to: a cluster, NFS primary
+// seedJobReferences creates what every job refers to: a cluster, NFS primary
 // storage, a /16 L3 network (65,533 addresses to allocate from), a
 // password credential and a KVM source. Hosts register through agents.
-func seedInventory(tb testing.TB, api *apiClients) {
+func seedJobReferences(tb testing.TB, api *apiClients) {
 	tb.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
@@ -85,7 +85,7 @@ func seedInventory(tb testing.TB, api *apiClients) {
 	}
 	for i, step := range steps {
 		if err := step(); err != nil {
-			tb.Fatalf("seed inventory, step %d: %v", i, err)
+			tb.Fatalf("seed job references, step %d: %v", i, err)
 		}
 	}
 }

@@ -27,7 +27,7 @@ func BenchmarkMemory(b *testing.B) {
 	bin := buildBinaries(b)
 	co := startCoordinator(b, bin)
 	api := newAPI(co.dial(b))
-	seedInventory(b, api)
+	seedJobReferences(b, api)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
 	defer cancel()
 

@@ -33,7 +33,7 @@ const (
 func BenchmarkAgentSessions200(b *testing.B) {
 	co := startCoordinator(b, buildBinaries(b))
 	api := newAPI(co.dial(b))
-	seedInventory(b, api)
+	seedJobReferences(b, api)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
 	defer cancel()
 	if err := setParallelism(ctx, api, sessionAgents*jobsPerAgent); err != nil {

@@ -1,6 +1,7 @@
 // Package capacity computes the room a migration server's cache has for
-// jobs, in one place for the scheduler (which starts a job only when its
-// disks fit) and the API's preview (which shows the same figure).
+// jobs, in one place (Rooms) for the scheduler (which starts a job only
+// when its disks fit) and admission's preview (which shows the same
+// figure).
 //
 // Jobs write their cache under the migration server's cache_path, so that
 // is the path measured: the coordinator names it to the agent of the
@@ -13,6 +14,7 @@ package capacity
 import (
 	"fmt"
 	"strconv"
+	"strings"
 
 	ferryv1 "github.com/ferry-v2v/ferry/pkg/pb/ferry/v1"
 )
@@ -77,15 +79,55 @@ func JobBytes(j *ferryv1.MigrationJob) int64 {
 	return n
 }
 
-// Reserved sums what the running jobs of server reserve among jobs.
-func Reserved(server string, jobs []*ferryv1.MigrationJob) int64 {
-	var n int64
+// Rooms are the caches of the migration servers as one moment sees them:
+// the free space the connected hosts' agents report and what the running
+// jobs reserve. The scheduler's passes and the preview both read a
+// cache's room here.
+type Rooms struct {
+	facts    map[string]*ferryv1.HostFacts // by host name
+	reserved map[string]int64              // by migration server
+}
+
+// NewRooms starts from the facts of the connected hosts, by host name
+// ("hosts/kvm-1"), with nothing reserved.
+func NewRooms(facts map[string]*ferryv1.HostFacts) *Rooms {
+	return &Rooms{facts: facts, reserved: map[string]int64{}}
+}
+
+// Reserve counts what job j, running or just started, reserves in its
+// migration server's cache.
+func (r *Rooms) Reserve(j *ferryv1.MigrationJob) {
+	r.reserved[j.GetMigrationServer()] += JobBytes(j)
+}
+
+// ReserveRunning reserves the running jobs among jobs.
+func (r *Rooms) ReserveRunning(jobs []*ferryv1.MigrationJob) {
 	for _, j := range jobs {
-		if j.GetMigrationServer() == server && j.GetState() == ferryv1.MigrationJobState_MIGRATION_JOB_STATE_RUNNING {
-			n += JobBytes(j)
+		if j.GetState() == ferryv1.MigrationJobState_MIGRATION_JOB_STATE_RUNNING {
+			r.Reserve(j)
 		}
 	}
-	return n
+}
+
+// Room is the room of srv's cache: what its host reports, less what the
+// server's jobs reserve.
+func (r *Rooms) Room(srv *ferryv1.MigrationServer) CacheRoom {
+	return Cache(srv, r.facts[hostName(srv.GetHost())], r.reserved[srv.GetName()])
+}
+
+// Reserved sums what the running jobs of server reserve among jobs.
+func Reserved(server string, jobs []*ferryv1.MigrationJob) int64 {
+	r := NewRooms(nil)
+	r.ReserveRunning(jobs)
+	return r.reserved[server]
+}
+
+// hostName turns a host reference into the host resource name.
+func hostName(h string) string {
+	if h == "" || strings.HasPrefix(h, "hosts/") {
+		return h
+	}
+	return "hosts/" + h
 }
 
 // FormatBytes writes n in binary units with at most one decimal: "512 B",

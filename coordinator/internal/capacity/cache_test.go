@@ -49,3 +49,26 @@ func TestFormatBytes(t *testing.T) {
 		}
 	}
 }
+
+// TestRoomsReserveRunningAndStartedJobs: the room the scheduler and the
+// preview read is the server's cache path less its running jobs and the
+// jobs a pass has just started, and nothing of other servers' jobs.
+func TestRoomsReserveRunningAndStartedJobs(t *testing.T) {
+	srv := &ferryv1.MigrationServer{Name: "migrationServers/a", Host: "kvm-1", CachePath: "/srv/cache"}
+	job := func(server string, state ferryv1.MigrationJobState, size int64) *ferryv1.MigrationJob {
+		return &ferryv1.MigrationJob{MigrationServer: server, State: state, Target: &ferryv1.TargetVm{Disks: []*ferryv1.TargetDisk{{SizeBytes: size}}}}
+	}
+	running, queued := ferryv1.MigrationJobState_MIGRATION_JOB_STATE_RUNNING, ferryv1.MigrationJobState_MIGRATION_JOB_STATE_QUEUED
+	rooms := NewRooms(map[string]*ferryv1.HostFacts{"hosts/kvm-1": {Storages: []*ferryv1.StorageSpace{{Path: "/srv/cache", FreeBytes: 10 * gib}}}})
+	rooms.ReserveRunning([]*ferryv1.MigrationJob{job("migrationServers/a", running, gib), job("migrationServers/a", queued, 2*gib), job("migrationServers/b", running, 4*gib)})
+	if r := rooms.Room(srv); !r.Known || r.Reserved != gib || r.Available() != 9*gib {
+		t.Fatalf("room = %+v; want 10 GiB free, 1 GiB reserved", r)
+	}
+	rooms.Reserve(job("migrationServers/a", queued, 3*gib)) // started by this pass
+	if r := rooms.Room(srv); r.Available() != 6*gib {
+		t.Fatalf("after a start: available %d, want 6 GiB", r.Available())
+	}
+	if r := rooms.Room(&ferryv1.MigrationServer{Name: "migrationServers/c", Host: "hosts/kvm-2", CachePath: "/srv/cache"}); r.Known {
+		t.Fatalf("a server whose host is not connected: %+v, want unknown", r)
+	}
+}

@@ -231,7 +231,14 @@ func serverAndSourceCommands() map[protoreflect.Name]command {
 		"put_network_mapping_group": {
 			apply: func(l *Ledger, c *ledgerv1.Command, now time.Time) ([]string, error) {
 				p := c.GetPutNetworkMappingGroup()
-				return l.PutNetworkMappingGroup(p.GetNetworkMappingGroup(), p.GetRequestId(), p.GetUpdate(), now)
+				return l.PutNetworkMappingGroup(p.GetNetworkMappingGroup(), p.GetRequestId(), p.GetUpdate(), p.GetEtag(), now)
+			},
+			refuse: func(l *Ledger, c *ledgerv1.Command) error {
+				p := c.GetPutNetworkMappingGroup()
+				if old, ok := l.mappings[p.GetNetworkMappingGroup().GetName()]; ok && p.GetUpdate() {
+					return checkETag("network mapping group "+old.GetName(), old, p.GetEtag())
+				}
+				return nil
 			},
 		},
 		"delete_network_mapping_group": {
@@ -308,8 +315,11 @@ func jobAndClusterCommands() map[protoreflect.Name]command {
 		},
 		"put_settings": {
 			apply: func(l *Ledger, c *ledgerv1.Command, _ time.Time) ([]string, error) {
-				l.PutSettings(c.GetPutSettings().GetSettings())
-				return []string{SettingsName}, nil
+				p := c.GetPutSettings()
+				return one(SettingsName, l.PutSettings(p.GetSettings(), p.GetEtag()))
+			},
+			refuse: func(l *Ledger, c *ledgerv1.Command) error {
+				return checkETag("settings", l.settings, c.GetPutSettings().GetEtag())
 			},
 		},
 		"put_node": {
@@ -361,12 +371,28 @@ func lookup(cmd *ledgerv1.Command) (command, error) {
 // case, one entry of the table, one ledger method. It returns the names
 // the command created or touched, or why it was refused; a command with
 // no entry is ErrUnknownCommand and changes nothing.
+//
+// A command stamped with a request (a custom method's request_id) whose
+// request_id was recorded for the same method and target answers the
+// recorded names and applies nothing; for another method or target it is
+// ErrRequestReused. Otherwise, once it applied, the request is recorded.
 func (l *Ledger) Apply(cmd *ledgerv1.Command) ([]string, error) {
 	c, err := lookup(cmd)
 	if err != nil {
 		return nil, err
 	}
-	return c.apply(l, cmd, cmd.GetTime().AsTime())
+	now := cmd.GetTime().AsTime()
+	r := cmd.GetRequest()
+	if r.GetRequestId() != "" {
+		if names, done, err := l.replay(r, now); done || err != nil {
+			return names, err
+		}
+	}
+	names, err := c.apply(l, cmd, now)
+	if err == nil && r.GetRequestId() != "" {
+		l.recordCall(r, now)
+	}
+	return names, err
 }
 
 // applyBatch applies every command of a batch in order; each stands alone,
@@ -399,11 +425,18 @@ func (l *Ledger) Refusal(cmd *ledgerv1.Command) error {
 	if err != nil {
 		return err
 	}
+	l.mu.RLock()
+	defer l.mu.RUnlock()
+	if r := cmd.GetRequest(); r.GetRequestId() != "" {
+		// A repeat is answered, not refused: the first one changed the
+		// state the refusal would look at.
+		if _, done, err := l.replayLocked(r, cmd.GetTime().AsTime()); done || err != nil {
+			return err
+		}
+	}
 	if c.refuse == nil {
 		return nil
 	}
-	l.mu.RLock()
-	defer l.mu.RUnlock()
 	return c.refuse(l, cmd)
 }
 

@@ -13,4 +13,9 @@ var (
 	ErrFailedPrecondition = errors.New("failed precondition")
 	// ErrStaleEpoch: a report from an assignment that was superseded.
 	ErrStaleEpoch = errors.New("stale fencing epoch")
+	// ErrRequestReused: a request_id seen before, for another method or
+	// resource.
+	ErrRequestReused = errors.New("request_id reused")
+	// ErrAborted: an update's etag no longer matches the stored resource.
+	ErrAborted = errors.New("aborted")
 )

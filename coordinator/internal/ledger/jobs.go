@@ -43,6 +43,16 @@ func (f JobFilter) match(j *ferryv1.MigrationJob) bool {
 // Job returns a copy of the named job.
 func (l *Ledger) Job(name string) (*ferryv1.MigrationJob, bool) { return get(l, l.jobs, name) }
 
+// AssignedHost returns the host a job is assigned to ("" when none), and
+// whether the job exists, without copying the job: the agent sessions ask
+// it of every progress report.
+func (l *Ledger) AssignedHost(name string) (string, bool) {
+	l.mu.RLock()
+	defer l.mu.RUnlock()
+	j, ok := l.jobs[name]
+	return j.GetAssignedHost(), ok
+}
+
 // Jobs lists the jobs f selects, by name.
 func (l *Ledger) Jobs(f JobFilter) []*ferryv1.MigrationJob {
 	l.mu.RLock()
@@ -64,33 +74,6 @@ func (l *Ledger) VisitJobs(f JobFilter, visit func(*ferryv1.MigrationJob) bool) 
 	}
 }
 
-// UsedAddresses returns the addresses unfinished and succeeded jobs hold
-// on an L3 network, and those the network reserves for the VMs of deleted
-// jobs, each with its holder.
-func (l *Ledger) UsedAddresses(network string) map[string]string {
-	l.mu.RLock()
-	defer l.mu.RUnlock()
-	return l.usedAddresses(network, "")
-}
-
-func (l *Ledger) usedAddresses(network, except string) map[string]string {
-	used := map[string]string{}
-	for _, r := range l.networks[network].GetReservations() {
-		used[r.GetIp()] = fmt.Sprintf("VM %s (MAC %s), reserved when its job %s was deleted", r.GetVmName(), r.GetMac(), r.GetJob())
-	}
-	for _, j := range l.jobs {
-		if j.GetName() == except || j.GetState() == stateFailed || j.GetState() == stateCancelled {
-			continue
-		}
-		for _, nic := range j.GetTarget().GetNics() {
-			if nic.GetL3Network() == network && nic.GetIp() != "" {
-				used[nic.GetIp()] = j.GetName()
-			}
-		}
-	}
-	return used
-}
-
 // CreateMigrationJobs adds queued jobs, all or none. A repeated request ID
 // returns the names the first request created.
 func (l *Ledger) CreateMigrationJobs(c *ledgerv1.CreateMigrationJobs, now time.Time) ([]string, error) {
@@ -100,9 +83,8 @@ func (l *Ledger) CreateMigrationJobs(c *ledgerv1.CreateMigrationJobs, now time.T
 		return names, nil
 	}
 	taken := map[string]string{}
-	used := map[string]map[string]string{} // by network, computed once per command
 	for _, j := range c.GetJobs() {
-		if err := l.checkNewJob(j, taken, used); err != nil {
+		if err := l.checkNewJob(j, taken); err != nil {
 			return nil, err
 		}
 	}
@@ -112,6 +94,7 @@ func (l *Ledger) CreateMigrationJobs(c *ledgerv1.CreateMigrationJobs, now time.T
 		j.CreateTime = timestamppb.New(now)
 		j.UpdateTime = j.CreateTime
 		l.jobs[j.GetName()] = j
+		l.indexJob(j, true)
 		names = append(names, j.GetName())
 		l.notify(j, false)
 	}
@@ -119,7 +102,7 @@ func (l *Ledger) CreateMigrationJobs(c *ledgerv1.CreateMigrationJobs, now time.T
 	return names, nil
 }
 
-func (l *Ledger) checkNewJob(j *ferryv1.MigrationJob, taken map[string]string, used map[string]map[string]string) error {
+func (l *Ledger) checkNewJob(j *ferryv1.MigrationJob, taken map[string]string) error {
 	if _, ok := l.jobs[j.GetName()]; ok {
 		return fmt.Errorf("%s: %w", j.GetName(), ErrExists)
 	}
@@ -136,10 +119,7 @@ func (l *Ledger) checkNewJob(j *ferryv1.MigrationJob, taken map[string]string, u
 		key := nic.GetL3Network() + "|" + nic.GetIp()
 		owner, dup := taken[key]
 		if !dup {
-			if used[nic.GetL3Network()] == nil {
-				used[nic.GetL3Network()] = l.usedAddresses(nic.GetL3Network(), "")
-			}
-			owner, dup = used[nic.GetL3Network()][nic.GetIp()]
+			owner, dup = l.holder(nic.GetL3Network(), nic.GetIp(), "")
 		}
 		if dup {
 			return fmt.Errorf("%w: address %s on %s is already held by job %s", ErrFailedPrecondition, nic.GetIp(), nic.GetL3Network(), owner)
@@ -166,6 +146,7 @@ func (l *Ledger) StartMigrationJob(c *ledgerv1.StartMigrationJob, now time.Time)
 		j.WaitingReason = ""
 		j.StartTime = timestamppb.New(now)
 		j.EndTime, j.Duration = nil, nil
+		j.PhaseTimings = nil // they describe one attempt
 		return nil
 	})
 }
@@ -182,6 +163,7 @@ func (l *Ledger) CheckpointMigrationJob(c *ledgerv1.CheckpointMigrationJob, now 
 		if len(c.GetDisks()) > 0 {
 			j.Disks = c.GetDisks()
 		}
+		setPhaseTimings(j, c.GetPhaseTimings())
 		return nil
 	})
 }
@@ -205,6 +187,7 @@ func (l *Ledger) FinishMigrationJob(c *ledgerv1.FinishMigrationJob, now time.Tim
 	if len(c.GetDisks()) > 0 {
 		j.Disks = c.GetDisks()
 	}
+	setPhaseTimings(j, c.GetPhaseTimings())
 	j.Verified = c.GetState() == stateSucceeded && allVerified(j)
 	l.finish(j, c.GetState(), c.GetReason(), now)
 	return nil
@@ -288,6 +271,8 @@ func (l *Ledger) DeleteMigrationJob(name string, now time.Time) error {
 		l.reserveAddresses(j, now)
 	}
 	delete(l.jobs, name)
+	l.indexJob(j, false)
+	l.freed++
 	l.notify(j, true)
 	return nil
 }
@@ -338,6 +323,9 @@ func (l *Ledger) updateJob(name string, now time.Time, change func(*ferryv1.Migr
 // finish stores j (a copy) in a terminal state. The caller holds the lock.
 func (l *Ledger) finish(j *ferryv1.MigrationJob, state ferryv1.MigrationJobState, reason string, now time.Time) {
 	j.State = state
+	if state == stateFailed || state == stateCancelled {
+		l.freed++
+	}
 	j.Reason = reason
 	j.WaitingReason = ""
 	j.EndTime = timestamppb.New(now)

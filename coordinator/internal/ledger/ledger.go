@@ -48,10 +48,15 @@ type Ledger struct {
 	inventories map[string]*ferryv1.SourceInventory
 	mappings    map[string]*ferryv1.NetworkMappingGroup
 	jobs        map[string]*ferryv1.MigrationJob
+	addrs       map[string]map[string][]string // network → address → jobs given it (addresses.go)
+	freed       uint64                         // see AddressesFreed
 	nodes       map[string]*ledgerv1.Node
 	requests    map[string]*ledgerv1.RequestRecord
-	settings    *ferryv1.Settings
-	revoked     map[string]*ferryv1.RevokedCertificate // by serial
+	// oldestRequest is the time of the oldest request record when known;
+	// see pruneRequests.
+	oldestRequest time.Time
+	settings      *ferryv1.Settings
+	revoked       map[string]*ferryv1.RevokedCertificate // by serial
 
 	observer       func(JobEvent)
 	serverObserver func(*ferryv1.MigrationServer)
@@ -75,8 +80,11 @@ func (l *Ledger) reset() {
 	l.inventories = map[string]*ferryv1.SourceInventory{}
 	l.mappings = map[string]*ferryv1.NetworkMappingGroup{}
 	l.jobs = map[string]*ferryv1.MigrationJob{}
+	l.addrs = map[string]map[string][]string{}
+	l.freed++
 	l.nodes = map[string]*ledgerv1.Node{}
 	l.requests = map[string]*ledgerv1.RequestRecord{}
+	l.oldestRequest = time.Time{}
 	l.settings = DefaultSettings()
 	l.revoked = map[string]*ferryv1.RevokedCertificate{}
 }
@@ -154,6 +162,7 @@ func (l *Ledger) Restore(s *ledgerv1.Snapshot) {
 	fill(l.sources, s.GetSources(), (*ferryv1.Source).GetName)
 	fill(l.mappings, s.GetNetworkMappingGroups(), (*ferryv1.NetworkMappingGroup).GetName)
 	fill(l.jobs, s.GetJobs(), (*ferryv1.MigrationJob).GetName)
+	l.indexAllJobs()
 	fill(l.nodes, s.GetNodes(), (*ledgerv1.Node).GetId)
 	fill(l.requests, s.GetRequests(), (*ledgerv1.RequestRecord).GetRequestId)
 	fill(l.inventories, s.GetSourceInventories(), (*ferryv1.SourceInventory).GetSource)

@@ -9,9 +9,13 @@ import (
 	ferryv1 "github.com/ferry-v2v/ferry/pkg/pb/ferry/v1"
 )
 
-// NetworkMappingGroup returns a copy of the named group.
+// NetworkMappingGroup returns a copy of the named group with its etag.
 func (l *Ledger) NetworkMappingGroup(name string) (*ferryv1.NetworkMappingGroup, bool) {
-	return get(l, l.mappings, name)
+	g, ok := get(l, l.mappings, name)
+	if ok {
+		g.Etag = ETag(g)
+	}
+	return g, ok
 }
 
 // NetworkMappingGroups lists the groups; with source set, those of that
@@ -19,19 +23,27 @@ func (l *Ledger) NetworkMappingGroup(name string) (*ferryv1.NetworkMappingGroup,
 func (l *Ledger) NetworkMappingGroups(source string) []*ferryv1.NetworkMappingGroup {
 	l.mu.RLock()
 	defer l.mu.RUnlock()
-	return filtered(l.mappings, func(g *ferryv1.NetworkMappingGroup) bool {
+	out := filtered(l.mappings, func(g *ferryv1.NetworkMappingGroup) bool {
 		return source == "" || g.GetSource() == "" || g.GetSource() == source
 	})
+	for _, g := range out {
+		g.Etag = ETag(g)
+	}
+	return out
 }
 
 // PutNetworkMappingGroup creates a group, or replaces an existing one when
-// update is set. The source and every L3 network it names must exist.
-func (l *Ledger) PutNetworkMappingGroup(g *ferryv1.NetworkMappingGroup, requestID string, update bool, now time.Time) ([]string, error) {
+// update is set; then, with etag set, the stored group must still have
+// that etag (ErrAborted otherwise). The source and every L3 network it
+// names must exist.
+func (l *Ledger) PutNetworkMappingGroup(g *ferryv1.NetworkMappingGroup, requestID string, update bool, etag string, now time.Time) ([]string, error) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if err := l.checkMappingRefs(g); err != nil {
 		return nil, err
 	}
+	g = clone(g)
+	g.Etag = ""
 	if !update {
 		return create(l, l.mappings, g, requestID, now, func() {
 			g.CreateTime, g.UpdateTime = timestamppb.New(now), timestamppb.New(now)
@@ -41,7 +53,9 @@ func (l *Ledger) PutNetworkMappingGroup(g *ferryv1.NetworkMappingGroup, requestI
 	if !ok {
 		return nil, fmt.Errorf("network mapping group %s: %w", g.GetName(), ErrNotFound)
 	}
-	g = clone(g)
+	if err := checkETag("network mapping group "+g.GetName(), old, etag); err != nil {
+		return nil, err
+	}
 	g.CreateTime, g.UpdateTime = old.GetCreateTime(), timestamppb.New(now)
 	l.mappings[g.GetName()] = g
 	return []string{g.GetName()}, nil

@@ -102,7 +102,7 @@ func (l *Ledger) restartJobRefusal(j *ferryv1.MigrationJob) error {
 		return fmt.Errorf("%w: job %s is %s; only FAILED or CANCELLED jobs can be restarted", ErrFailedPrecondition, j.GetName(), j.GetState())
 	}
 	for _, nic := range j.GetTarget().GetNics() {
-		if owner, ok := l.usedAddresses(nic.GetL3Network(), j.GetName())[nic.GetIp()]; ok && nic.GetIp() != "" {
+		if owner, ok := l.holder(nic.GetL3Network(), nic.GetIp(), j.GetName()); ok && nic.GetIp() != "" {
 			return fmt.Errorf("%w: address %s of job %s is now held by job %s", ErrFailedPrecondition, nic.GetIp(), j.GetName(), owner)
 		}
 	}

@@ -24,6 +24,19 @@ func (l *Ledger) MigrationServers(typ ferryv1.Platform) []*ferryv1.MigrationServ
 	})
 }
 
+// VisitMigrationServers calls visit with each migration server, in no
+// order, until visit returns false. It does not copy: visit must neither
+// keep nor change the server, and must not call back into the ledger.
+func (l *Ledger) VisitMigrationServers(visit func(*ferryv1.MigrationServer) bool) {
+	l.mu.RLock()
+	defer l.mu.RUnlock()
+	for _, s := range l.servers {
+		if !visit(s) {
+			return
+		}
+	}
+}
+
 // MigrationServerOfHost returns the migration server on a host, if any.
 func (l *Ledger) MigrationServerOfHost(host string) (*ferryv1.MigrationServer, bool) {
 	l.mu.RLock()

@@ -5,20 +5,30 @@ import (
 	ferryv1 "github.com/ferry-v2v/ferry/pkg/pb/ferry/v1"
 )
 
-// Settings returns a copy of the cluster-wide settings.
+// Settings returns a copy of the cluster-wide settings with their etag.
 func (l *Ledger) Settings() *ferryv1.Settings {
 	l.mu.RLock()
 	defer l.mu.RUnlock()
-	return clone(l.settings)
+	s := clone(l.settings)
+	s.Etag = ETag(s)
+	return s
 }
 
-// PutSettings replaces the settings; the API merged the field mask.
-func (l *Ledger) PutSettings(s *ferryv1.Settings) {
+// PutSettings replaces the settings; the API merged the field mask. With
+// etag set, the stored settings must still have that etag (ErrAborted
+// otherwise): checked here, as the command applies, so of two updates
+// made from the same read only the first can pass.
+func (l *Ledger) PutSettings(s *ferryv1.Settings, etag string) error {
 	l.mu.Lock()
 	defer l.mu.Unlock()
+	if err := checkETag("settings", l.settings, etag); err != nil {
+		return err
+	}
 	s = clone(s)
 	s.Name = SettingsName
+	s.Etag = ""
 	l.settings = s
+	return nil
 }
 
 // Node returns a coordinator node.

@@ -167,8 +167,15 @@ func drain(events <-chan watch.Event) {
 // pass looks at the queue once, oldest job first.
 func (s *Scheduler) pass(ctx context.Context) {
 	st := newState(s.ledger, s.agents)
+	candidates, blocked := st.queued()
 	var waits []*ledgerv1.Command
-	for _, j := range st.queued() {
+	wait := func(name, reason, was string) {
+		if reason != was {
+			waits = append(waits, &ledgerv1.Command{Op: &ledgerv1.Command_SetJobWaitingReason{
+				SetJobWaitingReason: &ledgerv1.SetJobWaitingReason{Name: name, Reason: reason}}})
+		}
+	}
+	for _, j := range candidates {
 		reason := st.blocker(j)
 		if reason == "" {
 			if err := s.start(ctx, j, st); err != nil {
@@ -177,10 +184,10 @@ func (s *Scheduler) pass(ctx context.Context) {
 			}
 			continue
 		}
-		if reason != j.GetWaitingReason() {
-			waits = append(waits, &ledgerv1.Command{Op: &ledgerv1.Command_SetJobWaitingReason{
-				SetJobWaitingReason: &ledgerv1.SetJobWaitingReason{Name: j.GetName(), Reason: reason}}})
-		}
+		wait(j.GetName(), reason, j.GetWaitingReason())
+	}
+	for _, w := range blocked {
+		wait(w.name, w.reason, w.was)
 	}
 	if len(waits) == 0 {
 		return

@@ -11,20 +11,20 @@ import (
 	ferryv1 "github.com/ferry-v2v/ferry/pkg/pb/ferry/v1"
 )
 
-// state is what one pass knows: the ledger as it read it, the agents'
-// facts, and the jobs it started itself.
+// state is what one pass knows: the ledger as it read it, the caches'
+// room as the agents report it (package capacity, as the preview reads
+// it), and the jobs it started itself.
 type state struct {
-	ledger   *ledger.Ledger
-	agents   Agents
-	limit    int
-	running  int
-	reserved map[string]int64 // by migration server
-	facts    map[string]*ferryv1.HostFacts
-	servers  map[string]*ferryv1.MigrationServer
+	ledger  *ledger.Ledger
+	agents  Agents
+	limit   int
+	running int
+	rooms   *capacity.Rooms
+	servers map[string]*ferryv1.MigrationServer
 }
 
 func newState(l *ledger.Ledger, agents Agents) *state {
-	st := &state{ledger: l, agents: agents, reserved: map[string]int64{}, facts: agents.Hosts(),
+	st := &state{ledger: l, agents: agents, rooms: capacity.NewRooms(agents.Hosts()),
 		servers: map[string]*ferryv1.MigrationServer{}}
 	st.limit = int(l.Settings().GetJobParallelism())
 	if st.limit <= 0 {
@@ -32,21 +32,62 @@ func newState(l *ledger.Ledger, agents Agents) *state {
 	}
 	l.VisitJobs(ledger.JobFilter{State: ferryv1.MigrationJobState_MIGRATION_JOB_STATE_RUNNING}, func(j *ferryv1.MigrationJob) bool {
 		st.running++
-		st.reserved[j.GetMigrationServer()] += capacity.JobBytes(j)
+		st.rooms.Reserve(j)
 		return true
 	})
 	return st
 }
 
-// queued returns the queued jobs, oldest first.
-func (st *state) queued() []*ferryv1.MigrationJob {
+// waiting is a queued job that cannot start in this pass, and why.
+type waiting struct{ name, reason, was string }
+
+// queued returns the queued jobs that may start, oldest first, and the
+// others: those whose migration server is missing, disabled or not
+// connected, which nothing in this pass changes. Only the former are
+// copied and sorted, so a pass over 10,000 jobs queued behind a disabled
+// server costs one look at each.
+func (st *state) queued() ([]*ferryv1.MigrationJob, []waiting) {
+	blocked := st.serverBlockers()
 	var jobs []*ferryv1.MigrationJob
+	var waits []waiting
 	st.ledger.VisitJobs(ledger.JobFilter{State: ferryv1.MigrationJobState_MIGRATION_JOB_STATE_QUEUED}, func(j *ferryv1.MigrationJob) bool {
-		jobs = append(jobs, summary(j))
+		reason, ok := blocked[j.GetMigrationServer()]
+		switch {
+		case !ok:
+			waits = append(waits, waiting{j.GetName(), fmt.Sprintf("migration server %s does not exist", j.GetMigrationServer()), j.GetWaitingReason()})
+		case reason != "":
+			waits = append(waits, waiting{j.GetName(), reason, j.GetWaitingReason()})
+		default:
+			jobs = append(jobs, summary(j))
+		}
 		return true
 	})
 	slices.SortStableFunc(jobs, bySubmission)
-	return jobs
+	return jobs, waits
+}
+
+// serverBlockers says, for every migration server, why its jobs cannot
+// start now ("" when they may), as blocker does; read before VisitJobs,
+// which must not call back into the ledger.
+func (st *state) serverBlockers() map[string]string {
+	out := map[string]string{}
+	for _, srv := range st.ledger.MigrationServers(ferryv1.Platform_PLATFORM_UNSPECIFIED) {
+		st.servers[srv.GetName()] = srv
+		out[srv.GetName()] = st.serverBlocker(srv)
+	}
+	return out
+}
+
+// serverBlocker says why no job of srv can start now, "" when they may.
+func (st *state) serverBlocker(srv *ferryv1.MigrationServer) string {
+	host := hostName(srv.GetHost())
+	if !srv.GetEnabled() {
+		return fmt.Sprintf("migration server %s is disabled", srv.GetName())
+	}
+	if !st.agents.Connected(host) {
+		return fmt.Sprintf("host %s is not connected", host)
+	}
+	return ""
 }
 
 // summary copies the fields a pass reads of a queued job, without the
@@ -83,20 +124,15 @@ func (st *state) blocker(j *ferryv1.MigrationJob) string {
 	if !ok {
 		return fmt.Sprintf("migration server %s does not exist", j.GetMigrationServer())
 	}
-	host := hostName(srv.GetHost())
-	if !srv.GetEnabled() {
-		return fmt.Sprintf("migration server %s is disabled", srv.GetName())
-	}
-	if !st.agents.Connected(host) {
-		return fmt.Sprintf("host %s is not connected", host)
+	if why := st.serverBlocker(srv); why != "" {
+		return why
 	}
 	// The job's VM is placed on another host, whose agent makes its
 	// volumes and domain: it must be there when the job starts.
-	if th := j.GetTargetHost(); th != "" && hostName(th) != host && !st.agents.Connected(hostName(th)) {
+	if th := j.GetTargetHost(); th != "" && hostName(th) != hostName(srv.GetHost()) && !st.agents.Connected(hostName(th)) {
 		return fmt.Sprintf("target host %s is not connected", hostName(th))
 	}
-	room := capacity.Cache(srv, st.facts[host], st.reserved[srv.GetName()])
-	if why := room.Blocker(capacity.JobBytes(j)); why != "" {
+	if why := st.rooms.Room(srv).Blocker(capacity.JobBytes(j)); why != "" {
 		return why
 	}
 	if st.running >= st.limit {
@@ -108,7 +144,7 @@ func (st *state) blocker(j *ferryv1.MigrationJob) string {
 // started counts j, which this pass just started.
 func (st *state) started(j *ferryv1.MigrationJob) {
 	st.running++
-	st.reserved[j.GetMigrationServer()] += capacity.JobBytes(j)
+	st.rooms.Reserve(j)
 }
 
 var timestampOf = timestamppb.New

@@ -35,7 +35,7 @@ func newParts(s *Server, sealer *seal.Sealer) parts {
 	s.ledger.SetServerObserver(sessions.ServerChanged)
 	a := api.New(api.Deps{
 		Proposer: s.node, Membership: s.node, Ledger: s.ledger, Hub: s.hub,
-		Sealer: sealer, Inventory: sessions, Dialer: s.peers.Dial, Logger: s.log,
+		Sealer: sealer, Agents: sessions, Dialer: s.peers.Dial, Logger: s.log,
 	})
 	sched := scheduler.New(scheduler.Config{}, scheduler.Deps{
 		Proposer: s.node, Ledger: s.ledger, Hub: s.hub, Agents: sessions, Logger: s.log,

@@ -20,7 +20,7 @@ import (
 const gib = int64(1) << 30
 
 // The API lists source VMs through the session manager.
-var _ api.Inventory = (*session.Manager)(nil)
+var _ api.Agents = (*session.Manager)(nil)
 
 // gates holds back jobs: a test-only copier waits on a job's gate, when
 // it has one, before every chunk.

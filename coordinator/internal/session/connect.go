@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -58,6 +59,7 @@ type liveJob struct {
 	epoch      int64
 	phase      ferryv1.MigrationJobPhase
 	checkpoint time.Time
+	timings    int // phases begun plus phases ended, as last checkpointed
 }
 
 func (s *session) record() *ferryv1.Host {
@@ -279,21 +281,27 @@ func (m *Manager) hello(ctx context.Context, s *session, h *agentv1.Hello) error
 // local storage is written on the migration server's host, which need not
 // be in the storage's cluster, and measuring a path that is not there
 // costs a statfs of its parent.
+//
+// Every session asks it at each heartbeat, so it reads the ledger without
+// copying; the paths come out sorted, as the agents compare them.
 func (m *Manager) storagePaths(host string) []string {
 	var out []string
-	for _, srv := range m.ledger.MigrationServers(ferryv1.Platform_PLATFORM_UNSPECIFIED) {
+	m.ledger.VisitMigrationServers(func(srv *ferryv1.MigrationServer) bool {
 		if HostName(srv.GetHost()) == host && srv.GetCachePath() != "" {
 			out = append(out, srv.GetCachePath())
 		}
-	}
-	for _, ps := range m.ledger.PrimaryStorages("") {
+		return true
+	})
+	m.ledger.VisitPrimaryStorages(func(ps *ferryv1.PrimaryStorage) bool {
 		switch ps.GetType() {
 		case ferryv1.PrimaryStorageType_PRIMARY_STORAGE_TYPE_LOCAL, ferryv1.PrimaryStorageType_PRIMARY_STORAGE_TYPE_NFS:
 			if ps.GetPath() != "" {
 				out = append(out, ps.GetPath())
 			}
 		}
-	}
+		return true
+	})
+	slices.Sort(out)
 	return out
 }
 

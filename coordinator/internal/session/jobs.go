@@ -29,23 +29,26 @@ func (m *Manager) progress(ctx context.Context, s *session, p *agentv1.JobProgre
 		return nil
 	}
 	now := m.clock.Now()
+	timings := m.phaseTimings(s, p.GetJob(), p.GetPhaseTimings())
 	s.mu.Lock()
 	j, ok := s.jobs[p.GetJob()]
 	if !ok || j.epoch != p.GetEpoch() {
 		j = &liveJob{epoch: p.GetEpoch(), checkpoint: now}
 		s.jobs[p.GetJob()] = j
 	}
+	// A phase that begins or ends is checkpointed at once, like a change
+	// of the job's phase (UPLOADING begins beside CONVERTING).
 	due := p.GetPhase() != ferryv1.MigrationJobPhase_MIGRATION_JOB_PHASE_UNSPECIFIED && p.GetPhase() != j.phase ||
-		now.Sub(j.checkpoint) >= m.cfg.CheckpointInterval
+		now.Sub(j.checkpoint) >= m.cfg.CheckpointInterval || timingMarks(timings) != j.timings
 	if due {
-		j.phase, j.checkpoint = p.GetPhase(), now
+		j.phase, j.checkpoint, j.timings = p.GetPhase(), now, timingMarks(timings)
 	}
 	s.mu.Unlock()
 	if !due {
 		return nil
 	}
 	cmd := &ledgerv1.Command{Op: &ledgerv1.Command_CheckpointMigrationJob{CheckpointMigrationJob: &ledgerv1.CheckpointMigrationJob{
-		Name: p.GetJob(), Epoch: p.GetEpoch(), Phase: p.GetPhase(), Disks: p.GetDisks()}}}
+		Name: p.GetJob(), Epoch: p.GetEpoch(), Phase: p.GetPhase(), Disks: p.GetDisks(), PhaseTimings: timings}}}
 	return m.refusable(m.propose(ctx, cmd), "checkpoint", s, p.GetJob(), p.GetEpoch())
 }
 
@@ -59,7 +62,8 @@ func (m *Manager) result(ctx context.Context, s *session, r *agentv1.JobResult) 
 	}
 	state, reason := outcomeState(r)
 	cmd := &ledgerv1.Command{Op: &ledgerv1.Command_FinishMigrationJob{FinishMigrationJob: &ledgerv1.FinishMigrationJob{
-		Name: r.GetJob(), Epoch: r.GetEpoch(), State: state, Reason: reason, Warnings: r.GetWarnings(), Disks: r.GetDisks()}}}
+		Name: r.GetJob(), Epoch: r.GetEpoch(), State: state, Reason: reason, Warnings: r.GetWarnings(), Disks: r.GetDisks(),
+		PhaseTimings: m.phaseTimings(s, r.GetJob(), r.GetPhaseTimings())}}}
 	err := m.propose(ctx, cmd)
 	if err == nil {
 		m.log.Info("job finished", "host", s.host, "job", r.GetJob(), "epoch", r.GetEpoch(), "state", state, "reason", reason)
@@ -67,11 +71,40 @@ func (m *Manager) result(ctx context.Context, s *session, r *agentv1.JobResult) 
 	return m.refusable(err, "result", s, r.GetJob(), r.GetEpoch())
 }
 
+// phaseTimings returns an agent's phase timings of job when the ledger can
+// record them (ledger.CheckPhaseTimings), and none, with a warning, when it
+// cannot: the rest of the report is recorded all the same.
+func (m *Manager) phaseTimings(s *session, job string, ts []*ferryv1.PhaseTiming) []*ferryv1.PhaseTiming {
+	if len(ts) == 0 {
+		return nil
+	}
+	j, ok := m.ledger.Job(job)
+	if !ok {
+		return nil
+	}
+	if err := ledger.CheckPhaseTimings(j, ts); err != nil {
+		m.log.Warn("dropping phase timings the ledger cannot record", "host", s.host, "job", job, "err", err)
+		return nil
+	}
+	return ts
+}
+
+// timingMarks counts the phases begun and ended in ts.
+func timingMarks(ts []*ferryv1.PhaseTiming) int {
+	n := len(ts)
+	for _, t := range ts {
+		if t.GetEndTime() != nil {
+			n++
+		}
+	}
+	return n
+}
+
 // assignedTo says whether job exists and is assigned to s's host. Reports
 // about any other job (another host's, or one that is gone) are dropped.
 func (m *Manager) assignedTo(s *session, job string) bool {
-	j, ok := m.ledger.Job(job)
-	return ok && HostName(j.GetAssignedHost()) == s.host
+	host, ok := m.ledger.AssignedHost(job)
+	return ok && HostName(host) == s.host
 }
 
 func outcomeState(r *agentv1.JobResult) (ferryv1.MigrationJobState, string) {

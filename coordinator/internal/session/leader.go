@@ -48,6 +48,10 @@ func (m *Manager) lead(ctx context.Context) {
 	counting := false
 	events, unsubscribe := m.hub.Subscribe(1024)
 	defer func() { unsubscribe() }()
+	// Agents may have connected, and jobs they run finished, since this
+	// node began to lead and before it subscribed: look once at every
+	// tracked job; the events cover what changes from here on.
+	m.cancelFinished(ctx)
 	sweep := time.NewTicker(m.cfg.SweepInterval)
 	defer sweep.Stop()
 	refresh := time.NewTicker(m.cfg.CheckpointInterval)

@@ -203,7 +203,7 @@ func (d *Driver) Convert(ctx context.Context, job *runner.Job) error {
 	// The description and NVRAM are read at the backup's point in time,
 	// after the pause when the job pauses the source: a firmware that was
 	// still writing its variables has stopped by then.
-	if err := d.saveSourceFacts(ctx, src.conn, vm, job.CacheDir); err != nil {
+	if err := d.saveSourceVM(ctx, src.conn, vm, job.CacheDir); err != nil {
 		return err
 	}
 	for _, disk := range disks {
@@ -222,6 +222,11 @@ func (d *Driver) copyOnce(ctx context.Context, job *runner.Job, b *Backup, disk 
 	if err != nil {
 		return err
 	}
+	// The client's defaults suit the VM's QEMU: requests of
+	// nbd.DefaultMaxRequest (256 KiB, served from buffers QEMU keeps; 2 MiB
+	// ones cost it 200k page faults per GiB), 32 in flight (it serves 16
+	// at a time per connection and finds the next ones waiting). See
+	// pipeline's BenchmarkRequestSize and BenchmarkSourceVM.
 	src, err := nbd.NewClient(ctx, nc, nbd.Options{ExportName: name, Logger: job.Log})
 	if err != nil {
 		nc.Close()
@@ -253,9 +258,9 @@ func (d *Driver) copyOnce(ctx context.Context, job *runner.Job, b *Backup, disk 
 	return img.Close()
 }
 
-// saveSourceFacts records in the cache directory what the target side
+// saveSourceVM records in the cache directory what the target side
 // needs of the source VM: its description and, for UEFI, its NVRAM.
-func (d *Driver) saveSourceFacts(ctx context.Context, conn *Conn, vm *VM, dir string) error {
+func (d *Driver) saveSourceVM(ctx context.Context, conn *Conn, vm *VM, dir string) error {
 	var nvram []byte
 	if vm.Firmware.Type == FirmwareUEFI && vm.Firmware.NVRAM != "" {
 		var err error

@@ -236,10 +236,10 @@ func TestConvertCopiesEveryDisk(t *testing.T) {
 	}
 	vm, _, err := cache.LoadSourceVM(filepath.Join(m.cache, "j1"))
 	if err != nil {
-		t.Fatalf("source facts: %v", err)
+		t.Fatalf("source VM: %v", err)
 	}
 	if vm.GetId() != m.vm.Reference().Value || len(vm.GetDisks()) != 3 || len(vm.GetNics()) != 1 {
-		t.Errorf("source facts %v", vm)
+		t.Errorf("source VM %v", vm)
 	}
 }
 

@@ -108,8 +108,13 @@ func (x *RevokedCertificate) GetRevokedBy() string {
 type RevokeCertificateRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Hexadecimal; upper case, leading zeros and colons are accepted.
-	Serial        string `protobuf:"bytes,1,opt,name=serial,proto3" json:"serial,omitempty"`
-	Reason        string `protobuf:"bytes,2,opt,name=reason,proto3" json:"reason,omitempty"`
+	Serial string `protobuf:"bytes,1,opt,name=serial,proto3" json:"serial,omitempty"`
+	Reason string `protobuf:"bytes,2,opt,name=reason,proto3" json:"reason,omitempty"`
+	// Idempotency key (AIP-155), at most 128 characters: a repeat with the
+	// same request_id within 24 hours answers without applying the change
+	// again; the same request_id used for another method or resource
+	// is INVALID_ARGUMENT naming request_id.
+	RequestId     string `protobuf:"bytes,3,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -154,6 +159,13 @@ func (x *RevokeCertificateRequest) GetSerial() string {
 func (x *RevokeCertificateRequest) GetReason() string {
 	if x != nil {
 		return x.Reason
+	}
+	return ""
+}
+
+func (x *RevokeCertificateRequest) GetRequestId() string {
+	if x != nil {
+		return x.RequestId
 	}
 	return ""
 }
@@ -318,10 +330,12 @@ const file_ferry_v1_certificate_proto_rawDesc = "" +
 	"\vrevoke_time\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\n" +
 	"revokeTime\x12\x1d\n" +
 	"\n" +
-	"revoked_by\x18\x05 \x01(\tR\trevokedBy\"J\n" +
+	"revoked_by\x18\x05 \x01(\tR\trevokedBy\"i\n" +
 	"\x18RevokeCertificateRequest\x12\x16\n" +
 	"\x06serial\x18\x01 \x01(\tR\x06serial\x12\x16\n" +
-	"\x06reason\x18\x02 \x01(\tR\x06reason\"j\n" +
+	"\x06reason\x18\x02 \x01(\tR\x06reason\x12\x1d\n" +
+	"\n" +
+	"request_id\x18\x03 \x01(\tR\trequestId\"j\n" +
 	"\x19RevokeCertificateResponse\x12M\n" +
 	"\x13revoked_certificate\x18\x01 \x01(\v2\x1c.ferry.v1.RevokedCertificateR\x12revokedCertificate\"\\\n" +
 	"\x1eListRevokedCertificatesRequest\x12\x1b\n" +

@@ -31,8 +31,8 @@ const (
 // coordinator refuses a revoked certificate from its next call on (and at
 // the TLS handshake of a new connection), and ends its open streams, an
 // agent's session included, within seconds.
-// RevokeCertificate is custom (AIP-136); ListRevokedCertificates is a
-// standard List (AIP-132).
+// RevokeCertificate is custom (AIP-136) and takes a request_id (AIP-155);
+// ListRevokedCertificates is a standard List (AIP-132).
 type CertificateServiceClient interface {
 	// RevokeCertificate puts a certificate on the revocation list by serial
 	// number. Revoking a serial already on the list changes nothing and
@@ -79,8 +79,8 @@ func (c *certificateServiceClient) ListRevokedCertificates(ctx context.Context, 
 // coordinator refuses a revoked certificate from its next call on (and at
 // the TLS handshake of a new connection), and ends its open streams, an
 // agent's session included, within seconds.
-// RevokeCertificate is custom (AIP-136); ListRevokedCertificates is a
-// standard List (AIP-132).
+// RevokeCertificate is custom (AIP-136) and takes a request_id (AIP-155);
+// ListRevokedCertificates is a standard List (AIP-132).
 type CertificateServiceServer interface {
 	// RevokeCertificate puts a certificate on the revocation list by serial
 	// number. Revoking a serial already on the list changes nothing and

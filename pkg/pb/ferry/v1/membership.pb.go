@@ -255,10 +255,16 @@ func (x *ListMembersResponse) GetNextPageToken() string {
 }
 
 type AddVoterRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Id            string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
-	RaftAddress   string                 `protobuf:"bytes,2,opt,name=raft_address,json=raftAddress,proto3" json:"raft_address,omitempty"`
-	ApiAddress    string                 `protobuf:"bytes,3,opt,name=api_address,json=apiAddress,proto3" json:"api_address,omitempty"`
+	state       protoimpl.MessageState `protogen:"open.v1"`
+	Id          string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	RaftAddress string                 `protobuf:"bytes,2,opt,name=raft_address,json=raftAddress,proto3" json:"raft_address,omitempty"`
+	ApiAddress  string                 `protobuf:"bytes,3,opt,name=api_address,json=apiAddress,proto3" json:"api_address,omitempty"`
+	// Idempotency key (AIP-155), at most 128 characters: a repeat with the
+	// same request_id within 24 hours answers without applying the change
+	// again. AddVoter is idempotent without
+	// it too: adding a member again with the same addresses changes nothing; the same request_id used for another method or resource
+	// is INVALID_ARGUMENT naming request_id.
+	RequestId     string `protobuf:"bytes,4,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -314,6 +320,13 @@ func (x *AddVoterRequest) GetApiAddress() string {
 	return ""
 }
 
+func (x *AddVoterRequest) GetRequestId() string {
+	if x != nil {
+		return x.RequestId
+	}
+	return ""
+}
+
 type AddVoterResponse struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Members       []*Member              `protobuf:"bytes,1,rep,name=members,proto3" json:"members,omitempty"`
@@ -359,8 +372,15 @@ func (x *AddVoterResponse) GetMembers() []*Member {
 }
 
 type RemoveVoterRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Id            string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Id    string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	// Idempotency key (AIP-155), at most 128 characters: a repeat with the
+	// same request_id within 24 hours answers without applying the change
+	// again: a repeat answers the members instead of
+	// NOT_FOUND. Not when the leader removed itself: it can no longer
+	// record the request, so a repeat is NOT_FOUND; the same request_id used for another method or resource
+	// is INVALID_ARGUMENT naming request_id.
+	RequestId     string `protobuf:"bytes,2,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -398,6 +418,13 @@ func (*RemoveVoterRequest) Descriptor() ([]byte, []int) {
 func (x *RemoveVoterRequest) GetId() string {
 	if x != nil {
 		return x.Id
+	}
+	return ""
+}
+
+func (x *RemoveVoterRequest) GetRequestId() string {
+	if x != nil {
+		return x.RequestId
 	}
 	return ""
 }
@@ -471,16 +498,20 @@ const file_ferry_v1_membership_proto_rawDesc = "" +
 	"\fcommit_index\x18\x05 \x01(\x04R\vcommitIndex\x12#\n" +
 	"\rapplied_index\x18\x06 \x01(\x04R\fappliedIndex\x12\x17\n" +
 	"\anode_id\x18\a \x01(\tR\x06nodeId\x12&\n" +
-	"\x0fnext_page_token\x18\b \x01(\tR\rnextPageToken\"e\n" +
+	"\x0fnext_page_token\x18\b \x01(\tR\rnextPageToken\"\x84\x01\n" +
 	"\x0fAddVoterRequest\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12!\n" +
 	"\fraft_address\x18\x02 \x01(\tR\vraftAddress\x12\x1f\n" +
 	"\vapi_address\x18\x03 \x01(\tR\n" +
-	"apiAddress\">\n" +
+	"apiAddress\x12\x1d\n" +
+	"\n" +
+	"request_id\x18\x04 \x01(\tR\trequestId\">\n" +
 	"\x10AddVoterResponse\x12*\n" +
-	"\amembers\x18\x01 \x03(\v2\x10.ferry.v1.MemberR\amembers\"$\n" +
+	"\amembers\x18\x01 \x03(\v2\x10.ferry.v1.MemberR\amembers\"C\n" +
 	"\x12RemoveVoterRequest\x12\x0e\n" +
-	"\x02id\x18\x01 \x01(\tR\x02id\"A\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\x12\x1d\n" +
+	"\n" +
+	"request_id\x18\x02 \x01(\tR\trequestId\"A\n" +
 	"\x13RemoveVoterResponse\x12*\n" +
 	"\amembers\x18\x01 \x03(\v2\x10.ferry.v1.MemberR\amembers2\xee\x01\n" +
 	"\x11MembershipService\x12J\n" +

@@ -31,6 +31,7 @@ const (
 // MembershipService shows and changes the coordinator cluster's membership.
 // Its methods are custom (AIP-136): members are not resources a client
 // creates, they are coordinators joining and leaving the Raft group.
+// AddVoter and RemoveVoter take a request_id (AIP-155).
 type MembershipServiceClient interface {
 	// ListMembers lists the coordinators with the leader and the Raft
 	// indexes as this node sees them (AIP-132 paging).
@@ -92,6 +93,7 @@ func (c *membershipServiceClient) RemoveVoter(ctx context.Context, in *RemoveVot
 // MembershipService shows and changes the coordinator cluster's membership.
 // Its methods are custom (AIP-136): members are not resources a client
 // creates, they are coordinators joining and leaving the Raft group.
+// AddVoter and RemoveVoter take a request_id (AIP-155).
 type MembershipServiceServer interface {
 	// ListMembers lists the coordinators with the leader and the Raft
 	// indexes as this node sees them (AIP-132 paging).

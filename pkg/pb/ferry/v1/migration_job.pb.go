@@ -516,13 +516,20 @@ type MigrationJob struct {
 	// Every target disk was read back and matched the source (see
 	// DiskProgress.verified).
 	Verified bool `protobuf:"varint,21,opt,name=verified,proto3" json:"verified,omitempty"`
+	// When each phase of the latest attempt ran and what it moved, as the
+	// agent running it measured, in the order the phases began. UPLOADING
+	// runs beside CONVERTING (each chunk goes to the target once it is
+	// durably in the cache), so its start_time is usually before
+	// CONVERTING's end_time while `phase` still says CONVERTING; it ends when
+	// the volumes are uploaded and verified. Empty until the agent reports.
+	PhaseTimings []*PhaseTiming `protobuf:"bytes,22,rep,name=phase_timings,json=phaseTimings,proto3" json:"phase_timings,omitempty"`
 	// hosts/{host_name} the target VM is defined on and, with local primary
 	// storage, whose disks hold it: target.host when given, else the host
 	// Settings.host_allocation_strategy picked when the job was created.
 	// Stamped before the job starts, so a restart or a new leader keeps it.
-	TargetHost string `protobuf:"bytes,22,opt,name=target_host,json=targetHost,proto3" json:"target_host,omitempty"`
+	TargetHost string `protobuf:"bytes,23,opt,name=target_host,json=targetHost,proto3" json:"target_host,omitempty"`
 	// Why placement chose target_host, for the operator.
-	PlacementReason string `protobuf:"bytes,23,opt,name=placement_reason,json=placementReason,proto3" json:"placement_reason,omitempty"`
+	PlacementReason string `protobuf:"bytes,24,opt,name=placement_reason,json=placementReason,proto3" json:"placement_reason,omitempty"`
 	unknownFields   protoimpl.UnknownFields
 	sizeCache       protoimpl.SizeCache
 }
@@ -702,6 +709,13 @@ func (x *MigrationJob) GetVerified() bool {
 		return x.Verified
 	}
 	return false
+}
+
+func (x *MigrationJob) GetPhaseTimings() []*PhaseTiming {
+	if x != nil {
+		return x.PhaseTimings
+	}
+	return nil
 }
 
 func (x *MigrationJob) GetTargetHost() string {
@@ -1171,6 +1185,90 @@ func (x *DiskProgress) GetVerified() bool {
 	return false
 }
 
+// PhaseTiming is when one phase of a job ran and what it moved.
+type PhaseTiming struct {
+	state     protoimpl.MessageState `protogen:"open.v1"`
+	Phase     MigrationJobPhase      `protobuf:"varint,1,opt,name=phase,proto3,enum=ferry.v1.MigrationJobPhase" json:"phase,omitempty"`
+	StartTime *timestamppb.Timestamp `protobuf:"bytes,2,opt,name=start_time,json=startTime,proto3" json:"start_time,omitempty"`
+	// Unset while the phase runs.
+	EndTime *timestamppb.Timestamp `protobuf:"bytes,3,opt,name=end_time,json=endTime,proto3" json:"end_time,omitempty"`
+	// Data bytes the phase moved: read from the source into the cache
+	// (CONVERTING, counting data a restarted job found in its cache already),
+	// put on the target volumes by this attempt, each byte once (UPLOADING:
+	// what an agent killed before found on the volumes is not counted); 0
+	// for CONFIGURING.
+	Bytes int64 `protobuf:"varint,4,opt,name=bytes,proto3" json:"bytes,omitempty"`
+	// bytes over the phase's duration (until the report while it runs).
+	BytesPerSecond float64 `protobuf:"fixed64,5,opt,name=bytes_per_second,json=bytesPerSecond,proto3" json:"bytes_per_second,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
+}
+
+func (x *PhaseTiming) Reset() {
+	*x = PhaseTiming{}
+	mi := &file_ferry_v1_migration_job_proto_msgTypes[6]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PhaseTiming) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PhaseTiming) ProtoMessage() {}
+
+func (x *PhaseTiming) ProtoReflect() protoreflect.Message {
+	mi := &file_ferry_v1_migration_job_proto_msgTypes[6]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PhaseTiming.ProtoReflect.Descriptor instead.
+func (*PhaseTiming) Descriptor() ([]byte, []int) {
+	return file_ferry_v1_migration_job_proto_rawDescGZIP(), []int{6}
+}
+
+func (x *PhaseTiming) GetPhase() MigrationJobPhase {
+	if x != nil {
+		return x.Phase
+	}
+	return MigrationJobPhase_MIGRATION_JOB_PHASE_UNSPECIFIED
+}
+
+func (x *PhaseTiming) GetStartTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.StartTime
+	}
+	return nil
+}
+
+func (x *PhaseTiming) GetEndTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.EndTime
+	}
+	return nil
+}
+
+func (x *PhaseTiming) GetBytes() int64 {
+	if x != nil {
+		return x.Bytes
+	}
+	return 0
+}
+
+func (x *PhaseTiming) GetBytesPerSecond() float64 {
+	if x != nil {
+		return x.BytesPerSecond
+	}
+	return 0
+}
+
 // MigrationJobSpec is one VM of a CreateMigrationJobs request.
 type MigrationJobSpec struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
@@ -1183,7 +1281,7 @@ type MigrationJobSpec struct {
 
 func (x *MigrationJobSpec) Reset() {
 	*x = MigrationJobSpec{}
-	mi := &file_ferry_v1_migration_job_proto_msgTypes[6]
+	mi := &file_ferry_v1_migration_job_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1195,7 +1293,7 @@ func (x *MigrationJobSpec) String() string {
 func (*MigrationJobSpec) ProtoMessage() {}
 
 func (x *MigrationJobSpec) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_migration_job_proto_msgTypes[6]
+	mi := &file_ferry_v1_migration_job_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1208,7 +1306,7 @@ func (x *MigrationJobSpec) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MigrationJobSpec.ProtoReflect.Descriptor instead.
 func (*MigrationJobSpec) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_migration_job_proto_rawDescGZIP(), []int{6}
+	return file_ferry_v1_migration_job_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *MigrationJobSpec) GetSourceVm() string {
@@ -1253,7 +1351,7 @@ type CreateMigrationJobsRequest struct {
 
 func (x *CreateMigrationJobsRequest) Reset() {
 	*x = CreateMigrationJobsRequest{}
-	mi := &file_ferry_v1_migration_job_proto_msgTypes[7]
+	mi := &file_ferry_v1_migration_job_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1265,7 +1363,7 @@ func (x *CreateMigrationJobsRequest) String() string {
 func (*CreateMigrationJobsRequest) ProtoMessage() {}
 
 func (x *CreateMigrationJobsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_migration_job_proto_msgTypes[7]
+	mi := &file_ferry_v1_migration_job_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1278,7 +1376,7 @@ func (x *CreateMigrationJobsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateMigrationJobsRequest.ProtoReflect.Descriptor instead.
 func (*CreateMigrationJobsRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_migration_job_proto_rawDescGZIP(), []int{7}
+	return file_ferry_v1_migration_job_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *CreateMigrationJobsRequest) GetSource() string {
@@ -1325,7 +1423,7 @@ type CreateMigrationJobsResponse struct {
 
 func (x *CreateMigrationJobsResponse) Reset() {
 	*x = CreateMigrationJobsResponse{}
-	mi := &file_ferry_v1_migration_job_proto_msgTypes[8]
+	mi := &file_ferry_v1_migration_job_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1337,7 +1435,7 @@ func (x *CreateMigrationJobsResponse) String() string {
 func (*CreateMigrationJobsResponse) ProtoMessage() {}
 
 func (x *CreateMigrationJobsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_migration_job_proto_msgTypes[8]
+	mi := &file_ferry_v1_migration_job_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1350,7 +1448,7 @@ func (x *CreateMigrationJobsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateMigrationJobsResponse.ProtoReflect.Descriptor instead.
 func (*CreateMigrationJobsResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_migration_job_proto_rawDescGZIP(), []int{8}
+	return file_ferry_v1_migration_job_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *CreateMigrationJobsResponse) GetJobs() []*MigrationJob {
@@ -1378,7 +1476,7 @@ type PreviewMigrationJobsRequest struct {
 
 func (x *PreviewMigrationJobsRequest) Reset() {
 	*x = PreviewMigrationJobsRequest{}
-	mi := &file_ferry_v1_migration_job_proto_msgTypes[9]
+	mi := &file_ferry_v1_migration_job_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1390,7 +1488,7 @@ func (x *PreviewMigrationJobsRequest) String() string {
 func (*PreviewMigrationJobsRequest) ProtoMessage() {}
 
 func (x *PreviewMigrationJobsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_migration_job_proto_msgTypes[9]
+	mi := &file_ferry_v1_migration_job_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1403,7 +1501,7 @@ func (x *PreviewMigrationJobsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PreviewMigrationJobsRequest.ProtoReflect.Descriptor instead.
 func (*PreviewMigrationJobsRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_migration_job_proto_rawDescGZIP(), []int{9}
+	return file_ferry_v1_migration_job_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *PreviewMigrationJobsRequest) GetSource() string {
@@ -1462,7 +1560,7 @@ type PreviewUsage struct {
 
 func (x *PreviewUsage) Reset() {
 	*x = PreviewUsage{}
-	mi := &file_ferry_v1_migration_job_proto_msgTypes[10]
+	mi := &file_ferry_v1_migration_job_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1474,7 +1572,7 @@ func (x *PreviewUsage) String() string {
 func (*PreviewUsage) ProtoMessage() {}
 
 func (x *PreviewUsage) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_migration_job_proto_msgTypes[10]
+	mi := &file_ferry_v1_migration_job_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1487,7 +1585,7 @@ func (x *PreviewUsage) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PreviewUsage.ProtoReflect.Descriptor instead.
 func (*PreviewUsage) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_migration_job_proto_rawDescGZIP(), []int{10}
+	return file_ferry_v1_migration_job_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *PreviewUsage) GetKind() PreviewResourceKind {
@@ -1573,7 +1671,7 @@ type PreviewMigrationJobsResponse struct {
 
 func (x *PreviewMigrationJobsResponse) Reset() {
 	*x = PreviewMigrationJobsResponse{}
-	mi := &file_ferry_v1_migration_job_proto_msgTypes[11]
+	mi := &file_ferry_v1_migration_job_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1585,7 +1683,7 @@ func (x *PreviewMigrationJobsResponse) String() string {
 func (*PreviewMigrationJobsResponse) ProtoMessage() {}
 
 func (x *PreviewMigrationJobsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_migration_job_proto_msgTypes[11]
+	mi := &file_ferry_v1_migration_job_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1598,7 +1696,7 @@ func (x *PreviewMigrationJobsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PreviewMigrationJobsResponse.ProtoReflect.Descriptor instead.
 func (*PreviewMigrationJobsResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_migration_job_proto_rawDescGZIP(), []int{11}
+	return file_ferry_v1_migration_job_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *PreviewMigrationJobsResponse) GetJobs() []*MigrationJob {
@@ -1645,7 +1743,7 @@ type GetMigrationJobRequest struct {
 
 func (x *GetMigrationJobRequest) Reset() {
 	*x = GetMigrationJobRequest{}
-	mi := &file_ferry_v1_migration_job_proto_msgTypes[12]
+	mi := &file_ferry_v1_migration_job_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1657,7 +1755,7 @@ func (x *GetMigrationJobRequest) String() string {
 func (*GetMigrationJobRequest) ProtoMessage() {}
 
 func (x *GetMigrationJobRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_migration_job_proto_msgTypes[12]
+	mi := &file_ferry_v1_migration_job_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1670,7 +1768,7 @@ func (x *GetMigrationJobRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetMigrationJobRequest.ProtoReflect.Descriptor instead.
 func (*GetMigrationJobRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_migration_job_proto_rawDescGZIP(), []int{12}
+	return file_ferry_v1_migration_job_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *GetMigrationJobRequest) GetName() string {
@@ -1693,7 +1791,7 @@ type ListMigrationJobsRequest struct {
 
 func (x *ListMigrationJobsRequest) Reset() {
 	*x = ListMigrationJobsRequest{}
-	mi := &file_ferry_v1_migration_job_proto_msgTypes[13]
+	mi := &file_ferry_v1_migration_job_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1705,7 +1803,7 @@ func (x *ListMigrationJobsRequest) String() string {
 func (*ListMigrationJobsRequest) ProtoMessage() {}
 
 func (x *ListMigrationJobsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_migration_job_proto_msgTypes[13]
+	mi := &file_ferry_v1_migration_job_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1718,7 +1816,7 @@ func (x *ListMigrationJobsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListMigrationJobsRequest.ProtoReflect.Descriptor instead.
 func (*ListMigrationJobsRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_migration_job_proto_rawDescGZIP(), []int{13}
+	return file_ferry_v1_migration_job_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *ListMigrationJobsRequest) GetPageSize() int32 {
@@ -1766,7 +1864,7 @@ type ListMigrationJobsResponse struct {
 
 func (x *ListMigrationJobsResponse) Reset() {
 	*x = ListMigrationJobsResponse{}
-	mi := &file_ferry_v1_migration_job_proto_msgTypes[14]
+	mi := &file_ferry_v1_migration_job_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1778,7 +1876,7 @@ func (x *ListMigrationJobsResponse) String() string {
 func (*ListMigrationJobsResponse) ProtoMessage() {}
 
 func (x *ListMigrationJobsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_migration_job_proto_msgTypes[14]
+	mi := &file_ferry_v1_migration_job_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1791,7 +1889,7 @@ func (x *ListMigrationJobsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListMigrationJobsResponse.ProtoReflect.Descriptor instead.
 func (*ListMigrationJobsResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_migration_job_proto_rawDescGZIP(), []int{14}
+	return file_ferry_v1_migration_job_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *ListMigrationJobsResponse) GetJobs() []*MigrationJob {
@@ -1809,16 +1907,22 @@ func (x *ListMigrationJobsResponse) GetNextPageToken() string {
 }
 
 type CancelMigrationJobRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
-	Reason        string                 `protobuf:"bytes,2,opt,name=reason,proto3" json:"reason,omitempty"`
+	state  protoimpl.MessageState `protogen:"open.v1"`
+	Name   string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	Reason string                 `protobuf:"bytes,2,opt,name=reason,proto3" json:"reason,omitempty"`
+	// Idempotency key (AIP-155), at most 128 characters: a repeat with the
+	// same request_id within 24 hours answers without applying the change
+	// again (the job is answered as it is now, not refused as already
+	// cancelled); the same request_id used for another method or resource
+	// is INVALID_ARGUMENT naming request_id.
+	RequestId     string `protobuf:"bytes,3,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *CancelMigrationJobRequest) Reset() {
 	*x = CancelMigrationJobRequest{}
-	mi := &file_ferry_v1_migration_job_proto_msgTypes[15]
+	mi := &file_ferry_v1_migration_job_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1830,7 +1934,7 @@ func (x *CancelMigrationJobRequest) String() string {
 func (*CancelMigrationJobRequest) ProtoMessage() {}
 
 func (x *CancelMigrationJobRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_migration_job_proto_msgTypes[15]
+	mi := &file_ferry_v1_migration_job_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1843,7 +1947,7 @@ func (x *CancelMigrationJobRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CancelMigrationJobRequest.ProtoReflect.Descriptor instead.
 func (*CancelMigrationJobRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_migration_job_proto_rawDescGZIP(), []int{15}
+	return file_ferry_v1_migration_job_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *CancelMigrationJobRequest) GetName() string {
@@ -1860,6 +1964,13 @@ func (x *CancelMigrationJobRequest) GetReason() string {
 	return ""
 }
 
+func (x *CancelMigrationJobRequest) GetRequestId() string {
+	if x != nil {
+		return x.RequestId
+	}
+	return ""
+}
+
 type CancelMigrationJobResponse struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Job           *MigrationJob          `protobuf:"bytes,1,opt,name=job,proto3" json:"job,omitempty"`
@@ -1869,7 +1980,7 @@ type CancelMigrationJobResponse struct {
 
 func (x *CancelMigrationJobResponse) Reset() {
 	*x = CancelMigrationJobResponse{}
-	mi := &file_ferry_v1_migration_job_proto_msgTypes[16]
+	mi := &file_ferry_v1_migration_job_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1881,7 +1992,7 @@ func (x *CancelMigrationJobResponse) String() string {
 func (*CancelMigrationJobResponse) ProtoMessage() {}
 
 func (x *CancelMigrationJobResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_migration_job_proto_msgTypes[16]
+	mi := &file_ferry_v1_migration_job_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1894,7 +2005,7 @@ func (x *CancelMigrationJobResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CancelMigrationJobResponse.ProtoReflect.Descriptor instead.
 func (*CancelMigrationJobResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_migration_job_proto_rawDescGZIP(), []int{16}
+	return file_ferry_v1_migration_job_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *CancelMigrationJobResponse) GetJob() *MigrationJob {
@@ -1905,15 +2016,20 @@ func (x *CancelMigrationJobResponse) GetJob() *MigrationJob {
 }
 
 type RestartMigrationJobRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Name  string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	// Idempotency key (AIP-155), at most 128 characters: a repeat with the
+	// same request_id within 24 hours answers without applying the change
+	// again: the job is not restarted twice; the same request_id used for another method or resource
+	// is INVALID_ARGUMENT naming request_id.
+	RequestId     string `protobuf:"bytes,2,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *RestartMigrationJobRequest) Reset() {
 	*x = RestartMigrationJobRequest{}
-	mi := &file_ferry_v1_migration_job_proto_msgTypes[17]
+	mi := &file_ferry_v1_migration_job_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1925,7 +2041,7 @@ func (x *RestartMigrationJobRequest) String() string {
 func (*RestartMigrationJobRequest) ProtoMessage() {}
 
 func (x *RestartMigrationJobRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_migration_job_proto_msgTypes[17]
+	mi := &file_ferry_v1_migration_job_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1938,12 +2054,19 @@ func (x *RestartMigrationJobRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RestartMigrationJobRequest.ProtoReflect.Descriptor instead.
 func (*RestartMigrationJobRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_migration_job_proto_rawDescGZIP(), []int{17}
+	return file_ferry_v1_migration_job_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *RestartMigrationJobRequest) GetName() string {
 	if x != nil {
 		return x.Name
+	}
+	return ""
+}
+
+func (x *RestartMigrationJobRequest) GetRequestId() string {
+	if x != nil {
+		return x.RequestId
 	}
 	return ""
 }
@@ -1957,7 +2080,7 @@ type RestartMigrationJobResponse struct {
 
 func (x *RestartMigrationJobResponse) Reset() {
 	*x = RestartMigrationJobResponse{}
-	mi := &file_ferry_v1_migration_job_proto_msgTypes[18]
+	mi := &file_ferry_v1_migration_job_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1969,7 +2092,7 @@ func (x *RestartMigrationJobResponse) String() string {
 func (*RestartMigrationJobResponse) ProtoMessage() {}
 
 func (x *RestartMigrationJobResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_migration_job_proto_msgTypes[18]
+	mi := &file_ferry_v1_migration_job_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1982,7 +2105,7 @@ func (x *RestartMigrationJobResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RestartMigrationJobResponse.ProtoReflect.Descriptor instead.
 func (*RestartMigrationJobResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_migration_job_proto_rawDescGZIP(), []int{18}
+	return file_ferry_v1_migration_job_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *RestartMigrationJobResponse) GetJob() *MigrationJob {
@@ -2001,7 +2124,7 @@ type DeleteMigrationJobRequest struct {
 
 func (x *DeleteMigrationJobRequest) Reset() {
 	*x = DeleteMigrationJobRequest{}
-	mi := &file_ferry_v1_migration_job_proto_msgTypes[19]
+	mi := &file_ferry_v1_migration_job_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2013,7 +2136,7 @@ func (x *DeleteMigrationJobRequest) String() string {
 func (*DeleteMigrationJobRequest) ProtoMessage() {}
 
 func (x *DeleteMigrationJobRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_migration_job_proto_msgTypes[19]
+	mi := &file_ferry_v1_migration_job_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2026,7 +2149,7 @@ func (x *DeleteMigrationJobRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteMigrationJobRequest.ProtoReflect.Descriptor instead.
 func (*DeleteMigrationJobRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_migration_job_proto_rawDescGZIP(), []int{19}
+	return file_ferry_v1_migration_job_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *DeleteMigrationJobRequest) GetName() string {
@@ -2050,7 +2173,7 @@ type WatchMigrationJobsRequest struct {
 
 func (x *WatchMigrationJobsRequest) Reset() {
 	*x = WatchMigrationJobsRequest{}
-	mi := &file_ferry_v1_migration_job_proto_msgTypes[20]
+	mi := &file_ferry_v1_migration_job_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2062,7 +2185,7 @@ func (x *WatchMigrationJobsRequest) String() string {
 func (*WatchMigrationJobsRequest) ProtoMessage() {}
 
 func (x *WatchMigrationJobsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_migration_job_proto_msgTypes[20]
+	mi := &file_ferry_v1_migration_job_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2075,7 +2198,7 @@ func (x *WatchMigrationJobsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchMigrationJobsRequest.ProtoReflect.Descriptor instead.
 func (*WatchMigrationJobsRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_migration_job_proto_rawDescGZIP(), []int{20}
+	return file_ferry_v1_migration_job_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *WatchMigrationJobsRequest) GetNames() []string {
@@ -2109,7 +2232,7 @@ type WatchMigrationJobsResponse struct {
 
 func (x *WatchMigrationJobsResponse) Reset() {
 	*x = WatchMigrationJobsResponse{}
-	mi := &file_ferry_v1_migration_job_proto_msgTypes[21]
+	mi := &file_ferry_v1_migration_job_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2121,7 +2244,7 @@ func (x *WatchMigrationJobsResponse) String() string {
 func (*WatchMigrationJobsResponse) ProtoMessage() {}
 
 func (x *WatchMigrationJobsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_migration_job_proto_msgTypes[21]
+	mi := &file_ferry_v1_migration_job_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2134,7 +2257,7 @@ func (x *WatchMigrationJobsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchMigrationJobsResponse.ProtoReflect.Descriptor instead.
 func (*WatchMigrationJobsResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_migration_job_proto_rawDescGZIP(), []int{21}
+	return file_ferry_v1_migration_job_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *WatchMigrationJobsResponse) GetType() WatchEventType {
@@ -2155,7 +2278,7 @@ var File_ferry_v1_migration_job_proto protoreflect.FileDescriptor
 
 const file_ferry_v1_migration_job_proto_rawDesc = "" +
 	"\n" +
-	"\x1cferry/v1/migration_job.proto\x12\bferry.v1\x1a\x1bgoogle/protobuf/empty.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xb3\a\n" +
+	"\x1cferry/v1/migration_job.proto\x12\bferry.v1\x1a\x1bgoogle/protobuf/empty.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xef\a\n" +
 	"\fMigrationJob\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x16\n" +
 	"\x06source\x18\x02 \x01(\tR\x06source\x12\x1b\n" +
@@ -2181,10 +2304,11 @@ const file_ferry_v1_migration_job_proto_rawDesc = "" +
 	"\aattempt\x18\x13 \x01(\x05R\aattempt\x12;\n" +
 	"\vupdate_time\x18\x14 \x01(\v2\x1a.google.protobuf.TimestampR\n" +
 	"updateTime\x12\x1a\n" +
-	"\bverified\x18\x15 \x01(\bR\bverified\x12\x1f\n" +
-	"\vtarget_host\x18\x16 \x01(\tR\n" +
+	"\bverified\x18\x15 \x01(\bR\bverified\x12:\n" +
+	"\rphase_timings\x18\x16 \x03(\v2\x15.ferry.v1.PhaseTimingR\fphaseTimings\x12\x1f\n" +
+	"\vtarget_host\x18\x17 \x01(\tR\n" +
 	"targetHost\x12)\n" +
-	"\x10placement_reason\x18\x17 \x01(\tR\x0fplacementReason\"\xb0\x03\n" +
+	"\x10placement_reason\x18\x18 \x01(\tR\x0fplacementReason\"\xb0\x03\n" +
 	"\bTargetVm\x12\x17\n" +
 	"\avm_name\x18\x01 \x01(\tR\x06vmName\x12\x18\n" +
 	"\acluster\x18\x02 \x01(\tR\acluster\x12'\n" +
@@ -2231,7 +2355,14 @@ const file_ferry_v1_migration_job_proto_rawDesc = "" +
 	"done_bytes\x18\x04 \x01(\x03R\tdoneBytes\x12(\n" +
 	"\x10bytes_per_second\x18\x05 \x01(\x01R\x0ebytesPerSecond\x12+\n" +
 	"\x03eta\x18\x06 \x01(\v2\x19.google.protobuf.DurationR\x03eta\x12\x1a\n" +
-	"\bverified\x18\a \x01(\bR\bverified\"\x91\x01\n" +
+	"\bverified\x18\a \x01(\bR\bverified\"\xf2\x01\n" +
+	"\vPhaseTiming\x121\n" +
+	"\x05phase\x18\x01 \x01(\x0e2\x1b.ferry.v1.MigrationJobPhaseR\x05phase\x129\n" +
+	"\n" +
+	"start_time\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\tstartTime\x125\n" +
+	"\bend_time\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\aendTime\x12\x14\n" +
+	"\x05bytes\x18\x04 \x01(\x03R\x05bytes\x12(\n" +
+	"\x10bytes_per_second\x18\x05 \x01(\x01R\x0ebytesPerSecond\"\x91\x01\n" +
 	"\x10MigrationJobSpec\x12\x1b\n" +
 	"\tsource_vm\x18\x01 \x01(\tR\bsourceVm\x12*\n" +
 	"\x06target\x18\x02 \x01(\v2\x12.ferry.v1.TargetVmR\x06target\x124\n" +
@@ -2276,14 +2407,18 @@ const file_ferry_v1_migration_job_proto_rawDesc = "" +
 	"\x06source\x18\x05 \x01(\tR\x06source\"o\n" +
 	"\x19ListMigrationJobsResponse\x12*\n" +
 	"\x04jobs\x18\x01 \x03(\v2\x16.ferry.v1.MigrationJobR\x04jobs\x12&\n" +
-	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"G\n" +
+	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"f\n" +
 	"\x19CancelMigrationJobRequest\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x16\n" +
-	"\x06reason\x18\x02 \x01(\tR\x06reason\"F\n" +
+	"\x06reason\x18\x02 \x01(\tR\x06reason\x12\x1d\n" +
+	"\n" +
+	"request_id\x18\x03 \x01(\tR\trequestId\"F\n" +
 	"\x1aCancelMigrationJobResponse\x12(\n" +
-	"\x03job\x18\x01 \x01(\v2\x16.ferry.v1.MigrationJobR\x03job\"0\n" +
+	"\x03job\x18\x01 \x01(\v2\x16.ferry.v1.MigrationJobR\x03job\"O\n" +
 	"\x1aRestartMigrationJobRequest\x12\x12\n" +
-	"\x04name\x18\x01 \x01(\tR\x04name\"G\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x1d\n" +
+	"\n" +
+	"request_id\x18\x02 \x01(\tR\trequestId\"G\n" +
 	"\x1bRestartMigrationJobResponse\x12(\n" +
 	"\x03job\x18\x01 \x01(\v2\x16.ferry.v1.MigrationJobR\x03job\"/\n" +
 	"\x19DeleteMigrationJobRequest\x12\x12\n" +
@@ -2362,7 +2497,7 @@ func file_ferry_v1_migration_job_proto_rawDescGZIP() []byte {
 }
 
 var file_ferry_v1_migration_job_proto_enumTypes = make([]protoimpl.EnumInfo, 8)
-var file_ferry_v1_migration_job_proto_msgTypes = make([]protoimpl.MessageInfo, 22)
+var file_ferry_v1_migration_job_proto_msgTypes = make([]protoimpl.MessageInfo, 23)
 var file_ferry_v1_migration_job_proto_goTypes = []any{
 	(MigrationJobState)(0),               // 0: ferry.v1.MigrationJobState
 	(MigrationJobPhase)(0),               // 1: ferry.v1.MigrationJobPhase
@@ -2378,25 +2513,26 @@ var file_ferry_v1_migration_job_proto_goTypes = []any{
 	(*TargetNic)(nil),                    // 11: ferry.v1.TargetNic
 	(*MigrationOptions)(nil),             // 12: ferry.v1.MigrationOptions
 	(*DiskProgress)(nil),                 // 13: ferry.v1.DiskProgress
-	(*MigrationJobSpec)(nil),             // 14: ferry.v1.MigrationJobSpec
-	(*CreateMigrationJobsRequest)(nil),   // 15: ferry.v1.CreateMigrationJobsRequest
-	(*CreateMigrationJobsResponse)(nil),  // 16: ferry.v1.CreateMigrationJobsResponse
-	(*PreviewMigrationJobsRequest)(nil),  // 17: ferry.v1.PreviewMigrationJobsRequest
-	(*PreviewUsage)(nil),                 // 18: ferry.v1.PreviewUsage
-	(*PreviewMigrationJobsResponse)(nil), // 19: ferry.v1.PreviewMigrationJobsResponse
-	(*GetMigrationJobRequest)(nil),       // 20: ferry.v1.GetMigrationJobRequest
-	(*ListMigrationJobsRequest)(nil),     // 21: ferry.v1.ListMigrationJobsRequest
-	(*ListMigrationJobsResponse)(nil),    // 22: ferry.v1.ListMigrationJobsResponse
-	(*CancelMigrationJobRequest)(nil),    // 23: ferry.v1.CancelMigrationJobRequest
-	(*CancelMigrationJobResponse)(nil),   // 24: ferry.v1.CancelMigrationJobResponse
-	(*RestartMigrationJobRequest)(nil),   // 25: ferry.v1.RestartMigrationJobRequest
-	(*RestartMigrationJobResponse)(nil),  // 26: ferry.v1.RestartMigrationJobResponse
-	(*DeleteMigrationJobRequest)(nil),    // 27: ferry.v1.DeleteMigrationJobRequest
-	(*WatchMigrationJobsRequest)(nil),    // 28: ferry.v1.WatchMigrationJobsRequest
-	(*WatchMigrationJobsResponse)(nil),   // 29: ferry.v1.WatchMigrationJobsResponse
-	(*timestamppb.Timestamp)(nil),        // 30: google.protobuf.Timestamp
-	(*durationpb.Duration)(nil),          // 31: google.protobuf.Duration
-	(*emptypb.Empty)(nil),                // 32: google.protobuf.Empty
+	(*PhaseTiming)(nil),                  // 14: ferry.v1.PhaseTiming
+	(*MigrationJobSpec)(nil),             // 15: ferry.v1.MigrationJobSpec
+	(*CreateMigrationJobsRequest)(nil),   // 16: ferry.v1.CreateMigrationJobsRequest
+	(*CreateMigrationJobsResponse)(nil),  // 17: ferry.v1.CreateMigrationJobsResponse
+	(*PreviewMigrationJobsRequest)(nil),  // 18: ferry.v1.PreviewMigrationJobsRequest
+	(*PreviewUsage)(nil),                 // 19: ferry.v1.PreviewUsage
+	(*PreviewMigrationJobsResponse)(nil), // 20: ferry.v1.PreviewMigrationJobsResponse
+	(*GetMigrationJobRequest)(nil),       // 21: ferry.v1.GetMigrationJobRequest
+	(*ListMigrationJobsRequest)(nil),     // 22: ferry.v1.ListMigrationJobsRequest
+	(*ListMigrationJobsResponse)(nil),    // 23: ferry.v1.ListMigrationJobsResponse
+	(*CancelMigrationJobRequest)(nil),    // 24: ferry.v1.CancelMigrationJobRequest
+	(*CancelMigrationJobResponse)(nil),   // 25: ferry.v1.CancelMigrationJobResponse
+	(*RestartMigrationJobRequest)(nil),   // 26: ferry.v1.RestartMigrationJobRequest
+	(*RestartMigrationJobResponse)(nil),  // 27: ferry.v1.RestartMigrationJobResponse
+	(*DeleteMigrationJobRequest)(nil),    // 28: ferry.v1.DeleteMigrationJobRequest
+	(*WatchMigrationJobsRequest)(nil),    // 29: ferry.v1.WatchMigrationJobsRequest
+	(*WatchMigrationJobsResponse)(nil),   // 30: ferry.v1.WatchMigrationJobsResponse
+	(*timestamppb.Timestamp)(nil),        // 31: google.protobuf.Timestamp
+	(*durationpb.Duration)(nil),          // 32: google.protobuf.Duration
+	(*emptypb.Empty)(nil),                // 33: google.protobuf.Empty
 }
 var file_ferry_v1_migration_job_proto_depIdxs = []int32{
 	9,  // 0: ferry.v1.MigrationJob.target:type_name -> ferry.v1.TargetVm
@@ -2404,53 +2540,57 @@ var file_ferry_v1_migration_job_proto_depIdxs = []int32{
 	0,  // 2: ferry.v1.MigrationJob.state:type_name -> ferry.v1.MigrationJobState
 	1,  // 3: ferry.v1.MigrationJob.phase:type_name -> ferry.v1.MigrationJobPhase
 	13, // 4: ferry.v1.MigrationJob.disks:type_name -> ferry.v1.DiskProgress
-	30, // 5: ferry.v1.MigrationJob.create_time:type_name -> google.protobuf.Timestamp
-	30, // 6: ferry.v1.MigrationJob.start_time:type_name -> google.protobuf.Timestamp
-	30, // 7: ferry.v1.MigrationJob.end_time:type_name -> google.protobuf.Timestamp
-	31, // 8: ferry.v1.MigrationJob.duration:type_name -> google.protobuf.Duration
-	30, // 9: ferry.v1.MigrationJob.update_time:type_name -> google.protobuf.Timestamp
-	10, // 10: ferry.v1.TargetVm.disks:type_name -> ferry.v1.TargetDisk
-	11, // 11: ferry.v1.TargetVm.nics:type_name -> ferry.v1.TargetNic
-	2,  // 12: ferry.v1.TargetVm.firmware:type_name -> ferry.v1.Firmware
-	3,  // 13: ferry.v1.TargetVm.os_type:type_name -> ferry.v1.OsType
-	4,  // 14: ferry.v1.TargetVm.disk_bus:type_name -> ferry.v1.DiskBus
-	5,  // 15: ferry.v1.MigrationOptions.compression:type_name -> ferry.v1.Compression
-	31, // 16: ferry.v1.DiskProgress.eta:type_name -> google.protobuf.Duration
-	9,  // 17: ferry.v1.MigrationJobSpec.target:type_name -> ferry.v1.TargetVm
-	12, // 18: ferry.v1.MigrationJobSpec.options:type_name -> ferry.v1.MigrationOptions
-	14, // 19: ferry.v1.CreateMigrationJobsRequest.jobs:type_name -> ferry.v1.MigrationJobSpec
-	8,  // 20: ferry.v1.CreateMigrationJobsResponse.jobs:type_name -> ferry.v1.MigrationJob
-	14, // 21: ferry.v1.PreviewMigrationJobsRequest.jobs:type_name -> ferry.v1.MigrationJobSpec
-	6,  // 22: ferry.v1.PreviewUsage.kind:type_name -> ferry.v1.PreviewResourceKind
-	8,  // 23: ferry.v1.PreviewMigrationJobsResponse.jobs:type_name -> ferry.v1.MigrationJob
-	18, // 24: ferry.v1.PreviewMigrationJobsResponse.usages:type_name -> ferry.v1.PreviewUsage
-	0,  // 25: ferry.v1.ListMigrationJobsRequest.state:type_name -> ferry.v1.MigrationJobState
-	8,  // 26: ferry.v1.ListMigrationJobsResponse.jobs:type_name -> ferry.v1.MigrationJob
-	8,  // 27: ferry.v1.CancelMigrationJobResponse.job:type_name -> ferry.v1.MigrationJob
-	8,  // 28: ferry.v1.RestartMigrationJobResponse.job:type_name -> ferry.v1.MigrationJob
-	7,  // 29: ferry.v1.WatchMigrationJobsResponse.type:type_name -> ferry.v1.WatchEventType
-	8,  // 30: ferry.v1.WatchMigrationJobsResponse.job:type_name -> ferry.v1.MigrationJob
-	15, // 31: ferry.v1.MigrationJobService.CreateMigrationJobs:input_type -> ferry.v1.CreateMigrationJobsRequest
-	17, // 32: ferry.v1.MigrationJobService.PreviewMigrationJobs:input_type -> ferry.v1.PreviewMigrationJobsRequest
-	20, // 33: ferry.v1.MigrationJobService.GetMigrationJob:input_type -> ferry.v1.GetMigrationJobRequest
-	21, // 34: ferry.v1.MigrationJobService.ListMigrationJobs:input_type -> ferry.v1.ListMigrationJobsRequest
-	23, // 35: ferry.v1.MigrationJobService.CancelMigrationJob:input_type -> ferry.v1.CancelMigrationJobRequest
-	25, // 36: ferry.v1.MigrationJobService.RestartMigrationJob:input_type -> ferry.v1.RestartMigrationJobRequest
-	27, // 37: ferry.v1.MigrationJobService.DeleteMigrationJob:input_type -> ferry.v1.DeleteMigrationJobRequest
-	28, // 38: ferry.v1.MigrationJobService.WatchMigrationJobs:input_type -> ferry.v1.WatchMigrationJobsRequest
-	16, // 39: ferry.v1.MigrationJobService.CreateMigrationJobs:output_type -> ferry.v1.CreateMigrationJobsResponse
-	19, // 40: ferry.v1.MigrationJobService.PreviewMigrationJobs:output_type -> ferry.v1.PreviewMigrationJobsResponse
-	8,  // 41: ferry.v1.MigrationJobService.GetMigrationJob:output_type -> ferry.v1.MigrationJob
-	22, // 42: ferry.v1.MigrationJobService.ListMigrationJobs:output_type -> ferry.v1.ListMigrationJobsResponse
-	24, // 43: ferry.v1.MigrationJobService.CancelMigrationJob:output_type -> ferry.v1.CancelMigrationJobResponse
-	26, // 44: ferry.v1.MigrationJobService.RestartMigrationJob:output_type -> ferry.v1.RestartMigrationJobResponse
-	32, // 45: ferry.v1.MigrationJobService.DeleteMigrationJob:output_type -> google.protobuf.Empty
-	29, // 46: ferry.v1.MigrationJobService.WatchMigrationJobs:output_type -> ferry.v1.WatchMigrationJobsResponse
-	39, // [39:47] is the sub-list for method output_type
-	31, // [31:39] is the sub-list for method input_type
-	31, // [31:31] is the sub-list for extension type_name
-	31, // [31:31] is the sub-list for extension extendee
-	0,  // [0:31] is the sub-list for field type_name
+	31, // 5: ferry.v1.MigrationJob.create_time:type_name -> google.protobuf.Timestamp
+	31, // 6: ferry.v1.MigrationJob.start_time:type_name -> google.protobuf.Timestamp
+	31, // 7: ferry.v1.MigrationJob.end_time:type_name -> google.protobuf.Timestamp
+	32, // 8: ferry.v1.MigrationJob.duration:type_name -> google.protobuf.Duration
+	31, // 9: ferry.v1.MigrationJob.update_time:type_name -> google.protobuf.Timestamp
+	14, // 10: ferry.v1.MigrationJob.phase_timings:type_name -> ferry.v1.PhaseTiming
+	10, // 11: ferry.v1.TargetVm.disks:type_name -> ferry.v1.TargetDisk
+	11, // 12: ferry.v1.TargetVm.nics:type_name -> ferry.v1.TargetNic
+	2,  // 13: ferry.v1.TargetVm.firmware:type_name -> ferry.v1.Firmware
+	3,  // 14: ferry.v1.TargetVm.os_type:type_name -> ferry.v1.OsType
+	4,  // 15: ferry.v1.TargetVm.disk_bus:type_name -> ferry.v1.DiskBus
+	5,  // 16: ferry.v1.MigrationOptions.compression:type_name -> ferry.v1.Compression
+	32, // 17: ferry.v1.DiskProgress.eta:type_name -> google.protobuf.Duration
+	1,  // 18: ferry.v1.PhaseTiming.phase:type_name -> ferry.v1.MigrationJobPhase
+	31, // 19: ferry.v1.PhaseTiming.start_time:type_name -> google.protobuf.Timestamp
+	31, // 20: ferry.v1.PhaseTiming.end_time:type_name -> google.protobuf.Timestamp
+	9,  // 21: ferry.v1.MigrationJobSpec.target:type_name -> ferry.v1.TargetVm
+	12, // 22: ferry.v1.MigrationJobSpec.options:type_name -> ferry.v1.MigrationOptions
+	15, // 23: ferry.v1.CreateMigrationJobsRequest.jobs:type_name -> ferry.v1.MigrationJobSpec
+	8,  // 24: ferry.v1.CreateMigrationJobsResponse.jobs:type_name -> ferry.v1.MigrationJob
+	15, // 25: ferry.v1.PreviewMigrationJobsRequest.jobs:type_name -> ferry.v1.MigrationJobSpec
+	6,  // 26: ferry.v1.PreviewUsage.kind:type_name -> ferry.v1.PreviewResourceKind
+	8,  // 27: ferry.v1.PreviewMigrationJobsResponse.jobs:type_name -> ferry.v1.MigrationJob
+	19, // 28: ferry.v1.PreviewMigrationJobsResponse.usages:type_name -> ferry.v1.PreviewUsage
+	0,  // 29: ferry.v1.ListMigrationJobsRequest.state:type_name -> ferry.v1.MigrationJobState
+	8,  // 30: ferry.v1.ListMigrationJobsResponse.jobs:type_name -> ferry.v1.MigrationJob
+	8,  // 31: ferry.v1.CancelMigrationJobResponse.job:type_name -> ferry.v1.MigrationJob
+	8,  // 32: ferry.v1.RestartMigrationJobResponse.job:type_name -> ferry.v1.MigrationJob
+	7,  // 33: ferry.v1.WatchMigrationJobsResponse.type:type_name -> ferry.v1.WatchEventType
+	8,  // 34: ferry.v1.WatchMigrationJobsResponse.job:type_name -> ferry.v1.MigrationJob
+	16, // 35: ferry.v1.MigrationJobService.CreateMigrationJobs:input_type -> ferry.v1.CreateMigrationJobsRequest
+	18, // 36: ferry.v1.MigrationJobService.PreviewMigrationJobs:input_type -> ferry.v1.PreviewMigrationJobsRequest
+	21, // 37: ferry.v1.MigrationJobService.GetMigrationJob:input_type -> ferry.v1.GetMigrationJobRequest
+	22, // 38: ferry.v1.MigrationJobService.ListMigrationJobs:input_type -> ferry.v1.ListMigrationJobsRequest
+	24, // 39: ferry.v1.MigrationJobService.CancelMigrationJob:input_type -> ferry.v1.CancelMigrationJobRequest
+	26, // 40: ferry.v1.MigrationJobService.RestartMigrationJob:input_type -> ferry.v1.RestartMigrationJobRequest
+	28, // 41: ferry.v1.MigrationJobService.DeleteMigrationJob:input_type -> ferry.v1.DeleteMigrationJobRequest
+	29, // 42: ferry.v1.MigrationJobService.WatchMigrationJobs:input_type -> ferry.v1.WatchMigrationJobsRequest
+	17, // 43: ferry.v1.MigrationJobService.CreateMigrationJobs:output_type -> ferry.v1.CreateMigrationJobsResponse
+	20, // 44: ferry.v1.MigrationJobService.PreviewMigrationJobs:output_type -> ferry.v1.PreviewMigrationJobsResponse
+	8,  // 45: ferry.v1.MigrationJobService.GetMigrationJob:output_type -> ferry.v1.MigrationJob
+	23, // 46: ferry.v1.MigrationJobService.ListMigrationJobs:output_type -> ferry.v1.ListMigrationJobsResponse
+	25, // 47: ferry.v1.MigrationJobService.CancelMigrationJob:output_type -> ferry.v1.CancelMigrationJobResponse
+	27, // 48: ferry.v1.MigrationJobService.RestartMigrationJob:output_type -> ferry.v1.RestartMigrationJobResponse
+	33, // 49: ferry.v1.MigrationJobService.DeleteMigrationJob:output_type -> google.protobuf.Empty
+	30, // 50: ferry.v1.MigrationJobService.WatchMigrationJobs:output_type -> ferry.v1.WatchMigrationJobsResponse
+	43, // [43:51] is the sub-list for method output_type
+	35, // [35:43] is the sub-list for method input_type
+	35, // [35:35] is the sub-list for extension type_name
+	35, // [35:35] is the sub-list for extension extendee
+	0,  // [0:35] is the sub-list for field type_name
 }
 
 func init() { file_ferry_v1_migration_job_proto_init() }
@@ -2465,7 +2605,7 @@ func file_ferry_v1_migration_job_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_ferry_v1_migration_job_proto_rawDesc), len(file_ferry_v1_migration_job_proto_rawDesc)),
 			NumEnums:      8,
-			NumMessages:   22,
+			NumMessages:   23,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

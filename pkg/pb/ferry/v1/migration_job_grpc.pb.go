@@ -39,7 +39,9 @@ const (
 // Update AIP-134), Delete answers google.protobuf.Empty (AIP-135) and
 // List pages with page_size, page_token, next_page_token (AIP-132/158).
 // CreateMigrationJobs is a batch create (AIP-233); Preview, Cancel,
-// Restart and Watch are custom methods (AIP-136) answering a …Response.
+// Restart and Watch are custom methods (AIP-136) answering a …Response;
+// Create, Cancel and Restart take a request_id (AIP-155): a repeat answers
+// without applying again.
 type MigrationJobServiceClient interface {
 	// CreateMigrationJobs creates one job per VM, up to 50, all on one
 	// migration server. A repeated request_id returns the first answer.
@@ -167,7 +169,9 @@ type MigrationJobService_WatchMigrationJobsClient = grpc.ServerStreamingClient[W
 // Update AIP-134), Delete answers google.protobuf.Empty (AIP-135) and
 // List pages with page_size, page_token, next_page_token (AIP-132/158).
 // CreateMigrationJobs is a batch create (AIP-233); Preview, Cancel,
-// Restart and Watch are custom methods (AIP-136) answering a …Response.
+// Restart and Watch are custom methods (AIP-136) answering a …Response;
+// Create, Cancel and Restart take a request_id (AIP-155): a repeat answers
+// without applying again.
 type MigrationJobServiceServer interface {
 	// CreateMigrationJobs creates one job per VM, up to 50, all on one
 	// migration server. A repeated request_id returns the first answer.

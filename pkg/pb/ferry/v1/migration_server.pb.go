@@ -473,8 +473,13 @@ func (x *DeleteMigrationServerResponse) GetCancelledJobs() []string {
 }
 
 type EnableMigrationServerRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Name  string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	// Idempotency key (AIP-155), at most 128 characters: a repeat with the
+	// same request_id within 24 hours answers without applying the change
+	// again; the same request_id used for another method or resource
+	// is INVALID_ARGUMENT naming request_id.
+	RequestId     string `protobuf:"bytes,2,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -512,6 +517,13 @@ func (*EnableMigrationServerRequest) Descriptor() ([]byte, []int) {
 func (x *EnableMigrationServerRequest) GetName() string {
 	if x != nil {
 		return x.Name
+	}
+	return ""
+}
+
+func (x *EnableMigrationServerRequest) GetRequestId() string {
+	if x != nil {
+		return x.RequestId
 	}
 	return ""
 }
@@ -561,8 +573,13 @@ func (x *EnableMigrationServerResponse) GetMigrationServer() *MigrationServer {
 }
 
 type DisableMigrationServerRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Name  string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	// Idempotency key (AIP-155), at most 128 characters: a repeat with the
+	// same request_id within 24 hours answers without applying the change
+	// again; the same request_id used for another method or resource
+	// is INVALID_ARGUMENT naming request_id.
+	RequestId     string `protobuf:"bytes,2,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -600,6 +617,13 @@ func (*DisableMigrationServerRequest) Descriptor() ([]byte, []int) {
 func (x *DisableMigrationServerRequest) GetName() string {
 	if x != nil {
 		return x.Name
+	}
+	return ""
+}
+
+func (x *DisableMigrationServerRequest) GetRequestId() string {
+	if x != nil {
+		return x.RequestId
 	}
 	return ""
 }
@@ -653,8 +677,14 @@ type SetMigrationServerBandwidthRequest struct {
 	Name                string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
 	UpstreamBandwidth   *string                `protobuf:"bytes,2,opt,name=upstream_bandwidth,json=upstreamBandwidth,proto3,oneof" json:"upstream_bandwidth,omitempty"`
 	DownstreamBandwidth *string                `protobuf:"bytes,3,opt,name=downstream_bandwidth,json=downstreamBandwidth,proto3,oneof" json:"downstream_bandwidth,omitempty"`
-	unknownFields       protoimpl.UnknownFields
-	sizeCache           protoimpl.SizeCache
+	// Idempotency key (AIP-155), at most 128 characters: a repeat with the
+	// same request_id within 24 hours answers without applying the change
+	// again: a late repeat does not roll back a
+	// change made since; the same request_id used for another method or resource
+	// is INVALID_ARGUMENT naming request_id.
+	RequestId     string `protobuf:"bytes,4,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *SetMigrationServerBandwidthRequest) Reset() {
@@ -704,6 +734,13 @@ func (x *SetMigrationServerBandwidthRequest) GetUpstreamBandwidth() string {
 func (x *SetMigrationServerBandwidthRequest) GetDownstreamBandwidth() string {
 	if x != nil && x.DownstreamBandwidth != nil {
 		return *x.DownstreamBandwidth
+	}
+	return ""
+}
+
+func (x *SetMigrationServerBandwidthRequest) GetRequestId() string {
+	if x != nil {
+		return x.RequestId
 	}
 	return ""
 }
@@ -791,19 +828,25 @@ const file_ferry_v1_migration_server_proto_rawDesc = "" +
 	"\x1cDeleteMigrationServerRequest\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\"F\n" +
 	"\x1dDeleteMigrationServerResponse\x12%\n" +
-	"\x0ecancelled_jobs\x18\x01 \x03(\tR\rcancelledJobs\"2\n" +
+	"\x0ecancelled_jobs\x18\x01 \x03(\tR\rcancelledJobs\"Q\n" +
 	"\x1cEnableMigrationServerRequest\x12\x12\n" +
-	"\x04name\x18\x01 \x01(\tR\x04name\"e\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x1d\n" +
+	"\n" +
+	"request_id\x18\x02 \x01(\tR\trequestId\"e\n" +
 	"\x1dEnableMigrationServerResponse\x12D\n" +
-	"\x10migration_server\x18\x01 \x01(\v2\x19.ferry.v1.MigrationServerR\x0fmigrationServer\"3\n" +
+	"\x10migration_server\x18\x01 \x01(\v2\x19.ferry.v1.MigrationServerR\x0fmigrationServer\"R\n" +
 	"\x1dDisableMigrationServerRequest\x12\x12\n" +
-	"\x04name\x18\x01 \x01(\tR\x04name\"f\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x1d\n" +
+	"\n" +
+	"request_id\x18\x02 \x01(\tR\trequestId\"f\n" +
 	"\x1eDisableMigrationServerResponse\x12D\n" +
-	"\x10migration_server\x18\x01 \x01(\v2\x19.ferry.v1.MigrationServerR\x0fmigrationServer\"\xd4\x01\n" +
+	"\x10migration_server\x18\x01 \x01(\v2\x19.ferry.v1.MigrationServerR\x0fmigrationServer\"\xf3\x01\n" +
 	"\"SetMigrationServerBandwidthRequest\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x122\n" +
 	"\x12upstream_bandwidth\x18\x02 \x01(\tH\x00R\x11upstreamBandwidth\x88\x01\x01\x126\n" +
-	"\x14downstream_bandwidth\x18\x03 \x01(\tH\x01R\x13downstreamBandwidth\x88\x01\x01B\x15\n" +
+	"\x14downstream_bandwidth\x18\x03 \x01(\tH\x01R\x13downstreamBandwidth\x88\x01\x01\x12\x1d\n" +
+	"\n" +
+	"request_id\x18\x04 \x01(\tR\trequestIdB\x15\n" +
 	"\x13_upstream_bandwidthB\x17\n" +
 	"\x15_downstream_bandwidth\"k\n" +
 	"#SetMigrationServerBandwidthResponse\x12D\n" +

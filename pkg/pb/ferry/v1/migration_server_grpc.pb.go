@@ -37,7 +37,8 @@ const (
 // Update AIP-134), Delete answers google.protobuf.Empty (AIP-135) and
 // List pages with page_size, page_token, next_page_token (AIP-132/158).
 // DeleteMigrationServer answers the jobs it cancelled. Enable, Disable and
-// SetMigrationServerBandwidth are custom methods (AIP-136).
+// SetMigrationServerBandwidth are custom methods (AIP-136) and take a
+// request_id (AIP-155): a repeat answers without applying again.
 type MigrationServerServiceClient interface {
 	// CreateMigrationServer creates a migration server and answers it (AIP-133); a repeated request_id answers the first.
 	CreateMigrationServer(ctx context.Context, in *CreateMigrationServerRequest, opts ...grpc.CallOption) (*MigrationServer, error)
@@ -146,7 +147,8 @@ func (c *migrationServerServiceClient) SetMigrationServerBandwidth(ctx context.C
 // Update AIP-134), Delete answers google.protobuf.Empty (AIP-135) and
 // List pages with page_size, page_token, next_page_token (AIP-132/158).
 // DeleteMigrationServer answers the jobs it cancelled. Enable, Disable and
-// SetMigrationServerBandwidth are custom methods (AIP-136).
+// SetMigrationServerBandwidth are custom methods (AIP-136) and take a
+// request_id (AIP-155): a repeat answers without applying again.
 type MigrationServerServiceServer interface {
 	// CreateMigrationServer creates a migration server and answers it (AIP-133); a repeated request_id answers the first.
 	CreateMigrationServer(context.Context, *CreateMigrationServerRequest) (*MigrationServer, error)

@@ -34,9 +34,14 @@ type NetworkMappingGroup struct {
 	// (portgroup names are per vCenter). Empty: to any source.
 	Source string `protobuf:"bytes,3,opt,name=source,proto3" json:"source,omitempty"`
 	// At least one; each source_network at most once.
-	Mappings      []*NetworkMapping      `protobuf:"bytes,4,rep,name=mappings,proto3" json:"mappings,omitempty"`
-	CreateTime    *timestamppb.Timestamp `protobuf:"bytes,5,opt,name=create_time,json=createTime,proto3" json:"create_time,omitempty"`
-	UpdateTime    *timestamppb.Timestamp `protobuf:"bytes,6,opt,name=update_time,json=updateTime,proto3" json:"update_time,omitempty"`
+	Mappings   []*NetworkMapping      `protobuf:"bytes,4,rep,name=mappings,proto3" json:"mappings,omitempty"`
+	CreateTime *timestamppb.Timestamp `protobuf:"bytes,5,opt,name=create_time,json=createTime,proto3" json:"create_time,omitempty"`
+	UpdateTime *timestamppb.Timestamp `protobuf:"bytes,6,opt,name=update_time,json=updateTime,proto3" json:"update_time,omitempty"`
+	// Output only, and the precondition of an update (AIP-154): a checksum
+	// of the stored group. An Update whose group carries an etag that no
+	// longer matches is ABORTED naming etag (read again, reapply, retry);
+	// an empty etag updates unconditionally.
+	Etag          string `protobuf:"bytes,7,opt,name=etag,proto3" json:"etag,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -111,6 +116,13 @@ func (x *NetworkMappingGroup) GetUpdateTime() *timestamppb.Timestamp {
 		return x.UpdateTime
 	}
 	return nil
+}
+
+func (x *NetworkMappingGroup) GetEtag() string {
+	if x != nil {
+		return x.Etag
+	}
+	return ""
 }
 
 // NetworkMapping sends the NICs on one source network to an L3 network.
@@ -480,7 +492,7 @@ var File_ferry_v1_network_mapping_proto protoreflect.FileDescriptor
 
 const file_ferry_v1_network_mapping_proto_rawDesc = "" +
 	"\n" +
-	"\x1eferry/v1/network_mapping.proto\x12\bferry.v1\x1a\x1bgoogle/protobuf/empty.proto\x1a google/protobuf/field_mask.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x94\x02\n" +
+	"\x1eferry/v1/network_mapping.proto\x12\bferry.v1\x1a\x1bgoogle/protobuf/empty.proto\x1a google/protobuf/field_mask.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xa8\x02\n" +
 	"\x13NetworkMappingGroup\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12!\n" +
 	"\fdisplay_name\x18\x02 \x01(\tR\vdisplayName\x12\x16\n" +
@@ -489,7 +501,8 @@ const file_ferry_v1_network_mapping_proto_rawDesc = "" +
 	"\vcreate_time\x18\x05 \x01(\v2\x1a.google.protobuf.TimestampR\n" +
 	"createTime\x12;\n" +
 	"\vupdate_time\x18\x06 \x01(\v2\x1a.google.protobuf.TimestampR\n" +
-	"updateTime\"V\n" +
+	"updateTime\x12\x12\n" +
+	"\x04etag\x18\a \x01(\tR\x04etag\"V\n" +
 	"\x0eNetworkMapping\x12%\n" +
 	"\x0esource_network\x18\x01 \x01(\tR\rsourceNetwork\x12\x1d\n" +
 	"\n" +

@@ -37,6 +37,7 @@ const (
 // Standard methods answer the resource (Create AIP-133, Get AIP-131,
 // Update AIP-134), Delete answers google.protobuf.Empty (AIP-135) and
 // List pages with page_size, page_token, next_page_token (AIP-132/158).
+// A group's etag makes an update conditional (AIP-154).
 type NetworkMappingServiceClient interface {
 	// CreateNetworkMappingGroup creates a network mapping group and answers it (AIP-133); a repeated request_id answers the first.
 	CreateNetworkMappingGroup(ctx context.Context, in *CreateNetworkMappingGroupRequest, opts ...grpc.CallOption) (*NetworkMappingGroup, error)
@@ -45,7 +46,8 @@ type NetworkMappingServiceClient interface {
 	// ListNetworkMappingGroups answers a page of network mapping groups (AIP-132, paged by page_size and page_token).
 	ListNetworkMappingGroups(ctx context.Context, in *ListNetworkMappingGroupsRequest, opts ...grpc.CallOption) (*ListNetworkMappingGroupsResponse, error)
 	// UpdateNetworkMappingGroup replaces the fields named in update_mask
-	// (display_name, mappings); jobs already created keep their NICs.
+	// (display_name, mappings); jobs already created keep their NICs. With
+	// network_mapping_group.etag set, only if the group is unchanged since.
 	UpdateNetworkMappingGroup(ctx context.Context, in *UpdateNetworkMappingGroupRequest, opts ...grpc.CallOption) (*NetworkMappingGroup, error)
 	// DeleteNetworkMappingGroup deletes the network mapping group named (AIP-135).
 	DeleteNetworkMappingGroup(ctx context.Context, in *DeleteNetworkMappingGroupRequest, opts ...grpc.CallOption) (*emptypb.Empty, error)
@@ -119,6 +121,7 @@ func (c *networkMappingServiceClient) DeleteNetworkMappingGroup(ctx context.Cont
 // Standard methods answer the resource (Create AIP-133, Get AIP-131,
 // Update AIP-134), Delete answers google.protobuf.Empty (AIP-135) and
 // List pages with page_size, page_token, next_page_token (AIP-132/158).
+// A group's etag makes an update conditional (AIP-154).
 type NetworkMappingServiceServer interface {
 	// CreateNetworkMappingGroup creates a network mapping group and answers it (AIP-133); a repeated request_id answers the first.
 	CreateNetworkMappingGroup(context.Context, *CreateNetworkMappingGroupRequest) (*NetworkMappingGroup, error)
@@ -127,7 +130,8 @@ type NetworkMappingServiceServer interface {
 	// ListNetworkMappingGroups answers a page of network mapping groups (AIP-132, paged by page_size and page_token).
 	ListNetworkMappingGroups(context.Context, *ListNetworkMappingGroupsRequest) (*ListNetworkMappingGroupsResponse, error)
 	// UpdateNetworkMappingGroup replaces the fields named in update_mask
-	// (display_name, mappings); jobs already created keep their NICs.
+	// (display_name, mappings); jobs already created keep their NICs. With
+	// network_mapping_group.etag set, only if the group is unchanged since.
 	UpdateNetworkMappingGroup(context.Context, *UpdateNetworkMappingGroupRequest) (*NetworkMappingGroup, error)
 	// DeleteNetworkMappingGroup deletes the network mapping group named (AIP-135).
 	DeleteNetworkMappingGroup(context.Context, *DeleteNetworkMappingGroupRequest) (*emptypb.Empty, error)

@@ -114,8 +114,13 @@ type Settings struct {
 	// How often the leader syncs the inventory of every source through an
 	// agent; default 5 min.
 	InventorySyncInterval *durationpb.Duration `protobuf:"bytes,7,opt,name=inventory_sync_interval,json=inventorySyncInterval,proto3" json:"inventory_sync_interval,omitempty"`
-	unknownFields         protoimpl.UnknownFields
-	sizeCache             protoimpl.SizeCache
+	// Output only, and the precondition of an update (AIP-154): a checksum
+	// of the stored settings. An Update whose settings carries an etag that no
+	// longer matches is ABORTED naming etag (read again, reapply, retry);
+	// an empty etag updates unconditionally.
+	Etag          string `protobuf:"bytes,8,opt,name=etag,proto3" json:"etag,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Settings) Reset() {
@@ -195,6 +200,13 @@ func (x *Settings) GetInventorySyncInterval() *durationpb.Duration {
 		return x.InventorySyncInterval
 	}
 	return nil
+}
+
+func (x *Settings) GetEtag() string {
+	if x != nil {
+		return x.Etag
+	}
+	return ""
 }
 
 type GetSettingsRequest struct {
@@ -289,7 +301,7 @@ var File_ferry_v1_settings_proto protoreflect.FileDescriptor
 
 const file_ferry_v1_settings_proto_rawDesc = "" +
 	"\n" +
-	"\x17ferry/v1/settings.proto\x12\bferry.v1\x1a\x1egoogle/protobuf/duration.proto\x1a google/protobuf/field_mask.proto\"\xd4\x03\n" +
+	"\x17ferry/v1/settings.proto\x12\bferry.v1\x1a\x1egoogle/protobuf/duration.proto\x1a google/protobuf/field_mask.proto\"\xe8\x03\n" +
 	"\bSettings\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12'\n" +
 	"\x0fjob_parallelism\x18\x02 \x01(\x05R\x0ejobParallelism\x12B\n" +
@@ -297,7 +309,8 @@ const file_ferry_v1_settings_proto_rawDesc = "" +
 	"\x18host_allocation_strategy\x18\x04 \x01(\x0e2 .ferry.v1.HostAllocationStrategyR\x16hostAllocationStrategy\x12G\n" +
 	"\x12agent_grace_period\x18\x05 \x01(\v2\x19.google.protobuf.DurationR\x10agentGracePeriod\x12O\n" +
 	"\x16guest_shutdown_timeout\x18\x06 \x01(\v2\x19.google.protobuf.DurationR\x14guestShutdownTimeout\x12Q\n" +
-	"\x17inventory_sync_interval\x18\a \x01(\v2\x19.google.protobuf.DurationR\x15inventorySyncInterval\"\x14\n" +
+	"\x17inventory_sync_interval\x18\a \x01(\v2\x19.google.protobuf.DurationR\x15inventorySyncInterval\x12\x12\n" +
+	"\x04etag\x18\b \x01(\tR\x04etag\"\x14\n" +
 	"\x12GetSettingsRequest\"\x84\x01\n" +
 	"\x15UpdateSettingsRequest\x12.\n" +
 	"\bsettings\x18\x01 \x01(\v2\x12.ferry.v1.SettingsR\bsettings\x12;\n" +

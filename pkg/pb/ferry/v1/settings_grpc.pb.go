@@ -28,11 +28,13 @@ const (
 // For semantics around ctx use and closing/ending streaming RPCs, please refer to https://pkg.go.dev/google.golang.org/grpc/?tab=doc#ClientConn.NewStream.
 //
 // SettingsService reads and changes cluster-wide settings.
-// Settings is a singleton (AIP-156): Get and Update answer it.
+// Settings is a singleton (AIP-156): Get and Update answer it. Its etag
+// makes an update conditional (AIP-154).
 type SettingsServiceClient interface {
 	// GetSettings answers the settings, a singleton (AIP-131, AIP-156).
 	GetSettings(ctx context.Context, in *GetSettingsRequest, opts ...grpc.CallOption) (*Settings, error)
-	// UpdateSettings changes the fields named in update_mask.
+	// UpdateSettings changes the fields named in update_mask; with
+	// settings.etag set, only if nobody changed them since that etag was read.
 	UpdateSettings(ctx context.Context, in *UpdateSettingsRequest, opts ...grpc.CallOption) (*Settings, error)
 }
 
@@ -69,11 +71,13 @@ func (c *settingsServiceClient) UpdateSettings(ctx context.Context, in *UpdateSe
 // for forward compatibility.
 //
 // SettingsService reads and changes cluster-wide settings.
-// Settings is a singleton (AIP-156): Get and Update answer it.
+// Settings is a singleton (AIP-156): Get and Update answer it. Its etag
+// makes an update conditional (AIP-154).
 type SettingsServiceServer interface {
 	// GetSettings answers the settings, a singleton (AIP-131, AIP-156).
 	GetSettings(context.Context, *GetSettingsRequest) (*Settings, error)
-	// UpdateSettings changes the fields named in update_mask.
+	// UpdateSettings changes the fields named in update_mask; with
+	// settings.etag set, only if nobody changed them since that etag was read.
 	UpdateSettings(context.Context, *UpdateSettingsRequest) (*Settings, error)
 	mustEmbedUnimplementedSettingsServiceServer()
 }

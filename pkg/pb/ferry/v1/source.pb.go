@@ -2496,8 +2496,14 @@ type SyncSourceRequest struct {
 	// Optional migrationServers/{migration_server} whose agent connects to
 	// the source; default any enabled, connected server of the source's type.
 	MigrationServer string `protobuf:"bytes,2,opt,name=migration_server,json=migrationServer,proto3" json:"migration_server,omitempty"`
-	unknownFields   protoimpl.UnknownFields
-	sizeCache       protoimpl.SizeCache
+	// Idempotency key (AIP-155), at most 128 characters: a repeat with the
+	// same request_id within 24 hours answers without applying the change
+	// again (no second sync: the source is answered as
+	// recorded); a sync that failed is not remembered, so its repeat syncs; the same request_id used for another method or resource
+	// is INVALID_ARGUMENT naming request_id.
+	RequestId     string `protobuf:"bytes,3,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *SyncSourceRequest) Reset() {
@@ -2540,6 +2546,13 @@ func (x *SyncSourceRequest) GetName() string {
 func (x *SyncSourceRequest) GetMigrationServer() string {
 	if x != nil {
 		return x.MigrationServer
+	}
+	return ""
+}
+
+func (x *SyncSourceRequest) GetRequestId() string {
+	if x != nil {
+		return x.RequestId
 	}
 	return ""
 }
@@ -2979,10 +2992,12 @@ const file_ferry_v1_source_proto_rawDesc = "" +
 	"\x04host\x18\x04 \x01(\v2\x14.ferry.v1.SourceHostH\x00R\x04host\x123\n" +
 	"\anetwork\x18\x05 \x01(\v2\x17.ferry.v1.SourceNetworkH\x00R\anetwork\x129\n" +
 	"\tdatastore\x18\x06 \x01(\v2\x19.ferry.v1.SourceDatastoreH\x00R\tdatastoreB\b\n" +
-	"\x06object\"R\n" +
+	"\x06object\"q\n" +
 	"\x11SyncSourceRequest\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12)\n" +
-	"\x10migration_server\x18\x02 \x01(\tR\x0fmigrationServer\">\n" +
+	"\x10migration_server\x18\x02 \x01(\tR\x0fmigrationServer\x12\x1d\n" +
+	"\n" +
+	"request_id\x18\x03 \x01(\tR\trequestId\">\n" +
 	"\x12SyncSourceResponse\x12(\n" +
 	"\x06source\x18\x01 \x01(\v2\x10.ferry.v1.SourceR\x06source\"\x93\x02\n" +
 	"\x1aListSourceInventoryRequest\x12\x16\n" +

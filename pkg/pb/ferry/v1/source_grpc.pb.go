@@ -42,7 +42,8 @@ const (
 // Standard methods answer the resource (Create AIP-133, Get AIP-131,
 // Update AIP-134), Delete answers google.protobuf.Empty (AIP-135) and
 // List pages with page_size, page_token, next_page_token (AIP-132/158).
-// SyncSource, ListSourceVMs and ListSourceInventory are custom (AIP-136).
+// SyncSource, ListSourceVMs and ListSourceInventory are custom (AIP-136);
+// SyncSource takes a request_id (AIP-155): a repeat does not sync again.
 type SourceServiceClient interface {
 	// CreateSource creates a source and answers it (AIP-133); a repeated request_id answers the first.
 	CreateSource(ctx context.Context, in *CreateSourceRequest, opts ...grpc.CallOption) (*Source, error)
@@ -200,7 +201,8 @@ func (c *sourceServiceClient) ListSourceInventory(ctx context.Context, in *ListS
 // Standard methods answer the resource (Create AIP-133, Get AIP-131,
 // Update AIP-134), Delete answers google.protobuf.Empty (AIP-135) and
 // List pages with page_size, page_token, next_page_token (AIP-132/158).
-// SyncSource, ListSourceVMs and ListSourceInventory are custom (AIP-136).
+// SyncSource, ListSourceVMs and ListSourceInventory are custom (AIP-136);
+// SyncSource takes a request_id (AIP-155): a repeat does not sync again.
 type SourceServiceServer interface {
 	// CreateSource creates a source and answers it (AIP-133); a repeated request_id answers the first.
 	CreateSource(context.Context, *CreateSourceRequest) (*Source, error)

@@ -2076,7 +2076,13 @@ type ReleaseL3NetworkAddressRequest struct {
 	// l3Networks/{l3_network}
 	Name string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
 	// The reserved address (AddressReservation.ip).
-	Ip            string `protobuf:"bytes,2,opt,name=ip,proto3" json:"ip,omitempty"`
+	Ip string `protobuf:"bytes,2,opt,name=ip,proto3" json:"ip,omitempty"`
+	// Idempotency key (AIP-155), at most 128 characters: a repeat with the
+	// same request_id within 24 hours answers without applying the change
+	// again (the network is answered, not refused for an address it
+	// no longer reserves); the same request_id used for another method or resource
+	// is INVALID_ARGUMENT naming request_id.
+	RequestId     string `protobuf:"bytes,3,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -2121,6 +2127,13 @@ func (x *ReleaseL3NetworkAddressRequest) GetName() string {
 func (x *ReleaseL3NetworkAddressRequest) GetIp() string {
 	if x != nil {
 		return x.Ip
+	}
+	return ""
+}
+
+func (x *ReleaseL3NetworkAddressRequest) GetRequestId() string {
+	if x != nil {
+		return x.RequestId
 	}
 	return ""
 }
@@ -2330,10 +2343,12 @@ const file_ferry_v1_target_inventory_proto_rawDesc = "" +
 	"l3Networks\x12&\n" +
 	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\",\n" +
 	"\x16DeleteL3NetworkRequest\x12\x12\n" +
-	"\x04name\x18\x01 \x01(\tR\x04name\"D\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\"c\n" +
 	"\x1eReleaseL3NetworkAddressRequest\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x0e\n" +
-	"\x02ip\x18\x02 \x01(\tR\x02ip\"U\n" +
+	"\x02ip\x18\x02 \x01(\tR\x02ip\x12\x1d\n" +
+	"\n" +
+	"request_id\x18\x03 \x01(\tR\trequestId\"U\n" +
 	"\x1fReleaseL3NetworkAddressResponse\x122\n" +
 	"\n" +
 	"l3_network\x18\x01 \x01(\v2\x13.ferry.v1.L3NetworkR\tl3Network*\xbd\x01\n" +

@@ -48,7 +48,8 @@ const (
 // Standard methods answer the resource (Create AIP-133, Get AIP-131,
 // Update AIP-134), Delete answers google.protobuf.Empty (AIP-135) and
 // List pages with page_size, page_token, next_page_token (AIP-132/158).
-// ReleaseL3NetworkAddress is custom (AIP-136).
+// ReleaseL3NetworkAddress is custom (AIP-136) and takes a request_id
+// (AIP-155): a repeat answers without applying again.
 type TargetInventoryServiceClient interface {
 	// CreateCluster creates a cluster and answers it (AIP-133); a repeated request_id answers the first.
 	CreateCluster(ctx context.Context, in *CreateClusterRequest, opts ...grpc.CallOption) (*Cluster, error)
@@ -268,7 +269,8 @@ func (c *targetInventoryServiceClient) ReleaseL3NetworkAddress(ctx context.Conte
 // Standard methods answer the resource (Create AIP-133, Get AIP-131,
 // Update AIP-134), Delete answers google.protobuf.Empty (AIP-135) and
 // List pages with page_size, page_token, next_page_token (AIP-132/158).
-// ReleaseL3NetworkAddress is custom (AIP-136).
+// ReleaseL3NetworkAddress is custom (AIP-136) and takes a request_id
+// (AIP-155): a repeat answers without applying again.
 type TargetInventoryServiceServer interface {
 	// CreateCluster creates a cluster and answers it (AIP-133); a repeated request_id answers the first.
 	CreateCluster(context.Context, *CreateClusterRequest) (*Cluster, error)

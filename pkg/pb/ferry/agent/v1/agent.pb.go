@@ -1425,11 +1425,13 @@ func (x *Heartbeat) GetGracePeriodMs() int64 {
 
 // JobProgress is live progress of one job, at most about once a second.
 type JobProgress struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Job           string                 `protobuf:"bytes,1,opt,name=job,proto3" json:"job,omitempty"`
-	Epoch         int64                  `protobuf:"varint,2,opt,name=epoch,proto3" json:"epoch,omitempty"`
-	Phase         v1.MigrationJobPhase   `protobuf:"varint,3,opt,name=phase,proto3,enum=ferry.v1.MigrationJobPhase" json:"phase,omitempty"`
-	Disks         []*v1.DiskProgress     `protobuf:"bytes,4,rep,name=disks,proto3" json:"disks,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Job   string                 `protobuf:"bytes,1,opt,name=job,proto3" json:"job,omitempty"`
+	Epoch int64                  `protobuf:"varint,2,opt,name=epoch,proto3" json:"epoch,omitempty"`
+	Phase v1.MigrationJobPhase   `protobuf:"varint,3,opt,name=phase,proto3,enum=ferry.v1.MigrationJobPhase" json:"phase,omitempty"`
+	Disks []*v1.DiskProgress     `protobuf:"bytes,4,rep,name=disks,proto3" json:"disks,omitempty"`
+	// The phases of this assignment so far (MigrationJob.phase_timings).
+	PhaseTimings  []*v1.PhaseTiming `protobuf:"bytes,5,rep,name=phase_timings,json=phaseTimings,proto3" json:"phase_timings,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1492,15 +1494,24 @@ func (x *JobProgress) GetDisks() []*v1.DiskProgress {
 	return nil
 }
 
+func (x *JobProgress) GetPhaseTimings() []*v1.PhaseTiming {
+	if x != nil {
+		return x.PhaseTimings
+	}
+	return nil
+}
+
 // JobResult ends an assignment.
 type JobResult struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Job           string                 `protobuf:"bytes,1,opt,name=job,proto3" json:"job,omitempty"`
-	Epoch         int64                  `protobuf:"varint,2,opt,name=epoch,proto3" json:"epoch,omitempty"`
-	Outcome       JobOutcome             `protobuf:"varint,3,opt,name=outcome,proto3,enum=ferry.agent.v1.JobOutcome" json:"outcome,omitempty"`
-	Reason        string                 `protobuf:"bytes,4,opt,name=reason,proto3" json:"reason,omitempty"`
-	Warnings      []string               `protobuf:"bytes,5,rep,name=warnings,proto3" json:"warnings,omitempty"`
-	Disks         []*v1.DiskProgress     `protobuf:"bytes,6,rep,name=disks,proto3" json:"disks,omitempty"`
+	state    protoimpl.MessageState `protogen:"open.v1"`
+	Job      string                 `protobuf:"bytes,1,opt,name=job,proto3" json:"job,omitempty"`
+	Epoch    int64                  `protobuf:"varint,2,opt,name=epoch,proto3" json:"epoch,omitempty"`
+	Outcome  JobOutcome             `protobuf:"varint,3,opt,name=outcome,proto3,enum=ferry.agent.v1.JobOutcome" json:"outcome,omitempty"`
+	Reason   string                 `protobuf:"bytes,4,opt,name=reason,proto3" json:"reason,omitempty"`
+	Warnings []string               `protobuf:"bytes,5,rep,name=warnings,proto3" json:"warnings,omitempty"`
+	Disks    []*v1.DiskProgress     `protobuf:"bytes,6,rep,name=disks,proto3" json:"disks,omitempty"`
+	// The phases of this assignment (MigrationJob.phase_timings).
+	PhaseTimings  []*v1.PhaseTiming `protobuf:"bytes,7,rep,name=phase_timings,json=phaseTimings,proto3" json:"phase_timings,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1573,6 +1584,13 @@ func (x *JobResult) GetWarnings() []string {
 func (x *JobResult) GetDisks() []*v1.DiskProgress {
 	if x != nil {
 		return x.Disks
+	}
+	return nil
+}
+
+func (x *JobResult) GetPhaseTimings() []*v1.PhaseTiming {
+	if x != nil {
+		return x.PhaseTimings
 	}
 	return nil
 }
@@ -2049,19 +2067,21 @@ const file_ferry_agent_v1_agent_proto_rawDesc = "" +
 	"\x04time\x18\x01 \x01(\v2\x1a.google.protobuf.TimestampR\x04time\x12)\n" +
 	"\x05facts\x18\x02 \x01(\v2\x13.ferry.v1.HostFactsR\x05facts\x12#\n" +
 	"\rstorage_paths\x18\x03 \x03(\tR\fstoragePaths\x12&\n" +
-	"\x0fgrace_period_ms\x18\x04 \x01(\x03R\rgracePeriodMs\"\x96\x01\n" +
+	"\x0fgrace_period_ms\x18\x04 \x01(\x03R\rgracePeriodMs\"\xd2\x01\n" +
 	"\vJobProgress\x12\x10\n" +
 	"\x03job\x18\x01 \x01(\tR\x03job\x12\x14\n" +
 	"\x05epoch\x18\x02 \x01(\x03R\x05epoch\x121\n" +
 	"\x05phase\x18\x03 \x01(\x0e2\x1b.ferry.v1.MigrationJobPhaseR\x05phase\x12,\n" +
-	"\x05disks\x18\x04 \x03(\v2\x16.ferry.v1.DiskProgressR\x05disks\"\xcb\x01\n" +
+	"\x05disks\x18\x04 \x03(\v2\x16.ferry.v1.DiskProgressR\x05disks\x12:\n" +
+	"\rphase_timings\x18\x05 \x03(\v2\x15.ferry.v1.PhaseTimingR\fphaseTimings\"\x87\x02\n" +
 	"\tJobResult\x12\x10\n" +
 	"\x03job\x18\x01 \x01(\tR\x03job\x12\x14\n" +
 	"\x05epoch\x18\x02 \x01(\x03R\x05epoch\x124\n" +
 	"\aoutcome\x18\x03 \x01(\x0e2\x1a.ferry.agent.v1.JobOutcomeR\aoutcome\x12\x16\n" +
 	"\x06reason\x18\x04 \x01(\tR\x06reason\x12\x1a\n" +
 	"\bwarnings\x18\x05 \x03(\tR\bwarnings\x12,\n" +
-	"\x05disks\x18\x06 \x03(\v2\x16.ferry.v1.DiskProgressR\x05disks\"\x85\x04\n" +
+	"\x05disks\x18\x06 \x03(\v2\x16.ferry.v1.DiskProgressR\x05disks\x12:\n" +
+	"\rphase_timings\x18\a \x03(\v2\x15.ferry.v1.PhaseTimingR\fphaseTimings\"\x85\x04\n" +
 	"\n" +
 	"Assignment\x12(\n" +
 	"\x03job\x18\x01 \x01(\v2\x16.ferry.v1.MigrationJobR\x03job\x12\x14\n" +
@@ -2161,11 +2181,12 @@ var file_ferry_agent_v1_agent_proto_goTypes = []any{
 	(v1.MigrationJobPhase)(0),     // 28: ferry.v1.MigrationJobPhase
 	(*timestamppb.Timestamp)(nil), // 29: google.protobuf.Timestamp
 	(*v1.DiskProgress)(nil),       // 30: ferry.v1.DiskProgress
-	(*v1.Source)(nil),             // 31: ferry.v1.Source
-	(*v1.MigrationServer)(nil),    // 32: ferry.v1.MigrationServer
-	(*durationpb.Duration)(nil),   // 33: google.protobuf.Duration
-	(*v1.SourceVm)(nil),           // 34: ferry.v1.SourceVm
-	(*v1.SourceInventory)(nil),    // 35: ferry.v1.SourceInventory
+	(*v1.PhaseTiming)(nil),        // 31: ferry.v1.PhaseTiming
+	(*v1.Source)(nil),             // 32: ferry.v1.Source
+	(*v1.MigrationServer)(nil),    // 33: ferry.v1.MigrationServer
+	(*durationpb.Duration)(nil),   // 34: google.protobuf.Duration
+	(*v1.SourceVm)(nil),           // 35: ferry.v1.SourceVm
+	(*v1.SourceInventory)(nil),    // 36: ferry.v1.SourceInventory
 }
 var file_ferry_agent_v1_agent_proto_depIdxs = []int32{
 	11, // 0: ferry.agent.v1.ConnectRequest.hello:type_name -> ferry.agent.v1.Hello
@@ -2200,27 +2221,29 @@ var file_ferry_agent_v1_agent_proto_depIdxs = []int32{
 	27, // 29: ferry.agent.v1.Heartbeat.facts:type_name -> ferry.v1.HostFacts
 	28, // 30: ferry.agent.v1.JobProgress.phase:type_name -> ferry.v1.MigrationJobPhase
 	30, // 31: ferry.agent.v1.JobProgress.disks:type_name -> ferry.v1.DiskProgress
-	1,  // 32: ferry.agent.v1.JobResult.outcome:type_name -> ferry.agent.v1.JobOutcome
-	30, // 33: ferry.agent.v1.JobResult.disks:type_name -> ferry.v1.DiskProgress
-	24, // 34: ferry.agent.v1.Assignment.job:type_name -> ferry.v1.MigrationJob
-	31, // 35: ferry.agent.v1.Assignment.source:type_name -> ferry.v1.Source
-	32, // 36: ferry.agent.v1.Assignment.migration_server:type_name -> ferry.v1.MigrationServer
-	25, // 37: ferry.agent.v1.Assignment.primary_storage:type_name -> ferry.v1.PrimaryStorage
-	26, // 38: ferry.agent.v1.Assignment.l3_networks:type_name -> ferry.v1.L3Network
-	22, // 39: ferry.agent.v1.Assignment.secrets:type_name -> ferry.agent.v1.Assignment.SecretsEntry
-	33, // 40: ferry.agent.v1.Assignment.guest_shutdown_timeout:type_name -> google.protobuf.Duration
-	31, // 41: ferry.agent.v1.InventoryRequest.source:type_name -> ferry.v1.Source
-	32, // 42: ferry.agent.v1.InventoryRequest.migration_server:type_name -> ferry.v1.MigrationServer
-	23, // 43: ferry.agent.v1.InventoryRequest.secrets:type_name -> ferry.agent.v1.InventoryRequest.SecretsEntry
-	34, // 44: ferry.agent.v1.InventoryResponse.vms:type_name -> ferry.v1.SourceVm
-	35, // 45: ferry.agent.v1.InventoryResponse.inventory:type_name -> ferry.v1.SourceInventory
-	2,  // 46: ferry.agent.v1.AgentService.Connect:input_type -> ferry.agent.v1.ConnectRequest
-	3,  // 47: ferry.agent.v1.AgentService.Connect:output_type -> ferry.agent.v1.ConnectResponse
-	47, // [47:48] is the sub-list for method output_type
-	46, // [46:47] is the sub-list for method input_type
-	46, // [46:46] is the sub-list for extension type_name
-	46, // [46:46] is the sub-list for extension extendee
-	0,  // [0:46] is the sub-list for field type_name
+	31, // 32: ferry.agent.v1.JobProgress.phase_timings:type_name -> ferry.v1.PhaseTiming
+	1,  // 33: ferry.agent.v1.JobResult.outcome:type_name -> ferry.agent.v1.JobOutcome
+	30, // 34: ferry.agent.v1.JobResult.disks:type_name -> ferry.v1.DiskProgress
+	31, // 35: ferry.agent.v1.JobResult.phase_timings:type_name -> ferry.v1.PhaseTiming
+	24, // 36: ferry.agent.v1.Assignment.job:type_name -> ferry.v1.MigrationJob
+	32, // 37: ferry.agent.v1.Assignment.source:type_name -> ferry.v1.Source
+	33, // 38: ferry.agent.v1.Assignment.migration_server:type_name -> ferry.v1.MigrationServer
+	25, // 39: ferry.agent.v1.Assignment.primary_storage:type_name -> ferry.v1.PrimaryStorage
+	26, // 40: ferry.agent.v1.Assignment.l3_networks:type_name -> ferry.v1.L3Network
+	22, // 41: ferry.agent.v1.Assignment.secrets:type_name -> ferry.agent.v1.Assignment.SecretsEntry
+	34, // 42: ferry.agent.v1.Assignment.guest_shutdown_timeout:type_name -> google.protobuf.Duration
+	32, // 43: ferry.agent.v1.InventoryRequest.source:type_name -> ferry.v1.Source
+	33, // 44: ferry.agent.v1.InventoryRequest.migration_server:type_name -> ferry.v1.MigrationServer
+	23, // 45: ferry.agent.v1.InventoryRequest.secrets:type_name -> ferry.agent.v1.InventoryRequest.SecretsEntry
+	35, // 46: ferry.agent.v1.InventoryResponse.vms:type_name -> ferry.v1.SourceVm
+	36, // 47: ferry.agent.v1.InventoryResponse.inventory:type_name -> ferry.v1.SourceInventory
+	2,  // 48: ferry.agent.v1.AgentService.Connect:input_type -> ferry.agent.v1.ConnectRequest
+	3,  // 49: ferry.agent.v1.AgentService.Connect:output_type -> ferry.agent.v1.ConnectResponse
+	49, // [49:50] is the sub-list for method output_type
+	48, // [48:49] is the sub-list for method input_type
+	48, // [48:48] is the sub-list for extension type_name
+	48, // [48:48] is the sub-list for extension extendee
+	0,  // [0:48] is the sub-list for field type_name
 }
 
 func init() { file_ferry_agent_v1_agent_proto_init() }

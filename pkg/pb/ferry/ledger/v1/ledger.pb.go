@@ -30,6 +30,10 @@ type Command struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Stamped by the leader.
 	Time *timestamppb.Timestamp `protobuf:"bytes,1,opt,name=time,proto3" json:"time,omitempty"`
+	// Set by the handler of a custom method called with a request_id: Apply
+	// answers a repeat from the ledger's record instead of applying again,
+	// and records the request when the command applies.
+	Request *RequestStamp `protobuf:"bytes,2,opt,name=request,proto3" json:"request,omitempty"`
 	// Types that are valid to be assigned to Op:
 	//
 	//	*Command_PutCluster
@@ -106,6 +110,13 @@ func (*Command) Descriptor() ([]byte, []int) {
 func (x *Command) GetTime() *timestamppb.Timestamp {
 	if x != nil {
 		return x.Time
+	}
+	return nil
+}
+
+func (x *Command) GetRequest() *RequestStamp {
+	if x != nil {
+		return x.Request
 	}
 	return nil
 }
@@ -1698,11 +1709,13 @@ func (x *StartMigrationJob) GetEpoch() int64 {
 }
 
 type CheckpointMigrationJob struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
-	Epoch         int64                  `protobuf:"varint,2,opt,name=epoch,proto3" json:"epoch,omitempty"`
-	Phase         v1.MigrationJobPhase   `protobuf:"varint,3,opt,name=phase,proto3,enum=ferry.v1.MigrationJobPhase" json:"phase,omitempty"`
-	Disks         []*v1.DiskProgress     `protobuf:"bytes,4,rep,name=disks,proto3" json:"disks,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Name  string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	Epoch int64                  `protobuf:"varint,2,opt,name=epoch,proto3" json:"epoch,omitempty"`
+	Phase v1.MigrationJobPhase   `protobuf:"varint,3,opt,name=phase,proto3,enum=ferry.v1.MigrationJobPhase" json:"phase,omitempty"`
+	Disks []*v1.DiskProgress     `protobuf:"bytes,4,rep,name=disks,proto3" json:"disks,omitempty"`
+	// The agent's phase timings; empty keeps the recorded ones.
+	PhaseTimings  []*v1.PhaseTiming `protobuf:"bytes,5,rep,name=phase_timings,json=phaseTimings,proto3" json:"phase_timings,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1765,14 +1778,23 @@ func (x *CheckpointMigrationJob) GetDisks() []*v1.DiskProgress {
 	return nil
 }
 
+func (x *CheckpointMigrationJob) GetPhaseTimings() []*v1.PhaseTiming {
+	if x != nil {
+		return x.PhaseTimings
+	}
+	return nil
+}
+
 type FinishMigrationJob struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
-	Epoch         int64                  `protobuf:"varint,2,opt,name=epoch,proto3" json:"epoch,omitempty"`
-	State         v1.MigrationJobState   `protobuf:"varint,3,opt,name=state,proto3,enum=ferry.v1.MigrationJobState" json:"state,omitempty"`
-	Reason        string                 `protobuf:"bytes,4,opt,name=reason,proto3" json:"reason,omitempty"`
-	Warnings      []string               `protobuf:"bytes,5,rep,name=warnings,proto3" json:"warnings,omitempty"`
-	Disks         []*v1.DiskProgress     `protobuf:"bytes,6,rep,name=disks,proto3" json:"disks,omitempty"`
+	state    protoimpl.MessageState `protogen:"open.v1"`
+	Name     string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	Epoch    int64                  `protobuf:"varint,2,opt,name=epoch,proto3" json:"epoch,omitempty"`
+	State    v1.MigrationJobState   `protobuf:"varint,3,opt,name=state,proto3,enum=ferry.v1.MigrationJobState" json:"state,omitempty"`
+	Reason   string                 `protobuf:"bytes,4,opt,name=reason,proto3" json:"reason,omitempty"`
+	Warnings []string               `protobuf:"bytes,5,rep,name=warnings,proto3" json:"warnings,omitempty"`
+	Disks    []*v1.DiskProgress     `protobuf:"bytes,6,rep,name=disks,proto3" json:"disks,omitempty"`
+	// The agent's phase timings; empty keeps the recorded ones.
+	PhaseTimings  []*v1.PhaseTiming `protobuf:"bytes,7,rep,name=phase_timings,json=phaseTimings,proto3" json:"phase_timings,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1845,6 +1867,13 @@ func (x *FinishMigrationJob) GetWarnings() []string {
 func (x *FinishMigrationJob) GetDisks() []*v1.DiskProgress {
 	if x != nil {
 		return x.Disks
+	}
+	return nil
+}
+
+func (x *FinishMigrationJob) GetPhaseTimings() []*v1.PhaseTiming {
+	if x != nil {
+		return x.PhaseTimings
 	}
 	return nil
 }
@@ -2004,8 +2033,11 @@ type PutNetworkMappingGroup struct {
 	NetworkMappingGroup *v1.NetworkMappingGroup `protobuf:"bytes,1,opt,name=network_mapping_group,json=networkMappingGroup,proto3" json:"network_mapping_group,omitempty"`
 	RequestId           string                  `protobuf:"bytes,2,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`
 	Update              bool                    `protobuf:"varint,3,opt,name=update,proto3" json:"update,omitempty"`
-	unknownFields       protoimpl.UnknownFields
-	sizeCache           protoimpl.SizeCache
+	// With update: the etag the client read; when set and the stored group's
+	// etag differs, the command is refused (ErrAborted) and changes nothing.
+	Etag          string `protobuf:"bytes,4,opt,name=etag,proto3" json:"etag,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *PutNetworkMappingGroup) Reset() {
@@ -2059,9 +2091,19 @@ func (x *PutNetworkMappingGroup) GetUpdate() bool {
 	return false
 }
 
+func (x *PutNetworkMappingGroup) GetEtag() string {
+	if x != nil {
+		return x.Etag
+	}
+	return ""
+}
+
 type PutSettings struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Settings      *v1.Settings           `protobuf:"bytes,1,opt,name=settings,proto3" json:"settings,omitempty"`
+	state    protoimpl.MessageState `protogen:"open.v1"`
+	Settings *v1.Settings           `protobuf:"bytes,1,opt,name=settings,proto3" json:"settings,omitempty"`
+	// The etag the client read; when set and the stored settings' etag
+	// differs, the command is refused (ErrAborted) and changes nothing.
+	Etag          string `protobuf:"bytes,2,opt,name=etag,proto3" json:"etag,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -2101,6 +2143,13 @@ func (x *PutSettings) GetSettings() *v1.Settings {
 		return x.Settings
 	}
 	return nil
+}
+
+func (x *PutSettings) GetEtag() string {
+	if x != nil {
+		return x.Etag
+	}
+	return ""
 }
 
 // Node is a coordinator and the API address followers forward writes to.
@@ -2208,20 +2257,89 @@ func (x *PutNode) GetNode() *Node {
 	return nil
 }
 
-// RequestRecord remembers the answer to a request_id.
+// RequestStamp is the request_id of a custom method, the method and the
+// resource it acts on.
+type RequestStamp struct {
+	state     protoimpl.MessageState `protogen:"open.v1"`
+	RequestId string                 `protobuf:"bytes,1,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`
+	// The ferry.v1 method, e.g. "RestartMigrationJob".
+	Method string `protobuf:"bytes,2,opt,name=method,proto3" json:"method,omitempty"`
+	// The resource the method acts on, e.g. "migrationJobs/{id}".
+	Target        string `protobuf:"bytes,3,opt,name=target,proto3" json:"target,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RequestStamp) Reset() {
+	*x = RequestStamp{}
+	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[29]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RequestStamp) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RequestStamp) ProtoMessage() {}
+
+func (x *RequestStamp) ProtoReflect() protoreflect.Message {
+	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[29]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RequestStamp.ProtoReflect.Descriptor instead.
+func (*RequestStamp) Descriptor() ([]byte, []int) {
+	return file_ferry_ledger_v1_ledger_proto_rawDescGZIP(), []int{29}
+}
+
+func (x *RequestStamp) GetRequestId() string {
+	if x != nil {
+		return x.RequestId
+	}
+	return ""
+}
+
+func (x *RequestStamp) GetMethod() string {
+	if x != nil {
+		return x.Method
+	}
+	return ""
+}
+
+func (x *RequestStamp) GetTarget() string {
+	if x != nil {
+		return x.Target
+	}
+	return ""
+}
+
+// RequestRecord remembers the answer to a request_id. Records expire 24 h
+// of ledger time (command times) after they were made, and the ledger
+// keeps at most 10000, the oldest going first.
 type RequestRecord struct {
 	state     protoimpl.MessageState `protogen:"open.v1"`
 	RequestId string                 `protobuf:"bytes,1,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`
-	// Names of the resources the first request created.
-	Names         []string               `protobuf:"bytes,2,rep,name=names,proto3" json:"names,omitempty"`
-	Time          *timestamppb.Timestamp `protobuf:"bytes,3,opt,name=time,proto3" json:"time,omitempty"`
+	// Names of the resources the first request created; for a custom
+	// method, the resource it acted on.
+	Names []string               `protobuf:"bytes,2,rep,name=names,proto3" json:"names,omitempty"`
+	Time  *timestamppb.Timestamp `protobuf:"bytes,3,opt,name=time,proto3" json:"time,omitempty"`
+	// The custom method (RequestStamp.method); empty for a create.
+	Method        string `protobuf:"bytes,4,opt,name=method,proto3" json:"method,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *RequestRecord) Reset() {
 	*x = RequestRecord{}
-	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[29]
+	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2233,7 +2351,7 @@ func (x *RequestRecord) String() string {
 func (*RequestRecord) ProtoMessage() {}
 
 func (x *RequestRecord) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[29]
+	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2246,7 +2364,7 @@ func (x *RequestRecord) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RequestRecord.ProtoReflect.Descriptor instead.
 func (*RequestRecord) Descriptor() ([]byte, []int) {
-	return file_ferry_ledger_v1_ledger_proto_rawDescGZIP(), []int{29}
+	return file_ferry_ledger_v1_ledger_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *RequestRecord) GetRequestId() string {
@@ -2268,6 +2386,13 @@ func (x *RequestRecord) GetTime() *timestamppb.Timestamp {
 		return x.Time
 	}
 	return nil
+}
+
+func (x *RequestRecord) GetMethod() string {
+	if x != nil {
+		return x.Method
+	}
+	return ""
 }
 
 // Snapshot is the whole ledger.
@@ -2293,7 +2418,7 @@ type Snapshot struct {
 
 func (x *Snapshot) Reset() {
 	*x = Snapshot{}
-	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[30]
+	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2305,7 +2430,7 @@ func (x *Snapshot) String() string {
 func (*Snapshot) ProtoMessage() {}
 
 func (x *Snapshot) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[30]
+	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2318,7 +2443,7 @@ func (x *Snapshot) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Snapshot.ProtoReflect.Descriptor instead.
 func (*Snapshot) Descriptor() ([]byte, []int) {
-	return file_ferry_ledger_v1_ledger_proto_rawDescGZIP(), []int{30}
+	return file_ferry_ledger_v1_ledger_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *Snapshot) GetClusters() []*v1.Cluster {
@@ -2430,7 +2555,7 @@ type RevokeCertificate struct {
 
 func (x *RevokeCertificate) Reset() {
 	*x = RevokeCertificate{}
-	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[31]
+	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2442,7 +2567,7 @@ func (x *RevokeCertificate) String() string {
 func (*RevokeCertificate) ProtoMessage() {}
 
 func (x *RevokeCertificate) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[31]
+	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2455,7 +2580,7 @@ func (x *RevokeCertificate) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevokeCertificate.ProtoReflect.Descriptor instead.
 func (*RevokeCertificate) Descriptor() ([]byte, []int) {
-	return file_ferry_ledger_v1_ledger_proto_rawDescGZIP(), []int{31}
+	return file_ferry_ledger_v1_ledger_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *RevokeCertificate) GetCertificate() *v1.RevokedCertificate {
@@ -2478,7 +2603,7 @@ type ReleaseAddress struct {
 
 func (x *ReleaseAddress) Reset() {
 	*x = ReleaseAddress{}
-	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[32]
+	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2490,7 +2615,7 @@ func (x *ReleaseAddress) String() string {
 func (*ReleaseAddress) ProtoMessage() {}
 
 func (x *ReleaseAddress) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[32]
+	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2503,7 +2628,7 @@ func (x *ReleaseAddress) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReleaseAddress.ProtoReflect.Descriptor instead.
 func (*ReleaseAddress) Descriptor() ([]byte, []int) {
-	return file_ferry_ledger_v1_ledger_proto_rawDescGZIP(), []int{32}
+	return file_ferry_ledger_v1_ledger_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *ReleaseAddress) GetNetwork() string {
@@ -2524,9 +2649,10 @@ var File_ferry_ledger_v1_ledger_proto protoreflect.FileDescriptor
 
 const file_ferry_ledger_v1_ledger_proto_rawDesc = "" +
 	"\n" +
-	"\x1cferry/ledger/v1/ledger.proto\x12\x0fferry.ledger.v1\x1a\x1aferry/v1/certificate.proto\x1a\x1fferry/v1/target_inventory.proto\x1a\x1cferry/v1/migration_job.proto\x1a\x1fferry/v1/migration_server.proto\x1a\x1eferry/v1/network_mapping.proto\x1a\x17ferry/v1/settings.proto\x1a\x15ferry/v1/source.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xdd\x17\n" +
+	"\x1cferry/ledger/v1/ledger.proto\x12\x0fferry.ledger.v1\x1a\x1aferry/v1/certificate.proto\x1a\x1fferry/v1/target_inventory.proto\x1a\x1cferry/v1/migration_job.proto\x1a\x1fferry/v1/migration_server.proto\x1a\x1eferry/v1/network_mapping.proto\x1a\x17ferry/v1/settings.proto\x1a\x15ferry/v1/source.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x96\x18\n" +
 	"\aCommand\x12.\n" +
-	"\x04time\x18\x01 \x01(\v2\x1a.google.protobuf.TimestampR\x04time\x12>\n" +
+	"\x04time\x18\x01 \x01(\v2\x1a.google.protobuf.TimestampR\x04time\x127\n" +
+	"\arequest\x18\x02 \x01(\v2\x1d.ferry.ledger.v1.RequestStampR\arequest\x12>\n" +
 	"\vput_cluster\x18\n" +
 	" \x01(\v2\x1b.ferry.ledger.v1.PutClusterH\x00R\n" +
 	"putCluster\x12H\n" +
@@ -2646,19 +2772,21 @@ const file_ferry_ledger_v1_ledger_proto_rawDesc = "" +
 	"\x11StartMigrationJob\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x12\n" +
 	"\x04host\x18\x02 \x01(\tR\x04host\x12\x14\n" +
-	"\x05epoch\x18\x03 \x01(\x03R\x05epoch\"\xa3\x01\n" +
+	"\x05epoch\x18\x03 \x01(\x03R\x05epoch\"\xdf\x01\n" +
 	"\x16CheckpointMigrationJob\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x14\n" +
 	"\x05epoch\x18\x02 \x01(\x03R\x05epoch\x121\n" +
 	"\x05phase\x18\x03 \x01(\x0e2\x1b.ferry.v1.MigrationJobPhaseR\x05phase\x12,\n" +
-	"\x05disks\x18\x04 \x03(\v2\x16.ferry.v1.DiskProgressR\x05disks\"\xd3\x01\n" +
+	"\x05disks\x18\x04 \x03(\v2\x16.ferry.v1.DiskProgressR\x05disks\x12:\n" +
+	"\rphase_timings\x18\x05 \x03(\v2\x15.ferry.v1.PhaseTimingR\fphaseTimings\"\x8f\x02\n" +
 	"\x12FinishMigrationJob\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x14\n" +
 	"\x05epoch\x18\x02 \x01(\x03R\x05epoch\x121\n" +
 	"\x05state\x18\x03 \x01(\x0e2\x1b.ferry.v1.MigrationJobStateR\x05state\x12\x16\n" +
 	"\x06reason\x18\x04 \x01(\tR\x06reason\x12\x1a\n" +
 	"\bwarnings\x18\x05 \x03(\tR\bwarnings\x12,\n" +
-	"\x05disks\x18\x06 \x03(\v2\x16.ferry.v1.DiskProgressR\x05disks\"@\n" +
+	"\x05disks\x18\x06 \x03(\v2\x16.ferry.v1.DiskProgressR\x05disks\x12:\n" +
+	"\rphase_timings\x18\a \x03(\v2\x15.ferry.v1.PhaseTimingR\fphaseTimings\"@\n" +
 	"\x12CancelMigrationJob\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x16\n" +
 	"\x06reason\x18\x02 \x01(\tR\x06reason\")\n" +
@@ -2666,26 +2794,34 @@ const file_ferry_ledger_v1_ledger_proto_rawDesc = "" +
 	"\x04name\x18\x01 \x01(\tR\x04name\"A\n" +
 	"\x13SetJobWaitingReason\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x16\n" +
-	"\x06reason\x18\x02 \x01(\tR\x06reason\"\xa2\x01\n" +
+	"\x06reason\x18\x02 \x01(\tR\x06reason\"\xb6\x01\n" +
 	"\x16PutNetworkMappingGroup\x12Q\n" +
 	"\x15network_mapping_group\x18\x01 \x01(\v2\x1d.ferry.v1.NetworkMappingGroupR\x13networkMappingGroup\x12\x1d\n" +
 	"\n" +
 	"request_id\x18\x02 \x01(\tR\trequestId\x12\x16\n" +
-	"\x06update\x18\x03 \x01(\bR\x06update\"=\n" +
+	"\x06update\x18\x03 \x01(\bR\x06update\x12\x12\n" +
+	"\x04etag\x18\x04 \x01(\tR\x04etag\"Q\n" +
 	"\vPutSettings\x12.\n" +
-	"\bsettings\x18\x01 \x01(\v2\x12.ferry.v1.SettingsR\bsettings\"Z\n" +
+	"\bsettings\x18\x01 \x01(\v2\x12.ferry.v1.SettingsR\bsettings\x12\x12\n" +
+	"\x04etag\x18\x02 \x01(\tR\x04etag\"Z\n" +
 	"\x04Node\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x1f\n" +
 	"\vapi_address\x18\x02 \x01(\tR\n" +
 	"apiAddress\x12!\n" +
 	"\fraft_address\x18\x03 \x01(\tR\vraftAddress\"4\n" +
 	"\aPutNode\x12)\n" +
-	"\x04node\x18\x01 \x01(\v2\x15.ferry.ledger.v1.NodeR\x04node\"t\n" +
+	"\x04node\x18\x01 \x01(\v2\x15.ferry.ledger.v1.NodeR\x04node\"]\n" +
+	"\fRequestStamp\x12\x1d\n" +
+	"\n" +
+	"request_id\x18\x01 \x01(\tR\trequestId\x12\x16\n" +
+	"\x06method\x18\x02 \x01(\tR\x06method\x12\x16\n" +
+	"\x06target\x18\x03 \x01(\tR\x06target\"\x8c\x01\n" +
 	"\rRequestRecord\x12\x1d\n" +
 	"\n" +
 	"request_id\x18\x01 \x01(\tR\trequestId\x12\x14\n" +
 	"\x05names\x18\x02 \x03(\tR\x05names\x12.\n" +
-	"\x04time\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\x04time\"\xc8\x06\n" +
+	"\x04time\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\x04time\x12\x16\n" +
+	"\x06method\x18\x04 \x01(\tR\x06method\"\xc8\x06\n" +
 	"\bSnapshot\x12-\n" +
 	"\bclusters\x18\x01 \x03(\v2\x11.ferry.v1.ClusterR\bclusters\x12$\n" +
 	"\x05hosts\x18\x02 \x03(\v2\x0e.ferry.v1.HostR\x05hosts\x12C\n" +
@@ -2722,7 +2858,7 @@ func file_ferry_ledger_v1_ledger_proto_rawDescGZIP() []byte {
 	return file_ferry_ledger_v1_ledger_proto_rawDescData
 }
 
-var file_ferry_ledger_v1_ledger_proto_msgTypes = make([]protoimpl.MessageInfo, 33)
+var file_ferry_ledger_v1_ledger_proto_msgTypes = make([]protoimpl.MessageInfo, 34)
 var file_ferry_ledger_v1_ledger_proto_goTypes = []any{
 	(*Command)(nil),                     // 0: ferry.ledger.v1.Command
 	(*Batch)(nil),                       // 1: ferry.ledger.v1.Batch
@@ -2753,106 +2889,111 @@ var file_ferry_ledger_v1_ledger_proto_goTypes = []any{
 	(*PutSettings)(nil),                 // 26: ferry.ledger.v1.PutSettings
 	(*Node)(nil),                        // 27: ferry.ledger.v1.Node
 	(*PutNode)(nil),                     // 28: ferry.ledger.v1.PutNode
-	(*RequestRecord)(nil),               // 29: ferry.ledger.v1.RequestRecord
-	(*Snapshot)(nil),                    // 30: ferry.ledger.v1.Snapshot
-	(*RevokeCertificate)(nil),           // 31: ferry.ledger.v1.RevokeCertificate
-	(*ReleaseAddress)(nil),              // 32: ferry.ledger.v1.ReleaseAddress
-	(*timestamppb.Timestamp)(nil),       // 33: google.protobuf.Timestamp
-	(*v1.Cluster)(nil),                  // 34: ferry.v1.Cluster
-	(*v1.Host)(nil),                     // 35: ferry.v1.Host
-	(*v1.PendingCleanup)(nil),           // 36: ferry.v1.PendingCleanup
-	(*v1.PrimaryStorage)(nil),           // 37: ferry.v1.PrimaryStorage
-	(*v1.L3Network)(nil),                // 38: ferry.v1.L3Network
-	(*v1.MigrationServer)(nil),          // 39: ferry.v1.MigrationServer
-	(*v1.Credential)(nil),               // 40: ferry.v1.Credential
-	(*v1.Source)(nil),                   // 41: ferry.v1.Source
-	(*v1.SourceInventory)(nil),          // 42: ferry.v1.SourceInventory
-	(*v1.MigrationJob)(nil),             // 43: ferry.v1.MigrationJob
-	(v1.MigrationJobPhase)(0),           // 44: ferry.v1.MigrationJobPhase
-	(*v1.DiskProgress)(nil),             // 45: ferry.v1.DiskProgress
-	(v1.MigrationJobState)(0),           // 46: ferry.v1.MigrationJobState
-	(*v1.NetworkMappingGroup)(nil),      // 47: ferry.v1.NetworkMappingGroup
-	(*v1.Settings)(nil),                 // 48: ferry.v1.Settings
-	(*v1.RevokedCertificate)(nil),       // 49: ferry.v1.RevokedCertificate
+	(*RequestStamp)(nil),                // 29: ferry.ledger.v1.RequestStamp
+	(*RequestRecord)(nil),               // 30: ferry.ledger.v1.RequestRecord
+	(*Snapshot)(nil),                    // 31: ferry.ledger.v1.Snapshot
+	(*RevokeCertificate)(nil),           // 32: ferry.ledger.v1.RevokeCertificate
+	(*ReleaseAddress)(nil),              // 33: ferry.ledger.v1.ReleaseAddress
+	(*timestamppb.Timestamp)(nil),       // 34: google.protobuf.Timestamp
+	(*v1.Cluster)(nil),                  // 35: ferry.v1.Cluster
+	(*v1.Host)(nil),                     // 36: ferry.v1.Host
+	(*v1.PendingCleanup)(nil),           // 37: ferry.v1.PendingCleanup
+	(*v1.PrimaryStorage)(nil),           // 38: ferry.v1.PrimaryStorage
+	(*v1.L3Network)(nil),                // 39: ferry.v1.L3Network
+	(*v1.MigrationServer)(nil),          // 40: ferry.v1.MigrationServer
+	(*v1.Credential)(nil),               // 41: ferry.v1.Credential
+	(*v1.Source)(nil),                   // 42: ferry.v1.Source
+	(*v1.SourceInventory)(nil),          // 43: ferry.v1.SourceInventory
+	(*v1.MigrationJob)(nil),             // 44: ferry.v1.MigrationJob
+	(v1.MigrationJobPhase)(0),           // 45: ferry.v1.MigrationJobPhase
+	(*v1.DiskProgress)(nil),             // 46: ferry.v1.DiskProgress
+	(*v1.PhaseTiming)(nil),              // 47: ferry.v1.PhaseTiming
+	(v1.MigrationJobState)(0),           // 48: ferry.v1.MigrationJobState
+	(*v1.NetworkMappingGroup)(nil),      // 49: ferry.v1.NetworkMappingGroup
+	(*v1.Settings)(nil),                 // 50: ferry.v1.Settings
+	(*v1.RevokedCertificate)(nil),       // 51: ferry.v1.RevokedCertificate
 }
 var file_ferry_ledger_v1_ledger_proto_depIdxs = []int32{
-	33, // 0: ferry.ledger.v1.Command.time:type_name -> google.protobuf.Timestamp
-	3,  // 1: ferry.ledger.v1.Command.put_cluster:type_name -> ferry.ledger.v1.PutCluster
-	2,  // 2: ferry.ledger.v1.Command.delete_cluster:type_name -> ferry.ledger.v1.DeleteResource
-	4,  // 3: ferry.ledger.v1.Command.put_host:type_name -> ferry.ledger.v1.PutHost
-	5,  // 4: ferry.ledger.v1.Command.set_host_connected:type_name -> ferry.ledger.v1.SetHostConnected
-	8,  // 5: ferry.ledger.v1.Command.put_primary_storage:type_name -> ferry.ledger.v1.PutPrimaryStorage
-	2,  // 6: ferry.ledger.v1.Command.delete_primary_storage:type_name -> ferry.ledger.v1.DeleteResource
-	9,  // 7: ferry.ledger.v1.Command.put_l3_network:type_name -> ferry.ledger.v1.PutL3Network
-	2,  // 8: ferry.ledger.v1.Command.delete_l3_network:type_name -> ferry.ledger.v1.DeleteResource
-	10, // 9: ferry.ledger.v1.Command.put_migration_server:type_name -> ferry.ledger.v1.PutMigrationServer
-	2,  // 10: ferry.ledger.v1.Command.delete_migration_server:type_name -> ferry.ledger.v1.DeleteResource
-	11, // 11: ferry.ledger.v1.Command.set_migration_server_enabled:type_name -> ferry.ledger.v1.SetMigrationServerEnabled
-	12, // 12: ferry.ledger.v1.Command.set_migration_server_bandwidth:type_name -> ferry.ledger.v1.SetMigrationServerBandwidth
-	14, // 13: ferry.ledger.v1.Command.put_credential:type_name -> ferry.ledger.v1.PutCredential
-	2,  // 14: ferry.ledger.v1.Command.delete_credential:type_name -> ferry.ledger.v1.DeleteResource
-	15, // 15: ferry.ledger.v1.Command.put_source:type_name -> ferry.ledger.v1.PutSource
-	2,  // 16: ferry.ledger.v1.Command.delete_source:type_name -> ferry.ledger.v1.DeleteResource
-	16, // 17: ferry.ledger.v1.Command.record_source_host_key:type_name -> ferry.ledger.v1.RecordSourceHostKey
-	18, // 18: ferry.ledger.v1.Command.create_migration_jobs:type_name -> ferry.ledger.v1.CreateMigrationJobs
-	19, // 19: ferry.ledger.v1.Command.start_migration_job:type_name -> ferry.ledger.v1.StartMigrationJob
-	20, // 20: ferry.ledger.v1.Command.checkpoint_migration_job:type_name -> ferry.ledger.v1.CheckpointMigrationJob
-	21, // 21: ferry.ledger.v1.Command.finish_migration_job:type_name -> ferry.ledger.v1.FinishMigrationJob
-	22, // 22: ferry.ledger.v1.Command.cancel_migration_job:type_name -> ferry.ledger.v1.CancelMigrationJob
-	23, // 23: ferry.ledger.v1.Command.restart_migration_job:type_name -> ferry.ledger.v1.RestartMigrationJob
-	2,  // 24: ferry.ledger.v1.Command.delete_migration_job:type_name -> ferry.ledger.v1.DeleteResource
-	24, // 25: ferry.ledger.v1.Command.set_job_waiting_reason:type_name -> ferry.ledger.v1.SetJobWaitingReason
-	26, // 26: ferry.ledger.v1.Command.put_settings:type_name -> ferry.ledger.v1.PutSettings
-	28, // 27: ferry.ledger.v1.Command.put_node:type_name -> ferry.ledger.v1.PutNode
-	2,  // 28: ferry.ledger.v1.Command.delete_node:type_name -> ferry.ledger.v1.DeleteResource
-	1,  // 29: ferry.ledger.v1.Command.batch:type_name -> ferry.ledger.v1.Batch
-	17, // 30: ferry.ledger.v1.Command.record_source_sync:type_name -> ferry.ledger.v1.RecordSourceSync
-	25, // 31: ferry.ledger.v1.Command.put_network_mapping_group:type_name -> ferry.ledger.v1.PutNetworkMappingGroup
-	2,  // 32: ferry.ledger.v1.Command.delete_network_mapping_group:type_name -> ferry.ledger.v1.DeleteResource
-	32, // 33: ferry.ledger.v1.Command.release_address:type_name -> ferry.ledger.v1.ReleaseAddress
-	31, // 34: ferry.ledger.v1.Command.revoke_certificate:type_name -> ferry.ledger.v1.RevokeCertificate
-	6,  // 35: ferry.ledger.v1.Command.set_host_maintenance:type_name -> ferry.ledger.v1.SetHostMaintenance
-	7,  // 36: ferry.ledger.v1.Command.set_pending_cleanup:type_name -> ferry.ledger.v1.SetPendingCleanup
-	0,  // 37: ferry.ledger.v1.Batch.commands:type_name -> ferry.ledger.v1.Command
-	34, // 38: ferry.ledger.v1.PutCluster.cluster:type_name -> ferry.v1.Cluster
-	35, // 39: ferry.ledger.v1.PutHost.host:type_name -> ferry.v1.Host
-	36, // 40: ferry.ledger.v1.SetPendingCleanup.cleanup:type_name -> ferry.v1.PendingCleanup
-	37, // 41: ferry.ledger.v1.PutPrimaryStorage.primary_storage:type_name -> ferry.v1.PrimaryStorage
-	38, // 42: ferry.ledger.v1.PutL3Network.l3_network:type_name -> ferry.v1.L3Network
-	39, // 43: ferry.ledger.v1.PutMigrationServer.migration_server:type_name -> ferry.v1.MigrationServer
-	40, // 44: ferry.ledger.v1.SealedCredential.credential:type_name -> ferry.v1.Credential
-	13, // 45: ferry.ledger.v1.PutCredential.credential:type_name -> ferry.ledger.v1.SealedCredential
-	41, // 46: ferry.ledger.v1.PutSource.source:type_name -> ferry.v1.Source
-	42, // 47: ferry.ledger.v1.RecordSourceSync.inventory:type_name -> ferry.v1.SourceInventory
-	43, // 48: ferry.ledger.v1.CreateMigrationJobs.jobs:type_name -> ferry.v1.MigrationJob
-	44, // 49: ferry.ledger.v1.CheckpointMigrationJob.phase:type_name -> ferry.v1.MigrationJobPhase
-	45, // 50: ferry.ledger.v1.CheckpointMigrationJob.disks:type_name -> ferry.v1.DiskProgress
-	46, // 51: ferry.ledger.v1.FinishMigrationJob.state:type_name -> ferry.v1.MigrationJobState
-	45, // 52: ferry.ledger.v1.FinishMigrationJob.disks:type_name -> ferry.v1.DiskProgress
-	47, // 53: ferry.ledger.v1.PutNetworkMappingGroup.network_mapping_group:type_name -> ferry.v1.NetworkMappingGroup
-	48, // 54: ferry.ledger.v1.PutSettings.settings:type_name -> ferry.v1.Settings
-	27, // 55: ferry.ledger.v1.PutNode.node:type_name -> ferry.ledger.v1.Node
-	33, // 56: ferry.ledger.v1.RequestRecord.time:type_name -> google.protobuf.Timestamp
-	34, // 57: ferry.ledger.v1.Snapshot.clusters:type_name -> ferry.v1.Cluster
-	35, // 58: ferry.ledger.v1.Snapshot.hosts:type_name -> ferry.v1.Host
-	37, // 59: ferry.ledger.v1.Snapshot.primary_storages:type_name -> ferry.v1.PrimaryStorage
-	38, // 60: ferry.ledger.v1.Snapshot.l3_networks:type_name -> ferry.v1.L3Network
-	39, // 61: ferry.ledger.v1.Snapshot.migration_servers:type_name -> ferry.v1.MigrationServer
-	13, // 62: ferry.ledger.v1.Snapshot.credentials:type_name -> ferry.ledger.v1.SealedCredential
-	41, // 63: ferry.ledger.v1.Snapshot.sources:type_name -> ferry.v1.Source
-	43, // 64: ferry.ledger.v1.Snapshot.jobs:type_name -> ferry.v1.MigrationJob
-	48, // 65: ferry.ledger.v1.Snapshot.settings:type_name -> ferry.v1.Settings
-	27, // 66: ferry.ledger.v1.Snapshot.nodes:type_name -> ferry.ledger.v1.Node
-	29, // 67: ferry.ledger.v1.Snapshot.requests:type_name -> ferry.ledger.v1.RequestRecord
-	42, // 68: ferry.ledger.v1.Snapshot.source_inventories:type_name -> ferry.v1.SourceInventory
-	47, // 69: ferry.ledger.v1.Snapshot.network_mapping_groups:type_name -> ferry.v1.NetworkMappingGroup
-	49, // 70: ferry.ledger.v1.Snapshot.revoked_certificates:type_name -> ferry.v1.RevokedCertificate
-	49, // 71: ferry.ledger.v1.RevokeCertificate.certificate:type_name -> ferry.v1.RevokedCertificate
-	72, // [72:72] is the sub-list for method output_type
-	72, // [72:72] is the sub-list for method input_type
-	72, // [72:72] is the sub-list for extension type_name
-	72, // [72:72] is the sub-list for extension extendee
-	0,  // [0:72] is the sub-list for field type_name
+	34, // 0: ferry.ledger.v1.Command.time:type_name -> google.protobuf.Timestamp
+	29, // 1: ferry.ledger.v1.Command.request:type_name -> ferry.ledger.v1.RequestStamp
+	3,  // 2: ferry.ledger.v1.Command.put_cluster:type_name -> ferry.ledger.v1.PutCluster
+	2,  // 3: ferry.ledger.v1.Command.delete_cluster:type_name -> ferry.ledger.v1.DeleteResource
+	4,  // 4: ferry.ledger.v1.Command.put_host:type_name -> ferry.ledger.v1.PutHost
+	5,  // 5: ferry.ledger.v1.Command.set_host_connected:type_name -> ferry.ledger.v1.SetHostConnected
+	8,  // 6: ferry.ledger.v1.Command.put_primary_storage:type_name -> ferry.ledger.v1.PutPrimaryStorage
+	2,  // 7: ferry.ledger.v1.Command.delete_primary_storage:type_name -> ferry.ledger.v1.DeleteResource
+	9,  // 8: ferry.ledger.v1.Command.put_l3_network:type_name -> ferry.ledger.v1.PutL3Network
+	2,  // 9: ferry.ledger.v1.Command.delete_l3_network:type_name -> ferry.ledger.v1.DeleteResource
+	10, // 10: ferry.ledger.v1.Command.put_migration_server:type_name -> ferry.ledger.v1.PutMigrationServer
+	2,  // 11: ferry.ledger.v1.Command.delete_migration_server:type_name -> ferry.ledger.v1.DeleteResource
+	11, // 12: ferry.ledger.v1.Command.set_migration_server_enabled:type_name -> ferry.ledger.v1.SetMigrationServerEnabled
+	12, // 13: ferry.ledger.v1.Command.set_migration_server_bandwidth:type_name -> ferry.ledger.v1.SetMigrationServerBandwidth
+	14, // 14: ferry.ledger.v1.Command.put_credential:type_name -> ferry.ledger.v1.PutCredential
+	2,  // 15: ferry.ledger.v1.Command.delete_credential:type_name -> ferry.ledger.v1.DeleteResource
+	15, // 16: ferry.ledger.v1.Command.put_source:type_name -> ferry.ledger.v1.PutSource
+	2,  // 17: ferry.ledger.v1.Command.delete_source:type_name -> ferry.ledger.v1.DeleteResource
+	16, // 18: ferry.ledger.v1.Command.record_source_host_key:type_name -> ferry.ledger.v1.RecordSourceHostKey
+	18, // 19: ferry.ledger.v1.Command.create_migration_jobs:type_name -> ferry.ledger.v1.CreateMigrationJobs
+	19, // 20: ferry.ledger.v1.Command.start_migration_job:type_name -> ferry.ledger.v1.StartMigrationJob
+	20, // 21: ferry.ledger.v1.Command.checkpoint_migration_job:type_name -> ferry.ledger.v1.CheckpointMigrationJob
+	21, // 22: ferry.ledger.v1.Command.finish_migration_job:type_name -> ferry.ledger.v1.FinishMigrationJob
+	22, // 23: ferry.ledger.v1.Command.cancel_migration_job:type_name -> ferry.ledger.v1.CancelMigrationJob
+	23, // 24: ferry.ledger.v1.Command.restart_migration_job:type_name -> ferry.ledger.v1.RestartMigrationJob
+	2,  // 25: ferry.ledger.v1.Command.delete_migration_job:type_name -> ferry.ledger.v1.DeleteResource
+	24, // 26: ferry.ledger.v1.Command.set_job_waiting_reason:type_name -> ferry.ledger.v1.SetJobWaitingReason
+	26, // 27: ferry.ledger.v1.Command.put_settings:type_name -> ferry.ledger.v1.PutSettings
+	28, // 28: ferry.ledger.v1.Command.put_node:type_name -> ferry.ledger.v1.PutNode
+	2,  // 29: ferry.ledger.v1.Command.delete_node:type_name -> ferry.ledger.v1.DeleteResource
+	1,  // 30: ferry.ledger.v1.Command.batch:type_name -> ferry.ledger.v1.Batch
+	17, // 31: ferry.ledger.v1.Command.record_source_sync:type_name -> ferry.ledger.v1.RecordSourceSync
+	25, // 32: ferry.ledger.v1.Command.put_network_mapping_group:type_name -> ferry.ledger.v1.PutNetworkMappingGroup
+	2,  // 33: ferry.ledger.v1.Command.delete_network_mapping_group:type_name -> ferry.ledger.v1.DeleteResource
+	33, // 34: ferry.ledger.v1.Command.release_address:type_name -> ferry.ledger.v1.ReleaseAddress
+	32, // 35: ferry.ledger.v1.Command.revoke_certificate:type_name -> ferry.ledger.v1.RevokeCertificate
+	6,  // 36: ferry.ledger.v1.Command.set_host_maintenance:type_name -> ferry.ledger.v1.SetHostMaintenance
+	7,  // 37: ferry.ledger.v1.Command.set_pending_cleanup:type_name -> ferry.ledger.v1.SetPendingCleanup
+	0,  // 38: ferry.ledger.v1.Batch.commands:type_name -> ferry.ledger.v1.Command
+	35, // 39: ferry.ledger.v1.PutCluster.cluster:type_name -> ferry.v1.Cluster
+	36, // 40: ferry.ledger.v1.PutHost.host:type_name -> ferry.v1.Host
+	37, // 41: ferry.ledger.v1.SetPendingCleanup.cleanup:type_name -> ferry.v1.PendingCleanup
+	38, // 42: ferry.ledger.v1.PutPrimaryStorage.primary_storage:type_name -> ferry.v1.PrimaryStorage
+	39, // 43: ferry.ledger.v1.PutL3Network.l3_network:type_name -> ferry.v1.L3Network
+	40, // 44: ferry.ledger.v1.PutMigrationServer.migration_server:type_name -> ferry.v1.MigrationServer
+	41, // 45: ferry.ledger.v1.SealedCredential.credential:type_name -> ferry.v1.Credential
+	13, // 46: ferry.ledger.v1.PutCredential.credential:type_name -> ferry.ledger.v1.SealedCredential
+	42, // 47: ferry.ledger.v1.PutSource.source:type_name -> ferry.v1.Source
+	43, // 48: ferry.ledger.v1.RecordSourceSync.inventory:type_name -> ferry.v1.SourceInventory
+	44, // 49: ferry.ledger.v1.CreateMigrationJobs.jobs:type_name -> ferry.v1.MigrationJob
+	45, // 50: ferry.ledger.v1.CheckpointMigrationJob.phase:type_name -> ferry.v1.MigrationJobPhase
+	46, // 51: ferry.ledger.v1.CheckpointMigrationJob.disks:type_name -> ferry.v1.DiskProgress
+	47, // 52: ferry.ledger.v1.CheckpointMigrationJob.phase_timings:type_name -> ferry.v1.PhaseTiming
+	48, // 53: ferry.ledger.v1.FinishMigrationJob.state:type_name -> ferry.v1.MigrationJobState
+	46, // 54: ferry.ledger.v1.FinishMigrationJob.disks:type_name -> ferry.v1.DiskProgress
+	47, // 55: ferry.ledger.v1.FinishMigrationJob.phase_timings:type_name -> ferry.v1.PhaseTiming
+	49, // 56: ferry.ledger.v1.PutNetworkMappingGroup.network_mapping_group:type_name -> ferry.v1.NetworkMappingGroup
+	50, // 57: ferry.ledger.v1.PutSettings.settings:type_name -> ferry.v1.Settings
+	27, // 58: ferry.ledger.v1.PutNode.node:type_name -> ferry.ledger.v1.Node
+	34, // 59: ferry.ledger.v1.RequestRecord.time:type_name -> google.protobuf.Timestamp
+	35, // 60: ferry.ledger.v1.Snapshot.clusters:type_name -> ferry.v1.Cluster
+	36, // 61: ferry.ledger.v1.Snapshot.hosts:type_name -> ferry.v1.Host
+	38, // 62: ferry.ledger.v1.Snapshot.primary_storages:type_name -> ferry.v1.PrimaryStorage
+	39, // 63: ferry.ledger.v1.Snapshot.l3_networks:type_name -> ferry.v1.L3Network
+	40, // 64: ferry.ledger.v1.Snapshot.migration_servers:type_name -> ferry.v1.MigrationServer
+	13, // 65: ferry.ledger.v1.Snapshot.credentials:type_name -> ferry.ledger.v1.SealedCredential
+	42, // 66: ferry.ledger.v1.Snapshot.sources:type_name -> ferry.v1.Source
+	44, // 67: ferry.ledger.v1.Snapshot.jobs:type_name -> ferry.v1.MigrationJob
+	50, // 68: ferry.ledger.v1.Snapshot.settings:type_name -> ferry.v1.Settings
+	27, // 69: ferry.ledger.v1.Snapshot.nodes:type_name -> ferry.ledger.v1.Node
+	30, // 70: ferry.ledger.v1.Snapshot.requests:type_name -> ferry.ledger.v1.RequestRecord
+	43, // 71: ferry.ledger.v1.Snapshot.source_inventories:type_name -> ferry.v1.SourceInventory
+	49, // 72: ferry.ledger.v1.Snapshot.network_mapping_groups:type_name -> ferry.v1.NetworkMappingGroup
+	51, // 73: ferry.ledger.v1.Snapshot.revoked_certificates:type_name -> ferry.v1.RevokedCertificate
+	51, // 74: ferry.ledger.v1.RevokeCertificate.certificate:type_name -> ferry.v1.RevokedCertificate
+	75, // [75:75] is the sub-list for method output_type
+	75, // [75:75] is the sub-list for method input_type
+	75, // [75:75] is the sub-list for extension type_name
+	75, // [75:75] is the sub-list for extension extendee
+	0,  // [0:75] is the sub-list for field type_name
 }
 
 func init() { file_ferry_ledger_v1_ledger_proto_init() }
@@ -2905,7 +3046,7 @@ func file_ferry_ledger_v1_ledger_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_ferry_ledger_v1_ledger_proto_rawDesc), len(file_ferry_ledger_v1_ledger_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   33,
+			NumMessages:   34,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

@@ -1,4 +1,4 @@
-package api
+package admission
 
 import (
 	"fmt"
@@ -14,7 +14,7 @@ import (
 // source's synced inventory says it is paused or shut off. It returns one
 // note per job whose target is left stopped that way. A job that sets
 // auto_start keeps it.
-func (a *API) keepSourceState(source string, jobs []*ferryv1.MigrationJob) []string {
+func (a *Admission) keepSourceState(source string, jobs []*ferryv1.MigrationJob) []string {
 	inv, _ := a.ledger.SourceInventory(source)
 	var notes []string
 	for i, j := range jobs {

@@ -1,50 +1,78 @@
-package api
+package admission
 
 import (
 	"fmt"
 	"net/netip"
 	"strings"
 
+	"github.com/ferry-v2v/ferry/coordinator/internal/validate"
 	ferryv1 "github.com/ferry-v2v/ferry/pkg/pb/ferry/v1"
 )
 
 // allocator hands out addresses for one batch. The caller holds
-// API.allocMu from allocation until the proposal is applied, so the
-// ledger's used addresses plus this batch's are all that is taken. It also
+// Admission.allocMu from allocation until the proposal is applied, so the
+// ledger's used addresses plus this batch's are all that is taken. It asks
+// the ledger about each address it considers (ledger.AddressHolder) rather
+// than copying every address a network holds, so a batch costs the same
+// whatever the number of jobs in the ledger. It also
 // skips an address that the target libvirt network already reserves for
 // another MAC in a static DHCP host entry, as the agents of the network's
 // cluster report them: the target VM could not get it.
 type allocator struct {
-	a     *API
+	a     *Admission
 	nets  map[string]*ferryv1.L3Network
-	taken map[string]map[netip.Addr]string // network → address → holder
+	taken map[string]map[netip.Addr]string // network → address → job of this batch
 	next  map[string]netip.Addr            // network → where firstFree looks next
 	hosts []*ferryv1.Host                  // connected, read once
 	dhcp  map[string]map[netip.Addr]dhcpEntry
+	// hints are where the held addresses from each range's start end, as
+	// a previous batch found them, and freed the ledger's AddressesFreed
+	// when this batch began; nil when the allocator keeps no hints
+	// (a preview's, which runs without Admission.allocMu).
+	hints map[string]prefixHint
+	freed uint64
+}
+
+// prefixHint says that, while the ledger's AddressesFreed stays freed,
+// every usable address of the range that starts at start and lies before
+// end is held: allocation may begin its search at end. Addresses only
+// become free through what AddressesFreed counts, so a batch in a
+// ledger of 10,000 jobs does not walk past 10,000 held addresses.
+type prefixHint struct {
+	freed      uint64
+	start, end netip.Addr
+}
+
+// remember has the allocator start where hints say the held addresses
+// end, and keep hints up to date; the caller holds Admission.allocMu.
+func (al *allocator) remember(hints map[string]prefixHint) {
+	al.freed = al.a.ledger.AddressesFreed() // before any address is looked at
+	al.hints = hints
 }
 
 // dhcpEntry is a static DHCP host entry of a libvirt network on a host.
 type dhcpEntry struct{ mac, name, host, network string }
 
-func (a *API) newAllocator(nets map[string]*ferryv1.L3Network) *allocator {
+func (a *Admission) newAllocator(nets map[string]*ferryv1.L3Network) *allocator {
 	return &allocator{a: a, nets: nets, taken: map[string]map[netip.Addr]string{}, next: map[string]netip.Addr{},
 		dhcp: map[string]map[netip.Addr]dhcpEntry{}}
 }
 
-// held returns the addresses taken on a network: by jobs and reservations
-// in the ledger, then by this batch.
-func (al *allocator) held(network string) map[netip.Addr]string {
-	if m, ok := al.taken[network]; ok {
-		return m
+// holder says who holds ip on network: a job or reservation of the
+// ledger, or a NIC of this batch ("jobs[0].target.nics[1].ip").
+func (al *allocator) holder(network string, ip netip.Addr) (string, bool) {
+	if h, ok := al.taken[network][ip]; ok {
+		return h, true
 	}
-	m := map[netip.Addr]string{}
-	for ip, job := range al.a.ledger.UsedAddresses(network) {
-		if a, ok := parseIP(ip); ok {
-			m[a] = job
-		}
+	return al.a.ledger.AddressHolder(network, ip.String())
+}
+
+// take records that a NIC of this batch holds ip on network.
+func (al *allocator) take(network string, ip netip.Addr, field string) {
+	if al.taken[network] == nil {
+		al.taken[network] = map[netip.Addr]string{}
 	}
-	al.taken[network] = m
-	return m
+	al.taken[network][ip] = field
 }
 
 // dhcpHosts returns the static DHCP host entries of an L3 network's
@@ -71,7 +99,7 @@ func (al *allocator) dhcpHosts(network string) map[netip.Addr]dhcpEntry {
 				continue
 			}
 			for _, d := range ln.GetDhcpHosts() {
-				if ip, ok := parseIP(d.GetIp()); ok {
+				if ip, ok := validate.ParseIP(d.GetIp()); ok {
 					m[ip] = dhcpEntry{mac: strings.ToLower(d.GetMac()), name: d.GetName(), host: h.GetName(), network: ln.GetName()}
 				}
 			}
@@ -102,22 +130,21 @@ func (al *allocator) allocate(jobs []*ferryv1.MigrationJob) error {
 			if nic.GetIp() == "" {
 				continue
 			}
-			ip, _ := parseIP(nic.GetIp())
-			held := al.held(nic.GetL3Network())
+			ip, _ := validate.ParseIP(nic.GetIp())
 			field := fmt.Sprintf("jobs[%d].target.nics[%d].ip", i, k)
-			holder, ok := held[ip]
+			holder, ok := al.holder(nic.GetL3Network(), ip)
 			switch {
 			case ok && strings.HasPrefix(holder, "jobs["):
-				return invalid(field, "%s on %s is also given to %s", ip, nic.GetL3Network(), holder)
+				return validate.Invalid(field, "%s on %s is also given to %s", ip, nic.GetL3Network(), holder)
 			case ok:
-				return precondition(field, "%s on %s is already held by %s; pick another address or leave ip empty to have one allocated",
+				return validate.Precondition(field, "%s on %s is already held by %s; pick another address or leave ip empty to have one allocated",
 					ip, nic.GetL3Network(), holder)
 			}
 			if other := al.reservedFor(nic.GetL3Network(), ip, nic.GetMac()); other != "" {
-				return precondition(field, "%s on %s: %s; pick another address or leave ip empty to have one allocated",
+				return validate.Precondition(field, "%s on %s: %s; pick another address or leave ip empty to have one allocated",
 					ip, nic.GetL3Network(), other)
 			}
-			held[ip] = field
+			al.take(nic.GetL3Network(), ip, field)
 		}
 	}
 	for i, j := range jobs {
@@ -128,12 +155,12 @@ func (al *allocator) allocate(jobs []*ferryv1.MigrationJob) error {
 			ip, ok := al.firstFree(nic.GetL3Network(), nic.GetMac())
 			if !ok {
 				n := al.nets[nic.GetL3Network()]
-				return precondition(fmt.Sprintf("jobs[%d].target.nics[%d].l3_network", i, k),
+				return validate.Precondition(fmt.Sprintf("jobs[%d].target.nics[%d].l3_network", i, k),
 					"no free address left in %s (range %s-%s); widen the range or delete finished jobs that hold addresses",
 					n.GetName(), n.GetIpRangeStart(), n.GetIpRangeEnd())
 			}
 			nic.Ip = ip.String()
-			al.held(nic.GetL3Network())[ip] = fmt.Sprintf("jobs[%d].target.nics[%d].ip", i, k)
+			al.take(nic.GetL3Network(), ip, fmt.Sprintf("jobs[%d].target.nics[%d].ip", i, k))
 		}
 	}
 	return nil
@@ -143,16 +170,26 @@ func (al *allocator) allocate(jobs []*ferryv1.MigrationJob) error {
 // holds and no DHCP host entry reserves for a MAC other than mac.
 func (al *allocator) firstFree(network, mac string) (netip.Addr, bool) {
 	r := rangeOf(al.nets[network])
-	held := al.held(network)
 	start, ok := al.next[network]
+	prefix := !ok && al.hints != nil // whether every address before a is held in the ledger
 	if !ok {
 		start = r.start
+		if h, ok := al.hints[network]; ok && prefix && h.freed == al.freed && h.start == r.start {
+			start = h.end
+		}
 	}
 	var skipped netip.Addr // the first address left for another MAC
 	for a := start; a.IsValid() && !r.end.Less(a); a = a.Next() {
-		if _, taken := held[a]; taken || !r.usable(a) {
+		if !r.usable(a) {
 			continue
 		}
+		if holder, taken := al.holder(network, a); taken {
+			if prefix = prefix && !strings.HasPrefix(holder, "jobs["); prefix {
+				al.hints[network] = prefixHint{freed: al.freed, start: r.start, end: a.Next()}
+			}
+			continue
+		}
+		prefix = false
 		if al.reservedFor(network, a, mac) != "" {
 			if !skipped.IsValid() {
 				skipped = a // a later NIC of the batch may have its MAC

@@ -1,24 +1,17 @@
-package api
+package admission
 
 import (
 	"fmt"
 	"strings"
 
-	cachecap "github.com/ferry-v2v/ferry/coordinator/internal/capacity"
+	"github.com/ferry-v2v/ferry/coordinator/internal/capacity"
 	"github.com/ferry-v2v/ferry/coordinator/internal/ledger"
 	ferryv1 "github.com/ferry-v2v/ferry/pkg/pb/ferry/v1"
 )
 
-// liveFacts is what the session manager knows of its connected agents:
-// fresher than the facts the ledger records every checkpoint interval.
-// *session.Manager is one; only the leader's has any.
-type liveFacts interface {
-	Hosts() map[string]*ferryv1.HostFacts
-}
-
-// capacity is what a preview compares a batch with: the connected hosts'
+// resources are what a preview compares a batch with: the connected hosts'
 // facts and the jobs that are queued or running.
-type capacity struct {
+type resources struct {
 	server *ferryv1.MigrationServer
 	hosts  []*ferryv1.Host // connected, with their latest facts
 	active []*ferryv1.MigrationJob
@@ -28,19 +21,19 @@ type capacity struct {
 // the room the scheduler admits jobs by (package capacity): the free space
 // of the server's cache_path as its host's agent reports it, less what the
 // server's running jobs reserve.
-func (c *capacity) cache(jobs []*ferryv1.MigrationJob) *ferryv1.PreviewUsage {
+func (c *resources) cache(jobs []*ferryv1.MigrationJob) *ferryv1.PreviewUsage {
 	u := &ferryv1.PreviewUsage{Kind: ferryv1.PreviewResourceKind_PREVIEW_RESOURCE_KIND_CACHE_BYTES, Resource: c.server.GetName()}
 	for _, j := range jobs {
-		u.Requested += cachecap.JobBytes(j)
+		u.Requested += capacity.JobBytes(j)
 	}
-	var facts *ferryv1.HostFacts
+	facts := map[string]*ferryv1.HostFacts{}
 	for _, h := range c.hosts {
-		if h.GetName() == hostRef(c.server.GetHost()) {
-			facts = h.GetFacts()
-		}
+		facts[h.GetName()] = h.GetFacts()
 	}
-	room := cachecap.Cache(c.server, facts, cachecap.Reserved(c.server.GetName(), c.active))
-	if facts == nil {
+	rooms := capacity.NewRooms(facts)
+	rooms.ReserveRunning(c.active)
+	room := rooms.Room(c.server)
+	if facts[hostRef(c.server.GetHost())] == nil {
 		u.Note = fmt.Sprintf("the migration server's host %s is not connected", c.server.GetHost())
 		return settle(u)
 	}
@@ -56,8 +49,8 @@ func hostRef(h string) string {
 	return "hosts/" + h
 }
 
-func (a *API) newCapacity(server *ferryv1.MigrationServer) *capacity {
-	c := &capacity{server: server, hosts: a.connectedHosts()}
+func (a *Admission) newResources(server *ferryv1.MigrationServer) *resources {
+	c := &resources{server: server, hosts: a.connectedHosts()}
 	for _, st := range []ferryv1.MigrationJobState{ferryv1.MigrationJobState_MIGRATION_JOB_STATE_QUEUED, ferryv1.MigrationJobState_MIGRATION_JOB_STATE_RUNNING} {
 		c.active = append(c.active, a.ledger.Jobs(ledger.JobFilter{State: st})...)
 	}
@@ -67,9 +60,9 @@ func (a *API) newCapacity(server *ferryv1.MigrationServer) *capacity {
 // connectedHosts are the hosts whose agents are connected, with their
 // latest facts: the session manager's live ones on the leader, else what
 // the ledger last recorded.
-func (a *API) connectedHosts() []*ferryv1.Host {
+func (a *Admission) connectedHosts() []*ferryv1.Host {
 	var live map[string]*ferryv1.HostFacts
-	if lf, ok := a.inventory.(liveFacts); ok {
+	if lf, ok := a.agents.(liveFacts); ok {
 		live = lf.Hosts()
 	}
 	var out []*ferryv1.Host
@@ -86,7 +79,7 @@ func (a *API) connectedHosts() []*ferryv1.Host {
 
 // computeHosts are the connected hosts a cluster's VMs may run on: its own,
 // and the migration server's host when a job writes local storage there.
-func (c *capacity) computeHosts(cluster string, jobs []*ferryv1.MigrationJob, local func(string) bool) []*ferryv1.Host {
+func (c *resources) computeHosts(cluster string, jobs []*ferryv1.MigrationJob, local func(string) bool) []*ferryv1.Host {
 	var out []*ferryv1.Host
 	serverHost := false
 	for _, j := range jobs {
@@ -122,7 +115,7 @@ func started(cluster string, jobs []*ferryv1.MigrationJob) (cpus, mem int64, n, 
 // less what the queued and running jobs' VMs will take once started. The
 // vCPUs of VMs already running are not known (facts count the VMs only);
 // their memory is already out of MemAvailable.
-func (c *capacity) compute(cluster string, jobs []*ferryv1.MigrationJob, local func(string) bool) []*ferryv1.PreviewUsage {
+func (c *resources) compute(cluster string, jobs []*ferryv1.MigrationJob, local func(string) bool) []*ferryv1.PreviewUsage {
 	cpus := &ferryv1.PreviewUsage{Kind: ferryv1.PreviewResourceKind_PREVIEW_RESOURCE_KIND_VCPUS, Resource: cluster}
 	mem := &ferryv1.PreviewUsage{Kind: ferryv1.PreviewResourceKind_PREVIEW_RESOURCE_KIND_MEMORY_BYTES, Resource: cluster}
 	var n, left int
@@ -166,7 +159,7 @@ func (c *capacity) compute(cluster string, jobs []*ferryv1.MigrationJob, local f
 // queued and running jobs on it are taken off whole, though a running job
 // may have written some already: the answer errs on the safe side. Ceph
 // and shared block space is not reported.
-func (c *capacity) disk(ps *ferryv1.PrimaryStorage, jobs []*ferryv1.MigrationJob) *ferryv1.PreviewUsage {
+func (c *resources) disk(ps *ferryv1.PrimaryStorage, jobs []*ferryv1.MigrationJob) *ferryv1.PreviewUsage {
 	u := &ferryv1.PreviewUsage{Kind: ferryv1.PreviewResourceKind_PREVIEW_RESOURCE_KIND_DISK_BYTES, Resource: ps.GetName()}
 	u.Requested = diskBytes(ps.GetName(), "", jobs)
 	local := ps.GetType() == ferryv1.PrimaryStorageType_PRIMARY_STORAGE_TYPE_LOCAL

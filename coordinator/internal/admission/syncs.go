@@ -1,4 +1,4 @@
-package api
+package admission
 
 import (
 	"context"
@@ -16,19 +16,19 @@ import (
 // a refused create writes nothing. Create records them, before its jobs,
 // once every check has passed; preview records them as it answers.
 type batchSyncs struct {
-	a     *API
+	a     *Admission
 	fresh map[string]*ledgerv1.RecordSourceSync
 	at    map[string]time.Time
 }
 
-func (a *API) newBatchSyncs() *batchSyncs {
+func (a *Admission) newBatchSyncs() *batchSyncs {
 	return &batchSyncs{a: a, fresh: map[string]*ledgerv1.RecordSourceSync{}, at: map[string]time.Time{}}
 }
 
 // sync reads the inventory of source name through serverName (any
-// suitable server when "") and keeps it; errors are syncSource's.
+// suitable server when "") and keeps it; errors are Deps.ReadSource's.
 func (b *batchSyncs) sync(ctx context.Context, name, serverName string) error {
-	rec, err := b.a.readSourceSync(ctx, name, serverName)
+	rec, err := b.a.readSource(ctx, name, serverName)
 	if rec != nil {
 		b.fresh[name], b.at[name] = rec, b.a.clock()
 	}
@@ -51,16 +51,25 @@ func (b *batchSyncs) lastError(src *ferryv1.Source) string {
 	if e := b.fresh[src.GetName()].GetError(); e != "" {
 		return " (last attempt: " + e + ")"
 	}
-	return lastError(src)
+	return LastSyncError(src)
 }
 
 // record writes the kept syncs to the ledger.
 func (b *batchSyncs) record(ctx context.Context) error {
 	for name, rec := range b.fresh {
-		if _, err := b.a.propose(ctx, &ledgerv1.Command{Op: &ledgerv1.Command_RecordSourceSync{RecordSourceSync: rec}}); err != nil {
+		if err := b.a.record(ctx, &ledgerv1.Command{Op: &ledgerv1.Command_RecordSourceSync{RecordSourceSync: rec}}); err != nil {
 			return err
 		}
 		delete(b.fresh, name)
 	}
 	return nil
+}
+
+// LastSyncError describes the last failed sync of src, "" when none
+// failed.
+func LastSyncError(src *ferryv1.Source) string {
+	if e := src.GetLastSyncError(); e != "" {
+		return " (last attempt: " + e + ")"
+	}
+	return ""
 }

@@ -141,6 +141,19 @@ func (l *Ledger) PrimaryStorages(cluster string) []*ferryv1.PrimaryStorage {
 	return filtered(l.storages, func(p *ferryv1.PrimaryStorage) bool { return cluster == "" || p.GetCluster() == cluster })
 }
 
+// VisitPrimaryStorages calls visit with each primary storage, in no order,
+// until visit returns false. It does not copy: visit must neither keep nor
+// change the storage, and must not call back into the ledger.
+func (l *Ledger) VisitPrimaryStorages(visit func(*ferryv1.PrimaryStorage) bool) {
+	l.mu.RLock()
+	defer l.mu.RUnlock()
+	for _, p := range l.storages {
+		if !visit(p) {
+			return
+		}
+	}
+}
+
 // PutPrimaryStorage creates primary storage.
 func (l *Ledger) PutPrimaryStorage(p *ferryv1.PrimaryStorage, requestID string, now time.Time) ([]string, error) {
 	l.mu.Lock()
@@ -193,6 +206,7 @@ func (l *Ledger) DeleteL3Network(name string) error {
 		return fmt.Errorf("%w: network mapping group %s maps to L3 network %s; change or delete it first", ErrFailedPrecondition, g, name)
 	}
 	delete(l.networks, name)
+	l.freed++
 	return nil
 }
 
@@ -207,6 +221,7 @@ func (l *Ledger) ReleaseAddress(network, ip string) error {
 	n := clone(l.networks[network])
 	n.Reservations = slices.DeleteFunc(n.Reservations, func(r *ferryv1.AddressReservation) bool { return r.GetIp() == ip })
 	l.networks[network] = n
+	l.freed++
 	return nil
 }
 
@@ -264,6 +279,7 @@ func (l *Ledger) recordRequest(id string, names []string, now time.Time) {
 		return
 	}
 	l.requests[id] = &ledgerv1.RequestRecord{RequestId: id, Names: names, Time: timestamppb.New(now)}
+	l.pruneRequests(now)
 }
 
 // Request returns the names a request ID created, if it was seen.

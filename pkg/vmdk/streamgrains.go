@@ -31,9 +31,9 @@ func (h Header) kind(gte uint32) gteKind {
 	return gteAllocated
 }
 
-// loadPlan reads the grain directory and tables as the stream passes them
-// and lists the allocated grains in file order.
-func (s *StreamReader) loadPlan() error {
+// loadGrainTables reads the grain directory and tables as the stream
+// passes them and lists the allocated grains in file order.
+func (s *StreamReader) loadGrainTables() error {
 	h := &s.hdr
 	n := h.gdEntries()
 	if n > maxGDEntries {
@@ -64,10 +64,10 @@ func (s *StreamReader) loadPlan() error {
 			return err
 		}
 	}
-	slices.Sort(s.plan)
-	for i := 1; i < len(s.plan); i++ {
-		if s.plan[i]>>32 == s.plan[i-1]>>32 {
-			return corruptf(int64(s.plan[i]>>32)*SectorSize, "two grains at one place in the file")
+	slices.Sort(s.grains)
+	for i := 1; i < len(s.grains); i++ {
+		if s.grains[i]>>32 == s.grains[i-1]>>32 {
+			return corruptf(int64(s.grains[i]>>32)*SectorSize, "two grains at one place in the file")
 		}
 	}
 	return nil
@@ -89,7 +89,7 @@ func (s *StreamReader) readGT(off, i, grains int64) error {
 		if g >= grains || s.hdr.kind(gte) != gteAllocated {
 			continue
 		}
-		s.plan = append(s.plan, uint64(gte)<<32|uint64(g))
+		s.grains = append(s.grains, uint64(gte)<<32|uint64(g))
 	}
 	return nil
 }
@@ -109,9 +109,9 @@ func (s *StreamReader) readTable(n int64, what string) ([]byte, error) {
 	return b, nil
 }
 
-// nextPlanned reads the next grain the tables listed.
-func (s *StreamReader) nextPlanned(buf []byte) (rawGrain, error) {
-	if s.next == len(s.plan) {
+// nextListed reads the next grain the tables listed.
+func (s *StreamReader) nextListed(buf []byte) (rawGrain, error) {
+	if s.next == len(s.grains) {
 		if s.hdr.HasMarkers() {
 			s.markers, s.trailer = true, true
 			return s.nextMarked(buf)
@@ -119,7 +119,7 @@ func (s *StreamReader) nextPlanned(buf []byte) (rawGrain, error) {
 		s.done = true
 		return rawGrain{}, io.EOF
 	}
-	p := s.plan[s.next]
+	p := s.grains[s.next]
 	s.next++
 	at := int64(p>>32) * SectorSize
 	off := int64(uint32(p)) * s.hdr.GrainBytes()

@@ -1,4 +1,4 @@
-package api
+package admission
 
 import (
 	"context"
@@ -7,6 +7,7 @@ import (
 
 	"google.golang.org/protobuf/proto"
 
+	"github.com/ferry-v2v/ferry/coordinator/internal/validate"
 	ferryv1 "github.com/ferry-v2v/ferry/pkg/pb/ferry/v1"
 	"github.com/ferry-v2v/ferry/pkg/targetspec"
 )
@@ -20,7 +21,7 @@ import (
 // precheck; syncs keep what it reads from the source. The notes are
 // targetspec.Fill's, each field prefixed with its job
 // (jobs[0].target.nics[1].ip: …).
-func (a *API) fillBatch(ctx context.Context, req *ferryv1.CreateMigrationJobsRequest, resync bool, syncs *batchSyncs) (*ferryv1.CreateMigrationJobsRequest, []string, error) {
+func (a *Admission) fillBatch(ctx context.Context, req *ferryv1.CreateMigrationJobsRequest, resync bool, syncs *batchSyncs) (*ferryv1.CreateMigrationJobsRequest, []string, error) {
 	group, err := a.mappingGroup(req)
 	if err != nil {
 		return nil, nil, err
@@ -34,12 +35,12 @@ func (a *API) fillBatch(ctx context.Context, req *ferryv1.CreateMigrationJobsReq
 	}
 	// A spec to fill from a source that does not exist: that is the
 	// answer, whatever else the spec lacks.
-	c := &checker{}
-	checkRef(c, "source", req.GetSource(), colSources)
-	if _, ok := a.ledger.Source(req.GetSource()); c.ok() && !ok {
-		return nil, nil, notFound("source", req.GetSource())
+	c := &validate.Checker{}
+	validate.Ref(c, "source", req.GetSource(), validate.Sources)
+	if _, ok := a.ledger.Source(req.GetSource()); c.OK() && !ok {
+		return nil, nil, validate.NotFound("source", req.GetSource())
 	}
-	if a.inventory == nil {
+	if a.agents == nil {
 		return req, nil, nil
 	}
 	vms, err := a.readSourceVMs(ctx, req, resync, syncs)
@@ -59,13 +60,13 @@ func (a *API) fillBatch(ctx context.Context, req *ferryv1.CreateMigrationJobsReq
 		}
 		vm := findSourceVM(vms, spec.GetSourceVm())
 		if vm == nil {
-			return nil, nil, notFoundf(fmt.Sprintf("jobs[%d].source_vm", i), "VM %q at %s", spec.GetSourceVm(), req.GetSource())
+			return nil, nil, validate.NotFoundf(fmt.Sprintf("jobs[%d].source_vm", i), "VM %q at %s", spec.GetSourceVm(), req.GetSource())
 		}
 		filled, err := targetspec.Fill(spec, vm, opts)
 		if err != nil {
 			var fe *targetspec.Error
 			if errors.As(err, &fe) {
-				return nil, nil, precondition(fmt.Sprintf("jobs[%d].%s", i, fe.Field), "%s", fe.Reason)
+				return nil, nil, validate.Precondition(fmt.Sprintf("jobs[%d].%s", i, fe.Field), "%s", fe.Reason)
 			}
 			return nil, nil, err
 		}
@@ -78,22 +79,22 @@ func (a *API) fillBatch(ctx context.Context, req *ferryv1.CreateMigrationJobsReq
 
 // mappingGroup reads the request's network-mapping group, nil when it
 // names none.
-func (a *API) mappingGroup(req *ferryv1.CreateMigrationJobsRequest) (*ferryv1.NetworkMappingGroup, error) {
+func (a *Admission) mappingGroup(req *ferryv1.CreateMigrationJobsRequest) (*ferryv1.NetworkMappingGroup, error) {
 	name := req.GetNetworkMappingGroup()
 	if name == "" {
 		return nil, nil
 	}
-	c := &checker{}
-	checkRef(c, "network_mapping_group", name, colMappings)
-	if err := c.err(); err != nil {
+	c := &validate.Checker{}
+	validate.Ref(c, "network_mapping_group", name, validate.Mappings)
+	if err := c.Err(); err != nil {
 		return nil, err
 	}
 	g, ok := a.ledger.NetworkMappingGroup(name)
 	if !ok {
-		return nil, notFound("network_mapping_group", name)
+		return nil, validate.NotFound("network_mapping_group", name)
 	}
 	if g.GetSource() != "" && g.GetSource() != req.GetSource() {
-		return nil, precondition("network_mapping_group", "%s maps the networks of %s, not of %s; use a group of this source or of any source",
+		return nil, validate.Precondition("network_mapping_group", "%s maps the networks of %s, not of %s; use a group of this source or of any source",
 			name, g.GetSource(), req.GetSource())
 	}
 	return g, nil
@@ -102,7 +103,7 @@ func (a *API) mappingGroup(req *ferryv1.CreateMigrationJobsRequest) (*ferryv1.Ne
 // readSourceVMs reads the source's VMs from its synced inventory in the
 // ledger, syncing it first (into syncs) through the request's migration
 // server when it never was or lacks a VM the request fills from.
-func (a *API) readSourceVMs(ctx context.Context, req *ferryv1.CreateMigrationJobsRequest, resync bool, syncs *batchSyncs) ([]*ferryv1.SourceVm, error) {
+func (a *Admission) readSourceVMs(ctx context.Context, req *ferryv1.CreateMigrationJobsRequest, resync bool, syncs *batchSyncs) ([]*ferryv1.SourceVm, error) {
 	refs, err := a.resolveBatch(req)
 	if err != nil {
 		return nil, err
@@ -122,7 +123,7 @@ func (a *API) readSourceVMs(ctx context.Context, req *ferryv1.CreateMigrationJob
 	}
 	inv, ok = syncs.inventory(refs.source.GetName())
 	if !ok {
-		return nil, precondition("source", "%s has no synced inventory to fill the specs from; run ferryctl source sync %s or give the full target",
+		return nil, validate.Precondition("source", "%s has no synced inventory to fill the specs from; run ferryctl source sync %s or give the full target",
 			refs.source.GetName(), refs.source.GetName())
 	}
 	return inv.GetVms(), nil

@@ -1,9 +1,10 @@
-package api
+package admission
 
 import (
 	"fmt"
 	"net/netip"
 
+	"github.com/ferry-v2v/ferry/coordinator/internal/validate"
 	ferryv1 "github.com/ferry-v2v/ferry/pkg/pb/ferry/v1"
 )
 
@@ -15,31 +16,31 @@ type batchRefs struct {
 }
 
 // resolveBatch reads the source and server; precheck compares their types.
-func (a *API) resolveBatch(req *ferryv1.CreateMigrationJobsRequest) (*batchRefs, error) {
+func (a *Admission) resolveBatch(req *ferryv1.CreateMigrationJobsRequest) (*batchRefs, error) {
 	src, ok := a.ledger.Source(req.GetSource())
 	if !ok {
-		return nil, notFound("source", req.GetSource())
+		return nil, validate.NotFound("source", req.GetSource())
 	}
 	srv, ok := a.ledger.MigrationServer(req.GetMigrationServer())
 	if !ok {
-		return nil, notFound("migration_server", req.GetMigrationServer())
+		return nil, validate.NotFound("migration_server", req.GetMigrationServer())
 	}
 	return &batchRefs{source: src, server: srv, networks: map[string]*ferryv1.L3Network{}}, nil
 }
 
 // checkTargetRefs checks what job i's target refers to: existence (NOT_FOUND)
 // and consistency with the target cluster (INVALID_ARGUMENT).
-func (a *API) checkTargetRefs(i int, t *ferryv1.TargetVm, refs *batchRefs) error {
+func (a *Admission) checkTargetRefs(i int, t *ferryv1.TargetVm, refs *batchRefs) error {
 	p := fmt.Sprintf("jobs[%d].target", i)
 	if _, ok := a.ledger.Cluster(t.GetCluster()); !ok {
-		return notFound(p+".cluster", t.GetCluster())
+		return validate.NotFound(p+".cluster", t.GetCluster())
 	}
 	ps, ok := a.ledger.PrimaryStorage(t.GetPrimaryStorage())
 	if !ok {
-		return notFound(p+".primary_storage", t.GetPrimaryStorage())
+		return validate.NotFound(p+".primary_storage", t.GetPrimaryStorage())
 	}
 	if ps.GetCluster() != t.GetCluster() {
-		return invalid(p+".primary_storage", "%s belongs to %s, not to the target cluster %s", ps.GetName(), ps.GetCluster(), t.GetCluster())
+		return validate.Invalid(p+".primary_storage", "%s belongs to %s, not to the target cluster %s", ps.GetName(), ps.GetCluster(), t.GetCluster())
 	}
 	if err := a.checkTargetHost(p, t, ps, refs.server); err != nil {
 		return err
@@ -52,45 +53,45 @@ func (a *API) checkTargetRefs(i int, t *ferryv1.TargetVm, refs *batchRefs) error
 	return nil
 }
 
-func (a *API) checkTargetHost(p string, t *ferryv1.TargetVm, ps *ferryv1.PrimaryStorage, srv *ferryv1.MigrationServer) error {
+func (a *Admission) checkTargetHost(p string, t *ferryv1.TargetVm, ps *ferryv1.PrimaryStorage, srv *ferryv1.MigrationServer) error {
 	if t.GetHost() == "" {
 		return nil
 	}
 	h, ok := a.ledger.Host(t.GetHost())
 	if !ok {
-		return notFound(p+".host", t.GetHost())
+		return validate.NotFound(p+".host", t.GetHost())
 	}
 	if h.GetCluster() != t.GetCluster() {
-		return invalid(p+".host", "%s is in cluster %q, not in the target cluster %s", h.GetName(), h.GetCluster(), t.GetCluster())
+		return validate.Invalid(p+".host", "%s is in cluster %q, not in the target cluster %s", h.GetName(), h.GetCluster(), t.GetCluster())
 	}
 	if ps.GetType() == ferryv1.PrimaryStorageType_PRIMARY_STORAGE_TYPE_LOCAL && t.GetHost() != srv.GetHost() {
-		return invalid(p+".host", "local primary storage %s is written on the migration server's host %s; leave host empty or set it to that host",
+		return validate.Invalid(p+".host", "local primary storage %s is written on the migration server's host %s; leave host empty or set it to that host",
 			ps.GetName(), srv.GetHost())
 	}
 	return nil
 }
 
-func (a *API) checkNICRefs(np string, t *ferryv1.TargetVm, nic *ferryv1.TargetNic, refs *batchRefs) error {
+func (a *Admission) checkNICRefs(np string, t *ferryv1.TargetVm, nic *ferryv1.TargetNic, refs *batchRefs) error {
 	n, ok := refs.networks[nic.GetL3Network()]
 	if !ok {
 		if n, ok = a.ledger.L3Network(nic.GetL3Network()); !ok {
-			return notFound(np+".l3_network", nic.GetL3Network())
+			return validate.NotFound(np+".l3_network", nic.GetL3Network())
 		}
 		refs.networks[n.GetName()] = n
 	}
 	if n.GetCluster() != t.GetCluster() {
-		return invalid(np+".l3_network", "%s belongs to %s, not to the target cluster %s", n.GetName(), n.GetCluster(), t.GetCluster())
+		return validate.Invalid(np+".l3_network", "%s belongs to %s, not to the target cluster %s", n.GetName(), n.GetCluster(), t.GetCluster())
 	}
 	if nic.GetIp() == "" {
 		return nil
 	}
-	ip, _ := parseIP(nic.GetIp())
+	ip, _ := validate.ParseIP(nic.GetIp())
 	r := rangeOf(n)
 	switch {
 	case !r.contains(ip):
-		return invalid(np+".ip", "%s is outside the range %s-%s of %s", ip, n.GetIpRangeStart(), n.GetIpRangeEnd(), n.GetName())
+		return validate.Invalid(np+".ip", "%s is outside the range %s-%s of %s", ip, n.GetIpRangeStart(), n.GetIpRangeEnd(), n.GetName())
 	case !r.usable(ip):
-		return invalid(np+".ip", "%s is the gateway, network or broadcast address of %s", ip, n.GetName())
+		return validate.Invalid(np+".ip", "%s is the gateway, network or broadcast address of %s", ip, n.GetName())
 	}
 	return nil
 }
@@ -104,9 +105,9 @@ type ipRange struct {
 
 func rangeOf(n *ferryv1.L3Network) ipRange {
 	r := ipRange{}
-	r.start, _ = parseIP(n.GetIpRangeStart())
-	r.end, _ = parseIP(n.GetIpRangeEnd())
-	r.gateway, _ = parseIP(n.GetGateway())
+	r.start, _ = validate.ParseIP(n.GetIpRangeStart())
+	r.end, _ = validate.ParseIP(n.GetIpRangeEnd())
+	r.gateway, _ = validate.ParseIP(n.GetGateway())
 	r.subnet = netip.PrefixFrom(r.start, int(n.GetPrefixLength())).Masked()
 	return r
 }

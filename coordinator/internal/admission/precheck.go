@@ -1,4 +1,4 @@
-package api
+package admission
 
 import (
 	"context"
@@ -10,6 +10,7 @@ import (
 
 	"google.golang.org/grpc/codes"
 
+	"github.com/ferry-v2v/ferry/coordinator/internal/validate"
 	"github.com/ferry-v2v/ferry/pkg/kvmver"
 	ferryv1 "github.com/ferry-v2v/ferry/pkg/pb/ferry/v1"
 )
@@ -29,12 +30,12 @@ var minSourceVersion = [2]int{5, 0}
 // source whose inventory lacks a VM of the batch (made since the last
 // sync). Preview passes false: it writes nothing it need not. Syncs are
 // kept in syncs, for the caller to record.
-func (a *API) precheck(ctx context.Context, refs *batchRefs, jobs []*ferryv1.MigrationJob, resync bool, syncs *batchSyncs) []string {
+func (a *Admission) precheck(ctx context.Context, refs *batchRefs, jobs []*ferryv1.MigrationJob, resync bool, syncs *batchSyncs) []string {
 	var lines []string
 	src, srv := refs.source, refs.server
 	if srv.GetType() != src.GetType() {
 		lines = append(lines, fmt.Sprintf("migration_server: %s is a %s migration server but source %s is %s; use a %s migration server",
-			srv.GetName(), platformName(srv.GetType()), src.GetName(), platformName(src.GetType()), platformName(src.GetType())))
+			srv.GetName(), PlatformName(srv.GetType()), src.GetName(), PlatformName(src.GetType()), PlatformName(src.GetType())))
 	}
 	vmware := src.GetType() == ferryv1.Platform_PLATFORM_VMWARE
 	vms := make([]string, len(jobs))
@@ -42,7 +43,7 @@ func (a *API) precheck(ctx context.Context, refs *batchRefs, jobs []*ferryv1.Mig
 		vms[i] = j.GetSourceVm()
 	}
 	inv, ok := syncs.inventory(src.GetName())
-	if (!ok && vmware || resync && ok && !hasVMs(inv, vms)) && a.inventory != nil && a.inventory.Connected(srv.GetHost()) {
+	if (!ok && vmware || resync && ok && !hasVMs(inv, vms)) && a.agents != nil && a.agents.Connected(srv.GetHost()) {
 		// Never synced, or a VM made since the last sync: read it now.
 		if err := syncs.sync(ctx, src.GetName(), srv.GetName()); err != nil {
 			a.log.Info("could not sync a source before creating jobs", "source", src.GetName(), "err", err)
@@ -73,7 +74,7 @@ func (a *API) precheck(ctx context.Context, refs *batchRefs, jobs []*ferryv1.Mig
 // image or the target storage is Ceph. A version the sync did not record
 // (an inventory from an older agent) is left to the agent, which checks
 // again when the job starts.
-func (a *API) checkKVMVersions(p string, j *ferryv1.MigrationJob, inv *ferryv1.SourceInventory) []string {
+func (a *Admission) checkKVMVersions(p string, j *ferryv1.MigrationJob, inv *ferryv1.SourceInventory) []string {
 	lib, libOK := kvmver.Parse(inv.GetProduct().GetVersion())
 	qemu, qemuOK := kvmver.Parse(inv.GetProduct().GetQemuVersion())
 	if !libOK || !qemuOK {
@@ -118,7 +119,7 @@ func checkVMsKnown(refs *batchRefs, jobs []*ferryv1.MigrationJob, syncs *batchSy
 	}
 	for i, j := range jobs {
 		if vm, why := findInventoryVM(inv, j.GetSourceVm()); vm == nil && why == notInInventory {
-			return &fieldError{code: codes.NotFound, field: fmt.Sprintf("jobs[%d].source_vm", i), msg: sprintfClipped(
+			return &validate.FieldError{Code: codes.NotFound, Field: fmt.Sprintf("jobs[%d].source_vm", i), Msg: validate.Sprintf(
 				"VM %q is not in the inventory of %s synced at %s; sync the source first if the VM is new",
 				j.GetSourceVm(), inv.GetSource(), inv.GetSyncTime().AsTime().Format(time.RFC3339))}
 		}
@@ -294,5 +295,16 @@ func older(v, than [2]int) bool { return v[0] < than[0] || (v[0] == than[0] && v
 
 // precheckError is FAILED_PRECONDITION with one line per failed check.
 func precheckError(lines []string) error {
-	return precondition("jobs", "%d pre-check(s) failed; nothing was created:\n%s", len(lines), strings.Join(lines, "\n"))
+	return validate.Precondition("jobs", "%d pre-check(s) failed; nothing was created:\n%s", len(lines), strings.Join(lines, "\n"))
+}
+
+// PlatformName is the lower-case name of a platform: "vmware", "kvm".
+func PlatformName(p ferryv1.Platform) string {
+	switch p {
+	case ferryv1.Platform_PLATFORM_VMWARE:
+		return "vmware"
+	case ferryv1.Platform_PLATFORM_KVM:
+		return "kvm"
+	}
+	return p.String()
 }
