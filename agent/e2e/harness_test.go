@@ -245,7 +245,7 @@ func (f *ferry) startAgentWith(host, cachePath string, ns *testenv.NetNS, extra 
 	}
 	argv := ns.Command(append([]string{binary(f.t, "ferry-agent")}, append(args, extra...)...)...)
 	if m, ok := f.agentMounts[host]; ok && ns != nil {
-		argv = ns.Command(append([]string{"sh", "-c", `mount --bind "$0" "$1" && shift 2 && exec "$@"`, m[0], m[1],
+		argv = ns.Command(append([]string{"sh", "-c", `mount --bind "$1" "$2" && shift 2 && exec "$@"`, "ferry-agent-mount", m[0], m[1],
 			binary(f.t, "ferry-agent")}, append(args, extra...)...)...)
 	}
 	p := startArgv(f.t, "ferry-agent", argv)
