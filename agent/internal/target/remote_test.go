@@ -9,7 +9,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ferry-v2v/ferry/agent/internal/runner"
 	"github.com/ferry-v2v/ferry/pkg/nbd"
+	agentv1 "github.com/ferry-v2v/ferry/pkg/pb/ferry/agent/v1"
 	ferryv1 "github.com/ferry-v2v/ferry/pkg/pb/ferry/v1"
 	"github.com/ferry-v2v/ferry/pkg/ratelimit"
 	"github.com/ferry-v2v/ferry/pkg/testkit"
@@ -137,5 +139,29 @@ func TestRemoteServeArgs(t *testing.T) {
 	}
 	if _, err := ServeRemote(context.Background(), vol, RemoteConfig{Bind: "127.0.0.1"}); err == nil || !errors.Is(err, err) || !strings.Contains(err.Error(), "peer identity") {
 		t.Fatalf("ServeRemote without a peer: %v", err)
+	}
+}
+
+// TestWhichHostWrites: a job placed on another host uploads there only
+// with local storage; shared storage is written by the migration server's
+// agent, and the domain is the target host's either way.
+func TestWhichHostWrites(t *testing.T) {
+	d := NewDriver("", Options{Remote: Remote{HostName: "ms", Targets: &relay{}}})
+	for _, tc := range []struct {
+		storage           ferryv1.PrimaryStorageType
+		targetHost        string
+		upload, configure string
+	}{
+		{ferryv1.PrimaryStorageType_PRIMARY_STORAGE_TYPE_LOCAL, "hosts/h2", "hosts/h2", "hosts/h2"},
+		{ferryv1.PrimaryStorageType_PRIMARY_STORAGE_TYPE_NFS, "hosts/h2", "", "hosts/h2"},
+		{ferryv1.PrimaryStorageType_PRIMARY_STORAGE_TYPE_CEPH, "hosts/h2", "", "hosts/h2"},
+		{ferryv1.PrimaryStorageType_PRIMARY_STORAGE_TYPE_LOCAL, "hosts/ms", "", ""},
+		{ferryv1.PrimaryStorageType_PRIMARY_STORAGE_TYPE_LOCAL, "", "", ""},
+	} {
+		j := &runner.Job{Assignment: &agentv1.Assignment{Job: &ferryv1.MigrationJob{TargetHost: tc.targetHost},
+			PrimaryStorage: &ferryv1.PrimaryStorage{Type: tc.storage}}}
+		if up, conf := d.uploadHostOf(j), d.targetHostOf(j); up != tc.upload || conf != tc.configure {
+			t.Errorf("%s on %q: upload on %q, domain by %q; want %q, %q", tc.storage, tc.targetHost, up, conf, tc.upload, tc.configure)
+		}
 	}
 }

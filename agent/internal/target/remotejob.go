@@ -17,6 +17,7 @@ import (
 	"github.com/ferry-v2v/ferry/pkg/backoff"
 	"github.com/ferry-v2v/ferry/pkg/nbd"
 	agentv1 "github.com/ferry-v2v/ferry/pkg/pb/ferry/agent/v1"
+	ferryv1 "github.com/ferry-v2v/ferry/pkg/pb/ferry/v1"
 	"github.com/ferry-v2v/ferry/pkg/tlsutil"
 )
 
@@ -78,6 +79,17 @@ func (d *Driver) targetHostOf(job *runner.Job) string {
 		return ""
 	}
 	return th
+}
+
+// uploadHostOf is the job's target host when the upload goes there: its
+// local storage. Shared storage (nfs, ceph, sharedblock) is written by the
+// migration server's agent as for a VM placed on its own host; only the
+// domain is the target host's.
+func (d *Driver) uploadHostOf(job *runner.Job) string {
+	if job.Assignment.GetPrimaryStorage().GetType() != ferryv1.PrimaryStorageType_PRIMARY_STORAGE_TYPE_LOCAL {
+		return ""
+	}
+	return d.targetHostOf(job)
 }
 
 func (d *Driver) ask(ctx context.Context, job *runner.Job, action agentv1.TargetAction, srcVM, nvram []byte) (*agentv1.TargetWorkResult, error) {
