@@ -51,6 +51,7 @@ func TestSetHostMaintenance(t *testing.T) {
 		{"no name", &ferryv1.SetHostMaintenanceRequest{Maintenance: true}, codes.InvalidArgument, "name: required: a hosts/{id} name"},
 		{"not a host", &ferryv1.SetHostMaintenanceRequest{Name: "clusters/c1"}, codes.InvalidArgument, `name: "clusters/c1" is not a hosts/{id} name`},
 		{"missing host", &ferryv1.SetHostMaintenanceRequest{Name: "hosts/nope", Maintenance: true}, codes.NotFound, "name: host hosts/nope not found"},
+		{"request_id of another host", &ferryv1.SetHostMaintenanceRequest{Name: "hosts/kvm1", Maintenance: true, RequestId: "m-1"}, codes.InvalidArgument, "request_id: "},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			_, err := set(tt.req)

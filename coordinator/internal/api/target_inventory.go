@@ -94,15 +94,17 @@ func (s *targetInventoryService) setHostMaintenance(ctx context.Context, req *fe
 	if err := c.err(); err != nil {
 		return nil, err
 	}
-	if _, seen, err := s.a.firstRequest(req.GetRequestId(), colHosts); err != nil || seen {
-		if err != nil {
-			return nil, err
-		}
+	const method = "SetHostMaintenance"
+	again, err := s.a.replayed(req.GetRequestId(), method, req.GetName())
+	if err != nil {
+		return nil, err
+	}
+	if again {
 		return lookup(s.a.ledger.Host, req.GetName(), "host")
 	}
 	cmd := &ledgerv1.Command{Op: &ledgerv1.Command_SetHostMaintenance{SetHostMaintenance: &ledgerv1.SetHostMaintenance{
-		Name: req.GetName(), Maintenance: req.GetMaintenance(), RequestId: req.GetRequestId()}}}
-	if _, err := s.a.propose(ctx, cmd); err != nil {
+		Name: req.GetName(), Maintenance: req.GetMaintenance()}}}
+	if _, err := s.a.propose(ctx, withRequest(cmd, req.GetRequestId(), method, req.GetName())); err != nil {
 		return nil, err
 	}
 	s.a.log.Info("host maintenance", "host", req.GetName(), "maintenance", req.GetMaintenance())

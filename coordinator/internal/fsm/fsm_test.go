@@ -44,7 +44,8 @@ func everyCommand() []*ledgerv1.Command {
 		{Op: &ledgerv1.Command_DeleteCluster{DeleteCluster: &ledgerv1.DeleteResource{Name: "clusters/c2"}}},
 		{Op: &ledgerv1.Command_PutHost{PutHost: &ledgerv1.PutHost{Host: &ferryv1.Host{Name: "hosts/h1", Cluster: "clusters/c1", Facts: &ferryv1.HostFacts{Cpus: 2, CacheFreeBytes: 100 << 30}}}}},
 		{Op: &ledgerv1.Command_SetHostConnected{SetHostConnected: &ledgerv1.SetHostConnected{Name: "hosts/h1", Connected: true}}},
-		{Op: &ledgerv1.Command_SetHostMaintenance{SetHostMaintenance: &ledgerv1.SetHostMaintenance{Name: "hosts/h1", Maintenance: true, RequestId: "r-maint"}}},
+		{Request: &ledgerv1.RequestStamp{RequestId: "r-maint", Method: "SetHostMaintenance", Target: "hosts/h1"},
+			Op: &ledgerv1.Command_SetHostMaintenance{SetHostMaintenance: &ledgerv1.SetHostMaintenance{Name: "hosts/h1", Maintenance: true}}},
 		{Op: &ledgerv1.Command_SetPendingCleanup{SetPendingCleanup: &ledgerv1.SetPendingCleanup{Host: "hosts/h1", Job: "migrationJobs/old",
 			Cleanup: &ferryv1.PendingCleanup{Epoch: 2, Target: &ferryv1.TargetVm{VmName: "old"}, Reason: "host down"}}}},
 		{Op: &ledgerv1.Command_SetPendingCleanup{SetPendingCleanup: &ledgerv1.SetPendingCleanup{Host: "hosts/h1", Job: "migrationJobs/older",
@@ -174,8 +175,8 @@ func TestApplyEveryCommand(t *testing.T) {
 		h.GetPendingCleanups()[0].GetTarget().GetVmName() != "old" || !h.GetPendingCleanups()[0].GetCreateTime().AsTime().After(t0) {
 		t.Errorf("pending cleanups of hosts/h1 = %v; want old's alone, stamped", h.GetPendingCleanups())
 	}
-	if names, ok := l.Request("r-maint"); !ok || len(names) != 1 || names[0] != "hosts/h1" {
-		t.Errorf("request r-maint = %v", names)
+	if rec, ok := l.RequestRecord("r-maint", t0); !ok || ledger.SameRequest(rec, "SetHostMaintenance", "hosts/h1") != nil {
+		t.Errorf("request r-maint = %v", rec)
 	}
 	if h, _ := l.Host("hosts/h2"); !h.GetConnected() {
 		t.Errorf("batched commands not applied: %v", h)
@@ -362,13 +363,16 @@ func TestRepeatedRequestIDReturnsFirstAnswer(t *testing.T) {
 func TestHostMaintenanceReplay(t *testing.T) {
 	f := New(ledger.New(), nil)
 	applyAll(t, f, everyCommand())
-	off := cmdAt(200, &ledgerv1.Command{Op: &ledgerv1.Command_SetHostMaintenance{SetHostMaintenance: &ledgerv1.SetHostMaintenance{Name: "hosts/h1", RequestId: "r-off"}}})
+	stamp := func(id string) *ledgerv1.RequestStamp {
+		return &ledgerv1.RequestStamp{RequestId: id, Method: "SetHostMaintenance", Target: "hosts/h1"}
+	}
+	off := cmdAt(200, &ledgerv1.Command{Request: stamp("r-off"), Op: &ledgerv1.Command_SetHostMaintenance{SetHostMaintenance: &ledgerv1.SetHostMaintenance{Name: "hosts/h1"}}})
 	if names, err := f.ApplyCommand(off); err != nil || len(names) != 1 || names[0] != "hosts/h1" {
 		t.Fatalf("off: names = %v, err = %v", names, err)
 	}
-	again := cmdAt(201, &ledgerv1.Command{Op: &ledgerv1.Command_SetHostMaintenance{SetHostMaintenance: &ledgerv1.SetHostMaintenance{Name: "hosts/h1", Maintenance: true, RequestId: "r-maint"}}})
-	if names, err := f.ApplyCommand(again); err != nil || len(names) != 1 || names[0] != "hosts/h1" {
-		t.Fatalf("replay: names = %v, err = %v", names, err)
+	again := cmdAt(201, &ledgerv1.Command{Request: stamp("r-maint"), Op: &ledgerv1.Command_SetHostMaintenance{SetHostMaintenance: &ledgerv1.SetHostMaintenance{Name: "hosts/h1", Maintenance: true}}})
+	if _, err := f.ApplyCommand(again); err != nil {
+		t.Fatalf("replay: %v", err)
 	}
 	if h, _ := f.Ledger().Host("hosts/h1"); h.GetMaintenance() {
 		t.Fatalf("a replayed request put the host back into maintenance: %v", h)

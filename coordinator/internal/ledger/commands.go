@@ -65,16 +65,12 @@ func init() {
 			},
 		},
 		"set_host_maintenance": {
-			apply: func(l *Ledger, c *ledgerv1.Command, now time.Time) ([]string, error) {
+			apply: func(l *Ledger, c *ledgerv1.Command, _ time.Time) ([]string, error) {
 				p := c.GetSetHostMaintenance()
-				return l.SetHostMaintenance(p.GetName(), p.GetMaintenance(), p.GetRequestId(), now)
+				return one(p.GetName(), l.SetHostMaintenance(p.GetName(), p.GetMaintenance()))
 			},
 			refuse: func(l *Ledger, c *ledgerv1.Command) error {
-				p := c.GetSetHostMaintenance()
-				if _, seen := l.seenRequest(p.GetRequestId()); seen {
-					return nil
-				}
-				return l.hostRefusal(p.GetName())
+				return l.hostRefusal(c.GetSetHostMaintenance().GetName())
 			},
 		},
 		"set_pending_cleanup": {

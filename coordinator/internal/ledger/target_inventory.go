@@ -84,22 +84,17 @@ func (l *Ledger) SetHostConnected(name string, connected bool, now time.Time) er
 	return nil
 }
 
-// SetHostMaintenance puts a host into maintenance or takes it out; a
-// request ID seen before changes nothing and answers the host's name.
-func (l *Ledger) SetHostMaintenance(name string, on bool, requestID string, now time.Time) ([]string, error) {
+// SetHostMaintenance puts a host into maintenance or takes it out.
+func (l *Ledger) SetHostMaintenance(name string, on bool) error {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	if names, ok := l.seenRequest(requestID); ok {
-		return names, nil
-	}
 	if err := l.hostRefusal(name); err != nil {
-		return nil, err
+		return err
 	}
 	h := clone(l.hosts[name])
 	h.Maintenance = on
 	l.hosts[name] = h
-	l.recordRequest(requestID, []string{name}, now)
-	return []string{name}, nil
+	return nil
 }
 
 // SetPendingCleanup records the rollback host's agent owes job, stamped

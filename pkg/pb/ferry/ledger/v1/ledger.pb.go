@@ -910,12 +910,12 @@ func (x *SetHostConnected) GetConnected() bool {
 	return false
 }
 
-// SetHostMaintenance puts a host into maintenance or takes it out.
+// SetHostMaintenance puts a host into maintenance or takes it out; its
+// request_id comes as the command's request stamp.
 type SetHostMaintenance struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
 	Maintenance   bool                   `protobuf:"varint,2,opt,name=maintenance,proto3" json:"maintenance,omitempty"`
-	RequestId     string                 `protobuf:"bytes,3,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -962,13 +962,6 @@ func (x *SetHostMaintenance) GetMaintenance() bool {
 		return x.Maintenance
 	}
 	return false
-}
-
-func (x *SetHostMaintenance) GetRequestId() string {
-	if x != nil {
-		return x.RequestId
-	}
-	return ""
 }
 
 // SetPendingCleanup records the rollback a host's agent owes a job
@@ -2707,12 +2700,10 @@ const file_ferry_ledger_v1_ledger_proto_rawDesc = "" +
 	"\x04host\x18\x01 \x01(\v2\x0e.ferry.v1.HostR\x04host\"D\n" +
 	"\x10SetHostConnected\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x1c\n" +
-	"\tconnected\x18\x02 \x01(\bR\tconnected\"i\n" +
+	"\tconnected\x18\x02 \x01(\bR\tconnected\"J\n" +
 	"\x12SetHostMaintenance\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12 \n" +
-	"\vmaintenance\x18\x02 \x01(\bR\vmaintenance\x12\x1d\n" +
-	"\n" +
-	"request_id\x18\x03 \x01(\tR\trequestId\"m\n" +
+	"\vmaintenance\x18\x02 \x01(\bR\vmaintenance\"m\n" +
 	"\x11SetPendingCleanup\x12\x12\n" +
 	"\x04host\x18\x01 \x01(\tR\x04host\x12\x10\n" +
 	"\x03job\x18\x02 \x01(\tR\x03job\x122\n" +
