@@ -77,6 +77,7 @@ func newNetWorld(t *testing.T, agentArgs ...string) *netWorld {
 	w.f.agentArgs = agentArgs
 	w.migrationCIDR = net(3, 0) + "/24"
 	w.host = "e2e-" + w.id
+	w.f.agentCluster = w.clusterName()
 	w.cacheDir = t.TempDir()
 	w.storageDir = filepath.Join(testenv.ImagesDir, "ferry-e2e-"+w.id)
 	must(t, os.MkdirAll(w.storageDir, 0o755))

@@ -91,7 +91,12 @@ func start(t testing.TB, name string, args ...string) *proc {
 // startIn runs a command inside a network namespace (nil: this one).
 func startIn(t testing.TB, ns *testenv.NetNS, name string, args ...string) *proc {
 	t.Helper()
-	argv := ns.Command(append([]string{binary(t, name)}, args...)...)
+	return startArgv(t, name, ns.Command(append([]string{binary(t, name)}, args...)...))
+}
+
+// startArgv runs argv as the process called name.
+func startArgv(t testing.TB, name string, argv []string) *proc {
+	t.Helper()
 	cmd := exec.Command(argv[0], argv[1:]...)
 	pr, pw := io.Pipe()
 	cmd.Stdout, cmd.Stderr = pw, pw
@@ -162,6 +167,12 @@ type ferry struct {
 	// agentCoordinators, when set, is what agents get as --coordinator
 	// instead of addr (a proxy in front of it, say).
 	agentCoordinators string
+	// agentCluster, when set, is every agent's --cluster.
+	agentCluster string
+	// agentMounts, by host, bind-mount a directory of the host's own over
+	// another path for its agent alone (in the mount namespace "ip netns
+	// exec" makes): per-host local storage on one file system.
+	agentMounts map[string][2]string
 }
 
 // startFerry starts the coordinator; extra are more of its flags.
@@ -208,6 +219,13 @@ func startFerryOn(t testing.TB, host string, extra ...string) *ferry {
 // and waits until the host is connected.
 func (f *ferry) startAgent(host, cachePath string) *proc {
 	f.t.Helper()
+	return f.startAgentWith(host, cachePath, f.agentNetNS)
+}
+
+// startAgentWith is startAgent in the network namespace ns (nil: the
+// root one) with more flags.
+func (f *ferry) startAgentWith(host, cachePath string, ns *testenv.NetNS, extra ...string) *proc {
+	f.t.Helper()
 	dataDir, ok := f.agentDi[host]
 	if !ok {
 		dataDir = filepath.Join(f.dir, "agent-"+host)
@@ -222,7 +240,15 @@ func (f *ferry) startAgent(host, cachePath string) *proc {
 		// TCG targets, like the test sources: a machine's /dev/kvm may be
 		// there and not work (nested virtualisation: "failed to set MSR").
 		"--domain-type", "qemu"}, f.agentArgs...)
-	p := startIn(f.t, f.agentNetNS, "ferry-agent", args...)
+	if f.agentCluster != "" {
+		args = append(args, "--cluster", f.agentCluster)
+	}
+	argv := ns.Command(append([]string{binary(f.t, "ferry-agent")}, append(args, extra...)...)...)
+	if m, ok := f.agentMounts[host]; ok && ns != nil {
+		argv = ns.Command(append([]string{"sh", "-c", `mount --bind "$1" "$2" && shift 2 && exec "$@"`, "ferry-agent-mount", m[0], m[1],
+			binary(f.t, "ferry-agent")}, append(args, extra...)...)...)
+	}
+	p := startArgv(f.t, "ferry-agent", argv)
 	f.agents[host] = p
 	testkit.WaitFor(f.t, 30*time.Second, "host "+host+" connected", func() bool {
 		h, err := f.client.TargetInventory().GetHost(ctx(f.t, 2*time.Second), &ferryv1.GetHostRequest{Name: "hosts/" + host})

@@ -11,6 +11,8 @@ import (
 	"testing"
 	"time"
 
+	"google.golang.org/protobuf/types/known/fieldmaskpb"
+
 	ferryv1 "github.com/ferry-v2v/ferry/pkg/pb/ferry/v1"
 	"github.com/ferry-v2v/ferry/pkg/testenv"
 
@@ -88,6 +90,7 @@ func newWorldWith(t testing.TB, opts worldOptions) *world {
 		w.f.agentCoordinators = w.coordinatorProxy.Addr
 	}
 	w.host = "e2e-" + w.id
+	w.f.agentCluster = w.clusterName()
 	w.cacheDir = t.TempDir()
 	w.storageDir = filepath.Join(testenv.ImagesDir, "ferry-e2e-"+w.id)
 	if err := os.MkdirAll(w.storageDir, 0o755); err != nil {
@@ -127,9 +130,15 @@ func (w *world) createNetwork() {
 func (w *world) createTargetInventory() {
 	t, c := w.t, w.f.client
 	inv, srcs, srvs := c.TargetInventory(), c.Sources(), c.MigrationServers()
-	cl, err := inv.CreateCluster(ctx(t, 10*time.Second), &ferryv1.CreateClusterRequest{Cluster: &ferryv1.Cluster{DisplayName: "e2e"}})
+	cl, err := inv.CreateCluster(ctx(t, 10*time.Second), &ferryv1.CreateClusterRequest{Cluster: &ferryv1.Cluster{Name: w.clusterName(), DisplayName: "e2e"}})
 	must(t, err)
 	w.cluster = cl.GetName()
+	// Every VM on the migration server's own host, as the tests written
+	// before placement expect; placement_test.go sets another strategy.
+	_, err = c.Settings().UpdateSettings(ctx(t, 10*time.Second), &ferryv1.UpdateSettingsRequest{
+		Settings:   &ferryv1.Settings{HostAllocationStrategy: ferryv1.HostAllocationStrategy_HOST_ALLOCATION_STRATEGY_MIGRATION_SERVER},
+		UpdateMask: &fieldmaskpb.FieldMask{Paths: []string{"host_allocation_strategy"}}})
+	must(t, err)
 	ps, err := inv.CreatePrimaryStorage(ctx(t, 10*time.Second), &ferryv1.CreatePrimaryStorageRequest{PrimaryStorage: &ferryv1.PrimaryStorage{
 		Cluster: w.cluster, Type: ferryv1.PrimaryStorageType_PRIMARY_STORAGE_TYPE_LOCAL, Path: w.storageDir}})
 	must(t, err)
@@ -149,6 +158,9 @@ func (w *world) createTargetInventory() {
 	must(t, err)
 	w.server = ms.GetName()
 }
+
+// clusterName is the world's target cluster, which its agents name.
+func (w *world) clusterName() string { return "clusters/e2e-" + w.id }
 
 func (w *world) createSource(cred, user, hostKey string) string {
 	s, err := w.f.client.Sources().CreateSource(ctx(w.t, 10*time.Second), &ferryv1.CreateSourceRequest{Source: &ferryv1.Source{

@@ -10,6 +10,7 @@ package nbd
 import (
 	"bufio"
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -40,6 +41,12 @@ type Options struct {
 	MaxRequest int
 	// Logger receives debug records of the negotiation; nil discards them.
 	Logger *slog.Logger
+	// TLS, when set, upgrades the connection with NBD_OPT_STARTTLS before
+	// any other option (fixed newstyle servers only, such as qemu-nbd
+	// --tls-creds); every byte after the greeting is then encrypted. A
+	// server that refuses STARTTLS fails the handshake: the client never
+	// falls back to plain text.
+	TLS *tls.Config
 }
 
 // BlockSize holds the server's size constraints. Offsets and lengths of
@@ -153,10 +160,12 @@ func newClientConn(ctx context.Context, conn net.Conn, opts Options) (*Client, e
 		return nil, fmt.Errorf("export name of %d bytes is longer than 4096", len(opts.ExportName))
 	}
 	br := bufio.NewReaderSize(conn, 64<<10)
-	h := &handshaker{r: br, w: conn, opts: &opts}
+	h := &handshaker{r: br, w: conn, conn: conn, opts: &opts}
 	stop := withDeadline(ctx, conn)
 	neg, err := h.handshake()
 	stop()
+	// After STARTTLS the client speaks through the TLS connection.
+	conn, br = h.conn, h.r
 	if err != nil {
 		var oe *OptionError
 		if errors.As(err, &oe) {

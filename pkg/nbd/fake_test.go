@@ -3,6 +3,7 @@ package nbd
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"net"
@@ -64,6 +65,40 @@ func TestFakeHandshakeCorners(t *testing.T) {
 				t.Fatalf("NewClient = %v, want %v", err, tc.want)
 			}
 			t.Logf("error reads: %v", err)
+		})
+	}
+}
+
+// TestFakeStartTLSNoFallback: a client asked to use TLS sends STARTTLS
+// first, and when the server will not, it stops; it never goes on in
+// plain text, nor speaks TLS to a plain newstyle server.
+func TestFakeStartTLSNoFallback(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		script func(f *fake)
+		want   error
+	}{
+		{name: "STARTTLS unsupported", want: ErrUnsupported, script: func(f *fake) {
+			f.send((&wire{}).greeting(hsFixedNewstyle).bytes())
+			f.clientFlags()
+			if opt, _ := f.option(); opt != optStartTLS {
+				f.t.Errorf("first option %d, want NBD_OPT_STARTTLS", opt)
+			}
+			f.send((&wire{}).optReply(optStartTLS, repErrUnsup, []byte("no TLS here")).bytes())
+			if opt, _ := f.option(); opt != optAbort {
+				f.t.Errorf("after a refused STARTTLS the client sent option %d, want NBD_OPT_ABORT", opt)
+			}
+		}},
+		{name: "plain newstyle", want: ErrUnsupported, script: func(f *fake) {
+			f.send((&wire{}).greeting(0).bytes())
+			f.clientFlags()
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := startFake(t, Options{TLS: &tls.Config{MinVersion: tls.VersionTLS12}}, tc.script)
+			if !errors.Is(err, tc.want) {
+				t.Fatalf("NewClient = %v, want %v", err, tc.want)
+			}
 		})
 	}
 }

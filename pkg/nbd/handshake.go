@@ -3,6 +3,7 @@ package nbd
 import (
 	"bufio"
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -25,6 +26,7 @@ type negotiated struct {
 type handshaker struct {
 	r    *bufio.Reader
 	w    io.Writer
+	conn net.Conn
 	opts *Options
 }
 
@@ -58,11 +60,49 @@ func (h *handshaker) handshake() (negotiated, error) {
 	if err := h.write(be.AppendUint32(nil, cflags)); err != nil {
 		return negotiated{}, err
 	}
+	if h.opts.TLS != nil {
+		if hsFlags&hsFixedNewstyle == 0 {
+			return negotiated{}, fmt.Errorf("%w: TLS needs fixed newstyle negotiation", ErrUnsupported)
+		}
+		if err := h.startTLS(); err != nil {
+			return negotiated{}, err
+		}
+	}
 	if hsFlags&hsFixedNewstyle == 0 {
 		h.opts.Logger.Debug("server speaks plain newstyle; using NBD_OPT_EXPORT_NAME")
 		return h.exportName(hsFlags&hsNoZeroes != 0, negotiated{})
 	}
 	return h.options(hsFlags&hsNoZeroes != 0)
+}
+
+// startTLS sends NBD_OPT_STARTTLS and, once the server acknowledges it,
+// runs the TLS handshake; the rest of the negotiation and the transmission
+// phase go through the TLS connection.
+func (h *handshaker) startTLS() error {
+	if err := h.sendOption(optStartTLS, nil); err != nil {
+		return err
+	}
+	r, p, err := h.readReply(optStartTLS)
+	if err != nil {
+		return err
+	}
+	if r.typ != repAck {
+		if r.isErr() {
+			return &OptionError{Option: optStartTLS, Reply: r.typ, Msg: string(p)}
+		}
+		return protocolErr("reply type %d to NBD_OPT_STARTTLS", r.typ)
+	}
+	if h.r.Buffered() > 0 {
+		return protocolErr("%d bytes after the NBD_OPT_STARTTLS acknowledgement", h.r.Buffered())
+	}
+	tc := tls.Client(h.conn, h.opts.TLS)
+	if err := tc.Handshake(); err != nil {
+		return fmt.Errorf("TLS handshake: %w", err)
+	}
+	h.conn, h.w = tc, tc
+	h.r = bufio.NewReaderSize(tc, 64<<10)
+	h.opts.Logger.Debug("nbd TLS established", "version", tls.VersionName(tc.ConnectionState().Version))
+	return nil
 }
 
 // options sends the options of fixed newstyle and ends with NBD_OPT_GO.

@@ -26,6 +26,7 @@ const (
 const (
 	optExportName      = 1
 	optAbort           = 2
+	optStartTLS        = 5
 	optGo              = 7
 	optStructuredReply = 8
 	optSetMetaContext  = 10
@@ -124,6 +125,7 @@ var cmdNames = map[uint16]string{
 var optNames = map[uint32]string{
 	optExportName:      "NBD_OPT_EXPORT_NAME",
 	optAbort:           "NBD_OPT_ABORT",
+	optStartTLS:        "NBD_OPT_STARTTLS",
 	optGo:              "NBD_OPT_GO",
 	optStructuredReply: "NBD_OPT_STRUCTURED_REPLY",
 	optSetMetaContext:  "NBD_OPT_SET_META_CONTEXT",

@@ -317,11 +317,21 @@ func (ca *authority) issue(root string, id Identity, opts Options) error {
 	if err != nil {
 		return err
 	}
+	// The role in the subject too: qemu's TLS authorization of a volume
+	// served to an agent matches the subject alone (DistinguishedName).
+	tmpl.Subject.OrganizationalUnit = []string{string(id.Role)}
 	tmpl.KeyUsage = x509.KeyUsageDigitalSignature
 	tmpl.ExtKeyUsage = []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}
 	if id.Role == RoleIDCoordinator {
 		tmpl.ExtKeyUsage = append(tmpl.ExtKeyUsage, x509.ExtKeyUsageServerAuth)
 		tmpl.DNSNames, tmpl.IPAddresses = sans(opts.Hosts)
+	}
+	if id.Role == RoleIDAgent {
+		// An agent also serves: the volumes of its host to the migration
+		// server's agent over the migration network (qemu-nbd with TLS,
+		// which checks that its own certificate may serve). Clients check
+		// an agent by its identity, not by a host name.
+		tmpl.ExtKeyUsage = append(tmpl.ExtKeyUsage, x509.ExtKeyUsageServerAuth)
 	}
 	tmpl.URIs = []*url.URL{id.URI()}
 	if tmpl.NotAfter.After(ca.cert.NotAfter) {

@@ -109,9 +109,20 @@ func TestInitPKI(t *testing.T) {
 	if !slices.ContainsFunc(coord.IPAddresses, net.ParseIP("10.0.0.5").Equal) {
 		t.Errorf("IP SANs = %v", coord.IPAddresses)
 	}
+	// An agent serves its host's volumes to another agent (checked by
+	// identity), but names no host or address: it can never pass for the
+	// coordinator, which clients check by the address they dial.
 	agent := readCert(t, filepath.Join(dir, agentCert))
-	if _, err := agent.Verify(x509.VerifyOptions{Roots: pool, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}}); err == nil {
-		t.Error("agent certificate is valid for server auth")
+	if _, err := agent.Verify(x509.VerifyOptions{Roots: pool, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}}); err != nil {
+		t.Errorf("agent certificate is not valid for server auth: %v", err)
+	}
+	for _, name := range []string{"localhost", "127.0.0.1", "::1", "coord-1.example"} {
+		if err := agent.VerifyHostname(name); err == nil {
+			t.Errorf("agent certificate is valid for host %s", name)
+		}
+	}
+	if got := agent.Subject.String(); got != "CN="+testAgents.Agents[0]+",OU=agent,O=Ferry" {
+		t.Errorf("agent subject = %s", got)
 	}
 }
 

@@ -15,6 +15,7 @@ import (
 	"path"
 	"path/filepath"
 	"syscall"
+	"time"
 
 	"golang.org/x/sync/errgroup"
 
@@ -56,6 +57,7 @@ func parseFlags(args []string, stderr io.Writer) (config.Config, slog.Level, err
 	fs.StringVar(&cfg.DataDir, "data-dir", "./ferry-agent-data", "directory for the agent's state and job caches")
 	fs.StringVar(&cfg.Cluster, "cluster", "", "target cluster of this host, clusters/NAME or NAME")
 	fs.StringVar(&cfg.CachePath, "cache-path", "", "absolute path on a disk whose size and free space are reported as cache facts, for display (cache admission measures each migration server's cache_path, which the coordinator names); only job caches Ferry made there are ever reclaimed")
+	fs.StringVar(&cfg.MigrationAddress, "migration-address", "", "this host's IP address on the migration network, where it serves the volumes of VMs placed on it to another host's migration server that has no migration CIDR")
 	fs.StringVar(&cfg.TLSDir, "tls-dir", "", "this host's certificate directory (ca.crt, agent.crt, agent.key; from 'ferry-coordinator tls issue --role agent --host HOST'), or a PKI root holding agents/HOST")
 	fs.StringVar(&cfg.CAFile, "ca", "", "CA certificate file (with --cert and --key)")
 	fs.StringVar(&cfg.CertFile, "cert", "", "agent certificate file")
@@ -107,14 +109,25 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 			ferryv1.Platform_PLATFORM_KVM:    kvmDriver,
 			ferryv1.Platform_PLATFORM_VMWARE: vmware.NewDriver(log, vmware.Options{RetryBudget: cfg.SourceRetryBudget}),
 		},
-		Target: target.NewDriver(target.DefaultLibvirtURI, target.Options{Log: log, DomainType: domainType(cfg.DomainType)}),
 	}
 	fences := session.NewFences(outbox, log)
+	targets := session.NewTargets(outbox, log)
+	targetOpts := target.Options{Log: log, DomainType: domainType(cfg.DomainType)}
+	worker := target.NewWorker(target.WorkerConfig{IdentityDir: cfg.IdentityDir(), MigrationAddress: cfg.MigrationAddress,
+		Fence: fences.Confirm, Options: targetOpts})
+	defer worker.Close()
+	var client *session.Client
+	// An upload onto another host waits for it as long as the
+	// coordinators wait for an agent: their grace period.
+	targetOpts.Remote = target.Remote{HostName: cfg.HostName, IdentityDir: cfg.IdentityDir(), Targets: targets,
+		RetryBudgetFunc: func() time.Duration { return client.GracePeriod() }}
+	drivers.Target = target.NewDriver(target.DefaultLibvirtURI, targetOpts)
 	r := runner.New(runner.Config{DataDir: cfg.DataDir}, runner.Deps{Drivers: drivers, Reporter: outbox, Fencer: fences, Logger: log})
-	client := session.New(session.Config{
+	client = session.New(session.Config{
 		Coordinators: cfg.Coordinators, HostName: cfg.HostName, Cluster: cfg.Cluster,
 		AgentVersion: cfg.Version, Credentials: creds,
-	}, session.Deps{Runner: r, Facts: facts.New(cfg.CachePath, log), Outbox: outbox, Fences: fences, Logger: log})
+	}, session.Deps{Runner: r, Facts: facts.New(cfg.CachePath, log), Outbox: outbox, Fences: fences,
+		Targets: targets, Worker: worker, Logger: log})
 
 	log.Info("ferry-agent starting", "version", version, "host", cfg.HostName, "coordinators", cfg.Coordinators)
 	g, ctx := errgroup.WithContext(ctx)

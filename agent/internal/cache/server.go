@@ -4,8 +4,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"log/slog"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -29,6 +31,7 @@ const stopTimeout = 30 * time.Second
 type Server struct {
 	cmd     *exec.Cmd
 	socket  string
+	addr    string
 	sockDir string // a private directory holding the socket, when the job dir's path is too long
 	pidFile string
 	stderr  *strings.Builder
@@ -44,6 +47,10 @@ type ServerConfig struct {
 	Args []string
 	// Socket is the unix socket it serves on; a stale one is removed first.
 	Socket string
+	// Addr, instead of Socket, is the TCP host:port it serves on, which
+	// Args name with --bind and --port (a volume served to another host's
+	// agent over the migration network, with TLS).
+	Addr string
 	// PidFile, when set, records the child's pid so that a later agent
 	// can stop it with StopStale if this one dies first.
 	PidFile string
@@ -76,16 +83,13 @@ func StartServer(c ServerConfig) (*Server, error) {
 	if c.Program == "" {
 		c.Program = qemuNBD
 	}
-	if !slices.Contains(c.Args, "--socket="+c.Socket) {
-		return nil, fmt.Errorf("cache: qemu-nbd arguments %q do not name the socket %s", c.Args, c.Socket)
-	}
-	if err := os.Remove(c.Socket); err != nil && !errors.Is(err, fs.ErrNotExist) {
-		return nil, fmt.Errorf("remove stale socket: %w", err)
+	if err := checkListen(c); err != nil {
+		return nil, err
 	}
 	cmd := exec.Command(c.Program, c.Args...)
 	cmd.Env = QemuEnv()
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGTERM}
-	s := &Server{cmd: cmd, socket: c.Socket, pidFile: c.PidFile, stderr: &strings.Builder{}, exited: make(chan struct{})}
+	s := &Server{cmd: cmd, socket: c.Socket, addr: c.Addr, pidFile: c.PidFile, stderr: &strings.Builder{}, exited: make(chan struct{})}
 	cmd.Stdout, cmd.Stderr = s.stderr, s.stderr
 	if err := cmd.Start(); err != nil {
 		return nil, fmt.Errorf("start %s: %w", c.Program, err)
@@ -104,12 +108,38 @@ func StartServer(c ServerConfig) (*Server, error) {
 	return s, nil
 }
 
+// checkListen checks that c's arguments name where it listens, and
+// removes a stale socket.
+func checkListen(c ServerConfig) error {
+	if c.Addr != "" {
+		host, port, err := net.SplitHostPort(c.Addr)
+		if err != nil || !slices.Contains(c.Args, "--bind="+host) || !slices.Contains(c.Args, "--port="+port) {
+			return fmt.Errorf("cache: qemu-nbd arguments %q do not name the address %s", c.Args, c.Addr)
+		}
+		return nil
+	}
+	if !slices.Contains(c.Args, "--socket="+c.Socket) {
+		return fmt.Errorf("cache: qemu-nbd arguments %q do not name the socket %s", c.Args, c.Socket)
+	}
+	if err := os.Remove(c.Socket); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("remove stale socket: %w", err)
+	}
+	return nil
+}
+
 // Socket is the unix socket the server listens on.
 func (s *Server) Socket() string { return s.socket }
 
+// Addr is the TCP address the server listens on, "" on a unix socket.
+func (s *Server) Addr() string { return s.addr }
+
 // Ready waits until the server completes an NBD handshake, or fails when
-// it exits or ctx ends first.
+// it exits or ctx ends first. On TCP (a TLS export, which only its one
+// peer may complete a handshake with) it waits for the NBD greeting.
 func (s *Server) Ready(ctx context.Context) error {
+	if s.addr != "" {
+		return s.greeted(ctx)
+	}
 	c, err := s.Dial(ctx, nil)
 	if err != nil {
 		return err
@@ -135,6 +165,44 @@ func (s *Server) Dial(ctx context.Context, log *slog.Logger) (*nbd.Client, error
 		case <-time.After(20 * time.Millisecond):
 		}
 	}
+}
+
+// greeted waits until a TCP connection to the server gets the NBD
+// greeting, within readyTimeout; it fails at once when qemu-nbd exits.
+func (s *Server) greeted(ctx context.Context) error {
+	ctx, cancel := context.WithTimeout(ctx, readyTimeout)
+	defer cancel()
+	for {
+		err := readGreeting(ctx, s.addr)
+		if err == nil {
+			return nil
+		}
+		select {
+		case <-s.exited:
+			return s.exitErr()
+		case <-ctx.Done():
+			return fmt.Errorf("qemu-nbd not ready on %s: %w", s.addr, err)
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+}
+
+func readGreeting(ctx context.Context, addr string) error {
+	var d net.Dialer
+	conn, err := d.DialContext(ctx, "tcp", addr)
+	if err != nil {
+		return err
+	}
+	defer conn.Close()
+	_ = conn.SetDeadline(time.Now().Add(time.Second))
+	var g [16]byte
+	if _, err := io.ReadFull(conn, g[:]); err != nil {
+		return err
+	}
+	if string(g[:8]) != "NBDMAGIC" {
+		return fmt.Errorf("%s is not an NBD server", addr)
+	}
+	return nil
 }
 
 // exitErr describes how qemu-nbd ended, with what it printed.

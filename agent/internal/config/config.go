@@ -33,6 +33,11 @@ type Config struct {
 	// CachePath is the directory whose disk is reported as the cache disk
 	// (optional; a migration server's agent needs it to be scheduled).
 	CachePath string
+	// MigrationAddress is this host's address on the migration network,
+	// where it serves the volumes of VMs placed on it to another host's
+	// migration server when that server has no migration CIDR (or this
+	// host no address inside it). Optional.
+	MigrationAddress string
 	// TLS: either TLSDir (ca.crt, agent.crt, agent.key, or a PKI root
 	// holding agents/HostName), or the three
 	// files, or Insecure for plaintext.
@@ -95,6 +100,9 @@ func (c *Config) Validate() error {
 	if c.CachePath != "" && !filepath.IsAbs(c.CachePath) {
 		errs = append(errs, fmt.Errorf("--cache-path: %q must be an absolute path", c.CachePath))
 	}
+	if c.MigrationAddress != "" && net.ParseIP(c.MigrationAddress) == nil {
+		errs = append(errs, fmt.Errorf("--migration-address: %q is not an IP address", c.MigrationAddress))
+	}
 	if c.SourceKeepalive < 0 {
 		errs = append(errs, fmt.Errorf("--source-keepalive: %s must not be negative", c.SourceKeepalive))
 	}
@@ -148,4 +156,15 @@ func (c *Config) agentDir() string {
 		return sub
 	}
 	return c.TLSDir
+}
+
+// IdentityDir is the directory of this agent's certificate (ca.crt,
+// agent.crt, agent.key) for the volumes it serves to, and uploads onto,
+// another host: "" without --tls-dir (then the agent takes no part in
+// cross-host uploads).
+func (c Config) IdentityDir() string {
+	if c.TLSDir == "" {
+		return ""
+	}
+	return c.agentDir()
 }

@@ -1,5 +1,5 @@
 // Package facts gathers what an agent tells the coordinator about its host:
-// CPUs, memory (total and available), running VMs, libvirt and QEMU
+// CPUs, memory (total and available), running VMs and their vCPUs, libvirt and QEMU
 // versions, network interfaces, the size and free space of the --cache-path
 // disk (for display) and of the paths the coordinator names: the primary
 // storage paths and the cache_path of the migration servers on this host,
@@ -62,6 +62,9 @@ func (c *Collector) Collect(ctx context.Context) *ferryv1.HostFacts {
 	}
 	if out, err := c.command(ctx, "virsh", "-c", "qemu:///system", "list", "--name"); err == nil {
 		f.RunningVms = int32(countLines(out))
+	}
+	if out, err := c.command(ctx, "virsh", "-c", "qemu:///system", "domstats", "--list-running", "--vcpu"); err == nil {
+		f.RunningVcpus = runningVcpus(out)
 	}
 	if out, err := c.command(ctx, "libvirtd", "--version"); err == nil {
 		f.LibvirtVersion = lastField(out)
@@ -152,6 +155,19 @@ func countLines(out []byte) int {
 	for _, l := range strings.Split(string(out), "\n") {
 		if strings.TrimSpace(l) != "" {
 			n++
+		}
+	}
+	return n
+}
+
+// runningVcpus adds up the vcpu.current lines of "virsh domstats --vcpu".
+func runningVcpus(out []byte) int32 {
+	var n int32
+	for _, l := range strings.Split(string(out), "\n") {
+		if v, ok := strings.CutPrefix(strings.TrimSpace(l), "vcpu.current="); ok {
+			if i, err := strconv.Atoi(v); err == nil {
+				n += int32(i)
+			}
 		}
 	}
 	return n

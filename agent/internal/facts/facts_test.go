@@ -28,6 +28,10 @@ func TestParsers(t *testing.T) {
 	if got := countLines([]byte("vm1\nvm2\n\n")); got != 2 {
 		t.Errorf("countLines = %d", got)
 	}
+	domstats := "Domain: 'a'\n  vcpu.current=2\n  vcpu.maximum=4\n  vcpu.0.state=1\n\nDomain: 'b'\n  vcpu.current=1\n  vcpu.maximum=1\n\n"
+	if got := runningVcpus([]byte(domstats)); got != 3 {
+		t.Errorf("runningVcpus = %d, want 3 (current, not maximum)", got)
+	}
 }
 
 func TestCollectMeasuresCacheDisk(t *testing.T) {

@@ -86,17 +86,23 @@ type Deps struct {
 	Outbox *Outbox
 	// Fences, when set, gets the leader's answers to fence checks.
 	Fences *Fences
-	Logger *slog.Logger
+	// Targets, when set, gets the answers to this host's target requests;
+	// Worker, when set, carries out the work for jobs placed on this host.
+	Targets *Targets
+	Worker  TargetWorker
+	Logger  *slog.Logger
 }
 
 // Client keeps the agent's session.
 type Client struct {
-	cfg    Config
-	runner Runner
-	facts  Facts
-	outbox *Outbox
-	fences *Fences
-	log    *slog.Logger
+	cfg     Config
+	runner  Runner
+	facts   Facts
+	outbox  *Outbox
+	fences  *Fences
+	targets *Targets
+	worker  TargetWorker
+	log     *slog.Logger
 
 	conns map[string]*grpc.ClientConn // used by the connect loop only
 
@@ -135,7 +141,7 @@ func New(cfg Config, deps Deps) *Client {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	return &Client{cfg: cfg, runner: deps.Runner, facts: deps.Facts, outbox: deps.Outbox, fences: deps.Fences,
+	return &Client{cfg: cfg, runner: deps.Runner, facts: deps.Facts, outbox: deps.Outbox, fences: deps.Fences, targets: deps.Targets, worker: deps.Worker,
 		log: log.With("component", "agent-session", "host", cfg.HostName), conns: map[string]*grpc.ClientConn{},
 		refresh: make(chan struct{}, 1)}
 }
@@ -303,6 +309,14 @@ func (c *Client) contact(addr string, w *agentv1.Welcome) {
 		c.grace = time.Duration(w.GetGracePeriodMs()) * time.Millisecond
 		c.retention = time.Duration(w.GetCacheRetentionMs()) * time.Millisecond
 	}
+}
+
+// GracePeriod is the coordinators' agent grace period as last announced
+// (0 before the first Welcome).
+func (c *Client) GracePeriod() time.Duration {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.grace
 }
 
 // setGrace adopts a grace period a coordinator's heartbeat announced (0:

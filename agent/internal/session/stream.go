@@ -121,6 +121,16 @@ func (c *Client) recvLoop(ctx context.Context, addr string, stream agentv1.Agent
 			if c.fences != nil {
 				c.fences.answer(k.FenceAnswer)
 			}
+		case *agentv1.ConnectResponse_TargetAnswer:
+			if c.targets != nil {
+				c.targets.answer(k.TargetAnswer)
+			}
+		case *agentv1.ConnectResponse_TargetWork:
+			lists.Add(1)
+			go func() {
+				defer lists.Done()
+				c.outbox.queue(c.targetWork(ctx, k.TargetWork))
+			}()
 		case *agentv1.ConnectResponse_Heartbeat:
 			c.storagePaths(k.Heartbeat.GetStoragePaths())
 			c.setGrace(time.Duration(k.Heartbeat.GetGracePeriodMs()) * time.Millisecond)
@@ -128,6 +138,20 @@ func (c *Client) recvLoop(ctx context.Context, addr string, stream agentv1.Agent
 			c.log.Warn("unexpected message from coordinator", "kind", fmt.Sprintf("%T", msg.GetKind()))
 		}
 	}
+}
+
+// targetWork carries out work for a job placed on this host; the answer
+// goes through the outbox, so it reaches the leader of the next session
+// when this one ends first.
+func (c *Client) targetWork(ctx context.Context, w *agentv1.TargetWork) *agentv1.ConnectRequest {
+	var res *agentv1.TargetWorkResult
+	if c.worker == nil {
+		res = &agentv1.TargetWorkResult{RequestId: w.GetRequestId(), Job: w.GetJob().GetName(), Epoch: w.GetEpoch(), Action: w.GetAction(),
+			Error: "this agent does not serve as a target host"}
+	} else {
+		res = c.worker.Do(ctx, w)
+	}
+	return &agentv1.ConnectRequest{Kind: &agentv1.ConnectRequest_TargetWorkResult{TargetWorkResult: res}}
 }
 
 // sendLoop sends heartbeats (with fresh facts when there are some) and what

@@ -40,6 +40,9 @@ type Options struct {
 	NVRAMDir string
 	// CephUser and CephSecretUUID authenticate RBD disks.
 	CephUser, CephSecretUUID string
+	// Remote, when its Targets is set, lets the driver run jobs whose VM
+	// is placed on another host.
+	Remote Remote
 
 	Log *slog.Logger
 }

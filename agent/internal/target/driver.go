@@ -21,11 +21,13 @@ const DefaultLibvirtURI = "qemu:///system"
 // Driver is the target driver as the runner sees it: UPLOADING moves the
 // cache images onto primary storage, CONFIGURING defines the VM, and
 // Rollback undoes both after a failure or cancel. The target host is the
-// agent's own, through its local libvirt.
+// agent's own, through its local libvirt, unless the job's VM is placed on
+// another host (Options.Remote): then that host's agent does its part.
 type Driver struct {
-	uri  string
-	opts Options
-	log  *slog.Logger
+	uri     string
+	opts    Options
+	log     *slog.Logger
+	exports remoteExports
 }
 
 var (
@@ -87,6 +89,9 @@ func uploadWhole(ctx context.Context, job *runner.Job, up *Uploader, disk string
 // Configure defines the target VM and starts it unless told not to; a VM
 // the host lacks resources for stays stopped, with a warning.
 func (d *Driver) Configure(ctx context.Context, job *runner.Job) ([]string, error) {
+	if d.targetHostOf(job) != "" {
+		return d.configureRemote(ctx, job)
+	}
 	spec, err := d.spec(job)
 	if err != nil {
 		return nil, err
@@ -108,6 +113,9 @@ func (d *Driver) Configure(ctx context.Context, job *runner.Job) ([]string, erro
 
 // Rollback removes the job's domain, DHCP entries and volumes.
 func (d *Driver) Rollback(ctx context.Context, job *runner.Job) error {
+	if d.targetHostOf(job) != "" {
+		return d.rollbackRemote(ctx, job)
+	}
 	spec, err := d.spec(job)
 	if err != nil {
 		return err

@@ -45,6 +45,15 @@ var errCacheRead = errors.New("read the cache image")
 // into the cache, and returns once converted is closed (CONVERTING ended)
 // and every disk is on its volume.
 func (d *Driver) UploadBeside(ctx context.Context, job *runner.Job, converted <-chan struct{}) error {
+	if th := d.uploadHostOf(job); th != "" {
+		// Onto another host: once the cache is complete (docs/placement.md).
+		select {
+		case <-converted:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+		return d.uploadRemote(ctx, job, th)
+	}
 	vols, err := volumes(job)
 	if err != nil {
 		return err

@@ -32,12 +32,12 @@ func (c *NBDCopier) Copy(ctx context.Context, src, dst Endpoint, opts CopyOption
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	sc, err := nbd.Dial(ctx, "unix", src.Socket, nbd.Options{ExportName: src.Export, Logger: log})
+	sc, err := src.dial(ctx, nbd.Options{Logger: log})
 	if err != nil {
 		return fmt.Errorf("connect to source %s: %w", src.URI(), err)
 	}
 	defer sc.Close()
-	dc, err := nbd.Dial(ctx, "unix", dst.Socket, nbd.Options{ExportName: dst.Export, DisableBlockStatus: true, Logger: log})
+	dc, err := dst.dial(ctx, nbd.Options{DisableBlockStatus: true, Logger: log})
 	if err != nil {
 		return fmt.Errorf("connect to volume %s: %w", dst.URI(), err)
 	}
@@ -46,7 +46,7 @@ func (c *NBDCopier) Copy(ctx context.Context, src, dst Endpoint, opts CopyOption
 		return fmt.Errorf("volume of %d bytes is smaller than the source's %d", dc.Size(), sc.Size())
 	}
 	_, err = pipeline.Copy(ctx, pipeline.NBDSource{Client: sc}, pipeline.NBDSink{Client: dc}, pipeline.Options{
-		InFlight: c.InFlight, Limiter: c.Limiter, Progress: opts.Progress, Logger: log,
+		InFlight: c.InFlight, Limiter: c.Limiter, Progress: opts.Progress, Logger: log, Checkpoint: opts.Checkpoint,
 	})
 	if err != nil {
 		return err

@@ -2,6 +2,7 @@ package target
 
 import (
 	"context"
+	"crypto/tls"
 	"fmt"
 	"log/slog"
 	"net/url"
@@ -10,19 +11,45 @@ import (
 	"time"
 
 	"github.com/ferry-v2v/ferry/agent/internal/cache"
+	"github.com/ferry-v2v/ferry/agent/internal/pipeline"
+	"github.com/ferry-v2v/ferry/pkg/nbd"
 )
 
-// Endpoint is an NBD export on a unix socket.
+// Endpoint is an NBD export on a unix socket, or on TCP (a volume another
+// host's agent serves over the migration network) with TLS.
 type Endpoint struct {
 	Socket string
+	// Addr, instead of Socket, is a TCP host:port.
+	Addr string
+	// TLS, with Addr, is the client configuration of NBD STARTTLS
+	// (tlsutil.PeerClientConfig).
+	TLS *tls.Config
 	// Export is the export name; qemu-nbd's default is "".
 	Export string
 }
 
-// URI is the endpoint as an NBD URI (nbd+unix:///export?socket=path).
+// URI is the endpoint as an NBD URI (nbd+unix:///export?socket=path,
+// nbds://host:port/export with TLS, nbd://host:port/export without).
 func (e Endpoint) URI() string {
+	if e.Addr != "" {
+		scheme := "nbd"
+		if e.TLS != nil {
+			scheme = "nbds"
+		}
+		return (&url.URL{Scheme: scheme, Host: e.Addr, Path: "/" + e.Export}).String()
+	}
 	u := url.URL{Scheme: "nbd+unix", Path: "/" + e.Export, RawQuery: "socket=" + e.Socket}
 	return u.String()
+}
+
+// dial connects to the endpoint.
+func (e Endpoint) dial(ctx context.Context, opts nbd.Options) (*nbd.Client, error) {
+	opts.ExportName = e.Export
+	if e.Addr != "" {
+		opts.TLS = e.TLS
+		return nbd.Dial(ctx, "tcp", e.Addr, opts)
+	}
+	return nbd.Dial(ctx, "unix", e.Socket, opts)
 }
 
 // CopyOptions tune one copy.
@@ -33,6 +60,9 @@ type CopyOptions struct {
 	// Progress, when set, is called with the data bytes done out of the
 	// data bytes to copy.
 	Progress func(done, total int64)
+	// Checkpoint, when set, records the chunks the destination holds
+	// (flushed) and skips them: an upload cut short resumes.
+	Checkpoint *pipeline.Checkpoint
 }
 
 // Copier copies an NBD export onto another: only the source's data

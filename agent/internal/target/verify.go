@@ -32,6 +32,9 @@ const verifyLogEvery = 5 * time.Second
 // the data, not the virtual size. It logs its progress every few seconds.
 // A disk whose copy recorded no checksums stays unverified.
 func (d *Driver) Verify(ctx context.Context, job *runner.Job) error {
+	if th := d.uploadHostOf(job); th != "" {
+		return d.verifyRemote(ctx, job, th)
+	}
 	vols, err := volumes(job)
 	if err != nil {
 		return err

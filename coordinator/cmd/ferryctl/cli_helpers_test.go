@@ -112,7 +112,7 @@ func slowCopier(steps int, pause time.Duration) agenttest.Copier {
 func startAgent(t *testing.T, c *testcluster.Cluster, addr, hostName string, copy agenttest.Copier) *agenttest.Agent {
 	t.Helper()
 	const gib = 1 << 30
-	return agenttest.Start(t, agenttest.Options{Coordinators: []string{addr}, HostName: hostName, Credentials: c.AgentCredentials(hostName),
+	return agenttest.Start(t, agenttest.Options{Coordinators: []string{addr}, HostName: hostName, Cluster: "prod", Credentials: c.AgentCredentials(hostName),
 		Copy: copy, CacheTotal: 100 * gib, CacheFree: 50 * gib, Logger: c.Log})
 }
 

@@ -44,6 +44,7 @@ func TestFerryctlOnACluster(t *testing.T) {
 	t.Run("create inventory, source and server through a follower", e.create)
 	t.Run("list them as JSON, YAML and tables", e.list)
 	t.Run("bandwidth, disable and enable", e.serverVerbs)
+	t.Run("host maintenance on and off", e.hostMaintenance)
 	t.Run("settings update by field mask", e.settings)
 	t.Run("errors name the field and exit non-zero", e.errors)
 	t.Run("jobs from a plan file, watched line by line", e.planJobs)
@@ -208,6 +209,27 @@ func (e *clusterEnv) serverVerbs(t *testing.T) {
 		t.Fatalf("generated request_ids recorded per method: %v; want 4 bandwidth changes, 1 disable, 1 enable", methods)
 	}
 	x.ok("server", "bandwidth", "kvm-1", "--clear-upstream")
+}
+
+func (e *clusterEnv) hostMaintenance(t *testing.T) {
+	x := e.cli(t)
+	if h := x.json("host", "maintenance", "kvm-1", "--on"); path(h, "host", "maintenance") != true || path(h, "host", "name") != "hosts/kvm-1" {
+		t.Fatalf("maintenance --on = %v", h)
+	}
+	if out := x.ok("host", "list"); !strings.Contains(out, "MAINTENANCE") || !strings.Contains(out, "hosts/kvm-1") {
+		t.Fatalf("host list:\n%s", out)
+	}
+	if h := x.json("host", "maintenance", "hosts/kvm-1", "--off"); path(h, "host", "maintenance") != nil {
+		t.Fatalf("maintenance --off = %v", h)
+	}
+	r := x.run("host", "maintenance", "kvm-1")
+	if r.code != exitUsage || !strings.Contains(r.err, "give exactly one of --on and --off") {
+		t.Fatalf("maintenance without --on/--off: exit %d, stderr %q", r.code, r.err)
+	}
+	r = x.run("host", "maintenance", "nosuch", "--on")
+	if r.code != exitError || !strings.HasPrefix(r.err, "ferryctl: NOT_FOUND: name: host hosts/nosuch not found") {
+		t.Fatalf("maintenance of a missing host: exit %d, stderr %q", r.code, r.err)
+	}
 }
 
 func (e *clusterEnv) settings(t *testing.T) {

@@ -21,9 +21,14 @@ func (a *app) settingsCommand() *cobra.Command {
 
   job parallelism           how many jobs run at once (default 10)
   cache retention           how long a cache outlives its job (default 24h)
-  host allocation strategy  which host gets a VM on shared storage: the one
-                            with the fewest running VMs (default) or the most
-                            free memory
+  host allocation strategy  which connected host of the target cluster, not
+                            in maintenance, gets a VM whose job names none:
+                            fewest-vms (default; fewest-running-vms),
+                            most-free-memory, least-memory-used,
+                            least-cpu-used (shares of the host's memory or
+                            CPUs), or migration-server (the migration
+                            server's own host); each counts the VMs of
+                            queued and running jobs
   agent grace period        how long an agent may be gone before its jobs
                             fail with "agent lost" (default 5m)`,
 	}
@@ -62,7 +67,7 @@ func (a *app) settingsUpdate() *cobra.Command {
 	var parallelism int32
 	var retention, grace, syncEvery, shutdown time.Duration
 	var etag string
-	alloc := newEnumFlag(ferryv1.HostAllocationStrategy(0).Descriptor(), nil)
+	alloc := newEnumFlag(ferryv1.HostAllocationStrategy(0).Descriptor(), map[string]string{"fewest-vms": "fewest-running-vms"})
 	cmd := &cobra.Command{
 		Use:   "update [--job-parallelism N] [--cache-retention D] [--host-allocation S] [--agent-grace-period D] [--inventory-sync-interval D] [--guest-shutdown-timeout D]",
 		Short: "Change some settings",

@@ -21,8 +21,8 @@
 //  7. capacity (preview only): what the batch takes of CPUs, memory,
 //     storage space, addresses and the migration server's cache.
 //
-// A host-placement step belongs between 6 and 7: it sees the jobs with
-// their addresses and the connected hosts, and the capacity step then
+// Host placement (6b, package placement) runs between 6 and 7: it stamps
+// each job's target_host and placement_reason, and the capacity step then
 // counts what each chosen host gives.
 //
 // Errors are package validate's: *validate.InvalidError for the request's
@@ -153,9 +153,15 @@ func (a *Admission) Create(ctx context.Context, req *ferryv1.CreateMigrationJobs
 		release()
 		return nil, err
 	}
-	// Host placement, when it comes, runs here: the jobs have their
-	// addresses, and the allocation lock keeps its choices and those of a
-	// concurrent batch apart until the command is applied.
+	// 6b: host placement. The jobs have their addresses, and the
+	// allocation lock keeps its choices and those of a concurrent batch
+	// apart until the command is applied.
+	for _, err := range a.place(b.refs, b.jobs) {
+		if err != nil {
+			release()
+			return nil, err
+		}
+	}
 	if err := syncs.record(ctx); err != nil {
 		release()
 		return nil, err

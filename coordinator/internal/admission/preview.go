@@ -11,6 +11,7 @@ import (
 
 	"google.golang.org/grpc/codes"
 
+	"github.com/ferry-v2v/ferry/coordinator/internal/placement"
 	"github.com/ferry-v2v/ferry/coordinator/internal/validate"
 	ferryv1 "github.com/ferry-v2v/ferry/pkg/pb/ferry/v1"
 )
@@ -47,8 +48,19 @@ func (a *Admission) Preview(ctx context.Context, p *ferryv1.PreviewMigrationJobs
 		}
 		lines = append(lines, fe.Error())
 	}
-	// Host placement, when it comes, runs here, before capacity counts
-	// what the chosen hosts give.
+	// 6b: host placement, before capacity counts what the chosen hosts
+	// give. A host that does not exist or is not of the cluster is refused
+	// as create refuses it; one that cannot take the VM now is a line.
+	for _, err := range a.place(b.refs, jobs) {
+		var fe *validate.FieldError
+		switch {
+		case err == nil:
+		case errors.As(err, &fe) && fe.Code == codes.FailedPrecondition:
+			lines = append(lines, fe.Error())
+		default:
+			return nil, err
+		}
+	}
 	for _, j := range jobs {
 		j.Name = ""
 	}
@@ -60,9 +72,10 @@ func (a *Admission) Preview(ctx context.Context, p *ferryv1.PreviewMigrationJobs
 	return &ferryv1.PreviewMigrationJobsResponse{Jobs: jobs, Usages: usages, FailedChecks: lines, Fits: fits, Notes: notes}, nil
 }
 
-// usages adds up what the batch takes of each cluster's CPUs and memory,
-// each primary storage's space and each L3 network's addresses, in the
-// order the batch first names them, and of its migration server's cache.
+// usages adds up what the batch takes of each chosen host's CPUs and
+// memory (and, for local storage, space), each shared primary storage's
+// space and each L3 network's addresses, in the order the batch first
+// names them, and of its migration server's cache.
 func (a *Admission) usages(refs *batchRefs, jobs []*ferryv1.MigrationJob) []*ferryv1.PreviewUsage {
 	var clusters, storages, networks []string
 	for _, j := range jobs {
@@ -81,12 +94,22 @@ func (a *Admission) usages(refs *batchRefs, jobs []*ferryv1.MigrationJob) []*fer
 	local := func(name string) bool {
 		return ps[name].GetType() == ferryv1.PrimaryStorageType_PRIMARY_STORAGE_TYPE_LOCAL
 	}
+	planned := placement.PlannedOf(c.active, a.serverHosts())
+	hosts := placedHosts(jobs)
 	var out []*ferryv1.PreviewUsage
-	for _, cl := range clusters {
-		out = append(out, c.compute(cl, jobs, local)...)
+	for _, h := range hosts {
+		out = append(out, c.hostCompute(h, jobs, planned)...)
 	}
 	for _, name := range storages {
-		out = append(out, c.disk(ps[name], jobs))
+		if !local(name) {
+			out = append(out, c.disk(ps[name], jobs))
+			continue
+		}
+		for _, h := range hosts {
+			if placedOn(jobs, h, name) {
+				out = append(out, c.hostDisk(ps[name], h, jobs, planned))
+			}
+		}
 	}
 	for _, n := range networks {
 		out = append(out, a.addresses(refs.networks[n], jobs))

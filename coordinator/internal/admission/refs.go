@@ -64,10 +64,6 @@ func (a *Admission) checkTargetHost(p string, t *ferryv1.TargetVm, ps *ferryv1.P
 	if h.GetCluster() != t.GetCluster() {
 		return validate.Invalid(p+".host", "%s is in cluster %q, not in the target cluster %s", h.GetName(), h.GetCluster(), t.GetCluster())
 	}
-	if ps.GetType() == ferryv1.PrimaryStorageType_PRIMARY_STORAGE_TYPE_LOCAL && t.GetHost() != srv.GetHost() {
-		return validate.Invalid(p+".host", "local primary storage %s is written on the migration server's host %s; leave host empty or set it to that host",
-			ps.GetName(), srv.GetHost())
-	}
 	return nil
 }
 

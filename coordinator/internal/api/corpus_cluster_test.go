@@ -536,7 +536,7 @@ func seedCluster(t *testing.T, leader *testcluster.Node, c *apiClients) {
 	ctx := testcluster.Ctx(t, 30*time.Second)
 	for _, h := range []string{"kvm1", "vm1", "spare"} {
 		if _, err := leader.Server.Node().Propose(ctx, &ledgerv1.Command{Op: &ledgerv1.Command_PutHost{PutHost: &ledgerv1.PutHost{
-			Host: &ferryv1.Host{Name: "hosts/" + h, Cluster: "clusters/c1"}}}}); err != nil {
+			Host: &ferryv1.Host{Name: "hosts/" + h, Cluster: "clusters/c1", Connected: h == "kvm1"}}}}); err != nil {
 			t.Fatal(err)
 		}
 	}

@@ -123,6 +123,18 @@ func usageOf(t *testing.T, resp *ferryv1.PreviewMigrationJobsResponse, kind ferr
 	return nil
 }
 
+// usageOn finds the usage of kind on host.
+func usageOn(t *testing.T, resp *ferryv1.PreviewMigrationJobsResponse, kind ferryv1.PreviewResourceKind, host string) *ferryv1.PreviewUsage {
+	t.Helper()
+	for _, u := range resp.GetUsages() {
+		if u.GetKind() == kind && u.GetHost() == host {
+			return u
+		}
+	}
+	t.Fatalf("no %s usage on %s in %v", kind, host, resp.GetUsages())
+	return nil
+}
+
 func checkUsage(t *testing.T, u *ferryv1.PreviewUsage, requested, available int64, fits bool) {
 	t.Helper()
 	if !u.GetKnown() || u.GetRequested() != requested || u.GetAvailable() != available || u.GetFits() != fits {
@@ -264,8 +276,18 @@ func TestPreviewMigrationJobs(t *testing.T) {
 			t.Errorf("preview job %d = %v; want unnamed, %s, ip %s", i, j, fitting[i].GetTarget().GetVmName(), want)
 		}
 	}
-	checkUsage(t, usageOf(t, resp, ferryv1.PreviewResourceKind_PREVIEW_RESOURCE_KIND_VCPUS, "clusters/c1"), 4, previewCPUs-1, true)
-	checkUsage(t, usageOf(t, resp, ferryv1.PreviewResourceKind_PREVIEW_RESOURCE_KIND_MEMORY_BYTES, "clusters/c1"), 512<<20, previewMem-128<<20, true)
+	// Placed by fewest_vms: the queued job went to kvm-a (a tie, by name),
+	// so the first VM goes to kvm-b, the second to kvm-a; each host's CPUs
+	// and memory count what the queued job placed there takes.
+	for i, want := range []string{"hosts/kvm-b", "hosts/kvm-a"} {
+		if got := resp.GetJobs()[i].GetTargetHost(); got != want || !strings.HasPrefix(resp.GetJobs()[i].GetPlacementReason(), "allocation strategy fewest_vms: "+want) {
+			t.Errorf("preview job %d placed on %s (%q), want %s", i, got, resp.GetJobs()[i].GetPlacementReason(), want)
+		}
+	}
+	checkUsage(t, usageOn(t, resp, ferryv1.PreviewResourceKind_PREVIEW_RESOURCE_KIND_VCPUS, "hosts/kvm-a"), 2, 4-1, true)
+	checkUsage(t, usageOn(t, resp, ferryv1.PreviewResourceKind_PREVIEW_RESOURCE_KIND_VCPUS, "hosts/kvm-b"), 2, 2, true)
+	checkUsage(t, usageOn(t, resp, ferryv1.PreviewResourceKind_PREVIEW_RESOURCE_KIND_MEMORY_BYTES, "hosts/kvm-a"), 256<<20, 1<<30-128<<20, true)
+	checkUsage(t, usageOn(t, resp, ferryv1.PreviewResourceKind_PREVIEW_RESOURCE_KIND_MEMORY_BYTES, "hosts/kvm-b"), 256<<20, 512<<20, true)
 	checkUsage(t, usageOf(t, resp, ferryv1.PreviewResourceKind_PREVIEW_RESOURCE_KIND_IP_ADDRESSES, "l3Networks/n1"), 2, 4, true)
 	// The queued job's disk comes off what the agents measured. They
 	// measure again when the paths they are told to measure change, and
@@ -288,8 +310,12 @@ func TestPreviewMigrationJobs(t *testing.T) {
 	if resp.GetFits() {
 		t.Error("a batch that does not fit says it fits")
 	}
-	checkUsage(t, usageOf(t, resp, ferryv1.PreviewResourceKind_PREVIEW_RESOURCE_KIND_VCPUS, "clusters/c1"), 6, previewCPUs-1, false)
-	checkUsage(t, usageOf(t, resp, ferryv1.PreviewResourceKind_PREVIEW_RESOURCE_KIND_MEMORY_BYTES, "clusters/c1"), 3<<30, previewMem-128<<20, false)
+	// b, a, b: two VMs of 2 vCPUs and 1 GiB on kvm-b (2 CPUs, 512 MiB
+	// available) do not fit; one on kvm-a fits its CPUs, not its memory.
+	checkUsage(t, usageOn(t, resp, ferryv1.PreviewResourceKind_PREVIEW_RESOURCE_KIND_VCPUS, "hosts/kvm-b"), 4, 2, false)
+	checkUsage(t, usageOn(t, resp, ferryv1.PreviewResourceKind_PREVIEW_RESOURCE_KIND_MEMORY_BYTES, "hosts/kvm-b"), 2<<30, 512<<20, false)
+	checkUsage(t, usageOn(t, resp, ferryv1.PreviewResourceKind_PREVIEW_RESOURCE_KIND_VCPUS, "hosts/kvm-a"), 2, 3, true)
+	checkUsage(t, usageOn(t, resp, ferryv1.PreviewResourceKind_PREVIEW_RESOURCE_KIND_MEMORY_BYTES, "hosts/kvm-a"), 1<<30, 1<<30-128<<20, false)
 	checkUsage(t, usageOf(t, resp, ferryv1.PreviewResourceKind_PREVIEW_RESOURCE_KIND_IP_ADDRESSES, "l3Networks/n1"), 6, 4, false)
 	if disk := usageOf(t, resp, ferryv1.PreviewResourceKind_PREVIEW_RESOURCE_KIND_DISK_BYTES, nfs); disk.GetFits() || disk.GetRequested() != 2*free+2<<30 {
 		t.Errorf("disk usage %v; want requested %d, not fitting", disk, 2*free+2<<30)
@@ -319,8 +345,19 @@ func TestPreviewMigrationJobs(t *testing.T) {
 	if got := resp.GetJobs()[0].GetTarget(); got.GetCpus() != hw.NumCPU || got.GetMemoryBytes() != int64(hw.MemoryMB)<<20 {
 		t.Errorf("filled target has %d vCPUs, %d bytes; the source VM %d vCPUs, %d MiB", got.GetCpus(), got.GetMemoryBytes(), hw.NumCPU, hw.MemoryMB)
 	}
-	if u := usageOf(t, resp, ferryv1.PreviewResourceKind_PREVIEW_RESOURCE_KIND_VCPUS, "clusters/c1"); u.GetRequested() != int64(hw.NumCPU) {
+	if u := usageOn(t, resp, ferryv1.PreviewResourceKind_PREVIEW_RESOURCE_KIND_VCPUS, resp.GetJobs()[0].GetTargetHost()); u.GetRequested() != int64(hw.NumCPU) {
 		t.Errorf("vCPUs requested by the filled spec: %d, want %d", u.GetRequested(), hw.NumCPU)
+	}
+
+	// A VM larger than any host of the cluster: a failed check naming
+	// every host and why, and it does not fit.
+	resp, err = w.preview(ctx, w.spec("DC0_H0_VM0", 8, 64<<20, 1<<30, 1))
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := "jobs[0].target.host: no host of cluster clusters/c1 can take the VM: hosts/kvm-a (4 CPUs, the VM has 8 vCPUs); hosts/kvm-b (2 CPUs, the VM has 8 vCPUs)"
+	if resp.GetFits() || len(resp.GetFailedChecks()) != 1 || resp.GetFailedChecks()[0] != want {
+		t.Errorf("a VM larger than any host: fits %v, failed checks %q; want %q", resp.GetFits(), resp.GetFailedChecks(), want)
 	}
 
 	// Malformed requests are refused as create refuses them.

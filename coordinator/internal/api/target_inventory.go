@@ -79,6 +79,38 @@ func (s *targetInventoryService) ListHosts(ctx context.Context, req *ferryv1.Lis
 	return reply(ctx, s.a, &ferryv1.ListHostsResponse{Hosts: page, NextPageToken: next}, err)
 }
 
+// SetHostMaintenance puts a host into maintenance or takes it out.
+// Placement never picks a host in maintenance for a new job; jobs
+// already placed on it go on.
+func (s *targetInventoryService) SetHostMaintenance(ctx context.Context, req *ferryv1.SetHostMaintenanceRequest) (*ferryv1.SetHostMaintenanceResponse, error) {
+	h, err := s.setHostMaintenance(ctx, req)
+	return reply(ctx, s.a, &ferryv1.SetHostMaintenanceResponse{Host: h}, err)
+}
+
+func (s *targetInventoryService) setHostMaintenance(ctx context.Context, req *ferryv1.SetHostMaintenanceRequest) (*ferryv1.Host, error) {
+	c := &checker{}
+	checkRef(c, "name", req.GetName(), colHosts)
+	checkRequestID(c, req.GetRequestId())
+	if err := c.err(); err != nil {
+		return nil, err
+	}
+	const method = "SetHostMaintenance"
+	again, err := s.a.replayed(req.GetRequestId(), method, req.GetName())
+	if err != nil {
+		return nil, err
+	}
+	if again {
+		return lookup(s.a.ledger.Host, req.GetName(), "host")
+	}
+	cmd := &ledgerv1.Command{Op: &ledgerv1.Command_SetHostMaintenance{SetHostMaintenance: &ledgerv1.SetHostMaintenance{
+		Name: req.GetName(), Maintenance: req.GetMaintenance()}}}
+	if _, err := s.a.propose(ctx, withRequest(cmd, req.GetRequestId(), method, req.GetName())); err != nil {
+		return nil, err
+	}
+	s.a.log.Info("host maintenance", "host", req.GetName(), "maintenance", req.GetMaintenance())
+	return lookup(s.a.ledger.Host, req.GetName(), "host")
+}
+
 // lookup reads a resource the API has just written.
 func lookup[T proto.Message](read func(string) (T, bool), name, what string) (T, error) {
 	v, ok := read(name)

@@ -426,9 +426,9 @@ var jobSpecBadInputs = []badInput{
 		_, err := e.jobs.CreateMigrationJobs(c, req)
 		return err
 	}, codes.InvalidArgument, "jobs[1].target.nics[0].ip:"},
-	{"local storage on another host", createJobs(target(func(t *ferryv1.TargetVm) {
+	{"a disconnected target host", createJobs(target(func(t *ferryv1.TargetVm) {
 		t.PrimaryStorage, t.Host = "primaryStorages/local", "hosts/spare"
-	})), codes.InvalidArgument, "jobs[0].target.host: local primary storage"},
+	})), codes.FailedPrecondition, "jobs[0].target.host: host hosts/spare cannot take the VM: disconnected"},
 	{"second VM bad, first fine", func(c context.Context, e *env) error {
 		req := jobsReq(3)
 		req.Jobs[2].Target.Nics = nil

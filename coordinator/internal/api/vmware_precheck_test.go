@@ -80,7 +80,7 @@ func TestVMwarePrechecks(t *testing.T) {
 	ctx := testcluster.Ctx(t, 90*time.Second)
 	w.seedTarget(ctx)
 	creds := w.c.AgentCredentials("kvm1")
-	agenttest.Start(t, agenttest.Options{Coordinators: []string{w.c.Nodes()[0].Addr()}, HostName: "kvm1", Credentials: creds})
+	agenttest.Start(t, agenttest.Options{Coordinators: []string{w.c.Nodes()[0].Addr()}, HostName: "kvm1", Cluster: "c1", Credentials: creds})
 	testcluster.Eventually(t, 10*time.Second, "the kvm agent registers", func() bool {
 		_, err := w.cl.TargetInventory().GetHost(ctx, &ferryv1.GetHostRequest{Name: "hosts/kvm1"})
 		return err == nil
@@ -208,6 +208,12 @@ func TestCreateReadsAVMMadeSinceTheLastSync(t *testing.T) {
 	w := newVMwareWorld(t, 1, nil)
 	ctx := testcluster.Ctx(t, 90*time.Second)
 	w.seedTarget(ctx)
+	// A host of the target cluster for the job's VM.
+	agenttest.Start(t, agenttest.Options{Coordinators: []string{w.c.Nodes()[0].Addr()}, HostName: "kvm1", Cluster: "c1", Credentials: w.c.AgentCredentials("kvm1")})
+	testcluster.Eventually(t, 10*time.Second, "the kvm agent registers", func() bool {
+		h, err := w.cl.TargetInventory().GetHost(ctx, &ferryv1.GetHostRequest{Name: "hosts/kvm1"})
+		return err == nil && h.GetConnected()
+	})
 	if _, err := w.cl.Sources().SyncSource(ctx, &ferryv1.SyncSourceRequest{Name: w.source}); err != nil {
 		t.Fatalf("SyncSource: %v", err)
 	}

@@ -52,6 +52,7 @@ var table = map[string]roleSet{
 	"/ferry.v1.TargetInventoryService/DeleteCluster":           operator,
 	"/ferry.v1.TargetInventoryService/GetHost":                 readers,
 	"/ferry.v1.TargetInventoryService/ListHosts":               readers,
+	"/ferry.v1.TargetInventoryService/SetHostMaintenance":      operator,
 	"/ferry.v1.TargetInventoryService/CreatePrimaryStorage":    operator,
 	"/ferry.v1.TargetInventoryService/GetPrimaryStorage":       readers,
 	"/ferry.v1.TargetInventoryService/ListPrimaryStorages":     readers,

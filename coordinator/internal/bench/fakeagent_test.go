@@ -66,7 +66,7 @@ func (a *fakeAgent) run(parent context.Context, conn grpc.ClientConnInterface) e
 	if err != nil {
 		return fmt.Errorf("%s: connect: %w", a.host, err)
 	}
-	hello := &agentv1.Hello{HostName: a.host, AgentVersion: "bench", Facts: a.facts}
+	hello := &agentv1.Hello{HostName: a.host, Cluster: benchCluster, AgentVersion: "bench", Facts: a.facts} // jobs are placed on these hosts
 	if err := stream.Send(&agentv1.ConnectRequest{Kind: &agentv1.ConnectRequest_Hello{Hello: hello}}); err != nil {
 		return fmt.Errorf("%s: hello: %w", a.host, err)
 	}
@@ -167,20 +167,20 @@ func (a *fakeAgent) advance() []*agentv1.JobProgress {
 	return out
 }
 
-// registerHost makes host known to the ledger, as its agent's first
-// connection does, and ends the session once welcomed.
+// registerHost makes host known to the ledger and connected, as its
+// agent's session does, once welcomed.
 func registerHost(ctx context.Context, conn grpc.ClientConnInterface, host string) error {
-	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-	defer cancel()
+	// The session stays open until ctx ends: placement picks only
+	// connected hosts for the jobs the benchmarks create.
 	a := newFakeAgent(host, 1<<40)
 	done := make(chan error, 1)
 	go func() { done <- a.run(ctx, conn) }()
 	select {
 	case <-a.welcomed:
-		cancel()
-		<-done
 		return nil
 	case err := <-done:
 		return fmt.Errorf("register %s: %w", host, err)
+	case <-time.After(30 * time.Second):
+		return fmt.Errorf("register %s: no welcome within 30 s", host)
 	}
 }

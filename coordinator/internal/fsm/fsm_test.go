@@ -44,6 +44,15 @@ func everyCommand() []*ledgerv1.Command {
 		{Op: &ledgerv1.Command_DeleteCluster{DeleteCluster: &ledgerv1.DeleteResource{Name: "clusters/c2"}}},
 		{Op: &ledgerv1.Command_PutHost{PutHost: &ledgerv1.PutHost{Host: &ferryv1.Host{Name: "hosts/h1", Cluster: "clusters/c1", Facts: &ferryv1.HostFacts{Cpus: 2, CacheFreeBytes: 100 << 30}}}}},
 		{Op: &ledgerv1.Command_SetHostConnected{SetHostConnected: &ledgerv1.SetHostConnected{Name: "hosts/h1", Connected: true}}},
+		{Request: &ledgerv1.RequestStamp{RequestId: "r-maint", Method: "SetHostMaintenance", Target: "hosts/h1"},
+			Op: &ledgerv1.Command_SetHostMaintenance{SetHostMaintenance: &ledgerv1.SetHostMaintenance{Name: "hosts/h1", Maintenance: true}}},
+		{Op: &ledgerv1.Command_SetPendingCleanup{SetPendingCleanup: &ledgerv1.SetPendingCleanup{Host: "hosts/h1", Job: "migrationJobs/old",
+			Cleanup: &ferryv1.PendingCleanup{Epoch: 2, Target: &ferryv1.TargetVm{VmName: "old"}, Reason: "host down"}}}},
+		{Op: &ledgerv1.Command_SetPendingCleanup{SetPendingCleanup: &ledgerv1.SetPendingCleanup{Host: "hosts/h1", Job: "migrationJobs/older",
+			Cleanup: &ferryv1.PendingCleanup{Epoch: 1}}}},
+		{Op: &ledgerv1.Command_SetPendingCleanup{SetPendingCleanup: &ledgerv1.SetPendingCleanup{Host: "hosts/h1", Job: "migrationJobs/older"}}},
+		// The agent's next hello rewrites the facts; maintenance and pending cleanups stay.
+		{Op: &ledgerv1.Command_PutHost{PutHost: &ledgerv1.PutHost{Host: &ferryv1.Host{Name: "hosts/h1", Cluster: "clusters/c1", Connected: true, Facts: &ferryv1.HostFacts{Cpus: 2, CacheFreeBytes: 100 << 30}}}}},
 		{Op: &ledgerv1.Command_PutPrimaryStorage{PutPrimaryStorage: &ledgerv1.PutPrimaryStorage{PrimaryStorage: &ferryv1.PrimaryStorage{Name: "primaryStorages/ps1", Cluster: "clusters/c1", Type: ferryv1.PrimaryStorageType_PRIMARY_STORAGE_TYPE_LOCAL, Path: "/var/lib/ferry"}}}},
 		{Op: &ledgerv1.Command_PutPrimaryStorage{PutPrimaryStorage: &ledgerv1.PutPrimaryStorage{PrimaryStorage: &ferryv1.PrimaryStorage{Name: "primaryStorages/ps2", Cluster: "clusters/c1", Type: ferryv1.PrimaryStorageType_PRIMARY_STORAGE_TYPE_CEPH, CephPool: "rbd"}}}},
 		{Op: &ledgerv1.Command_DeletePrimaryStorage{DeletePrimaryStorage: &ledgerv1.DeleteResource{Name: "primaryStorages/ps2"}}},
@@ -108,6 +117,17 @@ func everyCommand() []*ledgerv1.Command {
 	return cmds
 }
 
+// inventoryCommands are the commands of everyCommand before its first job.
+func inventoryCommands() []*ledgerv1.Command {
+	cmds := everyCommand()
+	for i, c := range cmds {
+		if c.GetCreateMigrationJobs() != nil {
+			return cmds[:i]
+		}
+	}
+	return cmds
+}
+
 // TestEveryCommandIsCovered fails when a oneof case is added without a
 // case in everyCommand.
 func TestEveryCommandIsCovered(t *testing.T) {
@@ -147,6 +167,16 @@ func TestApplyEveryCommand(t *testing.T) {
 	}
 	if h, _ := l.Host("hosts/h1"); !h.GetConnected() || h.GetCreateTime().AsTime() != t0.Add(3*time.Second) {
 		t.Errorf("hosts/h1 = %v", h)
+	}
+	if h, _ := l.Host("hosts/h1"); !h.GetMaintenance() {
+		t.Errorf("hosts/h1 left maintenance when its agent said hello again: %v", h)
+	}
+	if h, _ := l.Host("hosts/h1"); len(h.GetPendingCleanups()) != 1 || h.GetPendingCleanups()[0].GetJob() != "migrationJobs/old" ||
+		h.GetPendingCleanups()[0].GetTarget().GetVmName() != "old" || !h.GetPendingCleanups()[0].GetCreateTime().AsTime().After(t0) {
+		t.Errorf("pending cleanups of hosts/h1 = %v; want old's alone, stamped", h.GetPendingCleanups())
+	}
+	if rec, ok := l.RequestRecord("r-maint", t0); !ok || ledger.SameRequest(rec, "SetHostMaintenance", "hosts/h1") != nil {
+		t.Errorf("request r-maint = %v", rec)
 	}
 	if h, _ := l.Host("hosts/h2"); !h.GetConnected() {
 		t.Errorf("batched commands not applied: %v", h)
@@ -294,6 +324,8 @@ func TestRefusals(t *testing.T) {
 			Name: "networkMappingGroups/g9", Mappings: []*ferryv1.NetworkMapping{{SourceNetwork: "x", L3Network: "l3Networks/n1"}}}}}}, ledger.ErrNotFound},
 		{"duplicate mapping group", &ledgerv1.Command{Op: &ledgerv1.Command_PutNetworkMappingGroup{PutNetworkMappingGroup: &ledgerv1.PutNetworkMappingGroup{NetworkMappingGroup: &ferryv1.NetworkMappingGroup{
 			Name: "networkMappingGroups/g1", Mappings: []*ferryv1.NetworkMapping{{SourceNetwork: "x", L3Network: "l3Networks/n1"}}}}}}, ledger.ErrExists},
+		{"cleanup on a missing host", &ledgerv1.Command{Op: &ledgerv1.Command_SetPendingCleanup{SetPendingCleanup: &ledgerv1.SetPendingCleanup{Host: "hosts/nope", Job: "migrationJobs/j1"}}}, ledger.ErrNotFound},
+		{"maintenance of a missing host", &ledgerv1.Command{Op: &ledgerv1.Command_SetHostMaintenance{SetHostMaintenance: &ledgerv1.SetHostMaintenance{Name: "hosts/nope", Maintenance: true}}}, ledger.ErrNotFound},
 		{"unknown command", &ledgerv1.Command{}, ErrUnknownCommand},
 	}
 	for _, tt := range tests {
@@ -323,6 +355,27 @@ func TestRepeatedRequestIDReturnsFirstAnswer(t *testing.T) {
 	}
 	if _, ok := f.Ledger().Job("migrationJobs/j7"); ok {
 		t.Fatal("repeated request created a job")
+	}
+}
+
+// TestHostMaintenanceReplay: a repeated request_id changes nothing, so
+// an old "on" replayed after an "off" does not put the host back.
+func TestHostMaintenanceReplay(t *testing.T) {
+	f := New(ledger.New(), nil)
+	applyAll(t, f, everyCommand())
+	stamp := func(id string) *ledgerv1.RequestStamp {
+		return &ledgerv1.RequestStamp{RequestId: id, Method: "SetHostMaintenance", Target: "hosts/h1"}
+	}
+	off := cmdAt(200, &ledgerv1.Command{Request: stamp("r-off"), Op: &ledgerv1.Command_SetHostMaintenance{SetHostMaintenance: &ledgerv1.SetHostMaintenance{Name: "hosts/h1"}}})
+	if names, err := f.ApplyCommand(off); err != nil || len(names) != 1 || names[0] != "hosts/h1" {
+		t.Fatalf("off: names = %v, err = %v", names, err)
+	}
+	again := cmdAt(201, &ledgerv1.Command{Request: stamp("r-maint"), Op: &ledgerv1.Command_SetHostMaintenance{SetHostMaintenance: &ledgerv1.SetHostMaintenance{Name: "hosts/h1", Maintenance: true}}})
+	if _, err := f.ApplyCommand(again); err != nil {
+		t.Fatalf("replay: %v", err)
+	}
+	if h, _ := f.Ledger().Host("hosts/h1"); h.GetMaintenance() {
+		t.Fatalf("a replayed request put the host back into maintenance: %v", h)
 	}
 }
 
@@ -375,7 +428,7 @@ func TestJobVerified(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			f := New(ledger.New(), nil)
-			applyAll(t, f, everyCommand()[:23]) // the inventory and the first jobs
+			applyAll(t, f, inventoryCommands()) // the inventory, before the first jobs
 			applyAll(t, f, []*ledgerv1.Command{
 				cmdAt(100, &ledgerv1.Command{Op: &ledgerv1.Command_CreateMigrationJobs{CreateMigrationJobs: &ledgerv1.CreateMigrationJobs{
 					Jobs: []*ferryv1.MigrationJob{two("migrationJobs/v", "10.0.0.15")}}}}),

@@ -37,7 +37,7 @@ const (
 // unsound ones are left out and the rest of the report is recorded.
 func TestPhaseTimings(t *testing.T) {
 	f := New(ledger.New(), nil)
-	applyAll(t, f, everyCommand()[:23])
+	applyAll(t, f, inventoryCommands())
 	checkpoint := func(sec int, ts ...*ferryv1.PhaseTiming) *ledgerv1.Command {
 		return cmdAt(sec, &ledgerv1.Command{Op: &ledgerv1.Command_CheckpointMigrationJob{CheckpointMigrationJob: &ledgerv1.CheckpointMigrationJob{
 			Name: "migrationJobs/p", Epoch: 1, Phase: upl, PhaseTimings: ts,

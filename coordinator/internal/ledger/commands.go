@@ -64,6 +64,21 @@ func init() {
 				return one(p.GetName(), l.SetHostConnected(p.GetName(), p.GetConnected(), now))
 			},
 		},
+		"set_host_maintenance": {
+			apply: func(l *Ledger, c *ledgerv1.Command, _ time.Time) ([]string, error) {
+				p := c.GetSetHostMaintenance()
+				return one(p.GetName(), l.SetHostMaintenance(p.GetName(), p.GetMaintenance()))
+			},
+			refuse: func(l *Ledger, c *ledgerv1.Command) error {
+				return l.hostRefusal(c.GetSetHostMaintenance().GetName())
+			},
+		},
+		"set_pending_cleanup": {
+			apply: func(l *Ledger, c *ledgerv1.Command, now time.Time) ([]string, error) {
+				p := c.GetSetPendingCleanup()
+				return one(p.GetHost(), l.SetPendingCleanup(p.GetHost(), p.GetJob(), p.GetCleanup(), now))
+			},
+		},
 		"put_primary_storage": {
 			apply: func(l *Ledger, c *ledgerv1.Command, now time.Time) ([]string, error) {
 				p := c.GetPutPrimaryStorage()

@@ -3,6 +3,7 @@ package ledger
 import (
 	"fmt"
 	"slices"
+	"strings"
 	"time"
 
 	"google.golang.org/protobuf/types/known/timestamppb"
@@ -56,6 +57,11 @@ func (l *Ledger) PutHost(h *ferryv1.Host, now time.Time) {
 	h = clone(h)
 	if old, ok := l.hosts[h.GetName()]; ok {
 		h.CreateTime = old.GetCreateTime()
+		// Maintenance is the operator's and pending cleanups the
+		// leader's, not the agent's: a hello or a refresh of facts keeps
+		// them.
+		h.Maintenance = old.GetMaintenance()
+		h.PendingCleanups = old.GetPendingCleanups()
 	} else {
 		h.CreateTime = timestamppb.New(now)
 	}
@@ -75,6 +81,46 @@ func (l *Ledger) SetHostConnected(name string, connected bool, now time.Time) er
 	h.Connected = connected
 	h.LastSeenTime = timestamppb.New(now)
 	l.hosts[name] = h
+	return nil
+}
+
+// SetHostMaintenance puts a host into maintenance or takes it out.
+func (l *Ledger) SetHostMaintenance(name string, on bool) error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if err := l.hostRefusal(name); err != nil {
+		return err
+	}
+	h := clone(l.hosts[name])
+	h.Maintenance = on
+	l.hosts[name] = h
+	return nil
+}
+
+// SetPendingCleanup records the rollback host's agent owes job, stamped
+// with now, or clears it when cleanup is nil.
+func (l *Ledger) SetPendingCleanup(host, job string, cleanup *ferryv1.PendingCleanup, now time.Time) error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if err := l.hostRefusal(host); err != nil {
+		return err
+	}
+	h := clone(l.hosts[host])
+	h.PendingCleanups = slices.DeleteFunc(h.PendingCleanups, func(c *ferryv1.PendingCleanup) bool { return c.GetJob() == job })
+	if cleanup != nil {
+		c := clone(cleanup)
+		c.Job, c.CreateTime = job, timestamppb.New(now)
+		h.PendingCleanups = append(h.PendingCleanups, c)
+		slices.SortFunc(h.PendingCleanups, func(a, b *ferryv1.PendingCleanup) int { return strings.Compare(a.GetJob(), b.GetJob()) })
+	}
+	l.hosts[host] = h
+	return nil
+}
+
+func (l *Ledger) hostRefusal(name string) error {
+	if _, ok := l.hosts[name]; !ok {
+		return fmt.Errorf("host %s: %w", name, ErrNotFound)
+	}
 	return nil
 }
 

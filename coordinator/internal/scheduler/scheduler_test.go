@@ -265,3 +265,32 @@ func TestSchedulerMeasuresTheServersCachePath(t *testing.T) {
 		t.Fatalf("job = %s %q, want RUNNING", j.GetState(), j.GetWaitingReason())
 	}
 }
+
+// TestSchedulerWaitsForTheTargetHost: a job whose VM is placed on another
+// host starts only while that host's agent is connected; one placed on the
+// server's own host does not wait for anything more.
+func TestSchedulerWaitsForTheTargetHost(t *testing.T) {
+	e := newEnv(t, 10)
+	e.server("migrationServers/a", "hosts/a", true)
+	e.connect("hosts/a", 5*gib)
+	place := func(name, host string) {
+		e.apply(&ledgerv1.Command{Op: &ledgerv1.Command_CreateMigrationJobs{CreateMigrationJobs: &ledgerv1.CreateMigrationJobs{
+			Jobs: []*ferryv1.MigrationJob{{Name: name, Source: "sources/s", MigrationServer: "migrationServers/a", TargetHost: host,
+				Target: &ferryv1.TargetVm{Disks: []*ferryv1.TargetDisk{{SizeBytes: gib}}}}}}}})
+	}
+	place("migrationJobs/away", "hosts/h2")
+	place("migrationJobs/home", "hosts/a")
+	e.sched.pass(context.Background())
+	if j := e.get("migrationJobs/away"); j.GetState() != ferryv1.MigrationJobState_MIGRATION_JOB_STATE_QUEUED ||
+		j.GetWaitingReason() != "target host hosts/h2 is not connected" {
+		t.Fatalf("job placed on a disconnected host: %s %q", j.GetState(), j.GetWaitingReason())
+	}
+	if j := e.get("migrationJobs/home"); j.GetState() != ferryv1.MigrationJobState_MIGRATION_JOB_STATE_RUNNING {
+		t.Fatalf("job placed on the server's host: %s %q", j.GetState(), j.GetWaitingReason())
+	}
+	e.connect("hosts/h2", 0)
+	e.sched.pass(context.Background())
+	if j := e.get("migrationJobs/away"); j.GetState() != ferryv1.MigrationJobState_MIGRATION_JOB_STATE_RUNNING || j.GetAssignedHost() != "hosts/a" {
+		t.Fatalf("once hosts/h2 is back: %v", j)
+	}
+}

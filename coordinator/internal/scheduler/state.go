@@ -96,7 +96,7 @@ func (st *state) serverBlocker(srv *ferryv1.MigrationServer) string {
 // place, and only read here.
 func summary(j *ferryv1.MigrationJob) *ferryv1.MigrationJob {
 	return &ferryv1.MigrationJob{
-		Name: j.GetName(), MigrationServer: j.GetMigrationServer(), Epoch: j.GetEpoch(),
+		Name: j.GetName(), MigrationServer: j.GetMigrationServer(), Epoch: j.GetEpoch(), TargetHost: j.GetTargetHost(),
 		WaitingReason: j.GetWaitingReason(), CreateTime: j.GetCreateTime(),
 		Target: &ferryv1.TargetVm{Disks: j.GetTarget().GetDisks()},
 	}
@@ -126,6 +126,11 @@ func (st *state) blocker(j *ferryv1.MigrationJob) string {
 	}
 	if why := st.serverBlocker(srv); why != "" {
 		return why
+	}
+	// The job's VM is placed on another host, whose agent makes its
+	// volumes and domain: it must be there when the job starts.
+	if th := j.GetTargetHost(); th != "" && hostName(th) != hostName(srv.GetHost()) && !st.agents.Connected(hostName(th)) {
+		return fmt.Sprintf("target host %s is not connected", hostName(th))
 	}
 	if why := st.rooms.Room(srv).Blocker(capacity.JobBytes(j)); why != "" {
 		return why

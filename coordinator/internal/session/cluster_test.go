@@ -43,7 +43,7 @@ func TestAgentSessionsOnACluster(t *testing.T) {
 	e := &clusterEnv{c: c, cl: apiClient(t, c), gates: &gates{m: map[string]chan struct{}{}}, leader: c.Leader(10 * time.Second)}
 
 	// An agent pointed at a follower ends up on the leader.
-	e.agent = agenttest.Start(t, agenttest.Options{Coordinators: []string{c.Followers()[0].Addr()}, HostName: "kvm1",
+	e.agent = agenttest.Start(t, agenttest.Options{Coordinators: []string{c.Followers()[0].Addr()}, HostName: "kvm1", Cluster: "c1",
 		Credentials: c.AgentCredentials("kvm1"), Copy: e.gates.copier(), CacheTotal: 100 * gib, CacheFree: 50 * gib, Logger: c.Log})
 	testcluster.Eventually(t, 10*time.Second, "the agent holds a session with the leader", func() bool {
 		return e.agent.Coordinator() == e.leader.Addr()

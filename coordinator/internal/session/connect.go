@@ -220,6 +220,10 @@ func (m *Manager) handle(ctx context.Context, s *session, req *agentv1.ConnectRe
 		return m.hostKey(ctx, s, k.HostKeyObserved)
 	case *agentv1.ConnectRequest_FenceCheck:
 		return m.fence(ctx, s, k.FenceCheck)
+	case *agentv1.ConnectRequest_TargetRequest:
+		return m.targetRequest(ctx, s, k.TargetRequest)
+	case *agentv1.ConnectRequest_TargetWorkResult:
+		return m.targetResult(ctx, s, k.TargetWorkResult)
 	case *agentv1.ConnectRequest_Hello:
 		return status.Error(codes.InvalidArgument, "hello sent twice in one session")
 	default:
@@ -264,6 +268,9 @@ func (m *Manager) hello(ctx context.Context, s *session, h *agentv1.Hello) error
 	m.log.Info("agent connected", "host", s.host, "session", s.id, "agent_version", h.GetAgentVersion(),
 		"held_jobs", len(h.GetHeldJobs()))
 	m.sendHostLimits(ctx, s)
+	if err := m.sendPendingCleanups(ctx, s); err != nil {
+		return err
+	}
 	return m.reconcile(ctx, s, h.GetHeldJobs())
 }
 

@@ -5,12 +5,21 @@ import (
 	"fmt"
 
 	agentv1 "github.com/ferry-v2v/ferry/pkg/pb/ferry/agent/v1"
+	ferryv1 "github.com/ferry-v2v/ferry/pkg/pb/ferry/v1"
 )
 
 // linearizer is what the Raft node offers for reads that must see every
 // write acknowledged before them (consensus.Node.LinearizableRead).
 type linearizer interface {
 	LinearizableRead(ctx context.Context) error
+}
+
+// writesFor reports whether host may write a target of job j: the host
+// running it (the migration server's), or the host its VM is placed on
+// (MigrationJob.target_host), whose agent creates the volumes and the
+// domain there (docs/placement.md).
+func writesFor(j *ferryv1.MigrationJob, host string) bool {
+	return HostName(j.GetAssignedHost()) == host || (j.GetTargetHost() != "" && HostName(j.GetTargetHost()) == host)
 }
 
 // fence answers whether an agent's assignment is still the job's current
@@ -36,7 +45,7 @@ func (m *Manager) fence(ctx context.Context, s *session, fc *agentv1.FenceCheck)
 		ans.Current, ans.Reason = false, "job no longer exists"
 	case j.GetState() != stateRunning:
 		ans.Current, ans.Reason = false, "job is "+j.GetState().String()
-	case j.GetEpoch() != fc.GetEpoch() || HostName(j.GetAssignedHost()) != s.host:
+	case j.GetEpoch() != fc.GetEpoch() || !writesFor(j, s.host):
 		ans.Current, ans.Reason = false, fmt.Sprintf("assignment superseded: job runs under epoch %d on %s", j.GetEpoch(), j.GetAssignedHost())
 	}
 	if ans.Current {

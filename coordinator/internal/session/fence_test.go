@@ -10,14 +10,21 @@ import (
 )
 
 // TestFenceCheck: the leader confirms a target write only for the job's
-// current assignment on the asking host; a superseded epoch, another
-// host's job, a finished or unknown job are refused with the reason.
+// current assignment on the asking host, or on the host the job's VM is
+// placed on; a superseded epoch, another host's job, a finished or unknown
+// job are refused with the reason.
 func TestFenceCheck(t *testing.T) {
 	f := newFixture(t, Config{}, true)
 	running := f.seedJob("hosts/h1", 1)
 	f.start(running, "hosts/h1", 3)
 	elsewhere := f.seedJob("hosts/h1", 1)
 	f.start(elsewhere, "hosts/h2", 1)
+	// Run by h2's migration server, its VM placed on h1.
+	placedHere := "migrationJobs/placed"
+	f.apply(&ledgerv1.Command{Op: &ledgerv1.Command_CreateMigrationJobs{CreateMigrationJobs: &ledgerv1.CreateMigrationJobs{Jobs: []*ferryv1.MigrationJob{{
+		Name: placedHere, Source: "sources/kvm1", SourceVm: "vm9", MigrationServer: "migrationServers/ms", TargetHost: "hosts/h1",
+		Target: &ferryv1.TargetVm{VmName: "vm9", Disks: []*ferryv1.TargetDisk{{SourceDisk: "vda", SizeBytes: 1}}}}}}}})
+	f.start(placedHere, "hosts/h2", 4)
 	failed := f.seedJob("hosts/h1", 1)
 	f.start(failed, "hosts/h1", 1)
 	f.apply(&ledgerv1.Command{Op: &ledgerv1.Command_FinishMigrationJob{FinishMigrationJob: &ledgerv1.FinishMigrationJob{
@@ -33,6 +40,8 @@ func TestFenceCheck(t *testing.T) {
 		{running, 3, true, ""},
 		{running, 2, false, "superseded: job runs under epoch 3 on hosts/h1"},
 		{elsewhere, 1, false, "superseded: job runs under epoch 1 on hosts/h2"},
+		{placedHere, 4, true, ""},
+		{placedHere, 3, false, "superseded: job runs under epoch 4 on hosts/h2"},
 		{failed, 1, false, "job is MIGRATION_JOB_STATE_FAILED"},
 		{"migrationJobs/gone", 1, false, "job no longer exists"},
 	} {

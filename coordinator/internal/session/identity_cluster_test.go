@@ -124,7 +124,7 @@ func TestSecretsOnlyToTheirHost(t *testing.T) {
 	// The free space of the server's cache path, reported ahead of time.
 	cachePath := t.TempDir()
 	facts := &ferryv1.HostFacts{Storages: []*ferryv1.StorageSpace{{Path: cachePath, TotalBytes: 10 * gib, FreeBytes: 10 * gib}}}
-	a := startRawAgent(t, c.DialAgent(addr, "kvm-a"), &agentv1.Hello{HostName: "kvm-a", Facts: facts})
+	a := startRawAgent(t, c.DialAgent(addr, "kvm-a"), &agentv1.Hello{HostName: "kvm-a", Cluster: "c1", Facts: facts}) // the cluster's one host
 	b := startRawAgent(t, c.DialAgent(addr, "kvm-b"), &agentv1.Hello{HostName: "kvm-b", Facts: facts})
 	for _, r := range []*rawAgent{a, b} {
 		if r.next().GetWelcome() == nil {

@@ -205,6 +205,7 @@ func (m *Manager) failLost(ctx context.Context, lost []string, grace time.Durati
 				continue
 			}
 			m.log.Warn("job failed: agent lost", "host", host, "job", j.GetName(), "epoch", j.GetEpoch())
+			m.owedCleanup(ctx, j, reason)
 		}
 	}
 }

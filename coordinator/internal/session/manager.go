@@ -141,6 +141,8 @@ type Manager struct {
 
 	limitsMu sync.Mutex // guards limits.pending; taken under the ledger's lock, so it takes no other lock
 	limits   limitsChanges
+
+	targets targetRelay
 }
 
 // NewManager returns a manager; call Run to start its leader duties.

@@ -522,9 +522,16 @@ type MigrationJob struct {
 	// durably in the cache), so its start_time is usually before
 	// CONVERTING's end_time while `phase` still says CONVERTING; it ends when
 	// the volumes are uploaded and verified. Empty until the agent reports.
-	PhaseTimings  []*PhaseTiming `protobuf:"bytes,22,rep,name=phase_timings,json=phaseTimings,proto3" json:"phase_timings,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	PhaseTimings []*PhaseTiming `protobuf:"bytes,22,rep,name=phase_timings,json=phaseTimings,proto3" json:"phase_timings,omitempty"`
+	// hosts/{host_name} the target VM is defined on and, with local primary
+	// storage, whose disks hold it: target.host when given, else the host
+	// Settings.host_allocation_strategy picked when the job was created.
+	// Stamped before the job starts, so a restart or a new leader keeps it.
+	TargetHost string `protobuf:"bytes,23,opt,name=target_host,json=targetHost,proto3" json:"target_host,omitempty"`
+	// Why placement chose target_host, for the operator.
+	PlacementReason string `protobuf:"bytes,24,opt,name=placement_reason,json=placementReason,proto3" json:"placement_reason,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
 }
 
 func (x *MigrationJob) Reset() {
@@ -711,6 +718,20 @@ func (x *MigrationJob) GetPhaseTimings() []*PhaseTiming {
 	return nil
 }
 
+func (x *MigrationJob) GetTargetHost() string {
+	if x != nil {
+		return x.TargetHost
+	}
+	return ""
+}
+
+func (x *MigrationJob) GetPlacementReason() string {
+	if x != nil {
+		return x.PlacementReason
+	}
+	return ""
+}
+
 // TargetVm describes the VM a job creates.
 type TargetVm struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -720,7 +741,10 @@ type TargetVm struct {
 	Cluster string `protobuf:"bytes,2,opt,name=cluster,proto3" json:"cluster,omitempty"`
 	// primaryStorages/{primary_storage}
 	PrimaryStorage string `protobuf:"bytes,3,opt,name=primary_storage,json=primaryStorage,proto3" json:"primary_storage,omitempty"`
-	// Optional hosts/{host_name}; chosen by the allocation strategy if empty.
+	// Optional hosts/{host_name}: the host to define the VM on, which must be
+	// a connected host of cluster, not in maintenance, able to hold the VM.
+	// Chosen by Settings.host_allocation_strategy when empty; the choice is
+	// MigrationJob.target_host.
 	Host        string `protobuf:"bytes,4,opt,name=host,proto3" json:"host,omitempty"`
 	Cpus        int32  `protobuf:"varint,5,opt,name=cpus,proto3" json:"cpus,omitempty"`
 	MemoryBytes int64  `protobuf:"varint,6,opt,name=memory_bytes,json=memoryBytes,proto3" json:"memory_bytes,omitempty"`
@@ -1525,7 +1549,11 @@ type PreviewUsage struct {
 	// requested <= available; false when unknown.
 	Fits bool `protobuf:"varint,6,opt,name=fits,proto3" json:"fits,omitempty"`
 	// How available was worked out, or why it is unknown.
-	Note          string `protobuf:"bytes,7,opt,name=note,proto3" json:"note,omitempty"`
+	Note string `protobuf:"bytes,7,opt,name=note,proto3" json:"note,omitempty"`
+	// hosts/{host_name} the usage is on: vCPUs and memory are counted per
+	// target host (MigrationJob.target_host) with the resource its cluster,
+	// and local storage per host. Empty for what is not on one host.
+	Host          string `protobuf:"bytes,8,opt,name=host,proto3" json:"host,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1605,6 +1633,13 @@ func (x *PreviewUsage) GetFits() bool {
 func (x *PreviewUsage) GetNote() string {
 	if x != nil {
 		return x.Note
+	}
+	return ""
+}
+
+func (x *PreviewUsage) GetHost() string {
+	if x != nil {
+		return x.Host
 	}
 	return ""
 }
@@ -2243,7 +2278,7 @@ var File_ferry_v1_migration_job_proto protoreflect.FileDescriptor
 
 const file_ferry_v1_migration_job_proto_rawDesc = "" +
 	"\n" +
-	"\x1cferry/v1/migration_job.proto\x12\bferry.v1\x1a\x1bgoogle/protobuf/empty.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xa3\a\n" +
+	"\x1cferry/v1/migration_job.proto\x12\bferry.v1\x1a\x1bgoogle/protobuf/empty.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xef\a\n" +
 	"\fMigrationJob\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x16\n" +
 	"\x06source\x18\x02 \x01(\tR\x06source\x12\x1b\n" +
@@ -2270,7 +2305,10 @@ const file_ferry_v1_migration_job_proto_rawDesc = "" +
 	"\vupdate_time\x18\x14 \x01(\v2\x1a.google.protobuf.TimestampR\n" +
 	"updateTime\x12\x1a\n" +
 	"\bverified\x18\x15 \x01(\bR\bverified\x12:\n" +
-	"\rphase_timings\x18\x16 \x03(\v2\x15.ferry.v1.PhaseTimingR\fphaseTimings\"\xb0\x03\n" +
+	"\rphase_timings\x18\x16 \x03(\v2\x15.ferry.v1.PhaseTimingR\fphaseTimings\x12\x1f\n" +
+	"\vtarget_host\x18\x17 \x01(\tR\n" +
+	"targetHost\x12)\n" +
+	"\x10placement_reason\x18\x18 \x01(\tR\x0fplacementReason\"\xb0\x03\n" +
 	"\bTargetVm\x12\x17\n" +
 	"\avm_name\x18\x01 \x01(\tR\x06vmName\x12\x18\n" +
 	"\acluster\x18\x02 \x01(\tR\acluster\x12'\n" +
@@ -2342,7 +2380,7 @@ const file_ferry_v1_migration_job_proto_rawDesc = "" +
 	"\x06source\x18\x01 \x01(\tR\x06source\x12)\n" +
 	"\x10migration_server\x18\x02 \x01(\tR\x0fmigrationServer\x12.\n" +
 	"\x04jobs\x18\x03 \x03(\v2\x1a.ferry.v1.MigrationJobSpecR\x04jobs\x122\n" +
-	"\x15network_mapping_group\x18\x04 \x01(\tR\x13networkMappingGroup\"\xd7\x01\n" +
+	"\x15network_mapping_group\x18\x04 \x01(\tR\x13networkMappingGroup\"\xeb\x01\n" +
 	"\fPreviewUsage\x121\n" +
 	"\x04kind\x18\x01 \x01(\x0e2\x1d.ferry.v1.PreviewResourceKindR\x04kind\x12\x1a\n" +
 	"\bresource\x18\x02 \x01(\tR\bresource\x12\x1c\n" +
@@ -2350,7 +2388,8 @@ const file_ferry_v1_migration_job_proto_rawDesc = "" +
 	"\tavailable\x18\x04 \x01(\x03R\tavailable\x12\x14\n" +
 	"\x05known\x18\x05 \x01(\bR\x05known\x12\x12\n" +
 	"\x04fits\x18\x06 \x01(\bR\x04fits\x12\x12\n" +
-	"\x04note\x18\a \x01(\tR\x04note\"\xc9\x01\n" +
+	"\x04note\x18\a \x01(\tR\x04note\x12\x12\n" +
+	"\x04host\x18\b \x01(\tR\x04host\"\xc9\x01\n" +
 	"\x1cPreviewMigrationJobsResponse\x12*\n" +
 	"\x04jobs\x18\x01 \x03(\v2\x16.ferry.v1.MigrationJobR\x04jobs\x12.\n" +
 	"\x06usages\x18\x02 \x03(\v2\x16.ferry.v1.PreviewUsageR\x06usages\x12#\n" +

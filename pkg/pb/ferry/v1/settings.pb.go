@@ -23,15 +23,30 @@ const (
 	_ = protoimpl.EnforceVersion(protoimpl.MaxVersion - 20)
 )
 
-// HostAllocationStrategy picks the target host on shared storage.
+// HostAllocationStrategy picks the target host of a job whose TargetVm
+// names none, among the connected hosts of the target cluster that are
+// not in maintenance and can hold the VM. Every strategy counts what the
+// queued and running jobs placed on a host will add to it; ties go to the
+// first host by name.
 type HostAllocationStrategy int32
 
 const (
 	HostAllocationStrategy_HOST_ALLOCATION_STRATEGY_UNSPECIFIED HostAllocationStrategy = 0
-	// Fewest running VMs (the default).
+	// Fewest VMs: running (HostFacts.running_vms) plus placed by queued and
+	// running jobs (the default; ferryctl also calls it fewest-vms).
 	HostAllocationStrategy_HOST_ALLOCATION_STRATEGY_FEWEST_RUNNING_VMS HostAllocationStrategy = 1
-	// Most free memory.
+	// Most free memory: HostFacts.memory_available_bytes minus the memory of
+	// the VMs of queued and running jobs placed there.
 	HostAllocationStrategy_HOST_ALLOCATION_STRATEGY_MOST_FREE_MEMORY HostAllocationStrategy = 2
+	// Least memory used, as a share of the host's memory: used
+	// (memory_bytes - memory_available_bytes) plus the placed VMs' memory.
+	HostAllocationStrategy_HOST_ALLOCATION_STRATEGY_LEAST_MEMORY_USED HostAllocationStrategy = 3
+	// Least CPU used, as a share of the host's CPUs: the vCPUs of running
+	// VMs (HostFacts.running_vcpus) plus the placed VMs' vCPUs.
+	HostAllocationStrategy_HOST_ALLOCATION_STRATEGY_LEAST_CPU_USED HostAllocationStrategy = 4
+	// The migration server's own host, which must be a connected host of the
+	// target cluster (single-host clouds).
+	HostAllocationStrategy_HOST_ALLOCATION_STRATEGY_MIGRATION_SERVER HostAllocationStrategy = 5
 )
 
 // Enum value maps for HostAllocationStrategy.
@@ -40,11 +55,17 @@ var (
 		0: "HOST_ALLOCATION_STRATEGY_UNSPECIFIED",
 		1: "HOST_ALLOCATION_STRATEGY_FEWEST_RUNNING_VMS",
 		2: "HOST_ALLOCATION_STRATEGY_MOST_FREE_MEMORY",
+		3: "HOST_ALLOCATION_STRATEGY_LEAST_MEMORY_USED",
+		4: "HOST_ALLOCATION_STRATEGY_LEAST_CPU_USED",
+		5: "HOST_ALLOCATION_STRATEGY_MIGRATION_SERVER",
 	}
 	HostAllocationStrategy_value = map[string]int32{
 		"HOST_ALLOCATION_STRATEGY_UNSPECIFIED":        0,
 		"HOST_ALLOCATION_STRATEGY_FEWEST_RUNNING_VMS": 1,
 		"HOST_ALLOCATION_STRATEGY_MOST_FREE_MEMORY":   2,
+		"HOST_ALLOCATION_STRATEGY_LEAST_MEMORY_USED":  3,
+		"HOST_ALLOCATION_STRATEGY_LEAST_CPU_USED":     4,
+		"HOST_ALLOCATION_STRATEGY_MIGRATION_SERVER":   5,
 	}
 )
 
@@ -294,11 +315,14 @@ const file_ferry_v1_settings_proto_rawDesc = "" +
 	"\x15UpdateSettingsRequest\x12.\n" +
 	"\bsettings\x18\x01 \x01(\v2\x12.ferry.v1.SettingsR\bsettings\x12;\n" +
 	"\vupdate_mask\x18\x02 \x01(\v2\x1a.google.protobuf.FieldMaskR\n" +
-	"updateMask*\xa2\x01\n" +
+	"updateMask*\xae\x02\n" +
 	"\x16HostAllocationStrategy\x12(\n" +
 	"$HOST_ALLOCATION_STRATEGY_UNSPECIFIED\x10\x00\x12/\n" +
 	"+HOST_ALLOCATION_STRATEGY_FEWEST_RUNNING_VMS\x10\x01\x12-\n" +
-	")HOST_ALLOCATION_STRATEGY_MOST_FREE_MEMORY\x10\x022\x99\x01\n" +
+	")HOST_ALLOCATION_STRATEGY_MOST_FREE_MEMORY\x10\x02\x12.\n" +
+	"*HOST_ALLOCATION_STRATEGY_LEAST_MEMORY_USED\x10\x03\x12+\n" +
+	"'HOST_ALLOCATION_STRATEGY_LEAST_CPU_USED\x10\x04\x12-\n" +
+	")HOST_ALLOCATION_STRATEGY_MIGRATION_SERVER\x10\x052\x99\x01\n" +
 	"\x0fSettingsService\x12?\n" +
 	"\vGetSettings\x12\x1c.ferry.v1.GetSettingsRequest\x1a\x12.ferry.v1.Settings\x12E\n" +
 	"\x0eUpdateSettings\x12\x1f.ferry.v1.UpdateSettingsRequest\x1a\x12.ferry.v1.SettingsB\x92\x01\n" +

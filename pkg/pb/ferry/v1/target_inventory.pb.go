@@ -163,12 +163,19 @@ type Host struct {
 	Cluster string     `protobuf:"bytes,2,opt,name=cluster,proto3" json:"cluster,omitempty"`
 	Facts   *HostFacts `protobuf:"bytes,3,opt,name=facts,proto3" json:"facts,omitempty"`
 	// True while the host's agent holds a session with the leader.
-	Connected     bool                   `protobuf:"varint,4,opt,name=connected,proto3" json:"connected,omitempty"`
-	LastSeenTime  *timestamppb.Timestamp `protobuf:"bytes,5,opt,name=last_seen_time,json=lastSeenTime,proto3" json:"last_seen_time,omitempty"`
-	CreateTime    *timestamppb.Timestamp `protobuf:"bytes,6,opt,name=create_time,json=createTime,proto3" json:"create_time,omitempty"`
-	AgentVersion  string                 `protobuf:"bytes,7,opt,name=agent_version,json=agentVersion,proto3" json:"agent_version,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Connected    bool                   `protobuf:"varint,4,opt,name=connected,proto3" json:"connected,omitempty"`
+	LastSeenTime *timestamppb.Timestamp `protobuf:"bytes,5,opt,name=last_seen_time,json=lastSeenTime,proto3" json:"last_seen_time,omitempty"`
+	CreateTime   *timestamppb.Timestamp `protobuf:"bytes,6,opt,name=create_time,json=createTime,proto3" json:"create_time,omitempty"`
+	AgentVersion string                 `protobuf:"bytes,7,opt,name=agent_version,json=agentVersion,proto3" json:"agent_version,omitempty"`
+	// True while the host is in maintenance (SetHostMaintenance): placement
+	// never picks it for a new job. Kept when the agent reconnects.
+	Maintenance bool `protobuf:"varint,8,opt,name=maintenance,proto3" json:"maintenance,omitempty"`
+	// Output only. What failed or cancelled jobs placed on this host left
+	// there while its agent was disconnected: their domains and volumes are
+	// removed when the agent returns, and the entry then goes away.
+	PendingCleanups []*PendingCleanup `protobuf:"bytes,9,rep,name=pending_cleanups,json=pendingCleanups,proto3" json:"pending_cleanups,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
 }
 
 func (x *Host) Reset() {
@@ -250,6 +257,111 @@ func (x *Host) GetAgentVersion() string {
 	return ""
 }
 
+func (x *Host) GetMaintenance() bool {
+	if x != nil {
+		return x.Maintenance
+	}
+	return false
+}
+
+func (x *Host) GetPendingCleanups() []*PendingCleanup {
+	if x != nil {
+		return x.PendingCleanups
+	}
+	return nil
+}
+
+// PendingCleanup is the rollback of a job placed on a host, waiting for
+// the host's agent.
+type PendingCleanup struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// migrationJobs/{id}; the job may be deleted since.
+	Job string `protobuf:"bytes,1,opt,name=job,proto3" json:"job,omitempty"`
+	// The job's epoch when it was rolled back.
+	Epoch int64 `protobuf:"varint,2,opt,name=epoch,proto3" json:"epoch,omitempty"`
+	// The job's target VM: its domain name, disks and NICs.
+	Target *TargetVm `protobuf:"bytes,3,opt,name=target,proto3" json:"target,omitempty"`
+	// Where its volumes are.
+	PrimaryStorage *PrimaryStorage `protobuf:"bytes,4,opt,name=primary_storage,json=primaryStorage,proto3" json:"primary_storage,omitempty"`
+	// Why the cleanup is pending.
+	Reason        string                 `protobuf:"bytes,5,opt,name=reason,proto3" json:"reason,omitempty"`
+	CreateTime    *timestamppb.Timestamp `protobuf:"bytes,6,opt,name=create_time,json=createTime,proto3" json:"create_time,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PendingCleanup) Reset() {
+	*x = PendingCleanup{}
+	mi := &file_ferry_v1_target_inventory_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PendingCleanup) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PendingCleanup) ProtoMessage() {}
+
+func (x *PendingCleanup) ProtoReflect() protoreflect.Message {
+	mi := &file_ferry_v1_target_inventory_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PendingCleanup.ProtoReflect.Descriptor instead.
+func (*PendingCleanup) Descriptor() ([]byte, []int) {
+	return file_ferry_v1_target_inventory_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *PendingCleanup) GetJob() string {
+	if x != nil {
+		return x.Job
+	}
+	return ""
+}
+
+func (x *PendingCleanup) GetEpoch() int64 {
+	if x != nil {
+		return x.Epoch
+	}
+	return 0
+}
+
+func (x *PendingCleanup) GetTarget() *TargetVm {
+	if x != nil {
+		return x.Target
+	}
+	return nil
+}
+
+func (x *PendingCleanup) GetPrimaryStorage() *PrimaryStorage {
+	if x != nil {
+		return x.PrimaryStorage
+	}
+	return nil
+}
+
+func (x *PendingCleanup) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
+func (x *PendingCleanup) GetCreateTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.CreateTime
+	}
+	return nil
+}
+
 // HostFacts are what an agent reports about its host.
 type HostFacts struct {
 	state          protoimpl.MessageState `protogen:"open.v1"`
@@ -274,13 +386,15 @@ type HostFacts struct {
 	// and IPv6 ranges; address allocation skips an address a network
 	// reserves for another MAC.
 	LibvirtNetworks []*LibvirtNetwork `protobuf:"bytes,11,rep,name=libvirt_networks,json=libvirtNetworks,proto3" json:"libvirt_networks,omitempty"`
-	unknownFields   protoimpl.UnknownFields
-	sizeCache       protoimpl.SizeCache
+	// The vCPUs of the running VMs (virsh domstats --vcpu), 0 when unknown.
+	RunningVcpus  int32 `protobuf:"varint,12,opt,name=running_vcpus,json=runningVcpus,proto3" json:"running_vcpus,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *HostFacts) Reset() {
 	*x = HostFacts{}
-	mi := &file_ferry_v1_target_inventory_proto_msgTypes[2]
+	mi := &file_ferry_v1_target_inventory_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -292,7 +406,7 @@ func (x *HostFacts) String() string {
 func (*HostFacts) ProtoMessage() {}
 
 func (x *HostFacts) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_target_inventory_proto_msgTypes[2]
+	mi := &file_ferry_v1_target_inventory_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -305,7 +419,7 @@ func (x *HostFacts) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HostFacts.ProtoReflect.Descriptor instead.
 func (*HostFacts) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_target_inventory_proto_rawDescGZIP(), []int{2}
+	return file_ferry_v1_target_inventory_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *HostFacts) GetCpus() int32 {
@@ -385,6 +499,13 @@ func (x *HostFacts) GetLibvirtNetworks() []*LibvirtNetwork {
 	return nil
 }
 
+func (x *HostFacts) GetRunningVcpus() int32 {
+	if x != nil {
+		return x.RunningVcpus
+	}
+	return 0
+}
+
 // LibvirtNetwork is a libvirt network of a host.
 type LibvirtNetwork struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
@@ -396,7 +517,7 @@ type LibvirtNetwork struct {
 
 func (x *LibvirtNetwork) Reset() {
 	*x = LibvirtNetwork{}
-	mi := &file_ferry_v1_target_inventory_proto_msgTypes[3]
+	mi := &file_ferry_v1_target_inventory_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -408,7 +529,7 @@ func (x *LibvirtNetwork) String() string {
 func (*LibvirtNetwork) ProtoMessage() {}
 
 func (x *LibvirtNetwork) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_target_inventory_proto_msgTypes[3]
+	mi := &file_ferry_v1_target_inventory_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -421,7 +542,7 @@ func (x *LibvirtNetwork) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LibvirtNetwork.ProtoReflect.Descriptor instead.
 func (*LibvirtNetwork) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_target_inventory_proto_rawDescGZIP(), []int{3}
+	return file_ferry_v1_target_inventory_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *LibvirtNetwork) GetName() string {
@@ -451,7 +572,7 @@ type DhcpHost struct {
 
 func (x *DhcpHost) Reset() {
 	*x = DhcpHost{}
-	mi := &file_ferry_v1_target_inventory_proto_msgTypes[4]
+	mi := &file_ferry_v1_target_inventory_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -463,7 +584,7 @@ func (x *DhcpHost) String() string {
 func (*DhcpHost) ProtoMessage() {}
 
 func (x *DhcpHost) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_target_inventory_proto_msgTypes[4]
+	mi := &file_ferry_v1_target_inventory_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -476,7 +597,7 @@ func (x *DhcpHost) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DhcpHost.ProtoReflect.Descriptor instead.
 func (*DhcpHost) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_target_inventory_proto_rawDescGZIP(), []int{4}
+	return file_ferry_v1_target_inventory_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *DhcpHost) GetMac() string {
@@ -515,7 +636,7 @@ type StorageSpace struct {
 
 func (x *StorageSpace) Reset() {
 	*x = StorageSpace{}
-	mi := &file_ferry_v1_target_inventory_proto_msgTypes[5]
+	mi := &file_ferry_v1_target_inventory_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -527,7 +648,7 @@ func (x *StorageSpace) String() string {
 func (*StorageSpace) ProtoMessage() {}
 
 func (x *StorageSpace) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_target_inventory_proto_msgTypes[5]
+	mi := &file_ferry_v1_target_inventory_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -540,7 +661,7 @@ func (x *StorageSpace) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StorageSpace.ProtoReflect.Descriptor instead.
 func (*StorageSpace) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_target_inventory_proto_rawDescGZIP(), []int{5}
+	return file_ferry_v1_target_inventory_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *StorageSpace) GetPath() string {
@@ -575,7 +696,7 @@ type NetworkInterface struct {
 
 func (x *NetworkInterface) Reset() {
 	*x = NetworkInterface{}
-	mi := &file_ferry_v1_target_inventory_proto_msgTypes[6]
+	mi := &file_ferry_v1_target_inventory_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -587,7 +708,7 @@ func (x *NetworkInterface) String() string {
 func (*NetworkInterface) ProtoMessage() {}
 
 func (x *NetworkInterface) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_target_inventory_proto_msgTypes[6]
+	mi := &file_ferry_v1_target_inventory_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -600,7 +721,7 @@ func (x *NetworkInterface) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NetworkInterface.ProtoReflect.Descriptor instead.
 func (*NetworkInterface) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_target_inventory_proto_rawDescGZIP(), []int{6}
+	return file_ferry_v1_target_inventory_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *NetworkInterface) GetName() string {
@@ -639,7 +760,7 @@ type PrimaryStorage struct {
 
 func (x *PrimaryStorage) Reset() {
 	*x = PrimaryStorage{}
-	mi := &file_ferry_v1_target_inventory_proto_msgTypes[7]
+	mi := &file_ferry_v1_target_inventory_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -651,7 +772,7 @@ func (x *PrimaryStorage) String() string {
 func (*PrimaryStorage) ProtoMessage() {}
 
 func (x *PrimaryStorage) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_target_inventory_proto_msgTypes[7]
+	mi := &file_ferry_v1_target_inventory_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -664,7 +785,7 @@ func (x *PrimaryStorage) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PrimaryStorage.ProtoReflect.Descriptor instead.
 func (*PrimaryStorage) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_target_inventory_proto_rawDescGZIP(), []int{7}
+	return file_ferry_v1_target_inventory_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *PrimaryStorage) GetName() string {
@@ -752,7 +873,7 @@ type L3Network struct {
 
 func (x *L3Network) Reset() {
 	*x = L3Network{}
-	mi := &file_ferry_v1_target_inventory_proto_msgTypes[8]
+	mi := &file_ferry_v1_target_inventory_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -764,7 +885,7 @@ func (x *L3Network) String() string {
 func (*L3Network) ProtoMessage() {}
 
 func (x *L3Network) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_target_inventory_proto_msgTypes[8]
+	mi := &file_ferry_v1_target_inventory_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -777,7 +898,7 @@ func (x *L3Network) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use L3Network.ProtoReflect.Descriptor instead.
 func (*L3Network) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_target_inventory_proto_rawDescGZIP(), []int{8}
+	return file_ferry_v1_target_inventory_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *L3Network) GetName() string {
@@ -876,7 +997,7 @@ type AddressReservation struct {
 
 func (x *AddressReservation) Reset() {
 	*x = AddressReservation{}
-	mi := &file_ferry_v1_target_inventory_proto_msgTypes[9]
+	mi := &file_ferry_v1_target_inventory_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -888,7 +1009,7 @@ func (x *AddressReservation) String() string {
 func (*AddressReservation) ProtoMessage() {}
 
 func (x *AddressReservation) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_target_inventory_proto_msgTypes[9]
+	mi := &file_ferry_v1_target_inventory_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -901,7 +1022,7 @@ func (x *AddressReservation) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AddressReservation.ProtoReflect.Descriptor instead.
 func (*AddressReservation) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_target_inventory_proto_rawDescGZIP(), []int{9}
+	return file_ferry_v1_target_inventory_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *AddressReservation) GetIp() string {
@@ -949,7 +1070,7 @@ type CreateClusterRequest struct {
 
 func (x *CreateClusterRequest) Reset() {
 	*x = CreateClusterRequest{}
-	mi := &file_ferry_v1_target_inventory_proto_msgTypes[10]
+	mi := &file_ferry_v1_target_inventory_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -961,7 +1082,7 @@ func (x *CreateClusterRequest) String() string {
 func (*CreateClusterRequest) ProtoMessage() {}
 
 func (x *CreateClusterRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_target_inventory_proto_msgTypes[10]
+	mi := &file_ferry_v1_target_inventory_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -974,7 +1095,7 @@ func (x *CreateClusterRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateClusterRequest.ProtoReflect.Descriptor instead.
 func (*CreateClusterRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_target_inventory_proto_rawDescGZIP(), []int{10}
+	return file_ferry_v1_target_inventory_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *CreateClusterRequest) GetCluster() *Cluster {
@@ -1000,7 +1121,7 @@ type GetClusterRequest struct {
 
 func (x *GetClusterRequest) Reset() {
 	*x = GetClusterRequest{}
-	mi := &file_ferry_v1_target_inventory_proto_msgTypes[11]
+	mi := &file_ferry_v1_target_inventory_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1012,7 +1133,7 @@ func (x *GetClusterRequest) String() string {
 func (*GetClusterRequest) ProtoMessage() {}
 
 func (x *GetClusterRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_target_inventory_proto_msgTypes[11]
+	mi := &file_ferry_v1_target_inventory_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1025,7 +1146,7 @@ func (x *GetClusterRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetClusterRequest.ProtoReflect.Descriptor instead.
 func (*GetClusterRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_target_inventory_proto_rawDescGZIP(), []int{11}
+	return file_ferry_v1_target_inventory_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *GetClusterRequest) GetName() string {
@@ -1045,7 +1166,7 @@ type ListClustersRequest struct {
 
 func (x *ListClustersRequest) Reset() {
 	*x = ListClustersRequest{}
-	mi := &file_ferry_v1_target_inventory_proto_msgTypes[12]
+	mi := &file_ferry_v1_target_inventory_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1057,7 +1178,7 @@ func (x *ListClustersRequest) String() string {
 func (*ListClustersRequest) ProtoMessage() {}
 
 func (x *ListClustersRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_target_inventory_proto_msgTypes[12]
+	mi := &file_ferry_v1_target_inventory_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1070,7 +1191,7 @@ func (x *ListClustersRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListClustersRequest.ProtoReflect.Descriptor instead.
 func (*ListClustersRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_target_inventory_proto_rawDescGZIP(), []int{12}
+	return file_ferry_v1_target_inventory_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *ListClustersRequest) GetPageSize() int32 {
@@ -1097,7 +1218,7 @@ type ListClustersResponse struct {
 
 func (x *ListClustersResponse) Reset() {
 	*x = ListClustersResponse{}
-	mi := &file_ferry_v1_target_inventory_proto_msgTypes[13]
+	mi := &file_ferry_v1_target_inventory_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1109,7 +1230,7 @@ func (x *ListClustersResponse) String() string {
 func (*ListClustersResponse) ProtoMessage() {}
 
 func (x *ListClustersResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_target_inventory_proto_msgTypes[13]
+	mi := &file_ferry_v1_target_inventory_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1122,7 +1243,7 @@ func (x *ListClustersResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListClustersResponse.ProtoReflect.Descriptor instead.
 func (*ListClustersResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_target_inventory_proto_rawDescGZIP(), []int{13}
+	return file_ferry_v1_target_inventory_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *ListClustersResponse) GetClusters() []*Cluster {
@@ -1148,7 +1269,7 @@ type DeleteClusterRequest struct {
 
 func (x *DeleteClusterRequest) Reset() {
 	*x = DeleteClusterRequest{}
-	mi := &file_ferry_v1_target_inventory_proto_msgTypes[14]
+	mi := &file_ferry_v1_target_inventory_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1160,7 +1281,7 @@ func (x *DeleteClusterRequest) String() string {
 func (*DeleteClusterRequest) ProtoMessage() {}
 
 func (x *DeleteClusterRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_target_inventory_proto_msgTypes[14]
+	mi := &file_ferry_v1_target_inventory_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1173,7 +1294,7 @@ func (x *DeleteClusterRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteClusterRequest.ProtoReflect.Descriptor instead.
 func (*DeleteClusterRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_target_inventory_proto_rawDescGZIP(), []int{14}
+	return file_ferry_v1_target_inventory_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *DeleteClusterRequest) GetName() string {
@@ -1192,7 +1313,7 @@ type GetHostRequest struct {
 
 func (x *GetHostRequest) Reset() {
 	*x = GetHostRequest{}
-	mi := &file_ferry_v1_target_inventory_proto_msgTypes[15]
+	mi := &file_ferry_v1_target_inventory_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1204,7 +1325,7 @@ func (x *GetHostRequest) String() string {
 func (*GetHostRequest) ProtoMessage() {}
 
 func (x *GetHostRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_target_inventory_proto_msgTypes[15]
+	mi := &file_ferry_v1_target_inventory_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1217,7 +1338,7 @@ func (x *GetHostRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetHostRequest.ProtoReflect.Descriptor instead.
 func (*GetHostRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_target_inventory_proto_rawDescGZIP(), []int{15}
+	return file_ferry_v1_target_inventory_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *GetHostRequest) GetName() string {
@@ -1239,7 +1360,7 @@ type ListHostsRequest struct {
 
 func (x *ListHostsRequest) Reset() {
 	*x = ListHostsRequest{}
-	mi := &file_ferry_v1_target_inventory_proto_msgTypes[16]
+	mi := &file_ferry_v1_target_inventory_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1251,7 +1372,7 @@ func (x *ListHostsRequest) String() string {
 func (*ListHostsRequest) ProtoMessage() {}
 
 func (x *ListHostsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_target_inventory_proto_msgTypes[16]
+	mi := &file_ferry_v1_target_inventory_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1264,7 +1385,7 @@ func (x *ListHostsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListHostsRequest.ProtoReflect.Descriptor instead.
 func (*ListHostsRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_target_inventory_proto_rawDescGZIP(), []int{16}
+	return file_ferry_v1_target_inventory_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *ListHostsRequest) GetPageSize() int32 {
@@ -1298,7 +1419,7 @@ type ListHostsResponse struct {
 
 func (x *ListHostsResponse) Reset() {
 	*x = ListHostsResponse{}
-	mi := &file_ferry_v1_target_inventory_proto_msgTypes[17]
+	mi := &file_ferry_v1_target_inventory_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1310,7 +1431,7 @@ func (x *ListHostsResponse) String() string {
 func (*ListHostsResponse) ProtoMessage() {}
 
 func (x *ListHostsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_target_inventory_proto_msgTypes[17]
+	mi := &file_ferry_v1_target_inventory_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1323,7 +1444,7 @@ func (x *ListHostsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListHostsResponse.ProtoReflect.Descriptor instead.
 func (*ListHostsResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_target_inventory_proto_rawDescGZIP(), []int{17}
+	return file_ferry_v1_target_inventory_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *ListHostsResponse) GetHosts() []*Host {
@@ -1340,6 +1461,112 @@ func (x *ListHostsResponse) GetNextPageToken() string {
 	return ""
 }
 
+type SetHostMaintenanceRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// hosts/{host_name}
+	Name string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	// True puts the host into maintenance, false takes it out.
+	Maintenance   bool   `protobuf:"varint,2,opt,name=maintenance,proto3" json:"maintenance,omitempty"`
+	RequestId     string `protobuf:"bytes,3,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SetHostMaintenanceRequest) Reset() {
+	*x = SetHostMaintenanceRequest{}
+	mi := &file_ferry_v1_target_inventory_proto_msgTypes[19]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SetHostMaintenanceRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SetHostMaintenanceRequest) ProtoMessage() {}
+
+func (x *SetHostMaintenanceRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_ferry_v1_target_inventory_proto_msgTypes[19]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SetHostMaintenanceRequest.ProtoReflect.Descriptor instead.
+func (*SetHostMaintenanceRequest) Descriptor() ([]byte, []int) {
+	return file_ferry_v1_target_inventory_proto_rawDescGZIP(), []int{19}
+}
+
+func (x *SetHostMaintenanceRequest) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *SetHostMaintenanceRequest) GetMaintenance() bool {
+	if x != nil {
+		return x.Maintenance
+	}
+	return false
+}
+
+func (x *SetHostMaintenanceRequest) GetRequestId() string {
+	if x != nil {
+		return x.RequestId
+	}
+	return ""
+}
+
+type SetHostMaintenanceResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Host          *Host                  `protobuf:"bytes,1,opt,name=host,proto3" json:"host,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SetHostMaintenanceResponse) Reset() {
+	*x = SetHostMaintenanceResponse{}
+	mi := &file_ferry_v1_target_inventory_proto_msgTypes[20]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SetHostMaintenanceResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SetHostMaintenanceResponse) ProtoMessage() {}
+
+func (x *SetHostMaintenanceResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_ferry_v1_target_inventory_proto_msgTypes[20]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SetHostMaintenanceResponse.ProtoReflect.Descriptor instead.
+func (*SetHostMaintenanceResponse) Descriptor() ([]byte, []int) {
+	return file_ferry_v1_target_inventory_proto_rawDescGZIP(), []int{20}
+}
+
+func (x *SetHostMaintenanceResponse) GetHost() *Host {
+	if x != nil {
+		return x.Host
+	}
+	return nil
+}
+
 type CreatePrimaryStorageRequest struct {
 	state          protoimpl.MessageState `protogen:"open.v1"`
 	PrimaryStorage *PrimaryStorage        `protobuf:"bytes,1,opt,name=primary_storage,json=primaryStorage,proto3" json:"primary_storage,omitempty"`
@@ -1350,7 +1577,7 @@ type CreatePrimaryStorageRequest struct {
 
 func (x *CreatePrimaryStorageRequest) Reset() {
 	*x = CreatePrimaryStorageRequest{}
-	mi := &file_ferry_v1_target_inventory_proto_msgTypes[18]
+	mi := &file_ferry_v1_target_inventory_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1362,7 +1589,7 @@ func (x *CreatePrimaryStorageRequest) String() string {
 func (*CreatePrimaryStorageRequest) ProtoMessage() {}
 
 func (x *CreatePrimaryStorageRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_target_inventory_proto_msgTypes[18]
+	mi := &file_ferry_v1_target_inventory_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1375,7 +1602,7 @@ func (x *CreatePrimaryStorageRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreatePrimaryStorageRequest.ProtoReflect.Descriptor instead.
 func (*CreatePrimaryStorageRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_target_inventory_proto_rawDescGZIP(), []int{18}
+	return file_ferry_v1_target_inventory_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *CreatePrimaryStorageRequest) GetPrimaryStorage() *PrimaryStorage {
@@ -1401,7 +1628,7 @@ type GetPrimaryStorageRequest struct {
 
 func (x *GetPrimaryStorageRequest) Reset() {
 	*x = GetPrimaryStorageRequest{}
-	mi := &file_ferry_v1_target_inventory_proto_msgTypes[19]
+	mi := &file_ferry_v1_target_inventory_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1413,7 +1640,7 @@ func (x *GetPrimaryStorageRequest) String() string {
 func (*GetPrimaryStorageRequest) ProtoMessage() {}
 
 func (x *GetPrimaryStorageRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_target_inventory_proto_msgTypes[19]
+	mi := &file_ferry_v1_target_inventory_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1426,7 +1653,7 @@ func (x *GetPrimaryStorageRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetPrimaryStorageRequest.ProtoReflect.Descriptor instead.
 func (*GetPrimaryStorageRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_target_inventory_proto_rawDescGZIP(), []int{19}
+	return file_ferry_v1_target_inventory_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *GetPrimaryStorageRequest) GetName() string {
@@ -1447,7 +1674,7 @@ type ListPrimaryStoragesRequest struct {
 
 func (x *ListPrimaryStoragesRequest) Reset() {
 	*x = ListPrimaryStoragesRequest{}
-	mi := &file_ferry_v1_target_inventory_proto_msgTypes[20]
+	mi := &file_ferry_v1_target_inventory_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1459,7 +1686,7 @@ func (x *ListPrimaryStoragesRequest) String() string {
 func (*ListPrimaryStoragesRequest) ProtoMessage() {}
 
 func (x *ListPrimaryStoragesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_target_inventory_proto_msgTypes[20]
+	mi := &file_ferry_v1_target_inventory_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1472,7 +1699,7 @@ func (x *ListPrimaryStoragesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListPrimaryStoragesRequest.ProtoReflect.Descriptor instead.
 func (*ListPrimaryStoragesRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_target_inventory_proto_rawDescGZIP(), []int{20}
+	return file_ferry_v1_target_inventory_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *ListPrimaryStoragesRequest) GetPageSize() int32 {
@@ -1506,7 +1733,7 @@ type ListPrimaryStoragesResponse struct {
 
 func (x *ListPrimaryStoragesResponse) Reset() {
 	*x = ListPrimaryStoragesResponse{}
-	mi := &file_ferry_v1_target_inventory_proto_msgTypes[21]
+	mi := &file_ferry_v1_target_inventory_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1518,7 +1745,7 @@ func (x *ListPrimaryStoragesResponse) String() string {
 func (*ListPrimaryStoragesResponse) ProtoMessage() {}
 
 func (x *ListPrimaryStoragesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_target_inventory_proto_msgTypes[21]
+	mi := &file_ferry_v1_target_inventory_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1531,7 +1758,7 @@ func (x *ListPrimaryStoragesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListPrimaryStoragesResponse.ProtoReflect.Descriptor instead.
 func (*ListPrimaryStoragesResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_target_inventory_proto_rawDescGZIP(), []int{21}
+	return file_ferry_v1_target_inventory_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *ListPrimaryStoragesResponse) GetPrimaryStorages() []*PrimaryStorage {
@@ -1557,7 +1784,7 @@ type DeletePrimaryStorageRequest struct {
 
 func (x *DeletePrimaryStorageRequest) Reset() {
 	*x = DeletePrimaryStorageRequest{}
-	mi := &file_ferry_v1_target_inventory_proto_msgTypes[22]
+	mi := &file_ferry_v1_target_inventory_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1569,7 +1796,7 @@ func (x *DeletePrimaryStorageRequest) String() string {
 func (*DeletePrimaryStorageRequest) ProtoMessage() {}
 
 func (x *DeletePrimaryStorageRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_target_inventory_proto_msgTypes[22]
+	mi := &file_ferry_v1_target_inventory_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1582,7 +1809,7 @@ func (x *DeletePrimaryStorageRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeletePrimaryStorageRequest.ProtoReflect.Descriptor instead.
 func (*DeletePrimaryStorageRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_target_inventory_proto_rawDescGZIP(), []int{22}
+	return file_ferry_v1_target_inventory_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *DeletePrimaryStorageRequest) GetName() string {
@@ -1602,7 +1829,7 @@ type CreateL3NetworkRequest struct {
 
 func (x *CreateL3NetworkRequest) Reset() {
 	*x = CreateL3NetworkRequest{}
-	mi := &file_ferry_v1_target_inventory_proto_msgTypes[23]
+	mi := &file_ferry_v1_target_inventory_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1614,7 +1841,7 @@ func (x *CreateL3NetworkRequest) String() string {
 func (*CreateL3NetworkRequest) ProtoMessage() {}
 
 func (x *CreateL3NetworkRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_target_inventory_proto_msgTypes[23]
+	mi := &file_ferry_v1_target_inventory_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1627,7 +1854,7 @@ func (x *CreateL3NetworkRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateL3NetworkRequest.ProtoReflect.Descriptor instead.
 func (*CreateL3NetworkRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_target_inventory_proto_rawDescGZIP(), []int{23}
+	return file_ferry_v1_target_inventory_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *CreateL3NetworkRequest) GetL3Network() *L3Network {
@@ -1653,7 +1880,7 @@ type GetL3NetworkRequest struct {
 
 func (x *GetL3NetworkRequest) Reset() {
 	*x = GetL3NetworkRequest{}
-	mi := &file_ferry_v1_target_inventory_proto_msgTypes[24]
+	mi := &file_ferry_v1_target_inventory_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1665,7 +1892,7 @@ func (x *GetL3NetworkRequest) String() string {
 func (*GetL3NetworkRequest) ProtoMessage() {}
 
 func (x *GetL3NetworkRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_target_inventory_proto_msgTypes[24]
+	mi := &file_ferry_v1_target_inventory_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1678,7 +1905,7 @@ func (x *GetL3NetworkRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetL3NetworkRequest.ProtoReflect.Descriptor instead.
 func (*GetL3NetworkRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_target_inventory_proto_rawDescGZIP(), []int{24}
+	return file_ferry_v1_target_inventory_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *GetL3NetworkRequest) GetName() string {
@@ -1699,7 +1926,7 @@ type ListL3NetworksRequest struct {
 
 func (x *ListL3NetworksRequest) Reset() {
 	*x = ListL3NetworksRequest{}
-	mi := &file_ferry_v1_target_inventory_proto_msgTypes[25]
+	mi := &file_ferry_v1_target_inventory_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1711,7 +1938,7 @@ func (x *ListL3NetworksRequest) String() string {
 func (*ListL3NetworksRequest) ProtoMessage() {}
 
 func (x *ListL3NetworksRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_target_inventory_proto_msgTypes[25]
+	mi := &file_ferry_v1_target_inventory_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1724,7 +1951,7 @@ func (x *ListL3NetworksRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListL3NetworksRequest.ProtoReflect.Descriptor instead.
 func (*ListL3NetworksRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_target_inventory_proto_rawDescGZIP(), []int{25}
+	return file_ferry_v1_target_inventory_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *ListL3NetworksRequest) GetPageSize() int32 {
@@ -1758,7 +1985,7 @@ type ListL3NetworksResponse struct {
 
 func (x *ListL3NetworksResponse) Reset() {
 	*x = ListL3NetworksResponse{}
-	mi := &file_ferry_v1_target_inventory_proto_msgTypes[26]
+	mi := &file_ferry_v1_target_inventory_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1770,7 +1997,7 @@ func (x *ListL3NetworksResponse) String() string {
 func (*ListL3NetworksResponse) ProtoMessage() {}
 
 func (x *ListL3NetworksResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_target_inventory_proto_msgTypes[26]
+	mi := &file_ferry_v1_target_inventory_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1783,7 +2010,7 @@ func (x *ListL3NetworksResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListL3NetworksResponse.ProtoReflect.Descriptor instead.
 func (*ListL3NetworksResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_target_inventory_proto_rawDescGZIP(), []int{26}
+	return file_ferry_v1_target_inventory_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *ListL3NetworksResponse) GetL3Networks() []*L3Network {
@@ -1809,7 +2036,7 @@ type DeleteL3NetworkRequest struct {
 
 func (x *DeleteL3NetworkRequest) Reset() {
 	*x = DeleteL3NetworkRequest{}
-	mi := &file_ferry_v1_target_inventory_proto_msgTypes[27]
+	mi := &file_ferry_v1_target_inventory_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1821,7 +2048,7 @@ func (x *DeleteL3NetworkRequest) String() string {
 func (*DeleteL3NetworkRequest) ProtoMessage() {}
 
 func (x *DeleteL3NetworkRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_target_inventory_proto_msgTypes[27]
+	mi := &file_ferry_v1_target_inventory_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1834,7 +2061,7 @@ func (x *DeleteL3NetworkRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteL3NetworkRequest.ProtoReflect.Descriptor instead.
 func (*DeleteL3NetworkRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_target_inventory_proto_rawDescGZIP(), []int{27}
+	return file_ferry_v1_target_inventory_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *DeleteL3NetworkRequest) GetName() string {
@@ -1862,7 +2089,7 @@ type ReleaseL3NetworkAddressRequest struct {
 
 func (x *ReleaseL3NetworkAddressRequest) Reset() {
 	*x = ReleaseL3NetworkAddressRequest{}
-	mi := &file_ferry_v1_target_inventory_proto_msgTypes[28]
+	mi := &file_ferry_v1_target_inventory_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1874,7 +2101,7 @@ func (x *ReleaseL3NetworkAddressRequest) String() string {
 func (*ReleaseL3NetworkAddressRequest) ProtoMessage() {}
 
 func (x *ReleaseL3NetworkAddressRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_target_inventory_proto_msgTypes[28]
+	mi := &file_ferry_v1_target_inventory_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1887,7 +2114,7 @@ func (x *ReleaseL3NetworkAddressRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReleaseL3NetworkAddressRequest.ProtoReflect.Descriptor instead.
 func (*ReleaseL3NetworkAddressRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_target_inventory_proto_rawDescGZIP(), []int{28}
+	return file_ferry_v1_target_inventory_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *ReleaseL3NetworkAddressRequest) GetName() string {
@@ -1920,7 +2147,7 @@ type ReleaseL3NetworkAddressResponse struct {
 
 func (x *ReleaseL3NetworkAddressResponse) Reset() {
 	*x = ReleaseL3NetworkAddressResponse{}
-	mi := &file_ferry_v1_target_inventory_proto_msgTypes[29]
+	mi := &file_ferry_v1_target_inventory_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1932,7 +2159,7 @@ func (x *ReleaseL3NetworkAddressResponse) String() string {
 func (*ReleaseL3NetworkAddressResponse) ProtoMessage() {}
 
 func (x *ReleaseL3NetworkAddressResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_target_inventory_proto_msgTypes[29]
+	mi := &file_ferry_v1_target_inventory_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1945,7 +2172,7 @@ func (x *ReleaseL3NetworkAddressResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReleaseL3NetworkAddressResponse.ProtoReflect.Descriptor instead.
 func (*ReleaseL3NetworkAddressResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_target_inventory_proto_rawDescGZIP(), []int{29}
+	return file_ferry_v1_target_inventory_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *ReleaseL3NetworkAddressResponse) GetL3Network() *L3Network {
@@ -1959,13 +2186,13 @@ var File_ferry_v1_target_inventory_proto protoreflect.FileDescriptor
 
 const file_ferry_v1_target_inventory_proto_rawDesc = "" +
 	"\n" +
-	"\x1fferry/v1/target_inventory.proto\x12\bferry.v1\x1a\x1bgoogle/protobuf/empty.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x91\x01\n" +
+	"\x1fferry/v1/target_inventory.proto\x12\bferry.v1\x1a\x1cferry/v1/migration_job.proto\x1a\x1bgoogle/protobuf/empty.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x91\x01\n" +
 	"\aCluster\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12!\n" +
 	"\fdisplay_name\x18\x02 \x01(\tR\vdisplayName\x12\x12\n" +
 	"\x04zone\x18\x03 \x01(\tR\x04zone\x12;\n" +
 	"\vcreate_time\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\n" +
-	"createTime\"\xa1\x02\n" +
+	"createTime\"\x88\x03\n" +
 	"\x04Host\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x18\n" +
 	"\acluster\x18\x02 \x01(\tR\acluster\x12)\n" +
@@ -1974,7 +2201,17 @@ const file_ferry_v1_target_inventory_proto_rawDesc = "" +
 	"\x0elast_seen_time\x18\x05 \x01(\v2\x1a.google.protobuf.TimestampR\flastSeenTime\x12;\n" +
 	"\vcreate_time\x18\x06 \x01(\v2\x1a.google.protobuf.TimestampR\n" +
 	"createTime\x12#\n" +
-	"\ragent_version\x18\a \x01(\tR\fagentVersion\"\xf0\x03\n" +
+	"\ragent_version\x18\a \x01(\tR\fagentVersion\x12 \n" +
+	"\vmaintenance\x18\b \x01(\bR\vmaintenance\x12C\n" +
+	"\x10pending_cleanups\x18\t \x03(\v2\x18.ferry.v1.PendingCleanupR\x0fpendingCleanups\"\xfc\x01\n" +
+	"\x0ePendingCleanup\x12\x10\n" +
+	"\x03job\x18\x01 \x01(\tR\x03job\x12\x14\n" +
+	"\x05epoch\x18\x02 \x01(\x03R\x05epoch\x12*\n" +
+	"\x06target\x18\x03 \x01(\v2\x12.ferry.v1.TargetVmR\x06target\x12A\n" +
+	"\x0fprimary_storage\x18\x04 \x01(\v2\x18.ferry.v1.PrimaryStorageR\x0eprimaryStorage\x12\x16\n" +
+	"\x06reason\x18\x05 \x01(\tR\x06reason\x12;\n" +
+	"\vcreate_time\x18\x06 \x01(\v2\x1a.google.protobuf.TimestampR\n" +
+	"createTime\"\x95\x04\n" +
 	"\tHostFacts\x12\x12\n" +
 	"\x04cpus\x18\x01 \x01(\x05R\x04cpus\x12!\n" +
 	"\fmemory_bytes\x18\x02 \x01(\x03R\vmemoryBytes\x12\x1f\n" +
@@ -1990,7 +2227,8 @@ const file_ferry_v1_target_inventory_proto_rawDesc = "" +
 	"\x16memory_available_bytes\x18\t \x01(\x03R\x14memoryAvailableBytes\x122\n" +
 	"\bstorages\x18\n" +
 	" \x03(\v2\x16.ferry.v1.StorageSpaceR\bstorages\x12C\n" +
-	"\x10libvirt_networks\x18\v \x03(\v2\x18.ferry.v1.LibvirtNetworkR\x0flibvirtNetworks\"W\n" +
+	"\x10libvirt_networks\x18\v \x03(\v2\x18.ferry.v1.LibvirtNetworkR\x0flibvirtNetworks\x12#\n" +
+	"\rrunning_vcpus\x18\f \x01(\x05R\frunningVcpus\"W\n" +
 	"\x0eLibvirtNetwork\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x121\n" +
 	"\n" +
@@ -2064,7 +2302,14 @@ const file_ferry_v1_target_inventory_proto_rawDesc = "" +
 	"\acluster\x18\x03 \x01(\tR\acluster\"a\n" +
 	"\x11ListHostsResponse\x12$\n" +
 	"\x05hosts\x18\x01 \x03(\v2\x0e.ferry.v1.HostR\x05hosts\x12&\n" +
-	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"\x7f\n" +
+	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"p\n" +
+	"\x19SetHostMaintenanceRequest\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12 \n" +
+	"\vmaintenance\x18\x02 \x01(\bR\vmaintenance\x12\x1d\n" +
+	"\n" +
+	"request_id\x18\x03 \x01(\tR\trequestId\"@\n" +
+	"\x1aSetHostMaintenanceResponse\x12\"\n" +
+	"\x04host\x18\x01 \x01(\v2\x0e.ferry.v1.HostR\x04host\"\x7f\n" +
 	"\x1bCreatePrimaryStorageRequest\x12A\n" +
 	"\x0fprimary_storage\x18\x01 \x01(\v2\x18.ferry.v1.PrimaryStorageR\x0eprimaryStorage\x12\x1d\n" +
 	"\n" +
@@ -2112,7 +2357,8 @@ const file_ferry_v1_target_inventory_proto_rawDesc = "" +
 	"\x1aPRIMARY_STORAGE_TYPE_LOCAL\x10\x01\x12\x1c\n" +
 	"\x18PRIMARY_STORAGE_TYPE_NFS\x10\x02\x12\x1d\n" +
 	"\x19PRIMARY_STORAGE_TYPE_CEPH\x10\x03\x12$\n" +
-	" PRIMARY_STORAGE_TYPE_SHAREDBLOCK\x10\x042\xb4\t\n" +
+	" PRIMARY_STORAGE_TYPE_SHAREDBLOCK\x10\x042\x95\n" +
+	"\n" +
 	"\x16TargetInventoryService\x12B\n" +
 	"\rCreateCluster\x12\x1e.ferry.v1.CreateClusterRequest\x1a\x11.ferry.v1.Cluster\x12<\n" +
 	"\n" +
@@ -2120,7 +2366,8 @@ const file_ferry_v1_target_inventory_proto_rawDesc = "" +
 	"\fListClusters\x12\x1d.ferry.v1.ListClustersRequest\x1a\x1e.ferry.v1.ListClustersResponse\x12G\n" +
 	"\rDeleteCluster\x12\x1e.ferry.v1.DeleteClusterRequest\x1a\x16.google.protobuf.Empty\x123\n" +
 	"\aGetHost\x12\x18.ferry.v1.GetHostRequest\x1a\x0e.ferry.v1.Host\x12D\n" +
-	"\tListHosts\x12\x1a.ferry.v1.ListHostsRequest\x1a\x1b.ferry.v1.ListHostsResponse\x12W\n" +
+	"\tListHosts\x12\x1a.ferry.v1.ListHostsRequest\x1a\x1b.ferry.v1.ListHostsResponse\x12_\n" +
+	"\x12SetHostMaintenance\x12#.ferry.v1.SetHostMaintenanceRequest\x1a$.ferry.v1.SetHostMaintenanceResponse\x12W\n" +
 	"\x14CreatePrimaryStorage\x12%.ferry.v1.CreatePrimaryStorageRequest\x1a\x18.ferry.v1.PrimaryStorage\x12Q\n" +
 	"\x11GetPrimaryStorage\x12\".ferry.v1.GetPrimaryStorageRequest\x1a\x18.ferry.v1.PrimaryStorage\x12b\n" +
 	"\x13ListPrimaryStorages\x12$.ferry.v1.ListPrimaryStoragesRequest\x1a%.ferry.v1.ListPrimaryStoragesResponse\x12U\n" +
@@ -2145,99 +2392,110 @@ func file_ferry_v1_target_inventory_proto_rawDescGZIP() []byte {
 }
 
 var file_ferry_v1_target_inventory_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_ferry_v1_target_inventory_proto_msgTypes = make([]protoimpl.MessageInfo, 30)
+var file_ferry_v1_target_inventory_proto_msgTypes = make([]protoimpl.MessageInfo, 33)
 var file_ferry_v1_target_inventory_proto_goTypes = []any{
 	(PrimaryStorageType)(0),                 // 0: ferry.v1.PrimaryStorageType
 	(*Cluster)(nil),                         // 1: ferry.v1.Cluster
 	(*Host)(nil),                            // 2: ferry.v1.Host
-	(*HostFacts)(nil),                       // 3: ferry.v1.HostFacts
-	(*LibvirtNetwork)(nil),                  // 4: ferry.v1.LibvirtNetwork
-	(*DhcpHost)(nil),                        // 5: ferry.v1.DhcpHost
-	(*StorageSpace)(nil),                    // 6: ferry.v1.StorageSpace
-	(*NetworkInterface)(nil),                // 7: ferry.v1.NetworkInterface
-	(*PrimaryStorage)(nil),                  // 8: ferry.v1.PrimaryStorage
-	(*L3Network)(nil),                       // 9: ferry.v1.L3Network
-	(*AddressReservation)(nil),              // 10: ferry.v1.AddressReservation
-	(*CreateClusterRequest)(nil),            // 11: ferry.v1.CreateClusterRequest
-	(*GetClusterRequest)(nil),               // 12: ferry.v1.GetClusterRequest
-	(*ListClustersRequest)(nil),             // 13: ferry.v1.ListClustersRequest
-	(*ListClustersResponse)(nil),            // 14: ferry.v1.ListClustersResponse
-	(*DeleteClusterRequest)(nil),            // 15: ferry.v1.DeleteClusterRequest
-	(*GetHostRequest)(nil),                  // 16: ferry.v1.GetHostRequest
-	(*ListHostsRequest)(nil),                // 17: ferry.v1.ListHostsRequest
-	(*ListHostsResponse)(nil),               // 18: ferry.v1.ListHostsResponse
-	(*CreatePrimaryStorageRequest)(nil),     // 19: ferry.v1.CreatePrimaryStorageRequest
-	(*GetPrimaryStorageRequest)(nil),        // 20: ferry.v1.GetPrimaryStorageRequest
-	(*ListPrimaryStoragesRequest)(nil),      // 21: ferry.v1.ListPrimaryStoragesRequest
-	(*ListPrimaryStoragesResponse)(nil),     // 22: ferry.v1.ListPrimaryStoragesResponse
-	(*DeletePrimaryStorageRequest)(nil),     // 23: ferry.v1.DeletePrimaryStorageRequest
-	(*CreateL3NetworkRequest)(nil),          // 24: ferry.v1.CreateL3NetworkRequest
-	(*GetL3NetworkRequest)(nil),             // 25: ferry.v1.GetL3NetworkRequest
-	(*ListL3NetworksRequest)(nil),           // 26: ferry.v1.ListL3NetworksRequest
-	(*ListL3NetworksResponse)(nil),          // 27: ferry.v1.ListL3NetworksResponse
-	(*DeleteL3NetworkRequest)(nil),          // 28: ferry.v1.DeleteL3NetworkRequest
-	(*ReleaseL3NetworkAddressRequest)(nil),  // 29: ferry.v1.ReleaseL3NetworkAddressRequest
-	(*ReleaseL3NetworkAddressResponse)(nil), // 30: ferry.v1.ReleaseL3NetworkAddressResponse
-	(*timestamppb.Timestamp)(nil),           // 31: google.protobuf.Timestamp
-	(*emptypb.Empty)(nil),                   // 32: google.protobuf.Empty
+	(*PendingCleanup)(nil),                  // 3: ferry.v1.PendingCleanup
+	(*HostFacts)(nil),                       // 4: ferry.v1.HostFacts
+	(*LibvirtNetwork)(nil),                  // 5: ferry.v1.LibvirtNetwork
+	(*DhcpHost)(nil),                        // 6: ferry.v1.DhcpHost
+	(*StorageSpace)(nil),                    // 7: ferry.v1.StorageSpace
+	(*NetworkInterface)(nil),                // 8: ferry.v1.NetworkInterface
+	(*PrimaryStorage)(nil),                  // 9: ferry.v1.PrimaryStorage
+	(*L3Network)(nil),                       // 10: ferry.v1.L3Network
+	(*AddressReservation)(nil),              // 11: ferry.v1.AddressReservation
+	(*CreateClusterRequest)(nil),            // 12: ferry.v1.CreateClusterRequest
+	(*GetClusterRequest)(nil),               // 13: ferry.v1.GetClusterRequest
+	(*ListClustersRequest)(nil),             // 14: ferry.v1.ListClustersRequest
+	(*ListClustersResponse)(nil),            // 15: ferry.v1.ListClustersResponse
+	(*DeleteClusterRequest)(nil),            // 16: ferry.v1.DeleteClusterRequest
+	(*GetHostRequest)(nil),                  // 17: ferry.v1.GetHostRequest
+	(*ListHostsRequest)(nil),                // 18: ferry.v1.ListHostsRequest
+	(*ListHostsResponse)(nil),               // 19: ferry.v1.ListHostsResponse
+	(*SetHostMaintenanceRequest)(nil),       // 20: ferry.v1.SetHostMaintenanceRequest
+	(*SetHostMaintenanceResponse)(nil),      // 21: ferry.v1.SetHostMaintenanceResponse
+	(*CreatePrimaryStorageRequest)(nil),     // 22: ferry.v1.CreatePrimaryStorageRequest
+	(*GetPrimaryStorageRequest)(nil),        // 23: ferry.v1.GetPrimaryStorageRequest
+	(*ListPrimaryStoragesRequest)(nil),      // 24: ferry.v1.ListPrimaryStoragesRequest
+	(*ListPrimaryStoragesResponse)(nil),     // 25: ferry.v1.ListPrimaryStoragesResponse
+	(*DeletePrimaryStorageRequest)(nil),     // 26: ferry.v1.DeletePrimaryStorageRequest
+	(*CreateL3NetworkRequest)(nil),          // 27: ferry.v1.CreateL3NetworkRequest
+	(*GetL3NetworkRequest)(nil),             // 28: ferry.v1.GetL3NetworkRequest
+	(*ListL3NetworksRequest)(nil),           // 29: ferry.v1.ListL3NetworksRequest
+	(*ListL3NetworksResponse)(nil),          // 30: ferry.v1.ListL3NetworksResponse
+	(*DeleteL3NetworkRequest)(nil),          // 31: ferry.v1.DeleteL3NetworkRequest
+	(*ReleaseL3NetworkAddressRequest)(nil),  // 32: ferry.v1.ReleaseL3NetworkAddressRequest
+	(*ReleaseL3NetworkAddressResponse)(nil), // 33: ferry.v1.ReleaseL3NetworkAddressResponse
+	(*timestamppb.Timestamp)(nil),           // 34: google.protobuf.Timestamp
+	(*TargetVm)(nil),                        // 35: ferry.v1.TargetVm
+	(*emptypb.Empty)(nil),                   // 36: google.protobuf.Empty
 }
 var file_ferry_v1_target_inventory_proto_depIdxs = []int32{
-	31, // 0: ferry.v1.Cluster.create_time:type_name -> google.protobuf.Timestamp
-	3,  // 1: ferry.v1.Host.facts:type_name -> ferry.v1.HostFacts
-	31, // 2: ferry.v1.Host.last_seen_time:type_name -> google.protobuf.Timestamp
-	31, // 3: ferry.v1.Host.create_time:type_name -> google.protobuf.Timestamp
-	7,  // 4: ferry.v1.HostFacts.interfaces:type_name -> ferry.v1.NetworkInterface
-	6,  // 5: ferry.v1.HostFacts.storages:type_name -> ferry.v1.StorageSpace
-	4,  // 6: ferry.v1.HostFacts.libvirt_networks:type_name -> ferry.v1.LibvirtNetwork
-	5,  // 7: ferry.v1.LibvirtNetwork.dhcp_hosts:type_name -> ferry.v1.DhcpHost
-	0,  // 8: ferry.v1.PrimaryStorage.type:type_name -> ferry.v1.PrimaryStorageType
-	31, // 9: ferry.v1.PrimaryStorage.create_time:type_name -> google.protobuf.Timestamp
-	31, // 10: ferry.v1.L3Network.create_time:type_name -> google.protobuf.Timestamp
-	10, // 11: ferry.v1.L3Network.reservations:type_name -> ferry.v1.AddressReservation
-	31, // 12: ferry.v1.AddressReservation.create_time:type_name -> google.protobuf.Timestamp
-	1,  // 13: ferry.v1.CreateClusterRequest.cluster:type_name -> ferry.v1.Cluster
-	1,  // 14: ferry.v1.ListClustersResponse.clusters:type_name -> ferry.v1.Cluster
-	2,  // 15: ferry.v1.ListHostsResponse.hosts:type_name -> ferry.v1.Host
-	8,  // 16: ferry.v1.CreatePrimaryStorageRequest.primary_storage:type_name -> ferry.v1.PrimaryStorage
-	8,  // 17: ferry.v1.ListPrimaryStoragesResponse.primary_storages:type_name -> ferry.v1.PrimaryStorage
-	9,  // 18: ferry.v1.CreateL3NetworkRequest.l3_network:type_name -> ferry.v1.L3Network
-	9,  // 19: ferry.v1.ListL3NetworksResponse.l3_networks:type_name -> ferry.v1.L3Network
-	9,  // 20: ferry.v1.ReleaseL3NetworkAddressResponse.l3_network:type_name -> ferry.v1.L3Network
-	11, // 21: ferry.v1.TargetInventoryService.CreateCluster:input_type -> ferry.v1.CreateClusterRequest
-	12, // 22: ferry.v1.TargetInventoryService.GetCluster:input_type -> ferry.v1.GetClusterRequest
-	13, // 23: ferry.v1.TargetInventoryService.ListClusters:input_type -> ferry.v1.ListClustersRequest
-	15, // 24: ferry.v1.TargetInventoryService.DeleteCluster:input_type -> ferry.v1.DeleteClusterRequest
-	16, // 25: ferry.v1.TargetInventoryService.GetHost:input_type -> ferry.v1.GetHostRequest
-	17, // 26: ferry.v1.TargetInventoryService.ListHosts:input_type -> ferry.v1.ListHostsRequest
-	19, // 27: ferry.v1.TargetInventoryService.CreatePrimaryStorage:input_type -> ferry.v1.CreatePrimaryStorageRequest
-	20, // 28: ferry.v1.TargetInventoryService.GetPrimaryStorage:input_type -> ferry.v1.GetPrimaryStorageRequest
-	21, // 29: ferry.v1.TargetInventoryService.ListPrimaryStorages:input_type -> ferry.v1.ListPrimaryStoragesRequest
-	23, // 30: ferry.v1.TargetInventoryService.DeletePrimaryStorage:input_type -> ferry.v1.DeletePrimaryStorageRequest
-	24, // 31: ferry.v1.TargetInventoryService.CreateL3Network:input_type -> ferry.v1.CreateL3NetworkRequest
-	25, // 32: ferry.v1.TargetInventoryService.GetL3Network:input_type -> ferry.v1.GetL3NetworkRequest
-	26, // 33: ferry.v1.TargetInventoryService.ListL3Networks:input_type -> ferry.v1.ListL3NetworksRequest
-	28, // 34: ferry.v1.TargetInventoryService.DeleteL3Network:input_type -> ferry.v1.DeleteL3NetworkRequest
-	29, // 35: ferry.v1.TargetInventoryService.ReleaseL3NetworkAddress:input_type -> ferry.v1.ReleaseL3NetworkAddressRequest
-	1,  // 36: ferry.v1.TargetInventoryService.CreateCluster:output_type -> ferry.v1.Cluster
-	1,  // 37: ferry.v1.TargetInventoryService.GetCluster:output_type -> ferry.v1.Cluster
-	14, // 38: ferry.v1.TargetInventoryService.ListClusters:output_type -> ferry.v1.ListClustersResponse
-	32, // 39: ferry.v1.TargetInventoryService.DeleteCluster:output_type -> google.protobuf.Empty
-	2,  // 40: ferry.v1.TargetInventoryService.GetHost:output_type -> ferry.v1.Host
-	18, // 41: ferry.v1.TargetInventoryService.ListHosts:output_type -> ferry.v1.ListHostsResponse
-	8,  // 42: ferry.v1.TargetInventoryService.CreatePrimaryStorage:output_type -> ferry.v1.PrimaryStorage
-	8,  // 43: ferry.v1.TargetInventoryService.GetPrimaryStorage:output_type -> ferry.v1.PrimaryStorage
-	22, // 44: ferry.v1.TargetInventoryService.ListPrimaryStorages:output_type -> ferry.v1.ListPrimaryStoragesResponse
-	32, // 45: ferry.v1.TargetInventoryService.DeletePrimaryStorage:output_type -> google.protobuf.Empty
-	9,  // 46: ferry.v1.TargetInventoryService.CreateL3Network:output_type -> ferry.v1.L3Network
-	9,  // 47: ferry.v1.TargetInventoryService.GetL3Network:output_type -> ferry.v1.L3Network
-	27, // 48: ferry.v1.TargetInventoryService.ListL3Networks:output_type -> ferry.v1.ListL3NetworksResponse
-	32, // 49: ferry.v1.TargetInventoryService.DeleteL3Network:output_type -> google.protobuf.Empty
-	30, // 50: ferry.v1.TargetInventoryService.ReleaseL3NetworkAddress:output_type -> ferry.v1.ReleaseL3NetworkAddressResponse
-	36, // [36:51] is the sub-list for method output_type
-	21, // [21:36] is the sub-list for method input_type
-	21, // [21:21] is the sub-list for extension type_name
-	21, // [21:21] is the sub-list for extension extendee
-	0,  // [0:21] is the sub-list for field type_name
+	34, // 0: ferry.v1.Cluster.create_time:type_name -> google.protobuf.Timestamp
+	4,  // 1: ferry.v1.Host.facts:type_name -> ferry.v1.HostFacts
+	34, // 2: ferry.v1.Host.last_seen_time:type_name -> google.protobuf.Timestamp
+	34, // 3: ferry.v1.Host.create_time:type_name -> google.protobuf.Timestamp
+	3,  // 4: ferry.v1.Host.pending_cleanups:type_name -> ferry.v1.PendingCleanup
+	35, // 5: ferry.v1.PendingCleanup.target:type_name -> ferry.v1.TargetVm
+	9,  // 6: ferry.v1.PendingCleanup.primary_storage:type_name -> ferry.v1.PrimaryStorage
+	34, // 7: ferry.v1.PendingCleanup.create_time:type_name -> google.protobuf.Timestamp
+	8,  // 8: ferry.v1.HostFacts.interfaces:type_name -> ferry.v1.NetworkInterface
+	7,  // 9: ferry.v1.HostFacts.storages:type_name -> ferry.v1.StorageSpace
+	5,  // 10: ferry.v1.HostFacts.libvirt_networks:type_name -> ferry.v1.LibvirtNetwork
+	6,  // 11: ferry.v1.LibvirtNetwork.dhcp_hosts:type_name -> ferry.v1.DhcpHost
+	0,  // 12: ferry.v1.PrimaryStorage.type:type_name -> ferry.v1.PrimaryStorageType
+	34, // 13: ferry.v1.PrimaryStorage.create_time:type_name -> google.protobuf.Timestamp
+	34, // 14: ferry.v1.L3Network.create_time:type_name -> google.protobuf.Timestamp
+	11, // 15: ferry.v1.L3Network.reservations:type_name -> ferry.v1.AddressReservation
+	34, // 16: ferry.v1.AddressReservation.create_time:type_name -> google.protobuf.Timestamp
+	1,  // 17: ferry.v1.CreateClusterRequest.cluster:type_name -> ferry.v1.Cluster
+	1,  // 18: ferry.v1.ListClustersResponse.clusters:type_name -> ferry.v1.Cluster
+	2,  // 19: ferry.v1.ListHostsResponse.hosts:type_name -> ferry.v1.Host
+	2,  // 20: ferry.v1.SetHostMaintenanceResponse.host:type_name -> ferry.v1.Host
+	9,  // 21: ferry.v1.CreatePrimaryStorageRequest.primary_storage:type_name -> ferry.v1.PrimaryStorage
+	9,  // 22: ferry.v1.ListPrimaryStoragesResponse.primary_storages:type_name -> ferry.v1.PrimaryStorage
+	10, // 23: ferry.v1.CreateL3NetworkRequest.l3_network:type_name -> ferry.v1.L3Network
+	10, // 24: ferry.v1.ListL3NetworksResponse.l3_networks:type_name -> ferry.v1.L3Network
+	10, // 25: ferry.v1.ReleaseL3NetworkAddressResponse.l3_network:type_name -> ferry.v1.L3Network
+	12, // 26: ferry.v1.TargetInventoryService.CreateCluster:input_type -> ferry.v1.CreateClusterRequest
+	13, // 27: ferry.v1.TargetInventoryService.GetCluster:input_type -> ferry.v1.GetClusterRequest
+	14, // 28: ferry.v1.TargetInventoryService.ListClusters:input_type -> ferry.v1.ListClustersRequest
+	16, // 29: ferry.v1.TargetInventoryService.DeleteCluster:input_type -> ferry.v1.DeleteClusterRequest
+	17, // 30: ferry.v1.TargetInventoryService.GetHost:input_type -> ferry.v1.GetHostRequest
+	18, // 31: ferry.v1.TargetInventoryService.ListHosts:input_type -> ferry.v1.ListHostsRequest
+	20, // 32: ferry.v1.TargetInventoryService.SetHostMaintenance:input_type -> ferry.v1.SetHostMaintenanceRequest
+	22, // 33: ferry.v1.TargetInventoryService.CreatePrimaryStorage:input_type -> ferry.v1.CreatePrimaryStorageRequest
+	23, // 34: ferry.v1.TargetInventoryService.GetPrimaryStorage:input_type -> ferry.v1.GetPrimaryStorageRequest
+	24, // 35: ferry.v1.TargetInventoryService.ListPrimaryStorages:input_type -> ferry.v1.ListPrimaryStoragesRequest
+	26, // 36: ferry.v1.TargetInventoryService.DeletePrimaryStorage:input_type -> ferry.v1.DeletePrimaryStorageRequest
+	27, // 37: ferry.v1.TargetInventoryService.CreateL3Network:input_type -> ferry.v1.CreateL3NetworkRequest
+	28, // 38: ferry.v1.TargetInventoryService.GetL3Network:input_type -> ferry.v1.GetL3NetworkRequest
+	29, // 39: ferry.v1.TargetInventoryService.ListL3Networks:input_type -> ferry.v1.ListL3NetworksRequest
+	31, // 40: ferry.v1.TargetInventoryService.DeleteL3Network:input_type -> ferry.v1.DeleteL3NetworkRequest
+	32, // 41: ferry.v1.TargetInventoryService.ReleaseL3NetworkAddress:input_type -> ferry.v1.ReleaseL3NetworkAddressRequest
+	1,  // 42: ferry.v1.TargetInventoryService.CreateCluster:output_type -> ferry.v1.Cluster
+	1,  // 43: ferry.v1.TargetInventoryService.GetCluster:output_type -> ferry.v1.Cluster
+	15, // 44: ferry.v1.TargetInventoryService.ListClusters:output_type -> ferry.v1.ListClustersResponse
+	36, // 45: ferry.v1.TargetInventoryService.DeleteCluster:output_type -> google.protobuf.Empty
+	2,  // 46: ferry.v1.TargetInventoryService.GetHost:output_type -> ferry.v1.Host
+	19, // 47: ferry.v1.TargetInventoryService.ListHosts:output_type -> ferry.v1.ListHostsResponse
+	21, // 48: ferry.v1.TargetInventoryService.SetHostMaintenance:output_type -> ferry.v1.SetHostMaintenanceResponse
+	9,  // 49: ferry.v1.TargetInventoryService.CreatePrimaryStorage:output_type -> ferry.v1.PrimaryStorage
+	9,  // 50: ferry.v1.TargetInventoryService.GetPrimaryStorage:output_type -> ferry.v1.PrimaryStorage
+	25, // 51: ferry.v1.TargetInventoryService.ListPrimaryStorages:output_type -> ferry.v1.ListPrimaryStoragesResponse
+	36, // 52: ferry.v1.TargetInventoryService.DeletePrimaryStorage:output_type -> google.protobuf.Empty
+	10, // 53: ferry.v1.TargetInventoryService.CreateL3Network:output_type -> ferry.v1.L3Network
+	10, // 54: ferry.v1.TargetInventoryService.GetL3Network:output_type -> ferry.v1.L3Network
+	30, // 55: ferry.v1.TargetInventoryService.ListL3Networks:output_type -> ferry.v1.ListL3NetworksResponse
+	36, // 56: ferry.v1.TargetInventoryService.DeleteL3Network:output_type -> google.protobuf.Empty
+	33, // 57: ferry.v1.TargetInventoryService.ReleaseL3NetworkAddress:output_type -> ferry.v1.ReleaseL3NetworkAddressResponse
+	42, // [42:58] is the sub-list for method output_type
+	26, // [26:42] is the sub-list for method input_type
+	26, // [26:26] is the sub-list for extension type_name
+	26, // [26:26] is the sub-list for extension extendee
+	0,  // [0:26] is the sub-list for field type_name
 }
 
 func init() { file_ferry_v1_target_inventory_proto_init() }
@@ -2245,13 +2503,14 @@ func file_ferry_v1_target_inventory_proto_init() {
 	if File_ferry_v1_target_inventory_proto != nil {
 		return
 	}
+	file_ferry_v1_migration_job_proto_init()
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_ferry_v1_target_inventory_proto_rawDesc), len(file_ferry_v1_target_inventory_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   30,
+			NumMessages:   33,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -26,6 +26,7 @@ const (
 	TargetInventoryService_DeleteCluster_FullMethodName           = "/ferry.v1.TargetInventoryService/DeleteCluster"
 	TargetInventoryService_GetHost_FullMethodName                 = "/ferry.v1.TargetInventoryService/GetHost"
 	TargetInventoryService_ListHosts_FullMethodName               = "/ferry.v1.TargetInventoryService/ListHosts"
+	TargetInventoryService_SetHostMaintenance_FullMethodName      = "/ferry.v1.TargetInventoryService/SetHostMaintenance"
 	TargetInventoryService_CreatePrimaryStorage_FullMethodName    = "/ferry.v1.TargetInventoryService/CreatePrimaryStorage"
 	TargetInventoryService_GetPrimaryStorage_FullMethodName       = "/ferry.v1.TargetInventoryService/GetPrimaryStorage"
 	TargetInventoryService_ListPrimaryStorages_FullMethodName     = "/ferry.v1.TargetInventoryService/ListPrimaryStorages"
@@ -62,6 +63,11 @@ type TargetInventoryServiceClient interface {
 	GetHost(ctx context.Context, in *GetHostRequest, opts ...grpc.CallOption) (*Host, error)
 	// ListHosts answers a page of hosts (AIP-132, paged by page_size and page_token).
 	ListHosts(ctx context.Context, in *ListHostsRequest, opts ...grpc.CallOption) (*ListHostsResponse, error)
+	// SetHostMaintenance puts a host into maintenance or takes it out
+	// (custom, AIP-136): placement never picks a host in maintenance for a
+	// new job; jobs already placed on it go on. NOT_FOUND naming name when
+	// there is no such host; a repeated request_id answers the host as it is.
+	SetHostMaintenance(ctx context.Context, in *SetHostMaintenanceRequest, opts ...grpc.CallOption) (*SetHostMaintenanceResponse, error)
 	// CreatePrimaryStorage creates a primary storage and answers it (AIP-133); a repeated request_id answers the first.
 	CreatePrimaryStorage(ctx context.Context, in *CreatePrimaryStorageRequest, opts ...grpc.CallOption) (*PrimaryStorage, error)
 	// GetPrimaryStorage answers the primary storage named (AIP-131), NOT_FOUND naming name when there is none.
@@ -147,6 +153,16 @@ func (c *targetInventoryServiceClient) ListHosts(ctx context.Context, in *ListHo
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
 	out := new(ListHostsResponse)
 	err := c.cc.Invoke(ctx, TargetInventoryService_ListHosts_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *targetInventoryServiceClient) SetHostMaintenance(ctx context.Context, in *SetHostMaintenanceRequest, opts ...grpc.CallOption) (*SetHostMaintenanceResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(SetHostMaintenanceResponse)
+	err := c.cc.Invoke(ctx, TargetInventoryService_SetHostMaintenance_FullMethodName, in, out, cOpts...)
 	if err != nil {
 		return nil, err
 	}
@@ -268,6 +284,11 @@ type TargetInventoryServiceServer interface {
 	GetHost(context.Context, *GetHostRequest) (*Host, error)
 	// ListHosts answers a page of hosts (AIP-132, paged by page_size and page_token).
 	ListHosts(context.Context, *ListHostsRequest) (*ListHostsResponse, error)
+	// SetHostMaintenance puts a host into maintenance or takes it out
+	// (custom, AIP-136): placement never picks a host in maintenance for a
+	// new job; jobs already placed on it go on. NOT_FOUND naming name when
+	// there is no such host; a repeated request_id answers the host as it is.
+	SetHostMaintenance(context.Context, *SetHostMaintenanceRequest) (*SetHostMaintenanceResponse, error)
 	// CreatePrimaryStorage creates a primary storage and answers it (AIP-133); a repeated request_id answers the first.
 	CreatePrimaryStorage(context.Context, *CreatePrimaryStorageRequest) (*PrimaryStorage, error)
 	// GetPrimaryStorage answers the primary storage named (AIP-131), NOT_FOUND naming name when there is none.
@@ -316,6 +337,9 @@ func (UnimplementedTargetInventoryServiceServer) GetHost(context.Context, *GetHo
 }
 func (UnimplementedTargetInventoryServiceServer) ListHosts(context.Context, *ListHostsRequest) (*ListHostsResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method ListHosts not implemented")
+}
+func (UnimplementedTargetInventoryServiceServer) SetHostMaintenance(context.Context, *SetHostMaintenanceRequest) (*SetHostMaintenanceResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method SetHostMaintenance not implemented")
 }
 func (UnimplementedTargetInventoryServiceServer) CreatePrimaryStorage(context.Context, *CreatePrimaryStorageRequest) (*PrimaryStorage, error) {
 	return nil, status.Error(codes.Unimplemented, "method CreatePrimaryStorage not implemented")
@@ -470,6 +494,24 @@ func _TargetInventoryService_ListHosts_Handler(srv interface{}, ctx context.Cont
 	}
 	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
 		return srv.(TargetInventoryServiceServer).ListHosts(ctx, req.(*ListHostsRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _TargetInventoryService_SetHostMaintenance_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(SetHostMaintenanceRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(TargetInventoryServiceServer).SetHostMaintenance(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: TargetInventoryService_SetHostMaintenance_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(TargetInventoryServiceServer).SetHostMaintenance(ctx, req.(*SetHostMaintenanceRequest))
 	}
 	return interceptor(ctx, in, info, handler)
 }
@@ -666,6 +708,10 @@ var TargetInventoryService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "ListHosts",
 			Handler:    _TargetInventoryService_ListHosts_Handler,
+		},
+		{
+			MethodName: "SetHostMaintenance",
+			Handler:    _TargetInventoryService_SetHostMaintenance_Handler,
 		},
 		{
 			MethodName: "CreatePrimaryStorage",

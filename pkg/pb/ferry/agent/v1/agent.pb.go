@@ -24,6 +24,70 @@ const (
 	_ = protoimpl.EnforceVersion(protoimpl.MaxVersion - 20)
 )
 
+// TargetAction is what the agent of a job's target host (MigrationJob.
+// target_host, when it is not the migration server's host) does for the
+// job; see docs/placement.md.
+type TargetAction int32
+
+const (
+	TargetAction_TARGET_ACTION_UNSPECIFIED TargetAction = 0
+	// Create the job's volumes on the host's local storage (keeping those
+	// that exist) and serve them writable over the migration network to the
+	// migration server's agent alone (qemu-nbd, TLS, authz).
+	TargetAction_TARGET_ACTION_PREPARE_VOLUMES TargetAction = 1
+	// Stop serving the volumes (after the upload and its verification).
+	TargetAction_TARGET_ACTION_RELEASE_VOLUMES TargetAction = 2
+	// Define (and start) the domain on the host's own libvirt.
+	TargetAction_TARGET_ACTION_DEFINE_DOMAIN TargetAction = 3
+	// Stop serving, remove the domain and the volumes.
+	TargetAction_TARGET_ACTION_ROLLBACK TargetAction = 4
+)
+
+// Enum value maps for TargetAction.
+var (
+	TargetAction_name = map[int32]string{
+		0: "TARGET_ACTION_UNSPECIFIED",
+		1: "TARGET_ACTION_PREPARE_VOLUMES",
+		2: "TARGET_ACTION_RELEASE_VOLUMES",
+		3: "TARGET_ACTION_DEFINE_DOMAIN",
+		4: "TARGET_ACTION_ROLLBACK",
+	}
+	TargetAction_value = map[string]int32{
+		"TARGET_ACTION_UNSPECIFIED":     0,
+		"TARGET_ACTION_PREPARE_VOLUMES": 1,
+		"TARGET_ACTION_RELEASE_VOLUMES": 2,
+		"TARGET_ACTION_DEFINE_DOMAIN":   3,
+		"TARGET_ACTION_ROLLBACK":        4,
+	}
+)
+
+func (x TargetAction) Enum() *TargetAction {
+	p := new(TargetAction)
+	*p = x
+	return p
+}
+
+func (x TargetAction) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (TargetAction) Descriptor() protoreflect.EnumDescriptor {
+	return file_ferry_agent_v1_agent_proto_enumTypes[0].Descriptor()
+}
+
+func (TargetAction) Type() protoreflect.EnumType {
+	return &file_ferry_agent_v1_agent_proto_enumTypes[0]
+}
+
+func (x TargetAction) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use TargetAction.Descriptor instead.
+func (TargetAction) EnumDescriptor() ([]byte, []int) {
+	return file_ferry_agent_v1_agent_proto_rawDescGZIP(), []int{0}
+}
+
 // JobOutcome is how an assignment ended.
 type JobOutcome int32
 
@@ -61,11 +125,11 @@ func (x JobOutcome) String() string {
 }
 
 func (JobOutcome) Descriptor() protoreflect.EnumDescriptor {
-	return file_ferry_agent_v1_agent_proto_enumTypes[0].Descriptor()
+	return file_ferry_agent_v1_agent_proto_enumTypes[1].Descriptor()
 }
 
 func (JobOutcome) Type() protoreflect.EnumType {
-	return &file_ferry_agent_v1_agent_proto_enumTypes[0]
+	return &file_ferry_agent_v1_agent_proto_enumTypes[1]
 }
 
 func (x JobOutcome) Number() protoreflect.EnumNumber {
@@ -74,7 +138,7 @@ func (x JobOutcome) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use JobOutcome.Descriptor instead.
 func (JobOutcome) EnumDescriptor() ([]byte, []int) {
-	return file_ferry_agent_v1_agent_proto_rawDescGZIP(), []int{0}
+	return file_ferry_agent_v1_agent_proto_rawDescGZIP(), []int{1}
 }
 
 type ConnectRequest struct {
@@ -88,6 +152,8 @@ type ConnectRequest struct {
 	//	*ConnectRequest_InventoryResponse
 	//	*ConnectRequest_HostKeyObserved
 	//	*ConnectRequest_FenceCheck
+	//	*ConnectRequest_TargetRequest
+	//	*ConnectRequest_TargetWorkResult
 	Kind          isConnectRequest_Kind `protobuf_oneof:"kind"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -193,6 +259,24 @@ func (x *ConnectRequest) GetFenceCheck() *FenceCheck {
 	return nil
 }
 
+func (x *ConnectRequest) GetTargetRequest() *TargetRequest {
+	if x != nil {
+		if x, ok := x.Kind.(*ConnectRequest_TargetRequest); ok {
+			return x.TargetRequest
+		}
+	}
+	return nil
+}
+
+func (x *ConnectRequest) GetTargetWorkResult() *TargetWorkResult {
+	if x != nil {
+		if x, ok := x.Kind.(*ConnectRequest_TargetWorkResult); ok {
+			return x.TargetWorkResult
+		}
+	}
+	return nil
+}
+
 type isConnectRequest_Kind interface {
 	isConnectRequest_Kind()
 }
@@ -225,6 +309,14 @@ type ConnectRequest_FenceCheck struct {
 	FenceCheck *FenceCheck `protobuf:"bytes,7,opt,name=fence_check,json=fenceCheck,proto3,oneof"`
 }
 
+type ConnectRequest_TargetRequest struct {
+	TargetRequest *TargetRequest `protobuf:"bytes,8,opt,name=target_request,json=targetRequest,proto3,oneof"`
+}
+
+type ConnectRequest_TargetWorkResult struct {
+	TargetWorkResult *TargetWorkResult `protobuf:"bytes,9,opt,name=target_work_result,json=targetWorkResult,proto3,oneof"`
+}
+
 func (*ConnectRequest_Hello) isConnectRequest_Kind() {}
 
 func (*ConnectRequest_Heartbeat) isConnectRequest_Kind() {}
@@ -239,6 +331,10 @@ func (*ConnectRequest_HostKeyObserved) isConnectRequest_Kind() {}
 
 func (*ConnectRequest_FenceCheck) isConnectRequest_Kind() {}
 
+func (*ConnectRequest_TargetRequest) isConnectRequest_Kind() {}
+
+func (*ConnectRequest_TargetWorkResult) isConnectRequest_Kind() {}
+
 type ConnectResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Types that are valid to be assigned to Kind:
@@ -250,6 +346,8 @@ type ConnectResponse struct {
 	//	*ConnectResponse_InventoryRequest
 	//	*ConnectResponse_FenceAnswer
 	//	*ConnectResponse_BandwidthLimits
+	//	*ConnectResponse_TargetWork
+	//	*ConnectResponse_TargetAnswer
 	Kind          isConnectResponse_Kind `protobuf_oneof:"kind"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -355,6 +453,24 @@ func (x *ConnectResponse) GetBandwidthLimits() *BandwidthLimits {
 	return nil
 }
 
+func (x *ConnectResponse) GetTargetWork() *TargetWork {
+	if x != nil {
+		if x, ok := x.Kind.(*ConnectResponse_TargetWork); ok {
+			return x.TargetWork
+		}
+	}
+	return nil
+}
+
+func (x *ConnectResponse) GetTargetAnswer() *TargetWorkResult {
+	if x != nil {
+		if x, ok := x.Kind.(*ConnectResponse_TargetAnswer); ok {
+			return x.TargetAnswer
+		}
+	}
+	return nil
+}
+
 type isConnectResponse_Kind interface {
 	isConnectResponse_Kind()
 }
@@ -387,6 +503,14 @@ type ConnectResponse_BandwidthLimits struct {
 	BandwidthLimits *BandwidthLimits `protobuf:"bytes,7,opt,name=bandwidth_limits,json=bandwidthLimits,proto3,oneof"`
 }
 
+type ConnectResponse_TargetWork struct {
+	TargetWork *TargetWork `protobuf:"bytes,8,opt,name=target_work,json=targetWork,proto3,oneof"`
+}
+
+type ConnectResponse_TargetAnswer struct {
+	TargetAnswer *TargetWorkResult `protobuf:"bytes,9,opt,name=target_answer,json=targetAnswer,proto3,oneof"`
+}
+
 func (*ConnectResponse_Welcome) isConnectResponse_Kind() {}
 
 func (*ConnectResponse_Heartbeat) isConnectResponse_Kind() {}
@@ -400,6 +524,396 @@ func (*ConnectResponse_InventoryRequest) isConnectResponse_Kind() {}
 func (*ConnectResponse_FenceAnswer) isConnectResponse_Kind() {}
 
 func (*ConnectResponse_BandwidthLimits) isConnectResponse_Kind() {}
+
+func (*ConnectResponse_TargetWork) isConnectResponse_Kind() {}
+
+func (*ConnectResponse_TargetAnswer) isConnectResponse_Kind() {}
+
+// TargetRequest asks, from the migration server's agent running a job,
+// for an action of the job's target host's agent. The leader checks the
+// assignment is current and relays it as TargetWork; the answer comes back
+// as ConnectResponse.target_answer.
+type TargetRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Chosen by the agent; the answer carries it back.
+	RequestId string `protobuf:"bytes,1,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`
+	// migrationJobs/{id}
+	Job    string       `protobuf:"bytes,2,opt,name=job,proto3" json:"job,omitempty"`
+	Epoch  int64        `protobuf:"varint,3,opt,name=epoch,proto3" json:"epoch,omitempty"`
+	Action TargetAction `protobuf:"varint,4,opt,name=action,proto3,enum=ferry.agent.v1.TargetAction" json:"action,omitempty"`
+	// DEFINE_DOMAIN: what CONVERTING recorded of the source VM in the cache
+	// (its JSON) and the source's NVRAM, which the target host lacks.
+	SourceVm      []byte `protobuf:"bytes,5,opt,name=source_vm,json=sourceVm,proto3" json:"source_vm,omitempty"`
+	Nvram         []byte `protobuf:"bytes,6,opt,name=nvram,proto3" json:"nvram,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *TargetRequest) Reset() {
+	*x = TargetRequest{}
+	mi := &file_ferry_agent_v1_agent_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *TargetRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*TargetRequest) ProtoMessage() {}
+
+func (x *TargetRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_ferry_agent_v1_agent_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use TargetRequest.ProtoReflect.Descriptor instead.
+func (*TargetRequest) Descriptor() ([]byte, []int) {
+	return file_ferry_agent_v1_agent_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *TargetRequest) GetRequestId() string {
+	if x != nil {
+		return x.RequestId
+	}
+	return ""
+}
+
+func (x *TargetRequest) GetJob() string {
+	if x != nil {
+		return x.Job
+	}
+	return ""
+}
+
+func (x *TargetRequest) GetEpoch() int64 {
+	if x != nil {
+		return x.Epoch
+	}
+	return 0
+}
+
+func (x *TargetRequest) GetAction() TargetAction {
+	if x != nil {
+		return x.Action
+	}
+	return TargetAction_TARGET_ACTION_UNSPECIFIED
+}
+
+func (x *TargetRequest) GetSourceVm() []byte {
+	if x != nil {
+		return x.SourceVm
+	}
+	return nil
+}
+
+func (x *TargetRequest) GetNvram() []byte {
+	if x != nil {
+		return x.Nvram
+	}
+	return nil
+}
+
+// TargetWork is a relayed TargetRequest, with what the target host's
+// agent needs to act alone.
+type TargetWork struct {
+	state          protoimpl.MessageState `protogen:"open.v1"`
+	RequestId      string                 `protobuf:"bytes,1,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`
+	Action         TargetAction           `protobuf:"varint,2,opt,name=action,proto3,enum=ferry.agent.v1.TargetAction" json:"action,omitempty"`
+	Job            *v1.MigrationJob       `protobuf:"bytes,3,opt,name=job,proto3" json:"job,omitempty"`
+	Epoch          int64                  `protobuf:"varint,4,opt,name=epoch,proto3" json:"epoch,omitempty"`
+	PrimaryStorage *v1.PrimaryStorage     `protobuf:"bytes,5,opt,name=primary_storage,json=primaryStorage,proto3" json:"primary_storage,omitempty"`
+	L3Networks     []*v1.L3Network        `protobuf:"bytes,6,rep,name=l3_networks,json=l3Networks,proto3" json:"l3_networks,omitempty"`
+	// hosts/{host_name} of the migration server: its agent alone may
+	// connect to the volumes.
+	PeerHost string `protobuf:"bytes,7,opt,name=peer_host,json=peerHost,proto3" json:"peer_host,omitempty"`
+	// The migration server's migration CIDR: the volumes are served on the
+	// host's address inside it; empty serves on the agent's
+	// --migration-address.
+	MigrationCidr string `protobuf:"bytes,8,opt,name=migration_cidr,json=migrationCidr,proto3" json:"migration_cidr,omitempty"`
+	SourceVm      []byte `protobuf:"bytes,9,opt,name=source_vm,json=sourceVm,proto3" json:"source_vm,omitempty"`
+	Nvram         []byte `protobuf:"bytes,10,opt,name=nvram,proto3" json:"nvram,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *TargetWork) Reset() {
+	*x = TargetWork{}
+	mi := &file_ferry_agent_v1_agent_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *TargetWork) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*TargetWork) ProtoMessage() {}
+
+func (x *TargetWork) ProtoReflect() protoreflect.Message {
+	mi := &file_ferry_agent_v1_agent_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use TargetWork.ProtoReflect.Descriptor instead.
+func (*TargetWork) Descriptor() ([]byte, []int) {
+	return file_ferry_agent_v1_agent_proto_rawDescGZIP(), []int{3}
+}
+
+func (x *TargetWork) GetRequestId() string {
+	if x != nil {
+		return x.RequestId
+	}
+	return ""
+}
+
+func (x *TargetWork) GetAction() TargetAction {
+	if x != nil {
+		return x.Action
+	}
+	return TargetAction_TARGET_ACTION_UNSPECIFIED
+}
+
+func (x *TargetWork) GetJob() *v1.MigrationJob {
+	if x != nil {
+		return x.Job
+	}
+	return nil
+}
+
+func (x *TargetWork) GetEpoch() int64 {
+	if x != nil {
+		return x.Epoch
+	}
+	return 0
+}
+
+func (x *TargetWork) GetPrimaryStorage() *v1.PrimaryStorage {
+	if x != nil {
+		return x.PrimaryStorage
+	}
+	return nil
+}
+
+func (x *TargetWork) GetL3Networks() []*v1.L3Network {
+	if x != nil {
+		return x.L3Networks
+	}
+	return nil
+}
+
+func (x *TargetWork) GetPeerHost() string {
+	if x != nil {
+		return x.PeerHost
+	}
+	return ""
+}
+
+func (x *TargetWork) GetMigrationCidr() string {
+	if x != nil {
+		return x.MigrationCidr
+	}
+	return ""
+}
+
+func (x *TargetWork) GetSourceVm() []byte {
+	if x != nil {
+		return x.SourceVm
+	}
+	return nil
+}
+
+func (x *TargetWork) GetNvram() []byte {
+	if x != nil {
+		return x.Nvram
+	}
+	return nil
+}
+
+// TargetExport is one volume served for an upload.
+type TargetExport struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The source disk (TargetDisk.source_disk).
+	SourceDisk string `protobuf:"bytes,1,opt,name=source_disk,json=sourceDisk,proto3" json:"source_disk,omitempty"`
+	// host:port on the migration network.
+	Address string `protobuf:"bytes,2,opt,name=address,proto3" json:"address,omitempty"`
+	// The export's name: a random token per serving.
+	ExportName string `protobuf:"bytes,3,opt,name=export_name,json=exportName,proto3" json:"export_name,omitempty"`
+	// The volume was created by this PREPARE_VOLUMES (it did not survive
+	// from an earlier one), so an upload cannot resume onto it.
+	Created       bool `protobuf:"varint,4,opt,name=created,proto3" json:"created,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *TargetExport) Reset() {
+	*x = TargetExport{}
+	mi := &file_ferry_agent_v1_agent_proto_msgTypes[4]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *TargetExport) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*TargetExport) ProtoMessage() {}
+
+func (x *TargetExport) ProtoReflect() protoreflect.Message {
+	mi := &file_ferry_agent_v1_agent_proto_msgTypes[4]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use TargetExport.ProtoReflect.Descriptor instead.
+func (*TargetExport) Descriptor() ([]byte, []int) {
+	return file_ferry_agent_v1_agent_proto_rawDescGZIP(), []int{4}
+}
+
+func (x *TargetExport) GetSourceDisk() string {
+	if x != nil {
+		return x.SourceDisk
+	}
+	return ""
+}
+
+func (x *TargetExport) GetAddress() string {
+	if x != nil {
+		return x.Address
+	}
+	return ""
+}
+
+func (x *TargetExport) GetExportName() string {
+	if x != nil {
+		return x.ExportName
+	}
+	return ""
+}
+
+func (x *TargetExport) GetCreated() bool {
+	if x != nil {
+		return x.Created
+	}
+	return false
+}
+
+// TargetWorkResult answers a TargetWork (from the target host's agent),
+// and is relayed to the migration server's agent as target_answer.
+type TargetWorkResult struct {
+	state     protoimpl.MessageState `protogen:"open.v1"`
+	RequestId string                 `protobuf:"bytes,1,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`
+	Job       string                 `protobuf:"bytes,2,opt,name=job,proto3" json:"job,omitempty"`
+	Epoch     int64                  `protobuf:"varint,3,opt,name=epoch,proto3" json:"epoch,omitempty"`
+	Action    TargetAction           `protobuf:"varint,4,opt,name=action,proto3,enum=ferry.agent.v1.TargetAction" json:"action,omitempty"`
+	// PREPARE_VOLUMES: one per disk, in the job's order.
+	Exports []*TargetExport `protobuf:"bytes,5,rep,name=exports,proto3" json:"exports,omitempty"`
+	// DEFINE_DOMAIN: e.g. the VM stayed stopped for lack of resources.
+	Warnings []string `protobuf:"bytes,6,rep,name=warnings,proto3" json:"warnings,omitempty"`
+	// Why the action failed; empty on success.
+	Error         string `protobuf:"bytes,7,opt,name=error,proto3" json:"error,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *TargetWorkResult) Reset() {
+	*x = TargetWorkResult{}
+	mi := &file_ferry_agent_v1_agent_proto_msgTypes[5]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *TargetWorkResult) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*TargetWorkResult) ProtoMessage() {}
+
+func (x *TargetWorkResult) ProtoReflect() protoreflect.Message {
+	mi := &file_ferry_agent_v1_agent_proto_msgTypes[5]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use TargetWorkResult.ProtoReflect.Descriptor instead.
+func (*TargetWorkResult) Descriptor() ([]byte, []int) {
+	return file_ferry_agent_v1_agent_proto_rawDescGZIP(), []int{5}
+}
+
+func (x *TargetWorkResult) GetRequestId() string {
+	if x != nil {
+		return x.RequestId
+	}
+	return ""
+}
+
+func (x *TargetWorkResult) GetJob() string {
+	if x != nil {
+		return x.Job
+	}
+	return ""
+}
+
+func (x *TargetWorkResult) GetEpoch() int64 {
+	if x != nil {
+		return x.Epoch
+	}
+	return 0
+}
+
+func (x *TargetWorkResult) GetAction() TargetAction {
+	if x != nil {
+		return x.Action
+	}
+	return TargetAction_TARGET_ACTION_UNSPECIFIED
+}
+
+func (x *TargetWorkResult) GetExports() []*TargetExport {
+	if x != nil {
+		return x.Exports
+	}
+	return nil
+}
+
+func (x *TargetWorkResult) GetWarnings() []string {
+	if x != nil {
+		return x.Warnings
+	}
+	return nil
+}
+
+func (x *TargetWorkResult) GetError() string {
+	if x != nil {
+		return x.Error
+	}
+	return ""
+}
 
 // BandwidthLimits are a migration server's current limits, sent to the
 // agent of the server's host when they change in the ledger and when the
@@ -421,7 +935,7 @@ type BandwidthLimits struct {
 
 func (x *BandwidthLimits) Reset() {
 	*x = BandwidthLimits{}
-	mi := &file_ferry_agent_v1_agent_proto_msgTypes[2]
+	mi := &file_ferry_agent_v1_agent_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -433,7 +947,7 @@ func (x *BandwidthLimits) String() string {
 func (*BandwidthLimits) ProtoMessage() {}
 
 func (x *BandwidthLimits) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_agent_v1_agent_proto_msgTypes[2]
+	mi := &file_ferry_agent_v1_agent_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -446,7 +960,7 @@ func (x *BandwidthLimits) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BandwidthLimits.ProtoReflect.Descriptor instead.
 func (*BandwidthLimits) Descriptor() ([]byte, []int) {
-	return file_ferry_agent_v1_agent_proto_rawDescGZIP(), []int{2}
+	return file_ferry_agent_v1_agent_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *BandwidthLimits) GetMigrationServer() string {
@@ -490,7 +1004,7 @@ type FenceCheck struct {
 
 func (x *FenceCheck) Reset() {
 	*x = FenceCheck{}
-	mi := &file_ferry_agent_v1_agent_proto_msgTypes[3]
+	mi := &file_ferry_agent_v1_agent_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -502,7 +1016,7 @@ func (x *FenceCheck) String() string {
 func (*FenceCheck) ProtoMessage() {}
 
 func (x *FenceCheck) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_agent_v1_agent_proto_msgTypes[3]
+	mi := &file_ferry_agent_v1_agent_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -515,7 +1029,7 @@ func (x *FenceCheck) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FenceCheck.ProtoReflect.Descriptor instead.
 func (*FenceCheck) Descriptor() ([]byte, []int) {
-	return file_ferry_agent_v1_agent_proto_rawDescGZIP(), []int{3}
+	return file_ferry_agent_v1_agent_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *FenceCheck) GetRequestId() string {
@@ -561,7 +1075,7 @@ type FenceAnswer struct {
 
 func (x *FenceAnswer) Reset() {
 	*x = FenceAnswer{}
-	mi := &file_ferry_agent_v1_agent_proto_msgTypes[4]
+	mi := &file_ferry_agent_v1_agent_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -573,7 +1087,7 @@ func (x *FenceAnswer) String() string {
 func (*FenceAnswer) ProtoMessage() {}
 
 func (x *FenceAnswer) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_agent_v1_agent_proto_msgTypes[4]
+	mi := &file_ferry_agent_v1_agent_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -586,7 +1100,7 @@ func (x *FenceAnswer) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FenceAnswer.ProtoReflect.Descriptor instead.
 func (*FenceAnswer) Descriptor() ([]byte, []int) {
-	return file_ferry_agent_v1_agent_proto_rawDescGZIP(), []int{4}
+	return file_ferry_agent_v1_agent_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *FenceAnswer) GetRequestId() string {
@@ -627,7 +1141,7 @@ type Hello struct {
 
 func (x *Hello) Reset() {
 	*x = Hello{}
-	mi := &file_ferry_agent_v1_agent_proto_msgTypes[5]
+	mi := &file_ferry_agent_v1_agent_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -639,7 +1153,7 @@ func (x *Hello) String() string {
 func (*Hello) ProtoMessage() {}
 
 func (x *Hello) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_agent_v1_agent_proto_msgTypes[5]
+	mi := &file_ferry_agent_v1_agent_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -652,7 +1166,7 @@ func (x *Hello) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Hello.ProtoReflect.Descriptor instead.
 func (*Hello) Descriptor() ([]byte, []int) {
-	return file_ferry_agent_v1_agent_proto_rawDescGZIP(), []int{5}
+	return file_ferry_agent_v1_agent_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *Hello) GetHostName() string {
@@ -702,7 +1216,7 @@ type HeldJob struct {
 
 func (x *HeldJob) Reset() {
 	*x = HeldJob{}
-	mi := &file_ferry_agent_v1_agent_proto_msgTypes[6]
+	mi := &file_ferry_agent_v1_agent_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -714,7 +1228,7 @@ func (x *HeldJob) String() string {
 func (*HeldJob) ProtoMessage() {}
 
 func (x *HeldJob) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_agent_v1_agent_proto_msgTypes[6]
+	mi := &file_ferry_agent_v1_agent_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -727,7 +1241,7 @@ func (x *HeldJob) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HeldJob.ProtoReflect.Descriptor instead.
 func (*HeldJob) Descriptor() ([]byte, []int) {
-	return file_ferry_agent_v1_agent_proto_rawDescGZIP(), []int{6}
+	return file_ferry_agent_v1_agent_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *HeldJob) GetJob() string {
@@ -774,7 +1288,7 @@ type Welcome struct {
 
 func (x *Welcome) Reset() {
 	*x = Welcome{}
-	mi := &file_ferry_agent_v1_agent_proto_msgTypes[7]
+	mi := &file_ferry_agent_v1_agent_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -786,7 +1300,7 @@ func (x *Welcome) String() string {
 func (*Welcome) ProtoMessage() {}
 
 func (x *Welcome) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_agent_v1_agent_proto_msgTypes[7]
+	mi := &file_ferry_agent_v1_agent_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -799,7 +1313,7 @@ func (x *Welcome) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Welcome.ProtoReflect.Descriptor instead.
 func (*Welcome) Descriptor() ([]byte, []int) {
-	return file_ferry_agent_v1_agent_proto_rawDescGZIP(), []int{7}
+	return file_ferry_agent_v1_agent_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *Welcome) GetCoordinatorId() string {
@@ -853,7 +1367,7 @@ type Heartbeat struct {
 
 func (x *Heartbeat) Reset() {
 	*x = Heartbeat{}
-	mi := &file_ferry_agent_v1_agent_proto_msgTypes[8]
+	mi := &file_ferry_agent_v1_agent_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -865,7 +1379,7 @@ func (x *Heartbeat) String() string {
 func (*Heartbeat) ProtoMessage() {}
 
 func (x *Heartbeat) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_agent_v1_agent_proto_msgTypes[8]
+	mi := &file_ferry_agent_v1_agent_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -878,7 +1392,7 @@ func (x *Heartbeat) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Heartbeat.ProtoReflect.Descriptor instead.
 func (*Heartbeat) Descriptor() ([]byte, []int) {
-	return file_ferry_agent_v1_agent_proto_rawDescGZIP(), []int{8}
+	return file_ferry_agent_v1_agent_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *Heartbeat) GetTime() *timestamppb.Timestamp {
@@ -924,7 +1438,7 @@ type JobProgress struct {
 
 func (x *JobProgress) Reset() {
 	*x = JobProgress{}
-	mi := &file_ferry_agent_v1_agent_proto_msgTypes[9]
+	mi := &file_ferry_agent_v1_agent_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -936,7 +1450,7 @@ func (x *JobProgress) String() string {
 func (*JobProgress) ProtoMessage() {}
 
 func (x *JobProgress) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_agent_v1_agent_proto_msgTypes[9]
+	mi := &file_ferry_agent_v1_agent_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -949,7 +1463,7 @@ func (x *JobProgress) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use JobProgress.ProtoReflect.Descriptor instead.
 func (*JobProgress) Descriptor() ([]byte, []int) {
-	return file_ferry_agent_v1_agent_proto_rawDescGZIP(), []int{9}
+	return file_ferry_agent_v1_agent_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *JobProgress) GetJob() string {
@@ -1004,7 +1518,7 @@ type JobResult struct {
 
 func (x *JobResult) Reset() {
 	*x = JobResult{}
-	mi := &file_ferry_agent_v1_agent_proto_msgTypes[10]
+	mi := &file_ferry_agent_v1_agent_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1016,7 +1530,7 @@ func (x *JobResult) String() string {
 func (*JobResult) ProtoMessage() {}
 
 func (x *JobResult) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_agent_v1_agent_proto_msgTypes[10]
+	mi := &file_ferry_agent_v1_agent_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1029,7 +1543,7 @@ func (x *JobResult) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use JobResult.ProtoReflect.Descriptor instead.
 func (*JobResult) Descriptor() ([]byte, []int) {
-	return file_ferry_agent_v1_agent_proto_rawDescGZIP(), []int{10}
+	return file_ferry_agent_v1_agent_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *JobResult) GetJob() string {
@@ -1102,7 +1616,7 @@ type Assignment struct {
 
 func (x *Assignment) Reset() {
 	*x = Assignment{}
-	mi := &file_ferry_agent_v1_agent_proto_msgTypes[11]
+	mi := &file_ferry_agent_v1_agent_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1114,7 +1628,7 @@ func (x *Assignment) String() string {
 func (*Assignment) ProtoMessage() {}
 
 func (x *Assignment) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_agent_v1_agent_proto_msgTypes[11]
+	mi := &file_ferry_agent_v1_agent_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1127,7 +1641,7 @@ func (x *Assignment) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Assignment.ProtoReflect.Descriptor instead.
 func (*Assignment) Descriptor() ([]byte, []int) {
-	return file_ferry_agent_v1_agent_proto_rawDescGZIP(), []int{11}
+	return file_ferry_agent_v1_agent_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *Assignment) GetJob() *v1.MigrationJob {
@@ -1198,7 +1712,7 @@ type Cancellation struct {
 
 func (x *Cancellation) Reset() {
 	*x = Cancellation{}
-	mi := &file_ferry_agent_v1_agent_proto_msgTypes[12]
+	mi := &file_ferry_agent_v1_agent_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1210,7 +1724,7 @@ func (x *Cancellation) String() string {
 func (*Cancellation) ProtoMessage() {}
 
 func (x *Cancellation) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_agent_v1_agent_proto_msgTypes[12]
+	mi := &file_ferry_agent_v1_agent_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1223,7 +1737,7 @@ func (x *Cancellation) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Cancellation.ProtoReflect.Descriptor instead.
 func (*Cancellation) Descriptor() ([]byte, []int) {
-	return file_ferry_agent_v1_agent_proto_rawDescGZIP(), []int{12}
+	return file_ferry_agent_v1_agent_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *Cancellation) GetJob() string {
@@ -1261,7 +1775,7 @@ type InventoryRequest struct {
 
 func (x *InventoryRequest) Reset() {
 	*x = InventoryRequest{}
-	mi := &file_ferry_agent_v1_agent_proto_msgTypes[13]
+	mi := &file_ferry_agent_v1_agent_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1273,7 +1787,7 @@ func (x *InventoryRequest) String() string {
 func (*InventoryRequest) ProtoMessage() {}
 
 func (x *InventoryRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_agent_v1_agent_proto_msgTypes[13]
+	mi := &file_ferry_agent_v1_agent_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1286,7 +1800,7 @@ func (x *InventoryRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use InventoryRequest.ProtoReflect.Descriptor instead.
 func (*InventoryRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_agent_v1_agent_proto_rawDescGZIP(), []int{13}
+	return file_ferry_agent_v1_agent_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *InventoryRequest) GetRequestId() string {
@@ -1335,7 +1849,7 @@ type InventoryResponse struct {
 
 func (x *InventoryResponse) Reset() {
 	*x = InventoryResponse{}
-	mi := &file_ferry_agent_v1_agent_proto_msgTypes[14]
+	mi := &file_ferry_agent_v1_agent_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1347,7 +1861,7 @@ func (x *InventoryResponse) String() string {
 func (*InventoryResponse) ProtoMessage() {}
 
 func (x *InventoryResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_agent_v1_agent_proto_msgTypes[14]
+	mi := &file_ferry_agent_v1_agent_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1360,7 +1874,7 @@ func (x *InventoryResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use InventoryResponse.ProtoReflect.Descriptor instead.
 func (*InventoryResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_agent_v1_agent_proto_rawDescGZIP(), []int{14}
+	return file_ferry_agent_v1_agent_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *InventoryResponse) GetRequestId() string {
@@ -1405,7 +1919,7 @@ type HostKeyObserved struct {
 
 func (x *HostKeyObserved) Reset() {
 	*x = HostKeyObserved{}
-	mi := &file_ferry_agent_v1_agent_proto_msgTypes[15]
+	mi := &file_ferry_agent_v1_agent_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1417,7 +1931,7 @@ func (x *HostKeyObserved) String() string {
 func (*HostKeyObserved) ProtoMessage() {}
 
 func (x *HostKeyObserved) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_agent_v1_agent_proto_msgTypes[15]
+	mi := &file_ferry_agent_v1_agent_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1430,7 +1944,7 @@ func (x *HostKeyObserved) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HostKeyObserved.ProtoReflect.Descriptor instead.
 func (*HostKeyObserved) Descriptor() ([]byte, []int) {
-	return file_ferry_agent_v1_agent_proto_rawDescGZIP(), []int{15}
+	return file_ferry_agent_v1_agent_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *HostKeyObserved) GetSource() string {
@@ -1451,7 +1965,7 @@ var File_ferry_agent_v1_agent_proto protoreflect.FileDescriptor
 
 const file_ferry_agent_v1_agent_proto_rawDesc = "" +
 	"\n" +
-	"\x1aferry/agent/v1/agent.proto\x12\x0eferry.agent.v1\x1a\x1fferry/v1/target_inventory.proto\x1a\x1cferry/v1/migration_job.proto\x1a\x1fferry/v1/migration_server.proto\x1a\x15ferry/v1/source.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xd4\x03\n" +
+	"\x1aferry/agent/v1/agent.proto\x12\x0eferry.agent.v1\x1a\x1fferry/v1/target_inventory.proto\x1a\x1cferry/v1/migration_job.proto\x1a\x1fferry/v1/migration_server.proto\x1a\x15ferry/v1/source.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xee\x04\n" +
 	"\x0eConnectRequest\x12-\n" +
 	"\x05hello\x18\x01 \x01(\v2\x15.ferry.agent.v1.HelloH\x00R\x05hello\x129\n" +
 	"\theartbeat\x18\x02 \x01(\v2\x19.ferry.agent.v1.HeartbeatH\x00R\theartbeat\x129\n" +
@@ -1460,8 +1974,10 @@ const file_ferry_agent_v1_agent_proto_rawDesc = "" +
 	"\x12inventory_response\x18\x05 \x01(\v2!.ferry.agent.v1.InventoryResponseH\x00R\x11inventoryResponse\x12M\n" +
 	"\x11host_key_observed\x18\x06 \x01(\v2\x1f.ferry.agent.v1.HostKeyObservedH\x00R\x0fhostKeyObserved\x12=\n" +
 	"\vfence_check\x18\a \x01(\v2\x1a.ferry.agent.v1.FenceCheckH\x00R\n" +
-	"fenceCheckB\x06\n" +
-	"\x04kind\"\xec\x03\n" +
+	"fenceCheck\x12F\n" +
+	"\x0etarget_request\x18\b \x01(\v2\x1d.ferry.agent.v1.TargetRequestH\x00R\rtargetRequest\x12P\n" +
+	"\x12target_work_result\x18\t \x01(\v2 .ferry.agent.v1.TargetWorkResultH\x00R\x10targetWorkResultB\x06\n" +
+	"\x04kind\"\xf4\x04\n" +
 	"\x0fConnectResponse\x123\n" +
 	"\awelcome\x18\x01 \x01(\v2\x17.ferry.agent.v1.WelcomeH\x00R\awelcome\x129\n" +
 	"\theartbeat\x18\x02 \x01(\v2\x19.ferry.agent.v1.HeartbeatH\x00R\theartbeat\x12<\n" +
@@ -1471,8 +1987,50 @@ const file_ferry_agent_v1_agent_proto_rawDesc = "" +
 	"\fcancellation\x18\x04 \x01(\v2\x1c.ferry.agent.v1.CancellationH\x00R\fcancellation\x12O\n" +
 	"\x11inventory_request\x18\x05 \x01(\v2 .ferry.agent.v1.InventoryRequestH\x00R\x10inventoryRequest\x12@\n" +
 	"\ffence_answer\x18\x06 \x01(\v2\x1b.ferry.agent.v1.FenceAnswerH\x00R\vfenceAnswer\x12L\n" +
-	"\x10bandwidth_limits\x18\a \x01(\v2\x1f.ferry.agent.v1.BandwidthLimitsH\x00R\x0fbandwidthLimitsB\x06\n" +
-	"\x04kind\"\xb2\x01\n" +
+	"\x10bandwidth_limits\x18\a \x01(\v2\x1f.ferry.agent.v1.BandwidthLimitsH\x00R\x0fbandwidthLimits\x12=\n" +
+	"\vtarget_work\x18\b \x01(\v2\x1a.ferry.agent.v1.TargetWorkH\x00R\n" +
+	"targetWork\x12G\n" +
+	"\rtarget_answer\x18\t \x01(\v2 .ferry.agent.v1.TargetWorkResultH\x00R\ftargetAnswerB\x06\n" +
+	"\x04kind\"\xbf\x01\n" +
+	"\rTargetRequest\x12\x1d\n" +
+	"\n" +
+	"request_id\x18\x01 \x01(\tR\trequestId\x12\x10\n" +
+	"\x03job\x18\x02 \x01(\tR\x03job\x12\x14\n" +
+	"\x05epoch\x18\x03 \x01(\x03R\x05epoch\x124\n" +
+	"\x06action\x18\x04 \x01(\x0e2\x1c.ferry.agent.v1.TargetActionR\x06action\x12\x1b\n" +
+	"\tsource_vm\x18\x05 \x01(\fR\bsourceVm\x12\x14\n" +
+	"\x05nvram\x18\x06 \x01(\fR\x05nvram\"\x91\x03\n" +
+	"\n" +
+	"TargetWork\x12\x1d\n" +
+	"\n" +
+	"request_id\x18\x01 \x01(\tR\trequestId\x124\n" +
+	"\x06action\x18\x02 \x01(\x0e2\x1c.ferry.agent.v1.TargetActionR\x06action\x12(\n" +
+	"\x03job\x18\x03 \x01(\v2\x16.ferry.v1.MigrationJobR\x03job\x12\x14\n" +
+	"\x05epoch\x18\x04 \x01(\x03R\x05epoch\x12A\n" +
+	"\x0fprimary_storage\x18\x05 \x01(\v2\x18.ferry.v1.PrimaryStorageR\x0eprimaryStorage\x124\n" +
+	"\vl3_networks\x18\x06 \x03(\v2\x13.ferry.v1.L3NetworkR\n" +
+	"l3Networks\x12\x1b\n" +
+	"\tpeer_host\x18\a \x01(\tR\bpeerHost\x12%\n" +
+	"\x0emigration_cidr\x18\b \x01(\tR\rmigrationCidr\x12\x1b\n" +
+	"\tsource_vm\x18\t \x01(\fR\bsourceVm\x12\x14\n" +
+	"\x05nvram\x18\n" +
+	" \x01(\fR\x05nvram\"\x84\x01\n" +
+	"\fTargetExport\x12\x1f\n" +
+	"\vsource_disk\x18\x01 \x01(\tR\n" +
+	"sourceDisk\x12\x18\n" +
+	"\aaddress\x18\x02 \x01(\tR\aaddress\x12\x1f\n" +
+	"\vexport_name\x18\x03 \x01(\tR\n" +
+	"exportName\x12\x18\n" +
+	"\acreated\x18\x04 \x01(\bR\acreated\"\xf9\x01\n" +
+	"\x10TargetWorkResult\x12\x1d\n" +
+	"\n" +
+	"request_id\x18\x01 \x01(\tR\trequestId\x12\x10\n" +
+	"\x03job\x18\x02 \x01(\tR\x03job\x12\x14\n" +
+	"\x05epoch\x18\x03 \x01(\x03R\x05epoch\x124\n" +
+	"\x06action\x18\x04 \x01(\x0e2\x1c.ferry.agent.v1.TargetActionR\x06action\x126\n" +
+	"\aexports\x18\x05 \x03(\v2\x1c.ferry.agent.v1.TargetExportR\aexports\x12\x1a\n" +
+	"\bwarnings\x18\x06 \x03(\tR\bwarnings\x12\x14\n" +
+	"\x05error\x18\a \x01(\tR\x05error\"\xb2\x01\n" +
 	"\x0fBandwidthLimits\x12)\n" +
 	"\x10migration_server\x18\x01 \x01(\tR\x0fmigrationServer\x127\n" +
 	"\x18upstream_bits_per_second\x18\x02 \x01(\x03R\x15upstreamBitsPerSecond\x12;\n" +
@@ -1559,7 +2117,13 @@ const file_ferry_agent_v1_agent_proto_rawDesc = "" +
 	"\tinventory\x18\x04 \x01(\v2\x19.ferry.v1.SourceInventoryR\tinventory\"D\n" +
 	"\x0fHostKeyObserved\x12\x16\n" +
 	"\x06source\x18\x01 \x01(\tR\x06source\x12\x19\n" +
-	"\bhost_key\x18\x02 \x01(\tR\ahostKey*w\n" +
+	"\bhost_key\x18\x02 \x01(\tR\ahostKey*\xb0\x01\n" +
+	"\fTargetAction\x12\x1d\n" +
+	"\x19TARGET_ACTION_UNSPECIFIED\x10\x00\x12!\n" +
+	"\x1dTARGET_ACTION_PREPARE_VOLUMES\x10\x01\x12!\n" +
+	"\x1dTARGET_ACTION_RELEASE_VOLUMES\x10\x02\x12\x1f\n" +
+	"\x1bTARGET_ACTION_DEFINE_DOMAIN\x10\x03\x12\x1a\n" +
+	"\x16TARGET_ACTION_ROLLBACK\x10\x04*w\n" +
 	"\n" +
 	"JobOutcome\x12\x1b\n" +
 	"\x17JOB_OUTCOME_UNSPECIFIED\x10\x00\x12\x19\n" +
@@ -1583,87 +2147,103 @@ func file_ferry_agent_v1_agent_proto_rawDescGZIP() []byte {
 	return file_ferry_agent_v1_agent_proto_rawDescData
 }
 
-var file_ferry_agent_v1_agent_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_ferry_agent_v1_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 18)
+var file_ferry_agent_v1_agent_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
+var file_ferry_agent_v1_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 22)
 var file_ferry_agent_v1_agent_proto_goTypes = []any{
-	(JobOutcome)(0),               // 0: ferry.agent.v1.JobOutcome
-	(*ConnectRequest)(nil),        // 1: ferry.agent.v1.ConnectRequest
-	(*ConnectResponse)(nil),       // 2: ferry.agent.v1.ConnectResponse
-	(*BandwidthLimits)(nil),       // 3: ferry.agent.v1.BandwidthLimits
-	(*FenceCheck)(nil),            // 4: ferry.agent.v1.FenceCheck
-	(*FenceAnswer)(nil),           // 5: ferry.agent.v1.FenceAnswer
-	(*Hello)(nil),                 // 6: ferry.agent.v1.Hello
-	(*HeldJob)(nil),               // 7: ferry.agent.v1.HeldJob
-	(*Welcome)(nil),               // 8: ferry.agent.v1.Welcome
-	(*Heartbeat)(nil),             // 9: ferry.agent.v1.Heartbeat
-	(*JobProgress)(nil),           // 10: ferry.agent.v1.JobProgress
-	(*JobResult)(nil),             // 11: ferry.agent.v1.JobResult
-	(*Assignment)(nil),            // 12: ferry.agent.v1.Assignment
-	(*Cancellation)(nil),          // 13: ferry.agent.v1.Cancellation
-	(*InventoryRequest)(nil),      // 14: ferry.agent.v1.InventoryRequest
-	(*InventoryResponse)(nil),     // 15: ferry.agent.v1.InventoryResponse
-	(*HostKeyObserved)(nil),       // 16: ferry.agent.v1.HostKeyObserved
-	nil,                           // 17: ferry.agent.v1.Assignment.SecretsEntry
-	nil,                           // 18: ferry.agent.v1.InventoryRequest.SecretsEntry
-	(*v1.HostFacts)(nil),          // 19: ferry.v1.HostFacts
-	(v1.MigrationJobPhase)(0),     // 20: ferry.v1.MigrationJobPhase
-	(*timestamppb.Timestamp)(nil), // 21: google.protobuf.Timestamp
-	(*v1.DiskProgress)(nil),       // 22: ferry.v1.DiskProgress
-	(*v1.PhaseTiming)(nil),        // 23: ferry.v1.PhaseTiming
+	(TargetAction)(0),             // 0: ferry.agent.v1.TargetAction
+	(JobOutcome)(0),               // 1: ferry.agent.v1.JobOutcome
+	(*ConnectRequest)(nil),        // 2: ferry.agent.v1.ConnectRequest
+	(*ConnectResponse)(nil),       // 3: ferry.agent.v1.ConnectResponse
+	(*TargetRequest)(nil),         // 4: ferry.agent.v1.TargetRequest
+	(*TargetWork)(nil),            // 5: ferry.agent.v1.TargetWork
+	(*TargetExport)(nil),          // 6: ferry.agent.v1.TargetExport
+	(*TargetWorkResult)(nil),      // 7: ferry.agent.v1.TargetWorkResult
+	(*BandwidthLimits)(nil),       // 8: ferry.agent.v1.BandwidthLimits
+	(*FenceCheck)(nil),            // 9: ferry.agent.v1.FenceCheck
+	(*FenceAnswer)(nil),           // 10: ferry.agent.v1.FenceAnswer
+	(*Hello)(nil),                 // 11: ferry.agent.v1.Hello
+	(*HeldJob)(nil),               // 12: ferry.agent.v1.HeldJob
+	(*Welcome)(nil),               // 13: ferry.agent.v1.Welcome
+	(*Heartbeat)(nil),             // 14: ferry.agent.v1.Heartbeat
+	(*JobProgress)(nil),           // 15: ferry.agent.v1.JobProgress
+	(*JobResult)(nil),             // 16: ferry.agent.v1.JobResult
+	(*Assignment)(nil),            // 17: ferry.agent.v1.Assignment
+	(*Cancellation)(nil),          // 18: ferry.agent.v1.Cancellation
+	(*InventoryRequest)(nil),      // 19: ferry.agent.v1.InventoryRequest
+	(*InventoryResponse)(nil),     // 20: ferry.agent.v1.InventoryResponse
+	(*HostKeyObserved)(nil),       // 21: ferry.agent.v1.HostKeyObserved
+	nil,                           // 22: ferry.agent.v1.Assignment.SecretsEntry
+	nil,                           // 23: ferry.agent.v1.InventoryRequest.SecretsEntry
 	(*v1.MigrationJob)(nil),       // 24: ferry.v1.MigrationJob
-	(*v1.Source)(nil),             // 25: ferry.v1.Source
-	(*v1.MigrationServer)(nil),    // 26: ferry.v1.MigrationServer
-	(*v1.PrimaryStorage)(nil),     // 27: ferry.v1.PrimaryStorage
-	(*v1.L3Network)(nil),          // 28: ferry.v1.L3Network
-	(*durationpb.Duration)(nil),   // 29: google.protobuf.Duration
-	(*v1.SourceVm)(nil),           // 30: ferry.v1.SourceVm
-	(*v1.SourceInventory)(nil),    // 31: ferry.v1.SourceInventory
+	(*v1.PrimaryStorage)(nil),     // 25: ferry.v1.PrimaryStorage
+	(*v1.L3Network)(nil),          // 26: ferry.v1.L3Network
+	(*v1.HostFacts)(nil),          // 27: ferry.v1.HostFacts
+	(v1.MigrationJobPhase)(0),     // 28: ferry.v1.MigrationJobPhase
+	(*timestamppb.Timestamp)(nil), // 29: google.protobuf.Timestamp
+	(*v1.DiskProgress)(nil),       // 30: ferry.v1.DiskProgress
+	(*v1.PhaseTiming)(nil),        // 31: ferry.v1.PhaseTiming
+	(*v1.Source)(nil),             // 32: ferry.v1.Source
+	(*v1.MigrationServer)(nil),    // 33: ferry.v1.MigrationServer
+	(*durationpb.Duration)(nil),   // 34: google.protobuf.Duration
+	(*v1.SourceVm)(nil),           // 35: ferry.v1.SourceVm
+	(*v1.SourceInventory)(nil),    // 36: ferry.v1.SourceInventory
 }
 var file_ferry_agent_v1_agent_proto_depIdxs = []int32{
-	6,  // 0: ferry.agent.v1.ConnectRequest.hello:type_name -> ferry.agent.v1.Hello
-	9,  // 1: ferry.agent.v1.ConnectRequest.heartbeat:type_name -> ferry.agent.v1.Heartbeat
-	10, // 2: ferry.agent.v1.ConnectRequest.progress:type_name -> ferry.agent.v1.JobProgress
-	11, // 3: ferry.agent.v1.ConnectRequest.result:type_name -> ferry.agent.v1.JobResult
-	15, // 4: ferry.agent.v1.ConnectRequest.inventory_response:type_name -> ferry.agent.v1.InventoryResponse
-	16, // 5: ferry.agent.v1.ConnectRequest.host_key_observed:type_name -> ferry.agent.v1.HostKeyObserved
-	4,  // 6: ferry.agent.v1.ConnectRequest.fence_check:type_name -> ferry.agent.v1.FenceCheck
-	8,  // 7: ferry.agent.v1.ConnectResponse.welcome:type_name -> ferry.agent.v1.Welcome
-	9,  // 8: ferry.agent.v1.ConnectResponse.heartbeat:type_name -> ferry.agent.v1.Heartbeat
-	12, // 9: ferry.agent.v1.ConnectResponse.assignment:type_name -> ferry.agent.v1.Assignment
-	13, // 10: ferry.agent.v1.ConnectResponse.cancellation:type_name -> ferry.agent.v1.Cancellation
-	14, // 11: ferry.agent.v1.ConnectResponse.inventory_request:type_name -> ferry.agent.v1.InventoryRequest
-	5,  // 12: ferry.agent.v1.ConnectResponse.fence_answer:type_name -> ferry.agent.v1.FenceAnswer
-	3,  // 13: ferry.agent.v1.ConnectResponse.bandwidth_limits:type_name -> ferry.agent.v1.BandwidthLimits
-	19, // 14: ferry.agent.v1.Hello.facts:type_name -> ferry.v1.HostFacts
-	7,  // 15: ferry.agent.v1.Hello.held_jobs:type_name -> ferry.agent.v1.HeldJob
-	20, // 16: ferry.agent.v1.HeldJob.phase:type_name -> ferry.v1.MigrationJobPhase
-	21, // 17: ferry.agent.v1.Heartbeat.time:type_name -> google.protobuf.Timestamp
-	19, // 18: ferry.agent.v1.Heartbeat.facts:type_name -> ferry.v1.HostFacts
-	20, // 19: ferry.agent.v1.JobProgress.phase:type_name -> ferry.v1.MigrationJobPhase
-	22, // 20: ferry.agent.v1.JobProgress.disks:type_name -> ferry.v1.DiskProgress
-	23, // 21: ferry.agent.v1.JobProgress.phase_timings:type_name -> ferry.v1.PhaseTiming
-	0,  // 22: ferry.agent.v1.JobResult.outcome:type_name -> ferry.agent.v1.JobOutcome
-	22, // 23: ferry.agent.v1.JobResult.disks:type_name -> ferry.v1.DiskProgress
-	23, // 24: ferry.agent.v1.JobResult.phase_timings:type_name -> ferry.v1.PhaseTiming
-	24, // 25: ferry.agent.v1.Assignment.job:type_name -> ferry.v1.MigrationJob
-	25, // 26: ferry.agent.v1.Assignment.source:type_name -> ferry.v1.Source
-	26, // 27: ferry.agent.v1.Assignment.migration_server:type_name -> ferry.v1.MigrationServer
-	27, // 28: ferry.agent.v1.Assignment.primary_storage:type_name -> ferry.v1.PrimaryStorage
-	28, // 29: ferry.agent.v1.Assignment.l3_networks:type_name -> ferry.v1.L3Network
-	17, // 30: ferry.agent.v1.Assignment.secrets:type_name -> ferry.agent.v1.Assignment.SecretsEntry
-	29, // 31: ferry.agent.v1.Assignment.guest_shutdown_timeout:type_name -> google.protobuf.Duration
-	25, // 32: ferry.agent.v1.InventoryRequest.source:type_name -> ferry.v1.Source
-	26, // 33: ferry.agent.v1.InventoryRequest.migration_server:type_name -> ferry.v1.MigrationServer
-	18, // 34: ferry.agent.v1.InventoryRequest.secrets:type_name -> ferry.agent.v1.InventoryRequest.SecretsEntry
-	30, // 35: ferry.agent.v1.InventoryResponse.vms:type_name -> ferry.v1.SourceVm
-	31, // 36: ferry.agent.v1.InventoryResponse.inventory:type_name -> ferry.v1.SourceInventory
-	1,  // 37: ferry.agent.v1.AgentService.Connect:input_type -> ferry.agent.v1.ConnectRequest
-	2,  // 38: ferry.agent.v1.AgentService.Connect:output_type -> ferry.agent.v1.ConnectResponse
-	38, // [38:39] is the sub-list for method output_type
-	37, // [37:38] is the sub-list for method input_type
-	37, // [37:37] is the sub-list for extension type_name
-	37, // [37:37] is the sub-list for extension extendee
-	0,  // [0:37] is the sub-list for field type_name
+	11, // 0: ferry.agent.v1.ConnectRequest.hello:type_name -> ferry.agent.v1.Hello
+	14, // 1: ferry.agent.v1.ConnectRequest.heartbeat:type_name -> ferry.agent.v1.Heartbeat
+	15, // 2: ferry.agent.v1.ConnectRequest.progress:type_name -> ferry.agent.v1.JobProgress
+	16, // 3: ferry.agent.v1.ConnectRequest.result:type_name -> ferry.agent.v1.JobResult
+	20, // 4: ferry.agent.v1.ConnectRequest.inventory_response:type_name -> ferry.agent.v1.InventoryResponse
+	21, // 5: ferry.agent.v1.ConnectRequest.host_key_observed:type_name -> ferry.agent.v1.HostKeyObserved
+	9,  // 6: ferry.agent.v1.ConnectRequest.fence_check:type_name -> ferry.agent.v1.FenceCheck
+	4,  // 7: ferry.agent.v1.ConnectRequest.target_request:type_name -> ferry.agent.v1.TargetRequest
+	7,  // 8: ferry.agent.v1.ConnectRequest.target_work_result:type_name -> ferry.agent.v1.TargetWorkResult
+	13, // 9: ferry.agent.v1.ConnectResponse.welcome:type_name -> ferry.agent.v1.Welcome
+	14, // 10: ferry.agent.v1.ConnectResponse.heartbeat:type_name -> ferry.agent.v1.Heartbeat
+	17, // 11: ferry.agent.v1.ConnectResponse.assignment:type_name -> ferry.agent.v1.Assignment
+	18, // 12: ferry.agent.v1.ConnectResponse.cancellation:type_name -> ferry.agent.v1.Cancellation
+	19, // 13: ferry.agent.v1.ConnectResponse.inventory_request:type_name -> ferry.agent.v1.InventoryRequest
+	10, // 14: ferry.agent.v1.ConnectResponse.fence_answer:type_name -> ferry.agent.v1.FenceAnswer
+	8,  // 15: ferry.agent.v1.ConnectResponse.bandwidth_limits:type_name -> ferry.agent.v1.BandwidthLimits
+	5,  // 16: ferry.agent.v1.ConnectResponse.target_work:type_name -> ferry.agent.v1.TargetWork
+	7,  // 17: ferry.agent.v1.ConnectResponse.target_answer:type_name -> ferry.agent.v1.TargetWorkResult
+	0,  // 18: ferry.agent.v1.TargetRequest.action:type_name -> ferry.agent.v1.TargetAction
+	0,  // 19: ferry.agent.v1.TargetWork.action:type_name -> ferry.agent.v1.TargetAction
+	24, // 20: ferry.agent.v1.TargetWork.job:type_name -> ferry.v1.MigrationJob
+	25, // 21: ferry.agent.v1.TargetWork.primary_storage:type_name -> ferry.v1.PrimaryStorage
+	26, // 22: ferry.agent.v1.TargetWork.l3_networks:type_name -> ferry.v1.L3Network
+	0,  // 23: ferry.agent.v1.TargetWorkResult.action:type_name -> ferry.agent.v1.TargetAction
+	6,  // 24: ferry.agent.v1.TargetWorkResult.exports:type_name -> ferry.agent.v1.TargetExport
+	27, // 25: ferry.agent.v1.Hello.facts:type_name -> ferry.v1.HostFacts
+	12, // 26: ferry.agent.v1.Hello.held_jobs:type_name -> ferry.agent.v1.HeldJob
+	28, // 27: ferry.agent.v1.HeldJob.phase:type_name -> ferry.v1.MigrationJobPhase
+	29, // 28: ferry.agent.v1.Heartbeat.time:type_name -> google.protobuf.Timestamp
+	27, // 29: ferry.agent.v1.Heartbeat.facts:type_name -> ferry.v1.HostFacts
+	28, // 30: ferry.agent.v1.JobProgress.phase:type_name -> ferry.v1.MigrationJobPhase
+	30, // 31: ferry.agent.v1.JobProgress.disks:type_name -> ferry.v1.DiskProgress
+	31, // 32: ferry.agent.v1.JobProgress.phase_timings:type_name -> ferry.v1.PhaseTiming
+	1,  // 33: ferry.agent.v1.JobResult.outcome:type_name -> ferry.agent.v1.JobOutcome
+	30, // 34: ferry.agent.v1.JobResult.disks:type_name -> ferry.v1.DiskProgress
+	31, // 35: ferry.agent.v1.JobResult.phase_timings:type_name -> ferry.v1.PhaseTiming
+	24, // 36: ferry.agent.v1.Assignment.job:type_name -> ferry.v1.MigrationJob
+	32, // 37: ferry.agent.v1.Assignment.source:type_name -> ferry.v1.Source
+	33, // 38: ferry.agent.v1.Assignment.migration_server:type_name -> ferry.v1.MigrationServer
+	25, // 39: ferry.agent.v1.Assignment.primary_storage:type_name -> ferry.v1.PrimaryStorage
+	26, // 40: ferry.agent.v1.Assignment.l3_networks:type_name -> ferry.v1.L3Network
+	22, // 41: ferry.agent.v1.Assignment.secrets:type_name -> ferry.agent.v1.Assignment.SecretsEntry
+	34, // 42: ferry.agent.v1.Assignment.guest_shutdown_timeout:type_name -> google.protobuf.Duration
+	32, // 43: ferry.agent.v1.InventoryRequest.source:type_name -> ferry.v1.Source
+	33, // 44: ferry.agent.v1.InventoryRequest.migration_server:type_name -> ferry.v1.MigrationServer
+	23, // 45: ferry.agent.v1.InventoryRequest.secrets:type_name -> ferry.agent.v1.InventoryRequest.SecretsEntry
+	35, // 46: ferry.agent.v1.InventoryResponse.vms:type_name -> ferry.v1.SourceVm
+	36, // 47: ferry.agent.v1.InventoryResponse.inventory:type_name -> ferry.v1.SourceInventory
+	2,  // 48: ferry.agent.v1.AgentService.Connect:input_type -> ferry.agent.v1.ConnectRequest
+	3,  // 49: ferry.agent.v1.AgentService.Connect:output_type -> ferry.agent.v1.ConnectResponse
+	49, // [49:50] is the sub-list for method output_type
+	48, // [48:49] is the sub-list for method input_type
+	48, // [48:48] is the sub-list for extension type_name
+	48, // [48:48] is the sub-list for extension extendee
+	0,  // [0:48] is the sub-list for field type_name
 }
 
 func init() { file_ferry_agent_v1_agent_proto_init() }
@@ -1679,6 +2259,8 @@ func file_ferry_agent_v1_agent_proto_init() {
 		(*ConnectRequest_InventoryResponse)(nil),
 		(*ConnectRequest_HostKeyObserved)(nil),
 		(*ConnectRequest_FenceCheck)(nil),
+		(*ConnectRequest_TargetRequest)(nil),
+		(*ConnectRequest_TargetWorkResult)(nil),
 	}
 	file_ferry_agent_v1_agent_proto_msgTypes[1].OneofWrappers = []any{
 		(*ConnectResponse_Welcome)(nil),
@@ -1688,14 +2270,16 @@ func file_ferry_agent_v1_agent_proto_init() {
 		(*ConnectResponse_InventoryRequest)(nil),
 		(*ConnectResponse_FenceAnswer)(nil),
 		(*ConnectResponse_BandwidthLimits)(nil),
+		(*ConnectResponse_TargetWork)(nil),
+		(*ConnectResponse_TargetAnswer)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_ferry_agent_v1_agent_proto_rawDesc), len(file_ferry_agent_v1_agent_proto_rawDesc)),
-			NumEnums:      1,
-			NumMessages:   18,
+			NumEnums:      2,
+			NumMessages:   22,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

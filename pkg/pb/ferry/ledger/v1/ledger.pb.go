@@ -70,6 +70,8 @@ type Command struct {
 	//	*Command_DeleteNetworkMappingGroup
 	//	*Command_ReleaseAddress
 	//	*Command_RevokeCertificate
+	//	*Command_SetHostMaintenance
+	//	*Command_SetPendingCleanup
 	Op            isCommand_Op `protobuf_oneof:"op"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -432,6 +434,24 @@ func (x *Command) GetRevokeCertificate() *RevokeCertificate {
 	return nil
 }
 
+func (x *Command) GetSetHostMaintenance() *SetHostMaintenance {
+	if x != nil {
+		if x, ok := x.Op.(*Command_SetHostMaintenance); ok {
+			return x.SetHostMaintenance
+		}
+	}
+	return nil
+}
+
+func (x *Command) GetSetPendingCleanup() *SetPendingCleanup {
+	if x != nil {
+		if x, ok := x.Op.(*Command_SetPendingCleanup); ok {
+			return x.SetPendingCleanup
+		}
+	}
+	return nil
+}
+
 type isCommand_Op interface {
 	isCommand_Op()
 }
@@ -572,6 +592,14 @@ type Command_RevokeCertificate struct {
 	RevokeCertificate *RevokeCertificate `protobuf:"bytes,43,opt,name=revoke_certificate,json=revokeCertificate,proto3,oneof"`
 }
 
+type Command_SetHostMaintenance struct {
+	SetHostMaintenance *SetHostMaintenance `protobuf:"bytes,44,opt,name=set_host_maintenance,json=setHostMaintenance,proto3,oneof"`
+}
+
+type Command_SetPendingCleanup struct {
+	SetPendingCleanup *SetPendingCleanup `protobuf:"bytes,45,opt,name=set_pending_cleanup,json=setPendingCleanup,proto3,oneof"`
+}
+
 func (*Command_PutCluster) isCommand_Op() {}
 
 func (*Command_DeleteCluster) isCommand_Op() {}
@@ -639,6 +667,10 @@ func (*Command_DeleteNetworkMappingGroup) isCommand_Op() {}
 func (*Command_ReleaseAddress) isCommand_Op() {}
 
 func (*Command_RevokeCertificate) isCommand_Op() {}
+
+func (*Command_SetHostMaintenance) isCommand_Op() {}
+
+func (*Command_SetPendingCleanup) isCommand_Op() {}
 
 // Batch applies several commands as one log entry, in order.
 type Batch struct {
@@ -878,6 +910,125 @@ func (x *SetHostConnected) GetConnected() bool {
 	return false
 }
 
+// SetHostMaintenance puts a host into maintenance or takes it out; its
+// request_id comes as the command's request stamp.
+type SetHostMaintenance struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	Maintenance   bool                   `protobuf:"varint,2,opt,name=maintenance,proto3" json:"maintenance,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SetHostMaintenance) Reset() {
+	*x = SetHostMaintenance{}
+	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[6]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SetHostMaintenance) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SetHostMaintenance) ProtoMessage() {}
+
+func (x *SetHostMaintenance) ProtoReflect() protoreflect.Message {
+	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[6]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SetHostMaintenance.ProtoReflect.Descriptor instead.
+func (*SetHostMaintenance) Descriptor() ([]byte, []int) {
+	return file_ferry_ledger_v1_ledger_proto_rawDescGZIP(), []int{6}
+}
+
+func (x *SetHostMaintenance) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *SetHostMaintenance) GetMaintenance() bool {
+	if x != nil {
+		return x.Maintenance
+	}
+	return false
+}
+
+// SetPendingCleanup records the rollback a host's agent owes a job
+// (cleanup set; the leader stamps its create_time), or clears it once
+// done (cleanup unset).
+type SetPendingCleanup struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// hosts/{host_name}
+	Host string `protobuf:"bytes,1,opt,name=host,proto3" json:"host,omitempty"`
+	// migrationJobs/{id}
+	Job           string             `protobuf:"bytes,2,opt,name=job,proto3" json:"job,omitempty"`
+	Cleanup       *v1.PendingCleanup `protobuf:"bytes,3,opt,name=cleanup,proto3" json:"cleanup,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SetPendingCleanup) Reset() {
+	*x = SetPendingCleanup{}
+	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[7]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SetPendingCleanup) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SetPendingCleanup) ProtoMessage() {}
+
+func (x *SetPendingCleanup) ProtoReflect() protoreflect.Message {
+	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[7]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SetPendingCleanup.ProtoReflect.Descriptor instead.
+func (*SetPendingCleanup) Descriptor() ([]byte, []int) {
+	return file_ferry_ledger_v1_ledger_proto_rawDescGZIP(), []int{7}
+}
+
+func (x *SetPendingCleanup) GetHost() string {
+	if x != nil {
+		return x.Host
+	}
+	return ""
+}
+
+func (x *SetPendingCleanup) GetJob() string {
+	if x != nil {
+		return x.Job
+	}
+	return ""
+}
+
+func (x *SetPendingCleanup) GetCleanup() *v1.PendingCleanup {
+	if x != nil {
+		return x.Cleanup
+	}
+	return nil
+}
+
 type PutPrimaryStorage struct {
 	state          protoimpl.MessageState `protogen:"open.v1"`
 	PrimaryStorage *v1.PrimaryStorage     `protobuf:"bytes,1,opt,name=primary_storage,json=primaryStorage,proto3" json:"primary_storage,omitempty"`
@@ -888,7 +1039,7 @@ type PutPrimaryStorage struct {
 
 func (x *PutPrimaryStorage) Reset() {
 	*x = PutPrimaryStorage{}
-	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[6]
+	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -900,7 +1051,7 @@ func (x *PutPrimaryStorage) String() string {
 func (*PutPrimaryStorage) ProtoMessage() {}
 
 func (x *PutPrimaryStorage) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[6]
+	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -913,7 +1064,7 @@ func (x *PutPrimaryStorage) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PutPrimaryStorage.ProtoReflect.Descriptor instead.
 func (*PutPrimaryStorage) Descriptor() ([]byte, []int) {
-	return file_ferry_ledger_v1_ledger_proto_rawDescGZIP(), []int{6}
+	return file_ferry_ledger_v1_ledger_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *PutPrimaryStorage) GetPrimaryStorage() *v1.PrimaryStorage {
@@ -940,7 +1091,7 @@ type PutL3Network struct {
 
 func (x *PutL3Network) Reset() {
 	*x = PutL3Network{}
-	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[7]
+	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -952,7 +1103,7 @@ func (x *PutL3Network) String() string {
 func (*PutL3Network) ProtoMessage() {}
 
 func (x *PutL3Network) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[7]
+	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -965,7 +1116,7 @@ func (x *PutL3Network) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PutL3Network.ProtoReflect.Descriptor instead.
 func (*PutL3Network) Descriptor() ([]byte, []int) {
-	return file_ferry_ledger_v1_ledger_proto_rawDescGZIP(), []int{7}
+	return file_ferry_ledger_v1_ledger_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *PutL3Network) GetL3Network() *v1.L3Network {
@@ -992,7 +1143,7 @@ type PutMigrationServer struct {
 
 func (x *PutMigrationServer) Reset() {
 	*x = PutMigrationServer{}
-	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[8]
+	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1004,7 +1155,7 @@ func (x *PutMigrationServer) String() string {
 func (*PutMigrationServer) ProtoMessage() {}
 
 func (x *PutMigrationServer) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[8]
+	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1017,7 +1168,7 @@ func (x *PutMigrationServer) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PutMigrationServer.ProtoReflect.Descriptor instead.
 func (*PutMigrationServer) Descriptor() ([]byte, []int) {
-	return file_ferry_ledger_v1_ledger_proto_rawDescGZIP(), []int{8}
+	return file_ferry_ledger_v1_ledger_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *PutMigrationServer) GetMigrationServer() *v1.MigrationServer {
@@ -1044,7 +1195,7 @@ type SetMigrationServerEnabled struct {
 
 func (x *SetMigrationServerEnabled) Reset() {
 	*x = SetMigrationServerEnabled{}
-	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[9]
+	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1056,7 +1207,7 @@ func (x *SetMigrationServerEnabled) String() string {
 func (*SetMigrationServerEnabled) ProtoMessage() {}
 
 func (x *SetMigrationServerEnabled) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[9]
+	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1069,7 +1220,7 @@ func (x *SetMigrationServerEnabled) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetMigrationServerEnabled.ProtoReflect.Descriptor instead.
 func (*SetMigrationServerEnabled) Descriptor() ([]byte, []int) {
-	return file_ferry_ledger_v1_ledger_proto_rawDescGZIP(), []int{9}
+	return file_ferry_ledger_v1_ledger_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *SetMigrationServerEnabled) GetName() string {
@@ -1099,7 +1250,7 @@ type SetMigrationServerBandwidth struct {
 
 func (x *SetMigrationServerBandwidth) Reset() {
 	*x = SetMigrationServerBandwidth{}
-	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[10]
+	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1111,7 +1262,7 @@ func (x *SetMigrationServerBandwidth) String() string {
 func (*SetMigrationServerBandwidth) ProtoMessage() {}
 
 func (x *SetMigrationServerBandwidth) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[10]
+	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1124,7 +1275,7 @@ func (x *SetMigrationServerBandwidth) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetMigrationServerBandwidth.ProtoReflect.Descriptor instead.
 func (*SetMigrationServerBandwidth) Descriptor() ([]byte, []int) {
-	return file_ferry_ledger_v1_ledger_proto_rawDescGZIP(), []int{10}
+	return file_ferry_ledger_v1_ledger_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *SetMigrationServerBandwidth) GetName() string {
@@ -1174,7 +1325,7 @@ type SealedCredential struct {
 
 func (x *SealedCredential) Reset() {
 	*x = SealedCredential{}
-	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[11]
+	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1186,7 +1337,7 @@ func (x *SealedCredential) String() string {
 func (*SealedCredential) ProtoMessage() {}
 
 func (x *SealedCredential) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[11]
+	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1199,7 +1350,7 @@ func (x *SealedCredential) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SealedCredential.ProtoReflect.Descriptor instead.
 func (*SealedCredential) Descriptor() ([]byte, []int) {
-	return file_ferry_ledger_v1_ledger_proto_rawDescGZIP(), []int{11}
+	return file_ferry_ledger_v1_ledger_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *SealedCredential) GetCredential() *v1.Credential {
@@ -1226,7 +1377,7 @@ type PutCredential struct {
 
 func (x *PutCredential) Reset() {
 	*x = PutCredential{}
-	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[12]
+	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1238,7 +1389,7 @@ func (x *PutCredential) String() string {
 func (*PutCredential) ProtoMessage() {}
 
 func (x *PutCredential) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[12]
+	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1251,7 +1402,7 @@ func (x *PutCredential) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PutCredential.ProtoReflect.Descriptor instead.
 func (*PutCredential) Descriptor() ([]byte, []int) {
-	return file_ferry_ledger_v1_ledger_proto_rawDescGZIP(), []int{12}
+	return file_ferry_ledger_v1_ledger_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *PutCredential) GetCredential() *SealedCredential {
@@ -1278,7 +1429,7 @@ type PutSource struct {
 
 func (x *PutSource) Reset() {
 	*x = PutSource{}
-	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[13]
+	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1290,7 +1441,7 @@ func (x *PutSource) String() string {
 func (*PutSource) ProtoMessage() {}
 
 func (x *PutSource) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[13]
+	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1303,7 +1454,7 @@ func (x *PutSource) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PutSource.ProtoReflect.Descriptor instead.
 func (*PutSource) Descriptor() ([]byte, []int) {
-	return file_ferry_ledger_v1_ledger_proto_rawDescGZIP(), []int{13}
+	return file_ferry_ledger_v1_ledger_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *PutSource) GetSource() *v1.Source {
@@ -1330,7 +1481,7 @@ type RecordSourceHostKey struct {
 
 func (x *RecordSourceHostKey) Reset() {
 	*x = RecordSourceHostKey{}
-	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[14]
+	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1342,7 +1493,7 @@ func (x *RecordSourceHostKey) String() string {
 func (*RecordSourceHostKey) ProtoMessage() {}
 
 func (x *RecordSourceHostKey) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[14]
+	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1355,7 +1506,7 @@ func (x *RecordSourceHostKey) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RecordSourceHostKey.ProtoReflect.Descriptor instead.
 func (*RecordSourceHostKey) Descriptor() ([]byte, []int) {
-	return file_ferry_ledger_v1_ledger_proto_rawDescGZIP(), []int{14}
+	return file_ferry_ledger_v1_ledger_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *RecordSourceHostKey) GetName() string {
@@ -1387,7 +1538,7 @@ type RecordSourceSync struct {
 
 func (x *RecordSourceSync) Reset() {
 	*x = RecordSourceSync{}
-	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[15]
+	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1399,7 +1550,7 @@ func (x *RecordSourceSync) String() string {
 func (*RecordSourceSync) ProtoMessage() {}
 
 func (x *RecordSourceSync) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[15]
+	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1412,7 +1563,7 @@ func (x *RecordSourceSync) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RecordSourceSync.ProtoReflect.Descriptor instead.
 func (*RecordSourceSync) Descriptor() ([]byte, []int) {
-	return file_ferry_ledger_v1_ledger_proto_rawDescGZIP(), []int{15}
+	return file_ferry_ledger_v1_ledger_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *RecordSourceSync) GetSource() string {
@@ -1448,7 +1599,7 @@ type CreateMigrationJobs struct {
 
 func (x *CreateMigrationJobs) Reset() {
 	*x = CreateMigrationJobs{}
-	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[16]
+	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1460,7 +1611,7 @@ func (x *CreateMigrationJobs) String() string {
 func (*CreateMigrationJobs) ProtoMessage() {}
 
 func (x *CreateMigrationJobs) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[16]
+	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1473,7 +1624,7 @@ func (x *CreateMigrationJobs) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateMigrationJobs.ProtoReflect.Descriptor instead.
 func (*CreateMigrationJobs) Descriptor() ([]byte, []int) {
-	return file_ferry_ledger_v1_ledger_proto_rawDescGZIP(), []int{16}
+	return file_ferry_ledger_v1_ledger_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *CreateMigrationJobs) GetJobs() []*v1.MigrationJob {
@@ -1501,7 +1652,7 @@ type StartMigrationJob struct {
 
 func (x *StartMigrationJob) Reset() {
 	*x = StartMigrationJob{}
-	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[17]
+	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1513,7 +1664,7 @@ func (x *StartMigrationJob) String() string {
 func (*StartMigrationJob) ProtoMessage() {}
 
 func (x *StartMigrationJob) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[17]
+	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1526,7 +1677,7 @@ func (x *StartMigrationJob) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StartMigrationJob.ProtoReflect.Descriptor instead.
 func (*StartMigrationJob) Descriptor() ([]byte, []int) {
-	return file_ferry_ledger_v1_ledger_proto_rawDescGZIP(), []int{17}
+	return file_ferry_ledger_v1_ledger_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *StartMigrationJob) GetName() string {
@@ -1564,7 +1715,7 @@ type CheckpointMigrationJob struct {
 
 func (x *CheckpointMigrationJob) Reset() {
 	*x = CheckpointMigrationJob{}
-	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[18]
+	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1576,7 +1727,7 @@ func (x *CheckpointMigrationJob) String() string {
 func (*CheckpointMigrationJob) ProtoMessage() {}
 
 func (x *CheckpointMigrationJob) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[18]
+	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1589,7 +1740,7 @@ func (x *CheckpointMigrationJob) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CheckpointMigrationJob.ProtoReflect.Descriptor instead.
 func (*CheckpointMigrationJob) Descriptor() ([]byte, []int) {
-	return file_ferry_ledger_v1_ledger_proto_rawDescGZIP(), []int{18}
+	return file_ferry_ledger_v1_ledger_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *CheckpointMigrationJob) GetName() string {
@@ -1643,7 +1794,7 @@ type FinishMigrationJob struct {
 
 func (x *FinishMigrationJob) Reset() {
 	*x = FinishMigrationJob{}
-	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[19]
+	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1655,7 +1806,7 @@ func (x *FinishMigrationJob) String() string {
 func (*FinishMigrationJob) ProtoMessage() {}
 
 func (x *FinishMigrationJob) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[19]
+	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1668,7 +1819,7 @@ func (x *FinishMigrationJob) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FinishMigrationJob.ProtoReflect.Descriptor instead.
 func (*FinishMigrationJob) Descriptor() ([]byte, []int) {
-	return file_ferry_ledger_v1_ledger_proto_rawDescGZIP(), []int{19}
+	return file_ferry_ledger_v1_ledger_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *FinishMigrationJob) GetName() string {
@@ -1730,7 +1881,7 @@ type CancelMigrationJob struct {
 
 func (x *CancelMigrationJob) Reset() {
 	*x = CancelMigrationJob{}
-	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[20]
+	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1742,7 +1893,7 @@ func (x *CancelMigrationJob) String() string {
 func (*CancelMigrationJob) ProtoMessage() {}
 
 func (x *CancelMigrationJob) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[20]
+	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1755,7 +1906,7 @@ func (x *CancelMigrationJob) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CancelMigrationJob.ProtoReflect.Descriptor instead.
 func (*CancelMigrationJob) Descriptor() ([]byte, []int) {
-	return file_ferry_ledger_v1_ledger_proto_rawDescGZIP(), []int{20}
+	return file_ferry_ledger_v1_ledger_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *CancelMigrationJob) GetName() string {
@@ -1781,7 +1932,7 @@ type RestartMigrationJob struct {
 
 func (x *RestartMigrationJob) Reset() {
 	*x = RestartMigrationJob{}
-	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[21]
+	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1793,7 +1944,7 @@ func (x *RestartMigrationJob) String() string {
 func (*RestartMigrationJob) ProtoMessage() {}
 
 func (x *RestartMigrationJob) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[21]
+	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1806,7 +1957,7 @@ func (x *RestartMigrationJob) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RestartMigrationJob.ProtoReflect.Descriptor instead.
 func (*RestartMigrationJob) Descriptor() ([]byte, []int) {
-	return file_ferry_ledger_v1_ledger_proto_rawDescGZIP(), []int{21}
+	return file_ferry_ledger_v1_ledger_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *RestartMigrationJob) GetName() string {
@@ -1826,7 +1977,7 @@ type SetJobWaitingReason struct {
 
 func (x *SetJobWaitingReason) Reset() {
 	*x = SetJobWaitingReason{}
-	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[22]
+	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1838,7 +1989,7 @@ func (x *SetJobWaitingReason) String() string {
 func (*SetJobWaitingReason) ProtoMessage() {}
 
 func (x *SetJobWaitingReason) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[22]
+	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1851,7 +2002,7 @@ func (x *SetJobWaitingReason) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetJobWaitingReason.ProtoReflect.Descriptor instead.
 func (*SetJobWaitingReason) Descriptor() ([]byte, []int) {
-	return file_ferry_ledger_v1_ledger_proto_rawDescGZIP(), []int{22}
+	return file_ferry_ledger_v1_ledger_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *SetJobWaitingReason) GetName() string {
@@ -1884,7 +2035,7 @@ type PutNetworkMappingGroup struct {
 
 func (x *PutNetworkMappingGroup) Reset() {
 	*x = PutNetworkMappingGroup{}
-	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[23]
+	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1896,7 +2047,7 @@ func (x *PutNetworkMappingGroup) String() string {
 func (*PutNetworkMappingGroup) ProtoMessage() {}
 
 func (x *PutNetworkMappingGroup) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[23]
+	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1909,7 +2060,7 @@ func (x *PutNetworkMappingGroup) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PutNetworkMappingGroup.ProtoReflect.Descriptor instead.
 func (*PutNetworkMappingGroup) Descriptor() ([]byte, []int) {
-	return file_ferry_ledger_v1_ledger_proto_rawDescGZIP(), []int{23}
+	return file_ferry_ledger_v1_ledger_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *PutNetworkMappingGroup) GetNetworkMappingGroup() *v1.NetworkMappingGroup {
@@ -1952,7 +2103,7 @@ type PutSettings struct {
 
 func (x *PutSettings) Reset() {
 	*x = PutSettings{}
-	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[24]
+	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1964,7 +2115,7 @@ func (x *PutSettings) String() string {
 func (*PutSettings) ProtoMessage() {}
 
 func (x *PutSettings) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[24]
+	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1977,7 +2128,7 @@ func (x *PutSettings) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PutSettings.ProtoReflect.Descriptor instead.
 func (*PutSettings) Descriptor() ([]byte, []int) {
-	return file_ferry_ledger_v1_ledger_proto_rawDescGZIP(), []int{24}
+	return file_ferry_ledger_v1_ledger_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *PutSettings) GetSettings() *v1.Settings {
@@ -2006,7 +2157,7 @@ type Node struct {
 
 func (x *Node) Reset() {
 	*x = Node{}
-	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[25]
+	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2018,7 +2169,7 @@ func (x *Node) String() string {
 func (*Node) ProtoMessage() {}
 
 func (x *Node) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[25]
+	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2031,7 +2182,7 @@ func (x *Node) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Node.ProtoReflect.Descriptor instead.
 func (*Node) Descriptor() ([]byte, []int) {
-	return file_ferry_ledger_v1_ledger_proto_rawDescGZIP(), []int{25}
+	return file_ferry_ledger_v1_ledger_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *Node) GetId() string {
@@ -2064,7 +2215,7 @@ type PutNode struct {
 
 func (x *PutNode) Reset() {
 	*x = PutNode{}
-	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[26]
+	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2076,7 +2227,7 @@ func (x *PutNode) String() string {
 func (*PutNode) ProtoMessage() {}
 
 func (x *PutNode) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[26]
+	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2089,7 +2240,7 @@ func (x *PutNode) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PutNode.ProtoReflect.Descriptor instead.
 func (*PutNode) Descriptor() ([]byte, []int) {
-	return file_ferry_ledger_v1_ledger_proto_rawDescGZIP(), []int{26}
+	return file_ferry_ledger_v1_ledger_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *PutNode) GetNode() *Node {
@@ -2114,7 +2265,7 @@ type RequestStamp struct {
 
 func (x *RequestStamp) Reset() {
 	*x = RequestStamp{}
-	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[27]
+	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2126,7 +2277,7 @@ func (x *RequestStamp) String() string {
 func (*RequestStamp) ProtoMessage() {}
 
 func (x *RequestStamp) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[27]
+	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2139,7 +2290,7 @@ func (x *RequestStamp) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RequestStamp.ProtoReflect.Descriptor instead.
 func (*RequestStamp) Descriptor() ([]byte, []int) {
-	return file_ferry_ledger_v1_ledger_proto_rawDescGZIP(), []int{27}
+	return file_ferry_ledger_v1_ledger_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *RequestStamp) GetRequestId() string {
@@ -2181,7 +2332,7 @@ type RequestRecord struct {
 
 func (x *RequestRecord) Reset() {
 	*x = RequestRecord{}
-	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[28]
+	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2193,7 +2344,7 @@ func (x *RequestRecord) String() string {
 func (*RequestRecord) ProtoMessage() {}
 
 func (x *RequestRecord) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[28]
+	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2206,7 +2357,7 @@ func (x *RequestRecord) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RequestRecord.ProtoReflect.Descriptor instead.
 func (*RequestRecord) Descriptor() ([]byte, []int) {
-	return file_ferry_ledger_v1_ledger_proto_rawDescGZIP(), []int{28}
+	return file_ferry_ledger_v1_ledger_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *RequestRecord) GetRequestId() string {
@@ -2260,7 +2411,7 @@ type Snapshot struct {
 
 func (x *Snapshot) Reset() {
 	*x = Snapshot{}
-	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[29]
+	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2272,7 +2423,7 @@ func (x *Snapshot) String() string {
 func (*Snapshot) ProtoMessage() {}
 
 func (x *Snapshot) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[29]
+	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2285,7 +2436,7 @@ func (x *Snapshot) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Snapshot.ProtoReflect.Descriptor instead.
 func (*Snapshot) Descriptor() ([]byte, []int) {
-	return file_ferry_ledger_v1_ledger_proto_rawDescGZIP(), []int{29}
+	return file_ferry_ledger_v1_ledger_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *Snapshot) GetClusters() []*v1.Cluster {
@@ -2397,7 +2548,7 @@ type RevokeCertificate struct {
 
 func (x *RevokeCertificate) Reset() {
 	*x = RevokeCertificate{}
-	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[30]
+	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2409,7 +2560,7 @@ func (x *RevokeCertificate) String() string {
 func (*RevokeCertificate) ProtoMessage() {}
 
 func (x *RevokeCertificate) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[30]
+	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2422,7 +2573,7 @@ func (x *RevokeCertificate) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevokeCertificate.ProtoReflect.Descriptor instead.
 func (*RevokeCertificate) Descriptor() ([]byte, []int) {
-	return file_ferry_ledger_v1_ledger_proto_rawDescGZIP(), []int{30}
+	return file_ferry_ledger_v1_ledger_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *RevokeCertificate) GetCertificate() *v1.RevokedCertificate {
@@ -2445,7 +2596,7 @@ type ReleaseAddress struct {
 
 func (x *ReleaseAddress) Reset() {
 	*x = ReleaseAddress{}
-	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[31]
+	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2457,7 +2608,7 @@ func (x *ReleaseAddress) String() string {
 func (*ReleaseAddress) ProtoMessage() {}
 
 func (x *ReleaseAddress) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[31]
+	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2470,7 +2621,7 @@ func (x *ReleaseAddress) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReleaseAddress.ProtoReflect.Descriptor instead.
 func (*ReleaseAddress) Descriptor() ([]byte, []int) {
-	return file_ferry_ledger_v1_ledger_proto_rawDescGZIP(), []int{31}
+	return file_ferry_ledger_v1_ledger_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *ReleaseAddress) GetNetwork() string {
@@ -2491,7 +2642,7 @@ var File_ferry_ledger_v1_ledger_proto protoreflect.FileDescriptor
 
 const file_ferry_ledger_v1_ledger_proto_rawDesc = "" +
 	"\n" +
-	"\x1cferry/ledger/v1/ledger.proto\x12\x0fferry.ledger.v1\x1a\x1aferry/v1/certificate.proto\x1a\x1fferry/v1/target_inventory.proto\x1a\x1cferry/v1/migration_job.proto\x1a\x1fferry/v1/migration_server.proto\x1a\x1eferry/v1/network_mapping.proto\x1a\x17ferry/v1/settings.proto\x1a\x15ferry/v1/source.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xe7\x16\n" +
+	"\x1cferry/ledger/v1/ledger.proto\x12\x0fferry.ledger.v1\x1a\x1aferry/v1/certificate.proto\x1a\x1fferry/v1/target_inventory.proto\x1a\x1cferry/v1/migration_job.proto\x1a\x1fferry/v1/migration_server.proto\x1a\x1eferry/v1/network_mapping.proto\x1a\x17ferry/v1/settings.proto\x1a\x15ferry/v1/source.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x96\x18\n" +
 	"\aCommand\x12.\n" +
 	"\x04time\x18\x01 \x01(\v2\x1a.google.protobuf.TimestampR\x04time\x127\n" +
 	"\arequest\x18\x02 \x01(\v2\x1d.ferry.ledger.v1.RequestStampR\arequest\x12>\n" +
@@ -2532,7 +2683,9 @@ const file_ferry_ledger_v1_ledger_proto_rawDesc = "" +
 	"\x19put_network_mapping_group\x18( \x01(\v2'.ferry.ledger.v1.PutNetworkMappingGroupH\x00R\x16putNetworkMappingGroup\x12b\n" +
 	"\x1cdelete_network_mapping_group\x18) \x01(\v2\x1f.ferry.ledger.v1.DeleteResourceH\x00R\x19deleteNetworkMappingGroup\x12J\n" +
 	"\x0frelease_address\x18* \x01(\v2\x1f.ferry.ledger.v1.ReleaseAddressH\x00R\x0ereleaseAddress\x12S\n" +
-	"\x12revoke_certificate\x18+ \x01(\v2\".ferry.ledger.v1.RevokeCertificateH\x00R\x11revokeCertificateB\x04\n" +
+	"\x12revoke_certificate\x18+ \x01(\v2\".ferry.ledger.v1.RevokeCertificateH\x00R\x11revokeCertificate\x12W\n" +
+	"\x14set_host_maintenance\x18, \x01(\v2#.ferry.ledger.v1.SetHostMaintenanceH\x00R\x12setHostMaintenance\x12T\n" +
+	"\x13set_pending_cleanup\x18- \x01(\v2\".ferry.ledger.v1.SetPendingCleanupH\x00R\x11setPendingCleanupB\x04\n" +
 	"\x02op\"=\n" +
 	"\x05Batch\x124\n" +
 	"\bcommands\x18\x01 \x03(\v2\x18.ferry.ledger.v1.CommandR\bcommands\"$\n" +
@@ -2547,7 +2700,14 @@ const file_ferry_ledger_v1_ledger_proto_rawDesc = "" +
 	"\x04host\x18\x01 \x01(\v2\x0e.ferry.v1.HostR\x04host\"D\n" +
 	"\x10SetHostConnected\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x1c\n" +
-	"\tconnected\x18\x02 \x01(\bR\tconnected\"u\n" +
+	"\tconnected\x18\x02 \x01(\bR\tconnected\"J\n" +
+	"\x12SetHostMaintenance\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12 \n" +
+	"\vmaintenance\x18\x02 \x01(\bR\vmaintenance\"m\n" +
+	"\x11SetPendingCleanup\x12\x12\n" +
+	"\x04host\x18\x01 \x01(\tR\x04host\x12\x10\n" +
+	"\x03job\x18\x02 \x01(\tR\x03job\x122\n" +
+	"\acleanup\x18\x03 \x01(\v2\x18.ferry.v1.PendingCleanupR\acleanup\"u\n" +
 	"\x11PutPrimaryStorage\x12A\n" +
 	"\x0fprimary_storage\x18\x01 \x01(\v2\x18.ferry.v1.PrimaryStorageR\x0eprimaryStorage\x12\x1d\n" +
 	"\n" +
@@ -2689,7 +2849,7 @@ func file_ferry_ledger_v1_ledger_proto_rawDescGZIP() []byte {
 	return file_ferry_ledger_v1_ledger_proto_rawDescData
 }
 
-var file_ferry_ledger_v1_ledger_proto_msgTypes = make([]protoimpl.MessageInfo, 32)
+var file_ferry_ledger_v1_ledger_proto_msgTypes = make([]protoimpl.MessageInfo, 34)
 var file_ferry_ledger_v1_ledger_proto_goTypes = []any{
 	(*Command)(nil),                     // 0: ferry.ledger.v1.Command
 	(*Batch)(nil),                       // 1: ferry.ledger.v1.Batch
@@ -2697,128 +2857,134 @@ var file_ferry_ledger_v1_ledger_proto_goTypes = []any{
 	(*PutCluster)(nil),                  // 3: ferry.ledger.v1.PutCluster
 	(*PutHost)(nil),                     // 4: ferry.ledger.v1.PutHost
 	(*SetHostConnected)(nil),            // 5: ferry.ledger.v1.SetHostConnected
-	(*PutPrimaryStorage)(nil),           // 6: ferry.ledger.v1.PutPrimaryStorage
-	(*PutL3Network)(nil),                // 7: ferry.ledger.v1.PutL3Network
-	(*PutMigrationServer)(nil),          // 8: ferry.ledger.v1.PutMigrationServer
-	(*SetMigrationServerEnabled)(nil),   // 9: ferry.ledger.v1.SetMigrationServerEnabled
-	(*SetMigrationServerBandwidth)(nil), // 10: ferry.ledger.v1.SetMigrationServerBandwidth
-	(*SealedCredential)(nil),            // 11: ferry.ledger.v1.SealedCredential
-	(*PutCredential)(nil),               // 12: ferry.ledger.v1.PutCredential
-	(*PutSource)(nil),                   // 13: ferry.ledger.v1.PutSource
-	(*RecordSourceHostKey)(nil),         // 14: ferry.ledger.v1.RecordSourceHostKey
-	(*RecordSourceSync)(nil),            // 15: ferry.ledger.v1.RecordSourceSync
-	(*CreateMigrationJobs)(nil),         // 16: ferry.ledger.v1.CreateMigrationJobs
-	(*StartMigrationJob)(nil),           // 17: ferry.ledger.v1.StartMigrationJob
-	(*CheckpointMigrationJob)(nil),      // 18: ferry.ledger.v1.CheckpointMigrationJob
-	(*FinishMigrationJob)(nil),          // 19: ferry.ledger.v1.FinishMigrationJob
-	(*CancelMigrationJob)(nil),          // 20: ferry.ledger.v1.CancelMigrationJob
-	(*RestartMigrationJob)(nil),         // 21: ferry.ledger.v1.RestartMigrationJob
-	(*SetJobWaitingReason)(nil),         // 22: ferry.ledger.v1.SetJobWaitingReason
-	(*PutNetworkMappingGroup)(nil),      // 23: ferry.ledger.v1.PutNetworkMappingGroup
-	(*PutSettings)(nil),                 // 24: ferry.ledger.v1.PutSettings
-	(*Node)(nil),                        // 25: ferry.ledger.v1.Node
-	(*PutNode)(nil),                     // 26: ferry.ledger.v1.PutNode
-	(*RequestStamp)(nil),                // 27: ferry.ledger.v1.RequestStamp
-	(*RequestRecord)(nil),               // 28: ferry.ledger.v1.RequestRecord
-	(*Snapshot)(nil),                    // 29: ferry.ledger.v1.Snapshot
-	(*RevokeCertificate)(nil),           // 30: ferry.ledger.v1.RevokeCertificate
-	(*ReleaseAddress)(nil),              // 31: ferry.ledger.v1.ReleaseAddress
-	(*timestamppb.Timestamp)(nil),       // 32: google.protobuf.Timestamp
-	(*v1.Cluster)(nil),                  // 33: ferry.v1.Cluster
-	(*v1.Host)(nil),                     // 34: ferry.v1.Host
-	(*v1.PrimaryStorage)(nil),           // 35: ferry.v1.PrimaryStorage
-	(*v1.L3Network)(nil),                // 36: ferry.v1.L3Network
-	(*v1.MigrationServer)(nil),          // 37: ferry.v1.MigrationServer
-	(*v1.Credential)(nil),               // 38: ferry.v1.Credential
-	(*v1.Source)(nil),                   // 39: ferry.v1.Source
-	(*v1.SourceInventory)(nil),          // 40: ferry.v1.SourceInventory
-	(*v1.MigrationJob)(nil),             // 41: ferry.v1.MigrationJob
-	(v1.MigrationJobPhase)(0),           // 42: ferry.v1.MigrationJobPhase
-	(*v1.DiskProgress)(nil),             // 43: ferry.v1.DiskProgress
-	(*v1.PhaseTiming)(nil),              // 44: ferry.v1.PhaseTiming
-	(v1.MigrationJobState)(0),           // 45: ferry.v1.MigrationJobState
-	(*v1.NetworkMappingGroup)(nil),      // 46: ferry.v1.NetworkMappingGroup
-	(*v1.Settings)(nil),                 // 47: ferry.v1.Settings
-	(*v1.RevokedCertificate)(nil),       // 48: ferry.v1.RevokedCertificate
+	(*SetHostMaintenance)(nil),          // 6: ferry.ledger.v1.SetHostMaintenance
+	(*SetPendingCleanup)(nil),           // 7: ferry.ledger.v1.SetPendingCleanup
+	(*PutPrimaryStorage)(nil),           // 8: ferry.ledger.v1.PutPrimaryStorage
+	(*PutL3Network)(nil),                // 9: ferry.ledger.v1.PutL3Network
+	(*PutMigrationServer)(nil),          // 10: ferry.ledger.v1.PutMigrationServer
+	(*SetMigrationServerEnabled)(nil),   // 11: ferry.ledger.v1.SetMigrationServerEnabled
+	(*SetMigrationServerBandwidth)(nil), // 12: ferry.ledger.v1.SetMigrationServerBandwidth
+	(*SealedCredential)(nil),            // 13: ferry.ledger.v1.SealedCredential
+	(*PutCredential)(nil),               // 14: ferry.ledger.v1.PutCredential
+	(*PutSource)(nil),                   // 15: ferry.ledger.v1.PutSource
+	(*RecordSourceHostKey)(nil),         // 16: ferry.ledger.v1.RecordSourceHostKey
+	(*RecordSourceSync)(nil),            // 17: ferry.ledger.v1.RecordSourceSync
+	(*CreateMigrationJobs)(nil),         // 18: ferry.ledger.v1.CreateMigrationJobs
+	(*StartMigrationJob)(nil),           // 19: ferry.ledger.v1.StartMigrationJob
+	(*CheckpointMigrationJob)(nil),      // 20: ferry.ledger.v1.CheckpointMigrationJob
+	(*FinishMigrationJob)(nil),          // 21: ferry.ledger.v1.FinishMigrationJob
+	(*CancelMigrationJob)(nil),          // 22: ferry.ledger.v1.CancelMigrationJob
+	(*RestartMigrationJob)(nil),         // 23: ferry.ledger.v1.RestartMigrationJob
+	(*SetJobWaitingReason)(nil),         // 24: ferry.ledger.v1.SetJobWaitingReason
+	(*PutNetworkMappingGroup)(nil),      // 25: ferry.ledger.v1.PutNetworkMappingGroup
+	(*PutSettings)(nil),                 // 26: ferry.ledger.v1.PutSettings
+	(*Node)(nil),                        // 27: ferry.ledger.v1.Node
+	(*PutNode)(nil),                     // 28: ferry.ledger.v1.PutNode
+	(*RequestStamp)(nil),                // 29: ferry.ledger.v1.RequestStamp
+	(*RequestRecord)(nil),               // 30: ferry.ledger.v1.RequestRecord
+	(*Snapshot)(nil),                    // 31: ferry.ledger.v1.Snapshot
+	(*RevokeCertificate)(nil),           // 32: ferry.ledger.v1.RevokeCertificate
+	(*ReleaseAddress)(nil),              // 33: ferry.ledger.v1.ReleaseAddress
+	(*timestamppb.Timestamp)(nil),       // 34: google.protobuf.Timestamp
+	(*v1.Cluster)(nil),                  // 35: ferry.v1.Cluster
+	(*v1.Host)(nil),                     // 36: ferry.v1.Host
+	(*v1.PendingCleanup)(nil),           // 37: ferry.v1.PendingCleanup
+	(*v1.PrimaryStorage)(nil),           // 38: ferry.v1.PrimaryStorage
+	(*v1.L3Network)(nil),                // 39: ferry.v1.L3Network
+	(*v1.MigrationServer)(nil),          // 40: ferry.v1.MigrationServer
+	(*v1.Credential)(nil),               // 41: ferry.v1.Credential
+	(*v1.Source)(nil),                   // 42: ferry.v1.Source
+	(*v1.SourceInventory)(nil),          // 43: ferry.v1.SourceInventory
+	(*v1.MigrationJob)(nil),             // 44: ferry.v1.MigrationJob
+	(v1.MigrationJobPhase)(0),           // 45: ferry.v1.MigrationJobPhase
+	(*v1.DiskProgress)(nil),             // 46: ferry.v1.DiskProgress
+	(*v1.PhaseTiming)(nil),              // 47: ferry.v1.PhaseTiming
+	(v1.MigrationJobState)(0),           // 48: ferry.v1.MigrationJobState
+	(*v1.NetworkMappingGroup)(nil),      // 49: ferry.v1.NetworkMappingGroup
+	(*v1.Settings)(nil),                 // 50: ferry.v1.Settings
+	(*v1.RevokedCertificate)(nil),       // 51: ferry.v1.RevokedCertificate
 }
 var file_ferry_ledger_v1_ledger_proto_depIdxs = []int32{
-	32, // 0: ferry.ledger.v1.Command.time:type_name -> google.protobuf.Timestamp
-	27, // 1: ferry.ledger.v1.Command.request:type_name -> ferry.ledger.v1.RequestStamp
+	34, // 0: ferry.ledger.v1.Command.time:type_name -> google.protobuf.Timestamp
+	29, // 1: ferry.ledger.v1.Command.request:type_name -> ferry.ledger.v1.RequestStamp
 	3,  // 2: ferry.ledger.v1.Command.put_cluster:type_name -> ferry.ledger.v1.PutCluster
 	2,  // 3: ferry.ledger.v1.Command.delete_cluster:type_name -> ferry.ledger.v1.DeleteResource
 	4,  // 4: ferry.ledger.v1.Command.put_host:type_name -> ferry.ledger.v1.PutHost
 	5,  // 5: ferry.ledger.v1.Command.set_host_connected:type_name -> ferry.ledger.v1.SetHostConnected
-	6,  // 6: ferry.ledger.v1.Command.put_primary_storage:type_name -> ferry.ledger.v1.PutPrimaryStorage
+	8,  // 6: ferry.ledger.v1.Command.put_primary_storage:type_name -> ferry.ledger.v1.PutPrimaryStorage
 	2,  // 7: ferry.ledger.v1.Command.delete_primary_storage:type_name -> ferry.ledger.v1.DeleteResource
-	7,  // 8: ferry.ledger.v1.Command.put_l3_network:type_name -> ferry.ledger.v1.PutL3Network
+	9,  // 8: ferry.ledger.v1.Command.put_l3_network:type_name -> ferry.ledger.v1.PutL3Network
 	2,  // 9: ferry.ledger.v1.Command.delete_l3_network:type_name -> ferry.ledger.v1.DeleteResource
-	8,  // 10: ferry.ledger.v1.Command.put_migration_server:type_name -> ferry.ledger.v1.PutMigrationServer
+	10, // 10: ferry.ledger.v1.Command.put_migration_server:type_name -> ferry.ledger.v1.PutMigrationServer
 	2,  // 11: ferry.ledger.v1.Command.delete_migration_server:type_name -> ferry.ledger.v1.DeleteResource
-	9,  // 12: ferry.ledger.v1.Command.set_migration_server_enabled:type_name -> ferry.ledger.v1.SetMigrationServerEnabled
-	10, // 13: ferry.ledger.v1.Command.set_migration_server_bandwidth:type_name -> ferry.ledger.v1.SetMigrationServerBandwidth
-	12, // 14: ferry.ledger.v1.Command.put_credential:type_name -> ferry.ledger.v1.PutCredential
+	11, // 12: ferry.ledger.v1.Command.set_migration_server_enabled:type_name -> ferry.ledger.v1.SetMigrationServerEnabled
+	12, // 13: ferry.ledger.v1.Command.set_migration_server_bandwidth:type_name -> ferry.ledger.v1.SetMigrationServerBandwidth
+	14, // 14: ferry.ledger.v1.Command.put_credential:type_name -> ferry.ledger.v1.PutCredential
 	2,  // 15: ferry.ledger.v1.Command.delete_credential:type_name -> ferry.ledger.v1.DeleteResource
-	13, // 16: ferry.ledger.v1.Command.put_source:type_name -> ferry.ledger.v1.PutSource
+	15, // 16: ferry.ledger.v1.Command.put_source:type_name -> ferry.ledger.v1.PutSource
 	2,  // 17: ferry.ledger.v1.Command.delete_source:type_name -> ferry.ledger.v1.DeleteResource
-	14, // 18: ferry.ledger.v1.Command.record_source_host_key:type_name -> ferry.ledger.v1.RecordSourceHostKey
-	16, // 19: ferry.ledger.v1.Command.create_migration_jobs:type_name -> ferry.ledger.v1.CreateMigrationJobs
-	17, // 20: ferry.ledger.v1.Command.start_migration_job:type_name -> ferry.ledger.v1.StartMigrationJob
-	18, // 21: ferry.ledger.v1.Command.checkpoint_migration_job:type_name -> ferry.ledger.v1.CheckpointMigrationJob
-	19, // 22: ferry.ledger.v1.Command.finish_migration_job:type_name -> ferry.ledger.v1.FinishMigrationJob
-	20, // 23: ferry.ledger.v1.Command.cancel_migration_job:type_name -> ferry.ledger.v1.CancelMigrationJob
-	21, // 24: ferry.ledger.v1.Command.restart_migration_job:type_name -> ferry.ledger.v1.RestartMigrationJob
+	16, // 18: ferry.ledger.v1.Command.record_source_host_key:type_name -> ferry.ledger.v1.RecordSourceHostKey
+	18, // 19: ferry.ledger.v1.Command.create_migration_jobs:type_name -> ferry.ledger.v1.CreateMigrationJobs
+	19, // 20: ferry.ledger.v1.Command.start_migration_job:type_name -> ferry.ledger.v1.StartMigrationJob
+	20, // 21: ferry.ledger.v1.Command.checkpoint_migration_job:type_name -> ferry.ledger.v1.CheckpointMigrationJob
+	21, // 22: ferry.ledger.v1.Command.finish_migration_job:type_name -> ferry.ledger.v1.FinishMigrationJob
+	22, // 23: ferry.ledger.v1.Command.cancel_migration_job:type_name -> ferry.ledger.v1.CancelMigrationJob
+	23, // 24: ferry.ledger.v1.Command.restart_migration_job:type_name -> ferry.ledger.v1.RestartMigrationJob
 	2,  // 25: ferry.ledger.v1.Command.delete_migration_job:type_name -> ferry.ledger.v1.DeleteResource
-	22, // 26: ferry.ledger.v1.Command.set_job_waiting_reason:type_name -> ferry.ledger.v1.SetJobWaitingReason
-	24, // 27: ferry.ledger.v1.Command.put_settings:type_name -> ferry.ledger.v1.PutSettings
-	26, // 28: ferry.ledger.v1.Command.put_node:type_name -> ferry.ledger.v1.PutNode
+	24, // 26: ferry.ledger.v1.Command.set_job_waiting_reason:type_name -> ferry.ledger.v1.SetJobWaitingReason
+	26, // 27: ferry.ledger.v1.Command.put_settings:type_name -> ferry.ledger.v1.PutSettings
+	28, // 28: ferry.ledger.v1.Command.put_node:type_name -> ferry.ledger.v1.PutNode
 	2,  // 29: ferry.ledger.v1.Command.delete_node:type_name -> ferry.ledger.v1.DeleteResource
 	1,  // 30: ferry.ledger.v1.Command.batch:type_name -> ferry.ledger.v1.Batch
-	15, // 31: ferry.ledger.v1.Command.record_source_sync:type_name -> ferry.ledger.v1.RecordSourceSync
-	23, // 32: ferry.ledger.v1.Command.put_network_mapping_group:type_name -> ferry.ledger.v1.PutNetworkMappingGroup
+	17, // 31: ferry.ledger.v1.Command.record_source_sync:type_name -> ferry.ledger.v1.RecordSourceSync
+	25, // 32: ferry.ledger.v1.Command.put_network_mapping_group:type_name -> ferry.ledger.v1.PutNetworkMappingGroup
 	2,  // 33: ferry.ledger.v1.Command.delete_network_mapping_group:type_name -> ferry.ledger.v1.DeleteResource
-	31, // 34: ferry.ledger.v1.Command.release_address:type_name -> ferry.ledger.v1.ReleaseAddress
-	30, // 35: ferry.ledger.v1.Command.revoke_certificate:type_name -> ferry.ledger.v1.RevokeCertificate
-	0,  // 36: ferry.ledger.v1.Batch.commands:type_name -> ferry.ledger.v1.Command
-	33, // 37: ferry.ledger.v1.PutCluster.cluster:type_name -> ferry.v1.Cluster
-	34, // 38: ferry.ledger.v1.PutHost.host:type_name -> ferry.v1.Host
-	35, // 39: ferry.ledger.v1.PutPrimaryStorage.primary_storage:type_name -> ferry.v1.PrimaryStorage
-	36, // 40: ferry.ledger.v1.PutL3Network.l3_network:type_name -> ferry.v1.L3Network
-	37, // 41: ferry.ledger.v1.PutMigrationServer.migration_server:type_name -> ferry.v1.MigrationServer
-	38, // 42: ferry.ledger.v1.SealedCredential.credential:type_name -> ferry.v1.Credential
-	11, // 43: ferry.ledger.v1.PutCredential.credential:type_name -> ferry.ledger.v1.SealedCredential
-	39, // 44: ferry.ledger.v1.PutSource.source:type_name -> ferry.v1.Source
-	40, // 45: ferry.ledger.v1.RecordSourceSync.inventory:type_name -> ferry.v1.SourceInventory
-	41, // 46: ferry.ledger.v1.CreateMigrationJobs.jobs:type_name -> ferry.v1.MigrationJob
-	42, // 47: ferry.ledger.v1.CheckpointMigrationJob.phase:type_name -> ferry.v1.MigrationJobPhase
-	43, // 48: ferry.ledger.v1.CheckpointMigrationJob.disks:type_name -> ferry.v1.DiskProgress
-	44, // 49: ferry.ledger.v1.CheckpointMigrationJob.phase_timings:type_name -> ferry.v1.PhaseTiming
-	45, // 50: ferry.ledger.v1.FinishMigrationJob.state:type_name -> ferry.v1.MigrationJobState
-	43, // 51: ferry.ledger.v1.FinishMigrationJob.disks:type_name -> ferry.v1.DiskProgress
-	44, // 52: ferry.ledger.v1.FinishMigrationJob.phase_timings:type_name -> ferry.v1.PhaseTiming
-	46, // 53: ferry.ledger.v1.PutNetworkMappingGroup.network_mapping_group:type_name -> ferry.v1.NetworkMappingGroup
-	47, // 54: ferry.ledger.v1.PutSettings.settings:type_name -> ferry.v1.Settings
-	25, // 55: ferry.ledger.v1.PutNode.node:type_name -> ferry.ledger.v1.Node
-	32, // 56: ferry.ledger.v1.RequestRecord.time:type_name -> google.protobuf.Timestamp
-	33, // 57: ferry.ledger.v1.Snapshot.clusters:type_name -> ferry.v1.Cluster
-	34, // 58: ferry.ledger.v1.Snapshot.hosts:type_name -> ferry.v1.Host
-	35, // 59: ferry.ledger.v1.Snapshot.primary_storages:type_name -> ferry.v1.PrimaryStorage
-	36, // 60: ferry.ledger.v1.Snapshot.l3_networks:type_name -> ferry.v1.L3Network
-	37, // 61: ferry.ledger.v1.Snapshot.migration_servers:type_name -> ferry.v1.MigrationServer
-	11, // 62: ferry.ledger.v1.Snapshot.credentials:type_name -> ferry.ledger.v1.SealedCredential
-	39, // 63: ferry.ledger.v1.Snapshot.sources:type_name -> ferry.v1.Source
-	41, // 64: ferry.ledger.v1.Snapshot.jobs:type_name -> ferry.v1.MigrationJob
-	47, // 65: ferry.ledger.v1.Snapshot.settings:type_name -> ferry.v1.Settings
-	25, // 66: ferry.ledger.v1.Snapshot.nodes:type_name -> ferry.ledger.v1.Node
-	28, // 67: ferry.ledger.v1.Snapshot.requests:type_name -> ferry.ledger.v1.RequestRecord
-	40, // 68: ferry.ledger.v1.Snapshot.source_inventories:type_name -> ferry.v1.SourceInventory
-	46, // 69: ferry.ledger.v1.Snapshot.network_mapping_groups:type_name -> ferry.v1.NetworkMappingGroup
-	48, // 70: ferry.ledger.v1.Snapshot.revoked_certificates:type_name -> ferry.v1.RevokedCertificate
-	48, // 71: ferry.ledger.v1.RevokeCertificate.certificate:type_name -> ferry.v1.RevokedCertificate
-	72, // [72:72] is the sub-list for method output_type
-	72, // [72:72] is the sub-list for method input_type
-	72, // [72:72] is the sub-list for extension type_name
-	72, // [72:72] is the sub-list for extension extendee
-	0,  // [0:72] is the sub-list for field type_name
+	33, // 34: ferry.ledger.v1.Command.release_address:type_name -> ferry.ledger.v1.ReleaseAddress
+	32, // 35: ferry.ledger.v1.Command.revoke_certificate:type_name -> ferry.ledger.v1.RevokeCertificate
+	6,  // 36: ferry.ledger.v1.Command.set_host_maintenance:type_name -> ferry.ledger.v1.SetHostMaintenance
+	7,  // 37: ferry.ledger.v1.Command.set_pending_cleanup:type_name -> ferry.ledger.v1.SetPendingCleanup
+	0,  // 38: ferry.ledger.v1.Batch.commands:type_name -> ferry.ledger.v1.Command
+	35, // 39: ferry.ledger.v1.PutCluster.cluster:type_name -> ferry.v1.Cluster
+	36, // 40: ferry.ledger.v1.PutHost.host:type_name -> ferry.v1.Host
+	37, // 41: ferry.ledger.v1.SetPendingCleanup.cleanup:type_name -> ferry.v1.PendingCleanup
+	38, // 42: ferry.ledger.v1.PutPrimaryStorage.primary_storage:type_name -> ferry.v1.PrimaryStorage
+	39, // 43: ferry.ledger.v1.PutL3Network.l3_network:type_name -> ferry.v1.L3Network
+	40, // 44: ferry.ledger.v1.PutMigrationServer.migration_server:type_name -> ferry.v1.MigrationServer
+	41, // 45: ferry.ledger.v1.SealedCredential.credential:type_name -> ferry.v1.Credential
+	13, // 46: ferry.ledger.v1.PutCredential.credential:type_name -> ferry.ledger.v1.SealedCredential
+	42, // 47: ferry.ledger.v1.PutSource.source:type_name -> ferry.v1.Source
+	43, // 48: ferry.ledger.v1.RecordSourceSync.inventory:type_name -> ferry.v1.SourceInventory
+	44, // 49: ferry.ledger.v1.CreateMigrationJobs.jobs:type_name -> ferry.v1.MigrationJob
+	45, // 50: ferry.ledger.v1.CheckpointMigrationJob.phase:type_name -> ferry.v1.MigrationJobPhase
+	46, // 51: ferry.ledger.v1.CheckpointMigrationJob.disks:type_name -> ferry.v1.DiskProgress
+	47, // 52: ferry.ledger.v1.CheckpointMigrationJob.phase_timings:type_name -> ferry.v1.PhaseTiming
+	48, // 53: ferry.ledger.v1.FinishMigrationJob.state:type_name -> ferry.v1.MigrationJobState
+	46, // 54: ferry.ledger.v1.FinishMigrationJob.disks:type_name -> ferry.v1.DiskProgress
+	47, // 55: ferry.ledger.v1.FinishMigrationJob.phase_timings:type_name -> ferry.v1.PhaseTiming
+	49, // 56: ferry.ledger.v1.PutNetworkMappingGroup.network_mapping_group:type_name -> ferry.v1.NetworkMappingGroup
+	50, // 57: ferry.ledger.v1.PutSettings.settings:type_name -> ferry.v1.Settings
+	27, // 58: ferry.ledger.v1.PutNode.node:type_name -> ferry.ledger.v1.Node
+	34, // 59: ferry.ledger.v1.RequestRecord.time:type_name -> google.protobuf.Timestamp
+	35, // 60: ferry.ledger.v1.Snapshot.clusters:type_name -> ferry.v1.Cluster
+	36, // 61: ferry.ledger.v1.Snapshot.hosts:type_name -> ferry.v1.Host
+	38, // 62: ferry.ledger.v1.Snapshot.primary_storages:type_name -> ferry.v1.PrimaryStorage
+	39, // 63: ferry.ledger.v1.Snapshot.l3_networks:type_name -> ferry.v1.L3Network
+	40, // 64: ferry.ledger.v1.Snapshot.migration_servers:type_name -> ferry.v1.MigrationServer
+	13, // 65: ferry.ledger.v1.Snapshot.credentials:type_name -> ferry.ledger.v1.SealedCredential
+	42, // 66: ferry.ledger.v1.Snapshot.sources:type_name -> ferry.v1.Source
+	44, // 67: ferry.ledger.v1.Snapshot.jobs:type_name -> ferry.v1.MigrationJob
+	50, // 68: ferry.ledger.v1.Snapshot.settings:type_name -> ferry.v1.Settings
+	27, // 69: ferry.ledger.v1.Snapshot.nodes:type_name -> ferry.ledger.v1.Node
+	30, // 70: ferry.ledger.v1.Snapshot.requests:type_name -> ferry.ledger.v1.RequestRecord
+	43, // 71: ferry.ledger.v1.Snapshot.source_inventories:type_name -> ferry.v1.SourceInventory
+	49, // 72: ferry.ledger.v1.Snapshot.network_mapping_groups:type_name -> ferry.v1.NetworkMappingGroup
+	51, // 73: ferry.ledger.v1.Snapshot.revoked_certificates:type_name -> ferry.v1.RevokedCertificate
+	51, // 74: ferry.ledger.v1.RevokeCertificate.certificate:type_name -> ferry.v1.RevokedCertificate
+	75, // [75:75] is the sub-list for method output_type
+	75, // [75:75] is the sub-list for method input_type
+	75, // [75:75] is the sub-list for extension type_name
+	75, // [75:75] is the sub-list for extension extendee
+	0,  // [0:75] is the sub-list for field type_name
 }
 
 func init() { file_ferry_ledger_v1_ledger_proto_init() }
@@ -2861,15 +3027,17 @@ func file_ferry_ledger_v1_ledger_proto_init() {
 		(*Command_DeleteNetworkMappingGroup)(nil),
 		(*Command_ReleaseAddress)(nil),
 		(*Command_RevokeCertificate)(nil),
+		(*Command_SetHostMaintenance)(nil),
+		(*Command_SetPendingCleanup)(nil),
 	}
-	file_ferry_ledger_v1_ledger_proto_msgTypes[10].OneofWrappers = []any{}
+	file_ferry_ledger_v1_ledger_proto_msgTypes[12].OneofWrappers = []any{}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_ferry_ledger_v1_ledger_proto_rawDesc), len(file_ferry_ledger_v1_ledger_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   32,
+			NumMessages:   34,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

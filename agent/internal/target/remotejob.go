@@ -1,0 +1,282 @@
+package target
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"github.com/ferry-v2v/ferry/agent/internal/cache"
+	"github.com/ferry-v2v/ferry/agent/internal/pipeline"
+	"github.com/ferry-v2v/ferry/agent/internal/runner"
+	"github.com/ferry-v2v/ferry/pkg/backoff"
+	"github.com/ferry-v2v/ferry/pkg/nbd"
+	agentv1 "github.com/ferry-v2v/ferry/pkg/pb/ferry/agent/v1"
+	ferryv1 "github.com/ferry-v2v/ferry/pkg/pb/ferry/v1"
+	"github.com/ferry-v2v/ferry/pkg/tlsutil"
+)
+
+// TargetRequester asks a job's target host's agent for an action through
+// the leader (session.Targets).
+type TargetRequester interface {
+	Request(ctx context.Context, req *agentv1.TargetRequest) (*agentv1.TargetWorkResult, error)
+}
+
+// Remote lets the migration server's driver run jobs whose VM is placed on
+// another host (MigrationJob.target_host): that host's agent creates and
+// serves the volumes, this one uploads onto them over the migration
+// network, and that one defines the domain (docs/placement.md).
+type Remote struct {
+	// HostName is this agent's host name (--host-name).
+	HostName string
+	// IdentityDir is this agent's certificate directory: the uploads
+	// present its certificate and check the target host's.
+	IdentityDir string
+	Targets     TargetRequester
+	// RetryBudget is how long an upload keeps trying after the target
+	// host went away (default DefaultRemoteRetryBudget); RetryBudgetFunc,
+	// when set and answering more than 0, overrides it (the agent gives the
+	// coordinators' grace period).
+	RetryBudget     time.Duration
+	RetryBudgetFunc func() time.Duration
+}
+
+// remoteExports remembers, per job, the volumes its target host serves.
+type remoteExports struct {
+	mu   sync.Mutex
+	jobs map[string][]*agentv1.TargetExport
+}
+
+func (r *remoteExports) set(job string, e []*agentv1.TargetExport) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.jobs == nil {
+		r.jobs = map[string][]*agentv1.TargetExport{}
+	}
+	if e == nil {
+		delete(r.jobs, job)
+		return
+	}
+	r.jobs[job] = e
+}
+
+func (r *remoteExports) get(job string) []*agentv1.TargetExport {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.jobs[job]
+}
+
+// targetHostOf is the job's target host when it is another host than
+// this agent's and the driver can work with one, else "".
+func (d *Driver) targetHostOf(job *runner.Job) string {
+	th := job.Assignment.GetJob().GetTargetHost()
+	if th == "" || d.opts.Remote.Targets == nil || path.Base(th) == d.opts.Remote.HostName {
+		return ""
+	}
+	return th
+}
+
+// uploadHostOf is the job's target host when the upload goes there: its
+// local storage. Shared storage (nfs, ceph, sharedblock) is written by the
+// migration server's agent as for a VM placed on its own host; only the
+// domain is the target host's.
+func (d *Driver) uploadHostOf(job *runner.Job) string {
+	if job.Assignment.GetPrimaryStorage().GetType() != ferryv1.PrimaryStorageType_PRIMARY_STORAGE_TYPE_LOCAL {
+		return ""
+	}
+	return d.targetHostOf(job)
+}
+
+func (d *Driver) ask(ctx context.Context, job *runner.Job, action agentv1.TargetAction, srcVM, nvram []byte) (*agentv1.TargetWorkResult, error) {
+	return d.opts.Remote.Targets.Request(ctx, &agentv1.TargetRequest{Job: job.Name(), Epoch: job.Epoch(), Action: action,
+		SourceVm: srcVM, Nvram: nvram})
+}
+
+// prepareRemote asks the target host to create and serve the volumes.
+func (d *Driver) prepareRemote(ctx context.Context, job *runner.Job) ([]*agentv1.TargetExport, error) {
+	ans, err := d.ask(ctx, job, agentv1.TargetAction_TARGET_ACTION_PREPARE_VOLUMES, nil, nil)
+	if err != nil {
+		return nil, err
+	}
+	disks := job.Assignment.GetJob().GetTarget().GetDisks()
+	if len(ans.GetExports()) != len(disks) {
+		return nil, fmt.Errorf("target host served %d volumes for %d disks", len(ans.GetExports()), len(disks))
+	}
+	d.exports.set(job.Name(), ans.GetExports())
+	return ans.GetExports(), nil
+}
+
+func (d *Driver) remoteEndpoint(targetHost string, e *agentv1.TargetExport) (Endpoint, error) {
+	cfg, err := tlsutil.PeerClientConfig(d.opts.Remote.IdentityDir, tlsutil.Identity{Role: tlsutil.RoleIDAgent, Name: path.Base(targetHost)})
+	if err != nil {
+		return Endpoint{}, fmt.Errorf("TLS to target host %s: %w", targetHost, err)
+	}
+	return Endpoint{Addr: e.GetAddress(), TLS: cfg, Export: e.GetExportName()}, nil
+}
+
+// DefaultRemoteRetryBudget is how long an upload onto another host keeps
+// trying after that host or the link went away: the coordinators' default
+// agent grace period.
+const DefaultRemoteRetryBudget = 5 * time.Minute
+
+// uploadRemote copies every cache image onto its volume on the target
+// host, over the migration network, under the upstream limit. When the
+// target host's agent or the link goes away it asks again, with backoff,
+// for Remote.RetryBudget, and resumes each disk from its upload checkpoint;
+// past the budget the job fails.
+func (d *Driver) uploadRemote(ctx context.Context, job *runner.Job, targetHost string) error {
+	budget := d.opts.Remote.RetryBudget
+	if f := d.opts.Remote.RetryBudgetFunc; f != nil && f() > 0 {
+		budget = f()
+	}
+	if budget == 0 {
+		budget = DefaultRemoteRetryBudget
+	}
+	policy := backoff.Policy{Budget: budget, Min: 200 * time.Millisecond, Max: 10 * time.Second}
+	attempts, err := backoff.Retry(ctx, policy, nil, func(err error) bool { return !errors.Is(err, errFenced) },
+		func(ctx context.Context, attempt int, _ time.Time) error {
+			err := d.uploadRemoteOnce(ctx, job, targetHost)
+			if err != nil && ctx.Err() == nil {
+				job.Log.Warn("upload onto the target host failed; trying again", "target_host", targetHost, "attempt", attempt, "err", err)
+			}
+			return err
+		})
+	if err != nil && ctx.Err() == nil {
+		return fmt.Errorf("target host %s lost: %w", targetHost, err)
+	}
+	if attempts > 1 {
+		job.Log.Info("upload onto the target host resumed and finished", "target_host", targetHost, "attempts", attempts)
+	}
+	return err
+}
+
+// errFenced marks a write the leader refused: no retry helps.
+var errFenced = errors.New("fenced")
+
+func (d *Driver) uploadRemoteOnce(ctx context.Context, job *runner.Job, targetHost string) error {
+	exports, err := d.prepareRemote(ctx, job)
+	if err != nil {
+		return err
+	}
+	cp := &NBDCopier{Limiter: job.Upstream, Log: job.Log}
+	for i, disk := range job.Assignment.GetJob().GetTarget().GetDisks() {
+		name := disk.GetSourceDisk()
+		dst, err := d.remoteEndpoint(targetHost, exports[i])
+		if err != nil {
+			return err
+		}
+		if err := d.copyRemote(ctx, job, cp, name, dst, uploadCheckpointPath(job.CacheDir, name, targetHost), exports[i].GetCreated()); err != nil {
+			return fmt.Errorf("disk %s onto %s: %w", name, targetHost, err)
+		}
+	}
+	return nil
+}
+
+// uploadCheckpointPath is where the chunks a disk's upload onto a target
+// host has made durable are recorded, beside the cache image.
+func uploadCheckpointPath(cacheDir, disk, targetHost string) string {
+	return filepath.Join(cacheDir, disk+".upload-"+path.Base(targetHost)+".ckpt")
+}
+
+func (d *Driver) copyRemote(ctx context.Context, job *runner.Job, cp *NBDCopier, disk string, dst Endpoint, ckptPath string, fresh bool) error {
+	exp, err := cache.OpenExport(ctx, job.CacheDir, disk, job.Log)
+	if err != nil {
+		return err
+	}
+	defer exp.Close()
+	if fresh { // a new volume holds nothing an earlier upload wrote
+		for _, p := range []string{ckptPath, cache.SumsPath(ckptPath)} {
+			if err := os.Remove(p); err != nil && !errors.Is(err, fs.ErrNotExist) {
+				return err
+			}
+		}
+	}
+	ckpt, err := pipeline.LoadCheckpoint(ckptPath, exp.Size(), pipeline.DefaultChunkSize)
+	if err != nil {
+		return err
+	}
+	if err := job.Fence(ctx, "upload onto "+dst.URI()); err != nil {
+		return fmt.Errorf("%w: %w", errFenced, err)
+	}
+	start := time.Now()
+	// A new qcow2 volume reads as zeroes; one kept from an earlier try
+	// holds only the source's data, so its zeroes are zeroes too.
+	err = cp.Copy(ctx, Endpoint{Socket: exp.Socket()}, dst, CopyOptions{DstZeroed: true, Checkpoint: ckpt, Progress: func(done, total int64) {
+		job.Progress.SetTotal(disk, total)
+		job.Progress.Set(disk, done)
+	}})
+	if err != nil {
+		return err
+	}
+	job.Log.InfoContext(ctx, "uploaded to the target host", "disk", disk, "volume", dst.URI(), "seconds", time.Since(start).Seconds())
+	return nil
+}
+
+// verifyRemote reads every volume back through the target host's export.
+func (d *Driver) verifyRemote(ctx context.Context, job *runner.Job, targetHost string) error {
+	exports := d.exports.get(job.Name())
+	if exports == nil {
+		var err error
+		if exports, err = d.prepareRemote(ctx, job); err != nil {
+			return err
+		}
+	}
+	for i, disk := range job.Assignment.GetJob().GetTarget().GetDisks() {
+		name := disk.GetSourceDisk()
+		cp, err := pipeline.OpenCheckpoint(cache.CheckpointPath(job.CacheDir, name))
+		if errors.Is(err, fs.ErrNotExist) || (err == nil && !cp.Verifiable()) {
+			job.Log.Warn("disk left unverified: its copy recorded no checksums", "disk", name)
+			continue
+		}
+		if err != nil {
+			return fmt.Errorf("disk %s: %w", name, err)
+		}
+		dst, err := d.remoteEndpoint(targetHost, exports[i])
+		if err != nil {
+			return err
+		}
+		c, err := dst.dial(ctx, nbd.Options{Logger: job.Log})
+		if err != nil {
+			return fmt.Errorf("disk %s: read back %s: %w", name, dst.URI(), err)
+		}
+		st, err := pipeline.Verify(ctx, pipeline.NBDSource{Client: c}, cp, verifyInFlight)
+		c.Close()
+		if err != nil {
+			return fmt.Errorf("disk %s: volume %s: %w", name, dst.URI(), err)
+		}
+		job.Log.Info("disk verified on the target host", "disk", name, "read_bytes", st.ReadBytes, "zero_bytes", st.ZeroBytes)
+		job.Progress.SetVerified(name)
+	}
+	return nil
+}
+
+// configureRemote has the target host define (and start) the domain,
+// with the source VM's facts and NVRAM from this host's cache.
+func (d *Driver) configureRemote(ctx context.Context, job *runner.Job) ([]string, error) {
+	src, err := os.ReadFile(filepath.Join(job.CacheDir, cache.SourceVMFile))
+	if err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return nil, fmt.Errorf("read the source VM's facts from the cache: %w", err)
+	}
+	nvram, err := os.ReadFile(filepath.Join(job.CacheDir, cache.NVRAMFile))
+	if err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return nil, fmt.Errorf("read the source VM's NVRAM from the cache: %w", err)
+	}
+	ans, err := d.ask(ctx, job, agentv1.TargetAction_TARGET_ACTION_DEFINE_DOMAIN, src, nvram)
+	d.exports.set(job.Name(), nil)
+	if err != nil {
+		return nil, err
+	}
+	return ans.GetWarnings(), nil
+}
+
+// rollbackRemote has the target host remove the domain and the volumes.
+func (d *Driver) rollbackRemote(ctx context.Context, job *runner.Job) error {
+	d.exports.set(job.Name(), nil)
+	_, err := d.ask(ctx, job, agentv1.TargetAction_TARGET_ACTION_ROLLBACK, nil, nil)
+	return err
+}
