@@ -201,7 +201,7 @@ func TestPlacementSpreadsAcrossHosts(t *testing.T) {
 		Name: "hosts/" + p.hosts[1], Maintenance: true})
 	must(t, err)
 	pre, err := w.f.client.Jobs().PreviewMigrationJobs(ctx(t, 60*time.Second), &ferryv1.PreviewMigrationJobsRequest{
-		Source: w.source, MigrationServer: w.server, Jobs: []*ferryv1.MigrationJobSpec{named(specs[0], ""), named(specs[1], "hosts/"+p.hosts[0])}})
+		Source: w.source, MigrationServer: w.server, Jobs: []*ferryv1.MigrationJobSpec{w.named(specs[0], ""), w.named(specs[1], "hosts/"+p.hosts[0])}})
 	must(t, err)
 	if got, why := pre.GetJobs()[0].GetTargetHost(), pre.GetJobs()[0].GetPlacementReason(); got == "hosts/"+p.hosts[1] ||
 		!strings.Contains(why, "not hosts/"+p.hosts[1]+" (in maintenance)") {
@@ -212,17 +212,21 @@ func TestPlacementSpreadsAcrossHosts(t *testing.T) {
 	}
 	// A host outside the cluster is refused at creation.
 	_, err = w.f.client.Jobs().CreateMigrationJobs(ctx(t, 60*time.Second), &ferryv1.CreateMigrationJobsRequest{
-		Source: w.source, MigrationServer: w.server, Jobs: []*ferryv1.MigrationJobSpec{named(specs[0], "hosts/nosuch-"+w.id)}})
+		Source: w.source, MigrationServer: w.server, Jobs: []*ferryv1.MigrationJobSpec{w.named(specs[0], "hosts/nosuch-"+w.id)}})
 	if err == nil || !strings.Contains(err.Error(), "jobs[0].target.host") {
 		t.Fatalf("a job naming a host that is not in the cluster: %v", err)
 	}
 }
 
 // named is spec with another target name (so it can be created again)
-// and target.host set.
-func named(spec *ferryv1.MigrationJobSpec, host string) *ferryv1.MigrationJobSpec {
+// and target.host set; the domain of that name goes when the test ends.
+func (w *world) named(spec *ferryv1.MigrationJobSpec, host string) *ferryv1.MigrationJobSpec {
 	s := proto.Clone(spec).(*ferryv1.MigrationJobSpec)
 	s.Target.VmName, s.Target.Host = s.Target.VmName+"-"+path.Base(host)+"x", host
+	w.t.Cleanup(func() {
+		w.f.stopAgents()
+		w.removeDomain(s.GetTarget().GetVmName())
+	})
 	return s
 }
 
@@ -241,7 +245,7 @@ func TestPlacementTargetHostFaults(t *testing.T) {
 			Settings: &ferryv1.Settings{AgentGracePeriod: durationpb.New(grace)}, UpdateMask: &fieldmaskpb.FieldMask{Paths: []string{"agent_grace_period"}}})
 		must(t, err)
 		vm := testenv.NewTestVM(t, w.lv, testenv.VMOptions{RandomBytes: 40 << 20})
-		spec := named(w.spec(w.sourceVM(w.source, vm.Name), &ferryv1.MigrationOptions{AutoStart: new(bool)}), "hosts/"+b)
+		spec := w.named(w.spec(w.sourceVM(w.source, vm.Name), &ferryv1.MigrationOptions{AutoStart: new(bool)}), "hosts/"+b)
 		name := w.createJob(spec)
 		w.waitJob(name, 3*time.Minute, "the upload onto "+b+" to begin", func(j *ferryv1.MigrationJob) bool {
 			return j.GetPhase() == ferryv1.MigrationJobPhase_MIGRATION_JOB_PHASE_UPLOADING && disk(j, "vda").GetDoneBytes() > 0 || terminal(j)
