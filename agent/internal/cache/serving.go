@@ -14,6 +14,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/ferry-v2v/ferry/pkg/durable"
 	"github.com/ferry-v2v/ferry/pkg/nbd"
 )
 
@@ -146,23 +147,7 @@ func newGeneration(dir, disk string) error {
 	if _, err := rand.Read(b[:]); err != nil {
 		return err
 	}
-	p := GenerationPath(dir, disk)
-	tmp := p + ".tmp"
-	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
-	if err != nil {
-		return err
-	}
-	_, err = f.WriteString(hex.EncodeToString(b[:]) + "\n")
-	if err == nil {
-		err = f.Sync()
-	}
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err == nil {
-		err = os.Rename(tmp, p)
-	}
-	return err
+	return durable.WriteFile(GenerationPath(dir, disk), []byte(hex.EncodeToString(b[:])+"\n"), 0o600)
 }
 
 func removeAll(paths ...string) error {

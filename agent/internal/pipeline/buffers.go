@@ -1,6 +1,9 @@
 package pipeline
 
-import "sync"
+import (
+	"context"
+	"sync"
+)
 
 // chunkBufs keeps chunk buffers (MaxChunkSize bytes each) between copies
 // and verifications, so that the jobs of an agent reuse the same few
@@ -20,3 +23,24 @@ func getChunkBuf(n int64) ([]byte, *[]byte) {
 }
 
 func putChunkBuf(p *[]byte) { chunkBufs.Put(p) }
+
+// drain runs do on each job until jobs is closed or ctx ends, with one
+// pooled buffer of chunk bytes for all of them: the loop of every copy and
+// verification worker.
+func drain(ctx context.Context, jobs <-chan job, chunk int64, do func(context.Context, job, []byte) error) error {
+	buf, handle := getChunkBuf(chunk)
+	defer putChunkBuf(handle)
+	for {
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case j, ok := <-jobs:
+			if !ok {
+				return nil
+			}
+			if err := do(ctx, j, buf); err != nil {
+				return err
+			}
+		}
+	}
+}

@@ -9,9 +9,10 @@ import (
 	"hash/crc32"
 	"io/fs"
 	"os"
-	"path/filepath"
 	"sync"
 	"time"
+
+	"github.com/ferry-v2v/ferry/pkg/durable"
 )
 
 // Checkpoint defaults: how often completed chunks are made durable.
@@ -300,37 +301,10 @@ func (c *Checkpoint) reserve(end, ahead int64) error {
 // rename, fsync of the directory. Called with saveMu held, not mu, so
 // copies keep completing chunks meanwhile.
 func (c *Checkpoint) write(b []byte) error {
-	tmp := c.path + ".tmp"
-	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
-	if err != nil {
-		return fmt.Errorf("save checkpoint: %w", err)
-	}
-	_, err = f.Write(b)
-	if err == nil {
-		err = f.Sync()
-	}
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err == nil {
-		err = os.Rename(tmp, c.path)
-	}
-	if err == nil {
-		err = syncDir(filepath.Dir(c.path))
-	}
-	if err != nil {
+	if err := durable.WriteFile(c.path, b, 0o600); err != nil {
 		return fmt.Errorf("save checkpoint: %w", err)
 	}
 	return nil
-}
-
-func syncDir(dir string) error {
-	d, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	defer d.Close()
-	return d.Sync()
 }
 
 // encode lays out magic, version, reserved, size, chunk, written, the

@@ -218,7 +218,7 @@ func (c *copier) copyChunks(ctx context.Context) error {
 		return c.produce(gctx, jobs)
 	})
 	for range c.opts.InFlight {
-		g.Go(func() error { return c.work(gctx, jobs) })
+		g.Go(func() error { return drain(gctx, jobs, c.chunk, c.copyChunk) })
 	}
 	return g.Wait()
 }

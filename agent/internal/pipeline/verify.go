@@ -116,7 +116,7 @@ func verifyRuns(ctx context.Context, target Source, cp chunkSums, runs [][2]int6
 		return v.produce(gctx, jobs)
 	})
 	for range opts.InFlight {
-		g.Go(func() error { return v.work(gctx, jobs) })
+		g.Go(func() error { return drain(gctx, jobs, v.cp.ChunkSize(), v.checkData) })
 	}
 	stop := make(chan struct{})
 	var reporter errgroup.Group
@@ -216,25 +216,6 @@ func (v *verifier) zeroSum(n int64) uint64 {
 	putChunkBuf(handle)
 	v.zeroSums[n] = h
 	return h
-}
-
-// work checks chunks holding data until there are none left.
-func (v *verifier) work(ctx context.Context, jobs <-chan job) error {
-	buf, handle := getChunkBuf(v.cp.ChunkSize())
-	defer putChunkBuf(handle)
-	for {
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case j, ok := <-jobs:
-			if !ok {
-				return nil
-			}
-			if err := v.checkData(ctx, j, buf); err != nil {
-				return err
-			}
-		}
-	}
 }
 
 // checkData reads the data ranges of chunk j and compares the chunk, the

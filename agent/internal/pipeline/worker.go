@@ -7,25 +7,6 @@ import (
 	"github.com/ferry-v2v/ferry/agent/internal/cache"
 )
 
-// work copies jobs until there are none left.
-func (c *copier) work(ctx context.Context, jobs <-chan job) error {
-	buf, handle := getChunkBuf(c.chunk)
-	defer putChunkBuf(handle)
-	for {
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case j, ok := <-jobs:
-			if !ok {
-				return nil
-			}
-			if err := c.copyChunk(ctx, j, buf); err != nil {
-				return err
-			}
-		}
-	}
-}
-
 // copyChunk zeroes the chunk when an earlier run may have written it,
 // reads its data spans after taking their tokens, writes them rounded out
 // to whole granules, and records the chunk as complete with the checksum

@@ -7,7 +7,8 @@ import (
 	"hash/crc32"
 	"io/fs"
 	"os"
-	"path/filepath"
+
+	"github.com/ferry-v2v/ferry/pkg/durable"
 )
 
 // uploadMarks record which chunks of a cache image are durably on the
@@ -137,29 +138,7 @@ func (m *uploadMarks) mark(chunks []int) {
 // save replaces the file durably: a temporary file, fsync, rename, fsync
 // of the directory.
 func (m *uploadMarks) save() error {
-	tmp := m.path + ".tmp"
-	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
-	if err != nil {
-		return fmt.Errorf("save upload checkpoint: %w", err)
-	}
-	_, err = f.Write(m.encode())
-	if err == nil {
-		err = f.Sync()
-	}
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err == nil {
-		err = os.Rename(tmp, m.path)
-	}
-	if err == nil {
-		var d *os.File
-		if d, err = os.Open(filepath.Dir(m.path)); err == nil {
-			err = d.Sync()
-			d.Close()
-		}
-	}
-	if err != nil {
+	if err := durable.WriteFile(m.path, m.encode(), 0o600); err != nil {
 		return fmt.Errorf("save upload checkpoint: %w", err)
 	}
 	return nil

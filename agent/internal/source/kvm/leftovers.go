@@ -12,6 +12,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/ferry-v2v/ferry/pkg/durable"
 	"github.com/ferry-v2v/ferry/pkg/netsel"
 	"github.com/ferry-v2v/ferry/pkg/seal"
 )
@@ -82,7 +83,7 @@ func (d *Driver) remember(cfg Config, cidr, job string, b *Backup) (string, erro
 	d.active[id] = true
 	d.mu.Unlock()
 	file := filepath.Join(d.opts.StateDir, id+".json")
-	if err := writeFileSync(file, data); err != nil {
+	if err := durable.WriteFile(file, data, 0o600); err != nil {
 		d.release(id, false)
 		return "", fmt.Errorf("source cleanup record: %w", err)
 	}
@@ -103,25 +104,6 @@ func (d *Driver) release(id string, ended bool) {
 	d.mu.Lock()
 	delete(d.active, id)
 	d.mu.Unlock()
-}
-
-func writeFileSync(file string, data []byte) error {
-	tmp := file + ".tmp"
-	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
-	if err != nil {
-		return err
-	}
-	_, err = f.Write(data)
-	if err == nil {
-		err = f.Sync()
-	}
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err == nil {
-		err = os.Rename(tmp, file)
-	}
-	return err
 }
 
 // CleanupLeftovers ends every recorded backup that no running job uses:
