@@ -228,13 +228,12 @@ func (d *Driver) verifyRemote(ctx context.Context, job *runner.Job, targetHost s
 	}
 	for i, disk := range job.Assignment.GetJob().GetTarget().GetDisks() {
 		name := disk.GetSourceDisk()
-		cp, err := pipeline.OpenCheckpoint(cache.CheckpointPath(job.CacheDir, name))
-		if errors.Is(err, fs.ErrNotExist) || (err == nil && !cp.Verifiable()) {
-			job.Log.Warn("disk left unverified: its copy recorded no checksums", "disk", name)
-			continue
-		}
+		cp, err := copySums(job, name)
 		if err != nil {
-			return fmt.Errorf("disk %s: %w", name, err)
+			return err
+		}
+		if cp == nil {
+			continue
 		}
 		dst, err := d.remoteEndpoint(targetHost, exports[i])
 		if err != nil {

@@ -45,13 +45,12 @@ func (d *Driver) Verify(ctx context.Context, job *runner.Job) error {
 		if job.Progress.Verified(name) {
 			continue // read back and matched by the upload as it went
 		}
-		cp, err := pipeline.OpenCheckpoint(cache.CheckpointPath(job.CacheDir, name))
-		if errors.Is(err, fs.ErrNotExist) || (err == nil && !cp.Verifiable()) {
-			job.Log.Warn("disk left unverified: its copy recorded no checksums", "disk", name)
-			continue
-		}
+		cp, err := copySums(job, name)
 		if err != nil {
-			return fmt.Errorf("disk %s: %w", name, err)
+			return err
+		}
+		if cp == nil {
+			continue
 		}
 		start := time.Now()
 		st, err := VerifyVolume(ctx, up, cp, vols[i], logProgress(job.Log, name))
@@ -63,6 +62,21 @@ func (d *Driver) Verify(ctx context.Context, job *runner.Job) error {
 		job.Progress.SetVerified(name)
 	}
 	return nil
+}
+
+// copySums opens the checksums the copy of disk recorded, for a
+// verification; nil, with a warning, when it recorded none (the disk is
+// left unverified).
+func copySums(job *runner.Job, disk string) (*pipeline.Checkpoint, error) {
+	cp, err := pipeline.OpenCheckpoint(cache.CheckpointPath(job.CacheDir, disk))
+	if errors.Is(err, fs.ErrNotExist) || (err == nil && !cp.Verifiable()) {
+		job.Log.Warn("disk left unverified: its copy recorded no checksums", "disk", disk)
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("disk %s: %w", disk, err)
+	}
+	return cp, nil
 }
 
 // logProgress returns a verification progress callback that logs at most
