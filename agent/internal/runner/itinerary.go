@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 
 	"github.com/ferry-v2v/ferry/agent/internal/cache"
+	"github.com/ferry-v2v/ferry/agent/internal/pipeline"
 	agentv1 "github.com/ferry-v2v/ferry/pkg/pb/ferry/agent/v1"
 	ferryv1 "github.com/ferry-v2v/ferry/pkg/pb/ferry/v1"
 	"github.com/ferry-v2v/ferry/pkg/ratelimit"
@@ -140,7 +141,7 @@ var itinerary = []step{
 	{ferryv1.MigrationJobPhase_MIGRATION_JOB_PHASE_CONVERTING, "prepare the cache directory", false, prepareCache},
 	{ferryv1.MigrationJobPhase_MIGRATION_JOB_PHASE_CONVERTING, "copy the source disks to the cache", true, convert},
 	{ferryv1.MigrationJobPhase_MIGRATION_JOB_PHASE_UPLOADING, uploadStep, true, upload},
-	{ferryv1.MigrationJobPhase_MIGRATION_JOB_PHASE_UPLOADING, "verify the target disks against the source", false, verify},
+	{ferryv1.MigrationJobPhase_MIGRATION_JOB_PHASE_UPLOADING, verifyStep, false, verify},
 	{ferryv1.MigrationJobPhase_MIGRATION_JOB_PHASE_CONFIGURING, "define the target VM", false, configure},
 }
 
@@ -151,7 +152,20 @@ func prepareCache(_ context.Context, _ Drivers, j *Job) ([]string, error) {
 	return nil, nil
 }
 
-const uploadStep = "upload the disks to primary storage"
+const (
+	uploadStep = "upload the disks to primary storage"
+	verifyStep = "verify the target disks against the source"
+)
+
+// stepReason is why a job failed in step: a target found not to hold
+// what the source held failed the verification, whichever step read it
+// back (the upload verifies beside itself).
+func stepReason(step string, err error) string {
+	if errors.Is(err, pipeline.ErrMismatch) {
+		step = verifyStep
+	}
+	return step + ": " + err.Error()
+}
 
 func convert(ctx context.Context, d Drivers, j *Job) ([]string, error) {
 	platform := j.Assignment.GetSource().GetType()
@@ -198,7 +212,7 @@ func (j *Job) startBeside(ctx context.Context, o Overlapper) {
 		b.err = o.UploadBeside(ctx, j, b.converted)
 		if b.err != nil && ctx.Err() == nil && j.watches != nil {
 			// The copy is still running: stop it, the job has failed.
-			j.watches.fail(&stopCause{outcome: agentv1.JobOutcome_JOB_OUTCOME_FAILED, reason: uploadStep + ": " + b.err.Error()})
+			j.watches.fail(&stopCause{outcome: agentv1.JobOutcome_JOB_OUTCOME_FAILED, reason: stepReason(uploadStep, b.err)})
 		}
 	}()
 }
@@ -277,7 +291,7 @@ func failure(ctx context.Context, step string, err error) (agentv1.JobOutcome, s
 	if ctx.Err() != nil && errors.As(context.Cause(ctx), &stop) {
 		return stop.outcome, stop.reason
 	}
-	return agentv1.JobOutcome_JOB_OUTCOME_FAILED, step + ": " + err.Error()
+	return agentv1.JobOutcome_JOB_OUTCOME_FAILED, stepReason(step, err)
 }
 
 // stopCause is why the runner stopped a job.

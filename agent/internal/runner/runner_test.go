@@ -2,12 +2,14 @@ package runner
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
+	"github.com/ferry-v2v/ferry/agent/internal/pipeline"
 	agentv1 "github.com/ferry-v2v/ferry/pkg/pb/ferry/agent/v1"
 	ferryv1 "github.com/ferry-v2v/ferry/pkg/pb/ferry/v1"
 )
@@ -408,5 +410,17 @@ func TestMemoryReleasedWhenIdle(t *testing.T) {
 	}
 	if n := len(released); n != 0 {
 		t.Fatalf("memory released %d more times: job a released it while b ran", n)
+	}
+}
+
+// A mismatch found beside the upload fails the verification, as the
+// verification step's would; any other upload error is the upload's.
+func TestStepReason(t *testing.T) {
+	mismatch := fmt.Errorf("disk vda: volume /v: %w", &pipeline.MismatchError{Offset: 4 << 20, Length: 2 << 20, Detail: "xxHash64 1, the source's 2"})
+	if got, want := stepReason(uploadStep, mismatch), "verify the target disks against the source: disk vda: volume /v: the 2097152 bytes at offset 4194304 differ from the source"; !strings.HasPrefix(got, want) {
+		t.Errorf("mismatch beside the upload: %q, want it to start with %q", got, want)
+	}
+	if got, want := stepReason(uploadStep, errors.New("volume gone")), "upload the disks to primary storage: volume gone"; got != want {
+		t.Errorf("upload error: %q, want %q", got, want)
 	}
 }
