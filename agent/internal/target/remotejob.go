@@ -178,7 +178,8 @@ func (d *Driver) uploadRemoteOnce(ctx context.Context, job *runner.Job, targetHo
 }
 
 // uploadCheckpointPath is where the chunks a disk's upload onto a target
-// host has made durable are recorded, beside the cache image.
+// host has made durable are recorded, beside the cache image, with the
+// generation of the image they came from (uploadGenerationPath).
 func uploadCheckpointPath(cacheDir, disk, targetHost string) string {
 	return filepath.Join(cacheDir, disk+".upload-"+path.Base(targetHost)+".ckpt")
 }
@@ -189,11 +190,24 @@ func (d *Driver) copyRemote(ctx context.Context, job *runner.Job, cp *NBDCopier,
 		return err
 	}
 	defer exp.Close()
-	if fresh { // a new volume holds nothing an earlier upload wrote
+	// The checkpoint describes what one cache image (its generation) put
+	// on this volume. A kept volume (not created anew by the target host)
+	// resumes from it: the chunks it says were flushed there are not sent
+	// again. A new volume, or a cache image of another generation than the
+	// one the checkpoint was written from, starts over.
+	gen, err := cache.Generation(job.CacheDir, disk)
+	if err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return err
+	}
+	same := !fresh && sameUploadGeneration(ckptPath, gen)
+	if !same {
 		for _, p := range []string{ckptPath, cache.SumsPath(ckptPath)} {
 			if err := os.Remove(p); err != nil && !errors.Is(err, fs.ErrNotExist) {
 				return err
 			}
+		}
+		if err := writeUploadGeneration(ckptPath, gen); err != nil {
+			return err
 		}
 	}
 	ckpt, err := pipeline.LoadCheckpoint(ckptPath, exp.Size(), pipeline.DefaultChunkSize)
@@ -203,17 +217,64 @@ func (d *Driver) copyRemote(ctx context.Context, job *runner.Job, cp *NBDCopier,
 	if err := job.Fence(ctx, "upload onto "+dst.URI()); err != nil {
 		return fmt.Errorf("%w: %w", errFenced, err)
 	}
+	already := 0
+	for i := range ckpt.Chunks() {
+		if ckpt.Done(i) {
+			already++
+		}
+	}
 	start := time.Now()
-	// A new qcow2 volume reads as zeroes; one kept from an earlier try
-	// holds only the source's data, so its zeroes are zeroes too.
-	err = cp.Copy(ctx, Endpoint{Socket: exp.Socket()}, dst, CopyOptions{DstZeroed: true, Checkpoint: ckpt, Progress: func(done, total int64) {
+	// A new qcow2 volume reads as zeroes, and one kept from an earlier try
+	// of this image holds only its data, so its zeroes are zeroes too. A
+	// kept volume an image of another generation wrote may hold anything:
+	// the image's zeroes are written too.
+	zeroed := fresh || same
+	err = cp.Copy(ctx, Endpoint{Socket: exp.Socket()}, dst, CopyOptions{DstZeroed: zeroed, Checkpoint: ckpt, Progress: func(done, total int64) {
 		job.Progress.SetTotal(disk, total)
 		job.Progress.Set(disk, done)
 	}})
 	if err != nil {
 		return err
 	}
-	job.Log.InfoContext(ctx, "uploaded to the target host", "disk", disk, "volume", dst.URI(), "seconds", time.Since(start).Seconds())
+	job.Log.InfoContext(ctx, "uploaded to the target host", "disk", disk, "volume", dst.URI(), "resumed", same,
+		"chunks_already_there", already, "chunks", ckpt.Chunks(), "seconds", time.Since(start).Seconds())
+	return nil
+}
+
+// uploadGenerationPath is where the generation of the cache image an
+// upload checkpoint was written from is kept, beside it.
+func uploadGenerationPath(ckptPath string) string { return ckptPath + ".gen" }
+
+// sameUploadGeneration says whether the checkpoint at ckptPath was written
+// from the cache image of generation gen. A checkpoint with no record of
+// its generation is not trusted.
+func sameUploadGeneration(ckptPath, gen string) bool {
+	b, err := os.ReadFile(uploadGenerationPath(ckptPath))
+	return err == nil && string(b) == gen
+}
+
+// writeUploadGeneration records gen beside a checkpoint that starts over,
+// durably, before any chunk of it is marked.
+func writeUploadGeneration(ckptPath, gen string) error {
+	p := uploadGenerationPath(ckptPath)
+	tmp := p + ".tmp"
+	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
+	if err != nil {
+		return fmt.Errorf("record the upload's cache generation: %w", err)
+	}
+	_, err = f.WriteString(gen)
+	if err == nil {
+		err = f.Sync()
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = os.Rename(tmp, p)
+	}
+	if err != nil {
+		return fmt.Errorf("record the upload's cache generation: %w", err)
+	}
 	return nil
 }
 

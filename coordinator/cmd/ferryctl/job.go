@@ -138,7 +138,10 @@ func (a *app) jobRestart() *cobra.Command {
 		Use:   "restart NAME",
 		Short: "Queue a failed or cancelled job again",
 		Long: `Queue a failed or cancelled job again. It keeps its name; what its cache
-already holds is not copied again.`,
+already holds is not copied again. Unless its spec names target.host, the job is
+placed again by the cluster's host allocation strategy (its target_host may change;
+placement_reason says it was chosen again at restart); the restart is refused when
+no host of the cluster can take it.`,
 		Example: `  ferryctl job restart migrationJobs/4f2c && ferryctl job watch migrationJobs/4f2c`,
 		Args:    exactlyOneArg("the job's name"),
 		RunE: a.run(func(ctx context.Context, cl *client.Client, args []string) error {

@@ -3,10 +3,12 @@ package admission
 import (
 	"errors"
 	"fmt"
+	"sync"
 
 	"github.com/ferry-v2v/ferry/coordinator/internal/ledger"
 	"github.com/ferry-v2v/ferry/coordinator/internal/placement"
 	"github.com/ferry-v2v/ferry/coordinator/internal/validate"
+	ledgerv1 "github.com/ferry-v2v/ferry/pkg/pb/ferry/ledger/v1"
 	ferryv1 "github.com/ferry-v2v/ferry/pkg/pb/ferry/v1"
 )
 
@@ -94,4 +96,58 @@ func (a *Admission) activeJobs() []*ferryv1.MigrationJob {
 		out = append(out, a.ledger.Jobs(ledger.JobFilter{State: st})...)
 	}
 	return out
+}
+
+// RestartReasonPrefix starts the placement_reason of a job placed again
+// when it was restarted.
+const RestartReasonPrefix = "chosen again at restart: "
+
+// Restarted is a restart ready to be proposed. It holds the allocation
+// lock until Release, as Admitted does, so a concurrent batch counts the
+// restarted job on its new host.
+type Restarted struct {
+	// Command is RestartMigrationJob, the new host stamped in when the job
+	// was placed again.
+	Command *ledgerv1.RestartMigrationJob
+	release func()
+}
+
+// Release lets the next batch place its jobs. Call it once the command
+// was applied or refused.
+func (r *Restarted) Release() { r.release() }
+
+// Restart places a failed or cancelled job again, as its creation did
+// (same strategy, counting the queued and running jobs), unless its spec
+// names target.host: then, as for a job that cannot be restarted (the
+// ledger refuses the command), the command keeps the job's host. A host
+// that can no longer take the VM is refused (FAILED_PRECONDITION on
+// target.host, the restart not made).
+func (a *Admission) Restart(name string) (*Restarted, error) {
+	cmd := &ledgerv1.RestartMigrationJob{Name: name}
+	a.allocMu.Lock()
+	release := sync.OnceFunc(a.allocMu.Unlock)
+	j, ok := a.ledger.Job(name)
+	if !ok || j.GetTarget().GetHost() != "" || !restartable(j) {
+		return &Restarted{Command: cmd, release: release}, nil
+	}
+	t := j.GetTarget()
+	ps, _ := a.ledger.PrimaryStorage(t.GetPrimaryStorage())
+	var serverHost string
+	if s, ok := a.ledger.MigrationServer(j.GetMigrationServer()); ok {
+		serverHost = hostRef(s.GetHost())
+	}
+	c, err := placement.Place(placement.Input{Cluster: t.GetCluster(), Hosts: a.placementHosts(),
+		Strategy: a.ledger.Settings().GetHostAllocationStrategy(), MigrationServerHost: serverHost, Storage: ps,
+		Planned: placement.PlannedOf(a.activeJobs(), a.serverHosts())}, t)
+	if err != nil {
+		release()
+		return nil, placementError("target", t, err)
+	}
+	cmd.TargetHost, cmd.PlacementReason = c.Host, RestartReasonPrefix+c.Reason
+	return &Restarted{Command: cmd, release: release}, nil
+}
+
+func restartable(j *ferryv1.MigrationJob) bool {
+	s := j.GetState()
+	return s == ferryv1.MigrationJobState_MIGRATION_JOB_STATE_FAILED || s == ferryv1.MigrationJobState_MIGRATION_JOB_STATE_CANCELLED
 }

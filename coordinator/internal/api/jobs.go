@@ -121,12 +121,24 @@ func (s *jobService) RestartMigrationJob(ctx context.Context, req *ferryv1.Resta
 		again, err = s.a.replayed(req.GetRequestId(), method, req.GetName())
 	}
 	if err == nil && !again {
-		_, err = s.a.propose(ctx, withRequest(&ledgerv1.Command{Op: &ledgerv1.Command_RestartMigrationJob{RestartMigrationJob: &ledgerv1.RestartMigrationJob{
-			Name: req.GetName(),
-		}}}, req.GetRequestId(), method, req.GetName()))
+		err = s.restart(ctx, req.GetName(), req.GetRequestId())
 	}
 	j, err := s.readJob(req.GetName(), err)
 	return reply(ctx, s.a, &ferryv1.RestartMigrationJobResponse{Job: j}, err)
+}
+
+// restart has admission place the job again (unless its spec names
+// target.host) and proposes the restart with the host stamped in, so every
+// replica records the leader's choice.
+func (s *jobService) restart(ctx context.Context, name, requestID string) error {
+	r, err := s.a.admission.Restart(name)
+	if err != nil {
+		return err
+	}
+	defer r.Release()
+	_, err = s.a.propose(ctx, withRequest(&ledgerv1.Command{Op: &ledgerv1.Command_RestartMigrationJob{RestartMigrationJob: r.Command}},
+		requestID, "RestartMigrationJob", name))
+	return err
 }
 
 func (s *jobService) DeleteMigrationJob(ctx context.Context, req *ferryv1.DeleteMigrationJobRequest) (*emptypb.Empty, error) {

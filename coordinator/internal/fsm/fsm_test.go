@@ -92,7 +92,9 @@ func everyCommand() []*ledgerv1.Command {
 		{Op: &ledgerv1.Command_FinishMigrationJob{FinishMigrationJob: &ledgerv1.FinishMigrationJob{Name: "migrationJobs/j1", Epoch: 1, State: ferryv1.MigrationJobState_MIGRATION_JOB_STATE_SUCCEEDED, Warnings: []string{"started stopped"}}}},
 		{Op: &ledgerv1.Command_StartMigrationJob{StartMigrationJob: &ledgerv1.StartMigrationJob{Name: "migrationJobs/j2", Host: "hosts/h1", Epoch: 1}}},
 		{Op: &ledgerv1.Command_CancelMigrationJob{CancelMigrationJob: &ledgerv1.CancelMigrationJob{Name: "migrationJobs/j2", Reason: "operator"}}},
-		{Op: &ledgerv1.Command_RestartMigrationJob{RestartMigrationJob: &ledgerv1.RestartMigrationJob{Name: "migrationJobs/j2"}}},
+		// j2 is placed again at its restart: every replica records the leader's host.
+		{Op: &ledgerv1.Command_RestartMigrationJob{RestartMigrationJob: &ledgerv1.RestartMigrationJob{Name: "migrationJobs/j2",
+			TargetHost: "hosts/h2", PlacementReason: "chosen again at restart: allocation strategy fewest_vms: hosts/h2 (0 VMs: 0 running, 0 of queued and running jobs)"}}},
 		{Op: &ledgerv1.Command_DeleteMigrationJob{DeleteMigrationJob: &ledgerv1.DeleteResource{Name: "migrationJobs/j1"}}},
 		// j4 succeeds and is deleted: its VM's address is reserved, then released.
 		{Op: &ledgerv1.Command_CreateMigrationJobs{CreateMigrationJobs: &ledgerv1.CreateMigrationJobs{Jobs: []*ferryv1.MigrationJob{job("migrationJobs/j4", "10.0.0.13")}}}},
@@ -486,4 +488,36 @@ func batchOf(t *testing.T, inner []byte) []byte {
 		t.Fatal(err)
 	}
 	return b
+}
+
+// TestRestartPlacesAgain: a restart command that names a host moves the job
+// there with the leader's reason, on every replica and through a snapshot;
+// one that names none (a command written before restarts placed jobs, or a
+// job whose spec names target.host) keeps the job's host.
+func TestRestartPlacesAgain(t *testing.T) {
+	f := New(ledger.New(), nil)
+	applyAll(t, f, everyCommand())
+	const reason = "chosen again at restart: allocation strategy fewest_vms: hosts/h2 (0 VMs: 0 running, 0 of queued and running jobs)"
+	check := func(f *FSM, host, why string) {
+		t.Helper()
+		j, _ := f.Ledger().Job("migrationJobs/j2")
+		if j.GetState() != ferryv1.MigrationJobState_MIGRATION_JOB_STATE_QUEUED || j.GetTargetHost() != host || j.GetPlacementReason() != why {
+			t.Fatalf("j2 = %v %s (%q), want QUEUED on %s (%q)", j.GetState(), j.GetTargetHost(), j.GetPlacementReason(), host, why)
+		}
+	}
+	check(f, "hosts/h2", reason)
+	check(restored(t, f), "hosts/h2", reason)
+	if _, err := f.ApplyCommand(cmdAt(300, &ledgerv1.Command{Op: &ledgerv1.Command_CancelMigrationJob{CancelMigrationJob: &ledgerv1.CancelMigrationJob{Name: "migrationJobs/j2"}}})); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.ApplyCommand(cmdAt(301, &ledgerv1.Command{Op: &ledgerv1.Command_RestartMigrationJob{RestartMigrationJob: &ledgerv1.RestartMigrationJob{Name: "migrationJobs/j2"}}})); err != nil {
+		t.Fatal(err)
+	}
+	check(f, "hosts/h2", reason)
+	// A refused restart (the job is queued) changes nothing, host included.
+	_, err := f.ApplyCommand(cmdAt(302, &ledgerv1.Command{Op: &ledgerv1.Command_RestartMigrationJob{RestartMigrationJob: &ledgerv1.RestartMigrationJob{Name: "migrationJobs/j2", TargetHost: "hosts/h1", PlacementReason: "x"}}}))
+	if !errors.Is(err, ledger.ErrFailedPrecondition) {
+		t.Fatalf("restart of a queued job: %v", err)
+	}
+	check(f, "hosts/h2", reason)
 }

@@ -241,11 +241,15 @@ func (l *Ledger) CancelMigrationJob(c *ledgerv1.CancelMigrationJob, now time.Tim
 	return nil
 }
 
-// RestartMigrationJob queues a failed or cancelled job again.
+// RestartMigrationJob queues a failed or cancelled job again, on the host
+// the leader placed it on again when the command names one.
 func (l *Ledger) RestartMigrationJob(c *ledgerv1.RestartMigrationJob, now time.Time) error {
 	return l.updateJob(c.GetName(), now, func(j *ferryv1.MigrationJob) error {
 		if err := l.restartJobRefusal(j); err != nil {
 			return err
+		}
+		if c.GetTargetHost() != "" {
+			j.TargetHost, j.PlacementReason = c.GetTargetHost(), c.GetPlacementReason()
 		}
 		j.State = stateQueued
 		j.Phase = ferryv1.MigrationJobPhase_MIGRATION_JOB_PHASE_UNSPECIFIED

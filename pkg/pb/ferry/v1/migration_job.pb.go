@@ -525,8 +525,9 @@ type MigrationJob struct {
 	PhaseTimings []*PhaseTiming `protobuf:"bytes,22,rep,name=phase_timings,json=phaseTimings,proto3" json:"phase_timings,omitempty"`
 	// hosts/{host_name} the target VM is defined on and, with local primary
 	// storage, whose disks hold it: target.host when given, else the host
-	// Settings.host_allocation_strategy picked when the job was created.
-	// Stamped before the job starts, so a restart or a new leader keeps it.
+	// Settings.host_allocation_strategy picked when the job was created, or
+	// again when it was restarted. Stamped before the job starts, so a new
+	// leader keeps it.
 	TargetHost string `protobuf:"bytes,23,opt,name=target_host,json=targetHost,proto3" json:"target_host,omitempty"`
 	// Why placement chose target_host, for the operator.
 	PlacementReason string `protobuf:"bytes,24,opt,name=placement_reason,json=placementReason,proto3" json:"placement_reason,omitempty"`

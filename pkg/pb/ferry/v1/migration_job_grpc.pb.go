@@ -56,6 +56,9 @@ type MigrationJobServiceClient interface {
 	// CancelMigrationJob cancels a queued or running job.
 	CancelMigrationJob(ctx context.Context, in *CancelMigrationJobRequest, opts ...grpc.CallOption) (*CancelMigrationJobResponse, error)
 	// RestartMigrationJob queues a failed or cancelled job again; its cache is reused.
+	// A job whose spec names no target.host is placed again (target_host and
+	// placement_reason may change; FAILED_PRECONDITION on target.host when no host
+	// of the cluster can take it).
 	RestartMigrationJob(ctx context.Context, in *RestartMigrationJobRequest, opts ...grpc.CallOption) (*RestartMigrationJobResponse, error)
 	// DeleteMigrationJob deletes a terminal job.
 	DeleteMigrationJob(ctx context.Context, in *DeleteMigrationJobRequest, opts ...grpc.CallOption) (*emptypb.Empty, error)
@@ -186,6 +189,9 @@ type MigrationJobServiceServer interface {
 	// CancelMigrationJob cancels a queued or running job.
 	CancelMigrationJob(context.Context, *CancelMigrationJobRequest) (*CancelMigrationJobResponse, error)
 	// RestartMigrationJob queues a failed or cancelled job again; its cache is reused.
+	// A job whose spec names no target.host is placed again (target_host and
+	// placement_reason may change; FAILED_PRECONDITION on target.host when no host
+	// of the cluster can take it).
 	RestartMigrationJob(context.Context, *RestartMigrationJobRequest) (*RestartMigrationJobResponse, error)
 	// DeleteMigrationJob deletes a terminal job.
 	DeleteMigrationJob(context.Context, *DeleteMigrationJobRequest) (*emptypb.Empty, error)

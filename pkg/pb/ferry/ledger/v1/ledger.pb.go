@@ -1924,10 +1924,15 @@ func (x *CancelMigrationJob) GetReason() string {
 }
 
 type RestartMigrationJob struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Name  string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	// The host the leader placed the job on again (the job's spec names no
+	// target.host), with why; empty keeps the job's target_host, as a
+	// command written before restarts placed jobs does.
+	TargetHost      string `protobuf:"bytes,2,opt,name=target_host,json=targetHost,proto3" json:"target_host,omitempty"`
+	PlacementReason string `protobuf:"bytes,3,opt,name=placement_reason,json=placementReason,proto3" json:"placement_reason,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
 }
 
 func (x *RestartMigrationJob) Reset() {
@@ -1963,6 +1968,20 @@ func (*RestartMigrationJob) Descriptor() ([]byte, []int) {
 func (x *RestartMigrationJob) GetName() string {
 	if x != nil {
 		return x.Name
+	}
+	return ""
+}
+
+func (x *RestartMigrationJob) GetTargetHost() string {
+	if x != nil {
+		return x.TargetHost
+	}
+	return ""
+}
+
+func (x *RestartMigrationJob) GetPlacementReason() string {
+	if x != nil {
+		return x.PlacementReason
 	}
 	return ""
 }
@@ -2780,9 +2799,12 @@ const file_ferry_ledger_v1_ledger_proto_rawDesc = "" +
 	"\rphase_timings\x18\a \x03(\v2\x15.ferry.v1.PhaseTimingR\fphaseTimings\"@\n" +
 	"\x12CancelMigrationJob\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x16\n" +
-	"\x06reason\x18\x02 \x01(\tR\x06reason\")\n" +
+	"\x06reason\x18\x02 \x01(\tR\x06reason\"u\n" +
 	"\x13RestartMigrationJob\x12\x12\n" +
-	"\x04name\x18\x01 \x01(\tR\x04name\"A\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x1f\n" +
+	"\vtarget_host\x18\x02 \x01(\tR\n" +
+	"targetHost\x12)\n" +
+	"\x10placement_reason\x18\x03 \x01(\tR\x0fplacementReason\"A\n" +
 	"\x13SetJobWaitingReason\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x16\n" +
 	"\x06reason\x18\x02 \x01(\tR\x06reason\"\xb6\x01\n" +
