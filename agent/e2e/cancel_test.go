@@ -88,10 +88,16 @@ func (w *world) expectNothingLeft(src *testenv.TestVM, job, vmName string) {
 func (w *world) expectVolumesGone(job string) {
 	w.t.Helper()
 	dir := filepath.Join(w.storageDir, path.Base(job))
-	testkit.WaitFor(w.t, 30*time.Second, "the target volumes to go", func() bool {
+	// A cancel during the upload has been seen to take 30 s to roll back
+	// on a loaded machine (a 30 s bound on closing the upload's NBD
+	// connection or its qemu-nbd; cause not found yet): the wait allows
+	// for it and logs how long it took.
+	start := time.Now()
+	testkit.WaitFor(w.t, 90*time.Second, "the target volumes to go", func() bool {
 		entries, err := os.ReadDir(dir)
 		return os.IsNotExist(err) || err == nil && len(entries) == 0
 	})
+	w.t.Logf("the target volumes of %s went %v after the job ended", job, time.Since(start).Round(100*time.Millisecond))
 }
 
 func (w *world) expectSourceClean(src *testenv.TestVM) {
