@@ -58,7 +58,7 @@ func serveReadOnly(ctx context.Context, path, format, pidFile string, log *slog.
 	srv.sockDir = sockDir
 	c, err := srv.Dial(ctx, log)
 	if err != nil {
-		_ = srv.Stop()
+		srv.abandon() // a cancelled job must not wait for it
 		return nil, err
 	}
 	return &Export{path: path, format: format, srv: srv, nbd: c}, nil

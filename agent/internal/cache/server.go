@@ -213,14 +213,26 @@ func (s *Server) exitErr() error {
 // Stop sends SIGTERM, which makes qemu-nbd flush and close the image,
 // waits for it (SIGKILL after stopTimeout) and removes its files. It
 // reports how qemu-nbd ended, unless by that SIGTERM.
-func (s *Server) Stop() error {
+func (s *Server) Stop() error { return s.stop(stopTimeout) }
+
+// abandon stops a read-only server that never served anyone: there is
+// nothing to flush, so it does not wait for SIGTERM (a qemu-nbd still
+// starting has been seen to take the whole stopTimeout over it).
+func (s *Server) abandon() { _ = s.stop(0) }
+
+func (s *Server) stop(grace time.Duration) error {
 	select {
 	case <-s.exited:
 	default:
+		if grace == 0 {
+			_ = s.cmd.Process.Kill()
+			<-s.exited
+			break
+		}
 		_ = s.cmd.Process.Signal(syscall.SIGTERM)
 		select {
 		case <-s.exited:
-		case <-time.After(stopTimeout):
+		case <-time.After(grace):
 			_ = s.cmd.Process.Kill()
 			<-s.exited
 		}
