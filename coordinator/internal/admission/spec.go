@@ -53,7 +53,9 @@ type batchSeen struct {
 // returns the job it becomes, without name or allocations.
 func checkSpec(c *validate.Checker, i int, spec *ferryv1.MigrationJobSpec, seen *batchSeen) *ferryv1.MigrationJob {
 	p := fmt.Sprintf("jobs[%d]", i)
-	job := &ferryv1.MigrationJob{SourceVm: spec.GetSourceVm()}
+	job := &ferryv1.MigrationJob{SourceVm: spec.GetSourceVm(), DisplayName: spec.GetDisplayName(), Description: spec.GetDescription()}
+	validate.Text(c, p+".display_name", job.DisplayName, validate.MaxDisplayName)
+	validate.Description(c, p+".description", job.Description)
 	switch vm := spec.GetSourceVm(); {
 	case vm == "":
 		c.Add(p+".source_vm", "required: the VM's libvirt domain name or UUID, or its vCenter managed object id")

@@ -101,7 +101,7 @@ func (s *sourceService) readCredential(name string, err error) (*ferryv1.Credent
 func publicCredential(sc *ledgerv1.SealedCredential) *ferryv1.Credential {
 	c := sc.GetCredential()
 	c.Secret = ""
-	return c
+	return withETag(c)
 }
 
 func (s *sourceService) GetCredential(ctx context.Context, req *ferryv1.GetCredentialRequest) (*ferryv1.Credential, error) {

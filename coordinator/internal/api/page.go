@@ -3,6 +3,8 @@ package api
 import (
 	"encoding/base64"
 	"sort"
+
+	"google.golang.org/protobuf/proto"
 )
 
 // Page sizes of every List.
@@ -35,6 +37,11 @@ func paginate[T namedResource](items []T, pageSize int32, pageToken string) ([]T
 	}
 	end := min(start+size, len(items))
 	page := items[start:end]
+	for _, v := range page {
+		if m, ok := any(v).(proto.Message); ok {
+			withETag(m)
+		}
+	}
 	next := ""
 	if end < len(items) {
 		next = base64.RawURLEncoding.EncodeToString([]byte(page[len(page)-1].GetName()))

@@ -118,7 +118,7 @@ func lookup[T proto.Message](read func(string) (T, bool), name, what string) (T,
 		var zero T
 		return zero, notFound("name", what+" "+name)
 	}
-	return v, nil
+	return withETag(v), nil
 }
 
 // get serves a Get: the name is checked, then read from the local ledger.

@@ -36,6 +36,7 @@ var table = map[string]roleSet{
 	"/ferry.v1.MigrationJobService/CancelMigrationJob":   operator,
 	"/ferry.v1.MigrationJobService/RestartMigrationJob":  operator,
 	"/ferry.v1.MigrationJobService/DeleteMigrationJob":   operator,
+	"/ferry.v1.MigrationJobService/UpdateMigrationJob":   operator,
 	"/ferry.v1.MigrationJobService/WatchMigrationJobs":   readers,
 
 	"/ferry.v1.MigrationServerService/CreateMigrationServer":       operator,
@@ -45,11 +46,15 @@ var table = map[string]roleSet{
 	"/ferry.v1.MigrationServerService/EnableMigrationServer":       operator,
 	"/ferry.v1.MigrationServerService/DisableMigrationServer":      operator,
 	"/ferry.v1.MigrationServerService/SetMigrationServerBandwidth": operator,
+	"/ferry.v1.MigrationServerService/UpdateMigrationServer":       operator,
 
 	"/ferry.v1.TargetInventoryService/CreateCluster":           operator,
 	"/ferry.v1.TargetInventoryService/GetCluster":              readers,
 	"/ferry.v1.TargetInventoryService/ListClusters":            readers,
 	"/ferry.v1.TargetInventoryService/DeleteCluster":           operator,
+	"/ferry.v1.TargetInventoryService/UpdateCluster":           operator,
+	"/ferry.v1.TargetInventoryService/UpdatePrimaryStorage":    operator,
+	"/ferry.v1.TargetInventoryService/UpdateL3Network":         operator,
 	"/ferry.v1.TargetInventoryService/GetHost":                 readers,
 	"/ferry.v1.TargetInventoryService/ListHosts":               readers,
 	"/ferry.v1.TargetInventoryService/SetHostMaintenance":      operator,
@@ -80,6 +85,8 @@ var table = map[string]roleSet{
 	"/ferry.v1.SourceService/GetCredential":    readers,
 	"/ferry.v1.SourceService/ListCredentials":  readers,
 	"/ferry.v1.SourceService/DeleteCredential": operator,
+	"/ferry.v1.SourceService/UpdateCredential": operator,
+	"/ferry.v1.SourceService/UpdateSource":     operator,
 	// Listing a source's VMs reads the ledger's copy of its inventory; a
 	// source never synced is synced first, as a read would be answered.
 	"/ferry.v1.SourceService/ListSourceVMs":       readers,

@@ -237,6 +237,14 @@ func serverAndSourceCommands() map[protoreflect.Name]command {
 				return nil
 			},
 		},
+		"update_resource": {
+			apply: func(l *Ledger, c *ledgerv1.Command, now time.Time) ([]string, error) {
+				return l.UpdateResource(c.GetUpdateResource(), now)
+			},
+			refuse: func(l *Ledger, c *ledgerv1.Command) error {
+				return l.updateRefusal(c.GetUpdateResource())
+			},
+		},
 		"delete_network_mapping_group": {
 			apply: func(l *Ledger, c *ledgerv1.Command, _ time.Time) ([]string, error) {
 				n := c.GetDeleteNetworkMappingGroup().GetName()

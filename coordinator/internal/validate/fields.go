@@ -122,3 +122,18 @@ func ParseMAC(s string) (mac, why string) {
 	}
 	return hw.String(), ""
 }
+
+// MaxDescription is the longest free-text description, in bytes.
+const MaxDescription = 1024
+
+// Description refuses an over-long description or control characters
+// other than line breaks and tabs.
+func Description(c *Checker, field, s string) {
+	if len(s) > MaxDescription {
+		c.Add(field, "at most %d bytes, got %d", MaxDescription, len(s))
+		return
+	}
+	if strings.IndexFunc(s, func(r rune) bool { return unicode.IsControl(r) && r != '\n' && r != '\t' }) >= 0 {
+		c.Add(field, "must not contain control characters other than line breaks and tabs")
+	}
+}

@@ -11,6 +11,7 @@ import (
 	protoimpl "google.golang.org/protobuf/runtime/protoimpl"
 	durationpb "google.golang.org/protobuf/types/known/durationpb"
 	emptypb "google.golang.org/protobuf/types/known/emptypb"
+	fieldmaskpb "google.golang.org/protobuf/types/known/fieldmaskpb"
 	timestamppb "google.golang.org/protobuf/types/known/timestamppb"
 	reflect "reflect"
 	sync "sync"
@@ -531,8 +532,17 @@ type MigrationJob struct {
 	TargetHost string `protobuf:"bytes,23,opt,name=target_host,json=targetHost,proto3" json:"target_host,omitempty"`
 	// Why placement chose target_host, for the operator.
 	PlacementReason string `protobuf:"bytes,24,opt,name=placement_reason,json=placementReason,proto3" json:"placement_reason,omitempty"`
-	unknownFields   protoimpl.UnknownFields
-	sizeCache       protoimpl.SizeCache
+	// The operator's name for the job (at most 256 characters) and free
+	// text (at most 1024), set at creation (MigrationJobSpec) and editable
+	// with UpdateMigrationJob at any state; they are labels only.
+	DisplayName string `protobuf:"bytes,25,opt,name=display_name,json=displayName,proto3" json:"display_name,omitempty"`
+	Description string `protobuf:"bytes,26,opt,name=description,proto3" json:"description,omitempty"`
+	// Output only, and the precondition of UpdateMigrationJob (AIP-154): a
+	// checksum of the job as stored, which changes with every progress
+	// report too.
+	Etag          string `protobuf:"bytes,27,opt,name=etag,proto3" json:"etag,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *MigrationJob) Reset() {
@@ -729,6 +739,27 @@ func (x *MigrationJob) GetTargetHost() string {
 func (x *MigrationJob) GetPlacementReason() string {
 	if x != nil {
 		return x.PlacementReason
+	}
+	return ""
+}
+
+func (x *MigrationJob) GetDisplayName() string {
+	if x != nil {
+		return x.DisplayName
+	}
+	return ""
+}
+
+func (x *MigrationJob) GetDescription() string {
+	if x != nil {
+		return x.Description
+	}
+	return ""
+}
+
+func (x *MigrationJob) GetEtag() string {
+	if x != nil {
+		return x.Etag
 	}
 	return ""
 }
@@ -1272,10 +1303,13 @@ func (x *PhaseTiming) GetBytesPerSecond() float64 {
 
 // MigrationJobSpec is one VM of a CreateMigrationJobs request.
 type MigrationJobSpec struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	SourceVm      string                 `protobuf:"bytes,1,opt,name=source_vm,json=sourceVm,proto3" json:"source_vm,omitempty"`
-	Target        *TargetVm              `protobuf:"bytes,2,opt,name=target,proto3" json:"target,omitempty"`
-	Options       *MigrationOptions      `protobuf:"bytes,3,opt,name=options,proto3" json:"options,omitempty"`
+	state    protoimpl.MessageState `protogen:"open.v1"`
+	SourceVm string                 `protobuf:"bytes,1,opt,name=source_vm,json=sourceVm,proto3" json:"source_vm,omitempty"`
+	Target   *TargetVm              `protobuf:"bytes,2,opt,name=target,proto3" json:"target,omitempty"`
+	Options  *MigrationOptions      `protobuf:"bytes,3,opt,name=options,proto3" json:"options,omitempty"`
+	// Labels for the operator, as MigrationJob's.
+	DisplayName   string `protobuf:"bytes,4,opt,name=display_name,json=displayName,proto3" json:"display_name,omitempty"`
+	Description   string `protobuf:"bytes,5,opt,name=description,proto3" json:"description,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1331,6 +1365,73 @@ func (x *MigrationJobSpec) GetOptions() *MigrationOptions {
 	return nil
 }
 
+func (x *MigrationJobSpec) GetDisplayName() string {
+	if x != nil {
+		return x.DisplayName
+	}
+	return ""
+}
+
+func (x *MigrationJobSpec) GetDescription() string {
+	if x != nil {
+		return x.Description
+	}
+	return ""
+}
+
+type UpdateMigrationJobRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// name says which job.
+	MigrationJob  *MigrationJob          `protobuf:"bytes,1,opt,name=migration_job,json=migrationJob,proto3" json:"migration_job,omitempty"`
+	UpdateMask    *fieldmaskpb.FieldMask `protobuf:"bytes,2,opt,name=update_mask,json=updateMask,proto3" json:"update_mask,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *UpdateMigrationJobRequest) Reset() {
+	*x = UpdateMigrationJobRequest{}
+	mi := &file_ferry_v1_migration_job_proto_msgTypes[8]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *UpdateMigrationJobRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*UpdateMigrationJobRequest) ProtoMessage() {}
+
+func (x *UpdateMigrationJobRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_ferry_v1_migration_job_proto_msgTypes[8]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use UpdateMigrationJobRequest.ProtoReflect.Descriptor instead.
+func (*UpdateMigrationJobRequest) Descriptor() ([]byte, []int) {
+	return file_ferry_v1_migration_job_proto_rawDescGZIP(), []int{8}
+}
+
+func (x *UpdateMigrationJobRequest) GetMigrationJob() *MigrationJob {
+	if x != nil {
+		return x.MigrationJob
+	}
+	return nil
+}
+
+func (x *UpdateMigrationJobRequest) GetUpdateMask() *fieldmaskpb.FieldMask {
+	if x != nil {
+		return x.UpdateMask
+	}
+	return nil
+}
+
 type CreateMigrationJobsRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// sources/{source}
@@ -1352,7 +1453,7 @@ type CreateMigrationJobsRequest struct {
 
 func (x *CreateMigrationJobsRequest) Reset() {
 	*x = CreateMigrationJobsRequest{}
-	mi := &file_ferry_v1_migration_job_proto_msgTypes[8]
+	mi := &file_ferry_v1_migration_job_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1364,7 +1465,7 @@ func (x *CreateMigrationJobsRequest) String() string {
 func (*CreateMigrationJobsRequest) ProtoMessage() {}
 
 func (x *CreateMigrationJobsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_migration_job_proto_msgTypes[8]
+	mi := &file_ferry_v1_migration_job_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1377,7 +1478,7 @@ func (x *CreateMigrationJobsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateMigrationJobsRequest.ProtoReflect.Descriptor instead.
 func (*CreateMigrationJobsRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_migration_job_proto_rawDescGZIP(), []int{8}
+	return file_ferry_v1_migration_job_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *CreateMigrationJobsRequest) GetSource() string {
@@ -1424,7 +1525,7 @@ type CreateMigrationJobsResponse struct {
 
 func (x *CreateMigrationJobsResponse) Reset() {
 	*x = CreateMigrationJobsResponse{}
-	mi := &file_ferry_v1_migration_job_proto_msgTypes[9]
+	mi := &file_ferry_v1_migration_job_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1436,7 +1537,7 @@ func (x *CreateMigrationJobsResponse) String() string {
 func (*CreateMigrationJobsResponse) ProtoMessage() {}
 
 func (x *CreateMigrationJobsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_migration_job_proto_msgTypes[9]
+	mi := &file_ferry_v1_migration_job_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1449,7 +1550,7 @@ func (x *CreateMigrationJobsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateMigrationJobsResponse.ProtoReflect.Descriptor instead.
 func (*CreateMigrationJobsResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_migration_job_proto_rawDescGZIP(), []int{9}
+	return file_ferry_v1_migration_job_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *CreateMigrationJobsResponse) GetJobs() []*MigrationJob {
@@ -1477,7 +1578,7 @@ type PreviewMigrationJobsRequest struct {
 
 func (x *PreviewMigrationJobsRequest) Reset() {
 	*x = PreviewMigrationJobsRequest{}
-	mi := &file_ferry_v1_migration_job_proto_msgTypes[10]
+	mi := &file_ferry_v1_migration_job_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1489,7 +1590,7 @@ func (x *PreviewMigrationJobsRequest) String() string {
 func (*PreviewMigrationJobsRequest) ProtoMessage() {}
 
 func (x *PreviewMigrationJobsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_migration_job_proto_msgTypes[10]
+	mi := &file_ferry_v1_migration_job_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1502,7 +1603,7 @@ func (x *PreviewMigrationJobsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PreviewMigrationJobsRequest.ProtoReflect.Descriptor instead.
 func (*PreviewMigrationJobsRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_migration_job_proto_rawDescGZIP(), []int{10}
+	return file_ferry_v1_migration_job_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *PreviewMigrationJobsRequest) GetSource() string {
@@ -1561,7 +1662,7 @@ type PreviewUsage struct {
 
 func (x *PreviewUsage) Reset() {
 	*x = PreviewUsage{}
-	mi := &file_ferry_v1_migration_job_proto_msgTypes[11]
+	mi := &file_ferry_v1_migration_job_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1573,7 +1674,7 @@ func (x *PreviewUsage) String() string {
 func (*PreviewUsage) ProtoMessage() {}
 
 func (x *PreviewUsage) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_migration_job_proto_msgTypes[11]
+	mi := &file_ferry_v1_migration_job_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1586,7 +1687,7 @@ func (x *PreviewUsage) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PreviewUsage.ProtoReflect.Descriptor instead.
 func (*PreviewUsage) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_migration_job_proto_rawDescGZIP(), []int{11}
+	return file_ferry_v1_migration_job_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *PreviewUsage) GetKind() PreviewResourceKind {
@@ -1672,7 +1773,7 @@ type PreviewMigrationJobsResponse struct {
 
 func (x *PreviewMigrationJobsResponse) Reset() {
 	*x = PreviewMigrationJobsResponse{}
-	mi := &file_ferry_v1_migration_job_proto_msgTypes[12]
+	mi := &file_ferry_v1_migration_job_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1684,7 +1785,7 @@ func (x *PreviewMigrationJobsResponse) String() string {
 func (*PreviewMigrationJobsResponse) ProtoMessage() {}
 
 func (x *PreviewMigrationJobsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_migration_job_proto_msgTypes[12]
+	mi := &file_ferry_v1_migration_job_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1697,7 +1798,7 @@ func (x *PreviewMigrationJobsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PreviewMigrationJobsResponse.ProtoReflect.Descriptor instead.
 func (*PreviewMigrationJobsResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_migration_job_proto_rawDescGZIP(), []int{12}
+	return file_ferry_v1_migration_job_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *PreviewMigrationJobsResponse) GetJobs() []*MigrationJob {
@@ -1744,7 +1845,7 @@ type GetMigrationJobRequest struct {
 
 func (x *GetMigrationJobRequest) Reset() {
 	*x = GetMigrationJobRequest{}
-	mi := &file_ferry_v1_migration_job_proto_msgTypes[13]
+	mi := &file_ferry_v1_migration_job_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1756,7 +1857,7 @@ func (x *GetMigrationJobRequest) String() string {
 func (*GetMigrationJobRequest) ProtoMessage() {}
 
 func (x *GetMigrationJobRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_migration_job_proto_msgTypes[13]
+	mi := &file_ferry_v1_migration_job_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1769,7 +1870,7 @@ func (x *GetMigrationJobRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetMigrationJobRequest.ProtoReflect.Descriptor instead.
 func (*GetMigrationJobRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_migration_job_proto_rawDescGZIP(), []int{13}
+	return file_ferry_v1_migration_job_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *GetMigrationJobRequest) GetName() string {
@@ -1792,7 +1893,7 @@ type ListMigrationJobsRequest struct {
 
 func (x *ListMigrationJobsRequest) Reset() {
 	*x = ListMigrationJobsRequest{}
-	mi := &file_ferry_v1_migration_job_proto_msgTypes[14]
+	mi := &file_ferry_v1_migration_job_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1804,7 +1905,7 @@ func (x *ListMigrationJobsRequest) String() string {
 func (*ListMigrationJobsRequest) ProtoMessage() {}
 
 func (x *ListMigrationJobsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_migration_job_proto_msgTypes[14]
+	mi := &file_ferry_v1_migration_job_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1817,7 +1918,7 @@ func (x *ListMigrationJobsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListMigrationJobsRequest.ProtoReflect.Descriptor instead.
 func (*ListMigrationJobsRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_migration_job_proto_rawDescGZIP(), []int{14}
+	return file_ferry_v1_migration_job_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *ListMigrationJobsRequest) GetPageSize() int32 {
@@ -1865,7 +1966,7 @@ type ListMigrationJobsResponse struct {
 
 func (x *ListMigrationJobsResponse) Reset() {
 	*x = ListMigrationJobsResponse{}
-	mi := &file_ferry_v1_migration_job_proto_msgTypes[15]
+	mi := &file_ferry_v1_migration_job_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1877,7 +1978,7 @@ func (x *ListMigrationJobsResponse) String() string {
 func (*ListMigrationJobsResponse) ProtoMessage() {}
 
 func (x *ListMigrationJobsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_migration_job_proto_msgTypes[15]
+	mi := &file_ferry_v1_migration_job_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1890,7 +1991,7 @@ func (x *ListMigrationJobsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListMigrationJobsResponse.ProtoReflect.Descriptor instead.
 func (*ListMigrationJobsResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_migration_job_proto_rawDescGZIP(), []int{15}
+	return file_ferry_v1_migration_job_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *ListMigrationJobsResponse) GetJobs() []*MigrationJob {
@@ -1923,7 +2024,7 @@ type CancelMigrationJobRequest struct {
 
 func (x *CancelMigrationJobRequest) Reset() {
 	*x = CancelMigrationJobRequest{}
-	mi := &file_ferry_v1_migration_job_proto_msgTypes[16]
+	mi := &file_ferry_v1_migration_job_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1935,7 +2036,7 @@ func (x *CancelMigrationJobRequest) String() string {
 func (*CancelMigrationJobRequest) ProtoMessage() {}
 
 func (x *CancelMigrationJobRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_migration_job_proto_msgTypes[16]
+	mi := &file_ferry_v1_migration_job_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1948,7 +2049,7 @@ func (x *CancelMigrationJobRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CancelMigrationJobRequest.ProtoReflect.Descriptor instead.
 func (*CancelMigrationJobRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_migration_job_proto_rawDescGZIP(), []int{16}
+	return file_ferry_v1_migration_job_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *CancelMigrationJobRequest) GetName() string {
@@ -1981,7 +2082,7 @@ type CancelMigrationJobResponse struct {
 
 func (x *CancelMigrationJobResponse) Reset() {
 	*x = CancelMigrationJobResponse{}
-	mi := &file_ferry_v1_migration_job_proto_msgTypes[17]
+	mi := &file_ferry_v1_migration_job_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1993,7 +2094,7 @@ func (x *CancelMigrationJobResponse) String() string {
 func (*CancelMigrationJobResponse) ProtoMessage() {}
 
 func (x *CancelMigrationJobResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_migration_job_proto_msgTypes[17]
+	mi := &file_ferry_v1_migration_job_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2006,7 +2107,7 @@ func (x *CancelMigrationJobResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CancelMigrationJobResponse.ProtoReflect.Descriptor instead.
 func (*CancelMigrationJobResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_migration_job_proto_rawDescGZIP(), []int{17}
+	return file_ferry_v1_migration_job_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *CancelMigrationJobResponse) GetJob() *MigrationJob {
@@ -2030,7 +2131,7 @@ type RestartMigrationJobRequest struct {
 
 func (x *RestartMigrationJobRequest) Reset() {
 	*x = RestartMigrationJobRequest{}
-	mi := &file_ferry_v1_migration_job_proto_msgTypes[18]
+	mi := &file_ferry_v1_migration_job_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2042,7 +2143,7 @@ func (x *RestartMigrationJobRequest) String() string {
 func (*RestartMigrationJobRequest) ProtoMessage() {}
 
 func (x *RestartMigrationJobRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_migration_job_proto_msgTypes[18]
+	mi := &file_ferry_v1_migration_job_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2055,7 +2156,7 @@ func (x *RestartMigrationJobRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RestartMigrationJobRequest.ProtoReflect.Descriptor instead.
 func (*RestartMigrationJobRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_migration_job_proto_rawDescGZIP(), []int{18}
+	return file_ferry_v1_migration_job_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *RestartMigrationJobRequest) GetName() string {
@@ -2081,7 +2182,7 @@ type RestartMigrationJobResponse struct {
 
 func (x *RestartMigrationJobResponse) Reset() {
 	*x = RestartMigrationJobResponse{}
-	mi := &file_ferry_v1_migration_job_proto_msgTypes[19]
+	mi := &file_ferry_v1_migration_job_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2093,7 +2194,7 @@ func (x *RestartMigrationJobResponse) String() string {
 func (*RestartMigrationJobResponse) ProtoMessage() {}
 
 func (x *RestartMigrationJobResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_migration_job_proto_msgTypes[19]
+	mi := &file_ferry_v1_migration_job_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2106,7 +2207,7 @@ func (x *RestartMigrationJobResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RestartMigrationJobResponse.ProtoReflect.Descriptor instead.
 func (*RestartMigrationJobResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_migration_job_proto_rawDescGZIP(), []int{19}
+	return file_ferry_v1_migration_job_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *RestartMigrationJobResponse) GetJob() *MigrationJob {
@@ -2125,7 +2226,7 @@ type DeleteMigrationJobRequest struct {
 
 func (x *DeleteMigrationJobRequest) Reset() {
 	*x = DeleteMigrationJobRequest{}
-	mi := &file_ferry_v1_migration_job_proto_msgTypes[20]
+	mi := &file_ferry_v1_migration_job_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2137,7 +2238,7 @@ func (x *DeleteMigrationJobRequest) String() string {
 func (*DeleteMigrationJobRequest) ProtoMessage() {}
 
 func (x *DeleteMigrationJobRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_migration_job_proto_msgTypes[20]
+	mi := &file_ferry_v1_migration_job_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2150,7 +2251,7 @@ func (x *DeleteMigrationJobRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteMigrationJobRequest.ProtoReflect.Descriptor instead.
 func (*DeleteMigrationJobRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_migration_job_proto_rawDescGZIP(), []int{20}
+	return file_ferry_v1_migration_job_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *DeleteMigrationJobRequest) GetName() string {
@@ -2174,7 +2275,7 @@ type WatchMigrationJobsRequest struct {
 
 func (x *WatchMigrationJobsRequest) Reset() {
 	*x = WatchMigrationJobsRequest{}
-	mi := &file_ferry_v1_migration_job_proto_msgTypes[21]
+	mi := &file_ferry_v1_migration_job_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2186,7 +2287,7 @@ func (x *WatchMigrationJobsRequest) String() string {
 func (*WatchMigrationJobsRequest) ProtoMessage() {}
 
 func (x *WatchMigrationJobsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_migration_job_proto_msgTypes[21]
+	mi := &file_ferry_v1_migration_job_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2199,7 +2300,7 @@ func (x *WatchMigrationJobsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchMigrationJobsRequest.ProtoReflect.Descriptor instead.
 func (*WatchMigrationJobsRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_migration_job_proto_rawDescGZIP(), []int{21}
+	return file_ferry_v1_migration_job_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *WatchMigrationJobsRequest) GetNames() []string {
@@ -2233,7 +2334,7 @@ type WatchMigrationJobsResponse struct {
 
 func (x *WatchMigrationJobsResponse) Reset() {
 	*x = WatchMigrationJobsResponse{}
-	mi := &file_ferry_v1_migration_job_proto_msgTypes[22]
+	mi := &file_ferry_v1_migration_job_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2245,7 +2346,7 @@ func (x *WatchMigrationJobsResponse) String() string {
 func (*WatchMigrationJobsResponse) ProtoMessage() {}
 
 func (x *WatchMigrationJobsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_migration_job_proto_msgTypes[22]
+	mi := &file_ferry_v1_migration_job_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2258,7 +2359,7 @@ func (x *WatchMigrationJobsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchMigrationJobsResponse.ProtoReflect.Descriptor instead.
 func (*WatchMigrationJobsResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_migration_job_proto_rawDescGZIP(), []int{22}
+	return file_ferry_v1_migration_job_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *WatchMigrationJobsResponse) GetType() WatchEventType {
@@ -2279,7 +2380,7 @@ var File_ferry_v1_migration_job_proto protoreflect.FileDescriptor
 
 const file_ferry_v1_migration_job_proto_rawDesc = "" +
 	"\n" +
-	"\x1cferry/v1/migration_job.proto\x12\bferry.v1\x1a\x1bgoogle/protobuf/empty.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xef\a\n" +
+	"\x1cferry/v1/migration_job.proto\x12\bferry.v1\x1a\x1bgoogle/protobuf/empty.proto\x1a\x1egoogle/protobuf/duration.proto\x1a google/protobuf/field_mask.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xc8\b\n" +
 	"\fMigrationJob\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x16\n" +
 	"\x06source\x18\x02 \x01(\tR\x06source\x12\x1b\n" +
@@ -2309,7 +2410,10 @@ const file_ferry_v1_migration_job_proto_rawDesc = "" +
 	"\rphase_timings\x18\x16 \x03(\v2\x15.ferry.v1.PhaseTimingR\fphaseTimings\x12\x1f\n" +
 	"\vtarget_host\x18\x17 \x01(\tR\n" +
 	"targetHost\x12)\n" +
-	"\x10placement_reason\x18\x18 \x01(\tR\x0fplacementReason\"\xb0\x03\n" +
+	"\x10placement_reason\x18\x18 \x01(\tR\x0fplacementReason\x12!\n" +
+	"\fdisplay_name\x18\x19 \x01(\tR\vdisplayName\x12 \n" +
+	"\vdescription\x18\x1a \x01(\tR\vdescription\x12\x12\n" +
+	"\x04etag\x18\x1b \x01(\tR\x04etag\"\xb0\x03\n" +
 	"\bTargetVm\x12\x17\n" +
 	"\avm_name\x18\x01 \x01(\tR\x06vmName\x12\x18\n" +
 	"\acluster\x18\x02 \x01(\tR\acluster\x12'\n" +
@@ -2363,11 +2467,17 @@ const file_ferry_v1_migration_job_proto_rawDesc = "" +
 	"start_time\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\tstartTime\x125\n" +
 	"\bend_time\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\aendTime\x12\x14\n" +
 	"\x05bytes\x18\x04 \x01(\x03R\x05bytes\x12(\n" +
-	"\x10bytes_per_second\x18\x05 \x01(\x01R\x0ebytesPerSecond\"\x91\x01\n" +
+	"\x10bytes_per_second\x18\x05 \x01(\x01R\x0ebytesPerSecond\"\xd6\x01\n" +
 	"\x10MigrationJobSpec\x12\x1b\n" +
 	"\tsource_vm\x18\x01 \x01(\tR\bsourceVm\x12*\n" +
 	"\x06target\x18\x02 \x01(\v2\x12.ferry.v1.TargetVmR\x06target\x124\n" +
-	"\aoptions\x18\x03 \x01(\v2\x1a.ferry.v1.MigrationOptionsR\aoptions\"\xe2\x01\n" +
+	"\aoptions\x18\x03 \x01(\v2\x1a.ferry.v1.MigrationOptionsR\aoptions\x12!\n" +
+	"\fdisplay_name\x18\x04 \x01(\tR\vdisplayName\x12 \n" +
+	"\vdescription\x18\x05 \x01(\tR\vdescription\"\x95\x01\n" +
+	"\x19UpdateMigrationJobRequest\x12;\n" +
+	"\rmigration_job\x18\x01 \x01(\v2\x16.ferry.v1.MigrationJobR\fmigrationJob\x12;\n" +
+	"\vupdate_mask\x18\x02 \x01(\v2\x1a.google.protobuf.FieldMaskR\n" +
+	"updateMask\"\xe2\x01\n" +
 	"\x1aCreateMigrationJobsRequest\x12\x16\n" +
 	"\x06source\x18\x01 \x01(\tR\x06source\x12)\n" +
 	"\x10migration_server\x18\x02 \x01(\tR\x0fmigrationServer\x12.\n" +
@@ -2473,7 +2583,7 @@ const file_ferry_v1_migration_job_proto_rawDesc = "" +
 	"\x18WATCH_EVENT_TYPE_INITIAL\x10\x01\x12\x1c\n" +
 	"\x18WATCH_EVENT_TYPE_CHANGED\x10\x02\x12\x1d\n" +
 	"\x19WATCH_EVENT_TYPE_PROGRESS\x10\x03\x12\x1c\n" +
-	"\x18WATCH_EVENT_TYPE_DELETED\x10\x042\x86\x06\n" +
+	"\x18WATCH_EVENT_TYPE_DELETED\x10\x042\xd9\x06\n" +
 	"\x13MigrationJobService\x12b\n" +
 	"\x13CreateMigrationJobs\x12$.ferry.v1.CreateMigrationJobsRequest\x1a%.ferry.v1.CreateMigrationJobsResponse\x12e\n" +
 	"\x14PreviewMigrationJobs\x12%.ferry.v1.PreviewMigrationJobsRequest\x1a&.ferry.v1.PreviewMigrationJobsResponse\x12K\n" +
@@ -2482,7 +2592,8 @@ const file_ferry_v1_migration_job_proto_rawDesc = "" +
 	"\x12CancelMigrationJob\x12#.ferry.v1.CancelMigrationJobRequest\x1a$.ferry.v1.CancelMigrationJobResponse\x12b\n" +
 	"\x13RestartMigrationJob\x12$.ferry.v1.RestartMigrationJobRequest\x1a%.ferry.v1.RestartMigrationJobResponse\x12Q\n" +
 	"\x12DeleteMigrationJob\x12#.ferry.v1.DeleteMigrationJobRequest\x1a\x16.google.protobuf.Empty\x12a\n" +
-	"\x12WatchMigrationJobs\x12#.ferry.v1.WatchMigrationJobsRequest\x1a$.ferry.v1.WatchMigrationJobsResponse0\x01B\x96\x01\n" +
+	"\x12WatchMigrationJobs\x12#.ferry.v1.WatchMigrationJobsRequest\x1a$.ferry.v1.WatchMigrationJobsResponse0\x01\x12Q\n" +
+	"\x12UpdateMigrationJob\x12#.ferry.v1.UpdateMigrationJobRequest\x1a\x16.ferry.v1.MigrationJobB\x96\x01\n" +
 	"\fcom.ferry.v1B\x11MigrationJobProtoP\x01Z2github.com/ferry-v2v/ferry/pkg/pb/ferry/v1;ferryv1\xa2\x02\x03FXX\xaa\x02\bFerry.V1\xca\x02\bFerry\\V1\xe2\x02\x14Ferry\\V1\\GPBMetadata\xea\x02\tFerry::V1b\x06proto3"
 
 var (
@@ -2498,7 +2609,7 @@ func file_ferry_v1_migration_job_proto_rawDescGZIP() []byte {
 }
 
 var file_ferry_v1_migration_job_proto_enumTypes = make([]protoimpl.EnumInfo, 8)
-var file_ferry_v1_migration_job_proto_msgTypes = make([]protoimpl.MessageInfo, 23)
+var file_ferry_v1_migration_job_proto_msgTypes = make([]protoimpl.MessageInfo, 24)
 var file_ferry_v1_migration_job_proto_goTypes = []any{
 	(MigrationJobState)(0),               // 0: ferry.v1.MigrationJobState
 	(MigrationJobPhase)(0),               // 1: ferry.v1.MigrationJobPhase
@@ -2516,24 +2627,26 @@ var file_ferry_v1_migration_job_proto_goTypes = []any{
 	(*DiskProgress)(nil),                 // 13: ferry.v1.DiskProgress
 	(*PhaseTiming)(nil),                  // 14: ferry.v1.PhaseTiming
 	(*MigrationJobSpec)(nil),             // 15: ferry.v1.MigrationJobSpec
-	(*CreateMigrationJobsRequest)(nil),   // 16: ferry.v1.CreateMigrationJobsRequest
-	(*CreateMigrationJobsResponse)(nil),  // 17: ferry.v1.CreateMigrationJobsResponse
-	(*PreviewMigrationJobsRequest)(nil),  // 18: ferry.v1.PreviewMigrationJobsRequest
-	(*PreviewUsage)(nil),                 // 19: ferry.v1.PreviewUsage
-	(*PreviewMigrationJobsResponse)(nil), // 20: ferry.v1.PreviewMigrationJobsResponse
-	(*GetMigrationJobRequest)(nil),       // 21: ferry.v1.GetMigrationJobRequest
-	(*ListMigrationJobsRequest)(nil),     // 22: ferry.v1.ListMigrationJobsRequest
-	(*ListMigrationJobsResponse)(nil),    // 23: ferry.v1.ListMigrationJobsResponse
-	(*CancelMigrationJobRequest)(nil),    // 24: ferry.v1.CancelMigrationJobRequest
-	(*CancelMigrationJobResponse)(nil),   // 25: ferry.v1.CancelMigrationJobResponse
-	(*RestartMigrationJobRequest)(nil),   // 26: ferry.v1.RestartMigrationJobRequest
-	(*RestartMigrationJobResponse)(nil),  // 27: ferry.v1.RestartMigrationJobResponse
-	(*DeleteMigrationJobRequest)(nil),    // 28: ferry.v1.DeleteMigrationJobRequest
-	(*WatchMigrationJobsRequest)(nil),    // 29: ferry.v1.WatchMigrationJobsRequest
-	(*WatchMigrationJobsResponse)(nil),   // 30: ferry.v1.WatchMigrationJobsResponse
-	(*timestamppb.Timestamp)(nil),        // 31: google.protobuf.Timestamp
-	(*durationpb.Duration)(nil),          // 32: google.protobuf.Duration
-	(*emptypb.Empty)(nil),                // 33: google.protobuf.Empty
+	(*UpdateMigrationJobRequest)(nil),    // 16: ferry.v1.UpdateMigrationJobRequest
+	(*CreateMigrationJobsRequest)(nil),   // 17: ferry.v1.CreateMigrationJobsRequest
+	(*CreateMigrationJobsResponse)(nil),  // 18: ferry.v1.CreateMigrationJobsResponse
+	(*PreviewMigrationJobsRequest)(nil),  // 19: ferry.v1.PreviewMigrationJobsRequest
+	(*PreviewUsage)(nil),                 // 20: ferry.v1.PreviewUsage
+	(*PreviewMigrationJobsResponse)(nil), // 21: ferry.v1.PreviewMigrationJobsResponse
+	(*GetMigrationJobRequest)(nil),       // 22: ferry.v1.GetMigrationJobRequest
+	(*ListMigrationJobsRequest)(nil),     // 23: ferry.v1.ListMigrationJobsRequest
+	(*ListMigrationJobsResponse)(nil),    // 24: ferry.v1.ListMigrationJobsResponse
+	(*CancelMigrationJobRequest)(nil),    // 25: ferry.v1.CancelMigrationJobRequest
+	(*CancelMigrationJobResponse)(nil),   // 26: ferry.v1.CancelMigrationJobResponse
+	(*RestartMigrationJobRequest)(nil),   // 27: ferry.v1.RestartMigrationJobRequest
+	(*RestartMigrationJobResponse)(nil),  // 28: ferry.v1.RestartMigrationJobResponse
+	(*DeleteMigrationJobRequest)(nil),    // 29: ferry.v1.DeleteMigrationJobRequest
+	(*WatchMigrationJobsRequest)(nil),    // 30: ferry.v1.WatchMigrationJobsRequest
+	(*WatchMigrationJobsResponse)(nil),   // 31: ferry.v1.WatchMigrationJobsResponse
+	(*timestamppb.Timestamp)(nil),        // 32: google.protobuf.Timestamp
+	(*durationpb.Duration)(nil),          // 33: google.protobuf.Duration
+	(*fieldmaskpb.FieldMask)(nil),        // 34: google.protobuf.FieldMask
+	(*emptypb.Empty)(nil),                // 35: google.protobuf.Empty
 }
 var file_ferry_v1_migration_job_proto_depIdxs = []int32{
 	9,  // 0: ferry.v1.MigrationJob.target:type_name -> ferry.v1.TargetVm
@@ -2541,11 +2654,11 @@ var file_ferry_v1_migration_job_proto_depIdxs = []int32{
 	0,  // 2: ferry.v1.MigrationJob.state:type_name -> ferry.v1.MigrationJobState
 	1,  // 3: ferry.v1.MigrationJob.phase:type_name -> ferry.v1.MigrationJobPhase
 	13, // 4: ferry.v1.MigrationJob.disks:type_name -> ferry.v1.DiskProgress
-	31, // 5: ferry.v1.MigrationJob.create_time:type_name -> google.protobuf.Timestamp
-	31, // 6: ferry.v1.MigrationJob.start_time:type_name -> google.protobuf.Timestamp
-	31, // 7: ferry.v1.MigrationJob.end_time:type_name -> google.protobuf.Timestamp
-	32, // 8: ferry.v1.MigrationJob.duration:type_name -> google.protobuf.Duration
-	31, // 9: ferry.v1.MigrationJob.update_time:type_name -> google.protobuf.Timestamp
+	32, // 5: ferry.v1.MigrationJob.create_time:type_name -> google.protobuf.Timestamp
+	32, // 6: ferry.v1.MigrationJob.start_time:type_name -> google.protobuf.Timestamp
+	32, // 7: ferry.v1.MigrationJob.end_time:type_name -> google.protobuf.Timestamp
+	33, // 8: ferry.v1.MigrationJob.duration:type_name -> google.protobuf.Duration
+	32, // 9: ferry.v1.MigrationJob.update_time:type_name -> google.protobuf.Timestamp
 	14, // 10: ferry.v1.MigrationJob.phase_timings:type_name -> ferry.v1.PhaseTiming
 	10, // 11: ferry.v1.TargetVm.disks:type_name -> ferry.v1.TargetDisk
 	11, // 12: ferry.v1.TargetVm.nics:type_name -> ferry.v1.TargetNic
@@ -2553,45 +2666,49 @@ var file_ferry_v1_migration_job_proto_depIdxs = []int32{
 	3,  // 14: ferry.v1.TargetVm.os_type:type_name -> ferry.v1.OsType
 	4,  // 15: ferry.v1.TargetVm.disk_bus:type_name -> ferry.v1.DiskBus
 	5,  // 16: ferry.v1.MigrationOptions.compression:type_name -> ferry.v1.Compression
-	32, // 17: ferry.v1.DiskProgress.eta:type_name -> google.protobuf.Duration
+	33, // 17: ferry.v1.DiskProgress.eta:type_name -> google.protobuf.Duration
 	1,  // 18: ferry.v1.PhaseTiming.phase:type_name -> ferry.v1.MigrationJobPhase
-	31, // 19: ferry.v1.PhaseTiming.start_time:type_name -> google.protobuf.Timestamp
-	31, // 20: ferry.v1.PhaseTiming.end_time:type_name -> google.protobuf.Timestamp
+	32, // 19: ferry.v1.PhaseTiming.start_time:type_name -> google.protobuf.Timestamp
+	32, // 20: ferry.v1.PhaseTiming.end_time:type_name -> google.protobuf.Timestamp
 	9,  // 21: ferry.v1.MigrationJobSpec.target:type_name -> ferry.v1.TargetVm
 	12, // 22: ferry.v1.MigrationJobSpec.options:type_name -> ferry.v1.MigrationOptions
-	15, // 23: ferry.v1.CreateMigrationJobsRequest.jobs:type_name -> ferry.v1.MigrationJobSpec
-	8,  // 24: ferry.v1.CreateMigrationJobsResponse.jobs:type_name -> ferry.v1.MigrationJob
-	15, // 25: ferry.v1.PreviewMigrationJobsRequest.jobs:type_name -> ferry.v1.MigrationJobSpec
-	6,  // 26: ferry.v1.PreviewUsage.kind:type_name -> ferry.v1.PreviewResourceKind
-	8,  // 27: ferry.v1.PreviewMigrationJobsResponse.jobs:type_name -> ferry.v1.MigrationJob
-	19, // 28: ferry.v1.PreviewMigrationJobsResponse.usages:type_name -> ferry.v1.PreviewUsage
-	0,  // 29: ferry.v1.ListMigrationJobsRequest.state:type_name -> ferry.v1.MigrationJobState
-	8,  // 30: ferry.v1.ListMigrationJobsResponse.jobs:type_name -> ferry.v1.MigrationJob
-	8,  // 31: ferry.v1.CancelMigrationJobResponse.job:type_name -> ferry.v1.MigrationJob
-	8,  // 32: ferry.v1.RestartMigrationJobResponse.job:type_name -> ferry.v1.MigrationJob
-	7,  // 33: ferry.v1.WatchMigrationJobsResponse.type:type_name -> ferry.v1.WatchEventType
-	8,  // 34: ferry.v1.WatchMigrationJobsResponse.job:type_name -> ferry.v1.MigrationJob
-	16, // 35: ferry.v1.MigrationJobService.CreateMigrationJobs:input_type -> ferry.v1.CreateMigrationJobsRequest
-	18, // 36: ferry.v1.MigrationJobService.PreviewMigrationJobs:input_type -> ferry.v1.PreviewMigrationJobsRequest
-	21, // 37: ferry.v1.MigrationJobService.GetMigrationJob:input_type -> ferry.v1.GetMigrationJobRequest
-	22, // 38: ferry.v1.MigrationJobService.ListMigrationJobs:input_type -> ferry.v1.ListMigrationJobsRequest
-	24, // 39: ferry.v1.MigrationJobService.CancelMigrationJob:input_type -> ferry.v1.CancelMigrationJobRequest
-	26, // 40: ferry.v1.MigrationJobService.RestartMigrationJob:input_type -> ferry.v1.RestartMigrationJobRequest
-	28, // 41: ferry.v1.MigrationJobService.DeleteMigrationJob:input_type -> ferry.v1.DeleteMigrationJobRequest
-	29, // 42: ferry.v1.MigrationJobService.WatchMigrationJobs:input_type -> ferry.v1.WatchMigrationJobsRequest
-	17, // 43: ferry.v1.MigrationJobService.CreateMigrationJobs:output_type -> ferry.v1.CreateMigrationJobsResponse
-	20, // 44: ferry.v1.MigrationJobService.PreviewMigrationJobs:output_type -> ferry.v1.PreviewMigrationJobsResponse
-	8,  // 45: ferry.v1.MigrationJobService.GetMigrationJob:output_type -> ferry.v1.MigrationJob
-	23, // 46: ferry.v1.MigrationJobService.ListMigrationJobs:output_type -> ferry.v1.ListMigrationJobsResponse
-	25, // 47: ferry.v1.MigrationJobService.CancelMigrationJob:output_type -> ferry.v1.CancelMigrationJobResponse
-	27, // 48: ferry.v1.MigrationJobService.RestartMigrationJob:output_type -> ferry.v1.RestartMigrationJobResponse
-	33, // 49: ferry.v1.MigrationJobService.DeleteMigrationJob:output_type -> google.protobuf.Empty
-	30, // 50: ferry.v1.MigrationJobService.WatchMigrationJobs:output_type -> ferry.v1.WatchMigrationJobsResponse
-	43, // [43:51] is the sub-list for method output_type
-	35, // [35:43] is the sub-list for method input_type
-	35, // [35:35] is the sub-list for extension type_name
-	35, // [35:35] is the sub-list for extension extendee
-	0,  // [0:35] is the sub-list for field type_name
+	8,  // 23: ferry.v1.UpdateMigrationJobRequest.migration_job:type_name -> ferry.v1.MigrationJob
+	34, // 24: ferry.v1.UpdateMigrationJobRequest.update_mask:type_name -> google.protobuf.FieldMask
+	15, // 25: ferry.v1.CreateMigrationJobsRequest.jobs:type_name -> ferry.v1.MigrationJobSpec
+	8,  // 26: ferry.v1.CreateMigrationJobsResponse.jobs:type_name -> ferry.v1.MigrationJob
+	15, // 27: ferry.v1.PreviewMigrationJobsRequest.jobs:type_name -> ferry.v1.MigrationJobSpec
+	6,  // 28: ferry.v1.PreviewUsage.kind:type_name -> ferry.v1.PreviewResourceKind
+	8,  // 29: ferry.v1.PreviewMigrationJobsResponse.jobs:type_name -> ferry.v1.MigrationJob
+	20, // 30: ferry.v1.PreviewMigrationJobsResponse.usages:type_name -> ferry.v1.PreviewUsage
+	0,  // 31: ferry.v1.ListMigrationJobsRequest.state:type_name -> ferry.v1.MigrationJobState
+	8,  // 32: ferry.v1.ListMigrationJobsResponse.jobs:type_name -> ferry.v1.MigrationJob
+	8,  // 33: ferry.v1.CancelMigrationJobResponse.job:type_name -> ferry.v1.MigrationJob
+	8,  // 34: ferry.v1.RestartMigrationJobResponse.job:type_name -> ferry.v1.MigrationJob
+	7,  // 35: ferry.v1.WatchMigrationJobsResponse.type:type_name -> ferry.v1.WatchEventType
+	8,  // 36: ferry.v1.WatchMigrationJobsResponse.job:type_name -> ferry.v1.MigrationJob
+	17, // 37: ferry.v1.MigrationJobService.CreateMigrationJobs:input_type -> ferry.v1.CreateMigrationJobsRequest
+	19, // 38: ferry.v1.MigrationJobService.PreviewMigrationJobs:input_type -> ferry.v1.PreviewMigrationJobsRequest
+	22, // 39: ferry.v1.MigrationJobService.GetMigrationJob:input_type -> ferry.v1.GetMigrationJobRequest
+	23, // 40: ferry.v1.MigrationJobService.ListMigrationJobs:input_type -> ferry.v1.ListMigrationJobsRequest
+	25, // 41: ferry.v1.MigrationJobService.CancelMigrationJob:input_type -> ferry.v1.CancelMigrationJobRequest
+	27, // 42: ferry.v1.MigrationJobService.RestartMigrationJob:input_type -> ferry.v1.RestartMigrationJobRequest
+	29, // 43: ferry.v1.MigrationJobService.DeleteMigrationJob:input_type -> ferry.v1.DeleteMigrationJobRequest
+	30, // 44: ferry.v1.MigrationJobService.WatchMigrationJobs:input_type -> ferry.v1.WatchMigrationJobsRequest
+	16, // 45: ferry.v1.MigrationJobService.UpdateMigrationJob:input_type -> ferry.v1.UpdateMigrationJobRequest
+	18, // 46: ferry.v1.MigrationJobService.CreateMigrationJobs:output_type -> ferry.v1.CreateMigrationJobsResponse
+	21, // 47: ferry.v1.MigrationJobService.PreviewMigrationJobs:output_type -> ferry.v1.PreviewMigrationJobsResponse
+	8,  // 48: ferry.v1.MigrationJobService.GetMigrationJob:output_type -> ferry.v1.MigrationJob
+	24, // 49: ferry.v1.MigrationJobService.ListMigrationJobs:output_type -> ferry.v1.ListMigrationJobsResponse
+	26, // 50: ferry.v1.MigrationJobService.CancelMigrationJob:output_type -> ferry.v1.CancelMigrationJobResponse
+	28, // 51: ferry.v1.MigrationJobService.RestartMigrationJob:output_type -> ferry.v1.RestartMigrationJobResponse
+	35, // 52: ferry.v1.MigrationJobService.DeleteMigrationJob:output_type -> google.protobuf.Empty
+	31, // 53: ferry.v1.MigrationJobService.WatchMigrationJobs:output_type -> ferry.v1.WatchMigrationJobsResponse
+	8,  // 54: ferry.v1.MigrationJobService.UpdateMigrationJob:output_type -> ferry.v1.MigrationJob
+	46, // [46:55] is the sub-list for method output_type
+	37, // [37:46] is the sub-list for method input_type
+	37, // [37:37] is the sub-list for extension type_name
+	37, // [37:37] is the sub-list for extension extendee
+	0,  // [0:37] is the sub-list for field type_name
 }
 
 func init() { file_ferry_v1_migration_job_proto_init() }
@@ -2606,7 +2723,7 @@ func file_ferry_v1_migration_job_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_ferry_v1_migration_job_proto_rawDesc), len(file_ferry_v1_migration_job_proto_rawDesc)),
 			NumEnums:      8,
-			NumMessages:   23,
+			NumMessages:   24,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -28,6 +28,7 @@ const (
 	MigrationJobService_RestartMigrationJob_FullMethodName  = "/ferry.v1.MigrationJobService/RestartMigrationJob"
 	MigrationJobService_DeleteMigrationJob_FullMethodName   = "/ferry.v1.MigrationJobService/DeleteMigrationJob"
 	MigrationJobService_WatchMigrationJobs_FullMethodName   = "/ferry.v1.MigrationJobService/WatchMigrationJobs"
+	MigrationJobService_UpdateMigrationJob_FullMethodName   = "/ferry.v1.MigrationJobService/UpdateMigrationJob"
 )
 
 // MigrationJobServiceClient is the client API for MigrationJobService service.
@@ -64,6 +65,11 @@ type MigrationJobServiceClient interface {
 	DeleteMigrationJob(ctx context.Context, in *DeleteMigrationJobRequest, opts ...grpc.CallOption) (*emptypb.Empty, error)
 	// WatchMigrationJobs streams state changes and live progress.
 	WatchMigrationJobs(ctx context.Context, in *WatchMigrationJobsRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[WatchMigrationJobsResponse], error)
+	// UpdateMigrationJob replaces display_name and/or description (both
+	// when update_mask is empty), in any state; nothing else of a job is
+	// editable (cancel, restart or delete it instead). With
+	// migration_job.etag set, only if the job is unchanged since.
+	UpdateMigrationJob(ctx context.Context, in *UpdateMigrationJobRequest, opts ...grpc.CallOption) (*MigrationJob, error)
 }
 
 type migrationJobServiceClient struct {
@@ -163,6 +169,16 @@ func (c *migrationJobServiceClient) WatchMigrationJobs(ctx context.Context, in *
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type MigrationJobService_WatchMigrationJobsClient = grpc.ServerStreamingClient[WatchMigrationJobsResponse]
 
+func (c *migrationJobServiceClient) UpdateMigrationJob(ctx context.Context, in *UpdateMigrationJobRequest, opts ...grpc.CallOption) (*MigrationJob, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(MigrationJob)
+	err := c.cc.Invoke(ctx, MigrationJobService_UpdateMigrationJob_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // MigrationJobServiceServer is the server API for MigrationJobService service.
 // All implementations must embed UnimplementedMigrationJobServiceServer
 // for forward compatibility.
@@ -197,6 +213,11 @@ type MigrationJobServiceServer interface {
 	DeleteMigrationJob(context.Context, *DeleteMigrationJobRequest) (*emptypb.Empty, error)
 	// WatchMigrationJobs streams state changes and live progress.
 	WatchMigrationJobs(*WatchMigrationJobsRequest, grpc.ServerStreamingServer[WatchMigrationJobsResponse]) error
+	// UpdateMigrationJob replaces display_name and/or description (both
+	// when update_mask is empty), in any state; nothing else of a job is
+	// editable (cancel, restart or delete it instead). With
+	// migration_job.etag set, only if the job is unchanged since.
+	UpdateMigrationJob(context.Context, *UpdateMigrationJobRequest) (*MigrationJob, error)
 	mustEmbedUnimplementedMigrationJobServiceServer()
 }
 
@@ -230,6 +251,9 @@ func (UnimplementedMigrationJobServiceServer) DeleteMigrationJob(context.Context
 }
 func (UnimplementedMigrationJobServiceServer) WatchMigrationJobs(*WatchMigrationJobsRequest, grpc.ServerStreamingServer[WatchMigrationJobsResponse]) error {
 	return status.Error(codes.Unimplemented, "method WatchMigrationJobs not implemented")
+}
+func (UnimplementedMigrationJobServiceServer) UpdateMigrationJob(context.Context, *UpdateMigrationJobRequest) (*MigrationJob, error) {
+	return nil, status.Error(codes.Unimplemented, "method UpdateMigrationJob not implemented")
 }
 func (UnimplementedMigrationJobServiceServer) mustEmbedUnimplementedMigrationJobServiceServer() {}
 func (UnimplementedMigrationJobServiceServer) testEmbeddedByValue()                             {}
@@ -389,6 +413,24 @@ func _MigrationJobService_WatchMigrationJobs_Handler(srv interface{}, stream grp
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type MigrationJobService_WatchMigrationJobsServer = grpc.ServerStreamingServer[WatchMigrationJobsResponse]
 
+func _MigrationJobService_UpdateMigrationJob_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(UpdateMigrationJobRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(MigrationJobServiceServer).UpdateMigrationJob(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: MigrationJobService_UpdateMigrationJob_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(MigrationJobServiceServer).UpdateMigrationJob(ctx, req.(*UpdateMigrationJobRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // MigrationJobService_ServiceDesc is the grpc.ServiceDesc for MigrationJobService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -423,6 +465,10 @@ var MigrationJobService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "DeleteMigrationJob",
 			Handler:    _MigrationJobService_DeleteMigrationJob_Handler,
+		},
+		{
+			MethodName: "UpdateMigrationJob",
+			Handler:    _MigrationJobService_UpdateMigrationJob_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{

@@ -9,6 +9,7 @@ package ferryv1
 import (
 	protoreflect "google.golang.org/protobuf/reflect/protoreflect"
 	protoimpl "google.golang.org/protobuf/runtime/protoimpl"
+	fieldmaskpb "google.golang.org/protobuf/types/known/fieldmaskpb"
 	timestamppb "google.golang.org/protobuf/types/known/timestamppb"
 	reflect "reflect"
 	sync "sync"
@@ -21,6 +22,59 @@ const (
 	// Verify that runtime/protoimpl is sufficiently up-to-date.
 	_ = protoimpl.EnforceVersion(protoimpl.MaxVersion - 20)
 )
+
+type UpdateMigrationServerRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// name says which server.
+	MigrationServer *MigrationServer       `protobuf:"bytes,1,opt,name=migration_server,json=migrationServer,proto3" json:"migration_server,omitempty"`
+	UpdateMask      *fieldmaskpb.FieldMask `protobuf:"bytes,2,opt,name=update_mask,json=updateMask,proto3" json:"update_mask,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
+}
+
+func (x *UpdateMigrationServerRequest) Reset() {
+	*x = UpdateMigrationServerRequest{}
+	mi := &file_ferry_v1_migration_server_proto_msgTypes[0]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *UpdateMigrationServerRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*UpdateMigrationServerRequest) ProtoMessage() {}
+
+func (x *UpdateMigrationServerRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_ferry_v1_migration_server_proto_msgTypes[0]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use UpdateMigrationServerRequest.ProtoReflect.Descriptor instead.
+func (*UpdateMigrationServerRequest) Descriptor() ([]byte, []int) {
+	return file_ferry_v1_migration_server_proto_rawDescGZIP(), []int{0}
+}
+
+func (x *UpdateMigrationServerRequest) GetMigrationServer() *MigrationServer {
+	if x != nil {
+		return x.MigrationServer
+	}
+	return nil
+}
+
+func (x *UpdateMigrationServerRequest) GetUpdateMask() *fieldmaskpb.FieldMask {
+	if x != nil {
+		return x.UpdateMask
+	}
+	return nil
+}
 
 // MigrationServer is a host given the migration role.
 type MigrationServer struct {
@@ -49,14 +103,22 @@ type MigrationServer struct {
 	Enabled                 bool                   `protobuf:"varint,11,opt,name=enabled,proto3" json:"enabled,omitempty"`
 	CreateTime              *timestamppb.Timestamp `protobuf:"bytes,12,opt,name=create_time,json=createTime,proto3" json:"create_time,omitempty"`
 	// Output only: whether the host's agent is connected to the leader.
-	Connected     bool `protobuf:"varint,13,opt,name=connected,proto3" json:"connected,omitempty"`
+	Connected bool `protobuf:"varint,13,opt,name=connected,proto3" json:"connected,omitempty"`
+	// Free text for the operator, at most 1024 characters.
+	Description string `protobuf:"bytes,14,opt,name=description,proto3" json:"description,omitempty"`
+	// Output only: when the last update changed it.
+	UpdateTime *timestamppb.Timestamp `protobuf:"bytes,15,opt,name=update_time,json=updateTime,proto3" json:"update_time,omitempty"`
+	// Output only, and the precondition of an update (AIP-154): a checksum
+	// of the stored resource. An Update carrying an etag that no longer
+	// matches is ABORTED naming etag; an empty etag updates unconditionally.
+	Etag          string `protobuf:"bytes,16,opt,name=etag,proto3" json:"etag,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *MigrationServer) Reset() {
 	*x = MigrationServer{}
-	mi := &file_ferry_v1_migration_server_proto_msgTypes[0]
+	mi := &file_ferry_v1_migration_server_proto_msgTypes[1]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -68,7 +130,7 @@ func (x *MigrationServer) String() string {
 func (*MigrationServer) ProtoMessage() {}
 
 func (x *MigrationServer) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_migration_server_proto_msgTypes[0]
+	mi := &file_ferry_v1_migration_server_proto_msgTypes[1]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -81,7 +143,7 @@ func (x *MigrationServer) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MigrationServer.ProtoReflect.Descriptor instead.
 func (*MigrationServer) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_migration_server_proto_rawDescGZIP(), []int{0}
+	return file_ferry_v1_migration_server_proto_rawDescGZIP(), []int{1}
 }
 
 func (x *MigrationServer) GetName() string {
@@ -175,6 +237,27 @@ func (x *MigrationServer) GetConnected() bool {
 	return false
 }
 
+func (x *MigrationServer) GetDescription() string {
+	if x != nil {
+		return x.Description
+	}
+	return ""
+}
+
+func (x *MigrationServer) GetUpdateTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.UpdateTime
+	}
+	return nil
+}
+
+func (x *MigrationServer) GetEtag() string {
+	if x != nil {
+		return x.Etag
+	}
+	return ""
+}
+
 type CreateMigrationServerRequest struct {
 	state           protoimpl.MessageState `protogen:"open.v1"`
 	MigrationServer *MigrationServer       `protobuf:"bytes,1,opt,name=migration_server,json=migrationServer,proto3" json:"migration_server,omitempty"`
@@ -185,7 +268,7 @@ type CreateMigrationServerRequest struct {
 
 func (x *CreateMigrationServerRequest) Reset() {
 	*x = CreateMigrationServerRequest{}
-	mi := &file_ferry_v1_migration_server_proto_msgTypes[1]
+	mi := &file_ferry_v1_migration_server_proto_msgTypes[2]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -197,7 +280,7 @@ func (x *CreateMigrationServerRequest) String() string {
 func (*CreateMigrationServerRequest) ProtoMessage() {}
 
 func (x *CreateMigrationServerRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_migration_server_proto_msgTypes[1]
+	mi := &file_ferry_v1_migration_server_proto_msgTypes[2]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -210,7 +293,7 @@ func (x *CreateMigrationServerRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateMigrationServerRequest.ProtoReflect.Descriptor instead.
 func (*CreateMigrationServerRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_migration_server_proto_rawDescGZIP(), []int{1}
+	return file_ferry_v1_migration_server_proto_rawDescGZIP(), []int{2}
 }
 
 func (x *CreateMigrationServerRequest) GetMigrationServer() *MigrationServer {
@@ -236,7 +319,7 @@ type GetMigrationServerRequest struct {
 
 func (x *GetMigrationServerRequest) Reset() {
 	*x = GetMigrationServerRequest{}
-	mi := &file_ferry_v1_migration_server_proto_msgTypes[2]
+	mi := &file_ferry_v1_migration_server_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -248,7 +331,7 @@ func (x *GetMigrationServerRequest) String() string {
 func (*GetMigrationServerRequest) ProtoMessage() {}
 
 func (x *GetMigrationServerRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_migration_server_proto_msgTypes[2]
+	mi := &file_ferry_v1_migration_server_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -261,7 +344,7 @@ func (x *GetMigrationServerRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetMigrationServerRequest.ProtoReflect.Descriptor instead.
 func (*GetMigrationServerRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_migration_server_proto_rawDescGZIP(), []int{2}
+	return file_ferry_v1_migration_server_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *GetMigrationServerRequest) GetName() string {
@@ -282,7 +365,7 @@ type ListMigrationServersRequest struct {
 
 func (x *ListMigrationServersRequest) Reset() {
 	*x = ListMigrationServersRequest{}
-	mi := &file_ferry_v1_migration_server_proto_msgTypes[3]
+	mi := &file_ferry_v1_migration_server_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -294,7 +377,7 @@ func (x *ListMigrationServersRequest) String() string {
 func (*ListMigrationServersRequest) ProtoMessage() {}
 
 func (x *ListMigrationServersRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_migration_server_proto_msgTypes[3]
+	mi := &file_ferry_v1_migration_server_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -307,7 +390,7 @@ func (x *ListMigrationServersRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListMigrationServersRequest.ProtoReflect.Descriptor instead.
 func (*ListMigrationServersRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_migration_server_proto_rawDescGZIP(), []int{3}
+	return file_ferry_v1_migration_server_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *ListMigrationServersRequest) GetPageSize() int32 {
@@ -341,7 +424,7 @@ type ListMigrationServersResponse struct {
 
 func (x *ListMigrationServersResponse) Reset() {
 	*x = ListMigrationServersResponse{}
-	mi := &file_ferry_v1_migration_server_proto_msgTypes[4]
+	mi := &file_ferry_v1_migration_server_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -353,7 +436,7 @@ func (x *ListMigrationServersResponse) String() string {
 func (*ListMigrationServersResponse) ProtoMessage() {}
 
 func (x *ListMigrationServersResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_migration_server_proto_msgTypes[4]
+	mi := &file_ferry_v1_migration_server_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -366,7 +449,7 @@ func (x *ListMigrationServersResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListMigrationServersResponse.ProtoReflect.Descriptor instead.
 func (*ListMigrationServersResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_migration_server_proto_rawDescGZIP(), []int{4}
+	return file_ferry_v1_migration_server_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *ListMigrationServersResponse) GetMigrationServers() []*MigrationServer {
@@ -392,7 +475,7 @@ type DeleteMigrationServerRequest struct {
 
 func (x *DeleteMigrationServerRequest) Reset() {
 	*x = DeleteMigrationServerRequest{}
-	mi := &file_ferry_v1_migration_server_proto_msgTypes[5]
+	mi := &file_ferry_v1_migration_server_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -404,7 +487,7 @@ func (x *DeleteMigrationServerRequest) String() string {
 func (*DeleteMigrationServerRequest) ProtoMessage() {}
 
 func (x *DeleteMigrationServerRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_migration_server_proto_msgTypes[5]
+	mi := &file_ferry_v1_migration_server_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -417,7 +500,7 @@ func (x *DeleteMigrationServerRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteMigrationServerRequest.ProtoReflect.Descriptor instead.
 func (*DeleteMigrationServerRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_migration_server_proto_rawDescGZIP(), []int{5}
+	return file_ferry_v1_migration_server_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *DeleteMigrationServerRequest) GetName() string {
@@ -437,7 +520,7 @@ type DeleteMigrationServerResponse struct {
 
 func (x *DeleteMigrationServerResponse) Reset() {
 	*x = DeleteMigrationServerResponse{}
-	mi := &file_ferry_v1_migration_server_proto_msgTypes[6]
+	mi := &file_ferry_v1_migration_server_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -449,7 +532,7 @@ func (x *DeleteMigrationServerResponse) String() string {
 func (*DeleteMigrationServerResponse) ProtoMessage() {}
 
 func (x *DeleteMigrationServerResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_migration_server_proto_msgTypes[6]
+	mi := &file_ferry_v1_migration_server_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -462,7 +545,7 @@ func (x *DeleteMigrationServerResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteMigrationServerResponse.ProtoReflect.Descriptor instead.
 func (*DeleteMigrationServerResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_migration_server_proto_rawDescGZIP(), []int{6}
+	return file_ferry_v1_migration_server_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *DeleteMigrationServerResponse) GetCancelledJobs() []string {
@@ -486,7 +569,7 @@ type EnableMigrationServerRequest struct {
 
 func (x *EnableMigrationServerRequest) Reset() {
 	*x = EnableMigrationServerRequest{}
-	mi := &file_ferry_v1_migration_server_proto_msgTypes[7]
+	mi := &file_ferry_v1_migration_server_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -498,7 +581,7 @@ func (x *EnableMigrationServerRequest) String() string {
 func (*EnableMigrationServerRequest) ProtoMessage() {}
 
 func (x *EnableMigrationServerRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_migration_server_proto_msgTypes[7]
+	mi := &file_ferry_v1_migration_server_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -511,7 +594,7 @@ func (x *EnableMigrationServerRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use EnableMigrationServerRequest.ProtoReflect.Descriptor instead.
 func (*EnableMigrationServerRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_migration_server_proto_rawDescGZIP(), []int{7}
+	return file_ferry_v1_migration_server_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *EnableMigrationServerRequest) GetName() string {
@@ -537,7 +620,7 @@ type EnableMigrationServerResponse struct {
 
 func (x *EnableMigrationServerResponse) Reset() {
 	*x = EnableMigrationServerResponse{}
-	mi := &file_ferry_v1_migration_server_proto_msgTypes[8]
+	mi := &file_ferry_v1_migration_server_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -549,7 +632,7 @@ func (x *EnableMigrationServerResponse) String() string {
 func (*EnableMigrationServerResponse) ProtoMessage() {}
 
 func (x *EnableMigrationServerResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_migration_server_proto_msgTypes[8]
+	mi := &file_ferry_v1_migration_server_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -562,7 +645,7 @@ func (x *EnableMigrationServerResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use EnableMigrationServerResponse.ProtoReflect.Descriptor instead.
 func (*EnableMigrationServerResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_migration_server_proto_rawDescGZIP(), []int{8}
+	return file_ferry_v1_migration_server_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *EnableMigrationServerResponse) GetMigrationServer() *MigrationServer {
@@ -586,7 +669,7 @@ type DisableMigrationServerRequest struct {
 
 func (x *DisableMigrationServerRequest) Reset() {
 	*x = DisableMigrationServerRequest{}
-	mi := &file_ferry_v1_migration_server_proto_msgTypes[9]
+	mi := &file_ferry_v1_migration_server_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -598,7 +681,7 @@ func (x *DisableMigrationServerRequest) String() string {
 func (*DisableMigrationServerRequest) ProtoMessage() {}
 
 func (x *DisableMigrationServerRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_migration_server_proto_msgTypes[9]
+	mi := &file_ferry_v1_migration_server_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -611,7 +694,7 @@ func (x *DisableMigrationServerRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DisableMigrationServerRequest.ProtoReflect.Descriptor instead.
 func (*DisableMigrationServerRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_migration_server_proto_rawDescGZIP(), []int{9}
+	return file_ferry_v1_migration_server_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *DisableMigrationServerRequest) GetName() string {
@@ -637,7 +720,7 @@ type DisableMigrationServerResponse struct {
 
 func (x *DisableMigrationServerResponse) Reset() {
 	*x = DisableMigrationServerResponse{}
-	mi := &file_ferry_v1_migration_server_proto_msgTypes[10]
+	mi := &file_ferry_v1_migration_server_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -649,7 +732,7 @@ func (x *DisableMigrationServerResponse) String() string {
 func (*DisableMigrationServerResponse) ProtoMessage() {}
 
 func (x *DisableMigrationServerResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_migration_server_proto_msgTypes[10]
+	mi := &file_ferry_v1_migration_server_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -662,7 +745,7 @@ func (x *DisableMigrationServerResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DisableMigrationServerResponse.ProtoReflect.Descriptor instead.
 func (*DisableMigrationServerResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_migration_server_proto_rawDescGZIP(), []int{10}
+	return file_ferry_v1_migration_server_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *DisableMigrationServerResponse) GetMigrationServer() *MigrationServer {
@@ -689,7 +772,7 @@ type SetMigrationServerBandwidthRequest struct {
 
 func (x *SetMigrationServerBandwidthRequest) Reset() {
 	*x = SetMigrationServerBandwidthRequest{}
-	mi := &file_ferry_v1_migration_server_proto_msgTypes[11]
+	mi := &file_ferry_v1_migration_server_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -701,7 +784,7 @@ func (x *SetMigrationServerBandwidthRequest) String() string {
 func (*SetMigrationServerBandwidthRequest) ProtoMessage() {}
 
 func (x *SetMigrationServerBandwidthRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_migration_server_proto_msgTypes[11]
+	mi := &file_ferry_v1_migration_server_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -714,7 +797,7 @@ func (x *SetMigrationServerBandwidthRequest) ProtoReflect() protoreflect.Message
 
 // Deprecated: Use SetMigrationServerBandwidthRequest.ProtoReflect.Descriptor instead.
 func (*SetMigrationServerBandwidthRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_migration_server_proto_rawDescGZIP(), []int{11}
+	return file_ferry_v1_migration_server_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *SetMigrationServerBandwidthRequest) GetName() string {
@@ -754,7 +837,7 @@ type SetMigrationServerBandwidthResponse struct {
 
 func (x *SetMigrationServerBandwidthResponse) Reset() {
 	*x = SetMigrationServerBandwidthResponse{}
-	mi := &file_ferry_v1_migration_server_proto_msgTypes[12]
+	mi := &file_ferry_v1_migration_server_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -766,7 +849,7 @@ func (x *SetMigrationServerBandwidthResponse) String() string {
 func (*SetMigrationServerBandwidthResponse) ProtoMessage() {}
 
 func (x *SetMigrationServerBandwidthResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_migration_server_proto_msgTypes[12]
+	mi := &file_ferry_v1_migration_server_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -779,7 +862,7 @@ func (x *SetMigrationServerBandwidthResponse) ProtoReflect() protoreflect.Messag
 
 // Deprecated: Use SetMigrationServerBandwidthResponse.ProtoReflect.Descriptor instead.
 func (*SetMigrationServerBandwidthResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_migration_server_proto_rawDescGZIP(), []int{12}
+	return file_ferry_v1_migration_server_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *SetMigrationServerBandwidthResponse) GetMigrationServer() *MigrationServer {
@@ -793,7 +876,11 @@ var File_ferry_v1_migration_server_proto protoreflect.FileDescriptor
 
 const file_ferry_v1_migration_server_proto_rawDesc = "" +
 	"\n" +
-	"\x1fferry/v1/migration_server.proto\x12\bferry.v1\x1a\x15ferry/v1/common.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x97\x04\n" +
+	"\x1fferry/v1/migration_server.proto\x12\bferry.v1\x1a\x15ferry/v1/common.proto\x1a google/protobuf/field_mask.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xa1\x01\n" +
+	"\x1cUpdateMigrationServerRequest\x12D\n" +
+	"\x10migration_server\x18\x01 \x01(\v2\x19.ferry.v1.MigrationServerR\x0fmigrationServer\x12;\n" +
+	"\vupdate_mask\x18\x02 \x01(\v2\x1a.google.protobuf.FieldMaskR\n" +
+	"updateMask\"\x8a\x05\n" +
 	"\x0fMigrationServer\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12!\n" +
 	"\fdisplay_name\x18\x02 \x01(\tR\vdisplayName\x12\x12\n" +
@@ -810,7 +897,11 @@ const file_ferry_v1_migration_server_proto_rawDesc = "" +
 	"\aenabled\x18\v \x01(\bR\aenabled\x12;\n" +
 	"\vcreate_time\x18\f \x01(\v2\x1a.google.protobuf.TimestampR\n" +
 	"createTime\x12\x1c\n" +
-	"\tconnected\x18\r \x01(\bR\tconnected\"\x83\x01\n" +
+	"\tconnected\x18\r \x01(\bR\tconnected\x12 \n" +
+	"\vdescription\x18\x0e \x01(\tR\vdescription\x12;\n" +
+	"\vupdate_time\x18\x0f \x01(\v2\x1a.google.protobuf.TimestampR\n" +
+	"updateTime\x12\x12\n" +
+	"\x04etag\x18\x10 \x01(\tR\x04etag\"\x83\x01\n" +
 	"\x1cCreateMigrationServerRequest\x12D\n" +
 	"\x10migration_server\x18\x01 \x01(\v2\x19.ferry.v1.MigrationServerR\x0fmigrationServer\x12\x1d\n" +
 	"\n" +
@@ -850,7 +941,7 @@ const file_ferry_v1_migration_server_proto_rawDesc = "" +
 	"\x13_upstream_bandwidthB\x17\n" +
 	"\x15_downstream_bandwidth\"k\n" +
 	"#SetMigrationServerBandwidthResponse\x12D\n" +
-	"\x10migration_server\x18\x01 \x01(\v2\x19.ferry.v1.MigrationServerR\x0fmigrationServer2\xee\x05\n" +
+	"\x10migration_server\x18\x01 \x01(\v2\x19.ferry.v1.MigrationServerR\x0fmigrationServer2\xca\x06\n" +
 	"\x16MigrationServerService\x12Z\n" +
 	"\x15CreateMigrationServer\x12&.ferry.v1.CreateMigrationServerRequest\x1a\x19.ferry.v1.MigrationServer\x12T\n" +
 	"\x12GetMigrationServer\x12#.ferry.v1.GetMigrationServerRequest\x1a\x19.ferry.v1.MigrationServer\x12e\n" +
@@ -858,7 +949,8 @@ const file_ferry_v1_migration_server_proto_rawDesc = "" +
 	"\x15DeleteMigrationServer\x12&.ferry.v1.DeleteMigrationServerRequest\x1a'.ferry.v1.DeleteMigrationServerResponse\x12h\n" +
 	"\x15EnableMigrationServer\x12&.ferry.v1.EnableMigrationServerRequest\x1a'.ferry.v1.EnableMigrationServerResponse\x12k\n" +
 	"\x16DisableMigrationServer\x12'.ferry.v1.DisableMigrationServerRequest\x1a(.ferry.v1.DisableMigrationServerResponse\x12z\n" +
-	"\x1bSetMigrationServerBandwidth\x12,.ferry.v1.SetMigrationServerBandwidthRequest\x1a-.ferry.v1.SetMigrationServerBandwidthResponseB\x99\x01\n" +
+	"\x1bSetMigrationServerBandwidth\x12,.ferry.v1.SetMigrationServerBandwidthRequest\x1a-.ferry.v1.SetMigrationServerBandwidthResponse\x12Z\n" +
+	"\x15UpdateMigrationServer\x12&.ferry.v1.UpdateMigrationServerRequest\x1a\x19.ferry.v1.MigrationServerB\x99\x01\n" +
 	"\fcom.ferry.v1B\x14MigrationServerProtoP\x01Z2github.com/ferry-v2v/ferry/pkg/pb/ferry/v1;ferryv1\xa2\x02\x03FXX\xaa\x02\bFerry.V1\xca\x02\bFerry\\V1\xe2\x02\x14Ferry\\V1\\GPBMetadata\xea\x02\tFerry::V1b\x06proto3"
 
 var (
@@ -873,52 +965,59 @@ func file_ferry_v1_migration_server_proto_rawDescGZIP() []byte {
 	return file_ferry_v1_migration_server_proto_rawDescData
 }
 
-var file_ferry_v1_migration_server_proto_msgTypes = make([]protoimpl.MessageInfo, 13)
+var file_ferry_v1_migration_server_proto_msgTypes = make([]protoimpl.MessageInfo, 14)
 var file_ferry_v1_migration_server_proto_goTypes = []any{
-	(*MigrationServer)(nil),                     // 0: ferry.v1.MigrationServer
-	(*CreateMigrationServerRequest)(nil),        // 1: ferry.v1.CreateMigrationServerRequest
-	(*GetMigrationServerRequest)(nil),           // 2: ferry.v1.GetMigrationServerRequest
-	(*ListMigrationServersRequest)(nil),         // 3: ferry.v1.ListMigrationServersRequest
-	(*ListMigrationServersResponse)(nil),        // 4: ferry.v1.ListMigrationServersResponse
-	(*DeleteMigrationServerRequest)(nil),        // 5: ferry.v1.DeleteMigrationServerRequest
-	(*DeleteMigrationServerResponse)(nil),       // 6: ferry.v1.DeleteMigrationServerResponse
-	(*EnableMigrationServerRequest)(nil),        // 7: ferry.v1.EnableMigrationServerRequest
-	(*EnableMigrationServerResponse)(nil),       // 8: ferry.v1.EnableMigrationServerResponse
-	(*DisableMigrationServerRequest)(nil),       // 9: ferry.v1.DisableMigrationServerRequest
-	(*DisableMigrationServerResponse)(nil),      // 10: ferry.v1.DisableMigrationServerResponse
-	(*SetMigrationServerBandwidthRequest)(nil),  // 11: ferry.v1.SetMigrationServerBandwidthRequest
-	(*SetMigrationServerBandwidthResponse)(nil), // 12: ferry.v1.SetMigrationServerBandwidthResponse
-	(Platform)(0),                 // 13: ferry.v1.Platform
-	(*timestamppb.Timestamp)(nil), // 14: google.protobuf.Timestamp
+	(*UpdateMigrationServerRequest)(nil),        // 0: ferry.v1.UpdateMigrationServerRequest
+	(*MigrationServer)(nil),                     // 1: ferry.v1.MigrationServer
+	(*CreateMigrationServerRequest)(nil),        // 2: ferry.v1.CreateMigrationServerRequest
+	(*GetMigrationServerRequest)(nil),           // 3: ferry.v1.GetMigrationServerRequest
+	(*ListMigrationServersRequest)(nil),         // 4: ferry.v1.ListMigrationServersRequest
+	(*ListMigrationServersResponse)(nil),        // 5: ferry.v1.ListMigrationServersResponse
+	(*DeleteMigrationServerRequest)(nil),        // 6: ferry.v1.DeleteMigrationServerRequest
+	(*DeleteMigrationServerResponse)(nil),       // 7: ferry.v1.DeleteMigrationServerResponse
+	(*EnableMigrationServerRequest)(nil),        // 8: ferry.v1.EnableMigrationServerRequest
+	(*EnableMigrationServerResponse)(nil),       // 9: ferry.v1.EnableMigrationServerResponse
+	(*DisableMigrationServerRequest)(nil),       // 10: ferry.v1.DisableMigrationServerRequest
+	(*DisableMigrationServerResponse)(nil),      // 11: ferry.v1.DisableMigrationServerResponse
+	(*SetMigrationServerBandwidthRequest)(nil),  // 12: ferry.v1.SetMigrationServerBandwidthRequest
+	(*SetMigrationServerBandwidthResponse)(nil), // 13: ferry.v1.SetMigrationServerBandwidthResponse
+	(*fieldmaskpb.FieldMask)(nil),               // 14: google.protobuf.FieldMask
+	(Platform)(0),                               // 15: ferry.v1.Platform
+	(*timestamppb.Timestamp)(nil),               // 16: google.protobuf.Timestamp
 }
 var file_ferry_v1_migration_server_proto_depIdxs = []int32{
-	13, // 0: ferry.v1.MigrationServer.type:type_name -> ferry.v1.Platform
-	14, // 1: ferry.v1.MigrationServer.create_time:type_name -> google.protobuf.Timestamp
-	0,  // 2: ferry.v1.CreateMigrationServerRequest.migration_server:type_name -> ferry.v1.MigrationServer
-	13, // 3: ferry.v1.ListMigrationServersRequest.type:type_name -> ferry.v1.Platform
-	0,  // 4: ferry.v1.ListMigrationServersResponse.migration_servers:type_name -> ferry.v1.MigrationServer
-	0,  // 5: ferry.v1.EnableMigrationServerResponse.migration_server:type_name -> ferry.v1.MigrationServer
-	0,  // 6: ferry.v1.DisableMigrationServerResponse.migration_server:type_name -> ferry.v1.MigrationServer
-	0,  // 7: ferry.v1.SetMigrationServerBandwidthResponse.migration_server:type_name -> ferry.v1.MigrationServer
-	1,  // 8: ferry.v1.MigrationServerService.CreateMigrationServer:input_type -> ferry.v1.CreateMigrationServerRequest
-	2,  // 9: ferry.v1.MigrationServerService.GetMigrationServer:input_type -> ferry.v1.GetMigrationServerRequest
-	3,  // 10: ferry.v1.MigrationServerService.ListMigrationServers:input_type -> ferry.v1.ListMigrationServersRequest
-	5,  // 11: ferry.v1.MigrationServerService.DeleteMigrationServer:input_type -> ferry.v1.DeleteMigrationServerRequest
-	7,  // 12: ferry.v1.MigrationServerService.EnableMigrationServer:input_type -> ferry.v1.EnableMigrationServerRequest
-	9,  // 13: ferry.v1.MigrationServerService.DisableMigrationServer:input_type -> ferry.v1.DisableMigrationServerRequest
-	11, // 14: ferry.v1.MigrationServerService.SetMigrationServerBandwidth:input_type -> ferry.v1.SetMigrationServerBandwidthRequest
-	0,  // 15: ferry.v1.MigrationServerService.CreateMigrationServer:output_type -> ferry.v1.MigrationServer
-	0,  // 16: ferry.v1.MigrationServerService.GetMigrationServer:output_type -> ferry.v1.MigrationServer
-	4,  // 17: ferry.v1.MigrationServerService.ListMigrationServers:output_type -> ferry.v1.ListMigrationServersResponse
-	6,  // 18: ferry.v1.MigrationServerService.DeleteMigrationServer:output_type -> ferry.v1.DeleteMigrationServerResponse
-	8,  // 19: ferry.v1.MigrationServerService.EnableMigrationServer:output_type -> ferry.v1.EnableMigrationServerResponse
-	10, // 20: ferry.v1.MigrationServerService.DisableMigrationServer:output_type -> ferry.v1.DisableMigrationServerResponse
-	12, // 21: ferry.v1.MigrationServerService.SetMigrationServerBandwidth:output_type -> ferry.v1.SetMigrationServerBandwidthResponse
-	15, // [15:22] is the sub-list for method output_type
-	8,  // [8:15] is the sub-list for method input_type
-	8,  // [8:8] is the sub-list for extension type_name
-	8,  // [8:8] is the sub-list for extension extendee
-	0,  // [0:8] is the sub-list for field type_name
+	1,  // 0: ferry.v1.UpdateMigrationServerRequest.migration_server:type_name -> ferry.v1.MigrationServer
+	14, // 1: ferry.v1.UpdateMigrationServerRequest.update_mask:type_name -> google.protobuf.FieldMask
+	15, // 2: ferry.v1.MigrationServer.type:type_name -> ferry.v1.Platform
+	16, // 3: ferry.v1.MigrationServer.create_time:type_name -> google.protobuf.Timestamp
+	16, // 4: ferry.v1.MigrationServer.update_time:type_name -> google.protobuf.Timestamp
+	1,  // 5: ferry.v1.CreateMigrationServerRequest.migration_server:type_name -> ferry.v1.MigrationServer
+	15, // 6: ferry.v1.ListMigrationServersRequest.type:type_name -> ferry.v1.Platform
+	1,  // 7: ferry.v1.ListMigrationServersResponse.migration_servers:type_name -> ferry.v1.MigrationServer
+	1,  // 8: ferry.v1.EnableMigrationServerResponse.migration_server:type_name -> ferry.v1.MigrationServer
+	1,  // 9: ferry.v1.DisableMigrationServerResponse.migration_server:type_name -> ferry.v1.MigrationServer
+	1,  // 10: ferry.v1.SetMigrationServerBandwidthResponse.migration_server:type_name -> ferry.v1.MigrationServer
+	2,  // 11: ferry.v1.MigrationServerService.CreateMigrationServer:input_type -> ferry.v1.CreateMigrationServerRequest
+	3,  // 12: ferry.v1.MigrationServerService.GetMigrationServer:input_type -> ferry.v1.GetMigrationServerRequest
+	4,  // 13: ferry.v1.MigrationServerService.ListMigrationServers:input_type -> ferry.v1.ListMigrationServersRequest
+	6,  // 14: ferry.v1.MigrationServerService.DeleteMigrationServer:input_type -> ferry.v1.DeleteMigrationServerRequest
+	8,  // 15: ferry.v1.MigrationServerService.EnableMigrationServer:input_type -> ferry.v1.EnableMigrationServerRequest
+	10, // 16: ferry.v1.MigrationServerService.DisableMigrationServer:input_type -> ferry.v1.DisableMigrationServerRequest
+	12, // 17: ferry.v1.MigrationServerService.SetMigrationServerBandwidth:input_type -> ferry.v1.SetMigrationServerBandwidthRequest
+	0,  // 18: ferry.v1.MigrationServerService.UpdateMigrationServer:input_type -> ferry.v1.UpdateMigrationServerRequest
+	1,  // 19: ferry.v1.MigrationServerService.CreateMigrationServer:output_type -> ferry.v1.MigrationServer
+	1,  // 20: ferry.v1.MigrationServerService.GetMigrationServer:output_type -> ferry.v1.MigrationServer
+	5,  // 21: ferry.v1.MigrationServerService.ListMigrationServers:output_type -> ferry.v1.ListMigrationServersResponse
+	7,  // 22: ferry.v1.MigrationServerService.DeleteMigrationServer:output_type -> ferry.v1.DeleteMigrationServerResponse
+	9,  // 23: ferry.v1.MigrationServerService.EnableMigrationServer:output_type -> ferry.v1.EnableMigrationServerResponse
+	11, // 24: ferry.v1.MigrationServerService.DisableMigrationServer:output_type -> ferry.v1.DisableMigrationServerResponse
+	13, // 25: ferry.v1.MigrationServerService.SetMigrationServerBandwidth:output_type -> ferry.v1.SetMigrationServerBandwidthResponse
+	1,  // 26: ferry.v1.MigrationServerService.UpdateMigrationServer:output_type -> ferry.v1.MigrationServer
+	19, // [19:27] is the sub-list for method output_type
+	11, // [11:19] is the sub-list for method input_type
+	11, // [11:11] is the sub-list for extension type_name
+	11, // [11:11] is the sub-list for extension extendee
+	0,  // [0:11] is the sub-list for field type_name
 }
 
 func init() { file_ferry_v1_migration_server_proto_init() }
@@ -927,14 +1026,14 @@ func file_ferry_v1_migration_server_proto_init() {
 		return
 	}
 	file_ferry_v1_common_proto_init()
-	file_ferry_v1_migration_server_proto_msgTypes[11].OneofWrappers = []any{}
+	file_ferry_v1_migration_server_proto_msgTypes[12].OneofWrappers = []any{}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_ferry_v1_migration_server_proto_rawDesc), len(file_ferry_v1_migration_server_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   13,
+			NumMessages:   14,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -26,6 +26,7 @@ const (
 	MigrationServerService_EnableMigrationServer_FullMethodName       = "/ferry.v1.MigrationServerService/EnableMigrationServer"
 	MigrationServerService_DisableMigrationServer_FullMethodName      = "/ferry.v1.MigrationServerService/DisableMigrationServer"
 	MigrationServerService_SetMigrationServerBandwidth_FullMethodName = "/ferry.v1.MigrationServerService/SetMigrationServerBandwidth"
+	MigrationServerService_UpdateMigrationServer_FullMethodName       = "/ferry.v1.MigrationServerService/UpdateMigrationServer"
 )
 
 // MigrationServerServiceClient is the client API for MigrationServerService service.
@@ -58,6 +59,12 @@ type MigrationServerServiceClient interface {
 	// it to the agent of the server's host, whose token buckets (one per
 	// direction, shared by the server's jobs) take the new rate at once.
 	SetMigrationServerBandwidth(ctx context.Context, in *SetMigrationServerBandwidthRequest, opts ...grpc.CallOption) (*SetMigrationServerBandwidthResponse, error)
+	// UpdateMigrationServer replaces the fields named in update_mask
+	// (display_name, description, upstream_bandwidth, downstream_bandwidth;
+	// all four when empty), validated as at creation. New bandwidths reach
+	// running jobs as SetMigrationServerBandwidth's do. With
+	// migration_server.etag set, only if the server is unchanged since.
+	UpdateMigrationServer(ctx context.Context, in *UpdateMigrationServerRequest, opts ...grpc.CallOption) (*MigrationServer, error)
 }
 
 type migrationServerServiceClient struct {
@@ -138,6 +145,16 @@ func (c *migrationServerServiceClient) SetMigrationServerBandwidth(ctx context.C
 	return out, nil
 }
 
+func (c *migrationServerServiceClient) UpdateMigrationServer(ctx context.Context, in *UpdateMigrationServerRequest, opts ...grpc.CallOption) (*MigrationServer, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(MigrationServer)
+	err := c.cc.Invoke(ctx, MigrationServerService_UpdateMigrationServer_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // MigrationServerServiceServer is the server API for MigrationServerService service.
 // All implementations must embed UnimplementedMigrationServerServiceServer
 // for forward compatibility.
@@ -168,6 +185,12 @@ type MigrationServerServiceServer interface {
 	// it to the agent of the server's host, whose token buckets (one per
 	// direction, shared by the server's jobs) take the new rate at once.
 	SetMigrationServerBandwidth(context.Context, *SetMigrationServerBandwidthRequest) (*SetMigrationServerBandwidthResponse, error)
+	// UpdateMigrationServer replaces the fields named in update_mask
+	// (display_name, description, upstream_bandwidth, downstream_bandwidth;
+	// all four when empty), validated as at creation. New bandwidths reach
+	// running jobs as SetMigrationServerBandwidth's do. With
+	// migration_server.etag set, only if the server is unchanged since.
+	UpdateMigrationServer(context.Context, *UpdateMigrationServerRequest) (*MigrationServer, error)
 	mustEmbedUnimplementedMigrationServerServiceServer()
 }
 
@@ -198,6 +221,9 @@ func (UnimplementedMigrationServerServiceServer) DisableMigrationServer(context.
 }
 func (UnimplementedMigrationServerServiceServer) SetMigrationServerBandwidth(context.Context, *SetMigrationServerBandwidthRequest) (*SetMigrationServerBandwidthResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method SetMigrationServerBandwidth not implemented")
+}
+func (UnimplementedMigrationServerServiceServer) UpdateMigrationServer(context.Context, *UpdateMigrationServerRequest) (*MigrationServer, error) {
+	return nil, status.Error(codes.Unimplemented, "method UpdateMigrationServer not implemented")
 }
 func (UnimplementedMigrationServerServiceServer) mustEmbedUnimplementedMigrationServerServiceServer() {
 }
@@ -347,6 +373,24 @@ func _MigrationServerService_SetMigrationServerBandwidth_Handler(srv interface{}
 	return interceptor(ctx, in, info, handler)
 }
 
+func _MigrationServerService_UpdateMigrationServer_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(UpdateMigrationServerRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(MigrationServerServiceServer).UpdateMigrationServer(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: MigrationServerService_UpdateMigrationServer_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(MigrationServerServiceServer).UpdateMigrationServer(ctx, req.(*UpdateMigrationServerRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // MigrationServerService_ServiceDesc is the grpc.ServiceDesc for MigrationServerService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -381,6 +425,10 @@ var MigrationServerService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "SetMigrationServerBandwidth",
 			Handler:    _MigrationServerService_SetMigrationServerBandwidth_Handler,
+		},
+		{
+			MethodName: "UpdateMigrationServer",
+			Handler:    _MigrationServerService_UpdateMigrationServer_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},

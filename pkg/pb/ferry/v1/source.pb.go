@@ -10,6 +10,7 @@ import (
 	protoreflect "google.golang.org/protobuf/reflect/protoreflect"
 	protoimpl "google.golang.org/protobuf/runtime/protoimpl"
 	emptypb "google.golang.org/protobuf/types/known/emptypb"
+	fieldmaskpb "google.golang.org/protobuf/types/known/fieldmaskpb"
 	timestamppb "google.golang.org/protobuf/types/known/timestamppb"
 	reflect "reflect"
 	sync "sync"
@@ -261,7 +262,13 @@ type Source struct {
 	LastSyncAttemptTime *timestamppb.Timestamp `protobuf:"bytes,9,opt,name=last_sync_attempt_time,json=lastSyncAttemptTime,proto3" json:"last_sync_attempt_time,omitempty"`
 	// Output only: the product and versions the last successful sync found
 	// (vCenter or ESXi About; libvirt on KVM).
-	Product       *SourceProduct `protobuf:"bytes,10,opt,name=product,proto3" json:"product,omitempty"`
+	Product *SourceProduct `protobuf:"bytes,10,opt,name=product,proto3" json:"product,omitempty"`
+	// Output only: when the last update changed it.
+	UpdateTime *timestamppb.Timestamp `protobuf:"bytes,11,opt,name=update_time,json=updateTime,proto3" json:"update_time,omitempty"`
+	// Output only, and the precondition of an update (AIP-154): a checksum
+	// of the stored resource. An Update carrying an etag that no longer
+	// matches is ABORTED naming etag; an empty etag updates unconditionally.
+	Etag          string `protobuf:"bytes,12,opt,name=etag,proto3" json:"etag,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -364,6 +371,20 @@ func (x *Source) GetProduct() *SourceProduct {
 		return x.Product
 	}
 	return nil
+}
+
+func (x *Source) GetUpdateTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.UpdateTime
+	}
+	return nil
+}
+
+func (x *Source) GetEtag() string {
+	if x != nil {
+		return x.Etag
+	}
+	return ""
 }
 
 // VCenterConnection says how to reach a vCenter or ESXi host.
@@ -595,8 +616,14 @@ type Credential struct {
 	// derived (HKDF) from the coordinators' seal key, to tell credentials
 	// apart without revealing them; without the seal key it is no help in
 	// guessing the secret.
-	Fingerprint   string                 `protobuf:"bytes,5,opt,name=fingerprint,proto3" json:"fingerprint,omitempty"`
-	CreateTime    *timestamppb.Timestamp `protobuf:"bytes,6,opt,name=create_time,json=createTime,proto3" json:"create_time,omitempty"`
+	Fingerprint string                 `protobuf:"bytes,5,opt,name=fingerprint,proto3" json:"fingerprint,omitempty"`
+	CreateTime  *timestamppb.Timestamp `protobuf:"bytes,6,opt,name=create_time,json=createTime,proto3" json:"create_time,omitempty"`
+	// Output only: when the last update changed it.
+	UpdateTime *timestamppb.Timestamp `protobuf:"bytes,7,opt,name=update_time,json=updateTime,proto3" json:"update_time,omitempty"`
+	// Output only, and the precondition of an update (AIP-154): a checksum
+	// of the stored resource. An Update carrying an etag that no longer
+	// matches is ABORTED naming etag; an empty etag updates unconditionally.
+	Etag          string `protobuf:"bytes,8,opt,name=etag,proto3" json:"etag,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -671,6 +698,20 @@ func (x *Credential) GetCreateTime() *timestamppb.Timestamp {
 		return x.CreateTime
 	}
 	return nil
+}
+
+func (x *Credential) GetUpdateTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.UpdateTime
+	}
+	return nil
+}
+
+func (x *Credential) GetEtag() string {
+	if x != nil {
+		return x.Etag
+	}
+	return ""
 }
 
 type CreateSourceRequest struct {
@@ -2775,11 +2816,118 @@ func (x *ListSourceInventoryResponse) GetProduct() *SourceProduct {
 	return nil
 }
 
+type UpdateSourceRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// name says which source.
+	Source        *Source                `protobuf:"bytes,1,opt,name=source,proto3" json:"source,omitempty"`
+	UpdateMask    *fieldmaskpb.FieldMask `protobuf:"bytes,2,opt,name=update_mask,json=updateMask,proto3" json:"update_mask,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *UpdateSourceRequest) Reset() {
+	*x = UpdateSourceRequest{}
+	mi := &file_ferry_v1_source_proto_msgTypes[31]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *UpdateSourceRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*UpdateSourceRequest) ProtoMessage() {}
+
+func (x *UpdateSourceRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_ferry_v1_source_proto_msgTypes[31]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use UpdateSourceRequest.ProtoReflect.Descriptor instead.
+func (*UpdateSourceRequest) Descriptor() ([]byte, []int) {
+	return file_ferry_v1_source_proto_rawDescGZIP(), []int{31}
+}
+
+func (x *UpdateSourceRequest) GetSource() *Source {
+	if x != nil {
+		return x.Source
+	}
+	return nil
+}
+
+func (x *UpdateSourceRequest) GetUpdateMask() *fieldmaskpb.FieldMask {
+	if x != nil {
+		return x.UpdateMask
+	}
+	return nil
+}
+
+type UpdateCredentialRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// name says which credential; secret is input only, as at creation.
+	Credential *Credential `protobuf:"bytes,1,opt,name=credential,proto3" json:"credential,omitempty"`
+	// display_name and/or secret; both when empty.
+	UpdateMask    *fieldmaskpb.FieldMask `protobuf:"bytes,2,opt,name=update_mask,json=updateMask,proto3" json:"update_mask,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *UpdateCredentialRequest) Reset() {
+	*x = UpdateCredentialRequest{}
+	mi := &file_ferry_v1_source_proto_msgTypes[32]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *UpdateCredentialRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*UpdateCredentialRequest) ProtoMessage() {}
+
+func (x *UpdateCredentialRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_ferry_v1_source_proto_msgTypes[32]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use UpdateCredentialRequest.ProtoReflect.Descriptor instead.
+func (*UpdateCredentialRequest) Descriptor() ([]byte, []int) {
+	return file_ferry_v1_source_proto_rawDescGZIP(), []int{32}
+}
+
+func (x *UpdateCredentialRequest) GetCredential() *Credential {
+	if x != nil {
+		return x.Credential
+	}
+	return nil
+}
+
+func (x *UpdateCredentialRequest) GetUpdateMask() *fieldmaskpb.FieldMask {
+	if x != nil {
+		return x.UpdateMask
+	}
+	return nil
+}
+
 var File_ferry_v1_source_proto protoreflect.FileDescriptor
 
 const file_ferry_v1_source_proto_rawDesc = "" +
 	"\n" +
-	"\x15ferry/v1/source.proto\x12\bferry.v1\x1a\x1bgoogle/protobuf/empty.proto\x1a\x15ferry/v1/common.proto\x1a\x1cferry/v1/migration_job.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xf4\x03\n" +
+	"\x15ferry/v1/source.proto\x12\bferry.v1\x1a\x1bgoogle/protobuf/empty.proto\x1a\x15ferry/v1/common.proto\x1a\x1cferry/v1/migration_job.proto\x1a google/protobuf/field_mask.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xc5\x04\n" +
 	"\x06Source\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12!\n" +
 	"\fdisplay_name\x18\x02 \x01(\tR\vdisplayName\x12&\n" +
@@ -2792,7 +2940,10 @@ const file_ferry_v1_source_proto_rawDesc = "" +
 	"\x0flast_sync_error\x18\b \x01(\tR\rlastSyncError\x12O\n" +
 	"\x16last_sync_attempt_time\x18\t \x01(\v2\x1a.google.protobuf.TimestampR\x13lastSyncAttemptTime\x121\n" +
 	"\aproduct\x18\n" +
-	" \x01(\v2\x17.ferry.v1.SourceProductR\aproduct\"\x87\x02\n" +
+	" \x01(\v2\x17.ferry.v1.SourceProductR\aproduct\x12;\n" +
+	"\vupdate_time\x18\v \x01(\v2\x1a.google.protobuf.TimestampR\n" +
+	"updateTime\x12\x12\n" +
+	"\x04etag\x18\f \x01(\tR\x04etag\"\x87\x02\n" +
 	"\x11VCenterConnection\x12\x18\n" +
 	"\aaddress\x18\x01 \x01(\tR\aaddress\x12\x12\n" +
 	"\x04port\x18\x02 \x01(\x05R\x04port\x12\x12\n" +
@@ -2816,7 +2967,7 @@ const file_ferry_v1_source_proto_rawDesc = "" +
 	"\tsasl_user\x18\x05 \x01(\tR\bsaslUser\x12'\n" +
 	"\x0fsasl_credential\x18\x06 \x01(\tR\x0esaslCredential\x12\x19\n" +
 	"\bhost_key\x18\a \x01(\tR\ahostKey\x12*\n" +
-	"\x11observed_host_key\x18\b \x01(\tR\x0fobservedHostKey\"\xe8\x01\n" +
+	"\x11observed_host_key\x18\b \x01(\tR\x0fobservedHostKey\"\xb9\x02\n" +
 	"\n" +
 	"Credential\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12!\n" +
@@ -2825,7 +2976,10 @@ const file_ferry_v1_source_proto_rawDesc = "" +
 	"\x06secret\x18\x04 \x01(\tR\x06secret\x12 \n" +
 	"\vfingerprint\x18\x05 \x01(\tR\vfingerprint\x12;\n" +
 	"\vcreate_time\x18\x06 \x01(\v2\x1a.google.protobuf.TimestampR\n" +
-	"createTime\"^\n" +
+	"createTime\x12;\n" +
+	"\vupdate_time\x18\a \x01(\v2\x1a.google.protobuf.TimestampR\n" +
+	"updateTime\x12\x12\n" +
+	"\x04etag\x18\b \x01(\tR\x04etag\"^\n" +
 	"\x13CreateSourceRequest\x12(\n" +
 	"\x06source\x18\x01 \x01(\v2\x10.ferry.v1.SourceR\x06source\x12\x1d\n" +
 	"\n" +
@@ -3016,7 +3170,17 @@ const file_ferry_v1_source_proto_rawDesc = "" +
 	"\aobjects\x18\x01 \x03(\v2\x16.ferry.v1.SourceObjectR\aobjects\x12&\n" +
 	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\x127\n" +
 	"\tsync_time\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\bsyncTime\x121\n" +
-	"\aproduct\x18\x04 \x01(\v2\x17.ferry.v1.SourceProductR\aproduct*p\n" +
+	"\aproduct\x18\x04 \x01(\v2\x17.ferry.v1.SourceProductR\aproduct\"|\n" +
+	"\x13UpdateSourceRequest\x12(\n" +
+	"\x06source\x18\x01 \x01(\v2\x10.ferry.v1.SourceR\x06source\x12;\n" +
+	"\vupdate_mask\x18\x02 \x01(\v2\x1a.google.protobuf.FieldMaskR\n" +
+	"updateMask\"\x8c\x01\n" +
+	"\x17UpdateCredentialRequest\x124\n" +
+	"\n" +
+	"credential\x18\x01 \x01(\v2\x14.ferry.v1.CredentialR\n" +
+	"credential\x12;\n" +
+	"\vupdate_mask\x18\x02 \x01(\v2\x1a.google.protobuf.FieldMaskR\n" +
+	"updateMask*p\n" +
 	"\x0eCredentialType\x12\x1f\n" +
 	"\x1bCREDENTIAL_TYPE_UNSPECIFIED\x10\x00\x12\x1c\n" +
 	"\x18CREDENTIAL_TYPE_PASSWORD\x10\x01\x12\x1f\n" +
@@ -3037,7 +3201,7 @@ const file_ferry_v1_source_proto_rawDesc = "" +
 	"\x1aSOURCE_OBJECT_KIND_CLUSTER\x10\x02\x12\x1b\n" +
 	"\x17SOURCE_OBJECT_KIND_HOST\x10\x03\x12\x1e\n" +
 	"\x1aSOURCE_OBJECT_KIND_NETWORK\x10\x04\x12 \n" +
-	"\x1cSOURCE_OBJECT_KIND_DATASTORE\x10\x052\xd8\x06\n" +
+	"\x1cSOURCE_OBJECT_KIND_DATASTORE\x10\x052\xe6\a\n" +
 	"\rSourceService\x12?\n" +
 	"\fCreateSource\x12\x1d.ferry.v1.CreateSourceRequest\x1a\x10.ferry.v1.Source\x129\n" +
 	"\tGetSource\x12\x1a.ferry.v1.GetSourceRequest\x1a\x10.ferry.v1.Source\x12J\n" +
@@ -3050,7 +3214,9 @@ const file_ferry_v1_source_proto_rawDesc = "" +
 	"\rListSourceVMs\x12\x1e.ferry.v1.ListSourceVMsRequest\x1a\x1f.ferry.v1.ListSourceVMsResponse\x12G\n" +
 	"\n" +
 	"SyncSource\x12\x1b.ferry.v1.SyncSourceRequest\x1a\x1c.ferry.v1.SyncSourceResponse\x12b\n" +
-	"\x13ListSourceInventory\x12$.ferry.v1.ListSourceInventoryRequest\x1a%.ferry.v1.ListSourceInventoryResponseB\x90\x01\n" +
+	"\x13ListSourceInventory\x12$.ferry.v1.ListSourceInventoryRequest\x1a%.ferry.v1.ListSourceInventoryResponse\x12?\n" +
+	"\fUpdateSource\x12\x1d.ferry.v1.UpdateSourceRequest\x1a\x10.ferry.v1.Source\x12K\n" +
+	"\x10UpdateCredential\x12!.ferry.v1.UpdateCredentialRequest\x1a\x14.ferry.v1.CredentialB\x90\x01\n" +
 	"\fcom.ferry.v1B\vSourceProtoP\x01Z2github.com/ferry-v2v/ferry/pkg/pb/ferry/v1;ferryv1\xa2\x02\x03FXX\xaa\x02\bFerry.V1\xca\x02\bFerry\\V1\xe2\x02\x14Ferry\\V1\\GPBMetadata\xea\x02\tFerry::V1b\x06proto3"
 
 var (
@@ -3066,7 +3232,7 @@ func file_ferry_v1_source_proto_rawDescGZIP() []byte {
 }
 
 var file_ferry_v1_source_proto_enumTypes = make([]protoimpl.EnumInfo, 4)
-var file_ferry_v1_source_proto_msgTypes = make([]protoimpl.MessageInfo, 31)
+var file_ferry_v1_source_proto_msgTypes = make([]protoimpl.MessageInfo, 33)
 var file_ferry_v1_source_proto_goTypes = []any{
 	(CredentialType)(0),                 // 0: ferry.v1.CredentialType
 	(SourceVmState)(0),                  // 1: ferry.v1.SourceVmState
@@ -3103,82 +3269,95 @@ var file_ferry_v1_source_proto_goTypes = []any{
 	(*SyncSourceResponse)(nil),          // 32: ferry.v1.SyncSourceResponse
 	(*ListSourceInventoryRequest)(nil),  // 33: ferry.v1.ListSourceInventoryRequest
 	(*ListSourceInventoryResponse)(nil), // 34: ferry.v1.ListSourceInventoryResponse
-	(Platform)(0),                       // 35: ferry.v1.Platform
-	(*timestamppb.Timestamp)(nil),       // 36: google.protobuf.Timestamp
-	(Firmware)(0),                       // 37: ferry.v1.Firmware
-	(OsType)(0),                         // 38: ferry.v1.OsType
-	(*emptypb.Empty)(nil),               // 39: google.protobuf.Empty
+	(*UpdateSourceRequest)(nil),         // 35: ferry.v1.UpdateSourceRequest
+	(*UpdateCredentialRequest)(nil),     // 36: ferry.v1.UpdateCredentialRequest
+	(Platform)(0),                       // 37: ferry.v1.Platform
+	(*timestamppb.Timestamp)(nil),       // 38: google.protobuf.Timestamp
+	(Firmware)(0),                       // 39: ferry.v1.Firmware
+	(OsType)(0),                         // 40: ferry.v1.OsType
+	(*fieldmaskpb.FieldMask)(nil),       // 41: google.protobuf.FieldMask
+	(*emptypb.Empty)(nil),               // 42: google.protobuf.Empty
 }
 var file_ferry_v1_source_proto_depIdxs = []int32{
-	35, // 0: ferry.v1.Source.type:type_name -> ferry.v1.Platform
+	37, // 0: ferry.v1.Source.type:type_name -> ferry.v1.Platform
 	5,  // 1: ferry.v1.Source.vcenter:type_name -> ferry.v1.VCenterConnection
 	6,  // 2: ferry.v1.Source.kvm:type_name -> ferry.v1.KvmConnection
-	36, // 3: ferry.v1.Source.create_time:type_name -> google.protobuf.Timestamp
-	36, // 4: ferry.v1.Source.last_sync_time:type_name -> google.protobuf.Timestamp
-	36, // 5: ferry.v1.Source.last_sync_attempt_time:type_name -> google.protobuf.Timestamp
+	38, // 3: ferry.v1.Source.create_time:type_name -> google.protobuf.Timestamp
+	38, // 4: ferry.v1.Source.last_sync_time:type_name -> google.protobuf.Timestamp
+	38, // 5: ferry.v1.Source.last_sync_attempt_time:type_name -> google.protobuf.Timestamp
 	23, // 6: ferry.v1.Source.product:type_name -> ferry.v1.SourceProduct
-	0,  // 7: ferry.v1.Credential.type:type_name -> ferry.v1.CredentialType
-	36, // 8: ferry.v1.Credential.create_time:type_name -> google.protobuf.Timestamp
-	4,  // 9: ferry.v1.CreateSourceRequest.source:type_name -> ferry.v1.Source
-	35, // 10: ferry.v1.ListSourcesRequest.type:type_name -> ferry.v1.Platform
-	4,  // 11: ferry.v1.ListSourcesResponse.sources:type_name -> ferry.v1.Source
-	7,  // 12: ferry.v1.CreateCredentialRequest.credential:type_name -> ferry.v1.Credential
-	7,  // 13: ferry.v1.ListCredentialsResponse.credentials:type_name -> ferry.v1.Credential
-	1,  // 14: ferry.v1.ListSourceVMsRequest.state:type_name -> ferry.v1.SourceVmState
-	20, // 15: ferry.v1.ListSourceVMsResponse.vms:type_name -> ferry.v1.SourceVm
-	36, // 16: ferry.v1.ListSourceVMsResponse.sync_time:type_name -> google.protobuf.Timestamp
-	1,  // 17: ferry.v1.SourceVm.state:type_name -> ferry.v1.SourceVmState
-	37, // 18: ferry.v1.SourceVm.firmware:type_name -> ferry.v1.Firmware
-	38, // 19: ferry.v1.SourceVm.os_type:type_name -> ferry.v1.OsType
-	21, // 20: ferry.v1.SourceVm.disks:type_name -> ferry.v1.SourceDisk
-	22, // 21: ferry.v1.SourceVm.nics:type_name -> ferry.v1.SourceNic
-	2,  // 22: ferry.v1.SourceNetwork.type:type_name -> ferry.v1.SourceNetworkType
-	36, // 23: ferry.v1.SourceInventory.sync_time:type_name -> google.protobuf.Timestamp
-	23, // 24: ferry.v1.SourceInventory.product:type_name -> ferry.v1.SourceProduct
-	24, // 25: ferry.v1.SourceInventory.datacenters:type_name -> ferry.v1.SourceDatacenter
-	25, // 26: ferry.v1.SourceInventory.clusters:type_name -> ferry.v1.SourceCluster
-	26, // 27: ferry.v1.SourceInventory.hosts:type_name -> ferry.v1.SourceHost
-	20, // 28: ferry.v1.SourceInventory.vms:type_name -> ferry.v1.SourceVm
-	27, // 29: ferry.v1.SourceInventory.networks:type_name -> ferry.v1.SourceNetwork
-	28, // 30: ferry.v1.SourceInventory.datastores:type_name -> ferry.v1.SourceDatastore
-	3,  // 31: ferry.v1.SourceObject.kind:type_name -> ferry.v1.SourceObjectKind
-	24, // 32: ferry.v1.SourceObject.datacenter:type_name -> ferry.v1.SourceDatacenter
-	25, // 33: ferry.v1.SourceObject.cluster:type_name -> ferry.v1.SourceCluster
-	26, // 34: ferry.v1.SourceObject.host:type_name -> ferry.v1.SourceHost
-	27, // 35: ferry.v1.SourceObject.network:type_name -> ferry.v1.SourceNetwork
-	28, // 36: ferry.v1.SourceObject.datastore:type_name -> ferry.v1.SourceDatastore
-	4,  // 37: ferry.v1.SyncSourceResponse.source:type_name -> ferry.v1.Source
-	3,  // 38: ferry.v1.ListSourceInventoryRequest.kind:type_name -> ferry.v1.SourceObjectKind
-	30, // 39: ferry.v1.ListSourceInventoryResponse.objects:type_name -> ferry.v1.SourceObject
-	36, // 40: ferry.v1.ListSourceInventoryResponse.sync_time:type_name -> google.protobuf.Timestamp
-	23, // 41: ferry.v1.ListSourceInventoryResponse.product:type_name -> ferry.v1.SourceProduct
-	8,  // 42: ferry.v1.SourceService.CreateSource:input_type -> ferry.v1.CreateSourceRequest
-	9,  // 43: ferry.v1.SourceService.GetSource:input_type -> ferry.v1.GetSourceRequest
-	10, // 44: ferry.v1.SourceService.ListSources:input_type -> ferry.v1.ListSourcesRequest
-	12, // 45: ferry.v1.SourceService.DeleteSource:input_type -> ferry.v1.DeleteSourceRequest
-	13, // 46: ferry.v1.SourceService.CreateCredential:input_type -> ferry.v1.CreateCredentialRequest
-	14, // 47: ferry.v1.SourceService.GetCredential:input_type -> ferry.v1.GetCredentialRequest
-	15, // 48: ferry.v1.SourceService.ListCredentials:input_type -> ferry.v1.ListCredentialsRequest
-	17, // 49: ferry.v1.SourceService.DeleteCredential:input_type -> ferry.v1.DeleteCredentialRequest
-	18, // 50: ferry.v1.SourceService.ListSourceVMs:input_type -> ferry.v1.ListSourceVMsRequest
-	31, // 51: ferry.v1.SourceService.SyncSource:input_type -> ferry.v1.SyncSourceRequest
-	33, // 52: ferry.v1.SourceService.ListSourceInventory:input_type -> ferry.v1.ListSourceInventoryRequest
-	4,  // 53: ferry.v1.SourceService.CreateSource:output_type -> ferry.v1.Source
-	4,  // 54: ferry.v1.SourceService.GetSource:output_type -> ferry.v1.Source
-	11, // 55: ferry.v1.SourceService.ListSources:output_type -> ferry.v1.ListSourcesResponse
-	39, // 56: ferry.v1.SourceService.DeleteSource:output_type -> google.protobuf.Empty
-	7,  // 57: ferry.v1.SourceService.CreateCredential:output_type -> ferry.v1.Credential
-	7,  // 58: ferry.v1.SourceService.GetCredential:output_type -> ferry.v1.Credential
-	16, // 59: ferry.v1.SourceService.ListCredentials:output_type -> ferry.v1.ListCredentialsResponse
-	39, // 60: ferry.v1.SourceService.DeleteCredential:output_type -> google.protobuf.Empty
-	19, // 61: ferry.v1.SourceService.ListSourceVMs:output_type -> ferry.v1.ListSourceVMsResponse
-	32, // 62: ferry.v1.SourceService.SyncSource:output_type -> ferry.v1.SyncSourceResponse
-	34, // 63: ferry.v1.SourceService.ListSourceInventory:output_type -> ferry.v1.ListSourceInventoryResponse
-	53, // [53:64] is the sub-list for method output_type
-	42, // [42:53] is the sub-list for method input_type
-	42, // [42:42] is the sub-list for extension type_name
-	42, // [42:42] is the sub-list for extension extendee
-	0,  // [0:42] is the sub-list for field type_name
+	38, // 7: ferry.v1.Source.update_time:type_name -> google.protobuf.Timestamp
+	0,  // 8: ferry.v1.Credential.type:type_name -> ferry.v1.CredentialType
+	38, // 9: ferry.v1.Credential.create_time:type_name -> google.protobuf.Timestamp
+	38, // 10: ferry.v1.Credential.update_time:type_name -> google.protobuf.Timestamp
+	4,  // 11: ferry.v1.CreateSourceRequest.source:type_name -> ferry.v1.Source
+	37, // 12: ferry.v1.ListSourcesRequest.type:type_name -> ferry.v1.Platform
+	4,  // 13: ferry.v1.ListSourcesResponse.sources:type_name -> ferry.v1.Source
+	7,  // 14: ferry.v1.CreateCredentialRequest.credential:type_name -> ferry.v1.Credential
+	7,  // 15: ferry.v1.ListCredentialsResponse.credentials:type_name -> ferry.v1.Credential
+	1,  // 16: ferry.v1.ListSourceVMsRequest.state:type_name -> ferry.v1.SourceVmState
+	20, // 17: ferry.v1.ListSourceVMsResponse.vms:type_name -> ferry.v1.SourceVm
+	38, // 18: ferry.v1.ListSourceVMsResponse.sync_time:type_name -> google.protobuf.Timestamp
+	1,  // 19: ferry.v1.SourceVm.state:type_name -> ferry.v1.SourceVmState
+	39, // 20: ferry.v1.SourceVm.firmware:type_name -> ferry.v1.Firmware
+	40, // 21: ferry.v1.SourceVm.os_type:type_name -> ferry.v1.OsType
+	21, // 22: ferry.v1.SourceVm.disks:type_name -> ferry.v1.SourceDisk
+	22, // 23: ferry.v1.SourceVm.nics:type_name -> ferry.v1.SourceNic
+	2,  // 24: ferry.v1.SourceNetwork.type:type_name -> ferry.v1.SourceNetworkType
+	38, // 25: ferry.v1.SourceInventory.sync_time:type_name -> google.protobuf.Timestamp
+	23, // 26: ferry.v1.SourceInventory.product:type_name -> ferry.v1.SourceProduct
+	24, // 27: ferry.v1.SourceInventory.datacenters:type_name -> ferry.v1.SourceDatacenter
+	25, // 28: ferry.v1.SourceInventory.clusters:type_name -> ferry.v1.SourceCluster
+	26, // 29: ferry.v1.SourceInventory.hosts:type_name -> ferry.v1.SourceHost
+	20, // 30: ferry.v1.SourceInventory.vms:type_name -> ferry.v1.SourceVm
+	27, // 31: ferry.v1.SourceInventory.networks:type_name -> ferry.v1.SourceNetwork
+	28, // 32: ferry.v1.SourceInventory.datastores:type_name -> ferry.v1.SourceDatastore
+	3,  // 33: ferry.v1.SourceObject.kind:type_name -> ferry.v1.SourceObjectKind
+	24, // 34: ferry.v1.SourceObject.datacenter:type_name -> ferry.v1.SourceDatacenter
+	25, // 35: ferry.v1.SourceObject.cluster:type_name -> ferry.v1.SourceCluster
+	26, // 36: ferry.v1.SourceObject.host:type_name -> ferry.v1.SourceHost
+	27, // 37: ferry.v1.SourceObject.network:type_name -> ferry.v1.SourceNetwork
+	28, // 38: ferry.v1.SourceObject.datastore:type_name -> ferry.v1.SourceDatastore
+	4,  // 39: ferry.v1.SyncSourceResponse.source:type_name -> ferry.v1.Source
+	3,  // 40: ferry.v1.ListSourceInventoryRequest.kind:type_name -> ferry.v1.SourceObjectKind
+	30, // 41: ferry.v1.ListSourceInventoryResponse.objects:type_name -> ferry.v1.SourceObject
+	38, // 42: ferry.v1.ListSourceInventoryResponse.sync_time:type_name -> google.protobuf.Timestamp
+	23, // 43: ferry.v1.ListSourceInventoryResponse.product:type_name -> ferry.v1.SourceProduct
+	4,  // 44: ferry.v1.UpdateSourceRequest.source:type_name -> ferry.v1.Source
+	41, // 45: ferry.v1.UpdateSourceRequest.update_mask:type_name -> google.protobuf.FieldMask
+	7,  // 46: ferry.v1.UpdateCredentialRequest.credential:type_name -> ferry.v1.Credential
+	41, // 47: ferry.v1.UpdateCredentialRequest.update_mask:type_name -> google.protobuf.FieldMask
+	8,  // 48: ferry.v1.SourceService.CreateSource:input_type -> ferry.v1.CreateSourceRequest
+	9,  // 49: ferry.v1.SourceService.GetSource:input_type -> ferry.v1.GetSourceRequest
+	10, // 50: ferry.v1.SourceService.ListSources:input_type -> ferry.v1.ListSourcesRequest
+	12, // 51: ferry.v1.SourceService.DeleteSource:input_type -> ferry.v1.DeleteSourceRequest
+	13, // 52: ferry.v1.SourceService.CreateCredential:input_type -> ferry.v1.CreateCredentialRequest
+	14, // 53: ferry.v1.SourceService.GetCredential:input_type -> ferry.v1.GetCredentialRequest
+	15, // 54: ferry.v1.SourceService.ListCredentials:input_type -> ferry.v1.ListCredentialsRequest
+	17, // 55: ferry.v1.SourceService.DeleteCredential:input_type -> ferry.v1.DeleteCredentialRequest
+	18, // 56: ferry.v1.SourceService.ListSourceVMs:input_type -> ferry.v1.ListSourceVMsRequest
+	31, // 57: ferry.v1.SourceService.SyncSource:input_type -> ferry.v1.SyncSourceRequest
+	33, // 58: ferry.v1.SourceService.ListSourceInventory:input_type -> ferry.v1.ListSourceInventoryRequest
+	35, // 59: ferry.v1.SourceService.UpdateSource:input_type -> ferry.v1.UpdateSourceRequest
+	36, // 60: ferry.v1.SourceService.UpdateCredential:input_type -> ferry.v1.UpdateCredentialRequest
+	4,  // 61: ferry.v1.SourceService.CreateSource:output_type -> ferry.v1.Source
+	4,  // 62: ferry.v1.SourceService.GetSource:output_type -> ferry.v1.Source
+	11, // 63: ferry.v1.SourceService.ListSources:output_type -> ferry.v1.ListSourcesResponse
+	42, // 64: ferry.v1.SourceService.DeleteSource:output_type -> google.protobuf.Empty
+	7,  // 65: ferry.v1.SourceService.CreateCredential:output_type -> ferry.v1.Credential
+	7,  // 66: ferry.v1.SourceService.GetCredential:output_type -> ferry.v1.Credential
+	16, // 67: ferry.v1.SourceService.ListCredentials:output_type -> ferry.v1.ListCredentialsResponse
+	42, // 68: ferry.v1.SourceService.DeleteCredential:output_type -> google.protobuf.Empty
+	19, // 69: ferry.v1.SourceService.ListSourceVMs:output_type -> ferry.v1.ListSourceVMsResponse
+	32, // 70: ferry.v1.SourceService.SyncSource:output_type -> ferry.v1.SyncSourceResponse
+	34, // 71: ferry.v1.SourceService.ListSourceInventory:output_type -> ferry.v1.ListSourceInventoryResponse
+	4,  // 72: ferry.v1.SourceService.UpdateSource:output_type -> ferry.v1.Source
+	7,  // 73: ferry.v1.SourceService.UpdateCredential:output_type -> ferry.v1.Credential
+	61, // [61:74] is the sub-list for method output_type
+	48, // [48:61] is the sub-list for method input_type
+	48, // [48:48] is the sub-list for extension type_name
+	48, // [48:48] is the sub-list for extension extendee
+	0,  // [0:48] is the sub-list for field type_name
 }
 
 func init() { file_ferry_v1_source_proto_init() }
@@ -3202,7 +3381,7 @@ func file_ferry_v1_source_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_ferry_v1_source_proto_rawDesc), len(file_ferry_v1_source_proto_rawDesc)),
 			NumEnums:      4,
-			NumMessages:   31,
+			NumMessages:   33,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -31,6 +31,8 @@ const (
 	SourceService_ListSourceVMs_FullMethodName       = "/ferry.v1.SourceService/ListSourceVMs"
 	SourceService_SyncSource_FullMethodName          = "/ferry.v1.SourceService/SyncSource"
 	SourceService_ListSourceInventory_FullMethodName = "/ferry.v1.SourceService/ListSourceInventory"
+	SourceService_UpdateSource_FullMethodName        = "/ferry.v1.SourceService/UpdateSource"
+	SourceService_UpdateCredential_FullMethodName    = "/ferry.v1.SourceService/UpdateCredential"
 )
 
 // SourceServiceClient is the client API for SourceService service.
@@ -72,6 +74,20 @@ type SourceServiceClient interface {
 	// ListSourceInventory lists the datacenters, clusters, hosts, networks and
 	// datastores of the source's synced inventory, from the ledger.
 	ListSourceInventory(ctx context.Context, in *ListSourceInventoryRequest, opts ...grpc.CallOption) (*ListSourceInventoryResponse, error)
+	// UpdateSource replaces the fields named in update_mask: display_name,
+	// and the connection's fields as vcenter.address, vcenter.port,
+	// vcenter.user, vcenter.credential, vcenter.use_http,
+	// vcenter.ca_certificate, vcenter.thumbprint, vcenter.skip_hostname_check,
+	// kvm.address, kvm.ssh_port, kvm.user, kvm.credential, kvm.sasl_user,
+	// kvm.sasl_credential, kvm.host_key (or vcenter / kvm for all of them),
+	// validated as at creation. A new KVM address, port or pinned key
+	// forgets the observed host key. Running jobs keep the connection they
+	// started with; the next attempt and the next sync use the new one.
+	UpdateSource(ctx context.Context, in *UpdateSourceRequest, opts ...grpc.CallOption) (*Source, error)
+	// UpdateCredential replaces display_name and/or secret (rotation); the
+	// type stays. Running jobs keep the secret they started with; the next
+	// attempt and the next sync use the new one.
+	UpdateCredential(ctx context.Context, in *UpdateCredentialRequest, opts ...grpc.CallOption) (*Credential, error)
 }
 
 type sourceServiceClient struct {
@@ -192,6 +208,26 @@ func (c *sourceServiceClient) ListSourceInventory(ctx context.Context, in *ListS
 	return out, nil
 }
 
+func (c *sourceServiceClient) UpdateSource(ctx context.Context, in *UpdateSourceRequest, opts ...grpc.CallOption) (*Source, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(Source)
+	err := c.cc.Invoke(ctx, SourceService_UpdateSource_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *sourceServiceClient) UpdateCredential(ctx context.Context, in *UpdateCredentialRequest, opts ...grpc.CallOption) (*Credential, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(Credential)
+	err := c.cc.Invoke(ctx, SourceService_UpdateCredential_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // SourceServiceServer is the server API for SourceService service.
 // All implementations must embed UnimplementedSourceServiceServer
 // for forward compatibility.
@@ -231,6 +267,20 @@ type SourceServiceServer interface {
 	// ListSourceInventory lists the datacenters, clusters, hosts, networks and
 	// datastores of the source's synced inventory, from the ledger.
 	ListSourceInventory(context.Context, *ListSourceInventoryRequest) (*ListSourceInventoryResponse, error)
+	// UpdateSource replaces the fields named in update_mask: display_name,
+	// and the connection's fields as vcenter.address, vcenter.port,
+	// vcenter.user, vcenter.credential, vcenter.use_http,
+	// vcenter.ca_certificate, vcenter.thumbprint, vcenter.skip_hostname_check,
+	// kvm.address, kvm.ssh_port, kvm.user, kvm.credential, kvm.sasl_user,
+	// kvm.sasl_credential, kvm.host_key (or vcenter / kvm for all of them),
+	// validated as at creation. A new KVM address, port or pinned key
+	// forgets the observed host key. Running jobs keep the connection they
+	// started with; the next attempt and the next sync use the new one.
+	UpdateSource(context.Context, *UpdateSourceRequest) (*Source, error)
+	// UpdateCredential replaces display_name and/or secret (rotation); the
+	// type stays. Running jobs keep the secret they started with; the next
+	// attempt and the next sync use the new one.
+	UpdateCredential(context.Context, *UpdateCredentialRequest) (*Credential, error)
 	mustEmbedUnimplementedSourceServiceServer()
 }
 
@@ -273,6 +323,12 @@ func (UnimplementedSourceServiceServer) SyncSource(context.Context, *SyncSourceR
 }
 func (UnimplementedSourceServiceServer) ListSourceInventory(context.Context, *ListSourceInventoryRequest) (*ListSourceInventoryResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method ListSourceInventory not implemented")
+}
+func (UnimplementedSourceServiceServer) UpdateSource(context.Context, *UpdateSourceRequest) (*Source, error) {
+	return nil, status.Error(codes.Unimplemented, "method UpdateSource not implemented")
+}
+func (UnimplementedSourceServiceServer) UpdateCredential(context.Context, *UpdateCredentialRequest) (*Credential, error) {
+	return nil, status.Error(codes.Unimplemented, "method UpdateCredential not implemented")
 }
 func (UnimplementedSourceServiceServer) mustEmbedUnimplementedSourceServiceServer() {}
 func (UnimplementedSourceServiceServer) testEmbeddedByValue()                       {}
@@ -493,6 +549,42 @@ func _SourceService_ListSourceInventory_Handler(srv interface{}, ctx context.Con
 	return interceptor(ctx, in, info, handler)
 }
 
+func _SourceService_UpdateSource_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(UpdateSourceRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(SourceServiceServer).UpdateSource(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: SourceService_UpdateSource_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(SourceServiceServer).UpdateSource(ctx, req.(*UpdateSourceRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _SourceService_UpdateCredential_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(UpdateCredentialRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(SourceServiceServer).UpdateCredential(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: SourceService_UpdateCredential_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(SourceServiceServer).UpdateCredential(ctx, req.(*UpdateCredentialRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // SourceService_ServiceDesc is the grpc.ServiceDesc for SourceService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -543,6 +635,14 @@ var SourceService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "ListSourceInventory",
 			Handler:    _SourceService_ListSourceInventory_Handler,
+		},
+		{
+			MethodName: "UpdateSource",
+			Handler:    _SourceService_UpdateSource_Handler,
+		},
+		{
+			MethodName: "UpdateCredential",
+			Handler:    _SourceService_UpdateCredential_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},

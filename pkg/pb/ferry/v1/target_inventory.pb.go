@@ -10,6 +10,7 @@ import (
 	protoreflect "google.golang.org/protobuf/reflect/protoreflect"
 	protoimpl "google.golang.org/protobuf/runtime/protoimpl"
 	emptypb "google.golang.org/protobuf/types/known/emptypb"
+	fieldmaskpb "google.golang.org/protobuf/types/known/fieldmaskpb"
 	timestamppb "google.golang.org/protobuf/types/known/timestamppb"
 	reflect "reflect"
 	sync "sync"
@@ -90,8 +91,16 @@ type Cluster struct {
 	Name        string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
 	DisplayName string `protobuf:"bytes,2,opt,name=display_name,json=displayName,proto3" json:"display_name,omitempty"`
 	// A label only.
-	Zone          string                 `protobuf:"bytes,3,opt,name=zone,proto3" json:"zone,omitempty"`
-	CreateTime    *timestamppb.Timestamp `protobuf:"bytes,4,opt,name=create_time,json=createTime,proto3" json:"create_time,omitempty"`
+	Zone       string                 `protobuf:"bytes,3,opt,name=zone,proto3" json:"zone,omitempty"`
+	CreateTime *timestamppb.Timestamp `protobuf:"bytes,4,opt,name=create_time,json=createTime,proto3" json:"create_time,omitempty"`
+	// Free text for the operator, at most 1024 characters.
+	Description string `protobuf:"bytes,5,opt,name=description,proto3" json:"description,omitempty"`
+	// Output only: when the last update changed it.
+	UpdateTime *timestamppb.Timestamp `protobuf:"bytes,6,opt,name=update_time,json=updateTime,proto3" json:"update_time,omitempty"`
+	// Output only, and the precondition of an update (AIP-154): a checksum
+	// of the stored resource. An Update carrying an etag that no longer
+	// matches is ABORTED naming etag; an empty etag updates unconditionally.
+	Etag          string `protobuf:"bytes,7,opt,name=etag,proto3" json:"etag,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -152,6 +161,27 @@ func (x *Cluster) GetCreateTime() *timestamppb.Timestamp {
 		return x.CreateTime
 	}
 	return nil
+}
+
+func (x *Cluster) GetDescription() string {
+	if x != nil {
+		return x.Description
+	}
+	return ""
+}
+
+func (x *Cluster) GetUpdateTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.UpdateTime
+	}
+	return nil
+}
+
+func (x *Cluster) GetEtag() string {
+	if x != nil {
+		return x.Etag
+	}
+	return ""
 }
 
 // Host is a target KVM host running ferry-agent.
@@ -752,8 +782,16 @@ type PrimaryStorage struct {
 	// RBD pool for ceph storage.
 	CephPool string `protobuf:"bytes,6,opt,name=ceph_pool,json=cephPool,proto3" json:"ceph_pool,omitempty"`
 	// Volume group for sharedblock storage.
-	VolumeGroup   string                 `protobuf:"bytes,7,opt,name=volume_group,json=volumeGroup,proto3" json:"volume_group,omitempty"`
-	CreateTime    *timestamppb.Timestamp `protobuf:"bytes,8,opt,name=create_time,json=createTime,proto3" json:"create_time,omitempty"`
+	VolumeGroup string                 `protobuf:"bytes,7,opt,name=volume_group,json=volumeGroup,proto3" json:"volume_group,omitempty"`
+	CreateTime  *timestamppb.Timestamp `protobuf:"bytes,8,opt,name=create_time,json=createTime,proto3" json:"create_time,omitempty"`
+	// Free text for the operator, at most 1024 characters.
+	Description string `protobuf:"bytes,9,opt,name=description,proto3" json:"description,omitempty"`
+	// Output only: when the last update changed it.
+	UpdateTime *timestamppb.Timestamp `protobuf:"bytes,10,opt,name=update_time,json=updateTime,proto3" json:"update_time,omitempty"`
+	// Output only, and the precondition of an update (AIP-154): a checksum
+	// of the stored resource. An Update carrying an etag that no longer
+	// matches is ABORTED naming etag; an empty etag updates unconditionally.
+	Etag          string `protobuf:"bytes,11,opt,name=etag,proto3" json:"etag,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -844,6 +882,27 @@ func (x *PrimaryStorage) GetCreateTime() *timestamppb.Timestamp {
 	return nil
 }
 
+func (x *PrimaryStorage) GetDescription() string {
+	if x != nil {
+		return x.Description
+	}
+	return ""
+}
+
+func (x *PrimaryStorage) GetUpdateTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.UpdateTime
+	}
+	return nil
+}
+
+func (x *PrimaryStorage) GetEtag() string {
+	if x != nil {
+		return x.Etag
+	}
+	return ""
+}
+
 // L3Network is a target network with a range for address allocation.
 type L3Network struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -866,7 +925,15 @@ type L3Network struct {
 	// DHCP host entry it was given, so the address stays out of the
 	// allocation range's pool until ReleaseL3NetworkAddress releases it or
 	// the network is deleted.
-	Reservations  []*AddressReservation `protobuf:"bytes,11,rep,name=reservations,proto3" json:"reservations,omitempty"`
+	Reservations []*AddressReservation `protobuf:"bytes,11,rep,name=reservations,proto3" json:"reservations,omitempty"`
+	// Free text for the operator, at most 1024 characters.
+	Description string `protobuf:"bytes,12,opt,name=description,proto3" json:"description,omitempty"`
+	// Output only: when the last update changed it.
+	UpdateTime *timestamppb.Timestamp `protobuf:"bytes,13,opt,name=update_time,json=updateTime,proto3" json:"update_time,omitempty"`
+	// Output only, and the precondition of an update (AIP-154): a checksum
+	// of the stored resource. An Update carrying an etag that no longer
+	// matches is ABORTED naming etag; an empty etag updates unconditionally.
+	Etag          string `protobuf:"bytes,14,opt,name=etag,proto3" json:"etag,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -976,6 +1043,27 @@ func (x *L3Network) GetReservations() []*AddressReservation {
 		return x.Reservations
 	}
 	return nil
+}
+
+func (x *L3Network) GetDescription() string {
+	if x != nil {
+		return x.Description
+	}
+	return ""
+}
+
+func (x *L3Network) GetUpdateTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.UpdateTime
+	}
+	return nil
+}
+
+func (x *L3Network) GetEtag() string {
+	if x != nil {
+		return x.Etag
+	}
+	return ""
 }
 
 // AddressReservation is an address a migrated VM holds on an L3 network
@@ -2182,17 +2270,180 @@ func (x *ReleaseL3NetworkAddressResponse) GetL3Network() *L3Network {
 	return nil
 }
 
+type UpdateClusterRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// name says which cluster.
+	Cluster       *Cluster               `protobuf:"bytes,1,opt,name=cluster,proto3" json:"cluster,omitempty"`
+	UpdateMask    *fieldmaskpb.FieldMask `protobuf:"bytes,2,opt,name=update_mask,json=updateMask,proto3" json:"update_mask,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *UpdateClusterRequest) Reset() {
+	*x = UpdateClusterRequest{}
+	mi := &file_ferry_v1_target_inventory_proto_msgTypes[33]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *UpdateClusterRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*UpdateClusterRequest) ProtoMessage() {}
+
+func (x *UpdateClusterRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_ferry_v1_target_inventory_proto_msgTypes[33]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use UpdateClusterRequest.ProtoReflect.Descriptor instead.
+func (*UpdateClusterRequest) Descriptor() ([]byte, []int) {
+	return file_ferry_v1_target_inventory_proto_rawDescGZIP(), []int{33}
+}
+
+func (x *UpdateClusterRequest) GetCluster() *Cluster {
+	if x != nil {
+		return x.Cluster
+	}
+	return nil
+}
+
+func (x *UpdateClusterRequest) GetUpdateMask() *fieldmaskpb.FieldMask {
+	if x != nil {
+		return x.UpdateMask
+	}
+	return nil
+}
+
+type UpdatePrimaryStorageRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// name says which primary storage.
+	PrimaryStorage *PrimaryStorage        `protobuf:"bytes,1,opt,name=primary_storage,json=primaryStorage,proto3" json:"primary_storage,omitempty"`
+	UpdateMask     *fieldmaskpb.FieldMask `protobuf:"bytes,2,opt,name=update_mask,json=updateMask,proto3" json:"update_mask,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
+}
+
+func (x *UpdatePrimaryStorageRequest) Reset() {
+	*x = UpdatePrimaryStorageRequest{}
+	mi := &file_ferry_v1_target_inventory_proto_msgTypes[34]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *UpdatePrimaryStorageRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*UpdatePrimaryStorageRequest) ProtoMessage() {}
+
+func (x *UpdatePrimaryStorageRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_ferry_v1_target_inventory_proto_msgTypes[34]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use UpdatePrimaryStorageRequest.ProtoReflect.Descriptor instead.
+func (*UpdatePrimaryStorageRequest) Descriptor() ([]byte, []int) {
+	return file_ferry_v1_target_inventory_proto_rawDescGZIP(), []int{34}
+}
+
+func (x *UpdatePrimaryStorageRequest) GetPrimaryStorage() *PrimaryStorage {
+	if x != nil {
+		return x.PrimaryStorage
+	}
+	return nil
+}
+
+func (x *UpdatePrimaryStorageRequest) GetUpdateMask() *fieldmaskpb.FieldMask {
+	if x != nil {
+		return x.UpdateMask
+	}
+	return nil
+}
+
+type UpdateL3NetworkRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// name says which network.
+	L3Network     *L3Network             `protobuf:"bytes,1,opt,name=l3_network,json=l3Network,proto3" json:"l3_network,omitempty"`
+	UpdateMask    *fieldmaskpb.FieldMask `protobuf:"bytes,2,opt,name=update_mask,json=updateMask,proto3" json:"update_mask,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *UpdateL3NetworkRequest) Reset() {
+	*x = UpdateL3NetworkRequest{}
+	mi := &file_ferry_v1_target_inventory_proto_msgTypes[35]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *UpdateL3NetworkRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*UpdateL3NetworkRequest) ProtoMessage() {}
+
+func (x *UpdateL3NetworkRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_ferry_v1_target_inventory_proto_msgTypes[35]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use UpdateL3NetworkRequest.ProtoReflect.Descriptor instead.
+func (*UpdateL3NetworkRequest) Descriptor() ([]byte, []int) {
+	return file_ferry_v1_target_inventory_proto_rawDescGZIP(), []int{35}
+}
+
+func (x *UpdateL3NetworkRequest) GetL3Network() *L3Network {
+	if x != nil {
+		return x.L3Network
+	}
+	return nil
+}
+
+func (x *UpdateL3NetworkRequest) GetUpdateMask() *fieldmaskpb.FieldMask {
+	if x != nil {
+		return x.UpdateMask
+	}
+	return nil
+}
+
 var File_ferry_v1_target_inventory_proto protoreflect.FileDescriptor
 
 const file_ferry_v1_target_inventory_proto_rawDesc = "" +
 	"\n" +
-	"\x1fferry/v1/target_inventory.proto\x12\bferry.v1\x1a\x1cferry/v1/migration_job.proto\x1a\x1bgoogle/protobuf/empty.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x91\x01\n" +
+	"\x1fferry/v1/target_inventory.proto\x12\bferry.v1\x1a\x1cferry/v1/migration_job.proto\x1a\x1bgoogle/protobuf/empty.proto\x1a google/protobuf/field_mask.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x84\x02\n" +
 	"\aCluster\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12!\n" +
 	"\fdisplay_name\x18\x02 \x01(\tR\vdisplayName\x12\x12\n" +
 	"\x04zone\x18\x03 \x01(\tR\x04zone\x12;\n" +
 	"\vcreate_time\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\n" +
-	"createTime\"\x88\x03\n" +
+	"createTime\x12 \n" +
+	"\vdescription\x18\x05 \x01(\tR\vdescription\x12;\n" +
+	"\vupdate_time\x18\x06 \x01(\v2\x1a.google.protobuf.TimestampR\n" +
+	"updateTime\x12\x12\n" +
+	"\x04etag\x18\a \x01(\tR\x04etag\"\x88\x03\n" +
 	"\x04Host\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x18\n" +
 	"\acluster\x18\x02 \x01(\tR\acluster\x12)\n" +
@@ -2245,7 +2496,7 @@ const file_ferry_v1_target_inventory_proto_rawDesc = "" +
 	"free_bytes\x18\x03 \x01(\x03R\tfreeBytes\"D\n" +
 	"\x10NetworkInterface\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x1c\n" +
-	"\taddresses\x18\x02 \x03(\tR\taddresses\"\xa4\x02\n" +
+	"\taddresses\x18\x02 \x03(\tR\taddresses\"\x97\x03\n" +
 	"\x0ePrimaryStorage\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12!\n" +
 	"\fdisplay_name\x18\x02 \x01(\tR\vdisplayName\x12\x18\n" +
@@ -2255,7 +2506,12 @@ const file_ferry_v1_target_inventory_proto_rawDesc = "" +
 	"\tceph_pool\x18\x06 \x01(\tR\bcephPool\x12!\n" +
 	"\fvolume_group\x18\a \x01(\tR\vvolumeGroup\x12;\n" +
 	"\vcreate_time\x18\b \x01(\v2\x1a.google.protobuf.TimestampR\n" +
-	"createTime\"\xa3\x03\n" +
+	"createTime\x12 \n" +
+	"\vdescription\x18\t \x01(\tR\vdescription\x12;\n" +
+	"\vupdate_time\x18\n" +
+	" \x01(\v2\x1a.google.protobuf.TimestampR\n" +
+	"updateTime\x12\x12\n" +
+	"\x04etag\x18\v \x01(\tR\x04etag\"\x96\x04\n" +
 	"\tL3Network\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12!\n" +
 	"\fdisplay_name\x18\x02 \x01(\tR\vdisplayName\x12\x18\n" +
@@ -2270,7 +2526,11 @@ const file_ferry_v1_target_inventory_proto_rawDesc = "" +
 	"\vcreate_time\x18\n" +
 	" \x01(\v2\x1a.google.protobuf.TimestampR\n" +
 	"createTime\x12@\n" +
-	"\freservations\x18\v \x03(\v2\x1c.ferry.v1.AddressReservationR\freservations\"\x9e\x01\n" +
+	"\freservations\x18\v \x03(\v2\x1c.ferry.v1.AddressReservationR\freservations\x12 \n" +
+	"\vdescription\x18\f \x01(\tR\vdescription\x12;\n" +
+	"\vupdate_time\x18\r \x01(\v2\x1a.google.protobuf.TimestampR\n" +
+	"updateTime\x12\x12\n" +
+	"\x04etag\x18\x0e \x01(\tR\x04etag\"\x9e\x01\n" +
 	"\x12AddressReservation\x12\x0e\n" +
 	"\x02ip\x18\x01 \x01(\tR\x02ip\x12\x10\n" +
 	"\x03mac\x18\x02 \x01(\tR\x03mac\x12\x17\n" +
@@ -2351,31 +2611,46 @@ const file_ferry_v1_target_inventory_proto_rawDesc = "" +
 	"request_id\x18\x03 \x01(\tR\trequestId\"U\n" +
 	"\x1fReleaseL3NetworkAddressResponse\x122\n" +
 	"\n" +
-	"l3_network\x18\x01 \x01(\v2\x13.ferry.v1.L3NetworkR\tl3Network*\xbd\x01\n" +
+	"l3_network\x18\x01 \x01(\v2\x13.ferry.v1.L3NetworkR\tl3Network\"\x80\x01\n" +
+	"\x14UpdateClusterRequest\x12+\n" +
+	"\acluster\x18\x01 \x01(\v2\x11.ferry.v1.ClusterR\acluster\x12;\n" +
+	"\vupdate_mask\x18\x02 \x01(\v2\x1a.google.protobuf.FieldMaskR\n" +
+	"updateMask\"\x9d\x01\n" +
+	"\x1bUpdatePrimaryStorageRequest\x12A\n" +
+	"\x0fprimary_storage\x18\x01 \x01(\v2\x18.ferry.v1.PrimaryStorageR\x0eprimaryStorage\x12;\n" +
+	"\vupdate_mask\x18\x02 \x01(\v2\x1a.google.protobuf.FieldMaskR\n" +
+	"updateMask\"\x89\x01\n" +
+	"\x16UpdateL3NetworkRequest\x122\n" +
+	"\n" +
+	"l3_network\x18\x01 \x01(\v2\x13.ferry.v1.L3NetworkR\tl3Network\x12;\n" +
+	"\vupdate_mask\x18\x02 \x01(\v2\x1a.google.protobuf.FieldMaskR\n" +
+	"updateMask*\xbd\x01\n" +
 	"\x12PrimaryStorageType\x12$\n" +
 	" PRIMARY_STORAGE_TYPE_UNSPECIFIED\x10\x00\x12\x1e\n" +
 	"\x1aPRIMARY_STORAGE_TYPE_LOCAL\x10\x01\x12\x1c\n" +
 	"\x18PRIMARY_STORAGE_TYPE_NFS\x10\x02\x12\x1d\n" +
 	"\x19PRIMARY_STORAGE_TYPE_CEPH\x10\x03\x12$\n" +
-	" PRIMARY_STORAGE_TYPE_SHAREDBLOCK\x10\x042\x95\n" +
-	"\n" +
+	" PRIMARY_STORAGE_TYPE_SHAREDBLOCK\x10\x042\xfc\v\n" +
 	"\x16TargetInventoryService\x12B\n" +
 	"\rCreateCluster\x12\x1e.ferry.v1.CreateClusterRequest\x1a\x11.ferry.v1.Cluster\x12<\n" +
 	"\n" +
 	"GetCluster\x12\x1b.ferry.v1.GetClusterRequest\x1a\x11.ferry.v1.Cluster\x12M\n" +
 	"\fListClusters\x12\x1d.ferry.v1.ListClustersRequest\x1a\x1e.ferry.v1.ListClustersResponse\x12G\n" +
-	"\rDeleteCluster\x12\x1e.ferry.v1.DeleteClusterRequest\x1a\x16.google.protobuf.Empty\x123\n" +
+	"\rDeleteCluster\x12\x1e.ferry.v1.DeleteClusterRequest\x1a\x16.google.protobuf.Empty\x12B\n" +
+	"\rUpdateCluster\x12\x1e.ferry.v1.UpdateClusterRequest\x1a\x11.ferry.v1.Cluster\x123\n" +
 	"\aGetHost\x12\x18.ferry.v1.GetHostRequest\x1a\x0e.ferry.v1.Host\x12D\n" +
 	"\tListHosts\x12\x1a.ferry.v1.ListHostsRequest\x1a\x1b.ferry.v1.ListHostsResponse\x12_\n" +
 	"\x12SetHostMaintenance\x12#.ferry.v1.SetHostMaintenanceRequest\x1a$.ferry.v1.SetHostMaintenanceResponse\x12W\n" +
 	"\x14CreatePrimaryStorage\x12%.ferry.v1.CreatePrimaryStorageRequest\x1a\x18.ferry.v1.PrimaryStorage\x12Q\n" +
 	"\x11GetPrimaryStorage\x12\".ferry.v1.GetPrimaryStorageRequest\x1a\x18.ferry.v1.PrimaryStorage\x12b\n" +
 	"\x13ListPrimaryStorages\x12$.ferry.v1.ListPrimaryStoragesRequest\x1a%.ferry.v1.ListPrimaryStoragesResponse\x12U\n" +
-	"\x14DeletePrimaryStorage\x12%.ferry.v1.DeletePrimaryStorageRequest\x1a\x16.google.protobuf.Empty\x12H\n" +
+	"\x14DeletePrimaryStorage\x12%.ferry.v1.DeletePrimaryStorageRequest\x1a\x16.google.protobuf.Empty\x12W\n" +
+	"\x14UpdatePrimaryStorage\x12%.ferry.v1.UpdatePrimaryStorageRequest\x1a\x18.ferry.v1.PrimaryStorage\x12H\n" +
 	"\x0fCreateL3Network\x12 .ferry.v1.CreateL3NetworkRequest\x1a\x13.ferry.v1.L3Network\x12B\n" +
 	"\fGetL3Network\x12\x1d.ferry.v1.GetL3NetworkRequest\x1a\x13.ferry.v1.L3Network\x12S\n" +
 	"\x0eListL3Networks\x12\x1f.ferry.v1.ListL3NetworksRequest\x1a .ferry.v1.ListL3NetworksResponse\x12K\n" +
-	"\x0fDeleteL3Network\x12 .ferry.v1.DeleteL3NetworkRequest\x1a\x16.google.protobuf.Empty\x12n\n" +
+	"\x0fDeleteL3Network\x12 .ferry.v1.DeleteL3NetworkRequest\x1a\x16.google.protobuf.Empty\x12H\n" +
+	"\x0fUpdateL3Network\x12 .ferry.v1.UpdateL3NetworkRequest\x1a\x13.ferry.v1.L3Network\x12n\n" +
 	"\x17ReleaseL3NetworkAddress\x12(.ferry.v1.ReleaseL3NetworkAddressRequest\x1a).ferry.v1.ReleaseL3NetworkAddressResponseB\x99\x01\n" +
 	"\fcom.ferry.v1B\x14TargetInventoryProtoP\x01Z2github.com/ferry-v2v/ferry/pkg/pb/ferry/v1;ferryv1\xa2\x02\x03FXX\xaa\x02\bFerry.V1\xca\x02\bFerry\\V1\xe2\x02\x14Ferry\\V1\\GPBMetadata\xea\x02\tFerry::V1b\x06proto3"
 
@@ -2392,7 +2667,7 @@ func file_ferry_v1_target_inventory_proto_rawDescGZIP() []byte {
 }
 
 var file_ferry_v1_target_inventory_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_ferry_v1_target_inventory_proto_msgTypes = make([]protoimpl.MessageInfo, 33)
+var file_ferry_v1_target_inventory_proto_msgTypes = make([]protoimpl.MessageInfo, 36)
 var file_ferry_v1_target_inventory_proto_goTypes = []any{
 	(PrimaryStorageType)(0),                 // 0: ferry.v1.PrimaryStorageType
 	(*Cluster)(nil),                         // 1: ferry.v1.Cluster
@@ -2428,74 +2703,93 @@ var file_ferry_v1_target_inventory_proto_goTypes = []any{
 	(*DeleteL3NetworkRequest)(nil),          // 31: ferry.v1.DeleteL3NetworkRequest
 	(*ReleaseL3NetworkAddressRequest)(nil),  // 32: ferry.v1.ReleaseL3NetworkAddressRequest
 	(*ReleaseL3NetworkAddressResponse)(nil), // 33: ferry.v1.ReleaseL3NetworkAddressResponse
-	(*timestamppb.Timestamp)(nil),           // 34: google.protobuf.Timestamp
-	(*TargetVm)(nil),                        // 35: ferry.v1.TargetVm
-	(*emptypb.Empty)(nil),                   // 36: google.protobuf.Empty
+	(*UpdateClusterRequest)(nil),            // 34: ferry.v1.UpdateClusterRequest
+	(*UpdatePrimaryStorageRequest)(nil),     // 35: ferry.v1.UpdatePrimaryStorageRequest
+	(*UpdateL3NetworkRequest)(nil),          // 36: ferry.v1.UpdateL3NetworkRequest
+	(*timestamppb.Timestamp)(nil),           // 37: google.protobuf.Timestamp
+	(*TargetVm)(nil),                        // 38: ferry.v1.TargetVm
+	(*fieldmaskpb.FieldMask)(nil),           // 39: google.protobuf.FieldMask
+	(*emptypb.Empty)(nil),                   // 40: google.protobuf.Empty
 }
 var file_ferry_v1_target_inventory_proto_depIdxs = []int32{
-	34, // 0: ferry.v1.Cluster.create_time:type_name -> google.protobuf.Timestamp
-	4,  // 1: ferry.v1.Host.facts:type_name -> ferry.v1.HostFacts
-	34, // 2: ferry.v1.Host.last_seen_time:type_name -> google.protobuf.Timestamp
-	34, // 3: ferry.v1.Host.create_time:type_name -> google.protobuf.Timestamp
-	3,  // 4: ferry.v1.Host.pending_cleanups:type_name -> ferry.v1.PendingCleanup
-	35, // 5: ferry.v1.PendingCleanup.target:type_name -> ferry.v1.TargetVm
-	9,  // 6: ferry.v1.PendingCleanup.primary_storage:type_name -> ferry.v1.PrimaryStorage
-	34, // 7: ferry.v1.PendingCleanup.create_time:type_name -> google.protobuf.Timestamp
-	8,  // 8: ferry.v1.HostFacts.interfaces:type_name -> ferry.v1.NetworkInterface
-	7,  // 9: ferry.v1.HostFacts.storages:type_name -> ferry.v1.StorageSpace
-	5,  // 10: ferry.v1.HostFacts.libvirt_networks:type_name -> ferry.v1.LibvirtNetwork
-	6,  // 11: ferry.v1.LibvirtNetwork.dhcp_hosts:type_name -> ferry.v1.DhcpHost
-	0,  // 12: ferry.v1.PrimaryStorage.type:type_name -> ferry.v1.PrimaryStorageType
-	34, // 13: ferry.v1.PrimaryStorage.create_time:type_name -> google.protobuf.Timestamp
-	34, // 14: ferry.v1.L3Network.create_time:type_name -> google.protobuf.Timestamp
-	11, // 15: ferry.v1.L3Network.reservations:type_name -> ferry.v1.AddressReservation
-	34, // 16: ferry.v1.AddressReservation.create_time:type_name -> google.protobuf.Timestamp
-	1,  // 17: ferry.v1.CreateClusterRequest.cluster:type_name -> ferry.v1.Cluster
-	1,  // 18: ferry.v1.ListClustersResponse.clusters:type_name -> ferry.v1.Cluster
-	2,  // 19: ferry.v1.ListHostsResponse.hosts:type_name -> ferry.v1.Host
-	2,  // 20: ferry.v1.SetHostMaintenanceResponse.host:type_name -> ferry.v1.Host
-	9,  // 21: ferry.v1.CreatePrimaryStorageRequest.primary_storage:type_name -> ferry.v1.PrimaryStorage
-	9,  // 22: ferry.v1.ListPrimaryStoragesResponse.primary_storages:type_name -> ferry.v1.PrimaryStorage
-	10, // 23: ferry.v1.CreateL3NetworkRequest.l3_network:type_name -> ferry.v1.L3Network
-	10, // 24: ferry.v1.ListL3NetworksResponse.l3_networks:type_name -> ferry.v1.L3Network
-	10, // 25: ferry.v1.ReleaseL3NetworkAddressResponse.l3_network:type_name -> ferry.v1.L3Network
-	12, // 26: ferry.v1.TargetInventoryService.CreateCluster:input_type -> ferry.v1.CreateClusterRequest
-	13, // 27: ferry.v1.TargetInventoryService.GetCluster:input_type -> ferry.v1.GetClusterRequest
-	14, // 28: ferry.v1.TargetInventoryService.ListClusters:input_type -> ferry.v1.ListClustersRequest
-	16, // 29: ferry.v1.TargetInventoryService.DeleteCluster:input_type -> ferry.v1.DeleteClusterRequest
-	17, // 30: ferry.v1.TargetInventoryService.GetHost:input_type -> ferry.v1.GetHostRequest
-	18, // 31: ferry.v1.TargetInventoryService.ListHosts:input_type -> ferry.v1.ListHostsRequest
-	20, // 32: ferry.v1.TargetInventoryService.SetHostMaintenance:input_type -> ferry.v1.SetHostMaintenanceRequest
-	22, // 33: ferry.v1.TargetInventoryService.CreatePrimaryStorage:input_type -> ferry.v1.CreatePrimaryStorageRequest
-	23, // 34: ferry.v1.TargetInventoryService.GetPrimaryStorage:input_type -> ferry.v1.GetPrimaryStorageRequest
-	24, // 35: ferry.v1.TargetInventoryService.ListPrimaryStorages:input_type -> ferry.v1.ListPrimaryStoragesRequest
-	26, // 36: ferry.v1.TargetInventoryService.DeletePrimaryStorage:input_type -> ferry.v1.DeletePrimaryStorageRequest
-	27, // 37: ferry.v1.TargetInventoryService.CreateL3Network:input_type -> ferry.v1.CreateL3NetworkRequest
-	28, // 38: ferry.v1.TargetInventoryService.GetL3Network:input_type -> ferry.v1.GetL3NetworkRequest
-	29, // 39: ferry.v1.TargetInventoryService.ListL3Networks:input_type -> ferry.v1.ListL3NetworksRequest
-	31, // 40: ferry.v1.TargetInventoryService.DeleteL3Network:input_type -> ferry.v1.DeleteL3NetworkRequest
-	32, // 41: ferry.v1.TargetInventoryService.ReleaseL3NetworkAddress:input_type -> ferry.v1.ReleaseL3NetworkAddressRequest
-	1,  // 42: ferry.v1.TargetInventoryService.CreateCluster:output_type -> ferry.v1.Cluster
-	1,  // 43: ferry.v1.TargetInventoryService.GetCluster:output_type -> ferry.v1.Cluster
-	15, // 44: ferry.v1.TargetInventoryService.ListClusters:output_type -> ferry.v1.ListClustersResponse
-	36, // 45: ferry.v1.TargetInventoryService.DeleteCluster:output_type -> google.protobuf.Empty
-	2,  // 46: ferry.v1.TargetInventoryService.GetHost:output_type -> ferry.v1.Host
-	19, // 47: ferry.v1.TargetInventoryService.ListHosts:output_type -> ferry.v1.ListHostsResponse
-	21, // 48: ferry.v1.TargetInventoryService.SetHostMaintenance:output_type -> ferry.v1.SetHostMaintenanceResponse
-	9,  // 49: ferry.v1.TargetInventoryService.CreatePrimaryStorage:output_type -> ferry.v1.PrimaryStorage
-	9,  // 50: ferry.v1.TargetInventoryService.GetPrimaryStorage:output_type -> ferry.v1.PrimaryStorage
-	25, // 51: ferry.v1.TargetInventoryService.ListPrimaryStorages:output_type -> ferry.v1.ListPrimaryStoragesResponse
-	36, // 52: ferry.v1.TargetInventoryService.DeletePrimaryStorage:output_type -> google.protobuf.Empty
-	10, // 53: ferry.v1.TargetInventoryService.CreateL3Network:output_type -> ferry.v1.L3Network
-	10, // 54: ferry.v1.TargetInventoryService.GetL3Network:output_type -> ferry.v1.L3Network
-	30, // 55: ferry.v1.TargetInventoryService.ListL3Networks:output_type -> ferry.v1.ListL3NetworksResponse
-	36, // 56: ferry.v1.TargetInventoryService.DeleteL3Network:output_type -> google.protobuf.Empty
-	33, // 57: ferry.v1.TargetInventoryService.ReleaseL3NetworkAddress:output_type -> ferry.v1.ReleaseL3NetworkAddressResponse
-	42, // [42:58] is the sub-list for method output_type
-	26, // [26:42] is the sub-list for method input_type
-	26, // [26:26] is the sub-list for extension type_name
-	26, // [26:26] is the sub-list for extension extendee
-	0,  // [0:26] is the sub-list for field type_name
+	37, // 0: ferry.v1.Cluster.create_time:type_name -> google.protobuf.Timestamp
+	37, // 1: ferry.v1.Cluster.update_time:type_name -> google.protobuf.Timestamp
+	4,  // 2: ferry.v1.Host.facts:type_name -> ferry.v1.HostFacts
+	37, // 3: ferry.v1.Host.last_seen_time:type_name -> google.protobuf.Timestamp
+	37, // 4: ferry.v1.Host.create_time:type_name -> google.protobuf.Timestamp
+	3,  // 5: ferry.v1.Host.pending_cleanups:type_name -> ferry.v1.PendingCleanup
+	38, // 6: ferry.v1.PendingCleanup.target:type_name -> ferry.v1.TargetVm
+	9,  // 7: ferry.v1.PendingCleanup.primary_storage:type_name -> ferry.v1.PrimaryStorage
+	37, // 8: ferry.v1.PendingCleanup.create_time:type_name -> google.protobuf.Timestamp
+	8,  // 9: ferry.v1.HostFacts.interfaces:type_name -> ferry.v1.NetworkInterface
+	7,  // 10: ferry.v1.HostFacts.storages:type_name -> ferry.v1.StorageSpace
+	5,  // 11: ferry.v1.HostFacts.libvirt_networks:type_name -> ferry.v1.LibvirtNetwork
+	6,  // 12: ferry.v1.LibvirtNetwork.dhcp_hosts:type_name -> ferry.v1.DhcpHost
+	0,  // 13: ferry.v1.PrimaryStorage.type:type_name -> ferry.v1.PrimaryStorageType
+	37, // 14: ferry.v1.PrimaryStorage.create_time:type_name -> google.protobuf.Timestamp
+	37, // 15: ferry.v1.PrimaryStorage.update_time:type_name -> google.protobuf.Timestamp
+	37, // 16: ferry.v1.L3Network.create_time:type_name -> google.protobuf.Timestamp
+	11, // 17: ferry.v1.L3Network.reservations:type_name -> ferry.v1.AddressReservation
+	37, // 18: ferry.v1.L3Network.update_time:type_name -> google.protobuf.Timestamp
+	37, // 19: ferry.v1.AddressReservation.create_time:type_name -> google.protobuf.Timestamp
+	1,  // 20: ferry.v1.CreateClusterRequest.cluster:type_name -> ferry.v1.Cluster
+	1,  // 21: ferry.v1.ListClustersResponse.clusters:type_name -> ferry.v1.Cluster
+	2,  // 22: ferry.v1.ListHostsResponse.hosts:type_name -> ferry.v1.Host
+	2,  // 23: ferry.v1.SetHostMaintenanceResponse.host:type_name -> ferry.v1.Host
+	9,  // 24: ferry.v1.CreatePrimaryStorageRequest.primary_storage:type_name -> ferry.v1.PrimaryStorage
+	9,  // 25: ferry.v1.ListPrimaryStoragesResponse.primary_storages:type_name -> ferry.v1.PrimaryStorage
+	10, // 26: ferry.v1.CreateL3NetworkRequest.l3_network:type_name -> ferry.v1.L3Network
+	10, // 27: ferry.v1.ListL3NetworksResponse.l3_networks:type_name -> ferry.v1.L3Network
+	10, // 28: ferry.v1.ReleaseL3NetworkAddressResponse.l3_network:type_name -> ferry.v1.L3Network
+	1,  // 29: ferry.v1.UpdateClusterRequest.cluster:type_name -> ferry.v1.Cluster
+	39, // 30: ferry.v1.UpdateClusterRequest.update_mask:type_name -> google.protobuf.FieldMask
+	9,  // 31: ferry.v1.UpdatePrimaryStorageRequest.primary_storage:type_name -> ferry.v1.PrimaryStorage
+	39, // 32: ferry.v1.UpdatePrimaryStorageRequest.update_mask:type_name -> google.protobuf.FieldMask
+	10, // 33: ferry.v1.UpdateL3NetworkRequest.l3_network:type_name -> ferry.v1.L3Network
+	39, // 34: ferry.v1.UpdateL3NetworkRequest.update_mask:type_name -> google.protobuf.FieldMask
+	12, // 35: ferry.v1.TargetInventoryService.CreateCluster:input_type -> ferry.v1.CreateClusterRequest
+	13, // 36: ferry.v1.TargetInventoryService.GetCluster:input_type -> ferry.v1.GetClusterRequest
+	14, // 37: ferry.v1.TargetInventoryService.ListClusters:input_type -> ferry.v1.ListClustersRequest
+	16, // 38: ferry.v1.TargetInventoryService.DeleteCluster:input_type -> ferry.v1.DeleteClusterRequest
+	34, // 39: ferry.v1.TargetInventoryService.UpdateCluster:input_type -> ferry.v1.UpdateClusterRequest
+	17, // 40: ferry.v1.TargetInventoryService.GetHost:input_type -> ferry.v1.GetHostRequest
+	18, // 41: ferry.v1.TargetInventoryService.ListHosts:input_type -> ferry.v1.ListHostsRequest
+	20, // 42: ferry.v1.TargetInventoryService.SetHostMaintenance:input_type -> ferry.v1.SetHostMaintenanceRequest
+	22, // 43: ferry.v1.TargetInventoryService.CreatePrimaryStorage:input_type -> ferry.v1.CreatePrimaryStorageRequest
+	23, // 44: ferry.v1.TargetInventoryService.GetPrimaryStorage:input_type -> ferry.v1.GetPrimaryStorageRequest
+	24, // 45: ferry.v1.TargetInventoryService.ListPrimaryStorages:input_type -> ferry.v1.ListPrimaryStoragesRequest
+	26, // 46: ferry.v1.TargetInventoryService.DeletePrimaryStorage:input_type -> ferry.v1.DeletePrimaryStorageRequest
+	35, // 47: ferry.v1.TargetInventoryService.UpdatePrimaryStorage:input_type -> ferry.v1.UpdatePrimaryStorageRequest
+	27, // 48: ferry.v1.TargetInventoryService.CreateL3Network:input_type -> ferry.v1.CreateL3NetworkRequest
+	28, // 49: ferry.v1.TargetInventoryService.GetL3Network:input_type -> ferry.v1.GetL3NetworkRequest
+	29, // 50: ferry.v1.TargetInventoryService.ListL3Networks:input_type -> ferry.v1.ListL3NetworksRequest
+	31, // 51: ferry.v1.TargetInventoryService.DeleteL3Network:input_type -> ferry.v1.DeleteL3NetworkRequest
+	36, // 52: ferry.v1.TargetInventoryService.UpdateL3Network:input_type -> ferry.v1.UpdateL3NetworkRequest
+	32, // 53: ferry.v1.TargetInventoryService.ReleaseL3NetworkAddress:input_type -> ferry.v1.ReleaseL3NetworkAddressRequest
+	1,  // 54: ferry.v1.TargetInventoryService.CreateCluster:output_type -> ferry.v1.Cluster
+	1,  // 55: ferry.v1.TargetInventoryService.GetCluster:output_type -> ferry.v1.Cluster
+	15, // 56: ferry.v1.TargetInventoryService.ListClusters:output_type -> ferry.v1.ListClustersResponse
+	40, // 57: ferry.v1.TargetInventoryService.DeleteCluster:output_type -> google.protobuf.Empty
+	1,  // 58: ferry.v1.TargetInventoryService.UpdateCluster:output_type -> ferry.v1.Cluster
+	2,  // 59: ferry.v1.TargetInventoryService.GetHost:output_type -> ferry.v1.Host
+	19, // 60: ferry.v1.TargetInventoryService.ListHosts:output_type -> ferry.v1.ListHostsResponse
+	21, // 61: ferry.v1.TargetInventoryService.SetHostMaintenance:output_type -> ferry.v1.SetHostMaintenanceResponse
+	9,  // 62: ferry.v1.TargetInventoryService.CreatePrimaryStorage:output_type -> ferry.v1.PrimaryStorage
+	9,  // 63: ferry.v1.TargetInventoryService.GetPrimaryStorage:output_type -> ferry.v1.PrimaryStorage
+	25, // 64: ferry.v1.TargetInventoryService.ListPrimaryStorages:output_type -> ferry.v1.ListPrimaryStoragesResponse
+	40, // 65: ferry.v1.TargetInventoryService.DeletePrimaryStorage:output_type -> google.protobuf.Empty
+	9,  // 66: ferry.v1.TargetInventoryService.UpdatePrimaryStorage:output_type -> ferry.v1.PrimaryStorage
+	10, // 67: ferry.v1.TargetInventoryService.CreateL3Network:output_type -> ferry.v1.L3Network
+	10, // 68: ferry.v1.TargetInventoryService.GetL3Network:output_type -> ferry.v1.L3Network
+	30, // 69: ferry.v1.TargetInventoryService.ListL3Networks:output_type -> ferry.v1.ListL3NetworksResponse
+	40, // 70: ferry.v1.TargetInventoryService.DeleteL3Network:output_type -> google.protobuf.Empty
+	10, // 71: ferry.v1.TargetInventoryService.UpdateL3Network:output_type -> ferry.v1.L3Network
+	33, // 72: ferry.v1.TargetInventoryService.ReleaseL3NetworkAddress:output_type -> ferry.v1.ReleaseL3NetworkAddressResponse
+	54, // [54:73] is the sub-list for method output_type
+	35, // [35:54] is the sub-list for method input_type
+	35, // [35:35] is the sub-list for extension type_name
+	35, // [35:35] is the sub-list for extension extendee
+	0,  // [0:35] is the sub-list for field type_name
 }
 
 func init() { file_ferry_v1_target_inventory_proto_init() }
@@ -2510,7 +2804,7 @@ func file_ferry_v1_target_inventory_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_ferry_v1_target_inventory_proto_rawDesc), len(file_ferry_v1_target_inventory_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   33,
+			NumMessages:   36,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -24,6 +24,7 @@ const (
 	TargetInventoryService_GetCluster_FullMethodName              = "/ferry.v1.TargetInventoryService/GetCluster"
 	TargetInventoryService_ListClusters_FullMethodName            = "/ferry.v1.TargetInventoryService/ListClusters"
 	TargetInventoryService_DeleteCluster_FullMethodName           = "/ferry.v1.TargetInventoryService/DeleteCluster"
+	TargetInventoryService_UpdateCluster_FullMethodName           = "/ferry.v1.TargetInventoryService/UpdateCluster"
 	TargetInventoryService_GetHost_FullMethodName                 = "/ferry.v1.TargetInventoryService/GetHost"
 	TargetInventoryService_ListHosts_FullMethodName               = "/ferry.v1.TargetInventoryService/ListHosts"
 	TargetInventoryService_SetHostMaintenance_FullMethodName      = "/ferry.v1.TargetInventoryService/SetHostMaintenance"
@@ -31,10 +32,12 @@ const (
 	TargetInventoryService_GetPrimaryStorage_FullMethodName       = "/ferry.v1.TargetInventoryService/GetPrimaryStorage"
 	TargetInventoryService_ListPrimaryStorages_FullMethodName     = "/ferry.v1.TargetInventoryService/ListPrimaryStorages"
 	TargetInventoryService_DeletePrimaryStorage_FullMethodName    = "/ferry.v1.TargetInventoryService/DeletePrimaryStorage"
+	TargetInventoryService_UpdatePrimaryStorage_FullMethodName    = "/ferry.v1.TargetInventoryService/UpdatePrimaryStorage"
 	TargetInventoryService_CreateL3Network_FullMethodName         = "/ferry.v1.TargetInventoryService/CreateL3Network"
 	TargetInventoryService_GetL3Network_FullMethodName            = "/ferry.v1.TargetInventoryService/GetL3Network"
 	TargetInventoryService_ListL3Networks_FullMethodName          = "/ferry.v1.TargetInventoryService/ListL3Networks"
 	TargetInventoryService_DeleteL3Network_FullMethodName         = "/ferry.v1.TargetInventoryService/DeleteL3Network"
+	TargetInventoryService_UpdateL3Network_FullMethodName         = "/ferry.v1.TargetInventoryService/UpdateL3Network"
 	TargetInventoryService_ReleaseL3NetworkAddress_FullMethodName = "/ferry.v1.TargetInventoryService/ReleaseL3NetworkAddress"
 )
 
@@ -59,6 +62,10 @@ type TargetInventoryServiceClient interface {
 	ListClusters(ctx context.Context, in *ListClustersRequest, opts ...grpc.CallOption) (*ListClustersResponse, error)
 	// DeleteCluster deletes the cluster named (AIP-135).
 	DeleteCluster(ctx context.Context, in *DeleteClusterRequest, opts ...grpc.CallOption) (*emptypb.Empty, error)
+	// UpdateCluster replaces display_name, description and/or zone (all
+	// three when update_mask is empty). With cluster.etag set, only if the
+	// cluster is unchanged since.
+	UpdateCluster(ctx context.Context, in *UpdateClusterRequest, opts ...grpc.CallOption) (*Cluster, error)
 	// Hosts are registered by their agents and cannot be created by hand.
 	GetHost(ctx context.Context, in *GetHostRequest, opts ...grpc.CallOption) (*Host, error)
 	// ListHosts answers a page of hosts (AIP-132, paged by page_size and page_token).
@@ -76,6 +83,9 @@ type TargetInventoryServiceClient interface {
 	ListPrimaryStorages(ctx context.Context, in *ListPrimaryStoragesRequest, opts ...grpc.CallOption) (*ListPrimaryStoragesResponse, error)
 	// DeletePrimaryStorage deletes the primary storage named (AIP-135).
 	DeletePrimaryStorage(ctx context.Context, in *DeletePrimaryStorageRequest, opts ...grpc.CallOption) (*emptypb.Empty, error)
+	// UpdatePrimaryStorage replaces display_name and/or description (both
+	// when update_mask is empty); where the storage is stays as created.
+	UpdatePrimaryStorage(ctx context.Context, in *UpdatePrimaryStorageRequest, opts ...grpc.CallOption) (*PrimaryStorage, error)
 	// CreateL3Network creates an L3 network and answers it (AIP-133); a repeated request_id answers the first.
 	CreateL3Network(ctx context.Context, in *CreateL3NetworkRequest, opts ...grpc.CallOption) (*L3Network, error)
 	// GetL3Network answers the L3 network named (AIP-131), NOT_FOUND naming name when there is none.
@@ -84,6 +94,14 @@ type TargetInventoryServiceClient interface {
 	ListL3Networks(ctx context.Context, in *ListL3NetworksRequest, opts ...grpc.CallOption) (*ListL3NetworksResponse, error)
 	// DeleteL3Network deletes the L3 network named (AIP-135).
 	DeleteL3Network(ctx context.Context, in *DeleteL3NetworkRequest, opts ...grpc.CallOption) (*emptypb.Empty, error)
+	// UpdateL3Network replaces display_name, description, gateway and/or
+	// the allocation range (ip_range_start, ip_range_end; all five when
+	// update_mask is empty), validated as at creation within the network's
+	// prefix. The range may move or shrink only as far as it still holds
+	// every address allocated to an unfinished job or reserved
+	// (FAILED_PRECONDITION naming the first address left out); the gateway
+	// may not be such an address.
+	UpdateL3Network(ctx context.Context, in *UpdateL3NetworkRequest, opts ...grpc.CallOption) (*L3Network, error)
 	// Returns an address a migrated VM kept (L3Network.reservations) to the
 	// pool, once the VM no longer uses it. Remove the VM's DHCP host entry
 	// from the libvirt network too: allocation also skips an address a
@@ -133,6 +151,16 @@ func (c *targetInventoryServiceClient) DeleteCluster(ctx context.Context, in *De
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
 	out := new(emptypb.Empty)
 	err := c.cc.Invoke(ctx, TargetInventoryService_DeleteCluster_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *targetInventoryServiceClient) UpdateCluster(ctx context.Context, in *UpdateClusterRequest, opts ...grpc.CallOption) (*Cluster, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(Cluster)
+	err := c.cc.Invoke(ctx, TargetInventoryService_UpdateCluster_FullMethodName, in, out, cOpts...)
 	if err != nil {
 		return nil, err
 	}
@@ -209,6 +237,16 @@ func (c *targetInventoryServiceClient) DeletePrimaryStorage(ctx context.Context,
 	return out, nil
 }
 
+func (c *targetInventoryServiceClient) UpdatePrimaryStorage(ctx context.Context, in *UpdatePrimaryStorageRequest, opts ...grpc.CallOption) (*PrimaryStorage, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(PrimaryStorage)
+	err := c.cc.Invoke(ctx, TargetInventoryService_UpdatePrimaryStorage_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 func (c *targetInventoryServiceClient) CreateL3Network(ctx context.Context, in *CreateL3NetworkRequest, opts ...grpc.CallOption) (*L3Network, error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
 	out := new(L3Network)
@@ -249,6 +287,16 @@ func (c *targetInventoryServiceClient) DeleteL3Network(ctx context.Context, in *
 	return out, nil
 }
 
+func (c *targetInventoryServiceClient) UpdateL3Network(ctx context.Context, in *UpdateL3NetworkRequest, opts ...grpc.CallOption) (*L3Network, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(L3Network)
+	err := c.cc.Invoke(ctx, TargetInventoryService_UpdateL3Network_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 func (c *targetInventoryServiceClient) ReleaseL3NetworkAddress(ctx context.Context, in *ReleaseL3NetworkAddressRequest, opts ...grpc.CallOption) (*ReleaseL3NetworkAddressResponse, error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
 	out := new(ReleaseL3NetworkAddressResponse)
@@ -280,6 +328,10 @@ type TargetInventoryServiceServer interface {
 	ListClusters(context.Context, *ListClustersRequest) (*ListClustersResponse, error)
 	// DeleteCluster deletes the cluster named (AIP-135).
 	DeleteCluster(context.Context, *DeleteClusterRequest) (*emptypb.Empty, error)
+	// UpdateCluster replaces display_name, description and/or zone (all
+	// three when update_mask is empty). With cluster.etag set, only if the
+	// cluster is unchanged since.
+	UpdateCluster(context.Context, *UpdateClusterRequest) (*Cluster, error)
 	// Hosts are registered by their agents and cannot be created by hand.
 	GetHost(context.Context, *GetHostRequest) (*Host, error)
 	// ListHosts answers a page of hosts (AIP-132, paged by page_size and page_token).
@@ -297,6 +349,9 @@ type TargetInventoryServiceServer interface {
 	ListPrimaryStorages(context.Context, *ListPrimaryStoragesRequest) (*ListPrimaryStoragesResponse, error)
 	// DeletePrimaryStorage deletes the primary storage named (AIP-135).
 	DeletePrimaryStorage(context.Context, *DeletePrimaryStorageRequest) (*emptypb.Empty, error)
+	// UpdatePrimaryStorage replaces display_name and/or description (both
+	// when update_mask is empty); where the storage is stays as created.
+	UpdatePrimaryStorage(context.Context, *UpdatePrimaryStorageRequest) (*PrimaryStorage, error)
 	// CreateL3Network creates an L3 network and answers it (AIP-133); a repeated request_id answers the first.
 	CreateL3Network(context.Context, *CreateL3NetworkRequest) (*L3Network, error)
 	// GetL3Network answers the L3 network named (AIP-131), NOT_FOUND naming name when there is none.
@@ -305,6 +360,14 @@ type TargetInventoryServiceServer interface {
 	ListL3Networks(context.Context, *ListL3NetworksRequest) (*ListL3NetworksResponse, error)
 	// DeleteL3Network deletes the L3 network named (AIP-135).
 	DeleteL3Network(context.Context, *DeleteL3NetworkRequest) (*emptypb.Empty, error)
+	// UpdateL3Network replaces display_name, description, gateway and/or
+	// the allocation range (ip_range_start, ip_range_end; all five when
+	// update_mask is empty), validated as at creation within the network's
+	// prefix. The range may move or shrink only as far as it still holds
+	// every address allocated to an unfinished job or reserved
+	// (FAILED_PRECONDITION naming the first address left out); the gateway
+	// may not be such an address.
+	UpdateL3Network(context.Context, *UpdateL3NetworkRequest) (*L3Network, error)
 	// Returns an address a migrated VM kept (L3Network.reservations) to the
 	// pool, once the VM no longer uses it. Remove the VM's DHCP host entry
 	// from the libvirt network too: allocation also skips an address a
@@ -332,6 +395,9 @@ func (UnimplementedTargetInventoryServiceServer) ListClusters(context.Context, *
 func (UnimplementedTargetInventoryServiceServer) DeleteCluster(context.Context, *DeleteClusterRequest) (*emptypb.Empty, error) {
 	return nil, status.Error(codes.Unimplemented, "method DeleteCluster not implemented")
 }
+func (UnimplementedTargetInventoryServiceServer) UpdateCluster(context.Context, *UpdateClusterRequest) (*Cluster, error) {
+	return nil, status.Error(codes.Unimplemented, "method UpdateCluster not implemented")
+}
 func (UnimplementedTargetInventoryServiceServer) GetHost(context.Context, *GetHostRequest) (*Host, error) {
 	return nil, status.Error(codes.Unimplemented, "method GetHost not implemented")
 }
@@ -353,6 +419,9 @@ func (UnimplementedTargetInventoryServiceServer) ListPrimaryStorages(context.Con
 func (UnimplementedTargetInventoryServiceServer) DeletePrimaryStorage(context.Context, *DeletePrimaryStorageRequest) (*emptypb.Empty, error) {
 	return nil, status.Error(codes.Unimplemented, "method DeletePrimaryStorage not implemented")
 }
+func (UnimplementedTargetInventoryServiceServer) UpdatePrimaryStorage(context.Context, *UpdatePrimaryStorageRequest) (*PrimaryStorage, error) {
+	return nil, status.Error(codes.Unimplemented, "method UpdatePrimaryStorage not implemented")
+}
 func (UnimplementedTargetInventoryServiceServer) CreateL3Network(context.Context, *CreateL3NetworkRequest) (*L3Network, error) {
 	return nil, status.Error(codes.Unimplemented, "method CreateL3Network not implemented")
 }
@@ -364,6 +433,9 @@ func (UnimplementedTargetInventoryServiceServer) ListL3Networks(context.Context,
 }
 func (UnimplementedTargetInventoryServiceServer) DeleteL3Network(context.Context, *DeleteL3NetworkRequest) (*emptypb.Empty, error) {
 	return nil, status.Error(codes.Unimplemented, "method DeleteL3Network not implemented")
+}
+func (UnimplementedTargetInventoryServiceServer) UpdateL3Network(context.Context, *UpdateL3NetworkRequest) (*L3Network, error) {
+	return nil, status.Error(codes.Unimplemented, "method UpdateL3Network not implemented")
 }
 func (UnimplementedTargetInventoryServiceServer) ReleaseL3NetworkAddress(context.Context, *ReleaseL3NetworkAddressRequest) (*ReleaseL3NetworkAddressResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method ReleaseL3NetworkAddress not implemented")
@@ -458,6 +530,24 @@ func _TargetInventoryService_DeleteCluster_Handler(srv interface{}, ctx context.
 	}
 	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
 		return srv.(TargetInventoryServiceServer).DeleteCluster(ctx, req.(*DeleteClusterRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _TargetInventoryService_UpdateCluster_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(UpdateClusterRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(TargetInventoryServiceServer).UpdateCluster(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: TargetInventoryService_UpdateCluster_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(TargetInventoryServiceServer).UpdateCluster(ctx, req.(*UpdateClusterRequest))
 	}
 	return interceptor(ctx, in, info, handler)
 }
@@ -588,6 +678,24 @@ func _TargetInventoryService_DeletePrimaryStorage_Handler(srv interface{}, ctx c
 	return interceptor(ctx, in, info, handler)
 }
 
+func _TargetInventoryService_UpdatePrimaryStorage_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(UpdatePrimaryStorageRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(TargetInventoryServiceServer).UpdatePrimaryStorage(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: TargetInventoryService_UpdatePrimaryStorage_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(TargetInventoryServiceServer).UpdatePrimaryStorage(ctx, req.(*UpdatePrimaryStorageRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 func _TargetInventoryService_CreateL3Network_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
 	in := new(CreateL3NetworkRequest)
 	if err := dec(in); err != nil {
@@ -660,6 +768,24 @@ func _TargetInventoryService_DeleteL3Network_Handler(srv interface{}, ctx contex
 	return interceptor(ctx, in, info, handler)
 }
 
+func _TargetInventoryService_UpdateL3Network_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(UpdateL3NetworkRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(TargetInventoryServiceServer).UpdateL3Network(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: TargetInventoryService_UpdateL3Network_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(TargetInventoryServiceServer).UpdateL3Network(ctx, req.(*UpdateL3NetworkRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 func _TargetInventoryService_ReleaseL3NetworkAddress_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
 	in := new(ReleaseL3NetworkAddressRequest)
 	if err := dec(in); err != nil {
@@ -702,6 +828,10 @@ var TargetInventoryService_ServiceDesc = grpc.ServiceDesc{
 			Handler:    _TargetInventoryService_DeleteCluster_Handler,
 		},
 		{
+			MethodName: "UpdateCluster",
+			Handler:    _TargetInventoryService_UpdateCluster_Handler,
+		},
+		{
 			MethodName: "GetHost",
 			Handler:    _TargetInventoryService_GetHost_Handler,
 		},
@@ -730,6 +860,10 @@ var TargetInventoryService_ServiceDesc = grpc.ServiceDesc{
 			Handler:    _TargetInventoryService_DeletePrimaryStorage_Handler,
 		},
 		{
+			MethodName: "UpdatePrimaryStorage",
+			Handler:    _TargetInventoryService_UpdatePrimaryStorage_Handler,
+		},
+		{
 			MethodName: "CreateL3Network",
 			Handler:    _TargetInventoryService_CreateL3Network_Handler,
 		},
@@ -744,6 +878,10 @@ var TargetInventoryService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "DeleteL3Network",
 			Handler:    _TargetInventoryService_DeleteL3Network_Handler,
+		},
+		{
+			MethodName: "UpdateL3Network",
+			Handler:    _TargetInventoryService_UpdateL3Network_Handler,
 		},
 		{
 			MethodName: "ReleaseL3NetworkAddress",

@@ -72,6 +72,7 @@ type Command struct {
 	//	*Command_RevokeCertificate
 	//	*Command_SetHostMaintenance
 	//	*Command_SetPendingCleanup
+	//	*Command_UpdateResource
 	Op            isCommand_Op `protobuf_oneof:"op"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -452,6 +453,15 @@ func (x *Command) GetSetPendingCleanup() *SetPendingCleanup {
 	return nil
 }
 
+func (x *Command) GetUpdateResource() *UpdateResource {
+	if x != nil {
+		if x, ok := x.Op.(*Command_UpdateResource); ok {
+			return x.UpdateResource
+		}
+	}
+	return nil
+}
+
 type isCommand_Op interface {
 	isCommand_Op()
 }
@@ -600,6 +610,10 @@ type Command_SetPendingCleanup struct {
 	SetPendingCleanup *SetPendingCleanup `protobuf:"bytes,45,opt,name=set_pending_cleanup,json=setPendingCleanup,proto3,oneof"`
 }
 
+type Command_UpdateResource struct {
+	UpdateResource *UpdateResource `protobuf:"bytes,46,opt,name=update_resource,json=updateResource,proto3,oneof"`
+}
+
 func (*Command_PutCluster) isCommand_Op() {}
 
 func (*Command_DeleteCluster) isCommand_Op() {}
@@ -671,6 +685,8 @@ func (*Command_RevokeCertificate) isCommand_Op() {}
 func (*Command_SetHostMaintenance) isCommand_Op() {}
 
 func (*Command_SetPendingCleanup) isCommand_Op() {}
+
+func (*Command_UpdateResource) isCommand_Op() {}
 
 // Batch applies several commands as one log entry, in order.
 type Batch struct {
@@ -2657,11 +2673,198 @@ func (x *ReleaseAddress) GetIp() string {
 	return ""
 }
 
+// UpdateResource changes the fields named in paths of one stored resource
+// to the values in the resource given (a field path is a field name, or
+// a message field's name, a dot and its field's name); the rest of the
+// stored resource, its create_time included, stays, and update_time is
+// stamped. With etag set, the stored resource must still have that etag
+// (ErrAborted otherwise). The API validated the result; Apply checks what
+// only the ledger knows (references, addresses in use).
+type UpdateResource struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Types that are valid to be assigned to Resource:
+	//
+	//	*UpdateResource_MigrationServer
+	//	*UpdateResource_Source
+	//	*UpdateResource_Credential
+	//	*UpdateResource_Cluster
+	//	*UpdateResource_PrimaryStorage
+	//	*UpdateResource_L3Network
+	//	*UpdateResource_MigrationJob
+	Resource      isUpdateResource_Resource `protobuf_oneof:"resource"`
+	Paths         []string                  `protobuf:"bytes,10,rep,name=paths,proto3" json:"paths,omitempty"`
+	Etag          string                    `protobuf:"bytes,11,opt,name=etag,proto3" json:"etag,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *UpdateResource) Reset() {
+	*x = UpdateResource{}
+	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[34]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *UpdateResource) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*UpdateResource) ProtoMessage() {}
+
+func (x *UpdateResource) ProtoReflect() protoreflect.Message {
+	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[34]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use UpdateResource.ProtoReflect.Descriptor instead.
+func (*UpdateResource) Descriptor() ([]byte, []int) {
+	return file_ferry_ledger_v1_ledger_proto_rawDescGZIP(), []int{34}
+}
+
+func (x *UpdateResource) GetResource() isUpdateResource_Resource {
+	if x != nil {
+		return x.Resource
+	}
+	return nil
+}
+
+func (x *UpdateResource) GetMigrationServer() *v1.MigrationServer {
+	if x != nil {
+		if x, ok := x.Resource.(*UpdateResource_MigrationServer); ok {
+			return x.MigrationServer
+		}
+	}
+	return nil
+}
+
+func (x *UpdateResource) GetSource() *v1.Source {
+	if x != nil {
+		if x, ok := x.Resource.(*UpdateResource_Source); ok {
+			return x.Source
+		}
+	}
+	return nil
+}
+
+func (x *UpdateResource) GetCredential() *SealedCredential {
+	if x != nil {
+		if x, ok := x.Resource.(*UpdateResource_Credential); ok {
+			return x.Credential
+		}
+	}
+	return nil
+}
+
+func (x *UpdateResource) GetCluster() *v1.Cluster {
+	if x != nil {
+		if x, ok := x.Resource.(*UpdateResource_Cluster); ok {
+			return x.Cluster
+		}
+	}
+	return nil
+}
+
+func (x *UpdateResource) GetPrimaryStorage() *v1.PrimaryStorage {
+	if x != nil {
+		if x, ok := x.Resource.(*UpdateResource_PrimaryStorage); ok {
+			return x.PrimaryStorage
+		}
+	}
+	return nil
+}
+
+func (x *UpdateResource) GetL3Network() *v1.L3Network {
+	if x != nil {
+		if x, ok := x.Resource.(*UpdateResource_L3Network); ok {
+			return x.L3Network
+		}
+	}
+	return nil
+}
+
+func (x *UpdateResource) GetMigrationJob() *v1.MigrationJob {
+	if x != nil {
+		if x, ok := x.Resource.(*UpdateResource_MigrationJob); ok {
+			return x.MigrationJob
+		}
+	}
+	return nil
+}
+
+func (x *UpdateResource) GetPaths() []string {
+	if x != nil {
+		return x.Paths
+	}
+	return nil
+}
+
+func (x *UpdateResource) GetEtag() string {
+	if x != nil {
+		return x.Etag
+	}
+	return ""
+}
+
+type isUpdateResource_Resource interface {
+	isUpdateResource_Resource()
+}
+
+type UpdateResource_MigrationServer struct {
+	MigrationServer *v1.MigrationServer `protobuf:"bytes,1,opt,name=migration_server,json=migrationServer,proto3,oneof"`
+}
+
+type UpdateResource_Source struct {
+	Source *v1.Source `protobuf:"bytes,2,opt,name=source,proto3,oneof"`
+}
+
+type UpdateResource_Credential struct {
+	// With secret in paths, sealed_secret and the credential's
+	// fingerprint are replaced.
+	Credential *SealedCredential `protobuf:"bytes,3,opt,name=credential,proto3,oneof"`
+}
+
+type UpdateResource_Cluster struct {
+	Cluster *v1.Cluster `protobuf:"bytes,4,opt,name=cluster,proto3,oneof"`
+}
+
+type UpdateResource_PrimaryStorage struct {
+	PrimaryStorage *v1.PrimaryStorage `protobuf:"bytes,5,opt,name=primary_storage,json=primaryStorage,proto3,oneof"`
+}
+
+type UpdateResource_L3Network struct {
+	L3Network *v1.L3Network `protobuf:"bytes,6,opt,name=l3_network,json=l3Network,proto3,oneof"`
+}
+
+type UpdateResource_MigrationJob struct {
+	MigrationJob *v1.MigrationJob `protobuf:"bytes,7,opt,name=migration_job,json=migrationJob,proto3,oneof"`
+}
+
+func (*UpdateResource_MigrationServer) isUpdateResource_Resource() {}
+
+func (*UpdateResource_Source) isUpdateResource_Resource() {}
+
+func (*UpdateResource_Credential) isUpdateResource_Resource() {}
+
+func (*UpdateResource_Cluster) isUpdateResource_Resource() {}
+
+func (*UpdateResource_PrimaryStorage) isUpdateResource_Resource() {}
+
+func (*UpdateResource_L3Network) isUpdateResource_Resource() {}
+
+func (*UpdateResource_MigrationJob) isUpdateResource_Resource() {}
+
 var File_ferry_ledger_v1_ledger_proto protoreflect.FileDescriptor
 
 const file_ferry_ledger_v1_ledger_proto_rawDesc = "" +
 	"\n" +
-	"\x1cferry/ledger/v1/ledger.proto\x12\x0fferry.ledger.v1\x1a\x1aferry/v1/certificate.proto\x1a\x1fferry/v1/target_inventory.proto\x1a\x1cferry/v1/migration_job.proto\x1a\x1fferry/v1/migration_server.proto\x1a\x1eferry/v1/network_mapping.proto\x1a\x17ferry/v1/settings.proto\x1a\x15ferry/v1/source.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x96\x18\n" +
+	"\x1cferry/ledger/v1/ledger.proto\x12\x0fferry.ledger.v1\x1a\x1aferry/v1/certificate.proto\x1a\x1fferry/v1/target_inventory.proto\x1a\x1cferry/v1/migration_job.proto\x1a\x1fferry/v1/migration_server.proto\x1a\x1eferry/v1/network_mapping.proto\x1a\x17ferry/v1/settings.proto\x1a\x15ferry/v1/source.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xe2\x18\n" +
 	"\aCommand\x12.\n" +
 	"\x04time\x18\x01 \x01(\v2\x1a.google.protobuf.TimestampR\x04time\x127\n" +
 	"\arequest\x18\x02 \x01(\v2\x1d.ferry.ledger.v1.RequestStampR\arequest\x12>\n" +
@@ -2704,7 +2907,8 @@ const file_ferry_ledger_v1_ledger_proto_rawDesc = "" +
 	"\x0frelease_address\x18* \x01(\v2\x1f.ferry.ledger.v1.ReleaseAddressH\x00R\x0ereleaseAddress\x12S\n" +
 	"\x12revoke_certificate\x18+ \x01(\v2\".ferry.ledger.v1.RevokeCertificateH\x00R\x11revokeCertificate\x12W\n" +
 	"\x14set_host_maintenance\x18, \x01(\v2#.ferry.ledger.v1.SetHostMaintenanceH\x00R\x12setHostMaintenance\x12T\n" +
-	"\x13set_pending_cleanup\x18- \x01(\v2\".ferry.ledger.v1.SetPendingCleanupH\x00R\x11setPendingCleanupB\x04\n" +
+	"\x13set_pending_cleanup\x18- \x01(\v2\".ferry.ledger.v1.SetPendingCleanupH\x00R\x11setPendingCleanup\x12J\n" +
+	"\x0fupdate_resource\x18. \x01(\v2\x1f.ferry.ledger.v1.UpdateResourceH\x00R\x0eupdateResourceB\x04\n" +
 	"\x02op\"=\n" +
 	"\x05Batch\x124\n" +
 	"\bcommands\x18\x01 \x03(\v2\x18.ferry.ledger.v1.CommandR\bcommands\"$\n" +
@@ -2856,7 +3060,23 @@ const file_ferry_ledger_v1_ledger_proto_rawDesc = "" +
 	"\vcertificate\x18\x01 \x01(\v2\x1c.ferry.v1.RevokedCertificateR\vcertificate\":\n" +
 	"\x0eReleaseAddress\x12\x18\n" +
 	"\anetwork\x18\x01 \x01(\tR\anetwork\x12\x0e\n" +
-	"\x02ip\x18\x02 \x01(\tR\x02ipB\xbc\x01\n" +
+	"\x02ip\x18\x02 \x01(\tR\x02ip\"\xe8\x03\n" +
+	"\x0eUpdateResource\x12F\n" +
+	"\x10migration_server\x18\x01 \x01(\v2\x19.ferry.v1.MigrationServerH\x00R\x0fmigrationServer\x12*\n" +
+	"\x06source\x18\x02 \x01(\v2\x10.ferry.v1.SourceH\x00R\x06source\x12C\n" +
+	"\n" +
+	"credential\x18\x03 \x01(\v2!.ferry.ledger.v1.SealedCredentialH\x00R\n" +
+	"credential\x12-\n" +
+	"\acluster\x18\x04 \x01(\v2\x11.ferry.v1.ClusterH\x00R\acluster\x12C\n" +
+	"\x0fprimary_storage\x18\x05 \x01(\v2\x18.ferry.v1.PrimaryStorageH\x00R\x0eprimaryStorage\x124\n" +
+	"\n" +
+	"l3_network\x18\x06 \x01(\v2\x13.ferry.v1.L3NetworkH\x00R\tl3Network\x12=\n" +
+	"\rmigration_job\x18\a \x01(\v2\x16.ferry.v1.MigrationJobH\x00R\fmigrationJob\x12\x14\n" +
+	"\x05paths\x18\n" +
+	" \x03(\tR\x05paths\x12\x12\n" +
+	"\x04etag\x18\v \x01(\tR\x04etagB\n" +
+	"\n" +
+	"\bresourceB\xbc\x01\n" +
 	"\x13com.ferry.ledger.v1B\vLedgerProtoP\x01Z:github.com/ferry-v2v/ferry/pkg/pb/ferry/ledger/v1;ledgerv1\xa2\x02\x03FLX\xaa\x02\x0fFerry.Ledger.V1\xca\x02\x0fFerry\\Ledger\\V1\xe2\x02\x1bFerry\\Ledger\\V1\\GPBMetadata\xea\x02\x11Ferry::Ledger::V1b\x06proto3"
 
 var (
@@ -2871,7 +3091,7 @@ func file_ferry_ledger_v1_ledger_proto_rawDescGZIP() []byte {
 	return file_ferry_ledger_v1_ledger_proto_rawDescData
 }
 
-var file_ferry_ledger_v1_ledger_proto_msgTypes = make([]protoimpl.MessageInfo, 34)
+var file_ferry_ledger_v1_ledger_proto_msgTypes = make([]protoimpl.MessageInfo, 35)
 var file_ferry_ledger_v1_ledger_proto_goTypes = []any{
 	(*Command)(nil),                     // 0: ferry.ledger.v1.Command
 	(*Batch)(nil),                       // 1: ferry.ledger.v1.Batch
@@ -2907,27 +3127,28 @@ var file_ferry_ledger_v1_ledger_proto_goTypes = []any{
 	(*Snapshot)(nil),                    // 31: ferry.ledger.v1.Snapshot
 	(*RevokeCertificate)(nil),           // 32: ferry.ledger.v1.RevokeCertificate
 	(*ReleaseAddress)(nil),              // 33: ferry.ledger.v1.ReleaseAddress
-	(*timestamppb.Timestamp)(nil),       // 34: google.protobuf.Timestamp
-	(*v1.Cluster)(nil),                  // 35: ferry.v1.Cluster
-	(*v1.Host)(nil),                     // 36: ferry.v1.Host
-	(*v1.PendingCleanup)(nil),           // 37: ferry.v1.PendingCleanup
-	(*v1.PrimaryStorage)(nil),           // 38: ferry.v1.PrimaryStorage
-	(*v1.L3Network)(nil),                // 39: ferry.v1.L3Network
-	(*v1.MigrationServer)(nil),          // 40: ferry.v1.MigrationServer
-	(*v1.Credential)(nil),               // 41: ferry.v1.Credential
-	(*v1.Source)(nil),                   // 42: ferry.v1.Source
-	(*v1.SourceInventory)(nil),          // 43: ferry.v1.SourceInventory
-	(*v1.MigrationJob)(nil),             // 44: ferry.v1.MigrationJob
-	(v1.MigrationJobPhase)(0),           // 45: ferry.v1.MigrationJobPhase
-	(*v1.DiskProgress)(nil),             // 46: ferry.v1.DiskProgress
-	(*v1.PhaseTiming)(nil),              // 47: ferry.v1.PhaseTiming
-	(v1.MigrationJobState)(0),           // 48: ferry.v1.MigrationJobState
-	(*v1.NetworkMappingGroup)(nil),      // 49: ferry.v1.NetworkMappingGroup
-	(*v1.Settings)(nil),                 // 50: ferry.v1.Settings
-	(*v1.RevokedCertificate)(nil),       // 51: ferry.v1.RevokedCertificate
+	(*UpdateResource)(nil),              // 34: ferry.ledger.v1.UpdateResource
+	(*timestamppb.Timestamp)(nil),       // 35: google.protobuf.Timestamp
+	(*v1.Cluster)(nil),                  // 36: ferry.v1.Cluster
+	(*v1.Host)(nil),                     // 37: ferry.v1.Host
+	(*v1.PendingCleanup)(nil),           // 38: ferry.v1.PendingCleanup
+	(*v1.PrimaryStorage)(nil),           // 39: ferry.v1.PrimaryStorage
+	(*v1.L3Network)(nil),                // 40: ferry.v1.L3Network
+	(*v1.MigrationServer)(nil),          // 41: ferry.v1.MigrationServer
+	(*v1.Credential)(nil),               // 42: ferry.v1.Credential
+	(*v1.Source)(nil),                   // 43: ferry.v1.Source
+	(*v1.SourceInventory)(nil),          // 44: ferry.v1.SourceInventory
+	(*v1.MigrationJob)(nil),             // 45: ferry.v1.MigrationJob
+	(v1.MigrationJobPhase)(0),           // 46: ferry.v1.MigrationJobPhase
+	(*v1.DiskProgress)(nil),             // 47: ferry.v1.DiskProgress
+	(*v1.PhaseTiming)(nil),              // 48: ferry.v1.PhaseTiming
+	(v1.MigrationJobState)(0),           // 49: ferry.v1.MigrationJobState
+	(*v1.NetworkMappingGroup)(nil),      // 50: ferry.v1.NetworkMappingGroup
+	(*v1.Settings)(nil),                 // 51: ferry.v1.Settings
+	(*v1.RevokedCertificate)(nil),       // 52: ferry.v1.RevokedCertificate
 }
 var file_ferry_ledger_v1_ledger_proto_depIdxs = []int32{
-	34, // 0: ferry.ledger.v1.Command.time:type_name -> google.protobuf.Timestamp
+	35, // 0: ferry.ledger.v1.Command.time:type_name -> google.protobuf.Timestamp
 	29, // 1: ferry.ledger.v1.Command.request:type_name -> ferry.ledger.v1.RequestStamp
 	3,  // 2: ferry.ledger.v1.Command.put_cluster:type_name -> ferry.ledger.v1.PutCluster
 	2,  // 3: ferry.ledger.v1.Command.delete_cluster:type_name -> ferry.ledger.v1.DeleteResource
@@ -2965,48 +3186,56 @@ var file_ferry_ledger_v1_ledger_proto_depIdxs = []int32{
 	32, // 35: ferry.ledger.v1.Command.revoke_certificate:type_name -> ferry.ledger.v1.RevokeCertificate
 	6,  // 36: ferry.ledger.v1.Command.set_host_maintenance:type_name -> ferry.ledger.v1.SetHostMaintenance
 	7,  // 37: ferry.ledger.v1.Command.set_pending_cleanup:type_name -> ferry.ledger.v1.SetPendingCleanup
-	0,  // 38: ferry.ledger.v1.Batch.commands:type_name -> ferry.ledger.v1.Command
-	35, // 39: ferry.ledger.v1.PutCluster.cluster:type_name -> ferry.v1.Cluster
-	36, // 40: ferry.ledger.v1.PutHost.host:type_name -> ferry.v1.Host
-	37, // 41: ferry.ledger.v1.SetPendingCleanup.cleanup:type_name -> ferry.v1.PendingCleanup
-	38, // 42: ferry.ledger.v1.PutPrimaryStorage.primary_storage:type_name -> ferry.v1.PrimaryStorage
-	39, // 43: ferry.ledger.v1.PutL3Network.l3_network:type_name -> ferry.v1.L3Network
-	40, // 44: ferry.ledger.v1.PutMigrationServer.migration_server:type_name -> ferry.v1.MigrationServer
-	41, // 45: ferry.ledger.v1.SealedCredential.credential:type_name -> ferry.v1.Credential
-	13, // 46: ferry.ledger.v1.PutCredential.credential:type_name -> ferry.ledger.v1.SealedCredential
-	42, // 47: ferry.ledger.v1.PutSource.source:type_name -> ferry.v1.Source
-	43, // 48: ferry.ledger.v1.RecordSourceSync.inventory:type_name -> ferry.v1.SourceInventory
-	44, // 49: ferry.ledger.v1.CreateMigrationJobs.jobs:type_name -> ferry.v1.MigrationJob
-	45, // 50: ferry.ledger.v1.CheckpointMigrationJob.phase:type_name -> ferry.v1.MigrationJobPhase
-	46, // 51: ferry.ledger.v1.CheckpointMigrationJob.disks:type_name -> ferry.v1.DiskProgress
-	47, // 52: ferry.ledger.v1.CheckpointMigrationJob.phase_timings:type_name -> ferry.v1.PhaseTiming
-	48, // 53: ferry.ledger.v1.FinishMigrationJob.state:type_name -> ferry.v1.MigrationJobState
-	46, // 54: ferry.ledger.v1.FinishMigrationJob.disks:type_name -> ferry.v1.DiskProgress
-	47, // 55: ferry.ledger.v1.FinishMigrationJob.phase_timings:type_name -> ferry.v1.PhaseTiming
-	49, // 56: ferry.ledger.v1.PutNetworkMappingGroup.network_mapping_group:type_name -> ferry.v1.NetworkMappingGroup
-	50, // 57: ferry.ledger.v1.PutSettings.settings:type_name -> ferry.v1.Settings
-	27, // 58: ferry.ledger.v1.PutNode.node:type_name -> ferry.ledger.v1.Node
-	34, // 59: ferry.ledger.v1.RequestRecord.time:type_name -> google.protobuf.Timestamp
-	35, // 60: ferry.ledger.v1.Snapshot.clusters:type_name -> ferry.v1.Cluster
-	36, // 61: ferry.ledger.v1.Snapshot.hosts:type_name -> ferry.v1.Host
-	38, // 62: ferry.ledger.v1.Snapshot.primary_storages:type_name -> ferry.v1.PrimaryStorage
-	39, // 63: ferry.ledger.v1.Snapshot.l3_networks:type_name -> ferry.v1.L3Network
-	40, // 64: ferry.ledger.v1.Snapshot.migration_servers:type_name -> ferry.v1.MigrationServer
-	13, // 65: ferry.ledger.v1.Snapshot.credentials:type_name -> ferry.ledger.v1.SealedCredential
-	42, // 66: ferry.ledger.v1.Snapshot.sources:type_name -> ferry.v1.Source
-	44, // 67: ferry.ledger.v1.Snapshot.jobs:type_name -> ferry.v1.MigrationJob
-	50, // 68: ferry.ledger.v1.Snapshot.settings:type_name -> ferry.v1.Settings
-	27, // 69: ferry.ledger.v1.Snapshot.nodes:type_name -> ferry.ledger.v1.Node
-	30, // 70: ferry.ledger.v1.Snapshot.requests:type_name -> ferry.ledger.v1.RequestRecord
-	43, // 71: ferry.ledger.v1.Snapshot.source_inventories:type_name -> ferry.v1.SourceInventory
-	49, // 72: ferry.ledger.v1.Snapshot.network_mapping_groups:type_name -> ferry.v1.NetworkMappingGroup
-	51, // 73: ferry.ledger.v1.Snapshot.revoked_certificates:type_name -> ferry.v1.RevokedCertificate
-	51, // 74: ferry.ledger.v1.RevokeCertificate.certificate:type_name -> ferry.v1.RevokedCertificate
-	75, // [75:75] is the sub-list for method output_type
-	75, // [75:75] is the sub-list for method input_type
-	75, // [75:75] is the sub-list for extension type_name
-	75, // [75:75] is the sub-list for extension extendee
-	0,  // [0:75] is the sub-list for field type_name
+	34, // 38: ferry.ledger.v1.Command.update_resource:type_name -> ferry.ledger.v1.UpdateResource
+	0,  // 39: ferry.ledger.v1.Batch.commands:type_name -> ferry.ledger.v1.Command
+	36, // 40: ferry.ledger.v1.PutCluster.cluster:type_name -> ferry.v1.Cluster
+	37, // 41: ferry.ledger.v1.PutHost.host:type_name -> ferry.v1.Host
+	38, // 42: ferry.ledger.v1.SetPendingCleanup.cleanup:type_name -> ferry.v1.PendingCleanup
+	39, // 43: ferry.ledger.v1.PutPrimaryStorage.primary_storage:type_name -> ferry.v1.PrimaryStorage
+	40, // 44: ferry.ledger.v1.PutL3Network.l3_network:type_name -> ferry.v1.L3Network
+	41, // 45: ferry.ledger.v1.PutMigrationServer.migration_server:type_name -> ferry.v1.MigrationServer
+	42, // 46: ferry.ledger.v1.SealedCredential.credential:type_name -> ferry.v1.Credential
+	13, // 47: ferry.ledger.v1.PutCredential.credential:type_name -> ferry.ledger.v1.SealedCredential
+	43, // 48: ferry.ledger.v1.PutSource.source:type_name -> ferry.v1.Source
+	44, // 49: ferry.ledger.v1.RecordSourceSync.inventory:type_name -> ferry.v1.SourceInventory
+	45, // 50: ferry.ledger.v1.CreateMigrationJobs.jobs:type_name -> ferry.v1.MigrationJob
+	46, // 51: ferry.ledger.v1.CheckpointMigrationJob.phase:type_name -> ferry.v1.MigrationJobPhase
+	47, // 52: ferry.ledger.v1.CheckpointMigrationJob.disks:type_name -> ferry.v1.DiskProgress
+	48, // 53: ferry.ledger.v1.CheckpointMigrationJob.phase_timings:type_name -> ferry.v1.PhaseTiming
+	49, // 54: ferry.ledger.v1.FinishMigrationJob.state:type_name -> ferry.v1.MigrationJobState
+	47, // 55: ferry.ledger.v1.FinishMigrationJob.disks:type_name -> ferry.v1.DiskProgress
+	48, // 56: ferry.ledger.v1.FinishMigrationJob.phase_timings:type_name -> ferry.v1.PhaseTiming
+	50, // 57: ferry.ledger.v1.PutNetworkMappingGroup.network_mapping_group:type_name -> ferry.v1.NetworkMappingGroup
+	51, // 58: ferry.ledger.v1.PutSettings.settings:type_name -> ferry.v1.Settings
+	27, // 59: ferry.ledger.v1.PutNode.node:type_name -> ferry.ledger.v1.Node
+	35, // 60: ferry.ledger.v1.RequestRecord.time:type_name -> google.protobuf.Timestamp
+	36, // 61: ferry.ledger.v1.Snapshot.clusters:type_name -> ferry.v1.Cluster
+	37, // 62: ferry.ledger.v1.Snapshot.hosts:type_name -> ferry.v1.Host
+	39, // 63: ferry.ledger.v1.Snapshot.primary_storages:type_name -> ferry.v1.PrimaryStorage
+	40, // 64: ferry.ledger.v1.Snapshot.l3_networks:type_name -> ferry.v1.L3Network
+	41, // 65: ferry.ledger.v1.Snapshot.migration_servers:type_name -> ferry.v1.MigrationServer
+	13, // 66: ferry.ledger.v1.Snapshot.credentials:type_name -> ferry.ledger.v1.SealedCredential
+	43, // 67: ferry.ledger.v1.Snapshot.sources:type_name -> ferry.v1.Source
+	45, // 68: ferry.ledger.v1.Snapshot.jobs:type_name -> ferry.v1.MigrationJob
+	51, // 69: ferry.ledger.v1.Snapshot.settings:type_name -> ferry.v1.Settings
+	27, // 70: ferry.ledger.v1.Snapshot.nodes:type_name -> ferry.ledger.v1.Node
+	30, // 71: ferry.ledger.v1.Snapshot.requests:type_name -> ferry.ledger.v1.RequestRecord
+	44, // 72: ferry.ledger.v1.Snapshot.source_inventories:type_name -> ferry.v1.SourceInventory
+	50, // 73: ferry.ledger.v1.Snapshot.network_mapping_groups:type_name -> ferry.v1.NetworkMappingGroup
+	52, // 74: ferry.ledger.v1.Snapshot.revoked_certificates:type_name -> ferry.v1.RevokedCertificate
+	52, // 75: ferry.ledger.v1.RevokeCertificate.certificate:type_name -> ferry.v1.RevokedCertificate
+	41, // 76: ferry.ledger.v1.UpdateResource.migration_server:type_name -> ferry.v1.MigrationServer
+	43, // 77: ferry.ledger.v1.UpdateResource.source:type_name -> ferry.v1.Source
+	13, // 78: ferry.ledger.v1.UpdateResource.credential:type_name -> ferry.ledger.v1.SealedCredential
+	36, // 79: ferry.ledger.v1.UpdateResource.cluster:type_name -> ferry.v1.Cluster
+	39, // 80: ferry.ledger.v1.UpdateResource.primary_storage:type_name -> ferry.v1.PrimaryStorage
+	40, // 81: ferry.ledger.v1.UpdateResource.l3_network:type_name -> ferry.v1.L3Network
+	45, // 82: ferry.ledger.v1.UpdateResource.migration_job:type_name -> ferry.v1.MigrationJob
+	83, // [83:83] is the sub-list for method output_type
+	83, // [83:83] is the sub-list for method input_type
+	83, // [83:83] is the sub-list for extension type_name
+	83, // [83:83] is the sub-list for extension extendee
+	0,  // [0:83] is the sub-list for field type_name
 }
 
 func init() { file_ferry_ledger_v1_ledger_proto_init() }
@@ -3051,15 +3280,25 @@ func file_ferry_ledger_v1_ledger_proto_init() {
 		(*Command_RevokeCertificate)(nil),
 		(*Command_SetHostMaintenance)(nil),
 		(*Command_SetPendingCleanup)(nil),
+		(*Command_UpdateResource)(nil),
 	}
 	file_ferry_ledger_v1_ledger_proto_msgTypes[12].OneofWrappers = []any{}
+	file_ferry_ledger_v1_ledger_proto_msgTypes[34].OneofWrappers = []any{
+		(*UpdateResource_MigrationServer)(nil),
+		(*UpdateResource_Source)(nil),
+		(*UpdateResource_Credential)(nil),
+		(*UpdateResource_Cluster)(nil),
+		(*UpdateResource_PrimaryStorage)(nil),
+		(*UpdateResource_L3Network)(nil),
+		(*UpdateResource_MigrationJob)(nil),
+	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_ferry_ledger_v1_ledger_proto_rawDesc), len(file_ferry_ledger_v1_ledger_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   34,
+			NumMessages:   35,
 			NumExtensions: 0,
 			NumServices:   0,
 		},
