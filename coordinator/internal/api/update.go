@@ -3,9 +3,10 @@ package api
 import (
 	"context"
 	"fmt"
+	"net/netip"
 	"slices"
 	"strings"
-	
+
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/reflect/protoreflect"
 	"google.golang.org/protobuf/types/known/fieldmaskpb"
@@ -342,14 +343,46 @@ func (s *targetInventoryService) updateL3Network(ctx context.Context, req *ferry
 	if err := c.err(); err != nil {
 		return nil, err
 	}
-	// The ledger refuses a range that leaves out an address in use, or a
-	// gateway that is one, as the command applies.
+	if err := checkHeldAddresses(n, s.a.ledger.UsedAddresses(n.GetName())); err != nil {
+		return nil, err
+	}
+	// The ledger checks the same again as the command applies.
 	err := s.a.proposeUpdate(ctx, &ledgerv1.UpdateResource{
 		Resource: &ledgerv1.UpdateResource_L3Network{L3Network: n}, Paths: paths, Etag: in.GetEtag()}, "l3_network")
 	if err != nil {
 		return nil, err
 	}
 	return lookup(s.a.ledger.L3Network, in.GetName(), "L3 network")
+}
+
+// checkHeldAddresses refuses a range that leaves out an address in use
+// (by a job that is not FAILED or CANCELLED, or a reservation), or a
+// gateway that is one, naming the field and the first such address.
+func checkHeldAddresses(n *ferryv1.L3Network, used map[string]string) error {
+	start, _ := netip.ParseAddr(n.GetIpRangeStart())
+	end, _ := netip.ParseAddr(n.GetIpRangeEnd())
+	ips := make([]netip.Addr, 0, len(used))
+	for ip := range used {
+		if a, err := netip.ParseAddr(ip); err == nil {
+			ips = append(ips, a)
+		}
+	}
+	slices.SortFunc(ips, netip.Addr.Compare)
+	for _, a := range ips {
+		field := ""
+		switch {
+		case a.Less(start):
+			field = "l3_network.ip_range_start"
+		case end.Less(a):
+			field = "l3_network.ip_range_end"
+		case a.String() == n.GetGateway():
+			return precondition("l3_network.gateway", "%s is held by %s", a, used[a.String()])
+		default:
+			continue
+		}
+		return precondition(field, "%s is held by %s and would fall outside the range %s-%s", a, used[a.String()], start, end)
+	}
+	return nil
 }
 
 var jobUpdatable = []string{"description", "display_name"}
