@@ -44,7 +44,7 @@ belong to one. The zone is a label only.
 These are the clusters VMs are moved onto; the coordinator nodes are
 "ferryctl members".`,
 	}
-	cmd.AddCommand(a.clusterCreate(), a.clusterGet(), a.clusterList(), a.clusterDelete())
+	cmd.AddCommand(a.clusterCreate(), a.clusterGet(), a.clusterList(), a.clusterUpdate(), a.clusterDelete())
 	return cmd
 }
 
@@ -145,6 +145,8 @@ func clusterDetails(c *ferryv1.Cluster) []field {
 		{"Name", c.GetName()},
 		{"Display name", c.GetDisplayName()},
 		{"Zone", c.GetZone()},
+		{"Description", c.GetDescription()},
 		{"Created", when(c.GetCreateTime())},
+		{"Updated", when(c.GetUpdateTime())},
 	}
 }

@@ -27,7 +27,7 @@ ferryctl never takes a secret as a flag value (it would land in shell
 history and process lists): read it from standard input, a file or an
 environment variable.`,
 	}
-	cmd.AddCommand(a.credentialCreate(), a.credentialGet(), a.credentialList(), a.credentialDelete())
+	cmd.AddCommand(a.credentialCreate(), a.credentialGet(), a.credentialList(), a.credentialUpdate(), a.credentialDelete())
 	return cmd
 }
 
@@ -205,5 +205,6 @@ func credentialDetails(c *ferryv1.Credential) []field {
 		{"Type", enumLower(c.GetType())},
 		{"Fingerprint", c.GetFingerprint()},
 		{"Created", when(c.GetCreateTime())},
+		{"Updated", when(c.GetUpdateTime())},
 	}
 }

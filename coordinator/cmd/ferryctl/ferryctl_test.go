@@ -46,6 +46,7 @@ func TestFerryctlOnACluster(t *testing.T) {
 	t.Run("bandwidth, disable and enable", e.serverVerbs)
 	t.Run("host maintenance on and off", e.hostMaintenance)
 	t.Run("settings update by field mask", e.settings)
+	t.Run("updates change only the flags given", e.updates)
 	t.Run("errors name the field and exit non-zero", e.errors)
 	t.Run("jobs from a plan file, watched line by line", e.planJobs)
 	t.Run("a job from flags, watched as JSON, cancelled and restarted", e.flagJob)
@@ -450,4 +451,45 @@ func writePlan(t *testing.T, requestID string, vms []string, nics bool) string {
 		t.Fatal(err)
 	}
 	return p
+}
+
+func (e *clusterEnv) updates(t *testing.T) {
+	x := e.cli(t)
+	if c := x.json("cluster", "update", "prod", "--description", "hall 2"); path(c, "description") != "hall 2" || path(c, "zone") != "dc1" {
+		t.Fatalf("cluster update = %v", c)
+	}
+	if s := x.json("storage", "update", "local-1", "--display-name", "Local"); path(s, "display_name") != "Local" ||
+		path(s, "path") != "/var/lib/ferry/images" {
+		t.Fatalf("storage update = %v", s)
+	}
+	if n := x.json("network", "update", "lan", "--range-end", "10.0.0.250"); path(n, "ip_range_end") != "10.0.0.250" ||
+		path(n, "ip_range_start") != "10.0.0.100" || path(n, "gateway") != "10.0.0.1" {
+		t.Fatalf("network update = %v", n)
+	}
+	if r := x.run("network", "update", "lan", "--range-end", "10.0.0.50"); r.code == 0 || !strings.Contains(r.err, "l3_network.ip_range_end") {
+		t.Errorf("network update with the end before the start: exit %d, %q", r.code, r.err)
+	}
+	before := x.json("credential", "get", "kvm-pass")
+	r := x.runIn(strings.NewReader("n3w-s3cret\n"), "credential", "update", "kvm-pass", "--password-stdin", "-o", "json")
+	if r.code != 0 || strings.Contains(r.out+r.err, "n3w-s3cret") || !strings.Contains(r.out, "fingerprint") ||
+		strings.Contains(r.out, path(before, "fingerprint").(string)) {
+		t.Fatalf("credential update: exit %d, output %q %q (a new fingerprint, never the secret)", r.code, r.out, r.err)
+	}
+	if s := x.json("source", "update", "kvm-src", "--address", "192.0.2.21"); path(s, "kvm", "address") != "192.0.2.21" ||
+		path(s, "kvm", "sasl_user") != "virt" {
+		t.Fatalf("source update = %v", s)
+	}
+	if r := x.run("source", "update", "kvm-src", "--thumbprint", "0a"); r.code == 0 || !strings.Contains(r.err, "--type vcenter") {
+		t.Errorf("source update of a kvm source with a vcenter flag: exit %d, %q", r.code, r.err)
+	}
+	ms := x.json("server", "update", "kvm-1", "--description", "rack 4")
+	if path(ms, "description") != "rack 4" || path(ms, "downstream_bandwidth") == "" {
+		t.Fatalf("server update = %v", ms)
+	}
+	if r := x.run("server", "update", "kvm-1", "--description", "x", "--etag", "0123"); r.code == 0 || !strings.Contains(r.err, "migration_server.etag") {
+		t.Errorf("server update with a stale etag: exit %d, %q", r.code, r.err)
+	}
+	if r := x.run("server", "update", "kvm-1"); r.code == 0 || !strings.Contains(r.err, "nothing to change") {
+		t.Errorf("server update without flags: exit %d, %q", r.code, r.err)
+	}
 }

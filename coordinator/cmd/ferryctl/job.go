@@ -28,7 +28,7 @@ cancelled jobs can be restarted (the cache makes it fast); finished jobs can
 be deleted. "job watch" follows jobs live.`,
 	}
 	cmd.AddCommand(a.jobCreate(), a.jobPreview(), a.jobGet(), a.jobList(), a.jobWatch(),
-		a.jobCancel(), a.jobRestart(), a.jobDelete())
+		a.jobUpdate(), a.jobCancel(), a.jobRestart(), a.jobDelete())
 	return cmd
 }
 
@@ -227,6 +227,8 @@ func jobDetails(j *ferryv1.MigrationJob) []field {
 	t := j.GetTarget()
 	out := []field{
 		{"Name", j.GetName()},
+		{"Display name", j.GetDisplayName()},
+		{"Description", j.GetDescription()},
 		{"State", jobState(j)},
 		{"Reason", j.GetReason()},
 		{"Waiting", j.GetWaitingReason()},

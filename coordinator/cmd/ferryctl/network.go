@@ -28,7 +28,7 @@ lists it under its reservations, out of the pool, until 'network
 release-address' returns it (once the VM no longer uses it) or the network
 is deleted.`,
 	}
-	cmd.AddCommand(a.networkCreate(), a.networkGet(), a.networkList(), a.networkDelete(), a.networkReleaseAddress())
+	cmd.AddCommand(a.networkCreate(), a.networkGet(), a.networkList(), a.networkUpdate(), a.networkDelete(), a.networkReleaseAddress())
 	return cmd
 }
 
@@ -212,7 +212,9 @@ func networkDetails(n *ferryv1.L3Network) []field {
 		{"Gateway", n.GetGateway()},
 		{"Prefix length", fmt.Sprint(n.GetPrefixLength())},
 		{"Reserved", networkReservations(n)},
+		{"Description", n.GetDescription()},
 		{"Created", when(n.GetCreateTime())},
+		{"Updated", when(n.GetUpdateTime())},
 	}
 }
 

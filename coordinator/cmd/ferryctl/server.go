@@ -29,7 +29,7 @@ A disabled server starts no new jobs; running jobs go on. Deleting a server
 cancels its queued and running jobs.`,
 	}
 	cmd.AddCommand(a.serverCreate(), a.serverGet(), a.serverList(), a.serverDelete(),
-		a.serverToggle(true), a.serverToggle(false), a.serverBandwidth())
+		a.serverUpdate(), a.serverToggle(true), a.serverToggle(false), a.serverBandwidth())
 	return cmd
 }
 
@@ -279,6 +279,7 @@ func serverDetails(s *ferryv1.MigrationServer) []field {
 	return []field{
 		{"Name", s.GetName()},
 		{"Display name", s.GetDisplayName()},
+		{"Description", s.GetDescription()},
 		{"Host", s.GetHost()},
 		{"Type", enumLower(s.GetType())},
 		{"Enabled", yesNo(s.GetEnabled())},

@@ -33,7 +33,7 @@ Secrets live in credentials ("ferryctl credential create"); a source names
 them. "source vms" lists a source's VMs through a migration server's agent:
 what a job's source_vm, disks and NICs are taken from.`,
 	}
-	cmd.AddCommand(a.sourceCreate(), a.sourceGet(), a.sourceList(), a.sourceDelete(), a.sourceVMs(), a.sourceSync(), a.sourceInventory())
+	cmd.AddCommand(a.sourceCreate(), a.sourceGet(), a.sourceList(), a.sourceUpdate(), a.sourceDelete(), a.sourceVMs(), a.sourceSync(), a.sourceInventory())
 	return cmd
 }
 

@@ -22,7 +22,7 @@ func (a *app) storageCommand() *cobra.Command {
   ceph         an RBD pool (--ceph-pool)
   sharedblock  an LVM volume group on shared LUNs (--volume-group)`,
 	}
-	cmd.AddCommand(a.storageCreate(), a.storageGet(), a.storageList(), a.storageDelete())
+	cmd.AddCommand(a.storageCreate(), a.storageGet(), a.storageList(), a.storageUpdate(), a.storageDelete())
 	return cmd
 }
 
@@ -155,6 +155,8 @@ func storageDetails(s *ferryv1.PrimaryStorage) []field {
 		{"Path", s.GetPath()},
 		{"Ceph pool", s.GetCephPool()},
 		{"Volume group", s.GetVolumeGroup()},
+		{"Description", s.GetDescription()},
 		{"Created", when(s.GetCreateTime())},
+		{"Updated", when(s.GetUpdateTime())},
 	}
 }
