@@ -34,6 +34,9 @@ type SSHDOptions struct {
 	// the usual pair).
 	PasswordUser string
 	Password     string
+	// PasswordLogin turns on password login for the users that already
+	// exist (e.g. a RootAlias), without PasswordUser.
+	PasswordLogin bool
 	// NetNS, when set, runs sshd inside that network namespace, listening
 	// on ListenAddresses (the first becomes Host); readiness is then read
 	// from sshd's log, as the test's namespace may not reach them.
@@ -61,8 +64,9 @@ type SSHD struct {
 	// Dir holds the configuration, keys and sshd.log.
 	Dir string
 
-	netns  *NetNS
-	listen []string
+	netns         *NetNS
+	listen        []string
+	passwordLogin bool
 }
 
 // StartSSHD runs `sshd -D -e -f CONFIG` on a free loopback port with a
@@ -80,7 +84,8 @@ func StartSSHD(t testing.TB, opts SSHDOptions) *SSHD {
 		EnsureUser(t, opts.PasswordUser, opts.Password)
 	}
 	s := &SSHD{Host: "127.0.0.1", User: "root", PasswordUser: opts.PasswordUser,
-		Password: opts.Password, Dir: t.TempDir(), netns: opts.NetNS, listen: opts.ListenAddresses}
+		Password: opts.Password, Dir: t.TempDir(), netns: opts.NetNS, listen: opts.ListenAddresses,
+		passwordLogin: opts.PasswordLogin || opts.PasswordUser != ""}
 	if len(s.listen) == 0 {
 		s.listen = []string{s.Host}
 	}
@@ -160,7 +165,7 @@ func (s *SSHD) start(t testing.TB, bin string) error {
 
 func (s *SSHD) config() string {
 	password := "no"
-	if s.PasswordUser != "" {
+	if s.passwordLogin {
 		password = "yes"
 	}
 	lines := []string{
@@ -299,4 +304,36 @@ func EnsureRootAlias(t testing.TB, name, password string) {
 	}
 	// Nobody logs in as the alias once the test is over.
 	t.Cleanup(func() { _, _ = run(context.Background(), nil, LookPath(t, "usermod"), "-L", name) })
+}
+
+// RootAlias makes name a second login of uid 0 with password, for tests
+// that must log in as root with a password (sshd takes the password of the
+// name, from /etc/shadow, and the rights of uid 0) without touching root's
+// own password. The account is removed when the test ends; SetPassword
+// changes its password meanwhile.
+func RootAlias(t testing.TB, name, password string) {
+	t.Helper()
+	RequireRoot(t)
+	if u, err := user.Lookup(name); err == nil && u.Uid != "0" {
+		t.Fatalf("user %s exists with uid %s; RootAlias wants a name of its own", name, u.Uid)
+	} else if err != nil {
+		if _, err := run(context.Background(), nil, LookPath(t, "useradd"), "-o", "-u", "0", "-g", "0", "-M", "-d", "/root",
+			"-s", "/bin/sh", name); err != nil {
+			t.Fatalf("useradd %s: %v", name, err)
+		}
+	}
+	t.Cleanup(func() {
+		if _, err := run(context.Background(), nil, LookPath(t, "userdel"), "-f", name); err != nil {
+			t.Errorf("userdel %s: %v (remove it by hand: it logs in as root)", name, err)
+		}
+	})
+	SetPassword(t, name, password)
+}
+
+// SetPassword sets a local user's password.
+func SetPassword(t testing.TB, name, password string) {
+	t.Helper()
+	if _, err := run(context.Background(), []byte(name+":"+password+"\n"), LookPath(t, "chpasswd")); err != nil {
+		t.Fatalf("chpasswd %s: %v", name, err)
+	}
 }
