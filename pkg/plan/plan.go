@@ -7,10 +7,12 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 
 	"go.yaml.in/yaml/v3"
 	"google.golang.org/protobuf/encoding/protojson"
+	"google.golang.org/protobuf/proto"
 
 	ferryv1 "github.com/ferry-v2v/ferry/pkg/pb/ferry/v1"
 )
@@ -88,4 +90,59 @@ func jsonable(v any, path string) (any, error) {
 	default:
 		return v, nil
 	}
+}
+
+// FromJobs is the plan that creates jobs like these again, on this Ferry
+// or another: per job its source VM, target (with the NICs' addresses and
+// MACs it was given), options and labels; nothing the job's runs added.
+// A plan has one source and one migration server, so jobs of several are
+// refused, naming the pairs.
+func FromJobs(jobs []*ferryv1.MigrationJob) (*ferryv1.CreateMigrationJobsRequest, error) {
+	if len(jobs) == 0 {
+		return nil, errors.New("no jobs to export")
+	}
+	req := &ferryv1.CreateMigrationJobsRequest{Source: jobs[0].GetSource(), MigrationServer: jobs[0].GetMigrationServer()}
+	pairs := map[string]bool{}
+	for _, j := range jobs {
+		pairs[j.GetSource()+" → "+j.GetMigrationServer()] = true
+		req.Jobs = append(req.Jobs, &ferryv1.MigrationJobSpec{
+			SourceVm: j.GetSourceVm(), Target: cloneOf(j.GetTarget()), Options: cloneOf(j.GetOptions()),
+			DisplayName: j.GetDisplayName(), Description: j.GetDescription(),
+		})
+	}
+	if len(pairs) > 1 {
+		list := make([]string, 0, len(pairs))
+		for p := range pairs {
+			list = append(list, p)
+		}
+		slices.Sort(list)
+		return nil, fmt.Errorf("the jobs come from %d sources or migration servers (%s); a plan has one of each: select them with --source and --migration-server",
+			len(pairs), strings.Join(list, ", "))
+	}
+	return req, nil
+}
+
+// Marshal writes a plan as Parse reads it: YAML, or JSON when asked, with
+// the API's field names.
+func Marshal(req *ferryv1.CreateMigrationJobsRequest, asJSON bool) ([]byte, error) {
+	js, err := protojson.MarshalOptions{UseProtoNames: true, Multiline: true, Indent: "  "}.Marshal(req)
+	if err != nil {
+		return nil, err
+	}
+	if asJSON {
+		return append(js, '\n'), nil
+	}
+	var doc any
+	if err := json.Unmarshal(js, &doc); err != nil {
+		return nil, err
+	}
+	return yaml.Marshal(doc)
+}
+
+func cloneOf[T proto.Message](m T) T {
+	var zero T
+	if !m.ProtoReflect().IsValid() {
+		return zero
+	}
+	return proto.Clone(m).(T)
 }

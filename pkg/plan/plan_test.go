@@ -123,3 +123,42 @@ func FuzzParse(f *testing.F) {
 		}
 	})
 }
+
+// TestExportRoundTrip: a plan written from jobs reads back as the same
+// request, in YAML and in JSON; jobs of two sources are refused.
+func TestExportRoundTrip(t *testing.T) {
+	job := func(name, source, vm string) *ferryv1.MigrationJob {
+		return &ferryv1.MigrationJob{Name: name, Source: source, MigrationServer: "migrationServers/kvm-1", SourceVm: vm,
+			DisplayName: "wave 1", Description: "line one\nline two", State: ferryv1.MigrationJobState_MIGRATION_JOB_STATE_SUCCEEDED,
+			Target: &ferryv1.TargetVm{VmName: vm + "-new", Cluster: "clusters/prod", PrimaryStorage: "primaryStorages/local-1",
+				Cpus: 2, MemoryBytes: 2 << 30, Disks: []*ferryv1.TargetDisk{{SourceDisk: "vda", SizeBytes: 10 << 30}},
+				Nics: []*ferryv1.TargetNic{{SourceMac: "52:54:00:00:00:01", Mac: "52:54:00:00:00:01", L3Network: "l3Networks/lan", Ip: "10.0.0.101"}}},
+			Options: &ferryv1.MigrationOptions{AutoStart: proto.Bool(true)}}
+	}
+	jobs := []*ferryv1.MigrationJob{job("migrationJobs/a", "sources/kvm", "web-1"), job("migrationJobs/b", "sources/kvm", "web-2")}
+	jobs[1].Options = nil
+	want, err := FromJobs(jobs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, asJSON := range []bool{false, true} {
+		b, err := Marshal(want, asJSON)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got, err := Parse(b)
+		if err != nil {
+			t.Fatalf("parse the exported plan (json %v): %v\n%s", asJSON, err, b)
+		}
+		if !proto.Equal(got, want) {
+			t.Errorf("round trip (json %v):\n%s\ngot  %v\nwant %v", asJSON, b, got, want)
+		}
+	}
+	if want.GetSource() != "sources/kvm" || want.GetJobs()[0].GetDisplayName() != "wave 1" || want.GetJobs()[0].GetTarget().GetNics()[0].GetIp() != "10.0.0.101" {
+		t.Errorf("plan = %v", want)
+	}
+	_, err = FromJobs(append(jobs, job("migrationJobs/c", "sources/other", "db-1")))
+	if err == nil || !strings.Contains(err.Error(), "sources/other → migrationServers/kvm-1") {
+		t.Errorf("jobs of two sources: %v", err)
+	}
+}

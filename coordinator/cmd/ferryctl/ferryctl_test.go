@@ -49,6 +49,7 @@ func TestFerryctlOnACluster(t *testing.T) {
 	t.Run("updates change only the flags given", e.updates)
 	t.Run("errors name the field and exit non-zero", e.errors)
 	t.Run("jobs from a plan file, watched line by line", e.planJobs)
+	t.Run("jobs exported as a plan and created on another Ferry", e.exportPlan)
 	t.Run("a job from flags, watched as JSON, cancelled and restarted", e.flagJob)
 	t.Run("an unreachable first address is skipped", e.deadAddress)
 	t.Run("with the leader killed, a create lands on the new leader", e.leaderKilled)
@@ -491,5 +492,48 @@ func (e *clusterEnv) updates(t *testing.T) {
 	}
 	if r := x.run("server", "update", "kvm-1"); r.code == 0 || !strings.Contains(r.err, "nothing to change") {
 		t.Errorf("server update without flags: exit %d, %q", r.code, r.err)
+	}
+}
+
+// exportPlan: the plan-file jobs, exported, are created unchanged on a
+// second, one-node Ferry with an inventory of the same names, and export
+// from there as the same plan: equal job specs.
+func (e *clusterEnv) exportPlan(t *testing.T) {
+	x := e.cli(t)
+	if r := x.run("job", "update", "--help"); r.code != 0 {
+		t.Fatalf("job update --help: %d %s", r.code, r.err)
+	}
+	filters := []string{"job", "export", "--source", "kvm-src", "--migration-server", "kvm-1"}
+	exported := x.ok(filters...)
+	if !strings.Contains(exported, "source_vm: web-2") || !strings.Contains(exported, "source: sources/kvm-src") ||
+		!strings.Contains(exported, "ip: 10.0.0.1") || strings.Contains(exported, "request_id") || strings.Contains(exported, "state") {
+		t.Fatalf("job export:\n%s", exported)
+	}
+	planFile := filepath.Join(t.TempDir(), "wave.yaml")
+	if err := os.WriteFile(planFile, []byte(exported), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if r := x.run("job", "export", "web-1", "--state", "failed"); r.code != exitUsage || !strings.Contains(r.err, "not both") {
+		t.Errorf("job export with names and filters: exit %d, %q", r.code, r.err)
+	}
+
+	c2 := testcluster.Start(t, 1)
+	n := c2.Leader(10 * time.Second)
+	startAgent(t, c2, n.Addr(), "kvm-1", slowCopier(1, time.Millisecond))
+	y := &cli{t: t, server: n.Addr(), tlsDir: c2.TLSDir}
+	y.waitHost("kvm-1")
+	y.ok("cluster", "create", "prod")
+	y.ok("storage", "create", "local-1", "--cluster", "prod", "--type", "local", "--path", "/var/lib/ferry/images")
+	y.ok("network", "create", "lan", "--cluster", "prod", "--bridge", "br0", "--ip-range", "10.0.0.100-10.0.0.199", "--gateway", "10.0.0.1", "--prefix-length", "24")
+	y.runIn(strings.NewReader("s3cret\n"), "credential", "create", "kvm-pass", "--password-stdin")
+	y.ok("source", "create", "kvm-src", "--type", "kvm", "--address", "192.0.2.20", "--credential", "kvm-pass")
+	y.ok("server", "create", "kvm-1", "--host", "kvm-1", "--type", "kvm", "--cache-path", t.TempDir())
+	created := y.json("job", "create", "-f", planFile, "--yes")
+	if jobs, _ := path(created, "jobs").([]any); len(jobs) != strings.Count(exported, "source_vm:") {
+		t.Fatalf("job create -f of the exported plan = %v", created)
+	}
+	again := y.ok("job", "export", "--source", "kvm-src", "--migration-server", "kvm-1")
+	if again != exported {
+		t.Errorf("the plan exported from the second Ferry differs from the first:\nfirst:\n%s\nsecond:\n%s", exported, again)
 	}
 }

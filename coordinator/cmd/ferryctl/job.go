@@ -28,7 +28,7 @@ cancelled jobs can be restarted (the cache makes it fast); finished jobs can
 be deleted. "job watch" follows jobs live.`,
 	}
 	cmd.AddCommand(a.jobCreate(), a.jobPreview(), a.jobGet(), a.jobList(), a.jobWatch(),
-		a.jobUpdate(), a.jobCancel(), a.jobRestart(), a.jobDelete())
+		a.jobUpdate(), a.jobExport(), a.jobCancel(), a.jobRestart(), a.jobDelete())
 	return cmd
 }
 
