@@ -57,6 +57,8 @@ func everyCommand() []*ledgerv1.Command {
 		{Op: &ledgerv1.Command_PutPrimaryStorage{PutPrimaryStorage: &ledgerv1.PutPrimaryStorage{PrimaryStorage: &ferryv1.PrimaryStorage{Name: "primaryStorages/ps2", Cluster: "clusters/c1", Type: ferryv1.PrimaryStorageType_PRIMARY_STORAGE_TYPE_CEPH, CephPool: "rbd"}}}},
 		{Op: &ledgerv1.Command_DeletePrimaryStorage{DeletePrimaryStorage: &ledgerv1.DeleteResource{Name: "primaryStorages/ps2"}}},
 		{Op: &ledgerv1.Command_PutL3Network{PutL3Network: &ledgerv1.PutL3Network{L3Network: &ferryv1.L3Network{Name: "l3Networks/n1", Cluster: "clusters/c1", LibvirtNetwork: "default", IpRangeStart: "10.0.0.10", IpRangeEnd: "10.0.0.20", PrefixLength: 24}}}},
+		{Op: &ledgerv1.Command_UpdateResource{UpdateResource: &ledgerv1.UpdateResource{Resource: &ledgerv1.UpdateResource_L3Network{
+			L3Network: &ferryv1.L3Network{Name: "l3Networks/n1", IpRangeEnd: "10.0.0.30", Description: "widened"}}, Paths: []string{"ip_range_end", "description"}}}},
 		{Op: &ledgerv1.Command_PutL3Network{PutL3Network: &ledgerv1.PutL3Network{L3Network: &ferryv1.L3Network{Name: "l3Networks/n2", Cluster: "clusters/c1", Bridge: "br0"}}}},
 		{Op: &ledgerv1.Command_DeleteL3Network{DeleteL3Network: &ledgerv1.DeleteResource{Name: "l3Networks/n2"}}},
 		{Op: &ledgerv1.Command_PutMigrationServer{PutMigrationServer: &ledgerv1.PutMigrationServer{MigrationServer: &ferryv1.MigrationServer{Name: "migrationServers/ms1", Host: "hosts/h1", Type: ferryv1.Platform_PLATFORM_KVM, CachePath: "/var/cache/ferry", Enabled: true}}}},
@@ -328,6 +330,8 @@ func TestRefusals(t *testing.T) {
 			Name: "networkMappingGroups/g1", Mappings: []*ferryv1.NetworkMapping{{SourceNetwork: "x", L3Network: "l3Networks/n1"}}}}}}, ledger.ErrExists},
 		{"cleanup on a missing host", &ledgerv1.Command{Op: &ledgerv1.Command_SetPendingCleanup{SetPendingCleanup: &ledgerv1.SetPendingCleanup{Host: "hosts/nope", Job: "migrationJobs/j1"}}}, ledger.ErrNotFound},
 		{"maintenance of a missing host", &ledgerv1.Command{Op: &ledgerv1.Command_SetHostMaintenance{SetHostMaintenance: &ledgerv1.SetHostMaintenance{Name: "hosts/nope", Maintenance: true}}}, ledger.ErrNotFound},
+		{"update of a missing network", &ledgerv1.Command{Op: &ledgerv1.Command_UpdateResource{UpdateResource: &ledgerv1.UpdateResource{
+			Resource: &ledgerv1.UpdateResource_L3Network{L3Network: &ferryv1.L3Network{Name: "l3Networks/nope"}}, Paths: []string{"description"}}}}, ledger.ErrNotFound},
 		{"unknown command", &ledgerv1.Command{}, ErrUnknownCommand},
 	}
 	for _, tt := range tests {
