@@ -41,6 +41,7 @@ var table = map[string]roleSet{
 
 	"/ferry.v1.MigrationServerService/CreateMigrationServer":       operator,
 	"/ferry.v1.MigrationServerService/GetMigrationServer":          readers,
+	"/ferry.v1.MigrationServerService/GetMigrationServerUsage":     readers,
 	"/ferry.v1.MigrationServerService/ListMigrationServers":        readers,
 	"/ferry.v1.MigrationServerService/DeleteMigrationServer":       operator,
 	"/ferry.v1.MigrationServerService/EnableMigrationServer":       operator,

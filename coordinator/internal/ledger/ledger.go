@@ -57,6 +57,7 @@ type Ledger struct {
 	oldestRequest time.Time
 	settings      *ferryv1.Settings
 	revoked       map[string]*ferryv1.RevokedCertificate // by serial
+	usage         map[string]*ledgerv1.CacheUsageHistory // by migration server
 
 	observer       func(JobEvent)
 	serverObserver func(*ferryv1.MigrationServer)
@@ -87,6 +88,7 @@ func (l *Ledger) reset() {
 	l.oldestRequest = time.Time{}
 	l.settings = DefaultSettings()
 	l.revoked = map[string]*ferryv1.RevokedCertificate{}
+	l.usage = map[string]*ledgerv1.CacheUsageHistory{}
 }
 
 // DefaultSettings are the settings of a new ledger.
@@ -145,6 +147,7 @@ func (l *Ledger) Snapshot() *ledgerv1.Snapshot {
 		SourceInventories:    sortedClones(l.inventories),
 		NetworkMappingGroups: sortedClones(l.mappings),
 		RevokedCertificates:  sortedClones(l.revoked),
+		CacheUsage:           sortedClones(l.usage),
 	}
 }
 
@@ -167,6 +170,7 @@ func (l *Ledger) Restore(s *ledgerv1.Snapshot) {
 	fill(l.requests, s.GetRequests(), (*ledgerv1.RequestRecord).GetRequestId)
 	fill(l.inventories, s.GetSourceInventories(), (*ferryv1.SourceInventory).GetSource)
 	fill(l.revoked, s.GetRevokedCertificates(), (*ferryv1.RevokedCertificate).GetSerial)
+	fill(l.usage, s.GetCacheUsage(), (*ledgerv1.CacheUsageHistory).GetName)
 	if s.GetSettings() != nil {
 		l.settings = clone(s.GetSettings())
 	}

@@ -82,6 +82,7 @@ func (l *Ledger) DeleteMigrationServer(name string, now time.Time) ([]string, er
 		cancelled = append(cancelled, j.GetName())
 	}
 	delete(l.servers, name)
+	delete(l.usage, name)
 	return cancelled, nil
 }
 

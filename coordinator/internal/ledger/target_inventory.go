@@ -67,6 +67,7 @@ func (l *Ledger) PutHost(h *ferryv1.Host, now time.Time) {
 	}
 	h.LastSeenTime = timestamppb.New(now)
 	l.hosts[h.GetName()] = h
+	l.sampleUsage(h, now)
 }
 
 // SetHostConnected records that a host's agent came or went.

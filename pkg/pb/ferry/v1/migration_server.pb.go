@@ -9,6 +9,7 @@ package ferryv1
 import (
 	protoreflect "google.golang.org/protobuf/reflect/protoreflect"
 	protoimpl "google.golang.org/protobuf/runtime/protoimpl"
+	durationpb "google.golang.org/protobuf/types/known/durationpb"
 	fieldmaskpb "google.golang.org/protobuf/types/known/fieldmaskpb"
 	timestamppb "google.golang.org/protobuf/types/known/timestamppb"
 	reflect "reflect"
@@ -23,6 +24,295 @@ const (
 	_ = protoimpl.EnforceVersion(protoimpl.MaxVersion - 20)
 )
 
+// UsageSpan is how far back a usage history reaches, and so its
+// resolution: 15 minutes and 1 hour at 15 s, 6 hours at 1 min, 1 day at
+// 5 min, 2 and 8 weeks at 1 h, 1 year at 6 h.
+type UsageSpan int32
+
+const (
+	// 1 hour.
+	UsageSpan_USAGE_SPAN_UNSPECIFIED UsageSpan = 0
+	UsageSpan_USAGE_SPAN_15_MINUTES  UsageSpan = 1
+	UsageSpan_USAGE_SPAN_1_HOUR      UsageSpan = 2
+	UsageSpan_USAGE_SPAN_6_HOURS     UsageSpan = 3
+	UsageSpan_USAGE_SPAN_1_DAY       UsageSpan = 4
+	UsageSpan_USAGE_SPAN_2_WEEKS     UsageSpan = 5
+	UsageSpan_USAGE_SPAN_8_WEEKS     UsageSpan = 6
+	UsageSpan_USAGE_SPAN_1_YEAR      UsageSpan = 7
+)
+
+// Enum value maps for UsageSpan.
+var (
+	UsageSpan_name = map[int32]string{
+		0: "USAGE_SPAN_UNSPECIFIED",
+		1: "USAGE_SPAN_15_MINUTES",
+		2: "USAGE_SPAN_1_HOUR",
+		3: "USAGE_SPAN_6_HOURS",
+		4: "USAGE_SPAN_1_DAY",
+		5: "USAGE_SPAN_2_WEEKS",
+		6: "USAGE_SPAN_8_WEEKS",
+		7: "USAGE_SPAN_1_YEAR",
+	}
+	UsageSpan_value = map[string]int32{
+		"USAGE_SPAN_UNSPECIFIED": 0,
+		"USAGE_SPAN_15_MINUTES":  1,
+		"USAGE_SPAN_1_HOUR":      2,
+		"USAGE_SPAN_6_HOURS":     3,
+		"USAGE_SPAN_1_DAY":       4,
+		"USAGE_SPAN_2_WEEKS":     5,
+		"USAGE_SPAN_8_WEEKS":     6,
+		"USAGE_SPAN_1_YEAR":      7,
+	}
+)
+
+func (x UsageSpan) Enum() *UsageSpan {
+	p := new(UsageSpan)
+	*p = x
+	return p
+}
+
+func (x UsageSpan) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (UsageSpan) Descriptor() protoreflect.EnumDescriptor {
+	return file_ferry_v1_migration_server_proto_enumTypes[0].Descriptor()
+}
+
+func (UsageSpan) Type() protoreflect.EnumType {
+	return &file_ferry_v1_migration_server_proto_enumTypes[0]
+}
+
+func (x UsageSpan) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use UsageSpan.Descriptor instead.
+func (UsageSpan) EnumDescriptor() ([]byte, []int) {
+	return file_ferry_v1_migration_server_proto_rawDescGZIP(), []int{0}
+}
+
+type GetMigrationServerUsageRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// migrationServers/{migration_server}/usage
+	Name          string    `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	Span          UsageSpan `protobuf:"varint,2,opt,name=span,proto3,enum=ferry.v1.UsageSpan" json:"span,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetMigrationServerUsageRequest) Reset() {
+	*x = GetMigrationServerUsageRequest{}
+	mi := &file_ferry_v1_migration_server_proto_msgTypes[0]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetMigrationServerUsageRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetMigrationServerUsageRequest) ProtoMessage() {}
+
+func (x *GetMigrationServerUsageRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_ferry_v1_migration_server_proto_msgTypes[0]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetMigrationServerUsageRequest.ProtoReflect.Descriptor instead.
+func (*GetMigrationServerUsageRequest) Descriptor() ([]byte, []int) {
+	return file_ferry_v1_migration_server_proto_rawDescGZIP(), []int{0}
+}
+
+func (x *GetMigrationServerUsageRequest) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *GetMigrationServerUsageRequest) GetSpan() UsageSpan {
+	if x != nil {
+		return x.Span
+	}
+	return UsageSpan_USAGE_SPAN_UNSPECIFIED
+}
+
+// MigrationServerUsage is a server's cache usage over a span.
+type MigrationServerUsage struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// migrationServers/{migration_server}/usage
+	Name string    `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	Span UsageSpan `protobuf:"varint,2,opt,name=span,proto3,enum=ferry.v1.UsageSpan" json:"span,omitempty"`
+	// The length of one point's bucket.
+	Resolution *durationpb.Duration `protobuf:"bytes,3,opt,name=resolution,proto3" json:"resolution,omitempty"`
+	// The span asked for: points lie between them.
+	StartTime     *timestamppb.Timestamp `protobuf:"bytes,4,opt,name=start_time,json=startTime,proto3" json:"start_time,omitempty"`
+	EndTime       *timestamppb.Timestamp `protobuf:"bytes,5,opt,name=end_time,json=endTime,proto3" json:"end_time,omitempty"`
+	Points        []*CacheUsagePoint     `protobuf:"bytes,6,rep,name=points,proto3" json:"points,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *MigrationServerUsage) Reset() {
+	*x = MigrationServerUsage{}
+	mi := &file_ferry_v1_migration_server_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *MigrationServerUsage) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*MigrationServerUsage) ProtoMessage() {}
+
+func (x *MigrationServerUsage) ProtoReflect() protoreflect.Message {
+	mi := &file_ferry_v1_migration_server_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use MigrationServerUsage.ProtoReflect.Descriptor instead.
+func (*MigrationServerUsage) Descriptor() ([]byte, []int) {
+	return file_ferry_v1_migration_server_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *MigrationServerUsage) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *MigrationServerUsage) GetSpan() UsageSpan {
+	if x != nil {
+		return x.Span
+	}
+	return UsageSpan_USAGE_SPAN_UNSPECIFIED
+}
+
+func (x *MigrationServerUsage) GetResolution() *durationpb.Duration {
+	if x != nil {
+		return x.Resolution
+	}
+	return nil
+}
+
+func (x *MigrationServerUsage) GetStartTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.StartTime
+	}
+	return nil
+}
+
+func (x *MigrationServerUsage) GetEndTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.EndTime
+	}
+	return nil
+}
+
+func (x *MigrationServerUsage) GetPoints() []*CacheUsagePoint {
+	if x != nil {
+		return x.Points
+	}
+	return nil
+}
+
+// CacheUsagePoint is the mean of the samples of one bucket.
+type CacheUsagePoint struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The bucket's start.
+	Time       *timestamppb.Timestamp `protobuf:"bytes,1,opt,name=time,proto3" json:"time,omitempty"`
+	UsedBytes  int64                  `protobuf:"varint,2,opt,name=used_bytes,json=usedBytes,proto3" json:"used_bytes,omitempty"`
+	TotalBytes int64                  `protobuf:"varint,3,opt,name=total_bytes,json=totalBytes,proto3" json:"total_bytes,omitempty"`
+	// used_bytes / total_bytes × 100, 0 when the total is unknown.
+	UsedPercent float64 `protobuf:"fixed64,4,opt,name=used_percent,json=usedPercent,proto3" json:"used_percent,omitempty"`
+	// How many samples the bucket holds.
+	Samples       int32 `protobuf:"varint,5,opt,name=samples,proto3" json:"samples,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CacheUsagePoint) Reset() {
+	*x = CacheUsagePoint{}
+	mi := &file_ferry_v1_migration_server_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CacheUsagePoint) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CacheUsagePoint) ProtoMessage() {}
+
+func (x *CacheUsagePoint) ProtoReflect() protoreflect.Message {
+	mi := &file_ferry_v1_migration_server_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CacheUsagePoint.ProtoReflect.Descriptor instead.
+func (*CacheUsagePoint) Descriptor() ([]byte, []int) {
+	return file_ferry_v1_migration_server_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *CacheUsagePoint) GetTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.Time
+	}
+	return nil
+}
+
+func (x *CacheUsagePoint) GetUsedBytes() int64 {
+	if x != nil {
+		return x.UsedBytes
+	}
+	return 0
+}
+
+func (x *CacheUsagePoint) GetTotalBytes() int64 {
+	if x != nil {
+		return x.TotalBytes
+	}
+	return 0
+}
+
+func (x *CacheUsagePoint) GetUsedPercent() float64 {
+	if x != nil {
+		return x.UsedPercent
+	}
+	return 0
+}
+
+func (x *CacheUsagePoint) GetSamples() int32 {
+	if x != nil {
+		return x.Samples
+	}
+	return 0
+}
+
 type UpdateMigrationServerRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// name says which server.
@@ -34,7 +324,7 @@ type UpdateMigrationServerRequest struct {
 
 func (x *UpdateMigrationServerRequest) Reset() {
 	*x = UpdateMigrationServerRequest{}
-	mi := &file_ferry_v1_migration_server_proto_msgTypes[0]
+	mi := &file_ferry_v1_migration_server_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -46,7 +336,7 @@ func (x *UpdateMigrationServerRequest) String() string {
 func (*UpdateMigrationServerRequest) ProtoMessage() {}
 
 func (x *UpdateMigrationServerRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_migration_server_proto_msgTypes[0]
+	mi := &file_ferry_v1_migration_server_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -59,7 +349,7 @@ func (x *UpdateMigrationServerRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpdateMigrationServerRequest.ProtoReflect.Descriptor instead.
 func (*UpdateMigrationServerRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_migration_server_proto_rawDescGZIP(), []int{0}
+	return file_ferry_v1_migration_server_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *UpdateMigrationServerRequest) GetMigrationServer() *MigrationServer {
@@ -118,7 +408,7 @@ type MigrationServer struct {
 
 func (x *MigrationServer) Reset() {
 	*x = MigrationServer{}
-	mi := &file_ferry_v1_migration_server_proto_msgTypes[1]
+	mi := &file_ferry_v1_migration_server_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -130,7 +420,7 @@ func (x *MigrationServer) String() string {
 func (*MigrationServer) ProtoMessage() {}
 
 func (x *MigrationServer) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_migration_server_proto_msgTypes[1]
+	mi := &file_ferry_v1_migration_server_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -143,7 +433,7 @@ func (x *MigrationServer) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MigrationServer.ProtoReflect.Descriptor instead.
 func (*MigrationServer) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_migration_server_proto_rawDescGZIP(), []int{1}
+	return file_ferry_v1_migration_server_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *MigrationServer) GetName() string {
@@ -268,7 +558,7 @@ type CreateMigrationServerRequest struct {
 
 func (x *CreateMigrationServerRequest) Reset() {
 	*x = CreateMigrationServerRequest{}
-	mi := &file_ferry_v1_migration_server_proto_msgTypes[2]
+	mi := &file_ferry_v1_migration_server_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -280,7 +570,7 @@ func (x *CreateMigrationServerRequest) String() string {
 func (*CreateMigrationServerRequest) ProtoMessage() {}
 
 func (x *CreateMigrationServerRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_migration_server_proto_msgTypes[2]
+	mi := &file_ferry_v1_migration_server_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -293,7 +583,7 @@ func (x *CreateMigrationServerRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateMigrationServerRequest.ProtoReflect.Descriptor instead.
 func (*CreateMigrationServerRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_migration_server_proto_rawDescGZIP(), []int{2}
+	return file_ferry_v1_migration_server_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *CreateMigrationServerRequest) GetMigrationServer() *MigrationServer {
@@ -319,7 +609,7 @@ type GetMigrationServerRequest struct {
 
 func (x *GetMigrationServerRequest) Reset() {
 	*x = GetMigrationServerRequest{}
-	mi := &file_ferry_v1_migration_server_proto_msgTypes[3]
+	mi := &file_ferry_v1_migration_server_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -331,7 +621,7 @@ func (x *GetMigrationServerRequest) String() string {
 func (*GetMigrationServerRequest) ProtoMessage() {}
 
 func (x *GetMigrationServerRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_migration_server_proto_msgTypes[3]
+	mi := &file_ferry_v1_migration_server_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -344,7 +634,7 @@ func (x *GetMigrationServerRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetMigrationServerRequest.ProtoReflect.Descriptor instead.
 func (*GetMigrationServerRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_migration_server_proto_rawDescGZIP(), []int{3}
+	return file_ferry_v1_migration_server_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *GetMigrationServerRequest) GetName() string {
@@ -365,7 +655,7 @@ type ListMigrationServersRequest struct {
 
 func (x *ListMigrationServersRequest) Reset() {
 	*x = ListMigrationServersRequest{}
-	mi := &file_ferry_v1_migration_server_proto_msgTypes[4]
+	mi := &file_ferry_v1_migration_server_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -377,7 +667,7 @@ func (x *ListMigrationServersRequest) String() string {
 func (*ListMigrationServersRequest) ProtoMessage() {}
 
 func (x *ListMigrationServersRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_migration_server_proto_msgTypes[4]
+	mi := &file_ferry_v1_migration_server_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -390,7 +680,7 @@ func (x *ListMigrationServersRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListMigrationServersRequest.ProtoReflect.Descriptor instead.
 func (*ListMigrationServersRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_migration_server_proto_rawDescGZIP(), []int{4}
+	return file_ferry_v1_migration_server_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *ListMigrationServersRequest) GetPageSize() int32 {
@@ -424,7 +714,7 @@ type ListMigrationServersResponse struct {
 
 func (x *ListMigrationServersResponse) Reset() {
 	*x = ListMigrationServersResponse{}
-	mi := &file_ferry_v1_migration_server_proto_msgTypes[5]
+	mi := &file_ferry_v1_migration_server_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -436,7 +726,7 @@ func (x *ListMigrationServersResponse) String() string {
 func (*ListMigrationServersResponse) ProtoMessage() {}
 
 func (x *ListMigrationServersResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_migration_server_proto_msgTypes[5]
+	mi := &file_ferry_v1_migration_server_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -449,7 +739,7 @@ func (x *ListMigrationServersResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListMigrationServersResponse.ProtoReflect.Descriptor instead.
 func (*ListMigrationServersResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_migration_server_proto_rawDescGZIP(), []int{5}
+	return file_ferry_v1_migration_server_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *ListMigrationServersResponse) GetMigrationServers() []*MigrationServer {
@@ -475,7 +765,7 @@ type DeleteMigrationServerRequest struct {
 
 func (x *DeleteMigrationServerRequest) Reset() {
 	*x = DeleteMigrationServerRequest{}
-	mi := &file_ferry_v1_migration_server_proto_msgTypes[6]
+	mi := &file_ferry_v1_migration_server_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -487,7 +777,7 @@ func (x *DeleteMigrationServerRequest) String() string {
 func (*DeleteMigrationServerRequest) ProtoMessage() {}
 
 func (x *DeleteMigrationServerRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_migration_server_proto_msgTypes[6]
+	mi := &file_ferry_v1_migration_server_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -500,7 +790,7 @@ func (x *DeleteMigrationServerRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteMigrationServerRequest.ProtoReflect.Descriptor instead.
 func (*DeleteMigrationServerRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_migration_server_proto_rawDescGZIP(), []int{6}
+	return file_ferry_v1_migration_server_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *DeleteMigrationServerRequest) GetName() string {
@@ -520,7 +810,7 @@ type DeleteMigrationServerResponse struct {
 
 func (x *DeleteMigrationServerResponse) Reset() {
 	*x = DeleteMigrationServerResponse{}
-	mi := &file_ferry_v1_migration_server_proto_msgTypes[7]
+	mi := &file_ferry_v1_migration_server_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -532,7 +822,7 @@ func (x *DeleteMigrationServerResponse) String() string {
 func (*DeleteMigrationServerResponse) ProtoMessage() {}
 
 func (x *DeleteMigrationServerResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_migration_server_proto_msgTypes[7]
+	mi := &file_ferry_v1_migration_server_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -545,7 +835,7 @@ func (x *DeleteMigrationServerResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteMigrationServerResponse.ProtoReflect.Descriptor instead.
 func (*DeleteMigrationServerResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_migration_server_proto_rawDescGZIP(), []int{7}
+	return file_ferry_v1_migration_server_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *DeleteMigrationServerResponse) GetCancelledJobs() []string {
@@ -569,7 +859,7 @@ type EnableMigrationServerRequest struct {
 
 func (x *EnableMigrationServerRequest) Reset() {
 	*x = EnableMigrationServerRequest{}
-	mi := &file_ferry_v1_migration_server_proto_msgTypes[8]
+	mi := &file_ferry_v1_migration_server_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -581,7 +871,7 @@ func (x *EnableMigrationServerRequest) String() string {
 func (*EnableMigrationServerRequest) ProtoMessage() {}
 
 func (x *EnableMigrationServerRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_migration_server_proto_msgTypes[8]
+	mi := &file_ferry_v1_migration_server_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -594,7 +884,7 @@ func (x *EnableMigrationServerRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use EnableMigrationServerRequest.ProtoReflect.Descriptor instead.
 func (*EnableMigrationServerRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_migration_server_proto_rawDescGZIP(), []int{8}
+	return file_ferry_v1_migration_server_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *EnableMigrationServerRequest) GetName() string {
@@ -620,7 +910,7 @@ type EnableMigrationServerResponse struct {
 
 func (x *EnableMigrationServerResponse) Reset() {
 	*x = EnableMigrationServerResponse{}
-	mi := &file_ferry_v1_migration_server_proto_msgTypes[9]
+	mi := &file_ferry_v1_migration_server_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -632,7 +922,7 @@ func (x *EnableMigrationServerResponse) String() string {
 func (*EnableMigrationServerResponse) ProtoMessage() {}
 
 func (x *EnableMigrationServerResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_migration_server_proto_msgTypes[9]
+	mi := &file_ferry_v1_migration_server_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -645,7 +935,7 @@ func (x *EnableMigrationServerResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use EnableMigrationServerResponse.ProtoReflect.Descriptor instead.
 func (*EnableMigrationServerResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_migration_server_proto_rawDescGZIP(), []int{9}
+	return file_ferry_v1_migration_server_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *EnableMigrationServerResponse) GetMigrationServer() *MigrationServer {
@@ -669,7 +959,7 @@ type DisableMigrationServerRequest struct {
 
 func (x *DisableMigrationServerRequest) Reset() {
 	*x = DisableMigrationServerRequest{}
-	mi := &file_ferry_v1_migration_server_proto_msgTypes[10]
+	mi := &file_ferry_v1_migration_server_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -681,7 +971,7 @@ func (x *DisableMigrationServerRequest) String() string {
 func (*DisableMigrationServerRequest) ProtoMessage() {}
 
 func (x *DisableMigrationServerRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_migration_server_proto_msgTypes[10]
+	mi := &file_ferry_v1_migration_server_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -694,7 +984,7 @@ func (x *DisableMigrationServerRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DisableMigrationServerRequest.ProtoReflect.Descriptor instead.
 func (*DisableMigrationServerRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_migration_server_proto_rawDescGZIP(), []int{10}
+	return file_ferry_v1_migration_server_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *DisableMigrationServerRequest) GetName() string {
@@ -720,7 +1010,7 @@ type DisableMigrationServerResponse struct {
 
 func (x *DisableMigrationServerResponse) Reset() {
 	*x = DisableMigrationServerResponse{}
-	mi := &file_ferry_v1_migration_server_proto_msgTypes[11]
+	mi := &file_ferry_v1_migration_server_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -732,7 +1022,7 @@ func (x *DisableMigrationServerResponse) String() string {
 func (*DisableMigrationServerResponse) ProtoMessage() {}
 
 func (x *DisableMigrationServerResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_migration_server_proto_msgTypes[11]
+	mi := &file_ferry_v1_migration_server_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -745,7 +1035,7 @@ func (x *DisableMigrationServerResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DisableMigrationServerResponse.ProtoReflect.Descriptor instead.
 func (*DisableMigrationServerResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_migration_server_proto_rawDescGZIP(), []int{11}
+	return file_ferry_v1_migration_server_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *DisableMigrationServerResponse) GetMigrationServer() *MigrationServer {
@@ -772,7 +1062,7 @@ type SetMigrationServerBandwidthRequest struct {
 
 func (x *SetMigrationServerBandwidthRequest) Reset() {
 	*x = SetMigrationServerBandwidthRequest{}
-	mi := &file_ferry_v1_migration_server_proto_msgTypes[12]
+	mi := &file_ferry_v1_migration_server_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -784,7 +1074,7 @@ func (x *SetMigrationServerBandwidthRequest) String() string {
 func (*SetMigrationServerBandwidthRequest) ProtoMessage() {}
 
 func (x *SetMigrationServerBandwidthRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_migration_server_proto_msgTypes[12]
+	mi := &file_ferry_v1_migration_server_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -797,7 +1087,7 @@ func (x *SetMigrationServerBandwidthRequest) ProtoReflect() protoreflect.Message
 
 // Deprecated: Use SetMigrationServerBandwidthRequest.ProtoReflect.Descriptor instead.
 func (*SetMigrationServerBandwidthRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_migration_server_proto_rawDescGZIP(), []int{12}
+	return file_ferry_v1_migration_server_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *SetMigrationServerBandwidthRequest) GetName() string {
@@ -837,7 +1127,7 @@ type SetMigrationServerBandwidthResponse struct {
 
 func (x *SetMigrationServerBandwidthResponse) Reset() {
 	*x = SetMigrationServerBandwidthResponse{}
-	mi := &file_ferry_v1_migration_server_proto_msgTypes[13]
+	mi := &file_ferry_v1_migration_server_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -849,7 +1139,7 @@ func (x *SetMigrationServerBandwidthResponse) String() string {
 func (*SetMigrationServerBandwidthResponse) ProtoMessage() {}
 
 func (x *SetMigrationServerBandwidthResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_migration_server_proto_msgTypes[13]
+	mi := &file_ferry_v1_migration_server_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -862,7 +1152,7 @@ func (x *SetMigrationServerBandwidthResponse) ProtoReflect() protoreflect.Messag
 
 // Deprecated: Use SetMigrationServerBandwidthResponse.ProtoReflect.Descriptor instead.
 func (*SetMigrationServerBandwidthResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_migration_server_proto_rawDescGZIP(), []int{13}
+	return file_ferry_v1_migration_server_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *SetMigrationServerBandwidthResponse) GetMigrationServer() *MigrationServer {
@@ -876,7 +1166,28 @@ var File_ferry_v1_migration_server_proto protoreflect.FileDescriptor
 
 const file_ferry_v1_migration_server_proto_rawDesc = "" +
 	"\n" +
-	"\x1fferry/v1/migration_server.proto\x12\bferry.v1\x1a\x15ferry/v1/common.proto\x1a google/protobuf/field_mask.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xa1\x01\n" +
+	"\x1fferry/v1/migration_server.proto\x12\bferry.v1\x1a\x15ferry/v1/common.proto\x1a\x1egoogle/protobuf/duration.proto\x1a google/protobuf/field_mask.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"]\n" +
+	"\x1eGetMigrationServerUsageRequest\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12'\n" +
+	"\x04span\x18\x02 \x01(\x0e2\x13.ferry.v1.UsageSpanR\x04span\"\xb3\x02\n" +
+	"\x14MigrationServerUsage\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12'\n" +
+	"\x04span\x18\x02 \x01(\x0e2\x13.ferry.v1.UsageSpanR\x04span\x129\n" +
+	"\n" +
+	"resolution\x18\x03 \x01(\v2\x19.google.protobuf.DurationR\n" +
+	"resolution\x129\n" +
+	"\n" +
+	"start_time\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\tstartTime\x125\n" +
+	"\bend_time\x18\x05 \x01(\v2\x1a.google.protobuf.TimestampR\aendTime\x121\n" +
+	"\x06points\x18\x06 \x03(\v2\x19.ferry.v1.CacheUsagePointR\x06points\"\xbe\x01\n" +
+	"\x0fCacheUsagePoint\x12.\n" +
+	"\x04time\x18\x01 \x01(\v2\x1a.google.protobuf.TimestampR\x04time\x12\x1d\n" +
+	"\n" +
+	"used_bytes\x18\x02 \x01(\x03R\tusedBytes\x12\x1f\n" +
+	"\vtotal_bytes\x18\x03 \x01(\x03R\n" +
+	"totalBytes\x12!\n" +
+	"\fused_percent\x18\x04 \x01(\x01R\vusedPercent\x12\x18\n" +
+	"\asamples\x18\x05 \x01(\x05R\asamples\"\xa1\x01\n" +
 	"\x1cUpdateMigrationServerRequest\x12D\n" +
 	"\x10migration_server\x18\x01 \x01(\v2\x19.ferry.v1.MigrationServerR\x0fmigrationServer\x12;\n" +
 	"\vupdate_mask\x18\x02 \x01(\v2\x1a.google.protobuf.FieldMaskR\n" +
@@ -941,7 +1252,16 @@ const file_ferry_v1_migration_server_proto_rawDesc = "" +
 	"\x13_upstream_bandwidthB\x17\n" +
 	"\x15_downstream_bandwidth\"k\n" +
 	"#SetMigrationServerBandwidthResponse\x12D\n" +
-	"\x10migration_server\x18\x01 \x01(\v2\x19.ferry.v1.MigrationServerR\x0fmigrationServer2\xca\x06\n" +
+	"\x10migration_server\x18\x01 \x01(\v2\x19.ferry.v1.MigrationServerR\x0fmigrationServer*\xce\x01\n" +
+	"\tUsageSpan\x12\x1a\n" +
+	"\x16USAGE_SPAN_UNSPECIFIED\x10\x00\x12\x19\n" +
+	"\x15USAGE_SPAN_15_MINUTES\x10\x01\x12\x15\n" +
+	"\x11USAGE_SPAN_1_HOUR\x10\x02\x12\x16\n" +
+	"\x12USAGE_SPAN_6_HOURS\x10\x03\x12\x14\n" +
+	"\x10USAGE_SPAN_1_DAY\x10\x04\x12\x16\n" +
+	"\x12USAGE_SPAN_2_WEEKS\x10\x05\x12\x16\n" +
+	"\x12USAGE_SPAN_8_WEEKS\x10\x06\x12\x15\n" +
+	"\x11USAGE_SPAN_1_YEAR\x10\a2\xaf\a\n" +
 	"\x16MigrationServerService\x12Z\n" +
 	"\x15CreateMigrationServer\x12&.ferry.v1.CreateMigrationServerRequest\x1a\x19.ferry.v1.MigrationServer\x12T\n" +
 	"\x12GetMigrationServer\x12#.ferry.v1.GetMigrationServerRequest\x1a\x19.ferry.v1.MigrationServer\x12e\n" +
@@ -950,7 +1270,8 @@ const file_ferry_v1_migration_server_proto_rawDesc = "" +
 	"\x15EnableMigrationServer\x12&.ferry.v1.EnableMigrationServerRequest\x1a'.ferry.v1.EnableMigrationServerResponse\x12k\n" +
 	"\x16DisableMigrationServer\x12'.ferry.v1.DisableMigrationServerRequest\x1a(.ferry.v1.DisableMigrationServerResponse\x12z\n" +
 	"\x1bSetMigrationServerBandwidth\x12,.ferry.v1.SetMigrationServerBandwidthRequest\x1a-.ferry.v1.SetMigrationServerBandwidthResponse\x12Z\n" +
-	"\x15UpdateMigrationServer\x12&.ferry.v1.UpdateMigrationServerRequest\x1a\x19.ferry.v1.MigrationServerB\x99\x01\n" +
+	"\x15UpdateMigrationServer\x12&.ferry.v1.UpdateMigrationServerRequest\x1a\x19.ferry.v1.MigrationServer\x12c\n" +
+	"\x17GetMigrationServerUsage\x12(.ferry.v1.GetMigrationServerUsageRequest\x1a\x1e.ferry.v1.MigrationServerUsageB\x99\x01\n" +
 	"\fcom.ferry.v1B\x14MigrationServerProtoP\x01Z2github.com/ferry-v2v/ferry/pkg/pb/ferry/v1;ferryv1\xa2\x02\x03FXX\xaa\x02\bFerry.V1\xca\x02\bFerry\\V1\xe2\x02\x14Ferry\\V1\\GPBMetadata\xea\x02\tFerry::V1b\x06proto3"
 
 var (
@@ -965,59 +1286,74 @@ func file_ferry_v1_migration_server_proto_rawDescGZIP() []byte {
 	return file_ferry_v1_migration_server_proto_rawDescData
 }
 
-var file_ferry_v1_migration_server_proto_msgTypes = make([]protoimpl.MessageInfo, 14)
+var file_ferry_v1_migration_server_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
+var file_ferry_v1_migration_server_proto_msgTypes = make([]protoimpl.MessageInfo, 17)
 var file_ferry_v1_migration_server_proto_goTypes = []any{
-	(*UpdateMigrationServerRequest)(nil),        // 0: ferry.v1.UpdateMigrationServerRequest
-	(*MigrationServer)(nil),                     // 1: ferry.v1.MigrationServer
-	(*CreateMigrationServerRequest)(nil),        // 2: ferry.v1.CreateMigrationServerRequest
-	(*GetMigrationServerRequest)(nil),           // 3: ferry.v1.GetMigrationServerRequest
-	(*ListMigrationServersRequest)(nil),         // 4: ferry.v1.ListMigrationServersRequest
-	(*ListMigrationServersResponse)(nil),        // 5: ferry.v1.ListMigrationServersResponse
-	(*DeleteMigrationServerRequest)(nil),        // 6: ferry.v1.DeleteMigrationServerRequest
-	(*DeleteMigrationServerResponse)(nil),       // 7: ferry.v1.DeleteMigrationServerResponse
-	(*EnableMigrationServerRequest)(nil),        // 8: ferry.v1.EnableMigrationServerRequest
-	(*EnableMigrationServerResponse)(nil),       // 9: ferry.v1.EnableMigrationServerResponse
-	(*DisableMigrationServerRequest)(nil),       // 10: ferry.v1.DisableMigrationServerRequest
-	(*DisableMigrationServerResponse)(nil),      // 11: ferry.v1.DisableMigrationServerResponse
-	(*SetMigrationServerBandwidthRequest)(nil),  // 12: ferry.v1.SetMigrationServerBandwidthRequest
-	(*SetMigrationServerBandwidthResponse)(nil), // 13: ferry.v1.SetMigrationServerBandwidthResponse
-	(*fieldmaskpb.FieldMask)(nil),               // 14: google.protobuf.FieldMask
-	(Platform)(0),                               // 15: ferry.v1.Platform
-	(*timestamppb.Timestamp)(nil),               // 16: google.protobuf.Timestamp
+	(UsageSpan)(0),                              // 0: ferry.v1.UsageSpan
+	(*GetMigrationServerUsageRequest)(nil),      // 1: ferry.v1.GetMigrationServerUsageRequest
+	(*MigrationServerUsage)(nil),                // 2: ferry.v1.MigrationServerUsage
+	(*CacheUsagePoint)(nil),                     // 3: ferry.v1.CacheUsagePoint
+	(*UpdateMigrationServerRequest)(nil),        // 4: ferry.v1.UpdateMigrationServerRequest
+	(*MigrationServer)(nil),                     // 5: ferry.v1.MigrationServer
+	(*CreateMigrationServerRequest)(nil),        // 6: ferry.v1.CreateMigrationServerRequest
+	(*GetMigrationServerRequest)(nil),           // 7: ferry.v1.GetMigrationServerRequest
+	(*ListMigrationServersRequest)(nil),         // 8: ferry.v1.ListMigrationServersRequest
+	(*ListMigrationServersResponse)(nil),        // 9: ferry.v1.ListMigrationServersResponse
+	(*DeleteMigrationServerRequest)(nil),        // 10: ferry.v1.DeleteMigrationServerRequest
+	(*DeleteMigrationServerResponse)(nil),       // 11: ferry.v1.DeleteMigrationServerResponse
+	(*EnableMigrationServerRequest)(nil),        // 12: ferry.v1.EnableMigrationServerRequest
+	(*EnableMigrationServerResponse)(nil),       // 13: ferry.v1.EnableMigrationServerResponse
+	(*DisableMigrationServerRequest)(nil),       // 14: ferry.v1.DisableMigrationServerRequest
+	(*DisableMigrationServerResponse)(nil),      // 15: ferry.v1.DisableMigrationServerResponse
+	(*SetMigrationServerBandwidthRequest)(nil),  // 16: ferry.v1.SetMigrationServerBandwidthRequest
+	(*SetMigrationServerBandwidthResponse)(nil), // 17: ferry.v1.SetMigrationServerBandwidthResponse
+	(*durationpb.Duration)(nil),                 // 18: google.protobuf.Duration
+	(*timestamppb.Timestamp)(nil),               // 19: google.protobuf.Timestamp
+	(*fieldmaskpb.FieldMask)(nil),               // 20: google.protobuf.FieldMask
+	(Platform)(0),                               // 21: ferry.v1.Platform
 }
 var file_ferry_v1_migration_server_proto_depIdxs = []int32{
-	1,  // 0: ferry.v1.UpdateMigrationServerRequest.migration_server:type_name -> ferry.v1.MigrationServer
-	14, // 1: ferry.v1.UpdateMigrationServerRequest.update_mask:type_name -> google.protobuf.FieldMask
-	15, // 2: ferry.v1.MigrationServer.type:type_name -> ferry.v1.Platform
-	16, // 3: ferry.v1.MigrationServer.create_time:type_name -> google.protobuf.Timestamp
-	16, // 4: ferry.v1.MigrationServer.update_time:type_name -> google.protobuf.Timestamp
-	1,  // 5: ferry.v1.CreateMigrationServerRequest.migration_server:type_name -> ferry.v1.MigrationServer
-	15, // 6: ferry.v1.ListMigrationServersRequest.type:type_name -> ferry.v1.Platform
-	1,  // 7: ferry.v1.ListMigrationServersResponse.migration_servers:type_name -> ferry.v1.MigrationServer
-	1,  // 8: ferry.v1.EnableMigrationServerResponse.migration_server:type_name -> ferry.v1.MigrationServer
-	1,  // 9: ferry.v1.DisableMigrationServerResponse.migration_server:type_name -> ferry.v1.MigrationServer
-	1,  // 10: ferry.v1.SetMigrationServerBandwidthResponse.migration_server:type_name -> ferry.v1.MigrationServer
-	2,  // 11: ferry.v1.MigrationServerService.CreateMigrationServer:input_type -> ferry.v1.CreateMigrationServerRequest
-	3,  // 12: ferry.v1.MigrationServerService.GetMigrationServer:input_type -> ferry.v1.GetMigrationServerRequest
-	4,  // 13: ferry.v1.MigrationServerService.ListMigrationServers:input_type -> ferry.v1.ListMigrationServersRequest
-	6,  // 14: ferry.v1.MigrationServerService.DeleteMigrationServer:input_type -> ferry.v1.DeleteMigrationServerRequest
-	8,  // 15: ferry.v1.MigrationServerService.EnableMigrationServer:input_type -> ferry.v1.EnableMigrationServerRequest
-	10, // 16: ferry.v1.MigrationServerService.DisableMigrationServer:input_type -> ferry.v1.DisableMigrationServerRequest
-	12, // 17: ferry.v1.MigrationServerService.SetMigrationServerBandwidth:input_type -> ferry.v1.SetMigrationServerBandwidthRequest
-	0,  // 18: ferry.v1.MigrationServerService.UpdateMigrationServer:input_type -> ferry.v1.UpdateMigrationServerRequest
-	1,  // 19: ferry.v1.MigrationServerService.CreateMigrationServer:output_type -> ferry.v1.MigrationServer
-	1,  // 20: ferry.v1.MigrationServerService.GetMigrationServer:output_type -> ferry.v1.MigrationServer
-	5,  // 21: ferry.v1.MigrationServerService.ListMigrationServers:output_type -> ferry.v1.ListMigrationServersResponse
-	7,  // 22: ferry.v1.MigrationServerService.DeleteMigrationServer:output_type -> ferry.v1.DeleteMigrationServerResponse
-	9,  // 23: ferry.v1.MigrationServerService.EnableMigrationServer:output_type -> ferry.v1.EnableMigrationServerResponse
-	11, // 24: ferry.v1.MigrationServerService.DisableMigrationServer:output_type -> ferry.v1.DisableMigrationServerResponse
-	13, // 25: ferry.v1.MigrationServerService.SetMigrationServerBandwidth:output_type -> ferry.v1.SetMigrationServerBandwidthResponse
-	1,  // 26: ferry.v1.MigrationServerService.UpdateMigrationServer:output_type -> ferry.v1.MigrationServer
-	19, // [19:27] is the sub-list for method output_type
-	11, // [11:19] is the sub-list for method input_type
-	11, // [11:11] is the sub-list for extension type_name
-	11, // [11:11] is the sub-list for extension extendee
-	0,  // [0:11] is the sub-list for field type_name
+	0,  // 0: ferry.v1.GetMigrationServerUsageRequest.span:type_name -> ferry.v1.UsageSpan
+	0,  // 1: ferry.v1.MigrationServerUsage.span:type_name -> ferry.v1.UsageSpan
+	18, // 2: ferry.v1.MigrationServerUsage.resolution:type_name -> google.protobuf.Duration
+	19, // 3: ferry.v1.MigrationServerUsage.start_time:type_name -> google.protobuf.Timestamp
+	19, // 4: ferry.v1.MigrationServerUsage.end_time:type_name -> google.protobuf.Timestamp
+	3,  // 5: ferry.v1.MigrationServerUsage.points:type_name -> ferry.v1.CacheUsagePoint
+	19, // 6: ferry.v1.CacheUsagePoint.time:type_name -> google.protobuf.Timestamp
+	5,  // 7: ferry.v1.UpdateMigrationServerRequest.migration_server:type_name -> ferry.v1.MigrationServer
+	20, // 8: ferry.v1.UpdateMigrationServerRequest.update_mask:type_name -> google.protobuf.FieldMask
+	21, // 9: ferry.v1.MigrationServer.type:type_name -> ferry.v1.Platform
+	19, // 10: ferry.v1.MigrationServer.create_time:type_name -> google.protobuf.Timestamp
+	19, // 11: ferry.v1.MigrationServer.update_time:type_name -> google.protobuf.Timestamp
+	5,  // 12: ferry.v1.CreateMigrationServerRequest.migration_server:type_name -> ferry.v1.MigrationServer
+	21, // 13: ferry.v1.ListMigrationServersRequest.type:type_name -> ferry.v1.Platform
+	5,  // 14: ferry.v1.ListMigrationServersResponse.migration_servers:type_name -> ferry.v1.MigrationServer
+	5,  // 15: ferry.v1.EnableMigrationServerResponse.migration_server:type_name -> ferry.v1.MigrationServer
+	5,  // 16: ferry.v1.DisableMigrationServerResponse.migration_server:type_name -> ferry.v1.MigrationServer
+	5,  // 17: ferry.v1.SetMigrationServerBandwidthResponse.migration_server:type_name -> ferry.v1.MigrationServer
+	6,  // 18: ferry.v1.MigrationServerService.CreateMigrationServer:input_type -> ferry.v1.CreateMigrationServerRequest
+	7,  // 19: ferry.v1.MigrationServerService.GetMigrationServer:input_type -> ferry.v1.GetMigrationServerRequest
+	8,  // 20: ferry.v1.MigrationServerService.ListMigrationServers:input_type -> ferry.v1.ListMigrationServersRequest
+	10, // 21: ferry.v1.MigrationServerService.DeleteMigrationServer:input_type -> ferry.v1.DeleteMigrationServerRequest
+	12, // 22: ferry.v1.MigrationServerService.EnableMigrationServer:input_type -> ferry.v1.EnableMigrationServerRequest
+	14, // 23: ferry.v1.MigrationServerService.DisableMigrationServer:input_type -> ferry.v1.DisableMigrationServerRequest
+	16, // 24: ferry.v1.MigrationServerService.SetMigrationServerBandwidth:input_type -> ferry.v1.SetMigrationServerBandwidthRequest
+	4,  // 25: ferry.v1.MigrationServerService.UpdateMigrationServer:input_type -> ferry.v1.UpdateMigrationServerRequest
+	1,  // 26: ferry.v1.MigrationServerService.GetMigrationServerUsage:input_type -> ferry.v1.GetMigrationServerUsageRequest
+	5,  // 27: ferry.v1.MigrationServerService.CreateMigrationServer:output_type -> ferry.v1.MigrationServer
+	5,  // 28: ferry.v1.MigrationServerService.GetMigrationServer:output_type -> ferry.v1.MigrationServer
+	9,  // 29: ferry.v1.MigrationServerService.ListMigrationServers:output_type -> ferry.v1.ListMigrationServersResponse
+	11, // 30: ferry.v1.MigrationServerService.DeleteMigrationServer:output_type -> ferry.v1.DeleteMigrationServerResponse
+	13, // 31: ferry.v1.MigrationServerService.EnableMigrationServer:output_type -> ferry.v1.EnableMigrationServerResponse
+	15, // 32: ferry.v1.MigrationServerService.DisableMigrationServer:output_type -> ferry.v1.DisableMigrationServerResponse
+	17, // 33: ferry.v1.MigrationServerService.SetMigrationServerBandwidth:output_type -> ferry.v1.SetMigrationServerBandwidthResponse
+	5,  // 34: ferry.v1.MigrationServerService.UpdateMigrationServer:output_type -> ferry.v1.MigrationServer
+	2,  // 35: ferry.v1.MigrationServerService.GetMigrationServerUsage:output_type -> ferry.v1.MigrationServerUsage
+	27, // [27:36] is the sub-list for method output_type
+	18, // [18:27] is the sub-list for method input_type
+	18, // [18:18] is the sub-list for extension type_name
+	18, // [18:18] is the sub-list for extension extendee
+	0,  // [0:18] is the sub-list for field type_name
 }
 
 func init() { file_ferry_v1_migration_server_proto_init() }
@@ -1026,19 +1362,20 @@ func file_ferry_v1_migration_server_proto_init() {
 		return
 	}
 	file_ferry_v1_common_proto_init()
-	file_ferry_v1_migration_server_proto_msgTypes[12].OneofWrappers = []any{}
+	file_ferry_v1_migration_server_proto_msgTypes[15].OneofWrappers = []any{}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_ferry_v1_migration_server_proto_rawDesc), len(file_ferry_v1_migration_server_proto_rawDesc)),
-			NumEnums:      0,
-			NumMessages:   14,
+			NumEnums:      1,
+			NumMessages:   17,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
 		GoTypes:           file_ferry_v1_migration_server_proto_goTypes,
 		DependencyIndexes: file_ferry_v1_migration_server_proto_depIdxs,
+		EnumInfos:         file_ferry_v1_migration_server_proto_enumTypes,
 		MessageInfos:      file_ferry_v1_migration_server_proto_msgTypes,
 	}.Build()
 	File_ferry_v1_migration_server_proto = out.File

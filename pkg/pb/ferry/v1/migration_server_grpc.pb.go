@@ -27,6 +27,7 @@ const (
 	MigrationServerService_DisableMigrationServer_FullMethodName      = "/ferry.v1.MigrationServerService/DisableMigrationServer"
 	MigrationServerService_SetMigrationServerBandwidth_FullMethodName = "/ferry.v1.MigrationServerService/SetMigrationServerBandwidth"
 	MigrationServerService_UpdateMigrationServer_FullMethodName       = "/ferry.v1.MigrationServerService/UpdateMigrationServer"
+	MigrationServerService_GetMigrationServerUsage_FullMethodName     = "/ferry.v1.MigrationServerService/GetMigrationServerUsage"
 )
 
 // MigrationServerServiceClient is the client API for MigrationServerService service.
@@ -65,6 +66,13 @@ type MigrationServerServiceClient interface {
 	// running jobs as SetMigrationServerBandwidth's do. With
 	// migration_server.etag set, only if the server is unchanged since.
 	UpdateMigrationServer(ctx context.Context, in *UpdateMigrationServerRequest, opts ...grpc.CallOption) (*MigrationServer, error)
+	// GetMigrationServerUsage answers how full the server's cache disk was
+	// over a span, from the history the ledger keeps (it survives leader
+	// changes and restarts): one point per bucket of the span's resolution
+	// that has samples, oldest first. Samples come with the host's facts
+	// (about every 10 s while its agent is connected); a bucket without any
+	// is left out, so gaps show when the agent was away.
+	GetMigrationServerUsage(ctx context.Context, in *GetMigrationServerUsageRequest, opts ...grpc.CallOption) (*MigrationServerUsage, error)
 }
 
 type migrationServerServiceClient struct {
@@ -155,6 +163,16 @@ func (c *migrationServerServiceClient) UpdateMigrationServer(ctx context.Context
 	return out, nil
 }
 
+func (c *migrationServerServiceClient) GetMigrationServerUsage(ctx context.Context, in *GetMigrationServerUsageRequest, opts ...grpc.CallOption) (*MigrationServerUsage, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(MigrationServerUsage)
+	err := c.cc.Invoke(ctx, MigrationServerService_GetMigrationServerUsage_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // MigrationServerServiceServer is the server API for MigrationServerService service.
 // All implementations must embed UnimplementedMigrationServerServiceServer
 // for forward compatibility.
@@ -191,6 +209,13 @@ type MigrationServerServiceServer interface {
 	// running jobs as SetMigrationServerBandwidth's do. With
 	// migration_server.etag set, only if the server is unchanged since.
 	UpdateMigrationServer(context.Context, *UpdateMigrationServerRequest) (*MigrationServer, error)
+	// GetMigrationServerUsage answers how full the server's cache disk was
+	// over a span, from the history the ledger keeps (it survives leader
+	// changes and restarts): one point per bucket of the span's resolution
+	// that has samples, oldest first. Samples come with the host's facts
+	// (about every 10 s while its agent is connected); a bucket without any
+	// is left out, so gaps show when the agent was away.
+	GetMigrationServerUsage(context.Context, *GetMigrationServerUsageRequest) (*MigrationServerUsage, error)
 	mustEmbedUnimplementedMigrationServerServiceServer()
 }
 
@@ -224,6 +249,9 @@ func (UnimplementedMigrationServerServiceServer) SetMigrationServerBandwidth(con
 }
 func (UnimplementedMigrationServerServiceServer) UpdateMigrationServer(context.Context, *UpdateMigrationServerRequest) (*MigrationServer, error) {
 	return nil, status.Error(codes.Unimplemented, "method UpdateMigrationServer not implemented")
+}
+func (UnimplementedMigrationServerServiceServer) GetMigrationServerUsage(context.Context, *GetMigrationServerUsageRequest) (*MigrationServerUsage, error) {
+	return nil, status.Error(codes.Unimplemented, "method GetMigrationServerUsage not implemented")
 }
 func (UnimplementedMigrationServerServiceServer) mustEmbedUnimplementedMigrationServerServiceServer() {
 }
@@ -391,6 +419,24 @@ func _MigrationServerService_UpdateMigrationServer_Handler(srv interface{}, ctx 
 	return interceptor(ctx, in, info, handler)
 }
 
+func _MigrationServerService_GetMigrationServerUsage_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(GetMigrationServerUsageRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(MigrationServerServiceServer).GetMigrationServerUsage(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: MigrationServerService_GetMigrationServerUsage_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(MigrationServerServiceServer).GetMigrationServerUsage(ctx, req.(*GetMigrationServerUsageRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // MigrationServerService_ServiceDesc is the grpc.ServiceDesc for MigrationServerService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -429,6 +475,10 @@ var MigrationServerService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "UpdateMigrationServer",
 			Handler:    _MigrationServerService_UpdateMigrationServer_Handler,
+		},
+		{
+			MethodName: "GetMigrationServerUsage",
+			Handler:    _MigrationServerService_GetMigrationServerUsage_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},

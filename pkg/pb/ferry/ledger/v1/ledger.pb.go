@@ -2440,6 +2440,7 @@ type Snapshot struct {
 	SourceInventories    []*v1.SourceInventory     `protobuf:"bytes,12,rep,name=source_inventories,json=sourceInventories,proto3" json:"source_inventories,omitempty"`
 	NetworkMappingGroups []*v1.NetworkMappingGroup `protobuf:"bytes,13,rep,name=network_mapping_groups,json=networkMappingGroups,proto3" json:"network_mapping_groups,omitempty"`
 	RevokedCertificates  []*v1.RevokedCertificate  `protobuf:"bytes,14,rep,name=revoked_certificates,json=revokedCertificates,proto3" json:"revoked_certificates,omitempty"`
+	CacheUsage           []*CacheUsageHistory      `protobuf:"bytes,20,rep,name=cache_usage,json=cacheUsage,proto3" json:"cache_usage,omitempty"`
 	unknownFields        protoimpl.UnknownFields
 	sizeCache            protoimpl.SizeCache
 }
@@ -2572,6 +2573,152 @@ func (x *Snapshot) GetRevokedCertificates() []*v1.RevokedCertificate {
 	return nil
 }
 
+func (x *Snapshot) GetCacheUsage() []*CacheUsageHistory {
+	if x != nil {
+		return x.CacheUsage
+	}
+	return nil
+}
+
+// CacheUsageHistory is a migration server's cache usage over time, kept
+// in tiers of decreasing resolution. A sample is taken as a PutHost of the
+// server's host applies (its command time, its facts' cache bytes); each
+// tier adds it to the mean of the bucket it falls in and drops buckets
+// older than the tier's span.
+type CacheUsageHistory struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// migrationServers/{migration_server}
+	Name          string       `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	Tiers         []*UsageTier `protobuf:"bytes,2,rep,name=tiers,proto3" json:"tiers,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CacheUsageHistory) Reset() {
+	*x = CacheUsageHistory{}
+	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[32]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CacheUsageHistory) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CacheUsageHistory) ProtoMessage() {}
+
+func (x *CacheUsageHistory) ProtoReflect() protoreflect.Message {
+	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[32]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CacheUsageHistory.ProtoReflect.Descriptor instead.
+func (*CacheUsageHistory) Descriptor() ([]byte, []int) {
+	return file_ferry_ledger_v1_ledger_proto_rawDescGZIP(), []int{32}
+}
+
+func (x *CacheUsageHistory) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *CacheUsageHistory) GetTiers() []*UsageTier {
+	if x != nil {
+		return x.Tiers
+	}
+	return nil
+}
+
+// UsageTier holds buckets of one resolution, oldest first, as parallel
+// lists (packed, so a year of history is small).
+type UsageTier struct {
+	state             protoimpl.MessageState `protogen:"open.v1"`
+	ResolutionSeconds int64                  `protobuf:"varint,1,opt,name=resolution_seconds,json=resolutionSeconds,proto3" json:"resolution_seconds,omitempty"`
+	// Each bucket's start, in Unix seconds.
+	Start []int64 `protobuf:"varint,2,rep,packed,name=start,proto3" json:"start,omitempty"`
+	// The sums of its samples' used and total bytes, and how many: the
+	// mean is exact whatever the order of the samples.
+	UsedBytesSum  []int64 `protobuf:"varint,3,rep,packed,name=used_bytes_sum,json=usedBytesSum,proto3" json:"used_bytes_sum,omitempty"`
+	TotalBytesSum []int64 `protobuf:"varint,4,rep,packed,name=total_bytes_sum,json=totalBytesSum,proto3" json:"total_bytes_sum,omitempty"`
+	Samples       []int32 `protobuf:"varint,5,rep,packed,name=samples,proto3" json:"samples,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *UsageTier) Reset() {
+	*x = UsageTier{}
+	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[33]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *UsageTier) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*UsageTier) ProtoMessage() {}
+
+func (x *UsageTier) ProtoReflect() protoreflect.Message {
+	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[33]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use UsageTier.ProtoReflect.Descriptor instead.
+func (*UsageTier) Descriptor() ([]byte, []int) {
+	return file_ferry_ledger_v1_ledger_proto_rawDescGZIP(), []int{33}
+}
+
+func (x *UsageTier) GetResolutionSeconds() int64 {
+	if x != nil {
+		return x.ResolutionSeconds
+	}
+	return 0
+}
+
+func (x *UsageTier) GetStart() []int64 {
+	if x != nil {
+		return x.Start
+	}
+	return nil
+}
+
+func (x *UsageTier) GetUsedBytesSum() []int64 {
+	if x != nil {
+		return x.UsedBytesSum
+	}
+	return nil
+}
+
+func (x *UsageTier) GetTotalBytesSum() []int64 {
+	if x != nil {
+		return x.TotalBytesSum
+	}
+	return nil
+}
+
+func (x *UsageTier) GetSamples() []int32 {
+	if x != nil {
+		return x.Samples
+	}
+	return nil
+}
+
 // RevokeCertificate puts a certificate serial on the revocation list; the
 // leader stamps revoke_time and revoked_by.
 type RevokeCertificate struct {
@@ -2583,7 +2730,7 @@ type RevokeCertificate struct {
 
 func (x *RevokeCertificate) Reset() {
 	*x = RevokeCertificate{}
-	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[32]
+	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2595,7 +2742,7 @@ func (x *RevokeCertificate) String() string {
 func (*RevokeCertificate) ProtoMessage() {}
 
 func (x *RevokeCertificate) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[32]
+	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2608,7 +2755,7 @@ func (x *RevokeCertificate) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevokeCertificate.ProtoReflect.Descriptor instead.
 func (*RevokeCertificate) Descriptor() ([]byte, []int) {
-	return file_ferry_ledger_v1_ledger_proto_rawDescGZIP(), []int{32}
+	return file_ferry_ledger_v1_ledger_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *RevokeCertificate) GetCertificate() *v1.RevokedCertificate {
@@ -2631,7 +2778,7 @@ type ReleaseAddress struct {
 
 func (x *ReleaseAddress) Reset() {
 	*x = ReleaseAddress{}
-	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[33]
+	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2643,7 +2790,7 @@ func (x *ReleaseAddress) String() string {
 func (*ReleaseAddress) ProtoMessage() {}
 
 func (x *ReleaseAddress) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[33]
+	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2656,7 +2803,7 @@ func (x *ReleaseAddress) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReleaseAddress.ProtoReflect.Descriptor instead.
 func (*ReleaseAddress) Descriptor() ([]byte, []int) {
-	return file_ferry_ledger_v1_ledger_proto_rawDescGZIP(), []int{33}
+	return file_ferry_ledger_v1_ledger_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *ReleaseAddress) GetNetwork() string {
@@ -2700,7 +2847,7 @@ type UpdateResource struct {
 
 func (x *UpdateResource) Reset() {
 	*x = UpdateResource{}
-	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[34]
+	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2712,7 +2859,7 @@ func (x *UpdateResource) String() string {
 func (*UpdateResource) ProtoMessage() {}
 
 func (x *UpdateResource) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[34]
+	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2725,7 +2872,7 @@ func (x *UpdateResource) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpdateResource.ProtoReflect.Descriptor instead.
 func (*UpdateResource) Descriptor() ([]byte, []int) {
-	return file_ferry_ledger_v1_ledger_proto_rawDescGZIP(), []int{34}
+	return file_ferry_ledger_v1_ledger_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *UpdateResource) GetResource() isUpdateResource_Resource {
@@ -3038,7 +3185,7 @@ const file_ferry_ledger_v1_ledger_proto_rawDesc = "" +
 	"request_id\x18\x01 \x01(\tR\trequestId\x12\x14\n" +
 	"\x05names\x18\x02 \x03(\tR\x05names\x12.\n" +
 	"\x04time\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\x04time\x12\x16\n" +
-	"\x06method\x18\x04 \x01(\tR\x06method\"\xc8\x06\n" +
+	"\x06method\x18\x04 \x01(\tR\x06method\"\x8d\a\n" +
 	"\bSnapshot\x12-\n" +
 	"\bclusters\x18\x01 \x03(\v2\x11.ferry.v1.ClusterR\bclusters\x12$\n" +
 	"\x05hosts\x18\x02 \x03(\v2\x0e.ferry.v1.HostR\x05hosts\x12C\n" +
@@ -3055,7 +3202,18 @@ const file_ferry_ledger_v1_ledger_proto_rawDesc = "" +
 	"\brequests\x18\v \x03(\v2\x1e.ferry.ledger.v1.RequestRecordR\brequests\x12H\n" +
 	"\x12source_inventories\x18\f \x03(\v2\x19.ferry.v1.SourceInventoryR\x11sourceInventories\x12S\n" +
 	"\x16network_mapping_groups\x18\r \x03(\v2\x1d.ferry.v1.NetworkMappingGroupR\x14networkMappingGroups\x12O\n" +
-	"\x14revoked_certificates\x18\x0e \x03(\v2\x1c.ferry.v1.RevokedCertificateR\x13revokedCertificates\"S\n" +
+	"\x14revoked_certificates\x18\x0e \x03(\v2\x1c.ferry.v1.RevokedCertificateR\x13revokedCertificates\x12C\n" +
+	"\vcache_usage\x18\x14 \x03(\v2\".ferry.ledger.v1.CacheUsageHistoryR\n" +
+	"cacheUsage\"Y\n" +
+	"\x11CacheUsageHistory\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x120\n" +
+	"\x05tiers\x18\x02 \x03(\v2\x1a.ferry.ledger.v1.UsageTierR\x05tiers\"\xb8\x01\n" +
+	"\tUsageTier\x12-\n" +
+	"\x12resolution_seconds\x18\x01 \x01(\x03R\x11resolutionSeconds\x12\x14\n" +
+	"\x05start\x18\x02 \x03(\x03R\x05start\x12$\n" +
+	"\x0eused_bytes_sum\x18\x03 \x03(\x03R\fusedBytesSum\x12&\n" +
+	"\x0ftotal_bytes_sum\x18\x04 \x03(\x03R\rtotalBytesSum\x12\x18\n" +
+	"\asamples\x18\x05 \x03(\x05R\asamples\"S\n" +
 	"\x11RevokeCertificate\x12>\n" +
 	"\vcertificate\x18\x01 \x01(\v2\x1c.ferry.v1.RevokedCertificateR\vcertificate\":\n" +
 	"\x0eReleaseAddress\x12\x18\n" +
@@ -3091,7 +3249,7 @@ func file_ferry_ledger_v1_ledger_proto_rawDescGZIP() []byte {
 	return file_ferry_ledger_v1_ledger_proto_rawDescData
 }
 
-var file_ferry_ledger_v1_ledger_proto_msgTypes = make([]protoimpl.MessageInfo, 35)
+var file_ferry_ledger_v1_ledger_proto_msgTypes = make([]protoimpl.MessageInfo, 37)
 var file_ferry_ledger_v1_ledger_proto_goTypes = []any{
 	(*Command)(nil),                     // 0: ferry.ledger.v1.Command
 	(*Batch)(nil),                       // 1: ferry.ledger.v1.Batch
@@ -3125,30 +3283,32 @@ var file_ferry_ledger_v1_ledger_proto_goTypes = []any{
 	(*RequestStamp)(nil),                // 29: ferry.ledger.v1.RequestStamp
 	(*RequestRecord)(nil),               // 30: ferry.ledger.v1.RequestRecord
 	(*Snapshot)(nil),                    // 31: ferry.ledger.v1.Snapshot
-	(*RevokeCertificate)(nil),           // 32: ferry.ledger.v1.RevokeCertificate
-	(*ReleaseAddress)(nil),              // 33: ferry.ledger.v1.ReleaseAddress
-	(*UpdateResource)(nil),              // 34: ferry.ledger.v1.UpdateResource
-	(*timestamppb.Timestamp)(nil),       // 35: google.protobuf.Timestamp
-	(*v1.Cluster)(nil),                  // 36: ferry.v1.Cluster
-	(*v1.Host)(nil),                     // 37: ferry.v1.Host
-	(*v1.PendingCleanup)(nil),           // 38: ferry.v1.PendingCleanup
-	(*v1.PrimaryStorage)(nil),           // 39: ferry.v1.PrimaryStorage
-	(*v1.L3Network)(nil),                // 40: ferry.v1.L3Network
-	(*v1.MigrationServer)(nil),          // 41: ferry.v1.MigrationServer
-	(*v1.Credential)(nil),               // 42: ferry.v1.Credential
-	(*v1.Source)(nil),                   // 43: ferry.v1.Source
-	(*v1.SourceInventory)(nil),          // 44: ferry.v1.SourceInventory
-	(*v1.MigrationJob)(nil),             // 45: ferry.v1.MigrationJob
-	(v1.MigrationJobPhase)(0),           // 46: ferry.v1.MigrationJobPhase
-	(*v1.DiskProgress)(nil),             // 47: ferry.v1.DiskProgress
-	(*v1.PhaseTiming)(nil),              // 48: ferry.v1.PhaseTiming
-	(v1.MigrationJobState)(0),           // 49: ferry.v1.MigrationJobState
-	(*v1.NetworkMappingGroup)(nil),      // 50: ferry.v1.NetworkMappingGroup
-	(*v1.Settings)(nil),                 // 51: ferry.v1.Settings
-	(*v1.RevokedCertificate)(nil),       // 52: ferry.v1.RevokedCertificate
+	(*CacheUsageHistory)(nil),           // 32: ferry.ledger.v1.CacheUsageHistory
+	(*UsageTier)(nil),                   // 33: ferry.ledger.v1.UsageTier
+	(*RevokeCertificate)(nil),           // 34: ferry.ledger.v1.RevokeCertificate
+	(*ReleaseAddress)(nil),              // 35: ferry.ledger.v1.ReleaseAddress
+	(*UpdateResource)(nil),              // 36: ferry.ledger.v1.UpdateResource
+	(*timestamppb.Timestamp)(nil),       // 37: google.protobuf.Timestamp
+	(*v1.Cluster)(nil),                  // 38: ferry.v1.Cluster
+	(*v1.Host)(nil),                     // 39: ferry.v1.Host
+	(*v1.PendingCleanup)(nil),           // 40: ferry.v1.PendingCleanup
+	(*v1.PrimaryStorage)(nil),           // 41: ferry.v1.PrimaryStorage
+	(*v1.L3Network)(nil),                // 42: ferry.v1.L3Network
+	(*v1.MigrationServer)(nil),          // 43: ferry.v1.MigrationServer
+	(*v1.Credential)(nil),               // 44: ferry.v1.Credential
+	(*v1.Source)(nil),                   // 45: ferry.v1.Source
+	(*v1.SourceInventory)(nil),          // 46: ferry.v1.SourceInventory
+	(*v1.MigrationJob)(nil),             // 47: ferry.v1.MigrationJob
+	(v1.MigrationJobPhase)(0),           // 48: ferry.v1.MigrationJobPhase
+	(*v1.DiskProgress)(nil),             // 49: ferry.v1.DiskProgress
+	(*v1.PhaseTiming)(nil),              // 50: ferry.v1.PhaseTiming
+	(v1.MigrationJobState)(0),           // 51: ferry.v1.MigrationJobState
+	(*v1.NetworkMappingGroup)(nil),      // 52: ferry.v1.NetworkMappingGroup
+	(*v1.Settings)(nil),                 // 53: ferry.v1.Settings
+	(*v1.RevokedCertificate)(nil),       // 54: ferry.v1.RevokedCertificate
 }
 var file_ferry_ledger_v1_ledger_proto_depIdxs = []int32{
-	35, // 0: ferry.ledger.v1.Command.time:type_name -> google.protobuf.Timestamp
+	37, // 0: ferry.ledger.v1.Command.time:type_name -> google.protobuf.Timestamp
 	29, // 1: ferry.ledger.v1.Command.request:type_name -> ferry.ledger.v1.RequestStamp
 	3,  // 2: ferry.ledger.v1.Command.put_cluster:type_name -> ferry.ledger.v1.PutCluster
 	2,  // 3: ferry.ledger.v1.Command.delete_cluster:type_name -> ferry.ledger.v1.DeleteResource
@@ -3182,60 +3342,62 @@ var file_ferry_ledger_v1_ledger_proto_depIdxs = []int32{
 	17, // 31: ferry.ledger.v1.Command.record_source_sync:type_name -> ferry.ledger.v1.RecordSourceSync
 	25, // 32: ferry.ledger.v1.Command.put_network_mapping_group:type_name -> ferry.ledger.v1.PutNetworkMappingGroup
 	2,  // 33: ferry.ledger.v1.Command.delete_network_mapping_group:type_name -> ferry.ledger.v1.DeleteResource
-	33, // 34: ferry.ledger.v1.Command.release_address:type_name -> ferry.ledger.v1.ReleaseAddress
-	32, // 35: ferry.ledger.v1.Command.revoke_certificate:type_name -> ferry.ledger.v1.RevokeCertificate
+	35, // 34: ferry.ledger.v1.Command.release_address:type_name -> ferry.ledger.v1.ReleaseAddress
+	34, // 35: ferry.ledger.v1.Command.revoke_certificate:type_name -> ferry.ledger.v1.RevokeCertificate
 	6,  // 36: ferry.ledger.v1.Command.set_host_maintenance:type_name -> ferry.ledger.v1.SetHostMaintenance
 	7,  // 37: ferry.ledger.v1.Command.set_pending_cleanup:type_name -> ferry.ledger.v1.SetPendingCleanup
-	34, // 38: ferry.ledger.v1.Command.update_resource:type_name -> ferry.ledger.v1.UpdateResource
+	36, // 38: ferry.ledger.v1.Command.update_resource:type_name -> ferry.ledger.v1.UpdateResource
 	0,  // 39: ferry.ledger.v1.Batch.commands:type_name -> ferry.ledger.v1.Command
-	36, // 40: ferry.ledger.v1.PutCluster.cluster:type_name -> ferry.v1.Cluster
-	37, // 41: ferry.ledger.v1.PutHost.host:type_name -> ferry.v1.Host
-	38, // 42: ferry.ledger.v1.SetPendingCleanup.cleanup:type_name -> ferry.v1.PendingCleanup
-	39, // 43: ferry.ledger.v1.PutPrimaryStorage.primary_storage:type_name -> ferry.v1.PrimaryStorage
-	40, // 44: ferry.ledger.v1.PutL3Network.l3_network:type_name -> ferry.v1.L3Network
-	41, // 45: ferry.ledger.v1.PutMigrationServer.migration_server:type_name -> ferry.v1.MigrationServer
-	42, // 46: ferry.ledger.v1.SealedCredential.credential:type_name -> ferry.v1.Credential
+	38, // 40: ferry.ledger.v1.PutCluster.cluster:type_name -> ferry.v1.Cluster
+	39, // 41: ferry.ledger.v1.PutHost.host:type_name -> ferry.v1.Host
+	40, // 42: ferry.ledger.v1.SetPendingCleanup.cleanup:type_name -> ferry.v1.PendingCleanup
+	41, // 43: ferry.ledger.v1.PutPrimaryStorage.primary_storage:type_name -> ferry.v1.PrimaryStorage
+	42, // 44: ferry.ledger.v1.PutL3Network.l3_network:type_name -> ferry.v1.L3Network
+	43, // 45: ferry.ledger.v1.PutMigrationServer.migration_server:type_name -> ferry.v1.MigrationServer
+	44, // 46: ferry.ledger.v1.SealedCredential.credential:type_name -> ferry.v1.Credential
 	13, // 47: ferry.ledger.v1.PutCredential.credential:type_name -> ferry.ledger.v1.SealedCredential
-	43, // 48: ferry.ledger.v1.PutSource.source:type_name -> ferry.v1.Source
-	44, // 49: ferry.ledger.v1.RecordSourceSync.inventory:type_name -> ferry.v1.SourceInventory
-	45, // 50: ferry.ledger.v1.CreateMigrationJobs.jobs:type_name -> ferry.v1.MigrationJob
-	46, // 51: ferry.ledger.v1.CheckpointMigrationJob.phase:type_name -> ferry.v1.MigrationJobPhase
-	47, // 52: ferry.ledger.v1.CheckpointMigrationJob.disks:type_name -> ferry.v1.DiskProgress
-	48, // 53: ferry.ledger.v1.CheckpointMigrationJob.phase_timings:type_name -> ferry.v1.PhaseTiming
-	49, // 54: ferry.ledger.v1.FinishMigrationJob.state:type_name -> ferry.v1.MigrationJobState
-	47, // 55: ferry.ledger.v1.FinishMigrationJob.disks:type_name -> ferry.v1.DiskProgress
-	48, // 56: ferry.ledger.v1.FinishMigrationJob.phase_timings:type_name -> ferry.v1.PhaseTiming
-	50, // 57: ferry.ledger.v1.PutNetworkMappingGroup.network_mapping_group:type_name -> ferry.v1.NetworkMappingGroup
-	51, // 58: ferry.ledger.v1.PutSettings.settings:type_name -> ferry.v1.Settings
+	45, // 48: ferry.ledger.v1.PutSource.source:type_name -> ferry.v1.Source
+	46, // 49: ferry.ledger.v1.RecordSourceSync.inventory:type_name -> ferry.v1.SourceInventory
+	47, // 50: ferry.ledger.v1.CreateMigrationJobs.jobs:type_name -> ferry.v1.MigrationJob
+	48, // 51: ferry.ledger.v1.CheckpointMigrationJob.phase:type_name -> ferry.v1.MigrationJobPhase
+	49, // 52: ferry.ledger.v1.CheckpointMigrationJob.disks:type_name -> ferry.v1.DiskProgress
+	50, // 53: ferry.ledger.v1.CheckpointMigrationJob.phase_timings:type_name -> ferry.v1.PhaseTiming
+	51, // 54: ferry.ledger.v1.FinishMigrationJob.state:type_name -> ferry.v1.MigrationJobState
+	49, // 55: ferry.ledger.v1.FinishMigrationJob.disks:type_name -> ferry.v1.DiskProgress
+	50, // 56: ferry.ledger.v1.FinishMigrationJob.phase_timings:type_name -> ferry.v1.PhaseTiming
+	52, // 57: ferry.ledger.v1.PutNetworkMappingGroup.network_mapping_group:type_name -> ferry.v1.NetworkMappingGroup
+	53, // 58: ferry.ledger.v1.PutSettings.settings:type_name -> ferry.v1.Settings
 	27, // 59: ferry.ledger.v1.PutNode.node:type_name -> ferry.ledger.v1.Node
-	35, // 60: ferry.ledger.v1.RequestRecord.time:type_name -> google.protobuf.Timestamp
-	36, // 61: ferry.ledger.v1.Snapshot.clusters:type_name -> ferry.v1.Cluster
-	37, // 62: ferry.ledger.v1.Snapshot.hosts:type_name -> ferry.v1.Host
-	39, // 63: ferry.ledger.v1.Snapshot.primary_storages:type_name -> ferry.v1.PrimaryStorage
-	40, // 64: ferry.ledger.v1.Snapshot.l3_networks:type_name -> ferry.v1.L3Network
-	41, // 65: ferry.ledger.v1.Snapshot.migration_servers:type_name -> ferry.v1.MigrationServer
+	37, // 60: ferry.ledger.v1.RequestRecord.time:type_name -> google.protobuf.Timestamp
+	38, // 61: ferry.ledger.v1.Snapshot.clusters:type_name -> ferry.v1.Cluster
+	39, // 62: ferry.ledger.v1.Snapshot.hosts:type_name -> ferry.v1.Host
+	41, // 63: ferry.ledger.v1.Snapshot.primary_storages:type_name -> ferry.v1.PrimaryStorage
+	42, // 64: ferry.ledger.v1.Snapshot.l3_networks:type_name -> ferry.v1.L3Network
+	43, // 65: ferry.ledger.v1.Snapshot.migration_servers:type_name -> ferry.v1.MigrationServer
 	13, // 66: ferry.ledger.v1.Snapshot.credentials:type_name -> ferry.ledger.v1.SealedCredential
-	43, // 67: ferry.ledger.v1.Snapshot.sources:type_name -> ferry.v1.Source
-	45, // 68: ferry.ledger.v1.Snapshot.jobs:type_name -> ferry.v1.MigrationJob
-	51, // 69: ferry.ledger.v1.Snapshot.settings:type_name -> ferry.v1.Settings
+	45, // 67: ferry.ledger.v1.Snapshot.sources:type_name -> ferry.v1.Source
+	47, // 68: ferry.ledger.v1.Snapshot.jobs:type_name -> ferry.v1.MigrationJob
+	53, // 69: ferry.ledger.v1.Snapshot.settings:type_name -> ferry.v1.Settings
 	27, // 70: ferry.ledger.v1.Snapshot.nodes:type_name -> ferry.ledger.v1.Node
 	30, // 71: ferry.ledger.v1.Snapshot.requests:type_name -> ferry.ledger.v1.RequestRecord
-	44, // 72: ferry.ledger.v1.Snapshot.source_inventories:type_name -> ferry.v1.SourceInventory
-	50, // 73: ferry.ledger.v1.Snapshot.network_mapping_groups:type_name -> ferry.v1.NetworkMappingGroup
-	52, // 74: ferry.ledger.v1.Snapshot.revoked_certificates:type_name -> ferry.v1.RevokedCertificate
-	52, // 75: ferry.ledger.v1.RevokeCertificate.certificate:type_name -> ferry.v1.RevokedCertificate
-	41, // 76: ferry.ledger.v1.UpdateResource.migration_server:type_name -> ferry.v1.MigrationServer
-	43, // 77: ferry.ledger.v1.UpdateResource.source:type_name -> ferry.v1.Source
-	13, // 78: ferry.ledger.v1.UpdateResource.credential:type_name -> ferry.ledger.v1.SealedCredential
-	36, // 79: ferry.ledger.v1.UpdateResource.cluster:type_name -> ferry.v1.Cluster
-	39, // 80: ferry.ledger.v1.UpdateResource.primary_storage:type_name -> ferry.v1.PrimaryStorage
-	40, // 81: ferry.ledger.v1.UpdateResource.l3_network:type_name -> ferry.v1.L3Network
-	45, // 82: ferry.ledger.v1.UpdateResource.migration_job:type_name -> ferry.v1.MigrationJob
-	83, // [83:83] is the sub-list for method output_type
-	83, // [83:83] is the sub-list for method input_type
-	83, // [83:83] is the sub-list for extension type_name
-	83, // [83:83] is the sub-list for extension extendee
-	0,  // [0:83] is the sub-list for field type_name
+	46, // 72: ferry.ledger.v1.Snapshot.source_inventories:type_name -> ferry.v1.SourceInventory
+	52, // 73: ferry.ledger.v1.Snapshot.network_mapping_groups:type_name -> ferry.v1.NetworkMappingGroup
+	54, // 74: ferry.ledger.v1.Snapshot.revoked_certificates:type_name -> ferry.v1.RevokedCertificate
+	32, // 75: ferry.ledger.v1.Snapshot.cache_usage:type_name -> ferry.ledger.v1.CacheUsageHistory
+	33, // 76: ferry.ledger.v1.CacheUsageHistory.tiers:type_name -> ferry.ledger.v1.UsageTier
+	54, // 77: ferry.ledger.v1.RevokeCertificate.certificate:type_name -> ferry.v1.RevokedCertificate
+	43, // 78: ferry.ledger.v1.UpdateResource.migration_server:type_name -> ferry.v1.MigrationServer
+	45, // 79: ferry.ledger.v1.UpdateResource.source:type_name -> ferry.v1.Source
+	13, // 80: ferry.ledger.v1.UpdateResource.credential:type_name -> ferry.ledger.v1.SealedCredential
+	38, // 81: ferry.ledger.v1.UpdateResource.cluster:type_name -> ferry.v1.Cluster
+	41, // 82: ferry.ledger.v1.UpdateResource.primary_storage:type_name -> ferry.v1.PrimaryStorage
+	42, // 83: ferry.ledger.v1.UpdateResource.l3_network:type_name -> ferry.v1.L3Network
+	47, // 84: ferry.ledger.v1.UpdateResource.migration_job:type_name -> ferry.v1.MigrationJob
+	85, // [85:85] is the sub-list for method output_type
+	85, // [85:85] is the sub-list for method input_type
+	85, // [85:85] is the sub-list for extension type_name
+	85, // [85:85] is the sub-list for extension extendee
+	0,  // [0:85] is the sub-list for field type_name
 }
 
 func init() { file_ferry_ledger_v1_ledger_proto_init() }
@@ -3283,7 +3445,7 @@ func file_ferry_ledger_v1_ledger_proto_init() {
 		(*Command_UpdateResource)(nil),
 	}
 	file_ferry_ledger_v1_ledger_proto_msgTypes[12].OneofWrappers = []any{}
-	file_ferry_ledger_v1_ledger_proto_msgTypes[34].OneofWrappers = []any{
+	file_ferry_ledger_v1_ledger_proto_msgTypes[36].OneofWrappers = []any{
 		(*UpdateResource_MigrationServer)(nil),
 		(*UpdateResource_Source)(nil),
 		(*UpdateResource_Credential)(nil),
@@ -3298,7 +3460,7 @@ func file_ferry_ledger_v1_ledger_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_ferry_ledger_v1_ledger_proto_rawDesc), len(file_ferry_ledger_v1_ledger_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   35,
+			NumMessages:   37,
 			NumExtensions: 0,
 			NumServices:   0,
 		},
