@@ -493,6 +493,18 @@ func (e *clusterEnv) updates(t *testing.T) {
 	if r := x.run("server", "update", "kvm-1"); r.code == 0 || !strings.Contains(r.err, "nothing to change") {
 		t.Errorf("server update without flags: exit %d, %q", r.code, r.err)
 	}
+	// The usage history began when the server was made (the agent's
+	// facts: 50 of 100 GiB free).
+	if out := x.ok("server", "usage", "kvm-1", "--span", "15m"); !strings.Contains(out, "migrationServers/kvm-1 cache used over the last 15m (15s per point): now 50.0%") ||
+		!strings.Contains(out, " 100% │") || !strings.Contains(out, "█") {
+		t.Errorf("server usage:\n%s", out)
+	}
+	if u := x.json("server", "usage", "kvm-1", "--span", "1y"); path(u, "points", 0, "used_percent") != float64(50) || path(u, "resolution") != "21600s" {
+		t.Errorf("server usage -o json = %v", u)
+	}
+	if r := x.run("server", "usage", "kvm-1", "--span", "3h"); r.code != exitUsage || !strings.Contains(r.err, "15m, 1h, 6h, 1d, 2w, 8w, 1y") {
+		t.Errorf("server usage --span 3h: exit %d, %q", r.code, r.err)
+	}
 }
 
 // exportPlan: the plan-file jobs, exported, are created unchanged on a

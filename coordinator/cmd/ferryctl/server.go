@@ -29,7 +29,7 @@ A disabled server starts no new jobs; running jobs go on. Deleting a server
 cancels its queued and running jobs.`,
 	}
 	cmd.AddCommand(a.serverCreate(), a.serverGet(), a.serverList(), a.serverDelete(),
-		a.serverUpdate(), a.serverToggle(true), a.serverToggle(false), a.serverBandwidth())
+		a.serverUpdate(), a.serverUsage(), a.serverToggle(true), a.serverToggle(false), a.serverBandwidth())
 	return cmd
 }
 

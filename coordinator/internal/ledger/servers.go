@@ -63,7 +63,11 @@ func (l *Ledger) PutMigrationServer(s *ferryv1.MigrationServer, requestID string
 				ErrFailedPrecondition, s.GetHost(), o.GetName(), o.GetType())
 		}
 	}
-	return create(l, l.servers, s, requestID, now, func() { s.CreateTime = timestamppb.New(now) })
+	names, err := create(l, l.servers, s, requestID, now, func() { s.CreateTime = timestamppb.New(now) })
+	if h, ok := l.hosts[s.GetHost()]; ok && err == nil {
+		l.sampleUsage(h, now) // the history starts with the server
+	}
+	return names, err
 }
 
 // DeleteMigrationServer deletes a server and cancels its unfinished jobs,

@@ -9,9 +9,10 @@ import (
 
 // The cache-usage history of each migration server lives in the ledger,
 // so every replica has it and it survives leader changes and restarts. A
-// sample is taken as a PutHost of the server's host applies: the command's
-// time and the cache bytes of the host's facts (the leader refreshes the
-// connected hosts' facts every checkpoint interval, 10 s by default). Each
+// sample is taken as the server is created and as each PutHost of its host
+// applies: the command's time and the cache bytes of the host's facts (the
+// leader refreshes the connected hosts' facts every checkpoint interval,
+// 30 s by default, and an agent gathers them as often). Each
 // tier keeps the mean of the samples of each bucket of its resolution
 // for its span (as sums and a count, so the mean is exact), so the
 // history is bounded: 240 + 360 + 288 + 1344 + 1464 = 3,696 buckets per

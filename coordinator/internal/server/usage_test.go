@@ -36,7 +36,11 @@ func TestCacheUsageHistorySurvives(t *testing.T) {
 			Facts: &ferryv1.HostFacts{Cpus: 2, CacheTotalBytes: 100 * gib, CacheFreeBytes: 100*gib - used}}}}}
 	}
 	base := time.Now().Truncate(5 * time.Minute).Add(-time.Hour)
-	if _, err := leader.Server.Node().Propose(ctx, host(base.Add(-time.Minute), 0)); err != nil {
+	// The host registers without cache facts, so the server's creation
+	// (at the real time, after every injected sample) samples nothing.
+	first := host(base.Add(-time.Minute), 0)
+	first.GetPutHost().GetHost().Facts = &ferryv1.HostFacts{Cpus: 2}
+	if _, err := leader.Server.Node().Propose(ctx, first); err != nil {
 		t.Fatal(err)
 	}
 	_, err := ferryv1.NewMigrationServerServiceClient(c.Dial(leader.Addr())).CreateMigrationServer(ctx, &ferryv1.CreateMigrationServerRequest{

@@ -70,8 +70,9 @@ type MigrationServerServiceClient interface {
 	// over a span, from the history the ledger keeps (it survives leader
 	// changes and restarts): one point per bucket of the span's resolution
 	// that has samples, oldest first. Samples come with the host's facts
-	// (about every 10 s while its agent is connected); a bucket without any
-	// is left out, so gaps show when the agent was away.
+	// (every 30 s while its agent is connected, the leader's checkpoint
+	// interval); a bucket without any is left out, so gaps show when the
+	// agent was away.
 	GetMigrationServerUsage(ctx context.Context, in *GetMigrationServerUsageRequest, opts ...grpc.CallOption) (*MigrationServerUsage, error)
 }
 
@@ -213,8 +214,9 @@ type MigrationServerServiceServer interface {
 	// over a span, from the history the ledger keeps (it survives leader
 	// changes and restarts): one point per bucket of the span's resolution
 	// that has samples, oldest first. Samples come with the host's facts
-	// (about every 10 s while its agent is connected); a bucket without any
-	// is left out, so gaps show when the agent was away.
+	// (every 30 s while its agent is connected, the leader's checkpoint
+	// interval); a bucket without any is left out, so gaps show when the
+	// agent was away.
 	GetMigrationServerUsage(context.Context, *GetMigrationServerUsageRequest) (*MigrationServerUsage, error)
 	mustEmbedUnimplementedMigrationServerServiceServer()
 }

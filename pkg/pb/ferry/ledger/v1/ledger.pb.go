@@ -2581,8 +2581,9 @@ func (x *Snapshot) GetCacheUsage() []*CacheUsageHistory {
 }
 
 // CacheUsageHistory is a migration server's cache usage over time, kept
-// in tiers of decreasing resolution. A sample is taken as a PutHost of the
-// server's host applies (its command time, its facts' cache bytes); each
+// in tiers of decreasing resolution. A sample is taken as the server is
+// created and as a PutHost of its host applies (the command's time, the
+// facts' cache bytes); each
 // tier adds it to the mean of the bucket it falls in and drops buckets
 // older than the tier's span.
 type CacheUsageHistory struct {
