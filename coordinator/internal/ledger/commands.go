@@ -336,6 +336,12 @@ func jobAndClusterCommands() map[protoreflect.Name]command {
 				return l.RevokeCertificate(c.GetRevokeCertificate().GetCertificate(), now), nil
 			},
 		},
+		"record_audit_event": {
+			apply: func(l *Ledger, c *ledgerv1.Command, now time.Time) ([]string, error) {
+				p := c.GetRecordAuditEvent()
+				return l.RecordAuditEvent(p.GetEvent(), p.GetRetention(), now), nil
+			},
+		},
 		"batch": {
 			apply: func(l *Ledger, c *ledgerv1.Command, _ time.Time) ([]string, error) {
 				return l.applyBatch(c.GetBatch(), c)

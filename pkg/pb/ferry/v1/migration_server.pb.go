@@ -49,9 +49,18 @@ type MigrationServer struct {
 	Enabled                 bool                   `protobuf:"varint,11,opt,name=enabled,proto3" json:"enabled,omitempty"`
 	CreateTime              *timestamppb.Timestamp `protobuf:"bytes,12,opt,name=create_time,json=createTime,proto3" json:"create_time,omitempty"`
 	// Output only: whether the host's agent is connected to the leader.
-	Connected     bool `protobuf:"varint,13,opt,name=connected,proto3" json:"connected,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Connected bool `protobuf:"varint,13,opt,name=connected,proto3" json:"connected,omitempty"`
+	// Output only: the size of the file system of cache_path, as the host's
+	// agent last reported it (0 while it has not).
+	CacheTotalBytes int64 `protobuf:"varint,14,opt,name=cache_total_bytes,json=cacheTotalBytes,proto3" json:"cache_total_bytes,omitempty"`
+	// Output only: the space free at cache_path less what the server's
+	// running jobs reserve (their disks' virtual sizes), never below 0: what
+	// the scheduler admits new jobs against.
+	CacheFreeBytes int64 `protobuf:"varint,15,opt,name=cache_free_bytes,json=cacheFreeBytes,proto3" json:"cache_free_bytes,omitempty"`
+	// Output only: what the server's running jobs reserve in its cache.
+	CacheReservedBytes int64 `protobuf:"varint,16,opt,name=cache_reserved_bytes,json=cacheReservedBytes,proto3" json:"cache_reserved_bytes,omitempty"`
+	unknownFields      protoimpl.UnknownFields
+	sizeCache          protoimpl.SizeCache
 }
 
 func (x *MigrationServer) Reset() {
@@ -173,6 +182,27 @@ func (x *MigrationServer) GetConnected() bool {
 		return x.Connected
 	}
 	return false
+}
+
+func (x *MigrationServer) GetCacheTotalBytes() int64 {
+	if x != nil {
+		return x.CacheTotalBytes
+	}
+	return 0
+}
+
+func (x *MigrationServer) GetCacheFreeBytes() int64 {
+	if x != nil {
+		return x.CacheFreeBytes
+	}
+	return 0
+}
+
+func (x *MigrationServer) GetCacheReservedBytes() int64 {
+	if x != nil {
+		return x.CacheReservedBytes
+	}
+	return 0
 }
 
 type CreateMigrationServerRequest struct {
@@ -793,7 +823,7 @@ var File_ferry_v1_migration_server_proto protoreflect.FileDescriptor
 
 const file_ferry_v1_migration_server_proto_rawDesc = "" +
 	"\n" +
-	"\x1fferry/v1/migration_server.proto\x12\bferry.v1\x1a\x15ferry/v1/common.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x97\x04\n" +
+	"\x1fferry/v1/migration_server.proto\x12\bferry.v1\x1a\x15ferry/v1/common.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x9f\x05\n" +
 	"\x0fMigrationServer\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12!\n" +
 	"\fdisplay_name\x18\x02 \x01(\tR\vdisplayName\x12\x12\n" +
@@ -810,7 +840,10 @@ const file_ferry_v1_migration_server_proto_rawDesc = "" +
 	"\aenabled\x18\v \x01(\bR\aenabled\x12;\n" +
 	"\vcreate_time\x18\f \x01(\v2\x1a.google.protobuf.TimestampR\n" +
 	"createTime\x12\x1c\n" +
-	"\tconnected\x18\r \x01(\bR\tconnected\"\x83\x01\n" +
+	"\tconnected\x18\r \x01(\bR\tconnected\x12*\n" +
+	"\x11cache_total_bytes\x18\x0e \x01(\x03R\x0fcacheTotalBytes\x12(\n" +
+	"\x10cache_free_bytes\x18\x0f \x01(\x03R\x0ecacheFreeBytes\x120\n" +
+	"\x14cache_reserved_bytes\x18\x10 \x01(\x03R\x12cacheReservedBytes\"\x83\x01\n" +
 	"\x1cCreateMigrationServerRequest\x12D\n" +
 	"\x10migration_server\x18\x01 \x01(\v2\x19.ferry.v1.MigrationServerR\x0fmigrationServer\x12\x1d\n" +
 	"\n" +

@@ -72,6 +72,7 @@ type Command struct {
 	//	*Command_RevokeCertificate
 	//	*Command_SetHostMaintenance
 	//	*Command_SetPendingCleanup
+	//	*Command_RecordAuditEvent
 	Op            isCommand_Op `protobuf_oneof:"op"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -452,6 +453,15 @@ func (x *Command) GetSetPendingCleanup() *SetPendingCleanup {
 	return nil
 }
 
+func (x *Command) GetRecordAuditEvent() *RecordAuditEvent {
+	if x != nil {
+		if x, ok := x.Op.(*Command_RecordAuditEvent); ok {
+			return x.RecordAuditEvent
+		}
+	}
+	return nil
+}
+
 type isCommand_Op interface {
 	isCommand_Op()
 }
@@ -600,6 +610,10 @@ type Command_SetPendingCleanup struct {
 	SetPendingCleanup *SetPendingCleanup `protobuf:"bytes,45,opt,name=set_pending_cleanup,json=setPendingCleanup,proto3,oneof"`
 }
 
+type Command_RecordAuditEvent struct {
+	RecordAuditEvent *RecordAuditEvent `protobuf:"bytes,46,opt,name=record_audit_event,json=recordAuditEvent,proto3,oneof"`
+}
+
 func (*Command_PutCluster) isCommand_Op() {}
 
 func (*Command_DeleteCluster) isCommand_Op() {}
@@ -671,6 +685,8 @@ func (*Command_RevokeCertificate) isCommand_Op() {}
 func (*Command_SetHostMaintenance) isCommand_Op() {}
 
 func (*Command_SetPendingCleanup) isCommand_Op() {}
+
+func (*Command_RecordAuditEvent) isCommand_Op() {}
 
 // Batch applies several commands as one log entry, in order.
 type Batch struct {
@@ -2424,8 +2440,15 @@ type Snapshot struct {
 	SourceInventories    []*v1.SourceInventory     `protobuf:"bytes,12,rep,name=source_inventories,json=sourceInventories,proto3" json:"source_inventories,omitempty"`
 	NetworkMappingGroups []*v1.NetworkMappingGroup `protobuf:"bytes,13,rep,name=network_mapping_groups,json=networkMappingGroups,proto3" json:"network_mapping_groups,omitempty"`
 	RevokedCertificates  []*v1.RevokedCertificate  `protobuf:"bytes,14,rep,name=revoked_certificates,json=revokedCertificates,proto3" json:"revoked_certificates,omitempty"`
-	unknownFields        protoimpl.UnknownFields
-	sizeCache            protoimpl.SizeCache
+	// The audit trail, oldest first.
+	AuditEvents []*v1.AuditEvent `protobuf:"bytes,15,rep,name=audit_events,json=auditEvents,proto3" json:"audit_events,omitempty"`
+	// The retention the latest RecordAuditEvent stamped, which job state
+	// changes are pruned by too.
+	AuditRetention *AuditRetention `protobuf:"bytes,16,opt,name=audit_retention,json=auditRetention,proto3" json:"audit_retention,omitempty"`
+	// The number of the last audit event recorded (auditEvents/{number}).
+	AuditSequence uint64 `protobuf:"varint,17,opt,name=audit_sequence,json=auditSequence,proto3" json:"audit_sequence,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Snapshot) Reset() {
@@ -2556,6 +2579,136 @@ func (x *Snapshot) GetRevokedCertificates() []*v1.RevokedCertificate {
 	return nil
 }
 
+func (x *Snapshot) GetAuditEvents() []*v1.AuditEvent {
+	if x != nil {
+		return x.AuditEvents
+	}
+	return nil
+}
+
+func (x *Snapshot) GetAuditRetention() *AuditRetention {
+	if x != nil {
+		return x.AuditRetention
+	}
+	return nil
+}
+
+func (x *Snapshot) GetAuditSequence() uint64 {
+	if x != nil {
+		return x.AuditSequence
+	}
+	return 0
+}
+
+// RecordAuditEvent appends one event to the audit trail (the companion
+// entry of a mutating call); the leader stamps its name and time, and the
+// retention from its flags, which Apply prunes the trail by.
+type RecordAuditEvent struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Event         *v1.AuditEvent         `protobuf:"bytes,1,opt,name=event,proto3" json:"event,omitempty"`
+	Retention     *AuditRetention        `protobuf:"bytes,2,opt,name=retention,proto3" json:"retention,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RecordAuditEvent) Reset() {
+	*x = RecordAuditEvent{}
+	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[32]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RecordAuditEvent) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RecordAuditEvent) ProtoMessage() {}
+
+func (x *RecordAuditEvent) ProtoReflect() protoreflect.Message {
+	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[32]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RecordAuditEvent.ProtoReflect.Descriptor instead.
+func (*RecordAuditEvent) Descriptor() ([]byte, []int) {
+	return file_ferry_ledger_v1_ledger_proto_rawDescGZIP(), []int{32}
+}
+
+func (x *RecordAuditEvent) GetEvent() *v1.AuditEvent {
+	if x != nil {
+		return x.Event
+	}
+	return nil
+}
+
+func (x *RecordAuditEvent) GetRetention() *AuditRetention {
+	if x != nil {
+		return x.Retention
+	}
+	return nil
+}
+
+// AuditRetention bounds the audit trail: events older than max_age (before
+// the command's time) and beyond the newest max_events are dropped.
+type AuditRetention struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	MaxAgeSeconds int64                  `protobuf:"varint,1,opt,name=max_age_seconds,json=maxAgeSeconds,proto3" json:"max_age_seconds,omitempty"`
+	MaxEvents     int32                  `protobuf:"varint,2,opt,name=max_events,json=maxEvents,proto3" json:"max_events,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AuditRetention) Reset() {
+	*x = AuditRetention{}
+	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[33]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AuditRetention) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AuditRetention) ProtoMessage() {}
+
+func (x *AuditRetention) ProtoReflect() protoreflect.Message {
+	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[33]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AuditRetention.ProtoReflect.Descriptor instead.
+func (*AuditRetention) Descriptor() ([]byte, []int) {
+	return file_ferry_ledger_v1_ledger_proto_rawDescGZIP(), []int{33}
+}
+
+func (x *AuditRetention) GetMaxAgeSeconds() int64 {
+	if x != nil {
+		return x.MaxAgeSeconds
+	}
+	return 0
+}
+
+func (x *AuditRetention) GetMaxEvents() int32 {
+	if x != nil {
+		return x.MaxEvents
+	}
+	return 0
+}
+
 // RevokeCertificate puts a certificate serial on the revocation list; the
 // leader stamps revoke_time and revoked_by.
 type RevokeCertificate struct {
@@ -2567,7 +2720,7 @@ type RevokeCertificate struct {
 
 func (x *RevokeCertificate) Reset() {
 	*x = RevokeCertificate{}
-	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[32]
+	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2579,7 +2732,7 @@ func (x *RevokeCertificate) String() string {
 func (*RevokeCertificate) ProtoMessage() {}
 
 func (x *RevokeCertificate) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[32]
+	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2592,7 +2745,7 @@ func (x *RevokeCertificate) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevokeCertificate.ProtoReflect.Descriptor instead.
 func (*RevokeCertificate) Descriptor() ([]byte, []int) {
-	return file_ferry_ledger_v1_ledger_proto_rawDescGZIP(), []int{32}
+	return file_ferry_ledger_v1_ledger_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *RevokeCertificate) GetCertificate() *v1.RevokedCertificate {
@@ -2615,7 +2768,7 @@ type ReleaseAddress struct {
 
 func (x *ReleaseAddress) Reset() {
 	*x = ReleaseAddress{}
-	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[33]
+	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2627,7 +2780,7 @@ func (x *ReleaseAddress) String() string {
 func (*ReleaseAddress) ProtoMessage() {}
 
 func (x *ReleaseAddress) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[33]
+	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2640,7 +2793,7 @@ func (x *ReleaseAddress) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReleaseAddress.ProtoReflect.Descriptor instead.
 func (*ReleaseAddress) Descriptor() ([]byte, []int) {
-	return file_ferry_ledger_v1_ledger_proto_rawDescGZIP(), []int{33}
+	return file_ferry_ledger_v1_ledger_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *ReleaseAddress) GetNetwork() string {
@@ -2661,7 +2814,7 @@ var File_ferry_ledger_v1_ledger_proto protoreflect.FileDescriptor
 
 const file_ferry_ledger_v1_ledger_proto_rawDesc = "" +
 	"\n" +
-	"\x1cferry/ledger/v1/ledger.proto\x12\x0fferry.ledger.v1\x1a\x1aferry/v1/certificate.proto\x1a\x1fferry/v1/target_inventory.proto\x1a\x1cferry/v1/migration_job.proto\x1a\x1fferry/v1/migration_server.proto\x1a\x1eferry/v1/network_mapping.proto\x1a\x17ferry/v1/settings.proto\x1a\x15ferry/v1/source.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x96\x18\n" +
+	"\x1cferry/ledger/v1/ledger.proto\x12\x0fferry.ledger.v1\x1a\x14ferry/v1/audit.proto\x1a\x1aferry/v1/certificate.proto\x1a\x1fferry/v1/target_inventory.proto\x1a\x1cferry/v1/migration_job.proto\x1a\x1fferry/v1/migration_server.proto\x1a\x1eferry/v1/network_mapping.proto\x1a\x17ferry/v1/settings.proto\x1a\x15ferry/v1/source.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xe9\x18\n" +
 	"\aCommand\x12.\n" +
 	"\x04time\x18\x01 \x01(\v2\x1a.google.protobuf.TimestampR\x04time\x127\n" +
 	"\arequest\x18\x02 \x01(\v2\x1d.ferry.ledger.v1.RequestStampR\arequest\x12>\n" +
@@ -2704,7 +2857,8 @@ const file_ferry_ledger_v1_ledger_proto_rawDesc = "" +
 	"\x0frelease_address\x18* \x01(\v2\x1f.ferry.ledger.v1.ReleaseAddressH\x00R\x0ereleaseAddress\x12S\n" +
 	"\x12revoke_certificate\x18+ \x01(\v2\".ferry.ledger.v1.RevokeCertificateH\x00R\x11revokeCertificate\x12W\n" +
 	"\x14set_host_maintenance\x18, \x01(\v2#.ferry.ledger.v1.SetHostMaintenanceH\x00R\x12setHostMaintenance\x12T\n" +
-	"\x13set_pending_cleanup\x18- \x01(\v2\".ferry.ledger.v1.SetPendingCleanupH\x00R\x11setPendingCleanupB\x04\n" +
+	"\x13set_pending_cleanup\x18- \x01(\v2\".ferry.ledger.v1.SetPendingCleanupH\x00R\x11setPendingCleanup\x12Q\n" +
+	"\x12record_audit_event\x18. \x01(\v2!.ferry.ledger.v1.RecordAuditEventH\x00R\x10recordAuditEventB\x04\n" +
 	"\x02op\"=\n" +
 	"\x05Batch\x124\n" +
 	"\bcommands\x18\x01 \x03(\v2\x18.ferry.ledger.v1.CommandR\bcommands\"$\n" +
@@ -2834,7 +2988,7 @@ const file_ferry_ledger_v1_ledger_proto_rawDesc = "" +
 	"request_id\x18\x01 \x01(\tR\trequestId\x12\x14\n" +
 	"\x05names\x18\x02 \x03(\tR\x05names\x12.\n" +
 	"\x04time\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\x04time\x12\x16\n" +
-	"\x06method\x18\x04 \x01(\tR\x06method\"\xc8\x06\n" +
+	"\x06method\x18\x04 \x01(\tR\x06method\"\xf2\a\n" +
 	"\bSnapshot\x12-\n" +
 	"\bclusters\x18\x01 \x03(\v2\x11.ferry.v1.ClusterR\bclusters\x12$\n" +
 	"\x05hosts\x18\x02 \x03(\v2\x0e.ferry.v1.HostR\x05hosts\x12C\n" +
@@ -2851,7 +3005,17 @@ const file_ferry_ledger_v1_ledger_proto_rawDesc = "" +
 	"\brequests\x18\v \x03(\v2\x1e.ferry.ledger.v1.RequestRecordR\brequests\x12H\n" +
 	"\x12source_inventories\x18\f \x03(\v2\x19.ferry.v1.SourceInventoryR\x11sourceInventories\x12S\n" +
 	"\x16network_mapping_groups\x18\r \x03(\v2\x1d.ferry.v1.NetworkMappingGroupR\x14networkMappingGroups\x12O\n" +
-	"\x14revoked_certificates\x18\x0e \x03(\v2\x1c.ferry.v1.RevokedCertificateR\x13revokedCertificates\"S\n" +
+	"\x14revoked_certificates\x18\x0e \x03(\v2\x1c.ferry.v1.RevokedCertificateR\x13revokedCertificates\x127\n" +
+	"\faudit_events\x18\x0f \x03(\v2\x14.ferry.v1.AuditEventR\vauditEvents\x12H\n" +
+	"\x0faudit_retention\x18\x10 \x01(\v2\x1f.ferry.ledger.v1.AuditRetentionR\x0eauditRetention\x12%\n" +
+	"\x0eaudit_sequence\x18\x11 \x01(\x04R\rauditSequence\"}\n" +
+	"\x10RecordAuditEvent\x12*\n" +
+	"\x05event\x18\x01 \x01(\v2\x14.ferry.v1.AuditEventR\x05event\x12=\n" +
+	"\tretention\x18\x02 \x01(\v2\x1f.ferry.ledger.v1.AuditRetentionR\tretention\"W\n" +
+	"\x0eAuditRetention\x12&\n" +
+	"\x0fmax_age_seconds\x18\x01 \x01(\x03R\rmaxAgeSeconds\x12\x1d\n" +
+	"\n" +
+	"max_events\x18\x02 \x01(\x05R\tmaxEvents\"S\n" +
 	"\x11RevokeCertificate\x12>\n" +
 	"\vcertificate\x18\x01 \x01(\v2\x1c.ferry.v1.RevokedCertificateR\vcertificate\":\n" +
 	"\x0eReleaseAddress\x12\x18\n" +
@@ -2871,7 +3035,7 @@ func file_ferry_ledger_v1_ledger_proto_rawDescGZIP() []byte {
 	return file_ferry_ledger_v1_ledger_proto_rawDescData
 }
 
-var file_ferry_ledger_v1_ledger_proto_msgTypes = make([]protoimpl.MessageInfo, 34)
+var file_ferry_ledger_v1_ledger_proto_msgTypes = make([]protoimpl.MessageInfo, 36)
 var file_ferry_ledger_v1_ledger_proto_goTypes = []any{
 	(*Command)(nil),                     // 0: ferry.ledger.v1.Command
 	(*Batch)(nil),                       // 1: ferry.ledger.v1.Batch
@@ -2905,29 +3069,32 @@ var file_ferry_ledger_v1_ledger_proto_goTypes = []any{
 	(*RequestStamp)(nil),                // 29: ferry.ledger.v1.RequestStamp
 	(*RequestRecord)(nil),               // 30: ferry.ledger.v1.RequestRecord
 	(*Snapshot)(nil),                    // 31: ferry.ledger.v1.Snapshot
-	(*RevokeCertificate)(nil),           // 32: ferry.ledger.v1.RevokeCertificate
-	(*ReleaseAddress)(nil),              // 33: ferry.ledger.v1.ReleaseAddress
-	(*timestamppb.Timestamp)(nil),       // 34: google.protobuf.Timestamp
-	(*v1.Cluster)(nil),                  // 35: ferry.v1.Cluster
-	(*v1.Host)(nil),                     // 36: ferry.v1.Host
-	(*v1.PendingCleanup)(nil),           // 37: ferry.v1.PendingCleanup
-	(*v1.PrimaryStorage)(nil),           // 38: ferry.v1.PrimaryStorage
-	(*v1.L3Network)(nil),                // 39: ferry.v1.L3Network
-	(*v1.MigrationServer)(nil),          // 40: ferry.v1.MigrationServer
-	(*v1.Credential)(nil),               // 41: ferry.v1.Credential
-	(*v1.Source)(nil),                   // 42: ferry.v1.Source
-	(*v1.SourceInventory)(nil),          // 43: ferry.v1.SourceInventory
-	(*v1.MigrationJob)(nil),             // 44: ferry.v1.MigrationJob
-	(v1.MigrationJobPhase)(0),           // 45: ferry.v1.MigrationJobPhase
-	(*v1.DiskProgress)(nil),             // 46: ferry.v1.DiskProgress
-	(*v1.PhaseTiming)(nil),              // 47: ferry.v1.PhaseTiming
-	(v1.MigrationJobState)(0),           // 48: ferry.v1.MigrationJobState
-	(*v1.NetworkMappingGroup)(nil),      // 49: ferry.v1.NetworkMappingGroup
-	(*v1.Settings)(nil),                 // 50: ferry.v1.Settings
-	(*v1.RevokedCertificate)(nil),       // 51: ferry.v1.RevokedCertificate
+	(*RecordAuditEvent)(nil),            // 32: ferry.ledger.v1.RecordAuditEvent
+	(*AuditRetention)(nil),              // 33: ferry.ledger.v1.AuditRetention
+	(*RevokeCertificate)(nil),           // 34: ferry.ledger.v1.RevokeCertificate
+	(*ReleaseAddress)(nil),              // 35: ferry.ledger.v1.ReleaseAddress
+	(*timestamppb.Timestamp)(nil),       // 36: google.protobuf.Timestamp
+	(*v1.Cluster)(nil),                  // 37: ferry.v1.Cluster
+	(*v1.Host)(nil),                     // 38: ferry.v1.Host
+	(*v1.PendingCleanup)(nil),           // 39: ferry.v1.PendingCleanup
+	(*v1.PrimaryStorage)(nil),           // 40: ferry.v1.PrimaryStorage
+	(*v1.L3Network)(nil),                // 41: ferry.v1.L3Network
+	(*v1.MigrationServer)(nil),          // 42: ferry.v1.MigrationServer
+	(*v1.Credential)(nil),               // 43: ferry.v1.Credential
+	(*v1.Source)(nil),                   // 44: ferry.v1.Source
+	(*v1.SourceInventory)(nil),          // 45: ferry.v1.SourceInventory
+	(*v1.MigrationJob)(nil),             // 46: ferry.v1.MigrationJob
+	(v1.MigrationJobPhase)(0),           // 47: ferry.v1.MigrationJobPhase
+	(*v1.DiskProgress)(nil),             // 48: ferry.v1.DiskProgress
+	(*v1.PhaseTiming)(nil),              // 49: ferry.v1.PhaseTiming
+	(v1.MigrationJobState)(0),           // 50: ferry.v1.MigrationJobState
+	(*v1.NetworkMappingGroup)(nil),      // 51: ferry.v1.NetworkMappingGroup
+	(*v1.Settings)(nil),                 // 52: ferry.v1.Settings
+	(*v1.RevokedCertificate)(nil),       // 53: ferry.v1.RevokedCertificate
+	(*v1.AuditEvent)(nil),               // 54: ferry.v1.AuditEvent
 }
 var file_ferry_ledger_v1_ledger_proto_depIdxs = []int32{
-	34, // 0: ferry.ledger.v1.Command.time:type_name -> google.protobuf.Timestamp
+	36, // 0: ferry.ledger.v1.Command.time:type_name -> google.protobuf.Timestamp
 	29, // 1: ferry.ledger.v1.Command.request:type_name -> ferry.ledger.v1.RequestStamp
 	3,  // 2: ferry.ledger.v1.Command.put_cluster:type_name -> ferry.ledger.v1.PutCluster
 	2,  // 3: ferry.ledger.v1.Command.delete_cluster:type_name -> ferry.ledger.v1.DeleteResource
@@ -2961,52 +3128,57 @@ var file_ferry_ledger_v1_ledger_proto_depIdxs = []int32{
 	17, // 31: ferry.ledger.v1.Command.record_source_sync:type_name -> ferry.ledger.v1.RecordSourceSync
 	25, // 32: ferry.ledger.v1.Command.put_network_mapping_group:type_name -> ferry.ledger.v1.PutNetworkMappingGroup
 	2,  // 33: ferry.ledger.v1.Command.delete_network_mapping_group:type_name -> ferry.ledger.v1.DeleteResource
-	33, // 34: ferry.ledger.v1.Command.release_address:type_name -> ferry.ledger.v1.ReleaseAddress
-	32, // 35: ferry.ledger.v1.Command.revoke_certificate:type_name -> ferry.ledger.v1.RevokeCertificate
+	35, // 34: ferry.ledger.v1.Command.release_address:type_name -> ferry.ledger.v1.ReleaseAddress
+	34, // 35: ferry.ledger.v1.Command.revoke_certificate:type_name -> ferry.ledger.v1.RevokeCertificate
 	6,  // 36: ferry.ledger.v1.Command.set_host_maintenance:type_name -> ferry.ledger.v1.SetHostMaintenance
 	7,  // 37: ferry.ledger.v1.Command.set_pending_cleanup:type_name -> ferry.ledger.v1.SetPendingCleanup
-	0,  // 38: ferry.ledger.v1.Batch.commands:type_name -> ferry.ledger.v1.Command
-	35, // 39: ferry.ledger.v1.PutCluster.cluster:type_name -> ferry.v1.Cluster
-	36, // 40: ferry.ledger.v1.PutHost.host:type_name -> ferry.v1.Host
-	37, // 41: ferry.ledger.v1.SetPendingCleanup.cleanup:type_name -> ferry.v1.PendingCleanup
-	38, // 42: ferry.ledger.v1.PutPrimaryStorage.primary_storage:type_name -> ferry.v1.PrimaryStorage
-	39, // 43: ferry.ledger.v1.PutL3Network.l3_network:type_name -> ferry.v1.L3Network
-	40, // 44: ferry.ledger.v1.PutMigrationServer.migration_server:type_name -> ferry.v1.MigrationServer
-	41, // 45: ferry.ledger.v1.SealedCredential.credential:type_name -> ferry.v1.Credential
-	13, // 46: ferry.ledger.v1.PutCredential.credential:type_name -> ferry.ledger.v1.SealedCredential
-	42, // 47: ferry.ledger.v1.PutSource.source:type_name -> ferry.v1.Source
-	43, // 48: ferry.ledger.v1.RecordSourceSync.inventory:type_name -> ferry.v1.SourceInventory
-	44, // 49: ferry.ledger.v1.CreateMigrationJobs.jobs:type_name -> ferry.v1.MigrationJob
-	45, // 50: ferry.ledger.v1.CheckpointMigrationJob.phase:type_name -> ferry.v1.MigrationJobPhase
-	46, // 51: ferry.ledger.v1.CheckpointMigrationJob.disks:type_name -> ferry.v1.DiskProgress
-	47, // 52: ferry.ledger.v1.CheckpointMigrationJob.phase_timings:type_name -> ferry.v1.PhaseTiming
-	48, // 53: ferry.ledger.v1.FinishMigrationJob.state:type_name -> ferry.v1.MigrationJobState
-	46, // 54: ferry.ledger.v1.FinishMigrationJob.disks:type_name -> ferry.v1.DiskProgress
-	47, // 55: ferry.ledger.v1.FinishMigrationJob.phase_timings:type_name -> ferry.v1.PhaseTiming
-	49, // 56: ferry.ledger.v1.PutNetworkMappingGroup.network_mapping_group:type_name -> ferry.v1.NetworkMappingGroup
-	50, // 57: ferry.ledger.v1.PutSettings.settings:type_name -> ferry.v1.Settings
-	27, // 58: ferry.ledger.v1.PutNode.node:type_name -> ferry.ledger.v1.Node
-	34, // 59: ferry.ledger.v1.RequestRecord.time:type_name -> google.protobuf.Timestamp
-	35, // 60: ferry.ledger.v1.Snapshot.clusters:type_name -> ferry.v1.Cluster
-	36, // 61: ferry.ledger.v1.Snapshot.hosts:type_name -> ferry.v1.Host
-	38, // 62: ferry.ledger.v1.Snapshot.primary_storages:type_name -> ferry.v1.PrimaryStorage
-	39, // 63: ferry.ledger.v1.Snapshot.l3_networks:type_name -> ferry.v1.L3Network
-	40, // 64: ferry.ledger.v1.Snapshot.migration_servers:type_name -> ferry.v1.MigrationServer
-	13, // 65: ferry.ledger.v1.Snapshot.credentials:type_name -> ferry.ledger.v1.SealedCredential
-	42, // 66: ferry.ledger.v1.Snapshot.sources:type_name -> ferry.v1.Source
-	44, // 67: ferry.ledger.v1.Snapshot.jobs:type_name -> ferry.v1.MigrationJob
-	50, // 68: ferry.ledger.v1.Snapshot.settings:type_name -> ferry.v1.Settings
-	27, // 69: ferry.ledger.v1.Snapshot.nodes:type_name -> ferry.ledger.v1.Node
-	30, // 70: ferry.ledger.v1.Snapshot.requests:type_name -> ferry.ledger.v1.RequestRecord
-	43, // 71: ferry.ledger.v1.Snapshot.source_inventories:type_name -> ferry.v1.SourceInventory
-	49, // 72: ferry.ledger.v1.Snapshot.network_mapping_groups:type_name -> ferry.v1.NetworkMappingGroup
-	51, // 73: ferry.ledger.v1.Snapshot.revoked_certificates:type_name -> ferry.v1.RevokedCertificate
-	51, // 74: ferry.ledger.v1.RevokeCertificate.certificate:type_name -> ferry.v1.RevokedCertificate
-	75, // [75:75] is the sub-list for method output_type
-	75, // [75:75] is the sub-list for method input_type
-	75, // [75:75] is the sub-list for extension type_name
-	75, // [75:75] is the sub-list for extension extendee
-	0,  // [0:75] is the sub-list for field type_name
+	32, // 38: ferry.ledger.v1.Command.record_audit_event:type_name -> ferry.ledger.v1.RecordAuditEvent
+	0,  // 39: ferry.ledger.v1.Batch.commands:type_name -> ferry.ledger.v1.Command
+	37, // 40: ferry.ledger.v1.PutCluster.cluster:type_name -> ferry.v1.Cluster
+	38, // 41: ferry.ledger.v1.PutHost.host:type_name -> ferry.v1.Host
+	39, // 42: ferry.ledger.v1.SetPendingCleanup.cleanup:type_name -> ferry.v1.PendingCleanup
+	40, // 43: ferry.ledger.v1.PutPrimaryStorage.primary_storage:type_name -> ferry.v1.PrimaryStorage
+	41, // 44: ferry.ledger.v1.PutL3Network.l3_network:type_name -> ferry.v1.L3Network
+	42, // 45: ferry.ledger.v1.PutMigrationServer.migration_server:type_name -> ferry.v1.MigrationServer
+	43, // 46: ferry.ledger.v1.SealedCredential.credential:type_name -> ferry.v1.Credential
+	13, // 47: ferry.ledger.v1.PutCredential.credential:type_name -> ferry.ledger.v1.SealedCredential
+	44, // 48: ferry.ledger.v1.PutSource.source:type_name -> ferry.v1.Source
+	45, // 49: ferry.ledger.v1.RecordSourceSync.inventory:type_name -> ferry.v1.SourceInventory
+	46, // 50: ferry.ledger.v1.CreateMigrationJobs.jobs:type_name -> ferry.v1.MigrationJob
+	47, // 51: ferry.ledger.v1.CheckpointMigrationJob.phase:type_name -> ferry.v1.MigrationJobPhase
+	48, // 52: ferry.ledger.v1.CheckpointMigrationJob.disks:type_name -> ferry.v1.DiskProgress
+	49, // 53: ferry.ledger.v1.CheckpointMigrationJob.phase_timings:type_name -> ferry.v1.PhaseTiming
+	50, // 54: ferry.ledger.v1.FinishMigrationJob.state:type_name -> ferry.v1.MigrationJobState
+	48, // 55: ferry.ledger.v1.FinishMigrationJob.disks:type_name -> ferry.v1.DiskProgress
+	49, // 56: ferry.ledger.v1.FinishMigrationJob.phase_timings:type_name -> ferry.v1.PhaseTiming
+	51, // 57: ferry.ledger.v1.PutNetworkMappingGroup.network_mapping_group:type_name -> ferry.v1.NetworkMappingGroup
+	52, // 58: ferry.ledger.v1.PutSettings.settings:type_name -> ferry.v1.Settings
+	27, // 59: ferry.ledger.v1.PutNode.node:type_name -> ferry.ledger.v1.Node
+	36, // 60: ferry.ledger.v1.RequestRecord.time:type_name -> google.protobuf.Timestamp
+	37, // 61: ferry.ledger.v1.Snapshot.clusters:type_name -> ferry.v1.Cluster
+	38, // 62: ferry.ledger.v1.Snapshot.hosts:type_name -> ferry.v1.Host
+	40, // 63: ferry.ledger.v1.Snapshot.primary_storages:type_name -> ferry.v1.PrimaryStorage
+	41, // 64: ferry.ledger.v1.Snapshot.l3_networks:type_name -> ferry.v1.L3Network
+	42, // 65: ferry.ledger.v1.Snapshot.migration_servers:type_name -> ferry.v1.MigrationServer
+	13, // 66: ferry.ledger.v1.Snapshot.credentials:type_name -> ferry.ledger.v1.SealedCredential
+	44, // 67: ferry.ledger.v1.Snapshot.sources:type_name -> ferry.v1.Source
+	46, // 68: ferry.ledger.v1.Snapshot.jobs:type_name -> ferry.v1.MigrationJob
+	52, // 69: ferry.ledger.v1.Snapshot.settings:type_name -> ferry.v1.Settings
+	27, // 70: ferry.ledger.v1.Snapshot.nodes:type_name -> ferry.ledger.v1.Node
+	30, // 71: ferry.ledger.v1.Snapshot.requests:type_name -> ferry.ledger.v1.RequestRecord
+	45, // 72: ferry.ledger.v1.Snapshot.source_inventories:type_name -> ferry.v1.SourceInventory
+	51, // 73: ferry.ledger.v1.Snapshot.network_mapping_groups:type_name -> ferry.v1.NetworkMappingGroup
+	53, // 74: ferry.ledger.v1.Snapshot.revoked_certificates:type_name -> ferry.v1.RevokedCertificate
+	54, // 75: ferry.ledger.v1.Snapshot.audit_events:type_name -> ferry.v1.AuditEvent
+	33, // 76: ferry.ledger.v1.Snapshot.audit_retention:type_name -> ferry.ledger.v1.AuditRetention
+	54, // 77: ferry.ledger.v1.RecordAuditEvent.event:type_name -> ferry.v1.AuditEvent
+	33, // 78: ferry.ledger.v1.RecordAuditEvent.retention:type_name -> ferry.ledger.v1.AuditRetention
+	53, // 79: ferry.ledger.v1.RevokeCertificate.certificate:type_name -> ferry.v1.RevokedCertificate
+	80, // [80:80] is the sub-list for method output_type
+	80, // [80:80] is the sub-list for method input_type
+	80, // [80:80] is the sub-list for extension type_name
+	80, // [80:80] is the sub-list for extension extendee
+	0,  // [0:80] is the sub-list for field type_name
 }
 
 func init() { file_ferry_ledger_v1_ledger_proto_init() }
@@ -3051,6 +3223,7 @@ func file_ferry_ledger_v1_ledger_proto_init() {
 		(*Command_RevokeCertificate)(nil),
 		(*Command_SetHostMaintenance)(nil),
 		(*Command_SetPendingCleanup)(nil),
+		(*Command_RecordAuditEvent)(nil),
 	}
 	file_ferry_ledger_v1_ledger_proto_msgTypes[12].OneofWrappers = []any{}
 	type x struct{}
@@ -3059,7 +3232,7 @@ func file_ferry_ledger_v1_ledger_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_ferry_ledger_v1_ledger_proto_rawDesc), len(file_ferry_ledger_v1_ledger_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   34,
+			NumMessages:   36,
 			NumExtensions: 0,
 			NumServices:   0,
 		},
