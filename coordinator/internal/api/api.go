@@ -117,9 +117,9 @@ type API struct {
 	// settingsMu serialises read-merge-propose of UpdateSettings.
 	settingsMu sync.Mutex
 
-	fwd         *forwarder
-	watchBuffer int
-	sync        *syncer
+	fwd            *forwarder
+	watchBuffer    int
+	sync           *syncer
 	auditRetention AuditRetention
 	// badText maps a decoded request to its first string field that was
 	// not UTF-8; see textCodec.
