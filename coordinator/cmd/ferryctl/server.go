@@ -81,8 +81,8 @@ to 32Gbps; without a flag the direction is unlimited.`,
 
 func (a *app) serverGet() *cobra.Command {
 	return &cobra.Command{
-		Use:     "get NAME",
-		Short:   "Show a migration server",
+		Use:   "get NAME",
+		Short: "Show a migration server",
 		Long: `Show one migration server by name (migrationServers/ID or ID), with its
 capacity: the cache's total size and its free space less what running jobs
 reserve (what new jobs are admitted against), and the CPUs and memory of
