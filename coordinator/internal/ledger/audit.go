@@ -121,3 +121,10 @@ func (l *Ledger) AuditEvents(f AuditFilter, limit int) ([]*ferryv1.AuditEvent, b
 	}
 	return out, false
 }
+
+// AuditEventCount is how many events the trail keeps.
+func (l *Ledger) AuditEventCount() int {
+	l.mu.RLock()
+	defer l.mu.RUnlock()
+	return len(l.audit)
+}

@@ -30,7 +30,7 @@ type parts struct {
 
 func newParts(s *Server, sealer *seal.Sealer) parts {
 	sessions := session.NewManager(session.Config{NodeID: s.cfg.NodeID}, session.Deps{
-		Proposer: s.node, Ledger: s.ledger, Hub: s.hub, Unsealer: sealer, Logger: s.log,
+		Proposer: s.node, Ledger: s.ledger, Hub: s.hub, Unsealer: sealer, Logger: s.log, Meter: s.metrics,
 	})
 	s.ledger.SetServerObserver(sessions.ServerChanged)
 	a := api.New(api.Deps{
@@ -52,6 +52,9 @@ func newParts(s *Server, sealer *seal.Sealer) parts {
 		p.unary = append([]grpc.UnaryServerInterceptor{p.authz.Unary()}, p.unary...)
 		p.stream = append([]grpc.StreamServerInterceptor{p.authz.Stream()}, p.stream...)
 	}
+	// Before authorization: refused calls are counted too.
+	p.unary = append([]grpc.UnaryServerInterceptor{s.metrics.UnaryInterceptor()}, p.unary...)
+	p.stream = append([]grpc.StreamServerInterceptor{s.metrics.StreamInterceptor()}, p.stream...)
 	return p
 }
 
