@@ -16,7 +16,7 @@ var (
 		[]string{"server", "direction"}, nil)
 	descSessions = prometheus.NewDesc("ferry_agent_sessions",
 		"Hosts whose agent holds a session with the leader, as the ledger records it.", nil, nil)
-	descHosts = prometheus.NewDesc("ferry_hosts", "Hosts registered in the ledger.", nil, nil)
+	descHosts     = prometheus.NewDesc("ferry_hosts", "Hosts registered in the ledger.", nil, nil)
 	descCacheSize = prometheus.NewDesc("ferry_migration_server_cache_size_bytes",
 		"Size of the file system of a migration server's cache path, as its host last reported it.", []string{"server"}, nil)
 	descCacheUsed = prometheus.NewDesc("ferry_migration_server_cache_used_bytes",
