@@ -14,6 +14,8 @@ import (
 
 	"google.golang.org/protobuf/proto"
 
+	"google.golang.org/protobuf/types/known/fieldmaskpb"
+
 	ferryv1 "github.com/ferry-v2v/ferry/pkg/pb/ferry/v1"
 	"github.com/ferry-v2v/ferry/pkg/testenv"
 	"github.com/ferry-v2v/ferry/pkg/testkit"
@@ -96,26 +98,39 @@ func promtoolCheck(t *testing.T, what string, body []byte) {
 }
 
 // TestMetricsDuringMigration scrapes the coordinator's and the agent's
-// /metrics while a real migration runs: the job gauge moves through
-// queued, running (in its phases) and succeeded, and the bytes copied
-// rise, seen between 0 and the end, to the data the source disks hold
-// (qemu-img map), which the agent's counter equals too. The scrapes pass
-// promtool's lint.
+// /metrics while two real migrations run one after the other (job
+// parallelism 1): the job gauge moves through queued, running (in its
+// phases) and succeeded, and the bytes copied rise, seen between 0 and the
+// end, to the data the source disks hold (qemu-img map), which the agent's
+// counter equals too. The scrapes pass promtool's lint.
 func TestMetricsDuringMigration(t *testing.T) {
-	coordMetrics, agentMetrics := testkit.FreeAddr(t), testkit.FreeAddr(t)
-	w := newWorldWith(t, worldOptions{coordinatorArgs: []string{"--metrics-listen", coordMetrics},
-		agentArgs: []string{"--metrics-listen", agentMetrics}})
+	w := newWorldWith(t, worldOptions{coordinatorArgs: []string{"--metrics-listen", "127.0.0.1:0"},
+		agentArgs: []string{"--metrics-listen", "127.0.0.1:0"}})
+	coordMetrics, agentMetrics := metricsAddr(t, w.f.coord), metricsAddr(t, w.f.agents[w.host])
 	server := strings.TrimPrefix(w.server, "migrationServers/")
-	src := testenv.NewTestVM(t, w.lv, testenv.VMOptions{RandomBytes: 24 << 20})
+	// Two VMs, one job at a time: the second waits queued while the first
+	// runs, so the gauge shows both states at once.
+	var specs []*ferryv1.MigrationJobSpec
 	var data int64
-	for _, d := range src.Disks {
-		data += allocated(t, d.Path)
+	for range 2 {
+		src := testenv.NewTestVM(t, w.lv, testenv.VMOptions{RandomBytes: 16 << 20})
+		for _, d := range src.Disks {
+			data += allocated(t, d.Path)
+		}
+		specs = append(specs, w.spec(w.sourceVM(w.source, src.Name), nil))
 	}
+	_, err := w.f.client.Settings().UpdateSettings(ctx(t, 10*time.Second), &ferryv1.UpdateSettingsRequest{
+		Settings: &ferryv1.Settings{JobParallelism: 1}, UpdateMask: &fieldmaskpb.FieldMask{Paths: []string{"job_parallelism"}}})
+	must(t, err)
 	// The copy at 8 MiB/s takes seconds: scrapes see it rise.
 	w.setBandwidth(nil, proto.String(eightMiBps))
-	_, err := w.f.client.MigrationServers().DisableMigrationServer(ctx(t, 10*time.Second), &ferryv1.DisableMigrationServerRequest{Name: w.server})
+	resp, err := w.f.client.Jobs().CreateMigrationJobs(ctx(t, 30*time.Second), &ferryv1.CreateMigrationJobsRequest{
+		Source: w.source, MigrationServer: w.server, Jobs: specs})
 	must(t, err)
-	name := w.createJob(w.spec(w.sourceVM(w.source, src.Name), nil))
+	var names []string
+	for _, j := range resp.GetJobs() {
+		names = append(names, j.GetName())
+	}
 
 	states := map[string]bool{}
 	var copied []float64
@@ -129,23 +144,17 @@ func TestMetricsDuringMigration(t *testing.T) {
 			copied = append(copied, v)
 		}
 	}
-	testkit.WaitFor(t, 30*time.Second, "the queued job in the gauge", func() bool {
-		_, s := scrape(t, coordMetrics)
-		watch(s)
-		return states["queued/"]
-	})
-	_, err = w.f.client.MigrationServers().EnableMigrationServer(ctx(t, 10*time.Second), &ferryv1.EnableMigrationServerRequest{Name: w.server})
-	must(t, err)
 	var body []byte
-	testkit.WaitFor(t, 150*time.Second, "the job to end, scraping", func() bool {
+	testkit.WaitFor(t, 150*time.Second, "the jobs to end, scraping", func() bool {
 		var s []sample
 		body, s = scrape(t, coordMetrics)
 		watch(s)
-		return terminal(w.job(name))
+		return terminal(w.job(names[0])) && terminal(w.job(names[1]))
 	})
-	job := w.job(name)
-	if job.GetState() != ferryv1.MigrationJobState_MIGRATION_JOB_STATE_SUCCEEDED {
-		t.Fatalf("job ended %s: %s", job.GetState(), job.GetReason())
+	for _, n := range names {
+		if job := w.job(n); job.GetState() != ferryv1.MigrationJobState_MIGRATION_JOB_STATE_SUCCEEDED {
+			t.Fatalf("job %s ended %s: %s", n, job.GetState(), job.GetReason())
+		}
 	}
 	// The last counts reach the gauge and the counter a scrape after the
 	// ledger has them.
@@ -153,7 +162,8 @@ func TestMetricsDuringMigration(t *testing.T) {
 		var s []sample
 		body, s = scrape(t, coordMetrics)
 		watch(s)
-		return states["succeeded/"]
+		v, _ := value(s, "ferry_migration_jobs", "state", "succeeded")
+		return v == 2
 	})
 	t.Logf("job states seen: %v; copied bytes by scrape: %v; source data %d", states, copied, data)
 	if !states["queued/"] || !states["running/converting"] || !states["succeeded/"] {
@@ -192,8 +202,8 @@ func TestMetricsDuringMigration(t *testing.T) {
 	if v, _ := value(cs, "ferry_api_requests_total", "method", "/ferry.v1.MigrationJobService/CreateMigrationJobs", "code", "OK"); v != 1 {
 		t.Errorf("ferry_api_requests_total of CreateMigrationJobs OK = %.0f, want 1", v)
 	}
-	if v, _ := value(cs, "ferry_migration_job_duration_seconds_count", "state", "succeeded"); v != 1 {
-		t.Errorf("ferry_migration_job_duration_seconds_count{state=succeeded} = %.0f, want 1", v)
+	if v, _ := value(cs, "ferry_migration_job_duration_seconds_count", "state", "succeeded"); v != 2 {
+		t.Errorf("ferry_migration_job_duration_seconds_count{state=succeeded} = %.0f, want 2", v)
 	}
 	promtoolCheck(t, "the coordinator's /metrics", body)
 
@@ -204,13 +214,33 @@ func TestMetricsDuringMigration(t *testing.T) {
 	if v, _ := value(as, "ferry_agent_session_connected"); v != 1 {
 		t.Errorf("ferry_agent_session_connected = %.0f, want 1", v)
 	}
-	if v, _ := value(as, "ferry_agent_job_results_total", "outcome", "succeeded"); v != 1 {
-		t.Errorf("ferry_agent_job_results_total{outcome=succeeded} = %.0f, want 1", v)
+	if v, _ := value(as, "ferry_agent_job_results_total", "outcome", "succeeded"); v != 2 {
+		t.Errorf("ferry_agent_job_results_total{outcome=succeeded} = %.0f, want 2", v)
 	}
 	promtoolCheck(t, "the agent's /metrics", agentBody)
-	if bytes.Contains(body, []byte(name[len("migrationJobs/"):])) || bytes.Contains(agentBody, []byte(name[len("migrationJobs/"):])) {
-		t.Errorf("a scrape names job %s: job ids are no label values", name)
+	for _, n := range names {
+		if id := strings.TrimPrefix(n, "migrationJobs/"); bytes.Contains(body, []byte(id)) || bytes.Contains(agentBody, []byte(id)) {
+			t.Errorf("a scrape names job %s: job ids are no label values", n)
+		}
 	}
+}
+
+var servingMetrics = regexp.MustCompile(`msg="serving metrics" .*url=http://(\S+)/metrics`)
+
+// metricsAddr is where p serves /metrics, from its log.
+func metricsAddr(t testing.TB, p *proc) string {
+	t.Helper()
+	var addr string
+	testkit.WaitFor(t, 10*time.Second, p.name+" to serve metrics", func() bool {
+		for _, l := range p.lines(`msg="serving metrics"`) {
+			if m := servingMetrics.FindStringSubmatch(l); m != nil {
+				addr = m[1]
+				return true
+			}
+		}
+		return false
+	})
+	return addr
 }
 
 func sampled(t testing.TB, addr string) []sample {
