@@ -126,6 +126,11 @@ func (c ledgerCollector) collectServers(ch chan<- prometheus.Metric, l *ledger.L
 		}
 		facts[h.GetName()] = h.GetFacts()
 	}
+	if c.m.deps.LiveFacts != nil {
+		for name, f := range c.m.deps.LiveFacts() {
+			facts[name] = f
+		}
+	}
 	gauge(ch, descSessions, float64(sessions))
 	gauge(ch, descHosts, float64(hosts))
 	l.VisitMigrationServers(func(s *ferryv1.MigrationServer) bool {

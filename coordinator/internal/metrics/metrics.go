@@ -21,6 +21,7 @@ import (
 
 	"github.com/ferry-v2v/ferry/coordinator/internal/consensus"
 	"github.com/ferry-v2v/ferry/coordinator/internal/ledger"
+	ferryv1 "github.com/ferry-v2v/ferry/pkg/pb/ferry/v1"
 )
 
 // Deps are what the gauges read when scraped.
@@ -28,6 +29,9 @@ type Deps struct {
 	Ledger *ledger.Ledger
 	// Raft reports this node's Raft state; nil leaves the Raft gauges out.
 	Raft func() (consensus.Stats, bool)
+	// LiveFacts, when set, are the latest facts of the hosts connected to
+	// this node (the leader's sessions), which the ledger's copy lags.
+	LiveFacts func() map[string]*ferryv1.HostFacts
 	// Clock is time.Now unless a test sets it.
 	Clock func() time.Time
 }
@@ -104,3 +108,7 @@ func (m *Metrics) ObserveApply(d time.Duration) { m.raftApply.Observe(d.Seconds(
 
 // LeadershipChanged counts a change of this node's leadership.
 func (m *Metrics) LeadershipChanged() { m.leaderChg.Inc() }
+
+// SetLiveFacts sets Deps.LiveFacts (the sessions are made after the
+// metrics); call it before serving.
+func (m *Metrics) SetLiveFacts(f func() map[string]*ferryv1.HostFacts) { m.deps.LiveFacts = f }

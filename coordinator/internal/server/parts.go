@@ -33,6 +33,7 @@ func newParts(s *Server, sealer *seal.Sealer) parts {
 		Proposer: s.node, Ledger: s.ledger, Hub: s.hub, Unsealer: sealer, Logger: s.log, Meter: s.metrics,
 	})
 	s.ledger.SetServerObserver(sessions.ServerChanged)
+	s.metrics.SetLiveFacts(sessions.Hosts)
 	a := api.New(api.Deps{
 		Proposer: s.node, Membership: s.node, Ledger: s.ledger, Hub: s.hub,
 		Sealer: sealer, Agents: sessions, Dialer: s.peers.Dial, Logger: s.log,
