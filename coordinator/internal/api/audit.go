@@ -74,14 +74,22 @@ func (a *API) audit(ctx context.Context, method string, req, resp any, err error
 }
 
 // requestResource is the resource a request names: its name, or else the
-// migration server of a batch, or else the first reference it carries.
+// migration server of a batch, or else the name the resource it carries
+// asks for (a Create with an ID), "" when none (the response's then).
 func requestResource(m protoreflect.Message) string {
 	for _, f := range []string{"name", "migration_server"} {
 		if s := stringField(m, f); s != "" {
 			return s
 		}
 	}
-	return ""
+	res := ""
+	m.Range(func(fd protoreflect.FieldDescriptor, v protoreflect.Value) bool {
+		if fd.Kind() == protoreflect.MessageKind && !fd.IsList() && !fd.IsMap() && !wellKnown(fd) {
+			res = stringField(v.Message(), "name")
+		}
+		return res == ""
+	})
+	return res
 }
 
 func stringField(m protoreflect.Message, name string) string {
