@@ -158,7 +158,7 @@ func (x *AuditEvent) GetState() MigrationJobState {
 
 type ListAuditEventsRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// At most 1000; default 100.
+	// Default 50, at most 500.
 	PageSize  int32  `protobuf:"varint,1,opt,name=page_size,json=pageSize,proto3" json:"page_size,omitempty"`
 	PageToken string `protobuf:"bytes,2,opt,name=page_token,json=pageToken,proto3" json:"page_token,omitempty"`
 	// Only events about this resource ("migrationServers/kvm-1"), or about
