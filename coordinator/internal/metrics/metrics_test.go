@@ -77,11 +77,11 @@ func TestReplayedHistoryIsNotCounted(t *testing.T) {
 func TestReasonClass(t *testing.T) {
 	for reason, want := range map[string]string{
 		"agent of hosts/kvm-1 was gone longer than the grace period": "agent_lost",
-		"verify disk vda: extent hashes differ (mismatch at 4096)":    "verification",
-		"upload vda: qemu-img convert: exit status 1":                 "target_storage",
-		"define domain web-1: operation failed":                       "target_vm",
-		"connect to vCenter 10.0.0.5: 503":                            "source",
-		"something else entirely":                                     "other",
+		"verify disk vda: extent hashes differ (mismatch at 4096)":   "verification",
+		"upload vda: qemu-img convert: exit status 1":                "target_storage",
+		"define domain web-1: operation failed":                      "target_vm",
+		"connect to vCenter 10.0.0.5: 503":                           "source",
+		"something else entirely":                                    "other",
 	} {
 		if got := ReasonClass(reason); got != want {
 			t.Errorf("ReasonClass(%q) = %s, want %s", reason, got, want)
