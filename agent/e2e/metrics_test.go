@@ -207,6 +207,25 @@ func TestMetricsDuringMigration(t *testing.T) {
 	}
 	promtoolCheck(t, "the coordinator's /metrics", body)
 
+	// The audit trail has the batch's creation and each state change.
+	evs, err := w.f.client.Audit().ListAuditEvents(ctx(t, 10*time.Second), &ferryv1.ListAuditEventsRequest{Resource: names[1]})
+	must(t, err)
+	var changes []string
+	for _, ev := range evs.GetAuditEvents() {
+		if ev.GetMethod() == "job-state-change" {
+			changes = append([]string{ev.GetPreviousState().String() + ">" + ev.GetState().String()}, changes...)
+		}
+	}
+	wantChanges := "MIGRATION_JOB_STATE_UNSPECIFIED>MIGRATION_JOB_STATE_QUEUED MIGRATION_JOB_STATE_QUEUED>MIGRATION_JOB_STATE_RUNNING " +
+		"MIGRATION_JOB_STATE_RUNNING>MIGRATION_JOB_STATE_SUCCEEDED"
+	if got := strings.Join(changes, " "); got != wantChanges {
+		t.Errorf("audit events of %s's state: %s, want %s", names[1], got, wantChanges)
+	}
+	if last := evs.GetAuditEvents()[len(evs.GetAuditEvents())-1]; last.GetMethod() != "/ferry.v1.MigrationJobService/CreateMigrationJobs" ||
+		last.GetResource() != w.server || last.GetResult() != "OK" {
+		t.Errorf("the oldest event of %s is %v, want its creation on %s", names[1], last, w.server)
+	}
+
 	agentBody, as := scrape(t, agentMetrics)
 	if v, _ := value(as, "ferry_agent_bytes_total", "direction", "copied"); v != float64(data) {
 		t.Errorf("the agent's ferry_agent_bytes_total{direction=copied} = %.0f, want %d", v, data)
