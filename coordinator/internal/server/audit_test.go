@@ -110,3 +110,34 @@ func TestEveryMutatingMethodIsAudited(t *testing.T) {
 		}
 	}
 }
+
+// TestAuditOfAForwardedCall: a write sent to a follower is forwarded to
+// the leader, which records it once, naming the original caller; every
+// node's ledger holds that one event.
+func TestAuditOfAForwardedCall(t *testing.T) {
+	if testing.Short() {
+		t.Skip("three-node cluster")
+	}
+	c := testcluster.Start(t, 3)
+	c.Leader(10 * time.Second)
+	follower := c.Followers()[0]
+	id := tlsutil.Identity{Role: tlsutil.RoleIDOperator, Name: "via-follower"}
+	ctx := testcluster.Ctx(t, time.Minute)
+	cl, err := ferryv1.NewTargetInventoryServiceClient(c.DialAs(follower.Addr(), id)).CreateCluster(ctx,
+		&ferryv1.CreateClusterRequest{Cluster: &ferryv1.Cluster{DisplayName: "forwarded", Zone: "z1"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, n := range c.Nodes() {
+		var evs []*ferryv1.AuditEvent
+		testcluster.Eventually(t, 10*time.Second, n.Name+" applies the audit event", func() bool {
+			resp, err := ferryv1.NewAuditServiceClient(c.Dial(n.Addr())).ListAuditEvents(ctx, &ferryv1.ListAuditEventsRequest{Identity: id.String()})
+			evs = resp.GetAuditEvents()
+			return err == nil && len(evs) > 0
+		})
+		if len(evs) != 1 || evs[0].GetResource() != cl.GetName() || evs[0].GetResult() != "OK" ||
+			strings.Join(evs[0].GetFields(), ",") != "cluster.display_name,cluster.zone" {
+			t.Errorf("%s: events of %s: %v; want one, OK, on %s, fields cluster.display_name,cluster.zone", n.Name, id, evs, cl.GetName())
+		}
+	}
+}
