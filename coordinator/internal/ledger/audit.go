@@ -75,7 +75,10 @@ func (l *Ledger) pruneAudit(now time.Time) {
 		drop++
 	}
 	if drop > 0 {
-		l.audit = slices.Delete(l.audit, 0, drop)
+		// Re-slicing drops the oldest without moving the rest; append
+		// copies the live part when it next grows the array.
+		clear(l.audit[:drop])
+		l.audit = l.audit[drop:]
 	}
 }
 
