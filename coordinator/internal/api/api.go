@@ -98,6 +98,8 @@ type Deps struct {
 	// AuditRetention bounds the audit trail; zero fields take the
 	// ledger's defaults (90 days, 100000 events).
 	AuditRetention AuditRetention
+	// AuditOff records no audit events (benchmarks measure their cost).
+	AuditOff bool
 }
 
 // API implements the nine ferry.v1 services.
@@ -121,6 +123,7 @@ type API struct {
 	watchBuffer    int
 	sync           *syncer
 	auditRetention AuditRetention
+	auditOff       bool
 	// badText maps a decoded request to its first string field that was
 	// not UTF-8; see textCodec.
 	badText sync.Map
@@ -146,6 +149,7 @@ func New(deps Deps) *API {
 		sync:        newSyncer(),
 
 		auditRetention: deps.AuditRetention,
+		auditOff:       deps.AuditOff,
 	}
 	if a.auditRetention.MaxAge <= 0 {
 		a.auditRetention.MaxAge = ledger.DefaultAuditMaxAge

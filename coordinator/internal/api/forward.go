@@ -105,7 +105,7 @@ func (a *API) interceptUnary(ctx context.Context, req any, info *grpc.UnaryServe
 	}
 	// The node that ran the call records it, once: a follower that
 	// forwarded it does not.
-	if IsMutating(info.FullMethod) {
+	if IsMutating(info.FullMethod) && !a.auditOff {
 		a.audit(ctx, info.FullMethod, req, resp, err)
 	}
 	return resp, err

@@ -81,6 +81,9 @@ type Config struct {
 	// the defaults. The leader stamps its own into each event it records.
 	AuditRetention time.Duration
 	AuditMaxEvents int
+	// AuditOff records no audit events. No flag sets it: benchmarks use it
+	// to measure what the audit trail costs.
+	AuditOff bool
 }
 
 // WithDefaults fills the derived paths.

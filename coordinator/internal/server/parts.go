@@ -37,7 +37,7 @@ func newParts(s *Server, sealer *seal.Sealer) parts {
 	a := api.New(api.Deps{
 		Proposer: s.node, Membership: s.node, Ledger: s.ledger, Hub: s.hub,
 		Sealer: sealer, Agents: sessions, Dialer: s.peers.Dial, Logger: s.log,
-		AuditRetention: api.AuditRetention{MaxAge: s.cfg.AuditRetention, MaxEvents: s.cfg.AuditMaxEvents},
+		AuditRetention: api.AuditRetention{MaxAge: s.cfg.AuditRetention, MaxEvents: s.cfg.AuditMaxEvents}, AuditOff: s.cfg.AuditOff,
 	})
 	sched := scheduler.New(scheduler.Config{}, scheduler.Deps{
 		Proposer: s.node, Ledger: s.ledger, Hub: s.hub, Agents: sessions, Logger: s.log,
