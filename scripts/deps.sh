@@ -45,6 +45,9 @@ packages=(
 	# the Python client test (coordinator/internal/server/python_client_test.go):
 	# protoc with the gRPC Python plugin, and Python's grpc and protobuf
 	protobuf-compiler protobuf-compiler-grpc python3-grpcio python3-protobuf
+	# promtool, which lints the /metrics scrapes of the metrics tests
+	# (agent/e2e/metrics_test.go, pkg/promserve, the metrics packages)
+	prometheus
 	# building: cgo against libvirt, make itself
 	"${build_packages[@]}"
 )

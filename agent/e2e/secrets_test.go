@@ -10,6 +10,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -32,7 +33,8 @@ import (
 // libvirt SASL password — with debug logging on the coordinator and the
 // agent and a Raft snapshot forced afterwards, then looks for each secret,
 // in clear and in base64 at every byte alignment, in every log line,
-// every API answer (Get and List of every resource, a job watch held
+// every API answer (Get and List of every resource, the audit trail, whose
+// credential creations it checks are there, a job watch held
 // through both migrations), every agent-stream message a bystander host
 // (an agent session of a host that runs no job) received meanwhile, the
 // ledger snapshot files, the Raft log (bolt) and everything else the
@@ -331,6 +333,27 @@ func (w *world) readEverything(answers *answerLog) {
 	}
 	add(c.Settings().GetSettings(cx(), &ferryv1.GetSettingsRequest{}))
 	add(c.Membership().ListMembers(cx(), &ferryv1.ListMembersRequest{}))
+	// The audit trail, which records each credential's creation by the
+	// names of the fields set: scanned with the rest, and shown to hold
+	// those events, so a clean scan of it means something.
+	var audited []string
+	for tok := ""; ; {
+		evs, err := c.Audit().ListAuditEvents(cx(), &ferryv1.ListAuditEventsRequest{PageSize: 500, PageToken: tok})
+		add(evs, err)
+		for _, ev := range evs.GetAuditEvents() {
+			if ev.GetMethod() == "/ferry.v1.SourceService/CreateCredential" && slices.Contains(ev.GetFields(), "credential.secret") {
+				audited = append(audited, ev.GetResource())
+			}
+		}
+		if tok = evs.GetNextPageToken(); tok == "" {
+			break
+		}
+	}
+	for _, x := range creds.GetCredentials() {
+		if !slices.Contains(audited, x.GetName()) {
+			t.Errorf("the audit trail has no creation event of %s with its secret's field name (events of CreateCredential: %v)", x.GetName(), audited)
+		}
+	}
 	if len(creds.GetCredentials()) != 3 || len(sources.GetSources()) != 2 || len(js.GetJobs()) != 2 {
 		t.Fatalf("read %d credentials, %d sources, %d jobs; want 3, 2, 2", len(creds.GetCredentials()), len(sources.GetSources()), len(js.GetJobs()))
 	}

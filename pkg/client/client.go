@@ -325,3 +325,8 @@ func sleep(ctx context.Context, d time.Duration) error {
 	}
 	return ctx.Err()
 }
+
+// Audit is ferry.v1.AuditService.
+func (c *Client) Audit() ferryv1.AuditServiceClient {
+	return ferryv1.NewAuditServiceClient(c)
+}

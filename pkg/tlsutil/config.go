@@ -147,3 +147,23 @@ func loadPair(certFile, keyFile string) (tls.Certificate, error) {
 	}
 	return cert, nil
 }
+
+// ServerConfigFiles is a server configuration presenting certFile and
+// keyFile that requires a client certificate signed by caFile: an agent's
+// own pair serving its /metrics, say.
+func ServerConfigFiles(caFile, certFile, keyFile string) (*tls.Config, error) {
+	pool, err := loadPool(caFile)
+	if err != nil {
+		return nil, err
+	}
+	cert, err := loadPair(certFile, keyFile)
+	if err != nil {
+		return nil, err
+	}
+	return &tls.Config{
+		MinVersion:   tls.VersionTLS12,
+		Certificates: []tls.Certificate{cert},
+		ClientCAs:    pool,
+		ClientAuth:   tls.RequireAndVerifyClientCert,
+	}, nil
+}

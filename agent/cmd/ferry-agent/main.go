@@ -22,12 +22,14 @@ import (
 	"github.com/ferry-v2v/ferry/agent/internal/cache"
 	"github.com/ferry-v2v/ferry/agent/internal/config"
 	"github.com/ferry-v2v/ferry/agent/internal/facts"
+	"github.com/ferry-v2v/ferry/agent/internal/metrics"
 	"github.com/ferry-v2v/ferry/agent/internal/runner"
 	"github.com/ferry-v2v/ferry/agent/internal/session"
 	"github.com/ferry-v2v/ferry/agent/internal/source/kvm"
 	"github.com/ferry-v2v/ferry/agent/internal/source/vmware"
 	"github.com/ferry-v2v/ferry/agent/internal/target"
 	ferryv1 "github.com/ferry-v2v/ferry/pkg/pb/ferry/v1"
+	"github.com/ferry-v2v/ferry/pkg/promserve"
 )
 
 // version is set at build time with -ldflags "-X main.version=…".
@@ -63,6 +65,7 @@ func parseFlags(args []string, stderr io.Writer) (config.Config, slog.Level, err
 	fs.StringVar(&cfg.CertFile, "cert", "", "agent certificate file")
 	fs.StringVar(&cfg.KeyFile, "key", "", "agent private key file")
 	fs.BoolVar(&cfg.Insecure, "insecure", false, "talk plaintext to the coordinators (testing only)")
+	fs.StringVar(&cfg.MetricsListen, "metrics-listen", "", "address of the Prometheus /metrics endpoint (off when empty): plain HTTP on a loopback address, else HTTPS with the agent's certificate and a client certificate of role operator or viewer")
 	fs.TextVar(&level, "log-level", level, "log level: debug, info, warn, error")
 	fs.DurationVar(&cfg.SourceRetryBudget, "source-retry-budget", config.DefaultSourceRetryBudget,
 		"how long a copy whose source connection dropped keeps reconnecting before its job fails")
@@ -122,16 +125,24 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 	targetOpts.Remote = target.Remote{HostName: cfg.HostName, IdentityDir: cfg.IdentityDir(), Targets: targets,
 		RetryBudgetFunc: func() time.Duration { return client.GracePeriod() }}
 	drivers.Target = target.NewDriver(target.DefaultLibvirtURI, targetOpts)
-	r := runner.New(runner.Config{DataDir: cfg.DataDir}, runner.Deps{Drivers: drivers, Reporter: outbox, Fencer: fences, Logger: log})
+	meter := metrics.New(cfg.CachePath)
+	scrape, err := listenMetrics(cfg, meter, log)
+	if err != nil {
+		return err
+	}
+	r := runner.New(runner.Config{DataDir: cfg.DataDir}, runner.Deps{Drivers: drivers, Reporter: meter.Wrap(outbox), Fencer: fences, Logger: log})
 	client = session.New(session.Config{
 		Coordinators: cfg.Coordinators, HostName: cfg.HostName, Cluster: cfg.Cluster,
 		AgentVersion: cfg.Version, Credentials: creds,
 	}, session.Deps{Runner: r, Facts: facts.New(cfg.CachePath, log), Outbox: outbox, Fences: fences,
-		Targets: targets, Worker: worker, Logger: log})
+		Targets: targets, Worker: worker, Logger: log, OnSession: meter.Session})
 
 	log.Info("ferry-agent starting", "version", version, "host", cfg.HostName, "coordinators", cfg.Coordinators)
 	g, ctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return r.Run(ctx) })
+	if scrape != nil {
+		g.Go(func() error { return scrape.Serve(ctx) })
+	}
 	g.Go(func() error { return client.Run(ctx) })
 	g.Go(func() error { kvmDriver.Janitor(ctx, cfg.SourceCleanupInterval); return nil })
 	g.Go(func() error {
@@ -155,4 +166,20 @@ func domainType(flag string) string {
 		return ""
 	}
 	return flag
+}
+
+// listenMetrics binds --metrics-listen, nil when it is empty.
+func listenMetrics(cfg config.Config, m *metrics.Metrics, log *slog.Logger) (*promserve.Server, error) {
+	if cfg.MetricsListen == "" {
+		return nil, nil
+	}
+	opts := promserve.Options{Addr: cfg.MetricsListen, Gatherer: m.Registry(), Logger: log}
+	if !promserve.IsLoopback(cfg.MetricsListen) {
+		tc, err := cfg.MetricsTLS()
+		if err != nil {
+			return nil, fmt.Errorf("--metrics-listen: %w", err)
+		}
+		opts.TLS = tc
+	}
+	return promserve.Listen(opts)
 }

@@ -3,6 +3,7 @@
 package config
 
 import (
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"net"
@@ -46,6 +47,11 @@ type Config struct {
 	CertFile string
 	KeyFile  string
 	Insecure bool
+	// MetricsListen is the address of the agent's Prometheus /metrics,
+	// off when empty: plain HTTP on a loopback address, otherwise HTTPS
+	// with the agent's own certificate for client certificates of the
+	// install's CA with role operator or viewer (package promserve).
+	MetricsListen string
 	// Version is the agent's version, sent in hello.
 	Version string
 	// SourceRetryBudget is how long a copy whose source connection
@@ -142,6 +148,22 @@ func (c *Config) TransportCredentials() (credentials.TransportCredentials, error
 		return tlsutil.ClientCredentialsFromDir(c.agentDir(), tlsutil.RoleAgent)
 	default:
 		return tlsutil.ClientCredentials(c.CAFile, c.CertFile, c.KeyFile)
+	}
+}
+
+// MetricsTLS is the server configuration of a non-loopback
+// --metrics-listen: the agent's own pair, checking scrapers against its
+// CA; nil under --insecure.
+func (c *Config) MetricsTLS() (*tls.Config, error) {
+	switch {
+	case c.Insecure:
+		return nil, nil
+	case c.TLSDir != "":
+		dir := c.agentDir()
+		return tlsutil.ServerConfigFiles(filepath.Join(dir, tlsutil.CACertFile), filepath.Join(dir, tlsutil.AgentCertFile),
+			filepath.Join(dir, tlsutil.AgentKeyFile))
+	default:
+		return tlsutil.ServerConfigFiles(c.CAFile, c.CertFile, c.KeyFile)
 	}
 }
 

@@ -91,18 +91,22 @@ type Deps struct {
 	Targets *Targets
 	Worker  TargetWorker
 	Logger  *slog.Logger
+	// OnSession, when set, is told when a session opens (true) and ends
+	// (false): the agent's metrics.
+	OnSession func(open bool)
 }
 
 // Client keeps the agent's session.
 type Client struct {
-	cfg     Config
-	runner  Runner
-	facts   Facts
-	outbox  *Outbox
-	fences  *Fences
-	targets *Targets
-	worker  TargetWorker
-	log     *slog.Logger
+	cfg       Config
+	runner    Runner
+	facts     Facts
+	outbox    *Outbox
+	fences    *Fences
+	targets   *Targets
+	onSession func(open bool)
+	worker    TargetWorker
+	log       *slog.Logger
 
 	conns map[string]*grpc.ClientConn // used by the connect loop only
 
@@ -141,7 +145,7 @@ func New(cfg Config, deps Deps) *Client {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	return &Client{cfg: cfg, runner: deps.Runner, facts: deps.Facts, outbox: deps.Outbox, fences: deps.Fences, targets: deps.Targets, worker: deps.Worker,
+	return &Client{cfg: cfg, runner: deps.Runner, facts: deps.Facts, outbox: deps.Outbox, fences: deps.Fences, targets: deps.Targets, worker: deps.Worker, onSession: deps.OnSession,
 		log: log.With("component", "agent-session", "host", cfg.HostName), conns: map[string]*grpc.ClientConn{},
 		refresh: make(chan struct{}, 1)}
 }

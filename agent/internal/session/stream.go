@@ -34,6 +34,10 @@ func (c *Client) session(ctx context.Context, addr string) (welcomed bool, err e
 	}
 	c.contact(addr, welcome)
 	defer c.cutOff()
+	if c.onSession != nil {
+		c.onSession(true)
+		defer c.onSession(false)
+	}
 	c.storagePaths(welcome.GetStoragePaths())
 	interval := time.Duration(welcome.GetHeartbeatIntervalMs()) * time.Millisecond
 	if interval <= 0 {

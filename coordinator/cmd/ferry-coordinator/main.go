@@ -81,6 +81,9 @@ Flags:
 	fs.StringVar(&level, "log-level", "info", "debug, info, warn or error")
 	fs.Uint64Var(&cfg.SnapshotThreshold, "snapshot-threshold", 0, "new Raft log entries that trigger a ledger snapshot (default 8192)")
 	fs.DurationVar(&cfg.SnapshotInterval, "snapshot-interval", 0, "how often Raft checks --snapshot-threshold (default 2m)")
+	fs.StringVar(&cfg.MetricsListen, "metrics-listen", "", "address of the Prometheus /metrics endpoint (off when empty): plain HTTP on a loopback address, else HTTPS with the API's certificate and a client certificate of role operator or viewer")
+	fs.DurationVar(&cfg.AuditRetention, "audit-retention", config.DefaultAuditRetention, "how long audit events are kept (stamped by the leader into each event it records)")
+	fs.IntVar(&cfg.AuditMaxEvents, "audit-max-events", config.DefaultAuditMaxEvents, "how many audit events are kept at most")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}

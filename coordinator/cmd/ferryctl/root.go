@@ -177,7 +177,7 @@ the bare id (abc).`,
 		c.GroupID = "migration"
 		root.AddCommand(c)
 	}
-	for _, c := range []*cobra.Command{a.settingsCommand(), a.membersCommand(), a.certCommand()} {
+	for _, c := range []*cobra.Command{a.settingsCommand(), a.membersCommand(), a.certCommand(), a.auditCommand()} {
 		c.GroupID = "admin"
 		root.AddCommand(c)
 	}

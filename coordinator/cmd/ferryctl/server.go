@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"fmt"
+	"net/netip"
 	"strings"
 
 	"github.com/spf13/cobra"
@@ -80,9 +81,14 @@ to 32Gbps; without a flag the direction is unlimited.`,
 
 func (a *app) serverGet() *cobra.Command {
 	return &cobra.Command{
-		Use:     "get NAME",
-		Short:   "Show a migration server",
-		Long:    `Show one migration server by name (migrationServers/ID or ID).`,
+		Use:   "get NAME",
+		Short: "Show a migration server",
+		Long: `Show one migration server by name (migrationServers/ID or ID), with its
+capacity: the cache's total size and its free space less what running jobs
+reserve (what new jobs are admitted against), and the CPUs and memory of
+its host, total and free (CPUs free: the host's CPUs less the vCPUs of its
+running VMs; memory free: what the host reports available). -o json and
+-o yaml print the migration server resource alone.`,
 		Example: `  ferryctl server get vmw-1 -o yaml`,
 		Args:    exactlyOneArg("the migration server's name"),
 		RunE: a.run(func(ctx context.Context, cl *client.Client, args []string) error {
@@ -90,7 +96,10 @@ func (a *app) serverGet() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			return a.show(resp, func() []field { return serverDetails(resp) })
+			// The host's CPUs and memory are the host's facts; a host the
+			// caller may not read, or gone, leaves them out.
+			host, _ := cl.TargetInventory().GetHost(ctx, &ferryv1.GetHostRequest{Name: resp.GetHost()})
+			return a.show(resp, func() []field { return append(serverDetails(resp), capacityDetails(resp, host)...) })
 		}),
 	}
 }
@@ -290,4 +299,45 @@ func serverDetails(s *ferryv1.MigrationServer) []field {
 		{"Downstream", limitDetail(s.GetDownstreamBandwidth(), s.GetDownstreamBitsPerSecond())},
 		{"Created", when(s.GetCreateTime())},
 	}
+}
+
+// capacityDetails are the capacity lines of 'server get': the server's
+// cache room, and its host's CPUs, memory and addresses.
+func capacityDetails(s *ferryv1.MigrationServer, h *ferryv1.Host) []field {
+	cache := "not reported yet (the host's agent measures cache_path a heartbeat after it learns it)"
+	if s.GetCacheTotalBytes() > 0 {
+		cache = fmt.Sprintf("%s total, %s free (%s reserved by running jobs)", humanBytes(s.GetCacheTotalBytes()),
+			humanBytes(s.GetCacheFreeBytes()), humanBytes(s.GetCacheReservedBytes()))
+	}
+	out := []field{{"Cache", cache}}
+	f := h.GetFacts()
+	if f == nil {
+		return append(out, field{"Host CPUs", "unknown"}, field{"Host memory", "unknown"})
+	}
+	cpus := fmt.Sprintf("%d total, %d free", f.GetCpus(), max(f.GetCpus()-f.GetRunningVcpus(), 0))
+	mem := humanBytes(f.GetMemoryBytes()) + " total"
+	if f.GetMemoryAvailableBytes() > 0 {
+		mem += ", " + humanBytes(f.GetMemoryAvailableBytes()) + " free"
+	}
+	return append(out, field{"Host CPUs", cpus}, field{"Host memory", mem}, field{"Host addresses", hostAddresses(f, s.GetMigrationCidr())})
+}
+
+// hostAddresses are the host's addresses, only those inside cidr when one
+// is given (the migration network).
+func hostAddresses(f *ferryv1.HostFacts, cidr string) string {
+	prefix, perr := netip.ParsePrefix(cidr)
+	var out []string
+	for _, ifc := range f.GetInterfaces() {
+		for _, a := range ifc.GetAddresses() {
+			p, err := netip.ParsePrefix(a)
+			if err != nil || cidr != "" && perr == nil && !prefix.Contains(p.Addr()) {
+				continue
+			}
+			out = append(out, ifc.GetName()+" "+a)
+		}
+	}
+	if len(out) == 0 {
+		return "none reported"
+	}
+	return strings.Join(out, ", ")
 }

@@ -95,9 +95,14 @@ type Deps struct {
 	Clock func() time.Time
 	// NewID makes resource IDs; default a UUIDv7.
 	NewID func() string
+	// AuditRetention bounds the audit trail; zero fields take the
+	// ledger's defaults (90 days, 100000 events).
+	AuditRetention AuditRetention
+	// AuditOff records no audit events (benchmarks measure their cost).
+	AuditOff bool
 }
 
-// API implements the eight ferry.v1 services.
+// API implements the nine ferry.v1 services.
 type API struct {
 	proposer   Proposer
 	membership Membership
@@ -114,9 +119,11 @@ type API struct {
 	// settingsMu serialises read-merge-propose of UpdateSettings.
 	settingsMu sync.Mutex
 
-	fwd         *forwarder
-	watchBuffer int
-	sync        *syncer
+	fwd            *forwarder
+	watchBuffer    int
+	sync           *syncer
+	auditRetention AuditRetention
+	auditOff       bool
 	// badText maps a decoded request to its first string field that was
 	// not UTF-8; see textCodec.
 	badText sync.Map
@@ -140,6 +147,15 @@ func New(deps Deps) *API {
 		newID:       deps.NewID,
 		watchBuffer: defaultWatchBuffer,
 		sync:        newSyncer(),
+
+		auditRetention: deps.AuditRetention,
+		auditOff:       deps.AuditOff,
+	}
+	if a.auditRetention.MaxAge <= 0 {
+		a.auditRetention.MaxAge = ledger.DefaultAuditMaxAge
+	}
+	if a.auditRetention.MaxEvents <= 0 {
+		a.auditRetention.MaxEvents = ledger.DefaultAuditMaxEvents
 	}
 	if a.log == nil {
 		a.log = slog.New(slog.DiscardHandler)
@@ -163,7 +179,7 @@ func New(deps Deps) *API {
 	return a
 }
 
-// Register registers all eight ferry.v1 services on s.
+// Register registers all nine ferry.v1 services on s.
 func (a *API) Register(s grpc.ServiceRegistrar) {
 	ferryv1.RegisterTargetInventoryServiceServer(s, &targetInventoryService{a: a})
 	ferryv1.RegisterMigrationServerServiceServer(s, &serverService{a: a})
@@ -173,6 +189,7 @@ func (a *API) Register(s grpc.ServiceRegistrar) {
 	ferryv1.RegisterMembershipServiceServer(s, &membershipService{a: a})
 	ferryv1.RegisterNetworkMappingServiceServer(s, &mappingService{a: a})
 	ferryv1.RegisterCertificateServiceServer(s, &certificateService{a: a})
+	ferryv1.RegisterAuditServiceServer(s, &auditService{a: a})
 }
 
 // propose stamps cmd with the leader's clock, replicates it and returns

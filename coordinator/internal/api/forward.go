@@ -103,6 +103,11 @@ func (a *API) interceptUnary(ctx context.Context, req any, info *grpc.UnaryServe
 		// not taken, so sending it to the new leader is safe.
 		return a.fwd.unary(ctx, info.FullMethod, req)
 	}
+	// The node that ran the call records it, once: a follower that
+	// forwarded it does not.
+	if IsMutating(info.FullMethod) && !a.auditOff {
+		a.audit(ctx, info.FullMethod, req, resp, err)
+	}
 	return resp, err
 }
 

@@ -11,6 +11,8 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/ferry-v2v/ferry/coordinator/internal/admission"
+	"github.com/ferry-v2v/ferry/coordinator/internal/capacity"
+	"github.com/ferry-v2v/ferry/coordinator/internal/ledger"
 	ledgerv1 "github.com/ferry-v2v/ferry/pkg/pb/ferry/ledger/v1"
 	ferryv1 "github.com/ferry-v2v/ferry/pkg/pb/ferry/v1"
 )
@@ -97,9 +99,34 @@ func (s *serverService) read(name string, err error) (*ferryv1.MigrationServer, 
 	return s.a.withConnected(ms), nil
 }
 
+// withConnected fills the output-only fields of ms: whether its host is
+// connected, and its cache's room as the scheduler weighs it (the free
+// space the host last reported at cache_path, live on the leader, less
+// what the server's running jobs reserve: package capacity).
 func (a *API) withConnected(ms *ferryv1.MigrationServer) *ferryv1.MigrationServer {
 	h, ok := a.ledger.Host(ms.GetHost())
 	ms.Connected = ok && h.GetConnected()
+	facts := h.GetFacts()
+	// The leader's sessions hold the latest facts; the ledger's copy is
+	// a checkpoint interval old.
+	if lf, ok := a.agents.(interface {
+		Hosts() map[string]*ferryv1.HostFacts
+	}); ok {
+		if f, ok := lf.Hosts()[ms.GetHost()]; ok {
+			facts = f
+		}
+	}
+	running := a.ledger.Jobs(ledger.JobFilter{State: ferryv1.MigrationJobState_MIGRATION_JOB_STATE_RUNNING, MigrationServer: ms.GetName()})
+	room := capacity.Cache(ms, facts, capacity.Reserved(ms.GetName(), running))
+	ms.CacheReservedBytes = room.Reserved
+	if room.Known {
+		ms.CacheFreeBytes = room.Available()
+		for _, st := range facts.GetStorages() {
+			if st.GetPath() == ms.GetCachePath() {
+				ms.CacheTotalBytes = st.GetTotalBytes()
+			}
+		}
+	}
 	return ms
 }
 

@@ -94,6 +94,14 @@ var table = map[string]roleSet{
 	"/ferry.v1.SourceService/SyncSource":          operator,
 	"/ferry.v1.SourceService/ListSourceInventory": readers,
 
+	// The audit trail names who did what: operators and viewers read it.
+	"/ferry.v1.AuditService/ListAuditEvents": readers,
+
+	// Not a gRPC method: the HTTPS /metrics endpoint of a coordinator
+	// (--metrics-listen on a non-loopback address) serves the scrapers
+	// whose client certificate has one of these roles.
+	MetricsPath: readers,
+
 	"/ferry.agent.v1.AgentService/Connect": agent,
 
 	"/grpc.health.v1.Health/Check": everyone,
@@ -103,6 +111,9 @@ var table = map[string]roleSet{
 	"/grpc.reflection.v1.ServerReflection/ServerReflectionInfo":      readers,
 	"/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo": readers,
 }
+
+// MetricsPath is the table's key of the /metrics endpoint.
+const MetricsPath = "/metrics"
 
 // roleSet is a set of roles, one bit each.
 type roleSet uint8

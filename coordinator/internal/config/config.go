@@ -17,6 +17,10 @@ const (
 	DefaultDataDir    = "./ferry-data"
 	DefaultListen     = "127.0.0.1:7443"
 	DefaultRaftListen = "127.0.0.1:7444"
+	// DefaultAuditRetention and DefaultAuditMaxEvents bound the audit
+	// trail (ledger.DefaultAuditMaxAge, ledger.DefaultAuditMaxEvents).
+	DefaultAuditRetention = 90 * 24 * time.Hour
+	DefaultAuditMaxEvents = 100_000
 )
 
 // ErrInvalid marks a configuration error; the message names the flag.
@@ -68,6 +72,18 @@ type Config struct {
 	// entries, 2 minutes). Tests set them low to force a snapshot.
 	SnapshotThreshold uint64
 	SnapshotInterval  time.Duration
+	// MetricsListen is the address of the Prometheus /metrics endpoint,
+	// off when empty: plain HTTP on a loopback address, otherwise HTTPS
+	// with the API's certificate, for client certificates of the roles
+	// authz's table gives authz.MetricsPath (operator, viewer).
+	MetricsListen string
+	// AuditRetention and AuditMaxEvents bound the audit trail; zero takes
+	// the defaults. The leader stamps its own into each event it records.
+	AuditRetention time.Duration
+	AuditMaxEvents int
+	// AuditOff records no audit events. No flag sets it: benchmarks use it
+	// to measure what the audit trail costs.
+	AuditOff bool
 }
 
 // WithDefaults fills the derived paths.
@@ -118,6 +134,17 @@ func (c Config) Validate() error {
 	}
 	if c.DataDir == "" {
 		return fmt.Errorf("%w: --data-dir is required", ErrInvalid)
+	}
+	if c.MetricsListen != "" {
+		if _, _, err := net.SplitHostPort(c.MetricsListen); err != nil {
+			return fmt.Errorf("%w: --metrics-listen %q: %v", ErrInvalid, c.MetricsListen, err)
+		}
+	}
+	if c.AuditRetention < 0 || c.AuditRetention > 0 && c.AuditRetention < time.Hour {
+		return fmt.Errorf("%w: --audit-retention %v: use at least 1h", ErrInvalid, c.AuditRetention)
+	}
+	if c.AuditMaxEvents < 0 || c.AuditMaxEvents > 10_000_000 {
+		return fmt.Errorf("%w: --audit-max-events %d: use 1 to 10000000", ErrInvalid, c.AuditMaxEvents)
 	}
 	if c.SnapshotInterval < 0 || (c.SnapshotInterval > 0 && c.SnapshotInterval < 100*time.Millisecond) {
 		return fmt.Errorf("%w: --snapshot-interval %v: use at least 100ms, or 0 for the default", ErrInvalid, c.SnapshotInterval)

@@ -62,6 +62,9 @@ type Config struct {
 	TLS *PeerTLS
 	// Logger receives this node's and Raft's logs. Nil discards them.
 	Logger *slog.Logger
+	// OnApply, when set, is told how long each proposal took from Propose
+	// until this node applied it (the coordinator's metrics).
+	OnApply func(time.Duration)
 
 	HeartbeatTimeout time.Duration
 	ElectionTimeout  time.Duration

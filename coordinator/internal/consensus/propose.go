@@ -51,9 +51,13 @@ func (n *Node) ProposeBytes(ctx context.Context, data []byte) (any, error) {
 	}
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
+	start := time.Now()
 	f := n.raft.Apply(data, timeout)
 	if err := n.await(ctx, f); err != nil {
 		return nil, fmt.Errorf("propose: %w", err)
+	}
+	if n.cfg.OnApply != nil {
+		n.cfg.OnApply(time.Since(start))
 	}
 	return f.Response(), nil
 }

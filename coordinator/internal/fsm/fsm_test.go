@@ -87,6 +87,9 @@ func everyCommand() []*ledgerv1.Command {
 		{Op: &ledgerv1.Command_DeleteNetworkMappingGroup{DeleteNetworkMappingGroup: &ledgerv1.DeleteResource{Name: "networkMappingGroups/g2"}}},
 		{Op: &ledgerv1.Command_RevokeCertificate{RevokeCertificate: &ledgerv1.RevokeCertificate{Certificate: &ferryv1.RevokedCertificate{
 			Name: "revokedCertificates/1f", Serial: "1f", Reason: "laptop lost", RevokedBy: "ferry://operator/ferryctl"}}}},
+		{Op: &ledgerv1.Command_RecordAuditEvent{RecordAuditEvent: &ledgerv1.RecordAuditEvent{Event: &ferryv1.AuditEvent{
+			Identity: "ferry://operator/ferryctl", Method: "/ferry.v1.CertificateService/RevokeCertificate", Resource: "revokedCertificates/1f",
+			Fields: []string{"serial", "reason"}, Result: "OK"}, Retention: &ledgerv1.AuditRetention{MaxAgeSeconds: 3600, MaxEvents: 50}}}},
 		{Op: &ledgerv1.Command_CreateMigrationJobs{CreateMigrationJobs: &ledgerv1.CreateMigrationJobs{RequestId: "r-jobs", Jobs: []*ferryv1.MigrationJob{job("migrationJobs/j1", "10.0.0.10"), job("migrationJobs/j2", "10.0.0.11"), job("migrationJobs/j3", "10.0.0.12")}}}},
 		{Op: &ledgerv1.Command_SetJobWaitingReason{SetJobWaitingReason: &ledgerv1.SetJobWaitingReason{Name: "migrationJobs/j3", Reason: "job parallelism 10 reached"}}},
 		{Op: &ledgerv1.Command_StartMigrationJob{StartMigrationJob: &ledgerv1.StartMigrationJob{Name: "migrationJobs/j1", Host: "hosts/h1", Epoch: 1}}},

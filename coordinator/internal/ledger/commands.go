@@ -344,6 +344,12 @@ func jobAndClusterCommands() map[protoreflect.Name]command {
 				return l.RevokeCertificate(c.GetRevokeCertificate().GetCertificate(), now), nil
 			},
 		},
+		"record_audit_event": {
+			apply: func(l *Ledger, c *ledgerv1.Command, now time.Time) ([]string, error) {
+				p := c.GetRecordAuditEvent()
+				return l.RecordAuditEvent(p.GetEvent(), p.GetRetention(), now), nil
+			},
+		},
 		"batch": {
 			apply: func(l *Ledger, c *ledgerv1.Command, _ time.Time) ([]string, error) {
 				return l.applyBatch(c.GetBatch(), c)
@@ -420,7 +426,8 @@ func (l *Ledger) applyBatch(b *ledgerv1.Batch, outer *ledgerv1.Command) ([]strin
 // Refusal says whether the ledger, as it is now, would refuse cmd, and
 // why, without changing anything. The leader asks before proposing, so a
 // request that names a missing resource, a name in use or a resource in a
-// state that forbids the change never takes a Raft log entry. Apply still
+// state that forbids the change never takes a Raft log entry for its
+// command (the call's audit event, RecordAuditEvent, takes one). Apply still
 // decides: what was true when Refusal answered may change before the
 // command commits. A command without a refusal check passes; one with no
 // entry at all is ErrUnknownCommand.

@@ -97,6 +97,7 @@ func (l *Ledger) CreateMigrationJobs(c *ledgerv1.CreateMigrationJobs, now time.T
 		l.indexJob(j, true)
 		names = append(names, j.GetName())
 		l.notify(j, false)
+		l.jobStateChanged(ferryv1.MigrationJobState_MIGRATION_JOB_STATE_UNSPECIFIED, j, now)
 	}
 	l.recordRequest(c.GetRequestId(), names, now)
 	return names, nil
@@ -314,6 +315,7 @@ func (l *Ledger) updateJob(name string, now time.Time, change func(*ferryv1.Migr
 	if !ok {
 		return fmt.Errorf("job %s: %w", name, ErrNotFound)
 	}
+	prev := j.GetState()
 	j = clone(j)
 	if err := change(j); err != nil {
 		return err
@@ -321,11 +323,13 @@ func (l *Ledger) updateJob(name string, now time.Time, change func(*ferryv1.Migr
 	j.UpdateTime = timestamppb.New(now)
 	l.jobs[name] = j
 	l.notify(j, false)
+	l.jobStateChanged(prev, j, now)
 	return nil
 }
 
 // finish stores j (a copy) in a terminal state. The caller holds the lock.
 func (l *Ledger) finish(j *ferryv1.MigrationJob, state ferryv1.MigrationJobState, reason string, now time.Time) {
+	prev := j.GetState()
 	j.State = state
 	if state == stateFailed || state == stateCancelled {
 		l.freed++
@@ -339,6 +343,7 @@ func (l *Ledger) finish(j *ferryv1.MigrationJob, state ferryv1.MigrationJobState
 	}
 	l.jobs[j.GetName()] = j
 	l.notify(j, false)
+	l.jobStateChanged(prev, j, now)
 }
 
 // activeJob names the first unfinished job that matches, or "".

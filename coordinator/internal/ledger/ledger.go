@@ -58,6 +58,11 @@ type Ledger struct {
 	settings      *ferryv1.Settings
 	revoked       map[string]*ferryv1.RevokedCertificate // by serial
 	usage         map[string]*ledgerv1.CacheUsageHistory // by migration server
+	// The audit trail, oldest first (audit.go), the number of the last
+	// event and the retention it is pruned by.
+	audit          []*ferryv1.AuditEvent
+	auditSeq       uint64
+	auditRetention *ledgerv1.AuditRetention
 
 	observer       func(JobEvent)
 	serverObserver func(*ferryv1.MigrationServer)
@@ -89,6 +94,9 @@ func (l *Ledger) reset() {
 	l.settings = DefaultSettings()
 	l.revoked = map[string]*ferryv1.RevokedCertificate{}
 	l.usage = map[string]*ledgerv1.CacheUsageHistory{}
+	l.audit = nil
+	l.auditSeq = 0
+	l.auditRetention = DefaultAuditRetention()
 }
 
 // DefaultSettings are the settings of a new ledger.
@@ -148,6 +156,9 @@ func (l *Ledger) Snapshot() *ledgerv1.Snapshot {
 		NetworkMappingGroups: sortedClones(l.mappings),
 		RevokedCertificates:  sortedClones(l.revoked),
 		CacheUsage:           sortedClones(l.usage),
+		AuditEvents:          cloneAll(l.audit),
+		AuditRetention:       clone(l.auditRetention),
+		AuditSequence:        l.auditSeq,
 	}
 }
 
@@ -174,10 +185,23 @@ func (l *Ledger) Restore(s *ledgerv1.Snapshot) {
 	if s.GetSettings() != nil {
 		l.settings = clone(s.GetSettings())
 	}
+	l.audit = cloneAll(s.GetAuditEvents())
+	l.auditSeq = s.GetAuditSequence()
+	if s.GetAuditRetention() != nil {
+		l.auditRetention = clone(s.GetAuditRetention())
+	}
 }
 
 func clone[T proto.Message](m T) T {
 	return proto.Clone(m).(T)
+}
+
+func cloneAll[T proto.Message](in []T) []T {
+	out := make([]T, len(in))
+	for i, v := range in {
+		out[i] = clone(v)
+	}
+	return out
 }
 
 func fill[T proto.Message](dst map[string]T, src []T, key func(T) string) {

@@ -30,12 +30,14 @@ type parts struct {
 
 func newParts(s *Server, sealer *seal.Sealer) parts {
 	sessions := session.NewManager(session.Config{NodeID: s.cfg.NodeID}, session.Deps{
-		Proposer: s.node, Ledger: s.ledger, Hub: s.hub, Unsealer: sealer, Logger: s.log,
+		Proposer: s.node, Ledger: s.ledger, Hub: s.hub, Unsealer: sealer, Logger: s.log, Meter: s.metrics,
 	})
 	s.ledger.SetServerObserver(sessions.ServerChanged)
+	s.metrics.SetLiveFacts(sessions.Hosts)
 	a := api.New(api.Deps{
 		Proposer: s.node, Membership: s.node, Ledger: s.ledger, Hub: s.hub,
 		Sealer: sealer, Agents: sessions, Dialer: s.peers.Dial, Logger: s.log,
+		AuditRetention: api.AuditRetention{MaxAge: s.cfg.AuditRetention, MaxEvents: s.cfg.AuditMaxEvents}, AuditOff: s.cfg.AuditOff,
 	})
 	sched := scheduler.New(scheduler.Config{}, scheduler.Deps{
 		Proposer: s.node, Ledger: s.ledger, Hub: s.hub, Agents: sessions, Logger: s.log,
@@ -51,6 +53,9 @@ func newParts(s *Server, sealer *seal.Sealer) parts {
 		p.unary = append([]grpc.UnaryServerInterceptor{p.authz.Unary()}, p.unary...)
 		p.stream = append([]grpc.StreamServerInterceptor{p.authz.Stream()}, p.stream...)
 	}
+	// Before authorization: refused calls are counted too.
+	p.unary = append([]grpc.UnaryServerInterceptor{s.metrics.UnaryInterceptor()}, p.unary...)
+	p.stream = append([]grpc.StreamServerInterceptor{s.metrics.StreamInterceptor()}, p.stream...)
 	return p
 }
 

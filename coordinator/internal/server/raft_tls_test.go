@@ -20,6 +20,7 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/ferry-v2v/ferry/coordinator/internal/fsm"
+	"github.com/ferry-v2v/ferry/coordinator/internal/ledger"
 	"github.com/ferry-v2v/ferry/coordinator/internal/testcluster"
 	ledgerv1 "github.com/ferry-v2v/ferry/pkg/pb/ferry/ledger/v1"
 	ferryv1 "github.com/ferry-v2v/ferry/pkg/pb/ferry/v1"
@@ -177,10 +178,15 @@ func TestRaftTrustBoundary(t *testing.T) {
 		if status.Code(err) != codes.NotFound || status.Convert(err).Message() != `id: coordinator "n9" not found` {
 			t.Fatalf("RemoveVoter n9: %v, want NOT_FOUND naming the id", err)
 		}
+		// The one entry it takes is its audit event.
 		after := leader.Server.Node().Stats()
-		if after.LastIndex != before.LastIndex || after.AppliedIndex != before.AppliedIndex {
-			t.Fatalf("RemoveVoter of an unknown id moved the log: last %d→%d, applied %d→%d",
+		if after.LastIndex != before.LastIndex+1 || after.AppliedIndex != before.AppliedIndex+1 {
+			t.Fatalf("RemoveVoter of an unknown id moved the log by more than its audit event: last %d→%d, applied %d→%d",
 				before.LastIndex, after.LastIndex, before.AppliedIndex, after.AppliedIndex)
+		}
+		evs, _ := leader.Server.Ledger().AuditEvents(ledger.AuditFilter{}, 1)
+		if len(evs) != 1 || evs[0].GetMethod() != "/ferry.v1.MembershipService/RemoveVoter" || evs[0].GetResult() != "NOT_FOUND" {
+			t.Fatalf("the newest audit event is %v, want the refused RemoveVoter", evs)
 		}
 	})
 

@@ -26,11 +26,14 @@ import (
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/reflection"
 
+	"github.com/ferry-v2v/ferry/coordinator/internal/authz"
 	"github.com/ferry-v2v/ferry/coordinator/internal/config"
 	"github.com/ferry-v2v/ferry/coordinator/internal/consensus"
 	"github.com/ferry-v2v/ferry/coordinator/internal/fsm"
 	"github.com/ferry-v2v/ferry/coordinator/internal/ledger"
+	"github.com/ferry-v2v/ferry/coordinator/internal/metrics"
 	"github.com/ferry-v2v/ferry/coordinator/internal/watch"
+	"github.com/ferry-v2v/ferry/pkg/promserve"
 	"github.com/ferry-v2v/ferry/pkg/seal"
 	"github.com/ferry-v2v/ferry/pkg/tlsutil"
 )
@@ -49,6 +52,10 @@ type Server struct {
 	health *health.Server
 	peers  *peerDialer
 	parts  parts
+	// metrics are always kept; scrape is their /metrics endpoint, nil
+	// without --metrics-listen.
+	metrics *metrics.Metrics
+	scrape  *promserve.Server
 
 	mu        sync.Mutex
 	cancelRun context.CancelFunc
@@ -105,13 +112,18 @@ func (s *Server) open() error {
 	s.ledger = ledger.New()
 	s.fsm = fsm.New(s.ledger, s.log)
 	s.hub = watch.New(s.ledger.Job)
-	s.ledger.SetObserver(s.hub.JobChanged)
+	s.metrics = metrics.New(metrics.Deps{Ledger: s.ledger, Raft: s.raftStats})
+	s.ledger.SetObserver(func(ev ledger.JobEvent) {
+		s.hub.JobChanged(ev)
+		s.metrics.JobChanged(ev)
+	})
 	s.node, err = consensus.Open(consensus.Config{
 		NodeID: s.cfg.NodeID, DataDir: filepath.Join(s.cfg.DataDir, "raft"),
 		RaftBind: s.cfg.RaftListen, RaftAdvertise: s.cfg.RaftAdvertise, APIAddress: s.addr,
 		Bootstrap: s.cfg.Bootstrap(), NodeLookup: s.ledger.Node, TLS: raftTLS, Logger: s.log,
 		HeartbeatTimeout: s.cfg.HeartbeatTimeout, ElectionTimeout: s.cfg.ElectionTimeout,
 		TrailingLogs: s.cfg.TrailingLogs, SnapshotThreshold: s.cfg.SnapshotThreshold, SnapshotInterval: s.cfg.SnapshotInterval,
+		OnApply: s.metrics.ObserveApply,
 	}, s.fsm)
 	if err != nil {
 		return fmt.Errorf("open raft node: %w", err)
@@ -128,7 +140,61 @@ func (s *Server) open() error {
 	s.health = health.NewServer()
 	healthpb.RegisterHealthServer(s.grpc, s.health)
 	reflection.Register(s.grpc)
-	return nil
+	return s.listenMetrics()
+}
+
+// listenMetrics binds --metrics-listen: plain HTTP on loopback, else HTTPS
+// with the API's certificate for the roles authz gives authz.MetricsPath.
+func (s *Server) listenMetrics() error {
+	if s.cfg.MetricsListen == "" {
+		return nil
+	}
+	opts := promserve.Options{Addr: s.cfg.MetricsListen, Gatherer: s.metrics.Registry(), Logger: s.log,
+		Allowed: func(r tlsutil.Role) bool { return authz.Allowed(r, authz.MetricsPath) }}
+	if !s.cfg.Insecure && !promserve.IsLoopback(s.cfg.MetricsListen) {
+		tc, err := tlsutil.ServerConfig(s.cfg.TLSDir)
+		if err != nil {
+			return fmt.Errorf("--metrics-listen: --tls-dir %s: %w", s.cfg.TLSDir, err)
+		}
+		tc.VerifyPeerCertificate = refuseRevoked(s.revoked)
+		opts.TLS = tc
+	}
+	var err error
+	s.scrape, err = promserve.Listen(opts)
+	return err
+}
+
+// MetricsAddr is the bound /metrics address, "" without --metrics-listen.
+func (s *Server) MetricsAddr() string {
+	if s.scrape == nil {
+		return ""
+	}
+	return s.scrape.Addr()
+}
+
+// raftStats are the Raft gauges' source.
+func (s *Server) raftStats() (consensus.Stats, bool) {
+	if s.node == nil {
+		return consensus.Stats{}, false
+	}
+	return s.node.Stats(), s.node.IsLeader()
+}
+
+// countLeaderChanges counts this node's leadership changes until ctx ends.
+func (s *Server) countLeaderChanges(ctx context.Context) {
+	ch, cancel := s.node.SubscribeLeadership()
+	defer cancel()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case _, ok := <-ch:
+			if !ok {
+				return
+			}
+			s.metrics.LeadershipChanged()
+		}
+	}
 }
 
 // Run serves until ctx ends, then stops the node.
@@ -146,6 +212,10 @@ func (s *Server) Run(ctx context.Context) error {
 		return nil
 	})
 	s.parts.run(ctx, g, s.node, s.log)
+	g.Go(func() error { s.countLeaderChanges(ctx); return nil })
+	if s.scrape != nil {
+		g.Go(func() error { return s.scrape.Serve(ctx) })
+	}
 	if !s.cfg.Bootstrap() {
 		g.Go(func() error { return s.join(ctx) })
 	}
@@ -184,6 +254,9 @@ func (s *Server) Stop() {
 		}
 		if s.lis != nil {
 			_ = s.lis.Close()
+		}
+		if s.scrape != nil {
+			_ = s.scrape.Close()
 		}
 		if s.node != nil {
 			if err := s.node.Shutdown(); err != nil {
@@ -272,17 +345,23 @@ func transportCredentials(cfg config.Config, revoked func(serial string) bool) (
 	if err != nil {
 		return nil, nil, fmt.Errorf("--tls-dir %s: %w", cfg.TLSDir, err)
 	}
-	tc.VerifyPeerCertificate = func(_ [][]byte, chains [][]*x509.Certificate) error {
-		if len(chains) > 0 && len(chains[0]) > 0 && revoked(tlsutil.SerialString(chains[0][0])) {
-			return fmt.Errorf("certificate %s (serial %s) is revoked", chains[0][0].Subject.CommonName, tlsutil.SerialString(chains[0][0]))
-		}
-		return nil
-	}
+	tc.VerifyPeerCertificate = refuseRevoked(revoked)
 	server = credentials.NewTLS(tc)
 	if peer, err = tlsutil.ClientCredentialsFromDir(cfg.TLSDir, tlsutil.RoleCoordinator); err != nil {
 		return nil, nil, fmt.Errorf("--tls-dir %s: %w", cfg.TLSDir, err)
 	}
 	return server, peer, nil
+}
+
+// refuseRevoked is a TLS check refusing a client certificate that revoked
+// names.
+func refuseRevoked(revoked func(serial string) bool) func([][]byte, [][]*x509.Certificate) error {
+	return func(_ [][]byte, chains [][]*x509.Certificate) error {
+		if len(chains) > 0 && len(chains[0]) > 0 && revoked(tlsutil.SerialString(chains[0][0])) {
+			return fmt.Errorf("certificate %s (serial %s) is revoked", chains[0][0].Subject.CommonName, tlsutil.SerialString(chains[0][0]))
+		}
+		return nil
+	}
 }
 
 // ServiceInfo lists the services and methods the node serves.

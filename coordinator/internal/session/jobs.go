@@ -30,6 +30,7 @@ func (m *Manager) progress(ctx context.Context, s *session, p *agentv1.JobProgre
 	}
 	now := m.clock.Now()
 	timings := m.phaseTimings(s, p.GetJob(), p.GetPhaseTimings())
+	m.metered(p.GetJob(), p.GetEpoch(), timings, p.GetDisks(), false)
 	s.mu.Lock()
 	j, ok := s.jobs[p.GetJob()]
 	if !ok || j.epoch != p.GetEpoch() {
@@ -60,6 +61,7 @@ func (m *Manager) result(ctx context.Context, s *session, r *agentv1.JobResult) 
 		m.log.Warn("ignoring a result from a host the job is not assigned to", "host", s.host, "job", r.GetJob())
 		return nil
 	}
+	m.metered(r.GetJob(), r.GetEpoch(), r.GetPhaseTimings(), r.GetDisks(), true)
 	state, reason := outcomeState(r)
 	cmd := &ledgerv1.Command{Op: &ledgerv1.Command_FinishMigrationJob{FinishMigrationJob: &ledgerv1.FinishMigrationJob{
 		Name: r.GetJob(), Epoch: r.GetEpoch(), State: state, Reason: reason, Warnings: r.GetWarnings(), Disks: r.GetDisks(),
@@ -69,6 +71,18 @@ func (m *Manager) result(ctx context.Context, s *session, r *agentv1.JobResult) 
 		m.log.Info("job finished", "host", s.host, "job", r.GetJob(), "epoch", r.GetEpoch(), "state", state, "reason", reason)
 	}
 	return m.refusable(err, "result", s, r.GetJob(), r.GetEpoch())
+}
+
+// metered tells the meter a report of job's assignment epoch.
+func (m *Manager) metered(job string, epoch int64, timings []*ferryv1.PhaseTiming, disks []*ferryv1.DiskProgress, final bool) {
+	if m.meter == nil {
+		return
+	}
+	j, ok := m.ledger.Job(job)
+	if !ok || j.GetEpoch() != epoch {
+		return
+	}
+	m.meter.JobProgress(job, j.GetMigrationServer(), epoch, timings, disks, final)
 }
 
 // phaseTimings returns an agent's phase timings of job when the ledger can

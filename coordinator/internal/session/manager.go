@@ -114,6 +114,15 @@ type Deps struct {
 	Unsealer Unsealer
 	Logger   *slog.Logger
 	Clock    Clock
+	// Meter counts the bytes and rates the agents report (the
+	// coordinator's metrics); nil counts nothing.
+	Meter Meter
+}
+
+// Meter is told every progress report and result of a job's current
+// assignment, with the job's migration server.
+type Meter interface {
+	JobProgress(job, server string, epoch int64, timings []*ferryv1.PhaseTiming, disks []*ferryv1.DiskProgress, final bool)
 }
 
 // Manager serves AgentService and keeps the sessions of this node.
@@ -127,6 +136,7 @@ type Manager struct {
 	seal   Unsealer
 	log    *slog.Logger
 	clock  Clock
+	meter  Meter
 
 	// streams counts Connect handlers and their receive loops, which
 	// outlive their handlers briefly; Run waits for them when it stops.
@@ -163,6 +173,7 @@ func NewManager(cfg Config, deps Deps) *Manager {
 		seal:     deps.Unsealer,
 		log:      log.With("component", "session"),
 		clock:    clock,
+		meter:    deps.Meter,
 		sessions: map[string]*session{},
 		open:     map[*session]struct{}{},
 		gone:     map[string]time.Time{},

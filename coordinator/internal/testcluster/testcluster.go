@@ -37,6 +37,11 @@ type Cluster struct {
 	// gRPC and plain-TCP Raft, as --insecure. Dial and DialAgent, which
 	// use the PKI, cannot reach such nodes.
 	Insecure bool
+	// MetricsListen is passed to every node added after it is set.
+	MetricsListen string
+	// AuditOff, set before nodes are added, records no audit events
+	// (benchmarks compare the two).
+	AuditOff bool
 
 	mu    sync.Mutex
 	nodes []*Node
@@ -88,7 +93,8 @@ func (c *Cluster) AddNode() *Node {
 	cfg := config.Config{
 		NodeID: fmt.Sprintf("n%d", i+1), DataDir: filepath.Join(c.dir, fmt.Sprintf("n%d", i+1)),
 		Listen: "127.0.0.1:0", RaftListen: "127.0.0.1:0", TLSDir: c.TLSDir, KeyFile: c.KeyFile,
-		TrailingLogs: c.TrailingLogs, AuthorizationOff: c.AuthorizationOff, Insecure: c.Insecure,
+		TrailingLogs: c.TrailingLogs, AuthorizationOff: c.AuthorizationOff, Insecure: c.Insecure, MetricsListen: c.MetricsListen,
+		AuditOff: c.AuditOff,
 	}
 	for _, n := range c.nodes {
 		if n.alive {

@@ -401,9 +401,18 @@ type MigrationServer struct {
 	// Output only, and the precondition of an update (AIP-154): a checksum
 	// of the stored resource. An Update carrying an etag that no longer
 	// matches is ABORTED naming etag; an empty etag updates unconditionally.
-	Etag          string `protobuf:"bytes,16,opt,name=etag,proto3" json:"etag,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Etag string `protobuf:"bytes,16,opt,name=etag,proto3" json:"etag,omitempty"`
+	// Output only: the size of the file system of cache_path, as the host's
+	// agent last reported it (0 while it has not).
+	CacheTotalBytes int64 `protobuf:"varint,17,opt,name=cache_total_bytes,json=cacheTotalBytes,proto3" json:"cache_total_bytes,omitempty"`
+	// Output only: the space free at cache_path less what the server's
+	// running jobs reserve (their disks' virtual sizes), never below 0: what
+	// the scheduler admits new jobs against.
+	CacheFreeBytes int64 `protobuf:"varint,18,opt,name=cache_free_bytes,json=cacheFreeBytes,proto3" json:"cache_free_bytes,omitempty"`
+	// Output only: what the server's running jobs reserve in its cache.
+	CacheReservedBytes int64 `protobuf:"varint,19,opt,name=cache_reserved_bytes,json=cacheReservedBytes,proto3" json:"cache_reserved_bytes,omitempty"`
+	unknownFields      protoimpl.UnknownFields
+	sizeCache          protoimpl.SizeCache
 }
 
 func (x *MigrationServer) Reset() {
@@ -546,6 +555,27 @@ func (x *MigrationServer) GetEtag() string {
 		return x.Etag
 	}
 	return ""
+}
+
+func (x *MigrationServer) GetCacheTotalBytes() int64 {
+	if x != nil {
+		return x.CacheTotalBytes
+	}
+	return 0
+}
+
+func (x *MigrationServer) GetCacheFreeBytes() int64 {
+	if x != nil {
+		return x.CacheFreeBytes
+	}
+	return 0
+}
+
+func (x *MigrationServer) GetCacheReservedBytes() int64 {
+	if x != nil {
+		return x.CacheReservedBytes
+	}
+	return 0
 }
 
 type CreateMigrationServerRequest struct {
@@ -1191,7 +1221,7 @@ const file_ferry_v1_migration_server_proto_rawDesc = "" +
 	"\x1cUpdateMigrationServerRequest\x12D\n" +
 	"\x10migration_server\x18\x01 \x01(\v2\x19.ferry.v1.MigrationServerR\x0fmigrationServer\x12;\n" +
 	"\vupdate_mask\x18\x02 \x01(\v2\x1a.google.protobuf.FieldMaskR\n" +
-	"updateMask\"\x8a\x05\n" +
+	"updateMask\"\x92\x06\n" +
 	"\x0fMigrationServer\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12!\n" +
 	"\fdisplay_name\x18\x02 \x01(\tR\vdisplayName\x12\x12\n" +
@@ -1212,7 +1242,10 @@ const file_ferry_v1_migration_server_proto_rawDesc = "" +
 	"\vdescription\x18\x0e \x01(\tR\vdescription\x12;\n" +
 	"\vupdate_time\x18\x0f \x01(\v2\x1a.google.protobuf.TimestampR\n" +
 	"updateTime\x12\x12\n" +
-	"\x04etag\x18\x10 \x01(\tR\x04etag\"\x83\x01\n" +
+	"\x04etag\x18\x10 \x01(\tR\x04etag\x12*\n" +
+	"\x11cache_total_bytes\x18\x11 \x01(\x03R\x0fcacheTotalBytes\x12(\n" +
+	"\x10cache_free_bytes\x18\x12 \x01(\x03R\x0ecacheFreeBytes\x120\n" +
+	"\x14cache_reserved_bytes\x18\x13 \x01(\x03R\x12cacheReservedBytes\"\x83\x01\n" +
 	"\x1cCreateMigrationServerRequest\x12D\n" +
 	"\x10migration_server\x18\x01 \x01(\v2\x19.ferry.v1.MigrationServerR\x0fmigrationServer\x12\x1d\n" +
 	"\n" +

@@ -73,6 +73,7 @@ type Command struct {
 	//	*Command_SetHostMaintenance
 	//	*Command_SetPendingCleanup
 	//	*Command_UpdateResource
+	//	*Command_RecordAuditEvent
 	Op            isCommand_Op `protobuf_oneof:"op"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -462,6 +463,15 @@ func (x *Command) GetUpdateResource() *UpdateResource {
 	return nil
 }
 
+func (x *Command) GetRecordAuditEvent() *RecordAuditEvent {
+	if x != nil {
+		if x, ok := x.Op.(*Command_RecordAuditEvent); ok {
+			return x.RecordAuditEvent
+		}
+	}
+	return nil
+}
+
 type isCommand_Op interface {
 	isCommand_Op()
 }
@@ -614,6 +624,10 @@ type Command_UpdateResource struct {
 	UpdateResource *UpdateResource `protobuf:"bytes,46,opt,name=update_resource,json=updateResource,proto3,oneof"`
 }
 
+type Command_RecordAuditEvent struct {
+	RecordAuditEvent *RecordAuditEvent `protobuf:"bytes,47,opt,name=record_audit_event,json=recordAuditEvent,proto3,oneof"`
+}
+
 func (*Command_PutCluster) isCommand_Op() {}
 
 func (*Command_DeleteCluster) isCommand_Op() {}
@@ -687,6 +701,8 @@ func (*Command_SetHostMaintenance) isCommand_Op() {}
 func (*Command_SetPendingCleanup) isCommand_Op() {}
 
 func (*Command_UpdateResource) isCommand_Op() {}
+
+func (*Command_RecordAuditEvent) isCommand_Op() {}
 
 // Batch applies several commands as one log entry, in order.
 type Batch struct {
@@ -2440,9 +2456,16 @@ type Snapshot struct {
 	SourceInventories    []*v1.SourceInventory     `protobuf:"bytes,12,rep,name=source_inventories,json=sourceInventories,proto3" json:"source_inventories,omitempty"`
 	NetworkMappingGroups []*v1.NetworkMappingGroup `protobuf:"bytes,13,rep,name=network_mapping_groups,json=networkMappingGroups,proto3" json:"network_mapping_groups,omitempty"`
 	RevokedCertificates  []*v1.RevokedCertificate  `protobuf:"bytes,14,rep,name=revoked_certificates,json=revokedCertificates,proto3" json:"revoked_certificates,omitempty"`
-	CacheUsage           []*CacheUsageHistory      `protobuf:"bytes,20,rep,name=cache_usage,json=cacheUsage,proto3" json:"cache_usage,omitempty"`
-	unknownFields        protoimpl.UnknownFields
-	sizeCache            protoimpl.SizeCache
+	// The audit trail, oldest first.
+	AuditEvents []*v1.AuditEvent `protobuf:"bytes,15,rep,name=audit_events,json=auditEvents,proto3" json:"audit_events,omitempty"`
+	// The retention the latest RecordAuditEvent stamped, which job state
+	// changes are pruned by too.
+	AuditRetention *AuditRetention `protobuf:"bytes,16,opt,name=audit_retention,json=auditRetention,proto3" json:"audit_retention,omitempty"`
+	// The number of the last audit event recorded (auditEvents/{number}).
+	AuditSequence uint64               `protobuf:"varint,17,opt,name=audit_sequence,json=auditSequence,proto3" json:"audit_sequence,omitempty"`
+	CacheUsage    []*CacheUsageHistory `protobuf:"bytes,20,rep,name=cache_usage,json=cacheUsage,proto3" json:"cache_usage,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Snapshot) Reset() {
@@ -2571,6 +2594,27 @@ func (x *Snapshot) GetRevokedCertificates() []*v1.RevokedCertificate {
 		return x.RevokedCertificates
 	}
 	return nil
+}
+
+func (x *Snapshot) GetAuditEvents() []*v1.AuditEvent {
+	if x != nil {
+		return x.AuditEvents
+	}
+	return nil
+}
+
+func (x *Snapshot) GetAuditRetention() *AuditRetention {
+	if x != nil {
+		return x.AuditRetention
+	}
+	return nil
+}
+
+func (x *Snapshot) GetAuditSequence() uint64 {
+	if x != nil {
+		return x.AuditSequence
+	}
+	return 0
 }
 
 func (x *Snapshot) GetCacheUsage() []*CacheUsageHistory {
@@ -2720,6 +2764,115 @@ func (x *UsageTier) GetSamples() []int32 {
 	return nil
 }
 
+// RecordAuditEvent appends one event to the audit trail (the companion
+// entry of a mutating call); the leader stamps its name and time, and the
+// retention from its flags, which Apply prunes the trail by.
+type RecordAuditEvent struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Event         *v1.AuditEvent         `protobuf:"bytes,1,opt,name=event,proto3" json:"event,omitempty"`
+	Retention     *AuditRetention        `protobuf:"bytes,2,opt,name=retention,proto3" json:"retention,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RecordAuditEvent) Reset() {
+	*x = RecordAuditEvent{}
+	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[34]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RecordAuditEvent) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RecordAuditEvent) ProtoMessage() {}
+
+func (x *RecordAuditEvent) ProtoReflect() protoreflect.Message {
+	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[34]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RecordAuditEvent.ProtoReflect.Descriptor instead.
+func (*RecordAuditEvent) Descriptor() ([]byte, []int) {
+	return file_ferry_ledger_v1_ledger_proto_rawDescGZIP(), []int{34}
+}
+
+func (x *RecordAuditEvent) GetEvent() *v1.AuditEvent {
+	if x != nil {
+		return x.Event
+	}
+	return nil
+}
+
+func (x *RecordAuditEvent) GetRetention() *AuditRetention {
+	if x != nil {
+		return x.Retention
+	}
+	return nil
+}
+
+// AuditRetention bounds the audit trail: events older than max_age (before
+// the command's time) and beyond the newest max_events are dropped.
+type AuditRetention struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	MaxAgeSeconds int64                  `protobuf:"varint,1,opt,name=max_age_seconds,json=maxAgeSeconds,proto3" json:"max_age_seconds,omitempty"`
+	MaxEvents     int32                  `protobuf:"varint,2,opt,name=max_events,json=maxEvents,proto3" json:"max_events,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AuditRetention) Reset() {
+	*x = AuditRetention{}
+	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[35]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AuditRetention) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AuditRetention) ProtoMessage() {}
+
+func (x *AuditRetention) ProtoReflect() protoreflect.Message {
+	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[35]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AuditRetention.ProtoReflect.Descriptor instead.
+func (*AuditRetention) Descriptor() ([]byte, []int) {
+	return file_ferry_ledger_v1_ledger_proto_rawDescGZIP(), []int{35}
+}
+
+func (x *AuditRetention) GetMaxAgeSeconds() int64 {
+	if x != nil {
+		return x.MaxAgeSeconds
+	}
+	return 0
+}
+
+func (x *AuditRetention) GetMaxEvents() int32 {
+	if x != nil {
+		return x.MaxEvents
+	}
+	return 0
+}
+
 // RevokeCertificate puts a certificate serial on the revocation list; the
 // leader stamps revoke_time and revoked_by.
 type RevokeCertificate struct {
@@ -2731,7 +2884,7 @@ type RevokeCertificate struct {
 
 func (x *RevokeCertificate) Reset() {
 	*x = RevokeCertificate{}
-	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[34]
+	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2743,7 +2896,7 @@ func (x *RevokeCertificate) String() string {
 func (*RevokeCertificate) ProtoMessage() {}
 
 func (x *RevokeCertificate) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[34]
+	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2756,7 +2909,7 @@ func (x *RevokeCertificate) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevokeCertificate.ProtoReflect.Descriptor instead.
 func (*RevokeCertificate) Descriptor() ([]byte, []int) {
-	return file_ferry_ledger_v1_ledger_proto_rawDescGZIP(), []int{34}
+	return file_ferry_ledger_v1_ledger_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *RevokeCertificate) GetCertificate() *v1.RevokedCertificate {
@@ -2779,7 +2932,7 @@ type ReleaseAddress struct {
 
 func (x *ReleaseAddress) Reset() {
 	*x = ReleaseAddress{}
-	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[35]
+	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2791,7 +2944,7 @@ func (x *ReleaseAddress) String() string {
 func (*ReleaseAddress) ProtoMessage() {}
 
 func (x *ReleaseAddress) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[35]
+	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2804,7 +2957,7 @@ func (x *ReleaseAddress) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReleaseAddress.ProtoReflect.Descriptor instead.
 func (*ReleaseAddress) Descriptor() ([]byte, []int) {
-	return file_ferry_ledger_v1_ledger_proto_rawDescGZIP(), []int{35}
+	return file_ferry_ledger_v1_ledger_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *ReleaseAddress) GetNetwork() string {
@@ -2848,7 +3001,7 @@ type UpdateResource struct {
 
 func (x *UpdateResource) Reset() {
 	*x = UpdateResource{}
-	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[36]
+	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2860,7 +3013,7 @@ func (x *UpdateResource) String() string {
 func (*UpdateResource) ProtoMessage() {}
 
 func (x *UpdateResource) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[36]
+	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2873,7 +3026,7 @@ func (x *UpdateResource) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpdateResource.ProtoReflect.Descriptor instead.
 func (*UpdateResource) Descriptor() ([]byte, []int) {
-	return file_ferry_ledger_v1_ledger_proto_rawDescGZIP(), []int{36}
+	return file_ferry_ledger_v1_ledger_proto_rawDescGZIP(), []int{38}
 }
 
 func (x *UpdateResource) GetResource() isUpdateResource_Resource {
@@ -3012,7 +3165,7 @@ var File_ferry_ledger_v1_ledger_proto protoreflect.FileDescriptor
 
 const file_ferry_ledger_v1_ledger_proto_rawDesc = "" +
 	"\n" +
-	"\x1cferry/ledger/v1/ledger.proto\x12\x0fferry.ledger.v1\x1a\x1aferry/v1/certificate.proto\x1a\x1fferry/v1/target_inventory.proto\x1a\x1cferry/v1/migration_job.proto\x1a\x1fferry/v1/migration_server.proto\x1a\x1eferry/v1/network_mapping.proto\x1a\x17ferry/v1/settings.proto\x1a\x15ferry/v1/source.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xe2\x18\n" +
+	"\x1cferry/ledger/v1/ledger.proto\x12\x0fferry.ledger.v1\x1a\x14ferry/v1/audit.proto\x1a\x1aferry/v1/certificate.proto\x1a\x1fferry/v1/target_inventory.proto\x1a\x1cferry/v1/migration_job.proto\x1a\x1fferry/v1/migration_server.proto\x1a\x1eferry/v1/network_mapping.proto\x1a\x17ferry/v1/settings.proto\x1a\x15ferry/v1/source.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xb5\x19\n" +
 	"\aCommand\x12.\n" +
 	"\x04time\x18\x01 \x01(\v2\x1a.google.protobuf.TimestampR\x04time\x127\n" +
 	"\arequest\x18\x02 \x01(\v2\x1d.ferry.ledger.v1.RequestStampR\arequest\x12>\n" +
@@ -3056,7 +3209,8 @@ const file_ferry_ledger_v1_ledger_proto_rawDesc = "" +
 	"\x12revoke_certificate\x18+ \x01(\v2\".ferry.ledger.v1.RevokeCertificateH\x00R\x11revokeCertificate\x12W\n" +
 	"\x14set_host_maintenance\x18, \x01(\v2#.ferry.ledger.v1.SetHostMaintenanceH\x00R\x12setHostMaintenance\x12T\n" +
 	"\x13set_pending_cleanup\x18- \x01(\v2\".ferry.ledger.v1.SetPendingCleanupH\x00R\x11setPendingCleanup\x12J\n" +
-	"\x0fupdate_resource\x18. \x01(\v2\x1f.ferry.ledger.v1.UpdateResourceH\x00R\x0eupdateResourceB\x04\n" +
+	"\x0fupdate_resource\x18. \x01(\v2\x1f.ferry.ledger.v1.UpdateResourceH\x00R\x0eupdateResource\x12Q\n" +
+	"\x12record_audit_event\x18/ \x01(\v2!.ferry.ledger.v1.RecordAuditEventH\x00R\x10recordAuditEventB\x04\n" +
 	"\x02op\"=\n" +
 	"\x05Batch\x124\n" +
 	"\bcommands\x18\x01 \x03(\v2\x18.ferry.ledger.v1.CommandR\bcommands\"$\n" +
@@ -3186,7 +3340,7 @@ const file_ferry_ledger_v1_ledger_proto_rawDesc = "" +
 	"request_id\x18\x01 \x01(\tR\trequestId\x12\x14\n" +
 	"\x05names\x18\x02 \x03(\tR\x05names\x12.\n" +
 	"\x04time\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\x04time\x12\x16\n" +
-	"\x06method\x18\x04 \x01(\tR\x06method\"\x8d\a\n" +
+	"\x06method\x18\x04 \x01(\tR\x06method\"\xb7\b\n" +
 	"\bSnapshot\x12-\n" +
 	"\bclusters\x18\x01 \x03(\v2\x11.ferry.v1.ClusterR\bclusters\x12$\n" +
 	"\x05hosts\x18\x02 \x03(\v2\x0e.ferry.v1.HostR\x05hosts\x12C\n" +
@@ -3203,7 +3357,10 @@ const file_ferry_ledger_v1_ledger_proto_rawDesc = "" +
 	"\brequests\x18\v \x03(\v2\x1e.ferry.ledger.v1.RequestRecordR\brequests\x12H\n" +
 	"\x12source_inventories\x18\f \x03(\v2\x19.ferry.v1.SourceInventoryR\x11sourceInventories\x12S\n" +
 	"\x16network_mapping_groups\x18\r \x03(\v2\x1d.ferry.v1.NetworkMappingGroupR\x14networkMappingGroups\x12O\n" +
-	"\x14revoked_certificates\x18\x0e \x03(\v2\x1c.ferry.v1.RevokedCertificateR\x13revokedCertificates\x12C\n" +
+	"\x14revoked_certificates\x18\x0e \x03(\v2\x1c.ferry.v1.RevokedCertificateR\x13revokedCertificates\x127\n" +
+	"\faudit_events\x18\x0f \x03(\v2\x14.ferry.v1.AuditEventR\vauditEvents\x12H\n" +
+	"\x0faudit_retention\x18\x10 \x01(\v2\x1f.ferry.ledger.v1.AuditRetentionR\x0eauditRetention\x12%\n" +
+	"\x0eaudit_sequence\x18\x11 \x01(\x04R\rauditSequence\x12C\n" +
 	"\vcache_usage\x18\x14 \x03(\v2\".ferry.ledger.v1.CacheUsageHistoryR\n" +
 	"cacheUsage\"Y\n" +
 	"\x11CacheUsageHistory\x12\x12\n" +
@@ -3214,7 +3371,14 @@ const file_ferry_ledger_v1_ledger_proto_rawDesc = "" +
 	"\x05start\x18\x02 \x03(\x03R\x05start\x12$\n" +
 	"\x0eused_bytes_sum\x18\x03 \x03(\x03R\fusedBytesSum\x12&\n" +
 	"\x0ftotal_bytes_sum\x18\x04 \x03(\x03R\rtotalBytesSum\x12\x18\n" +
-	"\asamples\x18\x05 \x03(\x05R\asamples\"S\n" +
+	"\asamples\x18\x05 \x03(\x05R\asamples\"}\n" +
+	"\x10RecordAuditEvent\x12*\n" +
+	"\x05event\x18\x01 \x01(\v2\x14.ferry.v1.AuditEventR\x05event\x12=\n" +
+	"\tretention\x18\x02 \x01(\v2\x1f.ferry.ledger.v1.AuditRetentionR\tretention\"W\n" +
+	"\x0eAuditRetention\x12&\n" +
+	"\x0fmax_age_seconds\x18\x01 \x01(\x03R\rmaxAgeSeconds\x12\x1d\n" +
+	"\n" +
+	"max_events\x18\x02 \x01(\x05R\tmaxEvents\"S\n" +
 	"\x11RevokeCertificate\x12>\n" +
 	"\vcertificate\x18\x01 \x01(\v2\x1c.ferry.v1.RevokedCertificateR\vcertificate\":\n" +
 	"\x0eReleaseAddress\x12\x18\n" +
@@ -3250,7 +3414,7 @@ func file_ferry_ledger_v1_ledger_proto_rawDescGZIP() []byte {
 	return file_ferry_ledger_v1_ledger_proto_rawDescData
 }
 
-var file_ferry_ledger_v1_ledger_proto_msgTypes = make([]protoimpl.MessageInfo, 37)
+var file_ferry_ledger_v1_ledger_proto_msgTypes = make([]protoimpl.MessageInfo, 39)
 var file_ferry_ledger_v1_ledger_proto_goTypes = []any{
 	(*Command)(nil),                     // 0: ferry.ledger.v1.Command
 	(*Batch)(nil),                       // 1: ferry.ledger.v1.Batch
@@ -3286,30 +3450,33 @@ var file_ferry_ledger_v1_ledger_proto_goTypes = []any{
 	(*Snapshot)(nil),                    // 31: ferry.ledger.v1.Snapshot
 	(*CacheUsageHistory)(nil),           // 32: ferry.ledger.v1.CacheUsageHistory
 	(*UsageTier)(nil),                   // 33: ferry.ledger.v1.UsageTier
-	(*RevokeCertificate)(nil),           // 34: ferry.ledger.v1.RevokeCertificate
-	(*ReleaseAddress)(nil),              // 35: ferry.ledger.v1.ReleaseAddress
-	(*UpdateResource)(nil),              // 36: ferry.ledger.v1.UpdateResource
-	(*timestamppb.Timestamp)(nil),       // 37: google.protobuf.Timestamp
-	(*v1.Cluster)(nil),                  // 38: ferry.v1.Cluster
-	(*v1.Host)(nil),                     // 39: ferry.v1.Host
-	(*v1.PendingCleanup)(nil),           // 40: ferry.v1.PendingCleanup
-	(*v1.PrimaryStorage)(nil),           // 41: ferry.v1.PrimaryStorage
-	(*v1.L3Network)(nil),                // 42: ferry.v1.L3Network
-	(*v1.MigrationServer)(nil),          // 43: ferry.v1.MigrationServer
-	(*v1.Credential)(nil),               // 44: ferry.v1.Credential
-	(*v1.Source)(nil),                   // 45: ferry.v1.Source
-	(*v1.SourceInventory)(nil),          // 46: ferry.v1.SourceInventory
-	(*v1.MigrationJob)(nil),             // 47: ferry.v1.MigrationJob
-	(v1.MigrationJobPhase)(0),           // 48: ferry.v1.MigrationJobPhase
-	(*v1.DiskProgress)(nil),             // 49: ferry.v1.DiskProgress
-	(*v1.PhaseTiming)(nil),              // 50: ferry.v1.PhaseTiming
-	(v1.MigrationJobState)(0),           // 51: ferry.v1.MigrationJobState
-	(*v1.NetworkMappingGroup)(nil),      // 52: ferry.v1.NetworkMappingGroup
-	(*v1.Settings)(nil),                 // 53: ferry.v1.Settings
-	(*v1.RevokedCertificate)(nil),       // 54: ferry.v1.RevokedCertificate
+	(*RecordAuditEvent)(nil),            // 34: ferry.ledger.v1.RecordAuditEvent
+	(*AuditRetention)(nil),              // 35: ferry.ledger.v1.AuditRetention
+	(*RevokeCertificate)(nil),           // 36: ferry.ledger.v1.RevokeCertificate
+	(*ReleaseAddress)(nil),              // 37: ferry.ledger.v1.ReleaseAddress
+	(*UpdateResource)(nil),              // 38: ferry.ledger.v1.UpdateResource
+	(*timestamppb.Timestamp)(nil),       // 39: google.protobuf.Timestamp
+	(*v1.Cluster)(nil),                  // 40: ferry.v1.Cluster
+	(*v1.Host)(nil),                     // 41: ferry.v1.Host
+	(*v1.PendingCleanup)(nil),           // 42: ferry.v1.PendingCleanup
+	(*v1.PrimaryStorage)(nil),           // 43: ferry.v1.PrimaryStorage
+	(*v1.L3Network)(nil),                // 44: ferry.v1.L3Network
+	(*v1.MigrationServer)(nil),          // 45: ferry.v1.MigrationServer
+	(*v1.Credential)(nil),               // 46: ferry.v1.Credential
+	(*v1.Source)(nil),                   // 47: ferry.v1.Source
+	(*v1.SourceInventory)(nil),          // 48: ferry.v1.SourceInventory
+	(*v1.MigrationJob)(nil),             // 49: ferry.v1.MigrationJob
+	(v1.MigrationJobPhase)(0),           // 50: ferry.v1.MigrationJobPhase
+	(*v1.DiskProgress)(nil),             // 51: ferry.v1.DiskProgress
+	(*v1.PhaseTiming)(nil),              // 52: ferry.v1.PhaseTiming
+	(v1.MigrationJobState)(0),           // 53: ferry.v1.MigrationJobState
+	(*v1.NetworkMappingGroup)(nil),      // 54: ferry.v1.NetworkMappingGroup
+	(*v1.Settings)(nil),                 // 55: ferry.v1.Settings
+	(*v1.RevokedCertificate)(nil),       // 56: ferry.v1.RevokedCertificate
+	(*v1.AuditEvent)(nil),               // 57: ferry.v1.AuditEvent
 }
 var file_ferry_ledger_v1_ledger_proto_depIdxs = []int32{
-	37, // 0: ferry.ledger.v1.Command.time:type_name -> google.protobuf.Timestamp
+	39, // 0: ferry.ledger.v1.Command.time:type_name -> google.protobuf.Timestamp
 	29, // 1: ferry.ledger.v1.Command.request:type_name -> ferry.ledger.v1.RequestStamp
 	3,  // 2: ferry.ledger.v1.Command.put_cluster:type_name -> ferry.ledger.v1.PutCluster
 	2,  // 3: ferry.ledger.v1.Command.delete_cluster:type_name -> ferry.ledger.v1.DeleteResource
@@ -3343,62 +3510,67 @@ var file_ferry_ledger_v1_ledger_proto_depIdxs = []int32{
 	17, // 31: ferry.ledger.v1.Command.record_source_sync:type_name -> ferry.ledger.v1.RecordSourceSync
 	25, // 32: ferry.ledger.v1.Command.put_network_mapping_group:type_name -> ferry.ledger.v1.PutNetworkMappingGroup
 	2,  // 33: ferry.ledger.v1.Command.delete_network_mapping_group:type_name -> ferry.ledger.v1.DeleteResource
-	35, // 34: ferry.ledger.v1.Command.release_address:type_name -> ferry.ledger.v1.ReleaseAddress
-	34, // 35: ferry.ledger.v1.Command.revoke_certificate:type_name -> ferry.ledger.v1.RevokeCertificate
+	37, // 34: ferry.ledger.v1.Command.release_address:type_name -> ferry.ledger.v1.ReleaseAddress
+	36, // 35: ferry.ledger.v1.Command.revoke_certificate:type_name -> ferry.ledger.v1.RevokeCertificate
 	6,  // 36: ferry.ledger.v1.Command.set_host_maintenance:type_name -> ferry.ledger.v1.SetHostMaintenance
 	7,  // 37: ferry.ledger.v1.Command.set_pending_cleanup:type_name -> ferry.ledger.v1.SetPendingCleanup
-	36, // 38: ferry.ledger.v1.Command.update_resource:type_name -> ferry.ledger.v1.UpdateResource
-	0,  // 39: ferry.ledger.v1.Batch.commands:type_name -> ferry.ledger.v1.Command
-	38, // 40: ferry.ledger.v1.PutCluster.cluster:type_name -> ferry.v1.Cluster
-	39, // 41: ferry.ledger.v1.PutHost.host:type_name -> ferry.v1.Host
-	40, // 42: ferry.ledger.v1.SetPendingCleanup.cleanup:type_name -> ferry.v1.PendingCleanup
-	41, // 43: ferry.ledger.v1.PutPrimaryStorage.primary_storage:type_name -> ferry.v1.PrimaryStorage
-	42, // 44: ferry.ledger.v1.PutL3Network.l3_network:type_name -> ferry.v1.L3Network
-	43, // 45: ferry.ledger.v1.PutMigrationServer.migration_server:type_name -> ferry.v1.MigrationServer
-	44, // 46: ferry.ledger.v1.SealedCredential.credential:type_name -> ferry.v1.Credential
-	13, // 47: ferry.ledger.v1.PutCredential.credential:type_name -> ferry.ledger.v1.SealedCredential
-	45, // 48: ferry.ledger.v1.PutSource.source:type_name -> ferry.v1.Source
-	46, // 49: ferry.ledger.v1.RecordSourceSync.inventory:type_name -> ferry.v1.SourceInventory
-	47, // 50: ferry.ledger.v1.CreateMigrationJobs.jobs:type_name -> ferry.v1.MigrationJob
-	48, // 51: ferry.ledger.v1.CheckpointMigrationJob.phase:type_name -> ferry.v1.MigrationJobPhase
-	49, // 52: ferry.ledger.v1.CheckpointMigrationJob.disks:type_name -> ferry.v1.DiskProgress
-	50, // 53: ferry.ledger.v1.CheckpointMigrationJob.phase_timings:type_name -> ferry.v1.PhaseTiming
-	51, // 54: ferry.ledger.v1.FinishMigrationJob.state:type_name -> ferry.v1.MigrationJobState
-	49, // 55: ferry.ledger.v1.FinishMigrationJob.disks:type_name -> ferry.v1.DiskProgress
-	50, // 56: ferry.ledger.v1.FinishMigrationJob.phase_timings:type_name -> ferry.v1.PhaseTiming
-	52, // 57: ferry.ledger.v1.PutNetworkMappingGroup.network_mapping_group:type_name -> ferry.v1.NetworkMappingGroup
-	53, // 58: ferry.ledger.v1.PutSettings.settings:type_name -> ferry.v1.Settings
-	27, // 59: ferry.ledger.v1.PutNode.node:type_name -> ferry.ledger.v1.Node
-	37, // 60: ferry.ledger.v1.RequestRecord.time:type_name -> google.protobuf.Timestamp
-	38, // 61: ferry.ledger.v1.Snapshot.clusters:type_name -> ferry.v1.Cluster
-	39, // 62: ferry.ledger.v1.Snapshot.hosts:type_name -> ferry.v1.Host
-	41, // 63: ferry.ledger.v1.Snapshot.primary_storages:type_name -> ferry.v1.PrimaryStorage
-	42, // 64: ferry.ledger.v1.Snapshot.l3_networks:type_name -> ferry.v1.L3Network
-	43, // 65: ferry.ledger.v1.Snapshot.migration_servers:type_name -> ferry.v1.MigrationServer
-	13, // 66: ferry.ledger.v1.Snapshot.credentials:type_name -> ferry.ledger.v1.SealedCredential
-	45, // 67: ferry.ledger.v1.Snapshot.sources:type_name -> ferry.v1.Source
-	47, // 68: ferry.ledger.v1.Snapshot.jobs:type_name -> ferry.v1.MigrationJob
-	53, // 69: ferry.ledger.v1.Snapshot.settings:type_name -> ferry.v1.Settings
-	27, // 70: ferry.ledger.v1.Snapshot.nodes:type_name -> ferry.ledger.v1.Node
-	30, // 71: ferry.ledger.v1.Snapshot.requests:type_name -> ferry.ledger.v1.RequestRecord
-	46, // 72: ferry.ledger.v1.Snapshot.source_inventories:type_name -> ferry.v1.SourceInventory
-	52, // 73: ferry.ledger.v1.Snapshot.network_mapping_groups:type_name -> ferry.v1.NetworkMappingGroup
-	54, // 74: ferry.ledger.v1.Snapshot.revoked_certificates:type_name -> ferry.v1.RevokedCertificate
-	32, // 75: ferry.ledger.v1.Snapshot.cache_usage:type_name -> ferry.ledger.v1.CacheUsageHistory
-	33, // 76: ferry.ledger.v1.CacheUsageHistory.tiers:type_name -> ferry.ledger.v1.UsageTier
-	54, // 77: ferry.ledger.v1.RevokeCertificate.certificate:type_name -> ferry.v1.RevokedCertificate
-	43, // 78: ferry.ledger.v1.UpdateResource.migration_server:type_name -> ferry.v1.MigrationServer
-	45, // 79: ferry.ledger.v1.UpdateResource.source:type_name -> ferry.v1.Source
-	13, // 80: ferry.ledger.v1.UpdateResource.credential:type_name -> ferry.ledger.v1.SealedCredential
-	38, // 81: ferry.ledger.v1.UpdateResource.cluster:type_name -> ferry.v1.Cluster
-	41, // 82: ferry.ledger.v1.UpdateResource.primary_storage:type_name -> ferry.v1.PrimaryStorage
-	42, // 83: ferry.ledger.v1.UpdateResource.l3_network:type_name -> ferry.v1.L3Network
-	47, // 84: ferry.ledger.v1.UpdateResource.migration_job:type_name -> ferry.v1.MigrationJob
-	85, // [85:85] is the sub-list for method output_type
-	85, // [85:85] is the sub-list for method input_type
-	85, // [85:85] is the sub-list for extension type_name
-	85, // [85:85] is the sub-list for extension extendee
-	0,  // [0:85] is the sub-list for field type_name
+	38, // 38: ferry.ledger.v1.Command.update_resource:type_name -> ferry.ledger.v1.UpdateResource
+	34, // 39: ferry.ledger.v1.Command.record_audit_event:type_name -> ferry.ledger.v1.RecordAuditEvent
+	0,  // 40: ferry.ledger.v1.Batch.commands:type_name -> ferry.ledger.v1.Command
+	40, // 41: ferry.ledger.v1.PutCluster.cluster:type_name -> ferry.v1.Cluster
+	41, // 42: ferry.ledger.v1.PutHost.host:type_name -> ferry.v1.Host
+	42, // 43: ferry.ledger.v1.SetPendingCleanup.cleanup:type_name -> ferry.v1.PendingCleanup
+	43, // 44: ferry.ledger.v1.PutPrimaryStorage.primary_storage:type_name -> ferry.v1.PrimaryStorage
+	44, // 45: ferry.ledger.v1.PutL3Network.l3_network:type_name -> ferry.v1.L3Network
+	45, // 46: ferry.ledger.v1.PutMigrationServer.migration_server:type_name -> ferry.v1.MigrationServer
+	46, // 47: ferry.ledger.v1.SealedCredential.credential:type_name -> ferry.v1.Credential
+	13, // 48: ferry.ledger.v1.PutCredential.credential:type_name -> ferry.ledger.v1.SealedCredential
+	47, // 49: ferry.ledger.v1.PutSource.source:type_name -> ferry.v1.Source
+	48, // 50: ferry.ledger.v1.RecordSourceSync.inventory:type_name -> ferry.v1.SourceInventory
+	49, // 51: ferry.ledger.v1.CreateMigrationJobs.jobs:type_name -> ferry.v1.MigrationJob
+	50, // 52: ferry.ledger.v1.CheckpointMigrationJob.phase:type_name -> ferry.v1.MigrationJobPhase
+	51, // 53: ferry.ledger.v1.CheckpointMigrationJob.disks:type_name -> ferry.v1.DiskProgress
+	52, // 54: ferry.ledger.v1.CheckpointMigrationJob.phase_timings:type_name -> ferry.v1.PhaseTiming
+	53, // 55: ferry.ledger.v1.FinishMigrationJob.state:type_name -> ferry.v1.MigrationJobState
+	51, // 56: ferry.ledger.v1.FinishMigrationJob.disks:type_name -> ferry.v1.DiskProgress
+	52, // 57: ferry.ledger.v1.FinishMigrationJob.phase_timings:type_name -> ferry.v1.PhaseTiming
+	54, // 58: ferry.ledger.v1.PutNetworkMappingGroup.network_mapping_group:type_name -> ferry.v1.NetworkMappingGroup
+	55, // 59: ferry.ledger.v1.PutSettings.settings:type_name -> ferry.v1.Settings
+	27, // 60: ferry.ledger.v1.PutNode.node:type_name -> ferry.ledger.v1.Node
+	39, // 61: ferry.ledger.v1.RequestRecord.time:type_name -> google.protobuf.Timestamp
+	40, // 62: ferry.ledger.v1.Snapshot.clusters:type_name -> ferry.v1.Cluster
+	41, // 63: ferry.ledger.v1.Snapshot.hosts:type_name -> ferry.v1.Host
+	43, // 64: ferry.ledger.v1.Snapshot.primary_storages:type_name -> ferry.v1.PrimaryStorage
+	44, // 65: ferry.ledger.v1.Snapshot.l3_networks:type_name -> ferry.v1.L3Network
+	45, // 66: ferry.ledger.v1.Snapshot.migration_servers:type_name -> ferry.v1.MigrationServer
+	13, // 67: ferry.ledger.v1.Snapshot.credentials:type_name -> ferry.ledger.v1.SealedCredential
+	47, // 68: ferry.ledger.v1.Snapshot.sources:type_name -> ferry.v1.Source
+	49, // 69: ferry.ledger.v1.Snapshot.jobs:type_name -> ferry.v1.MigrationJob
+	55, // 70: ferry.ledger.v1.Snapshot.settings:type_name -> ferry.v1.Settings
+	27, // 71: ferry.ledger.v1.Snapshot.nodes:type_name -> ferry.ledger.v1.Node
+	30, // 72: ferry.ledger.v1.Snapshot.requests:type_name -> ferry.ledger.v1.RequestRecord
+	48, // 73: ferry.ledger.v1.Snapshot.source_inventories:type_name -> ferry.v1.SourceInventory
+	54, // 74: ferry.ledger.v1.Snapshot.network_mapping_groups:type_name -> ferry.v1.NetworkMappingGroup
+	56, // 75: ferry.ledger.v1.Snapshot.revoked_certificates:type_name -> ferry.v1.RevokedCertificate
+	57, // 76: ferry.ledger.v1.Snapshot.audit_events:type_name -> ferry.v1.AuditEvent
+	35, // 77: ferry.ledger.v1.Snapshot.audit_retention:type_name -> ferry.ledger.v1.AuditRetention
+	32, // 78: ferry.ledger.v1.Snapshot.cache_usage:type_name -> ferry.ledger.v1.CacheUsageHistory
+	33, // 79: ferry.ledger.v1.CacheUsageHistory.tiers:type_name -> ferry.ledger.v1.UsageTier
+	57, // 80: ferry.ledger.v1.RecordAuditEvent.event:type_name -> ferry.v1.AuditEvent
+	35, // 81: ferry.ledger.v1.RecordAuditEvent.retention:type_name -> ferry.ledger.v1.AuditRetention
+	56, // 82: ferry.ledger.v1.RevokeCertificate.certificate:type_name -> ferry.v1.RevokedCertificate
+	45, // 83: ferry.ledger.v1.UpdateResource.migration_server:type_name -> ferry.v1.MigrationServer
+	47, // 84: ferry.ledger.v1.UpdateResource.source:type_name -> ferry.v1.Source
+	13, // 85: ferry.ledger.v1.UpdateResource.credential:type_name -> ferry.ledger.v1.SealedCredential
+	40, // 86: ferry.ledger.v1.UpdateResource.cluster:type_name -> ferry.v1.Cluster
+	43, // 87: ferry.ledger.v1.UpdateResource.primary_storage:type_name -> ferry.v1.PrimaryStorage
+	44, // 88: ferry.ledger.v1.UpdateResource.l3_network:type_name -> ferry.v1.L3Network
+	49, // 89: ferry.ledger.v1.UpdateResource.migration_job:type_name -> ferry.v1.MigrationJob
+	90, // [90:90] is the sub-list for method output_type
+	90, // [90:90] is the sub-list for method input_type
+	90, // [90:90] is the sub-list for extension type_name
+	90, // [90:90] is the sub-list for extension extendee
+	0,  // [0:90] is the sub-list for field type_name
 }
 
 func init() { file_ferry_ledger_v1_ledger_proto_init() }
@@ -3444,9 +3616,10 @@ func file_ferry_ledger_v1_ledger_proto_init() {
 		(*Command_SetHostMaintenance)(nil),
 		(*Command_SetPendingCleanup)(nil),
 		(*Command_UpdateResource)(nil),
+		(*Command_RecordAuditEvent)(nil),
 	}
 	file_ferry_ledger_v1_ledger_proto_msgTypes[12].OneofWrappers = []any{}
-	file_ferry_ledger_v1_ledger_proto_msgTypes[36].OneofWrappers = []any{
+	file_ferry_ledger_v1_ledger_proto_msgTypes[38].OneofWrappers = []any{
 		(*UpdateResource_MigrationServer)(nil),
 		(*UpdateResource_Source)(nil),
 		(*UpdateResource_Credential)(nil),
@@ -3461,7 +3634,7 @@ func file_ferry_ledger_v1_ledger_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_ferry_ledger_v1_ledger_proto_rawDesc), len(file_ferry_ledger_v1_ledger_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   37,
+			NumMessages:   39,
 			NumExtensions: 0,
 			NumServices:   0,
 		},
