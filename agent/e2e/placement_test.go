@@ -314,3 +314,83 @@ func TestPlacementTargetHostFaults(t *testing.T) {
 		}
 	}
 }
+
+// TestPlacementRestartMovesTheJob: a job the strategy placed on b (a and
+// c in maintenance) fails once b's agent is gone past the grace period.
+// Restarted, it is placed again: b, disconnected, is passed over, and the
+// job succeeds on c, its disk identical on c's storage, its domain
+// running on c's libvirtd and on no other. When b's agent returns, the
+// pending cleanup removes what the first attempt left on b, and only
+// there.
+func TestPlacementRestartMovesTheJob(t *testing.T) {
+	p := newPlaceWorld(t)
+	w := p.world
+	a, b, c := p.hosts[0], p.hosts[1], p.hosts[2]
+	maintenance := func(h string, on bool) {
+		_, err := w.f.client.TargetInventory().SetHostMaintenance(ctx(t, 10*time.Second), &ferryv1.SetHostMaintenanceRequest{
+			Name: "hosts/" + h, Maintenance: on})
+		must(t, err)
+	}
+	maintenance(a, true)
+	maintenance(c, true)
+	w.setBandwidth(proto.String(eightMiBps), nil)
+	_, err := w.f.client.Settings().UpdateSettings(ctx(t, 10*time.Second), &ferryv1.UpdateSettingsRequest{
+		Settings: &ferryv1.Settings{AgentGracePeriod: durationpb.New(5 * time.Second)}, UpdateMask: &fieldmaskpb.FieldMask{Paths: []string{"agent_grace_period"}}})
+	must(t, err)
+	vm := testenv.NewTestVM(t, w.lv, testenv.VMOptions{RandomBytes: 40 << 20})
+	spec := w.spec(w.sourceVM(w.source, vm.Name), &ferryv1.MigrationOptions{AutoStart: proto.Bool(true)})
+	name := w.createJob(spec)
+	if j := w.job(name); j.GetTargetHost() != "hosts/"+b {
+		t.Fatalf("with a and c in maintenance the job went to %s: %s", j.GetTargetHost(), j.GetPlacementReason())
+	}
+	w.waitJob(name, 3*time.Minute, "the upload onto "+b+" to begin", func(j *ferryv1.MigrationJob) bool {
+		return j.GetPhase() == ferryv1.MigrationJobPhase_MIGRATION_JOB_PHASE_UPLOADING && disk(j, "vda").GetDoneBytes() > 0 || terminal(j)
+	})
+	p.agents[b].kill()
+	j := w.waitJob(name, 3*time.Minute, "the job to fail", terminal)
+	if j.GetState() != ferryv1.MigrationJobState_MIGRATION_JOB_STATE_FAILED || !strings.Contains(j.GetReason(), "hosts/"+b) {
+		t.Fatalf("job ended %s: %q; want FAILED naming hosts/%s", j.GetState(), j.GetReason(), b)
+	}
+
+	maintenance(c, false)
+	start := time.Now()
+	resp, err := w.f.client.Jobs().RestartMigrationJob(ctx(t, 10*time.Second), &ferryv1.RestartMigrationJobRequest{Name: name})
+	must(t, err)
+	if got, why := resp.GetJob().GetTargetHost(), resp.GetJob().GetPlacementReason(); got != "hosts/"+c ||
+		!strings.HasPrefix(why, "chosen again at restart: allocation strategy fewest_vms: hosts/"+c+" (") ||
+		!strings.Contains(why, "hosts/"+b+" (disconnected)") {
+		t.Fatalf("restarted job placed on %s: %q; want hosts/%s, passing over hosts/%s (disconnected)", got, why, c, b)
+	}
+	t.Logf("restarted: %s", resp.GetJob().GetPlacementReason())
+	j = w.waitJob(name, 5*time.Minute, "the restarted job to end", terminal)
+	if j.GetState() != ferryv1.MigrationJobState_MIGRATION_JOB_STATE_SUCCEEDED {
+		t.Fatalf("restarted job ended %s: %s", j.GetState(), j.GetReason())
+	}
+	t.Logf("the restarted job succeeded on %s in %s", c, time.Since(start).Round(time.Millisecond))
+	for _, d := range vm.Disks {
+		compare(t, d.Path, p.volumeOn(c, name, d.Target))
+		if _, err := os.Stat(p.volumeOn(a, name, d.Target)); err == nil {
+			t.Errorf("disk %s is on %s too", d.Target, a)
+		}
+	}
+	p.domainOn(c, spec.GetTarget().GetVmName(), true)
+
+	// b returns: its pending cleanup removes the first attempt's volume
+	// there; c's domain and volumes stay.
+	if _, err := os.Stat(p.volumeOn(b, name, "vda")); err != nil {
+		t.Fatalf("before %s returns, the first attempt's volume should still be there: %v", b, err)
+	}
+	p.agents[b] = w.f.startAgentWith(b, t.TempDir(), p.netns[b], "--migration-address", p.addr[b])
+	testkit.WaitFor(t, 60*time.Second, "the volume on "+b+" removed", func() bool {
+		_, err := os.Stat(p.volumeOn(b, name, "vda"))
+		return os.IsNotExist(err)
+	})
+	testkit.WaitFor(t, 30*time.Second, "the pending cleanup on "+b+" cleared", func() bool {
+		h, err := w.f.client.TargetInventory().GetHost(ctx(t, 10*time.Second), &ferryv1.GetHostRequest{Name: "hosts/" + b})
+		return err == nil && len(h.GetPendingCleanups()) == 0
+	})
+	p.domainOn(c, spec.GetTarget().GetVmName(), true)
+	for _, d := range vm.Disks {
+		compare(t, d.Path, p.volumeOn(c, name, d.Target))
+	}
+}
