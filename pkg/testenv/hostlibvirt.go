@@ -42,6 +42,8 @@ type HostLibvirtOptions struct {
 	// NetNS is the host's network namespace (nil: the root one).
 	NetNS *NetNS
 	// Binds mount directories over paths in the host's view: [0] over [1].
+	// A missing [1] is made (on the machine's file system, unless it lies
+	// under one of the daemon's own directories); the caller removes it.
 	Binds [][2]string
 }
 
