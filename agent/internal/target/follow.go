@@ -104,6 +104,7 @@ type follower struct {
 	writing  bool  // the fence before the first write to the volume passed
 	uploaded int64 // data bytes this run has durably on the volume
 	rounds   int
+	saved    int // chunks this run marked durably on the volume
 
 	// The verification beside the upload (verifyBeside): chunks on the
 	// volume not yet read back by this run, chunks read back and matched,
@@ -277,6 +278,7 @@ func (f *follower) follow(ctx context.Context, converted bool, gen string, m pip
 	if err := f.marks.save(); err != nil {
 		return false, false, err
 	}
+	f.saved += len(todo)
 	f.unverified = append(f.unverified, todo...)
 	f.unverifiedData += f.uploaded - before
 	return false, true, nil

@@ -130,8 +130,11 @@ const DefaultRemoteRetryBudget = 5 * time.Minute
 // each with an upload checkpoint of its own for that host. When the target
 // host's agent or the link goes away it asks again, with backoff, for
 // Remote.RetryBudget, and resumes each disk from its upload checkpoint;
-// past the budget the job fails. A write the leader fences, or a volume
-// found to differ from the cache, fails it at once.
+// past the budget the job fails. The budget is per outage: an attempt
+// that moved the upload on before it broke starts a new one (an upload
+// beside a long copy would otherwise have spent it before the first
+// break). A write the leader fences, or a volume found to differ from the
+// cache, fails the job at once.
 func (d *Driver) uploadRemote(ctx context.Context, job *runner.Job, targetHost string, converted <-chan struct{}) error {
 	budget := d.opts.Remote.RetryBudget
 	if f := d.opts.Remote.RetryBudgetFunc; f != nil && f() > 0 {
@@ -142,34 +145,48 @@ func (d *Driver) uploadRemote(ctx context.Context, job *runner.Job, targetHost s
 	}
 	retry := func(err error) bool { return !errors.Is(err, errFenced) && !errors.Is(err, pipeline.ErrMismatch) }
 	policy := backoff.Policy{Budget: budget, Min: 200 * time.Millisecond, Max: 10 * time.Second}
-	attempts, err := backoff.Retry(ctx, policy, nil, retry,
-		func(ctx context.Context, attempt int, _ time.Time) error {
-			err := d.uploadRemoteOnce(ctx, job, targetHost, converted)
-			if err != nil && ctx.Err() == nil && retry(err) {
-				job.Log.Warn("upload onto the target host failed; trying again", "target_host", targetHost, "attempt", attempt, "err", err)
+	attempts := 0
+	for {
+		var moved bool
+		_, err := backoff.Retry(ctx, policy, nil, func(err error) bool { return retry(err) && !moved },
+			func(ctx context.Context, _ int, _ time.Time) error {
+				attempts++
+				var err error
+				moved, err = d.uploadRemoteOnce(ctx, job, targetHost, converted)
+				if err != nil && ctx.Err() == nil && retry(err) {
+					job.Log.Warn("upload onto the target host failed; trying again", "target_host", targetHost, "attempt", attempts,
+						"moved_on", moved, "err", err)
+				}
+				return err
+			})
+		switch {
+		case err == nil:
+			if attempts > 1 {
+				job.Log.Info("upload onto the target host resumed and finished", "target_host", targetHost, "attempts", attempts)
 			}
+			return nil
+		case ctx.Err() != nil || !retry(err):
 			return err
-		})
-	if err != nil && ctx.Err() == nil && retry(err) {
+		case moved:
+			continue // a new outage, a new budget
+		}
 		return fmt.Errorf("target host %s lost: %w", targetHost, err)
 	}
-	if err == nil && attempts > 1 {
-		job.Log.Info("upload onto the target host resumed and finished", "target_host", targetHost, "attempts", attempts)
-	}
-	return err
 }
 
 // errFenced marks a write the leader refused: no retry helps.
 var errFenced = errors.New("fenced")
 
-func (d *Driver) uploadRemoteOnce(ctx context.Context, job *runner.Job, targetHost string, converted <-chan struct{}) error {
+// uploadRemoteOnce is one attempt of uploadRemote; moved says whether it
+// marked chunks durably on a volume, or read chunks back, before it ended.
+func (d *Driver) uploadRemoteOnce(ctx context.Context, job *runner.Job, targetHost string, converted <-chan struct{}) (moved bool, err error) {
 	exports, err := d.prepareRemote(ctx, job)
 	if err != nil {
-		return err
+		return false, err
 	}
 	vols, err := volumes(job)
 	if err != nil {
-		return err
+		return false, err
 	}
 	up := NewUploader(UploadDeps{Commander: d.opts.Commander, Copier: &NBDCopier{Limiter: job.Upstream, Log: job.Log}, Log: job.Log,
 		Fence: func(ctx context.Context, write string) error {
@@ -182,13 +199,17 @@ func (d *Driver) uploadRemoteOnce(ctx context.Context, job *runner.Job, targetHo
 	for i, disk := range job.Assignment.GetJob().GetTarget().GetDisks() {
 		dst, err := d.remoteEndpoint(targetHost, exports[i])
 		if err != nil {
-			return err
+			return false, err
 		}
 		f := newFollower(job, up, disk.GetSourceDisk(), vols[i], converted)
 		f.onto(targetHost, dst, exports[i].GetCreated())
 		fs = append(fs, f)
 	}
-	return followAll(ctx, fs)
+	err = followAll(ctx, fs)
+	for _, f := range fs {
+		moved = moved || f.saved > 0 || f.verified > 0
+	}
+	return moved, err
 }
 
 // uploadCheckpointPath is where the chunks of a disk's cache image that

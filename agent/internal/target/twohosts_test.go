@@ -287,19 +287,32 @@ func (d *down) setGone(v bool) {
 // away mid-upload (its agent stopped serving) and the host answers
 // nothing for a while; the migration server's agent keeps asking within
 // its budget, gets the same volume served again (not created anew) and
-// finishes onto it, byte for byte. With the host gone past the budget,
-// the upload fails naming the host.
+// finishes onto it, byte for byte. The budget is per outage: the cut
+// comes after the upload has run for longer than the budget. With the
+// host gone past the budget, the upload fails naming the host.
 func TestUploadToAnotherHostSurvivesACut(t *testing.T) {
 	img, cacheDir := cachedSource(t)
 	job := &ferryv1.MigrationJob{Name: "migrationJobs/cut", TargetHost: "hosts/h2", Epoch: 1,
 		Target: &ferryv1.TargetVm{VmName: "cut", Disks: []*ferryv1.TargetDisk{{SourceDisk: "vda", SizeBytes: sourceSize}}}}
 	h := newTwoHosts(t, job, nil, WorkerConfig{})
 	r, worker := h.relay, h.worker
-	d := h.newDriver(t, 30*time.Second)
-	// 16 Mbit/s: the 4.5 MiB of data take over two seconds, time enough to cut.
-	rj := h.runnerJob(t, cacheDir, 16_000_000)
+	const budget = 2 * time.Second
+	d := h.newDriver(t, budget)
+	// 4 Mbit/s: the 4.5 MiB of data take over nine seconds; the cut, of
+	// half a second, comes once the upload has run for longer than the
+	// budget and has chunks flushed on h2.
+	rj := h.runnerJob(t, cacheDir, 4_000_000)
+	start := time.Now()
 	go func() {
-		testkit.WaitFor(t, 20*time.Second, "the upload began", func() bool { return up(rj) > 0 })
+		testkit.WaitFor(t, 20*time.Second, "chunks flushed on h2", func() bool {
+			b, err := os.ReadFile(uploadCheckpointPath(cacheDir, "vda", "hosts/h2"))
+			if err != nil {
+				return false
+			}
+			m, err := decodeUploadMarks(b)
+			return err == nil && m.count() > 0
+		})
+		time.Sleep(time.Until(start.Add(budget + budget/2)))
 		r.setGone(true)
 		_ = worker.release(job.GetName()) // the agent's qemu-nbd goes away with it
 		time.Sleep(500 * time.Millisecond)
@@ -307,6 +320,9 @@ func TestUploadToAnotherHostSurvivesACut(t *testing.T) {
 	}()
 	if err := d.Upload(context.Background(), rj); err != nil {
 		t.Fatal(err)
+	}
+	if took := time.Since(start); took < budget+budget/2 {
+		t.Fatalf("the upload took %s, done before the cut; nothing shows the budget is per outage", took)
 	}
 	vol := h.volume(t)
 	worker.Close()
