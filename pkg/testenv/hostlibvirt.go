@@ -66,6 +66,11 @@ namespaces = [ ]
 remember_owner = 0
 `
 
+// daemonDirs are the daemon's own directories (under HostLibvirt.Dir)
+// and where it sees them.
+var daemonDirs = [][2]string{{"run", "/run/libvirt"}, {"lib", "/var/lib/libvirt"}, {"cache", "/var/cache/libvirt"},
+	{"etc", "/etc/libvirt"}, {"log", "/var/log/libvirt"}}
+
 // hostLibvirtdName is the daemon's process name: not "libvirtd", which
 // scripts/start-libvirtd.sh looks for to find (and may restart) the
 // machine's own.
@@ -86,15 +91,12 @@ func StartHostLibvirt(t testing.TB, name string, opts HostLibvirtOptions) *HostL
 	}
 	h := &HostLibvirt{Dir: dir, RunDir: filepath.Join(dir, "run"), ns: opts.NetNS, binds: opts.Binds}
 	h.URI = SystemURI + "?socket=" + filepath.Join(h.RunDir, "libvirt-sock")
-	daemonBinds := [][2]string{}
-	for _, d := range []string{"run", "lib", "cache", "etc", "log"} {
-		if err := os.MkdirAll(filepath.Join(dir, d), 0o755); err != nil {
+	var daemonBinds [][2]string
+	for _, d := range daemonDirs {
+		if err := os.MkdirAll(filepath.Join(dir, d[0]), 0o755); err != nil {
 			t.Fatal(err)
 		}
-	}
-	for src, dst := range map[string]string{"run": "/run/libvirt", "lib": "/var/lib/libvirt", "cache": "/var/cache/libvirt",
-		"etc": "/etc/libvirt", "log": "/var/log/libvirt"} {
-		daemonBinds = append(daemonBinds, [2]string{filepath.Join(dir, src), dst})
+		daemonBinds = append(daemonBinds, [2]string{filepath.Join(dir, d[0]), d[1]})
 	}
 	must := func(err error) {
 		if err != nil {
@@ -110,7 +112,15 @@ func StartHostLibvirt(t testing.TB, name string, opts HostLibvirtOptions) *HostL
 	exe := filepath.Join(dir, hostLibvirtdName)
 	must(os.Symlink(bin, exe))
 	pidFile := filepath.Join(dir, "libvirtd.pid")
-	argv := h.command(daemonBinds, exe, "--config", "/etc/libvirt/libvirtd.conf", "--pid-file", pidFile)
+	// A libvirtd that saw the machine's /run/libvirt would take over (and
+	// on exit remove) the machine's libvirtd's sockets: it starts only
+	// where each of its directories is a mount of its own.
+	guard := "set -e\n"
+	for _, d := range daemonDirs {
+		guard += "mountpoint -q " + shellQuote(d[1]) + "\n"
+	}
+	argv := h.command(daemonBinds, "sh", "-c", guard+`exec "$@"`, "ferry-libvirtd-guard",
+		exe, "--config", "/etc/libvirt/libvirtd.conf", "--pid-file", pidFile)
 	log, err := os.Create(filepath.Join(dir, "libvirtd.out"))
 	must(err)
 	cmd := exec.Command(argv[0], argv[1:]...)
