@@ -169,10 +169,9 @@ type ferry struct {
 	agentCoordinators string
 	// agentCluster, when set, is every agent's --cluster.
 	agentCluster string
-	// agentMounts, by host, bind-mount a directory of the host's own over
-	// another path for its agent alone (in the mount namespace "ip netns
-	// exec" makes): per-host local storage on one file system.
-	agentMounts map[string][2]string
+	// agentHosts, by host, run its agent as a program of that host: in
+	// the host's namespaces, beside the host's own libvirtd and storage.
+	agentHosts map[string]*testenv.HostLibvirt
 }
 
 // startFerry starts the coordinator; extra are more of its flags.
@@ -244,9 +243,8 @@ func (f *ferry) startAgentWith(host, cachePath string, ns *testenv.NetNS, extra 
 		args = append(args, "--cluster", f.agentCluster)
 	}
 	argv := ns.Command(append([]string{binary(f.t, "ferry-agent")}, append(args, extra...)...)...)
-	if m, ok := f.agentMounts[host]; ok && ns != nil {
-		argv = ns.Command(append([]string{"sh", "-c", `mount --bind "$1" "$2" && shift 2 && exec "$@"`, "ferry-agent-mount", m[0], m[1],
-			binary(f.t, "ferry-agent")}, append(args, extra...)...)...)
+	if h, ok := f.agentHosts[host]; ok {
+		argv = h.Command(append([]string{binary(f.t, "ferry-agent")}, append(args, extra...)...)...)
 	}
 	p := startArgv(f.t, "ferry-agent", argv)
 	f.agents[host] = p

@@ -5,6 +5,7 @@ import (
 	"os"
 	"path"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -20,35 +21,39 @@ import (
 
 // placeWorld is a target cluster of three hosts:
 //
-//	root namespace: the coordinator on 172.N.2.1, libvirtd, the source's
-//	    sshd, and host "a", the migration server
+//	root namespace: the coordinator on 172.N.2.1, the machine's libvirtd
+//	    (the source's VMs) and the source's sshd, and host "a", the
+//	    migration server
 //	host "b" (netns): 172.N.2.2, a veth to the root namespace
 //	host "c" (netns): 172.N.3.2, a veth to the root namespace
 //
-// All three share one libvirtd (its socket is a file, which namespaces of
-// the network do not hide) and one file system, but each host has local
-// storage of its own: b's and c's agents run with a directory of their own
-// bind-mounted over the storage path (in the mount namespace "ip netns
-// exec" makes), so what b writes there is in b's directory only. Each
-// agent is its own process with its own certificate, and only ever
-// touches the volumes and domains of the jobs placed on its host: b and c
-// serve theirs to a over their veth. (The domains are defined in the one
-// libvirtd with the storage path, which in the root namespace is a's
-// directory: they are left stopped.)
+// Each host has a libvirtd of its own (testenv.HostLibvirt: a's in the
+// root network namespace, b's and c's in theirs, each with a private mount
+// namespace) and local storage of its own: a directory bind-mounted over
+// the storage path, in its libvirtd's view and its agent's alike, so what
+// b writes there is in b's directory only and b's libvirtd starts b's
+// domains from it. Each agent runs beside its host's libvirtd (its
+// qemu:///system is that one's socket), with its own certificate, and
+// only ever touches the volumes and domains of the jobs placed on its
+// host: b and c serve theirs to a over their veth. The libvirt network of
+// the target NICs is made on all three libvirtds.
 type placeWorld struct {
 	*world
-	hosts  []string // a, b, c
-	netns  map[string]*testenv.NetNS
-	dev    map[string]string // each netns host's end of its veth
-	addr   map[string]string // and its address
-	agents map[string]*proc
+	hosts   []string // a, b, c
+	netns   map[string]*testenv.NetNS
+	dev     map[string]string // each netns host's end of its veth
+	addr    map[string]string // and its address
+	agents  map[string]*proc
+	libvirt map[string]*testenv.HostLibvirt
+	storage map[string]string // each host's directory behind the storage path
 }
 
 func newPlaceWorld(t *testing.T) *placeWorld {
 	t.Helper()
 	testenv.RequireRoot(t)
 	w := &world{t: t, id: randID(), lv: testenv.RequireLibvirt(t)}
-	p := &placeWorld{world: w, netns: map[string]*testenv.NetNS{}, dev: map[string]string{}, addr: map[string]string{}, agents: map[string]*proc{}}
+	p := &placeWorld{world: w, netns: map[string]*testenv.NetNS{}, dev: map[string]string{}, addr: map[string]string{},
+		agents: map[string]*proc{}, libvirt: map[string]*testenv.HostLibvirt{}, storage: map[string]string{}}
 	octet := 16 + int(w.id[2])%16
 	addr := func(subnet, host int) string { return fmt.Sprintf("172.%d.%d.%d", octet, subnet, host) }
 	w.sshd = testenv.StartSSHD(t, testenv.SSHDOptions{PasswordUser: testenv.TestUser, Password: testenv.TestPassword})
@@ -66,16 +71,21 @@ func newPlaceWorld(t *testing.T) *placeWorld {
 	w.f.agentCluster = w.clusterName()
 	w.cacheDir = t.TempDir()
 	w.storageDir = filepath.Join(testenv.ImagesDir, "ferry-e2e-"+w.id)
-	must(t, os.MkdirAll(w.storageDir, 0o755))
+	must(t, os.MkdirAll(w.storageDir, 0o755)) // where each host mounts its own
 	t.Cleanup(func() { os.RemoveAll(w.storageDir) })
-	w.createNetwork()
-	w.f.agentMounts = map[string][2]string{}
-	for _, h := range p.hosts[1:] {
+	w.f.agentHosts = map[string]*testenv.HostLibvirt{}
+	var lvs []*testenv.Libvirt
+	for _, h := range p.hosts {
 		dir := w.storageDir + "-" + h[len(h)-1:]
 		must(t, os.MkdirAll(dir, 0o755))
 		t.Cleanup(func() { os.RemoveAll(dir) })
-		w.f.agentMounts[h] = [2]string{dir, w.storageDir}
+		p.storage[h] = dir
+		lv := testenv.StartHostLibvirt(t, h[len(h)-1:]+w.id, testenv.HostLibvirtOptions{NetNS: p.netns[h],
+			Binds: [][2]string{{dir, w.storageDir}}})
+		p.libvirt[h], w.f.agentHosts[h] = lv, lv
+		lvs = append(lvs, &lv.Libvirt)
 	}
+	w.createNetwork(lvs...)
 	for i, h := range p.hosts {
 		var extra []string
 		if i > 0 {
@@ -94,11 +104,28 @@ func newPlaceWorld(t *testing.T) *placeWorld {
 
 // volumeOn is where host keeps a job's disk on its local storage.
 func (p *placeWorld) volumeOn(host, job, disk string) string {
-	v := p.volume(job, disk)
-	if m, ok := p.f.agentMounts[host]; ok {
-		return filepath.Join(m[0], strings.TrimPrefix(v, m[1]))
+	return filepath.Join(p.storage[host], strings.TrimPrefix(p.volume(job, disk), p.storageDir))
+}
+
+// domainOn checks that the domain name is on host's libvirtd (running if
+// running) and on no other host's.
+func (p *placeWorld) domainOn(host, name string, running bool) {
+	p.t.Helper()
+	for _, h := range p.hosts {
+		defined := slices.Contains(p.libvirt[h].Domains(p.t, false), name)
+		up := slices.Contains(p.libvirt[h].Domains(p.t, true), name)
+		switch {
+		case h == host && !defined:
+			p.t.Errorf("domain %s is not defined on the libvirtd of %s, its host", name, h)
+		case h == host && up != running:
+			p.t.Errorf("domain %s on %s: running %v, want %v", name, h, up, running)
+		case h != host && defined:
+			p.t.Errorf("domain %s is defined on the libvirtd of %s too (placed on %s)", name, h, host)
+		}
 	}
-	return v
+	if slices.Contains(p.lv.Domains(p.t, false), name) {
+		p.t.Errorf("domain %s is defined on the machine's libvirtd (the source's)", name)
+	}
 }
 
 // counters reads the byte counters of the netns hosts' veths.
@@ -112,11 +139,12 @@ func (p *placeWorld) counters() map[string]testenv.Counters {
 
 // TestPlacementSpreadsAcrossHosts: a batch of four VMs with local storage
 // on a cluster of three hosts, one of them the migration server, spreads
-// by fewest_vms (the hosts by name when they tie: a, b, c, then a); each
-// disk is identical on its host, each domain was defined by its host's own
-// agent, and the veth of each other host received at least the data of
-// the disks placed there. Then: a job naming its host lands there; a host
-// in maintenance is never picked; a host of no cluster is refused at
+// by fewest_vms (no host runs a VM, so the hosts by name: a, b, c, then
+// a); each disk is identical on its host and on no other, each domain was
+// defined by its host's own agent and runs on its host's libvirtd only,
+// and the veth of each other host received at least the data of the disks
+// placed there. Then: a job naming its host lands there; a host in
+// maintenance is never picked; a host of no cluster is refused at
 // creation, naming the field.
 func TestPlacementSpreadsAcrossHosts(t *testing.T) {
 	p := newPlaceWorld(t)
@@ -126,43 +154,27 @@ func TestPlacementSpreadsAcrossHosts(t *testing.T) {
 	for range 4 {
 		vm := testenv.NewTestVM(t, w.lv, testenv.VMOptions{RandomBytes: 8 << 20})
 		vms = append(vms, vm)
-		spec := w.spec(w.sourceVM(w.source, vm.Name), &ferryv1.MigrationOptions{AutoStart: new(bool)})
+		spec := w.spec(w.sourceVM(w.source, vm.Name), &ferryv1.MigrationOptions{AutoStart: proto.Bool(true)})
 		specs = append(specs, spec)
 	}
 	before := p.counters()
+	start := time.Now()
 	resp, err := w.f.client.Jobs().CreateMigrationJobs(ctx(t, 60*time.Second), &ferryv1.CreateMigrationJobsRequest{
 		Source: w.source, MigrationServer: w.server, Jobs: specs})
 	must(t, err)
-	// The hosts share one libvirtd, so each reports every running VM of
-	// the machine, read at its own moment: which host is first is not
-	// known ahead, but fewest_vms counting the batch spreads four VMs over
-	// three hosts, each getting one or two, as each reason says.
-	var want []string
-	count := map[string]int{}
+	// Each host's libvirtd is its own and runs nothing yet: fewest_vms,
+	// counting the VMs of the batch already placed, goes round the hosts
+	// by name.
+	want := []string{p.hosts[0], p.hosts[1], p.hosts[2], p.hosts[0]}
 	for i, j := range resp.GetJobs() {
-		h := strings.TrimPrefix(j.GetTargetHost(), "hosts/")
-		want = append(want, h)
-		count[h]++
-		if !strings.HasPrefix(j.GetPlacementReason(), "allocation strategy fewest_vms: hosts/"+h+" (") {
-			t.Errorf("job %d placed on %s: %q", i, j.GetTargetHost(), j.GetPlacementReason())
+		if got := strings.TrimPrefix(j.GetTargetHost(), "hosts/"); got != want[i] ||
+			!strings.HasPrefix(j.GetPlacementReason(), "allocation strategy fewest_vms: hosts/"+want[i]+" (") {
+			t.Errorf("job %d placed on %s (%q), want %s", i, got, j.GetPlacementReason(), want[i])
 		}
-		t.Logf("job %d on %s: %s", i, h, j.GetPlacementReason())
+		t.Logf("job %d on %s: %s", i, want[i], j.GetPlacementReason())
 	}
-	// The hosts share one libvirtd, so a host's running VMs may count other
-	// tests' domains (one host reported 3 in CI): the batch must spread over
-	// at least two hosts, none taking more than two, and each choice is the
-	// one its reason ranks first (above).
-	used := 0
-	for _, h := range p.hosts {
-		if count[h] > 0 {
-			used++
-		}
-		if count[h] > 2 {
-			t.Errorf("host %s got %d of the 4 VMs (%v), want at most 2", h, count[h], want)
-		}
-	}
-	if used < 2 {
-		t.Errorf("the 4 VMs went to %d host(s) (%v), want them spread", used, want)
+	if t.Failed() {
+		t.FailNow()
 	}
 	perHost := map[string]int64{}
 	for i, j := range resp.GetJobs() {
@@ -194,10 +206,10 @@ func TestPlacementSpreadsAcrossHosts(t *testing.T) {
 				t.Errorf("host %s's agent defined the domain of %s %d times (placed on %s)", h, j.GetName(), n, want[i])
 			}
 		}
-		if out, err := w.lv.TryVirsh("domstate", specs[i].GetTarget().GetVmName()); err != nil || !strings.Contains(out, "shut off") {
-			t.Errorf("domain %s: %q, %v", specs[i].GetTarget().GetVmName(), out, err)
-		}
+		// And it runs there, from the host's own storage, and nowhere else.
+		p.domainOn(want[i], specs[i].GetTarget().GetVmName(), true)
 	}
+	t.Logf("4 jobs done in %s", time.Since(start).Round(time.Millisecond))
 	after := p.counters()
 	for _, h := range p.hosts[1:] {
 		d := after[h].Sub(before[h])
@@ -266,7 +278,7 @@ func TestPlacementTargetHostFaults(t *testing.T) {
 	}
 
 	// Back within the grace period (2 min): the job goes on and succeeds.
-	name, _, vm := upload(2 * time.Minute)
+	name, spec, vm := upload(2 * time.Minute)
 	time.Sleep(3 * time.Second)
 	p.agents[b] = w.f.startAgentWith(b, t.TempDir(), p.netns[b], "--migration-address", p.addr[b])
 	j := w.waitJob(name, 5*time.Minute, "the job to end", terminal)
@@ -276,9 +288,10 @@ func TestPlacementTargetHostFaults(t *testing.T) {
 	for _, d := range vm.Disks {
 		compare(t, d.Path, p.volumeOn(b, name, d.Target))
 	}
+	p.domainOn(b, spec.GetTarget().GetVmName(), false)
 
 	// Gone past the grace period (5 s): the job fails; the host cleans up when it returns.
-	name, spec, _ := upload(5 * time.Second)
+	name, spec, _ = upload(5 * time.Second)
 	j = w.waitJob(name, 3*time.Minute, "the job to fail", terminal)
 	if j.GetState() != ferryv1.MigrationJobState_MIGRATION_JOB_STATE_FAILED || !strings.Contains(j.GetReason(), "hosts/"+b) {
 		t.Fatalf("job ended %s: %q; want FAILED naming hosts/%s", j.GetState(), j.GetReason(), b)
@@ -295,7 +308,89 @@ func TestPlacementTargetHostFaults(t *testing.T) {
 		h, err := w.f.client.TargetInventory().GetHost(ctx(t, 10*time.Second), &ferryv1.GetHostRequest{Name: "hosts/" + b})
 		return err == nil && len(h.GetPendingCleanups()) == 0
 	})
-	if _, err := w.lv.TryVirsh("dominfo", spec.GetTarget().GetVmName()); err == nil {
-		t.Errorf("domain %s left behind", spec.GetTarget().GetVmName())
+	for _, h := range p.hosts {
+		if slices.Contains(p.libvirt[h].Domains(t, false), spec.GetTarget().GetVmName()) {
+			t.Errorf("domain %s left behind on %s", spec.GetTarget().GetVmName(), h)
+		}
+	}
+}
+
+// TestPlacementRestartMovesTheJob: a job the strategy placed on b (a and
+// c in maintenance) fails once b's agent is gone past the grace period.
+// Restarted, it is placed again: b, disconnected, is passed over, and the
+// job succeeds on c, its disk identical on c's storage, its domain
+// running on c's libvirtd and on no other. When b's agent returns, the
+// pending cleanup removes what the first attempt left on b, and only
+// there.
+func TestPlacementRestartMovesTheJob(t *testing.T) {
+	p := newPlaceWorld(t)
+	w := p.world
+	a, b, c := p.hosts[0], p.hosts[1], p.hosts[2]
+	maintenance := func(h string, on bool) {
+		_, err := w.f.client.TargetInventory().SetHostMaintenance(ctx(t, 10*time.Second), &ferryv1.SetHostMaintenanceRequest{
+			Name: "hosts/" + h, Maintenance: on})
+		must(t, err)
+	}
+	maintenance(a, true)
+	maintenance(c, true)
+	w.setBandwidth(proto.String(eightMiBps), nil)
+	_, err := w.f.client.Settings().UpdateSettings(ctx(t, 10*time.Second), &ferryv1.UpdateSettingsRequest{
+		Settings: &ferryv1.Settings{AgentGracePeriod: durationpb.New(5 * time.Second)}, UpdateMask: &fieldmaskpb.FieldMask{Paths: []string{"agent_grace_period"}}})
+	must(t, err)
+	vm := testenv.NewTestVM(t, w.lv, testenv.VMOptions{RandomBytes: 40 << 20})
+	spec := w.spec(w.sourceVM(w.source, vm.Name), &ferryv1.MigrationOptions{AutoStart: proto.Bool(true)})
+	name := w.createJob(spec)
+	if j := w.job(name); j.GetTargetHost() != "hosts/"+b {
+		t.Fatalf("with a and c in maintenance the job went to %s: %s", j.GetTargetHost(), j.GetPlacementReason())
+	}
+	w.waitJob(name, 3*time.Minute, "the upload onto "+b+" to begin", func(j *ferryv1.MigrationJob) bool {
+		return j.GetPhase() == ferryv1.MigrationJobPhase_MIGRATION_JOB_PHASE_UPLOADING && disk(j, "vda").GetDoneBytes() > 0 || terminal(j)
+	})
+	p.agents[b].kill()
+	j := w.waitJob(name, 3*time.Minute, "the job to fail", terminal)
+	if j.GetState() != ferryv1.MigrationJobState_MIGRATION_JOB_STATE_FAILED || !strings.Contains(j.GetReason(), "hosts/"+b) {
+		t.Fatalf("job ended %s: %q; want FAILED naming hosts/%s", j.GetState(), j.GetReason(), b)
+	}
+
+	maintenance(c, false)
+	start := time.Now()
+	resp, err := w.f.client.Jobs().RestartMigrationJob(ctx(t, 10*time.Second), &ferryv1.RestartMigrationJobRequest{Name: name})
+	must(t, err)
+	if got, why := resp.GetJob().GetTargetHost(), resp.GetJob().GetPlacementReason(); got != "hosts/"+c ||
+		!strings.HasPrefix(why, "chosen again at restart: allocation strategy fewest_vms: hosts/"+c+" (") ||
+		!strings.Contains(why, "hosts/"+b+" (disconnected)") {
+		t.Fatalf("restarted job placed on %s: %q; want hosts/%s, passing over hosts/%s (disconnected)", got, why, c, b)
+	}
+	t.Logf("restarted: %s", resp.GetJob().GetPlacementReason())
+	j = w.waitJob(name, 5*time.Minute, "the restarted job to end", terminal)
+	if j.GetState() != ferryv1.MigrationJobState_MIGRATION_JOB_STATE_SUCCEEDED {
+		t.Fatalf("restarted job ended %s: %s", j.GetState(), j.GetReason())
+	}
+	t.Logf("the restarted job succeeded on %s in %s", c, time.Since(start).Round(time.Millisecond))
+	for _, d := range vm.Disks {
+		compare(t, d.Path, p.volumeOn(c, name, d.Target))
+		if _, err := os.Stat(p.volumeOn(a, name, d.Target)); err == nil {
+			t.Errorf("disk %s is on %s too", d.Target, a)
+		}
+	}
+	p.domainOn(c, spec.GetTarget().GetVmName(), true)
+
+	// b returns: its pending cleanup removes the first attempt's volume
+	// there; c's domain and volumes stay.
+	if _, err := os.Stat(p.volumeOn(b, name, "vda")); err != nil {
+		t.Fatalf("before %s returns, the first attempt's volume should still be there: %v", b, err)
+	}
+	p.agents[b] = w.f.startAgentWith(b, t.TempDir(), p.netns[b], "--migration-address", p.addr[b])
+	testkit.WaitFor(t, 60*time.Second, "the volume on "+b+" removed", func() bool {
+		_, err := os.Stat(p.volumeOn(b, name, "vda"))
+		return os.IsNotExist(err)
+	})
+	testkit.WaitFor(t, 30*time.Second, "the pending cleanup on "+b+" cleared", func() bool {
+		h, err := w.f.client.TargetInventory().GetHost(ctx(t, 10*time.Second), &ferryv1.GetHostRequest{Name: "hosts/" + b})
+		return err == nil && len(h.GetPendingCleanups()) == 0
+	})
+	p.domainOn(c, spec.GetTarget().GetVmName(), true)
+	for _, d := range vm.Disks {
+		compare(t, d.Path, p.volumeOn(c, name, d.Target))
 	}
 }

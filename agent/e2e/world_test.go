@@ -104,8 +104,13 @@ func newWorldWith(t testing.TB, opts worldOptions) *world {
 }
 
 // createNetwork makes a transient libvirt network for the target NICs, on
-// a 10.N.0.0/24 subnet no other network of the host uses yet.
-func (w *world) createNetwork() {
+// a 10.N.0.0/24 subnet no other network of the host uses yet. It is made
+// on w.lv, or on each of on (the hosts' own libvirtds), the first of which
+// decides the subnet.
+func (w *world) createNetwork(on ...*testenv.Libvirt) {
+	if len(on) == 0 {
+		on = []*testenv.Libvirt{w.lv}
+	}
 	w.netName = "ferry-e2e-" + w.id
 	file := filepath.Join(w.t.TempDir(), "net.xml")
 	var err error
@@ -117,10 +122,15 @@ func (w *world) createNetwork() {
 <ip address='10.%d.0.1' netmask='255.255.255.0'><dhcp><range start='10.%d.0.100' end='10.%d.0.200'/></dhcp></ip></network>`,
 			w.netName, w.id, octet, octet, octet)
 		must(w.t, os.WriteFile(file, []byte(xml), 0o644))
-		if _, err = w.lv.TryVirsh("net-create", file); err != nil {
+		if _, err = on[0].TryVirsh("net-create", file); err != nil {
 			continue // the subnet is taken (another test's network)
 		}
-		w.t.Cleanup(func() { _, _ = w.lv.TryVirsh("net-destroy", w.netName) })
+		w.t.Cleanup(func() { _, _ = on[0].TryVirsh("net-destroy", w.netName) })
+		for _, lv := range on[1:] {
+			if _, err := lv.TryVirsh("net-create", file); err != nil {
+				w.t.Fatalf("create the test network on %s: %v", lv.URI, err)
+			}
+		}
 		w.l3Range = [3]string{fmt.Sprintf("10.%d.0.10", octet), fmt.Sprintf("10.%d.0.99", octet), fmt.Sprintf("10.%d.0.1", octet)}
 		return
 	}

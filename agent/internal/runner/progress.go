@@ -93,6 +93,9 @@ func (p *Progress) SetVerified(disk string) {
 // Verified reports whether SetVerified was called for a disk in this run
 // of the job (an upload that verified it as it went).
 func (p *Progress) Verified(disk string) bool {
+	if p == nil {
+		return false
+	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	for _, d := range p.disks {

@@ -7,6 +7,7 @@ import (
 	"io/fs"
 	"log/slog"
 	"os"
+	"path"
 	"path/filepath"
 	"slices"
 	"time"
@@ -43,16 +44,11 @@ var errCacheRead = errors.New("read the cache image")
 
 // UploadBeside uploads every disk of the job while CONVERTING copies them
 // into the cache, and returns once converted is closed (CONVERTING ended)
-// and every disk is on its volume.
+// and every disk is on its volume: a volume of this host, or of the host
+// the VM is placed on (uploadRemote), the same way.
 func (d *Driver) UploadBeside(ctx context.Context, job *runner.Job, converted <-chan struct{}) error {
 	if th := d.uploadHostOf(job); th != "" {
-		// Onto another host: once the cache is complete (docs/placement.md).
-		select {
-		case <-converted:
-		case <-ctx.Done():
-			return ctx.Err()
-		}
-		return d.uploadRemote(ctx, job, th)
+		return d.uploadRemote(ctx, job, th, converted)
 	}
 	vols, err := volumes(job)
 	if err != nil {
@@ -60,9 +56,18 @@ func (d *Driver) UploadBeside(ctx context.Context, job *runner.Job, converted <-
 	}
 	up := NewUploader(UploadDeps{Commander: d.opts.Commander, Copier: &NBDCopier{Limiter: job.Upstream, Log: job.Log}, Log: job.Log,
 		Fence: job.Fence})
-	g, gctx := errgroup.WithContext(ctx)
+	var fs []*follower
 	for i, disk := range job.Assignment.GetJob().GetTarget().GetDisks() {
-		f := &follower{up: up, job: job, disk: disk.GetSourceDisk(), vol: vols[i], converted: converted, log: job.Log.With("disk", disk.GetSourceDisk())}
+		fs = append(fs, newFollower(job, up, disk.GetSourceDisk(), vols[i], converted))
+	}
+	return followAll(ctx, fs)
+}
+
+// followAll runs the followers side by side until each is done or one
+// fails.
+func followAll(ctx context.Context, fs []*follower) error {
+	g, gctx := errgroup.WithContext(ctx)
+	for _, f := range fs {
 		g.Go(func() error {
 			if err := f.run(gctx); err != nil {
 				return fmt.Errorf("disk %s: %w", f.disk, err)
@@ -82,6 +87,13 @@ type follower struct {
 	converted <-chan struct{}
 	log       *slog.Logger
 
+	// ckpt is the upload checkpoint's path; volID names the volume in it.
+	ckpt, volID string
+	// remote, for a volume another host's agent created and serves, is its
+	// export; created says that agent created it for this run.
+	remote  *Endpoint
+	created bool
+
 	gen      string        // the cache image's generation the marks are of
 	marks    *uploadMarks  // nil until the volume is adopted
 	zeroed   bool          // the volume read as zeroes where nothing was written
@@ -92,6 +104,7 @@ type follower struct {
 	writing  bool  // the fence before the first write to the volume passed
 	uploaded int64 // data bytes this run has durably on the volume
 	rounds   int
+	saved    int // chunks this run marked durably on the volume
 
 	// The verification beside the upload (verifyBeside): chunks on the
 	// volume not yet read back by this run, chunks read back and matched,
@@ -100,6 +113,22 @@ type follower struct {
 	unverifiedData int64 // data bytes the rounds wrote to the unverified chunks
 	verified       int
 	noVerify       bool
+}
+
+// newFollower follows disk onto vol, a volume of this host.
+func newFollower(job *runner.Job, up *Uploader, disk string, vol Volume, converted <-chan struct{}) *follower {
+	return &follower{up: up, job: job, disk: disk, vol: vol, converted: converted, log: job.Log.With("disk", disk),
+		ckpt: cache.UploadCheckpointPath(job.CacheDir, disk), volID: vol.Path}
+}
+
+// onto makes f write the volume targetHost's agent serves at dst (its
+// vol.Path there), created anew or kept, with an upload checkpoint of its
+// own.
+func (f *follower) onto(targetHost string, dst Endpoint, created bool) {
+	f.remote, f.created = &dst, created
+	f.ckpt = uploadCheckpointPath(f.job.CacheDir, f.disk, targetHost)
+	f.volID = path.Base(targetHost) + ":" + f.vol.Path
+	f.log = f.log.With("target_host", targetHost)
 }
 
 func (f *follower) run(ctx context.Context) error {
@@ -166,6 +195,9 @@ func (f *follower) step(ctx context.Context, converted bool) (finished, progress
 	if errors.Is(err, fs.ErrNotExist) && f.marks == nil {
 		// An image without a checkpoint (or generation): the copy is over,
 		// so the whole image goes in one go.
+		if f.remote != nil {
+			return true, false, f.uploadWholeRemote(ctx)
+		}
 		return true, false, uploadWhole(ctx, f.job, f.up, f.disk, f.vol)
 	}
 	return false, false, err
@@ -246,6 +278,7 @@ func (f *follower) follow(ctx context.Context, converted bool, gen string, m pip
 	if err := f.marks.save(); err != nil {
 		return false, false, err
 	}
+	f.saved += len(todo)
 	f.unverified = append(f.unverified, todo...)
 	f.unverifiedData += f.uploaded - before
 	return false, true, nil
@@ -267,13 +300,13 @@ func countDone(m pipeline.Marks) int {
 func (f *follower) adopt(ctx context.Context, gen string, m pipeline.Marks) error {
 	f.closeTarget()
 	f.vol.Size = max(f.vol.Size, m.Size)
-	path := cache.UploadCheckpointPath(f.job.CacheDir, f.disk)
-	marks, ok, err := loadUploadMarks(path, gen, f.vol.Path, m.Size, m.ChunkSize)
+	marks, ok, err := loadUploadMarks(f.ckpt, gen, f.volID, m.Size, m.ChunkSize)
 	if err != nil {
 		return err
 	}
 	f.unverified, f.unverifiedData, f.verified, f.noVerify = nil, 0, 0, false
-	if ok && f.volumeExists(ctx) {
+	resumed := ok && f.volumeExists(ctx)
+	if resumed {
 		f.log.InfoContext(ctx, "resuming the upload", "volume", f.vol.Path, "chunks_uploaded", marks.count(), "chunks", marks.chunks())
 		// What an earlier run uploaded is read back again by this one.
 		for i := range marks.chunks() {
@@ -282,13 +315,17 @@ func (f *follower) adopt(ctx context.Context, gen string, m pipeline.Marks) erro
 			}
 		}
 	} else {
-		if err := f.up.fence(ctx, "create volume "+f.vol.Path); err != nil {
-			return err
+		// Another host's volume is created by its agent, which fences that
+		// write itself; a kept one is written over, zeroes too.
+		if f.remote == nil {
+			if err := f.up.fence(ctx, "create volume "+f.vol.Path); err != nil {
+				return err
+			}
+			if err := f.vol.Create(ctx, f.up.cmds); err != nil {
+				return err
+			}
 		}
-		if err := f.vol.Create(ctx, f.up.cmds); err != nil {
-			return err
-		}
-		marks = newUploadMarks(path, gen, f.vol.Path, m.Size, m.ChunkSize)
+		marks = newUploadMarks(f.ckpt, gen, f.volID, m.Size, m.ChunkSize)
 		if err := marks.save(); err != nil {
 			return err
 		}
@@ -299,12 +336,24 @@ func (f *follower) adopt(ctx context.Context, gen string, m pipeline.Marks) erro
 			f.job.Progress.Uploaded(f.disk, 0)
 		}
 	}
-	f.gen, f.marks, f.zeroed, f.writing = gen, marks, f.vol.ZeroInitialized(), false
+	zeroed := f.vol.ZeroInitialized()
+	if f.remote != nil {
+		// A volume another host kept holds what earlier runs wrote: it
+		// reads as zeroes where this image has none only when this image
+		// alone wrote it (resumed) or it is new; from now on this run
+		// writes it.
+		zeroed = zeroed && (resumed || f.created)
+		f.created = false
+	}
+	f.gen, f.marks, f.zeroed, f.writing = gen, marks, zeroed, false
 	return nil
 }
 
 // volumeExists reports whether the volume is there to be resumed.
 func (f *follower) volumeExists(ctx context.Context) bool {
+	if f.remote != nil {
+		return !f.created
+	}
 	if f.vol.Dir != "" {
 		_, err := os.Stat(f.vol.Path)
 		return err == nil
@@ -350,6 +399,14 @@ func (f *follower) openTarget(ctx context.Context) error {
 			return err
 		}
 		f.writing = true
+	}
+	if f.remote != nil {
+		c, err := f.remote.dial(ctx, nbd.Options{MaxInFlight: 64, Logger: f.log})
+		if err != nil {
+			return fmt.Errorf("upload onto %s: %w", f.remote.URI(), err)
+		}
+		f.dst = c
+		return nil
 	}
 	d, err := os.MkdirTemp(f.up.tempDir, "ferry-upload-")
 	if err != nil {

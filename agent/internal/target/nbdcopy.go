@@ -46,7 +46,7 @@ func (c *NBDCopier) Copy(ctx context.Context, src, dst Endpoint, opts CopyOption
 		return fmt.Errorf("volume of %d bytes is smaller than the source's %d", dc.Size(), sc.Size())
 	}
 	_, err = pipeline.Copy(ctx, pipeline.NBDSource{Client: sc}, pipeline.NBDSink{Client: dc}, pipeline.Options{
-		InFlight: c.InFlight, Limiter: c.Limiter, Progress: opts.Progress, Logger: log, Checkpoint: opts.Checkpoint,
+		InFlight: c.InFlight, Limiter: c.Limiter, Progress: opts.Progress, Logger: log,
 	})
 	if err != nil {
 		return err

@@ -149,6 +149,49 @@ type overlapJob struct {
 	down, up   int64 // bits per second
 	epoch      int64
 	sourcePath string
+	// onH2 places the VM on another host, h2 (placeOnH2); hosts are then
+	// the two agents.
+	onH2  bool
+	hosts *twoHosts
+	// fences are the writes the runner's fence confirmed.
+	mu     sync.Mutex
+	fences []string
+}
+
+// Confirm records a fenced write (runner.Fencer).
+func (o *overlapJob) Confirm(_ context.Context, _ string, _ int64, write string) error {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	o.fences = append(o.fences, write)
+	return nil
+}
+
+// migrationJob is the job the overlap tests run.
+func (o *overlapJob) migrationJob() *ferryv1.MigrationJob {
+	j := &ferryv1.MigrationJob{Name: "migrationJobs/ov1", SourceVm: "vm",
+		Target: &ferryv1.TargetVm{Disks: []*ferryv1.TargetDisk{{SourceDisk: "vda", SizeBytes: overlapSize}}}}
+	if o.onH2 {
+		j.TargetHost = "hosts/h2"
+	}
+	return j
+}
+
+// placeOnH2 places the VM on another host, h2, whose agent's worker
+// creates and serves the volume on o.storage; each start is a new driver
+// on the migration server (its agent started again).
+func (o *overlapJob) placeOnH2(t *testing.T) {
+	o.onH2 = true
+	o.hosts = newTwoHosts(t, o.migrationJob(), storage(ferryv1.PrimaryStorageType_PRIMARY_STORAGE_TYPE_LOCAL, o.storage, "", ""), WorkerConfig{})
+}
+
+// uploadCheckpoint is the upload checkpoint of vda: of this host's volume
+// or of h2's.
+func (o *overlapJob) uploadCheckpoint() string {
+	dir := filepath.Join(o.cacheDir, "ov1")
+	if o.hosts != nil {
+		return uploadCheckpointPath(dir, "vda", "hosts/h2")
+	}
+	return cache.UploadCheckpointPath(dir, "vda")
 }
 
 func newOverlapJob(t *testing.T) *overlapJob {
@@ -163,9 +206,12 @@ func newOverlapJob(t *testing.T) *overlapJob {
 func (o *overlapJob) start(t *testing.T) (results, func()) {
 	t.Helper()
 	res := results{ch: make(chan *agentv1.JobResult, 1)}
+	if o.hosts != nil {
+		o.target = &noDomain{Driver: o.hosts.newDriver(t, 30*time.Second)}
+	}
 	r := runner.New(runner.Config{DataDir: t.TempDir()}, runner.Deps{
 		Drivers:  runner.Drivers{Sources: map[ferryv1.Platform]runner.Source{ferryv1.Platform_PLATFORM_KVM: o.src}, Target: o.target},
-		Reporter: res, Logger: testkit.Logger(t)})
+		Reporter: res, Logger: testkit.Logger(t), Fencer: o})
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() { defer close(done); _ = r.Run(ctx) }()
@@ -173,8 +219,7 @@ func (o *overlapJob) start(t *testing.T) (results, func()) {
 	t.Cleanup(stop)
 	o.epoch++
 	a := &agentv1.Assignment{
-		Job: &ferryv1.MigrationJob{Name: "migrationJobs/ov1", SourceVm: "vm",
-			Target: &ferryv1.TargetVm{Disks: []*ferryv1.TargetDisk{{SourceDisk: "vda", SizeBytes: overlapSize}}}},
+		Job:    o.migrationJob(),
 		Epoch:  o.epoch,
 		Source: &ferryv1.Source{Type: ferryv1.Platform_PLATFORM_KVM},
 		MigrationServer: &ferryv1.MigrationServer{Name: "migrationServers/ms", CachePath: o.cacheDir,
@@ -212,11 +257,11 @@ func timing(t *testing.T, r *agentv1.JobResult, phase ferryv1.MigrationJobPhase)
 	return nil
 }
 
-// uploadedChunks counts the chunks the upload checkpoint has durably on
-// the volume.
-func uploadedChunks(t *testing.T, cacheDir string) int {
+// uploadedChunks counts the chunks the upload checkpoint at ckpt has
+// durably on the volume.
+func uploadedChunks(t *testing.T, ckpt string) int {
 	t.Helper()
-	b, err := os.ReadFile(cache.UploadCheckpointPath(cacheDir, "vda"))
+	b, err := os.ReadFile(ckpt)
 	if err != nil {
 		return 0
 	}
@@ -230,9 +275,9 @@ func uploadedChunks(t *testing.T, cacheDir string) int {
 // uploadedDataChunks counts the chunks holding data (one in three: the
 // runs of randomDisk begin every 6 MiB) that the upload checkpoint has on
 // the volume.
-func uploadedDataChunks(t *testing.T, cacheDir string) int {
+func uploadedDataChunks(t *testing.T, ckpt string) int {
 	t.Helper()
-	b, err := os.ReadFile(cache.UploadCheckpointPath(cacheDir, "vda"))
+	b, err := os.ReadFile(ckpt)
 	if err != nil {
 		return 0
 	}
@@ -271,7 +316,7 @@ func testUploadOverlapsTheCopy(t *testing.T) {
 	o := newOverlapJob(t)
 	o.down = 8 << 20 * 8 // the copy takes about 3 s
 	var duringCopy int
-	o.src.afterCopy = func(*runner.Job) { duringCopy = uploadedChunks(t, filepath.Join(o.cacheDir, "ov1")) }
+	o.src.afterCopy = func(*runner.Job) { duringCopy = uploadedChunks(t, o.uploadCheckpoint()) }
 	res, _ := o.start(t)
 	r := waitResult(t, res)
 	if r.GetOutcome() != agentv1.JobOutcome_JOB_OUTCOME_SUCCEEDED {
@@ -306,9 +351,9 @@ func TestOverlapResumesAfterTheAgentStopped(t *testing.T) {
 	o.src.gate, o.src.gateAt = make(chan struct{}), overlapSize/2
 	jobDir := filepath.Join(o.cacheDir, "ov1")
 	res, stop := o.start(t)
-	testkit.WaitFor(t, time.Minute, "data chunks on the volume", func() bool { return uploadedDataChunks(t, jobDir) >= 4 })
+	testkit.WaitFor(t, time.Minute, "data chunks on the volume", func() bool { return uploadedDataChunks(t, o.uploadCheckpoint()) >= 4 })
 	stop()
-	atStop := uploadedDataChunks(t, jobDir)
+	atStop := uploadedDataChunks(t, o.uploadCheckpoint())
 	select {
 	case r := <-res.ch:
 		t.Fatalf("the stopped agent reported a result: %v", r)

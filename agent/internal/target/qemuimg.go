@@ -22,7 +22,7 @@ import (
 
 // byQemuImg reports whether the next round may be done by qemu-img.
 func (f *follower) byQemuImg() bool {
-	if !useQemuImg || f.vol.Dir == "" || f.vol.Format != FormatQcow2 || !f.zeroed {
+	if !useQemuImg || f.remote != nil || f.vol.Dir == "" || f.vol.Format != FormatQcow2 || !f.zeroed {
 		return false
 	}
 	l := f.job.Upstream

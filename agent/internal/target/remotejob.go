@@ -124,12 +124,18 @@ func (d *Driver) remoteEndpoint(targetHost string, e *agentv1.TargetExport) (End
 // agent grace period.
 const DefaultRemoteRetryBudget = 5 * time.Minute
 
-// uploadRemote copies every cache image onto its volume on the target
-// host, over the migration network, under the upstream limit. When the
-// target host's agent or the link goes away it asks again, with backoff,
-// for Remote.RetryBudget, and resumes each disk from its upload checkpoint;
-// past the budget the job fails.
-func (d *Driver) uploadRemote(ctx context.Context, job *runner.Job, targetHost string) error {
+// uploadRemote uploads every disk onto its volume on the target host,
+// over the migration network, under the upstream limit: beside the copy,
+// as followers of its checkpoint like the local upload (UploadBeside),
+// each with an upload checkpoint of its own for that host. When the target
+// host's agent or the link goes away it asks again, with backoff, for
+// Remote.RetryBudget, and resumes each disk from its upload checkpoint;
+// past the budget the job fails. The budget is per outage: an attempt
+// that moved the upload on before it broke starts a new one (an upload
+// beside a long copy would otherwise have spent it before the first
+// break). A write the leader fences, or a volume found to differ from the
+// cache, fails the job at once.
+func (d *Driver) uploadRemote(ctx context.Context, job *runner.Job, targetHost string, converted <-chan struct{}) error {
 	budget := d.opts.Remote.RetryBudget
 	if f := d.opts.Remote.RetryBudgetFunc; f != nil && f() > 0 {
 		budget = f()
@@ -137,164 +143,117 @@ func (d *Driver) uploadRemote(ctx context.Context, job *runner.Job, targetHost s
 	if budget == 0 {
 		budget = DefaultRemoteRetryBudget
 	}
+	retry := func(err error) bool { return !errors.Is(err, errFenced) && !errors.Is(err, pipeline.ErrMismatch) }
 	policy := backoff.Policy{Budget: budget, Min: 200 * time.Millisecond, Max: 10 * time.Second}
-	attempts, err := backoff.Retry(ctx, policy, nil, func(err error) bool { return !errors.Is(err, errFenced) },
-		func(ctx context.Context, attempt int, _ time.Time) error {
-			err := d.uploadRemoteOnce(ctx, job, targetHost)
-			if err != nil && ctx.Err() == nil {
-				job.Log.Warn("upload onto the target host failed; trying again", "target_host", targetHost, "attempt", attempt, "err", err)
+	attempts := 0
+	for {
+		var moved bool
+		_, err := backoff.Retry(ctx, policy, nil, func(err error) bool { return retry(err) && !moved },
+			func(ctx context.Context, _ int, _ time.Time) error {
+				attempts++
+				var err error
+				moved, err = d.uploadRemoteOnce(ctx, job, targetHost, converted)
+				if err != nil && ctx.Err() == nil && retry(err) {
+					job.Log.Warn("upload onto the target host failed; trying again", "target_host", targetHost, "attempt", attempts,
+						"moved_on", moved, "err", err)
+				}
+				return err
+			})
+		switch {
+		case err == nil:
+			if attempts > 1 {
+				job.Log.Info("upload onto the target host resumed and finished", "target_host", targetHost, "attempts", attempts)
 			}
+			return nil
+		case ctx.Err() != nil || !retry(err):
 			return err
-		})
-	if err != nil && ctx.Err() == nil {
+		case moved:
+			continue // a new outage, a new budget
+		}
 		return fmt.Errorf("target host %s lost: %w", targetHost, err)
 	}
-	if attempts > 1 {
-		job.Log.Info("upload onto the target host resumed and finished", "target_host", targetHost, "attempts", attempts)
-	}
-	return err
 }
 
 // errFenced marks a write the leader refused: no retry helps.
 var errFenced = errors.New("fenced")
 
-func (d *Driver) uploadRemoteOnce(ctx context.Context, job *runner.Job, targetHost string) error {
+// uploadRemoteOnce is one attempt of uploadRemote; moved says whether it
+// marked chunks durably on a volume, or read chunks back, before it ended.
+func (d *Driver) uploadRemoteOnce(ctx context.Context, job *runner.Job, targetHost string, converted <-chan struct{}) (moved bool, err error) {
 	exports, err := d.prepareRemote(ctx, job)
 	if err != nil {
-		return err
+		return false, err
 	}
-	cp := &NBDCopier{Limiter: job.Upstream, Log: job.Log}
+	vols, err := volumes(job)
+	if err != nil {
+		return false, err
+	}
+	up := NewUploader(UploadDeps{Commander: d.opts.Commander, Copier: &NBDCopier{Limiter: job.Upstream, Log: job.Log}, Log: job.Log,
+		Fence: func(ctx context.Context, write string) error {
+			if err := job.Fence(ctx, write); err != nil {
+				return fmt.Errorf("%w: %w", errFenced, err)
+			}
+			return nil
+		}})
+	var fs []*follower
 	for i, disk := range job.Assignment.GetJob().GetTarget().GetDisks() {
-		name := disk.GetSourceDisk()
 		dst, err := d.remoteEndpoint(targetHost, exports[i])
 		if err != nil {
-			return err
+			return false, err
 		}
-		if err := d.copyRemote(ctx, job, cp, name, dst, uploadCheckpointPath(job.CacheDir, name, targetHost), exports[i].GetCreated()); err != nil {
-			return fmt.Errorf("disk %s onto %s: %w", name, targetHost, err)
-		}
+		f := newFollower(job, up, disk.GetSourceDisk(), vols[i], converted)
+		f.onto(targetHost, dst, exports[i].GetCreated())
+		fs = append(fs, f)
 	}
-	return nil
+	err = followAll(ctx, fs)
+	for _, f := range fs {
+		moved = moved || f.saved > 0 || f.verified > 0
+	}
+	return moved, err
 }
 
-// uploadCheckpointPath is where the chunks a disk's upload onto a target
-// host has made durable are recorded, beside the cache image, with the
-// generation of the image they came from (uploadGenerationPath).
+// uploadCheckpointPath is where the chunks of a disk's cache image that
+// are durably on its volume on a target host are recorded (uploadMarks,
+// as cache.UploadCheckpointPath for this host's own volume).
 func uploadCheckpointPath(cacheDir, disk, targetHost string) string {
-	return filepath.Join(cacheDir, disk+".upload-"+path.Base(targetHost)+".ckpt")
+	return filepath.Join(cacheDir, disk+".upload-"+path.Base(targetHost))
 }
 
-func (d *Driver) copyRemote(ctx context.Context, job *runner.Job, cp *NBDCopier, disk string, dst Endpoint, ckptPath string, fresh bool) error {
-	exp, err := cache.OpenExport(ctx, job.CacheDir, disk, job.Log)
+// uploadWholeRemote copies a cache image that has no checkpoint onto the
+// target host's volume in one go.
+func (f *follower) uploadWholeRemote(ctx context.Context) error {
+	exp, err := cache.OpenExport(ctx, f.job.CacheDir, f.disk, f.log)
 	if err != nil {
 		return err
 	}
 	defer exp.Close()
-	// The checkpoint describes what one cache image (its generation) put
-	// on this volume. A kept volume (not created anew by the target host)
-	// resumes from it: the chunks it says were flushed there are not sent
-	// again. A new volume, or a cache image of another generation than the
-	// one the checkpoint was written from, starts over.
-	gen, err := cache.Generation(job.CacheDir, disk)
-	if err != nil && !errors.Is(err, fs.ErrNotExist) {
+	if err := f.up.fence(ctx, "upload onto "+f.remote.URI()); err != nil {
 		return err
 	}
-	same := !fresh && sameUploadGeneration(ckptPath, gen)
-	if !same {
-		for _, p := range []string{ckptPath, cache.SumsPath(ckptPath)} {
-			if err := os.Remove(p); err != nil && !errors.Is(err, fs.ErrNotExist) {
-				return err
-			}
-		}
-		if err := writeUploadGeneration(ckptPath, gen); err != nil {
-			return err
-		}
-	}
-	ckpt, err := pipeline.LoadCheckpoint(ckptPath, exp.Size(), pipeline.DefaultChunkSize)
-	if err != nil {
-		return err
-	}
-	if err := job.Fence(ctx, "upload onto "+dst.URI()); err != nil {
-		return fmt.Errorf("%w: %w", errFenced, err)
-	}
-	already := 0
-	for i := range ckpt.Chunks() {
-		if ckpt.Done(i) {
-			already++
-		}
-	}
-	start := time.Now()
-	// A new qcow2 volume reads as zeroes, and one kept from an earlier try
-	// of this image holds only its data, so its zeroes are zeroes too. A
-	// kept volume an image of another generation wrote may hold anything:
-	// the image's zeroes are written too.
-	zeroed := fresh || same
-	err = cp.Copy(ctx, Endpoint{Socket: exp.Socket()}, dst, CopyOptions{DstZeroed: zeroed, Checkpoint: ckpt, Progress: func(done, total int64) {
-		job.Progress.SetTotal(disk, total)
-		job.Progress.Set(disk, done)
-	}})
-	if err != nil {
-		return err
-	}
-	job.Log.InfoContext(ctx, "uploaded to the target host", "disk", disk, "volume", dst.URI(), "resumed", same,
-		"chunks_already_there", already, "chunks", ckpt.Chunks(), "seconds", time.Since(start).Seconds())
-	return nil
-}
-
-// uploadGenerationPath is where the generation of the cache image an
-// upload checkpoint was written from is kept, beside it.
-func uploadGenerationPath(ckptPath string) string { return ckptPath + ".gen" }
-
-// sameUploadGeneration says whether the checkpoint at ckptPath was written
-// from the cache image of generation gen. A checkpoint with no record of
-// its generation is not trusted.
-func sameUploadGeneration(ckptPath, gen string) bool {
-	b, err := os.ReadFile(uploadGenerationPath(ckptPath))
-	return err == nil && string(b) == gen
-}
-
-// writeUploadGeneration records gen beside a checkpoint that starts over,
-// durably, before any chunk of it is marked.
-func writeUploadGeneration(ckptPath, gen string) error {
-	p := uploadGenerationPath(ckptPath)
-	tmp := p + ".tmp"
-	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
-	if err != nil {
-		return fmt.Errorf("record the upload's cache generation: %w", err)
-	}
-	_, err = f.WriteString(gen)
-	if err == nil {
-		err = f.Sync()
-	}
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err == nil {
-		err = os.Rename(tmp, p)
-	}
-	if err != nil {
-		return fmt.Errorf("record the upload's cache generation: %w", err)
-	}
-	return nil
+	return f.up.copier.Copy(ctx, Endpoint{Socket: exp.Socket()}, *f.remote, CopyOptions{
+		DstZeroed: f.created && f.vol.ZeroInitialized(),
+		Progress:  func(done, _ int64) { f.job.Progress.Uploaded(f.disk, done) }})
 }
 
 // verifyRemote reads every volume back through the target host's export.
 func (d *Driver) verifyRemote(ctx context.Context, job *runner.Job, targetHost string) error {
 	exports := d.exports.get(job.Name())
-	if exports == nil {
-		var err error
-		if exports, err = d.prepareRemote(ctx, job); err != nil {
-			return err
-		}
-	}
 	for i, disk := range job.Assignment.GetJob().GetTarget().GetDisks() {
 		name := disk.GetSourceDisk()
+		if job.Progress.Verified(name) {
+			continue // read back and matched by the upload as it went
+		}
 		cp, err := copySums(job, name)
 		if err != nil {
 			return err
 		}
 		if cp == nil {
 			continue
+		}
+		if exports == nil {
+			if exports, err = d.prepareRemote(ctx, job); err != nil {
+				return err
+			}
 		}
 		dst, err := d.remoteEndpoint(targetHost, exports[i])
 		if err != nil {

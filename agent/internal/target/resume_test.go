@@ -11,11 +11,8 @@ import (
 	"github.com/ferry-v2v/ferry/agent/internal/cache"
 	"github.com/ferry-v2v/ferry/agent/internal/pipeline"
 	"github.com/ferry-v2v/ferry/agent/internal/runner"
-	agentv1 "github.com/ferry-v2v/ferry/pkg/pb/ferry/agent/v1"
 	ferryv1 "github.com/ferry-v2v/ferry/pkg/pb/ferry/v1"
-	"github.com/ferry-v2v/ferry/pkg/ratelimit"
 	"github.com/ferry-v2v/ferry/pkg/testkit"
-	"github.com/ferry-v2v/ferry/pkg/tlsutil"
 )
 
 // TestUploadToAnotherHostResumesFromItsCheckpoint: the migration server's
@@ -25,40 +22,24 @@ import (
 // false) and sends only what the checkpoint does not hold: fewer bytes
 // than the disk's data. The volume is the cache image byte for byte.
 func TestUploadToAnotherHostResumesFromItsCheckpoint(t *testing.T) {
-	requireTools(t, "qemu-img", "qemu-nbd", "qemu-io")
-	pki := t.TempDir()
-	if err := tlsutil.InitPKI(pki, tlsutil.Options{Agents: []string{"ms", "h2"}}); err != nil {
-		t.Fatal(err)
-	}
-	dirOf := func(host string) string { return filepath.Join(pki, tlsutil.IdentityDir(agentID(host))) }
-	img, srcEp := sourceImage(t)
-	cacheDir := shortTempDir(t)
-	convert(t, srcEp, cacheDir)
-	st := storage(ferryv1.PrimaryStorageType_PRIMARY_STORAGE_TYPE_LOCAL, t.TempDir(), "", "")
+	img, cacheDir := cachedSource(t)
 	job := &ferryv1.MigrationJob{Name: "migrationJobs/resume", TargetHost: "hosts/h2", Epoch: 1,
 		Target: &ferryv1.TargetVm{VmName: "resume", Disks: []*ferryv1.TargetDisk{{SourceDisk: "vda", SizeBytes: sourceSize}}}}
-	worker := NewWorker(WorkerConfig{IdentityDir: dirOf("h2"), MigrationAddress: "127.0.0.1", Options: Options{Log: testkit.Logger(t)}})
-	t.Cleanup(worker.Close)
-	r := &down{relay: &relay{job: job, storage: st, peer: "hosts/ms", worker: worker}}
-	newDriver := func() *Driver {
-		return NewDriver("", Options{Log: testkit.Logger(t), Remote: Remote{HostName: "ms", IdentityDir: dirOf("ms"), Targets: r, RetryBudget: 30 * time.Second}})
-	}
-	jobOf := func(limit int64) *runner.Job {
-		return &runner.Job{Assignment: &agentv1.Assignment{Job: job, Epoch: 1, PrimaryStorage: st}, CacheDir: cacheDir,
-			Log: testkit.Logger(t), Upstream: ratelimit.New(limit)}
-	}
+	h := newTwoHosts(t, job, nil, WorkerConfig{})
+	r, worker := h.relay, h.worker
+	newDriver := func() *Driver { return h.newDriver(t, 30*time.Second) }
+	jobOf := func(limit int64) *runner.Job { return h.runnerJob(t, cacheDir, limit) }
 	ckpt := uploadCheckpointPath(cacheDir, "vda", "hosts/h2")
 	flushed := func() (chunks int, last bool) {
-		m, err := pipeline.ReadMarks(ckpt)
+		b, err := os.ReadFile(ckpt)
 		if err != nil {
 			return 0, false
 		}
-		for i := range m.Chunks() {
-			if m.Done(i) {
-				chunks++
-			}
+		m, err := decodeUploadMarks(b)
+		if err != nil {
+			t.Fatal(err)
 		}
-		return chunks, m.Complete()
+		return m.count(), m.count() == m.chunks()
 	}
 
 	// 6 Mbit/s: the 4.5 MiB of data take six seconds; the checkpoint is
@@ -103,7 +84,7 @@ func TestUploadToAnotherHostResumesFromItsCheckpoint(t *testing.T) {
 	if _, last := flushed(); !last {
 		t.Error("the checkpoint does not record every chunk after the upload finished")
 	}
-	vol, _ := NameVolume(st, job.GetName(), "vda", sourceSize)
+	vol := h.volume(t)
 	worker.Close()
 	run(t, "qemu-img", "compare", "-f", "qcow2", "-F", "qcow2", img, vol.Path)
 

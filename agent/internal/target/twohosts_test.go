@@ -45,6 +45,77 @@ func (r *relay) Request(ctx context.Context, req *agentv1.TargetRequest) (*agent
 	return res, nil
 }
 
+// twoHosts is the setup the tests of a job placed on another host share:
+// two agents in one process, "ms" (the migration server) and "h2" (the
+// target host), each with its own certificate of one install's CA; h2's
+// worker over local storage of its own, and a relay to it. What ms runs
+// is the caller's (newDriver, runnerJob).
+type twoHosts struct {
+	pki     string
+	storage *ferryv1.PrimaryStorage
+	job     *ferryv1.MigrationJob
+	worker  *Worker
+	relay   *down
+}
+
+// newTwoHosts sets up the two hosts for job (whose target_host is
+// hosts/h2), h2's volumes on storage (nil: a local storage of its own).
+func newTwoHosts(t *testing.T, job *ferryv1.MigrationJob, storageOf *ferryv1.PrimaryStorage, wcfg WorkerConfig) *twoHosts {
+	t.Helper()
+	requireTools(t, "qemu-img", "qemu-nbd", "qemu-io")
+	h := &twoHosts{pki: t.TempDir(), storage: storageOf, job: job}
+	if err := tlsutil.InitPKI(h.pki, tlsutil.Options{Agents: []string{"ms", "h2"}}); err != nil {
+		t.Fatal(err)
+	}
+	if h.storage == nil {
+		h.storage = storage(ferryv1.PrimaryStorageType_PRIMARY_STORAGE_TYPE_LOCAL, t.TempDir(), "", "")
+	}
+	wcfg.IdentityDir, wcfg.MigrationAddress = h.dirOf("h2"), "127.0.0.1"
+	if wcfg.Options.Log == nil {
+		wcfg.Options.Log = testkit.Logger(t)
+	}
+	h.worker = NewWorker(wcfg)
+	t.Cleanup(h.worker.Close)
+	h.relay = &down{relay: &relay{job: job, storage: h.storage, peer: "hosts/ms", worker: h.worker}}
+	return h
+}
+
+// dirOf is a host's certificate directory.
+func (h *twoHosts) dirOf(host string) string {
+	return filepath.Join(h.pki, tlsutil.IdentityDir(agentID(host)))
+}
+
+// newDriver is ms's target driver (a new one: the agent started again),
+// keeping at an upload onto h2 for budget.
+func (h *twoHosts) newDriver(t *testing.T, budget time.Duration) *Driver {
+	return NewDriver("", Options{Log: testkit.Logger(t), Remote: Remote{HostName: "ms", IdentityDir: h.dirOf("ms"), Targets: h.relay, RetryBudget: budget}})
+}
+
+// runnerJob is ms's run of the job from cacheDir under an upstream limit
+// of limit bits per second (0: none).
+func (h *twoHosts) runnerJob(t *testing.T, cacheDir string, limit int64) *runner.Job {
+	return &runner.Job{Assignment: &agentv1.Assignment{Job: h.job, Epoch: h.job.GetEpoch(), PrimaryStorage: h.storage, L3Networks: h.relay.networks},
+		CacheDir: cacheDir, Log: testkit.Logger(t), Upstream: ratelimit.New(limit)}
+}
+
+// volume is the job's vda on h2.
+func (h *twoHosts) volume(t *testing.T) Volume {
+	v, err := NameVolume(h.storage, h.job.GetName(), "vda", sourceSize)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return v
+}
+
+// cachedSource is a source image and a cache directory holding its copy,
+// as CONVERTING leaves it.
+func cachedSource(t *testing.T) (img, cacheDir string) {
+	img, srcEp := sourceImage(t)
+	cacheDir = shortTempDir(t)
+	convert(t, srcEp, cacheDir)
+	return img, cacheDir
+}
+
 // TestJobPlacedOnAnotherHost: the migration server's agent (ms) runs a
 // job whose VM is placed on h2. h2's agent creates the volume on its
 // local storage and serves it to ms alone over TLS; ms uploads its cache
@@ -53,27 +124,17 @@ func (r *relay) Request(ctx context.Context, req *agentv1.TargetRequest) (*agent
 // process, each with its own certificate, over loopback, one libvirtd.
 func TestJobPlacedOnAnotherHost(t *testing.T) {
 	e := newLibvirtEnv(t)
-	requireTools(t, "qemu-img", "qemu-nbd", "qemu-io")
-	pki := t.TempDir()
-	if err := tlsutil.InitPKI(pki, tlsutil.Options{Agents: []string{"ms", "h2"}}); err != nil {
-		t.Fatal(err)
-	}
-	dirOf := func(host string) string { return filepath.Join(pki, tlsutil.IdentityDir(agentID(host))) }
-
 	// ms's cache: the job's vda image and its checkpoint with checksums,
 	// as CONVERTING leaves them.
-	img, srcEp := sourceImage(t)
-	cacheDir := shortTempDir(t)
-	convert(t, srcEp, cacheDir)
+	img, cacheDir := cachedSource(t)
 	name := "ferrytest-" + randHex(4)
 	job := &ferryv1.MigrationJob{Name: "migrationJobs/" + name, TargetHost: "hosts/h2", AssignedHost: "hosts/ms", Epoch: 3,
 		Options: &ferryv1.MigrationOptions{AutoStart: new(bool)},
 		Target: &ferryv1.TargetVm{VmName: name, Cpus: 1, MemoryBytes: 64 << 20, PrimaryStorage: e.storage.GetName(),
 			Disks: []*ferryv1.TargetDisk{{SourceDisk: "vda", SizeBytes: sourceSize}},
 			Nics:  []*ferryv1.TargetNic{{SourceMac: "52:54:00:" + colonHex(3), L3Network: "l3Networks/test", Ip: e.subnet + "60"}}}}
-	nets := []*ferryv1.L3Network{{Name: "l3Networks/test", LibvirtNetwork: e.network}}
 	var fenced []string
-	worker := NewWorker(WorkerConfig{IdentityDir: dirOf("h2"), MigrationAddress: "127.0.0.1", Options: e.opts(t),
+	h := newTwoHosts(t, job, e.storage, WorkerConfig{Options: e.opts(t),
 		Fence: func(_ context.Context, j string, epoch int64, write string) error {
 			fenced = append(fenced, write)
 			if j != job.GetName() || epoch != 3 {
@@ -81,16 +142,12 @@ func TestJobPlacedOnAnotherHost(t *testing.T) {
 			}
 			return nil
 		}})
-	t.Cleanup(worker.Close)
-	r := &relay{job: job, storage: e.storage, networks: nets, peer: "hosts/ms", worker: worker}
-	d := NewDriver("", Options{Log: testkit.Logger(t), Remote: Remote{HostName: "ms", IdentityDir: dirOf("ms"), Targets: r}})
-	up := ratelimit.New(0)
-	rj := &runner.Job{Assignment: &agentv1.Assignment{Job: job, Epoch: 3, PrimaryStorage: e.storage, L3Networks: nets},
-		CacheDir: cacheDir, Log: testkit.Logger(t), Upstream: up}
-	vol, err := NameVolume(e.storage, job.GetName(), "vda", sourceSize)
-	if err != nil {
-		t.Fatal(err)
-	}
+	r := h.relay.relay
+	r.networks = []*ferryv1.L3Network{{Name: "l3Networks/test", LibvirtNetwork: e.network}}
+	d := h.newDriver(t, 0)
+	rj := h.runnerJob(t, cacheDir, 0)
+	up := rj.Upstream
+	vol := h.volume(t)
 	t.Cleanup(func() { _ = d.Rollback(context.Background(), rj) })
 
 	ctx := context.Background()
@@ -100,11 +157,13 @@ func TestJobPlacedOnAnotherHost(t *testing.T) {
 	if up.Granted() < dataBytes {
 		t.Errorf("the upstream limiter granted %d bytes, want at least the %d of data", up.Granted(), dataBytes)
 	}
-	if err := d.Verify(ctx, rj); err != nil { // read back through h2's export
+	// The upload read the volume back as it went, but rj has no progress
+	// to record it: the verification reads it back through h2's export,
+	// and catches a volume that differs: one byte changed through the
+	// export, as a buggy writer would.
+	if err := d.Verify(ctx, rj); err != nil {
 		t.Fatal(err)
 	}
-	// Verification over the network catches a volume that differs: one
-	// byte changed through the export, as a buggy writer would.
 	flipThrough(t, d, job, 2<<20+777)
 	var mm *pipeline.MismatchError
 	if err := d.Verify(ctx, rj); !errors.As(err, &mm) {
@@ -228,30 +287,32 @@ func (d *down) setGone(v bool) {
 // away mid-upload (its agent stopped serving) and the host answers
 // nothing for a while; the migration server's agent keeps asking within
 // its budget, gets the same volume served again (not created anew) and
-// finishes onto it, byte for byte. With the host gone past the budget,
-// the upload fails naming the host.
+// finishes onto it, byte for byte. The budget is per outage: the cut
+// comes after the upload has run for longer than the budget. With the
+// host gone past the budget, the upload fails naming the host.
 func TestUploadToAnotherHostSurvivesACut(t *testing.T) {
-	requireTools(t, "qemu-img", "qemu-nbd", "qemu-io")
-	pki := t.TempDir()
-	if err := tlsutil.InitPKI(pki, tlsutil.Options{Agents: []string{"ms", "h2"}}); err != nil {
-		t.Fatal(err)
-	}
-	dirOf := func(host string) string { return filepath.Join(pki, tlsutil.IdentityDir(agentID(host))) }
-	img, srcEp := sourceImage(t)
-	cacheDir := shortTempDir(t)
-	convert(t, srcEp, cacheDir)
-	st := storage(ferryv1.PrimaryStorageType_PRIMARY_STORAGE_TYPE_LOCAL, t.TempDir(), "", "")
+	img, cacheDir := cachedSource(t)
 	job := &ferryv1.MigrationJob{Name: "migrationJobs/cut", TargetHost: "hosts/h2", Epoch: 1,
 		Target: &ferryv1.TargetVm{VmName: "cut", Disks: []*ferryv1.TargetDisk{{SourceDisk: "vda", SizeBytes: sourceSize}}}}
-	worker := NewWorker(WorkerConfig{IdentityDir: dirOf("h2"), MigrationAddress: "127.0.0.1", Options: Options{Log: testkit.Logger(t)}})
-	t.Cleanup(worker.Close)
-	r := &down{relay: &relay{job: job, storage: st, peer: "hosts/ms", worker: worker}}
-	d := NewDriver("", Options{Log: testkit.Logger(t), Remote: Remote{HostName: "ms", IdentityDir: dirOf("ms"), Targets: r, RetryBudget: 30 * time.Second}})
-	// 16 Mbit/s: the 4.5 MiB of data take over two seconds, time enough to cut.
-	rj := &runner.Job{Assignment: &agentv1.Assignment{Job: job, Epoch: 1, PrimaryStorage: st}, CacheDir: cacheDir,
-		Log: testkit.Logger(t), Upstream: ratelimit.New(16_000_000)}
+	h := newTwoHosts(t, job, nil, WorkerConfig{})
+	r, worker := h.relay, h.worker
+	const budget = 2 * time.Second
+	d := h.newDriver(t, budget)
+	// 4 Mbit/s: the 4.5 MiB of data take over nine seconds; the cut, of
+	// half a second, comes once the upload has run for longer than the
+	// budget and has chunks flushed on h2.
+	rj := h.runnerJob(t, cacheDir, 4_000_000)
+	start := time.Now()
 	go func() {
-		testkit.WaitFor(t, 20*time.Second, "the upload began", func() bool { return up(rj) > 0 })
+		testkit.WaitFor(t, 20*time.Second, "chunks flushed on h2", func() bool {
+			b, err := os.ReadFile(uploadCheckpointPath(cacheDir, "vda", "hosts/h2"))
+			if err != nil {
+				return false
+			}
+			m, err := decodeUploadMarks(b)
+			return err == nil && m.count() > 0
+		})
+		time.Sleep(time.Until(start.Add(budget + budget/2)))
 		r.setGone(true)
 		_ = worker.release(job.GetName()) // the agent's qemu-nbd goes away with it
 		time.Sleep(500 * time.Millisecond)
@@ -260,7 +321,10 @@ func TestUploadToAnotherHostSurvivesACut(t *testing.T) {
 	if err := d.Upload(context.Background(), rj); err != nil {
 		t.Fatal(err)
 	}
-	vol, _ := NameVolume(st, job.GetName(), "vda", sourceSize)
+	if took := time.Since(start); took < budget+budget/2 {
+		t.Fatalf("the upload took %s, done before the cut; nothing shows the budget is per outage", took)
+	}
+	vol := h.volume(t)
 	worker.Close()
 	run(t, "qemu-img", "compare", "-f", "qcow2", "-F", "qcow2", img, vol.Path)
 	if len(r.prepare) < 2 || !r.prepare[0].GetCreated() || r.prepare[len(r.prepare)-1].GetCreated() {

@@ -11,7 +11,6 @@ import (
 	"time"
 
 	"github.com/ferry-v2v/ferry/agent/internal/cache"
-	"github.com/ferry-v2v/ferry/agent/internal/pipeline"
 	"github.com/ferry-v2v/ferry/pkg/nbd"
 )
 
@@ -60,9 +59,6 @@ type CopyOptions struct {
 	// Progress, when set, is called with the data bytes done out of the
 	// data bytes to copy.
 	Progress func(done, total int64)
-	// Checkpoint, when set, records the chunks the destination holds
-	// (flushed) and skips them: an upload cut short resumes.
-	Checkpoint *pipeline.Checkpoint
 }
 
 // Copier copies an NBD export onto another: only the source's data

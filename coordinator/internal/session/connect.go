@@ -156,9 +156,11 @@ func (m *Manager) statusOf(cause error) error {
 	return status.Error(codes.Unavailable, cause.Error())
 }
 
-// end runs once the send loop has stopped: the host is marked disconnected
-// if this was its current session and this node still leads.
+// end runs once the send loop has stopped: the requests relayed to the
+// session are answered as failed, and the host is marked disconnected if
+// this was its current session and this node still leads.
 func (m *Manager) end(s *session, cause error) {
+	m.relayedGone(s)
 	if !m.unregister(s) {
 		return
 	}

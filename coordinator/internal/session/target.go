@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"strings"
 	"sync"
+	"time"
 
 	agentv1 "github.com/ferry-v2v/ferry/pkg/pb/ferry/agent/v1"
 	ledgerv1 "github.com/ferry-v2v/ferry/pkg/pb/ferry/ledger/v1"
@@ -21,7 +22,10 @@ type targetRelay struct {
 
 type relayed struct {
 	from       *session
+	to         *session
 	job        string
+	epoch      int64
+	action     agentv1.TargetAction
 	targetHost string
 }
 
@@ -32,6 +36,20 @@ func (r *targetRelay) put(id string, p relayed) {
 		r.pending = map[string]relayed{}
 	}
 	r.pending[id] = p
+}
+
+// takeTo removes and returns the requests relayed to the session to.
+func (r *targetRelay) takeTo(to *session) map[string]relayed {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	out := map[string]relayed{}
+	for id, p := range r.pending {
+		if p.to == to {
+			out[id] = p
+			delete(r.pending, id)
+		}
+	}
+	return out
 }
 
 func (r *targetRelay) take(id string) (relayed, bool) {
@@ -56,7 +74,8 @@ func (m *Manager) targetRequest(ctx context.Context, s *session, req *agentv1.Ta
 		return s.send(ctx, targetAnswer(&agentv1.TargetWorkResult{RequestId: req.GetRequestId(), Job: req.GetJob(), Epoch: req.GetEpoch(),
 			Action: req.GetAction(), Error: why}))
 	}
-	m.targets.put(req.GetRequestId(), relayed{from: s, job: req.GetJob(), targetHost: target.host})
+	m.targets.put(req.GetRequestId(), relayed{from: s, to: target, job: req.GetJob(), epoch: req.GetEpoch(), action: req.GetAction(),
+		targetHost: target.host})
 	m.log.Debug("target request relayed", "from", s.host, "to", target.host, "job", req.GetJob(), "action", req.GetAction())
 	if err := target.send(ctx, &agentv1.ConnectResponse{Kind: &agentv1.ConnectResponse_TargetWork{TargetWork: work}}); err != nil {
 		m.targets.take(req.GetRequestId())
@@ -217,6 +236,22 @@ func (m *Manager) targetResult(ctx context.Context, s *session, res *agentv1.Tar
 		m.log.Warn("relay target result", "to", p.from.host, "job", res.GetJob(), "err", err)
 	}
 	return nil
+}
+
+// relayedGone answers, with an error, the requests relayed to a target
+// host's session that has ended before their results came: the agents
+// that asked try again (or give up) at once, instead of waiting for an
+// answer that cannot come.
+func (m *Manager) relayedGone(to *session) {
+	for id, p := range m.targets.takeTo(to) {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		err := p.from.send(ctx, targetAnswer(&agentv1.TargetWorkResult{RequestId: id, Job: p.job, Epoch: p.epoch, Action: p.action,
+			Error: fmt.Sprintf("target host %s disconnected before it answered", p.targetHost)}))
+		cancel()
+		if err != nil {
+			m.log.Warn("relay target host gone", "to", p.from.host, "job", p.job, "err", err)
+		}
+	}
 }
 
 func targetAnswer(res *agentv1.TargetWorkResult) *agentv1.ConnectResponse {

@@ -18,7 +18,8 @@ import (
 // networks and the peer, to h1's agent and h1's result back to ms. A stale
 // epoch, a host that does not run the job, a job on the server's own host
 // and a target host not connected are answered at once with why; a result
-// from another host than the one asked is dropped.
+// from another host than the one asked is dropped; a request relayed to a
+// host whose session ends unanswered is answered as such at once.
 func TestTargetRelay(t *testing.T) {
 	f := newFixture(t, Config{}, true)
 	f.seedJob("hosts/ms", 1) // the server, credential and source
@@ -101,6 +102,18 @@ func TestTargetRelay(t *testing.T) {
 		RequestId: "r2", Job: "migrationJobs/placed", Epoch: 2, Error: "disk full"}}})
 	if got := answer(ms); got.GetRequestId() != "r2" || got.GetError() != "disk full" {
 		t.Fatalf("answer after a forged result = %v", got)
+	}
+
+	// h1 goes away with a request relayed to it unanswered: the asking
+	// agent is answered at once that it is gone, not left to wait.
+	ask(ms, "r3", "migrationJobs/placed", 2)
+	for work = nil; work == nil; {
+		work = h1.next().GetTargetWork()
+	}
+	h1.cancel()
+	if got := answer(ms); got.GetRequestId() != "r3" || got.GetError() != "target host hosts/h1 disconnected before it answered" ||
+		got.GetJob() != "migrationJobs/placed" || got.GetEpoch() != 2 || got.GetAction() != agentv1.TargetAction_TARGET_ACTION_PREPARE_VOLUMES {
+		t.Fatalf("answer once h1 went away = %v", got)
 	}
 }
 
