@@ -81,6 +81,7 @@ Flags:
 	fs.StringVar(&level, "log-level", "info", "debug, info, warn or error")
 	fs.Uint64Var(&cfg.SnapshotThreshold, "snapshot-threshold", 0, "new Raft log entries that trigger a ledger snapshot (default 8192)")
 	fs.DurationVar(&cfg.SnapshotInterval, "snapshot-interval", 0, "how often Raft checks --snapshot-threshold (default 2m)")
+	fs.DurationVar(&cfg.ForwardTimeout, "forward-timeout", 0, "how long a call forwarded to a leader this node no longer hears from, or a linearizable read, waits before answering UNAVAILABLE with the leader known then (default 4 Raft heartbeat timeouts, 2s)")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}

@@ -3,10 +3,12 @@ package api
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"strings"
 	"sync"
+	"time"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -64,8 +66,12 @@ func IsWriteMethod(fullMethod string) bool {
 // UnaryInterceptor runs writes on the leader and linearizable reads after
 // LinearizableRead. On a follower it forwards writes, and reads that ask
 // to be linearizable, to the leader through Deps.Dialer, once; with no
-// leader known it answers UNAVAILABLE "no leader elected yet". A NOT_LEADER
-// answer carries the leader in the ferry-leader trailer too.
+// leader known it answers UNAVAILABLE "no leader elected yet". Other reads
+// are served locally once the ledger is as fresh as the node's read floor
+// and the caller's ferry-min-index and ferry-max-staleness headers ask
+// (see reads.go). Every answer served here carries ferry-applied-index and
+// ferry-node headers. A NOT_LEADER answer carries the leader in the
+// ferry-leader trailer too.
 func (a *API) UnaryInterceptor() grpc.UnaryServerInterceptor {
 	return func(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
 		if err := a.refuseBadText(ctx, req); err != nil {
@@ -80,30 +86,24 @@ func (a *API) UnaryInterceptor() grpc.UnaryServerInterceptor {
 }
 
 func (a *API) interceptUnary(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
-	write := IsWriteMethod(info.FullMethod) || a.syncsFirst(req)
-	linear := strings.HasPrefix(info.FullMethod, ferryPrefix) && !write && grpcutil.IsLinearizableRead(ctx)
-	if !write && !linear {
+	if !strings.HasPrefix(info.FullMethod, ferryPrefix) {
 		return handler(ctx, req)
 	}
-	forwarded := wasForwarded(ctx)
-	if !a.proposer.IsLeader() && !forwarded {
-		return a.fwd.unary(ctx, info.FullMethod, req)
+	opts, err := grpcutil.IncomingReadOptions(ctx)
+	if err != nil {
+		return nil, badReadOptions(err)
 	}
-	if linear {
-		if err := a.proposer.LinearizableRead(ctx); err != nil {
-			if forwarded {
-				return nil, a.toStatus(ctx, err)
-			}
+	forwarded := wasForwarded(ctx)
+	if IsWriteMethod(info.FullMethod) || a.syncsFirst(req) {
+		if !a.proposer.IsLeader() && !forwarded {
 			return a.fwd.unary(ctx, info.FullMethod, req)
 		}
+		return a.serveWrite(ctx, req, info, handler, forwarded)
 	}
-	resp, err := handler(ctx, req)
-	if grpcutil.IsNotLeader(err) && !forwarded {
-		// Leadership moved between IsLeader and Propose; the command was
-		// not taken, so sending it to the new leader is safe.
-		return a.fwd.unary(ctx, info.FullMethod, req)
+	if opts.Linearizable {
+		return a.serveLinearizable(ctx, req, info, handler, forwarded)
 	}
-	return resp, err
+	return a.serveLocalRead(ctx, req, info, handler, opts, forwarded)
 }
 
 // StreamInterceptor relays server-streaming ferry.v1 calls
@@ -165,10 +165,79 @@ type forwarder struct {
 	dial   Dialer
 	log    *slog.Logger
 	types  sync.Map // full method → [2]protoreflect.MessageDescriptor{in, out}
+
+	// contact is when this node last heard from the leader (nil: never
+	// give up on a forwarded unary call before the caller does).
+	contact func() time.Time
+	// timeout is how long a forwarded unary call may wait for a leader
+	// this node no longer hears from; silent is how long without contact
+	// counts as not hearing from it.
+	timeout, silent time.Duration
 }
 
 func newForwarder(leader leaderInfo, dial Dialer, log *slog.Logger) *forwarder {
 	return &forwarder{leader: leader, dial: dial, log: log}
+}
+
+// Why a forwarded call was given up.
+var (
+	errLeaderMoved  = errors.New("another leader was elected")
+	errLeaderSilent = errors.New("the leader is silent")
+)
+
+// guard runs one forwarded call to the leader at addr with a context
+// cancelled when the call is given up: another leader becomes known, or
+// the call has waited the forward timeout while this node has not heard
+// from the leader for a heartbeat timeout (it is paused, cut off or
+// dead). A call given up ends UNAVAILABLE (NOT_LEADER) naming the leader
+// known then; a healthy leader's slow call is never given up.
+func (f *forwarder) guard(ctx context.Context, addr string, call func(context.Context) error) error {
+	if f.contact == nil || f.timeout <= 0 {
+		return call(ctx)
+	}
+	cctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	start := time.Now()
+	done := make(chan struct{})
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		tick := time.NewTicker(max(f.silent/10, 10*time.Millisecond))
+		defer tick.Stop()
+		for {
+			select {
+			case <-done:
+				return
+			case <-tick.C:
+			}
+			if now := f.leader.LeaderAPIAddress(); now != "" && now != addr {
+				cancel(errLeaderMoved)
+				return
+			}
+			if time.Since(start) >= f.timeout && time.Since(f.contact()) > f.silent {
+				cancel(errLeaderSilent)
+				return
+			}
+		}
+	}()
+	err := call(cctx)
+	close(done)
+	wg.Wait()
+	cause := context.Cause(cctx)
+	if err == nil || ctx.Err() != nil || (cause != errLeaderMoved && cause != errLeaderSilent) {
+		return err
+	}
+	now := f.leader.LeaderAPIAddress()
+	msg := fmt.Sprintf("gave up on the leader at %s after %v: %v", addr, time.Since(start).Round(time.Millisecond), cause)
+	switch {
+	case now != "" && now != addr:
+		msg += "; the leader is now at " + now
+	case now == "":
+		msg += "; no new leader elected yet"
+	}
+	f.log.Info("forwarded call given up", "leader", addr, "now", now, "cause", cause)
+	return grpcutil.NotLeaderErrorMsg(now, msg+"; the call may or may not have taken effect")
 }
 
 // unary forwards one call, and once more if the leader changed under it.
@@ -180,7 +249,15 @@ func (f *forwarder) unary(ctx context.Context, method string, req any) (any, err
 			return nil, grpcutil.NotLeaderError(addr)
 		}
 		var header, trailer metadata.MD
-		resp, err := f.invoke(ctx, addr, method, req, grpc.Header(&header), grpc.Trailer(&trailer))
+		var resp any
+		err := f.guard(ctx, addr, func(ctx context.Context) error {
+			var err error
+			resp, err = f.invoke(ctx, addr, method, req, grpc.Header(&header), grpc.Trailer(&trailer))
+			return err
+		})
+		if wasGivenUp(err) {
+			return nil, err
+		}
 		next := ""
 		if err != nil && attempt == 0 && status.Code(err) == codes.Unavailable {
 			next = f.nextLeader(err, addr)
@@ -192,6 +269,12 @@ func (f *forwarder) unary(ctx context.Context, method string, req any) (any, err
 		f.log.Debug("leader changed while forwarding; retrying", "method", method, "from", addr, "to", next)
 		addr = next
 	}
+}
+
+// wasGivenUp says whether err is guard's answer to a call it gave up:
+// the leader may have taken it, so it is not sent again here.
+func wasGivenUp(err error) bool {
+	return grpcutil.IsNotLeader(err) && strings.HasPrefix(status.Convert(err).Message(), "gave up on the leader")
 }
 
 // relay passes the leader's metadata on, minus what gRPC itself sets.

@@ -68,6 +68,11 @@ type Config struct {
 	// entries, 2 minutes). Tests set them low to force a snapshot.
 	SnapshotThreshold uint64
 	SnapshotInterval  time.Duration
+	// ForwardTimeout bounds how long a call forwarded to a leader this node
+	// no longer hears from, and a linearizable read, wait before answering
+	// UNAVAILABLE with the leader known then; zero takes the default (four
+	// heartbeat timeouts).
+	ForwardTimeout time.Duration
 }
 
 // WithDefaults fills the derived paths.
@@ -118,6 +123,9 @@ func (c Config) Validate() error {
 	}
 	if c.DataDir == "" {
 		return fmt.Errorf("%w: --data-dir is required", ErrInvalid)
+	}
+	if c.ForwardTimeout < 0 || (c.ForwardTimeout > 0 && c.ForwardTimeout < 100*time.Millisecond) {
+		return fmt.Errorf("%w: --forward-timeout %v: use at least 100ms, or 0 for the default", ErrInvalid, c.ForwardTimeout)
 	}
 	if c.SnapshotInterval < 0 || (c.SnapshotInterval > 0 && c.SnapshotInterval < 100*time.Millisecond) {
 		return fmt.Errorf("%w: --snapshot-interval %v: use at least 100ms, or 0 for the default", ErrInvalid, c.SnapshotInterval)

@@ -2424,8 +2424,12 @@ type Snapshot struct {
 	SourceInventories    []*v1.SourceInventory     `protobuf:"bytes,12,rep,name=source_inventories,json=sourceInventories,proto3" json:"source_inventories,omitempty"`
 	NetworkMappingGroups []*v1.NetworkMappingGroup `protobuf:"bytes,13,rep,name=network_mapping_groups,json=networkMappingGroups,proto3" json:"network_mapping_groups,omitempty"`
 	RevokedCertificates  []*v1.RevokedCertificate  `protobuf:"bytes,14,rep,name=revoked_certificates,json=revokedCertificates,proto3" json:"revoked_certificates,omitempty"`
-	unknownFields        protoimpl.UnknownFields
-	sizeCache            protoimpl.SizeCache
+	// The Raft log index of the last entry the snapshot holds, so a node
+	// restored from it knows which ledger state it serves (0 in snapshots
+	// taken before this field existed).
+	AppliedIndex  uint64 `protobuf:"varint,15,opt,name=applied_index,json=appliedIndex,proto3" json:"applied_index,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Snapshot) Reset() {
@@ -2554,6 +2558,13 @@ func (x *Snapshot) GetRevokedCertificates() []*v1.RevokedCertificate {
 		return x.RevokedCertificates
 	}
 	return nil
+}
+
+func (x *Snapshot) GetAppliedIndex() uint64 {
+	if x != nil {
+		return x.AppliedIndex
+	}
+	return 0
 }
 
 // RevokeCertificate puts a certificate serial on the revocation list; the
@@ -2834,7 +2845,7 @@ const file_ferry_ledger_v1_ledger_proto_rawDesc = "" +
 	"request_id\x18\x01 \x01(\tR\trequestId\x12\x14\n" +
 	"\x05names\x18\x02 \x03(\tR\x05names\x12.\n" +
 	"\x04time\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\x04time\x12\x16\n" +
-	"\x06method\x18\x04 \x01(\tR\x06method\"\xc8\x06\n" +
+	"\x06method\x18\x04 \x01(\tR\x06method\"\xed\x06\n" +
 	"\bSnapshot\x12-\n" +
 	"\bclusters\x18\x01 \x03(\v2\x11.ferry.v1.ClusterR\bclusters\x12$\n" +
 	"\x05hosts\x18\x02 \x03(\v2\x0e.ferry.v1.HostR\x05hosts\x12C\n" +
@@ -2851,7 +2862,8 @@ const file_ferry_ledger_v1_ledger_proto_rawDesc = "" +
 	"\brequests\x18\v \x03(\v2\x1e.ferry.ledger.v1.RequestRecordR\brequests\x12H\n" +
 	"\x12source_inventories\x18\f \x03(\v2\x19.ferry.v1.SourceInventoryR\x11sourceInventories\x12S\n" +
 	"\x16network_mapping_groups\x18\r \x03(\v2\x1d.ferry.v1.NetworkMappingGroupR\x14networkMappingGroups\x12O\n" +
-	"\x14revoked_certificates\x18\x0e \x03(\v2\x1c.ferry.v1.RevokedCertificateR\x13revokedCertificates\"S\n" +
+	"\x14revoked_certificates\x18\x0e \x03(\v2\x1c.ferry.v1.RevokedCertificateR\x13revokedCertificates\x12#\n" +
+	"\rapplied_index\x18\x0f \x01(\x04R\fappliedIndex\"S\n" +
 	"\x11RevokeCertificate\x12>\n" +
 	"\vcertificate\x18\x01 \x01(\v2\x1c.ferry.v1.RevokedCertificateR\vcertificate\":\n" +
 	"\x0eReleaseAddress\x12\x18\n" +
