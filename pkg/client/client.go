@@ -9,7 +9,17 @@
 // when no leader is elected yet, to the same node after a pause. Only calls
 // that are safe to repeat are retried: reads, the idempotent writes
 // (enable, disable, bandwidth, settings) and writes carrying a request_id.
-// Retries are bounded (Options.MaxAttempts) and back off exponentially.
+// Retries are bounded (Options.MaxAttempts) and back off exponentially. A
+// write whose request has an empty request_id gets a fresh one, the same
+// in every attempt, so the server answers a repeat with the first answer.
+//
+// Reads are served by the node that answers, from its local ledger, but
+// never older than what this client saw: every answer carries the Raft
+// index it reflects (ferry-applied-index), and the client sends the
+// highest it has seen as ferry-min-index with every read, so it reads its
+// own writes, and never goes back in time, whichever node serves it
+// (LastIndex, SeenIndex; Options.StaleReadsOK turns this off).
+// Options.MaxStaleness and Options.LinearizableReads ask for more.
 //
 //	c, err := client.New(ctx, client.Options{
 //		Addresses: []string{"10.0.0.1:7443", "10.0.0.2:7443"},
@@ -26,6 +36,7 @@ import (
 	"fmt"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"google.golang.org/grpc"
@@ -69,6 +80,13 @@ type Options struct {
 	// read (Get, List, Watch, ListMembers), so a read reflects every write
 	// acknowledged before it, whichever node serves it.
 	LinearizableReads bool
+	// MaxStaleness, when set, lets a follower serve a read only if it heard
+	// from the leader within it (ferry-max-staleness); otherwise the read
+	// goes to the leader.
+	MaxStaleness time.Duration
+	// StaleReadsOK stops sending ferry-min-index: reads may then be older
+	// than this client's own writes when another node serves them.
+	StaleReadsOK bool
 	// MaxAttempts bounds how many times one call is sent (default 8).
 	MaxAttempts int
 	// Backoff is the first pause between attempts (default 100ms); it
@@ -93,6 +111,24 @@ type Client struct {
 	current string   // where the next call goes first
 	conns   map[string]*grpc.ClientConn
 	closed  bool
+
+	// seen is the highest ferry-applied-index of any answer.
+	seen atomic.Uint64
+}
+
+// LastIndex is the highest Raft index an answer to this client reflected:
+// reads it sends reflect at least this index.
+func (c *Client) LastIndex() uint64 { return c.seen.Load() }
+
+// SeenIndex raises LastIndex to index (one another process saw, say), so
+// later reads reflect at least it.
+func (c *Client) SeenIndex(index uint64) {
+	for {
+		old := c.seen.Load()
+		if index <= old || c.seen.CompareAndSwap(old, index) {
+			return
+		}
+	}
 }
 
 // New makes a Client. It reads the TLS files but does not contact the

@@ -104,10 +104,10 @@ func TestWhatIsRetried(t *testing.T) {
 			_, err := c.TargetInventory().CreateCluster(ctx, &ferryv1.CreateClusterRequest{Cluster: &ferryv1.Cluster{}, RequestId: "r1"})
 			return err
 		}, true},
-		{"create without request_id", func(ctx context.Context, c *Client) error {
+		{"create without request_id (the client makes one)", func(ctx context.Context, c *Client) error {
 			_, err := c.TargetInventory().CreateCluster(ctx, &ferryv1.CreateClusterRequest{Cluster: &ferryv1.Cluster{}})
 			return err
-		}, false},
+		}, true},
 		{"delete", func(ctx context.Context, c *Client) error {
 			_, err := c.TargetInventory().DeleteCluster(ctx, &ferryv1.DeleteClusterRequest{Name: "clusters/a"})
 			return err
@@ -131,6 +131,57 @@ func TestWhatIsRetried(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// TestRequestIDMadeOnce: a create sent without a request_id carries one
+// the client made, the same in the attempt at the follower and the retry
+// at the leader; the caller's message is left alone.
+func TestRequestIDMadeOnce(t *testing.T) {
+	cl := startFakeCluster(t, 2)
+	c := newTestClient(t, Options{Addresses: []string{cl.nodes[1].addr}})
+	req := &ferryv1.CreateClusterRequest{Cluster: &ferryv1.Cluster{}}
+	if _, err := c.TargetInventory().CreateCluster(ctxT(t), req); err != nil {
+		t.Fatal(err)
+	}
+	cl.mu.Lock()
+	ids := append([]string(nil), cl.reqIDs...)
+	cl.mu.Unlock()
+	if len(ids) != 2 || ids[0] == "" || ids[0] != ids[1] {
+		t.Fatalf("request_ids of the attempts = %q, want the same non-empty one twice", ids)
+	}
+	if req.GetRequestId() != "" {
+		t.Fatalf("the caller's request got request_id %q, want it untouched", req.GetRequestId())
+	}
+}
+
+// TestReadsCarryLastIndex: the applied index of an answer is sent as
+// ferry-min-index with later reads (not writes), unless StaleReadsOK.
+func TestReadsCarryLastIndex(t *testing.T) {
+	for _, staleOK := range []bool{false, true} {
+		cl := startFakeCluster(t, 1)
+		c := newTestClient(t, Options{Addresses: []string{cl.nodes[0].addr}, StaleReadsOK: staleOK})
+		cl.index = "42"
+		if _, err := c.TargetInventory().CreateCluster(ctxT(t), &ferryv1.CreateClusterRequest{Cluster: &ferryv1.Cluster{}}); err != nil {
+			t.Fatal(err)
+		}
+		if c.LastIndex() != 42 {
+			t.Fatalf("LastIndex = %d, want 42", c.LastIndex())
+		}
+		c.SeenIndex(40) // lower: no change
+		if _, err := c.TargetInventory().GetCluster(ctxT(t), &ferryv1.GetClusterRequest{Name: "clusters/a"}); err != nil {
+			t.Fatal(err)
+		}
+		cl.mu.Lock()
+		got, create := cl.minIdx["GetCluster"], cl.minIdx["CreateCluster"]
+		cl.mu.Unlock()
+		want := []string{"42"}
+		if staleOK {
+			want = nil
+		}
+		if len(got) != len(want) || (len(want) == 1 && got[0] != want[0]) || len(create) != 0 {
+			t.Fatalf("StaleReadsOK=%v: ferry-min-index of GetCluster %q, of CreateCluster %q; want %q and none", staleOK, got, create, want)
+		}
 	}
 }
 
