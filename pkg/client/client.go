@@ -84,6 +84,10 @@ type Options struct {
 	// from the leader within it (ferry-max-staleness); otherwise the read
 	// goes to the leader.
 	MaxStaleness time.Duration
+	// SpreadReads sends each read (but a linearizable one) to the next
+	// known address in turn, so followers share the reads; writes still
+	// go to the leader. Reads stay no older than LastIndex.
+	SpreadReads bool
 	// StaleReadsOK stops sending ferry-min-index: reads may then be older
 	// than this client's own writes when another node serves them.
 	StaleReadsOK bool
@@ -114,6 +118,21 @@ type Client struct {
 
 	// seen is the highest ferry-applied-index of any answer.
 	seen atomic.Uint64
+	// spread counts reads sent under SpreadReads.
+	spread atomic.Uint64
+}
+
+// spreads says whether a call goes to the next address in turn.
+func (c *Client) spreads(method string) bool {
+	return c.opts.SpreadReads && !c.opts.LinearizableReads && isRead(method)
+}
+
+// nextReadAddress is where the next spread read goes.
+func (c *Client) nextReadAddress() string {
+	n := c.spread.Add(1)
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.addrs[int(n%uint64(len(c.addrs)))]
 }
 
 // LastIndex is the highest Raft index an answer to this client reflected:
@@ -259,7 +278,11 @@ func (c *Client) NetworkMappings() ferryv1.NetworkMappingServiceClient {
 // Invoke sends a unary call to the current target; the interceptor on its
 // connection takes over from there.
 func (c *Client) Invoke(ctx context.Context, method string, args, reply any, opts ...grpc.CallOption) error {
-	conn, err := c.conn(c.Target())
+	addr := c.Target()
+	if c.spreads(method) {
+		addr = c.nextReadAddress()
+	}
+	conn, err := c.conn(addr)
 	if err != nil {
 		return err
 	}

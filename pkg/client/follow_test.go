@@ -276,3 +276,28 @@ func deadAddress(t *testing.T) string {
 	lis.Close()
 	return addr
 }
+
+// TestSpreadReads: with SpreadReads, reads go to each address in turn
+// (the fake followers refuse them, so each then lands on the leader),
+// while the target for writes stays the leader.
+func TestSpreadReads(t *testing.T) {
+	cl := startFakeCluster(t, 3)
+	var addrs []string
+	for _, n := range cl.nodes {
+		addrs = append(addrs, n.addr)
+	}
+	c := newTestClient(t, Options{Addresses: addrs, SpreadReads: true})
+	for i := 0; i < 3; i++ {
+		if _, err := c.TargetInventory().GetCluster(ctxT(t), &ferryv1.GetClusterRequest{Name: "clusters/a"}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, n := range cl.nodes {
+		if got := cl.callsTo(n.addr); len(got) == 0 || got[0] != "GetCluster" {
+			t.Errorf("calls to %s = %q, want a GetCluster sent there", n.addr, got)
+		}
+	}
+	if c.Target() != cl.nodes[0].addr {
+		t.Errorf("Target = %s, want the leader %s", c.Target(), cl.nodes[0].addr)
+	}
+}

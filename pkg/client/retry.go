@@ -199,7 +199,9 @@ func (c *Client) unaryInterceptor(ctx context.Context, method string, req, reply
 	if idx, ok := grpcutil.AppliedIndex(header); ok {
 		c.SeenIndex(idx)
 	}
-	c.setTarget(addr)
+	if !c.spreads(method) {
+		c.setTarget(addr)
+	}
 	return nil
 }
 
