@@ -91,6 +91,12 @@ type Options struct {
 	// StaleReadsOK stops sending ferry-min-index: reads may then be older
 	// than this client's own writes when another node serves them.
 	StaleReadsOK bool
+	// AttemptTimeout, when set, bounds each attempt of a call that is safe
+	// to repeat; an attempt that runs out moves to the next address, as
+	// an unreachable node does (a paused node accepts connections but
+	// never answers). Zero: attempts are bounded only by the call's
+	// deadline. Keep it above the slowest call you make (a source sync).
+	AttemptTimeout time.Duration
 	// MaxAttempts bounds how many times one call is sent (default 8).
 	MaxAttempts int
 	// Backoff is the first pause between attempts (default 100ms); it

@@ -29,6 +29,8 @@ type fakeCluster struct {
 	reqIDs []string            // request_ids of CreateCluster, every attempt
 	// index is the ferry-applied-index the leader answers with.
 	index string
+	// hung are nodes that never answer, as a paused process.
+	hung map[string]bool
 	nodes  []*fakeNode
 	// noLeaderFor makes the first n calls see no leader at all.
 	noLeaderFor int
@@ -92,6 +94,12 @@ func (n *fakeNode) admit(ctx context.Context, method string) error {
 	cl := n.cl
 	cl.mu.Lock()
 	defer cl.mu.Unlock()
+	if cl.hung[n.addr] {
+		cl.mu.Unlock()
+		<-ctx.Done()
+		cl.mu.Lock()
+		return status.FromContextError(ctx.Err()).Err()
+	}
 	cl.calls[n.addr] = append(cl.calls[n.addr], method)
 	md, _ := metadata.FromIncomingContext(ctx)
 	if v := md.Get(grpcutil.LinearizableHeader); len(v) > 0 && v[0] == grpcutil.LinearizableValue {

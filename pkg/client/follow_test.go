@@ -6,6 +6,7 @@ import (
 	"net"
 	"slices"
 	"testing"
+	"time"
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -299,5 +300,24 @@ func TestSpreadReads(t *testing.T) {
 	}
 	if c.Target() != cl.nodes[0].addr {
 		t.Errorf("Target = %s, want the leader %s", c.Target(), cl.nodes[0].addr)
+	}
+}
+
+// TestAttemptTimeoutMovesOn: a read sent to a node that never answers
+// moves to the next address after AttemptTimeout, within the call's far
+// longer deadline.
+func TestAttemptTimeoutMovesOn(t *testing.T) {
+	cl := startFakeCluster(t, 2)
+	cl.hung = map[string]bool{cl.nodes[1].addr: true}
+	c := newTestClient(t, Options{Addresses: []string{cl.nodes[1].addr, cl.nodes[0].addr}, AttemptTimeout: 200 * time.Millisecond})
+	start := time.Now()
+	if _, err := c.TargetInventory().GetCluster(ctxT(t), &ferryv1.GetClusterRequest{Name: "clusters/a"}); err != nil {
+		t.Fatal(err)
+	}
+	if took := time.Since(start); took > 5*time.Second {
+		t.Fatalf("the read took %v, want it moved on after the 200ms attempt timeout", took)
+	}
+	if c.Target() != cl.nodes[0].addr {
+		t.Fatalf("Target = %s, want %s", c.Target(), cl.nodes[0].addr)
 	}
 }

@@ -182,7 +182,9 @@ func (c *Client) unaryInterceptor(ctx context.Context, method string, req, reply
 	addr := c.addrOf(cc)
 	var header metadata.MD
 	opts = append(opts, grpc.Header(&header))
-	err := invoker(ctx, method, req, reply, cc, opts...)
+	err := c.attempt(ctx, again, func(ctx context.Context) error {
+		return invoker(ctx, method, req, reply, cc, opts...)
+	})
 	for attempt := 1; err != nil; attempt++ {
 		next, wait, ok := c.reroute(addr, err, attempt)
 		if !ok || !again || attempt >= c.opts.MaxAttempts || sleep(ctx, wait) != nil {
@@ -194,7 +196,9 @@ func (c *Client) unaryInterceptor(ctx context.Context, method string, req, reply
 		}
 		addr = next
 		header = nil
-		err = conn.Invoke(markRetrying(ctx), method, req, reply, opts...)
+		err = c.attempt(ctx, again, func(ctx context.Context) error {
+			return conn.Invoke(markRetrying(ctx), method, req, reply, opts...)
+		})
 	}
 	if idx, ok := grpcutil.AppliedIndex(header); ok {
 		c.SeenIndex(idx)
@@ -229,6 +233,21 @@ func (c *Client) streamInterceptor(ctx context.Context, desc *grpc.StreamDesc, c
 	}
 	c.setTarget(addr)
 	return cs, nil
+}
+
+// attempt runs one attempt, within Options.AttemptTimeout when the call
+// may be repeated; running out of it is UNAVAILABLE, so the call moves on.
+func (c *Client) attempt(ctx context.Context, repeatable bool, call func(context.Context) error) error {
+	if c.opts.AttemptTimeout <= 0 || !repeatable {
+		return call(ctx)
+	}
+	actx, cancel := context.WithTimeout(ctx, c.opts.AttemptTimeout)
+	defer cancel()
+	err := call(actx)
+	if err != nil && ctx.Err() == nil && actx.Err() != nil {
+		return status.Errorf(codes.Unavailable, "no answer within the attempt timeout (%v): %v", c.opts.AttemptTimeout, err)
+	}
+	return err
 }
 
 // openAt opens a stream on the connection to addr, bypassing its retries.
