@@ -30,8 +30,8 @@ type fakeCluster struct {
 	// index is the ferry-applied-index the leader answers with.
 	index string
 	// hung are nodes that never answer, as a paused process.
-	hung map[string]bool
-	nodes  []*fakeNode
+	hung  map[string]bool
+	nodes []*fakeNode
 	// noLeaderFor makes the first n calls see no leader at all.
 	noLeaderFor int
 }
