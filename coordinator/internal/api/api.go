@@ -18,6 +18,7 @@ import (
 	"log/slog"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/google/uuid"
@@ -137,8 +138,10 @@ type API struct {
 	catchUp   time.Duration // how long a read waits for the ledger to catch up
 	// forwardTimeout is Deps.ForwardTimeout.
 	forwardTimeout time.Duration
-	watchBuffer    int
-	sync           *syncer
+	// floorReached and floorWaitLogged make the read floor logged once.
+	floorReached, floorWaitLogged atomic.Bool
+	watchBuffer                   int
+	sync                          *syncer
 	// badText maps a decoded request to its first string field that was
 	// not UTF-8; see textCodec.
 	badText sync.Map

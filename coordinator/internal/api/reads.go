@@ -157,7 +157,9 @@ func (a *API) readiness(ctx context.Context, o grpcutil.ReadOptions, forwarded b
 				since.Round(time.Millisecond), grpcutil.MaxStalenessHeader, o.MaxStaleness))
 		}
 	}
-	need := max(a.reads.ReadFloor(), o.MinIndex)
+	floor := a.reads.ReadFloor()
+	a.noteFloor(floor)
+	need := max(floor, o.MinIndex)
 	if a.reads.AppliedIndex() >= need {
 		return nil
 	}
@@ -176,6 +178,25 @@ func (a *API) readiness(ctx context.Context, o grpcutil.ReadOptions, forwarded b
 	}
 	return a.notFreshEnough(forwarded, fmt.Sprintf("this node has applied the ledger up to index %d, not yet the %s",
 		a.reads.AppliedIndex(), what))
+}
+
+// noteFloor logs, once, when the ledger first reaches the read floor and
+// local reads open; the first read before that logs that they wait.
+func (a *API) noteFloor(floor uint64) {
+	if a.floorReached.Load() {
+		return
+	}
+	applied := a.reads.AppliedIndex()
+	if applied >= floor {
+		if a.floorReached.CompareAndSwap(false, true) {
+			a.log.Info("local reads open: the ledger reached the read floor", "floor", floor, "applied", applied)
+		}
+		return
+	}
+	if a.floorWaitLogged.CompareAndSwap(false, true) {
+		a.log.Info("local reads wait for the ledger to reach the read floor (the last log index before this start); until then they go to the leader",
+			"floor", floor, "applied", applied)
+	}
 }
 
 // notFreshEnough forwards the read to the leader when this node is a

@@ -14,8 +14,8 @@ import (
 	"google.golang.org/protobuf/types/known/fieldmaskpb"
 
 	"github.com/ferry-v2v/ferry/pkg/grpcutil"
-	"github.com/ferry-v2v/ferry/pkg/testkit"
 	ferryv1 "github.com/ferry-v2v/ferry/pkg/pb/ferry/v1"
+	"github.com/ferry-v2v/ferry/pkg/testkit"
 )
 
 // forwardTimeout is the --forward-timeout of the paused-leader test: long
