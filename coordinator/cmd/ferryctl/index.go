@@ -10,6 +10,7 @@ import (
 	"strings"
 
 	"github.com/ferry-v2v/ferry/pkg/client"
+	"github.com/ferry-v2v/ferry/pkg/durable"
 )
 
 // envIndexFile names the file ferryctl keeps the cluster's Raft index in
@@ -44,12 +45,7 @@ func (a *app) saveIndex(cl *client.Client) error {
 	if idx <= saved {
 		return nil
 	}
-	tmp := a.indexFile + ".tmp" + strconv.Itoa(os.Getpid())
-	if err := os.WriteFile(tmp, []byte(strconv.FormatUint(idx, 10)+"\n"), 0o600); err != nil {
-		return fmt.Errorf("--index-file: %w", err)
-	}
-	if err := os.Rename(tmp, a.indexFile); err != nil {
-		_ = os.Remove(tmp)
+	if err := durable.WriteFile(a.indexFile, []byte(strconv.FormatUint(idx, 10)+"\n"), 0o600); err != nil {
 		return fmt.Errorf("--index-file: %w", err)
 	}
 	return nil

@@ -129,7 +129,10 @@ func (a *API) interceptStream(srv any, ss grpc.ServerStream, info *grpc.StreamSe
 	linear := grpcutil.IsLinearizableRead(ctx)
 	if a.proposer.IsLeader() || wasForwarded(ctx) {
 		if linear {
-			if err := a.proposer.LinearizableRead(ctx); err != nil {
+			lctx, cancel := context.WithTimeout(ctx, a.forwardTimeout)
+			err := a.proposer.LinearizableRead(lctx)
+			cancel()
+			if err != nil {
 				return a.toStatus(ctx, err)
 			}
 		}
