@@ -109,7 +109,9 @@ func (a *API) interceptUnary(ctx context.Context, req any, info *grpc.UnaryServe
 // StreamInterceptor relays server-streaming ferry.v1 calls
 // (WatchMigrationJobs) from a follower to the leader, whose watch carries
 // live progress; with no leader known a follower serves the stream itself
-// (state changes only), unless the caller asked for a linearizable read.
+// (state changes only), unless the caller asked for a linearizable read,
+// and, as a local read, only from a ledger at the read floor and the
+// caller's ferry-min-index (else STALE_READ).
 func (a *API) StreamInterceptor() grpc.StreamServerInterceptor {
 	return func(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
 		ss = textCheckedStream{ServerStream: ss, a: a}
@@ -135,10 +137,15 @@ func (a *API) interceptStream(srv any, ss grpc.ServerStream, info *grpc.StreamSe
 			if err != nil {
 				return a.toStatus(ctx, err)
 			}
+		} else if err := a.streamReadiness(ctx); err != nil {
+			return err
 		}
 		return handler(srv, ss)
 	}
 	if a.proposer.LeaderAPIAddress() == "" && !linear {
+		if err := a.streamReadiness(ctx); err != nil {
+			return err
+		}
 		return handler(srv, ss)
 	}
 	return a.fwd.serverStream(ss, info.FullMethod)

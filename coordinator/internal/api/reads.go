@@ -123,6 +123,20 @@ func (a *API) serveLocalRead(ctx context.Context, req any, info *grpc.UnaryServe
 	return a.readLocal(ctx, req, handler)
 }
 
+// streamReadiness is readiness for a stream served here: never forwarded
+// (the stream interceptor decides that), so a node behind answers
+// STALE_READ.
+func (a *API) streamReadiness(ctx context.Context) error {
+	if a.reads == nil {
+		return nil
+	}
+	o, err := grpcutil.IncomingReadOptions(ctx)
+	if err != nil {
+		return badReadOptions(err)
+	}
+	return a.readiness(ctx, o, true)
+}
+
 // readLocal runs a read and answers with the index it reflects. It reads
 // again (twice at most) when the ledger moved meanwhile, so the index is
 // the exact state read; otherwise it is a lower bound.
