@@ -380,7 +380,13 @@ func checkWriteOrder(t *testing.T, ops []*op) {
 // checkReadYourWrites: a read-your-writes read reflects at least its
 // client's last acknowledged write.
 func checkReadYourWrites(t *testing.T, ops []*op, writeIndex map[int64]uint64, unknown map[int64]bool) {
-	checked, fromUnknown, byNode := 0, 0, map[string]int{}
+	checked, fromUnknown, violations, byNode := 0, 0, 0, map[string]int{}
+	report := func(format string, args ...any) {
+		violations++
+		if violations <= 10 {
+			t.Errorf(format, args...)
+		}
+	}
 	for _, o := range ops {
 		if o.kind != opRYW || !o.ok || o.lastAck == nil {
 			continue
@@ -389,18 +395,21 @@ func checkReadYourWrites(t *testing.T, ops []*op, writeIndex map[int64]uint64, u
 		byNode[o.node]++
 		want := o.lastAck.index
 		if o.index < want {
-			t.Errorf("client %d read at %v from %s reflects index %d, older than its write %d at index %d", o.client, o.call, o.node, o.index, o.lastAck.value, want)
+			report("client %d read at %v from %s reflects index %d, older than its write %d at index %d", o.client, o.call, o.node, o.index, o.lastAck.value, want)
 		}
 		wi, known := writeIndex[o.value]
 		switch {
 		case known && wi < want:
-			t.Errorf("client %d read %d (written at index %d) from %s at %v, older than its own write %d at index %d",
+			report("client %d read %d (written at index %d) from %s at %v, older than its own write %d at index %d",
 				o.client, o.value, wi, o.node, o.call, o.lastAck.value, want)
 		case !known && unknown[o.value]:
 			fromUnknown++ // a write whose answer was lost: its index is unknown
 		case !known:
-			t.Errorf("client %d read %d from %s, a value nobody wrote", o.client, o.value, o.node)
+			report("client %d read %d from %s, a value nobody wrote", o.client, o.value, o.node)
 		}
+	}
+	if violations > 10 {
+		t.Errorf("... %d read-your-writes violations in all", violations)
 	}
 	t.Logf("read-your-writes: %d reads checked (by answering node %v), %d of them of writes whose answer was lost", checked, byNode, fromUnknown)
 	if checked == 0 {
