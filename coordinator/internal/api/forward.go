@@ -202,11 +202,24 @@ var (
 // dead). A call given up ends UNAVAILABLE (NOT_LEADER) naming the leader
 // known then; a healthy leader's slow call is never given up.
 func (f *forwarder) guard(ctx context.Context, addr string, call func(context.Context) error) error {
+	cctx, end := f.leaderWatch(ctx, addr, false)
+	err := call(cctx)
+	if gaveUp := end(); gaveUp != nil && err != nil && ctx.Err() == nil {
+		return gaveUp
+	}
+	return err
+}
+
+// leaderWatch returns ctx cancelled when the leader at addr is given up
+// (see guard; a stream, which may rightly wait long for its next message,
+// is given up when another leader is known or the leader has been silent
+// for the whole forward timeout), and end, which stops watching and
+// returns the NOT_LEADER error to answer with when it gave up.
+func (f *forwarder) leaderWatch(ctx context.Context, addr string, stream bool) (context.Context, func() error) {
 	if f.contact == nil || f.timeout <= 0 {
-		return call(ctx)
+		return ctx, func() error { return nil }
 	}
 	cctx, cancel := context.WithCancelCause(ctx)
-	defer cancel(nil)
 	start := time.Now()
 	done := make(chan struct{})
 	var wg sync.WaitGroup
@@ -221,33 +234,41 @@ func (f *forwarder) guard(ctx context.Context, addr string, call func(context.Co
 				return
 			case <-tick.C:
 			}
+			silent := time.Since(f.contact())
 			if now := f.leader.LeaderAPIAddress(); now != "" && now != addr {
 				cancel(errLeaderMoved)
 				return
 			}
-			if time.Since(start) >= f.timeout && time.Since(f.contact()) > f.silent {
+			if (!stream && time.Since(start) >= f.timeout && silent > f.silent) || (stream && silent > f.timeout) {
 				cancel(errLeaderSilent)
 				return
 			}
 		}
 	}()
-	err := call(cctx)
-	close(done)
-	wg.Wait()
-	cause := context.Cause(cctx)
-	if err == nil || ctx.Err() != nil || (cause != errLeaderMoved && cause != errLeaderSilent) {
-		return err
+	var once sync.Once
+	var gaveUp error
+	return cctx, func() error {
+		once.Do(func() {
+			close(done)
+			wg.Wait()
+			cause := context.Cause(cctx)
+			cancel(nil)
+			if cause != errLeaderMoved && cause != errLeaderSilent {
+				return
+			}
+			now := f.leader.LeaderAPIAddress()
+			msg := fmt.Sprintf("gave up on the leader at %s after %v: %v", addr, time.Since(start).Round(time.Millisecond), cause)
+			switch {
+			case now != "" && now != addr:
+				msg += "; the leader is now at " + now
+			case now == "":
+				msg += "; no new leader elected yet"
+			}
+			f.log.Info("forwarded call given up", "leader", addr, "now", now, "cause", cause, "stream", stream)
+			gaveUp = grpcutil.NotLeaderErrorMsg(now, msg+"; the call may or may not have taken effect")
+		})
+		return gaveUp
 	}
-	now := f.leader.LeaderAPIAddress()
-	msg := fmt.Sprintf("gave up on the leader at %s after %v: %v", addr, time.Since(start).Round(time.Millisecond), cause)
-	switch {
-	case now != "" && now != addr:
-		msg += "; the leader is now at " + now
-	case now == "":
-		msg += "; no new leader elected yet"
-	}
-	f.log.Info("forwarded call given up", "leader", addr, "now", now, "cause", cause)
-	return grpcutil.NotLeaderErrorMsg(now, msg+"; the call may or may not have taken effect")
 }
 
 // unary forwards one call, and once more if the leader changed under it.
@@ -337,7 +358,9 @@ func (f *forwarder) invoke(ctx context.Context, addr, method string, req any, op
 }
 
 // serverStream relays a server-streaming call to the leader: the one
-// request up, every response down, and the leader's status at the end.
+// request up, every response down, and the leader's status at the end. A
+// relay to a leader that another replaced, or that has been silent for the
+// forward timeout, ends UNAVAILABLE naming the leader known then.
 func (f *forwarder) serverStream(ss grpc.ServerStream, method string) error {
 	ctx := ss.Context()
 	addr := f.leader.LeaderAPIAddress()
@@ -356,17 +379,28 @@ func (f *forwarder) serverStream(ss grpc.ServerStream, method string) error {
 	if err != nil {
 		return status.Errorf(codes.Unavailable, "reach the leader at %s: %v", addr, err)
 	}
+	outer := ctx
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
+	ctx, end := f.leaderWatch(ctx, addr, true)
+	defer end()
+	// A relay given up ends with guard's NOT_LEADER: the caller watches
+	// again at the leader it names.
+	givenUp := func(err error) error {
+		if gaveUp := end(); gaveUp != nil && outer.Err() == nil {
+			return gaveUp
+		}
+		return err
+	}
 	cs, err := conn.NewStream(outgoing(ctx), &grpc.StreamDesc{ServerStreams: true}, method)
 	if err != nil {
-		return err
+		return givenUp(err)
 	}
 	if err := cs.SendMsg(in); err != nil && !errors.Is(err, io.EOF) {
-		return err
+		return givenUp(err)
 	}
 	if err := cs.CloseSend(); err != nil {
-		return err
+		return givenUp(err)
 	}
 	for {
 		out := newMessage(outDesc)
@@ -376,7 +410,7 @@ func (f *forwarder) serverStream(ss grpc.ServerStream, method string) error {
 			if errors.Is(err, io.EOF) {
 				return nil
 			}
-			return err
+			return givenUp(err)
 		}
 		if err := ss.SendMsg(out); err != nil {
 			return err

@@ -30,7 +30,8 @@ const slack = 1500 * time.Millisecond
 // TestPausedLeaderFailsFast: with the leader SIGSTOPped, a write and a
 // linearizable read sent to a follower (which still believes the paused
 // node leads and forwards them there) fail UNAVAILABLE within the forward
-// timeout, naming a new leader, although the caller allows 20 s; the same
+// timeout, naming a new leader, although the caller allows 20 s, and a
+// watch the follower relays from the paused leader ends the same way; the same
 // write at the same follower then succeeds on the new leader, and the
 // paused node, resumed, serves the new value.
 func TestPausedLeaderFailsFast(t *testing.T) {
@@ -50,6 +51,25 @@ func TestPausedLeaderFailsFast(t *testing.T) {
 	if err := update(ctxFor(t, 20*time.Second), 1001); err != nil {
 		t.Fatalf("update through follower %s before the pause: %v", f.id, err)
 	}
+
+	// A watch at the follower, relayed to the leader, open before the
+	// pause (no job, so no message: it waits for one).
+	wctx, stopWatch := context.WithTimeout(context.Background(), 60*time.Second)
+	defer stopWatch()
+	watch, err := ferryv1.NewMigrationJobServiceClient(c.dial(f)).WatchMigrationJobs(wctx, &ferryv1.WatchMigrationJobsRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(500 * time.Millisecond) // let the follower open its relay
+	watchEnded := make(chan error, 1)
+	go func() {
+		for {
+			if _, err := watch.Recv(); err != nil {
+				watchEnded <- err
+				return
+			}
+		}
+	}()
 
 	c.pause(old)
 	paused := time.Now()
@@ -87,6 +107,20 @@ func TestPausedLeaderFailsFast(t *testing.T) {
 	if hint, _ := grpcutil.LeaderFromTrailer(trailer); hint == "" || hint == old.addr {
 		t.Errorf("ferry-leader trailer of the refused write = %q, want the new leader", hint)
 	}
+	select {
+	case err := <-watchEnded:
+		took := time.Since(paused)
+		hint, ok := grpcutil.LeaderFromError(err)
+		t.Logf("watch at the follower ended after %v: %v", took.Round(time.Millisecond), err)
+		if status.Code(err) != codes.Unavailable || !ok || hint == old.addr {
+			t.Errorf("watch relayed to the paused leader ended with %v; want UNAVAILABLE naming a new leader", err)
+		}
+		if took > forwardTimeout+slack {
+			t.Errorf("watch relayed to the paused leader ended after %v, want at most the forward timeout %v (+%v)", took, forwardTimeout, slack)
+		}
+	case <-time.After(forwardTimeout + slack):
+		t.Errorf("watch relayed to the paused leader still open %v after the pause", forwardTimeout+slack)
+	}
 
 	var ok time.Duration
 	deadline := time.Now().Add(30 * time.Second)
@@ -107,7 +141,6 @@ func TestPausedLeaderFailsFast(t *testing.T) {
 	c.resume(old)
 	resumed := ferryv1.NewSettingsServiceClient(c.dial(old))
 	var got time.Duration
-	var err error
 	testkit.WaitFor(t, 30*time.Second, "a linearizable read at the resumed old leader", func() bool {
 		var s *ferryv1.Settings
 		s, err = resumed.GetSettings(grpcutil.WithLinearizableRead(ctxFor(t, 10*time.Second)), &ferryv1.GetSettingsRequest{})
