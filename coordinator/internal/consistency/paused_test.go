@@ -39,18 +39,28 @@ func TestPausedLeaderFailsFast(t *testing.T) {
 		t.Skip("three coordinator processes")
 	}
 	c := startCluster(t, "--forward-timeout", forwardTimeout.String())
-	old := c.leader(30*time.Second, nil)
-	f := c.other(old)
-	settings := ferryv1.NewSettingsServiceClient(c.dial(f))
+	var (
+		old, f   *node
+		settings ferryv1.SettingsServiceClient
+	)
 	update := func(ctx context.Context, secs int64, opts ...grpc.CallOption) error {
 		_, err := settings.UpdateSettings(ctx, &ferryv1.UpdateSettingsRequest{
 			Settings:   &ferryv1.Settings{CacheRetention: durationpb.New(time.Duration(secs) * time.Second)},
 			UpdateMask: &fieldmaskpb.FieldMask{Paths: []string{"cache_retention"}}}, opts...)
 		return err
 	}
-	if err := update(ctxFor(t, 20*time.Second), 1001); err != nil {
-		t.Fatalf("update through follower %s before the pause: %v", f.id, err)
-	}
+	// On a loaded machine the first leader may not last: wait for one that
+	// stays while a write goes through a follower.
+	testkit.WaitFor(t, 60*time.Second, "a write through a follower, the leader unchanged", func() bool {
+		old = c.leader(30*time.Second, nil)
+		f = c.other(old)
+		settings = ferryv1.NewSettingsServiceClient(c.dial(f))
+		if err := update(ctxFor(t, 10*time.Second), 1001); err != nil {
+			t.Logf("update through follower %s before the pause: %v", f.id, err)
+			return false
+		}
+		return c.leader(30*time.Second, nil) == old
+	})
 
 	// A watch at the follower, relayed to the leader, open before the
 	// pause (no job, so no message: it waits for one).
