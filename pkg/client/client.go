@@ -9,7 +9,17 @@
 // when no leader is elected yet, to the same node after a pause. Only calls
 // that are safe to repeat are retried: reads, the idempotent writes
 // (enable, disable, bandwidth, settings) and writes carrying a request_id.
-// Retries are bounded (Options.MaxAttempts) and back off exponentially.
+// Retries are bounded (Options.MaxAttempts) and back off exponentially. A
+// write whose request has an empty request_id gets a fresh one, the same
+// in every attempt, so the server answers a repeat with the first answer.
+//
+// Reads are served by the node that answers, from its local ledger, but
+// never older than what this client saw: every answer carries the Raft
+// index it reflects (ferry-applied-index), and the client sends the
+// highest it has seen as ferry-min-index with every read, so it reads its
+// own writes, and never goes back in time, whichever node serves it
+// (LastIndex, SeenIndex; Options.StaleReadsOK turns this off).
+// Options.MaxStaleness and Options.LinearizableReads ask for more.
 //
 //	c, err := client.New(ctx, client.Options{
 //		Addresses: []string{"10.0.0.1:7443", "10.0.0.2:7443"},
@@ -26,6 +36,7 @@ import (
 	"fmt"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"google.golang.org/grpc"
@@ -69,6 +80,23 @@ type Options struct {
 	// read (Get, List, Watch, ListMembers), so a read reflects every write
 	// acknowledged before it, whichever node serves it.
 	LinearizableReads bool
+	// MaxStaleness, when set, lets a follower serve a read only if it heard
+	// from the leader within it (ferry-max-staleness); otherwise the read
+	// goes to the leader.
+	MaxStaleness time.Duration
+	// SpreadReads sends each read (but a linearizable one) to the next
+	// known address in turn, so followers share the reads; writes still
+	// go to the leader. Reads stay no older than LastIndex.
+	SpreadReads bool
+	// StaleReadsOK stops sending ferry-min-index: reads may then be older
+	// than this client's own writes when another node serves them.
+	StaleReadsOK bool
+	// AttemptTimeout, when set, bounds each attempt of a call that is safe
+	// to repeat; an attempt that runs out moves to the next address, as
+	// an unreachable node does (a paused node accepts connections but
+	// never answers). Zero: attempts are bounded only by the call's
+	// deadline. Keep it above the slowest call you make (a source sync).
+	AttemptTimeout time.Duration
 	// MaxAttempts bounds how many times one call is sent (default 8).
 	MaxAttempts int
 	// Backoff is the first pause between attempts (default 100ms); it
@@ -93,6 +121,39 @@ type Client struct {
 	current string   // where the next call goes first
 	conns   map[string]*grpc.ClientConn
 	closed  bool
+
+	// seen is the highest ferry-applied-index of any answer.
+	seen atomic.Uint64
+	// spread counts reads sent under SpreadReads.
+	spread atomic.Uint64
+}
+
+// spreads says whether a call goes to the next address in turn.
+func (c *Client) spreads(method string) bool {
+	return c.opts.SpreadReads && !c.opts.LinearizableReads && isRead(method)
+}
+
+// nextReadAddress is where the next spread read goes.
+func (c *Client) nextReadAddress() string {
+	n := c.spread.Add(1)
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.addrs[int(n%uint64(len(c.addrs)))]
+}
+
+// LastIndex is the highest Raft index an answer to this client reflected:
+// reads it sends reflect at least this index.
+func (c *Client) LastIndex() uint64 { return c.seen.Load() }
+
+// SeenIndex raises LastIndex to index (one another process saw, say), so
+// later reads reflect at least it.
+func (c *Client) SeenIndex(index uint64) {
+	for {
+		old := c.seen.Load()
+		if index <= old || c.seen.CompareAndSwap(old, index) {
+			return
+		}
+	}
 }
 
 // New makes a Client. It reads the TLS files but does not contact the
@@ -223,7 +284,11 @@ func (c *Client) NetworkMappings() ferryv1.NetworkMappingServiceClient {
 // Invoke sends a unary call to the current target; the interceptor on its
 // connection takes over from there.
 func (c *Client) Invoke(ctx context.Context, method string, args, reply any, opts ...grpc.CallOption) error {
-	conn, err := c.conn(c.Target())
+	addr := c.Target()
+	if c.spreads(method) {
+		addr = c.nextReadAddress()
+	}
+	conn, err := c.conn(addr)
 	if err != nil {
 		return err
 	}

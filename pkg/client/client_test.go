@@ -25,7 +25,13 @@ type fakeCluster struct {
 	leader string
 	calls  map[string][]string // address → methods it received
 	linear map[string]bool     // method → saw the linearizable header
-	nodes  []*fakeNode
+	minIdx map[string][]string // method → ferry-min-index headers seen
+	reqIDs []string            // request_ids of CreateCluster, every attempt
+	// index is the ferry-applied-index the leader answers with.
+	index string
+	// hung are nodes that never answer, as a paused process.
+	hung  map[string]bool
+	nodes []*fakeNode
 	// noLeaderFor makes the first n calls see no leader at all.
 	noLeaderFor int
 }
@@ -41,7 +47,7 @@ type fakeNode struct {
 
 func startFakeCluster(t *testing.T, n int) *fakeCluster {
 	t.Helper()
-	cl := &fakeCluster{calls: map[string][]string{}, linear: map[string]bool{}}
+	cl := &fakeCluster{calls: map[string][]string{}, linear: map[string]bool{}, minIdx: map[string][]string{}}
 	for i := 0; i < n; i++ {
 		lis, err := net.Listen("tcp", "127.0.0.1:0")
 		if err != nil {
@@ -88,17 +94,27 @@ func (n *fakeNode) admit(ctx context.Context, method string) error {
 	cl := n.cl
 	cl.mu.Lock()
 	defer cl.mu.Unlock()
+	if cl.hung[n.addr] {
+		cl.mu.Unlock()
+		<-ctx.Done()
+		cl.mu.Lock()
+		return status.FromContextError(ctx.Err()).Err()
+	}
 	cl.calls[n.addr] = append(cl.calls[n.addr], method)
 	md, _ := metadata.FromIncomingContext(ctx)
 	if v := md.Get(grpcutil.LinearizableHeader); len(v) > 0 && v[0] == grpcutil.LinearizableValue {
 		cl.linear[method] = true
 	}
+	cl.minIdx[method] = append(cl.minIdx[method], md.Get(grpcutil.MinIndexHeader)...)
 	if cl.noLeaderFor > 0 {
 		cl.noLeaderFor--
 		return grpcutil.NotLeaderError("")
 	}
 	if cl.leader != n.addr {
 		return grpcutil.NotLeaderError(cl.leader)
+	}
+	if cl.index != "" {
+		_ = grpc.SetHeader(ctx, metadata.Pairs(grpcutil.AppliedIndexHeader, cl.index))
 	}
 	return nil
 }
@@ -122,6 +138,9 @@ func (n *fakeNode) GetCluster(ctx context.Context, req *ferryv1.GetClusterReques
 }
 
 func (n *fakeNode) CreateCluster(ctx context.Context, req *ferryv1.CreateClusterRequest) (*ferryv1.Cluster, error) {
+	n.cl.mu.Lock()
+	n.cl.reqIDs = append(n.cl.reqIDs, req.GetRequestId())
+	n.cl.mu.Unlock()
 	if err := n.admit(ctx, "CreateCluster"); err != nil {
 		return nil, err
 	}

@@ -6,6 +6,7 @@ import (
 	"net"
 	"slices"
 	"testing"
+	"time"
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -104,10 +105,10 @@ func TestWhatIsRetried(t *testing.T) {
 			_, err := c.TargetInventory().CreateCluster(ctx, &ferryv1.CreateClusterRequest{Cluster: &ferryv1.Cluster{}, RequestId: "r1"})
 			return err
 		}, true},
-		{"create without request_id", func(ctx context.Context, c *Client) error {
+		{"create without request_id (the client makes one)", func(ctx context.Context, c *Client) error {
 			_, err := c.TargetInventory().CreateCluster(ctx, &ferryv1.CreateClusterRequest{Cluster: &ferryv1.Cluster{}})
 			return err
-		}, false},
+		}, true},
 		{"delete", func(ctx context.Context, c *Client) error {
 			_, err := c.TargetInventory().DeleteCluster(ctx, &ferryv1.DeleteClusterRequest{Name: "clusters/a"})
 			return err
@@ -131,6 +132,57 @@ func TestWhatIsRetried(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// TestRequestIDMadeOnce: a create sent without a request_id carries one
+// the client made, the same in the attempt at the follower and the retry
+// at the leader; the caller's message is left alone.
+func TestRequestIDMadeOnce(t *testing.T) {
+	cl := startFakeCluster(t, 2)
+	c := newTestClient(t, Options{Addresses: []string{cl.nodes[1].addr}})
+	req := &ferryv1.CreateClusterRequest{Cluster: &ferryv1.Cluster{}}
+	if _, err := c.TargetInventory().CreateCluster(ctxT(t), req); err != nil {
+		t.Fatal(err)
+	}
+	cl.mu.Lock()
+	ids := append([]string(nil), cl.reqIDs...)
+	cl.mu.Unlock()
+	if len(ids) != 2 || ids[0] == "" || ids[0] != ids[1] {
+		t.Fatalf("request_ids of the attempts = %q, want the same non-empty one twice", ids)
+	}
+	if req.GetRequestId() != "" {
+		t.Fatalf("the caller's request got request_id %q, want it untouched", req.GetRequestId())
+	}
+}
+
+// TestReadsCarryLastIndex: the applied index of an answer is sent as
+// ferry-min-index with later reads (not writes), unless StaleReadsOK.
+func TestReadsCarryLastIndex(t *testing.T) {
+	for _, staleOK := range []bool{false, true} {
+		cl := startFakeCluster(t, 1)
+		c := newTestClient(t, Options{Addresses: []string{cl.nodes[0].addr}, StaleReadsOK: staleOK})
+		cl.index = "42"
+		if _, err := c.TargetInventory().CreateCluster(ctxT(t), &ferryv1.CreateClusterRequest{Cluster: &ferryv1.Cluster{}}); err != nil {
+			t.Fatal(err)
+		}
+		if c.LastIndex() != 42 {
+			t.Fatalf("LastIndex = %d, want 42", c.LastIndex())
+		}
+		c.SeenIndex(40) // lower: no change
+		if _, err := c.TargetInventory().GetCluster(ctxT(t), &ferryv1.GetClusterRequest{Name: "clusters/a"}); err != nil {
+			t.Fatal(err)
+		}
+		cl.mu.Lock()
+		got, create := cl.minIdx["GetCluster"], cl.minIdx["CreateCluster"]
+		cl.mu.Unlock()
+		want := []string{"42"}
+		if staleOK {
+			want = nil
+		}
+		if len(got) != len(want) || (len(want) == 1 && got[0] != want[0]) || len(create) != 0 {
+			t.Fatalf("StaleReadsOK=%v: ferry-min-index of GetCluster %q, of CreateCluster %q; want %q and none", staleOK, got, create, want)
+		}
 	}
 }
 
@@ -224,4 +276,48 @@ func deadAddress(t *testing.T) string {
 	addr := lis.Addr().String()
 	lis.Close()
 	return addr
+}
+
+// TestSpreadReads: with SpreadReads, reads go to each address in turn
+// (the fake followers refuse them, so each then lands on the leader),
+// while the target for writes stays the leader.
+func TestSpreadReads(t *testing.T) {
+	cl := startFakeCluster(t, 3)
+	var addrs []string
+	for _, n := range cl.nodes {
+		addrs = append(addrs, n.addr)
+	}
+	c := newTestClient(t, Options{Addresses: addrs, SpreadReads: true})
+	for i := 0; i < 3; i++ {
+		if _, err := c.TargetInventory().GetCluster(ctxT(t), &ferryv1.GetClusterRequest{Name: "clusters/a"}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, n := range cl.nodes {
+		if got := cl.callsTo(n.addr); len(got) == 0 || got[0] != "GetCluster" {
+			t.Errorf("calls to %s = %q, want a GetCluster sent there", n.addr, got)
+		}
+	}
+	if c.Target() != cl.nodes[0].addr {
+		t.Errorf("Target = %s, want the leader %s", c.Target(), cl.nodes[0].addr)
+	}
+}
+
+// TestAttemptTimeoutMovesOn: a read sent to a node that never answers
+// moves to the next address after AttemptTimeout, within the call's far
+// longer deadline.
+func TestAttemptTimeoutMovesOn(t *testing.T) {
+	cl := startFakeCluster(t, 2)
+	cl.hung = map[string]bool{cl.nodes[1].addr: true}
+	c := newTestClient(t, Options{Addresses: []string{cl.nodes[1].addr, cl.nodes[0].addr}, AttemptTimeout: 200 * time.Millisecond})
+	start := time.Now()
+	if _, err := c.TargetInventory().GetCluster(ctxT(t), &ferryv1.GetClusterRequest{Name: "clusters/a"}); err != nil {
+		t.Fatal(err)
+	}
+	if took := time.Since(start); took > 5*time.Second {
+		t.Fatalf("the read took %v, want it moved on after the 200ms attempt timeout", took)
+	}
+	if c.Target() != cl.nodes[0].addr {
+		t.Fatalf("Target = %s, want %s", c.Target(), cl.nodes[0].addr)
+	}
 }

@@ -12,6 +12,8 @@ import (
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/reflect/protoreflect"
 
+	"github.com/google/uuid"
+
 	"github.com/ferry-v2v/ferry/pkg/backoff"
 	"github.com/ferry-v2v/ferry/pkg/grpcutil"
 )
@@ -71,9 +73,10 @@ func retriable(fullMethod string, req any) bool {
 	return fd != nil && fd.Kind() == protoreflect.StringKind && r.Get(fd).String() != ""
 }
 
-// outgoing adds the linearizable-read header to a read when asked to.
+// outgoing adds the read-consistency headers to a read: linearizable when
+// asked to, else ferry-min-index (LastIndex) and ferry-max-staleness.
 func (c *Client) outgoing(ctx context.Context, method string) context.Context {
-	if !c.opts.LinearizableReads || !isRead(method) {
+	if !isRead(method) {
 		return ctx
 	}
 	md, _ := metadata.FromOutgoingContext(ctx)
@@ -82,7 +85,36 @@ func (c *Client) outgoing(ctx context.Context, method string) context.Context {
 			return ctx
 		}
 	}
-	return grpcutil.WithLinearizableRead(ctx)
+	if c.opts.LinearizableReads {
+		return grpcutil.WithLinearizableRead(ctx)
+	}
+	if !c.opts.StaleReadsOK && len(md.Get(grpcutil.MinIndexHeader)) == 0 {
+		ctx = grpcutil.WithMinIndex(ctx, c.LastIndex())
+	}
+	if len(md.Get(grpcutil.MaxStalenessHeader)) == 0 {
+		ctx = grpcutil.WithMaxStaleness(ctx, c.opts.MaxStaleness)
+	}
+	return ctx
+}
+
+// withRequestID returns req with a fresh request_id when it is a write
+// whose request has an empty one (a copy: the caller's message is left
+// alone), so that every attempt carries the same id.
+func withRequestID(fullMethod string, req any) any {
+	if isRead(fullMethod) {
+		return req
+	}
+	m, ok := req.(proto.Message)
+	if !ok {
+		return req
+	}
+	fd := m.ProtoReflect().Descriptor().Fields().ByName("request_id")
+	if fd == nil || fd.Kind() != protoreflect.StringKind || m.ProtoReflect().Get(fd).String() != "" {
+		return req
+	}
+	cp := proto.Clone(m)
+	cp.ProtoReflect().Set(fd, protoreflect.ValueOfString(uuid.NewString()))
+	return cp
 }
 
 // backoff is the pause before the attempt after the given one.
@@ -104,6 +136,14 @@ func (c *Client) reroute(addr string, err error, attempt int) (next string, wait
 	}
 	if grpcutil.IsNotLeader(err) { // no leader elected yet
 		return addr, c.backoff(attempt), true
+	}
+	if grpcutil.IsStaleRead(err) { // behind, and no other leader named: try the next node
+		next := c.after(addr)
+		wait := c.backoff(attempt)
+		if d, ok := grpcutil.RetryDelay(err); ok && d > wait {
+			wait = d
+		}
+		return next, wait, true
 	}
 	if status.Code(err) == codes.Unavailable { // unreachable or going away
 		next := c.after(addr)
@@ -137,9 +177,14 @@ func (c *Client) unaryInterceptor(ctx context.Context, method string, req, reply
 		ctx, cancel = context.WithTimeout(ctx, c.opts.Timeout)
 		defer cancel()
 	}
+	req = withRequestID(method, req)
 	again := retriable(method, req)
 	addr := c.addrOf(cc)
-	err := invoker(ctx, method, req, reply, cc, opts...)
+	var header metadata.MD
+	opts = append(opts, grpc.Header(&header))
+	err := c.attempt(ctx, again, func(ctx context.Context) error {
+		return invoker(ctx, method, req, reply, cc, opts...)
+	})
 	for attempt := 1; err != nil; attempt++ {
 		next, wait, ok := c.reroute(addr, err, attempt)
 		if !ok || !again || attempt >= c.opts.MaxAttempts || sleep(ctx, wait) != nil {
@@ -150,9 +195,17 @@ func (c *Client) unaryInterceptor(ctx context.Context, method string, req, reply
 			return err
 		}
 		addr = next
-		err = conn.Invoke(markRetrying(ctx), method, req, reply, opts...)
+		header = nil
+		err = c.attempt(ctx, again, func(ctx context.Context) error {
+			return conn.Invoke(markRetrying(ctx), method, req, reply, opts...)
+		})
 	}
-	c.setTarget(addr)
+	if idx, ok := grpcutil.AppliedIndex(header); ok {
+		c.SeenIndex(idx)
+	}
+	if !c.spreads(method) {
+		c.setTarget(addr)
+	}
 	return nil
 }
 
@@ -180,6 +233,21 @@ func (c *Client) streamInterceptor(ctx context.Context, desc *grpc.StreamDesc, c
 	}
 	c.setTarget(addr)
 	return cs, nil
+}
+
+// attempt runs one attempt, within Options.AttemptTimeout when the call
+// may be repeated; running out of it is UNAVAILABLE, so the call moves on.
+func (c *Client) attempt(ctx context.Context, repeatable bool, call func(context.Context) error) error {
+	if c.opts.AttemptTimeout <= 0 || !repeatable {
+		return call(ctx)
+	}
+	actx, cancel := context.WithTimeout(ctx, c.opts.AttemptTimeout)
+	defer cancel()
+	err := call(actx)
+	if err != nil && ctx.Err() == nil && actx.Err() != nil {
+		return status.Errorf(codes.Unavailable, "no answer within the attempt timeout (%v): %v", c.opts.AttemptTimeout, err)
+	}
+	return err
 }
 
 // openAt opens a stream on the connection to addr, bypassing its retries.

@@ -41,6 +41,12 @@ func NotLeaderError(leaderAddr string) error {
 	if leaderAddr != "" {
 		msg = "not the leader; the leader is at " + leaderAddr
 	}
+	return NotLeaderErrorMsg(leaderAddr, msg)
+}
+
+// NotLeaderErrorMsg is NotLeaderError with its own message, for a node
+// that gave up waiting for the leader it forwarded a call to.
+func NotLeaderErrorMsg(leaderAddr, msg string) error {
 	st := status.New(codes.Unavailable, msg)
 	withInfo, err := st.WithDetails(&errdetails.ErrorInfo{
 		Reason:   ReasonNotLeader,
@@ -57,19 +63,7 @@ func NotLeaderError(leaderAddr string) error {
 // notLeaderInfo returns the NOT_LEADER ErrorInfo carried by err, if any. It
 // sees through errors wrapped with %w.
 func notLeaderInfo(err error) (*errdetails.ErrorInfo, bool) {
-	if err == nil {
-		return nil, false
-	}
-	st, ok := status.FromError(err)
-	if !ok || st.Code() != codes.Unavailable {
-		return nil, false
-	}
-	for _, d := range st.Details() {
-		if info, ok := d.(*errdetails.ErrorInfo); ok && info.GetReason() == ReasonNotLeader && info.GetDomain() == ErrorDomain {
-			return info, true
-		}
-	}
-	return nil, false
+	return errorInfo(err, ReasonNotLeader)
 }
 
 // IsNotLeader reports whether err is a NOT_LEADER error, whether or not it
@@ -79,11 +73,15 @@ func IsNotLeader(err error) bool {
 	return ok
 }
 
-// LeaderFromError returns the leader address carried by a NOT_LEADER error.
-// ok is false when err is not one or when no leader was elected yet (then
-// IsNotLeader is true and the caller should retry after a pause).
+// LeaderFromError returns the leader address carried by a NOT_LEADER (or
+// STALE_READ) error. ok is false when err is not one or when no leader was
+// elected yet (then IsNotLeader is true and the caller should retry after a
+// pause).
 func LeaderFromError(err error) (addr string, ok bool) {
 	info, ok := notLeaderInfo(err)
+	if !ok {
+		info, ok = errorInfo(err, ReasonStaleRead)
+	}
 	if !ok {
 		return "", false
 	}

@@ -84,6 +84,7 @@ Flags:
 	fs.StringVar(&cfg.MetricsListen, "metrics-listen", "", "address of the Prometheus /metrics endpoint (off when empty): plain HTTP on a loopback address, else HTTPS with the API's certificate and a client certificate of role operator or viewer")
 	fs.DurationVar(&cfg.AuditRetention, "audit-retention", config.DefaultAuditRetention, "how long audit events are kept (stamped by the leader into each event it records)")
 	fs.IntVar(&cfg.AuditMaxEvents, "audit-max-events", config.DefaultAuditMaxEvents, "how many audit events are kept at most")
+	fs.DurationVar(&cfg.ForwardTimeout, "forward-timeout", 0, "how long a call forwarded to a leader this node no longer hears from, or a linearizable read, waits before answering UNAVAILABLE with the leader known then (default 4 Raft heartbeat timeouts, 2s)")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}

@@ -56,6 +56,8 @@ type app struct {
 	insecure     bool
 	output       string
 	linearizable bool
+	maxStaleness time.Duration
+	indexFile    string
 	timeout      time.Duration
 
 	cl *client.Client
@@ -140,8 +142,14 @@ func (a *app) rootCommand() *cobra.Command {
 It talks mutual TLS to a coordinator (the operator certificate client.crt
 from the cluster's PKI directory) and follows the leader from any address
 it is given: a node that is not the leader names it, and ferryctl goes
-there. Reads are served by the node that answers; --linearizable asks for a
-read that reflects every write acknowledged before it.
+there. Reads are served by the node that answers, from its own copy of the
+ledger, but never older than what this run of ferryctl wrote or read before
+(every answer carries the Raft index it reflects, and ferryctl asks for at
+least the highest it saw). --index-file keeps that index between runs, so a
+script reads its own writes whichever node answers; --max-staleness refuses
+a follower that has not heard from the leader for longer; --linearizable asks
+for a read that reflects every write acknowledged before it, by anyone.
+Reads and writes are retried with backoff, writes with the same request_id.
 
 Output is a table by default; -o json prints the API's messages with proto
 field names (the same JSON grpcurl prints and plan files use), -o yaml the
@@ -208,6 +216,8 @@ func (a *app) globalFlags(root *cobra.Command) {
 	f.BoolVar(&a.insecure, "insecure", false, "plaintext gRPC, for a coordinator run with --insecure")
 	f.StringVarP(&a.output, "output", "o", "table", "output format: table, json or yaml")
 	f.BoolVar(&a.linearizable, "linearizable", false, "linearizable reads: reflect every write acknowledged before them")
+	f.DurationVar(&a.maxStaleness, "max-staleness", 0, "reads from a follower only if it heard from the leader within this (else from the leader); 0: no bound")
+	f.StringVar(&a.indexFile, "index-file", env(envIndexFile), "file keeping the highest Raft index ferryctl saw, so later runs read at least what earlier ones wrote (env "+envIndexFile+")")
 	f.DurationVar(&a.timeout, "timeout", 30*time.Second, "bound on each call, retries included (not on job watch)")
 }
 
@@ -226,6 +236,7 @@ func (a *app) client(ctx context.Context) (*client.Client, error) {
 		Insecure:          a.insecure,
 		Timeout:           a.timeout,
 		LinearizableReads: a.linearizable,
+		MaxStaleness:      a.maxStaleness,
 	}
 	if !a.insecure {
 		dir := tlsutil.ResolveDir(a.tlsDir, tlsutil.RoleClient)
@@ -240,6 +251,10 @@ func (a *app) client(ctx context.Context) (*client.Client, error) {
 	}
 	cl, err := client.New(ctx, opts)
 	if err != nil {
+		return nil, err
+	}
+	if err := a.loadIndex(cl); err != nil {
+		_ = cl.Close()
 		return nil, err
 	}
 	a.cl = cl
@@ -260,7 +275,11 @@ func (a *app) run(fn func(ctx context.Context, cl *client.Client, args []string)
 		if err != nil {
 			return err
 		}
-		return fn(cmd.Context(), cl, args)
+		err = fn(cmd.Context(), cl, args)
+		if saveErr := a.saveIndex(cl); err == nil {
+			err = saveErr
+		}
+		return err
 	}
 }
 

@@ -18,6 +18,7 @@ import (
 	"log/slog"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/google/uuid"
@@ -33,6 +34,10 @@ import (
 	ledgerv1 "github.com/ferry-v2v/ferry/pkg/pb/ferry/ledger/v1"
 	ferryv1 "github.com/ferry-v2v/ferry/pkg/pb/ferry/v1"
 )
+
+// DefaultForwardTimeouts is Deps.ForwardTimeout's default in heartbeat
+// timeouts.
+const DefaultForwardTimeouts = 4
 
 // Proposer replicates commands and knows who leads; *consensus.Node is one.
 type Proposer interface {
@@ -91,6 +96,19 @@ type Deps struct {
 	// follower answers UNAVAILABLE with the leader's address.
 	Dialer Dialer
 	Logger *slog.Logger
+	// Reads gate local reads on the applied index (read floor,
+	// ferry-min-index, ferry-max-staleness) and let a forwarded call give
+	// up on a silent leader; without it reads are served as they come.
+	Reads ReadState
+	// HeartbeatTimeout is Raft's (default consensus.DefaultHeartbeatTimeout):
+	// a leader not heard from for this long is silent, and a node behind
+	// waits half of it for its ledger to catch up before forwarding a read.
+	HeartbeatTimeout time.Duration
+	// ForwardTimeout bounds how long a forwarded call waits for a silent
+	// leader, and a linearizable read for leadership to be confirmed; past
+	// it the caller gets UNAVAILABLE with the leader known then. Default
+	// four heartbeat timeouts.
+	ForwardTimeout time.Duration
 	// Clock stamps commands; default time.Now.
 	Clock func() time.Time
 	// NewID makes resource IDs; default a UUIDv7.
@@ -119,11 +137,18 @@ type API struct {
 	// settingsMu serialises read-merge-propose of UpdateSettings.
 	settingsMu sync.Mutex
 
-	fwd            *forwarder
-	watchBuffer    int
-	sync           *syncer
-	auditRetention AuditRetention
-	auditOff       bool
+	fwd       *forwarder
+	reads     ReadState
+	heartbeat time.Duration // Deps.HeartbeatTimeout
+	catchUp   time.Duration // how long a read waits for the ledger to catch up
+	// forwardTimeout is Deps.ForwardTimeout.
+	forwardTimeout time.Duration
+	// floorReached and floorWaitLogged make the read floor logged once.
+	floorReached, floorWaitLogged atomic.Bool
+	watchBuffer                   int
+	sync                          *syncer
+	auditRetention                AuditRetention
+	auditOff                      bool
 	// badText maps a decoded request to its first string field that was
 	// not UTF-8; see textCodec.
 	badText sync.Map
@@ -167,7 +192,18 @@ func New(deps Deps) *API {
 	if a.newID == nil {
 		a.newID = func() string { return uuid.Must(uuid.NewV7()).String() }
 	}
+	a.reads, a.heartbeat, a.forwardTimeout = deps.Reads, deps.HeartbeatTimeout, deps.ForwardTimeout
+	if a.heartbeat <= 0 {
+		a.heartbeat = consensus.DefaultHeartbeatTimeout
+	}
+	if a.forwardTimeout <= 0 {
+		a.forwardTimeout = DefaultForwardTimeouts * a.heartbeat
+	}
+	a.catchUp = a.heartbeat / 2
 	a.fwd = newForwarder(a.proposer, deps.Dialer, a.log)
+	if a.reads != nil {
+		a.fwd.contact, a.fwd.timeout, a.fwd.silent = a.reads.LastContact, a.forwardTimeout, a.heartbeat
+	}
 	a.admission = admission.New(admission.Deps{
 		Ledger: a.ledger, Agents: a.agents, ReadSource: a.readSourceSync,
 		Record: func(ctx context.Context, cmd *ledgerv1.Command) error {
@@ -200,6 +236,7 @@ func (a *API) propose(ctx context.Context, cmd *ledgerv1.Command) ([]string, err
 		return nil, refusal(err)
 	}
 	res, err := a.proposer.Propose(ctx, cmd)
+	noteIndex(ctx, res.Index)
 	if err != nil {
 		return nil, err
 	}

@@ -3,10 +3,12 @@ package api
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"strings"
 	"sync"
+	"time"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -64,8 +66,12 @@ func IsWriteMethod(fullMethod string) bool {
 // UnaryInterceptor runs writes on the leader and linearizable reads after
 // LinearizableRead. On a follower it forwards writes, and reads that ask
 // to be linearizable, to the leader through Deps.Dialer, once; with no
-// leader known it answers UNAVAILABLE "no leader elected yet". A NOT_LEADER
-// answer carries the leader in the ferry-leader trailer too.
+// leader known it answers UNAVAILABLE "no leader elected yet". Other reads
+// are served locally once the ledger is as fresh as the node's read floor
+// and the caller's ferry-min-index and ferry-max-staleness headers ask
+// (see reads.go). Every answer served here carries ferry-applied-index and
+// ferry-node headers. A NOT_LEADER answer carries the leader in the
+// ferry-leader trailer too.
 func (a *API) UnaryInterceptor() grpc.UnaryServerInterceptor {
 	return func(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
 		if err := a.refuseBadText(ctx, req); err != nil {
@@ -80,41 +86,32 @@ func (a *API) UnaryInterceptor() grpc.UnaryServerInterceptor {
 }
 
 func (a *API) interceptUnary(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
-	write := IsWriteMethod(info.FullMethod) || a.syncsFirst(req)
-	linear := strings.HasPrefix(info.FullMethod, ferryPrefix) && !write && grpcutil.IsLinearizableRead(ctx)
-	if !write && !linear {
+	if !strings.HasPrefix(info.FullMethod, ferryPrefix) {
 		return handler(ctx, req)
 	}
-	forwarded := wasForwarded(ctx)
-	if !a.proposer.IsLeader() && !forwarded {
-		return a.fwd.unary(ctx, info.FullMethod, req)
+	opts, err := grpcutil.IncomingReadOptions(ctx)
+	if err != nil {
+		return nil, badReadOptions(err)
 	}
-	if linear {
-		if err := a.proposer.LinearizableRead(ctx); err != nil {
-			if forwarded {
-				return nil, a.toStatus(ctx, err)
-			}
+	forwarded := wasForwarded(ctx)
+	if IsWriteMethod(info.FullMethod) || a.syncsFirst(req) {
+		if !a.proposer.IsLeader() && !forwarded {
 			return a.fwd.unary(ctx, info.FullMethod, req)
 		}
+		return a.serveWrite(ctx, req, info, handler, forwarded)
 	}
-	resp, err := handler(ctx, req)
-	if grpcutil.IsNotLeader(err) && !forwarded {
-		// Leadership moved between IsLeader and Propose; the command was
-		// not taken, so sending it to the new leader is safe.
-		return a.fwd.unary(ctx, info.FullMethod, req)
+	if opts.Linearizable {
+		return a.serveLinearizable(ctx, req, info, handler, forwarded)
 	}
-	// The node that ran the call records it, once: a follower that
-	// forwarded it does not.
-	if IsMutating(info.FullMethod) && !a.auditOff {
-		a.audit(ctx, info.FullMethod, req, resp, err)
-	}
-	return resp, err
+	return a.serveLocalRead(ctx, req, info, handler, opts, forwarded)
 }
 
 // StreamInterceptor relays server-streaming ferry.v1 calls
 // (WatchMigrationJobs) from a follower to the leader, whose watch carries
 // live progress; with no leader known a follower serves the stream itself
-// (state changes only), unless the caller asked for a linearizable read.
+// (state changes only), unless the caller asked for a linearizable read,
+// and, as a local read, only from a ledger at the read floor and the
+// caller's ferry-min-index (else STALE_READ).
 func (a *API) StreamInterceptor() grpc.StreamServerInterceptor {
 	return func(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
 		ss = textCheckedStream{ServerStream: ss, a: a}
@@ -134,13 +131,21 @@ func (a *API) interceptStream(srv any, ss grpc.ServerStream, info *grpc.StreamSe
 	linear := grpcutil.IsLinearizableRead(ctx)
 	if a.proposer.IsLeader() || wasForwarded(ctx) {
 		if linear {
-			if err := a.proposer.LinearizableRead(ctx); err != nil {
+			lctx, cancel := context.WithTimeout(ctx, a.forwardTimeout)
+			err := a.proposer.LinearizableRead(lctx)
+			cancel()
+			if err != nil {
 				return a.toStatus(ctx, err)
 			}
+		} else if err := a.streamReadiness(ctx); err != nil {
+			return err
 		}
 		return handler(srv, ss)
 	}
 	if a.proposer.LeaderAPIAddress() == "" && !linear {
+		if err := a.streamReadiness(ctx); err != nil {
+			return err
+		}
 		return handler(srv, ss)
 	}
 	return a.fwd.serverStream(ss, info.FullMethod)
@@ -170,10 +175,100 @@ type forwarder struct {
 	dial   Dialer
 	log    *slog.Logger
 	types  sync.Map // full method → [2]protoreflect.MessageDescriptor{in, out}
+
+	// contact is when this node last heard from the leader (nil: never
+	// give up on a forwarded unary call before the caller does).
+	contact func() time.Time
+	// timeout is how long a forwarded unary call may wait for a leader
+	// this node no longer hears from; silent is how long without contact
+	// counts as not hearing from it.
+	timeout, silent time.Duration
 }
 
 func newForwarder(leader leaderInfo, dial Dialer, log *slog.Logger) *forwarder {
 	return &forwarder{leader: leader, dial: dial, log: log}
+}
+
+// Why a forwarded call was given up.
+var (
+	errLeaderMoved  = errors.New("another leader was elected")
+	errLeaderSilent = errors.New("the leader is silent")
+)
+
+// guard runs one forwarded call to the leader at addr with a context
+// cancelled when the call is given up: another leader becomes known, or
+// the call has waited the forward timeout while this node has not heard
+// from the leader for a heartbeat timeout (it is paused, cut off or
+// dead). A call given up ends UNAVAILABLE (NOT_LEADER) naming the leader
+// known then; a healthy leader's slow call is never given up.
+func (f *forwarder) guard(ctx context.Context, addr string, call func(context.Context) error) error {
+	cctx, end := f.leaderWatch(ctx, addr, false)
+	err := call(cctx)
+	if gaveUp := end(); gaveUp != nil && err != nil && ctx.Err() == nil {
+		return gaveUp
+	}
+	return err
+}
+
+// leaderWatch returns ctx cancelled when the leader at addr is given up
+// (see guard; a stream, which may rightly wait long for its next message,
+// is given up when another leader is known or the leader has been silent
+// for the whole forward timeout), and end, which stops watching and
+// returns the NOT_LEADER error to answer with when it gave up.
+func (f *forwarder) leaderWatch(ctx context.Context, addr string, stream bool) (context.Context, func() error) {
+	if f.contact == nil || f.timeout <= 0 {
+		return ctx, func() error { return nil }
+	}
+	cctx, cancel := context.WithCancelCause(ctx)
+	start := time.Now()
+	done := make(chan struct{})
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		tick := time.NewTicker(max(f.silent/10, 10*time.Millisecond))
+		defer tick.Stop()
+		for {
+			select {
+			case <-done:
+				return
+			case <-tick.C:
+			}
+			silent := time.Since(f.contact())
+			if now := f.leader.LeaderAPIAddress(); now != "" && now != addr {
+				cancel(errLeaderMoved)
+				return
+			}
+			if (!stream && time.Since(start) >= f.timeout && silent > f.silent) || (stream && silent > f.timeout) {
+				cancel(errLeaderSilent)
+				return
+			}
+		}
+	}()
+	var once sync.Once
+	var gaveUp error
+	return cctx, func() error {
+		once.Do(func() {
+			close(done)
+			wg.Wait()
+			cause := context.Cause(cctx)
+			cancel(nil)
+			if cause != errLeaderMoved && cause != errLeaderSilent {
+				return
+			}
+			now := f.leader.LeaderAPIAddress()
+			msg := fmt.Sprintf("gave up on the leader at %s after %v: %v", addr, time.Since(start).Round(time.Millisecond), cause)
+			switch {
+			case now != "" && now != addr:
+				msg += "; the leader is now at " + now
+			case now == "":
+				msg += "; no new leader elected yet"
+			}
+			f.log.Info("forwarded call given up", "leader", addr, "now", now, "cause", cause, "stream", stream)
+			gaveUp = grpcutil.NotLeaderErrorMsg(now, msg+"; the call may or may not have taken effect")
+		})
+		return gaveUp
+	}
 }
 
 // unary forwards one call, and once more if the leader changed under it.
@@ -185,7 +280,15 @@ func (f *forwarder) unary(ctx context.Context, method string, req any) (any, err
 			return nil, grpcutil.NotLeaderError(addr)
 		}
 		var header, trailer metadata.MD
-		resp, err := f.invoke(ctx, addr, method, req, grpc.Header(&header), grpc.Trailer(&trailer))
+		var resp any
+		err := f.guard(ctx, addr, func(ctx context.Context) error {
+			var err error
+			resp, err = f.invoke(ctx, addr, method, req, grpc.Header(&header), grpc.Trailer(&trailer))
+			return err
+		})
+		if wasGivenUp(err) {
+			return nil, err
+		}
 		next := ""
 		if err != nil && attempt == 0 && status.Code(err) == codes.Unavailable {
 			next = f.nextLeader(err, addr)
@@ -197,6 +300,12 @@ func (f *forwarder) unary(ctx context.Context, method string, req any) (any, err
 		f.log.Debug("leader changed while forwarding; retrying", "method", method, "from", addr, "to", next)
 		addr = next
 	}
+}
+
+// wasGivenUp says whether err is guard's answer to a call it gave up:
+// the leader may have taken it, so it is not sent again here.
+func wasGivenUp(err error) bool {
+	return grpcutil.IsNotLeader(err) && strings.HasPrefix(status.Convert(err).Message(), "gave up on the leader")
 }
 
 // relay passes the leader's metadata on, minus what gRPC itself sets.
@@ -249,7 +358,9 @@ func (f *forwarder) invoke(ctx context.Context, addr, method string, req any, op
 }
 
 // serverStream relays a server-streaming call to the leader: the one
-// request up, every response down, and the leader's status at the end.
+// request up, every response down, and the leader's status at the end. A
+// relay to a leader that another replaced, or that has been silent for the
+// forward timeout, ends UNAVAILABLE naming the leader known then.
 func (f *forwarder) serverStream(ss grpc.ServerStream, method string) error {
 	ctx := ss.Context()
 	addr := f.leader.LeaderAPIAddress()
@@ -268,17 +379,28 @@ func (f *forwarder) serverStream(ss grpc.ServerStream, method string) error {
 	if err != nil {
 		return status.Errorf(codes.Unavailable, "reach the leader at %s: %v", addr, err)
 	}
+	outer := ctx
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
+	ctx, end := f.leaderWatch(ctx, addr, true)
+	defer end()
+	// A relay given up ends with guard's NOT_LEADER: the caller watches
+	// again at the leader it names.
+	givenUp := func(err error) error {
+		if gaveUp := end(); gaveUp != nil && outer.Err() == nil {
+			return gaveUp
+		}
+		return err
+	}
 	cs, err := conn.NewStream(outgoing(ctx), &grpc.StreamDesc{ServerStreams: true}, method)
 	if err != nil {
-		return err
+		return givenUp(err)
 	}
 	if err := cs.SendMsg(in); err != nil && !errors.Is(err, io.EOF) {
-		return err
+		return givenUp(err)
 	}
 	if err := cs.CloseSend(); err != nil {
-		return err
+		return givenUp(err)
 	}
 	for {
 		out := newMessage(outDesc)
@@ -288,7 +410,7 @@ func (f *forwarder) serverStream(ss grpc.ServerStream, method string) error {
 			if errors.Is(err, io.EOF) {
 				return nil
 			}
-			return err
+			return givenUp(err)
 		}
 		if err := ss.SendMsg(out); err != nil {
 			return err

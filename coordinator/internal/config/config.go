@@ -84,6 +84,11 @@ type Config struct {
 	// AuditOff records no audit events. No flag sets it: benchmarks use it
 	// to measure what the audit trail costs.
 	AuditOff bool
+	// ForwardTimeout bounds how long a call forwarded to a leader this node
+	// no longer hears from, and a linearizable read, wait before answering
+	// UNAVAILABLE with the leader known then; zero takes the default (four
+	// heartbeat timeouts).
+	ForwardTimeout time.Duration
 }
 
 // WithDefaults fills the derived paths.
@@ -145,6 +150,9 @@ func (c Config) Validate() error {
 	}
 	if c.AuditMaxEvents < 0 || c.AuditMaxEvents > 10_000_000 {
 		return fmt.Errorf("%w: --audit-max-events %d: use 1 to 10000000", ErrInvalid, c.AuditMaxEvents)
+	}
+	if c.ForwardTimeout < 0 || (c.ForwardTimeout > 0 && c.ForwardTimeout < 100*time.Millisecond) {
+		return fmt.Errorf("%w: --forward-timeout %v: use at least 100ms, or 0 for the default", ErrInvalid, c.ForwardTimeout)
 	}
 	if c.SnapshotInterval < 0 || (c.SnapshotInterval > 0 && c.SnapshotInterval < 100*time.Millisecond) {
 		return fmt.Errorf("%w: --snapshot-interval %v: use at least 100ms, or 0 for the default", ErrInvalid, c.SnapshotInterval)

@@ -50,6 +50,11 @@ type Node struct {
 
 	leadership leadership
 
+	// readFloor is the last index of the Raft log (or snapshot) found at
+	// Open: at least every index this node applied, and so answered reads
+	// from, before it restarted. Local reads wait until it is applied.
+	readFloor uint64
+
 	shutdownOnce sync.Once
 	shutdownErr  error
 }
@@ -141,6 +146,7 @@ func (n *Node) open(fsm raft.FSM) error {
 	if n.raft, err = raft.NewRaft(rc, fsm, store, store, snaps, n.trans); err != nil {
 		return fmt.Errorf("start raft: %w", err)
 	}
+	n.readFloor = n.raft.LastIndex()
 	if cfg.Bootstrap && !existing {
 		boot := raft.Configuration{Servers: []raft.Server{{
 			Suffrage: raft.Voter, ID: rc.LocalID, Address: n.trans.LocalAddr(),
@@ -244,6 +250,25 @@ func (n *Node) LeaderAPIAddress() string {
 	}
 	return ""
 }
+
+// ReadFloor is the highest log index this node may have applied before it
+// was (re)started: the last index of its durable log and snapshots at
+// Open. A read served before the ledger reached it could be older than one
+// this node answered before a restart.
+func (n *Node) ReadFloor() uint64 { return n.readFloor }
+
+// LastContact is when this follower last heard from the leader; the zero
+// time when it never has. A leader reports now.
+func (n *Node) LastContact() time.Time {
+	if n.IsLeader() {
+		return time.Now()
+	}
+	return n.raft.LastContact()
+}
+
+// HeartbeatTimeout is the configured Raft heartbeat timeout: a follower
+// that has not heard from the leader for this long starts an election.
+func (n *Node) HeartbeatTimeout() time.Duration { return n.cfg.HeartbeatTimeout }
 
 // Stats are Raft indexes of this node.
 type Stats struct {

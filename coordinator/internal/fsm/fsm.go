@@ -4,10 +4,12 @@
 package fsm
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"io"
 	"log/slog"
+	"sync"
 	"sync/atomic"
 
 	"github.com/hashicorp/raft"
@@ -21,10 +23,11 @@ import (
 var ErrUnknownCommand = ledger.ErrUnknownCommand
 
 // Result is what Apply returns for every log entry: the names a command
-// created or touched, or why it was refused.
+// created or touched, or why it was refused, and the entry's log index.
 type Result struct {
 	Names []string
 	Err   error
+	Index uint64
 }
 
 // FSM is the raft.FSM (and raft.BatchingFSM) of the coordinator.
@@ -33,6 +36,11 @@ type FSM struct {
 	log      *slog.Logger
 	restores atomic.Int64
 	applied  atomic.Uint64
+
+	// appliedMu guards advanced, closed (and replaced) whenever the
+	// applied index moves, so WaitApplied can wait for it.
+	appliedMu sync.Mutex
+	advanced  chan struct{}
 }
 
 var _ raft.BatchingFSM = (*FSM)(nil)
@@ -42,7 +50,7 @@ func New(l *ledger.Ledger, log *slog.Logger) *FSM {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	return &FSM{ledger: l, log: log.With("component", "fsm")}
+	return &FSM{ledger: l, log: log.With("component", "fsm"), advanced: make(chan struct{})}
 }
 
 // Ledger is the state this FSM applies to.
@@ -51,8 +59,36 @@ func (f *FSM) Ledger() *ledger.Ledger { return f.ledger }
 // Restores counts snapshot restores, for tests and diagnostics.
 func (f *FSM) Restores() int64 { return f.restores.Load() }
 
-// AppliedIndex is the index of the last entry applied.
+// AppliedIndex is the index of the last entry applied: the ledger state
+// a read made now reflects at least.
 func (f *FSM) AppliedIndex() uint64 { return f.applied.Load() }
+
+// setApplied records index as applied and wakes WaitApplied.
+func (f *FSM) setApplied(index uint64) {
+	f.applied.Store(index)
+	f.appliedMu.Lock()
+	close(f.advanced)
+	f.advanced = make(chan struct{})
+	f.appliedMu.Unlock()
+}
+
+// WaitApplied returns once the applied index is at least index, or ctx's
+// error when ctx ends first.
+func (f *FSM) WaitApplied(ctx context.Context, index uint64) error {
+	for {
+		f.appliedMu.Lock()
+		ch := f.advanced
+		f.appliedMu.Unlock()
+		if f.applied.Load() >= index {
+			return nil
+		}
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+}
 
 // Encode marshals a command for the log.
 func Encode(cmd *ledgerv1.Command) ([]byte, error) {
@@ -70,8 +106,8 @@ func Encode(cmd *ledgerv1.Command) ([]byte, error) {
 // restart it; it replays the log from its last snapshot.
 func (f *FSM) Apply(l *raft.Log) any {
 	if l.Type != raft.LogCommand {
-		f.applied.Store(l.Index)
-		return Result{}
+		f.setApplied(l.Index)
+		return Result{Index: l.Index}
 	}
 	var cmd ledgerv1.Command
 	if err := proto.Unmarshal(l.Data, &cmd); err != nil {
@@ -82,8 +118,8 @@ func (f *FSM) Apply(l *raft.Log) any {
 	if errors.Is(err, ErrUnknownCommand) {
 		panic(fmt.Sprintf("fsm: log entry %d: %v; is this node older than the leader?", l.Index, err))
 	}
-	f.applied.Store(l.Index)
-	return Result{Names: names, Err: err}
+	f.setApplied(l.Index)
+	return Result{Names: names, Err: err, Index: l.Index}
 }
 
 // ApplyBatch applies entries in order, one Result each.
@@ -104,9 +140,12 @@ func (f *FSM) ApplyCommand(cmd *ledgerv1.Command) ([]string, error) {
 	return names, err
 }
 
-// Snapshot captures the ledger; Persist writes it outside the apply loop.
+// Snapshot captures the ledger and the index it reflects (Raft calls it
+// between applies); Persist writes it outside the apply loop.
 func (f *FSM) Snapshot() (raft.FSMSnapshot, error) {
-	return &snapshot{state: f.ledger.Snapshot()}, nil
+	state := f.ledger.Snapshot()
+	state.AppliedIndex = f.applied.Load()
+	return &snapshot{state: state}, nil
 }
 
 // Restore replaces the ledger with a snapshot.
@@ -121,6 +160,9 @@ func (f *FSM) Restore(rc io.ReadCloser) error {
 		return fmt.Errorf("decode snapshot: %w", err)
 	}
 	f.ledger.Restore(&s)
+	if s.GetAppliedIndex() > 0 {
+		f.setApplied(s.GetAppliedIndex())
+	}
 	f.restores.Add(1)
 	f.log.Info("ledger restored from snapshot", "jobs", len(s.GetJobs()), "bytes", len(b))
 	return nil

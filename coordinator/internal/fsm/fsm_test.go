@@ -2,6 +2,7 @@ package fsm
 
 import (
 	"bytes"
+	"context"
 	"errors"
 	"io"
 	"testing"
@@ -527,4 +528,49 @@ func TestRestartPlacesAgain(t *testing.T) {
 		t.Fatalf("restart of a queued job: %v", err)
 	}
 	check(f, "hosts/h2", reason)
+}
+
+// TestAppliedIndex: every Result carries its entry's index; WaitApplied
+// waits for the index; a snapshot carries it, and a node restored from the
+// snapshot knows which state it serves.
+func TestAppliedIndex(t *testing.T) {
+	f := New(ledger.New(), nil)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	cmds := everyCommand()
+	waited := make(chan error, 1)
+	go func() { waited <- f.WaitApplied(ctx, uint64(len(cmds))) }()
+	for i, c := range cmds {
+		b, err := Encode(c)
+		if err != nil {
+			t.Fatal(err)
+		}
+		res := f.Apply(&raft.Log{Index: uint64(i + 1), Type: raft.LogCommand, Data: b}).(Result)
+		if res.Index != uint64(i+1) {
+			t.Fatalf("Result.Index of entry %d = %d", i+1, res.Index)
+		}
+	}
+	if err := <-waited; err != nil || f.AppliedIndex() != uint64(len(cmds)) {
+		t.Fatalf("WaitApplied = %v, applied %d; want nil, %d", err, f.AppliedIndex(), len(cmds))
+	}
+	short, cancelShort := context.WithTimeout(ctx, 10*time.Millisecond)
+	defer cancelShort()
+	if err := f.WaitApplied(short, uint64(len(cmds))+1); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("WaitApplied past the applied index = %v, want DeadlineExceeded", err)
+	}
+	snap, err := f.Snapshot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	sink := &memSink{}
+	if err := snap.Persist(sink); err != nil {
+		t.Fatal(err)
+	}
+	g := New(ledger.New(), nil)
+	if err := g.Restore(io.NopCloser(bytes.NewReader(sink.Bytes()))); err != nil {
+		t.Fatal(err)
+	}
+	if g.AppliedIndex() != uint64(len(cmds)) {
+		t.Fatalf("applied index after restore = %d, want the snapshot's %d", g.AppliedIndex(), len(cmds))
+	}
 }

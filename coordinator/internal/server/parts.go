@@ -10,6 +10,8 @@ import (
 
 	"github.com/ferry-v2v/ferry/coordinator/internal/api"
 	"github.com/ferry-v2v/ferry/coordinator/internal/authz"
+	"github.com/ferry-v2v/ferry/coordinator/internal/consensus"
+	"github.com/ferry-v2v/ferry/coordinator/internal/fsm"
 	"github.com/ferry-v2v/ferry/coordinator/internal/leader"
 	"github.com/ferry-v2v/ferry/coordinator/internal/scheduler"
 	"github.com/ferry-v2v/ferry/coordinator/internal/session"
@@ -38,6 +40,7 @@ func newParts(s *Server, sealer *seal.Sealer) parts {
 		Proposer: s.node, Membership: s.node, Ledger: s.ledger, Hub: s.hub,
 		Sealer: sealer, Agents: sessions, Dialer: s.peers.Dial, Logger: s.log,
 		AuditRetention: api.AuditRetention{MaxAge: s.cfg.AuditRetention, MaxEvents: s.cfg.AuditMaxEvents}, AuditOff: s.cfg.AuditOff,
+		Reads: readState{s.fsm, s.node}, HeartbeatTimeout: s.node.HeartbeatTimeout(), ForwardTimeout: s.cfg.ForwardTimeout,
 	})
 	sched := scheduler.New(scheduler.Config{}, scheduler.Deps{
 		Proposer: s.node, Ledger: s.ledger, Hub: s.hub, Agents: sessions, Logger: s.log,
@@ -57,6 +60,13 @@ func newParts(s *Server, sealer *seal.Sealer) parts {
 	p.unary = append([]grpc.UnaryServerInterceptor{s.metrics.UnaryInterceptor()}, p.unary...)
 	p.stream = append([]grpc.StreamServerInterceptor{s.metrics.StreamInterceptor()}, p.stream...)
 	return p
+}
+
+// readState is the API's view of how fresh this node's ledger is: the
+// FSM's applied index and the Raft node's read floor and leader contact.
+type readState struct {
+	*fsm.FSM
+	*consensus.Node
 }
 
 func (p parts) register(s *grpc.Server) {

@@ -2462,7 +2462,11 @@ type Snapshot struct {
 	// changes are pruned by too.
 	AuditRetention *AuditRetention `protobuf:"bytes,16,opt,name=audit_retention,json=auditRetention,proto3" json:"audit_retention,omitempty"`
 	// The number of the last audit event recorded (auditEvents/{number}).
-	AuditSequence uint64               `protobuf:"varint,17,opt,name=audit_sequence,json=auditSequence,proto3" json:"audit_sequence,omitempty"`
+	AuditSequence uint64 `protobuf:"varint,17,opt,name=audit_sequence,json=auditSequence,proto3" json:"audit_sequence,omitempty"`
+	// The Raft log index of the last entry the snapshot holds, so a node
+	// restored from it knows which ledger state it serves (0 in snapshots
+	// taken before this field existed).
+	AppliedIndex  uint64               `protobuf:"varint,18,opt,name=applied_index,json=appliedIndex,proto3" json:"applied_index,omitempty"`
 	CacheUsage    []*CacheUsageHistory `protobuf:"bytes,20,rep,name=cache_usage,json=cacheUsage,proto3" json:"cache_usage,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -2613,6 +2617,13 @@ func (x *Snapshot) GetAuditRetention() *AuditRetention {
 func (x *Snapshot) GetAuditSequence() uint64 {
 	if x != nil {
 		return x.AuditSequence
+	}
+	return 0
+}
+
+func (x *Snapshot) GetAppliedIndex() uint64 {
+	if x != nil {
+		return x.AppliedIndex
 	}
 	return 0
 }
@@ -3340,7 +3351,7 @@ const file_ferry_ledger_v1_ledger_proto_rawDesc = "" +
 	"request_id\x18\x01 \x01(\tR\trequestId\x12\x14\n" +
 	"\x05names\x18\x02 \x03(\tR\x05names\x12.\n" +
 	"\x04time\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\x04time\x12\x16\n" +
-	"\x06method\x18\x04 \x01(\tR\x06method\"\xb7\b\n" +
+	"\x06method\x18\x04 \x01(\tR\x06method\"\xdc\b\n" +
 	"\bSnapshot\x12-\n" +
 	"\bclusters\x18\x01 \x03(\v2\x11.ferry.v1.ClusterR\bclusters\x12$\n" +
 	"\x05hosts\x18\x02 \x03(\v2\x0e.ferry.v1.HostR\x05hosts\x12C\n" +
@@ -3360,7 +3371,8 @@ const file_ferry_ledger_v1_ledger_proto_rawDesc = "" +
 	"\x14revoked_certificates\x18\x0e \x03(\v2\x1c.ferry.v1.RevokedCertificateR\x13revokedCertificates\x127\n" +
 	"\faudit_events\x18\x0f \x03(\v2\x14.ferry.v1.AuditEventR\vauditEvents\x12H\n" +
 	"\x0faudit_retention\x18\x10 \x01(\v2\x1f.ferry.ledger.v1.AuditRetentionR\x0eauditRetention\x12%\n" +
-	"\x0eaudit_sequence\x18\x11 \x01(\x04R\rauditSequence\x12C\n" +
+	"\x0eaudit_sequence\x18\x11 \x01(\x04R\rauditSequence\x12#\n" +
+	"\rapplied_index\x18\x12 \x01(\x04R\fappliedIndex\x12C\n" +
 	"\vcache_usage\x18\x14 \x03(\v2\".ferry.ledger.v1.CacheUsageHistoryR\n" +
 	"cacheUsage\"Y\n" +
 	"\x11CacheUsageHistory\x12\x12\n" +
