@@ -15,8 +15,8 @@ import (
 func kvmSource() *ferryv1.SourceVm {
 	return &ferryv1.SourceVm{
 		MachineType: "pc-q35-7.2", CpuMode: "host-passthrough", OsType: ferryv1.OsType_OS_TYPE_LINUX,
-		Disks: []*ferryv1.SourceDisk{{Target: "vda", Bus: "scsi", BootOrder: 2}, {Target: "vdb", Bus: "virtio", BootOrder: 1}},
-		Nics:  []*ferryv1.SourceNic{{Mac: "52:54:00:aa:bb:01", Model: "e1000"}, {Mac: "52:54:00:aa:bb:02", Model: "virtio"}},
+		Disks:  []*ferryv1.SourceDisk{{Target: "vda", Bus: "scsi", BootOrder: 2}, {Target: "vdb", Bus: "virtio", BootOrder: 1}},
+		Nics:   []*ferryv1.SourceNic{{Mac: "52:54:00:aa:bb:01", Model: "e1000"}, {Mac: "52:54:00:aa:bb:02", Model: "virtio"}},
 		Cdroms: []*ferryv1.SourceCdrom{{Target: "sdc", Bus: "sata", Media: "/iso/tools.iso"}, {Target: "sdd", Bus: "sata"}},
 	}
 }
