@@ -83,9 +83,15 @@ func checkDomain(t *testing.T, w *world, tgt *ferryv1.TargetVm, src *testenv.Tes
 		if d.Source == nil || d.Source.File == nil || d.Source.File.File != w.volume(jobOf(t, w, tgt), src.Disks[i].Target) {
 			t.Errorf("disk %d source = %+v, want the volume of %s (root first)", i, d.Source, src.Disks[i].Target)
 		}
-		if d.Target == nil || d.Target.Bus != "scsi" {
-			t.Errorf("disk %d target = %+v, want bus scsi (Linux default)", i, d.Target)
+		if d.Target == nil || d.Target.Bus != "virtio" {
+			t.Errorf("disk %d target = %+v, want bus virtio, kept from the KVM source", i, d.Target)
 		}
+		if boots := d.Boot != nil && d.Boot.Order == 1; boots != (i == 0) {
+			t.Errorf("disk %d boot = %+v; the source boots its first disk", i, d.Boot)
+		}
+	}
+	if m := dom.OS.Type.Machine; !strings.HasPrefix(m, "pc") || strings.Contains(m, "q35") {
+		t.Errorf("machine = %s, want the i440fx (pc) family of the source", m)
 	}
 	if len(cdroms) != int(tgt.GetCdromCount()) {
 		t.Errorf("%d CD-ROMs, want %d", len(cdroms), tgt.GetCdromCount())

@@ -57,6 +57,14 @@ type VMOptions struct {
 	// it (see guest.go): 256 MiB, the host's kernel, a serial console
 	// logged to ConsoleLog. Not with UEFI.
 	GuestIP string
+	// Machine is the machine type: "q35", or "" for the default PC.
+	Machine string
+	// BootSector writes into disk BootDisk (0 vda, 1 vdb) a boot sector
+	// that prints BootMessage of that disk on the serial port over and
+	// over, and gives that disk boot order 1: the VM boots from it, and
+	// its console (ConsoleLog) says so. Not with GuestIP or UEFI.
+	BootSector bool
+	BootDisk   int
 }
 
 // TestDisk is a disk of a test VM.
@@ -68,6 +76,9 @@ type TestDisk struct {
 	Extents []Extent
 	// Random, when set, is the random data at RandomOffset.
 	Random []byte
+	// BootOrder is the disk's <boot order>, 0 for none; a disk with one
+	// starts with a BootSector.
+	BootOrder int
 }
 
 // TestVM is a running TCG domain with no OS: 64 MiB, 1 vCPU, a root and a
@@ -87,7 +98,9 @@ type TestVM struct {
 	Boot       *guestBoot
 	Cmdline    string
 	ConsoleLog string
-	lv         *Libvirt
+	// Machine is the domain's machine type: pc or q35.
+	Machine string
+	lv      *Libvirt
 }
 
 // NewTestVM creates the disks with known data, defines and starts the
@@ -95,7 +108,10 @@ type TestVM struct {
 // NVRAM and metadata) and its files are removed.
 func NewTestVM(t testing.TB, lv *Libvirt, opts VMOptions) *TestVM {
 	t.Helper()
-	vm := &TestVM{Name: opts.Name, VCPUs: 1, MemoryMiB: 64, CDROMs: min(opts.CDROMs, 2), lv: lv}
+	vm := &TestVM{Name: opts.Name, VCPUs: 1, MemoryMiB: 64, CDROMs: min(opts.CDROMs, 2), Machine: "pc", lv: lv}
+	if opts.Machine != "" {
+		vm.Machine = opts.Machine
+	}
 	if vm.Name == "" {
 		vm.Name = "ferry-test-" + randomHex(4)
 	}
@@ -111,6 +127,14 @@ func NewTestVM(t testing.TB, lv *Libvirt, opts VMOptions) *TestVM {
 		vm.NVRAM = filepath.Join(vm.Dir, "VARS.fd")
 	}
 	vm.makeDisks(t, opts.RandomBytes)
+	if opts.BootSector {
+		d := &vm.Disks[opts.BootDisk]
+		sector := filepath.Join(vm.Dir, "bootsector.bin")
+		writeFile(t, sector, BootSector(BootMessage(d.Target)), 0o600)
+		Run(t, "qemu-io", "-f", "qcow2", "-c", "write -q -s "+sector+" 0 512", d.Path)
+		d.BootOrder = 1
+		vm.ConsoleLog = filepath.Join(vm.Dir, "console.log")
+	}
 	if opts.GuestIP != "" {
 		b := makeGuestBoot(t, vm.Dir)
 		vm.Boot, vm.MemoryMiB = &b, 256
@@ -181,7 +205,7 @@ var domainTemplate = template.Must(template.New("domain").Funcs(template.FuncMap
   <memory unit='MiB'>{{.MemoryMiB}}</memory>
   <vcpu>{{.VCPUs}}</vcpu>
   <os>
-    <type arch='x86_64' machine='pc'>hvm</type>
+    <type arch='x86_64' machine='{{x .Machine}}'>hvm</type>
 {{- if .Loader}}
     <loader readonly='yes' type='pflash'>{{x .Loader}}</loader>
     <nvram template='{{x .Template}}'>{{x .NVRAM}}</nvram>
@@ -201,6 +225,9 @@ var domainTemplate = template.Must(template.New("domain").Funcs(template.FuncMap
       <driver name='qemu' type='qcow2'/>
       <source file='{{x .Path}}'/>
       <target dev='{{.Target}}' bus='virtio'/>
+{{- if .BootOrder}}
+      <boot order='{{.BootOrder}}'/>
+{{- end}}
     </disk>
 {{- end}}
 {{- range .CDROMTargets}}

@@ -127,7 +127,7 @@ func Define(ctx context.Context, conn *libvirt.Connect, spec Spec, opts Options)
 		return nil, fmt.Errorf("define domain %s: %w", dom.Name, err)
 	}
 	defer ld.Free()
-	d := &Defined{Name: dom.Name, conn: conn, spec: spec, opts: opts}
+	d := &Defined{Name: dom.Name, conn: conn, spec: spec, opts: opts, Warnings: spec.notes()}
 	d.UUID, _ = ld.GetUUIDString()
 	for _, h := range spec.dhcpHosts() {
 		if err := addDHCPHost(conn, h); err != nil {

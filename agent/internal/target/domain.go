@@ -64,15 +64,6 @@ func (s Spec) osType() ferryv1.OsType {
 	return targetspec.Platform(s.Source)
 }
 
-// diskBus is the bus asked for, else targetspec.DiskBus of the OS type:
-// SATA for Windows, virtio-scsi for Linux and WindowsVirtio.
-func (s Spec) diskBus() ferryv1.DiskBus {
-	if b := s.VM.GetDiskBus(); b != ferryv1.DiskBus_DISK_BUS_UNSPECIFIED {
-		return b
-	}
-	return targetspec.DiskBus(s.osType())
-}
-
 // clock is the guest clock's offset: Windows (with or without virtio
 // drivers) keeps local time in the RTC, Linux UTC.
 func (s Spec) clock() string {
@@ -153,7 +144,8 @@ func BuildDomain(s Spec, o BuildOptions) (*libvirtxml.Domain, error) {
 	if err != nil {
 		return nil, err
 	}
-	disks, meta := s.disks(o)
+	names := map[string]int{}
+	disks, meta := s.disks(o, names)
 	dom := &libvirtxml.Domain{
 		Type:     o.Type,
 		Name:     vm.GetVmName(),
@@ -163,23 +155,31 @@ func BuildDomain(s Spec, o BuildOptions) (*libvirtxml.Domain, error) {
 		OS:       s.osSection(o),
 		Features: &libvirtxml.DomainFeatureList{ACPI: &libvirtxml.DomainFeature{}, APIC: &libvirtxml.DomainFeatureAPIC{}},
 		Clock:    &libvirtxml.DomainClock{Offset: s.clock()},
-		Devices:  &libvirtxml.DomainDeviceList{Disks: append(disks, cdroms(int(vm.GetCdromCount()))...)},
+		Devices:  &libvirtxml.DomainDeviceList{Disks: append(disks, cdroms(int(vm.GetCdromCount()), s.cdromBus(), names)...)},
+		CPU:      s.cpu(o.Type),
 	}
-	if o.Type == "kvm" {
-		dom.CPU = &libvirtxml.DomainCPU{Mode: "host-model"}
+	for i := range vm.GetDisks() {
+		if s.bus(i) == ferryv1.DiskBus_DISK_BUS_VIRTIO_SCSI {
+			zero := uint(0)
+			dom.Devices.Controllers = []libvirtxml.DomainController{{Type: "scsi", Index: &zero, Model: "virtio-scsi"}}
+			break
+		}
 	}
-	if s.diskBus() == ferryv1.DiskBus_DISK_BUS_VIRTIO_SCSI {
-		zero := uint(0)
-		dom.Devices.Controllers = []libvirtxml.DomainController{{Type: "scsi", Index: &zero, Model: "virtio-scsi"}}
+	if s.q35() {
+		for i := range vm.GetDisks() {
+			if s.bus(i) == ferryv1.DiskBus_DISK_BUS_IDE {
+				return nil, fmt.Errorf("%w: disks[%d]: IDE on a q35 machine, which has no IDE controller", ErrBadSpec, i)
+			}
+		}
 	}
-	dom.Devices.Interfaces = interfaces(nics, targetspec.NICModel(s.osType()))
+	dom.Devices.Interfaces = interfaces(nics, s.nicModel)
 	operatorDevices(dom.Devices)
 	return dom, nil
 }
 
-// osSection is <os>: hvm on the default PC machine, BIOS or UEFI.
+// osSection is <os>: hvm on the machine family, BIOS or UEFI.
 func (s Spec) osSection(o BuildOptions) *libvirtxml.DomainOS {
-	os := &libvirtxml.DomainOS{Type: &libvirtxml.DomainOSType{Arch: "x86_64", Machine: "pc", Type: "hvm"}}
+	os := &libvirtxml.DomainOS{Type: &libvirtxml.DomainOSType{Arch: "x86_64", Machine: s.machine(), Type: "hvm"}}
 	if s.firmware() != ferryv1.Firmware_FIRMWARE_UEFI {
 		return os
 	}
@@ -194,29 +194,28 @@ func (s Spec) osSection(o BuildOptions) *libvirtxml.DomainOS {
 	return os
 }
 
-// disks are the VM's disks, root first, and the metadata naming them.
-func (s Spec) disks(o BuildOptions) ([]libvirtxml.DomainDisk, Metadata) {
-	bus, prefix := "scsi", "sd"
-	switch s.diskBus() {
-	case ferryv1.DiskBus_DISK_BUS_VIRTIO_BLK:
-		bus, prefix = "virtio", "vd"
-	case ferryv1.DiskBus_DISK_BUS_SATA:
-		bus, prefix = "sata", "sd"
-	}
+// disks are the VM's disks, in the job's order (root first), each on its
+// bus (names counted per prefix: vd, sd, hd), the boot disk with boot
+// order 1, and the metadata naming them. names counts the device names
+// used per prefix, for the CD-ROMs after them.
+func (s Spec) disks(o BuildOptions, names map[string]int) ([]libvirtxml.DomainDisk, Metadata) {
 	meta := Metadata{Job: s.JobID}
+	boot := s.bootDisk()
 	out := make([]libvirtxml.DomainDisk, 0, len(s.Volumes))
 	for i, vol := range s.Volumes {
 		td := s.VM.GetDisks()[i]
+		bus, prefix := busNames(s.bus(i))
 		d := libvirtxml.DomainDisk{
 			Device: "disk",
 			Driver: &libvirtxml.DomainDiskDriver{Name: "qemu", Type: vol.Format, Discard: "unmap"},
 			Source: diskSource(vol, o),
-			Target: &libvirtxml.DomainDiskTarget{Dev: DeviceName(prefix, i), Bus: bus},
+			Target: &libvirtxml.DomainDiskTarget{Dev: DeviceName(prefix, names[prefix]), Bus: bus},
 		}
+		names[prefix]++
 		if vol.BlockDevice() {
 			d.Driver.Cache, d.Driver.IO = "none", "native"
 		}
-		if i == 0 {
+		if i == boot {
 			d.Boot = &libvirtxml.DomainDeviceBoot{Order: 1}
 		}
 		out = append(out, d)
@@ -242,26 +241,32 @@ func diskSource(vol Volume, o BuildOptions) *libvirtxml.DomainDiskSource {
 	}
 }
 
-// cdroms are n empty IDE CD-ROM drives (hda, hdb, hdc), at most MaxCDROMs.
-func cdroms(n int) []libvirtxml.DomainDisk {
+// cdroms are n empty CD-ROM drives on bus, at most MaxCDROMs, named
+// after the disks already on their prefix.
+func cdroms(n int, bus string, names map[string]int) []libvirtxml.DomainDisk {
 	n = min(max(n, 0), MaxCDROMs)
+	prefix := "sd"
+	if bus == "ide" {
+		prefix = "hd"
+	}
 	out := make([]libvirtxml.DomainDisk, 0, n)
-	for i := range n {
+	for range n {
 		out = append(out, libvirtxml.DomainDisk{
 			Device:   "cdrom",
 			Driver:   &libvirtxml.DomainDiskDriver{Name: "qemu", Type: FormatRaw},
-			Target:   &libvirtxml.DomainDiskTarget{Dev: DeviceName("hd", i), Bus: "ide"},
+			Target:   &libvirtxml.DomainDiskTarget{Dev: DeviceName(prefix, names[prefix]), Bus: bus},
 			ReadOnly: &libvirtxml.DomainDiskReadOnly{},
 		})
+		names[prefix]++
 	}
 	return out
 }
 
-// interfaces are NICs of a model (targetspec.NICModel) on libvirt
-// networks or bridges.
-func interfaces(nics []nic, model string) []libvirtxml.DomainInterface {
+// interfaces are the NICs, each of its model (Spec.nicModel), on
+// libvirt networks or bridges.
+func interfaces(nics []nic, model func(int) string) []libvirtxml.DomainInterface {
 	out := make([]libvirtxml.DomainInterface, 0, len(nics))
-	for _, n := range nics {
+	for i, n := range nics {
 		src := &libvirtxml.DomainInterfaceSource{}
 		if n.network != "" {
 			src.Network = &libvirtxml.DomainInterfaceSourceNetwork{Network: n.network}
@@ -271,7 +276,7 @@ func interfaces(nics []nic, model string) []libvirtxml.DomainInterface {
 		out = append(out, libvirtxml.DomainInterface{
 			MAC:    &libvirtxml.DomainInterfaceMAC{Address: n.mac},
 			Source: src,
-			Model:  &libvirtxml.DomainInterfaceModel{Type: model},
+			Model:  &libvirtxml.DomainInterfaceModel{Type: model(i)},
 		})
 	}
 	return out

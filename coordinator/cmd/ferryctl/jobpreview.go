@@ -102,19 +102,23 @@ func (a *app) previewAndConfirm(ctx context.Context, cl *client.Client, req *fer
 // printPreview prints a preview as tables: the jobs, the resources, the
 // failed checks and the verdict.
 func (a *app) printPreview(p *ferryv1.PreviewMigrationJobsResponse) error {
-	t := newTable(a.io.Out, "#", "SOURCE VM", "TARGET VM", "CPUS", "MEMORY", "DISKS", "NICS")
+	t := newTable(a.io.Out, "#", "SOURCE VM", "TARGET VM", "CPUS", "MEMORY", "DISKS", "BOOTS", "NICS")
 	for i, j := range p.GetJobs() {
 		tv := j.GetTarget()
 		var disk int64
-		for _, d := range tv.GetDisks() {
+		boots := "-"
+		for k, d := range tv.GetDisks() {
 			disk += d.GetSizeBytes()
+			if d.GetBoot() || (k == 0 && boots == "-") {
+				boots = d.GetSourceDisk()
+			}
 		}
 		var nics []string
 		for _, n := range tv.GetNics() {
 			nics = append(nics, fmt.Sprintf("%s %s %s", n.GetMac(), strings.TrimPrefix(n.GetL3Network(), "l3Networks/"), orDefault(n.GetIp(), "-")))
 		}
 		t.row(strconv.Itoa(i), j.GetSourceVm(), tv.GetVmName(), strconv.Itoa(int(tv.GetCpus())), humanBytes(tv.GetMemoryBytes()),
-			fmt.Sprintf("%d, %s", len(tv.GetDisks()), humanBytes(disk)), strings.Join(nics, "; "))
+			fmt.Sprintf("%d, %s", len(tv.GetDisks()), humanBytes(disk)), boots, strings.Join(nics, "; "))
 	}
 	if err := t.flush(); err != nil {
 		return err

@@ -62,6 +62,9 @@ func (a *Admission) precheck(ctx context.Context, refs *batchRefs, jobs []*ferry
 		lines = append(lines, checkSourceVM(p, j, inv, vmware)...)
 		if src.GetType() == ferryv1.Platform_PLATFORM_KVM {
 			lines = append(lines, a.checkKVMVersions(p, j, inv)...)
+			if vm, _ := findInventoryVM(inv, j.GetSourceVm()); vm != nil {
+				stampBootDisk(j.GetTarget(), vm)
+			}
 		}
 	}
 	return lines
@@ -307,4 +310,29 @@ func PlatformName(p ferryv1.Platform) string {
 		return "kvm"
 	}
 	return p.String()
+}
+
+// stampBootDisk marks, when no target disk boots yet, the one copying the
+// source disk a KVM VM boots from (the lowest boot order), so the job and
+// its preview say which disk boots and the target boots the same one.
+// Without boot orders at the source the first disk boots, as it did there.
+func stampBootDisk(t *ferryv1.TargetVm, vm *ferryv1.SourceVm) {
+	var boot *ferryv1.TargetDisk
+	order := int32(0)
+	for _, td := range t.GetDisks() {
+		if td.GetBoot() {
+			return
+		}
+		for _, sd := range vm.GetDisks() {
+			if sd.GetTarget() == td.GetSourceDisk() && sd.GetBootOrder() > 0 && (order == 0 || sd.GetBootOrder() < order) {
+				boot, order = td, sd.GetBootOrder()
+			}
+		}
+	}
+	if boot == nil && len(t.GetDisks()) > 0 {
+		boot = t.GetDisks()[0]
+	}
+	if boot != nil {
+		boot.Boot = true
+	}
 }

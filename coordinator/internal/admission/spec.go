@@ -119,6 +119,11 @@ func checkTarget(c *validate.Checker, i int, in *ferryv1.TargetVm, seen *batchSe
 		c.Add(p+".memory_bytes", "must be at least 1 MiB (1048576), got %d", t.MemoryBytes)
 	}
 	checkDisks(c, p+".disks", t.Disks)
+	for j, d := range t.Disks {
+		if t.MachineType == ferryv1.MachineType_MACHINE_TYPE_Q35 && d.GetBus() == ferryv1.DiskBus_DISK_BUS_IDE {
+			c.Add(fmt.Sprintf("%s.disks[%d].bus", p, j), "IDE needs machine_type MACHINE_TYPE_PC: a q35 machine has no IDE controller")
+		}
+	}
 	checkNICs(c, p+".nics", t.Nics)
 	if t.CdromCount < 0 || t.CdromCount > maxCDROMs {
 		c.Add(p+".cdrom_count", "a target VM has 0 to %d CD-ROM drives, got %d", maxCDROMs, t.CdromCount)
@@ -126,6 +131,10 @@ func checkTarget(c *validate.Checker, i int, in *ferryv1.TargetVm, seen *batchSe
 	validate.Enum(c, p+".firmware", t.Firmware, false)
 	validate.Enum(c, p+".os_type", t.OsType, false)
 	validate.Enum(c, p+".disk_bus", t.DiskBus, false)
+	validate.Enum(c, p+".machine_type", t.MachineType, false)
+	if t.MachineType == ferryv1.MachineType_MACHINE_TYPE_Q35 && t.DiskBus == ferryv1.DiskBus_DISK_BUS_IDE {
+		c.Add(p+".disk_bus", "IDE needs machine_type MACHINE_TYPE_PC: a q35 machine has no IDE controller")
+	}
 	return t
 }
 
@@ -135,8 +144,16 @@ func checkDisks(c *validate.Checker, p string, disks []*ferryv1.TargetDisk) {
 		return
 	}
 	seen := map[string]int{}
+	boot := -1
 	for j, d := range disks {
 		dp := fmt.Sprintf("%s[%d]", p, j)
+		validate.Enum(c, dp+".bus", d.GetBus(), false)
+		if d.GetBoot() {
+			if boot >= 0 {
+				c.Add(dp+".boot", "%s[%d] boots already; one disk boots", p, boot)
+			}
+			boot = j
+		}
 		switch {
 		case d.GetSourceDisk() == "":
 			c.Add(dp+".source_disk", "required: the source disk (e.g. vda, or a VMware disk key)")
@@ -169,6 +186,11 @@ func checkNICs(c *validate.Checker, p string, nics []*ferryv1.TargetNic) {
 				c.Add(field, "%s is also the MAC of %s[%d]", n.GetMac(), p, k)
 			}
 			macs[n.GetMac()] = j
+		}
+		switch n.GetModel() {
+		case "", "virtio", "e1000", "e1000e", "rtl8139":
+		default:
+			c.Add(np+".model", "%q is not a NIC model Ferry defines: virtio, e1000, e1000e or rtl8139", n.GetModel())
 		}
 		if n.GetIp() != "" {
 			if a, ok := validate.ParseIP(n.GetIp()); !ok {

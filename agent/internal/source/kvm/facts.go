@@ -25,13 +25,17 @@ func (vm *VM) Proto() *ferryv1.SourceVm {
 		Id: vm.Name, Name: vm.Name, Uuid: vm.UUID, Cpus: int32(vm.VCPUs), MemoryBytes: vm.MemoryBytes,
 		CdromCount: int32(vm.CDROMs), OsName: vm.OSName,
 		State: protoState[vm.State], Firmware: ferryv1.Firmware_FIRMWARE_BIOS, OsType: protoOSType[vm.OSType],
+		MachineType: vm.Machine, CpuMode: vm.CPUMode,
+	}
+	for _, cd := range vm.CDROMList {
+		out.Cdroms = append(out.Cdroms, &ferryv1.SourceCdrom{Target: cd.Target, Bus: cd.Bus, Media: cd.Media})
 	}
 	if vm.Firmware.Type == FirmwareUEFI {
 		out.Firmware = ferryv1.Firmware_FIRMWARE_UEFI
 	}
 	for _, d := range vm.Disks {
 		out.Disks = append(out.Disks, &ferryv1.SourceDisk{Target: d.Target, Path: d.Path, Format: d.Format,
-			CapacityBytes: d.CapacityBytes, AllocationBytes: d.AllocationBytes, Bus: d.Bus})
+			CapacityBytes: d.CapacityBytes, AllocationBytes: d.AllocationBytes, Bus: d.Bus, BootOrder: int32(d.BootOrder)})
 	}
 	for _, n := range vm.NICs {
 		out.Nics = append(out.Nics, &ferryv1.SourceNic{Mac: n.MAC, Network: n.Network, Bridge: n.Bridge, Model: n.Model,

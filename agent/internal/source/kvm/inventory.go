@@ -43,6 +43,14 @@ type VM struct {
 	OSType, OSName string
 	Disks          []Disk
 	NICs           []NIC
+	// Machine is the machine type ("pc-q35-7.2"), CPUMode the <cpu> mode.
+	Machine, CPUMode string
+	CDROMList        []CDROM
+}
+
+// CDROM is a CD-ROM drive of a domain and the image it holds.
+type CDROM struct {
+	Target, Bus, Media string
 }
 
 // Firmware is how the domain boots.
@@ -61,6 +69,7 @@ type Disk struct {
 	Path            string
 	Format          string // qcow2, raw
 	Bus             string // virtio, scsi, sata, ide
+	BootOrder       int    // <boot order>, 0 when none
 	CapacityBytes   int64
 	AllocationBytes int64
 	ReadOnly        bool
@@ -217,6 +226,12 @@ func parseDomain(desc string) (*VM, error) {
 		return nil, fmt.Errorf("parse domain XML: %w", err)
 	}
 	vm := &VM{Name: d.Name, UUID: d.UUID, Firmware: firmware(d.OS)}
+	if d.OS != nil && d.OS.Type != nil {
+		vm.Machine = d.OS.Type.Machine
+	}
+	if d.CPU != nil {
+		vm.CPUMode = d.CPU.Mode
+	}
 	if d.VCPU != nil {
 		vm.VCPUs = int(d.VCPU.Value)
 		if d.VCPU.Current != 0 {
@@ -239,6 +254,8 @@ func parseDomain(desc string) (*VM, error) {
 			switch disk.Device {
 			case "cdrom":
 				vm.CDROMs++
+				cd := diskOf(disk)
+				vm.CDROMList = append(vm.CDROMList, CDROM{Target: cd.Target, Bus: cd.Bus, Media: cd.Path})
 			case "", "disk", "lun":
 				vm.Disks = append(vm.Disks, diskOf(disk))
 			}
@@ -273,6 +290,9 @@ func firmware(os *libvirtxml.DomainOS) Firmware {
 
 func diskOf(disk libvirtxml.DomainDisk) Disk {
 	d := Disk{ReadOnly: disk.ReadOnly != nil}
+	if disk.Boot != nil {
+		d.BootOrder = int(disk.Boot.Order)
+	}
 	if disk.Target != nil {
 		d.Target, d.Bus = disk.Target.Dev, disk.Target.Bus
 	}

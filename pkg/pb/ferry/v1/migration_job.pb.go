@@ -140,6 +140,58 @@ func (MigrationJobPhase) EnumDescriptor() ([]byte, []int) {
 	return file_ferry_v1_migration_job_proto_rawDescGZIP(), []int{1}
 }
 
+// MachineType is the target's machine family; libvirt picks the newest
+// version of it on the target host.
+type MachineType int32
+
+const (
+	MachineType_MACHINE_TYPE_UNSPECIFIED MachineType = 0
+	// i440fx.
+	MachineType_MACHINE_TYPE_PC  MachineType = 1
+	MachineType_MACHINE_TYPE_Q35 MachineType = 2
+)
+
+// Enum value maps for MachineType.
+var (
+	MachineType_name = map[int32]string{
+		0: "MACHINE_TYPE_UNSPECIFIED",
+		1: "MACHINE_TYPE_PC",
+		2: "MACHINE_TYPE_Q35",
+	}
+	MachineType_value = map[string]int32{
+		"MACHINE_TYPE_UNSPECIFIED": 0,
+		"MACHINE_TYPE_PC":          1,
+		"MACHINE_TYPE_Q35":         2,
+	}
+)
+
+func (x MachineType) Enum() *MachineType {
+	p := new(MachineType)
+	*p = x
+	return p
+}
+
+func (x MachineType) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (MachineType) Descriptor() protoreflect.EnumDescriptor {
+	return file_ferry_v1_migration_job_proto_enumTypes[2].Descriptor()
+}
+
+func (MachineType) Type() protoreflect.EnumType {
+	return &file_ferry_v1_migration_job_proto_enumTypes[2]
+}
+
+func (x MachineType) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use MachineType.Descriptor instead.
+func (MachineType) EnumDescriptor() ([]byte, []int) {
+	return file_ferry_v1_migration_job_proto_rawDescGZIP(), []int{2}
+}
+
 // Firmware of the target VM.
 type Firmware int32
 
@@ -174,11 +226,11 @@ func (x Firmware) String() string {
 }
 
 func (Firmware) Descriptor() protoreflect.EnumDescriptor {
-	return file_ferry_v1_migration_job_proto_enumTypes[2].Descriptor()
+	return file_ferry_v1_migration_job_proto_enumTypes[3].Descriptor()
 }
 
 func (Firmware) Type() protoreflect.EnumType {
-	return &file_ferry_v1_migration_job_proto_enumTypes[2]
+	return &file_ferry_v1_migration_job_proto_enumTypes[3]
 }
 
 func (x Firmware) Number() protoreflect.EnumNumber {
@@ -187,7 +239,7 @@ func (x Firmware) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use Firmware.Descriptor instead.
 func (Firmware) EnumDescriptor() ([]byte, []int) {
-	return file_ferry_v1_migration_job_proto_rawDescGZIP(), []int{2}
+	return file_ferry_v1_migration_job_proto_rawDescGZIP(), []int{3}
 }
 
 // OsType of the guest. Unspecified takes the source's platform (its OS
@@ -233,11 +285,11 @@ func (x OsType) String() string {
 }
 
 func (OsType) Descriptor() protoreflect.EnumDescriptor {
-	return file_ferry_v1_migration_job_proto_enumTypes[3].Descriptor()
+	return file_ferry_v1_migration_job_proto_enumTypes[4].Descriptor()
 }
 
 func (OsType) Type() protoreflect.EnumType {
-	return &file_ferry_v1_migration_job_proto_enumTypes[3]
+	return &file_ferry_v1_migration_job_proto_enumTypes[4]
 }
 
 func (x OsType) Number() protoreflect.EnumNumber {
@@ -246,7 +298,7 @@ func (x OsType) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use OsType.Descriptor instead.
 func (OsType) EnumDescriptor() ([]byte, []int) {
-	return file_ferry_v1_migration_job_proto_rawDescGZIP(), []int{3}
+	return file_ferry_v1_migration_job_proto_rawDescGZIP(), []int{4}
 }
 
 // DiskBus of the target disks; unspecified picks virtio-scsi for Linux and
@@ -258,6 +310,8 @@ const (
 	DiskBus_DISK_BUS_VIRTIO_SCSI DiskBus = 1
 	DiskBus_DISK_BUS_VIRTIO_BLK  DiskBus = 2
 	DiskBus_DISK_BUS_SATA        DiskBus = 3
+	// Machine PC only.
+	DiskBus_DISK_BUS_IDE DiskBus = 4
 )
 
 // Enum value maps for DiskBus.
@@ -267,12 +321,14 @@ var (
 		1: "DISK_BUS_VIRTIO_SCSI",
 		2: "DISK_BUS_VIRTIO_BLK",
 		3: "DISK_BUS_SATA",
+		4: "DISK_BUS_IDE",
 	}
 	DiskBus_value = map[string]int32{
 		"DISK_BUS_UNSPECIFIED": 0,
 		"DISK_BUS_VIRTIO_SCSI": 1,
 		"DISK_BUS_VIRTIO_BLK":  2,
 		"DISK_BUS_SATA":        3,
+		"DISK_BUS_IDE":         4,
 	}
 )
 
@@ -287,11 +343,11 @@ func (x DiskBus) String() string {
 }
 
 func (DiskBus) Descriptor() protoreflect.EnumDescriptor {
-	return file_ferry_v1_migration_job_proto_enumTypes[4].Descriptor()
+	return file_ferry_v1_migration_job_proto_enumTypes[5].Descriptor()
 }
 
 func (DiskBus) Type() protoreflect.EnumType {
-	return &file_ferry_v1_migration_job_proto_enumTypes[4]
+	return &file_ferry_v1_migration_job_proto_enumTypes[5]
 }
 
 func (x DiskBus) Number() protoreflect.EnumNumber {
@@ -300,7 +356,7 @@ func (x DiskBus) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use DiskBus.Descriptor instead.
 func (DiskBus) EnumDescriptor() ([]byte, []int) {
-	return file_ferry_v1_migration_job_proto_rawDescGZIP(), []int{4}
+	return file_ferry_v1_migration_job_proto_rawDescGZIP(), []int{5}
 }
 
 // Compression of the cache image.
@@ -338,11 +394,11 @@ func (x Compression) String() string {
 }
 
 func (Compression) Descriptor() protoreflect.EnumDescriptor {
-	return file_ferry_v1_migration_job_proto_enumTypes[5].Descriptor()
+	return file_ferry_v1_migration_job_proto_enumTypes[6].Descriptor()
 }
 
 func (Compression) Type() protoreflect.EnumType {
-	return &file_ferry_v1_migration_job_proto_enumTypes[5]
+	return &file_ferry_v1_migration_job_proto_enumTypes[6]
 }
 
 func (x Compression) Number() protoreflect.EnumNumber {
@@ -351,7 +407,7 @@ func (x Compression) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use Compression.Descriptor instead.
 func (Compression) EnumDescriptor() ([]byte, []int) {
-	return file_ferry_v1_migration_job_proto_rawDescGZIP(), []int{5}
+	return file_ferry_v1_migration_job_proto_rawDescGZIP(), []int{6}
 }
 
 // PreviewResourceKind is what a PreviewUsage counts.
@@ -405,11 +461,11 @@ func (x PreviewResourceKind) String() string {
 }
 
 func (PreviewResourceKind) Descriptor() protoreflect.EnumDescriptor {
-	return file_ferry_v1_migration_job_proto_enumTypes[6].Descriptor()
+	return file_ferry_v1_migration_job_proto_enumTypes[7].Descriptor()
 }
 
 func (PreviewResourceKind) Type() protoreflect.EnumType {
-	return &file_ferry_v1_migration_job_proto_enumTypes[6]
+	return &file_ferry_v1_migration_job_proto_enumTypes[7]
 }
 
 func (x PreviewResourceKind) Number() protoreflect.EnumNumber {
@@ -418,7 +474,7 @@ func (x PreviewResourceKind) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use PreviewResourceKind.Descriptor instead.
 func (PreviewResourceKind) EnumDescriptor() ([]byte, []int) {
-	return file_ferry_v1_migration_job_proto_rawDescGZIP(), []int{6}
+	return file_ferry_v1_migration_job_proto_rawDescGZIP(), []int{7}
 }
 
 // WatchEventType says what happened to a job.
@@ -464,11 +520,11 @@ func (x WatchEventType) String() string {
 }
 
 func (WatchEventType) Descriptor() protoreflect.EnumDescriptor {
-	return file_ferry_v1_migration_job_proto_enumTypes[7].Descriptor()
+	return file_ferry_v1_migration_job_proto_enumTypes[8].Descriptor()
 }
 
 func (WatchEventType) Type() protoreflect.EnumType {
-	return &file_ferry_v1_migration_job_proto_enumTypes[7]
+	return &file_ferry_v1_migration_job_proto_enumTypes[8]
 }
 
 func (x WatchEventType) Number() protoreflect.EnumNumber {
@@ -477,7 +533,7 @@ func (x WatchEventType) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use WatchEventType.Descriptor instead.
 func (WatchEventType) EnumDescriptor() ([]byte, []int) {
-	return file_ferry_v1_migration_job_proto_rawDescGZIP(), []int{7}
+	return file_ferry_v1_migration_job_proto_rawDescGZIP(), []int{8}
 }
 
 // MigrationJob moves one source VM to one target VM.
@@ -785,10 +841,14 @@ type TargetVm struct {
 	// At least one.
 	Nics []*TargetNic `protobuf:"bytes,8,rep,name=nics,proto3" json:"nics,omitempty"`
 	// As many as the source has, at most 3.
-	CdromCount    int32    `protobuf:"varint,9,opt,name=cdrom_count,json=cdromCount,proto3" json:"cdrom_count,omitempty"`
-	Firmware      Firmware `protobuf:"varint,10,opt,name=firmware,proto3,enum=ferry.v1.Firmware" json:"firmware,omitempty"`
-	OsType        OsType   `protobuf:"varint,11,opt,name=os_type,json=osType,proto3,enum=ferry.v1.OsType" json:"os_type,omitempty"`
-	DiskBus       DiskBus  `protobuf:"varint,12,opt,name=disk_bus,json=diskBus,proto3,enum=ferry.v1.DiskBus" json:"disk_bus,omitempty"`
+	CdromCount int32    `protobuf:"varint,9,opt,name=cdrom_count,json=cdromCount,proto3" json:"cdrom_count,omitempty"`
+	Firmware   Firmware `protobuf:"varint,10,opt,name=firmware,proto3,enum=ferry.v1.Firmware" json:"firmware,omitempty"`
+	OsType     OsType   `protobuf:"varint,11,opt,name=os_type,json=osType,proto3,enum=ferry.v1.OsType" json:"os_type,omitempty"`
+	// The bus of the disks that name none (TargetDisk.bus). Unspecified:
+	// from a KVM source, each disk's bus there; else by os_type.
+	DiskBus DiskBus `protobuf:"varint,12,opt,name=disk_bus,json=diskBus,proto3,enum=ferry.v1.DiskBus" json:"disk_bus,omitempty"`
+	// Unspecified: a KVM source's machine family (q35 or i440fx), else PC.
+	MachineType   MachineType `protobuf:"varint,13,opt,name=machine_type,json=machineType,proto3,enum=ferry.v1.MachineType" json:"machine_type,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -907,6 +967,13 @@ func (x *TargetVm) GetDiskBus() DiskBus {
 	return DiskBus_DISK_BUS_UNSPECIFIED
 }
 
+func (x *TargetVm) GetMachineType() MachineType {
+	if x != nil {
+		return x.MachineType
+	}
+	return MachineType_MACHINE_TYPE_UNSPECIFIED
+}
+
 // TargetDisk is one source disk kept on the target.
 type TargetDisk struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -914,7 +981,13 @@ type TargetDisk struct {
 	SourceDisk  string `protobuf:"bytes,1,opt,name=source_disk,json=sourceDisk,proto3" json:"source_disk,omitempty"`
 	DisplayName string `protobuf:"bytes,2,opt,name=display_name,json=displayName,proto3" json:"display_name,omitempty"`
 	// Virtual size of the source disk.
-	SizeBytes     int64 `protobuf:"varint,3,opt,name=size_bytes,json=sizeBytes,proto3" json:"size_bytes,omitempty"`
+	SizeBytes int64 `protobuf:"varint,3,opt,name=size_bytes,json=sizeBytes,proto3" json:"size_bytes,omitempty"`
+	// Unspecified: TargetVm.disk_bus when set, else (a KVM source) the
+	// disk's bus at the source, else by os_type. IDE needs machine PC.
+	Bus DiskBus `protobuf:"varint,4,opt,name=bus,proto3,enum=ferry.v1.DiskBus" json:"bus,omitempty"`
+	// This disk boots. When no disk says so: from a KVM source the disk
+	// that booted there (the lowest boot order), else the first disk.
+	Boot          bool `protobuf:"varint,5,opt,name=boot,proto3" json:"boot,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -970,6 +1043,20 @@ func (x *TargetDisk) GetSizeBytes() int64 {
 	return 0
 }
 
+func (x *TargetDisk) GetBus() DiskBus {
+	if x != nil {
+		return x.Bus
+	}
+	return DiskBus_DISK_BUS_UNSPECIFIED
+}
+
+func (x *TargetDisk) GetBoot() bool {
+	if x != nil {
+		return x.Boot
+	}
+	return false
+}
+
 // TargetNic maps one source NIC onto an L3 network.
 type TargetNic struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -980,7 +1067,10 @@ type TargetNic struct {
 	// Target MAC; the source MAC when empty.
 	Mac string `protobuf:"bytes,3,opt,name=mac,proto3" json:"mac,omitempty"`
 	// Target address; allocated from the network's range when empty.
-	Ip            string `protobuf:"bytes,4,opt,name=ip,proto3" json:"ip,omitempty"`
+	Ip string `protobuf:"bytes,4,opt,name=ip,proto3" json:"ip,omitempty"`
+	// NIC model: virtio, e1000, e1000e, rtl8139. Empty: from a KVM source
+	// the source NIC's model, else by os_type.
+	Model         string `protobuf:"bytes,5,opt,name=model,proto3" json:"model,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1039,6 +1129,13 @@ func (x *TargetNic) GetMac() string {
 func (x *TargetNic) GetIp() string {
 	if x != nil {
 		return x.Ip
+	}
+	return ""
+}
+
+func (x *TargetNic) GetModel() string {
+	if x != nil {
+		return x.Model
 	}
 	return ""
 }
@@ -2413,7 +2510,7 @@ const file_ferry_v1_migration_job_proto_rawDesc = "" +
 	"\x10placement_reason\x18\x18 \x01(\tR\x0fplacementReason\x12!\n" +
 	"\fdisplay_name\x18\x19 \x01(\tR\vdisplayName\x12 \n" +
 	"\vdescription\x18\x1a \x01(\tR\vdescription\x12\x12\n" +
-	"\x04etag\x18\x1b \x01(\tR\x04etag\"\xb0\x03\n" +
+	"\x04etag\x18\x1b \x01(\tR\x04etag\"\xea\x03\n" +
 	"\bTargetVm\x12\x17\n" +
 	"\avm_name\x18\x01 \x01(\tR\x06vmName\x12\x18\n" +
 	"\acluster\x18\x02 \x01(\tR\acluster\x12'\n" +
@@ -2428,21 +2525,25 @@ const file_ferry_v1_migration_job_proto_rawDesc = "" +
 	"\bfirmware\x18\n" +
 	" \x01(\x0e2\x12.ferry.v1.FirmwareR\bfirmware\x12)\n" +
 	"\aos_type\x18\v \x01(\x0e2\x10.ferry.v1.OsTypeR\x06osType\x12,\n" +
-	"\bdisk_bus\x18\f \x01(\x0e2\x11.ferry.v1.DiskBusR\adiskBus\"o\n" +
+	"\bdisk_bus\x18\f \x01(\x0e2\x11.ferry.v1.DiskBusR\adiskBus\x128\n" +
+	"\fmachine_type\x18\r \x01(\x0e2\x15.ferry.v1.MachineTypeR\vmachineType\"\xa8\x01\n" +
 	"\n" +
 	"TargetDisk\x12\x1f\n" +
 	"\vsource_disk\x18\x01 \x01(\tR\n" +
 	"sourceDisk\x12!\n" +
 	"\fdisplay_name\x18\x02 \x01(\tR\vdisplayName\x12\x1d\n" +
 	"\n" +
-	"size_bytes\x18\x03 \x01(\x03R\tsizeBytes\"k\n" +
+	"size_bytes\x18\x03 \x01(\x03R\tsizeBytes\x12#\n" +
+	"\x03bus\x18\x04 \x01(\x0e2\x11.ferry.v1.DiskBusR\x03bus\x12\x12\n" +
+	"\x04boot\x18\x05 \x01(\bR\x04boot\"\x81\x01\n" +
 	"\tTargetNic\x12\x1d\n" +
 	"\n" +
 	"source_mac\x18\x01 \x01(\tR\tsourceMac\x12\x1d\n" +
 	"\n" +
 	"l3_network\x18\x02 \x01(\tR\tl3Network\x12\x10\n" +
 	"\x03mac\x18\x03 \x01(\tR\x03mac\x12\x0e\n" +
-	"\x02ip\x18\x04 \x01(\tR\x02ip\"\xdb\x01\n" +
+	"\x02ip\x18\x04 \x01(\tR\x02ip\x12\x14\n" +
+	"\x05model\x18\x05 \x01(\tR\x05model\"\xdb\x01\n" +
 	"\x10MigrationOptions\x127\n" +
 	"\vcompression\x18\x01 \x01(\x0e2\x15.ferry.v1.CompressionR\vcompression\x12&\n" +
 	"\x0fpause_source_vm\x18\x02 \x01(\bR\rpauseSourceVm\x12\"\n" +
@@ -2552,7 +2653,11 @@ const file_ferry_v1_migration_job_proto_rawDesc = "" +
 	"\x1fMIGRATION_JOB_PHASE_UNSPECIFIED\x10\x00\x12\"\n" +
 	"\x1eMIGRATION_JOB_PHASE_CONVERTING\x10\x01\x12!\n" +
 	"\x1dMIGRATION_JOB_PHASE_UPLOADING\x10\x02\x12#\n" +
-	"\x1fMIGRATION_JOB_PHASE_CONFIGURING\x10\x03*J\n" +
+	"\x1fMIGRATION_JOB_PHASE_CONFIGURING\x10\x03*V\n" +
+	"\vMachineType\x12\x1c\n" +
+	"\x18MACHINE_TYPE_UNSPECIFIED\x10\x00\x12\x13\n" +
+	"\x0fMACHINE_TYPE_PC\x10\x01\x12\x14\n" +
+	"\x10MACHINE_TYPE_Q35\x10\x02*J\n" +
 	"\bFirmware\x12\x18\n" +
 	"\x14FIRMWARE_UNSPECIFIED\x10\x00\x12\x11\n" +
 	"\rFIRMWARE_BIOS\x10\x01\x12\x11\n" +
@@ -2561,12 +2666,13 @@ const file_ferry_v1_migration_job_proto_rawDesc = "" +
 	"\x13OS_TYPE_UNSPECIFIED\x10\x00\x12\x11\n" +
 	"\rOS_TYPE_LINUX\x10\x01\x12\x13\n" +
 	"\x0fOS_TYPE_WINDOWS\x10\x02\x12\x1a\n" +
-	"\x16OS_TYPE_WINDOWS_VIRTIO\x10\x03*i\n" +
+	"\x16OS_TYPE_WINDOWS_VIRTIO\x10\x03*{\n" +
 	"\aDiskBus\x12\x18\n" +
 	"\x14DISK_BUS_UNSPECIFIED\x10\x00\x12\x18\n" +
 	"\x14DISK_BUS_VIRTIO_SCSI\x10\x01\x12\x17\n" +
 	"\x13DISK_BUS_VIRTIO_BLK\x10\x02\x12\x11\n" +
-	"\rDISK_BUS_SATA\x10\x03*V\n" +
+	"\rDISK_BUS_SATA\x10\x03\x12\x10\n" +
+	"\fDISK_BUS_IDE\x10\x04*V\n" +
 	"\vCompression\x12\x1b\n" +
 	"\x17COMPRESSION_UNSPECIFIED\x10\x00\x12\x14\n" +
 	"\x10COMPRESSION_ZSTD\x10\x01\x12\x14\n" +
@@ -2608,107 +2714,110 @@ func file_ferry_v1_migration_job_proto_rawDescGZIP() []byte {
 	return file_ferry_v1_migration_job_proto_rawDescData
 }
 
-var file_ferry_v1_migration_job_proto_enumTypes = make([]protoimpl.EnumInfo, 8)
+var file_ferry_v1_migration_job_proto_enumTypes = make([]protoimpl.EnumInfo, 9)
 var file_ferry_v1_migration_job_proto_msgTypes = make([]protoimpl.MessageInfo, 24)
 var file_ferry_v1_migration_job_proto_goTypes = []any{
 	(MigrationJobState)(0),               // 0: ferry.v1.MigrationJobState
 	(MigrationJobPhase)(0),               // 1: ferry.v1.MigrationJobPhase
-	(Firmware)(0),                        // 2: ferry.v1.Firmware
-	(OsType)(0),                          // 3: ferry.v1.OsType
-	(DiskBus)(0),                         // 4: ferry.v1.DiskBus
-	(Compression)(0),                     // 5: ferry.v1.Compression
-	(PreviewResourceKind)(0),             // 6: ferry.v1.PreviewResourceKind
-	(WatchEventType)(0),                  // 7: ferry.v1.WatchEventType
-	(*MigrationJob)(nil),                 // 8: ferry.v1.MigrationJob
-	(*TargetVm)(nil),                     // 9: ferry.v1.TargetVm
-	(*TargetDisk)(nil),                   // 10: ferry.v1.TargetDisk
-	(*TargetNic)(nil),                    // 11: ferry.v1.TargetNic
-	(*MigrationOptions)(nil),             // 12: ferry.v1.MigrationOptions
-	(*DiskProgress)(nil),                 // 13: ferry.v1.DiskProgress
-	(*PhaseTiming)(nil),                  // 14: ferry.v1.PhaseTiming
-	(*MigrationJobSpec)(nil),             // 15: ferry.v1.MigrationJobSpec
-	(*UpdateMigrationJobRequest)(nil),    // 16: ferry.v1.UpdateMigrationJobRequest
-	(*CreateMigrationJobsRequest)(nil),   // 17: ferry.v1.CreateMigrationJobsRequest
-	(*CreateMigrationJobsResponse)(nil),  // 18: ferry.v1.CreateMigrationJobsResponse
-	(*PreviewMigrationJobsRequest)(nil),  // 19: ferry.v1.PreviewMigrationJobsRequest
-	(*PreviewUsage)(nil),                 // 20: ferry.v1.PreviewUsage
-	(*PreviewMigrationJobsResponse)(nil), // 21: ferry.v1.PreviewMigrationJobsResponse
-	(*GetMigrationJobRequest)(nil),       // 22: ferry.v1.GetMigrationJobRequest
-	(*ListMigrationJobsRequest)(nil),     // 23: ferry.v1.ListMigrationJobsRequest
-	(*ListMigrationJobsResponse)(nil),    // 24: ferry.v1.ListMigrationJobsResponse
-	(*CancelMigrationJobRequest)(nil),    // 25: ferry.v1.CancelMigrationJobRequest
-	(*CancelMigrationJobResponse)(nil),   // 26: ferry.v1.CancelMigrationJobResponse
-	(*RestartMigrationJobRequest)(nil),   // 27: ferry.v1.RestartMigrationJobRequest
-	(*RestartMigrationJobResponse)(nil),  // 28: ferry.v1.RestartMigrationJobResponse
-	(*DeleteMigrationJobRequest)(nil),    // 29: ferry.v1.DeleteMigrationJobRequest
-	(*WatchMigrationJobsRequest)(nil),    // 30: ferry.v1.WatchMigrationJobsRequest
-	(*WatchMigrationJobsResponse)(nil),   // 31: ferry.v1.WatchMigrationJobsResponse
-	(*timestamppb.Timestamp)(nil),        // 32: google.protobuf.Timestamp
-	(*durationpb.Duration)(nil),          // 33: google.protobuf.Duration
-	(*fieldmaskpb.FieldMask)(nil),        // 34: google.protobuf.FieldMask
-	(*emptypb.Empty)(nil),                // 35: google.protobuf.Empty
+	(MachineType)(0),                     // 2: ferry.v1.MachineType
+	(Firmware)(0),                        // 3: ferry.v1.Firmware
+	(OsType)(0),                          // 4: ferry.v1.OsType
+	(DiskBus)(0),                         // 5: ferry.v1.DiskBus
+	(Compression)(0),                     // 6: ferry.v1.Compression
+	(PreviewResourceKind)(0),             // 7: ferry.v1.PreviewResourceKind
+	(WatchEventType)(0),                  // 8: ferry.v1.WatchEventType
+	(*MigrationJob)(nil),                 // 9: ferry.v1.MigrationJob
+	(*TargetVm)(nil),                     // 10: ferry.v1.TargetVm
+	(*TargetDisk)(nil),                   // 11: ferry.v1.TargetDisk
+	(*TargetNic)(nil),                    // 12: ferry.v1.TargetNic
+	(*MigrationOptions)(nil),             // 13: ferry.v1.MigrationOptions
+	(*DiskProgress)(nil),                 // 14: ferry.v1.DiskProgress
+	(*PhaseTiming)(nil),                  // 15: ferry.v1.PhaseTiming
+	(*MigrationJobSpec)(nil),             // 16: ferry.v1.MigrationJobSpec
+	(*UpdateMigrationJobRequest)(nil),    // 17: ferry.v1.UpdateMigrationJobRequest
+	(*CreateMigrationJobsRequest)(nil),   // 18: ferry.v1.CreateMigrationJobsRequest
+	(*CreateMigrationJobsResponse)(nil),  // 19: ferry.v1.CreateMigrationJobsResponse
+	(*PreviewMigrationJobsRequest)(nil),  // 20: ferry.v1.PreviewMigrationJobsRequest
+	(*PreviewUsage)(nil),                 // 21: ferry.v1.PreviewUsage
+	(*PreviewMigrationJobsResponse)(nil), // 22: ferry.v1.PreviewMigrationJobsResponse
+	(*GetMigrationJobRequest)(nil),       // 23: ferry.v1.GetMigrationJobRequest
+	(*ListMigrationJobsRequest)(nil),     // 24: ferry.v1.ListMigrationJobsRequest
+	(*ListMigrationJobsResponse)(nil),    // 25: ferry.v1.ListMigrationJobsResponse
+	(*CancelMigrationJobRequest)(nil),    // 26: ferry.v1.CancelMigrationJobRequest
+	(*CancelMigrationJobResponse)(nil),   // 27: ferry.v1.CancelMigrationJobResponse
+	(*RestartMigrationJobRequest)(nil),   // 28: ferry.v1.RestartMigrationJobRequest
+	(*RestartMigrationJobResponse)(nil),  // 29: ferry.v1.RestartMigrationJobResponse
+	(*DeleteMigrationJobRequest)(nil),    // 30: ferry.v1.DeleteMigrationJobRequest
+	(*WatchMigrationJobsRequest)(nil),    // 31: ferry.v1.WatchMigrationJobsRequest
+	(*WatchMigrationJobsResponse)(nil),   // 32: ferry.v1.WatchMigrationJobsResponse
+	(*timestamppb.Timestamp)(nil),        // 33: google.protobuf.Timestamp
+	(*durationpb.Duration)(nil),          // 34: google.protobuf.Duration
+	(*fieldmaskpb.FieldMask)(nil),        // 35: google.protobuf.FieldMask
+	(*emptypb.Empty)(nil),                // 36: google.protobuf.Empty
 }
 var file_ferry_v1_migration_job_proto_depIdxs = []int32{
-	9,  // 0: ferry.v1.MigrationJob.target:type_name -> ferry.v1.TargetVm
-	12, // 1: ferry.v1.MigrationJob.options:type_name -> ferry.v1.MigrationOptions
+	10, // 0: ferry.v1.MigrationJob.target:type_name -> ferry.v1.TargetVm
+	13, // 1: ferry.v1.MigrationJob.options:type_name -> ferry.v1.MigrationOptions
 	0,  // 2: ferry.v1.MigrationJob.state:type_name -> ferry.v1.MigrationJobState
 	1,  // 3: ferry.v1.MigrationJob.phase:type_name -> ferry.v1.MigrationJobPhase
-	13, // 4: ferry.v1.MigrationJob.disks:type_name -> ferry.v1.DiskProgress
-	32, // 5: ferry.v1.MigrationJob.create_time:type_name -> google.protobuf.Timestamp
-	32, // 6: ferry.v1.MigrationJob.start_time:type_name -> google.protobuf.Timestamp
-	32, // 7: ferry.v1.MigrationJob.end_time:type_name -> google.protobuf.Timestamp
-	33, // 8: ferry.v1.MigrationJob.duration:type_name -> google.protobuf.Duration
-	32, // 9: ferry.v1.MigrationJob.update_time:type_name -> google.protobuf.Timestamp
-	14, // 10: ferry.v1.MigrationJob.phase_timings:type_name -> ferry.v1.PhaseTiming
-	10, // 11: ferry.v1.TargetVm.disks:type_name -> ferry.v1.TargetDisk
-	11, // 12: ferry.v1.TargetVm.nics:type_name -> ferry.v1.TargetNic
-	2,  // 13: ferry.v1.TargetVm.firmware:type_name -> ferry.v1.Firmware
-	3,  // 14: ferry.v1.TargetVm.os_type:type_name -> ferry.v1.OsType
-	4,  // 15: ferry.v1.TargetVm.disk_bus:type_name -> ferry.v1.DiskBus
-	5,  // 16: ferry.v1.MigrationOptions.compression:type_name -> ferry.v1.Compression
-	33, // 17: ferry.v1.DiskProgress.eta:type_name -> google.protobuf.Duration
-	1,  // 18: ferry.v1.PhaseTiming.phase:type_name -> ferry.v1.MigrationJobPhase
-	32, // 19: ferry.v1.PhaseTiming.start_time:type_name -> google.protobuf.Timestamp
-	32, // 20: ferry.v1.PhaseTiming.end_time:type_name -> google.protobuf.Timestamp
-	9,  // 21: ferry.v1.MigrationJobSpec.target:type_name -> ferry.v1.TargetVm
-	12, // 22: ferry.v1.MigrationJobSpec.options:type_name -> ferry.v1.MigrationOptions
-	8,  // 23: ferry.v1.UpdateMigrationJobRequest.migration_job:type_name -> ferry.v1.MigrationJob
-	34, // 24: ferry.v1.UpdateMigrationJobRequest.update_mask:type_name -> google.protobuf.FieldMask
-	15, // 25: ferry.v1.CreateMigrationJobsRequest.jobs:type_name -> ferry.v1.MigrationJobSpec
-	8,  // 26: ferry.v1.CreateMigrationJobsResponse.jobs:type_name -> ferry.v1.MigrationJob
-	15, // 27: ferry.v1.PreviewMigrationJobsRequest.jobs:type_name -> ferry.v1.MigrationJobSpec
-	6,  // 28: ferry.v1.PreviewUsage.kind:type_name -> ferry.v1.PreviewResourceKind
-	8,  // 29: ferry.v1.PreviewMigrationJobsResponse.jobs:type_name -> ferry.v1.MigrationJob
-	20, // 30: ferry.v1.PreviewMigrationJobsResponse.usages:type_name -> ferry.v1.PreviewUsage
-	0,  // 31: ferry.v1.ListMigrationJobsRequest.state:type_name -> ferry.v1.MigrationJobState
-	8,  // 32: ferry.v1.ListMigrationJobsResponse.jobs:type_name -> ferry.v1.MigrationJob
-	8,  // 33: ferry.v1.CancelMigrationJobResponse.job:type_name -> ferry.v1.MigrationJob
-	8,  // 34: ferry.v1.RestartMigrationJobResponse.job:type_name -> ferry.v1.MigrationJob
-	7,  // 35: ferry.v1.WatchMigrationJobsResponse.type:type_name -> ferry.v1.WatchEventType
-	8,  // 36: ferry.v1.WatchMigrationJobsResponse.job:type_name -> ferry.v1.MigrationJob
-	17, // 37: ferry.v1.MigrationJobService.CreateMigrationJobs:input_type -> ferry.v1.CreateMigrationJobsRequest
-	19, // 38: ferry.v1.MigrationJobService.PreviewMigrationJobs:input_type -> ferry.v1.PreviewMigrationJobsRequest
-	22, // 39: ferry.v1.MigrationJobService.GetMigrationJob:input_type -> ferry.v1.GetMigrationJobRequest
-	23, // 40: ferry.v1.MigrationJobService.ListMigrationJobs:input_type -> ferry.v1.ListMigrationJobsRequest
-	25, // 41: ferry.v1.MigrationJobService.CancelMigrationJob:input_type -> ferry.v1.CancelMigrationJobRequest
-	27, // 42: ferry.v1.MigrationJobService.RestartMigrationJob:input_type -> ferry.v1.RestartMigrationJobRequest
-	29, // 43: ferry.v1.MigrationJobService.DeleteMigrationJob:input_type -> ferry.v1.DeleteMigrationJobRequest
-	30, // 44: ferry.v1.MigrationJobService.WatchMigrationJobs:input_type -> ferry.v1.WatchMigrationJobsRequest
-	16, // 45: ferry.v1.MigrationJobService.UpdateMigrationJob:input_type -> ferry.v1.UpdateMigrationJobRequest
-	18, // 46: ferry.v1.MigrationJobService.CreateMigrationJobs:output_type -> ferry.v1.CreateMigrationJobsResponse
-	21, // 47: ferry.v1.MigrationJobService.PreviewMigrationJobs:output_type -> ferry.v1.PreviewMigrationJobsResponse
-	8,  // 48: ferry.v1.MigrationJobService.GetMigrationJob:output_type -> ferry.v1.MigrationJob
-	24, // 49: ferry.v1.MigrationJobService.ListMigrationJobs:output_type -> ferry.v1.ListMigrationJobsResponse
-	26, // 50: ferry.v1.MigrationJobService.CancelMigrationJob:output_type -> ferry.v1.CancelMigrationJobResponse
-	28, // 51: ferry.v1.MigrationJobService.RestartMigrationJob:output_type -> ferry.v1.RestartMigrationJobResponse
-	35, // 52: ferry.v1.MigrationJobService.DeleteMigrationJob:output_type -> google.protobuf.Empty
-	31, // 53: ferry.v1.MigrationJobService.WatchMigrationJobs:output_type -> ferry.v1.WatchMigrationJobsResponse
-	8,  // 54: ferry.v1.MigrationJobService.UpdateMigrationJob:output_type -> ferry.v1.MigrationJob
-	46, // [46:55] is the sub-list for method output_type
-	37, // [37:46] is the sub-list for method input_type
-	37, // [37:37] is the sub-list for extension type_name
-	37, // [37:37] is the sub-list for extension extendee
-	0,  // [0:37] is the sub-list for field type_name
+	14, // 4: ferry.v1.MigrationJob.disks:type_name -> ferry.v1.DiskProgress
+	33, // 5: ferry.v1.MigrationJob.create_time:type_name -> google.protobuf.Timestamp
+	33, // 6: ferry.v1.MigrationJob.start_time:type_name -> google.protobuf.Timestamp
+	33, // 7: ferry.v1.MigrationJob.end_time:type_name -> google.protobuf.Timestamp
+	34, // 8: ferry.v1.MigrationJob.duration:type_name -> google.protobuf.Duration
+	33, // 9: ferry.v1.MigrationJob.update_time:type_name -> google.protobuf.Timestamp
+	15, // 10: ferry.v1.MigrationJob.phase_timings:type_name -> ferry.v1.PhaseTiming
+	11, // 11: ferry.v1.TargetVm.disks:type_name -> ferry.v1.TargetDisk
+	12, // 12: ferry.v1.TargetVm.nics:type_name -> ferry.v1.TargetNic
+	3,  // 13: ferry.v1.TargetVm.firmware:type_name -> ferry.v1.Firmware
+	4,  // 14: ferry.v1.TargetVm.os_type:type_name -> ferry.v1.OsType
+	5,  // 15: ferry.v1.TargetVm.disk_bus:type_name -> ferry.v1.DiskBus
+	2,  // 16: ferry.v1.TargetVm.machine_type:type_name -> ferry.v1.MachineType
+	5,  // 17: ferry.v1.TargetDisk.bus:type_name -> ferry.v1.DiskBus
+	6,  // 18: ferry.v1.MigrationOptions.compression:type_name -> ferry.v1.Compression
+	34, // 19: ferry.v1.DiskProgress.eta:type_name -> google.protobuf.Duration
+	1,  // 20: ferry.v1.PhaseTiming.phase:type_name -> ferry.v1.MigrationJobPhase
+	33, // 21: ferry.v1.PhaseTiming.start_time:type_name -> google.protobuf.Timestamp
+	33, // 22: ferry.v1.PhaseTiming.end_time:type_name -> google.protobuf.Timestamp
+	10, // 23: ferry.v1.MigrationJobSpec.target:type_name -> ferry.v1.TargetVm
+	13, // 24: ferry.v1.MigrationJobSpec.options:type_name -> ferry.v1.MigrationOptions
+	9,  // 25: ferry.v1.UpdateMigrationJobRequest.migration_job:type_name -> ferry.v1.MigrationJob
+	35, // 26: ferry.v1.UpdateMigrationJobRequest.update_mask:type_name -> google.protobuf.FieldMask
+	16, // 27: ferry.v1.CreateMigrationJobsRequest.jobs:type_name -> ferry.v1.MigrationJobSpec
+	9,  // 28: ferry.v1.CreateMigrationJobsResponse.jobs:type_name -> ferry.v1.MigrationJob
+	16, // 29: ferry.v1.PreviewMigrationJobsRequest.jobs:type_name -> ferry.v1.MigrationJobSpec
+	7,  // 30: ferry.v1.PreviewUsage.kind:type_name -> ferry.v1.PreviewResourceKind
+	9,  // 31: ferry.v1.PreviewMigrationJobsResponse.jobs:type_name -> ferry.v1.MigrationJob
+	21, // 32: ferry.v1.PreviewMigrationJobsResponse.usages:type_name -> ferry.v1.PreviewUsage
+	0,  // 33: ferry.v1.ListMigrationJobsRequest.state:type_name -> ferry.v1.MigrationJobState
+	9,  // 34: ferry.v1.ListMigrationJobsResponse.jobs:type_name -> ferry.v1.MigrationJob
+	9,  // 35: ferry.v1.CancelMigrationJobResponse.job:type_name -> ferry.v1.MigrationJob
+	9,  // 36: ferry.v1.RestartMigrationJobResponse.job:type_name -> ferry.v1.MigrationJob
+	8,  // 37: ferry.v1.WatchMigrationJobsResponse.type:type_name -> ferry.v1.WatchEventType
+	9,  // 38: ferry.v1.WatchMigrationJobsResponse.job:type_name -> ferry.v1.MigrationJob
+	18, // 39: ferry.v1.MigrationJobService.CreateMigrationJobs:input_type -> ferry.v1.CreateMigrationJobsRequest
+	20, // 40: ferry.v1.MigrationJobService.PreviewMigrationJobs:input_type -> ferry.v1.PreviewMigrationJobsRequest
+	23, // 41: ferry.v1.MigrationJobService.GetMigrationJob:input_type -> ferry.v1.GetMigrationJobRequest
+	24, // 42: ferry.v1.MigrationJobService.ListMigrationJobs:input_type -> ferry.v1.ListMigrationJobsRequest
+	26, // 43: ferry.v1.MigrationJobService.CancelMigrationJob:input_type -> ferry.v1.CancelMigrationJobRequest
+	28, // 44: ferry.v1.MigrationJobService.RestartMigrationJob:input_type -> ferry.v1.RestartMigrationJobRequest
+	30, // 45: ferry.v1.MigrationJobService.DeleteMigrationJob:input_type -> ferry.v1.DeleteMigrationJobRequest
+	31, // 46: ferry.v1.MigrationJobService.WatchMigrationJobs:input_type -> ferry.v1.WatchMigrationJobsRequest
+	17, // 47: ferry.v1.MigrationJobService.UpdateMigrationJob:input_type -> ferry.v1.UpdateMigrationJobRequest
+	19, // 48: ferry.v1.MigrationJobService.CreateMigrationJobs:output_type -> ferry.v1.CreateMigrationJobsResponse
+	22, // 49: ferry.v1.MigrationJobService.PreviewMigrationJobs:output_type -> ferry.v1.PreviewMigrationJobsResponse
+	9,  // 50: ferry.v1.MigrationJobService.GetMigrationJob:output_type -> ferry.v1.MigrationJob
+	25, // 51: ferry.v1.MigrationJobService.ListMigrationJobs:output_type -> ferry.v1.ListMigrationJobsResponse
+	27, // 52: ferry.v1.MigrationJobService.CancelMigrationJob:output_type -> ferry.v1.CancelMigrationJobResponse
+	29, // 53: ferry.v1.MigrationJobService.RestartMigrationJob:output_type -> ferry.v1.RestartMigrationJobResponse
+	36, // 54: ferry.v1.MigrationJobService.DeleteMigrationJob:output_type -> google.protobuf.Empty
+	32, // 55: ferry.v1.MigrationJobService.WatchMigrationJobs:output_type -> ferry.v1.WatchMigrationJobsResponse
+	9,  // 56: ferry.v1.MigrationJobService.UpdateMigrationJob:output_type -> ferry.v1.MigrationJob
+	48, // [48:57] is the sub-list for method output_type
+	39, // [39:48] is the sub-list for method input_type
+	39, // [39:39] is the sub-list for extension type_name
+	39, // [39:39] is the sub-list for extension extendee
+	0,  // [0:39] is the sub-list for field type_name
 }
 
 func init() { file_ferry_v1_migration_job_proto_init() }
@@ -2722,7 +2831,7 @@ func file_ferry_v1_migration_job_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_ferry_v1_migration_job_proto_rawDesc), len(file_ferry_v1_migration_job_proto_rawDesc)),
-			NumEnums:      8,
+			NumEnums:      9,
 			NumMessages:   24,
 			NumExtensions: 0,
 			NumServices:   1,

@@ -1431,9 +1431,17 @@ type SourceVm struct {
 	GuestOsId string `protobuf:"bytes,15,opt,name=guest_os_id,json=guestOsId,proto3" json:"guest_os_id,omitempty"`
 	// Where the VM runs at the source: host, cluster and datacenter names
 	// (VMware), empty when the source has no such level.
-	Host          string `protobuf:"bytes,16,opt,name=host,proto3" json:"host,omitempty"`
-	Cluster       string `protobuf:"bytes,17,opt,name=cluster,proto3" json:"cluster,omitempty"`
-	Datacenter    string `protobuf:"bytes,18,opt,name=datacenter,proto3" json:"datacenter,omitempty"`
+	Host       string `protobuf:"bytes,16,opt,name=host,proto3" json:"host,omitempty"`
+	Cluster    string `protobuf:"bytes,17,opt,name=cluster,proto3" json:"cluster,omitempty"`
+	Datacenter string `protobuf:"bytes,18,opt,name=datacenter,proto3" json:"datacenter,omitempty"`
+	// KVM: the domain's machine type as libvirt expands it
+	// ("pc-q35-7.2", "pc-i440fx-7.2"); empty for VMware.
+	MachineType string `protobuf:"bytes,19,opt,name=machine_type,json=machineType,proto3" json:"machine_type,omitempty"`
+	// KVM: the domain's CPU mode (host-model, host-passthrough, custom,
+	// maximum); empty when the domain has no <cpu>.
+	CpuMode string `protobuf:"bytes,20,opt,name=cpu_mode,json=cpuMode,proto3" json:"cpu_mode,omitempty"`
+	// KVM: the CD-ROM drives, with their media.
+	Cdroms        []*SourceCdrom `protobuf:"bytes,21,rep,name=cdroms,proto3" json:"cdroms,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1594,6 +1602,91 @@ func (x *SourceVm) GetDatacenter() string {
 	return ""
 }
 
+func (x *SourceVm) GetMachineType() string {
+	if x != nil {
+		return x.MachineType
+	}
+	return ""
+}
+
+func (x *SourceVm) GetCpuMode() string {
+	if x != nil {
+		return x.CpuMode
+	}
+	return ""
+}
+
+func (x *SourceVm) GetCdroms() []*SourceCdrom {
+	if x != nil {
+		return x.Cdroms
+	}
+	return nil
+}
+
+// SourceCdrom is a CD-ROM drive of a KVM source VM.
+type SourceCdrom struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Target device (hdc, sda).
+	Target string `protobuf:"bytes,1,opt,name=target,proto3" json:"target,omitempty"`
+	// ide, sata, scsi.
+	Bus string `protobuf:"bytes,2,opt,name=bus,proto3" json:"bus,omitempty"`
+	// The image it holds, a path on the source host; empty when empty.
+	Media         string `protobuf:"bytes,3,opt,name=media,proto3" json:"media,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SourceCdrom) Reset() {
+	*x = SourceCdrom{}
+	mi := &file_ferry_v1_source_proto_msgTypes[17]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SourceCdrom) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SourceCdrom) ProtoMessage() {}
+
+func (x *SourceCdrom) ProtoReflect() protoreflect.Message {
+	mi := &file_ferry_v1_source_proto_msgTypes[17]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SourceCdrom.ProtoReflect.Descriptor instead.
+func (*SourceCdrom) Descriptor() ([]byte, []int) {
+	return file_ferry_v1_source_proto_rawDescGZIP(), []int{17}
+}
+
+func (x *SourceCdrom) GetTarget() string {
+	if x != nil {
+		return x.Target
+	}
+	return ""
+}
+
+func (x *SourceCdrom) GetBus() string {
+	if x != nil {
+		return x.Bus
+	}
+	return ""
+}
+
+func (x *SourceCdrom) GetMedia() string {
+	if x != nil {
+		return x.Media
+	}
+	return ""
+}
+
 // SourceDisk is one disk of a source VM.
 type SourceDisk struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -1606,14 +1699,17 @@ type SourceDisk struct {
 	Bus             string `protobuf:"bytes,6,opt,name=bus,proto3" json:"bus,omitempty"`
 	// VMware disk mode: persistent, independent_persistent,
 	// independent_nonpersistent, ... Empty for KVM.
-	DiskMode      string `protobuf:"bytes,7,opt,name=disk_mode,json=diskMode,proto3" json:"disk_mode,omitempty"`
+	DiskMode string `protobuf:"bytes,7,opt,name=disk_mode,json=diskMode,proto3" json:"disk_mode,omitempty"`
+	// KVM: the disk's <boot order>, 0 when it has none. The disk with the
+	// lowest order boots; with none, the domain boots its first disk.
+	BootOrder     int32 `protobuf:"varint,8,opt,name=boot_order,json=bootOrder,proto3" json:"boot_order,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *SourceDisk) Reset() {
 	*x = SourceDisk{}
-	mi := &file_ferry_v1_source_proto_msgTypes[17]
+	mi := &file_ferry_v1_source_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1625,7 +1721,7 @@ func (x *SourceDisk) String() string {
 func (*SourceDisk) ProtoMessage() {}
 
 func (x *SourceDisk) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_source_proto_msgTypes[17]
+	mi := &file_ferry_v1_source_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1638,7 +1734,7 @@ func (x *SourceDisk) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SourceDisk.ProtoReflect.Descriptor instead.
 func (*SourceDisk) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_source_proto_rawDescGZIP(), []int{17}
+	return file_ferry_v1_source_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *SourceDisk) GetTarget() string {
@@ -1690,6 +1786,13 @@ func (x *SourceDisk) GetDiskMode() string {
 	return ""
 }
 
+func (x *SourceDisk) GetBootOrder() int32 {
+	if x != nil {
+		return x.BootOrder
+	}
+	return 0
+}
+
 // SourceNic is one NIC of a source VM.
 type SourceNic struct {
 	state   protoimpl.MessageState `protogen:"open.v1"`
@@ -1709,7 +1812,7 @@ type SourceNic struct {
 
 func (x *SourceNic) Reset() {
 	*x = SourceNic{}
-	mi := &file_ferry_v1_source_proto_msgTypes[18]
+	mi := &file_ferry_v1_source_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1721,7 +1824,7 @@ func (x *SourceNic) String() string {
 func (*SourceNic) ProtoMessage() {}
 
 func (x *SourceNic) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_source_proto_msgTypes[18]
+	mi := &file_ferry_v1_source_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1734,7 +1837,7 @@ func (x *SourceNic) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SourceNic.ProtoReflect.Descriptor instead.
 func (*SourceNic) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_source_proto_rawDescGZIP(), []int{18}
+	return file_ferry_v1_source_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *SourceNic) GetMac() string {
@@ -1801,7 +1904,7 @@ type SourceProduct struct {
 
 func (x *SourceProduct) Reset() {
 	*x = SourceProduct{}
-	mi := &file_ferry_v1_source_proto_msgTypes[19]
+	mi := &file_ferry_v1_source_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1813,7 +1916,7 @@ func (x *SourceProduct) String() string {
 func (*SourceProduct) ProtoMessage() {}
 
 func (x *SourceProduct) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_source_proto_msgTypes[19]
+	mi := &file_ferry_v1_source_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1826,7 +1929,7 @@ func (x *SourceProduct) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SourceProduct.ProtoReflect.Descriptor instead.
 func (*SourceProduct) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_source_proto_rawDescGZIP(), []int{19}
+	return file_ferry_v1_source_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *SourceProduct) GetFullName() string {
@@ -1883,7 +1986,7 @@ type SourceDatacenter struct {
 
 func (x *SourceDatacenter) Reset() {
 	*x = SourceDatacenter{}
-	mi := &file_ferry_v1_source_proto_msgTypes[20]
+	mi := &file_ferry_v1_source_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1895,7 +1998,7 @@ func (x *SourceDatacenter) String() string {
 func (*SourceDatacenter) ProtoMessage() {}
 
 func (x *SourceDatacenter) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_source_proto_msgTypes[20]
+	mi := &file_ferry_v1_source_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1908,7 +2011,7 @@ func (x *SourceDatacenter) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SourceDatacenter.ProtoReflect.Descriptor instead.
 func (*SourceDatacenter) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_source_proto_rawDescGZIP(), []int{20}
+	return file_ferry_v1_source_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *SourceDatacenter) GetId() string {
@@ -1938,7 +2041,7 @@ type SourceCluster struct {
 
 func (x *SourceCluster) Reset() {
 	*x = SourceCluster{}
-	mi := &file_ferry_v1_source_proto_msgTypes[21]
+	mi := &file_ferry_v1_source_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1950,7 +2053,7 @@ func (x *SourceCluster) String() string {
 func (*SourceCluster) ProtoMessage() {}
 
 func (x *SourceCluster) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_source_proto_msgTypes[21]
+	mi := &file_ferry_v1_source_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1963,7 +2066,7 @@ func (x *SourceCluster) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SourceCluster.ProtoReflect.Descriptor instead.
 func (*SourceCluster) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_source_proto_rawDescGZIP(), []int{21}
+	return file_ferry_v1_source_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *SourceCluster) GetId() string {
@@ -2009,7 +2112,7 @@ type SourceHost struct {
 
 func (x *SourceHost) Reset() {
 	*x = SourceHost{}
-	mi := &file_ferry_v1_source_proto_msgTypes[22]
+	mi := &file_ferry_v1_source_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2021,7 +2124,7 @@ func (x *SourceHost) String() string {
 func (*SourceHost) ProtoMessage() {}
 
 func (x *SourceHost) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_source_proto_msgTypes[22]
+	mi := &file_ferry_v1_source_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2034,7 +2137,7 @@ func (x *SourceHost) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SourceHost.ProtoReflect.Descriptor instead.
 func (*SourceHost) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_source_proto_rawDescGZIP(), []int{22}
+	return file_ferry_v1_source_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *SourceHost) GetId() string {
@@ -2124,7 +2227,7 @@ type SourceNetwork struct {
 
 func (x *SourceNetwork) Reset() {
 	*x = SourceNetwork{}
-	mi := &file_ferry_v1_source_proto_msgTypes[23]
+	mi := &file_ferry_v1_source_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2136,7 +2239,7 @@ func (x *SourceNetwork) String() string {
 func (*SourceNetwork) ProtoMessage() {}
 
 func (x *SourceNetwork) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_source_proto_msgTypes[23]
+	mi := &file_ferry_v1_source_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2149,7 +2252,7 @@ func (x *SourceNetwork) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SourceNetwork.ProtoReflect.Descriptor instead.
 func (*SourceNetwork) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_source_proto_rawDescGZIP(), []int{23}
+	return file_ferry_v1_source_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *SourceNetwork) GetId() string {
@@ -2210,7 +2313,7 @@ type SourceDatastore struct {
 
 func (x *SourceDatastore) Reset() {
 	*x = SourceDatastore{}
-	mi := &file_ferry_v1_source_proto_msgTypes[24]
+	mi := &file_ferry_v1_source_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2222,7 +2325,7 @@ func (x *SourceDatastore) String() string {
 func (*SourceDatastore) ProtoMessage() {}
 
 func (x *SourceDatastore) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_source_proto_msgTypes[24]
+	mi := &file_ferry_v1_source_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2235,7 +2338,7 @@ func (x *SourceDatastore) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SourceDatastore.ProtoReflect.Descriptor instead.
 func (*SourceDatastore) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_source_proto_rawDescGZIP(), []int{24}
+	return file_ferry_v1_source_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *SourceDatastore) GetId() string {
@@ -2300,7 +2403,7 @@ type SourceInventory struct {
 
 func (x *SourceInventory) Reset() {
 	*x = SourceInventory{}
-	mi := &file_ferry_v1_source_proto_msgTypes[25]
+	mi := &file_ferry_v1_source_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2312,7 +2415,7 @@ func (x *SourceInventory) String() string {
 func (*SourceInventory) ProtoMessage() {}
 
 func (x *SourceInventory) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_source_proto_msgTypes[25]
+	mi := &file_ferry_v1_source_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2325,7 +2428,7 @@ func (x *SourceInventory) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SourceInventory.ProtoReflect.Descriptor instead.
 func (*SourceInventory) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_source_proto_rawDescGZIP(), []int{25}
+	return file_ferry_v1_source_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *SourceInventory) GetSource() string {
@@ -2409,7 +2512,7 @@ type SourceObject struct {
 
 func (x *SourceObject) Reset() {
 	*x = SourceObject{}
-	mi := &file_ferry_v1_source_proto_msgTypes[26]
+	mi := &file_ferry_v1_source_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2421,7 +2524,7 @@ func (x *SourceObject) String() string {
 func (*SourceObject) ProtoMessage() {}
 
 func (x *SourceObject) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_source_proto_msgTypes[26]
+	mi := &file_ferry_v1_source_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2434,7 +2537,7 @@ func (x *SourceObject) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SourceObject.ProtoReflect.Descriptor instead.
 func (*SourceObject) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_source_proto_rawDescGZIP(), []int{26}
+	return file_ferry_v1_source_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *SourceObject) GetKind() SourceObjectKind {
@@ -2549,7 +2652,7 @@ type SyncSourceRequest struct {
 
 func (x *SyncSourceRequest) Reset() {
 	*x = SyncSourceRequest{}
-	mi := &file_ferry_v1_source_proto_msgTypes[27]
+	mi := &file_ferry_v1_source_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2561,7 +2664,7 @@ func (x *SyncSourceRequest) String() string {
 func (*SyncSourceRequest) ProtoMessage() {}
 
 func (x *SyncSourceRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_source_proto_msgTypes[27]
+	mi := &file_ferry_v1_source_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2574,7 +2677,7 @@ func (x *SyncSourceRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SyncSourceRequest.ProtoReflect.Descriptor instead.
 func (*SyncSourceRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_source_proto_rawDescGZIP(), []int{27}
+	return file_ferry_v1_source_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *SyncSourceRequest) GetName() string {
@@ -2608,7 +2711,7 @@ type SyncSourceResponse struct {
 
 func (x *SyncSourceResponse) Reset() {
 	*x = SyncSourceResponse{}
-	mi := &file_ferry_v1_source_proto_msgTypes[28]
+	mi := &file_ferry_v1_source_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2620,7 +2723,7 @@ func (x *SyncSourceResponse) String() string {
 func (*SyncSourceResponse) ProtoMessage() {}
 
 func (x *SyncSourceResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_source_proto_msgTypes[28]
+	mi := &file_ferry_v1_source_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2633,7 +2736,7 @@ func (x *SyncSourceResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SyncSourceResponse.ProtoReflect.Descriptor instead.
 func (*SyncSourceResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_source_proto_rawDescGZIP(), []int{28}
+	return file_ferry_v1_source_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *SyncSourceResponse) GetSource() *Source {
@@ -2663,7 +2766,7 @@ type ListSourceInventoryRequest struct {
 
 func (x *ListSourceInventoryRequest) Reset() {
 	*x = ListSourceInventoryRequest{}
-	mi := &file_ferry_v1_source_proto_msgTypes[29]
+	mi := &file_ferry_v1_source_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2675,7 +2778,7 @@ func (x *ListSourceInventoryRequest) String() string {
 func (*ListSourceInventoryRequest) ProtoMessage() {}
 
 func (x *ListSourceInventoryRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_source_proto_msgTypes[29]
+	mi := &file_ferry_v1_source_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2688,7 +2791,7 @@ func (x *ListSourceInventoryRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListSourceInventoryRequest.ProtoReflect.Descriptor instead.
 func (*ListSourceInventoryRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_source_proto_rawDescGZIP(), []int{29}
+	return file_ferry_v1_source_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *ListSourceInventoryRequest) GetSource() string {
@@ -2760,7 +2863,7 @@ type ListSourceInventoryResponse struct {
 
 func (x *ListSourceInventoryResponse) Reset() {
 	*x = ListSourceInventoryResponse{}
-	mi := &file_ferry_v1_source_proto_msgTypes[30]
+	mi := &file_ferry_v1_source_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2772,7 +2875,7 @@ func (x *ListSourceInventoryResponse) String() string {
 func (*ListSourceInventoryResponse) ProtoMessage() {}
 
 func (x *ListSourceInventoryResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_source_proto_msgTypes[30]
+	mi := &file_ferry_v1_source_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2785,7 +2888,7 @@ func (x *ListSourceInventoryResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListSourceInventoryResponse.ProtoReflect.Descriptor instead.
 func (*ListSourceInventoryResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_source_proto_rawDescGZIP(), []int{30}
+	return file_ferry_v1_source_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *ListSourceInventoryResponse) GetObjects() []*SourceObject {
@@ -2827,7 +2930,7 @@ type UpdateSourceRequest struct {
 
 func (x *UpdateSourceRequest) Reset() {
 	*x = UpdateSourceRequest{}
-	mi := &file_ferry_v1_source_proto_msgTypes[31]
+	mi := &file_ferry_v1_source_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2839,7 +2942,7 @@ func (x *UpdateSourceRequest) String() string {
 func (*UpdateSourceRequest) ProtoMessage() {}
 
 func (x *UpdateSourceRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_source_proto_msgTypes[31]
+	mi := &file_ferry_v1_source_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2852,7 +2955,7 @@ func (x *UpdateSourceRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpdateSourceRequest.ProtoReflect.Descriptor instead.
 func (*UpdateSourceRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_source_proto_rawDescGZIP(), []int{31}
+	return file_ferry_v1_source_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *UpdateSourceRequest) GetSource() *Source {
@@ -2881,7 +2984,7 @@ type UpdateCredentialRequest struct {
 
 func (x *UpdateCredentialRequest) Reset() {
 	*x = UpdateCredentialRequest{}
-	mi := &file_ferry_v1_source_proto_msgTypes[32]
+	mi := &file_ferry_v1_source_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2893,7 +2996,7 @@ func (x *UpdateCredentialRequest) String() string {
 func (*UpdateCredentialRequest) ProtoMessage() {}
 
 func (x *UpdateCredentialRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_source_proto_msgTypes[32]
+	mi := &file_ferry_v1_source_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2906,7 +3009,7 @@ func (x *UpdateCredentialRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpdateCredentialRequest.ProtoReflect.Descriptor instead.
 func (*UpdateCredentialRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_source_proto_rawDescGZIP(), []int{32}
+	return file_ferry_v1_source_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *UpdateCredentialRequest) GetCredential() *Credential {
@@ -3033,7 +3136,7 @@ const file_ferry_v1_source_proto_rawDesc = "" +
 	"\x15ListSourceVMsResponse\x12$\n" +
 	"\x03vms\x18\x01 \x03(\v2\x12.ferry.v1.SourceVmR\x03vms\x12&\n" +
 	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\x127\n" +
-	"\tsync_time\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\bsyncTime\"\xbd\x04\n" +
+	"\tsync_time\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\bsyncTime\"\xaa\x05\n" +
 	"\bSourceVm\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x12\n" +
 	"\x04name\x18\x02 \x01(\tR\x04name\x12\x12\n" +
@@ -3057,7 +3160,14 @@ const file_ferry_v1_source_proto_rawDesc = "" +
 	"\acluster\x18\x11 \x01(\tR\acluster\x12\x1e\n" +
 	"\n" +
 	"datacenter\x18\x12 \x01(\tR\n" +
-	"datacenter\"\xd1\x01\n" +
+	"datacenter\x12!\n" +
+	"\fmachine_type\x18\x13 \x01(\tR\vmachineType\x12\x19\n" +
+	"\bcpu_mode\x18\x14 \x01(\tR\acpuMode\x12-\n" +
+	"\x06cdroms\x18\x15 \x03(\v2\x15.ferry.v1.SourceCdromR\x06cdroms\"M\n" +
+	"\vSourceCdrom\x12\x16\n" +
+	"\x06target\x18\x01 \x01(\tR\x06target\x12\x10\n" +
+	"\x03bus\x18\x02 \x01(\tR\x03bus\x12\x14\n" +
+	"\x05media\x18\x03 \x01(\tR\x05media\"\xf0\x01\n" +
 	"\n" +
 	"SourceDisk\x12\x16\n" +
 	"\x06target\x18\x01 \x01(\tR\x06target\x12\x12\n" +
@@ -3066,7 +3176,9 @@ const file_ferry_v1_source_proto_rawDesc = "" +
 	"\x0ecapacity_bytes\x18\x04 \x01(\x03R\rcapacityBytes\x12)\n" +
 	"\x10allocation_bytes\x18\x05 \x01(\x03R\x0fallocationBytes\x12\x10\n" +
 	"\x03bus\x18\x06 \x01(\tR\x03bus\x12\x1b\n" +
-	"\tdisk_mode\x18\a \x01(\tR\bdiskMode\"\xa6\x01\n" +
+	"\tdisk_mode\x18\a \x01(\tR\bdiskMode\x12\x1d\n" +
+	"\n" +
+	"boot_order\x18\b \x01(\x05R\tbootOrder\"\xa6\x01\n" +
 	"\tSourceNic\x12\x10\n" +
 	"\x03mac\x18\x01 \x01(\tR\x03mac\x12\x18\n" +
 	"\anetwork\x18\x02 \x01(\tR\anetwork\x12\x16\n" +
@@ -3232,7 +3344,7 @@ func file_ferry_v1_source_proto_rawDescGZIP() []byte {
 }
 
 var file_ferry_v1_source_proto_enumTypes = make([]protoimpl.EnumInfo, 4)
-var file_ferry_v1_source_proto_msgTypes = make([]protoimpl.MessageInfo, 33)
+var file_ferry_v1_source_proto_msgTypes = make([]protoimpl.MessageInfo, 34)
 var file_ferry_v1_source_proto_goTypes = []any{
 	(CredentialType)(0),                 // 0: ferry.v1.CredentialType
 	(SourceVmState)(0),                  // 1: ferry.v1.SourceVmState
@@ -3255,109 +3367,111 @@ var file_ferry_v1_source_proto_goTypes = []any{
 	(*ListSourceVMsRequest)(nil),        // 18: ferry.v1.ListSourceVMsRequest
 	(*ListSourceVMsResponse)(nil),       // 19: ferry.v1.ListSourceVMsResponse
 	(*SourceVm)(nil),                    // 20: ferry.v1.SourceVm
-	(*SourceDisk)(nil),                  // 21: ferry.v1.SourceDisk
-	(*SourceNic)(nil),                   // 22: ferry.v1.SourceNic
-	(*SourceProduct)(nil),               // 23: ferry.v1.SourceProduct
-	(*SourceDatacenter)(nil),            // 24: ferry.v1.SourceDatacenter
-	(*SourceCluster)(nil),               // 25: ferry.v1.SourceCluster
-	(*SourceHost)(nil),                  // 26: ferry.v1.SourceHost
-	(*SourceNetwork)(nil),               // 27: ferry.v1.SourceNetwork
-	(*SourceDatastore)(nil),             // 28: ferry.v1.SourceDatastore
-	(*SourceInventory)(nil),             // 29: ferry.v1.SourceInventory
-	(*SourceObject)(nil),                // 30: ferry.v1.SourceObject
-	(*SyncSourceRequest)(nil),           // 31: ferry.v1.SyncSourceRequest
-	(*SyncSourceResponse)(nil),          // 32: ferry.v1.SyncSourceResponse
-	(*ListSourceInventoryRequest)(nil),  // 33: ferry.v1.ListSourceInventoryRequest
-	(*ListSourceInventoryResponse)(nil), // 34: ferry.v1.ListSourceInventoryResponse
-	(*UpdateSourceRequest)(nil),         // 35: ferry.v1.UpdateSourceRequest
-	(*UpdateCredentialRequest)(nil),     // 36: ferry.v1.UpdateCredentialRequest
-	(Platform)(0),                       // 37: ferry.v1.Platform
-	(*timestamppb.Timestamp)(nil),       // 38: google.protobuf.Timestamp
-	(Firmware)(0),                       // 39: ferry.v1.Firmware
-	(OsType)(0),                         // 40: ferry.v1.OsType
-	(*fieldmaskpb.FieldMask)(nil),       // 41: google.protobuf.FieldMask
-	(*emptypb.Empty)(nil),               // 42: google.protobuf.Empty
+	(*SourceCdrom)(nil),                 // 21: ferry.v1.SourceCdrom
+	(*SourceDisk)(nil),                  // 22: ferry.v1.SourceDisk
+	(*SourceNic)(nil),                   // 23: ferry.v1.SourceNic
+	(*SourceProduct)(nil),               // 24: ferry.v1.SourceProduct
+	(*SourceDatacenter)(nil),            // 25: ferry.v1.SourceDatacenter
+	(*SourceCluster)(nil),               // 26: ferry.v1.SourceCluster
+	(*SourceHost)(nil),                  // 27: ferry.v1.SourceHost
+	(*SourceNetwork)(nil),               // 28: ferry.v1.SourceNetwork
+	(*SourceDatastore)(nil),             // 29: ferry.v1.SourceDatastore
+	(*SourceInventory)(nil),             // 30: ferry.v1.SourceInventory
+	(*SourceObject)(nil),                // 31: ferry.v1.SourceObject
+	(*SyncSourceRequest)(nil),           // 32: ferry.v1.SyncSourceRequest
+	(*SyncSourceResponse)(nil),          // 33: ferry.v1.SyncSourceResponse
+	(*ListSourceInventoryRequest)(nil),  // 34: ferry.v1.ListSourceInventoryRequest
+	(*ListSourceInventoryResponse)(nil), // 35: ferry.v1.ListSourceInventoryResponse
+	(*UpdateSourceRequest)(nil),         // 36: ferry.v1.UpdateSourceRequest
+	(*UpdateCredentialRequest)(nil),     // 37: ferry.v1.UpdateCredentialRequest
+	(Platform)(0),                       // 38: ferry.v1.Platform
+	(*timestamppb.Timestamp)(nil),       // 39: google.protobuf.Timestamp
+	(Firmware)(0),                       // 40: ferry.v1.Firmware
+	(OsType)(0),                         // 41: ferry.v1.OsType
+	(*fieldmaskpb.FieldMask)(nil),       // 42: google.protobuf.FieldMask
+	(*emptypb.Empty)(nil),               // 43: google.protobuf.Empty
 }
 var file_ferry_v1_source_proto_depIdxs = []int32{
-	37, // 0: ferry.v1.Source.type:type_name -> ferry.v1.Platform
+	38, // 0: ferry.v1.Source.type:type_name -> ferry.v1.Platform
 	5,  // 1: ferry.v1.Source.vcenter:type_name -> ferry.v1.VCenterConnection
 	6,  // 2: ferry.v1.Source.kvm:type_name -> ferry.v1.KvmConnection
-	38, // 3: ferry.v1.Source.create_time:type_name -> google.protobuf.Timestamp
-	38, // 4: ferry.v1.Source.last_sync_time:type_name -> google.protobuf.Timestamp
-	38, // 5: ferry.v1.Source.last_sync_attempt_time:type_name -> google.protobuf.Timestamp
-	23, // 6: ferry.v1.Source.product:type_name -> ferry.v1.SourceProduct
-	38, // 7: ferry.v1.Source.update_time:type_name -> google.protobuf.Timestamp
+	39, // 3: ferry.v1.Source.create_time:type_name -> google.protobuf.Timestamp
+	39, // 4: ferry.v1.Source.last_sync_time:type_name -> google.protobuf.Timestamp
+	39, // 5: ferry.v1.Source.last_sync_attempt_time:type_name -> google.protobuf.Timestamp
+	24, // 6: ferry.v1.Source.product:type_name -> ferry.v1.SourceProduct
+	39, // 7: ferry.v1.Source.update_time:type_name -> google.protobuf.Timestamp
 	0,  // 8: ferry.v1.Credential.type:type_name -> ferry.v1.CredentialType
-	38, // 9: ferry.v1.Credential.create_time:type_name -> google.protobuf.Timestamp
-	38, // 10: ferry.v1.Credential.update_time:type_name -> google.protobuf.Timestamp
+	39, // 9: ferry.v1.Credential.create_time:type_name -> google.protobuf.Timestamp
+	39, // 10: ferry.v1.Credential.update_time:type_name -> google.protobuf.Timestamp
 	4,  // 11: ferry.v1.CreateSourceRequest.source:type_name -> ferry.v1.Source
-	37, // 12: ferry.v1.ListSourcesRequest.type:type_name -> ferry.v1.Platform
+	38, // 12: ferry.v1.ListSourcesRequest.type:type_name -> ferry.v1.Platform
 	4,  // 13: ferry.v1.ListSourcesResponse.sources:type_name -> ferry.v1.Source
 	7,  // 14: ferry.v1.CreateCredentialRequest.credential:type_name -> ferry.v1.Credential
 	7,  // 15: ferry.v1.ListCredentialsResponse.credentials:type_name -> ferry.v1.Credential
 	1,  // 16: ferry.v1.ListSourceVMsRequest.state:type_name -> ferry.v1.SourceVmState
 	20, // 17: ferry.v1.ListSourceVMsResponse.vms:type_name -> ferry.v1.SourceVm
-	38, // 18: ferry.v1.ListSourceVMsResponse.sync_time:type_name -> google.protobuf.Timestamp
+	39, // 18: ferry.v1.ListSourceVMsResponse.sync_time:type_name -> google.protobuf.Timestamp
 	1,  // 19: ferry.v1.SourceVm.state:type_name -> ferry.v1.SourceVmState
-	39, // 20: ferry.v1.SourceVm.firmware:type_name -> ferry.v1.Firmware
-	40, // 21: ferry.v1.SourceVm.os_type:type_name -> ferry.v1.OsType
-	21, // 22: ferry.v1.SourceVm.disks:type_name -> ferry.v1.SourceDisk
-	22, // 23: ferry.v1.SourceVm.nics:type_name -> ferry.v1.SourceNic
-	2,  // 24: ferry.v1.SourceNetwork.type:type_name -> ferry.v1.SourceNetworkType
-	38, // 25: ferry.v1.SourceInventory.sync_time:type_name -> google.protobuf.Timestamp
-	23, // 26: ferry.v1.SourceInventory.product:type_name -> ferry.v1.SourceProduct
-	24, // 27: ferry.v1.SourceInventory.datacenters:type_name -> ferry.v1.SourceDatacenter
-	25, // 28: ferry.v1.SourceInventory.clusters:type_name -> ferry.v1.SourceCluster
-	26, // 29: ferry.v1.SourceInventory.hosts:type_name -> ferry.v1.SourceHost
-	20, // 30: ferry.v1.SourceInventory.vms:type_name -> ferry.v1.SourceVm
-	27, // 31: ferry.v1.SourceInventory.networks:type_name -> ferry.v1.SourceNetwork
-	28, // 32: ferry.v1.SourceInventory.datastores:type_name -> ferry.v1.SourceDatastore
-	3,  // 33: ferry.v1.SourceObject.kind:type_name -> ferry.v1.SourceObjectKind
-	24, // 34: ferry.v1.SourceObject.datacenter:type_name -> ferry.v1.SourceDatacenter
-	25, // 35: ferry.v1.SourceObject.cluster:type_name -> ferry.v1.SourceCluster
-	26, // 36: ferry.v1.SourceObject.host:type_name -> ferry.v1.SourceHost
-	27, // 37: ferry.v1.SourceObject.network:type_name -> ferry.v1.SourceNetwork
-	28, // 38: ferry.v1.SourceObject.datastore:type_name -> ferry.v1.SourceDatastore
-	4,  // 39: ferry.v1.SyncSourceResponse.source:type_name -> ferry.v1.Source
-	3,  // 40: ferry.v1.ListSourceInventoryRequest.kind:type_name -> ferry.v1.SourceObjectKind
-	30, // 41: ferry.v1.ListSourceInventoryResponse.objects:type_name -> ferry.v1.SourceObject
-	38, // 42: ferry.v1.ListSourceInventoryResponse.sync_time:type_name -> google.protobuf.Timestamp
-	23, // 43: ferry.v1.ListSourceInventoryResponse.product:type_name -> ferry.v1.SourceProduct
-	4,  // 44: ferry.v1.UpdateSourceRequest.source:type_name -> ferry.v1.Source
-	41, // 45: ferry.v1.UpdateSourceRequest.update_mask:type_name -> google.protobuf.FieldMask
-	7,  // 46: ferry.v1.UpdateCredentialRequest.credential:type_name -> ferry.v1.Credential
-	41, // 47: ferry.v1.UpdateCredentialRequest.update_mask:type_name -> google.protobuf.FieldMask
-	8,  // 48: ferry.v1.SourceService.CreateSource:input_type -> ferry.v1.CreateSourceRequest
-	9,  // 49: ferry.v1.SourceService.GetSource:input_type -> ferry.v1.GetSourceRequest
-	10, // 50: ferry.v1.SourceService.ListSources:input_type -> ferry.v1.ListSourcesRequest
-	12, // 51: ferry.v1.SourceService.DeleteSource:input_type -> ferry.v1.DeleteSourceRequest
-	13, // 52: ferry.v1.SourceService.CreateCredential:input_type -> ferry.v1.CreateCredentialRequest
-	14, // 53: ferry.v1.SourceService.GetCredential:input_type -> ferry.v1.GetCredentialRequest
-	15, // 54: ferry.v1.SourceService.ListCredentials:input_type -> ferry.v1.ListCredentialsRequest
-	17, // 55: ferry.v1.SourceService.DeleteCredential:input_type -> ferry.v1.DeleteCredentialRequest
-	18, // 56: ferry.v1.SourceService.ListSourceVMs:input_type -> ferry.v1.ListSourceVMsRequest
-	31, // 57: ferry.v1.SourceService.SyncSource:input_type -> ferry.v1.SyncSourceRequest
-	33, // 58: ferry.v1.SourceService.ListSourceInventory:input_type -> ferry.v1.ListSourceInventoryRequest
-	35, // 59: ferry.v1.SourceService.UpdateSource:input_type -> ferry.v1.UpdateSourceRequest
-	36, // 60: ferry.v1.SourceService.UpdateCredential:input_type -> ferry.v1.UpdateCredentialRequest
-	4,  // 61: ferry.v1.SourceService.CreateSource:output_type -> ferry.v1.Source
-	4,  // 62: ferry.v1.SourceService.GetSource:output_type -> ferry.v1.Source
-	11, // 63: ferry.v1.SourceService.ListSources:output_type -> ferry.v1.ListSourcesResponse
-	42, // 64: ferry.v1.SourceService.DeleteSource:output_type -> google.protobuf.Empty
-	7,  // 65: ferry.v1.SourceService.CreateCredential:output_type -> ferry.v1.Credential
-	7,  // 66: ferry.v1.SourceService.GetCredential:output_type -> ferry.v1.Credential
-	16, // 67: ferry.v1.SourceService.ListCredentials:output_type -> ferry.v1.ListCredentialsResponse
-	42, // 68: ferry.v1.SourceService.DeleteCredential:output_type -> google.protobuf.Empty
-	19, // 69: ferry.v1.SourceService.ListSourceVMs:output_type -> ferry.v1.ListSourceVMsResponse
-	32, // 70: ferry.v1.SourceService.SyncSource:output_type -> ferry.v1.SyncSourceResponse
-	34, // 71: ferry.v1.SourceService.ListSourceInventory:output_type -> ferry.v1.ListSourceInventoryResponse
-	4,  // 72: ferry.v1.SourceService.UpdateSource:output_type -> ferry.v1.Source
-	7,  // 73: ferry.v1.SourceService.UpdateCredential:output_type -> ferry.v1.Credential
-	61, // [61:74] is the sub-list for method output_type
-	48, // [48:61] is the sub-list for method input_type
-	48, // [48:48] is the sub-list for extension type_name
-	48, // [48:48] is the sub-list for extension extendee
-	0,  // [0:48] is the sub-list for field type_name
+	40, // 20: ferry.v1.SourceVm.firmware:type_name -> ferry.v1.Firmware
+	41, // 21: ferry.v1.SourceVm.os_type:type_name -> ferry.v1.OsType
+	22, // 22: ferry.v1.SourceVm.disks:type_name -> ferry.v1.SourceDisk
+	23, // 23: ferry.v1.SourceVm.nics:type_name -> ferry.v1.SourceNic
+	21, // 24: ferry.v1.SourceVm.cdroms:type_name -> ferry.v1.SourceCdrom
+	2,  // 25: ferry.v1.SourceNetwork.type:type_name -> ferry.v1.SourceNetworkType
+	39, // 26: ferry.v1.SourceInventory.sync_time:type_name -> google.protobuf.Timestamp
+	24, // 27: ferry.v1.SourceInventory.product:type_name -> ferry.v1.SourceProduct
+	25, // 28: ferry.v1.SourceInventory.datacenters:type_name -> ferry.v1.SourceDatacenter
+	26, // 29: ferry.v1.SourceInventory.clusters:type_name -> ferry.v1.SourceCluster
+	27, // 30: ferry.v1.SourceInventory.hosts:type_name -> ferry.v1.SourceHost
+	20, // 31: ferry.v1.SourceInventory.vms:type_name -> ferry.v1.SourceVm
+	28, // 32: ferry.v1.SourceInventory.networks:type_name -> ferry.v1.SourceNetwork
+	29, // 33: ferry.v1.SourceInventory.datastores:type_name -> ferry.v1.SourceDatastore
+	3,  // 34: ferry.v1.SourceObject.kind:type_name -> ferry.v1.SourceObjectKind
+	25, // 35: ferry.v1.SourceObject.datacenter:type_name -> ferry.v1.SourceDatacenter
+	26, // 36: ferry.v1.SourceObject.cluster:type_name -> ferry.v1.SourceCluster
+	27, // 37: ferry.v1.SourceObject.host:type_name -> ferry.v1.SourceHost
+	28, // 38: ferry.v1.SourceObject.network:type_name -> ferry.v1.SourceNetwork
+	29, // 39: ferry.v1.SourceObject.datastore:type_name -> ferry.v1.SourceDatastore
+	4,  // 40: ferry.v1.SyncSourceResponse.source:type_name -> ferry.v1.Source
+	3,  // 41: ferry.v1.ListSourceInventoryRequest.kind:type_name -> ferry.v1.SourceObjectKind
+	31, // 42: ferry.v1.ListSourceInventoryResponse.objects:type_name -> ferry.v1.SourceObject
+	39, // 43: ferry.v1.ListSourceInventoryResponse.sync_time:type_name -> google.protobuf.Timestamp
+	24, // 44: ferry.v1.ListSourceInventoryResponse.product:type_name -> ferry.v1.SourceProduct
+	4,  // 45: ferry.v1.UpdateSourceRequest.source:type_name -> ferry.v1.Source
+	42, // 46: ferry.v1.UpdateSourceRequest.update_mask:type_name -> google.protobuf.FieldMask
+	7,  // 47: ferry.v1.UpdateCredentialRequest.credential:type_name -> ferry.v1.Credential
+	42, // 48: ferry.v1.UpdateCredentialRequest.update_mask:type_name -> google.protobuf.FieldMask
+	8,  // 49: ferry.v1.SourceService.CreateSource:input_type -> ferry.v1.CreateSourceRequest
+	9,  // 50: ferry.v1.SourceService.GetSource:input_type -> ferry.v1.GetSourceRequest
+	10, // 51: ferry.v1.SourceService.ListSources:input_type -> ferry.v1.ListSourcesRequest
+	12, // 52: ferry.v1.SourceService.DeleteSource:input_type -> ferry.v1.DeleteSourceRequest
+	13, // 53: ferry.v1.SourceService.CreateCredential:input_type -> ferry.v1.CreateCredentialRequest
+	14, // 54: ferry.v1.SourceService.GetCredential:input_type -> ferry.v1.GetCredentialRequest
+	15, // 55: ferry.v1.SourceService.ListCredentials:input_type -> ferry.v1.ListCredentialsRequest
+	17, // 56: ferry.v1.SourceService.DeleteCredential:input_type -> ferry.v1.DeleteCredentialRequest
+	18, // 57: ferry.v1.SourceService.ListSourceVMs:input_type -> ferry.v1.ListSourceVMsRequest
+	32, // 58: ferry.v1.SourceService.SyncSource:input_type -> ferry.v1.SyncSourceRequest
+	34, // 59: ferry.v1.SourceService.ListSourceInventory:input_type -> ferry.v1.ListSourceInventoryRequest
+	36, // 60: ferry.v1.SourceService.UpdateSource:input_type -> ferry.v1.UpdateSourceRequest
+	37, // 61: ferry.v1.SourceService.UpdateCredential:input_type -> ferry.v1.UpdateCredentialRequest
+	4,  // 62: ferry.v1.SourceService.CreateSource:output_type -> ferry.v1.Source
+	4,  // 63: ferry.v1.SourceService.GetSource:output_type -> ferry.v1.Source
+	11, // 64: ferry.v1.SourceService.ListSources:output_type -> ferry.v1.ListSourcesResponse
+	43, // 65: ferry.v1.SourceService.DeleteSource:output_type -> google.protobuf.Empty
+	7,  // 66: ferry.v1.SourceService.CreateCredential:output_type -> ferry.v1.Credential
+	7,  // 67: ferry.v1.SourceService.GetCredential:output_type -> ferry.v1.Credential
+	16, // 68: ferry.v1.SourceService.ListCredentials:output_type -> ferry.v1.ListCredentialsResponse
+	43, // 69: ferry.v1.SourceService.DeleteCredential:output_type -> google.protobuf.Empty
+	19, // 70: ferry.v1.SourceService.ListSourceVMs:output_type -> ferry.v1.ListSourceVMsResponse
+	33, // 71: ferry.v1.SourceService.SyncSource:output_type -> ferry.v1.SyncSourceResponse
+	35, // 72: ferry.v1.SourceService.ListSourceInventory:output_type -> ferry.v1.ListSourceInventoryResponse
+	4,  // 73: ferry.v1.SourceService.UpdateSource:output_type -> ferry.v1.Source
+	7,  // 74: ferry.v1.SourceService.UpdateCredential:output_type -> ferry.v1.Credential
+	62, // [62:75] is the sub-list for method output_type
+	49, // [49:62] is the sub-list for method input_type
+	49, // [49:49] is the sub-list for extension type_name
+	49, // [49:49] is the sub-list for extension extendee
+	0,  // [0:49] is the sub-list for field type_name
 }
 
 func init() { file_ferry_v1_source_proto_init() }
@@ -3368,7 +3482,7 @@ func file_ferry_v1_source_proto_init() {
 	file_ferry_v1_common_proto_init()
 	file_ferry_v1_migration_job_proto_init()
 	file_ferry_v1_source_proto_msgTypes[14].OneofWrappers = []any{}
-	file_ferry_v1_source_proto_msgTypes[26].OneofWrappers = []any{
+	file_ferry_v1_source_proto_msgTypes[27].OneofWrappers = []any{
 		(*SourceObject_Datacenter)(nil),
 		(*SourceObject_Cluster)(nil),
 		(*SourceObject_Host)(nil),
@@ -3381,7 +3495,7 @@ func file_ferry_v1_source_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_ferry_v1_source_proto_rawDesc), len(file_ferry_v1_source_proto_rawDesc)),
 			NumEnums:      4,
-			NumMessages:   33,
+			NumMessages:   34,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
