@@ -40,7 +40,7 @@ const coldReadyTimeout = 30 * time.Second
 // connection that started it. The socket names carry BackupPrefix, so
 // CleanupStale and the leftovers janitor remove a socket that survived.
 //
-// qemu-nbd opens the images with --force-share: it takes no image lock,
+// qemu-nbd opens the images with force-share=on: it takes no image lock,
 // so an operator can still start the VM. Ferry does not hold the VM off;
 // it notices instead: Check fails with ErrVMStarted once the VM is no
 // longer shut off or the top image files' size or modification time
@@ -183,10 +183,16 @@ func (e *ColdExport) imageStamps(ctx context.Context, c *Conn) (string, error) {
 // stops it and removes the socket when its input ends.
 func coldScript(sock string, d Disk) string {
 	s, p := shellQuote(sock), shellQuote(d.Path)
+	// QEMU 7.2's qemu-nbd has no --force-share; the block layer's
+	// force-share option (with read-only) does the same. Commas in a
+	// path are doubled in --image-opts.
+	opts := fmt.Sprintf("driver=%s,read-only=on,force-share=on,file.driver=$drv,file.filename=%s",
+		d.Format, strings.ReplaceAll(d.Path, ",", ",,"))
 	return strings.Join([]string{
 		"rm -f -- " + s,
-		fmt.Sprintf("qemu-nbd --read-only --force-share --persistent --shared=4 "+
-			"--format=%s --export-name=%s --socket=%s -- %s </dev/null &", d.Format, shellQuote(d.Target), s, p),
+		"drv=file; if [ -b " + p + " ]; then drv=host_device; fi",
+		fmt.Sprintf("qemu-nbd --read-only --persistent --shared=4 --export-name=%s --socket=%s --image-opts %s </dev/null &",
+			shellQuote(d.Target), s, strings.ReplaceAll(shellQuote(opts), "$drv", "'$drv'")),
 		"pid=$!",
 		"while [ ! -S " + s + " ]; do if ! kill -0 $pid 2>/dev/null; then wait $pid; " +
 			"echo \"qemu-nbd exited with status $?\" >&2; exit 1; fi; sleep 0.1; done",
