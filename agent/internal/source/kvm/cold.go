@@ -160,7 +160,7 @@ func (e *ColdExport) shutOff(c *Conn) error {
 		return fmt.Errorf("state of VM %s: %w", e.vm, err)
 	}
 	if state != libvirt.DOMAIN_SHUTOFF {
-		return fmt.Errorf("%w: VM %s is %s", ErrVMStarted, e.vm, stateName(state))
+		return fmt.Errorf("%w: VM %s is %s, no longer shut off", ErrVMStarted, e.vm, stateName(state))
 	}
 	return nil
 }
