@@ -30,8 +30,20 @@ func TestColdMigration(t *testing.T) {
 		if vm.GetState() != ferryv1.SourceVmState_SOURCE_VM_STATE_SHUT_OFF || len(vm.GetDisks()) != 2 {
 			t.Fatalf("ListSourceVMs described %s as %v, want shut off with 2 disks", src.Name, vm)
 		}
+		// ferryctl finds it by its state, and the preview lets it through,
+		// its target defined but not started.
+		out, err := w.f.ferryctl("source", "vms", w.source, "--state", "shut-off")
+		if err != nil || !strings.Contains(out, src.Name) {
+			t.Errorf("ferryctl source vms --state shut-off: %v: %s; want %s listed", err, out, src.Name)
+		}
 		before := imageSums(t, src)
 		spec := w.spec(vm, nil)
+		p, err := w.f.client.Jobs().PreviewMigrationJobs(ctx(t, time.Minute), &ferryv1.PreviewMigrationJobsRequest{
+			Source: w.source, MigrationServer: w.server, Jobs: []*ferryv1.MigrationJobSpec{spec}})
+		must(t, err)
+		if len(p.GetFailedChecks()) != 0 || len(p.GetNotes()) != 1 || !strings.Contains(p.GetNotes()[0], "source VM "+src.Name+" is shut off") {
+			t.Errorf("preview failed checks %q, notes %q; want none and the note that the target is not started", p.GetFailedChecks(), p.GetNotes())
+		}
 		name := w.createJob(spec)
 		job := w.waitJob(name, 3*time.Minute, "the job to end", terminal)
 		if job.GetState() != ferryv1.MigrationJobState_MIGRATION_JOB_STATE_SUCCEEDED {
