@@ -21,7 +21,8 @@ import (
 // disk is a qcow2 overlay on a backing file: the target volumes equal the
 // source disks read through their backing chains, and the source stays
 // shut off with its image files unchanged and no qemu-nbd or socket left.
-// A VM started while its disks are copied fails its job with that reason.
+// A VM started while its disks are copied fails its job with that reason;
+// a cancelled cold copy leaves nothing behind either.
 func TestColdMigration(t *testing.T) {
 	w := newWorld(t)
 	t.Run("shut off", func(t *testing.T) {
@@ -98,6 +99,32 @@ func TestColdMigration(t *testing.T) {
 		}
 		w.expectVolumesGone(name)
 		expectColdClean(t, src)
+	})
+	t.Run("cancelled", func(t *testing.T) {
+		src := testenv.NewTestVM(t, w.lv, testenv.VMOptions{Stopped: true, Backing: true, RandomBytes: 64 << 20})
+		before := imageSums(t, src)
+		w.setBandwidth(proto.String(""), proto.String(eightMiBps))
+		spec := w.spec(w.sourceVM(w.source, src.Name), nil)
+		name := w.createJob(spec)
+		j := w.waitJob(name, 2*time.Minute, "the cold copy to begin", func(j *ferryv1.MigrationJob) bool {
+			return terminal(j) || j.GetPhase() == converting && disk(j, "vda").GetDoneBytes() > 0
+		})
+		if terminal(j) {
+			t.Fatalf("job ended %s before it could be cancelled: %s", j.GetState(), j.GetReason())
+		}
+		_, err := w.f.client.Jobs().CancelMigrationJob(ctx(t, 10*time.Second), &ferryv1.CancelMigrationJobRequest{Name: name})
+		must(t, err)
+		if j := w.job(name); j.GetState() != ferryv1.MigrationJobState_MIGRATION_JOB_STATE_CANCELLED {
+			t.Fatalf("cancelled job is %s", j.GetState())
+		}
+		w.expectVolumesGone(name)
+		expectColdClean(t, src)
+		if st := src.State(t); st != "shut off" {
+			t.Errorf("source VM is %s after the cancel, want shut off", st)
+		}
+		if after := imageSums(t, src); after != before {
+			t.Errorf("source images changed:\nbefore %s\nafter  %s", before, after)
+		}
 	})
 }
 
