@@ -74,7 +74,9 @@ func TestFaultLeaderKilledDuringSixMigrations(t *testing.T) {
 		vms[i] = testenv.NewTestVM(t, w.lv, testenv.VMOptions{RandomBytes: 8 << 20})
 	}
 	// Every spec first, so that both servers start copying together.
-	listed, err := w.f.client.Sources().ListSourceVMs(ctx(t, 60*time.Second), &ferryv1.ListSourceVMsRequest{Source: w.source, Refresh: true})
+	// Running ones only: the shared libvirtd may hold many shut-off domains.
+	listed, err := w.f.client.Sources().ListSourceVMs(ctx(t, 60*time.Second), &ferryv1.ListSourceVMsRequest{Source: w.source, Refresh: true,
+		State: ferryv1.SourceVmState_SOURCE_VM_STATE_RUNNING, PageSize: 1000})
 	must(t, err)
 	byName := map[string]*ferryv1.SourceVm{}
 	for _, vm := range listed.GetVms() {

@@ -65,6 +65,12 @@ type VMOptions struct {
 	// its console (ConsoleLog) says so. Not with GuestIP or UEFI.
 	BootSector bool
 	BootDisk   int
+	// Stopped defines the domain without starting it (shut off).
+	Stopped bool
+	// Backing makes the root disk (vda) a qcow2 overlay on a qcow2 backing
+	// file (TestDisk.Backing): its first extent is written to the backing
+	// file, the rest (and the random data) to the overlay.
+	Backing bool
 }
 
 // TestDisk is a disk of a test VM.
@@ -79,6 +85,8 @@ type TestDisk struct {
 	// BootOrder is the disk's <boot order>, 0 for none; a disk with one
 	// starts with a BootSector.
 	BootOrder int
+	// Backing is the qcow2 backing file of Path, if any.
+	Backing string
 }
 
 // TestVM is a running TCG domain with no OS: 64 MiB, 1 vCPU, a root and a
@@ -104,7 +112,7 @@ type TestVM struct {
 }
 
 // NewTestVM creates the disks with known data, defines and starts the
-// domain. When the test ends it is destroyed and undefined (with its
+// domain (only defines it with VMOptions.Stopped). When the test ends it is destroyed and undefined (with its
 // NVRAM and metadata) and its files are removed.
 func NewTestVM(t testing.TB, lv *Libvirt, opts VMOptions) *TestVM {
 	t.Helper()
@@ -126,7 +134,7 @@ func NewTestVM(t testing.TB, lv *Libvirt, opts VMOptions) *TestVM {
 	if vm.NVRAM != "" {
 		vm.NVRAM = filepath.Join(vm.Dir, "VARS.fd")
 	}
-	vm.makeDisks(t, opts.RandomBytes)
+	vm.makeDisks(t, opts.RandomBytes, opts.Backing)
 	if opts.BootSector {
 		d := &vm.Disks[opts.BootDisk]
 		sector := filepath.Join(vm.Dir, "bootsector.bin")
@@ -148,7 +156,9 @@ func NewTestVM(t testing.TB, lv *Libvirt, opts VMOptions) *TestVM {
 	writeFile(t, xmlPath, []byte(vm.domainXML(t)), 0o644)
 	lv.Virsh(t, "define", xmlPath)
 	t.Cleanup(func() { vm.remove(t) })
-	lv.Virsh(t, "start", vm.Name)
+	if !opts.Stopped {
+		lv.Virsh(t, "start", vm.Name)
+	}
 	vm.UUID = lv.Virsh(t, "domuuid", vm.Name)
 	return vm
 }
@@ -172,7 +182,7 @@ func ovmf(t testing.TB) (loader, vars string) {
 }
 
 // makeDisks creates vda and vdb with their known contents.
-func (vm *TestVM) makeDisks(t testing.TB, randomBytes int64) {
+func (vm *TestVM) makeDisks(t testing.TB, randomBytes int64, backing bool) {
 	t.Helper()
 	root := TestDisk{Target: "vda", Path: filepath.Join(vm.Dir, "root.qcow2"), Size: RootSize, Extents: RootExtents}
 	if randomBytes > 0 {
@@ -183,10 +193,22 @@ func (vm *TestVM) makeDisks(t testing.TB, randomBytes int64) {
 		root.Size = max(root.Size, (RandomOffset+randomBytes+mib-1)/mib*mib)
 	}
 	data := TestDisk{Target: "vdb", Path: filepath.Join(vm.Dir, "data.qcow2"), Size: DataSize, Extents: DataExtents}
+	if backing {
+		root.Backing = filepath.Join(vm.Dir, "root-base.qcow2")
+		Run(t, "qemu-img", "create", "-q", "-f", "qcow2", root.Backing, fmt.Sprint(root.Size))
+		e := root.Extents[0]
+		Run(t, "qemu-io", "-f", "qcow2", "-c", fmt.Sprintf("write -q -P 0x%02x %d %d", e.Pattern, e.Offset, e.Length), root.Backing)
+	}
 	for _, d := range []TestDisk{root, data} {
-		Run(t, "qemu-img", "create", "-q", "-f", "qcow2", d.Path, fmt.Sprint(d.Size))
+		extents := d.Extents
+		if d.Backing != "" {
+			Run(t, "qemu-img", "create", "-q", "-f", "qcow2", "-b", d.Backing, "-F", "qcow2", d.Path, fmt.Sprint(d.Size))
+			extents = extents[1:]
+		} else {
+			Run(t, "qemu-img", "create", "-q", "-f", "qcow2", d.Path, fmt.Sprint(d.Size))
+		}
 		args := []string{"-f", "qcow2"}
-		for _, e := range d.Extents {
+		for _, e := range extents {
 			args = append(args, "-c", fmt.Sprintf("write -q -P 0x%02x %d %d", e.Pattern, e.Offset, e.Length))
 		}
 		if d.Random != nil {
@@ -194,7 +216,9 @@ func (vm *TestVM) makeDisks(t testing.TB, randomBytes int64) {
 			writeFile(t, src, d.Random, 0o600)
 			args = append(args, "-c", fmt.Sprintf("write -q -s %s %d %d", src, RandomOffset, len(d.Random)))
 		}
-		Run(t, "qemu-io", append(args, d.Path)...)
+		if len(args) > 2 {
+			Run(t, "qemu-io", append(args, d.Path)...)
+		}
 	}
 	vm.Disks = []TestDisk{root, data}
 }
@@ -297,6 +321,12 @@ func (vm *TestVM) JobType(t testing.TB) string {
 	}
 	t.Fatalf("virsh domjobinfo %s: no job type", vm.Name)
 	return ""
+}
+
+// Start starts a shut-off domain.
+func (vm *TestVM) Start(t testing.TB) {
+	t.Helper()
+	vm.lv.Virsh(t, "start", vm.Name)
 }
 
 // Resume resumes a paused domain.

@@ -110,8 +110,8 @@ func (a *Admission) checkKVMVersions(p string, j *ferryv1.MigrationJob, inv *fer
 
 // checkVMsKnown is NOT_FOUND for the first job whose VM the synced
 // inventory of a VMware source does not list (precheck has synced it
-// when it could). A KVM inventory lists only running VMs, so there the
-// agent checks. Preview reports it as a pre-check line instead.
+// when it could). A KVM inventory synced by an older agent lists only
+// running and paused VMs, so there the agent checks. Preview reports it as a pre-check line instead.
 func checkVMsKnown(refs *batchRefs, jobs []*ferryv1.MigrationJob, syncs *batchSyncs) error {
 	if refs.source.GetType() != ferryv1.Platform_PLATFORM_VMWARE {
 		return nil
@@ -138,7 +138,7 @@ func checkSourceVM(p string, j *ferryv1.MigrationJob, inv *ferryv1.SourceInvento
 	vm, why := findInventoryVM(inv, j.GetSourceVm())
 	if vm == nil {
 		if !vmware {
-			return nil // a KVM inventory only lists running VMs; the agent checks the rest
+			return nil // an older agent's KVM inventory lists no shut-off VMs; the agent checks
 		}
 		return []string{fmt.Sprintf("%s: VM %q %s in the inventory of %s synced at %s; sync the source first if the VM is new",
 			p, j.GetSourceVm(), why, inv.GetSource(), inv.GetSyncTime().AsTime().Format("2006-01-02T15:04:05Z07:00"))}

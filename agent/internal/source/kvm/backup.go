@@ -300,6 +300,9 @@ func (c *Conn) endBackupJob(ctx context.Context, uuid string, ours func(socket s
 		return fmt.Errorf("look up VM %s: %w", uuid, err)
 	}
 	defer dom.Free()
+	if active, err := dom.IsActive(); err == nil && !active {
+		return nil // a shut-off VM has no job (a cold export's record)
+	}
 	socket, err := backupSocket(dom)
 	if err != nil || socket == "" || !ours(socket) {
 		return err

@@ -2,8 +2,10 @@ package kvm
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"strings"
 	"sync"
 	"time"
@@ -128,7 +130,7 @@ func (d *Driver) config(src *ferryv1.Source, ms *ferryv1.MigrationServer, secret
 }
 
 // Inventory describes the source host (with its libvirt version) and its
-// running and paused VMs.
+// running, paused and shut-off VMs.
 func (d *Driver) Inventory(ctx context.Context, req *agentv1.InventoryRequest) (*ferryv1.SourceInventory, error) {
 	conn, err := d.connect(ctx, req.GetSource(), req.GetMigrationServer(), req.GetSecrets(), d.log)
 	if err != nil {
@@ -149,7 +151,8 @@ func (d *Driver) Inventory(ctx context.Context, req *agentv1.InventoryRequest) (
 }
 
 // Convert copies the job's disks from a consistent backup of the running
-// VM into the cache. An unreachable source is tried again for the retry
+// VM into the cache; a shut-off VM's disks are read from its images
+// instead (convertCold). An unreachable source is tried again for the retry
 // budget; so is a dropped SSH connection, the copy resuming on the same
 // backup from the cache's checkpoints. The backup job and its scratch files are gone on the source
 // host however Convert ends; when the source cannot be reached to end
@@ -179,6 +182,9 @@ func (d *Driver) Convert(ctx context.Context, job *runner.Job) error {
 	targets := make([]string, len(disks))
 	for i, disk := range disks {
 		targets[i] = disk.GetSourceDisk()
+	}
+	if vm.State == StateShutOff {
+		return d.convertCold(ctx, src, vm, targets)
 	}
 	record := ""
 	b, err := conn.StartBackup(ctx, vmName, targets, BackupOptions{Pause: a.GetJob().GetOptions().GetPauseSourceVm(),
@@ -214,9 +220,85 @@ func (d *Driver) Convert(ctx context.Context, job *runner.Job) error {
 	return nil
 }
 
+// exporter serves a job's source disks over NBD on the source host: a
+// backup job of a running VM, or a cold export of a shut-off one.
+type exporter interface {
+	OpenDisk(ctx context.Context, target string) (net.Conn, error)
+	// Reattach serves the disks again over a new source connection.
+	Reattach(c *Conn) error
+}
+
+// coldWatchInterval is how often a cold copy asks whether its VM was
+// started.
+const coldWatchInterval = 2 * time.Second
+
+// convertCold copies the disks of a shut-off VM from read-only NBD
+// servers on its images (ColdExport), with the same copier as a backup.
+// It fails with ErrVMStarted when the VM is started during the copy
+// (asked every coldWatchInterval, which cancels the copy) or when its
+// images changed by the end of it (a start and stop between two
+// questions). The VM and its images are left as they are.
+func (d *Driver) convertCold(ctx context.Context, src *source, vm *VM, targets []string) error {
+	job := src.job
+	a := job.Assignment
+	record := ""
+	e, err := src.conn.StartColdExport(ctx, vm, targets, func(e *ColdExport) error {
+		cfg, err := d.config(a.GetSource(), a.GetMigrationServer(), a.GetSecrets(), job.Log)
+		if err == nil {
+			record, err = d.remember(cfg, a.GetMigrationServer().GetMigrationCidr(), job.Name(), e.leftoverOf())
+		}
+		return err
+	})
+	if err != nil {
+		d.release(record, true)
+		return err
+	}
+	defer func() {
+		cerr := e.Close(context.WithoutCancel(ctx))
+		if cerr != nil {
+			job.Log.Error("end the cold export; the agent removes its sockets later", "err", cerr)
+		}
+		d.release(record, cerr == nil)
+	}()
+	job.Log.Info("the source VM is shut off: copying its images (cold)", "vm", vm.Name)
+	if err := d.saveSourceVM(ctx, src.conn, vm, job.CacheDir); err != nil {
+		return err
+	}
+	cctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	watched := make(chan struct{})
+	go func() {
+		defer close(watched)
+		t := time.NewTicker(coldWatchInterval)
+		defer t.Stop()
+		for {
+			select {
+			case <-cctx.Done():
+				return
+			case <-t.C:
+			}
+			if err := e.Running(); err != nil {
+				job.Log.Warn("the source VM was started during the cold copy", "err", err)
+				cancel(err)
+				return
+			}
+		}
+	}()
+	defer func() { cancel(nil); <-watched }()
+	for _, disk := range a.GetJob().GetTarget().GetDisks() {
+		if err := src.copyDisk(cctx, e, disk); err != nil {
+			if cause := context.Cause(cctx); ctx.Err() == nil && errors.Is(cause, ErrVMStarted) {
+				return cause
+			}
+			return fmt.Errorf("disk %s: %w", disk.GetSourceDisk(), err)
+		}
+	}
+	return e.Check(ctx)
+}
+
 // copyOnce copies one disk's export into its cache image, skipping what a
 // checkpoint says the cache already holds.
-func (d *Driver) copyOnce(ctx context.Context, job *runner.Job, b *Backup, disk *ferryv1.TargetDisk) error {
+func (d *Driver) copyOnce(ctx context.Context, job *runner.Job, b exporter, disk *ferryv1.TargetDisk) error {
 	name := disk.GetSourceDisk()
 	nc, err := b.OpenDisk(ctx, name)
 	if err != nil {
@@ -230,7 +312,7 @@ func (d *Driver) copyOnce(ctx context.Context, job *runner.Job, b *Backup, disk 
 	src, err := nbd.NewClient(ctx, nc, nbd.Options{ExportName: name, Logger: job.Log})
 	if err != nil {
 		nc.Close()
-		return fmt.Errorf("open the backup export: %w", err)
+		return fmt.Errorf("open the source export: %w", err)
 	}
 	defer src.Close()
 	compressed := job.Assignment.GetJob().GetOptions().GetCompression() != ferryv1.Compression_COMPRESSION_NONE

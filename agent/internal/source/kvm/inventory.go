@@ -33,7 +33,7 @@ const (
 // VM is a libvirt domain as the source describes it.
 type VM struct {
 	Name, UUID  string
-	State       string // StateRunning, StatePaused
+	State       string // StateRunning, StatePaused, StateShutOff
 	VCPUs       int
 	MemoryBytes int64
 	Firmware    Firmware
@@ -89,9 +89,11 @@ type NIC struct {
 	IPs []string
 }
 
-// ListVMs returns the running and paused domains of the source.
+// ListVMs returns the running, paused and shut-off domains of the source
+// (a shut-off one is migrated cold, see ColdExport).
 func (c *Conn) ListVMs(ctx context.Context) ([]*VM, error) {
-	doms, err := c.virt.ListAllDomains(libvirt.CONNECT_LIST_DOMAINS_RUNNING | libvirt.CONNECT_LIST_DOMAINS_PAUSED)
+	doms, err := c.virt.ListAllDomains(libvirt.CONNECT_LIST_DOMAINS_RUNNING | libvirt.CONNECT_LIST_DOMAINS_PAUSED |
+		libvirt.CONNECT_LIST_DOMAINS_SHUTOFF)
 	if err != nil {
 		return nil, fmt.Errorf("list domains of source %s: %w", c.cfg.hostPort(), err)
 	}

@@ -27,7 +27,7 @@ type source struct {
 // copyDisk copies one disk, and when the copy fails because the SSH
 // connection dropped, reconnects, reattaches the backup and copies on
 // from the cache's checkpoint, until the retry budget is spent.
-func (s *source) copyDisk(ctx context.Context, b *Backup, disk *ferryv1.TargetDisk) error {
+func (s *source) copyDisk(ctx context.Context, b exporter, disk *ferryv1.TargetDisk) error {
 	for {
 		err := s.d.copyOnce(ctx, s.job, b, disk)
 		if err == nil || ctx.Err() != nil || !s.conn.Lost() {
@@ -48,7 +48,7 @@ func (s *source) copyDisk(ctx context.Context, b *Backup, disk *ferryv1.TargetDi
 
 // reconnect opens a new connection to the source with backoff until one
 // works and the backup is reattached to it, or the budget is spent.
-func (s *source) reconnect(ctx context.Context, b *Backup, budget time.Duration) error {
+func (s *source) reconnect(ctx context.Context, b exporter, budget time.Duration) error {
 	conn, attempts, err := s.dial(ctx, budget, func(err error) bool {
 		return !errors.Is(err, ErrHostKeyMismatch) && !errors.Is(err, ErrConfig)
 	})

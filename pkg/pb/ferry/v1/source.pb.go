@@ -74,7 +74,9 @@ func (CredentialType) EnumDescriptor() ([]byte, []int) {
 	return file_ferry_v1_source_proto_rawDescGZIP(), []int{0}
 }
 
-// SourceVmState is the power state of a source VM.
+// SourceVmState is the power state of a source VM. A KVM VM that is
+// shut off is migrated cold (read-only qemu-nbd on its images); one
+// started during the copy fails its job.
 type SourceVmState int32
 
 const (

@@ -1,0 +1,403 @@
+package kvm
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"path"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	"golang.org/x/crypto/ssh"
+	"libvirt.org/go/libvirt"
+)
+
+// ErrVMStarted fails a cold copy whose source VM was started (or its
+// images written) while its disks were read.
+var ErrVMStarted = errors.New("source VM was started during the cold copy")
+
+// coldReadyTimeout bounds how long a qemu-nbd takes to create its socket.
+const coldReadyTimeout = 30 * time.Second
+
+// ColdExport serves the disks of a shut-off VM read-only over NBD on the
+// source host, without a backup job: one qemu-nbd per disk (export name =
+// disk target) on SocketDir/ferry-backup-<uuid>-<id>-<target>.sock, which
+// follows a qcow2 image's backing chain itself.
+//
+// Each qemu-nbd runs under a shell that is the command of its own SSH
+// session and stops it (and removes its socket) as soon as the session's
+// input ends: when Close ends the session, and equally when the agent
+// crashes or the SSH connection drops, so no qemu-nbd outlives the
+// connection that started it. The socket names carry BackupPrefix, so
+// CleanupStale and the leftovers janitor remove a socket that survived.
+//
+// qemu-nbd opens the images with force-share=on: it takes no image lock,
+// so an operator can still start the VM. Ferry does not hold the VM off;
+// it notices instead: Check fails with ErrVMStarted once the VM is no
+// longer shut off or the top image files' size or modification time
+// changed since the export began.
+type ColdExport struct {
+	log     *slog.Logger
+	vm      string
+	uuid    string
+	disks   []Disk // the exported disks, in order
+	sockets []string
+	stamps  string // size and mtime of the top image files at the start
+
+	mu      sync.Mutex
+	conn    *Conn
+	servers []*coldServer
+	closed  bool
+}
+
+// coldServer is the SSH session whose command runs one qemu-nbd; closing
+// its input stops the server.
+type coldServer struct {
+	session *ssh.Session
+	stdin   io.WriteCloser
+}
+
+// stop ends the server's input, waits (until ctx ends) for the shell to
+// stop qemu-nbd and remove the socket, and closes the session.
+func (s *coldServer) stop(ctx context.Context) {
+	done := make(chan struct{})
+	go func() { _ = s.session.Wait(); close(done) }()
+	s.stdin.Close()
+	select {
+	case <-done:
+	case <-ctx.Done():
+	}
+	s.session.Close()
+}
+
+// StartColdExport checks that vm is shut off and starts a read-only NBD
+// server for each of the named disks (all when disks is empty). Only
+// file and block disks of format raw or qcow2 can be exported.
+// beforeBegin, when set, is called before anything is started on the
+// source; its error stops StartColdExport.
+func (c *Conn) StartColdExport(ctx context.Context, vm *VM, disks []string, beforeBegin func(*ColdExport) error) (*ColdExport, error) {
+	e, err := c.newColdExport(vm, disks)
+	if err != nil {
+		return nil, err
+	}
+	if beforeBegin != nil {
+		if err := beforeBegin(e); err != nil {
+			return nil, err
+		}
+	}
+	if err := e.shutOff(c); err != nil {
+		return nil, err
+	}
+	if e.stamps, err = e.imageStamps(ctx, c); err != nil {
+		return nil, err
+	}
+	if err := e.serve(ctx, c); err != nil {
+		return nil, errors.Join(err, e.Close(ctx))
+	}
+	e.log.Info("cold export started", "sockets", e.sockets)
+	return e, nil
+}
+
+func (c *Conn) newColdExport(vm *VM, want []string) (*ColdExport, error) {
+	var have []string
+	for _, d := range vm.Disks {
+		if d.Path != "" {
+			have = append(have, d.Target)
+		}
+	}
+	if len(want) == 0 {
+		want = have
+	}
+	if len(want) == 0 {
+		return nil, fmt.Errorf("VM %s: no disks to copy", vm.Name)
+	}
+	id := make([]byte, 4)
+	if _, err := rand.Read(id); err != nil {
+		return nil, err
+	}
+	base := BackupPrefix + vm.UUID + "-" + hex.EncodeToString(id)
+	e := &ColdExport{conn: c, vm: vm.Name, uuid: vm.UUID, log: c.log.With("vm", vm.Name, "export", base)}
+	for _, t := range want {
+		i := slices.IndexFunc(vm.Disks, func(d Disk) bool { return d.Target == t && d.Path != "" })
+		if i < 0 {
+			return nil, fmt.Errorf("VM %s: no disk %q (disks: %s)", vm.Name, t, strings.Join(have, ", "))
+		}
+		d := vm.Disks[i]
+		if !strings.HasPrefix(d.Path, "/") {
+			return nil, fmt.Errorf("VM %s disk %s: a shut-off VM's disk is copied from its file or "+
+				"block device, and %q is neither", vm.Name, t, d.Path)
+		}
+		if d.Format == "" {
+			d.Format = "raw"
+		}
+		if d.Format != "raw" && d.Format != "qcow2" {
+			return nil, fmt.Errorf("VM %s disk %s: format %q cannot be copied cold (raw and qcow2 can)", vm.Name, t, d.Format)
+		}
+		e.disks = append(e.disks, d)
+		e.sockets = append(e.sockets, path.Join(c.cfg.SocketDir, base+"-"+t+".sock"))
+	}
+	return e, nil
+}
+
+// shutOff fails with ErrVMStarted unless the VM is shut off.
+func (e *ColdExport) shutOff(c *Conn) error {
+	dom, err := c.virt.LookupDomainByUUIDString(e.uuid)
+	if err != nil {
+		return fmt.Errorf("look up VM %s: %w", e.vm, err)
+	}
+	defer dom.Free()
+	state, _, err := dom.GetState()
+	if err != nil {
+		return fmt.Errorf("state of VM %s: %w", e.vm, err)
+	}
+	if state != libvirt.DOMAIN_SHUTOFF {
+		return fmt.Errorf("%w: VM %s is %s, no longer shut off", ErrVMStarted, e.vm, stateName(state))
+	}
+	return nil
+}
+
+// imageStamps returns the size and modification time of the exported
+// top image files (block devices: of their device node).
+func (e *ColdExport) imageStamps(ctx context.Context, c *Conn) (string, error) {
+	args := make([]string, len(e.disks))
+	for i, d := range e.disks {
+		args[i] = shellQuote(d.Path)
+	}
+	out, err := runRemote(ctx, c.ssh, "stat -L -c '%n %s %y' -- "+strings.Join(args, " "))
+	if err != nil {
+		return "", fmt.Errorf("images of VM %s: %w", e.vm, err)
+	}
+	return out, nil
+}
+
+// coldScript starts qemu-nbd, says "ready" once its socket exists, and
+// stops it and removes the socket when its input ends.
+func coldScript(sock string, d Disk) string {
+	s, p := shellQuote(sock), shellQuote(d.Path)
+	// QEMU 7.2's qemu-nbd has no --force-share; the block layer's
+	// force-share option (with read-only) does the same. Commas in a
+	// path are doubled in --image-opts.
+	opts := fmt.Sprintf("driver=%s,read-only=on,force-share=on,file.driver=$drv,file.filename=%s",
+		d.Format, strings.ReplaceAll(d.Path, ",", ",,"))
+	return strings.Join([]string{
+		"rm -f -- " + s,
+		"drv=file; if [ -b " + p + " ]; then drv=host_device; fi",
+		fmt.Sprintf("qemu-nbd --read-only --persistent --shared=4 --export-name=%s --socket=%s --image-opts %s </dev/null &",
+			shellQuote(d.Target), s, strings.ReplaceAll(shellQuote(opts), "$drv", "'$drv'")),
+		"pid=$!",
+		"while [ ! -S " + s + " ]; do if ! kill -0 $pid 2>/dev/null; then wait $pid; " +
+			"echo \"qemu-nbd exited with status $?\" >&2; exit 1; fi; sleep 0.1; done",
+		"echo ready",
+		"cat >/dev/null",
+		"kill $pid 2>/dev/null; wait $pid; rm -f -- " + s,
+	}, "\n")
+}
+
+// serve starts one qemu-nbd per disk over c, each in its own session.
+func (e *ColdExport) serve(ctx context.Context, c *Conn) error {
+	var servers []*coldServer
+	for i, d := range e.disks {
+		s, err := startCold(ctx, c, e.sockets[i], d)
+		if err != nil {
+			for _, s := range servers {
+				s.stop(ctx)
+			}
+			return fmt.Errorf("serve disk %s of VM %s read-only (qemu-nbd on the source host): %w", d.Target, e.vm, err)
+		}
+		servers = append(servers, s)
+	}
+	e.mu.Lock()
+	e.conn, e.servers = c, servers
+	e.mu.Unlock()
+	return nil
+}
+
+func startCold(ctx context.Context, c *Conn, sock string, d Disk) (*coldServer, error) {
+	s, err := c.ssh.NewSession()
+	if err != nil {
+		return nil, fmt.Errorf("open SSH session: %w", err)
+	}
+	// The input stays open for the server's lifetime: its end stops it.
+	stdin, err := s.StdinPipe()
+	if err != nil {
+		s.Close()
+		return nil, err
+	}
+	stdout, err := s.StdoutPipe()
+	if err != nil {
+		s.Close()
+		return nil, err
+	}
+	var stderr bytes.Buffer
+	s.Stderr = &stderr
+	if err := s.Start(coldScript(sock, d)); err != nil {
+		s.Close()
+		return nil, err
+	}
+	ready := make(chan error, 1)
+	go func() {
+		line, err := bufio.NewReader(stdout).ReadString('\n')
+		if err == nil && line != "ready\n" {
+			err = fmt.Errorf("unexpected output %q", line)
+		}
+		ready <- err
+		_, _ = io.Copy(io.Discard, stdout)
+	}()
+	timer := time.NewTimer(coldReadyTimeout)
+	defer timer.Stop()
+	select {
+	case err = <-ready:
+	case <-ctx.Done():
+		err = ctx.Err()
+	case <-timer.C:
+		err = errors.New("qemu-nbd did not create its socket within " + coldReadyTimeout.String())
+	}
+	if err != nil {
+		s.Close()
+		_ = s.Wait()
+		if msg := strings.TrimSpace(stderr.String()); msg != "" {
+			err = fmt.Errorf("%w: %s", err, msg)
+		}
+		return nil, err
+	}
+	return &coldServer{session: s, stdin: stdin}, nil
+}
+
+// VM is the exported VM's name; UUID its libvirt UUID.
+func (e *ColdExport) VM() string { return e.vm }
+
+// UUID is the exported VM's libvirt UUID.
+func (e *ColdExport) UUID() string { return e.uuid }
+
+// Sockets are the NBD sockets' paths on the source host, one per disk.
+func (e *ColdExport) Sockets() []string { return slices.Clone(e.sockets) }
+
+// OpenDisk opens a connection to a disk's qemu-nbd through SSH; an NBD
+// client reads it with the disk's target as export name.
+func (e *ColdExport) OpenDisk(ctx context.Context, target string) (net.Conn, error) {
+	i := slices.IndexFunc(e.disks, func(d Disk) bool { return d.Target == target })
+	if i < 0 {
+		return nil, fmt.Errorf("cold export of VM %s has no disk %q", e.vm, target)
+	}
+	e.mu.Lock()
+	closed, c := e.closed, e.conn
+	e.mu.Unlock()
+	if closed {
+		return nil, fmt.Errorf("cold export of VM %s is closed", e.vm)
+	}
+	conn, err := c.ssh.DialContext(ctx, "unix", e.sockets[i])
+	if err != nil {
+		return nil, fmt.Errorf("open NBD export %s of VM %s over SSH (socket %s): %w", target, e.vm, e.sockets[i], err)
+	}
+	return conn, nil
+}
+
+// Reattach serves the disks again over a new connection to the source,
+// the servers having stopped with the old one; the VM must still be shut
+// off with its images unchanged.
+func (e *ColdExport) Reattach(c *Conn) error {
+	ctx, cancel := context.WithTimeout(context.Background(), closeTimeout)
+	defer cancel()
+	if err := e.check(ctx, c); err != nil {
+		return err
+	}
+	e.mu.Lock()
+	old := e.servers
+	e.servers = nil
+	e.mu.Unlock()
+	for _, s := range old {
+		s.stop(ctx)
+	}
+	if err := e.serve(ctx, c); err != nil {
+		return err
+	}
+	e.log.Info("cold export started again on a new source connection")
+	return nil
+}
+
+// Check fails with ErrVMStarted when the VM is no longer shut off or its
+// top image files changed since the export began.
+func (e *ColdExport) Check(ctx context.Context) error {
+	e.mu.Lock()
+	c := e.conn
+	e.mu.Unlock()
+	return e.check(ctx, c)
+}
+
+// Running fails with ErrVMStarted when the VM is no longer shut off; a
+// failure to ask is no answer (nil): the copy finds out itself.
+func (e *ColdExport) Running() error {
+	e.mu.Lock()
+	c := e.conn
+	e.mu.Unlock()
+	if err := e.shutOff(c); errors.Is(err, ErrVMStarted) {
+		return err
+	}
+	return nil
+}
+
+func (e *ColdExport) check(ctx context.Context, c *Conn) error {
+	if err := e.shutOff(c); err != nil {
+		return err
+	}
+	now, err := e.imageStamps(ctx, c)
+	if err != nil {
+		return err
+	}
+	if now != e.stamps {
+		return fmt.Errorf("%w: the images of VM %s changed (before: %s; now: %s)", ErrVMStarted, e.vm,
+			strings.TrimSpace(e.stamps), strings.TrimSpace(now))
+	}
+	return nil
+}
+
+// Close stops the servers and removes their sockets on the source host.
+// It runs even when ctx is cancelled (bounded by a minute), may be called
+// again after an error, and does nothing once it has succeeded.
+func (e *ColdExport) Close(ctx context.Context) error {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.closed {
+		return nil
+	}
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), closeTimeout)
+	defer cancel()
+	// Ending a session's input stops its qemu-nbd; waiting for the
+	// session lets the shell remove the socket first.
+	for _, s := range e.servers {
+		s.stop(ctx)
+	}
+	e.servers = nil
+	if err := removeFiles(ctx, e.conn, e.sockets); err != nil {
+		return fmt.Errorf("end cold export of VM %s: %w", e.vm, err)
+	}
+	e.closed = true
+	e.log.Info("cold export ended; qemu-nbd stopped and sockets removed")
+	return nil
+}
+
+// removeFiles removes files on the source host.
+func removeFiles(ctx context.Context, c *Conn, files []string) error {
+	args := make([]string, len(files))
+	for i, f := range files {
+		args[i] = shellQuote(f)
+	}
+	_, err := runRemote(ctx, c.ssh, "rm -f -- "+strings.Join(args, " "))
+	return err
+}
+
+// leftoverOf is the export as a leftover record sees it: a backup with no
+// job whose socket and "scratch files" are the export's sockets, so the
+// janitor removes them (its qemu-nbd stopped with the SSH session).
+func (e *ColdExport) leftoverOf() *Backup {
+	return &Backup{conn: e.conn, vm: e.vm, uuid: e.uuid, socket: e.sockets[0], scratch: slices.Clone(e.sockets[1:])}
+}
