@@ -498,3 +498,43 @@ func rss(pid string) int64 {
 	}
 	return 0
 }
+
+// BenchmarkConvertingLocal is the local pair of BenchmarkConverting alone,
+// Ferry and nbdcopy on the 4 GiB source, interleaved FERRY_BENCH_ROUNDS
+// times (default 5): the quick measure of a change to the copy's CPU. It
+// prints the all-process CPU seconds per GiB of each.
+func BenchmarkConvertingLocal(b *testing.B) {
+	requireQemu(b)
+	testenv.LookPath(b, "nbdcopy")
+	rounds := benchRounds(5)
+	small, _ := benchSources(b)
+	sock, pid := serveReadOnlyPID(b, small, "qcow2")
+	e := export{sock, pid}
+	b.ResetTimer()
+	for range b.N {
+		runs := []*benchRun{
+			{name: "ferry 4 GiB", run: func(first bool) benchRound {
+				r, _ := benchFerry(b, small, e, 4<<30, first, func() *nbd.Client { return dialNBD(b, sock, nbd.Options{}) })
+				return r
+			}},
+			{name: "nbdcopy 4 GiB", run: func(bool) benchRound { return benchNBDCopy(b, e, nbdURI(sock), 4<<30) }},
+		}
+		interleave(runs, rounds)
+		benchf("%d rounds, interleaved; load average before the report: %s", rounds, loadAverage())
+		for _, r := range runs {
+			med, least := r.seconds()
+			cpu, _ := r.medianMin(func(x benchRound) float64 { return x.cpu })
+			benchf("%-14s median %5.2f s, min %5.2f s; all CPU %.2f s per GiB of data", r.name, med, least, cpu)
+		}
+		fm, fl := runs[0].seconds()
+		nm, nl := runs[1].seconds()
+		var paired []float64
+		for i := range rounds {
+			paired = append(paired, runs[1].runs[i].d.Seconds()/runs[0].runs[i].d.Seconds())
+		}
+		sort.Float64s(paired)
+		benchf("speed ferry/nbdcopy local: medians %.2f, minima %.2f, median of rounds %.2f (goal >= 1.0)",
+			nm/fm, nl/fl, paired[len(paired)/2])
+		b.ReportMetric(nm/fm, "ferry/nbdcopy")
+	}
+}
