@@ -77,6 +77,7 @@ type benchRound struct {
 	cpu       float64
 	srcCPU    float64
 	srcFaults int64
+	own, sink float64 // the copier's own CPU seconds, and its target's
 }
 
 // medianMin returns the median and the least of f over the rounds.
@@ -297,7 +298,8 @@ func benchFerry(b *testing.B, src string, e export, size int64, verify bool, dia
 	}
 	r := src0.since(time.Since(start), pid)
 	peak := stop()
-	r.cpu += cpuSeconds("self") - self0 + target
+	r.own, r.sink = cpuSeconds("self")-self0, target
+	r.cpu += r.own + target
 	if src != "" && st.DataBytes != 1<<30 {
 		b.Fatalf("copied %d data bytes, want 1 GiB", st.DataBytes)
 	}
@@ -364,7 +366,8 @@ func benchNBDCopy(b *testing.B, e export, src string, size int64) benchRound {
 		b.Fatalf("qemu-nbd serving the nbdcopy target: %v", err)
 	}
 	r := src0.since(time.Since(start), pid)
-	r.cpu += childCPU(nbdcopy) + childCPU(srv)
+	r.own, r.sink = childCPU(nbdcopy), childCPU(srv)
+	r.cpu += r.own + r.sink
 	if err := os.Remove(target); err != nil {
 		b.Fatal(err)
 	}
@@ -524,7 +527,11 @@ func BenchmarkConvertingLocal(b *testing.B) {
 		for _, r := range runs {
 			med, least := r.seconds()
 			cpu, _ := r.medianMin(func(x benchRound) float64 { return x.cpu })
-			benchf("%-14s median %5.2f s, min %5.2f s; all CPU %.2f s per GiB of data", r.name, med, least, cpu)
+			own, _ := r.medianMin(func(x benchRound) float64 { return x.own })
+			sink, _ := r.medianMin(func(x benchRound) float64 { return x.sink })
+			src, _ := r.medianMin(func(x benchRound) float64 { return x.srcCPU })
+			benchf("%-14s median %5.2f s, min %5.2f s; CPU-s per GiB of data (medians): all %.2f, copier %.2f, target %.2f, source %.2f",
+				r.name, med, least, cpu, own, sink, src)
 		}
 		fm, fl := runs[0].seconds()
 		nm, nl := runs[1].seconds()
