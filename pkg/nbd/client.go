@@ -159,6 +159,10 @@ func newClientConn(ctx context.Context, conn net.Conn, opts Options) (*Client, e
 		conn.Close()
 		return nil, fmt.Errorf("export name of %d bytes is longer than 4096", len(opts.ExportName))
 	}
+	if uc, ok := conn.(*net.UnixConn); ok {
+		// Best effort: the kernel caps it at net.core.wmem_max.
+		_ = uc.SetWriteBuffer(unixWriteBuffer)
+	}
 	br := bufio.NewReaderSize(conn, 64<<10)
 	h := &handshaker{r: br, w: conn, conn: conn, opts: &opts}
 	stop := withDeadline(ctx, conn)
@@ -206,6 +210,14 @@ func newClient(conn net.Conn, br *bufio.Reader, neg negotiated, opts Options) *C
 	c.maxIO = maxRequest(opts.MaxRequest, c.BlockSize())
 	return c
 }
+
+// unixWriteBuffer is the send buffer asked for a unix socket. A unix
+// stream queues what it sends against the sender's buffer, 208 KiB by
+// default: less than one 256 KiB write request, so that every write
+// blocked until the server had read part of it, and each split call (a 2
+// MiB chunk is eight requests, written with one writev) took several
+// wake-ups of both processes.
+const unixWriteBuffer = 4 << 20
 
 // DefaultMaxRequest is the request size a client uses unless told: 256
 // KiB, as nbdcopy's. QEMU's NBD server (7.2, both qemu-nbd and a running

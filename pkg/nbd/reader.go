@@ -27,7 +27,7 @@ func (c *Client) readLoop() {
 	for _, r := range reqs {
 		r.err = cause
 		<-c.slots
-		close(r.done)
+		r.complete()
 	}
 }
 

@@ -3,6 +3,7 @@ package nbd
 import (
 	"context"
 	"net"
+	"sync/atomic"
 )
 
 // request is one command on the wire, from send to its final reply.
@@ -16,6 +17,7 @@ type request struct {
 	rbuf   []byte // destination of a read, len == length
 
 	done chan struct{} // closed by whoever removes the request from pending
+	grp  *group        // the batch it belongs to, when sent by split
 
 	// Owned by the reader goroutine until done is closed.
 	err     error
@@ -26,6 +28,21 @@ type request struct {
 	// Guarded by Client.mu.
 	abandoned bool // the caller has gone; discard what arrives
 	busy      bool // the reader is writing into rbuf
+}
+
+// group is the requests one call split: its done closes when the last of
+// them completes, so that the caller wakes once, not once per request.
+type group struct {
+	left atomic.Int32
+	done chan struct{}
+}
+
+// complete closes req.done, and its group's when it is the last.
+func (req *request) complete() {
+	close(req.done)
+	if g := req.grp; g != nil && g.left.Add(-1) == 0 {
+		close(g.done)
+	}
 }
 
 func putRequest(b []byte, cmd, flags uint16, cookie, off uint64, length uint32) {
@@ -89,6 +106,97 @@ func (c *Client) start(ctx context.Context, req *request) error {
 	return nil
 }
 
+// startBatch sends reqs in order, as many at a time as there are free
+// in-flight slots, each batch with one write (a writev of every header
+// and payload): a call split into requests costs one system call, not one
+// per request. It returns how many it sent, which must be waited for, and
+// why it stopped short.
+func (c *Client) startBatch(ctx context.Context, reqs []*request) (int, error) {
+	sent := 0
+	for sent < len(reqs) {
+		if err := ctx.Err(); err != nil {
+			return sent, err
+		}
+		select {
+		case c.slots <- struct{}{}:
+		case <-c.dead:
+			return sent, c.connErr()
+		case <-ctx.Done():
+			return sent, ctx.Err()
+		}
+		// Never wait for a second slot while holding one: the slots held
+		// must be of requests on the wire, or two batches could starve
+		// each other.
+		n := 1
+	more:
+		for sent+n < len(reqs) {
+			select {
+			case c.slots <- struct{}{}:
+				n++
+			default:
+				break more
+			}
+		}
+		batch := reqs[sent : sent+n]
+		c.mu.Lock()
+		if c.err != nil {
+			err := c.err
+			c.mu.Unlock()
+			for range n {
+				<-c.slots
+			}
+			return sent, err
+		}
+		for _, req := range batch {
+			req.done = make(chan struct{})
+			c.cookie++
+			req.cookie = c.cookie
+			c.pending[req.cookie] = req
+		}
+		c.mu.Unlock()
+		select {
+		case c.wmu <- struct{}{}:
+		case <-c.dead:
+			for _, req := range batch {
+				c.remove(req)
+			}
+			return sent, c.connErr()
+		case <-ctx.Done():
+			for _, req := range batch {
+				c.remove(req)
+			}
+			return sent, ctx.Err()
+		}
+		err := c.writeRequests(batch)
+		<-c.wmu
+		if err != nil {
+			c.shutdown(connFailed(err))
+		}
+		sent += n
+	}
+	return sent, nil
+}
+
+// writeRequests writes the headers and payloads of reqs with one writev;
+// the caller holds the writer's lock.
+func (c *Client) writeRequests(reqs []*request) error {
+	if len(reqs) == 1 {
+		return c.writeRequest(reqs[0])
+	}
+	hdrs := make([]byte, len(reqs)*requestHeaderLen)
+	bufs := make(net.Buffers, 0, 2*len(reqs))
+	for i, req := range reqs {
+		h := hdrs[i*requestHeaderLen : (i+1)*requestHeaderLen]
+		putRequest(h, req.cmd, req.flags, req.cookie, req.off, req.length)
+		bufs = append(bufs, h)
+		if len(req.wdata) > 0 {
+			bufs = append(bufs, req.wdata)
+		}
+	}
+	_, err := bufs.WriteTo(c.conn)
+	return err
+}
+
 // writeRequest writes the header and any payload of req; the caller holds
 // the writer's lock. The payload goes out with one writev where possible.
 func (c *Client) writeRequest(req *request) error {
@@ -147,7 +255,7 @@ func (c *Client) remove(req *request) bool {
 	c.mu.Unlock()
 	if ok {
 		<-c.slots
-		close(req.done)
+		req.complete()
 	}
 	return ok
 }
