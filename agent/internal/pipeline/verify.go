@@ -116,7 +116,11 @@ func verifyRuns(ctx context.Context, target Source, cp chunkSums, runs [][2]int6
 		return v.produce(gctx, jobs)
 	})
 	for range opts.InFlight {
-		g.Go(func() error { return drain(gctx, jobs, v.cp.ChunkSize(), v.checkData) })
+		g.Go(func() error {
+			return drain(gctx, jobs, v.cp.ChunkSize(), func(ctx context.Context, j job, w *workerBuf) error {
+				return v.checkData(ctx, j, w.b)
+			})
+		})
 	}
 	stop := make(chan struct{})
 	var reporter errgroup.Group

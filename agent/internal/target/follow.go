@@ -89,8 +89,9 @@ type follower struct {
 	target   *cache.Server
 	dst      *nbd.Client
 	tmpDir   string
-	writing  bool  // the fence before the first write to the volume passed
-	uploaded int64 // data bytes this run has durably on the volume
+	feed     *pipeline.Feed // the chunks the copy offers from its buffers
+	writing  bool           // the fence before the first write to the volume passed
+	uploaded int64          // data bytes this run has durably on the volume
 	rounds   int
 
 	// The verification beside the upload (verifyBeside): chunks on the
@@ -103,6 +104,7 @@ type follower struct {
 }
 
 func (f *follower) run(ctx context.Context) error {
+	f.feed = pipeline.Subscribe(cache.CheckpointPath(f.job.CacheDir, f.disk), feedBytes)
 	defer f.close()
 	start := time.Now()
 	for {
@@ -216,14 +218,49 @@ func (f *follower) follow(ctx context.Context, converted bool, gen string, m pip
 			return false, false, err
 		}
 	}
-	src, socket, release, err := f.source(ctx, converted)
-	if errors.Is(err, cache.ErrNotWriting) && !converted {
-		return false, false, nil
-	}
+	before := f.uploaded
+	done, rest, err := f.roundFed(ctx, todo)
 	if err != nil {
 		return false, false, err
 	}
-	before := f.uploaded
+	if len(rest) > 0 {
+		ok, err := f.roundCache(ctx, converted, m, rest)
+		if err != nil {
+			return false, false, err
+		}
+		if ok {
+			done = append(done, rest...)
+		}
+	}
+	if len(done) == 0 {
+		return false, false, nil
+	}
+	// What was read describes the image of gen; a copy that replaced the
+	// image meanwhile (a VMware stream started over) makes it void.
+	if now, err := cache.Generation(f.job.CacheDir, f.disk); err != nil || now != gen {
+		return false, false, nil
+	}
+	f.marks.mark(done)
+	if err := f.marks.save(); err != nil {
+		return false, false, err
+	}
+	f.unverified = append(f.unverified, done...)
+	f.unverifiedData += f.uploaded - before
+	return false, true, nil
+}
+
+// roundCache uploads the chunks todo reading them from the cache image:
+// by qemu-img or through the agent. It reports false, and no error, when
+// the image could not be read while the copy runs (a later round tries
+// again).
+func (f *follower) roundCache(ctx context.Context, converted bool, m pipeline.Marks, todo []int) (bool, error) {
+	src, socket, release, err := f.source(ctx, converted)
+	if errors.Is(err, cache.ErrNotWriting) && !converted {
+		return false, nil
+	}
+	if err != nil {
+		return false, err
+	}
 	if f.byQemuImg() {
 		err = f.roundQemuImg(ctx, socket, src, m, todo)
 	} else {
@@ -233,22 +270,11 @@ func (f *follower) follow(ctx context.Context, converted bool, gen string, m pip
 	if err != nil {
 		if !converted && errors.Is(err, errCacheRead) && ctx.Err() == nil {
 			f.log.DebugContext(ctx, "cache read broke off; trying again", "err", err)
-			return false, false, nil
+			return false, nil
 		}
-		return false, false, err
+		return false, err
 	}
-	// What was read describes the image of gen; a copy that replaced the
-	// image meanwhile (a VMware stream started over) makes it void.
-	if now, err := cache.Generation(f.job.CacheDir, f.disk); err != nil || now != gen {
-		return false, false, nil
-	}
-	f.marks.mark(todo)
-	if err := f.marks.save(); err != nil {
-		return false, false, err
-	}
-	f.unverified = append(f.unverified, todo...)
-	f.unverifiedData += f.uploaded - before
-	return false, true, nil
+	return true, nil
 }
 
 func countDone(m pipeline.Marks) int {
@@ -390,6 +416,9 @@ func (f *follower) closeTarget() error {
 }
 
 func (f *follower) close() {
+	if f.feed != nil {
+		f.feed.Close()
+	}
 	_ = f.closeTarget()
 	if f.export != nil {
 		_ = f.export.Close()
