@@ -100,6 +100,7 @@ type follower struct {
 	unverified     []int
 	unverifiedData int64 // data bytes the rounds wrote to the unverified chunks
 	verified       int
+	verifiedBytes  int64 // the bytes of those chunks
 	noVerify       bool
 }
 
@@ -298,7 +299,7 @@ func (f *follower) adopt(ctx context.Context, gen string, m pipeline.Marks) erro
 	if err != nil {
 		return err
 	}
-	f.unverified, f.unverifiedData, f.verified, f.noVerify = nil, 0, 0, false
+	f.unverified, f.unverifiedData, f.verified, f.verifiedBytes, f.noVerify = nil, 0, 0, 0, false
 	if ok && f.volumeExists(ctx) {
 		f.log.InfoContext(ctx, "resuming the upload", "volume", f.vol.Path, "chunks_uploaded", marks.count(), "chunks", marks.chunks())
 		// What an earlier run uploaded is read back again by this one.
@@ -489,10 +490,12 @@ func (f *follower) verifyBeside(ctx context.Context) error {
 		return err
 	}
 	slices.Sort(f.unverified)
-	st, err := pipeline.VerifyChunks(ctx, pipeline.NBDSource{Client: f.dst}, sums, f.unverified, pipeline.VerifyOptions{InFlight: verifyInFlight, Progress: logProgress(f.job.Log, f.disk)})
+	st, err := pipeline.VerifyChunks(ctx, pipeline.NBDSource{Client: f.dst}, sums, f.unverified, pipeline.VerifyOptions{
+		InFlight: verifyInFlight, Progress: verifyProgress(f.job, f.disk, f.verifiedBytes, f.marks.size), Limiter: f.job.Upstream})
 	if err != nil {
 		return fmt.Errorf("volume %s: %w", f.vol.Path, err)
 	}
+	f.verifiedBytes += st.ReadBytes + st.ZeroBytes
 	f.verified += len(f.unverified)
 	f.unverified, f.unverifiedData = f.unverified[:0], 0
 	f.log.DebugContext(ctx, "verified beside the upload", "read_bytes", st.ReadBytes, "zero_bytes", st.ZeroBytes)

@@ -443,6 +443,11 @@ func TestUploadFromTheCopysBuffers(t *testing.T) {
 			if !r.GetDisks()[0].GetVerified() {
 				t.Error("the volume was not verified")
 			}
+			// The verification beside the upload reports its progress:
+			// the whole disk checked in the end.
+			if v := r.GetDisks()[0].GetVerification(); v.GetDoneBytes() != overlapSize || v.GetTotalBytes() != overlapSize {
+				t.Errorf("verification progress %d of %d bytes, want %d of %d", v.GetDoneBytes(), v.GetTotalBytes(), overlapSize, overlapSize)
+			}
 			mu.Lock()
 			defer mu.Unlock()
 			switch {
