@@ -75,6 +75,15 @@ func (f *Feed) Has(i int) bool {
 	return f.chunks[i] != nil
 }
 
+// HoldsZero reports whether the feed holds chunk i as a chunk of zeroes,
+// which costs an upload nothing to move.
+func (f *Feed) HoldsZero(i int) bool {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	c := f.chunks[i]
+	return c != nil && c.DataBytes == 0
+}
+
 // Take removes chunk i from the feed and returns it, or nil when the feed
 // does not hold it.
 func (f *Feed) Take(i int) *FedChunk {

@@ -187,10 +187,16 @@ func (f *follower) follow(ctx context.Context, converted bool, gen string, m pip
 	if l := f.job.Upstream; l != nil && l.Rate() > 0 {
 		limit = min(limit, max(m.ChunkSize, l.Rate()/8))
 	}
+	// Chunks of zeroes the copy offered cost the round nothing: a 64 GiB
+	// disk holding 1 GiB is not 32k chunks of rounds.
 	var todo []int
+	var budget int64
 	for i := range m.Chunks() {
-		if m.Done(i) && !f.marks.isDone(i) && int64(len(todo))*m.ChunkSize < limit {
+		if m.Done(i) && !f.marks.isDone(i) && budget < limit {
 			todo = append(todo, i)
+			if f.feed == nil || !f.feed.HoldsZero(i) {
+				budget += m.ChunkSize
+			}
 		}
 	}
 	if len(todo) == 0 {
