@@ -18,6 +18,8 @@ import (
 	"net"
 	"sync"
 	"time"
+
+	"golang.org/x/sync/semaphore"
 )
 
 // Options configure a client. The zero value asks for the default export
@@ -106,8 +108,12 @@ type Client struct {
 	neg   negotiated
 	maxIO uint32 // largest read or write request
 
-	slots chan struct{} // one token per request in flight
-	wmu   chan struct{} // the request writer's lock, taken with ctx
+	// slots has one unit per request in flight. A call split into k
+	// requests waits for k at once, so it wakes once when they are free
+	// rather than once per request that completes.
+	slots     *semaphore.Weighted
+	maxFlight int64
+	wmu       chan struct{} // the request writer's lock, taken with ctx
 
 	mu      sync.Mutex
 	idle    *sync.Cond // signalled when an abandoned request's buffer is released
@@ -200,7 +206,8 @@ func newClient(conn net.Conn, br *bufio.Reader, neg negotiated, opts Options) *C
 		br:         br,
 		log:        opts.Logger.With("export", opts.ExportName),
 		neg:        neg,
-		slots:      make(chan struct{}, opts.MaxInFlight),
+		slots:      semaphore.NewWeighted(int64(opts.MaxInFlight)),
+		maxFlight:  int64(opts.MaxInFlight),
 		wmu:        make(chan struct{}, 1),
 		pending:    make(map[uint64]*request),
 		dead:       make(chan struct{}),
@@ -305,15 +312,18 @@ func (c *Client) sendDisconnect() {
 // Disconnect waits for the requests in flight to finish, or for ctx to end,
 // then closes the client.
 func (c *Client) Disconnect(ctx context.Context) error {
-	var err error
-	for n := 0; n < cap(c.slots); n++ {
+	actx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	go func() {
 		select {
-		case c.slots <- struct{}{}:
 		case <-c.dead:
-			n = cap(c.slots)
-		case <-ctx.Done():
-			err, n = ctx.Err(), cap(c.slots)
+			cancel()
+		case <-actx.Done():
 		}
+	}()
+	var err error
+	if c.slots.Acquire(actx, c.maxFlight) != nil {
+		err = ctx.Err()
 	}
 	c.Close()
 	return err

@@ -26,7 +26,7 @@ func (c *Client) readLoop() {
 	c.mu.Unlock()
 	for _, r := range reqs {
 		r.err = cause
-		<-c.slots
+		c.slots.Release(1)
 		r.complete()
 	}
 }

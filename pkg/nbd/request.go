@@ -68,18 +68,14 @@ func (c *Client) start(ctx context.Context, req *request) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
-	select {
-	case c.slots <- struct{}{}:
-	case <-c.dead:
-		return c.connErr()
-	case <-ctx.Done():
-		return ctx.Err()
+	if err := c.acquire(ctx, 1); err != nil {
+		return err
 	}
 	req.done = make(chan struct{})
 	c.mu.Lock()
 	if c.err != nil {
 		c.mu.Unlock()
-		<-c.slots
+		c.slots.Release(1)
 		return c.err
 	}
 	c.cookie++
@@ -106,45 +102,28 @@ func (c *Client) start(ctx context.Context, req *request) error {
 	return nil
 }
 
-// startBatch sends reqs in order, as many at a time as there are free
-// in-flight slots, each batch with one write (a writev of every header
-// and payload): a call split into requests costs one system call, not one
-// per request. It returns how many it sent, which must be waited for, and
-// why it stopped short.
+// startBatch sends reqs in order, as many at a time as the client may
+// have in flight, each batch once that many slots are free and with one
+// write (a writev of every header and payload): a call split into
+// requests costs one wake-up and one system call, not one per request. It
+// returns how many it sent, which must be waited for, and why it stopped
+// short.
 func (c *Client) startBatch(ctx context.Context, reqs []*request) (int, error) {
 	sent := 0
 	for sent < len(reqs) {
 		if err := ctx.Err(); err != nil {
 			return sent, err
 		}
-		select {
-		case c.slots <- struct{}{}:
-		case <-c.dead:
-			return sent, c.connErr()
-		case <-ctx.Done():
-			return sent, ctx.Err()
-		}
-		// Never wait for a second slot while holding one: the slots held
-		// must be of requests on the wire, or two batches could starve
-		// each other.
-		n := 1
-	more:
-		for sent+n < len(reqs) {
-			select {
-			case c.slots <- struct{}{}:
-				n++
-			default:
-				break more
-			}
+		n := min(len(reqs)-sent, int(c.maxFlight))
+		if err := c.acquire(ctx, int64(n)); err != nil {
+			return sent, err
 		}
 		batch := reqs[sent : sent+n]
 		c.mu.Lock()
 		if c.err != nil {
 			err := c.err
 			c.mu.Unlock()
-			for range n {
-				<-c.slots
-			}
+			c.slots.Release(int64(n))
 			return sent, err
 		}
 		for _, req := range batch {
@@ -175,6 +154,25 @@ func (c *Client) startBatch(ctx context.Context, reqs []*request) (int, error) {
 		sent += n
 	}
 	return sent, nil
+}
+
+// acquire takes n in-flight slots, waiting while they are taken. A slot
+// is only ever held by a request on the wire or about to be, so it is
+// released without waiting on anyone; once the connection is down the
+// reader releases every pending request's.
+func (c *Client) acquire(ctx context.Context, n int64) error {
+	if c.slots.TryAcquire(n) {
+		return nil
+	}
+	select {
+	case <-c.dead:
+		return c.connErr()
+	default:
+	}
+	if err := c.slots.Acquire(ctx, n); err != nil {
+		return err
+	}
+	return nil
 }
 
 // writeRequests writes the headers and payloads of reqs with one writev;
@@ -254,7 +252,7 @@ func (c *Client) remove(req *request) bool {
 	delete(c.pending, req.cookie)
 	c.mu.Unlock()
 	if ok {
-		<-c.slots
+		c.slots.Release(1)
 		req.complete()
 	}
 	return ok
