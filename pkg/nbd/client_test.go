@@ -438,8 +438,8 @@ func TestDialTCPThroughProxy(t *testing.T) {
 }
 
 // TestSplitBatches: calls split into more requests than there are slots,
-// many at once, each sent in batches of whatever slots are free (one
-// writev per batch), neither deadlock nor mix their data; a call whose
+// many at once, each sent in batches of as many as the slots (one writev
+// per batch), neither deadlock nor mix their data; a call whose
 // context ends mid-way fails with the context's error and leaves the
 // connection usable.
 func TestSplitBatches(t *testing.T) {
