@@ -1,10 +1,10 @@
 package e2e
 
 import (
+	"encoding/json"
 	"fmt"
 	"os"
-	"path"
-	"path/filepath"
+	"os/exec"
 	"strings"
 	"testing"
 	"time"
@@ -18,34 +18,41 @@ import (
 )
 
 // TestCorruptionFailsVerification: one byte of the root disk is flipped
-// in the (raw) cache image right after CONVERTING copied and checksummed
-// it, as a failing cache disk would. The upload carries the bad byte to
-// the target, the read-back finds it, and the job FAILS naming the disk
-// and the offset of the chunk; no target VM is defined and the volumes
-// are removed.
+// in the target volume right after the upload wrote it, as a failing
+// target disk would. (The upload writes the chunks from the copy's own
+// buffers, so a byte flipped in the cache after the copy no longer
+// reaches the target.) The upstream limit is half the downstream one, so
+// the upload lags the copy and reads the volume back only when it has
+// caught up, after the flip; the read-back finds it, and the job FAILS
+// naming the disk and the offset of the chunk; no target VM is defined and
+// the volumes are removed.
 func TestCorruptionFailsVerification(t *testing.T) {
 	w := newWorld(t)
 	src := testenv.NewTestVM(t, w.lv, testenv.VMOptions{RandomBytes: 16 << 20})
-	w.setBandwidth(nil, proto.String(eightMiBps)) // a few seconds of CONVERTING to act in
+	w.setBandwidth(proto.String(fourMiBps), proto.String(eightMiBps)) // a few seconds of upload to act in
 	spec := w.spec(w.sourceVM(w.source, src.Name), &ferryv1.MigrationOptions{Compression: ferryv1.Compression_COMPRESSION_NONE})
 	name := w.createJob(spec)
 
 	const at = testenv.RandomOffset + 3<<20 + 99 // in the random data of vda
 	const chunk = at / (2 << 20) * (2 << 20)
 	want := src.Disks[0].Random[at-testenv.RandomOffset]
-	cacheImage := filepath.Join(w.cacheDir, path.Base(name), "vda.raw")
-	testkit.WaitFor(t, 2*time.Minute, fmt.Sprintf("byte %d of vda in the cache", at), func() bool {
-		f, err := os.OpenFile(cacheImage, os.O_RDWR, 0)
+	volume := w.volume(name, "vda")
+	testkit.WaitFor(t, 2*time.Minute, fmt.Sprintf("byte %d of vda on the target volume", at), func() bool {
+		host, ok := hostOffset(volume, at)
+		if !ok {
+			return false
+		}
+		f, err := os.OpenFile(volume, os.O_RDWR, 0)
 		if err != nil {
 			return false
 		}
 		defer f.Close()
 		b := make([]byte, 1)
-		if _, err := f.ReadAt(b, at); err != nil || b[0] != want {
+		if _, err := f.ReadAt(b, host); err != nil || b[0] != want {
 			return false
 		}
 		b[0] ^= 0xff
-		if _, err := f.WriteAt(b, at); err != nil {
+		if _, err := f.WriteAt(b, host); err != nil {
 			t.Fatal(err)
 		}
 		return true
@@ -66,5 +73,32 @@ func TestCorruptionFailsVerification(t *testing.T) {
 	if _, err := os.Stat(w.volume(name, "vda")); !os.IsNotExist(err) {
 		t.Errorf("the target volume of vda is still there: %v", err)
 	}
-	t.Logf("flipped byte %d of vda in the cache; the job failed: %s", at, j.GetReason())
+	t.Logf("flipped byte %d of vda on the target volume; the job failed: %s", at, j.GetReason())
+}
+
+// hostOffset is where in the qcow2 file path the byte at guest offset off
+// is stored, once it is allocated (qemu-img map, sharing the image with
+// the qemu-nbd writing it).
+func hostOffset(path string, off int64) (int64, bool) {
+	out, err := exec.Command("qemu-img", "map", "-U", "-f", "qcow2", "--output=json", path).Output()
+	if err != nil {
+		return 0, false
+	}
+	var m []struct {
+		Start, Length int64
+		Data          bool
+		Offset        *int64
+	}
+	if json.Unmarshal(out, &m) != nil {
+		return 0, false
+	}
+	for _, e := range m {
+		if off >= e.Start && off < e.Start+e.Length {
+			if !e.Data || e.Offset == nil {
+				return 0, false
+			}
+			return *e.Offset + off - e.Start, true
+		}
+	}
+	return 0, false
 }

@@ -18,6 +18,8 @@ import (
 	"net"
 	"sync"
 	"time"
+
+	"golang.org/x/sync/semaphore"
 )
 
 // Options configure a client. The zero value asks for the default export
@@ -106,8 +108,12 @@ type Client struct {
 	neg   negotiated
 	maxIO uint32 // largest read or write request
 
-	slots chan struct{} // one token per request in flight
-	wmu   chan struct{} // the request writer's lock, taken with ctx
+	// slots has one unit per request in flight. A call split into k
+	// requests waits for k at once, so it wakes once when they are free
+	// rather than once per request that completes.
+	slots     *semaphore.Weighted
+	maxFlight int64
+	wmu       chan struct{} // the request writer's lock, taken with ctx
 
 	mu      sync.Mutex
 	idle    *sync.Cond // signalled when an abandoned request's buffer is released
@@ -159,6 +165,10 @@ func newClientConn(ctx context.Context, conn net.Conn, opts Options) (*Client, e
 		conn.Close()
 		return nil, fmt.Errorf("export name of %d bytes is longer than 4096", len(opts.ExportName))
 	}
+	if uc, ok := conn.(*net.UnixConn); ok {
+		// Best effort: the kernel caps it at net.core.wmem_max.
+		_ = uc.SetWriteBuffer(unixWriteBuffer)
+	}
 	br := bufio.NewReaderSize(conn, 64<<10)
 	h := &handshaker{r: br, w: conn, conn: conn, opts: &opts}
 	stop := withDeadline(ctx, conn)
@@ -196,7 +206,8 @@ func newClient(conn net.Conn, br *bufio.Reader, neg negotiated, opts Options) *C
 		br:         br,
 		log:        opts.Logger.With("export", opts.ExportName),
 		neg:        neg,
-		slots:      make(chan struct{}, opts.MaxInFlight),
+		slots:      semaphore.NewWeighted(int64(opts.MaxInFlight)),
+		maxFlight:  int64(opts.MaxInFlight),
 		wmu:        make(chan struct{}, 1),
 		pending:    make(map[uint64]*request),
 		dead:       make(chan struct{}),
@@ -206,6 +217,14 @@ func newClient(conn net.Conn, br *bufio.Reader, neg negotiated, opts Options) *C
 	c.maxIO = maxRequest(opts.MaxRequest, c.BlockSize())
 	return c
 }
+
+// unixWriteBuffer is the send buffer asked for a unix socket. A unix
+// stream queues what it sends against the sender's buffer, 208 KiB by
+// default: less than one 256 KiB write request, so that every write
+// blocked until the server had read part of it, and each split call (a 2
+// MiB chunk is eight requests, written with one writev) took several
+// wake-ups of both processes.
+const unixWriteBuffer = 4 << 20
 
 // DefaultMaxRequest is the request size a client uses unless told: 256
 // KiB, as nbdcopy's. QEMU's NBD server (7.2, both qemu-nbd and a running
@@ -293,15 +312,18 @@ func (c *Client) sendDisconnect() {
 // Disconnect waits for the requests in flight to finish, or for ctx to end,
 // then closes the client.
 func (c *Client) Disconnect(ctx context.Context) error {
-	var err error
-	for n := 0; n < cap(c.slots); n++ {
+	actx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	go func() {
 		select {
-		case c.slots <- struct{}{}:
 		case <-c.dead:
-			n = cap(c.slots)
-		case <-ctx.Done():
-			err, n = ctx.Err(), cap(c.slots)
+			cancel()
+		case <-actx.Done():
 		}
+	}()
+	var err error
+	if c.slots.Acquire(actx, c.maxFlight) != nil {
+		err = ctx.Err()
 	}
 	c.Close()
 	return err

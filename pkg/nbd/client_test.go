@@ -2,6 +2,7 @@ package nbd
 
 import (
 	"bytes"
+	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -433,5 +434,53 @@ func TestDialTCPThroughProxy(t *testing.T) {
 	want := append(make([]byte, 64*KiB), bytes.Repeat([]byte{0x5a}, 64*KiB)...)
 	if !bytes.Equal(p, want) {
 		t.Error("read through the relay differs")
+	}
+}
+
+// TestSplitBatches: calls split into more requests than there are slots,
+// many at once, each sent in batches of as many as the slots (one writev
+// per batch), neither deadlock nor mix their data; a call whose
+// context ends mid-way fails with the context's error and leaves the
+// connection usable.
+func TestSplitBatches(t *testing.T) {
+	const size = 8 * MiB
+	srv := qemuNBD(t, newImage(t, "raw", size), "-f", "raw")
+	c := dial(t, srv.sock, Options{MaxInFlight: 3, MaxRequest: 64 * KiB})
+	ctx := testCtx(t)
+	var wg sync.WaitGroup
+	errs := make([]error, 8)
+	for i := range 8 {
+		wg.Go(func() {
+			off := int64(i) * MiB
+			want := pattern(off, MiB)
+			if err := c.WriteAt(ctx, want, off, false); err != nil {
+				errs[i] = err
+				return
+			}
+			got := make([]byte, MiB)
+			if err := c.ReadAt(ctx, got, off); err != nil {
+				errs[i] = err
+				return
+			}
+			if !bytes.Equal(got, want) {
+				errs[i] = fmt.Errorf("MiB %d read back differs", i)
+			}
+		})
+	}
+	wg.Wait()
+	if err := errors.Join(errs...); err != nil {
+		t.Fatal(err)
+	}
+	cctx, cancel := context.WithCancel(ctx)
+	cancel()
+	if err := c.ReadAt(cctx, make([]byte, MiB), 0); !errors.Is(err, context.Canceled) {
+		t.Fatalf("ReadAt with an ended context: %v, want context.Canceled", err)
+	}
+	got := make([]byte, size)
+	if err := c.ReadAt(ctx, got, 0); err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(got, pattern(0, size)) {
+		t.Fatal("the disk read back whole differs from what was written")
 	}
 }

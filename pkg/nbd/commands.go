@@ -96,7 +96,8 @@ func (c *Client) Flush(ctx context.Context) error {
 }
 
 // split sends [off, off+length) as requests of at most max bytes, all in
-// flight together, and waits for them all.
+// flight together (written in as few batches as the free slots allow), and
+// waits for them all, woken once when the last completes.
 func (c *Client) split(ctx context.Context, cmd, flags uint16, buf []byte, off, length int64, max uint32) error {
 	if length == 0 {
 		return nil
@@ -115,21 +116,36 @@ func (c *Client) split(ctx context.Context, cmd, flags uint16, buf []byte, off, 
 	if length <= int64(max) {
 		return c.do(ctx, piece(0, length))
 	}
-	var reqs []*request
-	var err error
+	reqs := make([]*request, 0, (length+int64(max)-1)/int64(max))
+	grp := &group{done: make(chan struct{})}
 	for at := int64(0); at < length; {
 		n := min(length-at, int64(max))
 		r := piece(at, n)
-		if err = c.start(ctx, r); err != nil {
-			break
-		}
+		r.grp = grp
 		reqs = append(reqs, r)
 		at += n
 	}
-	if werr := c.waitAll(ctx, reqs); err == nil {
-		err = werr
+	grp.left.Store(int32(len(reqs)))
+	sent, err := c.startBatch(ctx, reqs)
+	if err != nil || sent < len(reqs) {
+		if werr := c.waitAll(ctx, reqs[:sent]); err == nil {
+			err = werr
+		}
+		return err
 	}
-	return err
+	// One wake for the whole call; on ctx's end, each request is
+	// abandoned as wait does.
+	select {
+	case <-grp.done:
+	case <-ctx.Done():
+		return c.waitAll(ctx, reqs)
+	}
+	for _, r := range reqs {
+		if r.err != nil {
+			return r.err
+		}
+	}
+	return nil
 }
 
 // maxEffect is the longest request without payload (trim, write zeroes,

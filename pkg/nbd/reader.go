@@ -26,8 +26,8 @@ func (c *Client) readLoop() {
 	c.mu.Unlock()
 	for _, r := range reqs {
 		r.err = cause
-		<-c.slots
-		close(r.done)
+		c.slots.Release(1)
+		r.complete()
 	}
 }
 

@@ -3,6 +3,7 @@ package nbd
 import (
 	"context"
 	"net"
+	"sync/atomic"
 )
 
 // request is one command on the wire, from send to its final reply.
@@ -16,6 +17,7 @@ type request struct {
 	rbuf   []byte // destination of a read, len == length
 
 	done chan struct{} // closed by whoever removes the request from pending
+	grp  *group        // the batch it belongs to, when sent by split
 
 	// Owned by the reader goroutine until done is closed.
 	err     error
@@ -26,6 +28,21 @@ type request struct {
 	// Guarded by Client.mu.
 	abandoned bool // the caller has gone; discard what arrives
 	busy      bool // the reader is writing into rbuf
+}
+
+// group is the requests one call split: its done closes when the last of
+// them completes, so that the caller wakes once, not once per request.
+type group struct {
+	left atomic.Int32
+	done chan struct{}
+}
+
+// complete closes req.done, and its group's when it is the last.
+func (req *request) complete() {
+	close(req.done)
+	if g := req.grp; g != nil && g.left.Add(-1) == 0 {
+		close(g.done)
+	}
 }
 
 func putRequest(b []byte, cmd, flags uint16, cookie, off uint64, length uint32) {
@@ -51,18 +68,14 @@ func (c *Client) start(ctx context.Context, req *request) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
-	select {
-	case c.slots <- struct{}{}:
-	case <-c.dead:
-		return c.connErr()
-	case <-ctx.Done():
-		return ctx.Err()
+	if err := c.acquire(ctx, 1); err != nil {
+		return err
 	}
 	req.done = make(chan struct{})
 	c.mu.Lock()
 	if c.err != nil {
 		c.mu.Unlock()
-		<-c.slots
+		c.slots.Release(1)
 		return c.err
 	}
 	c.cookie++
@@ -87,6 +100,99 @@ func (c *Client) start(ctx context.Context, req *request) error {
 		c.shutdown(connFailed(err))
 	}
 	return nil
+}
+
+// startBatch sends reqs in order, as many at a time as the client may
+// have in flight, each batch once that many slots are free and with one
+// write (a writev of every header and payload): a call split into
+// requests costs one wake-up and one system call, not one per request. It
+// returns how many it sent, which must be waited for, and why it stopped
+// short.
+func (c *Client) startBatch(ctx context.Context, reqs []*request) (int, error) {
+	sent := 0
+	for sent < len(reqs) {
+		if err := ctx.Err(); err != nil {
+			return sent, err
+		}
+		n := min(len(reqs)-sent, int(c.maxFlight))
+		if err := c.acquire(ctx, int64(n)); err != nil {
+			return sent, err
+		}
+		batch := reqs[sent : sent+n]
+		c.mu.Lock()
+		if c.err != nil {
+			err := c.err
+			c.mu.Unlock()
+			c.slots.Release(int64(n))
+			return sent, err
+		}
+		for _, req := range batch {
+			req.done = make(chan struct{})
+			c.cookie++
+			req.cookie = c.cookie
+			c.pending[req.cookie] = req
+		}
+		c.mu.Unlock()
+		select {
+		case c.wmu <- struct{}{}:
+		case <-c.dead:
+			for _, req := range batch {
+				c.remove(req)
+			}
+			return sent, c.connErr()
+		case <-ctx.Done():
+			for _, req := range batch {
+				c.remove(req)
+			}
+			return sent, ctx.Err()
+		}
+		err := c.writeRequests(batch)
+		<-c.wmu
+		if err != nil {
+			c.shutdown(connFailed(err))
+		}
+		sent += n
+	}
+	return sent, nil
+}
+
+// acquire takes n in-flight slots, waiting while they are taken. A slot
+// is only ever held by a request on the wire or about to be, so it is
+// released without waiting on anyone; once the connection is down the
+// reader releases every pending request's.
+func (c *Client) acquire(ctx context.Context, n int64) error {
+	if c.slots.TryAcquire(n) {
+		return nil
+	}
+	select {
+	case <-c.dead:
+		return c.connErr()
+	default:
+	}
+	if err := c.slots.Acquire(ctx, n); err != nil {
+		return err
+	}
+	return nil
+}
+
+// writeRequests writes the headers and payloads of reqs with one writev;
+// the caller holds the writer's lock.
+func (c *Client) writeRequests(reqs []*request) error {
+	if len(reqs) == 1 {
+		return c.writeRequest(reqs[0])
+	}
+	hdrs := make([]byte, len(reqs)*requestHeaderLen)
+	bufs := make(net.Buffers, 0, 2*len(reqs))
+	for i, req := range reqs {
+		h := hdrs[i*requestHeaderLen : (i+1)*requestHeaderLen]
+		putRequest(h, req.cmd, req.flags, req.cookie, req.off, req.length)
+		bufs = append(bufs, h)
+		if len(req.wdata) > 0 {
+			bufs = append(bufs, req.wdata)
+		}
+	}
+	_, err := bufs.WriteTo(c.conn)
+	return err
 }
 
 // writeRequest writes the header and any payload of req; the caller holds
@@ -146,8 +252,8 @@ func (c *Client) remove(req *request) bool {
 	delete(c.pending, req.cookie)
 	c.mu.Unlock()
 	if ok {
-		<-c.slots
-		close(req.done)
+		c.slots.Release(1)
+		req.complete()
 	}
 	return ok
 }

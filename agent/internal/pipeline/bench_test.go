@@ -77,6 +77,7 @@ type benchRound struct {
 	cpu       float64
 	srcCPU    float64
 	srcFaults int64
+	own, sink float64 // the copier's own CPU seconds, and its target's
 }
 
 // medianMin returns the median and the least of f over the rounds.
@@ -297,7 +298,8 @@ func benchFerry(b *testing.B, src string, e export, size int64, verify bool, dia
 	}
 	r := src0.since(time.Since(start), pid)
 	peak := stop()
-	r.cpu += cpuSeconds("self") - self0 + target
+	r.own, r.sink = cpuSeconds("self")-self0, target
+	r.cpu += r.own + target
 	if src != "" && st.DataBytes != 1<<30 {
 		b.Fatalf("copied %d data bytes, want 1 GiB", st.DataBytes)
 	}
@@ -364,7 +366,8 @@ func benchNBDCopy(b *testing.B, e export, src string, size int64) benchRound {
 		b.Fatalf("qemu-nbd serving the nbdcopy target: %v", err)
 	}
 	r := src0.since(time.Since(start), pid)
-	r.cpu += childCPU(nbdcopy) + childCPU(srv)
+	r.own, r.sink = childCPU(nbdcopy), childCPU(srv)
+	r.cpu += r.own + r.sink
 	if err := os.Remove(target); err != nil {
 		b.Fatal(err)
 	}
@@ -497,4 +500,48 @@ func rss(pid string) int64 {
 		}
 	}
 	return 0
+}
+
+// BenchmarkConvertingLocal is the local pair of BenchmarkConverting alone,
+// Ferry and nbdcopy on the 4 GiB source, interleaved FERRY_BENCH_ROUNDS
+// times (default 5): the quick measure of a change to the copy's CPU. It
+// prints the all-process CPU seconds per GiB of each.
+func BenchmarkConvertingLocal(b *testing.B) {
+	requireQemu(b)
+	testenv.LookPath(b, "nbdcopy")
+	rounds := benchRounds(5)
+	small, _ := benchSources(b)
+	sock, pid := serveReadOnlyPID(b, small, "qcow2")
+	e := export{sock, pid}
+	b.ResetTimer()
+	for range b.N {
+		runs := []*benchRun{
+			{name: "ferry 4 GiB", run: func(first bool) benchRound {
+				r, _ := benchFerry(b, small, e, 4<<30, first, func() *nbd.Client { return dialNBD(b, sock, nbd.Options{}) })
+				return r
+			}},
+			{name: "nbdcopy 4 GiB", run: func(bool) benchRound { return benchNBDCopy(b, e, nbdURI(sock), 4<<30) }},
+		}
+		interleave(runs, rounds)
+		benchf("%d rounds, interleaved; load average before the report: %s", rounds, loadAverage())
+		for _, r := range runs {
+			med, least := r.seconds()
+			cpu, _ := r.medianMin(func(x benchRound) float64 { return x.cpu })
+			own, _ := r.medianMin(func(x benchRound) float64 { return x.own })
+			sink, _ := r.medianMin(func(x benchRound) float64 { return x.sink })
+			src, _ := r.medianMin(func(x benchRound) float64 { return x.srcCPU })
+			benchf("%-14s median %5.2f s, min %5.2f s; CPU-s per GiB of data (medians): all %.2f, copier %.2f, target %.2f, source %.2f",
+				r.name, med, least, cpu, own, sink, src)
+		}
+		fm, fl := runs[0].seconds()
+		nm, nl := runs[1].seconds()
+		var paired []float64
+		for i := range rounds {
+			paired = append(paired, runs[1].runs[i].d.Seconds()/runs[0].runs[i].d.Seconds())
+		}
+		sort.Float64s(paired)
+		benchf("speed ferry/nbdcopy local: medians %.2f, minima %.2f, median of rounds %.2f (goal >= 1.0)",
+			nm/fm, nl/fl, paired[len(paired)/2])
+		b.ReportMetric(nm/fm, "ferry/nbdcopy")
+	}
 }

@@ -24,12 +24,28 @@ func getChunkBuf(n int64) ([]byte, *[]byte) {
 
 func putChunkBuf(p *[]byte) { chunkBufs.Put(p) }
 
+// workerBuf is a worker's chunk buffer. A copy worker may give it away
+// (to a Feed) and go on with a fresh one.
+type workerBuf struct {
+	b      []byte
+	handle *[]byte
+}
+
+// giveAway returns the buffer's handle, now the taker's, and takes a
+// fresh buffer of the same length.
+func (w *workerBuf) giveAway() *[]byte {
+	h := w.handle
+	w.b, w.handle = getChunkBuf(int64(len(w.b)))
+	return h
+}
+
 // drain runs do on each job until jobs is closed or ctx ends, with one
 // pooled buffer of chunk bytes for all of them: the loop of every copy and
 // verification worker.
-func drain(ctx context.Context, jobs <-chan job, chunk int64, do func(context.Context, job, []byte) error) error {
-	buf, handle := getChunkBuf(chunk)
-	defer putChunkBuf(handle)
+func drain(ctx context.Context, jobs <-chan job, chunk int64, do func(context.Context, job, *workerBuf) error) error {
+	var w workerBuf
+	w.b, w.handle = getChunkBuf(chunk)
+	defer func() { putChunkBuf(w.handle) }()
 	for {
 		select {
 		case <-ctx.Done():
@@ -38,7 +54,7 @@ func drain(ctx context.Context, jobs <-chan job, chunk int64, do func(context.Co
 			if !ok {
 				return nil
 			}
-			if err := do(ctx, j, buf); err != nil {
+			if err := do(ctx, j, &w); err != nil {
 				return err
 			}
 		}

@@ -113,6 +113,7 @@ type copier struct {
 	saveBytes int64        // data written that triggers a checkpoint save
 	copied    atomic.Int64 // data bytes written by this run
 	kick      chan struct{}
+	feedPath  string // the checkpoint's path, by which an upload subscribes
 }
 
 // Copy copies src's data into dst. With a checkpoint, dst must be the
@@ -184,6 +185,10 @@ func newCopier(src Source, dst Sink, opts Options) (*copier, error) {
 func (c *copier) run(ctx context.Context) error {
 	if cp := c.opts.Checkpoint; cp != nil {
 		cp.begin()
+		c.feedPath = cp.Path()
+		if f := feedOf(c.feedPath); f != nil {
+			f.reset()
+		}
 	}
 	if err := c.count(ctx); err != nil {
 		return err

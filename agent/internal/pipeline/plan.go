@@ -135,6 +135,9 @@ func (c *copier) emit(ctx context.Context, jobs chan<- job, j job) error {
 		}
 		j.zeroFirst = cp.mayBeWritten(j.index)
 		if j.dataBytes == 0 && !j.zeroFirst {
+			if f := feedOf(c.feedPath); f != nil {
+				f.offer(&FedChunk{Index: j.index, Off: j.off, End: j.end})
+			}
 			cp.complete(j.index, 0, Sum{Kind: SumZero})
 			return nil
 		}

@@ -9,6 +9,8 @@ import (
 	"time"
 
 	"golang.org/x/sync/errgroup"
+
+	"github.com/ferry-v2v/ferry/pkg/ratelimit"
 )
 
 // ErrMismatch is a target that does not hold what the source held.
@@ -43,6 +45,10 @@ type VerifyOptions struct {
 	// size, or the chunks' of VerifyChunks), at most
 	// about four times a second and once at the end, from one goroutine.
 	Progress func(done, total int64)
+	// Limiter, when set, takes a token for every byte read back from the
+	// target (the upstream limit: the target is across the same link the
+	// upload used); ranges checked by their status take none.
+	Limiter *ratelimit.Limiter
 }
 
 // Verify is VerifyWith, inFlight chunks at a time, without progress.
@@ -116,7 +122,11 @@ func verifyRuns(ctx context.Context, target Source, cp chunkSums, runs [][2]int6
 		return v.produce(gctx, jobs)
 	})
 	for range opts.InFlight {
-		g.Go(func() error { return drain(gctx, jobs, v.cp.ChunkSize(), v.checkData) })
+		g.Go(func() error {
+			return drain(gctx, jobs, v.cp.ChunkSize(), func(ctx context.Context, j job, w *workerBuf) error {
+				return v.checkData(ctx, j, w.b)
+			})
+		})
 	}
 	stop := make(chan struct{})
 	var reporter errgroup.Group
@@ -222,6 +232,11 @@ func (v *verifier) zeroSum(n int64) uint64 {
 // zeroes between them included, with its checksum.
 func (v *verifier) checkData(ctx context.Context, j job, buf []byte) error {
 	want, _ := v.cp.Sum(j.index)
+	if l := v.opts.Limiter; l != nil {
+		if err := l.WaitN(ctx, int(j.dataBytes)); err != nil {
+			return err
+		}
+	}
 	b := buf[:j.end-j.off]
 	pos := j.off
 	for _, s := range j.data {

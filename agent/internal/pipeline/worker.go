@@ -11,7 +11,8 @@ import (
 // reads its data spans after taking their tokens, writes them rounded out
 // to whole granules, and records the chunk as complete with the checksum
 // of its content (a chunk of zeroes is recorded as such, never read).
-func (c *copier) copyChunk(ctx context.Context, j job, buf []byte) error {
+func (c *copier) copyChunk(ctx context.Context, j job, w *workerBuf) error {
+	buf := w.b
 	if j.zeroFirst {
 		if err := c.dst.WriteZeroes(ctx, j.off, j.end-j.off); err != nil {
 			return fmt.Errorf("copy: zero chunk at %d: %w", j.off, err)
@@ -41,6 +42,19 @@ func (c *copier) copyChunk(ctx context.Context, j job, buf []byte) error {
 	cp := c.opts.Checkpoint
 	if cp == nil {
 		return nil
+	}
+	if feed := feedOf(c.feedPath); feed != nil {
+		fc := &FedChunk{Index: j.index, Off: j.off, End: j.end}
+		if j.dataBytes > 0 {
+			fc.Data, fc.handle = buf[:j.end-j.off], w.handle
+			for _, r := range granules(j.data, j.off, j.end) {
+				fc.Spans = append(fc.Spans, Extent{Offset: r.off, Length: r.end - r.off})
+				fc.DataBytes += r.end - r.off
+			}
+		}
+		if feed.offer(fc) && fc.handle != nil {
+			w.giveAway()
+		}
 	}
 	if cp.complete(j.index, j.dataBytes, sum) >= c.saveBytes {
 		select {

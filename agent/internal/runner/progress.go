@@ -44,6 +44,10 @@ type diskCount struct {
 	// the target; it becomes done when UPLOADING begins.
 	uploaded    int64
 	uploadStart time.Time
+	// The verification of the target: bytes checked of those to check,
+	// since verifyStart (zero until it begins).
+	verifyDone, verifyTotal int64
+	verifyStart             time.Time
 }
 
 func newProgress(a *agentv1.Assignment, now func() time.Time, interval time.Duration, emit func(*agentv1.JobProgress)) *Progress {
@@ -88,6 +92,18 @@ func (p *Progress) Add(disk string, n int64) {
 // source's checksums.
 func (p *Progress) SetVerified(disk string) {
 	p.update(func() { p.disk(disk).verified = true })
+}
+
+// Verifying records that the verification of a disk's target has
+// checked done of total bytes. Its rate counts from the first call.
+func (p *Progress) Verifying(disk string, done, total int64) {
+	p.update(func() {
+		d := p.disk(disk)
+		if d.verifyStart.IsZero() {
+			d.verifyStart = p.now()
+		}
+		d.verifyDone, d.verifyTotal = done, total
+	})
 }
 
 // Verified reports whether SetVerified was called for a disk in this run
@@ -290,7 +306,23 @@ func (p *Progress) disksAt(now time.Time) []*ferryv1.DiskProgress {
 				dp.Eta = durationpb.New(time.Duration(float64(left) / dp.BytesPerSecond * float64(time.Second)))
 			}
 		}
+		if !d.verifyStart.IsZero() {
+			dp.Verification = verifyAt(d, now)
+		}
 		out = append(out, dp)
 	}
 	return out
+}
+
+// verifyAt is a disk's verification progress at now. The caller holds
+// p.mu.
+func verifyAt(d *diskCount, now time.Time) *ferryv1.VerifyProgress {
+	v := &ferryv1.VerifyProgress{TotalBytes: d.verifyTotal, DoneBytes: d.verifyDone}
+	if elapsed := now.Sub(d.verifyStart).Seconds(); elapsed > 0 && d.verifyDone > 0 {
+		v.BytesPerSecond = float64(d.verifyDone) / elapsed
+		if left := d.verifyTotal - d.verifyDone; left > 0 {
+			v.Eta = durationpb.New(time.Duration(float64(left) / v.BytesPerSecond * float64(time.Second)))
+		}
+	}
+	return v
 }

@@ -424,3 +424,48 @@ func TestStepReason(t *testing.T) {
 		t.Errorf("upload error: %q, want %q", got, want)
 	}
 }
+
+// progressVerifier is a verifyingDriver that reports how far it has read
+// back, a quarter of the disk a second.
+type progressVerifier struct {
+	*copyDriver
+	clock *fakeClock
+}
+
+func (d *progressVerifier) Verify(_ context.Context, j *Job) error {
+	j.Progress.Verifying("vda", 0, 1000)
+	for k := int64(1); k <= 4; k++ {
+		d.clock.Add(time.Second)
+		j.Progress.Verifying("vda", k*250, 1000)
+	}
+	j.Progress.SetVerified("vda")
+	return nil
+}
+
+// TestVerifyProgressIsReported: a verification's bytes checked, of those
+// to check, and its rate reach the job's disk progress
+// (DiskProgress.verification), the rate counted from its start.
+func TestVerifyProgressIsReported(t *testing.T) {
+	clock := &fakeClock{now: time.Unix(1_700_000_000, 0)}
+	d := &progressVerifier{copyDriver: &copyDriver{chunks: 2, chunk: 500}, clock: clock}
+	rec := newRecorder()
+	r := startRunner(t, Config{}, Deps{Now: clock.Now, Reporter: rec,
+		Drivers: Drivers{Sources: map[ferryv1.Platform]Source{ferryv1.Platform_PLATFORM_KVM: d}, Target: d}})
+	if err := r.Start(assignment(t, "migrationJobs/vp", 1, "vda")); err != nil {
+		t.Fatal(err)
+	}
+	res := rec.result(t)
+	v := res.GetDisks()[0].GetVerification()
+	if v.GetDoneBytes() != 1000 || v.GetTotalBytes() != 1000 || v.GetBytesPerSecond() != 250 || v.GetEta() != nil {
+		t.Fatalf("verification = %v, want 1000 of 1000 bytes at 250 B/s and no ETA", v)
+	}
+	var seen bool
+	for _, p := range rec.progress {
+		if pv := p.GetDisks()[0].GetVerification(); pv != nil && pv.GetDoneBytes() < pv.GetTotalBytes() && pv.GetEta() != nil {
+			seen = true
+		}
+	}
+	if !seen {
+		t.Error("no progress report showed the verification under way with an ETA")
+	}
+}

@@ -88,6 +88,12 @@ func (idleTarget) Configure(context.Context, *runner.Job) ([]string, error) { re
 // result.
 func benchJob(b *testing.B, src Endpoint, target runner.Target) (time.Duration, *agentv1.JobResult) {
 	b.Helper()
+	return benchJobOf(b, src, benchSize, target)
+}
+
+// benchJobOf is benchJob of a source disk of size bytes.
+func benchJobOf(b *testing.B, src Endpoint, size int64, target runner.Target) (time.Duration, *agentv1.JobResult) {
+	b.Helper()
 	cacheDir, storageDir := shortTempDir(b), b.TempDir()
 	res := results{ch: make(chan *agentv1.JobResult, 1)}
 	r := runner.New(runner.Config{DataDir: b.TempDir()}, runner.Deps{
@@ -99,7 +105,7 @@ func benchJob(b *testing.B, src Endpoint, target runner.Target) (time.Duration, 
 	defer func() { cancel(); <-done }()
 	a := &agentv1.Assignment{
 		Job: &ferryv1.MigrationJob{Name: "migrationJobs/bench", SourceVm: "vm",
-			Target: &ferryv1.TargetVm{Disks: []*ferryv1.TargetDisk{{SourceDisk: "vda", SizeBytes: benchSize}}}},
+			Target: &ferryv1.TargetVm{Disks: []*ferryv1.TargetDisk{{SourceDisk: "vda", SizeBytes: size}}}},
 		Epoch: 1, Source: &ferryv1.Source{Type: ferryv1.Platform_PLATFORM_KVM},
 		MigrationServer: &ferryv1.MigrationServer{Name: "migrationServers/bench", CachePath: cacheDir},
 		PrimaryStorage:  storage(ferryv1.PrimaryStorageType_PRIMARY_STORAGE_TYPE_LOCAL, storageDir, "", ""),

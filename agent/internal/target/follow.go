@@ -101,8 +101,9 @@ type follower struct {
 	target   *cache.Server
 	dst      *nbd.Client
 	tmpDir   string
-	writing  bool  // the fence before the first write to the volume passed
-	uploaded int64 // data bytes this run has durably on the volume
+	feed     *pipeline.Feed // the chunks the copy offers from its buffers
+	writing  bool           // the fence before the first write to the volume passed
+	uploaded int64          // data bytes this run has durably on the volume
 	rounds   int
 	saved    int // chunks this run marked durably on the volume
 
@@ -112,6 +113,7 @@ type follower struct {
 	unverified     []int
 	unverifiedData int64 // data bytes the rounds wrote to the unverified chunks
 	verified       int
+	verifiedBytes  int64 // the bytes of those chunks
 	noVerify       bool
 }
 
@@ -132,6 +134,7 @@ func (f *follower) onto(targetHost string, dst Endpoint, created bool) {
 }
 
 func (f *follower) run(ctx context.Context) error {
+	f.feed = pipeline.Subscribe(cache.CheckpointPath(f.job.CacheDir, f.disk), feedBytes)
 	defer f.close()
 	start := time.Now()
 	for {
@@ -216,10 +219,16 @@ func (f *follower) follow(ctx context.Context, converted bool, gen string, m pip
 	if l := f.job.Upstream; l != nil && l.Rate() > 0 {
 		limit = min(limit, max(m.ChunkSize, l.Rate()/8))
 	}
+	// Chunks of zeroes the copy offered cost the round nothing: a 64 GiB
+	// disk holding 1 GiB is not 32k chunks of rounds.
 	var todo []int
+	var budget int64
 	for i := range m.Chunks() {
-		if m.Done(i) && !f.marks.isDone(i) && int64(len(todo))*m.ChunkSize < limit {
+		if m.Done(i) && !f.marks.isDone(i) && budget < limit {
 			todo = append(todo, i)
+			if f.feed == nil || !f.feed.HoldsZero(i) {
+				budget += m.ChunkSize
+			}
 		}
 	}
 	if len(todo) == 0 {
@@ -248,14 +257,50 @@ func (f *follower) follow(ctx context.Context, converted bool, gen string, m pip
 			return false, false, err
 		}
 	}
-	src, socket, release, err := f.source(ctx, converted)
-	if errors.Is(err, cache.ErrNotWriting) && !converted {
-		return false, false, nil
-	}
+	before := f.uploaded
+	done, rest, err := f.roundFed(ctx, todo)
 	if err != nil {
 		return false, false, err
 	}
-	before := f.uploaded
+	if len(rest) > 0 {
+		ok, err := f.roundCache(ctx, converted, m, rest)
+		if err != nil {
+			return false, false, err
+		}
+		if ok {
+			done = append(done, rest...)
+		}
+	}
+	if len(done) == 0 {
+		return false, false, nil
+	}
+	// What was read describes the image of gen; a copy that replaced the
+	// image meanwhile (a VMware stream started over) makes it void.
+	if now, err := cache.Generation(f.job.CacheDir, f.disk); err != nil || now != gen {
+		return false, false, nil
+	}
+	f.marks.mark(done)
+	if err := f.marks.save(); err != nil {
+		return false, false, err
+	}
+	f.saved += len(done)
+	f.unverified = append(f.unverified, done...)
+	f.unverifiedData += f.uploaded - before
+	return false, true, nil
+}
+
+// roundCache uploads the chunks todo reading them from the cache image:
+// by qemu-img or through the agent. It reports false, and no error, when
+// the image could not be read while the copy runs (a later round tries
+// again).
+func (f *follower) roundCache(ctx context.Context, converted bool, m pipeline.Marks, todo []int) (bool, error) {
+	src, socket, release, err := f.source(ctx, converted)
+	if errors.Is(err, cache.ErrNotWriting) && !converted {
+		return false, nil
+	}
+	if err != nil {
+		return false, err
+	}
 	if f.byQemuImg() {
 		err = f.roundQemuImg(ctx, socket, src, m, todo)
 	} else {
@@ -265,23 +310,11 @@ func (f *follower) follow(ctx context.Context, converted bool, gen string, m pip
 	if err != nil {
 		if !converted && errors.Is(err, errCacheRead) && ctx.Err() == nil {
 			f.log.DebugContext(ctx, "cache read broke off; trying again", "err", err)
-			return false, false, nil
+			return false, nil
 		}
-		return false, false, err
+		return false, err
 	}
-	// What was read describes the image of gen; a copy that replaced the
-	// image meanwhile (a VMware stream started over) makes it void.
-	if now, err := cache.Generation(f.job.CacheDir, f.disk); err != nil || now != gen {
-		return false, false, nil
-	}
-	f.marks.mark(todo)
-	if err := f.marks.save(); err != nil {
-		return false, false, err
-	}
-	f.saved += len(todo)
-	f.unverified = append(f.unverified, todo...)
-	f.unverifiedData += f.uploaded - before
-	return false, true, nil
+	return true, nil
 }
 
 func countDone(m pipeline.Marks) int {
@@ -304,7 +337,7 @@ func (f *follower) adopt(ctx context.Context, gen string, m pipeline.Marks) erro
 	if err != nil {
 		return err
 	}
-	f.unverified, f.unverifiedData, f.verified, f.noVerify = nil, 0, 0, false
+	f.unverified, f.unverifiedData, f.verified, f.verifiedBytes, f.noVerify = nil, 0, 0, 0, false
 	resumed := ok && f.volumeExists(ctx)
 	if resumed {
 		f.log.InfoContext(ctx, "resuming the upload", "volume", f.vol.Path, "chunks_uploaded", marks.count(), "chunks", marks.chunks())
@@ -447,6 +480,9 @@ func (f *follower) closeTarget() error {
 }
 
 func (f *follower) close() {
+	if f.feed != nil {
+		f.feed.Close()
+	}
 	_ = f.closeTarget()
 	if f.export != nil {
 		_ = f.export.Close()
@@ -517,10 +553,12 @@ func (f *follower) verifyBeside(ctx context.Context) error {
 		return err
 	}
 	slices.Sort(f.unverified)
-	st, err := pipeline.VerifyChunks(ctx, pipeline.NBDSource{Client: f.dst}, sums, f.unverified, pipeline.VerifyOptions{InFlight: verifyInFlight, Progress: logProgress(f.job.Log, f.disk)})
+	st, err := pipeline.VerifyChunks(ctx, pipeline.NBDSource{Client: f.dst}, sums, f.unverified, pipeline.VerifyOptions{
+		InFlight: verifyInFlight, Progress: verifyProgress(f.job, f.disk, f.verifiedBytes, f.marks.size), Limiter: f.job.Upstream})
 	if err != nil {
 		return fmt.Errorf("volume %s: %w", f.vol.Path, err)
 	}
+	f.verifiedBytes += st.ReadBytes + st.ZeroBytes
 	f.verified += len(f.unverified)
 	f.unverified, f.unverifiedData = f.unverified[:0], 0
 	f.log.DebugContext(ctx, "verified beside the upload", "read_bytes", st.ReadBytes, "zero_bytes", st.ZeroBytes)

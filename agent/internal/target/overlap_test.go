@@ -455,3 +455,53 @@ func TestVerifyBesideFindsACorruptedVolume(t *testing.T) {
 		}
 	}
 }
+
+// The upload beside the copy takes the chunks from the copy's own buffers
+// once the copy's checkpoint marks them durable in the cache: most of the
+// data goes to the volume without being read back from the cache, and
+// the volume ends identical to the source. With a feed too small for any
+// chunk of data, every chunk of data is read from the cache instead, with
+// the same result.
+func TestUploadFromTheCopysBuffers(t *testing.T) {
+	for _, small := range []bool{false, true} {
+		t.Run(map[bool]string{false: "fed", true: "feed too small"}[small], func(t *testing.T) {
+			if small {
+				old := feedBytes
+				feedBytes = 1 << 10
+				defer func() { feedBytes = old }()
+			}
+			var mu sync.Mutex
+			var fedBytes int64
+			onFedRound = func(_ int, n int64) { mu.Lock(); fedBytes += n; mu.Unlock() }
+			defer func() { onFedRound = nil }()
+			o := newOverlapJob(t)
+			o.down = 8 << 20 * 8
+			res, _ := o.start(t)
+			r := waitResult(t, res)
+			if r.GetOutcome() != agentv1.JobOutcome_JOB_OUTCOME_SUCCEEDED {
+				t.Fatalf("job %s: %s", r.GetOutcome(), r.GetReason())
+			}
+			run(t, "qemu-img", "compare", "-f", "raw", "-F", "qcow2", o.sourcePath, o.volume())
+			if up := timing(t, r, uploading); up.GetBytes() != overlapData {
+				t.Errorf("UPLOADING moved %d bytes, want %d", up.GetBytes(), overlapData)
+			}
+			if !r.GetDisks()[0].GetVerified() {
+				t.Error("the volume was not verified")
+			}
+			// The verification beside the upload reports its progress:
+			// the whole disk checked in the end.
+			if v := r.GetDisks()[0].GetVerification(); v.GetDoneBytes() != overlapSize || v.GetTotalBytes() != overlapSize {
+				t.Errorf("verification progress %d of %d bytes, want %d of %d", v.GetDoneBytes(), v.GetTotalBytes(), overlapSize, overlapSize)
+			}
+			mu.Lock()
+			defer mu.Unlock()
+			switch {
+			case small && fedBytes != 0:
+				t.Errorf("%d bytes went from a feed of 1 KiB, want 0", fedBytes)
+			case !small && fedBytes < overlapData/2:
+				t.Errorf("%d of %d bytes went from the copy's buffers, want at least half", fedBytes, overlapData)
+			}
+			t.Logf("bytes from the copy's buffers: %d of %d", fedBytes, overlapData)
+		})
+	}
+}

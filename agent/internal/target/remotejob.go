@@ -263,7 +263,8 @@ func (d *Driver) verifyRemote(ctx context.Context, job *runner.Job, targetHost s
 		if err != nil {
 			return fmt.Errorf("disk %s: read back %s: %w", name, dst.URI(), err)
 		}
-		st, err := pipeline.Verify(ctx, pipeline.NBDSource{Client: c}, cp, verifyInFlight)
+		st, err := pipeline.VerifyWith(ctx, pipeline.NBDSource{Client: c}, cp, pipeline.VerifyOptions{InFlight: verifyInFlight,
+			Progress: verifyProgress(job, name, 0, cp.Size()), Limiter: job.Upstream})
 		c.Close()
 		if err != nil {
 			return fmt.Errorf("disk %s: volume %s: %w", name, dst.URI(), err)

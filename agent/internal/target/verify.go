@@ -53,7 +53,8 @@ func (d *Driver) Verify(ctx context.Context, job *runner.Job) error {
 			continue
 		}
 		start := time.Now()
-		st, err := VerifyVolume(ctx, up, cp, vols[i], logProgress(job.Log, name))
+		st, err := VerifyVolume(ctx, up, cp, vols[i], pipeline.VerifyOptions{
+			Progress: verifyProgress(job, name, 0, cp.Size()), Limiter: job.Upstream})
 		if err != nil {
 			return fmt.Errorf("disk %s: %w", name, err)
 		}
@@ -79,6 +80,17 @@ func copySums(job *runner.Job, disk string) (*pipeline.Checkpoint, error) {
 	return cp, nil
 }
 
+// verifyProgress returns the progress callback of a verification of disk
+// (pipeline.VerifyOptions.Progress): it reports base+done bytes checked of
+// size to the job's progress (DiskProgress.verification), and logs.
+func verifyProgress(job *runner.Job, disk string, base, size int64) func(done, total int64) {
+	log := logProgress(job.Log, disk)
+	return func(done, total int64) {
+		log(done, total)
+		job.Progress.Verifying(disk, base+done, size)
+	}
+}
+
 // logProgress returns a verification progress callback that logs at most
 // every verifyLogEvery.
 func logProgress(log *slog.Logger, disk string) func(done, total int64) {
@@ -93,9 +105,10 @@ func logProgress(log *slog.Logger, disk string) func(done, total int64) {
 
 // VerifyVolume serves vol read-only with qemu-nbd and compares it with
 // the checksums of cp (pipeline.VerifyWith), verifyInFlight chunks of data
-// at a time; progress, when set, gets the bytes checked. A volume that
-// differs is a *pipeline.MismatchError naming the offset.
-func VerifyVolume(ctx context.Context, up *Uploader, cp *pipeline.Checkpoint, vol Volume, progress func(done, total int64)) (pipeline.VerifyStats, error) {
+// at a time unless opts says; opts.Progress, when set, gets the bytes
+// checked, and opts.Limiter the bytes read. A volume that differs is a
+// *pipeline.MismatchError naming the offset.
+func VerifyVolume(ctx context.Context, up *Uploader, cp *pipeline.Checkpoint, vol Volume, opts pipeline.VerifyOptions) (pipeline.VerifyStats, error) {
 	dir, err := os.MkdirTemp(up.tempDir, "ferry-verify-")
 	if err != nil {
 		return pipeline.VerifyStats{}, fmt.Errorf("verify %s: %w", vol.Path, err)
@@ -111,8 +124,10 @@ func VerifyVolume(ctx context.Context, up *Uploader, cp *pipeline.Checkpoint, vo
 		return pipeline.VerifyStats{}, fmt.Errorf("verify %s: %w", vol.Path, err)
 	}
 	defer c.Close()
-	st, err := pipeline.VerifyWith(ctx, pipeline.NBDSource{Client: c}, cp,
-		pipeline.VerifyOptions{InFlight: verifyInFlight, Progress: progress})
+	if opts.InFlight == 0 {
+		opts.InFlight = verifyInFlight
+	}
+	st, err := pipeline.VerifyWith(ctx, pipeline.NBDSource{Client: c}, cp, opts)
 	if err != nil {
 		return st, fmt.Errorf("volume %s: %w", vol.Path, err)
 	}

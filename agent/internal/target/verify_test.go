@@ -16,6 +16,7 @@ import (
 	"github.com/ferry-v2v/ferry/pkg/nbd"
 	ferryv1 "github.com/ferry-v2v/ferry/pkg/pb/ferry/v1"
 
+	"github.com/ferry-v2v/ferry/pkg/ratelimit"
 	"github.com/ferry-v2v/ferry/pkg/testkit"
 )
 
@@ -75,7 +76,7 @@ func TestVerifyVolume(t *testing.T) {
 		t.Fatal(err)
 	}
 	var done, total atomic.Int64
-	st, err := VerifyVolume(ctx, up, cp, vol, func(d, tot int64) { done.Store(d); total.Store(tot) })
+	st, err := VerifyVolume(ctx, up, cp, vol, pipeline.VerifyOptions{Progress: func(d, tot int64) { done.Store(d); total.Store(tot) }})
 	if err != nil {
 		t.Fatalf("verify the uploaded volume: %v", err)
 	}
@@ -84,6 +85,16 @@ func TestVerifyVolume(t *testing.T) {
 	}
 	if done.Load() != sourceSize || total.Load() != sourceSize {
 		t.Errorf("verification progress ended at %d of %d, want %d of %d", done.Load(), total.Load(), sourceSize, sourceSize)
+	}
+
+	// Under the upstream limit every byte read back takes a token, and
+	// ranges checked by their status none.
+	lim := ratelimit.New(8 << 30)
+	if st, err = VerifyVolume(ctx, up, cp, vol, pipeline.VerifyOptions{Limiter: lim}); err != nil {
+		t.Fatalf("verify under a limit: %v", err)
+	}
+	if got := lim.Granted(); got != st.ReadBytes || got != dataBytes {
+		t.Errorf("the limiter granted %d bytes to a verification that read %d (the volume holds %d of data)", got, st.ReadBytes, dataBytes)
 	}
 
 	for _, tc := range []struct {
@@ -105,7 +116,7 @@ func TestVerifyVolume(t *testing.T) {
 			bad.Path = filepath.Join(t.TempDir(), "bad.qcow2")
 			run(t, "cp", "--sparse=always", vol.Path, bad.Path)
 			tc.corrupt(t, bad.Path)
-			_, err := VerifyVolume(ctx, up, cp, bad, nil)
+			_, err := VerifyVolume(ctx, up, cp, bad, pipeline.VerifyOptions{})
 			var mm *pipeline.MismatchError
 			want := fmt.Sprintf("the 2097152 bytes at offset %d differ from the source", tc.chunk)
 			if !errors.As(err, &mm) || mm.Offset != tc.chunk || !strings.Contains(err.Error(), want) || !strings.Contains(err.Error(), tc.detail) {

@@ -185,6 +185,29 @@ func TestProgressRendering(t *testing.T) {
 	if !strings.HasPrefix(line, "10:00:00 progress") || !strings.Contains(line, "25.0%  5 GiB/20 GiB  100 MiB/s  ETA 51s") {
 		t.Errorf("progress line = %q", line)
 	}
+	// A disk being verified gets a line of its verification.
+	j.Disks[0].Verification = &ferryv1.VerifyProgress{TotalBytes: 10 << 30, DoneBytes: 1 << 30, BytesPerSecond: 50 << 20}
+	lines = progressLines(j)
+	if len(lines) != 4 {
+		t.Fatalf("lines = %q, want a header, one per disk and one for the verification", lines)
+	}
+	for _, want := range []string{"verify", "10.0%", "1 GiB/10 GiB", "50 MiB/s", "ETA 3m"} {
+		if !strings.Contains(lines[2], want) {
+			t.Errorf("verification line %q lacks %q", lines[2], want)
+		}
+	}
+	var vt bytes.Buffer
+	if err := verifyTable(&vt, j.Disks); err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{"VERIFY", "CHECKED/TOTAL", "root", "10.0%", "1 GiB/10 GiB", "50 MiB/s"} {
+		if !strings.Contains(vt.String(), want) {
+			t.Errorf("verification table lacks %q:\n%s", want, vt.String())
+		}
+	}
+	if strings.Contains(vt.String(), "vdb") {
+		t.Errorf("verification table lists vdb, which has none:\n%s", vt.String())
+	}
 	failed := &ferryv1.MigrationJob{Name: "migrationJobs/b", State: ferryv1.MigrationJobState_MIGRATION_JOB_STATE_FAILED, Reason: "agent lost"}
 	if got := progressLines(failed); len(got) != 1 || !strings.Contains(got[0], "FAILED  agent lost") {
 		t.Errorf("failed job = %q", got)

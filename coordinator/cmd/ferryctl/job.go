@@ -58,6 +58,9 @@ moved and its rate. UPLOADING runs beside CONVERTING: it begins while the job's 
 				if err := diskTable(a.io.Out, resp.GetDisks()); err != nil {
 					return err
 				}
+				if err := verifyTable(a.io.Out, resp.GetDisks()); err != nil {
+					return err
+				}
 			}
 			if len(resp.GetPhaseTimings()) > 0 {
 				fmt.Fprintln(a.io.Out)

@@ -67,6 +67,12 @@ func progressLines(j *ferryv1.MigrationJob) []string {
 			orDefault(percent(d.GetDoneBytes(), d.GetTotalBytes()), "?"),
 			humanBytes(d.GetDoneBytes())+"/"+humanBytes(d.GetTotalBytes()),
 			joinNonEmpty(humanRate(d.GetBytesPerSecond()), eta(d.GetDoneBytes(), d.GetTotalBytes(), d.GetBytesPerSecond(), d.GetEta().AsDuration()))))
+		if v := d.GetVerification(); v != nil {
+			lines = append(lines, fmt.Sprintf("  %-10s %s %6s  %s  %s", "  verify", bar(v.GetDoneBytes(), v.GetTotalBytes()),
+				orDefault(percent(v.GetDoneBytes(), v.GetTotalBytes()), "?"),
+				humanBytes(v.GetDoneBytes())+"/"+humanBytes(v.GetTotalBytes()),
+				joinNonEmpty(humanRate(v.GetBytesPerSecond()), eta(v.GetDoneBytes(), v.GetTotalBytes(), v.GetBytesPerSecond(), v.GetEta().AsDuration()))))
+		}
 	}
 	return lines
 }
@@ -140,6 +146,30 @@ func diskTable(w io.Writer, disks []*ferryv1.DiskProgress) error {
 		t.row(orDefault(d.GetDisplayName(), d.GetSourceDisk()), bar(d.GetDoneBytes(), d.GetTotalBytes()),
 			percent(d.GetDoneBytes(), d.GetTotalBytes()), humanBytes(d.GetDoneBytes())+"/"+humanBytes(d.GetTotalBytes()),
 			humanRate(d.GetBytesPerSecond()), e)
+	}
+	return t.flush()
+}
+
+// verifyTable prints the verification of the disks that have begun one,
+// for "job get"; nothing when none has.
+func verifyTable(w io.Writer, disks []*ferryv1.DiskProgress) error {
+	var rows []*ferryv1.DiskProgress
+	for _, d := range disks {
+		if d.GetVerification() != nil {
+			rows = append(rows, d)
+		}
+	}
+	if len(rows) == 0 {
+		return nil
+	}
+	fmt.Fprintln(w)
+	t := newTable(w, "VERIFY", "PROGRESS", "", "CHECKED/TOTAL", "RATE", "ETA")
+	for _, d := range rows {
+		v := d.GetVerification()
+		e := strings.TrimPrefix(eta(v.GetDoneBytes(), v.GetTotalBytes(), v.GetBytesPerSecond(), v.GetEta().AsDuration()), "ETA ")
+		t.row(orDefault(d.GetDisplayName(), d.GetSourceDisk()), bar(v.GetDoneBytes(), v.GetTotalBytes()),
+			percent(v.GetDoneBytes(), v.GetTotalBytes()), humanBytes(v.GetDoneBytes())+"/"+humanBytes(v.GetTotalBytes()),
+			humanRate(v.GetBytesPerSecond()), e)
 	}
 	return t.flush()
 }
