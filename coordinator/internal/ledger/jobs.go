@@ -95,6 +95,7 @@ func (l *Ledger) CreateMigrationJobs(c *ledgerv1.CreateMigrationJobs, now time.T
 		j.UpdateTime = j.CreateTime
 		l.jobs[j.GetName()] = j
 		l.indexJob(j, true)
+		l.plan(nil, j)
 		names = append(names, j.GetName())
 		l.notify(j, false)
 	}
@@ -276,6 +277,7 @@ func (l *Ledger) DeleteMigrationJob(name string, now time.Time) error {
 	}
 	delete(l.jobs, name)
 	l.indexJob(j, false)
+	l.plan(j, nil)
 	l.freed++
 	l.notify(j, true)
 	return nil
@@ -319,6 +321,7 @@ func (l *Ledger) updateJob(name string, now time.Time, change func(*ferryv1.Migr
 		return err
 	}
 	j.UpdateTime = timestamppb.New(now)
+	l.plan(l.jobs[name], j)
 	l.jobs[name] = j
 	l.notify(j, false)
 	return nil
@@ -337,6 +340,7 @@ func (l *Ledger) finish(j *ferryv1.MigrationJob, state ferryv1.MigrationJobState
 	if j.GetStartTime() != nil {
 		j.Duration = durationpb.New(now.Sub(j.GetStartTime().AsTime()))
 	}
+	l.plan(l.jobs[j.GetName()], j)
 	l.jobs[j.GetName()] = j
 	l.notify(j, false)
 }

@@ -49,6 +49,7 @@ type Ledger struct {
 	mappings    map[string]*ferryv1.NetworkMappingGroup
 	jobs        map[string]*ferryv1.MigrationJob
 	addrs       map[string]map[string][]string // network → address → jobs given it (addresses.go)
+	planned     map[plannedKey]*PlannedLoad    // what queued and running jobs add up to (planned.go)
 	freed       uint64                         // see AddressesFreed
 	nodes       map[string]*ledgerv1.Node
 	requests    map[string]*ledgerv1.RequestRecord
@@ -81,6 +82,7 @@ func (l *Ledger) reset() {
 	l.mappings = map[string]*ferryv1.NetworkMappingGroup{}
 	l.jobs = map[string]*ferryv1.MigrationJob{}
 	l.addrs = map[string]map[string][]string{}
+	l.planned = map[plannedKey]*PlannedLoad{}
 	l.freed++
 	l.nodes = map[string]*ledgerv1.Node{}
 	l.requests = map[string]*ledgerv1.RequestRecord{}
@@ -163,6 +165,7 @@ func (l *Ledger) Restore(s *ledgerv1.Snapshot) {
 	fill(l.mappings, s.GetNetworkMappingGroups(), (*ferryv1.NetworkMappingGroup).GetName)
 	fill(l.jobs, s.GetJobs(), (*ferryv1.MigrationJob).GetName)
 	l.indexAllJobs()
+	l.planAllJobs()
 	fill(l.nodes, s.GetNodes(), (*ledgerv1.Node).GetId)
 	fill(l.requests, s.GetRequests(), (*ledgerv1.RequestRecord).GetRequestId)
 	fill(l.inventories, s.GetSourceInventories(), (*ferryv1.SourceInventory).GetSource)
