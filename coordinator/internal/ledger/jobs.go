@@ -278,7 +278,7 @@ func (l *Ledger) DeleteMigrationJob(name string, now time.Time) error {
 	delete(l.jobs, name)
 	l.indexJob(j, false)
 	l.plan(j, nil)
-	l.freed++
+	l.freeJobAddresses(j)
 	l.notify(j, true)
 	return nil
 }
@@ -331,7 +331,7 @@ func (l *Ledger) updateJob(name string, now time.Time, change func(*ferryv1.Migr
 func (l *Ledger) finish(j *ferryv1.MigrationJob, state ferryv1.MigrationJobState, reason string, now time.Time) {
 	j.State = state
 	if state == stateFailed || state == stateCancelled {
-		l.freed++
+		l.freeJobAddresses(j)
 	}
 	j.Reason = reason
 	j.WaitingReason = ""

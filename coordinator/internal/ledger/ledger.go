@@ -51,8 +51,14 @@ type Ledger struct {
 	addrs       map[string]map[string][]string // network → address → jobs given it (addresses.go)
 	planned     map[plannedKey]*PlannedLoad    // what queued and running jobs add up to (planned.go)
 	freed       uint64                         // see AddressesFreed
-	nodes       map[string]*ledgerv1.Node
-	requests    map[string]*ledgerv1.RequestRecord
+	freedAll    uint64                         // AddressesFreed at the last freeAll
+	// freedLog lists, by network, the addresses that may have been
+	// freed, oldest first; freedTrimmed is the count of the newest one
+	// dropped (see AddressesFreedSince).
+	freedLog     map[string][]freedAddr
+	freedTrimmed map[string]uint64
+	nodes        map[string]*ledgerv1.Node
+	requests     map[string]*ledgerv1.RequestRecord
 	// oldestRequest is the time of the oldest request record when known;
 	// see pruneRequests.
 	oldestRequest time.Time
@@ -83,7 +89,7 @@ func (l *Ledger) reset() {
 	l.jobs = map[string]*ferryv1.MigrationJob{}
 	l.addrs = map[string]map[string][]string{}
 	l.planned = map[plannedKey]*PlannedLoad{}
-	l.freed++
+	l.freeAll()
 	l.nodes = map[string]*ledgerv1.Node{}
 	l.requests = map[string]*ledgerv1.RequestRecord{}
 	l.oldestRequest = time.Time{}
