@@ -52,13 +52,17 @@ func (st *state) queued() ([]*ferryv1.MigrationJob, []waiting) {
 	var waits []waiting
 	st.ledger.VisitJobs(ledger.JobFilter{State: ferryv1.MigrationJobState_MIGRATION_JOB_STATE_QUEUED}, func(j *ferryv1.MigrationJob) bool {
 		reason, ok := blocked[j.GetMigrationServer()]
+		if !ok {
+			reason = fmt.Sprintf("migration server %s does not exist", j.GetMigrationServer())
+			blocked[j.GetMigrationServer()] = reason
+		}
 		switch {
-		case !ok:
-			waits = append(waits, waiting{j.GetName(), fmt.Sprintf("migration server %s does not exist", j.GetMigrationServer()), j.GetWaitingReason()})
-		case reason != "":
-			waits = append(waits, waiting{j.GetName(), reason, j.GetWaitingReason()})
-		default:
+		case reason == "":
 			jobs = append(jobs, summary(j))
+		case reason != j.GetWaitingReason():
+			// A job that already says why it waits is left alone:
+			// 10,000 jobs behind a disabled server cost a look each.
+			waits = append(waits, waiting{j.GetName(), reason, j.GetWaitingReason()})
 		}
 		return true
 	})
