@@ -111,7 +111,9 @@ func DefaultSettings() *ferryv1.Settings {
 }
 
 // SetObserver installs fn, called with every job change while the ledger
-// is locked: it must not block or call back into the ledger.
+// is locked: it must not block or call back into the ledger. The job is
+// the ledger's own value, never changed in place: fn must neither change
+// nor keep it (it may keep a copy).
 func (l *Ledger) SetObserver(fn func(JobEvent)) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
@@ -129,7 +131,7 @@ func (l *Ledger) SetServerObserver(fn func(*ferryv1.MigrationServer)) {
 
 func (l *Ledger) notify(job *ferryv1.MigrationJob, deleted bool) {
 	if l.observer != nil {
-		l.observer(JobEvent{Job: clone(job), Deleted: deleted})
+		l.observer(JobEvent{Job: job, Deleted: deleted})
 	}
 }
 

@@ -43,7 +43,8 @@ func New(lookup Lookup) *Hub {
 	return &Hub{lookup: lookup, subs: map[*subscriber]struct{}{}, live: map[string]live{}}
 }
 
-// JobChanged is the ledger's observer: it must not block.
+// JobChanged is the ledger's observer: it must not block. ev.Job is the
+// ledger's own value: subscribers get copies of it.
 func (h *Hub) JobChanged(ev ledger.JobEvent) {
 	typ := ferryv1.WatchEventType_WATCH_EVENT_TYPE_CHANGED
 	if ev.Deleted {
