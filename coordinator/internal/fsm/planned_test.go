@@ -2,6 +2,7 @@ package fsm
 
 import (
 	"bytes"
+	"fmt"
 	"io"
 	"slices"
 	"testing"
@@ -63,12 +64,14 @@ func samePlanned(a, b []ledger.PlannedLoad) bool {
 	return slices.Equal(a, b)
 }
 
-// TestPlannedLoadsFollowEveryCommand checks the ledger's totals of queued
-// and running jobs, which placement reads, against a recount of the jobs
-// after every command (created, started, finished, cancelled, restarted
-// onto another host, deleted, cancelled with their migration server), and
-// after a snapshot is restored.
-func TestPlannedLoadsFollowEveryCommand(t *testing.T) {
+// TestJobIndexesFollowEveryCommand checks the ledger's totals of queued
+// and running jobs, which placement reads, and its index of queued jobs
+// by server and waiting reason, which the scheduler reads, against a
+// recount of the jobs after every command (created, given a waiting
+// reason, started, finished, cancelled, restarted onto another host,
+// deleted, cancelled with their migration server), and after a snapshot
+// is restored.
+func TestJobIndexesFollowEveryCommand(t *testing.T) {
 	f := New(ledger.New(), nil)
 	cmds := append(everyCommand(),
 		cmdAt(200, &ledgerv1.Command{Op: &ledgerv1.Command_CreateMigrationJobs{CreateMigrationJobs: &ledgerv1.CreateMigrationJobs{
@@ -89,6 +92,9 @@ func TestPlannedLoadsFollowEveryCommand(t *testing.T) {
 			t.Fatalf("after command %d (%T): planned loads %+v, recount %+v", i, c.GetOp(), got, want)
 		}
 		sawSome = sawSome || len(got) > 1
+		if err := checkQueued(f.Ledger()); err != "" {
+			t.Fatalf("after command %d (%T): %s", i, c.GetOp(), err)
+		}
 	}
 	if !sawSome {
 		t.Fatal("never more than one planned load: the test covers too little")
@@ -112,11 +118,17 @@ func TestPlannedLoadsFollowEveryCommand(t *testing.T) {
 	if got := g.Ledger().PlannedLoads(); !slices.Equal(got, want) {
 		t.Fatalf("restored planned loads %+v, want %+v", got, want)
 	}
+	if err := checkQueued(g.Ledger()); err != "" {
+		t.Fatalf("restored: %s", err)
+	}
 	if _, err := g.ApplyCommand(cmdAt(300, &ledgerv1.Command{Op: &ledgerv1.Command_DeleteMigrationServer{DeleteMigrationServer: &ledgerv1.DeleteResource{Name: "migrationServers/ms1"}}})); err != nil {
 		t.Fatal(err)
 	}
 	if got := g.Ledger().PlannedLoads(); len(got) != 0 {
 		t.Fatalf("planned loads once every job was cancelled with its server = %+v, want none", got)
+	}
+	if got := g.Ledger().QueuedServers(); len(got) != 0 {
+		t.Fatalf("queued servers once every job was cancelled with its server = %v, want none", got)
 	}
 }
 
@@ -125,4 +137,43 @@ func placedJob(name, ip, host string) *ferryv1.MigrationJob {
 	j.TargetHost = host
 	j.Target.Cpus, j.Target.MemoryBytes = 4, 3<<30
 	return j
+}
+
+// checkQueued compares the ledger's queued index with the queued jobs,
+// by server and waiting reason; "" when they agree.
+func checkQueued(l *ledger.Ledger) string {
+	want := map[string]map[string][]string{} // server → reason → names
+	for _, j := range l.Jobs(ledger.JobFilter{State: ferryv1.MigrationJobState_MIGRATION_JOB_STATE_QUEUED}) {
+		if want[j.GetMigrationServer()] == nil {
+			want[j.GetMigrationServer()] = map[string][]string{}
+		}
+		want[j.GetMigrationServer()][j.GetWaitingReason()] = append(want[j.GetMigrationServer()][j.GetWaitingReason()], j.GetName())
+	}
+	servers := l.QueuedServers()
+	if len(servers) != len(want) {
+		return fmt.Sprintf("queued servers %v, want those of %v", servers, want)
+	}
+	for _, s := range servers {
+		for reason, names := range want[s] {
+			var got []string
+			l.VisitQueued(s, func(r string) bool { return r == reason }, func(j *ferryv1.MigrationJob) bool {
+				got = append(got, j.GetName())
+				return true
+			})
+			slices.Sort(got)
+			if !slices.Equal(got, names) {
+				return fmt.Sprintf("queued on %s waiting for %q: %v, want %v", s, reason, got, names)
+			}
+		}
+		n := 0
+		l.VisitQueued(s, func(string) bool { return true }, func(*ferryv1.MigrationJob) bool { n++; return true })
+		total := 0
+		for _, names := range want[s] {
+			total += len(names)
+		}
+		if n != total {
+			return fmt.Sprintf("%d jobs queued on %s, want %d", n, s, total)
+		}
+	}
+	return ""
 }

@@ -95,7 +95,7 @@ func (l *Ledger) CreateMigrationJobs(c *ledgerv1.CreateMigrationJobs, now time.T
 		j.UpdateTime = j.CreateTime
 		l.jobs[j.GetName()] = j
 		l.indexJob(j, true)
-		l.plan(nil, j)
+		l.stored(nil, j)
 		names = append(names, j.GetName())
 		l.notify(j, false)
 	}
@@ -277,7 +277,7 @@ func (l *Ledger) DeleteMigrationJob(name string, now time.Time) error {
 	}
 	delete(l.jobs, name)
 	l.indexJob(j, false)
-	l.plan(j, nil)
+	l.stored(j, nil)
 	l.freeJobAddresses(j)
 	l.notify(j, true)
 	return nil
@@ -321,7 +321,7 @@ func (l *Ledger) updateJob(name string, now time.Time, change func(*ferryv1.Migr
 		return err
 	}
 	j.UpdateTime = timestamppb.New(now)
-	l.plan(l.jobs[name], j)
+	l.stored(l.jobs[name], j)
 	l.jobs[name] = j
 	l.notify(j, false)
 	return nil
@@ -340,7 +340,7 @@ func (l *Ledger) finish(j *ferryv1.MigrationJob, state ferryv1.MigrationJobState
 	if j.GetStartTime() != nil {
 		j.Duration = durationpb.New(now.Sub(j.GetStartTime().AsTime()))
 	}
-	l.plan(l.jobs[j.GetName()], j)
+	l.stored(l.jobs[j.GetName()], j)
 	l.jobs[j.GetName()] = j
 	l.notify(j, false)
 }

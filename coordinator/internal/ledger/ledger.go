@@ -50,6 +50,7 @@ type Ledger struct {
 	jobs        map[string]*ferryv1.MigrationJob
 	addrs       map[string]map[string][]string // network → address → jobs given it (addresses.go)
 	planned     map[plannedKey]*PlannedLoad    // what queued and running jobs add up to (planned.go)
+	queued      queuedIndex                    // queued jobs by server and waiting reason (queued.go)
 	freed       uint64                         // see AddressesFreed
 	freedAll    uint64                         // AddressesFreed at the last freeAll
 	// freedLog lists, by network, the addresses that may have been
@@ -89,6 +90,7 @@ func (l *Ledger) reset() {
 	l.jobs = map[string]*ferryv1.MigrationJob{}
 	l.addrs = map[string]map[string][]string{}
 	l.planned = map[plannedKey]*PlannedLoad{}
+	l.queued = queuedIndex{}
 	l.freeAll()
 	l.nodes = map[string]*ledgerv1.Node{}
 	l.requests = map[string]*ledgerv1.RequestRecord{}
@@ -173,7 +175,7 @@ func (l *Ledger) Restore(s *ledgerv1.Snapshot) {
 	fill(l.mappings, s.GetNetworkMappingGroups(), (*ferryv1.NetworkMappingGroup).GetName)
 	fill(l.jobs, s.GetJobs(), (*ferryv1.MigrationJob).GetName)
 	l.indexAllJobs()
-	l.planAllJobs()
+	l.indexAllStored()
 	fill(l.nodes, s.GetNodes(), (*ledgerv1.Node).GetId)
 	fill(l.requests, s.GetRequests(), (*ledgerv1.RequestRecord).GetRequestId)
 	fill(l.inventories, s.GetSourceInventories(), (*ferryv1.SourceInventory).GetSource)

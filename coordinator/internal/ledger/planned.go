@@ -43,8 +43,8 @@ func plannedKeyOf(j *ferryv1.MigrationJob) (k plannedKey, ok bool) {
 }
 
 // plan moves a job's count from its stored version old to cur, the one
-// replacing it; either may be nil (created, deleted). The caller holds the
-// lock.
+// replacing it; either may be nil (created, deleted). The caller (stored)
+// holds the lock.
 func (l *Ledger) plan(old, cur *ferryv1.MigrationJob) {
 	if k, ok := plannedKeyOf(old); ok {
 		l.addPlanned(k, old, -1)
@@ -71,14 +71,6 @@ func (l *Ledger) addPlanned(k plannedKey, j *ferryv1.MigrationJob, sign int64) {
 	p.DiskBytes += sign * disk
 	if p.VMs == 0 {
 		delete(l.planned, k)
-	}
-}
-
-// planAllJobs rebuilds the planned index from l.jobs.
-func (l *Ledger) planAllJobs() {
-	l.planned = map[plannedKey]*PlannedLoad{}
-	for _, j := range l.jobs {
-		l.plan(nil, j)
 	}
 }
 
