@@ -17,8 +17,8 @@ import (
 
 const (
 	// createCalls is how many 50-VM batches BenchmarkCreateMigrationJobs50Authz
-	// times on each side.
-	createCalls = 200
+	// times on each side, its ledgers held at smallLedger jobs.
+	createCalls = 400
 	// createRounds is how many rounds BenchmarkCreateMigrationJobs50
 	// times: each calls once on the small ledger and once on the large
 	// one, in alternating order; createBlocks splits them into blocks of
@@ -82,11 +82,26 @@ type ledgerSide struct {
 }
 
 // newLedgerSide starts a three-node cluster and fills its ledger with
-// jobs queued on a disabled migration server.
+// jobs queued on a disabled migration server; calls go to the leader.
 func newLedgerSide(ctx context.Context, b *testing.B, name string, jobs int) *ledgerSide {
-	c := startCluster(b, 3)
+	return newLedgerSideWith(ctx, b, name, jobs, sideOptions{})
+}
+
+// sideOptions shape a ledgerSide: the cluster tuned before its nodes
+// start, calls through a follower instead of the leader.
+type sideOptions struct {
+	tune        func(*testcluster.Cluster)
+	viaFollower bool
+}
+
+func newLedgerSideWith(ctx context.Context, b *testing.B, name string, jobs int, o sideOptions) *ledgerSide {
+	c := startClusterWith(b, 3, o.tune)
 	leader := c.Leader(10 * time.Second)
-	s := &ledgerSide{name: name, api: newAPI(c.Dial(leader.Addr())), node: leader.Server.Node()}
+	addr := leader.Addr()
+	if o.viaFollower {
+		addr = c.Followers()[0].Addr()
+	}
+	s := &ledgerSide{name: name, api: newAPI(c.Dial(addr)), node: leader.Server.Node()}
 	seedJobReferences(b, s.api)
 	if err := registerHost(ctx, c.DialAgent(leader.Addr(), "bench-host"), "bench-host"); err != nil {
 		b.Fatal(err)
