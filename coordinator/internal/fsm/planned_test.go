@@ -66,8 +66,9 @@ func samePlanned(a, b []ledger.PlannedLoad) bool {
 
 // TestJobIndexesFollowEveryCommand checks the ledger's totals of queued
 // and running jobs, which placement reads, and its index of queued jobs
-// by server and waiting reason, which the scheduler reads, against a
-// recount of the jobs after every command (created, given a waiting
+// by server and waiting reason, which the scheduler reads, and its jobs
+// by state (Jobs and VisitJobs given a state), against a recount of the
+// jobs after every command (created, given a waiting
 // reason, started, finished, cancelled, restarted onto another host,
 // deleted, cancelled with their migration server), and after a snapshot
 // is restored.
@@ -95,6 +96,9 @@ func TestJobIndexesFollowEveryCommand(t *testing.T) {
 		if err := checkQueued(f.Ledger()); err != "" {
 			t.Fatalf("after command %d (%T): %s", i, c.GetOp(), err)
 		}
+		if err := checkByState(f.Ledger()); err != "" {
+			t.Fatalf("after command %d (%T): %s", i, c.GetOp(), err)
+		}
 	}
 	if !sawSome {
 		t.Fatal("never more than one planned load: the test covers too little")
@@ -119,6 +123,9 @@ func TestJobIndexesFollowEveryCommand(t *testing.T) {
 		t.Fatalf("restored planned loads %+v, want %+v", got, want)
 	}
 	if err := checkQueued(g.Ledger()); err != "" {
+		t.Fatalf("restored: %s", err)
+	}
+	if err := checkByState(g.Ledger()); err != "" {
 		t.Fatalf("restored: %s", err)
 	}
 	if _, err := g.ApplyCommand(cmdAt(300, &ledgerv1.Command{Op: &ledgerv1.Command_DeleteMigrationServer{DeleteMigrationServer: &ledgerv1.DeleteResource{Name: "migrationServers/ms1"}}})); err != nil {
@@ -173,6 +180,37 @@ func checkQueued(l *ledger.Ledger) string {
 		}
 		if n != total {
 			return fmt.Sprintf("%d jobs queued on %s, want %d", n, s, total)
+		}
+	}
+	return ""
+}
+
+// checkByState compares the jobs of each state, as the ledger's index by
+// state lists them, with the jobs of that state among all; "" when they
+// agree.
+func checkByState(l *ledger.Ledger) string {
+	all := l.Jobs(ledger.JobFilter{})
+	for st := range ferryv1.MigrationJobState_name {
+		state := ferryv1.MigrationJobState(st)
+		if state == ferryv1.MigrationJobState_MIGRATION_JOB_STATE_UNSPECIFIED {
+			continue
+		}
+		var want, got, visited []string
+		for _, j := range all {
+			if j.GetState() == state {
+				want = append(want, j.GetName())
+			}
+		}
+		for _, j := range l.Jobs(ledger.JobFilter{State: state}) {
+			got = append(got, j.GetName())
+		}
+		l.VisitJobs(ledger.JobFilter{State: state}, func(j *ferryv1.MigrationJob) bool {
+			visited = append(visited, j.GetName())
+			return true
+		})
+		slices.Sort(visited)
+		if !slices.Equal(got, want) || !slices.Equal(visited, want) {
+			return fmt.Sprintf("%s jobs: listed %v, visited %v, want %v", state, got, visited, want)
 		}
 	}
 	return ""

@@ -57,7 +57,17 @@ func (l *Ledger) AssignedHost(name string) (string, bool) {
 func (l *Ledger) Jobs(f JobFilter) []*ferryv1.MigrationJob {
 	l.mu.RLock()
 	defer l.mu.RUnlock()
-	return filtered(l.jobs, f.match)
+	return filtered(l.jobsIn(f), f.match)
+}
+
+// jobsIn is where the jobs f selects are: the jobs in its state when it
+// names one (a look at the running jobs does not walk 10,000 finished
+// ones), else all. The caller holds the lock.
+func (l *Ledger) jobsIn(f JobFilter) map[string]*ferryv1.MigrationJob {
+	if f.State == ferryv1.MigrationJobState_MIGRATION_JOB_STATE_UNSPECIFIED {
+		return l.jobs
+	}
+	return l.byState[f.State]
 }
 
 // VisitJobs calls visit with each job f selects, in no order, until visit
@@ -67,7 +77,7 @@ func (l *Ledger) Jobs(f JobFilter) []*ferryv1.MigrationJob {
 func (l *Ledger) VisitJobs(f JobFilter, visit func(*ferryv1.MigrationJob) bool) {
 	l.mu.RLock()
 	defer l.mu.RUnlock()
-	for _, j := range l.jobs {
+	for _, j := range l.jobsIn(f) {
 		if f.match(j) && !visit(j) {
 			return
 		}

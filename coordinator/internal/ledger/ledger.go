@@ -51,8 +51,9 @@ type Ledger struct {
 	addrs       map[string]map[string][]string // network → address → jobs given it (addresses.go)
 	planned     map[plannedKey]*PlannedLoad    // what queued and running jobs add up to (planned.go)
 	queued      queuedIndex                    // queued jobs by server and waiting reason (queued.go)
-	freed       uint64                         // see AddressesFreed
-	freedAll    uint64                         // AddressesFreed at the last freeAll
+	byState     map[ferryv1.MigrationJobState]map[string]*ferryv1.MigrationJob
+	freed       uint64 // see AddressesFreed
+	freedAll    uint64 // AddressesFreed at the last freeAll
 	// freedLog lists, by network, the addresses that may have been
 	// freed, oldest first; freedTrimmed is the count of the newest one
 	// dropped (see AddressesFreedSince).
@@ -91,6 +92,7 @@ func (l *Ledger) reset() {
 	l.addrs = map[string]map[string][]string{}
 	l.planned = map[plannedKey]*PlannedLoad{}
 	l.queued = queuedIndex{}
+	l.byState = map[ferryv1.MigrationJobState]map[string]*ferryv1.MigrationJob{}
 	l.freeAll()
 	l.nodes = map[string]*ledgerv1.Node{}
 	l.requests = map[string]*ledgerv1.RequestRecord{}

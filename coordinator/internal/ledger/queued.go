@@ -15,11 +15,20 @@ import (
 // queuedIndex is server → waiting reason → job name → job.
 type queuedIndex map[string]map[string]map[string]*ferryv1.MigrationJob
 
-// stored keeps the job indexes (planned loads, queued jobs) up to date
+// stored keeps the job indexes (by state, planned loads, queued jobs) up to date
 // as old, the stored version of a job, is replaced by cur; either may be
 // nil (created, deleted). The caller holds the lock.
 func (l *Ledger) stored(old, cur *ferryv1.MigrationJob) {
 	l.plan(old, cur)
+	if old != nil {
+		delete(l.byState[old.GetState()], old.GetName())
+	}
+	if cur != nil {
+		if l.byState[cur.GetState()] == nil {
+			l.byState[cur.GetState()] = map[string]*ferryv1.MigrationJob{}
+		}
+		l.byState[cur.GetState()][cur.GetName()] = cur
+	}
 	if old.GetState() == stateQueued {
 		byReason := l.queued[old.GetMigrationServer()]
 		delete(byReason[old.GetWaitingReason()], old.GetName())
@@ -49,6 +58,7 @@ func (l *Ledger) stored(old, cur *ferryv1.MigrationJob) {
 func (l *Ledger) indexAllStored() {
 	l.planned = map[plannedKey]*PlannedLoad{}
 	l.queued = queuedIndex{}
+	l.byState = map[ferryv1.MigrationJobState]map[string]*ferryv1.MigrationJob{}
 	for _, j := range l.jobs {
 		l.stored(nil, j)
 	}
