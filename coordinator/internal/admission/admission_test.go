@@ -263,32 +263,91 @@ func TestAllocationReusesFreedAddresses(t *testing.T) {
 }
 
 // BenchmarkCreate50 admits and applies a batch of 50 VMs into a ledger
-// already holding 100 or 10,000 queued jobs on the same network: the
-// admission path (checks, references, allocation) and the ledger's apply,
-// without Raft or gRPC. Goal (issue 11): the same cost at both sizes,
-// within 20 %.
+// holding 100 or 10,000 queued jobs on the same network: the admission
+// path (checks, references, placement, allocation) and the ledger's
+// apply, without Raft or gRPC. After each timed batch its jobs are
+// cancelled and deleted, untimed, so the ledger stays at its size and
+// each batch finds addresses freed since the one before. Goal (issue 11):
+// the same cost at both sizes, within 20 %.
 func BenchmarkCreate50(b *testing.B) {
 	for _, jobs := range []int{100, 10000} {
 		b.Run(fmt.Sprintf("ledger=%d", jobs), func(b *testing.B) {
 			w := newWorldTo(b, "10.0.255.254")
 			ctx := context.Background()
-			create := func() {
+			create := func() []string {
 				ad, err := w.adm.Create(ctx, request(50))
 				if err != nil {
 					b.Fatal(err)
 				}
-				if _, err := w.fsm.ApplyCommand(ad.Command); err != nil {
+				names, err := w.fsm.ApplyCommand(ad.Command)
+				if err != nil {
 					b.Fatal(err)
 				}
 				ad.Release()
+				return names
 			}
 			for range jobs / 50 {
 				create()
 			}
 			b.ResetTimer()
 			for b.Loop() {
-				create()
+				names := create()
+				b.StopTimer()
+				var cmds []*ledgerv1.Command
+				for _, n := range names {
+					cmds = append(cmds, &ledgerv1.Command{Op: &ledgerv1.Command_CancelMigrationJob{CancelMigrationJob: &ledgerv1.CancelMigrationJob{Name: n}}},
+						&ledgerv1.Command{Op: &ledgerv1.Command_DeleteMigrationJob{DeleteMigrationJob: &ledgerv1.DeleteResource{Name: n}}})
+				}
+				w.apply(&ledgerv1.Command{Op: &ledgerv1.Command_Batch{Batch: &ledgerv1.Batch{Commands: cmds}}})
+				b.StartTimer()
 			}
 		})
+	}
+}
+
+// TestPlacementCountsQueuedJobs: with fewest_vms, each batch counts the
+// queued and running jobs of the batches before it on their hosts (and a
+// job without target_host on its migration server's host), never a
+// cancelled one.
+func TestPlacementCountsQueuedJobs(t *testing.T) {
+	w := newWorld(t)
+	facts := &ferryv1.HostFacts{Cpus: 16, MemoryAvailableBytes: 64 * gib}
+	w.apply(&ledgerv1.Command{Op: &ledgerv1.Command_PutHost{PutHost: &ledgerv1.PutHost{Host: &ferryv1.Host{
+		Name: "hosts/kvm2", Cluster: "clusters/c1", Connected: true, Facts: facts}}}})
+	ctx := context.Background()
+	create := func(n int) ([]string, []string) {
+		t.Helper()
+		ad, err := w.adm.Create(ctx, request(n))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer ad.Release()
+		var hosts []string
+		for _, j := range ad.Command.GetCreateMigrationJobs().GetJobs() {
+			hosts = append(hosts, j.GetTargetHost())
+		}
+		return w.apply(ad.Command), hosts
+	}
+	names, hosts := create(3)
+	if want := []string{"hosts/kvm1", "hosts/kvm2", "hosts/kvm1"}; !slices.Equal(hosts, want) {
+		t.Fatalf("first batch on %v, want %v", hosts, want)
+	}
+	if _, hosts := create(1); !slices.Equal(hosts, []string{"hosts/kvm2"}) {
+		t.Fatalf("second batch on %v, want kvm2 (2 queued jobs on kvm1, 1 on kvm2)", hosts)
+	}
+	w.apply(&ledgerv1.Command{Op: &ledgerv1.Command_CancelMigrationJob{CancelMigrationJob: &ledgerv1.CancelMigrationJob{Name: names[0]}}})
+	if _, hosts := create(1); !slices.Equal(hosts, []string{"hosts/kvm1"}) {
+		t.Fatalf("after a job of kvm1 was cancelled, batch on %v, want kvm1 (1 job against 2)", hosts)
+	}
+	// Two jobs placed before placement existed count on their migration
+	// server's host, kvm1: 4 against kvm2's 2.
+	old := func(name string) *ferryv1.MigrationJob {
+		return &ferryv1.MigrationJob{Name: name, Source: "sources/kvm", SourceVm: name, MigrationServer: "migrationServers/kvm",
+			Target: &ferryv1.TargetVm{VmName: name, Cluster: "clusters/c1", PrimaryStorage: "primaryStorages/nfs"}}
+	}
+	w.apply(&ledgerv1.Command{Op: &ledgerv1.Command_CreateMigrationJobs{CreateMigrationJobs: &ledgerv1.CreateMigrationJobs{
+		Jobs: []*ferryv1.MigrationJob{old("migrationJobs/old-1"), old("migrationJobs/old-2")}}}})
+	if _, hosts := create(2); !slices.Equal(hosts, []string{"hosts/kvm2", "hosts/kvm2"}) {
+		t.Fatalf("with two unplaced jobs on kvm1's server, batch on %v, want kvm2 twice", hosts)
 	}
 }

@@ -3,6 +3,7 @@ package admission
 import (
 	"fmt"
 	"net/netip"
+	"slices"
 	"strings"
 
 	"github.com/ferry-v2v/ferry/coordinator/internal/validate"
@@ -31,16 +32,103 @@ type allocator struct {
 	// (a preview's, which runs without Admission.allocMu).
 	hints map[string]prefixHint
 	freed uint64
+	runs  map[string]*heldRun
 }
 
-// prefixHint says that, while the ledger's AddressesFreed stays freed,
+// prefixHint says that, when the ledger's AddressesFreed was freed,
 // every usable address of the range that starts at start and lies before
-// end is held: allocation may begin its search at end. Addresses only
-// become free through what AddressesFreed counts, so a batch in a
-// ledger of 10,000 jobs does not walk past 10,000 held addresses.
+// end was held, except perhaps gaps (sorted): allocation may look at the
+// gaps, then begin its search at end. Addresses only become free through
+// what AddressesFreed counts, and the ledger says which ones it counted
+// (AddressesFreedSince), so a batch in a ledger of 10,000 jobs does not
+// walk past 10,000 held addresses, also after jobs failed or were
+// cancelled or deleted.
 type prefixHint struct {
 	freed      uint64
 	start, end netip.Addr
+	gaps       []netip.Addr
+}
+
+// heldRun is what firstFree knows of a network during one batch: every
+// usable address from the range's start to end is held in the ledger
+// except perhaps gaps. open says whether every usable address that
+// firstFree has looked at from end on was held in the ledger too, so end
+// may move past it.
+type heldRun struct {
+	end  netip.Addr
+	gaps []netip.Addr
+	open bool
+}
+
+// first is where a search of the range begins: the first gap, else end.
+func (h *heldRun) first() netip.Addr {
+	if len(h.gaps) > 0 {
+		return h.gaps[0]
+	}
+	return h.end
+}
+
+// after is the address a search looks at after a: within the run only
+// its gaps, then every address from end on.
+func (h *heldRun) after(a netip.Addr) netip.Addr {
+	next := a.Next()
+	if !next.IsValid() || !next.Less(h.end) {
+		return next
+	}
+	for _, g := range h.gaps {
+		if !g.Less(next) {
+			return g
+		}
+	}
+	return h.end
+}
+
+// held records that the ledger holds a, which firstFree looked at.
+func (h *heldRun) held(a netip.Addr) {
+	if a.Less(h.end) {
+		h.gaps = slices.DeleteFunc(h.gaps, func(g netip.Addr) bool { return g == a })
+		return
+	}
+	if h.open {
+		h.end = a.Next()
+	}
+}
+
+// heldRun returns what the hints say of network's range r for this
+// batch, brought up to date with the addresses the ledger freed since;
+// nothing (end at the range's start) for a preview or when the ledger no
+// longer knows what was freed.
+func (al *allocator) heldRun(network string, r ipRange) *heldRun {
+	if h, ok := al.runs[network]; ok {
+		return h
+	}
+	run := &heldRun{end: r.start, open: al.hints != nil}
+	if h, ok := al.hints[network]; ok && h.start == r.start {
+		gaps, known := slices.Clone(h.gaps), h.freed == al.freed
+		if !known {
+			var ips []string
+			ips, known = al.a.ledger.AddressesFreedSince(network, h.freed)
+			for _, s := range ips {
+				if ip, ok := validate.ParseIP(s); ok && !ip.Less(r.start) && ip.Less(h.end) {
+					gaps = append(gaps, ip)
+				}
+			}
+			slices.SortFunc(gaps, netip.Addr.Compare)
+			gaps = slices.Compact(gaps)
+		}
+		if known {
+			run.end, run.gaps = h.end, gaps
+		}
+	}
+	al.runs[network] = run
+	return run
+}
+
+// keep stores what this batch knows of network's range as its hint.
+func (al *allocator) keep(network string, r ipRange, run *heldRun) {
+	if al.hints != nil {
+		al.hints[network] = prefixHint{freed: al.freed, start: r.start, end: run.end, gaps: slices.Clone(run.gaps)}
+	}
 }
 
 // remember has the allocator start where hints say the held addresses
@@ -55,7 +143,7 @@ type dhcpEntry struct{ mac, name, host, network string }
 
 func (a *Admission) newAllocator(nets map[string]*ferryv1.L3Network) *allocator {
 	return &allocator{a: a, nets: nets, taken: map[string]map[netip.Addr]string{}, next: map[string]netip.Addr{},
-		dhcp: map[string]map[netip.Addr]dhcpEntry{}}
+		dhcp: map[string]map[netip.Addr]dhcpEntry{}, runs: map[string]*heldRun{}}
 }
 
 // holder says who holds ip on network: a job or reservation of the
@@ -170,33 +258,33 @@ func (al *allocator) allocate(jobs []*ferryv1.MigrationJob) error {
 // holds and no DHCP host entry reserves for a MAC other than mac.
 func (al *allocator) firstFree(network, mac string) (netip.Addr, bool) {
 	r := rangeOf(al.nets[network])
+	run := al.heldRun(network, r)
+	defer al.keep(network, r, run)
 	start, ok := al.next[network]
-	prefix := !ok && al.hints != nil // whether every address before a is held in the ledger
 	if !ok {
-		start = r.start
-		if h, ok := al.hints[network]; ok && prefix && h.freed == al.freed && h.start == r.start {
-			start = h.end
-		}
+		start = run.first()
 	}
 	var skipped netip.Addr // the first address left for another MAC
-	for a := start; a.IsValid() && !r.end.Less(a); a = a.Next() {
+	for a := start; a.IsValid() && !r.end.Less(a); a = run.after(a) {
 		if !r.usable(a) {
 			continue
 		}
 		if holder, taken := al.holder(network, a); taken {
-			if prefix = prefix && !strings.HasPrefix(holder, "jobs["); prefix {
-				al.hints[network] = prefixHint{freed: al.freed, start: r.start, end: a.Next()}
+			if strings.HasPrefix(holder, "jobs[") {
+				run.open = run.open && a.Less(run.end)
+			} else {
+				run.held(a)
 			}
 			continue
 		}
-		prefix = false
+		run.open = run.open && a.Less(run.end)
 		if al.reservedFor(network, a, mac) != "" {
 			if !skipped.IsValid() {
 				skipped = a // a later NIC of the batch may have its MAC
 			}
 			continue
 		}
-		al.next[network] = a.Next()
+		al.next[network] = run.after(a)
 		if skipped.IsValid() {
 			al.next[network] = skipped
 		}

@@ -3,9 +3,9 @@ package admission
 import (
 	"errors"
 	"fmt"
+	"math"
 	"sync"
 
-	"github.com/ferry-v2v/ferry/coordinator/internal/ledger"
 	"github.com/ferry-v2v/ferry/coordinator/internal/placement"
 	"github.com/ferry-v2v/ferry/coordinator/internal/validate"
 	ledgerv1 "github.com/ferry-v2v/ferry/pkg/pb/ferry/ledger/v1"
@@ -18,7 +18,7 @@ import (
 // answers one error per job, nil for a job placed.
 func (a *Admission) place(refs *batchRefs, jobs []*ferryv1.MigrationJob) []error {
 	hosts := a.placementHosts()
-	planned := placement.PlannedOf(a.activeJobs(), a.serverHosts())
+	planned := a.planned()
 	strategy := a.ledger.Settings().GetHostAllocationStrategy()
 	errs := make([]error, len(jobs))
 	for i, j := range jobs {
@@ -89,11 +89,25 @@ func (a *Admission) placementHosts() []*ferryv1.Host {
 	return hosts
 }
 
-// activeJobs are the queued and running jobs.
-func (a *Admission) activeJobs() []*ferryv1.MigrationJob {
-	var out []*ferryv1.MigrationJob
-	for _, st := range []ferryv1.MigrationJobState{ferryv1.MigrationJobState_MIGRATION_JOB_STATE_QUEUED, ferryv1.MigrationJobState_MIGRATION_JOB_STATE_RUNNING} {
-		out = append(out, a.ledger.Jobs(ledger.JobFilter{State: st})...)
+// planned is what the queued and running jobs will add to hosts, as
+// placement.PlannedOf counts them (each on its target_host, else on its
+// migration server's host), read from the ledger's totals rather than
+// from a copy of every job, so placing a batch does not cost more as the
+// ledger grows.
+func (a *Admission) planned() []placement.Planned {
+	serverHost := a.serverHosts()
+	loads := a.ledger.PlannedLoads()
+	out := make([]placement.Planned, 0, len(loads))
+	for _, p := range loads {
+		host := p.TargetHost
+		if host == "" {
+			host = serverHost[p.MigrationServer]
+		}
+		if host == "" {
+			continue
+		}
+		out = append(out, placement.Planned{Host: host, VMs: p.VMs, CPUs: int32(min(p.CPUs, math.MaxInt32)), MemoryBytes: p.MemoryBytes,
+			Storage: p.PrimaryStorage, DiskBytes: p.DiskBytes})
 	}
 	return out
 }
@@ -138,7 +152,7 @@ func (a *Admission) Restart(name string) (*Restarted, error) {
 	}
 	c, err := placement.Place(placement.Input{Cluster: t.GetCluster(), Hosts: a.placementHosts(),
 		Strategy: a.ledger.Settings().GetHostAllocationStrategy(), MigrationServerHost: serverHost, Storage: ps,
-		Planned: placement.PlannedOf(a.activeJobs(), a.serverHosts())}, t)
+		Planned: a.planned()}, t)
 	if err != nil {
 		release()
 		return nil, placementError("target", t, err)

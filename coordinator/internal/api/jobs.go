@@ -2,6 +2,9 @@ package api
 
 import (
 	"context"
+	"time"
+
+	metrics "github.com/hashicorp/go-metrics/compat"
 
 	"google.golang.org/protobuf/types/known/emptypb"
 
@@ -24,20 +27,36 @@ func (s *jobService) CreateMigrationJobs(ctx context.Context, req *ferryv1.Creat
 	return reply(ctx, s.a, &ferryv1.CreateMigrationJobsResponse{Jobs: jobs}, err)
 }
 
+// create admits, proposes and reads back a batch. Each step's time goes
+// to go-metrics as ferry.create_migration_jobs.{admission,propose,read},
+// beside Raft's own timings; nothing collects them unless a sink is
+// installed (the benchmarks' FERRY_BENCH_STAGES does).
 func (s *jobService) create(ctx context.Context, req *ferryv1.CreateMigrationJobsRequest) ([]*ferryv1.MigrationJob, error) {
 	if names, ok, err := s.a.firstRequest(req.GetRequestId(), colJobs); err != nil || ok {
 		return s.readJobs(names, err)
 	}
+	start := time.Now()
 	admitted, err := s.a.admission.Create(ctx, req)
 	if err != nil {
 		return nil, err
 	}
 	defer admitted.Release()
+	start = stage("admission", start)
 	names, err := s.a.propose(ctx, admitted.Command)
 	if err == nil {
 		err = checkCollection(names, colJobs, req.GetRequestId())
 	}
+	start = stage("propose", start)
+	defer stage("read", start)
 	return s.readJobs(names, err)
+}
+
+// stage records the time since start of a step of CreateMigrationJobs
+// and returns now, the next step's start.
+func stage(name string, start time.Time) time.Time {
+	now := time.Now()
+	metrics.AddSample([]string{"ferry", "create_migration_jobs", name}, float32(now.Sub(start))/float32(time.Millisecond))
+	return now
 }
 
 // readJobs reads jobs back from the ledger, with live progress.

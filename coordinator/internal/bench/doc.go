@@ -4,7 +4,8 @@
 // ferry-coordinator and ferry-agent processes built into a temporary
 // directory, through the public API and AgentService.Connect.
 //
-//	BenchmarkCreateMigrationJobs50  p50/p99 of a 50-VM CreateMigrationJobs on a three-node cluster
+//	BenchmarkCreateMigrationJobs50  p50/p99 of a 50-VM CreateMigrationJobs on three-node clusters
+//	                                holding 100 and 10,000 jobs, interleaved (min of block medians)
 //	BenchmarkCreateMigrationJobs50Authz  the same through a follower, with and without authorization, side by side
 //	BenchmarkLedgerWriteThroughput  committed commands/s with 64 concurrent writers (Raft over TLS and plain TCP)
 //	BenchmarkAgentSessions200       coordinator CPU with 200 agents running 5 jobs each
@@ -17,4 +18,10 @@
 // Run them with -benchtime=1x, as `make bench` does:
 //
 //	go test -run '^$' -bench . -benchtime 1x ./coordinator/internal/bench
+//
+// FERRY_BENCH_STAGES=1 adds where CreateMigrationJobs spends its time:
+// the API's steps (admission, propose, read), the authorization
+// interceptor, and Raft's and its BoltDB store's own timings (the
+// leader's log write and fsync, a follower's, the round trip, commit,
+// the FSM's apply), p50/p99/max of each over every node of the run.
 package bench

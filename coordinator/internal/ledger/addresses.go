@@ -1,6 +1,7 @@
 package ledger
 
 import (
+	"cmp"
 	"fmt"
 	"slices"
 
@@ -18,11 +19,76 @@ import (
 // some network since this ledger was made: a job that failed or was
 // cancelled or deleted, a released reservation, a deleted network, a
 // restored snapshot. While it stays the same, every address held stays
-// held; an allocator may remember where the held addresses end.
+// held; an allocator may remember where the held addresses end, and ask
+// AddressesFreedSince which ones may have been freed when it changed.
 func (l *Ledger) AddressesFreed() uint64 {
 	l.mu.RLock()
 	defer l.mu.RUnlock()
 	return l.freed
+}
+
+// freedLogCap bounds how many freed addresses the ledger remembers per
+// network; an allocator asking about older ones starts from scratch.
+const freedLogCap = 4096
+
+// freedAddr is an address that may have been freed, with the value of
+// AddressesFreed that counted it.
+type freedAddr struct {
+	seq uint64
+	ip  string
+}
+
+// AddressesFreedSince returns the addresses of an L3 network that may
+// have been freed since AddressesFreed returned since, oldest first, and
+// whether the ledger still knows them all: not after a snapshot was
+// restored or the network deleted, nor when more than it keeps were freed
+// on the network since. Every other address held then is held still.
+func (l *Ledger) AddressesFreedSince(network string, since uint64) ([]string, bool) {
+	l.mu.RLock()
+	defer l.mu.RUnlock()
+	if since < l.freedAll || since < l.freedTrimmed[network] {
+		return nil, false
+	}
+	log := l.freedLog[network]
+	i, _ := slices.BinarySearchFunc(log, since+1, func(f freedAddr, seq uint64) int { return cmp.Compare(f.seq, seq) })
+	out := make([]string, 0, len(log)-i)
+	for _, f := range log[i:] {
+		out = append(out, f.ip)
+	}
+	return out, true
+}
+
+// freeJobAddresses counts a change that may free the addresses of j's
+// NICs. The caller holds the lock.
+func (l *Ledger) freeJobAddresses(j *ferryv1.MigrationJob) {
+	l.freed++
+	for _, nic := range j.GetTarget().GetNics() {
+		if nic.GetIp() != "" {
+			l.logFreed(nic.GetL3Network(), nic.GetIp())
+		}
+	}
+}
+
+// logFreed remembers that ip may have been freed on network when
+// AddressesFreed reached its current value.
+func (l *Ledger) logFreed(network, ip string) {
+	log := append(l.freedLog[network], freedAddr{seq: l.freed, ip: ip})
+	if len(log) > freedLogCap {
+		drop := len(log) - freedLogCap/2
+		l.freedTrimmed[network] = log[drop-1].seq
+		log = slices.Clone(log[drop:])
+	}
+	l.freedLog[network] = log
+}
+
+// freeAll counts a change that may free any address (a restore, a
+// deleted network): AddressesFreedSince knows nothing from before it.
+// The caller holds the lock.
+func (l *Ledger) freeAll() {
+	l.freed++
+	l.freedAll = l.freed
+	l.freedLog = map[string][]freedAddr{}
+	l.freedTrimmed = map[string]uint64{}
 }
 
 // indexJob adds j's addresses to the index, or removes them.

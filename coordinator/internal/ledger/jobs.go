@@ -57,7 +57,17 @@ func (l *Ledger) AssignedHost(name string) (string, bool) {
 func (l *Ledger) Jobs(f JobFilter) []*ferryv1.MigrationJob {
 	l.mu.RLock()
 	defer l.mu.RUnlock()
-	return filtered(l.jobs, f.match)
+	return filtered(l.jobsIn(f), f.match)
+}
+
+// jobsIn is where the jobs f selects are: the jobs in its state when it
+// names one (a look at the running jobs does not walk 10,000 finished
+// ones), else all. The caller holds the lock.
+func (l *Ledger) jobsIn(f JobFilter) map[string]*ferryv1.MigrationJob {
+	if f.State == ferryv1.MigrationJobState_MIGRATION_JOB_STATE_UNSPECIFIED {
+		return l.jobs
+	}
+	return l.byState[f.State]
 }
 
 // VisitJobs calls visit with each job f selects, in no order, until visit
@@ -67,7 +77,7 @@ func (l *Ledger) Jobs(f JobFilter) []*ferryv1.MigrationJob {
 func (l *Ledger) VisitJobs(f JobFilter, visit func(*ferryv1.MigrationJob) bool) {
 	l.mu.RLock()
 	defer l.mu.RUnlock()
-	for _, j := range l.jobs {
+	for _, j := range l.jobsIn(f) {
 		if f.match(j) && !visit(j) {
 			return
 		}
@@ -95,6 +105,7 @@ func (l *Ledger) CreateMigrationJobs(c *ledgerv1.CreateMigrationJobs, now time.T
 		j.UpdateTime = j.CreateTime
 		l.jobs[j.GetName()] = j
 		l.indexJob(j, true)
+		l.stored(nil, j)
 		names = append(names, j.GetName())
 		l.notify(j, false)
 		l.jobStateChanged(ferryv1.MigrationJobState_MIGRATION_JOB_STATE_UNSPECIFIED, j, now)
@@ -277,7 +288,8 @@ func (l *Ledger) DeleteMigrationJob(name string, now time.Time) error {
 	}
 	delete(l.jobs, name)
 	l.indexJob(j, false)
-	l.freed++
+	l.stored(j, nil)
+	l.freeJobAddresses(j)
 	l.notify(j, true)
 	return nil
 }
@@ -321,6 +333,7 @@ func (l *Ledger) updateJob(name string, now time.Time, change func(*ferryv1.Migr
 		return err
 	}
 	j.UpdateTime = timestamppb.New(now)
+	l.stored(l.jobs[name], j)
 	l.jobs[name] = j
 	l.notify(j, false)
 	l.jobStateChanged(prev, j, now)
@@ -332,7 +345,7 @@ func (l *Ledger) finish(j *ferryv1.MigrationJob, state ferryv1.MigrationJobState
 	prev := j.GetState()
 	j.State = state
 	if state == stateFailed || state == stateCancelled {
-		l.freed++
+		l.freeJobAddresses(j)
 	}
 	j.Reason = reason
 	j.WaitingReason = ""
@@ -341,6 +354,7 @@ func (l *Ledger) finish(j *ferryv1.MigrationJob, state ferryv1.MigrationJobState
 	if j.GetStartTime() != nil {
 		j.Duration = durationpb.New(now.Sub(j.GetStartTime().AsTime()))
 	}
+	l.stored(l.jobs[j.GetName()], j)
 	l.jobs[j.GetName()] = j
 	l.notify(j, false)
 	l.jobStateChanged(prev, j, now)

@@ -49,9 +49,18 @@ type Ledger struct {
 	mappings    map[string]*ferryv1.NetworkMappingGroup
 	jobs        map[string]*ferryv1.MigrationJob
 	addrs       map[string]map[string][]string // network → address → jobs given it (addresses.go)
-	freed       uint64                         // see AddressesFreed
-	nodes       map[string]*ledgerv1.Node
-	requests    map[string]*ledgerv1.RequestRecord
+	planned     map[plannedKey]*PlannedLoad    // what queued and running jobs add up to (planned.go)
+	queued      queuedIndex                    // queued jobs by server and waiting reason (queued.go)
+	byState     map[ferryv1.MigrationJobState]map[string]*ferryv1.MigrationJob
+	freed       uint64 // see AddressesFreed
+	freedAll    uint64 // AddressesFreed at the last freeAll
+	// freedLog lists, by network, the addresses that may have been
+	// freed, oldest first; freedTrimmed is the count of the newest one
+	// dropped (see AddressesFreedSince).
+	freedLog     map[string][]freedAddr
+	freedTrimmed map[string]uint64
+	nodes        map[string]*ledgerv1.Node
+	requests     map[string]*ledgerv1.RequestRecord
 	// oldestRequest is the time of the oldest request record when known;
 	// see pruneRequests.
 	oldestRequest time.Time
@@ -87,7 +96,10 @@ func (l *Ledger) reset() {
 	l.mappings = map[string]*ferryv1.NetworkMappingGroup{}
 	l.jobs = map[string]*ferryv1.MigrationJob{}
 	l.addrs = map[string]map[string][]string{}
-	l.freed++
+	l.planned = map[plannedKey]*PlannedLoad{}
+	l.queued = queuedIndex{}
+	l.byState = map[ferryv1.MigrationJobState]map[string]*ferryv1.MigrationJob{}
+	l.freeAll()
 	l.nodes = map[string]*ledgerv1.Node{}
 	l.requests = map[string]*ledgerv1.RequestRecord{}
 	l.oldestRequest = time.Time{}
@@ -113,7 +125,9 @@ func DefaultSettings() *ferryv1.Settings {
 }
 
 // SetObserver installs fn, called with every job change while the ledger
-// is locked: it must not block or call back into the ledger.
+// is locked: it must not block or call back into the ledger. The job is
+// the ledger's own value, never changed in place: fn must neither change
+// nor keep it (it may keep a copy).
 func (l *Ledger) SetObserver(fn func(JobEvent)) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
@@ -131,7 +145,7 @@ func (l *Ledger) SetServerObserver(fn func(*ferryv1.MigrationServer)) {
 
 func (l *Ledger) notify(job *ferryv1.MigrationJob, deleted bool) {
 	if l.observer != nil {
-		l.observer(JobEvent{Job: clone(job), Deleted: deleted})
+		l.observer(JobEvent{Job: job, Deleted: deleted})
 	}
 }
 
@@ -177,6 +191,7 @@ func (l *Ledger) Restore(s *ledgerv1.Snapshot) {
 	fill(l.mappings, s.GetNetworkMappingGroups(), (*ferryv1.NetworkMappingGroup).GetName)
 	fill(l.jobs, s.GetJobs(), (*ferryv1.MigrationJob).GetName)
 	l.indexAllJobs()
+	l.indexAllStored()
 	fill(l.nodes, s.GetNodes(), (*ledgerv1.Node).GetId)
 	fill(l.requests, s.GetRequests(), (*ledgerv1.RequestRecord).GetRequestId)
 	fill(l.inventories, s.GetSourceInventories(), (*ferryv1.SourceInventory).GetSource)

@@ -202,7 +202,7 @@ func (l *Ledger) DeleteL3Network(name string) error {
 		return fmt.Errorf("%w: network mapping group %s maps to L3 network %s; change or delete it first", ErrFailedPrecondition, g, name)
 	}
 	delete(l.networks, name)
-	l.freed++
+	l.freeAll()
 	return nil
 }
 
@@ -218,6 +218,7 @@ func (l *Ledger) ReleaseAddress(network, ip string) error {
 	n.Reservations = slices.DeleteFunc(n.Reservations, func(r *ferryv1.AddressReservation) bool { return r.GetIp() == ip })
 	l.networks[network] = n
 	l.freed++
+	l.logFreed(network, ip)
 	return nil
 }
 

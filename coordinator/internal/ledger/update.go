@@ -61,9 +61,12 @@ func (l *Ledger) updateResource(u *ledgerv1.UpdateResource, now time.Time, store
 				return nil, fmt.Errorf("%w: a job's %s cannot be updated", ErrFailedPrecondition, p)
 			}
 		}
+		old := l.jobs[r.MigrationJob.GetName()]
 		j, err := update(l, l.jobs, "migration job", r.MigrationJob, paths, etag, time.Time{}, store, nil)
 		if err == nil && store {
-			l.notify(j, false)
+			cur := l.jobs[j.GetName()]
+			l.stored(old, cur) // the indexes hold the stored job itself
+			l.notify(cur, false)
 		}
 		return names(j, err)
 	}

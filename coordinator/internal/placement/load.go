@@ -26,7 +26,7 @@ func newLoads(in Input) loads {
 			l = &load{diskBytes: map[string]int64{}}
 			m[p.Host] = l
 		}
-		l.vms++
+		l.vms += max(p.VMs, 1)
 		l.cpus += int64(p.CPUs)
 		l.memoryBytes += p.MemoryBytes
 		l.diskBytes[p.Storage] += p.DiskBytes

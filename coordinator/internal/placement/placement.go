@@ -38,9 +38,12 @@ type Error struct {
 
 func (e *Error) Error() string { return e.Field + ": " + e.Msg }
 
-// Planned is a VM a queued or running job will add to a host.
+// Planned is a VM a queued or running job will add to a host, or the sum
+// of VMs many such jobs will add to one host and storage.
 type Planned struct {
-	Host        string
+	Host string
+	// VMs is how many VMs the entry adds up; 0 is one.
+	VMs         int
 	CPUs        int32
 	MemoryBytes int64
 	// Storage is the job's primary storage; DiskBytes its disks' sizes.

@@ -80,6 +80,8 @@ func TestPlace(t *testing.T) {
 			"hosts/b", "allocation strategy fewest_vms: hosts/b (1 VMs: 1 running, 0 of queued and running jobs); then hosts/c (2 VMs: 2 running, 0 of queued and running jobs), hosts/a (3 VMs"},
 		{"fewest VMs counts queued and running jobs", []*ferryv1.Host{host("a", vms(1)), host("b")}, fewest, local,
 			[]Planned{{Host: "hosts/b"}, {Host: "hosts/b"}}, vm(), "hosts/a", "allocation strategy fewest_vms: hosts/a (1 VMs: 1 running, 0 of"},
+		{"a planned entry of many VMs counts them all", []*ferryv1.Host{host("a", vms(2)), host("b")}, fewest, local,
+			[]Planned{{Host: "hosts/b", VMs: 3}}, vm(), "hosts/a", "allocation strategy fewest_vms: hosts/a (2 VMs: 2 running, 0 of queued and running jobs); then hosts/b (3 VMs: 0 running, 3 of"},
 		{"a tie goes to the first by name", []*ferryv1.Host{host("b"), host("a"), host("c")}, fewest, local, nil, vm(), "hosts/a", ""},
 		{"never a host in maintenance", []*ferryv1.Host{host("a", maintenance), host("b", vms(5))}, fewest, local, nil, vm(),
 			"hosts/b", "allocation strategy fewest_vms: hosts/b (5 VMs: 5 running, 0 of queued and running jobs); not hosts/a (in maintenance)"},

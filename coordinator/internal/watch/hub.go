@@ -11,7 +11,9 @@ import (
 	ferryv1 "github.com/ferry-v2v/ferry/pkg/pb/ferry/v1"
 )
 
-// Event is one change seen by watchers. Job is a copy the receiver owns.
+// Event is one change seen by watchers. Job is shared by every receiver
+// (and, for a change, with the ledger, whose values are never changed in
+// place): a receiver reads it and must not change it.
 type Event struct {
 	Type ferryv1.WatchEventType
 	Job  *ferryv1.MigrationJob
@@ -43,7 +45,8 @@ func New(lookup Lookup) *Hub {
 	return &Hub{lookup: lookup, subs: map[*subscriber]struct{}{}, live: map[string]live{}}
 }
 
-// JobChanged is the ledger's observer: it must not block.
+// JobChanged is the ledger's observer: it must not block. ev.Job is the
+// ledger's own value, which subscribers share and only read.
 func (h *Hub) JobChanged(ev ledger.JobEvent) {
 	typ := ferryv1.WatchEventType_WATCH_EVENT_TYPE_CHANGED
 	if ev.Deleted {
@@ -107,11 +110,14 @@ func (h *Hub) Subscribe(buffer int) (<-chan Event, func()) {
 	}
 }
 
-// publish sends ev to every subscriber; the caller holds h.mu.
+// publish sends ev to every subscriber, the job shared, not copied: a job
+// change reached the scheduler and the session manager as two copies of
+// the job, which neither changes (the scheduler only wakes up). The caller
+// holds h.mu.
 func (h *Hub) publish(ev Event, mustDeliver bool) {
 	for s := range h.subs {
 		select {
-		case s.ch <- Event{Type: ev.Type, Job: proto.Clone(ev.Job).(*ferryv1.MigrationJob)}:
+		case s.ch <- ev:
 		default:
 			if mustDeliver {
 				h.drop(s)
