@@ -4,6 +4,7 @@
 package plan
 
 import (
+	"bytes"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -30,9 +31,15 @@ func Parse(data []byte) (*ferryv1.CreateMigrationJobsRequest, error) {
 	if len(data) > MaxSize {
 		return nil, fmt.Errorf("%d bytes; a plan is at most %d", len(data), MaxSize)
 	}
-	js, err := yamlToJSON(data)
-	if err != nil {
-		return nil, err
+	// JSON is YAML too, but the YAML reader refuses control characters
+	// that JSON strings may hold (U+0080-U+009F): a JSON plan, such as one
+	// protojson wrote, is read as JSON.
+	js := bytes.TrimSpace(data)
+	if len(js) == 0 || js[0] != '{' || !json.Valid(js) {
+		var err error
+		if js, err = yamlToJSON(data); err != nil {
+			return nil, err
+		}
 	}
 	req := &ferryv1.CreateMigrationJobsRequest{}
 	if err := protojson.Unmarshal(js, req); err != nil {

@@ -121,6 +121,14 @@ func FuzzParse(f *testing.F) {
 		if !proto.Equal(req, again) {
 			t.Fatalf("round trip changed the plan:\n%v\n%v", req, again)
 		}
+		// And the YAML that job export writes.
+		y, err := Marshal(req, false)
+		if err != nil {
+			t.Fatalf("marshal %v as YAML: %v", req, err)
+		}
+		if again, err = Parse(y); err != nil || !proto.Equal(req, again) {
+			t.Fatalf("the plan's own YAML\n%s\nreads back as %v, %v; want %v", y, again, err, req)
+		}
 	})
 }
 
