@@ -463,7 +463,8 @@ func (e *clusterEnv) updates(t *testing.T) {
 		path(s, "path") != "/var/lib/ferry/images" {
 		t.Fatalf("storage update = %v", s)
 	}
-	if n := x.json("network", "update", "lan", "--range-end", "10.0.0.250"); path(n, "ip_range_end") != "10.0.0.250" ||
+	if n := x.json("network", "update", "lan", "--range-end", "10.0.0.250", "--dns", "10.0.0.53,10.0.0.54"); path(n, "ip_range_end") != "10.0.0.250" ||
+		path(n, "dns_servers", 1) != "10.0.0.54" ||
 		path(n, "ip_range_start") != "10.0.0.100" || path(n, "gateway") != "10.0.0.1" {
 		t.Fatalf("network update = %v", n)
 	}

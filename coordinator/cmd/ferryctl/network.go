@@ -73,6 +73,7 @@ Give exactly one of --libvirt-network and --bridge.`,
 	f.StringVar(&in.Bridge, "bridge", "", "Linux bridge name on the hosts")
 	f.StringVar(&ipRange, "ip-range", "", "allocation range START-END, inclusive")
 	f.StringVar(&in.Gateway, "gateway", "", "default gateway")
+	f.StringSliceVar(&in.DnsServers, "dns", nil, "DNS servers, comma-separated (at most 3)")
 	f.Int32Var(&in.PrefixLength, "prefix-length", 0, "prefix length of the subnet (24 for a /24)")
 	f.StringVar(&in.DisplayName, "display-name", "", "a name for people")
 	addRequestIDFlag(cmd, &reqID)
@@ -210,6 +211,7 @@ func networkDetails(n *ferryv1.L3Network) []field {
 		{"Bridge", n.GetBridge()},
 		{"IP range", networkRange(n)},
 		{"Gateway", n.GetGateway()},
+		{"DNS", strings.Join(n.GetDnsServers(), ", ")},
 		{"Prefix length", fmt.Sprint(n.GetPrefixLength())},
 		{"Reserved", networkReservations(n)},
 		{"Description", n.GetDescription()},

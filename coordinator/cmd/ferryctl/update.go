@@ -267,8 +267,9 @@ func (a *app) networkUpdate() *cobra.Command {
 			cmd.Flags().StringVar(&n.IpRangeStart, "range-start", "", "first address of the allocation range")
 			cmd.Flags().StringVar(&n.IpRangeEnd, "range-end", "", "last address of the allocation range")
 			cmd.Flags().StringVar(&n.Gateway, "gateway", "", `gateway address ("" = none)`)
-			cmd.Use = "update NAME [--range-start IP] [--range-end IP] [--gateway IP] [--display-name NAME] [--description TEXT]"
-			return [][2]string{{"range-start", "ip_range_start"}, {"range-end", "ip_range_end"}, {"gateway", "gateway"}}
+			cmd.Flags().StringSliceVar(&n.DnsServers, "dns", nil, `DNS servers, comma-separated, at most 3 ("" = none)`)
+			cmd.Use = "update NAME [--range-start IP] [--range-end IP] [--gateway IP] [--dns IP,...] [--display-name NAME] [--description TEXT]"
+			return [][2]string{{"range-start", "ip_range_start"}, {"range-end", "ip_range_end"}, {"gateway", "gateway"}, {"dns", "dns_servers"}}
 		},
 		func(name, display, description, etag string) *ferryv1.L3Network {
 			return &ferryv1.L3Network{Name: name, DisplayName: display, Description: description, Etag: etag}

@@ -2,6 +2,7 @@ package api
 
 import (
 	"context"
+	"fmt"
 	"net/netip"
 	"strings"
 	"unicode"
@@ -37,11 +38,13 @@ func (s *targetInventoryService) createL3Network(ctx context.Context, req *ferry
 		IpRangeEnd:     in.GetIpRangeEnd(),
 		Gateway:        in.GetGateway(),
 		PrefixLength:   in.GetPrefixLength(),
+		DnsServers:     in.GetDnsServers(),
 	}
 	checkText(c, "l3_network.display_name", n.DisplayName, maxDisplayName)
 	checkRef(c, "l3_network.cluster", n.Cluster, colClusters)
 	checkAttachment(c, n)
 	checkRange(c, n)
+	checkDNS(c, n)
 	if err := c.err(); err != nil {
 		return nil, err
 	}
@@ -116,6 +119,28 @@ func checkRange(c *checker, n *ferryv1.L3Network) {
 		c.add("l3_network.gateway", "%s is outside the subnet %s", gw, subnet)
 	default:
 		n.Gateway = gw.String()
+	}
+}
+
+// checkDNS requires at most 3 distinct DNS server addresses and writes
+// them back in canonical form.
+func checkDNS(c *checker, n *ferryv1.L3Network) {
+	if len(n.DnsServers) > 3 {
+		c.add("l3_network.dns_servers", "at most 3, got %d", len(n.DnsServers))
+		return
+	}
+	seen := map[string]bool{}
+	for i, s := range n.DnsServers {
+		a, ok := parseIP(s)
+		if !ok {
+			c.add(fmt.Sprintf("l3_network.dns_servers[%d]", i), "%q is not an IP address", s)
+			continue
+		}
+		if seen[a.String()] {
+			c.add(fmt.Sprintf("l3_network.dns_servers[%d]", i), "%s is listed twice", a)
+		}
+		seen[a.String()] = true
+		n.DnsServers[i] = a.String()
 	}
 }
 

@@ -312,7 +312,7 @@ func (s *targetInventoryService) updatePrimaryStorage(ctx context.Context, req *
 	return lookup(s.a.ledger.PrimaryStorage, in.GetName(), "primary storage")
 }
 
-var networkUpdatable = []string{"description", "display_name", "gateway", "ip_range_end", "ip_range_start"}
+var networkUpdatable = []string{"description", "display_name", "dns_servers", "gateway", "ip_range_end", "ip_range_start"}
 
 func (s *targetInventoryService) UpdateL3Network(ctx context.Context, req *ferryv1.UpdateL3NetworkRequest) (*ferryv1.L3Network, error) {
 	n, err := s.updateL3Network(ctx, req)
@@ -340,6 +340,7 @@ func (s *targetInventoryService) updateL3Network(ctx context.Context, req *ferry
 	checkText(c, "l3_network.display_name", n.DisplayName, maxDisplayName)
 	checkDescription(c, "l3_network.description", n.Description)
 	checkRange(c, n) // within the network's prefix, in canonical form
+	checkDNS(c, n)
 	if err := c.err(); err != nil {
 		return nil, err
 	}

@@ -144,6 +144,14 @@ func TestUpdateL3NetworkKeepsAddressesInUse(t *testing.T) {
 	_, err = e.inv.UpdateL3Network(c, &ferryv1.UpdateL3NetworkRequest{
 		L3Network: &ferryv1.L3Network{Name: "l3Networks/net1", IpRangeEnd: "10.0.1.5"}, UpdateMask: mask("ip_range_end")})
 	wantCode(t, err, codes.InvalidArgument, "l3_network.ip_range_end: 10.0.1.5 is outside the subnet 10.0.0.0/24")
+	dns := must[*ferryv1.L3Network](t)(e.inv.UpdateL3Network(c, &ferryv1.UpdateL3NetworkRequest{
+		L3Network: &ferryv1.L3Network{Name: "l3Networks/net1", DnsServers: []string{"10.0.0.2", "2001:db8::0:53"}}, UpdateMask: mask("dns_servers")}))
+	if got := dns.GetDnsServers(); len(got) != 2 || got[1] != "2001:db8::53" || dns.GetIpRangeEnd() != "10.0.0.200" {
+		t.Errorf("network with DNS servers = %v", dns)
+	}
+	_, err = e.inv.UpdateL3Network(c, &ferryv1.UpdateL3NetworkRequest{
+		L3Network: &ferryv1.L3Network{Name: "l3Networks/net1", DnsServers: []string{"dns.example"}}, UpdateMask: mask("dns_servers")})
+	wantCode(t, err, codes.InvalidArgument, `l3_network.dns_servers[0]: "dns.example" is not an IP address`)
 	_, err = e.inv.UpdateL3Network(c, &ferryv1.UpdateL3NetworkRequest{
 		L3Network: &ferryv1.L3Network{Name: "l3Networks/net1", Bridge: "br1"}, UpdateMask: mask("bridge")})
 	wantCode(t, err, codes.InvalidArgument, `update_mask.paths[0]: "bridge" cannot be updated`)

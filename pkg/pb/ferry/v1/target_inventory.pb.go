@@ -933,7 +933,10 @@ type L3Network struct {
 	// Output only, and the precondition of an update (AIP-154): a checksum
 	// of the stored resource. An Update carrying an etag that no longer
 	// matches is ABORTED naming etag; an empty etag updates unconditionally.
-	Etag          string `protobuf:"bytes,14,opt,name=etag,proto3" json:"etag,omitempty"`
+	Etag string `protobuf:"bytes,14,opt,name=etag,proto3" json:"etag,omitempty"`
+	// DNS servers of the network (at most 3), for guests given a static
+	// address on it; a libvirt network's DHCP hands out its own.
+	DnsServers    []string `protobuf:"bytes,15,rep,name=dns_servers,json=dnsServers,proto3" json:"dns_servers,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1064,6 +1067,13 @@ func (x *L3Network) GetEtag() string {
 		return x.Etag
 	}
 	return ""
+}
+
+func (x *L3Network) GetDnsServers() []string {
+	if x != nil {
+		return x.DnsServers
+	}
+	return nil
 }
 
 // AddressReservation is an address a migrated VM holds on an L3 network
@@ -2511,7 +2521,7 @@ const file_ferry_v1_target_inventory_proto_rawDesc = "" +
 	"\vupdate_time\x18\n" +
 	" \x01(\v2\x1a.google.protobuf.TimestampR\n" +
 	"updateTime\x12\x12\n" +
-	"\x04etag\x18\v \x01(\tR\x04etag\"\x96\x04\n" +
+	"\x04etag\x18\v \x01(\tR\x04etag\"\xb7\x04\n" +
 	"\tL3Network\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12!\n" +
 	"\fdisplay_name\x18\x02 \x01(\tR\vdisplayName\x12\x18\n" +
@@ -2530,7 +2540,9 @@ const file_ferry_v1_target_inventory_proto_rawDesc = "" +
 	"\vdescription\x18\f \x01(\tR\vdescription\x12;\n" +
 	"\vupdate_time\x18\r \x01(\v2\x1a.google.protobuf.TimestampR\n" +
 	"updateTime\x12\x12\n" +
-	"\x04etag\x18\x0e \x01(\tR\x04etag\"\x9e\x01\n" +
+	"\x04etag\x18\x0e \x01(\tR\x04etag\x12\x1f\n" +
+	"\vdns_servers\x18\x0f \x03(\tR\n" +
+	"dnsServers\"\x9e\x01\n" +
 	"\x12AddressReservation\x12\x0e\n" +
 	"\x02ip\x18\x01 \x01(\tR\x02ip\x12\x10\n" +
 	"\x03mac\x18\x02 \x01(\tR\x03mac\x12\x17\n" +

@@ -94,9 +94,9 @@ type TargetInventoryServiceClient interface {
 	ListL3Networks(ctx context.Context, in *ListL3NetworksRequest, opts ...grpc.CallOption) (*ListL3NetworksResponse, error)
 	// DeleteL3Network deletes the L3 network named (AIP-135).
 	DeleteL3Network(ctx context.Context, in *DeleteL3NetworkRequest, opts ...grpc.CallOption) (*emptypb.Empty, error)
-	// UpdateL3Network replaces display_name, description, gateway and/or
-	// the allocation range (ip_range_start, ip_range_end; all five when
-	// update_mask is empty), validated as at creation within the network's
+	// UpdateL3Network replaces display_name, description, gateway,
+	// dns_servers and/or the allocation range (ip_range_start,
+	// ip_range_end; all six when update_mask is empty), validated as at creation within the network's
 	// prefix. The range may move or shrink only as far as it still holds
 	// every address allocated to an unfinished job or reserved
 	// (FAILED_PRECONDITION naming the first address left out); the gateway
@@ -360,9 +360,9 @@ type TargetInventoryServiceServer interface {
 	ListL3Networks(context.Context, *ListL3NetworksRequest) (*ListL3NetworksResponse, error)
 	// DeleteL3Network deletes the L3 network named (AIP-135).
 	DeleteL3Network(context.Context, *DeleteL3NetworkRequest) (*emptypb.Empty, error)
-	// UpdateL3Network replaces display_name, description, gateway and/or
-	// the allocation range (ip_range_start, ip_range_end; all five when
-	// update_mask is empty), validated as at creation within the network's
+	// UpdateL3Network replaces display_name, description, gateway,
+	// dns_servers and/or the allocation range (ip_range_start,
+	// ip_range_end; all six when update_mask is empty), validated as at creation within the network's
 	// prefix. The range may move or shrink only as far as it still holds
 	// every address allocated to an unfinished job or reserved
 	// (FAILED_PRECONDITION naming the first address left out); the gateway
