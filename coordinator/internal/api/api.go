@@ -149,6 +149,7 @@ type API struct {
 	sync                          *syncer
 	auditRetention                AuditRetention
 	auditOff                      bool
+	auditBatch                    auditBatcher
 	// badText maps a decoded request to its first string field that was
 	// not UTF-8; see textCodec.
 	badText sync.Map

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/base64"
 	"strings"
+	"sync"
 	"time"
 
 	rpccode "google.golang.org/genproto/googleapis/rpc/code"
@@ -66,10 +67,81 @@ func (a *API) audit(ctx context.Context, method string, req, resp any, err error
 	cmd := &ledgerv1.Command{Op: &ledgerv1.Command_RecordAuditEvent{RecordAuditEvent: &ledgerv1.RecordAuditEvent{
 		Event: ev, Retention: &ledgerv1.AuditRetention{
 			MaxAgeSeconds: int64(a.auditRetention.MaxAge / time.Second), MaxEvents: int32(a.auditRetention.MaxEvents)}}}}
-	actx, cancel := context.WithTimeout(context.WithoutCancel(ctx), auditTimeout)
-	defer cancel()
-	if _, perr := a.propose(actx, cmd); perr != nil {
+	if perr := a.auditBatch.record(a, cmd); perr != nil {
 		a.log.Warn("audit event not recorded", "method", method, "identity", ev.Identity, "resource", ev.Resource, "result", ev.Result, "err", perr)
+	}
+}
+
+// maxAuditBatch bounds how many audit events one Raft entry carries.
+const maxAuditBatch = 256
+
+// auditBatcher commits audit events in groups: the first caller to find
+// none in flight proposes every event queued so far as one Batch entry;
+// events queued meanwhile go in the next entry, proposed by a goroutine
+// of their own. Each caller waits for the entry holding its event. So a
+// write still answers after its audit event is in the ledger, but many
+// concurrent writes share one extra Raft round trip instead of one each
+// (BenchmarkLedgerWriteThroughput: api against api-without-audit).
+type auditBatcher struct {
+	mu       sync.Mutex
+	pending  []auditRequest
+	inFlight bool
+}
+
+type auditRequest struct {
+	cmd  *ledgerv1.Command
+	done chan error
+}
+
+func (b *auditBatcher) record(a *API, cmd *ledgerv1.Command) error {
+	r := auditRequest{cmd: cmd, done: make(chan error, 1)}
+	b.mu.Lock()
+	b.pending = append(b.pending, r)
+	drive := !b.inFlight
+	b.inFlight = true
+	b.mu.Unlock()
+	if drive {
+		b.commit(a)
+	}
+	return <-r.done
+}
+
+// commit proposes the queued events, a batch at a time, while there are
+// any; the caller that started it returns after its own batch and a
+// goroutine goes on with the rest.
+func (b *auditBatcher) commit(a *API) {
+	for first := true; ; first = false {
+		b.mu.Lock()
+		batch := b.pending[:min(len(b.pending), maxAuditBatch)]
+		b.pending = b.pending[len(batch):]
+		if len(batch) == 0 {
+			b.inFlight = false
+			b.mu.Unlock()
+			return
+		}
+		b.mu.Unlock()
+		if !first {
+			go func() { b.propose(a, batch); b.commit(a) }()
+			return
+		}
+		b.propose(a, batch)
+	}
+}
+
+func (b *auditBatcher) propose(a *API, batch []auditRequest) {
+	cmd := batch[0].cmd
+	if len(batch) > 1 {
+		cmds := make([]*ledgerv1.Command, len(batch))
+		for i, r := range batch {
+			cmds[i] = r.cmd
+		}
+		cmd = &ledgerv1.Command{Op: &ledgerv1.Command_Batch{Batch: &ledgerv1.Batch{Commands: cmds}}}
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), auditTimeout)
+	_, err := a.propose(ctx, cmd)
+	cancel()
+	for _, r := range batch {
+		r.done <- err
 	}
 }
 

@@ -223,6 +223,17 @@ func BenchmarkLedgerWriteThroughput(b *testing.B) {
 			})
 		}
 	}
+	// The same API writes on a cluster that records no audit events: the
+	// audit trail's price in writes per second (issue 15).
+	noAudit := startClusterWith(b, 3, func(c *testcluster.Cluster) { c.AuditOff = true })
+	quiet := newAPI(noAudit.Dial(noAudit.Leader(10 * time.Second).Addr()))
+	b.Run("api-without-audit", func(b *testing.B) {
+		measureWrites(b, "CreateCluster via the API, audit trail off", func(ctx context.Context) error {
+			name := fmt.Sprintf("clusters/q%d", seq.Add(1))
+			_, err := quiet.inv.CreateCluster(ctx, &ferryv1.CreateClusterRequest{Cluster: &ferryv1.Cluster{Name: name}})
+			return err
+		})
+	})
 	b.Run("propose", propose(leader.Server.Node(), "PutCluster via Node.Propose, Raft over mutual TLS"))
 	plain := startClusterWith(b, 3, func(c *testcluster.Cluster) { c.Insecure = true })
 	b.Run("propose-plain-raft", propose(plain.Leader(10*time.Second).Server.Node(), "PutCluster via Node.Propose, Raft over plain TCP (--insecure)"))
