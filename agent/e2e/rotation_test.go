@@ -1,11 +1,13 @@
 package e2e
 
 import (
+	"slices"
 	"strings"
 	"testing"
 	"time"
 
 	"golang.org/x/crypto/ssh"
+	"google.golang.org/protobuf/encoding/prototext"
 	"google.golang.org/protobuf/types/known/fieldmaskpb"
 
 	ferryv1 "github.com/ferry-v2v/ferry/pkg/pb/ferry/v1"
@@ -51,6 +53,21 @@ func TestRotateSourcePassword(t *testing.T) {
 	must(t, err)
 	if rotated.GetFingerprint() == cred.GetFingerprint() || rotated.GetSecret() != "" {
 		t.Fatalf("rotated credential = %v", rotated)
+	}
+	// The rotation is in the audit trail, naming the field, never its value.
+	trail, err := w.f.client.Audit().ListAuditEvents(ctx(t, 10*time.Second), &ferryv1.ListAuditEventsRequest{Resource: cred.GetName()})
+	must(t, err)
+	var rotations int
+	for _, ev := range trail.GetAuditEvents() {
+		if text := prototext.Format(ev); strings.Contains(text, oldPw) || strings.Contains(text, newPw) {
+			t.Fatalf("an audit event holds a password: %s", text)
+		}
+		if strings.HasSuffix(ev.GetMethod(), "/UpdateCredential") && ev.GetResult() == "OK" && slices.Contains(ev.GetFields(), "credential.secret") {
+			rotations++
+		}
+	}
+	if rotations != 1 {
+		t.Fatalf("%d audit events of the rotation naming credential.secret in %v; want 1", rotations, trail.GetAuditEvents())
 	}
 
 	spec := w.spec(w.sourceVM(source, vm.Name), nil)
