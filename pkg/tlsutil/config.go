@@ -21,20 +21,7 @@ var ErrNoCertificates = errors.New("tlsutil: no certificates in CA file")
 // a certificate signed by ca.crt (mutual TLS).
 func ServerConfig(dir string) (*tls.Config, error) {
 	dir = ResolveDir(dir, RoleCoordinator)
-	pool, err := loadPool(filepath.Join(dir, CACertFile))
-	if err != nil {
-		return nil, err
-	}
-	cert, err := loadPair(filepath.Join(dir, CoordinatorCertFile), filepath.Join(dir, CoordinatorKeyFile))
-	if err != nil {
-		return nil, err
-	}
-	return &tls.Config{
-		MinVersion:   tls.VersionTLS12,
-		Certificates: []tls.Certificate{cert},
-		ClientCAs:    pool,
-		ClientAuth:   tls.RequireAndVerifyClientCert,
-	}, nil
+	return ServerConfigFiles(filepath.Join(dir, CACertFile), filepath.Join(dir, CoordinatorCertFile), filepath.Join(dir, CoordinatorKeyFile))
 }
 
 // ClientConfig returns a client TLS configuration that trusts the CA in
