@@ -135,7 +135,7 @@ say "Agent on this host (the migration server and target host), with its own cer
 # An agent's certificate names its host (ferry://agent/demo-host): it can
 # only say hello as demo-host, and carries ca.crt and its own pair only.
 "$BIN/ferry-coordinator" tls issue --dir "$DEMO/coordinator/tls" --role agent --host demo-host
-"$BIN/ferry-agent" --coordinator "$API" --host-name demo-host --data-dir "$DEMO/agent" \
+"$BIN/ferry-agent" --coordinator "$API" --host-name demo-host --cluster demo --data-dir "$DEMO/agent" \
 	--cache-path "$DEMO/cache" --tls-dir "$DEMO/coordinator/tls/agents/demo-host" --domain-type qemu >"$DEMO/agent.log" 2>&1 &
 echo $! >"$DEMO/agent.pid"
 for _ in $(seq 1 100); do ctl host get demo-host 2>/dev/null | grep -q true && break; sleep 0.2; done
