@@ -219,7 +219,7 @@ func Choose(lib, qemu Version, state ferryv1.SourceVmState) Choice {
 	default:
 		c.Method, c.Err = MethodSnapshot, ErrNotImplemented
 		c.Why = fmt.Sprintf("the VM is %s and the backup API needs libvirt %s and QEMU %s; "+
-			"the snapshot method (external disk-only snapshot, then block commit) this source needs is not implemented yet",
+			"the snapshot method (external disk-only snapshot, then block commit) is not implemented yet",
 			stateWord(state), MinLibvirtBackup, MinQEMUBackup)
 	}
 	return c

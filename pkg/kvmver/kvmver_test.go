@@ -75,7 +75,7 @@ func TestChoose(t *testing.T) {
 		unknown = ferryv1.SourceVmState_SOURCE_VM_STATE_UNSPECIFIED
 	)
 	const snapshotWhy = "the backup API needs libvirt 6.0.0 and QEMU 4.2.0; " +
-		"the snapshot method (external disk-only snapshot, then block commit) this source needs is not implemented yet"
+		"the snapshot method (external disk-only snapshot, then block commit) is not implemented yet"
 	for _, tt := range []struct {
 		lib, qemu string
 		state     ferryv1.SourceVmState
