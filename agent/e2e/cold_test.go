@@ -42,8 +42,10 @@ func TestColdMigration(t *testing.T) {
 		p, err := w.f.client.Jobs().PreviewMigrationJobs(ctx(t, time.Minute), &ferryv1.PreviewMigrationJobsRequest{
 			Source: w.source, MigrationServer: w.server, Jobs: []*ferryv1.MigrationJobSpec{spec}})
 		must(t, err)
-		if len(p.GetFailedChecks()) != 0 || len(p.GetNotes()) != 1 || !strings.Contains(p.GetNotes()[0], "source VM "+src.Name+" is shut off") {
-			t.Errorf("preview failed checks %q, notes %q; want none and the note that the target is not started", p.GetFailedChecks(), p.GetNotes())
+		if len(p.GetFailedChecks()) != 0 || len(p.GetNotes()) != 2 || !strings.Contains(p.GetNotes()[0], "source VM "+src.Name+" is shut off") ||
+			!strings.Contains(p.GetNotes()[1], ": cold image read because the VM is shut off") {
+			t.Errorf("preview failed checks %q, notes %q; want none, the note that the target is not started and the cold copy's note",
+				p.GetFailedChecks(), p.GetNotes())
 		}
 		name := w.createJob(spec)
 		job := w.waitJob(name, 3*time.Minute, "the job to end", terminal)

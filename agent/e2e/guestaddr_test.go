@@ -45,8 +45,8 @@ func TestKVMGuestAgentKeepsItsAddress(t *testing.T) {
 	p, err := w.f.client.Jobs().PreviewMigrationJobs(ctx(t, time.Minute), &ferryv1.PreviewMigrationJobsRequest{
 		Source: w.source, MigrationServer: w.server, Jobs: []*ferryv1.MigrationJobSpec{spec}})
 	must(t, err)
-	if len(p.GetNotes()) != 0 || len(p.GetFailedChecks()) != 0 {
-		t.Errorf("preview notes %q, failed checks %q; want none", p.GetNotes(), p.GetFailedChecks())
+	if len(p.GetNotes()) != 1 || !strings.Contains(p.GetNotes()[0], ": backup API because the VM is running") || len(p.GetFailedChecks()) != 0 {
+		t.Errorf("preview notes %q, failed checks %q; want only the copy method's note", p.GetNotes(), p.GetFailedChecks())
 	}
 	name := w.createJob(spec)
 	j := w.job(name)

@@ -70,9 +70,8 @@ func Check(lib, qemu Version, ceph string) error {
 	if lib.Less(MinLibvirt) {
 		errs = append(errs, fmt.Errorf("%w: libvirt %s found, %s or newer needed", ErrTooOld, lib, MinLibvirt))
 	}
-	if ceph != "" && lib.Less(MinLibvirtCeph) {
-		errs = append(errs, fmt.Errorf("%w: libvirt %s found, %s or newer needed with Ceph storage (%s)",
-			ErrTooOld, lib, MinLibvirtCeph, ceph))
+	if err := CheckCeph(lib, ceph); err != nil {
+		errs = append(errs, err)
 	}
 	if qemu.Less(MinQEMU) {
 		errs = append(errs, fmt.Errorf("%w: QEMU %s found, %s or newer needed", ErrTooOld, qemu, MinQEMU))
@@ -109,3 +108,135 @@ func CephReason(targetCeph bool, disks []*ferryv1.SourceDisk, copies func(target
 
 // IsRBD says whether a source disk path names an RBD image.
 func IsRBD(path string) bool { return strings.HasPrefix(path, "rbd:") }
+
+// MinQEMUCold is the oldest QEMU whose qemu-nbd serves a shut-off VM's
+// images the way the cold copy starts it: read-only, with the block
+// layer's force-share option (QEMU 2.10) in --image-opts. The agent
+// takes the QEMU version libvirt reports for the host as qemu-nbd's.
+var MinQEMUCold = Version{2, 10, 0}
+
+// ErrNotImplemented reports a copy method a source needs that Ferry does
+// not have yet.
+var ErrNotImplemented = errors.New("copy method not implemented yet")
+
+// Method is how a KVM VM's disks are copied.
+type Method int
+
+// The copy methods.
+const (
+	// MethodRefused: the source is too old for any method.
+	MethodRefused Method = iota
+	// MethodBackup: a consistent copy of a running or paused VM through
+	// libvirt's backup API (libvirt 6.0, QEMU 4.2).
+	MethodBackup
+	// MethodCold: a shut-off VM's images read through a read-only
+	// qemu-nbd on the source host (QEMU 2.10).
+	MethodCold
+	// MethodSnapshot: an external disk-only snapshot, the original images
+	// read, then a block commit; what a running VM on a host without the
+	// backup API needs. Not implemented yet.
+	MethodSnapshot
+	// MethodAtStart: the VM's state is not known, so the agent chooses
+	// when the job starts.
+	MethodAtStart
+)
+
+func (m Method) String() string {
+	switch m {
+	case MethodBackup:
+		return "backup API"
+	case MethodCold:
+		return "cold image read"
+	case MethodSnapshot:
+		return "snapshot (not available yet)"
+	case MethodAtStart:
+		return "chosen when the job starts"
+	}
+	return "refused"
+}
+
+// Choice is the copy method for one VM and why.
+type Choice struct {
+	Libvirt, QEMU Version
+	Method        Method
+	Why           string
+	// Err is nil when the method can run: ErrTooOld for MethodRefused,
+	// ErrNotImplemented for MethodSnapshot.
+	Err error
+}
+
+// String says "libvirt X, QEMU Y: <method> because <why>".
+func (c Choice) String() string {
+	return fmt.Sprintf("libvirt %s, QEMU %s: %s because %s", c.Libvirt, c.QEMU, c.Method, c.Why)
+}
+
+// Error is the choice as an error wrapping Err, nil when the method can
+// run.
+func (c Choice) Error() error {
+	if c.Err == nil {
+		return nil
+	}
+	return fmt.Errorf("%w: %s", c.Err, c)
+}
+
+// Choose picks the copy method for a VM in state on a source running
+// libvirt lib and QEMU qemu: below libvirt 1.2.9 or QEMU 1.1 nothing;
+// a shut-off VM is read cold (QEMU 2.10 for qemu-nbd's force-share); a
+// running or paused VM through the backup API (libvirt 6.0 and QEMU
+// 4.2), else by the snapshot method, which is not implemented yet. An
+// unspecified state leaves the method to the agent, which knows the
+// state when the job starts. Ceph's own minimum is CheckCeph's.
+func Choose(lib, qemu Version, state ferryv1.SourceVmState) Choice {
+	c := Choice{Libvirt: lib, QEMU: qemu}
+	var old []string
+	if lib.Less(MinLibvirt) {
+		old = append(old, fmt.Sprintf("libvirt %s", MinLibvirt))
+	}
+	if qemu.Less(MinQEMU) {
+		old = append(old, fmt.Sprintf("QEMU %s", MinQEMU))
+	}
+	backup := !lib.Less(MinLibvirtBackup) && !qemu.Less(MinQEMUBackup)
+	switch {
+	case len(old) > 0:
+		c.Method, c.Err = MethodRefused, ErrTooOld
+		c.Why = fmt.Sprintf("a migration needs %s or newer", strings.Join(old, " and "))
+	case state == ferryv1.SourceVmState_SOURCE_VM_STATE_SHUT_OFF && qemu.Less(MinQEMUCold):
+		c.Method, c.Err = MethodRefused, ErrTooOld
+		c.Why = fmt.Sprintf("the VM is shut off and its images are read through qemu-nbd with force-share, "+
+			"which needs QEMU %s or newer (reading the image files without qemu-nbd is not implemented yet)", MinQEMUCold)
+	case state == ferryv1.SourceVmState_SOURCE_VM_STATE_SHUT_OFF:
+		c.Method = MethodCold
+		c.Why = fmt.Sprintf("the VM is shut off: its images are read through a read-only qemu-nbd (QEMU %s or newer), "+
+			"no backup API needed", MinQEMUCold)
+	case state == ferryv1.SourceVmState_SOURCE_VM_STATE_UNSPECIFIED:
+		c.Method = MethodAtStart
+		c.Why = "the VM's state is not in the synced inventory; a running VM needs the backup API " +
+			fmt.Sprintf("(libvirt %s and QEMU %s), a shut-off one QEMU %s", MinLibvirtBackup, MinQEMUBackup, MinQEMUCold)
+	case backup:
+		c.Method = MethodBackup
+		c.Why = fmt.Sprintf("the VM is %s and libvirt %s with QEMU %s or newer have the backup API",
+			stateWord(state), MinLibvirtBackup, MinQEMUBackup)
+	default:
+		c.Method, c.Err = MethodSnapshot, ErrNotImplemented
+		c.Why = fmt.Sprintf("the VM is %s and the backup API needs libvirt %s and QEMU %s; "+
+			"the snapshot method (external disk-only snapshot, then block commit) is not implemented yet",
+			stateWord(state), MinLibvirtBackup, MinQEMUBackup)
+	}
+	return c
+}
+
+func stateWord(s ferryv1.SourceVmState) string {
+	if s == ferryv1.SourceVmState_SOURCE_VM_STATE_PAUSED {
+		return "paused"
+	}
+	return "running"
+}
+
+// CheckCeph refuses a libvirt too old for Ceph (RBD) storage when the job
+// involves Ceph (ceph: why, see CephReason; "" when it does not).
+func CheckCeph(lib Version, ceph string) error {
+	if ceph != "" && lib.Less(MinLibvirtCeph) {
+		return fmt.Errorf("%w: libvirt %s found, %s or newer needed with Ceph storage (%s)", ErrTooOld, lib, MinLibvirtCeph, ceph)
+	}
+	return nil
+}

@@ -64,3 +64,66 @@ func TestCephReason(t *testing.T) {
 		}
 	}
 }
+
+// TestChoose: the copy method for each version pair and VM state, and the
+// line the preview shows for it, names both versions.
+func TestChoose(t *testing.T) {
+	const (
+		running = ferryv1.SourceVmState_SOURCE_VM_STATE_RUNNING
+		paused  = ferryv1.SourceVmState_SOURCE_VM_STATE_PAUSED
+		off     = ferryv1.SourceVmState_SOURCE_VM_STATE_SHUT_OFF
+		unknown = ferryv1.SourceVmState_SOURCE_VM_STATE_UNSPECIFIED
+	)
+	const snapshotWhy = "the backup API needs libvirt 6.0.0 and QEMU 4.2.0; " +
+		"the snapshot method (external disk-only snapshot, then block commit) is not implemented yet"
+	for _, tt := range []struct {
+		lib, qemu string
+		state     ferryv1.SourceVmState
+		method    Method
+		err       error
+		want      string
+	}{
+		{"1.2.9", "1.1", running, MethodSnapshot, ErrNotImplemented,
+			"libvirt 1.2.9, QEMU 1.1.0: snapshot (not available yet) because the VM is running and " + snapshotWhy},
+		{"1.2.9", "1.1", paused, MethodSnapshot, ErrNotImplemented,
+			"libvirt 1.2.9, QEMU 1.1.0: snapshot (not available yet) because the VM is paused and " + snapshotWhy},
+		{"1.2.8", "1.1", running, MethodRefused, ErrTooOld,
+			"libvirt 1.2.8, QEMU 1.1.0: refused because a migration needs libvirt 1.2.9 or newer"},
+		{"1.2.9", "1.0.1", off, MethodRefused, ErrTooOld,
+			"libvirt 1.2.9, QEMU 1.0.1: refused because a migration needs QEMU 1.1.0 or newer"},
+		{"1.2.8", "1.0", running, MethodRefused, ErrTooOld,
+			"libvirt 1.2.8, QEMU 1.0.0: refused because a migration needs libvirt 1.2.9 and QEMU 1.1.0 or newer"},
+		{"6.0.0", "4.2.0", running, MethodBackup, nil,
+			"libvirt 6.0.0, QEMU 4.2.0: backup API because the VM is running and libvirt 6.0.0 with QEMU 4.2.0 or newer have the backup API"},
+		{"6.0.0", "4.2.0", paused, MethodBackup, nil,
+			"libvirt 6.0.0, QEMU 4.2.0: backup API because the VM is paused and libvirt 6.0.0 with QEMU 4.2.0 or newer have the backup API"},
+		{"5.10.0", "4.2.0", running, MethodSnapshot, ErrNotImplemented,
+			"libvirt 5.10.0, QEMU 4.2.0: snapshot (not available yet) because the VM is running and " + snapshotWhy},
+		{"6.0.0", "4.1.1", running, MethodSnapshot, ErrNotImplemented,
+			"libvirt 6.0.0, QEMU 4.1.1: snapshot (not available yet) because the VM is running and " + snapshotWhy},
+		{"5.6.0", "3.1.0", off, MethodCold, nil,
+			"libvirt 5.6.0, QEMU 3.1.0: cold image read because the VM is shut off: its images are read through a read-only qemu-nbd " +
+				"(QEMU 2.10.0 or newer), no backup API needed"},
+		{"1.2.9", "2.10", off, MethodCold, nil,
+			"libvirt 1.2.9, QEMU 2.10.0: cold image read because the VM is shut off: its images are read through a read-only qemu-nbd " +
+				"(QEMU 2.10.0 or newer), no backup API needed"},
+		{"1.2.9", "2.9.1", off, MethodRefused, ErrTooOld,
+			"libvirt 1.2.9, QEMU 2.9.1: refused because the VM is shut off and its images are read through qemu-nbd with force-share, " +
+				"which needs QEMU 2.10.0 or newer (reading the image files without qemu-nbd is not implemented yet)"},
+		{"5.0.0", "4.0.0", unknown, MethodAtStart, nil,
+			"libvirt 5.0.0, QEMU 4.0.0: chosen when the job starts because the VM's state is not in the synced inventory; " +
+				"a running VM needs the backup API (libvirt 6.0.0 and QEMU 4.2.0), a shut-off one QEMU 2.10.0"},
+		{"1.0.0", "4.0.0", unknown, MethodRefused, ErrTooOld,
+			"libvirt 1.0.0, QEMU 4.0.0: refused because a migration needs libvirt 1.2.9 or newer"},
+	} {
+		lib, _ := Parse(tt.lib)
+		qemu, _ := Parse(tt.qemu)
+		c := Choose(lib, qemu, tt.state)
+		if c.Method != tt.method || c.String() != tt.want || !errors.Is(c.Err, tt.err) || (tt.err == nil) != (c.Err == nil) {
+			t.Errorf("Choose(%s, %s, %s) = %v, %q, %v\nwant %v, %q, %v", tt.lib, tt.qemu, tt.state, c.Method, c, c.Err, tt.method, tt.want, tt.err)
+		}
+		if err := c.Error(); (err == nil) != (tt.err == nil) || err != nil && (!errors.Is(err, tt.err) || err.Error() != tt.err.Error()+": "+tt.want) {
+			t.Errorf("Choose(%s, %s, %s).Error() = %v", tt.lib, tt.qemu, tt.state, err)
+		}
+	}
+}

@@ -33,7 +33,12 @@ to the migration server's cache against the free space of its cache path
 (less what its running jobs reserve; jobs that do not fit at once wait), every pre-check that
 would refuse the batch, notes on what create would do that the request
 does not say (a target left stopped because its source VM is paused or
-shut off), and whether it fits. It takes the flags and plan
+shut off; for a KVM source, the libvirt and QEMU versions of its last sync
+and the copy method each job gets and why: backup API for a running or
+paused VM, cold image read for a shut-off one; a source too old for the
+method its VM needs, or needing the snapshot method, which is not
+implemented yet, is a failed pre-check naming both versions), and
+whether it fits. It takes the flags and plan
 files of 'job create'.`,
 		Example: `  ferryctl job preview -f plan.yaml
   ferryctl job preview --source vc --migration-server vmw-1 --vm vm-1042 \

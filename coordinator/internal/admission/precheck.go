@@ -25,7 +25,8 @@ var minSourceVersion = [2]int{5, 0}
 // disk or MAC the VM does not have, a template, a host in maintenance
 // mode, a disk outside snapshots (independent modes), a vCenter/ESXi
 // version pair that differs or is older than 5.0, and a KVM source whose
-// libvirt or QEMU is too old (checkKVMVersions). A VMware source never
+// libvirt or QEMU is too old for the copy method the VM's state needs
+// (checkKVMVersions). A VMware source never
 // synced is synced first when an agent can reach it; with resync, so is a
 // source whose inventory lacks a VM of the batch (made since the last
 // sync). Preview passes false: it writes nothing it need not. Syncs are
@@ -71,12 +72,14 @@ func (a *Admission) precheck(ctx context.Context, refs *batchRefs, jobs []*ferry
 }
 
 // checkKVMVersions applies the agent's version rules (pkg/kvmver) to the
-// libvirt and QEMU versions of the KVM source's last sync: a migration
-// needs libvirt 1.2.9 and QEMU 1.1, the backup API (libvirt 6.0, QEMU
-// 4.2), and libvirt 1.2.16 when a source disk the job copies is an RBD
-// image or the target storage is Ceph. A version the sync did not record
-// (an inventory from an older agent) is left to the agent, which checks
-// again when the job starts.
+// libvirt and QEMU versions of the KVM source's last sync: libvirt 1.2.16
+// when a source disk the job copies is an RBD image or the target storage
+// is Ceph, and a copy method for the VM's synced state (kvmver.Choose): a
+// source below libvirt 1.2.9 or QEMU 1.1 is refused, a running or paused
+// VM without the backup API would need the snapshot method, which is not
+// implemented yet, and a shut-off VM needs only what the cold copy needs.
+// A version the sync did not record (an inventory from an older agent) is
+// left to the agent, which checks again when the job starts.
 func (a *Admission) checkKVMVersions(p string, j *ferryv1.MigrationJob, inv *ferryv1.SourceInventory) []string {
 	lib, libOK := kvmver.Parse(inv.GetProduct().GetVersion())
 	qemu, qemuOK := kvmver.Parse(inv.GetProduct().GetQemuVersion())
@@ -84,7 +87,8 @@ func (a *Admission) checkKVMVersions(p string, j *ferryv1.MigrationJob, inv *fer
 		return nil
 	}
 	var disks []*ferryv1.SourceDisk
-	if vm, _ := findInventoryVM(inv, j.GetSourceVm()); vm != nil {
+	vm, _ := findInventoryVM(inv, j.GetSourceVm())
+	if vm != nil {
 		p = fmt.Sprintf("%s (VM %s)", p, vm.GetName())
 		disks = vm.GetDisks()
 	}
@@ -96,16 +100,51 @@ func (a *Admission) checkKVMVersions(p string, j *ferryv1.MigrationJob, inv *fer
 	ceph := kvmver.CephReason(ps.GetType() == ferryv1.PrimaryStorageType_PRIMARY_STORAGE_TYPE_CEPH, disks,
 		func(target string) bool { return copies[target] })
 	var lines []string
-	for _, err := range []error{kvmver.Check(lib, qemu, ceph), kvmver.CheckBackup(lib, qemu)} {
-		if err == nil {
-			continue
-		}
-		for _, line := range strings.Split(err.Error(), "\n") {
-			line = strings.TrimPrefix(line, kvmver.ErrTooOld.Error()+": ")
-			lines = append(lines, fmt.Sprintf("%s: source %s: %s; upgrade the source host first", p, inv.GetSource(), line))
-		}
+	if err := kvmver.CheckCeph(lib, ceph); err != nil {
+		lines = append(lines, fmt.Sprintf("%s: source %s: %s; upgrade the source host first", p, inv.GetSource(),
+			strings.TrimPrefix(err.Error(), kvmver.ErrTooOld.Error()+": ")))
+	}
+	c := kvmver.Choose(lib, qemu, vm.GetState())
+	switch c.Method {
+	case kvmver.MethodRefused:
+		lines = append(lines, fmt.Sprintf("%s: source %s: %s; upgrade the source host first", p, inv.GetSource(), c))
+	case kvmver.MethodSnapshot:
+		lines = append(lines, fmt.Sprintf("%s: source %s: %s; upgrade the source host to libvirt %s and QEMU %s, "+
+			"or shut the VM off for a cold copy", p, inv.GetSource(), c, kvmver.MinLibvirtBackup, kvmver.MinQEMUBackup))
 	}
 	return lines
+}
+
+// copyMethodNotes says for each job of a KVM source whose copy method can
+// run which it is and why, from the versions and VM state of the source's
+// last sync ("jobs[0] (VM web): source sources/kvm: libvirt 9.0.0, QEMU
+// 7.2.0: backup API because …"); checkKVMVersions lists the ones that
+// cannot run as failed checks.
+func (a *Admission) copyMethodNotes(src *ferryv1.Source, jobs []*ferryv1.MigrationJob) []string {
+	if src.GetType() != ferryv1.Platform_PLATFORM_KVM {
+		return nil
+	}
+	inv, ok := a.ledger.SourceInventory(src.GetName())
+	if !ok {
+		return nil
+	}
+	lib, libOK := kvmver.Parse(inv.GetProduct().GetVersion())
+	qemu, qemuOK := kvmver.Parse(inv.GetProduct().GetQemuVersion())
+	if !libOK || !qemuOK {
+		return nil
+	}
+	var notes []string
+	for i, j := range jobs {
+		p := fmt.Sprintf("jobs[%d]", i)
+		vm, _ := findInventoryVM(inv, j.GetSourceVm())
+		if vm != nil {
+			p = fmt.Sprintf("%s (VM %s)", p, vm.GetName())
+		}
+		if c := kvmver.Choose(lib, qemu, vm.GetState()); c.Err == nil {
+			notes = append(notes, fmt.Sprintf("%s: source %s: %s", p, inv.GetSource(), c))
+		}
+	}
+	return notes
 }
 
 // checkVMsKnown is NOT_FOUND for the first job whose VM the synced

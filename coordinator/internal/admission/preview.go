@@ -39,6 +39,7 @@ func (a *Admission) Preview(ctx context.Context, p *ferryv1.PreviewMigrationJobs
 	}
 	lines, jobs := b.failed, b.jobs
 	notes = append(notes, a.keepSourceState(b.refs.source.GetName(), jobs)...)
+	notes = append(notes, a.copyMethodNotes(b.refs.source, jobs)...)
 	// The allocator only reads the ledger; what it hands out here is what
 	// create would hand out if nothing changes in between.
 	if err := a.newAllocator(b.refs.networks).allocate(jobs); err != nil {

@@ -2,6 +2,7 @@ package api
 
 import (
 	"fmt"
+	"slices"
 	"strings"
 	"testing"
 
@@ -72,39 +73,80 @@ func TestSpecNamingWhatTheSourceLacks(t *testing.T) {
 }
 
 // TestKVMVersionPrechecks: the agent's version rules run in the pre-checks
-// of preview and create, on the versions of the source's last sync; the
+// of preview and create, on the versions and VM state of the source's last
+// sync. The preview notes the copy method each job gets and why, naming
+// both versions; a source below libvirt 1.2.9 / QEMU 1.1 is refused with
+// both named; from there a running VM without the backup API would need
+// the snapshot method, which is not implemented yet, so it is a failed
+// check naming it; a shut-off VM needs only the cold copy's QEMU 2.10. The
 // Ceph rule counts a copied source disk that is an RBD image, not only a
 // Ceph target storage.
 func TestKVMVersionPrechecks(t *testing.T) {
-	const backup = "jobs[0] (VM vm-0): source sources/kvm: a consistent copy of a running VM needs libvirt 6.0.0 and QEMU 4.2.0 " +
-		"(the backup API); found libvirt 1.2.15 and QEMU 2.0.0; upgrade the source host first"
-	const ceph = "jobs[0] (VM vm-0): source sources/kvm: libvirt 1.2.15 found, 1.2.16 or newer needed with Ceph storage " +
+	const p = "jobs[0] (VM vm-0): source sources/kvm: "
+	const snapshot = ": snapshot (not available yet) because the VM is running and the backup API needs libvirt 6.0.0 and QEMU 4.2.0; " +
+		"the snapshot method (external disk-only snapshot, then block commit) is not implemented yet; " +
+		"upgrade the source host to libvirt 6.0.0 and QEMU 4.2.0, or shut the VM off for a cold copy"
+	const ceph = p + "libvirt 1.2.15 found, 1.2.16 or newer needed with Ceph storage " +
 		"(source disk vdb is the RBD image pool/vm-0-data); upgrade the source host first"
+	const backupWhy = ": backup API because the VM is running and libvirt 6.0.0 with QEMU 4.2.0 or newer have the backup API"
 	rbd := kvmVM()
 	rbd.Disks[1].Path = "rbd:pool/vm-0-data"
+	off := kvmVM()
+	off.State = ferryv1.SourceVmState_SOURCE_VM_STATE_SHUT_OFF
 	withVdb := func(r *ferryv1.CreateMigrationJobsRequest) {
 		r.Jobs[0].Target.Disks = append(r.Jobs[0].Target.Disks, &ferryv1.TargetDisk{SourceDisk: "vdb", SizeBytes: gib})
 	}
+	none := func(*ferryv1.CreateMigrationJobsRequest) {}
 	for _, tt := range []struct {
 		name      string
 		lib, qemu string
 		vm        *ferryv1.SourceVm
 		edit      func(*ferryv1.CreateMigrationJobsRequest)
-		want      []string
+		want      []string // failed checks
+		note      string   // the copy method's note, "" for none
 	}{
-		{"new enough", "9.0.0", "7.2.0", rbd, withVdb, nil},
-		{"old, file disks", "1.2.15", "2.0.0", kvmVM(), withVdb, []string{backup}},
-		{"old, RBD source disk copied", "1.2.15", "2.0.0", rbd, withVdb, []string{ceph, backup}},
-		{"old, RBD source disk left out", "1.2.15", "2.0.0", rbd, func(*ferryv1.CreateMigrationJobsRequest) {}, []string{backup}},
+		{"new enough", "9.0.0", "7.2.0", rbd, withVdb, nil, p + "libvirt 9.0.0, QEMU 7.2.0" + backupWhy},
+		{"backup API from 6.0/4.2", "6.0.0", "4.2.0", kvmVM(), none, nil, p + "libvirt 6.0.0, QEMU 4.2.0" + backupWhy},
+		{"oldest supported, running", "1.2.9", "1.1", kvmVM(), none, []string{p + "libvirt 1.2.9, QEMU 1.1.0" + snapshot}, ""},
+		{"below the oldest", "1.2.8", "1.0", kvmVM(), none, []string{p + "libvirt 1.2.8, QEMU 1.0.0: refused because a migration needs " +
+			"libvirt 1.2.9 and QEMU 1.1.0 or newer; upgrade the source host first"}, ""},
+		{"5.x running", "5.10.0", "4.1.0", kvmVM(), none, []string{p + "libvirt 5.10.0, QEMU 4.1.0" + snapshot}, ""},
+		{"5.x shut off", "5.10.0", "4.1.0", off, none, nil, p + "libvirt 5.10.0, QEMU 4.1.0: cold image read because the VM is shut off: " +
+			"its images are read through a read-only qemu-nbd (QEMU 2.10.0 or newer), no backup API needed"},
+		{"shut off, no force-share", "1.2.9", "2.9.0", off, none, []string{p + "libvirt 1.2.9, QEMU 2.9.0: refused because the VM is shut off " +
+			"and its images are read through qemu-nbd with force-share, which needs QEMU 2.10.0 or newer " +
+			"(reading the image files without qemu-nbd is not implemented yet); upgrade the source host first"}, ""},
+		{"old, file disks", "1.2.15", "2.0.0", kvmVM(), withVdb, []string{p + "libvirt 1.2.15, QEMU 2.0.0" + snapshot}, ""},
+		{"old, RBD source disk copied", "1.2.15", "2.0.0", rbd, withVdb, []string{ceph, p + "libvirt 1.2.15, QEMU 2.0.0" + snapshot}, ""},
+		{"old, RBD source disk left out", "1.2.15", "2.0.0", rbd, none, []string{p + "libvirt 1.2.15, QEMU 2.0.0" + snapshot}, ""},
+		// An inventory from an older agent lists no shut-off VMs: the agent
+		// chooses once it sees the VM's state.
+		{"VM not in the inventory", "5.0.0", "4.0.0", nil, none, nil, "jobs[0]: source sources/kvm: libvirt 5.0.0, QEMU 4.0.0: " +
+			"chosen when the job starts because the VM's state is not in the synced inventory; " +
+			"a running VM needs the backup API (libvirt 6.0.0 and QEMU 4.2.0), a shut-off one QEMU 2.10.0"},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			e := newEnv(t, true)
 			e.seed()
-			e.kvmInventory(tt.lib, tt.qemu, tt.vm)
+			if tt.vm != nil {
+				e.kvmInventory(tt.lib, tt.qemu, tt.vm)
+			} else {
+				e.kvmInventory(tt.lib, tt.qemu)
+			}
 			req := jobsReqWith(tt.edit)
-			got := e.previewFailed(req)
-			if strings.Join(got, "\n") != strings.Join(tt.want, "\n") {
-				t.Fatalf("preview failed checks:\n%s\nwant:\n%s", strings.Join(got, "\n"), strings.Join(tt.want, "\n"))
+			resp := must[*ferryv1.PreviewMigrationJobsResponse](t)(e.jobs.PreviewMigrationJobs(ctx(t), &ferryv1.PreviewMigrationJobsRequest{
+				Source: req.GetSource(), MigrationServer: req.GetMigrationServer(), Jobs: req.GetJobs()}))
+			if got := resp.GetFailedChecks(); strings.Join(got, "\n") != strings.Join(tt.want, "\n") || resp.GetFits() != (tt.want == nil) {
+				t.Fatalf("preview failed checks (fits %v):\n%s\nwant:\n%s", resp.GetFits(), strings.Join(got, "\n"), strings.Join(tt.want, "\n"))
+			}
+			var notes []string
+			for _, n := range resp.GetNotes() {
+				if strings.HasPrefix(n, "jobs[0]") && strings.Contains(n, ": source sources/kvm: libvirt ") {
+					notes = append(notes, n)
+				}
+			}
+			if want := []string{tt.note}; tt.note == "" && len(notes) != 0 || tt.note != "" && !slices.Equal(notes, want) {
+				t.Fatalf("preview copy method notes %q, want %q (all notes %q)", notes, tt.note, resp.GetNotes())
 			}
 			_, err := e.jobs.CreateMigrationJobs(ctx(t), req)
 			if tt.want == nil {
@@ -134,8 +176,11 @@ func TestTargetKeepsSourceState(t *testing.T) {
 	req := jobsReq(2)
 	resp := must[*ferryv1.PreviewMigrationJobsResponse](t)(e.jobs.PreviewMigrationJobs(ctx(t), &ferryv1.PreviewMigrationJobsRequest{
 		Source: req.GetSource(), MigrationServer: req.GetMigrationServer(), Jobs: req.GetJobs()}))
+	const backup = " and libvirt 6.0.0 with QEMU 4.2.0 or newer have the backup API"
 	wantNotes := []string{"jobs[0].options.auto_start: false: source VM vm-0 is paused, so its target target-0 is defined but not started; " +
-		"set auto_start true (ferryctl --start) to start it"}
+		"set auto_start true (ferryctl --start) to start it",
+		"jobs[0] (VM vm-0): source sources/kvm: libvirt 9.0.0, QEMU 7.2.0: backup API because the VM is paused" + backup,
+		"jobs[1] (VM vm-1): source sources/kvm: libvirt 9.0.0, QEMU 7.2.0: backup API because the VM is running" + backup}
 	if strings.Join(resp.GetNotes(), "\n") != strings.Join(wantNotes, "\n") {
 		t.Fatalf("notes = %q, want %q", resp.GetNotes(), wantNotes)
 	}

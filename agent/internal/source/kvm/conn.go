@@ -11,6 +11,8 @@ import (
 
 	"golang.org/x/crypto/ssh"
 	"libvirt.org/go/libvirt"
+
+	"github.com/ferry-v2v/ferry/pkg/kvmver"
 )
 
 // keepaliveInterval is how often the SSH connection is probed (a
@@ -151,6 +153,20 @@ func (c *Conn) CheckVersions(ceph string) error {
 		return fmt.Errorf("source %s: %w", c.cfg.hostPort(), err)
 	}
 	return nil
+}
+
+// CopyMethod chooses how vm's disks are copied from the source's versions
+// and vm's state (kvmver.Choose): the backup API for a running or paused
+// VM, a cold read of a shut-off VM's images. A method that cannot run (a
+// source too old for it, or the snapshot method, not implemented yet) is
+// an error wrapping ErrVersion or kvmver.ErrNotImplemented that names both
+// versions, the method and why.
+func (c *Conn) CopyMethod(vm *VM) (kvmver.Choice, error) {
+	choice := copyMethod(c.libVersion, c.qemuVersion, vm.State)
+	if err := choice.Error(); err != nil {
+		return choice, fmt.Errorf("source %s: VM %s: %w", c.cfg.hostPort(), vm.Name, err)
+	}
+	return choice, nil
 }
 
 // Close ends the libvirt connection, the forwarded socket and the SSH

@@ -152,7 +152,10 @@ func (d *Driver) Inventory(ctx context.Context, req *agentv1.InventoryRequest) (
 
 // Convert copies the job's disks from a consistent backup of the running
 // VM into the cache; a shut-off VM's disks are read from its images
-// instead (convertCold). An unreachable source is tried again for the retry
+// instead (convertCold). The method is chosen from the source's versions
+// and the VM's state as the coordinator's pre-checks choose it
+// (Conn.CopyMethod); one that cannot run fails the job naming both
+// versions. An unreachable source is tried again for the retry
 // budget; so is a dropped SSH connection, the copy resuming on the same
 // backup from the cache's checkpoints. The backup job and its scratch files are gone on the source
 // host however Convert ends; when the source cannot be reached to end
@@ -175,6 +178,11 @@ func (d *Driver) Convert(ctx context.Context, job *runner.Job) error {
 	if err := conn.CheckVersions(cephReason(a, vm)); err != nil {
 		return err
 	}
+	choice, err := conn.CopyMethod(vm)
+	if err != nil {
+		return err
+	}
+	job.Log.Info("copy method chosen", "vm", vmName, "choice", choice.String())
 	if err := conn.CleanupStale(ctx, vmName); err != nil {
 		return fmt.Errorf("clean up an earlier backup of %s: %w", vmName, err)
 	}
@@ -183,7 +191,7 @@ func (d *Driver) Convert(ctx context.Context, job *runner.Job) error {
 	for i, disk := range disks {
 		targets[i] = disk.GetSourceDisk()
 	}
-	if vm.State == StateShutOff {
+	if choice.Method == kvmver.MethodCold {
 		return d.convertCold(ctx, src, vm, targets)
 	}
 	record := ""

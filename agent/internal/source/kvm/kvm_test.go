@@ -14,6 +14,7 @@ import (
 	"libvirt.org/go/libvirt"
 	"libvirt.org/go/libvirtxml"
 
+	"github.com/ferry-v2v/ferry/pkg/kvmver"
 	"github.com/ferry-v2v/ferry/pkg/seal"
 )
 
@@ -350,5 +351,31 @@ func TestSetGuestAddresses(t *testing.T) {
 	})
 	if !reflect.DeepEqual(nics[0].IPs, []string{"10.1.2.3", "fe80::1"}) || nics[1].IPs != nil {
 		t.Errorf("NICs = %+v", nics)
+	}
+}
+
+// TestCopyMethod: the agent chooses as the pre-checks do, from its own
+// state names; a state libvirt reports beyond running, paused and shut off
+// is taken as running.
+func TestCopyMethod(t *testing.T) {
+	for _, tt := range []struct {
+		lib, qemu Version
+		state     string
+		want      kvmver.Method
+		err       error
+	}{
+		{ver(9, 0, 0), ver(7, 2, 0), StateRunning, kvmver.MethodBackup, nil},
+		{ver(9, 0, 0), ver(7, 2, 0), StatePaused, kvmver.MethodBackup, nil},
+		{ver(9, 0, 0), ver(7, 2, 0), StateShutOff, kvmver.MethodCold, nil},
+		{ver(5, 10, 0), ver(4, 1, 0), StateShutOff, kvmver.MethodCold, nil},
+		{ver(5, 10, 0), ver(4, 1, 0), StateRunning, kvmver.MethodSnapshot, kvmver.ErrNotImplemented},
+		{ver(5, 10, 0), ver(4, 1, 0), "state 5", kvmver.MethodSnapshot, kvmver.ErrNotImplemented},
+		{ver(9, 0, 0), ver(7, 2, 0), "state 5", kvmver.MethodBackup, nil},
+		{ver(1, 2, 8), ver(7, 2, 0), StateShutOff, kvmver.MethodRefused, ErrVersion},
+	} {
+		c := copyMethod(tt.lib, tt.qemu, tt.state)
+		if err := c.Error(); c.Method != tt.want || !errors.Is(err, tt.err) || (err == nil) != (tt.err == nil) {
+			t.Errorf("copyMethod(%s, %s, %q) = %v, %v; want %v, %v", tt.lib, tt.qemu, tt.state, c.Method, err, tt.want, tt.err)
+		}
 	}
 }

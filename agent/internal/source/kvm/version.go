@@ -4,6 +4,7 @@ import (
 	"errors"
 
 	"github.com/ferry-v2v/ferry/pkg/kvmver"
+	ferryv1 "github.com/ferry-v2v/ferry/pkg/pb/ferry/v1"
 )
 
 // ErrVersion reports a source whose libvirt or QEMU is too old.
@@ -26,3 +27,16 @@ func versionOf(v uint32) Version {
 func checkVersions(lib, qemu Version, ceph string) error { return kvmver.Check(lib, qemu, ceph) }
 
 func checkBackupVersions(lib, qemu Version) error { return kvmver.CheckBackup(lib, qemu) }
+
+// copyMethod chooses how the disks of a VM in state are copied
+// (kvmver.Choose, as the coordinator's pre-checks choose from the synced
+// facts). A state other than running, paused or shut off (crashed,
+// shutting down) is taken as running: the backup API is tried, as
+// before, and libvirt says what it makes of the state.
+func copyMethod(lib, qemu Version, state string) kvmver.Choice {
+	s, ok := protoState[state]
+	if !ok {
+		s = ferryv1.SourceVmState_SOURCE_VM_STATE_RUNNING
+	}
+	return kvmver.Choose(lib, qemu, s)
+}

@@ -1947,7 +1947,12 @@ type PreviewMigrationJobsResponse struct {
 	// options.use_source_nic_address whose guest address is unknown or
 	// outside its L3 network's range, which gets an address allocated from
 	// the range instead ("jobs[0].target.nics[1].ip: …; an address from the
-	// range of l3Networks/… is allocated instead").
+	// range of l3Networks/… is allocated instead"); for a job of a KVM
+	// source, the versions of its last sync and the copy method the job gets
+	// ("jobs[0] (VM web): source sources/kvm: libvirt 9.0.0, QEMU 7.2.0:
+	// backup API because …", or cold image read for a shut-off VM). A method
+	// that cannot run (too old, or the snapshot method, not implemented yet)
+	// is a failed check naming both versions instead.
 	Notes         []string `protobuf:"bytes,5,rep,name=notes,proto3" json:"notes,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
