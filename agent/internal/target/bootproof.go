@@ -8,6 +8,8 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"regexp"
+	"slices"
 	"strings"
 	"time"
 	"unicode"
@@ -137,16 +139,33 @@ func nothingSeen(s Spec) string {
 // maxProofLine is the most of a console line a proof quotes.
 const maxProofLine = 120
 
+// firmwareLines start what firmware (SeaBIOS, iPXE, OVMF and its shell)
+// may print on the serial console of a guest that has not booted: they
+// prove nothing.
+var firmwareLines = []string{"SeaBIOS", "iPXE", "Booting from", "No bootable device", "Press ESC", "PXE", ">>",
+	"BdsDxe", "UEFI Interactive Shell", "Shell>", "EFI Shell", "Mapping table", "FS0:", "BLK", "Press ", "Boot Failed"}
+
+// escapes are terminal control sequences (CSI ... final byte, or ESC and
+// one character), as firmware draws its screens with.
+var escapes = regexp.MustCompile(`\x1b(\[[0-?]*[ -/]*[@-~]|.)`)
+
 // consoleLine is the first line of printable text the guest wrote on its
-// serial console, "" while there is none.
+// serial console, terminal control sequences and firmware lines aside; ""
+// while there is none.
 func consoleLine(path string) string {
 	data, err := os.ReadFile(path)
 	if err != nil {
 		return ""
 	}
-	for _, l := range bytes.Split(data, []byte("\n")) {
+	for _, l := range bytes.Split(escapes.ReplaceAll(data, nil), []byte("\n")) {
 		line := strings.TrimFunc(string(l), func(r rune) bool { return unicode.IsSpace(r) || !unicode.IsPrint(r) })
-		if line == "" {
+		line = strings.Map(func(r rune) rune {
+			if unicode.IsPrint(r) {
+				return r
+			}
+			return -1
+		}, line)
+		if line == "" || slices.ContainsFunc(firmwareLines, func(p string) bool { return strings.HasPrefix(line, p) }) {
 			continue
 		}
 		if len(line) > maxProofLine {
