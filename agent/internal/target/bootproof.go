@@ -149,14 +149,16 @@ var firmwareLines = []string{"SeaBIOS", "iPXE", "Booting from", "No bootable dev
 // one character), as firmware draws its screens with.
 var escapes = regexp.MustCompile(`\x1b(\[[0-?]*[ -/]*[@-~]|.)`)
 
-// consoleLine is the first line of printable text the guest wrote on its
-// serial console, terminal control sequences and firmware lines aside; ""
-// while there is none.
+// consoleLine is the first whole line (ended by a newline) of printable
+// text the guest wrote on its serial console, terminal control sequences
+// and firmware lines aside; "" while there is none.
 func consoleLine(path string) string {
 	data, err := os.ReadFile(path)
 	if err != nil {
 		return ""
 	}
+	// Only whole lines: the guest may be writing the last one.
+	data = data[:bytes.LastIndexByte(data, '\n')+1]
 	for _, l := range bytes.Split(escapes.ReplaceAll(data, nil), []byte("\n")) {
 		line := strings.TrimFunc(string(l), func(r rune) bool { return unicode.IsSpace(r) || !unicode.IsPrint(r) })
 		line = strings.Map(func(r rune) rune {

@@ -41,7 +41,7 @@ func TestWaitBootByGuestAgent(t *testing.T) {
 	t.Logf("the guest agent answered after %s", time.Since(start).Round(time.Second))
 }
 
-// TestConsoleLine: the proof quotes the first line of printable text,
+// TestConsoleLine: the proof quotes the first whole line of printable text,
 // terminal control sequences and firmware lines aside.
 func TestConsoleLine(t *testing.T) {
 	path := t.TempDir() + "/serial.log"
@@ -52,7 +52,8 @@ func TestConsoleLine(t *testing.T) {
 		{"", ""},
 		{"\r\n \x1b\x00\r\n", ""},
 		{"\x1bc\r\nFERRY BOOTED FROM vdb\r\nmore\r\n", "FERRY BOOTED FROM vdb"},
-		{"no newline yet", "no newline yet"},
+		{"no newline yet", ""},
+		{"FERRY BOOTED FROM vdb\r\nFERRY", "FERRY BOOTED FROM vdb"},
 		{"\x1b[2J\x1b[01;01H\x1b[=3h\x1b[2J\x1b[01;01HBdsDxe: failed to load Boot0001 \"UEFI QEMU HARDDISK\": Not Found\r\n" +
 			">>Start PXE over IPv4.\r\nSeaBIOS (version 1.16)\r\n\x1b[0mLinux version 6.1.0\r\n", "Linux version 6.1.0"},
 	} {

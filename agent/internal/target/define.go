@@ -154,29 +154,39 @@ func Define(ctx context.Context, conn *libvirt.Connect, spec Spec, opts Options)
 			return nil, err
 		}
 	}
-	var before map[leaseKey]bool
-	if spec.VerifyBoot {
-		if err := removeSerialLog(opts, spec); err != nil {
+	switch {
+	case spec.VerifyBoot:
+		if err := startAndProve(ctx, conn, ld, d, bo.SerialLog); err != nil {
 			return nil, err
 		}
-		before = leases(conn, spec)
-	}
-	if spec.AutoStart || spec.VerifyBoot {
+	case spec.AutoStart:
 		if d.Started, err = start(ctx, ld, d, opts.Log); err != nil {
 			return nil, err
 		}
 	}
-	if spec.VerifyBoot {
-		if !d.Started {
-			return nil, fmt.Errorf("%w: %s", ErrNoBoot, d.Warnings[len(d.Warnings)-1])
-		}
-		if d.BootVerifiedBy, err = WaitBoot(ctx, conn, ld, spec, bo.SerialLog, before, opts.BootTimeout); err != nil {
-			return nil, err
-		}
-		opts.Log.InfoContext(ctx, "target VM booted", "vm", d.Name, "by", d.BootVerifiedBy)
-	}
 	opts.Log.InfoContext(ctx, "defined target VM", "vm", d.Name, "uuid", d.UUID, "type", bo.Type, "started", d.Started)
 	return d, nil
+}
+
+// startAndProve starts the domain and waits for its guest to show it
+// booted (WaitBoot), recording how in d; a domain the host cannot start
+// is an error here.
+func startAndProve(ctx context.Context, conn *libvirt.Connect, ld *libvirt.Domain, d *Defined, serialLog string) (err error) {
+	if err := removeSerialLog(d.opts, d.spec); err != nil {
+		return err
+	}
+	before := leases(conn, d.spec)
+	if d.Started, err = start(ctx, ld, d, d.opts.Log); err != nil {
+		return err
+	}
+	if !d.Started {
+		return fmt.Errorf("%w: %s", ErrNoBoot, d.Warnings[len(d.Warnings)-1])
+	}
+	if d.BootVerifiedBy, err = WaitBoot(ctx, conn, ld, d.spec, serialLog, before, d.opts.BootTimeout); err != nil {
+		return err
+	}
+	d.opts.Log.InfoContext(ctx, "target VM booted", "vm", d.Name, "by", d.BootVerifiedBy)
+	return nil
 }
 
 // start starts the domain. A start that fails for lack of host memory or
