@@ -75,6 +75,8 @@ func parseFlags(args []string, stderr io.Writer) (config.Config, slog.Level, err
 		"how often backups that failed or crashed jobs left on sources are looked for and ended")
 	fs.StringVar(&cfg.DomainType, "domain-type", "auto",
 		"libvirt domain type of target VMs: auto (kvm when libvirt offers it), kvm, or qemu (TCG, for hosts whose KVM does not work, such as some nested VMs)")
+	fs.DurationVar(&cfg.VerifyBootTimeout, "verify-boot-timeout", target.DefaultBootTimeout,
+		"how long a job with verify_boot waits for its started target VM's guest to show it booted (guest agent, DHCP lease or serial console) before it fails; a target VM placed on another host waits at most 90s")
 	if err := fs.Parse(args); err != nil {
 		return cfg, level, err
 	}
@@ -115,7 +117,7 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 	}
 	fences := session.NewFences(outbox, log)
 	targets := session.NewTargets(outbox, log)
-	targetOpts := target.Options{Log: log, DomainType: domainType(cfg.DomainType)}
+	targetOpts := target.Options{Log: log, DomainType: domainType(cfg.DomainType), BootTimeout: cfg.VerifyBootTimeout}
 	worker := target.NewWorker(target.WorkerConfig{IdentityDir: cfg.IdentityDir(), MigrationAddress: cfg.MigrationAddress,
 		Fence: fences.Confirm, Options: targetOpts})
 	defer worker.Close()

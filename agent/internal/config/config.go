@@ -66,6 +66,9 @@ type Config struct {
 	// (TCG, software emulation), or "" to take kvm when the host's libvirt
 	// offers it.
 	DomainType string
+	// VerifyBootTimeout bounds the wait for the guest of a job with
+	// options.verify_boot to show it booted (target.DefaultBootTimeout).
+	VerifyBootTimeout time.Duration
 }
 
 // Defaults of Config.
@@ -116,6 +119,9 @@ func (c *Config) Validate() error {
 	case "", "auto", "kvm", "qemu":
 	default:
 		errs = append(errs, fmt.Errorf("--domain-type: %q is not auto, kvm or qemu", c.DomainType))
+	}
+	if c.VerifyBootTimeout < 0 {
+		errs = append(errs, fmt.Errorf("--verify-boot-timeout: %s must not be negative", c.VerifyBootTimeout))
 	}
 	if c.SourceCleanupInterval < 0 {
 		errs = append(errs, fmt.Errorf("--source-cleanup-interval: %s must not be negative", c.SourceCleanupInterval))

@@ -95,6 +95,10 @@ type Job struct {
 	// bytes; both are shared by every job of the migration server.
 	Downstream, Upstream *ratelimit.Limiter
 
+	// bootVerifiedBy is how the target VM showed it booted; see
+	// SetBootVerifiedBy.
+	bootVerifiedBy string
+
 	watches *watchSet // see Watch
 	beside  *beside   // the upload beside CONVERTING, when the target overlaps
 	// fencer confirms the assignment before target writes; nil confirms
@@ -119,6 +123,10 @@ func (j *Job) Fence(ctx context.Context, write string) error {
 	}
 	return j.fencer.Confirm(ctx, j.Name(), j.Epoch(), write)
 }
+
+// SetBootVerifiedBy records, for a job with options.verify_boot, how
+// the target VM's guest showed it booted (JobResult.boot_verified_by).
+func (j *Job) SetBootVerifiedBy(by string) { j.bootVerifiedBy = by }
 
 // Name is the job's resource name.
 func (j *Job) Name() string { return j.Assignment.GetJob().GetName() }
@@ -282,6 +290,7 @@ func walk(ctx context.Context, d Drivers, j *Job) *agentv1.JobResult {
 	}
 	res.Outcome = agentv1.JobOutcome_JOB_OUTCOME_SUCCEEDED
 	res.Disks = j.Progress.snapshot()
+	res.BootVerifiedBy = j.bootVerifiedBy
 	return res
 }
 

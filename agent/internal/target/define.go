@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"time"
 
 	"libvirt.org/go/libvirt"
 	"libvirt.org/go/libvirtxml"
@@ -40,6 +41,11 @@ type Options struct {
 	NVRAMDir string
 	// CephUser and CephSecretUUID authenticate RBD disks.
 	CephUser, CephSecretUUID string
+	// BootTimeout bounds the wait for the guest of a job with verify_boot
+	// to show it booted (default DefaultBootTimeout); SerialLogDir is
+	// where its serial console is logged (default DefaultSerialLogDir).
+	BootTimeout  time.Duration
+	SerialLogDir string
 	// Remote, when its Targets is set, lets the driver run jobs whose VM
 	// is placed on another host.
 	Remote Remote
@@ -57,6 +63,12 @@ func (o Options) withDefaults() Options {
 	if o.NVRAMDir == "" {
 		o.NVRAMDir = DefaultNVRAMDir
 	}
+	if o.BootTimeout <= 0 {
+		o.BootTimeout = DefaultBootTimeout
+	}
+	if o.SerialLogDir == "" {
+		o.SerialLogDir = DefaultSerialLogDir
+	}
 	if o.Log == nil {
 		o.Log = slog.New(slog.DiscardHandler)
 	}
@@ -73,6 +85,9 @@ type Defined struct {
 	// Warnings are for the operator of a job that succeeded, e.g. a VM
 	// left stopped because the host lacked memory.
 	Warnings []string
+	// BootVerifiedBy says how the guest showed it booted, for a spec
+	// with VerifyBoot (see WaitBoot).
+	BootVerifiedBy string
 
 	conn *libvirt.Connect
 	spec Spec
@@ -89,7 +104,9 @@ func (d *Defined) Rollback(ctx context.Context) error {
 // file, DHCP host entries for NICs with addresses on libvirt networks.
 // With spec.AutoStart it starts the VM; when the host lacks the memory or
 // CPUs for it, the VM stays defined and stopped and Define returns a
-// warning, not an error. On error Define removes what it made, but not
+// warning, not an error. With spec.VerifyBoot it starts the VM (a VM the
+// host cannot start is an error then) and waits, up to opts.BootTimeout,
+// for the guest to show it booted (WaitBoot). On error Define removes what it made, but not
 // the volumes: Rollback does that.
 func Define(ctx context.Context, conn *libvirt.Connect, spec Spec, opts Options) (_ *Defined, err error) {
 	opts = opts.withDefaults()
@@ -100,6 +117,9 @@ func Define(ctx context.Context, conn *libvirt.Connect, spec Spec, opts Options)
 	if spec.firmware() == ferryv1.Firmware_FIRMWARE_UEFI {
 		bo.UEFI = chooseUEFI(opts.FirmwareDir, len(spec.NVRAM))
 		bo.NVRAMPath = nvramPath(opts, spec)
+	}
+	if spec.VerifyBoot {
+		bo.SerialLog = serialLogPath(opts, spec)
 	}
 	dom, err := BuildDomain(spec, bo)
 	if err != nil {
@@ -134,13 +154,39 @@ func Define(ctx context.Context, conn *libvirt.Connect, spec Spec, opts Options)
 			return nil, err
 		}
 	}
-	if spec.AutoStart {
+	switch {
+	case spec.VerifyBoot:
+		if err := startAndProve(ctx, conn, ld, d, bo.SerialLog); err != nil {
+			return nil, err
+		}
+	case spec.AutoStart:
 		if d.Started, err = start(ctx, ld, d, opts.Log); err != nil {
 			return nil, err
 		}
 	}
 	opts.Log.InfoContext(ctx, "defined target VM", "vm", d.Name, "uuid", d.UUID, "type", bo.Type, "started", d.Started)
 	return d, nil
+}
+
+// startAndProve starts the domain and waits for its guest to show it
+// booted (WaitBoot), recording how in d; a domain the host cannot start
+// is an error here.
+func startAndProve(ctx context.Context, conn *libvirt.Connect, ld *libvirt.Domain, d *Defined, serialLog string) (err error) {
+	if err := removeSerialLog(d.opts, d.spec); err != nil {
+		return err
+	}
+	before := leases(conn, d.spec)
+	if d.Started, err = start(ctx, ld, d, d.opts.Log); err != nil {
+		return err
+	}
+	if !d.Started {
+		return fmt.Errorf("%w: %s", ErrNoBoot, d.Warnings[len(d.Warnings)-1])
+	}
+	if d.BootVerifiedBy, err = WaitBoot(ctx, conn, ld, d.spec, serialLog, before, d.opts.BootTimeout); err != nil {
+		return err
+	}
+	d.opts.Log.InfoContext(ctx, "target VM booted", "vm", d.Name, "by", d.BootVerifiedBy)
+	return nil
 }
 
 // start starts the domain. A start that fails for lack of host memory or
@@ -290,6 +336,7 @@ func undoDefine(conn *libvirt.Connect, spec Spec, opts Options) error {
 	case err != nil:
 		errs = append(errs, err)
 	default:
+		errs = append(errs, removeSerialLog(opts, spec))
 		if spec.firmware() == ferryv1.Firmware_FIRMWARE_UEFI {
 			if err := os.Remove(nvramPath(opts, spec)); err != nil && !errors.Is(err, fs.ErrNotExist) {
 				errs = append(errs, fmt.Errorf("remove NVRAM: %w", err))

@@ -37,6 +37,10 @@ type Spec struct {
 	NVRAM []byte
 	// AutoStart starts the VM once defined; see AutoStart.
 	AutoStart bool
+	// VerifyBoot starts the VM once defined and waits for the guest to
+	// show it booted (options.verify_boot; see WaitBoot). The domain gets
+	// a guest agent channel and its serial console is logged to a file.
+	VerifyBoot bool
 }
 
 // AutoStart is a job's auto-start option: on unless set to false.
@@ -127,6 +131,9 @@ type BuildOptions struct {
 	// CephUser and CephSecretUUID authenticate RBD disks (a libvirt
 	// secret of usage type ceph); empty: no <auth>, QEMU uses ceph.conf.
 	CephUser, CephSecretUUID string
+	// SerialLog, when set, is the file the serial console's output is
+	// also written to (the guest's proof of boot).
+	SerialLog string
 }
 
 // BuildDomain is the libvirt domain of a spec.
@@ -174,6 +181,15 @@ func BuildDomain(s Spec, o BuildOptions) (*libvirtxml.Domain, error) {
 	}
 	dom.Devices.Interfaces = interfaces(nics, s.nicModel)
 	operatorDevices(dom.Devices)
+	if o.SerialLog != "" {
+		dom.Devices.Serials[0].Log = &libvirtxml.DomainChardevLog{File: o.SerialLog, Append: "off"}
+	}
+	if s.VerifyBoot {
+		dom.Devices.Channels = []libvirtxml.DomainChannel{{
+			Source: &libvirtxml.DomainChardevSource{UNIX: &libvirtxml.DomainChardevSourceUNIX{}},
+			Target: &libvirtxml.DomainChannelTarget{VirtIO: &libvirtxml.DomainChannelTargetVirtIO{Name: GuestAgentChannel}},
+		}}
+	}
 	return dom, nil
 }
 

@@ -108,6 +108,7 @@ func (d *Driver) Configure(ctx context.Context, job *runner.Job) ([]string, erro
 	if err != nil {
 		return nil, err
 	}
+	job.SetBootVerifiedBy(def.BootVerifiedBy)
 	return def.Warnings, nil
 }
 
@@ -161,5 +162,6 @@ func (d *Driver) spec(job *runner.Job) (Spec, error) {
 	return Spec{
 		JobID: a.GetJob().GetName(), VM: a.GetJob().GetTarget(), Source: src, Volumes: vols,
 		Networks: a.GetL3Networks(), NVRAM: nvram, AutoStart: AutoStart(a.GetJob().GetOptions()),
+		VerifyBoot: a.GetJob().GetOptions().GetVerifyBoot(),
 	}, nil
 }

@@ -291,6 +291,7 @@ func (d *Driver) configureRemote(ctx context.Context, job *runner.Job) ([]string
 	if err != nil {
 		return nil, err
 	}
+	job.SetBootVerifiedBy(ans.GetBootVerifiedBy())
 	return ans.GetWarnings(), nil
 }
 

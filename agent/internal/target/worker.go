@@ -8,6 +8,7 @@ import (
 	"os"
 	"path"
 	"sync"
+	"time"
 
 	"google.golang.org/protobuf/encoding/protojson"
 	"libvirt.org/go/libvirt"
@@ -70,7 +71,7 @@ func (w *Worker) Do(ctx context.Context, work *agentv1.TargetWork) *agentv1.Targ
 	case agentv1.TargetAction_TARGET_ACTION_RELEASE_VOLUMES:
 		err = w.release(job)
 	case agentv1.TargetAction_TARGET_ACTION_DEFINE_DOMAIN:
-		res.Warnings, err = w.define(ctx, work)
+		res.Warnings, res.BootVerifiedBy, err = w.define(ctx, work)
 	case agentv1.TargetAction_TARGET_ACTION_ROLLBACK:
 		err = w.rollback(ctx, work)
 	default:
@@ -184,29 +185,42 @@ func stopAll(rs []*RemoteServer) error {
 	return errors.Join(errs...)
 }
 
-// define defines (and starts) the job's domain on this host's libvirt.
-func (w *Worker) define(ctx context.Context, work *agentv1.TargetWork) ([]string, error) {
+// define defines (and starts) the job's domain on this host's libvirt,
+// and with verify_boot waits for its guest to show it booted: at most
+// RemoteBootTimeout, so that the answer comes before the requester sends
+// the request again (session.DefaultTargetRetry).
+func (w *Worker) define(ctx context.Context, work *agentv1.TargetWork) ([]string, string, error) {
 	if err := w.release(work.GetJob().GetName()); err != nil {
-		return nil, err
+		return nil, "", err
 	}
 	spec, err := workSpec(work)
 	if err != nil {
-		return nil, err
+		return nil, "", err
 	}
 	conn, err := libvirt.NewConnect(w.cfg.URI)
 	if err != nil {
-		return nil, fmt.Errorf("connect to this host's libvirt %s: %w", w.cfg.URI, err)
+		return nil, "", fmt.Errorf("connect to this host's libvirt %s: %w", w.cfg.URI, err)
 	}
 	defer conn.Close()
 	if err := w.fence(ctx, work, "define domain "+spec.VM.GetVmName()); err != nil {
-		return nil, err
+		return nil, "", err
 	}
-	def, err := Define(ctx, conn, spec, w.cfg.Options)
+	opts := w.cfg.Options
+	if opts.BootTimeout <= 0 || opts.BootTimeout > RemoteBootTimeout {
+		opts.BootTimeout = RemoteBootTimeout
+	}
+	def, err := Define(ctx, conn, spec, opts)
 	if err != nil {
-		return nil, err
+		return nil, "", err
 	}
-	return def.Warnings, nil
+	return def.Warnings, def.BootVerifiedBy, nil
 }
+
+// RemoteBootTimeout bounds the boot wait of a target VM defined for
+// another host's migration server: its request is sent again after two
+// minutes (session.DefaultTargetRetry), and a second define would replace
+// the VM being waited for.
+const RemoteBootTimeout = 90 * time.Second
 
 // rollback stops serving and removes the job's domain and volumes.
 func (w *Worker) rollback(ctx context.Context, work *agentv1.TargetWork) error {
@@ -255,5 +269,5 @@ func workSpec(work *agentv1.TargetWork) (Spec, error) {
 	}
 	j := work.GetJob()
 	return Spec{JobID: j.GetName(), VM: j.GetTarget(), Source: src, Volumes: vols, Networks: work.GetL3Networks(),
-		NVRAM: work.GetNvram(), AutoStart: AutoStart(j.GetOptions())}, nil
+		NVRAM: work.GetNvram(), AutoStart: AutoStart(j.GetOptions()), VerifyBoot: j.GetOptions().GetVerifyBoot()}, nil
 }

@@ -260,6 +260,13 @@ func jobDetails(j *ferryv1.MigrationJob) []field {
 			v = "yes: every disk read back from the target matched the source's checksums"
 		}
 		out = append(out, field{"Verified", v})
+		if j.GetOptions().GetVerifyBoot() {
+			b := "no"
+			if j.GetBootVerified() {
+				b = "yes: " + j.GetBootVerifiedBy()
+			}
+			out = append(out, field{"Boot verified", b})
+		}
 	}
 	return append(out,
 		field{"Attempt / epoch", fmt.Sprintf("%d / %d", j.GetAttempt(), j.GetEpoch())},

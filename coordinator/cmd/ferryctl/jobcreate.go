@@ -33,6 +33,7 @@ type jobFlags struct {
 	// to (else network), vCPUs, memory, firmware, CD-ROMs, OS type, bus.
 	network, group      string
 	useSourceNICAddress bool
+	verifyBoot          bool
 }
 
 // fills reports whether the flags ask to fill the spec from the source.
@@ -41,7 +42,7 @@ func (jf *jobFlags) fills() bool { return jf.network != "" || jf.group != "" }
 // planFlags are the flags that build a request from flags, not allowed
 // together with -f.
 var planFlags = []string{"source", "migration-server", "vm", "target-name", "cluster", "storage", "host",
-	"cpus", "memory", "nic", "disk", "network", "network-mapping-group", "use-source-nic-address", "cdroms", "firmware", "os", "disk-bus", "compression", "pause-source", "start", "no-start"}
+	"cpus", "memory", "nic", "disk", "network", "network-mapping-group", "use-source-nic-address", "cdroms", "firmware", "os", "disk-bus", "compression", "pause-source", "start", "no-start", "verify-boot"}
 
 // newJobFlags returns the flags of job create and job preview.
 func newJobFlags() *jobFlags {
@@ -157,6 +158,7 @@ names, up to 50 VMs:
       options:
         compression: COMPRESSION_ZSTD
         auto_start: true          # unset: as the source (not started when it is paused or shut off)
+        verify_boot: true         # start the target and prove the guest boots
 
 Unknown fields are refused, so a typo does not pass silently.
 
@@ -189,6 +191,12 @@ runs, and defined but not started when the source is paused or shut off
 (the preview says so under Notes). --start starts it anyway, --no-start
 never.
 
+--verify-boot proves the target boots: the agent starts it after defining
+it and waits (its --verify-boot-timeout, 5 minutes by default) for the
+QEMU guest agent to answer, a DHCP lease for a NIC's MAC, or a line on
+the serial console; a guest that shows none fails the job, which is
+rolled back. 'ferryctl job get' shows how it booted. Not with --no-start.
+
 Without --request-id a fresh one is generated, so ferryctl may resend the
 request after a lost answer without creating the jobs twice.`
 
@@ -217,6 +225,7 @@ func (jf *jobFlags) addFlags(cmd *cobra.Command) {
 	addEnumFlag(f, jf.compression, "compression", "cache image compression (default zstd)")
 	f.BoolVar(&jf.pauseSource, "pause-source", false, "pause a running source VM before the copy and leave it paused")
 	f.BoolVar(&jf.start, "start", false, "start the target VM even when the source VM is paused or shut off")
+	f.BoolVar(&jf.verifyBoot, "verify-boot", false, "start the target VM and fail the job unless the guest shows it booted (guest agent, DHCP lease or serial console)")
 	f.BoolVar(&jf.noStart, "no-start", false, "leave the target VM stopped (default: started when the source VM runs, not when it is paused or shut off)")
 }
 
@@ -293,7 +302,7 @@ func (jf *jobFlags) request() (*ferryv1.CreateMigrationJobsRequest, error) {
 		target.Disks = append(target.Disks, disk)
 	}
 	opts := &ferryv1.MigrationOptions{Compression: ferryv1.Compression(jf.compression.value), PauseSourceVm: jf.pauseSource,
-		UseSourceNicAddress: jf.useSourceNICAddress}
+		UseSourceNicAddress: jf.useSourceNICAddress, VerifyBoot: jf.verifyBoot}
 	switch {
 	case jf.noStart:
 		opts.AutoStart = proto.Bool(false)

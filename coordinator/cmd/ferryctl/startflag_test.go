@@ -71,3 +71,29 @@ func TestPreviewPrintsCopyMethods(t *testing.T) {
 		t.Errorf("preview output:\n%s\nwant it to end with:\n%s", out.String(), want)
 	}
 }
+
+// TestVerifyBootFlag: --verify-boot sets options.verify_boot, and job get
+// shows how a succeeded job's target booted.
+func TestVerifyBootFlag(t *testing.T) {
+	jf := newJobFlags()
+	jf.source, jf.server, jf.vm, jf.cluster, jf.store = "kvm-src", "kvm-1", "web-1", "prod", "local-1"
+	jf.verifyBoot = true
+	req, err := jf.request()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !req.GetJobs()[0].GetOptions().GetVerifyBoot() {
+		t.Errorf("--verify-boot: options %v", req.GetJobs()[0].GetOptions())
+	}
+	j := &ferryv1.MigrationJob{State: ferryv1.MigrationJobState_MIGRATION_JOB_STATE_SUCCEEDED,
+		Options: &ferryv1.MigrationOptions{VerifyBoot: true}, BootVerified: true, BootVerifiedBy: "serial console: FERRY BOOTED FROM vdb"}
+	var got string
+	for _, f := range jobDetails(j) {
+		if f.label == "Boot verified" {
+			got = f.value
+		}
+	}
+	if want := "yes: serial console: FERRY BOOTED FROM vdb"; got != want {
+		t.Errorf("job get Boot verified %q, want %q", got, want)
+	}
+}

@@ -13,7 +13,8 @@ import (
 // source VM runs (or its state is not known), and only defined when the
 // source's synced inventory says it is paused or shut off. It returns one
 // note per job whose target is left stopped that way. A job that sets
-// auto_start keeps it.
+// auto_start keeps it; so does a job with verify_boot, whose target is
+// started to prove it boots.
 func (a *Admission) keepSourceState(source string, jobs []*ferryv1.MigrationJob) []string {
 	inv, _ := a.ledger.SourceInventory(source)
 	var notes []string
@@ -32,8 +33,8 @@ func (a *Admission) keepSourceState(source string, jobs []*ferryv1.MigrationJob)
 		case ferryv1.SourceVmState_SOURCE_VM_STATE_SHUT_OFF:
 			state = "shut off"
 		}
-		j.Options.AutoStart = proto.Bool(state == "")
-		if state != "" {
+		j.Options.AutoStart = proto.Bool(state == "" || j.Options.GetVerifyBoot())
+		if !j.Options.GetAutoStart() {
 			notes = append(notes, fmt.Sprintf("jobs[%d].options.auto_start: false: source VM %s is %s, so its target %s is defined but not started; set auto_start true (ferryctl --start) to start it",
 				i, vm.GetName(), state, j.GetTarget().GetVmName()))
 		}

@@ -454,6 +454,48 @@ func TestJobVerified(t *testing.T) {
 	}
 }
 
+// TestJobBootVerified: boot_verified is recorded from the agent's result
+// only for a job that succeeded and asked verify_boot, from the current
+// epoch; a stale epoch's result is refused.
+func TestJobBootVerified(t *testing.T) {
+	succeeded, failed := ferryv1.MigrationJobState_MIGRATION_JOB_STATE_SUCCEEDED, ferryv1.MigrationJobState_MIGRATION_JOB_STATE_FAILED
+	const by = "serial console: FERRY BOOTED FROM vdb"
+	for _, tc := range []struct {
+		name       string
+		verifyBoot bool
+		state      ferryv1.MigrationJobState
+		epoch      int64
+		wantBy     string
+		wantErr    error
+	}{
+		{"succeeded with verify_boot", true, succeeded, 1, by, nil},
+		{"without verify_boot", false, succeeded, 1, "", nil},
+		{"failed", true, failed, 1, "", nil},
+		{"stale epoch", true, succeeded, 0, "", ledger.ErrStaleEpoch},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			f := New(ledger.New(), nil)
+			applyAll(t, f, inventoryCommands())
+			j := job("migrationJobs/b", "10.0.0.16")
+			j.Options = &ferryv1.MigrationOptions{VerifyBoot: tc.verifyBoot}
+			applyAll(t, f, []*ledgerv1.Command{
+				cmdAt(100, &ledgerv1.Command{Op: &ledgerv1.Command_CreateMigrationJobs{CreateMigrationJobs: &ledgerv1.CreateMigrationJobs{
+					Jobs: []*ferryv1.MigrationJob{j}}}}),
+				cmdAt(101, &ledgerv1.Command{Op: &ledgerv1.Command_StartMigrationJob{StartMigrationJob: &ledgerv1.StartMigrationJob{Name: "migrationJobs/b", Host: "hosts/h1", Epoch: 1}}}),
+			})
+			err := f.Ledger().FinishMigrationJob(&ledgerv1.FinishMigrationJob{
+				Name: "migrationJobs/b", Epoch: tc.epoch, State: tc.state, BootVerifiedBy: by}, time.Unix(102, 0))
+			if !errors.Is(err, tc.wantErr) {
+				t.Fatalf("finish: %v, want %v", err, tc.wantErr)
+			}
+			got, _ := f.Ledger().Job("migrationJobs/b")
+			if got.GetBootVerified() != (tc.wantBy != "") || got.GetBootVerifiedBy() != tc.wantBy {
+				t.Fatalf("boot_verified %v by %q, want by %q", got.GetBootVerified(), got.GetBootVerifiedBy(), tc.wantBy)
+			}
+		})
+	}
+}
+
 // TestUnappliableEntryStopsTheNode: an entry the FSM cannot decode, or a
 // command it has no case for (as a newer leader would write), panics
 // instead of being skipped, so no replica silently diverges.

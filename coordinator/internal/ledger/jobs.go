@@ -159,6 +159,7 @@ func (l *Ledger) StartMigrationJob(c *ledgerv1.StartMigrationJob, now time.Time)
 		j.StartTime = timestamppb.New(now)
 		j.EndTime, j.Duration = nil, nil
 		j.PhaseTimings = nil // they describe one attempt
+		j.BootVerified, j.BootVerifiedBy = false, ""
 		return nil
 	})
 }
@@ -201,6 +202,10 @@ func (l *Ledger) FinishMigrationJob(c *ledgerv1.FinishMigrationJob, now time.Tim
 	}
 	setPhaseTimings(j, c.GetPhaseTimings())
 	j.Verified = c.GetState() == stateSucceeded && allVerified(j)
+	j.BootVerified, j.BootVerifiedBy = false, ""
+	if c.GetState() == stateSucceeded && j.GetOptions().GetVerifyBoot() && c.GetBootVerifiedBy() != "" {
+		j.BootVerified, j.BootVerifiedBy = true, c.GetBootVerifiedBy()
+	}
 	l.finish(j, c.GetState(), c.GetReason(), now)
 	return nil
 }
@@ -266,6 +271,7 @@ func (l *Ledger) RestartMigrationJob(c *ledgerv1.RestartMigrationJob, now time.T
 		j.State = stateQueued
 		j.Phase = ferryv1.MigrationJobPhase_MIGRATION_JOB_PHASE_UNSPECIFIED
 		j.Reason, j.WaitingReason, j.Warnings, j.Verified = "", "", nil, false
+		j.BootVerified, j.BootVerifiedBy = false, ""
 		j.EndTime, j.Duration = nil, nil
 		return nil
 	})

@@ -596,9 +596,15 @@ type MigrationJob struct {
 	// Output only, and the precondition of UpdateMigrationJob (AIP-154): a
 	// checksum of the job as stored, which changes with every progress
 	// report too.
-	Etag          string `protobuf:"bytes,27,opt,name=etag,proto3" json:"etag,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Etag string `protobuf:"bytes,27,opt,name=etag,proto3" json:"etag,omitempty"`
+	// The job's options.verify_boot proved the target VM booted, and how:
+	// boot_verified_by is "guest agent", "DHCP lease" or "serial console"
+	// with what was seen, e.g. "serial console: FERRY BOOTED FROM vdb".
+	// Empty without verify_boot and until the job succeeds.
+	BootVerified   bool   `protobuf:"varint,28,opt,name=boot_verified,json=bootVerified,proto3" json:"boot_verified,omitempty"`
+	BootVerifiedBy string `protobuf:"bytes,29,opt,name=boot_verified_by,json=bootVerifiedBy,proto3" json:"boot_verified_by,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
 }
 
 func (x *MigrationJob) Reset() {
@@ -816,6 +822,20 @@ func (x *MigrationJob) GetDescription() string {
 func (x *MigrationJob) GetEtag() string {
 	if x != nil {
 		return x.Etag
+	}
+	return ""
+}
+
+func (x *MigrationJob) GetBootVerified() bool {
+	if x != nil {
+		return x.BootVerified
+	}
+	return false
+}
+
+func (x *MigrationJob) GetBootVerifiedBy() string {
+	if x != nil {
+		return x.BootVerifiedBy
 	}
 	return ""
 }
@@ -1157,8 +1177,20 @@ type MigrationOptions struct {
 	// range; a NIC whose address is unknown or outside the range gets one
 	// allocated from the range, which PreviewMigrationJobs notes.
 	UseSourceNicAddress bool `protobuf:"varint,4,opt,name=use_source_nic_address,json=useSourceNicAddress,proto3" json:"use_source_nic_address,omitempty"`
-	unknownFields       protoimpl.UnknownFields
-	sizeCache           protoimpl.SizeCache
+	// Prove the target VM boots: once it is defined (CONFIGURING), the
+	// agent starts it and waits, up to the agent's --verify-boot-timeout
+	// (5 minutes by default), for the guest to show it is up: the QEMU guest
+	// agent answering (libvirt's interface addresses, agent source, on the
+	// org.qemu.guest_agent.0 channel the target then gets), a DHCP lease for
+	// a NIC's MAC on its libvirt network, or a line on its serial console
+	// (logged to a file beside the domain, removed with it). The job records
+	// how in boot_verified_by; a guest that shows nothing within the bound
+	// fails the job, which is rolled back as any failure. It starts the
+	// target, so auto_start false is refused with it, and an unset
+	// auto_start starts the target whatever the source's state.
+	VerifyBoot    bool `protobuf:"varint,5,opt,name=verify_boot,json=verifyBoot,proto3" json:"verify_boot,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *MigrationOptions) Reset() {
@@ -1215,6 +1247,13 @@ func (x *MigrationOptions) GetAutoStart() bool {
 func (x *MigrationOptions) GetUseSourceNicAddress() bool {
 	if x != nil {
 		return x.UseSourceNicAddress
+	}
+	return false
+}
+
+func (x *MigrationOptions) GetVerifyBoot() bool {
+	if x != nil {
+		return x.VerifyBoot
 	}
 	return false
 }
@@ -2567,7 +2606,7 @@ var File_ferry_v1_migration_job_proto protoreflect.FileDescriptor
 
 const file_ferry_v1_migration_job_proto_rawDesc = "" +
 	"\n" +
-	"\x1cferry/v1/migration_job.proto\x12\bferry.v1\x1a\x1bgoogle/protobuf/empty.proto\x1a\x1egoogle/protobuf/duration.proto\x1a google/protobuf/field_mask.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xc8\b\n" +
+	"\x1cferry/v1/migration_job.proto\x12\bferry.v1\x1a\x1bgoogle/protobuf/empty.proto\x1a\x1egoogle/protobuf/duration.proto\x1a google/protobuf/field_mask.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x97\t\n" +
 	"\fMigrationJob\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x16\n" +
 	"\x06source\x18\x02 \x01(\tR\x06source\x12\x1b\n" +
@@ -2600,7 +2639,9 @@ const file_ferry_v1_migration_job_proto_rawDesc = "" +
 	"\x10placement_reason\x18\x18 \x01(\tR\x0fplacementReason\x12!\n" +
 	"\fdisplay_name\x18\x19 \x01(\tR\vdisplayName\x12 \n" +
 	"\vdescription\x18\x1a \x01(\tR\vdescription\x12\x12\n" +
-	"\x04etag\x18\x1b \x01(\tR\x04etag\"\xea\x03\n" +
+	"\x04etag\x18\x1b \x01(\tR\x04etag\x12#\n" +
+	"\rboot_verified\x18\x1c \x01(\bR\fbootVerified\x12(\n" +
+	"\x10boot_verified_by\x18\x1d \x01(\tR\x0ebootVerifiedBy\"\xea\x03\n" +
 	"\bTargetVm\x12\x17\n" +
 	"\avm_name\x18\x01 \x01(\tR\x06vmName\x12\x18\n" +
 	"\acluster\x18\x02 \x01(\tR\acluster\x12'\n" +
@@ -2633,13 +2674,15 @@ const file_ferry_v1_migration_job_proto_rawDesc = "" +
 	"l3_network\x18\x02 \x01(\tR\tl3Network\x12\x10\n" +
 	"\x03mac\x18\x03 \x01(\tR\x03mac\x12\x0e\n" +
 	"\x02ip\x18\x04 \x01(\tR\x02ip\x12\x14\n" +
-	"\x05model\x18\x05 \x01(\tR\x05model\"\xdb\x01\n" +
+	"\x05model\x18\x05 \x01(\tR\x05model\"\xfc\x01\n" +
 	"\x10MigrationOptions\x127\n" +
 	"\vcompression\x18\x01 \x01(\x0e2\x15.ferry.v1.CompressionR\vcompression\x12&\n" +
 	"\x0fpause_source_vm\x18\x02 \x01(\bR\rpauseSourceVm\x12\"\n" +
 	"\n" +
 	"auto_start\x18\x03 \x01(\bH\x00R\tautoStart\x88\x01\x01\x123\n" +
-	"\x16use_source_nic_address\x18\x04 \x01(\bR\x13useSourceNicAddressB\r\n" +
+	"\x16use_source_nic_address\x18\x04 \x01(\bR\x13useSourceNicAddress\x12\x1f\n" +
+	"\vverify_boot\x18\x05 \x01(\bR\n" +
+	"verifyBootB\r\n" +
 	"\v_auto_start\"\xc3\x02\n" +
 	"\fDiskProgress\x12\x1f\n" +
 	"\vsource_disk\x18\x01 \x01(\tR\n" +

@@ -831,9 +831,12 @@ type TargetWorkResult struct {
 	// DEFINE_DOMAIN: e.g. the VM stayed stopped for lack of resources.
 	Warnings []string `protobuf:"bytes,6,rep,name=warnings,proto3" json:"warnings,omitempty"`
 	// Why the action failed; empty on success.
-	Error         string `protobuf:"bytes,7,opt,name=error,proto3" json:"error,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Error string `protobuf:"bytes,7,opt,name=error,proto3" json:"error,omitempty"`
+	// DEFINE_DOMAIN of a job with options.verify_boot: how the guest
+	// showed it booted (MigrationJob.boot_verified_by).
+	BootVerifiedBy string `protobuf:"bytes,8,opt,name=boot_verified_by,json=bootVerifiedBy,proto3" json:"boot_verified_by,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
 }
 
 func (x *TargetWorkResult) Reset() {
@@ -911,6 +914,13 @@ func (x *TargetWorkResult) GetWarnings() []string {
 func (x *TargetWorkResult) GetError() string {
 	if x != nil {
 		return x.Error
+	}
+	return ""
+}
+
+func (x *TargetWorkResult) GetBootVerifiedBy() string {
+	if x != nil {
+		return x.BootVerifiedBy
 	}
 	return ""
 }
@@ -1511,9 +1521,12 @@ type JobResult struct {
 	Warnings []string               `protobuf:"bytes,5,rep,name=warnings,proto3" json:"warnings,omitempty"`
 	Disks    []*v1.DiskProgress     `protobuf:"bytes,6,rep,name=disks,proto3" json:"disks,omitempty"`
 	// The phases of this assignment (MigrationJob.phase_timings).
-	PhaseTimings  []*v1.PhaseTiming `protobuf:"bytes,7,rep,name=phase_timings,json=phaseTimings,proto3" json:"phase_timings,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	PhaseTimings []*v1.PhaseTiming `protobuf:"bytes,7,rep,name=phase_timings,json=phaseTimings,proto3" json:"phase_timings,omitempty"`
+	// How the guest showed it booted, for a job with options.verify_boot
+	// that succeeded (MigrationJob.boot_verified_by).
+	BootVerifiedBy string `protobuf:"bytes,8,opt,name=boot_verified_by,json=bootVerifiedBy,proto3" json:"boot_verified_by,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
 }
 
 func (x *JobResult) Reset() {
@@ -1593,6 +1606,13 @@ func (x *JobResult) GetPhaseTimings() []*v1.PhaseTiming {
 		return x.PhaseTimings
 	}
 	return nil
+}
+
+func (x *JobResult) GetBootVerifiedBy() string {
+	if x != nil {
+		return x.BootVerifiedBy
+	}
+	return ""
 }
 
 // Assignment hands a job to an agent with everything needed to run it.
@@ -2021,7 +2041,7 @@ const file_ferry_agent_v1_agent_proto_rawDesc = "" +
 	"\aaddress\x18\x02 \x01(\tR\aaddress\x12\x1f\n" +
 	"\vexport_name\x18\x03 \x01(\tR\n" +
 	"exportName\x12\x18\n" +
-	"\acreated\x18\x04 \x01(\bR\acreated\"\xf9\x01\n" +
+	"\acreated\x18\x04 \x01(\bR\acreated\"\xa3\x02\n" +
 	"\x10TargetWorkResult\x12\x1d\n" +
 	"\n" +
 	"request_id\x18\x01 \x01(\tR\trequestId\x12\x10\n" +
@@ -2030,7 +2050,8 @@ const file_ferry_agent_v1_agent_proto_rawDesc = "" +
 	"\x06action\x18\x04 \x01(\x0e2\x1c.ferry.agent.v1.TargetActionR\x06action\x126\n" +
 	"\aexports\x18\x05 \x03(\v2\x1c.ferry.agent.v1.TargetExportR\aexports\x12\x1a\n" +
 	"\bwarnings\x18\x06 \x03(\tR\bwarnings\x12\x14\n" +
-	"\x05error\x18\a \x01(\tR\x05error\"\xb2\x01\n" +
+	"\x05error\x18\a \x01(\tR\x05error\x12(\n" +
+	"\x10boot_verified_by\x18\b \x01(\tR\x0ebootVerifiedBy\"\xb2\x01\n" +
 	"\x0fBandwidthLimits\x12)\n" +
 	"\x10migration_server\x18\x01 \x01(\tR\x0fmigrationServer\x127\n" +
 	"\x18upstream_bits_per_second\x18\x02 \x01(\x03R\x15upstreamBitsPerSecond\x12;\n" +
@@ -2073,7 +2094,7 @@ const file_ferry_agent_v1_agent_proto_rawDesc = "" +
 	"\x05epoch\x18\x02 \x01(\x03R\x05epoch\x121\n" +
 	"\x05phase\x18\x03 \x01(\x0e2\x1b.ferry.v1.MigrationJobPhaseR\x05phase\x12,\n" +
 	"\x05disks\x18\x04 \x03(\v2\x16.ferry.v1.DiskProgressR\x05disks\x12:\n" +
-	"\rphase_timings\x18\x05 \x03(\v2\x15.ferry.v1.PhaseTimingR\fphaseTimings\"\x87\x02\n" +
+	"\rphase_timings\x18\x05 \x03(\v2\x15.ferry.v1.PhaseTimingR\fphaseTimings\"\xb1\x02\n" +
 	"\tJobResult\x12\x10\n" +
 	"\x03job\x18\x01 \x01(\tR\x03job\x12\x14\n" +
 	"\x05epoch\x18\x02 \x01(\x03R\x05epoch\x124\n" +
@@ -2081,7 +2102,8 @@ const file_ferry_agent_v1_agent_proto_rawDesc = "" +
 	"\x06reason\x18\x04 \x01(\tR\x06reason\x12\x1a\n" +
 	"\bwarnings\x18\x05 \x03(\tR\bwarnings\x12,\n" +
 	"\x05disks\x18\x06 \x03(\v2\x16.ferry.v1.DiskProgressR\x05disks\x12:\n" +
-	"\rphase_timings\x18\a \x03(\v2\x15.ferry.v1.PhaseTimingR\fphaseTimings\"\x85\x04\n" +
+	"\rphase_timings\x18\a \x03(\v2\x15.ferry.v1.PhaseTimingR\fphaseTimings\x12(\n" +
+	"\x10boot_verified_by\x18\b \x01(\tR\x0ebootVerifiedBy\"\x85\x04\n" +
 	"\n" +
 	"Assignment\x12(\n" +
 	"\x03job\x18\x01 \x01(\v2\x16.ferry.v1.MigrationJobR\x03job\x12\x14\n" +
