@@ -3,6 +3,7 @@ package api
 import (
 	"context"
 	"encoding/base64"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -226,6 +227,7 @@ func changedFields(m protoreflect.Message) []string {
 		}
 		return true
 	})
+	slices.Sort(out) // Range's order is not defined: events must not depend on it
 	return out
 }
 
