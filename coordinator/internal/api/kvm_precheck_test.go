@@ -213,14 +213,15 @@ func TestTargetKeepsSourceState(t *testing.T) {
 		t.Fatalf("auto_start true given, created %v", again.GetOptions())
 	}
 
-	// verify_boot starts the paused VM's target, with no note.
+	// verify_boot starts the paused VM's target, with no note of its own
+	// (the copy method's note stays).
 	req = jobsReqWith(func(r *ferryv1.CreateMigrationJobsRequest) {
 		r.Jobs[0].Target.VmName = "target-booted"
 		r.Jobs[0].Options = &ferryv1.MigrationOptions{VerifyBoot: true}
 	})
 	p := must[*ferryv1.PreviewMigrationJobsResponse](t)(e.jobs.PreviewMigrationJobs(ctx(t), &ferryv1.PreviewMigrationJobsRequest{
 		Source: req.GetSource(), MigrationServer: req.GetMigrationServer(), Jobs: req.GetJobs()}))
-	if len(p.GetNotes()) != 0 || !p.GetJobs()[0].GetOptions().GetAutoStart() {
-		t.Fatalf("verify_boot previewed options %v, notes %q; want auto_start true, no notes", p.GetJobs()[0].GetOptions(), p.GetNotes())
+	if len(p.GetNotes()) != 1 || !strings.Contains(p.GetNotes()[0], "backup API because the VM is paused") || !p.GetJobs()[0].GetOptions().GetAutoStart() {
+		t.Fatalf("verify_boot previewed options %v, notes %q; want auto_start true, only the copy method's note", p.GetJobs()[0].GetOptions(), p.GetNotes())
 	}
 }
