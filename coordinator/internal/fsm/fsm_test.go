@@ -600,18 +600,7 @@ func TestAppliedIndex(t *testing.T) {
 	if err := f.WaitApplied(short, uint64(len(cmds))+1); !errors.Is(err, context.DeadlineExceeded) {
 		t.Fatalf("WaitApplied past the applied index = %v, want DeadlineExceeded", err)
 	}
-	snap, err := f.Snapshot()
-	if err != nil {
-		t.Fatal(err)
-	}
-	sink := &memSink{}
-	if err := snap.Persist(sink); err != nil {
-		t.Fatal(err)
-	}
-	g := New(ledger.New(), nil)
-	if err := g.Restore(io.NopCloser(bytes.NewReader(sink.Bytes()))); err != nil {
-		t.Fatal(err)
-	}
+	g := restored(t, f)
 	if g.AppliedIndex() != uint64(len(cmds)) {
 		t.Fatalf("applied index after restore = %d, want the snapshot's %d", g.AppliedIndex(), len(cmds))
 	}

@@ -1,8 +1,6 @@
 package fsm
 
 import (
-	"bytes"
-	"io"
 	"strings"
 	"testing"
 	"time"
@@ -94,18 +92,7 @@ func TestPhaseTimings(t *testing.T) {
 		t.Fatalf("timings of the finished job:\n got %v\nwant %v", got, want)
 	}
 
-	snap, err := f.Snapshot()
-	if err != nil {
-		t.Fatal(err)
-	}
-	sink := &memSink{}
-	if err := snap.Persist(sink); err != nil {
-		t.Fatal(err)
-	}
-	g := New(ledger.New(), nil)
-	if err := g.Restore(io.NopCloser(bytes.NewReader(sink.Bytes()))); err != nil {
-		t.Fatal(err)
-	}
+	g := restored(t, f)
 	if j, _ := g.Ledger().Job("migrationJobs/p"); !equalTimings(j.GetPhaseTimings(), want) {
 		t.Fatalf("timings after a snapshot: %v", j.GetPhaseTimings())
 	}

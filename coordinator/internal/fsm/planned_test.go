@@ -1,9 +1,7 @@
 package fsm
 
 import (
-	"bytes"
 	"fmt"
-	"io"
 	"slices"
 	"testing"
 
@@ -112,18 +110,7 @@ func TestJobIndexesFollowEveryCommand(t *testing.T) {
 	if len(want) == 0 || want[0].VMs == 0 {
 		t.Fatalf("planned loads at the end = %+v; want j2, j3, j5 and j6 counted", want)
 	}
-	snap, err := f.Snapshot()
-	if err != nil {
-		t.Fatal(err)
-	}
-	sink := &memSink{}
-	if err := snap.Persist(sink); err != nil {
-		t.Fatal(err)
-	}
-	g := New(ledger.New(), nil)
-	if err := g.Restore(io.NopCloser(bytes.NewReader(sink.Bytes()))); err != nil {
-		t.Fatal(err)
-	}
+	g := restored(t, f)
 	if got := g.Ledger().PlannedLoads(); !slices.Equal(got, want) {
 		t.Fatalf("restored planned loads %+v, want %+v", got, want)
 	}
