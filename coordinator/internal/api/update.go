@@ -3,7 +3,6 @@ package api
 import (
 	"context"
 	"fmt"
-	"net/netip"
 	"slices"
 	"strings"
 
@@ -360,28 +359,9 @@ func (s *targetInventoryService) updateL3Network(ctx context.Context, req *ferry
 // (by a job that is not FAILED or CANCELLED, or a reservation), or a
 // gateway that is one, naming the field and the first such address.
 func checkHeldAddresses(n *ferryv1.L3Network, used map[string]string) error {
-	start, _ := netip.ParseAddr(n.GetIpRangeStart())
-	end, _ := netip.ParseAddr(n.GetIpRangeEnd())
-	ips := make([]netip.Addr, 0, len(used))
-	for ip := range used {
-		if a, err := netip.ParseAddr(ip); err == nil {
-			ips = append(ips, a)
-		}
-	}
-	slices.SortFunc(ips, netip.Addr.Compare)
-	for _, a := range ips {
-		field := ""
-		switch {
-		case a.Less(start):
-			field = "l3_network.ip_range_start"
-		case end.Less(a):
-			field = "l3_network.ip_range_end"
-		case a.String() == n.GetGateway():
-			return precondition("l3_network.gateway", "%s is held by %s", a, used[a.String()])
-		default:
-			continue
-		}
-		return precondition(field, "%s is held by %s and would fall outside the range %s-%s", a, used[a.String()], start, end)
+	field, err := ledger.HeldConflict(n, used)
+	if err != nil {
+		return precondition("l3_network."+field, "%s", strings.TrimPrefix(err.Error(), ledger.ErrFailedPrecondition.Error()+": "))
 	}
 	return nil
 }

@@ -3,6 +3,7 @@ package ledger
 import (
 	"cmp"
 	"fmt"
+	"net/netip"
 	"slices"
 
 	ferryv1 "github.com/ferry-v2v/ferry/pkg/pb/ferry/v1"
@@ -157,6 +158,11 @@ func (l *Ledger) holder(network, ip, except string) (string, bool) {
 func (l *Ledger) UsedAddresses(network string) map[string]string {
 	l.mu.RLock()
 	defer l.mu.RUnlock()
+	return l.usedAddresses(network)
+}
+
+// usedAddresses is UsedAddresses with l.mu held.
+func (l *Ledger) usedAddresses(network string) map[string]string {
 	used := map[string]string{}
 	for _, r := range l.networks[network].GetReservations() {
 		used[r.GetIp()] = reservationHolder(r)
@@ -170,6 +176,40 @@ func (l *Ledger) UsedAddresses(network string) map[string]string {
 		}
 	}
 	return used
+}
+
+// HeldConflict says which field of n, a network changed by an update,
+// would leave out an address in use (used, as UsedAddresses gives it) or
+// make the gateway one, and why, naming the first such address; "" and
+// nil when none would.
+func HeldConflict(n *ferryv1.L3Network, used map[string]string) (field string, err error) {
+	start, err1 := netip.ParseAddr(n.GetIpRangeStart())
+	end, err2 := netip.ParseAddr(n.GetIpRangeEnd())
+	if err1 != nil || err2 != nil || end.Less(start) {
+		return "ip_range_start", fmt.Errorf("%w: the range %s-%s is not a range", ErrFailedPrecondition, n.GetIpRangeStart(), n.GetIpRangeEnd())
+	}
+	ips := make([]netip.Addr, 0, len(used))
+	for ip := range used {
+		if a, err := netip.ParseAddr(ip); err == nil {
+			ips = append(ips, a)
+		}
+	}
+	slices.SortFunc(ips, netip.Addr.Compare)
+	for _, a := range ips {
+		holder := used[a.String()]
+		switch {
+		case a.Less(start):
+			field = "ip_range_start"
+		case end.Less(a):
+			field = "ip_range_end"
+		case a.String() == n.GetGateway():
+			return "gateway", fmt.Errorf("%w: %s is held by %s", ErrFailedPrecondition, a, holder)
+		default:
+			continue
+		}
+		return field, fmt.Errorf("%w: %s is held by %s and would fall outside the range %s-%s", ErrFailedPrecondition, a, holder, start, end)
+	}
+	return "", nil
 }
 
 func reservationHolder(r *ferryv1.AddressReservation) string {

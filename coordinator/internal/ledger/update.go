@@ -2,7 +2,6 @@ package ledger
 
 import (
 	"fmt"
-	"net/netip"
 	"slices"
 	"strings"
 	"time"
@@ -216,37 +215,6 @@ func (l *Ledger) updateCredential(in *ledgerv1.SealedCredential, paths []string,
 // that is not FAILED or CANCELLED, or a reservation) inside the changed
 // allocation range, and the gateway off them.
 func (l *Ledger) checkNetworkUpdate(old, changed *ferryv1.L3Network) error {
-	start, err1 := netip.ParseAddr(changed.GetIpRangeStart())
-	end, err2 := netip.ParseAddr(changed.GetIpRangeEnd())
-	if err1 != nil || err2 != nil || end.Less(start) {
-		return fmt.Errorf("%w: L3 network %s: the range %s-%s is not a range", ErrFailedPrecondition, changed.GetName(), changed.GetIpRangeStart(), changed.GetIpRangeEnd())
-	}
-	var held []string
-	for _, r := range old.GetReservations() {
-		held = append(held, r.GetIp())
-	}
-	for ip, names := range l.addrs[old.GetName()] {
-		if slices.ContainsFunc(names, l.holds) {
-			held = append(held, ip)
-		}
-	}
-	slices.SortFunc(held, func(a, b string) int {
-		x, _ := netip.ParseAddr(a)
-		y, _ := netip.ParseAddr(b)
-		return x.Compare(y)
-	})
-	for _, ip := range held {
-		a, err := netip.ParseAddr(ip)
-		if err != nil {
-			continue
-		}
-		holder, _ := l.holder(old.GetName(), ip, "")
-		if a.Less(start) || end.Less(a) {
-			return fmt.Errorf("%w: %s is held by %s and would fall outside the range %s-%s", ErrFailedPrecondition, ip, holder, start, end)
-		}
-		if ip == changed.GetGateway() {
-			return fmt.Errorf("%w: the gateway %s is held by %s", ErrFailedPrecondition, ip, holder)
-		}
-	}
-	return nil
+	_, err := HeldConflict(changed, l.usedAddresses(old.GetName()))
+	return err
 }

@@ -83,6 +83,7 @@ func (l *Ledger) sampleUsage(h *ferryv1.Host, now time.Time) {
 		for i, t := range hist.GetTiers() {
 			addSample(t, UsageTiers[i].Span, now.Unix(), total-free, total)
 		}
+		return // a host is one migration server at most
 	}
 }
 
