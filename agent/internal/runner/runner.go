@@ -276,7 +276,8 @@ func (r *Runner) run(ctx context.Context, e *execution, prev *execution) {
 const rollbackTimeout = 2 * time.Minute
 
 // rollback undoes what a failed or cancelled job made on the target, with
-// its own deadline: the job's context has usually ended already.
+// its own deadline (the job's context has usually ended already), once
+// the leader confirmed that the job was not assigned again since.
 func (r *Runner) rollback(j *Job) {
 	rb, ok := r.drivers.Target.(Rollbacker)
 	if !ok {
@@ -284,6 +285,15 @@ func (r *Runner) rollback(j *Job) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), rollbackTimeout)
 	defer cancel()
+	// A job assigned again since (this agent was cut off, say) has a new
+	// owner of the same volumes and domain: undoing them would destroy
+	// its work. Without the leader's word nothing is undone either.
+	if j.fencer != nil {
+		if err := j.fencer.ConfirmUndo(ctx, j.Name(), j.Epoch()); err != nil {
+			j.Log.Error("target not rolled back", "err", err)
+			return
+		}
+	}
 	if err := rb.Rollback(ctx, j); err != nil {
 		j.Log.Error("roll back the target", "err", err)
 		return

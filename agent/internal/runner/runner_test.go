@@ -469,3 +469,70 @@ func TestVerifyProgressIsReported(t *testing.T) {
 		t.Error("no progress report showed the verification under way with an ETA")
 	}
 }
+
+// rollbackDriver is a copyDriver whose Convert fails and that records
+// rollbacks.
+type rollbackDriver struct{ copyDriver }
+
+func (d *rollbackDriver) Convert(_ context.Context, _ *Job) error {
+	d.record("convert")
+	return errors.New("source went away")
+}
+
+func (d *rollbackDriver) Rollback(_ context.Context, j *Job) error {
+	d.record(fmt.Sprintf("rollback %s@%d", j.Name(), j.Epoch()))
+	return nil
+}
+
+// undoFencer answers ConfirmUndo with err and records what it was asked.
+type undoFencer struct {
+	err   error
+	mu    sync.Mutex
+	asked []string
+}
+
+func (f *undoFencer) Confirm(context.Context, string, int64, string) error { return nil }
+
+func (f *undoFencer) ConfirmUndo(_ context.Context, job string, epoch int64) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.asked = append(f.asked, fmt.Sprintf("%s@%d", job, epoch))
+	return f.err
+}
+
+// TestRollbackIsFenced: a job that failed is rolled back only once the
+// leader said it was not assigned again since; a superseded assignment
+// leaves the target to the new one.
+func TestRollbackIsFenced(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		err   error
+		calls string
+	}{
+		{"allowed", nil, "convert,rollback migrationJobs/a@4"},
+		{"superseded", errors.New("target write refused: the assignment is stale: assignment superseded"), "convert"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			d := &rollbackDriver{}
+			f := &undoFencer{err: tc.err}
+			rec := newRecorder()
+			r := startRunner(t, Config{}, Deps{Drivers: Drivers{Sources: map[ferryv1.Platform]Source{ferryv1.Platform_PLATFORM_KVM: d}, Target: d},
+				Reporter: rec, Fencer: f})
+			if err := r.Start(assignment(t, "migrationJobs/a", 4, "vda")); err != nil {
+				t.Fatal(err)
+			}
+			if res := rec.result(t); res.GetOutcome() != agentv1.JobOutcome_JOB_OUTCOME_FAILED || !strings.Contains(res.GetReason(), "source went away") {
+				t.Fatalf("result = %v", res)
+			}
+			d.mu.Lock()
+			calls := strings.Join(d.calls, ",")
+			d.mu.Unlock()
+			f.mu.Lock()
+			asked := strings.Join(f.asked, ",")
+			f.mu.Unlock()
+			if calls != tc.calls || asked != "migrationJobs/a@4" {
+				t.Fatalf("calls = %q, undo asked for %q; want %q and migrationJobs/a@4", calls, asked, tc.calls)
+			}
+		})
+	}
+}

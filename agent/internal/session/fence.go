@@ -49,6 +49,19 @@ func NewFences(outbox *Outbox, log *slog.Logger) *Fences {
 // on this host, an error wrapping ErrFenced when it said otherwise, or
 // ctx's error.
 func (f *Fences) Confirm(ctx context.Context, job string, epoch int64, write string) error {
+	return f.confirm(ctx, job, epoch, write, false)
+}
+
+// ConfirmUndo returns nil once the leader allowed undoing what job wrote
+// under epoch (its rollback after it failed or was cancelled here): the
+// job has not been assigned again since. It returns an error wrapping
+// ErrFenced when it has (the target is the new assignment's now), or
+// ctx's error.
+func (f *Fences) ConfirmUndo(ctx context.Context, job string, epoch int64) error {
+	return f.confirm(ctx, job, epoch, "roll back the target", true)
+}
+
+func (f *Fences) confirm(ctx context.Context, job string, epoch int64, write string, undo bool) error {
 	start := time.Now()
 	for attempt := 1; ; attempt++ {
 		id := newRequestID()
@@ -59,7 +72,7 @@ func (f *Fences) Confirm(ctx context.Context, job string, epoch int64, write str
 		f.mu.Unlock()
 		if connected {
 			f.outbox.queue(&agentv1.ConnectRequest{Kind: &agentv1.ConnectRequest_FenceCheck{FenceCheck: &agentv1.FenceCheck{
-				RequestId: id, Job: job, Epoch: epoch, Write: write}}})
+				RequestId: id, Job: job, Epoch: epoch, Write: write, Undo: undo}}})
 		}
 		t := time.NewTimer(f.retry)
 		var ans *agentv1.FenceAnswer

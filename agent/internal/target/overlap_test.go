@@ -166,6 +166,14 @@ func (o *overlapJob) Confirm(_ context.Context, _ string, _ int64, write string)
 	return nil
 }
 
+// ConfirmUndo records a fenced rollback (runner.Fencer).
+func (o *overlapJob) ConfirmUndo(_ context.Context, _ string, _ int64) error {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	o.fences = append(o.fences, "undo")
+	return nil
+}
+
 // migrationJob is the job the overlap tests run.
 func (o *overlapJob) migrationJob() *ferryv1.MigrationJob {
 	j := &ferryv1.MigrationJob{Name: "migrationJobs/ov1", SourceVm: "vm",

@@ -23,7 +23,8 @@ func writesFor(j *ferryv1.MigrationJob, host string) bool {
 }
 
 // fence answers whether an agent's assignment is still the job's current
-// one, before the agent writes a target. The ledger is read linearizably
+// one, before the agent writes a target or undoes what it wrote
+// (FenceCheck.undo). The ledger is read linearizably
 // first, so a job a previous leader failed or reassigned is seen as such.
 // When that read fails (this node lost the lead) no answer is sent: the
 // agent asks again, on this or the next leader's session.
@@ -41,6 +42,12 @@ func (m *Manager) fence(ctx context.Context, s *session, fc *agentv1.FenceCheck)
 	ans := &agentv1.FenceAnswer{RequestId: fc.GetRequestId(), Current: true}
 	j, ok := m.ledger.Job(fc.GetJob())
 	switch {
+	case fc.GetUndo():
+		// A rollback: the job may have ended (that is why it is undone);
+		// only a newer assignment owns the target now.
+		if ok && (j.GetEpoch() != fc.GetEpoch() || !writesFor(j, s.host)) {
+			ans.Current, ans.Reason = false, fmt.Sprintf("assignment superseded: job runs under epoch %d on %s", j.GetEpoch(), j.GetAssignedHost())
+		}
 	case !ok:
 		ans.Current, ans.Reason = false, "job no longer exists"
 	case j.GetState() != stateRunning:

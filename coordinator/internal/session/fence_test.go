@@ -12,7 +12,10 @@ import (
 // TestFenceCheck: the leader confirms a target write only for the job's
 // current assignment on the asking host, or on the host the job's VM is
 // placed on; a superseded epoch, another host's job, a finished or unknown
-// job are refused with the reason.
+// job are refused with the reason. An undo (the rollback of a job that
+// ended) is allowed for the job's own epoch on its host whatever the state,
+// and for a job that no longer exists, but never once the job runs under
+// a newer epoch or elsewhere.
 func TestFenceCheck(t *testing.T) {
 	f := newFixture(t, Config{}, true)
 	running := f.seedJob("hosts/h1", 1)
@@ -34,26 +37,34 @@ func TestFenceCheck(t *testing.T) {
 	for _, tc := range []struct {
 		job     string
 		epoch   int64
+		undo    bool
 		current bool
 		reason  string
 	}{
-		{running, 3, true, ""},
-		{running, 2, false, "superseded: job runs under epoch 3 on hosts/h1"},
-		{elsewhere, 1, false, "superseded: job runs under epoch 1 on hosts/h2"},
-		{placedHere, 4, true, ""},
-		{placedHere, 3, false, "superseded: job runs under epoch 4 on hosts/h2"},
-		{failed, 1, false, "job is MIGRATION_JOB_STATE_FAILED"},
-		{"migrationJobs/gone", 1, false, "job no longer exists"},
+		{running, 3, false, true, ""},
+		{running, 2, false, false, "superseded: job runs under epoch 3 on hosts/h1"},
+		{elsewhere, 1, false, false, "superseded: job runs under epoch 1 on hosts/h2"},
+		{placedHere, 4, false, true, ""},
+		{placedHere, 3, false, false, "superseded: job runs under epoch 4 on hosts/h2"},
+		{failed, 1, false, false, "job is MIGRATION_JOB_STATE_FAILED"},
+		{"migrationJobs/gone", 1, false, false, "job no longer exists"},
+		{running, 3, true, true, ""},
+		{running, 2, true, false, "superseded: job runs under epoch 3 on hosts/h1"},
+		{elsewhere, 1, true, false, "superseded: job runs under epoch 1 on hosts/h2"},
+		{placedHere, 4, true, true, ""},
+		{failed, 1, true, true, ""},
+		{failed, 0, true, false, "superseded: job runs under epoch 1 on hosts/h1"},
+		{"migrationJobs/gone", 1, true, true, ""},
 	} {
 		a.send(&agentv1.ConnectRequest{Kind: &agentv1.ConnectRequest_FenceCheck{FenceCheck: &agentv1.FenceCheck{
-			RequestId: "r-" + tc.job, Job: tc.job, Epoch: tc.epoch, Write: "create volume /x"}}})
+			RequestId: "r-" + tc.job, Job: tc.job, Epoch: tc.epoch, Write: "create volume /x", Undo: tc.undo}}})
 		msg := a.next()
 		for msg.GetFenceAnswer() == nil { // a cancellation from the hello's reconciliation, say
 			msg = a.next()
 		}
 		ans := msg.GetFenceAnswer()
 		if ans.GetRequestId() != "r-"+tc.job || ans.GetCurrent() != tc.current || !strings.Contains(ans.GetReason(), tc.reason) {
-			t.Errorf("fence check of %s epoch %d = %v, want current=%v reason containing %q", tc.job, tc.epoch, ans, tc.current, tc.reason)
+			t.Errorf("fence check of %s epoch %d (undo %v) = %v, want current=%v reason containing %q", tc.job, tc.epoch, tc.undo, ans, tc.current, tc.reason)
 		}
 	}
 }

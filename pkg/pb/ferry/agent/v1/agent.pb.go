@@ -1007,7 +1007,14 @@ type FenceCheck struct {
 	Job   string `protobuf:"bytes,2,opt,name=job,proto3" json:"job,omitempty"`
 	Epoch int64  `protobuf:"varint,3,opt,name=epoch,proto3" json:"epoch,omitempty"`
 	// What the agent is about to write, for the logs.
-	Write         string `protobuf:"bytes,4,opt,name=write,proto3" json:"write,omitempty"`
+	Write string `protobuf:"bytes,4,opt,name=write,proto3" json:"write,omitempty"`
+	// The agent is about to undo what this assignment wrote (the rollback
+	// of a job that failed or was cancelled on it). That is allowed while
+	// the job still runs under this epoch on the asking host, whatever its
+	// state, or no longer exists; it is refused once the job was assigned
+	// again (a new epoch), whose writes are then the new assignment's to
+	// keep.
+	Undo          bool `protobuf:"varint,5,opt,name=undo,proto3" json:"undo,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1068,6 +1075,13 @@ func (x *FenceCheck) GetWrite() string {
 		return x.Write
 	}
 	return ""
+}
+
+func (x *FenceCheck) GetUndo() bool {
+	if x != nil {
+		return x.Undo
+	}
+	return false
 }
 
 // FenceAnswer answers a FenceCheck after a linearizable read of the
@@ -2055,14 +2069,15 @@ const file_ferry_agent_v1_agent_proto_rawDesc = "" +
 	"\x0fBandwidthLimits\x12)\n" +
 	"\x10migration_server\x18\x01 \x01(\tR\x0fmigrationServer\x127\n" +
 	"\x18upstream_bits_per_second\x18\x02 \x01(\x03R\x15upstreamBitsPerSecond\x12;\n" +
-	"\x1adownstream_bits_per_second\x18\x03 \x01(\x03R\x17downstreamBitsPerSecond\"i\n" +
+	"\x1adownstream_bits_per_second\x18\x03 \x01(\x03R\x17downstreamBitsPerSecond\"}\n" +
 	"\n" +
 	"FenceCheck\x12\x1d\n" +
 	"\n" +
 	"request_id\x18\x01 \x01(\tR\trequestId\x12\x10\n" +
 	"\x03job\x18\x02 \x01(\tR\x03job\x12\x14\n" +
 	"\x05epoch\x18\x03 \x01(\x03R\x05epoch\x12\x14\n" +
-	"\x05write\x18\x04 \x01(\tR\x05write\"^\n" +
+	"\x05write\x18\x04 \x01(\tR\x05write\x12\x12\n" +
+	"\x04undo\x18\x05 \x01(\bR\x04undo\"^\n" +
 	"\vFenceAnswer\x12\x1d\n" +
 	"\n" +
 	"request_id\x18\x01 \x01(\tR\trequestId\x12\x18\n" +
