@@ -55,6 +55,7 @@ func (w *world) waitLimits(bps int64, after time.Time, timeout time.Duration) li
 // cannot make it fail), and neither do the bytes crossing the source link;
 // back to unlimited, the job finishes and its disks match the source.
 func TestBandwidthChangeReachesRunningJob(t *testing.T) {
+	t.Parallel() // see doc.go
 	w := newWorldWith(t, worldOptions{sourceProxy: true})
 	src := testenv.NewTestVM(t, w.lv, testenv.VMOptions{RandomBytes: 160 << 20})
 	// The target VM is not started: what is measured is the copy.

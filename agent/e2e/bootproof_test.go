@@ -31,6 +31,7 @@ func serialLog(vm string) string {
 // ferryctl job get shows; the target domain logs its serial console to a
 // file and has a guest agent channel.
 func TestVerifyBootBySerialConsole(t *testing.T) {
+	t.Parallel() // see doc.go
 	w := newWorld(t)
 	src := testenv.NewTestVM(t, w.lv, testenv.VMOptions{Machine: "q35", BootSector: true, BootDisk: 1})
 	spec := w.spec(w.sourceVM(w.source, src.Name), &ferryv1.MigrationOptions{VerifyBoot: true})
@@ -74,6 +75,7 @@ func TestVerifyBootBySerialConsole(t *testing.T) {
 // what was looked for, and is rolled back: no target domain, no serial
 // log, no volumes.
 func TestVerifyBootFailsAGuestThatDoesNotBoot(t *testing.T) {
+	t.Parallel() // see doc.go
 	w := newWorldWith(t, worldOptions{agentArgs: []string{"--verify-boot-timeout", "20s"}})
 	src := testenv.NewTestVM(t, w.lv, testenv.VMOptions{})
 	vm := w.sourceVM(w.source, src.Name)
@@ -106,6 +108,7 @@ func TestVerifyBootFailsAGuestThatDoesNotBoot(t *testing.T) {
 // TestVerifyBootRefusesNoStart: verify_boot starts the target, so a job
 // that also sets auto_start false is refused, the field named.
 func TestVerifyBootRefusesNoStart(t *testing.T) {
+	t.Parallel() // see doc.go
 	w := newWorld(t)
 	src := testenv.NewTestVM(t, w.lv, testenv.VMOptions{})
 	spec := w.spec(w.sourceVM(w.source, src.Name), &ferryv1.MigrationOptions{VerifyBoot: true, AutoStart: proto.Bool(false)})

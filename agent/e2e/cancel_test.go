@@ -26,6 +26,7 @@ const (
 // uploads, or failing while it defines the VM, leaves no target volume,
 // no target domain and no backup job or file on the source.
 func TestCancelInEachPhase(t *testing.T) {
+	t.Parallel() // see doc.go
 	w := newWorld(t)
 	for _, tc := range []struct {
 		phase    ferryv1.MigrationJobPhase

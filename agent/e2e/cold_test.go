@@ -24,6 +24,7 @@ import (
 // A VM started while its disks are copied fails its job with that reason;
 // a cancelled cold copy leaves nothing behind either.
 func TestColdMigration(t *testing.T) {
+	t.Parallel() // see doc.go
 	w := newWorld(t)
 	t.Run("shut off", func(t *testing.T) {
 		src := testenv.NewTestVM(t, w.lv, testenv.VMOptions{Stopped: true, Backing: true, RandomBytes: 8 << 20})

@@ -28,6 +28,7 @@ import (
 // job's phase timings, recorded through the ledger, are the resumed run's
 // and show in ferryctl job get.
 func TestFaultAgentKilledResumesByItself(t *testing.T) {
+	t.Parallel() // see doc.go
 	w := newWorld(t)
 	src := testenv.NewTestVM(t, w.lv, testenv.VMOptions{RandomBytes: 40 << 20})
 	w.setBandwidth(nil, proto.String(eightMiBps))

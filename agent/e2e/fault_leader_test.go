@@ -61,6 +61,7 @@ func (w *world) domainsByJob() map[string]int {
 // by themselves, and all six jobs succeed in their first attempt: every
 // target disk identical to its source, exactly one target VM per job.
 func TestFaultLeaderKilledDuringSixMigrations(t *testing.T) {
+	t.Parallel() // see doc.go
 	w := newWorldWith(t, worldOptions{coordinators: 3})
 	host2, server2 := w.addServer("b")
 	servers, hosts := []string{w.server, server2}, []string{w.host, host2}

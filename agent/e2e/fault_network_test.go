@@ -105,6 +105,7 @@ func (n *netWorld) counters() (mgmt, migration testenv.Counters) {
 //     budget, then fails with the reason. Once the link is back, the
 //     agent ends the backup it left on the source.
 func TestFaultMigrationNetwork(t *testing.T) {
+	t.Parallel() // see doc.go
 	n := newNetWorld(t, "--source-retry-budget", "10s", "--source-keepalive", "1s", "--source-cleanup-interval", "2s")
 	w := n.world
 

@@ -166,6 +166,7 @@ func lastOf(lines []string) string {
 // Afterwards the second job is restarted and completes under the new
 // epoch, every target write confirmed by the leader first.
 func TestFaultAgentPartitioned(t *testing.T) {
+	t.Parallel() // see doc.go
 	const grace = 8 * time.Second
 	w := newWorldWith(t, worldOptions{coordinatorProxy: true})
 	agent := w.f.agents[w.host]

@@ -37,6 +37,7 @@ func startCutJob(t *testing.T, w *world) (*testenv.TestVM, string) {
 // nothing left on the source. Then a job starts while the source is cut:
 // it waits for the source and completes once the link is back.
 func TestFaultSourceSSHCutRetried(t *testing.T) {
+	t.Parallel() // see doc.go
 	w := newWorldWith(t, worldOptions{sourceProxy: true, agentArgs: []string{"--source-retry-budget", "60s"}})
 	src, name := startCutJob(t, w)
 	w.sourceProxy.Cut()
@@ -94,6 +95,7 @@ func TestFaultSourceSSHCutRetried(t *testing.T) {
 // while the agent crashes (SIGKILL); once the link is back, the agent's
 // next start ends the backup job and removes its socket and scratch files.
 func TestFaultSourceSSHCutPastRetryBudget(t *testing.T) {
+	t.Parallel() // see doc.go
 	w := newWorldWith(t, worldOptions{sourceProxy: true, agentArgs: []string{"--source-retry-budget", "5s"}})
 	src, name := startCutJob(t, w)
 	w.sourceProxy.Cut()

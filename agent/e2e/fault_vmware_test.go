@@ -19,6 +19,7 @@ import (
 // through the link beyond the disks' streams stay well under what crossed
 // it before the cut.
 func TestFaultVCenterCutRetried(t *testing.T) {
+	t.Parallel() // see doc.go
 	w := newWorldWith(t, worldOptions{agentArgs: []string{"--source-retry-budget", "60s"}})
 	sim := vcsimtest.Start(t)
 	sim.StarNFCHost()

@@ -24,6 +24,7 @@ import (
 // preview, and the migrated VM's NIC is reserved that address in the
 // target network's DHCP.
 func TestKVMGuestAgentKeepsItsAddress(t *testing.T) {
+	t.Parallel() // see doc.go
 	w := newWorld(t)
 	subnet := strings.TrimSuffix(w.l3Range[0], ".10") // 10.N.0, the range is .10 to .99
 	guestIP := subnet + ".42"

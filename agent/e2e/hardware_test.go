@@ -22,6 +22,7 @@ import (
 // vdb". (Before, the target was an i440fx machine booting vda, with
 // virtio-scsi disks.)
 func TestMigrateKeepsTheGuestsHardware(t *testing.T) {
+	t.Parallel() // see doc.go
 	w := newWorld(t)
 	src := testenv.NewTestVM(t, w.lv, testenv.VMOptions{Machine: "q35", BootSector: true, BootDisk: 1})
 	want := testenv.BootMessage("vdb")

@@ -108,6 +108,7 @@ func promtoolCheck(t *testing.T, what string, body []byte) {
 // counter equals too. The scrapes pass promtool's lint, and name no job.
 // The audit trail holds the batch's creation and each job's state changes.
 func TestMetricsDuringMigration(t *testing.T) {
+	t.Parallel() // see doc.go
 	w := newWorldWith(t, worldOptions{coordinatorArgs: []string{"--metrics-listen", "127.0.0.1:0"},
 		agentArgs: []string{"--metrics-listen", "127.0.0.1:0"}})
 	coordMetrics, agentMetrics := metricsAddr(t, w.f.coord), metricsAddr(t, w.f.agents[w.host])

@@ -14,6 +14,7 @@ import (
 // TestMigrateRunningVM moves a running VM with a root disk and a data disk
 // that is mostly holes, and checks the target field by field.
 func TestMigrateRunningVM(t *testing.T) {
+	t.Parallel() // see doc.go
 	w := newWorld(t)
 	src := testenv.NewTestVM(t, w.lv, testenv.VMOptions{NICs: 2, CDROMs: 1})
 	vm := w.sourceVM(w.source, src.Name)

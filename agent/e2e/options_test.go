@@ -17,6 +17,7 @@ import (
 // TestPauseOption: with the option the source ends paused; without it the
 // source kept running the whole time (checked by polling during the job).
 func TestPauseOption(t *testing.T) {
+	t.Parallel() // see doc.go
 	w := newWorld(t)
 	running := testenv.NewTestVM(t, w.lv, testenv.VMOptions{})
 	paused := testenv.NewTestVM(t, w.lv, testenv.VMOptions{})
@@ -48,6 +49,7 @@ func TestPauseOption(t *testing.T) {
 // TestSourceAuthentication: key and password logins both work, trust on
 // first use records the host key, and a wrong pinned key is refused.
 func TestSourceAuthentication(t *testing.T) {
+	t.Parallel() // see doc.go
 	w := newWorld(t)
 	vm := testenv.NewTestVM(t, w.lv, testenv.VMOptions{})
 	w.lv.RequireUserAccess(t, testenv.TestUser)

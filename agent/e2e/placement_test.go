@@ -147,6 +147,7 @@ func (p *placeWorld) counters() map[string]testenv.Counters {
 // maintenance is never picked; a host of no cluster is refused at
 // creation, naming the field.
 func TestPlacementSpreadsAcrossHosts(t *testing.T) {
+	t.Parallel() // see doc.go
 	p := newPlaceWorld(t)
 	w := p.world
 	var vms []*testenv.TestVM
@@ -259,6 +260,7 @@ func (w *world) named(spec *ferryv1.MigrationJobSpec, host string) *ferryv1.Migr
 // fails naming the host, and once the agent returns nothing of the job is
 // left on that host (the rollback waited as a pending cleanup).
 func TestPlacementTargetHostFaults(t *testing.T) {
+	t.Parallel() // see doc.go
 	p := newPlaceWorld(t)
 	w := p.world
 	b := p.hosts[1]
@@ -323,6 +325,7 @@ func TestPlacementTargetHostFaults(t *testing.T) {
 // pending cleanup removes what the first attempt left on b, and only
 // there.
 func TestPlacementRestartMovesTheJob(t *testing.T) {
+	t.Parallel() // see doc.go
 	p := newPlaceWorld(t)
 	w := p.world
 	a, b, c := p.hosts[0], p.hosts[1], p.hosts[2]

@@ -84,6 +84,7 @@ func allocated(t *testing.T, image string) int64 {
 // the job is cancelled, the agent comes back, the job is restarted and
 // completes, re-reading less than 20 % of what the cache already held.
 func TestAgentKilledMidConverting(t *testing.T) {
+	t.Parallel() // see doc.go
 	w := newWorld(t)
 	src := testenv.NewTestVM(t, w.lv, testenv.VMOptions{RandomBytes: 40 << 20})
 	w.setBandwidth(nil, proto.String(eightMiBps))
@@ -138,6 +139,7 @@ func TestAgentKilledMidConverting(t *testing.T) {
 // TestDownstreamLimit: 8 MiB/s on the migration server gives a measured
 // source → cache rate within 15 % of it.
 func TestDownstreamLimit(t *testing.T) {
+	t.Parallel() // see doc.go
 	w := newWorld(t)
 	src := testenv.NewTestVM(t, w.lv, testenv.VMOptions{RandomBytes: 40 << 20})
 	w.setBandwidth(nil, proto.String(eightMiBps))

@@ -19,6 +19,7 @@ import (
 // mapping group or job made again), and the next job logs in with the new
 // password and succeeds; the host's sshd refuses the old one.
 func TestRotateSourcePassword(t *testing.T) {
+	t.Parallel() // see doc.go
 	w := newWorld(t)
 	// A login of uid 0 of this test's own, with a password: changing it
 	// disturbs neither root's password nor another test's user. (A KVM

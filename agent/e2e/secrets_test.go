@@ -40,6 +40,7 @@ import (
 // ledger snapshot files, the Raft log (bolt) and everything else the
 // coordinator and the agent keep on disk.
 func TestSecretsNeverInClear(t *testing.T) {
+	t.Parallel() // see doc.go
 	w := newWorldWith(t, worldOptions{coordinatorArgs: []string{"--log-level", "debug", "--snapshot-threshold", "1", "--snapshot-interval", "200ms"}})
 	// The driver needs root on the source; a uid-0 alias logs in with a
 	// password of this test's own.

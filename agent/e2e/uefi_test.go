@@ -15,6 +15,7 @@ import (
 // TestMigrateUEFIVM: a UEFI source stays UEFI on the target, with its
 // NVRAM copied, and CD-ROM drives as many as the source has.
 func TestMigrateUEFIVM(t *testing.T) {
+	t.Parallel() // see doc.go
 	w := newWorld(t)
 	src := testenv.NewTestVM(t, w.lv, testenv.VMOptions{UEFI: true, CDROMs: 2})
 	vm := w.sourceVM(w.source, src.Name)

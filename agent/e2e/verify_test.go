@@ -27,6 +27,7 @@ import (
 // naming the disk and the offset of the chunk; no target VM is defined and
 // the volumes are removed.
 func TestCorruptionFailsVerification(t *testing.T) {
+	t.Parallel() // see doc.go
 	w := newWorld(t)
 	src := testenv.NewTestVM(t, w.lv, testenv.VMOptions{RandomBytes: 16 << 20})
 	w.setBandwidth(proto.String(fourMiBps), proto.String(eightMiBps)) // a few seconds of upload to act in

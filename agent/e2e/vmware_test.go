@@ -30,6 +30,7 @@ import (
 // the guest address VMware Tools reported inside the network's range, as
 // a DHCP reservation of the libvirt network.
 func TestMigrateVMwareVM(t *testing.T) {
+	t.Parallel() // see doc.go
 	w := newWorld(t)
 	sim := vcsimtest.Start(t)
 	raws := prepareVMwareVM(t, sim)
