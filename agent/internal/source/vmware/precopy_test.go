@@ -1,0 +1,272 @@
+package vmware
+
+import (
+	"context"
+	"math/rand/v2"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/vmware/govmomi/object"
+	"github.com/vmware/govmomi/simulator"
+	"github.com/vmware/govmomi/vim25/mo"
+	"github.com/vmware/govmomi/vim25/types"
+
+	"github.com/ferry-v2v/ferry/agent/internal/cache"
+	"github.com/ferry-v2v/ferry/agent/internal/runner"
+	"github.com/ferry-v2v/ferry/agent/internal/source/vmware/vcsimtest"
+	agentv1 "github.com/ferry-v2v/ferry/pkg/pb/ferry/agent/v1"
+	ferryv1 "github.com/ferry-v2v/ferry/pkg/pb/ferry/v1"
+	"github.com/ferry-v2v/ferry/pkg/testkit"
+)
+
+// warmDiskSize is the size of each disk of the warm tests: not a whole
+// number of granules, so the last area ends at the disk's end.
+const warmDiskSize = 16<<20 + 16<<10
+
+// warm is a running simulator VM with two flat disks holding real data,
+// and a job that copies it warm into a cache directory.
+type warm struct {
+	sim    *vcsimtest.Sim
+	vm     *object.VirtualMachine
+	ref    types.ManagedObjectReference
+	keys   []int32  // disk keys, in device order
+	flats  []string // each disk's flat extent file in the datastore
+	driver *Driver
+	job    *runner.Job
+}
+
+func newWarm(t *testing.T, compressed, cbt bool) *warm {
+	t.Helper()
+	sim := vcsimtest.Start(t)
+	ctx := testContext(t, 30*time.Second)
+	dir := t.TempDir()
+	var spec vcsimtest.VMSpec
+	for i := range 2 {
+		name := "warm" + strconv.Itoa(i)
+		raw := vcsimtest.RawImage(t, dir, name, 16<<20, uint64(10+i))
+		if err := os.Truncate(raw, warmDiskSize); err != nil {
+			t.Fatal(err)
+		}
+		spec.Disks = append(spec.Disks, vcsimtest.Disk{Files: vcsimtest.ConvertVMDK(t, raw, dir, name, "monolithicFlat"),
+			Capacity: warmDiskSize})
+	}
+	w := &warm{sim: sim, vm: sim.PrepareVM(ctx, t, "DC0_H0_VM0", spec)}
+	w.ref = w.vm.Reference()
+	if state, err := w.vm.PowerState(ctx); err != nil || state != types.VirtualMachinePowerStatePoweredOn {
+		t.Fatalf("the VM is %s (%v); a warm copy is of a running VM", state, err)
+	}
+	if cbt {
+		task, err := w.vm.Reconfigure(ctx, types.VirtualMachineConfigSpec{ChangeTrackingEnabled: types.NewBool(true)})
+		if err == nil {
+			err = task.Wait(ctx)
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	var vm mo.VirtualMachine
+	if err := w.vm.Properties(ctx, w.ref, []string{"config.hardware"}, &vm); err != nil {
+		t.Fatal(err)
+	}
+	var targets []*ferryv1.TargetDisk
+	for i, d := range object.VirtualDeviceList(vm.Config.Hardware.Device).SelectByType((*types.VirtualDisk)(nil)) {
+		w.keys = append(w.keys, d.GetVirtualDevice().Key)
+		w.flats = append(w.flats, filepath.Join(sim.DatastoreDir(), "DC0_H0_VM0", "warm"+strconv.Itoa(i)+"-flat.vmdk"))
+		targets = append(targets, &ferryv1.TargetDisk{SourceDisk: strconv.Itoa(int(d.GetVirtualDevice().Key)), SizeBytes: warmDiskSize})
+	}
+	compression := ferryv1.Compression_COMPRESSION_NONE
+	if compressed {
+		compression = ferryv1.Compression_COMPRESSION_ZSTD
+	}
+	src, secrets := simSource(t, sim)
+	w.driver = NewDriver(testkit.Logger(t), Options{RetryBudget: 10 * time.Second, RetryBackoffMin: 10 * time.Millisecond})
+	w.job = &runner.Job{CacheDir: t.TempDir(), Log: testkit.Logger(t), Assignment: &agentv1.Assignment{
+		Job: &ferryv1.MigrationJob{Name: "migrationJobs/warm1", SourceVm: w.ref.Value,
+			Target: &ferryv1.TargetVm{Disks: targets}, Options: &ferryv1.MigrationOptions{Compression: compression}},
+		Epoch: 1, Source: src, Secrets: secrets,
+		MigrationServer: &ferryv1.MigrationServer{Name: "migrationServers/ms"}}}
+	return w
+}
+
+func (w *warm) start(t *testing.T, ctx context.Context, opts PrecopyOptions) *Precopy {
+	t.Helper()
+	p, err := w.driver.StartPrecopy(ctx, w.job, opts)
+	if err != nil {
+		t.Fatalf("StartPrecopy: %v", err)
+	}
+	t.Cleanup(func() { p.Close() })
+	return p
+}
+
+// checkCache compares every disk's cache image with the disk's content
+// in the datastore, byte for byte.
+func (w *warm) checkCache(t *testing.T, round int) {
+	t.Helper()
+	for i, key := range w.keys {
+		name := strconv.Itoa(int(key))
+		img, format := filepath.Join(w.job.CacheDir, name+".raw"), "raw"
+		if _, err := os.Stat(img); err != nil {
+			img, format = filepath.Join(w.job.CacheDir, name+".qcow2"), "qcow2"
+		}
+		if out, same := vcsimtest.Compare(t, img, format, w.flats[i], "raw"); !same {
+			t.Errorf("round %d: the cache image of disk %s differs from the source disk: %s", round, name, out)
+		}
+	}
+}
+
+// checkNoSnapshot fails when the VM has a snapshot.
+func (w *warm) checkNoSnapshot(t *testing.T, when string) {
+	t.Helper()
+	vm := w.sim.Model.Map().Get(w.ref).(*simulator.VirtualMachine)
+	if vm.Snapshot != nil && len(vm.Snapshot.RootSnapshotList) > 0 {
+		t.Errorf("%s: the VM has snapshots: %+v", when, vm.Snapshot.RootSnapshotList)
+	}
+	if len(vm.RootSnapshot) > 0 {
+		t.Errorf("%s: the VM has root snapshots %v", when, vm.RootSnapshot)
+	}
+}
+
+// write is a known write into one disk between rounds.
+type write struct {
+	disk int
+	off  int64
+	n    int
+	zero bool // zeroes rather than random bytes
+}
+
+func (w *warm) apply(t *testing.T, rng *rand.Rand, ws []write) {
+	t.Helper()
+	for _, x := range ws {
+		p := make([]byte, x.n)
+		if !x.zero {
+			for i := range p {
+				p[i] = byte(rng.Uint32()) | 1 // never all zeroes, never what was there by chance
+			}
+		}
+		w.sim.WriteDisk(t, w.ref, w.keys[x.disk], p, x.off)
+	}
+}
+
+// wantChanged is the areas tracking must report for ws on one disk:
+// the CBTBlock blocks the writes touch, merged.
+func wantChanged(ws []write, disk int, size int64) []Area {
+	var blocks []Area
+	for _, x := range ws {
+		if x.disk != disk {
+			continue
+		}
+		for b := x.off / vcsimtest.CBTBlock; b*vcsimtest.CBTBlock < x.off+int64(x.n); b++ {
+			blocks = append(blocks, Area{Offset: b * vcsimtest.CBTBlock, Length: min(vcsimtest.CBTBlock, size-b*vcsimtest.CBTBlock)})
+		}
+	}
+	// Sort and merge.
+	for i := range blocks {
+		for j := i + 1; j < len(blocks); j++ {
+			if blocks[j].Offset < blocks[i].Offset {
+				blocks[i], blocks[j] = blocks[j], blocks[i]
+			}
+		}
+	}
+	var out []Area
+	for _, b := range blocks {
+		if n := len(out); n > 0 && b.Offset <= out[n-1].End() {
+			out[n-1].Length = max(out[n-1].End(), b.End()) - out[n-1].Offset
+			continue
+		}
+		out = append(out, b)
+	}
+	return out
+}
+
+func sameAreas(a, b []Area) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for i := range a {
+		if a[i] != b[i] {
+			return false
+		}
+	}
+	return true
+}
+
+// TestPrecopyRoundsReadOnlyChangedAreas runs three rounds of a warm copy
+// of a running VM with changed-block tracking, with known writes into its
+// disks' files between rounds (unaligned, spanning blocks, zeroing data,
+// at the disk's end, on one disk only): after each round the cache images
+// are the source disks byte for byte; the second and third rounds are
+// told exactly the blocks written and read only those (at most one
+// granule more per area), and the datastore served exactly what the
+// driver counts; no snapshot is left after any round.
+func TestPrecopyRoundsReadOnlyChangedAreas(t *testing.T) {
+	for _, compressed := range []bool{false, true} {
+		t.Run(map[bool]string{false: "raw", true: "qcow2"}[compressed], func(t *testing.T) {
+			w := newWarm(t, compressed, true)
+			ctx := testContext(t, 2*time.Minute)
+			p := w.start(t, ctx, PrecopyOptions{})
+			if p.CBTEnabled() {
+				t.Error("CBT was already on, yet StartPrecopy says it turned it on")
+			}
+			rng := rand.New(rand.NewPCG(7, 8))
+			rounds := [][]write{
+				nil,
+				{{disk: 0, off: 1<<20 + 100, n: 4096}, {disk: 0, off: 5<<20 + 7, n: 200 << 10},
+					{disk: 1, off: 3 << 20, n: 64 << 10}, {disk: 1, off: 9<<20 - 10, n: 20}},
+				// Zeroes over what the round before wrote: a change to zeroes.
+				{{disk: 1, off: warmDiskSize - 1000, n: 1000}, {disk: 1, off: 0, n: 1}, {disk: 0, off: 1<<20 + 100, n: 4096},
+					{disk: 0, off: 5<<20 + 7, n: 200 << 10, zero: true}, {disk: 1, off: 3 << 20, n: 64 << 10, zero: true}},
+			}
+			for i, ws := range rounds {
+				w.apply(t, rng, ws)
+				servedBefore := w.sim.FolderBytes()
+				res, err := p.Round(ctx)
+				if err != nil {
+					t.Fatalf("round %d: %v", i+1, err)
+				}
+				served := w.sim.FolderBytes() - servedBefore
+				t.Logf("round %d: full %v, changed %d bytes, read %d bytes, written %d bytes, served %d bytes, %s",
+					res.Round, res.Full, res.ChangedBytes, res.ReadBytes, res.WrittenBytes, served, res.Duration)
+				if res.Round != i+1 || res.Full != (i == 0) || p.Rounds() != i+1 {
+					t.Errorf("round %d: result round %d full %v, Rounds %d", i+1, res.Round, res.Full, p.Rounds())
+				}
+				w.checkCache(t, i+1)
+				w.checkNoSnapshot(t, "after round "+strconv.Itoa(i+1))
+				var descriptors int64
+				for _, f := range w.flats {
+					st, err := os.Stat(strings.TrimSuffix(f, "-flat.vmdk") + ".vmdk")
+					if err != nil {
+						t.Fatal(err)
+					}
+					descriptors += st.Size()
+				}
+				if served != res.ReadBytes+descriptors {
+					t.Errorf("round %d: the datastore served %d bytes; the driver counts %d read and the descriptors are %d",
+						i+1, served, res.ReadBytes, descriptors)
+				}
+				if i == 0 {
+					continue
+				}
+				for d, dr := range res.Disks {
+					want := wantChanged(ws, d, warmDiskSize)
+					if !sameAreas(dr.Changed, want) {
+						t.Errorf("round %d disk %s: tracking reported %v, the writes touched %v", i+1, dr.Disk, dr.Changed, want)
+					}
+					if limit := dr.ChangedBytes + int64(len(dr.Changed))*cache.Granule; dr.ReadBytes > limit || dr.ReadBytes < dr.ChangedBytes {
+						t.Errorf("round %d disk %s: read %d bytes for %d changed in %d areas (at most %d)",
+							i+1, dr.Disk, dr.ReadBytes, dr.ChangedBytes, len(dr.Changed), limit)
+					}
+					if dr.PrevChangeID == FirstChangeID || dr.PrevChangeID == dr.ChangeID {
+						t.Errorf("round %d disk %s: asked against %q, now %q", i+1, dr.Disk, dr.PrevChangeID, dr.ChangeID)
+					}
+				}
+				if res.ReadBytes >= 2*int64(len(w.keys))*warmDiskSize/8 {
+					t.Errorf("round %d read %d bytes: far more than the writes", i+1, res.ReadBytes)
+				}
+			}
+		})
+	}
+}
