@@ -2,6 +2,7 @@ package vmware
 
 import (
 	"context"
+	"errors"
 	"math/rand/v2"
 	"os"
 	"path/filepath"
@@ -269,4 +270,140 @@ func TestPrecopyRoundsReadOnlyChangedAreas(t *testing.T) {
 			}
 		})
 	}
+}
+
+// cbtOn reads the simulator VM's changeTrackingEnabled.
+func (w *warm) cbtOn() bool {
+	vm := w.sim.Model.Map().Get(w.ref).(*simulator.VirtualMachine)
+	return vm.Config.ChangeTrackingEnabled != nil && *vm.Config.ChangeTrackingEnabled
+}
+
+// TestPrecopyCBTConsent refuses a VM without changed-block tracking
+// unless the job consents, naming the option to set, and leaves the VM as
+// it was; with consent it turns tracking on and the rounds copy the disks.
+func TestPrecopyCBTConsent(t *testing.T) {
+	w := newWarm(t, false, false)
+	ctx := testContext(t, time.Minute)
+	_, err := w.driver.StartPrecopy(ctx, w.job, PrecopyOptions{})
+	t.Logf("without consent: %v", err)
+	if !errors.Is(err, ErrCBTOff) || !strings.Contains(err.Error(), "set enable_cbt on the job") ||
+		!strings.Contains(err.Error(), "DC0_H0_VM0") {
+		t.Fatalf("StartPrecopy without consent: %v; want ErrCBTOff naming the VM and enable_cbt", err)
+	}
+	if w.cbtOn() {
+		t.Error("tracking was turned on without consent")
+	}
+	w.checkNoSnapshot(t, "after the refusal")
+
+	p := w.start(t, ctx, PrecopyOptions{EnableCBT: true})
+	if !p.CBTEnabled() || !w.cbtOn() {
+		t.Fatalf("with consent: StartPrecopy says enabled %v, the VM's changeTrackingEnabled %v", p.CBTEnabled(), w.cbtOn())
+	}
+	rng := rand.New(rand.NewPCG(1, 2))
+	for i, ws := range [][]write{nil, {{disk: 1, off: 2<<20 + 5, n: 70 << 10}}} {
+		w.apply(t, rng, ws)
+		res, err := p.Round(ctx)
+		if err != nil {
+			t.Fatalf("round %d: %v", i+1, err)
+		}
+		w.checkCache(t, i+1)
+		w.checkNoSnapshot(t, "after round "+strconv.Itoa(i+1))
+		if i == 1 && (res.ChangedBytes != 2*vcsimtest.CBTBlock || !sameAreas(res.Disks[1].Changed, wantChanged(ws, 1, warmDiskSize))) {
+			t.Errorf("round 2 changed %d bytes (%v), want the 2 blocks written", res.ChangedBytes, res.Disks[1].Changed)
+		}
+	}
+	// A second start finds tracking on and says it did not turn it on.
+	p2 := w.start(t, ctx, PrecopyOptions{EnableCBT: true})
+	if p2.CBTEnabled() {
+		t.Error("a second start says it turned tracking on")
+	}
+}
+
+// TestPrecopyFailureCancelAndResume checks the round's snapshot is removed
+// when the round fails (tracking refuses to answer), when it is cancelled
+// in the middle of its reads, and when a read's connection breaks and is
+// read again; a failed or cancelled round leaves the last completed round
+// as the restart point, and a new run (an agent restarted) resumes after
+// it, the cache matching the source byte for byte each time.
+func TestPrecopyFailureCancelAndResume(t *testing.T) {
+	w := newWarm(t, true, true)
+	ctx := testContext(t, 2*time.Minute)
+	p := w.start(t, ctx, PrecopyOptions{})
+	first, err := p.Round(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rng := rand.New(rand.NewPCG(3, 4))
+	w.apply(t, rng, []write{{disk: 0, off: 7 << 20, n: 300 << 10}, {disk: 1, off: 1 << 20, n: 10}})
+
+	// A failure after the snapshot was taken.
+	w.sim.FailCBTQueries(1)
+	if _, err := p.Round(ctx); err == nil || !strings.Contains(err.Error(), "injected QueryChangedDiskAreas failure") {
+		t.Fatalf("round with tracking failing: %v", err)
+	}
+	w.checkNoSnapshot(t, "after the failed round")
+	if p.Rounds() != 1 {
+		t.Errorf("after a failed round, the last completed is %d, want 1", p.Rounds())
+	}
+
+	// A cancel while the round reads.
+	held := w.sim.HoldFolder()
+	cctx, cancel := context.WithCancel(ctx)
+	errc := make(chan error, 1)
+	go func() { _, err := p.Round(cctx); errc <- err }()
+	select {
+	case <-held:
+	case <-ctx.Done():
+		t.Fatal("the round never read")
+	}
+	cancel()
+	err = <-errc
+	w.sim.ReleaseFolder()
+	if !errors.Is(err, context.Canceled) {
+		t.Fatalf("cancelled round: %v", err)
+	}
+	w.checkNoSnapshot(t, "after the cancelled round")
+	if p.Rounds() != 1 {
+		t.Errorf("after a cancelled round, the last completed is %d, want 1", p.Rounds())
+	}
+
+	// A read cut short is read again from the granule it reached.
+	w.sim.CutFolderAfter(200 << 10)
+	res, err := p.Round(ctx)
+	if err != nil {
+		t.Fatalf("round with a read cut short: %v", err)
+	}
+	var retries int64
+	for _, dr := range res.Disks {
+		retries += dr.Retries
+		if dr.PrevChangeID != first.Disks[0].ChangeID && dr.PrevChangeID != first.Disks[1].ChangeID {
+			t.Errorf("disk %s: asked against %q, not round 1's change id", dr.Disk, dr.PrevChangeID)
+		}
+	}
+	t.Logf("round %d after a cut: changed %d, read %d bytes, %d retries", res.Round, res.ChangedBytes, res.ReadBytes, retries)
+	if res.Round != 2 || res.Full || retries != 1 {
+		t.Errorf("round %d full %v retries %d; want round 2, not full, one retry", res.Round, res.Full, retries)
+	}
+	if res.ReadBytes <= res.ChangedBytes || res.ReadBytes > res.ChangedBytes+200<<10 {
+		t.Errorf("read %d bytes for %d changed and one read cut at 200 KiB", res.ReadBytes, res.ChangedBytes)
+	}
+	w.checkCache(t, 2)
+	w.checkNoSnapshot(t, "after round 2")
+	p.Close()
+
+	// A restarted agent resumes after round 2.
+	w.apply(t, rng, []write{{disk: 1, off: 15 << 20, n: 1 << 20}})
+	p2 := w.start(t, ctx, PrecopyOptions{})
+	if p2.Rounds() != 2 {
+		t.Fatalf("a new run resumes after round %d, want 2", p2.Rounds())
+	}
+	res, err = p2.Round(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.Round != 3 || res.Full || res.ChangedBytes != 1<<20 {
+		t.Errorf("resumed round %d full %v changed %d; want round 3, only the 1 MiB written", res.Round, res.Full, res.ChangedBytes)
+	}
+	w.checkCache(t, 3)
+	w.checkNoSnapshot(t, "after round 3")
 }

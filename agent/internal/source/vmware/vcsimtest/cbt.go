@@ -111,7 +111,11 @@ func (v *cbtVM) QueryChangedDiskAreas(ctx *simulator.Context, req *types.QueryCh
 	body := &methods.QueryChangedDiskAreasBody{}
 	info, fault := v.cbt.query(ctx, req)
 	if fault != nil {
-		body.Fault_ = simulator.Fault("", fault)
+		msg := ""
+		if f, ok := fault.(*types.SystemError); ok {
+			msg = f.Reason
+		}
+		body.Fault_ = simulator.Fault(msg, fault)
 		return body
 	}
 	body.Res = &types.QueryChangedDiskAreasResponse{Returnval: info}

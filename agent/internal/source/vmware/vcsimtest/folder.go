@@ -7,11 +7,12 @@ import (
 
 // folderGets wraps the simulator's datastore file access (/folder/...,
 // which honours Range requests through http.FileServer): it counts the
-// GETs and the bytes they served, and can hold them.
+// GETs and the bytes they served, and can hold them or cut one short.
 type folderGets struct {
 	sim   *Sim
 	gets  atomic.Int64
 	bytes atomic.Int64
+	cut   atomic.Int64 // bytes after which the next GET is cut; 0: none
 	hold  atomic.Pointer[chan struct{}]
 	// held is closed when a GET starts waiting on hold.
 	held atomic.Pointer[chan struct{}]
@@ -22,6 +23,10 @@ func (s *Sim) FolderGets() int64 { return s.folder.gets.Load() }
 
 // FolderBytes counts the bytes datastore file GETs served.
 func (s *Sim) FolderBytes() int64 { return s.folder.bytes.Load() }
+
+// CutFolderAfter makes the next datastore file GET that reaches n bytes
+// end there abruptly.
+func (s *Sim) CutFolderAfter(n int64) { s.folder.cut.Store(n) }
 
 // HoldFolder makes datastore file GETs wait until ReleaseFolder; the
 // channel returned is closed when the first one waits.
@@ -51,7 +56,7 @@ func (f *folderGets) serve(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 	}
-	f.sim.Model.Service.ServeDatastore(&countingWriter{ResponseWriter: w, n: &f.bytes}, r)
+	f.sim.Model.Service.ServeDatastore(&cutWriter{ResponseWriter: &countingWriter{ResponseWriter: w, n: &f.bytes}, cut: &f.cut}, r)
 }
 
 type countingWriter struct {
