@@ -16,7 +16,7 @@ import (
 // CBTConsentOption is the option that lets a warm job turn changed-block
 // tracking on for a VM that has it off. It is named in ErrCBTOff's
 // message, so it must be the option's name as operators set it.
-const CBTConsentOption = "enable_cbt"
+const CBTConsentOption = "options.enable_cbt"
 
 // FirstChangeID asks QueryChangedDiskAreas for every allocated area of a
 // disk: a full round.

@@ -6,9 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"os"
 	"path"
-	"path/filepath"
 	"strconv"
 	"time"
 
@@ -20,21 +18,20 @@ import (
 	"github.com/vmware/govmomi/vim25/types"
 
 	"github.com/ferry-v2v/ferry/agent/internal/cache"
+	"github.com/ferry-v2v/ferry/agent/internal/pipeline"
 	"github.com/ferry-v2v/ferry/agent/internal/runner"
+	"github.com/ferry-v2v/ferry/pkg/backoff"
 	ferryv1 "github.com/ferry-v2v/ferry/pkg/pb/ferry/v1"
 )
-
-// PrecopyStateFile is the file in a job's cache directory that records
-// the last round a precopy completed: its number and each disk's change
-// id. It is written once every disk of the round is durable in the cache,
-// so a restarted agent resumes at the next round, never from a mix.
-const PrecopyStateFile = "vmware-precopy.json"
 
 // PrecopyOptions tune a warm copy.
 type PrecopyOptions struct {
 	// EnableCBT is the operator's consent to turn changed-block tracking
 	// on for a VM that has it off (the job option CBTConsentOption).
 	EnableCBT bool
+	// Token is the Token of the last round completed, from which the next
+	// round goes on; empty starts with a first round (a full copy).
+	Token string
 }
 
 // Precopy copies the disks of a running VM into the cache in rounds, for
@@ -45,12 +42,18 @@ type PrecopyOptions struct {
 // the snapshot's frozen base disk by byte ranges through the datastore's
 // HTTP access, writes them into each disk's cache image, and removes the
 // snapshot however the round ends (success, failure, cancel). Reads draw
-// on the job's downstream limiter and report the job's progress per disk.
+// on the job's downstream limiter, are retried from where they broke for
+// the retry budget, and report the job's progress per disk.
 //
 // The first round starts each cache image anew and records its checksums
 // as a cold copy does; later rounds write into the images in place
 // (zeroes included: a changed area that now reads as zeroes is zeroed)
 // and remove the checksums, which no longer describe the image.
+//
+// The restart point is the Token of the last round completed: a new
+// Precopy given it goes on with the next round. A round that fails leaves
+// the Token as it was; the next round asks against the same change ids,
+// which covers whatever the failed round wrote.
 //
 // A Precopy is used by one goroutine: Round after Round, then Close.
 type Precopy struct {
@@ -67,7 +70,7 @@ type Precopy struct {
 	cbtEnabled bool
 }
 
-// precopyState is PrecopyStateFile's content.
+// precopyState is what a Token holds.
 type precopyState struct {
 	VM string `json:"vm"`
 	// Round is the last round completed, 0 before the first.
@@ -81,6 +84,8 @@ type RoundResult struct {
 	// Round counts from 1; Full tells a first round (every allocated area).
 	Round int
 	Full  bool
+	// Token names the source's state as of this round: the restart point.
+	Token string
 	Disks []DiskRound
 	// ChangedBytes sums what tracking reported changed, ReadBytes what was
 	// read from the source (retries included), WrittenBytes what the
@@ -97,23 +102,30 @@ type DiskRound struct {
 	// the next round's PrevChangeID.
 	PrevChangeID, ChangeID string
 	// Changed are the areas tracking reported; Written are the
-	// granule-aligned areas written into the cache image (what an upload
-	// of this round must carry on to the target).
+	// granule-aligned areas written into the cache image.
 	Changed, Written []Area
-	ChangedBytes     int64
-	ReadBytes        int64
+	// Extents are Written as the upload of a later round takes them: in
+	// order, apart, Zero where the whole area now reads as zeroes; empty
+	// (not nil) when nothing changed, nil in a first round, whose upload
+	// takes the whole image.
+	Extents      []pipeline.Extent
+	ChangedBytes int64
+	ReadBytes    int64
 	// Retries counts the reads tried again after a connection broke.
 	Retries int64
 }
 
 // StartPrecopy connects to the job's source, finds the VM and its disks,
 // runs the pre-checks and makes sure changed-block tracking is on (turning
-// it on only with opts.EnableCBT). It resumes after the last round a
-// previous run completed when the cache directory records one for this VM
-// and every disk's image is there. The VM is left running.
+// it on only with opts.EnableCBT). Its first round goes on from
+// opts.Token. The VM is left running.
 func (d *Driver) StartPrecopy(ctx context.Context, job *runner.Job, opts PrecopyOptions) (*Precopy, error) {
 	a := job.Assignment
 	conn, err := d.connect(ctx, a.GetSource(), a.GetMigrationServer(), a.GetSecrets(), job.Log)
+	if err != nil && backoff.Transport(err) && ctx.Err() == nil {
+		job.Log.Warn("the source is unreachable; trying again", "err", err)
+		conn, _, err = d.redial(ctx, job, err, nil)
+	}
 	if err != nil {
 		return nil, err
 	}
@@ -133,11 +145,19 @@ func (p *Precopy) start(ctx context.Context) error {
 		return err
 	}
 	p.vm = vm
+	if p.state, err = parseToken(p.opts.Token, vm); err != nil {
+		return err
+	}
 	if p.disks, err = SelectDisks(vm, a.GetJob().GetTarget().GetDisks()); err != nil {
 		return err
 	}
 	if err := Precheck(vm, p.disks); err != nil {
 		return err
+	}
+	for _, d := range p.disks {
+		if p.state.Round > 0 && p.state.ChangeIDs[d.Name] == "" {
+			return fmt.Errorf("%w: the precopy token has no change id of disk %s: restart the job for a new full copy", ErrCBT, d.Name)
+		}
 	}
 	if p.cbtEnabled, err = p.conn.EnsureCBT(ctx, vm, p.opts.EnableCBT, p.job.Log); err != nil {
 		return err
@@ -145,14 +165,37 @@ func (p *Precopy) start(ctx context.Context) error {
 	if p.dcPath, err = p.conn.datacenterPath(ctx, vm); err != nil {
 		return err
 	}
-	if err := cache.SaveSourceVM(p.job.CacheDir, vm.Proto(), nil); err != nil {
-		return fmt.Errorf("save the source VM's description: %w", err)
-	}
-	p.state = p.loadState()
-	if p.state.Round > 0 {
-		p.job.Log.Info("warm copy resumes after the last round completed", "round", p.state.Round)
+	if p.state.Round == 0 {
+		if err := cache.SaveSourceVM(p.job.CacheDir, vm.Proto(), nil); err != nil {
+			return fmt.Errorf("save the source VM's description: %w", err)
+		}
 	}
 	return p.conn.removeStaleSnapshots(ctx, vm)
+}
+
+// parseToken reads a Token of vm; empty is no round done.
+func parseToken(token string, vm *VM) (precopyState, error) {
+	st := precopyState{VM: vm.ID(), ChangeIDs: map[string]string{}}
+	if token == "" {
+		return st, nil
+	}
+	if err := json.Unmarshal([]byte(token), &st); err != nil || st.Round <= 0 || st.ChangeIDs == nil {
+		return precopyState{}, fmt.Errorf("%w: precopy token %q is not one of this driver's", ErrCBT, token)
+	}
+	if st.VM != vm.ID() {
+		return precopyState{}, fmt.Errorf("%w: precopy token of VM %s, not %s", ErrCBT, st.VM, vm.ID())
+	}
+	return st, nil
+}
+
+// Token is the restart point after the last round completed: empty
+// before the first, else the round's number and each disk's change id.
+func (p *Precopy) Token() string {
+	if p.state.Round == 0 {
+		return ""
+	}
+	b, _ := json.Marshal(p.state) // strings and ints only
+	return string(b)
 }
 
 // CBTEnabled tells whether StartPrecopy turned changed-block tracking on.
@@ -167,58 +210,8 @@ func (p *Precopy) VM() *VM { return p.vm }
 // Close logs out.
 func (p *Precopy) Close() error { return p.conn.Close() }
 
-// loadState reads the state a previous run left, when it is this VM's
-// and every disk has its change id and cache image; otherwise the next
-// round is a first round.
-func (p *Precopy) loadState() precopyState {
-	fresh := precopyState{VM: p.vm.ID(), ChangeIDs: map[string]string{}}
-	b, err := os.ReadFile(filepath.Join(p.job.CacheDir, PrecopyStateFile))
-	if err != nil {
-		return fresh
-	}
-	var st precopyState
-	if json.Unmarshal(b, &st) != nil || st.VM != p.vm.ID() || st.Round <= 0 {
-		return fresh
-	}
-	for _, d := range p.disks {
-		if st.ChangeIDs[d.Name] == "" || !p.haveImage(d) {
-			return fresh
-		}
-	}
-	return st
-}
-
-func (p *Precopy) haveImage(d Disk) bool {
-	format := cache.FormatRaw
-	if p.compressed {
-		format = cache.FormatQcow2
-	}
-	_, err := os.Stat(filepath.Join(p.job.CacheDir, d.Name+"."+format))
-	return err == nil
-}
-
-// saveState records a completed round, atomically.
-func (p *Precopy) saveState(st precopyState) error {
-	b, err := json.Marshal(st)
-	if err != nil {
-		return err
-	}
-	file := filepath.Join(p.job.CacheDir, PrecopyStateFile)
-	tmp := file + ".tmp"
-	if err := os.WriteFile(tmp, b, 0o600); err != nil {
-		return fmt.Errorf("record the precopy round: %w", err)
-	}
-	if err := os.Rename(tmp, file); err != nil {
-		return fmt.Errorf("record the precopy round: %w", err)
-	}
-	return nil
-}
-
 // Round runs the next round: a snapshot, the changed areas of every disk
-// read into the cache (all disks at once), the snapshot removed. A round
-// that fails leaves the recorded state at the previous round: the next
-// round asks again against its change ids, which covers whatever the
-// failed round wrote.
+// read into the cache (all disks at once), the snapshot removed.
 func (p *Precopy) Round(ctx context.Context) (res *RoundResult, err error) {
 	start := time.Now()
 	n := p.state.Round + 1
@@ -230,10 +223,7 @@ func (p *Precopy) Round(ctx context.Context) (res *RoundResult, err error) {
 	}
 	defer func() {
 		if rerr := p.removeSnapshot(ctx, snap, log); rerr != nil {
-			err = errors.Join(err, rerr)
-			if res != nil && err != nil {
-				res = nil
-			}
+			err, res = errors.Join(err, rerr), nil
 		}
 	}()
 	backings, err := p.snapshotDisks(ctx, snap)
@@ -266,13 +256,11 @@ func (p *Precopy) Round(ctx context.Context) (res *RoundResult, err error) {
 		res.ReadBytes += dr.ReadBytes
 		res.WrittenBytes += sumAreas(dr.Written)
 	}
-	if err := p.saveState(next); err != nil {
-		return nil, err
-	}
 	p.state = next
+	res.Token = p.Token()
 	res.Duration = time.Since(start)
-	log.Info("precopy round done", "full", res.Full, "changed_bytes", res.ChangedBytes, "read_bytes", res.ReadBytes,
-		"seconds", res.Duration.Seconds())
+	log.Info("precopy round copied to the cache", "full", res.Full, "changed_bytes", res.ChangedBytes,
+		"read_bytes", res.ReadBytes, "seconds", res.Duration.Seconds())
 	return res, nil
 }
 
@@ -339,131 +327,4 @@ func (p *Precopy) snapshotDisks(ctx context.Context, snap types.ManagedObjectRef
 		}
 	}
 	return out, nil
-}
-
-// copyDisk reads one disk's changed areas into its cache image.
-func (p *Precopy) copyDisk(ctx context.Context, snap types.ManagedObjectReference, disk Disk,
-	b *types.VirtualDiskFlatVer2BackingInfo, prev string, log *slog.Logger) (DiskRound, error) {
-	dr := DiskRound{Disk: disk.Name, PrevChangeID: prev, ChangeID: b.ChangeId}
-	changed, err := p.conn.ChangedAreas(ctx, p.vm, snap, disk.Key, disk.CapacityBytes, prev)
-	if err != nil {
-		return dr, err
-	}
-	dr.Changed, dr.ChangedBytes = changed, sumAreas(changed)
-	dr.Written = alignAreas(changed, cache.Granule, disk.CapacityBytes)
-	extents, err := p.conn.flatLayout(ctx, p.dcPath, b.FileName, disk.CapacityBytes)
-	if err != nil {
-		return dr, err
-	}
-	full := prev == FirstChangeID
-	if full {
-		if err := cache.Reset(p.job.CacheDir, disk.Name); err != nil {
-			return dr, err
-		}
-	}
-	img, err := cache.Open(ctx, p.job.CacheDir, disk.Name, disk.CapacityBytes, p.compressed, p.job.Log)
-	if err != nil {
-		return dr, err
-	}
-	defer img.Close()
-	sink, finish, err := p.roundSink(img, disk, full)
-	if err != nil {
-		return dr, err
-	}
-	r := &areaReader{conn: p.conn, extents: extents, lim: p.job.Downstream, policy: p.d.opts.policy(), log: p.job.Log}
-	total := sumAreas(dr.Written)
-	p.job.Progress.SetTotal(disk.Name, total)
-	var done int64
-	for _, a := range dr.Written {
-		if err := sink.begin(ctx, a); err != nil {
-			return dr, err
-		}
-		if err := r.copyArea(ctx, a, sink, func(n int64) { p.job.Progress.Set(disk.Name, done+n) }); err != nil {
-			return dr, err
-		}
-		done += a.Length
-		sink.seal(a.End())
-	}
-	dr.ReadBytes, dr.Retries = r.read.Load(), r.retries.Load()
-	if err := img.Flush(ctx); err != nil {
-		return dr, err
-	}
-	if err := finish(ctx); err != nil {
-		return dr, err
-	}
-	if err := img.Close(); err != nil {
-		return dr, err
-	}
-	p.job.Progress.Set(disk.Name, total)
-	log.Info("disk's changed areas copied to the cache", "disk", disk.Name, "areas", len(changed),
-		"changed_bytes", dr.ChangedBytes, "read_bytes", dr.ReadBytes, "retries", dr.Retries)
-	return dr, nil
-}
-
-// roundSink is where a round writes one disk: through the checksums on a
-// first round (a new image, whose zeroes need no writing), straight into
-// the image on later rounds, whose stale checksums are removed first.
-// A compressed image cannot overwrite a cluster in place (qcow2 writes
-// compressed clusters only where none is allocated): a later round
-// zeroes each area first, which releases its clusters, then writes its
-// data.
-type roundSink struct {
-	img  *cache.Image
-	sums *summingSink // first round only
-	// prezero zeroes each area before its data is written.
-	prezero bool
-}
-
-// begin prepares area a for its data.
-func (s *roundSink) begin(ctx context.Context, a Area) error {
-	if !s.prezero {
-		return nil
-	}
-	return s.img.WriteZeroes(ctx, a.Offset, a.Length)
-}
-
-func (p *Precopy) roundSink(img *cache.Image, disk Disk, full bool) (*roundSink, func(context.Context) error, error) {
-	s := &roundSink{img: img}
-	if !full {
-		s.prezero = p.compressed
-		for _, f := range []string{img.CheckpointPath(), cache.SumsPath(img.CheckpointPath())} {
-			if err := os.Remove(f); err != nil && !errors.Is(err, os.ErrNotExist) {
-				return nil, nil, fmt.Errorf("remove the checksums the round makes stale: %w", err)
-			}
-		}
-		return s, func(context.Context) error { return nil }, nil
-	}
-	sums, err := newSummingSink(img, disk.CapacityBytes)
-	if err != nil {
-		return nil, nil, err
-	}
-	s.sums = sums
-	return s, func(ctx context.Context) error {
-		s.sums.sums.Seal(disk.CapacityBytes)
-		if _, err := s.sums.sums.Finish(ctx, img); err != nil {
-			return fmt.Errorf("record the checksums of the disk: %w", err)
-		}
-		return nil
-	}, nil
-}
-
-func (s *roundSink) WriteAt(ctx context.Context, b []byte, off int64) error {
-	if s.sums != nil {
-		return s.sums.WriteAt(ctx, b, off)
-	}
-	return s.img.WriteAt(ctx, b, off)
-}
-
-func (s *roundSink) WriteZeroes(ctx context.Context, off, length int64) error {
-	if s.sums != nil || s.prezero {
-		return nil // zeroes already
-	}
-	return s.img.WriteZeroes(ctx, off, length)
-}
-
-// seal tells the checksums that nothing more is written below off.
-func (s *roundSink) seal(off int64) {
-	if s.sums != nil {
-		s.sums.sums.Seal(off)
-	}
 }

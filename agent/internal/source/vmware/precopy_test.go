@@ -131,6 +131,40 @@ func (w *warm) checkNoSnapshot(t *testing.T, when string) {
 	}
 }
 
+// checkExtents checks a round's extents for the upload: nil in a first
+// round; else the written areas, each Zero exactly when the source reads
+// as zeroes there.
+func (w *warm) checkExtents(t *testing.T, res *RoundResult) {
+	t.Helper()
+	for i, dr := range res.Disks {
+		if res.Full {
+			if dr.Extents != nil {
+				t.Errorf("round %d disk %s: a first round's extents %v, want nil", res.Round, dr.Disk, dr.Extents)
+			}
+			continue
+		}
+		if dr.Extents == nil || len(dr.Extents) != len(dr.Written) {
+			t.Errorf("round %d disk %s: extents %v for written areas %v", res.Round, dr.Disk, dr.Extents, dr.Written)
+			continue
+		}
+		f, err := os.Open(w.flats[i])
+		if err != nil {
+			t.Fatal(err)
+		}
+		for j, e := range dr.Extents {
+			buf := make([]byte, e.Length)
+			if _, err := f.ReadAt(buf, e.Offset); err != nil {
+				t.Fatal(err)
+			}
+			if e.Offset != dr.Written[j].Offset || e.Length != dr.Written[j].Length || e.Zero != isZero(buf) {
+				t.Errorf("round %d disk %s: extent %+v; written %+v, the source reads as zeroes there: %v",
+					res.Round, dr.Disk, e, dr.Written[j], isZero(buf))
+			}
+		}
+		f.Close()
+	}
+}
+
 // write is a known write into one disk between rounds.
 type write struct {
 	disk int
@@ -248,6 +282,7 @@ func TestPrecopyRoundsReadOnlyChangedAreas(t *testing.T) {
 					t.Errorf("round %d: the datastore served %d bytes; the driver counts %d read and the descriptors are %d",
 						i+1, served, res.ReadBytes, descriptors)
 				}
+				w.checkExtents(t, res)
 				if i == 0 {
 					continue
 				}
@@ -286,7 +321,7 @@ func TestPrecopyCBTConsent(t *testing.T) {
 	ctx := testContext(t, time.Minute)
 	_, err := w.driver.StartPrecopy(ctx, w.job, PrecopyOptions{})
 	t.Logf("without consent: %v", err)
-	if !errors.Is(err, ErrCBTOff) || !strings.Contains(err.Error(), "set enable_cbt on the job") ||
+	if !errors.Is(err, ErrCBTOff) || !strings.Contains(err.Error(), "set options.enable_cbt on the job") ||
 		!strings.Contains(err.Error(), "DC0_H0_VM0") {
 		t.Fatalf("StartPrecopy without consent: %v; want ErrCBTOff naming the VM and enable_cbt", err)
 	}
@@ -389,11 +424,14 @@ func TestPrecopyFailureCancelAndResume(t *testing.T) {
 	}
 	w.checkCache(t, 2)
 	w.checkNoSnapshot(t, "after round 2")
+	if res.Token != p.Token() {
+		t.Errorf("round 2's token %q, the precopy's %q", res.Token, p.Token())
+	}
 	p.Close()
 
-	// A restarted agent resumes after round 2.
+	// A restarted agent resumes after round 2, from its token.
 	w.apply(t, rng, []write{{disk: 1, off: 15 << 20, n: 1 << 20}})
-	p2 := w.start(t, ctx, PrecopyOptions{})
+	p2 := w.start(t, ctx, PrecopyOptions{Token: res.Token})
 	if p2.Rounds() != 2 {
 		t.Fatalf("a new run resumes after round %d, want 2", p2.Rounds())
 	}
@@ -406,4 +444,66 @@ func TestPrecopyFailureCancelAndResume(t *testing.T) {
 	}
 	w.checkCache(t, 3)
 	w.checkNoSnapshot(t, "after round 3")
+}
+
+// powerState is the simulator VM's power state.
+func (w *warm) powerState() types.VirtualMachinePowerState {
+	return w.sim.Model.Map().Get(w.ref).(*simulator.VirtualMachine).Runtime.PowerState
+}
+
+// TestWarmRoundStopSourceEndWarm drives the driver as the runner's warm
+// itinerary does: a first round from no token, a round from its token,
+// StopSource (guest shutdown), the final round seeing the writes made
+// before the stop, then EndWarm: after a failed cutover it powers the
+// source on again, after a successful one it leaves it off; called twice
+// it does nothing more; no snapshot is left.
+func TestWarmRoundStopSourceEndWarm(t *testing.T) {
+	w := newWarm(t, false, true)
+	ctx := testContext(t, 2*time.Minute)
+	rng := rand.New(rand.NewPCG(5, 6))
+	token := ""
+	for i, ws := range [][]write{nil, {{disk: 0, off: 3 << 20, n: 128 << 10}}} {
+		w.apply(t, rng, ws)
+		res, err := w.driver.WarmRound(ctx, w.job, token, false)
+		if err != nil {
+			t.Fatalf("round %d: %v", i+1, err)
+		}
+		if res.Round != i+1 || res.Full != (token == "") || res.Token == "" || res.Token == token {
+			t.Errorf("round %d: number %d full %v token %q after %q", i+1, res.Round, res.Full, res.Token, token)
+		}
+		w.checkCache(t, i+1)
+		w.checkExtents(t, res)
+		token = res.Token
+	}
+	for _, succeeded := range []bool{false, true} {
+		w.apply(t, rng, []write{{disk: 1, off: 8 << 20, n: 64 << 10}})
+		if err := w.driver.StopSource(ctx, w.job); err != nil {
+			t.Fatalf("StopSource: %v", err)
+		}
+		if st := w.powerState(); st != types.VirtualMachinePowerStatePoweredOff {
+			t.Fatalf("after StopSource the VM is %s", st)
+		}
+		final, err := w.driver.WarmRound(ctx, w.job, token, false)
+		if err != nil {
+			t.Fatalf("final round: %v", err)
+		}
+		if final.ChangedBytes != 64<<10 {
+			t.Errorf("final round changed %d bytes, want the 64 KiB written before the stop", final.ChangedBytes)
+		}
+		w.checkCache(t, final.Round)
+		token = final.Token
+		for range 2 {
+			if err := w.driver.EndWarm(ctx, w.job, succeeded); err != nil {
+				t.Fatalf("EndWarm(%v): %v", succeeded, err)
+			}
+		}
+		want := types.VirtualMachinePowerStatePoweredOn
+		if succeeded {
+			want = types.VirtualMachinePowerStatePoweredOff
+		}
+		if st := w.powerState(); st != want {
+			t.Errorf("after EndWarm(succeeded %v) the VM is %s, want %s", succeeded, st, want)
+		}
+		w.checkNoSnapshot(t, "after EndWarm")
+	}
 }

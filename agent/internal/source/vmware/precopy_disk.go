@@ -1,0 +1,151 @@
+package vmware
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+
+	"github.com/vmware/govmomi/vim25/types"
+
+	"github.com/ferry-v2v/ferry/agent/internal/cache"
+	"github.com/ferry-v2v/ferry/agent/internal/pipeline"
+)
+
+// copyDisk reads one disk's changed areas into its cache image.
+func (p *Precopy) copyDisk(ctx context.Context, snap types.ManagedObjectReference, disk Disk,
+	b *types.VirtualDiskFlatVer2BackingInfo, prev string, log *slog.Logger) (DiskRound, error) {
+	dr := DiskRound{Disk: disk.Name, PrevChangeID: prev, ChangeID: b.ChangeId}
+	changed, err := p.conn.ChangedAreas(ctx, p.vm, snap, disk.Key, disk.CapacityBytes, prev)
+	if err != nil {
+		return dr, err
+	}
+	dr.Changed, dr.ChangedBytes = changed, sumAreas(changed)
+	dr.Written = alignAreas(changed, cache.Granule, disk.CapacityBytes)
+	extents, err := p.conn.flatLayout(ctx, p.dcPath, b.FileName, disk.CapacityBytes)
+	if err != nil {
+		return dr, err
+	}
+	full := prev == FirstChangeID
+	if full {
+		if err := cache.Reset(p.job.CacheDir, disk.Name); err != nil {
+			return dr, err
+		}
+	}
+	img, err := cache.Open(ctx, p.job.CacheDir, disk.Name, disk.CapacityBytes, p.compressed, p.job.Log)
+	if err != nil {
+		return dr, err
+	}
+	defer img.Close()
+	sink, finish, err := p.roundSink(img, disk, full)
+	if err != nil {
+		return dr, err
+	}
+	r := &areaReader{conn: p.conn, extents: extents, lim: p.job.Downstream, policy: p.d.opts.policy(), log: p.job.Log}
+	total := sumAreas(dr.Written)
+	p.job.Progress.SetTotal(disk.Name, total)
+	var done int64
+	if !full {
+		dr.Extents = []pipeline.Extent{}
+	}
+	for _, a := range dr.Written {
+		if err := sink.begin(ctx, a); err != nil {
+			return dr, err
+		}
+		if err := r.copyArea(ctx, a, sink, func(n int64) { p.job.Progress.Set(disk.Name, done+n) }); err != nil {
+			return dr, err
+		}
+		done += a.Length
+		sink.seal(a.End())
+		if !full {
+			dr.Extents = append(dr.Extents, pipeline.Extent{Offset: a.Offset, Length: a.Length, Zero: sink.data == 0})
+		}
+	}
+	dr.ReadBytes, dr.Retries = r.read.Load(), r.retries.Load()
+	if err := img.Flush(ctx); err != nil {
+		return dr, err
+	}
+	if err := finish(ctx); err != nil {
+		return dr, err
+	}
+	if err := img.Close(); err != nil {
+		return dr, err
+	}
+	p.job.Progress.Set(disk.Name, total)
+	log.Info("disk's changed areas copied to the cache", "disk", disk.Name, "areas", len(changed),
+		"changed_bytes", dr.ChangedBytes, "read_bytes", dr.ReadBytes, "retries", dr.Retries)
+	return dr, nil
+}
+
+// roundSink is where a round writes one disk: through the checksums on a
+// first round (a new image, whose zeroes need no writing), straight into
+// the image on later rounds, whose stale checksums are removed first.
+// A compressed image cannot overwrite a cluster in place (qcow2 writes
+// compressed clusters only where none is allocated): a later round
+// zeroes each area first, which releases its clusters, then writes its
+// data.
+type roundSink struct {
+	img  *cache.Image
+	sums *summingSink // first round only
+	// prezero zeroes each area before its data is written.
+	prezero bool
+	// data counts the data bytes written into the current area.
+	data int64
+}
+
+// begin prepares area a for its data.
+func (s *roundSink) begin(ctx context.Context, a Area) error {
+	s.data = 0
+	if !s.prezero {
+		return nil
+	}
+	return s.img.WriteZeroes(ctx, a.Offset, a.Length)
+}
+
+func (p *Precopy) roundSink(img *cache.Image, disk Disk, full bool) (*roundSink, func(context.Context) error, error) {
+	s := &roundSink{img: img}
+	if !full {
+		s.prezero = p.compressed
+		for _, f := range []string{img.CheckpointPath(), cache.SumsPath(img.CheckpointPath())} {
+			if err := os.Remove(f); err != nil && !errors.Is(err, os.ErrNotExist) {
+				return nil, nil, fmt.Errorf("remove the checksums the round makes stale: %w", err)
+			}
+		}
+		return s, func(context.Context) error { return nil }, nil
+	}
+	sums, err := newSummingSink(img, disk.CapacityBytes)
+	if err != nil {
+		return nil, nil, err
+	}
+	s.sums = sums
+	return s, func(ctx context.Context) error {
+		s.sums.sums.Seal(disk.CapacityBytes)
+		if _, err := s.sums.sums.Finish(ctx, img); err != nil {
+			return fmt.Errorf("record the checksums of the disk: %w", err)
+		}
+		return nil
+	}, nil
+}
+
+func (s *roundSink) WriteAt(ctx context.Context, b []byte, off int64) error {
+	s.data += int64(len(b))
+	if s.sums != nil {
+		return s.sums.WriteAt(ctx, b, off)
+	}
+	return s.img.WriteAt(ctx, b, off)
+}
+
+func (s *roundSink) WriteZeroes(ctx context.Context, off, length int64) error {
+	if s.sums != nil || s.prezero {
+		return nil // zeroes already
+	}
+	return s.img.WriteZeroes(ctx, off, length)
+}
+
+// seal tells the checksums that nothing more is written below off.
+func (s *roundSink) seal(off int64) {
+	if s.sums != nil {
+		s.sums.sums.Seal(off)
+	}
+}
