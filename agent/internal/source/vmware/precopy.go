@@ -155,8 +155,14 @@ func (p *Precopy) start(ctx context.Context) error {
 		return err
 	}
 	for _, d := range p.disks {
-		if p.state.Round > 0 && p.state.ChangeIDs[d.Name] == "" {
+		if p.state.Round == 0 {
+			continue
+		}
+		if p.state.ChangeIDs[d.Name] == "" {
 			return fmt.Errorf("%w: the precopy token has no change id of disk %s: restart the job for a new full copy", ErrCBT, d.Name)
+		}
+		if err := p.checkImage(d); err != nil {
+			return err
 		}
 	}
 	if p.cbtEnabled, err = p.conn.EnsureCBT(ctx, vm, p.opts.EnableCBT, p.job.Log); err != nil {

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"path/filepath"
 
 	"github.com/vmware/govmomi/vim25/types"
 
@@ -76,6 +77,21 @@ func (p *Precopy) copyDisk(ctx context.Context, snap types.ManagedObjectReferenc
 	log.Info("disk's changed areas copied to the cache", "disk", disk.Name, "areas", len(changed),
 		"changed_bytes", dr.ChangedBytes, "read_bytes", dr.ReadBytes, "retries", dr.Retries)
 	return dr, nil
+}
+
+// checkImage makes sure a later round has the image the rounds before it
+// filled: a new, empty one would take only the changes.
+func (p *Precopy) checkImage(disk Disk) error {
+	format := cache.FormatRaw
+	if p.compressed {
+		format = cache.FormatQcow2
+	}
+	file := filepath.Join(p.job.CacheDir, disk.Name+"."+format)
+	if _, err := os.Stat(file); err != nil {
+		return fmt.Errorf("%w: round %d of disk %s needs the cache image the rounds before it filled (%s): %w; "+
+			"restart the job for a new full copy", ErrCBT, p.state.Round+1, disk.Name, file, err)
+	}
+	return nil
 }
 
 // roundSink is where a round writes one disk: through the checksums on a

@@ -21,6 +21,7 @@ import (
 	"github.com/ferry-v2v/ferry/agent/internal/source/vmware/vcsimtest"
 	agentv1 "github.com/ferry-v2v/ferry/pkg/pb/ferry/agent/v1"
 	ferryv1 "github.com/ferry-v2v/ferry/pkg/pb/ferry/v1"
+	"github.com/ferry-v2v/ferry/pkg/ratelimit"
 	"github.com/ferry-v2v/ferry/pkg/testkit"
 )
 
@@ -444,6 +445,15 @@ func TestPrecopyFailureCancelAndResume(t *testing.T) {
 	}
 	w.checkCache(t, 3)
 	w.checkNoSnapshot(t, "after round 3")
+
+	// A token without its cache images (another cache directory) is refused.
+	w.job.CacheDir = t.TempDir()
+	_, err = w.driver.WarmRound(ctx, w.job, p2.Token(), false)
+	t.Logf("a round without the cache images: %v", err)
+	if !errors.Is(err, ErrCBT) || !strings.Contains(err.Error(), "restart the job for a new full copy") {
+		t.Errorf("a round from a token without its cache images: %v", err)
+	}
+	w.checkNoSnapshot(t, "after the refused round")
 }
 
 // powerState is the simulator VM's power state.
@@ -462,11 +472,26 @@ func TestWarmRoundStopSourceEndWarm(t *testing.T) {
 	ctx := testContext(t, 2*time.Minute)
 	rng := rand.New(rand.NewPCG(5, 6))
 	token := ""
-	for i, ws := range [][]write{nil, {{disk: 0, off: 3 << 20, n: 128 << 10}}} {
+	for i, ws := range [][]write{nil, {{disk: 0, off: 3 << 20, n: 1 << 20}}} {
 		w.apply(t, rng, ws)
+		var lim *ratelimit.Limiter
+		if i == 1 { // the downstream limit holds for later rounds too
+			lim = ratelimit.New(16 << 20) // 2 MiB/s
+			w.job.Downstream = lim
+		}
 		res, err := w.driver.WarmRound(ctx, w.job, token, false)
+		w.job.Downstream = nil
 		if err != nil {
 			t.Fatalf("round %d: %v", i+1, err)
+		}
+		if lim != nil {
+			floor := time.Duration(float64(res.ReadBytes-int64(lim.Burst())) / float64(2<<20) * float64(time.Second))
+			t.Logf("round %d under 2 MiB/s: read %d bytes in %s (at least %s), the limiter granted %d",
+				res.Round, res.ReadBytes, res.Duration, floor, lim.Granted())
+			if lim.Granted() != res.ReadBytes || res.Duration < floor || res.ReadBytes < 1<<20 {
+				t.Errorf("round %d: the limiter granted %d bytes of %d read, in %s (at least %s)",
+					res.Round, lim.Granted(), res.ReadBytes, res.Duration, floor)
+			}
 		}
 		if res.Round != i+1 || res.Full != (token == "") || res.Token == "" || res.Token == token {
 			t.Errorf("round %d: number %d full %v token %q after %q", i+1, res.Round, res.Full, res.Token, token)
