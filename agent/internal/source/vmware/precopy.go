@@ -168,6 +168,10 @@ func (p *Precopy) start(ctx context.Context) error {
 	if p.cbtEnabled, err = p.conn.EnsureCBT(ctx, vm, p.opts.EnableCBT, p.job.Log); err != nil {
 		return err
 	}
+	if p.cbtEnabled && p.state.Round > 0 {
+		return fmt.Errorf("%w: tracking was off on VM %s after round %d, so its change ids no longer tell what changed; "+
+			"restart the job for a new full copy", ErrCBT, vm.Name, p.state.Round)
+	}
 	if p.dcPath, err = p.conn.datacenterPath(ctx, vm); err != nil {
 		return err
 	}

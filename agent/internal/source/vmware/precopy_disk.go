@@ -24,11 +24,18 @@ func (p *Precopy) copyDisk(ctx context.Context, snap types.ManagedObjectReferenc
 	}
 	dr.Changed, dr.ChangedBytes = changed, sumAreas(changed)
 	dr.Written = alignAreas(changed, cache.Granule, disk.CapacityBytes)
+	full := prev == FirstChangeID
+	if !full && len(dr.Written) == 0 {
+		// Nothing changed: nothing to read, the image is left as it is.
+		dr.Extents = []pipeline.Extent{}
+		p.job.Progress.SetTotal(disk.Name, 0)
+		log.Info("nothing changed on the disk", "disk", disk.Name)
+		return dr, nil
+	}
 	extents, err := p.conn.flatLayout(ctx, p.dcPath, b.FileName, disk.CapacityBytes)
 	if err != nil {
 		return dr, err
 	}
-	full := prev == FirstChangeID
 	if full {
 		if err := cache.Reset(p.job.CacheDir, disk.Name); err != nil {
 			return dr, err

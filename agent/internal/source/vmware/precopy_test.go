@@ -304,6 +304,26 @@ func TestPrecopyRoundsReadOnlyChangedAreas(t *testing.T) {
 					t.Errorf("round %d read %d bytes: far more than the writes", i+1, res.ReadBytes)
 				}
 			}
+
+			// A round with nothing changed reads nothing, not even a
+			// descriptor, and gives an upload nothing to do.
+			servedBefore, getsBefore := w.sim.FolderBytes(), w.sim.FolderGets()
+			res, err := p.Round(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Logf("round %d with nothing changed: %s, %d datastore GETs", res.Round, res.Duration, w.sim.FolderGets()-getsBefore)
+			if res.ChangedBytes != 0 || res.ReadBytes != 0 || w.sim.FolderBytes() != servedBefore || w.sim.FolderGets() != getsBefore {
+				t.Errorf("round %d with nothing changed: changed %d, read %d, served %d bytes in %d GETs", res.Round,
+					res.ChangedBytes, res.ReadBytes, w.sim.FolderBytes()-servedBefore, w.sim.FolderGets()-getsBefore)
+			}
+			for _, dr := range res.Disks {
+				if dr.Extents == nil || len(dr.Extents) != 0 {
+					t.Errorf("disk %s: extents %v, want none (and not nil)", dr.Disk, dr.Extents)
+				}
+			}
+			w.checkCache(t, res.Round)
+			w.checkNoSnapshot(t, "after the round with nothing changed")
 		})
 	}
 }
@@ -349,9 +369,24 @@ func TestPrecopyCBTConsent(t *testing.T) {
 		}
 	}
 	// A second start finds tracking on and says it did not turn it on.
-	p2 := w.start(t, ctx, PrecopyOptions{EnableCBT: true})
+	p2 := w.start(t, ctx, PrecopyOptions{EnableCBT: true, Token: p.Token()})
 	if p2.CBTEnabled() {
 		t.Error("a second start says it turned tracking on")
+	}
+
+	// Tracking turned off between rounds: the change ids no longer hold,
+	// even with consent to turn it on again.
+	task, err := w.vm.Reconfigure(ctx, types.VirtualMachineConfigSpec{ChangeTrackingEnabled: types.NewBool(false)})
+	if err == nil {
+		err = task.Wait(ctx)
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = w.driver.StartPrecopy(ctx, w.job, PrecopyOptions{EnableCBT: true, Token: p.Token()})
+	t.Logf("after tracking was turned off: %v", err)
+	if !errors.Is(err, ErrCBT) || !strings.Contains(err.Error(), "restart the job for a new full copy") {
+		t.Errorf("a round after tracking was turned off: %v", err)
 	}
 }
 
