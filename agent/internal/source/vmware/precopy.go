@@ -41,9 +41,11 @@ type PrecopyOptions struct {
 // every allocated area, in the first round), reads only those areas of
 // the snapshot's frozen base disk by byte ranges through the datastore's
 // HTTP access, writes them into each disk's cache image, and removes the
-// snapshot however the round ends (success, failure, cancel). Reads draw
-// on the job's downstream limiter, are retried from where they broke for
-// the retry budget, and report the job's progress per disk.
+// snapshot however the round ends (success, failure, cancel). All disks
+// are read at once, and up to four areas (or 32 MiB pieces of one) of each
+// disk, each on an HTTP request of its own. Reads draw on the job's
+// downstream limiter, are retried from where they broke for the retry
+// budget, and report the job's progress per disk.
 //
 // The first round starts each cache image anew and records its checksums
 // as a cold copy does; later rounds write into the images in place

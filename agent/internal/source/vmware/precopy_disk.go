@@ -7,6 +7,10 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"sync"
+	"sync/atomic"
+
+	"golang.org/x/sync/errgroup"
 
 	"github.com/vmware/govmomi/vim25/types"
 
@@ -53,21 +57,14 @@ func (p *Precopy) copyDisk(ctx context.Context, snap types.ManagedObjectReferenc
 	r := &areaReader{conn: p.conn, extents: extents, lim: p.job.Downstream, policy: p.d.opts.policy(), log: p.job.Log}
 	total := sumAreas(dr.Written)
 	p.job.Progress.SetTotal(disk.Name, total)
-	var done int64
-	if !full {
-		dr.Extents = []pipeline.Extent{}
+	data, err := copyAreas(ctx, r, sink, dr.Written, func(done int64) { p.job.Progress.Set(disk.Name, done) })
+	if err != nil {
+		return dr, err
 	}
-	for _, a := range dr.Written {
-		if err := sink.begin(ctx, a); err != nil {
-			return dr, err
-		}
-		if err := r.copyArea(ctx, a, sink, func(n int64) { p.job.Progress.Set(disk.Name, done+n) }); err != nil {
-			return dr, err
-		}
-		done += a.Length
-		sink.seal(a.End())
-		if !full {
-			dr.Extents = append(dr.Extents, pipeline.Extent{Offset: a.Offset, Length: a.Length, Zero: sink.data == 0})
+	if !full {
+		dr.Extents = make([]pipeline.Extent, len(dr.Written))
+		for i, a := range dr.Written {
+			dr.Extents[i] = pipeline.Extent{Offset: a.Offset, Length: a.Length, Zero: data[i] == 0}
 		}
 	}
 	dr.ReadBytes, dr.Retries = r.read.Load(), r.retries.Load()
@@ -113,13 +110,10 @@ type roundSink struct {
 	sums *summingSink // first round only
 	// prezero zeroes each area before its data is written.
 	prezero bool
-	// data counts the data bytes written into the current area.
-	data int64
 }
 
 // begin prepares area a for its data.
 func (s *roundSink) begin(ctx context.Context, a Area) error {
-	s.data = 0
 	if !s.prezero {
 		return nil
 	}
@@ -152,7 +146,6 @@ func (p *Precopy) roundSink(img *cache.Image, disk Disk, full bool) (*roundSink,
 }
 
 func (s *roundSink) WriteAt(ctx context.Context, b []byte, off int64) error {
-	s.data += int64(len(b))
 	if s.sums != nil {
 		return s.sums.WriteAt(ctx, b, off)
 	}
@@ -171,4 +164,82 @@ func (s *roundSink) seal(off int64) {
 	if s.sums != nil {
 		s.sums.sums.Seal(off)
 	}
+}
+
+// Reads of a round: an area longer than areaPiece is read as pieces, and
+// up to areasInFlight pieces of a disk are read at once, each on its own
+// HTTP request, so that many small areas do not wait on each other's
+// round trips.
+// areaPiece is a variable for tests: a multiple of cache.Granule.
+var areaPiece int64 = 32 << 20
+
+const areasInFlight = 4
+
+// piece is a part of written area i.
+type piece struct {
+	Area
+	i int
+}
+
+// copyAreas reads areas (granule-aligned, in order) into sink, several
+// at once; progress gets the bytes done. It returns the data bytes
+// written into each area (0: the area reads as zeroes). The checksums
+// are sealed up to the first piece not done yet.
+func copyAreas(ctx context.Context, r *areaReader, sink *roundSink, areas []Area, progress func(int64)) ([]int64, error) {
+	var pieces []piece
+	for i, a := range areas {
+		for off := a.Offset; off < a.End(); off += areaPiece {
+			pieces = append(pieces, piece{Area: Area{Offset: off, Length: min(areaPiece, a.End()-off)}, i: i})
+		}
+	}
+	data := make([]atomic.Int64, len(areas))
+	var done atomic.Int64
+	var mu sync.Mutex
+	finished, sealed := make([]bool, len(pieces)), 0
+	g, gctx := errgroup.WithContext(ctx)
+	g.SetLimit(areasInFlight)
+	for k, pc := range pieces {
+		g.Go(func() error {
+			if err := sink.begin(gctx, pc.Area); err != nil {
+				return err
+			}
+			var last int64
+			dst := &countingSink{areaSink: sink, n: &data[pc.i]}
+			if err := r.copyArea(gctx, pc.Area, dst, func(n int64) {
+				progress(done.Add(n - last))
+				last = n
+			}); err != nil {
+				return err
+			}
+			mu.Lock()
+			defer mu.Unlock()
+			finished[k] = true
+			for sealed < len(pieces) && finished[sealed] {
+				sealed++
+			}
+			if sealed > 0 {
+				sink.seal(pieces[sealed-1].End())
+			}
+			return nil
+		})
+	}
+	if err := g.Wait(); err != nil {
+		return nil, err
+	}
+	out := make([]int64, len(areas))
+	for i := range data {
+		out[i] = data[i].Load()
+	}
+	return out, nil
+}
+
+// countingSink counts the data bytes written through it.
+type countingSink struct {
+	areaSink
+	n *atomic.Int64
+}
+
+func (c *countingSink) WriteAt(ctx context.Context, p []byte, off int64) error {
+	c.n.Add(int64(len(p)))
+	return c.areaSink.WriteAt(ctx, p, off)
 }

@@ -17,6 +17,7 @@ import (
 	"github.com/vmware/govmomi/vim25/types"
 
 	"github.com/ferry-v2v/ferry/agent/internal/cache"
+	"github.com/ferry-v2v/ferry/agent/internal/pipeline"
 	"github.com/ferry-v2v/ferry/agent/internal/runner"
 	"github.com/ferry-v2v/ferry/agent/internal/source/vmware/vcsimtest"
 	agentv1 "github.com/ferry-v2v/ferry/pkg/pb/ferry/agent/v1"
@@ -117,6 +118,29 @@ func (w *warm) checkCache(t *testing.T, round int) {
 		if out, same := vcsimtest.Compare(t, img, format, w.flats[i], "raw"); !same {
 			t.Errorf("round %d: the cache image of disk %s differs from the source disk: %s", round, name, out)
 		}
+	}
+}
+
+// checkSums verifies each cache image against the checksums its first
+// round recorded, as UPLOADING verifies the target against them.
+func (w *warm) checkSums(t *testing.T, ctx context.Context) {
+	t.Helper()
+	for _, key := range w.keys {
+		name := strconv.Itoa(int(key))
+		cp, err := pipeline.OpenCheckpoint(cache.CheckpointPath(w.job.CacheDir, name))
+		if err != nil {
+			t.Fatalf("disk %s: %v", name, err)
+		}
+		exp, err := cache.OpenExport(ctx, w.job.CacheDir, name, w.job.Log)
+		if err != nil {
+			t.Fatal(err)
+		}
+		st, err := pipeline.Verify(ctx, pipeline.NBDSource{Client: exp.Client()}, cp, 4)
+		exp.Close()
+		if err != nil {
+			t.Errorf("disk %s: the cache image against its checksums: %v", name, err)
+		}
+		t.Logf("disk %s: checksums verified: %+v", name, st)
 	}
 }
 
@@ -241,6 +265,11 @@ func sameAreas(a, b []Area) bool {
 func TestPrecopyRoundsReadOnlyChangedAreas(t *testing.T) {
 	for _, compressed := range []bool{false, true} {
 		t.Run(map[bool]string{false: "raw", true: "qcow2"}[compressed], func(t *testing.T) {
+			if compressed {
+				// Areas read as many pieces at once.
+				defer func(n int64) { areaPiece = n }(areaPiece)
+				areaPiece = 4 * cache.Granule
+			}
 			w := newWarm(t, compressed, true)
 			ctx := testContext(t, 2*time.Minute)
 			p := w.start(t, ctx, PrecopyOptions{})
@@ -285,6 +314,7 @@ func TestPrecopyRoundsReadOnlyChangedAreas(t *testing.T) {
 				}
 				w.checkExtents(t, res)
 				if i == 0 {
+					w.checkSums(t, ctx)
 					continue
 				}
 				for d, dr := range res.Disks {
