@@ -10,6 +10,15 @@
 // driver logs in again, takes a new export and resumes each download at
 // the byte where it broke.
 //
+// A warm job copies the VM while it runs, in rounds (precopy.go): each
+// round takes a snapshot, asks changed-block tracking which areas changed
+// since the previous round's change id (every allocated area in the
+// first), reads only those from the snapshot's frozen base disk by byte
+// ranges through the datastore's HTTP access (no VDDK), and removes the
+// snapshot on every path. Tracking that is off is turned on only with the
+// job's consent (CBTConsentOption). StopSource shuts the guest down for
+// the cutover; EndWarm cleans up whatever the outcome (warm.go).
+//
 // Disks are named by their virtual device key in decimal ("2000" for the
 // first SCSI disk, "3000" for IDE, "16000" for SATA, "31000" for NVMe): the
 // key is stable for the life of the disk, unique within the VM and safe in

@@ -121,10 +121,7 @@ func (c *Conn) datastoreURL(ctx context.Context, vm *VM, p object.DatastorePath)
 			return nil, err
 		}
 	}
-	u := c.soap.URL()
-	u.Path = "/folder/" + p.Path
-	u.RawQuery = url.Values{"dcPath": {dcPath}, "dsName": {p.Datastore}}.Encode()
-	return u, nil
+	return c.folderURL(dcPath, p), nil
 }
 
 // datacenterPath is the inventory path of vm's datacenter.

@@ -39,6 +39,8 @@ type Options struct {
 type Driver struct {
 	log  *slog.Logger
 	opts Options
+	// stopped: the warm jobs whose source VM StopSource stopped.
+	stopped stoppedVMs
 }
 
 var (

@@ -7,7 +7,10 @@
 //   - NFC downloads that can be cut after some bytes (an export failing
 //     midway) or held until released (a job caught in the middle);
 //   - a VM whose guest ignores a Tools shutdown until it is powered off;
-//   - VMs whose disks are real VMDK files copied into the datastore.
+//   - VMs whose disks are real VMDK files copied into the datastore;
+//   - changed-block tracking: QueryChangedDiskAreas answered from what
+//     was really written into a disk's files between snapshots (cbt.go),
+//     and datastore file GETs counted and held on demand (folder.go).
 //
 // The snapshot the driver exports is swapped in the simulator's registry
 // for a wrapper (exportingSnapshot) whose ExportSnapshot wraps the lease;
@@ -62,6 +65,8 @@ type Sim struct {
 	hold   atomic.Pointer[chan struct{}]
 	gets   atomic.Int64
 	seen   sync.Map // snapshots already wrapped
+	cbt    *cbt
+	folder *folderGets
 }
 
 // Start runs a vCenter model (simulator.VPX: one datacenter, a cluster of
@@ -97,15 +102,19 @@ func start(t testing.TB, tweak func(*simulator.Model), tlsConf *tls.Config) *Sim
 		t.Fatalf("vcsim: %v", err)
 	}
 	s := &Sim{Model: m, Leases: &LeaseLog{leases: map[string]*Lease{}}}
+	s.cbt, s.folder = newCBT(s), &folderGets{sim: s}
 	s.alignVersions()
 	m.Map().AddHandler(&snapshotHook{sim: s})
+	m.Map().Handler = s.cbt.handler
 	m.Service.HandleFunc(nfcPath, s.serveNFC)
+	m.Service.HandleFunc("GET /folder/", s.folder.serve)
 	m.Service.Listen = &url.URL{Host: "127.0.0.1:0", User: url.UserPassword(User, Password)}
 	m.Service.TLS = tlsConf
 	s.Server = m.Service.NewServer()
 	s.URL = s.Server.URL
 	t.Cleanup(func() {
 		s.Release()
+		s.ReleaseFolder()
 		s.Server.Close()
 		m.Remove()
 	})
@@ -274,6 +283,7 @@ func (h *snapshotHook) PutObject(ctx *simulator.Context, obj mo.Reference) {
 	if _, seen := h.sim.seen.LoadOrStore(snap.Self, true); seen {
 		return
 	}
+	h.sim.cbt.snapshot(ctx, snap)
 	ctx.Map.Put(&exportingSnapshot{VirtualMachineSnapshot: snap, sim: h.sim})
 }
 
