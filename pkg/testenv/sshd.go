@@ -16,6 +16,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ferry-v2v/ferry/pkg/testkit"
 	"golang.org/x/crypto/ssh"
 )
 
@@ -258,16 +259,10 @@ func generateKey(t testing.TB, comment string) (ssh.PublicKey, []byte) {
 	return sshPub, pem.EncodeToMemory(block)
 }
 
-// freePort returns a loopback TCP port that was free a moment ago.
-func freePort(t testing.TB) int {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	return ln.Addr().(*net.TCPAddr).Port
-}
+// freePort returns a loopback TCP port that was free a moment ago, below
+// the ephemeral range (testkit.FreePort), so no outgoing connection takes
+// it before sshd binds it.
+func freePort(t testing.TB) int { return testkit.FreePort(t) }
 
 func writeFile(t testing.TB, path string, data []byte, mode os.FileMode) {
 	t.Helper()

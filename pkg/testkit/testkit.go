@@ -7,7 +7,9 @@ package testkit
 import (
 	"io"
 	"log/slog"
+	"math/rand/v2"
 	"net"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -71,15 +73,52 @@ func WaitFor(t testing.TB, timeout time.Duration, what string, cond func() bool)
 	}
 }
 
-// FreeAddr is a loopback host:port nothing listens on at the moment (the
-// kernel's pick for port 0, released at once).
+// FreeAddr is a loopback host:port nothing listens on at the moment, for
+// a child process to listen on (FreePort).
 func FreeAddr(t testing.TB) string {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
+	return net.JoinHostPort("127.0.0.1", strconv.Itoa(FreePort(t)))
+}
+
+// Ports FreePort hands out lie below Linux's default ephemeral range
+// (32768–60999): the kernel's pick for port 0, released at once, can be
+// taken as the source port of any outgoing connection before the child
+// process binds it ("address already in use"), which parallel tests made
+// happen; a port below that range is only ever taken by a listener.
+const (
+	freePortLow  = 20000
+	freePortHigh = 32768
+)
+
+var handedOut struct {
+	sync.Mutex
+	ports map[int]bool
+}
+
+// FreePort is a loopback TCP port nothing listens on at the moment, drawn
+// at random below the ephemeral range and never handed out twice by this
+// process (another test binary drawing the same one is a chance of one
+// in several thousand, and a listener's own retry covers it).
+func FreePort(t testing.TB) int {
+	t.Helper()
+	handedOut.Lock()
+	defer handedOut.Unlock()
+	if handedOut.ports == nil {
+		handedOut.ports = map[int]bool{}
 	}
-	addr := ln.Addr().String()
-	_ = ln.Close()
-	return addr
+	for range 1000 {
+		port := freePortLow + rand.IntN(freePortHigh-freePortLow)
+		if handedOut.ports[port] {
+			continue
+		}
+		ln, err := net.Listen("tcp", net.JoinHostPort("127.0.0.1", strconv.Itoa(port)))
+		if err != nil {
+			continue
+		}
+		_ = ln.Close()
+		handedOut.ports[port] = true
+		return port
+	}
+	t.Fatalf("no free loopback port in %d–%d", freePortLow, freePortHigh-1)
+	return 0
 }
