@@ -115,10 +115,6 @@ func IsRBD(path string) bool { return strings.HasPrefix(path, "rbd:") }
 // takes the QEMU version libvirt reports for the host as qemu-nbd's.
 var MinQEMUCold = Version{2, 10, 0}
 
-// ErrNotImplemented reports a copy method a source needs that Ferry does
-// not have yet.
-var ErrNotImplemented = errors.New("copy method not implemented yet")
-
 // Method is how a KVM VM's disks are copied.
 type Method int
 

@@ -157,10 +157,10 @@ func (c *Conn) CheckVersions(ceph string) error {
 
 // CopyMethod chooses how vm's disks are copied from the source's versions
 // and vm's state (kvmver.Choose): the backup API for a running or paused
-// VM, a cold read of a shut-off VM's images. A method that cannot run (a
-// source too old for it, or the snapshot method, not implemented yet) is
-// an error wrapping ErrVersion or kvmver.ErrNotImplemented that names both
-// versions, the method and why.
+// VM, a cold read of a shut-off VM's images, the snapshot method for a
+// running or paused VM on a host without the backup API. A source too old
+// for any method is an error wrapping ErrVersion that names both
+// versions and why.
 func (c *Conn) CopyMethod(vm *VM) (kvmver.Choice, error) {
 	choice := copyMethod(c.libVersion, c.qemuVersion, vm.State)
 	if err := choice.Error(); err != nil {
