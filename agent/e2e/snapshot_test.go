@@ -222,7 +222,12 @@ func TestSnapshotAgentKilled(t *testing.T) {
 		w.setBandwidth(nil, proto.String(""))
 		agent := w.f.agents[w.host]
 		testkit.WaitFor(t, 2*time.Minute, "the block commit to begin", func() bool {
-			return len(agent.lines("active block commit begun disk=vda")) > 0
+			for _, l := range agent.lines("active block commit begun") {
+				if strings.Contains(l, " disk=vda ") {
+					return true
+				}
+			}
+			return false
 		})
 		agent.kill()
 		out := w.lv.Virsh(t, "blockjob", src.Name, "vda", "--raw")

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"path"
 	"strings"
+	"sync"
 	"time"
 
 	"libvirt.org/go/libvirt"
@@ -66,6 +67,10 @@ func overlaysOf(dom *libvirt.Domain, flags libvirt.DomainXMLFlags, ours func(str
 // overlay files are left for the caller to remove. A VM that no longer
 // exists has nothing to restore.
 func (c *Conn) RestoreOriginals(ctx context.Context, uuid string, ours func(string) bool) error {
+	// One restore of a VM at a time in this process: a restarted job's
+	// CleanupStale and the janitor may both find the same overlays.
+	unlock := restoring.lock(uuid)
+	defer unlock()
 	dom, err := c.virt.LookupDomainByUUIDString(uuid)
 	if isNoDomain(err) {
 		return nil
@@ -122,7 +127,10 @@ func (c *Conn) commitDisk(ctx context.Context, dom *libvirt.Domain, d overlayDis
 				began = true
 				// Another caller (the janitor beside a restarted job) may
 				// have begun it a moment ago: look again before failing.
-				if err := dom.BlockCommit(d.target, "", "", c.cfg.CommitBandwidth,
+				// The overlay is named as the top: were the disk already
+				// pivoted (by that other caller), libvirt refuses rather
+				// than commit the original image into its own backing file.
+				if err := dom.BlockCommit(d.target, "", d.overlay, c.cfg.CommitBandwidth,
 					libvirt.DOMAIN_BLOCK_COMMIT_ACTIVE|libvirt.DOMAIN_BLOCK_COMMIT_SHALLOW); err != nil {
 					log.Warn("begin the active block commit", "err", err)
 					commitErr = err
@@ -251,4 +259,33 @@ func (c *Conn) backingOf(ctx context.Context, d *libvirtxml.DomainDisk) (string,
 		info.BackingFormat = "raw"
 	}
 	return orig, info.BackingFormat, nil
+}
+
+// restoring serialises RestoreOriginals per VM within the agent.
+var restoring = &keyedMutex{held: map[string]chan struct{}{}}
+
+type keyedMutex struct {
+	mu   sync.Mutex
+	held map[string]chan struct{}
+}
+
+// lock waits until no one holds key, takes it and returns its release.
+func (k *keyedMutex) lock(key string) func() {
+	for {
+		k.mu.Lock()
+		ch, busy := k.held[key]
+		if !busy {
+			ch = make(chan struct{})
+			k.held[key] = ch
+			k.mu.Unlock()
+			return func() {
+				k.mu.Lock()
+				delete(k.held, key)
+				k.mu.Unlock()
+				close(ch)
+			}
+		}
+		k.mu.Unlock()
+		<-ch
+	}
 }
