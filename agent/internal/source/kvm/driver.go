@@ -149,7 +149,8 @@ func (d *Driver) Inventory(ctx context.Context, req *agentv1.InventoryRequest) (
 	if err != nil {
 		return nil, err
 	}
-	inv := &ferryv1.SourceInventory{Product: conn.Product(), Hosts: []*ferryv1.SourceHost{conn.HostInfo()}}
+	inv := &ferryv1.SourceInventory{Product: conn.Product(), Hosts: []*ferryv1.SourceHost{conn.HostInfo()},
+		Capabilities: conn.Capabilities(ctx, vms)}
 	for _, vm := range vms {
 		p := vm.Proto()
 		p.Host = inv.Hosts[0].GetName()
@@ -190,8 +191,13 @@ func (d *Driver) Convert(ctx context.Context, job *runner.Job) error {
 	if err != nil {
 		return err
 	}
-	if choice.Method == kvmver.MethodBackup && slices.Contains(d.opts.ForceSnapshot, a.GetSource().GetName()) {
+	switch {
+	case choice.Method != kvmver.MethodBackup:
+	case slices.Contains(d.opts.ForceSnapshot, a.GetSource().GetName()):
 		choice.Method, choice.Why = kvmver.MethodSnapshot, "the agent forces it for this source (--kvm-force-snapshot)"
+	case !conn.canBackup():
+		choice.Method, choice.Why = kvmver.MethodSnapshot, fmt.Sprintf("the SSH user %s is not root: the backup API's "+
+			"NBD socket is out of its reach, the snapshot method needs only libvirt and read access to the images", conn.cfg.User)
 	}
 	job.Log.Info("copy method chosen", "vm", vmName, "choice", choice.String())
 	if err := conn.CleanupStale(ctx, vmName); err != nil {
