@@ -127,7 +127,13 @@ func expectOnOriginals(t *testing.T, w *world, vm *testenv.TestVM) {
 // (the block commit merged them), and the source runs on its original
 // disk paths with no overlay file left.
 func TestSnapshotMigration(t *testing.T) {
-	w := snapshotWorld(t)
+	t.Run("qemu-nbd", func(t *testing.T) { testSnapshotMigration(t) })
+	// The reader of hosts without qemu-nbd: qemu-img map, dd over SSH.
+	t.Run("image files", func(t *testing.T) { testSnapshotMigration(t, "--kvm-image-file-reader") })
+}
+
+func testSnapshotMigration(t *testing.T, agentArgs ...string) {
+	w := snapshotWorld(t, agentArgs...)
 	src := testenv.NewTestVM(t, w.lv, testenv.VMOptions{Backing: true, RawData: true, RandomBytes: 32 << 20})
 	refs := snapshotRefs(t, src)
 	w.setBandwidth(nil, proto.String(eightMiBps))
@@ -157,6 +163,13 @@ func TestSnapshotMigration(t *testing.T) {
 	}
 	if got := w.f.agents[w.host].lines(`msg="copy method chosen"`); len(got) != 1 || !strings.Contains(got[0], "snapshot because the agent forces it") {
 		t.Errorf("the agent's copy method lines: %q, want one naming the forced snapshot method", got)
+	}
+	reader := "reader=qemu-nbd"
+	if len(agentArgs) > 0 {
+		reader = `reader="image files (qemu-img map)"`
+	}
+	if got := w.f.agents[w.host].lines("snapshot taken"); len(got) != 1 || !strings.Contains(got[0], reader) {
+		t.Errorf("the agent's snapshot lines: %q, want one with %s", got, reader)
 	}
 	expectOnOriginals(t, w, src)
 }

@@ -84,6 +84,8 @@ func parseFlags(args []string, stderr io.Writer) (config.Config, slog.Level, err
 		})
 	fs.Uint64Var(&cfg.KVMCommitBandwidth, "kvm-commit-bandwidth", 0,
 		"MiB/s the snapshot method's block commit may write on a KVM source host (0: no limit)")
+	fs.BoolVar(&cfg.KVMImageFileReader, "kvm-image-file-reader", false,
+		"make the snapshot method read a KVM source's image files with their allocation maps (qemu-img map, dd over SSH) even where the source host has qemu-nbd; for testing")
 	fs.StringVar(&cfg.DomainType, "domain-type", "auto",
 		"libvirt domain type of target VMs: auto (kvm when libvirt offers it), kvm, or qemu (TCG, for hosts whose KVM does not work, such as some nested VMs)")
 	fs.DurationVar(&cfg.VerifyBootTimeout, "verify-boot-timeout", target.DefaultBootTimeout,
@@ -116,7 +118,8 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level}))
 	outbox := session.NewOutbox()
 	kvmDriver := kvm.NewDriver(log, outbox, kvm.Options{RetryBudget: cfg.SourceRetryBudget, KeepaliveInterval: cfg.SourceKeepalive,
-		ForceSnapshot: cfg.KVMForceSnapshot, CommitBandwidth: cfg.KVMCommitBandwidth, StateDir: filepath.Join(cfg.DataDir, "source-cleanup")})
+		ForceSnapshot: cfg.KVMForceSnapshot, CommitBandwidth: cfg.KVMCommitBandwidth,
+		ImageFileReader: cfg.KVMImageFileReader, StateDir: filepath.Join(cfg.DataDir, "source-cleanup")})
 	if err := os.MkdirAll(filepath.Join(cfg.DataDir, "source-cleanup"), 0o700); err != nil {
 		return fmt.Errorf("--data-dir: %w", err)
 	}

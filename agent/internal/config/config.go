@@ -69,6 +69,9 @@ type Config struct {
 	// KVMCommitBandwidth limits the snapshot method's block commit on the
 	// source host, in MiB/s (0: no limit).
 	KVMCommitBandwidth uint64
+	// KVMImageFileReader makes the snapshot method read the image files
+	// (qemu-img map, dd) even where qemu-nbd exists: for testing.
+	KVMImageFileReader bool
 	// DomainType is the libvirt domain type of target VMs: "kvm", "qemu"
 	// (TCG, software emulation), or "" to take kvm when the host's libvirt
 	// offers it.

@@ -53,6 +53,9 @@ type Options struct {
 	// CommitBandwidth limits the snapshot method's block commit on the
 	// source host, in MiB/s (0: no limit).
 	CommitBandwidth uint64
+	// ImageFileReader makes the snapshot method read the image files with
+	// their allocation maps even where the source host has qemu-nbd.
+	ImageFileReader bool
 	// StateDir keeps a record of every backup begun on a source until it
 	// has been ended, so that the Janitor ends those a failure or a crash
 	// left behind. Empty keeps no records.
@@ -128,6 +131,7 @@ func (d *Driver) config(src *ferryv1.Source, ms *ferryv1.MigrationServer, secret
 		PinnedHostKey: k.GetHostKey(), KnownHostKey: k.GetObservedHostKey(),
 		SASLUser: k.GetSaslUser(), SASLPassword: seal.Secret(secrets[k.GetSaslCredential()]),
 		Dialer: dialer, Logger: log, KeepaliveInterval: d.opts.KeepaliveInterval, CommitBandwidth: d.opts.CommitBandwidth,
+		ImageFileReader: d.opts.ImageFileReader,
 	}
 	if secret := secrets[k.GetCredential()]; strings.Contains(secret, "PRIVATE KEY-----") {
 		cfg.PrivateKeyPEM = seal.Secret(secret)
@@ -370,6 +374,11 @@ func (d *Driver) convertSnapshot(ctx context.Context, src *source, vm *VM, targe
 // checkpoint says the cache already holds.
 func (d *Driver) copyOnce(ctx context.Context, job *runner.Job, b exporter, disk *ferryv1.TargetDisk) error {
 	name := disk.GetSourceDisk()
+	if f, ok := b.(interface{ ImageSource(string) pipeline.Source }); ok {
+		if src := f.ImageSource(name); src != nil {
+			return d.copySource(ctx, job, name, src)
+		}
+	}
 	nc, err := b.OpenDisk(ctx, name)
 	if err != nil {
 		return err
@@ -385,6 +394,12 @@ func (d *Driver) copyOnce(ctx context.Context, job *runner.Job, b exporter, disk
 		return fmt.Errorf("open the source export: %w", err)
 	}
 	defer src.Close()
+	return d.copySource(ctx, job, name, pipeline.NBDSource{Client: src})
+}
+
+// copySource copies one disk from src into its cache image, skipping what
+// a checkpoint says the cache already holds.
+func (d *Driver) copySource(ctx context.Context, job *runner.Job, name string, src pipeline.Source) error {
 	compressed := job.Assignment.GetJob().GetOptions().GetCompression() != ferryv1.Compression_COMPRESSION_NONE
 	img, err := cache.Open(ctx, job.CacheDir, name, src.Size(), compressed, job.Log)
 	if err != nil {
@@ -395,7 +410,7 @@ func (d *Driver) copyOnce(ctx context.Context, job *runner.Job, b exporter, disk
 	if err != nil {
 		return err
 	}
-	st, err := pipeline.Copy(ctx, pipeline.NBDSource{Client: src}, img, pipeline.Options{
+	st, err := pipeline.Copy(ctx, src, img, pipeline.Options{
 		Limiter: job.Downstream, Checkpoint: ckpt, Logger: job.Log,
 		Progress: func(done, total int64) {
 			job.Progress.SetTotal(name, total)

@@ -12,6 +12,8 @@ import (
 
 	"libvirt.org/go/libvirt"
 	"libvirt.org/go/libvirtxml"
+
+	"github.com/ferry-v2v/ferry/agent/internal/pipeline"
 )
 
 // Snapshot is the snapshot copy method's hold on a running or paused VM
@@ -35,6 +37,8 @@ type Snapshot struct {
 	export   *ColdExport // the originals' reader
 	overlays []string    // per exported disk, same order
 	quiesced bool
+	// files, when set, read the originals without qemu-nbd, by target.
+	files map[string]*ImageFile
 
 	mu     sync.Mutex
 	closed bool
@@ -62,10 +66,11 @@ func (c *Conn) StartSnapshot(ctx context.Context, vm *VM, disks []string, before
 	if err := s.take(ctx); err != nil {
 		return nil, errors.Join(err, s.Close(ctx))
 	}
-	if err := s.serve(ctx, c); err != nil {
+	if err := s.read(ctx, c); err != nil {
 		return nil, errors.Join(err, s.Close(ctx))
 	}
-	e.log.Info("snapshot taken; reading the original images", "overlays", s.overlays, "quiesced", s.quiesced)
+	e.log.Info("snapshot taken; reading the original images", "overlays", s.overlays, "quiesced", s.quiesced,
+		"reader", map[bool]string{true: "image files (qemu-img map)", false: "qemu-nbd"}[s.files != nil])
 	return s, nil
 }
 
@@ -135,9 +140,44 @@ func guestAgentConnected(def *libvirtxml.Domain) bool {
 	return false
 }
 
-// serve starts the readers of the original images over c.
-func (s *Snapshot) serve(ctx context.Context, c *Conn) error {
-	return s.export.serve(ctx, c)
+// read starts the readers of the original images over c: a read-only
+// qemu-nbd per disk where the source host has qemu-nbd (and the
+// configuration does not ask for the image files), else the image files
+// themselves with their allocation maps.
+func (s *Snapshot) read(ctx context.Context, c *Conn) error {
+	files := c.cfg.ImageFileReader
+	if !files {
+		if _, err := runRemote(ctx, c.ssh, "command -v qemu-nbd"); err != nil {
+			files = true
+		}
+	}
+	if !files {
+		return s.export.serve(ctx, c)
+	}
+	s.files = map[string]*ImageFile{}
+	for _, d := range s.export.disks {
+		f, err := openImageFile(ctx, s.currentConn, d)
+		if err != nil {
+			return err
+		}
+		s.files[d.Target] = f
+	}
+	return nil
+}
+
+func (s *Snapshot) currentConn() *Conn {
+	s.export.mu.Lock()
+	defer s.export.mu.Unlock()
+	return s.export.conn
+}
+
+// ImageSource is the reader of a disk's original image when the snapshot
+// reads the image files, nil when it serves them through qemu-nbd.
+func (s *Snapshot) ImageSource(target string) pipeline.Source {
+	if f, ok := s.files[target]; ok {
+		return f
+	}
+	return nil
 }
 
 // VM is the VM's name.
@@ -167,12 +207,17 @@ func (s *Snapshot) Reattach(c *Conn) error {
 	s.export.mu.Lock()
 	old := s.export.servers
 	s.export.servers = nil
+	if s.files != nil {
+		s.export.conn = c
+	}
 	s.export.mu.Unlock()
 	for _, srv := range old {
 		srv.stop(ctx)
 	}
-	if err := s.serve(ctx, c); err != nil {
-		return err
+	if s.files == nil {
+		if err := s.export.serve(ctx, c); err != nil {
+			return err
+		}
 	}
 	s.conn = c
 	s.export.log.Info("original images served again on a new source connection")

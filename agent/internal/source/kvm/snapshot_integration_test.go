@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ferry-v2v/ferry/agent/internal/pipeline"
 	"github.com/ferry-v2v/ferry/pkg/testenv"
 	"github.com/ferry-v2v/ferry/pkg/testkit"
 )
@@ -34,6 +35,43 @@ func guestWrite(t *testing.T, lv *testenv.Libvirt, vm *testenv.TestVM, disk int,
 func holds(img, format string, pattern byte, off, length int64) bool {
 	return exec.Command("qemu-io", "-r", "-U", "-f", format, "-c",
 		fmt.Sprintf("read -q -P 0x%02x %d %d", pattern, off, length), img).Run() == nil
+}
+
+// readSource copies a source into a sparse raw file through its extents
+// and returns the file and the bytes of its data extents.
+func readSource(t *testing.T, src pipeline.Source) (string, int64) {
+	t.Helper()
+	ctx := context.Background()
+	out := filepath.Join(t.TempDir(), "disk.raw")
+	f, err := os.Create(out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if err := f.Truncate(src.Size()); err != nil {
+		t.Fatal(err)
+	}
+	var data int64
+	for off := int64(0); off < src.Size(); {
+		exts, err := src.Extents(ctx, off, src.Size()-off)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, e := range exts {
+			if !e.Zero {
+				buf := make([]byte, e.Length)
+				if err := src.ReadAt(ctx, buf, e.Offset); err != nil {
+					t.Fatal(err)
+				}
+				if _, err := f.WriteAt(buf, e.Offset); err != nil {
+					t.Fatal(err)
+				}
+				data += e.Length
+			}
+			off = e.Offset + e.Length
+		}
+	}
+	return out, data
 }
 
 // references copies each disk of vm (through its backing chain) into a
@@ -133,6 +171,37 @@ func TestSnapshot(t *testing.T) {
 				t.Errorf("the guest's write after the snapshot is not in %s: the commit lost it", d.Path)
 			}
 		}
+	})
+
+	t.Run("image file reader", func(t *testing.T) {
+		refs := references(t, e.vm)
+		files := cfg
+		files.ImageFileReader = true
+		c2 := connect(t, files)
+		s, err := c2.StartSnapshot(ctx, vm, nil, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		guestWrite(t, e.lv, e.vm, 0, written+3, 12*mib, mib)
+		for i, d := range e.vm.Disks {
+			f, ok := s.ImageSource(d.Target).(*ImageFile)
+			if !ok {
+				t.Fatalf("disk %s is not read from its image file", d.Target)
+			}
+			raw, data := readSource(t, f)
+			testenv.Run(t, "qemu-img", "compare", "-f", "raw", "-F", "raw", raw, refs[i])
+			// Holes never read: only what the map says is data, which is
+			// what the test wrote (a qcow2 cluster rounds it up).
+			if f.ReadBytes() != data || data >= f.Size()/2 {
+				t.Errorf("disk %s: read %d bytes of the image files for %d bytes of data extents in %d", d.Target, f.ReadBytes(), data, f.Size())
+			}
+			t.Logf("disk %s: %d bytes read of %d (virtual size)", d.Target, f.ReadBytes(), f.Size())
+		}
+		if err := s.Close(ctx); err != nil {
+			t.Fatal(err)
+		}
+		c2.Close()
+		expectOriginals(t, e.lv, e.vm)
 	})
 
 	t.Run("janitor finishes an interrupted commit", func(t *testing.T) {
