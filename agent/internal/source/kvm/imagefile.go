@@ -35,7 +35,13 @@ type ImageFile struct {
 	size    int64
 	entries []mapEntry
 	read    atomic.Int64
+	// slots bounds the reads in flight: each is an SSH session, and sshd
+	// allows 10 per connection by default (MaxSessions).
+	slots chan struct{}
 }
+
+// imageFileReads is how many reads of an image file run at once.
+const imageFileReads = 4
 
 var _ pipeline.Source = (*ImageFile)(nil)
 
@@ -54,7 +60,7 @@ func openImageFile(ctx context.Context, conn func() *Conn, d Disk) (*ImageFile, 
 	if err := json.Unmarshal([]byte(out), &chain); err != nil || len(chain) == 0 {
 		return nil, fmt.Errorf("disk %s: parse the image chain: %v: %s", d.Target, err, out)
 	}
-	f := &ImageFile{conn: conn, disk: d.Target, size: chain[0].VirtualSize}
+	f := &ImageFile{conn: conn, disk: d.Target, size: chain[0].VirtualSize, slots: make(chan struct{}, imageFileReads)}
 	for _, i := range chain {
 		f.chain = append(f.chain, i.Filename)
 	}
@@ -124,6 +130,12 @@ func (f *ImageFile) ReadAt(ctx context.Context, p []byte, off int64) error {
 
 // readFile reads len(p) bytes of file at off on the source host.
 func (f *ImageFile) readFile(ctx context.Context, p []byte, file string, off int64) error {
+	select {
+	case f.slots <- struct{}{}:
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	defer func() { <-f.slots }()
 	session, err := f.conn().ssh.NewSession()
 	if err != nil {
 		return fmt.Errorf("disk %s: open SSH session: %w", f.disk, err)
