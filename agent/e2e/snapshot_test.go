@@ -267,3 +267,31 @@ func TestSnapshotAgentKilled(t *testing.T) {
 		}
 	})
 }
+
+// TestSnapshotCancelled: a job copying by the snapshot method and
+// cancelled mid-copy leaves the source VM running on its original images,
+// the guest's writes since the snapshot merged into them, and no overlay.
+func TestSnapshotCancelled(t *testing.T) {
+	const mib = 1 << 20
+	w := snapshotWorld(t)
+	src := testenv.NewTestVM(t, w.lv, testenv.VMOptions{Backing: true, RawData: true, RandomBytes: 64 << 20})
+	w.setBandwidth(nil, proto.String(eightMiBps))
+	name := w.createJob(w.spec(w.sourceVM(w.source, src.Name), nil))
+	j := w.waitJob(name, 2*time.Minute, "the copy to begin", func(j *ferryv1.MigrationJob) bool {
+		return terminal(j) || j.GetPhase() == converting && disk(j, "vda").GetDoneBytes() > 0
+	})
+	if terminal(j) {
+		t.Fatalf("job ended %s before it could be cancelled: %s", j.GetState(), j.GetReason())
+	}
+	guestWrite(t, w, src, 1, 0x55, 64*mib, mib)
+	_, err := w.f.client.Jobs().CancelMigrationJob(ctx(t, 10*time.Second), &ferryv1.CancelMigrationJobRequest{Name: name})
+	must(t, err)
+	if j := w.job(name); j.GetState() != ferryv1.MigrationJobState_MIGRATION_JOB_STATE_CANCELLED {
+		t.Fatalf("cancelled job is %s", j.GetState())
+	}
+	w.expectVolumesGone(name)
+	expectOnOriginals(t, w, src)
+	if !holds(src.Disks[1], 0x55, 64*mib, mib) {
+		t.Error("the guest's write before the cancel is not in the source's original raw image")
+	}
+}
