@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	osuser "os/user"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -14,6 +15,7 @@ import (
 	"time"
 
 	"github.com/ferry-v2v/ferry/agent/internal/pipeline"
+	"github.com/ferry-v2v/ferry/pkg/seal"
 	"github.com/ferry-v2v/ferry/pkg/testenv"
 	"github.com/ferry-v2v/ferry/pkg/testkit"
 )
@@ -263,4 +265,28 @@ func TestSnapshot(t *testing.T) {
 			t.Fatal(err)
 		}
 	})
+}
+
+// TestUserWithoutLibvirt: a non-root user that libvirtd does not admit
+// (not in group libvirt) is told what listing VMs needs.
+func TestUserWithoutLibvirt(t *testing.T) {
+	e := newEnv(t, testenv.VMOptions{Stopped: true})
+	const user, password = "ferrynolv", "ferry-nolv-password"
+	if _, err := osuser.Lookup(user); err != nil {
+		testenv.Run(t, "useradd", "-m", "-s", "/bin/sh", user)
+	}
+	testenv.Run(t, "sh", "-c", "echo "+user+":"+password+" | chpasswd")
+	cfg := Config{Address: e.sshd.Host, Port: e.sshd.Port, User: user, Password: seal.Secret(password),
+		PinnedHostKey: e.sshd.HostKey, Logger: testkit.Logger(t)}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	c, err := Connect(ctx, cfg)
+	if err == nil {
+		c.Close()
+		t.Fatal("Connect as a user outside group libvirt succeeded")
+	}
+	want := "(list VMs: user ferrynolv is not root, so libvirtd must admit it: make it a member of group libvirt, or give the source a SASL user)"
+	if !strings.HasSuffix(err.Error(), want) {
+		t.Errorf("Connect = %v\nwant it to end with %s", err, want)
+	}
 }
