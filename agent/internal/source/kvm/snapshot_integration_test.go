@@ -290,3 +290,31 @@ func TestUserWithoutLibvirt(t *testing.T) {
 		t.Errorf("Connect = %v\nwant it to end with %s", err, want)
 	}
 }
+
+// TestSnapshotQuiesced: a guest with a connected QEMU guest agent has its
+// filesystems frozen for the snapshot and thawed right after.
+func TestSnapshotQuiesced(t *testing.T) {
+	e := newEnv(t, testenv.VMOptions{GuestIP: "10.91.0.5/24"})
+	testkit.WaitFor(t, 3*time.Minute, "the guest agent to connect", func() bool {
+		return strings.Contains(e.lv.Virsh(t, "dumpxml", e.vm.Name), "state='connected'")
+	})
+	c := connect(t, e.keyConfig(t))
+	vm := findVM(t, c, e.vm.Name)
+	ctx := context.Background()
+	s, err := c.StartSnapshot(ctx, vm, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !s.quiesced {
+		t.Error("the snapshot of a guest with a connected guest agent was not quiesced")
+	}
+	if err := s.Close(ctx); err != nil {
+		t.Fatal(err)
+	}
+	testkit.WaitFor(t, 30*time.Second, "the guest's console to show a freeze then a thaw", func() bool {
+		console, _ := os.ReadFile(e.vm.ConsoleLog)
+		f, th := strings.Index(string(console), "guestinit: filesystems frozen"), strings.Index(string(console), "guestinit: filesystems thawed")
+		return f >= 0 && th > f
+	})
+	expectOriginals(t, e.lv, e.vm)
+}
