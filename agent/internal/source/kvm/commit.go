@@ -17,6 +17,11 @@ import (
 // commitPoll is how often a block commit's progress is looked at.
 const commitPoll = 100 * time.Millisecond
 
+// commitTimeout bounds one RestoreOriginals: a VM that wrote much while
+// its disks were copied has much to merge back. A commit still running
+// then is waited for again by the janitor's next round.
+const commitTimeout = 30 * time.Minute
+
 // overlayDisk is a disk of a domain that runs on one of Ferry's overlays.
 type overlayDisk struct {
 	target, overlay string
@@ -79,7 +84,7 @@ func (c *Conn) RestoreOriginals(ctx context.Context, uuid string, ours func(stri
 		return fmt.Errorf("look up VM %s: %w", uuid, err)
 	}
 	defer dom.Free()
-	ctx, cancel := context.WithTimeout(ctx, closeTimeout)
+	ctx, cancel := context.WithTimeout(ctx, commitTimeout)
 	defer cancel()
 	if active, err := dom.IsActive(); err == nil && !active {
 		return c.restoreOffline(ctx, dom, ours)

@@ -340,6 +340,11 @@ func (d *Driver) convertCold(ctx context.Context, src *source, vm *VM, targets [
 func (d *Driver) convertSnapshot(ctx context.Context, src *source, vm *VM, targets []string) error {
 	job := src.job
 	a := job.Assignment
+	if a.GetJob().GetOptions().GetPauseSourceVm() {
+		if err := src.conn.pause(vm.Name); err != nil {
+			return err
+		}
+	}
 	record := ""
 	s, err := src.conn.StartSnapshot(ctx, vm, targets, func(s *Snapshot) error {
 		cfg, err := d.config(a.GetSource(), a.GetMigrationServer(), a.GetSecrets(), job.Log)

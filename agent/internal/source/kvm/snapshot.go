@@ -14,6 +14,7 @@ import (
 	"libvirt.org/go/libvirtxml"
 
 	"github.com/ferry-v2v/ferry/agent/internal/pipeline"
+	"github.com/ferry-v2v/ferry/pkg/kvmver"
 )
 
 // Snapshot is the snapshot copy method's hold on a running or paused VM
@@ -109,7 +110,8 @@ func (s *Snapshot) take(ctx context.Context) error {
 		return err
 	}
 	flags := libvirt.DOMAIN_SNAPSHOT_CREATE_DISK_ONLY | libvirt.DOMAIN_SNAPSHOT_CREATE_ATOMIC | libvirt.DOMAIN_SNAPSHOT_CREATE_NO_METADATA
-	if guestAgentConnected(&def) {
+	// A paused guest's agent cannot answer a freeze.
+	if state, _, err := dom.GetState(); err == nil && state == libvirt.DOMAIN_RUNNING && guestAgentConnected(&def) {
 		snap, qerr := dom.CreateSnapshotXML(x, flags|libvirt.DOMAIN_SNAPSHOT_CREATE_QUIESCE)
 		if qerr == nil {
 			snap.Free()
@@ -124,6 +126,28 @@ func (s *Snapshot) take(ctx context.Context) error {
 	}
 	snap.Free()
 	return ctx.Err()
+}
+
+// pause suspends a running VM before its snapshot, as the job asks; it
+// stays paused afterwards (the operator resumes it).
+func (c *Conn) pause(name string) error {
+	dom, err := c.domain(name)
+	if err != nil {
+		return err
+	}
+	defer dom.Free()
+	state, _, err := dom.GetState()
+	if err != nil {
+		return fmt.Errorf("state of VM %s: %w", name, err)
+	}
+	if state != libvirt.DOMAIN_RUNNING {
+		return nil
+	}
+	if err := dom.Suspend(); err != nil {
+		return fmt.Errorf("pause VM %s: %w", name, err)
+	}
+	c.log.Info("paused the VM before its snapshot; it stays paused", "vm", name)
+	return nil
 }
 
 // guestAgentConnected says whether the domain has a QEMU guest agent
@@ -141,11 +165,13 @@ func guestAgentConnected(def *libvirtxml.Domain) bool {
 }
 
 // read starts the readers of the original images over c: a read-only
-// qemu-nbd per disk where the source host has qemu-nbd (and the
-// configuration does not ask for the image files), else the image files
-// themselves with their allocation maps.
+// qemu-nbd per disk where the source host has qemu-nbd from QEMU 2.10
+// (and the configuration does not ask for the image files), else the
+// image files themselves with their allocation maps.
 func (s *Snapshot) read(ctx context.Context, c *Conn) error {
-	files := c.cfg.ImageFileReader
+	// Below QEMU 2.10 qemu-nbd has no force-share, which reading an
+	// image QEMU holds open needs; the image files are read instead.
+	files := c.cfg.ImageFileReader || c.qemuVersion.Less(kvmver.MinQEMUCold)
 	if !files {
 		if _, err := runRemote(ctx, c.ssh, "command -v qemu-nbd"); err != nil {
 			files = true
