@@ -115,10 +115,6 @@ func IsRBD(path string) bool { return strings.HasPrefix(path, "rbd:") }
 // takes the QEMU version libvirt reports for the host as qemu-nbd's.
 var MinQEMUCold = Version{2, 10, 0}
 
-// ErrNotImplemented reports a copy method a source needs that Ferry does
-// not have yet.
-var ErrNotImplemented = errors.New("copy method not implemented yet")
-
 // Method is how a KVM VM's disks are copied.
 type Method int
 
@@ -133,8 +129,9 @@ const (
 	// qemu-nbd on the source host (QEMU 2.10).
 	MethodCold
 	// MethodSnapshot: an external disk-only snapshot, the original images
-	// read, then a block commit; what a running VM on a host without the
-	// backup API needs. Not implemented yet.
+	// read, then an active block commit; what a running or paused VM on a
+	// host without the backup API (libvirt 1.2.9 and QEMU 1.1 or newer)
+	// gets.
 	MethodSnapshot
 	// MethodAtStart: the VM's state is not known, so the agent chooses
 	// when the job starts.
@@ -148,7 +145,7 @@ func (m Method) String() string {
 	case MethodCold:
 		return "cold image read"
 	case MethodSnapshot:
-		return "snapshot (not available yet)"
+		return "snapshot"
 	case MethodAtStart:
 		return "chosen when the job starts"
 	}
@@ -160,8 +157,7 @@ type Choice struct {
 	Libvirt, QEMU Version
 	Method        Method
 	Why           string
-	// Err is nil when the method can run: ErrTooOld for MethodRefused,
-	// ErrNotImplemented for MethodSnapshot.
+	// Err is nil when the method can run: ErrTooOld for MethodRefused.
 	Err error
 }
 
@@ -183,7 +179,7 @@ func (c Choice) Error() error {
 // libvirt lib and QEMU qemu: below libvirt 1.2.9 or QEMU 1.1 nothing;
 // a shut-off VM is read cold (QEMU 2.10 for qemu-nbd's force-share); a
 // running or paused VM through the backup API (libvirt 6.0 and QEMU
-// 4.2), else by the snapshot method, which is not implemented yet. An
+// 4.2), else by the snapshot method (libvirt 1.2.9 and QEMU 1.1). An
 // unspecified state leaves the method to the agent, which knows the
 // state when the job starts. Ceph's own minimum is CheckCeph's.
 func Choose(lib, qemu Version, state ferryv1.SourceVmState) Choice {
@@ -210,17 +206,18 @@ func Choose(lib, qemu Version, state ferryv1.SourceVmState) Choice {
 			"no backup API needed", MinQEMUCold)
 	case state == ferryv1.SourceVmState_SOURCE_VM_STATE_UNSPECIFIED:
 		c.Method = MethodAtStart
-		c.Why = "the VM's state is not in the synced inventory; a running VM needs the backup API " +
-			fmt.Sprintf("(libvirt %s and QEMU %s), a shut-off one QEMU %s", MinLibvirtBackup, MinQEMUBackup, MinQEMUCold)
+		c.Why = "the VM's state is not in the synced inventory; a running VM gets the backup API " +
+			fmt.Sprintf("(libvirt %s and QEMU %s) or else the snapshot method, a shut-off one needs QEMU %s", MinLibvirtBackup, MinQEMUBackup, MinQEMUCold)
 	case backup:
 		c.Method = MethodBackup
 		c.Why = fmt.Sprintf("the VM is %s and libvirt %s with QEMU %s or newer have the backup API",
 			stateWord(state), MinLibvirtBackup, MinQEMUBackup)
 	default:
-		c.Method, c.Err = MethodSnapshot, ErrNotImplemented
-		c.Why = fmt.Sprintf("the VM is %s and the backup API needs libvirt %s and QEMU %s; "+
-			"the snapshot method (external disk-only snapshot, then block commit) is not implemented yet",
-			stateWord(state), MinLibvirtBackup, MinQEMUBackup)
+		c.Method = MethodSnapshot
+		c.Why = fmt.Sprintf("the VM is %s and the backup API needs libvirt %s and QEMU %s: "+
+			"an external disk-only snapshot holds the original images still while they are read, "+
+			"then an active block commit merges the VM's writes back (libvirt %s and QEMU %s suffice)",
+			stateWord(state), MinLibvirtBackup, MinQEMUBackup, MinLibvirt, MinQEMU)
 	}
 	return c
 }

@@ -74,8 +74,8 @@ func TestChoose(t *testing.T) {
 		off     = ferryv1.SourceVmState_SOURCE_VM_STATE_SHUT_OFF
 		unknown = ferryv1.SourceVmState_SOURCE_VM_STATE_UNSPECIFIED
 	)
-	const snapshotWhy = "the backup API needs libvirt 6.0.0 and QEMU 4.2.0; " +
-		"the snapshot method (external disk-only snapshot, then block commit) is not implemented yet"
+	const snapshotWhy = "the backup API needs libvirt 6.0.0 and QEMU 4.2.0: an external disk-only snapshot holds the original images " +
+		"still while they are read, then an active block commit merges the VM's writes back (libvirt 1.2.9 and QEMU 1.1.0 suffice)"
 	for _, tt := range []struct {
 		lib, qemu string
 		state     ferryv1.SourceVmState
@@ -83,10 +83,10 @@ func TestChoose(t *testing.T) {
 		err       error
 		want      string
 	}{
-		{"1.2.9", "1.1", running, MethodSnapshot, ErrNotImplemented,
-			"libvirt 1.2.9, QEMU 1.1.0: snapshot (not available yet) because the VM is running and " + snapshotWhy},
-		{"1.2.9", "1.1", paused, MethodSnapshot, ErrNotImplemented,
-			"libvirt 1.2.9, QEMU 1.1.0: snapshot (not available yet) because the VM is paused and " + snapshotWhy},
+		{"1.2.9", "1.1", running, MethodSnapshot, nil,
+			"libvirt 1.2.9, QEMU 1.1.0: snapshot because the VM is running and " + snapshotWhy},
+		{"1.2.9", "1.1", paused, MethodSnapshot, nil,
+			"libvirt 1.2.9, QEMU 1.1.0: snapshot because the VM is paused and " + snapshotWhy},
 		{"1.2.8", "1.1", running, MethodRefused, ErrTooOld,
 			"libvirt 1.2.8, QEMU 1.1.0: refused because a migration needs libvirt 1.2.9 or newer"},
 		{"1.2.9", "1.0.1", off, MethodRefused, ErrTooOld,
@@ -97,10 +97,10 @@ func TestChoose(t *testing.T) {
 			"libvirt 6.0.0, QEMU 4.2.0: backup API because the VM is running and libvirt 6.0.0 with QEMU 4.2.0 or newer have the backup API"},
 		{"6.0.0", "4.2.0", paused, MethodBackup, nil,
 			"libvirt 6.0.0, QEMU 4.2.0: backup API because the VM is paused and libvirt 6.0.0 with QEMU 4.2.0 or newer have the backup API"},
-		{"5.10.0", "4.2.0", running, MethodSnapshot, ErrNotImplemented,
-			"libvirt 5.10.0, QEMU 4.2.0: snapshot (not available yet) because the VM is running and " + snapshotWhy},
-		{"6.0.0", "4.1.1", running, MethodSnapshot, ErrNotImplemented,
-			"libvirt 6.0.0, QEMU 4.1.1: snapshot (not available yet) because the VM is running and " + snapshotWhy},
+		{"5.10.0", "4.2.0", running, MethodSnapshot, nil,
+			"libvirt 5.10.0, QEMU 4.2.0: snapshot because the VM is running and " + snapshotWhy},
+		{"6.0.0", "4.1.1", running, MethodSnapshot, nil,
+			"libvirt 6.0.0, QEMU 4.1.1: snapshot because the VM is running and " + snapshotWhy},
 		{"5.6.0", "3.1.0", off, MethodCold, nil,
 			"libvirt 5.6.0, QEMU 3.1.0: cold image read because the VM is shut off: its images are read through a read-only qemu-nbd " +
 				"(QEMU 2.10.0 or newer), no backup API needed"},
@@ -112,7 +112,7 @@ func TestChoose(t *testing.T) {
 				"which needs QEMU 2.10.0 or newer (reading the image files without qemu-nbd is not implemented yet)"},
 		{"5.0.0", "4.0.0", unknown, MethodAtStart, nil,
 			"libvirt 5.0.0, QEMU 4.0.0: chosen when the job starts because the VM's state is not in the synced inventory; " +
-				"a running VM needs the backup API (libvirt 6.0.0 and QEMU 4.2.0), a shut-off one QEMU 2.10.0"},
+				"a running VM gets the backup API (libvirt 6.0.0 and QEMU 4.2.0) or else the snapshot method, a shut-off one needs QEMU 2.10.0"},
 		{"1.0.0", "4.0.0", unknown, MethodRefused, ErrTooOld,
 			"libvirt 1.0.0, QEMU 4.0.0: refused because a migration needs libvirt 1.2.9 or newer"},
 	} {

@@ -71,12 +71,15 @@ type VMOptions struct {
 	// file (TestDisk.Backing): its first extent is written to the backing
 	// file, the rest (and the random data) to the overlay.
 	Backing bool
+	// RawData makes the data disk (vdb) a raw file instead of qcow2.
+	RawData bool
 }
 
 // TestDisk is a disk of a test VM.
 type TestDisk struct {
 	Target string // vda, vdb
-	Path   string // qcow2 file
+	Path   string // qcow2 file (raw with VMOptions.RawData)
+	Format string // qcow2 or raw
 	Size   int64  // virtual size
 	// Extents written; the rest reads as zeroes.
 	Extents []Extent
@@ -134,7 +137,7 @@ func NewTestVM(t testing.TB, lv *Libvirt, opts VMOptions) *TestVM {
 	if vm.NVRAM != "" {
 		vm.NVRAM = filepath.Join(vm.Dir, "VARS.fd")
 	}
-	vm.makeDisks(t, opts.RandomBytes, opts.Backing)
+	vm.makeDisks(t, opts.RandomBytes, opts.Backing, opts.RawData)
 	if opts.BootSector {
 		d := &vm.Disks[opts.BootDisk]
 		sector := filepath.Join(vm.Dir, "bootsector.bin")
@@ -182,9 +185,9 @@ func ovmf(t testing.TB) (loader, vars string) {
 }
 
 // makeDisks creates vda and vdb with their known contents.
-func (vm *TestVM) makeDisks(t testing.TB, randomBytes int64, backing bool) {
+func (vm *TestVM) makeDisks(t testing.TB, randomBytes int64, backing, rawData bool) {
 	t.Helper()
-	root := TestDisk{Target: "vda", Path: filepath.Join(vm.Dir, "root.qcow2"), Size: RootSize, Extents: RootExtents}
+	root := TestDisk{Target: "vda", Path: filepath.Join(vm.Dir, "root.qcow2"), Format: "qcow2", Size: RootSize, Extents: RootExtents}
 	if randomBytes > 0 {
 		root.Random = make([]byte, randomBytes)
 		if _, err := rand.Read(root.Random); err != nil {
@@ -192,7 +195,10 @@ func (vm *TestVM) makeDisks(t testing.TB, randomBytes int64, backing bool) {
 		}
 		root.Size = max(root.Size, (RandomOffset+randomBytes+mib-1)/mib*mib)
 	}
-	data := TestDisk{Target: "vdb", Path: filepath.Join(vm.Dir, "data.qcow2"), Size: DataSize, Extents: DataExtents}
+	data := TestDisk{Target: "vdb", Path: filepath.Join(vm.Dir, "data.qcow2"), Format: "qcow2", Size: DataSize, Extents: DataExtents}
+	if rawData {
+		data.Path, data.Format = filepath.Join(vm.Dir, "data.raw"), "raw"
+	}
 	if backing {
 		root.Backing = filepath.Join(vm.Dir, "root-base.qcow2")
 		Run(t, "qemu-img", "create", "-q", "-f", "qcow2", root.Backing, fmt.Sprint(root.Size))
@@ -205,9 +211,9 @@ func (vm *TestVM) makeDisks(t testing.TB, randomBytes int64, backing bool) {
 			Run(t, "qemu-img", "create", "-q", "-f", "qcow2", "-b", d.Backing, "-F", "qcow2", d.Path, fmt.Sprint(d.Size))
 			extents = extents[1:]
 		} else {
-			Run(t, "qemu-img", "create", "-q", "-f", "qcow2", d.Path, fmt.Sprint(d.Size))
+			Run(t, "qemu-img", "create", "-q", "-f", d.Format, d.Path, fmt.Sprint(d.Size))
 		}
-		args := []string{"-f", "qcow2"}
+		args := []string{"-f", d.Format}
 		for _, e := range extents {
 			args = append(args, "-c", fmt.Sprintf("write -q -P 0x%02x %d %d", e.Pattern, e.Offset, e.Length))
 		}
@@ -246,7 +252,7 @@ var domainTemplate = template.Must(template.New("domain").Funcs(template.FuncMap
   <devices>
 {{- range .Disks}}
     <disk type='file' device='disk'>
-      <driver name='qemu' type='qcow2'/>
+      <driver name='qemu' type='{{.Format}}'/>
       <source file='{{x .Path}}'/>
       <target dev='{{.Target}}' bus='virtio'/>
 {{- if .BootOrder}}

@@ -14,6 +14,7 @@ import (
 	"os/signal"
 	"path"
 	"path/filepath"
+	"strings"
 	"syscall"
 	"time"
 
@@ -73,6 +74,18 @@ func parseFlags(args []string, stderr io.Writer) (config.Config, slog.Level, err
 		"how often source SSH connections are probed; one silent for three probes counts as dropped")
 	fs.DurationVar(&cfg.SourceCleanupInterval, "source-cleanup-interval", config.DefaultSourceCleanupInterval,
 		"how often backups that failed or crashed jobs left on sources are looked for and ended")
+	fs.Func("kvm-force-snapshot", "copy the running and paused VMs of KVM source sources/NAME by the snapshot method (external snapshot, read the original images, block commit) even when the source has the backup API; for testing; repeatable",
+		func(v string) error {
+			if !strings.HasPrefix(v, "sources/") || len(v) == len("sources/") {
+				return fmt.Errorf("%q is not a source name sources/NAME", v)
+			}
+			cfg.KVMForceSnapshot = append(cfg.KVMForceSnapshot, v)
+			return nil
+		})
+	fs.Uint64Var(&cfg.KVMCommitBandwidth, "kvm-commit-bandwidth", 0,
+		"MiB/s the snapshot method's block commit may write on a KVM source host (0: no limit)")
+	fs.BoolVar(&cfg.KVMImageFileReader, "kvm-image-file-reader", false,
+		"make the snapshot method read a KVM source's image files with their allocation maps (qemu-img map, dd over SSH) even where the source host has qemu-nbd; for testing")
 	fs.StringVar(&cfg.DomainType, "domain-type", "auto",
 		"libvirt domain type of target VMs: auto (kvm when libvirt offers it), kvm, or qemu (TCG, for hosts whose KVM does not work, such as some nested VMs)")
 	fs.DurationVar(&cfg.VerifyBootTimeout, "verify-boot-timeout", target.DefaultBootTimeout,
@@ -105,7 +118,8 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level}))
 	outbox := session.NewOutbox()
 	kvmDriver := kvm.NewDriver(log, outbox, kvm.Options{RetryBudget: cfg.SourceRetryBudget, KeepaliveInterval: cfg.SourceKeepalive,
-		StateDir: filepath.Join(cfg.DataDir, "source-cleanup")})
+		ForceSnapshot: cfg.KVMForceSnapshot, CommitBandwidth: cfg.KVMCommitBandwidth,
+		ImageFileReader: cfg.KVMImageFileReader, StateDir: filepath.Join(cfg.DataDir, "source-cleanup")})
 	if err := os.MkdirAll(filepath.Join(cfg.DataDir, "source-cleanup"), 0o700); err != nil {
 		return fmt.Errorf("--data-dir: %w", err)
 	}

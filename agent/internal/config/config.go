@@ -62,6 +62,16 @@ type Config struct {
 	// SourceCleanupInterval is how often backups left on sources by
 	// failed or crashed jobs are looked for and ended.
 	SourceCleanupInterval time.Duration
+	// KVMForceSnapshot names KVM sources (sources/NAME) whose running VMs
+	// are copied by the snapshot method even when they have the backup
+	// API: for testing that method on a modern host.
+	KVMForceSnapshot []string
+	// KVMCommitBandwidth limits the snapshot method's block commit on the
+	// source host, in MiB/s (0: no limit).
+	KVMCommitBandwidth uint64
+	// KVMImageFileReader makes the snapshot method read the image files
+	// (qemu-img map, dd) even where qemu-nbd exists: for testing.
+	KVMImageFileReader bool
 	// DomainType is the libvirt domain type of target VMs: "kvm", "qemu"
 	// (TCG, software emulation), or "" to take kvm when the host's libvirt
 	// offers it.

@@ -35,9 +35,9 @@ would refuse the batch, notes on what create would do that the request
 does not say (a target left stopped because its source VM is paused or
 shut off; for a KVM source, the libvirt and QEMU versions of its last sync
 and the copy method each job gets and why: backup API for a running or
-paused VM, cold image read for a shut-off one; a source too old for the
-method its VM needs, or needing the snapshot method, which is not
-implemented yet, is a failed pre-check naming both versions), and
+paused VM, cold image read for a shut-off one, the snapshot method for a
+running or paused VM on a host without the backup API; a source too old
+for the method its VM needs is a failed pre-check naming both versions), and
 whether it fits. It takes the flags and plan
 files of 'job create'.`,
 		Example: `  ferryctl job preview -f plan.yaml

@@ -275,10 +275,24 @@ func sourceDetails(s *ferryv1.Source) []field {
 	if p := s.GetProduct(); p != nil {
 		out = append(out, field{"Product", p.GetFullName()}, field{"Version", p.GetVersion() + " (API " + p.GetApiVersion() + ")"})
 	}
+	for _, c := range s.GetCapabilities() {
+		v := "yes, as " + c.GetVia()
+		if !c.GetAvailable() {
+			v = "no: missing " + c.GetMissing()
+		}
+		out = append(out, field{capabilityNames[c.GetKind()], v})
+	}
 	if e := s.GetLastSyncError(); e != "" {
 		out = append(out, field{"Last sync error", e})
 	}
 	return out
+}
+
+// capabilityNames are the headings of a source's capabilities.
+var capabilityNames = map[ferryv1.SourceCapabilityKind]string{
+	ferryv1.SourceCapabilityKind_SOURCE_CAPABILITY_KIND_LIST_VMS:      "List VMs",
+	ferryv1.SourceCapabilityKind_SOURCE_CAPABILITY_KIND_LIVE_COPY:     "Live copy",
+	ferryv1.SourceCapabilityKind_SOURCE_CAPABILITY_KIND_OLD_HOST_COPY: "Old-host copy",
 }
 
 func (a *app) sourceVMs() *cobra.Command {

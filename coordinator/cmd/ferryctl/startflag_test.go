@@ -52,16 +52,15 @@ func TestPreviewPrintsNotes(t *testing.T) {
 }
 
 // TestPreviewPrintsCopyMethods: a KVM preview's copy method notes and a
-// failed check naming the snapshot method are printed as the coordinator
+// failed check naming a refused source are printed as the coordinator
 // words them, each on its own line under its heading.
 func TestPreviewPrintsCopyMethods(t *testing.T) {
 	var out strings.Builder
 	a := &app{io: IO{Out: &out}, output: "table"}
 	note := "jobs[0] (VM web-1): source sources/kvm: libvirt 9.0.0, QEMU 7.2.0: backup API because the VM is running " +
 		"and libvirt 6.0.0 with QEMU 4.2.0 or newer have the backup API"
-	failed := "jobs[1] (VM db-1): source sources/kvm: libvirt 1.2.9, QEMU 1.1.0: snapshot (not available yet) because the VM is running " +
-		"and the backup API needs libvirt 6.0.0 and QEMU 4.2.0; the snapshot method (external disk-only snapshot, then block commit) " +
-		"is not implemented yet; upgrade the source host to libvirt 6.0.0 and QEMU 4.2.0, or shut the VM off for a cold copy"
+	failed := "jobs[1] (VM db-1): source sources/kvm: libvirt 1.2.8, QEMU 1.1.0: refused because a migration needs libvirt 1.2.9 or newer; " +
+		"upgrade the source host first"
 	if err := a.printPreview(&ferryv1.PreviewMigrationJobsResponse{Jobs: []*ferryv1.MigrationJob{{SourceVm: "web-1"}, {SourceVm: "db-1"}},
 		Notes: []string{note}, FailedChecks: []string{failed}}); err != nil {
 		t.Fatal(err)

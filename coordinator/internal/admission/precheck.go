@@ -76,8 +76,8 @@ func (a *Admission) precheck(ctx context.Context, refs *batchRefs, jobs []*ferry
 // when a source disk the job copies is an RBD image or the target storage
 // is Ceph, and a copy method for the VM's synced state (kvmver.Choose): a
 // source below libvirt 1.2.9 or QEMU 1.1 is refused, a running or paused
-// VM without the backup API would need the snapshot method, which is not
-// implemented yet, and a shut-off VM needs only what the cold copy needs.
+// VM without the backup API gets the snapshot method (a note, not a
+// failed check), and a shut-off VM needs only what the cold copy needs.
 // A version the sync did not record (an inventory from an older agent) is
 // left to the agent, which checks again when the job starts.
 func (a *Admission) checkKVMVersions(p string, j *ferryv1.MigrationJob, inv *ferryv1.SourceInventory) []string {
@@ -105,12 +105,8 @@ func (a *Admission) checkKVMVersions(p string, j *ferryv1.MigrationJob, inv *fer
 			strings.TrimPrefix(err.Error(), kvmver.ErrTooOld.Error()+": ")))
 	}
 	c := kvmver.Choose(lib, qemu, vm.GetState())
-	switch c.Method {
-	case kvmver.MethodRefused:
+	if c.Method == kvmver.MethodRefused {
 		lines = append(lines, fmt.Sprintf("%s: source %s: %s; upgrade the source host first", p, inv.GetSource(), c))
-	case kvmver.MethodSnapshot:
-		lines = append(lines, fmt.Sprintf("%s: source %s: %s; upgrade the source host to libvirt %s and QEMU %s, "+
-			"or shut the VM off for a cold copy", p, inv.GetSource(), c, kvmver.MinLibvirtBackup, kvmver.MinQEMUBackup))
 	}
 	return lines
 }

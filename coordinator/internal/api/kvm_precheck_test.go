@@ -76,16 +76,15 @@ func TestSpecNamingWhatTheSourceLacks(t *testing.T) {
 // of preview and create, on the versions and VM state of the source's last
 // sync. The preview notes the copy method each job gets and why, naming
 // both versions; a source below libvirt 1.2.9 / QEMU 1.1 is refused with
-// both named; from there a running VM without the backup API would need
-// the snapshot method, which is not implemented yet, so it is a failed
-// check naming it; a shut-off VM needs only the cold copy's QEMU 2.10. The
+// both named; from there a running VM without the backup API gets the
+// snapshot method, noted with both versions; a shut-off VM needs only the cold copy's QEMU 2.10. The
 // Ceph rule counts a copied source disk that is an RBD image, not only a
 // Ceph target storage.
 func TestKVMVersionPrechecks(t *testing.T) {
 	const p = "jobs[0] (VM vm-0): source sources/kvm: "
-	const snapshot = ": snapshot (not available yet) because the VM is running and the backup API needs libvirt 6.0.0 and QEMU 4.2.0; " +
-		"the snapshot method (external disk-only snapshot, then block commit) is not implemented yet; " +
-		"upgrade the source host to libvirt 6.0.0 and QEMU 4.2.0, or shut the VM off for a cold copy"
+	const snapshot = ": snapshot because the VM is running and the backup API needs libvirt 6.0.0 and QEMU 4.2.0: " +
+		"an external disk-only snapshot holds the original images still while they are read, then an active block commit " +
+		"merges the VM's writes back (libvirt 1.2.9 and QEMU 1.1.0 suffice)"
 	const ceph = p + "libvirt 1.2.15 found, 1.2.16 or newer needed with Ceph storage " +
 		"(source disk vdb is the RBD image pool/vm-0-data); upgrade the source host first"
 	const backupWhy = ": backup API because the VM is running and libvirt 6.0.0 with QEMU 4.2.0 or newer have the backup API"
@@ -107,23 +106,23 @@ func TestKVMVersionPrechecks(t *testing.T) {
 	}{
 		{"new enough", "9.0.0", "7.2.0", rbd, withVdb, nil, p + "libvirt 9.0.0, QEMU 7.2.0" + backupWhy},
 		{"backup API from 6.0/4.2", "6.0.0", "4.2.0", kvmVM(), none, nil, p + "libvirt 6.0.0, QEMU 4.2.0" + backupWhy},
-		{"oldest supported, running", "1.2.9", "1.1", kvmVM(), none, []string{p + "libvirt 1.2.9, QEMU 1.1.0" + snapshot}, ""},
+		{"oldest supported, running", "1.2.9", "1.1", kvmVM(), none, nil, p + "libvirt 1.2.9, QEMU 1.1.0" + snapshot},
 		{"below the oldest", "1.2.8", "1.0", kvmVM(), none, []string{p + "libvirt 1.2.8, QEMU 1.0.0: refused because a migration needs " +
 			"libvirt 1.2.9 and QEMU 1.1.0 or newer; upgrade the source host first"}, ""},
-		{"5.x running", "5.10.0", "4.1.0", kvmVM(), none, []string{p + "libvirt 5.10.0, QEMU 4.1.0" + snapshot}, ""},
+		{"5.x running", "5.10.0", "4.1.0", kvmVM(), none, nil, p + "libvirt 5.10.0, QEMU 4.1.0" + snapshot},
 		{"5.x shut off", "5.10.0", "4.1.0", off, none, nil, p + "libvirt 5.10.0, QEMU 4.1.0: cold image read because the VM is shut off: " +
 			"its images are read through a read-only qemu-nbd (QEMU 2.10.0 or newer), no backup API needed"},
 		{"shut off, no force-share", "1.2.9", "2.9.0", off, none, []string{p + "libvirt 1.2.9, QEMU 2.9.0: refused because the VM is shut off " +
 			"and its images are read through qemu-nbd with force-share, which needs QEMU 2.10.0 or newer " +
 			"(reading the image files without qemu-nbd is not implemented yet); upgrade the source host first"}, ""},
-		{"old, file disks", "1.2.15", "2.0.0", kvmVM(), withVdb, []string{p + "libvirt 1.2.15, QEMU 2.0.0" + snapshot}, ""},
-		{"old, RBD source disk copied", "1.2.15", "2.0.0", rbd, withVdb, []string{ceph, p + "libvirt 1.2.15, QEMU 2.0.0" + snapshot}, ""},
-		{"old, RBD source disk left out", "1.2.15", "2.0.0", rbd, none, []string{p + "libvirt 1.2.15, QEMU 2.0.0" + snapshot}, ""},
+		{"old, file disks", "1.2.15", "2.0.0", kvmVM(), withVdb, nil, p + "libvirt 1.2.15, QEMU 2.0.0" + snapshot},
+		{"old, RBD source disk copied", "1.2.15", "2.0.0", rbd, withVdb, []string{ceph}, p + "libvirt 1.2.15, QEMU 2.0.0" + snapshot},
+		{"old, RBD source disk left out", "1.2.15", "2.0.0", rbd, none, nil, p + "libvirt 1.2.15, QEMU 2.0.0" + snapshot},
 		// An inventory from an older agent lists no shut-off VMs: the agent
 		// chooses once it sees the VM's state.
 		{"VM not in the inventory", "5.0.0", "4.0.0", nil, none, nil, "jobs[0]: source sources/kvm: libvirt 5.0.0, QEMU 4.0.0: " +
 			"chosen when the job starts because the VM's state is not in the synced inventory; " +
-			"a running VM needs the backup API (libvirt 6.0.0 and QEMU 4.2.0), a shut-off one QEMU 2.10.0"},
+			"a running VM gets the backup API (libvirt 6.0.0 and QEMU 4.2.0) or else the snapshot method, a shut-off one needs QEMU 2.10.0"},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			e := newEnv(t, true)

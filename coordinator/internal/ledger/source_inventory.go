@@ -51,6 +51,10 @@ func (l *Ledger) RecordSourceSync(c *ledgerv1.RecordSourceSync, now time.Time) e
 	inv.Source, inv.SyncTime = name, at
 	l.inventories[name] = inv
 	s.LastSyncTime, s.LastSyncError, s.Product = at, "", clone(inv.GetProduct())
+	s.Capabilities = nil
+	for _, c := range inv.GetCapabilities() {
+		s.Capabilities = append(s.Capabilities, clone(c))
+	}
 	l.sources[name] = s
 	return nil
 }

@@ -4,7 +4,8 @@
 // PCI, network and console), gives the NIC the address named on the
 // kernel command line (ferry.ip=10.1.2.3/24), and answers the QEMU guest
 // agent protocol on the virtio port org.qemu.guest_agent.0: guest-sync,
-// guest-sync-delimited, guest-ping, guest-info and
+// guest-sync-delimited, guest-ping, guest-info, guest-fsfreeze-* (logged on
+// the console; there is no filesystem to freeze) and
 // guest-network-get-interfaces, the last from the kernel's own view of
 // its interfaces. It never exits (init must not).
 package main
@@ -212,7 +213,14 @@ func serve(port *os.File) {
 	}
 }
 
-var supported = []string{"guest-sync", "guest-sync-delimited", "guest-ping", "guest-info", "guest-network-get-interfaces"}
+var supported = []string{"guest-sync", "guest-sync-delimited", "guest-ping", "guest-info", "guest-network-get-interfaces",
+	"guest-fsfreeze-freeze", "guest-fsfreeze-freeze-list", "guest-fsfreeze-thaw", "guest-fsfreeze-status"}
+
+// frozen is the filesystem freeze state guest-fsfreeze-* report. The
+// guest runs from its initramfs: there is no filesystem to freeze; a
+// freeze says it froze one (libvirt thaws only what was frozen) and is
+// logged on the console, where a test sees that the host asked.
+var frozen bool
 
 func answer(req request) (reply any, delimited bool) {
 	switch req.Execute {
@@ -232,6 +240,16 @@ func answer(req request) (reply any, delimited bool) {
 		return map[string]any{"return": map[string]any{"version": "7.2.0", "supported_commands": cmds}}, false
 	case "guest-network-get-interfaces":
 		return map[string]any{"return": interfaces()}, false
+	case "guest-fsfreeze-freeze", "guest-fsfreeze-freeze-list":
+		frozen = true
+		logf("guestinit: filesystems frozen (%s)", req.Execute)
+		return map[string]any{"return": 1}, false
+	case "guest-fsfreeze-thaw":
+		frozen = false
+		logf("guestinit: filesystems thawed")
+		return map[string]any{"return": 1}, false
+	case "guest-fsfreeze-status":
+		return map[string]any{"return": map[bool]string{true: "frozen", false: "thawed"}[frozen]}, false
 	default:
 		return map[string]any{"error": map[string]any{"class": "CommandNotFound",
 			"desc": fmt.Sprintf("The command %s has not been found", req.Execute)}}, false

@@ -350,7 +350,8 @@ func backupSocket(dom *libvirt.Domain) (string, error) {
 var uuidPattern = regexp.MustCompile(`^[0-9a-fA-F-]{32,36}$`)
 
 // CleanupStale ends a backup job that an interrupted Ferry job left on
-// the VM and removes leftover Ferry sockets and scratch files of the VM
+// the VM, puts the VM back on its original images when a snapshot's
+// overlays are still under it (RestoreOriginals), and removes leftover Ferry sockets and scratch files of the VM
 // on the source host. Backups that are not Ferry's are left alone. Run it
 // before StartBackup when a job restarts after an agent crash; it also
 // ends a Ferry backup that another live job runs on the same VM. A VM
@@ -375,6 +376,13 @@ func (c *Conn) CleanupStale(ctx context.Context, vmName string) error {
 	}
 	if err := c.endBackupJob(ctx, uuid, ours, log); err != nil {
 		return fmt.Errorf("end stale backup of VM %s: %w", vmName, err)
+	}
+	// A snapshot's overlays are merged back before they are removed.
+	overlay := func(p string) bool {
+		return path.Dir(p) == c.cfg.ScratchDir && strings.HasPrefix(path.Base(p), prefix)
+	}
+	if err := c.RestoreOriginals(ctx, uuid, overlay); err != nil {
+		return fmt.Errorf("merge back a stale snapshot of VM %s: %w", vmName, err)
 	}
 	cmd := fmt.Sprintf("rm -f -- %s/%s* %s/%s*", shellQuote(c.cfg.SocketDir), prefix,
 		shellQuote(c.cfg.ScratchDir), prefix)

@@ -74,6 +74,14 @@ type Config struct {
 	// silent for three intervals is given up (30 s when 0).
 	KeepaliveInterval time.Duration
 
+	// CommitBandwidth limits the snapshot method's block commit, in MiB/s
+	// (0: as fast as the source host's storage goes).
+	CommitBandwidth uint64
+	// ImageFileReader makes the snapshot method read the image files
+	// with their allocation maps even where the source host has qemu-nbd
+	// (for testing that reader).
+	ImageFileReader bool
+
 	// Paths on the source host; the defaults suit Debian, Ubuntu and
 	// RHEL-family libvirt packages.
 	LibvirtSocket string

@@ -29,6 +29,9 @@ type Conn struct {
 	hostKey string
 
 	libVersion, qemuVersion Version
+	// uid and home of the SSH user on the source host.
+	uid  int
+	home string
 
 	stopKeepalive context.CancelFunc
 	keepalives    sync.WaitGroup
@@ -43,6 +46,7 @@ type Conn struct {
 // socket to the source's libvirt socket and opens libvirt through it,
 // answering SASL with cfg.SASLUser and cfg.SASLPassword when asked.
 func Connect(ctx context.Context, cfg Config) (*Conn, error) {
+	ownDirs := cfg.SocketDir == "" && cfg.ScratchDir == ""
 	cfg = cfg.withDefaults()
 	if err := cfg.Validate(); err != nil {
 		return nil, err
@@ -68,8 +72,16 @@ func Connect(ctx context.Context, cfg Config) (*Conn, error) {
 	if cfg.PinnedHostKey == "" && cfg.KnownHostKey == "" {
 		log.Info("trusting the source's SSH host key on first use", "fingerprint", c.fingerprint())
 	}
+	if err := c.probeUser(ctx, ownDirs); err != nil {
+		c.Close()
+		return nil, err
+	}
 	if err := c.openLibvirt(ctx); err != nil {
 		c.Close()
+		if c.uid != 0 {
+			err = fmt.Errorf("%w (list VMs: user %s is not root, so libvirtd must admit it: make it a member of group libvirt, "+
+				"or give the source a SASL user)", err, c.cfg.User)
+		}
 		return nil, err
 	}
 	return c, nil
@@ -157,10 +169,10 @@ func (c *Conn) CheckVersions(ceph string) error {
 
 // CopyMethod chooses how vm's disks are copied from the source's versions
 // and vm's state (kvmver.Choose): the backup API for a running or paused
-// VM, a cold read of a shut-off VM's images. A method that cannot run (a
-// source too old for it, or the snapshot method, not implemented yet) is
-// an error wrapping ErrVersion or kvmver.ErrNotImplemented that names both
-// versions, the method and why.
+// VM, a cold read of a shut-off VM's images, the snapshot method for a
+// running or paused VM on a host without the backup API. A source too old
+// for any method is an error wrapping ErrVersion that names both
+// versions and why.
 func (c *Conn) CopyMethod(vm *VM) (kvmver.Choice, error) {
 	choice := copyMethod(c.libVersion, c.qemuVersion, vm.State)
 	if err := choice.Error(); err != nil {

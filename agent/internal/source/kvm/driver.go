@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -45,6 +46,16 @@ type Options struct {
 	// KeepaliveInterval is how often source SSH connections are probed;
 	// one silent for three intervals counts as dropped (30 s when 0).
 	KeepaliveInterval time.Duration
+	// ForceSnapshot names sources (sources/NAME) whose running and paused
+	// VMs are copied by the snapshot method even when the source has the
+	// backup API: for testing the method on a modern host.
+	ForceSnapshot []string
+	// CommitBandwidth limits the snapshot method's block commit on the
+	// source host, in MiB/s (0: no limit).
+	CommitBandwidth uint64
+	// ImageFileReader makes the snapshot method read the image files with
+	// their allocation maps even where the source host has qemu-nbd.
+	ImageFileReader bool
 	// StateDir keeps a record of every backup begun on a source until it
 	// has been ended, so that the Janitor ends those a failure or a crash
 	// left behind. Empty keeps no records.
@@ -119,7 +130,8 @@ func (d *Driver) config(src *ferryv1.Source, ms *ferryv1.MigrationServer, secret
 		Address: k.GetAddress(), Port: int(k.GetSshPort()), User: k.GetUser(),
 		PinnedHostKey: k.GetHostKey(), KnownHostKey: k.GetObservedHostKey(),
 		SASLUser: k.GetSaslUser(), SASLPassword: seal.Secret(secrets[k.GetSaslCredential()]),
-		Dialer: dialer, Logger: log, KeepaliveInterval: d.opts.KeepaliveInterval,
+		Dialer: dialer, Logger: log, KeepaliveInterval: d.opts.KeepaliveInterval, CommitBandwidth: d.opts.CommitBandwidth,
+		ImageFileReader: d.opts.ImageFileReader,
 	}
 	if secret := secrets[k.GetCredential()]; strings.Contains(secret, "PRIVATE KEY-----") {
 		cfg.PrivateKeyPEM = seal.Secret(secret)
@@ -141,7 +153,8 @@ func (d *Driver) Inventory(ctx context.Context, req *agentv1.InventoryRequest) (
 	if err != nil {
 		return nil, err
 	}
-	inv := &ferryv1.SourceInventory{Product: conn.Product(), Hosts: []*ferryv1.SourceHost{conn.HostInfo()}}
+	inv := &ferryv1.SourceInventory{Product: conn.Product(), Hosts: []*ferryv1.SourceHost{conn.HostInfo()},
+		Capabilities: conn.Capabilities(ctx, vms)}
 	for _, vm := range vms {
 		p := vm.Proto()
 		p.Host = inv.Hosts[0].GetName()
@@ -182,17 +195,32 @@ func (d *Driver) Convert(ctx context.Context, job *runner.Job) error {
 	if err != nil {
 		return err
 	}
+	switch {
+	case choice.Method != kvmver.MethodBackup:
+	case slices.Contains(d.opts.ForceSnapshot, a.GetSource().GetName()):
+		choice.Method, choice.Why = kvmver.MethodSnapshot, "the agent forces it for this source (--kvm-force-snapshot)"
+	case !conn.canBackup():
+		choice.Method, choice.Why = kvmver.MethodSnapshot, fmt.Sprintf("the SSH user %s is not root: the backup API's "+
+			"NBD socket is out of its reach, the snapshot method needs only libvirt and read access to the images", conn.cfg.User)
+	}
 	job.Log.Info("copy method chosen", "vm", vmName, "choice", choice.String())
 	if err := conn.CleanupStale(ctx, vmName); err != nil {
 		return fmt.Errorf("clean up an earlier backup of %s: %w", vmName, err)
+	}
+	// Described again: a stale snapshot's overlays were under its disks.
+	if vm, err = conn.DescribeVM(ctx, vmName); err != nil {
+		return err
 	}
 	disks := a.GetJob().GetTarget().GetDisks()
 	targets := make([]string, len(disks))
 	for i, disk := range disks {
 		targets[i] = disk.GetSourceDisk()
 	}
-	if choice.Method == kvmver.MethodCold {
+	switch choice.Method {
+	case kvmver.MethodCold:
 		return d.convertCold(ctx, src, vm, targets)
+	case kvmver.MethodSnapshot:
+		return d.convertSnapshot(ctx, src, vm, targets)
 	}
 	record := ""
 	b, err := conn.StartBackup(ctx, vmName, targets, BackupOptions{Pause: a.GetJob().GetOptions().GetPauseSourceVm(),
@@ -304,10 +332,58 @@ func (d *Driver) convertCold(ctx context.Context, src *source, vm *VM, targets [
 	return e.Check(ctx)
 }
 
+// convertSnapshot copies the disks of a running or paused VM by the
+// snapshot method (StartSnapshot): its original images are read as they
+// were at the snapshot, with the same copier as a backup, and the
+// overlays are merged back however the copy ends (when the source cannot
+// be reached to do it, the Janitor does it later).
+func (d *Driver) convertSnapshot(ctx context.Context, src *source, vm *VM, targets []string) error {
+	job := src.job
+	a := job.Assignment
+	if a.GetJob().GetOptions().GetPauseSourceVm() {
+		if err := src.conn.pause(vm.Name); err != nil {
+			return err
+		}
+	}
+	record := ""
+	s, err := src.conn.StartSnapshot(ctx, vm, targets, func(s *Snapshot) error {
+		cfg, err := d.config(a.GetSource(), a.GetMigrationServer(), a.GetSecrets(), job.Log)
+		if err == nil {
+			record, err = d.remember(cfg, a.GetMigrationServer().GetMigrationCidr(), job.Name(), s.leftoverOf())
+		}
+		return err
+	})
+	if err != nil {
+		d.release(record, false) // the janitor makes sure the VM is back on its originals
+		return err
+	}
+	defer func() {
+		cerr := s.Close(context.WithoutCancel(ctx))
+		if cerr != nil {
+			job.Log.Error("merge the source snapshot back; the agent tries again later", "err", cerr)
+		}
+		d.release(record, cerr == nil)
+	}()
+	if err := d.saveSourceVM(ctx, src.conn, vm, job.CacheDir); err != nil {
+		return err
+	}
+	for _, disk := range a.GetJob().GetTarget().GetDisks() {
+		if err := src.copyDisk(ctx, s, disk); err != nil {
+			return fmt.Errorf("disk %s: %w", disk.GetSourceDisk(), err)
+		}
+	}
+	return nil
+}
+
 // copyOnce copies one disk's export into its cache image, skipping what a
 // checkpoint says the cache already holds.
 func (d *Driver) copyOnce(ctx context.Context, job *runner.Job, b exporter, disk *ferryv1.TargetDisk) error {
 	name := disk.GetSourceDisk()
+	if f, ok := b.(interface{ ImageSource(string) pipeline.Source }); ok {
+		if src := f.ImageSource(name); src != nil {
+			return d.copySource(ctx, job, name, src)
+		}
+	}
 	nc, err := b.OpenDisk(ctx, name)
 	if err != nil {
 		return err
@@ -323,6 +399,12 @@ func (d *Driver) copyOnce(ctx context.Context, job *runner.Job, b exporter, disk
 		return fmt.Errorf("open the source export: %w", err)
 	}
 	defer src.Close()
+	return d.copySource(ctx, job, name, pipeline.NBDSource{Client: src})
+}
+
+// copySource copies one disk from src into its cache image, skipping what
+// a checkpoint says the cache already holds.
+func (d *Driver) copySource(ctx context.Context, job *runner.Job, name string, src pipeline.Source) error {
 	compressed := job.Assignment.GetJob().GetOptions().GetCompression() != ferryv1.Compression_COMPRESSION_NONE
 	img, err := cache.Open(ctx, job.CacheDir, name, src.Size(), compressed, job.Log)
 	if err != nil {
@@ -333,7 +415,7 @@ func (d *Driver) copyOnce(ctx context.Context, job *runner.Job, b exporter, disk
 	if err != nil {
 		return err
 	}
-	st, err := pipeline.Copy(ctx, pipeline.NBDSource{Client: src}, img, pipeline.Options{
+	st, err := pipeline.Copy(ctx, src, img, pipeline.Options{
 		Limiter: job.Downstream, Checkpoint: ckpt, Logger: job.Log,
 		Progress: func(done, total int64) {
 			job.Progress.SetTotal(name, total)

@@ -198,7 +198,9 @@ func TestListUEFI(t *testing.T) {
 // readExport copies a disk of the backup into a sparse raw file through
 // pkg/nbd, reading only the data extents, and returns the file and the
 // number of bytes read.
-func readExport(t *testing.T, b *Backup, target string) (string, int64) {
+func readExport(t *testing.T, b interface {
+	OpenDisk(context.Context, string) (net.Conn, error)
+}, target string) (string, int64) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()

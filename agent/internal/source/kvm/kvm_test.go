@@ -368,8 +368,8 @@ func TestCopyMethod(t *testing.T) {
 		{ver(9, 0, 0), ver(7, 2, 0), StatePaused, kvmver.MethodBackup, nil},
 		{ver(9, 0, 0), ver(7, 2, 0), StateShutOff, kvmver.MethodCold, nil},
 		{ver(5, 10, 0), ver(4, 1, 0), StateShutOff, kvmver.MethodCold, nil},
-		{ver(5, 10, 0), ver(4, 1, 0), StateRunning, kvmver.MethodSnapshot, kvmver.ErrNotImplemented},
-		{ver(5, 10, 0), ver(4, 1, 0), "state 5", kvmver.MethodSnapshot, kvmver.ErrNotImplemented},
+		{ver(5, 10, 0), ver(4, 1, 0), StateRunning, kvmver.MethodSnapshot, nil},
+		{ver(5, 10, 0), ver(4, 1, 0), "state 5", kvmver.MethodSnapshot, nil},
 		{ver(9, 0, 0), ver(7, 2, 0), "state 5", kvmver.MethodBackup, nil},
 		{ver(1, 2, 8), ver(7, 2, 0), StateShutOff, kvmver.MethodRefused, ErrVersion},
 	} {

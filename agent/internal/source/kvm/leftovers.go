@@ -9,6 +9,7 @@ import (
 	"os"
 	"path"
 	"path/filepath"
+	"slices"
 	"strings"
 	"time"
 
@@ -158,7 +159,7 @@ func (d *Driver) cleanupOne(ctx context.Context, s *seal.Sealer, id, file string
 		return fmt.Errorf("parse %s: %w", file, err)
 	}
 	cfg := Config{Address: rec.Address, Port: rec.Port, User: rec.User, PinnedHostKey: rec.PinnedHostKey,
-		KnownHostKey: rec.KnownHostKey, SASLUser: rec.SASLUser, Logger: d.log, KeepaliveInterval: d.opts.KeepaliveInterval}
+		KnownHostKey: rec.KnownHostKey, SASLUser: rec.SASLUser, Logger: d.log, KeepaliveInterval: d.opts.KeepaliveInterval, CommitBandwidth: d.opts.CommitBandwidth}
 	for k, dst := range map[string]*seal.Secret{"password": &cfg.Password, "private_key": &cfg.PrivateKeyPEM, "sasl_password": &cfg.SASLPassword} {
 		if sealed, ok := rec.Sealed[k]; ok {
 			plain, err := s.Open(sealed, []byte(id))
@@ -178,6 +179,11 @@ func (d *Driver) cleanupOne(ctx context.Context, s *seal.Sealer, id, file string
 		return err
 	}
 	defer conn.Close()
+	// A snapshot's overlays (among the record's files) are merged back
+	// into the VM's original images before they are removed.
+	if err := conn.RestoreOriginals(ctx, rec.UUID, func(p string) bool { return slices.Contains(rec.Scratch, p) }); err != nil {
+		return err
+	}
 	b := &Backup{conn: conn, vm: rec.VM, uuid: rec.UUID, socket: rec.Socket, scratch: rec.Scratch,
 		log: conn.log.With("vm", rec.VM, "backup", id, "job", rec.Job)}
 	if err := b.Close(ctx); err != nil {

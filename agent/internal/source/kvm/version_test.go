@@ -1,8 +1,10 @@
 package kvm
 
 import (
+	"errors"
 	"testing"
 
+	"github.com/ferry-v2v/ferry/pkg/kvmver"
 	agentv1 "github.com/ferry-v2v/ferry/pkg/pb/ferry/agent/v1"
 	ferryv1 "github.com/ferry-v2v/ferry/pkg/pb/ferry/v1"
 )
@@ -34,6 +36,37 @@ func TestCephReason(t *testing.T) {
 		err := checkVersions(ver(1, 2, 15), ver(2, 0, 0), got)
 		if (err != nil) != (tt.want != "") {
 			t.Errorf("checkVersions(1.2.15, %q) = %v", got, err)
+		}
+	}
+}
+
+// TestCopyMethodFromParsedVersions: the versions as libvirt reports them
+// (major*1,000,000 + minor*1,000 + micro) decide the method: libvirt
+// 1.2.9 with QEMU 1.1 gets the snapshot method for a running or paused
+// VM; below either, the job is refused with both versions named.
+func TestCopyMethodFromParsedVersions(t *testing.T) {
+	for _, tt := range []struct {
+		lib, qemu uint32
+		state     string
+		method    kvmver.Method
+		err       string
+	}{
+		{1002009, 1001000, StateRunning, kvmver.MethodSnapshot, ""},
+		{1002009, 1001000, StatePaused, kvmver.MethodSnapshot, ""},
+		{5010000, 4001000, StateRunning, kvmver.MethodSnapshot, ""},
+		{6000000, 4002000, StateRunning, kvmver.MethodBackup, ""},
+		{1002008, 1001000, StateRunning, kvmver.MethodRefused,
+			"source version too old: libvirt 1.2.8, QEMU 1.1.0: refused because a migration needs libvirt 1.2.9 or newer"},
+		{1002009, 1000001, StateRunning, kvmver.MethodRefused,
+			"source version too old: libvirt 1.2.9, QEMU 1.0.1: refused because a migration needs QEMU 1.1.0 or newer"},
+		{1002008, 1000000, StatePaused, kvmver.MethodRefused,
+			"source version too old: libvirt 1.2.8, QEMU 1.0.0: refused because a migration needs libvirt 1.2.9 and QEMU 1.1.0 or newer"},
+	} {
+		lib, qemu := versionOf(tt.lib), versionOf(tt.qemu)
+		c := copyMethod(lib, qemu, tt.state)
+		err := c.Error()
+		if c.Method != tt.method || (err == nil) != (tt.err == "") || err != nil && (err.Error() != tt.err || !errors.Is(err, ErrVersion)) {
+			t.Errorf("copyMethod(%s, %s, %s) = %v, %v; want %v, %q", lib, qemu, tt.state, c.Method, err, tt.method, tt.err)
 		}
 	}
 }
