@@ -44,6 +44,7 @@ func capability(s *ferryv1.Source, kind ferryv1.SourceCapabilityKind) *ferryv1.S
 // images. An image the user cannot read is named at the next sync, with
 // its VM.
 func TestNonRootSource(t *testing.T) {
+	t.Parallel() // see doc.go
 	w := newWorld(t)
 	w.lv.RequireUserAccess(t, testenv.TestUser)
 	src := testenv.NewTestVM(t, w.lv, testenv.VMOptions{Backing: true, RawData: true, RandomBytes: 8 << 20})

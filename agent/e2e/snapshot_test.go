@@ -127,6 +127,7 @@ func expectOnOriginals(t *testing.T, w *world, vm *testenv.TestVM) {
 // (the block commit merged them), and the source runs on its original
 // disk paths with no overlay file left.
 func TestSnapshotMigration(t *testing.T) {
+	t.Parallel() // see doc.go
 	t.Run("qemu-nbd", func(t *testing.T) { testSnapshotMigration(t) })
 	// The reader of hosts without qemu-nbd: qemu-img map, dd over SSH.
 	t.Run("image files", func(t *testing.T) { testSnapshotMigration(t, "--kvm-image-file-reader") })
@@ -181,6 +182,7 @@ func testSnapshotMigration(t *testing.T, agentArgs ...string) {
 // into them; a job that completes has the disks as they were at the
 // snapshot.
 func TestSnapshotAgentKilled(t *testing.T) {
+	t.Parallel() // see doc.go
 	const mib = 1 << 20
 	t.Run("during the copy", func(t *testing.T) {
 		w := snapshotWorld(t)
@@ -272,6 +274,7 @@ func TestSnapshotAgentKilled(t *testing.T) {
 // cancelled mid-copy leaves the source VM running on its original images,
 // the guest's writes since the snapshot merged into them, and no overlay.
 func TestSnapshotCancelled(t *testing.T) {
+	t.Parallel() // see doc.go
 	const mib = 1 << 20
 	w := snapshotWorld(t)
 	src := testenv.NewTestVM(t, w.lv, testenv.VMOptions{Backing: true, RawData: true, RandomBytes: 64 << 20})
