@@ -851,12 +851,8 @@ type TargetWorkResult struct {
 	// DEFINE_DOMAIN of a job with options.verify_boot: how the guest
 	// showed it booted (MigrationJob.boot_verified_by).
 	BootVerifiedBy string `protobuf:"bytes,8,opt,name=boot_verified_by,json=bootVerifiedBy,proto3" json:"boot_verified_by,omitempty"`
-	// A warm job's rounds and measured downtime (MigrationJob.precopy_rounds,
-	// measured_downtime).
-	PrecopyRounds    []*v1.PrecopyRound   `protobuf:"bytes,9,rep,name=precopy_rounds,json=precopyRounds,proto3" json:"precopy_rounds,omitempty"`
-	MeasuredDowntime *durationpb.Duration `protobuf:"bytes,10,opt,name=measured_downtime,json=measuredDowntime,proto3" json:"measured_downtime,omitempty"`
-	unknownFields    protoimpl.UnknownFields
-	sizeCache        protoimpl.SizeCache
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
 }
 
 func (x *TargetWorkResult) Reset() {
@@ -943,20 +939,6 @@ func (x *TargetWorkResult) GetBootVerifiedBy() string {
 		return x.BootVerifiedBy
 	}
 	return ""
-}
-
-func (x *TargetWorkResult) GetPrecopyRounds() []*v1.PrecopyRound {
-	if x != nil {
-		return x.PrecopyRounds
-	}
-	return nil
-}
-
-func (x *TargetWorkResult) GetMeasuredDowntime() *durationpb.Duration {
-	if x != nil {
-		return x.MeasuredDowntime
-	}
-	return nil
 }
 
 // BandwidthLimits are a migration server's current limits, sent to the
@@ -1568,8 +1550,12 @@ type JobResult struct {
 	// How the guest showed it booted, for a job with options.verify_boot
 	// that succeeded (MigrationJob.boot_verified_by).
 	BootVerifiedBy string `protobuf:"bytes,8,opt,name=boot_verified_by,json=bootVerifiedBy,proto3" json:"boot_verified_by,omitempty"`
-	unknownFields  protoimpl.UnknownFields
-	sizeCache      protoimpl.SizeCache
+	// A warm job's rounds and measured downtime (MigrationJob.precopy_rounds,
+	// measured_downtime).
+	PrecopyRounds    []*v1.PrecopyRound   `protobuf:"bytes,9,rep,name=precopy_rounds,json=precopyRounds,proto3" json:"precopy_rounds,omitempty"`
+	MeasuredDowntime *durationpb.Duration `protobuf:"bytes,10,opt,name=measured_downtime,json=measuredDowntime,proto3" json:"measured_downtime,omitempty"`
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
 }
 
 func (x *JobResult) Reset() {
@@ -1656,6 +1642,20 @@ func (x *JobResult) GetBootVerifiedBy() string {
 		return x.BootVerifiedBy
 	}
 	return ""
+}
+
+func (x *JobResult) GetPrecopyRounds() []*v1.PrecopyRound {
+	if x != nil {
+		return x.PrecopyRounds
+	}
+	return nil
+}
+
+func (x *JobResult) GetMeasuredDowntime() *durationpb.Duration {
+	if x != nil {
+		return x.MeasuredDowntime
+	}
+	return nil
 }
 
 // Assignment hands a job to an agent with everything needed to run it.
@@ -2148,7 +2148,7 @@ const file_ferry_agent_v1_agent_proto_rawDesc = "" +
 	"\aaddress\x18\x02 \x01(\tR\aaddress\x12\x1f\n" +
 	"\vexport_name\x18\x03 \x01(\tR\n" +
 	"exportName\x12\x18\n" +
-	"\acreated\x18\x04 \x01(\bR\acreated\"\xaa\x03\n" +
+	"\acreated\x18\x04 \x01(\bR\acreated\"\xa3\x02\n" +
 	"\x10TargetWorkResult\x12\x1d\n" +
 	"\n" +
 	"request_id\x18\x01 \x01(\tR\trequestId\x12\x10\n" +
@@ -2158,10 +2158,7 @@ const file_ferry_agent_v1_agent_proto_rawDesc = "" +
 	"\aexports\x18\x05 \x03(\v2\x1c.ferry.agent.v1.TargetExportR\aexports\x12\x1a\n" +
 	"\bwarnings\x18\x06 \x03(\tR\bwarnings\x12\x14\n" +
 	"\x05error\x18\a \x01(\tR\x05error\x12(\n" +
-	"\x10boot_verified_by\x18\b \x01(\tR\x0ebootVerifiedBy\x12=\n" +
-	"\x0eprecopy_rounds\x18\t \x03(\v2\x16.ferry.v1.PrecopyRoundR\rprecopyRounds\x12F\n" +
-	"\x11measured_downtime\x18\n" +
-	" \x01(\v2\x19.google.protobuf.DurationR\x10measuredDowntime\"\xb2\x01\n" +
+	"\x10boot_verified_by\x18\b \x01(\tR\x0ebootVerifiedBy\"\xb2\x01\n" +
 	"\x0fBandwidthLimits\x12)\n" +
 	"\x10migration_server\x18\x01 \x01(\tR\x0fmigrationServer\x127\n" +
 	"\x18upstream_bits_per_second\x18\x02 \x01(\x03R\x15upstreamBitsPerSecond\x12;\n" +
@@ -2205,7 +2202,7 @@ const file_ferry_agent_v1_agent_proto_rawDesc = "" +
 	"\x05phase\x18\x03 \x01(\x0e2\x1b.ferry.v1.MigrationJobPhaseR\x05phase\x12,\n" +
 	"\x05disks\x18\x04 \x03(\v2\x16.ferry.v1.DiskProgressR\x05disks\x12:\n" +
 	"\rphase_timings\x18\x05 \x03(\v2\x15.ferry.v1.PhaseTimingR\fphaseTimings\x12=\n" +
-	"\x0eprecopy_rounds\x18\x06 \x03(\v2\x16.ferry.v1.PrecopyRoundR\rprecopyRounds\"\xb1\x02\n" +
+	"\x0eprecopy_rounds\x18\x06 \x03(\v2\x16.ferry.v1.PrecopyRoundR\rprecopyRounds\"\xb8\x03\n" +
 	"\tJobResult\x12\x10\n" +
 	"\x03job\x18\x01 \x01(\tR\x03job\x12\x14\n" +
 	"\x05epoch\x18\x02 \x01(\x03R\x05epoch\x124\n" +
@@ -2214,7 +2211,10 @@ const file_ferry_agent_v1_agent_proto_rawDesc = "" +
 	"\bwarnings\x18\x05 \x03(\tR\bwarnings\x12,\n" +
 	"\x05disks\x18\x06 \x03(\v2\x16.ferry.v1.DiskProgressR\x05disks\x12:\n" +
 	"\rphase_timings\x18\a \x03(\v2\x15.ferry.v1.PhaseTimingR\fphaseTimings\x12(\n" +
-	"\x10boot_verified_by\x18\b \x01(\tR\x0ebootVerifiedBy\"\x85\x04\n" +
+	"\x10boot_verified_by\x18\b \x01(\tR\x0ebootVerifiedBy\x12=\n" +
+	"\x0eprecopy_rounds\x18\t \x03(\v2\x16.ferry.v1.PrecopyRoundR\rprecopyRounds\x12F\n" +
+	"\x11measured_downtime\x18\n" +
+	" \x01(\v2\x19.google.protobuf.DurationR\x10measuredDowntime\"\x85\x04\n" +
 	"\n" +
 	"Assignment\x12(\n" +
 	"\x03job\x18\x01 \x01(\v2\x16.ferry.v1.MigrationJobR\x03job\x12\x14\n" +
@@ -2315,13 +2315,13 @@ var file_ferry_agent_v1_agent_proto_goTypes = []any{
 	(*v1.MigrationJob)(nil),       // 25: ferry.v1.MigrationJob
 	(*v1.PrimaryStorage)(nil),     // 26: ferry.v1.PrimaryStorage
 	(*v1.L3Network)(nil),          // 27: ferry.v1.L3Network
-	(*v1.PrecopyRound)(nil),       // 28: ferry.v1.PrecopyRound
-	(*durationpb.Duration)(nil),   // 29: google.protobuf.Duration
-	(*v1.HostFacts)(nil),          // 30: ferry.v1.HostFacts
-	(v1.MigrationJobPhase)(0),     // 31: ferry.v1.MigrationJobPhase
-	(*timestamppb.Timestamp)(nil), // 32: google.protobuf.Timestamp
-	(*v1.DiskProgress)(nil),       // 33: ferry.v1.DiskProgress
-	(*v1.PhaseTiming)(nil),        // 34: ferry.v1.PhaseTiming
+	(*v1.HostFacts)(nil),          // 28: ferry.v1.HostFacts
+	(v1.MigrationJobPhase)(0),     // 29: ferry.v1.MigrationJobPhase
+	(*timestamppb.Timestamp)(nil), // 30: google.protobuf.Timestamp
+	(*v1.DiskProgress)(nil),       // 31: ferry.v1.DiskProgress
+	(*v1.PhaseTiming)(nil),        // 32: ferry.v1.PhaseTiming
+	(*v1.PrecopyRound)(nil),       // 33: ferry.v1.PrecopyRound
+	(*durationpb.Duration)(nil),   // 34: google.protobuf.Duration
 	(*v1.Source)(nil),             // 35: ferry.v1.Source
 	(*v1.MigrationServer)(nil),    // 36: ferry.v1.MigrationServer
 	(*v1.SourceVm)(nil),           // 37: ferry.v1.SourceVm
@@ -2354,28 +2354,28 @@ var file_ferry_agent_v1_agent_proto_depIdxs = []int32{
 	27, // 23: ferry.agent.v1.TargetWork.l3_networks:type_name -> ferry.v1.L3Network
 	0,  // 24: ferry.agent.v1.TargetWorkResult.action:type_name -> ferry.agent.v1.TargetAction
 	6,  // 25: ferry.agent.v1.TargetWorkResult.exports:type_name -> ferry.agent.v1.TargetExport
-	28, // 26: ferry.agent.v1.TargetWorkResult.precopy_rounds:type_name -> ferry.v1.PrecopyRound
-	29, // 27: ferry.agent.v1.TargetWorkResult.measured_downtime:type_name -> google.protobuf.Duration
-	30, // 28: ferry.agent.v1.Hello.facts:type_name -> ferry.v1.HostFacts
-	12, // 29: ferry.agent.v1.Hello.held_jobs:type_name -> ferry.agent.v1.HeldJob
-	31, // 30: ferry.agent.v1.HeldJob.phase:type_name -> ferry.v1.MigrationJobPhase
-	32, // 31: ferry.agent.v1.Heartbeat.time:type_name -> google.protobuf.Timestamp
-	30, // 32: ferry.agent.v1.Heartbeat.facts:type_name -> ferry.v1.HostFacts
-	31, // 33: ferry.agent.v1.JobProgress.phase:type_name -> ferry.v1.MigrationJobPhase
-	33, // 34: ferry.agent.v1.JobProgress.disks:type_name -> ferry.v1.DiskProgress
-	34, // 35: ferry.agent.v1.JobProgress.phase_timings:type_name -> ferry.v1.PhaseTiming
-	28, // 36: ferry.agent.v1.JobProgress.precopy_rounds:type_name -> ferry.v1.PrecopyRound
-	1,  // 37: ferry.agent.v1.JobResult.outcome:type_name -> ferry.agent.v1.JobOutcome
-	33, // 38: ferry.agent.v1.JobResult.disks:type_name -> ferry.v1.DiskProgress
-	34, // 39: ferry.agent.v1.JobResult.phase_timings:type_name -> ferry.v1.PhaseTiming
+	28, // 26: ferry.agent.v1.Hello.facts:type_name -> ferry.v1.HostFacts
+	12, // 27: ferry.agent.v1.Hello.held_jobs:type_name -> ferry.agent.v1.HeldJob
+	29, // 28: ferry.agent.v1.HeldJob.phase:type_name -> ferry.v1.MigrationJobPhase
+	30, // 29: ferry.agent.v1.Heartbeat.time:type_name -> google.protobuf.Timestamp
+	28, // 30: ferry.agent.v1.Heartbeat.facts:type_name -> ferry.v1.HostFacts
+	29, // 31: ferry.agent.v1.JobProgress.phase:type_name -> ferry.v1.MigrationJobPhase
+	31, // 32: ferry.agent.v1.JobProgress.disks:type_name -> ferry.v1.DiskProgress
+	32, // 33: ferry.agent.v1.JobProgress.phase_timings:type_name -> ferry.v1.PhaseTiming
+	33, // 34: ferry.agent.v1.JobProgress.precopy_rounds:type_name -> ferry.v1.PrecopyRound
+	1,  // 35: ferry.agent.v1.JobResult.outcome:type_name -> ferry.agent.v1.JobOutcome
+	31, // 36: ferry.agent.v1.JobResult.disks:type_name -> ferry.v1.DiskProgress
+	32, // 37: ferry.agent.v1.JobResult.phase_timings:type_name -> ferry.v1.PhaseTiming
+	33, // 38: ferry.agent.v1.JobResult.precopy_rounds:type_name -> ferry.v1.PrecopyRound
+	34, // 39: ferry.agent.v1.JobResult.measured_downtime:type_name -> google.protobuf.Duration
 	25, // 40: ferry.agent.v1.Assignment.job:type_name -> ferry.v1.MigrationJob
 	35, // 41: ferry.agent.v1.Assignment.source:type_name -> ferry.v1.Source
 	36, // 42: ferry.agent.v1.Assignment.migration_server:type_name -> ferry.v1.MigrationServer
 	26, // 43: ferry.agent.v1.Assignment.primary_storage:type_name -> ferry.v1.PrimaryStorage
 	27, // 44: ferry.agent.v1.Assignment.l3_networks:type_name -> ferry.v1.L3Network
 	23, // 45: ferry.agent.v1.Assignment.secrets:type_name -> ferry.agent.v1.Assignment.SecretsEntry
-	29, // 46: ferry.agent.v1.Assignment.guest_shutdown_timeout:type_name -> google.protobuf.Duration
-	32, // 47: ferry.agent.v1.Cutover.cutover_time:type_name -> google.protobuf.Timestamp
+	34, // 46: ferry.agent.v1.Assignment.guest_shutdown_timeout:type_name -> google.protobuf.Duration
+	30, // 47: ferry.agent.v1.Cutover.cutover_time:type_name -> google.protobuf.Timestamp
 	35, // 48: ferry.agent.v1.InventoryRequest.source:type_name -> ferry.v1.Source
 	36, // 49: ferry.agent.v1.InventoryRequest.migration_server:type_name -> ferry.v1.MigrationServer
 	24, // 50: ferry.agent.v1.InventoryRequest.secrets:type_name -> ferry.agent.v1.InventoryRequest.SecretsEntry
