@@ -256,7 +256,7 @@ func (r *Runner) run(ctx context.Context, e *execution, prev *execution) {
 		r.rollback(e.job)
 	}
 	if !interrupted {
-		r.endWarm(e.job)
+		r.endWarm(e.job, res.GetOutcome() == agentv1.JobOutcome_JOB_OUTCOME_SUCCEEDED)
 	}
 
 	r.mu.Lock()

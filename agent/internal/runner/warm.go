@@ -48,13 +48,15 @@ import (
 //   - StopSource stops the source VM for the cutover; the runner then runs
 //     one last Round, which must see every write made before the stop.
 //   - EndWarm removes what rounds keep on the source (checkpoints,
-//     snapshots). The runner calls it once the job ended, whatever the
-//     outcome, but not when the agent shuts down (the job resumes); it
-//     must be idempotent.
+//     snapshots) and settles a source StopSource stopped: succeeded says
+//     the target VM took over; otherwise the source should run again.
+//     The runner calls it once the job ended, whatever the outcome, but
+//     not when the agent shuts down (the job resumes); it must be
+//     idempotent.
 type Warmer interface {
 	Round(ctx context.Context, job *Job, prev string) (RoundResult, error)
 	StopSource(ctx context.Context, job *Job) error
-	EndWarm(ctx context.Context, job *Job) error
+	EndWarm(ctx context.Context, job *Job, succeeded bool) error
 }
 
 // RoundResult is what one precopy round copied.
@@ -419,14 +421,14 @@ func configureWarm(ctx context.Context, d Drivers, j *Job) ([]string, error) {
 
 // endWarm removes what the rounds kept on the source, with its own
 // deadline: the job's context has usually ended.
-func (r *Runner) endWarm(j *Job) {
+func (r *Runner) endWarm(j *Job, succeeded bool) {
 	w, ok := r.drivers.Sources[j.Assignment.GetSource().GetType()].(Warmer)
 	if !ok || !j.IsWarm() {
 		return
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), rollbackTimeout)
 	defer cancel()
-	if err := w.EndWarm(ctx, j); err != nil {
+	if err := w.EndWarm(ctx, j, succeeded); err != nil {
 		j.Log.Error("remove the source's change tracking (the janitor tries again)", "err", err)
 	}
 }

@@ -72,7 +72,8 @@ type Driver struct {
 	opts Options
 
 	mu     sync.Mutex
-	active map[string]bool // leftover records of running backups
+	active  map[string]bool // leftover records of running backups
+	stopped map[string]bool // warm jobs whose source StopSource paused
 }
 
 var (
@@ -85,7 +86,7 @@ func NewDriver(log *slog.Logger, keys HostKeyReporter, opts Options) *Driver {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	return &Driver{log: log, keys: keys, opts: opts.withDefaults(), active: map[string]bool{}}
+	return &Driver{log: log, keys: keys, opts: opts.withDefaults(), active: map[string]bool{}, stopped: map[string]bool{}}
 }
 
 // connect opens the source of an assignment or inventory request, from
@@ -306,7 +307,13 @@ func (d *Driver) convertCold(ctx context.Context, src *source, vm *VM, targets [
 
 // copyOnce copies one disk's export into its cache image, skipping what a
 // checkpoint says the cache already holds.
-func (d *Driver) copyOnce(ctx context.Context, job *runner.Job, b exporter, disk *ferryv1.TargetDisk) error {
+func (d *Driver) copyOnce(ctx context.Context, job *runner.Job, b exporter, disk *ferryv1.TargetDisk) (pipeline.Stats, error) {
+	var st pipeline.Stats
+	err := d.copyStats(ctx, job, b, disk, &st)
+	return st, err
+}
+
+func (d *Driver) copyStats(ctx context.Context, job *runner.Job, b exporter, disk *ferryv1.TargetDisk, out *pipeline.Stats) error {
 	name := disk.GetSourceDisk()
 	nc, err := b.OpenDisk(ctx, name)
 	if err != nil {
@@ -343,6 +350,7 @@ func (d *Driver) copyOnce(ctx context.Context, job *runner.Job, b exporter, disk
 	if err != nil {
 		return err
 	}
+	*out = st
 	job.Log.Info("disk copied to the cache", "disk", name, "read_bytes", st.DataBytes,
 		"skipped_bytes", st.SkippedBytes, "zero_bytes", st.ZeroBytes, "seconds", st.Duration.Seconds())
 	return img.Close()
