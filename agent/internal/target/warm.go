@@ -111,7 +111,9 @@ func applyDisk(ctx context.Context, job *runner.Job, up *Uploader, dd runner.Dis
 		for off := e.Offset; off < e.Offset+e.Length; off += deltaPiece {
 			n := min(int64(deltaPiece), e.Offset+e.Length-off)
 			written += n
-			g.Go(func() error { return applyPiece(gctx, job, src, dst, pipeline.Extent{Offset: off, Length: n, Zero: e.Zero}, verify) })
+			g.Go(func() error {
+				return applyPiece(gctx, job, src, dst, pipeline.Extent{Offset: off, Length: n, Zero: e.Zero}, verify)
+			})
 		}
 	}
 	if err := g.Wait(); err != nil {

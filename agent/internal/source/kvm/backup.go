@@ -162,7 +162,6 @@ func (b *Backup) readBitmaps(dom *libvirt.Domain) error {
 // qemu:dirty-bitmap:<ExportBitmap>.
 func (b *Backup) ExportBitmap(target string) string { return b.bitmaps[target] }
 
-
 // newBackup checks the requested disks against the domain and names the
 // backup's files.
 func (c *Conn) newBackup(dom *libvirt.Domain, vmName string, disks []string) (*Backup, *libvirtxml.Domain, error) {

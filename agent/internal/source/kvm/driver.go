@@ -71,7 +71,7 @@ type Driver struct {
 	keys HostKeyReporter
 	opts Options
 
-	mu     sync.Mutex
+	mu      sync.Mutex
 	active  map[string]bool // leftover records of running backups
 	stopped map[string]bool // warm jobs whose source StopSource paused
 }

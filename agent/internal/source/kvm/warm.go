@@ -17,6 +17,7 @@ import (
 	"github.com/ferry-v2v/ferry/agent/internal/cache"
 	"github.com/ferry-v2v/ferry/agent/internal/pipeline"
 	"github.com/ferry-v2v/ferry/agent/internal/runner"
+	"github.com/ferry-v2v/ferry/pkg/kvmver"
 	"github.com/ferry-v2v/ferry/pkg/nbd"
 	ferryv1 "github.com/ferry-v2v/ferry/pkg/pb/ferry/v1"
 )
@@ -35,34 +36,6 @@ import (
 const CheckpointPrefix = "ferry-"
 
 var _ runner.Warmer = (*Driver)(nil)
-
-// ErrNoBitmaps: a disk cannot carry a dirty bitmap, so a warm job cannot
-// track its changes.
-var ErrNoBitmaps = errors.New("cannot carry dirty bitmaps")
-
-// WarmRefusal says why vm cannot be migrated warm, or "" when it can: a
-// disk it copies that is not qcow2 (a raw file, a block device, an RBD
-// image) cannot carry the persistent dirty bitmaps of checkpoints.
-func WarmRefusal(vm *ferryv1.SourceVm, copies func(target string) bool) string {
-	var bad []string
-	for _, d := range vm.GetDisks() {
-		if copies != nil && !copies(d.GetTarget()) {
-			continue
-		}
-		if d.GetFormat() != "qcow2" {
-			f := d.GetFormat()
-			if f == "" {
-				f = "unknown format"
-			}
-			bad = append(bad, fmt.Sprintf("%s (%s)", d.GetTarget(), f))
-		}
-	}
-	if len(bad) == 0 {
-		return ""
-	}
-	return "warm migration needs qcow2 disks, whose dirty bitmaps track changes between rounds; disk " +
-		strings.Join(bad, ", ") + " " + ErrNoBitmaps.Error()
-}
 
 // checkpointPrefix is the prefix of a job's checkpoints.
 func checkpointPrefix(job *runner.Job) string {
@@ -91,7 +64,7 @@ func (d *Driver) Round(ctx context.Context, job *runner.Job, prev string) (runne
 	for i, disk := range disks {
 		targets[i] = disk.GetSourceDisk()
 	}
-	if why := WarmRefusal(vm.Proto(), func(t string) bool { return slices.Contains(targets, t) }); why != "" {
+	if why := kvmver.WarmRefusal(vm.Proto(), func(t string) bool { return slices.Contains(targets, t) }); why != "" {
 		return runner.RoundResult{}, fmt.Errorf("VM %s: %s", vmName, why)
 	}
 	if err := src.conn.CleanupStale(ctx, vmName); err != nil {
