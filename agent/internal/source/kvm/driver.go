@@ -72,8 +72,9 @@ type Driver struct {
 	opts Options
 
 	mu      sync.Mutex
-	active  map[string]bool // leftover records of running backups
-	stopped map[string]bool // warm jobs whose source StopSource paused
+	active  map[string]bool          // leftover records of running backups
+	stopped map[string]bool          // warm jobs whose source StopSource paused
+	closing map[string]chan struct{} // closed when a cutover's backup ended
 }
 
 var (
@@ -86,7 +87,8 @@ func NewDriver(log *slog.Logger, keys HostKeyReporter, opts Options) *Driver {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	return &Driver{log: log, keys: keys, opts: opts.withDefaults(), active: map[string]bool{}, stopped: map[string]bool{}}
+	return &Driver{log: log, keys: keys, opts: opts.withDefaults(), active: map[string]bool{}, stopped: map[string]bool{},
+		closing: map[string]chan struct{}{}}
 }
 
 // connect opens the source of an assignment or inventory request, from

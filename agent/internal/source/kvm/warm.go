@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"log/slog"
 	"path"
 	"slices"
 	"strings"
@@ -71,7 +72,18 @@ func (d *Driver) Round(ctx context.Context, job *runner.Job, prev string) (runne
 		return runner.RoundResult{}, fmt.Errorf("clean up an earlier backup of %s: %w", vmName, err)
 	}
 	prefix := checkpointPrefix(job)
-	if err := src.conn.DeleteCheckpoints(ctx, vmName, prefix, prev); err != nil {
+	d.mu.Lock()
+	stopped := d.stopped[job.Name()]
+	d.mu.Unlock()
+	// The cutover's round leaves older checkpoints to EndWarm: deleting
+	// one (merging its bitmap) would lengthen the downtime.
+	keepOld := stopped && prev != ""
+	if keepOld {
+		err = src.conn.CheckCheckpoint(ctx, vmName, prev)
+	} else {
+		err = src.conn.DeleteCheckpoints(ctx, vmName, prefix, prev)
+	}
+	if err != nil {
 		return runner.RoundResult{}, err
 	}
 	next, err := checkpointName(prefix)
@@ -100,12 +112,26 @@ func (d *Driver) Round(ctx context.Context, job *runner.Job, prev string) (runne
 		d.release(record, true)
 		return runner.RoundResult{}, err
 	}
-	defer func() {
+	closed := make(chan struct{})
+	end := func() {
+		defer close(closed)
 		cerr := b.Close(context.WithoutCancel(ctx))
 		if cerr != nil {
 			job.Log.Error("end the source backup; the agent tries again later", "err", cerr)
 		}
 		d.release(record, cerr == nil)
+	}
+	defer func() {
+		if !stopped {
+			end()
+			return
+		}
+		// The cutover's backup ends beside CONFIGURING: the source VM is
+		// paused, and EndWarm waits for it.
+		d.mu.Lock()
+		d.closing[job.Name()] = closed
+		d.mu.Unlock()
+		go end()
 	}()
 	res := runner.RoundResult{Token: next}
 	if prev == "" {
@@ -283,11 +309,20 @@ func (d *Driver) EndWarm(ctx context.Context, job *runner.Job, succeeded bool) e
 	d.mu.Lock()
 	stopped := d.stopped[job.Name()]
 	delete(d.stopped, job.Name())
+	closing := d.closing[job.Name()]
+	delete(d.closing, job.Name())
 	d.mu.Unlock()
+	if closing != nil {
+		select {
+		case <-closing:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
 	return d.withDomain(ctx, job, func(dom *libvirt.Domain) error {
 		var errs []error
 		name, _ := dom.GetName()
-		if err := d.deleteCheckpoints(dom, name, checkpointPrefix(job), "", job.Log); err != nil {
+		if err := deleteCheckpoints(dom, name, checkpointPrefix(job), "", job.Log); err != nil {
 			errs = append(errs, err)
 		}
 		switch {
@@ -324,6 +359,23 @@ func (d *Driver) withDomain(ctx context.Context, job *runner.Job, f func(dom *li
 	return f(dom)
 }
 
+// CheckCheckpoint fails unless the VM has the checkpoint name.
+func (c *Conn) CheckCheckpoint(ctx context.Context, vmName, name string) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	dom, err := c.domain(vmName)
+	if err != nil {
+		return err
+	}
+	defer dom.Free()
+	cp, err := dom.CheckpointLookupByName(name, 0)
+	if err != nil {
+		return fmt.Errorf("checkpoint %s of VM %s is gone: the rounds cannot go on from it (restart the job for a new full copy): %w", name, vmName, err)
+	}
+	return cp.Free()
+}
+
 // DeleteCheckpoints deletes the VM's checkpoints whose names begin with
 // prefix, except keep; a keep that is not there is an error (the rounds
 // cannot go on from it).
@@ -336,12 +388,10 @@ func (c *Conn) DeleteCheckpoints(ctx context.Context, vmName, prefix, keep strin
 		return err
 	}
 	defer dom.Free()
-	return (&Driver{}).deleteCheckpoints(dom, vmName, prefix, keep, c.log)
+	return deleteCheckpoints(dom, vmName, prefix, keep, c.log)
 }
 
-func (d *Driver) deleteCheckpoints(dom *libvirt.Domain, vmName, prefix, keep string, log interface {
-	Info(string, ...any)
-}) error {
+func deleteCheckpoints(dom *libvirt.Domain, vmName, prefix, keep string, log *slog.Logger) error {
 	cps, err := dom.ListAllCheckpoints(0)
 	if err != nil {
 		return fmt.Errorf("checkpoints of VM %s: %w", vmName, err)
