@@ -51,7 +51,12 @@ func (d *Driver) Round(ctx context.Context, job *runner.Job, prev string) (runne
 	if err := src.connectFirst(ctx); err != nil {
 		return runner.RoundResult{}, err
 	}
-	defer func() { src.conn.Close() }()
+	ownConn := true // false once a goroutine ending the backup owns it
+	defer func() {
+		if ownConn {
+			src.conn.Close()
+		}
+	}()
 	vmName := a.GetJob().GetSourceVm()
 	vm, err := src.conn.DescribeVM(ctx, vmName)
 	if err != nil {
@@ -131,7 +136,12 @@ func (d *Driver) Round(ctx context.Context, job *runner.Job, prev string) (runne
 		d.mu.Lock()
 		d.closing[job.Name()] = closed
 		d.mu.Unlock()
-		go end()
+		ownConn = false
+		conn := src.conn
+		go func() {
+			defer conn.Close()
+			end()
+		}()
 	}()
 	res := runner.RoundResult{Token: next}
 	if prev == "" {
