@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"google.golang.org/protobuf/types/known/durationpb"
+	"google.golang.org/protobuf/types/known/timestamppb"
 
 	ferryv1 "github.com/ferry-v2v/ferry/pkg/pb/ferry/v1"
 	"github.com/ferry-v2v/ferry/pkg/testenv"
@@ -166,4 +167,128 @@ func TestWarmKVM(t *testing.T) {
 		t.Errorf("target VM is %q; want running", st)
 	}
 	t.Logf("TestWarmKVM took %v", time.Since(start).Round(100*time.Millisecond))
+}
+
+// warmSpec is a warm job of vm with 10 s between rounds.
+func (w *world) warmSpec(vm *testenv.TestVM, cutoverNow bool) *ferryv1.MigrationJobSpec {
+	opts := &ferryv1.MigrationOptions{Mode: ferryv1.MigrationMode_MIGRATION_MODE_WARM, PrecopyInterval: durationpb.New(10 * time.Second)}
+	if cutoverNow {
+		opts.CutoverTime = timestamppb.Now()
+	}
+	return w.spec(w.sourceVM(w.source, vm.Name), opts)
+}
+
+// expectNoCheckpoints waits until the job's rollback and EndWarm left no
+// checkpoint, bitmap or backup file on the source.
+func (w *world) expectNoCheckpoints(src *testenv.TestVM) {
+	w.t.Helper()
+	var left []string
+	testkit.WaitFor(w.t, 60*time.Second, "the checkpoints to go", func() bool {
+		left = append(checkpoints(w.t, w.lv, src), leftovers(src)...)
+		return len(left) == 0
+	})
+}
+
+// TestWarmKVMCancelAndFailure: a warm job cancelled while SYNCING, and
+// one whose cutover fails defining the target, leave no target volume, no
+// target VM of theirs and no checkpoint; the failed cutover resumes the
+// source VM it had paused.
+func TestWarmKVMCancelAndFailure(t *testing.T) {
+	start := time.Now()
+	w := newWorld(t)
+	t.Run("cancel while syncing", func(t *testing.T) {
+		src := testenv.NewTestVM(t, w.lv, testenv.VMOptions{})
+		spec := w.warmSpec(src, false)
+		name := w.createJob(spec)
+		j := w.waitJob(name, 90*time.Second, "SYNCING", func(j *ferryv1.MigrationJob) bool {
+			return terminal(j) || j.GetPhase() == syncing
+		})
+		if terminal(j) {
+			t.Fatalf("job ended %s before SYNCING: %s", j.GetState(), j.GetReason())
+		}
+		if n := len(checkpoints(t, w.lv, src)); n == 0 {
+			t.Error("no checkpoint on the source while SYNCING")
+		}
+		_, err := w.f.client.Jobs().CancelMigrationJob(ctx(t, 10*time.Second), &ferryv1.CancelMigrationJobRequest{Name: name})
+		must(t, err)
+		w.expectVolumesGone(name)
+		w.expectNoCheckpoints(src)
+		if _, err := w.lv.TryVirsh("domstate", spec.GetTarget().GetVmName()); err == nil {
+			t.Errorf("target VM %s exists after the cancel", spec.GetTarget().GetVmName())
+		}
+		if st := src.State(t); st != "running" {
+			t.Errorf("source VM is %s after the cancel; want running", st)
+		}
+	})
+	t.Run("cutover fails", func(t *testing.T) {
+		src := testenv.NewTestVM(t, w.lv, testenv.VMOptions{})
+		spec := w.warmSpec(src, true)
+		squatter := testenv.NewTestVM(t, w.lv, testenv.VMOptions{Name: spec.GetTarget().GetVmName()})
+		name := w.createJob(spec)
+		j := w.waitJob(name, 2*time.Minute, "the job to end", terminal)
+		if j.GetState() != ferryv1.MigrationJobState_MIGRATION_JOB_STATE_FAILED || j.GetPhase() != configuring {
+			t.Fatalf("job ended %s in %s: %s", j.GetState(), j.GetPhase(), j.GetReason())
+		}
+		if rs := j.GetPrecopyRounds(); len(rs) < 2 || !rs[len(rs)-1].GetFinal() {
+			t.Errorf("rounds = %v; want the first and the cutover's", rs)
+		}
+		if !strings.Contains(j.GetReason(), squatter.Name) {
+			t.Errorf("reason does not name the domain in the way: %q", j.GetReason())
+		}
+		w.expectVolumesGone(name)
+		w.expectNoCheckpoints(src)
+		testkit.WaitFor(t, 30*time.Second, "the source VM to run again", func() bool { return src.State(t) == "running" })
+		if st := squatter.State(t); st != "running" {
+			t.Errorf("the domain that was there first is %s; Ferry must leave it alone", st)
+		}
+	})
+	t.Logf("TestWarmKVMCancelAndFailure took %v", time.Since(start).Round(100*time.Millisecond))
+}
+
+// TestWarmKVMAgentKilled: an agent killed between rounds resumes, once
+// back, at the next round from its last completed one, not with a new
+// full copy; the target still ends identical to the source.
+func TestWarmKVMAgentKilled(t *testing.T) {
+	start := time.Now()
+	w := newWorld(t)
+	src := testenv.NewTestVM(t, w.lv, testenv.VMOptions{RandomBytes: 4 << 20})
+	spec := w.warmSpec(src, false)
+	name := w.createJob(spec)
+	j := w.rounds(name, 1)
+	if terminal(j) {
+		t.Fatalf("job ended %s: %s", j.GetState(), j.GetReason())
+	}
+	w.f.agents[w.host].kill()
+	kib := int64(1024)
+	changed := w.write(src, guestWrite{0, 2 << 20, 128 * kib, 0xd1}, guestWrite{1, 64 << 20, 64 * kib, 0xd2})
+	w.f.startAgent(w.host, w.cacheDir)
+	j = w.rounds(name, 2)
+	if terminal(j) {
+		t.Fatalf("job ended %s after the agent came back: %s", j.GetState(), j.GetReason())
+	}
+	r2 := j.GetPrecopyRounds()[1]
+	if r2.GetNumber() != 2 || r2.GetChangedBytes() != changed {
+		t.Errorf("round after the restart: number %d, changed %d; want round 2 of the %d bytes written", r2.GetNumber(), r2.GetChangedBytes(), changed)
+	}
+	if _, err := w.f.client.Jobs().CutoverMigrationJob(ctx(t, 10*time.Second), &ferryv1.CutoverMigrationJobRequest{Name: name}); err != nil {
+		t.Fatal(err)
+	}
+	j = w.waitJob(name, 2*time.Minute, "the job to end", terminal)
+	if j.GetState() != ferryv1.MigrationJobState_MIGRATION_JOB_STATE_SUCCEEDED {
+		t.Fatalf("job ended %s in %s: %s", j.GetState(), j.GetPhase(), j.GetReason())
+	}
+	for i, r := range j.GetPrecopyRounds() {
+		if r.GetNumber() != int32(i+1) {
+			t.Errorf("rounds = %v; want numbered 1, 2, ... once each", j.GetPrecopyRounds())
+			break
+		}
+	}
+	testkit.WaitFor(t, 30*time.Second, "the source VM to be powered off", func() bool { return src.State(t) == "shut off" })
+	for _, d := range src.Disks {
+		compare(t, d.Path, w.volume(name, d.Target))
+	}
+	if left := checkpoints(t, w.lv, src); len(left) > 0 {
+		t.Errorf("left on the source: %v", left)
+	}
+	t.Logf("TestWarmKVMAgentKilled took %v", time.Since(start).Round(100*time.Millisecond))
 }
