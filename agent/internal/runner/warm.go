@@ -431,4 +431,9 @@ func (r *Runner) endWarm(j *Job, succeeded bool) {
 	if err := w.EndWarm(ctx, j, succeeded); err != nil {
 		j.Log.Error("remove the source's change tracking (the janitor tries again)", "err", err)
 	}
+	// The rounds' tokens are gone with the change tracking: a restart
+	// begins with a full round.
+	if err := os.Remove(filepath.Join(j.CacheDir, warmFile)); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		j.Log.Warn("remove the record of the precopy rounds", "err", err)
+	}
 }

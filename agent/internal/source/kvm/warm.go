@@ -91,6 +91,9 @@ func (d *Driver) Round(ctx context.Context, job *runner.Job, prev string) (runne
 	if err != nil {
 		return runner.RoundResult{}, err
 	}
+	if err := d.rememberWarm(job, vmName, vm.UUID); err != nil {
+		return runner.RoundResult{}, err
+	}
 	next, err := checkpointName(prefix)
 	if err != nil {
 		return runner.RoundResult{}, err
@@ -322,6 +325,8 @@ func (d *Driver) EndWarm(ctx context.Context, job *runner.Job, succeeded bool) e
 	closing := d.closing[job.Name()]
 	delete(d.closing, job.Name())
 	d.mu.Unlock()
+	deleted := false
+	defer func() { d.forgetWarm(job, deleted) }()
 	if closing != nil {
 		select {
 		case <-closing:
@@ -332,7 +337,9 @@ func (d *Driver) EndWarm(ctx context.Context, job *runner.Job, succeeded bool) e
 	return d.withDomain(ctx, job, func(dom *libvirt.Domain) error {
 		var errs []error
 		name, _ := dom.GetName()
-		if err := deleteCheckpoints(dom, name, checkpointPrefix(job), "", job.Log); err != nil {
+		err := deleteCheckpoints(dom, name, checkpointPrefix(job), "", job.Log)
+		deleted = err == nil
+		if err != nil {
 			errs = append(errs, err)
 		}
 		switch {
