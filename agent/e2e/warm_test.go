@@ -3,7 +3,10 @@ package e2e
 import (
 	"encoding/json"
 	"fmt"
+	"os"
 	"os/exec"
+	"path"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -345,4 +348,30 @@ func TestWarmKVMDowntime(t *testing.T) {
 		compare(t, d.Path, w.volume(name, d.Target))
 	}
 	t.Logf("TestWarmKVMDowntime took %v", time.Since(start).Round(100*time.Millisecond))
+}
+
+// TestWarmKVMJanitor: the checkpoints of a warm job whose agent crashed
+// stay while its cache can still resume it, and the agent's janitor
+// deletes them once the cache is gone (the job was cancelled meanwhile and
+// its cache reclaimed).
+func TestWarmKVMJanitor(t *testing.T) {
+	start := time.Now()
+	w := newWorld(t)
+	src := testenv.NewTestVM(t, w.lv, testenv.VMOptions{})
+	name := w.createJob(w.warmSpec(src, false))
+	if j := w.rounds(name, 1); terminal(j) {
+		t.Fatalf("job ended %s: %s", j.GetState(), j.GetReason())
+	}
+	w.f.agents[w.host].kill()
+	if len(checkpoints(t, w.lv, src)) == 0 {
+		t.Fatal("no checkpoint on the source after the first round")
+	}
+	_, err := w.f.client.Jobs().CancelMigrationJob(ctx(t, 10*time.Second), &ferryv1.CancelMigrationJobRequest{Name: name})
+	must(t, err)
+	if err := os.RemoveAll(filepath.Join(w.cacheDir, path.Base(name))); err != nil {
+		t.Fatal(err)
+	}
+	w.f.startAgent(w.host, w.cacheDir)
+	w.expectNoCheckpoints(src)
+	t.Logf("TestWarmKVMJanitor took %v", time.Since(start).Round(100*time.Millisecond))
 }
