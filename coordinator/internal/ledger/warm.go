@@ -39,11 +39,11 @@ func (l *Ledger) cutoverRefusal(name string) error {
 		return fmt.Errorf("job %s: %w", name, ErrNotFound)
 	}
 	if !IsWarm(j) {
-		return fmt.Errorf("%w: options.mode: job %s is not warm (%s); only a warm job cuts over", ErrFailedPrecondition,
-			name, j.GetOptions().GetMode())
+		return fmt.Errorf("%w: job %s is not warm (options.mode %s); only a job created with mode WARM cuts over",
+			ErrFailedPrecondition, name, j.GetOptions().GetMode())
 	}
 	if s := j.GetState(); s != stateQueued && s != stateRunning {
-		return fmt.Errorf("%w: state: job %s is %s; only a queued or running job cuts over", ErrFailedPrecondition, name, s)
+		return fmt.Errorf("%w: job %s is %s; only a queued or running job cuts over", ErrFailedPrecondition, name, s)
 	}
 	return nil
 }

@@ -1283,7 +1283,8 @@ type MigrationOptions struct {
 	// A warm job's time between precopy rounds; unset takes
 	// Settings.precopy_interval (default 30 min). At least 10 s.
 	PrecopyInterval *durationpb.Duration `protobuf:"bytes,7,opt,name=precopy_interval,json=precopyInterval,proto3" json:"precopy_interval,omitempty"`
-	// When a warm job cuts over; unset waits for CutoverMigrationJob.
+	// When a warm job cuts over; unset waits for CutoverMigrationJob,
+	// which also sets it later.
 	CutoverTime   *timestamppb.Timestamp `protobuf:"bytes,8,opt,name=cutover_time,json=cutoverTime,proto3" json:"cutover_time,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache

@@ -73,10 +73,12 @@ type MigrationJobServiceClient interface {
 	UpdateMigrationJob(ctx context.Context, in *UpdateMigrationJobRequest, opts ...grpc.CallOption) (*MigrationJob, error)
 	// CutoverMigrationJob sets when a warm job (options.mode WARM) cuts over:
 	// at cutover_time, or at once when it is unset or past. The job must be
-	// warm (FAILED_PRECONDITION naming options.mode) and queued or running
-	// (FAILED_PRECONDITION naming state). Cutover stops the source VM
-	// (shutdown, or pause with options.pause_source_vm), copies and verifies
-	// the last delta, and defines and starts the target VM.
+	// warm (options.mode WARM) and queued or running, else
+	// FAILED_PRECONDITION on name says which; NOT_FOUND on name when there
+	// is no such job. The cutover pauses the source VM, copies and verifies
+	// the last delta, defines and starts the target VM, then powers the
+	// source off (options.pause_source_vm leaves it paused); a cutover that
+	// fails resumes the source.
 	CutoverMigrationJob(ctx context.Context, in *CutoverMigrationJobRequest, opts ...grpc.CallOption) (*MigrationJob, error)
 }
 
@@ -238,10 +240,12 @@ type MigrationJobServiceServer interface {
 	UpdateMigrationJob(context.Context, *UpdateMigrationJobRequest) (*MigrationJob, error)
 	// CutoverMigrationJob sets when a warm job (options.mode WARM) cuts over:
 	// at cutover_time, or at once when it is unset or past. The job must be
-	// warm (FAILED_PRECONDITION naming options.mode) and queued or running
-	// (FAILED_PRECONDITION naming state). Cutover stops the source VM
-	// (shutdown, or pause with options.pause_source_vm), copies and verifies
-	// the last delta, and defines and starts the target VM.
+	// warm (options.mode WARM) and queued or running, else
+	// FAILED_PRECONDITION on name says which; NOT_FOUND on name when there
+	// is no such job. The cutover pauses the source VM, copies and verifies
+	// the last delta, defines and starts the target VM, then powers the
+	// source off (options.pause_source_vm leaves it paused); a cutover that
+	// fails resumes the source.
 	CutoverMigrationJob(context.Context, *CutoverMigrationJobRequest) (*MigrationJob, error)
 	mustEmbedUnimplementedMigrationJobServiceServer()
 }
