@@ -15,7 +15,7 @@ import (
 )
 
 func (a *app) jobCutover() *cobra.Command {
-	var at string
+	var at, reqID string
 	cmd := &cobra.Command{
 		Use:   "cutover NAME [--at TIME]",
 		Short: "Set when a warm job cuts over (now by default)",
@@ -35,14 +35,16 @@ duration and estimated downtime, and after the cutover the measured downtime.`,
 				return err
 			}
 			resp, err := cl.Jobs().CutoverMigrationJob(ctx, &ferryv1.CutoverMigrationJobRequest{Name: resName("migrationJobs", args[0]),
-				CutoverTime: when})
+				CutoverTime: when, RequestId: requestID(reqID)})
 			if err != nil {
 				return err
 			}
-			return a.done(resp, resp.GetName()+" cuts over at "+when2(resp.GetOptions().GetCutoverTime()))
+			j := resp.GetJob()
+			return a.done(resp, j.GetName()+" cuts over at "+when2(j.GetOptions().GetCutoverTime()))
 		}),
 	}
 	cmd.Flags().StringVar(&at, "at", "", "when: an RFC 3339 time or a duration from now (default: now)")
+	addRequestIDFlag(cmd, &reqID)
 	return cmd
 }
 

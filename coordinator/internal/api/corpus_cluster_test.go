@@ -395,10 +395,10 @@ var corpus = []corpusCase{
 	{"cancel a missing job", unary(func(c *apiClients) func(context.Context, *ferryv1.CancelMigrationJobRequest, ...grpc.CallOption) (*ferryv1.CancelMigrationJobResponse, error) {
 		return c.jobs.CancelMigrationJob
 	}, &ferryv1.CancelMigrationJobRequest{Name: "migrationJobs/x"}), codes.NotFound, "name:"},
-	{"cutover a missing job", unary(func(c *apiClients) func(context.Context, *ferryv1.CutoverMigrationJobRequest, ...grpc.CallOption) (*ferryv1.MigrationJob, error) {
+	{"cutover a missing job", unary(func(c *apiClients) func(context.Context, *ferryv1.CutoverMigrationJobRequest, ...grpc.CallOption) (*ferryv1.CutoverMigrationJobResponse, error) {
 		return c.jobs.CutoverMigrationJob
 	}, &ferryv1.CutoverMigrationJobRequest{Name: "migrationJobs/x"}), codes.NotFound, "name:"},
-	{"cutover an invalid time", unary(func(c *apiClients) func(context.Context, *ferryv1.CutoverMigrationJobRequest, ...grpc.CallOption) (*ferryv1.MigrationJob, error) {
+	{"cutover an invalid time", unary(func(c *apiClients) func(context.Context, *ferryv1.CutoverMigrationJobRequest, ...grpc.CallOption) (*ferryv1.CutoverMigrationJobResponse, error) {
 		return c.jobs.CutoverMigrationJob
 	}, &ferryv1.CutoverMigrationJobRequest{Name: "migrationJobs/x", CutoverTime: &timestamppb.Timestamp{Nanos: -1}}), ipa, "cutover_time:"},
 	{"cutover a job that is not warm", func(ctx context.Context, c *apiClients) error {

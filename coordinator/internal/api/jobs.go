@@ -169,23 +169,30 @@ func (s *jobService) DeleteMigrationJob(ctx context.Context, req *ferryv1.Delete
 }
 
 // CutoverMigrationJob sets when a warm job cuts over: cutover_time, or the
-// leader's now when it is unset. The session manager sees the job change
-// and tells the agent running it.
-func (s *jobService) CutoverMigrationJob(ctx context.Context, req *ferryv1.CutoverMigrationJobRequest) (*ferryv1.MigrationJob, error) {
+// leader's now when it is unset or past. The session manager sees the job
+// change and tells the agent running it.
+func (s *jobService) CutoverMigrationJob(ctx context.Context, req *ferryv1.CutoverMigrationJobRequest) (*ferryv1.CutoverMigrationJobResponse, error) {
+	const method = "CutoverMigrationJob"
 	c := &checker{}
 	checkRef(c, "name", req.GetName(), colJobs)
 	at := req.GetCutoverTime()
 	if at != nil && at.CheckValid() != nil {
 		c.add("cutover_time", "not a valid time: %v", at.CheckValid())
 	}
+	checkRequestID(c, req.GetRequestId())
 	err := c.err()
+	var again bool
 	if err == nil {
+		again, err = s.a.replayed(req.GetRequestId(), method, req.GetName())
+	}
+	if err == nil && !again {
 		if at == nil || at.AsTime().Before(s.a.clock()) {
 			at = timestamppb.New(s.a.clock())
 		}
-		_, err = s.a.propose(ctx, &ledgerv1.Command{Op: &ledgerv1.Command_SetMigrationJobCutover{
-			SetMigrationJobCutover: &ledgerv1.SetMigrationJobCutover{Name: req.GetName(), CutoverTime: at}}})
+		_, err = s.a.propose(ctx, withRequest(&ledgerv1.Command{Op: &ledgerv1.Command_SetMigrationJobCutover{
+			SetMigrationJobCutover: &ledgerv1.SetMigrationJobCutover{Name: req.GetName(), CutoverTime: at}}},
+			req.GetRequestId(), method, req.GetName()))
 	}
 	j, err := s.readJob(req.GetName(), err)
-	return reply(ctx, s.a, j, err)
+	return reply(ctx, s.a, &ferryv1.CutoverMigrationJobResponse{Job: j}, err)
 }

@@ -65,11 +65,11 @@ func TestWarmPrechecks(t *testing.T) {
 	// A cutover later, then at once: the leader stamps its own time.
 	later := time.Date(2040, 1, 2, 3, 4, 5, 0, time.UTC)
 	got, err := e.jobs.CutoverMigrationJob(ctx(t), &ferryv1.CutoverMigrationJobRequest{Name: j.GetName(), CutoverTime: timestamppb.New(later)})
-	if err != nil || !got.GetOptions().GetCutoverTime().AsTime().Equal(later) {
-		t.Fatalf("cutover at %v: %v, %v", later, got.GetOptions().GetCutoverTime(), err)
+	if err != nil || !got.GetJob().GetOptions().GetCutoverTime().AsTime().Equal(later) {
+		t.Fatalf("cutover at %v: %v, %v", later, got.GetJob().GetOptions().GetCutoverTime(), err)
 	}
 	got, err = e.jobs.CutoverMigrationJob(ctx(t), &ferryv1.CutoverMigrationJobRequest{Name: j.GetName()})
-	if at := got.GetOptions().GetCutoverTime(); err != nil || at == nil || !at.AsTime().Before(later) {
+	if at := got.GetJob().GetOptions().GetCutoverTime(); err != nil || at == nil || !at.AsTime().Before(later) {
 		t.Fatalf("cutover now: %v, %v; want the leader's time", at, err)
 	}
 }

@@ -1500,7 +1500,9 @@ type CutoverMigrationJobRequest struct {
 	// migrationJobs/{id}
 	Name string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
 	// When to cut over; unset or past cuts over at once.
-	CutoverTime   *timestamppb.Timestamp `protobuf:"bytes,2,opt,name=cutover_time,json=cutoverTime,proto3" json:"cutover_time,omitempty"`
+	CutoverTime *timestamppb.Timestamp `protobuf:"bytes,2,opt,name=cutover_time,json=cutoverTime,proto3" json:"cutover_time,omitempty"`
+	// Idempotency key (AIP-155): a repeat answers without applying again.
+	RequestId     string `protobuf:"bytes,3,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1549,6 +1551,58 @@ func (x *CutoverMigrationJobRequest) GetCutoverTime() *timestamppb.Timestamp {
 	return nil
 }
 
+func (x *CutoverMigrationJobRequest) GetRequestId() string {
+	if x != nil {
+		return x.RequestId
+	}
+	return ""
+}
+
+// CutoverMigrationJobResponse is the job with its cutover time set.
+type CutoverMigrationJobResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Job           *MigrationJob          `protobuf:"bytes,1,opt,name=job,proto3" json:"job,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CutoverMigrationJobResponse) Reset() {
+	*x = CutoverMigrationJobResponse{}
+	mi := &file_ferry_v1_migration_job_proto_msgTypes[7]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CutoverMigrationJobResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CutoverMigrationJobResponse) ProtoMessage() {}
+
+func (x *CutoverMigrationJobResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_ferry_v1_migration_job_proto_msgTypes[7]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CutoverMigrationJobResponse.ProtoReflect.Descriptor instead.
+func (*CutoverMigrationJobResponse) Descriptor() ([]byte, []int) {
+	return file_ferry_v1_migration_job_proto_rawDescGZIP(), []int{7}
+}
+
+func (x *CutoverMigrationJobResponse) GetJob() *MigrationJob {
+	if x != nil {
+		return x.Job
+	}
+	return nil
+}
+
 // DiskProgress is the copy progress of one disk in the current phase.
 type DiskProgress struct {
 	state          protoimpl.MessageState `protogen:"open.v1"`
@@ -1570,7 +1624,7 @@ type DiskProgress struct {
 
 func (x *DiskProgress) Reset() {
 	*x = DiskProgress{}
-	mi := &file_ferry_v1_migration_job_proto_msgTypes[7]
+	mi := &file_ferry_v1_migration_job_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1582,7 +1636,7 @@ func (x *DiskProgress) String() string {
 func (*DiskProgress) ProtoMessage() {}
 
 func (x *DiskProgress) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_migration_job_proto_msgTypes[7]
+	mi := &file_ferry_v1_migration_job_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1595,7 +1649,7 @@ func (x *DiskProgress) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DiskProgress.ProtoReflect.Descriptor instead.
 func (*DiskProgress) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_migration_job_proto_rawDescGZIP(), []int{7}
+	return file_ferry_v1_migration_job_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *DiskProgress) GetSourceDisk() string {
@@ -1673,7 +1727,7 @@ type VerifyProgress struct {
 
 func (x *VerifyProgress) Reset() {
 	*x = VerifyProgress{}
-	mi := &file_ferry_v1_migration_job_proto_msgTypes[8]
+	mi := &file_ferry_v1_migration_job_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1685,7 +1739,7 @@ func (x *VerifyProgress) String() string {
 func (*VerifyProgress) ProtoMessage() {}
 
 func (x *VerifyProgress) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_migration_job_proto_msgTypes[8]
+	mi := &file_ferry_v1_migration_job_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1698,7 +1752,7 @@ func (x *VerifyProgress) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VerifyProgress.ProtoReflect.Descriptor instead.
 func (*VerifyProgress) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_migration_job_proto_rawDescGZIP(), []int{8}
+	return file_ferry_v1_migration_job_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *VerifyProgress) GetTotalBytes() int64 {
@@ -1750,7 +1804,7 @@ type PhaseTiming struct {
 
 func (x *PhaseTiming) Reset() {
 	*x = PhaseTiming{}
-	mi := &file_ferry_v1_migration_job_proto_msgTypes[9]
+	mi := &file_ferry_v1_migration_job_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1762,7 +1816,7 @@ func (x *PhaseTiming) String() string {
 func (*PhaseTiming) ProtoMessage() {}
 
 func (x *PhaseTiming) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_migration_job_proto_msgTypes[9]
+	mi := &file_ferry_v1_migration_job_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1775,7 +1829,7 @@ func (x *PhaseTiming) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PhaseTiming.ProtoReflect.Descriptor instead.
 func (*PhaseTiming) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_migration_job_proto_rawDescGZIP(), []int{9}
+	return file_ferry_v1_migration_job_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *PhaseTiming) GetPhase() MigrationJobPhase {
@@ -1828,7 +1882,7 @@ type MigrationJobSpec struct {
 
 func (x *MigrationJobSpec) Reset() {
 	*x = MigrationJobSpec{}
-	mi := &file_ferry_v1_migration_job_proto_msgTypes[10]
+	mi := &file_ferry_v1_migration_job_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1840,7 +1894,7 @@ func (x *MigrationJobSpec) String() string {
 func (*MigrationJobSpec) ProtoMessage() {}
 
 func (x *MigrationJobSpec) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_migration_job_proto_msgTypes[10]
+	mi := &file_ferry_v1_migration_job_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1853,7 +1907,7 @@ func (x *MigrationJobSpec) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MigrationJobSpec.ProtoReflect.Descriptor instead.
 func (*MigrationJobSpec) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_migration_job_proto_rawDescGZIP(), []int{10}
+	return file_ferry_v1_migration_job_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *MigrationJobSpec) GetSourceVm() string {
@@ -1902,7 +1956,7 @@ type UpdateMigrationJobRequest struct {
 
 func (x *UpdateMigrationJobRequest) Reset() {
 	*x = UpdateMigrationJobRequest{}
-	mi := &file_ferry_v1_migration_job_proto_msgTypes[11]
+	mi := &file_ferry_v1_migration_job_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1914,7 +1968,7 @@ func (x *UpdateMigrationJobRequest) String() string {
 func (*UpdateMigrationJobRequest) ProtoMessage() {}
 
 func (x *UpdateMigrationJobRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_migration_job_proto_msgTypes[11]
+	mi := &file_ferry_v1_migration_job_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1927,7 +1981,7 @@ func (x *UpdateMigrationJobRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpdateMigrationJobRequest.ProtoReflect.Descriptor instead.
 func (*UpdateMigrationJobRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_migration_job_proto_rawDescGZIP(), []int{11}
+	return file_ferry_v1_migration_job_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *UpdateMigrationJobRequest) GetMigrationJob() *MigrationJob {
@@ -1965,7 +2019,7 @@ type CreateMigrationJobsRequest struct {
 
 func (x *CreateMigrationJobsRequest) Reset() {
 	*x = CreateMigrationJobsRequest{}
-	mi := &file_ferry_v1_migration_job_proto_msgTypes[12]
+	mi := &file_ferry_v1_migration_job_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1977,7 +2031,7 @@ func (x *CreateMigrationJobsRequest) String() string {
 func (*CreateMigrationJobsRequest) ProtoMessage() {}
 
 func (x *CreateMigrationJobsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_migration_job_proto_msgTypes[12]
+	mi := &file_ferry_v1_migration_job_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1990,7 +2044,7 @@ func (x *CreateMigrationJobsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateMigrationJobsRequest.ProtoReflect.Descriptor instead.
 func (*CreateMigrationJobsRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_migration_job_proto_rawDescGZIP(), []int{12}
+	return file_ferry_v1_migration_job_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *CreateMigrationJobsRequest) GetSource() string {
@@ -2037,7 +2091,7 @@ type CreateMigrationJobsResponse struct {
 
 func (x *CreateMigrationJobsResponse) Reset() {
 	*x = CreateMigrationJobsResponse{}
-	mi := &file_ferry_v1_migration_job_proto_msgTypes[13]
+	mi := &file_ferry_v1_migration_job_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2049,7 +2103,7 @@ func (x *CreateMigrationJobsResponse) String() string {
 func (*CreateMigrationJobsResponse) ProtoMessage() {}
 
 func (x *CreateMigrationJobsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_migration_job_proto_msgTypes[13]
+	mi := &file_ferry_v1_migration_job_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2062,7 +2116,7 @@ func (x *CreateMigrationJobsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateMigrationJobsResponse.ProtoReflect.Descriptor instead.
 func (*CreateMigrationJobsResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_migration_job_proto_rawDescGZIP(), []int{13}
+	return file_ferry_v1_migration_job_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *CreateMigrationJobsResponse) GetJobs() []*MigrationJob {
@@ -2090,7 +2144,7 @@ type PreviewMigrationJobsRequest struct {
 
 func (x *PreviewMigrationJobsRequest) Reset() {
 	*x = PreviewMigrationJobsRequest{}
-	mi := &file_ferry_v1_migration_job_proto_msgTypes[14]
+	mi := &file_ferry_v1_migration_job_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2102,7 +2156,7 @@ func (x *PreviewMigrationJobsRequest) String() string {
 func (*PreviewMigrationJobsRequest) ProtoMessage() {}
 
 func (x *PreviewMigrationJobsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_migration_job_proto_msgTypes[14]
+	mi := &file_ferry_v1_migration_job_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2115,7 +2169,7 @@ func (x *PreviewMigrationJobsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PreviewMigrationJobsRequest.ProtoReflect.Descriptor instead.
 func (*PreviewMigrationJobsRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_migration_job_proto_rawDescGZIP(), []int{14}
+	return file_ferry_v1_migration_job_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *PreviewMigrationJobsRequest) GetSource() string {
@@ -2174,7 +2228,7 @@ type PreviewUsage struct {
 
 func (x *PreviewUsage) Reset() {
 	*x = PreviewUsage{}
-	mi := &file_ferry_v1_migration_job_proto_msgTypes[15]
+	mi := &file_ferry_v1_migration_job_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2186,7 +2240,7 @@ func (x *PreviewUsage) String() string {
 func (*PreviewUsage) ProtoMessage() {}
 
 func (x *PreviewUsage) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_migration_job_proto_msgTypes[15]
+	mi := &file_ferry_v1_migration_job_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2199,7 +2253,7 @@ func (x *PreviewUsage) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PreviewUsage.ProtoReflect.Descriptor instead.
 func (*PreviewUsage) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_migration_job_proto_rawDescGZIP(), []int{15}
+	return file_ferry_v1_migration_job_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *PreviewUsage) GetKind() PreviewResourceKind {
@@ -2290,7 +2344,7 @@ type PreviewMigrationJobsResponse struct {
 
 func (x *PreviewMigrationJobsResponse) Reset() {
 	*x = PreviewMigrationJobsResponse{}
-	mi := &file_ferry_v1_migration_job_proto_msgTypes[16]
+	mi := &file_ferry_v1_migration_job_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2302,7 +2356,7 @@ func (x *PreviewMigrationJobsResponse) String() string {
 func (*PreviewMigrationJobsResponse) ProtoMessage() {}
 
 func (x *PreviewMigrationJobsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_migration_job_proto_msgTypes[16]
+	mi := &file_ferry_v1_migration_job_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2315,7 +2369,7 @@ func (x *PreviewMigrationJobsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PreviewMigrationJobsResponse.ProtoReflect.Descriptor instead.
 func (*PreviewMigrationJobsResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_migration_job_proto_rawDescGZIP(), []int{16}
+	return file_ferry_v1_migration_job_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *PreviewMigrationJobsResponse) GetJobs() []*MigrationJob {
@@ -2362,7 +2416,7 @@ type GetMigrationJobRequest struct {
 
 func (x *GetMigrationJobRequest) Reset() {
 	*x = GetMigrationJobRequest{}
-	mi := &file_ferry_v1_migration_job_proto_msgTypes[17]
+	mi := &file_ferry_v1_migration_job_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2374,7 +2428,7 @@ func (x *GetMigrationJobRequest) String() string {
 func (*GetMigrationJobRequest) ProtoMessage() {}
 
 func (x *GetMigrationJobRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_migration_job_proto_msgTypes[17]
+	mi := &file_ferry_v1_migration_job_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2387,7 +2441,7 @@ func (x *GetMigrationJobRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetMigrationJobRequest.ProtoReflect.Descriptor instead.
 func (*GetMigrationJobRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_migration_job_proto_rawDescGZIP(), []int{17}
+	return file_ferry_v1_migration_job_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *GetMigrationJobRequest) GetName() string {
@@ -2410,7 +2464,7 @@ type ListMigrationJobsRequest struct {
 
 func (x *ListMigrationJobsRequest) Reset() {
 	*x = ListMigrationJobsRequest{}
-	mi := &file_ferry_v1_migration_job_proto_msgTypes[18]
+	mi := &file_ferry_v1_migration_job_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2422,7 +2476,7 @@ func (x *ListMigrationJobsRequest) String() string {
 func (*ListMigrationJobsRequest) ProtoMessage() {}
 
 func (x *ListMigrationJobsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_migration_job_proto_msgTypes[18]
+	mi := &file_ferry_v1_migration_job_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2435,7 +2489,7 @@ func (x *ListMigrationJobsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListMigrationJobsRequest.ProtoReflect.Descriptor instead.
 func (*ListMigrationJobsRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_migration_job_proto_rawDescGZIP(), []int{18}
+	return file_ferry_v1_migration_job_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *ListMigrationJobsRequest) GetPageSize() int32 {
@@ -2483,7 +2537,7 @@ type ListMigrationJobsResponse struct {
 
 func (x *ListMigrationJobsResponse) Reset() {
 	*x = ListMigrationJobsResponse{}
-	mi := &file_ferry_v1_migration_job_proto_msgTypes[19]
+	mi := &file_ferry_v1_migration_job_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2495,7 +2549,7 @@ func (x *ListMigrationJobsResponse) String() string {
 func (*ListMigrationJobsResponse) ProtoMessage() {}
 
 func (x *ListMigrationJobsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_migration_job_proto_msgTypes[19]
+	mi := &file_ferry_v1_migration_job_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2508,7 +2562,7 @@ func (x *ListMigrationJobsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListMigrationJobsResponse.ProtoReflect.Descriptor instead.
 func (*ListMigrationJobsResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_migration_job_proto_rawDescGZIP(), []int{19}
+	return file_ferry_v1_migration_job_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *ListMigrationJobsResponse) GetJobs() []*MigrationJob {
@@ -2541,7 +2595,7 @@ type CancelMigrationJobRequest struct {
 
 func (x *CancelMigrationJobRequest) Reset() {
 	*x = CancelMigrationJobRequest{}
-	mi := &file_ferry_v1_migration_job_proto_msgTypes[20]
+	mi := &file_ferry_v1_migration_job_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2553,7 +2607,7 @@ func (x *CancelMigrationJobRequest) String() string {
 func (*CancelMigrationJobRequest) ProtoMessage() {}
 
 func (x *CancelMigrationJobRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_migration_job_proto_msgTypes[20]
+	mi := &file_ferry_v1_migration_job_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2566,7 +2620,7 @@ func (x *CancelMigrationJobRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CancelMigrationJobRequest.ProtoReflect.Descriptor instead.
 func (*CancelMigrationJobRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_migration_job_proto_rawDescGZIP(), []int{20}
+	return file_ferry_v1_migration_job_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *CancelMigrationJobRequest) GetName() string {
@@ -2599,7 +2653,7 @@ type CancelMigrationJobResponse struct {
 
 func (x *CancelMigrationJobResponse) Reset() {
 	*x = CancelMigrationJobResponse{}
-	mi := &file_ferry_v1_migration_job_proto_msgTypes[21]
+	mi := &file_ferry_v1_migration_job_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2611,7 +2665,7 @@ func (x *CancelMigrationJobResponse) String() string {
 func (*CancelMigrationJobResponse) ProtoMessage() {}
 
 func (x *CancelMigrationJobResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_migration_job_proto_msgTypes[21]
+	mi := &file_ferry_v1_migration_job_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2624,7 +2678,7 @@ func (x *CancelMigrationJobResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CancelMigrationJobResponse.ProtoReflect.Descriptor instead.
 func (*CancelMigrationJobResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_migration_job_proto_rawDescGZIP(), []int{21}
+	return file_ferry_v1_migration_job_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *CancelMigrationJobResponse) GetJob() *MigrationJob {
@@ -2648,7 +2702,7 @@ type RestartMigrationJobRequest struct {
 
 func (x *RestartMigrationJobRequest) Reset() {
 	*x = RestartMigrationJobRequest{}
-	mi := &file_ferry_v1_migration_job_proto_msgTypes[22]
+	mi := &file_ferry_v1_migration_job_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2660,7 +2714,7 @@ func (x *RestartMigrationJobRequest) String() string {
 func (*RestartMigrationJobRequest) ProtoMessage() {}
 
 func (x *RestartMigrationJobRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_migration_job_proto_msgTypes[22]
+	mi := &file_ferry_v1_migration_job_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2673,7 +2727,7 @@ func (x *RestartMigrationJobRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RestartMigrationJobRequest.ProtoReflect.Descriptor instead.
 func (*RestartMigrationJobRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_migration_job_proto_rawDescGZIP(), []int{22}
+	return file_ferry_v1_migration_job_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *RestartMigrationJobRequest) GetName() string {
@@ -2699,7 +2753,7 @@ type RestartMigrationJobResponse struct {
 
 func (x *RestartMigrationJobResponse) Reset() {
 	*x = RestartMigrationJobResponse{}
-	mi := &file_ferry_v1_migration_job_proto_msgTypes[23]
+	mi := &file_ferry_v1_migration_job_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2711,7 +2765,7 @@ func (x *RestartMigrationJobResponse) String() string {
 func (*RestartMigrationJobResponse) ProtoMessage() {}
 
 func (x *RestartMigrationJobResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_migration_job_proto_msgTypes[23]
+	mi := &file_ferry_v1_migration_job_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2724,7 +2778,7 @@ func (x *RestartMigrationJobResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RestartMigrationJobResponse.ProtoReflect.Descriptor instead.
 func (*RestartMigrationJobResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_migration_job_proto_rawDescGZIP(), []int{23}
+	return file_ferry_v1_migration_job_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *RestartMigrationJobResponse) GetJob() *MigrationJob {
@@ -2743,7 +2797,7 @@ type DeleteMigrationJobRequest struct {
 
 func (x *DeleteMigrationJobRequest) Reset() {
 	*x = DeleteMigrationJobRequest{}
-	mi := &file_ferry_v1_migration_job_proto_msgTypes[24]
+	mi := &file_ferry_v1_migration_job_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2755,7 +2809,7 @@ func (x *DeleteMigrationJobRequest) String() string {
 func (*DeleteMigrationJobRequest) ProtoMessage() {}
 
 func (x *DeleteMigrationJobRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_migration_job_proto_msgTypes[24]
+	mi := &file_ferry_v1_migration_job_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2768,7 +2822,7 @@ func (x *DeleteMigrationJobRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteMigrationJobRequest.ProtoReflect.Descriptor instead.
 func (*DeleteMigrationJobRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_migration_job_proto_rawDescGZIP(), []int{24}
+	return file_ferry_v1_migration_job_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *DeleteMigrationJobRequest) GetName() string {
@@ -2792,7 +2846,7 @@ type WatchMigrationJobsRequest struct {
 
 func (x *WatchMigrationJobsRequest) Reset() {
 	*x = WatchMigrationJobsRequest{}
-	mi := &file_ferry_v1_migration_job_proto_msgTypes[25]
+	mi := &file_ferry_v1_migration_job_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2804,7 +2858,7 @@ func (x *WatchMigrationJobsRequest) String() string {
 func (*WatchMigrationJobsRequest) ProtoMessage() {}
 
 func (x *WatchMigrationJobsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_migration_job_proto_msgTypes[25]
+	mi := &file_ferry_v1_migration_job_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2817,7 +2871,7 @@ func (x *WatchMigrationJobsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchMigrationJobsRequest.ProtoReflect.Descriptor instead.
 func (*WatchMigrationJobsRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_migration_job_proto_rawDescGZIP(), []int{25}
+	return file_ferry_v1_migration_job_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *WatchMigrationJobsRequest) GetNames() []string {
@@ -2851,7 +2905,7 @@ type WatchMigrationJobsResponse struct {
 
 func (x *WatchMigrationJobsResponse) Reset() {
 	*x = WatchMigrationJobsResponse{}
-	mi := &file_ferry_v1_migration_job_proto_msgTypes[26]
+	mi := &file_ferry_v1_migration_job_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2863,7 +2917,7 @@ func (x *WatchMigrationJobsResponse) String() string {
 func (*WatchMigrationJobsResponse) ProtoMessage() {}
 
 func (x *WatchMigrationJobsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_migration_job_proto_msgTypes[26]
+	mi := &file_ferry_v1_migration_job_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2876,7 +2930,7 @@ func (x *WatchMigrationJobsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchMigrationJobsResponse.ProtoReflect.Descriptor instead.
 func (*WatchMigrationJobsResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_migration_job_proto_rawDescGZIP(), []int{26}
+	return file_ferry_v1_migration_job_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *WatchMigrationJobsResponse) GetType() WatchEventType {
@@ -2992,10 +3046,14 @@ const file_ferry_v1_migration_job_proto_rawDesc = "" +
 	"\x0euploaded_bytes\x18\x06 \x01(\x03R\ruploadedBytes\x125\n" +
 	"\bduration\x18\a \x01(\v2\x19.google.protobuf.DurationR\bduration\x12H\n" +
 	"\x12estimated_downtime\x18\b \x01(\v2\x19.google.protobuf.DurationR\x11estimatedDowntime\x12\x14\n" +
-	"\x05final\x18\t \x01(\bR\x05final\"o\n" +
+	"\x05final\x18\t \x01(\bR\x05final\"\x8e\x01\n" +
 	"\x1aCutoverMigrationJobRequest\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12=\n" +
-	"\fcutover_time\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\vcutoverTime\"\xc3\x02\n" +
+	"\fcutover_time\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\vcutoverTime\x12\x1d\n" +
+	"\n" +
+	"request_id\x18\x03 \x01(\tR\trequestId\"G\n" +
+	"\x1bCutoverMigrationJobResponse\x12(\n" +
+	"\x03job\x18\x01 \x01(\v2\x16.ferry.v1.MigrationJobR\x03job\"\xc3\x02\n" +
 	"\fDiskProgress\x12\x1f\n" +
 	"\vsource_disk\x18\x01 \x01(\tR\n" +
 	"sourceDisk\x12!\n" +
@@ -3148,7 +3206,7 @@ const file_ferry_v1_migration_job_proto_rawDesc = "" +
 	"\x18WATCH_EVENT_TYPE_INITIAL\x10\x01\x12\x1c\n" +
 	"\x18WATCH_EVENT_TYPE_CHANGED\x10\x02\x12\x1d\n" +
 	"\x19WATCH_EVENT_TYPE_PROGRESS\x10\x03\x12\x1c\n" +
-	"\x18WATCH_EVENT_TYPE_DELETED\x10\x042\xae\a\n" +
+	"\x18WATCH_EVENT_TYPE_DELETED\x10\x042\xbd\a\n" +
 	"\x13MigrationJobService\x12b\n" +
 	"\x13CreateMigrationJobs\x12$.ferry.v1.CreateMigrationJobsRequest\x1a%.ferry.v1.CreateMigrationJobsResponse\x12e\n" +
 	"\x14PreviewMigrationJobs\x12%.ferry.v1.PreviewMigrationJobsRequest\x1a&.ferry.v1.PreviewMigrationJobsResponse\x12K\n" +
@@ -3158,8 +3216,8 @@ const file_ferry_v1_migration_job_proto_rawDesc = "" +
 	"\x13RestartMigrationJob\x12$.ferry.v1.RestartMigrationJobRequest\x1a%.ferry.v1.RestartMigrationJobResponse\x12Q\n" +
 	"\x12DeleteMigrationJob\x12#.ferry.v1.DeleteMigrationJobRequest\x1a\x16.google.protobuf.Empty\x12a\n" +
 	"\x12WatchMigrationJobs\x12#.ferry.v1.WatchMigrationJobsRequest\x1a$.ferry.v1.WatchMigrationJobsResponse0\x01\x12Q\n" +
-	"\x12UpdateMigrationJob\x12#.ferry.v1.UpdateMigrationJobRequest\x1a\x16.ferry.v1.MigrationJob\x12S\n" +
-	"\x13CutoverMigrationJob\x12$.ferry.v1.CutoverMigrationJobRequest\x1a\x16.ferry.v1.MigrationJobB\x96\x01\n" +
+	"\x12UpdateMigrationJob\x12#.ferry.v1.UpdateMigrationJobRequest\x1a\x16.ferry.v1.MigrationJob\x12b\n" +
+	"\x13CutoverMigrationJob\x12$.ferry.v1.CutoverMigrationJobRequest\x1a%.ferry.v1.CutoverMigrationJobResponseB\x96\x01\n" +
 	"\fcom.ferry.v1B\x11MigrationJobProtoP\x01Z2github.com/ferry-v2v/ferry/pkg/pb/ferry/v1;ferryv1\xa2\x02\x03FXX\xaa\x02\bFerry.V1\xca\x02\bFerry\\V1\xe2\x02\x14Ferry\\V1\\GPBMetadata\xea\x02\tFerry::V1b\x06proto3"
 
 var (
@@ -3175,7 +3233,7 @@ func file_ferry_v1_migration_job_proto_rawDescGZIP() []byte {
 }
 
 var file_ferry_v1_migration_job_proto_enumTypes = make([]protoimpl.EnumInfo, 10)
-var file_ferry_v1_migration_job_proto_msgTypes = make([]protoimpl.MessageInfo, 27)
+var file_ferry_v1_migration_job_proto_msgTypes = make([]protoimpl.MessageInfo, 28)
 var file_ferry_v1_migration_job_proto_goTypes = []any{
 	(MigrationJobState)(0),               // 0: ferry.v1.MigrationJobState
 	(MigrationJobPhase)(0),               // 1: ferry.v1.MigrationJobPhase
@@ -3194,45 +3252,46 @@ var file_ferry_v1_migration_job_proto_goTypes = []any{
 	(*MigrationOptions)(nil),             // 14: ferry.v1.MigrationOptions
 	(*PrecopyRound)(nil),                 // 15: ferry.v1.PrecopyRound
 	(*CutoverMigrationJobRequest)(nil),   // 16: ferry.v1.CutoverMigrationJobRequest
-	(*DiskProgress)(nil),                 // 17: ferry.v1.DiskProgress
-	(*VerifyProgress)(nil),               // 18: ferry.v1.VerifyProgress
-	(*PhaseTiming)(nil),                  // 19: ferry.v1.PhaseTiming
-	(*MigrationJobSpec)(nil),             // 20: ferry.v1.MigrationJobSpec
-	(*UpdateMigrationJobRequest)(nil),    // 21: ferry.v1.UpdateMigrationJobRequest
-	(*CreateMigrationJobsRequest)(nil),   // 22: ferry.v1.CreateMigrationJobsRequest
-	(*CreateMigrationJobsResponse)(nil),  // 23: ferry.v1.CreateMigrationJobsResponse
-	(*PreviewMigrationJobsRequest)(nil),  // 24: ferry.v1.PreviewMigrationJobsRequest
-	(*PreviewUsage)(nil),                 // 25: ferry.v1.PreviewUsage
-	(*PreviewMigrationJobsResponse)(nil), // 26: ferry.v1.PreviewMigrationJobsResponse
-	(*GetMigrationJobRequest)(nil),       // 27: ferry.v1.GetMigrationJobRequest
-	(*ListMigrationJobsRequest)(nil),     // 28: ferry.v1.ListMigrationJobsRequest
-	(*ListMigrationJobsResponse)(nil),    // 29: ferry.v1.ListMigrationJobsResponse
-	(*CancelMigrationJobRequest)(nil),    // 30: ferry.v1.CancelMigrationJobRequest
-	(*CancelMigrationJobResponse)(nil),   // 31: ferry.v1.CancelMigrationJobResponse
-	(*RestartMigrationJobRequest)(nil),   // 32: ferry.v1.RestartMigrationJobRequest
-	(*RestartMigrationJobResponse)(nil),  // 33: ferry.v1.RestartMigrationJobResponse
-	(*DeleteMigrationJobRequest)(nil),    // 34: ferry.v1.DeleteMigrationJobRequest
-	(*WatchMigrationJobsRequest)(nil),    // 35: ferry.v1.WatchMigrationJobsRequest
-	(*WatchMigrationJobsResponse)(nil),   // 36: ferry.v1.WatchMigrationJobsResponse
-	(*timestamppb.Timestamp)(nil),        // 37: google.protobuf.Timestamp
-	(*durationpb.Duration)(nil),          // 38: google.protobuf.Duration
-	(*fieldmaskpb.FieldMask)(nil),        // 39: google.protobuf.FieldMask
-	(*emptypb.Empty)(nil),                // 40: google.protobuf.Empty
+	(*CutoverMigrationJobResponse)(nil),  // 17: ferry.v1.CutoverMigrationJobResponse
+	(*DiskProgress)(nil),                 // 18: ferry.v1.DiskProgress
+	(*VerifyProgress)(nil),               // 19: ferry.v1.VerifyProgress
+	(*PhaseTiming)(nil),                  // 20: ferry.v1.PhaseTiming
+	(*MigrationJobSpec)(nil),             // 21: ferry.v1.MigrationJobSpec
+	(*UpdateMigrationJobRequest)(nil),    // 22: ferry.v1.UpdateMigrationJobRequest
+	(*CreateMigrationJobsRequest)(nil),   // 23: ferry.v1.CreateMigrationJobsRequest
+	(*CreateMigrationJobsResponse)(nil),  // 24: ferry.v1.CreateMigrationJobsResponse
+	(*PreviewMigrationJobsRequest)(nil),  // 25: ferry.v1.PreviewMigrationJobsRequest
+	(*PreviewUsage)(nil),                 // 26: ferry.v1.PreviewUsage
+	(*PreviewMigrationJobsResponse)(nil), // 27: ferry.v1.PreviewMigrationJobsResponse
+	(*GetMigrationJobRequest)(nil),       // 28: ferry.v1.GetMigrationJobRequest
+	(*ListMigrationJobsRequest)(nil),     // 29: ferry.v1.ListMigrationJobsRequest
+	(*ListMigrationJobsResponse)(nil),    // 30: ferry.v1.ListMigrationJobsResponse
+	(*CancelMigrationJobRequest)(nil),    // 31: ferry.v1.CancelMigrationJobRequest
+	(*CancelMigrationJobResponse)(nil),   // 32: ferry.v1.CancelMigrationJobResponse
+	(*RestartMigrationJobRequest)(nil),   // 33: ferry.v1.RestartMigrationJobRequest
+	(*RestartMigrationJobResponse)(nil),  // 34: ferry.v1.RestartMigrationJobResponse
+	(*DeleteMigrationJobRequest)(nil),    // 35: ferry.v1.DeleteMigrationJobRequest
+	(*WatchMigrationJobsRequest)(nil),    // 36: ferry.v1.WatchMigrationJobsRequest
+	(*WatchMigrationJobsResponse)(nil),   // 37: ferry.v1.WatchMigrationJobsResponse
+	(*timestamppb.Timestamp)(nil),        // 38: google.protobuf.Timestamp
+	(*durationpb.Duration)(nil),          // 39: google.protobuf.Duration
+	(*fieldmaskpb.FieldMask)(nil),        // 40: google.protobuf.FieldMask
+	(*emptypb.Empty)(nil),                // 41: google.protobuf.Empty
 }
 var file_ferry_v1_migration_job_proto_depIdxs = []int32{
 	11, // 0: ferry.v1.MigrationJob.target:type_name -> ferry.v1.TargetVm
 	14, // 1: ferry.v1.MigrationJob.options:type_name -> ferry.v1.MigrationOptions
 	0,  // 2: ferry.v1.MigrationJob.state:type_name -> ferry.v1.MigrationJobState
 	1,  // 3: ferry.v1.MigrationJob.phase:type_name -> ferry.v1.MigrationJobPhase
-	17, // 4: ferry.v1.MigrationJob.disks:type_name -> ferry.v1.DiskProgress
-	37, // 5: ferry.v1.MigrationJob.create_time:type_name -> google.protobuf.Timestamp
-	37, // 6: ferry.v1.MigrationJob.start_time:type_name -> google.protobuf.Timestamp
-	37, // 7: ferry.v1.MigrationJob.end_time:type_name -> google.protobuf.Timestamp
-	38, // 8: ferry.v1.MigrationJob.duration:type_name -> google.protobuf.Duration
-	37, // 9: ferry.v1.MigrationJob.update_time:type_name -> google.protobuf.Timestamp
-	19, // 10: ferry.v1.MigrationJob.phase_timings:type_name -> ferry.v1.PhaseTiming
+	18, // 4: ferry.v1.MigrationJob.disks:type_name -> ferry.v1.DiskProgress
+	38, // 5: ferry.v1.MigrationJob.create_time:type_name -> google.protobuf.Timestamp
+	38, // 6: ferry.v1.MigrationJob.start_time:type_name -> google.protobuf.Timestamp
+	38, // 7: ferry.v1.MigrationJob.end_time:type_name -> google.protobuf.Timestamp
+	39, // 8: ferry.v1.MigrationJob.duration:type_name -> google.protobuf.Duration
+	38, // 9: ferry.v1.MigrationJob.update_time:type_name -> google.protobuf.Timestamp
+	20, // 10: ferry.v1.MigrationJob.phase_timings:type_name -> ferry.v1.PhaseTiming
 	15, // 11: ferry.v1.MigrationJob.precopy_rounds:type_name -> ferry.v1.PrecopyRound
-	38, // 12: ferry.v1.MigrationJob.measured_downtime:type_name -> google.protobuf.Duration
+	39, // 12: ferry.v1.MigrationJob.measured_downtime:type_name -> google.protobuf.Duration
 	12, // 13: ferry.v1.TargetVm.disks:type_name -> ferry.v1.TargetDisk
 	13, // 14: ferry.v1.TargetVm.nics:type_name -> ferry.v1.TargetNic
 	3,  // 15: ferry.v1.TargetVm.firmware:type_name -> ferry.v1.Firmware
@@ -3242,60 +3301,61 @@ var file_ferry_v1_migration_job_proto_depIdxs = []int32{
 	5,  // 19: ferry.v1.TargetDisk.bus:type_name -> ferry.v1.DiskBus
 	6,  // 20: ferry.v1.MigrationOptions.compression:type_name -> ferry.v1.Compression
 	7,  // 21: ferry.v1.MigrationOptions.mode:type_name -> ferry.v1.MigrationMode
-	38, // 22: ferry.v1.MigrationOptions.precopy_interval:type_name -> google.protobuf.Duration
-	37, // 23: ferry.v1.MigrationOptions.cutover_time:type_name -> google.protobuf.Timestamp
-	37, // 24: ferry.v1.PrecopyRound.start_time:type_name -> google.protobuf.Timestamp
-	37, // 25: ferry.v1.PrecopyRound.end_time:type_name -> google.protobuf.Timestamp
-	38, // 26: ferry.v1.PrecopyRound.duration:type_name -> google.protobuf.Duration
-	38, // 27: ferry.v1.PrecopyRound.estimated_downtime:type_name -> google.protobuf.Duration
-	37, // 28: ferry.v1.CutoverMigrationJobRequest.cutover_time:type_name -> google.protobuf.Timestamp
-	38, // 29: ferry.v1.DiskProgress.eta:type_name -> google.protobuf.Duration
-	18, // 30: ferry.v1.DiskProgress.verification:type_name -> ferry.v1.VerifyProgress
-	38, // 31: ferry.v1.VerifyProgress.eta:type_name -> google.protobuf.Duration
-	1,  // 32: ferry.v1.PhaseTiming.phase:type_name -> ferry.v1.MigrationJobPhase
-	37, // 33: ferry.v1.PhaseTiming.start_time:type_name -> google.protobuf.Timestamp
-	37, // 34: ferry.v1.PhaseTiming.end_time:type_name -> google.protobuf.Timestamp
-	11, // 35: ferry.v1.MigrationJobSpec.target:type_name -> ferry.v1.TargetVm
-	14, // 36: ferry.v1.MigrationJobSpec.options:type_name -> ferry.v1.MigrationOptions
-	10, // 37: ferry.v1.UpdateMigrationJobRequest.migration_job:type_name -> ferry.v1.MigrationJob
-	39, // 38: ferry.v1.UpdateMigrationJobRequest.update_mask:type_name -> google.protobuf.FieldMask
-	20, // 39: ferry.v1.CreateMigrationJobsRequest.jobs:type_name -> ferry.v1.MigrationJobSpec
-	10, // 40: ferry.v1.CreateMigrationJobsResponse.jobs:type_name -> ferry.v1.MigrationJob
-	20, // 41: ferry.v1.PreviewMigrationJobsRequest.jobs:type_name -> ferry.v1.MigrationJobSpec
-	8,  // 42: ferry.v1.PreviewUsage.kind:type_name -> ferry.v1.PreviewResourceKind
-	10, // 43: ferry.v1.PreviewMigrationJobsResponse.jobs:type_name -> ferry.v1.MigrationJob
-	25, // 44: ferry.v1.PreviewMigrationJobsResponse.usages:type_name -> ferry.v1.PreviewUsage
-	0,  // 45: ferry.v1.ListMigrationJobsRequest.state:type_name -> ferry.v1.MigrationJobState
-	10, // 46: ferry.v1.ListMigrationJobsResponse.jobs:type_name -> ferry.v1.MigrationJob
-	10, // 47: ferry.v1.CancelMigrationJobResponse.job:type_name -> ferry.v1.MigrationJob
-	10, // 48: ferry.v1.RestartMigrationJobResponse.job:type_name -> ferry.v1.MigrationJob
-	9,  // 49: ferry.v1.WatchMigrationJobsResponse.type:type_name -> ferry.v1.WatchEventType
-	10, // 50: ferry.v1.WatchMigrationJobsResponse.job:type_name -> ferry.v1.MigrationJob
-	22, // 51: ferry.v1.MigrationJobService.CreateMigrationJobs:input_type -> ferry.v1.CreateMigrationJobsRequest
-	24, // 52: ferry.v1.MigrationJobService.PreviewMigrationJobs:input_type -> ferry.v1.PreviewMigrationJobsRequest
-	27, // 53: ferry.v1.MigrationJobService.GetMigrationJob:input_type -> ferry.v1.GetMigrationJobRequest
-	28, // 54: ferry.v1.MigrationJobService.ListMigrationJobs:input_type -> ferry.v1.ListMigrationJobsRequest
-	30, // 55: ferry.v1.MigrationJobService.CancelMigrationJob:input_type -> ferry.v1.CancelMigrationJobRequest
-	32, // 56: ferry.v1.MigrationJobService.RestartMigrationJob:input_type -> ferry.v1.RestartMigrationJobRequest
-	34, // 57: ferry.v1.MigrationJobService.DeleteMigrationJob:input_type -> ferry.v1.DeleteMigrationJobRequest
-	35, // 58: ferry.v1.MigrationJobService.WatchMigrationJobs:input_type -> ferry.v1.WatchMigrationJobsRequest
-	21, // 59: ferry.v1.MigrationJobService.UpdateMigrationJob:input_type -> ferry.v1.UpdateMigrationJobRequest
-	16, // 60: ferry.v1.MigrationJobService.CutoverMigrationJob:input_type -> ferry.v1.CutoverMigrationJobRequest
-	23, // 61: ferry.v1.MigrationJobService.CreateMigrationJobs:output_type -> ferry.v1.CreateMigrationJobsResponse
-	26, // 62: ferry.v1.MigrationJobService.PreviewMigrationJobs:output_type -> ferry.v1.PreviewMigrationJobsResponse
-	10, // 63: ferry.v1.MigrationJobService.GetMigrationJob:output_type -> ferry.v1.MigrationJob
-	29, // 64: ferry.v1.MigrationJobService.ListMigrationJobs:output_type -> ferry.v1.ListMigrationJobsResponse
-	31, // 65: ferry.v1.MigrationJobService.CancelMigrationJob:output_type -> ferry.v1.CancelMigrationJobResponse
-	33, // 66: ferry.v1.MigrationJobService.RestartMigrationJob:output_type -> ferry.v1.RestartMigrationJobResponse
-	40, // 67: ferry.v1.MigrationJobService.DeleteMigrationJob:output_type -> google.protobuf.Empty
-	36, // 68: ferry.v1.MigrationJobService.WatchMigrationJobs:output_type -> ferry.v1.WatchMigrationJobsResponse
-	10, // 69: ferry.v1.MigrationJobService.UpdateMigrationJob:output_type -> ferry.v1.MigrationJob
-	10, // 70: ferry.v1.MigrationJobService.CutoverMigrationJob:output_type -> ferry.v1.MigrationJob
-	61, // [61:71] is the sub-list for method output_type
-	51, // [51:61] is the sub-list for method input_type
-	51, // [51:51] is the sub-list for extension type_name
-	51, // [51:51] is the sub-list for extension extendee
-	0,  // [0:51] is the sub-list for field type_name
+	39, // 22: ferry.v1.MigrationOptions.precopy_interval:type_name -> google.protobuf.Duration
+	38, // 23: ferry.v1.MigrationOptions.cutover_time:type_name -> google.protobuf.Timestamp
+	38, // 24: ferry.v1.PrecopyRound.start_time:type_name -> google.protobuf.Timestamp
+	38, // 25: ferry.v1.PrecopyRound.end_time:type_name -> google.protobuf.Timestamp
+	39, // 26: ferry.v1.PrecopyRound.duration:type_name -> google.protobuf.Duration
+	39, // 27: ferry.v1.PrecopyRound.estimated_downtime:type_name -> google.protobuf.Duration
+	38, // 28: ferry.v1.CutoverMigrationJobRequest.cutover_time:type_name -> google.protobuf.Timestamp
+	10, // 29: ferry.v1.CutoverMigrationJobResponse.job:type_name -> ferry.v1.MigrationJob
+	39, // 30: ferry.v1.DiskProgress.eta:type_name -> google.protobuf.Duration
+	19, // 31: ferry.v1.DiskProgress.verification:type_name -> ferry.v1.VerifyProgress
+	39, // 32: ferry.v1.VerifyProgress.eta:type_name -> google.protobuf.Duration
+	1,  // 33: ferry.v1.PhaseTiming.phase:type_name -> ferry.v1.MigrationJobPhase
+	38, // 34: ferry.v1.PhaseTiming.start_time:type_name -> google.protobuf.Timestamp
+	38, // 35: ferry.v1.PhaseTiming.end_time:type_name -> google.protobuf.Timestamp
+	11, // 36: ferry.v1.MigrationJobSpec.target:type_name -> ferry.v1.TargetVm
+	14, // 37: ferry.v1.MigrationJobSpec.options:type_name -> ferry.v1.MigrationOptions
+	10, // 38: ferry.v1.UpdateMigrationJobRequest.migration_job:type_name -> ferry.v1.MigrationJob
+	40, // 39: ferry.v1.UpdateMigrationJobRequest.update_mask:type_name -> google.protobuf.FieldMask
+	21, // 40: ferry.v1.CreateMigrationJobsRequest.jobs:type_name -> ferry.v1.MigrationJobSpec
+	10, // 41: ferry.v1.CreateMigrationJobsResponse.jobs:type_name -> ferry.v1.MigrationJob
+	21, // 42: ferry.v1.PreviewMigrationJobsRequest.jobs:type_name -> ferry.v1.MigrationJobSpec
+	8,  // 43: ferry.v1.PreviewUsage.kind:type_name -> ferry.v1.PreviewResourceKind
+	10, // 44: ferry.v1.PreviewMigrationJobsResponse.jobs:type_name -> ferry.v1.MigrationJob
+	26, // 45: ferry.v1.PreviewMigrationJobsResponse.usages:type_name -> ferry.v1.PreviewUsage
+	0,  // 46: ferry.v1.ListMigrationJobsRequest.state:type_name -> ferry.v1.MigrationJobState
+	10, // 47: ferry.v1.ListMigrationJobsResponse.jobs:type_name -> ferry.v1.MigrationJob
+	10, // 48: ferry.v1.CancelMigrationJobResponse.job:type_name -> ferry.v1.MigrationJob
+	10, // 49: ferry.v1.RestartMigrationJobResponse.job:type_name -> ferry.v1.MigrationJob
+	9,  // 50: ferry.v1.WatchMigrationJobsResponse.type:type_name -> ferry.v1.WatchEventType
+	10, // 51: ferry.v1.WatchMigrationJobsResponse.job:type_name -> ferry.v1.MigrationJob
+	23, // 52: ferry.v1.MigrationJobService.CreateMigrationJobs:input_type -> ferry.v1.CreateMigrationJobsRequest
+	25, // 53: ferry.v1.MigrationJobService.PreviewMigrationJobs:input_type -> ferry.v1.PreviewMigrationJobsRequest
+	28, // 54: ferry.v1.MigrationJobService.GetMigrationJob:input_type -> ferry.v1.GetMigrationJobRequest
+	29, // 55: ferry.v1.MigrationJobService.ListMigrationJobs:input_type -> ferry.v1.ListMigrationJobsRequest
+	31, // 56: ferry.v1.MigrationJobService.CancelMigrationJob:input_type -> ferry.v1.CancelMigrationJobRequest
+	33, // 57: ferry.v1.MigrationJobService.RestartMigrationJob:input_type -> ferry.v1.RestartMigrationJobRequest
+	35, // 58: ferry.v1.MigrationJobService.DeleteMigrationJob:input_type -> ferry.v1.DeleteMigrationJobRequest
+	36, // 59: ferry.v1.MigrationJobService.WatchMigrationJobs:input_type -> ferry.v1.WatchMigrationJobsRequest
+	22, // 60: ferry.v1.MigrationJobService.UpdateMigrationJob:input_type -> ferry.v1.UpdateMigrationJobRequest
+	16, // 61: ferry.v1.MigrationJobService.CutoverMigrationJob:input_type -> ferry.v1.CutoverMigrationJobRequest
+	24, // 62: ferry.v1.MigrationJobService.CreateMigrationJobs:output_type -> ferry.v1.CreateMigrationJobsResponse
+	27, // 63: ferry.v1.MigrationJobService.PreviewMigrationJobs:output_type -> ferry.v1.PreviewMigrationJobsResponse
+	10, // 64: ferry.v1.MigrationJobService.GetMigrationJob:output_type -> ferry.v1.MigrationJob
+	30, // 65: ferry.v1.MigrationJobService.ListMigrationJobs:output_type -> ferry.v1.ListMigrationJobsResponse
+	32, // 66: ferry.v1.MigrationJobService.CancelMigrationJob:output_type -> ferry.v1.CancelMigrationJobResponse
+	34, // 67: ferry.v1.MigrationJobService.RestartMigrationJob:output_type -> ferry.v1.RestartMigrationJobResponse
+	41, // 68: ferry.v1.MigrationJobService.DeleteMigrationJob:output_type -> google.protobuf.Empty
+	37, // 69: ferry.v1.MigrationJobService.WatchMigrationJobs:output_type -> ferry.v1.WatchMigrationJobsResponse
+	10, // 70: ferry.v1.MigrationJobService.UpdateMigrationJob:output_type -> ferry.v1.MigrationJob
+	17, // 71: ferry.v1.MigrationJobService.CutoverMigrationJob:output_type -> ferry.v1.CutoverMigrationJobResponse
+	62, // [62:72] is the sub-list for method output_type
+	52, // [52:62] is the sub-list for method input_type
+	52, // [52:52] is the sub-list for extension type_name
+	52, // [52:52] is the sub-list for extension extendee
+	0,  // [0:52] is the sub-list for field type_name
 }
 
 func init() { file_ferry_v1_migration_job_proto_init() }
@@ -3310,7 +3370,7 @@ func file_ferry_v1_migration_job_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_ferry_v1_migration_job_proto_rawDesc), len(file_ferry_v1_migration_job_proto_rawDesc)),
 			NumEnums:      10,
-			NumMessages:   27,
+			NumMessages:   28,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -79,7 +79,7 @@ type MigrationJobServiceClient interface {
 	// the last delta, defines and starts the target VM, then powers the
 	// source off (options.pause_source_vm leaves it paused); a cutover that
 	// fails resumes the source.
-	CutoverMigrationJob(ctx context.Context, in *CutoverMigrationJobRequest, opts ...grpc.CallOption) (*MigrationJob, error)
+	CutoverMigrationJob(ctx context.Context, in *CutoverMigrationJobRequest, opts ...grpc.CallOption) (*CutoverMigrationJobResponse, error)
 }
 
 type migrationJobServiceClient struct {
@@ -189,9 +189,9 @@ func (c *migrationJobServiceClient) UpdateMigrationJob(ctx context.Context, in *
 	return out, nil
 }
 
-func (c *migrationJobServiceClient) CutoverMigrationJob(ctx context.Context, in *CutoverMigrationJobRequest, opts ...grpc.CallOption) (*MigrationJob, error) {
+func (c *migrationJobServiceClient) CutoverMigrationJob(ctx context.Context, in *CutoverMigrationJobRequest, opts ...grpc.CallOption) (*CutoverMigrationJobResponse, error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
-	out := new(MigrationJob)
+	out := new(CutoverMigrationJobResponse)
 	err := c.cc.Invoke(ctx, MigrationJobService_CutoverMigrationJob_FullMethodName, in, out, cOpts...)
 	if err != nil {
 		return nil, err
@@ -246,7 +246,7 @@ type MigrationJobServiceServer interface {
 	// the last delta, defines and starts the target VM, then powers the
 	// source off (options.pause_source_vm leaves it paused); a cutover that
 	// fails resumes the source.
-	CutoverMigrationJob(context.Context, *CutoverMigrationJobRequest) (*MigrationJob, error)
+	CutoverMigrationJob(context.Context, *CutoverMigrationJobRequest) (*CutoverMigrationJobResponse, error)
 	mustEmbedUnimplementedMigrationJobServiceServer()
 }
 
@@ -284,7 +284,7 @@ func (UnimplementedMigrationJobServiceServer) WatchMigrationJobs(*WatchMigration
 func (UnimplementedMigrationJobServiceServer) UpdateMigrationJob(context.Context, *UpdateMigrationJobRequest) (*MigrationJob, error) {
 	return nil, status.Error(codes.Unimplemented, "method UpdateMigrationJob not implemented")
 }
-func (UnimplementedMigrationJobServiceServer) CutoverMigrationJob(context.Context, *CutoverMigrationJobRequest) (*MigrationJob, error) {
+func (UnimplementedMigrationJobServiceServer) CutoverMigrationJob(context.Context, *CutoverMigrationJobRequest) (*CutoverMigrationJobResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method CutoverMigrationJob not implemented")
 }
 func (UnimplementedMigrationJobServiceServer) mustEmbedUnimplementedMigrationJobServiceServer() {}
