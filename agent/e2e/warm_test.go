@@ -134,8 +134,12 @@ func TestWarmKVM(t *testing.T) {
 
 	// The last delta, then the cutover.
 	last := w.write(src, guestWrite{0, 50 << 20, 256 * kib, 0xc1}, guestWrite{1, 10 << 20, 128 * kib, 0xc2})
-	if _, err := w.f.client.Jobs().CutoverMigrationJob(ctx(t, 10*time.Second), &ferryv1.CutoverMigrationJobRequest{Name: name}); err != nil {
-		t.Fatal(err)
+	out, err := w.f.ferryctl("job", "get", name)
+	if err != nil || !strings.Contains(out, "RUNNING/SYNCING") || !strings.Contains(out, "EST. DOWNTIME") {
+		t.Errorf("ferryctl job get while SYNCING: %v\n%s", err, out)
+	}
+	if out, err := w.f.ferryctl("job", "cutover", name); err != nil || !strings.Contains(out, "cuts over at") {
+		t.Fatalf("ferryctl job cutover: %v\n%s", err, out)
 	}
 	j = w.waitJob(name, 2*time.Minute, "the job to end", terminal)
 	if j.GetState() != ferryv1.MigrationJobState_MIGRATION_JOB_STATE_SUCCEEDED {
@@ -156,6 +160,11 @@ func TestWarmKVM(t *testing.T) {
 	t.Logf("final round: changed %d, read %d, took %v; measured downtime %v; full round took %v",
 		final.GetChangedBytes(), final.GetReadBytes(), final.GetDuration().AsDuration(), down, first.GetDuration().AsDuration())
 
+	if out, err := w.f.ferryctl("job", "get", name); err != nil || !strings.Contains(out, "Measured downtime") || !strings.Contains(out, "(cutover)") {
+		t.Errorf("ferryctl job get after the cutover: %v\n%s", err, out)
+	} else {
+		t.Logf("ferryctl job get:\n%s", out)
+	}
 	testkit.WaitFor(t, 30*time.Second, "the source VM to be powered off", func() bool { return src.State(t) == "shut off" })
 	for _, d := range src.Disks {
 		compare(t, d.Path, w.volume(name, d.Target))
