@@ -57,58 +57,12 @@ func (d *Driver) Round(ctx context.Context, job *runner.Job, prev string) (runne
 			src.conn.Close()
 		}
 	}()
-	vmName := a.GetJob().GetSourceVm()
-	vm, err := src.conn.DescribeVM(ctx, vmName)
+	p, err := d.prepareRound(ctx, src, prev)
 	if err != nil {
 		return runner.RoundResult{}, err
-	}
-	if err := src.conn.CheckVersions(cephReason(a, vm)); err != nil {
-		return runner.RoundResult{}, err
-	}
-	disks := a.GetJob().GetTarget().GetDisks()
-	targets := make([]string, len(disks))
-	for i, disk := range disks {
-		targets[i] = disk.GetSourceDisk()
-	}
-	if why := kvmver.WarmRefusal(vm.Proto(), func(t string) bool { return slices.Contains(targets, t) }); why != "" {
-		return runner.RoundResult{}, fmt.Errorf("VM %s: %s", vmName, why)
-	}
-	if err := src.conn.CleanupStale(ctx, vmName); err != nil {
-		return runner.RoundResult{}, fmt.Errorf("clean up an earlier backup of %s: %w", vmName, err)
-	}
-	prefix := checkpointPrefix(job)
-	d.mu.Lock()
-	stopped := d.stopped[job.Name()]
-	d.mu.Unlock()
-	// The cutover's round leaves older checkpoints to EndWarm: deleting
-	// one (merging its bitmap) would lengthen the downtime.
-	keepOld := stopped && prev != ""
-	if keepOld {
-		err = src.conn.CheckCheckpoint(ctx, vmName, prev)
-	} else {
-		err = src.conn.DeleteCheckpoints(ctx, vmName, prefix, prev)
-	}
-	if err != nil {
-		return runner.RoundResult{}, err
-	}
-	if err := d.rememberWarm(job, vmName, vm.UUID); err != nil {
-		return runner.RoundResult{}, err
-	}
-	next, err := checkpointName(prefix)
-	if err != nil {
-		return runner.RoundResult{}, err
-	}
-	if prev == "" {
-		// A first round begins from nothing: a cache an interrupted one
-		// left holds another point in time.
-		for _, t := range targets {
-			if err := cache.Reset(job.CacheDir, t); err != nil {
-				return runner.RoundResult{}, err
-			}
-		}
 	}
 	record := ""
-	b, err := src.conn.StartBackup(ctx, vmName, targets, BackupOptions{Checkpoint: next, Incremental: prev,
+	b, err := src.conn.StartBackup(ctx, a.GetJob().GetSourceVm(), p.targets, BackupOptions{Checkpoint: p.next, Incremental: prev,
 		BeforeBegin: func(b *Backup) error {
 			cfg, err := d.config(a.GetSource(), a.GetMigrationServer(), a.GetSecrets(), job.Log)
 			if err == nil {
@@ -130,7 +84,7 @@ func (d *Driver) Round(ctx context.Context, job *runner.Job, prev string) (runne
 		d.release(record, cerr == nil)
 	}
 	defer func() {
-		if !stopped {
+		if !p.stopped {
 			end()
 			return
 		}
@@ -146,14 +100,89 @@ func (d *Driver) Round(ctx context.Context, job *runner.Job, prev string) (runne
 			end()
 		}()
 	}()
-	res := runner.RoundResult{Token: next}
+	disks, err := d.copyRound(ctx, src, b, p.vm, prev)
+	if err != nil {
+		return runner.RoundResult{}, err
+	}
+	return runner.RoundResult{Token: p.next, Disks: disks}, nil
+}
+
+// roundPlan is what prepareRound found and chose.
+type roundPlan struct {
+	vm      *VM
+	targets []string
+	stopped bool   // StopSource paused the VM: the cutover's round
+	next    string // the checkpoint this round makes
+}
+
+// prepareRound checks the VM can still be copied warm, ends a backup an
+// earlier attempt left, deletes the job's checkpoints but prev (all but
+// checks prev in the cutover's round, where deleting would lengthen the
+// downtime), records the job's warm record and names the next checkpoint.
+// A first round empties the cache: what an interrupted one left holds
+// another point in time.
+func (d *Driver) prepareRound(ctx context.Context, src *source, prev string) (roundPlan, error) {
+	job := src.job
+	a := job.Assignment
+	vmName := a.GetJob().GetSourceVm()
+	vm, err := src.conn.DescribeVM(ctx, vmName)
+	if err != nil {
+		return roundPlan{}, err
+	}
+	if err := src.conn.CheckVersions(cephReason(a, vm)); err != nil {
+		return roundPlan{}, err
+	}
+	p := roundPlan{vm: vm}
+	for _, disk := range a.GetJob().GetTarget().GetDisks() {
+		p.targets = append(p.targets, disk.GetSourceDisk())
+	}
+	if why := kvmver.WarmRefusal(vm.Proto(), func(t string) bool { return slices.Contains(p.targets, t) }); why != "" {
+		return roundPlan{}, fmt.Errorf("VM %s: %s", vmName, why)
+	}
+	if err := src.conn.CleanupStale(ctx, vmName); err != nil {
+		return roundPlan{}, fmt.Errorf("clean up an earlier backup of %s: %w", vmName, err)
+	}
+	prefix := checkpointPrefix(job)
+	d.mu.Lock()
+	p.stopped = d.stopped[job.Name()]
+	d.mu.Unlock()
+	if p.stopped && prev != "" {
+		err = src.conn.CheckCheckpoint(ctx, vmName, prev)
+	} else {
+		err = src.conn.DeleteCheckpoints(ctx, vmName, prefix, prev)
+	}
+	if err != nil {
+		return roundPlan{}, err
+	}
+	if err := d.rememberWarm(job, vmName, vm.UUID); err != nil {
+		return roundPlan{}, err
+	}
+	if p.next, err = checkpointName(prefix); err != nil {
+		return roundPlan{}, err
+	}
 	if prev == "" {
-		if err := d.saveSourceVM(ctx, src.conn, vm, job.CacheDir); err != nil {
-			return runner.RoundResult{}, err
+		for _, t := range p.targets {
+			if err := cache.Reset(job.CacheDir, t); err != nil {
+				return roundPlan{}, err
+			}
 		}
 	}
-	for _, disk := range disks {
+	return p, nil
+}
+
+// copyRound copies every disk of the backup b: whole (with the source
+// VM's description) in a first round, only the dirty extents after.
+func (d *Driver) copyRound(ctx context.Context, src *source, b *Backup, vm *VM, prev string) ([]runner.DiskDelta, error) {
+	job := src.job
+	if prev == "" {
+		if err := d.saveSourceVM(ctx, src.conn, vm, job.CacheDir); err != nil {
+			return nil, err
+		}
+	}
+	var out []runner.DiskDelta
+	for _, disk := range job.Assignment.GetJob().GetTarget().GetDisks() {
 		var dd runner.DiskDelta
+		var err error
 		if prev == "" {
 			src.stats = pipeline.Stats{}
 			err = src.copyDisk(ctx, b, disk)
@@ -163,11 +192,11 @@ func (d *Driver) Round(ctx context.Context, job *runner.Job, prev string) (runne
 			dd, err = d.copyDelta(ctx, job, b, disk)
 		}
 		if err != nil {
-			return runner.RoundResult{}, fmt.Errorf("disk %s: %w", disk.GetSourceDisk(), err)
+			return nil, fmt.Errorf("disk %s: %w", disk.GetSourceDisk(), err)
 		}
-		res.Disks = append(res.Disks, dd)
+		out = append(out, dd)
 	}
-	return res, nil
+	return out, nil
 }
 
 func checkpointName(prefix string) (string, error) {
