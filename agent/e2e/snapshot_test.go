@@ -36,9 +36,9 @@ func (w *world) restartAgent(sig syscall.Signal) *proc {
 	return w.f.startAgent(w.host, w.cacheDir)
 }
 
-// guestWrite writes pattern over [off, off+length) of a running VM's disk
+// monitorWrite writes pattern over [off, off+length) of a running VM's disk
 // (0 vda, 1 vdb) through its QEMU, as its guest would.
-func guestWrite(t *testing.T, w *world, vm *testenv.TestVM, disk int, pattern byte, off, length int64) {
+func monitorWrite(t *testing.T, w *world, vm *testenv.TestVM, disk int, pattern byte, off, length int64) {
 	t.Helper()
 	out := w.lv.Virsh(t, "qemu-monitor-command", vm.Name, "--hmp",
 		fmt.Sprintf(`qemu-io -d /machine/peripheral/virtio-disk%d/virtio-backend "write -P 0x%02x %d %d"`, disk, pattern, off, length))
@@ -149,8 +149,8 @@ func testSnapshotMigration(t *testing.T, agentArgs ...string) {
 		t.Fatalf("during the copy the source VM runs on %v, want Ferry's overlays", domDisks(t, w, src, false))
 	}
 	const mib = 1 << 20
-	guestWrite(t, w, src, 0, 0x77, 8*mib, mib)
-	guestWrite(t, w, src, 1, 0x77, 8*mib, mib)
+	monitorWrite(t, w, src, 0, 0x77, 8*mib, mib)
+	monitorWrite(t, w, src, 1, 0x77, 8*mib, mib)
 	w.setBandwidth(nil, proto.String(""))
 	j = w.waitJob(name, 3*time.Minute, "the job to end", terminal)
 	if j.GetState() != ferryv1.MigrationJobState_MIGRATION_JOB_STATE_SUCCEEDED {
@@ -233,7 +233,7 @@ func TestSnapshotAgentKilled(t *testing.T) {
 		if terminal(j) {
 			t.Fatalf("job ended %s before the guest could write: %s", j.GetState(), j.GetReason())
 		}
-		guestWrite(t, w, src, 0, 0x66, 24*mib, 6*mib)
+		monitorWrite(t, w, src, 0, 0x66, 24*mib, 6*mib)
 		w.setBandwidth(nil, proto.String(""))
 		agent := w.f.agents[w.host]
 		testkit.WaitFor(t, 2*time.Minute, "the block commit to begin", func() bool {
@@ -286,7 +286,7 @@ func TestSnapshotCancelled(t *testing.T) {
 	if terminal(j) {
 		t.Fatalf("job ended %s before it could be cancelled: %s", j.GetState(), j.GetReason())
 	}
-	guestWrite(t, w, src, 1, 0x55, 64*mib, mib)
+	monitorWrite(t, w, src, 1, 0x55, 64*mib, mib)
 	_, err := w.f.client.Jobs().CancelMigrationJob(ctx(t, 10*time.Second), &ferryv1.CancelMigrationJobRequest{Name: name})
 	must(t, err)
 	if j := w.job(name); j.GetState() != ferryv1.MigrationJobState_MIGRATION_JOB_STATE_CANCELLED {

@@ -32,6 +32,11 @@ type Options struct {
 	DisableStructuredReplies bool
 	// DisableBlockStatus skips selecting the base:allocation context.
 	DisableBlockStatus bool
+	// MetaContext is the metadata context block status reports instead of
+	// base:allocation, e.g. "qemu:dirty-bitmap:backup-vda", whose flag
+	// StateDirty marks the extents changed since a checkpoint. Only the
+	// flag bits of the chosen context are returned.
+	MetaContext string
 	// MaxInFlight bounds the requests outstanding on the connection; calls
 	// beyond it wait for a slot. 0 means 32.
 	MaxInFlight int

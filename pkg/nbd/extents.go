@@ -11,6 +11,9 @@ const (
 	StateHole = 1 << 0
 	// StateZero: the extent reads as zeroes.
 	StateZero = 1 << 1
+	// StateDirty: in a qemu:dirty-bitmap context (Options.MetaContext),
+	// the extent changed since the bitmap's checkpoint.
+	StateDirty = 1 << 0
 )
 
 // Extent is a run of the export with one allocation status.
@@ -26,6 +29,10 @@ func (e Extent) End() int64 { return e.Offset + e.Length }
 // Hole reports whether the extent is unallocated.
 func (e Extent) Hole() bool { return e.Flags&StateHole != 0 }
 
+// Dirty reports whether the extent changed, in a qemu:dirty-bitmap
+// context.
+func (e Extent) Dirty() bool { return e.Flags&StateDirty != 0 }
+
 // Zero reports whether the extent reads as zeroes. An extent that is
 // neither zero nor a hole holds data that must be copied.
 func (e Extent) Zero() bool { return e.Flags&StateZero != 0 }
@@ -37,7 +44,7 @@ func (e Extent) Zero() bool { return e.Flags&StateZero != 0 }
 // it. Extents loops until the whole range is covered.
 func (c *Client) BlockStatus(ctx context.Context, off, length int64) ([]Extent, error) {
 	if !c.CanBlockStatus() {
-		return nil, fmt.Errorf("%w: block status (base:allocation)", ErrUnsupported)
+		return nil, fmt.Errorf("%w: block status", ErrUnsupported)
 	}
 	if err := c.checkRange("block-status", off, length); err != nil {
 		return nil, err

@@ -151,14 +151,19 @@ func (h *handshaker) simpleOption(opt uint32, data []byte) (bool, error) {
 	return false, protocolErr("reply type %d to %s", r.typ, optName(opt))
 }
 
-// setMetaContext selects base:allocation. A refusal leaves block status off.
+// setMetaContext selects base:allocation, or Options.MetaContext. A
+// refusal leaves block status off.
 func (h *handshaker) setMetaContext(n *negotiated) error {
+	meta := metaBaseAllocation
+	if h.opts.MetaContext != "" {
+		meta = h.opts.MetaContext
+	}
 	name := []byte(h.opts.ExportName)
 	data := be.AppendUint32(nil, uint32(len(name)))
 	data = append(data, name...)
 	data = be.AppendUint32(data, 1)
-	data = be.AppendUint32(data, uint32(len(metaBaseAllocation)))
-	data = append(data, metaBaseAllocation...)
+	data = be.AppendUint32(data, uint32(len(meta)))
+	data = append(data, meta...)
 	if err := h.sendOption(optSetMetaContext, data); err != nil {
 		return err
 	}
@@ -173,14 +178,14 @@ func (h *handshaker) setMetaContext(n *negotiated) error {
 			if err != nil {
 				return err
 			}
-			if ctxName == metaBaseAllocation {
+			if ctxName == meta {
 				n.metaID, n.haveMeta = id, true
 			}
 		case r.typ == repAck:
 			return nil
 		case r.isErr():
 			n.haveMeta = false // a failed SET_META_CONTEXT selects nothing
-			h.opts.Logger.Debug("server refused base:allocation", "reply", r.typ, "message", string(p))
+			h.opts.Logger.Debug("server refused the metadata context", "context", meta, "reply", r.typ, "message", string(p))
 			if r.typ == repErrShutdown || r.typ == repErrTLSReqd {
 				return &OptionError{Option: optSetMetaContext, Reply: r.typ, Msg: string(p)}
 			}

@@ -8,6 +8,8 @@ import (
 	"path"
 	"path/filepath"
 
+	"google.golang.org/protobuf/types/known/durationpb"
+
 	"github.com/ferry-v2v/ferry/agent/internal/cache"
 	"github.com/ferry-v2v/ferry/agent/internal/pipeline"
 	agentv1 "github.com/ferry-v2v/ferry/pkg/pb/ferry/agent/v1"
@@ -99,8 +101,9 @@ type Job struct {
 	// SetBootVerifiedBy.
 	bootVerifiedBy string
 
-	watches *watchSet // see Watch
-	beside  *beside   // the upload beside CONVERTING, when the target overlaps
+	warm    *warmState // a warm job's rounds and cutover
+	watches *watchSet  // see Watch
+	beside  *beside    // the upload beside CONVERTING, when the target overlaps
 	// fencer confirms the assignment before target writes; nil confirms
 	// everything (unit tests without a coordinator).
 	fencer Fencer
@@ -275,9 +278,14 @@ func cacheDir(dataDir string, a *agentv1.Assignment) string {
 // walk runs the itinerary in order and returns the result of the job.
 func walk(ctx context.Context, d Drivers, j *Job) *agentv1.JobResult {
 	res := &agentv1.JobResult{Job: j.Name(), Epoch: j.Epoch()}
-	defer func() { res.PhaseTimings = j.Progress.endPhases() }()
+	defer func() {
+		res.PhaseTimings = j.Progress.endPhases()
+		if j.IsWarm() {
+			res.PrecopyRounds = j.Progress.Rounds()
+		}
+	}()
 	defer j.stopBeside()
-	for _, s := range itinerary {
+	for _, s := range itineraryOf(j) {
 		j.Progress.enter(s.phase, s.countsBytes)
 		j.Log.Debug("step", "phase", s.phase, "step", s.name)
 		warnings, err := s.do(ctx, d, j)
@@ -293,6 +301,9 @@ func walk(ctx context.Context, d Drivers, j *Job) *agentv1.JobResult {
 	}
 	res.Outcome = agentv1.JobOutcome_JOB_OUTCOME_SUCCEEDED
 	res.Disks = j.Progress.snapshot()
+	if j.IsWarm() {
+		res.MeasuredDowntime = durationpb.New(j.warm.downtime)
+	}
 	res.BootVerifiedBy = j.bootVerifiedBy
 	return res
 }

@@ -4,6 +4,7 @@ import (
 	"sync"
 	"time"
 
+	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
@@ -26,6 +27,7 @@ type Progress struct {
 	sent     time.Time
 	dirty    bool
 	timings  []*timing // in the order the phases began
+	rounds   []*ferryv1.PrecopyRound
 }
 
 // timing is one phase's run; bytes is fixed when it ends.
@@ -283,7 +285,32 @@ func (p *Progress) report(force bool) {
 		return
 	}
 	p.sent, p.dirty = now, false
-	p.emit(&agentv1.JobProgress{Job: p.job, Epoch: p.epoch, Phase: p.phase, Disks: p.disksAt(now), PhaseTimings: p.timingsAt(now)})
+	p.emit(&agentv1.JobProgress{Job: p.job, Epoch: p.epoch, Phase: p.phase, Disks: p.disksAt(now), PhaseTimings: p.timingsAt(now),
+		PrecopyRounds: p.roundsLocked()})
+}
+
+// addRound records a warm job's finished precopy round and reports it at
+// once.
+func (p *Progress) addRound(r *ferryv1.PrecopyRound) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.rounds = append(p.rounds, proto.Clone(r).(*ferryv1.PrecopyRound))
+	p.report(true)
+}
+
+// Rounds returns the precopy rounds so far.
+func (p *Progress) Rounds() []*ferryv1.PrecopyRound {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.roundsLocked()
+}
+
+func (p *Progress) roundsLocked() []*ferryv1.PrecopyRound {
+	out := make([]*ferryv1.PrecopyRound, len(p.rounds))
+	for i, r := range p.rounds {
+		out[i] = proto.Clone(r).(*ferryv1.PrecopyRound)
+	}
+	return out
 }
 
 // snapshot returns the counts as they are.

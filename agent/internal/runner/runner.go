@@ -214,6 +214,7 @@ func (r *Runner) Start(a *agentv1.Assignment) error {
 	e := &execution{cancel: cancel, done: make(chan struct{}), job: &Job{Assignment: a, CacheDir: cacheDir(r.cfg.DataDir, a), Log: log,
 		Downstream: lim.down, Upstream: lim.up, watches: newWatchSet(ctx, cancel, log), fencer: r.fencer}}
 	e.job.Progress = newProgress(a, r.now, r.cfg.ProgressInterval, r.reporter.Progress)
+	e.job.warm = newWarmState(e.job)
 	r.jobs[name] = e
 	r.wg.Add(1)
 	go func() {
@@ -253,6 +254,9 @@ func (r *Runner) run(ctx context.Context, e *execution, prev *execution) {
 	interrupted := ctx.Err() != nil && !errors.As(context.Cause(ctx), &stop)
 	if res.GetOutcome() != agentv1.JobOutcome_JOB_OUTCOME_SUCCEEDED && !interrupted {
 		r.rollback(e.job)
+	}
+	if !interrupted {
+		r.endWarm(e.job, res.GetOutcome() == agentv1.JobOutcome_JOB_OUTCOME_SUCCEEDED)
 	}
 
 	r.mu.Lock()
@@ -336,6 +340,20 @@ func (r *Runner) Cancel(job string, epoch int64, reason string) bool {
 	}
 	e.job.Log.Info("cancelling job", "reason", reason)
 	e.cancel(&stopCause{outcome: agentv1.JobOutcome_JOB_OUTCOME_CANCELLED, reason: reason})
+	return true
+}
+
+// Cutover sets when a warm job running under epoch cuts over (zero: at
+// once). It reports whether such a job was running.
+func (r *Runner) Cutover(job string, epoch int64, at time.Time) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	e, ok := r.jobs[job]
+	if !ok || e.job.Epoch() != epoch || !e.job.IsWarm() {
+		return false
+	}
+	e.job.Log.Info("cutover requested", "at", at)
+	e.job.warm.SetCutover(at)
 	return true
 }
 

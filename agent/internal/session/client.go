@@ -44,6 +44,8 @@ const (
 type Runner interface {
 	Start(a *agentv1.Assignment) error
 	Cancel(job string, epoch int64, reason string) bool
+	// Cutover sets when a warm job cuts over (zero: at once).
+	Cutover(job string, epoch int64, at time.Time) bool
 	// SetLimits sets a migration server's bandwidth limits for its running
 	// and later jobs.
 	SetLimits(b *agentv1.BandwidthLimits)

@@ -128,6 +128,8 @@ func (r *fakeRunner) Start(a *agentv1.Assignment) error {
 
 func (r *fakeRunner) Cancel(string, int64, string) bool { return false }
 
+func (r *fakeRunner) Cutover(string, int64, time.Time) bool { return false }
+
 func (r *fakeRunner) SetLimits(*agentv1.BandwidthLimits) {}
 
 func (r *fakeRunner) StopAll(reason string) int {

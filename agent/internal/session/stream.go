@@ -113,6 +113,15 @@ func (c *Client) recvLoop(ctx context.Context, addr string, stream agentv1.Agent
 			if !c.runner.Cancel(x.GetJob(), x.GetEpoch(), x.GetReason()) {
 				c.log.Debug("cancellation of a job not running here", "job", x.GetJob(), "epoch", x.GetEpoch())
 			}
+		case *agentv1.ConnectResponse_Cutover:
+			x := k.Cutover
+			var at time.Time
+			if x.GetCutoverTime() != nil {
+				at = x.GetCutoverTime().AsTime()
+			}
+			if !c.runner.Cutover(x.GetJob(), x.GetEpoch(), at) {
+				c.log.Debug("cutover of a warm job not running here", "job", x.GetJob(), "epoch", x.GetEpoch())
+			}
 		case *agentv1.ConnectResponse_BandwidthLimits:
 			c.runner.SetLimits(k.BandwidthLimits)
 		case *agentv1.ConnectResponse_InventoryRequest:

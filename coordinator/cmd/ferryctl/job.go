@@ -21,6 +21,9 @@ waits), then RUNNING through three phases:
 
   CONVERTING   source disks → the migration server's cache
   UPLOADING    cache → primary storage
+  SYNCING      a warm job (--mode warm) between precopy rounds: every
+               precopy interval only what changed moves to the cache and
+               on to primary storage, until "job cutover"
   CONFIGURING  the target VM is defined (and started)
 
 and ends SUCCEEDED, FAILED (with a reason) or CANCELLED. Failed and
@@ -28,7 +31,7 @@ cancelled jobs can be restarted (the cache makes it fast); finished jobs can
 be deleted. "job watch" follows jobs live.`,
 	}
 	cmd.AddCommand(a.jobCreate(), a.jobPreview(), a.jobGet(), a.jobList(), a.jobWatch(),
-		a.jobUpdate(), a.jobExport(), a.jobCancel(), a.jobRestart(), a.jobDelete())
+		a.jobUpdate(), a.jobExport(), a.jobCancel(), a.jobCutover(), a.jobRestart(), a.jobDelete())
 	return cmd
 }
 
@@ -38,7 +41,10 @@ func (a *app) jobGet() *cobra.Command {
 		Short: "Show a job with its disks' progress and phase timings",
 		Long: `Show one job by name (migrationJobs/ID or ID): its target, state, phase, per-disk progress, warnings and times,
 and for its latest attempt when each phase began and ended (counted from the first phase's start), the bytes it
-moved and its rate. UPLOADING runs beside CONVERTING: it begins while the job's phase still says CONVERTING.`,
+moved and its rate. UPLOADING runs beside CONVERTING: it begins while the job's phase still says CONVERTING.
+A warm job also shows each precopy round: bytes changed, read and uploaded, its duration and the cutover
+downtime it predicts (its bytes over the measured rate plus configuring), and after the cutover the measured
+downtime (source stopped → target started).`,
 		Example: `  ferryctl job get migrationJobs/4f2c
   ferryctl job get 4f2c -o yaml`,
 		Args: exactlyOneArg("the job's name"),
@@ -59,6 +65,12 @@ moved and its rate. UPLOADING runs beside CONVERTING: it begins while the job's 
 					return err
 				}
 				if err := verifyTable(a.io.Out, resp.GetDisks()); err != nil {
+					return err
+				}
+			}
+			if len(resp.GetPrecopyRounds()) > 0 {
+				fmt.Fprintln(a.io.Out)
+				if err := roundTable(a.io.Out, resp.GetPrecopyRounds()); err != nil {
 					return err
 				}
 			}
@@ -246,7 +258,9 @@ func jobDetails(j *ferryv1.MigrationJob) []field {
 		{"CPUs / memory", fmt.Sprintf("%d / %s", t.GetCpus(), humanBytes(t.GetMemoryBytes()))},
 		{"Firmware / OS / bus", strings.Join([]string{enumLower(t.GetFirmware()), enumLower(t.GetOsType()), enumLower(t.GetDiskBus())}, " / ")},
 		{"CD-ROMs", fmt.Sprint(t.GetCdromCount())},
+		{"Mode", orDefault(enumLower(j.GetOptions().GetMode()), "default (live for KVM, cold for VMware)")},
 	}
+	out = append(out, warmDetails(j)...)
 	for i, n := range t.GetNics() {
 		out = append(out, field{fmt.Sprintf("NIC %d", i), fmt.Sprintf("%s → %s mac=%s ip=%s",
 			n.GetSourceMac(), n.GetL3Network(), orDefault(n.GetMac(), "(source)"), orDefault(n.GetIp(), "(allocated)"))})

@@ -5,9 +5,11 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"time"
 
 	"github.com/spf13/cobra"
 	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/durationpb"
 
 	"github.com/ferry-v2v/ferry/pkg/client"
 	ferryv1 "github.com/ferry-v2v/ferry/pkg/pb/ferry/v1"
@@ -34,6 +36,9 @@ type jobFlags struct {
 	network, group      string
 	useSourceNICAddress bool
 	verifyBoot          bool
+	mode                *enumFlag
+	precopyInterval     time.Duration
+	cutoverAt           string
 }
 
 // fills reports whether the flags ask to fill the spec from the source.
@@ -42,7 +47,8 @@ func (jf *jobFlags) fills() bool { return jf.network != "" || jf.group != "" }
 // planFlags are the flags that build a request from flags, not allowed
 // together with -f.
 var planFlags = []string{"source", "migration-server", "vm", "target-name", "cluster", "storage", "host",
-	"cpus", "memory", "nic", "disk", "network", "network-mapping-group", "use-source-nic-address", "cdroms", "firmware", "os", "disk-bus", "compression", "pause-source", "start", "no-start", "verify-boot"}
+	"cpus", "memory", "nic", "disk", "network", "network-mapping-group", "use-source-nic-address", "cdroms", "firmware", "os", "disk-bus", "compression", "pause-source", "start", "no-start", "verify-boot",
+	"mode", "precopy-interval", "cutover-at"}
 
 // newJobFlags returns the flags of job create and job preview.
 func newJobFlags() *jobFlags {
@@ -51,6 +57,7 @@ func newJobFlags() *jobFlags {
 		osType:      newEnumFlag(ferryv1.OsType(0).Descriptor(), nil),
 		diskBus:     newEnumFlag(ferryv1.DiskBus(0).Descriptor(), nil),
 		compression: newEnumFlag(ferryv1.Compression(0).Descriptor(), nil),
+		mode:        newEnumFlag(ferryv1.MigrationMode(0).Descriptor(), nil),
 	}
 }
 
@@ -226,6 +233,9 @@ func (jf *jobFlags) addFlags(cmd *cobra.Command) {
 	f.BoolVar(&jf.pauseSource, "pause-source", false, "pause a running source VM before the copy and leave it paused")
 	f.BoolVar(&jf.start, "start", false, "start the target VM even when the source VM is paused or shut off")
 	f.BoolVar(&jf.verifyBoot, "verify-boot", false, "start the target VM and fail the job unless the guest shows it booted (guest agent, DHCP lease or serial console)")
+	addEnumFlag(f, jf.mode, "mode", "cold, live or warm (default: live for KVM, cold for VMware); warm copies in precopy rounds until \"job cutover\"")
+	f.DurationVar(&jf.precopyInterval, "precopy-interval", 0, "warm: time between precopy rounds (default: the settings' precopy_interval, 30m)")
+	f.StringVar(&jf.cutoverAt, "cutover-at", "", "warm: when to cut over, an RFC 3339 time or a duration from now (default: wait for \"job cutover\")")
 	f.BoolVar(&jf.noStart, "no-start", false, "leave the target VM stopped (default: started when the source VM runs, not when it is paused or shut off)")
 }
 
@@ -303,6 +313,17 @@ func (jf *jobFlags) request() (*ferryv1.CreateMigrationJobsRequest, error) {
 	}
 	opts := &ferryv1.MigrationOptions{Compression: ferryv1.Compression(jf.compression.value), PauseSourceVm: jf.pauseSource,
 		UseSourceNicAddress: jf.useSourceNICAddress, VerifyBoot: jf.verifyBoot}
+	if jf.mode != nil {
+		opts.Mode = ferryv1.MigrationMode(jf.mode.value)
+	}
+	if jf.precopyInterval != 0 {
+		opts.PrecopyInterval = durationpb.New(jf.precopyInterval)
+	}
+	cutover, err := cutoverFlag("cutover-at", jf.cutoverAt)
+	if err != nil {
+		return nil, err
+	}
+	opts.CutoverTime = cutover
 	switch {
 	case jf.noStart:
 		opts.AutoStart = proto.Bool(false)

@@ -145,6 +145,7 @@ func (a *Admission) Create(ctx context.Context, req *ferryv1.CreateMigrationJobs
 		return nil, precheckError(b.failed)
 	}
 	a.keepSourceState(b.refs.source.GetName(), b.jobs) // 5
+	a.stampPrecopyInterval(b.jobs)
 	a.allocMu.Lock()
 	release := sync.OnceFunc(a.allocMu.Unlock)
 	al := a.newAllocator(b.refs.networks) // 6

@@ -65,10 +65,28 @@ func (a *Admission) precheck(ctx context.Context, refs *batchRefs, jobs []*ferry
 			lines = append(lines, a.checkKVMVersions(p, j, inv)...)
 			if vm, _ := findInventoryVM(inv, j.GetSourceVm()); vm != nil {
 				stampBootDisk(j.GetTarget(), vm)
+				lines = append(lines, checkWarm(p, j, vm)...)
 			}
 		}
 	}
 	return lines
+}
+
+// checkWarm refuses a warm job whose KVM VM cannot be copied in rounds
+// (kvmver.WarmRefusal), saying why.
+func checkWarm(p string, j *ferryv1.MigrationJob, vm *ferryv1.SourceVm) []string {
+	if j.GetOptions().GetMode() != ferryv1.MigrationMode_MIGRATION_MODE_WARM {
+		return nil
+	}
+	copies := map[string]bool{}
+	for _, d := range j.GetTarget().GetDisks() {
+		copies[d.GetSourceDisk()] = true
+	}
+	why := kvmver.WarmRefusal(vm, func(t string) bool { return copies[t] })
+	if why == "" {
+		return nil
+	}
+	return []string{fmt.Sprintf("%s.options.mode (VM %s): %s", p, vm.GetName(), why)}
 }
 
 // checkKVMVersions applies the agent's version rules (pkg/kvmver) to the

@@ -6,6 +6,7 @@ import (
 
 	"google.golang.org/protobuf/proto"
 
+	"github.com/ferry-v2v/ferry/coordinator/internal/ledger"
 	"github.com/ferry-v2v/ferry/coordinator/internal/validate"
 	ferryv1 "github.com/ferry-v2v/ferry/pkg/pb/ferry/v1"
 )
@@ -89,6 +90,22 @@ func checkOptions(c *validate.Checker, p string, in *ferryv1.MigrationOptions) *
 		out = &ferryv1.MigrationOptions{}
 	}
 	validate.Enum(c, p+".compression", out.GetCompression(), false)
+	validate.Enum(c, p+".mode", out.GetMode(), false)
+	if out.GetMode() == ferryv1.MigrationMode_MIGRATION_MODE_WARM {
+		if d := out.GetPrecopyInterval(); d != nil && (d.CheckValid() != nil || d.AsDuration() < ledger.MinPrecopyInterval) {
+			c.Add(p+".precopy_interval", "must be a duration of at least %s, got %v", ledger.MinPrecopyInterval, d.AsDuration())
+		}
+		if t := out.GetCutoverTime(); t != nil && t.CheckValid() != nil {
+			c.Add(p+".cutover_time", "not a valid time: %v", t.CheckValid())
+		}
+	} else {
+		if out.GetPrecopyInterval() != nil {
+			c.Add(p+".precopy_interval", "only a warm job (mode WARM) runs precopy rounds; drop it or set mode WARM")
+		}
+		if out.GetCutoverTime() != nil {
+			c.Add(p+".cutover_time", "only a warm job (mode WARM) cuts over; drop it or set mode WARM")
+		}
+	}
 	if out.GetVerifyBoot() && out.AutoStart != nil && !out.GetAutoStart() {
 		c.Add(p+".verify_boot", "proving the target boots starts it, but auto_start is false; drop one")
 	}

@@ -4,6 +4,9 @@ import (
 	"fmt"
 
 	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/durationpb"
+
+	"github.com/ferry-v2v/ferry/coordinator/internal/ledger"
 
 	ferryv1 "github.com/ferry-v2v/ferry/pkg/pb/ferry/v1"
 )
@@ -40,4 +43,19 @@ func (a *Admission) keepSourceState(source string, jobs []*ferryv1.MigrationJob)
 		}
 	}
 	return notes
+}
+
+// stampPrecopyInterval gives each warm job without a precopy_interval the
+// one of the settings (ledger.DefaultPrecopyInterval when they have none).
+func (a *Admission) stampPrecopyInterval(jobs []*ferryv1.MigrationJob) {
+	d := a.ledger.Settings().GetPrecopyInterval()
+	if d == nil {
+		d = durationpb.New(ledger.DefaultPrecopyInterval)
+	}
+	for _, j := range jobs {
+		if j.GetOptions().GetMode() != ferryv1.MigrationMode_MIGRATION_MODE_WARM || j.GetOptions().GetPrecopyInterval() != nil {
+			continue
+		}
+		j.Options.PrecopyInterval = proto.Clone(d).(*durationpb.Duration)
+	}
 }

@@ -20,6 +20,7 @@ import (
 	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/emptypb"
 	"google.golang.org/protobuf/types/known/fieldmaskpb"
+	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/ferry-v2v/ferry/coordinator/internal/api"
 	"github.com/ferry-v2v/ferry/coordinator/internal/testcluster"
@@ -394,6 +395,25 @@ var corpus = []corpusCase{
 	{"cancel a missing job", unary(func(c *apiClients) func(context.Context, *ferryv1.CancelMigrationJobRequest, ...grpc.CallOption) (*ferryv1.CancelMigrationJobResponse, error) {
 		return c.jobs.CancelMigrationJob
 	}, &ferryv1.CancelMigrationJobRequest{Name: "migrationJobs/x"}), codes.NotFound, "name:"},
+	{"cutover a missing job", unary(func(c *apiClients) func(context.Context, *ferryv1.CutoverMigrationJobRequest, ...grpc.CallOption) (*ferryv1.CutoverMigrationJobResponse, error) {
+		return c.jobs.CutoverMigrationJob
+	}, &ferryv1.CutoverMigrationJobRequest{Name: "migrationJobs/x"}), codes.NotFound, "name:"},
+	{"cutover an invalid time", unary(func(c *apiClients) func(context.Context, *ferryv1.CutoverMigrationJobRequest, ...grpc.CallOption) (*ferryv1.CutoverMigrationJobResponse, error) {
+		return c.jobs.CutoverMigrationJob
+	}, &ferryv1.CutoverMigrationJobRequest{Name: "migrationJobs/x", CutoverTime: &timestamppb.Timestamp{Nanos: -1}}), ipa, "cutover_time:"},
+	{"cutover a job that is not warm", func(ctx context.Context, c *apiClients) error {
+		_, err := c.jobs.CutoverMigrationJob(ctx, &ferryv1.CutoverMigrationJobRequest{Name: queuedJob})
+		return err
+	}, codes.FailedPrecondition, "name: job migrationJobs/"},
+	{"warm precopy interval too short", jobs(1, func(r *ferryv1.CreateMigrationJobsRequest) {
+		r.Jobs[0].Options = &ferryv1.MigrationOptions{Mode: ferryv1.MigrationMode_MIGRATION_MODE_WARM, PrecopyInterval: durationpb.New(time.Second)}
+	}), ipa, "jobs[0].options.precopy_interval:"},
+	{"cutover time of a live job", jobs(1, func(r *ferryv1.CreateMigrationJobsRequest) {
+		r.Jobs[0].Options = &ferryv1.MigrationOptions{Mode: ferryv1.MigrationMode_MIGRATION_MODE_LIVE, CutoverTime: timestamppb.Now()}
+	}), ipa, "jobs[0].options.cutover_time:"},
+	{"unknown mode", jobs(1, func(r *ferryv1.CreateMigrationJobsRequest) {
+		r.Jobs[0].Options = &ferryv1.MigrationOptions{Mode: 42}
+	}), ipa, "jobs[0].options.mode:"},
 	{"restart a queued job", func(ctx context.Context, c *apiClients) error {
 		_, err := c.jobs.RestartMigrationJob(ctx, &ferryv1.RestartMigrationJobRequest{Name: queuedJob})
 		return err

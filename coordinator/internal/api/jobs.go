@@ -7,6 +7,7 @@ import (
 	metrics "github.com/hashicorp/go-metrics/compat"
 
 	"google.golang.org/protobuf/types/known/emptypb"
+	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/ferry-v2v/ferry/coordinator/internal/ledger"
 	ledgerv1 "github.com/ferry-v2v/ferry/pkg/pb/ferry/ledger/v1"
@@ -165,4 +166,33 @@ func (s *jobService) DeleteMigrationJob(ctx context.Context, req *ferryv1.Delete
 		return &ledgerv1.Command{Op: &ledgerv1.Command_DeleteMigrationJob{DeleteMigrationJob: d}}
 	})
 	return reply(ctx, s.a, &emptypb.Empty{}, err)
+}
+
+// CutoverMigrationJob sets when a warm job cuts over: cutover_time, or the
+// leader's now when it is unset or past. The session manager sees the job
+// change and tells the agent running it.
+func (s *jobService) CutoverMigrationJob(ctx context.Context, req *ferryv1.CutoverMigrationJobRequest) (*ferryv1.CutoverMigrationJobResponse, error) {
+	const method = "CutoverMigrationJob"
+	c := &checker{}
+	checkRef(c, "name", req.GetName(), colJobs)
+	at := req.GetCutoverTime()
+	if at != nil && at.CheckValid() != nil {
+		c.add("cutover_time", "not a valid time: %v", at.CheckValid())
+	}
+	checkRequestID(c, req.GetRequestId())
+	err := c.err()
+	var again bool
+	if err == nil {
+		again, err = s.a.replayed(req.GetRequestId(), method, req.GetName())
+	}
+	if err == nil && !again {
+		if at == nil || at.AsTime().Before(s.a.clock()) {
+			at = timestamppb.New(s.a.clock())
+		}
+		_, err = s.a.propose(ctx, withRequest(&ledgerv1.Command{Op: &ledgerv1.Command_SetMigrationJobCutover{
+			SetMigrationJobCutover: &ledgerv1.SetMigrationJobCutover{Name: req.GetName(), CutoverTime: at}}},
+			req.GetRequestId(), method, req.GetName()))
+	}
+	j, err := s.readJob(req.GetName(), err)
+	return reply(ctx, s.a, &ferryv1.CutoverMigrationJobResponse{Job: j}, err)
 }

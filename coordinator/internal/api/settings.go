@@ -9,6 +9,7 @@ import (
 
 	"google.golang.org/protobuf/types/known/durationpb"
 
+	"github.com/ferry-v2v/ferry/coordinator/internal/ledger"
 	ledgerv1 "github.com/ferry-v2v/ferry/pkg/pb/ferry/ledger/v1"
 	ferryv1 "github.com/ferry-v2v/ferry/pkg/pb/ferry/v1"
 )
@@ -23,7 +24,7 @@ const (
 
 // settingsFields are the paths UpdateSettings accepts, in proto order.
 var settingsFields = []string{"job_parallelism", "cache_retention", "host_allocation_strategy", "agent_grace_period",
-	"inventory_sync_interval", "guest_shutdown_timeout"}
+	"inventory_sync_interval", "guest_shutdown_timeout", "precopy_interval"}
 
 // Bounds of inventory_sync_interval.
 const (
@@ -120,6 +121,9 @@ func setSettings(in *ferryv1.Settings) ([]string, error) {
 	if in.GetGuestShutdownTimeout() != nil {
 		paths = append(paths, "guest_shutdown_timeout")
 	}
+	if in.GetPrecopyInterval() != nil {
+		paths = append(paths, "precopy_interval")
+	}
 	if len(paths) == 0 {
 		return nil, invalid("update_mask", "nothing to change: name the fields in update_mask (%s)", strings.Join(settingsFields, ", "))
 	}
@@ -157,6 +161,21 @@ func mergeSetting(c *checker, path string, in, st *ferryv1.Settings) {
 			c.add(field, "must be %s to %s, got %s", minGuestShutdown, maxGuestShutdown, d.AsDuration())
 		}
 		st.GuestShutdownTimeout = d
+	case "precopy_interval":
+		checkPrecopyInterval(c, field, in.GetPrecopyInterval(), true)
+		st.PrecopyInterval = in.GetPrecopyInterval()
+	}
+}
+
+// checkPrecopyInterval checks a warm job's time between rounds: at least
+// ledger.MinPrecopyInterval; unset only when !required.
+func checkPrecopyInterval(c *checker, field string, d *durationpb.Duration, required bool) {
+	if d == nil && !required {
+		return
+	}
+	checkPositive(c, field, d)
+	if d.CheckValid() == nil && d.AsDuration() > 0 && d.AsDuration() < ledger.MinPrecopyInterval {
+		c.add(field, "must be at least %s, got %s", ledger.MinPrecopyInterval, d.AsDuration())
 	}
 }
 

@@ -34,6 +34,7 @@ var table = map[string]roleSet{
 	"/ferry.v1.MigrationJobService/GetMigrationJob":      readers,
 	"/ferry.v1.MigrationJobService/ListMigrationJobs":    readers,
 	"/ferry.v1.MigrationJobService/CancelMigrationJob":   operator,
+	"/ferry.v1.MigrationJobService/CutoverMigrationJob":  operator,
 	"/ferry.v1.MigrationJobService/RestartMigrationJob":  operator,
 	"/ferry.v1.MigrationJobService/DeleteMigrationJob":   operator,
 	"/ferry.v1.MigrationJobService/UpdateMigrationJob":   operator,

@@ -37,6 +37,16 @@ func job(name, ip string) *ferryv1.MigrationJob {
 	}
 }
 
+// warmJob is job with options.mode WARM.
+func warmJob(name, ip string) *ferryv1.MigrationJob {
+	j := job(name, ip)
+	if j.Options == nil {
+		j.Options = &ferryv1.MigrationOptions{}
+	}
+	j.Options.Mode = ferryv1.MigrationMode_MIGRATION_MODE_WARM
+	return j
+}
+
 // everyCommand is one of each command, in an order the ledger accepts.
 func everyCommand() []*ledgerv1.Command {
 	cmds := []*ledgerv1.Command{
@@ -93,6 +103,10 @@ func everyCommand() []*ledgerv1.Command {
 			Fields: []string{"serial", "reason"}, Result: "OK"}, Retention: &ledgerv1.AuditRetention{MaxAgeSeconds: 3600, MaxEvents: 50}}}},
 		{Op: &ledgerv1.Command_CreateMigrationJobs{CreateMigrationJobs: &ledgerv1.CreateMigrationJobs{RequestId: "r-jobs", Jobs: []*ferryv1.MigrationJob{job("migrationJobs/j1", "10.0.0.10"), job("migrationJobs/j2", "10.0.0.11"), job("migrationJobs/j3", "10.0.0.12")}}}},
 		{Op: &ledgerv1.Command_SetJobWaitingReason{SetJobWaitingReason: &ledgerv1.SetJobWaitingReason{Name: "migrationJobs/j3", Reason: "job parallelism 10 reached"}}},
+		{Op: &ledgerv1.Command_CreateMigrationJobs{CreateMigrationJobs: &ledgerv1.CreateMigrationJobs{RequestId: "r-warm", Jobs: []*ferryv1.MigrationJob{warmJob("migrationJobs/jw", "10.0.0.40")}}}},
+		{Op: &ledgerv1.Command_SetMigrationJobCutover{SetMigrationJobCutover: &ledgerv1.SetMigrationJobCutover{Name: "migrationJobs/jw", CutoverTime: timestamppb.New(time.Unix(1700000000, 0))}}},
+		{Op: &ledgerv1.Command_CancelMigrationJob{CancelMigrationJob: &ledgerv1.CancelMigrationJob{Name: "migrationJobs/jw"}}},
+		{Op: &ledgerv1.Command_DeleteMigrationJob{DeleteMigrationJob: &ledgerv1.DeleteResource{Name: "migrationJobs/jw"}}},
 		{Op: &ledgerv1.Command_StartMigrationJob{StartMigrationJob: &ledgerv1.StartMigrationJob{Name: "migrationJobs/j1", Host: "hosts/h1", Epoch: 1}}},
 		{Op: &ledgerv1.Command_CheckpointMigrationJob{CheckpointMigrationJob: &ledgerv1.CheckpointMigrationJob{Name: "migrationJobs/j1", Epoch: 1, Phase: ferryv1.MigrationJobPhase_MIGRATION_JOB_PHASE_UPLOADING, Disks: []*ferryv1.DiskProgress{{SourceDisk: "vda", TotalBytes: 1 << 30, DoneBytes: 1 << 29}}}}},
 		{Op: &ledgerv1.Command_FinishMigrationJob{FinishMigrationJob: &ledgerv1.FinishMigrationJob{Name: "migrationJobs/j1", Epoch: 1, State: ferryv1.MigrationJobState_MIGRATION_JOB_STATE_SUCCEEDED, Warnings: []string{"started stopped"}}}},

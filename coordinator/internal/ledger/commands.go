@@ -288,6 +288,15 @@ func jobAndClusterCommands() map[protoreflect.Name]command {
 				return l.cancelJobRefusal(c.GetCancelMigrationJob().GetName())
 			},
 		},
+		"set_migration_job_cutover": {
+			apply: func(l *Ledger, c *ledgerv1.Command, now time.Time) ([]string, error) {
+				p := c.GetSetMigrationJobCutover()
+				return one(p.GetName(), l.SetMigrationJobCutover(p, now))
+			},
+			refuse: func(l *Ledger, c *ledgerv1.Command) error {
+				return l.cutoverRefusal(c.GetSetMigrationJobCutover().GetName())
+			},
+		},
 		"restart_migration_job": {
 			apply: func(l *Ledger, c *ledgerv1.Command, now time.Time) ([]string, error) {
 				p := c.GetRestartMigrationJob()

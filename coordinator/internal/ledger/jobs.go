@@ -160,6 +160,7 @@ func (l *Ledger) StartMigrationJob(c *ledgerv1.StartMigrationJob, now time.Time)
 		j.EndTime, j.Duration = nil, nil
 		j.PhaseTimings = nil // they describe one attempt
 		j.BootVerified, j.BootVerifiedBy = false, ""
+		j.PrecopyRounds, j.MeasuredDowntime = nil, nil
 		return nil
 	})
 }
@@ -177,6 +178,7 @@ func (l *Ledger) CheckpointMigrationJob(c *ledgerv1.CheckpointMigrationJob, now 
 			j.Disks = c.GetDisks()
 		}
 		setPhaseTimings(j, c.GetPhaseTimings())
+		setRounds(j, c.GetPrecopyRounds())
 		return nil
 	})
 }
@@ -201,6 +203,10 @@ func (l *Ledger) FinishMigrationJob(c *ledgerv1.FinishMigrationJob, now time.Tim
 		j.Disks = c.GetDisks()
 	}
 	setPhaseTimings(j, c.GetPhaseTimings())
+	setRounds(j, c.GetPrecopyRounds())
+	if c.GetState() == stateSucceeded && c.GetMeasuredDowntime() != nil {
+		j.MeasuredDowntime = c.GetMeasuredDowntime()
+	}
 	j.Verified = c.GetState() == stateSucceeded && allVerified(j)
 	j.BootVerified, j.BootVerifiedBy = false, ""
 	if c.GetState() == stateSucceeded && j.GetOptions().GetVerifyBoot() && c.GetBootVerifiedBy() != "" {

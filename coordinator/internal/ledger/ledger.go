@@ -26,7 +26,12 @@ const (
 	// DefaultGuestShutdownTimeout is how long a VMware guest shutdown
 	// may take before the source VM is powered off.
 	DefaultGuestShutdownTimeout = 10 * time.Minute
-	SettingsName                = "settings"
+	// DefaultPrecopyInterval is a warm job's time between precopy rounds
+	// when neither its options nor the settings give one.
+	DefaultPrecopyInterval = 30 * time.Minute
+	// MinPrecopyInterval is the least time between precopy rounds.
+	MinPrecopyInterval = 10 * time.Second
+	SettingsName       = "settings"
 )
 
 // JobEvent tells an observer that a job changed or went away.
@@ -121,6 +126,7 @@ func DefaultSettings() *ferryv1.Settings {
 		AgentGracePeriod:       durationpb.New(DefaultAgentGracePeriod),
 		InventorySyncInterval:  durationpb.New(DefaultInventorySyncInterval),
 		GuestShutdownTimeout:   durationpb.New(DefaultGuestShutdownTimeout),
+		PrecopyInterval:        durationpb.New(DefaultPrecopyInterval),
 	}
 }
 

@@ -59,7 +59,9 @@ type liveJob struct {
 	epoch      int64
 	phase      ferryv1.MigrationJobPhase
 	checkpoint time.Time
-	timings    int // phases begun plus phases ended, as last checkpointed
+	timings    int       // phases begun plus phases ended, as last checkpointed
+	rounds     int       // precopy rounds, as last checkpointed
+	cutover    time.Time // the cutover time last sent to the agent
 }
 
 func (s *session) record() *ferryv1.Host {
@@ -84,6 +86,19 @@ func (s *session) track(job string, epoch int64, phase ferryv1.MigrationJobPhase
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.jobs[job] = &liveJob{epoch: epoch, phase: phase, checkpoint: now}
+}
+
+// cutoverDue records at as the cutover time sent for job under epoch and
+// reports whether it had not been sent yet.
+func (s *session) cutoverDue(job string, epoch int64, at time.Time) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	j, ok := s.jobs[job]
+	if !ok || j.epoch != epoch || j.cutover.Equal(at) {
+		return false
+	}
+	j.cutover = at
+	return true
 }
 
 // untrack forgets job if it runs under epoch, and reports whether it did.

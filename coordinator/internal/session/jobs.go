@@ -40,16 +40,18 @@ func (m *Manager) progress(ctx context.Context, s *session, p *agentv1.JobProgre
 	// A phase that begins or ends is checkpointed at once, like a change
 	// of the job's phase (UPLOADING begins beside CONVERTING).
 	due := p.GetPhase() != ferryv1.MigrationJobPhase_MIGRATION_JOB_PHASE_UNSPECIFIED && p.GetPhase() != j.phase ||
-		now.Sub(j.checkpoint) >= m.cfg.CheckpointInterval || timingMarks(timings) != j.timings
+		now.Sub(j.checkpoint) >= m.cfg.CheckpointInterval || timingMarks(timings) != j.timings ||
+		len(p.GetPrecopyRounds()) != j.rounds
 	if due {
-		j.phase, j.checkpoint, j.timings = p.GetPhase(), now, timingMarks(timings)
+		j.phase, j.checkpoint, j.timings, j.rounds = p.GetPhase(), now, timingMarks(timings), len(p.GetPrecopyRounds())
 	}
 	s.mu.Unlock()
 	if !due {
 		return nil
 	}
 	cmd := &ledgerv1.Command{Op: &ledgerv1.Command_CheckpointMigrationJob{CheckpointMigrationJob: &ledgerv1.CheckpointMigrationJob{
-		Name: p.GetJob(), Epoch: p.GetEpoch(), Phase: p.GetPhase(), Disks: p.GetDisks(), PhaseTimings: timings}}}
+		Name: p.GetJob(), Epoch: p.GetEpoch(), Phase: p.GetPhase(), Disks: p.GetDisks(), PhaseTimings: timings,
+		PrecopyRounds: p.GetPrecopyRounds()}}}
 	return m.refusable(m.propose(ctx, cmd), "checkpoint", s, p.GetJob(), p.GetEpoch())
 }
 
@@ -65,7 +67,8 @@ func (m *Manager) result(ctx context.Context, s *session, r *agentv1.JobResult) 
 	state, reason := outcomeState(r)
 	cmd := &ledgerv1.Command{Op: &ledgerv1.Command_FinishMigrationJob{FinishMigrationJob: &ledgerv1.FinishMigrationJob{
 		Name: r.GetJob(), Epoch: r.GetEpoch(), State: state, Reason: reason, Warnings: r.GetWarnings(), Disks: r.GetDisks(),
-		PhaseTimings: m.phaseTimings(s, r.GetJob(), r.GetPhaseTimings()), BootVerifiedBy: r.GetBootVerifiedBy()}}}
+		PhaseTimings: m.phaseTimings(s, r.GetJob(), r.GetPhaseTimings()), BootVerifiedBy: r.GetBootVerifiedBy(),
+		PrecopyRounds: r.GetPrecopyRounds(), MeasuredDowntime: r.GetMeasuredDowntime()}}}
 	err := m.propose(ctx, cmd)
 	if err == nil {
 		m.log.Info("job finished", "host", s.host, "job", r.GetJob(), "epoch", r.GetEpoch(), "state", state, "reason", reason)

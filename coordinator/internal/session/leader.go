@@ -7,6 +7,7 @@ import (
 
 	"github.com/ferry-v2v/ferry/coordinator/internal/ledger"
 	"github.com/ferry-v2v/ferry/coordinator/internal/watch"
+	agentv1 "github.com/ferry-v2v/ferry/pkg/pb/ferry/agent/v1"
 	ledgerv1 "github.com/ferry-v2v/ferry/pkg/pb/ferry/ledger/v1"
 	ferryv1 "github.com/ferry-v2v/ferry/pkg/pb/ferry/v1"
 )
@@ -105,6 +106,7 @@ func (m *Manager) jobChanged(ctx context.Context, ev watch.Event) {
 	j := ev.Job
 	deleted := ev.Type == ferryv1.WatchEventType_WATCH_EVENT_TYPE_DELETED
 	if !deleted && !ledger.Terminal(j.GetState()) {
+		m.sendCutover(ctx, j)
 		return
 	}
 	s := m.session(HostName(j.GetAssignedHost()))
@@ -122,6 +124,28 @@ func (m *Manager) jobChanged(ctx context.Context, ev watch.Event) {
 		return
 	}
 	m.log.Info("cancelling job on agent", "host", s.host, "job", j.GetName(), "epoch", j.GetEpoch(), "reason", reason)
+}
+
+// sendCutover tells the agent running a warm job its cutover time, once
+// per time set.
+func (m *Manager) sendCutover(ctx context.Context, j *ferryv1.MigrationJob) {
+	at := j.GetOptions().GetCutoverTime()
+	if !ledger.IsWarm(j) || at == nil || j.GetState() != ferryv1.MigrationJobState_MIGRATION_JOB_STATE_RUNNING {
+		return
+	}
+	s := m.session(HostName(j.GetAssignedHost()))
+	if s == nil || !s.cutoverDue(j.GetName(), j.GetEpoch(), at.AsTime()) {
+		return
+	}
+	sendCtx, cancel := context.WithTimeout(ctx, m.cfg.HeartbeatInterval)
+	defer cancel()
+	msg := &agentv1.ConnectResponse{Kind: &agentv1.ConnectResponse_Cutover{Cutover: &agentv1.Cutover{
+		Job: j.GetName(), Epoch: j.GetEpoch(), CutoverTime: at}}}
+	if err := s.send(sendCtx, msg); err != nil {
+		m.log.Warn("cannot send cutover", "host", s.host, "job", j.GetName(), "err", err)
+		return
+	}
+	m.log.Info("cutover sent to agent", "host", s.host, "job", j.GetName(), "epoch", j.GetEpoch(), "at", at.AsTime())
 }
 
 // cancelFinished looks at every job the sessions track, after missed events.

@@ -32,6 +32,14 @@ type BackupOptions struct {
 	// backup; an error stops StartBackup before anything is made on the
 	// source. The driver records there what to clean up after a crash.
 	BeforeBegin func(b *Backup) error
+	// Checkpoint, when set, names a libvirt checkpoint the backup creates
+	// at its point in time: a persistent dirty bitmap on each backed-up
+	// disk (qcow2 only), which a later backup's Incremental names.
+	Checkpoint string
+	// Incremental, when set, names the checkpoint the backup is taken
+	// against: each export then also offers the block status context
+	// qemu:dirty-bitmap:<ExportBitmap(target)> of what changed since.
+	Incremental string
 }
 
 // Backup is a pull-mode backup job on the source: each disk is exported
@@ -45,6 +53,7 @@ type Backup struct {
 	socket  string
 	scratch []string // scratch file per target, same order
 	targets []string
+	bitmaps map[string]string // export bitmap by target, incremental only
 
 	mu     sync.Mutex
 	closed bool
@@ -83,18 +92,75 @@ func (c *Conn) StartBackup(ctx context.Context, vmName string, disks []string, o
 			return nil, err
 		}
 	}
-	doc, err := b.backupXML(def)
+	doc, err := b.backupXML(def, opts.Incremental)
 	if err != nil {
 		return nil, err
 	}
-	if err := dom.BackupBegin(doc, "", 0); err != nil {
+	ckpt := ""
+	if opts.Checkpoint != "" {
+		if ckpt, err = b.checkpointXML(def, opts.Checkpoint); err != nil {
+			return nil, err
+		}
+	}
+	if err := dom.BackupBegin(doc, ckpt, 0); err != nil {
 		err = fmt.Errorf("begin backup of VM %s (an interrupted Ferry job's backup is ended by "+
 			"CleanupStale): %w", vmName, err)
 		return nil, errors.Join(err, b.removeFiles(ctx))
 	}
-	b.log.Info("backup started", "socket", b.socket, "disks", b.targets)
+	if err := b.readBitmaps(dom); err != nil {
+		return nil, errors.Join(err, b.Close(ctx))
+	}
+	b.log.Info("backup started", "socket", b.socket, "disks", b.targets, "incremental", opts.Incremental, "checkpoint", opts.Checkpoint)
 	return b, nil
 }
+
+// checkpointXML asks for a dirty bitmap on each backed-up disk.
+func (b *Backup) checkpointXML(def *libvirtxml.Domain, name string) (string, error) {
+	var disks []libvirtxml.DomainCheckpointDisk
+	for _, d := range def.Devices.Disks {
+		if d.Target == nil || d.Device == "cdrom" || d.Device == "floppy" {
+			continue
+		}
+		mode := "no"
+		if slices.Contains(b.targets, d.Target.Dev) {
+			mode = "bitmap"
+		}
+		disks = append(disks, libvirtxml.DomainCheckpointDisk{Name: d.Target.Dev, Checkpoint: mode})
+	}
+	doc := libvirtxml.DomainCheckpoint{Name: name, Disks: &libvirtxml.DomainCheckpointDisks{Disks: disks}}
+	out, err := doc.Marshal()
+	if err != nil {
+		return "", fmt.Errorf("checkpoint XML: %w", err)
+	}
+	return out, nil
+}
+
+// readBitmaps records the dirty bitmap each export of an incremental
+// backup offers.
+func (b *Backup) readBitmaps(dom *libvirt.Domain) error {
+	desc, err := dom.BackupGetXMLDesc(0)
+	if err != nil {
+		return fmt.Errorf("backup job XML of VM %s: %w", b.vm, err)
+	}
+	var doc libvirtxml.DomainBackup
+	if err := doc.Unmarshal(desc); err != nil {
+		return fmt.Errorf("parse backup job XML of VM %s: %w", b.vm, err)
+	}
+	b.bitmaps = map[string]string{}
+	if doc.Pull != nil && doc.Pull.Disks != nil {
+		for _, d := range doc.Pull.Disks.Disks {
+			if d.ExportBitmap != "" {
+				b.bitmaps[d.Name] = d.ExportBitmap
+			}
+		}
+	}
+	return nil
+}
+
+// ExportBitmap is the dirty bitmap the export of target offers in an
+// incremental backup ("" in a full one): its block status context is
+// qemu:dirty-bitmap:<ExportBitmap>.
+func (b *Backup) ExportBitmap(target string) string { return b.bitmaps[target] }
 
 // newBackup checks the requested disks against the domain and names the
 // backup's files.
@@ -168,7 +234,7 @@ func (b *Backup) pause(dom *libvirt.Domain) error {
 
 // backupXML lists every disk of the domain: the chosen ones with their
 // scratch files, the others (CD-ROMs too) with backup='no'.
-func (b *Backup) backupXML(def *libvirtxml.Domain) (string, error) {
+func (b *Backup) backupXML(def *libvirtxml.Domain, incremental string) (string, error) {
 	var disks []libvirtxml.DomainBackupPullDisk
 	for _, d := range def.Devices.Disks {
 		if d.Target == nil {
@@ -184,7 +250,7 @@ func (b *Backup) backupXML(def *libvirtxml.Domain) (string, error) {
 			Scratch: &libvirtxml.DomainDiskSource{File: &libvirtxml.DomainDiskSourceFile{File: b.scratch[i]}},
 		})
 	}
-	doc := libvirtxml.DomainBackup{Pull: &libvirtxml.DomainBackupPull{
+	doc := libvirtxml.DomainBackup{Incremental: incremental, Pull: &libvirtxml.DomainBackupPull{
 		Server: &libvirtxml.DomainBackupPullServer{UNIX: &libvirtxml.DomainBackupPullServerUNIX{Socket: b.socket}},
 		Disks:  &libvirtxml.DomainBackupPullDisks{Disks: disks},
 	}}

@@ -82,8 +82,10 @@ type Driver struct {
 	keys HostKeyReporter
 	opts Options
 
-	mu     sync.Mutex
-	active map[string]bool // leftover records of running backups
+	mu      sync.Mutex
+	active  map[string]bool          // leftover records of running backups
+	stopped map[string]bool          // warm jobs whose source StopSource paused
+	closing map[string]chan struct{} // closed when a cutover's backup ended
 }
 
 var (
@@ -96,7 +98,8 @@ func NewDriver(log *slog.Logger, keys HostKeyReporter, opts Options) *Driver {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	return &Driver{log: log, keys: keys, opts: opts.withDefaults(), active: map[string]bool{}}
+	return &Driver{log: log, keys: keys, opts: opts.withDefaults(), active: map[string]bool{}, stopped: map[string]bool{},
+		closing: map[string]chan struct{}{}}
 }
 
 // connect opens the source of an assignment or inventory request, from
@@ -377,11 +380,17 @@ func (d *Driver) convertSnapshot(ctx context.Context, src *source, vm *VM, targe
 
 // copyOnce copies one disk's export into its cache image, skipping what a
 // checkpoint says the cache already holds.
-func (d *Driver) copyOnce(ctx context.Context, job *runner.Job, b exporter, disk *ferryv1.TargetDisk) error {
+func (d *Driver) copyOnce(ctx context.Context, job *runner.Job, b exporter, disk *ferryv1.TargetDisk) (pipeline.Stats, error) {
+	var st pipeline.Stats
+	err := d.copyStats(ctx, job, b, disk, &st)
+	return st, err
+}
+
+func (d *Driver) copyStats(ctx context.Context, job *runner.Job, b exporter, disk *ferryv1.TargetDisk, out *pipeline.Stats) error {
 	name := disk.GetSourceDisk()
 	if f, ok := b.(interface{ ImageSource(string) pipeline.Source }); ok {
 		if src := f.ImageSource(name); src != nil {
-			return d.copySource(ctx, job, name, src)
+			return d.copySource(ctx, job, name, src, out)
 		}
 	}
 	nc, err := b.OpenDisk(ctx, name)
@@ -399,12 +408,12 @@ func (d *Driver) copyOnce(ctx context.Context, job *runner.Job, b exporter, disk
 		return fmt.Errorf("open the source export: %w", err)
 	}
 	defer src.Close()
-	return d.copySource(ctx, job, name, pipeline.NBDSource{Client: src})
+	return d.copySource(ctx, job, name, pipeline.NBDSource{Client: src}, out)
 }
 
 // copySource copies one disk from src into its cache image, skipping what
-// a checkpoint says the cache already holds.
-func (d *Driver) copySource(ctx context.Context, job *runner.Job, name string, src pipeline.Source) error {
+// a checkpoint says the cache already holds; out gets the copy's figures.
+func (d *Driver) copySource(ctx context.Context, job *runner.Job, name string, src pipeline.Source, out *pipeline.Stats) error {
 	compressed := job.Assignment.GetJob().GetOptions().GetCompression() != ferryv1.Compression_COMPRESSION_NONE
 	img, err := cache.Open(ctx, job.CacheDir, name, src.Size(), compressed, job.Log)
 	if err != nil {
@@ -425,6 +434,7 @@ func (d *Driver) copySource(ctx context.Context, job *runner.Job, name string, s
 	if err != nil {
 		return err
 	}
+	*out = st
 	job.Log.Info("disk copied to the cache", "disk", name, "read_bytes", st.DataBytes,
 		"skipped_bytes", st.SkippedBytes, "zero_bytes", st.ZeroBytes, "seconds", st.Duration.Seconds())
 	return img.Close()

@@ -303,7 +303,7 @@ func TestBackupXML(t *testing.T) {
 	}
 	b := &Backup{targets: []string{"vda"}, socket: "/var/lib/libvirt/qemu/ferry-backup-u-1.sock",
 		scratch: []string{"/var/lib/libvirt/images/ferry-backup-u-1-vda.qcow2"}}
-	doc, err := b.backupXML(&def)
+	doc, err := b.backupXML(&def, "")
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -41,6 +41,12 @@ type leftover struct {
 	// Sealed holds password, private_key and sasl_password, sealed with
 	// the record's ID as associated data.
 	Sealed map[string][]byte `json:"sealed"`
+
+	// A warm job's record (WarmRecordPrefix): the prefix of its
+	// checkpoints on the VM, and its cache directory, whose presence says
+	// the job may still resume or restart from them.
+	CheckpointPrefix string `json:"checkpoint_prefix,omitempty"`
+	CacheDir         string `json:"cache_dir,omitempty"`
 }
 
 const leftoverKeyFile = "seal.key"
@@ -65,17 +71,11 @@ func (d *Driver) remember(cfg Config, cidr, job string, b *Backup) (string, erro
 		return "", fmt.Errorf("source cleanup records: %w", err)
 	}
 	id := strings.TrimSuffix(path.Base(b.socket), ".sock")
-	rec := leftover{Job: job, VM: b.vm, UUID: b.uuid, Socket: b.socket, Scratch: b.scratch,
-		Address: cfg.Address, Port: cfg.Port, User: cfg.User, PinnedHostKey: cfg.PinnedHostKey,
-		KnownHostKey: cfg.KnownHostKey, SASLUser: cfg.SASLUser, MigrationCIDR: cidr, Sealed: map[string][]byte{}}
-	for k, v := range map[string]seal.Secret{"password": cfg.Password, "private_key": cfg.PrivateKeyPEM, "sasl_password": cfg.SASLPassword} {
-		if v.IsZero() {
-			continue
-		}
-		if rec.Sealed[k], err = s.Seal([]byte(v.Reveal()), []byte(id)); err != nil {
-			return "", err
-		}
+	rec, err := sealedRecord(s, cfg, cidr, id)
+	if err != nil {
+		return "", err
 	}
+	rec.Job, rec.VM, rec.UUID, rec.Socket, rec.Scratch = job, b.vm, b.uuid, b.socket, b.scratch
 	data, err := json.Marshal(&rec)
 	if err != nil {
 		return "", err
@@ -89,6 +89,23 @@ func (d *Driver) remember(cfg Config, cidr, job string, b *Backup) (string, erro
 		return "", fmt.Errorf("source cleanup record: %w", err)
 	}
 	return id, nil
+}
+
+// sealedRecord is a record of how to reach the source of cfg, its
+// secrets sealed with id as associated data.
+func sealedRecord(s *seal.Sealer, cfg Config, cidr, id string) (leftover, error) {
+	rec := leftover{Address: cfg.Address, Port: cfg.Port, User: cfg.User, PinnedHostKey: cfg.PinnedHostKey,
+		KnownHostKey: cfg.KnownHostKey, SASLUser: cfg.SASLUser, MigrationCIDR: cidr, Sealed: map[string][]byte{}}
+	for k, v := range map[string]seal.Secret{"password": cfg.Password, "private_key": cfg.PrivateKeyPEM, "sasl_password": cfg.SASLPassword} {
+		if v.IsZero() {
+			continue
+		}
+		var err error
+		if rec.Sealed[k], err = s.Seal([]byte(v.Reveal()), []byte(id)); err != nil {
+			return leftover{}, err
+		}
+	}
+	return rec, nil
 }
 
 // release marks a record no longer in use and removes it when the backup
@@ -117,8 +134,16 @@ func (d *Driver) CleanupLeftovers(ctx context.Context) (int, error) {
 		return 0, nil
 	}
 	files, err := filepath.Glob(filepath.Join(d.opts.StateDir, BackupPrefix+"*.json"))
-	if err != nil || len(files) == 0 {
+	if err != nil {
 		return 0, err
+	}
+	warm, err := filepath.Glob(filepath.Join(d.opts.StateDir, WarmRecordPrefix+"*.json"))
+	if err != nil {
+		return 0, err
+	}
+	files = append(files, warm...)
+	if len(files) == 0 {
+		return 0, nil
 	}
 	s, err := d.sealer()
 	if err != nil {
@@ -134,7 +159,15 @@ func (d *Driver) CleanupLeftovers(ctx context.Context) (int, error) {
 		if busy {
 			continue
 		}
-		if err := d.cleanupOne(ctx, s, id, file); err != nil {
+		if strings.HasPrefix(id, WarmRecordPrefix) {
+			done, err := d.cleanupWarm(ctx, s, id, file)
+			if err != nil {
+				errs = append(errs, fmt.Errorf("leftover checkpoints %s: %w", id, err))
+			}
+			if !done {
+				continue
+			}
+		} else if err := d.cleanupOne(ctx, s, id, file); err != nil {
 			errs = append(errs, fmt.Errorf("leftover backup %s: %w", id, err))
 			continue
 		}
@@ -158,23 +191,7 @@ func (d *Driver) cleanupOne(ctx context.Context, s *seal.Sealer, id, file string
 	if err := json.Unmarshal(data, &rec); err != nil {
 		return fmt.Errorf("parse %s: %w", file, err)
 	}
-	cfg := Config{Address: rec.Address, Port: rec.Port, User: rec.User, PinnedHostKey: rec.PinnedHostKey,
-		KnownHostKey: rec.KnownHostKey, SASLUser: rec.SASLUser, Logger: d.log, KeepaliveInterval: d.opts.KeepaliveInterval, CommitBandwidth: d.opts.CommitBandwidth}
-	for k, dst := range map[string]*seal.Secret{"password": &cfg.Password, "private_key": &cfg.PrivateKeyPEM, "sasl_password": &cfg.SASLPassword} {
-		if sealed, ok := rec.Sealed[k]; ok {
-			plain, err := s.Open(sealed, []byte(id))
-			if err != nil {
-				return fmt.Errorf("open sealed %s: %w", k, err)
-			}
-			*dst = seal.Secret(plain)
-		}
-	}
-	if cfg.Dialer, err = netsel.Dialer(rec.MigrationCIDR); err != nil {
-		return err
-	}
-	cctx, cancel := context.WithTimeout(ctx, leftoverConnectTimeout)
-	conn, err := Connect(cctx, cfg)
-	cancel()
+	conn, err := d.connectRecord(ctx, s, id, rec)
 	if err != nil {
 		return err
 	}
@@ -191,6 +208,28 @@ func (d *Driver) cleanupOne(ctx context.Context, s *seal.Sealer, id, file string
 	}
 	d.log.Info("ended a backup a failed or crashed job left on the source", "vm", rec.VM, "job", rec.Job, "backup", id)
 	return nil
+}
+
+// connectRecord reaches the source a record names again.
+func (d *Driver) connectRecord(ctx context.Context, s *seal.Sealer, id string, rec leftover) (*Conn, error) {
+	var err error
+	cfg := Config{Address: rec.Address, Port: rec.Port, User: rec.User, PinnedHostKey: rec.PinnedHostKey,
+		KnownHostKey: rec.KnownHostKey, SASLUser: rec.SASLUser, Logger: d.log, KeepaliveInterval: d.opts.KeepaliveInterval, CommitBandwidth: d.opts.CommitBandwidth}
+	for k, dst := range map[string]*seal.Secret{"password": &cfg.Password, "private_key": &cfg.PrivateKeyPEM, "sasl_password": &cfg.SASLPassword} {
+		if sealed, ok := rec.Sealed[k]; ok {
+			plain, err := s.Open(sealed, []byte(id))
+			if err != nil {
+				return nil, fmt.Errorf("open sealed %s: %w", k, err)
+			}
+			*dst = seal.Secret(plain)
+		}
+	}
+	if cfg.Dialer, err = netsel.Dialer(rec.MigrationCIDR); err != nil {
+		return nil, err
+	}
+	cctx, cancel := context.WithTimeout(ctx, leftoverConnectTimeout)
+	defer cancel()
+	return Connect(cctx, cfg)
 }
 
 // DefaultJanitorInterval is how often Janitor looks for leftovers.

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/ferry-v2v/ferry/agent/internal/pipeline"
 	"github.com/ferry-v2v/ferry/agent/internal/runner"
 	"github.com/ferry-v2v/ferry/pkg/backoff"
 	"github.com/ferry-v2v/ferry/pkg/netsel"
@@ -22,6 +23,9 @@ type source struct {
 	d    *Driver
 	job  *runner.Job
 	conn *Conn
+	// stats add up what copyDisk copied (data read, and skipped because
+	// the cache held it).
+	stats pipeline.Stats
 }
 
 // copyDisk copies one disk, and when the copy fails because the SSH
@@ -29,7 +33,9 @@ type source struct {
 // from the cache's checkpoint, until the retry budget is spent.
 func (s *source) copyDisk(ctx context.Context, b exporter, disk *ferryv1.TargetDisk) error {
 	for {
-		err := s.d.copyOnce(ctx, s.job, b, disk)
+		st, err := s.d.copyOnce(ctx, s.job, b, disk)
+		s.stats.DataBytes += st.DataBytes
+		s.stats.SkippedBytes += st.SkippedBytes
 		if err == nil || ctx.Err() != nil || !s.conn.Lost() {
 			return err
 		}

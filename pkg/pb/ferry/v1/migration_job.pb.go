@@ -95,6 +95,10 @@ const (
 	MigrationJobPhase_MIGRATION_JOB_PHASE_UPLOADING MigrationJobPhase = 2
 	// Defining and maybe starting the target VM.
 	MigrationJobPhase_MIGRATION_JOB_PHASE_CONFIGURING MigrationJobPhase = 3
+	// A warm job between its precopy rounds: the target volumes hold the
+	// source as of the last round; the next round runs every
+	// precopy_interval until the cutover.
+	MigrationJobPhase_MIGRATION_JOB_PHASE_SYNCING MigrationJobPhase = 4
 )
 
 // Enum value maps for MigrationJobPhase.
@@ -104,12 +108,14 @@ var (
 		1: "MIGRATION_JOB_PHASE_CONVERTING",
 		2: "MIGRATION_JOB_PHASE_UPLOADING",
 		3: "MIGRATION_JOB_PHASE_CONFIGURING",
+		4: "MIGRATION_JOB_PHASE_SYNCING",
 	}
 	MigrationJobPhase_value = map[string]int32{
 		"MIGRATION_JOB_PHASE_UNSPECIFIED": 0,
 		"MIGRATION_JOB_PHASE_CONVERTING":  1,
 		"MIGRATION_JOB_PHASE_UPLOADING":   2,
 		"MIGRATION_JOB_PHASE_CONFIGURING": 3,
+		"MIGRATION_JOB_PHASE_SYNCING":     4,
 	}
 )
 
@@ -410,6 +416,66 @@ func (Compression) EnumDescriptor() ([]byte, []int) {
 	return file_ferry_v1_migration_job_proto_rawDescGZIP(), []int{6}
 }
 
+// MigrationMode is how a job copies its source.
+type MigrationMode int32
+
+const (
+	MigrationMode_MIGRATION_MODE_UNSPECIFIED MigrationMode = 0
+	// The source VM is shut down for the whole copy (VMware's default).
+	MigrationMode_MIGRATION_MODE_COLD MigrationMode = 1
+	// One consistent copy of the running VM (a KVM backup point in time);
+	// what the VM writes afterwards is not carried over.
+	MigrationMode_MIGRATION_MODE_LIVE MigrationMode = 2
+	// Precopy rounds while the VM runs (a full copy, then only what
+	// changed, carried on to the target volumes), then a cutover that stops
+	// the source and moves the last delta. A KVM VM's disks must carry dirty
+	// bitmaps (qcow2); raw-file disks are refused at preview.
+	MigrationMode_MIGRATION_MODE_WARM MigrationMode = 3
+)
+
+// Enum value maps for MigrationMode.
+var (
+	MigrationMode_name = map[int32]string{
+		0: "MIGRATION_MODE_UNSPECIFIED",
+		1: "MIGRATION_MODE_COLD",
+		2: "MIGRATION_MODE_LIVE",
+		3: "MIGRATION_MODE_WARM",
+	}
+	MigrationMode_value = map[string]int32{
+		"MIGRATION_MODE_UNSPECIFIED": 0,
+		"MIGRATION_MODE_COLD":        1,
+		"MIGRATION_MODE_LIVE":        2,
+		"MIGRATION_MODE_WARM":        3,
+	}
+)
+
+func (x MigrationMode) Enum() *MigrationMode {
+	p := new(MigrationMode)
+	*p = x
+	return p
+}
+
+func (x MigrationMode) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (MigrationMode) Descriptor() protoreflect.EnumDescriptor {
+	return file_ferry_v1_migration_job_proto_enumTypes[7].Descriptor()
+}
+
+func (MigrationMode) Type() protoreflect.EnumType {
+	return &file_ferry_v1_migration_job_proto_enumTypes[7]
+}
+
+func (x MigrationMode) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use MigrationMode.Descriptor instead.
+func (MigrationMode) EnumDescriptor() ([]byte, []int) {
+	return file_ferry_v1_migration_job_proto_rawDescGZIP(), []int{7}
+}
+
 // PreviewResourceKind is what a PreviewUsage counts.
 type PreviewResourceKind int32
 
@@ -461,11 +527,11 @@ func (x PreviewResourceKind) String() string {
 }
 
 func (PreviewResourceKind) Descriptor() protoreflect.EnumDescriptor {
-	return file_ferry_v1_migration_job_proto_enumTypes[7].Descriptor()
+	return file_ferry_v1_migration_job_proto_enumTypes[8].Descriptor()
 }
 
 func (PreviewResourceKind) Type() protoreflect.EnumType {
-	return &file_ferry_v1_migration_job_proto_enumTypes[7]
+	return &file_ferry_v1_migration_job_proto_enumTypes[8]
 }
 
 func (x PreviewResourceKind) Number() protoreflect.EnumNumber {
@@ -474,7 +540,7 @@ func (x PreviewResourceKind) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use PreviewResourceKind.Descriptor instead.
 func (PreviewResourceKind) EnumDescriptor() ([]byte, []int) {
-	return file_ferry_v1_migration_job_proto_rawDescGZIP(), []int{7}
+	return file_ferry_v1_migration_job_proto_rawDescGZIP(), []int{8}
 }
 
 // WatchEventType says what happened to a job.
@@ -520,11 +586,11 @@ func (x WatchEventType) String() string {
 }
 
 func (WatchEventType) Descriptor() protoreflect.EnumDescriptor {
-	return file_ferry_v1_migration_job_proto_enumTypes[8].Descriptor()
+	return file_ferry_v1_migration_job_proto_enumTypes[9].Descriptor()
 }
 
 func (WatchEventType) Type() protoreflect.EnumType {
-	return &file_ferry_v1_migration_job_proto_enumTypes[8]
+	return &file_ferry_v1_migration_job_proto_enumTypes[9]
 }
 
 func (x WatchEventType) Number() protoreflect.EnumNumber {
@@ -533,7 +599,7 @@ func (x WatchEventType) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use WatchEventType.Descriptor instead.
 func (WatchEventType) EnumDescriptor() ([]byte, []int) {
-	return file_ferry_v1_migration_job_proto_rawDescGZIP(), []int{8}
+	return file_ferry_v1_migration_job_proto_rawDescGZIP(), []int{9}
 }
 
 // MigrationJob moves one source VM to one target VM.
@@ -603,8 +669,16 @@ type MigrationJob struct {
 	// Empty without verify_boot and until the job succeeds.
 	BootVerified   bool   `protobuf:"varint,28,opt,name=boot_verified,json=bootVerified,proto3" json:"boot_verified,omitempty"`
 	BootVerifiedBy string `protobuf:"bytes,29,opt,name=boot_verified_by,json=bootVerifiedBy,proto3" json:"boot_verified_by,omitempty"`
-	unknownFields  protoimpl.UnknownFields
-	sizeCache      protoimpl.SizeCache
+	// A warm job's precopy rounds of the latest attempt, oldest first: the
+	// full copy (number 1), then one per precopy_interval while the job
+	// is SYNCING, and the final one of the cutover.
+	PrecopyRounds []*PrecopyRound `protobuf:"bytes,30,rep,name=precopy_rounds,json=precopyRounds,proto3" json:"precopy_rounds,omitempty"`
+	// A warm job's measured downtime: from the source VM stopped to the
+	// target VM started (or defined, when it is not started). Unset until
+	// the cutover ended.
+	MeasuredDowntime *durationpb.Duration `protobuf:"bytes,31,opt,name=measured_downtime,json=measuredDowntime,proto3" json:"measured_downtime,omitempty"`
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
 }
 
 func (x *MigrationJob) Reset() {
@@ -838,6 +912,20 @@ func (x *MigrationJob) GetBootVerifiedBy() string {
 		return x.BootVerifiedBy
 	}
 	return ""
+}
+
+func (x *MigrationJob) GetPrecopyRounds() []*PrecopyRound {
+	if x != nil {
+		return x.PrecopyRounds
+	}
+	return nil
+}
+
+func (x *MigrationJob) GetMeasuredDowntime() *durationpb.Duration {
+	if x != nil {
+		return x.MeasuredDowntime
+	}
+	return nil
 }
 
 // TargetVm describes the VM a job creates.
@@ -1188,7 +1276,16 @@ type MigrationOptions struct {
 	// fails the job, which is rolled back as any failure. It starts the
 	// target, so auto_start false is refused with it, and an unset
 	// auto_start starts the target whatever the source's state.
-	VerifyBoot    bool `protobuf:"varint,5,opt,name=verify_boot,json=verifyBoot,proto3" json:"verify_boot,omitempty"`
+	VerifyBoot bool `protobuf:"varint,5,opt,name=verify_boot,json=verifyBoot,proto3" json:"verify_boot,omitempty"`
+	// How the source is copied; unset is LIVE for a KVM source and COLD for
+	// a VMware one.
+	Mode MigrationMode `protobuf:"varint,6,opt,name=mode,proto3,enum=ferry.v1.MigrationMode" json:"mode,omitempty"`
+	// A warm job's time between precopy rounds; unset takes
+	// Settings.precopy_interval (default 30 min). At least 10 s.
+	PrecopyInterval *durationpb.Duration `protobuf:"bytes,7,opt,name=precopy_interval,json=precopyInterval,proto3" json:"precopy_interval,omitempty"`
+	// When a warm job cuts over; unset waits for CutoverMigrationJob,
+	// which also sets it later.
+	CutoverTime   *timestamppb.Timestamp `protobuf:"bytes,8,opt,name=cutover_time,json=cutoverTime,proto3" json:"cutover_time,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1258,6 +1355,254 @@ func (x *MigrationOptions) GetVerifyBoot() bool {
 	return false
 }
 
+func (x *MigrationOptions) GetMode() MigrationMode {
+	if x != nil {
+		return x.Mode
+	}
+	return MigrationMode_MIGRATION_MODE_UNSPECIFIED
+}
+
+func (x *MigrationOptions) GetPrecopyInterval() *durationpb.Duration {
+	if x != nil {
+		return x.PrecopyInterval
+	}
+	return nil
+}
+
+func (x *MigrationOptions) GetCutoverTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.CutoverTime
+	}
+	return nil
+}
+
+// PrecopyRound is one round of a warm job.
+type PrecopyRound struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// 1 for the full copy, then counting up.
+	Number    int32                  `protobuf:"varint,1,opt,name=number,proto3" json:"number,omitempty"`
+	StartTime *timestamppb.Timestamp `protobuf:"bytes,2,opt,name=start_time,json=startTime,proto3" json:"start_time,omitempty"`
+	EndTime   *timestamppb.Timestamp `protobuf:"bytes,3,opt,name=end_time,json=endTime,proto3" json:"end_time,omitempty"`
+	// Bytes that changed on the source since the previous round (every data
+	// byte for round 1), all disks together.
+	ChangedBytes int64 `protobuf:"varint,4,opt,name=changed_bytes,json=changedBytes,proto3" json:"changed_bytes,omitempty"`
+	// Bytes read from the source: the changed extents rounded out to the
+	// cache's 64 KiB granule.
+	ReadBytes int64 `protobuf:"varint,5,opt,name=read_bytes,json=readBytes,proto3" json:"read_bytes,omitempty"`
+	// Bytes written onto the target volumes by this round.
+	UploadedBytes int64                `protobuf:"varint,6,opt,name=uploaded_bytes,json=uploadedBytes,proto3" json:"uploaded_bytes,omitempty"`
+	Duration      *durationpb.Duration `protobuf:"bytes,7,opt,name=duration,proto3" json:"duration,omitempty"`
+	// The cutover downtime this round predicts: its read_bytes over the
+	// rate rounds measured, plus the time CONFIGURING takes.
+	EstimatedDowntime *durationpb.Duration `protobuf:"bytes,8,opt,name=estimated_downtime,json=estimatedDowntime,proto3" json:"estimated_downtime,omitempty"`
+	// The round of the cutover, run with the source stopped.
+	Final         bool `protobuf:"varint,9,opt,name=final,proto3" json:"final,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PrecopyRound) Reset() {
+	*x = PrecopyRound{}
+	mi := &file_ferry_v1_migration_job_proto_msgTypes[5]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PrecopyRound) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PrecopyRound) ProtoMessage() {}
+
+func (x *PrecopyRound) ProtoReflect() protoreflect.Message {
+	mi := &file_ferry_v1_migration_job_proto_msgTypes[5]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PrecopyRound.ProtoReflect.Descriptor instead.
+func (*PrecopyRound) Descriptor() ([]byte, []int) {
+	return file_ferry_v1_migration_job_proto_rawDescGZIP(), []int{5}
+}
+
+func (x *PrecopyRound) GetNumber() int32 {
+	if x != nil {
+		return x.Number
+	}
+	return 0
+}
+
+func (x *PrecopyRound) GetStartTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.StartTime
+	}
+	return nil
+}
+
+func (x *PrecopyRound) GetEndTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.EndTime
+	}
+	return nil
+}
+
+func (x *PrecopyRound) GetChangedBytes() int64 {
+	if x != nil {
+		return x.ChangedBytes
+	}
+	return 0
+}
+
+func (x *PrecopyRound) GetReadBytes() int64 {
+	if x != nil {
+		return x.ReadBytes
+	}
+	return 0
+}
+
+func (x *PrecopyRound) GetUploadedBytes() int64 {
+	if x != nil {
+		return x.UploadedBytes
+	}
+	return 0
+}
+
+func (x *PrecopyRound) GetDuration() *durationpb.Duration {
+	if x != nil {
+		return x.Duration
+	}
+	return nil
+}
+
+func (x *PrecopyRound) GetEstimatedDowntime() *durationpb.Duration {
+	if x != nil {
+		return x.EstimatedDowntime
+	}
+	return nil
+}
+
+func (x *PrecopyRound) GetFinal() bool {
+	if x != nil {
+		return x.Final
+	}
+	return false
+}
+
+// CutoverMigrationJobRequest sets a warm job's cutover time.
+type CutoverMigrationJobRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// migrationJobs/{id}
+	Name string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	// When to cut over; unset or past cuts over at once.
+	CutoverTime *timestamppb.Timestamp `protobuf:"bytes,2,opt,name=cutover_time,json=cutoverTime,proto3" json:"cutover_time,omitempty"`
+	// Idempotency key (AIP-155): a repeat answers without applying again.
+	RequestId     string `protobuf:"bytes,3,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CutoverMigrationJobRequest) Reset() {
+	*x = CutoverMigrationJobRequest{}
+	mi := &file_ferry_v1_migration_job_proto_msgTypes[6]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CutoverMigrationJobRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CutoverMigrationJobRequest) ProtoMessage() {}
+
+func (x *CutoverMigrationJobRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_ferry_v1_migration_job_proto_msgTypes[6]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CutoverMigrationJobRequest.ProtoReflect.Descriptor instead.
+func (*CutoverMigrationJobRequest) Descriptor() ([]byte, []int) {
+	return file_ferry_v1_migration_job_proto_rawDescGZIP(), []int{6}
+}
+
+func (x *CutoverMigrationJobRequest) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *CutoverMigrationJobRequest) GetCutoverTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.CutoverTime
+	}
+	return nil
+}
+
+func (x *CutoverMigrationJobRequest) GetRequestId() string {
+	if x != nil {
+		return x.RequestId
+	}
+	return ""
+}
+
+// CutoverMigrationJobResponse is the job with its cutover time set.
+type CutoverMigrationJobResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Job           *MigrationJob          `protobuf:"bytes,1,opt,name=job,proto3" json:"job,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CutoverMigrationJobResponse) Reset() {
+	*x = CutoverMigrationJobResponse{}
+	mi := &file_ferry_v1_migration_job_proto_msgTypes[7]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CutoverMigrationJobResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CutoverMigrationJobResponse) ProtoMessage() {}
+
+func (x *CutoverMigrationJobResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_ferry_v1_migration_job_proto_msgTypes[7]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CutoverMigrationJobResponse.ProtoReflect.Descriptor instead.
+func (*CutoverMigrationJobResponse) Descriptor() ([]byte, []int) {
+	return file_ferry_v1_migration_job_proto_rawDescGZIP(), []int{7}
+}
+
+func (x *CutoverMigrationJobResponse) GetJob() *MigrationJob {
+	if x != nil {
+		return x.Job
+	}
+	return nil
+}
+
 // DiskProgress is the copy progress of one disk in the current phase.
 type DiskProgress struct {
 	state          protoimpl.MessageState `protogen:"open.v1"`
@@ -1279,7 +1624,7 @@ type DiskProgress struct {
 
 func (x *DiskProgress) Reset() {
 	*x = DiskProgress{}
-	mi := &file_ferry_v1_migration_job_proto_msgTypes[5]
+	mi := &file_ferry_v1_migration_job_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1291,7 +1636,7 @@ func (x *DiskProgress) String() string {
 func (*DiskProgress) ProtoMessage() {}
 
 func (x *DiskProgress) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_migration_job_proto_msgTypes[5]
+	mi := &file_ferry_v1_migration_job_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1304,7 +1649,7 @@ func (x *DiskProgress) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DiskProgress.ProtoReflect.Descriptor instead.
 func (*DiskProgress) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_migration_job_proto_rawDescGZIP(), []int{5}
+	return file_ferry_v1_migration_job_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *DiskProgress) GetSourceDisk() string {
@@ -1382,7 +1727,7 @@ type VerifyProgress struct {
 
 func (x *VerifyProgress) Reset() {
 	*x = VerifyProgress{}
-	mi := &file_ferry_v1_migration_job_proto_msgTypes[6]
+	mi := &file_ferry_v1_migration_job_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1394,7 +1739,7 @@ func (x *VerifyProgress) String() string {
 func (*VerifyProgress) ProtoMessage() {}
 
 func (x *VerifyProgress) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_migration_job_proto_msgTypes[6]
+	mi := &file_ferry_v1_migration_job_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1407,7 +1752,7 @@ func (x *VerifyProgress) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VerifyProgress.ProtoReflect.Descriptor instead.
 func (*VerifyProgress) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_migration_job_proto_rawDescGZIP(), []int{6}
+	return file_ferry_v1_migration_job_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *VerifyProgress) GetTotalBytes() int64 {
@@ -1459,7 +1804,7 @@ type PhaseTiming struct {
 
 func (x *PhaseTiming) Reset() {
 	*x = PhaseTiming{}
-	mi := &file_ferry_v1_migration_job_proto_msgTypes[7]
+	mi := &file_ferry_v1_migration_job_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1471,7 +1816,7 @@ func (x *PhaseTiming) String() string {
 func (*PhaseTiming) ProtoMessage() {}
 
 func (x *PhaseTiming) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_migration_job_proto_msgTypes[7]
+	mi := &file_ferry_v1_migration_job_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1484,7 +1829,7 @@ func (x *PhaseTiming) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PhaseTiming.ProtoReflect.Descriptor instead.
 func (*PhaseTiming) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_migration_job_proto_rawDescGZIP(), []int{7}
+	return file_ferry_v1_migration_job_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *PhaseTiming) GetPhase() MigrationJobPhase {
@@ -1537,7 +1882,7 @@ type MigrationJobSpec struct {
 
 func (x *MigrationJobSpec) Reset() {
 	*x = MigrationJobSpec{}
-	mi := &file_ferry_v1_migration_job_proto_msgTypes[8]
+	mi := &file_ferry_v1_migration_job_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1549,7 +1894,7 @@ func (x *MigrationJobSpec) String() string {
 func (*MigrationJobSpec) ProtoMessage() {}
 
 func (x *MigrationJobSpec) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_migration_job_proto_msgTypes[8]
+	mi := &file_ferry_v1_migration_job_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1562,7 +1907,7 @@ func (x *MigrationJobSpec) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MigrationJobSpec.ProtoReflect.Descriptor instead.
 func (*MigrationJobSpec) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_migration_job_proto_rawDescGZIP(), []int{8}
+	return file_ferry_v1_migration_job_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *MigrationJobSpec) GetSourceVm() string {
@@ -1611,7 +1956,7 @@ type UpdateMigrationJobRequest struct {
 
 func (x *UpdateMigrationJobRequest) Reset() {
 	*x = UpdateMigrationJobRequest{}
-	mi := &file_ferry_v1_migration_job_proto_msgTypes[9]
+	mi := &file_ferry_v1_migration_job_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1623,7 +1968,7 @@ func (x *UpdateMigrationJobRequest) String() string {
 func (*UpdateMigrationJobRequest) ProtoMessage() {}
 
 func (x *UpdateMigrationJobRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_migration_job_proto_msgTypes[9]
+	mi := &file_ferry_v1_migration_job_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1636,7 +1981,7 @@ func (x *UpdateMigrationJobRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpdateMigrationJobRequest.ProtoReflect.Descriptor instead.
 func (*UpdateMigrationJobRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_migration_job_proto_rawDescGZIP(), []int{9}
+	return file_ferry_v1_migration_job_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *UpdateMigrationJobRequest) GetMigrationJob() *MigrationJob {
@@ -1674,7 +2019,7 @@ type CreateMigrationJobsRequest struct {
 
 func (x *CreateMigrationJobsRequest) Reset() {
 	*x = CreateMigrationJobsRequest{}
-	mi := &file_ferry_v1_migration_job_proto_msgTypes[10]
+	mi := &file_ferry_v1_migration_job_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1686,7 +2031,7 @@ func (x *CreateMigrationJobsRequest) String() string {
 func (*CreateMigrationJobsRequest) ProtoMessage() {}
 
 func (x *CreateMigrationJobsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_migration_job_proto_msgTypes[10]
+	mi := &file_ferry_v1_migration_job_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1699,7 +2044,7 @@ func (x *CreateMigrationJobsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateMigrationJobsRequest.ProtoReflect.Descriptor instead.
 func (*CreateMigrationJobsRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_migration_job_proto_rawDescGZIP(), []int{10}
+	return file_ferry_v1_migration_job_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *CreateMigrationJobsRequest) GetSource() string {
@@ -1746,7 +2091,7 @@ type CreateMigrationJobsResponse struct {
 
 func (x *CreateMigrationJobsResponse) Reset() {
 	*x = CreateMigrationJobsResponse{}
-	mi := &file_ferry_v1_migration_job_proto_msgTypes[11]
+	mi := &file_ferry_v1_migration_job_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1758,7 +2103,7 @@ func (x *CreateMigrationJobsResponse) String() string {
 func (*CreateMigrationJobsResponse) ProtoMessage() {}
 
 func (x *CreateMigrationJobsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_migration_job_proto_msgTypes[11]
+	mi := &file_ferry_v1_migration_job_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1771,7 +2116,7 @@ func (x *CreateMigrationJobsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateMigrationJobsResponse.ProtoReflect.Descriptor instead.
 func (*CreateMigrationJobsResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_migration_job_proto_rawDescGZIP(), []int{11}
+	return file_ferry_v1_migration_job_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *CreateMigrationJobsResponse) GetJobs() []*MigrationJob {
@@ -1799,7 +2144,7 @@ type PreviewMigrationJobsRequest struct {
 
 func (x *PreviewMigrationJobsRequest) Reset() {
 	*x = PreviewMigrationJobsRequest{}
-	mi := &file_ferry_v1_migration_job_proto_msgTypes[12]
+	mi := &file_ferry_v1_migration_job_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1811,7 +2156,7 @@ func (x *PreviewMigrationJobsRequest) String() string {
 func (*PreviewMigrationJobsRequest) ProtoMessage() {}
 
 func (x *PreviewMigrationJobsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_migration_job_proto_msgTypes[12]
+	mi := &file_ferry_v1_migration_job_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1824,7 +2169,7 @@ func (x *PreviewMigrationJobsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PreviewMigrationJobsRequest.ProtoReflect.Descriptor instead.
 func (*PreviewMigrationJobsRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_migration_job_proto_rawDescGZIP(), []int{12}
+	return file_ferry_v1_migration_job_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *PreviewMigrationJobsRequest) GetSource() string {
@@ -1883,7 +2228,7 @@ type PreviewUsage struct {
 
 func (x *PreviewUsage) Reset() {
 	*x = PreviewUsage{}
-	mi := &file_ferry_v1_migration_job_proto_msgTypes[13]
+	mi := &file_ferry_v1_migration_job_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1895,7 +2240,7 @@ func (x *PreviewUsage) String() string {
 func (*PreviewUsage) ProtoMessage() {}
 
 func (x *PreviewUsage) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_migration_job_proto_msgTypes[13]
+	mi := &file_ferry_v1_migration_job_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1908,7 +2253,7 @@ func (x *PreviewUsage) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PreviewUsage.ProtoReflect.Descriptor instead.
 func (*PreviewUsage) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_migration_job_proto_rawDescGZIP(), []int{13}
+	return file_ferry_v1_migration_job_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *PreviewUsage) GetKind() PreviewResourceKind {
@@ -1999,7 +2344,7 @@ type PreviewMigrationJobsResponse struct {
 
 func (x *PreviewMigrationJobsResponse) Reset() {
 	*x = PreviewMigrationJobsResponse{}
-	mi := &file_ferry_v1_migration_job_proto_msgTypes[14]
+	mi := &file_ferry_v1_migration_job_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2011,7 +2356,7 @@ func (x *PreviewMigrationJobsResponse) String() string {
 func (*PreviewMigrationJobsResponse) ProtoMessage() {}
 
 func (x *PreviewMigrationJobsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_migration_job_proto_msgTypes[14]
+	mi := &file_ferry_v1_migration_job_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2024,7 +2369,7 @@ func (x *PreviewMigrationJobsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PreviewMigrationJobsResponse.ProtoReflect.Descriptor instead.
 func (*PreviewMigrationJobsResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_migration_job_proto_rawDescGZIP(), []int{14}
+	return file_ferry_v1_migration_job_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *PreviewMigrationJobsResponse) GetJobs() []*MigrationJob {
@@ -2071,7 +2416,7 @@ type GetMigrationJobRequest struct {
 
 func (x *GetMigrationJobRequest) Reset() {
 	*x = GetMigrationJobRequest{}
-	mi := &file_ferry_v1_migration_job_proto_msgTypes[15]
+	mi := &file_ferry_v1_migration_job_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2083,7 +2428,7 @@ func (x *GetMigrationJobRequest) String() string {
 func (*GetMigrationJobRequest) ProtoMessage() {}
 
 func (x *GetMigrationJobRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_migration_job_proto_msgTypes[15]
+	mi := &file_ferry_v1_migration_job_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2096,7 +2441,7 @@ func (x *GetMigrationJobRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetMigrationJobRequest.ProtoReflect.Descriptor instead.
 func (*GetMigrationJobRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_migration_job_proto_rawDescGZIP(), []int{15}
+	return file_ferry_v1_migration_job_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *GetMigrationJobRequest) GetName() string {
@@ -2119,7 +2464,7 @@ type ListMigrationJobsRequest struct {
 
 func (x *ListMigrationJobsRequest) Reset() {
 	*x = ListMigrationJobsRequest{}
-	mi := &file_ferry_v1_migration_job_proto_msgTypes[16]
+	mi := &file_ferry_v1_migration_job_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2131,7 +2476,7 @@ func (x *ListMigrationJobsRequest) String() string {
 func (*ListMigrationJobsRequest) ProtoMessage() {}
 
 func (x *ListMigrationJobsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_migration_job_proto_msgTypes[16]
+	mi := &file_ferry_v1_migration_job_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2144,7 +2489,7 @@ func (x *ListMigrationJobsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListMigrationJobsRequest.ProtoReflect.Descriptor instead.
 func (*ListMigrationJobsRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_migration_job_proto_rawDescGZIP(), []int{16}
+	return file_ferry_v1_migration_job_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *ListMigrationJobsRequest) GetPageSize() int32 {
@@ -2192,7 +2537,7 @@ type ListMigrationJobsResponse struct {
 
 func (x *ListMigrationJobsResponse) Reset() {
 	*x = ListMigrationJobsResponse{}
-	mi := &file_ferry_v1_migration_job_proto_msgTypes[17]
+	mi := &file_ferry_v1_migration_job_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2204,7 +2549,7 @@ func (x *ListMigrationJobsResponse) String() string {
 func (*ListMigrationJobsResponse) ProtoMessage() {}
 
 func (x *ListMigrationJobsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_migration_job_proto_msgTypes[17]
+	mi := &file_ferry_v1_migration_job_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2217,7 +2562,7 @@ func (x *ListMigrationJobsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListMigrationJobsResponse.ProtoReflect.Descriptor instead.
 func (*ListMigrationJobsResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_migration_job_proto_rawDescGZIP(), []int{17}
+	return file_ferry_v1_migration_job_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *ListMigrationJobsResponse) GetJobs() []*MigrationJob {
@@ -2250,7 +2595,7 @@ type CancelMigrationJobRequest struct {
 
 func (x *CancelMigrationJobRequest) Reset() {
 	*x = CancelMigrationJobRequest{}
-	mi := &file_ferry_v1_migration_job_proto_msgTypes[18]
+	mi := &file_ferry_v1_migration_job_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2262,7 +2607,7 @@ func (x *CancelMigrationJobRequest) String() string {
 func (*CancelMigrationJobRequest) ProtoMessage() {}
 
 func (x *CancelMigrationJobRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_migration_job_proto_msgTypes[18]
+	mi := &file_ferry_v1_migration_job_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2275,7 +2620,7 @@ func (x *CancelMigrationJobRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CancelMigrationJobRequest.ProtoReflect.Descriptor instead.
 func (*CancelMigrationJobRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_migration_job_proto_rawDescGZIP(), []int{18}
+	return file_ferry_v1_migration_job_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *CancelMigrationJobRequest) GetName() string {
@@ -2308,7 +2653,7 @@ type CancelMigrationJobResponse struct {
 
 func (x *CancelMigrationJobResponse) Reset() {
 	*x = CancelMigrationJobResponse{}
-	mi := &file_ferry_v1_migration_job_proto_msgTypes[19]
+	mi := &file_ferry_v1_migration_job_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2320,7 +2665,7 @@ func (x *CancelMigrationJobResponse) String() string {
 func (*CancelMigrationJobResponse) ProtoMessage() {}
 
 func (x *CancelMigrationJobResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_migration_job_proto_msgTypes[19]
+	mi := &file_ferry_v1_migration_job_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2333,7 +2678,7 @@ func (x *CancelMigrationJobResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CancelMigrationJobResponse.ProtoReflect.Descriptor instead.
 func (*CancelMigrationJobResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_migration_job_proto_rawDescGZIP(), []int{19}
+	return file_ferry_v1_migration_job_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *CancelMigrationJobResponse) GetJob() *MigrationJob {
@@ -2357,7 +2702,7 @@ type RestartMigrationJobRequest struct {
 
 func (x *RestartMigrationJobRequest) Reset() {
 	*x = RestartMigrationJobRequest{}
-	mi := &file_ferry_v1_migration_job_proto_msgTypes[20]
+	mi := &file_ferry_v1_migration_job_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2369,7 +2714,7 @@ func (x *RestartMigrationJobRequest) String() string {
 func (*RestartMigrationJobRequest) ProtoMessage() {}
 
 func (x *RestartMigrationJobRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_migration_job_proto_msgTypes[20]
+	mi := &file_ferry_v1_migration_job_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2382,7 +2727,7 @@ func (x *RestartMigrationJobRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RestartMigrationJobRequest.ProtoReflect.Descriptor instead.
 func (*RestartMigrationJobRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_migration_job_proto_rawDescGZIP(), []int{20}
+	return file_ferry_v1_migration_job_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *RestartMigrationJobRequest) GetName() string {
@@ -2408,7 +2753,7 @@ type RestartMigrationJobResponse struct {
 
 func (x *RestartMigrationJobResponse) Reset() {
 	*x = RestartMigrationJobResponse{}
-	mi := &file_ferry_v1_migration_job_proto_msgTypes[21]
+	mi := &file_ferry_v1_migration_job_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2420,7 +2765,7 @@ func (x *RestartMigrationJobResponse) String() string {
 func (*RestartMigrationJobResponse) ProtoMessage() {}
 
 func (x *RestartMigrationJobResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_migration_job_proto_msgTypes[21]
+	mi := &file_ferry_v1_migration_job_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2433,7 +2778,7 @@ func (x *RestartMigrationJobResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RestartMigrationJobResponse.ProtoReflect.Descriptor instead.
 func (*RestartMigrationJobResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_migration_job_proto_rawDescGZIP(), []int{21}
+	return file_ferry_v1_migration_job_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *RestartMigrationJobResponse) GetJob() *MigrationJob {
@@ -2452,7 +2797,7 @@ type DeleteMigrationJobRequest struct {
 
 func (x *DeleteMigrationJobRequest) Reset() {
 	*x = DeleteMigrationJobRequest{}
-	mi := &file_ferry_v1_migration_job_proto_msgTypes[22]
+	mi := &file_ferry_v1_migration_job_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2464,7 +2809,7 @@ func (x *DeleteMigrationJobRequest) String() string {
 func (*DeleteMigrationJobRequest) ProtoMessage() {}
 
 func (x *DeleteMigrationJobRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_migration_job_proto_msgTypes[22]
+	mi := &file_ferry_v1_migration_job_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2477,7 +2822,7 @@ func (x *DeleteMigrationJobRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteMigrationJobRequest.ProtoReflect.Descriptor instead.
 func (*DeleteMigrationJobRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_migration_job_proto_rawDescGZIP(), []int{22}
+	return file_ferry_v1_migration_job_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *DeleteMigrationJobRequest) GetName() string {
@@ -2501,7 +2846,7 @@ type WatchMigrationJobsRequest struct {
 
 func (x *WatchMigrationJobsRequest) Reset() {
 	*x = WatchMigrationJobsRequest{}
-	mi := &file_ferry_v1_migration_job_proto_msgTypes[23]
+	mi := &file_ferry_v1_migration_job_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2513,7 +2858,7 @@ func (x *WatchMigrationJobsRequest) String() string {
 func (*WatchMigrationJobsRequest) ProtoMessage() {}
 
 func (x *WatchMigrationJobsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_migration_job_proto_msgTypes[23]
+	mi := &file_ferry_v1_migration_job_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2526,7 +2871,7 @@ func (x *WatchMigrationJobsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchMigrationJobsRequest.ProtoReflect.Descriptor instead.
 func (*WatchMigrationJobsRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_migration_job_proto_rawDescGZIP(), []int{23}
+	return file_ferry_v1_migration_job_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *WatchMigrationJobsRequest) GetNames() []string {
@@ -2560,7 +2905,7 @@ type WatchMigrationJobsResponse struct {
 
 func (x *WatchMigrationJobsResponse) Reset() {
 	*x = WatchMigrationJobsResponse{}
-	mi := &file_ferry_v1_migration_job_proto_msgTypes[24]
+	mi := &file_ferry_v1_migration_job_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2572,7 +2917,7 @@ func (x *WatchMigrationJobsResponse) String() string {
 func (*WatchMigrationJobsResponse) ProtoMessage() {}
 
 func (x *WatchMigrationJobsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_migration_job_proto_msgTypes[24]
+	mi := &file_ferry_v1_migration_job_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2585,7 +2930,7 @@ func (x *WatchMigrationJobsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchMigrationJobsResponse.ProtoReflect.Descriptor instead.
 func (*WatchMigrationJobsResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_migration_job_proto_rawDescGZIP(), []int{24}
+	return file_ferry_v1_migration_job_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *WatchMigrationJobsResponse) GetType() WatchEventType {
@@ -2606,7 +2951,8 @@ var File_ferry_v1_migration_job_proto protoreflect.FileDescriptor
 
 const file_ferry_v1_migration_job_proto_rawDesc = "" +
 	"\n" +
-	"\x1cferry/v1/migration_job.proto\x12\bferry.v1\x1a\x1bgoogle/protobuf/empty.proto\x1a\x1egoogle/protobuf/duration.proto\x1a google/protobuf/field_mask.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x97\t\n" +
+	"\x1cferry/v1/migration_job.proto\x12\bferry.v1\x1a\x1bgoogle/protobuf/empty.proto\x1a\x1egoogle/protobuf/duration.proto\x1a google/protobuf/field_mask.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x9e\n" +
+	"\n" +
 	"\fMigrationJob\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x16\n" +
 	"\x06source\x18\x02 \x01(\tR\x06source\x12\x1b\n" +
@@ -2641,7 +2987,9 @@ const file_ferry_v1_migration_job_proto_rawDesc = "" +
 	"\vdescription\x18\x1a \x01(\tR\vdescription\x12\x12\n" +
 	"\x04etag\x18\x1b \x01(\tR\x04etag\x12#\n" +
 	"\rboot_verified\x18\x1c \x01(\bR\fbootVerified\x12(\n" +
-	"\x10boot_verified_by\x18\x1d \x01(\tR\x0ebootVerifiedBy\"\xea\x03\n" +
+	"\x10boot_verified_by\x18\x1d \x01(\tR\x0ebootVerifiedBy\x12=\n" +
+	"\x0eprecopy_rounds\x18\x1e \x03(\v2\x16.ferry.v1.PrecopyRoundR\rprecopyRounds\x12F\n" +
+	"\x11measured_downtime\x18\x1f \x01(\v2\x19.google.protobuf.DurationR\x10measuredDowntime\"\xea\x03\n" +
 	"\bTargetVm\x12\x17\n" +
 	"\avm_name\x18\x01 \x01(\tR\x06vmName\x12\x18\n" +
 	"\acluster\x18\x02 \x01(\tR\acluster\x12'\n" +
@@ -2674,7 +3022,7 @@ const file_ferry_v1_migration_job_proto_rawDesc = "" +
 	"l3_network\x18\x02 \x01(\tR\tl3Network\x12\x10\n" +
 	"\x03mac\x18\x03 \x01(\tR\x03mac\x12\x0e\n" +
 	"\x02ip\x18\x04 \x01(\tR\x02ip\x12\x14\n" +
-	"\x05model\x18\x05 \x01(\tR\x05model\"\xfc\x01\n" +
+	"\x05model\x18\x05 \x01(\tR\x05model\"\xae\x03\n" +
 	"\x10MigrationOptions\x127\n" +
 	"\vcompression\x18\x01 \x01(\x0e2\x15.ferry.v1.CompressionR\vcompression\x12&\n" +
 	"\x0fpause_source_vm\x18\x02 \x01(\bR\rpauseSourceVm\x12\"\n" +
@@ -2682,8 +3030,30 @@ const file_ferry_v1_migration_job_proto_rawDesc = "" +
 	"auto_start\x18\x03 \x01(\bH\x00R\tautoStart\x88\x01\x01\x123\n" +
 	"\x16use_source_nic_address\x18\x04 \x01(\bR\x13useSourceNicAddress\x12\x1f\n" +
 	"\vverify_boot\x18\x05 \x01(\bR\n" +
-	"verifyBootB\r\n" +
-	"\v_auto_start\"\xc3\x02\n" +
+	"verifyBoot\x12+\n" +
+	"\x04mode\x18\x06 \x01(\x0e2\x17.ferry.v1.MigrationModeR\x04mode\x12D\n" +
+	"\x10precopy_interval\x18\a \x01(\v2\x19.google.protobuf.DurationR\x0fprecopyInterval\x12=\n" +
+	"\fcutover_time\x18\b \x01(\v2\x1a.google.protobuf.TimestampR\vcutoverTimeB\r\n" +
+	"\v_auto_start\"\x9a\x03\n" +
+	"\fPrecopyRound\x12\x16\n" +
+	"\x06number\x18\x01 \x01(\x05R\x06number\x129\n" +
+	"\n" +
+	"start_time\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\tstartTime\x125\n" +
+	"\bend_time\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\aendTime\x12#\n" +
+	"\rchanged_bytes\x18\x04 \x01(\x03R\fchangedBytes\x12\x1d\n" +
+	"\n" +
+	"read_bytes\x18\x05 \x01(\x03R\treadBytes\x12%\n" +
+	"\x0euploaded_bytes\x18\x06 \x01(\x03R\ruploadedBytes\x125\n" +
+	"\bduration\x18\a \x01(\v2\x19.google.protobuf.DurationR\bduration\x12H\n" +
+	"\x12estimated_downtime\x18\b \x01(\v2\x19.google.protobuf.DurationR\x11estimatedDowntime\x12\x14\n" +
+	"\x05final\x18\t \x01(\bR\x05final\"\x8e\x01\n" +
+	"\x1aCutoverMigrationJobRequest\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12=\n" +
+	"\fcutover_time\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\vcutoverTime\x12\x1d\n" +
+	"\n" +
+	"request_id\x18\x03 \x01(\tR\trequestId\"G\n" +
+	"\x1bCutoverMigrationJobResponse\x12(\n" +
+	"\x03job\x18\x01 \x01(\v2\x16.ferry.v1.MigrationJobR\x03job\"\xc3\x02\n" +
 	"\fDiskProgress\x12\x1f\n" +
 	"\vsource_disk\x18\x01 \x01(\tR\n" +
 	"sourceDisk\x12!\n" +
@@ -2789,12 +3159,13 @@ const file_ferry_v1_migration_job_proto_rawDesc = "" +
 	"\x1bMIGRATION_JOB_STATE_RUNNING\x10\x02\x12!\n" +
 	"\x1dMIGRATION_JOB_STATE_SUCCEEDED\x10\x03\x12\x1e\n" +
 	"\x1aMIGRATION_JOB_STATE_FAILED\x10\x04\x12!\n" +
-	"\x1dMIGRATION_JOB_STATE_CANCELLED\x10\x05*\xa4\x01\n" +
+	"\x1dMIGRATION_JOB_STATE_CANCELLED\x10\x05*\xc5\x01\n" +
 	"\x11MigrationJobPhase\x12#\n" +
 	"\x1fMIGRATION_JOB_PHASE_UNSPECIFIED\x10\x00\x12\"\n" +
 	"\x1eMIGRATION_JOB_PHASE_CONVERTING\x10\x01\x12!\n" +
 	"\x1dMIGRATION_JOB_PHASE_UPLOADING\x10\x02\x12#\n" +
-	"\x1fMIGRATION_JOB_PHASE_CONFIGURING\x10\x03*V\n" +
+	"\x1fMIGRATION_JOB_PHASE_CONFIGURING\x10\x03\x12\x1f\n" +
+	"\x1bMIGRATION_JOB_PHASE_SYNCING\x10\x04*V\n" +
 	"\vMachineType\x12\x1c\n" +
 	"\x18MACHINE_TYPE_UNSPECIFIED\x10\x00\x12\x13\n" +
 	"\x0fMACHINE_TYPE_PC\x10\x01\x12\x14\n" +
@@ -2817,7 +3188,12 @@ const file_ferry_v1_migration_job_proto_rawDesc = "" +
 	"\vCompression\x12\x1b\n" +
 	"\x17COMPRESSION_UNSPECIFIED\x10\x00\x12\x14\n" +
 	"\x10COMPRESSION_ZSTD\x10\x01\x12\x14\n" +
-	"\x10COMPRESSION_NONE\x10\x02*\xfa\x01\n" +
+	"\x10COMPRESSION_NONE\x10\x02*z\n" +
+	"\rMigrationMode\x12\x1e\n" +
+	"\x1aMIGRATION_MODE_UNSPECIFIED\x10\x00\x12\x17\n" +
+	"\x13MIGRATION_MODE_COLD\x10\x01\x12\x17\n" +
+	"\x13MIGRATION_MODE_LIVE\x10\x02\x12\x17\n" +
+	"\x13MIGRATION_MODE_WARM\x10\x03*\xfa\x01\n" +
 	"\x13PreviewResourceKind\x12%\n" +
 	"!PREVIEW_RESOURCE_KIND_UNSPECIFIED\x10\x00\x12\x1f\n" +
 	"\x1bPREVIEW_RESOURCE_KIND_VCPUS\x10\x01\x12&\n" +
@@ -2830,7 +3206,7 @@ const file_ferry_v1_migration_job_proto_rawDesc = "" +
 	"\x18WATCH_EVENT_TYPE_INITIAL\x10\x01\x12\x1c\n" +
 	"\x18WATCH_EVENT_TYPE_CHANGED\x10\x02\x12\x1d\n" +
 	"\x19WATCH_EVENT_TYPE_PROGRESS\x10\x03\x12\x1c\n" +
-	"\x18WATCH_EVENT_TYPE_DELETED\x10\x042\xd9\x06\n" +
+	"\x18WATCH_EVENT_TYPE_DELETED\x10\x042\xbd\a\n" +
 	"\x13MigrationJobService\x12b\n" +
 	"\x13CreateMigrationJobs\x12$.ferry.v1.CreateMigrationJobsRequest\x1a%.ferry.v1.CreateMigrationJobsResponse\x12e\n" +
 	"\x14PreviewMigrationJobs\x12%.ferry.v1.PreviewMigrationJobsRequest\x1a&.ferry.v1.PreviewMigrationJobsResponse\x12K\n" +
@@ -2840,7 +3216,8 @@ const file_ferry_v1_migration_job_proto_rawDesc = "" +
 	"\x13RestartMigrationJob\x12$.ferry.v1.RestartMigrationJobRequest\x1a%.ferry.v1.RestartMigrationJobResponse\x12Q\n" +
 	"\x12DeleteMigrationJob\x12#.ferry.v1.DeleteMigrationJobRequest\x1a\x16.google.protobuf.Empty\x12a\n" +
 	"\x12WatchMigrationJobs\x12#.ferry.v1.WatchMigrationJobsRequest\x1a$.ferry.v1.WatchMigrationJobsResponse0\x01\x12Q\n" +
-	"\x12UpdateMigrationJob\x12#.ferry.v1.UpdateMigrationJobRequest\x1a\x16.ferry.v1.MigrationJobB\x96\x01\n" +
+	"\x12UpdateMigrationJob\x12#.ferry.v1.UpdateMigrationJobRequest\x1a\x16.ferry.v1.MigrationJob\x12b\n" +
+	"\x13CutoverMigrationJob\x12$.ferry.v1.CutoverMigrationJobRequest\x1a%.ferry.v1.CutoverMigrationJobResponseB\x96\x01\n" +
 	"\fcom.ferry.v1B\x11MigrationJobProtoP\x01Z2github.com/ferry-v2v/ferry/pkg/pb/ferry/v1;ferryv1\xa2\x02\x03FXX\xaa\x02\bFerry.V1\xca\x02\bFerry\\V1\xe2\x02\x14Ferry\\V1\\GPBMetadata\xea\x02\tFerry::V1b\x06proto3"
 
 var (
@@ -2855,8 +3232,8 @@ func file_ferry_v1_migration_job_proto_rawDescGZIP() []byte {
 	return file_ferry_v1_migration_job_proto_rawDescData
 }
 
-var file_ferry_v1_migration_job_proto_enumTypes = make([]protoimpl.EnumInfo, 9)
-var file_ferry_v1_migration_job_proto_msgTypes = make([]protoimpl.MessageInfo, 25)
+var file_ferry_v1_migration_job_proto_enumTypes = make([]protoimpl.EnumInfo, 10)
+var file_ferry_v1_migration_job_proto_msgTypes = make([]protoimpl.MessageInfo, 28)
 var file_ferry_v1_migration_job_proto_goTypes = []any{
 	(MigrationJobState)(0),               // 0: ferry.v1.MigrationJobState
 	(MigrationJobPhase)(0),               // 1: ferry.v1.MigrationJobPhase
@@ -2865,103 +3242,120 @@ var file_ferry_v1_migration_job_proto_goTypes = []any{
 	(OsType)(0),                          // 4: ferry.v1.OsType
 	(DiskBus)(0),                         // 5: ferry.v1.DiskBus
 	(Compression)(0),                     // 6: ferry.v1.Compression
-	(PreviewResourceKind)(0),             // 7: ferry.v1.PreviewResourceKind
-	(WatchEventType)(0),                  // 8: ferry.v1.WatchEventType
-	(*MigrationJob)(nil),                 // 9: ferry.v1.MigrationJob
-	(*TargetVm)(nil),                     // 10: ferry.v1.TargetVm
-	(*TargetDisk)(nil),                   // 11: ferry.v1.TargetDisk
-	(*TargetNic)(nil),                    // 12: ferry.v1.TargetNic
-	(*MigrationOptions)(nil),             // 13: ferry.v1.MigrationOptions
-	(*DiskProgress)(nil),                 // 14: ferry.v1.DiskProgress
-	(*VerifyProgress)(nil),               // 15: ferry.v1.VerifyProgress
-	(*PhaseTiming)(nil),                  // 16: ferry.v1.PhaseTiming
-	(*MigrationJobSpec)(nil),             // 17: ferry.v1.MigrationJobSpec
-	(*UpdateMigrationJobRequest)(nil),    // 18: ferry.v1.UpdateMigrationJobRequest
-	(*CreateMigrationJobsRequest)(nil),   // 19: ferry.v1.CreateMigrationJobsRequest
-	(*CreateMigrationJobsResponse)(nil),  // 20: ferry.v1.CreateMigrationJobsResponse
-	(*PreviewMigrationJobsRequest)(nil),  // 21: ferry.v1.PreviewMigrationJobsRequest
-	(*PreviewUsage)(nil),                 // 22: ferry.v1.PreviewUsage
-	(*PreviewMigrationJobsResponse)(nil), // 23: ferry.v1.PreviewMigrationJobsResponse
-	(*GetMigrationJobRequest)(nil),       // 24: ferry.v1.GetMigrationJobRequest
-	(*ListMigrationJobsRequest)(nil),     // 25: ferry.v1.ListMigrationJobsRequest
-	(*ListMigrationJobsResponse)(nil),    // 26: ferry.v1.ListMigrationJobsResponse
-	(*CancelMigrationJobRequest)(nil),    // 27: ferry.v1.CancelMigrationJobRequest
-	(*CancelMigrationJobResponse)(nil),   // 28: ferry.v1.CancelMigrationJobResponse
-	(*RestartMigrationJobRequest)(nil),   // 29: ferry.v1.RestartMigrationJobRequest
-	(*RestartMigrationJobResponse)(nil),  // 30: ferry.v1.RestartMigrationJobResponse
-	(*DeleteMigrationJobRequest)(nil),    // 31: ferry.v1.DeleteMigrationJobRequest
-	(*WatchMigrationJobsRequest)(nil),    // 32: ferry.v1.WatchMigrationJobsRequest
-	(*WatchMigrationJobsResponse)(nil),   // 33: ferry.v1.WatchMigrationJobsResponse
-	(*timestamppb.Timestamp)(nil),        // 34: google.protobuf.Timestamp
-	(*durationpb.Duration)(nil),          // 35: google.protobuf.Duration
-	(*fieldmaskpb.FieldMask)(nil),        // 36: google.protobuf.FieldMask
-	(*emptypb.Empty)(nil),                // 37: google.protobuf.Empty
+	(MigrationMode)(0),                   // 7: ferry.v1.MigrationMode
+	(PreviewResourceKind)(0),             // 8: ferry.v1.PreviewResourceKind
+	(WatchEventType)(0),                  // 9: ferry.v1.WatchEventType
+	(*MigrationJob)(nil),                 // 10: ferry.v1.MigrationJob
+	(*TargetVm)(nil),                     // 11: ferry.v1.TargetVm
+	(*TargetDisk)(nil),                   // 12: ferry.v1.TargetDisk
+	(*TargetNic)(nil),                    // 13: ferry.v1.TargetNic
+	(*MigrationOptions)(nil),             // 14: ferry.v1.MigrationOptions
+	(*PrecopyRound)(nil),                 // 15: ferry.v1.PrecopyRound
+	(*CutoverMigrationJobRequest)(nil),   // 16: ferry.v1.CutoverMigrationJobRequest
+	(*CutoverMigrationJobResponse)(nil),  // 17: ferry.v1.CutoverMigrationJobResponse
+	(*DiskProgress)(nil),                 // 18: ferry.v1.DiskProgress
+	(*VerifyProgress)(nil),               // 19: ferry.v1.VerifyProgress
+	(*PhaseTiming)(nil),                  // 20: ferry.v1.PhaseTiming
+	(*MigrationJobSpec)(nil),             // 21: ferry.v1.MigrationJobSpec
+	(*UpdateMigrationJobRequest)(nil),    // 22: ferry.v1.UpdateMigrationJobRequest
+	(*CreateMigrationJobsRequest)(nil),   // 23: ferry.v1.CreateMigrationJobsRequest
+	(*CreateMigrationJobsResponse)(nil),  // 24: ferry.v1.CreateMigrationJobsResponse
+	(*PreviewMigrationJobsRequest)(nil),  // 25: ferry.v1.PreviewMigrationJobsRequest
+	(*PreviewUsage)(nil),                 // 26: ferry.v1.PreviewUsage
+	(*PreviewMigrationJobsResponse)(nil), // 27: ferry.v1.PreviewMigrationJobsResponse
+	(*GetMigrationJobRequest)(nil),       // 28: ferry.v1.GetMigrationJobRequest
+	(*ListMigrationJobsRequest)(nil),     // 29: ferry.v1.ListMigrationJobsRequest
+	(*ListMigrationJobsResponse)(nil),    // 30: ferry.v1.ListMigrationJobsResponse
+	(*CancelMigrationJobRequest)(nil),    // 31: ferry.v1.CancelMigrationJobRequest
+	(*CancelMigrationJobResponse)(nil),   // 32: ferry.v1.CancelMigrationJobResponse
+	(*RestartMigrationJobRequest)(nil),   // 33: ferry.v1.RestartMigrationJobRequest
+	(*RestartMigrationJobResponse)(nil),  // 34: ferry.v1.RestartMigrationJobResponse
+	(*DeleteMigrationJobRequest)(nil),    // 35: ferry.v1.DeleteMigrationJobRequest
+	(*WatchMigrationJobsRequest)(nil),    // 36: ferry.v1.WatchMigrationJobsRequest
+	(*WatchMigrationJobsResponse)(nil),   // 37: ferry.v1.WatchMigrationJobsResponse
+	(*timestamppb.Timestamp)(nil),        // 38: google.protobuf.Timestamp
+	(*durationpb.Duration)(nil),          // 39: google.protobuf.Duration
+	(*fieldmaskpb.FieldMask)(nil),        // 40: google.protobuf.FieldMask
+	(*emptypb.Empty)(nil),                // 41: google.protobuf.Empty
 }
 var file_ferry_v1_migration_job_proto_depIdxs = []int32{
-	10, // 0: ferry.v1.MigrationJob.target:type_name -> ferry.v1.TargetVm
-	13, // 1: ferry.v1.MigrationJob.options:type_name -> ferry.v1.MigrationOptions
+	11, // 0: ferry.v1.MigrationJob.target:type_name -> ferry.v1.TargetVm
+	14, // 1: ferry.v1.MigrationJob.options:type_name -> ferry.v1.MigrationOptions
 	0,  // 2: ferry.v1.MigrationJob.state:type_name -> ferry.v1.MigrationJobState
 	1,  // 3: ferry.v1.MigrationJob.phase:type_name -> ferry.v1.MigrationJobPhase
-	14, // 4: ferry.v1.MigrationJob.disks:type_name -> ferry.v1.DiskProgress
-	34, // 5: ferry.v1.MigrationJob.create_time:type_name -> google.protobuf.Timestamp
-	34, // 6: ferry.v1.MigrationJob.start_time:type_name -> google.protobuf.Timestamp
-	34, // 7: ferry.v1.MigrationJob.end_time:type_name -> google.protobuf.Timestamp
-	35, // 8: ferry.v1.MigrationJob.duration:type_name -> google.protobuf.Duration
-	34, // 9: ferry.v1.MigrationJob.update_time:type_name -> google.protobuf.Timestamp
-	16, // 10: ferry.v1.MigrationJob.phase_timings:type_name -> ferry.v1.PhaseTiming
-	11, // 11: ferry.v1.TargetVm.disks:type_name -> ferry.v1.TargetDisk
-	12, // 12: ferry.v1.TargetVm.nics:type_name -> ferry.v1.TargetNic
-	3,  // 13: ferry.v1.TargetVm.firmware:type_name -> ferry.v1.Firmware
-	4,  // 14: ferry.v1.TargetVm.os_type:type_name -> ferry.v1.OsType
-	5,  // 15: ferry.v1.TargetVm.disk_bus:type_name -> ferry.v1.DiskBus
-	2,  // 16: ferry.v1.TargetVm.machine_type:type_name -> ferry.v1.MachineType
-	5,  // 17: ferry.v1.TargetDisk.bus:type_name -> ferry.v1.DiskBus
-	6,  // 18: ferry.v1.MigrationOptions.compression:type_name -> ferry.v1.Compression
-	35, // 19: ferry.v1.DiskProgress.eta:type_name -> google.protobuf.Duration
-	15, // 20: ferry.v1.DiskProgress.verification:type_name -> ferry.v1.VerifyProgress
-	35, // 21: ferry.v1.VerifyProgress.eta:type_name -> google.protobuf.Duration
-	1,  // 22: ferry.v1.PhaseTiming.phase:type_name -> ferry.v1.MigrationJobPhase
-	34, // 23: ferry.v1.PhaseTiming.start_time:type_name -> google.protobuf.Timestamp
-	34, // 24: ferry.v1.PhaseTiming.end_time:type_name -> google.protobuf.Timestamp
-	10, // 25: ferry.v1.MigrationJobSpec.target:type_name -> ferry.v1.TargetVm
-	13, // 26: ferry.v1.MigrationJobSpec.options:type_name -> ferry.v1.MigrationOptions
-	9,  // 27: ferry.v1.UpdateMigrationJobRequest.migration_job:type_name -> ferry.v1.MigrationJob
-	36, // 28: ferry.v1.UpdateMigrationJobRequest.update_mask:type_name -> google.protobuf.FieldMask
-	17, // 29: ferry.v1.CreateMigrationJobsRequest.jobs:type_name -> ferry.v1.MigrationJobSpec
-	9,  // 30: ferry.v1.CreateMigrationJobsResponse.jobs:type_name -> ferry.v1.MigrationJob
-	17, // 31: ferry.v1.PreviewMigrationJobsRequest.jobs:type_name -> ferry.v1.MigrationJobSpec
-	7,  // 32: ferry.v1.PreviewUsage.kind:type_name -> ferry.v1.PreviewResourceKind
-	9,  // 33: ferry.v1.PreviewMigrationJobsResponse.jobs:type_name -> ferry.v1.MigrationJob
-	22, // 34: ferry.v1.PreviewMigrationJobsResponse.usages:type_name -> ferry.v1.PreviewUsage
-	0,  // 35: ferry.v1.ListMigrationJobsRequest.state:type_name -> ferry.v1.MigrationJobState
-	9,  // 36: ferry.v1.ListMigrationJobsResponse.jobs:type_name -> ferry.v1.MigrationJob
-	9,  // 37: ferry.v1.CancelMigrationJobResponse.job:type_name -> ferry.v1.MigrationJob
-	9,  // 38: ferry.v1.RestartMigrationJobResponse.job:type_name -> ferry.v1.MigrationJob
-	8,  // 39: ferry.v1.WatchMigrationJobsResponse.type:type_name -> ferry.v1.WatchEventType
-	9,  // 40: ferry.v1.WatchMigrationJobsResponse.job:type_name -> ferry.v1.MigrationJob
-	19, // 41: ferry.v1.MigrationJobService.CreateMigrationJobs:input_type -> ferry.v1.CreateMigrationJobsRequest
-	21, // 42: ferry.v1.MigrationJobService.PreviewMigrationJobs:input_type -> ferry.v1.PreviewMigrationJobsRequest
-	24, // 43: ferry.v1.MigrationJobService.GetMigrationJob:input_type -> ferry.v1.GetMigrationJobRequest
-	25, // 44: ferry.v1.MigrationJobService.ListMigrationJobs:input_type -> ferry.v1.ListMigrationJobsRequest
-	27, // 45: ferry.v1.MigrationJobService.CancelMigrationJob:input_type -> ferry.v1.CancelMigrationJobRequest
-	29, // 46: ferry.v1.MigrationJobService.RestartMigrationJob:input_type -> ferry.v1.RestartMigrationJobRequest
-	31, // 47: ferry.v1.MigrationJobService.DeleteMigrationJob:input_type -> ferry.v1.DeleteMigrationJobRequest
-	32, // 48: ferry.v1.MigrationJobService.WatchMigrationJobs:input_type -> ferry.v1.WatchMigrationJobsRequest
-	18, // 49: ferry.v1.MigrationJobService.UpdateMigrationJob:input_type -> ferry.v1.UpdateMigrationJobRequest
-	20, // 50: ferry.v1.MigrationJobService.CreateMigrationJobs:output_type -> ferry.v1.CreateMigrationJobsResponse
-	23, // 51: ferry.v1.MigrationJobService.PreviewMigrationJobs:output_type -> ferry.v1.PreviewMigrationJobsResponse
-	9,  // 52: ferry.v1.MigrationJobService.GetMigrationJob:output_type -> ferry.v1.MigrationJob
-	26, // 53: ferry.v1.MigrationJobService.ListMigrationJobs:output_type -> ferry.v1.ListMigrationJobsResponse
-	28, // 54: ferry.v1.MigrationJobService.CancelMigrationJob:output_type -> ferry.v1.CancelMigrationJobResponse
-	30, // 55: ferry.v1.MigrationJobService.RestartMigrationJob:output_type -> ferry.v1.RestartMigrationJobResponse
-	37, // 56: ferry.v1.MigrationJobService.DeleteMigrationJob:output_type -> google.protobuf.Empty
-	33, // 57: ferry.v1.MigrationJobService.WatchMigrationJobs:output_type -> ferry.v1.WatchMigrationJobsResponse
-	9,  // 58: ferry.v1.MigrationJobService.UpdateMigrationJob:output_type -> ferry.v1.MigrationJob
-	50, // [50:59] is the sub-list for method output_type
-	41, // [41:50] is the sub-list for method input_type
-	41, // [41:41] is the sub-list for extension type_name
-	41, // [41:41] is the sub-list for extension extendee
-	0,  // [0:41] is the sub-list for field type_name
+	18, // 4: ferry.v1.MigrationJob.disks:type_name -> ferry.v1.DiskProgress
+	38, // 5: ferry.v1.MigrationJob.create_time:type_name -> google.protobuf.Timestamp
+	38, // 6: ferry.v1.MigrationJob.start_time:type_name -> google.protobuf.Timestamp
+	38, // 7: ferry.v1.MigrationJob.end_time:type_name -> google.protobuf.Timestamp
+	39, // 8: ferry.v1.MigrationJob.duration:type_name -> google.protobuf.Duration
+	38, // 9: ferry.v1.MigrationJob.update_time:type_name -> google.protobuf.Timestamp
+	20, // 10: ferry.v1.MigrationJob.phase_timings:type_name -> ferry.v1.PhaseTiming
+	15, // 11: ferry.v1.MigrationJob.precopy_rounds:type_name -> ferry.v1.PrecopyRound
+	39, // 12: ferry.v1.MigrationJob.measured_downtime:type_name -> google.protobuf.Duration
+	12, // 13: ferry.v1.TargetVm.disks:type_name -> ferry.v1.TargetDisk
+	13, // 14: ferry.v1.TargetVm.nics:type_name -> ferry.v1.TargetNic
+	3,  // 15: ferry.v1.TargetVm.firmware:type_name -> ferry.v1.Firmware
+	4,  // 16: ferry.v1.TargetVm.os_type:type_name -> ferry.v1.OsType
+	5,  // 17: ferry.v1.TargetVm.disk_bus:type_name -> ferry.v1.DiskBus
+	2,  // 18: ferry.v1.TargetVm.machine_type:type_name -> ferry.v1.MachineType
+	5,  // 19: ferry.v1.TargetDisk.bus:type_name -> ferry.v1.DiskBus
+	6,  // 20: ferry.v1.MigrationOptions.compression:type_name -> ferry.v1.Compression
+	7,  // 21: ferry.v1.MigrationOptions.mode:type_name -> ferry.v1.MigrationMode
+	39, // 22: ferry.v1.MigrationOptions.precopy_interval:type_name -> google.protobuf.Duration
+	38, // 23: ferry.v1.MigrationOptions.cutover_time:type_name -> google.protobuf.Timestamp
+	38, // 24: ferry.v1.PrecopyRound.start_time:type_name -> google.protobuf.Timestamp
+	38, // 25: ferry.v1.PrecopyRound.end_time:type_name -> google.protobuf.Timestamp
+	39, // 26: ferry.v1.PrecopyRound.duration:type_name -> google.protobuf.Duration
+	39, // 27: ferry.v1.PrecopyRound.estimated_downtime:type_name -> google.protobuf.Duration
+	38, // 28: ferry.v1.CutoverMigrationJobRequest.cutover_time:type_name -> google.protobuf.Timestamp
+	10, // 29: ferry.v1.CutoverMigrationJobResponse.job:type_name -> ferry.v1.MigrationJob
+	39, // 30: ferry.v1.DiskProgress.eta:type_name -> google.protobuf.Duration
+	19, // 31: ferry.v1.DiskProgress.verification:type_name -> ferry.v1.VerifyProgress
+	39, // 32: ferry.v1.VerifyProgress.eta:type_name -> google.protobuf.Duration
+	1,  // 33: ferry.v1.PhaseTiming.phase:type_name -> ferry.v1.MigrationJobPhase
+	38, // 34: ferry.v1.PhaseTiming.start_time:type_name -> google.protobuf.Timestamp
+	38, // 35: ferry.v1.PhaseTiming.end_time:type_name -> google.protobuf.Timestamp
+	11, // 36: ferry.v1.MigrationJobSpec.target:type_name -> ferry.v1.TargetVm
+	14, // 37: ferry.v1.MigrationJobSpec.options:type_name -> ferry.v1.MigrationOptions
+	10, // 38: ferry.v1.UpdateMigrationJobRequest.migration_job:type_name -> ferry.v1.MigrationJob
+	40, // 39: ferry.v1.UpdateMigrationJobRequest.update_mask:type_name -> google.protobuf.FieldMask
+	21, // 40: ferry.v1.CreateMigrationJobsRequest.jobs:type_name -> ferry.v1.MigrationJobSpec
+	10, // 41: ferry.v1.CreateMigrationJobsResponse.jobs:type_name -> ferry.v1.MigrationJob
+	21, // 42: ferry.v1.PreviewMigrationJobsRequest.jobs:type_name -> ferry.v1.MigrationJobSpec
+	8,  // 43: ferry.v1.PreviewUsage.kind:type_name -> ferry.v1.PreviewResourceKind
+	10, // 44: ferry.v1.PreviewMigrationJobsResponse.jobs:type_name -> ferry.v1.MigrationJob
+	26, // 45: ferry.v1.PreviewMigrationJobsResponse.usages:type_name -> ferry.v1.PreviewUsage
+	0,  // 46: ferry.v1.ListMigrationJobsRequest.state:type_name -> ferry.v1.MigrationJobState
+	10, // 47: ferry.v1.ListMigrationJobsResponse.jobs:type_name -> ferry.v1.MigrationJob
+	10, // 48: ferry.v1.CancelMigrationJobResponse.job:type_name -> ferry.v1.MigrationJob
+	10, // 49: ferry.v1.RestartMigrationJobResponse.job:type_name -> ferry.v1.MigrationJob
+	9,  // 50: ferry.v1.WatchMigrationJobsResponse.type:type_name -> ferry.v1.WatchEventType
+	10, // 51: ferry.v1.WatchMigrationJobsResponse.job:type_name -> ferry.v1.MigrationJob
+	23, // 52: ferry.v1.MigrationJobService.CreateMigrationJobs:input_type -> ferry.v1.CreateMigrationJobsRequest
+	25, // 53: ferry.v1.MigrationJobService.PreviewMigrationJobs:input_type -> ferry.v1.PreviewMigrationJobsRequest
+	28, // 54: ferry.v1.MigrationJobService.GetMigrationJob:input_type -> ferry.v1.GetMigrationJobRequest
+	29, // 55: ferry.v1.MigrationJobService.ListMigrationJobs:input_type -> ferry.v1.ListMigrationJobsRequest
+	31, // 56: ferry.v1.MigrationJobService.CancelMigrationJob:input_type -> ferry.v1.CancelMigrationJobRequest
+	33, // 57: ferry.v1.MigrationJobService.RestartMigrationJob:input_type -> ferry.v1.RestartMigrationJobRequest
+	35, // 58: ferry.v1.MigrationJobService.DeleteMigrationJob:input_type -> ferry.v1.DeleteMigrationJobRequest
+	36, // 59: ferry.v1.MigrationJobService.WatchMigrationJobs:input_type -> ferry.v1.WatchMigrationJobsRequest
+	22, // 60: ferry.v1.MigrationJobService.UpdateMigrationJob:input_type -> ferry.v1.UpdateMigrationJobRequest
+	16, // 61: ferry.v1.MigrationJobService.CutoverMigrationJob:input_type -> ferry.v1.CutoverMigrationJobRequest
+	24, // 62: ferry.v1.MigrationJobService.CreateMigrationJobs:output_type -> ferry.v1.CreateMigrationJobsResponse
+	27, // 63: ferry.v1.MigrationJobService.PreviewMigrationJobs:output_type -> ferry.v1.PreviewMigrationJobsResponse
+	10, // 64: ferry.v1.MigrationJobService.GetMigrationJob:output_type -> ferry.v1.MigrationJob
+	30, // 65: ferry.v1.MigrationJobService.ListMigrationJobs:output_type -> ferry.v1.ListMigrationJobsResponse
+	32, // 66: ferry.v1.MigrationJobService.CancelMigrationJob:output_type -> ferry.v1.CancelMigrationJobResponse
+	34, // 67: ferry.v1.MigrationJobService.RestartMigrationJob:output_type -> ferry.v1.RestartMigrationJobResponse
+	41, // 68: ferry.v1.MigrationJobService.DeleteMigrationJob:output_type -> google.protobuf.Empty
+	37, // 69: ferry.v1.MigrationJobService.WatchMigrationJobs:output_type -> ferry.v1.WatchMigrationJobsResponse
+	10, // 70: ferry.v1.MigrationJobService.UpdateMigrationJob:output_type -> ferry.v1.MigrationJob
+	17, // 71: ferry.v1.MigrationJobService.CutoverMigrationJob:output_type -> ferry.v1.CutoverMigrationJobResponse
+	62, // [62:72] is the sub-list for method output_type
+	52, // [52:62] is the sub-list for method input_type
+	52, // [52:52] is the sub-list for extension type_name
+	52, // [52:52] is the sub-list for extension extendee
+	0,  // [0:52] is the sub-list for field type_name
 }
 
 func init() { file_ferry_v1_migration_job_proto_init() }
@@ -2975,8 +3369,8 @@ func file_ferry_v1_migration_job_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_ferry_v1_migration_job_proto_rawDesc), len(file_ferry_v1_migration_job_proto_rawDesc)),
-			NumEnums:      9,
-			NumMessages:   25,
+			NumEnums:      10,
+			NumMessages:   28,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -29,6 +29,7 @@ const (
 	MigrationJobService_DeleteMigrationJob_FullMethodName   = "/ferry.v1.MigrationJobService/DeleteMigrationJob"
 	MigrationJobService_WatchMigrationJobs_FullMethodName   = "/ferry.v1.MigrationJobService/WatchMigrationJobs"
 	MigrationJobService_UpdateMigrationJob_FullMethodName   = "/ferry.v1.MigrationJobService/UpdateMigrationJob"
+	MigrationJobService_CutoverMigrationJob_FullMethodName  = "/ferry.v1.MigrationJobService/CutoverMigrationJob"
 )
 
 // MigrationJobServiceClient is the client API for MigrationJobService service.
@@ -70,6 +71,15 @@ type MigrationJobServiceClient interface {
 	// editable (cancel, restart or delete it instead). With
 	// migration_job.etag set, only if the job is unchanged since.
 	UpdateMigrationJob(ctx context.Context, in *UpdateMigrationJobRequest, opts ...grpc.CallOption) (*MigrationJob, error)
+	// CutoverMigrationJob sets when a warm job (options.mode WARM) cuts over:
+	// at cutover_time, or at once when it is unset or past. The job must be
+	// warm (options.mode WARM) and queued or running, else
+	// FAILED_PRECONDITION on name says which; NOT_FOUND on name when there
+	// is no such job. The cutover pauses the source VM, copies and verifies
+	// the last delta, defines and starts the target VM, then powers the
+	// source off (options.pause_source_vm leaves it paused); a cutover that
+	// fails resumes the source.
+	CutoverMigrationJob(ctx context.Context, in *CutoverMigrationJobRequest, opts ...grpc.CallOption) (*CutoverMigrationJobResponse, error)
 }
 
 type migrationJobServiceClient struct {
@@ -179,6 +189,16 @@ func (c *migrationJobServiceClient) UpdateMigrationJob(ctx context.Context, in *
 	return out, nil
 }
 
+func (c *migrationJobServiceClient) CutoverMigrationJob(ctx context.Context, in *CutoverMigrationJobRequest, opts ...grpc.CallOption) (*CutoverMigrationJobResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(CutoverMigrationJobResponse)
+	err := c.cc.Invoke(ctx, MigrationJobService_CutoverMigrationJob_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // MigrationJobServiceServer is the server API for MigrationJobService service.
 // All implementations must embed UnimplementedMigrationJobServiceServer
 // for forward compatibility.
@@ -218,6 +238,15 @@ type MigrationJobServiceServer interface {
 	// editable (cancel, restart or delete it instead). With
 	// migration_job.etag set, only if the job is unchanged since.
 	UpdateMigrationJob(context.Context, *UpdateMigrationJobRequest) (*MigrationJob, error)
+	// CutoverMigrationJob sets when a warm job (options.mode WARM) cuts over:
+	// at cutover_time, or at once when it is unset or past. The job must be
+	// warm (options.mode WARM) and queued or running, else
+	// FAILED_PRECONDITION on name says which; NOT_FOUND on name when there
+	// is no such job. The cutover pauses the source VM, copies and verifies
+	// the last delta, defines and starts the target VM, then powers the
+	// source off (options.pause_source_vm leaves it paused); a cutover that
+	// fails resumes the source.
+	CutoverMigrationJob(context.Context, *CutoverMigrationJobRequest) (*CutoverMigrationJobResponse, error)
 	mustEmbedUnimplementedMigrationJobServiceServer()
 }
 
@@ -254,6 +283,9 @@ func (UnimplementedMigrationJobServiceServer) WatchMigrationJobs(*WatchMigration
 }
 func (UnimplementedMigrationJobServiceServer) UpdateMigrationJob(context.Context, *UpdateMigrationJobRequest) (*MigrationJob, error) {
 	return nil, status.Error(codes.Unimplemented, "method UpdateMigrationJob not implemented")
+}
+func (UnimplementedMigrationJobServiceServer) CutoverMigrationJob(context.Context, *CutoverMigrationJobRequest) (*CutoverMigrationJobResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method CutoverMigrationJob not implemented")
 }
 func (UnimplementedMigrationJobServiceServer) mustEmbedUnimplementedMigrationJobServiceServer() {}
 func (UnimplementedMigrationJobServiceServer) testEmbeddedByValue()                             {}
@@ -431,6 +463,24 @@ func _MigrationJobService_UpdateMigrationJob_Handler(srv interface{}, ctx contex
 	return interceptor(ctx, in, info, handler)
 }
 
+func _MigrationJobService_CutoverMigrationJob_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(CutoverMigrationJobRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(MigrationJobServiceServer).CutoverMigrationJob(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: MigrationJobService_CutoverMigrationJob_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(MigrationJobServiceServer).CutoverMigrationJob(ctx, req.(*CutoverMigrationJobRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // MigrationJobService_ServiceDesc is the grpc.ServiceDesc for MigrationJobService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -469,6 +519,10 @@ var MigrationJobService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "UpdateMigrationJob",
 			Handler:    _MigrationJobService_UpdateMigrationJob_Handler,
+		},
+		{
+			MethodName: "CutoverMigrationJob",
+			Handler:    _MigrationJobService_CutoverMigrationJob_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{

@@ -118,9 +118,12 @@ type Settings struct {
 	// of the stored settings. An Update whose settings carries an etag that no
 	// longer matches is ABORTED naming etag (read again, reapply, retry);
 	// an empty etag updates unconditionally.
-	Etag          string `protobuf:"bytes,8,opt,name=etag,proto3" json:"etag,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Etag string `protobuf:"bytes,8,opt,name=etag,proto3" json:"etag,omitempty"`
+	// A warm job's time between precopy rounds when its options give none;
+	// default 30 min, at least 10 s.
+	PrecopyInterval *durationpb.Duration `protobuf:"bytes,9,opt,name=precopy_interval,json=precopyInterval,proto3" json:"precopy_interval,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
 }
 
 func (x *Settings) Reset() {
@@ -207,6 +210,13 @@ func (x *Settings) GetEtag() string {
 		return x.Etag
 	}
 	return ""
+}
+
+func (x *Settings) GetPrecopyInterval() *durationpb.Duration {
+	if x != nil {
+		return x.PrecopyInterval
+	}
+	return nil
 }
 
 type GetSettingsRequest struct {
@@ -301,7 +311,7 @@ var File_ferry_v1_settings_proto protoreflect.FileDescriptor
 
 const file_ferry_v1_settings_proto_rawDesc = "" +
 	"\n" +
-	"\x17ferry/v1/settings.proto\x12\bferry.v1\x1a\x1egoogle/protobuf/duration.proto\x1a google/protobuf/field_mask.proto\"\xe8\x03\n" +
+	"\x17ferry/v1/settings.proto\x12\bferry.v1\x1a\x1egoogle/protobuf/duration.proto\x1a google/protobuf/field_mask.proto\"\xae\x04\n" +
 	"\bSettings\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12'\n" +
 	"\x0fjob_parallelism\x18\x02 \x01(\x05R\x0ejobParallelism\x12B\n" +
@@ -310,7 +320,8 @@ const file_ferry_v1_settings_proto_rawDesc = "" +
 	"\x12agent_grace_period\x18\x05 \x01(\v2\x19.google.protobuf.DurationR\x10agentGracePeriod\x12O\n" +
 	"\x16guest_shutdown_timeout\x18\x06 \x01(\v2\x19.google.protobuf.DurationR\x14guestShutdownTimeout\x12Q\n" +
 	"\x17inventory_sync_interval\x18\a \x01(\v2\x19.google.protobuf.DurationR\x15inventorySyncInterval\x12\x12\n" +
-	"\x04etag\x18\b \x01(\tR\x04etag\"\x14\n" +
+	"\x04etag\x18\b \x01(\tR\x04etag\x12D\n" +
+	"\x10precopy_interval\x18\t \x01(\v2\x19.google.protobuf.DurationR\x0fprecopyInterval\"\x14\n" +
 	"\x12GetSettingsRequest\"\x84\x01\n" +
 	"\x15UpdateSettingsRequest\x12.\n" +
 	"\bsettings\x18\x01 \x01(\v2\x12.ferry.v1.SettingsR\bsettings\x12;\n" +
@@ -351,22 +362,23 @@ var file_ferry_v1_settings_proto_goTypes = []any{
 	(*fieldmaskpb.FieldMask)(nil), // 5: google.protobuf.FieldMask
 }
 var file_ferry_v1_settings_proto_depIdxs = []int32{
-	4, // 0: ferry.v1.Settings.cache_retention:type_name -> google.protobuf.Duration
-	0, // 1: ferry.v1.Settings.host_allocation_strategy:type_name -> ferry.v1.HostAllocationStrategy
-	4, // 2: ferry.v1.Settings.agent_grace_period:type_name -> google.protobuf.Duration
-	4, // 3: ferry.v1.Settings.guest_shutdown_timeout:type_name -> google.protobuf.Duration
-	4, // 4: ferry.v1.Settings.inventory_sync_interval:type_name -> google.protobuf.Duration
-	1, // 5: ferry.v1.UpdateSettingsRequest.settings:type_name -> ferry.v1.Settings
-	5, // 6: ferry.v1.UpdateSettingsRequest.update_mask:type_name -> google.protobuf.FieldMask
-	2, // 7: ferry.v1.SettingsService.GetSettings:input_type -> ferry.v1.GetSettingsRequest
-	3, // 8: ferry.v1.SettingsService.UpdateSettings:input_type -> ferry.v1.UpdateSettingsRequest
-	1, // 9: ferry.v1.SettingsService.GetSettings:output_type -> ferry.v1.Settings
-	1, // 10: ferry.v1.SettingsService.UpdateSettings:output_type -> ferry.v1.Settings
-	9, // [9:11] is the sub-list for method output_type
-	7, // [7:9] is the sub-list for method input_type
-	7, // [7:7] is the sub-list for extension type_name
-	7, // [7:7] is the sub-list for extension extendee
-	0, // [0:7] is the sub-list for field type_name
+	4,  // 0: ferry.v1.Settings.cache_retention:type_name -> google.protobuf.Duration
+	0,  // 1: ferry.v1.Settings.host_allocation_strategy:type_name -> ferry.v1.HostAllocationStrategy
+	4,  // 2: ferry.v1.Settings.agent_grace_period:type_name -> google.protobuf.Duration
+	4,  // 3: ferry.v1.Settings.guest_shutdown_timeout:type_name -> google.protobuf.Duration
+	4,  // 4: ferry.v1.Settings.inventory_sync_interval:type_name -> google.protobuf.Duration
+	4,  // 5: ferry.v1.Settings.precopy_interval:type_name -> google.protobuf.Duration
+	1,  // 6: ferry.v1.UpdateSettingsRequest.settings:type_name -> ferry.v1.Settings
+	5,  // 7: ferry.v1.UpdateSettingsRequest.update_mask:type_name -> google.protobuf.FieldMask
+	2,  // 8: ferry.v1.SettingsService.GetSettings:input_type -> ferry.v1.GetSettingsRequest
+	3,  // 9: ferry.v1.SettingsService.UpdateSettings:input_type -> ferry.v1.UpdateSettingsRequest
+	1,  // 10: ferry.v1.SettingsService.GetSettings:output_type -> ferry.v1.Settings
+	1,  // 11: ferry.v1.SettingsService.UpdateSettings:output_type -> ferry.v1.Settings
+	10, // [10:12] is the sub-list for method output_type
+	8,  // [8:10] is the sub-list for method input_type
+	8,  // [8:8] is the sub-list for extension type_name
+	8,  // [8:8] is the sub-list for extension extendee
+	0,  // [0:8] is the sub-list for field type_name
 }
 
 func init() { file_ferry_v1_settings_proto_init() }

@@ -348,6 +348,7 @@ type ConnectResponse struct {
 	//	*ConnectResponse_BandwidthLimits
 	//	*ConnectResponse_TargetWork
 	//	*ConnectResponse_TargetAnswer
+	//	*ConnectResponse_Cutover
 	Kind          isConnectResponse_Kind `protobuf_oneof:"kind"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -471,6 +472,15 @@ func (x *ConnectResponse) GetTargetAnswer() *TargetWorkResult {
 	return nil
 }
 
+func (x *ConnectResponse) GetCutover() *Cutover {
+	if x != nil {
+		if x, ok := x.Kind.(*ConnectResponse_Cutover); ok {
+			return x.Cutover
+		}
+	}
+	return nil
+}
+
 type isConnectResponse_Kind interface {
 	isConnectResponse_Kind()
 }
@@ -511,6 +521,10 @@ type ConnectResponse_TargetAnswer struct {
 	TargetAnswer *TargetWorkResult `protobuf:"bytes,9,opt,name=target_answer,json=targetAnswer,proto3,oneof"`
 }
 
+type ConnectResponse_Cutover struct {
+	Cutover *Cutover `protobuf:"bytes,10,opt,name=cutover,proto3,oneof"`
+}
+
 func (*ConnectResponse_Welcome) isConnectResponse_Kind() {}
 
 func (*ConnectResponse_Heartbeat) isConnectResponse_Kind() {}
@@ -528,6 +542,8 @@ func (*ConnectResponse_BandwidthLimits) isConnectResponse_Kind() {}
 func (*ConnectResponse_TargetWork) isConnectResponse_Kind() {}
 
 func (*ConnectResponse_TargetAnswer) isConnectResponse_Kind() {}
+
+func (*ConnectResponse_Cutover) isConnectResponse_Kind() {}
 
 // TargetRequest asks, from the migration server's agent running a job,
 // for an action of the job's target host's agent. The leader checks the
@@ -1455,7 +1471,9 @@ type JobProgress struct {
 	Phase v1.MigrationJobPhase   `protobuf:"varint,3,opt,name=phase,proto3,enum=ferry.v1.MigrationJobPhase" json:"phase,omitempty"`
 	Disks []*v1.DiskProgress     `protobuf:"bytes,4,rep,name=disks,proto3" json:"disks,omitempty"`
 	// The phases of this assignment so far (MigrationJob.phase_timings).
-	PhaseTimings  []*v1.PhaseTiming `protobuf:"bytes,5,rep,name=phase_timings,json=phaseTimings,proto3" json:"phase_timings,omitempty"`
+	PhaseTimings []*v1.PhaseTiming `protobuf:"bytes,5,rep,name=phase_timings,json=phaseTimings,proto3" json:"phase_timings,omitempty"`
+	// A warm job's precopy rounds so far (MigrationJob.precopy_rounds).
+	PrecopyRounds []*v1.PrecopyRound `protobuf:"bytes,6,rep,name=precopy_rounds,json=precopyRounds,proto3" json:"precopy_rounds,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1525,6 +1543,13 @@ func (x *JobProgress) GetPhaseTimings() []*v1.PhaseTiming {
 	return nil
 }
 
+func (x *JobProgress) GetPrecopyRounds() []*v1.PrecopyRound {
+	if x != nil {
+		return x.PrecopyRounds
+	}
+	return nil
+}
+
 // JobResult ends an assignment.
 type JobResult struct {
 	state    protoimpl.MessageState `protogen:"open.v1"`
@@ -1539,8 +1564,12 @@ type JobResult struct {
 	// How the guest showed it booted, for a job with options.verify_boot
 	// that succeeded (MigrationJob.boot_verified_by).
 	BootVerifiedBy string `protobuf:"bytes,8,opt,name=boot_verified_by,json=bootVerifiedBy,proto3" json:"boot_verified_by,omitempty"`
-	unknownFields  protoimpl.UnknownFields
-	sizeCache      protoimpl.SizeCache
+	// A warm job's rounds and measured downtime (MigrationJob.precopy_rounds,
+	// measured_downtime).
+	PrecopyRounds    []*v1.PrecopyRound   `protobuf:"bytes,9,rep,name=precopy_rounds,json=precopyRounds,proto3" json:"precopy_rounds,omitempty"`
+	MeasuredDowntime *durationpb.Duration `protobuf:"bytes,10,opt,name=measured_downtime,json=measuredDowntime,proto3" json:"measured_downtime,omitempty"`
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
 }
 
 func (x *JobResult) Reset() {
@@ -1627,6 +1656,20 @@ func (x *JobResult) GetBootVerifiedBy() string {
 		return x.BootVerifiedBy
 	}
 	return ""
+}
+
+func (x *JobResult) GetPrecopyRounds() []*v1.PrecopyRound {
+	if x != nil {
+		return x.PrecopyRounds
+	}
+	return nil
+}
+
+func (x *JobResult) GetMeasuredDowntime() *durationpb.Duration {
+	if x != nil {
+		return x.MeasuredDowntime
+	}
+	return nil
 }
 
 // Assignment hands a job to an agent with everything needed to run it.
@@ -1734,6 +1777,68 @@ func (x *Assignment) GetGuestShutdownTimeout() *durationpb.Duration {
 	return nil
 }
 
+// Cutover tells the agent running a warm job when to cut over
+// (MigrationJob.options.cutover_time, set by CutoverMigrationJob).
+type Cutover struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Job           string                 `protobuf:"bytes,1,opt,name=job,proto3" json:"job,omitempty"`
+	Epoch         int64                  `protobuf:"varint,2,opt,name=epoch,proto3" json:"epoch,omitempty"`
+	CutoverTime   *timestamppb.Timestamp `protobuf:"bytes,3,opt,name=cutover_time,json=cutoverTime,proto3" json:"cutover_time,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Cutover) Reset() {
+	*x = Cutover{}
+	mi := &file_ferry_agent_v1_agent_proto_msgTypes[16]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Cutover) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Cutover) ProtoMessage() {}
+
+func (x *Cutover) ProtoReflect() protoreflect.Message {
+	mi := &file_ferry_agent_v1_agent_proto_msgTypes[16]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Cutover.ProtoReflect.Descriptor instead.
+func (*Cutover) Descriptor() ([]byte, []int) {
+	return file_ferry_agent_v1_agent_proto_rawDescGZIP(), []int{16}
+}
+
+func (x *Cutover) GetJob() string {
+	if x != nil {
+		return x.Job
+	}
+	return ""
+}
+
+func (x *Cutover) GetEpoch() int64 {
+	if x != nil {
+		return x.Epoch
+	}
+	return 0
+}
+
+func (x *Cutover) GetCutoverTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.CutoverTime
+	}
+	return nil
+}
+
 // Cancellation stops a job.
 type Cancellation struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
@@ -1746,7 +1851,7 @@ type Cancellation struct {
 
 func (x *Cancellation) Reset() {
 	*x = Cancellation{}
-	mi := &file_ferry_agent_v1_agent_proto_msgTypes[16]
+	mi := &file_ferry_agent_v1_agent_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1758,7 +1863,7 @@ func (x *Cancellation) String() string {
 func (*Cancellation) ProtoMessage() {}
 
 func (x *Cancellation) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_agent_v1_agent_proto_msgTypes[16]
+	mi := &file_ferry_agent_v1_agent_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1771,7 +1876,7 @@ func (x *Cancellation) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Cancellation.ProtoReflect.Descriptor instead.
 func (*Cancellation) Descriptor() ([]byte, []int) {
-	return file_ferry_agent_v1_agent_proto_rawDescGZIP(), []int{16}
+	return file_ferry_agent_v1_agent_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *Cancellation) GetJob() string {
@@ -1809,7 +1914,7 @@ type InventoryRequest struct {
 
 func (x *InventoryRequest) Reset() {
 	*x = InventoryRequest{}
-	mi := &file_ferry_agent_v1_agent_proto_msgTypes[17]
+	mi := &file_ferry_agent_v1_agent_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1821,7 +1926,7 @@ func (x *InventoryRequest) String() string {
 func (*InventoryRequest) ProtoMessage() {}
 
 func (x *InventoryRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_agent_v1_agent_proto_msgTypes[17]
+	mi := &file_ferry_agent_v1_agent_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1834,7 +1939,7 @@ func (x *InventoryRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use InventoryRequest.ProtoReflect.Descriptor instead.
 func (*InventoryRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_agent_v1_agent_proto_rawDescGZIP(), []int{17}
+	return file_ferry_agent_v1_agent_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *InventoryRequest) GetRequestId() string {
@@ -1883,7 +1988,7 @@ type InventoryResponse struct {
 
 func (x *InventoryResponse) Reset() {
 	*x = InventoryResponse{}
-	mi := &file_ferry_agent_v1_agent_proto_msgTypes[18]
+	mi := &file_ferry_agent_v1_agent_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1895,7 +2000,7 @@ func (x *InventoryResponse) String() string {
 func (*InventoryResponse) ProtoMessage() {}
 
 func (x *InventoryResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_agent_v1_agent_proto_msgTypes[18]
+	mi := &file_ferry_agent_v1_agent_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1908,7 +2013,7 @@ func (x *InventoryResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use InventoryResponse.ProtoReflect.Descriptor instead.
 func (*InventoryResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_agent_v1_agent_proto_rawDescGZIP(), []int{18}
+	return file_ferry_agent_v1_agent_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *InventoryResponse) GetRequestId() string {
@@ -1953,7 +2058,7 @@ type HostKeyObserved struct {
 
 func (x *HostKeyObserved) Reset() {
 	*x = HostKeyObserved{}
-	mi := &file_ferry_agent_v1_agent_proto_msgTypes[19]
+	mi := &file_ferry_agent_v1_agent_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1965,7 +2070,7 @@ func (x *HostKeyObserved) String() string {
 func (*HostKeyObserved) ProtoMessage() {}
 
 func (x *HostKeyObserved) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_agent_v1_agent_proto_msgTypes[19]
+	mi := &file_ferry_agent_v1_agent_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1978,7 +2083,7 @@ func (x *HostKeyObserved) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HostKeyObserved.ProtoReflect.Descriptor instead.
 func (*HostKeyObserved) Descriptor() ([]byte, []int) {
-	return file_ferry_agent_v1_agent_proto_rawDescGZIP(), []int{19}
+	return file_ferry_agent_v1_agent_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *HostKeyObserved) GetSource() string {
@@ -2011,7 +2116,7 @@ const file_ferry_agent_v1_agent_proto_rawDesc = "" +
 	"fenceCheck\x12F\n" +
 	"\x0etarget_request\x18\b \x01(\v2\x1d.ferry.agent.v1.TargetRequestH\x00R\rtargetRequest\x12P\n" +
 	"\x12target_work_result\x18\t \x01(\v2 .ferry.agent.v1.TargetWorkResultH\x00R\x10targetWorkResultB\x06\n" +
-	"\x04kind\"\xf4\x04\n" +
+	"\x04kind\"\xa9\x05\n" +
 	"\x0fConnectResponse\x123\n" +
 	"\awelcome\x18\x01 \x01(\v2\x17.ferry.agent.v1.WelcomeH\x00R\awelcome\x129\n" +
 	"\theartbeat\x18\x02 \x01(\v2\x19.ferry.agent.v1.HeartbeatH\x00R\theartbeat\x12<\n" +
@@ -2024,7 +2129,9 @@ const file_ferry_agent_v1_agent_proto_rawDesc = "" +
 	"\x10bandwidth_limits\x18\a \x01(\v2\x1f.ferry.agent.v1.BandwidthLimitsH\x00R\x0fbandwidthLimits\x12=\n" +
 	"\vtarget_work\x18\b \x01(\v2\x1a.ferry.agent.v1.TargetWorkH\x00R\n" +
 	"targetWork\x12G\n" +
-	"\rtarget_answer\x18\t \x01(\v2 .ferry.agent.v1.TargetWorkResultH\x00R\ftargetAnswerB\x06\n" +
+	"\rtarget_answer\x18\t \x01(\v2 .ferry.agent.v1.TargetWorkResultH\x00R\ftargetAnswer\x123\n" +
+	"\acutover\x18\n" +
+	" \x01(\v2\x17.ferry.agent.v1.CutoverH\x00R\acutoverB\x06\n" +
 	"\x04kind\"\xbf\x01\n" +
 	"\rTargetRequest\x12\x1d\n" +
 	"\n" +
@@ -2103,13 +2210,14 @@ const file_ferry_agent_v1_agent_proto_rawDesc = "" +
 	"\x04time\x18\x01 \x01(\v2\x1a.google.protobuf.TimestampR\x04time\x12)\n" +
 	"\x05facts\x18\x02 \x01(\v2\x13.ferry.v1.HostFactsR\x05facts\x12#\n" +
 	"\rstorage_paths\x18\x03 \x03(\tR\fstoragePaths\x12&\n" +
-	"\x0fgrace_period_ms\x18\x04 \x01(\x03R\rgracePeriodMs\"\xd2\x01\n" +
+	"\x0fgrace_period_ms\x18\x04 \x01(\x03R\rgracePeriodMs\"\x91\x02\n" +
 	"\vJobProgress\x12\x10\n" +
 	"\x03job\x18\x01 \x01(\tR\x03job\x12\x14\n" +
 	"\x05epoch\x18\x02 \x01(\x03R\x05epoch\x121\n" +
 	"\x05phase\x18\x03 \x01(\x0e2\x1b.ferry.v1.MigrationJobPhaseR\x05phase\x12,\n" +
 	"\x05disks\x18\x04 \x03(\v2\x16.ferry.v1.DiskProgressR\x05disks\x12:\n" +
-	"\rphase_timings\x18\x05 \x03(\v2\x15.ferry.v1.PhaseTimingR\fphaseTimings\"\xb1\x02\n" +
+	"\rphase_timings\x18\x05 \x03(\v2\x15.ferry.v1.PhaseTimingR\fphaseTimings\x12=\n" +
+	"\x0eprecopy_rounds\x18\x06 \x03(\v2\x16.ferry.v1.PrecopyRoundR\rprecopyRounds\"\xb8\x03\n" +
 	"\tJobResult\x12\x10\n" +
 	"\x03job\x18\x01 \x01(\tR\x03job\x12\x14\n" +
 	"\x05epoch\x18\x02 \x01(\x03R\x05epoch\x124\n" +
@@ -2118,7 +2226,10 @@ const file_ferry_agent_v1_agent_proto_rawDesc = "" +
 	"\bwarnings\x18\x05 \x03(\tR\bwarnings\x12,\n" +
 	"\x05disks\x18\x06 \x03(\v2\x16.ferry.v1.DiskProgressR\x05disks\x12:\n" +
 	"\rphase_timings\x18\a \x03(\v2\x15.ferry.v1.PhaseTimingR\fphaseTimings\x12(\n" +
-	"\x10boot_verified_by\x18\b \x01(\tR\x0ebootVerifiedBy\"\x85\x04\n" +
+	"\x10boot_verified_by\x18\b \x01(\tR\x0ebootVerifiedBy\x12=\n" +
+	"\x0eprecopy_rounds\x18\t \x03(\v2\x16.ferry.v1.PrecopyRoundR\rprecopyRounds\x12F\n" +
+	"\x11measured_downtime\x18\n" +
+	" \x01(\v2\x19.google.protobuf.DurationR\x10measuredDowntime\"\x85\x04\n" +
 	"\n" +
 	"Assignment\x12(\n" +
 	"\x03job\x18\x01 \x01(\v2\x16.ferry.v1.MigrationJobR\x03job\x12\x14\n" +
@@ -2132,7 +2243,11 @@ const file_ferry_agent_v1_agent_proto_rawDesc = "" +
 	"\x16guest_shutdown_timeout\x18\b \x01(\v2\x19.google.protobuf.DurationR\x14guestShutdownTimeout\x1a:\n" +
 	"\fSecretsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"N\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"p\n" +
+	"\aCutover\x12\x10\n" +
+	"\x03job\x18\x01 \x01(\tR\x03job\x12\x14\n" +
+	"\x05epoch\x18\x02 \x01(\x03R\x05epoch\x12=\n" +
+	"\fcutover_time\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\vcutoverTime\"N\n" +
 	"\fCancellation\x12\x10\n" +
 	"\x03job\x18\x01 \x01(\tR\x03job\x12\x14\n" +
 	"\x05epoch\x18\x02 \x01(\x03R\x05epoch\x12\x16\n" +
@@ -2185,7 +2300,7 @@ func file_ferry_agent_v1_agent_proto_rawDescGZIP() []byte {
 }
 
 var file_ferry_agent_v1_agent_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_ferry_agent_v1_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 22)
+var file_ferry_agent_v1_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 23)
 var file_ferry_agent_v1_agent_proto_goTypes = []any{
 	(TargetAction)(0),             // 0: ferry.agent.v1.TargetAction
 	(JobOutcome)(0),               // 1: ferry.agent.v1.JobOutcome
@@ -2205,82 +2320,89 @@ var file_ferry_agent_v1_agent_proto_goTypes = []any{
 	(*JobProgress)(nil),           // 15: ferry.agent.v1.JobProgress
 	(*JobResult)(nil),             // 16: ferry.agent.v1.JobResult
 	(*Assignment)(nil),            // 17: ferry.agent.v1.Assignment
-	(*Cancellation)(nil),          // 18: ferry.agent.v1.Cancellation
-	(*InventoryRequest)(nil),      // 19: ferry.agent.v1.InventoryRequest
-	(*InventoryResponse)(nil),     // 20: ferry.agent.v1.InventoryResponse
-	(*HostKeyObserved)(nil),       // 21: ferry.agent.v1.HostKeyObserved
-	nil,                           // 22: ferry.agent.v1.Assignment.SecretsEntry
-	nil,                           // 23: ferry.agent.v1.InventoryRequest.SecretsEntry
-	(*v1.MigrationJob)(nil),       // 24: ferry.v1.MigrationJob
-	(*v1.PrimaryStorage)(nil),     // 25: ferry.v1.PrimaryStorage
-	(*v1.L3Network)(nil),          // 26: ferry.v1.L3Network
-	(*v1.HostFacts)(nil),          // 27: ferry.v1.HostFacts
-	(v1.MigrationJobPhase)(0),     // 28: ferry.v1.MigrationJobPhase
-	(*timestamppb.Timestamp)(nil), // 29: google.protobuf.Timestamp
-	(*v1.DiskProgress)(nil),       // 30: ferry.v1.DiskProgress
-	(*v1.PhaseTiming)(nil),        // 31: ferry.v1.PhaseTiming
-	(*v1.Source)(nil),             // 32: ferry.v1.Source
-	(*v1.MigrationServer)(nil),    // 33: ferry.v1.MigrationServer
+	(*Cutover)(nil),               // 18: ferry.agent.v1.Cutover
+	(*Cancellation)(nil),          // 19: ferry.agent.v1.Cancellation
+	(*InventoryRequest)(nil),      // 20: ferry.agent.v1.InventoryRequest
+	(*InventoryResponse)(nil),     // 21: ferry.agent.v1.InventoryResponse
+	(*HostKeyObserved)(nil),       // 22: ferry.agent.v1.HostKeyObserved
+	nil,                           // 23: ferry.agent.v1.Assignment.SecretsEntry
+	nil,                           // 24: ferry.agent.v1.InventoryRequest.SecretsEntry
+	(*v1.MigrationJob)(nil),       // 25: ferry.v1.MigrationJob
+	(*v1.PrimaryStorage)(nil),     // 26: ferry.v1.PrimaryStorage
+	(*v1.L3Network)(nil),          // 27: ferry.v1.L3Network
+	(*v1.HostFacts)(nil),          // 28: ferry.v1.HostFacts
+	(v1.MigrationJobPhase)(0),     // 29: ferry.v1.MigrationJobPhase
+	(*timestamppb.Timestamp)(nil), // 30: google.protobuf.Timestamp
+	(*v1.DiskProgress)(nil),       // 31: ferry.v1.DiskProgress
+	(*v1.PhaseTiming)(nil),        // 32: ferry.v1.PhaseTiming
+	(*v1.PrecopyRound)(nil),       // 33: ferry.v1.PrecopyRound
 	(*durationpb.Duration)(nil),   // 34: google.protobuf.Duration
-	(*v1.SourceVm)(nil),           // 35: ferry.v1.SourceVm
-	(*v1.SourceInventory)(nil),    // 36: ferry.v1.SourceInventory
+	(*v1.Source)(nil),             // 35: ferry.v1.Source
+	(*v1.MigrationServer)(nil),    // 36: ferry.v1.MigrationServer
+	(*v1.SourceVm)(nil),           // 37: ferry.v1.SourceVm
+	(*v1.SourceInventory)(nil),    // 38: ferry.v1.SourceInventory
 }
 var file_ferry_agent_v1_agent_proto_depIdxs = []int32{
 	11, // 0: ferry.agent.v1.ConnectRequest.hello:type_name -> ferry.agent.v1.Hello
 	14, // 1: ferry.agent.v1.ConnectRequest.heartbeat:type_name -> ferry.agent.v1.Heartbeat
 	15, // 2: ferry.agent.v1.ConnectRequest.progress:type_name -> ferry.agent.v1.JobProgress
 	16, // 3: ferry.agent.v1.ConnectRequest.result:type_name -> ferry.agent.v1.JobResult
-	20, // 4: ferry.agent.v1.ConnectRequest.inventory_response:type_name -> ferry.agent.v1.InventoryResponse
-	21, // 5: ferry.agent.v1.ConnectRequest.host_key_observed:type_name -> ferry.agent.v1.HostKeyObserved
+	21, // 4: ferry.agent.v1.ConnectRequest.inventory_response:type_name -> ferry.agent.v1.InventoryResponse
+	22, // 5: ferry.agent.v1.ConnectRequest.host_key_observed:type_name -> ferry.agent.v1.HostKeyObserved
 	9,  // 6: ferry.agent.v1.ConnectRequest.fence_check:type_name -> ferry.agent.v1.FenceCheck
 	4,  // 7: ferry.agent.v1.ConnectRequest.target_request:type_name -> ferry.agent.v1.TargetRequest
 	7,  // 8: ferry.agent.v1.ConnectRequest.target_work_result:type_name -> ferry.agent.v1.TargetWorkResult
 	13, // 9: ferry.agent.v1.ConnectResponse.welcome:type_name -> ferry.agent.v1.Welcome
 	14, // 10: ferry.agent.v1.ConnectResponse.heartbeat:type_name -> ferry.agent.v1.Heartbeat
 	17, // 11: ferry.agent.v1.ConnectResponse.assignment:type_name -> ferry.agent.v1.Assignment
-	18, // 12: ferry.agent.v1.ConnectResponse.cancellation:type_name -> ferry.agent.v1.Cancellation
-	19, // 13: ferry.agent.v1.ConnectResponse.inventory_request:type_name -> ferry.agent.v1.InventoryRequest
+	19, // 12: ferry.agent.v1.ConnectResponse.cancellation:type_name -> ferry.agent.v1.Cancellation
+	20, // 13: ferry.agent.v1.ConnectResponse.inventory_request:type_name -> ferry.agent.v1.InventoryRequest
 	10, // 14: ferry.agent.v1.ConnectResponse.fence_answer:type_name -> ferry.agent.v1.FenceAnswer
 	8,  // 15: ferry.agent.v1.ConnectResponse.bandwidth_limits:type_name -> ferry.agent.v1.BandwidthLimits
 	5,  // 16: ferry.agent.v1.ConnectResponse.target_work:type_name -> ferry.agent.v1.TargetWork
 	7,  // 17: ferry.agent.v1.ConnectResponse.target_answer:type_name -> ferry.agent.v1.TargetWorkResult
-	0,  // 18: ferry.agent.v1.TargetRequest.action:type_name -> ferry.agent.v1.TargetAction
-	0,  // 19: ferry.agent.v1.TargetWork.action:type_name -> ferry.agent.v1.TargetAction
-	24, // 20: ferry.agent.v1.TargetWork.job:type_name -> ferry.v1.MigrationJob
-	25, // 21: ferry.agent.v1.TargetWork.primary_storage:type_name -> ferry.v1.PrimaryStorage
-	26, // 22: ferry.agent.v1.TargetWork.l3_networks:type_name -> ferry.v1.L3Network
-	0,  // 23: ferry.agent.v1.TargetWorkResult.action:type_name -> ferry.agent.v1.TargetAction
-	6,  // 24: ferry.agent.v1.TargetWorkResult.exports:type_name -> ferry.agent.v1.TargetExport
-	27, // 25: ferry.agent.v1.Hello.facts:type_name -> ferry.v1.HostFacts
-	12, // 26: ferry.agent.v1.Hello.held_jobs:type_name -> ferry.agent.v1.HeldJob
-	28, // 27: ferry.agent.v1.HeldJob.phase:type_name -> ferry.v1.MigrationJobPhase
-	29, // 28: ferry.agent.v1.Heartbeat.time:type_name -> google.protobuf.Timestamp
-	27, // 29: ferry.agent.v1.Heartbeat.facts:type_name -> ferry.v1.HostFacts
-	28, // 30: ferry.agent.v1.JobProgress.phase:type_name -> ferry.v1.MigrationJobPhase
-	30, // 31: ferry.agent.v1.JobProgress.disks:type_name -> ferry.v1.DiskProgress
-	31, // 32: ferry.agent.v1.JobProgress.phase_timings:type_name -> ferry.v1.PhaseTiming
-	1,  // 33: ferry.agent.v1.JobResult.outcome:type_name -> ferry.agent.v1.JobOutcome
-	30, // 34: ferry.agent.v1.JobResult.disks:type_name -> ferry.v1.DiskProgress
-	31, // 35: ferry.agent.v1.JobResult.phase_timings:type_name -> ferry.v1.PhaseTiming
-	24, // 36: ferry.agent.v1.Assignment.job:type_name -> ferry.v1.MigrationJob
-	32, // 37: ferry.agent.v1.Assignment.source:type_name -> ferry.v1.Source
-	33, // 38: ferry.agent.v1.Assignment.migration_server:type_name -> ferry.v1.MigrationServer
-	25, // 39: ferry.agent.v1.Assignment.primary_storage:type_name -> ferry.v1.PrimaryStorage
-	26, // 40: ferry.agent.v1.Assignment.l3_networks:type_name -> ferry.v1.L3Network
-	22, // 41: ferry.agent.v1.Assignment.secrets:type_name -> ferry.agent.v1.Assignment.SecretsEntry
-	34, // 42: ferry.agent.v1.Assignment.guest_shutdown_timeout:type_name -> google.protobuf.Duration
-	32, // 43: ferry.agent.v1.InventoryRequest.source:type_name -> ferry.v1.Source
-	33, // 44: ferry.agent.v1.InventoryRequest.migration_server:type_name -> ferry.v1.MigrationServer
-	23, // 45: ferry.agent.v1.InventoryRequest.secrets:type_name -> ferry.agent.v1.InventoryRequest.SecretsEntry
-	35, // 46: ferry.agent.v1.InventoryResponse.vms:type_name -> ferry.v1.SourceVm
-	36, // 47: ferry.agent.v1.InventoryResponse.inventory:type_name -> ferry.v1.SourceInventory
-	2,  // 48: ferry.agent.v1.AgentService.Connect:input_type -> ferry.agent.v1.ConnectRequest
-	3,  // 49: ferry.agent.v1.AgentService.Connect:output_type -> ferry.agent.v1.ConnectResponse
-	49, // [49:50] is the sub-list for method output_type
-	48, // [48:49] is the sub-list for method input_type
-	48, // [48:48] is the sub-list for extension type_name
-	48, // [48:48] is the sub-list for extension extendee
-	0,  // [0:48] is the sub-list for field type_name
+	18, // 18: ferry.agent.v1.ConnectResponse.cutover:type_name -> ferry.agent.v1.Cutover
+	0,  // 19: ferry.agent.v1.TargetRequest.action:type_name -> ferry.agent.v1.TargetAction
+	0,  // 20: ferry.agent.v1.TargetWork.action:type_name -> ferry.agent.v1.TargetAction
+	25, // 21: ferry.agent.v1.TargetWork.job:type_name -> ferry.v1.MigrationJob
+	26, // 22: ferry.agent.v1.TargetWork.primary_storage:type_name -> ferry.v1.PrimaryStorage
+	27, // 23: ferry.agent.v1.TargetWork.l3_networks:type_name -> ferry.v1.L3Network
+	0,  // 24: ferry.agent.v1.TargetWorkResult.action:type_name -> ferry.agent.v1.TargetAction
+	6,  // 25: ferry.agent.v1.TargetWorkResult.exports:type_name -> ferry.agent.v1.TargetExport
+	28, // 26: ferry.agent.v1.Hello.facts:type_name -> ferry.v1.HostFacts
+	12, // 27: ferry.agent.v1.Hello.held_jobs:type_name -> ferry.agent.v1.HeldJob
+	29, // 28: ferry.agent.v1.HeldJob.phase:type_name -> ferry.v1.MigrationJobPhase
+	30, // 29: ferry.agent.v1.Heartbeat.time:type_name -> google.protobuf.Timestamp
+	28, // 30: ferry.agent.v1.Heartbeat.facts:type_name -> ferry.v1.HostFacts
+	29, // 31: ferry.agent.v1.JobProgress.phase:type_name -> ferry.v1.MigrationJobPhase
+	31, // 32: ferry.agent.v1.JobProgress.disks:type_name -> ferry.v1.DiskProgress
+	32, // 33: ferry.agent.v1.JobProgress.phase_timings:type_name -> ferry.v1.PhaseTiming
+	33, // 34: ferry.agent.v1.JobProgress.precopy_rounds:type_name -> ferry.v1.PrecopyRound
+	1,  // 35: ferry.agent.v1.JobResult.outcome:type_name -> ferry.agent.v1.JobOutcome
+	31, // 36: ferry.agent.v1.JobResult.disks:type_name -> ferry.v1.DiskProgress
+	32, // 37: ferry.agent.v1.JobResult.phase_timings:type_name -> ferry.v1.PhaseTiming
+	33, // 38: ferry.agent.v1.JobResult.precopy_rounds:type_name -> ferry.v1.PrecopyRound
+	34, // 39: ferry.agent.v1.JobResult.measured_downtime:type_name -> google.protobuf.Duration
+	25, // 40: ferry.agent.v1.Assignment.job:type_name -> ferry.v1.MigrationJob
+	35, // 41: ferry.agent.v1.Assignment.source:type_name -> ferry.v1.Source
+	36, // 42: ferry.agent.v1.Assignment.migration_server:type_name -> ferry.v1.MigrationServer
+	26, // 43: ferry.agent.v1.Assignment.primary_storage:type_name -> ferry.v1.PrimaryStorage
+	27, // 44: ferry.agent.v1.Assignment.l3_networks:type_name -> ferry.v1.L3Network
+	23, // 45: ferry.agent.v1.Assignment.secrets:type_name -> ferry.agent.v1.Assignment.SecretsEntry
+	34, // 46: ferry.agent.v1.Assignment.guest_shutdown_timeout:type_name -> google.protobuf.Duration
+	30, // 47: ferry.agent.v1.Cutover.cutover_time:type_name -> google.protobuf.Timestamp
+	35, // 48: ferry.agent.v1.InventoryRequest.source:type_name -> ferry.v1.Source
+	36, // 49: ferry.agent.v1.InventoryRequest.migration_server:type_name -> ferry.v1.MigrationServer
+	24, // 50: ferry.agent.v1.InventoryRequest.secrets:type_name -> ferry.agent.v1.InventoryRequest.SecretsEntry
+	37, // 51: ferry.agent.v1.InventoryResponse.vms:type_name -> ferry.v1.SourceVm
+	38, // 52: ferry.agent.v1.InventoryResponse.inventory:type_name -> ferry.v1.SourceInventory
+	2,  // 53: ferry.agent.v1.AgentService.Connect:input_type -> ferry.agent.v1.ConnectRequest
+	3,  // 54: ferry.agent.v1.AgentService.Connect:output_type -> ferry.agent.v1.ConnectResponse
+	54, // [54:55] is the sub-list for method output_type
+	53, // [53:54] is the sub-list for method input_type
+	53, // [53:53] is the sub-list for extension type_name
+	53, // [53:53] is the sub-list for extension extendee
+	0,  // [0:53] is the sub-list for field type_name
 }
 
 func init() { file_ferry_agent_v1_agent_proto_init() }
@@ -2309,6 +2431,7 @@ func file_ferry_agent_v1_agent_proto_init() {
 		(*ConnectResponse_BandwidthLimits)(nil),
 		(*ConnectResponse_TargetWork)(nil),
 		(*ConnectResponse_TargetAnswer)(nil),
+		(*ConnectResponse_Cutover)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
@@ -2316,7 +2439,7 @@ func file_ferry_agent_v1_agent_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_ferry_agent_v1_agent_proto_rawDesc), len(file_ferry_agent_v1_agent_proto_rawDesc)),
 			NumEnums:      2,
-			NumMessages:   22,
+			NumMessages:   23,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

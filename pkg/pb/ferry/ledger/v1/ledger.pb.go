@@ -10,6 +10,7 @@ import (
 	v1 "github.com/ferry-v2v/ferry/pkg/pb/ferry/v1"
 	protoreflect "google.golang.org/protobuf/reflect/protoreflect"
 	protoimpl "google.golang.org/protobuf/runtime/protoimpl"
+	durationpb "google.golang.org/protobuf/types/known/durationpb"
 	timestamppb "google.golang.org/protobuf/types/known/timestamppb"
 	reflect "reflect"
 	sync "sync"
@@ -74,6 +75,7 @@ type Command struct {
 	//	*Command_SetPendingCleanup
 	//	*Command_UpdateResource
 	//	*Command_RecordAuditEvent
+	//	*Command_SetMigrationJobCutover
 	Op            isCommand_Op `protobuf_oneof:"op"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -472,6 +474,15 @@ func (x *Command) GetRecordAuditEvent() *RecordAuditEvent {
 	return nil
 }
 
+func (x *Command) GetSetMigrationJobCutover() *SetMigrationJobCutover {
+	if x != nil {
+		if x, ok := x.Op.(*Command_SetMigrationJobCutover); ok {
+			return x.SetMigrationJobCutover
+		}
+	}
+	return nil
+}
+
 type isCommand_Op interface {
 	isCommand_Op()
 }
@@ -628,6 +639,10 @@ type Command_RecordAuditEvent struct {
 	RecordAuditEvent *RecordAuditEvent `protobuf:"bytes,47,opt,name=record_audit_event,json=recordAuditEvent,proto3,oneof"`
 }
 
+type Command_SetMigrationJobCutover struct {
+	SetMigrationJobCutover *SetMigrationJobCutover `protobuf:"bytes,48,opt,name=set_migration_job_cutover,json=setMigrationJobCutover,proto3,oneof"`
+}
+
 func (*Command_PutCluster) isCommand_Op() {}
 
 func (*Command_DeleteCluster) isCommand_Op() {}
@@ -703,6 +718,8 @@ func (*Command_SetPendingCleanup) isCommand_Op() {}
 func (*Command_UpdateResource) isCommand_Op() {}
 
 func (*Command_RecordAuditEvent) isCommand_Op() {}
+
+func (*Command_SetMigrationJobCutover) isCommand_Op() {}
 
 // Batch applies several commands as one log entry, in order.
 type Batch struct {
@@ -1740,7 +1757,9 @@ type CheckpointMigrationJob struct {
 	Phase v1.MigrationJobPhase   `protobuf:"varint,3,opt,name=phase,proto3,enum=ferry.v1.MigrationJobPhase" json:"phase,omitempty"`
 	Disks []*v1.DiskProgress     `protobuf:"bytes,4,rep,name=disks,proto3" json:"disks,omitempty"`
 	// The agent's phase timings; empty keeps the recorded ones.
-	PhaseTimings  []*v1.PhaseTiming `protobuf:"bytes,5,rep,name=phase_timings,json=phaseTimings,proto3" json:"phase_timings,omitempty"`
+	PhaseTimings []*v1.PhaseTiming `protobuf:"bytes,5,rep,name=phase_timings,json=phaseTimings,proto3" json:"phase_timings,omitempty"`
+	// A warm job's rounds; empty keeps the recorded ones.
+	PrecopyRounds []*v1.PrecopyRound `protobuf:"bytes,6,rep,name=precopy_rounds,json=precopyRounds,proto3" json:"precopy_rounds,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1810,6 +1829,13 @@ func (x *CheckpointMigrationJob) GetPhaseTimings() []*v1.PhaseTiming {
 	return nil
 }
 
+func (x *CheckpointMigrationJob) GetPrecopyRounds() []*v1.PrecopyRound {
+	if x != nil {
+		return x.PrecopyRounds
+	}
+	return nil
+}
+
 type FinishMigrationJob struct {
 	state    protoimpl.MessageState `protogen:"open.v1"`
 	Name     string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
@@ -1823,8 +1849,12 @@ type FinishMigrationJob struct {
 	// How the guest showed it booted (MigrationJob.boot_verified_by);
 	// recorded only on a SUCCEEDED job whose options ask verify_boot.
 	BootVerifiedBy string `protobuf:"bytes,8,opt,name=boot_verified_by,json=bootVerifiedBy,proto3" json:"boot_verified_by,omitempty"`
-	unknownFields  protoimpl.UnknownFields
-	sizeCache      protoimpl.SizeCache
+	// A warm job's rounds (empty keeps the recorded ones) and measured
+	// downtime.
+	PrecopyRounds    []*v1.PrecopyRound   `protobuf:"bytes,9,rep,name=precopy_rounds,json=precopyRounds,proto3" json:"precopy_rounds,omitempty"`
+	MeasuredDowntime *durationpb.Duration `protobuf:"bytes,10,opt,name=measured_downtime,json=measuredDowntime,proto3" json:"measured_downtime,omitempty"`
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
 }
 
 func (x *FinishMigrationJob) Reset() {
@@ -1913,6 +1943,74 @@ func (x *FinishMigrationJob) GetBootVerifiedBy() string {
 	return ""
 }
 
+func (x *FinishMigrationJob) GetPrecopyRounds() []*v1.PrecopyRound {
+	if x != nil {
+		return x.PrecopyRounds
+	}
+	return nil
+}
+
+func (x *FinishMigrationJob) GetMeasuredDowntime() *durationpb.Duration {
+	if x != nil {
+		return x.MeasuredDowntime
+	}
+	return nil
+}
+
+// SetMigrationJobCutover sets a warm job's options.cutover_time; the
+// leader stamps its own time when the request gave none (cut over now).
+type SetMigrationJobCutover struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	CutoverTime   *timestamppb.Timestamp `protobuf:"bytes,2,opt,name=cutover_time,json=cutoverTime,proto3" json:"cutover_time,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SetMigrationJobCutover) Reset() {
+	*x = SetMigrationJobCutover{}
+	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[22]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SetMigrationJobCutover) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SetMigrationJobCutover) ProtoMessage() {}
+
+func (x *SetMigrationJobCutover) ProtoReflect() protoreflect.Message {
+	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[22]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SetMigrationJobCutover.ProtoReflect.Descriptor instead.
+func (*SetMigrationJobCutover) Descriptor() ([]byte, []int) {
+	return file_ferry_ledger_v1_ledger_proto_rawDescGZIP(), []int{22}
+}
+
+func (x *SetMigrationJobCutover) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *SetMigrationJobCutover) GetCutoverTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.CutoverTime
+	}
+	return nil
+}
+
 type CancelMigrationJob struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
@@ -1923,7 +2021,7 @@ type CancelMigrationJob struct {
 
 func (x *CancelMigrationJob) Reset() {
 	*x = CancelMigrationJob{}
-	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[22]
+	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1935,7 +2033,7 @@ func (x *CancelMigrationJob) String() string {
 func (*CancelMigrationJob) ProtoMessage() {}
 
 func (x *CancelMigrationJob) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[22]
+	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1948,7 +2046,7 @@ func (x *CancelMigrationJob) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CancelMigrationJob.ProtoReflect.Descriptor instead.
 func (*CancelMigrationJob) Descriptor() ([]byte, []int) {
-	return file_ferry_ledger_v1_ledger_proto_rawDescGZIP(), []int{22}
+	return file_ferry_ledger_v1_ledger_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *CancelMigrationJob) GetName() string {
@@ -1979,7 +2077,7 @@ type RestartMigrationJob struct {
 
 func (x *RestartMigrationJob) Reset() {
 	*x = RestartMigrationJob{}
-	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[23]
+	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1991,7 +2089,7 @@ func (x *RestartMigrationJob) String() string {
 func (*RestartMigrationJob) ProtoMessage() {}
 
 func (x *RestartMigrationJob) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[23]
+	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2004,7 +2102,7 @@ func (x *RestartMigrationJob) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RestartMigrationJob.ProtoReflect.Descriptor instead.
 func (*RestartMigrationJob) Descriptor() ([]byte, []int) {
-	return file_ferry_ledger_v1_ledger_proto_rawDescGZIP(), []int{23}
+	return file_ferry_ledger_v1_ledger_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *RestartMigrationJob) GetName() string {
@@ -2038,7 +2136,7 @@ type SetJobWaitingReason struct {
 
 func (x *SetJobWaitingReason) Reset() {
 	*x = SetJobWaitingReason{}
-	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[24]
+	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2050,7 +2148,7 @@ func (x *SetJobWaitingReason) String() string {
 func (*SetJobWaitingReason) ProtoMessage() {}
 
 func (x *SetJobWaitingReason) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[24]
+	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2063,7 +2161,7 @@ func (x *SetJobWaitingReason) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetJobWaitingReason.ProtoReflect.Descriptor instead.
 func (*SetJobWaitingReason) Descriptor() ([]byte, []int) {
-	return file_ferry_ledger_v1_ledger_proto_rawDescGZIP(), []int{24}
+	return file_ferry_ledger_v1_ledger_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *SetJobWaitingReason) GetName() string {
@@ -2096,7 +2194,7 @@ type PutNetworkMappingGroup struct {
 
 func (x *PutNetworkMappingGroup) Reset() {
 	*x = PutNetworkMappingGroup{}
-	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[25]
+	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2108,7 +2206,7 @@ func (x *PutNetworkMappingGroup) String() string {
 func (*PutNetworkMappingGroup) ProtoMessage() {}
 
 func (x *PutNetworkMappingGroup) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[25]
+	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2121,7 +2219,7 @@ func (x *PutNetworkMappingGroup) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PutNetworkMappingGroup.ProtoReflect.Descriptor instead.
 func (*PutNetworkMappingGroup) Descriptor() ([]byte, []int) {
-	return file_ferry_ledger_v1_ledger_proto_rawDescGZIP(), []int{25}
+	return file_ferry_ledger_v1_ledger_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *PutNetworkMappingGroup) GetNetworkMappingGroup() *v1.NetworkMappingGroup {
@@ -2164,7 +2262,7 @@ type PutSettings struct {
 
 func (x *PutSettings) Reset() {
 	*x = PutSettings{}
-	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[26]
+	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2176,7 +2274,7 @@ func (x *PutSettings) String() string {
 func (*PutSettings) ProtoMessage() {}
 
 func (x *PutSettings) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[26]
+	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2189,7 +2287,7 @@ func (x *PutSettings) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PutSettings.ProtoReflect.Descriptor instead.
 func (*PutSettings) Descriptor() ([]byte, []int) {
-	return file_ferry_ledger_v1_ledger_proto_rawDescGZIP(), []int{26}
+	return file_ferry_ledger_v1_ledger_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *PutSettings) GetSettings() *v1.Settings {
@@ -2218,7 +2316,7 @@ type Node struct {
 
 func (x *Node) Reset() {
 	*x = Node{}
-	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[27]
+	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2230,7 +2328,7 @@ func (x *Node) String() string {
 func (*Node) ProtoMessage() {}
 
 func (x *Node) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[27]
+	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2243,7 +2341,7 @@ func (x *Node) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Node.ProtoReflect.Descriptor instead.
 func (*Node) Descriptor() ([]byte, []int) {
-	return file_ferry_ledger_v1_ledger_proto_rawDescGZIP(), []int{27}
+	return file_ferry_ledger_v1_ledger_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *Node) GetId() string {
@@ -2276,7 +2374,7 @@ type PutNode struct {
 
 func (x *PutNode) Reset() {
 	*x = PutNode{}
-	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[28]
+	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2288,7 +2386,7 @@ func (x *PutNode) String() string {
 func (*PutNode) ProtoMessage() {}
 
 func (x *PutNode) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[28]
+	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2301,7 +2399,7 @@ func (x *PutNode) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PutNode.ProtoReflect.Descriptor instead.
 func (*PutNode) Descriptor() ([]byte, []int) {
-	return file_ferry_ledger_v1_ledger_proto_rawDescGZIP(), []int{28}
+	return file_ferry_ledger_v1_ledger_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *PutNode) GetNode() *Node {
@@ -2326,7 +2424,7 @@ type RequestStamp struct {
 
 func (x *RequestStamp) Reset() {
 	*x = RequestStamp{}
-	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[29]
+	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2338,7 +2436,7 @@ func (x *RequestStamp) String() string {
 func (*RequestStamp) ProtoMessage() {}
 
 func (x *RequestStamp) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[29]
+	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2351,7 +2449,7 @@ func (x *RequestStamp) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RequestStamp.ProtoReflect.Descriptor instead.
 func (*RequestStamp) Descriptor() ([]byte, []int) {
-	return file_ferry_ledger_v1_ledger_proto_rawDescGZIP(), []int{29}
+	return file_ferry_ledger_v1_ledger_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *RequestStamp) GetRequestId() string {
@@ -2393,7 +2491,7 @@ type RequestRecord struct {
 
 func (x *RequestRecord) Reset() {
 	*x = RequestRecord{}
-	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[30]
+	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2405,7 +2503,7 @@ func (x *RequestRecord) String() string {
 func (*RequestRecord) ProtoMessage() {}
 
 func (x *RequestRecord) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[30]
+	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2418,7 +2516,7 @@ func (x *RequestRecord) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RequestRecord.ProtoReflect.Descriptor instead.
 func (*RequestRecord) Descriptor() ([]byte, []int) {
-	return file_ferry_ledger_v1_ledger_proto_rawDescGZIP(), []int{30}
+	return file_ferry_ledger_v1_ledger_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *RequestRecord) GetRequestId() string {
@@ -2484,7 +2582,7 @@ type Snapshot struct {
 
 func (x *Snapshot) Reset() {
 	*x = Snapshot{}
-	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[31]
+	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2496,7 +2594,7 @@ func (x *Snapshot) String() string {
 func (*Snapshot) ProtoMessage() {}
 
 func (x *Snapshot) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[31]
+	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2509,7 +2607,7 @@ func (x *Snapshot) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Snapshot.ProtoReflect.Descriptor instead.
 func (*Snapshot) Descriptor() ([]byte, []int) {
-	return file_ferry_ledger_v1_ledger_proto_rawDescGZIP(), []int{31}
+	return file_ferry_ledger_v1_ledger_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *Snapshot) GetClusters() []*v1.Cluster {
@@ -2662,7 +2760,7 @@ type CacheUsageHistory struct {
 
 func (x *CacheUsageHistory) Reset() {
 	*x = CacheUsageHistory{}
-	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[32]
+	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2674,7 +2772,7 @@ func (x *CacheUsageHistory) String() string {
 func (*CacheUsageHistory) ProtoMessage() {}
 
 func (x *CacheUsageHistory) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[32]
+	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2687,7 +2785,7 @@ func (x *CacheUsageHistory) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CacheUsageHistory.ProtoReflect.Descriptor instead.
 func (*CacheUsageHistory) Descriptor() ([]byte, []int) {
-	return file_ferry_ledger_v1_ledger_proto_rawDescGZIP(), []int{32}
+	return file_ferry_ledger_v1_ledger_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *CacheUsageHistory) GetName() string {
@@ -2722,7 +2820,7 @@ type UsageTier struct {
 
 func (x *UsageTier) Reset() {
 	*x = UsageTier{}
-	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[33]
+	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2734,7 +2832,7 @@ func (x *UsageTier) String() string {
 func (*UsageTier) ProtoMessage() {}
 
 func (x *UsageTier) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[33]
+	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2747,7 +2845,7 @@ func (x *UsageTier) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UsageTier.ProtoReflect.Descriptor instead.
 func (*UsageTier) Descriptor() ([]byte, []int) {
-	return file_ferry_ledger_v1_ledger_proto_rawDescGZIP(), []int{33}
+	return file_ferry_ledger_v1_ledger_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *UsageTier) GetResolutionSeconds() int64 {
@@ -2798,7 +2896,7 @@ type RecordAuditEvent struct {
 
 func (x *RecordAuditEvent) Reset() {
 	*x = RecordAuditEvent{}
-	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[34]
+	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2810,7 +2908,7 @@ func (x *RecordAuditEvent) String() string {
 func (*RecordAuditEvent) ProtoMessage() {}
 
 func (x *RecordAuditEvent) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[34]
+	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2823,7 +2921,7 @@ func (x *RecordAuditEvent) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RecordAuditEvent.ProtoReflect.Descriptor instead.
 func (*RecordAuditEvent) Descriptor() ([]byte, []int) {
-	return file_ferry_ledger_v1_ledger_proto_rawDescGZIP(), []int{34}
+	return file_ferry_ledger_v1_ledger_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *RecordAuditEvent) GetEvent() *v1.AuditEvent {
@@ -2852,7 +2950,7 @@ type AuditRetention struct {
 
 func (x *AuditRetention) Reset() {
 	*x = AuditRetention{}
-	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[35]
+	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2864,7 +2962,7 @@ func (x *AuditRetention) String() string {
 func (*AuditRetention) ProtoMessage() {}
 
 func (x *AuditRetention) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[35]
+	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2877,7 +2975,7 @@ func (x *AuditRetention) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AuditRetention.ProtoReflect.Descriptor instead.
 func (*AuditRetention) Descriptor() ([]byte, []int) {
-	return file_ferry_ledger_v1_ledger_proto_rawDescGZIP(), []int{35}
+	return file_ferry_ledger_v1_ledger_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *AuditRetention) GetMaxAgeSeconds() int64 {
@@ -2905,7 +3003,7 @@ type RevokeCertificate struct {
 
 func (x *RevokeCertificate) Reset() {
 	*x = RevokeCertificate{}
-	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[36]
+	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2917,7 +3015,7 @@ func (x *RevokeCertificate) String() string {
 func (*RevokeCertificate) ProtoMessage() {}
 
 func (x *RevokeCertificate) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[36]
+	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2930,7 +3028,7 @@ func (x *RevokeCertificate) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevokeCertificate.ProtoReflect.Descriptor instead.
 func (*RevokeCertificate) Descriptor() ([]byte, []int) {
-	return file_ferry_ledger_v1_ledger_proto_rawDescGZIP(), []int{36}
+	return file_ferry_ledger_v1_ledger_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *RevokeCertificate) GetCertificate() *v1.RevokedCertificate {
@@ -2953,7 +3051,7 @@ type ReleaseAddress struct {
 
 func (x *ReleaseAddress) Reset() {
 	*x = ReleaseAddress{}
-	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[37]
+	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2965,7 +3063,7 @@ func (x *ReleaseAddress) String() string {
 func (*ReleaseAddress) ProtoMessage() {}
 
 func (x *ReleaseAddress) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[37]
+	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2978,7 +3076,7 @@ func (x *ReleaseAddress) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReleaseAddress.ProtoReflect.Descriptor instead.
 func (*ReleaseAddress) Descriptor() ([]byte, []int) {
-	return file_ferry_ledger_v1_ledger_proto_rawDescGZIP(), []int{37}
+	return file_ferry_ledger_v1_ledger_proto_rawDescGZIP(), []int{38}
 }
 
 func (x *ReleaseAddress) GetNetwork() string {
@@ -3022,7 +3120,7 @@ type UpdateResource struct {
 
 func (x *UpdateResource) Reset() {
 	*x = UpdateResource{}
-	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[38]
+	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3034,7 +3132,7 @@ func (x *UpdateResource) String() string {
 func (*UpdateResource) ProtoMessage() {}
 
 func (x *UpdateResource) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[38]
+	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3047,7 +3145,7 @@ func (x *UpdateResource) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpdateResource.ProtoReflect.Descriptor instead.
 func (*UpdateResource) Descriptor() ([]byte, []int) {
-	return file_ferry_ledger_v1_ledger_proto_rawDescGZIP(), []int{38}
+	return file_ferry_ledger_v1_ledger_proto_rawDescGZIP(), []int{39}
 }
 
 func (x *UpdateResource) GetResource() isUpdateResource_Resource {
@@ -3186,7 +3284,7 @@ var File_ferry_ledger_v1_ledger_proto protoreflect.FileDescriptor
 
 const file_ferry_ledger_v1_ledger_proto_rawDesc = "" +
 	"\n" +
-	"\x1cferry/ledger/v1/ledger.proto\x12\x0fferry.ledger.v1\x1a\x14ferry/v1/audit.proto\x1a\x1aferry/v1/certificate.proto\x1a\x1fferry/v1/target_inventory.proto\x1a\x1cferry/v1/migration_job.proto\x1a\x1fferry/v1/migration_server.proto\x1a\x1eferry/v1/network_mapping.proto\x1a\x17ferry/v1/settings.proto\x1a\x15ferry/v1/source.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xb5\x19\n" +
+	"\x1cferry/ledger/v1/ledger.proto\x12\x0fferry.ledger.v1\x1a\x14ferry/v1/audit.proto\x1a\x1aferry/v1/certificate.proto\x1a\x1fferry/v1/target_inventory.proto\x1a\x1cferry/v1/migration_job.proto\x1a\x1fferry/v1/migration_server.proto\x1a\x1eferry/v1/network_mapping.proto\x1a\x17ferry/v1/settings.proto\x1a\x15ferry/v1/source.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x9b\x1a\n" +
 	"\aCommand\x12.\n" +
 	"\x04time\x18\x01 \x01(\v2\x1a.google.protobuf.TimestampR\x04time\x127\n" +
 	"\arequest\x18\x02 \x01(\v2\x1d.ferry.ledger.v1.RequestStampR\arequest\x12>\n" +
@@ -3231,7 +3329,8 @@ const file_ferry_ledger_v1_ledger_proto_rawDesc = "" +
 	"\x14set_host_maintenance\x18, \x01(\v2#.ferry.ledger.v1.SetHostMaintenanceH\x00R\x12setHostMaintenance\x12T\n" +
 	"\x13set_pending_cleanup\x18- \x01(\v2\".ferry.ledger.v1.SetPendingCleanupH\x00R\x11setPendingCleanup\x12J\n" +
 	"\x0fupdate_resource\x18. \x01(\v2\x1f.ferry.ledger.v1.UpdateResourceH\x00R\x0eupdateResource\x12Q\n" +
-	"\x12record_audit_event\x18/ \x01(\v2!.ferry.ledger.v1.RecordAuditEventH\x00R\x10recordAuditEventB\x04\n" +
+	"\x12record_audit_event\x18/ \x01(\v2!.ferry.ledger.v1.RecordAuditEventH\x00R\x10recordAuditEvent\x12d\n" +
+	"\x19set_migration_job_cutover\x180 \x01(\v2'.ferry.ledger.v1.SetMigrationJobCutoverH\x00R\x16setMigrationJobCutoverB\x04\n" +
 	"\x02op\"=\n" +
 	"\x05Batch\x124\n" +
 	"\bcommands\x18\x01 \x03(\v2\x18.ferry.ledger.v1.CommandR\bcommands\"$\n" +
@@ -3309,13 +3408,14 @@ const file_ferry_ledger_v1_ledger_proto_rawDesc = "" +
 	"\x11StartMigrationJob\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x12\n" +
 	"\x04host\x18\x02 \x01(\tR\x04host\x12\x14\n" +
-	"\x05epoch\x18\x03 \x01(\x03R\x05epoch\"\xdf\x01\n" +
+	"\x05epoch\x18\x03 \x01(\x03R\x05epoch\"\x9e\x02\n" +
 	"\x16CheckpointMigrationJob\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x14\n" +
 	"\x05epoch\x18\x02 \x01(\x03R\x05epoch\x121\n" +
 	"\x05phase\x18\x03 \x01(\x0e2\x1b.ferry.v1.MigrationJobPhaseR\x05phase\x12,\n" +
 	"\x05disks\x18\x04 \x03(\v2\x16.ferry.v1.DiskProgressR\x05disks\x12:\n" +
-	"\rphase_timings\x18\x05 \x03(\v2\x15.ferry.v1.PhaseTimingR\fphaseTimings\"\xb9\x02\n" +
+	"\rphase_timings\x18\x05 \x03(\v2\x15.ferry.v1.PhaseTimingR\fphaseTimings\x12=\n" +
+	"\x0eprecopy_rounds\x18\x06 \x03(\v2\x16.ferry.v1.PrecopyRoundR\rprecopyRounds\"\xc0\x03\n" +
 	"\x12FinishMigrationJob\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x14\n" +
 	"\x05epoch\x18\x02 \x01(\x03R\x05epoch\x121\n" +
@@ -3324,7 +3424,13 @@ const file_ferry_ledger_v1_ledger_proto_rawDesc = "" +
 	"\bwarnings\x18\x05 \x03(\tR\bwarnings\x12,\n" +
 	"\x05disks\x18\x06 \x03(\v2\x16.ferry.v1.DiskProgressR\x05disks\x12:\n" +
 	"\rphase_timings\x18\a \x03(\v2\x15.ferry.v1.PhaseTimingR\fphaseTimings\x12(\n" +
-	"\x10boot_verified_by\x18\b \x01(\tR\x0ebootVerifiedBy\"@\n" +
+	"\x10boot_verified_by\x18\b \x01(\tR\x0ebootVerifiedBy\x12=\n" +
+	"\x0eprecopy_rounds\x18\t \x03(\v2\x16.ferry.v1.PrecopyRoundR\rprecopyRounds\x12F\n" +
+	"\x11measured_downtime\x18\n" +
+	" \x01(\v2\x19.google.protobuf.DurationR\x10measuredDowntime\"k\n" +
+	"\x16SetMigrationJobCutover\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12=\n" +
+	"\fcutover_time\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\vcutoverTime\"@\n" +
 	"\x12CancelMigrationJob\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x16\n" +
 	"\x06reason\x18\x02 \x01(\tR\x06reason\"u\n" +
@@ -3437,7 +3543,7 @@ func file_ferry_ledger_v1_ledger_proto_rawDescGZIP() []byte {
 	return file_ferry_ledger_v1_ledger_proto_rawDescData
 }
 
-var file_ferry_ledger_v1_ledger_proto_msgTypes = make([]protoimpl.MessageInfo, 39)
+var file_ferry_ledger_v1_ledger_proto_msgTypes = make([]protoimpl.MessageInfo, 40)
 var file_ferry_ledger_v1_ledger_proto_goTypes = []any{
 	(*Command)(nil),                     // 0: ferry.ledger.v1.Command
 	(*Batch)(nil),                       // 1: ferry.ledger.v1.Batch
@@ -3461,46 +3567,49 @@ var file_ferry_ledger_v1_ledger_proto_goTypes = []any{
 	(*StartMigrationJob)(nil),           // 19: ferry.ledger.v1.StartMigrationJob
 	(*CheckpointMigrationJob)(nil),      // 20: ferry.ledger.v1.CheckpointMigrationJob
 	(*FinishMigrationJob)(nil),          // 21: ferry.ledger.v1.FinishMigrationJob
-	(*CancelMigrationJob)(nil),          // 22: ferry.ledger.v1.CancelMigrationJob
-	(*RestartMigrationJob)(nil),         // 23: ferry.ledger.v1.RestartMigrationJob
-	(*SetJobWaitingReason)(nil),         // 24: ferry.ledger.v1.SetJobWaitingReason
-	(*PutNetworkMappingGroup)(nil),      // 25: ferry.ledger.v1.PutNetworkMappingGroup
-	(*PutSettings)(nil),                 // 26: ferry.ledger.v1.PutSettings
-	(*Node)(nil),                        // 27: ferry.ledger.v1.Node
-	(*PutNode)(nil),                     // 28: ferry.ledger.v1.PutNode
-	(*RequestStamp)(nil),                // 29: ferry.ledger.v1.RequestStamp
-	(*RequestRecord)(nil),               // 30: ferry.ledger.v1.RequestRecord
-	(*Snapshot)(nil),                    // 31: ferry.ledger.v1.Snapshot
-	(*CacheUsageHistory)(nil),           // 32: ferry.ledger.v1.CacheUsageHistory
-	(*UsageTier)(nil),                   // 33: ferry.ledger.v1.UsageTier
-	(*RecordAuditEvent)(nil),            // 34: ferry.ledger.v1.RecordAuditEvent
-	(*AuditRetention)(nil),              // 35: ferry.ledger.v1.AuditRetention
-	(*RevokeCertificate)(nil),           // 36: ferry.ledger.v1.RevokeCertificate
-	(*ReleaseAddress)(nil),              // 37: ferry.ledger.v1.ReleaseAddress
-	(*UpdateResource)(nil),              // 38: ferry.ledger.v1.UpdateResource
-	(*timestamppb.Timestamp)(nil),       // 39: google.protobuf.Timestamp
-	(*v1.Cluster)(nil),                  // 40: ferry.v1.Cluster
-	(*v1.Host)(nil),                     // 41: ferry.v1.Host
-	(*v1.PendingCleanup)(nil),           // 42: ferry.v1.PendingCleanup
-	(*v1.PrimaryStorage)(nil),           // 43: ferry.v1.PrimaryStorage
-	(*v1.L3Network)(nil),                // 44: ferry.v1.L3Network
-	(*v1.MigrationServer)(nil),          // 45: ferry.v1.MigrationServer
-	(*v1.Credential)(nil),               // 46: ferry.v1.Credential
-	(*v1.Source)(nil),                   // 47: ferry.v1.Source
-	(*v1.SourceInventory)(nil),          // 48: ferry.v1.SourceInventory
-	(*v1.MigrationJob)(nil),             // 49: ferry.v1.MigrationJob
-	(v1.MigrationJobPhase)(0),           // 50: ferry.v1.MigrationJobPhase
-	(*v1.DiskProgress)(nil),             // 51: ferry.v1.DiskProgress
-	(*v1.PhaseTiming)(nil),              // 52: ferry.v1.PhaseTiming
-	(v1.MigrationJobState)(0),           // 53: ferry.v1.MigrationJobState
-	(*v1.NetworkMappingGroup)(nil),      // 54: ferry.v1.NetworkMappingGroup
-	(*v1.Settings)(nil),                 // 55: ferry.v1.Settings
-	(*v1.RevokedCertificate)(nil),       // 56: ferry.v1.RevokedCertificate
-	(*v1.AuditEvent)(nil),               // 57: ferry.v1.AuditEvent
+	(*SetMigrationJobCutover)(nil),      // 22: ferry.ledger.v1.SetMigrationJobCutover
+	(*CancelMigrationJob)(nil),          // 23: ferry.ledger.v1.CancelMigrationJob
+	(*RestartMigrationJob)(nil),         // 24: ferry.ledger.v1.RestartMigrationJob
+	(*SetJobWaitingReason)(nil),         // 25: ferry.ledger.v1.SetJobWaitingReason
+	(*PutNetworkMappingGroup)(nil),      // 26: ferry.ledger.v1.PutNetworkMappingGroup
+	(*PutSettings)(nil),                 // 27: ferry.ledger.v1.PutSettings
+	(*Node)(nil),                        // 28: ferry.ledger.v1.Node
+	(*PutNode)(nil),                     // 29: ferry.ledger.v1.PutNode
+	(*RequestStamp)(nil),                // 30: ferry.ledger.v1.RequestStamp
+	(*RequestRecord)(nil),               // 31: ferry.ledger.v1.RequestRecord
+	(*Snapshot)(nil),                    // 32: ferry.ledger.v1.Snapshot
+	(*CacheUsageHistory)(nil),           // 33: ferry.ledger.v1.CacheUsageHistory
+	(*UsageTier)(nil),                   // 34: ferry.ledger.v1.UsageTier
+	(*RecordAuditEvent)(nil),            // 35: ferry.ledger.v1.RecordAuditEvent
+	(*AuditRetention)(nil),              // 36: ferry.ledger.v1.AuditRetention
+	(*RevokeCertificate)(nil),           // 37: ferry.ledger.v1.RevokeCertificate
+	(*ReleaseAddress)(nil),              // 38: ferry.ledger.v1.ReleaseAddress
+	(*UpdateResource)(nil),              // 39: ferry.ledger.v1.UpdateResource
+	(*timestamppb.Timestamp)(nil),       // 40: google.protobuf.Timestamp
+	(*v1.Cluster)(nil),                  // 41: ferry.v1.Cluster
+	(*v1.Host)(nil),                     // 42: ferry.v1.Host
+	(*v1.PendingCleanup)(nil),           // 43: ferry.v1.PendingCleanup
+	(*v1.PrimaryStorage)(nil),           // 44: ferry.v1.PrimaryStorage
+	(*v1.L3Network)(nil),                // 45: ferry.v1.L3Network
+	(*v1.MigrationServer)(nil),          // 46: ferry.v1.MigrationServer
+	(*v1.Credential)(nil),               // 47: ferry.v1.Credential
+	(*v1.Source)(nil),                   // 48: ferry.v1.Source
+	(*v1.SourceInventory)(nil),          // 49: ferry.v1.SourceInventory
+	(*v1.MigrationJob)(nil),             // 50: ferry.v1.MigrationJob
+	(v1.MigrationJobPhase)(0),           // 51: ferry.v1.MigrationJobPhase
+	(*v1.DiskProgress)(nil),             // 52: ferry.v1.DiskProgress
+	(*v1.PhaseTiming)(nil),              // 53: ferry.v1.PhaseTiming
+	(*v1.PrecopyRound)(nil),             // 54: ferry.v1.PrecopyRound
+	(v1.MigrationJobState)(0),           // 55: ferry.v1.MigrationJobState
+	(*durationpb.Duration)(nil),         // 56: google.protobuf.Duration
+	(*v1.NetworkMappingGroup)(nil),      // 57: ferry.v1.NetworkMappingGroup
+	(*v1.Settings)(nil),                 // 58: ferry.v1.Settings
+	(*v1.RevokedCertificate)(nil),       // 59: ferry.v1.RevokedCertificate
+	(*v1.AuditEvent)(nil),               // 60: ferry.v1.AuditEvent
 }
 var file_ferry_ledger_v1_ledger_proto_depIdxs = []int32{
-	39, // 0: ferry.ledger.v1.Command.time:type_name -> google.protobuf.Timestamp
-	29, // 1: ferry.ledger.v1.Command.request:type_name -> ferry.ledger.v1.RequestStamp
+	40, // 0: ferry.ledger.v1.Command.time:type_name -> google.protobuf.Timestamp
+	30, // 1: ferry.ledger.v1.Command.request:type_name -> ferry.ledger.v1.RequestStamp
 	3,  // 2: ferry.ledger.v1.Command.put_cluster:type_name -> ferry.ledger.v1.PutCluster
 	2,  // 3: ferry.ledger.v1.Command.delete_cluster:type_name -> ferry.ledger.v1.DeleteResource
 	4,  // 4: ferry.ledger.v1.Command.put_host:type_name -> ferry.ledger.v1.PutHost
@@ -3522,78 +3631,83 @@ var file_ferry_ledger_v1_ledger_proto_depIdxs = []int32{
 	19, // 20: ferry.ledger.v1.Command.start_migration_job:type_name -> ferry.ledger.v1.StartMigrationJob
 	20, // 21: ferry.ledger.v1.Command.checkpoint_migration_job:type_name -> ferry.ledger.v1.CheckpointMigrationJob
 	21, // 22: ferry.ledger.v1.Command.finish_migration_job:type_name -> ferry.ledger.v1.FinishMigrationJob
-	22, // 23: ferry.ledger.v1.Command.cancel_migration_job:type_name -> ferry.ledger.v1.CancelMigrationJob
-	23, // 24: ferry.ledger.v1.Command.restart_migration_job:type_name -> ferry.ledger.v1.RestartMigrationJob
+	23, // 23: ferry.ledger.v1.Command.cancel_migration_job:type_name -> ferry.ledger.v1.CancelMigrationJob
+	24, // 24: ferry.ledger.v1.Command.restart_migration_job:type_name -> ferry.ledger.v1.RestartMigrationJob
 	2,  // 25: ferry.ledger.v1.Command.delete_migration_job:type_name -> ferry.ledger.v1.DeleteResource
-	24, // 26: ferry.ledger.v1.Command.set_job_waiting_reason:type_name -> ferry.ledger.v1.SetJobWaitingReason
-	26, // 27: ferry.ledger.v1.Command.put_settings:type_name -> ferry.ledger.v1.PutSettings
-	28, // 28: ferry.ledger.v1.Command.put_node:type_name -> ferry.ledger.v1.PutNode
+	25, // 26: ferry.ledger.v1.Command.set_job_waiting_reason:type_name -> ferry.ledger.v1.SetJobWaitingReason
+	27, // 27: ferry.ledger.v1.Command.put_settings:type_name -> ferry.ledger.v1.PutSettings
+	29, // 28: ferry.ledger.v1.Command.put_node:type_name -> ferry.ledger.v1.PutNode
 	2,  // 29: ferry.ledger.v1.Command.delete_node:type_name -> ferry.ledger.v1.DeleteResource
 	1,  // 30: ferry.ledger.v1.Command.batch:type_name -> ferry.ledger.v1.Batch
 	17, // 31: ferry.ledger.v1.Command.record_source_sync:type_name -> ferry.ledger.v1.RecordSourceSync
-	25, // 32: ferry.ledger.v1.Command.put_network_mapping_group:type_name -> ferry.ledger.v1.PutNetworkMappingGroup
+	26, // 32: ferry.ledger.v1.Command.put_network_mapping_group:type_name -> ferry.ledger.v1.PutNetworkMappingGroup
 	2,  // 33: ferry.ledger.v1.Command.delete_network_mapping_group:type_name -> ferry.ledger.v1.DeleteResource
-	37, // 34: ferry.ledger.v1.Command.release_address:type_name -> ferry.ledger.v1.ReleaseAddress
-	36, // 35: ferry.ledger.v1.Command.revoke_certificate:type_name -> ferry.ledger.v1.RevokeCertificate
+	38, // 34: ferry.ledger.v1.Command.release_address:type_name -> ferry.ledger.v1.ReleaseAddress
+	37, // 35: ferry.ledger.v1.Command.revoke_certificate:type_name -> ferry.ledger.v1.RevokeCertificate
 	6,  // 36: ferry.ledger.v1.Command.set_host_maintenance:type_name -> ferry.ledger.v1.SetHostMaintenance
 	7,  // 37: ferry.ledger.v1.Command.set_pending_cleanup:type_name -> ferry.ledger.v1.SetPendingCleanup
-	38, // 38: ferry.ledger.v1.Command.update_resource:type_name -> ferry.ledger.v1.UpdateResource
-	34, // 39: ferry.ledger.v1.Command.record_audit_event:type_name -> ferry.ledger.v1.RecordAuditEvent
-	0,  // 40: ferry.ledger.v1.Batch.commands:type_name -> ferry.ledger.v1.Command
-	40, // 41: ferry.ledger.v1.PutCluster.cluster:type_name -> ferry.v1.Cluster
-	41, // 42: ferry.ledger.v1.PutHost.host:type_name -> ferry.v1.Host
-	42, // 43: ferry.ledger.v1.SetPendingCleanup.cleanup:type_name -> ferry.v1.PendingCleanup
-	43, // 44: ferry.ledger.v1.PutPrimaryStorage.primary_storage:type_name -> ferry.v1.PrimaryStorage
-	44, // 45: ferry.ledger.v1.PutL3Network.l3_network:type_name -> ferry.v1.L3Network
-	45, // 46: ferry.ledger.v1.PutMigrationServer.migration_server:type_name -> ferry.v1.MigrationServer
-	46, // 47: ferry.ledger.v1.SealedCredential.credential:type_name -> ferry.v1.Credential
-	13, // 48: ferry.ledger.v1.PutCredential.credential:type_name -> ferry.ledger.v1.SealedCredential
-	47, // 49: ferry.ledger.v1.PutSource.source:type_name -> ferry.v1.Source
-	48, // 50: ferry.ledger.v1.RecordSourceSync.inventory:type_name -> ferry.v1.SourceInventory
-	49, // 51: ferry.ledger.v1.CreateMigrationJobs.jobs:type_name -> ferry.v1.MigrationJob
-	50, // 52: ferry.ledger.v1.CheckpointMigrationJob.phase:type_name -> ferry.v1.MigrationJobPhase
-	51, // 53: ferry.ledger.v1.CheckpointMigrationJob.disks:type_name -> ferry.v1.DiskProgress
-	52, // 54: ferry.ledger.v1.CheckpointMigrationJob.phase_timings:type_name -> ferry.v1.PhaseTiming
-	53, // 55: ferry.ledger.v1.FinishMigrationJob.state:type_name -> ferry.v1.MigrationJobState
-	51, // 56: ferry.ledger.v1.FinishMigrationJob.disks:type_name -> ferry.v1.DiskProgress
-	52, // 57: ferry.ledger.v1.FinishMigrationJob.phase_timings:type_name -> ferry.v1.PhaseTiming
-	54, // 58: ferry.ledger.v1.PutNetworkMappingGroup.network_mapping_group:type_name -> ferry.v1.NetworkMappingGroup
-	55, // 59: ferry.ledger.v1.PutSettings.settings:type_name -> ferry.v1.Settings
-	27, // 60: ferry.ledger.v1.PutNode.node:type_name -> ferry.ledger.v1.Node
-	39, // 61: ferry.ledger.v1.RequestRecord.time:type_name -> google.protobuf.Timestamp
-	40, // 62: ferry.ledger.v1.Snapshot.clusters:type_name -> ferry.v1.Cluster
-	41, // 63: ferry.ledger.v1.Snapshot.hosts:type_name -> ferry.v1.Host
-	43, // 64: ferry.ledger.v1.Snapshot.primary_storages:type_name -> ferry.v1.PrimaryStorage
-	44, // 65: ferry.ledger.v1.Snapshot.l3_networks:type_name -> ferry.v1.L3Network
-	45, // 66: ferry.ledger.v1.Snapshot.migration_servers:type_name -> ferry.v1.MigrationServer
-	13, // 67: ferry.ledger.v1.Snapshot.credentials:type_name -> ferry.ledger.v1.SealedCredential
-	47, // 68: ferry.ledger.v1.Snapshot.sources:type_name -> ferry.v1.Source
-	49, // 69: ferry.ledger.v1.Snapshot.jobs:type_name -> ferry.v1.MigrationJob
-	55, // 70: ferry.ledger.v1.Snapshot.settings:type_name -> ferry.v1.Settings
-	27, // 71: ferry.ledger.v1.Snapshot.nodes:type_name -> ferry.ledger.v1.Node
-	30, // 72: ferry.ledger.v1.Snapshot.requests:type_name -> ferry.ledger.v1.RequestRecord
-	48, // 73: ferry.ledger.v1.Snapshot.source_inventories:type_name -> ferry.v1.SourceInventory
-	54, // 74: ferry.ledger.v1.Snapshot.network_mapping_groups:type_name -> ferry.v1.NetworkMappingGroup
-	56, // 75: ferry.ledger.v1.Snapshot.revoked_certificates:type_name -> ferry.v1.RevokedCertificate
-	57, // 76: ferry.ledger.v1.Snapshot.audit_events:type_name -> ferry.v1.AuditEvent
-	35, // 77: ferry.ledger.v1.Snapshot.audit_retention:type_name -> ferry.ledger.v1.AuditRetention
-	32, // 78: ferry.ledger.v1.Snapshot.cache_usage:type_name -> ferry.ledger.v1.CacheUsageHistory
-	33, // 79: ferry.ledger.v1.CacheUsageHistory.tiers:type_name -> ferry.ledger.v1.UsageTier
-	57, // 80: ferry.ledger.v1.RecordAuditEvent.event:type_name -> ferry.v1.AuditEvent
-	35, // 81: ferry.ledger.v1.RecordAuditEvent.retention:type_name -> ferry.ledger.v1.AuditRetention
-	56, // 82: ferry.ledger.v1.RevokeCertificate.certificate:type_name -> ferry.v1.RevokedCertificate
-	45, // 83: ferry.ledger.v1.UpdateResource.migration_server:type_name -> ferry.v1.MigrationServer
-	47, // 84: ferry.ledger.v1.UpdateResource.source:type_name -> ferry.v1.Source
-	13, // 85: ferry.ledger.v1.UpdateResource.credential:type_name -> ferry.ledger.v1.SealedCredential
-	40, // 86: ferry.ledger.v1.UpdateResource.cluster:type_name -> ferry.v1.Cluster
-	43, // 87: ferry.ledger.v1.UpdateResource.primary_storage:type_name -> ferry.v1.PrimaryStorage
-	44, // 88: ferry.ledger.v1.UpdateResource.l3_network:type_name -> ferry.v1.L3Network
-	49, // 89: ferry.ledger.v1.UpdateResource.migration_job:type_name -> ferry.v1.MigrationJob
-	90, // [90:90] is the sub-list for method output_type
-	90, // [90:90] is the sub-list for method input_type
-	90, // [90:90] is the sub-list for extension type_name
-	90, // [90:90] is the sub-list for extension extendee
-	0,  // [0:90] is the sub-list for field type_name
+	39, // 38: ferry.ledger.v1.Command.update_resource:type_name -> ferry.ledger.v1.UpdateResource
+	35, // 39: ferry.ledger.v1.Command.record_audit_event:type_name -> ferry.ledger.v1.RecordAuditEvent
+	22, // 40: ferry.ledger.v1.Command.set_migration_job_cutover:type_name -> ferry.ledger.v1.SetMigrationJobCutover
+	0,  // 41: ferry.ledger.v1.Batch.commands:type_name -> ferry.ledger.v1.Command
+	41, // 42: ferry.ledger.v1.PutCluster.cluster:type_name -> ferry.v1.Cluster
+	42, // 43: ferry.ledger.v1.PutHost.host:type_name -> ferry.v1.Host
+	43, // 44: ferry.ledger.v1.SetPendingCleanup.cleanup:type_name -> ferry.v1.PendingCleanup
+	44, // 45: ferry.ledger.v1.PutPrimaryStorage.primary_storage:type_name -> ferry.v1.PrimaryStorage
+	45, // 46: ferry.ledger.v1.PutL3Network.l3_network:type_name -> ferry.v1.L3Network
+	46, // 47: ferry.ledger.v1.PutMigrationServer.migration_server:type_name -> ferry.v1.MigrationServer
+	47, // 48: ferry.ledger.v1.SealedCredential.credential:type_name -> ferry.v1.Credential
+	13, // 49: ferry.ledger.v1.PutCredential.credential:type_name -> ferry.ledger.v1.SealedCredential
+	48, // 50: ferry.ledger.v1.PutSource.source:type_name -> ferry.v1.Source
+	49, // 51: ferry.ledger.v1.RecordSourceSync.inventory:type_name -> ferry.v1.SourceInventory
+	50, // 52: ferry.ledger.v1.CreateMigrationJobs.jobs:type_name -> ferry.v1.MigrationJob
+	51, // 53: ferry.ledger.v1.CheckpointMigrationJob.phase:type_name -> ferry.v1.MigrationJobPhase
+	52, // 54: ferry.ledger.v1.CheckpointMigrationJob.disks:type_name -> ferry.v1.DiskProgress
+	53, // 55: ferry.ledger.v1.CheckpointMigrationJob.phase_timings:type_name -> ferry.v1.PhaseTiming
+	54, // 56: ferry.ledger.v1.CheckpointMigrationJob.precopy_rounds:type_name -> ferry.v1.PrecopyRound
+	55, // 57: ferry.ledger.v1.FinishMigrationJob.state:type_name -> ferry.v1.MigrationJobState
+	52, // 58: ferry.ledger.v1.FinishMigrationJob.disks:type_name -> ferry.v1.DiskProgress
+	53, // 59: ferry.ledger.v1.FinishMigrationJob.phase_timings:type_name -> ferry.v1.PhaseTiming
+	54, // 60: ferry.ledger.v1.FinishMigrationJob.precopy_rounds:type_name -> ferry.v1.PrecopyRound
+	56, // 61: ferry.ledger.v1.FinishMigrationJob.measured_downtime:type_name -> google.protobuf.Duration
+	40, // 62: ferry.ledger.v1.SetMigrationJobCutover.cutover_time:type_name -> google.protobuf.Timestamp
+	57, // 63: ferry.ledger.v1.PutNetworkMappingGroup.network_mapping_group:type_name -> ferry.v1.NetworkMappingGroup
+	58, // 64: ferry.ledger.v1.PutSettings.settings:type_name -> ferry.v1.Settings
+	28, // 65: ferry.ledger.v1.PutNode.node:type_name -> ferry.ledger.v1.Node
+	40, // 66: ferry.ledger.v1.RequestRecord.time:type_name -> google.protobuf.Timestamp
+	41, // 67: ferry.ledger.v1.Snapshot.clusters:type_name -> ferry.v1.Cluster
+	42, // 68: ferry.ledger.v1.Snapshot.hosts:type_name -> ferry.v1.Host
+	44, // 69: ferry.ledger.v1.Snapshot.primary_storages:type_name -> ferry.v1.PrimaryStorage
+	45, // 70: ferry.ledger.v1.Snapshot.l3_networks:type_name -> ferry.v1.L3Network
+	46, // 71: ferry.ledger.v1.Snapshot.migration_servers:type_name -> ferry.v1.MigrationServer
+	13, // 72: ferry.ledger.v1.Snapshot.credentials:type_name -> ferry.ledger.v1.SealedCredential
+	48, // 73: ferry.ledger.v1.Snapshot.sources:type_name -> ferry.v1.Source
+	50, // 74: ferry.ledger.v1.Snapshot.jobs:type_name -> ferry.v1.MigrationJob
+	58, // 75: ferry.ledger.v1.Snapshot.settings:type_name -> ferry.v1.Settings
+	28, // 76: ferry.ledger.v1.Snapshot.nodes:type_name -> ferry.ledger.v1.Node
+	31, // 77: ferry.ledger.v1.Snapshot.requests:type_name -> ferry.ledger.v1.RequestRecord
+	49, // 78: ferry.ledger.v1.Snapshot.source_inventories:type_name -> ferry.v1.SourceInventory
+	57, // 79: ferry.ledger.v1.Snapshot.network_mapping_groups:type_name -> ferry.v1.NetworkMappingGroup
+	59, // 80: ferry.ledger.v1.Snapshot.revoked_certificates:type_name -> ferry.v1.RevokedCertificate
+	60, // 81: ferry.ledger.v1.Snapshot.audit_events:type_name -> ferry.v1.AuditEvent
+	36, // 82: ferry.ledger.v1.Snapshot.audit_retention:type_name -> ferry.ledger.v1.AuditRetention
+	33, // 83: ferry.ledger.v1.Snapshot.cache_usage:type_name -> ferry.ledger.v1.CacheUsageHistory
+	34, // 84: ferry.ledger.v1.CacheUsageHistory.tiers:type_name -> ferry.ledger.v1.UsageTier
+	60, // 85: ferry.ledger.v1.RecordAuditEvent.event:type_name -> ferry.v1.AuditEvent
+	36, // 86: ferry.ledger.v1.RecordAuditEvent.retention:type_name -> ferry.ledger.v1.AuditRetention
+	59, // 87: ferry.ledger.v1.RevokeCertificate.certificate:type_name -> ferry.v1.RevokedCertificate
+	46, // 88: ferry.ledger.v1.UpdateResource.migration_server:type_name -> ferry.v1.MigrationServer
+	48, // 89: ferry.ledger.v1.UpdateResource.source:type_name -> ferry.v1.Source
+	13, // 90: ferry.ledger.v1.UpdateResource.credential:type_name -> ferry.ledger.v1.SealedCredential
+	41, // 91: ferry.ledger.v1.UpdateResource.cluster:type_name -> ferry.v1.Cluster
+	44, // 92: ferry.ledger.v1.UpdateResource.primary_storage:type_name -> ferry.v1.PrimaryStorage
+	45, // 93: ferry.ledger.v1.UpdateResource.l3_network:type_name -> ferry.v1.L3Network
+	50, // 94: ferry.ledger.v1.UpdateResource.migration_job:type_name -> ferry.v1.MigrationJob
+	95, // [95:95] is the sub-list for method output_type
+	95, // [95:95] is the sub-list for method input_type
+	95, // [95:95] is the sub-list for extension type_name
+	95, // [95:95] is the sub-list for extension extendee
+	0,  // [0:95] is the sub-list for field type_name
 }
 
 func init() { file_ferry_ledger_v1_ledger_proto_init() }
@@ -3640,9 +3754,10 @@ func file_ferry_ledger_v1_ledger_proto_init() {
 		(*Command_SetPendingCleanup)(nil),
 		(*Command_UpdateResource)(nil),
 		(*Command_RecordAuditEvent)(nil),
+		(*Command_SetMigrationJobCutover)(nil),
 	}
 	file_ferry_ledger_v1_ledger_proto_msgTypes[12].OneofWrappers = []any{}
-	file_ferry_ledger_v1_ledger_proto_msgTypes[38].OneofWrappers = []any{
+	file_ferry_ledger_v1_ledger_proto_msgTypes[39].OneofWrappers = []any{
 		(*UpdateResource_MigrationServer)(nil),
 		(*UpdateResource_Source)(nil),
 		(*UpdateResource_Credential)(nil),
@@ -3657,7 +3772,7 @@ func file_ferry_ledger_v1_ledger_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_ferry_ledger_v1_ledger_proto_rawDesc), len(file_ferry_ledger_v1_ledger_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   39,
+			NumMessages:   40,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

@@ -1,0 +1,169 @@
+package target
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"time"
+
+	"golang.org/x/sync/errgroup"
+
+	"github.com/ferry-v2v/ferry/agent/internal/cache"
+	"github.com/ferry-v2v/ferry/agent/internal/pipeline"
+	"github.com/ferry-v2v/ferry/agent/internal/runner"
+	"github.com/ferry-v2v/ferry/pkg/nbd"
+)
+
+var _ runner.DeltaApplier = (*Driver)(nil)
+
+// ErrWarmRemote: this build carries warm rounds onto volumes of the
+// migration server's own host only.
+var ErrWarmRemote = errors.New("warm rounds onto another host's volumes are not supported yet; place the VM on the migration server's host")
+
+// deltaPiece is the most one delta write moves; deltaInFlight how many
+// run at once.
+const (
+	deltaPiece    = 1 << 20
+	deltaInFlight = 8
+)
+
+// ApplyDelta writes the extents a precopy round rewrote in the cache
+// images onto the job's volumes (made by the first round's upload), under
+// the upstream limit; with verify it reads each back from the volume and
+// compares it with the cache. A round with no extents opens nothing. It
+// returns the bytes written.
+func (d *Driver) ApplyDelta(ctx context.Context, job *runner.Job, disks []runner.DiskDelta, verify bool) (int64, error) {
+	var todo []runner.DiskDelta
+	for _, dd := range disks {
+		if len(dd.Extents) > 0 {
+			todo = append(todo, dd)
+		}
+	}
+	if len(todo) == 0 {
+		return 0, nil
+	}
+	if d.uploadHostOf(job) != "" {
+		return 0, ErrWarmRemote
+	}
+	vols, err := volumes(job)
+	if err != nil {
+		return 0, err
+	}
+	up := NewUploader(UploadDeps{Commander: d.opts.Commander, Log: job.Log, Fence: job.Fence})
+	var total int64
+	for _, dd := range todo {
+		i := diskIndex(job, dd.Disk)
+		if i < 0 {
+			return total, fmt.Errorf("the job has no disk %s", dd.Disk)
+		}
+		n, err := applyDisk(ctx, job, up, dd, vols[i], verify)
+		total += n
+		if err != nil {
+			return total, fmt.Errorf("disk %s: %w", dd.Disk, err)
+		}
+	}
+	return total, nil
+}
+
+func diskIndex(job *runner.Job, disk string) int {
+	for i, d := range job.Assignment.GetJob().GetTarget().GetDisks() {
+		if d.GetSourceDisk() == disk {
+			return i
+		}
+	}
+	return -1
+}
+
+// applyDisk copies one disk's delta from its cache image onto its volume.
+func applyDisk(ctx context.Context, job *runner.Job, up *Uploader, dd runner.DiskDelta, vol Volume, verify bool) (int64, error) {
+	start := time.Now()
+	exp, err := cache.OpenExport(ctx, job.CacheDir, dd.Disk, job.Log)
+	if err != nil {
+		return 0, err
+	}
+	defer exp.Close()
+	if err := up.fence(ctx, "write a precopy round onto volume "+vol.Path); err != nil {
+		return 0, err
+	}
+	dir, err := os.MkdirTemp(up.tempDir, "ferry-delta-")
+	if err != nil {
+		return 0, err
+	}
+	defer os.RemoveAll(dir)
+	srv, err := up.serve(ctx, vol, filepath.Join(dir, "nbd.sock"), false)
+	if err != nil {
+		return 0, err
+	}
+	defer srv.Stop()
+	dst, err := nbd.Dial(ctx, "unix", srv.Socket(), nbd.Options{Logger: job.Log})
+	if err != nil {
+		return 0, fmt.Errorf("open volume %s: %w", vol.Path, err)
+	}
+	defer dst.Close()
+	src := exp.Client()
+	g, gctx := errgroup.WithContext(ctx)
+	g.SetLimit(deltaInFlight)
+	var written int64
+	for _, e := range dd.Extents {
+		for off := e.Offset; off < e.Offset+e.Length; off += deltaPiece {
+			n := min(int64(deltaPiece), e.Offset+e.Length-off)
+			written += n
+			g.Go(func() error {
+				return applyPiece(gctx, job, src, dst, pipeline.Extent{Offset: off, Length: n, Zero: e.Zero}, verify)
+			})
+		}
+	}
+	if err := g.Wait(); err != nil {
+		return 0, err
+	}
+	if err := dst.Flush(ctx); err != nil {
+		return 0, fmt.Errorf("flush volume %s: %w", vol.Path, err)
+	}
+	if err := dst.Disconnect(ctx); err != nil {
+		return 0, err
+	}
+	if err := srv.Stop(); err != nil {
+		return 0, err
+	}
+	job.Log.Info("precopy round written onto the volume", "disk", dd.Disk, "volume", vol.Path, "bytes", written,
+		"extents", len(dd.Extents), "verified", verify, "seconds", time.Since(start).Seconds())
+	return written, nil
+}
+
+// applyPiece writes one piece of a delta onto the volume and, with
+// verify, reads it back.
+func applyPiece(ctx context.Context, job *runner.Job, src, dst *nbd.Client, e pipeline.Extent, verify bool) error {
+	if err := job.Upstream.WaitN(ctx, int(e.Length)); err != nil {
+		return err
+	}
+	want := make([]byte, e.Length)
+	if e.Zero {
+		if err := dst.WriteZeroes(ctx, e.Offset, e.Length, 0); err != nil {
+			return fmt.Errorf("zero %d bytes at %d: %w", e.Length, e.Offset, err)
+		}
+	} else {
+		if err := src.ReadAt(ctx, want, e.Offset); err != nil {
+			return fmt.Errorf("read the cache at %d: %w", e.Offset, err)
+		}
+		if err := dst.WriteAt(ctx, want, e.Offset, false); err != nil {
+			return fmt.Errorf("write %d bytes at %d: %w", e.Length, e.Offset, err)
+		}
+	}
+	if !verify {
+		return nil
+	}
+	if err := dst.Flush(ctx); err != nil {
+		return err
+	}
+	got := make([]byte, e.Length)
+	if err := dst.ReadAt(ctx, got, e.Offset); err != nil {
+		return fmt.Errorf("read back %d bytes at %d: %w", e.Length, e.Offset, err)
+	}
+	if !bytes.Equal(got, want) {
+		return fmt.Errorf("%w: the volume differs from the cache in the %d bytes at %d", pipeline.ErrMismatch, e.Length, e.Offset)
+	}
+	return nil
+}
