@@ -205,8 +205,10 @@ func (w *world) sourceVM(source, name string) *ferryv1.SourceVm {
 // spec turns a source VM into a job: every disk kept, every NIC on the
 // test network, the target named after the source.
 func (w *world) spec(vm *ferryv1.SourceVm, opts *ferryv1.MigrationOptions) *ferryv1.MigrationJobSpec {
+	// The world's id in the name: the simulator's VMs have the same names
+	// in every test, and the tests define their targets side by side.
 	tgt := &ferryv1.TargetVm{
-		VmName: vm.GetName() + "-migrated", Cluster: w.cluster, PrimaryStorage: w.storage,
+		VmName: vm.GetName() + "-migrated-" + w.id, Cluster: w.cluster, PrimaryStorage: w.storage,
 		Cpus: vm.GetCpus(), MemoryBytes: vm.GetMemoryBytes(), CdromCount: vm.GetCdromCount(), Firmware: vm.GetFirmware(),
 	}
 	for i, d := range vm.GetDisks() {

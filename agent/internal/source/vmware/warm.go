@@ -12,14 +12,23 @@ import (
 	"github.com/ferry-v2v/ferry/agent/internal/runner"
 )
 
-// The driver's side of a warm job, shaped for the runner's Warmer
-// contract (a round from the previous round's token, stopping the source
-// for the cutover, ending the rounds whatever the outcome):
-//
-//	func (d *Driver) Round(ctx context.Context, job *runner.Job, prev string) (runner.RoundResult, error)
-//
-// is WarmRound with the job's consent option, its DiskRounds mapped one
-// for one onto runner.DiskDelta (Disk, Extents, ChangedBytes, ReadBytes).
+// Round is the runner's Warmer round (runner.Warmer): WarmRound with the
+// job's consent to turn changed-block tracking on (options.enable_cbt),
+// its DiskRounds mapped one for one onto runner.DiskDelta.
+func (d *Driver) Round(ctx context.Context, job *runner.Job, prev string) (runner.RoundResult, error) {
+	r, err := d.WarmRound(ctx, job, prev, job.Assignment.GetJob().GetOptions().GetEnableCbt())
+	if err != nil {
+		return runner.RoundResult{}, err
+	}
+	out := runner.RoundResult{Token: r.Token}
+	for _, dr := range r.Disks {
+		out.Disks = append(out.Disks, runner.DiskDelta{Disk: dr.Disk, Extents: dr.Extents,
+			ChangedBytes: dr.ChangedBytes, ReadBytes: dr.ReadBytes})
+	}
+	return out, nil
+}
+
+var _ runner.Warmer = (*Driver)(nil)
 
 // stoppedVMs records the jobs whose source VM StopSource powered off, so
 // that EndWarm powers it on again when the cutover failed.

@@ -1285,7 +1285,12 @@ type MigrationOptions struct {
 	PrecopyInterval *durationpb.Duration `protobuf:"bytes,7,opt,name=precopy_interval,json=precopyInterval,proto3" json:"precopy_interval,omitempty"`
 	// When a warm job cuts over; unset waits for CutoverMigrationJob,
 	// which also sets it later.
-	CutoverTime   *timestamppb.Timestamp `protobuf:"bytes,8,opt,name=cutover_time,json=cutoverTime,proto3" json:"cutover_time,omitempty"`
+	CutoverTime *timestamppb.Timestamp `protobuf:"bytes,8,opt,name=cutover_time,json=cutoverTime,proto3" json:"cutover_time,omitempty"`
+	// A warm job from a VMware source whose VM has changed-block tracking
+	// off may turn it on (a reconfiguration of the VM, effective at the
+	// first round's snapshot); without it such a job fails naming this
+	// option. Tracking stays on after the job.
+	EnableCbt     bool `protobuf:"varint,9,opt,name=enable_cbt,json=enableCbt,proto3" json:"enable_cbt,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1374,6 +1379,13 @@ func (x *MigrationOptions) GetCutoverTime() *timestamppb.Timestamp {
 		return x.CutoverTime
 	}
 	return nil
+}
+
+func (x *MigrationOptions) GetEnableCbt() bool {
+	if x != nil {
+		return x.EnableCbt
+	}
+	return false
 }
 
 // PrecopyRound is one round of a warm job.
@@ -3022,7 +3034,7 @@ const file_ferry_v1_migration_job_proto_rawDesc = "" +
 	"l3_network\x18\x02 \x01(\tR\tl3Network\x12\x10\n" +
 	"\x03mac\x18\x03 \x01(\tR\x03mac\x12\x0e\n" +
 	"\x02ip\x18\x04 \x01(\tR\x02ip\x12\x14\n" +
-	"\x05model\x18\x05 \x01(\tR\x05model\"\xae\x03\n" +
+	"\x05model\x18\x05 \x01(\tR\x05model\"\xcd\x03\n" +
 	"\x10MigrationOptions\x127\n" +
 	"\vcompression\x18\x01 \x01(\x0e2\x15.ferry.v1.CompressionR\vcompression\x12&\n" +
 	"\x0fpause_source_vm\x18\x02 \x01(\bR\rpauseSourceVm\x12\"\n" +
@@ -3033,7 +3045,9 @@ const file_ferry_v1_migration_job_proto_rawDesc = "" +
 	"verifyBoot\x12+\n" +
 	"\x04mode\x18\x06 \x01(\x0e2\x17.ferry.v1.MigrationModeR\x04mode\x12D\n" +
 	"\x10precopy_interval\x18\a \x01(\v2\x19.google.protobuf.DurationR\x0fprecopyInterval\x12=\n" +
-	"\fcutover_time\x18\b \x01(\v2\x1a.google.protobuf.TimestampR\vcutoverTimeB\r\n" +
+	"\fcutover_time\x18\b \x01(\v2\x1a.google.protobuf.TimestampR\vcutoverTime\x12\x1d\n" +
+	"\n" +
+	"enable_cbt\x18\t \x01(\bR\tenableCbtB\r\n" +
 	"\v_auto_start\"\x9a\x03\n" +
 	"\fPrecopyRound\x12\x16\n" +
 	"\x06number\x18\x01 \x01(\x05R\x06number\x129\n" +
