@@ -248,7 +248,10 @@ func (f *ferry) startAgentWith(host, cachePath string, ns *testenv.NetNS, extra 
 	}
 	p := startArgv(f.t, "ferry-agent", argv)
 	f.agents[host] = p
-	testkit.WaitFor(f.t, 30*time.Second, "host "+host+" connected", func() bool {
+	// Generous: on a loaded machine, with the other tests running beside
+	// this one, an agent of a host with its own libvirtd once took longer
+	// than 30 s to start and connect.
+	testkit.WaitFor(f.t, 90*time.Second, "host "+host+" connected", func() bool {
 		h, err := f.client.TargetInventory().GetHost(ctx(f.t, 2*time.Second), &ferryv1.GetHostRequest{Name: "hosts/" + host})
 		return err == nil && h.GetConnected()
 	})

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strings"
 
 	"github.com/hashicorp/raft"
 )
@@ -104,5 +105,9 @@ func (n *Node) Members() ([]Member, error) {
 			Leader:      leaderID != "" && string(s.ID) == leaderID,
 		})
 	}
+	// By ID: Raft keeps the order members joined in, which a cluster
+	// rebuilt or joined concurrently does not repeat; operators and
+	// scripts compare lists.
+	slices.SortFunc(members, func(a, b Member) int { return strings.Compare(a.ID, b.ID) })
 	return members, nil
 }
