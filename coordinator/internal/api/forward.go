@@ -35,7 +35,7 @@ const ferryPrefix = "/ferry.v1."
 
 // writeVerbs are the method-name prefixes of the calls that change the
 // ledger and so must run on the leader.
-var writeVerbs = []string{"Create", "Delete", "Update", "Enable", "Disable", "Set", "Cancel", "Restart", "Add", "Remove", "Revoke", "Release"}
+var writeVerbs = []string{"Create", "Delete", "Update", "Enable", "Disable", "Set", "Cancel", "Restart", "Add", "Remove", "Revoke", "Release", "Cutover"}
 
 // leaderOnly are reads that only the leader can answer: it holds the
 // agent sessions they go through, and the agents' live facts a preview
