@@ -270,7 +270,9 @@ type Source struct {
 	// Output only, and the precondition of an update (AIP-154): a checksum
 	// of the stored resource. An Update carrying an etag that no longer
 	// matches is ABORTED naming etag; an empty etag updates unconditionally.
-	Etag          string `protobuf:"bytes,12,opt,name=etag,proto3" json:"etag,omitempty"`
+	Etag string `protobuf:"bytes,12,opt,name=etag,proto3" json:"etag,omitempty"`
+	// Set when type is PLATFORM_BUNDLE.
+	Bundle        *BundleLocation `protobuf:"bytes,13,opt,name=bundle,proto3" json:"bundle,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -389,6 +391,73 @@ func (x *Source) GetEtag() string {
 	return ""
 }
 
+func (x *Source) GetBundle() *BundleLocation {
+	if x != nil {
+		return x.Bundle
+	}
+	return nil
+}
+
+// BundleLocation is where a bundle source's bundles are: an absolute
+// directory on the migration server that reads them (jobs and syncs name
+// the server), one subdirectory per bundle, each holding a
+// ferry-bundle.json. A bundle whose signature or checksums do not match
+// is refused, naming the file.
+type BundleLocation struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Path  string                 `protobuf:"bytes,1,opt,name=path,proto3" json:"path,omitempty"`
+	// Optional base64 Ed25519 public key the bundles must be signed with
+	// (the exporting cluster's, GetBundleSigningKey there); empty accepts
+	// the key each bundle carries, which proves integrity only.
+	PublicKey     string `protobuf:"bytes,2,opt,name=public_key,json=publicKey,proto3" json:"public_key,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *BundleLocation) Reset() {
+	*x = BundleLocation{}
+	mi := &file_ferry_v1_source_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *BundleLocation) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*BundleLocation) ProtoMessage() {}
+
+func (x *BundleLocation) ProtoReflect() protoreflect.Message {
+	mi := &file_ferry_v1_source_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use BundleLocation.ProtoReflect.Descriptor instead.
+func (*BundleLocation) Descriptor() ([]byte, []int) {
+	return file_ferry_v1_source_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *BundleLocation) GetPath() string {
+	if x != nil {
+		return x.Path
+	}
+	return ""
+}
+
+func (x *BundleLocation) GetPublicKey() string {
+	if x != nil {
+		return x.PublicKey
+	}
+	return ""
+}
+
 // VCenterConnection says how to reach a vCenter or ESXi host.
 type VCenterConnection struct {
 	state   protoimpl.MessageState `protogen:"open.v1"`
@@ -412,7 +481,7 @@ type VCenterConnection struct {
 
 func (x *VCenterConnection) Reset() {
 	*x = VCenterConnection{}
-	mi := &file_ferry_v1_source_proto_msgTypes[1]
+	mi := &file_ferry_v1_source_proto_msgTypes[2]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -424,7 +493,7 @@ func (x *VCenterConnection) String() string {
 func (*VCenterConnection) ProtoMessage() {}
 
 func (x *VCenterConnection) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_source_proto_msgTypes[1]
+	mi := &file_ferry_v1_source_proto_msgTypes[2]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -437,7 +506,7 @@ func (x *VCenterConnection) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VCenterConnection.ProtoReflect.Descriptor instead.
 func (*VCenterConnection) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_source_proto_rawDescGZIP(), []int{1}
+	return file_ferry_v1_source_proto_rawDescGZIP(), []int{2}
 }
 
 func (x *VCenterConnection) GetAddress() string {
@@ -520,7 +589,7 @@ type KvmConnection struct {
 
 func (x *KvmConnection) Reset() {
 	*x = KvmConnection{}
-	mi := &file_ferry_v1_source_proto_msgTypes[2]
+	mi := &file_ferry_v1_source_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -532,7 +601,7 @@ func (x *KvmConnection) String() string {
 func (*KvmConnection) ProtoMessage() {}
 
 func (x *KvmConnection) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_source_proto_msgTypes[2]
+	mi := &file_ferry_v1_source_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -545,7 +614,7 @@ func (x *KvmConnection) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use KvmConnection.ProtoReflect.Descriptor instead.
 func (*KvmConnection) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_source_proto_rawDescGZIP(), []int{2}
+	return file_ferry_v1_source_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *KvmConnection) GetAddress() string {
@@ -632,7 +701,7 @@ type Credential struct {
 
 func (x *Credential) Reset() {
 	*x = Credential{}
-	mi := &file_ferry_v1_source_proto_msgTypes[3]
+	mi := &file_ferry_v1_source_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -644,7 +713,7 @@ func (x *Credential) String() string {
 func (*Credential) ProtoMessage() {}
 
 func (x *Credential) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_source_proto_msgTypes[3]
+	mi := &file_ferry_v1_source_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -657,7 +726,7 @@ func (x *Credential) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Credential.ProtoReflect.Descriptor instead.
 func (*Credential) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_source_proto_rawDescGZIP(), []int{3}
+	return file_ferry_v1_source_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *Credential) GetName() string {
@@ -726,7 +795,7 @@ type CreateSourceRequest struct {
 
 func (x *CreateSourceRequest) Reset() {
 	*x = CreateSourceRequest{}
-	mi := &file_ferry_v1_source_proto_msgTypes[4]
+	mi := &file_ferry_v1_source_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -738,7 +807,7 @@ func (x *CreateSourceRequest) String() string {
 func (*CreateSourceRequest) ProtoMessage() {}
 
 func (x *CreateSourceRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_source_proto_msgTypes[4]
+	mi := &file_ferry_v1_source_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -751,7 +820,7 @@ func (x *CreateSourceRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateSourceRequest.ProtoReflect.Descriptor instead.
 func (*CreateSourceRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_source_proto_rawDescGZIP(), []int{4}
+	return file_ferry_v1_source_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *CreateSourceRequest) GetSource() *Source {
@@ -777,7 +846,7 @@ type GetSourceRequest struct {
 
 func (x *GetSourceRequest) Reset() {
 	*x = GetSourceRequest{}
-	mi := &file_ferry_v1_source_proto_msgTypes[5]
+	mi := &file_ferry_v1_source_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -789,7 +858,7 @@ func (x *GetSourceRequest) String() string {
 func (*GetSourceRequest) ProtoMessage() {}
 
 func (x *GetSourceRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_source_proto_msgTypes[5]
+	mi := &file_ferry_v1_source_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -802,7 +871,7 @@ func (x *GetSourceRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetSourceRequest.ProtoReflect.Descriptor instead.
 func (*GetSourceRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_source_proto_rawDescGZIP(), []int{5}
+	return file_ferry_v1_source_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *GetSourceRequest) GetName() string {
@@ -823,7 +892,7 @@ type ListSourcesRequest struct {
 
 func (x *ListSourcesRequest) Reset() {
 	*x = ListSourcesRequest{}
-	mi := &file_ferry_v1_source_proto_msgTypes[6]
+	mi := &file_ferry_v1_source_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -835,7 +904,7 @@ func (x *ListSourcesRequest) String() string {
 func (*ListSourcesRequest) ProtoMessage() {}
 
 func (x *ListSourcesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_source_proto_msgTypes[6]
+	mi := &file_ferry_v1_source_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -848,7 +917,7 @@ func (x *ListSourcesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListSourcesRequest.ProtoReflect.Descriptor instead.
 func (*ListSourcesRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_source_proto_rawDescGZIP(), []int{6}
+	return file_ferry_v1_source_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *ListSourcesRequest) GetPageSize() int32 {
@@ -882,7 +951,7 @@ type ListSourcesResponse struct {
 
 func (x *ListSourcesResponse) Reset() {
 	*x = ListSourcesResponse{}
-	mi := &file_ferry_v1_source_proto_msgTypes[7]
+	mi := &file_ferry_v1_source_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -894,7 +963,7 @@ func (x *ListSourcesResponse) String() string {
 func (*ListSourcesResponse) ProtoMessage() {}
 
 func (x *ListSourcesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_source_proto_msgTypes[7]
+	mi := &file_ferry_v1_source_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -907,7 +976,7 @@ func (x *ListSourcesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListSourcesResponse.ProtoReflect.Descriptor instead.
 func (*ListSourcesResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_source_proto_rawDescGZIP(), []int{7}
+	return file_ferry_v1_source_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *ListSourcesResponse) GetSources() []*Source {
@@ -933,7 +1002,7 @@ type DeleteSourceRequest struct {
 
 func (x *DeleteSourceRequest) Reset() {
 	*x = DeleteSourceRequest{}
-	mi := &file_ferry_v1_source_proto_msgTypes[8]
+	mi := &file_ferry_v1_source_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -945,7 +1014,7 @@ func (x *DeleteSourceRequest) String() string {
 func (*DeleteSourceRequest) ProtoMessage() {}
 
 func (x *DeleteSourceRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_source_proto_msgTypes[8]
+	mi := &file_ferry_v1_source_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -958,7 +1027,7 @@ func (x *DeleteSourceRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteSourceRequest.ProtoReflect.Descriptor instead.
 func (*DeleteSourceRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_source_proto_rawDescGZIP(), []int{8}
+	return file_ferry_v1_source_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *DeleteSourceRequest) GetName() string {
@@ -978,7 +1047,7 @@ type CreateCredentialRequest struct {
 
 func (x *CreateCredentialRequest) Reset() {
 	*x = CreateCredentialRequest{}
-	mi := &file_ferry_v1_source_proto_msgTypes[9]
+	mi := &file_ferry_v1_source_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -990,7 +1059,7 @@ func (x *CreateCredentialRequest) String() string {
 func (*CreateCredentialRequest) ProtoMessage() {}
 
 func (x *CreateCredentialRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_source_proto_msgTypes[9]
+	mi := &file_ferry_v1_source_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1003,7 +1072,7 @@ func (x *CreateCredentialRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateCredentialRequest.ProtoReflect.Descriptor instead.
 func (*CreateCredentialRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_source_proto_rawDescGZIP(), []int{9}
+	return file_ferry_v1_source_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *CreateCredentialRequest) GetCredential() *Credential {
@@ -1029,7 +1098,7 @@ type GetCredentialRequest struct {
 
 func (x *GetCredentialRequest) Reset() {
 	*x = GetCredentialRequest{}
-	mi := &file_ferry_v1_source_proto_msgTypes[10]
+	mi := &file_ferry_v1_source_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1041,7 +1110,7 @@ func (x *GetCredentialRequest) String() string {
 func (*GetCredentialRequest) ProtoMessage() {}
 
 func (x *GetCredentialRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_source_proto_msgTypes[10]
+	mi := &file_ferry_v1_source_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1054,7 +1123,7 @@ func (x *GetCredentialRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetCredentialRequest.ProtoReflect.Descriptor instead.
 func (*GetCredentialRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_source_proto_rawDescGZIP(), []int{10}
+	return file_ferry_v1_source_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *GetCredentialRequest) GetName() string {
@@ -1074,7 +1143,7 @@ type ListCredentialsRequest struct {
 
 func (x *ListCredentialsRequest) Reset() {
 	*x = ListCredentialsRequest{}
-	mi := &file_ferry_v1_source_proto_msgTypes[11]
+	mi := &file_ferry_v1_source_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1086,7 +1155,7 @@ func (x *ListCredentialsRequest) String() string {
 func (*ListCredentialsRequest) ProtoMessage() {}
 
 func (x *ListCredentialsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_source_proto_msgTypes[11]
+	mi := &file_ferry_v1_source_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1099,7 +1168,7 @@ func (x *ListCredentialsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListCredentialsRequest.ProtoReflect.Descriptor instead.
 func (*ListCredentialsRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_source_proto_rawDescGZIP(), []int{11}
+	return file_ferry_v1_source_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *ListCredentialsRequest) GetPageSize() int32 {
@@ -1126,7 +1195,7 @@ type ListCredentialsResponse struct {
 
 func (x *ListCredentialsResponse) Reset() {
 	*x = ListCredentialsResponse{}
-	mi := &file_ferry_v1_source_proto_msgTypes[12]
+	mi := &file_ferry_v1_source_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1138,7 +1207,7 @@ func (x *ListCredentialsResponse) String() string {
 func (*ListCredentialsResponse) ProtoMessage() {}
 
 func (x *ListCredentialsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_source_proto_msgTypes[12]
+	mi := &file_ferry_v1_source_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1151,7 +1220,7 @@ func (x *ListCredentialsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListCredentialsResponse.ProtoReflect.Descriptor instead.
 func (*ListCredentialsResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_source_proto_rawDescGZIP(), []int{12}
+	return file_ferry_v1_source_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *ListCredentialsResponse) GetCredentials() []*Credential {
@@ -1177,7 +1246,7 @@ type DeleteCredentialRequest struct {
 
 func (x *DeleteCredentialRequest) Reset() {
 	*x = DeleteCredentialRequest{}
-	mi := &file_ferry_v1_source_proto_msgTypes[13]
+	mi := &file_ferry_v1_source_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1189,7 +1258,7 @@ func (x *DeleteCredentialRequest) String() string {
 func (*DeleteCredentialRequest) ProtoMessage() {}
 
 func (x *DeleteCredentialRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_source_proto_msgTypes[13]
+	mi := &file_ferry_v1_source_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1202,7 +1271,7 @@ func (x *DeleteCredentialRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteCredentialRequest.ProtoReflect.Descriptor instead.
 func (*DeleteCredentialRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_source_proto_rawDescGZIP(), []int{13}
+	return file_ferry_v1_source_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *DeleteCredentialRequest) GetName() string {
@@ -1239,7 +1308,7 @@ type ListSourceVMsRequest struct {
 
 func (x *ListSourceVMsRequest) Reset() {
 	*x = ListSourceVMsRequest{}
-	mi := &file_ferry_v1_source_proto_msgTypes[14]
+	mi := &file_ferry_v1_source_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1251,7 +1320,7 @@ func (x *ListSourceVMsRequest) String() string {
 func (*ListSourceVMsRequest) ProtoMessage() {}
 
 func (x *ListSourceVMsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_source_proto_msgTypes[14]
+	mi := &file_ferry_v1_source_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1264,7 +1333,7 @@ func (x *ListSourceVMsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListSourceVMsRequest.ProtoReflect.Descriptor instead.
 func (*ListSourceVMsRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_source_proto_rawDescGZIP(), []int{14}
+	return file_ferry_v1_source_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *ListSourceVMsRequest) GetSource() string {
@@ -1356,7 +1425,7 @@ type ListSourceVMsResponse struct {
 
 func (x *ListSourceVMsResponse) Reset() {
 	*x = ListSourceVMsResponse{}
-	mi := &file_ferry_v1_source_proto_msgTypes[15]
+	mi := &file_ferry_v1_source_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1368,7 +1437,7 @@ func (x *ListSourceVMsResponse) String() string {
 func (*ListSourceVMsResponse) ProtoMessage() {}
 
 func (x *ListSourceVMsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_source_proto_msgTypes[15]
+	mi := &file_ferry_v1_source_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1381,7 +1450,7 @@ func (x *ListSourceVMsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListSourceVMsResponse.ProtoReflect.Descriptor instead.
 func (*ListSourceVMsResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_source_proto_rawDescGZIP(), []int{15}
+	return file_ferry_v1_source_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *ListSourceVMsResponse) GetVms() []*SourceVm {
@@ -1450,7 +1519,7 @@ type SourceVm struct {
 
 func (x *SourceVm) Reset() {
 	*x = SourceVm{}
-	mi := &file_ferry_v1_source_proto_msgTypes[16]
+	mi := &file_ferry_v1_source_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1462,7 +1531,7 @@ func (x *SourceVm) String() string {
 func (*SourceVm) ProtoMessage() {}
 
 func (x *SourceVm) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_source_proto_msgTypes[16]
+	mi := &file_ferry_v1_source_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1475,7 +1544,7 @@ func (x *SourceVm) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SourceVm.ProtoReflect.Descriptor instead.
 func (*SourceVm) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_source_proto_rawDescGZIP(), []int{16}
+	return file_ferry_v1_source_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *SourceVm) GetId() string {
@@ -1640,7 +1709,7 @@ type SourceCdrom struct {
 
 func (x *SourceCdrom) Reset() {
 	*x = SourceCdrom{}
-	mi := &file_ferry_v1_source_proto_msgTypes[17]
+	mi := &file_ferry_v1_source_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1652,7 +1721,7 @@ func (x *SourceCdrom) String() string {
 func (*SourceCdrom) ProtoMessage() {}
 
 func (x *SourceCdrom) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_source_proto_msgTypes[17]
+	mi := &file_ferry_v1_source_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1665,7 +1734,7 @@ func (x *SourceCdrom) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SourceCdrom.ProtoReflect.Descriptor instead.
 func (*SourceCdrom) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_source_proto_rawDescGZIP(), []int{17}
+	return file_ferry_v1_source_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *SourceCdrom) GetTarget() string {
@@ -1711,7 +1780,7 @@ type SourceDisk struct {
 
 func (x *SourceDisk) Reset() {
 	*x = SourceDisk{}
-	mi := &file_ferry_v1_source_proto_msgTypes[18]
+	mi := &file_ferry_v1_source_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1723,7 +1792,7 @@ func (x *SourceDisk) String() string {
 func (*SourceDisk) ProtoMessage() {}
 
 func (x *SourceDisk) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_source_proto_msgTypes[18]
+	mi := &file_ferry_v1_source_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1736,7 +1805,7 @@ func (x *SourceDisk) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SourceDisk.ProtoReflect.Descriptor instead.
 func (*SourceDisk) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_source_proto_rawDescGZIP(), []int{18}
+	return file_ferry_v1_source_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *SourceDisk) GetTarget() string {
@@ -1814,7 +1883,7 @@ type SourceNic struct {
 
 func (x *SourceNic) Reset() {
 	*x = SourceNic{}
-	mi := &file_ferry_v1_source_proto_msgTypes[19]
+	mi := &file_ferry_v1_source_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1826,7 +1895,7 @@ func (x *SourceNic) String() string {
 func (*SourceNic) ProtoMessage() {}
 
 func (x *SourceNic) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_source_proto_msgTypes[19]
+	mi := &file_ferry_v1_source_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1839,7 +1908,7 @@ func (x *SourceNic) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SourceNic.ProtoReflect.Descriptor instead.
 func (*SourceNic) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_source_proto_rawDescGZIP(), []int{19}
+	return file_ferry_v1_source_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *SourceNic) GetMac() string {
@@ -1906,7 +1975,7 @@ type SourceProduct struct {
 
 func (x *SourceProduct) Reset() {
 	*x = SourceProduct{}
-	mi := &file_ferry_v1_source_proto_msgTypes[20]
+	mi := &file_ferry_v1_source_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1918,7 +1987,7 @@ func (x *SourceProduct) String() string {
 func (*SourceProduct) ProtoMessage() {}
 
 func (x *SourceProduct) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_source_proto_msgTypes[20]
+	mi := &file_ferry_v1_source_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1931,7 +2000,7 @@ func (x *SourceProduct) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SourceProduct.ProtoReflect.Descriptor instead.
 func (*SourceProduct) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_source_proto_rawDescGZIP(), []int{20}
+	return file_ferry_v1_source_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *SourceProduct) GetFullName() string {
@@ -1988,7 +2057,7 @@ type SourceDatacenter struct {
 
 func (x *SourceDatacenter) Reset() {
 	*x = SourceDatacenter{}
-	mi := &file_ferry_v1_source_proto_msgTypes[21]
+	mi := &file_ferry_v1_source_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2000,7 +2069,7 @@ func (x *SourceDatacenter) String() string {
 func (*SourceDatacenter) ProtoMessage() {}
 
 func (x *SourceDatacenter) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_source_proto_msgTypes[21]
+	mi := &file_ferry_v1_source_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2013,7 +2082,7 @@ func (x *SourceDatacenter) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SourceDatacenter.ProtoReflect.Descriptor instead.
 func (*SourceDatacenter) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_source_proto_rawDescGZIP(), []int{21}
+	return file_ferry_v1_source_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *SourceDatacenter) GetId() string {
@@ -2043,7 +2112,7 @@ type SourceCluster struct {
 
 func (x *SourceCluster) Reset() {
 	*x = SourceCluster{}
-	mi := &file_ferry_v1_source_proto_msgTypes[22]
+	mi := &file_ferry_v1_source_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2055,7 +2124,7 @@ func (x *SourceCluster) String() string {
 func (*SourceCluster) ProtoMessage() {}
 
 func (x *SourceCluster) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_source_proto_msgTypes[22]
+	mi := &file_ferry_v1_source_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2068,7 +2137,7 @@ func (x *SourceCluster) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SourceCluster.ProtoReflect.Descriptor instead.
 func (*SourceCluster) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_source_proto_rawDescGZIP(), []int{22}
+	return file_ferry_v1_source_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *SourceCluster) GetId() string {
@@ -2114,7 +2183,7 @@ type SourceHost struct {
 
 func (x *SourceHost) Reset() {
 	*x = SourceHost{}
-	mi := &file_ferry_v1_source_proto_msgTypes[23]
+	mi := &file_ferry_v1_source_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2126,7 +2195,7 @@ func (x *SourceHost) String() string {
 func (*SourceHost) ProtoMessage() {}
 
 func (x *SourceHost) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_source_proto_msgTypes[23]
+	mi := &file_ferry_v1_source_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2139,7 +2208,7 @@ func (x *SourceHost) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SourceHost.ProtoReflect.Descriptor instead.
 func (*SourceHost) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_source_proto_rawDescGZIP(), []int{23}
+	return file_ferry_v1_source_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *SourceHost) GetId() string {
@@ -2229,7 +2298,7 @@ type SourceNetwork struct {
 
 func (x *SourceNetwork) Reset() {
 	*x = SourceNetwork{}
-	mi := &file_ferry_v1_source_proto_msgTypes[24]
+	mi := &file_ferry_v1_source_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2241,7 +2310,7 @@ func (x *SourceNetwork) String() string {
 func (*SourceNetwork) ProtoMessage() {}
 
 func (x *SourceNetwork) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_source_proto_msgTypes[24]
+	mi := &file_ferry_v1_source_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2254,7 +2323,7 @@ func (x *SourceNetwork) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SourceNetwork.ProtoReflect.Descriptor instead.
 func (*SourceNetwork) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_source_proto_rawDescGZIP(), []int{24}
+	return file_ferry_v1_source_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *SourceNetwork) GetId() string {
@@ -2315,7 +2384,7 @@ type SourceDatastore struct {
 
 func (x *SourceDatastore) Reset() {
 	*x = SourceDatastore{}
-	mi := &file_ferry_v1_source_proto_msgTypes[25]
+	mi := &file_ferry_v1_source_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2327,7 +2396,7 @@ func (x *SourceDatastore) String() string {
 func (*SourceDatastore) ProtoMessage() {}
 
 func (x *SourceDatastore) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_source_proto_msgTypes[25]
+	mi := &file_ferry_v1_source_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2340,7 +2409,7 @@ func (x *SourceDatastore) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SourceDatastore.ProtoReflect.Descriptor instead.
 func (*SourceDatastore) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_source_proto_rawDescGZIP(), []int{25}
+	return file_ferry_v1_source_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *SourceDatastore) GetId() string {
@@ -2405,7 +2474,7 @@ type SourceInventory struct {
 
 func (x *SourceInventory) Reset() {
 	*x = SourceInventory{}
-	mi := &file_ferry_v1_source_proto_msgTypes[26]
+	mi := &file_ferry_v1_source_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2417,7 +2486,7 @@ func (x *SourceInventory) String() string {
 func (*SourceInventory) ProtoMessage() {}
 
 func (x *SourceInventory) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_source_proto_msgTypes[26]
+	mi := &file_ferry_v1_source_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2430,7 +2499,7 @@ func (x *SourceInventory) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SourceInventory.ProtoReflect.Descriptor instead.
 func (*SourceInventory) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_source_proto_rawDescGZIP(), []int{26}
+	return file_ferry_v1_source_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *SourceInventory) GetSource() string {
@@ -2514,7 +2583,7 @@ type SourceObject struct {
 
 func (x *SourceObject) Reset() {
 	*x = SourceObject{}
-	mi := &file_ferry_v1_source_proto_msgTypes[27]
+	mi := &file_ferry_v1_source_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2526,7 +2595,7 @@ func (x *SourceObject) String() string {
 func (*SourceObject) ProtoMessage() {}
 
 func (x *SourceObject) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_source_proto_msgTypes[27]
+	mi := &file_ferry_v1_source_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2539,7 +2608,7 @@ func (x *SourceObject) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SourceObject.ProtoReflect.Descriptor instead.
 func (*SourceObject) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_source_proto_rawDescGZIP(), []int{27}
+	return file_ferry_v1_source_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *SourceObject) GetKind() SourceObjectKind {
@@ -2654,7 +2723,7 @@ type SyncSourceRequest struct {
 
 func (x *SyncSourceRequest) Reset() {
 	*x = SyncSourceRequest{}
-	mi := &file_ferry_v1_source_proto_msgTypes[28]
+	mi := &file_ferry_v1_source_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2666,7 +2735,7 @@ func (x *SyncSourceRequest) String() string {
 func (*SyncSourceRequest) ProtoMessage() {}
 
 func (x *SyncSourceRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_source_proto_msgTypes[28]
+	mi := &file_ferry_v1_source_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2679,7 +2748,7 @@ func (x *SyncSourceRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SyncSourceRequest.ProtoReflect.Descriptor instead.
 func (*SyncSourceRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_source_proto_rawDescGZIP(), []int{28}
+	return file_ferry_v1_source_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *SyncSourceRequest) GetName() string {
@@ -2713,7 +2782,7 @@ type SyncSourceResponse struct {
 
 func (x *SyncSourceResponse) Reset() {
 	*x = SyncSourceResponse{}
-	mi := &file_ferry_v1_source_proto_msgTypes[29]
+	mi := &file_ferry_v1_source_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2725,7 +2794,7 @@ func (x *SyncSourceResponse) String() string {
 func (*SyncSourceResponse) ProtoMessage() {}
 
 func (x *SyncSourceResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_source_proto_msgTypes[29]
+	mi := &file_ferry_v1_source_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2738,7 +2807,7 @@ func (x *SyncSourceResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SyncSourceResponse.ProtoReflect.Descriptor instead.
 func (*SyncSourceResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_source_proto_rawDescGZIP(), []int{29}
+	return file_ferry_v1_source_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *SyncSourceResponse) GetSource() *Source {
@@ -2768,7 +2837,7 @@ type ListSourceInventoryRequest struct {
 
 func (x *ListSourceInventoryRequest) Reset() {
 	*x = ListSourceInventoryRequest{}
-	mi := &file_ferry_v1_source_proto_msgTypes[30]
+	mi := &file_ferry_v1_source_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2780,7 +2849,7 @@ func (x *ListSourceInventoryRequest) String() string {
 func (*ListSourceInventoryRequest) ProtoMessage() {}
 
 func (x *ListSourceInventoryRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_source_proto_msgTypes[30]
+	mi := &file_ferry_v1_source_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2793,7 +2862,7 @@ func (x *ListSourceInventoryRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListSourceInventoryRequest.ProtoReflect.Descriptor instead.
 func (*ListSourceInventoryRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_source_proto_rawDescGZIP(), []int{30}
+	return file_ferry_v1_source_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *ListSourceInventoryRequest) GetSource() string {
@@ -2865,7 +2934,7 @@ type ListSourceInventoryResponse struct {
 
 func (x *ListSourceInventoryResponse) Reset() {
 	*x = ListSourceInventoryResponse{}
-	mi := &file_ferry_v1_source_proto_msgTypes[31]
+	mi := &file_ferry_v1_source_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2877,7 +2946,7 @@ func (x *ListSourceInventoryResponse) String() string {
 func (*ListSourceInventoryResponse) ProtoMessage() {}
 
 func (x *ListSourceInventoryResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_source_proto_msgTypes[31]
+	mi := &file_ferry_v1_source_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2890,7 +2959,7 @@ func (x *ListSourceInventoryResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListSourceInventoryResponse.ProtoReflect.Descriptor instead.
 func (*ListSourceInventoryResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_source_proto_rawDescGZIP(), []int{31}
+	return file_ferry_v1_source_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *ListSourceInventoryResponse) GetObjects() []*SourceObject {
@@ -2932,7 +3001,7 @@ type UpdateSourceRequest struct {
 
 func (x *UpdateSourceRequest) Reset() {
 	*x = UpdateSourceRequest{}
-	mi := &file_ferry_v1_source_proto_msgTypes[32]
+	mi := &file_ferry_v1_source_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2944,7 +3013,7 @@ func (x *UpdateSourceRequest) String() string {
 func (*UpdateSourceRequest) ProtoMessage() {}
 
 func (x *UpdateSourceRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_source_proto_msgTypes[32]
+	mi := &file_ferry_v1_source_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2957,7 +3026,7 @@ func (x *UpdateSourceRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpdateSourceRequest.ProtoReflect.Descriptor instead.
 func (*UpdateSourceRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_source_proto_rawDescGZIP(), []int{32}
+	return file_ferry_v1_source_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *UpdateSourceRequest) GetSource() *Source {
@@ -2986,7 +3055,7 @@ type UpdateCredentialRequest struct {
 
 func (x *UpdateCredentialRequest) Reset() {
 	*x = UpdateCredentialRequest{}
-	mi := &file_ferry_v1_source_proto_msgTypes[33]
+	mi := &file_ferry_v1_source_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2998,7 +3067,7 @@ func (x *UpdateCredentialRequest) String() string {
 func (*UpdateCredentialRequest) ProtoMessage() {}
 
 func (x *UpdateCredentialRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_source_proto_msgTypes[33]
+	mi := &file_ferry_v1_source_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3011,7 +3080,7 @@ func (x *UpdateCredentialRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpdateCredentialRequest.ProtoReflect.Descriptor instead.
 func (*UpdateCredentialRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_source_proto_rawDescGZIP(), []int{33}
+	return file_ferry_v1_source_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *UpdateCredentialRequest) GetCredential() *Credential {
@@ -3032,7 +3101,7 @@ var File_ferry_v1_source_proto protoreflect.FileDescriptor
 
 const file_ferry_v1_source_proto_rawDesc = "" +
 	"\n" +
-	"\x15ferry/v1/source.proto\x12\bferry.v1\x1a\x1bgoogle/protobuf/empty.proto\x1a\x15ferry/v1/common.proto\x1a\x1cferry/v1/migration_job.proto\x1a google/protobuf/field_mask.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xc5\x04\n" +
+	"\x15ferry/v1/source.proto\x12\bferry.v1\x1a\x1bgoogle/protobuf/empty.proto\x1a\x15ferry/v1/common.proto\x1a\x1cferry/v1/migration_job.proto\x1a google/protobuf/field_mask.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xf7\x04\n" +
 	"\x06Source\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12!\n" +
 	"\fdisplay_name\x18\x02 \x01(\tR\vdisplayName\x12&\n" +
@@ -3048,7 +3117,12 @@ const file_ferry_v1_source_proto_rawDesc = "" +
 	" \x01(\v2\x17.ferry.v1.SourceProductR\aproduct\x12;\n" +
 	"\vupdate_time\x18\v \x01(\v2\x1a.google.protobuf.TimestampR\n" +
 	"updateTime\x12\x12\n" +
-	"\x04etag\x18\f \x01(\tR\x04etag\"\x87\x02\n" +
+	"\x04etag\x18\f \x01(\tR\x04etag\x120\n" +
+	"\x06bundle\x18\r \x01(\v2\x18.ferry.v1.BundleLocationR\x06bundle\"C\n" +
+	"\x0eBundleLocation\x12\x12\n" +
+	"\x04path\x18\x01 \x01(\tR\x04path\x12\x1d\n" +
+	"\n" +
+	"public_key\x18\x02 \x01(\tR\tpublicKey\"\x87\x02\n" +
 	"\x11VCenterConnection\x12\x18\n" +
 	"\aaddress\x18\x01 \x01(\tR\aaddress\x12\x12\n" +
 	"\x04port\x18\x02 \x01(\x05R\x04port\x12\x12\n" +
@@ -3346,134 +3420,136 @@ func file_ferry_v1_source_proto_rawDescGZIP() []byte {
 }
 
 var file_ferry_v1_source_proto_enumTypes = make([]protoimpl.EnumInfo, 4)
-var file_ferry_v1_source_proto_msgTypes = make([]protoimpl.MessageInfo, 34)
+var file_ferry_v1_source_proto_msgTypes = make([]protoimpl.MessageInfo, 35)
 var file_ferry_v1_source_proto_goTypes = []any{
 	(CredentialType)(0),                 // 0: ferry.v1.CredentialType
 	(SourceVmState)(0),                  // 1: ferry.v1.SourceVmState
 	(SourceNetworkType)(0),              // 2: ferry.v1.SourceNetworkType
 	(SourceObjectKind)(0),               // 3: ferry.v1.SourceObjectKind
 	(*Source)(nil),                      // 4: ferry.v1.Source
-	(*VCenterConnection)(nil),           // 5: ferry.v1.VCenterConnection
-	(*KvmConnection)(nil),               // 6: ferry.v1.KvmConnection
-	(*Credential)(nil),                  // 7: ferry.v1.Credential
-	(*CreateSourceRequest)(nil),         // 8: ferry.v1.CreateSourceRequest
-	(*GetSourceRequest)(nil),            // 9: ferry.v1.GetSourceRequest
-	(*ListSourcesRequest)(nil),          // 10: ferry.v1.ListSourcesRequest
-	(*ListSourcesResponse)(nil),         // 11: ferry.v1.ListSourcesResponse
-	(*DeleteSourceRequest)(nil),         // 12: ferry.v1.DeleteSourceRequest
-	(*CreateCredentialRequest)(nil),     // 13: ferry.v1.CreateCredentialRequest
-	(*GetCredentialRequest)(nil),        // 14: ferry.v1.GetCredentialRequest
-	(*ListCredentialsRequest)(nil),      // 15: ferry.v1.ListCredentialsRequest
-	(*ListCredentialsResponse)(nil),     // 16: ferry.v1.ListCredentialsResponse
-	(*DeleteCredentialRequest)(nil),     // 17: ferry.v1.DeleteCredentialRequest
-	(*ListSourceVMsRequest)(nil),        // 18: ferry.v1.ListSourceVMsRequest
-	(*ListSourceVMsResponse)(nil),       // 19: ferry.v1.ListSourceVMsResponse
-	(*SourceVm)(nil),                    // 20: ferry.v1.SourceVm
-	(*SourceCdrom)(nil),                 // 21: ferry.v1.SourceCdrom
-	(*SourceDisk)(nil),                  // 22: ferry.v1.SourceDisk
-	(*SourceNic)(nil),                   // 23: ferry.v1.SourceNic
-	(*SourceProduct)(nil),               // 24: ferry.v1.SourceProduct
-	(*SourceDatacenter)(nil),            // 25: ferry.v1.SourceDatacenter
-	(*SourceCluster)(nil),               // 26: ferry.v1.SourceCluster
-	(*SourceHost)(nil),                  // 27: ferry.v1.SourceHost
-	(*SourceNetwork)(nil),               // 28: ferry.v1.SourceNetwork
-	(*SourceDatastore)(nil),             // 29: ferry.v1.SourceDatastore
-	(*SourceInventory)(nil),             // 30: ferry.v1.SourceInventory
-	(*SourceObject)(nil),                // 31: ferry.v1.SourceObject
-	(*SyncSourceRequest)(nil),           // 32: ferry.v1.SyncSourceRequest
-	(*SyncSourceResponse)(nil),          // 33: ferry.v1.SyncSourceResponse
-	(*ListSourceInventoryRequest)(nil),  // 34: ferry.v1.ListSourceInventoryRequest
-	(*ListSourceInventoryResponse)(nil), // 35: ferry.v1.ListSourceInventoryResponse
-	(*UpdateSourceRequest)(nil),         // 36: ferry.v1.UpdateSourceRequest
-	(*UpdateCredentialRequest)(nil),     // 37: ferry.v1.UpdateCredentialRequest
-	(Platform)(0),                       // 38: ferry.v1.Platform
-	(*timestamppb.Timestamp)(nil),       // 39: google.protobuf.Timestamp
-	(Firmware)(0),                       // 40: ferry.v1.Firmware
-	(OsType)(0),                         // 41: ferry.v1.OsType
-	(*fieldmaskpb.FieldMask)(nil),       // 42: google.protobuf.FieldMask
-	(*emptypb.Empty)(nil),               // 43: google.protobuf.Empty
+	(*BundleLocation)(nil),              // 5: ferry.v1.BundleLocation
+	(*VCenterConnection)(nil),           // 6: ferry.v1.VCenterConnection
+	(*KvmConnection)(nil),               // 7: ferry.v1.KvmConnection
+	(*Credential)(nil),                  // 8: ferry.v1.Credential
+	(*CreateSourceRequest)(nil),         // 9: ferry.v1.CreateSourceRequest
+	(*GetSourceRequest)(nil),            // 10: ferry.v1.GetSourceRequest
+	(*ListSourcesRequest)(nil),          // 11: ferry.v1.ListSourcesRequest
+	(*ListSourcesResponse)(nil),         // 12: ferry.v1.ListSourcesResponse
+	(*DeleteSourceRequest)(nil),         // 13: ferry.v1.DeleteSourceRequest
+	(*CreateCredentialRequest)(nil),     // 14: ferry.v1.CreateCredentialRequest
+	(*GetCredentialRequest)(nil),        // 15: ferry.v1.GetCredentialRequest
+	(*ListCredentialsRequest)(nil),      // 16: ferry.v1.ListCredentialsRequest
+	(*ListCredentialsResponse)(nil),     // 17: ferry.v1.ListCredentialsResponse
+	(*DeleteCredentialRequest)(nil),     // 18: ferry.v1.DeleteCredentialRequest
+	(*ListSourceVMsRequest)(nil),        // 19: ferry.v1.ListSourceVMsRequest
+	(*ListSourceVMsResponse)(nil),       // 20: ferry.v1.ListSourceVMsResponse
+	(*SourceVm)(nil),                    // 21: ferry.v1.SourceVm
+	(*SourceCdrom)(nil),                 // 22: ferry.v1.SourceCdrom
+	(*SourceDisk)(nil),                  // 23: ferry.v1.SourceDisk
+	(*SourceNic)(nil),                   // 24: ferry.v1.SourceNic
+	(*SourceProduct)(nil),               // 25: ferry.v1.SourceProduct
+	(*SourceDatacenter)(nil),            // 26: ferry.v1.SourceDatacenter
+	(*SourceCluster)(nil),               // 27: ferry.v1.SourceCluster
+	(*SourceHost)(nil),                  // 28: ferry.v1.SourceHost
+	(*SourceNetwork)(nil),               // 29: ferry.v1.SourceNetwork
+	(*SourceDatastore)(nil),             // 30: ferry.v1.SourceDatastore
+	(*SourceInventory)(nil),             // 31: ferry.v1.SourceInventory
+	(*SourceObject)(nil),                // 32: ferry.v1.SourceObject
+	(*SyncSourceRequest)(nil),           // 33: ferry.v1.SyncSourceRequest
+	(*SyncSourceResponse)(nil),          // 34: ferry.v1.SyncSourceResponse
+	(*ListSourceInventoryRequest)(nil),  // 35: ferry.v1.ListSourceInventoryRequest
+	(*ListSourceInventoryResponse)(nil), // 36: ferry.v1.ListSourceInventoryResponse
+	(*UpdateSourceRequest)(nil),         // 37: ferry.v1.UpdateSourceRequest
+	(*UpdateCredentialRequest)(nil),     // 38: ferry.v1.UpdateCredentialRequest
+	(Platform)(0),                       // 39: ferry.v1.Platform
+	(*timestamppb.Timestamp)(nil),       // 40: google.protobuf.Timestamp
+	(Firmware)(0),                       // 41: ferry.v1.Firmware
+	(OsType)(0),                         // 42: ferry.v1.OsType
+	(*fieldmaskpb.FieldMask)(nil),       // 43: google.protobuf.FieldMask
+	(*emptypb.Empty)(nil),               // 44: google.protobuf.Empty
 }
 var file_ferry_v1_source_proto_depIdxs = []int32{
-	38, // 0: ferry.v1.Source.type:type_name -> ferry.v1.Platform
-	5,  // 1: ferry.v1.Source.vcenter:type_name -> ferry.v1.VCenterConnection
-	6,  // 2: ferry.v1.Source.kvm:type_name -> ferry.v1.KvmConnection
-	39, // 3: ferry.v1.Source.create_time:type_name -> google.protobuf.Timestamp
-	39, // 4: ferry.v1.Source.last_sync_time:type_name -> google.protobuf.Timestamp
-	39, // 5: ferry.v1.Source.last_sync_attempt_time:type_name -> google.protobuf.Timestamp
-	24, // 6: ferry.v1.Source.product:type_name -> ferry.v1.SourceProduct
-	39, // 7: ferry.v1.Source.update_time:type_name -> google.protobuf.Timestamp
-	0,  // 8: ferry.v1.Credential.type:type_name -> ferry.v1.CredentialType
-	39, // 9: ferry.v1.Credential.create_time:type_name -> google.protobuf.Timestamp
-	39, // 10: ferry.v1.Credential.update_time:type_name -> google.protobuf.Timestamp
-	4,  // 11: ferry.v1.CreateSourceRequest.source:type_name -> ferry.v1.Source
-	38, // 12: ferry.v1.ListSourcesRequest.type:type_name -> ferry.v1.Platform
-	4,  // 13: ferry.v1.ListSourcesResponse.sources:type_name -> ferry.v1.Source
-	7,  // 14: ferry.v1.CreateCredentialRequest.credential:type_name -> ferry.v1.Credential
-	7,  // 15: ferry.v1.ListCredentialsResponse.credentials:type_name -> ferry.v1.Credential
-	1,  // 16: ferry.v1.ListSourceVMsRequest.state:type_name -> ferry.v1.SourceVmState
-	20, // 17: ferry.v1.ListSourceVMsResponse.vms:type_name -> ferry.v1.SourceVm
-	39, // 18: ferry.v1.ListSourceVMsResponse.sync_time:type_name -> google.protobuf.Timestamp
-	1,  // 19: ferry.v1.SourceVm.state:type_name -> ferry.v1.SourceVmState
-	40, // 20: ferry.v1.SourceVm.firmware:type_name -> ferry.v1.Firmware
-	41, // 21: ferry.v1.SourceVm.os_type:type_name -> ferry.v1.OsType
-	22, // 22: ferry.v1.SourceVm.disks:type_name -> ferry.v1.SourceDisk
-	23, // 23: ferry.v1.SourceVm.nics:type_name -> ferry.v1.SourceNic
-	21, // 24: ferry.v1.SourceVm.cdroms:type_name -> ferry.v1.SourceCdrom
-	2,  // 25: ferry.v1.SourceNetwork.type:type_name -> ferry.v1.SourceNetworkType
-	39, // 26: ferry.v1.SourceInventory.sync_time:type_name -> google.protobuf.Timestamp
-	24, // 27: ferry.v1.SourceInventory.product:type_name -> ferry.v1.SourceProduct
-	25, // 28: ferry.v1.SourceInventory.datacenters:type_name -> ferry.v1.SourceDatacenter
-	26, // 29: ferry.v1.SourceInventory.clusters:type_name -> ferry.v1.SourceCluster
-	27, // 30: ferry.v1.SourceInventory.hosts:type_name -> ferry.v1.SourceHost
-	20, // 31: ferry.v1.SourceInventory.vms:type_name -> ferry.v1.SourceVm
-	28, // 32: ferry.v1.SourceInventory.networks:type_name -> ferry.v1.SourceNetwork
-	29, // 33: ferry.v1.SourceInventory.datastores:type_name -> ferry.v1.SourceDatastore
-	3,  // 34: ferry.v1.SourceObject.kind:type_name -> ferry.v1.SourceObjectKind
-	25, // 35: ferry.v1.SourceObject.datacenter:type_name -> ferry.v1.SourceDatacenter
-	26, // 36: ferry.v1.SourceObject.cluster:type_name -> ferry.v1.SourceCluster
-	27, // 37: ferry.v1.SourceObject.host:type_name -> ferry.v1.SourceHost
-	28, // 38: ferry.v1.SourceObject.network:type_name -> ferry.v1.SourceNetwork
-	29, // 39: ferry.v1.SourceObject.datastore:type_name -> ferry.v1.SourceDatastore
-	4,  // 40: ferry.v1.SyncSourceResponse.source:type_name -> ferry.v1.Source
-	3,  // 41: ferry.v1.ListSourceInventoryRequest.kind:type_name -> ferry.v1.SourceObjectKind
-	31, // 42: ferry.v1.ListSourceInventoryResponse.objects:type_name -> ferry.v1.SourceObject
-	39, // 43: ferry.v1.ListSourceInventoryResponse.sync_time:type_name -> google.protobuf.Timestamp
-	24, // 44: ferry.v1.ListSourceInventoryResponse.product:type_name -> ferry.v1.SourceProduct
-	4,  // 45: ferry.v1.UpdateSourceRequest.source:type_name -> ferry.v1.Source
-	42, // 46: ferry.v1.UpdateSourceRequest.update_mask:type_name -> google.protobuf.FieldMask
-	7,  // 47: ferry.v1.UpdateCredentialRequest.credential:type_name -> ferry.v1.Credential
-	42, // 48: ferry.v1.UpdateCredentialRequest.update_mask:type_name -> google.protobuf.FieldMask
-	8,  // 49: ferry.v1.SourceService.CreateSource:input_type -> ferry.v1.CreateSourceRequest
-	9,  // 50: ferry.v1.SourceService.GetSource:input_type -> ferry.v1.GetSourceRequest
-	10, // 51: ferry.v1.SourceService.ListSources:input_type -> ferry.v1.ListSourcesRequest
-	12, // 52: ferry.v1.SourceService.DeleteSource:input_type -> ferry.v1.DeleteSourceRequest
-	13, // 53: ferry.v1.SourceService.CreateCredential:input_type -> ferry.v1.CreateCredentialRequest
-	14, // 54: ferry.v1.SourceService.GetCredential:input_type -> ferry.v1.GetCredentialRequest
-	15, // 55: ferry.v1.SourceService.ListCredentials:input_type -> ferry.v1.ListCredentialsRequest
-	17, // 56: ferry.v1.SourceService.DeleteCredential:input_type -> ferry.v1.DeleteCredentialRequest
-	18, // 57: ferry.v1.SourceService.ListSourceVMs:input_type -> ferry.v1.ListSourceVMsRequest
-	32, // 58: ferry.v1.SourceService.SyncSource:input_type -> ferry.v1.SyncSourceRequest
-	34, // 59: ferry.v1.SourceService.ListSourceInventory:input_type -> ferry.v1.ListSourceInventoryRequest
-	36, // 60: ferry.v1.SourceService.UpdateSource:input_type -> ferry.v1.UpdateSourceRequest
-	37, // 61: ferry.v1.SourceService.UpdateCredential:input_type -> ferry.v1.UpdateCredentialRequest
-	4,  // 62: ferry.v1.SourceService.CreateSource:output_type -> ferry.v1.Source
-	4,  // 63: ferry.v1.SourceService.GetSource:output_type -> ferry.v1.Source
-	11, // 64: ferry.v1.SourceService.ListSources:output_type -> ferry.v1.ListSourcesResponse
-	43, // 65: ferry.v1.SourceService.DeleteSource:output_type -> google.protobuf.Empty
-	7,  // 66: ferry.v1.SourceService.CreateCredential:output_type -> ferry.v1.Credential
-	7,  // 67: ferry.v1.SourceService.GetCredential:output_type -> ferry.v1.Credential
-	16, // 68: ferry.v1.SourceService.ListCredentials:output_type -> ferry.v1.ListCredentialsResponse
-	43, // 69: ferry.v1.SourceService.DeleteCredential:output_type -> google.protobuf.Empty
-	19, // 70: ferry.v1.SourceService.ListSourceVMs:output_type -> ferry.v1.ListSourceVMsResponse
-	33, // 71: ferry.v1.SourceService.SyncSource:output_type -> ferry.v1.SyncSourceResponse
-	35, // 72: ferry.v1.SourceService.ListSourceInventory:output_type -> ferry.v1.ListSourceInventoryResponse
-	4,  // 73: ferry.v1.SourceService.UpdateSource:output_type -> ferry.v1.Source
-	7,  // 74: ferry.v1.SourceService.UpdateCredential:output_type -> ferry.v1.Credential
-	62, // [62:75] is the sub-list for method output_type
-	49, // [49:62] is the sub-list for method input_type
-	49, // [49:49] is the sub-list for extension type_name
-	49, // [49:49] is the sub-list for extension extendee
-	0,  // [0:49] is the sub-list for field type_name
+	39, // 0: ferry.v1.Source.type:type_name -> ferry.v1.Platform
+	6,  // 1: ferry.v1.Source.vcenter:type_name -> ferry.v1.VCenterConnection
+	7,  // 2: ferry.v1.Source.kvm:type_name -> ferry.v1.KvmConnection
+	40, // 3: ferry.v1.Source.create_time:type_name -> google.protobuf.Timestamp
+	40, // 4: ferry.v1.Source.last_sync_time:type_name -> google.protobuf.Timestamp
+	40, // 5: ferry.v1.Source.last_sync_attempt_time:type_name -> google.protobuf.Timestamp
+	25, // 6: ferry.v1.Source.product:type_name -> ferry.v1.SourceProduct
+	40, // 7: ferry.v1.Source.update_time:type_name -> google.protobuf.Timestamp
+	5,  // 8: ferry.v1.Source.bundle:type_name -> ferry.v1.BundleLocation
+	0,  // 9: ferry.v1.Credential.type:type_name -> ferry.v1.CredentialType
+	40, // 10: ferry.v1.Credential.create_time:type_name -> google.protobuf.Timestamp
+	40, // 11: ferry.v1.Credential.update_time:type_name -> google.protobuf.Timestamp
+	4,  // 12: ferry.v1.CreateSourceRequest.source:type_name -> ferry.v1.Source
+	39, // 13: ferry.v1.ListSourcesRequest.type:type_name -> ferry.v1.Platform
+	4,  // 14: ferry.v1.ListSourcesResponse.sources:type_name -> ferry.v1.Source
+	8,  // 15: ferry.v1.CreateCredentialRequest.credential:type_name -> ferry.v1.Credential
+	8,  // 16: ferry.v1.ListCredentialsResponse.credentials:type_name -> ferry.v1.Credential
+	1,  // 17: ferry.v1.ListSourceVMsRequest.state:type_name -> ferry.v1.SourceVmState
+	21, // 18: ferry.v1.ListSourceVMsResponse.vms:type_name -> ferry.v1.SourceVm
+	40, // 19: ferry.v1.ListSourceVMsResponse.sync_time:type_name -> google.protobuf.Timestamp
+	1,  // 20: ferry.v1.SourceVm.state:type_name -> ferry.v1.SourceVmState
+	41, // 21: ferry.v1.SourceVm.firmware:type_name -> ferry.v1.Firmware
+	42, // 22: ferry.v1.SourceVm.os_type:type_name -> ferry.v1.OsType
+	23, // 23: ferry.v1.SourceVm.disks:type_name -> ferry.v1.SourceDisk
+	24, // 24: ferry.v1.SourceVm.nics:type_name -> ferry.v1.SourceNic
+	22, // 25: ferry.v1.SourceVm.cdroms:type_name -> ferry.v1.SourceCdrom
+	2,  // 26: ferry.v1.SourceNetwork.type:type_name -> ferry.v1.SourceNetworkType
+	40, // 27: ferry.v1.SourceInventory.sync_time:type_name -> google.protobuf.Timestamp
+	25, // 28: ferry.v1.SourceInventory.product:type_name -> ferry.v1.SourceProduct
+	26, // 29: ferry.v1.SourceInventory.datacenters:type_name -> ferry.v1.SourceDatacenter
+	27, // 30: ferry.v1.SourceInventory.clusters:type_name -> ferry.v1.SourceCluster
+	28, // 31: ferry.v1.SourceInventory.hosts:type_name -> ferry.v1.SourceHost
+	21, // 32: ferry.v1.SourceInventory.vms:type_name -> ferry.v1.SourceVm
+	29, // 33: ferry.v1.SourceInventory.networks:type_name -> ferry.v1.SourceNetwork
+	30, // 34: ferry.v1.SourceInventory.datastores:type_name -> ferry.v1.SourceDatastore
+	3,  // 35: ferry.v1.SourceObject.kind:type_name -> ferry.v1.SourceObjectKind
+	26, // 36: ferry.v1.SourceObject.datacenter:type_name -> ferry.v1.SourceDatacenter
+	27, // 37: ferry.v1.SourceObject.cluster:type_name -> ferry.v1.SourceCluster
+	28, // 38: ferry.v1.SourceObject.host:type_name -> ferry.v1.SourceHost
+	29, // 39: ferry.v1.SourceObject.network:type_name -> ferry.v1.SourceNetwork
+	30, // 40: ferry.v1.SourceObject.datastore:type_name -> ferry.v1.SourceDatastore
+	4,  // 41: ferry.v1.SyncSourceResponse.source:type_name -> ferry.v1.Source
+	3,  // 42: ferry.v1.ListSourceInventoryRequest.kind:type_name -> ferry.v1.SourceObjectKind
+	32, // 43: ferry.v1.ListSourceInventoryResponse.objects:type_name -> ferry.v1.SourceObject
+	40, // 44: ferry.v1.ListSourceInventoryResponse.sync_time:type_name -> google.protobuf.Timestamp
+	25, // 45: ferry.v1.ListSourceInventoryResponse.product:type_name -> ferry.v1.SourceProduct
+	4,  // 46: ferry.v1.UpdateSourceRequest.source:type_name -> ferry.v1.Source
+	43, // 47: ferry.v1.UpdateSourceRequest.update_mask:type_name -> google.protobuf.FieldMask
+	8,  // 48: ferry.v1.UpdateCredentialRequest.credential:type_name -> ferry.v1.Credential
+	43, // 49: ferry.v1.UpdateCredentialRequest.update_mask:type_name -> google.protobuf.FieldMask
+	9,  // 50: ferry.v1.SourceService.CreateSource:input_type -> ferry.v1.CreateSourceRequest
+	10, // 51: ferry.v1.SourceService.GetSource:input_type -> ferry.v1.GetSourceRequest
+	11, // 52: ferry.v1.SourceService.ListSources:input_type -> ferry.v1.ListSourcesRequest
+	13, // 53: ferry.v1.SourceService.DeleteSource:input_type -> ferry.v1.DeleteSourceRequest
+	14, // 54: ferry.v1.SourceService.CreateCredential:input_type -> ferry.v1.CreateCredentialRequest
+	15, // 55: ferry.v1.SourceService.GetCredential:input_type -> ferry.v1.GetCredentialRequest
+	16, // 56: ferry.v1.SourceService.ListCredentials:input_type -> ferry.v1.ListCredentialsRequest
+	18, // 57: ferry.v1.SourceService.DeleteCredential:input_type -> ferry.v1.DeleteCredentialRequest
+	19, // 58: ferry.v1.SourceService.ListSourceVMs:input_type -> ferry.v1.ListSourceVMsRequest
+	33, // 59: ferry.v1.SourceService.SyncSource:input_type -> ferry.v1.SyncSourceRequest
+	35, // 60: ferry.v1.SourceService.ListSourceInventory:input_type -> ferry.v1.ListSourceInventoryRequest
+	37, // 61: ferry.v1.SourceService.UpdateSource:input_type -> ferry.v1.UpdateSourceRequest
+	38, // 62: ferry.v1.SourceService.UpdateCredential:input_type -> ferry.v1.UpdateCredentialRequest
+	4,  // 63: ferry.v1.SourceService.CreateSource:output_type -> ferry.v1.Source
+	4,  // 64: ferry.v1.SourceService.GetSource:output_type -> ferry.v1.Source
+	12, // 65: ferry.v1.SourceService.ListSources:output_type -> ferry.v1.ListSourcesResponse
+	44, // 66: ferry.v1.SourceService.DeleteSource:output_type -> google.protobuf.Empty
+	8,  // 67: ferry.v1.SourceService.CreateCredential:output_type -> ferry.v1.Credential
+	8,  // 68: ferry.v1.SourceService.GetCredential:output_type -> ferry.v1.Credential
+	17, // 69: ferry.v1.SourceService.ListCredentials:output_type -> ferry.v1.ListCredentialsResponse
+	44, // 70: ferry.v1.SourceService.DeleteCredential:output_type -> google.protobuf.Empty
+	20, // 71: ferry.v1.SourceService.ListSourceVMs:output_type -> ferry.v1.ListSourceVMsResponse
+	34, // 72: ferry.v1.SourceService.SyncSource:output_type -> ferry.v1.SyncSourceResponse
+	36, // 73: ferry.v1.SourceService.ListSourceInventory:output_type -> ferry.v1.ListSourceInventoryResponse
+	4,  // 74: ferry.v1.SourceService.UpdateSource:output_type -> ferry.v1.Source
+	8,  // 75: ferry.v1.SourceService.UpdateCredential:output_type -> ferry.v1.Credential
+	63, // [63:76] is the sub-list for method output_type
+	50, // [50:63] is the sub-list for method input_type
+	50, // [50:50] is the sub-list for extension type_name
+	50, // [50:50] is the sub-list for extension extendee
+	0,  // [0:50] is the sub-list for field type_name
 }
 
 func init() { file_ferry_v1_source_proto_init() }
@@ -3483,8 +3559,8 @@ func file_ferry_v1_source_proto_init() {
 	}
 	file_ferry_v1_common_proto_init()
 	file_ferry_v1_migration_job_proto_init()
-	file_ferry_v1_source_proto_msgTypes[14].OneofWrappers = []any{}
-	file_ferry_v1_source_proto_msgTypes[27].OneofWrappers = []any{
+	file_ferry_v1_source_proto_msgTypes[15].OneofWrappers = []any{}
+	file_ferry_v1_source_proto_msgTypes[28].OneofWrappers = []any{
 		(*SourceObject_Datacenter)(nil),
 		(*SourceObject_Cluster)(nil),
 		(*SourceObject_Host)(nil),
@@ -3497,7 +3573,7 @@ func file_ferry_v1_source_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_ferry_v1_source_proto_rawDesc), len(file_ferry_v1_source_proto_rawDesc)),
 			NumEnums:      4,
-			NumMessages:   34,
+			NumMessages:   35,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -1630,8 +1630,11 @@ type Assignment struct {
 	// How long a VMware guest shutdown may take before the source VM is
 	// powered off: Settings.guest_shutdown_timeout when the job starts.
 	GuestShutdownTimeout *durationpb.Duration `protobuf:"bytes,8,opt,name=guest_shutdown_timeout,json=guestShutdownTimeout,proto3" json:"guest_shutdown_timeout,omitempty"`
-	unknownFields        protoimpl.UnknownFields
-	sizeCache            protoimpl.SizeCache
+	// Export jobs only: the cluster's Ed25519 private key (its 32-byte
+	// seed) that signs the bundle; only ever sent over mutual TLS.
+	BundleSigningKey []byte `protobuf:"bytes,9,opt,name=bundle_signing_key,json=bundleSigningKey,proto3" json:"bundle_signing_key,omitempty"`
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
 }
 
 func (x *Assignment) Reset() {
@@ -1716,6 +1719,13 @@ func (x *Assignment) GetSecrets() map[string]string {
 func (x *Assignment) GetGuestShutdownTimeout() *durationpb.Duration {
 	if x != nil {
 		return x.GuestShutdownTimeout
+	}
+	return nil
+}
+
+func (x *Assignment) GetBundleSigningKey() []byte {
+	if x != nil {
+		return x.BundleSigningKey
 	}
 	return nil
 }
@@ -2103,7 +2113,7 @@ const file_ferry_agent_v1_agent_proto_rawDesc = "" +
 	"\bwarnings\x18\x05 \x03(\tR\bwarnings\x12,\n" +
 	"\x05disks\x18\x06 \x03(\v2\x16.ferry.v1.DiskProgressR\x05disks\x12:\n" +
 	"\rphase_timings\x18\a \x03(\v2\x15.ferry.v1.PhaseTimingR\fphaseTimings\x12(\n" +
-	"\x10boot_verified_by\x18\b \x01(\tR\x0ebootVerifiedBy\"\x85\x04\n" +
+	"\x10boot_verified_by\x18\b \x01(\tR\x0ebootVerifiedBy\"\xb3\x04\n" +
 	"\n" +
 	"Assignment\x12(\n" +
 	"\x03job\x18\x01 \x01(\v2\x16.ferry.v1.MigrationJobR\x03job\x12\x14\n" +
@@ -2114,7 +2124,8 @@ const file_ferry_agent_v1_agent_proto_rawDesc = "" +
 	"\vl3_networks\x18\x06 \x03(\v2\x13.ferry.v1.L3NetworkR\n" +
 	"l3Networks\x12A\n" +
 	"\asecrets\x18\a \x03(\v2'.ferry.agent.v1.Assignment.SecretsEntryR\asecrets\x12O\n" +
-	"\x16guest_shutdown_timeout\x18\b \x01(\v2\x19.google.protobuf.DurationR\x14guestShutdownTimeout\x1a:\n" +
+	"\x16guest_shutdown_timeout\x18\b \x01(\v2\x19.google.protobuf.DurationR\x14guestShutdownTimeout\x12,\n" +
+	"\x12bundle_signing_key\x18\t \x01(\fR\x10bundleSigningKey\x1a:\n" +
 	"\fSecretsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"N\n" +

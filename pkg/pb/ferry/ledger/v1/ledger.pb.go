@@ -74,6 +74,7 @@ type Command struct {
 	//	*Command_SetPendingCleanup
 	//	*Command_UpdateResource
 	//	*Command_RecordAuditEvent
+	//	*Command_SetBundleSigningKey
 	Op            isCommand_Op `protobuf_oneof:"op"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -472,6 +473,15 @@ func (x *Command) GetRecordAuditEvent() *RecordAuditEvent {
 	return nil
 }
 
+func (x *Command) GetSetBundleSigningKey() *SetBundleSigningKey {
+	if x != nil {
+		if x, ok := x.Op.(*Command_SetBundleSigningKey); ok {
+			return x.SetBundleSigningKey
+		}
+	}
+	return nil
+}
+
 type isCommand_Op interface {
 	isCommand_Op()
 }
@@ -628,6 +638,10 @@ type Command_RecordAuditEvent struct {
 	RecordAuditEvent *RecordAuditEvent `protobuf:"bytes,47,opt,name=record_audit_event,json=recordAuditEvent,proto3,oneof"`
 }
 
+type Command_SetBundleSigningKey struct {
+	SetBundleSigningKey *SetBundleSigningKey `protobuf:"bytes,48,opt,name=set_bundle_signing_key,json=setBundleSigningKey,proto3,oneof"`
+}
+
 func (*Command_PutCluster) isCommand_Op() {}
 
 func (*Command_DeleteCluster) isCommand_Op() {}
@@ -703,6 +717,8 @@ func (*Command_SetPendingCleanup) isCommand_Op() {}
 func (*Command_UpdateResource) isCommand_Op() {}
 
 func (*Command_RecordAuditEvent) isCommand_Op() {}
+
+func (*Command_SetBundleSigningKey) isCommand_Op() {}
 
 // Batch applies several commands as one log entry, in order.
 type Batch struct {
@@ -2476,10 +2492,11 @@ type Snapshot struct {
 	// The Raft log index of the last entry the snapshot holds, so a node
 	// restored from it knows which ledger state it serves (0 in snapshots
 	// taken before this field existed).
-	AppliedIndex  uint64               `protobuf:"varint,18,opt,name=applied_index,json=appliedIndex,proto3" json:"applied_index,omitempty"`
-	CacheUsage    []*CacheUsageHistory `protobuf:"bytes,20,rep,name=cache_usage,json=cacheUsage,proto3" json:"cache_usage,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	AppliedIndex     uint64               `protobuf:"varint,18,opt,name=applied_index,json=appliedIndex,proto3" json:"applied_index,omitempty"`
+	CacheUsage       []*CacheUsageHistory `protobuf:"bytes,20,rep,name=cache_usage,json=cacheUsage,proto3" json:"cache_usage,omitempty"`
+	BundleSigningKey *SetBundleSigningKey `protobuf:"bytes,21,opt,name=bundle_signing_key,json=bundleSigningKey,proto3" json:"bundle_signing_key,omitempty"`
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
 }
 
 func (x *Snapshot) Reset() {
@@ -2645,6 +2662,69 @@ func (x *Snapshot) GetCacheUsage() []*CacheUsageHistory {
 	return nil
 }
 
+func (x *Snapshot) GetBundleSigningKey() *SetBundleSigningKey {
+	if x != nil {
+		return x.BundleSigningKey
+	}
+	return nil
+}
+
+// SetBundleSigningKey records the cluster's bundle signing key, made by
+// the leader: the Ed25519 seed sealed (AES-256-GCM, the credentials' seal
+// key, additional data "bundleSigningKey") and the public key. A key is
+// set once: a second command leaves the first key in place.
+type SetBundleSigningKey struct {
+	state            protoimpl.MessageState `protogen:"open.v1"`
+	SealedPrivateKey []byte                 `protobuf:"bytes,1,opt,name=sealed_private_key,json=sealedPrivateKey,proto3" json:"sealed_private_key,omitempty"`
+	PublicKey        []byte                 `protobuf:"bytes,2,opt,name=public_key,json=publicKey,proto3" json:"public_key,omitempty"`
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
+}
+
+func (x *SetBundleSigningKey) Reset() {
+	*x = SetBundleSigningKey{}
+	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[32]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SetBundleSigningKey) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SetBundleSigningKey) ProtoMessage() {}
+
+func (x *SetBundleSigningKey) ProtoReflect() protoreflect.Message {
+	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[32]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SetBundleSigningKey.ProtoReflect.Descriptor instead.
+func (*SetBundleSigningKey) Descriptor() ([]byte, []int) {
+	return file_ferry_ledger_v1_ledger_proto_rawDescGZIP(), []int{32}
+}
+
+func (x *SetBundleSigningKey) GetSealedPrivateKey() []byte {
+	if x != nil {
+		return x.SealedPrivateKey
+	}
+	return nil
+}
+
+func (x *SetBundleSigningKey) GetPublicKey() []byte {
+	if x != nil {
+		return x.PublicKey
+	}
+	return nil
+}
+
 // CacheUsageHistory is a migration server's cache usage over time, kept
 // in tiers of decreasing resolution. A sample is taken as the server is
 // created and as a PutHost of its host applies (the command's time, the
@@ -2662,7 +2742,7 @@ type CacheUsageHistory struct {
 
 func (x *CacheUsageHistory) Reset() {
 	*x = CacheUsageHistory{}
-	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[32]
+	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2674,7 +2754,7 @@ func (x *CacheUsageHistory) String() string {
 func (*CacheUsageHistory) ProtoMessage() {}
 
 func (x *CacheUsageHistory) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[32]
+	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2687,7 +2767,7 @@ func (x *CacheUsageHistory) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CacheUsageHistory.ProtoReflect.Descriptor instead.
 func (*CacheUsageHistory) Descriptor() ([]byte, []int) {
-	return file_ferry_ledger_v1_ledger_proto_rawDescGZIP(), []int{32}
+	return file_ferry_ledger_v1_ledger_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *CacheUsageHistory) GetName() string {
@@ -2722,7 +2802,7 @@ type UsageTier struct {
 
 func (x *UsageTier) Reset() {
 	*x = UsageTier{}
-	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[33]
+	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2734,7 +2814,7 @@ func (x *UsageTier) String() string {
 func (*UsageTier) ProtoMessage() {}
 
 func (x *UsageTier) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[33]
+	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2747,7 +2827,7 @@ func (x *UsageTier) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UsageTier.ProtoReflect.Descriptor instead.
 func (*UsageTier) Descriptor() ([]byte, []int) {
-	return file_ferry_ledger_v1_ledger_proto_rawDescGZIP(), []int{33}
+	return file_ferry_ledger_v1_ledger_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *UsageTier) GetResolutionSeconds() int64 {
@@ -2798,7 +2878,7 @@ type RecordAuditEvent struct {
 
 func (x *RecordAuditEvent) Reset() {
 	*x = RecordAuditEvent{}
-	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[34]
+	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2810,7 +2890,7 @@ func (x *RecordAuditEvent) String() string {
 func (*RecordAuditEvent) ProtoMessage() {}
 
 func (x *RecordAuditEvent) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[34]
+	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2823,7 +2903,7 @@ func (x *RecordAuditEvent) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RecordAuditEvent.ProtoReflect.Descriptor instead.
 func (*RecordAuditEvent) Descriptor() ([]byte, []int) {
-	return file_ferry_ledger_v1_ledger_proto_rawDescGZIP(), []int{34}
+	return file_ferry_ledger_v1_ledger_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *RecordAuditEvent) GetEvent() *v1.AuditEvent {
@@ -2852,7 +2932,7 @@ type AuditRetention struct {
 
 func (x *AuditRetention) Reset() {
 	*x = AuditRetention{}
-	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[35]
+	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2864,7 +2944,7 @@ func (x *AuditRetention) String() string {
 func (*AuditRetention) ProtoMessage() {}
 
 func (x *AuditRetention) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[35]
+	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2877,7 +2957,7 @@ func (x *AuditRetention) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AuditRetention.ProtoReflect.Descriptor instead.
 func (*AuditRetention) Descriptor() ([]byte, []int) {
-	return file_ferry_ledger_v1_ledger_proto_rawDescGZIP(), []int{35}
+	return file_ferry_ledger_v1_ledger_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *AuditRetention) GetMaxAgeSeconds() int64 {
@@ -2905,7 +2985,7 @@ type RevokeCertificate struct {
 
 func (x *RevokeCertificate) Reset() {
 	*x = RevokeCertificate{}
-	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[36]
+	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2917,7 +2997,7 @@ func (x *RevokeCertificate) String() string {
 func (*RevokeCertificate) ProtoMessage() {}
 
 func (x *RevokeCertificate) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[36]
+	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2930,7 +3010,7 @@ func (x *RevokeCertificate) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevokeCertificate.ProtoReflect.Descriptor instead.
 func (*RevokeCertificate) Descriptor() ([]byte, []int) {
-	return file_ferry_ledger_v1_ledger_proto_rawDescGZIP(), []int{36}
+	return file_ferry_ledger_v1_ledger_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *RevokeCertificate) GetCertificate() *v1.RevokedCertificate {
@@ -2953,7 +3033,7 @@ type ReleaseAddress struct {
 
 func (x *ReleaseAddress) Reset() {
 	*x = ReleaseAddress{}
-	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[37]
+	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2965,7 +3045,7 @@ func (x *ReleaseAddress) String() string {
 func (*ReleaseAddress) ProtoMessage() {}
 
 func (x *ReleaseAddress) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[37]
+	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2978,7 +3058,7 @@ func (x *ReleaseAddress) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReleaseAddress.ProtoReflect.Descriptor instead.
 func (*ReleaseAddress) Descriptor() ([]byte, []int) {
-	return file_ferry_ledger_v1_ledger_proto_rawDescGZIP(), []int{37}
+	return file_ferry_ledger_v1_ledger_proto_rawDescGZIP(), []int{38}
 }
 
 func (x *ReleaseAddress) GetNetwork() string {
@@ -3022,7 +3102,7 @@ type UpdateResource struct {
 
 func (x *UpdateResource) Reset() {
 	*x = UpdateResource{}
-	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[38]
+	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3034,7 +3114,7 @@ func (x *UpdateResource) String() string {
 func (*UpdateResource) ProtoMessage() {}
 
 func (x *UpdateResource) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[38]
+	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3047,7 +3127,7 @@ func (x *UpdateResource) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpdateResource.ProtoReflect.Descriptor instead.
 func (*UpdateResource) Descriptor() ([]byte, []int) {
-	return file_ferry_ledger_v1_ledger_proto_rawDescGZIP(), []int{38}
+	return file_ferry_ledger_v1_ledger_proto_rawDescGZIP(), []int{39}
 }
 
 func (x *UpdateResource) GetResource() isUpdateResource_Resource {
@@ -3186,7 +3266,7 @@ var File_ferry_ledger_v1_ledger_proto protoreflect.FileDescriptor
 
 const file_ferry_ledger_v1_ledger_proto_rawDesc = "" +
 	"\n" +
-	"\x1cferry/ledger/v1/ledger.proto\x12\x0fferry.ledger.v1\x1a\x14ferry/v1/audit.proto\x1a\x1aferry/v1/certificate.proto\x1a\x1fferry/v1/target_inventory.proto\x1a\x1cferry/v1/migration_job.proto\x1a\x1fferry/v1/migration_server.proto\x1a\x1eferry/v1/network_mapping.proto\x1a\x17ferry/v1/settings.proto\x1a\x15ferry/v1/source.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xb5\x19\n" +
+	"\x1cferry/ledger/v1/ledger.proto\x12\x0fferry.ledger.v1\x1a\x14ferry/v1/audit.proto\x1a\x1aferry/v1/certificate.proto\x1a\x1fferry/v1/target_inventory.proto\x1a\x1cferry/v1/migration_job.proto\x1a\x1fferry/v1/migration_server.proto\x1a\x1eferry/v1/network_mapping.proto\x1a\x17ferry/v1/settings.proto\x1a\x15ferry/v1/source.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x92\x1a\n" +
 	"\aCommand\x12.\n" +
 	"\x04time\x18\x01 \x01(\v2\x1a.google.protobuf.TimestampR\x04time\x127\n" +
 	"\arequest\x18\x02 \x01(\v2\x1d.ferry.ledger.v1.RequestStampR\arequest\x12>\n" +
@@ -3231,7 +3311,8 @@ const file_ferry_ledger_v1_ledger_proto_rawDesc = "" +
 	"\x14set_host_maintenance\x18, \x01(\v2#.ferry.ledger.v1.SetHostMaintenanceH\x00R\x12setHostMaintenance\x12T\n" +
 	"\x13set_pending_cleanup\x18- \x01(\v2\".ferry.ledger.v1.SetPendingCleanupH\x00R\x11setPendingCleanup\x12J\n" +
 	"\x0fupdate_resource\x18. \x01(\v2\x1f.ferry.ledger.v1.UpdateResourceH\x00R\x0eupdateResource\x12Q\n" +
-	"\x12record_audit_event\x18/ \x01(\v2!.ferry.ledger.v1.RecordAuditEventH\x00R\x10recordAuditEventB\x04\n" +
+	"\x12record_audit_event\x18/ \x01(\v2!.ferry.ledger.v1.RecordAuditEventH\x00R\x10recordAuditEvent\x12[\n" +
+	"\x16set_bundle_signing_key\x180 \x01(\v2$.ferry.ledger.v1.SetBundleSigningKeyH\x00R\x13setBundleSigningKeyB\x04\n" +
 	"\x02op\"=\n" +
 	"\x05Batch\x124\n" +
 	"\bcommands\x18\x01 \x03(\v2\x18.ferry.ledger.v1.CommandR\bcommands\"$\n" +
@@ -3362,7 +3443,7 @@ const file_ferry_ledger_v1_ledger_proto_rawDesc = "" +
 	"request_id\x18\x01 \x01(\tR\trequestId\x12\x14\n" +
 	"\x05names\x18\x02 \x03(\tR\x05names\x12.\n" +
 	"\x04time\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\x04time\x12\x16\n" +
-	"\x06method\x18\x04 \x01(\tR\x06method\"\xdc\b\n" +
+	"\x06method\x18\x04 \x01(\tR\x06method\"\xb0\t\n" +
 	"\bSnapshot\x12-\n" +
 	"\bclusters\x18\x01 \x03(\v2\x11.ferry.v1.ClusterR\bclusters\x12$\n" +
 	"\x05hosts\x18\x02 \x03(\v2\x0e.ferry.v1.HostR\x05hosts\x12C\n" +
@@ -3385,7 +3466,12 @@ const file_ferry_ledger_v1_ledger_proto_rawDesc = "" +
 	"\x0eaudit_sequence\x18\x11 \x01(\x04R\rauditSequence\x12#\n" +
 	"\rapplied_index\x18\x12 \x01(\x04R\fappliedIndex\x12C\n" +
 	"\vcache_usage\x18\x14 \x03(\v2\".ferry.ledger.v1.CacheUsageHistoryR\n" +
-	"cacheUsage\"Y\n" +
+	"cacheUsage\x12R\n" +
+	"\x12bundle_signing_key\x18\x15 \x01(\v2$.ferry.ledger.v1.SetBundleSigningKeyR\x10bundleSigningKey\"b\n" +
+	"\x13SetBundleSigningKey\x12,\n" +
+	"\x12sealed_private_key\x18\x01 \x01(\fR\x10sealedPrivateKey\x12\x1d\n" +
+	"\n" +
+	"public_key\x18\x02 \x01(\fR\tpublicKey\"Y\n" +
 	"\x11CacheUsageHistory\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x120\n" +
 	"\x05tiers\x18\x02 \x03(\v2\x1a.ferry.ledger.v1.UsageTierR\x05tiers\"\xb8\x01\n" +
@@ -3437,7 +3523,7 @@ func file_ferry_ledger_v1_ledger_proto_rawDescGZIP() []byte {
 	return file_ferry_ledger_v1_ledger_proto_rawDescData
 }
 
-var file_ferry_ledger_v1_ledger_proto_msgTypes = make([]protoimpl.MessageInfo, 39)
+var file_ferry_ledger_v1_ledger_proto_msgTypes = make([]protoimpl.MessageInfo, 40)
 var file_ferry_ledger_v1_ledger_proto_goTypes = []any{
 	(*Command)(nil),                     // 0: ferry.ledger.v1.Command
 	(*Batch)(nil),                       // 1: ferry.ledger.v1.Batch
@@ -3471,35 +3557,36 @@ var file_ferry_ledger_v1_ledger_proto_goTypes = []any{
 	(*RequestStamp)(nil),                // 29: ferry.ledger.v1.RequestStamp
 	(*RequestRecord)(nil),               // 30: ferry.ledger.v1.RequestRecord
 	(*Snapshot)(nil),                    // 31: ferry.ledger.v1.Snapshot
-	(*CacheUsageHistory)(nil),           // 32: ferry.ledger.v1.CacheUsageHistory
-	(*UsageTier)(nil),                   // 33: ferry.ledger.v1.UsageTier
-	(*RecordAuditEvent)(nil),            // 34: ferry.ledger.v1.RecordAuditEvent
-	(*AuditRetention)(nil),              // 35: ferry.ledger.v1.AuditRetention
-	(*RevokeCertificate)(nil),           // 36: ferry.ledger.v1.RevokeCertificate
-	(*ReleaseAddress)(nil),              // 37: ferry.ledger.v1.ReleaseAddress
-	(*UpdateResource)(nil),              // 38: ferry.ledger.v1.UpdateResource
-	(*timestamppb.Timestamp)(nil),       // 39: google.protobuf.Timestamp
-	(*v1.Cluster)(nil),                  // 40: ferry.v1.Cluster
-	(*v1.Host)(nil),                     // 41: ferry.v1.Host
-	(*v1.PendingCleanup)(nil),           // 42: ferry.v1.PendingCleanup
-	(*v1.PrimaryStorage)(nil),           // 43: ferry.v1.PrimaryStorage
-	(*v1.L3Network)(nil),                // 44: ferry.v1.L3Network
-	(*v1.MigrationServer)(nil),          // 45: ferry.v1.MigrationServer
-	(*v1.Credential)(nil),               // 46: ferry.v1.Credential
-	(*v1.Source)(nil),                   // 47: ferry.v1.Source
-	(*v1.SourceInventory)(nil),          // 48: ferry.v1.SourceInventory
-	(*v1.MigrationJob)(nil),             // 49: ferry.v1.MigrationJob
-	(v1.MigrationJobPhase)(0),           // 50: ferry.v1.MigrationJobPhase
-	(*v1.DiskProgress)(nil),             // 51: ferry.v1.DiskProgress
-	(*v1.PhaseTiming)(nil),              // 52: ferry.v1.PhaseTiming
-	(v1.MigrationJobState)(0),           // 53: ferry.v1.MigrationJobState
-	(*v1.NetworkMappingGroup)(nil),      // 54: ferry.v1.NetworkMappingGroup
-	(*v1.Settings)(nil),                 // 55: ferry.v1.Settings
-	(*v1.RevokedCertificate)(nil),       // 56: ferry.v1.RevokedCertificate
-	(*v1.AuditEvent)(nil),               // 57: ferry.v1.AuditEvent
+	(*SetBundleSigningKey)(nil),         // 32: ferry.ledger.v1.SetBundleSigningKey
+	(*CacheUsageHistory)(nil),           // 33: ferry.ledger.v1.CacheUsageHistory
+	(*UsageTier)(nil),                   // 34: ferry.ledger.v1.UsageTier
+	(*RecordAuditEvent)(nil),            // 35: ferry.ledger.v1.RecordAuditEvent
+	(*AuditRetention)(nil),              // 36: ferry.ledger.v1.AuditRetention
+	(*RevokeCertificate)(nil),           // 37: ferry.ledger.v1.RevokeCertificate
+	(*ReleaseAddress)(nil),              // 38: ferry.ledger.v1.ReleaseAddress
+	(*UpdateResource)(nil),              // 39: ferry.ledger.v1.UpdateResource
+	(*timestamppb.Timestamp)(nil),       // 40: google.protobuf.Timestamp
+	(*v1.Cluster)(nil),                  // 41: ferry.v1.Cluster
+	(*v1.Host)(nil),                     // 42: ferry.v1.Host
+	(*v1.PendingCleanup)(nil),           // 43: ferry.v1.PendingCleanup
+	(*v1.PrimaryStorage)(nil),           // 44: ferry.v1.PrimaryStorage
+	(*v1.L3Network)(nil),                // 45: ferry.v1.L3Network
+	(*v1.MigrationServer)(nil),          // 46: ferry.v1.MigrationServer
+	(*v1.Credential)(nil),               // 47: ferry.v1.Credential
+	(*v1.Source)(nil),                   // 48: ferry.v1.Source
+	(*v1.SourceInventory)(nil),          // 49: ferry.v1.SourceInventory
+	(*v1.MigrationJob)(nil),             // 50: ferry.v1.MigrationJob
+	(v1.MigrationJobPhase)(0),           // 51: ferry.v1.MigrationJobPhase
+	(*v1.DiskProgress)(nil),             // 52: ferry.v1.DiskProgress
+	(*v1.PhaseTiming)(nil),              // 53: ferry.v1.PhaseTiming
+	(v1.MigrationJobState)(0),           // 54: ferry.v1.MigrationJobState
+	(*v1.NetworkMappingGroup)(nil),      // 55: ferry.v1.NetworkMappingGroup
+	(*v1.Settings)(nil),                 // 56: ferry.v1.Settings
+	(*v1.RevokedCertificate)(nil),       // 57: ferry.v1.RevokedCertificate
+	(*v1.AuditEvent)(nil),               // 58: ferry.v1.AuditEvent
 }
 var file_ferry_ledger_v1_ledger_proto_depIdxs = []int32{
-	39, // 0: ferry.ledger.v1.Command.time:type_name -> google.protobuf.Timestamp
+	40, // 0: ferry.ledger.v1.Command.time:type_name -> google.protobuf.Timestamp
 	29, // 1: ferry.ledger.v1.Command.request:type_name -> ferry.ledger.v1.RequestStamp
 	3,  // 2: ferry.ledger.v1.Command.put_cluster:type_name -> ferry.ledger.v1.PutCluster
 	2,  // 3: ferry.ledger.v1.Command.delete_cluster:type_name -> ferry.ledger.v1.DeleteResource
@@ -3533,67 +3620,69 @@ var file_ferry_ledger_v1_ledger_proto_depIdxs = []int32{
 	17, // 31: ferry.ledger.v1.Command.record_source_sync:type_name -> ferry.ledger.v1.RecordSourceSync
 	25, // 32: ferry.ledger.v1.Command.put_network_mapping_group:type_name -> ferry.ledger.v1.PutNetworkMappingGroup
 	2,  // 33: ferry.ledger.v1.Command.delete_network_mapping_group:type_name -> ferry.ledger.v1.DeleteResource
-	37, // 34: ferry.ledger.v1.Command.release_address:type_name -> ferry.ledger.v1.ReleaseAddress
-	36, // 35: ferry.ledger.v1.Command.revoke_certificate:type_name -> ferry.ledger.v1.RevokeCertificate
+	38, // 34: ferry.ledger.v1.Command.release_address:type_name -> ferry.ledger.v1.ReleaseAddress
+	37, // 35: ferry.ledger.v1.Command.revoke_certificate:type_name -> ferry.ledger.v1.RevokeCertificate
 	6,  // 36: ferry.ledger.v1.Command.set_host_maintenance:type_name -> ferry.ledger.v1.SetHostMaintenance
 	7,  // 37: ferry.ledger.v1.Command.set_pending_cleanup:type_name -> ferry.ledger.v1.SetPendingCleanup
-	38, // 38: ferry.ledger.v1.Command.update_resource:type_name -> ferry.ledger.v1.UpdateResource
-	34, // 39: ferry.ledger.v1.Command.record_audit_event:type_name -> ferry.ledger.v1.RecordAuditEvent
-	0,  // 40: ferry.ledger.v1.Batch.commands:type_name -> ferry.ledger.v1.Command
-	40, // 41: ferry.ledger.v1.PutCluster.cluster:type_name -> ferry.v1.Cluster
-	41, // 42: ferry.ledger.v1.PutHost.host:type_name -> ferry.v1.Host
-	42, // 43: ferry.ledger.v1.SetPendingCleanup.cleanup:type_name -> ferry.v1.PendingCleanup
-	43, // 44: ferry.ledger.v1.PutPrimaryStorage.primary_storage:type_name -> ferry.v1.PrimaryStorage
-	44, // 45: ferry.ledger.v1.PutL3Network.l3_network:type_name -> ferry.v1.L3Network
-	45, // 46: ferry.ledger.v1.PutMigrationServer.migration_server:type_name -> ferry.v1.MigrationServer
-	46, // 47: ferry.ledger.v1.SealedCredential.credential:type_name -> ferry.v1.Credential
-	13, // 48: ferry.ledger.v1.PutCredential.credential:type_name -> ferry.ledger.v1.SealedCredential
-	47, // 49: ferry.ledger.v1.PutSource.source:type_name -> ferry.v1.Source
-	48, // 50: ferry.ledger.v1.RecordSourceSync.inventory:type_name -> ferry.v1.SourceInventory
-	49, // 51: ferry.ledger.v1.CreateMigrationJobs.jobs:type_name -> ferry.v1.MigrationJob
-	50, // 52: ferry.ledger.v1.CheckpointMigrationJob.phase:type_name -> ferry.v1.MigrationJobPhase
-	51, // 53: ferry.ledger.v1.CheckpointMigrationJob.disks:type_name -> ferry.v1.DiskProgress
-	52, // 54: ferry.ledger.v1.CheckpointMigrationJob.phase_timings:type_name -> ferry.v1.PhaseTiming
-	53, // 55: ferry.ledger.v1.FinishMigrationJob.state:type_name -> ferry.v1.MigrationJobState
-	51, // 56: ferry.ledger.v1.FinishMigrationJob.disks:type_name -> ferry.v1.DiskProgress
-	52, // 57: ferry.ledger.v1.FinishMigrationJob.phase_timings:type_name -> ferry.v1.PhaseTiming
-	54, // 58: ferry.ledger.v1.PutNetworkMappingGroup.network_mapping_group:type_name -> ferry.v1.NetworkMappingGroup
-	55, // 59: ferry.ledger.v1.PutSettings.settings:type_name -> ferry.v1.Settings
-	27, // 60: ferry.ledger.v1.PutNode.node:type_name -> ferry.ledger.v1.Node
-	39, // 61: ferry.ledger.v1.RequestRecord.time:type_name -> google.protobuf.Timestamp
-	40, // 62: ferry.ledger.v1.Snapshot.clusters:type_name -> ferry.v1.Cluster
-	41, // 63: ferry.ledger.v1.Snapshot.hosts:type_name -> ferry.v1.Host
-	43, // 64: ferry.ledger.v1.Snapshot.primary_storages:type_name -> ferry.v1.PrimaryStorage
-	44, // 65: ferry.ledger.v1.Snapshot.l3_networks:type_name -> ferry.v1.L3Network
-	45, // 66: ferry.ledger.v1.Snapshot.migration_servers:type_name -> ferry.v1.MigrationServer
-	13, // 67: ferry.ledger.v1.Snapshot.credentials:type_name -> ferry.ledger.v1.SealedCredential
-	47, // 68: ferry.ledger.v1.Snapshot.sources:type_name -> ferry.v1.Source
-	49, // 69: ferry.ledger.v1.Snapshot.jobs:type_name -> ferry.v1.MigrationJob
-	55, // 70: ferry.ledger.v1.Snapshot.settings:type_name -> ferry.v1.Settings
-	27, // 71: ferry.ledger.v1.Snapshot.nodes:type_name -> ferry.ledger.v1.Node
-	30, // 72: ferry.ledger.v1.Snapshot.requests:type_name -> ferry.ledger.v1.RequestRecord
-	48, // 73: ferry.ledger.v1.Snapshot.source_inventories:type_name -> ferry.v1.SourceInventory
-	54, // 74: ferry.ledger.v1.Snapshot.network_mapping_groups:type_name -> ferry.v1.NetworkMappingGroup
-	56, // 75: ferry.ledger.v1.Snapshot.revoked_certificates:type_name -> ferry.v1.RevokedCertificate
-	57, // 76: ferry.ledger.v1.Snapshot.audit_events:type_name -> ferry.v1.AuditEvent
-	35, // 77: ferry.ledger.v1.Snapshot.audit_retention:type_name -> ferry.ledger.v1.AuditRetention
-	32, // 78: ferry.ledger.v1.Snapshot.cache_usage:type_name -> ferry.ledger.v1.CacheUsageHistory
-	33, // 79: ferry.ledger.v1.CacheUsageHistory.tiers:type_name -> ferry.ledger.v1.UsageTier
-	57, // 80: ferry.ledger.v1.RecordAuditEvent.event:type_name -> ferry.v1.AuditEvent
-	35, // 81: ferry.ledger.v1.RecordAuditEvent.retention:type_name -> ferry.ledger.v1.AuditRetention
-	56, // 82: ferry.ledger.v1.RevokeCertificate.certificate:type_name -> ferry.v1.RevokedCertificate
-	45, // 83: ferry.ledger.v1.UpdateResource.migration_server:type_name -> ferry.v1.MigrationServer
-	47, // 84: ferry.ledger.v1.UpdateResource.source:type_name -> ferry.v1.Source
-	13, // 85: ferry.ledger.v1.UpdateResource.credential:type_name -> ferry.ledger.v1.SealedCredential
-	40, // 86: ferry.ledger.v1.UpdateResource.cluster:type_name -> ferry.v1.Cluster
-	43, // 87: ferry.ledger.v1.UpdateResource.primary_storage:type_name -> ferry.v1.PrimaryStorage
-	44, // 88: ferry.ledger.v1.UpdateResource.l3_network:type_name -> ferry.v1.L3Network
-	49, // 89: ferry.ledger.v1.UpdateResource.migration_job:type_name -> ferry.v1.MigrationJob
-	90, // [90:90] is the sub-list for method output_type
-	90, // [90:90] is the sub-list for method input_type
-	90, // [90:90] is the sub-list for extension type_name
-	90, // [90:90] is the sub-list for extension extendee
-	0,  // [0:90] is the sub-list for field type_name
+	39, // 38: ferry.ledger.v1.Command.update_resource:type_name -> ferry.ledger.v1.UpdateResource
+	35, // 39: ferry.ledger.v1.Command.record_audit_event:type_name -> ferry.ledger.v1.RecordAuditEvent
+	32, // 40: ferry.ledger.v1.Command.set_bundle_signing_key:type_name -> ferry.ledger.v1.SetBundleSigningKey
+	0,  // 41: ferry.ledger.v1.Batch.commands:type_name -> ferry.ledger.v1.Command
+	41, // 42: ferry.ledger.v1.PutCluster.cluster:type_name -> ferry.v1.Cluster
+	42, // 43: ferry.ledger.v1.PutHost.host:type_name -> ferry.v1.Host
+	43, // 44: ferry.ledger.v1.SetPendingCleanup.cleanup:type_name -> ferry.v1.PendingCleanup
+	44, // 45: ferry.ledger.v1.PutPrimaryStorage.primary_storage:type_name -> ferry.v1.PrimaryStorage
+	45, // 46: ferry.ledger.v1.PutL3Network.l3_network:type_name -> ferry.v1.L3Network
+	46, // 47: ferry.ledger.v1.PutMigrationServer.migration_server:type_name -> ferry.v1.MigrationServer
+	47, // 48: ferry.ledger.v1.SealedCredential.credential:type_name -> ferry.v1.Credential
+	13, // 49: ferry.ledger.v1.PutCredential.credential:type_name -> ferry.ledger.v1.SealedCredential
+	48, // 50: ferry.ledger.v1.PutSource.source:type_name -> ferry.v1.Source
+	49, // 51: ferry.ledger.v1.RecordSourceSync.inventory:type_name -> ferry.v1.SourceInventory
+	50, // 52: ferry.ledger.v1.CreateMigrationJobs.jobs:type_name -> ferry.v1.MigrationJob
+	51, // 53: ferry.ledger.v1.CheckpointMigrationJob.phase:type_name -> ferry.v1.MigrationJobPhase
+	52, // 54: ferry.ledger.v1.CheckpointMigrationJob.disks:type_name -> ferry.v1.DiskProgress
+	53, // 55: ferry.ledger.v1.CheckpointMigrationJob.phase_timings:type_name -> ferry.v1.PhaseTiming
+	54, // 56: ferry.ledger.v1.FinishMigrationJob.state:type_name -> ferry.v1.MigrationJobState
+	52, // 57: ferry.ledger.v1.FinishMigrationJob.disks:type_name -> ferry.v1.DiskProgress
+	53, // 58: ferry.ledger.v1.FinishMigrationJob.phase_timings:type_name -> ferry.v1.PhaseTiming
+	55, // 59: ferry.ledger.v1.PutNetworkMappingGroup.network_mapping_group:type_name -> ferry.v1.NetworkMappingGroup
+	56, // 60: ferry.ledger.v1.PutSettings.settings:type_name -> ferry.v1.Settings
+	27, // 61: ferry.ledger.v1.PutNode.node:type_name -> ferry.ledger.v1.Node
+	40, // 62: ferry.ledger.v1.RequestRecord.time:type_name -> google.protobuf.Timestamp
+	41, // 63: ferry.ledger.v1.Snapshot.clusters:type_name -> ferry.v1.Cluster
+	42, // 64: ferry.ledger.v1.Snapshot.hosts:type_name -> ferry.v1.Host
+	44, // 65: ferry.ledger.v1.Snapshot.primary_storages:type_name -> ferry.v1.PrimaryStorage
+	45, // 66: ferry.ledger.v1.Snapshot.l3_networks:type_name -> ferry.v1.L3Network
+	46, // 67: ferry.ledger.v1.Snapshot.migration_servers:type_name -> ferry.v1.MigrationServer
+	13, // 68: ferry.ledger.v1.Snapshot.credentials:type_name -> ferry.ledger.v1.SealedCredential
+	48, // 69: ferry.ledger.v1.Snapshot.sources:type_name -> ferry.v1.Source
+	50, // 70: ferry.ledger.v1.Snapshot.jobs:type_name -> ferry.v1.MigrationJob
+	56, // 71: ferry.ledger.v1.Snapshot.settings:type_name -> ferry.v1.Settings
+	27, // 72: ferry.ledger.v1.Snapshot.nodes:type_name -> ferry.ledger.v1.Node
+	30, // 73: ferry.ledger.v1.Snapshot.requests:type_name -> ferry.ledger.v1.RequestRecord
+	49, // 74: ferry.ledger.v1.Snapshot.source_inventories:type_name -> ferry.v1.SourceInventory
+	55, // 75: ferry.ledger.v1.Snapshot.network_mapping_groups:type_name -> ferry.v1.NetworkMappingGroup
+	57, // 76: ferry.ledger.v1.Snapshot.revoked_certificates:type_name -> ferry.v1.RevokedCertificate
+	58, // 77: ferry.ledger.v1.Snapshot.audit_events:type_name -> ferry.v1.AuditEvent
+	36, // 78: ferry.ledger.v1.Snapshot.audit_retention:type_name -> ferry.ledger.v1.AuditRetention
+	33, // 79: ferry.ledger.v1.Snapshot.cache_usage:type_name -> ferry.ledger.v1.CacheUsageHistory
+	32, // 80: ferry.ledger.v1.Snapshot.bundle_signing_key:type_name -> ferry.ledger.v1.SetBundleSigningKey
+	34, // 81: ferry.ledger.v1.CacheUsageHistory.tiers:type_name -> ferry.ledger.v1.UsageTier
+	58, // 82: ferry.ledger.v1.RecordAuditEvent.event:type_name -> ferry.v1.AuditEvent
+	36, // 83: ferry.ledger.v1.RecordAuditEvent.retention:type_name -> ferry.ledger.v1.AuditRetention
+	57, // 84: ferry.ledger.v1.RevokeCertificate.certificate:type_name -> ferry.v1.RevokedCertificate
+	46, // 85: ferry.ledger.v1.UpdateResource.migration_server:type_name -> ferry.v1.MigrationServer
+	48, // 86: ferry.ledger.v1.UpdateResource.source:type_name -> ferry.v1.Source
+	13, // 87: ferry.ledger.v1.UpdateResource.credential:type_name -> ferry.ledger.v1.SealedCredential
+	41, // 88: ferry.ledger.v1.UpdateResource.cluster:type_name -> ferry.v1.Cluster
+	44, // 89: ferry.ledger.v1.UpdateResource.primary_storage:type_name -> ferry.v1.PrimaryStorage
+	45, // 90: ferry.ledger.v1.UpdateResource.l3_network:type_name -> ferry.v1.L3Network
+	50, // 91: ferry.ledger.v1.UpdateResource.migration_job:type_name -> ferry.v1.MigrationJob
+	92, // [92:92] is the sub-list for method output_type
+	92, // [92:92] is the sub-list for method input_type
+	92, // [92:92] is the sub-list for extension type_name
+	92, // [92:92] is the sub-list for extension extendee
+	0,  // [0:92] is the sub-list for field type_name
 }
 
 func init() { file_ferry_ledger_v1_ledger_proto_init() }
@@ -3640,9 +3729,10 @@ func file_ferry_ledger_v1_ledger_proto_init() {
 		(*Command_SetPendingCleanup)(nil),
 		(*Command_UpdateResource)(nil),
 		(*Command_RecordAuditEvent)(nil),
+		(*Command_SetBundleSigningKey)(nil),
 	}
 	file_ferry_ledger_v1_ledger_proto_msgTypes[12].OneofWrappers = []any{}
-	file_ferry_ledger_v1_ledger_proto_msgTypes[38].OneofWrappers = []any{
+	file_ferry_ledger_v1_ledger_proto_msgTypes[39].OneofWrappers = []any{
 		(*UpdateResource_MigrationServer)(nil),
 		(*UpdateResource_Source)(nil),
 		(*UpdateResource_Credential)(nil),
@@ -3657,7 +3747,7 @@ func file_ferry_ledger_v1_ledger_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_ferry_ledger_v1_ledger_proto_rawDesc), len(file_ferry_ledger_v1_ledger_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   39,
+			NumMessages:   40,
 			NumExtensions: 0,
 			NumServices:   0,
 		},
