@@ -21,6 +21,10 @@ const readChunk = 1 << 20
 // zeroes is hashed for ranges the image reports as zeroes.
 var zeroes = make([]byte, readChunk)
 
+// ImageOpts as HashContent's format says path is a qemu --image-opts
+// string rather than a file.
+const ImageOpts = "image-opts"
+
 // HashContent is the SHA-256 of an image's content as a guest reads it
 // (what `qemu-img convert -O raw` writes) and its virtual size. The image
 // is served read-only by qemu-nbd (Debian qemu-utils); ranges it reports
@@ -34,7 +38,13 @@ func HashContent(ctx context.Context, path, format string) (string, int64, error
 	sock := filepath.Join(dir, "nbd.sock")
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, "qemu-nbd", "--read-only", "--shared=1", "--socket="+sock, "--format="+format, path)
+	args := []string{"--read-only", "--shared=1", "--socket=" + sock}
+	if format == ImageOpts {
+		args = append(args, "--image-opts", path)
+	} else {
+		args = append(args, "--format="+format, path)
+	}
+	cmd := exec.CommandContext(ctx, "qemu-nbd", args...)
 	out := &tail{}
 	cmd.Stdout, cmd.Stderr = out, out
 	if err := cmd.Start(); err != nil {

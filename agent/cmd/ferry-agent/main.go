@@ -21,6 +21,7 @@ import (
 
 	"github.com/ferry-v2v/ferry/agent/internal/cache"
 	"github.com/ferry-v2v/ferry/agent/internal/config"
+	"github.com/ferry-v2v/ferry/agent/internal/export"
 	"github.com/ferry-v2v/ferry/agent/internal/facts"
 	"github.com/ferry-v2v/ferry/agent/internal/metrics"
 	"github.com/ferry-v2v/ferry/agent/internal/runner"
@@ -114,6 +115,7 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 			ferryv1.Platform_PLATFORM_KVM:    kvmDriver,
 			ferryv1.Platform_PLATFORM_VMWARE: vmware.NewDriver(log, vmware.Options{RetryBudget: cfg.SourceRetryBudget}),
 		},
+		Exporter: export.New(export.Options{Log: log, Version: cfg.Version, MountDir: filepath.Join(cfg.DataDir, "mounts")}),
 	}
 	fences := session.NewFences(outbox, log)
 	targets := session.NewTargets(outbox, log)

@@ -278,12 +278,23 @@ const rollbackTimeout = 2 * time.Minute
 // rollback undoes what a failed or cancelled job made on the target, with
 // its own deadline: the job's context has usually ended already.
 func (r *Runner) rollback(j *Job) {
+	ctx, cancel := context.WithTimeout(context.Background(), rollbackTimeout)
+	defer cancel()
+	if j.IsExport() {
+		if r.drivers.Exporter == nil {
+			return
+		}
+		if err := r.drivers.Exporter.Discard(ctx, j); err != nil {
+			j.Log.Error("discard the partial bundle", "err", err)
+			return
+		}
+		j.Log.Info("partial bundle discarded")
+		return
+	}
 	rb, ok := r.drivers.Target.(Rollbacker)
 	if !ok {
 		return
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), rollbackTimeout)
-	defer cancel()
 	if err := rb.Rollback(ctx, j); err != nil {
 		j.Log.Error("roll back the target", "err", err)
 		return

@@ -4,6 +4,10 @@ import (
 	ledgerv1 "github.com/ferry-v2v/ferry/pkg/pb/ferry/ledger/v1"
 )
 
+// BundleKeyAAD is the additional data the bundle signing key's seed is
+// sealed with, so that a sealed credential can never pass for it.
+const BundleKeyAAD = "bundleSigningKey"
+
 // SetBundleSigningKey records the cluster's bundle signing key (sealed
 // seed and public key) unless one is recorded already: the first key
 // made stays, so two leaders racing to make one agree on it.
