@@ -126,8 +126,10 @@ func TestExportBundle(t *testing.T) {
 	t.Run("cancel", func(t *testing.T) {
 		name := w.createExportCLI("export", "create", "--source", w.source, "--migration-server", w.server, "--vm", src.Name,
 			"--dir", dest, "--bundle-name", "cancelled", "--rate-limit", "262144", "-o", "json")
+		// Midway: EXPORTING, its partial bundle there, disk files in it.
 		w.waitJob(name, 2*time.Minute, "the export to write", func(j *ferryv1.MigrationJob) bool {
-			return j.GetPhase() == ferryv1.MigrationJobPhase_MIGRATION_JOB_PHASE_EXPORTING || terminal(j)
+			partial, _ := filepath.Glob(filepath.Join(dest, ".cancelled.ferry-partial-*", "vda.qcow2"))
+			return (j.GetPhase() == ferryv1.MigrationJobPhase_MIGRATION_JOB_PHASE_EXPORTING && len(partial) == 1) || terminal(j)
 		})
 		out, err := w.f.ferryctl("job", "cancel", name)
 		must(t, err)

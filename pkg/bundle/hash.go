@@ -30,45 +30,75 @@ const ImageOpts = "image-opts"
 // is served read-only by qemu-nbd (Debian qemu-utils); ranges it reports
 // as zeroes are hashed without being read.
 func HashContent(ctx context.Context, path, format string) (string, int64, error) {
-	dir, err := os.MkdirTemp("", "ferry-hash-")
+	img, err := Open(ctx, path, format)
 	if err != nil {
 		return "", 0, err
 	}
-	defer os.RemoveAll(dir)
+	defer img.Close()
+	sum, err := hashExport(ctx, img.Client)
+	if err != nil {
+		return "", 0, fmt.Errorf("read %s: %w", path, err)
+	}
+	return sum, img.Client.Size(), nil
+}
+
+// Image is an image served read-only by qemu-nbd, and a client of it.
+type Image struct {
+	Client *nbd.Client
+	cancel context.CancelFunc
+	exited chan error
+	dir    string
+}
+
+// Open serves an image read-only with qemu-nbd on a private unix socket
+// and connects to it; format is qemu's (qcow2, raw, vmdk, vhdx) or
+// ImageOpts. Close stops both.
+func Open(ctx context.Context, path, format string) (*Image, error) {
+	dir, err := os.MkdirTemp("", "ferry-image-")
+	if err != nil {
+		return nil, err
+	}
 	sock := filepath.Join(dir, "nbd.sock")
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
+	sctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	args := []string{"--read-only", "--shared=1", "--socket=" + sock}
 	if format == ImageOpts {
 		args = append(args, "--image-opts", path)
 	} else {
 		args = append(args, "--format="+format, path)
 	}
-	cmd := exec.CommandContext(ctx, "qemu-nbd", args...)
+	cmd := exec.CommandContext(sctx, "qemu-nbd", args...)
 	out := &tail{}
 	cmd.Stdout, cmd.Stderr = out, out
 	if err := cmd.Start(); err != nil {
-		return "", 0, fmt.Errorf("qemu-nbd %s: %w", path, err)
-	}
-	exited := make(chan error, 1)
-	go func() { exited <- cmd.Wait() }()
-	defer func() {
 		cancel()
-		<-exited
-	}()
-	c, err := dial(ctx, sock, exited, out)
-	if err != nil {
-		return "", 0, fmt.Errorf("qemu-nbd %s: %w", path, err)
+		os.RemoveAll(dir)
+		return nil, fmt.Errorf("qemu-nbd %s: %w", path, err)
 	}
-	defer c.Close()
-	sum, err := hashExport(ctx, c)
+	img := &Image{cancel: cancel, exited: make(chan error, 1), dir: dir}
+	go func() { img.exited <- cmd.Wait() }()
+	c, err := dial(ctx, sock, img.exited, out)
 	if err != nil {
-		return "", 0, fmt.Errorf("read %s: %w", path, err)
+		img.Close()
+		return nil, fmt.Errorf("qemu-nbd %s: %w", path, err)
 	}
-	return sum, c.Size(), nil
+	img.Client = c
+	return img, nil
 }
 
-func dial(ctx context.Context, sock string, exited <-chan error, out *tail) (*nbd.Client, error) {
+// Close disconnects and stops qemu-nbd.
+func (i *Image) Close() error {
+	if i.Client != nil {
+		i.Client.Close()
+	}
+	i.cancel()
+	<-i.exited
+	return os.RemoveAll(i.dir)
+}
+
+// exitedAgain puts back what the server's exit said, for Close.
+func exitedAgain(exited chan error, err error) { exited <- err }
+
+func dial(ctx context.Context, sock string, exited chan error, out *tail) (*nbd.Client, error) {
 	deadline := time.Now().Add(30 * time.Second)
 	for {
 		c, err := nbd.Dial(ctx, "unix", sock, nbd.Options{MaxRequest: readChunk})
@@ -77,6 +107,7 @@ func dial(ctx context.Context, sock string, exited <-chan error, out *tail) (*nb
 		}
 		select {
 		case werr := <-exited:
+			exitedAgain(exited, werr)
 			return nil, fmt.Errorf("exited: %v: %s", werr, out.String())
 		case <-ctx.Done():
 			return nil, ctx.Err()
