@@ -249,4 +249,3 @@ func fillDisk(d *bundle.Disk, vm *ferryv1.SourceVm, td *ferryv1.TargetDisk, i in
 	d.Boot = td.GetSourceDisk() == bootDisk(vm)
 	d.Order = i
 }
-
