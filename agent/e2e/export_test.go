@@ -123,6 +123,12 @@ func TestExportBundle(t *testing.T) {
 			t.Errorf("verify of a changed disk: %v: %s; want refused naming %s", err, out, disk)
 		}
 	})
+	t.Run("import", func(t *testing.T) {
+		if bundles["vmdk"] == "" {
+			t.Skip("no vmdk bundle")
+		}
+		importBundle(t, dest, filepath.Base(bundles["vmdk"]), key.GetPublicKey(), src)
+	})
 	t.Run("cancel", func(t *testing.T) {
 		name := w.createExportCLI("export", "create", "--source", w.source, "--migration-server", w.server, "--vm", src.Name,
 			"--dir", dest, "--bundle-name", "cancelled", "--rate-limit", "262144", "-o", "json")
@@ -219,5 +225,73 @@ func waitNoPartial(t *testing.T, w *world, dest string) {
 			t.Fatalf("partial bundle left at the destination: %v", left)
 		}
 		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// importBundle imports the bundle id of dir into a second one-node Ferry
+// through a bundle source signed with key, migrates it to a libvirt
+// domain, and checks the disks byte for byte and the domain field by
+// field against the VM the bundle came from. A copy of the bundle with
+// one disk byte changed after the sync fails its job naming the file; a
+// copy with a changed manifest is not listed at all.
+func importBundle(t *testing.T, dir, id, key string, src *testenv.TestVM) {
+	w2 := newWorld(t)
+	// The tampered copies, beside the bundle.
+	diskTampered := filepath.Join(dir, id+"-disk")
+	testenv.Run(t, "cp", "-a", filepath.Join(dir, id), diskTampered)
+	manifestTampered := filepath.Join(dir, id+"-manifest")
+	testenv.Run(t, "cp", "-a", filepath.Join(dir, id), manifestTampered)
+	mf := filepath.Join(manifestTampered, bundle.ManifestFile)
+	raw, err := os.ReadFile(mf)
+	must(t, err)
+	must(t, os.WriteFile(mf, []byte(strings.Replace(string(raw), `"cpus": 1`, `"cpus": 4`, 1)), 0o644))
+
+	s, err := w2.f.client.Sources().CreateSource(ctx(t, 10*time.Second), &ferryv1.CreateSourceRequest{Source: &ferryv1.Source{
+		Type: ferryv1.Platform_PLATFORM_BUNDLE, Bundle: &ferryv1.BundleLocation{Path: dir, PublicKey: key}}})
+	must(t, err)
+	resp, err := w2.f.client.Sources().ListSourceVMs(ctx(t, time.Minute), &ferryv1.ListSourceVMsRequest{Source: s.GetName(), Refresh: true})
+	must(t, err)
+	var vm, tampered *ferryv1.SourceVm
+	for _, v := range resp.GetVms() {
+		switch v.GetId() {
+		case id:
+			vm = v
+		case filepath.Base(diskTampered):
+			tampered = v
+		case filepath.Base(manifestTampered):
+			t.Errorf("the bundle with a changed manifest is listed: %v", v)
+		}
+	}
+	if vm == nil || tampered == nil {
+		t.Fatalf("the bundle source lists %v; want %s and %s", resp.GetVms(), id, filepath.Base(diskTampered))
+	}
+	if vm.GetName() != src.Name || len(vm.GetDisks()) != 2 || len(vm.GetNics()) != 1 || vm.GetNics()[0].GetMac() != src.MACs[0] {
+		t.Errorf("bundle VM = %v", vm)
+	}
+	flipDataByte(t, filepath.Join(diskTampered, "vdb.vmdk"))
+
+	start := true
+	migrate := func(v *ferryv1.SourceVm) (*ferryv1.MigrationJobSpec, *ferryv1.MigrationJob) {
+		spec := w2.spec(v, &ferryv1.MigrationOptions{AutoStart: &start})
+		spec.SourceVm = v.GetId()
+		spec.Target.VmName = v.GetId() + "-imported"
+		r, err := w2.f.client.Jobs().CreateMigrationJobs(ctx(t, time.Minute), &ferryv1.CreateMigrationJobsRequest{
+			Source: s.GetName(), MigrationServer: w2.server, Jobs: []*ferryv1.MigrationJobSpec{spec}})
+		must(t, err)
+		return spec, w2.waitJob(r.GetJobs()[0].GetName(), 3*time.Minute, "the import to end", terminal)
+	}
+	spec, job := migrate(vm)
+	if job.GetState() != ferryv1.MigrationJobState_MIGRATION_JOB_STATE_SUCCEEDED {
+		t.Fatalf("import ended %s: %s", job.GetState(), job.GetReason())
+	}
+	for _, d := range src.Disks {
+		compare(t, d.Path, w2.volume(job.GetName(), d.Target))
+	}
+	checkDomain(t, w2, spec.GetTarget(), src)
+
+	_, job = migrate(tampered)
+	want := filepath.Join(diskTampered, "vdb.vmdk") + ": SHA-256 of the file"
+	if job.GetState() != ferryv1.MigrationJobState_MIGRATION_JOB_STATE_FAILED || !strings.Contains(job.GetReason(), want) {
+		t.Errorf("import of a tampered bundle ended %s: %q; want FAILED naming %q", job.GetState(), job.GetReason(), want)
 	}
 }

@@ -26,6 +26,7 @@ import (
 	"github.com/ferry-v2v/ferry/agent/internal/metrics"
 	"github.com/ferry-v2v/ferry/agent/internal/runner"
 	"github.com/ferry-v2v/ferry/agent/internal/session"
+	"github.com/ferry-v2v/ferry/agent/internal/source/bundlesrc"
 	"github.com/ferry-v2v/ferry/agent/internal/source/kvm"
 	"github.com/ferry-v2v/ferry/agent/internal/source/vmware"
 	"github.com/ferry-v2v/ferry/agent/internal/target"
@@ -114,6 +115,7 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 		Sources: map[ferryv1.Platform]runner.Source{
 			ferryv1.Platform_PLATFORM_KVM:    kvmDriver,
 			ferryv1.Platform_PLATFORM_VMWARE: vmware.NewDriver(log, vmware.Options{RetryBudget: cfg.SourceRetryBudget}),
+			ferryv1.Platform_PLATFORM_BUNDLE: bundlesrc.New(log),
 		},
 		Exporter: export.New(export.Options{Log: log, Version: cfg.Version, MountDir: filepath.Join(cfg.DataDir, "mounts")}),
 	}

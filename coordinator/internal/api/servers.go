@@ -71,6 +71,9 @@ func (s *serverService) validate(req *ferryv1.CreateMigrationServerRequest, in *
 	checkText(c, "migration_server.display_name", ms.DisplayName, maxDisplayName)
 	checkRef(c, "migration_server.host", ms.Host, colHosts)
 	checkEnum(c, "migration_server.type", ms.Type, true)
+	if ms.Type == ferryv1.Platform_PLATFORM_BUNDLE {
+		c.add("migration_server.type", "a migration server is vmware or kvm; any of them reads bundle sources")
+	}
 	checkCachePath(c, "migration_server.cache_path", ms.CachePath)
 	if cidr := in.GetMigrationCidr(); cidr != "" {
 		p, err := netip.ParsePrefix(cidr)
