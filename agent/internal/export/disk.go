@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"io/fs"
 	"os"
@@ -64,16 +65,18 @@ func (d *Driver) exportDisk(ctx context.Context, job *runner.Job, dir string, td
 	if err := syncFile(out); err != nil {
 		return nil, err
 	}
-	want, err := hashCache(ctx, src, srcFormat, size)
-	if err != nil {
-		return nil, fmt.Errorf("read the cache image back: %w", err)
+	// The file against the cache, by qemu-img compare (ranges both
+	// report as zeroes are not read), then the SHA-256 of its content for
+	// the manifest.
+	if err := compareImages(ctx, src, srcFormat, out, ext); err != nil {
+		return nil, err
 	}
 	got, gotSize, err := bundle.HashContent(ctx, out, ext)
 	if err != nil {
 		return nil, fmt.Errorf("read %s back: %w", name, err)
 	}
-	if got != want || gotSize != size {
-		return nil, fmt.Errorf("%s reads back as %d bytes of SHA-256 %s, the cache as %d bytes of %s", name, gotSize, got, size, want)
+	if gotSize != size {
+		return nil, fmt.Errorf("%s holds %d bytes, the disk %d", name, gotSize, size)
 	}
 	job.Progress.SetVerified(td.GetSourceDisk())
 	fsum, fbytes, err := bundle.HashFile(out)
@@ -83,16 +86,23 @@ func (d *Driver) exportDisk(ctx context.Context, job *runner.Job, dir string, td
 	return &bundle.Disk{File: name, SourceDisk: td.GetSourceDisk(), Format: ext, SizeBytes: size, SHA256: got, FileSHA256: fsum, FileBytes: fbytes}, nil
 }
 
-// hashCache is the SHA-256 of the first size bytes of a cache image.
-func hashCache(ctx context.Context, path, format string, size int64) (string, error) {
-	sum, got, err := bundle.HashContent(ctx, imageOpts(path, format, size), bundle.ImageOpts)
-	if err != nil {
-		return "", err
+// compareImages runs qemu-img compare of the cache image and the
+// exported file: equal content, the cache's tail past the disk (a
+// compressed image's last cluster) reading as zeroes.
+func compareImages(ctx context.Context, cacheImage, cacheFormat, out, format string) error {
+	cmd := exec.CommandContext(ctx, "qemu-img", "compare", "-q", "-f", cacheFormat, "-F", format, cacheImage, out)
+	b, err := cmd.CombinedOutput()
+	if err == nil {
+		return nil
 	}
-	if got != size {
-		return "", fmt.Errorf("%s holds %d bytes, the disk %d", path, got, size)
+	if ctx.Err() != nil {
+		return ctx.Err()
 	}
-	return sum, nil
+	var ee *exec.ExitError
+	if errors.As(err, &ee) && ee.ExitCode() == 1 {
+		return fmt.Errorf("%s does not read as the cache image %s does", filepath.Base(out), cacheImage)
+	}
+	return fmt.Errorf("qemu-img compare %s %s: %w: %s", cacheImage, out, err, strings.TrimSpace(string(b)))
 }
 
 // ConvertArgs is the qemu-img command that writes out from an image
