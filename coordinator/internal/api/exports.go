@@ -32,7 +32,7 @@ func (s *jobService) GetBundleSigningKey(ctx context.Context, _ *ferryv1.GetBund
 		return reply[*ferryv1.BundleSigningKey](ctx, s.a, nil, err)
 	}
 	pub := ed25519.PublicKey(k.GetPublicKey())
-	return reply(ctx, s.a, &ferryv1.BundleSigningKey{PublicKey: bundle.EncodeKey(pub), KeyId: bundle.KeyID(pub)}, nil)
+	return reply(ctx, s.a, &ferryv1.BundleSigningKey{Name: "bundleSigningKey", PublicKey: bundle.EncodeKey(pub), KeyId: bundle.KeyID(pub)}, nil)
 }
 
 // bundleKey returns the cluster's bundle signing key, making and

@@ -3136,13 +3136,16 @@ func (*GetBundleSigningKeyRequest) Descriptor() ([]byte, []int) {
 	return file_ferry_v1_migration_job_proto_rawDescGZIP(), []int{30}
 }
 
-// BundleSigningKey is the public half of the cluster's bundle key.
+// BundleSigningKey is the public half of the cluster's bundle key, a
+// singleton resource.
 type BundleSigningKey struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
+	// Always "bundleSigningKey".
+	Name string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
 	// Ed25519 public key, base64 (standard encoding).
-	PublicKey string `protobuf:"bytes,1,opt,name=public_key,json=publicKey,proto3" json:"public_key,omitempty"`
+	PublicKey string `protobuf:"bytes,2,opt,name=public_key,json=publicKey,proto3" json:"public_key,omitempty"`
 	// First 16 hex digits of SHA-256 of the key, as bundles name it.
-	KeyId         string `protobuf:"bytes,2,opt,name=key_id,json=keyId,proto3" json:"key_id,omitempty"`
+	KeyId         string `protobuf:"bytes,3,opt,name=key_id,json=keyId,proto3" json:"key_id,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -3175,6 +3178,13 @@ func (x *BundleSigningKey) ProtoReflect() protoreflect.Message {
 // Deprecated: Use BundleSigningKey.ProtoReflect.Descriptor instead.
 func (*BundleSigningKey) Descriptor() ([]byte, []int) {
 	return file_ferry_v1_migration_job_proto_rawDescGZIP(), []int{31}
+}
+
+func (x *BundleSigningKey) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
 }
 
 func (x *BundleSigningKey) GetPublicKey() string {
@@ -3404,11 +3414,12 @@ const file_ferry_v1_migration_job_proto_rawDesc = "" +
 	"request_id\x18\x04 \x01(\tR\trequestId\"F\n" +
 	"\x18CreateExportJobsResponse\x12*\n" +
 	"\x04jobs\x18\x01 \x03(\v2\x16.ferry.v1.MigrationJobR\x04jobs\"\x1c\n" +
-	"\x1aGetBundleSigningKeyRequest\"H\n" +
-	"\x10BundleSigningKey\x12\x1d\n" +
+	"\x1aGetBundleSigningKeyRequest\"\\\n" +
+	"\x10BundleSigningKey\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x1d\n" +
 	"\n" +
-	"public_key\x18\x01 \x01(\tR\tpublicKey\x12\x15\n" +
-	"\x06key_id\x18\x02 \x01(\tR\x05keyId*\xdf\x01\n" +
+	"public_key\x18\x02 \x01(\tR\tpublicKey\x12\x15\n" +
+	"\x06key_id\x18\x03 \x01(\tR\x05keyId*\xdf\x01\n" +
 	"\x11MigrationJobState\x12#\n" +
 	"\x1fMIGRATION_JOB_STATE_UNSPECIFIED\x10\x00\x12\x1e\n" +
 	"\x1aMIGRATION_JOB_STATE_QUEUED\x10\x01\x12\x1f\n" +
