@@ -1580,7 +1580,7 @@ type PhaseTiming struct {
 	// (CONVERTING, counting data a restarted job found in its cache already),
 	// put on the target volumes by this attempt, each byte once (UPLOADING:
 	// what an agent killed before found on the volumes is not counted); 0
-	// for CONFIGURING.
+	// for CONFIGURING; the disks' bytes written to the bundle (EXPORTING).
 	Bytes int64 `protobuf:"varint,4,opt,name=bytes,proto3" json:"bytes,omitempty"`
 	// bytes over the phase's duration (until the report while it runs).
 	BytesPerSecond float64 `protobuf:"fixed64,5,opt,name=bytes_per_second,json=bytesPerSecond,proto3" json:"bytes_per_second,omitempty"`

@@ -244,7 +244,8 @@ func (SourceObjectKind) EnumDescriptor() ([]byte, []int) {
 	return file_ferry_v1_source_proto_rawDescGZIP(), []int{3}
 }
 
-// Source is a connection profile of a vCenter or a KVM host.
+// Source is a connection profile of a vCenter or a KVM host, or the
+// directory of export bundles a bundle source reads.
 type Source struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// sources/{source}
