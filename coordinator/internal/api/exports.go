@@ -167,7 +167,7 @@ func checkExportSpec(c *checker, p string, spec *ferryv1.ExportJobSpec) {
 	validate.Description(&c.Checker, p+".description", spec.GetDescription())
 	o := spec.GetOptions()
 	validate.Enum(&c.Checker, p+".options.compression", o.GetCompression(), false)
-	if o.AutoStart != nil || o.GetVerifyBoot() || o.GetUseSourceNicAddress() {
+	if (o != nil && o.AutoStart != nil) || o.GetVerifyBoot() || o.GetUseSourceNicAddress() {
 		c.add(p+".options", "an export makes no target VM: only compression and pause_source_vm apply")
 	}
 	e := spec.GetExport()
