@@ -250,6 +250,9 @@ func sourceEndpoint(s *ferryv1.Source) (addr, user, cred string) {
 	if k := s.GetKvm(); k != nil {
 		return hostPort(k.GetAddress(), k.GetSshPort()), k.GetUser(), k.GetCredential()
 	}
+	if b := s.GetBundle(); b != nil {
+		return b.GetPath(), "", ""
+	}
 	v := s.GetVcenter()
 	return hostPort(v.GetAddress(), v.GetPort()), v.GetUser(), v.GetCredential()
 }
@@ -277,6 +280,13 @@ func sourceDetails(s *ferryv1.Source) []field {
 	if k := s.GetKvm(); k != nil {
 		out = append(out, field{"SASL user", k.GetSaslUser()}, field{"SASL credential", k.GetSaslCredential()},
 			field{"Host key", k.GetHostKey()}, field{"Observed host key", k.GetObservedHostKey()})
+	}
+	if b := s.GetBundle(); b != nil {
+		key := b.GetPublicKey()
+		if key == "" {
+			key = "any (the key each bundle carries)"
+		}
+		out = append(out, field{"Signed by", key})
 	}
 	if v := s.GetVcenter(); v != nil {
 		verify := "CA certificate"

@@ -11,7 +11,6 @@ package bundlesrc
 import (
 	"context"
 	"crypto/ed25519"
-	"errors"
 	"fmt"
 	"log/slog"
 	"os"
@@ -78,12 +77,11 @@ func (d *Driver) Inventory(_ context.Context, req *agentv1.InventoryRequest) (*f
 		if !e.IsDir() || strings.HasPrefix(e.Name(), ".") {
 			continue
 		}
+		if _, err := os.Stat(filepath.Join(dir, e.Name(), bundle.ManifestFile)); err != nil {
+			continue // not a bundle
+		}
 		vm, err := readVM(filepath.Join(dir, e.Name()), key)
 		if err != nil {
-			var be *bundle.Error
-			if errors.As(err, &be) && os.IsNotExist(errors.Unwrap(err)) {
-				continue
-			}
 			d.log.Warn("bundle left out of the inventory", "err", err)
 			continue
 		}
@@ -96,9 +94,6 @@ func (d *Driver) Inventory(_ context.Context, req *agentv1.InventoryRequest) (*f
 // readVM is the VM a bundle describes, its id the bundle's directory
 // name, shut off (a bundle runs nowhere).
 func readVM(dir string, key ed25519.PublicKey) (*ferryv1.SourceVm, error) {
-	if _, err := os.Stat(filepath.Join(dir, bundle.ManifestFile)); err != nil {
-		return nil, &bundle.Error{File: filepath.Join(dir, bundle.ManifestFile), Reason: "missing"}
-	}
 	m, _, err := bundle.Read(dir, key)
 	if err != nil {
 		return nil, err
