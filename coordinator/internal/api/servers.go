@@ -142,6 +142,9 @@ func (s *serverService) GetMigrationServer(ctx context.Context, req *ferryv1.Get
 func (s *serverService) ListMigrationServers(ctx context.Context, req *ferryv1.ListMigrationServersRequest) (*ferryv1.ListMigrationServersResponse, error) {
 	c := &checker{}
 	checkEnum(c, "type", req.GetType(), false)
+	if req.GetType() == ferryv1.Platform_PLATFORM_BUNDLE {
+		c.add("type", "no migration server is of type bundle: any of them reads bundle sources")
+	}
 	if err := c.err(); err != nil {
 		return reply[*ferryv1.ListMigrationServersResponse](ctx, s.a, nil, err)
 	}
