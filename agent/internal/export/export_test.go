@@ -149,3 +149,40 @@ func TestDirectoryExportRefusesAnExistingBundle(t *testing.T) {
 		t.Errorf("destination holds %v, want the bundle alone", entries)
 	}
 }
+
+// TestFormats writes each format into a directory and verifies the
+// bundle whole (the content read back through qemu-nbd): raw, vhdx,
+// compressed qcow2, and vmdk streamOptimized, as qemu-img info says.
+func TestFormats(t *testing.T) {
+	for _, tc := range []struct {
+		format   ferryv1.ExportFormat
+		compress bool
+		file     string
+		info     string
+	}{
+		{ferryv1.ExportFormat_EXPORT_FORMAT_RAW, false, "vda.raw", "file format: raw"},
+		{ferryv1.ExportFormat_EXPORT_FORMAT_VHDX, false, "vda.vhdx", "file format: vhdx"},
+		{ferryv1.ExportFormat_EXPORT_FORMAT_QCOW2, true, "vda.qcow2", "file format: qcow2"},
+		{ferryv1.ExportFormat_EXPORT_FORMAT_VMDK, false, "vda.vmdk", "create type: streamOptimized"},
+	} {
+		t.Run(tc.file, func(t *testing.T) {
+			dest := t.TempDir()
+			job, pub := cachedJob(t, &ferryv1.ExportSpec{BundleName: "web", Format: tc.format, Compress: tc.compress,
+				Destination: &ferryv1.ExportDestination{Type: ferryv1.ExportDestinationType_EXPORT_DESTINATION_TYPE_DIRECTORY, Path: dest}}, nil)
+			if err := New(Options{}).Export(context.Background(), job); err != nil {
+				t.Fatal(err)
+			}
+			m, _, err := bundle.Verify(context.Background(), filepath.Join(dest, "web"), bundle.Options{PublicKey: pub})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if m.Disks[0].File != tc.file || m.Disks[0].SizeBytes != 1<<20 {
+				t.Errorf("disk %+v", m.Disks[0])
+			}
+			out, err := exec.Command("qemu-img", "info", filepath.Join(dest, "web", tc.file)).CombinedOutput()
+			if err != nil || !strings.Contains(string(out), tc.info) {
+				t.Errorf("qemu-img info: %v: %s; want %q", err, out, tc.info)
+			}
+		})
+	}
+}
