@@ -17,6 +17,7 @@ import (
 	"github.com/ferry-v2v/ferry/pkg/bundle"
 	agentv1 "github.com/ferry-v2v/ferry/pkg/pb/ferry/agent/v1"
 	ferryv1 "github.com/ferry-v2v/ferry/pkg/pb/ferry/v1"
+	"github.com/ferry-v2v/ferry/pkg/ratelimit"
 )
 
 // cachedJob makes a job directory as CONVERTING leaves it: a raw cache
@@ -184,5 +185,24 @@ func TestFormats(t *testing.T) {
 				t.Errorf("qemu-img info: %v: %s; want %q", err, out, tc.info)
 			}
 		})
+	}
+}
+
+// TestRateLimit: the export's own limit, else the server's upstream
+// limit in bytes, goes to qemu-img convert -r.
+func TestRateLimit(t *testing.T) {
+	job, _ := cachedJob(t, &ferryv1.ExportSpec{RateLimitBytesPerSecond: 4096}, nil)
+	job.Upstream = ratelimit.New(8 << 20)
+	if r := rateLimit(job); r != 4096 {
+		t.Errorf("rate with the export's own limit = %d, want 4096", r)
+	}
+	job.Assignment.Job.Export.RateLimitBytesPerSecond = 0
+	if r := rateLimit(job); r != 1<<20 {
+		t.Errorf("rate with the server's 8 Mbit/s = %d, want %d bytes/s", r, 1<<20)
+	}
+	argv := ConvertArgs("driver=raw", "/out/vda.vmdk", []string{"-O", "vmdk", "-o", "subformat=streamOptimized"}, 1<<20)
+	want := []string{"qemu-img", "convert", "-p", "--image-opts", "driver=raw", "-O", "vmdk", "-o", "subformat=streamOptimized", "-r", "1048576", "/out/vda.vmdk"}
+	if !reflect.DeepEqual(argv, want) {
+		t.Errorf("ConvertArgs = %q, want %q", argv, want)
 	}
 }

@@ -96,6 +96,12 @@ func TestCreateExportJobs(t *testing.T) {
 	if _, err := e.sealer.Open(stored.GetSealedPrivateKey(), []byte("credentials/pw")); err == nil {
 		t.Error("the sealed key opens as a credential's secret")
 	}
+	// Cancelled, it restarts as it was: no placement, no target host.
+	must[*ferryv1.CancelMigrationJobResponse](t)(e.jobs.CancelMigrationJob(ctx(t), &ferryv1.CancelMigrationJobRequest{Name: j.GetName()}))
+	r := must[*ferryv1.RestartMigrationJobResponse](t)(e.jobs.RestartMigrationJob(ctx(t), &ferryv1.RestartMigrationJobRequest{Name: j.GetName()}))
+	if r.GetJob().GetState() != ferryv1.MigrationJobState_MIGRATION_JOB_STATE_QUEUED || r.GetJob().GetTargetHost() != "" || r.GetJob().GetExport().GetBundleName() != "vm-0" {
+		t.Errorf("restarted export = %v", r.GetJob())
+	}
 	// A second batch keeps the key.
 	must[*ferryv1.CreateExportJobsResponse](t)(e.jobs.CreateExportJobs(ctx(t), exportReq(func(r *ferryv1.CreateExportJobsRequest) {
 		r.Jobs[0].Export.BundleName = "again"
