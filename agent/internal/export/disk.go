@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -13,6 +14,7 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"google.golang.org/protobuf/encoding/protojson"
@@ -56,6 +58,23 @@ func (d *Driver) exportDisk(ctx context.Context, job *runner.Job, dir string, td
 	out := filepath.Join(dir, name)
 	job.Progress.SetTotal(td.GetSourceDisk(), size)
 	argv := ConvertArgs(imageOpts(src, srcFormat, size), out, fmtArgs, rate)
+	// The SHA-256 of the disk's content is taken from the cache beside
+	// the conversion, which it costs as much as on a big disk (every byte
+	// is hashed, zeroes too); qemu-img compare then shows the file holds
+	// the same content.
+	hctx, cancelHash := context.WithCancel(ctx)
+	var hash struct {
+		sum  string
+		size int64
+		err  error
+	}
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		hash.sum, hash.size, hash.err = bundle.HashContent(hctx, imageOpts(src, srcFormat, size), bundle.ImageOpts)
+	}()
+	defer func() { cancelHash(); wg.Wait() }()
 	start := time.Now()
 	if err := convert(ctx, argv, func(done int64) { job.Progress.Set(td.GetSourceDisk(), done*size/10000) }); err != nil {
 		return nil, err
@@ -65,25 +84,41 @@ func (d *Driver) exportDisk(ctx context.Context, job *runner.Job, dir string, td
 	if err := syncFile(out); err != nil {
 		return nil, err
 	}
-	// The file against the cache, by qemu-img compare (ranges both
-	// report as zeroes are not read), then the SHA-256 of its content for
-	// the manifest.
 	if err := compareImages(ctx, src, srcFormat, out, ext); err != nil {
 		return nil, err
 	}
-	got, gotSize, err := bundle.HashContent(ctx, out, ext)
-	if err != nil {
-		return nil, fmt.Errorf("read %s back: %w", name, err)
+	if got, err := virtualSize(ctx, out, ext); err != nil || got != size {
+		return nil, fmt.Errorf("%s: virtual size %d bytes, the disk %d (%v)", name, got, size, err)
 	}
-	if gotSize != size {
-		return nil, fmt.Errorf("%s holds %d bytes, the disk %d", name, gotSize, size)
+	wg.Wait()
+	if hash.err != nil {
+		return nil, fmt.Errorf("read the cache image of %s: %w", td.GetSourceDisk(), hash.err)
 	}
+	if hash.size != size {
+		return nil, fmt.Errorf("the cache image of %s holds %d bytes, the disk %d", td.GetSourceDisk(), hash.size, size)
+	}
+	got := hash.sum
 	job.Progress.SetVerified(td.GetSourceDisk())
 	fsum, fbytes, err := bundle.HashFile(out)
 	if err != nil {
 		return nil, err
 	}
 	return &bundle.Disk{File: name, SourceDisk: td.GetSourceDisk(), Format: ext, SizeBytes: size, SHA256: got, FileSHA256: fsum, FileBytes: fbytes}, nil
+}
+
+// virtualSize is what qemu-img info says of an image's size.
+func virtualSize(ctx context.Context, path, format string) (int64, error) {
+	b, err := exec.CommandContext(ctx, "qemu-img", "info", "--output=json", "-f", format, path).Output()
+	if err != nil {
+		return 0, fmt.Errorf("qemu-img info %s: %w", path, err)
+	}
+	var info struct {
+		VirtualSize int64 `json:"virtual-size"`
+	}
+	if err := json.Unmarshal(b, &info); err != nil {
+		return 0, fmt.Errorf("qemu-img info %s: %w", path, err)
+	}
+	return info.VirtualSize, nil
 }
 
 // compareImages runs qemu-img compare of the cache image and the
