@@ -80,12 +80,15 @@ func benchCache(b *testing.B) string {
 }
 
 // BenchmarkExport sets Ferry's EXPORTING of one disk from the cache
-// (qemu-img convert, then the file and the cache read back and their
-// SHA-256 compared, the manifest signed, the bundle renamed into place)
-// beside a bare `qemu-img convert` of the same cache image to the same
-// format, for qcow2 and vmdk (streamOptimized). MB/s counts the disk's
-// 1 GiB; data-MB/s the 256 MiB it holds. What the two differ by is the
-// read-back that lets a bundle say its checksums were verified.
+// (qemu-img convert, beside it the SHA-256 of the disk's whole content
+// read from the cache, then qemu-img compare of the file with the cache,
+// the manifest signed, the bundle renamed into place) beside a bare
+// `qemu-img convert` of the same cache image to the same format, for
+// qcow2 and vmdk (streamOptimized). MB/s counts the disk's 1 GiB;
+// data-MB/s the 256 MiB it holds. The SHA-256 the manifest gives of the
+// content as a guest reads it must hash every byte, zeroes too: it
+// bounds a qcow2 export, which qemu-img alone makes by copying the
+// allocated clusters; a vmdk export's deflate takes longer than the hash.
 func BenchmarkExport(b *testing.B) {
 	dir := benchCache(b)
 	for _, f := range []struct {
