@@ -10,6 +10,7 @@ import (
 
 	"google.golang.org/protobuf/encoding/protojson"
 
+	"github.com/ferry-v2v/ferry/agent/internal/source/vmware/vcsimtest"
 	"github.com/ferry-v2v/ferry/pkg/bundle"
 	ferryv1 "github.com/ferry-v2v/ferry/pkg/pb/ferry/v1"
 	"github.com/ferry-v2v/ferry/pkg/testenv"
@@ -294,4 +295,43 @@ func importBundle(t *testing.T, dir, id, key string, src *testenv.TestVM) {
 	if job.GetState() != ferryv1.MigrationJobState_MIGRATION_JOB_STATE_FAILED || !strings.Contains(job.GetReason(), want) {
 		t.Errorf("import of a tampered bundle ended %s: %q; want FAILED naming %q", job.GetState(), job.GetReason(), want)
 	}
+}
+
+// TestExportVMwareVM exports a VM of the vCenter simulator (UEFI, three
+// real VMDKs: streamOptimized, monolithicSparse, monolithicFlat) through
+// the VMware source driver into a qcow2 bundle: each disk equals the
+// source's raw content, the manifest says UEFI, and the bundle verifies.
+func TestExportVMwareVM(t *testing.T) {
+	start := time.Now()
+	w := newWorld(t)
+	sim := vcsimtest.Start(t)
+	raws := prepareVMwareVM(t, sim)
+	source := w.createVMwareSource(sim)
+	server := w.createVMwareServer()
+	vm := w.sourceVM(source, "DC0_H0_VM0")
+	dest := t.TempDir()
+	resp, err := w.f.client.Jobs().CreateExportJobs(ctx(t, time.Minute), &ferryv1.CreateExportJobsRequest{Source: source, MigrationServer: server,
+		Jobs: []*ferryv1.ExportJobSpec{{SourceVm: vm.GetId(), Export: &ferryv1.ExportSpec{BundleName: "vm0",
+			Destination: &ferryv1.ExportDestination{Path: dest}}}}})
+	must(t, err)
+	job := w.waitJob(resp.GetJobs()[0].GetName(), 3*time.Minute, "the export to end", terminal)
+	if job.GetState() != ferryv1.MigrationJobState_MIGRATION_JOB_STATE_SUCCEEDED {
+		t.Fatalf("export ended %s: %s", job.GetState(), job.GetReason())
+	}
+	checkExportPhases(t, job)
+	dir := filepath.Join(dest, "vm0")
+	m, _, err := bundle.Verify(ctx(t, time.Minute), dir, bundle.Options{})
+	must(t, err)
+	if len(m.Disks) != 3 || m.Source.Type != "PLATFORM_VMWARE" {
+		t.Fatalf("manifest disks %d, source %+v", len(m.Disks), m.Source)
+	}
+	for i, d := range m.Disks {
+		compare(t, raws[i], filepath.Join(dir, d.File))
+	}
+	var tgt ferryv1.TargetVm
+	must(t, protojson.Unmarshal(m.Target, &tgt))
+	if tgt.GetFirmware() != ferryv1.Firmware_FIRMWARE_UEFI || tgt.GetCpus() != 2 || len(tgt.GetNics()) != 2 {
+		t.Errorf("manifest target = %v", &tgt)
+	}
+	t.Logf("TestExportVMwareVM took %s", time.Since(start).Round(time.Second))
 }
