@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"bytes"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -9,6 +10,7 @@ import (
 	"time"
 
 	"google.golang.org/protobuf/encoding/protojson"
+	"libvirt.org/go/libvirtxml"
 
 	"github.com/ferry-v2v/ferry/agent/internal/source/vmware/vcsimtest"
 	"github.com/ferry-v2v/ferry/pkg/bundle"
@@ -334,4 +336,67 @@ func TestExportVMwareVM(t *testing.T) {
 		t.Errorf("manifest target = %v", &tgt)
 	}
 	t.Logf("TestExportVMwareVM took %s", time.Since(start).Round(time.Second))
+}
+
+// TestExportImportUEFIVM: a paused UEFI VM's bundle carries its NVRAM,
+// byte for byte; imported (here, through a bundle source of the same
+// Ferry), the target is UEFI with that NVRAM.
+func TestExportImportUEFIVM(t *testing.T) {
+	start := time.Now()
+	w := newWorld(t)
+	src := testenv.NewTestVM(t, w.lv, testenv.VMOptions{UEFI: true})
+	vm := w.sourceVM(w.source, src.Name)
+	dest := t.TempDir()
+	resp, err := w.f.client.Jobs().CreateExportJobs(ctx(t, time.Minute), &ferryv1.CreateExportJobsRequest{Source: w.source, MigrationServer: w.server,
+		Jobs: []*ferryv1.ExportJobSpec{{SourceVm: src.Name, Options: &ferryv1.MigrationOptions{PauseSourceVm: true},
+			Export: &ferryv1.ExportSpec{Destination: &ferryv1.ExportDestination{Path: dest}}}}})
+	must(t, err)
+	job := w.waitJob(resp.GetJobs()[0].GetName(), 3*time.Minute, "the export to end", terminal)
+	if job.GetState() != ferryv1.MigrationJobState_MIGRATION_JOB_STATE_SUCCEEDED {
+		t.Fatalf("export ended %s: %s", job.GetState(), job.GetReason())
+	}
+	dir := filepath.Join(dest, src.Name)
+	m, _, err := bundle.Verify(ctx(t, time.Minute), dir, bundle.Options{})
+	must(t, err)
+	original, err := os.ReadFile(src.NVRAM)
+	must(t, err)
+	if m.NVRAM == nil {
+		t.Fatal("the bundle of a UEFI VM has no NVRAM")
+	}
+	exported, err := os.ReadFile(filepath.Join(dir, m.NVRAM.File))
+	must(t, err)
+	if !bytes.Equal(exported, original) {
+		t.Fatalf("the bundle's NVRAM (%d bytes) is not the source's (%d bytes)", len(exported), len(original))
+	}
+
+	s, err := w.f.client.Sources().CreateSource(ctx(t, 10*time.Second), &ferryv1.CreateSourceRequest{Source: &ferryv1.Source{
+		Type: ferryv1.Platform_PLATFORM_BUNDLE, Bundle: &ferryv1.BundleLocation{Path: dest}}})
+	must(t, err)
+	bvm := w.sourceVM(s.GetName(), src.Name)
+	if bvm.GetFirmware() != ferryv1.Firmware_FIRMWARE_UEFI || bvm.GetFirmware() != vm.GetFirmware() {
+		t.Fatalf("bundle VM firmware %s", bvm.GetFirmware())
+	}
+	spec := w.spec(bvm, nil)
+	r, err := w.f.client.Jobs().CreateMigrationJobs(ctx(t, time.Minute), &ferryv1.CreateMigrationJobsRequest{
+		Source: s.GetName(), MigrationServer: w.server, Jobs: []*ferryv1.MigrationJobSpec{spec}})
+	must(t, err)
+	name := r.GetJobs()[0].GetName()
+	ij := w.waitJob(name, 3*time.Minute, "the import to end", terminal)
+	if ij.GetState() != ferryv1.MigrationJobState_MIGRATION_JOB_STATE_SUCCEEDED {
+		t.Fatalf("import ended %s: %s", ij.GetState(), ij.GetReason())
+	}
+	for _, d := range src.Disks {
+		compare(t, d.Path, w.volume(name, d.Target))
+	}
+	var dom libvirtxml.Domain
+	must(t, dom.Unmarshal(w.lv.Virsh(t, "dumpxml", spec.GetTarget().GetVmName())))
+	if dom.OS == nil || dom.OS.Loader == nil && dom.OS.Firmware != "efi" || dom.OS.NVRam == nil {
+		t.Fatalf("target OS section %+v has no UEFI loader or NVRAM", dom.OS)
+	}
+	copied, err := os.ReadFile(dom.OS.NVRam.NVRam)
+	must(t, err)
+	if !bytes.Equal(copied, original) {
+		t.Errorf("target NVRAM (%d bytes) is not the bundle's (%d bytes)", len(copied), len(original))
+	}
+	t.Logf("TestExportImportUEFIVM took %s", time.Since(start).Round(time.Second))
 }
