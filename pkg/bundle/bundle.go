@@ -132,8 +132,19 @@ func signed(manifest []byte) []byte {
 	return append([]byte(Format+"\n"), manifest...)
 }
 
-// Encode signs m with key and returns ferry-bundle.json's bytes.
+// Encode signs m with key and returns ferry-bundle.json's bytes: Marshal,
+// Sign and Assemble in one process (tests, tools holding the key).
 func Encode(m *Manifest, key ed25519.PrivateKey) ([]byte, error) {
+	body, err := Marshal(m)
+	if err != nil {
+		return nil, err
+	}
+	return Assemble(body, key.Public().(ed25519.PublicKey), Sign(body, key))
+}
+
+// Marshal returns m's bytes as they stand in ferry-bundle.json: what is
+// signed (the agent sends them to the leader, which signs them).
+func Marshal(m *Manifest) ([]byte, error) {
 	if m.Format == "" {
 		m.Format = Format
 	}
@@ -141,10 +152,44 @@ func Encode(m *Manifest, key ed25519.PrivateKey) ([]byte, error) {
 	if err != nil {
 		return nil, fmt.Errorf("bundle manifest: %w", err)
 	}
-	pub := key.Public().(ed25519.PublicKey)
-	sig := Signature{Algorithm: "ed25519", KeyID: KeyID(pub), PublicKey: EncodeKey(pub),
-		Value: base64.StdEncoding.EncodeToString(ed25519.Sign(key, signed(body)))}
-	sb, err := json.MarshalIndent(sig, "  ", "  ")
+	return body, nil
+}
+
+// Sign signs a manifest's bytes (Marshal's) with key.
+func Sign(body []byte, key ed25519.PrivateKey) []byte {
+	return ed25519.Sign(key, signed(body))
+}
+
+// ParseManifest reads a manifest's bytes (Marshal's), unsigned, and
+// checks its format: what a signer reads before it signs them.
+func ParseManifest(body []byte) (*Manifest, error) {
+	var m Manifest
+	dec := json.NewDecoder(bytes.NewReader(body))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&m); err != nil {
+		return nil, fmt.Errorf("manifest: %w", err)
+	}
+	if dec.More() {
+		return nil, errors.New("manifest: data after the manifest")
+	}
+	if m.Format != Format {
+		return nil, fmt.Errorf("manifest format %q, want %q", m.Format, Format)
+	}
+	return &m, nil
+}
+
+// Assemble returns ferry-bundle.json's bytes from a manifest's bytes and
+// their signature by pub, which must hold.
+func Assemble(body []byte, pub ed25519.PublicKey, sig []byte) ([]byte, error) {
+	if len(pub) != ed25519.PublicKeySize {
+		return nil, fmt.Errorf("public key: %d bytes, want %d", len(pub), ed25519.PublicKeySize)
+	}
+	if !ed25519.Verify(pub, signed(body), sig) {
+		return nil, fmt.Errorf("the signature of key %s does not match the manifest", KeyID(pub))
+	}
+	s := Signature{Algorithm: "ed25519", KeyID: KeyID(pub), PublicKey: EncodeKey(pub),
+		Value: base64.StdEncoding.EncodeToString(sig)}
+	sb, err := json.MarshalIndent(s, "  ", "  ")
 	if err != nil {
 		return nil, err
 	}

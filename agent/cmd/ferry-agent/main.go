@@ -117,9 +117,10 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 			ferryv1.Platform_PLATFORM_VMWARE: vmware.NewDriver(log, vmware.Options{RetryBudget: cfg.SourceRetryBudget}),
 			ferryv1.Platform_PLATFORM_BUNDLE: bundlesrc.New(log),
 		},
-		Exporter: export.New(export.Options{Log: log, Version: cfg.Version, MountDir: filepath.Join(cfg.DataDir, "mounts")}),
 	}
 	fences := session.NewFences(outbox, log)
+	signer := session.NewSigner(outbox, log)
+	drivers.Exporter = export.New(export.Options{Log: log, Version: cfg.Version, MountDir: filepath.Join(cfg.DataDir, "mounts"), Signer: signer})
 	targets := session.NewTargets(outbox, log)
 	targetOpts := target.Options{Log: log, DomainType: domainType(cfg.DomainType), BootTimeout: cfg.VerifyBootTimeout}
 	worker := target.NewWorker(target.WorkerConfig{IdentityDir: cfg.IdentityDir(), MigrationAddress: cfg.MigrationAddress,
@@ -140,7 +141,7 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 	client = session.New(session.Config{
 		Coordinators: cfg.Coordinators, HostName: cfg.HostName, Cluster: cfg.Cluster,
 		AgentVersion: cfg.Version, Credentials: creds,
-	}, session.Deps{Runner: r, Facts: facts.New(cfg.CachePath, log), Outbox: outbox, Fences: fences,
+	}, session.Deps{Runner: r, Facts: facts.New(cfg.CachePath, log), Outbox: outbox, Fences: fences, Signer: signer,
 		Targets: targets, Worker: worker, Logger: log, OnSession: meter.Session})
 
 	log.Info("ferry-agent starting", "version", version, "host", cfg.HostName, "coordinators", cfg.Coordinators)

@@ -2,6 +2,7 @@ package export
 
 import (
 	"context"
+	"crypto/ed25519"
 	"log/slog"
 	"math/rand/v2"
 	"os"
@@ -97,14 +98,14 @@ func BenchmarkExport(b *testing.B) {
 	}{{"qcow2", ferryv1.ExportFormat_EXPORT_FORMAT_QCOW2}, {"vmdk", ferryv1.ExportFormat_EXPORT_FORMAT_VMDK}} {
 		b.Run(f.name+"/ferry", func(b *testing.B) {
 			dest := b.TempDir()
-			d := New(Options{})
-			seed := make([]byte, 32)
+			pub, key, _ := ed25519.GenerateKey(nil)
+			d := New(Options{Signer: &keySigner{pub: pub, key: key}})
 			var took time.Duration
 			defer func() { report(b, took) }()
 			for i := 0; i < b.N; i++ {
 				e := &ferryv1.ExportSpec{Format: f.format, BundleName: "bench-" + time.Now().Format("150405.000000000"),
 					Destination: &ferryv1.ExportDestination{Type: ferryv1.ExportDestinationType_EXPORT_DESTINATION_TYPE_DIRECTORY, Path: dest}}
-				job := &runner.Job{CacheDir: dir, Log: slog.New(slog.DiscardHandler), Assignment: &agentv1.Assignment{Epoch: 1, BundleSigningKey: seed,
+				job := &runner.Job{CacheDir: dir, Log: slog.New(slog.DiscardHandler), Assignment: &agentv1.Assignment{Epoch: 1,
 					Source: &ferryv1.Source{Name: "sources/bench", Type: ferryv1.Platform_PLATFORM_KVM},
 					Job: &ferryv1.MigrationJob{Name: "migrationJobs/bench", Export: e,
 						Target: &ferryv1.TargetVm{Disks: []*ferryv1.TargetDisk{{SourceDisk: "vda", SizeBytes: benchSize}}}}}}

@@ -3,8 +3,9 @@
 // migration server, an NFS export or an SMB share it mounts), one file
 // per disk in the export's format made by `qemu-img convert` from the
 // cache, each read back and compared with the cache as a guest would
-// read it, and ferry-bundle.json signed with the cluster's key (package
-// bundle). The bundle is written under a hidden temporary name and
+// read it, and ferry-bundle.json, whose manifest the coordinators' leader
+// signs with the cluster's key (package bundle; the key never leaves the
+// coordinators). The bundle is written under a hidden temporary name and
 // renamed once whole and verified: a failed or cancelled export leaves
 // nothing under the bundle's name, and Discard removes the rest.
 package export
@@ -40,6 +41,16 @@ type Options struct {
 	Run func(ctx context.Context, argv []string) error
 	// Now stamps the manifest; default time.Now.
 	Now func() time.Time
+	// Signer has each manifest signed by the coordinators' leader
+	// (session.Signer): the cluster's private key never reaches an agent.
+	Signer Signer
+}
+
+// Signer signs a bundle's manifest bytes for a job's assignment and
+// answers the signature and the public key that makes it; an error when
+// the leader refused (with its reason) or ctx ended.
+type Signer interface {
+	SignBundle(ctx context.Context, job string, epoch int64, manifest []byte) (signature, publicKey []byte, err error)
 }
 
 // Driver exports jobs; it is the runner's Exporter.
@@ -74,10 +85,9 @@ func partialName(bundleName string, epoch int64) string {
 func (d *Driver) Export(ctx context.Context, job *runner.Job) error {
 	a := job.Assignment
 	e := a.GetJob().GetExport()
-	if len(a.GetBundleSigningKey()) != ed25519.SeedSize {
-		return errors.New("the assignment carries no bundle signing key")
+	if d.opts.Signer == nil {
+		return errors.New("this agent has no bundle signer (no session with the coordinators)")
 	}
-	key := ed25519.NewKeyFromSeed(a.GetBundleSigningKey())
 	dest, release, err := d.open(ctx, job)
 	if err != nil {
 		return err
@@ -100,16 +110,27 @@ func (d *Driver) Export(ctx context.Context, job *runner.Job) error {
 	if err != nil {
 		return err
 	}
-	b, err := bundle.Encode(m, key)
+	// Every file is written and checked: the leader signs the manifest's
+	// exact bytes (it checks the assignment is current and the manifest
+	// names this job), and the signature must hold for them.
+	body, err := bundle.Marshal(m)
 	if err != nil {
 		return err
+	}
+	sig, pub, err := d.opts.Signer.SignBundle(ctx, a.GetJob().GetName(), job.Epoch(), body)
+	if err != nil {
+		return fmt.Errorf("sign the bundle: %w", err)
+	}
+	b, err := bundle.Assemble(body, ed25519.PublicKey(pub), sig)
+	if err != nil {
+		return fmt.Errorf("the leader's signature: %w", err)
 	}
 	if err := writeSynced(filepath.Join(tmp, bundle.ManifestFile), b); err != nil {
 		return err
 	}
 	// The manifest as a reader will check it: its signature, its file
 	// names (each disk was compared with the cache as it was written).
-	if _, _, err := bundle.Read(tmp, key.Public().(ed25519.PublicKey)); err != nil {
+	if _, _, err := bundle.Read(tmp, ed25519.PublicKey(pub)); err != nil {
 		return fmt.Errorf("verify the bundle: %w", err)
 	}
 	if err := syncDir(tmp); err != nil {

@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"context"
 	"crypto/ed25519"
+	"encoding/json"
+	"errors"
 	"log/slog"
 	"os"
 	"os/exec"
@@ -22,7 +24,7 @@ import (
 
 // cachedJob makes a job directory as CONVERTING leaves it: a raw cache
 // image of vda (1 MiB, data at two places) and the source VM.
-func cachedJob(t *testing.T, e *ferryv1.ExportSpec, secrets map[string]string) (*runner.Job, ed25519.PublicKey) {
+func cachedJob(t *testing.T, e *ferryv1.ExportSpec, secrets map[string]string) (*runner.Job, *keySigner) {
 	t.Helper()
 	if _, err := exec.LookPath("qemu-img"); err != nil {
 		t.Skip("qemu-img is missing: apt-get install qemu-utils")
@@ -41,11 +43,31 @@ func cachedJob(t *testing.T, e *ferryv1.ExportSpec, secrets map[string]string) (
 		t.Fatal(err)
 	}
 	pub, key, _ := ed25519.GenerateKey(nil)
-	a := &agentv1.Assignment{Epoch: 3, BundleSigningKey: key.Seed(), Secrets: secrets,
+	a := &agentv1.Assignment{Epoch: 3, Secrets: secrets,
 		Source: &ferryv1.Source{Name: "sources/kvm", Type: ferryv1.Platform_PLATFORM_KVM, Kvm: &ferryv1.KvmConnection{Address: "192.0.2.1"}},
 		Job: &ferryv1.MigrationJob{Name: "migrationJobs/j1", SourceVm: "web", Export: e,
 			Target: &ferryv1.TargetVm{VmName: "web", Disks: []*ferryv1.TargetDisk{{SourceDisk: "vda", SizeBytes: 1 << 20}}}}}
-	return &runner.Job{Assignment: a, CacheDir: dir, Log: slog.New(slog.DiscardHandler)}, pub
+	return &runner.Job{Assignment: a, CacheDir: dir, Log: slog.New(slog.DiscardHandler)}, &keySigner{pub: pub, key: key}
+}
+
+// keySigner signs as the leader would, with a key of the test's, and
+// records what it was asked.
+type keySigner struct {
+	pub    ed25519.PublicKey
+	key    ed25519.PrivateKey
+	refuse string
+
+	job      string
+	epoch    int64
+	manifest []byte
+}
+
+func (k *keySigner) SignBundle(_ context.Context, job string, epoch int64, manifest []byte) ([]byte, []byte, error) {
+	k.job, k.epoch, k.manifest = job, epoch, manifest
+	if k.refuse != "" {
+		return nil, nil, errors.New(k.refuse)
+	}
+	return bundle.Sign(manifest, k.key), k.pub, nil
 }
 
 // TestSMBDestination exports to an SMB share through the exact commands
@@ -59,12 +81,12 @@ func TestSMBDestination(t *testing.T) {
 	e := &ferryv1.ExportSpec{Format: ferryv1.ExportFormat_EXPORT_FORMAT_QCOW2, BundleName: "web",
 		Destination: &ferryv1.ExportDestination{Type: ferryv1.ExportDestinationType_EXPORT_DESTINATION_TYPE_SMB,
 			Share: "//nas.example/exports", Path: "2026/dec", User: "ferry", Credential: "credentials/nas", Domain: "LAB"}}
-	job, pub := cachedJob(t, e, map[string]string{"credentials/nas": "s3cret pass"})
+	job, sg := cachedJob(t, e, map[string]string{"credentials/nas": "s3cret pass"})
 	mounts := t.TempDir()
 	var cmds [][]string
 	var credMode os.FileMode
 	var credContent string
-	d := New(Options{MountDir: mounts, Run: func(_ context.Context, argv []string) error {
+	d := New(Options{Signer: sg, MountDir: mounts, Run: func(_ context.Context, argv []string) error {
 		cmds = append(cmds, argv)
 		if argv[0] == "mount" {
 			opts := argv[4]
@@ -104,7 +126,7 @@ func TestSMBDestination(t *testing.T) {
 	}
 	// The recorded umount did not unmount, so the point is still there
 	// (a real one is removed after umount): the bundle is in it.
-	m, _, err := bundle.Verify(context.Background(), filepath.Join(point, "2026/dec/web"), bundle.Options{PublicKey: pub})
+	m, _, err := bundle.Verify(context.Background(), filepath.Join(point, "2026/dec/web"), bundle.Options{PublicKey: sg.pub})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -129,8 +151,8 @@ func TestDirectoryExportRefusesAnExistingBundle(t *testing.T) {
 	dest := t.TempDir()
 	e := &ferryv1.ExportSpec{BundleName: "web", Format: ferryv1.ExportFormat_EXPORT_FORMAT_RAW,
 		Destination: &ferryv1.ExportDestination{Type: ferryv1.ExportDestinationType_EXPORT_DESTINATION_TYPE_DIRECTORY, Path: dest}}
-	job, _ := cachedJob(t, e, nil)
-	d := New(Options{})
+	job, sg := cachedJob(t, e, nil)
+	d := New(Options{Signer: sg})
 	if err := d.Export(context.Background(), job); err != nil {
 		t.Fatal(err)
 	}
@@ -168,12 +190,12 @@ func TestFormats(t *testing.T) {
 	} {
 		t.Run(tc.file, func(t *testing.T) {
 			dest := t.TempDir()
-			job, pub := cachedJob(t, &ferryv1.ExportSpec{BundleName: "web", Format: tc.format, Compress: tc.compress,
+			job, sg := cachedJob(t, &ferryv1.ExportSpec{BundleName: "web", Format: tc.format, Compress: tc.compress,
 				Destination: &ferryv1.ExportDestination{Type: ferryv1.ExportDestinationType_EXPORT_DESTINATION_TYPE_DIRECTORY, Path: dest}}, nil)
-			if err := New(Options{}).Export(context.Background(), job); err != nil {
+			if err := New(Options{Signer: sg}).Export(context.Background(), job); err != nil {
 				t.Fatal(err)
 			}
-			m, _, err := bundle.Verify(context.Background(), filepath.Join(dest, "web"), bundle.Options{PublicKey: pub})
+			m, _, err := bundle.Verify(context.Background(), filepath.Join(dest, "web"), bundle.Options{PublicKey: sg.pub})
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -204,5 +226,50 @@ func TestRateLimit(t *testing.T) {
 	want := []string{"qemu-img", "convert", "-p", "--image-opts", "driver=raw", "-O", "vmdk", "-o", "subformat=streamOptimized", "-r", "1048576", "/out/vda.vmdk"}
 	if !reflect.DeepEqual(argv, want) {
 		t.Errorf("ConvertArgs = %q, want %q", argv, want)
+	}
+}
+
+// TestSigning: the agent holds no key. Once the files are written it asks
+// for the manifest to be signed, with the job, its epoch and the manifest's
+// exact bytes as they stand in ferry-bundle.json; a refusal fails the
+// export with the leader's reason and leaves nothing under the bundle's
+// name, nor without the signer.
+func TestSigning(t *testing.T) {
+	dest := t.TempDir()
+	e := &ferryv1.ExportSpec{BundleName: "web", Format: ferryv1.ExportFormat_EXPORT_FORMAT_RAW,
+		Destination: &ferryv1.ExportDestination{Type: ferryv1.ExportDestinationType_EXPORT_DESTINATION_TYPE_DIRECTORY, Path: dest}}
+	job, sg := cachedJob(t, e, nil)
+	if err := New(Options{}).Export(context.Background(), job); err == nil || !strings.Contains(err.Error(), "no bundle signer") {
+		t.Fatalf("export without a signer: %v", err)
+	}
+	sg.refuse = "assignment superseded: job runs under epoch 4 on hosts/h2"
+	err := New(Options{Signer: sg}).Export(context.Background(), job)
+	if err == nil || err.Error() != "sign the bundle: "+sg.refuse {
+		t.Fatalf("export with a refused signature: %v", err)
+	}
+	if _, err := os.Stat(filepath.Join(dest, "web")); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("a refused bundle is at the destination: %v", err)
+	}
+	sg.refuse = ""
+	if err := New(Options{Signer: sg}).Export(context.Background(), job); err != nil {
+		t.Fatal(err)
+	}
+	if sg.job != "migrationJobs/j1" || sg.epoch != 3 {
+		t.Errorf("asked to sign for %s epoch %d", sg.job, sg.epoch)
+	}
+	file, err := os.ReadFile(filepath.Join(dest, "web", bundle.ManifestFile))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var f struct{ Manifest json.RawMessage }
+	if err := json.Unmarshal(file, &f); err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(f.Manifest, sg.manifest) {
+		t.Errorf("signed %q, the file holds %q", sg.manifest, f.Manifest)
+	}
+	m, err := bundle.ParseManifest(sg.manifest)
+	if err != nil || m.Job != "migrationJobs/j1" || m.Source.Name != "sources/kvm" || m.Source.VM != "web" {
+		t.Errorf("signed manifest %+v, %v", m, err)
 	}
 }

@@ -3,15 +3,15 @@ package api
 import (
 	"context"
 	"crypto/ed25519"
-	"crypto/rand"
 	"fmt"
 	"path"
 	"path/filepath"
 	"strings"
 
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 
-	"github.com/ferry-v2v/ferry/coordinator/internal/ledger"
 	"github.com/ferry-v2v/ferry/coordinator/internal/validate"
 	"github.com/ferry-v2v/ferry/pkg/bundle"
 	ledgerv1 "github.com/ferry-v2v/ferry/pkg/pb/ferry/ledger/v1"
@@ -26,40 +26,18 @@ func (s *jobService) CreateExportJobs(ctx context.Context, req *ferryv1.CreateEx
 	return reply(ctx, s.a, &ferryv1.CreateExportJobsResponse{Jobs: jobs}, err)
 }
 
+// GetBundleSigningKey answers the public half of the cluster's key from
+// the ledger, and never writes: the leader makes the key when it takes
+// the lead (or at its first signing), and its private half never leaves
+// the coordinators.
 func (s *jobService) GetBundleSigningKey(ctx context.Context, _ *ferryv1.GetBundleSigningKeyRequest) (*ferryv1.BundleSigningKey, error) {
-	k, err := s.a.bundleKey(ctx)
-	if err != nil {
-		return reply[*ferryv1.BundleSigningKey](ctx, s.a, nil, err)
+	k, ok := s.a.ledger.BundleSigningKey()
+	if !ok {
+		return reply[*ferryv1.BundleSigningKey](ctx, s.a, nil, status.Error(codes.NotFound,
+			"bundleSigningKey not found: the leader makes it when it takes the lead; ask again in a moment"))
 	}
 	pub := ed25519.PublicKey(k.GetPublicKey())
 	return reply(ctx, s.a, &ferryv1.BundleSigningKey{Name: "bundleSigningKey", PublicKey: bundle.EncodeKey(pub), KeyId: bundle.KeyID(pub)}, nil)
-}
-
-// bundleKey returns the cluster's bundle signing key, making and
-// recording one first when there is none: the seed is sealed before it
-// enters the log, as a credential's secret.
-func (a *API) bundleKey(ctx context.Context) (*ledgerv1.SetBundleSigningKey, error) {
-	if k, ok := a.ledger.BundleSigningKey(); ok {
-		return k, nil
-	}
-	pub, priv, err := ed25519.GenerateKey(rand.Reader)
-	if err != nil {
-		return nil, err
-	}
-	sealed, err := a.sealer.Seal(priv.Seed(), []byte(ledger.BundleKeyAAD))
-	if err != nil {
-		return nil, fmt.Errorf("seal the bundle signing key: %w", err)
-	}
-	cmd := &ledgerv1.Command{Op: &ledgerv1.Command_SetBundleSigningKey{SetBundleSigningKey: &ledgerv1.SetBundleSigningKey{
-		SealedPrivateKey: sealed, PublicKey: pub}}}
-	if _, err := a.propose(ctx, cmd); err != nil {
-		return nil, err
-	}
-	k, ok := a.ledger.BundleSigningKey()
-	if !ok {
-		return nil, fmt.Errorf("the bundle signing key was not recorded")
-	}
-	return k, nil
 }
 
 // createExports checks a batch, reads each VM from the source's synced
@@ -108,9 +86,6 @@ func (s *jobService) createExports(ctx context.Context, req *ferryv1.CreateExpor
 		}
 		seen[key] = i
 		jobs[i] = j
-	}
-	if _, err := s.a.bundleKey(ctx); err != nil {
-		return nil, err
 	}
 	cmd := &ledgerv1.Command{Op: &ledgerv1.Command_CreateMigrationJobs{CreateMigrationJobs: &ledgerv1.CreateMigrationJobs{
 		Jobs: jobs, RequestId: req.GetRequestId()}}}

@@ -43,8 +43,6 @@ var writeVerbs = []string{"Create", "Delete", "Update", "Enable", "Disable", "Se
 var leaderOnly = map[string]bool{
 	"/ferry.v1.SourceService/SyncSource":                 true,
 	"/ferry.v1.MigrationJobService/PreviewMigrationJobs": true,
-	// The key is made, and recorded, on first use.
-	"/ferry.v1.MigrationJobService/GetBundleSigningKey": true,
 }
 
 // IsWriteMethod says whether a full method name ("/ferry.v1.S/CreateX") is

@@ -265,25 +265,14 @@ func (m *Manager) Assignment(job *ferryv1.MigrationJob, epoch int64) (*agentv1.A
 	return a, nil
 }
 
-// exportSecrets gives an export job's assignment the cluster's bundle
-// signing key and the password of an SMB destination's credential.
+// exportSecrets gives an export job's assignment the password of an SMB
+// destination's credential. The bundle signing key is not in it: the
+// agent asks the leader to sign the manifest (signBundle).
 func (m *Manager) exportSecrets(job *ferryv1.MigrationJob, a *agentv1.Assignment) error {
 	e := job.GetExport()
 	if e == nil {
 		return nil
 	}
-	k, ok := m.ledger.BundleSigningKey()
-	if !ok {
-		return fmt.Errorf("bundle signing key: %w", ledger.ErrNotFound)
-	}
-	if m.seal == nil {
-		return fmt.Errorf("bundle signing key: this coordinator has no sealing key")
-	}
-	seed, err := m.seal.Open(k.GetSealedPrivateKey(), []byte(ledger.BundleKeyAAD))
-	if err != nil {
-		return fmt.Errorf("unseal the bundle signing key: %w", err)
-	}
-	a.BundleSigningKey = seed
 	if cred := e.GetDestination().GetCredential(); cred != "" {
 		secret, err := m.unseal(cred)
 		if err != nil {

@@ -154,6 +154,7 @@ type ConnectRequest struct {
 	//	*ConnectRequest_FenceCheck
 	//	*ConnectRequest_TargetRequest
 	//	*ConnectRequest_TargetWorkResult
+	//	*ConnectRequest_SignBundle
 	Kind          isConnectRequest_Kind `protobuf_oneof:"kind"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -277,6 +278,15 @@ func (x *ConnectRequest) GetTargetWorkResult() *TargetWorkResult {
 	return nil
 }
 
+func (x *ConnectRequest) GetSignBundle() *SignBundle {
+	if x != nil {
+		if x, ok := x.Kind.(*ConnectRequest_SignBundle); ok {
+			return x.SignBundle
+		}
+	}
+	return nil
+}
+
 type isConnectRequest_Kind interface {
 	isConnectRequest_Kind()
 }
@@ -317,6 +327,10 @@ type ConnectRequest_TargetWorkResult struct {
 	TargetWorkResult *TargetWorkResult `protobuf:"bytes,9,opt,name=target_work_result,json=targetWorkResult,proto3,oneof"`
 }
 
+type ConnectRequest_SignBundle struct {
+	SignBundle *SignBundle `protobuf:"bytes,10,opt,name=sign_bundle,json=signBundle,proto3,oneof"`
+}
+
 func (*ConnectRequest_Hello) isConnectRequest_Kind() {}
 
 func (*ConnectRequest_Heartbeat) isConnectRequest_Kind() {}
@@ -335,6 +349,8 @@ func (*ConnectRequest_TargetRequest) isConnectRequest_Kind() {}
 
 func (*ConnectRequest_TargetWorkResult) isConnectRequest_Kind() {}
 
+func (*ConnectRequest_SignBundle) isConnectRequest_Kind() {}
+
 type ConnectResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Types that are valid to be assigned to Kind:
@@ -348,6 +364,7 @@ type ConnectResponse struct {
 	//	*ConnectResponse_BandwidthLimits
 	//	*ConnectResponse_TargetWork
 	//	*ConnectResponse_TargetAnswer
+	//	*ConnectResponse_BundleSignature
 	Kind          isConnectResponse_Kind `protobuf_oneof:"kind"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -471,6 +488,15 @@ func (x *ConnectResponse) GetTargetAnswer() *TargetWorkResult {
 	return nil
 }
 
+func (x *ConnectResponse) GetBundleSignature() *BundleSignature {
+	if x != nil {
+		if x, ok := x.Kind.(*ConnectResponse_BundleSignature); ok {
+			return x.BundleSignature
+		}
+	}
+	return nil
+}
+
 type isConnectResponse_Kind interface {
 	isConnectResponse_Kind()
 }
@@ -511,6 +537,10 @@ type ConnectResponse_TargetAnswer struct {
 	TargetAnswer *TargetWorkResult `protobuf:"bytes,9,opt,name=target_answer,json=targetAnswer,proto3,oneof"`
 }
 
+type ConnectResponse_BundleSignature struct {
+	BundleSignature *BundleSignature `protobuf:"bytes,10,opt,name=bundle_signature,json=bundleSignature,proto3,oneof"`
+}
+
 func (*ConnectResponse_Welcome) isConnectResponse_Kind() {}
 
 func (*ConnectResponse_Heartbeat) isConnectResponse_Kind() {}
@@ -528,6 +558,8 @@ func (*ConnectResponse_BandwidthLimits) isConnectResponse_Kind() {}
 func (*ConnectResponse_TargetWork) isConnectResponse_Kind() {}
 
 func (*ConnectResponse_TargetAnswer) isConnectResponse_Kind() {}
+
+func (*ConnectResponse_BundleSignature) isConnectResponse_Kind() {}
 
 // TargetRequest asks, from the migration server's agent running a job,
 // for an action of the job's target host's agent. The leader checks the
@@ -1134,6 +1166,166 @@ func (x *FenceAnswer) GetReason() string {
 	return ""
 }
 
+// SignBundle asks the leader to sign an export job's bundle manifest,
+// once the agent wrote the bundle's files and checked them. The cluster's
+// private key never leaves the coordinators: the leader signs only for an
+// export job running under this epoch on the asking host, after a
+// linearizable read, and only a manifest whose job, source and source VM
+// are that job's. The answer is ConnectResponse.bundle_signature; without
+// one (no session, a new leader) the agent asks again.
+type SignBundle struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Chosen by the agent; the answer carries it back.
+	RequestId string `protobuf:"bytes,1,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`
+	// migrationJobs/{id}
+	Job   string `protobuf:"bytes,2,opt,name=job,proto3" json:"job,omitempty"`
+	Epoch int64  `protobuf:"varint,3,opt,name=epoch,proto3" json:"epoch,omitempty"`
+	// The manifest's exact bytes as they will stand in ferry-bundle.json
+	// (package bundle: the signature is over "ferry-bundle/1\n" and them).
+	Manifest      []byte `protobuf:"bytes,4,opt,name=manifest,proto3" json:"manifest,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SignBundle) Reset() {
+	*x = SignBundle{}
+	mi := &file_ferry_agent_v1_agent_proto_msgTypes[9]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SignBundle) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SignBundle) ProtoMessage() {}
+
+func (x *SignBundle) ProtoReflect() protoreflect.Message {
+	mi := &file_ferry_agent_v1_agent_proto_msgTypes[9]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SignBundle.ProtoReflect.Descriptor instead.
+func (*SignBundle) Descriptor() ([]byte, []int) {
+	return file_ferry_agent_v1_agent_proto_rawDescGZIP(), []int{9}
+}
+
+func (x *SignBundle) GetRequestId() string {
+	if x != nil {
+		return x.RequestId
+	}
+	return ""
+}
+
+func (x *SignBundle) GetJob() string {
+	if x != nil {
+		return x.Job
+	}
+	return ""
+}
+
+func (x *SignBundle) GetEpoch() int64 {
+	if x != nil {
+		return x.Epoch
+	}
+	return 0
+}
+
+func (x *SignBundle) GetManifest() []byte {
+	if x != nil {
+		return x.Manifest
+	}
+	return nil
+}
+
+// BundleSignature answers a SignBundle.
+type BundleSignature struct {
+	state     protoimpl.MessageState `protogen:"open.v1"`
+	RequestId string                 `protobuf:"bytes,1,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`
+	// Ed25519 signature of the manifest; empty when refused.
+	Signature []byte `protobuf:"bytes,2,opt,name=signature,proto3" json:"signature,omitempty"`
+	// The signing key's id (the first 16 hex digits of the SHA-256 of its
+	// public key) and its public key.
+	KeyId     string `protobuf:"bytes,3,opt,name=key_id,json=keyId,proto3" json:"key_id,omitempty"`
+	PublicKey []byte `protobuf:"bytes,4,opt,name=public_key,json=publicKey,proto3" json:"public_key,omitempty"`
+	// Why the leader refused to sign; empty when signed.
+	Error         string `protobuf:"bytes,5,opt,name=error,proto3" json:"error,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *BundleSignature) Reset() {
+	*x = BundleSignature{}
+	mi := &file_ferry_agent_v1_agent_proto_msgTypes[10]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *BundleSignature) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*BundleSignature) ProtoMessage() {}
+
+func (x *BundleSignature) ProtoReflect() protoreflect.Message {
+	mi := &file_ferry_agent_v1_agent_proto_msgTypes[10]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use BundleSignature.ProtoReflect.Descriptor instead.
+func (*BundleSignature) Descriptor() ([]byte, []int) {
+	return file_ferry_agent_v1_agent_proto_rawDescGZIP(), []int{10}
+}
+
+func (x *BundleSignature) GetRequestId() string {
+	if x != nil {
+		return x.RequestId
+	}
+	return ""
+}
+
+func (x *BundleSignature) GetSignature() []byte {
+	if x != nil {
+		return x.Signature
+	}
+	return nil
+}
+
+func (x *BundleSignature) GetKeyId() string {
+	if x != nil {
+		return x.KeyId
+	}
+	return ""
+}
+
+func (x *BundleSignature) GetPublicKey() []byte {
+	if x != nil {
+		return x.PublicKey
+	}
+	return nil
+}
+
+func (x *BundleSignature) GetError() string {
+	if x != nil {
+		return x.Error
+	}
+	return ""
+}
+
 // Hello opens a session.
 type Hello struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -1151,7 +1343,7 @@ type Hello struct {
 
 func (x *Hello) Reset() {
 	*x = Hello{}
-	mi := &file_ferry_agent_v1_agent_proto_msgTypes[9]
+	mi := &file_ferry_agent_v1_agent_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1163,7 +1355,7 @@ func (x *Hello) String() string {
 func (*Hello) ProtoMessage() {}
 
 func (x *Hello) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_agent_v1_agent_proto_msgTypes[9]
+	mi := &file_ferry_agent_v1_agent_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1176,7 +1368,7 @@ func (x *Hello) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Hello.ProtoReflect.Descriptor instead.
 func (*Hello) Descriptor() ([]byte, []int) {
-	return file_ferry_agent_v1_agent_proto_rawDescGZIP(), []int{9}
+	return file_ferry_agent_v1_agent_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *Hello) GetHostName() string {
@@ -1226,7 +1418,7 @@ type HeldJob struct {
 
 func (x *HeldJob) Reset() {
 	*x = HeldJob{}
-	mi := &file_ferry_agent_v1_agent_proto_msgTypes[10]
+	mi := &file_ferry_agent_v1_agent_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1238,7 +1430,7 @@ func (x *HeldJob) String() string {
 func (*HeldJob) ProtoMessage() {}
 
 func (x *HeldJob) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_agent_v1_agent_proto_msgTypes[10]
+	mi := &file_ferry_agent_v1_agent_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1251,7 +1443,7 @@ func (x *HeldJob) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HeldJob.ProtoReflect.Descriptor instead.
 func (*HeldJob) Descriptor() ([]byte, []int) {
-	return file_ferry_agent_v1_agent_proto_rawDescGZIP(), []int{10}
+	return file_ferry_agent_v1_agent_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *HeldJob) GetJob() string {
@@ -1298,7 +1490,7 @@ type Welcome struct {
 
 func (x *Welcome) Reset() {
 	*x = Welcome{}
-	mi := &file_ferry_agent_v1_agent_proto_msgTypes[11]
+	mi := &file_ferry_agent_v1_agent_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1310,7 +1502,7 @@ func (x *Welcome) String() string {
 func (*Welcome) ProtoMessage() {}
 
 func (x *Welcome) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_agent_v1_agent_proto_msgTypes[11]
+	mi := &file_ferry_agent_v1_agent_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1323,7 +1515,7 @@ func (x *Welcome) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Welcome.ProtoReflect.Descriptor instead.
 func (*Welcome) Descriptor() ([]byte, []int) {
-	return file_ferry_agent_v1_agent_proto_rawDescGZIP(), []int{11}
+	return file_ferry_agent_v1_agent_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *Welcome) GetCoordinatorId() string {
@@ -1377,7 +1569,7 @@ type Heartbeat struct {
 
 func (x *Heartbeat) Reset() {
 	*x = Heartbeat{}
-	mi := &file_ferry_agent_v1_agent_proto_msgTypes[12]
+	mi := &file_ferry_agent_v1_agent_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1389,7 +1581,7 @@ func (x *Heartbeat) String() string {
 func (*Heartbeat) ProtoMessage() {}
 
 func (x *Heartbeat) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_agent_v1_agent_proto_msgTypes[12]
+	mi := &file_ferry_agent_v1_agent_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1402,7 +1594,7 @@ func (x *Heartbeat) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Heartbeat.ProtoReflect.Descriptor instead.
 func (*Heartbeat) Descriptor() ([]byte, []int) {
-	return file_ferry_agent_v1_agent_proto_rawDescGZIP(), []int{12}
+	return file_ferry_agent_v1_agent_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *Heartbeat) GetTime() *timestamppb.Timestamp {
@@ -1448,7 +1640,7 @@ type JobProgress struct {
 
 func (x *JobProgress) Reset() {
 	*x = JobProgress{}
-	mi := &file_ferry_agent_v1_agent_proto_msgTypes[13]
+	mi := &file_ferry_agent_v1_agent_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1460,7 +1652,7 @@ func (x *JobProgress) String() string {
 func (*JobProgress) ProtoMessage() {}
 
 func (x *JobProgress) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_agent_v1_agent_proto_msgTypes[13]
+	mi := &file_ferry_agent_v1_agent_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1473,7 +1665,7 @@ func (x *JobProgress) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use JobProgress.ProtoReflect.Descriptor instead.
 func (*JobProgress) Descriptor() ([]byte, []int) {
-	return file_ferry_agent_v1_agent_proto_rawDescGZIP(), []int{13}
+	return file_ferry_agent_v1_agent_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *JobProgress) GetJob() string {
@@ -1531,7 +1723,7 @@ type JobResult struct {
 
 func (x *JobResult) Reset() {
 	*x = JobResult{}
-	mi := &file_ferry_agent_v1_agent_proto_msgTypes[14]
+	mi := &file_ferry_agent_v1_agent_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1543,7 +1735,7 @@ func (x *JobResult) String() string {
 func (*JobResult) ProtoMessage() {}
 
 func (x *JobResult) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_agent_v1_agent_proto_msgTypes[14]
+	mi := &file_ferry_agent_v1_agent_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1556,7 +1748,7 @@ func (x *JobResult) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use JobResult.ProtoReflect.Descriptor instead.
 func (*JobResult) Descriptor() ([]byte, []int) {
-	return file_ferry_agent_v1_agent_proto_rawDescGZIP(), []int{14}
+	return file_ferry_agent_v1_agent_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *JobResult) GetJob() string {
@@ -1630,16 +1822,13 @@ type Assignment struct {
 	// How long a VMware guest shutdown may take before the source VM is
 	// powered off: Settings.guest_shutdown_timeout when the job starts.
 	GuestShutdownTimeout *durationpb.Duration `protobuf:"bytes,8,opt,name=guest_shutdown_timeout,json=guestShutdownTimeout,proto3" json:"guest_shutdown_timeout,omitempty"`
-	// Export jobs only: the cluster's Ed25519 private key (its 32-byte
-	// seed) that signs the bundle; only ever sent over mutual TLS.
-	BundleSigningKey []byte `protobuf:"bytes,9,opt,name=bundle_signing_key,json=bundleSigningKey,proto3" json:"bundle_signing_key,omitempty"`
-	unknownFields    protoimpl.UnknownFields
-	sizeCache        protoimpl.SizeCache
+	unknownFields        protoimpl.UnknownFields
+	sizeCache            protoimpl.SizeCache
 }
 
 func (x *Assignment) Reset() {
 	*x = Assignment{}
-	mi := &file_ferry_agent_v1_agent_proto_msgTypes[15]
+	mi := &file_ferry_agent_v1_agent_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1651,7 +1840,7 @@ func (x *Assignment) String() string {
 func (*Assignment) ProtoMessage() {}
 
 func (x *Assignment) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_agent_v1_agent_proto_msgTypes[15]
+	mi := &file_ferry_agent_v1_agent_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1664,7 +1853,7 @@ func (x *Assignment) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Assignment.ProtoReflect.Descriptor instead.
 func (*Assignment) Descriptor() ([]byte, []int) {
-	return file_ferry_agent_v1_agent_proto_rawDescGZIP(), []int{15}
+	return file_ferry_agent_v1_agent_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *Assignment) GetJob() *v1.MigrationJob {
@@ -1723,13 +1912,6 @@ func (x *Assignment) GetGuestShutdownTimeout() *durationpb.Duration {
 	return nil
 }
 
-func (x *Assignment) GetBundleSigningKey() []byte {
-	if x != nil {
-		return x.BundleSigningKey
-	}
-	return nil
-}
-
 // Cancellation stops a job.
 type Cancellation struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
@@ -1742,7 +1924,7 @@ type Cancellation struct {
 
 func (x *Cancellation) Reset() {
 	*x = Cancellation{}
-	mi := &file_ferry_agent_v1_agent_proto_msgTypes[16]
+	mi := &file_ferry_agent_v1_agent_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1754,7 +1936,7 @@ func (x *Cancellation) String() string {
 func (*Cancellation) ProtoMessage() {}
 
 func (x *Cancellation) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_agent_v1_agent_proto_msgTypes[16]
+	mi := &file_ferry_agent_v1_agent_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1767,7 +1949,7 @@ func (x *Cancellation) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Cancellation.ProtoReflect.Descriptor instead.
 func (*Cancellation) Descriptor() ([]byte, []int) {
-	return file_ferry_agent_v1_agent_proto_rawDescGZIP(), []int{16}
+	return file_ferry_agent_v1_agent_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *Cancellation) GetJob() string {
@@ -1805,7 +1987,7 @@ type InventoryRequest struct {
 
 func (x *InventoryRequest) Reset() {
 	*x = InventoryRequest{}
-	mi := &file_ferry_agent_v1_agent_proto_msgTypes[17]
+	mi := &file_ferry_agent_v1_agent_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1817,7 +1999,7 @@ func (x *InventoryRequest) String() string {
 func (*InventoryRequest) ProtoMessage() {}
 
 func (x *InventoryRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_agent_v1_agent_proto_msgTypes[17]
+	mi := &file_ferry_agent_v1_agent_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1830,7 +2012,7 @@ func (x *InventoryRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use InventoryRequest.ProtoReflect.Descriptor instead.
 func (*InventoryRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_agent_v1_agent_proto_rawDescGZIP(), []int{17}
+	return file_ferry_agent_v1_agent_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *InventoryRequest) GetRequestId() string {
@@ -1879,7 +2061,7 @@ type InventoryResponse struct {
 
 func (x *InventoryResponse) Reset() {
 	*x = InventoryResponse{}
-	mi := &file_ferry_agent_v1_agent_proto_msgTypes[18]
+	mi := &file_ferry_agent_v1_agent_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1891,7 +2073,7 @@ func (x *InventoryResponse) String() string {
 func (*InventoryResponse) ProtoMessage() {}
 
 func (x *InventoryResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_agent_v1_agent_proto_msgTypes[18]
+	mi := &file_ferry_agent_v1_agent_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1904,7 +2086,7 @@ func (x *InventoryResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use InventoryResponse.ProtoReflect.Descriptor instead.
 func (*InventoryResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_agent_v1_agent_proto_rawDescGZIP(), []int{18}
+	return file_ferry_agent_v1_agent_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *InventoryResponse) GetRequestId() string {
@@ -1949,7 +2131,7 @@ type HostKeyObserved struct {
 
 func (x *HostKeyObserved) Reset() {
 	*x = HostKeyObserved{}
-	mi := &file_ferry_agent_v1_agent_proto_msgTypes[19]
+	mi := &file_ferry_agent_v1_agent_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1961,7 +2143,7 @@ func (x *HostKeyObserved) String() string {
 func (*HostKeyObserved) ProtoMessage() {}
 
 func (x *HostKeyObserved) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_agent_v1_agent_proto_msgTypes[19]
+	mi := &file_ferry_agent_v1_agent_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1974,7 +2156,7 @@ func (x *HostKeyObserved) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HostKeyObserved.ProtoReflect.Descriptor instead.
 func (*HostKeyObserved) Descriptor() ([]byte, []int) {
-	return file_ferry_agent_v1_agent_proto_rawDescGZIP(), []int{19}
+	return file_ferry_agent_v1_agent_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *HostKeyObserved) GetSource() string {
@@ -1995,7 +2177,7 @@ var File_ferry_agent_v1_agent_proto protoreflect.FileDescriptor
 
 const file_ferry_agent_v1_agent_proto_rawDesc = "" +
 	"\n" +
-	"\x1aferry/agent/v1/agent.proto\x12\x0eferry.agent.v1\x1a\x1fferry/v1/target_inventory.proto\x1a\x1cferry/v1/migration_job.proto\x1a\x1fferry/v1/migration_server.proto\x1a\x15ferry/v1/source.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xee\x04\n" +
+	"\x1aferry/agent/v1/agent.proto\x12\x0eferry.agent.v1\x1a\x1fferry/v1/target_inventory.proto\x1a\x1cferry/v1/migration_job.proto\x1a\x1fferry/v1/migration_server.proto\x1a\x15ferry/v1/source.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xad\x05\n" +
 	"\x0eConnectRequest\x12-\n" +
 	"\x05hello\x18\x01 \x01(\v2\x15.ferry.agent.v1.HelloH\x00R\x05hello\x129\n" +
 	"\theartbeat\x18\x02 \x01(\v2\x19.ferry.agent.v1.HeartbeatH\x00R\theartbeat\x129\n" +
@@ -2006,8 +2188,11 @@ const file_ferry_agent_v1_agent_proto_rawDesc = "" +
 	"\vfence_check\x18\a \x01(\v2\x1a.ferry.agent.v1.FenceCheckH\x00R\n" +
 	"fenceCheck\x12F\n" +
 	"\x0etarget_request\x18\b \x01(\v2\x1d.ferry.agent.v1.TargetRequestH\x00R\rtargetRequest\x12P\n" +
-	"\x12target_work_result\x18\t \x01(\v2 .ferry.agent.v1.TargetWorkResultH\x00R\x10targetWorkResultB\x06\n" +
-	"\x04kind\"\xf4\x04\n" +
+	"\x12target_work_result\x18\t \x01(\v2 .ferry.agent.v1.TargetWorkResultH\x00R\x10targetWorkResult\x12=\n" +
+	"\vsign_bundle\x18\n" +
+	" \x01(\v2\x1a.ferry.agent.v1.SignBundleH\x00R\n" +
+	"signBundleB\x06\n" +
+	"\x04kind\"\xc2\x05\n" +
 	"\x0fConnectResponse\x123\n" +
 	"\awelcome\x18\x01 \x01(\v2\x17.ferry.agent.v1.WelcomeH\x00R\awelcome\x129\n" +
 	"\theartbeat\x18\x02 \x01(\v2\x19.ferry.agent.v1.HeartbeatH\x00R\theartbeat\x12<\n" +
@@ -2020,7 +2205,9 @@ const file_ferry_agent_v1_agent_proto_rawDesc = "" +
 	"\x10bandwidth_limits\x18\a \x01(\v2\x1f.ferry.agent.v1.BandwidthLimitsH\x00R\x0fbandwidthLimits\x12=\n" +
 	"\vtarget_work\x18\b \x01(\v2\x1a.ferry.agent.v1.TargetWorkH\x00R\n" +
 	"targetWork\x12G\n" +
-	"\rtarget_answer\x18\t \x01(\v2 .ferry.agent.v1.TargetWorkResultH\x00R\ftargetAnswerB\x06\n" +
+	"\rtarget_answer\x18\t \x01(\v2 .ferry.agent.v1.TargetWorkResultH\x00R\ftargetAnswer\x12L\n" +
+	"\x10bundle_signature\x18\n" +
+	" \x01(\v2\x1f.ferry.agent.v1.BundleSignatureH\x00R\x0fbundleSignatureB\x06\n" +
 	"\x04kind\"\xbf\x01\n" +
 	"\rTargetRequest\x12\x1d\n" +
 	"\n" +
@@ -2077,7 +2264,22 @@ const file_ferry_agent_v1_agent_proto_rawDesc = "" +
 	"\n" +
 	"request_id\x18\x01 \x01(\tR\trequestId\x12\x18\n" +
 	"\acurrent\x18\x02 \x01(\bR\acurrent\x12\x16\n" +
-	"\x06reason\x18\x03 \x01(\tR\x06reason\"\xc4\x01\n" +
+	"\x06reason\x18\x03 \x01(\tR\x06reason\"o\n" +
+	"\n" +
+	"SignBundle\x12\x1d\n" +
+	"\n" +
+	"request_id\x18\x01 \x01(\tR\trequestId\x12\x10\n" +
+	"\x03job\x18\x02 \x01(\tR\x03job\x12\x14\n" +
+	"\x05epoch\x18\x03 \x01(\x03R\x05epoch\x12\x1a\n" +
+	"\bmanifest\x18\x04 \x01(\fR\bmanifest\"\x9a\x01\n" +
+	"\x0fBundleSignature\x12\x1d\n" +
+	"\n" +
+	"request_id\x18\x01 \x01(\tR\trequestId\x12\x1c\n" +
+	"\tsignature\x18\x02 \x01(\fR\tsignature\x12\x15\n" +
+	"\x06key_id\x18\x03 \x01(\tR\x05keyId\x12\x1d\n" +
+	"\n" +
+	"public_key\x18\x04 \x01(\fR\tpublicKey\x12\x14\n" +
+	"\x05error\x18\x05 \x01(\tR\x05error\"\xc4\x01\n" +
 	"\x05Hello\x12\x1b\n" +
 	"\thost_name\x18\x01 \x01(\tR\bhostName\x12\x18\n" +
 	"\acluster\x18\x02 \x01(\tR\acluster\x12#\n" +
@@ -2113,7 +2315,7 @@ const file_ferry_agent_v1_agent_proto_rawDesc = "" +
 	"\bwarnings\x18\x05 \x03(\tR\bwarnings\x12,\n" +
 	"\x05disks\x18\x06 \x03(\v2\x16.ferry.v1.DiskProgressR\x05disks\x12:\n" +
 	"\rphase_timings\x18\a \x03(\v2\x15.ferry.v1.PhaseTimingR\fphaseTimings\x12(\n" +
-	"\x10boot_verified_by\x18\b \x01(\tR\x0ebootVerifiedBy\"\xb3\x04\n" +
+	"\x10boot_verified_by\x18\b \x01(\tR\x0ebootVerifiedBy\"\x9f\x04\n" +
 	"\n" +
 	"Assignment\x12(\n" +
 	"\x03job\x18\x01 \x01(\v2\x16.ferry.v1.MigrationJobR\x03job\x12\x14\n" +
@@ -2124,11 +2326,11 @@ const file_ferry_agent_v1_agent_proto_rawDesc = "" +
 	"\vl3_networks\x18\x06 \x03(\v2\x13.ferry.v1.L3NetworkR\n" +
 	"l3Networks\x12A\n" +
 	"\asecrets\x18\a \x03(\v2'.ferry.agent.v1.Assignment.SecretsEntryR\asecrets\x12O\n" +
-	"\x16guest_shutdown_timeout\x18\b \x01(\v2\x19.google.protobuf.DurationR\x14guestShutdownTimeout\x12,\n" +
-	"\x12bundle_signing_key\x18\t \x01(\fR\x10bundleSigningKey\x1a:\n" +
+	"\x16guest_shutdown_timeout\x18\b \x01(\v2\x19.google.protobuf.DurationR\x14guestShutdownTimeout\x1a:\n" +
 	"\fSecretsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"N\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01J\x04\b\t\x10\n" +
+	"R\x12bundle_signing_key\"N\n" +
 	"\fCancellation\x12\x10\n" +
 	"\x03job\x18\x01 \x01(\tR\x03job\x12\x14\n" +
 	"\x05epoch\x18\x02 \x01(\x03R\x05epoch\x12\x16\n" +
@@ -2181,7 +2383,7 @@ func file_ferry_agent_v1_agent_proto_rawDescGZIP() []byte {
 }
 
 var file_ferry_agent_v1_agent_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_ferry_agent_v1_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 22)
+var file_ferry_agent_v1_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 24)
 var file_ferry_agent_v1_agent_proto_goTypes = []any{
 	(TargetAction)(0),             // 0: ferry.agent.v1.TargetAction
 	(JobOutcome)(0),               // 1: ferry.agent.v1.JobOutcome
@@ -2194,89 +2396,93 @@ var file_ferry_agent_v1_agent_proto_goTypes = []any{
 	(*BandwidthLimits)(nil),       // 8: ferry.agent.v1.BandwidthLimits
 	(*FenceCheck)(nil),            // 9: ferry.agent.v1.FenceCheck
 	(*FenceAnswer)(nil),           // 10: ferry.agent.v1.FenceAnswer
-	(*Hello)(nil),                 // 11: ferry.agent.v1.Hello
-	(*HeldJob)(nil),               // 12: ferry.agent.v1.HeldJob
-	(*Welcome)(nil),               // 13: ferry.agent.v1.Welcome
-	(*Heartbeat)(nil),             // 14: ferry.agent.v1.Heartbeat
-	(*JobProgress)(nil),           // 15: ferry.agent.v1.JobProgress
-	(*JobResult)(nil),             // 16: ferry.agent.v1.JobResult
-	(*Assignment)(nil),            // 17: ferry.agent.v1.Assignment
-	(*Cancellation)(nil),          // 18: ferry.agent.v1.Cancellation
-	(*InventoryRequest)(nil),      // 19: ferry.agent.v1.InventoryRequest
-	(*InventoryResponse)(nil),     // 20: ferry.agent.v1.InventoryResponse
-	(*HostKeyObserved)(nil),       // 21: ferry.agent.v1.HostKeyObserved
-	nil,                           // 22: ferry.agent.v1.Assignment.SecretsEntry
-	nil,                           // 23: ferry.agent.v1.InventoryRequest.SecretsEntry
-	(*v1.MigrationJob)(nil),       // 24: ferry.v1.MigrationJob
-	(*v1.PrimaryStorage)(nil),     // 25: ferry.v1.PrimaryStorage
-	(*v1.L3Network)(nil),          // 26: ferry.v1.L3Network
-	(*v1.HostFacts)(nil),          // 27: ferry.v1.HostFacts
-	(v1.MigrationJobPhase)(0),     // 28: ferry.v1.MigrationJobPhase
-	(*timestamppb.Timestamp)(nil), // 29: google.protobuf.Timestamp
-	(*v1.DiskProgress)(nil),       // 30: ferry.v1.DiskProgress
-	(*v1.PhaseTiming)(nil),        // 31: ferry.v1.PhaseTiming
-	(*v1.Source)(nil),             // 32: ferry.v1.Source
-	(*v1.MigrationServer)(nil),    // 33: ferry.v1.MigrationServer
-	(*durationpb.Duration)(nil),   // 34: google.protobuf.Duration
-	(*v1.SourceVm)(nil),           // 35: ferry.v1.SourceVm
-	(*v1.SourceInventory)(nil),    // 36: ferry.v1.SourceInventory
+	(*SignBundle)(nil),            // 11: ferry.agent.v1.SignBundle
+	(*BundleSignature)(nil),       // 12: ferry.agent.v1.BundleSignature
+	(*Hello)(nil),                 // 13: ferry.agent.v1.Hello
+	(*HeldJob)(nil),               // 14: ferry.agent.v1.HeldJob
+	(*Welcome)(nil),               // 15: ferry.agent.v1.Welcome
+	(*Heartbeat)(nil),             // 16: ferry.agent.v1.Heartbeat
+	(*JobProgress)(nil),           // 17: ferry.agent.v1.JobProgress
+	(*JobResult)(nil),             // 18: ferry.agent.v1.JobResult
+	(*Assignment)(nil),            // 19: ferry.agent.v1.Assignment
+	(*Cancellation)(nil),          // 20: ferry.agent.v1.Cancellation
+	(*InventoryRequest)(nil),      // 21: ferry.agent.v1.InventoryRequest
+	(*InventoryResponse)(nil),     // 22: ferry.agent.v1.InventoryResponse
+	(*HostKeyObserved)(nil),       // 23: ferry.agent.v1.HostKeyObserved
+	nil,                           // 24: ferry.agent.v1.Assignment.SecretsEntry
+	nil,                           // 25: ferry.agent.v1.InventoryRequest.SecretsEntry
+	(*v1.MigrationJob)(nil),       // 26: ferry.v1.MigrationJob
+	(*v1.PrimaryStorage)(nil),     // 27: ferry.v1.PrimaryStorage
+	(*v1.L3Network)(nil),          // 28: ferry.v1.L3Network
+	(*v1.HostFacts)(nil),          // 29: ferry.v1.HostFacts
+	(v1.MigrationJobPhase)(0),     // 30: ferry.v1.MigrationJobPhase
+	(*timestamppb.Timestamp)(nil), // 31: google.protobuf.Timestamp
+	(*v1.DiskProgress)(nil),       // 32: ferry.v1.DiskProgress
+	(*v1.PhaseTiming)(nil),        // 33: ferry.v1.PhaseTiming
+	(*v1.Source)(nil),             // 34: ferry.v1.Source
+	(*v1.MigrationServer)(nil),    // 35: ferry.v1.MigrationServer
+	(*durationpb.Duration)(nil),   // 36: google.protobuf.Duration
+	(*v1.SourceVm)(nil),           // 37: ferry.v1.SourceVm
+	(*v1.SourceInventory)(nil),    // 38: ferry.v1.SourceInventory
 }
 var file_ferry_agent_v1_agent_proto_depIdxs = []int32{
-	11, // 0: ferry.agent.v1.ConnectRequest.hello:type_name -> ferry.agent.v1.Hello
-	14, // 1: ferry.agent.v1.ConnectRequest.heartbeat:type_name -> ferry.agent.v1.Heartbeat
-	15, // 2: ferry.agent.v1.ConnectRequest.progress:type_name -> ferry.agent.v1.JobProgress
-	16, // 3: ferry.agent.v1.ConnectRequest.result:type_name -> ferry.agent.v1.JobResult
-	20, // 4: ferry.agent.v1.ConnectRequest.inventory_response:type_name -> ferry.agent.v1.InventoryResponse
-	21, // 5: ferry.agent.v1.ConnectRequest.host_key_observed:type_name -> ferry.agent.v1.HostKeyObserved
+	13, // 0: ferry.agent.v1.ConnectRequest.hello:type_name -> ferry.agent.v1.Hello
+	16, // 1: ferry.agent.v1.ConnectRequest.heartbeat:type_name -> ferry.agent.v1.Heartbeat
+	17, // 2: ferry.agent.v1.ConnectRequest.progress:type_name -> ferry.agent.v1.JobProgress
+	18, // 3: ferry.agent.v1.ConnectRequest.result:type_name -> ferry.agent.v1.JobResult
+	22, // 4: ferry.agent.v1.ConnectRequest.inventory_response:type_name -> ferry.agent.v1.InventoryResponse
+	23, // 5: ferry.agent.v1.ConnectRequest.host_key_observed:type_name -> ferry.agent.v1.HostKeyObserved
 	9,  // 6: ferry.agent.v1.ConnectRequest.fence_check:type_name -> ferry.agent.v1.FenceCheck
 	4,  // 7: ferry.agent.v1.ConnectRequest.target_request:type_name -> ferry.agent.v1.TargetRequest
 	7,  // 8: ferry.agent.v1.ConnectRequest.target_work_result:type_name -> ferry.agent.v1.TargetWorkResult
-	13, // 9: ferry.agent.v1.ConnectResponse.welcome:type_name -> ferry.agent.v1.Welcome
-	14, // 10: ferry.agent.v1.ConnectResponse.heartbeat:type_name -> ferry.agent.v1.Heartbeat
-	17, // 11: ferry.agent.v1.ConnectResponse.assignment:type_name -> ferry.agent.v1.Assignment
-	18, // 12: ferry.agent.v1.ConnectResponse.cancellation:type_name -> ferry.agent.v1.Cancellation
-	19, // 13: ferry.agent.v1.ConnectResponse.inventory_request:type_name -> ferry.agent.v1.InventoryRequest
-	10, // 14: ferry.agent.v1.ConnectResponse.fence_answer:type_name -> ferry.agent.v1.FenceAnswer
-	8,  // 15: ferry.agent.v1.ConnectResponse.bandwidth_limits:type_name -> ferry.agent.v1.BandwidthLimits
-	5,  // 16: ferry.agent.v1.ConnectResponse.target_work:type_name -> ferry.agent.v1.TargetWork
-	7,  // 17: ferry.agent.v1.ConnectResponse.target_answer:type_name -> ferry.agent.v1.TargetWorkResult
-	0,  // 18: ferry.agent.v1.TargetRequest.action:type_name -> ferry.agent.v1.TargetAction
-	0,  // 19: ferry.agent.v1.TargetWork.action:type_name -> ferry.agent.v1.TargetAction
-	24, // 20: ferry.agent.v1.TargetWork.job:type_name -> ferry.v1.MigrationJob
-	25, // 21: ferry.agent.v1.TargetWork.primary_storage:type_name -> ferry.v1.PrimaryStorage
-	26, // 22: ferry.agent.v1.TargetWork.l3_networks:type_name -> ferry.v1.L3Network
-	0,  // 23: ferry.agent.v1.TargetWorkResult.action:type_name -> ferry.agent.v1.TargetAction
-	6,  // 24: ferry.agent.v1.TargetWorkResult.exports:type_name -> ferry.agent.v1.TargetExport
-	27, // 25: ferry.agent.v1.Hello.facts:type_name -> ferry.v1.HostFacts
-	12, // 26: ferry.agent.v1.Hello.held_jobs:type_name -> ferry.agent.v1.HeldJob
-	28, // 27: ferry.agent.v1.HeldJob.phase:type_name -> ferry.v1.MigrationJobPhase
-	29, // 28: ferry.agent.v1.Heartbeat.time:type_name -> google.protobuf.Timestamp
-	27, // 29: ferry.agent.v1.Heartbeat.facts:type_name -> ferry.v1.HostFacts
-	28, // 30: ferry.agent.v1.JobProgress.phase:type_name -> ferry.v1.MigrationJobPhase
-	30, // 31: ferry.agent.v1.JobProgress.disks:type_name -> ferry.v1.DiskProgress
-	31, // 32: ferry.agent.v1.JobProgress.phase_timings:type_name -> ferry.v1.PhaseTiming
-	1,  // 33: ferry.agent.v1.JobResult.outcome:type_name -> ferry.agent.v1.JobOutcome
-	30, // 34: ferry.agent.v1.JobResult.disks:type_name -> ferry.v1.DiskProgress
-	31, // 35: ferry.agent.v1.JobResult.phase_timings:type_name -> ferry.v1.PhaseTiming
-	24, // 36: ferry.agent.v1.Assignment.job:type_name -> ferry.v1.MigrationJob
-	32, // 37: ferry.agent.v1.Assignment.source:type_name -> ferry.v1.Source
-	33, // 38: ferry.agent.v1.Assignment.migration_server:type_name -> ferry.v1.MigrationServer
-	25, // 39: ferry.agent.v1.Assignment.primary_storage:type_name -> ferry.v1.PrimaryStorage
-	26, // 40: ferry.agent.v1.Assignment.l3_networks:type_name -> ferry.v1.L3Network
-	22, // 41: ferry.agent.v1.Assignment.secrets:type_name -> ferry.agent.v1.Assignment.SecretsEntry
-	34, // 42: ferry.agent.v1.Assignment.guest_shutdown_timeout:type_name -> google.protobuf.Duration
-	32, // 43: ferry.agent.v1.InventoryRequest.source:type_name -> ferry.v1.Source
-	33, // 44: ferry.agent.v1.InventoryRequest.migration_server:type_name -> ferry.v1.MigrationServer
-	23, // 45: ferry.agent.v1.InventoryRequest.secrets:type_name -> ferry.agent.v1.InventoryRequest.SecretsEntry
-	35, // 46: ferry.agent.v1.InventoryResponse.vms:type_name -> ferry.v1.SourceVm
-	36, // 47: ferry.agent.v1.InventoryResponse.inventory:type_name -> ferry.v1.SourceInventory
-	2,  // 48: ferry.agent.v1.AgentService.Connect:input_type -> ferry.agent.v1.ConnectRequest
-	3,  // 49: ferry.agent.v1.AgentService.Connect:output_type -> ferry.agent.v1.ConnectResponse
-	49, // [49:50] is the sub-list for method output_type
-	48, // [48:49] is the sub-list for method input_type
-	48, // [48:48] is the sub-list for extension type_name
-	48, // [48:48] is the sub-list for extension extendee
-	0,  // [0:48] is the sub-list for field type_name
+	11, // 9: ferry.agent.v1.ConnectRequest.sign_bundle:type_name -> ferry.agent.v1.SignBundle
+	15, // 10: ferry.agent.v1.ConnectResponse.welcome:type_name -> ferry.agent.v1.Welcome
+	16, // 11: ferry.agent.v1.ConnectResponse.heartbeat:type_name -> ferry.agent.v1.Heartbeat
+	19, // 12: ferry.agent.v1.ConnectResponse.assignment:type_name -> ferry.agent.v1.Assignment
+	20, // 13: ferry.agent.v1.ConnectResponse.cancellation:type_name -> ferry.agent.v1.Cancellation
+	21, // 14: ferry.agent.v1.ConnectResponse.inventory_request:type_name -> ferry.agent.v1.InventoryRequest
+	10, // 15: ferry.agent.v1.ConnectResponse.fence_answer:type_name -> ferry.agent.v1.FenceAnswer
+	8,  // 16: ferry.agent.v1.ConnectResponse.bandwidth_limits:type_name -> ferry.agent.v1.BandwidthLimits
+	5,  // 17: ferry.agent.v1.ConnectResponse.target_work:type_name -> ferry.agent.v1.TargetWork
+	7,  // 18: ferry.agent.v1.ConnectResponse.target_answer:type_name -> ferry.agent.v1.TargetWorkResult
+	12, // 19: ferry.agent.v1.ConnectResponse.bundle_signature:type_name -> ferry.agent.v1.BundleSignature
+	0,  // 20: ferry.agent.v1.TargetRequest.action:type_name -> ferry.agent.v1.TargetAction
+	0,  // 21: ferry.agent.v1.TargetWork.action:type_name -> ferry.agent.v1.TargetAction
+	26, // 22: ferry.agent.v1.TargetWork.job:type_name -> ferry.v1.MigrationJob
+	27, // 23: ferry.agent.v1.TargetWork.primary_storage:type_name -> ferry.v1.PrimaryStorage
+	28, // 24: ferry.agent.v1.TargetWork.l3_networks:type_name -> ferry.v1.L3Network
+	0,  // 25: ferry.agent.v1.TargetWorkResult.action:type_name -> ferry.agent.v1.TargetAction
+	6,  // 26: ferry.agent.v1.TargetWorkResult.exports:type_name -> ferry.agent.v1.TargetExport
+	29, // 27: ferry.agent.v1.Hello.facts:type_name -> ferry.v1.HostFacts
+	14, // 28: ferry.agent.v1.Hello.held_jobs:type_name -> ferry.agent.v1.HeldJob
+	30, // 29: ferry.agent.v1.HeldJob.phase:type_name -> ferry.v1.MigrationJobPhase
+	31, // 30: ferry.agent.v1.Heartbeat.time:type_name -> google.protobuf.Timestamp
+	29, // 31: ferry.agent.v1.Heartbeat.facts:type_name -> ferry.v1.HostFacts
+	30, // 32: ferry.agent.v1.JobProgress.phase:type_name -> ferry.v1.MigrationJobPhase
+	32, // 33: ferry.agent.v1.JobProgress.disks:type_name -> ferry.v1.DiskProgress
+	33, // 34: ferry.agent.v1.JobProgress.phase_timings:type_name -> ferry.v1.PhaseTiming
+	1,  // 35: ferry.agent.v1.JobResult.outcome:type_name -> ferry.agent.v1.JobOutcome
+	32, // 36: ferry.agent.v1.JobResult.disks:type_name -> ferry.v1.DiskProgress
+	33, // 37: ferry.agent.v1.JobResult.phase_timings:type_name -> ferry.v1.PhaseTiming
+	26, // 38: ferry.agent.v1.Assignment.job:type_name -> ferry.v1.MigrationJob
+	34, // 39: ferry.agent.v1.Assignment.source:type_name -> ferry.v1.Source
+	35, // 40: ferry.agent.v1.Assignment.migration_server:type_name -> ferry.v1.MigrationServer
+	27, // 41: ferry.agent.v1.Assignment.primary_storage:type_name -> ferry.v1.PrimaryStorage
+	28, // 42: ferry.agent.v1.Assignment.l3_networks:type_name -> ferry.v1.L3Network
+	24, // 43: ferry.agent.v1.Assignment.secrets:type_name -> ferry.agent.v1.Assignment.SecretsEntry
+	36, // 44: ferry.agent.v1.Assignment.guest_shutdown_timeout:type_name -> google.protobuf.Duration
+	34, // 45: ferry.agent.v1.InventoryRequest.source:type_name -> ferry.v1.Source
+	35, // 46: ferry.agent.v1.InventoryRequest.migration_server:type_name -> ferry.v1.MigrationServer
+	25, // 47: ferry.agent.v1.InventoryRequest.secrets:type_name -> ferry.agent.v1.InventoryRequest.SecretsEntry
+	37, // 48: ferry.agent.v1.InventoryResponse.vms:type_name -> ferry.v1.SourceVm
+	38, // 49: ferry.agent.v1.InventoryResponse.inventory:type_name -> ferry.v1.SourceInventory
+	2,  // 50: ferry.agent.v1.AgentService.Connect:input_type -> ferry.agent.v1.ConnectRequest
+	3,  // 51: ferry.agent.v1.AgentService.Connect:output_type -> ferry.agent.v1.ConnectResponse
+	51, // [51:52] is the sub-list for method output_type
+	50, // [50:51] is the sub-list for method input_type
+	50, // [50:50] is the sub-list for extension type_name
+	50, // [50:50] is the sub-list for extension extendee
+	0,  // [0:50] is the sub-list for field type_name
 }
 
 func init() { file_ferry_agent_v1_agent_proto_init() }
@@ -2294,6 +2500,7 @@ func file_ferry_agent_v1_agent_proto_init() {
 		(*ConnectRequest_FenceCheck)(nil),
 		(*ConnectRequest_TargetRequest)(nil),
 		(*ConnectRequest_TargetWorkResult)(nil),
+		(*ConnectRequest_SignBundle)(nil),
 	}
 	file_ferry_agent_v1_agent_proto_msgTypes[1].OneofWrappers = []any{
 		(*ConnectResponse_Welcome)(nil),
@@ -2305,6 +2512,7 @@ func file_ferry_agent_v1_agent_proto_init() {
 		(*ConnectResponse_BandwidthLimits)(nil),
 		(*ConnectResponse_TargetWork)(nil),
 		(*ConnectResponse_TargetAnswer)(nil),
+		(*ConnectResponse_BundleSignature)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
@@ -2312,7 +2520,7 @@ func file_ferry_agent_v1_agent_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_ferry_agent_v1_agent_proto_rawDesc), len(file_ferry_agent_v1_agent_proto_rawDesc)),
 			NumEnums:      2,
-			NumMessages:   22,
+			NumMessages:   24,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
