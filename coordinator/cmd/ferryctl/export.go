@@ -187,10 +187,10 @@ func (a *app) bundleKey() *cobra.Command {
 	return &cobra.Command{
 		Use:   "key",
 		Short: "Show the public key that signs this cluster's bundles",
-		Long: `Show the public half of the cluster's Ed25519 bundle signing key (made on
-first use, its private half sealed in the ledger as credentials are), to
-give to 'ferryctl bundle verify --public-key' and to bundle sources
-elsewhere.`,
+		Long: `Show the public half of the cluster's Ed25519 bundle signing key (made by
+the leader when it takes the lead; its private half is sealed in the
+ledger as credentials are and never leaves the coordinators), to give to
+'ferryctl bundle verify --public-key' and to bundle sources elsewhere.`,
 		Args: noArgs,
 		RunE: a.run(func(ctx context.Context, cl *client.Client, _ []string) error {
 			k, err := cl.Jobs().GetBundleSigningKey(ctx, &ferryv1.GetBundleSigningKeyRequest{})

@@ -82,9 +82,10 @@ type MigrationJobServiceClient interface {
 	// returns the first answer.
 	CreateExportJobs(ctx context.Context, in *CreateExportJobsRequest, opts ...grpc.CallOption) (*CreateExportJobsResponse, error)
 	// GetBundleSigningKey answers the public half of the cluster's Ed25519
-	// key that signs bundles, made on first use; the private half is
-	// sealed in the ledger as credentials are and never leaves it but to an
-	// agent running an export job.
+	// key that signs bundles. It only reads: the leader makes the key when
+	// it takes the lead (NOT_FOUND until then). The private half is sealed
+	// in the ledger as credentials are and never leaves the coordinators:
+	// the leader signs the manifest an export's agent sends it.
 	GetBundleSigningKey(ctx context.Context, in *GetBundleSigningKeyRequest, opts ...grpc.CallOption) (*BundleSigningKey, error)
 }
 
@@ -264,9 +265,10 @@ type MigrationJobServiceServer interface {
 	// returns the first answer.
 	CreateExportJobs(context.Context, *CreateExportJobsRequest) (*CreateExportJobsResponse, error)
 	// GetBundleSigningKey answers the public half of the cluster's Ed25519
-	// key that signs bundles, made on first use; the private half is
-	// sealed in the ledger as credentials are and never leaves it but to an
-	// agent running an export job.
+	// key that signs bundles. It only reads: the leader makes the key when
+	// it takes the lead (NOT_FOUND until then). The private half is sealed
+	// in the ledger as credentials are and never leaves the coordinators:
+	// the leader signs the manifest an export's agent sends it.
 	GetBundleSigningKey(context.Context, *GetBundleSigningKeyRequest) (*BundleSigningKey, error)
 	mustEmbedUnimplementedMigrationJobServiceServer()
 }
