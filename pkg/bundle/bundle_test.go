@@ -124,3 +124,46 @@ func must(t *testing.T, err error) {
 		t.Fatal(err)
 	}
 }
+
+// TestSignApart: the manifest's bytes signed apart from the process that
+// wrote them (the leader signs what the agent sends) make the same file
+// Encode would; a signature of other bytes or by another key is refused
+// by Assemble, and ParseManifest refuses what is not a manifest.
+func TestSignApart(t *testing.T) {
+	pub, key, _ := ed25519.GenerateKey(nil)
+	m := &Manifest{FerryVersion: "t", CreateTime: "2026-12-05T00:00:00Z", Job: "migrationJobs/e1",
+		Source: Source{Name: "sources/kvm", Type: "PLATFORM_KVM", VM: "web"}, VM: []byte(`{"name":"web"}`), Target: []byte(`{}`)}
+	whole, err := Encode(m, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, err := Marshal(m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	apart, err := Assemble(body, pub, Sign(body, key))
+	if err != nil || !bytes.Equal(apart, whole) {
+		t.Fatalf("Assemble = %q, %v; want Encode's %q", apart, err, whole)
+	}
+	got, err := ParseManifest(body)
+	if err != nil || got.Job != m.Job || got.Source != m.Source {
+		t.Fatalf("ParseManifest = %+v, %v", got, err)
+	}
+	other, _, _ := ed25519.GenerateKey(nil)
+	for name, tc := range map[string]struct {
+		pub ed25519.PublicKey
+		sig []byte
+	}{
+		"other bytes": {pub, Sign(append([]byte(" "), body...), key)},
+		"another key": {other, Sign(body, key)},
+	} {
+		if _, err := Assemble(body, tc.pub, tc.sig); err == nil || !strings.Contains(err.Error(), "does not match the manifest") {
+			t.Errorf("%s: Assemble = %v", name, err)
+		}
+	}
+	for _, bad := range []string{`[]`, `{"format":"ferry-bundle/1"} {}`, `{"format":"ferry-bundle/1","signature":{}}`, `{"format":"x"}`} {
+		if _, err := ParseManifest([]byte(bad)); err == nil {
+			t.Errorf("ParseManifest(%s) accepted it", bad)
+		}
+	}
+}
