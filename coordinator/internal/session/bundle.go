@@ -6,6 +6,8 @@ import (
 	"crypto/rand"
 	"fmt"
 
+	"google.golang.org/protobuf/encoding/protojson"
+
 	"github.com/ferry-v2v/ferry/coordinator/internal/ledger"
 	"github.com/ferry-v2v/ferry/pkg/bundle"
 	agentv1 "github.com/ferry-v2v/ferry/pkg/pb/ferry/agent/v1"
@@ -85,8 +87,13 @@ func manifestMismatch(mf *bundle.Manifest, j *ferryv1.MigrationJob) string {
 		return fmt.Sprintf("manifest source.name is %q, not the job's source %s", mf.Source.Name, j.GetSource())
 	case mf.Source.VM != j.GetSourceVm():
 		return fmt.Sprintf("manifest source.vm is %q, not the job's source VM %q", mf.Source.VM, j.GetSourceVm())
-	case len(mf.VM) == 0 || string(mf.VM) == "null":
-		return "manifest has no vm"
+	}
+	var vm ferryv1.SourceVm
+	if err := (protojson.UnmarshalOptions{DiscardUnknown: true}).Unmarshal(mf.VM, &vm); err != nil {
+		return "manifest vm: " + err.Error()
+	}
+	if ref := j.GetSourceVm(); vm.GetId() != ref && vm.GetUuid() != ref && vm.GetName() != ref {
+		return fmt.Sprintf("manifest vm is %q (id %q), not the job's source VM %q", vm.GetName(), vm.GetId(), ref)
 	}
 	return ""
 }

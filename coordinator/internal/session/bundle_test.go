@@ -29,8 +29,13 @@ func (f *fixture) seedExport(name string) string {
 
 func manifestOf(t *testing.T, job, source, vm string) []byte {
 	t.Helper()
+	return manifestWith(t, job, source, vm, `{"id":"vm1","name":"vm1","cpus":2}`)
+}
+
+func manifestWith(t *testing.T, job, source, vm, vmJSON string) []byte {
+	t.Helper()
 	b, err := bundle.Marshal(&bundle.Manifest{FerryVersion: "test", Job: job, Source: bundle.Source{Name: source, Type: "PLATFORM_KVM", VM: vm},
-		VM: json.RawMessage(`{"name":"vm1"}`), Target: json.RawMessage(`{"vmName":"vm1"}`)})
+		VM: json.RawMessage(vmJSON), Target: json.RawMessage(`{"vmName":"vm1"}`)})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -73,6 +78,8 @@ func TestSignBundle(t *testing.T) {
 		{"a manifest naming another job", exp, 3, manifestOf(t, other, "sources/kvm1", "vm1"), `manifest job is "migrationJobs/exp-h2", not migrationJobs/exp`},
 		{"a manifest naming another source", exp, 3, manifestOf(t, exp, "sources/other", "vm1"), `manifest source.name is "sources/other", not the job's source sources/kvm1`},
 		{"a manifest naming another VM", exp, 3, manifestOf(t, exp, "sources/kvm1", "vm2"), `manifest source.vm is "vm2", not the job's source VM "vm1"`},
+		{"a manifest describing another VM", exp, 3, manifestWith(t, exp, "sources/kvm1", "vm1", `{"id":"vm2","name":"db"}`), `manifest vm is "db" (id "vm2"), not the job's source VM "vm1"`},
+		{"a manifest with an empty VM", exp, 3, manifestWith(t, exp, "sources/kvm1", "vm1", `{}`), `manifest vm is "" (id ""), not the job's source VM "vm1"`},
 		{"not a manifest", exp, 3, []byte(`{"format":"ferry-bundle/1","job":"migrationJobs/exp","extra":1}`), `manifest: json: unknown field "extra"`},
 		{"another format", exp, 3, []byte(`{"format":"other/2"}`), `manifest format "other/2", want "ferry-bundle/1"`},
 	} {

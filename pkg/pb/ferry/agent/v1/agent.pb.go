@@ -1171,7 +1171,7 @@ func (x *FenceAnswer) GetReason() string {
 // private key never leaves the coordinators: the leader signs only for an
 // export job running under this epoch on the asking host, after a
 // linearizable read, and only a manifest whose job, source and source VM
-// are that job's. The answer is ConnectResponse.bundle_signature; without
+// (source.vm, and vm by id, UUID or name) are that job's. The answer is ConnectResponse.bundle_signature; without
 // one (no session, a new leader) the agent asks again.
 type SignBundle struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
