@@ -22,10 +22,12 @@ import (
 
 	"github.com/ferry-v2v/ferry/agent/internal/cache"
 	"github.com/ferry-v2v/ferry/agent/internal/config"
+	"github.com/ferry-v2v/ferry/agent/internal/export"
 	"github.com/ferry-v2v/ferry/agent/internal/facts"
 	"github.com/ferry-v2v/ferry/agent/internal/metrics"
 	"github.com/ferry-v2v/ferry/agent/internal/runner"
 	"github.com/ferry-v2v/ferry/agent/internal/session"
+	"github.com/ferry-v2v/ferry/agent/internal/source/bundlesrc"
 	"github.com/ferry-v2v/ferry/agent/internal/source/kvm"
 	"github.com/ferry-v2v/ferry/agent/internal/source/vmware"
 	"github.com/ferry-v2v/ferry/agent/internal/target"
@@ -127,9 +129,12 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 		Sources: map[ferryv1.Platform]runner.Source{
 			ferryv1.Platform_PLATFORM_KVM:    kvmDriver,
 			ferryv1.Platform_PLATFORM_VMWARE: vmware.NewDriver(log, vmware.Options{RetryBudget: cfg.SourceRetryBudget}),
+			ferryv1.Platform_PLATFORM_BUNDLE: bundlesrc.New(log),
 		},
 	}
 	fences := session.NewFences(outbox, log)
+	signer := session.NewSigner(outbox, log)
+	drivers.Exporter = export.New(export.Options{Log: log, Version: cfg.Version, MountDir: filepath.Join(cfg.DataDir, "mounts"), Signer: signer})
 	targets := session.NewTargets(outbox, log)
 	targetOpts := target.Options{Log: log, DomainType: domainType(cfg.DomainType), BootTimeout: cfg.VerifyBootTimeout}
 	worker := target.NewWorker(target.WorkerConfig{IdentityDir: cfg.IdentityDir(), MigrationAddress: cfg.MigrationAddress,
@@ -150,7 +155,7 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 	client = session.New(session.Config{
 		Coordinators: cfg.Coordinators, HostName: cfg.HostName, Cluster: cfg.Cluster,
 		AgentVersion: cfg.Version, Credentials: creds,
-	}, session.Deps{Runner: r, Facts: facts.New(cfg.CachePath, log), Outbox: outbox, Fences: fences,
+	}, session.Deps{Runner: r, Facts: facts.New(cfg.CachePath, log), Outbox: outbox, Fences: fences, Signer: signer,
 		Targets: targets, Worker: worker, Logger: log, OnSession: meter.Session})
 
 	log.Info("ferry-agent starting", "version", version, "host", cfg.HostName, "coordinators", cfg.Coordinators)

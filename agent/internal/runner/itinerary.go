@@ -66,12 +66,24 @@ type Rollbacker interface {
 	Rollback(ctx context.Context, job *Job) error
 }
 
+// Exporter writes an export job's bundle (EXPORTING) from the cache:
+// each disk in the export's format, checked against the cache, with its
+// signed ferry-bundle.json, under a temporary name renamed once whole.
+// Discard removes what a failed or cancelled export left at the
+// destination; it must be idempotent and work from the assignment alone.
+type Exporter interface {
+	Export(ctx context.Context, job *Job) error
+	Discard(ctx context.Context, job *Job) error
+}
+
 // Drivers is the registry of drivers in this build: source drivers by the
 // source's platform, and the target driver. A job whose driver is missing
 // fails with a reason that says so.
 type Drivers struct {
 	Sources map[ferryv1.Platform]Source
 	Target  Target
+	// Exporter runs export jobs' EXPORTING; nil fails them.
+	Exporter Exporter
 }
 
 // NoDriverError says this build has no driver a job needs.
@@ -157,6 +169,45 @@ var itinerary = []step{
 	{ferryv1.MigrationJobPhase_MIGRATION_JOB_PHASE_UPLOADING, uploadStep, true, upload},
 	{ferryv1.MigrationJobPhase_MIGRATION_JOB_PHASE_UPLOADING, verifyStep, false, verify},
 	{ferryv1.MigrationJobPhase_MIGRATION_JOB_PHASE_CONFIGURING, "define the target VM", false, configure},
+}
+
+// exportItinerary is an export job's: the same copy to the cache, then the
+// bundle instead of a target VM.
+var exportItinerary = []step{
+	{ferryv1.MigrationJobPhase_MIGRATION_JOB_PHASE_CONVERTING, "prepare the cache directory", false, prepareCache},
+	{ferryv1.MigrationJobPhase_MIGRATION_JOB_PHASE_CONVERTING, "copy the source disks to the cache", true, convertOnly},
+	{ferryv1.MigrationJobPhase_MIGRATION_JOB_PHASE_EXPORTING, "write the bundle", true, export},
+}
+
+// itineraryOf is the itinerary job walks: an export's, a warm job's
+// precopy rounds and cutover, or a migration's.
+func itineraryOf(j *Job) []step {
+	switch {
+	case j.IsExport():
+		return exportItinerary
+	case j.IsWarm():
+		return warmItinerary
+	}
+	return itinerary
+}
+
+// IsExport says whether the job writes a bundle instead of a target VM.
+func (j *Job) IsExport() bool { return j.Assignment.GetJob().GetExport() != nil }
+
+func convertOnly(ctx context.Context, d Drivers, j *Job) ([]string, error) {
+	platform := j.Assignment.GetSource().GetType()
+	src, ok := d.Sources[platform]
+	if !ok || src == nil {
+		return nil, &NoDriverError{What: platformName(platform) + " source"}
+	}
+	return nil, src.Convert(ctx, j)
+}
+
+func export(ctx context.Context, d Drivers, j *Job) ([]string, error) {
+	if d.Exporter == nil {
+		return nil, &NoDriverError{What: "export"}
+	}
+	return nil, d.Exporter.Export(ctx, j)
 }
 
 func prepareCache(_ context.Context, _ Drivers, j *Job) ([]string, error) {
@@ -260,6 +311,8 @@ func platformName(p ferryv1.Platform) string {
 		return "KVM"
 	case ferryv1.Platform_PLATFORM_VMWARE:
 		return "VMware"
+	case ferryv1.Platform_PLATFORM_BUNDLE:
+		return "bundle"
 	default:
 		return p.String()
 	}

@@ -283,12 +283,23 @@ const rollbackTimeout = 2 * time.Minute
 // its own deadline (the job's context has usually ended already), once
 // the leader confirmed that the job was not assigned again since.
 func (r *Runner) rollback(j *Job) {
+	ctx, cancel := context.WithTimeout(context.Background(), rollbackTimeout)
+	defer cancel()
+	if j.IsExport() {
+		if r.drivers.Exporter == nil {
+			return
+		}
+		if err := r.drivers.Exporter.Discard(ctx, j); err != nil {
+			j.Log.Error("discard the partial bundle", "err", err)
+			return
+		}
+		j.Log.Info("partial bundle discarded")
+		return
+	}
 	rb, ok := r.drivers.Target.(Rollbacker)
 	if !ok {
 		return
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), rollbackTimeout)
-	defer cancel()
 	// A job assigned again since (this agent was cut off, say) has a new
 	// owner of the same volumes and domain: undoing them would destroy
 	// its work. Without the leader's word nothing is undone either.

@@ -212,13 +212,6 @@ var warmItinerary = []step{
 	{ferryv1.MigrationJobPhase_MIGRATION_JOB_PHASE_CONFIGURING, "define the target VM", false, configureWarm},
 }
 
-func itineraryOf(j *Job) []step {
-	if j.IsWarm() {
-		return warmItinerary
-	}
-	return itinerary
-}
-
 func warmerOf(d Drivers, j *Job) (Warmer, DeltaApplier, error) {
 	platform := j.Assignment.GetSource().GetType()
 	w, ok := d.Sources[platform].(Warmer)

@@ -88,6 +88,9 @@ type Deps struct {
 	Outbox *Outbox
 	// Fences, when set, gets the leader's answers to fence checks.
 	Fences *Fences
+	// Signer, when set, gets the leader's answers to bundle signature
+	// requests.
+	Signer *Signer
 	// Targets, when set, gets the answers to this host's target requests;
 	// Worker, when set, carries out the work for jobs placed on this host.
 	Targets *Targets
@@ -105,6 +108,7 @@ type Client struct {
 	facts     Facts
 	outbox    *Outbox
 	fences    *Fences
+	signer    *Signer
 	targets   *Targets
 	onSession func(open bool)
 	worker    TargetWorker
@@ -147,7 +151,7 @@ func New(cfg Config, deps Deps) *Client {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	return &Client{cfg: cfg, runner: deps.Runner, facts: deps.Facts, outbox: deps.Outbox, fences: deps.Fences, targets: deps.Targets, worker: deps.Worker, onSession: deps.OnSession,
+	return &Client{cfg: cfg, runner: deps.Runner, facts: deps.Facts, outbox: deps.Outbox, fences: deps.Fences, signer: deps.Signer, targets: deps.Targets, worker: deps.Worker, onSession: deps.OnSession,
 		log: log.With("component", "agent-session", "host", cfg.HostName), conns: map[string]*grpc.ClientConn{},
 		refresh: make(chan struct{}, 1)}
 }
@@ -311,6 +315,7 @@ func (c *Client) contact(addr string, w *agentv1.Welcome) {
 	c.stopped = false
 	if w != nil {
 		c.fences.setConnected(true)
+		c.signer.setConnected(true)
 		c.coordinator = addr
 		c.grace = time.Duration(w.GetGracePeriodMs()) * time.Millisecond
 		c.retention = time.Duration(w.GetCacheRetentionMs()) * time.Millisecond
@@ -343,6 +348,7 @@ func (c *Client) cutOff() {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.fences.setConnected(false)
+	c.signer.setConnected(false)
 	c.coordinator = ""
 }
 

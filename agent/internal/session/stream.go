@@ -134,6 +134,10 @@ func (c *Client) recvLoop(ctx context.Context, addr string, stream agentv1.Agent
 			if c.fences != nil {
 				c.fences.answer(k.FenceAnswer)
 			}
+		case *agentv1.ConnectResponse_BundleSignature:
+			if c.signer != nil {
+				c.signer.answer(k.BundleSignature)
+			}
 		case *agentv1.ConnectResponse_TargetAnswer:
 			if c.targets != nil {
 				c.targets.answer(k.TargetAnswer)

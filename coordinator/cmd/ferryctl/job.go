@@ -26,7 +26,8 @@ waits), then RUNNING through three phases:
                on to primary storage, until "job cutover"
   CONFIGURING  the target VM is defined (and started)
 
-and ends SUCCEEDED, FAILED (with a reason) or CANCELLED. Failed and
+(an export job, 'ferryctl export create', runs CONVERTING then EXPORTING:
+cache → a bundle at its destination) and ends SUCCEEDED, FAILED (with a reason) or CANCELLED. Failed and
 cancelled jobs can be restarted (the cache makes it fast); finished jobs can
 be deleted. "job watch" follows jobs live.`,
 	}

@@ -181,7 +181,7 @@ the bare id (abc).`,
 		c.GroupID = "target"
 		root.AddCommand(c)
 	}
-	for _, c := range []*cobra.Command{a.serverCommand(), a.sourceCommand(), a.credentialCommand(), a.jobCommand()} {
+	for _, c := range []*cobra.Command{a.serverCommand(), a.sourceCommand(), a.credentialCommand(), a.jobCommand(), a.exportCommand(), a.bundleCommand()} {
 		c.GroupID = "migration"
 		root.AddCommand(c)
 	}

@@ -8,6 +8,7 @@ import (
 
 	"github.com/spf13/cobra"
 	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/reflect/protoreflect"
 
 	"github.com/ferry-v2v/ferry/pkg/client"
 	ferryv1 "github.com/ferry-v2v/ferry/pkg/pb/ferry/v1"
@@ -47,14 +48,20 @@ type sourceFlags struct {
 	useHTTP, skipHostnameCheck  bool
 	caFile, thumbprint, display string
 	reqID                       string
+	bundlePath, publicKey       string
 }
 
 func (a *app) sourceCreate() *cobra.Command {
 	sf := &sourceFlags{typ: newEnumFlag(ferryv1.Platform(0).Descriptor(), map[string]string{"vcenter": "vmware", "esxi": "vmware"})}
 	cmd := &cobra.Command{
-		Use:   "create [ID] --type kvm|vcenter --address ADDR --credential CRED ...",
+		Use:   "create [ID] --type kvm|vcenter --address ADDR --credential CRED ... | --type bundle --bundle-path DIR",
 		Short: "Create a source",
-		Long: `Create a source: a vCenter/ESXi (--type vcenter) or a KVM host (--type kvm).
+		Long: `Create a source: a vCenter/ESXi (--type vcenter), a KVM host (--type kvm),
+or a directory of export bundles on the migration servers (--type bundle
+--bundle-path DIR [--public-key KEY]), whose VMs are the bundles found
+there ('ferryctl export create' writes them), migrated as any source's;
+with --public-key (base64, 'ferryctl bundle key' on the exporting cluster)
+only bundles signed with that key are taken.
 ID (lower-case letters, digits and '-') makes the name sources/ID; without
 it the coordinator picks one. --port is the HTTPS port of a vCenter or the
 SSH port of a KVM host.`,
@@ -69,6 +76,9 @@ SSH port of a KVM host.`,
       --user administrator@vsphere.local --credential vc-pass --ca-file vc-ca.pem`,
 		Args: atMostOneArg("the source ID"),
 		PreRunE: func(cmd *cobra.Command, _ []string) error {
+			if sf.typ.value == protoreflect.EnumNumber(ferryv1.Platform_PLATFORM_BUNDLE) {
+				return required(cmd, "type", "bundle-path")
+			}
 			return required(cmd, "type", "address")
 		},
 		RunE: a.run(func(ctx context.Context, cl *client.Client, args []string) error {
@@ -102,6 +112,8 @@ SSH port of a KVM host.`,
 	f.BoolVar(&sf.skipHostnameCheck, "skip-hostname-check", false,
 		"accept a certificate whose names do not match --address; its chain or thumbprint is still checked (vcenter)")
 	f.StringVar(&sf.display, "display-name", "", "a name for people")
+	f.StringVar(&sf.bundlePath, "bundle-path", "", "absolute directory of export bundles on the migration servers (bundle)")
+	f.StringVar(&sf.publicKey, "public-key", "", "base64 Ed25519 key the bundles must be signed with (bundle)")
 	addRequestIDFlag(cmd, &sf.reqID)
 	return cmd
 }
@@ -111,6 +123,16 @@ SSH port of a KVM host.`,
 func (sf *sourceFlags) source() (*ferryv1.Source, error) {
 	typ := ferryv1.Platform(sf.typ.value)
 	src := &ferryv1.Source{DisplayName: sf.display, Type: typ}
+	if typ == ferryv1.Platform_PLATFORM_BUNDLE {
+		if sf.address != "" || sf.credential != "" || sf.user != "" {
+			return nil, usagef("--address, --user and --credential are not for --type bundle")
+		}
+		src.Bundle = &ferryv1.BundleLocation{Path: sf.bundlePath, PublicKey: sf.publicKey}
+		return src, nil
+	}
+	if sf.bundlePath != "" || sf.publicKey != "" {
+		return nil, usagef("--bundle-path and --public-key are for --type bundle")
+	}
 	if typ == ferryv1.Platform_PLATFORM_KVM {
 		if sf.useHTTP || sf.caFile != "" || sf.thumbprint != "" || sf.skipHostnameCheck {
 			return nil, usagef("--use-http, --ca-file, --thumbprint and --skip-hostname-check are for --type vcenter")
@@ -228,6 +250,9 @@ func sourceEndpoint(s *ferryv1.Source) (addr, user, cred string) {
 	if k := s.GetKvm(); k != nil {
 		return hostPort(k.GetAddress(), k.GetSshPort()), k.GetUser(), k.GetCredential()
 	}
+	if b := s.GetBundle(); b != nil {
+		return b.GetPath(), "", ""
+	}
 	v := s.GetVcenter()
 	return hostPort(v.GetAddress(), v.GetPort()), v.GetUser(), v.GetCredential()
 }
@@ -255,6 +280,13 @@ func sourceDetails(s *ferryv1.Source) []field {
 	if k := s.GetKvm(); k != nil {
 		out = append(out, field{"SASL user", k.GetSaslUser()}, field{"SASL credential", k.GetSaslCredential()},
 			field{"Host key", k.GetHostKey()}, field{"Observed host key", k.GetObservedHostKey()})
+	}
+	if b := s.GetBundle(); b != nil {
+		key := b.GetPublicKey()
+		if key == "" {
+			key = "any (the key each bundle carries)"
+		}
+		out = append(out, field{"Signed by", key})
 	}
 	if v := s.GetVcenter(); v != nil {
 		verify := "CA certificate"

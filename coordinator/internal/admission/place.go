@@ -141,7 +141,7 @@ func (a *Admission) Restart(name string) (*Restarted, error) {
 	a.allocMu.Lock()
 	release := sync.OnceFunc(a.allocMu.Unlock)
 	j, ok := a.ledger.Job(name)
-	if !ok || j.GetTarget().GetHost() != "" || !restartable(j) {
+	if !ok || j.GetTarget().GetHost() != "" || j.GetExport() != nil || !restartable(j) {
 		return &Restarted{Command: cmd, release: release}, nil
 	}
 	t := j.GetTarget()

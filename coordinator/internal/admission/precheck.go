@@ -34,17 +34,19 @@ var minSourceVersion = [2]int{5, 0}
 func (a *Admission) precheck(ctx context.Context, refs *batchRefs, jobs []*ferryv1.MigrationJob, resync bool, syncs *batchSyncs) []string {
 	var lines []string
 	src, srv := refs.source, refs.server
-	if srv.GetType() != src.GetType() {
+	if srv.GetType() != src.GetType() && src.GetType() != ferryv1.Platform_PLATFORM_BUNDLE {
 		lines = append(lines, fmt.Sprintf("migration_server: %s is a %s migration server but source %s is %s; use a %s migration server",
 			srv.GetName(), PlatformName(srv.GetType()), src.GetName(), PlatformName(src.GetType()), PlatformName(src.GetType())))
 	}
 	vmware := src.GetType() == ferryv1.Platform_PLATFORM_VMWARE
+	// A source whose inventory must be read before its VMs can be checked.
+	mustSync := vmware || src.GetType() == ferryv1.Platform_PLATFORM_BUNDLE
 	vms := make([]string, len(jobs))
 	for i, j := range jobs {
 		vms[i] = j.GetSourceVm()
 	}
 	inv, ok := syncs.inventory(src.GetName())
-	if (!ok && vmware || resync && ok && !hasVMs(inv, vms)) && a.agents != nil && a.agents.Connected(srv.GetHost()) {
+	if (!ok && mustSync || resync && ok && !hasVMs(inv, vms)) && a.agents != nil && a.agents.Connected(srv.GetHost()) {
 		// Never synced, or a VM made since the last sync: read it now.
 		if err := syncs.sync(ctx, src.GetName(), srv.GetName()); err != nil {
 			a.log.Info("could not sync a source before creating jobs", "source", src.GetName(), "err", err)
@@ -52,7 +54,7 @@ func (a *Admission) precheck(ctx context.Context, refs *batchRefs, jobs []*ferry
 		inv, ok = syncs.inventory(src.GetName())
 	}
 	if !ok {
-		if vmware {
+		if mustSync {
 			lines = append(lines, fmt.Sprintf("source %s was never synced%s, so its VMs cannot be checked; sync it first (ferryctl source sync)",
 				src.GetName(), syncs.lastError(src)))
 		}
@@ -63,6 +65,8 @@ func (a *Admission) precheck(ctx context.Context, refs *batchRefs, jobs []*ferry
 		lines = append(lines, checkSourceVM(p, j, inv, vmware)...)
 		if src.GetType() == ferryv1.Platform_PLATFORM_KVM {
 			lines = append(lines, a.checkKVMVersions(p, j, inv)...)
+		}
+		if src.GetType() != ferryv1.Platform_PLATFORM_VMWARE {
 			if vm, _ := findInventoryVM(inv, j.GetSourceVm()); vm != nil {
 				stampBootDisk(j.GetTarget(), vm)
 				lines = append(lines, checkWarm(p, j, vm)...)
@@ -361,6 +365,8 @@ func PlatformName(p ferryv1.Platform) string {
 		return "vmware"
 	case ferryv1.Platform_PLATFORM_KVM:
 		return "kvm"
+	case ferryv1.Platform_PLATFORM_BUNDLE:
+		return "bundle"
 	}
 	return p.String()
 }

@@ -71,6 +71,9 @@ func (s *serverService) validate(req *ferryv1.CreateMigrationServerRequest, in *
 	checkText(c, "migration_server.display_name", ms.DisplayName, maxDisplayName)
 	checkRef(c, "migration_server.host", ms.Host, colHosts)
 	checkEnum(c, "migration_server.type", ms.Type, true)
+	if ms.Type == ferryv1.Platform_PLATFORM_BUNDLE {
+		c.add("migration_server.type", "a migration server is vmware or kvm; any of them reads bundle sources")
+	}
 	checkCachePath(c, "migration_server.cache_path", ms.CachePath)
 	if cidr := in.GetMigrationCidr(); cidr != "" {
 		p, err := netip.ParsePrefix(cidr)
@@ -139,6 +142,9 @@ func (s *serverService) GetMigrationServer(ctx context.Context, req *ferryv1.Get
 func (s *serverService) ListMigrationServers(ctx context.Context, req *ferryv1.ListMigrationServersRequest) (*ferryv1.ListMigrationServersResponse, error) {
 	c := &checker{}
 	checkEnum(c, "type", req.GetType(), false)
+	if req.GetType() == ferryv1.Platform_PLATFORM_BUNDLE {
+		c.add("type", "no migration server is of type bundle: any of them reads bundle sources")
+	}
 	if err := c.err(); err != nil {
 		return reply[*ferryv1.ListMigrationServersResponse](ctx, s.a, nil, err)
 	}

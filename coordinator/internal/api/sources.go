@@ -9,11 +9,13 @@ import (
 	"encoding/pem"
 	"errors"
 	"fmt"
+	"path/filepath"
 	"strings"
 
 	"golang.org/x/crypto/ssh"
 	"google.golang.org/protobuf/types/known/emptypb"
 
+	"github.com/ferry-v2v/ferry/pkg/bundle"
 	ledgerv1 "github.com/ferry-v2v/ferry/pkg/pb/ferry/ledger/v1"
 	ferryv1 "github.com/ferry-v2v/ferry/pkg/pb/ferry/v1"
 )
@@ -59,6 +61,8 @@ func (s *sourceService) createSource(ctx context.Context, req *ferryv1.CreateSou
 		src.Vcenter = checkVCenter(c, in)
 	case ferryv1.Platform_PLATFORM_KVM:
 		src.Kvm = checkKVM(c, in)
+	case ferryv1.Platform_PLATFORM_BUNDLE:
+		src.Bundle = checkBundle(c, in)
 	}
 	if err := c.err(); err != nil {
 		return nil, err
@@ -176,6 +180,28 @@ func normalThumbprint(s string) (string, bool) {
 		pairs[i] = strings.ToUpper(hex.EncodeToString([]byte{b}))
 	}
 	return strings.Join(pairs, ":"), true
+}
+
+// checkBundle validates a bundle source's location: an absolute, clean
+// directory and, when given, the key its bundles must be signed with.
+func checkBundle(c *checker, in *ferryv1.Source) *ferryv1.BundleLocation {
+	if in.GetVcenter() != nil || in.GetKvm() != nil {
+		c.add("source.bundle", "a bundle source takes a bundle location, not a vcenter or kvm connection")
+	}
+	b := in.GetBundle()
+	if b == nil {
+		c.add("source.bundle", "required for a bundle source")
+		return nil
+	}
+	if !filepath.IsAbs(b.GetPath()) || filepath.Clean(b.GetPath()) != b.GetPath() {
+		c.add("source.bundle.path", "%q is not a clean absolute directory of the migration servers that read it", b.GetPath())
+	}
+	if b.GetPublicKey() != "" {
+		if _, err := bundle.DecodeKey(b.GetPublicKey()); err != nil {
+			c.add("source.bundle.public_key", "%v: give the base64 Ed25519 key 'ferryctl bundle key' prints on the exporting cluster", err)
+		}
+	}
+	return &ferryv1.BundleLocation{Path: b.GetPath(), PublicKey: b.GetPublicKey()}
 }
 
 func checkKVM(c *checker, in *ferryv1.Source) *ferryv1.KvmConnection {

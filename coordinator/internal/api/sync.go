@@ -130,7 +130,7 @@ func (a *API) pickInventoryServer(src *ferryv1.Source, name string) (*ferryv1.Mi
 		switch {
 		case !ok:
 			return nil, notFound("migration_server", name)
-		case ms.GetType() != src.GetType():
+		case ms.GetType() != src.GetType() && src.GetType() != ferryv1.Platform_PLATFORM_BUNDLE:
 			return nil, precondition("migration_server", "%s is a %s server and cannot reach %s source %s",
 				name, platformName(ms.GetType()), platformName(src.GetType()), src.GetName())
 		case !a.agents.Connected(ms.GetHost()):
@@ -138,7 +138,11 @@ func (a *API) pickInventoryServer(src *ferryv1.Source, name string) (*ferryv1.Mi
 		}
 		return ms, nil
 	}
-	for _, ms := range a.ledger.MigrationServers(src.GetType()) {
+	typ := src.GetType()
+	if typ == ferryv1.Platform_PLATFORM_BUNDLE {
+		typ = ferryv1.Platform_PLATFORM_UNSPECIFIED // any server may read a directory
+	}
+	for _, ms := range a.ledger.MigrationServers(typ) {
 		if ms.GetEnabled() && a.agents.Connected(ms.GetHost()) {
 			return ms, nil
 		}

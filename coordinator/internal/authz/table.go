@@ -39,6 +39,8 @@ var table = map[string]roleSet{
 	"/ferry.v1.MigrationJobService/DeleteMigrationJob":   operator,
 	"/ferry.v1.MigrationJobService/UpdateMigrationJob":   operator,
 	"/ferry.v1.MigrationJobService/WatchMigrationJobs":   readers,
+	"/ferry.v1.MigrationJobService/CreateExportJobs":     operator,
+	"/ferry.v1.MigrationJobService/GetBundleSigningKey":  readers,
 
 	"/ferry.v1.MigrationServerService/CreateMigrationServer":       operator,
 	"/ferry.v1.MigrationServerService/GetMigrationServer":          readers,

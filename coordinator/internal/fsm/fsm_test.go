@@ -54,6 +54,7 @@ func everyCommand() []*ledgerv1.Command {
 		{Op: &ledgerv1.Command_PutCluster{PutCluster: &ledgerv1.PutCluster{Cluster: &ferryv1.Cluster{Name: "clusters/c2"}}}},
 		{Op: &ledgerv1.Command_DeleteCluster{DeleteCluster: &ledgerv1.DeleteResource{Name: "clusters/c2"}}},
 		{Op: &ledgerv1.Command_PutHost{PutHost: &ledgerv1.PutHost{Host: &ferryv1.Host{Name: "hosts/h1", Cluster: "clusters/c1", Facts: &ferryv1.HostFacts{Cpus: 2, CacheFreeBytes: 100 << 30}}}}},
+		{Op: &ledgerv1.Command_SetBundleSigningKey{SetBundleSigningKey: &ledgerv1.SetBundleSigningKey{SealedPrivateKey: []byte("sealed"), PublicKey: []byte("public-key-32-bytes-long-enough!")}}},
 		{Op: &ledgerv1.Command_SetHostConnected{SetHostConnected: &ledgerv1.SetHostConnected{Name: "hosts/h1", Connected: true}}},
 		{Request: &ledgerv1.RequestStamp{RequestId: "r-maint", Method: "SetHostMaintenance", Target: "hosts/h1"},
 			Op: &ledgerv1.Command_SetHostMaintenance{SetHostMaintenance: &ledgerv1.SetHostMaintenance{Name: "hosts/h1", Maintenance: true}}},

@@ -359,6 +359,11 @@ func jobAndClusterCommands() map[protoreflect.Name]command {
 				return l.RecordAuditEvent(p.GetEvent(), p.GetRetention(), now), nil
 			},
 		},
+		"set_bundle_signing_key": {
+			apply: func(l *Ledger, c *ledgerv1.Command, _ time.Time) ([]string, error) {
+				return l.SetBundleSigningKey(c.GetSetBundleSigningKey()), nil
+			},
+		},
 		"batch": {
 			apply: func(l *Ledger, c *ledgerv1.Command, _ time.Time) ([]string, error) {
 				return l.applyBatch(c.GetBatch(), c)

@@ -77,6 +77,8 @@ type Ledger struct {
 	audit          []*ferryv1.AuditEvent
 	auditSeq       uint64
 	auditRetention *ledgerv1.AuditRetention
+	// bundleKey is the cluster's sealed bundle signing key (bundlekey.go).
+	bundleKey *ledgerv1.SetBundleSigningKey
 
 	observer       func(JobEvent)
 	serverObserver func(*ferryv1.MigrationServer)
@@ -114,6 +116,7 @@ func (l *Ledger) reset() {
 	l.audit = nil
 	l.auditSeq = 0
 	l.auditRetention = DefaultAuditRetention()
+	l.bundleKey = nil
 }
 
 // DefaultSettings are the settings of a new ledger.
@@ -179,6 +182,7 @@ func (l *Ledger) Snapshot() *ledgerv1.Snapshot {
 		AuditEvents:          cloneAll(l.audit),
 		AuditRetention:       clone(l.auditRetention),
 		AuditSequence:        l.auditSeq,
+		BundleSigningKey:     cloneOrNil(l.bundleKey),
 	}
 }
 
@@ -211,6 +215,20 @@ func (l *Ledger) Restore(s *ledgerv1.Snapshot) {
 	if s.GetAuditRetention() != nil {
 		l.auditRetention = clone(s.GetAuditRetention())
 	}
+	if s.GetBundleSigningKey() != nil {
+		l.bundleKey = clone(s.GetBundleSigningKey())
+	}
+}
+
+func cloneOrNil[T interface {
+	proto.Message
+	comparable
+}](m T) T {
+	var zero T
+	if m == zero {
+		return zero
+	}
+	return clone(m)
 }
 
 func clone[T proto.Message](m T) T {

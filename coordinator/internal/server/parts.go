@@ -32,7 +32,7 @@ type parts struct {
 
 func newParts(s *Server, sealer *seal.Sealer) parts {
 	sessions := session.NewManager(session.Config{NodeID: s.cfg.NodeID}, session.Deps{
-		Proposer: s.node, Ledger: s.ledger, Hub: s.hub, Unsealer: sealer, Logger: s.log, Meter: s.metrics,
+		Proposer: s.node, Ledger: s.ledger, Hub: s.hub, Sealer: sealer, Logger: s.log, Meter: s.metrics,
 	})
 	s.ledger.SetServerObserver(sessions.ServerChanged)
 	s.metrics.SetLiveFacts(sessions.Hosts)

@@ -239,6 +239,8 @@ func (m *Manager) handle(ctx context.Context, s *session, req *agentv1.ConnectRe
 		return m.fence(ctx, s, k.FenceCheck)
 	case *agentv1.ConnectRequest_TargetRequest:
 		return m.targetRequest(ctx, s, k.TargetRequest)
+	case *agentv1.ConnectRequest_SignBundle:
+		return m.signBundle(ctx, s, k.SignBundle)
 	case *agentv1.ConnectRequest_TargetWorkResult:
 		return m.targetResult(ctx, s, k.TargetWorkResult)
 	case *agentv1.ConnectRequest_Hello:

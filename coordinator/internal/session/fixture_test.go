@@ -106,7 +106,7 @@ func newFixture(t *testing.T, cfg Config, leader bool) *fixture {
 		t.Fatal(err)
 	}
 	f := &fixture{t: t, raft: &memRaft{fsm: fsm.New(l, nil), leader: leader}, ledger: l, hub: hub, sealer: sealer}
-	f.mgr = NewManager(cfg, Deps{Proposer: f.raft, Ledger: l, Hub: hub, Unsealer: sealer, Logger: testkit.Logger(t)})
+	f.mgr = NewManager(cfg, Deps{Proposer: f.raft, Ledger: l, Hub: hub, Sealer: sealer, Logger: testkit.Logger(t)})
 
 	lis := bufconn.Listen(1 << 20)
 	srv := grpc.NewServer()

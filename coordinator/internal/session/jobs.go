@@ -261,8 +261,32 @@ func (m *Manager) Assignment(job *ferryv1.MigrationJob, epoch int64) (*agentv1.A
 		return nil, err
 	}
 	a.Secrets = secrets
+	if err := m.exportSecrets(job, a); err != nil {
+		return nil, err
+	}
 	a.GuestShutdownTimeout = durationpb.New(m.guestShutdownTimeout())
 	return a, nil
+}
+
+// exportSecrets gives an export job's assignment the password of an SMB
+// destination's credential. The bundle signing key is not in it: the
+// agent asks the leader to sign the manifest (signBundle).
+func (m *Manager) exportSecrets(job *ferryv1.MigrationJob, a *agentv1.Assignment) error {
+	e := job.GetExport()
+	if e == nil {
+		return nil
+	}
+	if cred := e.GetDestination().GetCredential(); cred != "" {
+		secret, err := m.unseal(cred)
+		if err != nil {
+			return err
+		}
+		if a.Secrets == nil {
+			a.Secrets = map[string]string{}
+		}
+		a.Secrets[cred] = secret
+	}
+	return nil
 }
 
 func credentialsOf(s *ferryv1.Source) []string {

@@ -17,7 +17,8 @@ import (
 const ReasonAgentLost = "agent lost"
 
 // Lead carries out the leader's duties for one term (see package
-// leader): the grace sweeper, cancellations of jobs on agents,
+// leader): making the bundle signing key if the cluster has none, the
+// grace sweeper, cancellations of jobs on agents,
 // refreshing connected hosts in the ledger, and sending changed bandwidth
 // limits to the agents of their servers. It returns when ctx ends.
 func (m *Manager) Lead(ctx context.Context) { m.lead(ctx) }
@@ -53,6 +54,10 @@ func (m *Manager) lead(ctx context.Context) {
 	// node began to lead and before it subscribed: look once at every
 	// tracked job; the events cover what changes from here on.
 	m.cancelFinished(ctx)
+	// The bundle signing key is made once, by a leader: viewers reading
+	// it (GetBundleSigningKey) never write; failing here, the sweeps and
+	// the first signing try again.
+	keyMade := m.ensureBundleKey(ctx)
 	sweep := time.NewTicker(m.cfg.SweepInterval)
 	defer sweep.Stop()
 	refresh := time.NewTicker(m.cfg.CheckpointInterval)
@@ -73,6 +78,9 @@ func (m *Manager) lead(ctx context.Context) {
 				m.jobChanged(ctx, ev)
 			}
 		case <-sweep.C:
+			if !keyMade {
+				keyMade = m.ensureBundleKey(ctx)
+			}
 			if !counting {
 				m.startAbsences()
 				counting = true

@@ -94,8 +94,10 @@ type Proposer interface {
 	LeaderAPIAddress() string
 }
 
-// Unsealer opens sealed credentials; aad is the credential's name.
-type Unsealer interface {
+// Sealer opens sealed credentials (aad is the credential's name) and
+// seals the bundle signing key the leader makes (*seal.Sealer).
+type Sealer interface {
+	Seal(plaintext, aad []byte) ([]byte, error)
 	Open(sealed, aad []byte) ([]byte, error)
 }
 
@@ -111,7 +113,7 @@ type Deps struct {
 	Proposer Proposer
 	Ledger   *ledger.Ledger
 	Hub      *watch.Hub
-	Unsealer Unsealer
+	Sealer   Sealer
 	Logger   *slog.Logger
 	Clock    Clock
 	// Meter counts the bytes and rates the agents report (the
@@ -133,7 +135,7 @@ type Manager struct {
 	raft   Proposer
 	ledger *ledger.Ledger
 	hub    *watch.Hub
-	seal   Unsealer
+	seal   Sealer
 	log    *slog.Logger
 	clock  Clock
 	meter  Meter
@@ -170,7 +172,7 @@ func NewManager(cfg Config, deps Deps) *Manager {
 		raft:     deps.Proposer,
 		ledger:   deps.Ledger,
 		hub:      deps.Hub,
-		seal:     deps.Unsealer,
+		seal:     deps.Sealer,
 		log:      log.With("component", "session"),
 		clock:    clock,
 		meter:    deps.Meter,

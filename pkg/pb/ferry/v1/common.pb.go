@@ -31,6 +31,11 @@ const (
 	Platform_PLATFORM_VMWARE Platform = 1
 	// A KVM host managed by libvirt, reached over SSH.
 	Platform_PLATFORM_KVM Platform = 2
+	// A directory of export bundles (ferry-bundle.json and its disks) on a
+	// migration server: what CreateExportJobs wrote elsewhere, imported as
+	// a source. Any migration server may read it; its inventory is the
+	// bundles found there.
+	Platform_PLATFORM_BUNDLE Platform = 3
 )
 
 // Enum value maps for Platform.
@@ -39,11 +44,13 @@ var (
 		0: "PLATFORM_UNSPECIFIED",
 		1: "PLATFORM_VMWARE",
 		2: "PLATFORM_KVM",
+		3: "PLATFORM_BUNDLE",
 	}
 	Platform_value = map[string]int32{
 		"PLATFORM_UNSPECIFIED": 0,
 		"PLATFORM_VMWARE":      1,
 		"PLATFORM_KVM":         2,
+		"PLATFORM_BUNDLE":      3,
 	}
 )
 
@@ -78,11 +85,12 @@ var File_ferry_v1_common_proto protoreflect.FileDescriptor
 
 const file_ferry_v1_common_proto_rawDesc = "" +
 	"\n" +
-	"\x15ferry/v1/common.proto\x12\bferry.v1*K\n" +
+	"\x15ferry/v1/common.proto\x12\bferry.v1*`\n" +
 	"\bPlatform\x12\x18\n" +
 	"\x14PLATFORM_UNSPECIFIED\x10\x00\x12\x13\n" +
 	"\x0fPLATFORM_VMWARE\x10\x01\x12\x10\n" +
-	"\fPLATFORM_KVM\x10\x02B\x90\x01\n" +
+	"\fPLATFORM_KVM\x10\x02\x12\x13\n" +
+	"\x0fPLATFORM_BUNDLE\x10\x03B\x90\x01\n" +
 	"\fcom.ferry.v1B\vCommonProtoP\x01Z2github.com/ferry-v2v/ferry/pkg/pb/ferry/v1;ferryv1\xa2\x02\x03FXX\xaa\x02\bFerry.V1\xca\x02\bFerry\\V1\xe2\x02\x14Ferry\\V1\\GPBMetadata\xea\x02\tFerry::V1b\x06proto3"
 
 var (

@@ -99,6 +99,9 @@ const (
 	// source as of the last round; the next round runs every
 	// precopy_interval until the cutover.
 	MigrationJobPhase_MIGRATION_JOB_PHASE_SYNCING MigrationJobPhase = 4
+	// Export jobs: cache to the bundle's destination, each disk converted
+	// to the export's format, checked and signed.
+	MigrationJobPhase_MIGRATION_JOB_PHASE_EXPORTING MigrationJobPhase = 5
 )
 
 // Enum value maps for MigrationJobPhase.
@@ -109,6 +112,7 @@ var (
 		2: "MIGRATION_JOB_PHASE_UPLOADING",
 		3: "MIGRATION_JOB_PHASE_CONFIGURING",
 		4: "MIGRATION_JOB_PHASE_SYNCING",
+		5: "MIGRATION_JOB_PHASE_EXPORTING",
 	}
 	MigrationJobPhase_value = map[string]int32{
 		"MIGRATION_JOB_PHASE_UNSPECIFIED": 0,
@@ -116,6 +120,7 @@ var (
 		"MIGRATION_JOB_PHASE_UPLOADING":   2,
 		"MIGRATION_JOB_PHASE_CONFIGURING": 3,
 		"MIGRATION_JOB_PHASE_SYNCING":     4,
+		"MIGRATION_JOB_PHASE_EXPORTING":   5,
 	}
 )
 
@@ -602,6 +607,122 @@ func (WatchEventType) EnumDescriptor() ([]byte, []int) {
 	return file_ferry_v1_migration_job_proto_rawDescGZIP(), []int{9}
 }
 
+// ExportFormat is the disk format of a bundle.
+type ExportFormat int32
+
+const (
+	// QCOW2.
+	ExportFormat_EXPORT_FORMAT_UNSPECIFIED ExportFormat = 0
+	ExportFormat_EXPORT_FORMAT_QCOW2       ExportFormat = 1
+	ExportFormat_EXPORT_FORMAT_RAW         ExportFormat = 2
+	// VMDK, streamOptimized.
+	ExportFormat_EXPORT_FORMAT_VMDK ExportFormat = 3
+	ExportFormat_EXPORT_FORMAT_VHDX ExportFormat = 4
+)
+
+// Enum value maps for ExportFormat.
+var (
+	ExportFormat_name = map[int32]string{
+		0: "EXPORT_FORMAT_UNSPECIFIED",
+		1: "EXPORT_FORMAT_QCOW2",
+		2: "EXPORT_FORMAT_RAW",
+		3: "EXPORT_FORMAT_VMDK",
+		4: "EXPORT_FORMAT_VHDX",
+	}
+	ExportFormat_value = map[string]int32{
+		"EXPORT_FORMAT_UNSPECIFIED": 0,
+		"EXPORT_FORMAT_QCOW2":       1,
+		"EXPORT_FORMAT_RAW":         2,
+		"EXPORT_FORMAT_VMDK":        3,
+		"EXPORT_FORMAT_VHDX":        4,
+	}
+)
+
+func (x ExportFormat) Enum() *ExportFormat {
+	p := new(ExportFormat)
+	*p = x
+	return p
+}
+
+func (x ExportFormat) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (ExportFormat) Descriptor() protoreflect.EnumDescriptor {
+	return file_ferry_v1_migration_job_proto_enumTypes[10].Descriptor()
+}
+
+func (ExportFormat) Type() protoreflect.EnumType {
+	return &file_ferry_v1_migration_job_proto_enumTypes[10]
+}
+
+func (x ExportFormat) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use ExportFormat.Descriptor instead.
+func (ExportFormat) EnumDescriptor() ([]byte, []int) {
+	return file_ferry_v1_migration_job_proto_rawDescGZIP(), []int{10}
+}
+
+// ExportDestinationType is where a bundle is written.
+type ExportDestinationType int32
+
+const (
+	// DIRECTORY.
+	ExportDestinationType_EXPORT_DESTINATION_TYPE_UNSPECIFIED ExportDestinationType = 0
+	// An absolute directory on the migration server.
+	ExportDestinationType_EXPORT_DESTINATION_TYPE_DIRECTORY ExportDestinationType = 1
+	// An NFS export the agent mounts (mount -t nfs) for the job.
+	ExportDestinationType_EXPORT_DESTINATION_TYPE_NFS ExportDestinationType = 2
+	// An SMB share the agent mounts (mount.cifs) for the job, with a user
+	// and a password credential.
+	ExportDestinationType_EXPORT_DESTINATION_TYPE_SMB ExportDestinationType = 3
+)
+
+// Enum value maps for ExportDestinationType.
+var (
+	ExportDestinationType_name = map[int32]string{
+		0: "EXPORT_DESTINATION_TYPE_UNSPECIFIED",
+		1: "EXPORT_DESTINATION_TYPE_DIRECTORY",
+		2: "EXPORT_DESTINATION_TYPE_NFS",
+		3: "EXPORT_DESTINATION_TYPE_SMB",
+	}
+	ExportDestinationType_value = map[string]int32{
+		"EXPORT_DESTINATION_TYPE_UNSPECIFIED": 0,
+		"EXPORT_DESTINATION_TYPE_DIRECTORY":   1,
+		"EXPORT_DESTINATION_TYPE_NFS":         2,
+		"EXPORT_DESTINATION_TYPE_SMB":         3,
+	}
+)
+
+func (x ExportDestinationType) Enum() *ExportDestinationType {
+	p := new(ExportDestinationType)
+	*p = x
+	return p
+}
+
+func (x ExportDestinationType) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (ExportDestinationType) Descriptor() protoreflect.EnumDescriptor {
+	return file_ferry_v1_migration_job_proto_enumTypes[11].Descriptor()
+}
+
+func (ExportDestinationType) Type() protoreflect.EnumType {
+	return &file_ferry_v1_migration_job_proto_enumTypes[11]
+}
+
+func (x ExportDestinationType) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use ExportDestinationType.Descriptor instead.
+func (ExportDestinationType) EnumDescriptor() ([]byte, []int) {
+	return file_ferry_v1_migration_job_proto_rawDescGZIP(), []int{11}
+}
+
 // MigrationJob moves one source VM to one target VM.
 type MigrationJob struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -677,8 +798,11 @@ type MigrationJob struct {
 	// target VM started (or defined, when it is not started). Unset until
 	// the cutover ended.
 	MeasuredDowntime *durationpb.Duration `protobuf:"bytes,31,opt,name=measured_downtime,json=measuredDowntime,proto3" json:"measured_downtime,omitempty"`
-	unknownFields    protoimpl.UnknownFields
-	sizeCache        protoimpl.SizeCache
+	// Set on an export job (CreateExportJobs): the job writes a bundle
+	// instead of a target VM; target then holds only vm_name and the disks.
+	Export        *ExportSpec `protobuf:"bytes,32,opt,name=export,proto3" json:"export,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *MigrationJob) Reset() {
@@ -924,6 +1048,13 @@ func (x *MigrationJob) GetPrecopyRounds() []*PrecopyRound {
 func (x *MigrationJob) GetMeasuredDowntime() *durationpb.Duration {
 	if x != nil {
 		return x.MeasuredDowntime
+	}
+	return nil
+}
+
+func (x *MigrationJob) GetExport() *ExportSpec {
+	if x != nil {
+		return x.Export
 	}
 	return nil
 }
@@ -1806,7 +1937,7 @@ type PhaseTiming struct {
 	// (CONVERTING, counting data a restarted job found in its cache already),
 	// put on the target volumes by this attempt, each byte once (UPLOADING:
 	// what an agent killed before found on the volumes is not counted); 0
-	// for CONFIGURING.
+	// for CONFIGURING; the disks' bytes written to the bundle (EXPORTING).
 	Bytes int64 `protobuf:"varint,4,opt,name=bytes,proto3" json:"bytes,omitempty"`
 	// bytes over the phase's duration (until the report while it runs).
 	BytesPerSecond float64 `protobuf:"fixed64,5,opt,name=bytes_per_second,json=bytesPerSecond,proto3" json:"bytes_per_second,omitempty"`
@@ -2959,11 +3090,479 @@ func (x *WatchMigrationJobsResponse) GetJob() *MigrationJob {
 	return nil
 }
 
+// ExportDestination is where an export job writes its bundle.
+type ExportDestination struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Type  ExportDestinationType  `protobuf:"varint,1,opt,name=type,proto3,enum=ferry.v1.ExportDestinationType" json:"type,omitempty"`
+	// DIRECTORY: an absolute path on the migration server. NFS and SMB: a
+	// relative directory inside the share (empty: its root).
+	Path string `protobuf:"bytes,2,opt,name=path,proto3" json:"path,omitempty"`
+	// NFS: server:/export. SMB: //server/share.
+	Share string `protobuf:"bytes,3,opt,name=share,proto3" json:"share,omitempty"`
+	// SMB: the user and credentials/{credential} holding its password.
+	User       string `protobuf:"bytes,4,opt,name=user,proto3" json:"user,omitempty"`
+	Credential string `protobuf:"bytes,5,opt,name=credential,proto3" json:"credential,omitempty"`
+	// SMB: optional domain (workgroup).
+	Domain        string `protobuf:"bytes,6,opt,name=domain,proto3" json:"domain,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ExportDestination) Reset() {
+	*x = ExportDestination{}
+	mi := &file_ferry_v1_migration_job_proto_msgTypes[28]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ExportDestination) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ExportDestination) ProtoMessage() {}
+
+func (x *ExportDestination) ProtoReflect() protoreflect.Message {
+	mi := &file_ferry_v1_migration_job_proto_msgTypes[28]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ExportDestination.ProtoReflect.Descriptor instead.
+func (*ExportDestination) Descriptor() ([]byte, []int) {
+	return file_ferry_v1_migration_job_proto_rawDescGZIP(), []int{28}
+}
+
+func (x *ExportDestination) GetType() ExportDestinationType {
+	if x != nil {
+		return x.Type
+	}
+	return ExportDestinationType_EXPORT_DESTINATION_TYPE_UNSPECIFIED
+}
+
+func (x *ExportDestination) GetPath() string {
+	if x != nil {
+		return x.Path
+	}
+	return ""
+}
+
+func (x *ExportDestination) GetShare() string {
+	if x != nil {
+		return x.Share
+	}
+	return ""
+}
+
+func (x *ExportDestination) GetUser() string {
+	if x != nil {
+		return x.User
+	}
+	return ""
+}
+
+func (x *ExportDestination) GetCredential() string {
+	if x != nil {
+		return x.Credential
+	}
+	return ""
+}
+
+func (x *ExportDestination) GetDomain() string {
+	if x != nil {
+		return x.Domain
+	}
+	return ""
+}
+
+// ExportSpec is what an export job writes.
+type ExportSpec struct {
+	state       protoimpl.MessageState `protogen:"open.v1"`
+	Destination *ExportDestination     `protobuf:"bytes,1,opt,name=destination,proto3" json:"destination,omitempty"`
+	Format      ExportFormat           `protobuf:"varint,2,opt,name=format,proto3,enum=ferry.v1.ExportFormat" json:"format,omitempty"`
+	// QCOW2 only: compressed clusters (qemu-img convert -c).
+	Compress bool `protobuf:"varint,3,opt,name=compress,proto3" json:"compress,omitempty"`
+	// Output only: the bundle's directory inside the destination, the VM's
+	// name unless given; a bundle already there fails the job.
+	BundleName string `protobuf:"bytes,4,opt,name=bundle_name,json=bundleName,proto3" json:"bundle_name,omitempty"`
+	// Optional bytes per second the conversion writes at most (qemu-img
+	// convert -r), beside the migration server's upstream limit, which
+	// applies when this is 0.
+	RateLimitBytesPerSecond int64 `protobuf:"varint,5,opt,name=rate_limit_bytes_per_second,json=rateLimitBytesPerSecond,proto3" json:"rate_limit_bytes_per_second,omitempty"`
+	unknownFields           protoimpl.UnknownFields
+	sizeCache               protoimpl.SizeCache
+}
+
+func (x *ExportSpec) Reset() {
+	*x = ExportSpec{}
+	mi := &file_ferry_v1_migration_job_proto_msgTypes[29]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ExportSpec) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ExportSpec) ProtoMessage() {}
+
+func (x *ExportSpec) ProtoReflect() protoreflect.Message {
+	mi := &file_ferry_v1_migration_job_proto_msgTypes[29]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ExportSpec.ProtoReflect.Descriptor instead.
+func (*ExportSpec) Descriptor() ([]byte, []int) {
+	return file_ferry_v1_migration_job_proto_rawDescGZIP(), []int{29}
+}
+
+func (x *ExportSpec) GetDestination() *ExportDestination {
+	if x != nil {
+		return x.Destination
+	}
+	return nil
+}
+
+func (x *ExportSpec) GetFormat() ExportFormat {
+	if x != nil {
+		return x.Format
+	}
+	return ExportFormat_EXPORT_FORMAT_UNSPECIFIED
+}
+
+func (x *ExportSpec) GetCompress() bool {
+	if x != nil {
+		return x.Compress
+	}
+	return false
+}
+
+func (x *ExportSpec) GetBundleName() string {
+	if x != nil {
+		return x.BundleName
+	}
+	return ""
+}
+
+func (x *ExportSpec) GetRateLimitBytesPerSecond() int64 {
+	if x != nil {
+		return x.RateLimitBytesPerSecond
+	}
+	return 0
+}
+
+// ExportJobSpec is one VM of a CreateExportJobs request.
+type ExportJobSpec struct {
+	state    protoimpl.MessageState `protogen:"open.v1"`
+	SourceVm string                 `protobuf:"bytes,1,opt,name=source_vm,json=sourceVm,proto3" json:"source_vm,omitempty"`
+	Export   *ExportSpec            `protobuf:"bytes,2,opt,name=export,proto3" json:"export,omitempty"`
+	// compression and pause_source_vm apply as to a migration; the others
+	// are refused.
+	Options       *MigrationOptions `protobuf:"bytes,3,opt,name=options,proto3" json:"options,omitempty"`
+	DisplayName   string            `protobuf:"bytes,4,opt,name=display_name,json=displayName,proto3" json:"display_name,omitempty"`
+	Description   string            `protobuf:"bytes,5,opt,name=description,proto3" json:"description,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ExportJobSpec) Reset() {
+	*x = ExportJobSpec{}
+	mi := &file_ferry_v1_migration_job_proto_msgTypes[30]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ExportJobSpec) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ExportJobSpec) ProtoMessage() {}
+
+func (x *ExportJobSpec) ProtoReflect() protoreflect.Message {
+	mi := &file_ferry_v1_migration_job_proto_msgTypes[30]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ExportJobSpec.ProtoReflect.Descriptor instead.
+func (*ExportJobSpec) Descriptor() ([]byte, []int) {
+	return file_ferry_v1_migration_job_proto_rawDescGZIP(), []int{30}
+}
+
+func (x *ExportJobSpec) GetSourceVm() string {
+	if x != nil {
+		return x.SourceVm
+	}
+	return ""
+}
+
+func (x *ExportJobSpec) GetExport() *ExportSpec {
+	if x != nil {
+		return x.Export
+	}
+	return nil
+}
+
+func (x *ExportJobSpec) GetOptions() *MigrationOptions {
+	if x != nil {
+		return x.Options
+	}
+	return nil
+}
+
+func (x *ExportJobSpec) GetDisplayName() string {
+	if x != nil {
+		return x.DisplayName
+	}
+	return ""
+}
+
+func (x *ExportJobSpec) GetDescription() string {
+	if x != nil {
+		return x.Description
+	}
+	return ""
+}
+
+type CreateExportJobsRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// sources/{source}
+	Source string `protobuf:"bytes,1,opt,name=source,proto3" json:"source,omitempty"`
+	// migrationServers/{migration_server}
+	MigrationServer string `protobuf:"bytes,2,opt,name=migration_server,json=migrationServer,proto3" json:"migration_server,omitempty"`
+	// Up to 50.
+	Jobs          []*ExportJobSpec `protobuf:"bytes,3,rep,name=jobs,proto3" json:"jobs,omitempty"`
+	RequestId     string           `protobuf:"bytes,4,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CreateExportJobsRequest) Reset() {
+	*x = CreateExportJobsRequest{}
+	mi := &file_ferry_v1_migration_job_proto_msgTypes[31]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CreateExportJobsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CreateExportJobsRequest) ProtoMessage() {}
+
+func (x *CreateExportJobsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_ferry_v1_migration_job_proto_msgTypes[31]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CreateExportJobsRequest.ProtoReflect.Descriptor instead.
+func (*CreateExportJobsRequest) Descriptor() ([]byte, []int) {
+	return file_ferry_v1_migration_job_proto_rawDescGZIP(), []int{31}
+}
+
+func (x *CreateExportJobsRequest) GetSource() string {
+	if x != nil {
+		return x.Source
+	}
+	return ""
+}
+
+func (x *CreateExportJobsRequest) GetMigrationServer() string {
+	if x != nil {
+		return x.MigrationServer
+	}
+	return ""
+}
+
+func (x *CreateExportJobsRequest) GetJobs() []*ExportJobSpec {
+	if x != nil {
+		return x.Jobs
+	}
+	return nil
+}
+
+func (x *CreateExportJobsRequest) GetRequestId() string {
+	if x != nil {
+		return x.RequestId
+	}
+	return ""
+}
+
+type CreateExportJobsResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Jobs          []*MigrationJob        `protobuf:"bytes,1,rep,name=jobs,proto3" json:"jobs,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CreateExportJobsResponse) Reset() {
+	*x = CreateExportJobsResponse{}
+	mi := &file_ferry_v1_migration_job_proto_msgTypes[32]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CreateExportJobsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CreateExportJobsResponse) ProtoMessage() {}
+
+func (x *CreateExportJobsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_ferry_v1_migration_job_proto_msgTypes[32]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CreateExportJobsResponse.ProtoReflect.Descriptor instead.
+func (*CreateExportJobsResponse) Descriptor() ([]byte, []int) {
+	return file_ferry_v1_migration_job_proto_rawDescGZIP(), []int{32}
+}
+
+func (x *CreateExportJobsResponse) GetJobs() []*MigrationJob {
+	if x != nil {
+		return x.Jobs
+	}
+	return nil
+}
+
+type GetBundleSigningKeyRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetBundleSigningKeyRequest) Reset() {
+	*x = GetBundleSigningKeyRequest{}
+	mi := &file_ferry_v1_migration_job_proto_msgTypes[33]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetBundleSigningKeyRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetBundleSigningKeyRequest) ProtoMessage() {}
+
+func (x *GetBundleSigningKeyRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_ferry_v1_migration_job_proto_msgTypes[33]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetBundleSigningKeyRequest.ProtoReflect.Descriptor instead.
+func (*GetBundleSigningKeyRequest) Descriptor() ([]byte, []int) {
+	return file_ferry_v1_migration_job_proto_rawDescGZIP(), []int{33}
+}
+
+// BundleSigningKey is the public half of the cluster's bundle key, a
+// singleton resource.
+type BundleSigningKey struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Always "bundleSigningKey".
+	Name string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	// Ed25519 public key, base64 (standard encoding).
+	PublicKey string `protobuf:"bytes,2,opt,name=public_key,json=publicKey,proto3" json:"public_key,omitempty"`
+	// First 16 hex digits of SHA-256 of the key, as bundles name it.
+	KeyId         string `protobuf:"bytes,3,opt,name=key_id,json=keyId,proto3" json:"key_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *BundleSigningKey) Reset() {
+	*x = BundleSigningKey{}
+	mi := &file_ferry_v1_migration_job_proto_msgTypes[34]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *BundleSigningKey) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*BundleSigningKey) ProtoMessage() {}
+
+func (x *BundleSigningKey) ProtoReflect() protoreflect.Message {
+	mi := &file_ferry_v1_migration_job_proto_msgTypes[34]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use BundleSigningKey.ProtoReflect.Descriptor instead.
+func (*BundleSigningKey) Descriptor() ([]byte, []int) {
+	return file_ferry_v1_migration_job_proto_rawDescGZIP(), []int{34}
+}
+
+func (x *BundleSigningKey) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *BundleSigningKey) GetPublicKey() string {
+	if x != nil {
+		return x.PublicKey
+	}
+	return ""
+}
+
+func (x *BundleSigningKey) GetKeyId() string {
+	if x != nil {
+		return x.KeyId
+	}
+	return ""
+}
+
 var File_ferry_v1_migration_job_proto protoreflect.FileDescriptor
 
 const file_ferry_v1_migration_job_proto_rawDesc = "" +
 	"\n" +
-	"\x1cferry/v1/migration_job.proto\x12\bferry.v1\x1a\x1bgoogle/protobuf/empty.proto\x1a\x1egoogle/protobuf/duration.proto\x1a google/protobuf/field_mask.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x9e\n" +
+	"\x1cferry/v1/migration_job.proto\x12\bferry.v1\x1a\x1bgoogle/protobuf/empty.proto\x1a\x1egoogle/protobuf/duration.proto\x1a google/protobuf/field_mask.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xcc\n" +
 	"\n" +
 	"\fMigrationJob\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x16\n" +
@@ -3001,7 +3600,8 @@ const file_ferry_v1_migration_job_proto_rawDesc = "" +
 	"\rboot_verified\x18\x1c \x01(\bR\fbootVerified\x12(\n" +
 	"\x10boot_verified_by\x18\x1d \x01(\tR\x0ebootVerifiedBy\x12=\n" +
 	"\x0eprecopy_rounds\x18\x1e \x03(\v2\x16.ferry.v1.PrecopyRoundR\rprecopyRounds\x12F\n" +
-	"\x11measured_downtime\x18\x1f \x01(\v2\x19.google.protobuf.DurationR\x10measuredDowntime\"\xea\x03\n" +
+	"\x11measured_downtime\x18\x1f \x01(\v2\x19.google.protobuf.DurationR\x10measuredDowntime\x12,\n" +
+	"\x06export\x18  \x01(\v2\x14.ferry.v1.ExportSpecR\x06export\"\xea\x03\n" +
 	"\bTargetVm\x12\x17\n" +
 	"\avm_name\x18\x01 \x01(\tR\x06vmName\x12\x18\n" +
 	"\acluster\x18\x02 \x01(\tR\acluster\x12'\n" +
@@ -3166,20 +3766,58 @@ const file_ferry_v1_migration_job_proto_rawDesc = "" +
 	"\fsend_initial\x18\x03 \x01(\bR\vsendInitial\"t\n" +
 	"\x1aWatchMigrationJobsResponse\x12,\n" +
 	"\x04type\x18\x01 \x01(\x0e2\x18.ferry.v1.WatchEventTypeR\x04type\x12(\n" +
-	"\x03job\x18\x02 \x01(\v2\x16.ferry.v1.MigrationJobR\x03job*\xdf\x01\n" +
+	"\x03job\x18\x02 \x01(\v2\x16.ferry.v1.MigrationJobR\x03job\"\xbe\x01\n" +
+	"\x11ExportDestination\x123\n" +
+	"\x04type\x18\x01 \x01(\x0e2\x1f.ferry.v1.ExportDestinationTypeR\x04type\x12\x12\n" +
+	"\x04path\x18\x02 \x01(\tR\x04path\x12\x14\n" +
+	"\x05share\x18\x03 \x01(\tR\x05share\x12\x12\n" +
+	"\x04user\x18\x04 \x01(\tR\x04user\x12\x1e\n" +
+	"\n" +
+	"credential\x18\x05 \x01(\tR\n" +
+	"credential\x12\x16\n" +
+	"\x06domain\x18\x06 \x01(\tR\x06domain\"\xf6\x01\n" +
+	"\n" +
+	"ExportSpec\x12=\n" +
+	"\vdestination\x18\x01 \x01(\v2\x1b.ferry.v1.ExportDestinationR\vdestination\x12.\n" +
+	"\x06format\x18\x02 \x01(\x0e2\x16.ferry.v1.ExportFormatR\x06format\x12\x1a\n" +
+	"\bcompress\x18\x03 \x01(\bR\bcompress\x12\x1f\n" +
+	"\vbundle_name\x18\x04 \x01(\tR\n" +
+	"bundleName\x12<\n" +
+	"\x1brate_limit_bytes_per_second\x18\x05 \x01(\x03R\x17rateLimitBytesPerSecond\"\xd5\x01\n" +
+	"\rExportJobSpec\x12\x1b\n" +
+	"\tsource_vm\x18\x01 \x01(\tR\bsourceVm\x12,\n" +
+	"\x06export\x18\x02 \x01(\v2\x14.ferry.v1.ExportSpecR\x06export\x124\n" +
+	"\aoptions\x18\x03 \x01(\v2\x1a.ferry.v1.MigrationOptionsR\aoptions\x12!\n" +
+	"\fdisplay_name\x18\x04 \x01(\tR\vdisplayName\x12 \n" +
+	"\vdescription\x18\x05 \x01(\tR\vdescription\"\xa8\x01\n" +
+	"\x17CreateExportJobsRequest\x12\x16\n" +
+	"\x06source\x18\x01 \x01(\tR\x06source\x12)\n" +
+	"\x10migration_server\x18\x02 \x01(\tR\x0fmigrationServer\x12+\n" +
+	"\x04jobs\x18\x03 \x03(\v2\x17.ferry.v1.ExportJobSpecR\x04jobs\x12\x1d\n" +
+	"\n" +
+	"request_id\x18\x04 \x01(\tR\trequestId\"F\n" +
+	"\x18CreateExportJobsResponse\x12*\n" +
+	"\x04jobs\x18\x01 \x03(\v2\x16.ferry.v1.MigrationJobR\x04jobs\"\x1c\n" +
+	"\x1aGetBundleSigningKeyRequest\"\\\n" +
+	"\x10BundleSigningKey\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x1d\n" +
+	"\n" +
+	"public_key\x18\x02 \x01(\tR\tpublicKey\x12\x15\n" +
+	"\x06key_id\x18\x03 \x01(\tR\x05keyId*\xdf\x01\n" +
 	"\x11MigrationJobState\x12#\n" +
 	"\x1fMIGRATION_JOB_STATE_UNSPECIFIED\x10\x00\x12\x1e\n" +
 	"\x1aMIGRATION_JOB_STATE_QUEUED\x10\x01\x12\x1f\n" +
 	"\x1bMIGRATION_JOB_STATE_RUNNING\x10\x02\x12!\n" +
 	"\x1dMIGRATION_JOB_STATE_SUCCEEDED\x10\x03\x12\x1e\n" +
 	"\x1aMIGRATION_JOB_STATE_FAILED\x10\x04\x12!\n" +
-	"\x1dMIGRATION_JOB_STATE_CANCELLED\x10\x05*\xc5\x01\n" +
+	"\x1dMIGRATION_JOB_STATE_CANCELLED\x10\x05*\xe8\x01\n" +
 	"\x11MigrationJobPhase\x12#\n" +
 	"\x1fMIGRATION_JOB_PHASE_UNSPECIFIED\x10\x00\x12\"\n" +
 	"\x1eMIGRATION_JOB_PHASE_CONVERTING\x10\x01\x12!\n" +
 	"\x1dMIGRATION_JOB_PHASE_UPLOADING\x10\x02\x12#\n" +
 	"\x1fMIGRATION_JOB_PHASE_CONFIGURING\x10\x03\x12\x1f\n" +
-	"\x1bMIGRATION_JOB_PHASE_SYNCING\x10\x04*V\n" +
+	"\x1bMIGRATION_JOB_PHASE_SYNCING\x10\x04\x12!\n" +
+	"\x1dMIGRATION_JOB_PHASE_EXPORTING\x10\x05*V\n" +
 	"\vMachineType\x12\x1c\n" +
 	"\x18MACHINE_TYPE_UNSPECIFIED\x10\x00\x12\x13\n" +
 	"\x0fMACHINE_TYPE_PC\x10\x01\x12\x14\n" +
@@ -3220,7 +3858,18 @@ const file_ferry_v1_migration_job_proto_rawDesc = "" +
 	"\x18WATCH_EVENT_TYPE_INITIAL\x10\x01\x12\x1c\n" +
 	"\x18WATCH_EVENT_TYPE_CHANGED\x10\x02\x12\x1d\n" +
 	"\x19WATCH_EVENT_TYPE_PROGRESS\x10\x03\x12\x1c\n" +
-	"\x18WATCH_EVENT_TYPE_DELETED\x10\x042\xbd\a\n" +
+	"\x18WATCH_EVENT_TYPE_DELETED\x10\x04*\x8d\x01\n" +
+	"\fExportFormat\x12\x1d\n" +
+	"\x19EXPORT_FORMAT_UNSPECIFIED\x10\x00\x12\x17\n" +
+	"\x13EXPORT_FORMAT_QCOW2\x10\x01\x12\x15\n" +
+	"\x11EXPORT_FORMAT_RAW\x10\x02\x12\x16\n" +
+	"\x12EXPORT_FORMAT_VMDK\x10\x03\x12\x16\n" +
+	"\x12EXPORT_FORMAT_VHDX\x10\x04*\xa9\x01\n" +
+	"\x15ExportDestinationType\x12'\n" +
+	"#EXPORT_DESTINATION_TYPE_UNSPECIFIED\x10\x00\x12%\n" +
+	"!EXPORT_DESTINATION_TYPE_DIRECTORY\x10\x01\x12\x1f\n" +
+	"\x1bEXPORT_DESTINATION_TYPE_NFS\x10\x02\x12\x1f\n" +
+	"\x1bEXPORT_DESTINATION_TYPE_SMB\x10\x032\xf1\b\n" +
 	"\x13MigrationJobService\x12b\n" +
 	"\x13CreateMigrationJobs\x12$.ferry.v1.CreateMigrationJobsRequest\x1a%.ferry.v1.CreateMigrationJobsResponse\x12e\n" +
 	"\x14PreviewMigrationJobs\x12%.ferry.v1.PreviewMigrationJobsRequest\x1a&.ferry.v1.PreviewMigrationJobsResponse\x12K\n" +
@@ -3231,7 +3880,9 @@ const file_ferry_v1_migration_job_proto_rawDesc = "" +
 	"\x12DeleteMigrationJob\x12#.ferry.v1.DeleteMigrationJobRequest\x1a\x16.google.protobuf.Empty\x12a\n" +
 	"\x12WatchMigrationJobs\x12#.ferry.v1.WatchMigrationJobsRequest\x1a$.ferry.v1.WatchMigrationJobsResponse0\x01\x12Q\n" +
 	"\x12UpdateMigrationJob\x12#.ferry.v1.UpdateMigrationJobRequest\x1a\x16.ferry.v1.MigrationJob\x12b\n" +
-	"\x13CutoverMigrationJob\x12$.ferry.v1.CutoverMigrationJobRequest\x1a%.ferry.v1.CutoverMigrationJobResponseB\x96\x01\n" +
+	"\x13CutoverMigrationJob\x12$.ferry.v1.CutoverMigrationJobRequest\x1a%.ferry.v1.CutoverMigrationJobResponse\x12Y\n" +
+	"\x10CreateExportJobs\x12!.ferry.v1.CreateExportJobsRequest\x1a\".ferry.v1.CreateExportJobsResponse\x12W\n" +
+	"\x13GetBundleSigningKey\x12$.ferry.v1.GetBundleSigningKeyRequest\x1a\x1a.ferry.v1.BundleSigningKeyB\x96\x01\n" +
 	"\fcom.ferry.v1B\x11MigrationJobProtoP\x01Z2github.com/ferry-v2v/ferry/pkg/pb/ferry/v1;ferryv1\xa2\x02\x03FXX\xaa\x02\bFerry.V1\xca\x02\bFerry\\V1\xe2\x02\x14Ferry\\V1\\GPBMetadata\xea\x02\tFerry::V1b\x06proto3"
 
 var (
@@ -3246,8 +3897,8 @@ func file_ferry_v1_migration_job_proto_rawDescGZIP() []byte {
 	return file_ferry_v1_migration_job_proto_rawDescData
 }
 
-var file_ferry_v1_migration_job_proto_enumTypes = make([]protoimpl.EnumInfo, 10)
-var file_ferry_v1_migration_job_proto_msgTypes = make([]protoimpl.MessageInfo, 28)
+var file_ferry_v1_migration_job_proto_enumTypes = make([]protoimpl.EnumInfo, 12)
+var file_ferry_v1_migration_job_proto_msgTypes = make([]protoimpl.MessageInfo, 35)
 var file_ferry_v1_migration_job_proto_goTypes = []any{
 	(MigrationJobState)(0),               // 0: ferry.v1.MigrationJobState
 	(MigrationJobPhase)(0),               // 1: ferry.v1.MigrationJobPhase
@@ -3259,117 +3910,138 @@ var file_ferry_v1_migration_job_proto_goTypes = []any{
 	(MigrationMode)(0),                   // 7: ferry.v1.MigrationMode
 	(PreviewResourceKind)(0),             // 8: ferry.v1.PreviewResourceKind
 	(WatchEventType)(0),                  // 9: ferry.v1.WatchEventType
-	(*MigrationJob)(nil),                 // 10: ferry.v1.MigrationJob
-	(*TargetVm)(nil),                     // 11: ferry.v1.TargetVm
-	(*TargetDisk)(nil),                   // 12: ferry.v1.TargetDisk
-	(*TargetNic)(nil),                    // 13: ferry.v1.TargetNic
-	(*MigrationOptions)(nil),             // 14: ferry.v1.MigrationOptions
-	(*PrecopyRound)(nil),                 // 15: ferry.v1.PrecopyRound
-	(*CutoverMigrationJobRequest)(nil),   // 16: ferry.v1.CutoverMigrationJobRequest
-	(*CutoverMigrationJobResponse)(nil),  // 17: ferry.v1.CutoverMigrationJobResponse
-	(*DiskProgress)(nil),                 // 18: ferry.v1.DiskProgress
-	(*VerifyProgress)(nil),               // 19: ferry.v1.VerifyProgress
-	(*PhaseTiming)(nil),                  // 20: ferry.v1.PhaseTiming
-	(*MigrationJobSpec)(nil),             // 21: ferry.v1.MigrationJobSpec
-	(*UpdateMigrationJobRequest)(nil),    // 22: ferry.v1.UpdateMigrationJobRequest
-	(*CreateMigrationJobsRequest)(nil),   // 23: ferry.v1.CreateMigrationJobsRequest
-	(*CreateMigrationJobsResponse)(nil),  // 24: ferry.v1.CreateMigrationJobsResponse
-	(*PreviewMigrationJobsRequest)(nil),  // 25: ferry.v1.PreviewMigrationJobsRequest
-	(*PreviewUsage)(nil),                 // 26: ferry.v1.PreviewUsage
-	(*PreviewMigrationJobsResponse)(nil), // 27: ferry.v1.PreviewMigrationJobsResponse
-	(*GetMigrationJobRequest)(nil),       // 28: ferry.v1.GetMigrationJobRequest
-	(*ListMigrationJobsRequest)(nil),     // 29: ferry.v1.ListMigrationJobsRequest
-	(*ListMigrationJobsResponse)(nil),    // 30: ferry.v1.ListMigrationJobsResponse
-	(*CancelMigrationJobRequest)(nil),    // 31: ferry.v1.CancelMigrationJobRequest
-	(*CancelMigrationJobResponse)(nil),   // 32: ferry.v1.CancelMigrationJobResponse
-	(*RestartMigrationJobRequest)(nil),   // 33: ferry.v1.RestartMigrationJobRequest
-	(*RestartMigrationJobResponse)(nil),  // 34: ferry.v1.RestartMigrationJobResponse
-	(*DeleteMigrationJobRequest)(nil),    // 35: ferry.v1.DeleteMigrationJobRequest
-	(*WatchMigrationJobsRequest)(nil),    // 36: ferry.v1.WatchMigrationJobsRequest
-	(*WatchMigrationJobsResponse)(nil),   // 37: ferry.v1.WatchMigrationJobsResponse
-	(*timestamppb.Timestamp)(nil),        // 38: google.protobuf.Timestamp
-	(*durationpb.Duration)(nil),          // 39: google.protobuf.Duration
-	(*fieldmaskpb.FieldMask)(nil),        // 40: google.protobuf.FieldMask
-	(*emptypb.Empty)(nil),                // 41: google.protobuf.Empty
+	(ExportFormat)(0),                    // 10: ferry.v1.ExportFormat
+	(ExportDestinationType)(0),           // 11: ferry.v1.ExportDestinationType
+	(*MigrationJob)(nil),                 // 12: ferry.v1.MigrationJob
+	(*TargetVm)(nil),                     // 13: ferry.v1.TargetVm
+	(*TargetDisk)(nil),                   // 14: ferry.v1.TargetDisk
+	(*TargetNic)(nil),                    // 15: ferry.v1.TargetNic
+	(*MigrationOptions)(nil),             // 16: ferry.v1.MigrationOptions
+	(*PrecopyRound)(nil),                 // 17: ferry.v1.PrecopyRound
+	(*CutoverMigrationJobRequest)(nil),   // 18: ferry.v1.CutoverMigrationJobRequest
+	(*CutoverMigrationJobResponse)(nil),  // 19: ferry.v1.CutoverMigrationJobResponse
+	(*DiskProgress)(nil),                 // 20: ferry.v1.DiskProgress
+	(*VerifyProgress)(nil),               // 21: ferry.v1.VerifyProgress
+	(*PhaseTiming)(nil),                  // 22: ferry.v1.PhaseTiming
+	(*MigrationJobSpec)(nil),             // 23: ferry.v1.MigrationJobSpec
+	(*UpdateMigrationJobRequest)(nil),    // 24: ferry.v1.UpdateMigrationJobRequest
+	(*CreateMigrationJobsRequest)(nil),   // 25: ferry.v1.CreateMigrationJobsRequest
+	(*CreateMigrationJobsResponse)(nil),  // 26: ferry.v1.CreateMigrationJobsResponse
+	(*PreviewMigrationJobsRequest)(nil),  // 27: ferry.v1.PreviewMigrationJobsRequest
+	(*PreviewUsage)(nil),                 // 28: ferry.v1.PreviewUsage
+	(*PreviewMigrationJobsResponse)(nil), // 29: ferry.v1.PreviewMigrationJobsResponse
+	(*GetMigrationJobRequest)(nil),       // 30: ferry.v1.GetMigrationJobRequest
+	(*ListMigrationJobsRequest)(nil),     // 31: ferry.v1.ListMigrationJobsRequest
+	(*ListMigrationJobsResponse)(nil),    // 32: ferry.v1.ListMigrationJobsResponse
+	(*CancelMigrationJobRequest)(nil),    // 33: ferry.v1.CancelMigrationJobRequest
+	(*CancelMigrationJobResponse)(nil),   // 34: ferry.v1.CancelMigrationJobResponse
+	(*RestartMigrationJobRequest)(nil),   // 35: ferry.v1.RestartMigrationJobRequest
+	(*RestartMigrationJobResponse)(nil),  // 36: ferry.v1.RestartMigrationJobResponse
+	(*DeleteMigrationJobRequest)(nil),    // 37: ferry.v1.DeleteMigrationJobRequest
+	(*WatchMigrationJobsRequest)(nil),    // 38: ferry.v1.WatchMigrationJobsRequest
+	(*WatchMigrationJobsResponse)(nil),   // 39: ferry.v1.WatchMigrationJobsResponse
+	(*ExportDestination)(nil),            // 40: ferry.v1.ExportDestination
+	(*ExportSpec)(nil),                   // 41: ferry.v1.ExportSpec
+	(*ExportJobSpec)(nil),                // 42: ferry.v1.ExportJobSpec
+	(*CreateExportJobsRequest)(nil),      // 43: ferry.v1.CreateExportJobsRequest
+	(*CreateExportJobsResponse)(nil),     // 44: ferry.v1.CreateExportJobsResponse
+	(*GetBundleSigningKeyRequest)(nil),   // 45: ferry.v1.GetBundleSigningKeyRequest
+	(*BundleSigningKey)(nil),             // 46: ferry.v1.BundleSigningKey
+	(*timestamppb.Timestamp)(nil),        // 47: google.protobuf.Timestamp
+	(*durationpb.Duration)(nil),          // 48: google.protobuf.Duration
+	(*fieldmaskpb.FieldMask)(nil),        // 49: google.protobuf.FieldMask
+	(*emptypb.Empty)(nil),                // 50: google.protobuf.Empty
 }
 var file_ferry_v1_migration_job_proto_depIdxs = []int32{
-	11, // 0: ferry.v1.MigrationJob.target:type_name -> ferry.v1.TargetVm
-	14, // 1: ferry.v1.MigrationJob.options:type_name -> ferry.v1.MigrationOptions
+	13, // 0: ferry.v1.MigrationJob.target:type_name -> ferry.v1.TargetVm
+	16, // 1: ferry.v1.MigrationJob.options:type_name -> ferry.v1.MigrationOptions
 	0,  // 2: ferry.v1.MigrationJob.state:type_name -> ferry.v1.MigrationJobState
 	1,  // 3: ferry.v1.MigrationJob.phase:type_name -> ferry.v1.MigrationJobPhase
-	18, // 4: ferry.v1.MigrationJob.disks:type_name -> ferry.v1.DiskProgress
-	38, // 5: ferry.v1.MigrationJob.create_time:type_name -> google.protobuf.Timestamp
-	38, // 6: ferry.v1.MigrationJob.start_time:type_name -> google.protobuf.Timestamp
-	38, // 7: ferry.v1.MigrationJob.end_time:type_name -> google.protobuf.Timestamp
-	39, // 8: ferry.v1.MigrationJob.duration:type_name -> google.protobuf.Duration
-	38, // 9: ferry.v1.MigrationJob.update_time:type_name -> google.protobuf.Timestamp
-	20, // 10: ferry.v1.MigrationJob.phase_timings:type_name -> ferry.v1.PhaseTiming
-	15, // 11: ferry.v1.MigrationJob.precopy_rounds:type_name -> ferry.v1.PrecopyRound
-	39, // 12: ferry.v1.MigrationJob.measured_downtime:type_name -> google.protobuf.Duration
-	12, // 13: ferry.v1.TargetVm.disks:type_name -> ferry.v1.TargetDisk
-	13, // 14: ferry.v1.TargetVm.nics:type_name -> ferry.v1.TargetNic
-	3,  // 15: ferry.v1.TargetVm.firmware:type_name -> ferry.v1.Firmware
-	4,  // 16: ferry.v1.TargetVm.os_type:type_name -> ferry.v1.OsType
-	5,  // 17: ferry.v1.TargetVm.disk_bus:type_name -> ferry.v1.DiskBus
-	2,  // 18: ferry.v1.TargetVm.machine_type:type_name -> ferry.v1.MachineType
-	5,  // 19: ferry.v1.TargetDisk.bus:type_name -> ferry.v1.DiskBus
-	6,  // 20: ferry.v1.MigrationOptions.compression:type_name -> ferry.v1.Compression
-	7,  // 21: ferry.v1.MigrationOptions.mode:type_name -> ferry.v1.MigrationMode
-	39, // 22: ferry.v1.MigrationOptions.precopy_interval:type_name -> google.protobuf.Duration
-	38, // 23: ferry.v1.MigrationOptions.cutover_time:type_name -> google.protobuf.Timestamp
-	38, // 24: ferry.v1.PrecopyRound.start_time:type_name -> google.protobuf.Timestamp
-	38, // 25: ferry.v1.PrecopyRound.end_time:type_name -> google.protobuf.Timestamp
-	39, // 26: ferry.v1.PrecopyRound.duration:type_name -> google.protobuf.Duration
-	39, // 27: ferry.v1.PrecopyRound.estimated_downtime:type_name -> google.protobuf.Duration
-	38, // 28: ferry.v1.CutoverMigrationJobRequest.cutover_time:type_name -> google.protobuf.Timestamp
-	10, // 29: ferry.v1.CutoverMigrationJobResponse.job:type_name -> ferry.v1.MigrationJob
-	39, // 30: ferry.v1.DiskProgress.eta:type_name -> google.protobuf.Duration
-	19, // 31: ferry.v1.DiskProgress.verification:type_name -> ferry.v1.VerifyProgress
-	39, // 32: ferry.v1.VerifyProgress.eta:type_name -> google.protobuf.Duration
-	1,  // 33: ferry.v1.PhaseTiming.phase:type_name -> ferry.v1.MigrationJobPhase
-	38, // 34: ferry.v1.PhaseTiming.start_time:type_name -> google.protobuf.Timestamp
-	38, // 35: ferry.v1.PhaseTiming.end_time:type_name -> google.protobuf.Timestamp
-	11, // 36: ferry.v1.MigrationJobSpec.target:type_name -> ferry.v1.TargetVm
-	14, // 37: ferry.v1.MigrationJobSpec.options:type_name -> ferry.v1.MigrationOptions
-	10, // 38: ferry.v1.UpdateMigrationJobRequest.migration_job:type_name -> ferry.v1.MigrationJob
-	40, // 39: ferry.v1.UpdateMigrationJobRequest.update_mask:type_name -> google.protobuf.FieldMask
-	21, // 40: ferry.v1.CreateMigrationJobsRequest.jobs:type_name -> ferry.v1.MigrationJobSpec
-	10, // 41: ferry.v1.CreateMigrationJobsResponse.jobs:type_name -> ferry.v1.MigrationJob
-	21, // 42: ferry.v1.PreviewMigrationJobsRequest.jobs:type_name -> ferry.v1.MigrationJobSpec
-	8,  // 43: ferry.v1.PreviewUsage.kind:type_name -> ferry.v1.PreviewResourceKind
-	10, // 44: ferry.v1.PreviewMigrationJobsResponse.jobs:type_name -> ferry.v1.MigrationJob
-	26, // 45: ferry.v1.PreviewMigrationJobsResponse.usages:type_name -> ferry.v1.PreviewUsage
-	0,  // 46: ferry.v1.ListMigrationJobsRequest.state:type_name -> ferry.v1.MigrationJobState
-	10, // 47: ferry.v1.ListMigrationJobsResponse.jobs:type_name -> ferry.v1.MigrationJob
-	10, // 48: ferry.v1.CancelMigrationJobResponse.job:type_name -> ferry.v1.MigrationJob
-	10, // 49: ferry.v1.RestartMigrationJobResponse.job:type_name -> ferry.v1.MigrationJob
-	9,  // 50: ferry.v1.WatchMigrationJobsResponse.type:type_name -> ferry.v1.WatchEventType
-	10, // 51: ferry.v1.WatchMigrationJobsResponse.job:type_name -> ferry.v1.MigrationJob
-	23, // 52: ferry.v1.MigrationJobService.CreateMigrationJobs:input_type -> ferry.v1.CreateMigrationJobsRequest
-	25, // 53: ferry.v1.MigrationJobService.PreviewMigrationJobs:input_type -> ferry.v1.PreviewMigrationJobsRequest
-	28, // 54: ferry.v1.MigrationJobService.GetMigrationJob:input_type -> ferry.v1.GetMigrationJobRequest
-	29, // 55: ferry.v1.MigrationJobService.ListMigrationJobs:input_type -> ferry.v1.ListMigrationJobsRequest
-	31, // 56: ferry.v1.MigrationJobService.CancelMigrationJob:input_type -> ferry.v1.CancelMigrationJobRequest
-	33, // 57: ferry.v1.MigrationJobService.RestartMigrationJob:input_type -> ferry.v1.RestartMigrationJobRequest
-	35, // 58: ferry.v1.MigrationJobService.DeleteMigrationJob:input_type -> ferry.v1.DeleteMigrationJobRequest
-	36, // 59: ferry.v1.MigrationJobService.WatchMigrationJobs:input_type -> ferry.v1.WatchMigrationJobsRequest
-	22, // 60: ferry.v1.MigrationJobService.UpdateMigrationJob:input_type -> ferry.v1.UpdateMigrationJobRequest
-	16, // 61: ferry.v1.MigrationJobService.CutoverMigrationJob:input_type -> ferry.v1.CutoverMigrationJobRequest
-	24, // 62: ferry.v1.MigrationJobService.CreateMigrationJobs:output_type -> ferry.v1.CreateMigrationJobsResponse
-	27, // 63: ferry.v1.MigrationJobService.PreviewMigrationJobs:output_type -> ferry.v1.PreviewMigrationJobsResponse
-	10, // 64: ferry.v1.MigrationJobService.GetMigrationJob:output_type -> ferry.v1.MigrationJob
-	30, // 65: ferry.v1.MigrationJobService.ListMigrationJobs:output_type -> ferry.v1.ListMigrationJobsResponse
-	32, // 66: ferry.v1.MigrationJobService.CancelMigrationJob:output_type -> ferry.v1.CancelMigrationJobResponse
-	34, // 67: ferry.v1.MigrationJobService.RestartMigrationJob:output_type -> ferry.v1.RestartMigrationJobResponse
-	41, // 68: ferry.v1.MigrationJobService.DeleteMigrationJob:output_type -> google.protobuf.Empty
-	37, // 69: ferry.v1.MigrationJobService.WatchMigrationJobs:output_type -> ferry.v1.WatchMigrationJobsResponse
-	10, // 70: ferry.v1.MigrationJobService.UpdateMigrationJob:output_type -> ferry.v1.MigrationJob
-	17, // 71: ferry.v1.MigrationJobService.CutoverMigrationJob:output_type -> ferry.v1.CutoverMigrationJobResponse
-	62, // [62:72] is the sub-list for method output_type
-	52, // [52:62] is the sub-list for method input_type
-	52, // [52:52] is the sub-list for extension type_name
-	52, // [52:52] is the sub-list for extension extendee
-	0,  // [0:52] is the sub-list for field type_name
+	20, // 4: ferry.v1.MigrationJob.disks:type_name -> ferry.v1.DiskProgress
+	47, // 5: ferry.v1.MigrationJob.create_time:type_name -> google.protobuf.Timestamp
+	47, // 6: ferry.v1.MigrationJob.start_time:type_name -> google.protobuf.Timestamp
+	47, // 7: ferry.v1.MigrationJob.end_time:type_name -> google.protobuf.Timestamp
+	48, // 8: ferry.v1.MigrationJob.duration:type_name -> google.protobuf.Duration
+	47, // 9: ferry.v1.MigrationJob.update_time:type_name -> google.protobuf.Timestamp
+	22, // 10: ferry.v1.MigrationJob.phase_timings:type_name -> ferry.v1.PhaseTiming
+	17, // 11: ferry.v1.MigrationJob.precopy_rounds:type_name -> ferry.v1.PrecopyRound
+	48, // 12: ferry.v1.MigrationJob.measured_downtime:type_name -> google.protobuf.Duration
+	41, // 13: ferry.v1.MigrationJob.export:type_name -> ferry.v1.ExportSpec
+	14, // 14: ferry.v1.TargetVm.disks:type_name -> ferry.v1.TargetDisk
+	15, // 15: ferry.v1.TargetVm.nics:type_name -> ferry.v1.TargetNic
+	3,  // 16: ferry.v1.TargetVm.firmware:type_name -> ferry.v1.Firmware
+	4,  // 17: ferry.v1.TargetVm.os_type:type_name -> ferry.v1.OsType
+	5,  // 18: ferry.v1.TargetVm.disk_bus:type_name -> ferry.v1.DiskBus
+	2,  // 19: ferry.v1.TargetVm.machine_type:type_name -> ferry.v1.MachineType
+	5,  // 20: ferry.v1.TargetDisk.bus:type_name -> ferry.v1.DiskBus
+	6,  // 21: ferry.v1.MigrationOptions.compression:type_name -> ferry.v1.Compression
+	7,  // 22: ferry.v1.MigrationOptions.mode:type_name -> ferry.v1.MigrationMode
+	48, // 23: ferry.v1.MigrationOptions.precopy_interval:type_name -> google.protobuf.Duration
+	47, // 24: ferry.v1.MigrationOptions.cutover_time:type_name -> google.protobuf.Timestamp
+	47, // 25: ferry.v1.PrecopyRound.start_time:type_name -> google.protobuf.Timestamp
+	47, // 26: ferry.v1.PrecopyRound.end_time:type_name -> google.protobuf.Timestamp
+	48, // 27: ferry.v1.PrecopyRound.duration:type_name -> google.protobuf.Duration
+	48, // 28: ferry.v1.PrecopyRound.estimated_downtime:type_name -> google.protobuf.Duration
+	47, // 29: ferry.v1.CutoverMigrationJobRequest.cutover_time:type_name -> google.protobuf.Timestamp
+	12, // 30: ferry.v1.CutoverMigrationJobResponse.job:type_name -> ferry.v1.MigrationJob
+	48, // 31: ferry.v1.DiskProgress.eta:type_name -> google.protobuf.Duration
+	21, // 32: ferry.v1.DiskProgress.verification:type_name -> ferry.v1.VerifyProgress
+	48, // 33: ferry.v1.VerifyProgress.eta:type_name -> google.protobuf.Duration
+	1,  // 34: ferry.v1.PhaseTiming.phase:type_name -> ferry.v1.MigrationJobPhase
+	47, // 35: ferry.v1.PhaseTiming.start_time:type_name -> google.protobuf.Timestamp
+	47, // 36: ferry.v1.PhaseTiming.end_time:type_name -> google.protobuf.Timestamp
+	13, // 37: ferry.v1.MigrationJobSpec.target:type_name -> ferry.v1.TargetVm
+	16, // 38: ferry.v1.MigrationJobSpec.options:type_name -> ferry.v1.MigrationOptions
+	12, // 39: ferry.v1.UpdateMigrationJobRequest.migration_job:type_name -> ferry.v1.MigrationJob
+	49, // 40: ferry.v1.UpdateMigrationJobRequest.update_mask:type_name -> google.protobuf.FieldMask
+	23, // 41: ferry.v1.CreateMigrationJobsRequest.jobs:type_name -> ferry.v1.MigrationJobSpec
+	12, // 42: ferry.v1.CreateMigrationJobsResponse.jobs:type_name -> ferry.v1.MigrationJob
+	23, // 43: ferry.v1.PreviewMigrationJobsRequest.jobs:type_name -> ferry.v1.MigrationJobSpec
+	8,  // 44: ferry.v1.PreviewUsage.kind:type_name -> ferry.v1.PreviewResourceKind
+	12, // 45: ferry.v1.PreviewMigrationJobsResponse.jobs:type_name -> ferry.v1.MigrationJob
+	28, // 46: ferry.v1.PreviewMigrationJobsResponse.usages:type_name -> ferry.v1.PreviewUsage
+	0,  // 47: ferry.v1.ListMigrationJobsRequest.state:type_name -> ferry.v1.MigrationJobState
+	12, // 48: ferry.v1.ListMigrationJobsResponse.jobs:type_name -> ferry.v1.MigrationJob
+	12, // 49: ferry.v1.CancelMigrationJobResponse.job:type_name -> ferry.v1.MigrationJob
+	12, // 50: ferry.v1.RestartMigrationJobResponse.job:type_name -> ferry.v1.MigrationJob
+	9,  // 51: ferry.v1.WatchMigrationJobsResponse.type:type_name -> ferry.v1.WatchEventType
+	12, // 52: ferry.v1.WatchMigrationJobsResponse.job:type_name -> ferry.v1.MigrationJob
+	11, // 53: ferry.v1.ExportDestination.type:type_name -> ferry.v1.ExportDestinationType
+	40, // 54: ferry.v1.ExportSpec.destination:type_name -> ferry.v1.ExportDestination
+	10, // 55: ferry.v1.ExportSpec.format:type_name -> ferry.v1.ExportFormat
+	41, // 56: ferry.v1.ExportJobSpec.export:type_name -> ferry.v1.ExportSpec
+	16, // 57: ferry.v1.ExportJobSpec.options:type_name -> ferry.v1.MigrationOptions
+	42, // 58: ferry.v1.CreateExportJobsRequest.jobs:type_name -> ferry.v1.ExportJobSpec
+	12, // 59: ferry.v1.CreateExportJobsResponse.jobs:type_name -> ferry.v1.MigrationJob
+	25, // 60: ferry.v1.MigrationJobService.CreateMigrationJobs:input_type -> ferry.v1.CreateMigrationJobsRequest
+	27, // 61: ferry.v1.MigrationJobService.PreviewMigrationJobs:input_type -> ferry.v1.PreviewMigrationJobsRequest
+	30, // 62: ferry.v1.MigrationJobService.GetMigrationJob:input_type -> ferry.v1.GetMigrationJobRequest
+	31, // 63: ferry.v1.MigrationJobService.ListMigrationJobs:input_type -> ferry.v1.ListMigrationJobsRequest
+	33, // 64: ferry.v1.MigrationJobService.CancelMigrationJob:input_type -> ferry.v1.CancelMigrationJobRequest
+	35, // 65: ferry.v1.MigrationJobService.RestartMigrationJob:input_type -> ferry.v1.RestartMigrationJobRequest
+	37, // 66: ferry.v1.MigrationJobService.DeleteMigrationJob:input_type -> ferry.v1.DeleteMigrationJobRequest
+	38, // 67: ferry.v1.MigrationJobService.WatchMigrationJobs:input_type -> ferry.v1.WatchMigrationJobsRequest
+	24, // 68: ferry.v1.MigrationJobService.UpdateMigrationJob:input_type -> ferry.v1.UpdateMigrationJobRequest
+	18, // 69: ferry.v1.MigrationJobService.CutoverMigrationJob:input_type -> ferry.v1.CutoverMigrationJobRequest
+	43, // 70: ferry.v1.MigrationJobService.CreateExportJobs:input_type -> ferry.v1.CreateExportJobsRequest
+	45, // 71: ferry.v1.MigrationJobService.GetBundleSigningKey:input_type -> ferry.v1.GetBundleSigningKeyRequest
+	26, // 72: ferry.v1.MigrationJobService.CreateMigrationJobs:output_type -> ferry.v1.CreateMigrationJobsResponse
+	29, // 73: ferry.v1.MigrationJobService.PreviewMigrationJobs:output_type -> ferry.v1.PreviewMigrationJobsResponse
+	12, // 74: ferry.v1.MigrationJobService.GetMigrationJob:output_type -> ferry.v1.MigrationJob
+	32, // 75: ferry.v1.MigrationJobService.ListMigrationJobs:output_type -> ferry.v1.ListMigrationJobsResponse
+	34, // 76: ferry.v1.MigrationJobService.CancelMigrationJob:output_type -> ferry.v1.CancelMigrationJobResponse
+	36, // 77: ferry.v1.MigrationJobService.RestartMigrationJob:output_type -> ferry.v1.RestartMigrationJobResponse
+	50, // 78: ferry.v1.MigrationJobService.DeleteMigrationJob:output_type -> google.protobuf.Empty
+	39, // 79: ferry.v1.MigrationJobService.WatchMigrationJobs:output_type -> ferry.v1.WatchMigrationJobsResponse
+	12, // 80: ferry.v1.MigrationJobService.UpdateMigrationJob:output_type -> ferry.v1.MigrationJob
+	19, // 81: ferry.v1.MigrationJobService.CutoverMigrationJob:output_type -> ferry.v1.CutoverMigrationJobResponse
+	44, // 82: ferry.v1.MigrationJobService.CreateExportJobs:output_type -> ferry.v1.CreateExportJobsResponse
+	46, // 83: ferry.v1.MigrationJobService.GetBundleSigningKey:output_type -> ferry.v1.BundleSigningKey
+	72, // [72:84] is the sub-list for method output_type
+	60, // [60:72] is the sub-list for method input_type
+	60, // [60:60] is the sub-list for extension type_name
+	60, // [60:60] is the sub-list for extension extendee
+	0,  // [0:60] is the sub-list for field type_name
 }
 
 func init() { file_ferry_v1_migration_job_proto_init() }
@@ -3383,8 +4055,8 @@ func file_ferry_v1_migration_job_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_ferry_v1_migration_job_proto_rawDesc), len(file_ferry_v1_migration_job_proto_rawDesc)),
-			NumEnums:      10,
-			NumMessages:   28,
+			NumEnums:      12,
+			NumMessages:   35,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -30,6 +30,8 @@ const (
 	MigrationJobService_WatchMigrationJobs_FullMethodName   = "/ferry.v1.MigrationJobService/WatchMigrationJobs"
 	MigrationJobService_UpdateMigrationJob_FullMethodName   = "/ferry.v1.MigrationJobService/UpdateMigrationJob"
 	MigrationJobService_CutoverMigrationJob_FullMethodName  = "/ferry.v1.MigrationJobService/CutoverMigrationJob"
+	MigrationJobService_CreateExportJobs_FullMethodName     = "/ferry.v1.MigrationJobService/CreateExportJobs"
+	MigrationJobService_GetBundleSigningKey_FullMethodName  = "/ferry.v1.MigrationJobService/GetBundleSigningKey"
 )
 
 // MigrationJobServiceClient is the client API for MigrationJobService service.
@@ -80,6 +82,21 @@ type MigrationJobServiceClient interface {
 	// source off (options.pause_source_vm leaves it paused); a cutover that
 	// fails resumes the source.
 	CutoverMigrationJob(ctx context.Context, in *CutoverMigrationJobRequest, opts ...grpc.CallOption) (*CutoverMigrationJobResponse, error)
+	// CreateExportJobs creates one export job per VM, up to 50, all on one
+	// migration server: a MigrationJob with `export` set and no target VM,
+	// which copies the source VM's disks into the cache (CONVERTING, as a
+	// migration does), then writes a bundle, the disks in the export's
+	// format and ferry-bundle.json, signed with the cluster's key, to the
+	// destination (EXPORTING). Jobs are read, watched, cancelled,
+	// restarted and deleted as migration jobs. A repeated request_id
+	// returns the first answer.
+	CreateExportJobs(ctx context.Context, in *CreateExportJobsRequest, opts ...grpc.CallOption) (*CreateExportJobsResponse, error)
+	// GetBundleSigningKey answers the public half of the cluster's Ed25519
+	// key that signs bundles. It only reads: the leader makes the key when
+	// it takes the lead (NOT_FOUND until then). The private half is sealed
+	// in the ledger as credentials are and never leaves the coordinators:
+	// the leader signs the manifest an export's agent sends it.
+	GetBundleSigningKey(ctx context.Context, in *GetBundleSigningKeyRequest, opts ...grpc.CallOption) (*BundleSigningKey, error)
 }
 
 type migrationJobServiceClient struct {
@@ -199,6 +216,26 @@ func (c *migrationJobServiceClient) CutoverMigrationJob(ctx context.Context, in 
 	return out, nil
 }
 
+func (c *migrationJobServiceClient) CreateExportJobs(ctx context.Context, in *CreateExportJobsRequest, opts ...grpc.CallOption) (*CreateExportJobsResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(CreateExportJobsResponse)
+	err := c.cc.Invoke(ctx, MigrationJobService_CreateExportJobs_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *migrationJobServiceClient) GetBundleSigningKey(ctx context.Context, in *GetBundleSigningKeyRequest, opts ...grpc.CallOption) (*BundleSigningKey, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(BundleSigningKey)
+	err := c.cc.Invoke(ctx, MigrationJobService_GetBundleSigningKey_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // MigrationJobServiceServer is the server API for MigrationJobService service.
 // All implementations must embed UnimplementedMigrationJobServiceServer
 // for forward compatibility.
@@ -247,6 +284,21 @@ type MigrationJobServiceServer interface {
 	// source off (options.pause_source_vm leaves it paused); a cutover that
 	// fails resumes the source.
 	CutoverMigrationJob(context.Context, *CutoverMigrationJobRequest) (*CutoverMigrationJobResponse, error)
+	// CreateExportJobs creates one export job per VM, up to 50, all on one
+	// migration server: a MigrationJob with `export` set and no target VM,
+	// which copies the source VM's disks into the cache (CONVERTING, as a
+	// migration does), then writes a bundle, the disks in the export's
+	// format and ferry-bundle.json, signed with the cluster's key, to the
+	// destination (EXPORTING). Jobs are read, watched, cancelled,
+	// restarted and deleted as migration jobs. A repeated request_id
+	// returns the first answer.
+	CreateExportJobs(context.Context, *CreateExportJobsRequest) (*CreateExportJobsResponse, error)
+	// GetBundleSigningKey answers the public half of the cluster's Ed25519
+	// key that signs bundles. It only reads: the leader makes the key when
+	// it takes the lead (NOT_FOUND until then). The private half is sealed
+	// in the ledger as credentials are and never leaves the coordinators:
+	// the leader signs the manifest an export's agent sends it.
+	GetBundleSigningKey(context.Context, *GetBundleSigningKeyRequest) (*BundleSigningKey, error)
 	mustEmbedUnimplementedMigrationJobServiceServer()
 }
 
@@ -286,6 +338,12 @@ func (UnimplementedMigrationJobServiceServer) UpdateMigrationJob(context.Context
 }
 func (UnimplementedMigrationJobServiceServer) CutoverMigrationJob(context.Context, *CutoverMigrationJobRequest) (*CutoverMigrationJobResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method CutoverMigrationJob not implemented")
+}
+func (UnimplementedMigrationJobServiceServer) CreateExportJobs(context.Context, *CreateExportJobsRequest) (*CreateExportJobsResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method CreateExportJobs not implemented")
+}
+func (UnimplementedMigrationJobServiceServer) GetBundleSigningKey(context.Context, *GetBundleSigningKeyRequest) (*BundleSigningKey, error) {
+	return nil, status.Error(codes.Unimplemented, "method GetBundleSigningKey not implemented")
 }
 func (UnimplementedMigrationJobServiceServer) mustEmbedUnimplementedMigrationJobServiceServer() {}
 func (UnimplementedMigrationJobServiceServer) testEmbeddedByValue()                             {}
@@ -481,6 +539,42 @@ func _MigrationJobService_CutoverMigrationJob_Handler(srv interface{}, ctx conte
 	return interceptor(ctx, in, info, handler)
 }
 
+func _MigrationJobService_CreateExportJobs_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(CreateExportJobsRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(MigrationJobServiceServer).CreateExportJobs(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: MigrationJobService_CreateExportJobs_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(MigrationJobServiceServer).CreateExportJobs(ctx, req.(*CreateExportJobsRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _MigrationJobService_GetBundleSigningKey_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(GetBundleSigningKeyRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(MigrationJobServiceServer).GetBundleSigningKey(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: MigrationJobService_GetBundleSigningKey_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(MigrationJobServiceServer).GetBundleSigningKey(ctx, req.(*GetBundleSigningKeyRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // MigrationJobService_ServiceDesc is the grpc.ServiceDesc for MigrationJobService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -523,6 +617,14 @@ var MigrationJobService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "CutoverMigrationJob",
 			Handler:    _MigrationJobService_CutoverMigrationJob_Handler,
+		},
+		{
+			MethodName: "CreateExportJobs",
+			Handler:    _MigrationJobService_CreateExportJobs_Handler,
+		},
+		{
+			MethodName: "GetBundleSigningKey",
+			Handler:    _MigrationJobService_GetBundleSigningKey_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{

@@ -304,7 +304,8 @@ func (SourceObjectKind) EnumDescriptor() ([]byte, []int) {
 	return file_ferry_v1_source_proto_rawDescGZIP(), []int{4}
 }
 
-// Source is a connection profile of a vCenter or a KVM host.
+// Source is a connection profile of a vCenter or a KVM host, or the
+// directory of export bundles a bundle source reads.
 type Source struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// sources/{source}
@@ -334,7 +335,9 @@ type Source struct {
 	// Output only: what the last successful sync found the source's user
 	// may do (KVM: list VMs, live copy, old-host copy), and for each thing
 	// it may not, exactly what it lacks.
-	Capabilities  []*SourceCapability `protobuf:"bytes,13,rep,name=capabilities,proto3" json:"capabilities,omitempty"`
+	Capabilities []*SourceCapability `protobuf:"bytes,13,rep,name=capabilities,proto3" json:"capabilities,omitempty"`
+	// Set when type is PLATFORM_BUNDLE.
+	Bundle        *BundleLocation `protobuf:"bytes,14,opt,name=bundle,proto3" json:"bundle,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -460,6 +463,13 @@ func (x *Source) GetCapabilities() []*SourceCapability {
 	return nil
 }
 
+func (x *Source) GetBundle() *BundleLocation {
+	if x != nil {
+		return x.Bundle
+	}
+	return nil
+}
+
 // SourceCapability says whether the source's user may do one thing.
 type SourceCapability struct {
 	state     protoimpl.MessageState `protogen:"open.v1"`
@@ -532,6 +542,66 @@ func (x *SourceCapability) GetMissing() string {
 	return ""
 }
 
+// BundleLocation is where a bundle source's bundles are: an absolute
+// directory on the migration server that reads them (jobs and syncs name
+// the server), one subdirectory per bundle, each holding a
+// ferry-bundle.json. A bundle whose signature or checksums do not match
+// is refused, naming the file.
+type BundleLocation struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Path  string                 `protobuf:"bytes,1,opt,name=path,proto3" json:"path,omitempty"`
+	// Optional base64 Ed25519 public key the bundles must be signed with
+	// (the exporting cluster's, GetBundleSigningKey there); empty accepts
+	// the key each bundle carries, which proves integrity only.
+	PublicKey     string `protobuf:"bytes,2,opt,name=public_key,json=publicKey,proto3" json:"public_key,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *BundleLocation) Reset() {
+	*x = BundleLocation{}
+	mi := &file_ferry_v1_source_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *BundleLocation) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*BundleLocation) ProtoMessage() {}
+
+func (x *BundleLocation) ProtoReflect() protoreflect.Message {
+	mi := &file_ferry_v1_source_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use BundleLocation.ProtoReflect.Descriptor instead.
+func (*BundleLocation) Descriptor() ([]byte, []int) {
+	return file_ferry_v1_source_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *BundleLocation) GetPath() string {
+	if x != nil {
+		return x.Path
+	}
+	return ""
+}
+
+func (x *BundleLocation) GetPublicKey() string {
+	if x != nil {
+		return x.PublicKey
+	}
+	return ""
+}
+
 // VCenterConnection says how to reach a vCenter or ESXi host.
 type VCenterConnection struct {
 	state   protoimpl.MessageState `protogen:"open.v1"`
@@ -555,7 +625,7 @@ type VCenterConnection struct {
 
 func (x *VCenterConnection) Reset() {
 	*x = VCenterConnection{}
-	mi := &file_ferry_v1_source_proto_msgTypes[2]
+	mi := &file_ferry_v1_source_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -567,7 +637,7 @@ func (x *VCenterConnection) String() string {
 func (*VCenterConnection) ProtoMessage() {}
 
 func (x *VCenterConnection) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_source_proto_msgTypes[2]
+	mi := &file_ferry_v1_source_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -580,7 +650,7 @@ func (x *VCenterConnection) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VCenterConnection.ProtoReflect.Descriptor instead.
 func (*VCenterConnection) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_source_proto_rawDescGZIP(), []int{2}
+	return file_ferry_v1_source_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *VCenterConnection) GetAddress() string {
@@ -663,7 +733,7 @@ type KvmConnection struct {
 
 func (x *KvmConnection) Reset() {
 	*x = KvmConnection{}
-	mi := &file_ferry_v1_source_proto_msgTypes[3]
+	mi := &file_ferry_v1_source_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -675,7 +745,7 @@ func (x *KvmConnection) String() string {
 func (*KvmConnection) ProtoMessage() {}
 
 func (x *KvmConnection) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_source_proto_msgTypes[3]
+	mi := &file_ferry_v1_source_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -688,7 +758,7 @@ func (x *KvmConnection) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use KvmConnection.ProtoReflect.Descriptor instead.
 func (*KvmConnection) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_source_proto_rawDescGZIP(), []int{3}
+	return file_ferry_v1_source_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *KvmConnection) GetAddress() string {
@@ -775,7 +845,7 @@ type Credential struct {
 
 func (x *Credential) Reset() {
 	*x = Credential{}
-	mi := &file_ferry_v1_source_proto_msgTypes[4]
+	mi := &file_ferry_v1_source_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -787,7 +857,7 @@ func (x *Credential) String() string {
 func (*Credential) ProtoMessage() {}
 
 func (x *Credential) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_source_proto_msgTypes[4]
+	mi := &file_ferry_v1_source_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -800,7 +870,7 @@ func (x *Credential) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Credential.ProtoReflect.Descriptor instead.
 func (*Credential) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_source_proto_rawDescGZIP(), []int{4}
+	return file_ferry_v1_source_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *Credential) GetName() string {
@@ -869,7 +939,7 @@ type CreateSourceRequest struct {
 
 func (x *CreateSourceRequest) Reset() {
 	*x = CreateSourceRequest{}
-	mi := &file_ferry_v1_source_proto_msgTypes[5]
+	mi := &file_ferry_v1_source_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -881,7 +951,7 @@ func (x *CreateSourceRequest) String() string {
 func (*CreateSourceRequest) ProtoMessage() {}
 
 func (x *CreateSourceRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_source_proto_msgTypes[5]
+	mi := &file_ferry_v1_source_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -894,7 +964,7 @@ func (x *CreateSourceRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateSourceRequest.ProtoReflect.Descriptor instead.
 func (*CreateSourceRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_source_proto_rawDescGZIP(), []int{5}
+	return file_ferry_v1_source_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *CreateSourceRequest) GetSource() *Source {
@@ -920,7 +990,7 @@ type GetSourceRequest struct {
 
 func (x *GetSourceRequest) Reset() {
 	*x = GetSourceRequest{}
-	mi := &file_ferry_v1_source_proto_msgTypes[6]
+	mi := &file_ferry_v1_source_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -932,7 +1002,7 @@ func (x *GetSourceRequest) String() string {
 func (*GetSourceRequest) ProtoMessage() {}
 
 func (x *GetSourceRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_source_proto_msgTypes[6]
+	mi := &file_ferry_v1_source_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -945,7 +1015,7 @@ func (x *GetSourceRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetSourceRequest.ProtoReflect.Descriptor instead.
 func (*GetSourceRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_source_proto_rawDescGZIP(), []int{6}
+	return file_ferry_v1_source_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *GetSourceRequest) GetName() string {
@@ -966,7 +1036,7 @@ type ListSourcesRequest struct {
 
 func (x *ListSourcesRequest) Reset() {
 	*x = ListSourcesRequest{}
-	mi := &file_ferry_v1_source_proto_msgTypes[7]
+	mi := &file_ferry_v1_source_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -978,7 +1048,7 @@ func (x *ListSourcesRequest) String() string {
 func (*ListSourcesRequest) ProtoMessage() {}
 
 func (x *ListSourcesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_source_proto_msgTypes[7]
+	mi := &file_ferry_v1_source_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -991,7 +1061,7 @@ func (x *ListSourcesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListSourcesRequest.ProtoReflect.Descriptor instead.
 func (*ListSourcesRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_source_proto_rawDescGZIP(), []int{7}
+	return file_ferry_v1_source_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *ListSourcesRequest) GetPageSize() int32 {
@@ -1025,7 +1095,7 @@ type ListSourcesResponse struct {
 
 func (x *ListSourcesResponse) Reset() {
 	*x = ListSourcesResponse{}
-	mi := &file_ferry_v1_source_proto_msgTypes[8]
+	mi := &file_ferry_v1_source_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1037,7 +1107,7 @@ func (x *ListSourcesResponse) String() string {
 func (*ListSourcesResponse) ProtoMessage() {}
 
 func (x *ListSourcesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_source_proto_msgTypes[8]
+	mi := &file_ferry_v1_source_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1050,7 +1120,7 @@ func (x *ListSourcesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListSourcesResponse.ProtoReflect.Descriptor instead.
 func (*ListSourcesResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_source_proto_rawDescGZIP(), []int{8}
+	return file_ferry_v1_source_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *ListSourcesResponse) GetSources() []*Source {
@@ -1076,7 +1146,7 @@ type DeleteSourceRequest struct {
 
 func (x *DeleteSourceRequest) Reset() {
 	*x = DeleteSourceRequest{}
-	mi := &file_ferry_v1_source_proto_msgTypes[9]
+	mi := &file_ferry_v1_source_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1088,7 +1158,7 @@ func (x *DeleteSourceRequest) String() string {
 func (*DeleteSourceRequest) ProtoMessage() {}
 
 func (x *DeleteSourceRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_source_proto_msgTypes[9]
+	mi := &file_ferry_v1_source_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1101,7 +1171,7 @@ func (x *DeleteSourceRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteSourceRequest.ProtoReflect.Descriptor instead.
 func (*DeleteSourceRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_source_proto_rawDescGZIP(), []int{9}
+	return file_ferry_v1_source_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *DeleteSourceRequest) GetName() string {
@@ -1121,7 +1191,7 @@ type CreateCredentialRequest struct {
 
 func (x *CreateCredentialRequest) Reset() {
 	*x = CreateCredentialRequest{}
-	mi := &file_ferry_v1_source_proto_msgTypes[10]
+	mi := &file_ferry_v1_source_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1133,7 +1203,7 @@ func (x *CreateCredentialRequest) String() string {
 func (*CreateCredentialRequest) ProtoMessage() {}
 
 func (x *CreateCredentialRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_source_proto_msgTypes[10]
+	mi := &file_ferry_v1_source_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1146,7 +1216,7 @@ func (x *CreateCredentialRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateCredentialRequest.ProtoReflect.Descriptor instead.
 func (*CreateCredentialRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_source_proto_rawDescGZIP(), []int{10}
+	return file_ferry_v1_source_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *CreateCredentialRequest) GetCredential() *Credential {
@@ -1172,7 +1242,7 @@ type GetCredentialRequest struct {
 
 func (x *GetCredentialRequest) Reset() {
 	*x = GetCredentialRequest{}
-	mi := &file_ferry_v1_source_proto_msgTypes[11]
+	mi := &file_ferry_v1_source_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1184,7 +1254,7 @@ func (x *GetCredentialRequest) String() string {
 func (*GetCredentialRequest) ProtoMessage() {}
 
 func (x *GetCredentialRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_source_proto_msgTypes[11]
+	mi := &file_ferry_v1_source_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1197,7 +1267,7 @@ func (x *GetCredentialRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetCredentialRequest.ProtoReflect.Descriptor instead.
 func (*GetCredentialRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_source_proto_rawDescGZIP(), []int{11}
+	return file_ferry_v1_source_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *GetCredentialRequest) GetName() string {
@@ -1217,7 +1287,7 @@ type ListCredentialsRequest struct {
 
 func (x *ListCredentialsRequest) Reset() {
 	*x = ListCredentialsRequest{}
-	mi := &file_ferry_v1_source_proto_msgTypes[12]
+	mi := &file_ferry_v1_source_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1229,7 +1299,7 @@ func (x *ListCredentialsRequest) String() string {
 func (*ListCredentialsRequest) ProtoMessage() {}
 
 func (x *ListCredentialsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_source_proto_msgTypes[12]
+	mi := &file_ferry_v1_source_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1242,7 +1312,7 @@ func (x *ListCredentialsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListCredentialsRequest.ProtoReflect.Descriptor instead.
 func (*ListCredentialsRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_source_proto_rawDescGZIP(), []int{12}
+	return file_ferry_v1_source_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *ListCredentialsRequest) GetPageSize() int32 {
@@ -1269,7 +1339,7 @@ type ListCredentialsResponse struct {
 
 func (x *ListCredentialsResponse) Reset() {
 	*x = ListCredentialsResponse{}
-	mi := &file_ferry_v1_source_proto_msgTypes[13]
+	mi := &file_ferry_v1_source_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1281,7 +1351,7 @@ func (x *ListCredentialsResponse) String() string {
 func (*ListCredentialsResponse) ProtoMessage() {}
 
 func (x *ListCredentialsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_source_proto_msgTypes[13]
+	mi := &file_ferry_v1_source_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1294,7 +1364,7 @@ func (x *ListCredentialsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListCredentialsResponse.ProtoReflect.Descriptor instead.
 func (*ListCredentialsResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_source_proto_rawDescGZIP(), []int{13}
+	return file_ferry_v1_source_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *ListCredentialsResponse) GetCredentials() []*Credential {
@@ -1320,7 +1390,7 @@ type DeleteCredentialRequest struct {
 
 func (x *DeleteCredentialRequest) Reset() {
 	*x = DeleteCredentialRequest{}
-	mi := &file_ferry_v1_source_proto_msgTypes[14]
+	mi := &file_ferry_v1_source_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1332,7 +1402,7 @@ func (x *DeleteCredentialRequest) String() string {
 func (*DeleteCredentialRequest) ProtoMessage() {}
 
 func (x *DeleteCredentialRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_source_proto_msgTypes[14]
+	mi := &file_ferry_v1_source_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1345,7 +1415,7 @@ func (x *DeleteCredentialRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteCredentialRequest.ProtoReflect.Descriptor instead.
 func (*DeleteCredentialRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_source_proto_rawDescGZIP(), []int{14}
+	return file_ferry_v1_source_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *DeleteCredentialRequest) GetName() string {
@@ -1382,7 +1452,7 @@ type ListSourceVMsRequest struct {
 
 func (x *ListSourceVMsRequest) Reset() {
 	*x = ListSourceVMsRequest{}
-	mi := &file_ferry_v1_source_proto_msgTypes[15]
+	mi := &file_ferry_v1_source_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1394,7 +1464,7 @@ func (x *ListSourceVMsRequest) String() string {
 func (*ListSourceVMsRequest) ProtoMessage() {}
 
 func (x *ListSourceVMsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_source_proto_msgTypes[15]
+	mi := &file_ferry_v1_source_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1407,7 +1477,7 @@ func (x *ListSourceVMsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListSourceVMsRequest.ProtoReflect.Descriptor instead.
 func (*ListSourceVMsRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_source_proto_rawDescGZIP(), []int{15}
+	return file_ferry_v1_source_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *ListSourceVMsRequest) GetSource() string {
@@ -1499,7 +1569,7 @@ type ListSourceVMsResponse struct {
 
 func (x *ListSourceVMsResponse) Reset() {
 	*x = ListSourceVMsResponse{}
-	mi := &file_ferry_v1_source_proto_msgTypes[16]
+	mi := &file_ferry_v1_source_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1511,7 +1581,7 @@ func (x *ListSourceVMsResponse) String() string {
 func (*ListSourceVMsResponse) ProtoMessage() {}
 
 func (x *ListSourceVMsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_source_proto_msgTypes[16]
+	mi := &file_ferry_v1_source_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1524,7 +1594,7 @@ func (x *ListSourceVMsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListSourceVMsResponse.ProtoReflect.Descriptor instead.
 func (*ListSourceVMsResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_source_proto_rawDescGZIP(), []int{16}
+	return file_ferry_v1_source_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *ListSourceVMsResponse) GetVms() []*SourceVm {
@@ -1593,7 +1663,7 @@ type SourceVm struct {
 
 func (x *SourceVm) Reset() {
 	*x = SourceVm{}
-	mi := &file_ferry_v1_source_proto_msgTypes[17]
+	mi := &file_ferry_v1_source_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1605,7 +1675,7 @@ func (x *SourceVm) String() string {
 func (*SourceVm) ProtoMessage() {}
 
 func (x *SourceVm) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_source_proto_msgTypes[17]
+	mi := &file_ferry_v1_source_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1618,7 +1688,7 @@ func (x *SourceVm) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SourceVm.ProtoReflect.Descriptor instead.
 func (*SourceVm) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_source_proto_rawDescGZIP(), []int{17}
+	return file_ferry_v1_source_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *SourceVm) GetId() string {
@@ -1783,7 +1853,7 @@ type SourceCdrom struct {
 
 func (x *SourceCdrom) Reset() {
 	*x = SourceCdrom{}
-	mi := &file_ferry_v1_source_proto_msgTypes[18]
+	mi := &file_ferry_v1_source_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1795,7 +1865,7 @@ func (x *SourceCdrom) String() string {
 func (*SourceCdrom) ProtoMessage() {}
 
 func (x *SourceCdrom) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_source_proto_msgTypes[18]
+	mi := &file_ferry_v1_source_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1808,7 +1878,7 @@ func (x *SourceCdrom) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SourceCdrom.ProtoReflect.Descriptor instead.
 func (*SourceCdrom) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_source_proto_rawDescGZIP(), []int{18}
+	return file_ferry_v1_source_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *SourceCdrom) GetTarget() string {
@@ -1854,7 +1924,7 @@ type SourceDisk struct {
 
 func (x *SourceDisk) Reset() {
 	*x = SourceDisk{}
-	mi := &file_ferry_v1_source_proto_msgTypes[19]
+	mi := &file_ferry_v1_source_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1866,7 +1936,7 @@ func (x *SourceDisk) String() string {
 func (*SourceDisk) ProtoMessage() {}
 
 func (x *SourceDisk) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_source_proto_msgTypes[19]
+	mi := &file_ferry_v1_source_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1879,7 +1949,7 @@ func (x *SourceDisk) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SourceDisk.ProtoReflect.Descriptor instead.
 func (*SourceDisk) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_source_proto_rawDescGZIP(), []int{19}
+	return file_ferry_v1_source_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *SourceDisk) GetTarget() string {
@@ -1957,7 +2027,7 @@ type SourceNic struct {
 
 func (x *SourceNic) Reset() {
 	*x = SourceNic{}
-	mi := &file_ferry_v1_source_proto_msgTypes[20]
+	mi := &file_ferry_v1_source_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1969,7 +2039,7 @@ func (x *SourceNic) String() string {
 func (*SourceNic) ProtoMessage() {}
 
 func (x *SourceNic) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_source_proto_msgTypes[20]
+	mi := &file_ferry_v1_source_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1982,7 +2052,7 @@ func (x *SourceNic) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SourceNic.ProtoReflect.Descriptor instead.
 func (*SourceNic) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_source_proto_rawDescGZIP(), []int{20}
+	return file_ferry_v1_source_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *SourceNic) GetMac() string {
@@ -2049,7 +2119,7 @@ type SourceProduct struct {
 
 func (x *SourceProduct) Reset() {
 	*x = SourceProduct{}
-	mi := &file_ferry_v1_source_proto_msgTypes[21]
+	mi := &file_ferry_v1_source_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2061,7 +2131,7 @@ func (x *SourceProduct) String() string {
 func (*SourceProduct) ProtoMessage() {}
 
 func (x *SourceProduct) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_source_proto_msgTypes[21]
+	mi := &file_ferry_v1_source_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2074,7 +2144,7 @@ func (x *SourceProduct) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SourceProduct.ProtoReflect.Descriptor instead.
 func (*SourceProduct) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_source_proto_rawDescGZIP(), []int{21}
+	return file_ferry_v1_source_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *SourceProduct) GetFullName() string {
@@ -2131,7 +2201,7 @@ type SourceDatacenter struct {
 
 func (x *SourceDatacenter) Reset() {
 	*x = SourceDatacenter{}
-	mi := &file_ferry_v1_source_proto_msgTypes[22]
+	mi := &file_ferry_v1_source_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2143,7 +2213,7 @@ func (x *SourceDatacenter) String() string {
 func (*SourceDatacenter) ProtoMessage() {}
 
 func (x *SourceDatacenter) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_source_proto_msgTypes[22]
+	mi := &file_ferry_v1_source_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2156,7 +2226,7 @@ func (x *SourceDatacenter) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SourceDatacenter.ProtoReflect.Descriptor instead.
 func (*SourceDatacenter) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_source_proto_rawDescGZIP(), []int{22}
+	return file_ferry_v1_source_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *SourceDatacenter) GetId() string {
@@ -2186,7 +2256,7 @@ type SourceCluster struct {
 
 func (x *SourceCluster) Reset() {
 	*x = SourceCluster{}
-	mi := &file_ferry_v1_source_proto_msgTypes[23]
+	mi := &file_ferry_v1_source_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2198,7 +2268,7 @@ func (x *SourceCluster) String() string {
 func (*SourceCluster) ProtoMessage() {}
 
 func (x *SourceCluster) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_source_proto_msgTypes[23]
+	mi := &file_ferry_v1_source_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2211,7 +2281,7 @@ func (x *SourceCluster) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SourceCluster.ProtoReflect.Descriptor instead.
 func (*SourceCluster) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_source_proto_rawDescGZIP(), []int{23}
+	return file_ferry_v1_source_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *SourceCluster) GetId() string {
@@ -2257,7 +2327,7 @@ type SourceHost struct {
 
 func (x *SourceHost) Reset() {
 	*x = SourceHost{}
-	mi := &file_ferry_v1_source_proto_msgTypes[24]
+	mi := &file_ferry_v1_source_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2269,7 +2339,7 @@ func (x *SourceHost) String() string {
 func (*SourceHost) ProtoMessage() {}
 
 func (x *SourceHost) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_source_proto_msgTypes[24]
+	mi := &file_ferry_v1_source_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2282,7 +2352,7 @@ func (x *SourceHost) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SourceHost.ProtoReflect.Descriptor instead.
 func (*SourceHost) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_source_proto_rawDescGZIP(), []int{24}
+	return file_ferry_v1_source_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *SourceHost) GetId() string {
@@ -2372,7 +2442,7 @@ type SourceNetwork struct {
 
 func (x *SourceNetwork) Reset() {
 	*x = SourceNetwork{}
-	mi := &file_ferry_v1_source_proto_msgTypes[25]
+	mi := &file_ferry_v1_source_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2384,7 +2454,7 @@ func (x *SourceNetwork) String() string {
 func (*SourceNetwork) ProtoMessage() {}
 
 func (x *SourceNetwork) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_source_proto_msgTypes[25]
+	mi := &file_ferry_v1_source_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2397,7 +2467,7 @@ func (x *SourceNetwork) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SourceNetwork.ProtoReflect.Descriptor instead.
 func (*SourceNetwork) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_source_proto_rawDescGZIP(), []int{25}
+	return file_ferry_v1_source_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *SourceNetwork) GetId() string {
@@ -2458,7 +2528,7 @@ type SourceDatastore struct {
 
 func (x *SourceDatastore) Reset() {
 	*x = SourceDatastore{}
-	mi := &file_ferry_v1_source_proto_msgTypes[26]
+	mi := &file_ferry_v1_source_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2470,7 +2540,7 @@ func (x *SourceDatastore) String() string {
 func (*SourceDatastore) ProtoMessage() {}
 
 func (x *SourceDatastore) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_source_proto_msgTypes[26]
+	mi := &file_ferry_v1_source_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2483,7 +2553,7 @@ func (x *SourceDatastore) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SourceDatastore.ProtoReflect.Descriptor instead.
 func (*SourceDatastore) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_source_proto_rawDescGZIP(), []int{26}
+	return file_ferry_v1_source_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *SourceDatastore) GetId() string {
@@ -2550,7 +2620,7 @@ type SourceInventory struct {
 
 func (x *SourceInventory) Reset() {
 	*x = SourceInventory{}
-	mi := &file_ferry_v1_source_proto_msgTypes[27]
+	mi := &file_ferry_v1_source_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2562,7 +2632,7 @@ func (x *SourceInventory) String() string {
 func (*SourceInventory) ProtoMessage() {}
 
 func (x *SourceInventory) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_source_proto_msgTypes[27]
+	mi := &file_ferry_v1_source_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2575,7 +2645,7 @@ func (x *SourceInventory) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SourceInventory.ProtoReflect.Descriptor instead.
 func (*SourceInventory) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_source_proto_rawDescGZIP(), []int{27}
+	return file_ferry_v1_source_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *SourceInventory) GetSource() string {
@@ -2666,7 +2736,7 @@ type SourceObject struct {
 
 func (x *SourceObject) Reset() {
 	*x = SourceObject{}
-	mi := &file_ferry_v1_source_proto_msgTypes[28]
+	mi := &file_ferry_v1_source_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2678,7 +2748,7 @@ func (x *SourceObject) String() string {
 func (*SourceObject) ProtoMessage() {}
 
 func (x *SourceObject) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_source_proto_msgTypes[28]
+	mi := &file_ferry_v1_source_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2691,7 +2761,7 @@ func (x *SourceObject) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SourceObject.ProtoReflect.Descriptor instead.
 func (*SourceObject) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_source_proto_rawDescGZIP(), []int{28}
+	return file_ferry_v1_source_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *SourceObject) GetKind() SourceObjectKind {
@@ -2806,7 +2876,7 @@ type SyncSourceRequest struct {
 
 func (x *SyncSourceRequest) Reset() {
 	*x = SyncSourceRequest{}
-	mi := &file_ferry_v1_source_proto_msgTypes[29]
+	mi := &file_ferry_v1_source_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2818,7 +2888,7 @@ func (x *SyncSourceRequest) String() string {
 func (*SyncSourceRequest) ProtoMessage() {}
 
 func (x *SyncSourceRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_source_proto_msgTypes[29]
+	mi := &file_ferry_v1_source_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2831,7 +2901,7 @@ func (x *SyncSourceRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SyncSourceRequest.ProtoReflect.Descriptor instead.
 func (*SyncSourceRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_source_proto_rawDescGZIP(), []int{29}
+	return file_ferry_v1_source_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *SyncSourceRequest) GetName() string {
@@ -2865,7 +2935,7 @@ type SyncSourceResponse struct {
 
 func (x *SyncSourceResponse) Reset() {
 	*x = SyncSourceResponse{}
-	mi := &file_ferry_v1_source_proto_msgTypes[30]
+	mi := &file_ferry_v1_source_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2877,7 +2947,7 @@ func (x *SyncSourceResponse) String() string {
 func (*SyncSourceResponse) ProtoMessage() {}
 
 func (x *SyncSourceResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_source_proto_msgTypes[30]
+	mi := &file_ferry_v1_source_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2890,7 +2960,7 @@ func (x *SyncSourceResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SyncSourceResponse.ProtoReflect.Descriptor instead.
 func (*SyncSourceResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_source_proto_rawDescGZIP(), []int{30}
+	return file_ferry_v1_source_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *SyncSourceResponse) GetSource() *Source {
@@ -2920,7 +2990,7 @@ type ListSourceInventoryRequest struct {
 
 func (x *ListSourceInventoryRequest) Reset() {
 	*x = ListSourceInventoryRequest{}
-	mi := &file_ferry_v1_source_proto_msgTypes[31]
+	mi := &file_ferry_v1_source_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2932,7 +3002,7 @@ func (x *ListSourceInventoryRequest) String() string {
 func (*ListSourceInventoryRequest) ProtoMessage() {}
 
 func (x *ListSourceInventoryRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_source_proto_msgTypes[31]
+	mi := &file_ferry_v1_source_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2945,7 +3015,7 @@ func (x *ListSourceInventoryRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListSourceInventoryRequest.ProtoReflect.Descriptor instead.
 func (*ListSourceInventoryRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_source_proto_rawDescGZIP(), []int{31}
+	return file_ferry_v1_source_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *ListSourceInventoryRequest) GetSource() string {
@@ -3017,7 +3087,7 @@ type ListSourceInventoryResponse struct {
 
 func (x *ListSourceInventoryResponse) Reset() {
 	*x = ListSourceInventoryResponse{}
-	mi := &file_ferry_v1_source_proto_msgTypes[32]
+	mi := &file_ferry_v1_source_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3029,7 +3099,7 @@ func (x *ListSourceInventoryResponse) String() string {
 func (*ListSourceInventoryResponse) ProtoMessage() {}
 
 func (x *ListSourceInventoryResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_source_proto_msgTypes[32]
+	mi := &file_ferry_v1_source_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3042,7 +3112,7 @@ func (x *ListSourceInventoryResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListSourceInventoryResponse.ProtoReflect.Descriptor instead.
 func (*ListSourceInventoryResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_source_proto_rawDescGZIP(), []int{32}
+	return file_ferry_v1_source_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *ListSourceInventoryResponse) GetObjects() []*SourceObject {
@@ -3084,7 +3154,7 @@ type UpdateSourceRequest struct {
 
 func (x *UpdateSourceRequest) Reset() {
 	*x = UpdateSourceRequest{}
-	mi := &file_ferry_v1_source_proto_msgTypes[33]
+	mi := &file_ferry_v1_source_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3096,7 +3166,7 @@ func (x *UpdateSourceRequest) String() string {
 func (*UpdateSourceRequest) ProtoMessage() {}
 
 func (x *UpdateSourceRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_source_proto_msgTypes[33]
+	mi := &file_ferry_v1_source_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3109,7 +3179,7 @@ func (x *UpdateSourceRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpdateSourceRequest.ProtoReflect.Descriptor instead.
 func (*UpdateSourceRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_source_proto_rawDescGZIP(), []int{33}
+	return file_ferry_v1_source_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *UpdateSourceRequest) GetSource() *Source {
@@ -3138,7 +3208,7 @@ type UpdateCredentialRequest struct {
 
 func (x *UpdateCredentialRequest) Reset() {
 	*x = UpdateCredentialRequest{}
-	mi := &file_ferry_v1_source_proto_msgTypes[34]
+	mi := &file_ferry_v1_source_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3150,7 +3220,7 @@ func (x *UpdateCredentialRequest) String() string {
 func (*UpdateCredentialRequest) ProtoMessage() {}
 
 func (x *UpdateCredentialRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_source_proto_msgTypes[34]
+	mi := &file_ferry_v1_source_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3163,7 +3233,7 @@ func (x *UpdateCredentialRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpdateCredentialRequest.ProtoReflect.Descriptor instead.
 func (*UpdateCredentialRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_source_proto_rawDescGZIP(), []int{34}
+	return file_ferry_v1_source_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *UpdateCredentialRequest) GetCredential() *Credential {
@@ -3184,7 +3254,7 @@ var File_ferry_v1_source_proto protoreflect.FileDescriptor
 
 const file_ferry_v1_source_proto_rawDesc = "" +
 	"\n" +
-	"\x15ferry/v1/source.proto\x12\bferry.v1\x1a\x1bgoogle/protobuf/empty.proto\x1a\x15ferry/v1/common.proto\x1a\x1cferry/v1/migration_job.proto\x1a google/protobuf/field_mask.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x85\x05\n" +
+	"\x15ferry/v1/source.proto\x12\bferry.v1\x1a\x1bgoogle/protobuf/empty.proto\x1a\x15ferry/v1/common.proto\x1a\x1cferry/v1/migration_job.proto\x1a google/protobuf/field_mask.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xb7\x05\n" +
 	"\x06Source\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12!\n" +
 	"\fdisplay_name\x18\x02 \x01(\tR\vdisplayName\x12&\n" +
@@ -3201,12 +3271,17 @@ const file_ferry_v1_source_proto_rawDesc = "" +
 	"\vupdate_time\x18\v \x01(\v2\x1a.google.protobuf.TimestampR\n" +
 	"updateTime\x12\x12\n" +
 	"\x04etag\x18\f \x01(\tR\x04etag\x12>\n" +
-	"\fcapabilities\x18\r \x03(\v2\x1a.ferry.v1.SourceCapabilityR\fcapabilities\"\x90\x01\n" +
+	"\fcapabilities\x18\r \x03(\v2\x1a.ferry.v1.SourceCapabilityR\fcapabilities\x120\n" +
+	"\x06bundle\x18\x0e \x01(\v2\x18.ferry.v1.BundleLocationR\x06bundle\"\x90\x01\n" +
 	"\x10SourceCapability\x122\n" +
 	"\x04kind\x18\x01 \x01(\x0e2\x1e.ferry.v1.SourceCapabilityKindR\x04kind\x12\x1c\n" +
 	"\tavailable\x18\x02 \x01(\bR\tavailable\x12\x10\n" +
 	"\x03via\x18\x03 \x01(\tR\x03via\x12\x18\n" +
-	"\amissing\x18\x04 \x01(\tR\amissing\"\x87\x02\n" +
+	"\amissing\x18\x04 \x01(\tR\amissing\"C\n" +
+	"\x0eBundleLocation\x12\x12\n" +
+	"\x04path\x18\x01 \x01(\tR\x04path\x12\x1d\n" +
+	"\n" +
+	"public_key\x18\x02 \x01(\tR\tpublicKey\"\x87\x02\n" +
 	"\x11VCenterConnection\x12\x18\n" +
 	"\aaddress\x18\x01 \x01(\tR\aaddress\x12\x12\n" +
 	"\x04port\x18\x02 \x01(\x05R\x04port\x12\x12\n" +
@@ -3511,7 +3586,7 @@ func file_ferry_v1_source_proto_rawDescGZIP() []byte {
 }
 
 var file_ferry_v1_source_proto_enumTypes = make([]protoimpl.EnumInfo, 5)
-var file_ferry_v1_source_proto_msgTypes = make([]protoimpl.MessageInfo, 35)
+var file_ferry_v1_source_proto_msgTypes = make([]protoimpl.MessageInfo, 36)
 var file_ferry_v1_source_proto_goTypes = []any{
 	(SourceCapabilityKind)(0),           // 0: ferry.v1.SourceCapabilityKind
 	(CredentialType)(0),                 // 1: ferry.v1.CredentialType
@@ -3520,130 +3595,132 @@ var file_ferry_v1_source_proto_goTypes = []any{
 	(SourceObjectKind)(0),               // 4: ferry.v1.SourceObjectKind
 	(*Source)(nil),                      // 5: ferry.v1.Source
 	(*SourceCapability)(nil),            // 6: ferry.v1.SourceCapability
-	(*VCenterConnection)(nil),           // 7: ferry.v1.VCenterConnection
-	(*KvmConnection)(nil),               // 8: ferry.v1.KvmConnection
-	(*Credential)(nil),                  // 9: ferry.v1.Credential
-	(*CreateSourceRequest)(nil),         // 10: ferry.v1.CreateSourceRequest
-	(*GetSourceRequest)(nil),            // 11: ferry.v1.GetSourceRequest
-	(*ListSourcesRequest)(nil),          // 12: ferry.v1.ListSourcesRequest
-	(*ListSourcesResponse)(nil),         // 13: ferry.v1.ListSourcesResponse
-	(*DeleteSourceRequest)(nil),         // 14: ferry.v1.DeleteSourceRequest
-	(*CreateCredentialRequest)(nil),     // 15: ferry.v1.CreateCredentialRequest
-	(*GetCredentialRequest)(nil),        // 16: ferry.v1.GetCredentialRequest
-	(*ListCredentialsRequest)(nil),      // 17: ferry.v1.ListCredentialsRequest
-	(*ListCredentialsResponse)(nil),     // 18: ferry.v1.ListCredentialsResponse
-	(*DeleteCredentialRequest)(nil),     // 19: ferry.v1.DeleteCredentialRequest
-	(*ListSourceVMsRequest)(nil),        // 20: ferry.v1.ListSourceVMsRequest
-	(*ListSourceVMsResponse)(nil),       // 21: ferry.v1.ListSourceVMsResponse
-	(*SourceVm)(nil),                    // 22: ferry.v1.SourceVm
-	(*SourceCdrom)(nil),                 // 23: ferry.v1.SourceCdrom
-	(*SourceDisk)(nil),                  // 24: ferry.v1.SourceDisk
-	(*SourceNic)(nil),                   // 25: ferry.v1.SourceNic
-	(*SourceProduct)(nil),               // 26: ferry.v1.SourceProduct
-	(*SourceDatacenter)(nil),            // 27: ferry.v1.SourceDatacenter
-	(*SourceCluster)(nil),               // 28: ferry.v1.SourceCluster
-	(*SourceHost)(nil),                  // 29: ferry.v1.SourceHost
-	(*SourceNetwork)(nil),               // 30: ferry.v1.SourceNetwork
-	(*SourceDatastore)(nil),             // 31: ferry.v1.SourceDatastore
-	(*SourceInventory)(nil),             // 32: ferry.v1.SourceInventory
-	(*SourceObject)(nil),                // 33: ferry.v1.SourceObject
-	(*SyncSourceRequest)(nil),           // 34: ferry.v1.SyncSourceRequest
-	(*SyncSourceResponse)(nil),          // 35: ferry.v1.SyncSourceResponse
-	(*ListSourceInventoryRequest)(nil),  // 36: ferry.v1.ListSourceInventoryRequest
-	(*ListSourceInventoryResponse)(nil), // 37: ferry.v1.ListSourceInventoryResponse
-	(*UpdateSourceRequest)(nil),         // 38: ferry.v1.UpdateSourceRequest
-	(*UpdateCredentialRequest)(nil),     // 39: ferry.v1.UpdateCredentialRequest
-	(Platform)(0),                       // 40: ferry.v1.Platform
-	(*timestamppb.Timestamp)(nil),       // 41: google.protobuf.Timestamp
-	(Firmware)(0),                       // 42: ferry.v1.Firmware
-	(OsType)(0),                         // 43: ferry.v1.OsType
-	(*fieldmaskpb.FieldMask)(nil),       // 44: google.protobuf.FieldMask
-	(*emptypb.Empty)(nil),               // 45: google.protobuf.Empty
+	(*BundleLocation)(nil),              // 7: ferry.v1.BundleLocation
+	(*VCenterConnection)(nil),           // 8: ferry.v1.VCenterConnection
+	(*KvmConnection)(nil),               // 9: ferry.v1.KvmConnection
+	(*Credential)(nil),                  // 10: ferry.v1.Credential
+	(*CreateSourceRequest)(nil),         // 11: ferry.v1.CreateSourceRequest
+	(*GetSourceRequest)(nil),            // 12: ferry.v1.GetSourceRequest
+	(*ListSourcesRequest)(nil),          // 13: ferry.v1.ListSourcesRequest
+	(*ListSourcesResponse)(nil),         // 14: ferry.v1.ListSourcesResponse
+	(*DeleteSourceRequest)(nil),         // 15: ferry.v1.DeleteSourceRequest
+	(*CreateCredentialRequest)(nil),     // 16: ferry.v1.CreateCredentialRequest
+	(*GetCredentialRequest)(nil),        // 17: ferry.v1.GetCredentialRequest
+	(*ListCredentialsRequest)(nil),      // 18: ferry.v1.ListCredentialsRequest
+	(*ListCredentialsResponse)(nil),     // 19: ferry.v1.ListCredentialsResponse
+	(*DeleteCredentialRequest)(nil),     // 20: ferry.v1.DeleteCredentialRequest
+	(*ListSourceVMsRequest)(nil),        // 21: ferry.v1.ListSourceVMsRequest
+	(*ListSourceVMsResponse)(nil),       // 22: ferry.v1.ListSourceVMsResponse
+	(*SourceVm)(nil),                    // 23: ferry.v1.SourceVm
+	(*SourceCdrom)(nil),                 // 24: ferry.v1.SourceCdrom
+	(*SourceDisk)(nil),                  // 25: ferry.v1.SourceDisk
+	(*SourceNic)(nil),                   // 26: ferry.v1.SourceNic
+	(*SourceProduct)(nil),               // 27: ferry.v1.SourceProduct
+	(*SourceDatacenter)(nil),            // 28: ferry.v1.SourceDatacenter
+	(*SourceCluster)(nil),               // 29: ferry.v1.SourceCluster
+	(*SourceHost)(nil),                  // 30: ferry.v1.SourceHost
+	(*SourceNetwork)(nil),               // 31: ferry.v1.SourceNetwork
+	(*SourceDatastore)(nil),             // 32: ferry.v1.SourceDatastore
+	(*SourceInventory)(nil),             // 33: ferry.v1.SourceInventory
+	(*SourceObject)(nil),                // 34: ferry.v1.SourceObject
+	(*SyncSourceRequest)(nil),           // 35: ferry.v1.SyncSourceRequest
+	(*SyncSourceResponse)(nil),          // 36: ferry.v1.SyncSourceResponse
+	(*ListSourceInventoryRequest)(nil),  // 37: ferry.v1.ListSourceInventoryRequest
+	(*ListSourceInventoryResponse)(nil), // 38: ferry.v1.ListSourceInventoryResponse
+	(*UpdateSourceRequest)(nil),         // 39: ferry.v1.UpdateSourceRequest
+	(*UpdateCredentialRequest)(nil),     // 40: ferry.v1.UpdateCredentialRequest
+	(Platform)(0),                       // 41: ferry.v1.Platform
+	(*timestamppb.Timestamp)(nil),       // 42: google.protobuf.Timestamp
+	(Firmware)(0),                       // 43: ferry.v1.Firmware
+	(OsType)(0),                         // 44: ferry.v1.OsType
+	(*fieldmaskpb.FieldMask)(nil),       // 45: google.protobuf.FieldMask
+	(*emptypb.Empty)(nil),               // 46: google.protobuf.Empty
 }
 var file_ferry_v1_source_proto_depIdxs = []int32{
-	40, // 0: ferry.v1.Source.type:type_name -> ferry.v1.Platform
-	7,  // 1: ferry.v1.Source.vcenter:type_name -> ferry.v1.VCenterConnection
-	8,  // 2: ferry.v1.Source.kvm:type_name -> ferry.v1.KvmConnection
-	41, // 3: ferry.v1.Source.create_time:type_name -> google.protobuf.Timestamp
-	41, // 4: ferry.v1.Source.last_sync_time:type_name -> google.protobuf.Timestamp
-	41, // 5: ferry.v1.Source.last_sync_attempt_time:type_name -> google.protobuf.Timestamp
-	26, // 6: ferry.v1.Source.product:type_name -> ferry.v1.SourceProduct
-	41, // 7: ferry.v1.Source.update_time:type_name -> google.protobuf.Timestamp
+	41, // 0: ferry.v1.Source.type:type_name -> ferry.v1.Platform
+	8,  // 1: ferry.v1.Source.vcenter:type_name -> ferry.v1.VCenterConnection
+	9,  // 2: ferry.v1.Source.kvm:type_name -> ferry.v1.KvmConnection
+	42, // 3: ferry.v1.Source.create_time:type_name -> google.protobuf.Timestamp
+	42, // 4: ferry.v1.Source.last_sync_time:type_name -> google.protobuf.Timestamp
+	42, // 5: ferry.v1.Source.last_sync_attempt_time:type_name -> google.protobuf.Timestamp
+	27, // 6: ferry.v1.Source.product:type_name -> ferry.v1.SourceProduct
+	42, // 7: ferry.v1.Source.update_time:type_name -> google.protobuf.Timestamp
 	6,  // 8: ferry.v1.Source.capabilities:type_name -> ferry.v1.SourceCapability
-	0,  // 9: ferry.v1.SourceCapability.kind:type_name -> ferry.v1.SourceCapabilityKind
-	1,  // 10: ferry.v1.Credential.type:type_name -> ferry.v1.CredentialType
-	41, // 11: ferry.v1.Credential.create_time:type_name -> google.protobuf.Timestamp
-	41, // 12: ferry.v1.Credential.update_time:type_name -> google.protobuf.Timestamp
-	5,  // 13: ferry.v1.CreateSourceRequest.source:type_name -> ferry.v1.Source
-	40, // 14: ferry.v1.ListSourcesRequest.type:type_name -> ferry.v1.Platform
-	5,  // 15: ferry.v1.ListSourcesResponse.sources:type_name -> ferry.v1.Source
-	9,  // 16: ferry.v1.CreateCredentialRequest.credential:type_name -> ferry.v1.Credential
-	9,  // 17: ferry.v1.ListCredentialsResponse.credentials:type_name -> ferry.v1.Credential
-	2,  // 18: ferry.v1.ListSourceVMsRequest.state:type_name -> ferry.v1.SourceVmState
-	22, // 19: ferry.v1.ListSourceVMsResponse.vms:type_name -> ferry.v1.SourceVm
-	41, // 20: ferry.v1.ListSourceVMsResponse.sync_time:type_name -> google.protobuf.Timestamp
-	2,  // 21: ferry.v1.SourceVm.state:type_name -> ferry.v1.SourceVmState
-	42, // 22: ferry.v1.SourceVm.firmware:type_name -> ferry.v1.Firmware
-	43, // 23: ferry.v1.SourceVm.os_type:type_name -> ferry.v1.OsType
-	24, // 24: ferry.v1.SourceVm.disks:type_name -> ferry.v1.SourceDisk
-	25, // 25: ferry.v1.SourceVm.nics:type_name -> ferry.v1.SourceNic
-	23, // 26: ferry.v1.SourceVm.cdroms:type_name -> ferry.v1.SourceCdrom
-	3,  // 27: ferry.v1.SourceNetwork.type:type_name -> ferry.v1.SourceNetworkType
-	41, // 28: ferry.v1.SourceInventory.sync_time:type_name -> google.protobuf.Timestamp
-	26, // 29: ferry.v1.SourceInventory.product:type_name -> ferry.v1.SourceProduct
-	27, // 30: ferry.v1.SourceInventory.datacenters:type_name -> ferry.v1.SourceDatacenter
-	28, // 31: ferry.v1.SourceInventory.clusters:type_name -> ferry.v1.SourceCluster
-	29, // 32: ferry.v1.SourceInventory.hosts:type_name -> ferry.v1.SourceHost
-	22, // 33: ferry.v1.SourceInventory.vms:type_name -> ferry.v1.SourceVm
-	30, // 34: ferry.v1.SourceInventory.networks:type_name -> ferry.v1.SourceNetwork
-	31, // 35: ferry.v1.SourceInventory.datastores:type_name -> ferry.v1.SourceDatastore
-	6,  // 36: ferry.v1.SourceInventory.capabilities:type_name -> ferry.v1.SourceCapability
-	4,  // 37: ferry.v1.SourceObject.kind:type_name -> ferry.v1.SourceObjectKind
-	27, // 38: ferry.v1.SourceObject.datacenter:type_name -> ferry.v1.SourceDatacenter
-	28, // 39: ferry.v1.SourceObject.cluster:type_name -> ferry.v1.SourceCluster
-	29, // 40: ferry.v1.SourceObject.host:type_name -> ferry.v1.SourceHost
-	30, // 41: ferry.v1.SourceObject.network:type_name -> ferry.v1.SourceNetwork
-	31, // 42: ferry.v1.SourceObject.datastore:type_name -> ferry.v1.SourceDatastore
-	5,  // 43: ferry.v1.SyncSourceResponse.source:type_name -> ferry.v1.Source
-	4,  // 44: ferry.v1.ListSourceInventoryRequest.kind:type_name -> ferry.v1.SourceObjectKind
-	33, // 45: ferry.v1.ListSourceInventoryResponse.objects:type_name -> ferry.v1.SourceObject
-	41, // 46: ferry.v1.ListSourceInventoryResponse.sync_time:type_name -> google.protobuf.Timestamp
-	26, // 47: ferry.v1.ListSourceInventoryResponse.product:type_name -> ferry.v1.SourceProduct
-	5,  // 48: ferry.v1.UpdateSourceRequest.source:type_name -> ferry.v1.Source
-	44, // 49: ferry.v1.UpdateSourceRequest.update_mask:type_name -> google.protobuf.FieldMask
-	9,  // 50: ferry.v1.UpdateCredentialRequest.credential:type_name -> ferry.v1.Credential
-	44, // 51: ferry.v1.UpdateCredentialRequest.update_mask:type_name -> google.protobuf.FieldMask
-	10, // 52: ferry.v1.SourceService.CreateSource:input_type -> ferry.v1.CreateSourceRequest
-	11, // 53: ferry.v1.SourceService.GetSource:input_type -> ferry.v1.GetSourceRequest
-	12, // 54: ferry.v1.SourceService.ListSources:input_type -> ferry.v1.ListSourcesRequest
-	14, // 55: ferry.v1.SourceService.DeleteSource:input_type -> ferry.v1.DeleteSourceRequest
-	15, // 56: ferry.v1.SourceService.CreateCredential:input_type -> ferry.v1.CreateCredentialRequest
-	16, // 57: ferry.v1.SourceService.GetCredential:input_type -> ferry.v1.GetCredentialRequest
-	17, // 58: ferry.v1.SourceService.ListCredentials:input_type -> ferry.v1.ListCredentialsRequest
-	19, // 59: ferry.v1.SourceService.DeleteCredential:input_type -> ferry.v1.DeleteCredentialRequest
-	20, // 60: ferry.v1.SourceService.ListSourceVMs:input_type -> ferry.v1.ListSourceVMsRequest
-	34, // 61: ferry.v1.SourceService.SyncSource:input_type -> ferry.v1.SyncSourceRequest
-	36, // 62: ferry.v1.SourceService.ListSourceInventory:input_type -> ferry.v1.ListSourceInventoryRequest
-	38, // 63: ferry.v1.SourceService.UpdateSource:input_type -> ferry.v1.UpdateSourceRequest
-	39, // 64: ferry.v1.SourceService.UpdateCredential:input_type -> ferry.v1.UpdateCredentialRequest
-	5,  // 65: ferry.v1.SourceService.CreateSource:output_type -> ferry.v1.Source
-	5,  // 66: ferry.v1.SourceService.GetSource:output_type -> ferry.v1.Source
-	13, // 67: ferry.v1.SourceService.ListSources:output_type -> ferry.v1.ListSourcesResponse
-	45, // 68: ferry.v1.SourceService.DeleteSource:output_type -> google.protobuf.Empty
-	9,  // 69: ferry.v1.SourceService.CreateCredential:output_type -> ferry.v1.Credential
-	9,  // 70: ferry.v1.SourceService.GetCredential:output_type -> ferry.v1.Credential
-	18, // 71: ferry.v1.SourceService.ListCredentials:output_type -> ferry.v1.ListCredentialsResponse
-	45, // 72: ferry.v1.SourceService.DeleteCredential:output_type -> google.protobuf.Empty
-	21, // 73: ferry.v1.SourceService.ListSourceVMs:output_type -> ferry.v1.ListSourceVMsResponse
-	35, // 74: ferry.v1.SourceService.SyncSource:output_type -> ferry.v1.SyncSourceResponse
-	37, // 75: ferry.v1.SourceService.ListSourceInventory:output_type -> ferry.v1.ListSourceInventoryResponse
-	5,  // 76: ferry.v1.SourceService.UpdateSource:output_type -> ferry.v1.Source
-	9,  // 77: ferry.v1.SourceService.UpdateCredential:output_type -> ferry.v1.Credential
-	65, // [65:78] is the sub-list for method output_type
-	52, // [52:65] is the sub-list for method input_type
-	52, // [52:52] is the sub-list for extension type_name
-	52, // [52:52] is the sub-list for extension extendee
-	0,  // [0:52] is the sub-list for field type_name
+	7,  // 9: ferry.v1.Source.bundle:type_name -> ferry.v1.BundleLocation
+	0,  // 10: ferry.v1.SourceCapability.kind:type_name -> ferry.v1.SourceCapabilityKind
+	1,  // 11: ferry.v1.Credential.type:type_name -> ferry.v1.CredentialType
+	42, // 12: ferry.v1.Credential.create_time:type_name -> google.protobuf.Timestamp
+	42, // 13: ferry.v1.Credential.update_time:type_name -> google.protobuf.Timestamp
+	5,  // 14: ferry.v1.CreateSourceRequest.source:type_name -> ferry.v1.Source
+	41, // 15: ferry.v1.ListSourcesRequest.type:type_name -> ferry.v1.Platform
+	5,  // 16: ferry.v1.ListSourcesResponse.sources:type_name -> ferry.v1.Source
+	10, // 17: ferry.v1.CreateCredentialRequest.credential:type_name -> ferry.v1.Credential
+	10, // 18: ferry.v1.ListCredentialsResponse.credentials:type_name -> ferry.v1.Credential
+	2,  // 19: ferry.v1.ListSourceVMsRequest.state:type_name -> ferry.v1.SourceVmState
+	23, // 20: ferry.v1.ListSourceVMsResponse.vms:type_name -> ferry.v1.SourceVm
+	42, // 21: ferry.v1.ListSourceVMsResponse.sync_time:type_name -> google.protobuf.Timestamp
+	2,  // 22: ferry.v1.SourceVm.state:type_name -> ferry.v1.SourceVmState
+	43, // 23: ferry.v1.SourceVm.firmware:type_name -> ferry.v1.Firmware
+	44, // 24: ferry.v1.SourceVm.os_type:type_name -> ferry.v1.OsType
+	25, // 25: ferry.v1.SourceVm.disks:type_name -> ferry.v1.SourceDisk
+	26, // 26: ferry.v1.SourceVm.nics:type_name -> ferry.v1.SourceNic
+	24, // 27: ferry.v1.SourceVm.cdroms:type_name -> ferry.v1.SourceCdrom
+	3,  // 28: ferry.v1.SourceNetwork.type:type_name -> ferry.v1.SourceNetworkType
+	42, // 29: ferry.v1.SourceInventory.sync_time:type_name -> google.protobuf.Timestamp
+	27, // 30: ferry.v1.SourceInventory.product:type_name -> ferry.v1.SourceProduct
+	28, // 31: ferry.v1.SourceInventory.datacenters:type_name -> ferry.v1.SourceDatacenter
+	29, // 32: ferry.v1.SourceInventory.clusters:type_name -> ferry.v1.SourceCluster
+	30, // 33: ferry.v1.SourceInventory.hosts:type_name -> ferry.v1.SourceHost
+	23, // 34: ferry.v1.SourceInventory.vms:type_name -> ferry.v1.SourceVm
+	31, // 35: ferry.v1.SourceInventory.networks:type_name -> ferry.v1.SourceNetwork
+	32, // 36: ferry.v1.SourceInventory.datastores:type_name -> ferry.v1.SourceDatastore
+	6,  // 37: ferry.v1.SourceInventory.capabilities:type_name -> ferry.v1.SourceCapability
+	4,  // 38: ferry.v1.SourceObject.kind:type_name -> ferry.v1.SourceObjectKind
+	28, // 39: ferry.v1.SourceObject.datacenter:type_name -> ferry.v1.SourceDatacenter
+	29, // 40: ferry.v1.SourceObject.cluster:type_name -> ferry.v1.SourceCluster
+	30, // 41: ferry.v1.SourceObject.host:type_name -> ferry.v1.SourceHost
+	31, // 42: ferry.v1.SourceObject.network:type_name -> ferry.v1.SourceNetwork
+	32, // 43: ferry.v1.SourceObject.datastore:type_name -> ferry.v1.SourceDatastore
+	5,  // 44: ferry.v1.SyncSourceResponse.source:type_name -> ferry.v1.Source
+	4,  // 45: ferry.v1.ListSourceInventoryRequest.kind:type_name -> ferry.v1.SourceObjectKind
+	34, // 46: ferry.v1.ListSourceInventoryResponse.objects:type_name -> ferry.v1.SourceObject
+	42, // 47: ferry.v1.ListSourceInventoryResponse.sync_time:type_name -> google.protobuf.Timestamp
+	27, // 48: ferry.v1.ListSourceInventoryResponse.product:type_name -> ferry.v1.SourceProduct
+	5,  // 49: ferry.v1.UpdateSourceRequest.source:type_name -> ferry.v1.Source
+	45, // 50: ferry.v1.UpdateSourceRequest.update_mask:type_name -> google.protobuf.FieldMask
+	10, // 51: ferry.v1.UpdateCredentialRequest.credential:type_name -> ferry.v1.Credential
+	45, // 52: ferry.v1.UpdateCredentialRequest.update_mask:type_name -> google.protobuf.FieldMask
+	11, // 53: ferry.v1.SourceService.CreateSource:input_type -> ferry.v1.CreateSourceRequest
+	12, // 54: ferry.v1.SourceService.GetSource:input_type -> ferry.v1.GetSourceRequest
+	13, // 55: ferry.v1.SourceService.ListSources:input_type -> ferry.v1.ListSourcesRequest
+	15, // 56: ferry.v1.SourceService.DeleteSource:input_type -> ferry.v1.DeleteSourceRequest
+	16, // 57: ferry.v1.SourceService.CreateCredential:input_type -> ferry.v1.CreateCredentialRequest
+	17, // 58: ferry.v1.SourceService.GetCredential:input_type -> ferry.v1.GetCredentialRequest
+	18, // 59: ferry.v1.SourceService.ListCredentials:input_type -> ferry.v1.ListCredentialsRequest
+	20, // 60: ferry.v1.SourceService.DeleteCredential:input_type -> ferry.v1.DeleteCredentialRequest
+	21, // 61: ferry.v1.SourceService.ListSourceVMs:input_type -> ferry.v1.ListSourceVMsRequest
+	35, // 62: ferry.v1.SourceService.SyncSource:input_type -> ferry.v1.SyncSourceRequest
+	37, // 63: ferry.v1.SourceService.ListSourceInventory:input_type -> ferry.v1.ListSourceInventoryRequest
+	39, // 64: ferry.v1.SourceService.UpdateSource:input_type -> ferry.v1.UpdateSourceRequest
+	40, // 65: ferry.v1.SourceService.UpdateCredential:input_type -> ferry.v1.UpdateCredentialRequest
+	5,  // 66: ferry.v1.SourceService.CreateSource:output_type -> ferry.v1.Source
+	5,  // 67: ferry.v1.SourceService.GetSource:output_type -> ferry.v1.Source
+	14, // 68: ferry.v1.SourceService.ListSources:output_type -> ferry.v1.ListSourcesResponse
+	46, // 69: ferry.v1.SourceService.DeleteSource:output_type -> google.protobuf.Empty
+	10, // 70: ferry.v1.SourceService.CreateCredential:output_type -> ferry.v1.Credential
+	10, // 71: ferry.v1.SourceService.GetCredential:output_type -> ferry.v1.Credential
+	19, // 72: ferry.v1.SourceService.ListCredentials:output_type -> ferry.v1.ListCredentialsResponse
+	46, // 73: ferry.v1.SourceService.DeleteCredential:output_type -> google.protobuf.Empty
+	22, // 74: ferry.v1.SourceService.ListSourceVMs:output_type -> ferry.v1.ListSourceVMsResponse
+	36, // 75: ferry.v1.SourceService.SyncSource:output_type -> ferry.v1.SyncSourceResponse
+	38, // 76: ferry.v1.SourceService.ListSourceInventory:output_type -> ferry.v1.ListSourceInventoryResponse
+	5,  // 77: ferry.v1.SourceService.UpdateSource:output_type -> ferry.v1.Source
+	10, // 78: ferry.v1.SourceService.UpdateCredential:output_type -> ferry.v1.Credential
+	66, // [66:79] is the sub-list for method output_type
+	53, // [53:66] is the sub-list for method input_type
+	53, // [53:53] is the sub-list for extension type_name
+	53, // [53:53] is the sub-list for extension extendee
+	0,  // [0:53] is the sub-list for field type_name
 }
 
 func init() { file_ferry_v1_source_proto_init() }
@@ -3653,8 +3730,8 @@ func file_ferry_v1_source_proto_init() {
 	}
 	file_ferry_v1_common_proto_init()
 	file_ferry_v1_migration_job_proto_init()
-	file_ferry_v1_source_proto_msgTypes[15].OneofWrappers = []any{}
-	file_ferry_v1_source_proto_msgTypes[28].OneofWrappers = []any{
+	file_ferry_v1_source_proto_msgTypes[16].OneofWrappers = []any{}
+	file_ferry_v1_source_proto_msgTypes[29].OneofWrappers = []any{
 		(*SourceObject_Datacenter)(nil),
 		(*SourceObject_Cluster)(nil),
 		(*SourceObject_Host)(nil),
@@ -3667,7 +3744,7 @@ func file_ferry_v1_source_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_ferry_v1_source_proto_rawDesc), len(file_ferry_v1_source_proto_rawDesc)),
 			NumEnums:      5,
-			NumMessages:   35,
+			NumMessages:   36,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -154,6 +154,7 @@ type ConnectRequest struct {
 	//	*ConnectRequest_FenceCheck
 	//	*ConnectRequest_TargetRequest
 	//	*ConnectRequest_TargetWorkResult
+	//	*ConnectRequest_SignBundle
 	Kind          isConnectRequest_Kind `protobuf_oneof:"kind"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -277,6 +278,15 @@ func (x *ConnectRequest) GetTargetWorkResult() *TargetWorkResult {
 	return nil
 }
 
+func (x *ConnectRequest) GetSignBundle() *SignBundle {
+	if x != nil {
+		if x, ok := x.Kind.(*ConnectRequest_SignBundle); ok {
+			return x.SignBundle
+		}
+	}
+	return nil
+}
+
 type isConnectRequest_Kind interface {
 	isConnectRequest_Kind()
 }
@@ -317,6 +327,10 @@ type ConnectRequest_TargetWorkResult struct {
 	TargetWorkResult *TargetWorkResult `protobuf:"bytes,9,opt,name=target_work_result,json=targetWorkResult,proto3,oneof"`
 }
 
+type ConnectRequest_SignBundle struct {
+	SignBundle *SignBundle `protobuf:"bytes,10,opt,name=sign_bundle,json=signBundle,proto3,oneof"`
+}
+
 func (*ConnectRequest_Hello) isConnectRequest_Kind() {}
 
 func (*ConnectRequest_Heartbeat) isConnectRequest_Kind() {}
@@ -335,6 +349,8 @@ func (*ConnectRequest_TargetRequest) isConnectRequest_Kind() {}
 
 func (*ConnectRequest_TargetWorkResult) isConnectRequest_Kind() {}
 
+func (*ConnectRequest_SignBundle) isConnectRequest_Kind() {}
+
 type ConnectResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Types that are valid to be assigned to Kind:
@@ -349,6 +365,7 @@ type ConnectResponse struct {
 	//	*ConnectResponse_TargetWork
 	//	*ConnectResponse_TargetAnswer
 	//	*ConnectResponse_Cutover
+	//	*ConnectResponse_BundleSignature
 	Kind          isConnectResponse_Kind `protobuf_oneof:"kind"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -481,6 +498,15 @@ func (x *ConnectResponse) GetCutover() *Cutover {
 	return nil
 }
 
+func (x *ConnectResponse) GetBundleSignature() *BundleSignature {
+	if x != nil {
+		if x, ok := x.Kind.(*ConnectResponse_BundleSignature); ok {
+			return x.BundleSignature
+		}
+	}
+	return nil
+}
+
 type isConnectResponse_Kind interface {
 	isConnectResponse_Kind()
 }
@@ -525,6 +551,10 @@ type ConnectResponse_Cutover struct {
 	Cutover *Cutover `protobuf:"bytes,10,opt,name=cutover,proto3,oneof"`
 }
 
+type ConnectResponse_BundleSignature struct {
+	BundleSignature *BundleSignature `protobuf:"bytes,11,opt,name=bundle_signature,json=bundleSignature,proto3,oneof"`
+}
+
 func (*ConnectResponse_Welcome) isConnectResponse_Kind() {}
 
 func (*ConnectResponse_Heartbeat) isConnectResponse_Kind() {}
@@ -544,6 +574,8 @@ func (*ConnectResponse_TargetWork) isConnectResponse_Kind() {}
 func (*ConnectResponse_TargetAnswer) isConnectResponse_Kind() {}
 
 func (*ConnectResponse_Cutover) isConnectResponse_Kind() {}
+
+func (*ConnectResponse_BundleSignature) isConnectResponse_Kind() {}
 
 // TargetRequest asks, from the migration server's agent running a job,
 // for an action of the job's target host's agent. The leader checks the
@@ -1164,6 +1196,166 @@ func (x *FenceAnswer) GetReason() string {
 	return ""
 }
 
+// SignBundle asks the leader to sign an export job's bundle manifest,
+// once the agent wrote the bundle's files and checked them. The cluster's
+// private key never leaves the coordinators: the leader signs only for an
+// export job running under this epoch on the asking host, after a
+// linearizable read, and only a manifest whose job, source and source VM
+// (source.vm, and vm by id, UUID or name) are that job's. The answer is ConnectResponse.bundle_signature; without
+// one (no session, a new leader) the agent asks again.
+type SignBundle struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Chosen by the agent; the answer carries it back.
+	RequestId string `protobuf:"bytes,1,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`
+	// migrationJobs/{id}
+	Job   string `protobuf:"bytes,2,opt,name=job,proto3" json:"job,omitempty"`
+	Epoch int64  `protobuf:"varint,3,opt,name=epoch,proto3" json:"epoch,omitempty"`
+	// The manifest's exact bytes as they will stand in ferry-bundle.json
+	// (package bundle: the signature is over "ferry-bundle/1\n" and them).
+	Manifest      []byte `protobuf:"bytes,4,opt,name=manifest,proto3" json:"manifest,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SignBundle) Reset() {
+	*x = SignBundle{}
+	mi := &file_ferry_agent_v1_agent_proto_msgTypes[9]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SignBundle) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SignBundle) ProtoMessage() {}
+
+func (x *SignBundle) ProtoReflect() protoreflect.Message {
+	mi := &file_ferry_agent_v1_agent_proto_msgTypes[9]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SignBundle.ProtoReflect.Descriptor instead.
+func (*SignBundle) Descriptor() ([]byte, []int) {
+	return file_ferry_agent_v1_agent_proto_rawDescGZIP(), []int{9}
+}
+
+func (x *SignBundle) GetRequestId() string {
+	if x != nil {
+		return x.RequestId
+	}
+	return ""
+}
+
+func (x *SignBundle) GetJob() string {
+	if x != nil {
+		return x.Job
+	}
+	return ""
+}
+
+func (x *SignBundle) GetEpoch() int64 {
+	if x != nil {
+		return x.Epoch
+	}
+	return 0
+}
+
+func (x *SignBundle) GetManifest() []byte {
+	if x != nil {
+		return x.Manifest
+	}
+	return nil
+}
+
+// BundleSignature answers a SignBundle.
+type BundleSignature struct {
+	state     protoimpl.MessageState `protogen:"open.v1"`
+	RequestId string                 `protobuf:"bytes,1,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`
+	// Ed25519 signature of the manifest; empty when refused.
+	Signature []byte `protobuf:"bytes,2,opt,name=signature,proto3" json:"signature,omitempty"`
+	// The signing key's id (the first 16 hex digits of the SHA-256 of its
+	// public key) and its public key.
+	KeyId     string `protobuf:"bytes,3,opt,name=key_id,json=keyId,proto3" json:"key_id,omitempty"`
+	PublicKey []byte `protobuf:"bytes,4,opt,name=public_key,json=publicKey,proto3" json:"public_key,omitempty"`
+	// Why the leader refused to sign; empty when signed.
+	Error         string `protobuf:"bytes,5,opt,name=error,proto3" json:"error,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *BundleSignature) Reset() {
+	*x = BundleSignature{}
+	mi := &file_ferry_agent_v1_agent_proto_msgTypes[10]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *BundleSignature) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*BundleSignature) ProtoMessage() {}
+
+func (x *BundleSignature) ProtoReflect() protoreflect.Message {
+	mi := &file_ferry_agent_v1_agent_proto_msgTypes[10]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use BundleSignature.ProtoReflect.Descriptor instead.
+func (*BundleSignature) Descriptor() ([]byte, []int) {
+	return file_ferry_agent_v1_agent_proto_rawDescGZIP(), []int{10}
+}
+
+func (x *BundleSignature) GetRequestId() string {
+	if x != nil {
+		return x.RequestId
+	}
+	return ""
+}
+
+func (x *BundleSignature) GetSignature() []byte {
+	if x != nil {
+		return x.Signature
+	}
+	return nil
+}
+
+func (x *BundleSignature) GetKeyId() string {
+	if x != nil {
+		return x.KeyId
+	}
+	return ""
+}
+
+func (x *BundleSignature) GetPublicKey() []byte {
+	if x != nil {
+		return x.PublicKey
+	}
+	return nil
+}
+
+func (x *BundleSignature) GetError() string {
+	if x != nil {
+		return x.Error
+	}
+	return ""
+}
+
 // Hello opens a session.
 type Hello struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -1181,7 +1373,7 @@ type Hello struct {
 
 func (x *Hello) Reset() {
 	*x = Hello{}
-	mi := &file_ferry_agent_v1_agent_proto_msgTypes[9]
+	mi := &file_ferry_agent_v1_agent_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1193,7 +1385,7 @@ func (x *Hello) String() string {
 func (*Hello) ProtoMessage() {}
 
 func (x *Hello) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_agent_v1_agent_proto_msgTypes[9]
+	mi := &file_ferry_agent_v1_agent_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1206,7 +1398,7 @@ func (x *Hello) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Hello.ProtoReflect.Descriptor instead.
 func (*Hello) Descriptor() ([]byte, []int) {
-	return file_ferry_agent_v1_agent_proto_rawDescGZIP(), []int{9}
+	return file_ferry_agent_v1_agent_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *Hello) GetHostName() string {
@@ -1256,7 +1448,7 @@ type HeldJob struct {
 
 func (x *HeldJob) Reset() {
 	*x = HeldJob{}
-	mi := &file_ferry_agent_v1_agent_proto_msgTypes[10]
+	mi := &file_ferry_agent_v1_agent_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1268,7 +1460,7 @@ func (x *HeldJob) String() string {
 func (*HeldJob) ProtoMessage() {}
 
 func (x *HeldJob) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_agent_v1_agent_proto_msgTypes[10]
+	mi := &file_ferry_agent_v1_agent_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1281,7 +1473,7 @@ func (x *HeldJob) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HeldJob.ProtoReflect.Descriptor instead.
 func (*HeldJob) Descriptor() ([]byte, []int) {
-	return file_ferry_agent_v1_agent_proto_rawDescGZIP(), []int{10}
+	return file_ferry_agent_v1_agent_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *HeldJob) GetJob() string {
@@ -1328,7 +1520,7 @@ type Welcome struct {
 
 func (x *Welcome) Reset() {
 	*x = Welcome{}
-	mi := &file_ferry_agent_v1_agent_proto_msgTypes[11]
+	mi := &file_ferry_agent_v1_agent_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1340,7 +1532,7 @@ func (x *Welcome) String() string {
 func (*Welcome) ProtoMessage() {}
 
 func (x *Welcome) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_agent_v1_agent_proto_msgTypes[11]
+	mi := &file_ferry_agent_v1_agent_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1353,7 +1545,7 @@ func (x *Welcome) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Welcome.ProtoReflect.Descriptor instead.
 func (*Welcome) Descriptor() ([]byte, []int) {
-	return file_ferry_agent_v1_agent_proto_rawDescGZIP(), []int{11}
+	return file_ferry_agent_v1_agent_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *Welcome) GetCoordinatorId() string {
@@ -1407,7 +1599,7 @@ type Heartbeat struct {
 
 func (x *Heartbeat) Reset() {
 	*x = Heartbeat{}
-	mi := &file_ferry_agent_v1_agent_proto_msgTypes[12]
+	mi := &file_ferry_agent_v1_agent_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1419,7 +1611,7 @@ func (x *Heartbeat) String() string {
 func (*Heartbeat) ProtoMessage() {}
 
 func (x *Heartbeat) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_agent_v1_agent_proto_msgTypes[12]
+	mi := &file_ferry_agent_v1_agent_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1432,7 +1624,7 @@ func (x *Heartbeat) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Heartbeat.ProtoReflect.Descriptor instead.
 func (*Heartbeat) Descriptor() ([]byte, []int) {
-	return file_ferry_agent_v1_agent_proto_rawDescGZIP(), []int{12}
+	return file_ferry_agent_v1_agent_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *Heartbeat) GetTime() *timestamppb.Timestamp {
@@ -1480,7 +1672,7 @@ type JobProgress struct {
 
 func (x *JobProgress) Reset() {
 	*x = JobProgress{}
-	mi := &file_ferry_agent_v1_agent_proto_msgTypes[13]
+	mi := &file_ferry_agent_v1_agent_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1492,7 +1684,7 @@ func (x *JobProgress) String() string {
 func (*JobProgress) ProtoMessage() {}
 
 func (x *JobProgress) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_agent_v1_agent_proto_msgTypes[13]
+	mi := &file_ferry_agent_v1_agent_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1505,7 +1697,7 @@ func (x *JobProgress) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use JobProgress.ProtoReflect.Descriptor instead.
 func (*JobProgress) Descriptor() ([]byte, []int) {
-	return file_ferry_agent_v1_agent_proto_rawDescGZIP(), []int{13}
+	return file_ferry_agent_v1_agent_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *JobProgress) GetJob() string {
@@ -1574,7 +1766,7 @@ type JobResult struct {
 
 func (x *JobResult) Reset() {
 	*x = JobResult{}
-	mi := &file_ferry_agent_v1_agent_proto_msgTypes[14]
+	mi := &file_ferry_agent_v1_agent_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1586,7 +1778,7 @@ func (x *JobResult) String() string {
 func (*JobResult) ProtoMessage() {}
 
 func (x *JobResult) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_agent_v1_agent_proto_msgTypes[14]
+	mi := &file_ferry_agent_v1_agent_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1599,7 +1791,7 @@ func (x *JobResult) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use JobResult.ProtoReflect.Descriptor instead.
 func (*JobResult) Descriptor() ([]byte, []int) {
-	return file_ferry_agent_v1_agent_proto_rawDescGZIP(), []int{14}
+	return file_ferry_agent_v1_agent_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *JobResult) GetJob() string {
@@ -1693,7 +1885,7 @@ type Assignment struct {
 
 func (x *Assignment) Reset() {
 	*x = Assignment{}
-	mi := &file_ferry_agent_v1_agent_proto_msgTypes[15]
+	mi := &file_ferry_agent_v1_agent_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1705,7 +1897,7 @@ func (x *Assignment) String() string {
 func (*Assignment) ProtoMessage() {}
 
 func (x *Assignment) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_agent_v1_agent_proto_msgTypes[15]
+	mi := &file_ferry_agent_v1_agent_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1718,7 +1910,7 @@ func (x *Assignment) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Assignment.ProtoReflect.Descriptor instead.
 func (*Assignment) Descriptor() ([]byte, []int) {
-	return file_ferry_agent_v1_agent_proto_rawDescGZIP(), []int{15}
+	return file_ferry_agent_v1_agent_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *Assignment) GetJob() *v1.MigrationJob {
@@ -1790,7 +1982,7 @@ type Cutover struct {
 
 func (x *Cutover) Reset() {
 	*x = Cutover{}
-	mi := &file_ferry_agent_v1_agent_proto_msgTypes[16]
+	mi := &file_ferry_agent_v1_agent_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1802,7 +1994,7 @@ func (x *Cutover) String() string {
 func (*Cutover) ProtoMessage() {}
 
 func (x *Cutover) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_agent_v1_agent_proto_msgTypes[16]
+	mi := &file_ferry_agent_v1_agent_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1815,7 +2007,7 @@ func (x *Cutover) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Cutover.ProtoReflect.Descriptor instead.
 func (*Cutover) Descriptor() ([]byte, []int) {
-	return file_ferry_agent_v1_agent_proto_rawDescGZIP(), []int{16}
+	return file_ferry_agent_v1_agent_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *Cutover) GetJob() string {
@@ -1851,7 +2043,7 @@ type Cancellation struct {
 
 func (x *Cancellation) Reset() {
 	*x = Cancellation{}
-	mi := &file_ferry_agent_v1_agent_proto_msgTypes[17]
+	mi := &file_ferry_agent_v1_agent_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1863,7 +2055,7 @@ func (x *Cancellation) String() string {
 func (*Cancellation) ProtoMessage() {}
 
 func (x *Cancellation) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_agent_v1_agent_proto_msgTypes[17]
+	mi := &file_ferry_agent_v1_agent_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1876,7 +2068,7 @@ func (x *Cancellation) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Cancellation.ProtoReflect.Descriptor instead.
 func (*Cancellation) Descriptor() ([]byte, []int) {
-	return file_ferry_agent_v1_agent_proto_rawDescGZIP(), []int{17}
+	return file_ferry_agent_v1_agent_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *Cancellation) GetJob() string {
@@ -1914,7 +2106,7 @@ type InventoryRequest struct {
 
 func (x *InventoryRequest) Reset() {
 	*x = InventoryRequest{}
-	mi := &file_ferry_agent_v1_agent_proto_msgTypes[18]
+	mi := &file_ferry_agent_v1_agent_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1926,7 +2118,7 @@ func (x *InventoryRequest) String() string {
 func (*InventoryRequest) ProtoMessage() {}
 
 func (x *InventoryRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_agent_v1_agent_proto_msgTypes[18]
+	mi := &file_ferry_agent_v1_agent_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1939,7 +2131,7 @@ func (x *InventoryRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use InventoryRequest.ProtoReflect.Descriptor instead.
 func (*InventoryRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_agent_v1_agent_proto_rawDescGZIP(), []int{18}
+	return file_ferry_agent_v1_agent_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *InventoryRequest) GetRequestId() string {
@@ -1988,7 +2180,7 @@ type InventoryResponse struct {
 
 func (x *InventoryResponse) Reset() {
 	*x = InventoryResponse{}
-	mi := &file_ferry_agent_v1_agent_proto_msgTypes[19]
+	mi := &file_ferry_agent_v1_agent_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2000,7 +2192,7 @@ func (x *InventoryResponse) String() string {
 func (*InventoryResponse) ProtoMessage() {}
 
 func (x *InventoryResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_agent_v1_agent_proto_msgTypes[19]
+	mi := &file_ferry_agent_v1_agent_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2013,7 +2205,7 @@ func (x *InventoryResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use InventoryResponse.ProtoReflect.Descriptor instead.
 func (*InventoryResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_agent_v1_agent_proto_rawDescGZIP(), []int{19}
+	return file_ferry_agent_v1_agent_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *InventoryResponse) GetRequestId() string {
@@ -2058,7 +2250,7 @@ type HostKeyObserved struct {
 
 func (x *HostKeyObserved) Reset() {
 	*x = HostKeyObserved{}
-	mi := &file_ferry_agent_v1_agent_proto_msgTypes[20]
+	mi := &file_ferry_agent_v1_agent_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2070,7 +2262,7 @@ func (x *HostKeyObserved) String() string {
 func (*HostKeyObserved) ProtoMessage() {}
 
 func (x *HostKeyObserved) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_agent_v1_agent_proto_msgTypes[20]
+	mi := &file_ferry_agent_v1_agent_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2083,7 +2275,7 @@ func (x *HostKeyObserved) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HostKeyObserved.ProtoReflect.Descriptor instead.
 func (*HostKeyObserved) Descriptor() ([]byte, []int) {
-	return file_ferry_agent_v1_agent_proto_rawDescGZIP(), []int{20}
+	return file_ferry_agent_v1_agent_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *HostKeyObserved) GetSource() string {
@@ -2104,7 +2296,7 @@ var File_ferry_agent_v1_agent_proto protoreflect.FileDescriptor
 
 const file_ferry_agent_v1_agent_proto_rawDesc = "" +
 	"\n" +
-	"\x1aferry/agent/v1/agent.proto\x12\x0eferry.agent.v1\x1a\x1fferry/v1/target_inventory.proto\x1a\x1cferry/v1/migration_job.proto\x1a\x1fferry/v1/migration_server.proto\x1a\x15ferry/v1/source.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xee\x04\n" +
+	"\x1aferry/agent/v1/agent.proto\x12\x0eferry.agent.v1\x1a\x1fferry/v1/target_inventory.proto\x1a\x1cferry/v1/migration_job.proto\x1a\x1fferry/v1/migration_server.proto\x1a\x15ferry/v1/source.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xad\x05\n" +
 	"\x0eConnectRequest\x12-\n" +
 	"\x05hello\x18\x01 \x01(\v2\x15.ferry.agent.v1.HelloH\x00R\x05hello\x129\n" +
 	"\theartbeat\x18\x02 \x01(\v2\x19.ferry.agent.v1.HeartbeatH\x00R\theartbeat\x129\n" +
@@ -2115,8 +2307,11 @@ const file_ferry_agent_v1_agent_proto_rawDesc = "" +
 	"\vfence_check\x18\a \x01(\v2\x1a.ferry.agent.v1.FenceCheckH\x00R\n" +
 	"fenceCheck\x12F\n" +
 	"\x0etarget_request\x18\b \x01(\v2\x1d.ferry.agent.v1.TargetRequestH\x00R\rtargetRequest\x12P\n" +
-	"\x12target_work_result\x18\t \x01(\v2 .ferry.agent.v1.TargetWorkResultH\x00R\x10targetWorkResultB\x06\n" +
-	"\x04kind\"\xa9\x05\n" +
+	"\x12target_work_result\x18\t \x01(\v2 .ferry.agent.v1.TargetWorkResultH\x00R\x10targetWorkResult\x12=\n" +
+	"\vsign_bundle\x18\n" +
+	" \x01(\v2\x1a.ferry.agent.v1.SignBundleH\x00R\n" +
+	"signBundleB\x06\n" +
+	"\x04kind\"\xf7\x05\n" +
 	"\x0fConnectResponse\x123\n" +
 	"\awelcome\x18\x01 \x01(\v2\x17.ferry.agent.v1.WelcomeH\x00R\awelcome\x129\n" +
 	"\theartbeat\x18\x02 \x01(\v2\x19.ferry.agent.v1.HeartbeatH\x00R\theartbeat\x12<\n" +
@@ -2131,7 +2326,8 @@ const file_ferry_agent_v1_agent_proto_rawDesc = "" +
 	"targetWork\x12G\n" +
 	"\rtarget_answer\x18\t \x01(\v2 .ferry.agent.v1.TargetWorkResultH\x00R\ftargetAnswer\x123\n" +
 	"\acutover\x18\n" +
-	" \x01(\v2\x17.ferry.agent.v1.CutoverH\x00R\acutoverB\x06\n" +
+	" \x01(\v2\x17.ferry.agent.v1.CutoverH\x00R\acutover\x12L\n" +
+	"\x10bundle_signature\x18\v \x01(\v2\x1f.ferry.agent.v1.BundleSignatureH\x00R\x0fbundleSignatureB\x06\n" +
 	"\x04kind\"\xbf\x01\n" +
 	"\rTargetRequest\x12\x1d\n" +
 	"\n" +
@@ -2189,7 +2385,22 @@ const file_ferry_agent_v1_agent_proto_rawDesc = "" +
 	"\n" +
 	"request_id\x18\x01 \x01(\tR\trequestId\x12\x18\n" +
 	"\acurrent\x18\x02 \x01(\bR\acurrent\x12\x16\n" +
-	"\x06reason\x18\x03 \x01(\tR\x06reason\"\xc4\x01\n" +
+	"\x06reason\x18\x03 \x01(\tR\x06reason\"o\n" +
+	"\n" +
+	"SignBundle\x12\x1d\n" +
+	"\n" +
+	"request_id\x18\x01 \x01(\tR\trequestId\x12\x10\n" +
+	"\x03job\x18\x02 \x01(\tR\x03job\x12\x14\n" +
+	"\x05epoch\x18\x03 \x01(\x03R\x05epoch\x12\x1a\n" +
+	"\bmanifest\x18\x04 \x01(\fR\bmanifest\"\x9a\x01\n" +
+	"\x0fBundleSignature\x12\x1d\n" +
+	"\n" +
+	"request_id\x18\x01 \x01(\tR\trequestId\x12\x1c\n" +
+	"\tsignature\x18\x02 \x01(\fR\tsignature\x12\x15\n" +
+	"\x06key_id\x18\x03 \x01(\tR\x05keyId\x12\x1d\n" +
+	"\n" +
+	"public_key\x18\x04 \x01(\fR\tpublicKey\x12\x14\n" +
+	"\x05error\x18\x05 \x01(\tR\x05error\"\xc4\x01\n" +
 	"\x05Hello\x12\x1b\n" +
 	"\thost_name\x18\x01 \x01(\tR\bhostName\x12\x18\n" +
 	"\acluster\x18\x02 \x01(\tR\acluster\x12#\n" +
@@ -2229,7 +2440,7 @@ const file_ferry_agent_v1_agent_proto_rawDesc = "" +
 	"\x10boot_verified_by\x18\b \x01(\tR\x0ebootVerifiedBy\x12=\n" +
 	"\x0eprecopy_rounds\x18\t \x03(\v2\x16.ferry.v1.PrecopyRoundR\rprecopyRounds\x12F\n" +
 	"\x11measured_downtime\x18\n" +
-	" \x01(\v2\x19.google.protobuf.DurationR\x10measuredDowntime\"\x85\x04\n" +
+	" \x01(\v2\x19.google.protobuf.DurationR\x10measuredDowntime\"\x9f\x04\n" +
 	"\n" +
 	"Assignment\x12(\n" +
 	"\x03job\x18\x01 \x01(\v2\x16.ferry.v1.MigrationJobR\x03job\x12\x14\n" +
@@ -2243,7 +2454,8 @@ const file_ferry_agent_v1_agent_proto_rawDesc = "" +
 	"\x16guest_shutdown_timeout\x18\b \x01(\v2\x19.google.protobuf.DurationR\x14guestShutdownTimeout\x1a:\n" +
 	"\fSecretsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"p\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01J\x04\b\t\x10\n" +
+	"R\x12bundle_signing_key\"p\n" +
 	"\aCutover\x12\x10\n" +
 	"\x03job\x18\x01 \x01(\tR\x03job\x12\x14\n" +
 	"\x05epoch\x18\x02 \x01(\x03R\x05epoch\x12=\n" +
@@ -2300,7 +2512,7 @@ func file_ferry_agent_v1_agent_proto_rawDescGZIP() []byte {
 }
 
 var file_ferry_agent_v1_agent_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_ferry_agent_v1_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 23)
+var file_ferry_agent_v1_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 25)
 var file_ferry_agent_v1_agent_proto_goTypes = []any{
 	(TargetAction)(0),             // 0: ferry.agent.v1.TargetAction
 	(JobOutcome)(0),               // 1: ferry.agent.v1.JobOutcome
@@ -2313,96 +2525,100 @@ var file_ferry_agent_v1_agent_proto_goTypes = []any{
 	(*BandwidthLimits)(nil),       // 8: ferry.agent.v1.BandwidthLimits
 	(*FenceCheck)(nil),            // 9: ferry.agent.v1.FenceCheck
 	(*FenceAnswer)(nil),           // 10: ferry.agent.v1.FenceAnswer
-	(*Hello)(nil),                 // 11: ferry.agent.v1.Hello
-	(*HeldJob)(nil),               // 12: ferry.agent.v1.HeldJob
-	(*Welcome)(nil),               // 13: ferry.agent.v1.Welcome
-	(*Heartbeat)(nil),             // 14: ferry.agent.v1.Heartbeat
-	(*JobProgress)(nil),           // 15: ferry.agent.v1.JobProgress
-	(*JobResult)(nil),             // 16: ferry.agent.v1.JobResult
-	(*Assignment)(nil),            // 17: ferry.agent.v1.Assignment
-	(*Cutover)(nil),               // 18: ferry.agent.v1.Cutover
-	(*Cancellation)(nil),          // 19: ferry.agent.v1.Cancellation
-	(*InventoryRequest)(nil),      // 20: ferry.agent.v1.InventoryRequest
-	(*InventoryResponse)(nil),     // 21: ferry.agent.v1.InventoryResponse
-	(*HostKeyObserved)(nil),       // 22: ferry.agent.v1.HostKeyObserved
-	nil,                           // 23: ferry.agent.v1.Assignment.SecretsEntry
-	nil,                           // 24: ferry.agent.v1.InventoryRequest.SecretsEntry
-	(*v1.MigrationJob)(nil),       // 25: ferry.v1.MigrationJob
-	(*v1.PrimaryStorage)(nil),     // 26: ferry.v1.PrimaryStorage
-	(*v1.L3Network)(nil),          // 27: ferry.v1.L3Network
-	(*v1.HostFacts)(nil),          // 28: ferry.v1.HostFacts
-	(v1.MigrationJobPhase)(0),     // 29: ferry.v1.MigrationJobPhase
-	(*timestamppb.Timestamp)(nil), // 30: google.protobuf.Timestamp
-	(*v1.DiskProgress)(nil),       // 31: ferry.v1.DiskProgress
-	(*v1.PhaseTiming)(nil),        // 32: ferry.v1.PhaseTiming
-	(*v1.PrecopyRound)(nil),       // 33: ferry.v1.PrecopyRound
-	(*durationpb.Duration)(nil),   // 34: google.protobuf.Duration
-	(*v1.Source)(nil),             // 35: ferry.v1.Source
-	(*v1.MigrationServer)(nil),    // 36: ferry.v1.MigrationServer
-	(*v1.SourceVm)(nil),           // 37: ferry.v1.SourceVm
-	(*v1.SourceInventory)(nil),    // 38: ferry.v1.SourceInventory
+	(*SignBundle)(nil),            // 11: ferry.agent.v1.SignBundle
+	(*BundleSignature)(nil),       // 12: ferry.agent.v1.BundleSignature
+	(*Hello)(nil),                 // 13: ferry.agent.v1.Hello
+	(*HeldJob)(nil),               // 14: ferry.agent.v1.HeldJob
+	(*Welcome)(nil),               // 15: ferry.agent.v1.Welcome
+	(*Heartbeat)(nil),             // 16: ferry.agent.v1.Heartbeat
+	(*JobProgress)(nil),           // 17: ferry.agent.v1.JobProgress
+	(*JobResult)(nil),             // 18: ferry.agent.v1.JobResult
+	(*Assignment)(nil),            // 19: ferry.agent.v1.Assignment
+	(*Cutover)(nil),               // 20: ferry.agent.v1.Cutover
+	(*Cancellation)(nil),          // 21: ferry.agent.v1.Cancellation
+	(*InventoryRequest)(nil),      // 22: ferry.agent.v1.InventoryRequest
+	(*InventoryResponse)(nil),     // 23: ferry.agent.v1.InventoryResponse
+	(*HostKeyObserved)(nil),       // 24: ferry.agent.v1.HostKeyObserved
+	nil,                           // 25: ferry.agent.v1.Assignment.SecretsEntry
+	nil,                           // 26: ferry.agent.v1.InventoryRequest.SecretsEntry
+	(*v1.MigrationJob)(nil),       // 27: ferry.v1.MigrationJob
+	(*v1.PrimaryStorage)(nil),     // 28: ferry.v1.PrimaryStorage
+	(*v1.L3Network)(nil),          // 29: ferry.v1.L3Network
+	(*v1.HostFacts)(nil),          // 30: ferry.v1.HostFacts
+	(v1.MigrationJobPhase)(0),     // 31: ferry.v1.MigrationJobPhase
+	(*timestamppb.Timestamp)(nil), // 32: google.protobuf.Timestamp
+	(*v1.DiskProgress)(nil),       // 33: ferry.v1.DiskProgress
+	(*v1.PhaseTiming)(nil),        // 34: ferry.v1.PhaseTiming
+	(*v1.PrecopyRound)(nil),       // 35: ferry.v1.PrecopyRound
+	(*durationpb.Duration)(nil),   // 36: google.protobuf.Duration
+	(*v1.Source)(nil),             // 37: ferry.v1.Source
+	(*v1.MigrationServer)(nil),    // 38: ferry.v1.MigrationServer
+	(*v1.SourceVm)(nil),           // 39: ferry.v1.SourceVm
+	(*v1.SourceInventory)(nil),    // 40: ferry.v1.SourceInventory
 }
 var file_ferry_agent_v1_agent_proto_depIdxs = []int32{
-	11, // 0: ferry.agent.v1.ConnectRequest.hello:type_name -> ferry.agent.v1.Hello
-	14, // 1: ferry.agent.v1.ConnectRequest.heartbeat:type_name -> ferry.agent.v1.Heartbeat
-	15, // 2: ferry.agent.v1.ConnectRequest.progress:type_name -> ferry.agent.v1.JobProgress
-	16, // 3: ferry.agent.v1.ConnectRequest.result:type_name -> ferry.agent.v1.JobResult
-	21, // 4: ferry.agent.v1.ConnectRequest.inventory_response:type_name -> ferry.agent.v1.InventoryResponse
-	22, // 5: ferry.agent.v1.ConnectRequest.host_key_observed:type_name -> ferry.agent.v1.HostKeyObserved
+	13, // 0: ferry.agent.v1.ConnectRequest.hello:type_name -> ferry.agent.v1.Hello
+	16, // 1: ferry.agent.v1.ConnectRequest.heartbeat:type_name -> ferry.agent.v1.Heartbeat
+	17, // 2: ferry.agent.v1.ConnectRequest.progress:type_name -> ferry.agent.v1.JobProgress
+	18, // 3: ferry.agent.v1.ConnectRequest.result:type_name -> ferry.agent.v1.JobResult
+	23, // 4: ferry.agent.v1.ConnectRequest.inventory_response:type_name -> ferry.agent.v1.InventoryResponse
+	24, // 5: ferry.agent.v1.ConnectRequest.host_key_observed:type_name -> ferry.agent.v1.HostKeyObserved
 	9,  // 6: ferry.agent.v1.ConnectRequest.fence_check:type_name -> ferry.agent.v1.FenceCheck
 	4,  // 7: ferry.agent.v1.ConnectRequest.target_request:type_name -> ferry.agent.v1.TargetRequest
 	7,  // 8: ferry.agent.v1.ConnectRequest.target_work_result:type_name -> ferry.agent.v1.TargetWorkResult
-	13, // 9: ferry.agent.v1.ConnectResponse.welcome:type_name -> ferry.agent.v1.Welcome
-	14, // 10: ferry.agent.v1.ConnectResponse.heartbeat:type_name -> ferry.agent.v1.Heartbeat
-	17, // 11: ferry.agent.v1.ConnectResponse.assignment:type_name -> ferry.agent.v1.Assignment
-	19, // 12: ferry.agent.v1.ConnectResponse.cancellation:type_name -> ferry.agent.v1.Cancellation
-	20, // 13: ferry.agent.v1.ConnectResponse.inventory_request:type_name -> ferry.agent.v1.InventoryRequest
-	10, // 14: ferry.agent.v1.ConnectResponse.fence_answer:type_name -> ferry.agent.v1.FenceAnswer
-	8,  // 15: ferry.agent.v1.ConnectResponse.bandwidth_limits:type_name -> ferry.agent.v1.BandwidthLimits
-	5,  // 16: ferry.agent.v1.ConnectResponse.target_work:type_name -> ferry.agent.v1.TargetWork
-	7,  // 17: ferry.agent.v1.ConnectResponse.target_answer:type_name -> ferry.agent.v1.TargetWorkResult
-	18, // 18: ferry.agent.v1.ConnectResponse.cutover:type_name -> ferry.agent.v1.Cutover
-	0,  // 19: ferry.agent.v1.TargetRequest.action:type_name -> ferry.agent.v1.TargetAction
-	0,  // 20: ferry.agent.v1.TargetWork.action:type_name -> ferry.agent.v1.TargetAction
-	25, // 21: ferry.agent.v1.TargetWork.job:type_name -> ferry.v1.MigrationJob
-	26, // 22: ferry.agent.v1.TargetWork.primary_storage:type_name -> ferry.v1.PrimaryStorage
-	27, // 23: ferry.agent.v1.TargetWork.l3_networks:type_name -> ferry.v1.L3Network
-	0,  // 24: ferry.agent.v1.TargetWorkResult.action:type_name -> ferry.agent.v1.TargetAction
-	6,  // 25: ferry.agent.v1.TargetWorkResult.exports:type_name -> ferry.agent.v1.TargetExport
-	28, // 26: ferry.agent.v1.Hello.facts:type_name -> ferry.v1.HostFacts
-	12, // 27: ferry.agent.v1.Hello.held_jobs:type_name -> ferry.agent.v1.HeldJob
-	29, // 28: ferry.agent.v1.HeldJob.phase:type_name -> ferry.v1.MigrationJobPhase
-	30, // 29: ferry.agent.v1.Heartbeat.time:type_name -> google.protobuf.Timestamp
-	28, // 30: ferry.agent.v1.Heartbeat.facts:type_name -> ferry.v1.HostFacts
-	29, // 31: ferry.agent.v1.JobProgress.phase:type_name -> ferry.v1.MigrationJobPhase
-	31, // 32: ferry.agent.v1.JobProgress.disks:type_name -> ferry.v1.DiskProgress
-	32, // 33: ferry.agent.v1.JobProgress.phase_timings:type_name -> ferry.v1.PhaseTiming
-	33, // 34: ferry.agent.v1.JobProgress.precopy_rounds:type_name -> ferry.v1.PrecopyRound
-	1,  // 35: ferry.agent.v1.JobResult.outcome:type_name -> ferry.agent.v1.JobOutcome
-	31, // 36: ferry.agent.v1.JobResult.disks:type_name -> ferry.v1.DiskProgress
-	32, // 37: ferry.agent.v1.JobResult.phase_timings:type_name -> ferry.v1.PhaseTiming
-	33, // 38: ferry.agent.v1.JobResult.precopy_rounds:type_name -> ferry.v1.PrecopyRound
-	34, // 39: ferry.agent.v1.JobResult.measured_downtime:type_name -> google.protobuf.Duration
-	25, // 40: ferry.agent.v1.Assignment.job:type_name -> ferry.v1.MigrationJob
-	35, // 41: ferry.agent.v1.Assignment.source:type_name -> ferry.v1.Source
-	36, // 42: ferry.agent.v1.Assignment.migration_server:type_name -> ferry.v1.MigrationServer
-	26, // 43: ferry.agent.v1.Assignment.primary_storage:type_name -> ferry.v1.PrimaryStorage
-	27, // 44: ferry.agent.v1.Assignment.l3_networks:type_name -> ferry.v1.L3Network
-	23, // 45: ferry.agent.v1.Assignment.secrets:type_name -> ferry.agent.v1.Assignment.SecretsEntry
-	34, // 46: ferry.agent.v1.Assignment.guest_shutdown_timeout:type_name -> google.protobuf.Duration
-	30, // 47: ferry.agent.v1.Cutover.cutover_time:type_name -> google.protobuf.Timestamp
-	35, // 48: ferry.agent.v1.InventoryRequest.source:type_name -> ferry.v1.Source
-	36, // 49: ferry.agent.v1.InventoryRequest.migration_server:type_name -> ferry.v1.MigrationServer
-	24, // 50: ferry.agent.v1.InventoryRequest.secrets:type_name -> ferry.agent.v1.InventoryRequest.SecretsEntry
-	37, // 51: ferry.agent.v1.InventoryResponse.vms:type_name -> ferry.v1.SourceVm
-	38, // 52: ferry.agent.v1.InventoryResponse.inventory:type_name -> ferry.v1.SourceInventory
-	2,  // 53: ferry.agent.v1.AgentService.Connect:input_type -> ferry.agent.v1.ConnectRequest
-	3,  // 54: ferry.agent.v1.AgentService.Connect:output_type -> ferry.agent.v1.ConnectResponse
-	54, // [54:55] is the sub-list for method output_type
-	53, // [53:54] is the sub-list for method input_type
-	53, // [53:53] is the sub-list for extension type_name
-	53, // [53:53] is the sub-list for extension extendee
-	0,  // [0:53] is the sub-list for field type_name
+	11, // 9: ferry.agent.v1.ConnectRequest.sign_bundle:type_name -> ferry.agent.v1.SignBundle
+	15, // 10: ferry.agent.v1.ConnectResponse.welcome:type_name -> ferry.agent.v1.Welcome
+	16, // 11: ferry.agent.v1.ConnectResponse.heartbeat:type_name -> ferry.agent.v1.Heartbeat
+	19, // 12: ferry.agent.v1.ConnectResponse.assignment:type_name -> ferry.agent.v1.Assignment
+	21, // 13: ferry.agent.v1.ConnectResponse.cancellation:type_name -> ferry.agent.v1.Cancellation
+	22, // 14: ferry.agent.v1.ConnectResponse.inventory_request:type_name -> ferry.agent.v1.InventoryRequest
+	10, // 15: ferry.agent.v1.ConnectResponse.fence_answer:type_name -> ferry.agent.v1.FenceAnswer
+	8,  // 16: ferry.agent.v1.ConnectResponse.bandwidth_limits:type_name -> ferry.agent.v1.BandwidthLimits
+	5,  // 17: ferry.agent.v1.ConnectResponse.target_work:type_name -> ferry.agent.v1.TargetWork
+	7,  // 18: ferry.agent.v1.ConnectResponse.target_answer:type_name -> ferry.agent.v1.TargetWorkResult
+	20, // 19: ferry.agent.v1.ConnectResponse.cutover:type_name -> ferry.agent.v1.Cutover
+	12, // 20: ferry.agent.v1.ConnectResponse.bundle_signature:type_name -> ferry.agent.v1.BundleSignature
+	0,  // 21: ferry.agent.v1.TargetRequest.action:type_name -> ferry.agent.v1.TargetAction
+	0,  // 22: ferry.agent.v1.TargetWork.action:type_name -> ferry.agent.v1.TargetAction
+	27, // 23: ferry.agent.v1.TargetWork.job:type_name -> ferry.v1.MigrationJob
+	28, // 24: ferry.agent.v1.TargetWork.primary_storage:type_name -> ferry.v1.PrimaryStorage
+	29, // 25: ferry.agent.v1.TargetWork.l3_networks:type_name -> ferry.v1.L3Network
+	0,  // 26: ferry.agent.v1.TargetWorkResult.action:type_name -> ferry.agent.v1.TargetAction
+	6,  // 27: ferry.agent.v1.TargetWorkResult.exports:type_name -> ferry.agent.v1.TargetExport
+	30, // 28: ferry.agent.v1.Hello.facts:type_name -> ferry.v1.HostFacts
+	14, // 29: ferry.agent.v1.Hello.held_jobs:type_name -> ferry.agent.v1.HeldJob
+	31, // 30: ferry.agent.v1.HeldJob.phase:type_name -> ferry.v1.MigrationJobPhase
+	32, // 31: ferry.agent.v1.Heartbeat.time:type_name -> google.protobuf.Timestamp
+	30, // 32: ferry.agent.v1.Heartbeat.facts:type_name -> ferry.v1.HostFacts
+	31, // 33: ferry.agent.v1.JobProgress.phase:type_name -> ferry.v1.MigrationJobPhase
+	33, // 34: ferry.agent.v1.JobProgress.disks:type_name -> ferry.v1.DiskProgress
+	34, // 35: ferry.agent.v1.JobProgress.phase_timings:type_name -> ferry.v1.PhaseTiming
+	35, // 36: ferry.agent.v1.JobProgress.precopy_rounds:type_name -> ferry.v1.PrecopyRound
+	1,  // 37: ferry.agent.v1.JobResult.outcome:type_name -> ferry.agent.v1.JobOutcome
+	33, // 38: ferry.agent.v1.JobResult.disks:type_name -> ferry.v1.DiskProgress
+	34, // 39: ferry.agent.v1.JobResult.phase_timings:type_name -> ferry.v1.PhaseTiming
+	35, // 40: ferry.agent.v1.JobResult.precopy_rounds:type_name -> ferry.v1.PrecopyRound
+	36, // 41: ferry.agent.v1.JobResult.measured_downtime:type_name -> google.protobuf.Duration
+	27, // 42: ferry.agent.v1.Assignment.job:type_name -> ferry.v1.MigrationJob
+	37, // 43: ferry.agent.v1.Assignment.source:type_name -> ferry.v1.Source
+	38, // 44: ferry.agent.v1.Assignment.migration_server:type_name -> ferry.v1.MigrationServer
+	28, // 45: ferry.agent.v1.Assignment.primary_storage:type_name -> ferry.v1.PrimaryStorage
+	29, // 46: ferry.agent.v1.Assignment.l3_networks:type_name -> ferry.v1.L3Network
+	25, // 47: ferry.agent.v1.Assignment.secrets:type_name -> ferry.agent.v1.Assignment.SecretsEntry
+	36, // 48: ferry.agent.v1.Assignment.guest_shutdown_timeout:type_name -> google.protobuf.Duration
+	32, // 49: ferry.agent.v1.Cutover.cutover_time:type_name -> google.protobuf.Timestamp
+	37, // 50: ferry.agent.v1.InventoryRequest.source:type_name -> ferry.v1.Source
+	38, // 51: ferry.agent.v1.InventoryRequest.migration_server:type_name -> ferry.v1.MigrationServer
+	26, // 52: ferry.agent.v1.InventoryRequest.secrets:type_name -> ferry.agent.v1.InventoryRequest.SecretsEntry
+	39, // 53: ferry.agent.v1.InventoryResponse.vms:type_name -> ferry.v1.SourceVm
+	40, // 54: ferry.agent.v1.InventoryResponse.inventory:type_name -> ferry.v1.SourceInventory
+	2,  // 55: ferry.agent.v1.AgentService.Connect:input_type -> ferry.agent.v1.ConnectRequest
+	3,  // 56: ferry.agent.v1.AgentService.Connect:output_type -> ferry.agent.v1.ConnectResponse
+	56, // [56:57] is the sub-list for method output_type
+	55, // [55:56] is the sub-list for method input_type
+	55, // [55:55] is the sub-list for extension type_name
+	55, // [55:55] is the sub-list for extension extendee
+	0,  // [0:55] is the sub-list for field type_name
 }
 
 func init() { file_ferry_agent_v1_agent_proto_init() }
@@ -2420,6 +2636,7 @@ func file_ferry_agent_v1_agent_proto_init() {
 		(*ConnectRequest_FenceCheck)(nil),
 		(*ConnectRequest_TargetRequest)(nil),
 		(*ConnectRequest_TargetWorkResult)(nil),
+		(*ConnectRequest_SignBundle)(nil),
 	}
 	file_ferry_agent_v1_agent_proto_msgTypes[1].OneofWrappers = []any{
 		(*ConnectResponse_Welcome)(nil),
@@ -2432,6 +2649,7 @@ func file_ferry_agent_v1_agent_proto_init() {
 		(*ConnectResponse_TargetWork)(nil),
 		(*ConnectResponse_TargetAnswer)(nil),
 		(*ConnectResponse_Cutover)(nil),
+		(*ConnectResponse_BundleSignature)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
@@ -2439,7 +2657,7 @@ func file_ferry_agent_v1_agent_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_ferry_agent_v1_agent_proto_rawDesc), len(file_ferry_agent_v1_agent_proto_rawDesc)),
 			NumEnums:      2,
-			NumMessages:   23,
+			NumMessages:   25,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

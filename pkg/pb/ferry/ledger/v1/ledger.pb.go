@@ -76,6 +76,7 @@ type Command struct {
 	//	*Command_UpdateResource
 	//	*Command_RecordAuditEvent
 	//	*Command_SetMigrationJobCutover
+	//	*Command_SetBundleSigningKey
 	Op            isCommand_Op `protobuf_oneof:"op"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -483,6 +484,15 @@ func (x *Command) GetSetMigrationJobCutover() *SetMigrationJobCutover {
 	return nil
 }
 
+func (x *Command) GetSetBundleSigningKey() *SetBundleSigningKey {
+	if x != nil {
+		if x, ok := x.Op.(*Command_SetBundleSigningKey); ok {
+			return x.SetBundleSigningKey
+		}
+	}
+	return nil
+}
+
 type isCommand_Op interface {
 	isCommand_Op()
 }
@@ -643,6 +653,10 @@ type Command_SetMigrationJobCutover struct {
 	SetMigrationJobCutover *SetMigrationJobCutover `protobuf:"bytes,48,opt,name=set_migration_job_cutover,json=setMigrationJobCutover,proto3,oneof"`
 }
 
+type Command_SetBundleSigningKey struct {
+	SetBundleSigningKey *SetBundleSigningKey `protobuf:"bytes,49,opt,name=set_bundle_signing_key,json=setBundleSigningKey,proto3,oneof"`
+}
+
 func (*Command_PutCluster) isCommand_Op() {}
 
 func (*Command_DeleteCluster) isCommand_Op() {}
@@ -720,6 +734,8 @@ func (*Command_UpdateResource) isCommand_Op() {}
 func (*Command_RecordAuditEvent) isCommand_Op() {}
 
 func (*Command_SetMigrationJobCutover) isCommand_Op() {}
+
+func (*Command_SetBundleSigningKey) isCommand_Op() {}
 
 // Batch applies several commands as one log entry, in order.
 type Batch struct {
@@ -2574,10 +2590,11 @@ type Snapshot struct {
 	// The Raft log index of the last entry the snapshot holds, so a node
 	// restored from it knows which ledger state it serves (0 in snapshots
 	// taken before this field existed).
-	AppliedIndex  uint64               `protobuf:"varint,18,opt,name=applied_index,json=appliedIndex,proto3" json:"applied_index,omitempty"`
-	CacheUsage    []*CacheUsageHistory `protobuf:"bytes,20,rep,name=cache_usage,json=cacheUsage,proto3" json:"cache_usage,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	AppliedIndex     uint64               `protobuf:"varint,18,opt,name=applied_index,json=appliedIndex,proto3" json:"applied_index,omitempty"`
+	CacheUsage       []*CacheUsageHistory `protobuf:"bytes,20,rep,name=cache_usage,json=cacheUsage,proto3" json:"cache_usage,omitempty"`
+	BundleSigningKey *SetBundleSigningKey `protobuf:"bytes,21,opt,name=bundle_signing_key,json=bundleSigningKey,proto3" json:"bundle_signing_key,omitempty"`
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
 }
 
 func (x *Snapshot) Reset() {
@@ -2743,6 +2760,69 @@ func (x *Snapshot) GetCacheUsage() []*CacheUsageHistory {
 	return nil
 }
 
+func (x *Snapshot) GetBundleSigningKey() *SetBundleSigningKey {
+	if x != nil {
+		return x.BundleSigningKey
+	}
+	return nil
+}
+
+// SetBundleSigningKey records the cluster's bundle signing key, made by
+// the leader: the Ed25519 seed sealed (AES-256-GCM, the credentials' seal
+// key, additional data "bundleSigningKey") and the public key. A key is
+// set once: a second command leaves the first key in place.
+type SetBundleSigningKey struct {
+	state            protoimpl.MessageState `protogen:"open.v1"`
+	SealedPrivateKey []byte                 `protobuf:"bytes,1,opt,name=sealed_private_key,json=sealedPrivateKey,proto3" json:"sealed_private_key,omitempty"`
+	PublicKey        []byte                 `protobuf:"bytes,2,opt,name=public_key,json=publicKey,proto3" json:"public_key,omitempty"`
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
+}
+
+func (x *SetBundleSigningKey) Reset() {
+	*x = SetBundleSigningKey{}
+	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[33]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SetBundleSigningKey) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SetBundleSigningKey) ProtoMessage() {}
+
+func (x *SetBundleSigningKey) ProtoReflect() protoreflect.Message {
+	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[33]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SetBundleSigningKey.ProtoReflect.Descriptor instead.
+func (*SetBundleSigningKey) Descriptor() ([]byte, []int) {
+	return file_ferry_ledger_v1_ledger_proto_rawDescGZIP(), []int{33}
+}
+
+func (x *SetBundleSigningKey) GetSealedPrivateKey() []byte {
+	if x != nil {
+		return x.SealedPrivateKey
+	}
+	return nil
+}
+
+func (x *SetBundleSigningKey) GetPublicKey() []byte {
+	if x != nil {
+		return x.PublicKey
+	}
+	return nil
+}
+
 // CacheUsageHistory is a migration server's cache usage over time, kept
 // in tiers of decreasing resolution. A sample is taken as the server is
 // created and as a PutHost of its host applies (the command's time, the
@@ -2760,7 +2840,7 @@ type CacheUsageHistory struct {
 
 func (x *CacheUsageHistory) Reset() {
 	*x = CacheUsageHistory{}
-	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[33]
+	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2772,7 +2852,7 @@ func (x *CacheUsageHistory) String() string {
 func (*CacheUsageHistory) ProtoMessage() {}
 
 func (x *CacheUsageHistory) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[33]
+	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2785,7 +2865,7 @@ func (x *CacheUsageHistory) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CacheUsageHistory.ProtoReflect.Descriptor instead.
 func (*CacheUsageHistory) Descriptor() ([]byte, []int) {
-	return file_ferry_ledger_v1_ledger_proto_rawDescGZIP(), []int{33}
+	return file_ferry_ledger_v1_ledger_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *CacheUsageHistory) GetName() string {
@@ -2820,7 +2900,7 @@ type UsageTier struct {
 
 func (x *UsageTier) Reset() {
 	*x = UsageTier{}
-	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[34]
+	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2832,7 +2912,7 @@ func (x *UsageTier) String() string {
 func (*UsageTier) ProtoMessage() {}
 
 func (x *UsageTier) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[34]
+	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2845,7 +2925,7 @@ func (x *UsageTier) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UsageTier.ProtoReflect.Descriptor instead.
 func (*UsageTier) Descriptor() ([]byte, []int) {
-	return file_ferry_ledger_v1_ledger_proto_rawDescGZIP(), []int{34}
+	return file_ferry_ledger_v1_ledger_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *UsageTier) GetResolutionSeconds() int64 {
@@ -2896,7 +2976,7 @@ type RecordAuditEvent struct {
 
 func (x *RecordAuditEvent) Reset() {
 	*x = RecordAuditEvent{}
-	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[35]
+	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2908,7 +2988,7 @@ func (x *RecordAuditEvent) String() string {
 func (*RecordAuditEvent) ProtoMessage() {}
 
 func (x *RecordAuditEvent) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[35]
+	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2921,7 +3001,7 @@ func (x *RecordAuditEvent) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RecordAuditEvent.ProtoReflect.Descriptor instead.
 func (*RecordAuditEvent) Descriptor() ([]byte, []int) {
-	return file_ferry_ledger_v1_ledger_proto_rawDescGZIP(), []int{35}
+	return file_ferry_ledger_v1_ledger_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *RecordAuditEvent) GetEvent() *v1.AuditEvent {
@@ -2950,7 +3030,7 @@ type AuditRetention struct {
 
 func (x *AuditRetention) Reset() {
 	*x = AuditRetention{}
-	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[36]
+	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2962,7 +3042,7 @@ func (x *AuditRetention) String() string {
 func (*AuditRetention) ProtoMessage() {}
 
 func (x *AuditRetention) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[36]
+	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2975,7 +3055,7 @@ func (x *AuditRetention) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AuditRetention.ProtoReflect.Descriptor instead.
 func (*AuditRetention) Descriptor() ([]byte, []int) {
-	return file_ferry_ledger_v1_ledger_proto_rawDescGZIP(), []int{36}
+	return file_ferry_ledger_v1_ledger_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *AuditRetention) GetMaxAgeSeconds() int64 {
@@ -3003,7 +3083,7 @@ type RevokeCertificate struct {
 
 func (x *RevokeCertificate) Reset() {
 	*x = RevokeCertificate{}
-	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[37]
+	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3015,7 +3095,7 @@ func (x *RevokeCertificate) String() string {
 func (*RevokeCertificate) ProtoMessage() {}
 
 func (x *RevokeCertificate) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[37]
+	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3028,7 +3108,7 @@ func (x *RevokeCertificate) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevokeCertificate.ProtoReflect.Descriptor instead.
 func (*RevokeCertificate) Descriptor() ([]byte, []int) {
-	return file_ferry_ledger_v1_ledger_proto_rawDescGZIP(), []int{37}
+	return file_ferry_ledger_v1_ledger_proto_rawDescGZIP(), []int{38}
 }
 
 func (x *RevokeCertificate) GetCertificate() *v1.RevokedCertificate {
@@ -3051,7 +3131,7 @@ type ReleaseAddress struct {
 
 func (x *ReleaseAddress) Reset() {
 	*x = ReleaseAddress{}
-	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[38]
+	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3063,7 +3143,7 @@ func (x *ReleaseAddress) String() string {
 func (*ReleaseAddress) ProtoMessage() {}
 
 func (x *ReleaseAddress) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[38]
+	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3076,7 +3156,7 @@ func (x *ReleaseAddress) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReleaseAddress.ProtoReflect.Descriptor instead.
 func (*ReleaseAddress) Descriptor() ([]byte, []int) {
-	return file_ferry_ledger_v1_ledger_proto_rawDescGZIP(), []int{38}
+	return file_ferry_ledger_v1_ledger_proto_rawDescGZIP(), []int{39}
 }
 
 func (x *ReleaseAddress) GetNetwork() string {
@@ -3120,7 +3200,7 @@ type UpdateResource struct {
 
 func (x *UpdateResource) Reset() {
 	*x = UpdateResource{}
-	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[39]
+	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[40]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3132,7 +3212,7 @@ func (x *UpdateResource) String() string {
 func (*UpdateResource) ProtoMessage() {}
 
 func (x *UpdateResource) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[39]
+	mi := &file_ferry_ledger_v1_ledger_proto_msgTypes[40]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3145,7 +3225,7 @@ func (x *UpdateResource) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpdateResource.ProtoReflect.Descriptor instead.
 func (*UpdateResource) Descriptor() ([]byte, []int) {
-	return file_ferry_ledger_v1_ledger_proto_rawDescGZIP(), []int{39}
+	return file_ferry_ledger_v1_ledger_proto_rawDescGZIP(), []int{40}
 }
 
 func (x *UpdateResource) GetResource() isUpdateResource_Resource {
@@ -3284,7 +3364,7 @@ var File_ferry_ledger_v1_ledger_proto protoreflect.FileDescriptor
 
 const file_ferry_ledger_v1_ledger_proto_rawDesc = "" +
 	"\n" +
-	"\x1cferry/ledger/v1/ledger.proto\x12\x0fferry.ledger.v1\x1a\x14ferry/v1/audit.proto\x1a\x1aferry/v1/certificate.proto\x1a\x1fferry/v1/target_inventory.proto\x1a\x1cferry/v1/migration_job.proto\x1a\x1fferry/v1/migration_server.proto\x1a\x1eferry/v1/network_mapping.proto\x1a\x17ferry/v1/settings.proto\x1a\x15ferry/v1/source.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x9b\x1a\n" +
+	"\x1cferry/ledger/v1/ledger.proto\x12\x0fferry.ledger.v1\x1a\x14ferry/v1/audit.proto\x1a\x1aferry/v1/certificate.proto\x1a\x1fferry/v1/target_inventory.proto\x1a\x1cferry/v1/migration_job.proto\x1a\x1fferry/v1/migration_server.proto\x1a\x1eferry/v1/network_mapping.proto\x1a\x17ferry/v1/settings.proto\x1a\x15ferry/v1/source.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xf8\x1a\n" +
 	"\aCommand\x12.\n" +
 	"\x04time\x18\x01 \x01(\v2\x1a.google.protobuf.TimestampR\x04time\x127\n" +
 	"\arequest\x18\x02 \x01(\v2\x1d.ferry.ledger.v1.RequestStampR\arequest\x12>\n" +
@@ -3330,7 +3410,8 @@ const file_ferry_ledger_v1_ledger_proto_rawDesc = "" +
 	"\x13set_pending_cleanup\x18- \x01(\v2\".ferry.ledger.v1.SetPendingCleanupH\x00R\x11setPendingCleanup\x12J\n" +
 	"\x0fupdate_resource\x18. \x01(\v2\x1f.ferry.ledger.v1.UpdateResourceH\x00R\x0eupdateResource\x12Q\n" +
 	"\x12record_audit_event\x18/ \x01(\v2!.ferry.ledger.v1.RecordAuditEventH\x00R\x10recordAuditEvent\x12d\n" +
-	"\x19set_migration_job_cutover\x180 \x01(\v2'.ferry.ledger.v1.SetMigrationJobCutoverH\x00R\x16setMigrationJobCutoverB\x04\n" +
+	"\x19set_migration_job_cutover\x180 \x01(\v2'.ferry.ledger.v1.SetMigrationJobCutoverH\x00R\x16setMigrationJobCutover\x12[\n" +
+	"\x16set_bundle_signing_key\x181 \x01(\v2$.ferry.ledger.v1.SetBundleSigningKeyH\x00R\x13setBundleSigningKeyB\x04\n" +
 	"\x02op\"=\n" +
 	"\x05Batch\x124\n" +
 	"\bcommands\x18\x01 \x03(\v2\x18.ferry.ledger.v1.CommandR\bcommands\"$\n" +
@@ -3468,7 +3549,7 @@ const file_ferry_ledger_v1_ledger_proto_rawDesc = "" +
 	"request_id\x18\x01 \x01(\tR\trequestId\x12\x14\n" +
 	"\x05names\x18\x02 \x03(\tR\x05names\x12.\n" +
 	"\x04time\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\x04time\x12\x16\n" +
-	"\x06method\x18\x04 \x01(\tR\x06method\"\xdc\b\n" +
+	"\x06method\x18\x04 \x01(\tR\x06method\"\xb0\t\n" +
 	"\bSnapshot\x12-\n" +
 	"\bclusters\x18\x01 \x03(\v2\x11.ferry.v1.ClusterR\bclusters\x12$\n" +
 	"\x05hosts\x18\x02 \x03(\v2\x0e.ferry.v1.HostR\x05hosts\x12C\n" +
@@ -3491,7 +3572,12 @@ const file_ferry_ledger_v1_ledger_proto_rawDesc = "" +
 	"\x0eaudit_sequence\x18\x11 \x01(\x04R\rauditSequence\x12#\n" +
 	"\rapplied_index\x18\x12 \x01(\x04R\fappliedIndex\x12C\n" +
 	"\vcache_usage\x18\x14 \x03(\v2\".ferry.ledger.v1.CacheUsageHistoryR\n" +
-	"cacheUsage\"Y\n" +
+	"cacheUsage\x12R\n" +
+	"\x12bundle_signing_key\x18\x15 \x01(\v2$.ferry.ledger.v1.SetBundleSigningKeyR\x10bundleSigningKey\"b\n" +
+	"\x13SetBundleSigningKey\x12,\n" +
+	"\x12sealed_private_key\x18\x01 \x01(\fR\x10sealedPrivateKey\x12\x1d\n" +
+	"\n" +
+	"public_key\x18\x02 \x01(\fR\tpublicKey\"Y\n" +
 	"\x11CacheUsageHistory\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x120\n" +
 	"\x05tiers\x18\x02 \x03(\v2\x1a.ferry.ledger.v1.UsageTierR\x05tiers\"\xb8\x01\n" +
@@ -3543,7 +3629,7 @@ func file_ferry_ledger_v1_ledger_proto_rawDescGZIP() []byte {
 	return file_ferry_ledger_v1_ledger_proto_rawDescData
 }
 
-var file_ferry_ledger_v1_ledger_proto_msgTypes = make([]protoimpl.MessageInfo, 40)
+var file_ferry_ledger_v1_ledger_proto_msgTypes = make([]protoimpl.MessageInfo, 41)
 var file_ferry_ledger_v1_ledger_proto_goTypes = []any{
 	(*Command)(nil),                     // 0: ferry.ledger.v1.Command
 	(*Batch)(nil),                       // 1: ferry.ledger.v1.Batch
@@ -3578,37 +3664,38 @@ var file_ferry_ledger_v1_ledger_proto_goTypes = []any{
 	(*RequestStamp)(nil),                // 30: ferry.ledger.v1.RequestStamp
 	(*RequestRecord)(nil),               // 31: ferry.ledger.v1.RequestRecord
 	(*Snapshot)(nil),                    // 32: ferry.ledger.v1.Snapshot
-	(*CacheUsageHistory)(nil),           // 33: ferry.ledger.v1.CacheUsageHistory
-	(*UsageTier)(nil),                   // 34: ferry.ledger.v1.UsageTier
-	(*RecordAuditEvent)(nil),            // 35: ferry.ledger.v1.RecordAuditEvent
-	(*AuditRetention)(nil),              // 36: ferry.ledger.v1.AuditRetention
-	(*RevokeCertificate)(nil),           // 37: ferry.ledger.v1.RevokeCertificate
-	(*ReleaseAddress)(nil),              // 38: ferry.ledger.v1.ReleaseAddress
-	(*UpdateResource)(nil),              // 39: ferry.ledger.v1.UpdateResource
-	(*timestamppb.Timestamp)(nil),       // 40: google.protobuf.Timestamp
-	(*v1.Cluster)(nil),                  // 41: ferry.v1.Cluster
-	(*v1.Host)(nil),                     // 42: ferry.v1.Host
-	(*v1.PendingCleanup)(nil),           // 43: ferry.v1.PendingCleanup
-	(*v1.PrimaryStorage)(nil),           // 44: ferry.v1.PrimaryStorage
-	(*v1.L3Network)(nil),                // 45: ferry.v1.L3Network
-	(*v1.MigrationServer)(nil),          // 46: ferry.v1.MigrationServer
-	(*v1.Credential)(nil),               // 47: ferry.v1.Credential
-	(*v1.Source)(nil),                   // 48: ferry.v1.Source
-	(*v1.SourceInventory)(nil),          // 49: ferry.v1.SourceInventory
-	(*v1.MigrationJob)(nil),             // 50: ferry.v1.MigrationJob
-	(v1.MigrationJobPhase)(0),           // 51: ferry.v1.MigrationJobPhase
-	(*v1.DiskProgress)(nil),             // 52: ferry.v1.DiskProgress
-	(*v1.PhaseTiming)(nil),              // 53: ferry.v1.PhaseTiming
-	(*v1.PrecopyRound)(nil),             // 54: ferry.v1.PrecopyRound
-	(v1.MigrationJobState)(0),           // 55: ferry.v1.MigrationJobState
-	(*durationpb.Duration)(nil),         // 56: google.protobuf.Duration
-	(*v1.NetworkMappingGroup)(nil),      // 57: ferry.v1.NetworkMappingGroup
-	(*v1.Settings)(nil),                 // 58: ferry.v1.Settings
-	(*v1.RevokedCertificate)(nil),       // 59: ferry.v1.RevokedCertificate
-	(*v1.AuditEvent)(nil),               // 60: ferry.v1.AuditEvent
+	(*SetBundleSigningKey)(nil),         // 33: ferry.ledger.v1.SetBundleSigningKey
+	(*CacheUsageHistory)(nil),           // 34: ferry.ledger.v1.CacheUsageHistory
+	(*UsageTier)(nil),                   // 35: ferry.ledger.v1.UsageTier
+	(*RecordAuditEvent)(nil),            // 36: ferry.ledger.v1.RecordAuditEvent
+	(*AuditRetention)(nil),              // 37: ferry.ledger.v1.AuditRetention
+	(*RevokeCertificate)(nil),           // 38: ferry.ledger.v1.RevokeCertificate
+	(*ReleaseAddress)(nil),              // 39: ferry.ledger.v1.ReleaseAddress
+	(*UpdateResource)(nil),              // 40: ferry.ledger.v1.UpdateResource
+	(*timestamppb.Timestamp)(nil),       // 41: google.protobuf.Timestamp
+	(*v1.Cluster)(nil),                  // 42: ferry.v1.Cluster
+	(*v1.Host)(nil),                     // 43: ferry.v1.Host
+	(*v1.PendingCleanup)(nil),           // 44: ferry.v1.PendingCleanup
+	(*v1.PrimaryStorage)(nil),           // 45: ferry.v1.PrimaryStorage
+	(*v1.L3Network)(nil),                // 46: ferry.v1.L3Network
+	(*v1.MigrationServer)(nil),          // 47: ferry.v1.MigrationServer
+	(*v1.Credential)(nil),               // 48: ferry.v1.Credential
+	(*v1.Source)(nil),                   // 49: ferry.v1.Source
+	(*v1.SourceInventory)(nil),          // 50: ferry.v1.SourceInventory
+	(*v1.MigrationJob)(nil),             // 51: ferry.v1.MigrationJob
+	(v1.MigrationJobPhase)(0),           // 52: ferry.v1.MigrationJobPhase
+	(*v1.DiskProgress)(nil),             // 53: ferry.v1.DiskProgress
+	(*v1.PhaseTiming)(nil),              // 54: ferry.v1.PhaseTiming
+	(*v1.PrecopyRound)(nil),             // 55: ferry.v1.PrecopyRound
+	(v1.MigrationJobState)(0),           // 56: ferry.v1.MigrationJobState
+	(*durationpb.Duration)(nil),         // 57: google.protobuf.Duration
+	(*v1.NetworkMappingGroup)(nil),      // 58: ferry.v1.NetworkMappingGroup
+	(*v1.Settings)(nil),                 // 59: ferry.v1.Settings
+	(*v1.RevokedCertificate)(nil),       // 60: ferry.v1.RevokedCertificate
+	(*v1.AuditEvent)(nil),               // 61: ferry.v1.AuditEvent
 }
 var file_ferry_ledger_v1_ledger_proto_depIdxs = []int32{
-	40, // 0: ferry.ledger.v1.Command.time:type_name -> google.protobuf.Timestamp
+	41, // 0: ferry.ledger.v1.Command.time:type_name -> google.protobuf.Timestamp
 	30, // 1: ferry.ledger.v1.Command.request:type_name -> ferry.ledger.v1.RequestStamp
 	3,  // 2: ferry.ledger.v1.Command.put_cluster:type_name -> ferry.ledger.v1.PutCluster
 	2,  // 3: ferry.ledger.v1.Command.delete_cluster:type_name -> ferry.ledger.v1.DeleteResource
@@ -3642,72 +3729,74 @@ var file_ferry_ledger_v1_ledger_proto_depIdxs = []int32{
 	17, // 31: ferry.ledger.v1.Command.record_source_sync:type_name -> ferry.ledger.v1.RecordSourceSync
 	26, // 32: ferry.ledger.v1.Command.put_network_mapping_group:type_name -> ferry.ledger.v1.PutNetworkMappingGroup
 	2,  // 33: ferry.ledger.v1.Command.delete_network_mapping_group:type_name -> ferry.ledger.v1.DeleteResource
-	38, // 34: ferry.ledger.v1.Command.release_address:type_name -> ferry.ledger.v1.ReleaseAddress
-	37, // 35: ferry.ledger.v1.Command.revoke_certificate:type_name -> ferry.ledger.v1.RevokeCertificate
+	39, // 34: ferry.ledger.v1.Command.release_address:type_name -> ferry.ledger.v1.ReleaseAddress
+	38, // 35: ferry.ledger.v1.Command.revoke_certificate:type_name -> ferry.ledger.v1.RevokeCertificate
 	6,  // 36: ferry.ledger.v1.Command.set_host_maintenance:type_name -> ferry.ledger.v1.SetHostMaintenance
 	7,  // 37: ferry.ledger.v1.Command.set_pending_cleanup:type_name -> ferry.ledger.v1.SetPendingCleanup
-	39, // 38: ferry.ledger.v1.Command.update_resource:type_name -> ferry.ledger.v1.UpdateResource
-	35, // 39: ferry.ledger.v1.Command.record_audit_event:type_name -> ferry.ledger.v1.RecordAuditEvent
+	40, // 38: ferry.ledger.v1.Command.update_resource:type_name -> ferry.ledger.v1.UpdateResource
+	36, // 39: ferry.ledger.v1.Command.record_audit_event:type_name -> ferry.ledger.v1.RecordAuditEvent
 	22, // 40: ferry.ledger.v1.Command.set_migration_job_cutover:type_name -> ferry.ledger.v1.SetMigrationJobCutover
-	0,  // 41: ferry.ledger.v1.Batch.commands:type_name -> ferry.ledger.v1.Command
-	41, // 42: ferry.ledger.v1.PutCluster.cluster:type_name -> ferry.v1.Cluster
-	42, // 43: ferry.ledger.v1.PutHost.host:type_name -> ferry.v1.Host
-	43, // 44: ferry.ledger.v1.SetPendingCleanup.cleanup:type_name -> ferry.v1.PendingCleanup
-	44, // 45: ferry.ledger.v1.PutPrimaryStorage.primary_storage:type_name -> ferry.v1.PrimaryStorage
-	45, // 46: ferry.ledger.v1.PutL3Network.l3_network:type_name -> ferry.v1.L3Network
-	46, // 47: ferry.ledger.v1.PutMigrationServer.migration_server:type_name -> ferry.v1.MigrationServer
-	47, // 48: ferry.ledger.v1.SealedCredential.credential:type_name -> ferry.v1.Credential
-	13, // 49: ferry.ledger.v1.PutCredential.credential:type_name -> ferry.ledger.v1.SealedCredential
-	48, // 50: ferry.ledger.v1.PutSource.source:type_name -> ferry.v1.Source
-	49, // 51: ferry.ledger.v1.RecordSourceSync.inventory:type_name -> ferry.v1.SourceInventory
-	50, // 52: ferry.ledger.v1.CreateMigrationJobs.jobs:type_name -> ferry.v1.MigrationJob
-	51, // 53: ferry.ledger.v1.CheckpointMigrationJob.phase:type_name -> ferry.v1.MigrationJobPhase
-	52, // 54: ferry.ledger.v1.CheckpointMigrationJob.disks:type_name -> ferry.v1.DiskProgress
-	53, // 55: ferry.ledger.v1.CheckpointMigrationJob.phase_timings:type_name -> ferry.v1.PhaseTiming
-	54, // 56: ferry.ledger.v1.CheckpointMigrationJob.precopy_rounds:type_name -> ferry.v1.PrecopyRound
-	55, // 57: ferry.ledger.v1.FinishMigrationJob.state:type_name -> ferry.v1.MigrationJobState
-	52, // 58: ferry.ledger.v1.FinishMigrationJob.disks:type_name -> ferry.v1.DiskProgress
-	53, // 59: ferry.ledger.v1.FinishMigrationJob.phase_timings:type_name -> ferry.v1.PhaseTiming
-	54, // 60: ferry.ledger.v1.FinishMigrationJob.precopy_rounds:type_name -> ferry.v1.PrecopyRound
-	56, // 61: ferry.ledger.v1.FinishMigrationJob.measured_downtime:type_name -> google.protobuf.Duration
-	40, // 62: ferry.ledger.v1.SetMigrationJobCutover.cutover_time:type_name -> google.protobuf.Timestamp
-	57, // 63: ferry.ledger.v1.PutNetworkMappingGroup.network_mapping_group:type_name -> ferry.v1.NetworkMappingGroup
-	58, // 64: ferry.ledger.v1.PutSettings.settings:type_name -> ferry.v1.Settings
-	28, // 65: ferry.ledger.v1.PutNode.node:type_name -> ferry.ledger.v1.Node
-	40, // 66: ferry.ledger.v1.RequestRecord.time:type_name -> google.protobuf.Timestamp
-	41, // 67: ferry.ledger.v1.Snapshot.clusters:type_name -> ferry.v1.Cluster
-	42, // 68: ferry.ledger.v1.Snapshot.hosts:type_name -> ferry.v1.Host
-	44, // 69: ferry.ledger.v1.Snapshot.primary_storages:type_name -> ferry.v1.PrimaryStorage
-	45, // 70: ferry.ledger.v1.Snapshot.l3_networks:type_name -> ferry.v1.L3Network
-	46, // 71: ferry.ledger.v1.Snapshot.migration_servers:type_name -> ferry.v1.MigrationServer
-	13, // 72: ferry.ledger.v1.Snapshot.credentials:type_name -> ferry.ledger.v1.SealedCredential
-	48, // 73: ferry.ledger.v1.Snapshot.sources:type_name -> ferry.v1.Source
-	50, // 74: ferry.ledger.v1.Snapshot.jobs:type_name -> ferry.v1.MigrationJob
-	58, // 75: ferry.ledger.v1.Snapshot.settings:type_name -> ferry.v1.Settings
-	28, // 76: ferry.ledger.v1.Snapshot.nodes:type_name -> ferry.ledger.v1.Node
-	31, // 77: ferry.ledger.v1.Snapshot.requests:type_name -> ferry.ledger.v1.RequestRecord
-	49, // 78: ferry.ledger.v1.Snapshot.source_inventories:type_name -> ferry.v1.SourceInventory
-	57, // 79: ferry.ledger.v1.Snapshot.network_mapping_groups:type_name -> ferry.v1.NetworkMappingGroup
-	59, // 80: ferry.ledger.v1.Snapshot.revoked_certificates:type_name -> ferry.v1.RevokedCertificate
-	60, // 81: ferry.ledger.v1.Snapshot.audit_events:type_name -> ferry.v1.AuditEvent
-	36, // 82: ferry.ledger.v1.Snapshot.audit_retention:type_name -> ferry.ledger.v1.AuditRetention
-	33, // 83: ferry.ledger.v1.Snapshot.cache_usage:type_name -> ferry.ledger.v1.CacheUsageHistory
-	34, // 84: ferry.ledger.v1.CacheUsageHistory.tiers:type_name -> ferry.ledger.v1.UsageTier
-	60, // 85: ferry.ledger.v1.RecordAuditEvent.event:type_name -> ferry.v1.AuditEvent
-	36, // 86: ferry.ledger.v1.RecordAuditEvent.retention:type_name -> ferry.ledger.v1.AuditRetention
-	59, // 87: ferry.ledger.v1.RevokeCertificate.certificate:type_name -> ferry.v1.RevokedCertificate
-	46, // 88: ferry.ledger.v1.UpdateResource.migration_server:type_name -> ferry.v1.MigrationServer
-	48, // 89: ferry.ledger.v1.UpdateResource.source:type_name -> ferry.v1.Source
-	13, // 90: ferry.ledger.v1.UpdateResource.credential:type_name -> ferry.ledger.v1.SealedCredential
-	41, // 91: ferry.ledger.v1.UpdateResource.cluster:type_name -> ferry.v1.Cluster
-	44, // 92: ferry.ledger.v1.UpdateResource.primary_storage:type_name -> ferry.v1.PrimaryStorage
-	45, // 93: ferry.ledger.v1.UpdateResource.l3_network:type_name -> ferry.v1.L3Network
-	50, // 94: ferry.ledger.v1.UpdateResource.migration_job:type_name -> ferry.v1.MigrationJob
-	95, // [95:95] is the sub-list for method output_type
-	95, // [95:95] is the sub-list for method input_type
-	95, // [95:95] is the sub-list for extension type_name
-	95, // [95:95] is the sub-list for extension extendee
-	0,  // [0:95] is the sub-list for field type_name
+	33, // 41: ferry.ledger.v1.Command.set_bundle_signing_key:type_name -> ferry.ledger.v1.SetBundleSigningKey
+	0,  // 42: ferry.ledger.v1.Batch.commands:type_name -> ferry.ledger.v1.Command
+	42, // 43: ferry.ledger.v1.PutCluster.cluster:type_name -> ferry.v1.Cluster
+	43, // 44: ferry.ledger.v1.PutHost.host:type_name -> ferry.v1.Host
+	44, // 45: ferry.ledger.v1.SetPendingCleanup.cleanup:type_name -> ferry.v1.PendingCleanup
+	45, // 46: ferry.ledger.v1.PutPrimaryStorage.primary_storage:type_name -> ferry.v1.PrimaryStorage
+	46, // 47: ferry.ledger.v1.PutL3Network.l3_network:type_name -> ferry.v1.L3Network
+	47, // 48: ferry.ledger.v1.PutMigrationServer.migration_server:type_name -> ferry.v1.MigrationServer
+	48, // 49: ferry.ledger.v1.SealedCredential.credential:type_name -> ferry.v1.Credential
+	13, // 50: ferry.ledger.v1.PutCredential.credential:type_name -> ferry.ledger.v1.SealedCredential
+	49, // 51: ferry.ledger.v1.PutSource.source:type_name -> ferry.v1.Source
+	50, // 52: ferry.ledger.v1.RecordSourceSync.inventory:type_name -> ferry.v1.SourceInventory
+	51, // 53: ferry.ledger.v1.CreateMigrationJobs.jobs:type_name -> ferry.v1.MigrationJob
+	52, // 54: ferry.ledger.v1.CheckpointMigrationJob.phase:type_name -> ferry.v1.MigrationJobPhase
+	53, // 55: ferry.ledger.v1.CheckpointMigrationJob.disks:type_name -> ferry.v1.DiskProgress
+	54, // 56: ferry.ledger.v1.CheckpointMigrationJob.phase_timings:type_name -> ferry.v1.PhaseTiming
+	55, // 57: ferry.ledger.v1.CheckpointMigrationJob.precopy_rounds:type_name -> ferry.v1.PrecopyRound
+	56, // 58: ferry.ledger.v1.FinishMigrationJob.state:type_name -> ferry.v1.MigrationJobState
+	53, // 59: ferry.ledger.v1.FinishMigrationJob.disks:type_name -> ferry.v1.DiskProgress
+	54, // 60: ferry.ledger.v1.FinishMigrationJob.phase_timings:type_name -> ferry.v1.PhaseTiming
+	55, // 61: ferry.ledger.v1.FinishMigrationJob.precopy_rounds:type_name -> ferry.v1.PrecopyRound
+	57, // 62: ferry.ledger.v1.FinishMigrationJob.measured_downtime:type_name -> google.protobuf.Duration
+	41, // 63: ferry.ledger.v1.SetMigrationJobCutover.cutover_time:type_name -> google.protobuf.Timestamp
+	58, // 64: ferry.ledger.v1.PutNetworkMappingGroup.network_mapping_group:type_name -> ferry.v1.NetworkMappingGroup
+	59, // 65: ferry.ledger.v1.PutSettings.settings:type_name -> ferry.v1.Settings
+	28, // 66: ferry.ledger.v1.PutNode.node:type_name -> ferry.ledger.v1.Node
+	41, // 67: ferry.ledger.v1.RequestRecord.time:type_name -> google.protobuf.Timestamp
+	42, // 68: ferry.ledger.v1.Snapshot.clusters:type_name -> ferry.v1.Cluster
+	43, // 69: ferry.ledger.v1.Snapshot.hosts:type_name -> ferry.v1.Host
+	45, // 70: ferry.ledger.v1.Snapshot.primary_storages:type_name -> ferry.v1.PrimaryStorage
+	46, // 71: ferry.ledger.v1.Snapshot.l3_networks:type_name -> ferry.v1.L3Network
+	47, // 72: ferry.ledger.v1.Snapshot.migration_servers:type_name -> ferry.v1.MigrationServer
+	13, // 73: ferry.ledger.v1.Snapshot.credentials:type_name -> ferry.ledger.v1.SealedCredential
+	49, // 74: ferry.ledger.v1.Snapshot.sources:type_name -> ferry.v1.Source
+	51, // 75: ferry.ledger.v1.Snapshot.jobs:type_name -> ferry.v1.MigrationJob
+	59, // 76: ferry.ledger.v1.Snapshot.settings:type_name -> ferry.v1.Settings
+	28, // 77: ferry.ledger.v1.Snapshot.nodes:type_name -> ferry.ledger.v1.Node
+	31, // 78: ferry.ledger.v1.Snapshot.requests:type_name -> ferry.ledger.v1.RequestRecord
+	50, // 79: ferry.ledger.v1.Snapshot.source_inventories:type_name -> ferry.v1.SourceInventory
+	58, // 80: ferry.ledger.v1.Snapshot.network_mapping_groups:type_name -> ferry.v1.NetworkMappingGroup
+	60, // 81: ferry.ledger.v1.Snapshot.revoked_certificates:type_name -> ferry.v1.RevokedCertificate
+	61, // 82: ferry.ledger.v1.Snapshot.audit_events:type_name -> ferry.v1.AuditEvent
+	37, // 83: ferry.ledger.v1.Snapshot.audit_retention:type_name -> ferry.ledger.v1.AuditRetention
+	34, // 84: ferry.ledger.v1.Snapshot.cache_usage:type_name -> ferry.ledger.v1.CacheUsageHistory
+	33, // 85: ferry.ledger.v1.Snapshot.bundle_signing_key:type_name -> ferry.ledger.v1.SetBundleSigningKey
+	35, // 86: ferry.ledger.v1.CacheUsageHistory.tiers:type_name -> ferry.ledger.v1.UsageTier
+	61, // 87: ferry.ledger.v1.RecordAuditEvent.event:type_name -> ferry.v1.AuditEvent
+	37, // 88: ferry.ledger.v1.RecordAuditEvent.retention:type_name -> ferry.ledger.v1.AuditRetention
+	60, // 89: ferry.ledger.v1.RevokeCertificate.certificate:type_name -> ferry.v1.RevokedCertificate
+	47, // 90: ferry.ledger.v1.UpdateResource.migration_server:type_name -> ferry.v1.MigrationServer
+	49, // 91: ferry.ledger.v1.UpdateResource.source:type_name -> ferry.v1.Source
+	13, // 92: ferry.ledger.v1.UpdateResource.credential:type_name -> ferry.ledger.v1.SealedCredential
+	42, // 93: ferry.ledger.v1.UpdateResource.cluster:type_name -> ferry.v1.Cluster
+	45, // 94: ferry.ledger.v1.UpdateResource.primary_storage:type_name -> ferry.v1.PrimaryStorage
+	46, // 95: ferry.ledger.v1.UpdateResource.l3_network:type_name -> ferry.v1.L3Network
+	51, // 96: ferry.ledger.v1.UpdateResource.migration_job:type_name -> ferry.v1.MigrationJob
+	97, // [97:97] is the sub-list for method output_type
+	97, // [97:97] is the sub-list for method input_type
+	97, // [97:97] is the sub-list for extension type_name
+	97, // [97:97] is the sub-list for extension extendee
+	0,  // [0:97] is the sub-list for field type_name
 }
 
 func init() { file_ferry_ledger_v1_ledger_proto_init() }
@@ -3755,9 +3844,10 @@ func file_ferry_ledger_v1_ledger_proto_init() {
 		(*Command_UpdateResource)(nil),
 		(*Command_RecordAuditEvent)(nil),
 		(*Command_SetMigrationJobCutover)(nil),
+		(*Command_SetBundleSigningKey)(nil),
 	}
 	file_ferry_ledger_v1_ledger_proto_msgTypes[12].OneofWrappers = []any{}
-	file_ferry_ledger_v1_ledger_proto_msgTypes[39].OneofWrappers = []any{
+	file_ferry_ledger_v1_ledger_proto_msgTypes[40].OneofWrappers = []any{
 		(*UpdateResource_MigrationServer)(nil),
 		(*UpdateResource_Source)(nil),
 		(*UpdateResource_Credential)(nil),
@@ -3772,7 +3862,7 @@ func file_ferry_ledger_v1_ledger_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_ferry_ledger_v1_ledger_proto_rawDesc), len(file_ferry_ledger_v1_ledger_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   40,
+			NumMessages:   41,
 			NumExtensions: 0,
 			NumServices:   0,
 		},
