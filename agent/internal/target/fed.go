@@ -54,7 +54,7 @@ func (f *follower) roundFed(ctx context.Context, todo []int) (fed, rest []int, e
 	if err := f.openTarget(ctx); err != nil {
 		return nil, nil, err
 	}
-	base := f.uploaded
+	base, dst := f.uploaded, f.sink()
 	var mu sync.Mutex
 	var done int64
 	g, gctx := errgroup.WithContext(ctx)
@@ -62,7 +62,7 @@ func (f *follower) roundFed(ctx context.Context, todo []int) (fed, rest []int, e
 	for _, c := range chunks {
 		g.Go(func() error {
 			if !f.zeroed {
-				if err := f.dst.WriteZeroes(gctx, c.Off, c.End-c.Off, 0); err != nil {
+				if err := dst.WriteZeroes(gctx, c.Off, c.End-c.Off); err != nil {
 					return fmt.Errorf("zero %d bytes at %d: %w", c.End-c.Off, c.Off, err)
 				}
 			}
@@ -75,7 +75,7 @@ func (f *follower) roundFed(ctx context.Context, todo []int) (fed, rest []int, e
 				}
 			}
 			for _, s := range c.Spans {
-				if err := f.dst.WriteAt(gctx, c.Data[s.Offset-c.Off:s.Offset+s.Length-c.Off], s.Offset, false); err != nil {
+				if err := dst.WriteAt(gctx, c.Data[s.Offset-c.Off:s.Offset+s.Length-c.Off], s.Offset); err != nil {
 					return fmt.Errorf("write %d bytes at %d: %w", s.Length, s.Offset, err)
 				}
 			}
@@ -91,7 +91,7 @@ func (f *follower) roundFed(ctx context.Context, todo []int) (fed, rest []int, e
 		f.job.Progress.Uploaded(f.disk, base)
 		return nil, nil, fmt.Errorf("upload from the copy's buffers: %w", err)
 	}
-	if err := f.dst.Flush(ctx); err != nil {
+	if err := dst.Flush(ctx); err != nil {
 		return nil, nil, fmt.Errorf("flush volume: %w", err)
 	}
 	f.uploaded = base + done

@@ -434,8 +434,8 @@ func TestVerifyBesideFindsACorruptedVolume(t *testing.T) {
 					var err error
 					once.Do(func() {
 						if err = f.openTarget(ctx); err == nil {
-							if err = f.dst.WriteAt(ctx, []byte{0x77}, tc.off, false); err == nil {
-								err = f.dst.Flush(ctx)
+							if err = f.sink().WriteAt(ctx, []byte{0x77}, tc.off); err == nil {
+								err = f.sink().Flush(ctx)
 							}
 						}
 					})

@@ -113,7 +113,9 @@ func (v Volume) CreateCommands() [][]string {
 	case v.Dir != "":
 		return [][]string{
 			{"mkdir", "-p", v.Dir},
-			{"qemu-img", "create", "-q", "-f", FormatQcow2, v.Path, size},
+			// Metadata preallocated: the upload writes the file directly
+			// (direct.go).
+			{"qemu-img", "create", "-q", "-f", FormatQcow2, "-o", "preallocation=metadata", v.Path, size},
 		}
 	case v.Pool != "":
 		return [][]string{{"qemu-img", "create", "-q", "-f", FormatRaw, v.Path, size}}
