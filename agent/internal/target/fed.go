@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"sync"
+	"time"
 
 	"golang.org/x/sync/errgroup"
 
@@ -24,6 +25,11 @@ var feedBytes int64 = 128 << 20
 // onFedRound, when set by a test, is told of every round from the copy's
 // buffers.
 var onFedRound func(chunks int, bytes int64)
+
+// feedWait is how long the copy may wait for room in a full feed when the
+// upload writes the volume's file directly and without a limit: such an
+// upload takes chunks as fast as the checkpoint marks them done.
+var feedWait = time.Second
 
 // fedInFlight is how many fed chunks are written to the volume at once.
 const fedInFlight = 4
@@ -97,9 +103,22 @@ func (f *follower) roundFed(ctx context.Context, todo []int) (fed, rest []int, e
 	f.uploaded = base + done
 	f.job.Progress.Uploaded(f.disk, f.uploaded)
 	f.rounds++
+	f.askWait()
 	if onFedRound != nil {
 		onFedRound(len(fed), done)
 	}
 	f.log.DebugContext(ctx, "upload round from the copy's buffers", "chunks", len(fed), "bytes", done)
 	return fed, rest, nil
+}
+
+// askWait lets the copy wait for room in the feed while the upload writes
+// the volume's file directly and without a limit.
+func (f *follower) askWait() {
+	if f.feed == nil || f.direct == nil {
+		return
+	}
+	if l := f.job.Upstream; l != nil && l.Rate() > 0 {
+		return
+	}
+	f.feed.SetWait(feedWait)
 }

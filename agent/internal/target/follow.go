@@ -101,6 +101,7 @@ type follower struct {
 	target   *cache.Server
 	dst      *nbd.Client   // the volume's qemu-nbd, or
 	direct   *directVolume // the volume's file itself (direct.go)
+	directOK bool          // the volume could be opened so once
 	tmpDir   string
 	feed     *pipeline.Feed // the chunks the copy offers from its buffers
 	writing  bool           // the fence before the first write to the volume passed
@@ -302,6 +303,13 @@ func (f *follower) roundCache(ctx context.Context, converted bool, m pipeline.Ma
 	if err != nil {
 		return false, err
 	}
+	if useDirect && !f.directOK && f.remote == nil && f.vol.Dir != "" {
+		// Whether the volume can be written directly decides the round.
+		if err := f.openTarget(ctx); err != nil {
+			release()
+			return false, err
+		}
+	}
 	if f.byQemuImg() {
 		err = f.roundQemuImg(ctx, socket, src, m, todo)
 	} else {
@@ -445,7 +453,8 @@ func (f *follower) openTarget(ctx context.Context) error {
 	if useDirect && f.vol.Dir != "" && f.vol.Format == FormatQcow2 {
 		v, err := openDirect(ctx, f.vol.Path)
 		if err == nil {
-			f.direct = v
+			f.direct, f.directOK = v, true
+			f.askWait()
 			f.log.DebugContext(ctx, "writing the volume's file directly", "volume", f.vol.Path, "runs", len(v.runs))
 			return nil
 		}
