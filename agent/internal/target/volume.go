@@ -1,7 +1,8 @@
 // Package target does a job's UPLOADING and CONFIGURING on the target side:
 // it creates a volume per kept disk on the primary storage (a qcow2 file on
 // local or NFS storage, an RBD image on Ceph, a logical volume on shared
-// block storage), copies the cache image onto it through qemu-nbd, and
+// block storage), copies the cache image onto it (into a qcow2 file
+// directly, direct.go; through qemu-nbd otherwise), and
 // defines (and by default starts) the libvirt domain. Rollback removes all
 // of it again, in any phase, as often as it is called.
 package target
