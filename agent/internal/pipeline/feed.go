@@ -1,6 +1,10 @@
 package pipeline
 
-import "sync"
+import (
+	"context"
+	"sync"
+	"time"
+)
 
 // A Feed hands the chunks a copy writes into its cache image to the
 // upload beside the copy, so that the upload writes them to the target
@@ -15,6 +19,12 @@ import "sync"
 // every Copy with that checkpoint then offers its chunks. A Copy that
 // begins drops what earlier runs offered, whose image may have been
 // replaced since.
+//
+// An upload that takes chunks as fast as the copy makes them (a volume
+// written straight into its file, without a limit) may ask the copy to
+// wait a while for room instead (SetWait): a chunk the feed drops is read
+// back from the cache later, which costs a host short of CPU more than a
+// copy that waits for the upload's next round.
 type Feed struct {
 	path string
 	max  int64
@@ -23,6 +33,8 @@ type Feed struct {
 	chunks map[int]*FedChunk
 	bytes  int64
 	closed bool
+	wait   time.Duration
+	room   chan struct{} // closed when chunks leave the feed
 }
 
 // FedChunk is one chunk a copy offered: Data is its whole content as the
@@ -53,7 +65,7 @@ var feeds sync.Map
 // holding at most maxBytes of chunk data; it replaces any earlier
 // subscription of path. Close ends it.
 func Subscribe(path string, maxBytes int64) *Feed {
-	f := &Feed{path: path, max: maxBytes, chunks: map[int]*FedChunk{}}
+	f := &Feed{path: path, max: maxBytes, chunks: map[int]*FedChunk{}, room: make(chan struct{})}
 	if old, ok := feeds.Swap(path, f); ok {
 		old.(*Feed).Close()
 	}
@@ -66,6 +78,21 @@ func feedOf(path string) *Feed {
 		return f.(*Feed)
 	}
 	return nil
+}
+
+// SetWait makes a copy with a chunk the full feed has no room for wait up
+// to d for the upload to take some (0, the default: not at all). A wait
+// that runs out turns waiting off until the next SetWait.
+func (f *Feed) SetWait(d time.Duration) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.wait = d
+}
+
+// freedLocked wakes the copies waiting for room.
+func (f *Feed) freedLocked() {
+	close(f.room)
+	f.room = make(chan struct{})
 }
 
 // Has reports whether chunk i is in the feed.
@@ -93,6 +120,7 @@ func (f *Feed) Take(i int) *FedChunk {
 	if c != nil {
 		delete(f.chunks, i)
 		f.bytes -= int64(len(c.Data))
+		f.freedLocked()
 	}
 	return c
 }
@@ -119,21 +147,52 @@ func (f *Feed) dropLocked() {
 		delete(f.chunks, i)
 	}
 	f.bytes = 0
+	f.freedLocked()
 }
 
-// offer adds c unless the feed is closed or has no room for it; it
+// offer adds c unless the feed is closed or has no room for it, after
+// waiting for room as long as SetWait says (calling full first, once); it
 // reports whether the feed took c (and with it c's buffer).
-func (f *Feed) offer(c *FedChunk) bool {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	if f.closed || f.bytes+int64(len(c.Data)) > f.max {
-		return false
+func (f *Feed) offer(ctx context.Context, c *FedChunk, full func()) bool {
+	var timeout <-chan time.Time
+	for {
+		f.mu.Lock()
+		if f.closed {
+			f.mu.Unlock()
+			return false
+		}
+		if f.bytes+int64(len(c.Data)) <= f.max {
+			if old := f.chunks[c.Index]; old != nil {
+				f.bytes -= int64(len(old.Data))
+				old.Release()
+			}
+			f.chunks[c.Index] = c
+			f.bytes += int64(len(c.Data))
+			f.mu.Unlock()
+			return true
+		}
+		room, wait := f.room, f.wait
+		f.mu.Unlock()
+		if wait <= 0 || int64(len(c.Data)) > f.max {
+			return false
+		}
+		if timeout == nil {
+			t := time.NewTimer(wait)
+			defer t.Stop()
+			timeout = t.C
+			if full != nil {
+				full()
+			}
+		}
+		select {
+		case <-room:
+		case <-timeout:
+			// The upload is not keeping up: the copy waits no more
+			// until it asks again.
+			f.SetWait(0)
+			return false
+		case <-ctx.Done():
+			return false
+		}
 	}
-	if old := f.chunks[c.Index]; old != nil {
-		f.bytes -= int64(len(old.Data))
-		old.Release()
-	}
-	f.chunks[c.Index] = c
-	f.bytes += int64(len(c.Data))
-	return true
 }

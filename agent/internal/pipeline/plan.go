@@ -136,7 +136,7 @@ func (c *copier) emit(ctx context.Context, jobs chan<- job, j job) error {
 		j.zeroFirst = cp.mayBeWritten(j.index)
 		if j.dataBytes == 0 && !j.zeroFirst {
 			if f := feedOf(c.feedPath); f != nil {
-				f.offer(&FedChunk{Index: j.index, Off: j.off, End: j.end})
+				f.offer(ctx, &FedChunk{Index: j.index, Off: j.off, End: j.end}, nil)
 			}
 			cp.complete(j.index, 0, Sum{Kind: SumZero})
 			return nil

@@ -52,15 +52,14 @@ func (c *copier) copyChunk(ctx context.Context, j job, w *workerBuf) error {
 				fc.DataBytes += r.end - r.off
 			}
 		}
-		if feed.offer(fc) && fc.handle != nil {
+		// A full feed waits for the upload to take chunks the checkpoint
+		// marks done: a save now marks those this run completed.
+		if feed.offer(ctx, fc, c.kickSave) && fc.handle != nil {
 			w.giveAway()
 		}
 	}
 	if cp.complete(j.index, j.dataBytes, sum) >= c.saveBytes {
-		select {
-		case c.kick <- struct{}{}:
-		default:
-		}
+		c.kickSave()
 	}
 	return cp.waitBelow(ctx, 2*c.saveBytes)
 }
@@ -93,4 +92,12 @@ func granules(data []span, lo, hi int64) []span {
 		out = append(out, r)
 	}
 	return out
+}
+
+// kickSave asks the saver for a checkpoint save now.
+func (c *copier) kickSave() {
+	select {
+	case c.kick <- struct{}{}:
+	default:
+	}
 }

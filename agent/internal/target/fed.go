@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"sync"
+	"time"
 
 	"golang.org/x/sync/errgroup"
 
@@ -24,6 +25,11 @@ var feedBytes int64 = 128 << 20
 // onFedRound, when set by a test, is told of every round from the copy's
 // buffers.
 var onFedRound func(chunks int, bytes int64)
+
+// feedWait is how long the copy may wait for room in a full feed when the
+// upload writes the volume's file directly and without a limit: such an
+// upload takes chunks as fast as the checkpoint marks them done.
+var feedWait = time.Second
 
 // fedInFlight is how many fed chunks are written to the volume at once.
 const fedInFlight = 4
@@ -54,7 +60,7 @@ func (f *follower) roundFed(ctx context.Context, todo []int) (fed, rest []int, e
 	if err := f.openTarget(ctx); err != nil {
 		return nil, nil, err
 	}
-	base := f.uploaded
+	base, dst := f.uploaded, f.sink()
 	var mu sync.Mutex
 	var done int64
 	g, gctx := errgroup.WithContext(ctx)
@@ -62,7 +68,7 @@ func (f *follower) roundFed(ctx context.Context, todo []int) (fed, rest []int, e
 	for _, c := range chunks {
 		g.Go(func() error {
 			if !f.zeroed {
-				if err := f.dst.WriteZeroes(gctx, c.Off, c.End-c.Off, 0); err != nil {
+				if err := dst.WriteZeroes(gctx, c.Off, c.End-c.Off); err != nil {
 					return fmt.Errorf("zero %d bytes at %d: %w", c.End-c.Off, c.Off, err)
 				}
 			}
@@ -75,7 +81,7 @@ func (f *follower) roundFed(ctx context.Context, todo []int) (fed, rest []int, e
 				}
 			}
 			for _, s := range c.Spans {
-				if err := f.dst.WriteAt(gctx, c.Data[s.Offset-c.Off:s.Offset+s.Length-c.Off], s.Offset, false); err != nil {
+				if err := dst.WriteAt(gctx, c.Data[s.Offset-c.Off:s.Offset+s.Length-c.Off], s.Offset); err != nil {
 					return fmt.Errorf("write %d bytes at %d: %w", s.Length, s.Offset, err)
 				}
 			}
@@ -91,15 +97,28 @@ func (f *follower) roundFed(ctx context.Context, todo []int) (fed, rest []int, e
 		f.job.Progress.Uploaded(f.disk, base)
 		return nil, nil, fmt.Errorf("upload from the copy's buffers: %w", err)
 	}
-	if err := f.dst.Flush(ctx); err != nil {
+	if err := dst.Flush(ctx); err != nil {
 		return nil, nil, fmt.Errorf("flush volume: %w", err)
 	}
 	f.uploaded = base + done
 	f.job.Progress.Uploaded(f.disk, f.uploaded)
 	f.rounds++
+	f.askWait()
 	if onFedRound != nil {
 		onFedRound(len(fed), done)
 	}
 	f.log.DebugContext(ctx, "upload round from the copy's buffers", "chunks", len(fed), "bytes", done)
 	return fed, rest, nil
+}
+
+// askWait lets the copy wait for room in the feed while the upload writes
+// the volume's file directly and without a limit.
+func (f *follower) askWait() {
+	if f.feed == nil || f.direct == nil {
+		return
+	}
+	if l := f.job.Upstream; l != nil && l.Rate() > 0 {
+		return
+	}
+	f.feed.SetWait(feedWait)
 }

@@ -99,7 +99,9 @@ type follower struct {
 	zeroed   bool          // the volume read as zeroes where nothing was written
 	export   *cache.Export // the read-only cache export, once the copy ended
 	target   *cache.Server
-	dst      *nbd.Client
+	dst      *nbd.Client   // the volume's qemu-nbd, or
+	direct   *directVolume // the volume's file itself (direct.go)
+	directOK bool          // the volume could be opened so once
 	tmpDir   string
 	feed     *pipeline.Feed // the chunks the copy offers from its buffers
 	writing  bool           // the fence before the first write to the volume passed
@@ -301,6 +303,13 @@ func (f *follower) roundCache(ctx context.Context, converted bool, m pipeline.Ma
 	if err != nil {
 		return false, err
 	}
+	if useDirect && !f.directOK && f.remote == nil && f.vol.Dir != "" {
+		// Whether the volume can be written directly decides the round.
+		if err := f.openTarget(ctx); err != nil {
+			release()
+			return false, err
+		}
+	}
 	if f.byQemuImg() {
 		err = f.roundQemuImg(ctx, socket, src, m, todo)
 	} else {
@@ -423,7 +432,7 @@ func (f *follower) source(ctx context.Context, converted bool) (*nbd.Client, str
 
 // openTarget serves the volume writable for the rest of the upload.
 func (f *follower) openTarget(ctx context.Context) error {
-	if f.dst != nil {
+	if f.dst != nil || f.direct != nil {
 		return nil
 	}
 	// Serving the volume writable is the upload's first write to it.
@@ -440,6 +449,16 @@ func (f *follower) openTarget(ctx context.Context) error {
 		}
 		f.dst = c
 		return nil
+	}
+	if useDirect && f.vol.Dir != "" && f.vol.Format == FormatQcow2 {
+		v, err := openDirect(ctx, f.vol.Path)
+		if err == nil {
+			f.direct, f.directOK = v, true
+			f.askWait()
+			f.log.DebugContext(ctx, "writing the volume's file directly", "volume", f.vol.Path, "runs", len(v.runs))
+			return nil
+		}
+		f.log.DebugContext(ctx, "writing the volume through qemu-nbd", "volume", f.vol.Path, "reason", err)
 	}
 	d, err := os.MkdirTemp(f.up.tempDir, "ferry-upload-")
 	if err != nil {
@@ -460,8 +479,28 @@ func (f *follower) openTarget(ctx context.Context) error {
 	return nil
 }
 
+// sink is the volume opened by openTarget, to write.
+func (f *follower) sink() pipeline.Sink {
+	if f.direct != nil {
+		return f.direct
+	}
+	return pipeline.NBDSink{Client: f.dst}
+}
+
+// readBack is the volume opened by openTarget, to read back.
+func (f *follower) readBack() pipeline.Source {
+	if f.direct != nil {
+		return f.direct
+	}
+	return pipeline.NBDSource{Client: f.dst}
+}
+
 func (f *follower) closeTarget() error {
 	var err error
+	if f.direct != nil {
+		err = f.direct.Close()
+		f.direct = nil
+	}
 	if f.dst != nil {
 		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 		_ = f.dst.Disconnect(ctx)
@@ -469,7 +508,9 @@ func (f *follower) closeTarget() error {
 		f.dst = nil
 	}
 	if f.target != nil {
-		err = f.target.Stop()
+		if serr := f.target.Stop(); err == nil {
+			err = serr
+		}
 		f.target = nil
 	}
 	if f.tmpDir != "" {
@@ -496,11 +537,12 @@ func (f *follower) finish(ctx context.Context) error {
 	if err := f.openTarget(ctx); err != nil {
 		return err
 	}
-	if tail := f.dst.Size() - f.marks.size; tail > 0 && !f.zeroed {
-		if err := f.dst.WriteZeroes(ctx, f.marks.size, tail, 0); err != nil {
+	dst := f.sink()
+	if tail := f.readBack().Size() - f.marks.size; tail > 0 && !f.zeroed {
+		if err := dst.WriteZeroes(ctx, f.marks.size, tail); err != nil {
 			return fmt.Errorf("zero the volume's tail: %w", err)
 		}
-		if err := f.dst.Flush(ctx); err != nil {
+		if err := dst.Flush(ctx); err != nil {
 			return fmt.Errorf("flush volume: %w", err)
 		}
 	}
@@ -553,7 +595,7 @@ func (f *follower) verifyBeside(ctx context.Context) error {
 		return err
 	}
 	slices.Sort(f.unverified)
-	st, err := pipeline.VerifyChunks(ctx, pipeline.NBDSource{Client: f.dst}, sums, f.unverified, pipeline.VerifyOptions{
+	st, err := pipeline.VerifyChunks(ctx, f.readBack(), sums, f.unverified, pipeline.VerifyOptions{
 		InFlight: verifyInFlight, Progress: verifyProgress(f.job, f.disk, f.verifiedBytes, f.marks.size), Limiter: f.job.Upstream})
 	if err != nil {
 		return fmt.Errorf("volume %s: %w", f.vol.Path, err)

@@ -309,12 +309,20 @@ const (
 
 // The upload runs beside the copy: chunks are on the volume before the
 // copy has ended, and the volume ends identical to the source, whether
-// the rounds run qemu-img or the agent's own copier.
+// the rounds run qemu-img or the agent's own copier, onto the volume
+// through its qemu-nbd or straight into its file.
 func TestUploadOverlapsTheCopy(t *testing.T) {
-	for _, byQemuImg := range []bool{true, false} {
-		t.Run(map[bool]string{true: "qemu-img", false: "agent copier"}[byQemuImg], func(t *testing.T) {
-			useQemuImg = byQemuImg
-			defer func() { useQemuImg = true }()
+	for _, tc := range []struct {
+		name              string
+		byQemuImg, direct bool
+	}{
+		{"qemu-img", true, false},
+		{"agent copier through qemu-nbd", false, false},
+		{"agent copier into the file", false, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			useQemuImg, useDirect = tc.byQemuImg, tc.direct
+			defer func() { useQemuImg, useDirect = true, true }()
 			testUploadOverlapsTheCopy(t)
 		})
 	}
@@ -436,20 +444,22 @@ func TestVerifyBesideFindsACorruptedVolume(t *testing.T) {
 	} {
 		for _, byQemuImg := range []bool{true, false} {
 			t.Run(tc.name+map[bool]string{true: " qemu-img", false: " agent copier"}[byQemuImg], func(t *testing.T) {
-				useQemuImg = byQemuImg
+				// qemu-img rounds upload onto a volume written through
+				// qemu-nbd; the agent's copier, onto one written directly.
+				useQemuImg, useDirect = byQemuImg, !byQemuImg
 				var once sync.Once
 				beforeVerifyBeside = func(ctx context.Context, f *follower) error {
 					var err error
 					once.Do(func() {
 						if err = f.openTarget(ctx); err == nil {
-							if err = f.dst.WriteAt(ctx, []byte{0x77}, tc.off, false); err == nil {
-								err = f.dst.Flush(ctx)
+							if err = f.sink().WriteAt(ctx, []byte{0x77}, tc.off); err == nil {
+								err = f.sink().Flush(ctx)
 							}
 						}
 					})
 					return err
 				}
-				defer func() { useQemuImg, beforeVerifyBeside = true, nil }()
+				defer func() { useQemuImg, useDirect, beforeVerifyBeside = true, true, nil }()
 				o := newOverlapJob(t)
 				o.src.gate, o.src.gateAt = make(chan struct{}), overlapSize/2
 				defer close(o.src.gate)

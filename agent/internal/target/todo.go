@@ -79,13 +79,13 @@ func (f *follower) round(ctx context.Context, src *nbd.Client, m pipeline.Marks,
 		s.todo[i] = true
 	}
 	if !f.zeroed {
-		if err := zeroTodo(ctx, s, f.dst); err != nil {
+		if err := zeroTodo(ctx, s, f.sink()); err != nil {
 			return err
 		}
 	}
 	base := f.uploaded
 	report := func(done, _ int64) { f.job.Progress.Uploaded(f.disk, base+done) }
-	st, err := pipeline.Copy(ctx, s, unflushed{pipeline.NBDSink{Client: f.dst}}, pipeline.Options{
+	st, err := pipeline.Copy(ctx, s, unflushed{f.sink()}, pipeline.Options{
 		ChunkSize: uploadRequest, InFlight: uploadInFlight,
 		Limiter: f.job.Upstream, Progress: report, Logger: slog.New(slog.DiscardHandler),
 	})
@@ -97,7 +97,7 @@ func (f *follower) round(ctx context.Context, src *nbd.Client, m pipeline.Marks,
 		return err
 	}
 	start := time.Now()
-	if err := f.dst.Flush(ctx); err != nil {
+	if err := f.sink().Flush(ctx); err != nil {
 		return fmt.Errorf("flush volume: %w", err)
 	}
 	f.uploaded = base + st.DataBytes
@@ -109,12 +109,12 @@ func (f *follower) round(ctx context.Context, src *nbd.Client, m pipeline.Marks,
 
 // unflushed is the volume as a round writes it: the round flushes it
 // itself.
-type unflushed struct{ pipeline.NBDSink }
+type unflushed struct{ pipeline.Sink }
 
 func (unflushed) Flush(context.Context) error { return nil }
 
 // zeroTodo writes zeroes where the chunks to upload read as zeroes.
-func zeroTodo(ctx context.Context, s todoSource, dst *nbd.Client) error {
+func zeroTodo(ctx context.Context, s todoSource, dst pipeline.Sink) error {
 	for off := int64(0); off < s.size; {
 		exts, err := s.Extents(ctx, off, s.size-off)
 		if err != nil {
@@ -122,7 +122,7 @@ func zeroTodo(ctx context.Context, s todoSource, dst *nbd.Client) error {
 		}
 		for _, e := range exts {
 			if e.Zero && s.todo[e.Offset/s.chunk] {
-				if err := dst.WriteZeroes(ctx, e.Offset, e.Length, 0); err != nil {
+				if err := dst.WriteZeroes(ctx, e.Offset, e.Length); err != nil {
 					return fmt.Errorf("zero %d bytes at %d: %w", e.Length, e.Offset, err)
 				}
 			}

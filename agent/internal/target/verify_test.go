@@ -108,7 +108,8 @@ func TestVerifyVolume(t *testing.T) {
 			run(t, "qemu-io", "-f", "qcow2", "-c", "write -P 0x01 10485765 1", p)
 		}, 10 << 20, "the source read as zeroes, the target has data at offset 10485765"},
 		{"data range zeroed", func(t testing.TB, p string) {
-			run(t, "qemu-io", "-f", "qcow2", "-c", "write -z 20M 512k", p)
+			// A whole cluster (2 MiB), which qcow2 then marks as zeroes.
+			run(t, "qemu-io", "-f", "qcow2", "-c", "write -z 20M 2M", p)
 		}, 20 << 20, "the target reads as zeroes"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

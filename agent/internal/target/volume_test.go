@@ -36,7 +36,7 @@ func TestPlanAndCommands(t *testing.T) {
 			wantFormat: "qcow2", wantZeroed: true,
 			create: [][]string{
 				{"mkdir", "-p", "/var/lib/ferry/ps/j1"},
-				{"qemu-img", "create", "-q", "-f", "qcow2", "/var/lib/ferry/ps/j1/vda.qcow2", "10737418240"},
+				{"qemu-img", "create", "-q", "-f", "qcow2", "-o", "preallocation=metadata,cluster_size=2M", "/var/lib/ferry/ps/j1/vda.qcow2", "10737418240"},
 			},
 			del: [][]string{
 				{"rm", "-f", "/var/lib/ferry/ps/j1/vda.qcow2"},
@@ -51,7 +51,7 @@ func TestPlanAndCommands(t *testing.T) {
 			wantFormat: "qcow2", wantZeroed: true,
 			create: [][]string{
 				{"mkdir", "-p", "/mnt/nfs/j1"},
-				{"qemu-img", "create", "-q", "-f", "qcow2", "/mnt/nfs/j1/vda.qcow2", "10737418240"},
+				{"qemu-img", "create", "-q", "-f", "qcow2", "-o", "preallocation=metadata,cluster_size=2M", "/mnt/nfs/j1/vda.qcow2", "10737418240"},
 			},
 			del: [][]string{
 				{"rm", "-f", "/mnt/nfs/j1/vda.qcow2"},
