@@ -23,6 +23,7 @@ import (
 	"github.com/ferry-v2v/ferry/agent/internal/config"
 	"github.com/ferry-v2v/ferry/agent/internal/facts"
 	"github.com/ferry-v2v/ferry/agent/internal/metrics"
+	"github.com/ferry-v2v/ferry/agent/internal/prepare"
 	"github.com/ferry-v2v/ferry/agent/internal/runner"
 	"github.com/ferry-v2v/ferry/agent/internal/session"
 	"github.com/ferry-v2v/ferry/agent/internal/source/kvm"
@@ -114,6 +115,7 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 			ferryv1.Platform_PLATFORM_KVM:    kvmDriver,
 			ferryv1.Platform_PLATFORM_VMWARE: vmware.NewDriver(log, vmware.Options{RetryBudget: cfg.SourceRetryBudget}),
 		},
+		Preparer: prepare.New(log),
 	}
 	fences := session.NewFences(outbox, log)
 	targets := session.NewTargets(outbox, log)

@@ -56,6 +56,15 @@ type Verifier interface {
 	Verify(ctx context.Context, job *Job) error
 }
 
+// Preparer adapts the guest on the cache images to KVM (PREPARING): it
+// reads the images CONVERTING made and leaves what UPLOADING must upload
+// beside them (cache.PreparedPath), never changing the cache images
+// themselves, so a job whose conversion failed restarts from an intact
+// cache. It returns what it found and changed.
+type Preparer interface {
+	Prepare(ctx context.Context, job *Job) (*ferryv1.GuestInspection, error)
+}
+
 // Rollbacker is what a target driver may also do: undo what a job made
 // on the target (domain, volumes, DHCP entries) after it failed or was
 // cancelled in any phase. It must be idempotent and work from the
@@ -70,6 +79,9 @@ type Rollbacker interface {
 type Drivers struct {
 	Sources map[ferryv1.Platform]Source
 	Target  Target
+	// Preparer converts guests in PREPARING; a job that asks for a
+	// conversion fails without it.
+	Preparer Preparer
 }
 
 // NoDriverError says this build has no driver a job needs.
@@ -98,6 +110,8 @@ type Job struct {
 	// bootVerifiedBy is how the target VM showed it booted; see
 	// SetBootVerifiedBy.
 	bootVerifiedBy string
+	// inspection is what PREPARING found and changed.
+	inspection *ferryv1.GuestInspection
 
 	watches *watchSet // see Watch
 	beside  *beside   // the upload beside CONVERTING, when the target overlaps
@@ -128,6 +142,26 @@ func (j *Job) Fence(ctx context.Context, write string) error {
 // the target VM's guest showed it booted (JobResult.boot_verified_by).
 func (j *Job) SetBootVerifiedBy(by string) { j.bootVerifiedBy = by }
 
+// ConvertsGuest says whether the job adapts the guest in PREPARING: its
+// options.guest_conversion, where AUTO (or unset) is on for a VMware source
+// and off for a KVM one.
+func (j *Job) ConvertsGuest() bool {
+	return ConvertsGuest(j.Assignment.GetJob().GetOptions().GetGuestConversion(), j.Assignment.GetSource().GetType())
+}
+
+// ConvertsGuest says whether a job with option c from a source of platform p
+// converts its guest.
+func ConvertsGuest(c ferryv1.GuestConversion, p ferryv1.Platform) bool {
+	switch c {
+	case ferryv1.GuestConversion_GUEST_CONVERSION_ON:
+		return true
+	case ferryv1.GuestConversion_GUEST_CONVERSION_OFF:
+		return false
+	default:
+		return p == ferryv1.Platform_PLATFORM_VMWARE
+	}
+}
+
 // Name is the job's resource name.
 func (j *Job) Name() string { return j.Assignment.GetJob().GetName() }
 
@@ -141,22 +175,49 @@ type step struct {
 	// countsBytes restarts the per-disk byte counts when the step begins.
 	countsBytes bool
 	do          func(ctx context.Context, d Drivers, j *Job) ([]string, error)
+	// skip, when set and true, passes the step by without entering its
+	// phase.
+	skip func(j *Job) bool
 }
 
 // itinerary is the order a job is walked in. Later issues insert precopy
 // rounds and cutover here, as steps, not as branches.
 var itinerary = []step{
-	{ferryv1.MigrationJobPhase_MIGRATION_JOB_PHASE_CONVERTING, "prepare the cache directory", false, prepareCache},
-	{ferryv1.MigrationJobPhase_MIGRATION_JOB_PHASE_CONVERTING, "copy the source disks to the cache", true, convert},
-	{ferryv1.MigrationJobPhase_MIGRATION_JOB_PHASE_UPLOADING, uploadStep, true, upload},
-	{ferryv1.MigrationJobPhase_MIGRATION_JOB_PHASE_UPLOADING, verifyStep, false, verify},
-	{ferryv1.MigrationJobPhase_MIGRATION_JOB_PHASE_CONFIGURING, "define the target VM", false, configure},
+	{ferryv1.MigrationJobPhase_MIGRATION_JOB_PHASE_CONVERTING, "prepare the cache directory", false, prepareCache, nil},
+	{ferryv1.MigrationJobPhase_MIGRATION_JOB_PHASE_CONVERTING, "copy the source disks to the cache", true, convert, nil},
+	{ferryv1.MigrationJobPhase_MIGRATION_JOB_PHASE_PREPARING, prepareStep, false, prepareGuest, func(j *Job) bool { return !j.ConvertsGuest() }},
+	{ferryv1.MigrationJobPhase_MIGRATION_JOB_PHASE_UPLOADING, uploadStep, true, upload, nil},
+	{ferryv1.MigrationJobPhase_MIGRATION_JOB_PHASE_UPLOADING, verifyStep, false, verify, nil},
+	{ferryv1.MigrationJobPhase_MIGRATION_JOB_PHASE_CONFIGURING, "define the target VM", false, configure, nil},
 }
 
+// prepareCache makes the job's cache directory and removes what an earlier
+// attempt's PREPARING left: this attempt converts the guest again, or (with
+// guest_conversion OFF) uploads the cache images as CONVERTING made them.
 func prepareCache(_ context.Context, _ Drivers, j *Job) ([]string, error) {
 	if err := cache.MakeJobDir(j.CacheDir); err != nil {
 		return nil, fmt.Errorf("cache directory %s: %w", j.CacheDir, err)
 	}
+	for _, d := range j.Assignment.GetJob().GetTarget().GetDisks() {
+		if err := cache.RemovePrepared(j.CacheDir, d.GetSourceDisk()); err != nil {
+			return nil, err
+		}
+	}
+	return nil, nil
+}
+
+const prepareStep = "convert the guest"
+
+// prepareGuest converts the guest on the cache images (PREPARING).
+func prepareGuest(ctx context.Context, d Drivers, j *Job) ([]string, error) {
+	if d.Preparer == nil {
+		return nil, &NoDriverError{What: "guest conversion"}
+	}
+	in, err := d.Preparer.Prepare(ctx, j)
+	if err != nil {
+		return nil, err
+	}
+	j.inspection = in
 	return nil, nil
 }
 
@@ -181,7 +242,9 @@ func convert(ctx context.Context, d Drivers, j *Job) ([]string, error) {
 	if !ok || src == nil {
 		return nil, &NoDriverError{What: platformName(platform) + " source"}
 	}
-	if o, ok := d.Target.(Overlapper); ok {
+	// A guest converted after the copy is uploaded after PREPARING, not
+	// beside the copy.
+	if o, ok := d.Target.(Overlapper); ok && !j.ConvertsGuest() {
 		j.startBeside(ctx, o)
 	}
 	return nil, src.Convert(ctx, j)
@@ -275,6 +338,9 @@ func walk(ctx context.Context, d Drivers, j *Job) *agentv1.JobResult {
 	defer func() { res.PhaseTimings = j.Progress.endPhases() }()
 	defer j.stopBeside()
 	for _, s := range itinerary {
+		if s.skip != nil && s.skip(j) {
+			continue
+		}
 		j.Progress.enter(s.phase, s.countsBytes)
 		j.Log.Debug("step", "phase", s.phase, "step", s.name)
 		warnings, err := s.do(ctx, d, j)
@@ -291,6 +357,7 @@ func walk(ctx context.Context, d Drivers, j *Job) *agentv1.JobResult {
 	res.Outcome = agentv1.JobOutcome_JOB_OUTCOME_SUCCEEDED
 	res.Disks = j.Progress.snapshot()
 	res.BootVerifiedBy = j.bootVerifiedBy
+	res.GuestInspection = j.inspection
 	return res
 }
 

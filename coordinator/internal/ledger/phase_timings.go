@@ -28,7 +28,7 @@ func CheckPhaseTimings(j *ferryv1.MigrationJob, ts []*ferryv1.PhaseTiming) error
 		field := fmt.Sprintf("phase_timings[%d]", i)
 		switch t.GetPhase() {
 		case ferryv1.MigrationJobPhase_MIGRATION_JOB_PHASE_CONVERTING, ferryv1.MigrationJobPhase_MIGRATION_JOB_PHASE_UPLOADING,
-			ferryv1.MigrationJobPhase_MIGRATION_JOB_PHASE_CONFIGURING:
+			ferryv1.MigrationJobPhase_MIGRATION_JOB_PHASE_CONFIGURING, ferryv1.MigrationJobPhase_MIGRATION_JOB_PHASE_PREPARING:
 		default:
 			return fmt.Errorf("%s.phase: %s is not a phase", field, t.GetPhase())
 		}

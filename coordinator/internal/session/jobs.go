@@ -65,7 +65,8 @@ func (m *Manager) result(ctx context.Context, s *session, r *agentv1.JobResult) 
 	state, reason := outcomeState(r)
 	cmd := &ledgerv1.Command{Op: &ledgerv1.Command_FinishMigrationJob{FinishMigrationJob: &ledgerv1.FinishMigrationJob{
 		Name: r.GetJob(), Epoch: r.GetEpoch(), State: state, Reason: reason, Warnings: r.GetWarnings(), Disks: r.GetDisks(),
-		PhaseTimings: m.phaseTimings(s, r.GetJob(), r.GetPhaseTimings()), BootVerifiedBy: r.GetBootVerifiedBy()}}}
+		PhaseTimings: m.phaseTimings(s, r.GetJob(), r.GetPhaseTimings()), BootVerifiedBy: r.GetBootVerifiedBy(),
+		GuestInspection: r.GetGuestInspection()}}}
 	err := m.propose(ctx, cmd)
 	if err == nil {
 		m.log.Info("job finished", "host", s.host, "job", r.GetJob(), "epoch", r.GetEpoch(), "state", state, "reason", reason)

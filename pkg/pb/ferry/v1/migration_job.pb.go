@@ -95,6 +95,9 @@ const (
 	MigrationJobPhase_MIGRATION_JOB_PHASE_UPLOADING MigrationJobPhase = 2
 	// Defining and maybe starting the target VM.
 	MigrationJobPhase_MIGRATION_JOB_PHASE_CONFIGURING MigrationJobPhase = 3
+	// Adapting the guest on the cache images (options.guest_conversion),
+	// between CONVERTING and UPLOADING.
+	MigrationJobPhase_MIGRATION_JOB_PHASE_PREPARING MigrationJobPhase = 4
 )
 
 // Enum value maps for MigrationJobPhase.
@@ -104,12 +107,14 @@ var (
 		1: "MIGRATION_JOB_PHASE_CONVERTING",
 		2: "MIGRATION_JOB_PHASE_UPLOADING",
 		3: "MIGRATION_JOB_PHASE_CONFIGURING",
+		4: "MIGRATION_JOB_PHASE_PREPARING",
 	}
 	MigrationJobPhase_value = map[string]int32{
 		"MIGRATION_JOB_PHASE_UNSPECIFIED": 0,
 		"MIGRATION_JOB_PHASE_CONVERTING":  1,
 		"MIGRATION_JOB_PHASE_UPLOADING":   2,
 		"MIGRATION_JOB_PHASE_CONFIGURING": 3,
+		"MIGRATION_JOB_PHASE_PREPARING":   4,
 	}
 )
 
@@ -410,6 +415,61 @@ func (Compression) EnumDescriptor() ([]byte, []int) {
 	return file_ferry_v1_migration_job_proto_rawDescGZIP(), []int{6}
 }
 
+// GuestConversion says whether PREPARING converts the guest.
+type GuestConversion int32
+
+const (
+	// AUTO.
+	GuestConversion_GUEST_CONVERSION_UNSPECIFIED GuestConversion = 0
+	// On for VMware sources, off for KVM sources.
+	GuestConversion_GUEST_CONVERSION_AUTO GuestConversion = 1
+	GuestConversion_GUEST_CONVERSION_OFF  GuestConversion = 2
+	GuestConversion_GUEST_CONVERSION_ON   GuestConversion = 3
+)
+
+// Enum value maps for GuestConversion.
+var (
+	GuestConversion_name = map[int32]string{
+		0: "GUEST_CONVERSION_UNSPECIFIED",
+		1: "GUEST_CONVERSION_AUTO",
+		2: "GUEST_CONVERSION_OFF",
+		3: "GUEST_CONVERSION_ON",
+	}
+	GuestConversion_value = map[string]int32{
+		"GUEST_CONVERSION_UNSPECIFIED": 0,
+		"GUEST_CONVERSION_AUTO":        1,
+		"GUEST_CONVERSION_OFF":         2,
+		"GUEST_CONVERSION_ON":          3,
+	}
+)
+
+func (x GuestConversion) Enum() *GuestConversion {
+	p := new(GuestConversion)
+	*p = x
+	return p
+}
+
+func (x GuestConversion) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (GuestConversion) Descriptor() protoreflect.EnumDescriptor {
+	return file_ferry_v1_migration_job_proto_enumTypes[7].Descriptor()
+}
+
+func (GuestConversion) Type() protoreflect.EnumType {
+	return &file_ferry_v1_migration_job_proto_enumTypes[7]
+}
+
+func (x GuestConversion) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use GuestConversion.Descriptor instead.
+func (GuestConversion) EnumDescriptor() ([]byte, []int) {
+	return file_ferry_v1_migration_job_proto_rawDescGZIP(), []int{7}
+}
+
 // PreviewResourceKind is what a PreviewUsage counts.
 type PreviewResourceKind int32
 
@@ -461,11 +521,11 @@ func (x PreviewResourceKind) String() string {
 }
 
 func (PreviewResourceKind) Descriptor() protoreflect.EnumDescriptor {
-	return file_ferry_v1_migration_job_proto_enumTypes[7].Descriptor()
+	return file_ferry_v1_migration_job_proto_enumTypes[8].Descriptor()
 }
 
 func (PreviewResourceKind) Type() protoreflect.EnumType {
-	return &file_ferry_v1_migration_job_proto_enumTypes[7]
+	return &file_ferry_v1_migration_job_proto_enumTypes[8]
 }
 
 func (x PreviewResourceKind) Number() protoreflect.EnumNumber {
@@ -474,7 +534,7 @@ func (x PreviewResourceKind) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use PreviewResourceKind.Descriptor instead.
 func (PreviewResourceKind) EnumDescriptor() ([]byte, []int) {
-	return file_ferry_v1_migration_job_proto_rawDescGZIP(), []int{7}
+	return file_ferry_v1_migration_job_proto_rawDescGZIP(), []int{8}
 }
 
 // WatchEventType says what happened to a job.
@@ -520,11 +580,11 @@ func (x WatchEventType) String() string {
 }
 
 func (WatchEventType) Descriptor() protoreflect.EnumDescriptor {
-	return file_ferry_v1_migration_job_proto_enumTypes[8].Descriptor()
+	return file_ferry_v1_migration_job_proto_enumTypes[9].Descriptor()
 }
 
 func (WatchEventType) Type() protoreflect.EnumType {
-	return &file_ferry_v1_migration_job_proto_enumTypes[8]
+	return &file_ferry_v1_migration_job_proto_enumTypes[9]
 }
 
 func (x WatchEventType) Number() protoreflect.EnumNumber {
@@ -533,7 +593,7 @@ func (x WatchEventType) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use WatchEventType.Descriptor instead.
 func (WatchEventType) EnumDescriptor() ([]byte, []int) {
-	return file_ferry_v1_migration_job_proto_rawDescGZIP(), []int{8}
+	return file_ferry_v1_migration_job_proto_rawDescGZIP(), []int{9}
 }
 
 // MigrationJob moves one source VM to one target VM.
@@ -603,8 +663,11 @@ type MigrationJob struct {
 	// Empty without verify_boot and until the job succeeds.
 	BootVerified   bool   `protobuf:"varint,28,opt,name=boot_verified,json=bootVerified,proto3" json:"boot_verified,omitempty"`
 	BootVerifiedBy string `protobuf:"bytes,29,opt,name=boot_verified_by,json=bootVerifiedBy,proto3" json:"boot_verified_by,omitempty"`
-	unknownFields  protoimpl.UnknownFields
-	sizeCache      protoimpl.SizeCache
+	// What PREPARING found in the guest and changed (options.guest_conversion);
+	// unset when the job did not convert the guest, and until it succeeds.
+	GuestInspection *GuestInspection `protobuf:"bytes,30,opt,name=guest_inspection,json=guestInspection,proto3" json:"guest_inspection,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
 }
 
 func (x *MigrationJob) Reset() {
@@ -840,6 +903,106 @@ func (x *MigrationJob) GetBootVerifiedBy() string {
 	return ""
 }
 
+func (x *MigrationJob) GetGuestInspection() *GuestInspection {
+	if x != nil {
+		return x.GuestInspection
+	}
+	return nil
+}
+
+// GuestInspection is what virt-v2v-in-place's inspection found in a guest
+// during PREPARING, and what the conversion changed.
+type GuestInspection struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// "linux" or "windows", as libguestfs's inspection says.
+	OsType string `protobuf:"bytes,1,opt,name=os_type,json=osType,proto3" json:"os_type,omitempty"`
+	// e.g. "debian", "rhel", "windows".
+	Distribution string `protobuf:"bytes,2,opt,name=distribution,proto3" json:"distribution,omitempty"`
+	// major.minor, e.g. "12.0".
+	Version string `protobuf:"bytes,3,opt,name=version,proto3" json:"version,omitempty"`
+	// e.g. "Debian GNU/Linux 12 (bookworm)".
+	ProductName string `protobuf:"bytes,4,opt,name=product_name,json=productName,proto3" json:"product_name,omitempty"`
+	// "bios" or "uefi".
+	Firmware string `protobuf:"bytes,5,opt,name=firmware,proto3" json:"firmware,omitempty"`
+	// What was changed, one line each, e.g. "removed package open-vm-tools",
+	// "initramfs rebuilt with virtio drivers", "NIC 52:54:00:..:..:.. named ens192".
+	Changes       []string `protobuf:"bytes,6,rep,name=changes,proto3" json:"changes,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GuestInspection) Reset() {
+	*x = GuestInspection{}
+	mi := &file_ferry_v1_migration_job_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GuestInspection) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GuestInspection) ProtoMessage() {}
+
+func (x *GuestInspection) ProtoReflect() protoreflect.Message {
+	mi := &file_ferry_v1_migration_job_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GuestInspection.ProtoReflect.Descriptor instead.
+func (*GuestInspection) Descriptor() ([]byte, []int) {
+	return file_ferry_v1_migration_job_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *GuestInspection) GetOsType() string {
+	if x != nil {
+		return x.OsType
+	}
+	return ""
+}
+
+func (x *GuestInspection) GetDistribution() string {
+	if x != nil {
+		return x.Distribution
+	}
+	return ""
+}
+
+func (x *GuestInspection) GetVersion() string {
+	if x != nil {
+		return x.Version
+	}
+	return ""
+}
+
+func (x *GuestInspection) GetProductName() string {
+	if x != nil {
+		return x.ProductName
+	}
+	return ""
+}
+
+func (x *GuestInspection) GetFirmware() string {
+	if x != nil {
+		return x.Firmware
+	}
+	return ""
+}
+
+func (x *GuestInspection) GetChanges() []string {
+	if x != nil {
+		return x.Changes
+	}
+	return nil
+}
+
 // TargetVm describes the VM a job creates.
 type TargetVm struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -875,7 +1038,7 @@ type TargetVm struct {
 
 func (x *TargetVm) Reset() {
 	*x = TargetVm{}
-	mi := &file_ferry_v1_migration_job_proto_msgTypes[1]
+	mi := &file_ferry_v1_migration_job_proto_msgTypes[2]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -887,7 +1050,7 @@ func (x *TargetVm) String() string {
 func (*TargetVm) ProtoMessage() {}
 
 func (x *TargetVm) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_migration_job_proto_msgTypes[1]
+	mi := &file_ferry_v1_migration_job_proto_msgTypes[2]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -900,7 +1063,7 @@ func (x *TargetVm) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TargetVm.ProtoReflect.Descriptor instead.
 func (*TargetVm) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_migration_job_proto_rawDescGZIP(), []int{1}
+	return file_ferry_v1_migration_job_proto_rawDescGZIP(), []int{2}
 }
 
 func (x *TargetVm) GetVmName() string {
@@ -1014,7 +1177,7 @@ type TargetDisk struct {
 
 func (x *TargetDisk) Reset() {
 	*x = TargetDisk{}
-	mi := &file_ferry_v1_migration_job_proto_msgTypes[2]
+	mi := &file_ferry_v1_migration_job_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1026,7 +1189,7 @@ func (x *TargetDisk) String() string {
 func (*TargetDisk) ProtoMessage() {}
 
 func (x *TargetDisk) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_migration_job_proto_msgTypes[2]
+	mi := &file_ferry_v1_migration_job_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1039,7 +1202,7 @@ func (x *TargetDisk) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TargetDisk.ProtoReflect.Descriptor instead.
 func (*TargetDisk) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_migration_job_proto_rawDescGZIP(), []int{2}
+	return file_ferry_v1_migration_job_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *TargetDisk) GetSourceDisk() string {
@@ -1097,7 +1260,7 @@ type TargetNic struct {
 
 func (x *TargetNic) Reset() {
 	*x = TargetNic{}
-	mi := &file_ferry_v1_migration_job_proto_msgTypes[3]
+	mi := &file_ferry_v1_migration_job_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1109,7 +1272,7 @@ func (x *TargetNic) String() string {
 func (*TargetNic) ProtoMessage() {}
 
 func (x *TargetNic) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_migration_job_proto_msgTypes[3]
+	mi := &file_ferry_v1_migration_job_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1122,7 +1285,7 @@ func (x *TargetNic) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TargetNic.ProtoReflect.Descriptor instead.
 func (*TargetNic) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_migration_job_proto_rawDescGZIP(), []int{3}
+	return file_ferry_v1_migration_job_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *TargetNic) GetSourceMac() string {
@@ -1188,14 +1351,25 @@ type MigrationOptions struct {
 	// fails the job, which is rolled back as any failure. It starts the
 	// target, so auto_start false is refused with it, and an unset
 	// auto_start starts the target whatever the source's state.
-	VerifyBoot    bool `protobuf:"varint,5,opt,name=verify_boot,json=verifyBoot,proto3" json:"verify_boot,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	VerifyBoot bool `protobuf:"varint,5,opt,name=verify_boot,json=verifyBoot,proto3" json:"verify_boot,omitempty"`
+	// Adapt the guest to KVM between CONVERTING and UPLOADING (the PREPARING
+	// phase) with virt-v2v-in-place on the cache images: virtio drivers in
+	// the initramfs, VMware tools removed, fstab and bootloader device
+	// names, the guest's network configuration kept on the target NIC
+	// (found by MAC), and for Windows the virtio drivers of the migration
+	// server's virtio_win_iso. Unspecified is AUTO: on for VMware sources,
+	// off for KVM sources (their guests run on KVM already). The source is
+	// never touched; a conversion that fails fails the job with
+	// virt-v2v's reason and leaves the cache as CONVERTING made it, so a
+	// restart with OFF uploads it as it is.
+	GuestConversion GuestConversion `protobuf:"varint,6,opt,name=guest_conversion,json=guestConversion,proto3,enum=ferry.v1.GuestConversion" json:"guest_conversion,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
 }
 
 func (x *MigrationOptions) Reset() {
 	*x = MigrationOptions{}
-	mi := &file_ferry_v1_migration_job_proto_msgTypes[4]
+	mi := &file_ferry_v1_migration_job_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1207,7 +1381,7 @@ func (x *MigrationOptions) String() string {
 func (*MigrationOptions) ProtoMessage() {}
 
 func (x *MigrationOptions) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_migration_job_proto_msgTypes[4]
+	mi := &file_ferry_v1_migration_job_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1220,7 +1394,7 @@ func (x *MigrationOptions) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MigrationOptions.ProtoReflect.Descriptor instead.
 func (*MigrationOptions) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_migration_job_proto_rawDescGZIP(), []int{4}
+	return file_ferry_v1_migration_job_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *MigrationOptions) GetCompression() Compression {
@@ -1258,6 +1432,13 @@ func (x *MigrationOptions) GetVerifyBoot() bool {
 	return false
 }
 
+func (x *MigrationOptions) GetGuestConversion() GuestConversion {
+	if x != nil {
+		return x.GuestConversion
+	}
+	return GuestConversion_GUEST_CONVERSION_UNSPECIFIED
+}
+
 // DiskProgress is the copy progress of one disk in the current phase.
 type DiskProgress struct {
 	state          protoimpl.MessageState `protogen:"open.v1"`
@@ -1279,7 +1460,7 @@ type DiskProgress struct {
 
 func (x *DiskProgress) Reset() {
 	*x = DiskProgress{}
-	mi := &file_ferry_v1_migration_job_proto_msgTypes[5]
+	mi := &file_ferry_v1_migration_job_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1291,7 +1472,7 @@ func (x *DiskProgress) String() string {
 func (*DiskProgress) ProtoMessage() {}
 
 func (x *DiskProgress) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_migration_job_proto_msgTypes[5]
+	mi := &file_ferry_v1_migration_job_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1304,7 +1485,7 @@ func (x *DiskProgress) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DiskProgress.ProtoReflect.Descriptor instead.
 func (*DiskProgress) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_migration_job_proto_rawDescGZIP(), []int{5}
+	return file_ferry_v1_migration_job_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *DiskProgress) GetSourceDisk() string {
@@ -1382,7 +1563,7 @@ type VerifyProgress struct {
 
 func (x *VerifyProgress) Reset() {
 	*x = VerifyProgress{}
-	mi := &file_ferry_v1_migration_job_proto_msgTypes[6]
+	mi := &file_ferry_v1_migration_job_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1394,7 +1575,7 @@ func (x *VerifyProgress) String() string {
 func (*VerifyProgress) ProtoMessage() {}
 
 func (x *VerifyProgress) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_migration_job_proto_msgTypes[6]
+	mi := &file_ferry_v1_migration_job_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1407,7 +1588,7 @@ func (x *VerifyProgress) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VerifyProgress.ProtoReflect.Descriptor instead.
 func (*VerifyProgress) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_migration_job_proto_rawDescGZIP(), []int{6}
+	return file_ferry_v1_migration_job_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *VerifyProgress) GetTotalBytes() int64 {
@@ -1459,7 +1640,7 @@ type PhaseTiming struct {
 
 func (x *PhaseTiming) Reset() {
 	*x = PhaseTiming{}
-	mi := &file_ferry_v1_migration_job_proto_msgTypes[7]
+	mi := &file_ferry_v1_migration_job_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1471,7 +1652,7 @@ func (x *PhaseTiming) String() string {
 func (*PhaseTiming) ProtoMessage() {}
 
 func (x *PhaseTiming) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_migration_job_proto_msgTypes[7]
+	mi := &file_ferry_v1_migration_job_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1484,7 +1665,7 @@ func (x *PhaseTiming) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PhaseTiming.ProtoReflect.Descriptor instead.
 func (*PhaseTiming) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_migration_job_proto_rawDescGZIP(), []int{7}
+	return file_ferry_v1_migration_job_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *PhaseTiming) GetPhase() MigrationJobPhase {
@@ -1537,7 +1718,7 @@ type MigrationJobSpec struct {
 
 func (x *MigrationJobSpec) Reset() {
 	*x = MigrationJobSpec{}
-	mi := &file_ferry_v1_migration_job_proto_msgTypes[8]
+	mi := &file_ferry_v1_migration_job_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1549,7 +1730,7 @@ func (x *MigrationJobSpec) String() string {
 func (*MigrationJobSpec) ProtoMessage() {}
 
 func (x *MigrationJobSpec) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_migration_job_proto_msgTypes[8]
+	mi := &file_ferry_v1_migration_job_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1562,7 +1743,7 @@ func (x *MigrationJobSpec) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MigrationJobSpec.ProtoReflect.Descriptor instead.
 func (*MigrationJobSpec) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_migration_job_proto_rawDescGZIP(), []int{8}
+	return file_ferry_v1_migration_job_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *MigrationJobSpec) GetSourceVm() string {
@@ -1611,7 +1792,7 @@ type UpdateMigrationJobRequest struct {
 
 func (x *UpdateMigrationJobRequest) Reset() {
 	*x = UpdateMigrationJobRequest{}
-	mi := &file_ferry_v1_migration_job_proto_msgTypes[9]
+	mi := &file_ferry_v1_migration_job_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1623,7 +1804,7 @@ func (x *UpdateMigrationJobRequest) String() string {
 func (*UpdateMigrationJobRequest) ProtoMessage() {}
 
 func (x *UpdateMigrationJobRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_migration_job_proto_msgTypes[9]
+	mi := &file_ferry_v1_migration_job_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1636,7 +1817,7 @@ func (x *UpdateMigrationJobRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpdateMigrationJobRequest.ProtoReflect.Descriptor instead.
 func (*UpdateMigrationJobRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_migration_job_proto_rawDescGZIP(), []int{9}
+	return file_ferry_v1_migration_job_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *UpdateMigrationJobRequest) GetMigrationJob() *MigrationJob {
@@ -1674,7 +1855,7 @@ type CreateMigrationJobsRequest struct {
 
 func (x *CreateMigrationJobsRequest) Reset() {
 	*x = CreateMigrationJobsRequest{}
-	mi := &file_ferry_v1_migration_job_proto_msgTypes[10]
+	mi := &file_ferry_v1_migration_job_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1686,7 +1867,7 @@ func (x *CreateMigrationJobsRequest) String() string {
 func (*CreateMigrationJobsRequest) ProtoMessage() {}
 
 func (x *CreateMigrationJobsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_migration_job_proto_msgTypes[10]
+	mi := &file_ferry_v1_migration_job_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1699,7 +1880,7 @@ func (x *CreateMigrationJobsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateMigrationJobsRequest.ProtoReflect.Descriptor instead.
 func (*CreateMigrationJobsRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_migration_job_proto_rawDescGZIP(), []int{10}
+	return file_ferry_v1_migration_job_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *CreateMigrationJobsRequest) GetSource() string {
@@ -1746,7 +1927,7 @@ type CreateMigrationJobsResponse struct {
 
 func (x *CreateMigrationJobsResponse) Reset() {
 	*x = CreateMigrationJobsResponse{}
-	mi := &file_ferry_v1_migration_job_proto_msgTypes[11]
+	mi := &file_ferry_v1_migration_job_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1758,7 +1939,7 @@ func (x *CreateMigrationJobsResponse) String() string {
 func (*CreateMigrationJobsResponse) ProtoMessage() {}
 
 func (x *CreateMigrationJobsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_migration_job_proto_msgTypes[11]
+	mi := &file_ferry_v1_migration_job_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1771,7 +1952,7 @@ func (x *CreateMigrationJobsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateMigrationJobsResponse.ProtoReflect.Descriptor instead.
 func (*CreateMigrationJobsResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_migration_job_proto_rawDescGZIP(), []int{11}
+	return file_ferry_v1_migration_job_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *CreateMigrationJobsResponse) GetJobs() []*MigrationJob {
@@ -1799,7 +1980,7 @@ type PreviewMigrationJobsRequest struct {
 
 func (x *PreviewMigrationJobsRequest) Reset() {
 	*x = PreviewMigrationJobsRequest{}
-	mi := &file_ferry_v1_migration_job_proto_msgTypes[12]
+	mi := &file_ferry_v1_migration_job_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1811,7 +1992,7 @@ func (x *PreviewMigrationJobsRequest) String() string {
 func (*PreviewMigrationJobsRequest) ProtoMessage() {}
 
 func (x *PreviewMigrationJobsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_migration_job_proto_msgTypes[12]
+	mi := &file_ferry_v1_migration_job_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1824,7 +2005,7 @@ func (x *PreviewMigrationJobsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PreviewMigrationJobsRequest.ProtoReflect.Descriptor instead.
 func (*PreviewMigrationJobsRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_migration_job_proto_rawDescGZIP(), []int{12}
+	return file_ferry_v1_migration_job_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *PreviewMigrationJobsRequest) GetSource() string {
@@ -1883,7 +2064,7 @@ type PreviewUsage struct {
 
 func (x *PreviewUsage) Reset() {
 	*x = PreviewUsage{}
-	mi := &file_ferry_v1_migration_job_proto_msgTypes[13]
+	mi := &file_ferry_v1_migration_job_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1895,7 +2076,7 @@ func (x *PreviewUsage) String() string {
 func (*PreviewUsage) ProtoMessage() {}
 
 func (x *PreviewUsage) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_migration_job_proto_msgTypes[13]
+	mi := &file_ferry_v1_migration_job_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1908,7 +2089,7 @@ func (x *PreviewUsage) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PreviewUsage.ProtoReflect.Descriptor instead.
 func (*PreviewUsage) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_migration_job_proto_rawDescGZIP(), []int{13}
+	return file_ferry_v1_migration_job_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *PreviewUsage) GetKind() PreviewResourceKind {
@@ -1999,7 +2180,7 @@ type PreviewMigrationJobsResponse struct {
 
 func (x *PreviewMigrationJobsResponse) Reset() {
 	*x = PreviewMigrationJobsResponse{}
-	mi := &file_ferry_v1_migration_job_proto_msgTypes[14]
+	mi := &file_ferry_v1_migration_job_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2011,7 +2192,7 @@ func (x *PreviewMigrationJobsResponse) String() string {
 func (*PreviewMigrationJobsResponse) ProtoMessage() {}
 
 func (x *PreviewMigrationJobsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_migration_job_proto_msgTypes[14]
+	mi := &file_ferry_v1_migration_job_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2024,7 +2205,7 @@ func (x *PreviewMigrationJobsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PreviewMigrationJobsResponse.ProtoReflect.Descriptor instead.
 func (*PreviewMigrationJobsResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_migration_job_proto_rawDescGZIP(), []int{14}
+	return file_ferry_v1_migration_job_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *PreviewMigrationJobsResponse) GetJobs() []*MigrationJob {
@@ -2071,7 +2252,7 @@ type GetMigrationJobRequest struct {
 
 func (x *GetMigrationJobRequest) Reset() {
 	*x = GetMigrationJobRequest{}
-	mi := &file_ferry_v1_migration_job_proto_msgTypes[15]
+	mi := &file_ferry_v1_migration_job_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2083,7 +2264,7 @@ func (x *GetMigrationJobRequest) String() string {
 func (*GetMigrationJobRequest) ProtoMessage() {}
 
 func (x *GetMigrationJobRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_migration_job_proto_msgTypes[15]
+	mi := &file_ferry_v1_migration_job_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2096,7 +2277,7 @@ func (x *GetMigrationJobRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetMigrationJobRequest.ProtoReflect.Descriptor instead.
 func (*GetMigrationJobRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_migration_job_proto_rawDescGZIP(), []int{15}
+	return file_ferry_v1_migration_job_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *GetMigrationJobRequest) GetName() string {
@@ -2119,7 +2300,7 @@ type ListMigrationJobsRequest struct {
 
 func (x *ListMigrationJobsRequest) Reset() {
 	*x = ListMigrationJobsRequest{}
-	mi := &file_ferry_v1_migration_job_proto_msgTypes[16]
+	mi := &file_ferry_v1_migration_job_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2131,7 +2312,7 @@ func (x *ListMigrationJobsRequest) String() string {
 func (*ListMigrationJobsRequest) ProtoMessage() {}
 
 func (x *ListMigrationJobsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_migration_job_proto_msgTypes[16]
+	mi := &file_ferry_v1_migration_job_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2144,7 +2325,7 @@ func (x *ListMigrationJobsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListMigrationJobsRequest.ProtoReflect.Descriptor instead.
 func (*ListMigrationJobsRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_migration_job_proto_rawDescGZIP(), []int{16}
+	return file_ferry_v1_migration_job_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *ListMigrationJobsRequest) GetPageSize() int32 {
@@ -2192,7 +2373,7 @@ type ListMigrationJobsResponse struct {
 
 func (x *ListMigrationJobsResponse) Reset() {
 	*x = ListMigrationJobsResponse{}
-	mi := &file_ferry_v1_migration_job_proto_msgTypes[17]
+	mi := &file_ferry_v1_migration_job_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2204,7 +2385,7 @@ func (x *ListMigrationJobsResponse) String() string {
 func (*ListMigrationJobsResponse) ProtoMessage() {}
 
 func (x *ListMigrationJobsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_migration_job_proto_msgTypes[17]
+	mi := &file_ferry_v1_migration_job_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2217,7 +2398,7 @@ func (x *ListMigrationJobsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListMigrationJobsResponse.ProtoReflect.Descriptor instead.
 func (*ListMigrationJobsResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_migration_job_proto_rawDescGZIP(), []int{17}
+	return file_ferry_v1_migration_job_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *ListMigrationJobsResponse) GetJobs() []*MigrationJob {
@@ -2250,7 +2431,7 @@ type CancelMigrationJobRequest struct {
 
 func (x *CancelMigrationJobRequest) Reset() {
 	*x = CancelMigrationJobRequest{}
-	mi := &file_ferry_v1_migration_job_proto_msgTypes[18]
+	mi := &file_ferry_v1_migration_job_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2262,7 +2443,7 @@ func (x *CancelMigrationJobRequest) String() string {
 func (*CancelMigrationJobRequest) ProtoMessage() {}
 
 func (x *CancelMigrationJobRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_migration_job_proto_msgTypes[18]
+	mi := &file_ferry_v1_migration_job_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2275,7 +2456,7 @@ func (x *CancelMigrationJobRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CancelMigrationJobRequest.ProtoReflect.Descriptor instead.
 func (*CancelMigrationJobRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_migration_job_proto_rawDescGZIP(), []int{18}
+	return file_ferry_v1_migration_job_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *CancelMigrationJobRequest) GetName() string {
@@ -2308,7 +2489,7 @@ type CancelMigrationJobResponse struct {
 
 func (x *CancelMigrationJobResponse) Reset() {
 	*x = CancelMigrationJobResponse{}
-	mi := &file_ferry_v1_migration_job_proto_msgTypes[19]
+	mi := &file_ferry_v1_migration_job_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2320,7 +2501,7 @@ func (x *CancelMigrationJobResponse) String() string {
 func (*CancelMigrationJobResponse) ProtoMessage() {}
 
 func (x *CancelMigrationJobResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_migration_job_proto_msgTypes[19]
+	mi := &file_ferry_v1_migration_job_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2333,7 +2514,7 @@ func (x *CancelMigrationJobResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CancelMigrationJobResponse.ProtoReflect.Descriptor instead.
 func (*CancelMigrationJobResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_migration_job_proto_rawDescGZIP(), []int{19}
+	return file_ferry_v1_migration_job_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *CancelMigrationJobResponse) GetJob() *MigrationJob {
@@ -2350,14 +2531,18 @@ type RestartMigrationJobRequest struct {
 	// same request_id within 24 hours answers without applying the change
 	// again: the job is not restarted twice; the same request_id used for another method or resource
 	// is INVALID_ARGUMENT naming request_id.
-	RequestId     string `protobuf:"bytes,2,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	RequestId string `protobuf:"bytes,2,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`
+	// Replaces the job's options.guest_conversion for this and later
+	// attempts when set (not UNSPECIFIED): e.g. OFF after a conversion
+	// failed, to upload the cache as it was copied.
+	GuestConversion GuestConversion `protobuf:"varint,3,opt,name=guest_conversion,json=guestConversion,proto3,enum=ferry.v1.GuestConversion" json:"guest_conversion,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
 }
 
 func (x *RestartMigrationJobRequest) Reset() {
 	*x = RestartMigrationJobRequest{}
-	mi := &file_ferry_v1_migration_job_proto_msgTypes[20]
+	mi := &file_ferry_v1_migration_job_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2369,7 +2554,7 @@ func (x *RestartMigrationJobRequest) String() string {
 func (*RestartMigrationJobRequest) ProtoMessage() {}
 
 func (x *RestartMigrationJobRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_migration_job_proto_msgTypes[20]
+	mi := &file_ferry_v1_migration_job_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2382,7 +2567,7 @@ func (x *RestartMigrationJobRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RestartMigrationJobRequest.ProtoReflect.Descriptor instead.
 func (*RestartMigrationJobRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_migration_job_proto_rawDescGZIP(), []int{20}
+	return file_ferry_v1_migration_job_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *RestartMigrationJobRequest) GetName() string {
@@ -2399,6 +2584,13 @@ func (x *RestartMigrationJobRequest) GetRequestId() string {
 	return ""
 }
 
+func (x *RestartMigrationJobRequest) GetGuestConversion() GuestConversion {
+	if x != nil {
+		return x.GuestConversion
+	}
+	return GuestConversion_GUEST_CONVERSION_UNSPECIFIED
+}
+
 type RestartMigrationJobResponse struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Job           *MigrationJob          `protobuf:"bytes,1,opt,name=job,proto3" json:"job,omitempty"`
@@ -2408,7 +2600,7 @@ type RestartMigrationJobResponse struct {
 
 func (x *RestartMigrationJobResponse) Reset() {
 	*x = RestartMigrationJobResponse{}
-	mi := &file_ferry_v1_migration_job_proto_msgTypes[21]
+	mi := &file_ferry_v1_migration_job_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2420,7 +2612,7 @@ func (x *RestartMigrationJobResponse) String() string {
 func (*RestartMigrationJobResponse) ProtoMessage() {}
 
 func (x *RestartMigrationJobResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_migration_job_proto_msgTypes[21]
+	mi := &file_ferry_v1_migration_job_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2433,7 +2625,7 @@ func (x *RestartMigrationJobResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RestartMigrationJobResponse.ProtoReflect.Descriptor instead.
 func (*RestartMigrationJobResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_migration_job_proto_rawDescGZIP(), []int{21}
+	return file_ferry_v1_migration_job_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *RestartMigrationJobResponse) GetJob() *MigrationJob {
@@ -2452,7 +2644,7 @@ type DeleteMigrationJobRequest struct {
 
 func (x *DeleteMigrationJobRequest) Reset() {
 	*x = DeleteMigrationJobRequest{}
-	mi := &file_ferry_v1_migration_job_proto_msgTypes[22]
+	mi := &file_ferry_v1_migration_job_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2464,7 +2656,7 @@ func (x *DeleteMigrationJobRequest) String() string {
 func (*DeleteMigrationJobRequest) ProtoMessage() {}
 
 func (x *DeleteMigrationJobRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_migration_job_proto_msgTypes[22]
+	mi := &file_ferry_v1_migration_job_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2477,7 +2669,7 @@ func (x *DeleteMigrationJobRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteMigrationJobRequest.ProtoReflect.Descriptor instead.
 func (*DeleteMigrationJobRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_migration_job_proto_rawDescGZIP(), []int{22}
+	return file_ferry_v1_migration_job_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *DeleteMigrationJobRequest) GetName() string {
@@ -2501,7 +2693,7 @@ type WatchMigrationJobsRequest struct {
 
 func (x *WatchMigrationJobsRequest) Reset() {
 	*x = WatchMigrationJobsRequest{}
-	mi := &file_ferry_v1_migration_job_proto_msgTypes[23]
+	mi := &file_ferry_v1_migration_job_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2513,7 +2705,7 @@ func (x *WatchMigrationJobsRequest) String() string {
 func (*WatchMigrationJobsRequest) ProtoMessage() {}
 
 func (x *WatchMigrationJobsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_migration_job_proto_msgTypes[23]
+	mi := &file_ferry_v1_migration_job_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2526,7 +2718,7 @@ func (x *WatchMigrationJobsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchMigrationJobsRequest.ProtoReflect.Descriptor instead.
 func (*WatchMigrationJobsRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_migration_job_proto_rawDescGZIP(), []int{23}
+	return file_ferry_v1_migration_job_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *WatchMigrationJobsRequest) GetNames() []string {
@@ -2560,7 +2752,7 @@ type WatchMigrationJobsResponse struct {
 
 func (x *WatchMigrationJobsResponse) Reset() {
 	*x = WatchMigrationJobsResponse{}
-	mi := &file_ferry_v1_migration_job_proto_msgTypes[24]
+	mi := &file_ferry_v1_migration_job_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2572,7 +2764,7 @@ func (x *WatchMigrationJobsResponse) String() string {
 func (*WatchMigrationJobsResponse) ProtoMessage() {}
 
 func (x *WatchMigrationJobsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_migration_job_proto_msgTypes[24]
+	mi := &file_ferry_v1_migration_job_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2585,7 +2777,7 @@ func (x *WatchMigrationJobsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchMigrationJobsResponse.ProtoReflect.Descriptor instead.
 func (*WatchMigrationJobsResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_migration_job_proto_rawDescGZIP(), []int{24}
+	return file_ferry_v1_migration_job_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *WatchMigrationJobsResponse) GetType() WatchEventType {
@@ -2606,7 +2798,7 @@ var File_ferry_v1_migration_job_proto protoreflect.FileDescriptor
 
 const file_ferry_v1_migration_job_proto_rawDesc = "" +
 	"\n" +
-	"\x1cferry/v1/migration_job.proto\x12\bferry.v1\x1a\x1bgoogle/protobuf/empty.proto\x1a\x1egoogle/protobuf/duration.proto\x1a google/protobuf/field_mask.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x97\t\n" +
+	"\x1cferry/v1/migration_job.proto\x12\bferry.v1\x1a\x1bgoogle/protobuf/empty.proto\x1a\x1egoogle/protobuf/duration.proto\x1a google/protobuf/field_mask.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xdd\t\n" +
 	"\fMigrationJob\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x16\n" +
 	"\x06source\x18\x02 \x01(\tR\x06source\x12\x1b\n" +
@@ -2641,7 +2833,15 @@ const file_ferry_v1_migration_job_proto_rawDesc = "" +
 	"\vdescription\x18\x1a \x01(\tR\vdescription\x12\x12\n" +
 	"\x04etag\x18\x1b \x01(\tR\x04etag\x12#\n" +
 	"\rboot_verified\x18\x1c \x01(\bR\fbootVerified\x12(\n" +
-	"\x10boot_verified_by\x18\x1d \x01(\tR\x0ebootVerifiedBy\"\xea\x03\n" +
+	"\x10boot_verified_by\x18\x1d \x01(\tR\x0ebootVerifiedBy\x12D\n" +
+	"\x10guest_inspection\x18\x1e \x01(\v2\x19.ferry.v1.GuestInspectionR\x0fguestInspection\"\xc1\x01\n" +
+	"\x0fGuestInspection\x12\x17\n" +
+	"\aos_type\x18\x01 \x01(\tR\x06osType\x12\"\n" +
+	"\fdistribution\x18\x02 \x01(\tR\fdistribution\x12\x18\n" +
+	"\aversion\x18\x03 \x01(\tR\aversion\x12!\n" +
+	"\fproduct_name\x18\x04 \x01(\tR\vproductName\x12\x1a\n" +
+	"\bfirmware\x18\x05 \x01(\tR\bfirmware\x12\x18\n" +
+	"\achanges\x18\x06 \x03(\tR\achanges\"\xea\x03\n" +
 	"\bTargetVm\x12\x17\n" +
 	"\avm_name\x18\x01 \x01(\tR\x06vmName\x12\x18\n" +
 	"\acluster\x18\x02 \x01(\tR\acluster\x12'\n" +
@@ -2674,7 +2874,7 @@ const file_ferry_v1_migration_job_proto_rawDesc = "" +
 	"l3_network\x18\x02 \x01(\tR\tl3Network\x12\x10\n" +
 	"\x03mac\x18\x03 \x01(\tR\x03mac\x12\x0e\n" +
 	"\x02ip\x18\x04 \x01(\tR\x02ip\x12\x14\n" +
-	"\x05model\x18\x05 \x01(\tR\x05model\"\xfc\x01\n" +
+	"\x05model\x18\x05 \x01(\tR\x05model\"\xc2\x02\n" +
 	"\x10MigrationOptions\x127\n" +
 	"\vcompression\x18\x01 \x01(\x0e2\x15.ferry.v1.CompressionR\vcompression\x12&\n" +
 	"\x0fpause_source_vm\x18\x02 \x01(\bR\rpauseSourceVm\x12\"\n" +
@@ -2682,7 +2882,8 @@ const file_ferry_v1_migration_job_proto_rawDesc = "" +
 	"auto_start\x18\x03 \x01(\bH\x00R\tautoStart\x88\x01\x01\x123\n" +
 	"\x16use_source_nic_address\x18\x04 \x01(\bR\x13useSourceNicAddress\x12\x1f\n" +
 	"\vverify_boot\x18\x05 \x01(\bR\n" +
-	"verifyBootB\r\n" +
+	"verifyBoot\x12D\n" +
+	"\x10guest_conversion\x18\x06 \x01(\x0e2\x19.ferry.v1.GuestConversionR\x0fguestConversionB\r\n" +
 	"\v_auto_start\"\xc3\x02\n" +
 	"\fDiskProgress\x12\x1f\n" +
 	"\vsource_disk\x18\x01 \x01(\tR\n" +
@@ -2767,11 +2968,12 @@ const file_ferry_v1_migration_job_proto_rawDesc = "" +
 	"\n" +
 	"request_id\x18\x03 \x01(\tR\trequestId\"F\n" +
 	"\x1aCancelMigrationJobResponse\x12(\n" +
-	"\x03job\x18\x01 \x01(\v2\x16.ferry.v1.MigrationJobR\x03job\"O\n" +
+	"\x03job\x18\x01 \x01(\v2\x16.ferry.v1.MigrationJobR\x03job\"\x95\x01\n" +
 	"\x1aRestartMigrationJobRequest\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x1d\n" +
 	"\n" +
-	"request_id\x18\x02 \x01(\tR\trequestId\"G\n" +
+	"request_id\x18\x02 \x01(\tR\trequestId\x12D\n" +
+	"\x10guest_conversion\x18\x03 \x01(\x0e2\x19.ferry.v1.GuestConversionR\x0fguestConversion\"G\n" +
 	"\x1bRestartMigrationJobResponse\x12(\n" +
 	"\x03job\x18\x01 \x01(\v2\x16.ferry.v1.MigrationJobR\x03job\"/\n" +
 	"\x19DeleteMigrationJobRequest\x12\x12\n" +
@@ -2789,12 +2991,13 @@ const file_ferry_v1_migration_job_proto_rawDesc = "" +
 	"\x1bMIGRATION_JOB_STATE_RUNNING\x10\x02\x12!\n" +
 	"\x1dMIGRATION_JOB_STATE_SUCCEEDED\x10\x03\x12\x1e\n" +
 	"\x1aMIGRATION_JOB_STATE_FAILED\x10\x04\x12!\n" +
-	"\x1dMIGRATION_JOB_STATE_CANCELLED\x10\x05*\xa4\x01\n" +
+	"\x1dMIGRATION_JOB_STATE_CANCELLED\x10\x05*\xc7\x01\n" +
 	"\x11MigrationJobPhase\x12#\n" +
 	"\x1fMIGRATION_JOB_PHASE_UNSPECIFIED\x10\x00\x12\"\n" +
 	"\x1eMIGRATION_JOB_PHASE_CONVERTING\x10\x01\x12!\n" +
 	"\x1dMIGRATION_JOB_PHASE_UPLOADING\x10\x02\x12#\n" +
-	"\x1fMIGRATION_JOB_PHASE_CONFIGURING\x10\x03*V\n" +
+	"\x1fMIGRATION_JOB_PHASE_CONFIGURING\x10\x03\x12!\n" +
+	"\x1dMIGRATION_JOB_PHASE_PREPARING\x10\x04*V\n" +
 	"\vMachineType\x12\x1c\n" +
 	"\x18MACHINE_TYPE_UNSPECIFIED\x10\x00\x12\x13\n" +
 	"\x0fMACHINE_TYPE_PC\x10\x01\x12\x14\n" +
@@ -2817,7 +3020,12 @@ const file_ferry_v1_migration_job_proto_rawDesc = "" +
 	"\vCompression\x12\x1b\n" +
 	"\x17COMPRESSION_UNSPECIFIED\x10\x00\x12\x14\n" +
 	"\x10COMPRESSION_ZSTD\x10\x01\x12\x14\n" +
-	"\x10COMPRESSION_NONE\x10\x02*\xfa\x01\n" +
+	"\x10COMPRESSION_NONE\x10\x02*\x81\x01\n" +
+	"\x0fGuestConversion\x12 \n" +
+	"\x1cGUEST_CONVERSION_UNSPECIFIED\x10\x00\x12\x19\n" +
+	"\x15GUEST_CONVERSION_AUTO\x10\x01\x12\x18\n" +
+	"\x14GUEST_CONVERSION_OFF\x10\x02\x12\x17\n" +
+	"\x13GUEST_CONVERSION_ON\x10\x03*\xfa\x01\n" +
 	"\x13PreviewResourceKind\x12%\n" +
 	"!PREVIEW_RESOURCE_KIND_UNSPECIFIED\x10\x00\x12\x1f\n" +
 	"\x1bPREVIEW_RESOURCE_KIND_VCPUS\x10\x01\x12&\n" +
@@ -2855,8 +3063,8 @@ func file_ferry_v1_migration_job_proto_rawDescGZIP() []byte {
 	return file_ferry_v1_migration_job_proto_rawDescData
 }
 
-var file_ferry_v1_migration_job_proto_enumTypes = make([]protoimpl.EnumInfo, 9)
-var file_ferry_v1_migration_job_proto_msgTypes = make([]protoimpl.MessageInfo, 25)
+var file_ferry_v1_migration_job_proto_enumTypes = make([]protoimpl.EnumInfo, 10)
+var file_ferry_v1_migration_job_proto_msgTypes = make([]protoimpl.MessageInfo, 26)
 var file_ferry_v1_migration_job_proto_goTypes = []any{
 	(MigrationJobState)(0),               // 0: ferry.v1.MigrationJobState
 	(MigrationJobPhase)(0),               // 1: ferry.v1.MigrationJobPhase
@@ -2865,103 +3073,108 @@ var file_ferry_v1_migration_job_proto_goTypes = []any{
 	(OsType)(0),                          // 4: ferry.v1.OsType
 	(DiskBus)(0),                         // 5: ferry.v1.DiskBus
 	(Compression)(0),                     // 6: ferry.v1.Compression
-	(PreviewResourceKind)(0),             // 7: ferry.v1.PreviewResourceKind
-	(WatchEventType)(0),                  // 8: ferry.v1.WatchEventType
-	(*MigrationJob)(nil),                 // 9: ferry.v1.MigrationJob
-	(*TargetVm)(nil),                     // 10: ferry.v1.TargetVm
-	(*TargetDisk)(nil),                   // 11: ferry.v1.TargetDisk
-	(*TargetNic)(nil),                    // 12: ferry.v1.TargetNic
-	(*MigrationOptions)(nil),             // 13: ferry.v1.MigrationOptions
-	(*DiskProgress)(nil),                 // 14: ferry.v1.DiskProgress
-	(*VerifyProgress)(nil),               // 15: ferry.v1.VerifyProgress
-	(*PhaseTiming)(nil),                  // 16: ferry.v1.PhaseTiming
-	(*MigrationJobSpec)(nil),             // 17: ferry.v1.MigrationJobSpec
-	(*UpdateMigrationJobRequest)(nil),    // 18: ferry.v1.UpdateMigrationJobRequest
-	(*CreateMigrationJobsRequest)(nil),   // 19: ferry.v1.CreateMigrationJobsRequest
-	(*CreateMigrationJobsResponse)(nil),  // 20: ferry.v1.CreateMigrationJobsResponse
-	(*PreviewMigrationJobsRequest)(nil),  // 21: ferry.v1.PreviewMigrationJobsRequest
-	(*PreviewUsage)(nil),                 // 22: ferry.v1.PreviewUsage
-	(*PreviewMigrationJobsResponse)(nil), // 23: ferry.v1.PreviewMigrationJobsResponse
-	(*GetMigrationJobRequest)(nil),       // 24: ferry.v1.GetMigrationJobRequest
-	(*ListMigrationJobsRequest)(nil),     // 25: ferry.v1.ListMigrationJobsRequest
-	(*ListMigrationJobsResponse)(nil),    // 26: ferry.v1.ListMigrationJobsResponse
-	(*CancelMigrationJobRequest)(nil),    // 27: ferry.v1.CancelMigrationJobRequest
-	(*CancelMigrationJobResponse)(nil),   // 28: ferry.v1.CancelMigrationJobResponse
-	(*RestartMigrationJobRequest)(nil),   // 29: ferry.v1.RestartMigrationJobRequest
-	(*RestartMigrationJobResponse)(nil),  // 30: ferry.v1.RestartMigrationJobResponse
-	(*DeleteMigrationJobRequest)(nil),    // 31: ferry.v1.DeleteMigrationJobRequest
-	(*WatchMigrationJobsRequest)(nil),    // 32: ferry.v1.WatchMigrationJobsRequest
-	(*WatchMigrationJobsResponse)(nil),   // 33: ferry.v1.WatchMigrationJobsResponse
-	(*timestamppb.Timestamp)(nil),        // 34: google.protobuf.Timestamp
-	(*durationpb.Duration)(nil),          // 35: google.protobuf.Duration
-	(*fieldmaskpb.FieldMask)(nil),        // 36: google.protobuf.FieldMask
-	(*emptypb.Empty)(nil),                // 37: google.protobuf.Empty
+	(GuestConversion)(0),                 // 7: ferry.v1.GuestConversion
+	(PreviewResourceKind)(0),             // 8: ferry.v1.PreviewResourceKind
+	(WatchEventType)(0),                  // 9: ferry.v1.WatchEventType
+	(*MigrationJob)(nil),                 // 10: ferry.v1.MigrationJob
+	(*GuestInspection)(nil),              // 11: ferry.v1.GuestInspection
+	(*TargetVm)(nil),                     // 12: ferry.v1.TargetVm
+	(*TargetDisk)(nil),                   // 13: ferry.v1.TargetDisk
+	(*TargetNic)(nil),                    // 14: ferry.v1.TargetNic
+	(*MigrationOptions)(nil),             // 15: ferry.v1.MigrationOptions
+	(*DiskProgress)(nil),                 // 16: ferry.v1.DiskProgress
+	(*VerifyProgress)(nil),               // 17: ferry.v1.VerifyProgress
+	(*PhaseTiming)(nil),                  // 18: ferry.v1.PhaseTiming
+	(*MigrationJobSpec)(nil),             // 19: ferry.v1.MigrationJobSpec
+	(*UpdateMigrationJobRequest)(nil),    // 20: ferry.v1.UpdateMigrationJobRequest
+	(*CreateMigrationJobsRequest)(nil),   // 21: ferry.v1.CreateMigrationJobsRequest
+	(*CreateMigrationJobsResponse)(nil),  // 22: ferry.v1.CreateMigrationJobsResponse
+	(*PreviewMigrationJobsRequest)(nil),  // 23: ferry.v1.PreviewMigrationJobsRequest
+	(*PreviewUsage)(nil),                 // 24: ferry.v1.PreviewUsage
+	(*PreviewMigrationJobsResponse)(nil), // 25: ferry.v1.PreviewMigrationJobsResponse
+	(*GetMigrationJobRequest)(nil),       // 26: ferry.v1.GetMigrationJobRequest
+	(*ListMigrationJobsRequest)(nil),     // 27: ferry.v1.ListMigrationJobsRequest
+	(*ListMigrationJobsResponse)(nil),    // 28: ferry.v1.ListMigrationJobsResponse
+	(*CancelMigrationJobRequest)(nil),    // 29: ferry.v1.CancelMigrationJobRequest
+	(*CancelMigrationJobResponse)(nil),   // 30: ferry.v1.CancelMigrationJobResponse
+	(*RestartMigrationJobRequest)(nil),   // 31: ferry.v1.RestartMigrationJobRequest
+	(*RestartMigrationJobResponse)(nil),  // 32: ferry.v1.RestartMigrationJobResponse
+	(*DeleteMigrationJobRequest)(nil),    // 33: ferry.v1.DeleteMigrationJobRequest
+	(*WatchMigrationJobsRequest)(nil),    // 34: ferry.v1.WatchMigrationJobsRequest
+	(*WatchMigrationJobsResponse)(nil),   // 35: ferry.v1.WatchMigrationJobsResponse
+	(*timestamppb.Timestamp)(nil),        // 36: google.protobuf.Timestamp
+	(*durationpb.Duration)(nil),          // 37: google.protobuf.Duration
+	(*fieldmaskpb.FieldMask)(nil),        // 38: google.protobuf.FieldMask
+	(*emptypb.Empty)(nil),                // 39: google.protobuf.Empty
 }
 var file_ferry_v1_migration_job_proto_depIdxs = []int32{
-	10, // 0: ferry.v1.MigrationJob.target:type_name -> ferry.v1.TargetVm
-	13, // 1: ferry.v1.MigrationJob.options:type_name -> ferry.v1.MigrationOptions
+	12, // 0: ferry.v1.MigrationJob.target:type_name -> ferry.v1.TargetVm
+	15, // 1: ferry.v1.MigrationJob.options:type_name -> ferry.v1.MigrationOptions
 	0,  // 2: ferry.v1.MigrationJob.state:type_name -> ferry.v1.MigrationJobState
 	1,  // 3: ferry.v1.MigrationJob.phase:type_name -> ferry.v1.MigrationJobPhase
-	14, // 4: ferry.v1.MigrationJob.disks:type_name -> ferry.v1.DiskProgress
-	34, // 5: ferry.v1.MigrationJob.create_time:type_name -> google.protobuf.Timestamp
-	34, // 6: ferry.v1.MigrationJob.start_time:type_name -> google.protobuf.Timestamp
-	34, // 7: ferry.v1.MigrationJob.end_time:type_name -> google.protobuf.Timestamp
-	35, // 8: ferry.v1.MigrationJob.duration:type_name -> google.protobuf.Duration
-	34, // 9: ferry.v1.MigrationJob.update_time:type_name -> google.protobuf.Timestamp
-	16, // 10: ferry.v1.MigrationJob.phase_timings:type_name -> ferry.v1.PhaseTiming
-	11, // 11: ferry.v1.TargetVm.disks:type_name -> ferry.v1.TargetDisk
-	12, // 12: ferry.v1.TargetVm.nics:type_name -> ferry.v1.TargetNic
-	3,  // 13: ferry.v1.TargetVm.firmware:type_name -> ferry.v1.Firmware
-	4,  // 14: ferry.v1.TargetVm.os_type:type_name -> ferry.v1.OsType
-	5,  // 15: ferry.v1.TargetVm.disk_bus:type_name -> ferry.v1.DiskBus
-	2,  // 16: ferry.v1.TargetVm.machine_type:type_name -> ferry.v1.MachineType
-	5,  // 17: ferry.v1.TargetDisk.bus:type_name -> ferry.v1.DiskBus
-	6,  // 18: ferry.v1.MigrationOptions.compression:type_name -> ferry.v1.Compression
-	35, // 19: ferry.v1.DiskProgress.eta:type_name -> google.protobuf.Duration
-	15, // 20: ferry.v1.DiskProgress.verification:type_name -> ferry.v1.VerifyProgress
-	35, // 21: ferry.v1.VerifyProgress.eta:type_name -> google.protobuf.Duration
-	1,  // 22: ferry.v1.PhaseTiming.phase:type_name -> ferry.v1.MigrationJobPhase
-	34, // 23: ferry.v1.PhaseTiming.start_time:type_name -> google.protobuf.Timestamp
-	34, // 24: ferry.v1.PhaseTiming.end_time:type_name -> google.protobuf.Timestamp
-	10, // 25: ferry.v1.MigrationJobSpec.target:type_name -> ferry.v1.TargetVm
-	13, // 26: ferry.v1.MigrationJobSpec.options:type_name -> ferry.v1.MigrationOptions
-	9,  // 27: ferry.v1.UpdateMigrationJobRequest.migration_job:type_name -> ferry.v1.MigrationJob
-	36, // 28: ferry.v1.UpdateMigrationJobRequest.update_mask:type_name -> google.protobuf.FieldMask
-	17, // 29: ferry.v1.CreateMigrationJobsRequest.jobs:type_name -> ferry.v1.MigrationJobSpec
-	9,  // 30: ferry.v1.CreateMigrationJobsResponse.jobs:type_name -> ferry.v1.MigrationJob
-	17, // 31: ferry.v1.PreviewMigrationJobsRequest.jobs:type_name -> ferry.v1.MigrationJobSpec
-	7,  // 32: ferry.v1.PreviewUsage.kind:type_name -> ferry.v1.PreviewResourceKind
-	9,  // 33: ferry.v1.PreviewMigrationJobsResponse.jobs:type_name -> ferry.v1.MigrationJob
-	22, // 34: ferry.v1.PreviewMigrationJobsResponse.usages:type_name -> ferry.v1.PreviewUsage
-	0,  // 35: ferry.v1.ListMigrationJobsRequest.state:type_name -> ferry.v1.MigrationJobState
-	9,  // 36: ferry.v1.ListMigrationJobsResponse.jobs:type_name -> ferry.v1.MigrationJob
-	9,  // 37: ferry.v1.CancelMigrationJobResponse.job:type_name -> ferry.v1.MigrationJob
-	9,  // 38: ferry.v1.RestartMigrationJobResponse.job:type_name -> ferry.v1.MigrationJob
-	8,  // 39: ferry.v1.WatchMigrationJobsResponse.type:type_name -> ferry.v1.WatchEventType
-	9,  // 40: ferry.v1.WatchMigrationJobsResponse.job:type_name -> ferry.v1.MigrationJob
-	19, // 41: ferry.v1.MigrationJobService.CreateMigrationJobs:input_type -> ferry.v1.CreateMigrationJobsRequest
-	21, // 42: ferry.v1.MigrationJobService.PreviewMigrationJobs:input_type -> ferry.v1.PreviewMigrationJobsRequest
-	24, // 43: ferry.v1.MigrationJobService.GetMigrationJob:input_type -> ferry.v1.GetMigrationJobRequest
-	25, // 44: ferry.v1.MigrationJobService.ListMigrationJobs:input_type -> ferry.v1.ListMigrationJobsRequest
-	27, // 45: ferry.v1.MigrationJobService.CancelMigrationJob:input_type -> ferry.v1.CancelMigrationJobRequest
-	29, // 46: ferry.v1.MigrationJobService.RestartMigrationJob:input_type -> ferry.v1.RestartMigrationJobRequest
-	31, // 47: ferry.v1.MigrationJobService.DeleteMigrationJob:input_type -> ferry.v1.DeleteMigrationJobRequest
-	32, // 48: ferry.v1.MigrationJobService.WatchMigrationJobs:input_type -> ferry.v1.WatchMigrationJobsRequest
-	18, // 49: ferry.v1.MigrationJobService.UpdateMigrationJob:input_type -> ferry.v1.UpdateMigrationJobRequest
-	20, // 50: ferry.v1.MigrationJobService.CreateMigrationJobs:output_type -> ferry.v1.CreateMigrationJobsResponse
-	23, // 51: ferry.v1.MigrationJobService.PreviewMigrationJobs:output_type -> ferry.v1.PreviewMigrationJobsResponse
-	9,  // 52: ferry.v1.MigrationJobService.GetMigrationJob:output_type -> ferry.v1.MigrationJob
-	26, // 53: ferry.v1.MigrationJobService.ListMigrationJobs:output_type -> ferry.v1.ListMigrationJobsResponse
-	28, // 54: ferry.v1.MigrationJobService.CancelMigrationJob:output_type -> ferry.v1.CancelMigrationJobResponse
-	30, // 55: ferry.v1.MigrationJobService.RestartMigrationJob:output_type -> ferry.v1.RestartMigrationJobResponse
-	37, // 56: ferry.v1.MigrationJobService.DeleteMigrationJob:output_type -> google.protobuf.Empty
-	33, // 57: ferry.v1.MigrationJobService.WatchMigrationJobs:output_type -> ferry.v1.WatchMigrationJobsResponse
-	9,  // 58: ferry.v1.MigrationJobService.UpdateMigrationJob:output_type -> ferry.v1.MigrationJob
-	50, // [50:59] is the sub-list for method output_type
-	41, // [41:50] is the sub-list for method input_type
-	41, // [41:41] is the sub-list for extension type_name
-	41, // [41:41] is the sub-list for extension extendee
-	0,  // [0:41] is the sub-list for field type_name
+	16, // 4: ferry.v1.MigrationJob.disks:type_name -> ferry.v1.DiskProgress
+	36, // 5: ferry.v1.MigrationJob.create_time:type_name -> google.protobuf.Timestamp
+	36, // 6: ferry.v1.MigrationJob.start_time:type_name -> google.protobuf.Timestamp
+	36, // 7: ferry.v1.MigrationJob.end_time:type_name -> google.protobuf.Timestamp
+	37, // 8: ferry.v1.MigrationJob.duration:type_name -> google.protobuf.Duration
+	36, // 9: ferry.v1.MigrationJob.update_time:type_name -> google.protobuf.Timestamp
+	18, // 10: ferry.v1.MigrationJob.phase_timings:type_name -> ferry.v1.PhaseTiming
+	11, // 11: ferry.v1.MigrationJob.guest_inspection:type_name -> ferry.v1.GuestInspection
+	13, // 12: ferry.v1.TargetVm.disks:type_name -> ferry.v1.TargetDisk
+	14, // 13: ferry.v1.TargetVm.nics:type_name -> ferry.v1.TargetNic
+	3,  // 14: ferry.v1.TargetVm.firmware:type_name -> ferry.v1.Firmware
+	4,  // 15: ferry.v1.TargetVm.os_type:type_name -> ferry.v1.OsType
+	5,  // 16: ferry.v1.TargetVm.disk_bus:type_name -> ferry.v1.DiskBus
+	2,  // 17: ferry.v1.TargetVm.machine_type:type_name -> ferry.v1.MachineType
+	5,  // 18: ferry.v1.TargetDisk.bus:type_name -> ferry.v1.DiskBus
+	6,  // 19: ferry.v1.MigrationOptions.compression:type_name -> ferry.v1.Compression
+	7,  // 20: ferry.v1.MigrationOptions.guest_conversion:type_name -> ferry.v1.GuestConversion
+	37, // 21: ferry.v1.DiskProgress.eta:type_name -> google.protobuf.Duration
+	17, // 22: ferry.v1.DiskProgress.verification:type_name -> ferry.v1.VerifyProgress
+	37, // 23: ferry.v1.VerifyProgress.eta:type_name -> google.protobuf.Duration
+	1,  // 24: ferry.v1.PhaseTiming.phase:type_name -> ferry.v1.MigrationJobPhase
+	36, // 25: ferry.v1.PhaseTiming.start_time:type_name -> google.protobuf.Timestamp
+	36, // 26: ferry.v1.PhaseTiming.end_time:type_name -> google.protobuf.Timestamp
+	12, // 27: ferry.v1.MigrationJobSpec.target:type_name -> ferry.v1.TargetVm
+	15, // 28: ferry.v1.MigrationJobSpec.options:type_name -> ferry.v1.MigrationOptions
+	10, // 29: ferry.v1.UpdateMigrationJobRequest.migration_job:type_name -> ferry.v1.MigrationJob
+	38, // 30: ferry.v1.UpdateMigrationJobRequest.update_mask:type_name -> google.protobuf.FieldMask
+	19, // 31: ferry.v1.CreateMigrationJobsRequest.jobs:type_name -> ferry.v1.MigrationJobSpec
+	10, // 32: ferry.v1.CreateMigrationJobsResponse.jobs:type_name -> ferry.v1.MigrationJob
+	19, // 33: ferry.v1.PreviewMigrationJobsRequest.jobs:type_name -> ferry.v1.MigrationJobSpec
+	8,  // 34: ferry.v1.PreviewUsage.kind:type_name -> ferry.v1.PreviewResourceKind
+	10, // 35: ferry.v1.PreviewMigrationJobsResponse.jobs:type_name -> ferry.v1.MigrationJob
+	24, // 36: ferry.v1.PreviewMigrationJobsResponse.usages:type_name -> ferry.v1.PreviewUsage
+	0,  // 37: ferry.v1.ListMigrationJobsRequest.state:type_name -> ferry.v1.MigrationJobState
+	10, // 38: ferry.v1.ListMigrationJobsResponse.jobs:type_name -> ferry.v1.MigrationJob
+	10, // 39: ferry.v1.CancelMigrationJobResponse.job:type_name -> ferry.v1.MigrationJob
+	7,  // 40: ferry.v1.RestartMigrationJobRequest.guest_conversion:type_name -> ferry.v1.GuestConversion
+	10, // 41: ferry.v1.RestartMigrationJobResponse.job:type_name -> ferry.v1.MigrationJob
+	9,  // 42: ferry.v1.WatchMigrationJobsResponse.type:type_name -> ferry.v1.WatchEventType
+	10, // 43: ferry.v1.WatchMigrationJobsResponse.job:type_name -> ferry.v1.MigrationJob
+	21, // 44: ferry.v1.MigrationJobService.CreateMigrationJobs:input_type -> ferry.v1.CreateMigrationJobsRequest
+	23, // 45: ferry.v1.MigrationJobService.PreviewMigrationJobs:input_type -> ferry.v1.PreviewMigrationJobsRequest
+	26, // 46: ferry.v1.MigrationJobService.GetMigrationJob:input_type -> ferry.v1.GetMigrationJobRequest
+	27, // 47: ferry.v1.MigrationJobService.ListMigrationJobs:input_type -> ferry.v1.ListMigrationJobsRequest
+	29, // 48: ferry.v1.MigrationJobService.CancelMigrationJob:input_type -> ferry.v1.CancelMigrationJobRequest
+	31, // 49: ferry.v1.MigrationJobService.RestartMigrationJob:input_type -> ferry.v1.RestartMigrationJobRequest
+	33, // 50: ferry.v1.MigrationJobService.DeleteMigrationJob:input_type -> ferry.v1.DeleteMigrationJobRequest
+	34, // 51: ferry.v1.MigrationJobService.WatchMigrationJobs:input_type -> ferry.v1.WatchMigrationJobsRequest
+	20, // 52: ferry.v1.MigrationJobService.UpdateMigrationJob:input_type -> ferry.v1.UpdateMigrationJobRequest
+	22, // 53: ferry.v1.MigrationJobService.CreateMigrationJobs:output_type -> ferry.v1.CreateMigrationJobsResponse
+	25, // 54: ferry.v1.MigrationJobService.PreviewMigrationJobs:output_type -> ferry.v1.PreviewMigrationJobsResponse
+	10, // 55: ferry.v1.MigrationJobService.GetMigrationJob:output_type -> ferry.v1.MigrationJob
+	28, // 56: ferry.v1.MigrationJobService.ListMigrationJobs:output_type -> ferry.v1.ListMigrationJobsResponse
+	30, // 57: ferry.v1.MigrationJobService.CancelMigrationJob:output_type -> ferry.v1.CancelMigrationJobResponse
+	32, // 58: ferry.v1.MigrationJobService.RestartMigrationJob:output_type -> ferry.v1.RestartMigrationJobResponse
+	39, // 59: ferry.v1.MigrationJobService.DeleteMigrationJob:output_type -> google.protobuf.Empty
+	35, // 60: ferry.v1.MigrationJobService.WatchMigrationJobs:output_type -> ferry.v1.WatchMigrationJobsResponse
+	10, // 61: ferry.v1.MigrationJobService.UpdateMigrationJob:output_type -> ferry.v1.MigrationJob
+	53, // [53:62] is the sub-list for method output_type
+	44, // [44:53] is the sub-list for method input_type
+	44, // [44:44] is the sub-list for extension type_name
+	44, // [44:44] is the sub-list for extension extendee
+	0,  // [0:44] is the sub-list for field type_name
 }
 
 func init() { file_ferry_v1_migration_job_proto_init() }
@@ -2969,14 +3182,14 @@ func file_ferry_v1_migration_job_proto_init() {
 	if File_ferry_v1_migration_job_proto != nil {
 		return
 	}
-	file_ferry_v1_migration_job_proto_msgTypes[4].OneofWrappers = []any{}
+	file_ferry_v1_migration_job_proto_msgTypes[5].OneofWrappers = []any{}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_ferry_v1_migration_job_proto_rawDesc), len(file_ferry_v1_migration_job_proto_rawDesc)),
-			NumEnums:      9,
-			NumMessages:   25,
+			NumEnums:      10,
+			NumMessages:   26,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

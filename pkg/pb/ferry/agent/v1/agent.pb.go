@@ -1525,8 +1525,11 @@ type JobResult struct {
 	// How the guest showed it booted, for a job with options.verify_boot
 	// that succeeded (MigrationJob.boot_verified_by).
 	BootVerifiedBy string `protobuf:"bytes,8,opt,name=boot_verified_by,json=bootVerifiedBy,proto3" json:"boot_verified_by,omitempty"`
-	unknownFields  protoimpl.UnknownFields
-	sizeCache      protoimpl.SizeCache
+	// What PREPARING found in the guest and changed
+	// (MigrationJob.guest_inspection), when it converted the guest.
+	GuestInspection *v1.GuestInspection `protobuf:"bytes,9,opt,name=guest_inspection,json=guestInspection,proto3" json:"guest_inspection,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
 }
 
 func (x *JobResult) Reset() {
@@ -1613,6 +1616,13 @@ func (x *JobResult) GetBootVerifiedBy() string {
 		return x.BootVerifiedBy
 	}
 	return ""
+}
+
+func (x *JobResult) GetGuestInspection() *v1.GuestInspection {
+	if x != nil {
+		return x.GuestInspection
+	}
+	return nil
 }
 
 // Assignment hands a job to an agent with everything needed to run it.
@@ -2094,7 +2104,7 @@ const file_ferry_agent_v1_agent_proto_rawDesc = "" +
 	"\x05epoch\x18\x02 \x01(\x03R\x05epoch\x121\n" +
 	"\x05phase\x18\x03 \x01(\x0e2\x1b.ferry.v1.MigrationJobPhaseR\x05phase\x12,\n" +
 	"\x05disks\x18\x04 \x03(\v2\x16.ferry.v1.DiskProgressR\x05disks\x12:\n" +
-	"\rphase_timings\x18\x05 \x03(\v2\x15.ferry.v1.PhaseTimingR\fphaseTimings\"\xb1\x02\n" +
+	"\rphase_timings\x18\x05 \x03(\v2\x15.ferry.v1.PhaseTimingR\fphaseTimings\"\xf7\x02\n" +
 	"\tJobResult\x12\x10\n" +
 	"\x03job\x18\x01 \x01(\tR\x03job\x12\x14\n" +
 	"\x05epoch\x18\x02 \x01(\x03R\x05epoch\x124\n" +
@@ -2103,7 +2113,8 @@ const file_ferry_agent_v1_agent_proto_rawDesc = "" +
 	"\bwarnings\x18\x05 \x03(\tR\bwarnings\x12,\n" +
 	"\x05disks\x18\x06 \x03(\v2\x16.ferry.v1.DiskProgressR\x05disks\x12:\n" +
 	"\rphase_timings\x18\a \x03(\v2\x15.ferry.v1.PhaseTimingR\fphaseTimings\x12(\n" +
-	"\x10boot_verified_by\x18\b \x01(\tR\x0ebootVerifiedBy\"\x85\x04\n" +
+	"\x10boot_verified_by\x18\b \x01(\tR\x0ebootVerifiedBy\x12D\n" +
+	"\x10guest_inspection\x18\t \x01(\v2\x19.ferry.v1.GuestInspectionR\x0fguestInspection\"\x85\x04\n" +
 	"\n" +
 	"Assignment\x12(\n" +
 	"\x03job\x18\x01 \x01(\v2\x16.ferry.v1.MigrationJobR\x03job\x12\x14\n" +
@@ -2204,11 +2215,12 @@ var file_ferry_agent_v1_agent_proto_goTypes = []any{
 	(*timestamppb.Timestamp)(nil), // 29: google.protobuf.Timestamp
 	(*v1.DiskProgress)(nil),       // 30: ferry.v1.DiskProgress
 	(*v1.PhaseTiming)(nil),        // 31: ferry.v1.PhaseTiming
-	(*v1.Source)(nil),             // 32: ferry.v1.Source
-	(*v1.MigrationServer)(nil),    // 33: ferry.v1.MigrationServer
-	(*durationpb.Duration)(nil),   // 34: google.protobuf.Duration
-	(*v1.SourceVm)(nil),           // 35: ferry.v1.SourceVm
-	(*v1.SourceInventory)(nil),    // 36: ferry.v1.SourceInventory
+	(*v1.GuestInspection)(nil),    // 32: ferry.v1.GuestInspection
+	(*v1.Source)(nil),             // 33: ferry.v1.Source
+	(*v1.MigrationServer)(nil),    // 34: ferry.v1.MigrationServer
+	(*durationpb.Duration)(nil),   // 35: google.protobuf.Duration
+	(*v1.SourceVm)(nil),           // 36: ferry.v1.SourceVm
+	(*v1.SourceInventory)(nil),    // 37: ferry.v1.SourceInventory
 }
 var file_ferry_agent_v1_agent_proto_depIdxs = []int32{
 	11, // 0: ferry.agent.v1.ConnectRequest.hello:type_name -> ferry.agent.v1.Hello
@@ -2247,25 +2259,26 @@ var file_ferry_agent_v1_agent_proto_depIdxs = []int32{
 	1,  // 33: ferry.agent.v1.JobResult.outcome:type_name -> ferry.agent.v1.JobOutcome
 	30, // 34: ferry.agent.v1.JobResult.disks:type_name -> ferry.v1.DiskProgress
 	31, // 35: ferry.agent.v1.JobResult.phase_timings:type_name -> ferry.v1.PhaseTiming
-	24, // 36: ferry.agent.v1.Assignment.job:type_name -> ferry.v1.MigrationJob
-	32, // 37: ferry.agent.v1.Assignment.source:type_name -> ferry.v1.Source
-	33, // 38: ferry.agent.v1.Assignment.migration_server:type_name -> ferry.v1.MigrationServer
-	25, // 39: ferry.agent.v1.Assignment.primary_storage:type_name -> ferry.v1.PrimaryStorage
-	26, // 40: ferry.agent.v1.Assignment.l3_networks:type_name -> ferry.v1.L3Network
-	22, // 41: ferry.agent.v1.Assignment.secrets:type_name -> ferry.agent.v1.Assignment.SecretsEntry
-	34, // 42: ferry.agent.v1.Assignment.guest_shutdown_timeout:type_name -> google.protobuf.Duration
-	32, // 43: ferry.agent.v1.InventoryRequest.source:type_name -> ferry.v1.Source
-	33, // 44: ferry.agent.v1.InventoryRequest.migration_server:type_name -> ferry.v1.MigrationServer
-	23, // 45: ferry.agent.v1.InventoryRequest.secrets:type_name -> ferry.agent.v1.InventoryRequest.SecretsEntry
-	35, // 46: ferry.agent.v1.InventoryResponse.vms:type_name -> ferry.v1.SourceVm
-	36, // 47: ferry.agent.v1.InventoryResponse.inventory:type_name -> ferry.v1.SourceInventory
-	2,  // 48: ferry.agent.v1.AgentService.Connect:input_type -> ferry.agent.v1.ConnectRequest
-	3,  // 49: ferry.agent.v1.AgentService.Connect:output_type -> ferry.agent.v1.ConnectResponse
-	49, // [49:50] is the sub-list for method output_type
-	48, // [48:49] is the sub-list for method input_type
-	48, // [48:48] is the sub-list for extension type_name
-	48, // [48:48] is the sub-list for extension extendee
-	0,  // [0:48] is the sub-list for field type_name
+	32, // 36: ferry.agent.v1.JobResult.guest_inspection:type_name -> ferry.v1.GuestInspection
+	24, // 37: ferry.agent.v1.Assignment.job:type_name -> ferry.v1.MigrationJob
+	33, // 38: ferry.agent.v1.Assignment.source:type_name -> ferry.v1.Source
+	34, // 39: ferry.agent.v1.Assignment.migration_server:type_name -> ferry.v1.MigrationServer
+	25, // 40: ferry.agent.v1.Assignment.primary_storage:type_name -> ferry.v1.PrimaryStorage
+	26, // 41: ferry.agent.v1.Assignment.l3_networks:type_name -> ferry.v1.L3Network
+	22, // 42: ferry.agent.v1.Assignment.secrets:type_name -> ferry.agent.v1.Assignment.SecretsEntry
+	35, // 43: ferry.agent.v1.Assignment.guest_shutdown_timeout:type_name -> google.protobuf.Duration
+	33, // 44: ferry.agent.v1.InventoryRequest.source:type_name -> ferry.v1.Source
+	34, // 45: ferry.agent.v1.InventoryRequest.migration_server:type_name -> ferry.v1.MigrationServer
+	23, // 46: ferry.agent.v1.InventoryRequest.secrets:type_name -> ferry.agent.v1.InventoryRequest.SecretsEntry
+	36, // 47: ferry.agent.v1.InventoryResponse.vms:type_name -> ferry.v1.SourceVm
+	37, // 48: ferry.agent.v1.InventoryResponse.inventory:type_name -> ferry.v1.SourceInventory
+	2,  // 49: ferry.agent.v1.AgentService.Connect:input_type -> ferry.agent.v1.ConnectRequest
+	3,  // 50: ferry.agent.v1.AgentService.Connect:output_type -> ferry.agent.v1.ConnectResponse
+	50, // [50:51] is the sub-list for method output_type
+	49, // [49:50] is the sub-list for method input_type
+	49, // [49:49] is the sub-list for extension type_name
+	49, // [49:49] is the sub-list for extension extendee
+	0,  // [0:49] is the sub-list for field type_name
 }
 
 func init() { file_ferry_agent_v1_agent_proto_init() }

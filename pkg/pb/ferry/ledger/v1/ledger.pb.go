@@ -1823,8 +1823,11 @@ type FinishMigrationJob struct {
 	// How the guest showed it booted (MigrationJob.boot_verified_by);
 	// recorded only on a SUCCEEDED job whose options ask verify_boot.
 	BootVerifiedBy string `protobuf:"bytes,8,opt,name=boot_verified_by,json=bootVerifiedBy,proto3" json:"boot_verified_by,omitempty"`
-	unknownFields  protoimpl.UnknownFields
-	sizeCache      protoimpl.SizeCache
+	// What PREPARING found and changed (MigrationJob.guest_inspection);
+	// recorded only on a SUCCEEDED job.
+	GuestInspection *v1.GuestInspection `protobuf:"bytes,9,opt,name=guest_inspection,json=guestInspection,proto3" json:"guest_inspection,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
 }
 
 func (x *FinishMigrationJob) Reset() {
@@ -1913,6 +1916,13 @@ func (x *FinishMigrationJob) GetBootVerifiedBy() string {
 	return ""
 }
 
+func (x *FinishMigrationJob) GetGuestInspection() *v1.GuestInspection {
+	if x != nil {
+		return x.GuestInspection
+	}
+	return nil
+}
+
 type CancelMigrationJob struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
@@ -1973,6 +1983,8 @@ type RestartMigrationJob struct {
 	// command written before restarts placed jobs does.
 	TargetHost      string `protobuf:"bytes,2,opt,name=target_host,json=targetHost,proto3" json:"target_host,omitempty"`
 	PlacementReason string `protobuf:"bytes,3,opt,name=placement_reason,json=placementReason,proto3" json:"placement_reason,omitempty"`
+	// Replaces the job's options.guest_conversion when not UNSPECIFIED.
+	GuestConversion v1.GuestConversion `protobuf:"varint,4,opt,name=guest_conversion,json=guestConversion,proto3,enum=ferry.v1.GuestConversion" json:"guest_conversion,omitempty"`
 	unknownFields   protoimpl.UnknownFields
 	sizeCache       protoimpl.SizeCache
 }
@@ -2026,6 +2038,13 @@ func (x *RestartMigrationJob) GetPlacementReason() string {
 		return x.PlacementReason
 	}
 	return ""
+}
+
+func (x *RestartMigrationJob) GetGuestConversion() v1.GuestConversion {
+	if x != nil {
+		return x.GuestConversion
+	}
+	return v1.GuestConversion(0)
 }
 
 type SetJobWaitingReason struct {
@@ -3315,7 +3334,7 @@ const file_ferry_ledger_v1_ledger_proto_rawDesc = "" +
 	"\x05epoch\x18\x02 \x01(\x03R\x05epoch\x121\n" +
 	"\x05phase\x18\x03 \x01(\x0e2\x1b.ferry.v1.MigrationJobPhaseR\x05phase\x12,\n" +
 	"\x05disks\x18\x04 \x03(\v2\x16.ferry.v1.DiskProgressR\x05disks\x12:\n" +
-	"\rphase_timings\x18\x05 \x03(\v2\x15.ferry.v1.PhaseTimingR\fphaseTimings\"\xb9\x02\n" +
+	"\rphase_timings\x18\x05 \x03(\v2\x15.ferry.v1.PhaseTimingR\fphaseTimings\"\xff\x02\n" +
 	"\x12FinishMigrationJob\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x14\n" +
 	"\x05epoch\x18\x02 \x01(\x03R\x05epoch\x121\n" +
@@ -3324,15 +3343,17 @@ const file_ferry_ledger_v1_ledger_proto_rawDesc = "" +
 	"\bwarnings\x18\x05 \x03(\tR\bwarnings\x12,\n" +
 	"\x05disks\x18\x06 \x03(\v2\x16.ferry.v1.DiskProgressR\x05disks\x12:\n" +
 	"\rphase_timings\x18\a \x03(\v2\x15.ferry.v1.PhaseTimingR\fphaseTimings\x12(\n" +
-	"\x10boot_verified_by\x18\b \x01(\tR\x0ebootVerifiedBy\"@\n" +
+	"\x10boot_verified_by\x18\b \x01(\tR\x0ebootVerifiedBy\x12D\n" +
+	"\x10guest_inspection\x18\t \x01(\v2\x19.ferry.v1.GuestInspectionR\x0fguestInspection\"@\n" +
 	"\x12CancelMigrationJob\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x16\n" +
-	"\x06reason\x18\x02 \x01(\tR\x06reason\"u\n" +
+	"\x06reason\x18\x02 \x01(\tR\x06reason\"\xbb\x01\n" +
 	"\x13RestartMigrationJob\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x1f\n" +
 	"\vtarget_host\x18\x02 \x01(\tR\n" +
 	"targetHost\x12)\n" +
-	"\x10placement_reason\x18\x03 \x01(\tR\x0fplacementReason\"A\n" +
+	"\x10placement_reason\x18\x03 \x01(\tR\x0fplacementReason\x12D\n" +
+	"\x10guest_conversion\x18\x04 \x01(\x0e2\x19.ferry.v1.GuestConversionR\x0fguestConversion\"A\n" +
 	"\x13SetJobWaitingReason\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x16\n" +
 	"\x06reason\x18\x02 \x01(\tR\x06reason\"\xb6\x01\n" +
@@ -3493,10 +3514,12 @@ var file_ferry_ledger_v1_ledger_proto_goTypes = []any{
 	(*v1.DiskProgress)(nil),             // 51: ferry.v1.DiskProgress
 	(*v1.PhaseTiming)(nil),              // 52: ferry.v1.PhaseTiming
 	(v1.MigrationJobState)(0),           // 53: ferry.v1.MigrationJobState
-	(*v1.NetworkMappingGroup)(nil),      // 54: ferry.v1.NetworkMappingGroup
-	(*v1.Settings)(nil),                 // 55: ferry.v1.Settings
-	(*v1.RevokedCertificate)(nil),       // 56: ferry.v1.RevokedCertificate
-	(*v1.AuditEvent)(nil),               // 57: ferry.v1.AuditEvent
+	(*v1.GuestInspection)(nil),          // 54: ferry.v1.GuestInspection
+	(v1.GuestConversion)(0),             // 55: ferry.v1.GuestConversion
+	(*v1.NetworkMappingGroup)(nil),      // 56: ferry.v1.NetworkMappingGroup
+	(*v1.Settings)(nil),                 // 57: ferry.v1.Settings
+	(*v1.RevokedCertificate)(nil),       // 58: ferry.v1.RevokedCertificate
+	(*v1.AuditEvent)(nil),               // 59: ferry.v1.AuditEvent
 }
 var file_ferry_ledger_v1_ledger_proto_depIdxs = []int32{
 	39, // 0: ferry.ledger.v1.Command.time:type_name -> google.protobuf.Timestamp
@@ -3557,43 +3580,45 @@ var file_ferry_ledger_v1_ledger_proto_depIdxs = []int32{
 	53, // 55: ferry.ledger.v1.FinishMigrationJob.state:type_name -> ferry.v1.MigrationJobState
 	51, // 56: ferry.ledger.v1.FinishMigrationJob.disks:type_name -> ferry.v1.DiskProgress
 	52, // 57: ferry.ledger.v1.FinishMigrationJob.phase_timings:type_name -> ferry.v1.PhaseTiming
-	54, // 58: ferry.ledger.v1.PutNetworkMappingGroup.network_mapping_group:type_name -> ferry.v1.NetworkMappingGroup
-	55, // 59: ferry.ledger.v1.PutSettings.settings:type_name -> ferry.v1.Settings
-	27, // 60: ferry.ledger.v1.PutNode.node:type_name -> ferry.ledger.v1.Node
-	39, // 61: ferry.ledger.v1.RequestRecord.time:type_name -> google.protobuf.Timestamp
-	40, // 62: ferry.ledger.v1.Snapshot.clusters:type_name -> ferry.v1.Cluster
-	41, // 63: ferry.ledger.v1.Snapshot.hosts:type_name -> ferry.v1.Host
-	43, // 64: ferry.ledger.v1.Snapshot.primary_storages:type_name -> ferry.v1.PrimaryStorage
-	44, // 65: ferry.ledger.v1.Snapshot.l3_networks:type_name -> ferry.v1.L3Network
-	45, // 66: ferry.ledger.v1.Snapshot.migration_servers:type_name -> ferry.v1.MigrationServer
-	13, // 67: ferry.ledger.v1.Snapshot.credentials:type_name -> ferry.ledger.v1.SealedCredential
-	47, // 68: ferry.ledger.v1.Snapshot.sources:type_name -> ferry.v1.Source
-	49, // 69: ferry.ledger.v1.Snapshot.jobs:type_name -> ferry.v1.MigrationJob
-	55, // 70: ferry.ledger.v1.Snapshot.settings:type_name -> ferry.v1.Settings
-	27, // 71: ferry.ledger.v1.Snapshot.nodes:type_name -> ferry.ledger.v1.Node
-	30, // 72: ferry.ledger.v1.Snapshot.requests:type_name -> ferry.ledger.v1.RequestRecord
-	48, // 73: ferry.ledger.v1.Snapshot.source_inventories:type_name -> ferry.v1.SourceInventory
-	54, // 74: ferry.ledger.v1.Snapshot.network_mapping_groups:type_name -> ferry.v1.NetworkMappingGroup
-	56, // 75: ferry.ledger.v1.Snapshot.revoked_certificates:type_name -> ferry.v1.RevokedCertificate
-	57, // 76: ferry.ledger.v1.Snapshot.audit_events:type_name -> ferry.v1.AuditEvent
-	35, // 77: ferry.ledger.v1.Snapshot.audit_retention:type_name -> ferry.ledger.v1.AuditRetention
-	32, // 78: ferry.ledger.v1.Snapshot.cache_usage:type_name -> ferry.ledger.v1.CacheUsageHistory
-	33, // 79: ferry.ledger.v1.CacheUsageHistory.tiers:type_name -> ferry.ledger.v1.UsageTier
-	57, // 80: ferry.ledger.v1.RecordAuditEvent.event:type_name -> ferry.v1.AuditEvent
-	35, // 81: ferry.ledger.v1.RecordAuditEvent.retention:type_name -> ferry.ledger.v1.AuditRetention
-	56, // 82: ferry.ledger.v1.RevokeCertificate.certificate:type_name -> ferry.v1.RevokedCertificate
-	45, // 83: ferry.ledger.v1.UpdateResource.migration_server:type_name -> ferry.v1.MigrationServer
-	47, // 84: ferry.ledger.v1.UpdateResource.source:type_name -> ferry.v1.Source
-	13, // 85: ferry.ledger.v1.UpdateResource.credential:type_name -> ferry.ledger.v1.SealedCredential
-	40, // 86: ferry.ledger.v1.UpdateResource.cluster:type_name -> ferry.v1.Cluster
-	43, // 87: ferry.ledger.v1.UpdateResource.primary_storage:type_name -> ferry.v1.PrimaryStorage
-	44, // 88: ferry.ledger.v1.UpdateResource.l3_network:type_name -> ferry.v1.L3Network
-	49, // 89: ferry.ledger.v1.UpdateResource.migration_job:type_name -> ferry.v1.MigrationJob
-	90, // [90:90] is the sub-list for method output_type
-	90, // [90:90] is the sub-list for method input_type
-	90, // [90:90] is the sub-list for extension type_name
-	90, // [90:90] is the sub-list for extension extendee
-	0,  // [0:90] is the sub-list for field type_name
+	54, // 58: ferry.ledger.v1.FinishMigrationJob.guest_inspection:type_name -> ferry.v1.GuestInspection
+	55, // 59: ferry.ledger.v1.RestartMigrationJob.guest_conversion:type_name -> ferry.v1.GuestConversion
+	56, // 60: ferry.ledger.v1.PutNetworkMappingGroup.network_mapping_group:type_name -> ferry.v1.NetworkMappingGroup
+	57, // 61: ferry.ledger.v1.PutSettings.settings:type_name -> ferry.v1.Settings
+	27, // 62: ferry.ledger.v1.PutNode.node:type_name -> ferry.ledger.v1.Node
+	39, // 63: ferry.ledger.v1.RequestRecord.time:type_name -> google.protobuf.Timestamp
+	40, // 64: ferry.ledger.v1.Snapshot.clusters:type_name -> ferry.v1.Cluster
+	41, // 65: ferry.ledger.v1.Snapshot.hosts:type_name -> ferry.v1.Host
+	43, // 66: ferry.ledger.v1.Snapshot.primary_storages:type_name -> ferry.v1.PrimaryStorage
+	44, // 67: ferry.ledger.v1.Snapshot.l3_networks:type_name -> ferry.v1.L3Network
+	45, // 68: ferry.ledger.v1.Snapshot.migration_servers:type_name -> ferry.v1.MigrationServer
+	13, // 69: ferry.ledger.v1.Snapshot.credentials:type_name -> ferry.ledger.v1.SealedCredential
+	47, // 70: ferry.ledger.v1.Snapshot.sources:type_name -> ferry.v1.Source
+	49, // 71: ferry.ledger.v1.Snapshot.jobs:type_name -> ferry.v1.MigrationJob
+	57, // 72: ferry.ledger.v1.Snapshot.settings:type_name -> ferry.v1.Settings
+	27, // 73: ferry.ledger.v1.Snapshot.nodes:type_name -> ferry.ledger.v1.Node
+	30, // 74: ferry.ledger.v1.Snapshot.requests:type_name -> ferry.ledger.v1.RequestRecord
+	48, // 75: ferry.ledger.v1.Snapshot.source_inventories:type_name -> ferry.v1.SourceInventory
+	56, // 76: ferry.ledger.v1.Snapshot.network_mapping_groups:type_name -> ferry.v1.NetworkMappingGroup
+	58, // 77: ferry.ledger.v1.Snapshot.revoked_certificates:type_name -> ferry.v1.RevokedCertificate
+	59, // 78: ferry.ledger.v1.Snapshot.audit_events:type_name -> ferry.v1.AuditEvent
+	35, // 79: ferry.ledger.v1.Snapshot.audit_retention:type_name -> ferry.ledger.v1.AuditRetention
+	32, // 80: ferry.ledger.v1.Snapshot.cache_usage:type_name -> ferry.ledger.v1.CacheUsageHistory
+	33, // 81: ferry.ledger.v1.CacheUsageHistory.tiers:type_name -> ferry.ledger.v1.UsageTier
+	59, // 82: ferry.ledger.v1.RecordAuditEvent.event:type_name -> ferry.v1.AuditEvent
+	35, // 83: ferry.ledger.v1.RecordAuditEvent.retention:type_name -> ferry.ledger.v1.AuditRetention
+	58, // 84: ferry.ledger.v1.RevokeCertificate.certificate:type_name -> ferry.v1.RevokedCertificate
+	45, // 85: ferry.ledger.v1.UpdateResource.migration_server:type_name -> ferry.v1.MigrationServer
+	47, // 86: ferry.ledger.v1.UpdateResource.source:type_name -> ferry.v1.Source
+	13, // 87: ferry.ledger.v1.UpdateResource.credential:type_name -> ferry.ledger.v1.SealedCredential
+	40, // 88: ferry.ledger.v1.UpdateResource.cluster:type_name -> ferry.v1.Cluster
+	43, // 89: ferry.ledger.v1.UpdateResource.primary_storage:type_name -> ferry.v1.PrimaryStorage
+	44, // 90: ferry.ledger.v1.UpdateResource.l3_network:type_name -> ferry.v1.L3Network
+	49, // 91: ferry.ledger.v1.UpdateResource.migration_job:type_name -> ferry.v1.MigrationJob
+	92, // [92:92] is the sub-list for method output_type
+	92, // [92:92] is the sub-list for method input_type
+	92, // [92:92] is the sub-list for extension type_name
+	92, // [92:92] is the sub-list for extension extendee
+	0,  // [0:92] is the sub-list for field type_name
 }
 
 func init() { file_ferry_ledger_v1_ledger_proto_init() }
