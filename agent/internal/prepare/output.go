@@ -23,10 +23,10 @@ func v2vError(log []byte) string {
 	return strings.Join(strings.Fields(rest), " ")
 }
 
-// The inspection virt-v2v prints with -v, one "key: value" line each in
-// its "inspection" block, and the progress lines saying what it does.
+// The inspection virt-v2v prints with -v, one "i_key = value" line each,
+// and the progress line naming the guest it converts.
 var (
-	inspectKey = regexp.MustCompile(`^\s*(type|distro|major_version|minor_version|product_name|firmware|i_type|i_distro|i_major_version|i_minor_version|i_product_name|i_firmware)\s*[:=]\s*(.*?)\s*$`)
+	inspectKey = regexp.MustCompile(`^(i_type|i_distro|i_major_version|i_minor_version|i_product_name|i_firmware) = (.*?)\s*$`)
 	converting = regexp.MustCompile(`^\[\s*[0-9.]+\] Converting (.*) to run on KVM`)
 )
 
@@ -100,27 +100,32 @@ func firmwareName(v string) string {
 	return v
 }
 
-// changeLines are the changes a line of virt-v2v's output says it made.
+// changeLines are the changes a line of virt-v2v's verbose output says
+// it made: the commands its appliance ran in the guest ("commandrvf: ...").
 func changeLines(line string) []string {
+	cmd, ok := strings.CutPrefix(line, "commandrvf: ")
+	if !ok {
+		return nil
+	}
+	f := strings.Fields(cmd)
+	if len(f) == 0 {
+		return nil
+	}
+	prog := f[0][strings.LastIndex(f[0], "/")+1:]
 	switch {
-	case strings.Contains(line, "uninstalling packages:") || strings.Contains(line, "remove_packages"):
-		if i := strings.LastIndex(line, ":"); i >= 0 {
-			var out []string
-			for _, p := range strings.Fields(line[i+1:]) {
-				out = append(out, "removed package "+strings.Trim(p, `"[],`))
+	case (prog == "dpkg" && len(f) > 2 && (f[1] == "--purge" || f[1] == "-P" || f[1] == "--remove")) ||
+		(prog == "rpm" && len(f) > 2 && f[1] == "-e"):
+		var out []string
+		for _, p := range f[2:] {
+			if !strings.HasPrefix(p, "-") {
+				out = append(out, "removed package "+p)
 			}
-			return out
 		}
-	case strings.Contains(line, "update-initramfs") && strings.Contains(line, "command"):
-		return []string{"initramfs rebuilt with virtio drivers"}
-	case strings.Contains(line, "dracut") && strings.Contains(line, "command"):
-		return []string{"initramfs rebuilt with virtio drivers"}
-	case strings.Contains(line, "grub-mkconfig") || strings.Contains(line, "update-grub"):
-		return []string{"bootloader configuration rebuilt"}
-	case strings.Contains(line, "/etc/fstab") && strings.Contains(line, "aug_set"):
-		return []string{"fstab device names rewritten"}
-	case strings.Contains(line, "This guest has virtio drivers installed"):
-		return []string{"virtio drivers present"}
+		return out
+	case prog == "update-initramfs" || prog == "dracut" || prog == "mkinitrd":
+		return []string{"initramfs rebuilt with virtio drivers (" + prog + ")"}
+	case prog == "grub-mkconfig" || prog == "grub2-mkconfig" || prog == "update-grub":
+		return []string{"bootloader configuration rebuilt (" + prog + ")"}
 	}
 	return nil
 }
