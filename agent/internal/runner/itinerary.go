@@ -13,6 +13,7 @@ import (
 	agentv1 "github.com/ferry-v2v/ferry/pkg/pb/ferry/agent/v1"
 	ferryv1 "github.com/ferry-v2v/ferry/pkg/pb/ferry/v1"
 	"github.com/ferry-v2v/ferry/pkg/ratelimit"
+	"github.com/ferry-v2v/ferry/pkg/targetspec"
 )
 
 // Source is a source driver: it copies a job's source disks into the
@@ -146,20 +147,7 @@ func (j *Job) SetBootVerifiedBy(by string) { j.bootVerifiedBy = by }
 // options.guest_conversion, where AUTO (or unset) is on for a VMware source
 // and off for a KVM one.
 func (j *Job) ConvertsGuest() bool {
-	return ConvertsGuest(j.Assignment.GetJob().GetOptions().GetGuestConversion(), j.Assignment.GetSource().GetType())
-}
-
-// ConvertsGuest says whether a job with option c from a source of platform p
-// converts its guest.
-func ConvertsGuest(c ferryv1.GuestConversion, p ferryv1.Platform) bool {
-	switch c {
-	case ferryv1.GuestConversion_GUEST_CONVERSION_ON:
-		return true
-	case ferryv1.GuestConversion_GUEST_CONVERSION_OFF:
-		return false
-	default:
-		return p == ferryv1.Platform_PLATFORM_VMWARE
-	}
+	return targetspec.ConvertsGuest(j.Assignment.GetJob().GetOptions().GetGuestConversion(), j.Assignment.GetSource().GetType())
 }
 
 // Name is the job's resource name.

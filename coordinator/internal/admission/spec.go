@@ -89,6 +89,7 @@ func checkOptions(c *validate.Checker, p string, in *ferryv1.MigrationOptions) *
 		out = &ferryv1.MigrationOptions{}
 	}
 	validate.Enum(c, p+".compression", out.GetCompression(), false)
+	validate.Enum(c, p+".guest_conversion", out.GetGuestConversion(), false)
 	if out.GetVerifyBoot() && out.AutoStart != nil && !out.GetAutoStart() {
 		c.Add(p+".verify_boot", "proving the target boots starts it, but auto_start is false; drop one")
 	}
