@@ -67,6 +67,12 @@ func parseInspection(log []byte) *ferryv1.GuestInspection {
 		if m := converting.FindStringSubmatch(line); m != nil && in.ProductName == "" {
 			in.ProductName = m[1]
 		}
+		if w, ok := strings.CutPrefix(line, "virt-v2v-in-place: warning: "); ok {
+			add("warning: " + w)
+		}
+		if strings.HasPrefix(line, "virt-v2v-in-place: The QEMU Guest Agent will be installed") {
+			add("QEMU guest agent installed at first boot")
+		}
 		for _, c := range changeLines(line) {
 			add(c)
 		}

@@ -30,6 +30,7 @@ i_firmware = BIOS
 [ 101.2] Converting 12.15 to run on KVM
 commandrvf: dpkg -L linux-image-amd64
 commandrvf: dpkg --purge open-vm-tools
+virt-v2v-in-place: The QEMU Guest Agent will be installed for this guest at first boot.
 commandrvf: /usr/sbin/update-initramfs -v -c -k 6.1.0-50-amd64
 commandrvf: /usr/sbin/update-initramfs -v -c -k 6.1.0-50-amd64
 `
@@ -37,7 +38,7 @@ commandrvf: /usr/sbin/update-initramfs -v -c -k 6.1.0-50-amd64
 func TestParseInspection(t *testing.T) {
 	got := parseInspection([]byte(v2vLog))
 	want := &ferryv1.GuestInspection{OsType: "linux", Distribution: "debian", Version: "12.15", ProductName: "12.15", Firmware: "bios",
-		Changes: []string{"removed package open-vm-tools", "initramfs rebuilt with virtio drivers (update-initramfs)"}}
+		Changes: []string{"removed package open-vm-tools", "QEMU guest agent installed at first boot", "initramfs rebuilt with virtio drivers (update-initramfs)"}}
 	if !proto.Equal(got, want) {
 		t.Errorf("parseInspection = %v, want %v", got, want)
 	}
