@@ -106,18 +106,18 @@ if lsinitramfs "$initrd" | grep -q virtio; then
 fi
 
 for m in dev/pts dev proc sys; do umount "$root/$m"; done
-# Discard what deleted files left, so the image holds only live data.
-fstrim "$root" || true
 umount "$root"
 losetup -d "$loop"
 loop=
-# GRUB goes on the whole disk from libguestfs's appliance (TCG: this
+# GRUB goes on the whole disk from libguestfs's appliance, which then
+# discards what deleted files left, so the image holds only live data (TCG: this
 # machine's /dev/kvm may not work), where the disk is one device.
 LIBGUESTFS_BACKEND=direct LIBGUESTFS_BACKEND_SETTINGS=force_tcg guestfish --rw -a "$raw" >"$work/grub.log" 2>&1 <<'GF' || {
 run
 mount /dev/sda1 /
 command "grub-install --target=i386-pc /dev/sda"
 command "update-grub"
+fstrim /
 GF
 	cat "$work/grub.log" >&2
 	exit 1
