@@ -109,10 +109,12 @@ for m in dev/pts dev proc sys; do umount "$root/$m"; done
 umount "$root"
 losetup -d "$loop"
 loop=
-# GRUB goes on the whole disk from libguestfs's appliance, which then
-# discards what deleted files left, so the image holds only live data (TCG: this
-# machine's /dev/kvm may not work), where the disk is one device.
-LIBGUESTFS_BACKEND=direct LIBGUESTFS_BACKEND_SETTINGS=force_tcg guestfish --rw -a "$raw" >"$work/grub.log" 2>&1 <<'GF' || {
+# GRUB goes on the whole disk from libguestfs's appliance, where the disk
+# is one device (under TCG: /dev/kvm may be there and not work); the
+# appliance then discards what deleted files left, so the image holds only
+# live data.
+LIBGUESTFS_BACKEND=direct LIBGUESTFS_BACKEND_SETTINGS=force_tcg guestfish --rw >"$work/grub.log" 2>&1 <<GF || {
+add $raw format:raw discard:enable
 run
 mount /dev/sda1 /
 command "grub-install --target=i386-pc /dev/sda"

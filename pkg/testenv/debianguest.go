@@ -12,7 +12,7 @@ import (
 
 // DebianGuestVersion names the image scripts/debian-guest.sh builds; bump
 // it when the script changes what it builds, so cached images are rebuilt.
-const DebianGuestVersion = "v2"
+const DebianGuestVersion = "v3"
 
 // CacheDir is where tests keep what is slow to make and the same from run
 // to run (the Debian guest image): $FERRY_TEST_CACHE, else
