@@ -314,7 +314,10 @@ func (jf *jobFlags) request() (*ferryv1.CreateMigrationJobsRequest, error) {
 		target.Disks = append(target.Disks, disk)
 	}
 	opts := &ferryv1.MigrationOptions{Compression: ferryv1.Compression(jf.compression.value), PauseSourceVm: jf.pauseSource,
-		UseSourceNicAddress: jf.useSourceNICAddress, VerifyBoot: jf.verifyBoot, GuestConversion: ferryv1.GuestConversion(jf.guestConversion.value)}
+		UseSourceNicAddress: jf.useSourceNICAddress, VerifyBoot: jf.verifyBoot}
+	if jf.guestConversion != nil {
+		opts.GuestConversion = ferryv1.GuestConversion(jf.guestConversion.value)
+	}
 	switch {
 	case jf.noStart:
 		opts.AutoStart = proto.Bool(false)
