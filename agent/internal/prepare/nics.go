@@ -7,7 +7,6 @@ import (
 	_ "embed"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 )
@@ -41,7 +40,7 @@ func pinNICNames(ctx context.Context, disks, macs []string) ([]string, error) {
 	for _, d := range disks {
 		args = append(args, "-a", d)
 	}
-	cmd := exec.CommandContext(ctx, guestfish, args...)
+	cmd := groupCommand(ctx, guestfish, args...)
 	cmd.Env = libguestfsEnv()
 	cmd.Stdin = strings.NewReader(fmt.Sprintf("upload %s /tmp/ferry-nics.sh\nsh \"/bin/sh /tmp/ferry-nics.sh %s\"\nrm-f /tmp/ferry-nics.sh\n",
 		script, strings.Join(macs, " ")))

@@ -22,6 +22,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/ferry-v2v/ferry/agent/internal/cache"
@@ -144,6 +145,16 @@ func libguestfsEnv() []string {
 	return env
 }
 
+// groupCommand is exec.CommandContext in a process group of its own, all
+// of which a cancelled ctx kills: libguestfs's appliance (a qemu child of
+// virt-v2v or guestfish) must not outlive a cancelled job.
+func groupCommand(ctx context.Context, name string, args ...string) *exec.Cmd {
+	cmd := exec.CommandContext(ctx, name, args...)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	cmd.Cancel = func() error { return syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) }
+	return cmd
+}
+
 // runV2V runs virt-v2v-in-place on the overlays, its output into logPath,
 // and reads the inspection from it.
 func runV2V(ctx context.Context, disks []string, logPath, virtioWin string) (*ferryv1.GuestInspection, error) {
@@ -153,7 +164,7 @@ func runV2V(ctx context.Context, disks []string, logPath, virtioWin string) (*fe
 	}
 	defer f.Close()
 	args := append([]string{"-v", "-i", "disk", "-if", "qcow2"}, disks...)
-	cmd := exec.CommandContext(ctx, virtV2V, args...)
+	cmd := groupCommand(ctx, virtV2V, args...)
 	cmd.Env = libguestfsEnv()
 	if virtioWin != "" {
 		cmd.Env = append(cmd.Env, "VIRTIO_WIN="+virtioWin)
