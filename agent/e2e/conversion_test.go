@@ -135,7 +135,7 @@ func TestConvertVMwareDebianGuest(t *testing.T) {
 	}
 
 	var leased string
-	testkit.WaitFor(t, 5*time.Minute, "a DHCP lease for "+mac, func() bool {
+	testkit.WaitFor(t, 10*time.Minute, "a DHCP lease for "+mac, func() bool {
 		leased = w.dhcpLease(mac)
 		return leased != ""
 	})
