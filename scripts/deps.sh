@@ -42,6 +42,10 @@ packages=(
 	openssh-server nbdkit libnbd-bin ovmf ca-certificates dbus procps iproute2
 	# a kernel for test guests that boot (a guest agent answering libvirt)
 	linux-image-amd64
+	# guest conversion (PREPARING): virt-v2v-in-place, guestfish and their
+	# libguestfs appliance; debootstrap builds the Debian test guest
+	# (scripts/debian-guest.sh)
+	virt-v2v libguestfs-tools guestfs-tools debootstrap fdisk
 	# the Python client test (coordinator/internal/server/python_client_test.go):
 	# protoc with the gRPC Python plugin, and Python's grpc and protobuf
 	protobuf-compiler protobuf-compiler-grpc python3-grpcio python3-protobuf

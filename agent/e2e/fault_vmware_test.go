@@ -39,7 +39,8 @@ func TestFaultVCenterCutRetried(t *testing.T) {
 	source := w.createVMwareSourceAt(sim, proxy.Host(), proxy.Port())
 	server := w.createVMwareServerWith(48 << 20) // 6 MiB/s: the streams take several seconds
 	vm := w.sourceVM(source, "DC0_H0_VM0")
-	spec := w.spec(vm, nil)
+	// The simulator's disks hold no OS for a guest conversion to adapt.
+	spec := w.spec(vm, &ferryv1.MigrationOptions{GuestConversion: ferryv1.GuestConversion_GUEST_CONVERSION_OFF})
 	resp, err := w.f.client.Jobs().CreateMigrationJobs(ctx(t, 10*time.Second), &ferryv1.CreateMigrationJobsRequest{
 		Source: source, MigrationServer: server, Jobs: []*ferryv1.MigrationJobSpec{spec}})
 	must(t, err)

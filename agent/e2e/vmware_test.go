@@ -47,7 +47,8 @@ func TestMigrateVMwareVM(t *testing.T) {
 		t.Fatalf("source NICs on portgroups %q and %q, want DC0_DVPG0 (distributed) and VM Network (standard)", pg0, pg1)
 	}
 	group := w.createMappingGroup(source, "DC0_DVPG0", "VM Network")
-	spec := w.spec(vm, &ferryv1.MigrationOptions{UseSourceNicAddress: true})
+	// The simulator's disks hold no OS for a guest conversion to adapt.
+	spec := w.spec(vm, &ferryv1.MigrationOptions{UseSourceNicAddress: true, GuestConversion: ferryv1.GuestConversion_GUEST_CONVERSION_OFF})
 	spec.Target.Nics = nil // from the group
 	resp, err := w.f.client.Jobs().CreateMigrationJobs(ctx(t, 10*time.Second), &ferryv1.CreateMigrationJobsRequest{
 		Source: source, MigrationServer: server, Jobs: []*ferryv1.MigrationJobSpec{spec}, NetworkMappingGroup: group})

@@ -25,6 +25,7 @@ import (
 	"github.com/ferry-v2v/ferry/agent/internal/export"
 	"github.com/ferry-v2v/ferry/agent/internal/facts"
 	"github.com/ferry-v2v/ferry/agent/internal/metrics"
+	"github.com/ferry-v2v/ferry/agent/internal/prepare"
 	"github.com/ferry-v2v/ferry/agent/internal/runner"
 	"github.com/ferry-v2v/ferry/agent/internal/session"
 	"github.com/ferry-v2v/ferry/agent/internal/source/bundlesrc"
@@ -131,6 +132,7 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 			ferryv1.Platform_PLATFORM_VMWARE: vmware.NewDriver(log, vmware.Options{RetryBudget: cfg.SourceRetryBudget}),
 			ferryv1.Platform_PLATFORM_BUNDLE: bundlesrc.New(log),
 		},
+		Preparer: prepare.New(log),
 	}
 	fences := session.NewFences(outbox, log)
 	signer := session.NewSigner(outbox, log)

@@ -2,9 +2,7 @@ package cache
 
 import (
 	"context"
-	"errors"
 	"fmt"
-	"io/fs"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -22,22 +20,23 @@ type Export struct {
 
 // OpenExport serves the cache image of disk in dir read-only on a unix
 // socket and connects to it. The image must exist: CONVERTING made it.
+// A disk PREPARING converted is served from its overlay (PreparedPath).
 func OpenExport(ctx context.Context, dir, disk string, log *slog.Logger) (*Export, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	for _, format := range []string{FormatQcow2, FormatRaw} {
-		path := filepath.Join(dir, disk+"."+format)
-		if _, err := os.Stat(path); errors.Is(err, fs.ErrNotExist) {
-			continue
-		}
-		e, err := serveReadOnly(ctx, path, format, filepath.Join(dir, disk+".export.pid"), log)
-		if err != nil {
-			return nil, fmt.Errorf("cache: export %s: %w", path, err)
-		}
-		return e, nil
+	path, format, err := ImagePath(dir, disk)
+	if err != nil {
+		return nil, err
 	}
-	return nil, fmt.Errorf("cache: no image of disk %s in %s: %w", disk, dir, fs.ErrNotExist)
+	if Prepared(dir, disk) {
+		path, format = PreparedPath(dir, disk), FormatQcow2
+	}
+	e, err := serveReadOnly(ctx, path, format, filepath.Join(dir, disk+".export.pid"), log)
+	if err != nil {
+		return nil, fmt.Errorf("cache: export %s: %w", path, err)
+	}
+	return e, nil
 }
 
 func serveReadOnly(ctx context.Context, path, format, pidFile string, log *slog.Logger) (*Export, error) {

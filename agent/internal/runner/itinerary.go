@@ -15,6 +15,7 @@ import (
 	agentv1 "github.com/ferry-v2v/ferry/pkg/pb/ferry/agent/v1"
 	ferryv1 "github.com/ferry-v2v/ferry/pkg/pb/ferry/v1"
 	"github.com/ferry-v2v/ferry/pkg/ratelimit"
+	"github.com/ferry-v2v/ferry/pkg/targetspec"
 )
 
 // Source is a source driver: it copies a job's source disks into the
@@ -58,6 +59,15 @@ type Verifier interface {
 	Verify(ctx context.Context, job *Job) error
 }
 
+// Preparer adapts the guest on the cache images to KVM (PREPARING): it
+// reads the images CONVERTING made and leaves what UPLOADING must upload
+// beside them (cache.PreparedPath), never changing the cache images
+// themselves, so a job whose conversion failed restarts from an intact
+// cache. It returns what it found and changed.
+type Preparer interface {
+	Prepare(ctx context.Context, job *Job) (*ferryv1.GuestInspection, error)
+}
+
 // Rollbacker is what a target driver may also do: undo what a job made
 // on the target (domain, volumes, DHCP entries) after it failed or was
 // cancelled in any phase. It must be idempotent and work from the
@@ -84,6 +94,9 @@ type Drivers struct {
 	Target  Target
 	// Exporter runs export jobs' EXPORTING; nil fails them.
 	Exporter Exporter
+	// Preparer converts guests in PREPARING; a job that asks for a
+	// conversion fails without it.
+	Preparer Preparer
 }
 
 // NoDriverError says this build has no driver a job needs.
@@ -112,6 +125,8 @@ type Job struct {
 	// bootVerifiedBy is how the target VM showed it booted; see
 	// SetBootVerifiedBy.
 	bootVerifiedBy string
+	// inspection is what PREPARING found and changed.
+	inspection *ferryv1.GuestInspection
 
 	warm    *warmState // a warm job's rounds and cutover
 	watches *watchSet  // see Watch
@@ -146,6 +161,21 @@ func (j *Job) Fence(ctx context.Context, write string) error {
 // the target VM's guest showed it booted (JobResult.boot_verified_by).
 func (j *Job) SetBootVerifiedBy(by string) { j.bootVerifiedBy = by }
 
+// ConvertsGuest says whether the job adapts the guest in PREPARING: its
+// options.guest_conversion, where AUTO (or unset) is on for a VMware source
+// and off for a KVM one.
+//
+// A warm job is never converted: its target volumes follow the source
+// round by round, which a converted guest would no longer match (the
+// admission refuses guest_conversion ON with mode WARM). Nor is an
+// export, whose bundle holds the source's disks as they are.
+func (j *Job) ConvertsGuest() bool {
+	if j.IsWarm() || j.IsExport() {
+		return false
+	}
+	return targetspec.ConvertsGuest(j.Assignment.GetJob().GetOptions().GetGuestConversion(), j.Assignment.GetSource().GetType())
+}
+
 // Name is the job's resource name.
 func (j *Job) Name() string { return j.Assignment.GetJob().GetName() }
 
@@ -159,24 +189,28 @@ type step struct {
 	// countsBytes restarts the per-disk byte counts when the step begins.
 	countsBytes bool
 	do          func(ctx context.Context, d Drivers, j *Job) ([]string, error)
+	// skip, when set and true, passes the step by without entering its
+	// phase.
+	skip func(j *Job) bool
 }
 
 // itinerary is the order a job is walked in. Later issues insert precopy
 // rounds and cutover here, as steps, not as branches.
 var itinerary = []step{
-	{ferryv1.MigrationJobPhase_MIGRATION_JOB_PHASE_CONVERTING, "prepare the cache directory", false, prepareCache},
-	{ferryv1.MigrationJobPhase_MIGRATION_JOB_PHASE_CONVERTING, "copy the source disks to the cache", true, convert},
-	{ferryv1.MigrationJobPhase_MIGRATION_JOB_PHASE_UPLOADING, uploadStep, true, upload},
-	{ferryv1.MigrationJobPhase_MIGRATION_JOB_PHASE_UPLOADING, verifyStep, false, verify},
-	{ferryv1.MigrationJobPhase_MIGRATION_JOB_PHASE_CONFIGURING, "define the target VM", false, configure},
+	{ferryv1.MigrationJobPhase_MIGRATION_JOB_PHASE_CONVERTING, "prepare the cache directory", false, prepareCache, nil},
+	{ferryv1.MigrationJobPhase_MIGRATION_JOB_PHASE_CONVERTING, "copy the source disks to the cache", true, convert, nil},
+	{ferryv1.MigrationJobPhase_MIGRATION_JOB_PHASE_PREPARING, prepareStep, false, prepareGuest, func(j *Job) bool { return !j.ConvertsGuest() }},
+	{ferryv1.MigrationJobPhase_MIGRATION_JOB_PHASE_UPLOADING, uploadStep, true, upload, nil},
+	{ferryv1.MigrationJobPhase_MIGRATION_JOB_PHASE_UPLOADING, verifyStep, false, verify, nil},
+	{ferryv1.MigrationJobPhase_MIGRATION_JOB_PHASE_CONFIGURING, "define the target VM", false, configure, nil},
 }
 
 // exportItinerary is an export job's: the same copy to the cache, then the
 // bundle instead of a target VM.
 var exportItinerary = []step{
-	{ferryv1.MigrationJobPhase_MIGRATION_JOB_PHASE_CONVERTING, "prepare the cache directory", false, prepareCache},
-	{ferryv1.MigrationJobPhase_MIGRATION_JOB_PHASE_CONVERTING, "copy the source disks to the cache", true, convertOnly},
-	{ferryv1.MigrationJobPhase_MIGRATION_JOB_PHASE_EXPORTING, "write the bundle", true, export},
+	{ferryv1.MigrationJobPhase_MIGRATION_JOB_PHASE_CONVERTING, "prepare the cache directory", false, prepareCache, nil},
+	{ferryv1.MigrationJobPhase_MIGRATION_JOB_PHASE_CONVERTING, "copy the source disks to the cache", true, convertOnly, nil},
+	{ferryv1.MigrationJobPhase_MIGRATION_JOB_PHASE_EXPORTING, "write the bundle", true, export, nil},
 }
 
 // itineraryOf is the itinerary job walks: an export's, a warm job's
@@ -210,10 +244,33 @@ func export(ctx context.Context, d Drivers, j *Job) ([]string, error) {
 	return nil, d.Exporter.Export(ctx, j)
 }
 
+// prepareCache makes the job's cache directory and removes what an earlier
+// attempt's PREPARING left: this attempt converts the guest again, or (with
+// guest_conversion OFF) uploads the cache images as CONVERTING made them.
 func prepareCache(_ context.Context, _ Drivers, j *Job) ([]string, error) {
 	if err := cache.MakeJobDir(j.CacheDir); err != nil {
 		return nil, fmt.Errorf("cache directory %s: %w", j.CacheDir, err)
 	}
+	for _, d := range j.Assignment.GetJob().GetTarget().GetDisks() {
+		if err := cache.RemovePrepared(j.CacheDir, d.GetSourceDisk()); err != nil {
+			return nil, err
+		}
+	}
+	return nil, nil
+}
+
+const prepareStep = "convert the guest"
+
+// prepareGuest converts the guest on the cache images (PREPARING).
+func prepareGuest(ctx context.Context, d Drivers, j *Job) ([]string, error) {
+	if d.Preparer == nil {
+		return nil, &NoDriverError{What: "guest conversion"}
+	}
+	in, err := d.Preparer.Prepare(ctx, j)
+	if err != nil {
+		return nil, err
+	}
+	j.inspection = in
 	return nil, nil
 }
 
@@ -238,7 +295,9 @@ func convert(ctx context.Context, d Drivers, j *Job) ([]string, error) {
 	if !ok || src == nil {
 		return nil, &NoDriverError{What: platformName(platform) + " source"}
 	}
-	if o, ok := d.Target.(Overlapper); ok {
+	// A guest converted after the copy is uploaded after PREPARING, not
+	// beside the copy.
+	if o, ok := d.Target.(Overlapper); ok && !j.ConvertsGuest() {
 		j.startBeside(ctx, o)
 	}
 	return nil, src.Convert(ctx, j)
@@ -339,6 +398,9 @@ func walk(ctx context.Context, d Drivers, j *Job) *agentv1.JobResult {
 	}()
 	defer j.stopBeside()
 	for _, s := range itineraryOf(j) {
+		if s.skip != nil && s.skip(j) {
+			continue
+		}
 		j.Progress.enter(s.phase, s.countsBytes)
 		j.Log.Debug("step", "phase", s.phase, "step", s.name)
 		warnings, err := s.do(ctx, d, j)
@@ -358,6 +420,7 @@ func walk(ctx context.Context, d Drivers, j *Job) *agentv1.JobResult {
 		res.MeasuredDowntime = durationpb.New(j.warm.downtime)
 	}
 	res.BootVerifiedBy = j.bootVerifiedBy
+	res.GuestInspection = j.inspection
 	return res
 }
 

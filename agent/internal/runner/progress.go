@@ -235,7 +235,8 @@ func (p *Progress) phaseBytes(phase ferryv1.MigrationJobPhase) int64 {
 	var n int64
 	for _, d := range p.disks {
 		switch {
-		case phase == p.phase && phase != ferryv1.MigrationJobPhase_MIGRATION_JOB_PHASE_CONFIGURING:
+		case phase == p.phase && phase != ferryv1.MigrationJobPhase_MIGRATION_JOB_PHASE_CONFIGURING &&
+			phase != ferryv1.MigrationJobPhase_MIGRATION_JOB_PHASE_PREPARING:
 			n += d.done
 		case phase == ferryv1.MigrationJobPhase_MIGRATION_JOB_PHASE_UPLOADING:
 			n += d.uploaded

@@ -203,13 +203,13 @@ func (w *warmState) save(dir string, r *ferryv1.PrecopyRound, token string) erro
 // UPLOADING and its verification (skipped when a restarted job finds
 // that round done), the rounds of SYNCING, the cutover, CONFIGURING.
 var warmItinerary = []step{
-	{ferryv1.MigrationJobPhase_MIGRATION_JOB_PHASE_CONVERTING, "prepare the cache directory", false, prepareWarm},
-	{ferryv1.MigrationJobPhase_MIGRATION_JOB_PHASE_CONVERTING, "copy the source disks to the cache (precopy round 1)", true, firstRound},
-	{ferryv1.MigrationJobPhase_MIGRATION_JOB_PHASE_UPLOADING, uploadStep, true, unlessResumed(upload)},
-	{ferryv1.MigrationJobPhase_MIGRATION_JOB_PHASE_UPLOADING, verifyStep, false, unlessResumed(verifyFirst)},
-	{ferryv1.MigrationJobPhase_MIGRATION_JOB_PHASE_SYNCING, "precopy rounds", false, syncRounds},
-	{ferryv1.MigrationJobPhase_MIGRATION_JOB_PHASE_SYNCING, "cut over (stop the source, copy and verify the last delta)", false, cutover},
-	{ferryv1.MigrationJobPhase_MIGRATION_JOB_PHASE_CONFIGURING, "define the target VM", false, configureWarm},
+	{ferryv1.MigrationJobPhase_MIGRATION_JOB_PHASE_CONVERTING, "prepare the cache directory", false, prepareWarm, nil},
+	{ferryv1.MigrationJobPhase_MIGRATION_JOB_PHASE_CONVERTING, "copy the source disks to the cache (precopy round 1)", true, firstRound, nil},
+	{ferryv1.MigrationJobPhase_MIGRATION_JOB_PHASE_UPLOADING, uploadStep, true, unlessResumed(upload), nil},
+	{ferryv1.MigrationJobPhase_MIGRATION_JOB_PHASE_UPLOADING, verifyStep, false, unlessResumed(verifyFirst), nil},
+	{ferryv1.MigrationJobPhase_MIGRATION_JOB_PHASE_SYNCING, "precopy rounds", false, syncRounds, nil},
+	{ferryv1.MigrationJobPhase_MIGRATION_JOB_PHASE_SYNCING, "cut over (stop the source, copy and verify the last delta)", false, cutover, nil},
+	{ferryv1.MigrationJobPhase_MIGRATION_JOB_PHASE_CONFIGURING, "define the target VM", false, configureWarm, nil},
 }
 
 func warmerOf(d Drivers, j *Job) (Warmer, DeltaApplier, error) {

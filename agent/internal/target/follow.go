@@ -185,6 +185,14 @@ func isClosed(ch <-chan struct{}) bool {
 // (when not, the caller waits before the next step).
 func (f *follower) step(ctx context.Context, converted bool) (finished, progressed bool, err error) {
 	dir := f.job.CacheDir
+	if converted && cache.Prepared(dir, f.disk) {
+		// PREPARING converted the guest: its overlay goes whole (the
+		// copy's checkpoint says nothing of what the conversion wrote).
+		if f.remote != nil {
+			return true, false, f.uploadWholeRemote(ctx)
+		}
+		return true, false, uploadWhole(ctx, f.job, f.up, f.disk, f.vol)
+	}
 	gen, err := cache.Generation(dir, f.disk)
 	if err == nil {
 		var m pipeline.Marks

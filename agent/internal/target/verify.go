@@ -69,6 +69,10 @@ func (d *Driver) Verify(ctx context.Context, job *runner.Job) error {
 // verification; nil, with a warning, when it recorded none (the disk is
 // left unverified).
 func copySums(job *runner.Job, disk string) (*pipeline.Checkpoint, error) {
+	if cache.Prepared(job.CacheDir, disk) {
+		job.Log.Warn("disk left unverified: PREPARING converted the guest after the copy", "disk", disk)
+		return nil, nil
+	}
 	cp, err := pipeline.OpenCheckpoint(cache.CheckpointPath(job.CacheDir, disk))
 	if errors.Is(err, fs.ErrNotExist) || (err == nil && !cp.Verifiable()) {
 		job.Log.Warn("disk left unverified: its copy recorded no checksums", "disk", disk)

@@ -150,6 +150,7 @@ stays (for the retention setting), so a restart later is fast.`,
 
 func (a *app) jobRestart() *cobra.Command {
 	var reqID string
+	conversion := newEnumFlag(ferryv1.GuestConversion(0).Descriptor(), nil)
 	cmd := &cobra.Command{
 		Use:   "restart NAME",
 		Short: "Queue a failed or cancelled job again",
@@ -157,12 +158,14 @@ func (a *app) jobRestart() *cobra.Command {
 already holds is not copied again. Unless its spec names target.host, the job is
 placed again by the cluster's host allocation strategy (its target_host may change;
 placement_reason says it was chosen again at restart); the restart is refused when
-no host of the cluster can take it.`,
-		Example: `  ferryctl job restart migrationJobs/4f2c && ferryctl job watch migrationJobs/4f2c`,
-		Args:    exactlyOneArg("the job's name"),
+no host of the cluster can take it. --guest-conversion replaces the job's option,
+e.g. off after a conversion failed: the cache is uploaded as it was copied.`,
+		Example: `  ferryctl job restart migrationJobs/4f2c && ferryctl job watch migrationJobs/4f2c
+  ferryctl job restart migrationJobs/4f2c --guest-conversion off`,
+		Args: exactlyOneArg("the job's name"),
 		RunE: a.run(func(ctx context.Context, cl *client.Client, args []string) error {
 			resp, err := cl.Jobs().RestartMigrationJob(ctx, &ferryv1.RestartMigrationJobRequest{Name: resName("migrationJobs", args[0]),
-				RequestId: requestID(reqID)})
+				RequestId: requestID(reqID), GuestConversion: ferryv1.GuestConversion(conversion.value)})
 			if err != nil {
 				return err
 			}
@@ -170,6 +173,7 @@ no host of the cluster can take it.`,
 		}),
 	}
 	addRequestIDFlag(cmd, &reqID)
+	addEnumFlag(cmd.Flags(), conversion, "guest-conversion", "replace the job's guest conversion option (auto, on, off)")
 	return cmd
 }
 
@@ -281,6 +285,13 @@ func jobDetails(j *ferryv1.MigrationJob) []field {
 				b = "yes: " + j.GetBootVerifiedBy()
 			}
 			out = append(out, field{"Boot verified", b})
+		}
+	}
+	if g := j.GetGuestInspection(); g != nil {
+		out = append(out, field{"Guest", fmt.Sprintf("%s (%s %s %s), %s firmware",
+			orDefault(g.GetProductName(), "unknown OS"), g.GetOsType(), g.GetDistribution(), g.GetVersion(), orDefault(g.GetFirmware(), "unknown"))})
+		for _, c := range g.GetChanges() {
+			out = append(out, field{"Guest change", c})
 		}
 	}
 	return append(out,

@@ -28,6 +28,7 @@ type jobFlags struct {
 	nics, disks                 []string
 	firmware, osType, diskBus   *enumFlag
 	compression                 *enumFlag
+	guestConversion             *enumFlag
 	pauseSource, start, noStart bool
 	// network and group, when set, fill what the flags leave out from the
 	// source's description of the VM (ListSourceVMs) through targetspec:
@@ -48,16 +49,17 @@ func (jf *jobFlags) fills() bool { return jf.network != "" || jf.group != "" }
 // together with -f.
 var planFlags = []string{"source", "migration-server", "vm", "target-name", "cluster", "storage", "host",
 	"cpus", "memory", "nic", "disk", "network", "network-mapping-group", "use-source-nic-address", "cdroms", "firmware", "os", "disk-bus", "compression", "pause-source", "start", "no-start", "verify-boot",
-	"mode", "precopy-interval", "cutover-at"}
+	"mode", "precopy-interval", "cutover-at", "guest-conversion"}
 
 // newJobFlags returns the flags of job create and job preview.
 func newJobFlags() *jobFlags {
 	return &jobFlags{
-		firmware:    newEnumFlag(ferryv1.Firmware(0).Descriptor(), nil),
-		osType:      newEnumFlag(ferryv1.OsType(0).Descriptor(), nil),
-		diskBus:     newEnumFlag(ferryv1.DiskBus(0).Descriptor(), nil),
-		compression: newEnumFlag(ferryv1.Compression(0).Descriptor(), nil),
-		mode:        newEnumFlag(ferryv1.MigrationMode(0).Descriptor(), nil),
+		firmware:        newEnumFlag(ferryv1.Firmware(0).Descriptor(), nil),
+		osType:          newEnumFlag(ferryv1.OsType(0).Descriptor(), nil),
+		diskBus:         newEnumFlag(ferryv1.DiskBus(0).Descriptor(), nil),
+		compression:     newEnumFlag(ferryv1.Compression(0).Descriptor(), nil),
+		mode:            newEnumFlag(ferryv1.MigrationMode(0).Descriptor(), nil),
+		guestConversion: newEnumFlag(ferryv1.GuestConversion(0).Descriptor(), nil),
 	}
 }
 
@@ -204,6 +206,15 @@ QEMU guest agent to answer, a DHCP lease for a NIC's MAC, or a line on
 the serial console; a guest that shows none fails the job, which is
 rolled back. 'ferryctl job get' shows how it booted. Not with --no-start.
 
+--guest-conversion (auto, on, off) says whether the guest is adapted to KVM
+between the copy and the upload (phase PREPARING), with virt-v2v-in-place
+on the cache images: virtio drivers in the initramfs, VMware tools removed,
+the NIC named as the guest's network configuration names it. auto (the
+default) is on for VMware sources, off for KVM ones. 'ferryctl job get'
+shows what the inspection found and what changed; a failed conversion
+fails the job with virt-v2v's reason, and a restart with off uploads the
+cache as it was copied.
+
 Without --request-id a fresh one is generated, so ferryctl may resend the
 request after a lost answer without creating the jobs twice.`
 
@@ -230,6 +241,7 @@ func (jf *jobFlags) addFlags(cmd *cobra.Command) {
 	addEnumFlag(f, jf.osType, "os", "guest OS (windows: SATA disks and e1000 NICs; windows and windows-virtio: local-time clock)")
 	addEnumFlag(f, jf.diskBus, "disk-bus", "disk bus (default: virtio-scsi for Linux and windows-virtio, SATA for Windows)")
 	addEnumFlag(f, jf.compression, "compression", "cache image compression (default zstd)")
+	addEnumFlag(f, jf.guestConversion, "guest-conversion", "adapt the guest to KVM with virt-v2v-in-place between the copy and the upload (default auto: on for VMware sources, off for KVM)")
 	f.BoolVar(&jf.pauseSource, "pause-source", false, "pause a running source VM before the copy and leave it paused")
 	f.BoolVar(&jf.start, "start", false, "start the target VM even when the source VM is paused or shut off")
 	f.BoolVar(&jf.verifyBoot, "verify-boot", false, "start the target VM and fail the job unless the guest shows it booted (guest agent, DHCP lease or serial console)")
@@ -324,6 +336,9 @@ func (jf *jobFlags) request() (*ferryv1.CreateMigrationJobsRequest, error) {
 		return nil, err
 	}
 	opts.CutoverTime = cutover
+	if jf.guestConversion != nil {
+		opts.GuestConversion = ferryv1.GuestConversion(jf.guestConversion.value)
+	}
 	switch {
 	case jf.noStart:
 		opts.AutoStart = proto.Bool(false)

@@ -74,6 +74,7 @@ to 32Gbps; without a flag the direction is unlimited.`,
 	f.StringVar(&in.MigrationCidr, "migration-cidr", "", "connections to sources leave from the host's address in this CIDR")
 	f.StringVar(&in.UpstreamBandwidth, "upstream", "", "cache → target storage limit, such as 1Gbps")
 	f.StringVar(&in.DownstreamBandwidth, "downstream", "", "source → cache limit, such as 500Mbps")
+	f.StringVar(&in.VirtioWinIso, "virtio-win-iso", "", "absolute path of the virtio-win ISO on the host: the Windows virtio drivers guest conversion installs")
 	f.StringVar(&in.DisplayName, "display-name", "", "a name for people")
 	addRequestIDFlag(cmd, &reqID)
 	return cmd
@@ -297,6 +298,7 @@ func serverDetails(s *ferryv1.MigrationServer) []field {
 		{"Migration CIDR", s.GetMigrationCidr()},
 		{"Upstream", limitDetail(s.GetUpstreamBandwidth(), s.GetUpstreamBitsPerSecond())},
 		{"Downstream", limitDetail(s.GetDownstreamBandwidth(), s.GetDownstreamBitsPerSecond())},
+		{"virtio-win ISO", orDefault(s.GetVirtioWinIso(), "(none)")},
 		{"Created", when(s.GetCreateTime())},
 	}
 }

@@ -56,7 +56,8 @@ func (a *app) serverUpdate() *cobra.Command {
 		Example: `  ferryctl server update kvm-1 --description "rack 4, 25G uplink" --upstream 2Gbps`,
 		Args:    exactlyOneArg("the server's name"),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			mask, err := maskOf(cmd, append(labelPaths, [2]string{"upstream", "upstream_bandwidth"}, [2]string{"downstream", "downstream_bandwidth"}))
+			mask, err := maskOf(cmd, append(labelPaths, [2]string{"upstream", "upstream_bandwidth"}, [2]string{"downstream", "downstream_bandwidth"},
+				[2]string{"virtio-win-iso", "virtio_win_iso"}))
 			if err != nil {
 				return err
 			}
@@ -73,6 +74,7 @@ func (a *app) serverUpdate() *cobra.Command {
 	addLabelFlags(cmd, &ms.DisplayName, &ms.Description, &ms.Etag)
 	cmd.Flags().StringVar(&ms.UpstreamBandwidth, "upstream", "", `limit toward primary storage, e.g. 500Mbps ("" = unlimited)`)
 	cmd.Flags().StringVar(&ms.DownstreamBandwidth, "downstream", "", `limit from sources, e.g. 1Gbps ("" = unlimited)`)
+	cmd.Flags().StringVar(&ms.VirtioWinIso, "virtio-win-iso", "", `the virtio-win ISO on the server's host, for Windows guest conversion ("" = none)`)
 	return cmd
 }
 

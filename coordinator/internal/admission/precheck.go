@@ -13,6 +13,7 @@ import (
 	"github.com/ferry-v2v/ferry/coordinator/internal/validate"
 	"github.com/ferry-v2v/ferry/pkg/kvmver"
 	ferryv1 "github.com/ferry-v2v/ferry/pkg/pb/ferry/v1"
+	"github.com/ferry-v2v/ferry/pkg/targetspec"
 )
 
 // minSourceVersion is the oldest vCenter and ESXi release Ferry reads.
@@ -63,6 +64,7 @@ func (a *Admission) precheck(ctx context.Context, refs *batchRefs, jobs []*ferry
 	for i, j := range jobs {
 		p := fmt.Sprintf("jobs[%d]", i)
 		lines = append(lines, checkSourceVM(p, j, inv, vmware)...)
+		lines = append(lines, checkVirtioWin(p, j, inv, src, srv)...)
 		if src.GetType() == ferryv1.Platform_PLATFORM_KVM {
 			lines = append(lines, a.checkKVMVersions(p, j, inv)...)
 		}
@@ -394,4 +396,26 @@ func stampBootDisk(t *ferryv1.TargetVm, vm *ferryv1.SourceVm) {
 	if boot != nil {
 		boot.Boot = true
 	}
+}
+
+// checkVirtioWin refuses a Windows guest (the target's os_type, else the
+// source VM's platform) converted in PREPARING onto virtio targets when
+// the migration server has no virtio_win_iso to install the drivers from.
+func checkVirtioWin(p string, j *ferryv1.MigrationJob, inv *ferryv1.SourceInventory, src *ferryv1.Source, srv *ferryv1.MigrationServer) []string {
+	if !targetspec.ConvertsGuest(j.GetOptions().GetGuestConversion(), src.GetType()) || srv.GetVirtioWinIso() != "" ||
+		!targetspec.VirtioTargets(j.GetTarget()) {
+		return nil
+	}
+	os := j.GetTarget().GetOsType()
+	if os == ferryv1.OsType_OS_TYPE_UNSPECIFIED {
+		if vm, _ := findInventoryVM(inv, j.GetSourceVm()); vm != nil {
+			os = targetspec.Platform(vm)
+		}
+	}
+	if os != ferryv1.OsType_OS_TYPE_WINDOWS && os != ferryv1.OsType_OS_TYPE_WINDOWS_VIRTIO {
+		return nil
+	}
+	return []string{fmt.Sprintf("%s.options.guest_conversion: VM %s is a Windows guest with virtio targets, whose drivers the conversion installs "+
+		"from the migration server's virtio_win_iso, but %s has none; set it, or give the target os_type OS_TYPE_WINDOWS (SATA, e1000), "+
+		"or guest_conversion GUEST_CONVERSION_OFF", p, j.GetSourceVm(), srv.GetName())}
 }

@@ -106,6 +106,10 @@ func checkOptions(c *validate.Checker, p string, in *ferryv1.MigrationOptions) *
 			c.Add(p+".cutover_time", "only a warm job (mode WARM) cuts over; drop it or set mode WARM")
 		}
 	}
+	validate.Enum(c, p+".guest_conversion", out.GetGuestConversion(), false)
+	if out.GetMode() == ferryv1.MigrationMode_MIGRATION_MODE_WARM && out.GetGuestConversion() == ferryv1.GuestConversion_GUEST_CONVERSION_ON {
+		c.Add(p+".guest_conversion", "a warm job's target follows the source round by round and is not converted; set OFF or AUTO (off for warm jobs), or use mode COLD")
+	}
 	if out.GetVerifyBoot() && out.AutoStart != nil && !out.GetAutoStart() {
 		c.Add(p+".verify_boot", "proving the target boots starts it, but auto_start is false; drop one")
 	}

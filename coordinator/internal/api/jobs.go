@@ -135,13 +135,14 @@ func (s *jobService) RestartMigrationJob(ctx context.Context, req *ferryv1.Resta
 	c := &checker{}
 	checkRef(c, "name", req.GetName(), colJobs)
 	checkRequestID(c, req.GetRequestId())
+	checkEnum(c, "guest_conversion", req.GetGuestConversion(), false)
 	err := c.err()
 	var again bool
 	if err == nil {
 		again, err = s.a.replayed(req.GetRequestId(), method, req.GetName())
 	}
 	if err == nil && !again {
-		err = s.restart(ctx, req.GetName(), req.GetRequestId())
+		err = s.restart(ctx, req.GetName(), req.GetRequestId(), req.GetGuestConversion())
 	}
 	j, err := s.readJob(req.GetName(), err)
 	return reply(ctx, s.a, &ferryv1.RestartMigrationJobResponse{Job: j}, err)
@@ -150,12 +151,13 @@ func (s *jobService) RestartMigrationJob(ctx context.Context, req *ferryv1.Resta
 // restart has admission place the job again (unless its spec names
 // target.host) and proposes the restart with the host stamped in, so every
 // replica records the leader's choice.
-func (s *jobService) restart(ctx context.Context, name, requestID string) error {
+func (s *jobService) restart(ctx context.Context, name, requestID string, conversion ferryv1.GuestConversion) error {
 	r, err := s.a.admission.Restart(name)
 	if err != nil {
 		return err
 	}
 	defer r.Release()
+	r.Command.GuestConversion = conversion
 	_, err = s.a.propose(ctx, withRequest(&ledgerv1.Command{Op: &ledgerv1.Command_RestartMigrationJob{RestartMigrationJob: r.Command}},
 		requestID, "RestartMigrationJob", name))
 	return err

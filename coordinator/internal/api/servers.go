@@ -85,6 +85,8 @@ func (s *serverService) validate(req *ferryv1.CreateMigrationServerRequest, in *
 	}
 	ms.UpstreamBitsPerSecond, ms.UpstreamBandwidth = bandwidthLimit(c, "migration_server.upstream_bandwidth", in.GetUpstreamBandwidth())
 	ms.DownstreamBitsPerSecond, ms.DownstreamBandwidth = bandwidthLimit(c, "migration_server.downstream_bandwidth", in.GetDownstreamBandwidth())
+	ms.VirtioWinIso = in.GetVirtioWinIso()
+	checkVirtioWinISO(c, "migration_server.virtio_win_iso", ms.VirtioWinIso)
 	return ms, c.err()
 }
 
@@ -264,4 +266,12 @@ func underAny(p string, dirs ...string) bool {
 		}
 	}
 	return false
+}
+
+// checkVirtioWinISO checks an optional virtio-win ISO path: absolute and
+// clean when given.
+func checkVirtioWinISO(c *checker, field, p string) {
+	if p != "" {
+		checkAbsPath(c, field, p, "the virtio-win ISO on the migration server's host")
+	}
 }

@@ -84,7 +84,7 @@ func (a *API) proposeUpdate(ctx context.Context, u *ledgerv1.UpdateResource, fie
 	return etagField(err, field+".etag")
 }
 
-var serverUpdatable = []string{"description", "display_name", "downstream_bandwidth", "upstream_bandwidth"}
+var serverUpdatable = []string{"description", "display_name", "downstream_bandwidth", "upstream_bandwidth", "virtio_win_iso"}
 
 func (s *serverService) UpdateMigrationServer(ctx context.Context, req *ferryv1.UpdateMigrationServerRequest) (*ferryv1.MigrationServer, error) {
 	ms, err := s.update(ctx, req)
@@ -121,6 +121,9 @@ func (s *serverService) update(ctx context.Context, req *ferryv1.UpdateMigration
 		case "downstream_bandwidth":
 			ms.DownstreamBitsPerSecond, ms.DownstreamBandwidth = bandwidthLimit(c, "migration_server.downstream_bandwidth", in.GetDownstreamBandwidth())
 			send = append(send, "downstream_bits_per_second")
+		case "virtio_win_iso":
+			ms.VirtioWinIso = in.GetVirtioWinIso()
+			checkVirtioWinISO(c, "migration_server.virtio_win_iso", ms.VirtioWinIso)
 		}
 	}
 	if err := c.err(); err != nil {

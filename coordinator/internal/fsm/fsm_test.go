@@ -620,3 +620,48 @@ func TestAppliedIndex(t *testing.T) {
 		t.Fatalf("applied index after restore = %d, want the snapshot's %d", g.AppliedIndex(), len(cmds))
 	}
 }
+
+// TestJobGuestInspection: the guest inspection is recorded from a result
+// that succeeded only, and cleared by a restart, which may replace
+// options.guest_conversion and otherwise keeps it.
+func TestJobGuestInspection(t *testing.T) {
+	in := &ferryv1.GuestInspection{OsType: "linux", Distribution: "debian", Version: "12.15", Firmware: "bios",
+		Changes: []string{"removed package open-vm-tools"}}
+	f := New(ledger.New(), nil)
+	applyAll(t, f, inventoryCommands())
+	j := job("migrationJobs/g", "10.0.0.17")
+	applyAll(t, f, []*ledgerv1.Command{
+		cmdAt(100, &ledgerv1.Command{Op: &ledgerv1.Command_CreateMigrationJobs{CreateMigrationJobs: &ledgerv1.CreateMigrationJobs{
+			Jobs: []*ferryv1.MigrationJob{j}}}}),
+		cmdAt(101, &ledgerv1.Command{Op: &ledgerv1.Command_StartMigrationJob{StartMigrationJob: &ledgerv1.StartMigrationJob{Name: "migrationJobs/g", Host: "hosts/h1", Epoch: 1}}}),
+	})
+	l := f.Ledger()
+	if err := l.FinishMigrationJob(&ledgerv1.FinishMigrationJob{Name: "migrationJobs/g", Epoch: 1,
+		State: ferryv1.MigrationJobState_MIGRATION_JOB_STATE_FAILED, Reason: "convert the guest: …", GuestInspection: in}, time.Unix(102, 0)); err != nil {
+		t.Fatal(err)
+	}
+	if got, _ := l.Job("migrationJobs/g"); got.GetGuestInspection() != nil {
+		t.Fatalf("a failed job recorded the inspection %v", got.GetGuestInspection())
+	}
+	if err := l.RestartMigrationJob(&ledgerv1.RestartMigrationJob{Name: "migrationJobs/g",
+		GuestConversion: ferryv1.GuestConversion_GUEST_CONVERSION_OFF}, time.Unix(103, 0)); err != nil {
+		t.Fatal(err)
+	}
+	if got, _ := l.Job("migrationJobs/g"); got.GetOptions().GetGuestConversion() != ferryv1.GuestConversion_GUEST_CONVERSION_OFF {
+		t.Fatalf("restart with guest_conversion OFF left %s", got.GetOptions().GetGuestConversion())
+	}
+	if err := l.StartMigrationJob(&ledgerv1.StartMigrationJob{Name: "migrationJobs/g", Host: "hosts/h1", Epoch: 2}, time.Unix(104, 0)); err != nil {
+		t.Fatal(err)
+	}
+	if err := l.FinishMigrationJob(&ledgerv1.FinishMigrationJob{Name: "migrationJobs/g", Epoch: 2,
+		State: ferryv1.MigrationJobState_MIGRATION_JOB_STATE_SUCCEEDED, GuestInspection: in}, time.Unix(105, 0)); err != nil {
+		t.Fatal(err)
+	}
+	got, _ := l.Job("migrationJobs/g")
+	if !proto.Equal(got.GetGuestInspection(), in) {
+		t.Fatalf("guest inspection %v, want %v", got.GetGuestInspection(), in)
+	}
+	if err := l.RestartMigrationJob(&ledgerv1.RestartMigrationJob{Name: "migrationJobs/g"}, time.Unix(106, 0)); err == nil {
+		t.Fatal("a succeeded job restarted")
+	}
+}

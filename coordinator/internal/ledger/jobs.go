@@ -161,6 +161,7 @@ func (l *Ledger) StartMigrationJob(c *ledgerv1.StartMigrationJob, now time.Time)
 		j.PhaseTimings = nil // they describe one attempt
 		j.BootVerified, j.BootVerifiedBy = false, ""
 		j.PrecopyRounds, j.MeasuredDowntime = nil, nil
+		j.GuestInspection = nil
 		return nil
 	})
 }
@@ -211,6 +212,10 @@ func (l *Ledger) FinishMigrationJob(c *ledgerv1.FinishMigrationJob, now time.Tim
 	j.BootVerified, j.BootVerifiedBy = false, ""
 	if c.GetState() == stateSucceeded && j.GetOptions().GetVerifyBoot() && c.GetBootVerifiedBy() != "" {
 		j.BootVerified, j.BootVerifiedBy = true, c.GetBootVerifiedBy()
+	}
+	j.GuestInspection = nil
+	if c.GetState() == stateSucceeded {
+		j.GuestInspection = c.GetGuestInspection()
 	}
 	l.finish(j, c.GetState(), c.GetReason(), now)
 	return nil
@@ -274,10 +279,17 @@ func (l *Ledger) RestartMigrationJob(c *ledgerv1.RestartMigrationJob, now time.T
 		if c.GetTargetHost() != "" {
 			j.TargetHost, j.PlacementReason = c.GetTargetHost(), c.GetPlacementReason()
 		}
+		if gc := c.GetGuestConversion(); gc != ferryv1.GuestConversion_GUEST_CONVERSION_UNSPECIFIED {
+			if j.Options == nil {
+				j.Options = &ferryv1.MigrationOptions{}
+			}
+			j.Options.GuestConversion = gc
+		}
 		j.State = stateQueued
 		j.Phase = ferryv1.MigrationJobPhase_MIGRATION_JOB_PHASE_UNSPECIFIED
 		j.Reason, j.WaitingReason, j.Warnings, j.Verified = "", "", nil, false
 		j.BootVerified, j.BootVerifiedBy = false, ""
+		j.GuestInspection = nil
 		j.EndTime, j.Duration = nil, nil
 		return nil
 	})

@@ -29,7 +29,8 @@ func CheckPhaseTimings(j *ferryv1.MigrationJob, ts []*ferryv1.PhaseTiming) error
 		switch t.GetPhase() {
 		case ferryv1.MigrationJobPhase_MIGRATION_JOB_PHASE_CONVERTING, ferryv1.MigrationJobPhase_MIGRATION_JOB_PHASE_UPLOADING,
 			ferryv1.MigrationJobPhase_MIGRATION_JOB_PHASE_CONFIGURING, ferryv1.MigrationJobPhase_MIGRATION_JOB_PHASE_SYNCING,
-			ferryv1.MigrationJobPhase_MIGRATION_JOB_PHASE_EXPORTING:
+			ferryv1.MigrationJobPhase_MIGRATION_JOB_PHASE_EXPORTING,
+			ferryv1.MigrationJobPhase_MIGRATION_JOB_PHASE_PREPARING:
 		default:
 			return fmt.Errorf("%s.phase: %s is not a phase", field, t.GetPhase())
 		}

@@ -44,6 +44,7 @@ var jobStates = []ferryv1.MigrationJobState{
 var runningPhases = []ferryv1.MigrationJobPhase{
 	ferryv1.MigrationJobPhase_MIGRATION_JOB_PHASE_UNSPECIFIED, ferryv1.MigrationJobPhase_MIGRATION_JOB_PHASE_CONVERTING,
 	ferryv1.MigrationJobPhase_MIGRATION_JOB_PHASE_UPLOADING, ferryv1.MigrationJobPhase_MIGRATION_JOB_PHASE_CONFIGURING,
+	ferryv1.MigrationJobPhase_MIGRATION_JOB_PHASE_PREPARING,
 }
 
 // ledgerCollector reads the gauges from the ledger, Raft and the tracked

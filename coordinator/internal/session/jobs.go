@@ -68,7 +68,8 @@ func (m *Manager) result(ctx context.Context, s *session, r *agentv1.JobResult) 
 	cmd := &ledgerv1.Command{Op: &ledgerv1.Command_FinishMigrationJob{FinishMigrationJob: &ledgerv1.FinishMigrationJob{
 		Name: r.GetJob(), Epoch: r.GetEpoch(), State: state, Reason: reason, Warnings: r.GetWarnings(), Disks: r.GetDisks(),
 		PhaseTimings: m.phaseTimings(s, r.GetJob(), r.GetPhaseTimings()), BootVerifiedBy: r.GetBootVerifiedBy(),
-		PrecopyRounds: r.GetPrecopyRounds(), MeasuredDowntime: r.GetMeasuredDowntime()}}}
+		PrecopyRounds: r.GetPrecopyRounds(), MeasuredDowntime: r.GetMeasuredDowntime(),
+		GuestInspection: r.GetGuestInspection()}}}
 	err := m.propose(ctx, cmd)
 	if err == nil {
 		m.log.Info("job finished", "host", s.host, "job", r.GetJob(), "epoch", r.GetEpoch(), "state", state, "reason", reason)

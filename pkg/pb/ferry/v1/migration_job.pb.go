@@ -102,6 +102,9 @@ const (
 	// Export jobs: cache to the bundle's destination, each disk converted
 	// to the export's format, checked and signed.
 	MigrationJobPhase_MIGRATION_JOB_PHASE_EXPORTING MigrationJobPhase = 5
+	// Adapting the guest on the cache images (options.guest_conversion),
+	// between CONVERTING and UPLOADING.
+	MigrationJobPhase_MIGRATION_JOB_PHASE_PREPARING MigrationJobPhase = 6
 )
 
 // Enum value maps for MigrationJobPhase.
@@ -113,6 +116,7 @@ var (
 		3: "MIGRATION_JOB_PHASE_CONFIGURING",
 		4: "MIGRATION_JOB_PHASE_SYNCING",
 		5: "MIGRATION_JOB_PHASE_EXPORTING",
+		6: "MIGRATION_JOB_PHASE_PREPARING",
 	}
 	MigrationJobPhase_value = map[string]int32{
 		"MIGRATION_JOB_PHASE_UNSPECIFIED": 0,
@@ -121,6 +125,7 @@ var (
 		"MIGRATION_JOB_PHASE_CONFIGURING": 3,
 		"MIGRATION_JOB_PHASE_SYNCING":     4,
 		"MIGRATION_JOB_PHASE_EXPORTING":   5,
+		"MIGRATION_JOB_PHASE_PREPARING":   6,
 	}
 )
 
@@ -481,6 +486,61 @@ func (MigrationMode) EnumDescriptor() ([]byte, []int) {
 	return file_ferry_v1_migration_job_proto_rawDescGZIP(), []int{7}
 }
 
+// GuestConversion says whether PREPARING converts the guest.
+type GuestConversion int32
+
+const (
+	// AUTO.
+	GuestConversion_GUEST_CONVERSION_UNSPECIFIED GuestConversion = 0
+	// On for VMware sources, off for KVM sources.
+	GuestConversion_GUEST_CONVERSION_AUTO GuestConversion = 1
+	GuestConversion_GUEST_CONVERSION_OFF  GuestConversion = 2
+	GuestConversion_GUEST_CONVERSION_ON   GuestConversion = 3
+)
+
+// Enum value maps for GuestConversion.
+var (
+	GuestConversion_name = map[int32]string{
+		0: "GUEST_CONVERSION_UNSPECIFIED",
+		1: "GUEST_CONVERSION_AUTO",
+		2: "GUEST_CONVERSION_OFF",
+		3: "GUEST_CONVERSION_ON",
+	}
+	GuestConversion_value = map[string]int32{
+		"GUEST_CONVERSION_UNSPECIFIED": 0,
+		"GUEST_CONVERSION_AUTO":        1,
+		"GUEST_CONVERSION_OFF":         2,
+		"GUEST_CONVERSION_ON":          3,
+	}
+)
+
+func (x GuestConversion) Enum() *GuestConversion {
+	p := new(GuestConversion)
+	*p = x
+	return p
+}
+
+func (x GuestConversion) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (GuestConversion) Descriptor() protoreflect.EnumDescriptor {
+	return file_ferry_v1_migration_job_proto_enumTypes[8].Descriptor()
+}
+
+func (GuestConversion) Type() protoreflect.EnumType {
+	return &file_ferry_v1_migration_job_proto_enumTypes[8]
+}
+
+func (x GuestConversion) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use GuestConversion.Descriptor instead.
+func (GuestConversion) EnumDescriptor() ([]byte, []int) {
+	return file_ferry_v1_migration_job_proto_rawDescGZIP(), []int{8}
+}
+
 // PreviewResourceKind is what a PreviewUsage counts.
 type PreviewResourceKind int32
 
@@ -532,11 +592,11 @@ func (x PreviewResourceKind) String() string {
 }
 
 func (PreviewResourceKind) Descriptor() protoreflect.EnumDescriptor {
-	return file_ferry_v1_migration_job_proto_enumTypes[8].Descriptor()
+	return file_ferry_v1_migration_job_proto_enumTypes[9].Descriptor()
 }
 
 func (PreviewResourceKind) Type() protoreflect.EnumType {
-	return &file_ferry_v1_migration_job_proto_enumTypes[8]
+	return &file_ferry_v1_migration_job_proto_enumTypes[9]
 }
 
 func (x PreviewResourceKind) Number() protoreflect.EnumNumber {
@@ -545,7 +605,7 @@ func (x PreviewResourceKind) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use PreviewResourceKind.Descriptor instead.
 func (PreviewResourceKind) EnumDescriptor() ([]byte, []int) {
-	return file_ferry_v1_migration_job_proto_rawDescGZIP(), []int{8}
+	return file_ferry_v1_migration_job_proto_rawDescGZIP(), []int{9}
 }
 
 // WatchEventType says what happened to a job.
@@ -591,11 +651,11 @@ func (x WatchEventType) String() string {
 }
 
 func (WatchEventType) Descriptor() protoreflect.EnumDescriptor {
-	return file_ferry_v1_migration_job_proto_enumTypes[9].Descriptor()
+	return file_ferry_v1_migration_job_proto_enumTypes[10].Descriptor()
 }
 
 func (WatchEventType) Type() protoreflect.EnumType {
-	return &file_ferry_v1_migration_job_proto_enumTypes[9]
+	return &file_ferry_v1_migration_job_proto_enumTypes[10]
 }
 
 func (x WatchEventType) Number() protoreflect.EnumNumber {
@@ -604,7 +664,7 @@ func (x WatchEventType) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use WatchEventType.Descriptor instead.
 func (WatchEventType) EnumDescriptor() ([]byte, []int) {
-	return file_ferry_v1_migration_job_proto_rawDescGZIP(), []int{9}
+	return file_ferry_v1_migration_job_proto_rawDescGZIP(), []int{10}
 }
 
 // ExportFormat is the disk format of a bundle.
@@ -649,11 +709,11 @@ func (x ExportFormat) String() string {
 }
 
 func (ExportFormat) Descriptor() protoreflect.EnumDescriptor {
-	return file_ferry_v1_migration_job_proto_enumTypes[10].Descriptor()
+	return file_ferry_v1_migration_job_proto_enumTypes[11].Descriptor()
 }
 
 func (ExportFormat) Type() protoreflect.EnumType {
-	return &file_ferry_v1_migration_job_proto_enumTypes[10]
+	return &file_ferry_v1_migration_job_proto_enumTypes[11]
 }
 
 func (x ExportFormat) Number() protoreflect.EnumNumber {
@@ -662,7 +722,7 @@ func (x ExportFormat) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use ExportFormat.Descriptor instead.
 func (ExportFormat) EnumDescriptor() ([]byte, []int) {
-	return file_ferry_v1_migration_job_proto_rawDescGZIP(), []int{10}
+	return file_ferry_v1_migration_job_proto_rawDescGZIP(), []int{11}
 }
 
 // ExportDestinationType is where a bundle is written.
@@ -707,11 +767,11 @@ func (x ExportDestinationType) String() string {
 }
 
 func (ExportDestinationType) Descriptor() protoreflect.EnumDescriptor {
-	return file_ferry_v1_migration_job_proto_enumTypes[11].Descriptor()
+	return file_ferry_v1_migration_job_proto_enumTypes[12].Descriptor()
 }
 
 func (ExportDestinationType) Type() protoreflect.EnumType {
-	return &file_ferry_v1_migration_job_proto_enumTypes[11]
+	return &file_ferry_v1_migration_job_proto_enumTypes[12]
 }
 
 func (x ExportDestinationType) Number() protoreflect.EnumNumber {
@@ -720,7 +780,7 @@ func (x ExportDestinationType) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use ExportDestinationType.Descriptor instead.
 func (ExportDestinationType) EnumDescriptor() ([]byte, []int) {
-	return file_ferry_v1_migration_job_proto_rawDescGZIP(), []int{11}
+	return file_ferry_v1_migration_job_proto_rawDescGZIP(), []int{12}
 }
 
 // MigrationJob moves one source VM to one target VM.
@@ -800,9 +860,12 @@ type MigrationJob struct {
 	MeasuredDowntime *durationpb.Duration `protobuf:"bytes,31,opt,name=measured_downtime,json=measuredDowntime,proto3" json:"measured_downtime,omitempty"`
 	// Set on an export job (CreateExportJobs): the job writes a bundle
 	// instead of a target VM; target then holds only vm_name and the disks.
-	Export        *ExportSpec `protobuf:"bytes,32,opt,name=export,proto3" json:"export,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Export *ExportSpec `protobuf:"bytes,32,opt,name=export,proto3" json:"export,omitempty"`
+	// What PREPARING found in the guest and changed (options.guest_conversion);
+	// unset when the job did not convert the guest, and until it succeeds.
+	GuestInspection *GuestInspection `protobuf:"bytes,33,opt,name=guest_inspection,json=guestInspection,proto3" json:"guest_inspection,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
 }
 
 func (x *MigrationJob) Reset() {
@@ -1059,6 +1122,106 @@ func (x *MigrationJob) GetExport() *ExportSpec {
 	return nil
 }
 
+func (x *MigrationJob) GetGuestInspection() *GuestInspection {
+	if x != nil {
+		return x.GuestInspection
+	}
+	return nil
+}
+
+// GuestInspection is what virt-v2v-in-place's inspection found in a guest
+// during PREPARING, and what the conversion changed.
+type GuestInspection struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// "linux" or "windows", as libguestfs's inspection says.
+	OsType string `protobuf:"bytes,1,opt,name=os_type,json=osType,proto3" json:"os_type,omitempty"`
+	// e.g. "debian", "rhel", "windows".
+	Distribution string `protobuf:"bytes,2,opt,name=distribution,proto3" json:"distribution,omitempty"`
+	// major.minor, e.g. "12.0".
+	Version string `protobuf:"bytes,3,opt,name=version,proto3" json:"version,omitempty"`
+	// e.g. "Debian GNU/Linux 12 (bookworm)".
+	ProductName string `protobuf:"bytes,4,opt,name=product_name,json=productName,proto3" json:"product_name,omitempty"`
+	// "bios" or "uefi".
+	Firmware string `protobuf:"bytes,5,opt,name=firmware,proto3" json:"firmware,omitempty"`
+	// What was changed, one line each, e.g. "removed package open-vm-tools",
+	// "initramfs rebuilt with virtio drivers", "NIC 52:54:00:..:..:.. named ens192".
+	Changes       []string `protobuf:"bytes,6,rep,name=changes,proto3" json:"changes,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GuestInspection) Reset() {
+	*x = GuestInspection{}
+	mi := &file_ferry_v1_migration_job_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GuestInspection) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GuestInspection) ProtoMessage() {}
+
+func (x *GuestInspection) ProtoReflect() protoreflect.Message {
+	mi := &file_ferry_v1_migration_job_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GuestInspection.ProtoReflect.Descriptor instead.
+func (*GuestInspection) Descriptor() ([]byte, []int) {
+	return file_ferry_v1_migration_job_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *GuestInspection) GetOsType() string {
+	if x != nil {
+		return x.OsType
+	}
+	return ""
+}
+
+func (x *GuestInspection) GetDistribution() string {
+	if x != nil {
+		return x.Distribution
+	}
+	return ""
+}
+
+func (x *GuestInspection) GetVersion() string {
+	if x != nil {
+		return x.Version
+	}
+	return ""
+}
+
+func (x *GuestInspection) GetProductName() string {
+	if x != nil {
+		return x.ProductName
+	}
+	return ""
+}
+
+func (x *GuestInspection) GetFirmware() string {
+	if x != nil {
+		return x.Firmware
+	}
+	return ""
+}
+
+func (x *GuestInspection) GetChanges() []string {
+	if x != nil {
+		return x.Changes
+	}
+	return nil
+}
+
 // TargetVm describes the VM a job creates.
 type TargetVm struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -1094,7 +1257,7 @@ type TargetVm struct {
 
 func (x *TargetVm) Reset() {
 	*x = TargetVm{}
-	mi := &file_ferry_v1_migration_job_proto_msgTypes[1]
+	mi := &file_ferry_v1_migration_job_proto_msgTypes[2]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1106,7 +1269,7 @@ func (x *TargetVm) String() string {
 func (*TargetVm) ProtoMessage() {}
 
 func (x *TargetVm) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_migration_job_proto_msgTypes[1]
+	mi := &file_ferry_v1_migration_job_proto_msgTypes[2]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1119,7 +1282,7 @@ func (x *TargetVm) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TargetVm.ProtoReflect.Descriptor instead.
 func (*TargetVm) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_migration_job_proto_rawDescGZIP(), []int{1}
+	return file_ferry_v1_migration_job_proto_rawDescGZIP(), []int{2}
 }
 
 func (x *TargetVm) GetVmName() string {
@@ -1233,7 +1396,7 @@ type TargetDisk struct {
 
 func (x *TargetDisk) Reset() {
 	*x = TargetDisk{}
-	mi := &file_ferry_v1_migration_job_proto_msgTypes[2]
+	mi := &file_ferry_v1_migration_job_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1245,7 +1408,7 @@ func (x *TargetDisk) String() string {
 func (*TargetDisk) ProtoMessage() {}
 
 func (x *TargetDisk) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_migration_job_proto_msgTypes[2]
+	mi := &file_ferry_v1_migration_job_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1258,7 +1421,7 @@ func (x *TargetDisk) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TargetDisk.ProtoReflect.Descriptor instead.
 func (*TargetDisk) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_migration_job_proto_rawDescGZIP(), []int{2}
+	return file_ferry_v1_migration_job_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *TargetDisk) GetSourceDisk() string {
@@ -1316,7 +1479,7 @@ type TargetNic struct {
 
 func (x *TargetNic) Reset() {
 	*x = TargetNic{}
-	mi := &file_ferry_v1_migration_job_proto_msgTypes[3]
+	mi := &file_ferry_v1_migration_job_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1328,7 +1491,7 @@ func (x *TargetNic) String() string {
 func (*TargetNic) ProtoMessage() {}
 
 func (x *TargetNic) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_migration_job_proto_msgTypes[3]
+	mi := &file_ferry_v1_migration_job_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1341,7 +1504,7 @@ func (x *TargetNic) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TargetNic.ProtoReflect.Descriptor instead.
 func (*TargetNic) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_migration_job_proto_rawDescGZIP(), []int{3}
+	return file_ferry_v1_migration_job_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *TargetNic) GetSourceMac() string {
@@ -1421,14 +1584,26 @@ type MigrationOptions struct {
 	// off may turn it on (a reconfiguration of the VM, effective at the
 	// first round's snapshot); without it such a job fails naming this
 	// option. Tracking stays on after the job.
-	EnableCbt     bool `protobuf:"varint,9,opt,name=enable_cbt,json=enableCbt,proto3" json:"enable_cbt,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	EnableCbt bool `protobuf:"varint,9,opt,name=enable_cbt,json=enableCbt,proto3" json:"enable_cbt,omitempty"`
+	// Adapt the guest to KVM between CONVERTING and UPLOADING (the PREPARING
+	// phase) with virt-v2v-in-place on the cache images: virtio drivers in
+	// the initramfs, VMware tools removed, fstab and bootloader device
+	// names, the guest's network configuration kept on the target NIC
+	// (found by MAC), and for Windows the virtio drivers of the migration
+	// server's virtio_win_iso. Unspecified is AUTO: on for VMware sources,
+	// off for KVM sources (their guests run on KVM already). The source is
+	// never touched; a conversion that fails fails the job with
+	// virt-v2v's reason and leaves the cache as CONVERTING made it, so a
+	// restart with OFF uploads it as it is. A warm job (mode WARM) is not
+	// converted: ON is refused with it, AUTO is off.
+	GuestConversion GuestConversion `protobuf:"varint,10,opt,name=guest_conversion,json=guestConversion,proto3,enum=ferry.v1.GuestConversion" json:"guest_conversion,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
 }
 
 func (x *MigrationOptions) Reset() {
 	*x = MigrationOptions{}
-	mi := &file_ferry_v1_migration_job_proto_msgTypes[4]
+	mi := &file_ferry_v1_migration_job_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1440,7 +1615,7 @@ func (x *MigrationOptions) String() string {
 func (*MigrationOptions) ProtoMessage() {}
 
 func (x *MigrationOptions) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_migration_job_proto_msgTypes[4]
+	mi := &file_ferry_v1_migration_job_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1453,7 +1628,7 @@ func (x *MigrationOptions) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MigrationOptions.ProtoReflect.Descriptor instead.
 func (*MigrationOptions) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_migration_job_proto_rawDescGZIP(), []int{4}
+	return file_ferry_v1_migration_job_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *MigrationOptions) GetCompression() Compression {
@@ -1519,6 +1694,13 @@ func (x *MigrationOptions) GetEnableCbt() bool {
 	return false
 }
 
+func (x *MigrationOptions) GetGuestConversion() GuestConversion {
+	if x != nil {
+		return x.GuestConversion
+	}
+	return GuestConversion_GUEST_CONVERSION_UNSPECIFIED
+}
+
 // PrecopyRound is one round of a warm job.
 type PrecopyRound struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -1546,7 +1728,7 @@ type PrecopyRound struct {
 
 func (x *PrecopyRound) Reset() {
 	*x = PrecopyRound{}
-	mi := &file_ferry_v1_migration_job_proto_msgTypes[5]
+	mi := &file_ferry_v1_migration_job_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1558,7 +1740,7 @@ func (x *PrecopyRound) String() string {
 func (*PrecopyRound) ProtoMessage() {}
 
 func (x *PrecopyRound) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_migration_job_proto_msgTypes[5]
+	mi := &file_ferry_v1_migration_job_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1571,7 +1753,7 @@ func (x *PrecopyRound) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PrecopyRound.ProtoReflect.Descriptor instead.
 func (*PrecopyRound) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_migration_job_proto_rawDescGZIP(), []int{5}
+	return file_ferry_v1_migration_job_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *PrecopyRound) GetNumber() int32 {
@@ -1652,7 +1834,7 @@ type CutoverMigrationJobRequest struct {
 
 func (x *CutoverMigrationJobRequest) Reset() {
 	*x = CutoverMigrationJobRequest{}
-	mi := &file_ferry_v1_migration_job_proto_msgTypes[6]
+	mi := &file_ferry_v1_migration_job_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1664,7 +1846,7 @@ func (x *CutoverMigrationJobRequest) String() string {
 func (*CutoverMigrationJobRequest) ProtoMessage() {}
 
 func (x *CutoverMigrationJobRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_migration_job_proto_msgTypes[6]
+	mi := &file_ferry_v1_migration_job_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1677,7 +1859,7 @@ func (x *CutoverMigrationJobRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CutoverMigrationJobRequest.ProtoReflect.Descriptor instead.
 func (*CutoverMigrationJobRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_migration_job_proto_rawDescGZIP(), []int{6}
+	return file_ferry_v1_migration_job_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *CutoverMigrationJobRequest) GetName() string {
@@ -1711,7 +1893,7 @@ type CutoverMigrationJobResponse struct {
 
 func (x *CutoverMigrationJobResponse) Reset() {
 	*x = CutoverMigrationJobResponse{}
-	mi := &file_ferry_v1_migration_job_proto_msgTypes[7]
+	mi := &file_ferry_v1_migration_job_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1723,7 +1905,7 @@ func (x *CutoverMigrationJobResponse) String() string {
 func (*CutoverMigrationJobResponse) ProtoMessage() {}
 
 func (x *CutoverMigrationJobResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_migration_job_proto_msgTypes[7]
+	mi := &file_ferry_v1_migration_job_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1736,7 +1918,7 @@ func (x *CutoverMigrationJobResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CutoverMigrationJobResponse.ProtoReflect.Descriptor instead.
 func (*CutoverMigrationJobResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_migration_job_proto_rawDescGZIP(), []int{7}
+	return file_ferry_v1_migration_job_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *CutoverMigrationJobResponse) GetJob() *MigrationJob {
@@ -1767,7 +1949,7 @@ type DiskProgress struct {
 
 func (x *DiskProgress) Reset() {
 	*x = DiskProgress{}
-	mi := &file_ferry_v1_migration_job_proto_msgTypes[8]
+	mi := &file_ferry_v1_migration_job_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1779,7 +1961,7 @@ func (x *DiskProgress) String() string {
 func (*DiskProgress) ProtoMessage() {}
 
 func (x *DiskProgress) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_migration_job_proto_msgTypes[8]
+	mi := &file_ferry_v1_migration_job_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1792,7 +1974,7 @@ func (x *DiskProgress) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DiskProgress.ProtoReflect.Descriptor instead.
 func (*DiskProgress) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_migration_job_proto_rawDescGZIP(), []int{8}
+	return file_ferry_v1_migration_job_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *DiskProgress) GetSourceDisk() string {
@@ -1870,7 +2052,7 @@ type VerifyProgress struct {
 
 func (x *VerifyProgress) Reset() {
 	*x = VerifyProgress{}
-	mi := &file_ferry_v1_migration_job_proto_msgTypes[9]
+	mi := &file_ferry_v1_migration_job_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1882,7 +2064,7 @@ func (x *VerifyProgress) String() string {
 func (*VerifyProgress) ProtoMessage() {}
 
 func (x *VerifyProgress) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_migration_job_proto_msgTypes[9]
+	mi := &file_ferry_v1_migration_job_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1895,7 +2077,7 @@ func (x *VerifyProgress) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VerifyProgress.ProtoReflect.Descriptor instead.
 func (*VerifyProgress) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_migration_job_proto_rawDescGZIP(), []int{9}
+	return file_ferry_v1_migration_job_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *VerifyProgress) GetTotalBytes() int64 {
@@ -1947,7 +2129,7 @@ type PhaseTiming struct {
 
 func (x *PhaseTiming) Reset() {
 	*x = PhaseTiming{}
-	mi := &file_ferry_v1_migration_job_proto_msgTypes[10]
+	mi := &file_ferry_v1_migration_job_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1959,7 +2141,7 @@ func (x *PhaseTiming) String() string {
 func (*PhaseTiming) ProtoMessage() {}
 
 func (x *PhaseTiming) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_migration_job_proto_msgTypes[10]
+	mi := &file_ferry_v1_migration_job_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1972,7 +2154,7 @@ func (x *PhaseTiming) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PhaseTiming.ProtoReflect.Descriptor instead.
 func (*PhaseTiming) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_migration_job_proto_rawDescGZIP(), []int{10}
+	return file_ferry_v1_migration_job_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *PhaseTiming) GetPhase() MigrationJobPhase {
@@ -2025,7 +2207,7 @@ type MigrationJobSpec struct {
 
 func (x *MigrationJobSpec) Reset() {
 	*x = MigrationJobSpec{}
-	mi := &file_ferry_v1_migration_job_proto_msgTypes[11]
+	mi := &file_ferry_v1_migration_job_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2037,7 +2219,7 @@ func (x *MigrationJobSpec) String() string {
 func (*MigrationJobSpec) ProtoMessage() {}
 
 func (x *MigrationJobSpec) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_migration_job_proto_msgTypes[11]
+	mi := &file_ferry_v1_migration_job_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2050,7 +2232,7 @@ func (x *MigrationJobSpec) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MigrationJobSpec.ProtoReflect.Descriptor instead.
 func (*MigrationJobSpec) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_migration_job_proto_rawDescGZIP(), []int{11}
+	return file_ferry_v1_migration_job_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *MigrationJobSpec) GetSourceVm() string {
@@ -2099,7 +2281,7 @@ type UpdateMigrationJobRequest struct {
 
 func (x *UpdateMigrationJobRequest) Reset() {
 	*x = UpdateMigrationJobRequest{}
-	mi := &file_ferry_v1_migration_job_proto_msgTypes[12]
+	mi := &file_ferry_v1_migration_job_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2111,7 +2293,7 @@ func (x *UpdateMigrationJobRequest) String() string {
 func (*UpdateMigrationJobRequest) ProtoMessage() {}
 
 func (x *UpdateMigrationJobRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_migration_job_proto_msgTypes[12]
+	mi := &file_ferry_v1_migration_job_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2124,7 +2306,7 @@ func (x *UpdateMigrationJobRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpdateMigrationJobRequest.ProtoReflect.Descriptor instead.
 func (*UpdateMigrationJobRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_migration_job_proto_rawDescGZIP(), []int{12}
+	return file_ferry_v1_migration_job_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *UpdateMigrationJobRequest) GetMigrationJob() *MigrationJob {
@@ -2162,7 +2344,7 @@ type CreateMigrationJobsRequest struct {
 
 func (x *CreateMigrationJobsRequest) Reset() {
 	*x = CreateMigrationJobsRequest{}
-	mi := &file_ferry_v1_migration_job_proto_msgTypes[13]
+	mi := &file_ferry_v1_migration_job_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2174,7 +2356,7 @@ func (x *CreateMigrationJobsRequest) String() string {
 func (*CreateMigrationJobsRequest) ProtoMessage() {}
 
 func (x *CreateMigrationJobsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_migration_job_proto_msgTypes[13]
+	mi := &file_ferry_v1_migration_job_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2187,7 +2369,7 @@ func (x *CreateMigrationJobsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateMigrationJobsRequest.ProtoReflect.Descriptor instead.
 func (*CreateMigrationJobsRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_migration_job_proto_rawDescGZIP(), []int{13}
+	return file_ferry_v1_migration_job_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *CreateMigrationJobsRequest) GetSource() string {
@@ -2234,7 +2416,7 @@ type CreateMigrationJobsResponse struct {
 
 func (x *CreateMigrationJobsResponse) Reset() {
 	*x = CreateMigrationJobsResponse{}
-	mi := &file_ferry_v1_migration_job_proto_msgTypes[14]
+	mi := &file_ferry_v1_migration_job_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2246,7 +2428,7 @@ func (x *CreateMigrationJobsResponse) String() string {
 func (*CreateMigrationJobsResponse) ProtoMessage() {}
 
 func (x *CreateMigrationJobsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_migration_job_proto_msgTypes[14]
+	mi := &file_ferry_v1_migration_job_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2259,7 +2441,7 @@ func (x *CreateMigrationJobsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateMigrationJobsResponse.ProtoReflect.Descriptor instead.
 func (*CreateMigrationJobsResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_migration_job_proto_rawDescGZIP(), []int{14}
+	return file_ferry_v1_migration_job_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *CreateMigrationJobsResponse) GetJobs() []*MigrationJob {
@@ -2287,7 +2469,7 @@ type PreviewMigrationJobsRequest struct {
 
 func (x *PreviewMigrationJobsRequest) Reset() {
 	*x = PreviewMigrationJobsRequest{}
-	mi := &file_ferry_v1_migration_job_proto_msgTypes[15]
+	mi := &file_ferry_v1_migration_job_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2299,7 +2481,7 @@ func (x *PreviewMigrationJobsRequest) String() string {
 func (*PreviewMigrationJobsRequest) ProtoMessage() {}
 
 func (x *PreviewMigrationJobsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_migration_job_proto_msgTypes[15]
+	mi := &file_ferry_v1_migration_job_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2312,7 +2494,7 @@ func (x *PreviewMigrationJobsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PreviewMigrationJobsRequest.ProtoReflect.Descriptor instead.
 func (*PreviewMigrationJobsRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_migration_job_proto_rawDescGZIP(), []int{15}
+	return file_ferry_v1_migration_job_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *PreviewMigrationJobsRequest) GetSource() string {
@@ -2371,7 +2553,7 @@ type PreviewUsage struct {
 
 func (x *PreviewUsage) Reset() {
 	*x = PreviewUsage{}
-	mi := &file_ferry_v1_migration_job_proto_msgTypes[16]
+	mi := &file_ferry_v1_migration_job_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2383,7 +2565,7 @@ func (x *PreviewUsage) String() string {
 func (*PreviewUsage) ProtoMessage() {}
 
 func (x *PreviewUsage) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_migration_job_proto_msgTypes[16]
+	mi := &file_ferry_v1_migration_job_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2396,7 +2578,7 @@ func (x *PreviewUsage) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PreviewUsage.ProtoReflect.Descriptor instead.
 func (*PreviewUsage) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_migration_job_proto_rawDescGZIP(), []int{16}
+	return file_ferry_v1_migration_job_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *PreviewUsage) GetKind() PreviewResourceKind {
@@ -2487,7 +2669,7 @@ type PreviewMigrationJobsResponse struct {
 
 func (x *PreviewMigrationJobsResponse) Reset() {
 	*x = PreviewMigrationJobsResponse{}
-	mi := &file_ferry_v1_migration_job_proto_msgTypes[17]
+	mi := &file_ferry_v1_migration_job_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2499,7 +2681,7 @@ func (x *PreviewMigrationJobsResponse) String() string {
 func (*PreviewMigrationJobsResponse) ProtoMessage() {}
 
 func (x *PreviewMigrationJobsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_migration_job_proto_msgTypes[17]
+	mi := &file_ferry_v1_migration_job_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2512,7 +2694,7 @@ func (x *PreviewMigrationJobsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PreviewMigrationJobsResponse.ProtoReflect.Descriptor instead.
 func (*PreviewMigrationJobsResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_migration_job_proto_rawDescGZIP(), []int{17}
+	return file_ferry_v1_migration_job_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *PreviewMigrationJobsResponse) GetJobs() []*MigrationJob {
@@ -2559,7 +2741,7 @@ type GetMigrationJobRequest struct {
 
 func (x *GetMigrationJobRequest) Reset() {
 	*x = GetMigrationJobRequest{}
-	mi := &file_ferry_v1_migration_job_proto_msgTypes[18]
+	mi := &file_ferry_v1_migration_job_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2571,7 +2753,7 @@ func (x *GetMigrationJobRequest) String() string {
 func (*GetMigrationJobRequest) ProtoMessage() {}
 
 func (x *GetMigrationJobRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_migration_job_proto_msgTypes[18]
+	mi := &file_ferry_v1_migration_job_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2584,7 +2766,7 @@ func (x *GetMigrationJobRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetMigrationJobRequest.ProtoReflect.Descriptor instead.
 func (*GetMigrationJobRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_migration_job_proto_rawDescGZIP(), []int{18}
+	return file_ferry_v1_migration_job_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *GetMigrationJobRequest) GetName() string {
@@ -2607,7 +2789,7 @@ type ListMigrationJobsRequest struct {
 
 func (x *ListMigrationJobsRequest) Reset() {
 	*x = ListMigrationJobsRequest{}
-	mi := &file_ferry_v1_migration_job_proto_msgTypes[19]
+	mi := &file_ferry_v1_migration_job_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2619,7 +2801,7 @@ func (x *ListMigrationJobsRequest) String() string {
 func (*ListMigrationJobsRequest) ProtoMessage() {}
 
 func (x *ListMigrationJobsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_migration_job_proto_msgTypes[19]
+	mi := &file_ferry_v1_migration_job_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2632,7 +2814,7 @@ func (x *ListMigrationJobsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListMigrationJobsRequest.ProtoReflect.Descriptor instead.
 func (*ListMigrationJobsRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_migration_job_proto_rawDescGZIP(), []int{19}
+	return file_ferry_v1_migration_job_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *ListMigrationJobsRequest) GetPageSize() int32 {
@@ -2680,7 +2862,7 @@ type ListMigrationJobsResponse struct {
 
 func (x *ListMigrationJobsResponse) Reset() {
 	*x = ListMigrationJobsResponse{}
-	mi := &file_ferry_v1_migration_job_proto_msgTypes[20]
+	mi := &file_ferry_v1_migration_job_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2692,7 +2874,7 @@ func (x *ListMigrationJobsResponse) String() string {
 func (*ListMigrationJobsResponse) ProtoMessage() {}
 
 func (x *ListMigrationJobsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_migration_job_proto_msgTypes[20]
+	mi := &file_ferry_v1_migration_job_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2705,7 +2887,7 @@ func (x *ListMigrationJobsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListMigrationJobsResponse.ProtoReflect.Descriptor instead.
 func (*ListMigrationJobsResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_migration_job_proto_rawDescGZIP(), []int{20}
+	return file_ferry_v1_migration_job_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *ListMigrationJobsResponse) GetJobs() []*MigrationJob {
@@ -2738,7 +2920,7 @@ type CancelMigrationJobRequest struct {
 
 func (x *CancelMigrationJobRequest) Reset() {
 	*x = CancelMigrationJobRequest{}
-	mi := &file_ferry_v1_migration_job_proto_msgTypes[21]
+	mi := &file_ferry_v1_migration_job_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2750,7 +2932,7 @@ func (x *CancelMigrationJobRequest) String() string {
 func (*CancelMigrationJobRequest) ProtoMessage() {}
 
 func (x *CancelMigrationJobRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_migration_job_proto_msgTypes[21]
+	mi := &file_ferry_v1_migration_job_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2763,7 +2945,7 @@ func (x *CancelMigrationJobRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CancelMigrationJobRequest.ProtoReflect.Descriptor instead.
 func (*CancelMigrationJobRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_migration_job_proto_rawDescGZIP(), []int{21}
+	return file_ferry_v1_migration_job_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *CancelMigrationJobRequest) GetName() string {
@@ -2796,7 +2978,7 @@ type CancelMigrationJobResponse struct {
 
 func (x *CancelMigrationJobResponse) Reset() {
 	*x = CancelMigrationJobResponse{}
-	mi := &file_ferry_v1_migration_job_proto_msgTypes[22]
+	mi := &file_ferry_v1_migration_job_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2808,7 +2990,7 @@ func (x *CancelMigrationJobResponse) String() string {
 func (*CancelMigrationJobResponse) ProtoMessage() {}
 
 func (x *CancelMigrationJobResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_migration_job_proto_msgTypes[22]
+	mi := &file_ferry_v1_migration_job_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2821,7 +3003,7 @@ func (x *CancelMigrationJobResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CancelMigrationJobResponse.ProtoReflect.Descriptor instead.
 func (*CancelMigrationJobResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_migration_job_proto_rawDescGZIP(), []int{22}
+	return file_ferry_v1_migration_job_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *CancelMigrationJobResponse) GetJob() *MigrationJob {
@@ -2838,14 +3020,18 @@ type RestartMigrationJobRequest struct {
 	// same request_id within 24 hours answers without applying the change
 	// again: the job is not restarted twice; the same request_id used for another method or resource
 	// is INVALID_ARGUMENT naming request_id.
-	RequestId     string `protobuf:"bytes,2,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	RequestId string `protobuf:"bytes,2,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`
+	// Replaces the job's options.guest_conversion for this and later
+	// attempts when set (not UNSPECIFIED): e.g. OFF after a conversion
+	// failed, to upload the cache as it was copied.
+	GuestConversion GuestConversion `protobuf:"varint,3,opt,name=guest_conversion,json=guestConversion,proto3,enum=ferry.v1.GuestConversion" json:"guest_conversion,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
 }
 
 func (x *RestartMigrationJobRequest) Reset() {
 	*x = RestartMigrationJobRequest{}
-	mi := &file_ferry_v1_migration_job_proto_msgTypes[23]
+	mi := &file_ferry_v1_migration_job_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2857,7 +3043,7 @@ func (x *RestartMigrationJobRequest) String() string {
 func (*RestartMigrationJobRequest) ProtoMessage() {}
 
 func (x *RestartMigrationJobRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_migration_job_proto_msgTypes[23]
+	mi := &file_ferry_v1_migration_job_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2870,7 +3056,7 @@ func (x *RestartMigrationJobRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RestartMigrationJobRequest.ProtoReflect.Descriptor instead.
 func (*RestartMigrationJobRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_migration_job_proto_rawDescGZIP(), []int{23}
+	return file_ferry_v1_migration_job_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *RestartMigrationJobRequest) GetName() string {
@@ -2887,6 +3073,13 @@ func (x *RestartMigrationJobRequest) GetRequestId() string {
 	return ""
 }
 
+func (x *RestartMigrationJobRequest) GetGuestConversion() GuestConversion {
+	if x != nil {
+		return x.GuestConversion
+	}
+	return GuestConversion_GUEST_CONVERSION_UNSPECIFIED
+}
+
 type RestartMigrationJobResponse struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Job           *MigrationJob          `protobuf:"bytes,1,opt,name=job,proto3" json:"job,omitempty"`
@@ -2896,7 +3089,7 @@ type RestartMigrationJobResponse struct {
 
 func (x *RestartMigrationJobResponse) Reset() {
 	*x = RestartMigrationJobResponse{}
-	mi := &file_ferry_v1_migration_job_proto_msgTypes[24]
+	mi := &file_ferry_v1_migration_job_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2908,7 +3101,7 @@ func (x *RestartMigrationJobResponse) String() string {
 func (*RestartMigrationJobResponse) ProtoMessage() {}
 
 func (x *RestartMigrationJobResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_migration_job_proto_msgTypes[24]
+	mi := &file_ferry_v1_migration_job_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2921,7 +3114,7 @@ func (x *RestartMigrationJobResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RestartMigrationJobResponse.ProtoReflect.Descriptor instead.
 func (*RestartMigrationJobResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_migration_job_proto_rawDescGZIP(), []int{24}
+	return file_ferry_v1_migration_job_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *RestartMigrationJobResponse) GetJob() *MigrationJob {
@@ -2940,7 +3133,7 @@ type DeleteMigrationJobRequest struct {
 
 func (x *DeleteMigrationJobRequest) Reset() {
 	*x = DeleteMigrationJobRequest{}
-	mi := &file_ferry_v1_migration_job_proto_msgTypes[25]
+	mi := &file_ferry_v1_migration_job_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2952,7 +3145,7 @@ func (x *DeleteMigrationJobRequest) String() string {
 func (*DeleteMigrationJobRequest) ProtoMessage() {}
 
 func (x *DeleteMigrationJobRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_migration_job_proto_msgTypes[25]
+	mi := &file_ferry_v1_migration_job_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2965,7 +3158,7 @@ func (x *DeleteMigrationJobRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteMigrationJobRequest.ProtoReflect.Descriptor instead.
 func (*DeleteMigrationJobRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_migration_job_proto_rawDescGZIP(), []int{25}
+	return file_ferry_v1_migration_job_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *DeleteMigrationJobRequest) GetName() string {
@@ -2989,7 +3182,7 @@ type WatchMigrationJobsRequest struct {
 
 func (x *WatchMigrationJobsRequest) Reset() {
 	*x = WatchMigrationJobsRequest{}
-	mi := &file_ferry_v1_migration_job_proto_msgTypes[26]
+	mi := &file_ferry_v1_migration_job_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3001,7 +3194,7 @@ func (x *WatchMigrationJobsRequest) String() string {
 func (*WatchMigrationJobsRequest) ProtoMessage() {}
 
 func (x *WatchMigrationJobsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_migration_job_proto_msgTypes[26]
+	mi := &file_ferry_v1_migration_job_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3014,7 +3207,7 @@ func (x *WatchMigrationJobsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchMigrationJobsRequest.ProtoReflect.Descriptor instead.
 func (*WatchMigrationJobsRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_migration_job_proto_rawDescGZIP(), []int{26}
+	return file_ferry_v1_migration_job_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *WatchMigrationJobsRequest) GetNames() []string {
@@ -3048,7 +3241,7 @@ type WatchMigrationJobsResponse struct {
 
 func (x *WatchMigrationJobsResponse) Reset() {
 	*x = WatchMigrationJobsResponse{}
-	mi := &file_ferry_v1_migration_job_proto_msgTypes[27]
+	mi := &file_ferry_v1_migration_job_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3060,7 +3253,7 @@ func (x *WatchMigrationJobsResponse) String() string {
 func (*WatchMigrationJobsResponse) ProtoMessage() {}
 
 func (x *WatchMigrationJobsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_migration_job_proto_msgTypes[27]
+	mi := &file_ferry_v1_migration_job_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3073,7 +3266,7 @@ func (x *WatchMigrationJobsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchMigrationJobsResponse.ProtoReflect.Descriptor instead.
 func (*WatchMigrationJobsResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_migration_job_proto_rawDescGZIP(), []int{27}
+	return file_ferry_v1_migration_job_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *WatchMigrationJobsResponse) GetType() WatchEventType {
@@ -3110,7 +3303,7 @@ type ExportDestination struct {
 
 func (x *ExportDestination) Reset() {
 	*x = ExportDestination{}
-	mi := &file_ferry_v1_migration_job_proto_msgTypes[28]
+	mi := &file_ferry_v1_migration_job_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3122,7 +3315,7 @@ func (x *ExportDestination) String() string {
 func (*ExportDestination) ProtoMessage() {}
 
 func (x *ExportDestination) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_migration_job_proto_msgTypes[28]
+	mi := &file_ferry_v1_migration_job_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3135,7 +3328,7 @@ func (x *ExportDestination) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExportDestination.ProtoReflect.Descriptor instead.
 func (*ExportDestination) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_migration_job_proto_rawDescGZIP(), []int{28}
+	return file_ferry_v1_migration_job_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *ExportDestination) GetType() ExportDestinationType {
@@ -3200,7 +3393,7 @@ type ExportSpec struct {
 
 func (x *ExportSpec) Reset() {
 	*x = ExportSpec{}
-	mi := &file_ferry_v1_migration_job_proto_msgTypes[29]
+	mi := &file_ferry_v1_migration_job_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3212,7 +3405,7 @@ func (x *ExportSpec) String() string {
 func (*ExportSpec) ProtoMessage() {}
 
 func (x *ExportSpec) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_migration_job_proto_msgTypes[29]
+	mi := &file_ferry_v1_migration_job_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3225,7 +3418,7 @@ func (x *ExportSpec) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExportSpec.ProtoReflect.Descriptor instead.
 func (*ExportSpec) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_migration_job_proto_rawDescGZIP(), []int{29}
+	return file_ferry_v1_migration_job_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *ExportSpec) GetDestination() *ExportDestination {
@@ -3279,7 +3472,7 @@ type ExportJobSpec struct {
 
 func (x *ExportJobSpec) Reset() {
 	*x = ExportJobSpec{}
-	mi := &file_ferry_v1_migration_job_proto_msgTypes[30]
+	mi := &file_ferry_v1_migration_job_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3291,7 +3484,7 @@ func (x *ExportJobSpec) String() string {
 func (*ExportJobSpec) ProtoMessage() {}
 
 func (x *ExportJobSpec) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_migration_job_proto_msgTypes[30]
+	mi := &file_ferry_v1_migration_job_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3304,7 +3497,7 @@ func (x *ExportJobSpec) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExportJobSpec.ProtoReflect.Descriptor instead.
 func (*ExportJobSpec) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_migration_job_proto_rawDescGZIP(), []int{30}
+	return file_ferry_v1_migration_job_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *ExportJobSpec) GetSourceVm() string {
@@ -3357,7 +3550,7 @@ type CreateExportJobsRequest struct {
 
 func (x *CreateExportJobsRequest) Reset() {
 	*x = CreateExportJobsRequest{}
-	mi := &file_ferry_v1_migration_job_proto_msgTypes[31]
+	mi := &file_ferry_v1_migration_job_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3369,7 +3562,7 @@ func (x *CreateExportJobsRequest) String() string {
 func (*CreateExportJobsRequest) ProtoMessage() {}
 
 func (x *CreateExportJobsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_migration_job_proto_msgTypes[31]
+	mi := &file_ferry_v1_migration_job_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3382,7 +3575,7 @@ func (x *CreateExportJobsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateExportJobsRequest.ProtoReflect.Descriptor instead.
 func (*CreateExportJobsRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_migration_job_proto_rawDescGZIP(), []int{31}
+	return file_ferry_v1_migration_job_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *CreateExportJobsRequest) GetSource() string {
@@ -3422,7 +3615,7 @@ type CreateExportJobsResponse struct {
 
 func (x *CreateExportJobsResponse) Reset() {
 	*x = CreateExportJobsResponse{}
-	mi := &file_ferry_v1_migration_job_proto_msgTypes[32]
+	mi := &file_ferry_v1_migration_job_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3434,7 +3627,7 @@ func (x *CreateExportJobsResponse) String() string {
 func (*CreateExportJobsResponse) ProtoMessage() {}
 
 func (x *CreateExportJobsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_migration_job_proto_msgTypes[32]
+	mi := &file_ferry_v1_migration_job_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3447,7 +3640,7 @@ func (x *CreateExportJobsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateExportJobsResponse.ProtoReflect.Descriptor instead.
 func (*CreateExportJobsResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_migration_job_proto_rawDescGZIP(), []int{32}
+	return file_ferry_v1_migration_job_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *CreateExportJobsResponse) GetJobs() []*MigrationJob {
@@ -3465,7 +3658,7 @@ type GetBundleSigningKeyRequest struct {
 
 func (x *GetBundleSigningKeyRequest) Reset() {
 	*x = GetBundleSigningKeyRequest{}
-	mi := &file_ferry_v1_migration_job_proto_msgTypes[33]
+	mi := &file_ferry_v1_migration_job_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3477,7 +3670,7 @@ func (x *GetBundleSigningKeyRequest) String() string {
 func (*GetBundleSigningKeyRequest) ProtoMessage() {}
 
 func (x *GetBundleSigningKeyRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_migration_job_proto_msgTypes[33]
+	mi := &file_ferry_v1_migration_job_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3490,7 +3683,7 @@ func (x *GetBundleSigningKeyRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetBundleSigningKeyRequest.ProtoReflect.Descriptor instead.
 func (*GetBundleSigningKeyRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_migration_job_proto_rawDescGZIP(), []int{33}
+	return file_ferry_v1_migration_job_proto_rawDescGZIP(), []int{34}
 }
 
 // BundleSigningKey is the public half of the cluster's bundle key, a
@@ -3509,7 +3702,7 @@ type BundleSigningKey struct {
 
 func (x *BundleSigningKey) Reset() {
 	*x = BundleSigningKey{}
-	mi := &file_ferry_v1_migration_job_proto_msgTypes[34]
+	mi := &file_ferry_v1_migration_job_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3521,7 +3714,7 @@ func (x *BundleSigningKey) String() string {
 func (*BundleSigningKey) ProtoMessage() {}
 
 func (x *BundleSigningKey) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_migration_job_proto_msgTypes[34]
+	mi := &file_ferry_v1_migration_job_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3534,7 +3727,7 @@ func (x *BundleSigningKey) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BundleSigningKey.ProtoReflect.Descriptor instead.
 func (*BundleSigningKey) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_migration_job_proto_rawDescGZIP(), []int{34}
+	return file_ferry_v1_migration_job_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *BundleSigningKey) GetName() string {
@@ -3562,8 +3755,7 @@ var File_ferry_v1_migration_job_proto protoreflect.FileDescriptor
 
 const file_ferry_v1_migration_job_proto_rawDesc = "" +
 	"\n" +
-	"\x1cferry/v1/migration_job.proto\x12\bferry.v1\x1a\x1bgoogle/protobuf/empty.proto\x1a\x1egoogle/protobuf/duration.proto\x1a google/protobuf/field_mask.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xcc\n" +
-	"\n" +
+	"\x1cferry/v1/migration_job.proto\x12\bferry.v1\x1a\x1bgoogle/protobuf/empty.proto\x1a\x1egoogle/protobuf/duration.proto\x1a google/protobuf/field_mask.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x92\v\n" +
 	"\fMigrationJob\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x16\n" +
 	"\x06source\x18\x02 \x01(\tR\x06source\x12\x1b\n" +
@@ -3601,7 +3793,15 @@ const file_ferry_v1_migration_job_proto_rawDesc = "" +
 	"\x10boot_verified_by\x18\x1d \x01(\tR\x0ebootVerifiedBy\x12=\n" +
 	"\x0eprecopy_rounds\x18\x1e \x03(\v2\x16.ferry.v1.PrecopyRoundR\rprecopyRounds\x12F\n" +
 	"\x11measured_downtime\x18\x1f \x01(\v2\x19.google.protobuf.DurationR\x10measuredDowntime\x12,\n" +
-	"\x06export\x18  \x01(\v2\x14.ferry.v1.ExportSpecR\x06export\"\xea\x03\n" +
+	"\x06export\x18  \x01(\v2\x14.ferry.v1.ExportSpecR\x06export\x12D\n" +
+	"\x10guest_inspection\x18! \x01(\v2\x19.ferry.v1.GuestInspectionR\x0fguestInspection\"\xc1\x01\n" +
+	"\x0fGuestInspection\x12\x17\n" +
+	"\aos_type\x18\x01 \x01(\tR\x06osType\x12\"\n" +
+	"\fdistribution\x18\x02 \x01(\tR\fdistribution\x12\x18\n" +
+	"\aversion\x18\x03 \x01(\tR\aversion\x12!\n" +
+	"\fproduct_name\x18\x04 \x01(\tR\vproductName\x12\x1a\n" +
+	"\bfirmware\x18\x05 \x01(\tR\bfirmware\x12\x18\n" +
+	"\achanges\x18\x06 \x03(\tR\achanges\"\xea\x03\n" +
 	"\bTargetVm\x12\x17\n" +
 	"\avm_name\x18\x01 \x01(\tR\x06vmName\x12\x18\n" +
 	"\acluster\x18\x02 \x01(\tR\acluster\x12'\n" +
@@ -3634,7 +3834,7 @@ const file_ferry_v1_migration_job_proto_rawDesc = "" +
 	"l3_network\x18\x02 \x01(\tR\tl3Network\x12\x10\n" +
 	"\x03mac\x18\x03 \x01(\tR\x03mac\x12\x0e\n" +
 	"\x02ip\x18\x04 \x01(\tR\x02ip\x12\x14\n" +
-	"\x05model\x18\x05 \x01(\tR\x05model\"\xcd\x03\n" +
+	"\x05model\x18\x05 \x01(\tR\x05model\"\x93\x04\n" +
 	"\x10MigrationOptions\x127\n" +
 	"\vcompression\x18\x01 \x01(\x0e2\x15.ferry.v1.CompressionR\vcompression\x12&\n" +
 	"\x0fpause_source_vm\x18\x02 \x01(\bR\rpauseSourceVm\x12\"\n" +
@@ -3647,7 +3847,9 @@ const file_ferry_v1_migration_job_proto_rawDesc = "" +
 	"\x10precopy_interval\x18\a \x01(\v2\x19.google.protobuf.DurationR\x0fprecopyInterval\x12=\n" +
 	"\fcutover_time\x18\b \x01(\v2\x1a.google.protobuf.TimestampR\vcutoverTime\x12\x1d\n" +
 	"\n" +
-	"enable_cbt\x18\t \x01(\bR\tenableCbtB\r\n" +
+	"enable_cbt\x18\t \x01(\bR\tenableCbt\x12D\n" +
+	"\x10guest_conversion\x18\n" +
+	" \x01(\x0e2\x19.ferry.v1.GuestConversionR\x0fguestConversionB\r\n" +
 	"\v_auto_start\"\x9a\x03\n" +
 	"\fPrecopyRound\x12\x16\n" +
 	"\x06number\x18\x01 \x01(\x05R\x06number\x129\n" +
@@ -3751,11 +3953,12 @@ const file_ferry_v1_migration_job_proto_rawDesc = "" +
 	"\n" +
 	"request_id\x18\x03 \x01(\tR\trequestId\"F\n" +
 	"\x1aCancelMigrationJobResponse\x12(\n" +
-	"\x03job\x18\x01 \x01(\v2\x16.ferry.v1.MigrationJobR\x03job\"O\n" +
+	"\x03job\x18\x01 \x01(\v2\x16.ferry.v1.MigrationJobR\x03job\"\x95\x01\n" +
 	"\x1aRestartMigrationJobRequest\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x1d\n" +
 	"\n" +
-	"request_id\x18\x02 \x01(\tR\trequestId\"G\n" +
+	"request_id\x18\x02 \x01(\tR\trequestId\x12D\n" +
+	"\x10guest_conversion\x18\x03 \x01(\x0e2\x19.ferry.v1.GuestConversionR\x0fguestConversion\"G\n" +
 	"\x1bRestartMigrationJobResponse\x12(\n" +
 	"\x03job\x18\x01 \x01(\v2\x16.ferry.v1.MigrationJobR\x03job\"/\n" +
 	"\x19DeleteMigrationJobRequest\x12\x12\n" +
@@ -3810,14 +4013,15 @@ const file_ferry_v1_migration_job_proto_rawDesc = "" +
 	"\x1bMIGRATION_JOB_STATE_RUNNING\x10\x02\x12!\n" +
 	"\x1dMIGRATION_JOB_STATE_SUCCEEDED\x10\x03\x12\x1e\n" +
 	"\x1aMIGRATION_JOB_STATE_FAILED\x10\x04\x12!\n" +
-	"\x1dMIGRATION_JOB_STATE_CANCELLED\x10\x05*\xe8\x01\n" +
+	"\x1dMIGRATION_JOB_STATE_CANCELLED\x10\x05*\x8b\x02\n" +
 	"\x11MigrationJobPhase\x12#\n" +
 	"\x1fMIGRATION_JOB_PHASE_UNSPECIFIED\x10\x00\x12\"\n" +
 	"\x1eMIGRATION_JOB_PHASE_CONVERTING\x10\x01\x12!\n" +
 	"\x1dMIGRATION_JOB_PHASE_UPLOADING\x10\x02\x12#\n" +
 	"\x1fMIGRATION_JOB_PHASE_CONFIGURING\x10\x03\x12\x1f\n" +
 	"\x1bMIGRATION_JOB_PHASE_SYNCING\x10\x04\x12!\n" +
-	"\x1dMIGRATION_JOB_PHASE_EXPORTING\x10\x05*V\n" +
+	"\x1dMIGRATION_JOB_PHASE_EXPORTING\x10\x05\x12!\n" +
+	"\x1dMIGRATION_JOB_PHASE_PREPARING\x10\x06*V\n" +
 	"\vMachineType\x12\x1c\n" +
 	"\x18MACHINE_TYPE_UNSPECIFIED\x10\x00\x12\x13\n" +
 	"\x0fMACHINE_TYPE_PC\x10\x01\x12\x14\n" +
@@ -3845,7 +4049,12 @@ const file_ferry_v1_migration_job_proto_rawDesc = "" +
 	"\x1aMIGRATION_MODE_UNSPECIFIED\x10\x00\x12\x17\n" +
 	"\x13MIGRATION_MODE_COLD\x10\x01\x12\x17\n" +
 	"\x13MIGRATION_MODE_LIVE\x10\x02\x12\x17\n" +
-	"\x13MIGRATION_MODE_WARM\x10\x03*\xfa\x01\n" +
+	"\x13MIGRATION_MODE_WARM\x10\x03*\x81\x01\n" +
+	"\x0fGuestConversion\x12 \n" +
+	"\x1cGUEST_CONVERSION_UNSPECIFIED\x10\x00\x12\x19\n" +
+	"\x15GUEST_CONVERSION_AUTO\x10\x01\x12\x18\n" +
+	"\x14GUEST_CONVERSION_OFF\x10\x02\x12\x17\n" +
+	"\x13GUEST_CONVERSION_ON\x10\x03*\xfa\x01\n" +
 	"\x13PreviewResourceKind\x12%\n" +
 	"!PREVIEW_RESOURCE_KIND_UNSPECIFIED\x10\x00\x12\x1f\n" +
 	"\x1bPREVIEW_RESOURCE_KIND_VCPUS\x10\x01\x12&\n" +
@@ -3897,8 +4106,8 @@ func file_ferry_v1_migration_job_proto_rawDescGZIP() []byte {
 	return file_ferry_v1_migration_job_proto_rawDescData
 }
 
-var file_ferry_v1_migration_job_proto_enumTypes = make([]protoimpl.EnumInfo, 12)
-var file_ferry_v1_migration_job_proto_msgTypes = make([]protoimpl.MessageInfo, 35)
+var file_ferry_v1_migration_job_proto_enumTypes = make([]protoimpl.EnumInfo, 13)
+var file_ferry_v1_migration_job_proto_msgTypes = make([]protoimpl.MessageInfo, 36)
 var file_ferry_v1_migration_job_proto_goTypes = []any{
 	(MigrationJobState)(0),               // 0: ferry.v1.MigrationJobState
 	(MigrationJobPhase)(0),               // 1: ferry.v1.MigrationJobPhase
@@ -3908,140 +4117,145 @@ var file_ferry_v1_migration_job_proto_goTypes = []any{
 	(DiskBus)(0),                         // 5: ferry.v1.DiskBus
 	(Compression)(0),                     // 6: ferry.v1.Compression
 	(MigrationMode)(0),                   // 7: ferry.v1.MigrationMode
-	(PreviewResourceKind)(0),             // 8: ferry.v1.PreviewResourceKind
-	(WatchEventType)(0),                  // 9: ferry.v1.WatchEventType
-	(ExportFormat)(0),                    // 10: ferry.v1.ExportFormat
-	(ExportDestinationType)(0),           // 11: ferry.v1.ExportDestinationType
-	(*MigrationJob)(nil),                 // 12: ferry.v1.MigrationJob
-	(*TargetVm)(nil),                     // 13: ferry.v1.TargetVm
-	(*TargetDisk)(nil),                   // 14: ferry.v1.TargetDisk
-	(*TargetNic)(nil),                    // 15: ferry.v1.TargetNic
-	(*MigrationOptions)(nil),             // 16: ferry.v1.MigrationOptions
-	(*PrecopyRound)(nil),                 // 17: ferry.v1.PrecopyRound
-	(*CutoverMigrationJobRequest)(nil),   // 18: ferry.v1.CutoverMigrationJobRequest
-	(*CutoverMigrationJobResponse)(nil),  // 19: ferry.v1.CutoverMigrationJobResponse
-	(*DiskProgress)(nil),                 // 20: ferry.v1.DiskProgress
-	(*VerifyProgress)(nil),               // 21: ferry.v1.VerifyProgress
-	(*PhaseTiming)(nil),                  // 22: ferry.v1.PhaseTiming
-	(*MigrationJobSpec)(nil),             // 23: ferry.v1.MigrationJobSpec
-	(*UpdateMigrationJobRequest)(nil),    // 24: ferry.v1.UpdateMigrationJobRequest
-	(*CreateMigrationJobsRequest)(nil),   // 25: ferry.v1.CreateMigrationJobsRequest
-	(*CreateMigrationJobsResponse)(nil),  // 26: ferry.v1.CreateMigrationJobsResponse
-	(*PreviewMigrationJobsRequest)(nil),  // 27: ferry.v1.PreviewMigrationJobsRequest
-	(*PreviewUsage)(nil),                 // 28: ferry.v1.PreviewUsage
-	(*PreviewMigrationJobsResponse)(nil), // 29: ferry.v1.PreviewMigrationJobsResponse
-	(*GetMigrationJobRequest)(nil),       // 30: ferry.v1.GetMigrationJobRequest
-	(*ListMigrationJobsRequest)(nil),     // 31: ferry.v1.ListMigrationJobsRequest
-	(*ListMigrationJobsResponse)(nil),    // 32: ferry.v1.ListMigrationJobsResponse
-	(*CancelMigrationJobRequest)(nil),    // 33: ferry.v1.CancelMigrationJobRequest
-	(*CancelMigrationJobResponse)(nil),   // 34: ferry.v1.CancelMigrationJobResponse
-	(*RestartMigrationJobRequest)(nil),   // 35: ferry.v1.RestartMigrationJobRequest
-	(*RestartMigrationJobResponse)(nil),  // 36: ferry.v1.RestartMigrationJobResponse
-	(*DeleteMigrationJobRequest)(nil),    // 37: ferry.v1.DeleteMigrationJobRequest
-	(*WatchMigrationJobsRequest)(nil),    // 38: ferry.v1.WatchMigrationJobsRequest
-	(*WatchMigrationJobsResponse)(nil),   // 39: ferry.v1.WatchMigrationJobsResponse
-	(*ExportDestination)(nil),            // 40: ferry.v1.ExportDestination
-	(*ExportSpec)(nil),                   // 41: ferry.v1.ExportSpec
-	(*ExportJobSpec)(nil),                // 42: ferry.v1.ExportJobSpec
-	(*CreateExportJobsRequest)(nil),      // 43: ferry.v1.CreateExportJobsRequest
-	(*CreateExportJobsResponse)(nil),     // 44: ferry.v1.CreateExportJobsResponse
-	(*GetBundleSigningKeyRequest)(nil),   // 45: ferry.v1.GetBundleSigningKeyRequest
-	(*BundleSigningKey)(nil),             // 46: ferry.v1.BundleSigningKey
-	(*timestamppb.Timestamp)(nil),        // 47: google.protobuf.Timestamp
-	(*durationpb.Duration)(nil),          // 48: google.protobuf.Duration
-	(*fieldmaskpb.FieldMask)(nil),        // 49: google.protobuf.FieldMask
-	(*emptypb.Empty)(nil),                // 50: google.protobuf.Empty
+	(GuestConversion)(0),                 // 8: ferry.v1.GuestConversion
+	(PreviewResourceKind)(0),             // 9: ferry.v1.PreviewResourceKind
+	(WatchEventType)(0),                  // 10: ferry.v1.WatchEventType
+	(ExportFormat)(0),                    // 11: ferry.v1.ExportFormat
+	(ExportDestinationType)(0),           // 12: ferry.v1.ExportDestinationType
+	(*MigrationJob)(nil),                 // 13: ferry.v1.MigrationJob
+	(*GuestInspection)(nil),              // 14: ferry.v1.GuestInspection
+	(*TargetVm)(nil),                     // 15: ferry.v1.TargetVm
+	(*TargetDisk)(nil),                   // 16: ferry.v1.TargetDisk
+	(*TargetNic)(nil),                    // 17: ferry.v1.TargetNic
+	(*MigrationOptions)(nil),             // 18: ferry.v1.MigrationOptions
+	(*PrecopyRound)(nil),                 // 19: ferry.v1.PrecopyRound
+	(*CutoverMigrationJobRequest)(nil),   // 20: ferry.v1.CutoverMigrationJobRequest
+	(*CutoverMigrationJobResponse)(nil),  // 21: ferry.v1.CutoverMigrationJobResponse
+	(*DiskProgress)(nil),                 // 22: ferry.v1.DiskProgress
+	(*VerifyProgress)(nil),               // 23: ferry.v1.VerifyProgress
+	(*PhaseTiming)(nil),                  // 24: ferry.v1.PhaseTiming
+	(*MigrationJobSpec)(nil),             // 25: ferry.v1.MigrationJobSpec
+	(*UpdateMigrationJobRequest)(nil),    // 26: ferry.v1.UpdateMigrationJobRequest
+	(*CreateMigrationJobsRequest)(nil),   // 27: ferry.v1.CreateMigrationJobsRequest
+	(*CreateMigrationJobsResponse)(nil),  // 28: ferry.v1.CreateMigrationJobsResponse
+	(*PreviewMigrationJobsRequest)(nil),  // 29: ferry.v1.PreviewMigrationJobsRequest
+	(*PreviewUsage)(nil),                 // 30: ferry.v1.PreviewUsage
+	(*PreviewMigrationJobsResponse)(nil), // 31: ferry.v1.PreviewMigrationJobsResponse
+	(*GetMigrationJobRequest)(nil),       // 32: ferry.v1.GetMigrationJobRequest
+	(*ListMigrationJobsRequest)(nil),     // 33: ferry.v1.ListMigrationJobsRequest
+	(*ListMigrationJobsResponse)(nil),    // 34: ferry.v1.ListMigrationJobsResponse
+	(*CancelMigrationJobRequest)(nil),    // 35: ferry.v1.CancelMigrationJobRequest
+	(*CancelMigrationJobResponse)(nil),   // 36: ferry.v1.CancelMigrationJobResponse
+	(*RestartMigrationJobRequest)(nil),   // 37: ferry.v1.RestartMigrationJobRequest
+	(*RestartMigrationJobResponse)(nil),  // 38: ferry.v1.RestartMigrationJobResponse
+	(*DeleteMigrationJobRequest)(nil),    // 39: ferry.v1.DeleteMigrationJobRequest
+	(*WatchMigrationJobsRequest)(nil),    // 40: ferry.v1.WatchMigrationJobsRequest
+	(*WatchMigrationJobsResponse)(nil),   // 41: ferry.v1.WatchMigrationJobsResponse
+	(*ExportDestination)(nil),            // 42: ferry.v1.ExportDestination
+	(*ExportSpec)(nil),                   // 43: ferry.v1.ExportSpec
+	(*ExportJobSpec)(nil),                // 44: ferry.v1.ExportJobSpec
+	(*CreateExportJobsRequest)(nil),      // 45: ferry.v1.CreateExportJobsRequest
+	(*CreateExportJobsResponse)(nil),     // 46: ferry.v1.CreateExportJobsResponse
+	(*GetBundleSigningKeyRequest)(nil),   // 47: ferry.v1.GetBundleSigningKeyRequest
+	(*BundleSigningKey)(nil),             // 48: ferry.v1.BundleSigningKey
+	(*timestamppb.Timestamp)(nil),        // 49: google.protobuf.Timestamp
+	(*durationpb.Duration)(nil),          // 50: google.protobuf.Duration
+	(*fieldmaskpb.FieldMask)(nil),        // 51: google.protobuf.FieldMask
+	(*emptypb.Empty)(nil),                // 52: google.protobuf.Empty
 }
 var file_ferry_v1_migration_job_proto_depIdxs = []int32{
-	13, // 0: ferry.v1.MigrationJob.target:type_name -> ferry.v1.TargetVm
-	16, // 1: ferry.v1.MigrationJob.options:type_name -> ferry.v1.MigrationOptions
+	15, // 0: ferry.v1.MigrationJob.target:type_name -> ferry.v1.TargetVm
+	18, // 1: ferry.v1.MigrationJob.options:type_name -> ferry.v1.MigrationOptions
 	0,  // 2: ferry.v1.MigrationJob.state:type_name -> ferry.v1.MigrationJobState
 	1,  // 3: ferry.v1.MigrationJob.phase:type_name -> ferry.v1.MigrationJobPhase
-	20, // 4: ferry.v1.MigrationJob.disks:type_name -> ferry.v1.DiskProgress
-	47, // 5: ferry.v1.MigrationJob.create_time:type_name -> google.protobuf.Timestamp
-	47, // 6: ferry.v1.MigrationJob.start_time:type_name -> google.protobuf.Timestamp
-	47, // 7: ferry.v1.MigrationJob.end_time:type_name -> google.protobuf.Timestamp
-	48, // 8: ferry.v1.MigrationJob.duration:type_name -> google.protobuf.Duration
-	47, // 9: ferry.v1.MigrationJob.update_time:type_name -> google.protobuf.Timestamp
-	22, // 10: ferry.v1.MigrationJob.phase_timings:type_name -> ferry.v1.PhaseTiming
-	17, // 11: ferry.v1.MigrationJob.precopy_rounds:type_name -> ferry.v1.PrecopyRound
-	48, // 12: ferry.v1.MigrationJob.measured_downtime:type_name -> google.protobuf.Duration
-	41, // 13: ferry.v1.MigrationJob.export:type_name -> ferry.v1.ExportSpec
-	14, // 14: ferry.v1.TargetVm.disks:type_name -> ferry.v1.TargetDisk
-	15, // 15: ferry.v1.TargetVm.nics:type_name -> ferry.v1.TargetNic
-	3,  // 16: ferry.v1.TargetVm.firmware:type_name -> ferry.v1.Firmware
-	4,  // 17: ferry.v1.TargetVm.os_type:type_name -> ferry.v1.OsType
-	5,  // 18: ferry.v1.TargetVm.disk_bus:type_name -> ferry.v1.DiskBus
-	2,  // 19: ferry.v1.TargetVm.machine_type:type_name -> ferry.v1.MachineType
-	5,  // 20: ferry.v1.TargetDisk.bus:type_name -> ferry.v1.DiskBus
-	6,  // 21: ferry.v1.MigrationOptions.compression:type_name -> ferry.v1.Compression
-	7,  // 22: ferry.v1.MigrationOptions.mode:type_name -> ferry.v1.MigrationMode
-	48, // 23: ferry.v1.MigrationOptions.precopy_interval:type_name -> google.protobuf.Duration
-	47, // 24: ferry.v1.MigrationOptions.cutover_time:type_name -> google.protobuf.Timestamp
-	47, // 25: ferry.v1.PrecopyRound.start_time:type_name -> google.protobuf.Timestamp
-	47, // 26: ferry.v1.PrecopyRound.end_time:type_name -> google.protobuf.Timestamp
-	48, // 27: ferry.v1.PrecopyRound.duration:type_name -> google.protobuf.Duration
-	48, // 28: ferry.v1.PrecopyRound.estimated_downtime:type_name -> google.protobuf.Duration
-	47, // 29: ferry.v1.CutoverMigrationJobRequest.cutover_time:type_name -> google.protobuf.Timestamp
-	12, // 30: ferry.v1.CutoverMigrationJobResponse.job:type_name -> ferry.v1.MigrationJob
-	48, // 31: ferry.v1.DiskProgress.eta:type_name -> google.protobuf.Duration
-	21, // 32: ferry.v1.DiskProgress.verification:type_name -> ferry.v1.VerifyProgress
-	48, // 33: ferry.v1.VerifyProgress.eta:type_name -> google.protobuf.Duration
-	1,  // 34: ferry.v1.PhaseTiming.phase:type_name -> ferry.v1.MigrationJobPhase
-	47, // 35: ferry.v1.PhaseTiming.start_time:type_name -> google.protobuf.Timestamp
-	47, // 36: ferry.v1.PhaseTiming.end_time:type_name -> google.protobuf.Timestamp
-	13, // 37: ferry.v1.MigrationJobSpec.target:type_name -> ferry.v1.TargetVm
-	16, // 38: ferry.v1.MigrationJobSpec.options:type_name -> ferry.v1.MigrationOptions
-	12, // 39: ferry.v1.UpdateMigrationJobRequest.migration_job:type_name -> ferry.v1.MigrationJob
-	49, // 40: ferry.v1.UpdateMigrationJobRequest.update_mask:type_name -> google.protobuf.FieldMask
-	23, // 41: ferry.v1.CreateMigrationJobsRequest.jobs:type_name -> ferry.v1.MigrationJobSpec
-	12, // 42: ferry.v1.CreateMigrationJobsResponse.jobs:type_name -> ferry.v1.MigrationJob
-	23, // 43: ferry.v1.PreviewMigrationJobsRequest.jobs:type_name -> ferry.v1.MigrationJobSpec
-	8,  // 44: ferry.v1.PreviewUsage.kind:type_name -> ferry.v1.PreviewResourceKind
-	12, // 45: ferry.v1.PreviewMigrationJobsResponse.jobs:type_name -> ferry.v1.MigrationJob
-	28, // 46: ferry.v1.PreviewMigrationJobsResponse.usages:type_name -> ferry.v1.PreviewUsage
-	0,  // 47: ferry.v1.ListMigrationJobsRequest.state:type_name -> ferry.v1.MigrationJobState
-	12, // 48: ferry.v1.ListMigrationJobsResponse.jobs:type_name -> ferry.v1.MigrationJob
-	12, // 49: ferry.v1.CancelMigrationJobResponse.job:type_name -> ferry.v1.MigrationJob
-	12, // 50: ferry.v1.RestartMigrationJobResponse.job:type_name -> ferry.v1.MigrationJob
-	9,  // 51: ferry.v1.WatchMigrationJobsResponse.type:type_name -> ferry.v1.WatchEventType
-	12, // 52: ferry.v1.WatchMigrationJobsResponse.job:type_name -> ferry.v1.MigrationJob
-	11, // 53: ferry.v1.ExportDestination.type:type_name -> ferry.v1.ExportDestinationType
-	40, // 54: ferry.v1.ExportSpec.destination:type_name -> ferry.v1.ExportDestination
-	10, // 55: ferry.v1.ExportSpec.format:type_name -> ferry.v1.ExportFormat
-	41, // 56: ferry.v1.ExportJobSpec.export:type_name -> ferry.v1.ExportSpec
-	16, // 57: ferry.v1.ExportJobSpec.options:type_name -> ferry.v1.MigrationOptions
-	42, // 58: ferry.v1.CreateExportJobsRequest.jobs:type_name -> ferry.v1.ExportJobSpec
-	12, // 59: ferry.v1.CreateExportJobsResponse.jobs:type_name -> ferry.v1.MigrationJob
-	25, // 60: ferry.v1.MigrationJobService.CreateMigrationJobs:input_type -> ferry.v1.CreateMigrationJobsRequest
-	27, // 61: ferry.v1.MigrationJobService.PreviewMigrationJobs:input_type -> ferry.v1.PreviewMigrationJobsRequest
-	30, // 62: ferry.v1.MigrationJobService.GetMigrationJob:input_type -> ferry.v1.GetMigrationJobRequest
-	31, // 63: ferry.v1.MigrationJobService.ListMigrationJobs:input_type -> ferry.v1.ListMigrationJobsRequest
-	33, // 64: ferry.v1.MigrationJobService.CancelMigrationJob:input_type -> ferry.v1.CancelMigrationJobRequest
-	35, // 65: ferry.v1.MigrationJobService.RestartMigrationJob:input_type -> ferry.v1.RestartMigrationJobRequest
-	37, // 66: ferry.v1.MigrationJobService.DeleteMigrationJob:input_type -> ferry.v1.DeleteMigrationJobRequest
-	38, // 67: ferry.v1.MigrationJobService.WatchMigrationJobs:input_type -> ferry.v1.WatchMigrationJobsRequest
-	24, // 68: ferry.v1.MigrationJobService.UpdateMigrationJob:input_type -> ferry.v1.UpdateMigrationJobRequest
-	18, // 69: ferry.v1.MigrationJobService.CutoverMigrationJob:input_type -> ferry.v1.CutoverMigrationJobRequest
-	43, // 70: ferry.v1.MigrationJobService.CreateExportJobs:input_type -> ferry.v1.CreateExportJobsRequest
-	45, // 71: ferry.v1.MigrationJobService.GetBundleSigningKey:input_type -> ferry.v1.GetBundleSigningKeyRequest
-	26, // 72: ferry.v1.MigrationJobService.CreateMigrationJobs:output_type -> ferry.v1.CreateMigrationJobsResponse
-	29, // 73: ferry.v1.MigrationJobService.PreviewMigrationJobs:output_type -> ferry.v1.PreviewMigrationJobsResponse
-	12, // 74: ferry.v1.MigrationJobService.GetMigrationJob:output_type -> ferry.v1.MigrationJob
-	32, // 75: ferry.v1.MigrationJobService.ListMigrationJobs:output_type -> ferry.v1.ListMigrationJobsResponse
-	34, // 76: ferry.v1.MigrationJobService.CancelMigrationJob:output_type -> ferry.v1.CancelMigrationJobResponse
-	36, // 77: ferry.v1.MigrationJobService.RestartMigrationJob:output_type -> ferry.v1.RestartMigrationJobResponse
-	50, // 78: ferry.v1.MigrationJobService.DeleteMigrationJob:output_type -> google.protobuf.Empty
-	39, // 79: ferry.v1.MigrationJobService.WatchMigrationJobs:output_type -> ferry.v1.WatchMigrationJobsResponse
-	12, // 80: ferry.v1.MigrationJobService.UpdateMigrationJob:output_type -> ferry.v1.MigrationJob
-	19, // 81: ferry.v1.MigrationJobService.CutoverMigrationJob:output_type -> ferry.v1.CutoverMigrationJobResponse
-	44, // 82: ferry.v1.MigrationJobService.CreateExportJobs:output_type -> ferry.v1.CreateExportJobsResponse
-	46, // 83: ferry.v1.MigrationJobService.GetBundleSigningKey:output_type -> ferry.v1.BundleSigningKey
-	72, // [72:84] is the sub-list for method output_type
-	60, // [60:72] is the sub-list for method input_type
-	60, // [60:60] is the sub-list for extension type_name
-	60, // [60:60] is the sub-list for extension extendee
-	0,  // [0:60] is the sub-list for field type_name
+	22, // 4: ferry.v1.MigrationJob.disks:type_name -> ferry.v1.DiskProgress
+	49, // 5: ferry.v1.MigrationJob.create_time:type_name -> google.protobuf.Timestamp
+	49, // 6: ferry.v1.MigrationJob.start_time:type_name -> google.protobuf.Timestamp
+	49, // 7: ferry.v1.MigrationJob.end_time:type_name -> google.protobuf.Timestamp
+	50, // 8: ferry.v1.MigrationJob.duration:type_name -> google.protobuf.Duration
+	49, // 9: ferry.v1.MigrationJob.update_time:type_name -> google.protobuf.Timestamp
+	24, // 10: ferry.v1.MigrationJob.phase_timings:type_name -> ferry.v1.PhaseTiming
+	19, // 11: ferry.v1.MigrationJob.precopy_rounds:type_name -> ferry.v1.PrecopyRound
+	50, // 12: ferry.v1.MigrationJob.measured_downtime:type_name -> google.protobuf.Duration
+	43, // 13: ferry.v1.MigrationJob.export:type_name -> ferry.v1.ExportSpec
+	14, // 14: ferry.v1.MigrationJob.guest_inspection:type_name -> ferry.v1.GuestInspection
+	16, // 15: ferry.v1.TargetVm.disks:type_name -> ferry.v1.TargetDisk
+	17, // 16: ferry.v1.TargetVm.nics:type_name -> ferry.v1.TargetNic
+	3,  // 17: ferry.v1.TargetVm.firmware:type_name -> ferry.v1.Firmware
+	4,  // 18: ferry.v1.TargetVm.os_type:type_name -> ferry.v1.OsType
+	5,  // 19: ferry.v1.TargetVm.disk_bus:type_name -> ferry.v1.DiskBus
+	2,  // 20: ferry.v1.TargetVm.machine_type:type_name -> ferry.v1.MachineType
+	5,  // 21: ferry.v1.TargetDisk.bus:type_name -> ferry.v1.DiskBus
+	6,  // 22: ferry.v1.MigrationOptions.compression:type_name -> ferry.v1.Compression
+	7,  // 23: ferry.v1.MigrationOptions.mode:type_name -> ferry.v1.MigrationMode
+	50, // 24: ferry.v1.MigrationOptions.precopy_interval:type_name -> google.protobuf.Duration
+	49, // 25: ferry.v1.MigrationOptions.cutover_time:type_name -> google.protobuf.Timestamp
+	8,  // 26: ferry.v1.MigrationOptions.guest_conversion:type_name -> ferry.v1.GuestConversion
+	49, // 27: ferry.v1.PrecopyRound.start_time:type_name -> google.protobuf.Timestamp
+	49, // 28: ferry.v1.PrecopyRound.end_time:type_name -> google.protobuf.Timestamp
+	50, // 29: ferry.v1.PrecopyRound.duration:type_name -> google.protobuf.Duration
+	50, // 30: ferry.v1.PrecopyRound.estimated_downtime:type_name -> google.protobuf.Duration
+	49, // 31: ferry.v1.CutoverMigrationJobRequest.cutover_time:type_name -> google.protobuf.Timestamp
+	13, // 32: ferry.v1.CutoverMigrationJobResponse.job:type_name -> ferry.v1.MigrationJob
+	50, // 33: ferry.v1.DiskProgress.eta:type_name -> google.protobuf.Duration
+	23, // 34: ferry.v1.DiskProgress.verification:type_name -> ferry.v1.VerifyProgress
+	50, // 35: ferry.v1.VerifyProgress.eta:type_name -> google.protobuf.Duration
+	1,  // 36: ferry.v1.PhaseTiming.phase:type_name -> ferry.v1.MigrationJobPhase
+	49, // 37: ferry.v1.PhaseTiming.start_time:type_name -> google.protobuf.Timestamp
+	49, // 38: ferry.v1.PhaseTiming.end_time:type_name -> google.protobuf.Timestamp
+	15, // 39: ferry.v1.MigrationJobSpec.target:type_name -> ferry.v1.TargetVm
+	18, // 40: ferry.v1.MigrationJobSpec.options:type_name -> ferry.v1.MigrationOptions
+	13, // 41: ferry.v1.UpdateMigrationJobRequest.migration_job:type_name -> ferry.v1.MigrationJob
+	51, // 42: ferry.v1.UpdateMigrationJobRequest.update_mask:type_name -> google.protobuf.FieldMask
+	25, // 43: ferry.v1.CreateMigrationJobsRequest.jobs:type_name -> ferry.v1.MigrationJobSpec
+	13, // 44: ferry.v1.CreateMigrationJobsResponse.jobs:type_name -> ferry.v1.MigrationJob
+	25, // 45: ferry.v1.PreviewMigrationJobsRequest.jobs:type_name -> ferry.v1.MigrationJobSpec
+	9,  // 46: ferry.v1.PreviewUsage.kind:type_name -> ferry.v1.PreviewResourceKind
+	13, // 47: ferry.v1.PreviewMigrationJobsResponse.jobs:type_name -> ferry.v1.MigrationJob
+	30, // 48: ferry.v1.PreviewMigrationJobsResponse.usages:type_name -> ferry.v1.PreviewUsage
+	0,  // 49: ferry.v1.ListMigrationJobsRequest.state:type_name -> ferry.v1.MigrationJobState
+	13, // 50: ferry.v1.ListMigrationJobsResponse.jobs:type_name -> ferry.v1.MigrationJob
+	13, // 51: ferry.v1.CancelMigrationJobResponse.job:type_name -> ferry.v1.MigrationJob
+	8,  // 52: ferry.v1.RestartMigrationJobRequest.guest_conversion:type_name -> ferry.v1.GuestConversion
+	13, // 53: ferry.v1.RestartMigrationJobResponse.job:type_name -> ferry.v1.MigrationJob
+	10, // 54: ferry.v1.WatchMigrationJobsResponse.type:type_name -> ferry.v1.WatchEventType
+	13, // 55: ferry.v1.WatchMigrationJobsResponse.job:type_name -> ferry.v1.MigrationJob
+	12, // 56: ferry.v1.ExportDestination.type:type_name -> ferry.v1.ExportDestinationType
+	42, // 57: ferry.v1.ExportSpec.destination:type_name -> ferry.v1.ExportDestination
+	11, // 58: ferry.v1.ExportSpec.format:type_name -> ferry.v1.ExportFormat
+	43, // 59: ferry.v1.ExportJobSpec.export:type_name -> ferry.v1.ExportSpec
+	18, // 60: ferry.v1.ExportJobSpec.options:type_name -> ferry.v1.MigrationOptions
+	44, // 61: ferry.v1.CreateExportJobsRequest.jobs:type_name -> ferry.v1.ExportJobSpec
+	13, // 62: ferry.v1.CreateExportJobsResponse.jobs:type_name -> ferry.v1.MigrationJob
+	27, // 63: ferry.v1.MigrationJobService.CreateMigrationJobs:input_type -> ferry.v1.CreateMigrationJobsRequest
+	29, // 64: ferry.v1.MigrationJobService.PreviewMigrationJobs:input_type -> ferry.v1.PreviewMigrationJobsRequest
+	32, // 65: ferry.v1.MigrationJobService.GetMigrationJob:input_type -> ferry.v1.GetMigrationJobRequest
+	33, // 66: ferry.v1.MigrationJobService.ListMigrationJobs:input_type -> ferry.v1.ListMigrationJobsRequest
+	35, // 67: ferry.v1.MigrationJobService.CancelMigrationJob:input_type -> ferry.v1.CancelMigrationJobRequest
+	37, // 68: ferry.v1.MigrationJobService.RestartMigrationJob:input_type -> ferry.v1.RestartMigrationJobRequest
+	39, // 69: ferry.v1.MigrationJobService.DeleteMigrationJob:input_type -> ferry.v1.DeleteMigrationJobRequest
+	40, // 70: ferry.v1.MigrationJobService.WatchMigrationJobs:input_type -> ferry.v1.WatchMigrationJobsRequest
+	26, // 71: ferry.v1.MigrationJobService.UpdateMigrationJob:input_type -> ferry.v1.UpdateMigrationJobRequest
+	20, // 72: ferry.v1.MigrationJobService.CutoverMigrationJob:input_type -> ferry.v1.CutoverMigrationJobRequest
+	45, // 73: ferry.v1.MigrationJobService.CreateExportJobs:input_type -> ferry.v1.CreateExportJobsRequest
+	47, // 74: ferry.v1.MigrationJobService.GetBundleSigningKey:input_type -> ferry.v1.GetBundleSigningKeyRequest
+	28, // 75: ferry.v1.MigrationJobService.CreateMigrationJobs:output_type -> ferry.v1.CreateMigrationJobsResponse
+	31, // 76: ferry.v1.MigrationJobService.PreviewMigrationJobs:output_type -> ferry.v1.PreviewMigrationJobsResponse
+	13, // 77: ferry.v1.MigrationJobService.GetMigrationJob:output_type -> ferry.v1.MigrationJob
+	34, // 78: ferry.v1.MigrationJobService.ListMigrationJobs:output_type -> ferry.v1.ListMigrationJobsResponse
+	36, // 79: ferry.v1.MigrationJobService.CancelMigrationJob:output_type -> ferry.v1.CancelMigrationJobResponse
+	38, // 80: ferry.v1.MigrationJobService.RestartMigrationJob:output_type -> ferry.v1.RestartMigrationJobResponse
+	52, // 81: ferry.v1.MigrationJobService.DeleteMigrationJob:output_type -> google.protobuf.Empty
+	41, // 82: ferry.v1.MigrationJobService.WatchMigrationJobs:output_type -> ferry.v1.WatchMigrationJobsResponse
+	13, // 83: ferry.v1.MigrationJobService.UpdateMigrationJob:output_type -> ferry.v1.MigrationJob
+	21, // 84: ferry.v1.MigrationJobService.CutoverMigrationJob:output_type -> ferry.v1.CutoverMigrationJobResponse
+	46, // 85: ferry.v1.MigrationJobService.CreateExportJobs:output_type -> ferry.v1.CreateExportJobsResponse
+	48, // 86: ferry.v1.MigrationJobService.GetBundleSigningKey:output_type -> ferry.v1.BundleSigningKey
+	75, // [75:87] is the sub-list for method output_type
+	63, // [63:75] is the sub-list for method input_type
+	63, // [63:63] is the sub-list for extension type_name
+	63, // [63:63] is the sub-list for extension extendee
+	0,  // [0:63] is the sub-list for field type_name
 }
 
 func init() { file_ferry_v1_migration_job_proto_init() }
@@ -4049,14 +4263,14 @@ func file_ferry_v1_migration_job_proto_init() {
 	if File_ferry_v1_migration_job_proto != nil {
 		return
 	}
-	file_ferry_v1_migration_job_proto_msgTypes[4].OneofWrappers = []any{}
+	file_ferry_v1_migration_job_proto_msgTypes[5].OneofWrappers = []any{}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_ferry_v1_migration_job_proto_rawDesc), len(file_ferry_v1_migration_job_proto_rawDesc)),
-			NumEnums:      12,
-			NumMessages:   35,
+			NumEnums:      13,
+			NumMessages:   36,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

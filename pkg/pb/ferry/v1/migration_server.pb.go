@@ -411,8 +411,13 @@ type MigrationServer struct {
 	CacheFreeBytes int64 `protobuf:"varint,18,opt,name=cache_free_bytes,json=cacheFreeBytes,proto3" json:"cache_free_bytes,omitempty"`
 	// Output only: what the server's running jobs reserve in its cache.
 	CacheReservedBytes int64 `protobuf:"varint,19,opt,name=cache_reserved_bytes,json=cacheReservedBytes,proto3" json:"cache_reserved_bytes,omitempty"`
-	unknownFields      protoimpl.UnknownFields
-	sizeCache          protoimpl.SizeCache
+	// Optional absolute, clean path of the virtio-win ISO on the host (e.g.
+	// /usr/share/virtio-win/virtio-win.iso): PREPARING installs the Windows
+	// virtio drivers from it. Without it, a Windows guest with virtio
+	// targets and guest conversion on is refused at preview and create.
+	VirtioWinIso  string `protobuf:"bytes,20,opt,name=virtio_win_iso,json=virtioWinIso,proto3" json:"virtio_win_iso,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *MigrationServer) Reset() {
@@ -576,6 +581,13 @@ func (x *MigrationServer) GetCacheReservedBytes() int64 {
 		return x.CacheReservedBytes
 	}
 	return 0
+}
+
+func (x *MigrationServer) GetVirtioWinIso() string {
+	if x != nil {
+		return x.VirtioWinIso
+	}
+	return ""
 }
 
 type CreateMigrationServerRequest struct {
@@ -1221,7 +1233,7 @@ const file_ferry_v1_migration_server_proto_rawDesc = "" +
 	"\x1cUpdateMigrationServerRequest\x12D\n" +
 	"\x10migration_server\x18\x01 \x01(\v2\x19.ferry.v1.MigrationServerR\x0fmigrationServer\x12;\n" +
 	"\vupdate_mask\x18\x02 \x01(\v2\x1a.google.protobuf.FieldMaskR\n" +
-	"updateMask\"\x92\x06\n" +
+	"updateMask\"\xb8\x06\n" +
 	"\x0fMigrationServer\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12!\n" +
 	"\fdisplay_name\x18\x02 \x01(\tR\vdisplayName\x12\x12\n" +
@@ -1245,7 +1257,8 @@ const file_ferry_v1_migration_server_proto_rawDesc = "" +
 	"\x04etag\x18\x10 \x01(\tR\x04etag\x12*\n" +
 	"\x11cache_total_bytes\x18\x11 \x01(\x03R\x0fcacheTotalBytes\x12(\n" +
 	"\x10cache_free_bytes\x18\x12 \x01(\x03R\x0ecacheFreeBytes\x120\n" +
-	"\x14cache_reserved_bytes\x18\x13 \x01(\x03R\x12cacheReservedBytes\"\x83\x01\n" +
+	"\x14cache_reserved_bytes\x18\x13 \x01(\x03R\x12cacheReservedBytes\x12$\n" +
+	"\x0evirtio_win_iso\x18\x14 \x01(\tR\fvirtioWinIso\"\x83\x01\n" +
 	"\x1cCreateMigrationServerRequest\x12D\n" +
 	"\x10migration_server\x18\x01 \x01(\v2\x19.ferry.v1.MigrationServerR\x0fmigrationServer\x12\x1d\n" +
 	"\n" +

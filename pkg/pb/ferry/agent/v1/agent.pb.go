@@ -1760,8 +1760,11 @@ type JobResult struct {
 	// measured_downtime).
 	PrecopyRounds    []*v1.PrecopyRound   `protobuf:"bytes,9,rep,name=precopy_rounds,json=precopyRounds,proto3" json:"precopy_rounds,omitempty"`
 	MeasuredDowntime *durationpb.Duration `protobuf:"bytes,10,opt,name=measured_downtime,json=measuredDowntime,proto3" json:"measured_downtime,omitempty"`
-	unknownFields    protoimpl.UnknownFields
-	sizeCache        protoimpl.SizeCache
+	// What PREPARING found in the guest and changed
+	// (MigrationJob.guest_inspection), when it converted the guest.
+	GuestInspection *v1.GuestInspection `protobuf:"bytes,11,opt,name=guest_inspection,json=guestInspection,proto3" json:"guest_inspection,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
 }
 
 func (x *JobResult) Reset() {
@@ -1860,6 +1863,13 @@ func (x *JobResult) GetPrecopyRounds() []*v1.PrecopyRound {
 func (x *JobResult) GetMeasuredDowntime() *durationpb.Duration {
 	if x != nil {
 		return x.MeasuredDowntime
+	}
+	return nil
+}
+
+func (x *JobResult) GetGuestInspection() *v1.GuestInspection {
+	if x != nil {
+		return x.GuestInspection
 	}
 	return nil
 }
@@ -2428,7 +2438,7 @@ const file_ferry_agent_v1_agent_proto_rawDesc = "" +
 	"\x05phase\x18\x03 \x01(\x0e2\x1b.ferry.v1.MigrationJobPhaseR\x05phase\x12,\n" +
 	"\x05disks\x18\x04 \x03(\v2\x16.ferry.v1.DiskProgressR\x05disks\x12:\n" +
 	"\rphase_timings\x18\x05 \x03(\v2\x15.ferry.v1.PhaseTimingR\fphaseTimings\x12=\n" +
-	"\x0eprecopy_rounds\x18\x06 \x03(\v2\x16.ferry.v1.PrecopyRoundR\rprecopyRounds\"\xb8\x03\n" +
+	"\x0eprecopy_rounds\x18\x06 \x03(\v2\x16.ferry.v1.PrecopyRoundR\rprecopyRounds\"\xfe\x03\n" +
 	"\tJobResult\x12\x10\n" +
 	"\x03job\x18\x01 \x01(\tR\x03job\x12\x14\n" +
 	"\x05epoch\x18\x02 \x01(\x03R\x05epoch\x124\n" +
@@ -2440,7 +2450,8 @@ const file_ferry_agent_v1_agent_proto_rawDesc = "" +
 	"\x10boot_verified_by\x18\b \x01(\tR\x0ebootVerifiedBy\x12=\n" +
 	"\x0eprecopy_rounds\x18\t \x03(\v2\x16.ferry.v1.PrecopyRoundR\rprecopyRounds\x12F\n" +
 	"\x11measured_downtime\x18\n" +
-	" \x01(\v2\x19.google.protobuf.DurationR\x10measuredDowntime\"\x9f\x04\n" +
+	" \x01(\v2\x19.google.protobuf.DurationR\x10measuredDowntime\x12D\n" +
+	"\x10guest_inspection\x18\v \x01(\v2\x19.ferry.v1.GuestInspectionR\x0fguestInspection\"\x9f\x04\n" +
 	"\n" +
 	"Assignment\x12(\n" +
 	"\x03job\x18\x01 \x01(\v2\x16.ferry.v1.MigrationJobR\x03job\x12\x14\n" +
@@ -2551,10 +2562,11 @@ var file_ferry_agent_v1_agent_proto_goTypes = []any{
 	(*v1.PhaseTiming)(nil),        // 34: ferry.v1.PhaseTiming
 	(*v1.PrecopyRound)(nil),       // 35: ferry.v1.PrecopyRound
 	(*durationpb.Duration)(nil),   // 36: google.protobuf.Duration
-	(*v1.Source)(nil),             // 37: ferry.v1.Source
-	(*v1.MigrationServer)(nil),    // 38: ferry.v1.MigrationServer
-	(*v1.SourceVm)(nil),           // 39: ferry.v1.SourceVm
-	(*v1.SourceInventory)(nil),    // 40: ferry.v1.SourceInventory
+	(*v1.GuestInspection)(nil),    // 37: ferry.v1.GuestInspection
+	(*v1.Source)(nil),             // 38: ferry.v1.Source
+	(*v1.MigrationServer)(nil),    // 39: ferry.v1.MigrationServer
+	(*v1.SourceVm)(nil),           // 40: ferry.v1.SourceVm
+	(*v1.SourceInventory)(nil),    // 41: ferry.v1.SourceInventory
 }
 var file_ferry_agent_v1_agent_proto_depIdxs = []int32{
 	13, // 0: ferry.agent.v1.ConnectRequest.hello:type_name -> ferry.agent.v1.Hello
@@ -2599,26 +2611,27 @@ var file_ferry_agent_v1_agent_proto_depIdxs = []int32{
 	34, // 39: ferry.agent.v1.JobResult.phase_timings:type_name -> ferry.v1.PhaseTiming
 	35, // 40: ferry.agent.v1.JobResult.precopy_rounds:type_name -> ferry.v1.PrecopyRound
 	36, // 41: ferry.agent.v1.JobResult.measured_downtime:type_name -> google.protobuf.Duration
-	27, // 42: ferry.agent.v1.Assignment.job:type_name -> ferry.v1.MigrationJob
-	37, // 43: ferry.agent.v1.Assignment.source:type_name -> ferry.v1.Source
-	38, // 44: ferry.agent.v1.Assignment.migration_server:type_name -> ferry.v1.MigrationServer
-	28, // 45: ferry.agent.v1.Assignment.primary_storage:type_name -> ferry.v1.PrimaryStorage
-	29, // 46: ferry.agent.v1.Assignment.l3_networks:type_name -> ferry.v1.L3Network
-	25, // 47: ferry.agent.v1.Assignment.secrets:type_name -> ferry.agent.v1.Assignment.SecretsEntry
-	36, // 48: ferry.agent.v1.Assignment.guest_shutdown_timeout:type_name -> google.protobuf.Duration
-	32, // 49: ferry.agent.v1.Cutover.cutover_time:type_name -> google.protobuf.Timestamp
-	37, // 50: ferry.agent.v1.InventoryRequest.source:type_name -> ferry.v1.Source
-	38, // 51: ferry.agent.v1.InventoryRequest.migration_server:type_name -> ferry.v1.MigrationServer
-	26, // 52: ferry.agent.v1.InventoryRequest.secrets:type_name -> ferry.agent.v1.InventoryRequest.SecretsEntry
-	39, // 53: ferry.agent.v1.InventoryResponse.vms:type_name -> ferry.v1.SourceVm
-	40, // 54: ferry.agent.v1.InventoryResponse.inventory:type_name -> ferry.v1.SourceInventory
-	2,  // 55: ferry.agent.v1.AgentService.Connect:input_type -> ferry.agent.v1.ConnectRequest
-	3,  // 56: ferry.agent.v1.AgentService.Connect:output_type -> ferry.agent.v1.ConnectResponse
-	56, // [56:57] is the sub-list for method output_type
-	55, // [55:56] is the sub-list for method input_type
-	55, // [55:55] is the sub-list for extension type_name
-	55, // [55:55] is the sub-list for extension extendee
-	0,  // [0:55] is the sub-list for field type_name
+	37, // 42: ferry.agent.v1.JobResult.guest_inspection:type_name -> ferry.v1.GuestInspection
+	27, // 43: ferry.agent.v1.Assignment.job:type_name -> ferry.v1.MigrationJob
+	38, // 44: ferry.agent.v1.Assignment.source:type_name -> ferry.v1.Source
+	39, // 45: ferry.agent.v1.Assignment.migration_server:type_name -> ferry.v1.MigrationServer
+	28, // 46: ferry.agent.v1.Assignment.primary_storage:type_name -> ferry.v1.PrimaryStorage
+	29, // 47: ferry.agent.v1.Assignment.l3_networks:type_name -> ferry.v1.L3Network
+	25, // 48: ferry.agent.v1.Assignment.secrets:type_name -> ferry.agent.v1.Assignment.SecretsEntry
+	36, // 49: ferry.agent.v1.Assignment.guest_shutdown_timeout:type_name -> google.protobuf.Duration
+	32, // 50: ferry.agent.v1.Cutover.cutover_time:type_name -> google.protobuf.Timestamp
+	38, // 51: ferry.agent.v1.InventoryRequest.source:type_name -> ferry.v1.Source
+	39, // 52: ferry.agent.v1.InventoryRequest.migration_server:type_name -> ferry.v1.MigrationServer
+	26, // 53: ferry.agent.v1.InventoryRequest.secrets:type_name -> ferry.agent.v1.InventoryRequest.SecretsEntry
+	40, // 54: ferry.agent.v1.InventoryResponse.vms:type_name -> ferry.v1.SourceVm
+	41, // 55: ferry.agent.v1.InventoryResponse.inventory:type_name -> ferry.v1.SourceInventory
+	2,  // 56: ferry.agent.v1.AgentService.Connect:input_type -> ferry.agent.v1.ConnectRequest
+	3,  // 57: ferry.agent.v1.AgentService.Connect:output_type -> ferry.agent.v1.ConnectResponse
+	57, // [57:58] is the sub-list for method output_type
+	56, // [56:57] is the sub-list for method input_type
+	56, // [56:56] is the sub-list for extension type_name
+	56, // [56:56] is the sub-list for extension extendee
+	0,  // [0:56] is the sub-list for field type_name
 }
 
 func init() { file_ferry_agent_v1_agent_proto_init() }

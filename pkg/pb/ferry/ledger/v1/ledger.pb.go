@@ -1869,8 +1869,11 @@ type FinishMigrationJob struct {
 	// downtime.
 	PrecopyRounds    []*v1.PrecopyRound   `protobuf:"bytes,9,rep,name=precopy_rounds,json=precopyRounds,proto3" json:"precopy_rounds,omitempty"`
 	MeasuredDowntime *durationpb.Duration `protobuf:"bytes,10,opt,name=measured_downtime,json=measuredDowntime,proto3" json:"measured_downtime,omitempty"`
-	unknownFields    protoimpl.UnknownFields
-	sizeCache        protoimpl.SizeCache
+	// What PREPARING found and changed (MigrationJob.guest_inspection);
+	// recorded only on a SUCCEEDED job.
+	GuestInspection *v1.GuestInspection `protobuf:"bytes,11,opt,name=guest_inspection,json=guestInspection,proto3" json:"guest_inspection,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
 }
 
 func (x *FinishMigrationJob) Reset() {
@@ -1969,6 +1972,13 @@ func (x *FinishMigrationJob) GetPrecopyRounds() []*v1.PrecopyRound {
 func (x *FinishMigrationJob) GetMeasuredDowntime() *durationpb.Duration {
 	if x != nil {
 		return x.MeasuredDowntime
+	}
+	return nil
+}
+
+func (x *FinishMigrationJob) GetGuestInspection() *v1.GuestInspection {
+	if x != nil {
+		return x.GuestInspection
 	}
 	return nil
 }
@@ -2087,6 +2097,8 @@ type RestartMigrationJob struct {
 	// command written before restarts placed jobs does.
 	TargetHost      string `protobuf:"bytes,2,opt,name=target_host,json=targetHost,proto3" json:"target_host,omitempty"`
 	PlacementReason string `protobuf:"bytes,3,opt,name=placement_reason,json=placementReason,proto3" json:"placement_reason,omitempty"`
+	// Replaces the job's options.guest_conversion when not UNSPECIFIED.
+	GuestConversion v1.GuestConversion `protobuf:"varint,4,opt,name=guest_conversion,json=guestConversion,proto3,enum=ferry.v1.GuestConversion" json:"guest_conversion,omitempty"`
 	unknownFields   protoimpl.UnknownFields
 	sizeCache       protoimpl.SizeCache
 }
@@ -2140,6 +2152,13 @@ func (x *RestartMigrationJob) GetPlacementReason() string {
 		return x.PlacementReason
 	}
 	return ""
+}
+
+func (x *RestartMigrationJob) GetGuestConversion() v1.GuestConversion {
+	if x != nil {
+		return x.GuestConversion
+	}
+	return v1.GuestConversion(0)
 }
 
 type SetJobWaitingReason struct {
@@ -3496,7 +3515,7 @@ const file_ferry_ledger_v1_ledger_proto_rawDesc = "" +
 	"\x05phase\x18\x03 \x01(\x0e2\x1b.ferry.v1.MigrationJobPhaseR\x05phase\x12,\n" +
 	"\x05disks\x18\x04 \x03(\v2\x16.ferry.v1.DiskProgressR\x05disks\x12:\n" +
 	"\rphase_timings\x18\x05 \x03(\v2\x15.ferry.v1.PhaseTimingR\fphaseTimings\x12=\n" +
-	"\x0eprecopy_rounds\x18\x06 \x03(\v2\x16.ferry.v1.PrecopyRoundR\rprecopyRounds\"\xc0\x03\n" +
+	"\x0eprecopy_rounds\x18\x06 \x03(\v2\x16.ferry.v1.PrecopyRoundR\rprecopyRounds\"\x86\x04\n" +
 	"\x12FinishMigrationJob\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x14\n" +
 	"\x05epoch\x18\x02 \x01(\x03R\x05epoch\x121\n" +
@@ -3508,18 +3527,20 @@ const file_ferry_ledger_v1_ledger_proto_rawDesc = "" +
 	"\x10boot_verified_by\x18\b \x01(\tR\x0ebootVerifiedBy\x12=\n" +
 	"\x0eprecopy_rounds\x18\t \x03(\v2\x16.ferry.v1.PrecopyRoundR\rprecopyRounds\x12F\n" +
 	"\x11measured_downtime\x18\n" +
-	" \x01(\v2\x19.google.protobuf.DurationR\x10measuredDowntime\"k\n" +
+	" \x01(\v2\x19.google.protobuf.DurationR\x10measuredDowntime\x12D\n" +
+	"\x10guest_inspection\x18\v \x01(\v2\x19.ferry.v1.GuestInspectionR\x0fguestInspection\"k\n" +
 	"\x16SetMigrationJobCutover\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12=\n" +
 	"\fcutover_time\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\vcutoverTime\"@\n" +
 	"\x12CancelMigrationJob\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x16\n" +
-	"\x06reason\x18\x02 \x01(\tR\x06reason\"u\n" +
+	"\x06reason\x18\x02 \x01(\tR\x06reason\"\xbb\x01\n" +
 	"\x13RestartMigrationJob\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x1f\n" +
 	"\vtarget_host\x18\x02 \x01(\tR\n" +
 	"targetHost\x12)\n" +
-	"\x10placement_reason\x18\x03 \x01(\tR\x0fplacementReason\"A\n" +
+	"\x10placement_reason\x18\x03 \x01(\tR\x0fplacementReason\x12D\n" +
+	"\x10guest_conversion\x18\x04 \x01(\x0e2\x19.ferry.v1.GuestConversionR\x0fguestConversion\"A\n" +
 	"\x13SetJobWaitingReason\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x16\n" +
 	"\x06reason\x18\x02 \x01(\tR\x06reason\"\xb6\x01\n" +
@@ -3689,10 +3710,12 @@ var file_ferry_ledger_v1_ledger_proto_goTypes = []any{
 	(*v1.PrecopyRound)(nil),             // 55: ferry.v1.PrecopyRound
 	(v1.MigrationJobState)(0),           // 56: ferry.v1.MigrationJobState
 	(*durationpb.Duration)(nil),         // 57: google.protobuf.Duration
-	(*v1.NetworkMappingGroup)(nil),      // 58: ferry.v1.NetworkMappingGroup
-	(*v1.Settings)(nil),                 // 59: ferry.v1.Settings
-	(*v1.RevokedCertificate)(nil),       // 60: ferry.v1.RevokedCertificate
-	(*v1.AuditEvent)(nil),               // 61: ferry.v1.AuditEvent
+	(*v1.GuestInspection)(nil),          // 58: ferry.v1.GuestInspection
+	(v1.GuestConversion)(0),             // 59: ferry.v1.GuestConversion
+	(*v1.NetworkMappingGroup)(nil),      // 60: ferry.v1.NetworkMappingGroup
+	(*v1.Settings)(nil),                 // 61: ferry.v1.Settings
+	(*v1.RevokedCertificate)(nil),       // 62: ferry.v1.RevokedCertificate
+	(*v1.AuditEvent)(nil),               // 63: ferry.v1.AuditEvent
 }
 var file_ferry_ledger_v1_ledger_proto_depIdxs = []int32{
 	41, // 0: ferry.ledger.v1.Command.time:type_name -> google.protobuf.Timestamp
@@ -3758,45 +3781,47 @@ var file_ferry_ledger_v1_ledger_proto_depIdxs = []int32{
 	54, // 60: ferry.ledger.v1.FinishMigrationJob.phase_timings:type_name -> ferry.v1.PhaseTiming
 	55, // 61: ferry.ledger.v1.FinishMigrationJob.precopy_rounds:type_name -> ferry.v1.PrecopyRound
 	57, // 62: ferry.ledger.v1.FinishMigrationJob.measured_downtime:type_name -> google.protobuf.Duration
-	41, // 63: ferry.ledger.v1.SetMigrationJobCutover.cutover_time:type_name -> google.protobuf.Timestamp
-	58, // 64: ferry.ledger.v1.PutNetworkMappingGroup.network_mapping_group:type_name -> ferry.v1.NetworkMappingGroup
-	59, // 65: ferry.ledger.v1.PutSettings.settings:type_name -> ferry.v1.Settings
-	28, // 66: ferry.ledger.v1.PutNode.node:type_name -> ferry.ledger.v1.Node
-	41, // 67: ferry.ledger.v1.RequestRecord.time:type_name -> google.protobuf.Timestamp
-	42, // 68: ferry.ledger.v1.Snapshot.clusters:type_name -> ferry.v1.Cluster
-	43, // 69: ferry.ledger.v1.Snapshot.hosts:type_name -> ferry.v1.Host
-	45, // 70: ferry.ledger.v1.Snapshot.primary_storages:type_name -> ferry.v1.PrimaryStorage
-	46, // 71: ferry.ledger.v1.Snapshot.l3_networks:type_name -> ferry.v1.L3Network
-	47, // 72: ferry.ledger.v1.Snapshot.migration_servers:type_name -> ferry.v1.MigrationServer
-	13, // 73: ferry.ledger.v1.Snapshot.credentials:type_name -> ferry.ledger.v1.SealedCredential
-	49, // 74: ferry.ledger.v1.Snapshot.sources:type_name -> ferry.v1.Source
-	51, // 75: ferry.ledger.v1.Snapshot.jobs:type_name -> ferry.v1.MigrationJob
-	59, // 76: ferry.ledger.v1.Snapshot.settings:type_name -> ferry.v1.Settings
-	28, // 77: ferry.ledger.v1.Snapshot.nodes:type_name -> ferry.ledger.v1.Node
-	31, // 78: ferry.ledger.v1.Snapshot.requests:type_name -> ferry.ledger.v1.RequestRecord
-	50, // 79: ferry.ledger.v1.Snapshot.source_inventories:type_name -> ferry.v1.SourceInventory
-	58, // 80: ferry.ledger.v1.Snapshot.network_mapping_groups:type_name -> ferry.v1.NetworkMappingGroup
-	60, // 81: ferry.ledger.v1.Snapshot.revoked_certificates:type_name -> ferry.v1.RevokedCertificate
-	61, // 82: ferry.ledger.v1.Snapshot.audit_events:type_name -> ferry.v1.AuditEvent
-	37, // 83: ferry.ledger.v1.Snapshot.audit_retention:type_name -> ferry.ledger.v1.AuditRetention
-	34, // 84: ferry.ledger.v1.Snapshot.cache_usage:type_name -> ferry.ledger.v1.CacheUsageHistory
-	33, // 85: ferry.ledger.v1.Snapshot.bundle_signing_key:type_name -> ferry.ledger.v1.SetBundleSigningKey
-	35, // 86: ferry.ledger.v1.CacheUsageHistory.tiers:type_name -> ferry.ledger.v1.UsageTier
-	61, // 87: ferry.ledger.v1.RecordAuditEvent.event:type_name -> ferry.v1.AuditEvent
-	37, // 88: ferry.ledger.v1.RecordAuditEvent.retention:type_name -> ferry.ledger.v1.AuditRetention
-	60, // 89: ferry.ledger.v1.RevokeCertificate.certificate:type_name -> ferry.v1.RevokedCertificate
-	47, // 90: ferry.ledger.v1.UpdateResource.migration_server:type_name -> ferry.v1.MigrationServer
-	49, // 91: ferry.ledger.v1.UpdateResource.source:type_name -> ferry.v1.Source
-	13, // 92: ferry.ledger.v1.UpdateResource.credential:type_name -> ferry.ledger.v1.SealedCredential
-	42, // 93: ferry.ledger.v1.UpdateResource.cluster:type_name -> ferry.v1.Cluster
-	45, // 94: ferry.ledger.v1.UpdateResource.primary_storage:type_name -> ferry.v1.PrimaryStorage
-	46, // 95: ferry.ledger.v1.UpdateResource.l3_network:type_name -> ferry.v1.L3Network
-	51, // 96: ferry.ledger.v1.UpdateResource.migration_job:type_name -> ferry.v1.MigrationJob
-	97, // [97:97] is the sub-list for method output_type
-	97, // [97:97] is the sub-list for method input_type
-	97, // [97:97] is the sub-list for extension type_name
-	97, // [97:97] is the sub-list for extension extendee
-	0,  // [0:97] is the sub-list for field type_name
+	58, // 63: ferry.ledger.v1.FinishMigrationJob.guest_inspection:type_name -> ferry.v1.GuestInspection
+	41, // 64: ferry.ledger.v1.SetMigrationJobCutover.cutover_time:type_name -> google.protobuf.Timestamp
+	59, // 65: ferry.ledger.v1.RestartMigrationJob.guest_conversion:type_name -> ferry.v1.GuestConversion
+	60, // 66: ferry.ledger.v1.PutNetworkMappingGroup.network_mapping_group:type_name -> ferry.v1.NetworkMappingGroup
+	61, // 67: ferry.ledger.v1.PutSettings.settings:type_name -> ferry.v1.Settings
+	28, // 68: ferry.ledger.v1.PutNode.node:type_name -> ferry.ledger.v1.Node
+	41, // 69: ferry.ledger.v1.RequestRecord.time:type_name -> google.protobuf.Timestamp
+	42, // 70: ferry.ledger.v1.Snapshot.clusters:type_name -> ferry.v1.Cluster
+	43, // 71: ferry.ledger.v1.Snapshot.hosts:type_name -> ferry.v1.Host
+	45, // 72: ferry.ledger.v1.Snapshot.primary_storages:type_name -> ferry.v1.PrimaryStorage
+	46, // 73: ferry.ledger.v1.Snapshot.l3_networks:type_name -> ferry.v1.L3Network
+	47, // 74: ferry.ledger.v1.Snapshot.migration_servers:type_name -> ferry.v1.MigrationServer
+	13, // 75: ferry.ledger.v1.Snapshot.credentials:type_name -> ferry.ledger.v1.SealedCredential
+	49, // 76: ferry.ledger.v1.Snapshot.sources:type_name -> ferry.v1.Source
+	51, // 77: ferry.ledger.v1.Snapshot.jobs:type_name -> ferry.v1.MigrationJob
+	61, // 78: ferry.ledger.v1.Snapshot.settings:type_name -> ferry.v1.Settings
+	28, // 79: ferry.ledger.v1.Snapshot.nodes:type_name -> ferry.ledger.v1.Node
+	31, // 80: ferry.ledger.v1.Snapshot.requests:type_name -> ferry.ledger.v1.RequestRecord
+	50, // 81: ferry.ledger.v1.Snapshot.source_inventories:type_name -> ferry.v1.SourceInventory
+	60, // 82: ferry.ledger.v1.Snapshot.network_mapping_groups:type_name -> ferry.v1.NetworkMappingGroup
+	62, // 83: ferry.ledger.v1.Snapshot.revoked_certificates:type_name -> ferry.v1.RevokedCertificate
+	63, // 84: ferry.ledger.v1.Snapshot.audit_events:type_name -> ferry.v1.AuditEvent
+	37, // 85: ferry.ledger.v1.Snapshot.audit_retention:type_name -> ferry.ledger.v1.AuditRetention
+	34, // 86: ferry.ledger.v1.Snapshot.cache_usage:type_name -> ferry.ledger.v1.CacheUsageHistory
+	33, // 87: ferry.ledger.v1.Snapshot.bundle_signing_key:type_name -> ferry.ledger.v1.SetBundleSigningKey
+	35, // 88: ferry.ledger.v1.CacheUsageHistory.tiers:type_name -> ferry.ledger.v1.UsageTier
+	63, // 89: ferry.ledger.v1.RecordAuditEvent.event:type_name -> ferry.v1.AuditEvent
+	37, // 90: ferry.ledger.v1.RecordAuditEvent.retention:type_name -> ferry.ledger.v1.AuditRetention
+	62, // 91: ferry.ledger.v1.RevokeCertificate.certificate:type_name -> ferry.v1.RevokedCertificate
+	47, // 92: ferry.ledger.v1.UpdateResource.migration_server:type_name -> ferry.v1.MigrationServer
+	49, // 93: ferry.ledger.v1.UpdateResource.source:type_name -> ferry.v1.Source
+	13, // 94: ferry.ledger.v1.UpdateResource.credential:type_name -> ferry.ledger.v1.SealedCredential
+	42, // 95: ferry.ledger.v1.UpdateResource.cluster:type_name -> ferry.v1.Cluster
+	45, // 96: ferry.ledger.v1.UpdateResource.primary_storage:type_name -> ferry.v1.PrimaryStorage
+	46, // 97: ferry.ledger.v1.UpdateResource.l3_network:type_name -> ferry.v1.L3Network
+	51, // 98: ferry.ledger.v1.UpdateResource.migration_job:type_name -> ferry.v1.MigrationJob
+	99, // [99:99] is the sub-list for method output_type
+	99, // [99:99] is the sub-list for method input_type
+	99, // [99:99] is the sub-list for extension type_name
+	99, // [99:99] is the sub-list for extension extendee
+	0,  // [0:99] is the sub-list for field type_name
 }
 
 func init() { file_ferry_ledger_v1_ledger_proto_init() }

@@ -1,0 +1,86 @@
+package testenv
+
+import (
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// DebianGuestVersion names the image scripts/debian-guest.sh builds; bump
+// it when the script changes what it builds, so cached images are rebuilt.
+const DebianGuestVersion = "v3"
+
+// CacheDir is where tests keep what is slow to make and the same from run
+// to run (the Debian guest image): $FERRY_TEST_CACHE, else
+// /var/cache/ferry-test, so CI runs on one machine share it.
+func CacheDir() string {
+	if d := os.Getenv("FERRY_TEST_CACHE"); d != "" {
+		return d
+	}
+	return "/var/cache/ferry-test"
+}
+
+// DebianGuest returns a qcow2 disk of a real Debian 12 guest configured as
+// a VMware guest would be (scripts/debian-guest.sh: open-vm-tools, its NIC
+// configured as ens192, an initramfs without virtio), building it into
+// CacheDir the first time (a few minutes: debootstrap from Debian's
+// mirror) and reusing it afterwards. Callers must not write it: they copy
+// or convert it. Unavailable without root, debootstrap or libguestfs.
+func DebianGuest(t testing.TB) string {
+	t.Helper()
+	RequireRoot(t)
+	for _, p := range []string{"debootstrap", "guestfish", "qemu-img", "sfdisk"} {
+		if _, err := exec.LookPath(p); err != nil {
+			Unavailable(t, "%s is missing (scripts/deps.sh installs debootstrap, libguestfs-tools, qemu-utils, fdisk)", p)
+		}
+	}
+	dir := CacheDir()
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	out := filepath.Join(dir, "debian-vmware-"+DebianGuestVersion+".qcow2")
+	if _, err := os.Stat(out); err == nil {
+		return out
+	}
+	// One build at a time: test packages run in parallel.
+	lock, err := os.OpenFile(filepath.Join(dir, "debian-guest.lock"), os.O_CREATE|os.O_RDWR, 0o644)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer lock.Close()
+	if err := syscall.Flock(int(lock.Fd()), syscall.LOCK_EX); err != nil {
+		t.Fatal(err)
+	}
+	defer syscall.Flock(int(lock.Fd()), syscall.LOCK_UN) //nolint:errcheck
+	if _, err := os.Stat(out); err == nil {
+		return out
+	}
+	_, file, _, _ := runtime.Caller(0)
+	script := filepath.Join(filepath.Dir(file), "..", "..", "scripts", "debian-guest.sh")
+	start := time.Now()
+	cmd := exec.Command(script, out)
+	cmd.Env = append(os.Environ(), "LIBGUESTFS_BACKEND=direct")
+	b, err := cmd.CombinedOutput()
+	if err != nil {
+		t.Fatalf("build the Debian guest image: %v\n%s", err, b)
+	}
+	t.Logf("built the Debian guest image %s in %s:\n%s", out, time.Since(start).Round(time.Second), b)
+	return out
+}
+
+// LibguestfsTCG makes libguestfs's appliance run under TCG in this process
+// and its children (the agents), when /dev/kvm is missing or does not
+// work (it may be present and fail, as on the machines tests run on):
+// LIBGUESTFS_BACKEND=direct, LIBGUESTFS_BACKEND_SETTINGS=force_tcg unless
+// FERRY_TEST_KVM=1.
+func LibguestfsTCG(t testing.TB) {
+	t.Helper()
+	t.Setenv("LIBGUESTFS_BACKEND", "direct")
+	if os.Getenv("FERRY_TEST_KVM") != "1" {
+		t.Setenv("LIBGUESTFS_BACKEND_SETTINGS", "force_tcg")
+	}
+}
