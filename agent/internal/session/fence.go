@@ -2,12 +2,9 @@ package session
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"log/slog"
-	"sync"
 	"time"
 
 	agentv1 "github.com/ferry-v2v/ferry/pkg/pb/ferry/agent/v1"
@@ -26,13 +23,8 @@ var ErrFenced = errors.New("target write refused: the assignment is stale")
 // session it waits: a write happens only after the leader said yes, and
 // a job cut off for too long is stopped by the session's watchdog.
 type Fences struct {
-	outbox *Outbox
-	log    *slog.Logger
-	retry  time.Duration
-
-	mu        sync.Mutex
-	connected bool
-	waiting   map[string]chan *agentv1.FenceAnswer
+	*asker[*agentv1.FenceAnswer]
+	log *slog.Logger
 }
 
 // NewFences returns the fences; the session Client must get them in its
@@ -41,8 +33,7 @@ func NewFences(outbox *Outbox, log *slog.Logger) *Fences {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	return &Fences{outbox: outbox, log: log.With("component", "fence"), retry: DefaultFenceRetry,
-		waiting: map[string]chan *agentv1.FenceAnswer{}}
+	return &Fences{asker: newAsker[*agentv1.FenceAnswer](outbox, DefaultFenceRetry, false), log: log.With("component", "fence")}
 }
 
 // Confirm returns nil once the leader confirmed that job runs under epoch
@@ -64,64 +55,28 @@ func (f *Fences) ConfirmUndo(ctx context.Context, job string, epoch int64) error
 func (f *Fences) confirm(ctx context.Context, job string, epoch int64, write string, undo bool) error {
 	start := time.Now()
 	for attempt := 1; ; attempt++ {
-		id := newRequestID()
-		ch := make(chan *agentv1.FenceAnswer, 1)
-		f.mu.Lock()
-		f.waiting[id] = ch
-		connected := f.connected
-		f.mu.Unlock()
-		if connected {
-			f.outbox.queue(&agentv1.ConnectRequest{Kind: &agentv1.ConnectRequest_FenceCheck{FenceCheck: &agentv1.FenceCheck{
-				RequestId: id, Job: job, Epoch: epoch, Write: write, Undo: undo}}})
-		}
-		t := time.NewTimer(f.retry)
-		var ans *agentv1.FenceAnswer
-		select {
-		case ans = <-ch:
-		case <-t.C:
-		case <-ctx.Done():
-		}
-		t.Stop()
-		f.mu.Lock()
-		delete(f.waiting, id)
-		f.mu.Unlock()
+		ans, got, sent, err := f.once(ctx, func(id string) *agentv1.ConnectRequest {
+			return &agentv1.ConnectRequest{Kind: &agentv1.ConnectRequest_FenceCheck{FenceCheck: &agentv1.FenceCheck{
+				RequestId: id, Job: job, Epoch: epoch, Write: write, Undo: undo}}}
+		})
 		switch {
-		case ans != nil && ans.GetCurrent():
+		case got && ans.GetCurrent():
 			f.log.Debug("assignment confirmed before a target write", "job", job, "epoch", epoch, "write", write,
 				"waited", time.Since(start).Round(time.Millisecond))
 			return nil
-		case ans != nil:
+		case got:
 			f.log.Warn("target write refused by the leader", "job", job, "epoch", epoch, "write", write, "reason", ans.GetReason())
 			return fmt.Errorf("%w: %s (%s)", ErrFenced, ans.GetReason(), write)
-		case ctx.Err() != nil:
-			return ctx.Err()
+		case err != nil:
+			return err
 		}
 		f.log.Info("waiting for the leader to confirm the assignment before a target write", "job", job, "epoch", epoch,
-			"write", write, "attempt", attempt, "connected", connected)
-	}
-}
-
-// answer delivers a FenceAnswer to its waiter, if it still waits.
-func (f *Fences) answer(a *agentv1.FenceAnswer) {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	if ch, ok := f.waiting[a.GetRequestId()]; ok {
-		ch <- a
-		delete(f.waiting, a.GetRequestId())
+			"write", write, "attempt", attempt, "connected", sent)
 	}
 }
 
 func (f *Fences) setConnected(v bool) {
-	if f == nil {
-		return
+	if f != nil {
+		f.asker.setConnected(v)
 	}
-	f.mu.Lock()
-	f.connected = v
-	f.mu.Unlock()
-}
-
-func newRequestID() string {
-	b := make([]byte, 8)
-	_, _ = rand.Read(b)
-	return hex.EncodeToString(b)
 }

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"sync"
 	"time"
 
 	agentv1 "github.com/ferry-v2v/ferry/pkg/pb/ferry/agent/v1"
@@ -25,13 +24,8 @@ var ErrSignRefused = errors.New("bundle signature refused")
 // delays the signature; a job cut off for too long is stopped by the
 // session's watchdog.
 type Signer struct {
-	outbox *Outbox
-	log    *slog.Logger
-	retry  time.Duration
-
-	mu        sync.Mutex
-	connected bool
-	waiting   map[string]chan *agentv1.BundleSignature
+	*asker[*agentv1.BundleSignature]
+	log *slog.Logger
 }
 
 // NewSigner returns the signer; the session Client must get it in its
@@ -40,8 +34,7 @@ func NewSigner(outbox *Outbox, log *slog.Logger) *Signer {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	return &Signer{outbox: outbox, log: log.With("component", "signer"), retry: DefaultSignRetry,
-		waiting: map[string]chan *agentv1.BundleSignature{}}
+	return &Signer{asker: newAsker[*agentv1.BundleSignature](outbox, DefaultSignRetry, false), log: log.With("component", "signer")}
 }
 
 // SignBundle returns the leader's signature of manifest for job's
@@ -50,57 +43,27 @@ func NewSigner(outbox *Outbox, log *slog.Logger) *Signer {
 func (s *Signer) SignBundle(ctx context.Context, job string, epoch int64, manifest []byte) (signature, publicKey []byte, err error) {
 	start := time.Now()
 	for attempt := 1; ; attempt++ {
-		id := newRequestID()
-		ch := make(chan *agentv1.BundleSignature, 1)
-		s.mu.Lock()
-		s.waiting[id] = ch
-		connected := s.connected
-		s.mu.Unlock()
-		if connected {
-			s.outbox.queue(&agentv1.ConnectRequest{Kind: &agentv1.ConnectRequest_SignBundle{SignBundle: &agentv1.SignBundle{
-				RequestId: id, Job: job, Epoch: epoch, Manifest: manifest}}})
-		}
-		t := time.NewTimer(s.retry)
-		var ans *agentv1.BundleSignature
-		select {
-		case ans = <-ch:
-		case <-t.C:
-		case <-ctx.Done():
-		}
-		t.Stop()
-		s.mu.Lock()
-		delete(s.waiting, id)
-		s.mu.Unlock()
+		ans, got, sent, err := s.once(ctx, func(id string) *agentv1.ConnectRequest {
+			return &agentv1.ConnectRequest{Kind: &agentv1.ConnectRequest_SignBundle{SignBundle: &agentv1.SignBundle{
+				RequestId: id, Job: job, Epoch: epoch, Manifest: manifest}}}
+		})
 		switch {
-		case ans != nil && ans.GetError() != "":
+		case got && ans.GetError() != "":
 			s.log.Warn("the leader refused to sign a bundle", "job", job, "epoch", epoch, "reason", ans.GetError())
 			return nil, nil, fmt.Errorf("%w: %s", ErrSignRefused, ans.GetError())
-		case ans != nil:
+		case got:
 			s.log.Info("bundle signed by the leader", "job", job, "epoch", epoch, "key_id", ans.GetKeyId(),
 				"waited", time.Since(start).Round(time.Millisecond))
 			return ans.GetSignature(), ans.GetPublicKey(), nil
-		case ctx.Err() != nil:
-			return nil, nil, ctx.Err()
+		case err != nil:
+			return nil, nil, err
 		}
-		s.log.Info("waiting for the leader to sign a bundle", "job", job, "epoch", epoch, "attempt", attempt, "connected", connected)
-	}
-}
-
-// answer delivers a BundleSignature to its waiter, if it still waits.
-func (s *Signer) answer(a *agentv1.BundleSignature) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if ch, ok := s.waiting[a.GetRequestId()]; ok {
-		ch <- a
-		delete(s.waiting, a.GetRequestId())
+		s.log.Info("waiting for the leader to sign a bundle", "job", job, "epoch", epoch, "attempt", attempt, "connected", sent)
 	}
 }
 
 func (s *Signer) setConnected(v bool) {
-	if s == nil {
-		return
+	if s != nil {
+		s.asker.setConnected(v)
 	}
-	s.mu.Lock()
-	s.connected = v
-	s.mu.Unlock()
 }

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"sync"
 	"time"
 
 	"google.golang.org/protobuf/proto"
@@ -29,14 +28,12 @@ type TargetWorker interface {
 }
 
 // Targets sends a job's requests for its target host's agent through the
-// leader and waits for their answers (docs/placement.md).
+// leader and waits for their answers (docs/placement.md). A request is
+// queued while the agent has no session too: the outbox sends it on the
+// next one.
 type Targets struct {
-	outbox *Outbox
-	log    *slog.Logger
-	retry  time.Duration
-
-	mu      sync.Mutex
-	waiting map[string]chan *agentv1.TargetWorkResult
+	*asker[*agentv1.TargetWorkResult]
+	log *slog.Logger
 }
 
 // NewTargets returns the requester; the session Client must get it in its
@@ -45,51 +42,26 @@ func NewTargets(outbox *Outbox, log *slog.Logger) *Targets {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	return &Targets{outbox: outbox, log: log.With("component", "targets"), retry: DefaultTargetRetry,
-		waiting: map[string]chan *agentv1.TargetWorkResult{}}
+	return &Targets{asker: newAsker[*agentv1.TargetWorkResult](outbox, DefaultTargetRetry, true), log: log.With("component", "targets")}
 }
 
 // Request sends req (its request ID is set here) and returns the answer;
 // an answer with an error is ErrTargetRefused with the reason.
 func (t *Targets) Request(ctx context.Context, req *agentv1.TargetRequest) (*agentv1.TargetWorkResult, error) {
 	for attempt := 1; ; attempt++ {
-		id := newRequestID()
-		ch := make(chan *agentv1.TargetWorkResult, 1)
-		t.mu.Lock()
-		t.waiting[id] = ch
-		t.mu.Unlock()
-		r := proto.Clone(req).(*agentv1.TargetRequest)
-		r.RequestId = id
-		t.outbox.queue(&agentv1.ConnectRequest{Kind: &agentv1.ConnectRequest_TargetRequest{TargetRequest: r}})
-		timer := time.NewTimer(t.retry)
-		var ans *agentv1.TargetWorkResult
-		select {
-		case ans = <-ch:
-		case <-timer.C:
-		case <-ctx.Done():
-		}
-		timer.Stop()
-		t.mu.Lock()
-		delete(t.waiting, id)
-		t.mu.Unlock()
+		ans, got, _, err := t.once(ctx, func(id string) *agentv1.ConnectRequest {
+			r := proto.Clone(req).(*agentv1.TargetRequest)
+			r.RequestId = id
+			return &agentv1.ConnectRequest{Kind: &agentv1.ConnectRequest_TargetRequest{TargetRequest: r}}
+		})
 		switch {
-		case ans != nil && ans.GetError() != "":
+		case got && ans.GetError() != "":
 			return ans, fmt.Errorf("%w: %s %s: %s", ErrTargetRefused, req.GetAction(), req.GetJob(), ans.GetError())
-		case ans != nil:
+		case got:
 			return ans, nil
-		case ctx.Err() != nil:
-			return nil, ctx.Err()
+		case err != nil:
+			return nil, err
 		}
 		t.log.Info("no answer from the target host yet; asking again", "job", req.GetJob(), "action", req.GetAction(), "attempt", attempt)
-	}
-}
-
-// answer delivers an answer to its waiter, if it still waits.
-func (t *Targets) answer(a *agentv1.TargetWorkResult) {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	if ch, ok := t.waiting[a.GetRequestId()]; ok {
-		ch <- a
-		delete(t.waiting, a.GetRequestId())
 	}
 }
