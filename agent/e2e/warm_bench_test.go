@@ -1,0 +1,102 @@
+package e2e
+
+import (
+	"fmt"
+	"testing"
+	"time"
+
+	"google.golang.org/protobuf/types/known/durationpb"
+
+	ferryv1 "github.com/ferry-v2v/ferry/pkg/pb/ferry/v1"
+	"github.com/ferry-v2v/ferry/pkg/testenv"
+)
+
+// BenchmarkWarmDowntime migrates one running VM whose 4 GiB root disk is
+// all data twice, side by side in one run:
+//   - cold: the VM paused for the whole job (options.pause_source_vm, what
+//     a KVM source offers short of a warm job), its downtime the job's
+//     time from the first phase to the end;
+//   - warm: precopy rounds, a round with nothing changed (its cost), then
+//     64 MiB written and the cutover: the measured downtime, against the
+//     time to copy 64 MiB at the full round's rate plus CONFIGURING.
+//
+// It prints both downtimes and their ratio, the bytes each moved, and the
+// empty round's cost. It runs once, whatever b.N.
+func BenchmarkWarmDowntime(b *testing.B) {
+	w := newWorld(b)
+	src := testenv.NewTestVM(b, w.lv, testenv.VMOptions{RandomBytes: 4<<30 - testenv.RandomOffset})
+	vm := w.sourceVM(w.source, src.Name)
+
+	cold := w.spec(vm, &ferryv1.MigrationOptions{PauseSourceVm: true})
+	cold.Target.VmName += "-cold"
+	coldJob := w.waitJob(w.createJob(cold), 20*time.Minute, "the cold job to end", terminal)
+	if coldJob.GetState() != ferryv1.MigrationJobState_MIGRATION_JOB_STATE_SUCCEEDED {
+		b.Fatalf("cold job ended %s: %s", coldJob.GetState(), coldJob.GetReason())
+	}
+	var coldStart, coldEnd time.Time
+	var coldBytes int64
+	for _, p := range coldJob.GetPhaseTimings() {
+		if s := p.GetStartTime().AsTime(); coldStart.IsZero() || s.Before(coldStart) {
+			coldStart = s
+		}
+		if e := p.GetEndTime().AsTime(); e.After(coldEnd) {
+			coldEnd = e
+		}
+		if p.GetPhase() == ferryv1.MigrationJobPhase_MIGRATION_JOB_PHASE_CONVERTING {
+			coldBytes = p.GetBytes()
+		}
+	}
+	coldDown := coldEnd.Sub(coldStart)
+	w.removeDomain(cold.Target.GetVmName())
+	w.lv.Virsh(b, "resume", src.Name)
+
+	warm := w.spec(vm, &ferryv1.MigrationOptions{Mode: ferryv1.MigrationMode_MIGRATION_MODE_WARM,
+		PrecopyInterval: durationpb.New(10 * time.Second)})
+	name := w.createJob(warm)
+	j := w.waitJob(name, 20*time.Minute, "precopy round 2", func(j *ferryv1.MigrationJob) bool {
+		return terminal(j) || len(j.GetPrecopyRounds()) >= 2
+	})
+	if terminal(j) {
+		b.Fatalf("warm job ended %s: %s", j.GetState(), j.GetReason())
+	}
+	empty := j.GetPrecopyRounds()[1]
+	written := w.write(src, guestWrite{0, 1 << 30, 64 << 20, 0x77})
+	if _, err := w.f.client.Jobs().CutoverMigrationJob(ctx(b, 10*time.Second), &ferryv1.CutoverMigrationJobRequest{Name: name}); err != nil {
+		b.Fatal(err)
+	}
+	j = w.waitJob(name, 10*time.Minute, "the warm job to end", terminal)
+	if j.GetState() != ferryv1.MigrationJobState_MIGRATION_JOB_STATE_SUCCEEDED {
+		b.Fatalf("warm job ended %s in %s: %s", j.GetState(), j.GetPhase(), j.GetReason())
+	}
+	rs := j.GetPrecopyRounds()
+	full, final := rs[0], rs[len(rs)-1]
+	var warmBytes int64
+	for _, r := range rs {
+		warmBytes += r.GetReadBytes()
+	}
+	var configure time.Duration
+	for _, p := range j.GetPhaseTimings() {
+		if p.GetPhase() == ferryv1.MigrationJobPhase_MIGRATION_JOB_PHASE_CONFIGURING {
+			configure = p.GetEndTime().AsTime().Sub(p.GetStartTime().AsTime())
+		}
+	}
+	down := j.GetMeasuredDowntime().AsDuration()
+	rate := float64(full.GetReadBytes()) / full.GetDuration().AsDuration().Seconds()
+	bound := time.Duration(float64(written)/rate*float64(time.Second)) + configure
+	verdict := "met"
+	if down > bound {
+		verdict = "MISSED"
+	}
+	fmt.Printf("    load average %s\n", loadAverage())
+	fmt.Printf("    cold (paused for the whole job): downtime %v, %d MiB moved\n", coldDown.Round(10*time.Millisecond), coldBytes>>20)
+	fmt.Printf("    warm: %d rounds, %d MiB moved (full round %d MiB in %v, %.0f MB/s); empty round %v, %d bytes read\n",
+		len(rs), warmBytes>>20, full.GetReadBytes()>>20, full.GetDuration().AsDuration().Round(10*time.Millisecond), rate/1e6,
+		empty.GetDuration().AsDuration().Round(10*time.Millisecond), empty.GetReadBytes())
+	fmt.Printf("    warm cutover: %d MiB in the last round (%v), CONFIGURING %v, measured downtime %v\n",
+		final.GetReadBytes()>>20, final.GetDuration().AsDuration().Round(10*time.Millisecond), configure.Round(10*time.Millisecond), down.Round(10*time.Millisecond))
+	fmt.Printf("    downtime warm/cold %.3f; bytes warm/cold %.3f; goal downtime <= 64 MiB at the full round's rate + CONFIGURING = %v: %s\n",
+		down.Seconds()/coldDown.Seconds(), float64(warmBytes)/float64(max(coldBytes, 1)), bound.Round(10*time.Millisecond), verdict)
+	b.ReportMetric(down.Seconds(), "warm-downtime-s")
+	b.ReportMetric(coldDown.Seconds(), "cold-downtime-s")
+	b.ReportMetric(empty.GetDuration().AsDuration().Seconds(), "empty-round-s")
+}
