@@ -5,6 +5,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -76,11 +77,23 @@ func DebianGuest(t testing.TB) string {
 // and its children (the agents), when /dev/kvm is missing or does not
 // work (it may be present and fail, as on the machines tests run on):
 // LIBGUESTFS_BACKEND=direct, LIBGUESTFS_BACKEND_SETTINGS=force_tcg unless
-// FERRY_TEST_KVM=1.
+// FERRY_TEST_KVM=1. It sets the process's environment once and for all
+// (not t.Setenv, which a parallel test may not call); every test of the
+// process wants the same.
 func LibguestfsTCG(t testing.TB) {
 	t.Helper()
-	t.Setenv("LIBGUESTFS_BACKEND", "direct")
-	if os.Getenv("FERRY_TEST_KVM") != "1" {
-		t.Setenv("LIBGUESTFS_BACKEND_SETTINGS", "force_tcg")
+	libguestfsOnce.Do(func() {
+		libguestfsErr = os.Setenv("LIBGUESTFS_BACKEND", "direct")
+		if libguestfsErr == nil && os.Getenv("FERRY_TEST_KVM") != "1" {
+			libguestfsErr = os.Setenv("LIBGUESTFS_BACKEND_SETTINGS", "force_tcg")
+		}
+	})
+	if libguestfsErr != nil {
+		t.Fatal(libguestfsErr)
 	}
 }
+
+var (
+	libguestfsOnce sync.Once
+	libguestfsErr  error
+)

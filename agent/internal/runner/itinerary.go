@@ -139,10 +139,10 @@ type Job struct {
 // Fencer confirms with the coordinators' leader that an assignment is still
 // the job's current one (session.Fences): Confirm before a target write,
 // ConfirmUndo before the rollback of a job that ended here, which only a
-// newer assignment of the job forbids.
+// newer assignment of the job with its target on the same host forbids.
 type Fencer interface {
 	Confirm(ctx context.Context, job string, epoch int64, write string) error
-	ConfirmUndo(ctx context.Context, job string, epoch int64) error
+	ConfirmUndo(ctx context.Context, job string, epoch int64, targetHost string) error
 }
 
 // Fence must be called by a target driver right before each write to the

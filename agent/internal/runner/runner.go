@@ -300,11 +300,12 @@ func (r *Runner) rollback(j *Job) {
 	if !ok {
 		return
 	}
-	// A job assigned again since (this agent was cut off, say) has a new
-	// owner of the same volumes and domain: undoing them would destroy
-	// its work. Without the leader's word nothing is undone either.
+	// A job assigned again since (this agent was cut off, say) with its
+	// target on the same host has a new owner of the same volumes and
+	// domain: undoing them would destroy its work. Without the leader's
+	// word nothing is undone either.
 	if j.fencer != nil {
-		if err := j.fencer.ConfirmUndo(ctx, j.Name(), j.Epoch()); err != nil {
+		if err := j.fencer.ConfirmUndo(ctx, j.Name(), j.Epoch(), j.Assignment.GetJob().GetTargetHost()); err != nil {
 			j.Log.Error("target not rolled back", "err", err)
 			return
 		}

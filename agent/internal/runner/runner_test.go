@@ -493,7 +493,7 @@ type undoFencer struct {
 
 func (f *undoFencer) Confirm(context.Context, string, int64, string) error { return nil }
 
-func (f *undoFencer) ConfirmUndo(_ context.Context, job string, epoch int64) error {
+func (f *undoFencer) ConfirmUndo(_ context.Context, job string, epoch int64, _ string) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.asked = append(f.asked, fmt.Sprintf("%s@%d", job, epoch))

@@ -40,24 +40,24 @@ func NewFences(outbox *Outbox, log *slog.Logger) *Fences {
 // on this host, an error wrapping ErrFenced when it said otherwise, or
 // ctx's error.
 func (f *Fences) Confirm(ctx context.Context, job string, epoch int64, write string) error {
-	return f.confirm(ctx, job, epoch, write, false)
+	return f.confirm(ctx, job, epoch, write, false, "")
 }
 
 // ConfirmUndo returns nil once the leader allowed undoing what job wrote
-// under epoch (its rollback after it failed or was cancelled here): the
-// job has not been assigned again since. It returns an error wrapping
-// ErrFenced when it has (the target is the new assignment's now), or
-// ctx's error.
-func (f *Fences) ConfirmUndo(ctx context.Context, job string, epoch int64) error {
-	return f.confirm(ctx, job, epoch, "roll back the target", true)
+// under epoch on targetHost ("" is this host), its rollback after it
+// failed or was cancelled here: the job was not assigned again since with
+// its target there. It returns an error wrapping ErrFenced when it was
+// (the target is the new assignment's now), or ctx's error.
+func (f *Fences) ConfirmUndo(ctx context.Context, job string, epoch int64, targetHost string) error {
+	return f.confirm(ctx, job, epoch, "roll back the target", true, targetHost)
 }
 
-func (f *Fences) confirm(ctx context.Context, job string, epoch int64, write string, undo bool) error {
+func (f *Fences) confirm(ctx context.Context, job string, epoch int64, write string, undo bool, targetHost string) error {
 	start := time.Now()
 	for attempt := 1; ; attempt++ {
 		ans, got, sent, err := f.once(ctx, func(id string) *agentv1.ConnectRequest {
 			return &agentv1.ConnectRequest{Kind: &agentv1.ConnectRequest_FenceCheck{FenceCheck: &agentv1.FenceCheck{
-				RequestId: id, Job: job, Epoch: epoch, Write: write, Undo: undo}}}
+				RequestId: id, Job: job, Epoch: epoch, Write: write, Undo: undo, TargetHost: targetHost}}}
 		})
 		switch {
 		case got && ans.GetCurrent():

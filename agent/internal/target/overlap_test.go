@@ -167,7 +167,7 @@ func (o *overlapJob) Confirm(_ context.Context, _ string, _ int64, write string)
 }
 
 // ConfirmUndo records a fenced rollback (runner.Fencer).
-func (o *overlapJob) ConfirmUndo(_ context.Context, _ string, _ int64) error {
+func (o *overlapJob) ConfirmUndo(_ context.Context, _ string, _ int64, _ string) error {
 	o.mu.Lock()
 	defer o.mu.Unlock()
 	o.fences = append(o.fences, "undo")

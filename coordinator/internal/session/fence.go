@@ -22,6 +22,15 @@ func writesFor(j *ferryv1.MigrationJob, host string) bool {
 	return HostName(j.GetAssignedHost()) == host || (j.GetTargetHost() != "" && HostName(j.GetTargetHost()) == host)
 }
 
+// currentTargetHost is the job's current target host (hosts/{name}): its
+// target_host, or the host running it when the VM is placed there.
+func currentTargetHost(j *ferryv1.MigrationJob) string {
+	if j.GetTargetHost() != "" {
+		return HostName(j.GetTargetHost())
+	}
+	return HostName(j.GetAssignedHost())
+}
+
 // fence answers whether an agent's assignment is still the job's current
 // one, before the agent writes a target or undoes what it wrote
 // (FenceCheck.undo). The ledger is read linearizably
@@ -43,10 +52,21 @@ func (m *Manager) fence(ctx context.Context, s *session, fc *agentv1.FenceCheck)
 	j, ok := m.ledger.Job(fc.GetJob())
 	switch {
 	case fc.GetUndo():
-		// A rollback: the job may have ended (that is why it is undone);
-		// only a newer assignment owns the target now.
-		if ok && (j.GetEpoch() != fc.GetEpoch() || !writesFor(j, s.host)) {
+		// A rollback: the job may have ended (that is why it is undone).
+		// Only a newer assignment whose target is on the host the undo
+		// would clean owns what is there now; one placed elsewhere (a
+		// restart that moved the job) leaves the old host's target to
+		// this undo.
+		undoHost := s.host
+		if fc.GetTargetHost() != "" {
+			undoHost = HostName(fc.GetTargetHost())
+		}
+		switch {
+		case !ok:
+		case j.GetEpoch() == fc.GetEpoch() && !writesFor(j, s.host):
 			ans.Current, ans.Reason = false, fmt.Sprintf("assignment superseded: job runs under epoch %d on %s", j.GetEpoch(), j.GetAssignedHost())
+		case j.GetEpoch() != fc.GetEpoch() && currentTargetHost(j) == undoHost:
+			ans.Current, ans.Reason = false, fmt.Sprintf("assignment superseded: job runs under epoch %d with its target on %s", j.GetEpoch(), undoHost)
 		}
 	case !ok:
 		ans.Current, ans.Reason = false, "job no longer exists"

@@ -14,8 +14,9 @@ import (
 // placed on; a superseded epoch, another host's job, a finished or unknown
 // job are refused with the reason. An undo (the rollback of a job that
 // ended) is allowed for the job's own epoch on its host whatever the state,
-// and for a job that no longer exists, but never once the job runs under
-// a newer epoch or elsewhere.
+// for a job that no longer exists, and for a job assigned again with its
+// target elsewhere; never when the newer assignment's target is on the
+// host the undo would clean.
 func TestFenceCheck(t *testing.T) {
 	f := newFixture(t, Config{}, true)
 	running := f.seedJob("hosts/h1", 1)
@@ -38,26 +39,34 @@ func TestFenceCheck(t *testing.T) {
 		job     string
 		epoch   int64
 		undo    bool
+		target  string // FenceCheck.target_host of an undo
 		current bool
 		reason  string
 	}{
-		{running, 3, false, true, ""},
-		{running, 2, false, false, "superseded: job runs under epoch 3 on hosts/h1"},
-		{elsewhere, 1, false, false, "superseded: job runs under epoch 1 on hosts/h2"},
-		{placedHere, 4, false, true, ""},
-		{placedHere, 3, false, false, "superseded: job runs under epoch 4 on hosts/h2"},
-		{failed, 1, false, false, "job is MIGRATION_JOB_STATE_FAILED"},
-		{"migrationJobs/gone", 1, false, false, "job no longer exists"},
-		{running, 3, true, true, ""},
-		{running, 2, true, false, "superseded: job runs under epoch 3 on hosts/h1"},
-		{elsewhere, 1, true, false, "superseded: job runs under epoch 1 on hosts/h2"},
-		{placedHere, 4, true, true, ""},
-		{failed, 1, true, true, ""},
-		{failed, 0, true, false, "superseded: job runs under epoch 1 on hosts/h1"},
-		{"migrationJobs/gone", 1, true, true, ""},
+		{running, 3, false, "", true, ""},
+		{running, 2, false, "", false, "superseded: job runs under epoch 3 on hosts/h1"},
+		{elsewhere, 1, false, "", false, "superseded: job runs under epoch 1 on hosts/h2"},
+		{placedHere, 4, false, "", true, ""},
+		{placedHere, 3, false, "", false, "superseded: job runs under epoch 4 on hosts/h2"},
+		{failed, 1, false, "", false, "job is MIGRATION_JOB_STATE_FAILED"},
+		{"migrationJobs/gone", 1, false, "", false, "job no longer exists"},
+		// Undo: its own epoch, whatever the state.
+		{running, 3, true, "", true, ""},
+		{placedHere, 4, true, "", true, ""},
+		{failed, 1, true, "", true, ""},
+		{"migrationJobs/gone", 1, true, "", true, ""},
+		// Not a writer of the job's current epoch.
+		{elsewhere, 1, true, "", false, "superseded: job runs under epoch 1 on hosts/h2"},
+		// A newer epoch whose target is where the undo would clean.
+		{running, 2, true, "", false, "superseded: job runs under epoch 3 with its target on hosts/h1"},
+		{failed, 0, true, "", false, "superseded: job runs under epoch 1 with its target on hosts/h1"},
+		{placedHere, 3, true, "", false, "superseded: job runs under epoch 4 with its target on hosts/h1"},
+		// A newer epoch whose target moved elsewhere: the old one is undone.
+		{elsewhere, 0, true, "", true, ""},
+		{placedHere, 3, true, "hosts/h3", true, ""},
 	} {
 		a.send(&agentv1.ConnectRequest{Kind: &agentv1.ConnectRequest_FenceCheck{FenceCheck: &agentv1.FenceCheck{
-			RequestId: "r-" + tc.job, Job: tc.job, Epoch: tc.epoch, Write: "create volume /x", Undo: tc.undo}}})
+			RequestId: "r-" + tc.job, Job: tc.job, Epoch: tc.epoch, Write: "create volume /x", Undo: tc.undo, TargetHost: tc.target}}})
 		msg := a.next()
 		for msg.GetFenceAnswer() == nil { // a cancellation from the hello's reconciliation, say
 			msg = a.next()

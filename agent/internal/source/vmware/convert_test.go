@@ -114,8 +114,10 @@ func (m *migration) start(t *testing.T) {
 	}
 	m.epoch++
 	a := &agentv1.Assignment{
+		// The simulator's disks hold no OS for a guest conversion to adapt.
 		Job: &ferryv1.MigrationJob{Name: "migrationJobs/j1", SourceVm: m.vm.Reference().Value,
-			Target: &ferryv1.TargetVm{Disks: disks}},
+			Target:  &ferryv1.TargetVm{Disks: disks},
+			Options: &ferryv1.MigrationOptions{GuestConversion: ferryv1.GuestConversion_GUEST_CONVERSION_OFF}},
 		Epoch: m.epoch, Source: src, Secrets: secrets,
 		MigrationServer: &ferryv1.MigrationServer{Name: "migrationServers/ms", CachePath: m.cache,
 			DownstreamBitsPerSecond: m.downstream},

@@ -1058,11 +1058,15 @@ type FenceCheck struct {
 	Write string `protobuf:"bytes,4,opt,name=write,proto3" json:"write,omitempty"`
 	// The agent is about to undo what this assignment wrote (the rollback
 	// of a job that failed or was cancelled on it). That is allowed while
-	// the job still runs under this epoch on the asking host, whatever its
-	// state, or no longer exists; it is refused once the job was assigned
-	// again (a new epoch), whose writes are then the new assignment's to
-	// keep.
-	Undo          bool `protobuf:"varint,5,opt,name=undo,proto3" json:"undo,omitempty"`
+	// the job still runs under this epoch, whatever its state, or no longer
+	// exists, or was assigned again (a new epoch) with its target on
+	// another host than target_host; it is refused when the new
+	// assignment's target is on target_host, whose volumes and domain are
+	// then the new assignment's to keep.
+	Undo bool `protobuf:"varint,5,opt,name=undo,proto3" json:"undo,omitempty"`
+	// With undo: hosts/{name} whose target the rollback removes (the
+	// assignment's MigrationJob.target_host); empty is the asking host.
+	TargetHost    string `protobuf:"bytes,6,opt,name=target_host,json=targetHost,proto3" json:"target_host,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1130,6 +1134,13 @@ func (x *FenceCheck) GetUndo() bool {
 		return x.Undo
 	}
 	return false
+}
+
+func (x *FenceCheck) GetTargetHost() string {
+	if x != nil {
+		return x.TargetHost
+	}
+	return ""
 }
 
 // FenceAnswer answers a FenceCheck after a linearizable read of the
@@ -2382,7 +2393,7 @@ const file_ferry_agent_v1_agent_proto_rawDesc = "" +
 	"\x0fBandwidthLimits\x12)\n" +
 	"\x10migration_server\x18\x01 \x01(\tR\x0fmigrationServer\x127\n" +
 	"\x18upstream_bits_per_second\x18\x02 \x01(\x03R\x15upstreamBitsPerSecond\x12;\n" +
-	"\x1adownstream_bits_per_second\x18\x03 \x01(\x03R\x17downstreamBitsPerSecond\"}\n" +
+	"\x1adownstream_bits_per_second\x18\x03 \x01(\x03R\x17downstreamBitsPerSecond\"\x9e\x01\n" +
 	"\n" +
 	"FenceCheck\x12\x1d\n" +
 	"\n" +
@@ -2390,7 +2401,9 @@ const file_ferry_agent_v1_agent_proto_rawDesc = "" +
 	"\x03job\x18\x02 \x01(\tR\x03job\x12\x14\n" +
 	"\x05epoch\x18\x03 \x01(\x03R\x05epoch\x12\x14\n" +
 	"\x05write\x18\x04 \x01(\tR\x05write\x12\x12\n" +
-	"\x04undo\x18\x05 \x01(\bR\x04undo\"^\n" +
+	"\x04undo\x18\x05 \x01(\bR\x04undo\x12\x1f\n" +
+	"\vtarget_host\x18\x06 \x01(\tR\n" +
+	"targetHost\"^\n" +
 	"\vFenceAnswer\x12\x1d\n" +
 	"\n" +
 	"request_id\x18\x01 \x01(\tR\trequestId\x12\x18\n" +
