@@ -30,6 +30,7 @@ func BenchmarkWarmDowntime(b *testing.B) {
 
 	cold := w.spec(vm, &ferryv1.MigrationOptions{PauseSourceVm: true})
 	cold.Target.VmName += "-cold"
+	cold.Target.Nics = nil // no DHCP reservation of the source's MAC for the warm job to meet
 	coldJob := w.waitJob(w.createJob(cold), 20*time.Minute, "the cold job to end", terminal)
 	if coldJob.GetState() != ferryv1.MigrationJobState_MIGRATION_JOB_STATE_SUCCEEDED {
 		b.Fatalf("cold job ended %s: %s", coldJob.GetState(), coldJob.GetReason())
