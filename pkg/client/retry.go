@@ -244,10 +244,22 @@ func (c *Client) attempt(ctx context.Context, repeatable bool, call func(context
 	actx, cancel := context.WithTimeout(ctx, c.opts.AttemptTimeout)
 	defer cancel()
 	err := call(actx)
-	if err != nil && ctx.Err() == nil && actx.Err() != nil {
+	if err != nil && !over(ctx) && over(actx) {
 		return status.Errorf(codes.Unavailable, "no answer within the attempt timeout (%v): %v", c.opts.AttemptTimeout, err)
 	}
 	return err
+}
+
+// over says whether ctx has ended or its deadline has passed: gRPC's own
+// timer can end a call with DEADLINE_EXCEEDED a moment before the
+// context's timer marks the context done (seen under load, when the
+// attempt timeout then failed the call instead of moving on).
+func over(ctx context.Context) bool {
+	if ctx.Err() != nil {
+		return true
+	}
+	d, ok := ctx.Deadline()
+	return ok && !time.Now().Before(d)
 }
 
 // openAt opens a stream on the connection to addr, bypassing its retries.
