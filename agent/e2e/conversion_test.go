@@ -2,12 +2,14 @@ package e2e
 
 import (
 	"errors"
+	"fmt"
 	"net"
 	"os"
 	"os/exec"
 	"path"
 	"path/filepath"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -21,17 +23,25 @@ import (
 	"google.golang.org/protobuf/proto"
 )
 
+var debianVMDKMu sync.Mutex
+
 // debianVMDK is the Debian guest (testenv.DebianGuest) as the
 // streamOptimized VMDK a vCenter exports, cached beside it.
+// The tests that use it run in parallel: one makes it, the others wait
+// (the image build itself takes a file lock, for other test binaries).
 func debianVMDK(t testing.TB) string {
 	t.Helper()
 	img := testenv.DebianGuest(t)
+	debianVMDKMu.Lock()
+	defer debianVMDKMu.Unlock()
 	out := strings.TrimSuffix(img, ".qcow2") + ".vmdk"
 	if _, err := os.Stat(out); err == nil {
 		return out
 	}
 	start := time.Now()
-	tmp := out + ".tmp"
+	// A name of this process's own: another test binary may be making it
+	// too (the rename of either leaves the same file).
+	tmp := fmt.Sprintf("%s.%d.tmp", out, os.Getpid())
 	if b, err := exec.Command("qemu-img", "convert", "-f", "qcow2", "-O", "vmdk", "-o", "subformat=streamOptimized", img, tmp).CombinedOutput(); err != nil {
 		t.Fatalf("qemu-img convert to streamOptimized: %v: %s", err, b)
 	}
