@@ -8,9 +8,12 @@ import (
 	"os/exec"
 	"path"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/fieldmaskpb"
 
 	ferryv1 "github.com/ferry-v2v/ferry/pkg/pb/ferry/v1"
@@ -189,9 +192,21 @@ func must(t testing.TB, err error) {
 
 // sourceVM finds a VM through ListSourceVMs after a sync, as an operator
 // would.
+// A refresh refused because no migration server's agent is connected is
+// asked again for a while: on a loaded machine a session that had just
+// opened was once found closed again (a missed heartbeat) by the sync.
 func (w *world) sourceVM(source, name string) *ferryv1.SourceVm {
-	resp, err := w.f.client.Sources().ListSourceVMs(ctx(w.t, 60*time.Second), &ferryv1.ListSourceVMsRequest{Source: source, Refresh: true,
-		NameContains: name})
+	var resp *ferryv1.ListSourceVMsResponse
+	var err error
+	for deadline := time.Now().Add(60 * time.Second); ; time.Sleep(time.Second) {
+		resp, err = w.f.client.Sources().ListSourceVMs(ctx(w.t, 60*time.Second), &ferryv1.ListSourceVMsRequest{Source: source, Refresh: true,
+			NameContains: name})
+		if err == nil || status.Code(err) != codes.FailedPrecondition || !strings.Contains(err.Error(), "connected agent") ||
+			time.Now().After(deadline) {
+			break
+		}
+		w.t.Logf("ListSourceVMs %s: %v; asking again", source, err)
+	}
 	must(w.t, err)
 	for _, vm := range resp.GetVms() {
 		if vm.GetName() == name {
