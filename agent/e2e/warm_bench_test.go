@@ -30,7 +30,9 @@ func BenchmarkWarmDowntime(b *testing.B) {
 
 	cold := w.spec(vm, &ferryv1.MigrationOptions{PauseSourceVm: true})
 	cold.Target.VmName += "-cold"
-	cold.Target.Nics = nil // no DHCP reservation of the source's MAC for the warm job to meet
+	for i, n := range cold.Target.Nics { // a MAC of its own: the warm job's target keeps the source's
+		n.Mac = fmt.Sprintf("52:54:00:c0:1d:%02x", i)
+	}
 	coldJob := w.waitJob(w.createJob(cold), 20*time.Minute, "the cold job to end", terminal)
 	if coldJob.GetState() != ferryv1.MigrationJobState_MIGRATION_JOB_STATE_SUCCEEDED {
 		b.Fatalf("cold job ended %s: %s", coldJob.GetState(), coldJob.GetReason())
