@@ -82,8 +82,11 @@ func TestNonRootSource(t *testing.T) {
 
 	t.Run("migrated by the snapshot method", func(t *testing.T) {
 		refs := snapshotRefs(t, src)
+		// The spec first: its source refresh must not spend the create's 10 s
+		// (it did, at load 20: the arguments are evaluated after ctx).
+		spec := w.spec(w.sourceVM(source, src.Name), nil)
 		resp, err := w.f.client.Jobs().CreateMigrationJobs(ctx(t, 10*time.Second), &ferryv1.CreateMigrationJobsRequest{
-			Source: source, MigrationServer: w.server, Jobs: []*ferryv1.MigrationJobSpec{w.spec(w.sourceVM(source, src.Name), nil)}})
+			Source: source, MigrationServer: w.server, Jobs: []*ferryv1.MigrationJobSpec{spec}})
 		must(t, err)
 		name := resp.GetJobs()[0].GetName()
 		j := w.waitJob(name, 3*time.Minute, "the job to end", terminal)
