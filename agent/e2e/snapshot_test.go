@@ -202,19 +202,7 @@ func TestSnapshotAgentKilled(t *testing.T) {
 		}
 		w.setBandwidth(nil, proto.String(""))
 		agent := w.f.startAgent(w.host, w.cacheDir)
-		j = w.waitJob(name, 3*time.Minute, "the job to end", terminal)
-		t.Logf("after the restart the job ended %s: %s", j.GetState(), j.GetReason())
-		switch j.GetState() {
-		case ferryv1.MigrationJobState_MIGRATION_JOB_STATE_SUCCEEDED:
-			for i, d := range src.Disks {
-				compare(t, refs[i], w.volume(name, d.Target))
-			}
-		case ferryv1.MigrationJobState_MIGRATION_JOB_STATE_FAILED:
-			w.expectVolumesGone(name)
-		default:
-			t.Fatalf("job ended %s: %s", j.GetState(), j.GetReason())
-		}
-		expectOnOriginals(t, w, src)
+		j = w.restartedOutcome(t, name, src, refs)
 		if got := agent.lines("active block commit begun"); len(got) == 0 {
 			t.Error("the restarted agent began no block commit")
 		}
@@ -251,19 +239,7 @@ func TestSnapshotAgentKilled(t *testing.T) {
 		}
 		w.f.agentArgs = []string{"--kvm-force-snapshot", w.source}
 		w.f.startAgent(w.host, w.cacheDir)
-		j = w.waitJob(name, 3*time.Minute, "the job to end", terminal)
-		t.Logf("after the restart the job ended %s: %s", j.GetState(), j.GetReason())
-		switch j.GetState() {
-		case ferryv1.MigrationJobState_MIGRATION_JOB_STATE_SUCCEEDED:
-			for i, d := range src.Disks {
-				compare(t, refs[i], w.volume(name, d.Target))
-			}
-		case ferryv1.MigrationJobState_MIGRATION_JOB_STATE_FAILED:
-			w.expectVolumesGone(name)
-		default:
-			t.Fatalf("job ended %s: %s", j.GetState(), j.GetReason())
-		}
-		expectOnOriginals(t, w, src)
+		j = w.restartedOutcome(t, name, src, refs)
 		if !holds(src.Disks[0], 0x66, 24*mib, 6*mib) {
 			t.Error("the guest's write under the interrupted commit is not in the source's original image")
 		}
@@ -297,4 +273,26 @@ func TestSnapshotCancelled(t *testing.T) {
 	if !holds(src.Disks[1], 0x55, 64*mib, mib) {
 		t.Error("the guest's write before the cancel is not in the source's original raw image")
 	}
+}
+
+// restartedOutcome waits for a job whose agent was killed and restarted to
+// end, and checks it ended cleanly: SUCCEEDED with every volume identical
+// to the snapshot's copy in refs, or FAILED with no volume left; either
+// way the source VM back on its original images.
+func (w *world) restartedOutcome(t *testing.T, name string, src *testenv.TestVM, refs []string) *ferryv1.MigrationJob {
+	t.Helper()
+	j := w.waitJob(name, 3*time.Minute, "the job to end", terminal)
+	t.Logf("after the restart the job ended %s: %s", j.GetState(), j.GetReason())
+	switch j.GetState() {
+	case ferryv1.MigrationJobState_MIGRATION_JOB_STATE_SUCCEEDED:
+		for i, d := range src.Disks {
+			compare(t, refs[i], w.volume(name, d.Target))
+		}
+	case ferryv1.MigrationJobState_MIGRATION_JOB_STATE_FAILED:
+		w.expectVolumesGone(name)
+	default:
+		t.Fatalf("job ended %s: %s", j.GetState(), j.GetReason())
+	}
+	expectOnOriginals(t, w, src)
+	return j
 }
