@@ -33,6 +33,13 @@ type WorkerConfig struct {
 	// Fence confirms with the leader, before each write, that the job
 	// still runs under epoch (session.Fences.Confirm); nil confirms all.
 	Fence func(ctx context.Context, job string, epoch int64, write string) error
+	// Undo asks the leader, before a rollback, whether what job wrote
+	// here under epoch may be undone (session.Fences.ConfirmUndo on this
+	// host): nil when it may, ctx's error when no answer came, any other
+	// error when the leader refused it (the job was assigned again with
+	// its target on this host, whose volumes and domain are the new
+	// assignment's now). nil allows all.
+	Undo func(ctx context.Context, job string, epoch int64) error
 	// Options are those of Define and Rollback.
 	Options Options
 	// QemuNBD is qemu-nbd's path; "" is qemu-nbd on PATH.
@@ -48,6 +55,17 @@ type Worker struct {
 
 	mu      sync.Mutex
 	serving map[string][]*RemoteServer // by job
+	// jobs holds a lock per job that its rollback and its volumes'
+	// preparation take, so that a rollback of one epoch, and the
+	// leader's word that allowed it, and a newer epoch's volumes do not
+	// interleave (a pending cleanup sent on this agent's hello beside a
+	// new assignment of the same job placed here again).
+	jobs map[string]*jobLock
+}
+
+type jobLock struct {
+	sync.Mutex
+	users int
 }
 
 // NewWorker returns a worker.
@@ -56,7 +74,29 @@ func NewWorker(cfg WorkerConfig) *Worker {
 		cfg.URI = DefaultLibvirtURI
 	}
 	cfg.Options = cfg.Options.withDefaults()
-	return &Worker{cfg: cfg, log: cfg.Options.Log.With("role", "target-host"), serving: map[string][]*RemoteServer{}}
+	return &Worker{cfg: cfg, log: cfg.Options.Log.With("role", "target-host"), serving: map[string][]*RemoteServer{},
+		jobs: map[string]*jobLock{}}
+}
+
+// lockJob takes job's lock and returns what releases it.
+func (w *Worker) lockJob(job string) func() {
+	w.mu.Lock()
+	l := w.jobs[job]
+	if l == nil {
+		l = &jobLock{}
+		w.jobs[job] = l
+	}
+	l.users++
+	w.mu.Unlock()
+	l.Lock()
+	return func() {
+		l.Unlock()
+		w.mu.Lock()
+		if l.users--; l.users == 0 {
+			delete(w.jobs, job)
+		}
+		w.mu.Unlock()
+	}
 }
 
 // Do carries out one TargetWork and says how it went.
@@ -73,7 +113,7 @@ func (w *Worker) Do(ctx context.Context, work *agentv1.TargetWork) *agentv1.Targ
 	case agentv1.TargetAction_TARGET_ACTION_DEFINE_DOMAIN:
 		res.Warnings, res.BootVerifiedBy, err = w.define(ctx, work)
 	case agentv1.TargetAction_TARGET_ACTION_ROLLBACK:
-		err = w.rollback(ctx, work)
+		res.Warnings, err = w.rollback(ctx, work)
 	default:
 		err = fmt.Errorf("unknown target action %v", work.GetAction())
 	}
@@ -107,6 +147,7 @@ func (w *Worker) fence(ctx context.Context, work *agentv1.TargetWork, write stri
 // PREPARE resumes an upload) and serves each to the peer alone.
 func (w *Worker) prepare(ctx context.Context, work *agentv1.TargetWork) ([]*agentv1.TargetExport, error) {
 	job := work.GetJob().GetName()
+	defer w.lockJob(job)()
 	if work.GetPrimaryStorage().GetType() != ferryv1.PrimaryStorageType_PRIMARY_STORAGE_TYPE_LOCAL {
 		return nil, fmt.Errorf("%w: only local primary storage is served to another host, not %s", ErrBadStorage, work.GetPrimaryStorage().GetType())
 	}
@@ -222,12 +263,27 @@ func (w *Worker) define(ctx context.Context, work *agentv1.TargetWork) ([]string
 // the VM being waited for.
 const RemoteBootTimeout = 90 * time.Second
 
-// rollback stops serving and removes the job's domain and volumes.
-func (w *Worker) rollback(ctx context.Context, work *agentv1.TargetWork) error {
-	stopErr := w.release(work.GetJob().GetName())
+// rollback stops serving and removes the job's domain and volumes, once
+// the leader allowed it. One it refused (a newer assignment of the job
+// owns this host's target now) is not an error: nothing here is the
+// rollback's to undo, and a pending cleanup that asked for it is done.
+func (w *Worker) rollback(ctx context.Context, work *agentv1.TargetWork) ([]string, error) {
+	job := work.GetJob().GetName()
+	defer w.lockJob(job)()
+	if w.cfg.Undo != nil {
+		if err := w.cfg.Undo(ctx, job, work.GetEpoch()); err != nil {
+			if ctx.Err() != nil || errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
+				return nil, fmt.Errorf("no word from the leader on undoing epoch %d: %w", work.GetEpoch(), err)
+			}
+			w.log.Warn("rollback refused by the leader; the target is left to the job's newer assignment",
+				"job", job, "epoch", work.GetEpoch(), "reason", err)
+			return []string{fmt.Sprintf("target on this host not rolled back: %v", err)}, nil
+		}
+	}
+	stopErr := w.release(job)
 	spec, err := workSpec(work)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	conn, err := libvirt.NewConnect(w.cfg.URI)
 	if err != nil {
@@ -236,7 +292,7 @@ func (w *Worker) rollback(ctx context.Context, work *agentv1.TargetWork) error {
 	} else {
 		defer conn.Close()
 	}
-	return errors.Join(stopErr, Rollback(ctx, conn, spec, w.cfg.Options))
+	return nil, errors.Join(stopErr, Rollback(ctx, conn, spec, w.cfg.Options))
 }
 
 // workVolumes plans the job's volumes on this host, root first.
