@@ -141,7 +141,9 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 	targetOpts := target.Options{Log: log, DomainType: domainType(cfg.DomainType), BootTimeout: cfg.VerifyBootTimeout}
 	worker := target.NewWorker(target.WorkerConfig{IdentityDir: cfg.IdentityDir(), MigrationAddress: cfg.MigrationAddress,
 		Fence: fences.Confirm, Options: targetOpts,
-		Undo: func(ctx context.Context, job string, epoch int64) error { return fences.ConfirmUndo(ctx, job, epoch, "") }})
+		Undo: func(ctx context.Context, job string, epoch int64) error {
+			return fences.ConfirmUndo(ctx, job, epoch, "")
+		}})
 	defer worker.Close()
 	var client *session.Client
 	// An upload onto another host waits for it as long as the
