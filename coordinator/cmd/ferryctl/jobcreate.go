@@ -39,6 +39,7 @@ type jobFlags struct {
 	verifyBoot          bool
 	mode                *enumFlag
 	precopyInterval     time.Duration
+	enableCBT           bool
 	cutoverAt           string
 }
 
@@ -49,7 +50,7 @@ func (jf *jobFlags) fills() bool { return jf.network != "" || jf.group != "" }
 // together with -f.
 var planFlags = []string{"source", "migration-server", "vm", "target-name", "cluster", "storage", "host",
 	"cpus", "memory", "nic", "disk", "network", "network-mapping-group", "use-source-nic-address", "cdroms", "firmware", "os", "disk-bus", "compression", "pause-source", "start", "no-start", "verify-boot",
-	"mode", "precopy-interval", "cutover-at", "guest-conversion"}
+	"mode", "precopy-interval", "cutover-at", "enable-cbt", "guest-conversion"}
 
 // newJobFlags returns the flags of job create and job preview.
 func newJobFlags() *jobFlags {
@@ -247,6 +248,7 @@ func (jf *jobFlags) addFlags(cmd *cobra.Command) {
 	f.BoolVar(&jf.verifyBoot, "verify-boot", false, "start the target VM and fail the job unless the guest shows it booted (guest agent, DHCP lease or serial console)")
 	addEnumFlag(f, jf.mode, "mode", "cold, live or warm (default: live for KVM, cold for VMware); warm copies in precopy rounds until \"job cutover\"")
 	f.DurationVar(&jf.precopyInterval, "precopy-interval", 0, "warm: time between precopy rounds (default: the settings' precopy_interval, 30m)")
+	f.BoolVar(&jf.enableCBT, "enable-cbt", false, "warm, VMware: turn changed-block tracking on when the VM has it off (a reconfiguration of the VM; it stays on)")
 	f.StringVar(&jf.cutoverAt, "cutover-at", "", "warm: when to cut over, an RFC 3339 time or a duration from now (default: wait for \"job cutover\")")
 	f.BoolVar(&jf.noStart, "no-start", false, "leave the target VM stopped (default: started when the source VM runs, not when it is paused or shut off)")
 }
@@ -324,7 +326,7 @@ func (jf *jobFlags) request() (*ferryv1.CreateMigrationJobsRequest, error) {
 		target.Disks = append(target.Disks, disk)
 	}
 	opts := &ferryv1.MigrationOptions{Compression: ferryv1.Compression(jf.compression.value), PauseSourceVm: jf.pauseSource,
-		UseSourceNicAddress: jf.useSourceNICAddress, VerifyBoot: jf.verifyBoot}
+		UseSourceNicAddress: jf.useSourceNICAddress, VerifyBoot: jf.verifyBoot, EnableCbt: jf.enableCBT}
 	if jf.mode != nil {
 		opts.Mode = ferryv1.MigrationMode(jf.mode.value)
 	}

@@ -203,6 +203,7 @@ func checkSourceVM(p string, j *ferryv1.MigrationJob, inv *ferryv1.SourceInvento
 			p, j.GetSourceVm(), why, inv.GetSource(), inv.GetSyncTime().AsTime().Format("2006-01-02T15:04:05Z07:00"))}
 	}
 	lines := checkSpecAgainstVM(p, j, vm)
+	job := p
 	p = fmt.Sprintf("%s (VM %s, %s)", p, vm.GetName(), vm.GetId())
 	if vm.GetTemplate() {
 		lines = append(lines, p+": the VM is a template, which cannot be migrated; convert it to a VM first")
@@ -224,8 +225,23 @@ func checkSourceVM(p string, j *ferryv1.MigrationJob, inv *ferryv1.SourceInvento
 	}
 	if vmware {
 		lines = append(lines, checkVersions(p, inv.GetProduct(), host)...)
+		lines = append(lines, checkWarmCBT(job, j, vm)...)
 	}
 	return lines
+}
+
+// checkWarmCBT refuses a warm job of a VMware VM whose changed-block
+// tracking is off, as the last sync saw it, unless the job lets Ferry turn
+// it on (options.enable_cbt): the agent would fail its first round naming
+// the option, after the preview said the batch fits.
+func checkWarmCBT(p string, j *ferryv1.MigrationJob, vm *ferryv1.SourceVm) []string {
+	o := j.GetOptions()
+	if o.GetMode() != ferryv1.MigrationMode_MIGRATION_MODE_WARM || vm.GetCbtEnabled() || o.GetEnableCbt() {
+		return nil
+	}
+	return []string{fmt.Sprintf("%s.options.enable_cbt (VM %s, %s): changed-block tracking is off on the VM, and a warm job "+
+		"copies only what it tracked between rounds; set enable_cbt to let Ferry turn it on, or turn it on in vSphere and sync "+
+		"the source", p, vm.GetName(), vm.GetId())}
 }
 
 // checkSpecAgainstVM refuses a target disk or NIC naming a source disk or

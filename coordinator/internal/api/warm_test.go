@@ -9,6 +9,7 @@ import (
 	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
+	ledgerv1 "github.com/ferry-v2v/ferry/pkg/pb/ferry/ledger/v1"
 	ferryv1 "github.com/ferry-v2v/ferry/pkg/pb/ferry/v1"
 )
 
@@ -85,4 +86,49 @@ func slicesContain(ss []string, s string) bool {
 
 func durationEq(d *durationpb.Duration, want time.Duration) bool {
 	return d != nil && d.AsDuration() == want
+}
+
+// TestWarmVMwarePrechecks: a warm job of a VMware VM whose changed-block
+// tracking is off is refused at preview and create, naming enable_cbt,
+// unless the job sets it; one whose tracking is on passes without it.
+func TestWarmVMwarePrechecks(t *testing.T) {
+	e := newEnv(t, true)
+	e.seed()
+	vm := func(id string, cbt bool) *ferryv1.SourceVm {
+		return &ferryv1.SourceVm{Id: id, Name: id, State: ferryv1.SourceVmState_SOURCE_VM_STATE_RUNNING, Host: "esx1", Cpus: 1,
+			MemoryBytes: gib, CbtEnabled: cbt, Disks: []*ferryv1.SourceDisk{{Target: "2000", CapacityBytes: gib}},
+			Nics: []*ferryv1.SourceNic{{Mac: "00:50:56:00:00:01"}}}
+	}
+	e.apply(&ledgerv1.Command{Op: &ledgerv1.Command_RecordSourceSync{RecordSourceSync: &ledgerv1.RecordSourceSync{
+		Source: "sources/vc", Inventory: &ferryv1.SourceInventory{
+			Product: &ferryv1.SourceProduct{FullName: "VMware vCenter Server 8.0.0", Version: "8.0.0", ApiType: "VirtualCenter"},
+			Hosts:   []*ferryv1.SourceHost{{Id: "host-1", Name: "esx1", Version: "8.0.0"}},
+			Vms:     []*ferryv1.SourceVm{vm("vm-off", false), vm("vm-on", true)}}}}})
+	warm := func(id string, enable bool) *ferryv1.CreateMigrationJobsRequest {
+		req := &ferryv1.CreateMigrationJobsRequest{Source: "sources/vc", MigrationServer: "migrationServers/vmw", Jobs: []*ferryv1.MigrationJobSpec{{
+			SourceVm: id, Options: &ferryv1.MigrationOptions{Mode: ferryv1.MigrationMode_MIGRATION_MODE_WARM, EnableCbt: enable,
+				GuestConversion: ferryv1.GuestConversion_GUEST_CONVERSION_OFF},
+			Target: &ferryv1.TargetVm{VmName: "t-" + id, Cluster: "clusters/c1", PrimaryStorage: "primaryStorages/nfs", Cpus: 1,
+				MemoryBytes: gib, Disks: []*ferryv1.TargetDisk{{SourceDisk: "2000", SizeBytes: gib}},
+				Nics: []*ferryv1.TargetNic{{SourceMac: "00:50:56:00:00:01", L3Network: "l3Networks/net1"}}}}}}
+		return req
+	}
+	want := "jobs[0].options.enable_cbt (VM vm-off, vm-off): changed-block tracking is off on the VM, and a warm job copies " +
+		"only what it tracked between rounds; set enable_cbt to let Ferry turn it on, or turn it on in vSphere and sync the source"
+	if got := e.previewFailed(warm("vm-off", false)); len(got) != 1 || got[0] != want {
+		t.Errorf("preview of a warm VM without CBT: failed checks %q; want %q", got, want)
+	}
+	_, err := e.jobs.CreateMigrationJobs(ctx(t), warm("vm-off", false))
+	wantCode(t, err, codes.FailedPrecondition, "jobs: ")
+	if err != nil && !strings.Contains(err.Error(), want) {
+		t.Errorf("create of a warm VM without CBT: %v; want it to say %q", err, want)
+	}
+	for _, tt := range []struct {
+		vm     string
+		enable bool
+	}{{"vm-off", true}, {"vm-on", false}} {
+		if got := e.previewFailed(warm(tt.vm, tt.enable)); len(got) != 0 {
+			t.Errorf("preview of warm %s, enable_cbt %v: failed checks %q; want none", tt.vm, tt.enable, got)
+		}
+	}
 }
