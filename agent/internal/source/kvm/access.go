@@ -11,16 +11,45 @@ import (
 	ferryv1 "github.com/ferry-v2v/ferry/pkg/pb/ferry/v1"
 )
 
-// UserDir is where a non-root SSH user's sockets and snapshot overlays go,
-// under its home directory: it may create files there, and QEMU may reach
-// them through the directory's mode 0711.
-const UserDir = ".ferry"
+// UserDir is where a non-root SSH user's snapshot overlays go, under its
+// home directory: it may create files there, and QEMU may reach them
+// through the directory's mode 0711. The read-only qemu-nbd sockets go in
+// its subdirectory UserSocketDir (mode 0700): a qemu-nbd started through
+// sudo makes a socket any local user could connect to (the user's umask
+// 000, as the user must connect to root's socket), which only the
+// directory keeps private.
+const (
+	UserDir       = ".ferry"
+	UserSocketDir = ".ferry/nbd"
+)
 
-// probeUser asks who the SSH user is. A user other than root gets its
-// sockets and overlays in ~/.ferry (made 0711 here) unless the
+// The commands a non-root SSH user may be allowed to run through sudo
+// without a password (docs/sudoers.ferry). Their paths are fixed, as
+// sudoers names them.
+const (
+	SudoVirtSSHHelper = "/usr/bin/virt-ssh-helper"
+	SudoQEMUNBD       = "/usr/bin/qemu-nbd"
+	// SudoersFile is the sudoers snippet, as the README and the messages
+	// of a user without it name it.
+	SudoersFile = "docs/sudoers.ferry"
+)
+
+// sudoLibvirtCommand is libvirt's stdio bridge to the system daemon,
+// run through sudo: its stdin and stdout are a libvirt RPC connection.
+const sudoLibvirtCommand = "sudo -n " + SudoVirtSSHHelper + " qemu:///system"
+
+// probeUser asks who the SSH user is and, for a user other than root,
+// which of the sudoers snippet's commands it may run through sudo
+// without a password. Such a user gets its overlays in ~/.ferry (made
+// 0711 here) and its sockets in ~/.ferry/nbd (0700) unless the
 // configuration names other directories.
 func (c *Conn) probeUser(ctx context.Context, ownDirs bool) error {
-	out, err := runRemote(ctx, c.ssh, `id -u; printf '%s\n' "$HOME"`)
+	out, err := runRemote(ctx, c.ssh, `id -u; printf '%s\n' "$HOME"
+id -Gn | tr ' ' '\n' | grep -qx libvirt && echo group-libvirt
+if [ "$(id -u)" != 0 ] && command -v sudo >/dev/null 2>&1; then
+  sudo -n -l `+SudoVirtSSHHelper+` qemu:///system >/dev/null 2>&1 && echo sudo-libvirt
+  sudo -n -l `+SudoQEMUNBD+` --read-only --socket=/probe >/dev/null 2>&1 && echo sudo-qemu-nbd
+fi`)
 	if err != nil {
 		return fmt.Errorf("who the SSH user is on source %s: %w", c.cfg.hostPort(), err)
 	}
@@ -30,19 +59,27 @@ func (c *Conn) probeUser(ctx context.Context, ownDirs bool) error {
 		return fmt.Errorf("who the SSH user is on source %s: unexpected output %q", c.cfg.hostPort(), out)
 	}
 	c.uid, c.home = uid, strings.TrimSpace(lines[1])
+	c.sudoLibvirt = slices.Contains(lines[2:], "sudo-libvirt")
+	c.sudoNBD = slices.Contains(lines[2:], "sudo-qemu-nbd")
+	c.inGroupLibvirt = slices.Contains(lines[2:], "group-libvirt")
 	if uid == 0 || !ownDirs {
 		return nil
 	}
 	if !path.IsAbs(c.home) || strings.ContainsAny(c.home, "'\n") {
 		return fmt.Errorf("SSH user %s on source %s has an unusable home directory %q", c.cfg.User, c.cfg.hostPort(), c.home)
 	}
-	dir := path.Join(c.home, UserDir)
-	if _, err := runRemote(ctx, c.ssh, "mkdir -p "+shellQuote(dir)+" && chmod 0711 "+shellQuote(dir)); err != nil {
+	dir, sockets := path.Join(c.home, UserDir), path.Join(c.home, UserSocketDir)
+	if _, err := runRemote(ctx, c.ssh, "mkdir -p "+shellQuote(sockets)+" && chmod 0711 "+shellQuote(dir)+
+		" && chmod 0700 "+shellQuote(sockets)); err != nil {
 		return fmt.Errorf("make %s for the SSH user's sockets and overlays: %w", dir, err)
 	}
-	c.cfg.SocketDir, c.cfg.ScratchDir = dir, dir
+	c.cfg.SocketDir, c.cfg.ScratchDir = sockets, dir
 	return nil
 }
+
+// nbdThroughSudo says whether the read-only qemu-nbd servers run as root
+// through sudo: for a non-root user the sudoers snippet allows it.
+func (c *Conn) nbdThroughSudo() bool { return c.uid != 0 && c.sudoNBD }
 
 // Root says whether the SSH user is root (uid 0).
 func (c *Conn) Root() bool { return c.uid == 0 }
@@ -53,15 +90,19 @@ func (c *Conn) canBackup() bool { return c.uid == 0 }
 
 // Capabilities says, for each thing Ferry does with a KVM source, whether
 // the SSH user can do it, how, and otherwise exactly what it lacks:
-// listing VMs needs libvirt (root, group libvirt, or a SASL user: this
-// connection has it); a live copy through the backup API needs root; the
-// snapshot method and the cold copy need root, or qemu-nbd with read
-// access to every image of vms (backing files too) and a home directory
-// QEMU may traverse to the overlays.
+// listing VMs needs libvirt (root, group libvirt, a SASL user, or sudo
+// for virt-ssh-helper: this connection has it); a live copy through the
+// backup API needs root; the snapshot method and the cold copy need root,
+// or qemu-nbd with read access to every image of vms (backing files too)
+// or through sudo, and a home directory QEMU may traverse to the
+// overlays.
 func (c *Conn) Capabilities(ctx context.Context, vms []*VM) []*ferryv1.SourceCapability {
 	via := "libvirt through the SSH user (group libvirt or SASL)"
-	if c.uid == 0 {
+	switch {
+	case c.uid == 0:
 		via = "root"
+	case c.viaSudo:
+		via = "sudo for libvirt's " + SudoVirtSSHHelper + " (" + SudoersFile + ")"
 	}
 	out := []*ferryv1.SourceCapability{{Kind: ferryv1.SourceCapabilityKind_SOURCE_CAPABILITY_KIND_LIST_VMS, Available: true, Via: via}}
 	live := &ferryv1.SourceCapability{Kind: ferryv1.SourceCapabilityKind_SOURCE_CAPABILITY_KIND_LIVE_COPY}
@@ -78,10 +119,15 @@ func (c *Conn) Capabilities(ctx context.Context, vms []*VM) []*ferryv1.SourceCap
 	switch {
 	case err != nil:
 		old.Missing = "unknown: " + err.Error()
-	case len(missing) == 0:
-		old.Available, old.Via = true, "group libvirt and read access to the images"
-	default:
+	case len(missing) > 0:
 		old.Missing = strings.Join(missing, "; ")
+	case c.nbdThroughSudo():
+		old.Available, old.Via = true, via+", and sudo for "+SudoQEMUNBD+" --read-only ("+SudoersFile+")"
+		if !c.viaSudo {
+			old.Via = "group libvirt, and sudo for " + SudoQEMUNBD + " --read-only (" + SudoersFile + ")"
+		}
+	default:
+		old.Available, old.Via = true, "group libvirt and read access to the images"
 	}
 	return out
 }
@@ -90,11 +136,19 @@ func (c *Conn) Capabilities(ctx context.Context, vms []*VM) []*ferryv1.SourceCap
 // method and the cold copy.
 func (c *Conn) oldHostMissing(ctx context.Context, vms []*VM) ([]string, error) {
 	var b strings.Builder
-	b.WriteString("command -v qemu-nbd >/dev/null || echo 'nocmd qemu-nbd'\n")
+	if c.nbdThroughSudo() {
+		fmt.Fprintf(&b, "[ -x %s ] || echo 'nocmd %s'\n", SudoQEMUNBD, SudoQEMUNBD)
+	} else {
+		b.WriteString("command -v qemu-nbd >/dev/null || echo 'nocmd qemu-nbd'\n")
+	}
 	b.WriteString("command -v qemu-img >/dev/null || echo 'nocmd qemu-img'\n")
 	fmt.Fprintf(&b, "[ -x %s ] && [ \"$(stat -c %%A %s | cut -c10)\" = x ] || echo 'nohome'\n", shellQuote(c.home), shellQuote(c.home))
-	// Each image and its backing chain, as far as the user can read it.
+	// Each image and its backing chain, as far as the user can read it;
+	// through sudo, qemu-nbd reads them as root.
 	for i, vm := range vms {
+		if c.nbdThroughSudo() {
+			break
+		}
 		for _, d := range vm.Disks {
 			if !strings.HasPrefix(d.Path, "/") || d.ReadOnly {
 				continue
@@ -131,7 +185,8 @@ func (c *Conn) oldHostMissing(ctx context.Context, vms []*VM) ([]string, error) 
 				per = append(per, fmt.Sprintf("VM %s: %s", vm.Name, strings.Join(files, ", ")))
 			}
 		}
-		missing = append(missing, fmt.Sprintf("read access for user %s to the images of %s", c.cfg.User, strings.Join(per, "; ")))
+		missing = append(missing, fmt.Sprintf("read access for user %s to the images of %s "+
+			"(or sudo without a password for %s --read-only, as %s allows)", c.cfg.User, strings.Join(per, "; "), SudoQEMUNBD, SudoersFile))
 	}
 	return missing, nil
 }
