@@ -49,7 +49,8 @@ id -Gn | tr ' ' '\n' | grep -qx libvirt && echo group-libvirt
 if [ "$(id -u)" != 0 ] && command -v sudo >/dev/null 2>&1; then
   sudo -n -l `+SudoVirtSSHHelper+` qemu:///system >/dev/null 2>&1 && echo sudo-libvirt
   sudo -n -l `+SudoQEMUNBD+` --read-only --socket=/probe >/dev/null 2>&1 && echo sudo-qemu-nbd
-fi`)
+fi
+true`)
 	if err != nil {
 		return fmt.Errorf("who the SSH user is on source %s: %w", c.cfg.hostPort(), err)
 	}
