@@ -177,7 +177,7 @@ func coldServers(vm *testenv.TestVM) []string {
 			continue
 		}
 		cmd := strings.ReplaceAll(string(b), "\x00", " ")
-		if strings.HasPrefix(cmd, "qemu-nbd ") && strings.Contains(cmd, "ferry-backup-"+vm.UUID) {
+		if strings.Contains(cmd, "qemu-nbd ") && strings.Contains(cmd, "ferry-backup-"+vm.UUID) { // sudo's too
 			out = append(out, filepath.Dir(f)+": "+cmd)
 		}
 	}

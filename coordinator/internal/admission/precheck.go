@@ -161,7 +161,7 @@ func (a *Admission) copyMethodNotes(src *ferryv1.Source, jobs []*ferryv1.Migrati
 			p = fmt.Sprintf("%s (VM %s)", p, vm.GetName())
 		}
 		c := kvmver.Choose(lib, qemu, vm.GetState())
-		if notRoot(src) {
+		if notRoot(inv.GetCapabilities()) {
 			c = kvmver.NotRoot(c, src.GetKvm().GetUser())
 		}
 		if c.Err == nil {
@@ -174,8 +174,8 @@ func (a *Admission) copyMethodNotes(src *ferryv1.Source, jobs []*ferryv1.Migrati
 // notRoot says whether the last sync of a KVM source found its SSH user
 // without the live copy (the backup API), which only root has: the agent
 // then copies a running VM by the snapshot method (kvmver.NotRoot).
-func notRoot(src *ferryv1.Source) bool {
-	for _, c := range src.GetCapabilities() {
+func notRoot(caps []*ferryv1.SourceCapability) bool {
+	for _, c := range caps {
 		if c.GetKind() == ferryv1.SourceCapabilityKind_SOURCE_CAPABILITY_KIND_LIVE_COPY {
 			return !c.GetAvailable()
 		}
