@@ -38,18 +38,15 @@ const (
 // run through sudo: its stdin and stdout are a libvirt RPC connection.
 const sudoLibvirtCommand = "sudo -n " + SudoVirtSSHHelper + " qemu:///system"
 
-// probeUser asks who the SSH user is and, for a user other than root,
-// which of the sudoers snippet's commands it may run through sudo
-// without a password. Such a user gets its overlays in ~/.ferry (made
+// probeUser asks who the SSH user is and whether it is in group
+// libvirt. A user other than root gets its overlays in ~/.ferry (made
 // 0711 here) and its sockets in ~/.ferry/nbd (0700) unless the
-// configuration names other directories.
+// configuration names other directories. What sudo allows it is asked
+// only when needed (sudoAllows): sudo logs a user it does not know each
+// time it is asked.
 func (c *Conn) probeUser(ctx context.Context, ownDirs bool) error {
 	out, err := runRemote(ctx, c.ssh, `id -u; printf '%s\n' "$HOME"
 id -Gn | tr ' ' '\n' | grep -qx libvirt && echo group-libvirt
-if [ "$(id -u)" != 0 ] && command -v sudo >/dev/null 2>&1; then
-  sudo -n -l `+SudoVirtSSHHelper+` qemu:///system >/dev/null 2>&1 && echo sudo-libvirt
-  sudo -n -l `+SudoQEMUNBD+` --read-only --socket=/probe >/dev/null 2>&1 && echo sudo-qemu-nbd
-fi
 true`)
 	if err != nil {
 		return fmt.Errorf("who the SSH user is on source %s: %w", c.cfg.hostPort(), err)
@@ -60,8 +57,6 @@ true`)
 		return fmt.Errorf("who the SSH user is on source %s: unexpected output %q", c.cfg.hostPort(), out)
 	}
 	c.uid, c.home = uid, strings.TrimSpace(lines[1])
-	c.sudoLibvirt = slices.Contains(lines[2:], "sudo-libvirt")
-	c.sudoNBD = slices.Contains(lines[2:], "sudo-qemu-nbd")
 	c.inGroupLibvirt = slices.Contains(lines[2:], "group-libvirt")
 	if uid == 0 || !ownDirs {
 		return nil
@@ -78,9 +73,52 @@ true`)
 	return nil
 }
 
-// nbdThroughSudo says whether the read-only qemu-nbd servers run as root
-// through sudo: for a non-root user the sudoers snippet allows it.
-func (c *Conn) nbdThroughSudo() bool { return c.uid != 0 && c.sudoNBD }
+// sudoAllows asks whether the SSH user may run command (with arguments)
+// through sudo without a password (`sudo -n -l`); a failure to ask is a
+// no.
+func (c *Conn) sudoAllows(ctx context.Context, command string) bool {
+	if c.uid == 0 {
+		return false
+	}
+	_, err := runRemote(ctx, c.ssh, "command -v sudo >/dev/null 2>&1 && sudo -n -l "+command+" >/dev/null 2>&1")
+	return err == nil
+}
+
+// sudoAllowsNBD says (asking once) whether the non-root SSH user may run
+// the read-only qemu-nbd through sudo.
+func (c *Conn) sudoAllowsNBD(ctx context.Context) bool {
+	c.sudoMu.Lock()
+	defer c.sudoMu.Unlock()
+	if c.sudoNBD == nil {
+		ok := c.sudoAllows(ctx, SudoQEMUNBD+" --read-only --socket=/probe")
+		if ctx.Err() != nil {
+			return ok
+		}
+		c.sudoNBD = &ok
+	}
+	return *c.sudoNBD
+}
+
+// nbdThroughSudo says whether the read-only qemu-nbd serving images runs
+// as root through sudo: for a non-root user that cannot read every one
+// of them itself and that sudo allows it.
+func (c *Conn) nbdThroughSudo(ctx context.Context, images []string) (bool, error) {
+	if c.uid == 0 || len(images) == 0 {
+		return false, nil
+	}
+	args := make([]string, len(images))
+	for i, f := range images {
+		args[i] = shellQuote(f)
+	}
+	out, err := runRemote(ctx, c.ssh, "for f in "+strings.Join(args, " ")+`; do [ -r "$f" ] || echo "$f"; done`)
+	if err != nil {
+		return false, fmt.Errorf("which images user %s may read: %w", c.cfg.User, err)
+	}
+	if strings.TrimSpace(out) == "" {
+		return false, nil
+	}
+	return c.sudoAllowsNBD(ctx), nil
+}
 
 // Root says whether the SSH user is root (uid 0).
 func (c *Conn) Root() bool { return c.uid == 0 }
@@ -116,17 +154,18 @@ func (c *Conn) Capabilities(ctx context.Context, vms []*VM) []*ferryv1.SourceCap
 	}
 	live.Missing = fmt.Sprintf("a root login (user %s is uid %d): the backup API's NBD socket is made by QEMU in "+
 		"%s, which only root reaches; running VMs are copied by the snapshot method instead", c.cfg.User, c.uid, DefaultSocketDir)
-	missing, err := c.oldHostMissing(ctx, vms)
+	missing, unread, err := c.oldHostMissing(ctx, vms)
 	switch {
 	case err != nil:
 		old.Missing = "unknown: " + err.Error()
 	case len(missing) > 0:
 		old.Missing = strings.Join(missing, "; ")
-	case c.nbdThroughSudo():
+	case unread && c.viaSudo:
 		old.Available, old.Via = true, via+", and sudo for "+SudoQEMUNBD+" --read-only ("+SudoersFile+")"
-		if !c.viaSudo {
-			old.Via = "group libvirt, and sudo for " + SudoQEMUNBD + " --read-only (" + SudoersFile + ")"
-		}
+	case unread:
+		old.Available, old.Via = true, "group libvirt, and sudo for "+SudoQEMUNBD+" --read-only ("+SudoersFile+")"
+	case c.viaSudo:
+		old.Available, old.Via = true, via+", and read access to the images"
 	default:
 		old.Available, old.Via = true, "group libvirt and read access to the images"
 	}
@@ -134,22 +173,15 @@ func (c *Conn) Capabilities(ctx context.Context, vms []*VM) []*ferryv1.SourceCap
 }
 
 // oldHostMissing lists what a non-root user lacks for the snapshot
-// method and the cold copy.
-func (c *Conn) oldHostMissing(ctx context.Context, vms []*VM) ([]string, error) {
+// method and the cold copy; unread says that it cannot read some images
+// but sudo lets it read them through qemu-nbd.
+func (c *Conn) oldHostMissing(ctx context.Context, vms []*VM) (missing []string, unread bool, err error) {
 	var b strings.Builder
-	if c.nbdThroughSudo() {
-		fmt.Fprintf(&b, "[ -x %s ] || echo 'nocmd %s'\n", SudoQEMUNBD, SudoQEMUNBD)
-	} else {
-		b.WriteString("command -v qemu-nbd >/dev/null || echo 'nocmd qemu-nbd'\n")
-	}
+	b.WriteString("command -v qemu-nbd >/dev/null || echo 'nocmd qemu-nbd'\n")
 	b.WriteString("command -v qemu-img >/dev/null || echo 'nocmd qemu-img'\n")
 	fmt.Fprintf(&b, "[ -x %s ] && [ \"$(stat -c %%A %s | cut -c10)\" = x ] || echo 'nohome'\n", shellQuote(c.home), shellQuote(c.home))
-	// Each image and its backing chain, as far as the user can read it;
-	// through sudo, qemu-nbd reads them as root.
+	// Each image and its backing chain, as far as the user can read it.
 	for i, vm := range vms {
-		if c.nbdThroughSudo() {
-			break
-		}
 		for _, d := range vm.Disks {
 			if !strings.HasPrefix(d.Path, "/") || d.ReadOnly {
 				continue
@@ -161,10 +193,9 @@ func (c *Conn) oldHostMissing(ctx context.Context, vms []*VM) ([]string, error) 
 	}
 	out, err := runRemote(ctx, c.ssh, b.String())
 	if err != nil {
-		return nil, err
+		return nil, false, err
 	}
-	var missing []string
-	unread := map[int][]string{} // by VM
+	noread := map[int][]string{} // by VM
 	for _, line := range strings.Split(strings.TrimSpace(out), "\n") {
 		switch kind, arg, _ := strings.Cut(line, " "); kind {
 		case "nocmd":
@@ -174,20 +205,23 @@ func (c *Conn) oldHostMissing(ctx context.Context, vms []*VM) ([]string, error) 
 				c.home, path.Join(c.home, UserDir)))
 		case "noread":
 			n, file, _ := strings.Cut(arg, " ")
-			if i, err := strconv.Atoi(n); err == nil && i < len(vms) && !slices.Contains(unread[i], file) {
-				unread[i] = append(unread[i], file)
+			if i, err := strconv.Atoi(n); err == nil && i < len(vms) && !slices.Contains(noread[i], file) {
+				noread[i] = append(noread[i], file)
 			}
 		}
 	}
-	if len(unread) > 0 {
+	if len(noread) > 0 && c.sudoAllowsNBD(ctx) {
+		return missing, true, nil
+	}
+	if len(noread) > 0 {
 		var per []string
 		for i, vm := range vms {
-			if files := unread[i]; len(files) > 0 {
+			if files := noread[i]; len(files) > 0 {
 				per = append(per, fmt.Sprintf("VM %s: %s", vm.Name, strings.Join(files, ", ")))
 			}
 		}
 		missing = append(missing, fmt.Sprintf("read access for user %s to the images of %s "+
 			"(or sudo without a password for %s --read-only, as %s allows)", c.cfg.User, strings.Join(per, "; "), SudoQEMUNBD, SudoersFile))
 	}
-	return missing, nil
+	return missing, false, nil
 }

@@ -55,6 +55,7 @@ type ColdExport struct {
 	mu      sync.Mutex
 	conn    *Conn
 	servers []*coldServer
+	sudo    bool // the servers run through sudo
 	closed  bool
 }
 
@@ -114,7 +115,7 @@ func (c *Conn) StartColdExport(ctx context.Context, vm *VM, disks []string, befo
 	if err := e.serve(ctx, c); err != nil {
 		return nil, errors.Join(err, e.Close(ctx))
 	}
-	e.log.Info("cold export started", "sockets", e.sockets)
+	e.log.Info("cold export started", "sockets", e.sockets, "through_sudo", e.sudo)
 	return e, nil
 }
 
@@ -220,9 +221,17 @@ func coldScript(sock string, d Disk) string {
 
 // serve starts one qemu-nbd per disk over c, each in its own session.
 func (e *ColdExport) serve(ctx context.Context, c *Conn) error {
+	images := make([]string, len(e.disks))
+	for i, d := range e.disks {
+		images[i] = d.Path
+	}
+	sudo, err := c.nbdThroughSudo(ctx, images)
+	if err != nil {
+		return fmt.Errorf("serve the disks of VM %s read-only: %w", e.vm, err)
+	}
 	var servers []*coldServer
 	for i, d := range e.disks {
-		s, err := startCold(ctx, c, e.sockets[i], d)
+		s, err := startCold(ctx, c, e.sockets[i], d, sudo)
 		if err != nil {
 			for _, s := range servers {
 				s.stop(ctx)
@@ -232,17 +241,16 @@ func (e *ColdExport) serve(ctx context.Context, c *Conn) error {
 		servers = append(servers, s)
 	}
 	e.mu.Lock()
-	e.conn, e.servers = c, servers
+	e.conn, e.servers, e.sudo = c, servers, sudo
 	e.mu.Unlock()
 	return nil
 }
 
-func startCold(ctx context.Context, c *Conn, sock string, d Disk) (*coldServer, error) {
+func startCold(ctx context.Context, c *Conn, sock string, d Disk, sudo bool) (*coldServer, error) {
 	s, err := c.ssh.NewSession()
 	if err != nil {
 		return nil, fmt.Errorf("open SSH session: %w", err)
 	}
-	sudo := c.nbdThroughSudo()
 	script := coldScript(sock, d)
 	if sudo {
 		// The terminal's hang-up is what stops the sudo'd qemu-nbd.

@@ -32,10 +32,12 @@ type Conn struct {
 	// uid and home of the SSH user on the source host.
 	uid  int
 	home string
-	// What a non-root user may run through sudo without a password
-	// (docs/sudoers.ferry), whether it is in group libvirt, and whether
-	// libvirt was opened through sudo.
-	sudoLibvirt, sudoNBD, inGroupLibvirt, viaSudo bool
+	// Whether a non-root user is in group libvirt and whether libvirt
+	// was opened through sudo (docs/sudoers.ferry); whether sudo lets it
+	// run the read-only qemu-nbd, once asked (sudoAllowsNBD).
+	inGroupLibvirt, viaSudo bool
+	sudoMu                  sync.Mutex
+	sudoNBD                 *bool
 
 	stopKeepalive context.CancelFunc
 	keepalives    sync.WaitGroup
@@ -99,7 +101,7 @@ func (c *Conn) openLibvirt(ctx context.Context) error {
 	if err == nil || c.uid == 0 || ctx.Err() != nil {
 		return err
 	}
-	if !c.sudoLibvirt {
+	if !c.sudoAllows(ctx, SudoVirtSSHHelper+" qemu:///system") {
 		who := fmt.Sprintf("user %s is not root nor in group libvirt", c.cfg.User)
 		if c.inGroupLibvirt {
 			who = fmt.Sprintf("user %s is not root, and libvirtd does not admit it although it is in group libvirt", c.cfg.User)

@@ -74,7 +74,7 @@ func (c *Conn) StartSnapshot(ctx context.Context, vm *VM, disks []string, before
 	switch {
 	case s.files != nil:
 		reader = "image files (qemu-img map)"
-	case c.nbdThroughSudo():
+	case e.sudo:
 		reader = "qemu-nbd through sudo"
 	}
 	e.log.Info("snapshot taken; reading the original images", "overlays", s.overlays, "quiesced", s.quiesced,
