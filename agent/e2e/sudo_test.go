@@ -87,8 +87,10 @@ func TestSudoSource(t *testing.T) {
 		if len(lines) != 1 || !strings.Contains(lines[0], "snapshot because the SSH user "+user+" is not root") {
 			t.Errorf("copy method lines %q, want the snapshot method for a non-root user", lines)
 		}
-		if got := w.f.agents[w.host].lines("/home/" + user + "/.ferry/nbd/ferry-backup-" + src.UUID); len(got) == 0 {
-			t.Error("the agent never named a socket in the user's ~/.ferry/nbd")
+		taken := w.f.agents[w.host].lines(`msg="snapshot taken; reading the original images"`)
+		if len(taken) != 1 || !strings.Contains(taken[0], `reader="qemu-nbd through sudo"`) ||
+			!strings.Contains(taken[0], "/home/"+user+"/.ferry/nbd/ferry-backup-"+src.UUID) {
+			t.Errorf("snapshot lines %q, want one reading through sudo's qemu-nbd on sockets in ~/.ferry/nbd", taken)
 		}
 		expectOnOriginals(t, w, src)
 		if out, err := exec.Command("pgrep", "-af", "qemu-nbd .*ferry-backup-"+src.UUID).CombinedOutput(); err == nil {
