@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"strings"
 	"sync"
@@ -33,18 +34,12 @@ func (c *Conn) dialSudoLibvirt(ctx context.Context) (net.Conn, error) {
 		s.Close()
 		return nil, err
 	}
-	sc := &sessionConn{session: s, stdin: stdin, stdout: stdout}
+	sc := &sessionConn{session: s, stdin: stdin, stdout: stdout, log: c.log}
 	s.Stderr = &sc.stderr
 	if err := s.Start(sudoLibvirtCommand); err != nil {
 		s.Close()
 		return nil, fmt.Errorf("start %s: %w", sudoLibvirtCommand, err)
 	}
-	go func() {
-		_ = s.Wait()
-		if msg := sc.stderr.String(); msg != "" {
-			c.log.Debug("virt-ssh-helper ended", "stderr", strings.TrimSpace(msg))
-		}
-	}()
 	return sc, ctx.Err()
 }
 
@@ -55,6 +50,7 @@ type sessionConn struct {
 	stdin   io.WriteCloser
 	stdout  io.Reader
 	stderr  lockedBuffer
+	log     *slog.Logger
 	once    sync.Once
 }
 
@@ -65,6 +61,9 @@ func (s *sessionConn) Close() error {
 	s.once.Do(func() {
 		s.stdin.Close()
 		s.session.Close()
+		if msg := strings.TrimSpace(s.stderr.String()); msg != "" {
+			s.log.Debug("virt-ssh-helper's connection closed", "stderr", msg)
+		}
 	})
 	return nil
 }
