@@ -40,6 +40,8 @@ packages=(
 	# runtime and test environment
 	libvirt-daemon-system libvirt-clients qemu-system-x86 qemu-utils
 	openssh-server nbdkit libnbd-bin ovmf ca-certificates dbus procps iproute2
+	# sudo: the tests of a KVM source user with docs/sudoers.ferry
+	sudo
 	# a kernel for test guests that boot (a guest agent answering libvirt)
 	linux-image-amd64
 	# guest conversion (PREPARING): virt-v2v-in-place, guestfish and their

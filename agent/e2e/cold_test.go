@@ -167,7 +167,8 @@ func expectColdClean(t *testing.T, vm *testenv.TestVM) {
 	})
 }
 
-// coldServers lists the qemu-nbd processes serving a cold export of vm.
+// coldServers lists the processes serving a cold export of vm: qemu-nbd,
+// and sudo or the shell that runs it.
 func coldServers(vm *testenv.TestVM) []string {
 	var out []string
 	cmdlines, _ := filepath.Glob("/proc/[0-9]*/cmdline")
@@ -177,7 +178,7 @@ func coldServers(vm *testenv.TestVM) []string {
 			continue
 		}
 		cmd := strings.ReplaceAll(string(b), "\x00", " ")
-		if strings.HasPrefix(cmd, "qemu-nbd ") && strings.Contains(cmd, "ferry-backup-"+vm.UUID) {
+		if strings.Contains(cmd, "qemu-nbd ") && strings.Contains(cmd, "ferry-backup-"+vm.UUID) {
 			out = append(out, filepath.Dir(f)+": "+cmd)
 		}
 	}

@@ -222,6 +222,21 @@ func Choose(lib, qemu Version, state ferryv1.SourceVmState) Choice {
 	return c
 }
 
+// NotRoot is c for a source whose SSH user is not root: the backup API's
+// NBD socket is made by QEMU where only root reaches, so a VM that would
+// get the backup API gets the snapshot method, whatever else the user
+// may do (group libvirt, or sudo for the sudoers snippet's commands).
+// The agent and the preview both apply it, so they say the same.
+func NotRoot(c Choice, user string) Choice {
+	if c.Method != MethodBackup {
+		return c
+	}
+	c.Method = MethodSnapshot
+	c.Why = fmt.Sprintf("the SSH user %s is not root: the backup API's NBD socket is out of its reach, "+
+		"the snapshot method needs only libvirt and the images (read access, or qemu-nbd through sudo)", user)
+	return c
+}
+
 func stateWord(s ferryv1.SourceVmState) string {
 	if s == ferryv1.SourceVmState_SOURCE_VM_STATE_PAUSED {
 		return "paused"

@@ -127,3 +127,25 @@ func TestChoose(t *testing.T) {
 		}
 	}
 }
+
+// TestNotRoot: a non-root SSH user's VM that would get the backup API gets
+// the snapshot method, saying why; every other choice stays as it was.
+func TestNotRoot(t *testing.T) {
+	lib, _ := Parse("9.0.0")
+	qemu, _ := Parse("7.2.0")
+	c := NotRoot(Choose(lib, qemu, ferryv1.SourceVmState_SOURCE_VM_STATE_RUNNING), "ferry")
+	want := "libvirt 9.0.0, QEMU 7.2.0: snapshot because the SSH user ferry is not root: the backup API's NBD socket is out of its reach, " +
+		"the snapshot method needs only libvirt and the images (read access, or qemu-nbd through sudo)"
+	if c.Method != MethodSnapshot || c.String() != want || c.Err != nil {
+		t.Errorf("NotRoot(backup) = %v, %q, %v\nwant snapshot, %q", c.Method, c, c.Err, want)
+	}
+	for _, state := range []ferryv1.SourceVmState{ferryv1.SourceVmState_SOURCE_VM_STATE_SHUT_OFF, ferryv1.SourceVmState_SOURCE_VM_STATE_UNSPECIFIED} {
+		if c, orig := NotRoot(Choose(lib, qemu, state), "ferry"), Choose(lib, qemu, state); c.String() != orig.String() {
+			t.Errorf("NotRoot(%s) = %q, want it unchanged: %q", state, c, orig)
+		}
+	}
+	old, _ := Parse("5.0.0")
+	if c, orig := NotRoot(Choose(old, qemu, ferryv1.SourceVmState_SOURCE_VM_STATE_RUNNING), "ferry"), Choose(old, qemu, ferryv1.SourceVmState_SOURCE_VM_STATE_RUNNING); c.String() != orig.String() {
+		t.Errorf("NotRoot(snapshot) = %q, want it unchanged: %q", c, orig)
+	}
+}

@@ -160,11 +160,27 @@ func (a *Admission) copyMethodNotes(src *ferryv1.Source, jobs []*ferryv1.Migrati
 		if vm != nil {
 			p = fmt.Sprintf("%s (VM %s)", p, vm.GetName())
 		}
-		if c := kvmver.Choose(lib, qemu, vm.GetState()); c.Err == nil {
+		c := kvmver.Choose(lib, qemu, vm.GetState())
+		if notRoot(inv.GetCapabilities()) {
+			c = kvmver.NotRoot(c, src.GetKvm().GetUser())
+		}
+		if c.Err == nil {
 			notes = append(notes, fmt.Sprintf("%s: source %s: %s", p, inv.GetSource(), c))
 		}
 	}
 	return notes
+}
+
+// notRoot says whether the last sync of a KVM source found its SSH user
+// without the live copy (the backup API), which only root has: the agent
+// then copies a running VM by the snapshot method (kvmver.NotRoot).
+func notRoot(caps []*ferryv1.SourceCapability) bool {
+	for _, c := range caps {
+		if c.GetKind() == ferryv1.SourceCapabilityKind_SOURCE_CAPABILITY_KIND_LIVE_COPY {
+			return !c.GetAvailable()
+		}
+	}
+	return false
 }
 
 // checkVMsKnown is NOT_FOUND for the first job whose VM the synced

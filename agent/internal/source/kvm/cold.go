@@ -2,7 +2,6 @@ package kvm
 
 import (
 	"bufio"
-	"bytes"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
@@ -56,19 +55,32 @@ type ColdExport struct {
 	mu      sync.Mutex
 	conn    *Conn
 	servers []*coldServer
+	sudo    bool // the servers run through sudo
 	closed  bool
 }
 
 // coldServer is the SSH session whose command runs one qemu-nbd; closing
-// its input stops the server.
+// its input stops the server. A server run through sudo (pid > 0, the
+// pid of sudo) stops when its session, which has a pseudo-terminal, is
+// closed.
 type coldServer struct {
 	session *ssh.Session
 	stdin   io.WriteCloser
+	conn    *Conn
+	pid     int
 }
 
 // stop ends the server's input, waits (until ctx ends) for the shell to
-// stop qemu-nbd and remove the socket, and closes the session.
+// stop qemu-nbd and remove the socket, and closes the session. A sudo'd
+// server's session is closed and its sudo waited for.
 func (s *coldServer) stop(ctx context.Context) {
+	if s.pid > 0 {
+		s.session.Close()
+		if err := waitGone(ctx, s.conn, s.pid); err != nil {
+			s.conn.log.Warn("a qemu-nbd run through sudo did not stop with its session", "pid", s.pid, "err", err)
+		}
+		return
+	}
 	done := make(chan struct{})
 	go func() { _ = s.session.Wait(); close(done) }()
 	s.stdin.Close()
@@ -103,7 +115,7 @@ func (c *Conn) StartColdExport(ctx context.Context, vm *VM, disks []string, befo
 	if err := e.serve(ctx, c); err != nil {
 		return nil, errors.Join(err, e.Close(ctx))
 	}
-	e.log.Info("cold export started", "sockets", e.sockets)
+	e.log.Info("cold export started", "sockets", e.sockets, "through_sudo", e.sudo)
 	return e, nil
 }
 
@@ -179,20 +191,25 @@ func (e *ColdExport) imageStamps(ctx context.Context, c *Conn) (string, error) {
 	return out, nil
 }
 
+// nbdImageOpts are qemu-nbd's --image-opts for reading d read-only with
+// force-share; "$drv" stands for the file driver, set by the script.
+func nbdImageOpts(d Disk) string {
+	// QEMU 7.2's qemu-nbd has no --force-share; the block layer's
+	// force-share option (with read-only) does the same. Commas in a
+	// path are doubled in --image-opts.
+	return fmt.Sprintf("driver=%s,read-only=on,force-share=on,file.driver=$drv,file.filename=%s",
+		d.Format, strings.ReplaceAll(d.Path, ",", ",,"))
+}
+
 // coldScript starts qemu-nbd, says "ready" once its socket exists, and
 // stops it and removes the socket when its input ends.
 func coldScript(sock string, d Disk) string {
 	s, p := shellQuote(sock), shellQuote(d.Path)
-	// QEMU 7.2's qemu-nbd has no --force-share; the block layer's
-	// force-share option (with read-only) does the same. Commas in a
-	// path are doubled in --image-opts.
-	opts := fmt.Sprintf("driver=%s,read-only=on,force-share=on,file.driver=$drv,file.filename=%s",
-		d.Format, strings.ReplaceAll(d.Path, ",", ",,"))
 	return strings.Join([]string{
 		"rm -f -- " + s,
 		"drv=file; if [ -b " + p + " ]; then drv=host_device; fi",
 		fmt.Sprintf("qemu-nbd --read-only --persistent --shared=4 --export-name=%s --socket=%s --image-opts %s </dev/null &",
-			shellQuote(d.Target), s, strings.ReplaceAll(shellQuote(opts), "$drv", "'$drv'")),
+			shellQuote(d.Target), s, strings.ReplaceAll(shellQuote(nbdImageOpts(d)), "$drv", "'$drv'")),
 		"pid=$!",
 		"while [ ! -S " + s + " ]; do if ! kill -0 $pid 2>/dev/null; then wait $pid; " +
 			"echo \"qemu-nbd exited with status $?\" >&2; exit 1; fi; sleep 0.1; done",
@@ -204,9 +221,17 @@ func coldScript(sock string, d Disk) string {
 
 // serve starts one qemu-nbd per disk over c, each in its own session.
 func (e *ColdExport) serve(ctx context.Context, c *Conn) error {
+	images := make([]string, len(e.disks))
+	for i, d := range e.disks {
+		images[i] = d.Path
+	}
+	sudo, err := c.nbdThroughSudo(ctx, images)
+	if err != nil {
+		return fmt.Errorf("serve the disks of VM %s read-only: %w", e.vm, err)
+	}
 	var servers []*coldServer
 	for i, d := range e.disks {
-		s, err := startCold(ctx, c, e.sockets[i], d)
+		s, err := startCold(ctx, c, e.sockets[i], d, sudo)
 		if err != nil {
 			for _, s := range servers {
 				s.stop(ctx)
@@ -216,15 +241,24 @@ func (e *ColdExport) serve(ctx context.Context, c *Conn) error {
 		servers = append(servers, s)
 	}
 	e.mu.Lock()
-	e.conn, e.servers = c, servers
+	e.conn, e.servers, e.sudo = c, servers, sudo
 	e.mu.Unlock()
 	return nil
 }
 
-func startCold(ctx context.Context, c *Conn, sock string, d Disk) (*coldServer, error) {
+func startCold(ctx context.Context, c *Conn, sock string, d Disk, sudo bool) (*coldServer, error) {
 	s, err := c.ssh.NewSession()
 	if err != nil {
 		return nil, fmt.Errorf("open SSH session: %w", err)
+	}
+	script := coldScript(sock, d)
+	if sudo {
+		// The terminal's hang-up is what stops the sudo'd qemu-nbd.
+		if err := s.RequestPty("dumb", 24, 80, ssh.TerminalModes{ssh.ECHO: 0}); err != nil {
+			s.Close()
+			return nil, fmt.Errorf("request a pseudo-terminal for sudo's qemu-nbd: %w", err)
+		}
+		script = sudoColdScript(sock, d)
 	}
 	// The input stays open for the server's lifetime: its end stops it.
 	stdin, err := s.StdinPipe()
@@ -237,25 +271,53 @@ func startCold(ctx context.Context, c *Conn, sock string, d Disk) (*coldServer, 
 		s.Close()
 		return nil, err
 	}
-	var stderr bytes.Buffer
+	var stderr lockedBuffer
 	s.Stderr = &stderr
-	if err := s.Start(coldScript(sock, d)); err != nil {
+	if err := s.Start(script); err != nil {
 		s.Close()
 		return nil, err
 	}
-	ready := make(chan error, 1)
+	type started struct {
+		pid int
+		err error
+	}
+	ready := make(chan started, 1)
 	go func() {
-		line, err := bufio.NewReader(stdout).ReadString('\n')
-		if err == nil && line != "ready\n" {
-			err = fmt.Errorf("unexpected output %q", line)
+		// On a terminal, lines end in CR LF and errors come on stdout.
+		r := bufio.NewReader(stdout)
+		var seen []string
+		for {
+			line, err := r.ReadString('\n')
+			line = strings.TrimRight(line, "\r\n")
+			if err != nil {
+				ready <- started{err: fmt.Errorf("%w: %s", io.ErrUnexpectedEOF, strings.Join(append(seen, line), " "))}
+				break
+			}
+			if rest, ok := strings.CutPrefix(line, "ready"); ok {
+				var pid int
+				if sudo {
+					if _, err := fmt.Sscan(rest, &pid); err != nil || pid <= 0 {
+						ready <- started{err: fmt.Errorf("unexpected output %q", line)}
+						break
+					}
+				}
+				ready <- started{pid: pid}
+				break
+			}
+			if !sudo {
+				ready <- started{err: fmt.Errorf("unexpected output %q", line)}
+				break
+			}
+			seen = append(seen, line)
 		}
-		ready <- err
-		_, _ = io.Copy(io.Discard, stdout)
+		_, _ = io.Copy(io.Discard, r)
 	}()
 	timer := time.NewTimer(coldReadyTimeout)
 	defer timer.Stop()
+	var st started
 	select {
-	case err = <-ready:
+	case st = <-ready:
+		err = st.err
 	case <-ctx.Done():
 		err = ctx.Err()
 	case <-timer.C:
@@ -269,7 +331,7 @@ func startCold(ctx context.Context, c *Conn, sock string, d Disk) (*coldServer, 
 		}
 		return nil, err
 	}
-	return &coldServer{session: s, stdin: stdin}, nil
+	return &coldServer{session: s, stdin: stdin, conn: c, pid: st.pid}, nil
 }
 
 // VM is the exported VM's name; UUID its libvirt UUID.

@@ -32,6 +32,12 @@ type Conn struct {
 	// uid and home of the SSH user on the source host.
 	uid  int
 	home string
+	// Whether a non-root user is in group libvirt and whether libvirt
+	// was opened through sudo (docs/sudoers.ferry); whether sudo lets it
+	// run the read-only qemu-nbd, once asked (sudoAllowsNBD).
+	inGroupLibvirt, viaSudo bool
+	sudoMu                  sync.Mutex
+	sudoNBD                 *bool
 
 	stopKeepalive context.CancelFunc
 	keepalives    sync.WaitGroup
@@ -78,26 +84,46 @@ func Connect(ctx context.Context, cfg Config) (*Conn, error) {
 	}
 	if err := c.openLibvirt(ctx); err != nil {
 		c.Close()
-		if c.uid != 0 {
-			err = fmt.Errorf("%w (list VMs: user %s is not root, so libvirtd must admit it: make it a member of group libvirt, "+
-				"or give the source a SASL user)", err, c.cfg.User)
-		}
 		return nil, err
 	}
 	return c, nil
 }
 
-// openLibvirt connects libvirt through a forwarded local socket and
-// reads the versions.
+// openLibvirt opens libvirt through the source's libvirt socket; for a
+// non-root user that libvirtd does not admit, through libvirt's stdio
+// bridge virt-ssh-helper run with sudo when the sudoers snippet allows
+// it. A failure says what the user lacks.
 func (c *Conn) openLibvirt(ctx context.Context) error {
 	remote := c.cfg.LibvirtSocket
-	fwd, err := newForwarder(func(ctx context.Context) (net.Conn, error) {
+	err := c.openLibvirtVia(ctx, "socket "+remote+" over SSH", func(ctx context.Context) (net.Conn, error) {
 		return c.ssh.DialContext(ctx, "unix", remote)
-	}, c.log)
+	})
+	if err == nil || c.uid == 0 || ctx.Err() != nil {
+		return err
+	}
+	if !c.sudoAllows(ctx, SudoVirtSSHHelper+" qemu:///system") {
+		who := fmt.Sprintf("user %s is not root nor in group libvirt", c.cfg.User)
+		if c.inGroupLibvirt {
+			who = fmt.Sprintf("user %s is not root, and libvirtd does not admit it although it is in group libvirt", c.cfg.User)
+		}
+		return fmt.Errorf("%w (list VMs: %s, and it may not run `%s` without a password: make it a member of group libvirt, "+
+			"give the source a SASL user, or install the sudoers snippet %s for it)", err, who, sudoLibvirtCommand, SudoersFile)
+	}
+	c.log.Info("libvirtd does not admit the SSH user itself; opening libvirt through sudo", "command", sudoLibvirtCommand, "err", err)
+	if serr := c.openLibvirtVia(ctx, "`"+sudoLibvirtCommand+"` over SSH", c.dialSudoLibvirt); serr != nil {
+		return fmt.Errorf("%w (list VMs: user %s is not root and libvirtd does not admit it; through sudo: %w)", err, c.cfg.User, serr)
+	}
+	c.viaSudo = true
+	return nil
+}
+
+// openLibvirtVia connects libvirt through a local socket forwarded to
+// the connections dial opens (how, for errors) and reads the versions.
+func (c *Conn) openLibvirtVia(ctx context.Context, how string, dial func(context.Context) (net.Conn, error)) error {
+	fwd, err := newForwarder(dial, c.log)
 	if err != nil {
 		return err
 	}
-	c.fwd = fwd
 	// libvirt's calls take no context: cancelling ctx ends the SSH
 	// connection underneath them instead.
 	stop := context.AfterFunc(ctx, func() { c.ssh.Close() })
@@ -105,10 +131,10 @@ func (c *Conn) openLibvirt(ctx context.Context) error {
 	uri := "qemu+unix:///system?socket=" + fwd.Path()
 	virt, err := libvirt.NewConnectWithAuth(uri, c.saslAuth(), 0)
 	if err != nil {
-		return fmt.Errorf("libvirt on source %s (socket %s over SSH): %w", c.cfg.hostPort(), remote,
-			errors.Join(err, ctx.Err()))
+		fwd.Close()
+		return fmt.Errorf("libvirt on source %s (%s): %w", c.cfg.hostPort(), how, errors.Join(err, ctx.Err()))
 	}
-	c.virt = virt
+	c.fwd, c.virt = fwd, virt
 	lib, err := virt.GetLibVersion()
 	if err != nil {
 		return fmt.Errorf("libvirt version of source %s: %w", c.cfg.hostPort(), err)
@@ -118,7 +144,7 @@ func (c *Conn) openLibvirt(ctx context.Context) error {
 		return fmt.Errorf("QEMU version of source %s: %w", c.cfg.hostPort(), err)
 	}
 	c.libVersion, c.qemuVersion = versionOf(lib), versionOf(hv)
-	c.log.Info("connected to libvirt", "libvirt", c.libVersion, "qemu", c.qemuVersion)
+	c.log.Info("connected to libvirt", "libvirt", c.libVersion, "qemu", c.qemuVersion, "via", how)
 	return ctx.Err()
 }
 

@@ -203,8 +203,7 @@ func (d *Driver) Convert(ctx context.Context, job *runner.Job) error {
 	case slices.Contains(d.opts.ForceSnapshot, a.GetSource().GetName()):
 		choice.Method, choice.Why = kvmver.MethodSnapshot, "the agent forces it for this source (--kvm-force-snapshot)"
 	case !conn.canBackup():
-		choice.Method, choice.Why = kvmver.MethodSnapshot, fmt.Sprintf("the SSH user %s is not root: the backup API's "+
-			"NBD socket is out of its reach, the snapshot method needs only libvirt and read access to the images", conn.cfg.User)
+		choice = kvmver.NotRoot(choice, conn.cfg.User)
 	}
 	job.Log.Info("copy method chosen", "vm", vmName, "choice", choice.String())
 	if err := conn.CleanupStale(ctx, vmName); err != nil {

@@ -70,8 +70,15 @@ func (c *Conn) StartSnapshot(ctx context.Context, vm *VM, disks []string, before
 	if err := s.read(ctx, c); err != nil {
 		return nil, errors.Join(err, s.Close(ctx))
 	}
+	reader := "qemu-nbd"
+	switch {
+	case s.files != nil:
+		reader = "image files (qemu-img map)"
+	case e.sudo:
+		reader = "qemu-nbd through sudo"
+	}
 	e.log.Info("snapshot taken; reading the original images", "overlays", s.overlays, "quiesced", s.quiesced,
-		"reader", map[bool]string{true: "image files (qemu-img map)", false: "qemu-nbd"}[s.files != nil])
+		"reader", reader, "sockets", e.sockets)
 	return s, nil
 }
 

@@ -285,7 +285,9 @@ func TestUserWithoutLibvirt(t *testing.T) {
 		c.Close()
 		t.Fatal("Connect as a user outside group libvirt succeeded")
 	}
-	want := "(list VMs: user ferrynolv is not root, so libvirtd must admit it: make it a member of group libvirt, or give the source a SASL user)"
+	want := "(list VMs: user ferrynolv is not root nor in group libvirt, and it may not run " +
+		"`sudo -n /usr/bin/virt-ssh-helper qemu:///system` without a password: make it a member of group libvirt, " +
+		"give the source a SASL user, or install the sudoers snippet docs/sudoers.ferry for it)"
 	if !strings.HasSuffix(err.Error(), want) {
 		t.Errorf("Connect = %v\nwant it to end with %s", err, want)
 	}

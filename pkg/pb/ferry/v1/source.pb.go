@@ -30,14 +30,16 @@ type SourceCapabilityKind int32
 const (
 	SourceCapabilityKind_SOURCE_CAPABILITY_KIND_UNSPECIFIED SourceCapabilityKind = 0
 	// Listing the host's VMs: libvirt admits the SSH user (root, group
-	// libvirt, or a SASL user).
+	// libvirt, a SASL user, or sudo for virt-ssh-helper as
+	// docs/sudoers.ferry allows).
 	SourceCapabilityKind_SOURCE_CAPABILITY_KIND_LIST_VMS SourceCapabilityKind = 1
 	// A consistent copy of a running VM through libvirt's backup API: the
 	// backup's NBD socket is reached as root only.
 	SourceCapabilityKind_SOURCE_CAPABILITY_KIND_LIVE_COPY SourceCapabilityKind = 2
 	// The snapshot method (external snapshot, the original images read,
 	// block commit) and the cold copy of a shut-off VM: root, or qemu-nbd
-	// with read access to the images and a home directory QEMU may traverse.
+	// with read access to the images (or through sudo, as docs/sudoers.ferry
+	// allows) and a home directory QEMU may traverse.
 	SourceCapabilityKind_SOURCE_CAPABILITY_KIND_OLD_HOST_COPY SourceCapabilityKind = 3
 )
 

@@ -1,0 +1,165 @@
+//go:build integration
+
+package kvm
+
+import (
+	"context"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	ferryv1 "github.com/ferry-v2v/ferry/pkg/pb/ferry/v1"
+	"github.com/ferry-v2v/ferry/pkg/seal"
+	"github.com/ferry-v2v/ferry/pkg/testenv"
+	"github.com/ferry-v2v/ferry/pkg/testkit"
+)
+
+const sudoPassword = "ferry-sudo-password"
+
+// unreadable makes the VM's images and backing files readable by their
+// owner only (libvirt's QEMU user while the VM runs, root otherwise).
+func unreadable(t *testing.T, vm *testenv.TestVM) {
+	t.Helper()
+	for _, d := range vm.Disks {
+		for _, f := range []string{d.Path, d.Backing} {
+			if f == "" {
+				continue
+			}
+			if err := os.Chmod(f, 0o600); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+}
+
+// sudoProcs lists the processes (sudo and qemu-nbd) serving vm's disks.
+func sudoProcs(vm *testenv.TestVM) []string {
+	var out []string
+	cmdlines, _ := filepath.Glob("/proc/[0-9]*/cmdline")
+	for _, f := range cmdlines {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			continue
+		}
+		cmd := strings.ReplaceAll(string(b), "\x00", " ")
+		if strings.Contains(cmd, "qemu-nbd ") && strings.Contains(cmd, BackupPrefix+vm.UUID) {
+			out = append(out, cmd)
+		}
+	}
+	return out
+}
+
+// TestSudoUser: a user with docs/sudoers.ferry, outside group libvirt and
+// unable to read the images, opens libvirt through sudo's
+// virt-ssh-helper, reads a running VM's original images through sudo's
+// qemu-nbd after a snapshot, and leaves the VM on its originals with no
+// qemu-nbd, socket or overlay behind.
+func TestSudoUser(t *testing.T) {
+	e := newEnv(t, testenv.VMOptions{Backing: true, RawData: true})
+	unreadable(t, e.vm)
+	user := testenv.SudoUser(t, "ferrysudo", sudoPassword, testenv.RepoFile(t, "docs/sudoers.ferry"))
+	c := connect(t, Config{Address: e.sshd.Host, Port: e.sshd.Port, User: user, Password: seal.Secret(sudoPassword),
+		PinnedHostKey: e.sshd.HostKey, Logger: testkit.Logger(t)})
+	if !c.viaSudo {
+		t.Fatal("libvirt was not opened through sudo")
+	}
+	vm := findVM(t, c, e.vm.Name)
+	ctx := context.Background()
+	caps := c.Capabilities(ctx, []*VM{vm})
+	want := map[ferryv1.SourceCapabilityKind]string{
+		ferryv1.SourceCapabilityKind_SOURCE_CAPABILITY_KIND_LIST_VMS: "sudo for libvirt's /usr/bin/virt-ssh-helper (docs/sudoers.ferry)",
+		ferryv1.SourceCapabilityKind_SOURCE_CAPABILITY_KIND_OLD_HOST_COPY: "sudo for libvirt's /usr/bin/virt-ssh-helper (docs/sudoers.ferry), " +
+			"and sudo for /usr/bin/qemu-nbd --read-only (docs/sudoers.ferry)",
+	}
+	for _, cp := range caps {
+		if w, ok := want[cp.GetKind()]; ok && (!cp.GetAvailable() || cp.GetVia() != w) {
+			t.Errorf("%s: %v, want available via %q", cp.GetKind(), cp, w)
+		}
+		if cp.GetKind() == ferryv1.SourceCapabilityKind_SOURCE_CAPABILITY_KIND_LIVE_COPY && cp.GetAvailable() {
+			t.Errorf("live copy: %v, want unavailable", cp)
+		}
+	}
+
+	refs := references(t, e.vm)
+	s, err := c.StartSnapshot(ctx, vm, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	home := filepath.Join("/home", user)
+	for _, sock := range s.export.sockets {
+		if filepath.Dir(sock) != filepath.Join(home, UserSocketDir) {
+			t.Errorf("socket %s, want it in ~/%s", sock, UserSocketDir)
+		}
+	}
+	if fi, err := os.Stat(filepath.Join(home, UserSocketDir)); err != nil || fi.Mode().Perm() != 0o700 {
+		t.Errorf("~/%s: %v %v, want mode 0700", UserSocketDir, fi.Mode(), err)
+	}
+	if procs := sudoProcs(e.vm); !s.export.sudo || !slices.ContainsFunc(procs, func(p string) bool { return strings.HasPrefix(p, "sudo -n ") }) {
+		t.Errorf("the export runs through sudo: %v; processes %q", s.export.sudo, procs)
+	}
+	for i, d := range e.vm.Disks {
+		raw, _ := readExport(t, s, d.Target)
+		testenv.Run(t, "qemu-img", "compare", "-f", "raw", "-F", "raw", raw, refs[i])
+	}
+	if err := s.Close(ctx); err != nil {
+		t.Fatal(err)
+	}
+	expectOriginals(t, e.lv, e.vm)
+	testkit.WaitFor(t, 30*time.Second, "sudo's qemu-nbd to stop", func() bool { return len(sudoProcs(e.vm)) == 0 })
+	left, _ := filepath.Glob(filepath.Join(home, UserDir, "*", BackupPrefix+e.vm.UUID+"*"))
+	left2, _ := filepath.Glob(filepath.Join(home, UserDir, BackupPrefix+e.vm.UUID+"*"))
+	if len(left)+len(left2) != 0 {
+		t.Errorf("left in ~/.ferry: %v %v", left, left2)
+	}
+}
+
+// TestSudoUserDropped: the SSH connection dropping stops a sudo'd
+// qemu-nbd (its terminal hangs up), though the user may not kill it.
+func TestSudoUserDropped(t *testing.T) {
+	e := newEnv(t, testenv.VMOptions{Stopped: true})
+	unreadable(t, e.vm)
+	user := testenv.SudoUser(t, "ferrysudo", sudoPassword, testenv.RepoFile(t, "docs/sudoers.ferry"))
+	cfg := Config{Address: e.sshd.Host, Port: e.sshd.Port, User: user, Password: seal.Secret(sudoPassword),
+		PinnedHostKey: e.sshd.HostKey, Logger: testkit.Logger(t)}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	c, err := Connect(ctx, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	vm := findVM(t, c, e.vm.Name)
+	if _, err := c.StartColdExport(ctx, vm, nil, nil); err != nil {
+		c.Close()
+		t.Fatal(err)
+	}
+	if len(sudoProcs(e.vm)) == 0 {
+		t.Error("no qemu-nbd runs through sudo")
+	}
+	c.ssh.Close() // as a dropped connection or a dead agent would
+	testkit.WaitFor(t, 30*time.Second, "sudo's qemu-nbd to stop with the connection", func() bool { return len(sudoProcs(e.vm)) == 0 })
+	c.Close()
+}
+
+// TestSudoUserWithoutSnippet: a user outside group libvirt without the
+// sudoers snippet is told what listing VMs needs, naming the snippet.
+func TestSudoUserWithoutSnippet(t *testing.T) {
+	e := newEnv(t, testenv.VMOptions{Stopped: true})
+	user := testenv.SudoUser(t, "ferrynosudo", sudoPassword, "")
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	c, err := Connect(ctx, Config{Address: e.sshd.Host, Port: e.sshd.Port, User: user, Password: seal.Secret(sudoPassword),
+		PinnedHostKey: e.sshd.HostKey, Logger: testkit.Logger(t)})
+	if err == nil {
+		c.Close()
+		t.Fatal("Connect as a user without group libvirt or sudo succeeded")
+	}
+	want := "(list VMs: user " + user + " is not root nor in group libvirt, and it may not run " +
+		"`sudo -n /usr/bin/virt-ssh-helper qemu:///system` without a password: make it a member of group libvirt, " +
+		"give the source a SASL user, or install the sudoers snippet docs/sudoers.ferry for it)"
+	if !strings.HasSuffix(err.Error(), want) {
+		t.Errorf("Connect = %v\nwant it to end with %s", err, want)
+	}
+}
