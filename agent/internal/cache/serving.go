@@ -158,3 +158,9 @@ func removeAll(paths ...string) error {
 	}
 	return nil
 }
+
+// NewGeneration gives disk's image in dir a new generation, as a new
+// image gets: what was uploaded from it counts no more, so an upload
+// following it starts over on a volume created again. A copy that forgot
+// chunks of its checkpoint (the source changed under them) calls it.
+func NewGeneration(dir, disk string) error { return newGeneration(dir, disk) }

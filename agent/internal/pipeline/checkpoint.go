@@ -346,3 +346,30 @@ func (c *Checkpoint) decode(b []byte) bool {
 	}
 	return true
 }
+
+// Forget clears the done marks of every chunk overlapping [off, off+n),
+// durably, and returns how many were done: the source changed there since
+// they were copied, so the next copy reads them again (zeroing them first,
+// as it does any chunk below the frontier that is not done).
+func (c *Checkpoint) Forget(off, n int64) (int, error) {
+	if n <= 0 || off >= c.size {
+		return 0, nil
+	}
+	c.saveMu.Lock()
+	defer c.saveMu.Unlock()
+	c.mu.Lock()
+	forgot := 0
+	for i := int(off / c.chunk); i < c.Chunks() && int64(i)*c.chunk < off+n; i++ {
+		if c.isDone(i) {
+			c.done[i/64] &^= 1 << (i % 64)
+			c.sums[i] = Sum{}
+			forgot++
+		}
+	}
+	b := c.encode()
+	c.mu.Unlock()
+	if forgot == 0 {
+		return 0, nil
+	}
+	return forgot, c.write(b)
+}

@@ -224,8 +224,19 @@ func (d *Driver) Convert(ctx context.Context, job *runner.Job) error {
 	case kvmver.MethodSnapshot:
 		return d.convertSnapshot(ctx, src, vm, targets)
 	}
+	lp, err := d.planLive(ctx, src, vm, targets, allQcow2(vm, targets))
+	if err != nil {
+		return err
+	}
+	complete := false
+	defer func() { // after the backup ended: it may hold the checkpoints
+		if complete {
+			d.liveComplete(context.WithoutCancel(ctx), src, vm, lp)
+		}
+	}()
 	record := ""
 	b, err := conn.StartBackup(ctx, vmName, targets, BackupOptions{Pause: a.GetJob().GetOptions().GetPauseSourceVm(),
+		Checkpoint: lp.next, Incremental: lp.since,
 		BeforeBegin: func(b *Backup) error {
 			cfg, err := d.config(a.GetSource(), a.GetMigrationServer(), a.GetSecrets(), job.Log)
 			if err == nil {
@@ -244,6 +255,9 @@ func (d *Driver) Convert(ctx context.Context, job *runner.Job) error {
 		}
 		d.release(record, cerr == nil)
 	}()
+	if err := d.begun(ctx, src, b, targets, lp); err != nil {
+		return err
+	}
 	// The description and NVRAM are read at the backup's point in time,
 	// after the pause when the job pauses the source: a firmware that was
 	// still writing its variables has stopped by then.
@@ -255,7 +269,20 @@ func (d *Driver) Convert(ctx context.Context, job *runner.Job) error {
 			return fmt.Errorf("disk %s: %w", disk.GetSourceDisk(), err)
 		}
 	}
+	complete = true
 	return nil
+}
+
+// allQcow2 reports whether every disk of vm named in targets is a qcow2
+// image, which can carry the dirty bitmaps of checkpoints.
+func allQcow2(vm *VM, targets []string) bool {
+	for _, t := range targets {
+		i := slices.IndexFunc(vm.Disks, func(d Disk) bool { return d.Target == t })
+		if i < 0 || vm.Disks[i].Format != "qcow2" {
+			return false
+		}
+	}
+	return true
 }
 
 // exporter serves a job's source disks over NBD on the source host: a
@@ -279,6 +306,9 @@ const coldWatchInterval = 2 * time.Second
 func (d *Driver) convertCold(ctx context.Context, src *source, vm *VM, targets []string) error {
 	job := src.job
 	a := job.Assignment
+	if err := d.leaveLive(job, targets); err != nil {
+		return err
+	}
 	record := ""
 	e, err := src.conn.StartColdExport(ctx, vm, targets, func(e *ColdExport) error {
 		cfg, err := d.config(a.GetSource(), a.GetMigrationServer(), a.GetSecrets(), job.Log)
@@ -347,6 +377,16 @@ func (d *Driver) convertSnapshot(ctx context.Context, src *source, vm *VM, targe
 			return err
 		}
 	}
+	lp, err := d.planLive(ctx, src, vm, targets, false)
+	if err != nil {
+		return err
+	}
+	complete := false
+	defer func() {
+		if complete {
+			d.liveComplete(context.WithoutCancel(ctx), src, vm, lp)
+		}
+	}()
 	record := ""
 	s, err := src.conn.StartSnapshot(ctx, vm, targets, func(s *Snapshot) error {
 		cfg, err := d.config(a.GetSource(), a.GetMigrationServer(), a.GetSecrets(), job.Log)
@@ -374,6 +414,7 @@ func (d *Driver) convertSnapshot(ctx context.Context, src *source, vm *VM, targe
 			return fmt.Errorf("disk %s: %w", disk.GetSourceDisk(), err)
 		}
 	}
+	complete = true
 	return nil
 }
 
