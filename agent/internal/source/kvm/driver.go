@@ -231,7 +231,7 @@ func (d *Driver) Convert(ctx context.Context, job *runner.Job) error {
 	complete := false
 	defer func() { // after the backup ended: it may hold the checkpoints
 		if complete {
-			d.liveComplete(context.WithoutCancel(ctx), src, vm, lp)
+			d.liveEnded(context.WithoutCancel(ctx), src, vm, lp)
 		}
 	}()
 	record := ""
@@ -270,7 +270,7 @@ func (d *Driver) Convert(ctx context.Context, job *runner.Job) error {
 		}
 	}
 	complete = true
-	return nil
+	return liveCopied(job)
 }
 
 // allQcow2 reports whether every disk of vm named in targets is a qcow2
@@ -384,7 +384,7 @@ func (d *Driver) convertSnapshot(ctx context.Context, src *source, vm *VM, targe
 	complete := false
 	defer func() {
 		if complete {
-			d.liveComplete(context.WithoutCancel(ctx), src, vm, lp)
+			d.liveEnded(context.WithoutCancel(ctx), src, vm, lp)
 		}
 	}()
 	record := ""
@@ -415,7 +415,7 @@ func (d *Driver) convertSnapshot(ctx context.Context, src *source, vm *VM, targe
 		}
 	}
 	complete = true
-	return nil
+	return liveCopied(job)
 }
 
 // copyOnce copies one disk's export into its cache image, skipping what a

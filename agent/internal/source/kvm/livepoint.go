@@ -201,16 +201,20 @@ func (d *Driver) forgetChanged(ctx context.Context, src *source, b *Backup, disk
 	return nil
 }
 
-// liveComplete records that the cache holds every disk, of one point in
-// time, and deletes the job's checkpoints: none is needed any more.
-func (d *Driver) liveComplete(ctx context.Context, src *source, vm *VM, p livePlan) {
-	job := src.job
-	if err := (livePoint{Complete: true}).save(job.CacheDir); err != nil {
-		job.Log.Warn("record the complete cache", "err", err)
-	}
+// liveCopied records that the cache holds every disk, of one point in
+// time: a restart keeps it whole, even when the agent dies before the
+// backup or snapshot it came from has ended.
+func liveCopied(job *runner.Job) error {
+	return livePoint{Complete: true}.save(job.CacheDir)
+}
+
+// liveEnded deletes the job's checkpoints once a complete copy's backup
+// has ended: none is needed any more.
+func (d *Driver) liveEnded(ctx context.Context, src *source, vm *VM, p livePlan) {
 	if p.next == "" && p.since == "" {
 		return
 	}
+	job := src.job
 	err := src.conn.DeleteCheckpoints(ctx, vm.Name, checkpointPrefix(job), "")
 	if err != nil {
 		job.Log.Warn("delete the copy's checkpoints; the janitor does once the cache is gone", "vm", vm.Name, "err", err)
