@@ -5,6 +5,7 @@ import (
 	"encoding/hex"
 	"io"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -102,6 +103,29 @@ func TestColdMigration(t *testing.T) {
 		}
 		w.expectVolumesGone(name)
 		expectColdClean(t, src)
+
+		// The operator stops it again, its image changes while it is off
+		// (where the first attempt had copied), and the job is restarted:
+		// the cache holds the images as they were, so the copy starts
+		// over, and the target is the images as they are now.
+		w.lv.Virsh(t, "destroy", src.Name)
+		out, err := exec.Command("qemu-io", "-f", "qcow2", "-c", "write -P 0x5e 0 8M", src.Disks[0].Path).CombinedOutput()
+		if err != nil {
+			t.Fatalf("qemu-io: %v: %s", err, out)
+		}
+		w.setBandwidth(proto.String(""), proto.String(""))
+		_, err = w.f.client.Jobs().RestartMigrationJob(ctx(t, 10*time.Second), &ferryv1.RestartMigrationJobRequest{Name: name})
+		must(t, err)
+		j = w.waitJob(name, 3*time.Minute, "the restarted job to end", terminal)
+		if j.GetState() != ferryv1.MigrationJobState_MIGRATION_JOB_STATE_SUCCEEDED {
+			t.Fatalf("restarted job ended %s: %s", j.GetState(), j.GetReason())
+		}
+		for _, d := range src.Disks {
+			compare(t, d.Path, w.volume(name, d.Target))
+		}
+		if got := w.f.agents[w.host].lines("another point in time of the VM than its images now"); len(got) != 1 {
+			t.Errorf("the restart's cache lines: %q, want one saying it starts over", got)
+		}
 	})
 	t.Run("cancelled", func(t *testing.T) {
 		src := testenv.NewTestVM(t, w.lv, testenv.VMOptions{Stopped: true, Backing: true, RandomBytes: 64 << 20})

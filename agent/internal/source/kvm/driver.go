@@ -306,9 +306,6 @@ const coldWatchInterval = 2 * time.Second
 func (d *Driver) convertCold(ctx context.Context, src *source, vm *VM, targets []string) error {
 	job := src.job
 	a := job.Assignment
-	if err := d.leaveLive(job, targets); err != nil {
-		return err
-	}
 	record := ""
 	e, err := src.conn.StartColdExport(ctx, vm, targets, func(e *ColdExport) error {
 		cfg, err := d.config(a.GetSource(), a.GetMigrationServer(), a.GetSecrets(), job.Log)
@@ -328,6 +325,9 @@ func (d *Driver) convertCold(ctx context.Context, src *source, vm *VM, targets [
 		}
 		d.release(record, cerr == nil)
 	}()
+	if err := coldPoint(job, targets, e.stamps); err != nil {
+		return err
+	}
 	job.Log.Info("the source VM is shut off: copying its images (cold)", "vm", vm.Name)
 	if err := d.saveSourceVM(ctx, src.conn, vm, job.CacheDir); err != nil {
 		return err
@@ -361,7 +361,10 @@ func (d *Driver) convertCold(ctx context.Context, src *source, vm *VM, targets [
 			return fmt.Errorf("disk %s: %w", disk.GetSourceDisk(), err)
 		}
 	}
-	return e.Check(ctx)
+	if err := e.Check(ctx); err != nil {
+		return err
+	}
+	return coldCopied(job, e.stamps)
 }
 
 // convertSnapshot copies the disks of a running or paused VM by the

@@ -33,8 +33,12 @@ import (
 // The checkpoints go once the copy is complete; the warm record lets the
 // janitor delete them after a crash once the cache is gone.
 
+// A cold copy's cache holds the images of the shut-off VM as they were
+// when it began: the record keeps their size and modification time, and
+// a restart whose images differ (the VM ran in between) starts over.
+
 // livePointFile is the record, in the job's cache directory.
-const livePointFile = "live-point.json"
+const livePointFile = "point-in-time.json"
 
 type livePoint struct {
 	// Checkpoint is the checkpoint the cached chunks can be checked
@@ -42,6 +46,9 @@ type livePoint struct {
 	Checkpoint string `json:"checkpoint,omitempty"`
 	// Complete: every disk is wholly in the cache, of one point in time.
 	Complete bool `json:"complete,omitempty"`
+	// Stamps are a cold copy's images' size and modification time
+	// (ColdExport.stamps) when it began.
+	Stamps string `json:"stamps,omitempty"`
 }
 
 func loadLivePoint(dir string) (livePoint, bool, error) {
@@ -222,22 +229,37 @@ func (d *Driver) liveEnded(ctx context.Context, src *source, vm *VM, p livePlan)
 	d.forgetWarm(job, err == nil)
 }
 
-// leaveLive is a cold copy's start: a partial cache an earlier live copy
-// left holds the running VM's earlier point in time, not the images as
-// they are now shut off, and starts over.
-func (d *Driver) leaveLive(job *runner.Job, targets []string) error {
+// coldPoint is a cold copy's start, once its export found the images'
+// stamps: the cache stays when it holds these very images (an earlier
+// cold copy of them, untouched since) or a whole copy of one point in
+// time; otherwise (a partial live copy, images changed, a cache without
+// a record) it starts over.
+func coldPoint(job *runner.Job, targets []string, stamps string) error {
 	rec, had, err := loadLivePoint(job.CacheDir)
-	if err != nil || !had || rec.Complete {
+	switch {
+	case err != nil:
 		return err
+	case had && rec.Stamps != "" && rec.Stamps == stamps:
+		return nil
+	case had && rec.Complete:
+		return nil
 	}
-	job.Log.Warn("the cache holds an earlier point in time of the VM, copied while it ran: copying its images again")
 	for _, t := range targets {
-		if err := cache.Reset(job.CacheDir, t); err != nil {
-			return err
+		if _, err := os.Stat(cache.CheckpointPath(job.CacheDir, t)); err == nil || had {
+			job.Log.Warn("the cache holds another point in time of the VM than its images now: copying them again",
+				"images_then", rec.Stamps, "images_now", stamps)
+			for _, t := range targets {
+				if err := cache.Reset(job.CacheDir, t); err != nil {
+					return err
+				}
+			}
+			break
 		}
 	}
-	if err := os.Remove(filepath.Join(job.CacheDir, livePointFile)); err != nil && !errors.Is(err, fs.ErrNotExist) {
-		return err
-	}
-	return nil
+	return livePoint{Stamps: stamps}.save(job.CacheDir)
+}
+
+// coldCopied is liveCopied for a cold copy of the images of stamps.
+func coldCopied(job *runner.Job, stamps string) error {
+	return livePoint{Complete: true, Stamps: stamps}.save(job.CacheDir)
 }
