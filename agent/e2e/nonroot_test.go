@@ -85,21 +85,7 @@ func TestNonRootSource(t *testing.T) {
 		// The spec first: its source refresh must not spend the create's 10 s
 		// (it did, at load 20: the arguments are evaluated after ctx).
 		spec := w.spec(w.sourceVM(source, src.Name), nil)
-		resp, err := w.f.client.Jobs().CreateMigrationJobs(ctx(t, 10*time.Second), &ferryv1.CreateMigrationJobsRequest{
-			Source: source, MigrationServer: w.server, Jobs: []*ferryv1.MigrationJobSpec{spec}})
-		must(t, err)
-		name := resp.GetJobs()[0].GetName()
-		j := w.waitJob(name, 3*time.Minute, "the job to end", terminal)
-		if j.GetState() != ferryv1.MigrationJobState_MIGRATION_JOB_STATE_SUCCEEDED {
-			t.Fatalf("job ended %s: %s", j.GetState(), j.GetReason())
-		}
-		for i, d := range src.Disks {
-			compare(t, refs[i], w.volume(name, d.Target))
-		}
-		lines := w.f.agents[w.host].lines(`msg="copy method chosen"`)
-		if len(lines) != 1 || !strings.Contains(lines[0], "snapshot because the SSH user "+testenv.TestUser+" is not root") {
-			t.Errorf("copy method lines %q, want the snapshot method for a non-root user", lines)
-		}
+		w.nonRootJob(t, source, spec, src, refs, testenv.TestUser)
 		if got := w.f.agents[w.host].lines("/home/" + testenv.TestUser + "/.ferry/ferry-backup-" + src.UUID); len(got) == 0 {
 			t.Error("the agent never named an overlay or socket in the user's ~/.ferry")
 		}
@@ -128,4 +114,27 @@ func TestNonRootSource(t *testing.T) {
 			t.Errorf("old-host copy: %v; want it missing read access to %q only", old, want)
 		}
 	})
+}
+
+// nonRootJob migrates src from source, whose SSH user is the non-root
+// user: the job succeeds by the snapshot method, and its volumes are the
+// disks as they were at the snapshot (refs). It returns the job's name.
+func (w *world) nonRootJob(t *testing.T, source string, spec *ferryv1.MigrationJobSpec, src *testenv.TestVM, refs []string, user string) string {
+	t.Helper()
+	resp, err := w.f.client.Jobs().CreateMigrationJobs(ctx(t, 10*time.Second), &ferryv1.CreateMigrationJobsRequest{
+		Source: source, MigrationServer: w.server, Jobs: []*ferryv1.MigrationJobSpec{spec}})
+	must(t, err)
+	name := resp.GetJobs()[0].GetName()
+	j := w.waitJob(name, 3*time.Minute, "the job to end", terminal)
+	if j.GetState() != ferryv1.MigrationJobState_MIGRATION_JOB_STATE_SUCCEEDED {
+		t.Fatalf("job ended %s: %s", j.GetState(), j.GetReason())
+	}
+	for i, d := range src.Disks {
+		compare(t, refs[i], w.volume(name, d.Target))
+	}
+	lines := w.f.agents[w.host].lines(`msg="copy method chosen"`)
+	if len(lines) != 1 || !strings.Contains(lines[0], "snapshot because the SSH user "+user+" is not root") {
+		t.Errorf("copy method lines %q, want the snapshot method for a non-root user", lines)
+	}
+	return name
 }

@@ -72,21 +72,7 @@ func TestSudoSource(t *testing.T) {
 		if notes := strings.Join(p.GetNotes(), "\n"); len(p.GetFailedChecks()) != 0 || !strings.Contains(notes, method) {
 			t.Errorf("preview failed checks %q, notes %q; want none and the snapshot method's note (%q)", p.GetFailedChecks(), p.GetNotes(), method)
 		}
-		resp, err := w.f.client.Jobs().CreateMigrationJobs(ctx(t, 10*time.Second), &ferryv1.CreateMigrationJobsRequest{
-			Source: source, MigrationServer: w.server, Jobs: []*ferryv1.MigrationJobSpec{spec}})
-		must(t, err)
-		name := resp.GetJobs()[0].GetName()
-		j := w.waitJob(name, 3*time.Minute, "the job to end", terminal)
-		if j.GetState() != ferryv1.MigrationJobState_MIGRATION_JOB_STATE_SUCCEEDED {
-			t.Fatalf("job ended %s: %s", j.GetState(), j.GetReason())
-		}
-		for i, d := range src.Disks {
-			compare(t, refs[i], w.volume(name, d.Target))
-		}
-		lines := w.f.agents[w.host].lines(`msg="copy method chosen"`)
-		if len(lines) != 1 || !strings.Contains(lines[0], "snapshot because the SSH user "+user+" is not root") {
-			t.Errorf("copy method lines %q, want the snapshot method for a non-root user", lines)
-		}
+		w.nonRootJob(t, source, spec, src, refs, user)
 		taken := w.f.agents[w.host].lines(`msg="snapshot taken; reading the original images"`)
 		if len(taken) != 1 || !strings.Contains(taken[0], `reader="qemu-nbd through sudo"`) ||
 			!strings.Contains(taken[0], "/home/"+user+"/.ferry/nbd/ferry-backup-"+src.UUID) {
