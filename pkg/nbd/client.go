@@ -46,6 +46,11 @@ type Options struct {
 	// rounded down to the server's minimum block size and capped at its
 	// maximum.
 	MaxRequest int
+	// MaxWriteRequest, when not 0, is MaxRequest for writes alone, with
+	// the same rules: a server that serves large reads from a fresh buffer
+	// each (QEMU's) may still take writes in fewer, larger requests, which
+	// cost both ends fewer wake-ups.
+	MaxWriteRequest int
 	// Logger receives debug records of the negotiation; nil discards them.
 	Logger *slog.Logger
 	// TLS, when set, upgrades the connection with NBD_OPT_STARTTLS before
@@ -107,11 +112,12 @@ func (f Flags) CanMultiConn() bool { return f&FlagCanMultiConn != 0 }
 // Client is a connection to one export. Its methods are safe for
 // concurrent use; concurrent calls are pipelined on the connection.
 type Client struct {
-	conn  net.Conn
-	br    *bufio.Reader
-	log   *slog.Logger
-	neg   negotiated
-	maxIO uint32 // largest read or write request
+	conn     net.Conn
+	br       *bufio.Reader
+	log      *slog.Logger
+	neg      negotiated
+	maxRead  uint32 // largest read request
+	maxWrite uint32 // largest write request
 
 	// slots has one unit per request in flight. A call split into k
 	// requests waits for k at once, so it wakes once when they are free
@@ -219,7 +225,11 @@ func newClient(conn net.Conn, br *bufio.Reader, neg negotiated, opts Options) *C
 		readerDone: make(chan struct{}),
 	}
 	c.idle = sync.NewCond(&c.mu)
-	c.maxIO = maxRequest(opts.MaxRequest, c.BlockSize())
+	c.maxRead = maxRequest(opts.MaxRequest, c.BlockSize())
+	c.maxWrite = c.maxRead
+	if opts.MaxWriteRequest != 0 {
+		c.maxWrite = maxRequest(opts.MaxWriteRequest, c.BlockSize())
+	}
 	return c
 }
 
