@@ -114,6 +114,7 @@ func (f Flags) CanMultiConn() bool { return f&FlagCanMultiConn != 0 }
 type Client struct {
 	conn     net.Conn
 	br       *bufio.Reader
+	raw      *rawIO // the socket's raw I/O; nil where the net package does it
 	log      *slog.Logger
 	neg      negotiated
 	maxRead  uint32 // largest read request
@@ -200,6 +201,7 @@ func newClientConn(ctx context.Context, conn net.Conn, opts Options) (*Client, e
 		return nil, fmt.Errorf("handshake: %w", err)
 	}
 	c := newClient(conn, br, neg, opts)
+	c.useRawIO()
 	go c.readLoop()
 	c.log.Debug("nbd connected", "size", neg.info.size, "flags", fmt.Sprintf("%#x", neg.info.flags),
 		"structured", neg.structured, "block_status", neg.haveMeta, "block_size", c.BlockSize())
