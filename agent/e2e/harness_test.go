@@ -37,7 +37,7 @@ func binary(t testing.TB, name string) string {
 		if bins.err != nil {
 			return
 		}
-		cmd := exec.Command("go", "build", "-o", bins.dir,
+		cmd := exec.Command("go", "build", "-tags", testenv.BuildTags, "-o", bins.dir,
 			"github.com/ferry-v2v/ferry/coordinator/cmd/ferry-coordinator",
 			"github.com/ferry-v2v/ferry/agent/cmd/ferry-agent",
 			"github.com/ferry-v2v/ferry/coordinator/cmd/ferryctl")

@@ -28,7 +28,7 @@ func (c *Client) ReadAt(ctx context.Context, p []byte, off int64) error {
 	if err := c.checkRange("read", off, int64(len(p))); err != nil {
 		return err
 	}
-	return c.split(ctx, cmdRead, 0, p, off, int64(len(p)), c.maxIO)
+	return c.split(ctx, cmdRead, 0, p, off, int64(len(p)), c.maxRead)
 }
 
 // WriteAt writes p at off; with fua the server persists it before
@@ -44,7 +44,7 @@ func (c *Client) WriteAt(ctx context.Context, p []byte, off int64, fua bool) err
 	if err := c.checkWrite("write", off, int64(len(p))); err != nil {
 		return err
 	}
-	return c.split(ctx, cmdWrite, flags, p, off, int64(len(p)), c.maxIO)
+	return c.split(ctx, cmdWrite, flags, p, off, int64(len(p)), c.maxWrite)
 }
 
 // WriteZeroes makes length bytes at off read as zeroes.

@@ -1,6 +1,9 @@
 package nbd
 
-import "testing"
+import (
+	"bytes"
+	"testing"
+)
 
 // TestMaxRequest: the request size is DefaultMaxRequest unless asked,
 // the server's maximum when asked for a negative size, never above the
@@ -24,6 +27,43 @@ func TestMaxRequest(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			if got := maxRequest(tc.want, tc.bs); got != tc.got {
 				t.Fatalf("maxRequest(%d, %+v) = %d, want %d", tc.want, tc.bs, got, tc.got)
+			}
+		})
+	}
+}
+
+// TestMaxWriteRequest: MaxWriteRequest sizes writes alone, with
+// MaxRequest's rules, and reads keep MaxRequest; data written in the
+// larger requests reads back whole.
+func TestMaxWriteRequest(t *testing.T) {
+	const size = 8 * MiB
+	srv := qemuNBD(t, newImage(t, "raw", size), "-f", "raw")
+	for _, tc := range []struct {
+		name             string
+		opts             Options
+		maxRead, maxWrit uint32
+	}{
+		{"unset", Options{}, DefaultMaxRequest, DefaultMaxRequest},
+		{"writes larger", Options{MaxWriteRequest: 2 * MiB}, DefaultMaxRequest, 2 * MiB},
+		{"both asked", Options{MaxRequest: 64 * KiB, MaxWriteRequest: 1 * MiB}, 64 * KiB, 1 * MiB},
+		{"server maximum", Options{MaxWriteRequest: -1}, DefaultMaxRequest, 32 * MiB},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c := dial(t, srv.sock, tc.opts)
+			if c.maxRead != tc.maxRead || c.maxWrite != tc.maxWrit {
+				t.Fatalf("requests of %d to read, %d to write; want %d and %d", c.maxRead, c.maxWrite, tc.maxRead, tc.maxWrit)
+			}
+			ctx := testCtx(t)
+			want := pattern(MiB, 3*MiB)
+			if err := c.WriteAt(ctx, want, MiB, false); err != nil {
+				t.Fatal(err)
+			}
+			got := make([]byte, len(want))
+			if err := c.ReadAt(ctx, got, MiB); err != nil {
+				t.Fatal(err)
+			}
+			if !bytes.Equal(got, want) {
+				t.Fatal("read back differs from what was written")
 			}
 		})
 	}

@@ -191,6 +191,14 @@ func (c *Client) writeRequests(reqs []*request) error {
 			bufs = append(bufs, req.wdata)
 		}
 	}
+	return c.writeBuffers(bufs)
+}
+
+// writeBuffers writes bufs with one writev where the socket has room.
+func (c *Client) writeBuffers(bufs net.Buffers) error {
+	if c.raw != nil {
+		return c.raw.writev(bufs)
+	}
 	_, err := bufs.WriteTo(c.conn)
 	return err
 }
@@ -201,12 +209,13 @@ func (c *Client) writeRequest(req *request) error {
 	var hdr [requestHeaderLen]byte
 	putRequest(hdr[:], req.cmd, req.flags, req.cookie, req.off, req.length)
 	if len(req.wdata) == 0 {
+		if c.raw != nil {
+			return c.raw.writev([][]byte{hdr[:]})
+		}
 		_, err := c.conn.Write(hdr[:])
 		return err
 	}
-	bufs := net.Buffers{hdr[:], req.wdata}
-	_, err := bufs.WriteTo(c.conn)
-	return err
+	return c.writeBuffers(net.Buffers{hdr[:], req.wdata})
 }
 
 // wait blocks until req completes or ctx ends. On ctx's end the request is

@@ -147,13 +147,23 @@ func (s *Server) Ready(ctx context.Context) error {
 	return c.Close()
 }
 
+// writeRequest is the largest write request sent to the cache's qemu-nbd:
+// 2 MiB, a whole chunk of the copy, which then costs one request and one
+// reply rather than eight. Under QemuEnv's malloc settings qemu-nbd keeps
+// buffers of that size in its heap (the source's QEMU, a VM's, has no such
+// settings: it is read at nbd.DefaultMaxRequest). Measured on the
+// compressed cache, per GiB copied: the copier's context switches down
+// from 22k to 16.5k, qemu-nbd's minor faults 21k against 9.7k at 256 KiB
+// (about 22 pages a request of 512: no fresh buffer each).
+const writeRequest = 2 << 20
+
 // Dial connects to the server once it completes an NBD handshake, within
 // readyTimeout; it fails at once when qemu-nbd exits.
 func (s *Server) Dial(ctx context.Context, log *slog.Logger) (*nbd.Client, error) {
 	ctx, cancel := context.WithTimeout(ctx, readyTimeout)
 	defer cancel()
 	for {
-		c, err := nbd.Dial(ctx, "unix", s.socket, nbd.Options{MaxInFlight: 64, Logger: log})
+		c, err := nbd.Dial(ctx, "unix", s.socket, nbd.Options{MaxInFlight: 64, MaxWriteRequest: writeRequest, Logger: log})
 		if err == nil {
 			return c, nil
 		}

@@ -74,7 +74,8 @@ type Options struct {
 	// size, or DefaultChunkSize. It is not the size of NBD requests: an
 	// nbd.Client sends a chunk as requests of its MaxRequest (256 KiB by
 	// default, which QEMU's NBD server serves without allocating), all in
-	// flight at once.
+	// flight at once; the cache's client writes a chunk as one request
+	// (cache's writeRequest).
 	ChunkSize int
 	// InFlight is how many chunks are read and written at once; the
 	// requests in flight on the source's connection are bounded by its

@@ -18,6 +18,7 @@ import (
 
 	"github.com/ferry-v2v/ferry/pkg/tlsutil"
 
+	"github.com/ferry-v2v/ferry/pkg/testenv"
 	"github.com/ferry-v2v/ferry/pkg/testkit"
 )
 
@@ -34,7 +35,7 @@ func buildBinaries(b *testing.B) string {
 		b.Fatalf("the go command is needed to build the binaries: %v", err)
 	}
 	dir := b.TempDir()
-	cmd := exec.Command(goTool, "build", "-o", dir+"/",
+	cmd := exec.Command(goTool, "build", "-tags", testenv.BuildTags, "-o", dir+"/",
 		"github.com/ferry-v2v/ferry/coordinator/cmd/ferry-coordinator",
 		"github.com/ferry-v2v/ferry/agent/cmd/ferry-agent")
 	if out, err := cmd.CombinedOutput(); err != nil {

@@ -17,6 +17,7 @@ import (
 
 	"github.com/ferry-v2v/ferry/pkg/client"
 	ferryv1 "github.com/ferry-v2v/ferry/pkg/pb/ferry/v1"
+	"github.com/ferry-v2v/ferry/pkg/testenv"
 	"github.com/ferry-v2v/ferry/pkg/testkit"
 	"github.com/ferry-v2v/ferry/pkg/tlsutil"
 )
@@ -35,7 +36,7 @@ func coordinatorBinary(t *testing.T) string {
 		if bin.err != nil {
 			return
 		}
-		out, err := exec.Command("go", "build", "-o", bin.dir, "github.com/ferry-v2v/ferry/coordinator/cmd/ferry-coordinator").CombinedOutput()
+		out, err := exec.Command("go", "build", "-tags", testenv.BuildTags, "-o", bin.dir, "github.com/ferry-v2v/ferry/coordinator/cmd/ferry-coordinator").CombinedOutput()
 		if err != nil {
 			bin.err = fmt.Errorf("go build: %v\n%s", err, out)
 		}
