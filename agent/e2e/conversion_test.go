@@ -115,6 +115,7 @@ func logTimings(t *testing.T, job *ferryv1.MigrationJob) {
 // are gone from its disk.
 func TestConvertVMwareDebianGuest(t *testing.T) {
 	t.Parallel() // see doc.go
+	heavy(t)
 	testenv.LibguestfsTCG(t)
 	debianVMDK(t) // before the world: a first build takes minutes
 	w := newWorld(t)
@@ -176,6 +177,7 @@ func TestConvertVMwareDebianGuest(t *testing.T) {
 // target holds the source disk byte for byte.
 func TestConversionFailureThenRestartWithoutIt(t *testing.T) {
 	t.Parallel() // see doc.go
+	heavy(t)
 	testenv.LibguestfsTCG(t)
 	w := newWorld(t)
 	sim := vcsimtest.Start(t)
@@ -246,6 +248,7 @@ func TestConversionFailureThenRestartWithoutIt(t *testing.T) {
 // guest needed with room to spare.
 func TestVMwareDebianGuestWithoutConversion(t *testing.T) {
 	t.Parallel() // see doc.go
+	heavy(t)
 	debianVMDK(t)
 	w := newWorld(t)
 	sim := vcsimtest.Start(t)

@@ -3,12 +3,14 @@ package e2e
 import (
 	"bufio"
 	"context"
+	"flag"
 	"fmt"
 	"io"
 	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -53,6 +55,16 @@ func binary(t testing.TB, name string) string {
 }
 
 func TestMain(m *testing.M) {
+	flag.Parse()
+	given := false
+	flag.Visit(func(f *flag.Flag) { given = given || f.Name == "test.parallel" })
+	if !given {
+		// Most of a test is waiting on VMs and jobs: four at once, those
+		// that boot a real guest in TCG two at a time (heavy). See doc.go.
+		if err := flag.Set("test.parallel", strconv.Itoa(parallelTests)); err != nil {
+			panic(err)
+		}
+	}
 	code := m.Run()
 	if bins.dir != "" {
 		os.RemoveAll(bins.dir)
@@ -289,4 +301,23 @@ func (f *ferry) ferryctl(args ...string) (string, error) {
 	cmd := exec.Command(binary(f.t, "ferryctl"), append([]string{"--server", f.addr, "--tls-dir", f.tlsDir}, args...)...)
 	out, err := cmd.CombinedOutput()
 	return strings.TrimSpace(string(out)), err
+}
+
+// parallelTests is how many tests run at once unless -parallel says;
+// heavySlots how many of them may boot a real guest under TCG (a CPU each).
+const (
+	parallelTests = 4
+	heavySlots    = 2
+)
+
+var heavySem = make(chan struct{}, heavySlots)
+
+// heavy holds one of the heavySlots until t ends: a test that boots a
+// real guest (or libguestfs's appliance) under TCG calls it after
+// t.Parallel, so that no more than two such guests share the machine's
+// CPUs and their boot waits hold.
+func heavy(t testing.TB) {
+	t.Helper()
+	heavySem <- struct{}{}
+	t.Cleanup(func() { <-heavySem })
 }
