@@ -8,6 +8,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"slices"
 	"sync"
 	"time"
 
@@ -78,6 +79,76 @@ type DiskDelta struct {
 	// byte in a first round), ReadBytes those read from it (the changes
 	// rounded out to the cache's granule).
 	ChangedBytes, ReadBytes int64
+	// Forwarded: the extents went to the job's CutoverSink, not the cache.
+	Forwarded bool
+}
+
+// DeltaSink takes the pieces of the cutover's round straight onto the
+// target volumes as the source reads them, so the last delta crosses once
+// (source → target, not through the cache and back) while the source is
+// stopped. Write may be called from several goroutines.
+type DeltaSink interface {
+	// Write puts one piece of disk's delta onto its volume: data, or
+	// zeroes when e.Zero (data nil).
+	Write(ctx context.Context, disk string, e pipeline.Extent, data []byte) error
+	// Finish makes what was written durable and, with verify, reads every
+	// piece back from the volumes and compares it with the checksum of
+	// what Write was given. It returns the bytes written.
+	Finish(ctx context.Context, verify bool) (int64, error)
+	// Close releases the volumes; it may follow Finish or a failure, and
+	// be called again.
+	Close() error
+}
+
+// CutoverForwarder is what a Warmer may also do: send the cutover's
+// round to the job's CutoverSink (RoundResult.Forwarded) instead of the
+// cache, when the target offers one.
+type CutoverForwarder interface {
+	ForwardsCutover() bool
+}
+
+// DeltaSinker is what a target driver may also do for a warm job: open a
+// DeltaSink on the job's volumes, before the source stops.
+type DeltaSinker interface {
+	OpenDeltaSink(ctx context.Context, job *Job) (DeltaSink, error)
+}
+
+// CutoverSink is the sink the cutover's round may write its pieces to
+// instead of the cache (then RoundResult.Forwarded says so); nil outside
+// that round or when the target offers none. The cache need not hold the
+// cutover's delta: a job that fails after it starts over with a full
+// round, and one whose agent died resumes from the last round recorded,
+// whose next round copies again everything changed since.
+func (j *Job) CutoverSink() DeltaSink {
+	if j.warm == nil {
+		return nil
+	}
+	j.warm.mu.Lock()
+	defer j.warm.mu.Unlock()
+	return j.warm.sink
+}
+
+// SourceStopped records that the source VM stopped now: the measured
+// downtime starts here. StopSource calls it at the stop itself, after
+// what it prepares while the VM still runs; otherwise the downtime starts
+// when StopSource was called.
+func (j *Job) SourceStopped() {
+	if j.warm == nil {
+		return
+	}
+	j.warm.mu.Lock()
+	j.warm.stoppedAt = time.Now()
+	j.warm.mu.Unlock()
+}
+
+// CutoverConfigurer is what a target driver may also do for a warm job:
+// define the target VM, stopped, before the cutover stops the source
+// (DefineAhead; false when it cannot, and then CONFIGURING defines it as
+// for any job), and start it once the last delta is on its volumes
+// (StartDefined). Both return warnings for the operator.
+type CutoverConfigurer interface {
+	DefineAhead(ctx context.Context, job *Job) (bool, []string, error)
+	StartDefined(ctx context.Context, job *Job) ([]string, error)
 }
 
 // DeltaApplier is what a target driver may also do for a warm job: write
@@ -114,8 +185,11 @@ type warmState struct {
 	saved      savedRounds
 	first      *ferryv1.PrecopyRound // the first round, until its upload is verified
 	firstToken string
-	stoppedAt  time.Time // when StopSource was asked
+	stoppedAt  time.Time // when the source stopped (SourceStopped)
 	downtime   time.Duration
+	sink       DeltaSink // the cutover round's, while it runs
+	defined    bool      // the cutover defined the target VM ahead
+	warnings   []string  // of DefineAhead
 }
 
 // savedRounds is warm.json.
@@ -208,8 +282,8 @@ var warmItinerary = []step{
 	{ferryv1.MigrationJobPhase_MIGRATION_JOB_PHASE_UPLOADING, uploadStep, true, unlessResumed(upload), nil},
 	{ferryv1.MigrationJobPhase_MIGRATION_JOB_PHASE_UPLOADING, verifyStep, false, unlessResumed(verifyFirst), nil},
 	{ferryv1.MigrationJobPhase_MIGRATION_JOB_PHASE_SYNCING, "precopy rounds", false, syncRounds, nil},
-	{ferryv1.MigrationJobPhase_MIGRATION_JOB_PHASE_SYNCING, "cut over (stop the source, copy and verify the last delta)", false, cutover, nil},
-	{ferryv1.MigrationJobPhase_MIGRATION_JOB_PHASE_CONFIGURING, "define the target VM", false, configureWarm, nil},
+	{ferryv1.MigrationJobPhase_MIGRATION_JOB_PHASE_SYNCING, "cut over (define the target VM, stop the source, copy and verify the last delta)", false, cutover, nil},
+	{ferryv1.MigrationJobPhase_MIGRATION_JOB_PHASE_CONFIGURING, "start the target VM (defining it unless the cutover did)", false, configureWarm, nil},
 }
 
 func warmerOf(d Drivers, j *Job) (Warmer, DeltaApplier, error) {
@@ -344,7 +418,7 @@ func syncRounds(ctx context.Context, d Drivers, j *Job) ([]string, error) {
 		if time.Now().Before(next) {
 			continue // woken by a cutover request
 		}
-		if _, err := j.round(ctx, w, a, false); err != nil {
+		if _, err := j.round(ctx, w, a, false, nil); err != nil {
 			return nil, err
 		}
 		last = time.Now()
@@ -365,18 +439,42 @@ func sleepUntil(ctx context.Context, wake <-chan struct{}, t time.Time) error {
 }
 
 // round runs one delta round: the source's changes into the cache, then
-// on to the target, then recorded.
-func (j *Job) round(ctx context.Context, w Warmer, a DeltaApplier, final bool) (*ferryv1.PrecopyRound, error) {
+// on to the target (or straight to the target through sink, the
+// cutover's), then recorded.
+func (j *Job) round(ctx context.Context, w Warmer, a DeltaApplier, final bool, sink DeltaSink) (*ferryv1.PrecopyRound, error) {
 	n := j.warm.saved.Round + 1
 	start := time.Now()
 	res, err := w.Round(ctx, j, j.warm.saved.Token)
 	if err != nil {
 		return nil, fmt.Errorf("precopy round %d: %w", n, err)
 	}
-	up, err := a.ApplyDelta(ctx, j, res.Disks, final)
+	var up int64
+	var cached []DiskDelta
+	for _, dd := range res.Disks {
+		if !dd.Forwarded {
+			cached = append(cached, dd)
+		}
+	}
+	if len(cached) < len(res.Disks) {
+		if sink == nil {
+			return nil, fmt.Errorf("precopy round %d: the source forwarded its delta, but the round has no sink", n)
+		}
+		if up, err = sink.Finish(ctx, final); err != nil {
+			return nil, fmt.Errorf("precopy round %d onto the target: %w", n, err)
+		}
+	}
+	if len(cached) > 0 && sink != nil {
+		// What the source did not forward goes from the cache onto
+		// volumes the sink must let go of first.
+		if err := sink.Close(); err != nil {
+			return nil, fmt.Errorf("precopy round %d: release the target volumes: %w", n, err)
+		}
+	}
+	applied, err := a.ApplyDelta(ctx, j, cached, final)
 	if err != nil {
 		return nil, fmt.Errorf("precopy round %d onto the target: %w", n, err)
 	}
+	up += applied
 	r := roundOf(n, start, res, up, final)
 	j.estimate(r)
 	if err := j.warm.save(j.CacheDir, r, res.Token); err != nil {
@@ -388,25 +486,68 @@ func (j *Job) round(ctx context.Context, w Warmer, a DeltaApplier, final bool) (
 	return r, nil
 }
 
-// cutover stops the source and moves the last delta, verified.
+// cutover stops the source and moves the last delta, verified. The
+// target's volumes are opened for the delta (DeltaSinker) before the
+// source stops.
 func cutover(ctx context.Context, d Drivers, j *Job) ([]string, error) {
 	w, a, _ := warmerOf(d, j)
-	j.warm.stoppedAt = time.Now()
+	var sink DeltaSink
+	f, forwards := w.(CutoverForwarder)
+	if s, ok := d.Target.(DeltaSinker); ok && forwards && f.ForwardsCutover() {
+		var err error
+		if sink, err = s.OpenDeltaSink(ctx, j); err != nil {
+			return nil, fmt.Errorf("open the target volumes for the cutover: %w", err)
+		}
+		defer func() {
+			j.warm.mu.Lock()
+			j.warm.sink = nil
+			j.warm.mu.Unlock()
+			if err := sink.Close(); err != nil {
+				j.Log.Warn("release the target volumes after the cutover's round", "err", err)
+			}
+		}()
+		j.warm.mu.Lock()
+		j.warm.sink = sink
+		j.warm.mu.Unlock()
+	}
+	if c, ok := d.Target.(CutoverConfigurer); ok {
+		// A target VM that cannot be defined fails the job before the
+		// source stops.
+		start := time.Now()
+		defined, warnings, err := c.DefineAhead(ctx, j)
+		if err != nil {
+			return nil, err
+		}
+		j.warm.defined, j.warm.warnings = defined, warnings
+		if defined {
+			j.Log.Info("target VM defined ahead of the cutover", "seconds", time.Since(start).Seconds())
+		}
+	}
+	j.SourceStopped()
 	if err := w.StopSource(ctx, j); err != nil {
 		return nil, fmt.Errorf("stop the source VM: %w", err)
 	}
-	if _, err := j.round(ctx, w, a, true); err != nil {
+	if _, err := j.round(ctx, w, a, true, sink); err != nil {
 		return nil, err
 	}
 	return nil, nil
 }
 
-// configureWarm defines (and starts) the target and measures the
-// downtime since the source was stopped.
+// configureWarm starts the target the cutover defined (or defines and
+// starts it) and measures the downtime since the source was stopped.
 func configureWarm(ctx context.Context, d Drivers, j *Job) ([]string, error) {
-	warnings, err := configure(ctx, d, j)
+	var warnings []string
+	var err error
+	if c, ok := d.Target.(CutoverConfigurer); ok && j.warm.defined {
+		warnings, err = c.StartDefined(ctx, j)
+		warnings = append(slices.Clone(j.warm.warnings), warnings...)
+	} else {
+		warnings, err = configure(ctx, d, j)
+	}
 	if err == nil {
+		j.warm.mu.Lock()
 		j.warm.downtime = time.Since(j.warm.stoppedAt)
+		j.warm.mu.Unlock()
 		j.Log.Info("cutover done", "downtime_seconds", j.warm.downtime.Seconds())
 	}
 	return warnings, err

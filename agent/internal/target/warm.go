@@ -7,8 +7,11 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
+	"sync"
 	"time"
 
+	"github.com/cespare/xxhash/v2"
 	"golang.org/x/sync/errgroup"
 
 	"github.com/ferry-v2v/ferry/agent/internal/cache"
@@ -166,4 +169,170 @@ func applyPiece(ctx context.Context, job *runner.Job, src, dst *nbd.Client, e pi
 		return fmt.Errorf("%w: the volume differs from the cache in the %d bytes at %d", pipeline.ErrMismatch, e.Length, e.Offset)
 	}
 	return nil
+}
+
+var _ runner.DeltaSinker = (*Driver)(nil)
+
+// OpenDeltaSink serves each of the job's volumes writable and connects to
+// it, ahead of the cutover's stop of the source, so the last delta goes
+// from the source straight onto them (deltaSink).
+func (d *Driver) OpenDeltaSink(ctx context.Context, job *runner.Job) (runner.DeltaSink, error) {
+	if d.uploadHostOf(job) != "" {
+		return nil, ErrWarmRemote
+	}
+	vols, err := volumes(job)
+	if err != nil {
+		return nil, err
+	}
+	up := NewUploader(UploadDeps{Commander: d.opts.Commander, Log: job.Log, Fence: job.Fence})
+	s := &deltaSink{job: job, disks: map[string]*sinkDisk{}}
+	if s.dir, err = os.MkdirTemp(up.tempDir, "ferry-cutover-"); err != nil {
+		return nil, err
+	}
+	for i, disk := range job.Assignment.GetJob().GetTarget().GetDisks() {
+		if err := s.open(ctx, up, disk.GetSourceDisk(), vols[i], i); err != nil {
+			return nil, errors.Join(err, s.Close())
+		}
+	}
+	return s, nil
+}
+
+// deltaSink writes the cutover's pieces onto the volumes and keeps the
+// xxHash64 of each; Finish flushes each volume once, then reads every
+// piece back and compares.
+type deltaSink struct {
+	job   *runner.Job
+	dir   string
+	disks map[string]*sinkDisk
+}
+
+type sinkDisk struct {
+	vol Volume
+	srv *cache.Server
+	nbd *nbd.Client
+
+	mu     sync.Mutex
+	pieces []sinkPiece
+}
+
+// sinkPiece is one piece written: its extent and, unless zero, the hash
+// of its bytes.
+type sinkPiece struct {
+	e    pipeline.Extent
+	hash uint64
+}
+
+func (s *deltaSink) open(ctx context.Context, up *Uploader, disk string, vol Volume, i int) error {
+	if err := up.fence(ctx, "write the cutover's delta onto volume "+vol.Path); err != nil {
+		return err
+	}
+	srv, err := up.serve(ctx, vol, filepath.Join(s.dir, fmt.Sprintf("%d.sock", i)), false)
+	if err != nil {
+		return err
+	}
+	c, err := nbd.Dial(ctx, "unix", srv.Socket(), nbd.Options{Logger: s.job.Log})
+	if err != nil {
+		return errors.Join(fmt.Errorf("open volume %s: %w", vol.Path, err), srv.Stop())
+	}
+	s.disks[disk] = &sinkDisk{vol: vol, srv: srv, nbd: c}
+	return nil
+}
+
+// Write puts one piece onto disk's volume under the upstream limit.
+func (s *deltaSink) Write(ctx context.Context, disk string, e pipeline.Extent, data []byte) error {
+	sd := s.disks[disk]
+	if sd == nil {
+		return fmt.Errorf("the job has no disk %s", disk)
+	}
+	if err := s.job.Upstream.WaitN(ctx, int(e.Length)); err != nil {
+		return err
+	}
+	p := sinkPiece{e: e}
+	if e.Zero {
+		if err := sd.nbd.WriteZeroes(ctx, e.Offset, e.Length, 0); err != nil {
+			return fmt.Errorf("disk %s: zero %d bytes at %d: %w", disk, e.Length, e.Offset, err)
+		}
+	} else {
+		if int64(len(data)) != e.Length {
+			return fmt.Errorf("disk %s: a piece of %d bytes at %d came with %d", disk, e.Length, e.Offset, len(data))
+		}
+		p.hash = xxhash.Sum64(data)
+		if err := sd.nbd.WriteAt(ctx, data, e.Offset, false); err != nil {
+			return fmt.Errorf("disk %s: write %d bytes at %d: %w", disk, e.Length, e.Offset, err)
+		}
+	}
+	sd.mu.Lock()
+	sd.pieces = append(sd.pieces, p)
+	sd.mu.Unlock()
+	return nil
+}
+
+// Finish flushes every volume and, with verify, reads each piece back.
+func (s *deltaSink) Finish(ctx context.Context, verify bool) (int64, error) {
+	start := time.Now()
+	var total int64
+	for disk, sd := range s.disks {
+		if err := sd.nbd.Flush(ctx); err != nil {
+			return total, fmt.Errorf("disk %s: flush volume %s: %w", disk, sd.vol.Path, err)
+		}
+		for _, p := range sd.pieces {
+			total += p.e.Length
+		}
+	}
+	if verify {
+		for disk, sd := range s.disks {
+			if err := sd.verify(ctx); err != nil {
+				return total, fmt.Errorf("disk %s: %w", disk, err)
+			}
+		}
+	}
+	s.job.Log.Info("cutover delta written onto the volumes", "bytes", total, "verified", verify, "seconds", time.Since(start).Seconds())
+	return total, nil
+}
+
+// verify reads every piece back from the volume and compares it with
+// what was written.
+func (sd *sinkDisk) verify(ctx context.Context) error {
+	g, gctx := errgroup.WithContext(ctx)
+	g.SetLimit(deltaInFlight)
+	for _, p := range sd.pieces {
+		g.Go(func() error {
+			got := make([]byte, p.e.Length)
+			if err := sd.nbd.ReadAt(gctx, got, p.e.Offset); err != nil {
+				return fmt.Errorf("read back %d bytes at %d: %w", p.e.Length, p.e.Offset, err)
+			}
+			same := false
+			if p.e.Zero {
+				same = !slices.ContainsFunc(got, func(b byte) bool { return b != 0 })
+			} else {
+				same = xxhash.Sum64(got) == p.hash
+			}
+			if !same {
+				return fmt.Errorf("%w: volume %s differs from what was written in the %d bytes at %d", pipeline.ErrMismatch,
+					sd.vol.Path, p.e.Length, p.e.Offset)
+			}
+			return nil
+		})
+	}
+	return g.Wait()
+}
+
+// Close disconnects from the volumes and stops their servers.
+func (s *deltaSink) Close() error {
+	var errs []error
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	for _, sd := range s.disks {
+		if err := sd.nbd.Disconnect(ctx); err != nil {
+			sd.nbd.Close()
+		}
+		if err := sd.srv.Stop(); err != nil {
+			errs = append(errs, fmt.Errorf("stop the server of volume %s: %w", sd.vol.Path, err))
+		}
+	}
+	s.disks = nil
+	if s.dir != "" {
+		errs = append(errs, os.RemoveAll(s.dir))
+	}
+	return errors.Join(errs...)
 }

@@ -47,9 +47,19 @@ func checkpointPrefix(job *runner.Job) string {
 // prev is "") into the cache and returns the new checkpoint as token.
 func (d *Driver) Round(ctx context.Context, job *runner.Job, prev string) (runner.RoundResult, error) {
 	a := job.Assignment
-	src := &source{d: d, job: job}
-	if err := src.connectFirst(ctx); err != nil {
-		return runner.RoundResult{}, err
+	var src *source
+	var p roundPlan
+	d.mu.Lock()
+	cp := d.cutover[job.Name()]
+	delete(d.cutover, job.Name())
+	d.mu.Unlock()
+	if cp != nil {
+		src, p = cp.src, cp.plan
+	} else {
+		src = &source{d: d, job: job}
+		if err := src.connectFirst(ctx); err != nil {
+			return runner.RoundResult{}, err
+		}
 	}
 	ownConn := true // false once a goroutine ending the backup owns it
 	defer func() {
@@ -57,7 +67,12 @@ func (d *Driver) Round(ctx context.Context, job *runner.Job, prev string) (runne
 			src.conn.Close()
 		}
 	}()
-	p, err := d.prepareRound(ctx, src, prev)
+	var err error
+	if cp != nil {
+		err = d.checkCutover(ctx, src, &p, prev)
+	} else {
+		p, err = d.prepareRound(ctx, src, prev)
+	}
 	if err != nil {
 		return runner.RoundResult{}, err
 	}
@@ -74,9 +89,7 @@ func (d *Driver) Round(ctx context.Context, job *runner.Job, prev string) (runne
 		d.release(record, true)
 		return runner.RoundResult{}, err
 	}
-	closed := make(chan struct{})
 	end := func() {
-		defer close(closed)
 		cerr := b.Close(context.WithoutCancel(ctx))
 		if cerr != nil {
 			job.Log.Error("end the source backup; the agent tries again later", "err", cerr)
@@ -88,23 +101,51 @@ func (d *Driver) Round(ctx context.Context, job *runner.Job, prev string) (runne
 			end()
 			return
 		}
-		// The cutover's backup ends beside CONFIGURING: the source VM is
-		// paused, and EndWarm waits for it.
-		d.mu.Lock()
-		d.closing[job.Name()] = closed
-		d.mu.Unlock()
+		// The cutover's backup ends in EndWarm, once the target VM
+		// started: the source VM is paused, and nothing else competes
+		// with the cutover meanwhile.
 		ownConn = false
 		conn := src.conn
-		go func() {
+		d.mu.Lock()
+		d.ending[job.Name()] = func() {
 			defer conn.Close()
 			end()
-		}()
+		}
+		d.mu.Unlock()
 	}()
 	disks, err := d.copyRound(ctx, src, b, p.vm, prev)
 	if err != nil {
 		return runner.RoundResult{}, err
 	}
-	return runner.RoundResult{Token: p.next, Disks: disks}, nil
+	token := p.next
+	if token == "" {
+		token = prev // the cutover's round makes no checkpoint
+	}
+	return runner.RoundResult{Token: token, Disks: disks}, nil
+}
+
+var _ runner.CutoverForwarder = (*Driver)(nil)
+
+// ForwardsCutover: the cutover's round reads its delta straight onto the
+// target's volumes when the job has a CutoverSink (forwardDelta).
+func (d *Driver) ForwardsCutover() bool { return true }
+
+// cutoverPlan is what StopSource prepared, while the VM still ran, for
+// the cutover's round: its connection and what prepareRound checks.
+type cutoverPlan struct {
+	src  *source
+	plan roundPlan
+}
+
+// checkCutover finishes a plan StopSource prepared: the cutover's round
+// goes on from prev, which must still be there, and makes no checkpoint
+// (nothing follows it; EndWarm would only delete it again).
+func (d *Driver) checkCutover(ctx context.Context, src *source, p *roundPlan, prev string) error {
+	if prev == "" {
+		return errors.New("the cutover's round has no earlier round to go on from")
+	}
+	p.next = ""
+	return src.conn.CheckCheckpoint(ctx, src.job.Assignment.GetJob().GetSourceVm(), prev)
 }
 
 // roundPlan is what prepareRound found and chose.
@@ -122,6 +163,37 @@ type roundPlan struct {
 // A first round empties the cache: what an interrupted one left holds
 // another point in time.
 func (d *Driver) prepareRound(ctx context.Context, src *source, prev string) (roundPlan, error) {
+	job := src.job
+	vmName := job.Assignment.GetJob().GetSourceVm()
+	p, err := d.checkRound(ctx, src)
+	if err != nil {
+		return roundPlan{}, err
+	}
+	prefix := checkpointPrefix(job)
+	if p.stopped && prev != "" {
+		err = src.conn.CheckCheckpoint(ctx, vmName, prev)
+	} else {
+		err = src.conn.DeleteCheckpoints(ctx, vmName, prefix, prev)
+	}
+	if err != nil {
+		return roundPlan{}, err
+	}
+	if p.next, err = checkpointName(prefix); err != nil {
+		return roundPlan{}, err
+	}
+	if prev == "" {
+		for _, t := range p.targets {
+			if err := cache.Reset(job.CacheDir, t); err != nil {
+				return roundPlan{}, err
+			}
+		}
+	}
+	return p, nil
+}
+
+// checkRound checks the VM can still be copied warm, ends a backup an
+// earlier attempt left and records the job's warm record.
+func (d *Driver) checkRound(ctx context.Context, src *source) (roundPlan, error) {
 	job := src.job
 	a := job.Assignment
 	vmName := a.GetJob().GetSourceVm()
@@ -142,30 +214,11 @@ func (d *Driver) prepareRound(ctx context.Context, src *source, prev string) (ro
 	if err := src.conn.CleanupStale(ctx, vmName); err != nil {
 		return roundPlan{}, fmt.Errorf("clean up an earlier backup of %s: %w", vmName, err)
 	}
-	prefix := checkpointPrefix(job)
 	d.mu.Lock()
 	p.stopped = d.stopped[job.Name()]
 	d.mu.Unlock()
-	if p.stopped && prev != "" {
-		err = src.conn.CheckCheckpoint(ctx, vmName, prev)
-	} else {
-		err = src.conn.DeleteCheckpoints(ctx, vmName, prefix, prev)
-	}
-	if err != nil {
-		return roundPlan{}, err
-	}
 	if err := d.rememberWarm(job, vmName, vm.UUID); err != nil {
 		return roundPlan{}, err
-	}
-	if p.next, err = checkpointName(prefix); err != nil {
-		return roundPlan{}, err
-	}
-	if prev == "" {
-		for _, t := range p.targets {
-			if err := cache.Reset(job.CacheDir, t); err != nil {
-				return roundPlan{}, err
-			}
-		}
 	}
 	return p, nil
 }
@@ -255,6 +308,9 @@ func (d *Driver) copyDelta(ctx context.Context, job *runner.Job, b *Backup, disk
 		}
 		runs = append(runs, [2]int64{off, end})
 	}
+	if sink := job.CutoverSink(); sink != nil {
+		return forwardDelta(ctx, job, c, sink, dd, runs)
+	}
 	if len(runs) == 0 {
 		return dd, nil
 	}
@@ -295,6 +351,49 @@ func (d *Driver) copyDelta(ctx context.Context, job *runner.Job, b *Backup, disk
 	return dd, img.Close()
 }
 
+// forwardDelta reads the runs of the cutover's round and hands each piece
+// straight to the sink (the target volumes), not the cache.
+func forwardDelta(ctx context.Context, job *runner.Job, c *nbd.Client, sink runner.DeltaSink, dd runner.DiskDelta, runs [][2]int64) (runner.DiskDelta, error) {
+	dd.Forwarded = true
+	var mu sync.Mutex
+	g, gctx := errgroup.WithContext(ctx)
+	g.SetLimit(deltaInFlight)
+	for _, r := range runs {
+		for off := r[0]; off < r[1]; off += deltaPiece {
+			n := min(int64(deltaPiece), r[1]-off)
+			g.Go(func() error {
+				if err := job.Downstream.WaitN(gctx, int(n)); err != nil {
+					return err
+				}
+				buf := make([]byte, n)
+				if err := c.ReadAt(gctx, buf, off); err != nil {
+					return fmt.Errorf("read %d bytes at %d: %w", n, off, err)
+				}
+				e := pipeline.Extent{Offset: off, Length: n, Zero: !slices.ContainsFunc(buf, func(b byte) bool { return b != 0 })}
+				data := buf
+				if e.Zero {
+					data = nil
+				}
+				if err := sink.Write(gctx, dd.Disk, e, data); err != nil {
+					return err
+				}
+				mu.Lock()
+				dd.ReadBytes += n
+				dd.Extents = append(dd.Extents, e)
+				mu.Unlock()
+				return nil
+			})
+		}
+	}
+	if err := g.Wait(); err != nil {
+		return dd, err
+	}
+	slices.SortFunc(dd.Extents, func(a, b pipeline.Extent) int { return int(a.Offset - b.Offset) })
+	job.Log.Info("cutover delta sent to the target", "disk", dd.Disk, "changed_bytes", dd.ChangedBytes, "read_bytes", dd.ReadBytes,
+		"extents", len(runs))
+	return dd, nil
+}
+
 // copyPiece reads n bytes at off from the source and writes them into the
 // cache image: as zeroes when they are all zero, else zeroed first when
 // the image is compressed (its clusters cannot be overwritten in place).
@@ -321,18 +420,37 @@ func copyPiece(ctx context.Context, job *runner.Job, src *nbd.Client, img *cache
 }
 
 // StopSource pauses the source VM for the cutover: the last round then
-// sees every write it made. EndWarm powers it off once the job succeeded
-// (leaves it paused with options.pause_source_vm) and resumes it when
-// the cutover failed.
+// sees every write it made. What that round needs that does not depend on
+// the last delta (the connection, the checks of prepareRound) is done
+// first, while the VM still runs, and kept for it. EndWarm powers the VM
+// off once the job succeeded (leaves it paused with
+// options.pause_source_vm) and resumes it when the cutover failed.
 func (d *Driver) StopSource(ctx context.Context, job *runner.Job) error {
-	return d.withDomain(ctx, job, func(dom *libvirt.Domain) error {
-		state, _, err := dom.GetState()
-		if err != nil {
-			return err
+	src := &source{d: d, job: job}
+	if err := src.connectFirst(ctx); err != nil {
+		return err
+	}
+	kept := false
+	defer func() {
+		if !kept {
+			src.conn.Close()
 		}
-		if state != libvirt.DOMAIN_RUNNING {
-			return nil
-		}
+	}()
+	p, err := d.checkRound(ctx, src)
+	if err != nil {
+		return err
+	}
+	dom, err := src.conn.domain(job.Assignment.GetJob().GetSourceVm())
+	if err != nil {
+		return err
+	}
+	defer dom.Free()
+	state, _, err := dom.GetState()
+	if err != nil {
+		return err
+	}
+	if state == libvirt.DOMAIN_RUNNING {
+		job.SourceStopped()
 		if err := dom.Suspend(); err != nil {
 			return fmt.Errorf("pause the source VM: %w", err)
 		}
@@ -340,8 +458,16 @@ func (d *Driver) StopSource(ctx context.Context, job *runner.Job) error {
 		d.stopped[job.Name()] = true
 		d.mu.Unlock()
 		job.Log.Info("source VM paused for the cutover")
-		return nil
-	})
+	}
+	d.mu.Lock()
+	p.stopped = d.stopped[job.Name()]
+	if old := d.cutover[job.Name()]; old != nil {
+		old.src.conn.Close()
+	}
+	d.cutover[job.Name()] = &cutoverPlan{src: src, plan: p}
+	d.mu.Unlock()
+	kept = true
+	return nil
 }
 
 // EndWarm deletes the job's checkpoints and settles the source VM: after
@@ -351,17 +477,18 @@ func (d *Driver) EndWarm(ctx context.Context, job *runner.Job, succeeded bool) e
 	d.mu.Lock()
 	stopped := d.stopped[job.Name()]
 	delete(d.stopped, job.Name())
-	closing := d.closing[job.Name()]
-	delete(d.closing, job.Name())
+	ending := d.ending[job.Name()]
+	delete(d.ending, job.Name())
+	cp := d.cutover[job.Name()]
+	delete(d.cutover, job.Name())
 	d.mu.Unlock()
+	if cp != nil {
+		cp.src.conn.Close()
+	}
 	deleted := false
 	defer func() { d.forgetWarm(job, deleted) }()
-	if closing != nil {
-		select {
-		case <-closing:
-		case <-ctx.Done():
-			return ctx.Err()
-		}
+	if ending != nil {
+		ending()
 	}
 	return d.withDomain(ctx, job, func(dom *libvirt.Domain) error {
 		var errs []error
