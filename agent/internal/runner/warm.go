@@ -88,13 +88,13 @@ type DiskDelta struct {
 // (source → target, not through the cache and back) while the source is
 // stopped. Write may be called from several goroutines.
 type DeltaSink interface {
-	// Write puts one piece of disk's delta onto its volume: data, or
-	// zeroes when e.Zero (data nil).
+	// Write puts one piece of disk's delta onto its volume, data or
+	// zeroes when e.Zero (data nil), and reads it back to compare: the
+	// cutover's delta is verified as it goes, each read-back beside the
+	// source's reads of the pieces after it.
 	Write(ctx context.Context, disk string, e pipeline.Extent, data []byte) error
-	// Finish makes what was written durable and, with verify, reads every
-	// piece back from the volumes and compares it with the checksum of
-	// what Write was given. It returns the bytes written.
-	Finish(ctx context.Context, verify bool) (int64, error)
+	// Finish makes what was written durable and returns its bytes.
+	Finish(ctx context.Context) (int64, error)
 	// Close releases the volumes; it may follow Finish or a failure, and
 	// be called again.
 	Close() error
@@ -459,7 +459,7 @@ func (j *Job) round(ctx context.Context, w Warmer, a DeltaApplier, final bool, s
 		if sink == nil {
 			return nil, fmt.Errorf("precopy round %d: the source forwarded its delta, but the round has no sink", n)
 		}
-		if up, err = sink.Finish(ctx, final); err != nil {
+		if up, err = sink.Finish(ctx); err != nil {
 			return nil, fmt.Errorf("precopy round %d onto the target: %w", n, err)
 		}
 	}

@@ -11,7 +11,6 @@ import (
 	"sync"
 	"time"
 
-	"github.com/cespare/xxhash/v2"
 	"golang.org/x/sync/errgroup"
 
 	"github.com/ferry-v2v/ferry/agent/internal/cache"
@@ -175,7 +174,8 @@ var _ runner.DeltaSinker = (*Driver)(nil)
 
 // OpenDeltaSink serves each of the job's volumes writable and connects to
 // it, ahead of the cutover's stop of the source, so the last delta goes
-// from the source straight onto them (deltaSink).
+// from the source straight onto them (deltaSink), each piece read back as
+// it is written.
 func (d *Driver) OpenDeltaSink(ctx context.Context, job *runner.Job) (runner.DeltaSink, error) {
 	if d.uploadHostOf(job) != "" {
 		return nil, ErrWarmRemote
@@ -197,9 +197,10 @@ func (d *Driver) OpenDeltaSink(ctx context.Context, job *runner.Job) (runner.Del
 	return s, nil
 }
 
-// deltaSink writes the cutover's pieces onto the volumes and keeps the
-// xxHash64 of each; Finish flushes each volume once, then reads every
-// piece back and compares.
+// deltaSink writes the cutover's pieces onto the volumes, reading each
+// back right after its write (the read-back sees what the volume's
+// server holds, as one after a flush would); Finish flushes each volume
+// once.
 type deltaSink struct {
 	job   *runner.Job
 	dir   string
@@ -211,15 +212,8 @@ type sinkDisk struct {
 	srv *cache.Server
 	nbd *nbd.Client
 
-	mu     sync.Mutex
-	pieces []sinkPiece
-}
-
-// sinkPiece is one piece written: its extent and, unless zero, the hash
-// of its bytes.
-type sinkPiece struct {
-	e    pipeline.Extent
-	hash uint64
+	mu      sync.Mutex
+	written int64
 }
 
 func (s *deltaSink) open(ctx context.Context, up *Uploader, disk string, vol Volume, i int) error {
@@ -238,83 +232,61 @@ func (s *deltaSink) open(ctx context.Context, up *Uploader, disk string, vol Vol
 	return nil
 }
 
-// Write puts one piece onto disk's volume under the upstream limit.
+// Write puts one piece onto disk's volume under the upstream limit and
+// reads it back.
 func (s *deltaSink) Write(ctx context.Context, disk string, e pipeline.Extent, data []byte) error {
 	sd := s.disks[disk]
 	if sd == nil {
 		return fmt.Errorf("the job has no disk %s", disk)
 	}
+	if !e.Zero && int64(len(data)) != e.Length {
+		return fmt.Errorf("disk %s: a piece of %d bytes at %d came with %d", disk, e.Length, e.Offset, len(data))
+	}
 	if err := s.job.Upstream.WaitN(ctx, int(e.Length)); err != nil {
 		return err
 	}
-	p := sinkPiece{e: e}
 	if e.Zero {
 		if err := sd.nbd.WriteZeroes(ctx, e.Offset, e.Length, 0); err != nil {
 			return fmt.Errorf("disk %s: zero %d bytes at %d: %w", disk, e.Length, e.Offset, err)
 		}
-	} else {
-		if int64(len(data)) != e.Length {
-			return fmt.Errorf("disk %s: a piece of %d bytes at %d came with %d", disk, e.Length, e.Offset, len(data))
-		}
-		p.hash = xxhash.Sum64(data)
-		if err := sd.nbd.WriteAt(ctx, data, e.Offset, false); err != nil {
-			return fmt.Errorf("disk %s: write %d bytes at %d: %w", disk, e.Length, e.Offset, err)
-		}
+	} else if err := sd.nbd.WriteAt(ctx, data, e.Offset, false); err != nil {
+		return fmt.Errorf("disk %s: write %d bytes at %d: %w", disk, e.Length, e.Offset, err)
+	}
+	got := make([]byte, e.Length)
+	if err := sd.nbd.ReadAt(ctx, got, e.Offset); err != nil {
+		return fmt.Errorf("disk %s: read back %d bytes at %d: %w", disk, e.Length, e.Offset, err)
+	}
+	if !samePiece(got, e, data) {
+		return fmt.Errorf("%w: volume %s differs from what was written in the %d bytes at %d", pipeline.ErrMismatch,
+			sd.vol.Path, e.Length, e.Offset)
 	}
 	sd.mu.Lock()
-	sd.pieces = append(sd.pieces, p)
+	sd.written += e.Length
 	sd.mu.Unlock()
 	return nil
 }
 
-// Finish flushes every volume and, with verify, reads each piece back.
-func (s *deltaSink) Finish(ctx context.Context, verify bool) (int64, error) {
+// samePiece reports whether got, read back, is the piece e written with
+// data (zeroes when e.Zero).
+func samePiece(got []byte, e pipeline.Extent, data []byte) bool {
+	if e.Zero {
+		return !slices.ContainsFunc(got, func(b byte) bool { return b != 0 })
+	}
+	return bytes.Equal(got, data)
+}
+
+// Finish flushes every volume.
+func (s *deltaSink) Finish(ctx context.Context) (int64, error) {
 	start := time.Now()
 	var total int64
 	for disk, sd := range s.disks {
 		if err := sd.nbd.Flush(ctx); err != nil {
 			return total, fmt.Errorf("disk %s: flush volume %s: %w", disk, sd.vol.Path, err)
 		}
-		for _, p := range sd.pieces {
-			total += p.e.Length
-		}
+		total += sd.written
 	}
-	if verify {
-		for disk, sd := range s.disks {
-			if err := sd.verify(ctx); err != nil {
-				return total, fmt.Errorf("disk %s: %w", disk, err)
-			}
-		}
-	}
-	s.job.Log.Info("cutover delta written onto the volumes", "bytes", total, "verified", verify, "seconds", time.Since(start).Seconds())
+	s.job.Log.Info("cutover delta on the volumes, verified and flushed", "bytes", total, "flush_seconds", time.Since(start).Seconds())
 	return total, nil
-}
-
-// verify reads every piece back from the volume and compares it with
-// what was written.
-func (sd *sinkDisk) verify(ctx context.Context) error {
-	g, gctx := errgroup.WithContext(ctx)
-	g.SetLimit(deltaInFlight)
-	for _, p := range sd.pieces {
-		g.Go(func() error {
-			got := make([]byte, p.e.Length)
-			if err := sd.nbd.ReadAt(gctx, got, p.e.Offset); err != nil {
-				return fmt.Errorf("read back %d bytes at %d: %w", p.e.Length, p.e.Offset, err)
-			}
-			same := false
-			if p.e.Zero {
-				same = !slices.ContainsFunc(got, func(b byte) bool { return b != 0 })
-			} else {
-				same = xxhash.Sum64(got) == p.hash
-			}
-			if !same {
-				return fmt.Errorf("%w: volume %s differs from what was written in the %d bytes at %d", pipeline.ErrMismatch,
-					sd.vol.Path, p.e.Length, p.e.Offset)
-			}
-			return nil
-		})
-	}
-	return g.Wait()
 }
 
 // Close disconnects from the volumes and stops their servers.
