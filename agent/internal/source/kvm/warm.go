@@ -44,7 +44,10 @@ func checkpointPrefix(job *runner.Job) string {
 }
 
 // Round copies what changed since the checkpoint prev (everything when
-// prev is "") into the cache and returns the new checkpoint as token.
+// prev is "") into the cache and returns the new checkpoint as token. The
+// cutover's round (after StopSource) goes on with what StopSource
+// prepared, makes no checkpoint (its token is prev) and sends its delta
+// to the job's CutoverSink when there is one.
 func (d *Driver) Round(ctx context.Context, job *runner.Job, prev string) (runner.RoundResult, error) {
 	a := job.Assignment
 	var src *source
@@ -61,7 +64,7 @@ func (d *Driver) Round(ctx context.Context, job *runner.Job, prev string) (runne
 			return runner.RoundResult{}, err
 		}
 	}
-	ownConn := true // false once a goroutine ending the backup owns it
+	ownConn := true // false once EndWarm's end of the backup owns it
 	defer func() {
 		if ownConn {
 			src.conn.Close()
