@@ -18,6 +18,9 @@ const ImagesDir = "/var/lib/libvirt/images"
 
 const mib = 1 << 20
 
+// randomPiece is the most random data one qemu-io write puts in.
+const randomPiece = 1 << 30
+
 // The known contents of a test VM's disks. The root disk (vda) holds
 // RootExtents, each filled with its Pattern byte, plus RandomBytes of
 // random data at RandomOffset when asked; the data disk (vdb) is mostly
@@ -217,13 +220,22 @@ func (vm *TestVM) makeDisks(t testing.TB, randomBytes int64, backing, rawData bo
 		for _, e := range extents {
 			args = append(args, "-c", fmt.Sprintf("write -q -P 0x%02x %d %d", e.Pattern, e.Offset, e.Length))
 		}
-		if d.Random != nil {
-			src := filepath.Join(vm.Dir, "random.bin")
-			writeFile(t, src, d.Random, 0o600)
-			args = append(args, "-c", fmt.Sprintf("write -q -s %s %d %d", src, RandomOffset, len(d.Random)))
+		// One qemu-io write stops short of 2 GiB: the random data goes in
+		// by pieces, each from a file of its own (write -s reads its
+		// file from the start), removed once written.
+		var pieces []string
+		for off := int64(0); off < int64(len(d.Random)); off += randomPiece {
+			piece := d.Random[off:min(off+randomPiece, int64(len(d.Random)))]
+			src := filepath.Join(vm.Dir, fmt.Sprintf("random-%d.bin", len(pieces)))
+			writeFile(t, src, piece, 0o600)
+			pieces = append(pieces, src)
+			args = append(args, "-c", fmt.Sprintf("write -q -s %s %d %d", src, RandomOffset+off, len(piece)))
 		}
 		if len(args) > 2 {
 			Run(t, "qemu-io", append(args, d.Path)...)
+		}
+		for _, p := range pieces {
+			os.Remove(p)
 		}
 	}
 	vm.Disks = []TestDisk{root, data}

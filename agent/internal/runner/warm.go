@@ -78,6 +78,8 @@ type DiskDelta struct {
 	// byte in a first round), ReadBytes those read from it (the changes
 	// rounded out to the cache's granule).
 	ChangedBytes, ReadBytes int64
+	// Forwarded: the extents went to the job's CutoverSink, not the cache.
+	Forwarded bool
 }
 
 // DeltaApplier is what a target driver may also do for a warm job: write
@@ -114,8 +116,11 @@ type warmState struct {
 	saved      savedRounds
 	first      *ferryv1.PrecopyRound // the first round, until its upload is verified
 	firstToken string
-	stoppedAt  time.Time // when StopSource was asked
+	stoppedAt  time.Time // when the source stopped (SourceStopped)
 	downtime   time.Duration
+	sink       DeltaSink // the cutover round's, while it runs
+	defined    bool      // the cutover defined the target VM ahead
+	warnings   []string  // of DefineAhead
 }
 
 // savedRounds is warm.json.
@@ -208,8 +213,8 @@ var warmItinerary = []step{
 	{ferryv1.MigrationJobPhase_MIGRATION_JOB_PHASE_UPLOADING, uploadStep, true, unlessResumed(upload), nil},
 	{ferryv1.MigrationJobPhase_MIGRATION_JOB_PHASE_UPLOADING, verifyStep, false, unlessResumed(verifyFirst), nil},
 	{ferryv1.MigrationJobPhase_MIGRATION_JOB_PHASE_SYNCING, "precopy rounds", false, syncRounds, nil},
-	{ferryv1.MigrationJobPhase_MIGRATION_JOB_PHASE_SYNCING, "cut over (stop the source, copy and verify the last delta)", false, cutover, nil},
-	{ferryv1.MigrationJobPhase_MIGRATION_JOB_PHASE_CONFIGURING, "define the target VM", false, configureWarm, nil},
+	{ferryv1.MigrationJobPhase_MIGRATION_JOB_PHASE_SYNCING, "cut over (define the target VM, stop the source, copy and verify the last delta)", false, cutover, nil},
+	{ferryv1.MigrationJobPhase_MIGRATION_JOB_PHASE_CONFIGURING, "start the target VM (defining it unless the cutover did)", false, configureWarm, nil},
 }
 
 func warmerOf(d Drivers, j *Job) (Warmer, DeltaApplier, error) {
@@ -344,7 +349,7 @@ func syncRounds(ctx context.Context, d Drivers, j *Job) ([]string, error) {
 		if time.Now().Before(next) {
 			continue // woken by a cutover request
 		}
-		if _, err := j.round(ctx, w, a, false); err != nil {
+		if _, err := j.round(ctx, w, a, false, nil); err != nil {
 			return nil, err
 		}
 		last = time.Now()
@@ -365,18 +370,42 @@ func sleepUntil(ctx context.Context, wake <-chan struct{}, t time.Time) error {
 }
 
 // round runs one delta round: the source's changes into the cache, then
-// on to the target, then recorded.
-func (j *Job) round(ctx context.Context, w Warmer, a DeltaApplier, final bool) (*ferryv1.PrecopyRound, error) {
+// on to the target (or straight to the target through sink, the
+// cutover's), then recorded.
+func (j *Job) round(ctx context.Context, w Warmer, a DeltaApplier, final bool, sink DeltaSink) (*ferryv1.PrecopyRound, error) {
 	n := j.warm.saved.Round + 1
 	start := time.Now()
 	res, err := w.Round(ctx, j, j.warm.saved.Token)
 	if err != nil {
 		return nil, fmt.Errorf("precopy round %d: %w", n, err)
 	}
-	up, err := a.ApplyDelta(ctx, j, res.Disks, final)
+	var up int64
+	var cached []DiskDelta
+	for _, dd := range res.Disks {
+		if !dd.Forwarded {
+			cached = append(cached, dd)
+		}
+	}
+	if len(cached) < len(res.Disks) {
+		if sink == nil {
+			return nil, fmt.Errorf("precopy round %d: the source forwarded its delta, but the round has no sink", n)
+		}
+		if up, err = sink.Finish(ctx); err != nil {
+			return nil, fmt.Errorf("precopy round %d onto the target: %w", n, err)
+		}
+	}
+	if len(cached) > 0 && sink != nil {
+		// What the source did not forward goes from the cache onto
+		// volumes the sink must let go of first.
+		if err := sink.Close(); err != nil {
+			return nil, fmt.Errorf("precopy round %d: release the target volumes: %w", n, err)
+		}
+	}
+	applied, err := a.ApplyDelta(ctx, j, cached, final)
 	if err != nil {
 		return nil, fmt.Errorf("precopy round %d onto the target: %w", n, err)
 	}
+	up += applied
 	r := roundOf(n, start, res, up, final)
 	j.estimate(r)
 	if err := j.warm.save(j.CacheDir, r, res.Token); err != nil {
@@ -386,30 +415,6 @@ func (j *Job) round(ctx context.Context, w Warmer, a DeltaApplier, final bool) (
 	j.Log.Info("precopy round done", "round", n, "changed_bytes", r.GetChangedBytes(), "read_bytes", r.GetReadBytes(),
 		"uploaded_bytes", up, "seconds", r.GetDuration().AsDuration().Seconds(), "final", final)
 	return r, nil
-}
-
-// cutover stops the source and moves the last delta, verified.
-func cutover(ctx context.Context, d Drivers, j *Job) ([]string, error) {
-	w, a, _ := warmerOf(d, j)
-	j.warm.stoppedAt = time.Now()
-	if err := w.StopSource(ctx, j); err != nil {
-		return nil, fmt.Errorf("stop the source VM: %w", err)
-	}
-	if _, err := j.round(ctx, w, a, true); err != nil {
-		return nil, err
-	}
-	return nil, nil
-}
-
-// configureWarm defines (and starts) the target and measures the
-// downtime since the source was stopped.
-func configureWarm(ctx context.Context, d Drivers, j *Job) ([]string, error) {
-	warnings, err := configure(ctx, d, j)
-	if err == nil {
-		j.warm.downtime = time.Since(j.warm.stoppedAt)
-		j.Log.Info("cutover done", "downtime_seconds", j.warm.downtime.Seconds())
-	}
-	return warnings, err
 }
 
 // endWarm removes what the rounds kept on the source, with its own

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"google.golang.org/protobuf/types/known/durationpb"
+	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/ferry-v2v/ferry/agent/internal/pipeline"
 	agentv1 "github.com/ferry-v2v/ferry/pkg/pb/ferry/agent/v1"
@@ -208,5 +209,121 @@ func TestWarmResumeAndFailedCutover(t *testing.T) {
 	}
 	if strings.Contains(strings.Join(d.calls, ","), "upload") {
 		t.Errorf("the resumed job uploaded again: %v", d.calls)
+	}
+}
+
+// sinkDriver is a warmDriver whose target also takes the cutover's delta
+// straight from the source (DeltaSinker) and defines the target VM ahead
+// (CutoverConfigurer); events records the order of what happened.
+type sinkDriver struct {
+	warmDriver
+	mu3     sync.Mutex
+	events  []string
+	written int64
+}
+
+func (d *sinkDriver) event(e string) {
+	d.mu3.Lock()
+	d.events = append(d.events, e)
+	d.mu3.Unlock()
+}
+
+func (d *sinkDriver) Round(ctx context.Context, j *Job, prev string) (RoundResult, error) {
+	res, err := d.warmDriver.Round(ctx, j, prev)
+	sink := j.CutoverSink()
+	if err != nil || sink == nil {
+		return res, err
+	}
+	for i := range res.Disks {
+		for _, e := range res.Disks[i].Extents {
+			if err := sink.Write(ctx, res.Disks[i].Disk, e, make([]byte, e.Length)); err != nil {
+				return res, err
+			}
+		}
+		res.Disks[i].Forwarded = true
+	}
+	return res, nil
+}
+
+func (d *sinkDriver) StopSource(ctx context.Context, j *Job) error {
+	d.event("stop")
+	j.SourceStopped()
+	return d.warmDriver.StopSource(ctx, j)
+}
+
+func (d *sinkDriver) ForwardsCutover() bool { return true }
+
+func (d *sinkDriver) OpenDeltaSink(context.Context, *Job) (DeltaSink, error) {
+	d.event("open sink")
+	return sinkOf{d}, nil
+}
+
+func (d *sinkDriver) DefineAhead(context.Context, *Job) (bool, []string, error) {
+	d.event("define ahead")
+	return true, []string{"ahead"}, nil
+}
+
+func (d *sinkDriver) StartDefined(context.Context, *Job) ([]string, error) {
+	d.event("start")
+	return []string{"started"}, nil
+}
+
+type sinkOf struct{ d *sinkDriver }
+
+func (s sinkOf) Write(_ context.Context, _ string, e pipeline.Extent, data []byte) error {
+	s.d.mu3.Lock()
+	defer s.d.mu3.Unlock()
+	if s.d.events[len(s.d.events)-1] != "write" {
+		s.d.events = append(s.d.events, "write")
+	}
+	s.d.written += int64(len(data))
+	return nil
+}
+
+func (s sinkOf) Finish(context.Context) (int64, error) {
+	s.d.event("finish")
+	s.d.mu3.Lock()
+	defer s.d.mu3.Unlock()
+	return s.d.written, nil
+}
+
+func (s sinkOf) Close() error { s.d.event("close"); return nil }
+
+// TestWarmCutoverAhead: the cutover opens the target's sink and defines
+// the target VM before it stops the source; the last delta goes through
+// the sink (which verifies it), not through ApplyDelta; CONFIGURING only starts the
+// VM, and the warnings of both reach the result.
+func TestWarmCutoverAhead(t *testing.T) {
+	// The cutover comes at once: its round, the second, changes 700 bytes.
+	d := &sinkDriver{warmDriver: warmDriver{copyDriver: copyDriver{chunks: 1, chunk: 1000}, changes: []int64{700}}}
+	rec := newRecorder()
+	r := startRunner(t, Config{}, Deps{Drivers: Drivers{Sources: map[ferryv1.Platform]Source{ferryv1.Platform_PLATFORM_KVM: d}, Target: d}, Reporter: rec})
+	a := warmAssignment(t, time.Hour, t.TempDir())
+	a.Job.Options.CutoverTime = timestamppb.Now()
+	if err := r.Start(a); err != nil {
+		t.Fatal(err)
+	}
+	res := rec.result(t)
+	if res.GetOutcome() != agentv1.JobOutcome_JOB_OUTCOME_SUCCEEDED {
+		t.Fatalf("result = %v", res)
+	}
+	if got, want := strings.Join(d.events, ","), "open sink,define ahead,stop,write,finish,close,start"; got != want {
+		t.Errorf("events = %s; want %s", got, want)
+	}
+	rs := res.GetPrecopyRounds()
+	if last := rs[len(rs)-1]; !last.GetFinal() || last.GetUploadedBytes() != 700 {
+		t.Errorf("final round = %v; want 700 bytes uploaded through the sink", last)
+	}
+	if len(d.applied) != 0 {
+		t.Errorf("ApplyDelta wrote %v; the cutover's delta went through the sink", d.applied)
+	}
+	if got := strings.Join(d.calls, ","); got != "upload" {
+		t.Errorf("calls = %s; want the first round's upload only (CONFIGURING started the VM defined ahead)", got)
+	}
+	if w := strings.Join(res.GetWarnings(), ","); w != "ahead,started" {
+		t.Errorf("warnings = %q; want those of the definition and the start", w)
+	}
+	if res.GetMeasuredDowntime() == nil || len(d.ended) != 1 || !d.ended[0] {
+		t.Errorf("downtime %v, EndWarm calls %v", res.GetMeasuredDowntime(), d.ended)
 	}
 }

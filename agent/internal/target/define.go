@@ -154,17 +154,54 @@ func Define(ctx context.Context, conn *libvirt.Connect, spec Spec, opts Options)
 			return nil, err
 		}
 	}
-	switch {
-	case spec.VerifyBoot:
-		if err := startAndProve(ctx, conn, ld, d, bo.SerialLog); err != nil {
-			return nil, err
-		}
-	case spec.AutoStart:
-		if d.Started, err = start(ctx, ld, d, opts.Log); err != nil {
-			return nil, err
-		}
+	if spec.DeferStart {
+		opts.Log.InfoContext(ctx, "defined target VM; it starts later", "vm", d.Name, "uuid", d.UUID, "type", bo.Type)
+		return d, nil
+	}
+	if err := d.startAsAsked(ctx, ld, bo.SerialLog); err != nil {
+		return nil, err
 	}
 	opts.Log.InfoContext(ctx, "defined target VM", "vm", d.Name, "uuid", d.UUID, "type", bo.Type, "started", d.Started)
+	return d, nil
+}
+
+// startAsAsked starts the domain with spec.VerifyBoot or spec.AutoStart.
+func (d *Defined) startAsAsked(ctx context.Context, ld *libvirt.Domain, serialLog string) error {
+	var err error
+	switch {
+	case d.spec.VerifyBoot:
+		err = startAndProve(ctx, d.conn, ld, d, serialLog)
+	case d.spec.AutoStart:
+		d.Started, err = start(ctx, ld, d, d.opts.Log)
+	}
+	return err
+}
+
+// StartDefined starts the VM Define made with spec.DeferStart, as
+// spec.AutoStart and spec.VerifyBoot ask; the domain must be this job's.
+// On error the domain stays: Rollback removes it.
+func StartDefined(ctx context.Context, conn *libvirt.Connect, spec Spec, opts Options) (*Defined, error) {
+	opts = opts.withDefaults()
+	name := spec.VM.GetVmName()
+	ld, err := conn.LookupDomainByName(name)
+	if err != nil {
+		return nil, fmt.Errorf("look up domain %s: %w", name, err)
+	}
+	defer ld.Free()
+	meta, err := ld.GetMetadata(libvirt.DOMAIN_METADATA_ELEMENT, MetadataNamespace, libvirt.DOMAIN_AFFECT_CONFIG)
+	if m, ours, _ := ParseMetadata(meta); err != nil || !ours || m.Job != spec.JobID {
+		return nil, fmt.Errorf("%w: %s (not defined by job %s)", ErrDomainExists, name, spec.JobID)
+	}
+	d := &Defined{Name: name, conn: conn, spec: spec, opts: opts}
+	d.UUID, _ = ld.GetUUIDString()
+	serialLog := ""
+	if spec.VerifyBoot {
+		serialLog = serialLogPath(opts, spec)
+	}
+	if err := d.startAsAsked(ctx, ld, serialLog); err != nil {
+		return nil, err
+	}
+	opts.Log.InfoContext(ctx, "started target VM", "vm", d.Name, "uuid", d.UUID, "started", d.Started)
 	return d, nil
 }
 

@@ -520,3 +520,33 @@ func TestDefineOtherBuses(t *testing.T) {
 		})
 	}
 }
+
+// TestDefineDeferredStart: with DeferStart, Define leaves the domain shut
+// off whatever AutoStart says, and StartDefined starts it; StartDefined
+// refuses a domain of the same name that another job (or no job) defined.
+func TestDefineDeferredStart(t *testing.T) {
+	e := newLibvirtEnv(t)
+	s := e.spec(t)
+	s.AutoStart, s.DeferStart = true, true
+	e.rollbackAtEnd(t, s)
+	d, err := Define(context.Background(), e.conn, s, e.opts(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, state := e.domain(t, d.Name); state != libvirt.DOMAIN_SHUTOFF || d.Started {
+		t.Errorf("after Define with DeferStart: state %d, started %v; want shut off", state, d.Started)
+	}
+	other := s
+	other.JobID = "migrationJobs/someone-else"
+	if _, err := StartDefined(context.Background(), e.conn, other, e.opts(t)); !errors.Is(err, ErrDomainExists) {
+		t.Errorf("StartDefined of another job's domain = %v, want ErrDomainExists", err)
+	}
+	started, err := StartDefined(context.Background(), e.conn, s, e.opts(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, state := e.domain(t, d.Name); state != libvirt.DOMAIN_RUNNING || !started.Started || started.UUID != d.UUID {
+		t.Errorf("after StartDefined: state %d, started %v, uuid %s (defined %s); want the same domain running",
+			state, started.Started, started.UUID, d.UUID)
+	}
+}

@@ -41,6 +41,9 @@ type Spec struct {
 	// show it booted (options.verify_boot; see WaitBoot). The domain gets
 	// a guest agent channel and its serial console is logged to a file.
 	VerifyBoot bool
+	// DeferStart defines the VM without starting it, whatever AutoStart
+	// and VerifyBoot say; StartDefined starts it later (as they say).
+	DeferStart bool
 }
 
 // AutoStart is a job's auto-start option: on unless set to false.

@@ -92,6 +92,33 @@ func (d *Driver) Configure(ctx context.Context, job *runner.Job) ([]string, erro
 	if d.targetHostOf(job) != "" {
 		return d.configureRemote(ctx, job)
 	}
+	def, err := d.defineLocal(ctx, job, func(*Spec) {})
+	if err != nil {
+		return nil, err
+	}
+	job.SetBootVerifiedBy(def.BootVerifiedBy)
+	return def.Warnings, nil
+}
+
+var _ runner.CutoverConfigurer = (*Driver)(nil)
+
+// DefineAhead defines a warm job's target VM, stopped, before its cutover
+// stops the source; StartDefined starts it. Only on the migration
+// server's own host (warm rounds onto another host are refused anyway):
+// elsewhere it defines nothing and says so.
+func (d *Driver) DefineAhead(ctx context.Context, job *runner.Job) (bool, []string, error) {
+	if d.targetHostOf(job) != "" {
+		return false, nil, nil
+	}
+	def, err := d.defineLocal(ctx, job, func(s *Spec) { s.DeferStart = true })
+	if err != nil {
+		return false, nil, err
+	}
+	return true, def.Warnings, nil
+}
+
+// StartDefined starts the target VM DefineAhead defined.
+func (d *Driver) StartDefined(ctx context.Context, job *runner.Job) ([]string, error) {
 	spec, err := d.spec(job)
 	if err != nil {
 		return nil, err
@@ -101,15 +128,34 @@ func (d *Driver) Configure(ctx context.Context, job *runner.Job) ([]string, erro
 		return nil, fmt.Errorf("connect to the target host's libvirt %s: %w", d.uri, err)
 	}
 	defer conn.Close()
-	if err := job.Fence(ctx, "define domain "+spec.VM.GetVmName()); err != nil {
+	if err := job.Fence(ctx, "start domain "+spec.VM.GetVmName()); err != nil {
 		return nil, err
 	}
-	def, err := Define(ctx, conn, spec, d.options(job))
+	def, err := StartDefined(ctx, conn, spec, d.options(job))
 	if err != nil {
 		return nil, err
 	}
 	job.SetBootVerifiedBy(def.BootVerifiedBy)
 	return def.Warnings, nil
+}
+
+// defineLocal defines the job's domain through the local libvirt, with
+// change applied to its spec.
+func (d *Driver) defineLocal(ctx context.Context, job *runner.Job, change func(*Spec)) (*Defined, error) {
+	spec, err := d.spec(job)
+	if err != nil {
+		return nil, err
+	}
+	change(&spec)
+	conn, err := libvirt.NewConnect(d.uri)
+	if err != nil {
+		return nil, fmt.Errorf("connect to the target host's libvirt %s: %w", d.uri, err)
+	}
+	defer conn.Close()
+	if err := job.Fence(ctx, "define domain "+spec.VM.GetVmName()); err != nil {
+		return nil, err
+	}
+	return Define(ctx, conn, spec, d.options(job))
 }
 
 // Rollback removes the job's domain, DHCP entries and volumes.

@@ -7,6 +7,8 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
+	"sync"
 	"time"
 
 	"golang.org/x/sync/errgroup"
@@ -166,4 +168,143 @@ func applyPiece(ctx context.Context, job *runner.Job, src, dst *nbd.Client, e pi
 		return fmt.Errorf("%w: the volume differs from the cache in the %d bytes at %d", pipeline.ErrMismatch, e.Length, e.Offset)
 	}
 	return nil
+}
+
+var _ runner.DeltaSinker = (*Driver)(nil)
+
+// OpenDeltaSink serves each of the job's volumes writable and connects to
+// it, ahead of the cutover's stop of the source, so the last delta goes
+// from the source straight onto them (deltaSink), each piece read back as
+// it is written.
+func (d *Driver) OpenDeltaSink(ctx context.Context, job *runner.Job) (runner.DeltaSink, error) {
+	if d.uploadHostOf(job) != "" {
+		return nil, ErrWarmRemote
+	}
+	vols, err := volumes(job)
+	if err != nil {
+		return nil, err
+	}
+	up := NewUploader(UploadDeps{Commander: d.opts.Commander, Log: job.Log, Fence: job.Fence})
+	s := &deltaSink{job: job, disks: map[string]*sinkDisk{}}
+	if s.dir, err = os.MkdirTemp(up.tempDir, "ferry-cutover-"); err != nil {
+		return nil, err
+	}
+	for i, disk := range job.Assignment.GetJob().GetTarget().GetDisks() {
+		if err := s.open(ctx, up, disk.GetSourceDisk(), vols[i], i); err != nil {
+			return nil, errors.Join(err, s.Close())
+		}
+	}
+	return s, nil
+}
+
+// deltaSink writes the cutover's pieces onto the volumes, reading each
+// back right after its write (the read-back sees what the volume's
+// server holds, as one after a flush would); Finish flushes each volume
+// once.
+type deltaSink struct {
+	job   *runner.Job
+	dir   string
+	disks map[string]*sinkDisk
+}
+
+type sinkDisk struct {
+	vol Volume
+	srv *cache.Server
+	nbd *nbd.Client
+
+	mu      sync.Mutex
+	written int64
+}
+
+func (s *deltaSink) open(ctx context.Context, up *Uploader, disk string, vol Volume, i int) error {
+	if err := up.fence(ctx, "write the cutover's delta onto volume "+vol.Path); err != nil {
+		return err
+	}
+	srv, err := up.serve(ctx, vol, filepath.Join(s.dir, fmt.Sprintf("%d.sock", i)), false)
+	if err != nil {
+		return err
+	}
+	c, err := nbd.Dial(ctx, "unix", srv.Socket(), nbd.Options{Logger: s.job.Log})
+	if err != nil {
+		return errors.Join(fmt.Errorf("open volume %s: %w", vol.Path, err), srv.Stop())
+	}
+	s.disks[disk] = &sinkDisk{vol: vol, srv: srv, nbd: c}
+	return nil
+}
+
+// Write puts one piece onto disk's volume under the upstream limit and
+// reads it back.
+func (s *deltaSink) Write(ctx context.Context, disk string, e pipeline.Extent, data []byte) error {
+	sd := s.disks[disk]
+	if sd == nil {
+		return fmt.Errorf("the job has no disk %s", disk)
+	}
+	if !e.Zero && int64(len(data)) != e.Length {
+		return fmt.Errorf("disk %s: a piece of %d bytes at %d came with %d", disk, e.Length, e.Offset, len(data))
+	}
+	if err := s.job.Upstream.WaitN(ctx, int(e.Length)); err != nil {
+		return err
+	}
+	if e.Zero {
+		if err := sd.nbd.WriteZeroes(ctx, e.Offset, e.Length, 0); err != nil {
+			return fmt.Errorf("disk %s: zero %d bytes at %d: %w", disk, e.Length, e.Offset, err)
+		}
+	} else if err := sd.nbd.WriteAt(ctx, data, e.Offset, false); err != nil {
+		return fmt.Errorf("disk %s: write %d bytes at %d: %w", disk, e.Length, e.Offset, err)
+	}
+	got := make([]byte, e.Length)
+	if err := sd.nbd.ReadAt(ctx, got, e.Offset); err != nil {
+		return fmt.Errorf("disk %s: read back %d bytes at %d: %w", disk, e.Length, e.Offset, err)
+	}
+	if !samePiece(got, e, data) {
+		return fmt.Errorf("%w: volume %s differs from what was written in the %d bytes at %d", pipeline.ErrMismatch,
+			sd.vol.Path, e.Length, e.Offset)
+	}
+	sd.mu.Lock()
+	sd.written += e.Length
+	sd.mu.Unlock()
+	return nil
+}
+
+// samePiece reports whether got, read back, is the piece e written with
+// data (zeroes when e.Zero).
+func samePiece(got []byte, e pipeline.Extent, data []byte) bool {
+	if e.Zero {
+		return !slices.ContainsFunc(got, func(b byte) bool { return b != 0 })
+	}
+	return bytes.Equal(got, data)
+}
+
+// Finish flushes every volume.
+func (s *deltaSink) Finish(ctx context.Context) (int64, error) {
+	start := time.Now()
+	var total int64
+	for disk, sd := range s.disks {
+		if err := sd.nbd.Flush(ctx); err != nil {
+			return total, fmt.Errorf("disk %s: flush volume %s: %w", disk, sd.vol.Path, err)
+		}
+		total += sd.written
+	}
+	s.job.Log.Info("cutover delta on the volumes, verified and flushed", "bytes", total, "flush_seconds", time.Since(start).Seconds())
+	return total, nil
+}
+
+// Close disconnects from the volumes and stops their servers.
+func (s *deltaSink) Close() error {
+	var errs []error
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	for _, sd := range s.disks {
+		if err := sd.nbd.Disconnect(ctx); err != nil {
+			sd.nbd.Close()
+		}
+		if err := sd.srv.Stop(); err != nil {
+			errs = append(errs, fmt.Errorf("stop the server of volume %s: %w", sd.vol.Path, err))
+		}
+	}
+	s.disks = nil
+	if s.dir != "" {
+		errs = append(errs, os.RemoveAll(s.dir))
+	}
+	return errors.Join(errs...)
 }

@@ -83,9 +83,10 @@ type Driver struct {
 	opts Options
 
 	mu      sync.Mutex
-	active  map[string]bool          // leftover records of running backups
-	stopped map[string]bool          // warm jobs whose source StopSource paused
-	closing map[string]chan struct{} // closed when a cutover's backup ended
+	active  map[string]bool         // leftover records of running backups
+	stopped map[string]bool         // warm jobs whose source StopSource paused
+	ending  map[string]func()       // ends a cutover's backup, for EndWarm
+	cutover map[string]*cutoverPlan // what StopSource prepared for the cutover's round
 }
 
 var (
@@ -99,7 +100,7 @@ func NewDriver(log *slog.Logger, keys HostKeyReporter, opts Options) *Driver {
 		log = slog.New(slog.DiscardHandler)
 	}
 	return &Driver{log: log, keys: keys, opts: opts.withDefaults(), active: map[string]bool{}, stopped: map[string]bool{},
-		closing: map[string]chan struct{}{}}
+		ending: map[string]func(){}, cutover: map[string]*cutoverPlan{}}
 }
 
 // connect opens the source of an assignment or inventory request, from

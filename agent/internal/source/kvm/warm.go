@@ -44,20 +44,38 @@ func checkpointPrefix(job *runner.Job) string {
 }
 
 // Round copies what changed since the checkpoint prev (everything when
-// prev is "") into the cache and returns the new checkpoint as token.
+// prev is "") into the cache and returns the new checkpoint as token. The
+// cutover's round (after StopSource) goes on with what StopSource
+// prepared, makes no checkpoint (its token is prev) and sends its delta
+// to the job's CutoverSink when there is one.
 func (d *Driver) Round(ctx context.Context, job *runner.Job, prev string) (runner.RoundResult, error) {
 	a := job.Assignment
-	src := &source{d: d, job: job}
-	if err := src.connectFirst(ctx); err != nil {
-		return runner.RoundResult{}, err
+	var src *source
+	var p roundPlan
+	d.mu.Lock()
+	cp := d.cutover[job.Name()]
+	delete(d.cutover, job.Name())
+	d.mu.Unlock()
+	if cp != nil {
+		src, p = cp.src, cp.plan
+	} else {
+		src = &source{d: d, job: job}
+		if err := src.connectFirst(ctx); err != nil {
+			return runner.RoundResult{}, err
+		}
 	}
-	ownConn := true // false once a goroutine ending the backup owns it
+	ownConn := true // false once EndWarm's end of the backup owns it
 	defer func() {
 		if ownConn {
 			src.conn.Close()
 		}
 	}()
-	p, err := d.prepareRound(ctx, src, prev)
+	var err error
+	if cp != nil {
+		err = d.checkCutover(ctx, src, &p, prev)
+	} else {
+		p, err = d.prepareRound(ctx, src, prev)
+	}
 	if err != nil {
 		return runner.RoundResult{}, err
 	}
@@ -74,9 +92,7 @@ func (d *Driver) Round(ctx context.Context, job *runner.Job, prev string) (runne
 		d.release(record, true)
 		return runner.RoundResult{}, err
 	}
-	closed := make(chan struct{})
 	end := func() {
-		defer close(closed)
 		cerr := b.Close(context.WithoutCancel(ctx))
 		if cerr != nil {
 			job.Log.Error("end the source backup; the agent tries again later", "err", cerr)
@@ -88,23 +104,27 @@ func (d *Driver) Round(ctx context.Context, job *runner.Job, prev string) (runne
 			end()
 			return
 		}
-		// The cutover's backup ends beside CONFIGURING: the source VM is
-		// paused, and EndWarm waits for it.
-		d.mu.Lock()
-		d.closing[job.Name()] = closed
-		d.mu.Unlock()
+		// The cutover's backup ends in EndWarm, once the target VM
+		// started: the source VM is paused, and nothing else competes
+		// with the cutover meanwhile.
 		ownConn = false
 		conn := src.conn
-		go func() {
+		d.mu.Lock()
+		d.ending[job.Name()] = func() {
 			defer conn.Close()
 			end()
-		}()
+		}
+		d.mu.Unlock()
 	}()
 	disks, err := d.copyRound(ctx, src, b, p.vm, prev)
 	if err != nil {
 		return runner.RoundResult{}, err
 	}
-	return runner.RoundResult{Token: p.next, Disks: disks}, nil
+	token := p.next
+	if token == "" {
+		token = prev // the cutover's round makes no checkpoint
+	}
+	return runner.RoundResult{Token: token, Disks: disks}, nil
 }
 
 // roundPlan is what prepareRound found and chose.
@@ -122,6 +142,37 @@ type roundPlan struct {
 // A first round empties the cache: what an interrupted one left holds
 // another point in time.
 func (d *Driver) prepareRound(ctx context.Context, src *source, prev string) (roundPlan, error) {
+	job := src.job
+	vmName := job.Assignment.GetJob().GetSourceVm()
+	p, err := d.checkRound(ctx, src)
+	if err != nil {
+		return roundPlan{}, err
+	}
+	prefix := checkpointPrefix(job)
+	if p.stopped && prev != "" {
+		err = src.conn.CheckCheckpoint(ctx, vmName, prev)
+	} else {
+		err = src.conn.DeleteCheckpoints(ctx, vmName, prefix, prev)
+	}
+	if err != nil {
+		return roundPlan{}, err
+	}
+	if p.next, err = checkpointName(prefix); err != nil {
+		return roundPlan{}, err
+	}
+	if prev == "" {
+		for _, t := range p.targets {
+			if err := cache.Reset(job.CacheDir, t); err != nil {
+				return roundPlan{}, err
+			}
+		}
+	}
+	return p, nil
+}
+
+// checkRound checks the VM can still be copied warm, ends a backup an
+// earlier attempt left and records the job's warm record.
+func (d *Driver) checkRound(ctx context.Context, src *source) (roundPlan, error) {
 	job := src.job
 	a := job.Assignment
 	vmName := a.GetJob().GetSourceVm()
@@ -142,30 +193,11 @@ func (d *Driver) prepareRound(ctx context.Context, src *source, prev string) (ro
 	if err := src.conn.CleanupStale(ctx, vmName); err != nil {
 		return roundPlan{}, fmt.Errorf("clean up an earlier backup of %s: %w", vmName, err)
 	}
-	prefix := checkpointPrefix(job)
 	d.mu.Lock()
 	p.stopped = d.stopped[job.Name()]
 	d.mu.Unlock()
-	if p.stopped && prev != "" {
-		err = src.conn.CheckCheckpoint(ctx, vmName, prev)
-	} else {
-		err = src.conn.DeleteCheckpoints(ctx, vmName, prefix, prev)
-	}
-	if err != nil {
-		return roundPlan{}, err
-	}
 	if err := d.rememberWarm(job, vmName, vm.UUID); err != nil {
 		return roundPlan{}, err
-	}
-	if p.next, err = checkpointName(prefix); err != nil {
-		return roundPlan{}, err
-	}
-	if prev == "" {
-		for _, t := range p.targets {
-			if err := cache.Reset(job.CacheDir, t); err != nil {
-				return roundPlan{}, err
-			}
-		}
 	}
 	return p, nil
 }
@@ -255,6 +287,9 @@ func (d *Driver) copyDelta(ctx context.Context, job *runner.Job, b *Backup, disk
 		}
 		runs = append(runs, [2]int64{off, end})
 	}
+	if sink := job.CutoverSink(); sink != nil {
+		return forwardDelta(ctx, job, c, sink, dd, runs)
+	}
 	if len(runs) == 0 {
 		return dd, nil
 	}
@@ -320,30 +355,6 @@ func copyPiece(ctx context.Context, job *runner.Job, src *nbd.Client, img *cache
 	return zero, nil
 }
 
-// StopSource pauses the source VM for the cutover: the last round then
-// sees every write it made. EndWarm powers it off once the job succeeded
-// (leaves it paused with options.pause_source_vm) and resumes it when
-// the cutover failed.
-func (d *Driver) StopSource(ctx context.Context, job *runner.Job) error {
-	return d.withDomain(ctx, job, func(dom *libvirt.Domain) error {
-		state, _, err := dom.GetState()
-		if err != nil {
-			return err
-		}
-		if state != libvirt.DOMAIN_RUNNING {
-			return nil
-		}
-		if err := dom.Suspend(); err != nil {
-			return fmt.Errorf("pause the source VM: %w", err)
-		}
-		d.mu.Lock()
-		d.stopped[job.Name()] = true
-		d.mu.Unlock()
-		job.Log.Info("source VM paused for the cutover")
-		return nil
-	})
-}
-
 // EndWarm deletes the job's checkpoints and settles the source VM: after
 // a successful cutover it is powered off (or left paused with
 // options.pause_source_vm), after a failed one resumed.
@@ -351,17 +362,18 @@ func (d *Driver) EndWarm(ctx context.Context, job *runner.Job, succeeded bool) e
 	d.mu.Lock()
 	stopped := d.stopped[job.Name()]
 	delete(d.stopped, job.Name())
-	closing := d.closing[job.Name()]
-	delete(d.closing, job.Name())
+	ending := d.ending[job.Name()]
+	delete(d.ending, job.Name())
+	cp := d.cutover[job.Name()]
+	delete(d.cutover, job.Name())
 	d.mu.Unlock()
+	if cp != nil {
+		cp.src.conn.Close()
+	}
 	deleted := false
 	defer func() { d.forgetWarm(job, deleted) }()
-	if closing != nil {
-		select {
-		case <-closing:
-		case <-ctx.Done():
-			return ctx.Err()
-		}
+	if ending != nil {
+		ending()
 	}
 	return d.withDomain(ctx, job, func(dom *libvirt.Domain) error {
 		var errs []error

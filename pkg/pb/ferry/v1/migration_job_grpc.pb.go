@@ -77,10 +77,10 @@ type MigrationJobServiceClient interface {
 	// at cutover_time, or at once when it is unset or past. The job must be
 	// warm (options.mode WARM) and queued or running, else
 	// FAILED_PRECONDITION on name says which; NOT_FOUND on name when there
-	// is no such job. The cutover pauses the source VM, copies and verifies
-	// the last delta, defines and starts the target VM, then powers the
-	// source off (options.pause_source_vm leaves it paused); a cutover that
-	// fails resumes the source.
+	// is no such job. The cutover defines the target VM, pauses the source
+	// VM, copies and verifies the last delta, starts the target VM, then
+	// powers the source off (options.pause_source_vm leaves it paused); a
+	// cutover that fails resumes the source.
 	CutoverMigrationJob(ctx context.Context, in *CutoverMigrationJobRequest, opts ...grpc.CallOption) (*CutoverMigrationJobResponse, error)
 	// CreateExportJobs creates one export job per VM, up to 50, all on one
 	// migration server: a MigrationJob with `export` set and no target VM,
@@ -279,10 +279,10 @@ type MigrationJobServiceServer interface {
 	// at cutover_time, or at once when it is unset or past. The job must be
 	// warm (options.mode WARM) and queued or running, else
 	// FAILED_PRECONDITION on name says which; NOT_FOUND on name when there
-	// is no such job. The cutover pauses the source VM, copies and verifies
-	// the last delta, defines and starts the target VM, then powers the
-	// source off (options.pause_source_vm leaves it paused); a cutover that
-	// fails resumes the source.
+	// is no such job. The cutover defines the target VM, pauses the source
+	// VM, copies and verifies the last delta, starts the target VM, then
+	// powers the source off (options.pause_source_vm leaves it paused); a
+	// cutover that fails resumes the source.
 	CutoverMigrationJob(context.Context, *CutoverMigrationJobRequest) (*CutoverMigrationJobResponse, error)
 	// CreateExportJobs creates one export job per VM, up to 50, all on one
 	// migration server: a MigrationJob with `export` set and no target VM,

@@ -1,0 +1,139 @@
+package kvm
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"sync"
+
+	"golang.org/x/sync/errgroup"
+	"libvirt.org/go/libvirt"
+
+	"github.com/ferry-v2v/ferry/agent/internal/pipeline"
+	"github.com/ferry-v2v/ferry/agent/internal/runner"
+	"github.com/ferry-v2v/ferry/pkg/nbd"
+)
+
+// The cutover of a KVM warm job: StopSource connects and checks what the
+// last round needs while the VM still runs, then pauses it; the last
+// round (Round, after StopSource) makes an incremental backup without a
+// new checkpoint and sends its delta straight to the job's CutoverSink.
+
+var _ runner.CutoverForwarder = (*Driver)(nil)
+
+// ForwardsCutover: the cutover's round reads its delta straight onto the
+// target's volumes when the job has a CutoverSink (forwardDelta).
+func (d *Driver) ForwardsCutover() bool { return true }
+
+// cutoverPlan is what StopSource prepared, while the VM still ran, for
+// the cutover's round: its connection and what prepareRound checks.
+type cutoverPlan struct {
+	src  *source
+	plan roundPlan
+}
+
+// checkCutover finishes a plan StopSource prepared: the cutover's round
+// goes on from prev, which must still be there, and makes no checkpoint
+// (nothing follows it; EndWarm would only delete it again).
+func (d *Driver) checkCutover(ctx context.Context, src *source, p *roundPlan, prev string) error {
+	if prev == "" {
+		return errors.New("the cutover's round has no earlier round to go on from")
+	}
+	p.next = ""
+	return src.conn.CheckCheckpoint(ctx, src.job.Assignment.GetJob().GetSourceVm(), prev)
+}
+
+// forwardDelta reads the runs of the cutover's round and hands each piece
+// straight to the sink (the target volumes), not the cache.
+func forwardDelta(ctx context.Context, job *runner.Job, c *nbd.Client, sink runner.DeltaSink, dd runner.DiskDelta, runs [][2]int64) (runner.DiskDelta, error) {
+	dd.Forwarded = true
+	var mu sync.Mutex
+	g, gctx := errgroup.WithContext(ctx)
+	g.SetLimit(deltaInFlight)
+	for _, r := range runs {
+		for off := r[0]; off < r[1]; off += deltaPiece {
+			n := min(int64(deltaPiece), r[1]-off)
+			g.Go(func() error {
+				if err := job.Downstream.WaitN(gctx, int(n)); err != nil {
+					return err
+				}
+				buf := make([]byte, n)
+				if err := c.ReadAt(gctx, buf, off); err != nil {
+					return fmt.Errorf("read %d bytes at %d: %w", n, off, err)
+				}
+				e := pipeline.Extent{Offset: off, Length: n, Zero: !slices.ContainsFunc(buf, func(b byte) bool { return b != 0 })}
+				data := buf
+				if e.Zero {
+					data = nil
+				}
+				if err := sink.Write(gctx, dd.Disk, e, data); err != nil {
+					return err
+				}
+				mu.Lock()
+				dd.ReadBytes += n
+				dd.Extents = append(dd.Extents, e)
+				mu.Unlock()
+				return nil
+			})
+		}
+	}
+	if err := g.Wait(); err != nil {
+		return dd, err
+	}
+	slices.SortFunc(dd.Extents, func(a, b pipeline.Extent) int { return int(a.Offset - b.Offset) })
+	job.Log.Info("cutover delta sent to the target", "disk", dd.Disk, "changed_bytes", dd.ChangedBytes, "read_bytes", dd.ReadBytes,
+		"extents", len(runs))
+	return dd, nil
+}
+
+// StopSource pauses the source VM for the cutover: the last round then
+// sees every write it made. What that round needs that does not depend on
+// the last delta (the connection, the checks of prepareRound) is done
+// first, while the VM still runs, and kept for it. EndWarm powers the VM
+// off once the job succeeded (leaves it paused with
+// options.pause_source_vm) and resumes it when the cutover failed.
+func (d *Driver) StopSource(ctx context.Context, job *runner.Job) error {
+	src := &source{d: d, job: job}
+	if err := src.connectFirst(ctx); err != nil {
+		return err
+	}
+	kept := false
+	defer func() {
+		if !kept {
+			src.conn.Close()
+		}
+	}()
+	p, err := d.checkRound(ctx, src)
+	if err != nil {
+		return err
+	}
+	dom, err := src.conn.domain(job.Assignment.GetJob().GetSourceVm())
+	if err != nil {
+		return err
+	}
+	defer dom.Free()
+	state, _, err := dom.GetState()
+	if err != nil {
+		return err
+	}
+	if state == libvirt.DOMAIN_RUNNING {
+		job.SourceStopped()
+		if err := dom.Suspend(); err != nil {
+			return fmt.Errorf("pause the source VM: %w", err)
+		}
+		d.mu.Lock()
+		d.stopped[job.Name()] = true
+		d.mu.Unlock()
+		job.Log.Info("source VM paused for the cutover")
+	}
+	d.mu.Lock()
+	p.stopped = d.stopped[job.Name()]
+	if old := d.cutover[job.Name()]; old != nil {
+		old.src.conn.Close()
+	}
+	d.cutover[job.Name()] = &cutoverPlan{src: src, plan: p}
+	d.mu.Unlock()
+	kept = true
+	return nil
+}
