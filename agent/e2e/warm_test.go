@@ -204,12 +204,13 @@ func (w *world) expectNoCheckpoints(src *testenv.TestVM) {
 
 // TestWarmKVMCancelAndFailure: a warm job cancelled while SYNCING, and
 // one whose cutover fails defining the target (before it stops the
-// source), leave no target volume, no target VM of theirs and no
+// source), and one whose target does not boot after the source was
+// paused, leave no target volume, no target VM of theirs and no
 // checkpoint, and the source VM running.
 func TestWarmKVMCancelAndFailure(t *testing.T) {
 	t.Parallel() // see doc.go
 	start := time.Now()
-	w := newWorld(t)
+	w := newWorldWith(t, worldOptions{agentArgs: []string{"--verify-boot-timeout", "20s"}})
 	t.Run("cancel while syncing", func(t *testing.T) {
 		src := testenv.NewTestVM(t, w.lv, testenv.VMOptions{})
 		spec := w.warmSpec(src, false)
@@ -256,6 +257,29 @@ func TestWarmKVMCancelAndFailure(t *testing.T) {
 		testkit.WaitFor(t, 30*time.Second, "the source VM to run again", func() bool { return src.State(t) == "running" })
 		if st := squatter.State(t); st != "running" {
 			t.Errorf("the domain that was there first is %s; Ferry must leave it alone", st)
+		}
+	})
+	t.Run("target does not boot after the pause", func(t *testing.T) {
+		// verify_boot on a guest with no OS: the cutover pauses the
+		// source, moves the last delta, starts the target, and fails when
+		// no boot shows within the agent's 20 s. The source runs again.
+		src := testenv.NewTestVM(t, w.lv, testenv.VMOptions{})
+		spec := w.warmSpec(src, true)
+		spec.Options.VerifyBoot = true
+		name := w.createJob(spec)
+		j := w.waitJob(name, 3*time.Minute, "the job to end", terminal)
+		if j.GetState() != ferryv1.MigrationJobState_MIGRATION_JOB_STATE_FAILED || j.GetPhase() != configuring ||
+			!strings.Contains(j.GetReason(), "did not show it booted within 20s") {
+			t.Fatalf("job ended %s in %s: %s; want FAILED in CONFIGURING for want of a boot", j.GetState(), j.GetPhase(), j.GetReason())
+		}
+		if rs := j.GetPrecopyRounds(); len(rs) < 2 || !rs[len(rs)-1].GetFinal() {
+			t.Errorf("rounds = %v; want the first and the cutover's", rs)
+		}
+		w.expectVolumesGone(name)
+		w.expectNoCheckpoints(src)
+		testkit.WaitFor(t, 30*time.Second, "the source VM to run again", func() bool { return src.State(t) == "running" })
+		if _, err := w.lv.TryVirsh("domstate", spec.GetTarget().GetVmName()); err == nil {
+			t.Errorf("target VM %s exists after the failed cutover", spec.GetTarget().GetVmName())
 		}
 	})
 	t.Logf("TestWarmKVMCancelAndFailure took %v", time.Since(start).Round(100*time.Millisecond))
