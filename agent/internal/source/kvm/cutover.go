@@ -5,9 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
-	"sync"
 
-	"golang.org/x/sync/errgroup"
 	"libvirt.org/go/libvirt"
 
 	"github.com/ferry-v2v/ferry/agent/internal/pipeline"
@@ -48,40 +46,24 @@ func (d *Driver) checkCutover(ctx context.Context, src *source, p *roundPlan, pr
 // straight to the sink (the target volumes), not the cache.
 func forwardDelta(ctx context.Context, job *runner.Job, c *nbd.Client, sink runner.DeltaSink, dd runner.DiskDelta, runs [][2]int64) (runner.DiskDelta, error) {
 	dd.Forwarded = true
-	var mu sync.Mutex
-	g, gctx := errgroup.WithContext(ctx)
-	g.SetLimit(deltaInFlight)
-	for _, r := range runs {
-		for off := r[0]; off < r[1]; off += deltaPiece {
-			n := min(int64(deltaPiece), r[1]-off)
-			g.Go(func() error {
-				if err := job.Downstream.WaitN(gctx, int(n)); err != nil {
-					return err
-				}
-				buf := make([]byte, n)
-				if err := c.ReadAt(gctx, buf, off); err != nil {
-					return fmt.Errorf("read %d bytes at %d: %w", n, off, err)
-				}
-				e := pipeline.Extent{Offset: off, Length: n, Zero: !slices.ContainsFunc(buf, func(b byte) bool { return b != 0 })}
-				data := buf
-				if e.Zero {
-					data = nil
-				}
-				if err := sink.Write(gctx, dd.Disk, e, data); err != nil {
-					return err
-				}
-				mu.Lock()
-				dd.ReadBytes += n
-				dd.Extents = append(dd.Extents, e)
-				mu.Unlock()
-				return nil
-			})
+	err := eachPiece(ctx, runs, &dd, func(ctx context.Context, off, n int64) (pipeline.Extent, error) {
+		if err := job.Downstream.WaitN(ctx, int(n)); err != nil {
+			return pipeline.Extent{}, err
 		}
-	}
-	if err := g.Wait(); err != nil {
+		buf := make([]byte, n)
+		if err := c.ReadAt(ctx, buf, off); err != nil {
+			return pipeline.Extent{}, fmt.Errorf("read %d bytes at %d: %w", n, off, err)
+		}
+		e := pipeline.Extent{Offset: off, Length: n, Zero: !slices.ContainsFunc(buf, func(b byte) bool { return b != 0 })}
+		data := buf
+		if e.Zero {
+			data = nil
+		}
+		return e, sink.Write(ctx, dd.Disk, e, data)
+	})
+	if err != nil {
 		return dd, err
 	}
-	slices.SortFunc(dd.Extents, func(a, b pipeline.Extent) int { return int(a.Offset - b.Offset) })
 	job.Log.Info("cutover delta sent to the target", "disk", dd.Disk, "changed_bytes", dd.ChangedBytes, "read_bytes", dd.ReadBytes,
 		"extents", len(runs))
 	return dd, nil

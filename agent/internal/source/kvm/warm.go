@@ -299,6 +299,25 @@ func (d *Driver) copyDelta(ctx context.Context, job *runner.Job, b *Backup, disk
 		return dd, err
 	}
 	defer img.Close()
+	err = eachPiece(ctx, runs, &dd, func(ctx context.Context, off, n int64) (pipeline.Extent, error) {
+		zero, err := copyPiece(ctx, job, c, img, off, n, compressed)
+		return pipeline.Extent{Offset: off, Length: n, Zero: zero}, err
+	})
+	if err != nil {
+		return dd, err
+	}
+	if err := img.Flush(ctx); err != nil {
+		return dd, fmt.Errorf("flush the cache image of %s: %w", name, err)
+	}
+	job.Log.Info("delta copied to the cache", "disk", name, "changed_bytes", dd.ChangedBytes, "read_bytes", dd.ReadBytes,
+		"extents", len(runs))
+	return dd, img.Close()
+}
+
+// eachPiece calls piece for every piece of runs (at most deltaPiece
+// bytes), deltaInFlight at once, and adds what each read to dd: its
+// bytes, and its extent, dd.Extents sorted by offset at the end.
+func eachPiece(ctx context.Context, runs [][2]int64, dd *runner.DiskDelta, piece func(ctx context.Context, off, n int64) (pipeline.Extent, error)) error {
 	var mu sync.Mutex
 	g, gctx := errgroup.WithContext(ctx)
 	g.SetLimit(deltaInFlight)
@@ -306,28 +325,21 @@ func (d *Driver) copyDelta(ctx context.Context, job *runner.Job, b *Backup, disk
 		for off := r[0]; off < r[1]; off += deltaPiece {
 			n := min(int64(deltaPiece), r[1]-off)
 			g.Go(func() error {
-				zero, err := copyPiece(gctx, job, c, img, off, n, compressed)
+				e, err := piece(gctx, off, n)
 				if err != nil {
 					return err
 				}
 				mu.Lock()
 				dd.ReadBytes += n
-				dd.Extents = append(dd.Extents, pipeline.Extent{Offset: off, Length: n, Zero: zero})
+				dd.Extents = append(dd.Extents, e)
 				mu.Unlock()
 				return nil
 			})
 		}
 	}
-	if err := g.Wait(); err != nil {
-		return dd, err
-	}
-	if err := img.Flush(ctx); err != nil {
-		return dd, fmt.Errorf("flush the cache image of %s: %w", name, err)
-	}
+	err := g.Wait()
 	slices.SortFunc(dd.Extents, func(a, b pipeline.Extent) int { return int(a.Offset - b.Offset) })
-	job.Log.Info("delta copied to the cache", "disk", name, "changed_bytes", dd.ChangedBytes, "read_bytes", dd.ReadBytes,
-		"extents", len(runs))
-	return dd, img.Close()
+	return err
 }
 
 // copyPiece reads n bytes at off from the source and writes them into the
