@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"syscall"
 	"testing"
@@ -70,8 +71,22 @@ func startDebianKVMSource(t *testing.T, lv *testenv.Libvirt, img string) debianK
 		_, _ = lv.TryVirsh("undefine", "--checkpoints-metadata", "--snapshots-metadata", s.name)
 	})
 	lv.Virsh(t, "start", s.name)
+	t.Cleanup(func() { logConsole(t, "the source", s.consoleLog) })
 	return s
 }
+
+// logConsole puts the end of a guest's serial console log into the log
+// of a test that failed.
+func logConsole(t *testing.T, who, file string) {
+	if !t.Failed() {
+		return
+	}
+	b, err := os.ReadFile(file)
+	t.Logf("%s's console (%s, %v) ends:\n%s", who, file, err, tail(escapes.ReplaceAllString(string(b), ""), 4000))
+}
+
+// escapes are the terminal control sequences of a console log.
+var escapes = regexp.MustCompile(`\x1b(\[[0-?]*[ -/]*[@-~]|.)`)
 
 // domainXML is a domain's live definition.
 func domainXML(t *testing.T, lv *testenv.Libvirt, name string) *libvirtxml.Domain {
@@ -99,7 +114,9 @@ func domainXML(t *testing.T, lv *testenv.Libvirt, name string) *libvirtxml.Domai
 func TestKVMDebianGuestBootsAsItWas(t *testing.T) {
 	t.Parallel() // see doc.go
 	testenv.RequireRoot(t)
-	img := testenv.DebianKVMGuest(t) // before the world: a first build takes minutes
+	testenv.LookPath(t, "debugfs")             // e2fsprogs
+	testenv.LookPath(t, "qemu-storage-daemon") // qemu-system-common
+	img := testenv.DebianKVMGuest(t)           // before the world: a first build takes minutes
 	lv := testenv.RequireLibvirt(t)
 	start := time.Now()
 	src := startDebianKVMSource(t, lv, img)
@@ -152,6 +169,7 @@ func TestKVMDebianGuestBootsAsItWas(t *testing.T) {
 	t.Logf("boot verified by %s", job.GetBootVerifiedBy())
 
 	vmName := job.GetTarget().GetVmName()
+	t.Cleanup(func() { logConsole(t, "the target", serialLog(vmName)) })
 	checkKeptHardware(t, domainXML(t, lv, src.name), domainXML(t, lv, vmName), w.netName)
 
 	// The guest boots on the target as it did on the source.
@@ -271,14 +289,15 @@ func checkUntouched(t *testing.T, volume, image string) {
 type guestDisk struct {
 	image, raw string
 	offset     int64 // of the first partition
+	debugfsBin string
 }
 
 // openGuestDisk serves image until the test ends.
 func openGuestDisk(t *testing.T, image string) *guestDisk {
 	t.Helper()
-	g := &guestDisk{image: image, raw: filepath.Join(t.TempDir(), "disk.raw")}
+	g := &guestDisk{image: image, raw: filepath.Join(t.TempDir(), "disk.raw"), debugfsBin: testenv.LookPath(t, "debugfs")}
 	must(t, os.WriteFile(g.raw, nil, 0o600)) // the mount point
-	qsd := exec.Command("qemu-storage-daemon",
+	qsd := exec.Command(testenv.LookPath(t, "qemu-storage-daemon"),
 		"--blockdev", "driver=file,node-name=file,read-only=on,locking=off,filename="+image,
 		"--blockdev", "driver=qcow2,node-name=disk,read-only=on,file=file",
 		"--export", "type=fuse,id=raw,node-name=disk,writable=off,mountpoint="+g.raw)
@@ -286,6 +305,9 @@ func openGuestDisk(t *testing.T, image string) *guestDisk {
 	qsd.Stderr = &stderr
 	must(t, qsd.Start())
 	t.Cleanup(func() {
+		// The daemon leaves its mount behind when it stops (the mount
+		// point then answers ENOTCONN): unmount it first.
+		_ = syscall.Unmount(g.raw, 0)
 		_ = qsd.Process.Signal(syscall.SIGTERM)
 		_ = qsd.Wait()
 	})
@@ -305,12 +327,28 @@ func openGuestDisk(t *testing.T, image string) *guestDisk {
 }
 
 // debugfs runs one debugfs request on the file system, read-only, and
-// returns what it printed.
+// returns what it printed. debugfs says on stderr, and not in its exit
+// status, that it could not open the file system or find a file: what it
+// printed there is in the test's log.
 func (g *guestDisk) debugfs(t *testing.T, request string) string {
 	t.Helper()
-	out, err := exec.Command("debugfs", "-R", request, fmt.Sprintf("%s?offset=%d", g.raw, g.offset)).Output()
-	if err != nil {
-		t.Fatalf("debugfs -R %q on %s: %v", request, g.image, err)
+	// -c: the bitmaps are not read, which a guest killed mid-write may
+	// have left stale; the files asked for are read through their inodes.
+	cmd := exec.Command(g.debugfsBin, "-c", "-R", request, fmt.Sprintf("%s?offset=%d", g.raw, g.offset))
+	var stderr strings.Builder
+	cmd.Stderr = &stderr
+	out, err := cmd.Output()
+	if err != nil || strings.Contains(stderr.String(), "while trying to open") {
+		t.Fatalf("debugfs -R %q on %s: %v: %s", request, g.image, err, stderr.String())
+	}
+	var notes []string // beyond its version and catastrophic mode's note
+	for _, l := range strings.Split(strings.TrimSpace(stderr.String()), "\n") {
+		if !strings.HasPrefix(l, "debugfs ") && !strings.Contains(l, "catastrophic mode") && l != "" {
+			notes = append(notes, l)
+		}
+	}
+	if len(notes) > 0 {
+		t.Logf("debugfs -R %q on %s: %s", request, g.image, strings.Join(notes, "; "))
 	}
 	return string(out)
 }
