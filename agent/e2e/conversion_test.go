@@ -68,8 +68,11 @@ func (w *world) vmwareDebianJob(sim *vcsimtest.Sim, opts *ferryv1.MigrationOptio
 }
 
 // dhcpLease is the address the world's network leased to mac, if any.
-func (w *world) dhcpLease(mac string) string {
-	out, err := w.lv.TryVirsh("net-dhcp-leases", w.netName, "--mac", mac)
+func (w *world) dhcpLease(mac string) string { return dhcpLease(w.lv, w.netName, mac) }
+
+// dhcpLease is the address the libvirt network leased to mac, if any.
+func dhcpLease(lv *testenv.Libvirt, network, mac string) string {
+	out, err := lv.TryVirsh("net-dhcp-leases", network, "--mac", mac)
 	if err != nil {
 		return ""
 	}

@@ -106,38 +106,47 @@ func newWorldWith(t testing.TB, opts worldOptions) *world {
 	return w
 }
 
-// createNetwork makes a transient libvirt network for the target NICs, on
-// a 10.N.0.0/24 subnet no other network of the host uses yet. It is made
-// on w.lv, or on each of on (the hosts' own libvirtds), the first of which
-// decides the subnet.
+// createNetwork makes a transient libvirt network for the target NICs
+// (libvirtNetwork). It is made on w.lv, or on each of on (the hosts' own
+// libvirtds), the first of which decides the subnet.
 func (w *world) createNetwork(on ...*testenv.Libvirt) {
 	if len(on) == 0 {
 		on = []*testenv.Libvirt{w.lv}
 	}
 	w.netName = "ferry-e2e-" + w.id
-	file := filepath.Join(w.t.TempDir(), "net.xml")
+	octet := libvirtNetwork(w.t, on, w.netName, "vbr"+w.id)
+	w.l3Range = [3]string{fmt.Sprintf("10.%d.0.10", octet), fmt.Sprintf("10.%d.0.99", octet), fmt.Sprintf("10.%d.0.1", octet)}
+}
+
+// libvirtNetwork makes a transient libvirt network called name on the
+// bridge, on a 10.N.0.0/24 subnet no other network of the host uses yet
+// (DHCP from .100 to .200), on each of on (the first decides the subnet),
+// destroyed when the test ends. It returns N.
+func libvirtNetwork(t testing.TB, on []*testenv.Libvirt, name, bridge string) int {
+	t.Helper()
+	file := filepath.Join(t.TempDir(), "net.xml")
 	var err error
 	for attempt := 0; attempt < 10; attempt++ {
 		b := make([]byte, 1)
 		_, _ = rand.Read(b)
 		octet := 100 + int(b[0])%100
-		xml := fmt.Sprintf(`<network><name>%s</name><bridge name='vbr%s'/>
+		xml := fmt.Sprintf(`<network><name>%s</name><bridge name='%s'/>
 <ip address='10.%d.0.1' netmask='255.255.255.0'><dhcp><range start='10.%d.0.100' end='10.%d.0.200'/></dhcp></ip></network>`,
-			w.netName, w.id, octet, octet, octet)
-		must(w.t, os.WriteFile(file, []byte(xml), 0o644))
+			name, bridge, octet, octet, octet)
+		must(t, os.WriteFile(file, []byte(xml), 0o644))
 		if _, err = on[0].TryVirsh("net-create", file); err != nil {
 			continue // the subnet is taken (another test's network)
 		}
-		w.t.Cleanup(func() { _, _ = on[0].TryVirsh("net-destroy", w.netName) })
+		t.Cleanup(func() { _, _ = on[0].TryVirsh("net-destroy", name) })
 		for _, lv := range on[1:] {
 			if _, err := lv.TryVirsh("net-create", file); err != nil {
-				w.t.Fatalf("create the test network on %s: %v", lv.URI, err)
+				t.Fatalf("create the test network on %s: %v", lv.URI, err)
 			}
 		}
-		w.l3Range = [3]string{fmt.Sprintf("10.%d.0.10", octet), fmt.Sprintf("10.%d.0.99", octet), fmt.Sprintf("10.%d.0.1", octet)}
-		return
+		return octet
 	}
-	w.t.Fatalf("create the test network: %v", err)
+	t.Fatalf("create the test network %s: %v", name, err)
+	return 0
 }
 
 func (w *world) createTargetInventory() {
