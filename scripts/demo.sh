@@ -39,6 +39,9 @@ stop() {
 		virsh -q undefine --nvram "$dom" >/dev/null 2>&1 || true
 	done
 	virsh -q net-destroy "$NET" >/dev/null 2>&1 || true
+	# A bridge left without its network (libvirtd killed with the demo
+	# running) keeps the name and the subnet the network needs.
+	ip link del vbrferrydemo >/dev/null 2>&1 || true
 	sleep 1
 	rm -rf "$DEMO" "$IMAGES" "$TARGET_STORAGE"
 }
