@@ -116,7 +116,11 @@ loop=
 # is one device (under TCG: /dev/kvm may be there and not work); the
 # appliance then discards what deleted files left, so the image holds only
 # live data.
-LIBGUESTFS_BACKEND=direct LIBGUESTFS_BACKEND_SETTINGS=force_tcg guestfish --rw >"$work/grub.log" 2>&1 <<GF || {
+# Tried twice: once in a fresh machine's first build grub-install saw the
+# appliance's own disk ("cross-disk install", ext2) and the second build
+# of the same script went through.
+grub() {
+	LIBGUESTFS_BACKEND=direct LIBGUESTFS_BACKEND_SETTINGS=force_tcg guestfish --rw >"$work/grub.log" 2>&1 <<GF
 add $raw format:raw discard:enable
 run
 mount /dev/sda1 /
@@ -124,9 +128,15 @@ command "grub-install --target=i386-pc /dev/sda"
 command "update-grub"
 fstrim /
 GF
-	cat "$work/grub.log" >&2
-	exit 1
 }
+if ! grub; then
+	echo "debian-guest: installing GRUB failed; once more:" >&2
+	cat "$work/grub.log" >&2
+	if ! grub; then
+		cat "$work/grub.log" >&2
+		exit 1
+	fi
+fi
 qemu-img convert -f raw -O qcow2 -S 64k "$raw" "$work/disk.qcow2"
 mv "$work/disk.qcow2" "$out"
 echo "debian-guest: $out built in $((SECONDS - start)) s ($(du -m "$out" | cut -f1) MiB)"

@@ -14,6 +14,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -37,6 +38,9 @@ type Server struct {
 	stderr  *strings.Builder
 	exited  chan struct{}
 	waitErr error
+	// up: a handshake (or, on TCP, the greeting) completed once. A
+	// server never up served no one, so has nothing to flush.
+	up atomic.Bool
 }
 
 // ServerConfig describes one qemu-nbd.
@@ -165,13 +169,16 @@ func (s *Server) Dial(ctx context.Context, log *slog.Logger) (*nbd.Client, error
 	for {
 		c, err := nbd.Dial(ctx, "unix", s.socket, nbd.Options{MaxInFlight: 64, MaxWriteRequest: writeRequest, Logger: log})
 		if err == nil {
+			s.up.Store(true)
 			return c, nil
 		}
 		select {
 		case <-s.exited:
 			return nil, s.exitErr()
 		case <-ctx.Done():
-			return nil, fmt.Errorf("qemu-nbd not ready: %w", err)
+			// ctx's error too: a cancelled job says so, not a server
+			// that failed to come up.
+			return nil, fmt.Errorf("qemu-nbd not ready: %w: %w", ctx.Err(), err)
 		case <-time.After(20 * time.Millisecond):
 		}
 	}
@@ -185,13 +192,14 @@ func (s *Server) greeted(ctx context.Context) error {
 	for {
 		err := readGreeting(ctx, s.addr)
 		if err == nil {
+			s.up.Store(true)
 			return nil
 		}
 		select {
 		case <-s.exited:
 			return s.exitErr()
 		case <-ctx.Done():
-			return fmt.Errorf("qemu-nbd not ready on %s: %w", s.addr, err)
+			return fmt.Errorf("qemu-nbd not ready on %s: %w: %w", s.addr, ctx.Err(), err)
 		case <-time.After(20 * time.Millisecond):
 		}
 	}
@@ -223,7 +231,18 @@ func (s *Server) exitErr() error {
 // Stop sends SIGTERM, which makes qemu-nbd flush and close the image,
 // waits for it (SIGKILL after stopTimeout) and removes its files. It
 // reports how qemu-nbd ended, unless by that SIGTERM.
-func (s *Server) Stop() error { return s.stop(stopTimeout) }
+//
+// A server that never came up (Ready or Dial failed, a cancelled job's
+// say) is killed at once: it served no one, so there is nothing to flush,
+// and a qemu-nbd still starting has been seen to sit out the whole
+// stopTimeout over SIGTERM (a cancelled upload took 30 s to return).
+func (s *Server) Stop() error {
+	if !s.up.Load() {
+		s.abandon()
+		return nil
+	}
+	return s.stop(stopTimeout)
+}
 
 // abandon stops a read-only server that never served anyone: there is
 // nothing to flush, so it does not wait for SIGTERM (a qemu-nbd still

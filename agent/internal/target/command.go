@@ -31,6 +31,10 @@ func (r ExecCommander) Run(ctx context.Context, name string, args ...string) ([]
 	cmd := exec.CommandContext(ctx, name, args...)
 	cmd.Stdout, cmd.Stderr = &out, &out
 	if err := cmd.Run(); err != nil {
+		if ctx.Err() != nil {
+			// Killed because ctx ended: a cancelled job says so.
+			err = fmt.Errorf("%w (%w)", ctx.Err(), err)
+		}
 		return out.Bytes(), &CommandError{Argv: append([]string{name}, args...), Output: out.String(), Err: err}
 	}
 	return out.Bytes(), nil
