@@ -8,6 +8,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"slices"
 
 	"github.com/ferry-v2v/ferry/agent/internal/cache"
 	"github.com/ferry-v2v/ferry/agent/internal/pipeline"
@@ -111,10 +112,8 @@ func (d *Driver) planLive(ctx context.Context, src *source, vm *VM, targets []st
 			job.Log.Warn("the cache holds an earlier point in time of the running VM and nothing tells what changed since: copying again",
 				"vm", vm.Name, "checkpoint", rec.Checkpoint)
 		}
-		for _, t := range targets {
-			if err := cache.Reset(dir, t); err != nil {
-				return livePlan{}, err
-			}
+		if err := resetCache(dir, targets); err != nil {
+			return livePlan{}, err
 		}
 		if bitmaps {
 			if err := src.conn.DeleteCheckpoints(ctx, vm.Name, prefix, ""); err != nil {
@@ -244,16 +243,15 @@ func coldPoint(job *runner.Job, targets []string, stamps string) error {
 	case had && rec.Complete:
 		return nil
 	}
-	for _, t := range targets {
-		if _, err := os.Stat(cache.CheckpointPath(job.CacheDir, t)); err == nil || had {
-			job.Log.Warn("the cache holds another point in time of the VM than its images now: copying them again",
-				"images_then", rec.Stamps, "images_now", stamps)
-			for _, t := range targets {
-				if err := cache.Reset(job.CacheDir, t); err != nil {
-					return err
-				}
-			}
-			break
+	cached := slices.ContainsFunc(targets, func(t string) bool {
+		_, err := os.Stat(cache.CheckpointPath(job.CacheDir, t))
+		return err == nil
+	})
+	if had || cached {
+		job.Log.Warn("the cache holds another point in time of the VM than its images now: copying them again",
+			"images_then", rec.Stamps, "images_now", stamps)
+		if err := resetCache(job.CacheDir, targets); err != nil {
+			return err
 		}
 	}
 	return livePoint{Stamps: stamps}.save(job.CacheDir)
@@ -262,4 +260,15 @@ func coldPoint(job *runner.Job, targets []string, stamps string) error {
 // coldCopied is liveCopied for a cold copy of the images of stamps.
 func coldCopied(job *runner.Job, stamps string) error {
 	return livePoint{Complete: true, Stamps: stamps}.save(job.CacheDir)
+}
+
+// resetCache removes the cache images of targets and all that describes
+// them (cache.Reset): the copy starts over.
+func resetCache(dir string, targets []string) error {
+	for _, t := range targets {
+		if err := cache.Reset(dir, t); err != nil {
+			return err
+		}
+	}
+	return nil
 }
