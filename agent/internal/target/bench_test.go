@@ -15,6 +15,8 @@ import (
 	"testing"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/ferry-v2v/ferry/agent/internal/runner"
 	agentv1 "github.com/ferry-v2v/ferry/pkg/pb/ferry/agent/v1"
 	ferryv1 "github.com/ferry-v2v/ferry/pkg/pb/ferry/v1"
@@ -190,16 +192,20 @@ func BenchmarkWholeJob(b *testing.B) {
 	// for (every qemu-nbd and qemu-img it ran, nbdcopy) and the source's
 	// qemu-nbd. Less sensitive to the others' load than wall time.
 	cpuNow := func() float64 { return cpuSeconds("self") + childrenCPU() + cpuSeconds(srcPID) }
+	// The disk under the temporary directory, where both the cache and
+	// the volume are: its traffic and busy time per contender.
+	disk := diskOf(os.TempDir())
 	b.ResetTimer()
 	for range b.N {
 		var job, conv, op, jobConv, jobUp, jobTail, opCopy, opConvert, opCompare []float64
 		var jobCPU, convCPU, opCPU []float64
+		var jobDisk, convDisk, opDisk []diskUse
 		var own, ownCPU []float64 // the whole job writing the volume through qemu-nbd
 		contenders := []func(){
 			func() {
-				c0 := cpuNow()
+				c0, d0 := cpuNow(), disk.now()
 				d, r := benchJob(b, src, &noDomain{Driver: NewDriver("", Options{})})
-				jobCPU = append(jobCPU, cpuNow()-c0)
+				jobCPU, jobDisk = append(jobCPU, cpuNow()-c0), append(jobDisk, disk.now().sub(d0))
 				job = append(job, d.Seconds())
 				c, u := phaseOf(r, ferryv1.MigrationJobPhase_MIGRATION_JOB_PHASE_CONVERTING), phaseOf(r, ferryv1.MigrationJobPhase_MIGRATION_JOB_PHASE_UPLOADING)
 				jobConv = append(jobConv, span(c))
@@ -221,15 +227,15 @@ func BenchmarkWholeJob(b *testing.B) {
 				own = append(own, d.Seconds())
 			},
 			func() {
-				c0 := cpuNow()
+				c0, d0 := cpuNow(), disk.now()
 				d, _ := benchJob(b, src, idleTarget{})
-				convCPU = append(convCPU, cpuNow()-c0)
+				convCPU, convDisk = append(convCPU, cpuNow()-c0), append(convDisk, disk.now().sub(d0))
 				conv = append(conv, d.Seconds())
 			},
 			func() {
-				c0 := cpuNow()
+				c0, d0 := cpuNow(), disk.now()
 				t, c, v, m := benchOperator(b, src)
-				opCPU = append(opCPU, cpuNow()-c0)
+				opCPU, opDisk = append(opCPU, cpuNow()-c0), append(opDisk, disk.now().sub(d0))
 				op, opCopy, opConvert, opCompare = append(op, t.Seconds()), append(opCopy, c.Seconds()), append(opConvert, v.Seconds()), append(opCompare, m.Seconds())
 			},
 		}
@@ -245,18 +251,87 @@ func BenchmarkWholeJob(b *testing.B) {
 		b.Logf("  with the volume written through qemu-nbd (not directly): median %6.2f s, min %6.2f s (%s), CPU %.2f s",
 			median(own), slices.Min(own), list(own), median(ownCPU))
 		b.Logf("ferry CONVERTING alone   median %6.2f s  min %6.2f s  (%s)", median(conv), slices.Min(conv), list(conv))
-		b.Logf("operator script          median %6.2f s  min %6.2f s  (%s)", median(op), slices.Min(op), list(op))
-		b.Logf("  nbdcopy %5.2f s + qemu-img convert %5.2f s + qemu-img compare %5.2f s (medians)", median(opCopy), median(opConvert), median(opCompare))
+		b.Logf("operator script          median %6.2f s  min %6.2f s  (%s): nbdcopy %5.2f s + qemu-img convert %5.2f s + qemu-img compare %5.2f s (medians)",
+			median(op), slices.Min(op), list(op), median(opCopy), median(opConvert), median(opCompare))
 		b.Logf("speed operator/ferry %.2f (goal >= 1.0); whole job / CONVERTING alone %.2f (goal <= 1.3); by minima %.2f and %.2f",
 			median(op)/median(job), median(job)/median(conv), slices.Min(op)/slices.Min(job), slices.Min(job)/slices.Min(conv))
 		b.Logf("CPU seconds (medians): ferry whole job %.2f, CONVERTING alone %.2f, operator script %.2f; operator/ferry %.2f, job/CONVERTING %.2f",
 			median(jobCPU), median(convCPU), median(opCPU), median(opCPU)/median(jobCPU), median(jobCPU)/median(convCPU))
+		if disk.name != "" {
+			// Cache and volume share this disk: a job writes the cache, the
+			// volume and reads the volume back (verify), CONVERTING alone
+			// writes the cache only. A job whose disk was busy for most of
+			// its time is bound by the disk, not by the copy.
+			var parts []string
+			for _, c := range []struct {
+				name string
+				use  []diskUse
+				wall []float64
+			}{{"whole job", jobDisk, job}, {"CONVERTING alone", convDisk, conv}, {"operator", opDisk, op}} {
+				u := medianUse(c.use)
+				parts = append(parts, fmt.Sprintf("%s read %.0f + written %.0f MiB, busy %.2f of %.2f s",
+					c.name, u.readMiB, u.writtenMiB, u.busy, median(c.wall)))
+			}
+			// One line: a benchmark's log keeps its first ten.
+			b.Logf("disk %s (cache and volume), medians: %s", disk.name, strings.Join(parts, "; "))
+		}
 		b.ReportMetric(median(job), "job-s")
 		b.ReportMetric(median(conv), "converting-s")
 		b.ReportMetric(median(op), "operator-s")
 		b.ReportMetric(median(op)/median(job), "operator/job")
 		b.ReportMetric(median(job)/median(conv), "job/converting")
 	}
+}
+
+// blockDev reads a block device's counters (/sys/dev/block/MAJ:MIN/stat).
+type blockDev struct{ name, stat string }
+
+// diskUse is what a block device did between two readings.
+type diskUse struct{ readMiB, writtenMiB, busy float64 }
+
+// diskOf is the block device holding dir; an empty name when unknown
+// (a tmpfs, an overlay).
+func diskOf(dir string) blockDev {
+	var st syscall.Stat_t
+	if err := syscall.Stat(dir, &st); err != nil {
+		return blockDev{}
+	}
+	sys := fmt.Sprintf("/sys/dev/block/%d:%d", unix.Major(st.Dev), unix.Minor(st.Dev))
+	link, err := os.Readlink(sys)
+	if err != nil {
+		return blockDev{}
+	}
+	return blockDev{name: filepath.Base(link), stat: filepath.Join(sys, "stat")}
+}
+
+// now reads the device's sectors read and written and its busy time
+// (Documentation/block/stat.rst: fields 3, 7 and 10).
+func (d blockDev) now() diskUse {
+	b, err := os.ReadFile(d.stat)
+	if err != nil {
+		return diskUse{}
+	}
+	f := strings.Fields(string(b))
+	if len(f) < 10 {
+		return diskUse{}
+	}
+	field := func(i int) float64 { v, _ := strconv.ParseFloat(f[i], 64); return v }
+	return diskUse{readMiB: field(2) * 512 / (1 << 20), writtenMiB: field(6) * 512 / (1 << 20), busy: field(9) / 1000}
+}
+
+func (u diskUse) sub(v diskUse) diskUse {
+	return diskUse{u.readMiB - v.readMiB, u.writtenMiB - v.writtenMiB, u.busy - v.busy}
+}
+
+func medianUse(us []diskUse) diskUse {
+	var r, w, t []float64
+	for _, u := range us {
+		r, w, t = append(r, u.readMiB), append(w, u.writtenMiB), append(t, u.busy)
+	}
+	if len(us) == 0 {
+		return diskUse{}
+	}
+	return diskUse{median(r), median(w), median(t)}
 }
 
 func phaseOf(r *agentv1.JobResult, p ferryv1.MigrationJobPhase) *ferryv1.PhaseTiming {
