@@ -140,10 +140,14 @@ func nothingSeen(s Spec) string {
 const maxProofLine = 120
 
 // firmwareLines start what firmware (SeaBIOS, iPXE, OVMF and its shell)
-// may print on the serial console of a guest that has not booted: they
-// prove nothing.
+// and boot loaders (GRUB, SYSLINUX) may print on the serial console of a
+// guest whose operating system has not started: they prove nothing. A
+// guest that got as far as GRUB's "Booting `Debian GNU/Linux'" may still
+// fail to find its root disk.
 var firmwareLines = []string{"SeaBIOS", "iPXE", "Booting from", "No bootable device", "Press ESC", "PXE", ">>",
-	"BdsDxe", "UEFI Interactive Shell", "Shell>", "EFI Shell", "Mapping table", "FS0:", "BLK", "Press ", "Boot Failed"}
+	"BdsDxe", "UEFI Interactive Shell", "Shell>", "EFI Shell", "Mapping table", "FS0:", "BLK", "Press ", "Boot Failed",
+	"Welcome to GRUB", "GNU GRUB", "Booting `", "Booting a command list", "Loading Linux", "Loading initial ramdisk",
+	"error: ", "Use the ", "The highlighted entry", "Attempting Boot From", "ISOLINUX", "SYSLINUX", "boot:"}
 
 // escapes are terminal control sequences (CSI ... final byte, or ESC and
 // one character), as firmware draws its screens with.

@@ -56,6 +56,11 @@ func TestConsoleLine(t *testing.T) {
 		{"FERRY BOOTED FROM vdb\r\nFERRY", "FERRY BOOTED FROM vdb"},
 		{"\x1b[2J\x1b[01;01H\x1b[=3h\x1b[2J\x1b[01;01HBdsDxe: failed to load Boot0001 \"UEFI QEMU HARDDISK\": Not Found\r\n" +
 			">>Start PXE over IPv4.\r\nSeaBIOS (version 1.16)\r\n\x1b[0mLinux version 6.1.0\r\n", "Linux version 6.1.0"},
+		// GRUB's lines are the boot loader's, not the guest's.
+		{"\x1b[0m\x1b[30m\x1b[47mWelcome to GRUB!\r\n\r\n  Booting `Debian GNU/Linux'\r\n\r\nLoading Linux 6.1.0-50-amd64 ...\r\n" +
+			"Loading initial ramdisk ...\r\n", ""},
+		{"  Booting `Debian GNU/Linux'\r\nerror: no such device: 1c7f.\r\nPress any key to continue...\r\n" +
+			"[    0.000000] Linux version 6.1.0-50-amd64\r\n", "[    0.000000] Linux version 6.1.0-50-amd64"},
 	} {
 		if err := os.WriteFile(path, []byte(tt.data), 0o600); err != nil {
 			t.Fatal(err)
