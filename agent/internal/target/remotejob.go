@@ -46,23 +46,46 @@ type Remote struct {
 	RetryBudgetFunc func() time.Duration
 }
 
-// remoteExports remembers, per job, the volumes its target host serves.
+// remoteExports remembers, per job, the volumes its target host serves,
+// and the warm jobs whose target host lost a volume (until their
+// rollback or configuration forgets the job).
 type remoteExports struct {
 	mu   sync.Mutex
 	jobs map[string][]*agentv1.TargetExport
+	lost map[string]bool
 }
 
+// set records the job's exports; nil forgets the job.
 func (r *remoteExports) set(job string, e []*agentv1.TargetExport) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if r.jobs == nil {
-		r.jobs = map[string][]*agentv1.TargetExport{}
+		r.jobs, r.lost = map[string][]*agentv1.TargetExport{}, map[string]bool{}
 	}
 	if e == nil {
 		delete(r.jobs, job)
+		delete(r.lost, job)
 		return
 	}
 	r.jobs[job] = e
+}
+
+// setLost records that the job's target host lost a volume the warm
+// rounds wrote: the volume it made instead must not be written onto.
+func (r *remoteExports) setLost(job string) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.jobs == nil {
+		r.jobs, r.lost = map[string][]*agentv1.TargetExport{}, map[string]bool{}
+	}
+	delete(r.jobs, job)
+	r.lost[job] = true
+}
+
+func (r *remoteExports) isLost(job string) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.lost[job]
 }
 
 func (r *remoteExports) get(job string) []*agentv1.TargetExport {

@@ -30,6 +30,9 @@ var ErrRemoteVolumeLost = errors.New("the target host had lost the volume writte
 // has again, under new tokens). A volume the target host had to create is
 // ErrRemoteVolumeLost.
 func (d *Driver) liveExports(ctx context.Context, job *runner.Job, targetHost string, fresh bool) ([]*agentv1.TargetExport, error) {
+	if d.exports.isLost(job.Name()) {
+		return nil, fmt.Errorf("%s: %w", targetHost, ErrRemoteVolumeLost)
+	}
 	if exports := d.exports.get(job.Name()); exports != nil && !fresh {
 		return exports, nil
 	}
@@ -39,6 +42,9 @@ func (d *Driver) liveExports(ctx context.Context, job *runner.Job, targetHost st
 	}
 	for _, e := range exports {
 		if e.GetCreated() {
+			// Until the rollback, never write onto the empty volume made
+			// instead, even once it exists.
+			d.exports.setLost(job.Name())
 			return nil, fmt.Errorf("disk %s on %s: %w", e.GetSourceDisk(), targetHost, ErrRemoteVolumeLost)
 		}
 	}
@@ -57,7 +63,7 @@ func (d *Driver) dialExport(ctx context.Context, job *runner.Job, targetHost str
 	}
 	c, err := dst.dial(ctx, nbd.Options{Logger: job.Log})
 	if err != nil {
-		return nil, "", fmt.Errorf("disk %s: connect to %s: %w", e.GetSourceDisk(), dst.Addr, err)
+		return nil, "", fmt.Errorf("connect to %s: %w", dst.Addr, err)
 	}
 	return c, e.GetSourceDisk() + " on " + targetHost, nil
 }
@@ -137,7 +143,7 @@ func (d *Driver) openRemoteSink(ctx context.Context, job *runner.Job, targetHost
 		for i, disk := range disks {
 			c, _, err := d.dialExport(ctx, job, targetHost, exports[i], "write the cutover's delta onto volume "+vols[i].Path+" on "+targetHost)
 			if err != nil {
-				return false, errors.Join(err, s.Close())
+				return false, errors.Join(fmt.Errorf("disk %s: %w", disk.GetSourceDisk(), err), s.Close())
 			}
 			s.disks[disk.GetSourceDisk()] = &sinkDisk{vol: vols[i], nbd: c}
 		}
