@@ -46,46 +46,23 @@ type Remote struct {
 	RetryBudgetFunc func() time.Duration
 }
 
-// remoteExports remembers, per job, the volumes its target host serves,
-// and the warm jobs whose target host lost a volume (until their
-// rollback or configuration forgets the job).
+// remoteExports remembers, per job, the volumes its target host serves.
 type remoteExports struct {
 	mu   sync.Mutex
 	jobs map[string][]*agentv1.TargetExport
-	lost map[string]bool
 }
 
-// set records the job's exports; nil forgets the job.
 func (r *remoteExports) set(job string, e []*agentv1.TargetExport) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if r.jobs == nil {
-		r.jobs, r.lost = map[string][]*agentv1.TargetExport{}, map[string]bool{}
+		r.jobs = map[string][]*agentv1.TargetExport{}
 	}
 	if e == nil {
 		delete(r.jobs, job)
-		delete(r.lost, job)
 		return
 	}
 	r.jobs[job] = e
-}
-
-// setLost records that the job's target host lost a volume the warm
-// rounds wrote: the volume it made instead must not be written onto.
-func (r *remoteExports) setLost(job string) {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	if r.jobs == nil {
-		r.jobs, r.lost = map[string][]*agentv1.TargetExport{}, map[string]bool{}
-	}
-	delete(r.jobs, job)
-	r.lost[job] = true
-}
-
-func (r *remoteExports) isLost(job string) bool {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	return r.lost[job]
 }
 
 func (r *remoteExports) get(job string) []*agentv1.TargetExport {
@@ -377,6 +354,12 @@ func (d *Driver) startRemote(ctx context.Context, job *runner.Job) ([]string, er
 // rollbackRemote has the target host remove the domain and the volumes.
 func (d *Driver) rollbackRemote(ctx context.Context, job *runner.Job) error {
 	d.exports.set(job.Name(), nil)
-	_, err := d.ask(ctx, job, agentv1.TargetAction_TARGET_ACTION_ROLLBACK, nil, nil)
-	return err
+	if _, err := d.ask(ctx, job, agentv1.TargetAction_TARGET_ACTION_ROLLBACK, nil, nil); err != nil {
+		return err
+	}
+	// The volume made in place of a lost one is gone too.
+	if err := os.Remove(lostMarker(job.CacheDir, job.Assignment.GetJob().GetTargetHost())); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return err
+	}
+	return nil
 }

@@ -4,8 +4,12 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os"
+	"path"
+	"path/filepath"
 
 	"github.com/ferry-v2v/ferry/agent/internal/runner"
+	"github.com/ferry-v2v/ferry/pkg/durable"
 	"github.com/ferry-v2v/ferry/pkg/nbd"
 	agentv1 "github.com/ferry-v2v/ferry/pkg/pb/ferry/agent/v1"
 )
@@ -30,7 +34,8 @@ var ErrRemoteVolumeLost = errors.New("the target host had lost the volume writte
 // has again, under new tokens). A volume the target host had to create is
 // ErrRemoteVolumeLost.
 func (d *Driver) liveExports(ctx context.Context, job *runner.Job, targetHost string, fresh bool) ([]*agentv1.TargetExport, error) {
-	if d.exports.isLost(job.Name()) {
+	marker := lostMarker(job.CacheDir, targetHost)
+	if _, err := os.Stat(marker); err == nil {
 		return nil, fmt.Errorf("%s: %w", targetHost, ErrRemoteVolumeLost)
 	}
 	if exports := d.exports.get(job.Name()); exports != nil && !fresh {
@@ -43,12 +48,19 @@ func (d *Driver) liveExports(ctx context.Context, job *runner.Job, targetHost st
 	for _, e := range exports {
 		if e.GetCreated() {
 			// Until the rollback, never write onto the empty volume made
-			// instead, even once it exists.
-			d.exports.setLost(job.Name())
-			return nil, fmt.Errorf("disk %s on %s: %w", e.GetSourceDisk(), targetHost, ErrRemoteVolumeLost)
+			// instead, even once it exists (and this agent restarted).
+			d.exports.set(job.Name(), nil)
+			err := fmt.Errorf("disk %s on %s: %w", e.GetSourceDisk(), targetHost, ErrRemoteVolumeLost)
+			return nil, errors.Join(err, durable.WriteFile(marker, []byte(err.Error()+"\n"), 0o600))
 		}
 	}
 	return exports, nil
+}
+
+// lostMarker is the file in a warm job's cache directory saying that
+// targetHost lost a volume the rounds wrote; the rollback removes it.
+func lostMarker(cacheDir, targetHost string) string {
+	return filepath.Join(cacheDir, "volume-lost-"+path.Base(targetHost))
 }
 
 // dialExport connects to disk i's volume through its export on targetHost,

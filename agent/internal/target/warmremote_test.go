@@ -28,8 +28,8 @@ import (
 // the same volume, not a new one). The cutover's sink writes onto h2's
 // volume the same way; h2 defines the domain ahead, stopped, with the
 // volumes still served, and starts it once asked. A volume h2 lost
-// between rounds fails the round (ErrRemoteVolumeLost); the rollback
-// removes h2's domain and volume.
+// between rounds fails the round (ErrRemoteVolumeLost), also once ms's
+// agent restarted; the rollback removes h2's domain and volume.
 func TestWarmRoundsOntoAnotherHost(t *testing.T) {
 	e := newLibvirtEnv(t)
 	_, cacheDir := cachedSource(t)
@@ -168,11 +168,15 @@ func TestWarmRoundsOntoAnotherHost(t *testing.T) {
 	if !errors.Is(err, ErrRemoteVolumeLost) || !strings.Contains(err.Error(), "disk vda on hosts/h2") {
 		t.Errorf("a round onto a lost volume: %v; want ErrRemoteVolumeLost naming the disk and host", err)
 	}
-	if _, err := d.OpenDeltaSink(ctx, rj); !errors.Is(err, ErrRemoteVolumeLost) {
-		t.Errorf("a cutover onto a lost volume: %v; want ErrRemoteVolumeLost", err)
+	// The volume h2 made instead exists now; ms, restarted, still refuses it.
+	if _, err := h.newDriver(t, 0).OpenDeltaSink(ctx, rj); !errors.Is(err, ErrRemoteVolumeLost) {
+		t.Errorf("a cutover onto a lost volume, after ms restarted: %v; want ErrRemoteVolumeLost", err)
 	}
 	if err := d.Rollback(ctx, rj); err != nil {
 		t.Fatal(err)
+	}
+	if _, err := os.Stat(lostMarker(cacheDir, "hosts/h2")); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("the rollback left the lost volume's marker: %v", err)
 	}
 	want := []agentv1.TargetAction{agentv1.TargetAction_TARGET_ACTION_DEFINE_DOMAIN_STOPPED, agentv1.TargetAction_TARGET_ACTION_START_DOMAIN}
 	if !containsInOrder(h.relay.asked, want) {
