@@ -103,12 +103,13 @@ func (d *Driver) Configure(ctx context.Context, job *runner.Job) ([]string, erro
 var _ runner.CutoverConfigurer = (*Driver)(nil)
 
 // DefineAhead defines a warm job's target VM, stopped, before its cutover
-// stops the source; StartDefined starts it. Only on the migration
-// server's own host (warm rounds onto another host are refused anyway):
-// elsewhere it defines nothing and says so.
+// stops the source; StartDefined starts it. A VM placed on another host
+// is defined by that host's agent (TARGET_ACTION_DEFINE_DOMAIN_STOPPED),
+// whose volumes stay served for the last delta.
 func (d *Driver) DefineAhead(ctx context.Context, job *runner.Job) (bool, []string, error) {
 	if d.targetHostOf(job) != "" {
-		return false, nil, nil
+		warnings, err := d.defineAheadRemote(ctx, job)
+		return err == nil, warnings, err
 	}
 	def, err := d.defineLocal(ctx, job, func(s *Spec) { s.DeferStart = true })
 	if err != nil {
@@ -119,6 +120,9 @@ func (d *Driver) DefineAhead(ctx context.Context, job *runner.Job) (bool, []stri
 
 // StartDefined starts the target VM DefineAhead defined.
 func (d *Driver) StartDefined(ctx context.Context, job *runner.Job) ([]string, error) {
+	if d.targetHostOf(job) != "" {
+		return d.startRemote(ctx, job)
+	}
 	spec, err := d.spec(job)
 	if err != nil {
 		return nil, err

@@ -136,6 +136,17 @@ const DefaultRemoteRetryBudget = 5 * time.Minute
 // break). A write the leader fences, or a volume found to differ from the
 // cache, fails the job at once.
 func (d *Driver) uploadRemote(ctx context.Context, job *runner.Job, targetHost string, converted <-chan struct{}) error {
+	return d.retryRemote(ctx, job, targetHost, "upload", func(ctx context.Context, _ int) (bool, error) {
+		return d.uploadRemoteOnce(ctx, job, targetHost, converted)
+	})
+}
+
+// retryRemote runs attempt (numbered from 1) until it succeeds, with
+// backoff for Remote.RetryBudget per outage: an attempt that says it moved
+// the work on before it broke starts a new budget. A write the leader
+// fenced, a volume found to differ, or one its target host lost, is not
+// tried again. what names the work in the log.
+func (d *Driver) retryRemote(ctx context.Context, job *runner.Job, targetHost, what string, attempt func(ctx context.Context, n int) (moved bool, err error)) error {
 	budget := d.opts.Remote.RetryBudget
 	if f := d.opts.Remote.RetryBudgetFunc; f != nil && f() > 0 {
 		budget = f()
@@ -143,7 +154,9 @@ func (d *Driver) uploadRemote(ctx context.Context, job *runner.Job, targetHost s
 	if budget == 0 {
 		budget = DefaultRemoteRetryBudget
 	}
-	retry := func(err error) bool { return !errors.Is(err, errFenced) && !errors.Is(err, pipeline.ErrMismatch) }
+	retry := func(err error) bool {
+		return !errors.Is(err, errFenced) && !errors.Is(err, pipeline.ErrMismatch) && !errors.Is(err, ErrRemoteVolumeLost)
+	}
 	policy := backoff.Policy{Budget: budget, Min: 200 * time.Millisecond, Max: 10 * time.Second}
 	attempts := 0
 	for {
@@ -152,9 +165,9 @@ func (d *Driver) uploadRemote(ctx context.Context, job *runner.Job, targetHost s
 			func(ctx context.Context, _ int, _ time.Time) error {
 				attempts++
 				var err error
-				moved, err = d.uploadRemoteOnce(ctx, job, targetHost, converted)
+				moved, err = attempt(ctx, attempts)
 				if err != nil && ctx.Err() == nil && retry(err) {
-					job.Log.Warn("upload onto the target host failed; trying again", "target_host", targetHost, "attempt", attempts,
+					job.Log.Warn(what+" onto the target host failed; trying again", "target_host", targetHost, "attempt", attempts,
 						"moved_on", moved, "err", err)
 				}
 				return err
@@ -162,7 +175,7 @@ func (d *Driver) uploadRemote(ctx context.Context, job *runner.Job, targetHost s
 		switch {
 		case err == nil:
 			if attempts > 1 {
-				job.Log.Info("upload onto the target host resumed and finished", "target_host", targetHost, "attempts", attempts)
+				job.Log.Info(what+" onto the target host resumed and finished", "target_host", targetHost, "attempts", attempts)
 			}
 			return nil
 		case ctx.Err() != nil || !retry(err):
@@ -177,6 +190,17 @@ func (d *Driver) uploadRemote(ctx context.Context, job *runner.Job, targetHost s
 // errFenced marks a write the leader refused: no retry helps.
 var errFenced = errors.New("fenced")
 
+// fencedOnce is job's fence, its refusals marked errFenced: not tried
+// again.
+func fencedOnce(job *runner.Job) func(ctx context.Context, write string) error {
+	return func(ctx context.Context, write string) error {
+		if err := job.Fence(ctx, write); err != nil {
+			return fmt.Errorf("%w: %w", errFenced, err)
+		}
+		return nil
+	}
+}
+
 // uploadRemoteOnce is one attempt of uploadRemote; moved says whether it
 // marked chunks durably on a volume, or read chunks back, before it ended.
 func (d *Driver) uploadRemoteOnce(ctx context.Context, job *runner.Job, targetHost string, converted <-chan struct{}) (moved bool, err error) {
@@ -189,12 +213,7 @@ func (d *Driver) uploadRemoteOnce(ctx context.Context, job *runner.Job, targetHo
 		return false, err
 	}
 	up := NewUploader(UploadDeps{Commander: d.opts.Commander, Copier: &NBDCopier{Limiter: job.Upstream, Log: job.Log}, Log: job.Log,
-		Fence: func(ctx context.Context, write string) error {
-			if err := job.Fence(ctx, write); err != nil {
-				return fmt.Errorf("%w: %w", errFenced, err)
-			}
-			return nil
-		}})
+		Fence: fencedOnce(job)})
 	var fs []*follower
 	for i, disk := range job.Assignment.GetJob().GetTarget().GetDisks() {
 		dst, err := d.remoteEndpoint(targetHost, exports[i])
@@ -278,15 +297,52 @@ func (d *Driver) verifyRemote(ctx context.Context, job *runner.Job, targetHost s
 // configureRemote has the target host define (and start) the domain,
 // with the source VM's facts and NVRAM from this host's cache.
 func (d *Driver) configureRemote(ctx context.Context, job *runner.Job) ([]string, error) {
-	src, err := os.ReadFile(filepath.Join(job.CacheDir, cache.SourceVMFile))
-	if err != nil && !errors.Is(err, fs.ErrNotExist) {
-		return nil, fmt.Errorf("read the source VM's facts from the cache: %w", err)
-	}
-	nvram, err := os.ReadFile(filepath.Join(job.CacheDir, cache.NVRAMFile))
-	if err != nil && !errors.Is(err, fs.ErrNotExist) {
-		return nil, fmt.Errorf("read the source VM's NVRAM from the cache: %w", err)
+	src, nvram, err := sourceFacts(job)
+	if err != nil {
+		return nil, err
 	}
 	ans, err := d.ask(ctx, job, agentv1.TargetAction_TARGET_ACTION_DEFINE_DOMAIN, src, nvram)
+	d.exports.set(job.Name(), nil)
+	if err != nil {
+		return nil, err
+	}
+	job.SetBootVerifiedBy(ans.GetBootVerifiedBy())
+	return ans.GetWarnings(), nil
+}
+
+// sourceFacts are the source VM's facts (JSON) and NVRAM CONVERTING
+// recorded in the cache, for the target host, which lacks them.
+func sourceFacts(job *runner.Job) (src, nvram []byte, err error) {
+	src, err = os.ReadFile(filepath.Join(job.CacheDir, cache.SourceVMFile))
+	if err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return nil, nil, fmt.Errorf("read the source VM's facts from the cache: %w", err)
+	}
+	nvram, err = os.ReadFile(filepath.Join(job.CacheDir, cache.NVRAMFile))
+	if err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return nil, nil, fmt.Errorf("read the source VM's NVRAM from the cache: %w", err)
+	}
+	return src, nvram, nil
+}
+
+// defineAheadRemote has the target host define the domain of a warm job,
+// stopped, before its cutover stops the source; its volumes stay served
+// for the last delta.
+func (d *Driver) defineAheadRemote(ctx context.Context, job *runner.Job) ([]string, error) {
+	src, nvram, err := sourceFacts(job)
+	if err != nil {
+		return nil, err
+	}
+	ans, err := d.ask(ctx, job, agentv1.TargetAction_TARGET_ACTION_DEFINE_DOMAIN_STOPPED, src, nvram)
+	if err != nil {
+		return nil, err
+	}
+	return ans.GetWarnings(), nil
+}
+
+// startRemote has the target host stop serving the volumes and start the
+// domain defineAheadRemote defined.
+func (d *Driver) startRemote(ctx context.Context, job *runner.Job) ([]string, error) {
+	ans, err := d.ask(ctx, job, agentv1.TargetAction_TARGET_ACTION_START_DOMAIN, nil, nil)
 	d.exports.set(job.Name(), nil)
 	if err != nil {
 		return nil, err
@@ -298,6 +354,12 @@ func (d *Driver) configureRemote(ctx context.Context, job *runner.Job) ([]string
 // rollbackRemote has the target host remove the domain and the volumes.
 func (d *Driver) rollbackRemote(ctx context.Context, job *runner.Job) error {
 	d.exports.set(job.Name(), nil)
-	_, err := d.ask(ctx, job, agentv1.TargetAction_TARGET_ACTION_ROLLBACK, nil, nil)
-	return err
+	if _, err := d.ask(ctx, job, agentv1.TargetAction_TARGET_ACTION_ROLLBACK, nil, nil); err != nil {
+		return err
+	}
+	// The volume made in place of a lost one is gone too.
+	if err := os.Remove(lostMarker(job.CacheDir, job.Assignment.GetJob().GetTargetHost())); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return err
+	}
+	return nil
 }

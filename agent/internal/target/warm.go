@@ -21,10 +21,6 @@ import (
 
 var _ runner.DeltaApplier = (*Driver)(nil)
 
-// ErrWarmRemote: this build carries warm rounds onto volumes of the
-// migration server's own host only.
-var ErrWarmRemote = errors.New("warm rounds onto another host's volumes are not supported yet; place the VM on the migration server's host")
-
 // deltaPiece is the most one delta write moves; deltaInFlight how many
 // run at once.
 const (
@@ -35,8 +31,9 @@ const (
 // ApplyDelta writes the extents a precopy round rewrote in the cache
 // images onto the job's volumes (made by the first round's upload), under
 // the upstream limit; with verify it reads each back from the volume and
-// compares it with the cache. A round with no extents opens nothing. It
-// returns the bytes written.
+// compares it with the cache. Volumes on another host are written through
+// the exports that host's agent serves (applyDeltaRemote). A round with no
+// extents opens nothing. It returns the bytes written.
 func (d *Driver) ApplyDelta(ctx context.Context, job *runner.Job, disks []runner.DiskDelta, verify bool) (int64, error) {
 	var todo []runner.DiskDelta
 	for _, dd := range disks {
@@ -47,8 +44,8 @@ func (d *Driver) ApplyDelta(ctx context.Context, job *runner.Job, disks []runner
 	if len(todo) == 0 {
 		return 0, nil
 	}
-	if d.uploadHostOf(job) != "" {
-		return 0, ErrWarmRemote
+	if th := d.uploadHostOf(job); th != "" {
+		return d.applyDeltaRemote(ctx, job, th, todo, verify)
 	}
 	vols, err := volumes(job)
 	if err != nil {
@@ -79,14 +76,9 @@ func diskIndex(job *runner.Job, disk string) int {
 	return -1
 }
 
-// applyDisk copies one disk's delta from its cache image onto its volume.
+// applyDisk copies one disk's delta from its cache image onto its volume,
+// served by a qemu-nbd of this host.
 func applyDisk(ctx context.Context, job *runner.Job, up *Uploader, dd runner.DiskDelta, vol Volume, verify bool) (int64, error) {
-	start := time.Now()
-	exp, err := cache.OpenExport(ctx, job.CacheDir, dd.Disk, job.Log)
-	if err != nil {
-		return 0, err
-	}
-	defer exp.Close()
 	if err := up.fence(ctx, "write a precopy round onto volume "+vol.Path); err != nil {
 		return 0, err
 	}
@@ -105,6 +97,28 @@ func applyDisk(ctx context.Context, job *runner.Job, up *Uploader, dd runner.Dis
 		return 0, fmt.Errorf("open volume %s: %w", vol.Path, err)
 	}
 	defer dst.Close()
+	written, err := writeDelta(ctx, job, dd, dst, vol.Path, verify)
+	if err != nil {
+		return 0, err
+	}
+	if err := dst.Disconnect(ctx); err != nil {
+		return 0, err
+	}
+	if err := srv.Stop(); err != nil {
+		return 0, err
+	}
+	return written, nil
+}
+
+// writeDelta copies dd's extents from its cache image onto dst, the
+// volume at where, deltaInFlight pieces at a time, and flushes it.
+func writeDelta(ctx context.Context, job *runner.Job, dd runner.DiskDelta, dst *nbd.Client, where string, verify bool) (int64, error) {
+	start := time.Now()
+	exp, err := cache.OpenExport(ctx, job.CacheDir, dd.Disk, job.Log)
+	if err != nil {
+		return 0, err
+	}
+	defer exp.Close()
 	src := exp.Client()
 	g, gctx := errgroup.WithContext(ctx)
 	g.SetLimit(deltaInFlight)
@@ -122,15 +136,9 @@ func applyDisk(ctx context.Context, job *runner.Job, up *Uploader, dd runner.Dis
 		return 0, err
 	}
 	if err := dst.Flush(ctx); err != nil {
-		return 0, fmt.Errorf("flush volume %s: %w", vol.Path, err)
+		return 0, fmt.Errorf("flush volume %s: %w", where, err)
 	}
-	if err := dst.Disconnect(ctx); err != nil {
-		return 0, err
-	}
-	if err := srv.Stop(); err != nil {
-		return 0, err
-	}
-	job.Log.Info("precopy round written onto the volume", "disk", dd.Disk, "volume", vol.Path, "bytes", written,
+	job.Log.Info("precopy round written onto the volume", "disk", dd.Disk, "volume", where, "bytes", written,
 		"extents", len(dd.Extents), "verified", verify, "seconds", time.Since(start).Seconds())
 	return written, nil
 }
@@ -175,10 +183,11 @@ var _ runner.DeltaSinker = (*Driver)(nil)
 // OpenDeltaSink serves each of the job's volumes writable and connects to
 // it, ahead of the cutover's stop of the source, so the last delta goes
 // from the source straight onto them (deltaSink), each piece read back as
-// it is written.
+// it is written. Volumes on another host are those its agent serves
+// (openRemoteSink).
 func (d *Driver) OpenDeltaSink(ctx context.Context, job *runner.Job) (runner.DeltaSink, error) {
-	if d.uploadHostOf(job) != "" {
-		return nil, ErrWarmRemote
+	if th := d.uploadHostOf(job); th != "" {
+		return d.openRemoteSink(ctx, job, th)
 	}
 	vols, err := volumes(job)
 	if err != nil {
@@ -209,7 +218,7 @@ type deltaSink struct {
 
 type sinkDisk struct {
 	vol Volume
-	srv *cache.Server
+	srv *cache.Server // nil for a volume another host serves
 	nbd *nbd.Client
 
 	mu      sync.Mutex
@@ -297,6 +306,9 @@ func (s *deltaSink) Close() error {
 	for _, sd := range s.disks {
 		if err := sd.nbd.Disconnect(ctx); err != nil {
 			sd.nbd.Close()
+		}
+		if sd.srv == nil {
+			continue
 		}
 		if err := sd.srv.Stop(); err != nil {
 			errs = append(errs, fmt.Errorf("stop the server of volume %s: %w", sd.vol.Path, err))

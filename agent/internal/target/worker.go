@@ -112,6 +112,10 @@ func (w *Worker) Do(ctx context.Context, work *agentv1.TargetWork) *agentv1.Targ
 		err = w.release(job)
 	case agentv1.TargetAction_TARGET_ACTION_DEFINE_DOMAIN:
 		res.Warnings, res.BootVerifiedBy, err = w.define(ctx, work)
+	case agentv1.TargetAction_TARGET_ACTION_DEFINE_DOMAIN_STOPPED:
+		res.Warnings, err = w.defineStopped(ctx, work)
+	case agentv1.TargetAction_TARGET_ACTION_START_DOMAIN:
+		res.Warnings, res.BootVerifiedBy, err = w.start(ctx, work)
 	case agentv1.TargetAction_TARGET_ACTION_ROLLBACK:
 		res.Warnings, err = w.rollback(ctx, work)
 	default:
@@ -246,15 +250,71 @@ func (w *Worker) define(ctx context.Context, work *agentv1.TargetWork) ([]string
 	if err := w.fence(ctx, work, "define domain "+spec.VM.GetVmName()); err != nil {
 		return nil, "", err
 	}
-	opts := w.cfg.Options
-	if opts.BootTimeout <= 0 || opts.BootTimeout > RemoteBootTimeout {
-		opts.BootTimeout = RemoteBootTimeout
-	}
-	def, err := Define(ctx, conn, spec, opts)
+	def, err := Define(ctx, conn, spec, w.bootOptions())
 	if err != nil {
 		return nil, "", err
 	}
 	return def.Warnings, def.BootVerifiedBy, nil
+}
+
+// defineStopped defines the job's domain on this host's libvirt without
+// starting it (a warm job's cutover, before the source stops): the
+// volumes stay served, for the last delta.
+func (w *Worker) defineStopped(ctx context.Context, work *agentv1.TargetWork) ([]string, error) {
+	spec, err := workSpec(work)
+	if err != nil {
+		return nil, err
+	}
+	spec.DeferStart = true
+	conn, err := libvirt.NewConnect(w.cfg.URI)
+	if err != nil {
+		return nil, fmt.Errorf("connect to this host's libvirt %s: %w", w.cfg.URI, err)
+	}
+	defer conn.Close()
+	if err := w.fence(ctx, work, "define domain "+spec.VM.GetVmName()); err != nil {
+		return nil, err
+	}
+	def, err := Define(ctx, conn, spec, w.cfg.Options)
+	if err != nil {
+		return nil, err
+	}
+	return def.Warnings, nil
+}
+
+// start stops serving the job's volumes (which flushes them) and starts
+// the domain defineStopped defined, as define would have: with
+// verify_boot it waits at most RemoteBootTimeout for the guest to boot.
+func (w *Worker) start(ctx context.Context, work *agentv1.TargetWork) ([]string, string, error) {
+	if err := w.release(work.GetJob().GetName()); err != nil {
+		return nil, "", err
+	}
+	spec, err := workSpec(work)
+	if err != nil {
+		return nil, "", err
+	}
+	conn, err := libvirt.NewConnect(w.cfg.URI)
+	if err != nil {
+		return nil, "", fmt.Errorf("connect to this host's libvirt %s: %w", w.cfg.URI, err)
+	}
+	defer conn.Close()
+	if err := w.fence(ctx, work, "start domain "+spec.VM.GetVmName()); err != nil {
+		return nil, "", err
+	}
+	def, err := StartDefined(ctx, conn, spec, w.bootOptions())
+	if err != nil {
+		return nil, "", err
+	}
+	return def.Warnings, def.BootVerifiedBy, nil
+}
+
+// bootOptions are the worker's options with the boot wait bounded by
+// RemoteBootTimeout.
+func (w *Worker) bootOptions() Options {
+	opts := w.cfg.Options
+	if opts.BootTimeout <= 0 || opts.BootTimeout > RemoteBootTimeout {
+		opts.BootTimeout = RemoteBootTimeout
+	}
+	return opts
 }
 
 // RemoteBootTimeout bounds the boot wait of a target VM defined for

@@ -41,6 +41,14 @@ const (
 	TargetAction_TARGET_ACTION_DEFINE_DOMAIN TargetAction = 3
 	// Stop serving, remove the domain and the volumes.
 	TargetAction_TARGET_ACTION_ROLLBACK TargetAction = 4
+	// Define the domain without starting it, the volumes still served: a
+	// warm job's cutover defines the target VM before it stops the source
+	// (a definition that fails fails the job with the source running).
+	TargetAction_TARGET_ACTION_DEFINE_DOMAIN_STOPPED TargetAction = 5
+	// Stop serving the volumes and start the domain DEFINE_DOMAIN_STOPPED
+	// defined (and with options.verify_boot wait for its guest to boot):
+	// the end of a warm job's cutover.
+	TargetAction_TARGET_ACTION_START_DOMAIN TargetAction = 6
 )
 
 // Enum value maps for TargetAction.
@@ -51,13 +59,17 @@ var (
 		2: "TARGET_ACTION_RELEASE_VOLUMES",
 		3: "TARGET_ACTION_DEFINE_DOMAIN",
 		4: "TARGET_ACTION_ROLLBACK",
+		5: "TARGET_ACTION_DEFINE_DOMAIN_STOPPED",
+		6: "TARGET_ACTION_START_DOMAIN",
 	}
 	TargetAction_value = map[string]int32{
-		"TARGET_ACTION_UNSPECIFIED":     0,
-		"TARGET_ACTION_PREPARE_VOLUMES": 1,
-		"TARGET_ACTION_RELEASE_VOLUMES": 2,
-		"TARGET_ACTION_DEFINE_DOMAIN":   3,
-		"TARGET_ACTION_ROLLBACK":        4,
+		"TARGET_ACTION_UNSPECIFIED":           0,
+		"TARGET_ACTION_PREPARE_VOLUMES":       1,
+		"TARGET_ACTION_RELEASE_VOLUMES":       2,
+		"TARGET_ACTION_DEFINE_DOMAIN":         3,
+		"TARGET_ACTION_ROLLBACK":              4,
+		"TARGET_ACTION_DEFINE_DOMAIN_STOPPED": 5,
+		"TARGET_ACTION_START_DOMAIN":          6,
 	}
 )
 
@@ -589,8 +601,9 @@ type TargetRequest struct {
 	Job    string       `protobuf:"bytes,2,opt,name=job,proto3" json:"job,omitempty"`
 	Epoch  int64        `protobuf:"varint,3,opt,name=epoch,proto3" json:"epoch,omitempty"`
 	Action TargetAction `protobuf:"varint,4,opt,name=action,proto3,enum=ferry.agent.v1.TargetAction" json:"action,omitempty"`
-	// DEFINE_DOMAIN: what CONVERTING recorded of the source VM in the cache
-	// (its JSON) and the source's NVRAM, which the target host lacks.
+	// DEFINE_DOMAIN and DEFINE_DOMAIN_STOPPED: what CONVERTING recorded of
+	// the source VM in the cache (its JSON) and the source's NVRAM, which
+	// the target host lacks.
 	SourceVm      []byte `protobuf:"bytes,5,opt,name=source_vm,json=sourceVm,proto3" json:"source_vm,omitempty"`
 	Nvram         []byte `protobuf:"bytes,6,opt,name=nvram,proto3" json:"nvram,omitempty"`
 	unknownFields protoimpl.UnknownFields
@@ -876,12 +889,13 @@ type TargetWorkResult struct {
 	Action    TargetAction           `protobuf:"varint,4,opt,name=action,proto3,enum=ferry.agent.v1.TargetAction" json:"action,omitempty"`
 	// PREPARE_VOLUMES: one per disk, in the job's order.
 	Exports []*TargetExport `protobuf:"bytes,5,rep,name=exports,proto3" json:"exports,omitempty"`
-	// DEFINE_DOMAIN: e.g. the VM stayed stopped for lack of resources.
+	// DEFINE_DOMAIN, DEFINE_DOMAIN_STOPPED and START_DOMAIN: e.g. the VM
+	// stayed stopped for lack of resources.
 	Warnings []string `protobuf:"bytes,6,rep,name=warnings,proto3" json:"warnings,omitempty"`
 	// Why the action failed; empty on success.
 	Error string `protobuf:"bytes,7,opt,name=error,proto3" json:"error,omitempty"`
-	// DEFINE_DOMAIN of a job with options.verify_boot: how the guest
-	// showed it booted (MigrationJob.boot_verified_by).
+	// DEFINE_DOMAIN or START_DOMAIN of a job with options.verify_boot: how
+	// the guest showed it booted (MigrationJob.boot_verified_by).
 	BootVerifiedBy string `protobuf:"bytes,8,opt,name=boot_verified_by,json=bootVerifiedBy,proto3" json:"boot_verified_by,omitempty"`
 	unknownFields  protoimpl.UnknownFields
 	sizeCache      protoimpl.SizeCache
@@ -2505,13 +2519,15 @@ const file_ferry_agent_v1_agent_proto_rawDesc = "" +
 	"\tinventory\x18\x04 \x01(\v2\x19.ferry.v1.SourceInventoryR\tinventory\"D\n" +
 	"\x0fHostKeyObserved\x12\x16\n" +
 	"\x06source\x18\x01 \x01(\tR\x06source\x12\x19\n" +
-	"\bhost_key\x18\x02 \x01(\tR\ahostKey*\xb0\x01\n" +
+	"\bhost_key\x18\x02 \x01(\tR\ahostKey*\xf9\x01\n" +
 	"\fTargetAction\x12\x1d\n" +
 	"\x19TARGET_ACTION_UNSPECIFIED\x10\x00\x12!\n" +
 	"\x1dTARGET_ACTION_PREPARE_VOLUMES\x10\x01\x12!\n" +
 	"\x1dTARGET_ACTION_RELEASE_VOLUMES\x10\x02\x12\x1f\n" +
 	"\x1bTARGET_ACTION_DEFINE_DOMAIN\x10\x03\x12\x1a\n" +
-	"\x16TARGET_ACTION_ROLLBACK\x10\x04*w\n" +
+	"\x16TARGET_ACTION_ROLLBACK\x10\x04\x12'\n" +
+	"#TARGET_ACTION_DEFINE_DOMAIN_STOPPED\x10\x05\x12\x1e\n" +
+	"\x1aTARGET_ACTION_START_DOMAIN\x10\x06*w\n" +
 	"\n" +
 	"JobOutcome\x12\x1b\n" +
 	"\x17JOB_OUTCOME_UNSPECIFIED\x10\x00\x12\x19\n" +
