@@ -235,58 +235,40 @@ func stopAll(rs []*RemoteServer) error {
 // RemoteBootTimeout, so that the answer comes before the requester sends
 // the request again (session.DefaultTargetRetry).
 func (w *Worker) define(ctx context.Context, work *agentv1.TargetWork) ([]string, string, error) {
-	if err := w.release(work.GetJob().GetName()); err != nil {
-		return nil, "", err
-	}
-	spec, err := workSpec(work)
-	if err != nil {
-		return nil, "", err
-	}
-	conn, err := libvirt.NewConnect(w.cfg.URI)
-	if err != nil {
-		return nil, "", fmt.Errorf("connect to this host's libvirt %s: %w", w.cfg.URI, err)
-	}
-	defer conn.Close()
-	if err := w.fence(ctx, work, "define domain "+spec.VM.GetVmName()); err != nil {
-		return nil, "", err
-	}
-	def, err := Define(ctx, conn, spec, w.bootOptions())
-	if err != nil {
-		return nil, "", err
-	}
-	return def.Warnings, def.BootVerifiedBy, nil
+	return w.onDomain(ctx, work, true, "define domain ", func(conn *libvirt.Connect, spec Spec) (*Defined, error) {
+		return Define(ctx, conn, spec, w.bootOptions())
+	})
 }
 
 // defineStopped defines the job's domain on this host's libvirt without
 // starting it (a warm job's cutover, before the source stops): the
 // volumes stay served, for the last delta.
 func (w *Worker) defineStopped(ctx context.Context, work *agentv1.TargetWork) ([]string, error) {
-	spec, err := workSpec(work)
-	if err != nil {
-		return nil, err
-	}
-	spec.DeferStart = true
-	conn, err := libvirt.NewConnect(w.cfg.URI)
-	if err != nil {
-		return nil, fmt.Errorf("connect to this host's libvirt %s: %w", w.cfg.URI, err)
-	}
-	defer conn.Close()
-	if err := w.fence(ctx, work, "define domain "+spec.VM.GetVmName()); err != nil {
-		return nil, err
-	}
-	def, err := Define(ctx, conn, spec, w.cfg.Options)
-	if err != nil {
-		return nil, err
-	}
-	return def.Warnings, nil
+	warnings, _, err := w.onDomain(ctx, work, false, "define domain ", func(conn *libvirt.Connect, spec Spec) (*Defined, error) {
+		spec.DeferStart = true
+		return Define(ctx, conn, spec, w.cfg.Options)
+	})
+	return warnings, err
 }
 
 // start stops serving the job's volumes (which flushes them) and starts
 // the domain defineStopped defined, as define would have: with
 // verify_boot it waits at most RemoteBootTimeout for the guest to boot.
 func (w *Worker) start(ctx context.Context, work *agentv1.TargetWork) ([]string, string, error) {
-	if err := w.release(work.GetJob().GetName()); err != nil {
-		return nil, "", err
+	return w.onDomain(ctx, work, true, "start domain ", func(conn *libvirt.Connect, spec Spec) (*Defined, error) {
+		return StartDefined(ctx, conn, spec, w.bootOptions())
+	})
+}
+
+// onDomain runs fn on the job's domain spec and this host's libvirt once
+// the leader confirmed the assignment (fenced as verb and the VM's name);
+// release first stops serving the job's volumes.
+func (w *Worker) onDomain(ctx context.Context, work *agentv1.TargetWork, release bool, verb string,
+	fn func(*libvirt.Connect, Spec) (*Defined, error)) ([]string, string, error) {
+	if release {
+		if err := w.release(work.GetJob().GetName()); err != nil {
+			return nil, "", err
+		}
 	}
 	spec, err := workSpec(work)
 	if err != nil {
@@ -297,10 +279,10 @@ func (w *Worker) start(ctx context.Context, work *agentv1.TargetWork) ([]string,
 		return nil, "", fmt.Errorf("connect to this host's libvirt %s: %w", w.cfg.URI, err)
 	}
 	defer conn.Close()
-	if err := w.fence(ctx, work, "start domain "+spec.VM.GetVmName()); err != nil {
+	if err := w.fence(ctx, work, verb+spec.VM.GetVmName()); err != nil {
 		return nil, "", err
 	}
-	def, err := StartDefined(ctx, conn, spec, w.bootOptions())
+	def, err := fn(conn, spec)
 	if err != nil {
 		return nil, "", err
 	}
