@@ -20,7 +20,7 @@ func TestColdScript(t *testing.T) {
 	img := filepath.Join(dir, "a,b.qcow2") // a comma, doubled in --image-opts
 	sock := filepath.Join(dir, "s.sock")
 	run(t, "qemu-img", "create", "-q", "-f", "qcow2", img, "1M")
-	cmd := exec.Command("sh", "-c", coldScript(sock, Disk{Target: "vda", Path: img, Format: "qcow2"}))
+	cmd := exec.Command("sh", "-c", coldScript(sock, Disk{Target: "vda", Path: img, Format: "qcow2"}, ""))
 	stdin, err := cmd.StdinPipe()
 	if err != nil {
 		t.Fatal(err)
