@@ -52,7 +52,7 @@ type ColdExport struct {
 	disks   []Disk // the exported disks, in order
 	sockets []string
 	bitmaps map[string]string // target → the dirty bitmap its qemu-nbd offers (StartBitmapExport)
-	stamps  string // size and mtime of the top image files at the start
+	stamps  string            // size and mtime of the top image files at the start
 
 	mu      sync.Mutex
 	conn    *Conn

@@ -26,9 +26,9 @@ import (
 type stopKind int
 
 const (
-	notStopped stopKind = iota
-	stopPaused          // paused (options.pause_source_vm): QEMU still runs
-	stopShutOff         // shut down by its guest, or powered off after the timeout
+	notStopped  stopKind = iota
+	stopPaused           // paused (options.pause_source_vm): QEMU still runs
+	stopShutOff          // shut down by its guest, or powered off after the timeout
 )
 
 var _ runner.CutoverForwarder = (*Driver)(nil)
