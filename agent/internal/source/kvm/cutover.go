@@ -91,8 +91,7 @@ func forwardDelta(ctx context.Context, job *runner.Job, c *nbd.Client, sink runn
 // connection, the checks of prepareRound, and for a shutdown that the
 // images can be read without QEMU) is done first, while the VM still
 // runs, and kept for it. EndWarm settles the VM: after a failed cutover
-// it runs again; after a successful one it stays shut off, or is powered
-// off from the pause (left paused with options.pause_source_vm).
+// it runs again; after a successful one it stays shut off, or paused.
 func (d *Driver) StopSource(ctx context.Context, job *runner.Job) error {
 	src := &source{d: d, job: job}
 	if err := src.connectFirst(ctx); err != nil {

@@ -381,8 +381,8 @@ func copyPiece(ctx context.Context, job *runner.Job, src *nbd.Client, img *cache
 
 // EndWarm deletes the job's checkpoints and settles the source VM: after
 // a failed cutover it runs again (started again after a shutdown, resumed
-// from a pause); after a successful one it stays shut off, or is powered
-// off from the pause (left paused with options.pause_source_vm).
+// from a pause); after a successful one it stays as the cutover stopped
+// it, shut off, or paused with options.pause_source_vm.
 func (d *Driver) EndWarm(ctx context.Context, job *runner.Job, succeeded bool) error {
 	d.mu.Lock()
 	stopped := d.stopped[job.Name()]
@@ -415,19 +415,11 @@ func (d *Driver) EndWarm(ctx context.Context, job *runner.Job, succeeded bool) e
 		if err != nil {
 			errs = append(errs, err)
 		}
-		switch {
-		case stopped != stopPaused:
-		case !succeeded:
+		if stopped == stopPaused && !succeeded {
 			if err := dom.Resume(); err != nil {
 				errs = append(errs, fmt.Errorf("resume the source VM after a failed cutover: %w", err))
 			} else {
 				job.Log.Info("source VM resumed: the cutover did not finish")
-			}
-		case !job.Assignment.GetJob().GetOptions().GetPauseSourceVm():
-			if err := dom.Destroy(); err != nil {
-				errs = append(errs, fmt.Errorf("power off the source VM after the cutover: %w", err))
-			} else {
-				job.Log.Info("source VM powered off after the cutover")
 			}
 		}
 		return errors.Join(errs...)
