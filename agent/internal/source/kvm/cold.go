@@ -228,31 +228,43 @@ func nbdImageOpts(d Disk) string {
 		d.Format, strings.ReplaceAll(d.Path, ",", ",,"))
 }
 
-// nbdBitmapArg is qemu-nbd's option offering the dirty bitmap (none
-// when bitmap is ""), with a leading space.
-func nbdBitmapArg(bitmap string) string {
+// nbdBitmapArg is qemu-nbd's options offering the dirty bitmap (none
+// when bitmap is ""), with a leading space, and the shell test that holds
+// until qemu-nbd is ready. qemu-nbd creates its socket before it checks
+// the bitmap, and exits (leaving the socket) when the bitmap is missing or
+// inconsistent; it writes its pid file only once the export is made, so a
+// server with a bitmap is ready when that file is there too.
+func nbdBitmapArg(sock, bitmap string) (args, notReady string) {
+	s := shellQuote(sock)
 	if bitmap == "" {
-		return ""
+		return "", "[ ! -S " + s + " ]"
 	}
-	return " --bitmap=" + shellQuote(bitmap)
+	pf := shellQuote(pidFile(sock))
+	return " --bitmap=" + shellQuote(bitmap) + " --pid-file=" + pf, "[ ! -S " + s + " ] || [ ! -e " + pf + " ]"
 }
+
+// pidFile is the pid file of the qemu-nbd serving sock with a bitmap;
+// its name keeps the socket's prefix, so the janitor removes it with the
+// socket.
+func pidFile(sock string) string { return strings.TrimSuffix(sock, ".sock") + ".pid" }
 
 // coldScript starts qemu-nbd, says "ready" once its socket exists, and
 // stops it and removes the socket when its input ends; bitmap, when set,
 // is the dirty bitmap it offers.
 func coldScript(sock string, d Disk, bitmap string) string {
 	s, p := shellQuote(sock), shellQuote(d.Path)
+	args, notReady := nbdBitmapArg(sock, bitmap)
 	return strings.Join([]string{
 		"rm -f -- " + s,
 		"drv=file; if [ -b " + p + " ]; then drv=host_device; fi",
 		fmt.Sprintf("qemu-nbd --read-only --persistent --shared=4 --export-name=%s --socket=%s%s --image-opts %s </dev/null &",
-			shellQuote(d.Target), s, nbdBitmapArg(bitmap), strings.ReplaceAll(shellQuote(nbdImageOpts(d)), "$drv", "'$drv'")),
+			shellQuote(d.Target), s, args, strings.ReplaceAll(shellQuote(nbdImageOpts(d)), "$drv", "'$drv'")),
 		"pid=$!",
-		"while [ ! -S " + s + " ]; do if ! kill -0 $pid 2>/dev/null; then wait $pid; " +
+		"while " + notReady + "; do if ! kill -0 $pid 2>/dev/null; then wait $pid; " +
 			"echo \"qemu-nbd exited with status $?\" >&2; exit 1; fi; sleep 0.1; done",
 		"echo ready",
 		"cat >/dev/null",
-		"kill $pid 2>/dev/null; wait $pid; rm -f -- " + s,
+		"kill $pid 2>/dev/null; wait $pid; rm -f -- " + s + " " + shellQuote(pidFile(sock)),
 	}, "\n")
 }
 
@@ -476,7 +488,13 @@ func (e *ColdExport) Close(ctx context.Context) error {
 		s.stop(ctx)
 	}
 	e.servers = nil
-	if err := removeFiles(ctx, e.conn, e.sockets); err != nil {
+	files := slices.Clone(e.sockets)
+	if len(e.bitmaps) > 0 {
+		for _, s := range e.sockets {
+			files = append(files, pidFile(s))
+		}
+	}
+	if err := removeFiles(ctx, e.conn, files); err != nil {
 		return fmt.Errorf("end cold export of VM %s: %w", e.vm, err)
 	}
 	e.closed = true

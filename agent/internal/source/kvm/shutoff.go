@@ -292,21 +292,30 @@ func (c *Conn) removeBitmap(ctx context.Context, path, bitmap string) error {
 }
 
 // startAgain starts the source VM a failed cutover shut down. A VM still
-// running is left alone: its guest may still be shutting down as asked
-// (the cutover was cancelled while it waited), and is then left off.
-func startAgain(dom *libvirt.Domain, log *slog.Logger) error {
+// running when the cutover failed during its wait for the guest may still
+// be shutting down as asked: it is waited for (up to the guest shutdown
+// timeout) and started once off; one that is still running then never
+// stopped.
+func startAgain(ctx context.Context, job *runner.Job, dom *libvirt.Domain) error {
 	state, _, err := dom.GetState()
 	if err != nil {
 		return fmt.Errorf("state of the source VM after a failed cutover: %w", err)
 	}
 	if state != libvirt.DOMAIN_SHUTOFF {
-		log.Warn("the source VM was not shut off when the cutover failed; it is left as it is (its guest may still be shutting down as asked)",
+		job.Log.Info("the source VM still runs after the failed cutover; waiting for the guest shutdown it was asked for",
 			"state", stateName(state))
-		return nil
+		off, err := waitShutOff(ctx, dom, shutdownTimeout(job))
+		if err != nil {
+			return err
+		}
+		if !off {
+			job.Log.Warn("the source VM's guest did not shut down; it keeps running")
+			return nil
+		}
 	}
 	if err := dom.Create(); err != nil {
 		return fmt.Errorf("start the source VM again after a failed cutover: %w", err)
 	}
-	log.Info("source VM started again: the cutover did not finish")
+	job.Log.Info("source VM started again: the cutover did not finish")
 	return nil
 }

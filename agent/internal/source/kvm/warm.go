@@ -405,7 +405,7 @@ func (d *Driver) EndWarm(ctx context.Context, job *runner.Job, succeeded bool) e
 		if stopped == stopShutOff && !succeeded {
 			// Started first: a running VM's checkpoints are deleted
 			// with their bitmaps by libvirt itself.
-			if err := startAgain(dom, job.Log); err != nil {
+			if err := startAgain(context.WithoutCancel(ctx), job, dom); err != nil {
 				errs = append(errs, err)
 			}
 		}
