@@ -1,10 +1,15 @@
 package e2e
 
 import (
+	endian "encoding/binary"
+	"io"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"regexp"
+	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -16,9 +21,75 @@ import (
 	"github.com/ferry-v2v/ferry/pkg/testkit"
 )
 
+// powerKeyUnit powers the guest off when its ACPI power button is
+// pressed: it waits for the first input event of every "Power Button"
+// input device (24 bytes, one struct input_event), then runs systemctl
+// poweroff, the clean shutdown systemd-logind or acpid would start. ($$ is
+// systemd's escape of the shell's $.)
+const powerKeyUnit = `[Unit]
+Description=Power off on the ACPI power button (Ferry's warm cutover test)
+
+[Service]
+ExecStart=/bin/sh -c 'for n in /sys/class/input/event*; do if grep -q "Power Button" $$n/device/name; then (head -c 24 /dev/input/$${n##*/} >/dev/null && echo "power button pressed" >/dev/console && systemctl poweroff) & fi; done; wait'
+
+[Install]
+WantedBy=multi-user.target
+`
+
+// installPowerKey installs powerKeyUnit, enabled, in the guest image disk
+// (the source's overlay, before it starts): the Debian guest is a minbase
+// install without D-Bus, so systemd-logind, which would act on the power
+// button, does not run, and nothing else listens to it. The image is
+// served writable as a raw file by qemu-storage-daemon's FUSE export and
+// its first partition mounted through a loop device.
+func installPowerKey(t *testing.T, disk string) {
+	t.Helper()
+	raw := filepath.Join(t.TempDir(), "disk.raw")
+	must(t, os.WriteFile(raw, nil, 0o600)) // the mount point
+	qsd := exec.Command(testenv.LookPath(t, "qemu-storage-daemon"),
+		"--blockdev", "driver=file,node-name=file,filename="+disk,
+		"--blockdev", "driver=qcow2,node-name=disk,file=file",
+		"--export", "type=fuse,id=raw,node-name=disk,writable=on,mountpoint="+raw)
+	var stderr strings.Builder
+	qsd.Stderr = &stderr
+	must(t, qsd.Start())
+	defer func() {
+		_ = syscall.Unmount(raw, 0)
+		_ = qsd.Process.Signal(syscall.SIGTERM)
+		_ = qsd.Wait()
+	}()
+	testkit.WaitFor(t, time.Minute, "the FUSE export of "+disk, func() bool {
+		st, err := os.Stat(raw)
+		return err == nil && st.Size() > 0
+	})
+	f, err := os.Open(raw)
+	must(t, err)
+	mbr := make([]byte, 512)
+	_, err = io.ReadFull(f, mbr)
+	f.Close()
+	if err != nil || mbr[510] != 0x55 || mbr[511] != 0xaa {
+		t.Fatalf("%s: no MBR: %v (qemu-storage-daemon: %s)", disk, err, stderr.String())
+	}
+	offset := int64(endian.LittleEndian.Uint32(mbr[446+8:])) * 512
+	loop := strings.TrimSpace(testenv.Run(t, "losetup", "-f", "--show", "-o", strconv.FormatInt(offset, 10), raw))
+	defer testenv.Run(t, "losetup", "-d", loop)
+	mnt := t.TempDir()
+	testenv.Run(t, "mount", "-t", "ext4", loop, mnt)
+	unit := filepath.Join(mnt, "etc/systemd/system/ferry-power-key.service")
+	err = os.WriteFile(unit, []byte(powerKeyUnit), 0o644)
+	if err == nil {
+		err = os.Symlink("/etc/systemd/system/ferry-power-key.service",
+			filepath.Join(mnt, "etc/systemd/system/multi-user.target.wants/ferry-power-key.service"))
+	}
+	testenv.Run(t, "umount", mnt)
+	must(t, err)
+}
+
 // TestWarmKVMDebianGuestShutdown: a warm job of the real Debian guest
 // (testenv.DebianKVMGuest) running on a KVM source cuts over by a clean
-// guest shutdown: the guest honours the ACPI power button within the
+// guest shutdown: the guest (given a listener of the power button, which
+// its minbase install lacks: installPowerKey) honours the ACPI power
+// button within the
 // timeout, libvirt records the source shut off by its guest (reason
 // shutdown, not destroyed) and the job carries no power-off warning; the
 // last round reads the shut-off image with the previous round's bitmap,
@@ -34,7 +105,7 @@ func TestWarmKVMDebianGuestShutdown(t *testing.T) {
 	img := testenv.DebianKVMGuest(t) // before the world: a first build takes minutes
 	lv := testenv.RequireLibvirt(t)
 	start := time.Now()
-	src := startDebianKVMSource(t, lv, img)
+	src := startDebianKVMSource(t, lv, img, func(disk string) { installPowerKey(t, disk) })
 	w := newWorld(t) // while the source boots
 	const timeout = 5 * time.Minute
 	w.shutdownTimeout(timeout)
