@@ -513,8 +513,15 @@ func removeFiles(ctx context.Context, c *Conn, files []string) error {
 }
 
 // leftoverOf is the export as a leftover record sees it: a backup with no
-// job whose socket and "scratch files" are the export's sockets, so the
-// janitor removes them (its qemu-nbd stopped with the SSH session).
+// job whose socket and "scratch files" are the export's sockets (and the
+// pid files of a bitmap export), so the janitor removes them (its qemu-nbd
+// stopped with the SSH session).
 func (e *ColdExport) leftoverOf() *Backup {
-	return &Backup{conn: e.conn, vm: e.vm, uuid: e.uuid, socket: e.sockets[0], scratch: slices.Clone(e.sockets[1:])}
+	scratch := slices.Clone(e.sockets[1:])
+	if len(e.bitmaps) > 0 {
+		for _, s := range e.sockets {
+			scratch = append(scratch, pidFile(s))
+		}
+	}
+	return &Backup{conn: e.conn, vm: e.vm, uuid: e.uuid, socket: e.sockets[0], scratch: scratch}
 }
