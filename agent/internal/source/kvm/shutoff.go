@@ -67,8 +67,11 @@ func (d *Driver) shutDown(ctx context.Context, job *runner.Job, dom *libvirt.Dom
 	timeout := shutdownTimeout(job)
 	d.setStopped(job, stopShutOff) // from here a failed cutover starts the VM again
 	job.SourceStopped()
+	msg := fmt.Sprintf("the source VM's guest did not shut down within the guest shutdown timeout (%s); "+
+		"the VM was powered off for the cutover", timeout)
 	if err := dom.Shutdown(); err != nil {
 		job.Log.Warn("the guest cannot be asked to shut down; powering the source VM off", "err", err)
+		msg = fmt.Sprintf("the source VM's guest could not be asked to shut down (%v); the VM was powered off for the cutover", err)
 	} else {
 		job.Log.Info("guest shutdown requested for the cutover", "timeout", timeout)
 		done, err := waitShutOff(ctx, dom, timeout)
@@ -85,9 +88,9 @@ func (d *Driver) shutDown(ctx context.Context, job *runner.Job, dom *libvirt.Dom
 		if state, _, serr := dom.GetState(); serr != nil || state != libvirt.DOMAIN_SHUTOFF {
 			return fmt.Errorf("power off the source VM: %w", err)
 		}
+		job.Log.Info("source VM shut down by its guest for the cutover, as it was being powered off")
+		return nil
 	}
-	msg := fmt.Sprintf("the source VM's guest did not shut down within the guest shutdown timeout (%s); "+
-		"the VM was powered off for the cutover", timeout)
 	job.Log.Warn(msg)
 	job.Warn(msg)
 	return nil
