@@ -30,9 +30,10 @@ type debianKVMSource struct {
 
 // startDebianKVMSource defines and starts the source VM on an overlay of
 // the cached image: a q35 machine, 1 vCPU, 768 MiB, the disk on SATA, an
-// e1000e NIC, the serial console logged to a file. Domain, network and
-// files go when the test ends.
-func startDebianKVMSource(t *testing.T, lv *testenv.Libvirt, img string) debianKVMSource {
+// e1000e NIC, the serial console logged to a file. prepare, when given,
+// may change the overlay before the VM starts. Domain, network and files
+// go when the test ends.
+func startDebianKVMSource(t *testing.T, lv *testenv.Libvirt, img string, prepare ...func(disk string)) debianKVMSource {
 	id := randID()
 	s := debianKVMSource{name: "ferry-debian-kvm-" + id, network: "ferry-e2e-src-" + id,
 		mac: fmt.Sprintf("52:54:00:%s:%s:%s", randID()[:2], randID()[:2], randID()[:2])}
@@ -42,6 +43,9 @@ func startDebianKVMSource(t *testing.T, lv *testenv.Libvirt, img string) debianK
 	t.Cleanup(func() { os.RemoveAll(dir) })
 	disk := filepath.Join(dir, "disk.qcow2")
 	testenv.Run(t, "qemu-img", "create", "-q", "-f", "qcow2", "-b", img, "-F", "qcow2", disk)
+	for _, p := range prepare {
+		p(disk)
+	}
 	s.consoleLog = filepath.Join(dir, "console.log")
 	xml := fmt.Sprintf(`<domain type='qemu'>
   <name>%s</name>

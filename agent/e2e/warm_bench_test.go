@@ -19,7 +19,9 @@ import (
 //     a KVM source offers short of a warm job), its downtime the job's
 //     time from the first phase to the end;
 //   - warm: precopy rounds, a round with nothing changed (its cost), then
-//     64 MiB written and the cutover: the measured downtime, against the
+//     64 MiB written and the cutover, which pauses the VM
+//     (pause_source_vm, as the cold job does; a shutdown of this guest
+//     with no OS would be its timeout): the measured downtime, against the
 //     time to copy 64 MiB at the full round's rate plus the target VM's
 //     configuration (its definition, made before the source stops, and
 //     CONFIGURING, its start).
@@ -58,8 +60,10 @@ func BenchmarkWarmDowntime(b *testing.B) {
 	w.removeDomain(cold.Target.GetVmName())
 	w.lv.Virsh(b, "resume", src.Name)
 
+	// Paused at the cutover (pause_source_vm): the VM runs no OS, so a
+	// guest shutdown would only wait for its timeout.
 	warm := w.spec(vm, &ferryv1.MigrationOptions{Mode: ferryv1.MigrationMode_MIGRATION_MODE_WARM,
-		PrecopyInterval: durationpb.New(10 * time.Second)})
+		PrecopyInterval: durationpb.New(10 * time.Second), PauseSourceVm: true})
 	name := w.createJob(warm)
 	j := w.waitJob(name, 20*time.Minute, "precopy round 2", func(j *ferryv1.MigrationJob) bool {
 		return terminal(j) || len(j.GetPrecopyRounds()) >= 2

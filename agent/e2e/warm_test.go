@@ -7,11 +7,13 @@ import (
 	"os/exec"
 	"path"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
 
 	"google.golang.org/protobuf/types/known/durationpb"
+	"google.golang.org/protobuf/types/known/fieldmaskpb"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	ferryv1 "github.com/ferry-v2v/ferry/pkg/pb/ferry/v1"
@@ -85,14 +87,60 @@ func checkpoints(t testing.TB, lv *testenv.Libvirt, vm *testenv.TestVM) []string
 	return out
 }
 
+// testShutdownTimeout is the guest shutdown timeout of the warm tests
+// whose VMs run no OS and ignore the ACPI power button: their cutover
+// asks for a shutdown, waits this long and powers the VM off.
+const testShutdownTimeout = 3 * time.Second
+
+// shutdownTimeout sets the coordinator's guest shutdown timeout.
+func (w *world) shutdownTimeout(d time.Duration) {
+	w.t.Helper()
+	_, err := w.f.client.Settings().UpdateSettings(ctx(w.t, 10*time.Second), &ferryv1.UpdateSettingsRequest{
+		Settings:   &ferryv1.Settings{GuestShutdownTimeout: durationpb.New(d)},
+		UpdateMask: &fieldmaskpb.FieldMask{Paths: []string{"guest_shutdown_timeout"}}})
+	must(w.t, err)
+}
+
+// expectPoweredOffAfterTimeout checks that the warm job's cutover asked
+// the guest to shut down and, the guest not answering, destroyed the VM
+// after the timeout: the domain's shut-off reason, the job's warning, and
+// a downtime no shorter than the timeout.
+func expectPoweredOffAfterTimeout(t *testing.T, w *world, src *testenv.TestVM, j *ferryv1.MigrationJob) {
+	t.Helper()
+	if st := strings.TrimSpace(w.lv.Virsh(t, "domstate", "--reason", src.Name)); st != "shut off (destroyed)" {
+		t.Errorf("source VM is %q; want shut off (destroyed) after the guest shutdown timeout", st)
+	}
+	want := fmt.Sprintf("did not shut down within the guest shutdown timeout (%s); the VM was powered off for the cutover", testShutdownTimeout)
+	if !slices.ContainsFunc(j.GetWarnings(), func(s string) bool { return strings.Contains(s, want) }) {
+		t.Errorf("warnings = %q; want one saying %q", j.GetWarnings(), want)
+	}
+	if down := j.GetMeasuredDowntime().AsDuration(); down < testShutdownTimeout {
+		t.Errorf("measured downtime %v; want at least the %v the guest was given to shut down", down, testShutdownTimeout)
+	}
+}
+
+// expectPattern checks that the image at path holds pattern over the
+// length bytes at off (qemu-io read -P).
+func expectPattern(t *testing.T, path string, off, length int64, pattern byte) {
+	t.Helper()
+	out, err := exec.Command("qemu-io", "-r", "-U", "-c", fmt.Sprintf("read -P 0x%02x %d %d", pattern, off, length), path).CombinedOutput()
+	if err != nil || strings.Contains(string(out), "verification failed") || !strings.Contains(string(out), "read ") {
+		t.Errorf("%s at %d (+%d) does not hold 0x%02x: %v: %s", path, off, length, pattern, err, out)
+	}
+}
+
 // TestWarmKVM: a warm job of a running VM whose disks are written between
 // rounds runs a full round, delta rounds that read only what changed, and
-// a cutover; the target disks then equal the source's as it stopped, and
-// no checkpoint or bitmap is left on the source.
+// a cutover by guest shutdown (the guest, with no OS, ignores it: the VM
+// is powered off after the timeout) whose last round reads the shut-off
+// images with the previous round's bitmaps; the target disks then equal
+// the source's as it stopped, with what was written after the last
+// SYNCING round, and no checkpoint or bitmap is left on the source.
 func TestWarmKVM(t *testing.T) {
 	t.Parallel() // see doc.go
 	start := time.Now()
 	w := newWorld(t)
+	w.shutdownTimeout(testShutdownTimeout)
 	src := testenv.NewTestVM(t, w.lv, testenv.VMOptions{RandomBytes: 8 << 20})
 	spec := w.spec(w.sourceVM(w.source, src.Name), &ferryv1.MigrationOptions{
 		Mode: ferryv1.MigrationMode_MIGRATION_MODE_WARM, PrecopyInterval: durationpb.New(10 * time.Second)})
@@ -167,9 +215,12 @@ func TestWarmKVM(t *testing.T) {
 		t.Logf("ferryctl job get:\n%s", out)
 	}
 	testkit.WaitFor(t, 30*time.Second, "the source VM to be powered off", func() bool { return src.State(t) == "shut off" })
+	expectPoweredOffAfterTimeout(t, w, src, j)
 	for _, d := range src.Disks {
 		compare(t, d.Path, w.volume(name, d.Target))
 	}
+	expectPattern(t, w.volume(name, "vda"), 50<<20, 256*kib, 0xc1)
+	expectPattern(t, w.volume(name, "vdb"), 10<<20, 128*kib, 0xc2)
 	if left := checkpoints(t, w.lv, src); len(left) > 0 {
 		t.Errorf("left on the source: %v", left)
 	}
@@ -204,13 +255,14 @@ func (w *world) expectNoCheckpoints(src *testenv.TestVM) {
 
 // TestWarmKVMCancelAndFailure: a warm job cancelled while SYNCING, and
 // one whose cutover fails defining the target (before it stops the
-// source), and one whose target does not boot after the source was
-// paused, leave no target volume, no target VM of theirs and no
-// checkpoint, and the source VM running.
+// source), and those whose target does not boot after the source was shut
+// down (powered off after the timeout) or paused, leave no target volume,
+// no target VM of theirs and no checkpoint, and the source VM running.
 func TestWarmKVMCancelAndFailure(t *testing.T) {
 	t.Parallel() // see doc.go
 	start := time.Now()
 	w := newWorldWith(t, worldOptions{agentArgs: []string{"--verify-boot-timeout", "20s"}})
+	w.shutdownTimeout(testShutdownTimeout)
 	t.Run("cancel while syncing", func(t *testing.T) {
 		src := testenv.NewTestVM(t, w.lv, testenv.VMOptions{})
 		spec := w.warmSpec(src, false)
@@ -259,29 +311,40 @@ func TestWarmKVMCancelAndFailure(t *testing.T) {
 			t.Errorf("the domain that was there first is %s; Ferry must leave it alone", st)
 		}
 	})
-	t.Run("target does not boot after the pause", func(t *testing.T) {
-		// verify_boot on a guest with no OS: the cutover pauses the
-		// source, moves the last delta, starts the target, and fails when
-		// no boot shows within the agent's 20 s. The source runs again.
-		src := testenv.NewTestVM(t, w.lv, testenv.VMOptions{})
-		spec := w.warmSpec(src, true)
-		spec.Options.VerifyBoot = true
-		name := w.createJob(spec)
-		j := w.waitJob(name, 3*time.Minute, "the job to end", terminal)
-		if j.GetState() != ferryv1.MigrationJobState_MIGRATION_JOB_STATE_FAILED || j.GetPhase() != configuring ||
-			!strings.Contains(j.GetReason(), "did not show it booted within 20s") {
-			t.Fatalf("job ended %s in %s: %s; want FAILED in CONFIGURING for want of a boot", j.GetState(), j.GetPhase(), j.GetReason())
-		}
-		if rs := j.GetPrecopyRounds(); len(rs) < 2 || !rs[len(rs)-1].GetFinal() {
-			t.Errorf("rounds = %v; want the first and the cutover's", rs)
-		}
-		w.expectVolumesGone(name)
-		w.expectNoCheckpoints(src)
-		testkit.WaitFor(t, 30*time.Second, "the source VM to run again", func() bool { return src.State(t) == "running" })
-		if _, err := w.lv.TryVirsh("domstate", spec.GetTarget().GetVmName()); err == nil {
-			t.Errorf("target VM %s exists after the failed cutover", spec.GetTarget().GetVmName())
-		}
-	})
+	for _, pause := range []bool{false, true} {
+		stop := map[bool]string{false: "shutdown", true: "pause"}[pause]
+		t.Run("target does not boot after the "+stop, func(t *testing.T) {
+			// verify_boot on a guest with no OS: the cutover stops the
+			// source (shut down, powered off after the timeout, or
+			// paused), moves the last delta, starts the target, and fails
+			// when no boot shows within the agent's 20 s. The source runs
+			// again.
+			src := testenv.NewTestVM(t, w.lv, testenv.VMOptions{})
+			spec := w.warmSpec(src, true)
+			spec.Options.VerifyBoot = true
+			spec.Options.PauseSourceVm = pause
+			name := w.createJob(spec)
+			j := w.waitJob(name, 3*time.Minute, "the job to end", terminal)
+			if j.GetState() != ferryv1.MigrationJobState_MIGRATION_JOB_STATE_FAILED || j.GetPhase() != configuring ||
+				!strings.Contains(j.GetReason(), "did not show it booted within 20s") {
+				t.Fatalf("job ended %s in %s: %s; want FAILED in CONFIGURING for want of a boot", j.GetState(), j.GetPhase(), j.GetReason())
+			}
+			if rs := j.GetPrecopyRounds(); len(rs) < 2 || !rs[len(rs)-1].GetFinal() {
+				t.Errorf("rounds = %v; want the first and the cutover's", rs)
+			}
+			w.expectVolumesGone(name)
+			w.expectNoCheckpoints(src)
+			testkit.WaitFor(t, 30*time.Second, "the source VM to run again", func() bool { return src.State(t) == "running" })
+			if _, err := w.lv.TryVirsh("domstate", spec.GetTarget().GetVmName()); err == nil {
+				t.Errorf("target VM %s exists after the failed cutover", spec.GetTarget().GetVmName())
+			}
+			started := slices.ContainsFunc(w.f.agents[w.host].lines("source VM started again: the cutover did not finish"),
+				func(l string) bool { return strings.Contains(l, path.Base(name)) })
+			if !pause && !started {
+				t.Error("the agent's log does not say it started the source VM again")
+			}
+		})
+	}
 	t.Logf("TestWarmKVMCancelAndFailure took %v", time.Since(start).Round(100*time.Millisecond))
 }
 
@@ -292,6 +355,7 @@ func TestWarmKVMAgentKilled(t *testing.T) {
 	t.Parallel() // see doc.go
 	start := time.Now()
 	w := newWorld(t)
+	w.shutdownTimeout(testShutdownTimeout)
 	src := testenv.NewTestVM(t, w.lv, testenv.VMOptions{RandomBytes: 4 << 20})
 	spec := w.warmSpec(src, false)
 	name := w.createJob(spec)
@@ -337,13 +401,16 @@ func TestWarmKVMAgentKilled(t *testing.T) {
 // TestWarmKVMDowntime: the cutover of a VM with 512 MiB of data and
 // 64 MiB changed in its last round moves only those 64 MiB while the
 // source is stopped (asserted in bytes); the rounds' durations and the
-// measured downtime are logged.
+// measured downtime are logged. The job pauses the source
+// (pause_source_vm: a guest with no OS would only make a shutdown wait
+// for its timeout), which stays paused after the cutover.
 func TestWarmKVMDowntime(t *testing.T) {
 	t.Parallel() // see doc.go
 	start := time.Now()
 	w := newWorld(t)
 	src := testenv.NewTestVM(t, w.lv, testenv.VMOptions{RandomBytes: 512 << 20})
 	spec := w.warmSpec(src, false)
+	spec.Options.PauseSourceVm = true
 	name := w.createJob(spec)
 	j := w.rounds(name, 1)
 	if terminal(j) {
@@ -384,32 +451,54 @@ func TestWarmKVMDowntime(t *testing.T) {
 	for _, d := range src.Disks {
 		compare(t, d.Path, w.volume(name, d.Target))
 	}
+	if st := src.State(t); st != "paused" {
+		t.Errorf("source VM is %s after the cutover; want paused (pause_source_vm)", st)
+	}
+	if left := checkpoints(t, w.lv, src); len(left) > 0 {
+		t.Errorf("left on the source: %v", left)
+	}
 	t.Logf("TestWarmKVMDowntime took %v", time.Since(start).Round(100*time.Millisecond))
 }
 
 // TestWarmKVMJanitor: the checkpoints of a warm job whose agent crashed
 // stay while its cache can still resume it, and the agent's janitor
 // deletes them once the cache is gone (the job was cancelled meanwhile and
-// its cache reclaimed).
+// its cache reclaimed): of a VM still running, and of one shut off since
+// (libvirt keeps their bitmaps: the janitor removes them from the images).
 func TestWarmKVMJanitor(t *testing.T) {
 	t.Parallel() // see doc.go
 	start := time.Now()
 	w := newWorld(t)
-	src := testenv.NewTestVM(t, w.lv, testenv.VMOptions{})
-	name := w.createJob(w.warmSpec(src, false))
-	if j := w.rounds(name, 1); terminal(j) {
-		t.Fatalf("job ended %s: %s", j.GetState(), j.GetReason())
+	running := testenv.NewTestVM(t, w.lv, testenv.VMOptions{})
+	off := testenv.NewTestVM(t, w.lv, testenv.VMOptions{})
+	var names []string
+	for _, src := range []*testenv.TestVM{running, off} {
+		names = append(names, w.createJob(w.warmSpec(src, false)))
+	}
+	for _, name := range names {
+		if j := w.rounds(name, 1); terminal(j) {
+			t.Fatalf("job ended %s: %s", j.GetState(), j.GetReason())
+		}
 	}
 	w.f.agents[w.host].kill()
-	if len(checkpoints(t, w.lv, src)) == 0 {
-		t.Fatal("no checkpoint on the source after the first round")
+	for _, src := range []*testenv.TestVM{running, off} {
+		if len(checkpoints(t, w.lv, src)) == 0 {
+			t.Fatalf("no checkpoint on %s after the first round", src.Name)
+		}
 	}
-	_, err := w.f.client.Jobs().CancelMigrationJob(ctx(t, 10*time.Second), &ferryv1.CancelMigrationJobRequest{Name: name})
-	must(t, err)
-	if err := os.RemoveAll(filepath.Join(w.cacheDir, path.Base(name))); err != nil {
-		t.Fatal(err)
+	w.lv.Virsh(t, "destroy", off.Name)
+	for _, name := range names {
+		_, err := w.f.client.Jobs().CancelMigrationJob(ctx(t, 10*time.Second), &ferryv1.CancelMigrationJobRequest{Name: name})
+		must(t, err)
+		if err := os.RemoveAll(filepath.Join(w.cacheDir, path.Base(name))); err != nil {
+			t.Fatal(err)
+		}
 	}
 	w.f.startAgent(w.host, w.cacheDir)
-	w.expectNoCheckpoints(src)
+	w.expectNoCheckpoints(running)
+	w.expectNoCheckpoints(off)
+	if st := off.State(t); st != "shut off" {
+		t.Errorf("the shut-off source VM is %s after the janitor; want shut off", st)
+	}
 	t.Logf("TestWarmKVMJanitor took %v", time.Since(start).Round(100*time.Millisecond))
 }

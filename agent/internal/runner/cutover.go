@@ -73,6 +73,18 @@ func (j *Job) SourceStopped() {
 	j.warm.mu.Unlock()
 }
 
+// Warn adds a warning for the operator to a warm job's result (such as
+// how the cutover stopped the source); outside a warm job it only logs.
+func (j *Job) Warn(msg string) {
+	if j.warm == nil {
+		j.Log.Warn(msg)
+		return
+	}
+	j.warm.mu.Lock()
+	j.warm.warnings = append(j.warm.warnings, msg)
+	j.warm.mu.Unlock()
+}
+
 // CutoverConfigurer is what a target driver may also do for a warm job:
 // define the target VM, stopped, before the cutover stops the source
 // (DefineAhead; false when it cannot, and then CONFIGURING defines it as
@@ -115,7 +127,9 @@ func cutover(ctx context.Context, d Drivers, j *Job) ([]string, error) {
 		if err != nil {
 			return nil, err
 		}
-		j.warm.defined, j.warm.warnings = defined, warnings
+		j.warm.mu.Lock()
+		j.warm.defined, j.warm.warnings = defined, append(j.warm.warnings, warnings...)
+		j.warm.mu.Unlock()
 		if defined {
 			j.Log.Info("target VM defined ahead of the cutover", "seconds", time.Since(start).Seconds())
 		}
@@ -137,10 +151,12 @@ func configureWarm(ctx context.Context, d Drivers, j *Job) ([]string, error) {
 	var err error
 	if c, ok := d.Target.(CutoverConfigurer); ok && j.warm.defined {
 		warnings, err = c.StartDefined(ctx, j)
-		warnings = append(slices.Clone(j.warm.warnings), warnings...)
 	} else {
 		warnings, err = configure(ctx, d, j)
 	}
+	j.warm.mu.Lock()
+	warnings = append(slices.Clone(j.warm.warnings), warnings...)
+	j.warm.mu.Unlock()
 	if err == nil {
 		j.warm.mu.Lock()
 		j.warm.downtime = time.Since(j.warm.stoppedAt)

@@ -120,7 +120,7 @@ type warmState struct {
 	downtime   time.Duration
 	sink       DeltaSink // the cutover round's, while it runs
 	defined    bool      // the cutover defined the target VM ahead
-	warnings   []string  // of DefineAhead
+	warnings   []string  // of DefineAhead and of the cutover (Warn)
 }
 
 // savedRounds is warm.json.

@@ -243,7 +243,7 @@ func (jf *jobFlags) addFlags(cmd *cobra.Command) {
 	addEnumFlag(f, jf.diskBus, "disk-bus", "disk bus (default: virtio-scsi for Linux and windows-virtio, SATA for Windows)")
 	addEnumFlag(f, jf.compression, "compression", "cache image compression (default zstd)")
 	addEnumFlag(f, jf.guestConversion, "guest-conversion", "adapt the guest to KVM with virt-v2v-in-place between the copy and the upload (default auto: on for VMware sources, off for KVM)")
-	f.BoolVar(&jf.pauseSource, "pause-source", false, "pause a running source VM before the copy and leave it paused")
+	f.BoolVar(&jf.pauseSource, "pause-source", false, "pause a running source VM before the copy and leave it paused (--mode warm: pause a KVM source at the cutover instead of shutting its guest down)")
 	f.BoolVar(&jf.start, "start", false, "start the target VM even when the source VM is paused or shut off")
 	f.BoolVar(&jf.verifyBoot, "verify-boot", false, "start the target VM and fail the job unless the guest shows it booted (guest agent, DHCP lease or serial console)")
 	addEnumFlag(f, jf.mode, "mode", "cold, live or warm (default: live for KVM, cold for VMware); warm copies in precopy rounds until \"job cutover\"")

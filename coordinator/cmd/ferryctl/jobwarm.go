@@ -20,10 +20,14 @@ func (a *app) jobCutover() *cobra.Command {
 		Use:   "cutover NAME [--at TIME]",
 		Short: "Set when a warm job cuts over (now by default)",
 		Long: `Set when a warm job (created with --mode warm) cuts over: at --at (an RFC 3339
-time, or a duration from now such as 2h), or at once. The cutover pauses the
-source VM, copies and verifies the last delta (what changed since the last
-precopy round), defines and starts the target VM, then powers the source off
-(--pause-source leaves it paused). "job get" shows each round's changed bytes,
+time, or a duration from now such as 2h), or at once. The cutover defines the
+target VM, stops the source VM, copies and verifies the last delta (what
+changed since the last precopy round) and starts the target VM. The source is
+stopped by a guest shutdown, and powered off when the guest has not shut down
+within the guest shutdown timeout ("settings update --guest-shutdown-timeout",
+default 10m); a KVM source created with --pause-source is paused instead (no
+wait for the guest, a crash-consistent image) and left paused. A cutover that
+fails starts the source again. "job get" shows each round's changed bytes,
 duration and estimated downtime, and after the cutover the measured downtime.`,
 		Example: `  ferryctl job cutover migrationJobs/4f2c
   ferryctl job cutover 4f2c --at 2026-12-06T02:00:00Z

@@ -114,7 +114,7 @@ applies only if nobody changed the settings since: otherwise it is ABORTED.`,
 	addEnumFlag(f, alloc, "host-allocation", "host allocation strategy on shared storage")
 	f.DurationVar(&grace, "agent-grace-period", 0, "how long an agent may be gone before its jobs fail")
 	f.DurationVar(&syncEvery, "inventory-sync-interval", 0, "how often the leader syncs every source's inventory")
-	f.DurationVar(&shutdown, "guest-shutdown-timeout", 0, "how long a VMware guest shutdown may take before the VM is powered off")
+	f.DurationVar(&shutdown, "guest-shutdown-timeout", 0, "how long a guest shutdown may take before the VM is powered off (a VMware copy, a warm cutover)")
 	f.StringVar(&etag, "etag", "", "update only if the settings still have this etag (default: unconditional)")
 	return cmd
 }

@@ -23,8 +23,9 @@ const (
 	DefaultCacheRetention        = 24 * time.Hour
 	DefaultAgentGracePeriod      = 5 * time.Minute
 	DefaultInventorySyncInterval = 5 * time.Minute
-	// DefaultGuestShutdownTimeout is how long a VMware guest shutdown
-	// may take before the source VM is powered off.
+	// DefaultGuestShutdownTimeout is how long a guest shutdown (a VMware
+	// copy's, a warm cutover's) may take before the source VM is powered
+	// off.
 	DefaultGuestShutdownTimeout = 10 * time.Minute
 	// DefaultPrecopyInterval is a warm job's time between precopy rounds
 	// when neither its options nor the settings give one.

@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"maps"
 	"net"
 	"path"
 	"slices"
@@ -50,7 +51,8 @@ type ColdExport struct {
 	uuid    string
 	disks   []Disk // the exported disks, in order
 	sockets []string
-	stamps  string // size and mtime of the top image files at the start
+	bitmaps map[string]string // target → the dirty bitmap its qemu-nbd offers (StartBitmapExport)
+	stamps  string            // size and mtime of the top image files at the start
 
 	mu      sync.Mutex
 	conn    *Conn
@@ -101,6 +103,31 @@ func (c *Conn) StartColdExport(ctx context.Context, vm *VM, disks []string, befo
 	if err != nil {
 		return nil, err
 	}
+	return e.start(ctx, c, beforeBegin)
+}
+
+// StartBitmapExport is StartColdExport of the disks named by the keys of
+// bitmaps, each qemu-nbd also offering the image's persistent dirty bitmap
+// bitmaps[target] as the NBD meta context qemu:dirty-bitmap:<bitmap>
+// (qemu-nbd --bitmap). qemu-nbd refuses a bitmap the image lacks, and one
+// marked in use (inconsistent: QEMU did not close the image, its VM
+// crashed or was killed), and StartBitmapExport fails with its message.
+func (c *Conn) StartBitmapExport(ctx context.Context, vm *VM, bitmaps map[string]string, beforeBegin func(*ColdExport) error) (*ColdExport, error) {
+	targets := slices.Sorted(maps.Keys(bitmaps))
+	e, err := c.newColdExport(vm, targets)
+	if err != nil {
+		return nil, err
+	}
+	e.bitmaps = maps.Clone(bitmaps)
+	return e.start(ctx, c, beforeBegin)
+}
+
+// ExportBitmap is the dirty bitmap the export of target offers, "" when
+// none (a StartColdExport).
+func (e *ColdExport) ExportBitmap(target string) string { return e.bitmaps[target] }
+
+func (e *ColdExport) start(ctx context.Context, c *Conn, beforeBegin func(*ColdExport) error) (*ColdExport, error) {
+	var err error
 	if beforeBegin != nil {
 		if err := beforeBegin(e); err != nil {
 			return nil, err
@@ -115,7 +142,7 @@ func (c *Conn) StartColdExport(ctx context.Context, vm *VM, disks []string, befo
 	if err := e.serve(ctx, c); err != nil {
 		return nil, errors.Join(err, e.Close(ctx))
 	}
-	e.log.Info("cold export started", "sockets", e.sockets, "through_sudo", e.sudo)
+	e.log.Info("cold export started", "sockets", e.sockets, "through_sudo", e.sudo, "bitmaps", e.bitmaps)
 	return e, nil
 }
 
@@ -201,21 +228,43 @@ func nbdImageOpts(d Disk) string {
 		d.Format, strings.ReplaceAll(d.Path, ",", ",,"))
 }
 
+// nbdBitmapArg is qemu-nbd's options offering the dirty bitmap (none
+// when bitmap is ""), with a leading space, and the shell test that holds
+// until qemu-nbd is ready. qemu-nbd creates its socket before it checks
+// the bitmap, and exits (leaving the socket) when the bitmap is missing or
+// inconsistent; it writes its pid file only once the export is made, so a
+// server with a bitmap is ready when that file is there too.
+func nbdBitmapArg(sock, bitmap string) (args, notReady string) {
+	s := shellQuote(sock)
+	if bitmap == "" {
+		return "", "[ ! -S " + s + " ]"
+	}
+	pf := shellQuote(pidFile(sock))
+	return " --bitmap=" + shellQuote(bitmap) + " --pid-file=" + pf, "[ ! -S " + s + " ] || [ ! -e " + pf + " ]"
+}
+
+// pidFile is the pid file of the qemu-nbd serving sock with a bitmap;
+// its name keeps the socket's prefix, so the janitor removes it with the
+// socket.
+func pidFile(sock string) string { return strings.TrimSuffix(sock, ".sock") + ".pid" }
+
 // coldScript starts qemu-nbd, says "ready" once its socket exists, and
-// stops it and removes the socket when its input ends.
-func coldScript(sock string, d Disk) string {
+// stops it and removes the socket when its input ends; bitmap, when set,
+// is the dirty bitmap it offers.
+func coldScript(sock string, d Disk, bitmap string) string {
 	s, p := shellQuote(sock), shellQuote(d.Path)
+	args, notReady := nbdBitmapArg(sock, bitmap)
 	return strings.Join([]string{
 		"rm -f -- " + s,
 		"drv=file; if [ -b " + p + " ]; then drv=host_device; fi",
-		fmt.Sprintf("qemu-nbd --read-only --persistent --shared=4 --export-name=%s --socket=%s --image-opts %s </dev/null &",
-			shellQuote(d.Target), s, strings.ReplaceAll(shellQuote(nbdImageOpts(d)), "$drv", "'$drv'")),
+		fmt.Sprintf("qemu-nbd --read-only --persistent --shared=4 --export-name=%s --socket=%s%s --image-opts %s </dev/null &",
+			shellQuote(d.Target), s, args, strings.ReplaceAll(shellQuote(nbdImageOpts(d)), "$drv", "'$drv'")),
 		"pid=$!",
-		"while [ ! -S " + s + " ]; do if ! kill -0 $pid 2>/dev/null; then wait $pid; " +
+		"while " + notReady + "; do if ! kill -0 $pid 2>/dev/null; then wait $pid; " +
 			"echo \"qemu-nbd exited with status $?\" >&2; exit 1; fi; sleep 0.1; done",
 		"echo ready",
 		"cat >/dev/null",
-		"kill $pid 2>/dev/null; wait $pid; rm -f -- " + s,
+		"kill $pid 2>/dev/null; wait $pid; rm -f -- " + s + " " + shellQuote(pidFile(sock)),
 	}, "\n")
 }
 
@@ -231,7 +280,7 @@ func (e *ColdExport) serve(ctx context.Context, c *Conn) error {
 	}
 	var servers []*coldServer
 	for i, d := range e.disks {
-		s, err := startCold(ctx, c, e.sockets[i], d, sudo)
+		s, err := startCold(ctx, c, e.sockets[i], d, e.bitmaps[d.Target], sudo)
 		if err != nil {
 			for _, s := range servers {
 				s.stop(ctx)
@@ -246,19 +295,19 @@ func (e *ColdExport) serve(ctx context.Context, c *Conn) error {
 	return nil
 }
 
-func startCold(ctx context.Context, c *Conn, sock string, d Disk, sudo bool) (*coldServer, error) {
+func startCold(ctx context.Context, c *Conn, sock string, d Disk, bitmap string, sudo bool) (*coldServer, error) {
 	s, err := c.ssh.NewSession()
 	if err != nil {
 		return nil, fmt.Errorf("open SSH session: %w", err)
 	}
-	script := coldScript(sock, d)
+	script := coldScript(sock, d, bitmap)
 	if sudo {
 		// The terminal's hang-up is what stops the sudo'd qemu-nbd.
 		if err := s.RequestPty("dumb", 24, 80, ssh.TerminalModes{ssh.ECHO: 0}); err != nil {
 			s.Close()
 			return nil, fmt.Errorf("request a pseudo-terminal for sudo's qemu-nbd: %w", err)
 		}
-		script = sudoColdScript(sock, d)
+		script = sudoColdScript(sock, d, bitmap)
 	}
 	// The input stays open for the server's lifetime: its end stops it.
 	stdin, err := s.StdinPipe()
@@ -439,7 +488,13 @@ func (e *ColdExport) Close(ctx context.Context) error {
 		s.stop(ctx)
 	}
 	e.servers = nil
-	if err := removeFiles(ctx, e.conn, e.sockets); err != nil {
+	files := slices.Clone(e.sockets)
+	if len(e.bitmaps) > 0 {
+		for _, s := range e.sockets {
+			files = append(files, pidFile(s))
+		}
+	}
+	if err := removeFiles(ctx, e.conn, files); err != nil {
 		return fmt.Errorf("end cold export of VM %s: %w", e.vm, err)
 	}
 	e.closed = true
@@ -458,8 +513,15 @@ func removeFiles(ctx context.Context, c *Conn, files []string) error {
 }
 
 // leftoverOf is the export as a leftover record sees it: a backup with no
-// job whose socket and "scratch files" are the export's sockets, so the
-// janitor removes them (its qemu-nbd stopped with the SSH session).
+// job whose socket and "scratch files" are the export's sockets (and the
+// pid files of a bitmap export), so the janitor removes them (its qemu-nbd
+// stopped with the SSH session).
 func (e *ColdExport) leftoverOf() *Backup {
-	return &Backup{conn: e.conn, vm: e.vm, uuid: e.uuid, socket: e.sockets[0], scratch: slices.Clone(e.sockets[1:])}
+	scratch := slices.Clone(e.sockets[1:])
+	if len(e.bitmaps) > 0 {
+		for _, s := range e.sockets {
+			scratch = append(scratch, pidFile(s))
+		}
+	}
+	return &Backup{conn: e.conn, vm: e.vm, uuid: e.uuid, socket: e.sockets[0], scratch: scratch}
 }

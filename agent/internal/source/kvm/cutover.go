@@ -14,9 +14,22 @@ import (
 )
 
 // The cutover of a KVM warm job: StopSource connects and checks what the
-// last round needs while the VM still runs, then pauses it; the last
-// round (Round, after StopSource) makes an incremental backup without a
-// new checkpoint and sends its delta straight to the job's CutoverSink.
+// last round needs while the VM still runs, then stops it: by a guest
+// shutdown (powered off after the guest shutdown timeout), or paused with
+// options.pause_source_vm. The last round (Round, after StopSource) makes
+// no new checkpoint and sends its delta straight to the job's
+// CutoverSink: read from an incremental backup of the paused VM, or from
+// the shut-off VM's images through qemu-nbd with the previous round's
+// dirty bitmaps (shutOffRound).
+
+// stopKind is how StopSource stopped a job's source VM.
+type stopKind int
+
+const (
+	notStopped  stopKind = iota
+	stopPaused           // paused (options.pause_source_vm): QEMU still runs
+	stopShutOff          // shut down by its guest, or powered off after the timeout
+)
 
 var _ runner.CutoverForwarder = (*Driver)(nil)
 
@@ -69,12 +82,16 @@ func forwardDelta(ctx context.Context, job *runner.Job, c *nbd.Client, sink runn
 	return dd, nil
 }
 
-// StopSource pauses the source VM for the cutover: the last round then
-// sees every write it made. What that round needs that does not depend on
-// the last delta (the connection, the checks of prepareRound) is done
-// first, while the VM still runs, and kept for it. EndWarm powers the VM
-// off once the job succeeded (leaves it paused with
-// options.pause_source_vm) and resumes it when the cutover failed.
+// StopSource stops the source VM for the cutover, so that the last round
+// sees every write it made: by default it asks the guest to shut down
+// (its page cache flushed: the target gets a clean image) and powers the
+// VM off when it did not within the guest shutdown timeout; with
+// options.pause_source_vm it pauses it (crash-consistent, and quicker).
+// What that round needs that does not depend on the last delta (the
+// connection, the checks of prepareRound, and for a shutdown that the
+// images can be read without QEMU) is done first, while the VM still
+// runs, and kept for it. EndWarm settles the VM: after a failed cutover
+// it runs again; after a successful one it stays shut off, or paused.
 func (d *Driver) StopSource(ctx context.Context, job *runner.Job) error {
 	src := &source{d: d, job: job}
 	if err := src.connectFirst(ctx); err != nil {
@@ -99,15 +116,23 @@ func (d *Driver) StopSource(ctx context.Context, job *runner.Job) error {
 	if err != nil {
 		return err
 	}
-	if state == libvirt.DOMAIN_RUNNING {
+	pause := job.Assignment.GetJob().GetOptions().GetPauseSourceVm()
+	switch {
+	case state != libvirt.DOMAIN_RUNNING:
+	case pause:
 		job.SourceStopped()
 		if err := dom.Suspend(); err != nil {
 			return fmt.Errorf("pause the source VM: %w", err)
 		}
-		d.mu.Lock()
-		d.stopped[job.Name()] = true
-		d.mu.Unlock()
+		d.setStopped(job, stopPaused)
 		job.Log.Info("source VM paused for the cutover")
+	default:
+		if err := src.conn.checkShutOffRound(ctx, p); err != nil {
+			return err
+		}
+		if err := d.shutDown(ctx, job, dom); err != nil {
+			return err
+		}
 	}
 	d.mu.Lock()
 	p.stopped = d.stopped[job.Name()]
@@ -118,4 +143,11 @@ func (d *Driver) StopSource(ctx context.Context, job *runner.Job) error {
 	d.mu.Unlock()
 	kept = true
 	return nil
+}
+
+// setStopped records how StopSource stopped the job's source VM.
+func (d *Driver) setStopped(job *runner.Job, k stopKind) {
+	d.mu.Lock()
+	d.stopped[job.Name()] = k
+	d.mu.Unlock()
 }

@@ -84,7 +84,7 @@ type Driver struct {
 
 	mu      sync.Mutex
 	active  map[string]bool         // leftover records of running backups
-	stopped map[string]bool         // warm jobs whose source StopSource paused
+	stopped map[string]stopKind     // warm jobs whose source StopSource stopped, and how
 	ending  map[string]func()       // ends a cutover's backup, for EndWarm
 	cutover map[string]*cutoverPlan // what StopSource prepared for the cutover's round
 }
@@ -99,7 +99,7 @@ func NewDriver(log *slog.Logger, keys HostKeyReporter, opts Options) *Driver {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	return &Driver{log: log, keys: keys, opts: opts.withDefaults(), active: map[string]bool{}, stopped: map[string]bool{},
+	return &Driver{log: log, keys: keys, opts: opts.withDefaults(), active: map[string]bool{}, stopped: map[string]stopKind{},
 		ending: map[string]func(){}, cutover: map[string]*cutoverPlan{}}
 }
 

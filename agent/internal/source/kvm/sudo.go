@@ -105,16 +105,17 @@ func (l *lockedBuffer) String() string {
 // right to signal root's process. The socket is made with the user's
 // umask 000 (the sudoers snippet keeps it for qemu-nbd) so that the user
 // may connect to it; the directory, 0700, keeps others out.
-func sudoColdScript(sock string, d Disk) string {
+func sudoColdScript(sock string, d Disk, bitmap string) string {
 	s, p := shellQuote(sock), shellQuote(d.Path)
+	args, notReady := nbdBitmapArg(sock, bitmap)
 	return strings.Join([]string{
 		"rm -f -- " + s,
 		"drv=file; if [ -b " + p + " ]; then drv=host_device; fi",
 		"umask 000",
-		fmt.Sprintf("sudo -n %s --read-only --persistent --shared=4 --export-name=%s --socket=%s --image-opts %s </dev/null &",
-			SudoQEMUNBD, shellQuote(d.Target), s, strings.ReplaceAll(shellQuote(nbdImageOpts(d)), "$drv", "'$drv'")),
+		fmt.Sprintf("sudo -n %s --read-only --persistent --shared=4 --export-name=%s --socket=%s%s --image-opts %s </dev/null &",
+			SudoQEMUNBD, shellQuote(d.Target), s, args, strings.ReplaceAll(shellQuote(nbdImageOpts(d)), "$drv", "'$drv'")),
 		"pid=$!",
-		"while [ ! -S " + s + " ]; do if [ ! -d /proc/$pid ]; then wait $pid; " +
+		"while " + notReady + "; do if [ ! -d /proc/$pid ]; then wait $pid; " +
 			"echo \"qemu-nbd exited with status $?\"; exit 1; fi; sleep 0.1; done",
 		"echo ready $pid",
 		"wait $pid",

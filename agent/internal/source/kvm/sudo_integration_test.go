@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ferry-v2v/ferry/pkg/nbd"
 	ferryv1 "github.com/ferry-v2v/ferry/pkg/pb/ferry/v1"
 	"github.com/ferry-v2v/ferry/pkg/seal"
 	"github.com/ferry-v2v/ferry/pkg/testenv"
@@ -161,5 +162,67 @@ func TestSudoUserWithoutSnippet(t *testing.T) {
 		"give the source a SASL user, or install the sudoers snippet docs/sudoers.ferry for it)"
 	if !strings.HasSuffix(err.Error(), want) {
 		t.Errorf("Connect = %v\nwant it to end with %s", err, want)
+	}
+}
+
+// TestSudoUserBitmapExport: a sudo user reads a shut-off VM's images with
+// their dirty bitmaps (the last round of a warm cutover by shutdown)
+// through sudo's qemu-nbd: block status of qemu:dirty-bitmap:<name> marks
+// only what was written since the bitmap was made; a bitmap the image
+// lacks is refused with qemu-nbd's reason; nothing is left behind (no
+// qemu-nbd, socket or pid file).
+func TestSudoUserBitmapExport(t *testing.T) {
+	e := newEnv(t, testenv.VMOptions{Stopped: true})
+	vda := e.vm.Disks[0].Path
+	testenv.Run(t, "qemu-img", "bitmap", "--add", vda, "b1")
+	testenv.Run(t, "qemu-io", "-f", "qcow2", "-c", "write -q -P 5 1M 64k", vda)
+	unreadable(t, e.vm)
+	user := testenv.SudoUser(t, "ferrysudo", sudoPassword, testenv.RepoFile(t, "docs/sudoers.ferry"))
+	c := connect(t, Config{Address: e.sshd.Host, Port: e.sshd.Port, User: user, Password: seal.Secret(sudoPassword),
+		PinnedHostKey: e.sshd.HostKey, Logger: testkit.Logger(t)})
+	vm := findVM(t, c, e.vm.Name)
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+
+	if _, err := c.StartBitmapExport(ctx, vm, map[string]string{"vda": "nope"}, nil); err == nil ||
+		!strings.Contains(err.Error(), "Bitmap 'nope' is not found") {
+		t.Errorf("StartBitmapExport of a bitmap the image lacks = %v; want qemu-nbd's refusal", err)
+	}
+	x, err := c.StartBitmapExport(ctx, vm, map[string]string{"vda": "b1"}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !x.sudo {
+		t.Error("the bitmap export does not run through sudo")
+	}
+	conn, err := x.OpenDisk(ctx, "vda")
+	if err != nil {
+		t.Fatal(err)
+	}
+	client, err := nbd.NewClient(ctx, conn, nbd.Options{ExportName: "vda", MetaContext: "qemu:dirty-bitmap:" + x.ExportBitmap("vda")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	exts, err := client.Extents(ctx, 0, client.Size())
+	client.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var dirty [][2]int64
+	for _, ex := range exts {
+		if ex.Dirty() {
+			dirty = append(dirty, [2]int64{ex.Offset, ex.Length})
+		}
+	}
+	if want := [][2]int64{{1 << 20, 64 << 10}}; !slices.Equal(dirty, want) {
+		t.Errorf("dirty extents %v; want %v", dirty, want)
+	}
+	if err := x.Close(ctx); err != nil {
+		t.Fatal(err)
+	}
+	testkit.WaitFor(t, 30*time.Second, "sudo's qemu-nbd to stop", func() bool { return len(sudoProcs(e.vm)) == 0 })
+	left, _ := filepath.Glob(filepath.Join("/home", user, UserDir, "*", BackupPrefix+e.vm.UUID+"*"))
+	if len(left) != 0 {
+		t.Errorf("left in ~/.ferry: %v", left)
 	}
 }

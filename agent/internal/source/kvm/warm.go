@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"path"
 	"slices"
 	"strings"
@@ -47,7 +48,8 @@ func checkpointPrefix(job *runner.Job) string {
 // prev is "") into the cache and returns the new checkpoint as token. The
 // cutover's round (after StopSource) goes on with what StopSource
 // prepared, makes no checkpoint (its token is prev) and sends its delta
-// to the job's CutoverSink when there is one.
+// to the job's CutoverSink when there is one; of a shut-off VM it reads
+// the images themselves (shutOffRound).
 func (d *Driver) Round(ctx context.Context, job *runner.Job, prev string) (runner.RoundResult, error) {
 	a := job.Assignment
 	var src *source
@@ -79,6 +81,9 @@ func (d *Driver) Round(ctx context.Context, job *runner.Job, prev string) (runne
 	if err != nil {
 		return runner.RoundResult{}, err
 	}
+	if p.stopped == stopShutOff {
+		return d.shutOffRound(ctx, src, p, prev)
+	}
 	record := ""
 	b, err := src.conn.StartBackup(ctx, a.GetJob().GetSourceVm(), p.targets, BackupOptions{Checkpoint: p.next, Incremental: prev,
 		BeforeBegin: func(b *Backup) error {
@@ -100,7 +105,7 @@ func (d *Driver) Round(ctx context.Context, job *runner.Job, prev string) (runne
 		d.release(record, cerr == nil)
 	}
 	defer func() {
-		if !p.stopped {
+		if p.stopped != stopPaused {
 			end()
 			return
 		}
@@ -131,8 +136,8 @@ func (d *Driver) Round(ctx context.Context, job *runner.Job, prev string) (runne
 type roundPlan struct {
 	vm      *VM
 	targets []string
-	stopped bool   // StopSource paused the VM: the cutover's round
-	next    string // the checkpoint this round makes
+	stopped stopKind // StopSource stopped the VM: the cutover's round
+	next    string   // the checkpoint this round makes
 }
 
 // prepareRound checks the VM can still be copied warm, ends a backup an
@@ -149,7 +154,7 @@ func (d *Driver) prepareRound(ctx context.Context, src *source, prev string) (ro
 		return roundPlan{}, err
 	}
 	prefix := checkpointPrefix(job)
-	if p.stopped && prev != "" {
+	if p.stopped != notStopped && prev != "" {
 		err = src.conn.CheckCheckpoint(ctx, vmName, prev)
 	} else {
 		err = src.conn.DeleteCheckpoints(ctx, vmName, prefix, prev)
@@ -246,14 +251,21 @@ const (
 	deltaInFlight = 8
 )
 
+// bitmapExport is an NBD export of each disk offering a dirty bitmap: an
+// incremental backup's, or qemu-nbd's of a shut-off VM's images.
+type bitmapExport interface {
+	ExportBitmap(target string) string
+	OpenDisk(ctx context.Context, target string) (net.Conn, error)
+}
+
 // copyDelta reads the extents the export's dirty bitmap marks and
 // rewrites them in the cache image, rounded out to cache.Granule.
-func (d *Driver) copyDelta(ctx context.Context, job *runner.Job, b *Backup, disk *ferryv1.TargetDisk) (runner.DiskDelta, error) {
+func (d *Driver) copyDelta(ctx context.Context, job *runner.Job, b bitmapExport, disk *ferryv1.TargetDisk) (runner.DiskDelta, error) {
 	name := disk.GetSourceDisk()
 	dd := runner.DiskDelta{Disk: name, Extents: []pipeline.Extent{}}
 	bitmap := b.ExportBitmap(name)
 	if bitmap == "" {
-		return dd, fmt.Errorf("the incremental backup offers no dirty bitmap for %s", name)
+		return dd, fmt.Errorf("the source export offers no dirty bitmap for %s", name)
 	}
 	nc, err := b.OpenDisk(ctx, name)
 	if err != nil {
@@ -368,8 +380,9 @@ func copyPiece(ctx context.Context, job *runner.Job, src *nbd.Client, img *cache
 }
 
 // EndWarm deletes the job's checkpoints and settles the source VM: after
-// a successful cutover it is powered off (or left paused with
-// options.pause_source_vm), after a failed one resumed.
+// a failed cutover it runs again (started again after a shutdown, resumed
+// from a pause); after a successful one it stays as the cutover stopped
+// it, shut off, or paused with options.pause_source_vm.
 func (d *Driver) EndWarm(ctx context.Context, job *runner.Job, succeeded bool) error {
 	d.mu.Lock()
 	stopped := d.stopped[job.Name()]
@@ -387,35 +400,35 @@ func (d *Driver) EndWarm(ctx context.Context, job *runner.Job, succeeded bool) e
 	if ending != nil {
 		ending()
 	}
-	return d.withDomain(ctx, job, func(dom *libvirt.Domain) error {
+	return d.withDomain(ctx, job, func(conn *Conn, dom *libvirt.Domain) error {
 		var errs []error
+		if stopped == stopShutOff && !succeeded {
+			// Started first: a running VM's checkpoints are deleted
+			// with their bitmaps by libvirt itself.
+			if err := startAgain(context.WithoutCancel(ctx), job, dom); err != nil {
+				errs = append(errs, err)
+			}
+		}
 		name, _ := dom.GetName()
-		err := deleteCheckpoints(dom, name, checkpointPrefix(job), "", job.Log)
+		err := deleteCheckpoints(ctx, conn, dom, name, checkpointPrefix(job), "", job.Log)
 		deleted = err == nil
 		if err != nil {
 			errs = append(errs, err)
 		}
-		switch {
-		case !stopped:
-		case !succeeded:
+		if stopped == stopPaused && !succeeded {
 			if err := dom.Resume(); err != nil {
 				errs = append(errs, fmt.Errorf("resume the source VM after a failed cutover: %w", err))
 			} else {
 				job.Log.Info("source VM resumed: the cutover did not finish")
-			}
-		case !job.Assignment.GetJob().GetOptions().GetPauseSourceVm():
-			if err := dom.Destroy(); err != nil {
-				errs = append(errs, fmt.Errorf("power off the source VM after the cutover: %w", err))
-			} else {
-				job.Log.Info("source VM powered off after the cutover")
 			}
 		}
 		return errors.Join(errs...)
 	})
 }
 
-// withDomain connects to the job's source and calls f with its VM.
-func (d *Driver) withDomain(ctx context.Context, job *runner.Job, f func(dom *libvirt.Domain) error) error {
+// withDomain connects to the job's source and calls f with the
+// connection and its VM.
+func (d *Driver) withDomain(ctx context.Context, job *runner.Job, f func(conn *Conn, dom *libvirt.Domain) error) error {
 	src := &source{d: d, job: job}
 	if err := src.connectFirst(ctx); err != nil {
 		return err
@@ -426,7 +439,7 @@ func (d *Driver) withDomain(ctx context.Context, job *runner.Job, f func(dom *li
 		return err
 	}
 	defer dom.Free()
-	return f(dom)
+	return f(src.conn, dom)
 }
 
 // CheckCheckpoint fails unless the VM has the checkpoint name.
@@ -458,13 +471,21 @@ func (c *Conn) DeleteCheckpoints(ctx context.Context, vmName, prefix, keep strin
 		return err
 	}
 	defer dom.Free()
-	return deleteCheckpoints(dom, vmName, prefix, keep, c.log)
+	return deleteCheckpoints(ctx, c, dom, vmName, prefix, keep, c.log)
 }
 
-func deleteCheckpoints(dom *libvirt.Domain, vmName, prefix, keep string, log *slog.Logger) error {
+// deleteCheckpoints deletes the checkpoints of dom whose names begin with
+// prefix, except keep. Those of a shut-off VM, which libvirt (9.0) cannot
+// delete, lose their bitmaps through c (removeBitmapsOffline) and then
+// their metadata.
+func deleteCheckpoints(ctx context.Context, c *Conn, dom *libvirt.Domain, vmName, prefix, keep string, log *slog.Logger) error {
 	cps, err := dom.ListAllCheckpoints(0)
 	if err != nil {
 		return fmt.Errorf("checkpoints of VM %s: %w", vmName, err)
+	}
+	active, err := dom.IsActive()
+	if err != nil {
+		return fmt.Errorf("state of VM %s: %w", vmName, err)
 	}
 	found := false
 	var errs []error
@@ -475,7 +496,14 @@ func deleteCheckpoints(dom *libvirt.Domain, vmName, prefix, keep string, log *sl
 			found = true
 		}
 		if err == nil && name != keep && strings.HasPrefix(name, prefix) {
-			if err := cp.Delete(0); err != nil {
+			var flags libvirt.DomainCheckpointDeleteFlags
+			if !active {
+				err = c.removeBitmapsOffline(ctx, dom, cp, name, log)
+				flags = libvirt.DOMAIN_CHECKPOINT_DELETE_METADATA_ONLY
+			}
+			if err != nil {
+				errs = append(errs, fmt.Errorf("delete checkpoint %s of shut-off VM %s: %w", name, vmName, err))
+			} else if err := cp.Delete(flags); err != nil {
 				errs = append(errs, fmt.Errorf("delete checkpoint %s of VM %s: %w", name, vmName, err))
 			} else {
 				log.Info("checkpoint deleted", "vm", vmName, "checkpoint", name)

@@ -98,7 +98,7 @@ func (d *Driver) cleanupWarm(ctx context.Context, s *seal.Sealer, id, file strin
 		return false, fmt.Errorf("look up VM %s: %w", rec.VM, err)
 	}
 	defer dom.Free()
-	if err := deleteCheckpoints(dom, rec.VM, rec.CheckpointPrefix, "", d.log); err != nil {
+	if err := deleteCheckpoints(ctx, conn, dom, rec.VM, rec.CheckpointPrefix, "", d.log); err != nil {
 		return false, err
 	}
 	d.log.Info("deleted the checkpoints a crashed warm job left on the source", "vm", rec.VM, "job", rec.Job)

@@ -1546,7 +1546,11 @@ func (x *TargetNic) GetModel() string {
 type MigrationOptions struct {
 	state       protoimpl.MessageState `protogen:"open.v1"`
 	Compression Compression            `protobuf:"varint,1,opt,name=compression,proto3,enum=ferry.v1.Compression" json:"compression,omitempty"`
-	// Pause a running source VM before the copy and leave it paused.
+	// Pause a running source VM before the copy and leave it paused. A warm
+	// job (mode WARM) of a KVM source runs its rounds while the VM runs and
+	// pauses it at the cutover instead of shutting its guest down (no wait
+	// for the guest, but the target gets a crash-consistent image: the
+	// guest's unwritten page cache is lost), and leaves it paused.
 	PauseSourceVm bool `protobuf:"varint,2,opt,name=pause_source_vm,json=pauseSourceVm,proto3" json:"pause_source_vm,omitempty"`
 	// Start the target VM when done. Unset, the target keeps the source VM's
 	// state: it is started when the source runs, and defined but not started

@@ -77,10 +77,13 @@ type MigrationJobServiceClient interface {
 	// at cutover_time, or at once when it is unset or past. The job must be
 	// warm (options.mode WARM) and queued or running, else
 	// FAILED_PRECONDITION on name says which; NOT_FOUND on name when there
-	// is no such job. The cutover defines the target VM, pauses the source
-	// VM, copies and verifies the last delta, starts the target VM, then
-	// powers the source off (options.pause_source_vm leaves it paused); a
-	// cutover that fails resumes the source.
+	// is no such job. The cutover defines the target VM, stops the source
+	// VM, copies and verifies the last delta and starts the target VM. The
+	// source is stopped by a guest shutdown, and powered off when the guest
+	// has not shut down within Settings.guest_shutdown_timeout; a KVM source
+	// is paused instead with options.pause_source_vm. It stays shut off
+	// (or paused) after the cutover; a cutover that fails starts (or
+	// resumes) the source again.
 	CutoverMigrationJob(ctx context.Context, in *CutoverMigrationJobRequest, opts ...grpc.CallOption) (*CutoverMigrationJobResponse, error)
 	// CreateExportJobs creates one export job per VM, up to 50, all on one
 	// migration server: a MigrationJob with `export` set and no target VM,
@@ -279,10 +282,13 @@ type MigrationJobServiceServer interface {
 	// at cutover_time, or at once when it is unset or past. The job must be
 	// warm (options.mode WARM) and queued or running, else
 	// FAILED_PRECONDITION on name says which; NOT_FOUND on name when there
-	// is no such job. The cutover defines the target VM, pauses the source
-	// VM, copies and verifies the last delta, starts the target VM, then
-	// powers the source off (options.pause_source_vm leaves it paused); a
-	// cutover that fails resumes the source.
+	// is no such job. The cutover defines the target VM, stops the source
+	// VM, copies and verifies the last delta and starts the target VM. The
+	// source is stopped by a guest shutdown, and powered off when the guest
+	// has not shut down within Settings.guest_shutdown_timeout; a KVM source
+	// is paused instead with options.pause_source_vm. It stays shut off
+	// (or paused) after the cutover; a cutover that fails starts (or
+	// resumes) the source again.
 	CutoverMigrationJob(context.Context, *CutoverMigrationJobRequest) (*CutoverMigrationJobResponse, error)
 	// CreateExportJobs creates one export job per VM, up to 50, all on one
 	// migration server: a MigrationJob with `export` set and no target VM,

@@ -108,8 +108,10 @@ type Settings struct {
 	HostAllocationStrategy HostAllocationStrategy `protobuf:"varint,4,opt,name=host_allocation_strategy,json=hostAllocationStrategy,proto3,enum=ferry.v1.HostAllocationStrategy" json:"host_allocation_strategy,omitempty"`
 	// How long an agent may be gone before its jobs fail; default 5 min.
 	AgentGracePeriod *durationpb.Duration `protobuf:"bytes,5,opt,name=agent_grace_period,json=agentGracePeriod,proto3" json:"agent_grace_period,omitempty"`
-	// How long a VMware guest shutdown may take before the VM is powered
-	// off; default 10 min.
+	// How long a guest shutdown may take before the VM is powered off: a
+	// VMware source's before its copy, and a warm job's source at the
+	// cutover (VMware, and KVM unless options.pause_source_vm); default
+	// 10 min.
 	GuestShutdownTimeout *durationpb.Duration `protobuf:"bytes,6,opt,name=guest_shutdown_timeout,json=guestShutdownTimeout,proto3" json:"guest_shutdown_timeout,omitempty"`
 	// How often the leader syncs the inventory of every source through an
 	// agent; default 5 min.
