@@ -33,12 +33,10 @@ func TestWarmVMwareAgentKilled(t *testing.T) {
 	// A world each: the simulator gives both VMs the same MAC, which the
 	// first target keeps on the world's network.
 	t.Run("between rounds", func(t *testing.T) {
-		// 30 s between rounds: the kill comes well before round 2 would
-		// start; the test checks it did not, from the simulator's record.
+		// The kill comes well before round 2 would start (slowRounds);
+		// the test checks it did not, from the simulator's record.
 		w := newWorld(t)
-		v := w.warmVMwareJob(t, w.createVMwareServer(), func(spec *ferryv1.MigrationJobSpec) {
-			spec.Options.PrecopyInterval = durationpb.New(30 * time.Second)
-		})
+		v := w.warmVMwareJob(t, w.createVMwareServer(), slowRounds)
 		w.syncingAfterRound1(t, v)
 		w.f.agents[w.vmwareHost()].kill()
 		for _, q := range v.sim.CBTQueries() {
@@ -58,7 +56,7 @@ func TestWarmVMwareAgentKilled(t *testing.T) {
 		// taken, the changes asked) and the agent killed there; more is
 		// written while it is dead.
 		w := newWorld(t)
-		v := w.warmVMwareJob(t, w.createVMwareServer(), nil)
+		v := w.warmVMwareJob(t, w.createVMwareServer(), slowRounds)
 		w.syncingAfterRound1(t, v)
 		before := []blockWrite{{1 << 20, 64 << 10, 0xe1}, {3 << 20, 192 << 10, 0xe2}}
 		changed := v.write(t, before...)
@@ -84,6 +82,13 @@ func TestWarmVMwareAgentKilled(t *testing.T) {
 		w.cutoverKilled(t, v)
 	})
 	t.Logf("TestWarmVMwareAgentKilled took %v", time.Since(start).Round(100*time.Millisecond))
+}
+
+// slowRounds puts 30 s between rounds: a loaded machine's test sees
+// round 1 and acts (kills the agent, or writes and holds the reads) long
+// before round 2 starts.
+func slowRounds(spec *ferryv1.MigrationJobSpec) {
+	spec.Options.PrecopyInterval = durationpb.New(30 * time.Second)
 }
 
 // blockWrite is a write of whole 64 KiB blocks (the simulator's
