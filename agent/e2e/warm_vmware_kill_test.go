@@ -6,6 +6,7 @@ import (
 	"path"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -186,14 +187,18 @@ func (w *world) expectRound2(t *testing.T, v warmVMware, changed int64, writes i
 	if left := v.snapshotNames(); len(left) > 0 {
 		t.Errorf("snapshots left on the VM after round 2: %v", left)
 	}
+	if l := w.f.agents[w.vmwareHost()].lines("warm job resumes after its last completed round"); len(l) != 1 || !strings.Contains(l[0], " round=1") {
+		t.Errorf("the restarted agent logged %v; want that it resumes after round 1", l)
+	}
 	t.Logf("round 2 after the restart: changed %d, read %d, uploaded %d, took %v", r2.GetChangedBytes(), r2.GetReadBytes(),
 		r2.GetUploadedBytes(), r2.GetDuration().AsDuration())
 }
 
 // cutoverKilled cuts v's job over and checks the outcome: SUCCEEDED,
 // rounds numbered 1, 2, ... once each, the target volume identical to the
-// source disk, the VM powered off and without snapshots, and the job's
-// volume directory holding that volume only.
+// source disk, the VM powered off and without snapshots, the job's
+// volume directory holding that volume only, and no record of the rounds
+// left in the cache.
 func (w *world) cutoverKilled(t *testing.T, v warmVMware) {
 	t.Helper()
 	_, err := w.f.client.Jobs().CutoverMigrationJob(ctx(t, 10*time.Second), &ferryv1.CutoverMigrationJobRequest{Name: v.name})
@@ -226,5 +231,11 @@ func (w *world) cutoverKilled(t *testing.T, v warmVMware) {
 	if want := strconv.Itoa(int(v.key)) + ".qcow2"; len(files) != 1 || files[0] != want {
 		t.Errorf("the job's volume directory holds %v; want %s only", files, want)
 	}
+	// The record of the rounds (their change ids) goes with the job.
+	warm := filepath.Join(w.cacheDir, path.Base(v.name), "warm.json")
+	testkit.WaitFor(t, 30*time.Second, "the record of the rounds to go", func() bool {
+		_, err := os.Stat(warm)
+		return os.IsNotExist(err)
+	})
 	t.Logf("%d rounds: %v; measured downtime %v", len(rs), rs, j.GetMeasuredDowntime().AsDuration())
 }
