@@ -27,12 +27,14 @@ import (
 // and reads no more than them plus one 64 KiB granule per write, the
 // snapshot a killed round left is gone before the next round ends, and
 // the cutover leaves the target volume identical to the source disk, the
-// VM powered off and no snapshot.
+// VM powered off and no snapshot. Killed in the cutover's round (the
+// source stopped), the agent back finishes the cutover: round 2 is the
+// final one, of the last writes, and the outcome is the same.
 func TestWarmVMwareAgentKilled(t *testing.T) {
 	t.Parallel() // see doc.go
 	start := time.Now()
-	// A world each: the simulator gives both VMs the same MAC, which the
-	// first target keeps on the world's network.
+	// A world each: the simulator gives every VM the same MAC, which a
+	// target before keeps on the world's network.
 	t.Run("between rounds", func(t *testing.T) {
 		// The kill comes well before round 2 would start (slowRounds);
 		// the test checks it did not, from the simulator's record.
@@ -81,6 +83,34 @@ func TestWarmVMwareAgentKilled(t *testing.T) {
 		w.f.startAgent(w.vmwareHost(), w.cacheDir)
 		w.expectRound2(t, v, changed, len(before)+len(after))
 		w.cutoverKilled(t, v)
+	})
+	t.Run("during the cutover", func(t *testing.T) {
+		// The cutover's round is held in its first read (the source
+		// stopped) and the agent killed there; the agent back finishes
+		// the cutover.
+		w := newWorld(t)
+		v := w.warmVMwareJob(t, w.createVMwareServer(), slowRounds)
+		w.syncingAfterRound1(t, v)
+		last := v.write(t, blockWrite{5 << 20, 128 << 10, 0xf1}, blockWrite{26 << 20, 64 << 10, 0xf2})
+		held := v.sim.HoldFolder()
+		_, err := w.f.client.Jobs().CutoverMigrationJob(ctx(t, 10*time.Second), &ferryv1.CutoverMigrationJobRequest{Name: v.name})
+		must(t, err)
+		select {
+		case <-held:
+		case <-time.After(2 * time.Minute):
+			v.sim.ReleaseFolder()
+			t.Fatal("the cutover's round did not start reading the source within 2 minutes")
+		}
+		if st := v.simVM().Runtime.PowerState; st != types.VirtualMachinePowerStatePoweredOff {
+			t.Errorf("the source VM is %s in the cutover's round, want poweredOff", st)
+		}
+		w.f.agents[w.vmwareHost()].kill()
+		v.sim.ReleaseFolder()
+		w.f.startAgent(w.vmwareHost(), w.cacheDir)
+		rs := w.expectCutOver(t, v, 2).GetPrecopyRounds()
+		if final := rs[len(rs)-1]; final.GetNumber() != 2 || final.GetChangedBytes() != last || final.GetReadBytes() != last {
+			t.Errorf("the cutover's round after the restart: %v; want round 2 of the %d bytes written last", final, last)
+		}
 	})
 	t.Logf("TestWarmVMwareAgentKilled took %v", time.Since(start).Round(100*time.Millisecond))
 }
@@ -203,6 +233,13 @@ func (w *world) cutoverKilled(t *testing.T, v warmVMware) {
 	t.Helper()
 	_, err := w.f.client.Jobs().CutoverMigrationJob(ctx(t, 10*time.Second), &ferryv1.CutoverMigrationJobRequest{Name: v.name})
 	must(t, err)
+	w.expectCutOver(t, v, 3)
+}
+
+// expectCutOver waits for v's job to end and checks what cutoverKilled
+// says, with at least rounds rounds; it returns the job.
+func (w *world) expectCutOver(t *testing.T, v warmVMware, rounds int) *ferryv1.MigrationJob {
+	t.Helper()
 	j := w.waitJob(v.name, 3*time.Minute, "the job to end", terminal)
 	if j.GetState() != ferryv1.MigrationJobState_MIGRATION_JOB_STATE_SUCCEEDED {
 		t.Fatalf("job ended %s in %s: %s", j.GetState(), j.GetPhase(), j.GetReason())
@@ -214,8 +251,8 @@ func (w *world) cutoverKilled(t *testing.T, v warmVMware) {
 			break
 		}
 	}
-	if len(rs) < 3 || !rs[len(rs)-1].GetFinal() {
-		t.Errorf("rounds = %v; want 1, 2 and the final one", rs)
+	if len(rs) < rounds || !rs[len(rs)-1].GetFinal() {
+		t.Errorf("rounds = %v; want at least %d, the last final", rs, rounds)
 	}
 	compare(t, v.flat, w.volume(v.name, strconv.Itoa(int(v.key))))
 	testkit.WaitFor(t, 30*time.Second, "the snapshots to go", func() bool { return len(v.snapshotNames()) == 0 })
@@ -238,4 +275,5 @@ func (w *world) cutoverKilled(t *testing.T, v warmVMware) {
 		return os.IsNotExist(err)
 	})
 	t.Logf("%d rounds: %v; measured downtime %v", len(rs), rs, j.GetMeasuredDowntime().AsDuration())
+	return j
 }
