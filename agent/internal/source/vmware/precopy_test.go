@@ -656,3 +656,48 @@ func TestWarmRoundStopSourceEndWarm(t *testing.T) {
 		w.checkNoSnapshot(t, "after EndWarm")
 	}
 }
+
+// TestEndWarmAfterAKilledCutover: the agent that stopped the source for
+// the cutover is killed; the agent back (a new Driver, the same cache
+// directory) finds the VM off, so its StopSource stops nothing, and
+// still powers the VM on again when the cutover then fails; after a
+// cutover that succeeds it leaves the VM off. Either way the record of
+// the stop goes, and EndWarm called again does nothing more.
+func TestEndWarmAfterAKilledCutover(t *testing.T) {
+	for _, succeeded := range []bool{false, true} {
+		t.Run(map[bool]string{false: "failed", true: "succeeded"}[succeeded], func(t *testing.T) {
+			w := newWarm(t, false, true)
+			ctx := testContext(t, 2*time.Minute)
+			if _, err := w.driver.WarmRound(ctx, w.job, "", false); err != nil {
+				t.Fatal(err)
+			}
+			if err := w.driver.StopSource(ctx, w.job); err != nil {
+				t.Fatalf("StopSource: %v", err)
+			}
+			// Killed here; the agent back runs the cutover again.
+			back := NewDriver(testkit.Logger(t), Options{RetryBudget: 10 * time.Second, RetryBackoffMin: 10 * time.Millisecond})
+			if err := back.StopSource(ctx, w.job); err != nil {
+				t.Fatalf("StopSource of the agent back: %v", err)
+			}
+			if st := w.powerState(); st != types.VirtualMachinePowerStatePoweredOff {
+				t.Fatalf("after StopSource the VM is %s", st)
+			}
+			for range 2 {
+				if err := back.EndWarm(ctx, w.job, succeeded); err != nil {
+					t.Fatalf("EndWarm(%v): %v", succeeded, err)
+				}
+			}
+			want := types.VirtualMachinePowerStatePoweredOn
+			if succeeded {
+				want = types.VirtualMachinePowerStatePoweredOff
+			}
+			if st := w.powerState(); st != want {
+				t.Errorf("after EndWarm(succeeded %v) of the agent back the VM is %s, want %s", succeeded, st, want)
+			}
+			if _, err := os.Stat(filepath.Join(w.job.CacheDir, stoppedFile)); !errors.Is(err, os.ErrNotExist) {
+				t.Errorf("the record of the stop after EndWarm: %v; want it gone", err)
+			}
+			w.checkNoSnapshot(t, "after EndWarm")
+		})
+	}
+}
