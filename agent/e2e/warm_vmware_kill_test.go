@@ -29,7 +29,9 @@ import (
 // the cutover leaves the target volume identical to the source disk, the
 // VM powered off and no snapshot. Killed in the cutover's round (the
 // source stopped), the agent back finishes the cutover: round 2 is the
-// final one, of the last writes, and the outcome is the same.
+// final one, of the last writes, and the outcome is the same; or, when
+// the cutover then fails, powers the source on again, though it found it
+// off.
 func TestWarmVMwareAgentKilled(t *testing.T) {
 	t.Parallel() // see doc.go
 	start := time.Now()
@@ -84,35 +86,61 @@ func TestWarmVMwareAgentKilled(t *testing.T) {
 		w.expectRound2(t, v, changed, len(before)+len(after))
 		w.cutoverKilled(t, v)
 	})
-	t.Run("during the cutover", func(t *testing.T) {
-		// The cutover's round is held in its first read (the source
-		// stopped) and the agent killed there; the agent back finishes
-		// the cutover.
-		w := newWorld(t)
-		v := w.warmVMwareJob(t, w.createVMwareServer(), slowRounds)
-		w.syncingAfterRound1(t, v)
-		last := v.write(t, blockWrite{5 << 20, 128 << 10, 0xf1}, blockWrite{26 << 20, 64 << 10, 0xf2})
-		held := v.sim.HoldFolder()
-		_, err := w.f.client.Jobs().CutoverMigrationJob(ctx(t, 10*time.Second), &ferryv1.CutoverMigrationJobRequest{Name: v.name})
-		must(t, err)
-		select {
-		case <-held:
-		case <-time.After(2 * time.Minute):
-			v.sim.ReleaseFolder()
-			t.Fatal("the cutover's round did not start reading the source within 2 minutes")
-		}
-		if st := v.simVM().Runtime.PowerState; st != types.VirtualMachinePowerStatePoweredOff {
-			t.Errorf("the source VM is %s in the cutover's round, want poweredOff", st)
-		}
-		w.f.agents[w.vmwareHost()].kill()
+	for _, fails := range []bool{false, true} {
+		name := map[bool]string{false: "during the cutover", true: "during the cutover, which then fails"}[fails]
+		t.Run(name, func(t *testing.T) { w := newWorld(t); w.killInCutover(t, fails) })
+	}
+	t.Logf("TestWarmVMwareAgentKilled took %v", time.Since(start).Round(100*time.Millisecond))
+}
+
+// killInCutover holds the cutover's round in its first read (the source
+// stopped), kills the agent there and starts it again. The agent back
+// finishes the cutover: round 2, final, of the last writes. With fails,
+// changed-block tracking then fails every question: the job fails, and
+// the agent back, which found the source off, powers it on again.
+func (w *world) killInCutover(t *testing.T, fails bool) {
+	v := w.warmVMwareJob(t, w.createVMwareServer(), slowRounds)
+	w.syncingAfterRound1(t, v)
+	last := v.write(t, blockWrite{5 << 20, 128 << 10, 0xf1}, blockWrite{26 << 20, 64 << 10, 0xf2})
+	held := v.sim.HoldFolder()
+	_, err := w.f.client.Jobs().CutoverMigrationJob(ctx(t, 10*time.Second), &ferryv1.CutoverMigrationJobRequest{Name: v.name})
+	must(t, err)
+	select {
+	case <-held:
+	case <-time.After(2 * time.Minute):
 		v.sim.ReleaseFolder()
-		w.f.startAgent(w.vmwareHost(), w.cacheDir)
+		t.Fatal("the cutover's round did not start reading the source within 2 minutes")
+	}
+	if st := v.simVM().Runtime.PowerState; st != types.VirtualMachinePowerStatePoweredOff {
+		t.Errorf("the source VM is %s in the cutover's round, want poweredOff", st)
+	}
+	w.f.agents[w.vmwareHost()].kill()
+	v.sim.ReleaseFolder()
+	if fails {
+		v.sim.FailCBTQueries(1 << 20)
+	}
+	w.f.startAgent(w.vmwareHost(), w.cacheDir)
+	if !fails {
 		rs := w.expectCutOver(t, v, 2).GetPrecopyRounds()
 		if final := rs[len(rs)-1]; final.GetNumber() != 2 || final.GetChangedBytes() != last || final.GetReadBytes() != last {
 			t.Errorf("the cutover's round after the restart: %v; want round 2 of the %d bytes written last", final, last)
 		}
+		return
+	}
+	j := w.waitJob(v.name, 3*time.Minute, "the job to end", terminal)
+	if j.GetState() != ferryv1.MigrationJobState_MIGRATION_JOB_STATE_FAILED || !strings.Contains(j.GetReason(), "injected QueryChangedDiskAreas failure") {
+		t.Fatalf("job ended %s in %s: %s; want FAILED for the tracking's failure", j.GetState(), j.GetPhase(), j.GetReason())
+	}
+	testkit.WaitFor(t, time.Minute, "the source VM to be powered on again", func() bool {
+		return v.simVM().Runtime.PowerState == types.VirtualMachinePowerStatePoweredOn
 	})
-	t.Logf("TestWarmVMwareAgentKilled took %v", time.Since(start).Round(100*time.Millisecond))
+	w.expectVolumesGone(v.name)
+	if _, err := w.lv.TryVirsh("domstate", j.GetTarget().GetVmName()); err == nil {
+		t.Errorf("target VM %s exists after the failed cutover", j.GetTarget().GetVmName())
+	}
+	if left := v.snapshotNames(); len(left) > 0 {
+		t.Errorf("the source VM keeps snapshots after the failed cutover: %v", left)
+	}
 }
 
 // slowRounds puts 30 s between rounds: a loaded machine's test sees
