@@ -4,12 +4,16 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
 	"sync"
 
 	"github.com/vmware/govmomi/object"
 	"github.com/vmware/govmomi/vim25/types"
 
 	"github.com/ferry-v2v/ferry/agent/internal/runner"
+	"github.com/ferry-v2v/ferry/pkg/durable"
 )
 
 // Round is the runner's Warmer round (runner.Warmer): WarmRound with the
@@ -30,8 +34,48 @@ func (d *Driver) Round(ctx context.Context, job *runner.Job, prev string) (runne
 
 var _ runner.Warmer = (*Driver)(nil)
 
+// stoppedFile, in a warm job's cache directory, says StopSource powered
+// the source VM off for the cutover.
+const stoppedFile = "vmware-source-stopped"
+
+// markStopped records in the job's cache directory, durably, that
+// StopSource is about to stop the source VM.
+func markStopped(job *runner.Job) error {
+	if job.CacheDir == "" {
+		return nil
+	}
+	if err := durable.WriteFile(filepath.Join(job.CacheDir, stoppedFile), []byte(job.Name()+"\n"), 0o600); err != nil {
+		return fmt.Errorf("record that the cutover stops the source VM: %w", err)
+	}
+	return nil
+}
+
+// markedStopped tells whether the job's cache directory records that
+// StopSource stopped the source VM.
+func markedStopped(job *runner.Job) bool {
+	if job.CacheDir == "" {
+		return false
+	}
+	_, err := os.Stat(filepath.Join(job.CacheDir, stoppedFile))
+	return err == nil
+}
+
+// unmarkStopped removes the record of markStopped.
+func unmarkStopped(job *runner.Job) error {
+	if job.CacheDir == "" {
+		return nil
+	}
+	if err := os.Remove(filepath.Join(job.CacheDir, stoppedFile)); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return err
+	}
+	return nil
+}
+
 // stoppedVMs records the jobs whose source VM StopSource powered off, so
-// that EndWarm powers it on again when the cutover failed.
+// that EndWarm powers it on again when the cutover failed. The record is
+// also kept in the job's cache directory (stoppedFile): an agent killed
+// in the cutover and back finds the VM off, and must still power it on
+// again if the cutover then fails.
 type stoppedVMs struct {
 	mu   sync.Mutex
 	jobs map[string]bool
@@ -91,6 +135,9 @@ func (d *Driver) StopSource(ctx context.Context, job *runner.Job) error {
 		job.Log.Info("the source VM is not running; nothing to stop", "state", vm.PowerState)
 		return nil
 	}
+	if err := markStopped(job); err != nil {
+		return err
+	}
 	d.stopped.set(job.Name(), true)
 	if err := conn.PowerDown(ctx, vm, shutdownTimeout(a, conn.cfg.ShutdownTimeout), job.Log); err != nil {
 		return err
@@ -101,10 +148,11 @@ func (d *Driver) StopSource(ctx context.Context, job *runner.Job) error {
 
 // EndWarm removes the snapshots rounds of the job may have left (a round
 // removes its own; this covers an agent that died in one) and, when the
-// cutover did not succeed after StopSource stopped the VM, powers the
-// source on again. Changed-block tracking is left on. It is idempotent.
+// cutover did not succeed after StopSource stopped the VM (this agent's
+// or one killed before it), powers the source on again. Changed-block
+// tracking is left on. It is idempotent.
 func (d *Driver) EndWarm(ctx context.Context, job *runner.Job, succeeded bool) error {
-	stopped := d.stopped.take(job.Name())
+	stopped := d.stopped.take(job.Name()) || markedStopped(job)
 	a := job.Assignment
 	conn, err := d.connect(ctx, a.GetSource(), a.GetMigrationServer(), a.GetSecrets(), job.Log)
 	if err != nil {
@@ -125,10 +173,13 @@ func (d *Driver) EndWarm(ctx context.Context, job *runner.Job, succeeded bool) e
 			err = task.Wait(ctx)
 		}
 		if err != nil {
-			errs = append(errs, fmt.Errorf("power the source VM %s on again after a failed cutover: %w", vm.Name, err))
-		} else {
-			job.Log.Info("source VM powered on again: the cutover did not finish")
+			// The record stays: the VM is still to be powered on.
+			return errors.Join(append(errs, fmt.Errorf("power the source VM %s on again after a failed cutover: %w", vm.Name, err))...)
 		}
+		job.Log.Info("source VM powered on again: the cutover did not finish")
+	}
+	if err := unmarkStopped(job); err != nil {
+		errs = append(errs, fmt.Errorf("remove the record that the cutover stopped the source VM: %w", err))
 	}
 	return errors.Join(errs...)
 }

@@ -81,13 +81,17 @@ func (s *Sim) FailCBTQueries(n int) {
 }
 
 // handler gives the calling session, when it first asks
-// QueryChangedDiskAreas of a VM, a session-local view of the VM that
-// answers it (a session's objects come before the registry's). The view
-// embeds the simulator's VM, so every other method works as before, and
-// the registry keeps the simulator's own object, whose type its snapshot
-// code asserts.
+// QueryChangedDiskAreas of a VM or takes a snapshot of it, a session-local
+// view of the VM that answers it and guards its snapshots (snapguard.go;
+// a session's objects come before the registry's). The view embeds the
+// simulator's VM, so every other method works as before, and the registry
+// keeps the simulator's own object, whose type its snapshot code asserts.
 func (c *cbt) handler(ctx *simulator.Context, m *simulator.Method) (mo.Reference, types.BaseMethodFault) {
-	if m.Name != "QueryChangedDiskAreas" || ctx.Session == nil {
+	switch {
+	case ctx.Session == nil:
+		return nil, nil
+	case m.Name == "QueryChangedDiskAreas", m.Name == "CreateSnapshot_Task", m.Name == "CreateSnapshotEx_Task":
+	default:
 		return nil, nil
 	}
 	if _, ok := ctx.Session.Registry.Get(m.This).(*cbtVM); ok {
@@ -101,7 +105,8 @@ func (c *cbt) handler(ctx *simulator.Context, m *simulator.Method) (mo.Reference
 	return nil, nil
 }
 
-// cbtVM is a session's view of a VM that answers QueryChangedDiskAreas.
+// cbtVM is a session's view of a VM that answers QueryChangedDiskAreas
+// and refuses a snapshot on top of another.
 type cbtVM struct {
 	*simulator.VirtualMachine
 	cbt *cbt

@@ -17,7 +17,8 @@
 // RemoveSnapshot puts the simulator's own object back first, as its code
 // expects it. For the same reason a VM must not have a snapshot of its own
 // when the driver takes one (the simulator would find the wrapper as the
-// parent). Only tests import this package.
+// parent): such a snapshot is refused with an InvalidState fault naming
+// the one in the way (snapguard.go). Only tests import this package.
 package vcsimtest
 
 import (
