@@ -31,6 +31,8 @@ func TestWarmKVMPlacedOnAnotherHost(t *testing.T) {
 	p := newPlaceWorld(t)
 	w := p.world
 	a, b := p.hosts[0], p.hosts[1]
+	// Its guest runs no OS: the cutover's shutdown ends in a power-off.
+	w.shutdownTimeout(testShutdownTimeout)
 	src := testenv.NewTestVM(t, w.lv, testenv.VMOptions{RandomBytes: 8 << 20})
 	spec := w.named(w.warmSpec(src, false), "hosts/"+b)
 	pre, err := w.f.client.Jobs().PreviewMigrationJobs(ctx(t, 60*time.Second), &ferryv1.PreviewMigrationJobsRequest{
