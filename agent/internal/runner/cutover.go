@@ -73,6 +73,20 @@ func (j *Job) SourceStopped() {
 	j.warm.mu.Unlock()
 }
 
+// SourceStoppedAt records that the source VM stopped at t, before now:
+// an agent killed in the cutover stopped it (SourceStoppedMark), and the
+// measured downtime counts from then, not from the restart.
+func (j *Job) SourceStoppedAt(t time.Time) {
+	if j.warm == nil {
+		return
+	}
+	j.warm.mu.Lock()
+	if j.warm.stoppedAt.IsZero() || t.Before(j.warm.stoppedAt) {
+		j.warm.stoppedAt = t
+	}
+	j.warm.mu.Unlock()
+}
+
 // Warn adds a warning for the operator to a warm job's result (such as
 // how the cutover stopped the source); outside a warm job it only logs.
 func (j *Job) Warn(msg string) {

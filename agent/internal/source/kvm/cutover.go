@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"time"
 
 	"libvirt.org/go/libvirt"
 
@@ -119,12 +120,17 @@ func (d *Driver) StopSource(ctx context.Context, job *runner.Job) error {
 	pause := job.Assignment.GetJob().GetOptions().GetPauseSourceVm()
 	switch {
 	case state != libvirt.DOMAIN_RUNNING:
+		if err := d.adoptStop(ctx, src, &p, state); err != nil {
+			return err
+		}
 	case pause:
+		if err := d.setStopped(job, stopPaused); err != nil {
+			return err
+		}
 		job.SourceStopped()
 		if err := dom.Suspend(); err != nil {
 			return fmt.Errorf("pause the source VM: %w", err)
 		}
-		d.setStopped(job, stopPaused)
 		job.Log.Info("source VM paused for the cutover")
 	default:
 		if err := src.conn.checkShutOffRound(ctx, p); err != nil {
@@ -145,9 +151,73 @@ func (d *Driver) StopSource(ctx context.Context, job *runner.Job) error {
 	return nil
 }
 
-// setStopped records how StopSource stopped the job's source VM.
-func (d *Driver) setStopped(job *runner.Job, k stopKind) {
+// setStopped records how StopSource is about to stop the job's source
+// VM: in memory, and in the job's cache (runner.Job.MarkSourceStopped)
+// for an agent killed in the cutover and back.
+func (d *Driver) setStopped(job *runner.Job, k stopKind) error {
+	if err := job.MarkSourceStopped(k.String()); err != nil {
+		return err
+	}
 	d.mu.Lock()
 	d.stopped[job.Name()] = k
 	d.mu.Unlock()
+	return nil
+}
+
+func (k stopKind) String() string {
+	switch k {
+	case stopPaused:
+		return "paused"
+	case stopShutOff:
+		return "shut-off"
+	}
+	return "running"
+}
+
+// markedStop is how the job's cache records that an agent stopped the
+// source VM for the cutover (notStopped without a record), and when.
+func markedStop(job *runner.Job) (stopKind, time.Time) {
+	how, at, ok := job.SourceStoppedMark()
+	if !ok {
+		return notStopped, time.Time{}
+	}
+	switch how {
+	case stopPaused.String():
+		return stopPaused, at
+	case stopShutOff.String():
+		return stopShutOff, at
+	}
+	return notStopped, time.Time{}
+}
+
+// adoptStop is StopSource finding the VM not running: when the job's
+// cache records that an agent killed in the cutover stopped it, this one
+// goes on with the cutover as that one would have (the last round read
+// from the VM as it is, shut off or paused) and starts the VM again if the
+// cutover fails; the downtime counts from the recorded stop. A VM stopped
+// by someone else is left as it is.
+func (d *Driver) adoptStop(ctx context.Context, src *source, p *roundPlan, state libvirt.DomainState) error {
+	job := src.job
+	k, at := markedStop(job)
+	switch {
+	case k == notStopped:
+		job.Log.Info("the source VM is not running; nothing to stop", "state", stateName(state))
+		return nil
+	case state == libvirt.DOMAIN_SHUTOFF:
+		k = stopShutOff
+		if err := src.conn.checkShutOffRound(ctx, *p); err != nil {
+			return err
+		}
+	case state == libvirt.DOMAIN_PAUSED:
+		k = stopPaused
+	default:
+		job.Log.Info("the source VM is neither shut off nor paused; nothing to stop", "state", stateName(state))
+		return nil
+	}
+	d.mu.Lock()
+	d.stopped[job.Name()] = k
+	d.mu.Unlock()
+	job.SourceStoppedAt(at)
+	job.Log.Info("the source VM was stopped for the cutover by the agent before this one", "state", stateName(state), "stopped_at", at)
+	return nil
 }

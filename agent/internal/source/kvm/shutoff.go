@@ -65,7 +65,10 @@ func (c *Conn) checkShutOffRound(ctx context.Context, p roundPlan) error {
 // say which happened. The downtime starts at the request.
 func (d *Driver) shutDown(ctx context.Context, job *runner.Job, dom *libvirt.Domain) error {
 	timeout := shutdownTimeout(job)
-	d.setStopped(job, stopShutOff) // from here a failed cutover starts the VM again
+	// From here a failed cutover starts the VM again.
+	if err := d.setStopped(job, stopShutOff); err != nil {
+		return err
+	}
 	job.SourceStopped()
 	msg := fmt.Sprintf("the source VM's guest did not shut down within the guest shutdown timeout (%s); "+
 		"the VM was powered off for the cutover", timeout)

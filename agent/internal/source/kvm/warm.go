@@ -400,26 +400,43 @@ func (d *Driver) EndWarm(ctx context.Context, job *runner.Job, succeeded bool) e
 	if ending != nil {
 		ending()
 	}
+	// An agent killed in the cutover may have stopped the VM: the job's
+	// cache says so. That agent's shutdown request, if any, went with it.
+	marked := false
+	if stopped == notStopped {
+		stopped, _ = markedStop(job)
+		marked = stopped != notStopped
+	}
 	return d.withDomain(ctx, job, func(conn *Conn, dom *libvirt.Domain) error {
 		var errs []error
-		if stopped == stopShutOff && !succeeded {
+		state, _, err := dom.GetState()
+		if err != nil {
+			return fmt.Errorf("state of the source VM: %w", err)
+		}
+		settled := true // the VM is as it should stay: the record of the stop can go
+		if stopped == stopShutOff && !succeeded && (!marked || state == libvirt.DOMAIN_SHUTOFF) {
 			// Started first: a running VM's checkpoints are deleted
 			// with their bitmaps by libvirt itself.
 			if err := startAgain(context.WithoutCancel(ctx), job, dom); err != nil {
-				errs = append(errs, err)
+				errs, settled = append(errs, err), false
 			}
 		}
 		name, _ := dom.GetName()
-		err := deleteCheckpoints(ctx, conn, dom, name, checkpointPrefix(job), "", job.Log)
+		err = deleteCheckpoints(ctx, conn, dom, name, checkpointPrefix(job), "", job.Log)
 		deleted = err == nil
 		if err != nil {
 			errs = append(errs, err)
 		}
-		if stopped == stopPaused && !succeeded {
+		if stopped == stopPaused && !succeeded && state == libvirt.DOMAIN_PAUSED {
 			if err := dom.Resume(); err != nil {
-				errs = append(errs, fmt.Errorf("resume the source VM after a failed cutover: %w", err))
+				errs, settled = append(errs, fmt.Errorf("resume the source VM after a failed cutover: %w", err)), false
 			} else {
 				job.Log.Info("source VM resumed: the cutover did not finish")
+			}
+		}
+		if settled {
+			if err := job.UnmarkSourceStopped(); err != nil {
+				errs = append(errs, err)
 			}
 		}
 		return errors.Join(errs...)

@@ -1,10 +1,7 @@
 package vmware
 
 import (
-	"errors"
 	"math/rand/v2"
-	"os"
-	"path/filepath"
 	"testing"
 	"time"
 
@@ -114,8 +111,8 @@ func TestEndWarmAfterAKilledCutover(t *testing.T) {
 			if st := w.powerState(); st != want {
 				t.Errorf("after EndWarm(succeeded %v) of the agent back the VM is %s, want %s", succeeded, st, want)
 			}
-			if _, err := os.Stat(filepath.Join(w.job.CacheDir, stoppedFile)); !errors.Is(err, os.ErrNotExist) {
-				t.Errorf("the record of the stop after EndWarm: %v; want it gone", err)
+			if how, _, ok := w.job.SourceStoppedMark(); ok {
+				t.Errorf("the record of the stop (%q) is left after EndWarm; want it gone", how)
 			}
 			w.checkNoSnapshot(t, "after EndWarm")
 		})

@@ -4,16 +4,12 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io/fs"
-	"os"
-	"path/filepath"
 	"sync"
 
 	"github.com/vmware/govmomi/object"
 	"github.com/vmware/govmomi/vim25/types"
 
 	"github.com/ferry-v2v/ferry/agent/internal/runner"
-	"github.com/ferry-v2v/ferry/pkg/durable"
 )
 
 // Round is the runner's Warmer round (runner.Warmer): WarmRound with the
@@ -34,46 +30,10 @@ func (d *Driver) Round(ctx context.Context, job *runner.Job, prev string) (runne
 
 var _ runner.Warmer = (*Driver)(nil)
 
-// stoppedFile, in a warm job's cache directory, says StopSource powered
-// the source VM off for the cutover.
-const stoppedFile = "vmware-source-stopped"
-
-// markStopped records in the job's cache directory, durably, that
-// StopSource is about to stop the source VM.
-func markStopped(job *runner.Job) error {
-	if job.CacheDir == "" {
-		return nil
-	}
-	if err := durable.WriteFile(filepath.Join(job.CacheDir, stoppedFile), []byte(job.Name()+"\n"), 0o600); err != nil {
-		return fmt.Errorf("record that the cutover stops the source VM: %w", err)
-	}
-	return nil
-}
-
-// markedStopped tells whether the job's cache directory records that
-// StopSource stopped the source VM.
-func markedStopped(job *runner.Job) bool {
-	if job.CacheDir == "" {
-		return false
-	}
-	_, err := os.Stat(filepath.Join(job.CacheDir, stoppedFile))
-	return err == nil
-}
-
-// unmarkStopped removes the record of markStopped.
-func unmarkStopped(job *runner.Job) error {
-	if job.CacheDir == "" {
-		return nil
-	}
-	if err := os.Remove(filepath.Join(job.CacheDir, stoppedFile)); err != nil && !errors.Is(err, fs.ErrNotExist) {
-		return err
-	}
-	return nil
-}
-
 // stoppedVMs records the jobs whose source VM StopSource powered off, so
 // that EndWarm powers it on again when the cutover failed. The record is
-// also kept in the job's cache directory (stoppedFile): an agent killed
+// also kept in the job's cache directory (runner.Job.MarkSourceStopped):
+// an agent killed
 // in the cutover and back finds the VM off, and must still power it on
 // again if the cutover then fails.
 type stoppedVMs struct {
@@ -132,10 +92,17 @@ func (d *Driver) StopSource(ctx context.Context, job *runner.Job) error {
 		return err
 	}
 	if vm.PowerState != types.VirtualMachinePowerStatePoweredOn {
+		if _, at, ok := job.SourceStoppedMark(); ok {
+			// An agent killed in the cutover stopped it: the downtime
+			// counts from then.
+			job.SourceStoppedAt(at)
+			job.Log.Info("the source VM was stopped for the cutover by the agent before this one", "stopped_at", at)
+			return nil
+		}
 		job.Log.Info("the source VM is not running; nothing to stop", "state", vm.PowerState)
 		return nil
 	}
-	if err := markStopped(job); err != nil {
+	if err := job.MarkSourceStopped("powered-off"); err != nil {
 		return err
 	}
 	d.stopped.set(job.Name(), true)
@@ -152,7 +119,8 @@ func (d *Driver) StopSource(ctx context.Context, job *runner.Job) error {
 // or one killed before it), powers the source on again. Changed-block
 // tracking is left on. It is idempotent.
 func (d *Driver) EndWarm(ctx context.Context, job *runner.Job, succeeded bool) error {
-	stopped := d.stopped.take(job.Name()) || markedStopped(job)
+	_, _, marked := job.SourceStoppedMark()
+	stopped := d.stopped.take(job.Name()) || marked
 	a := job.Assignment
 	conn, err := d.connect(ctx, a.GetSource(), a.GetMigrationServer(), a.GetSecrets(), job.Log)
 	if err != nil {
@@ -178,8 +146,8 @@ func (d *Driver) EndWarm(ctx context.Context, job *runner.Job, succeeded bool) e
 		}
 		job.Log.Info("source VM powered on again: the cutover did not finish")
 	}
-	if err := unmarkStopped(job); err != nil {
-		errs = append(errs, fmt.Errorf("remove the record that the cutover stopped the source VM: %w", err))
+	if err := job.UnmarkSourceStopped(); err != nil {
+		errs = append(errs, err)
 	}
 	return errors.Join(errs...)
 }
