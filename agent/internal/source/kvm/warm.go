@@ -192,7 +192,13 @@ func (d *Driver) checkRound(ctx context.Context, src *source) (roundPlan, error)
 	for _, disk := range a.GetJob().GetTarget().GetDisks() {
 		p.targets = append(p.targets, disk.GetSourceDisk())
 	}
-	if why := kvmver.WarmRefusal(vm.Proto(), func(t string) bool { return slices.Contains(p.targets, t) }); why != "" {
+	refusal := kvmver.WarmRefusal
+	if k, _ := markedStop(job); k == stopShutOff {
+		// The cutover shut it off (an agent killed in it): its last round
+		// reads the shut-off images.
+		refusal = kvmver.BitmapRefusal
+	}
+	if why := refusal(vm.Proto(), func(t string) bool { return slices.Contains(p.targets, t) }); why != "" {
 		return roundPlan{}, fmt.Errorf("VM %s: %s", vmName, why)
 	}
 	if err := src.conn.CleanupStale(ctx, vmName); err != nil {
