@@ -96,7 +96,7 @@ func benchJob(b *testing.B, src Endpoint, target runner.Target) (time.Duration, 
 // benchJobOf is benchJob of a source disk of size bytes.
 func benchJobOf(b *testing.B, src Endpoint, size int64, target runner.Target) (time.Duration, *agentv1.JobResult) {
 	b.Helper()
-	cacheDir, storageDir := shortTempDir(b), b.TempDir()
+	cacheDir, storageDir := shortTempDir(b), volumeDir(b)
 	res := results{ch: make(chan *agentv1.JobResult, 1)}
 	r := runner.New(runner.Config{DataDir: b.TempDir()}, runner.Deps{
 		Drivers:  runner.Drivers{Sources: map[ferryv1.Platform]runner.Source{ferryv1.Platform_PLATFORM_KVM: &cacheSource{src: src}}, Target: target},
@@ -131,6 +131,25 @@ func benchJobOf(b *testing.B, src Endpoint, size int64, target runner.Target) (t
 	return d, got
 }
 
+// volumeDir is a new directory for a benchmark's target volumes: under
+// $FERRY_BENCH_VOLUME_DIR when set (primary storage on another device
+// than the cache, as on a real host; on a machine with one disk, a zram
+// or tmpfs-backed file system stands in for it), else a temporary one
+// beside the cache.
+func volumeDir(b *testing.B) string {
+	b.Helper()
+	root := os.Getenv("FERRY_BENCH_VOLUME_DIR")
+	if root == "" {
+		return b.TempDir()
+	}
+	dir, err := os.MkdirTemp(root, "ferry-bench-vol-")
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { _ = os.RemoveAll(dir) })
+	return dir
+}
+
 // benchOperator is the sequence a careful operator would script: nbdcopy
 // from the source export into a zstd qcow2 cache (served by qemu-nbd's
 // compress filter, as Ferry's cache is), qemu-img convert of the cache
@@ -139,7 +158,9 @@ func benchJobOf(b *testing.B, src Endpoint, size int64, target runner.Target) (t
 func benchOperator(b *testing.B, src Endpoint) (total, copyTime, convertTime, compareTime time.Duration) {
 	b.Helper()
 	dir := shortTempDir(b)
-	cacheImg, tsock, target := filepath.Join(dir, "cache.qcow2"), filepath.Join(dir, "c.sock"), filepath.Join(dir, "target.qcow2")
+	vdir := volumeDir(b)
+	defer os.RemoveAll(vdir)
+	cacheImg, tsock, target := filepath.Join(dir, "cache.qcow2"), filepath.Join(dir, "c.sock"), filepath.Join(vdir, "target.qcow2")
 	uri := func(s string) string { return "nbd+unix:///?socket=" + s }
 	start := time.Now()
 	testenv.Run(b, "qemu-img", "create", "-q", "-f", "qcow2", "-o", "compression_type=zstd,lazy_refcounts=on", cacheImg, strconv.Itoa(benchSize))
@@ -195,6 +216,9 @@ func BenchmarkWholeJob(b *testing.B) {
 	// The disk under the temporary directory, where both the cache and
 	// the volume are: its traffic and busy time per contender.
 	disk := diskOf(os.TempDir())
+	if v := os.Getenv("FERRY_BENCH_VOLUME_DIR"); v != "" {
+		b.Logf("volumes under %s (device %q), the cache under %s (device %q)", v, diskOf(v).name, os.TempDir(), disk.name)
+	}
 	b.ResetTimer()
 	for range b.N {
 		var job, conv, op, jobConv, jobUp, jobTail, opCopy, opConvert, opCompare []float64
@@ -273,7 +297,7 @@ func BenchmarkWholeJob(b *testing.B) {
 					c.name, u.readMiB, u.writtenMiB, u.busy, median(c.wall)))
 			}
 			// One line: a benchmark's log keeps its first ten.
-			b.Logf("disk %s (cache and volume), medians: %s", disk.name, strings.Join(parts, "; "))
+			b.Logf("disk %s (cache, and volume unless FERRY_BENCH_VOLUME_DIR), medians: %s", disk.name, strings.Join(parts, "; "))
 		}
 		b.ReportMetric(median(job), "job-s")
 		b.ReportMetric(median(conv), "converting-s")
