@@ -56,7 +56,7 @@ func newNetWorld(t *testing.T, agentArgs ...string) *netWorld {
 	testenv.RequireRoot(t)
 	w := &world{t: t, id: randID(), lv: testenv.RequireLibvirt(t)}
 	n := &netWorld{world: w}
-	octet := 16 + int(w.id[1])%16
+	octet := testenv.Subnet172(t)
 	net := func(subnet, host int) string { return fmt.Sprintf("172.%d.%d.%d", octet, subnet, host) }
 	n.agentNS = testenv.NewNetNS(t, "fa-"+w.id)
 	n.sourceNS = testenv.NewNetNS(t, "fs-"+w.id)

@@ -54,7 +54,7 @@ func newPlaceWorld(t *testing.T) *placeWorld {
 	w := &world{t: t, id: randID(), lv: testenv.RequireLibvirt(t)}
 	p := &placeWorld{world: w, netns: map[string]*testenv.NetNS{}, dev: map[string]string{}, addr: map[string]string{},
 		agents: map[string]*proc{}, libvirt: map[string]*testenv.HostLibvirt{}, storage: map[string]string{}}
-	octet := 16 + int(w.id[2])%16
+	octet := testenv.Subnet172(t)
 	addr := func(subnet, host int) string { return fmt.Sprintf("172.%d.%d.%d", octet, subnet, host) }
 	w.sshd = testenv.StartSSHD(t, testenv.SSHDOptions{PasswordUser: testenv.TestUser, Password: testenv.TestPassword})
 	w.sshHost, w.sshPort = w.sshd.Host, w.sshd.Port
