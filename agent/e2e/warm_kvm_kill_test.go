@@ -82,19 +82,7 @@ func TestWarmKVMAgentKilledInCutover(t *testing.T) {
 				}
 				return
 			}
-			if j.GetState() != ferryv1.MigrationJobState_MIGRATION_JOB_STATE_SUCCEEDED {
-				t.Fatalf("job ended %s in %s: %s", j.GetState(), j.GetPhase(), j.GetReason())
-			}
-			rs := j.GetPrecopyRounds()
-			for i, r := range rs {
-				if r.GetNumber() != int32(i+1) {
-					t.Errorf("rounds = %v; want numbered 1, 2, ... once each", rs)
-					break
-				}
-			}
-			if len(rs) < 2 || !rs[len(rs)-1].GetFinal() {
-				t.Errorf("rounds = %v; want at least 2, the last final", rs)
-			}
+			rs := expectCutOverRounds(t, j, 2)
 			if st := src.State(t); st != "shut off" {
 				t.Errorf("source VM is %s after the cutover; want shut off", st)
 			}

@@ -57,6 +57,27 @@ func (w *world) rounds(name string, n int) *ferryv1.MigrationJob {
 	})
 }
 
+// expectCutOverRounds checks that the warm job j SUCCEEDED with at least
+// min rounds, numbered 1, 2, ... once each, the last final, and returns
+// its rounds.
+func expectCutOverRounds(t *testing.T, j *ferryv1.MigrationJob, min int) []*ferryv1.PrecopyRound {
+	t.Helper()
+	if j.GetState() != ferryv1.MigrationJobState_MIGRATION_JOB_STATE_SUCCEEDED {
+		t.Fatalf("job ended %s in %s: %s", j.GetState(), j.GetPhase(), j.GetReason())
+	}
+	rs := j.GetPrecopyRounds()
+	for i, r := range rs {
+		if r.GetNumber() != int32(i+1) {
+			t.Errorf("rounds = %v; want numbered 1, 2, ... once each", rs)
+			break
+		}
+	}
+	if len(rs) < min || !rs[len(rs)-1].GetFinal() {
+		t.Errorf("rounds = %v; want at least %d, the last final", rs, min)
+	}
+	return rs
+}
+
 // checkpoints lists the VM's libvirt checkpoints and the bitmaps in its
 // disk images.
 func checkpoints(t testing.TB, lv *testenv.Libvirt, vm *testenv.TestVM) []string {
@@ -378,16 +399,7 @@ func TestWarmKVMAgentKilled(t *testing.T) {
 	if _, err := w.f.client.Jobs().CutoverMigrationJob(ctx(t, 10*time.Second), &ferryv1.CutoverMigrationJobRequest{Name: name}); err != nil {
 		t.Fatal(err)
 	}
-	j = w.waitJob(name, 2*time.Minute, "the job to end", terminal)
-	if j.GetState() != ferryv1.MigrationJobState_MIGRATION_JOB_STATE_SUCCEEDED {
-		t.Fatalf("job ended %s in %s: %s", j.GetState(), j.GetPhase(), j.GetReason())
-	}
-	for i, r := range j.GetPrecopyRounds() {
-		if r.GetNumber() != int32(i+1) {
-			t.Errorf("rounds = %v; want numbered 1, 2, ... once each", j.GetPrecopyRounds())
-			break
-		}
-	}
+	expectCutOverRounds(t, w.waitJob(name, 2*time.Minute, "the job to end", terminal), 3)
 	testkit.WaitFor(t, 30*time.Second, "the source VM to be powered off", func() bool { return src.State(t) == "shut off" })
 	for _, d := range src.Disks {
 		compare(t, d.Path, w.volume(name, d.Target))

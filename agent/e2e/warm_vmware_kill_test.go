@@ -269,19 +269,7 @@ func (w *world) cutoverKilled(t *testing.T, v warmVMware) {
 func (w *world) expectCutOver(t *testing.T, v warmVMware, rounds int) *ferryv1.MigrationJob {
 	t.Helper()
 	j := w.waitJob(v.name, 3*time.Minute, "the job to end", terminal)
-	if j.GetState() != ferryv1.MigrationJobState_MIGRATION_JOB_STATE_SUCCEEDED {
-		t.Fatalf("job ended %s in %s: %s", j.GetState(), j.GetPhase(), j.GetReason())
-	}
-	rs := j.GetPrecopyRounds()
-	for i, r := range rs {
-		if r.GetNumber() != int32(i+1) {
-			t.Errorf("rounds = %v; want numbered 1, 2, ... once each", rs)
-			break
-		}
-	}
-	if len(rs) < rounds || !rs[len(rs)-1].GetFinal() {
-		t.Errorf("rounds = %v; want at least %d, the last final", rs, rounds)
-	}
+	rs := expectCutOverRounds(t, j, rounds)
 	compare(t, v.flat, w.volume(v.name, strconv.Itoa(int(v.key))))
 	testkit.WaitFor(t, 30*time.Second, "the snapshots to go", func() bool { return len(v.snapshotNames()) == 0 })
 	if st := v.simVM().Runtime.PowerState; st != types.VirtualMachinePowerStatePoweredOff {
