@@ -73,7 +73,7 @@ func expectCutOverRounds(t *testing.T, j *ferryv1.MigrationJob, min int) []*ferr
 		}
 	}
 	if len(rs) < min || !rs[len(rs)-1].GetFinal() {
-		t.Errorf("rounds = %v; want at least %d, the last final", rs, min)
+		t.Fatalf("rounds = %v; want at least %d, the last final", rs, min)
 	}
 	return rs
 }
@@ -212,13 +212,7 @@ func TestWarmKVM(t *testing.T) {
 		t.Fatalf("ferryctl job cutover: %v\n%s", err, out)
 	}
 	j = w.waitJob(name, 2*time.Minute, "the job to end", terminal)
-	if j.GetState() != ferryv1.MigrationJobState_MIGRATION_JOB_STATE_SUCCEEDED {
-		t.Fatalf("job ended %s in %s: %s", j.GetState(), j.GetPhase(), j.GetReason())
-	}
-	rs := j.GetPrecopyRounds()
-	if len(rs) < 4 || !rs[len(rs)-1].GetFinal() {
-		t.Fatalf("rounds = %v; want at least 3 and the final one", rs)
-	}
+	rs := expectCutOverRounds(t, j, 4)
 	final := rs[len(rs)-1]
 	if final.GetChangedBytes() < last {
 		t.Errorf("the final round changed %d bytes; want at least the %d written last", final.GetChangedBytes(), last)
