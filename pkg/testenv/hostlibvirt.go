@@ -104,7 +104,13 @@ func StartHostLibvirt(t testing.TB, name string, opts HostLibvirtOptions) *HostL
 		}
 	}
 	must(os.WriteFile(filepath.Join(dir, "etc", "libvirtd.conf"), []byte(hostLibvirtdConf), 0o644))
-	must(os.WriteFile(filepath.Join(dir, "etc", "qemu.conf"), []byte(hostQemuConf), 0o644))
+	// VNC ports of its own: the machine's libvirtd hands out 5900 and up,
+	// and two daemons in one network namespace each finding a port free
+	// let the second QEMU fail to bind it ("Failed to find an available
+	// port"). A block of 100 from 6000 that no other host's daemon holds.
+	vnc := 6000 + 100*claim(t, "vnc-ports", 0, 39, func(int) bool { return true })
+	qemuConf := hostQemuConf + fmt.Sprintf("remote_display_port_min = %d\nremote_display_port_max = %d\n", vnc, vnc+99)
+	must(os.WriteFile(filepath.Join(dir, "etc", "qemu.conf"), []byte(qemuConf), 0o644))
 	// The machine's QEMU capabilities, when it has them, spare a probe of
 	// QEMU (tens of seconds on a loaded machine); libvirt checks they
 	// match the binaries.
