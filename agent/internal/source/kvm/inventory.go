@@ -2,6 +2,7 @@ package kvm
 
 import (
 	"context"
+	"encoding/json"
 	"encoding/xml"
 	"errors"
 	"fmt"
@@ -102,24 +103,47 @@ func (c *Conn) ListVMs(ctx context.Context) ([]*VM, error) {
 			doms[i].Free()
 		}
 	}()
-	var vms []*VM
+	// Described in two passes: the images of all running VMs are sized
+	// in one command (imageSizes) between them.
+	type described struct {
+		dom   *libvirt.Domain
+		vm    *VM
+		state libvirt.DomainState
+	}
+	var all []described
+	var running []Disk
+	skip := func(dom *libvirt.Domain, err error) {
+		if isNoDomain(err) {
+			return // gone meanwhile
+		}
+		// A domain that stops while it is described (its monitor goes
+		// away) must not hide the others; a job on it reports the error
+		// itself.
+		name, _ := dom.GetName()
+		c.log.Warn("leaving a VM out of the inventory", "vm", name, "err", err)
+	}
 	for i := range doms {
 		if err := ctx.Err(); err != nil {
 			return nil, err
 		}
-		vm, err := c.describe(&doms[i])
-		if isNoDomain(err) {
-			continue // gone meanwhile
-		}
+		vm, state, err := c.parse(&doms[i])
 		if err != nil {
-			// A domain that stops while it is described (its monitor goes
-			// away) must not hide the others; a job on it reports the
-			// error itself.
-			name, _ := doms[i].GetName()
-			c.log.Warn("leaving a VM out of the inventory", "vm", name, "err", err)
+			skip(&doms[i], err)
 			continue
 		}
-		vms = append(vms, vm)
+		all = append(all, described{&doms[i], vm, state})
+		if state != libvirt.DOMAIN_SHUTOFF {
+			running = append(running, vm.Disks...)
+		}
+	}
+	sized := c.imageSizes(ctx, running)
+	var vms []*VM
+	for _, d := range all {
+		if err := c.finish(d.dom, d.vm, sized); err != nil {
+			skip(d.dom, err)
+			continue
+		}
+		vms = append(vms, d.vm)
 	}
 	return vms, nil
 }
@@ -134,34 +158,113 @@ func (c *Conn) DescribeVM(ctx context.Context, name string) (*VM, error) {
 		return nil, err
 	}
 	defer dom.Free()
-	return c.describe(dom)
+	return c.describe(ctx, dom)
 }
 
 // describe reads a domain's XML, state and disk sizes.
-func (c *Conn) describe(dom *libvirt.Domain) (*VM, error) {
-	desc, err := dom.GetXMLDesc(0)
-	if err != nil {
-		return nil, fmt.Errorf("domain XML: %w", err)
-	}
-	vm, err := parseDomain(desc)
+func (c *Conn) describe(ctx context.Context, dom *libvirt.Domain) (*VM, error) {
+	vm, state, err := c.parse(dom)
 	if err != nil {
 		return nil, err
 	}
+	var sized map[string]imageSize
+	if state != libvirt.DOMAIN_SHUTOFF {
+		sized = c.imageSizes(ctx, vm.Disks)
+	}
+	if err := c.finish(dom, vm, sized); err != nil {
+		return nil, err
+	}
+	return vm, nil
+}
+
+// parse reads a domain's XML and state.
+func (c *Conn) parse(dom *libvirt.Domain) (*VM, libvirt.DomainState, error) {
+	desc, err := dom.GetXMLDesc(0)
+	if err != nil {
+		return nil, 0, fmt.Errorf("domain XML: %w", err)
+	}
+	vm, err := parseDomain(desc)
+	if err != nil {
+		return nil, 0, err
+	}
 	state, _, err := dom.GetState()
 	if err != nil {
-		return nil, fmt.Errorf("state of VM %s: %w", vm.Name, err)
+		return nil, 0, fmt.Errorf("state of VM %s: %w", vm.Name, err)
 	}
 	vm.State = stateName(state)
+	return vm, state, nil
+}
+
+// finish sizes the domain's disks, from sized (imageSizes) where it has
+// them, else from libvirt (which reads a stopped VM's images itself, and
+// asks a running one's QEMU: the hazard imageSizes avoids), and reads the
+// guest's addresses.
+func (c *Conn) finish(dom *libvirt.Domain, vm *VM, sized map[string]imageSize) error {
 	for i := range vm.Disks {
 		d := &vm.Disks[i]
+		if sz, ok := sized[d.Path]; ok {
+			d.CapacityBytes, d.AllocationBytes = sz.Virtual, sz.Actual
+			continue
+		}
 		info, err := dom.GetBlockInfo(d.Target, 0)
 		if err != nil {
-			return nil, fmt.Errorf("size of disk %s of VM %s: %w", d.Target, vm.Name, err)
+			return fmt.Errorf("size of disk %s of VM %s: %w", d.Target, vm.Name, err)
 		}
 		d.CapacityBytes, d.AllocationBytes = int64(info.Capacity), int64(info.Allocation)
 	}
 	c.guestAddresses(dom, vm)
-	return vm, nil
+	return nil
+}
+
+// imageSize is what qemu-img info says of an image's sizes.
+type imageSize struct {
+	Virtual int64 `json:"virtual-size"`
+	Actual  int64 `json:"actual-size"`
+}
+
+// imageSizes reads the sizes of the disks' images of a running VM from
+// the images themselves (qemu-img info -U over SSH, one command for all),
+// not from its QEMU: libvirt answers virDomainGetBlockInfo of a running
+// VM with query-named-block-nodes, and QEMU 7.2 (Debian 12's) aborts on
+// it while a backup is being set up (qcow2_get_specific_info: Assertion
+// `false' failed, with the scratch image half open): a VM crashed in 14
+// backups begun with domblkinfo beside them, so an inventory beside a
+// migration, Ferry's or any other tool's, could kill the VM it lists.
+// Images it cannot read (no SSH, Ceph, an image the user may not read)
+// are left out, and their disks sized by libvirt as before.
+func (c *Conn) imageSizes(ctx context.Context, disks []Disk) map[string]imageSize {
+	if c.ssh == nil {
+		return nil
+	}
+	var paths []string
+	for _, d := range disks {
+		if d.Path != "" && strings.HasPrefix(d.Path, "/") {
+			paths = append(paths, d.Path)
+		}
+	}
+	if len(paths) == 0 {
+		return nil
+	}
+	cmd := "for p in"
+	for _, p := range paths {
+		cmd += " " + shellQuote(p)
+	}
+	cmd += `; do qemu-img info -U --output=json -- "$p" 2>/dev/null | tr -d '\n' || true; echo; done`
+	out, err := runRemote(ctx, c.ssh, cmd)
+	if err != nil {
+		c.log.Debug("image sizes not read on the source; libvirt's are used", "err", err)
+		return nil
+	}
+	lines := strings.Split(strings.TrimRight(out, "\n"), "\n")
+	sizes := map[string]imageSize{}
+	for i, p := range paths {
+		var sz imageSize
+		if i >= len(lines) || json.Unmarshal([]byte(lines[i]), &sz) != nil || sz.Virtual <= 0 {
+			continue
+		}
+		sizes[p] = sz
+	}
+	return sizes
 }
 
 // guestAddresses fills the NICs' guest addresses (virDomainInterfaceAddresses):
