@@ -13,6 +13,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -237,6 +238,19 @@ func EnsureUser(t testing.TB, name, password string) {
 	})
 	if !ok {
 		t.Fatalf("create test user %s: %v", name, err)
+	}
+	// A home left by an earlier user of the name (useradd -m keeps it)
+	// may belong to another uid: the user could not write its ~/.ferry.
+	if u, err := user.Lookup(name); err == nil && u.HomeDir != "" {
+		uid, _ := strconv.Atoi(u.Uid)
+		gid, _ := strconv.Atoi(u.Gid)
+		if st, err := os.Stat(u.HomeDir); err == nil {
+			if sys, ok := st.Sys().(*syscall.Stat_t); ok && int(sys.Uid) != uid {
+				if err := os.Chown(u.HomeDir, uid, gid); err != nil {
+					t.Fatalf("give test user %s its home %s: %v", name, u.HomeDir, err)
+				}
+			}
+		}
 	}
 }
 
