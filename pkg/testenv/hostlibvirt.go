@@ -108,7 +108,7 @@ func StartHostLibvirt(t testing.TB, name string, opts HostLibvirtOptions) *HostL
 	// and two daemons in one network namespace each finding a port free
 	// let the second QEMU fail to bind it ("Failed to find an available
 	// port"). A block of 100 from 6000 that no other host's daemon holds.
-	vnc := 6000 + 100*claim(t, "vnc-ports", 0, 39, func(int) bool { return true })
+	vnc := 6000 + 100*claim(t, "vnc-ports", 0, 39, nil)
 	qemuConf := hostQemuConf + fmt.Sprintf("remote_display_port_min = %d\nremote_display_port_max = %d\n", vnc, vnc+99)
 	must(os.WriteFile(filepath.Join(dir, "etc", "qemu.conf"), []byte(qemuConf), 0o644))
 	// The machine's QEMU capabilities, when it has them, spare a probe of

@@ -20,22 +20,28 @@ import (
 func Subnet172(t testing.TB) int {
 	t.Helper()
 	ip := LookPath(t, "ip")
-	return claim(t, "subnet-172", 16, 31, func(n int) bool {
+	return claim(t, "subnet-172", 16, 31, func() func(n int) bool {
 		addrs, _ := run(context.Background(), nil, ip, "-4", "addr", "show")
 		routes, _ := run(context.Background(), nil, ip, "-4", "route", "show", "table", "all")
 		used := " " + strings.ReplaceAll(addrs+"\n"+routes, "\n", "\n ")
-		return !strings.Contains(used, fmt.Sprintf(" 172.%d.", n))
+		return func(n int) bool { return !strings.Contains(used, fmt.Sprintf(" 172.%d.", n)) }
 	})
 }
 
-// claim returns a number from lo to hi that free(n) accepts and that no
-// other test holds (an exclusive lock on a file of the temporary
-// directory named after kind and n, across processes), held until the
-// test ends. It waits up to 5 minutes while all are taken.
-func claim(t testing.TB, kind string, lo, hi int, free func(n int) bool) int {
+// claim returns a number from lo to hi that the machine does not use
+// (sweep, called once per look over the range, returns what it says of
+// each number; nil: none is used) and that no other test holds (an
+// exclusive lock on a file of the temporary directory named after kind
+// and n, across processes), held until the test ends. It waits up to 5
+// minutes while all are taken.
+func claim(t testing.TB, kind string, lo, hi int, sweep func() func(n int) bool) int {
 	t.Helper()
 	deadline := time.Now().Add(5 * time.Minute)
 	for {
+		free := func(int) bool { return true }
+		if sweep != nil {
+			free = sweep()
+		}
 		for n := lo; n <= hi; n++ {
 			if !free(n) {
 				continue

@@ -3,6 +3,7 @@ package runner
 import (
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -40,12 +41,16 @@ func (j *Job) SourceStoppedMark() (how string, at time.Time, ok bool) {
 	if j.CacheDir == "" {
 		return "", time.Time{}, false
 	}
-	name := filepath.Join(j.CacheDir, sourceStoppedFile)
-	b, err := os.ReadFile(name)
+	f, err := os.Open(filepath.Join(j.CacheDir, sourceStoppedFile))
 	if err != nil {
 		return "", time.Time{}, false
 	}
-	fi, err := os.Stat(name)
+	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil {
+		return "", time.Time{}, false
+	}
+	b, err := io.ReadAll(f)
 	if err != nil {
 		return "", time.Time{}, false
 	}

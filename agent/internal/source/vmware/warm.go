@@ -33,9 +33,8 @@ var _ runner.Warmer = (*Driver)(nil)
 // stoppedVMs records the jobs whose source VM StopSource powered off, so
 // that EndWarm powers it on again when the cutover failed. The record is
 // also kept in the job's cache directory (runner.Job.MarkSourceStopped):
-// an agent killed
-// in the cutover and back finds the VM off, and must still power it on
-// again if the cutover then fails.
+// an agent killed in the cutover and back finds the VM off, and must
+// still power it on again if the cutover then fails.
 type stoppedVMs struct {
 	mu   sync.Mutex
 	jobs map[string]bool
