@@ -74,9 +74,10 @@ func TestMain(m *testing.M) {
 
 // proc is a child process whose output goes to the test log.
 type proc struct {
-	name string
-	cmd  *exec.Cmd
-	done chan struct{}
+	name    string
+	cmd     *exec.Cmd
+	done    chan struct{}
+	scanned chan struct{} // closed when the last output line is in out
 
 	mu  sync.Mutex
 	out []string
@@ -116,15 +117,23 @@ func startArgv(t testing.TB, name string, argv []string) *proc {
 	if err := cmd.Start(); err != nil {
 		t.Fatalf("start %s: %v", name, err)
 	}
-	p := &proc{name: name, cmd: cmd, done: make(chan struct{})}
+	p := &proc{name: name, cmd: cmd, done: make(chan struct{}), scanned: make(chan struct{})}
+	// With -v the output is logged as it comes; without, it is logged
+	// only when the test fails, after the test's own messages (below), so
+	// that a failure's reason comes first in a long FAIL block (CI keeps
+	// the start of it).
+	live := testing.Verbose()
 	go func() {
+		defer close(p.scanned)
 		sc := bufio.NewScanner(pr)
 		sc.Buffer(make([]byte, 64<<10), 1<<20)
 		for sc.Scan() {
 			p.mu.Lock()
 			p.out = append(p.out, sc.Text())
 			p.mu.Unlock()
-			logLine(t, name+": "+sc.Text())
+			if live {
+				logLine(t, name+": "+sc.Text())
+			}
 		}
 	}()
 	go func() {
@@ -132,7 +141,21 @@ func startArgv(t testing.TB, name string, argv []string) *proc {
 		pw.Close()
 		close(p.done)
 	}()
-	t.Cleanup(func() { p.stop(syscall.SIGTERM) })
+	t.Cleanup(func() {
+		if live || !t.Failed() {
+			return
+		}
+		select {
+		case <-p.scanned:
+		case <-time.After(10 * time.Second):
+		}
+		p.mu.Lock()
+		defer p.mu.Unlock()
+		for _, l := range p.out {
+			t.Log(name + ": " + l)
+		}
+	})
+	t.Cleanup(func() { p.stop(syscall.SIGTERM) }) // before the one above
 	return p
 }
 
