@@ -35,6 +35,7 @@ type Feed struct {
 	closed bool
 	wait   time.Duration
 	room   chan struct{} // closed when chunks leave the feed
+	saved  chan struct{} // closed when the copy saves its checkpoint
 }
 
 // FedChunk is one chunk a copy offered: Data is its whole content as the
@@ -65,7 +66,7 @@ var feeds sync.Map
 // holding at most maxBytes of chunk data; it replaces any earlier
 // subscription of path. Close ends it.
 func Subscribe(path string, maxBytes int64) *Feed {
-	f := &Feed{path: path, max: maxBytes, chunks: map[int]*FedChunk{}, room: make(chan struct{})}
+	f := &Feed{path: path, max: maxBytes, chunks: map[int]*FedChunk{}, room: make(chan struct{}), saved: make(chan struct{})}
 	if old, ok := feeds.Swap(path, f); ok {
 		old.(*Feed).Close()
 	}
@@ -87,6 +88,25 @@ func (f *Feed) SetWait(d time.Duration) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.wait = d
+}
+
+// Saved returns a channel closed when the copy next saves its checkpoint:
+// the chunks it marked done can be taken then. An upload that takes the
+// channel before it looks at the checkpoint, and waits on it after, moves
+// as soon as the copy does instead of at its next poll (a copy that waits
+// for room in a full feed kicks a save, and then waits for the upload).
+func (f *Feed) Saved() <-chan struct{} {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.saved
+}
+
+// notifySaved wakes the upload waiting on Saved.
+func (f *Feed) notifySaved() {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	close(f.saved)
+	f.saved = make(chan struct{})
 }
 
 // freedLocked wakes the copies waiting for room.

@@ -2,6 +2,7 @@ package pipeline
 
 import (
 	"context"
+	"path/filepath"
 	"testing"
 	"time"
 )
@@ -38,5 +39,55 @@ func TestFeedWaitsForRoom(t *testing.T) {
 	start := time.Now()
 	if f.offer(ctx, chunk(3), nil) || time.Since(start) > 5*time.Second {
 		t.Fatal("a feed whose wait ran out waited again")
+	}
+}
+
+// TestFeedSavedWakesTheUpload: the channel Saved returns closes when the
+// copy has saved its checkpoint, not before, and the marks the upload
+// then reads hold the chunks that save marked done.
+func TestFeedSavedWakesTheUpload(t *testing.T) {
+	const size, chunk = 32 * mib, 2 * mib
+	src := layout(size, 5, span{0, size})
+	cp, err := LoadCheckpoint(filepath.Join(t.TempDir(), "ckpt"), size, chunk)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cp.SaveBytes, cp.SaveInterval = 4*mib, time.Hour
+	f := Subscribe(cp.Path(), size)
+	defer f.Close()
+	saved := f.Saved()
+	sink := &stallingSink{memSink: newMemSink(size), stalled: make(chan struct{}), release: make(chan struct{})}
+	done := make(chan error, 1)
+	go func() {
+		_, err := Copy(context.Background(), src, sink, Options{Checkpoint: cp, InFlight: 2, ChunkSize: int(chunk)})
+		done <- err
+	}()
+	<-sink.stalled
+	select {
+	case <-saved:
+		t.Fatal("Saved closed while the first save's flush was held")
+	case <-time.After(100 * time.Millisecond):
+	}
+	close(sink.release)
+	select {
+	case <-saved:
+	case <-time.After(30 * time.Second):
+		t.Fatal("Saved did not close after the save")
+	}
+	m, err := ReadMarks(cp.Path())
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := 0
+	for i := range m.Chunks() {
+		if m.Done(i) {
+			n++
+		}
+	}
+	if n == 0 {
+		t.Error("Saved closed before the checkpoint on disk marked any chunk done")
+	}
+	if err := <-done; err != nil {
+		t.Fatal(err)
 	}
 }

@@ -52,6 +52,9 @@ func (c *copier) save(ctx context.Context) error {
 		return err
 	}
 	cp.saved(n)
+	if f := feedOf(c.feedPath); f != nil {
+		f.notifySaved()
+	}
 	return nil
 }
 

@@ -263,6 +263,18 @@ func BenchmarkWholeJob(b *testing.B) {
 				op, opCopy, opConvert, opCompare = append(op, t.Seconds()), append(opCopy, c.Seconds()), append(opConvert, v.Seconds()), append(opCompare, m.Seconds())
 			},
 		}
+		if only := os.Getenv("FERRY_BENCH_ONLY"); only != "" {
+			// Profiling one of them: FERRY_BENCH_ONLY=0 (the job), 2
+			// (CONVERTING alone), with -cpuprofile or -trace; no figures.
+			k, err := strconv.Atoi(only)
+			if err != nil || k < 0 || k >= len(contenders) {
+				b.Fatalf("FERRY_BENCH_ONLY=%q: want 0 to %d", only, len(contenders)-1)
+			}
+			for range rounds {
+				contenders[k]()
+			}
+			continue
+		}
 		for r := range rounds {
 			for k := range contenders {
 				contenders[(k+r)%len(contenders)]()

@@ -141,6 +141,7 @@ func (f *follower) run(ctx context.Context) error {
 	start := time.Now()
 	for {
 		converted := isClosed(f.converted)
+		saved := f.feed.Saved() // before the step looks at the checkpoint
 		finished, progressed, err := f.step(ctx, converted)
 		if err != nil {
 			return err
@@ -157,6 +158,7 @@ func (f *follower) run(ctx context.Context) error {
 		case <-ctx.Done():
 			return ctx.Err()
 		case <-time.After(followPoll):
+		case <-saved:
 		case <-whenOpen(f.converted, converted):
 		}
 	}
