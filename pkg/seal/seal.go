@@ -116,39 +116,59 @@ func decodeKey(data []byte) ([]byte, error) {
 // GenerateKeyFile writes 32 random bytes, hex-encoded with a trailing newline,
 // to a new file at path with mode 0600. It refuses to overwrite an existing
 // file (ErrKeyExists) and creates missing parent directories with mode 0700.
+//
+// The file appears whole or not at all: the key is written and synced under
+// a temporary name and then linked to path (a link never replaces a file),
+// so a caller that finds the file (ErrKeyExists) and loads it, while another
+// makes it, reads the whole key, and a crash never leaves a short key file
+// that every later load refuses. Seen: an agent's three jobs starting
+// together, one loading the source-cleanup key another had created but not
+// yet written ("key must be 32 raw bytes").
 func GenerateKeyFile(path string) error {
 	key := make([]byte, KeySize)
 	if _, err := rand.Read(key); err != nil {
 		return fmt.Errorf("generate key: %w", err)
 	}
-	if dir := filepath.Dir(path); dir != "" {
-		if err := os.MkdirAll(dir, 0o700); err != nil {
-			return fmt.Errorf("generate key %s: %w", path, err)
-		}
+	dir := filepath.Dir(path)
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return fmt.Errorf("generate key %s: %w", path, err)
 	}
-	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
-	if errors.Is(err, fs.ErrExist) {
+	if _, err := os.Lstat(path); err == nil {
 		return fmt.Errorf("generate key %s: %w", path, ErrKeyExists)
+	}
+	f, err := os.CreateTemp(dir, "."+filepath.Base(path)+".new-*")
+	if err != nil {
+		return fmt.Errorf("generate key %s: %w", path, err)
+	}
+	tmp := f.Name()
+	defer os.Remove(tmp)
+	enc := make([]byte, 2*KeySize+1)
+	hex.Encode(enc, key)
+	enc[len(enc)-1] = '\n'
+	_, err = f.Write(enc)
+	if err == nil {
+		err = f.Chmod(0o600)
+	}
+	if err == nil {
+		err = f.Sync()
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
 	}
 	if err != nil {
 		return fmt.Errorf("generate key %s: %w", path, err)
 	}
-	enc := make([]byte, 2*KeySize+1)
-	hex.Encode(enc, key)
-	enc[len(enc)-1] = '\n'
-	if _, err := f.Write(enc); err != nil {
-		f.Close()
-		os.Remove(path)
+	if err := os.Link(tmp, path); errors.Is(err, fs.ErrExist) {
+		return fmt.Errorf("generate key %s: %w", path, ErrKeyExists)
+	} else if err != nil {
 		return fmt.Errorf("generate key %s: %w", path, err)
 	}
-	if err := f.Sync(); err != nil {
-		f.Close()
-		os.Remove(path)
-		return fmt.Errorf("generate key %s: %w", path, err)
-	}
-	if err := f.Close(); err != nil {
-		os.Remove(path)
-		return fmt.Errorf("generate key %s: %w", path, err)
+	if d, err := os.Open(dir); err == nil {
+		err = d.Sync()
+		d.Close()
+		if err != nil {
+			return fmt.Errorf("generate key %s: sync %s: %w", path, dir, err)
+		}
 	}
 	return nil
 }

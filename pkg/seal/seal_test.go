@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 )
 
@@ -126,6 +127,48 @@ func TestGenerateKeyFile(t *testing.T) {
 	after, _ := os.ReadFile(path)
 	if !bytes.Equal(before, after) {
 		t.Fatal("existing key file was overwritten")
+	}
+}
+
+// TestGenerateKeyFileRace: callers that each make the key unless it
+// exists and then load it, all at once (an agent's jobs starting
+// together), all load the same whole key, and no temporary file is left.
+func TestGenerateKeyFileRace(t *testing.T) {
+	for round := range 100 {
+		dir := t.TempDir()
+		path := filepath.Join(dir, "seal.key")
+		const callers = 8
+		fps := make([]string, callers)
+		errs := make([]error, callers)
+		var wg sync.WaitGroup
+		for i := range callers {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				if err := GenerateKeyFile(path); err != nil && !errors.Is(err, ErrKeyExists) {
+					errs[i] = err
+					return
+				}
+				s, err := LoadKey(path)
+				if err != nil {
+					errs[i] = err
+					return
+				}
+				fps[i] = s.Fingerprint([]byte("x"))
+			}()
+		}
+		wg.Wait()
+		for i := range callers {
+			if errs[i] != nil {
+				t.Fatalf("round %d, caller %d: %v", round, i, errs[i])
+			}
+			if fps[i] != fps[0] {
+				t.Fatalf("round %d: callers loaded different keys", round)
+			}
+		}
+		if entries, _ := os.ReadDir(dir); len(entries) != 1 {
+			t.Fatalf("round %d: the directory holds %d files, want the key alone", round, len(entries))
+		}
 	}
 }
 
