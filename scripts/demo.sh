@@ -65,6 +65,22 @@ scripts/start-libvirtd.sh
 
 say "Starting from scratch in $DEMO"
 stop
+# The demo's ports must be free: a process of an earlier demo run from
+# another checkout (or anything else) holding one would make this run's
+# server fail to start.
+# (A process stop just signalled may take a few seconds to let go.)
+for port in "${API##*:}" "${RAFT##*:}" "$SSH_PORT"; do
+	for _ in $(seq 1 50); do
+		[[ -z $(ss -Hltn "sport = :$port" 2>/dev/null) ]] && break
+		sleep 0.2
+	done
+	if [[ -n $(ss -Hltn "sport = :$port" 2>/dev/null) ]]; then
+		echo "demo: port $port on 127.0.0.1 is in use; the demo needs it:" >&2
+		ss -ltnp "sport = :$port" >&2 || true
+		echo "demo: stop that process (an earlier demo: scripts/demo.sh stop from its checkout) and run again" >&2
+		exit 1
+	fi
+done
 mkdir -p "$DEMO" "$IMAGES" "$TARGET_STORAGE" "$DEMO/cache"
 
 say "Source host: sshd on 127.0.0.1:$SSH_PORT with a generated host key and login key"
@@ -129,7 +145,15 @@ echo $! >"$DEMO/coordinator.pid"
 # operator's directory of it.
 export FERRY_SERVER=$API FERRY_TLS_DIR=$DEMO/coordinator/tls/operator
 ctl() { "$BIN/ferryctl" "$@"; }
-for _ in $(seq 1 100); do ctl members list >/dev/null 2>&1 && break; sleep 0.2; done
+# alive NAME: fails, with the end of NAME's log, once NAME's process is
+# gone (a wait below then ends at once instead of running out).
+alive() {
+	kill -0 "$(cat "$DEMO/$1.pid")" 2>/dev/null && return 0
+	echo "demo: the $1 exited; the end of $DEMO/$1.log:" >&2
+	tail -n 20 "$DEMO/$1.log" >&2
+	exit 1
+}
+for _ in $(seq 1 100); do alive coordinator; ctl members list >/dev/null 2>&1 && break; sleep 0.2; done
 ctl members list
 
 say "Agent on this host (the migration server and target host), with its own certificate"
@@ -141,7 +165,7 @@ say "Agent on this host (the migration server and target host), with its own cer
 "$BIN/ferry-agent" --coordinator "$API" --host-name demo-host --cluster demo --data-dir "$DEMO/agent" \
 	--cache-path "$DEMO/cache" --tls-dir "$DEMO/coordinator/tls/agents/demo-host" --domain-type qemu >"$DEMO/agent.log" 2>&1 &
 echo $! >"$DEMO/agent.pid"
-for _ in $(seq 1 100); do ctl host get demo-host 2>/dev/null | grep -q true && break; sleep 0.2; done
+for _ in $(seq 1 100); do alive agent; ctl host get demo-host 2>/dev/null | grep -q true && break; sleep 0.2; done
 ctl host list
 
 say "Inventory: cluster, primary storage, L3 network, credential, source, migration server"
