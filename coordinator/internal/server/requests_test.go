@@ -99,6 +99,17 @@ func TestRequestIDSurvivesLeaderChange(t *testing.T) {
 	c.Kill(leader)
 	next := c.Leader(15 * time.Second)
 	t.Logf("leader %s killed, %s leads", leader.Name, next.Name)
+	// The repeats go through every live node: each must know the new
+	// leader first (a follower still campaigning answers "no leader
+	// elected yet", seen under CI's load).
+	testcluster.Eventually(t, 15*time.Second, "every live node to know "+next.Name+" leads", func() bool {
+		for _, n := range c.Nodes() {
+			if n.Alive() && n.Server.Node().LeaderAPIAddress() != next.Server.Node().LeaderAPIAddress() {
+				return false
+			}
+		}
+		return true
+	})
 	for _, n := range c.Nodes() {
 		if !n.Alive() {
 			continue
