@@ -209,7 +209,7 @@ func keepalive(ctx context.Context, client *ssh.Client, tcp net.Conn, interval t
 }
 
 // runRemote runs a shell command on the source host and returns its
-// combined output; ctx cancellation closes the session.
+// standard output; ctx cancellation closes the session.
 func runRemote(ctx context.Context, client *ssh.Client, command string) (string, error) {
 	session, err := client.NewSession()
 	if err != nil {
@@ -218,12 +218,17 @@ func runRemote(ctx context.Context, client *ssh.Client, command string) (string,
 	defer session.Close()
 	stop := context.AfterFunc(ctx, func() { session.Close() })
 	defer stop()
-	out, err := session.CombinedOutput(command)
-	if err != nil {
-		return string(out), fmt.Errorf("run %q on source: %w: %s", command, errors.Join(err, ctx.Err()),
-			strings.TrimSpace(string(out)))
+	// Stdout only: what the user's shell start-up files print on stderr
+	// (a login banner, pyenv's "cannot rehash", seen on a source whose
+	// logins raced) must not be read as the command's answer. It goes in
+	// the error of a command that fails.
+	var stdout, stderr bytes.Buffer
+	session.Stdout, session.Stderr = &stdout, &stderr
+	if err := session.Run(command); err != nil {
+		return stdout.String(), fmt.Errorf("run %q on source: %w: %s", command, errors.Join(err, ctx.Err()),
+			strings.TrimSpace(stderr.String()+"\n"+stdout.String()))
 	}
-	return string(out), nil
+	return stdout.String(), nil
 }
 
 // shellQuote quotes s for a POSIX shell.

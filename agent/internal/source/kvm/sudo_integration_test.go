@@ -226,3 +226,37 @@ func TestSudoUserBitmapExport(t *testing.T) {
 		t.Errorf("left in ~/.ferry: %v", left)
 	}
 }
+
+// TestNoisyLogin: what the SSH user's login prints on stderr (here its
+// ~/.ssh/rc; pyenv's "cannot rehash" from a shell start-up file was seen)
+// is not read as the answer of Ferry's commands: the connection's probe
+// of the user and the inventory work, and the noise is not taken for an
+// unreadable image.
+func TestNoisyLogin(t *testing.T) {
+	e := newEnv(t, testenv.VMOptions{Stopped: true})
+	user := testenv.SudoUser(t, "ferrynoisy", sudoPassword, testenv.RepoFile(t, "docs/sudoers.ferry"))
+	rc := filepath.Join("/home", user, ".ssh", "rc")
+	if err := os.MkdirAll(filepath.Dir(rc), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	noise := "rm: cannot remove '/root/.pyenv/shims/tmp.x': No such file or directory\npyenv: cannot rehash: /root/.pyenv/shims isn't writable"
+	if err := os.WriteFile(rc, []byte("printf '%s\\n' "+shellQuote(noise)+" >&2\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	testenv.Run(t, "chown", "-R", user+":", filepath.Dir(rc))
+	c := connect(t, Config{Address: e.sshd.Host, Port: e.sshd.Port, User: user, Password: seal.Secret(sudoPassword),
+		PinnedHostKey: e.sshd.HostKey, Logger: testkit.Logger(t)})
+	if c.home != filepath.Join("/home", user) {
+		t.Errorf("the probe read home %q, want /home/%s", c.home, user)
+	}
+	vm := findVM(t, c, e.vm.Name)
+	if len(vm.Disks) != len(e.vm.Disks) {
+		t.Fatalf("inventory: %d disks, want %d", len(vm.Disks), len(e.vm.Disks))
+	}
+	// The noise must not make an image unreadable in the check of access.
+	for _, cp := range c.Capabilities(context.Background(), []*VM{vm}) {
+		if strings.Contains(cp.GetVia()+cp.GetMissing(), "pyenv") {
+			t.Errorf("%s: %v mentions the login's noise", cp.GetKind(), cp)
+		}
+	}
+}
