@@ -69,12 +69,13 @@ stop
 # another checkout (or anything else) holding one would make this run's
 # server fail to start.
 # (A process stop just signalled may take a few seconds to let go.)
+listening() { [[ -n $(ss -Hltn "sport = :$1" 2>/dev/null) ]]; }
 for port in "${API##*:}" "${RAFT##*:}" "$SSH_PORT"; do
 	for _ in $(seq 1 50); do
-		[[ -z $(ss -Hltn "sport = :$port" 2>/dev/null) ]] && break
+		listening "$port" || break
 		sleep 0.2
 	done
-	if [[ -n $(ss -Hltn "sport = :$port" 2>/dev/null) ]]; then
+	if listening "$port"; then
 		echo "demo: port $port on 127.0.0.1 is in use; the demo needs it:" >&2
 		ss -ltnp "sport = :$port" >&2 || true
 		echo "demo: stop that process (an earlier demo: scripts/demo.sh stop from its checkout) and run again" >&2

@@ -22,6 +22,8 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+
+	"github.com/ferry-v2v/ferry/pkg/durable"
 )
 
 // KeySize is the length of an AES-256 key in bytes.
@@ -163,12 +165,8 @@ func GenerateKeyFile(path string) error {
 	} else if err != nil {
 		return fmt.Errorf("generate key %s: %w", path, err)
 	}
-	if d, err := os.Open(dir); err == nil {
-		err = d.Sync()
-		d.Close()
-		if err != nil {
-			return fmt.Errorf("generate key %s: sync %s: %w", path, dir, err)
-		}
+	if err := durable.SyncDir(dir); err != nil {
+		return fmt.Errorf("generate key %s: %w", path, err)
 	}
 	return nil
 }

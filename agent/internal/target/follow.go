@@ -9,7 +9,6 @@ import (
 	"os"
 	"path"
 	"path/filepath"
-	"slices"
 	"time"
 
 	"golang.org/x/sync/errgroup"
@@ -564,55 +563,4 @@ func (f *follower) finish(ctx context.Context) error {
 		f.log.InfoContext(ctx, "disk verified", "volume", f.vol.Path, "beside_upload", true)
 	}
 	return f.closeTarget()
-}
-
-// beforeVerifyBeside, when set by a test, runs before each read-back.
-var beforeVerifyBeside func(ctx context.Context, f *follower) error
-
-// verifyBeside reads back the chunks uploaded and flushed since the last
-// time (called when the upload waits for the copy, and by finish),
-// through the volume's qemu-nbd, and compares them with the
-// checksums the copy recorded for them (pipeline.VerifyChunks): the
-// upload checks as it goes what Driver.Verify would check at the end, so
-// that the job does not end with a pass of its own. A volume that differs
-// is an error naming the offset. A chunk without a checksum stops the
-// verification beside the upload; the disk is then Driver.Verify's.
-func (f *follower) verifyBeside(ctx context.Context) error {
-	if f.noVerify || len(f.unverified) == 0 {
-		return nil
-	}
-	if beforeVerifyBeside != nil {
-		if err := beforeVerifyBeside(ctx, f); err != nil {
-			return err
-		}
-	}
-	sums, err := pipeline.ReadSums(cache.CheckpointPath(f.job.CacheDir, f.disk))
-	if err != nil {
-		return err
-	}
-	// The sums must be those of the image the volume holds.
-	if gen, err := cache.Generation(f.job.CacheDir, f.disk); err != nil || gen != f.gen {
-		return nil
-	}
-	for _, i := range f.unverified {
-		if _, ok := sums.Sum(i); !ok {
-			f.noVerify = true
-			f.log.DebugContext(ctx, "a chunk has no checksum: the volume is left to the verification after the upload", "chunk", i)
-			return nil
-		}
-	}
-	if err := f.openTarget(ctx); err != nil {
-		return err
-	}
-	slices.Sort(f.unverified)
-	st, err := pipeline.VerifyChunks(ctx, f.readBack(), sums, f.unverified, pipeline.VerifyOptions{
-		InFlight: verifyInFlight, Progress: verifyProgress(f.job, f.disk, f.verifiedBytes, f.marks.size), Limiter: f.job.Upstream})
-	if err != nil {
-		return fmt.Errorf("volume %s: %w", f.vol.Path, err)
-	}
-	f.verifiedBytes += st.ReadBytes + st.ZeroBytes
-	f.verified += len(f.unverified)
-	f.unverified, f.unverifiedData = f.unverified[:0], 0
-	f.log.DebugContext(ctx, "verified beside the upload", "read_bytes", st.ReadBytes, "zero_bytes", st.ZeroBytes)
-	return nil
 }
